@@ -1,0 +1,1 @@
+//! Expressions (condition, update, projection, key condition) — being implemented.
