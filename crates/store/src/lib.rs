@@ -2,9 +2,18 @@
 //!
 //! Layers, top to bottom: `server` (HTTP, SigV4, metrics) → `ops` (one function per DynamoDB
 //! operation: request validation, expressions, response shapes) → `engine` (redb tables,
-//! the single writer with group commit, secondary indexes, TTL) → `keys` (order-preserving key
-//! encoding). `expr` is pure: it parses and evaluates expressions over items and knows nothing
-//! of storage. Nothing here knows about other regions; replication builds on the engine's
-//! change hooks.
+//! the single writer with group commit, secondary indexes, TTL) → `keys` and `record`
+//! (order-preserving key encoding, the stored item format). `expr` is pure: it parses and
+//! evaluates expressions over items and knows nothing of storage. Nothing here knows about
+//! other regions; replication builds on the engine.
 
+pub mod catalog;
+pub mod engine;
 pub mod expr;
+pub mod keys;
+pub mod ops;
+pub mod record;
+pub mod server;
+
+pub use engine::{Engine, SystemClock};
+pub use ops::Store;

@@ -1,0 +1,642 @@
+//! Table definitions: what CreateTable accepts, what DescribeTable shows, what storage needs.
+//!
+//! A `TableMeta` is immutable once published; schema operations build a new one and the engine
+//! swaps it in after the change is durable.
+
+use std::collections::BTreeMap;
+
+use dynamo_protocol::value::ValueType;
+use dynamo_protocol::{ApiError, AttributeValue, Item};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// DynamoDB's limits on table definitions.
+pub const TABLE_NAME_LENGTH_MIN: usize = 3;
+pub const TABLE_NAME_LENGTH_MAX: usize = 255;
+pub const GLOBAL_INDEXES_MAX: usize = 20;
+pub const LOCAL_INDEXES_MAX: usize = 5;
+pub const PROJECTED_ATTRIBUTES_MAX: usize = 100;
+pub const PARTITION_KEY_BYTES_MAX: usize = 2048;
+pub const SORT_KEY_BYTES_MAX: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyAttribute {
+    pub name: String,
+    pub value_type: KeyType,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyType {
+    S,
+    N,
+    B,
+}
+
+impl KeyType {
+    pub fn descriptor(self) -> &'static str {
+        match self {
+            KeyType::S => "S",
+            KeyType::N => "N",
+            KeyType::B => "B",
+        }
+    }
+
+    pub fn matches(self, value: &AttributeValue) -> bool {
+        matches!(
+            (self, value),
+            (KeyType::S, AttributeValue::S(_))
+                | (KeyType::N, AttributeValue::N(_))
+                | (KeyType::B, AttributeValue::B(_))
+        )
+    }
+
+    fn value_type(self) -> ValueType {
+        match self {
+            KeyType::S => ValueType::S,
+            KeyType::N => ValueType::N,
+            KeyType::B => ValueType::B,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySchema {
+    pub partition: KeyAttribute,
+    pub sort: Option<KeyAttribute>,
+}
+
+impl KeySchema {
+    pub fn attributes(&self) -> impl Iterator<Item = &KeyAttribute> {
+        std::iter::once(&self.partition).chain(self.sort.as_ref())
+    }
+
+    pub fn is_key_attribute(&self, name: &str) -> bool {
+        self.attributes().any(|a| a.name == name)
+    }
+
+    /// The key attributes of `item` as an item, if it has all of them.
+    pub fn extract(&self, item: &Item) -> Option<Item> {
+        self.attributes()
+            .map(|attribute| item.get(&attribute.name).map(|v| (attribute.name.clone(), v.clone())))
+            .collect()
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut schema = vec![json!({"AttributeName": self.partition.name, "KeyType": "HASH"})];
+        if let Some(sort) = &self.sort {
+            schema.push(json!({"AttributeName": sort.name, "KeyType": "RANGE"}));
+        }
+        Value::Array(schema)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Projection {
+    All,
+    KeysOnly,
+    Include(Vec<String>),
+}
+
+impl Projection {
+    pub fn to_json(&self) -> Value {
+        match self {
+            Projection::All => json!({"ProjectionType": "ALL"}),
+            Projection::KeysOnly => json!({"ProjectionType": "KEYS_ONLY"}),
+            Projection::Include(names) => {
+                json!({"ProjectionType": "INCLUDE", "NonKeyAttributes": names})
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndexKind {
+    Global,
+    Local,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexMeta {
+    pub name: String,
+    pub kind: IndexKind,
+    pub key: KeySchema,
+    pub projection: Projection,
+    pub throughput: Option<Throughput>,
+    /// True while existing items are being copied into a GSI created by UpdateTable.
+    pub backfilling: bool,
+}
+
+impl IndexMeta {
+    /// The attributes an index entry carries: index keys, table keys, projected attributes.
+    pub fn project(&self, table_key: &KeySchema, item: &Item) -> Item {
+        match &self.projection {
+            Projection::All => item.clone(),
+            Projection::KeysOnly | Projection::Include(_) => item
+                .iter()
+                .filter(|(name, _)| {
+                    self.key.is_key_attribute(name)
+                        || table_key.is_key_attribute(name)
+                        || matches!(&self.projection, Projection::Include(extra) if extra.contains(name))
+                })
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether a projection holds `name` (for ProjectionExpression on an index query).
+    pub fn projects(&self, table_key: &KeySchema, name: &str) -> bool {
+        match &self.projection {
+            Projection::All => true,
+            Projection::KeysOnly => self.key.is_key_attribute(name) || table_key.is_key_attribute(name),
+            Projection::Include(extra) => {
+                self.key.is_key_attribute(name)
+                    || table_key.is_key_attribute(name)
+                    || extra.iter().any(|e| e == name)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throughput {
+    pub read: u64,
+    pub write: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtlSpec {
+    pub attribute: String,
+    pub enabled: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableMeta {
+    /// Storage identity; a table deleted and created again under the same name gets a new id.
+    pub id: u64,
+    pub name: String,
+    pub key: KeySchema,
+    pub attribute_definitions: Vec<(String, KeyType)>,
+    pub indexes: Vec<IndexMeta>,
+    pub throughput: Option<Throughput>,
+    pub created_at_seconds: f64,
+    pub ttl: Option<TtlSpec>,
+    pub tags: BTreeMap<String, String>,
+    pub deletion_protection: bool,
+    pub stream: Option<Value>,
+    pub table_class: Option<String>,
+}
+
+/// Counters kept exactly, updated in the same transaction as the data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub item_count: u64,
+    pub size_bytes: u64,
+}
+
+impl TableMeta {
+    pub fn index(&self, name: &str) -> Option<&IndexMeta> {
+        self.indexes.iter().find(|i| i.name == name)
+    }
+
+    pub fn arn(&self, region: &str) -> String {
+        format!("arn:aws:dynamodb:{region}:000000000000:table/{}", self.name)
+    }
+
+    /// The DescribeTable shape.
+    pub fn describe(&self, region: &str, status: &str, stats: TableStats, index_stats: &dyn Fn(&str) -> TableStats) -> Value {
+        let mut table = serde_json::Map::new();
+        table.insert("TableName".into(), json!(self.name));
+        table.insert("TableId".into(), json!(table_uuid(self.id, &self.name)));
+        table.insert("TableArn".into(), json!(self.arn(region)));
+        table.insert("TableStatus".into(), json!(status));
+        table.insert("CreationDateTime".into(), json!(self.created_at_seconds));
+        table.insert("KeySchema".into(), self.key.to_json());
+        table.insert(
+            "AttributeDefinitions".into(),
+            Value::Array(
+                self.attribute_definitions
+                    .iter()
+                    .map(|(n, t)| json!({"AttributeName": n, "AttributeType": t.descriptor()}))
+                    .collect(),
+            ),
+        );
+        table.insert("ItemCount".into(), json!(stats.item_count));
+        table.insert("TableSizeBytes".into(), json!(stats.size_bytes));
+        table.insert("ProvisionedThroughput".into(), throughput_json(self.throughput));
+        table.insert(
+            "BillingModeSummary".into(),
+            json!({"BillingMode": if self.throughput.is_some() { "PROVISIONED" } else { "PAY_PER_REQUEST" },
+                   "LastUpdateToPayPerRequestDateTime": self.created_at_seconds}),
+        );
+        table.insert("DeletionProtectionEnabled".into(), json!(self.deletion_protection));
+        if let Some(stream) = &self.stream {
+            table.insert("StreamSpecification".into(), stream.clone());
+        }
+        if let Some(class) = &self.table_class {
+            table.insert("TableClassSummary".into(), json!({"TableClass": class}));
+        }
+        let describe_index = |index: &IndexMeta| {
+            let stats = index_stats(&index.name);
+            let mut out = json!({
+                "IndexName": index.name,
+                "KeySchema": index.key.to_json(),
+                "Projection": index.projection.to_json(),
+                "IndexSizeBytes": stats.size_bytes,
+                "ItemCount": stats.item_count,
+                "IndexArn": format!("{}/index/{}", self.arn(region), index.name),
+            });
+            if index.kind == IndexKind::Global {
+                out["IndexStatus"] = json!(if index.backfilling { "CREATING" } else { "ACTIVE" });
+                out["Backfilling"] = json!(index.backfilling);
+                out["ProvisionedThroughput"] = throughput_json(index.throughput);
+            }
+            out
+        };
+        let globals: Vec<Value> = self.indexes.iter().filter(|i| i.kind == IndexKind::Global).map(describe_index).collect();
+        let locals: Vec<Value> = self.indexes.iter().filter(|i| i.kind == IndexKind::Local).map(describe_index).collect();
+        if !globals.is_empty() {
+            table.insert("GlobalSecondaryIndexes".into(), Value::Array(globals));
+        }
+        if !locals.is_empty() {
+            table.insert("LocalSecondaryIndexes".into(), Value::Array(locals));
+        }
+        Value::Object(table)
+    }
+}
+
+fn throughput_json(throughput: Option<Throughput>) -> Value {
+    let throughput = throughput.unwrap_or(Throughput { read: 0, write: 0 });
+    json!({"ReadCapacityUnits": throughput.read, "WriteCapacityUnits": throughput.write, "NumberOfDecreasesToday": 0})
+}
+
+/// A stable UUID-shaped id derived from the storage id and name.
+fn table_uuid(id: u64, name: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", (id >> 32) as u32 ^ (hash as u32), (id >> 16) as u16, id as u16 & 0xfff, (hash >> 52) as u16, hash & 0xffff_ffff_ffff)
+}
+
+// ---- CreateTable request ----
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AttributeDefinition {
+    pub attribute_name: String,
+    pub attribute_type: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeySchemaElement {
+    pub attribute_name: String,
+    pub key_type: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProjectionRequest {
+    pub projection_type: Option<String>,
+    pub non_key_attributes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "PascalCase")]
+pub struct ThroughputRequest {
+    pub read_capacity_units: i64,
+    pub write_capacity_units: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IndexRequest {
+    pub index_name: String,
+    pub key_schema: Vec<KeySchemaElement>,
+    pub projection: ProjectionRequest,
+    pub provisioned_throughput: Option<ThroughputRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TagRequest {
+    #[serde(rename = "Key")]
+    pub key: String,
+    #[serde(rename = "Value")]
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateTableRequest {
+    pub table_name: String,
+    #[serde(default)]
+    pub attribute_definitions: Vec<AttributeDefinition>,
+    #[serde(default)]
+    pub key_schema: Vec<KeySchemaElement>,
+    pub local_secondary_indexes: Option<Vec<IndexRequest>>,
+    pub global_secondary_indexes: Option<Vec<IndexRequest>>,
+    pub billing_mode: Option<String>,
+    pub provisioned_throughput: Option<ThroughputRequest>,
+    pub stream_specification: Option<Value>,
+    pub tags: Option<Vec<TagRequest>>,
+    pub table_class: Option<String>,
+    pub deletion_protection_enabled: Option<bool>,
+}
+
+pub fn validate_table_name(name: &str, field: &str) -> Result<(), ApiError> {
+    let mut problems = Vec::new();
+    if name.len() < TABLE_NAME_LENGTH_MIN {
+        problems.push(format!(
+            "Value '{name}' at '{field}' failed to satisfy constraint: Member must have length greater than or equal to {TABLE_NAME_LENGTH_MIN}"
+        ));
+    }
+    if name.len() > TABLE_NAME_LENGTH_MAX {
+        problems.push(format!(
+            "Value '{name}' at '{field}' failed to satisfy constraint: Member must have length less than or equal to {TABLE_NAME_LENGTH_MAX}"
+        ));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        problems.push(format!(
+            "Value '{name}' at '{field}' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+"
+        ));
+    }
+    constraint_errors(problems)
+}
+
+/// DynamoDB's "N validation errors detected: a; b" format.
+pub fn constraint_errors(problems: Vec<String>) -> Result<(), ApiError> {
+    match problems.len() {
+        0 => Ok(()),
+        1 => Err(ApiError::validation(format!("1 validation error detected: {}", problems[0]))),
+        n => Err(ApiError::validation(format!("{n} validation errors detected: {}", problems.join("; ")))),
+    }
+}
+
+fn invalid(message: impl std::fmt::Display) -> ApiError {
+    ApiError::validation(format!("One or more parameter values were invalid: {message}"))
+}
+
+fn key_type_of(definitions: &[(String, KeyType)], name: &str) -> Result<KeyType, ApiError> {
+    definitions.iter().find(|(n, _)| n == name).map(|(_, t)| *t).ok_or_else(|| {
+        invalid(format!(
+            "Some index key attributes are not defined in AttributeDefinitions. Keys: [{name}], AttributeDefinitions: [{}]",
+            definitions.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
+pub fn parse_key_schema(elements: &[KeySchemaElement], definitions: &[(String, KeyType)], what: &str) -> Result<KeySchema, ApiError> {
+    if elements.is_empty() || elements.len() > 2 {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '[...]' at '{what}' failed to satisfy constraint: Member must have length less than or equal to 2 and greater than or equal to 1"
+        )));
+    }
+    if elements[0].key_type != "HASH" {
+        return Err(invalid("Invalid KeySchema: The first KeySchemaElement is not a HASH key type"));
+    }
+    let partition = KeyAttribute {
+        name: elements[0].attribute_name.clone(),
+        value_type: key_type_of(definitions, &elements[0].attribute_name)?,
+    };
+    let sort = match elements.get(1) {
+        None => None,
+        Some(element) if element.key_type == "RANGE" => {
+            if element.attribute_name == partition.name {
+                return Err(invalid("Both the Hash Key and the Range Key element in the KeySchema have the same name"));
+            }
+            Some(KeyAttribute { name: element.attribute_name.clone(), value_type: key_type_of(definitions, &element.attribute_name)? })
+        }
+        Some(_) => return Err(invalid("Invalid KeySchema: The second KeySchemaElement is not a RANGE key type")),
+    };
+    Ok(KeySchema { partition, sort })
+}
+
+fn parse_projection(request: &ProjectionRequest, index: &str) -> Result<Projection, ApiError> {
+    match (request.projection_type.as_deref(), &request.non_key_attributes) {
+        (Some("ALL"), None) => Ok(Projection::All),
+        (Some("KEYS_ONLY"), None) => Ok(Projection::KeysOnly),
+        (Some("INCLUDE"), Some(names)) if !names.is_empty() && names.len() <= PROJECTED_ATTRIBUTES_MAX => Ok(Projection::Include(names.clone())),
+        (Some("INCLUDE"), _) => Err(invalid(format!(
+            "ProjectionType is INCLUDE, but NonKeyAttributes is not specified or has more than {PROJECTED_ATTRIBUTES_MAX} entries for index: {index}"
+        ))),
+        (Some("ALL" | "KEYS_ONLY"), Some(_)) => Err(invalid(format!(
+            "ProjectionType is not INCLUDE, but NonKeyAttributes is specified for index: {index}"
+        ))),
+        (None, _) => Err(invalid(format!("Unknown ProjectionType: null for index: {index}"))),
+        (Some(other), _) => Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{other}' at 'projection.projectionType' failed to satisfy constraint: Member must satisfy enum value set: [ALL, INCLUDE, KEYS_ONLY]"
+        ))),
+    }
+}
+
+fn parse_throughput(request: Option<ThroughputRequest>, pay_per_request: bool, what: &str) -> Result<Option<Throughput>, ApiError> {
+    match (request, pay_per_request) {
+        (None, true) => Ok(None),
+        (Some(_), true) => Err(invalid(format!("Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST{what}"))),
+        (None, false) => Err(invalid(format!("ProvisionedThroughput must be specified when BillingMode is PROVISIONED{what}"))),
+        (Some(t), false) => {
+            if t.read_capacity_units < 1 || t.write_capacity_units < 1 {
+                return Err(ApiError::validation(
+                    "1 validation error detected: Value '0' at 'provisionedThroughput.readCapacityUnits' failed to satisfy constraint: Member must have value greater than or equal to 1",
+                ));
+            }
+            Ok(Some(Throughput { read: t.read_capacity_units as u64, write: t.write_capacity_units as u64 }))
+        }
+    }
+}
+
+pub fn parse_billing_mode(mode: Option<&str>) -> Result<bool, ApiError> {
+    match mode {
+        None | Some("PROVISIONED") => Ok(false),
+        Some("PAY_PER_REQUEST") => Ok(true),
+        Some(other) => Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{other}' at 'billingMode' failed to satisfy constraint: Member must satisfy enum value set: [PROVISIONED, PAY_PER_REQUEST]"
+        ))),
+    }
+}
+
+pub fn parse_attribute_definitions(definitions: &[AttributeDefinition]) -> Result<Vec<(String, KeyType)>, ApiError> {
+    let mut out: Vec<(String, KeyType)> = Vec::new();
+    for definition in definitions {
+        let value_type = match definition.attribute_type.as_str() {
+            "S" => KeyType::S,
+            "N" => KeyType::N,
+            "B" => KeyType::B,
+            other => {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value '{other}' at 'attributeDefinitions.1.member.attributeType' failed to satisfy constraint: Member must satisfy enum value set: [B, N, S]"
+                )));
+            }
+        };
+        if out.iter().any(|(n, _)| n == &definition.attribute_name) {
+            return Err(invalid(format!("Duplicate AttributeName in AttributeDefinitions: {}", definition.attribute_name)));
+        }
+        out.push((definition.attribute_name.clone(), value_type));
+    }
+    Ok(out)
+}
+
+pub fn parse_global_index(request: &IndexRequest, definitions: &[(String, KeyType)], pay_per_request: bool) -> Result<IndexMeta, ApiError> {
+    validate_table_name(&request.index_name, "indexName")?;
+    Ok(IndexMeta {
+        name: request.index_name.clone(),
+        kind: IndexKind::Global,
+        key: parse_key_schema(&request.key_schema, definitions, "globalSecondaryIndexes.member.keySchema")?,
+        projection: parse_projection(&request.projection, &request.index_name)?,
+        throughput: parse_throughput(request.provisioned_throughput, pay_per_request, &format!(" for index: {}", request.index_name))?,
+        backfilling: false,
+    })
+}
+
+/// Validates a CreateTable request into a table definition (storage id assigned by the engine).
+pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f64) -> Result<TableMeta, ApiError> {
+    validate_table_name(&request.table_name, "tableName")?;
+    let definitions = parse_attribute_definitions(&request.attribute_definitions)?;
+    let key = parse_key_schema(&request.key_schema, &definitions, "keySchema")?;
+    let pay_per_request = parse_billing_mode(request.billing_mode.as_deref())?;
+    let throughput = parse_throughput(request.provisioned_throughput, pay_per_request, "")?;
+    let mut indexes = Vec::new();
+    let globals = request.global_secondary_indexes.as_deref().unwrap_or_default();
+    let locals = request.local_secondary_indexes.as_deref().unwrap_or_default();
+    if request.global_secondary_indexes.as_ref().is_some_and(Vec::is_empty) {
+        return Err(invalid("List of GlobalSecondaryIndexes is empty"));
+    }
+    if request.local_secondary_indexes.as_ref().is_some_and(Vec::is_empty) {
+        return Err(invalid("List of LocalSecondaryIndexes is empty"));
+    }
+    if globals.len() > GLOBAL_INDEXES_MAX {
+        return Err(invalid(format!("GlobalSecondaryIndex count exceeds the per-table limit of {GLOBAL_INDEXES_MAX}")));
+    }
+    if locals.len() > LOCAL_INDEXES_MAX {
+        return Err(invalid(format!("LocalSecondaryIndex count exceeds the per-table limit of {LOCAL_INDEXES_MAX}")));
+    }
+    for request in globals {
+        indexes.push(parse_global_index(request, &definitions, pay_per_request)?);
+    }
+    for request in locals {
+        validate_table_name(&request.index_name, "indexName")?;
+        let index_key = parse_key_schema(&request.key_schema, &definitions, "localSecondaryIndexes.member.keySchema")?;
+        if key.sort.is_none() {
+            return Err(invalid("Table KeySchema does not have a range key, which is required when specifying a LocalSecondaryIndex"));
+        }
+        if index_key.partition != key.partition || index_key.sort.is_none() {
+            return Err(invalid(format!(
+                "Index KeySchema does not have the same leading hash key as table KeySchema for index: {}. index hash key: {}, table hash key: {}",
+                request.index_name, index_key.partition.name, key.partition.name
+            )));
+        }
+        indexes.push(IndexMeta {
+            name: request.index_name.clone(),
+            kind: IndexKind::Local,
+            key: index_key,
+            projection: parse_projection(&request.projection, &request.index_name)?,
+            throughput: None,
+            backfilling: false,
+        });
+    }
+    for (i, index) in indexes.iter().enumerate() {
+        if indexes[..i].iter().any(|other| other.name == index.name) {
+            return Err(invalid(format!("Duplicate index name: {}", index.name)));
+        }
+    }
+    let used = |name: &str| key.is_key_attribute(name) || indexes.iter().any(|i| i.key.is_key_attribute(name));
+    if let Some((unused, _)) = definitions.iter().find(|(name, _)| !used(name)) {
+        let _ = unused;
+        return Err(invalid(
+            "Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions",
+        ));
+    }
+    let tags = request.tags.iter().flatten().map(|t| (t.key.clone(), t.value.clone())).collect();
+    Ok(TableMeta {
+        id,
+        name: request.table_name.clone(),
+        key,
+        attribute_definitions: definitions,
+        indexes,
+        throughput,
+        created_at_seconds: now_seconds,
+        ttl: None,
+        tags,
+        deletion_protection: request.deletion_protection_enabled.unwrap_or(false),
+        stream: request.stream_specification.clone(),
+        table_class: request.table_class.clone(),
+    })
+}
+
+/// Checks that an item carries the table's key attributes with the right types and sizes.
+pub fn validate_key_attributes(schema: &KeySchema, item: &Item, missing_message: bool) -> Result<(), ApiError> {
+    for (attribute, limit, role) in [(&schema.partition, PARTITION_KEY_BYTES_MAX, "partition")]
+        .into_iter()
+        .chain(schema.sort.as_ref().map(|s| (s, SORT_KEY_BYTES_MAX, "sort")))
+    {
+        let Some(value) = item.get(&attribute.name) else {
+            return Err(if missing_message {
+                invalid(format!("Missing the key {} in the item", attribute.name))
+            } else {
+                ApiError::validation("The provided key element does not match the schema")
+            });
+        };
+        if !attribute.value_type.matches(value) {
+            return Err(invalid(format!(
+                "Type mismatch for key {} expected: {} actual: {}",
+                attribute.name,
+                attribute.value_type.descriptor(),
+                value.value_type().descriptor()
+            )));
+        }
+        let size = value.size_bytes();
+        if size == 0 {
+            return Err(invalid(format!(
+                "One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain an empty {} value. Key: {}",
+                if attribute.value_type == KeyType::S { "string" } else { "binary" },
+                attribute.name
+            )));
+        }
+        if size > limit {
+            return Err(ApiError::validation(format!(
+                "One or more parameter values were invalid: Size of {role} key attribute {} is {size} bytes, which exceeds the limit of {limit} bytes",
+                attribute.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a Key parameter: exactly the key attributes, nothing else.
+pub fn validate_key(schema: &KeySchema, key: &Item) -> Result<(), ApiError> {
+    let expected = 1 + usize::from(schema.sort.is_some());
+    if key.len() != expected || !key.keys().all(|name| schema.is_key_attribute(name)) {
+        return Err(ApiError::validation("The provided key element does not match the schema"));
+    }
+    validate_key_attributes(schema, key, false)
+}
+
+/// Index key attributes present on an item must have the declared type (DynamoDB rejects the
+/// write otherwise); absent ones leave the item out of that (sparse) index.
+pub fn validate_index_key_types(table: &TableMeta, item: &Item) -> Result<(), ApiError> {
+    for index in &table.indexes {
+        for attribute in index.key.attributes() {
+            if let Some(value) = item.get(&attribute.name) {
+                if !attribute.value_type.matches(value) {
+                    return Err(invalid(format!(
+                        "Type mismatch for Index Key {} Expected: {} Actual: {} IndexName: {}",
+                        attribute.name,
+                        attribute.value_type.descriptor(),
+                        value.value_type().descriptor(),
+                        index.name
+                    )));
+                }
+                if value.size_bytes() == 0 {
+                    return Err(invalid(format!(
+                        "One or more parameter values are not valid. A value specified for a secondary index key is not supported. The AttributeValue for a key attribute cannot contain an empty string value. IndexName: {}, IndexKey: {}",
+                        index.name, attribute.name
+                    )));
+                }
+            }
+        }
+    }
+    let _ = ValueType::S;
+    let _ = KeyType::S.value_type();
+    Ok(())
+}

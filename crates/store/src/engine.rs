@@ -1,0 +1,806 @@
+//! Durable storage: redb tables, one writer thread with group commit, secondary indexes and the
+//! TTL index, all maintained in the same transaction as the item they describe.
+//!
+//! Invariants:
+//! - every mutation goes through the single writer thread, so conditional writes are
+//!   serialised; a write is acknowledged only after the transaction holding it committed with
+//!   `Durability::Immediate` (fsync);
+//! - a job either returns an error having mutated nothing, or its writes are part of the batch;
+//!   a failed commit fails every job of the batch and nothing of it is visible;
+//! - jobs that change the catalog run alone in their batch, and the in-memory catalog is swapped
+//!   only after their commit, so no job ever sees a table that storage does not have;
+//! - index entries, TTL entries and counters always match the items (same transaction).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::{Bound, ControlFlow};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dynamo_protocol::value::item_size_bytes;
+use dynamo_protocol::{ApiError, AttributeValue, Item};
+use redb::{Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableError, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog::{IndexMeta, KeySchema, TableMeta, TableStats};
+use crate::keys;
+use crate::record::{self, Record};
+
+/// Jobs waiting for the writer before submitters are made to wait (back-pressure).
+pub const WRITE_QUEUE_JOBS_MAX: usize = 4096;
+/// Jobs committed together in one transaction (one fsync) at most.
+pub const BATCH_JOBS_MAX: usize = 512;
+/// TTL sweeps run this often.
+pub const TTL_SWEEP_INTERVAL_MS: u64 = 1000;
+/// Expired items deleted per table per sweep at most.
+pub const TTL_DELETES_PER_SWEEP_MAX: usize = 1000;
+/// Items whose TTL lies further than this in the past are not expired (DynamoDB's rule).
+pub const TTL_IGNORE_OLDER_THAN_SECONDS: u64 = 5 * 365 * 24 * 3600;
+
+const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
+const STATS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("stats");
+const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("settings");
+const NEXT_TABLE_ID: &str = "next_table_id";
+
+fn data_table_name(id: u64) -> String {
+    format!("d{id}")
+}
+
+fn index_table_name(id: u64, index: &str) -> String {
+    format!("x{id}/{index}")
+}
+
+fn ttl_table_name(id: u64) -> String {
+    format!("t{id}")
+}
+
+fn stats_key(id: u64, index: Option<&str>) -> String {
+    match index {
+        Some(index) => format!("{id}/{index}"),
+        None => id.to_string(),
+    }
+}
+
+fn bytes_table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+fn storage_error(context: &str, error: impl std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "storage failure while {context}");
+    ApiError::internal(format!("Internal server error: storage failure while {context}"))
+}
+
+/// Milliseconds since the Unix epoch; injected so tests and simulations control time.
+pub trait Clock: Send + Sync + 'static {
+    fn now_unix_ms(&self) -> u64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix_ms(&self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+}
+
+/// A hybrid logical clock: 48 bits of physical milliseconds, 16 bits of logical counter.
+/// Never goes backwards, even when the physical clock does.
+pub struct HybridClock {
+    last: AtomicU64,
+}
+
+impl HybridClock {
+    fn new(start: u64) -> HybridClock {
+        HybridClock { last: AtomicU64::new(start) }
+    }
+
+    pub fn tick(&self, physical_ms: u64) -> u64 {
+        let physical = physical_ms << 16;
+        let mut last = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = if physical > last { physical } else { last + 1 };
+            match self.last.compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TableStatus {
+    Active,
+}
+
+#[derive(Default)]
+struct Catalog {
+    tables: BTreeMap<String, Arc<TableMeta>>,
+}
+
+enum CatalogChange {
+    Put(Arc<TableMeta>),
+    Remove(String),
+}
+
+type Completion = Box<dyn FnOnce(Result<(), ApiError>) + Send>;
+
+struct Job {
+    exclusive: bool,
+    run: Box<dyn FnOnce(&mut WriteContext<'_>) -> Completion + Send>,
+}
+
+struct Shared {
+    db: Database,
+    region: String,
+    catalog: RwLock<Catalog>,
+    clock: Arc<dyn Clock>,
+    hlc: HybridClock,
+    path: PathBuf,
+}
+
+/// Handle to the store's storage; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    sender: mpsc::Sender<Job>,
+}
+
+impl Engine {
+    /// Opens (or creates) the database under `data_dir` and starts the writer thread.
+    pub fn open(data_dir: &Path, region: &str, clock: Arc<dyn Clock>) -> Result<Engine, OpenError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| OpenError::Directory { path: data_dir.to_path_buf(), source })?;
+        let path = data_dir.join("store.redb");
+        let db = Database::create(&path).map_err(|source| OpenError::Database { path: path.clone(), source: Box::new(source) })?;
+        let catalog = load_catalog(&db).map_err(|message| OpenError::Catalog { path: path.clone(), message })?;
+        let start = clock.now_unix_ms() << 16;
+        let shared = Arc::new(Shared { db, region: region.to_string(), catalog: RwLock::new(catalog), clock, hlc: HybridClock::new(start), path });
+        let (sender, receiver) = mpsc::channel(WRITE_QUEUE_JOBS_MAX);
+        let writer_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(writer_shared, receiver))
+            .map_err(|source| OpenError::Directory { path: data_dir.to_path_buf(), source })?;
+        Ok(Engine { shared, sender })
+    }
+
+    pub fn region(&self) -> &str {
+        &self.shared.region
+    }
+
+    pub fn now_unix_ms(&self) -> u64 {
+        self.shared.clock.now_unix_ms()
+    }
+
+    pub fn table(&self, name: &str) -> Option<Arc<TableMeta>> {
+        self.shared.catalog.read().expect("catalog lock is never poisoned: holders do not panic").tables.get(name).cloned()
+    }
+
+    pub fn require_table(&self, name: &str) -> Result<Arc<TableMeta>, ApiError> {
+        self.table(name).ok_or_else(|| ApiError::resource_not_found(format!("Requested resource not found: Table: {name} not found")))
+    }
+
+    pub fn table_names(&self) -> Vec<String> {
+        self.shared.catalog.read().expect("catalog lock is never poisoned").tables.keys().cloned().collect()
+    }
+
+    pub fn tables(&self) -> Vec<Arc<TableMeta>> {
+        self.shared.catalog.read().expect("catalog lock is never poisoned").tables.values().cloned().collect()
+    }
+
+    /// Bytes the database file takes on disk.
+    pub fn storage_bytes(&self) -> u64 {
+        std::fs::metadata(&self.shared.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Runs `job` on the writer thread inside the next batch; resolves after the batch is durable.
+    pub async fn write<T: Send + 'static>(&self, job: impl FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+        self.submit(false, job).await
+    }
+
+    /// Like [`Engine::write`], alone in its batch: for jobs that change the catalog.
+    pub async fn write_exclusive<T: Send + 'static>(&self, job: impl FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+        self.submit(true, job).await
+    }
+
+    async fn submit<T: Send + 'static>(&self, exclusive: bool, job: impl FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+        let (reply, result) = oneshot::channel();
+        let job = Job {
+            exclusive,
+            run: Box::new(move |context| {
+                let outcome = job(context);
+                Box::new(move |commit: Result<(), ApiError>| {
+                    let _ = reply.send(commit.and(outcome));
+                })
+            }),
+        };
+        self.sender.send(job).await.map_err(|_| ApiError::new(dynamo_protocol::ErrorKind::ServiceUnavailable, "The store is shutting down"))?;
+        result.await.map_err(|_| ApiError::internal("Internal server error: the writer stopped before answering"))?
+    }
+
+    /// A consistent snapshot for reads.
+    pub fn snapshot(&self) -> Result<Snapshot, ApiError> {
+        let txn = self.shared.db.begin_read().map_err(|e| storage_error("starting a read", e))?;
+        Ok(Snapshot { txn })
+    }
+
+    /// Exact item and size counters of a table or one of its indexes.
+    pub fn stats(&self, table_id: u64, index: Option<&str>) -> TableStats {
+        let read = || -> Result<TableStats, Box<dyn std::error::Error>> {
+            let txn = self.shared.db.begin_read()?;
+            let stats = match txn.open_table(STATS) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(TableStats::default()),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(stats.get(stats_key(table_id, index).as_str())?.map(|v| {
+                let (item_count, size_bytes) = v.value();
+                TableStats { item_count, size_bytes }
+            }).unwrap_or_default())
+        };
+        read().unwrap_or_default()
+    }
+
+    /// Deletes items whose TTL passed; returns how many. Called by the TTL sweeper.
+    pub async fn expire_once(&self) -> Result<usize, ApiError> {
+        let now_seconds = self.now_unix_ms() / 1000;
+        let mut deleted = 0;
+        for table in self.tables() {
+            if !table.ttl.as_ref().is_some_and(|t| t.enabled) {
+                continue;
+            }
+            let due = self.snapshot()?.expired_keys(&table, now_seconds, TTL_DELETES_PER_SWEEP_MAX)?;
+            if due.is_empty() {
+                continue;
+            }
+            let table = Arc::clone(&table);
+            deleted += self
+                .write(move |context| {
+                    let mut count = 0;
+                    for (ttl_key, item_key) in due {
+                        context.expire(&table, &ttl_key, &item_key, now_seconds)?.then(|| count += 1);
+                    }
+                    Ok(count)
+                })
+                .await?;
+        }
+        Ok(deleted)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data directory {path}: {source}; check the path and its permissions")]
+    Directory { path: PathBuf, source: std::io::Error },
+    #[error("cannot open database {path}: {source}; is another store running on this --data-dir?")]
+    Database { path: PathBuf, source: Box<redb::DatabaseError> },
+    #[error("cannot read the table catalog in {path}: {message}")]
+    Catalog { path: PathBuf, message: String },
+}
+
+fn load_catalog(db: &Database) -> Result<Catalog, String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    let mut catalog = Catalog::default();
+    {
+        let table = txn.open_table(CATALOG).map_err(|e| e.to_string())?;
+        for entry in table.iter().map_err(|e| e.to_string())? {
+            let (name, bytes) = entry.map_err(|e| e.to_string())?;
+            let meta: TableMeta = serde_json::from_slice(bytes.value()).map_err(|e| format!("table {}: {e}", name.value()))?;
+            catalog.tables.insert(meta.name.clone(), Arc::new(meta));
+        }
+        txn.open_table(STATS).map_err(|e| e.to_string())?;
+        txn.open_table(SETTINGS).map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(catalog)
+}
+
+fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
+    let mut pending: Option<Job> = None;
+    loop {
+        let first = match pending.take() {
+            Some(job) => job,
+            None => match receiver.blocking_recv() {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        if !batch[0].exclusive {
+            while batch.len() < BATCH_JOBS_MAX {
+                match receiver.try_recv() {
+                    Ok(job) if job.exclusive => {
+                        pending = Some(job);
+                        break;
+                    }
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        run_batch(&shared, batch);
+    }
+}
+
+fn run_batch(shared: &Shared, batch: Vec<Job>) {
+    let mut txn = match shared.db.begin_write() {
+        Ok(txn) => txn,
+        Err(error) => {
+            // The jobs never ran, so they mutated nothing; dropping them drops their reply
+            // channels and each submitter gets an internal error.
+            let _ = storage_error("starting a write", error);
+            drop(batch);
+            return;
+        }
+    };
+    txn.set_durability(Durability::Immediate);
+    let mut context = WriteContext { txn: &txn, shared, stats: HashMap::new(), catalog_changes: Vec::new(), failed: None };
+    let completions: Vec<Completion> = batch.into_iter().map(|job| (job.run)(&mut context)).collect();
+    let WriteContext { stats, catalog_changes, failed, .. } = context;
+    let outcome = match failed {
+        Some(error) => Err(error),
+        None => flush_stats(&txn, stats),
+    };
+    let outcome = match outcome {
+        Ok(()) => txn.commit().map_err(|e| storage_error("committing", e)),
+        Err(error) => {
+            let _ = txn.abort();
+            Err(error)
+        }
+    };
+    if outcome.is_ok() {
+        let mut catalog = shared.catalog.write().expect("catalog lock is never poisoned");
+        for change in catalog_changes {
+            match change {
+                CatalogChange::Put(meta) => {
+                    catalog.tables.insert(meta.name.clone(), meta);
+                }
+                CatalogChange::Remove(name) => {
+                    catalog.tables.remove(&name);
+                }
+            }
+        }
+    }
+    for completion in completions {
+        completion(outcome.clone());
+    }
+}
+
+fn flush_stats(txn: &WriteTransaction, deltas: HashMap<String, (i64, i64)>) -> Result<(), ApiError> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let mut table = txn.open_table(STATS).map_err(|e| storage_error("opening counters", e))?;
+    for (key, (count_delta, size_delta)) in deltas {
+        let (count, size) = table.get(key.as_str()).map_err(|e| storage_error("reading counters", e))?.map(|v| v.value()).unwrap_or((0, 0));
+        let count = (count as i64 + count_delta).max(0) as u64;
+        let size = (size as i64 + size_delta).max(0) as u64;
+        table.insert(key.as_str(), (count, size)).map_err(|e| storage_error("writing counters", e))?;
+    }
+    Ok(())
+}
+
+/// What a write job sees: the open write transaction of its batch.
+pub struct WriteContext<'a> {
+    txn: &'a WriteTransaction,
+    shared: &'a Shared,
+    stats: HashMap<String, (i64, i64)>,
+    catalog_changes: Vec<CatalogChange>,
+    /// A storage failure after a job began mutating: the whole batch must not commit.
+    failed: Option<ApiError>,
+}
+
+/// The index entry key of an item, if the item has the index's key attributes.
+pub fn index_entry_key(index: &IndexMeta, item: &Item, item_key: &[u8]) -> Option<Vec<u8>> {
+    let partition = item.get(&index.key.partition.name)?;
+    let mut out = keys::partition_prefix(partition);
+    if let Some(sort) = &index.key.sort {
+        keys::encode_key_value(item.get(&sort.name)?, &mut out);
+    }
+    out.extend_from_slice(item_key);
+    Some(out)
+}
+
+/// The stored key of an item under `schema` (the item must carry the key attributes).
+pub fn key_of(schema: &KeySchema, item: &Item) -> Result<Vec<u8>, ApiError> {
+    let partition = item.get(&schema.partition.name).ok_or_else(|| ApiError::validation("The provided key element does not match the schema"))?;
+    let sort = match &schema.sort {
+        Some(sort) => Some(item.get(&sort.name).ok_or_else(|| ApiError::validation("The provided key element does not match the schema"))?),
+        None => None,
+    };
+    Ok(keys::item_key(partition, sort))
+}
+
+fn ttl_seconds(table: &TableMeta, item: &Item) -> Option<u64> {
+    let spec = table.ttl.as_ref().filter(|t| t.enabled)?;
+    match item.get(&spec.attribute)? {
+        AttributeValue::N(n) => n.to_i64().and_then(|v| u64::try_from(v).ok()),
+        _ => None,
+    }
+}
+
+fn ttl_entry_key(seconds: u64, item_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + item_key.len());
+    out.extend_from_slice(&seconds.to_be_bytes());
+    out.extend_from_slice(item_key);
+    out
+}
+
+impl WriteContext<'_> {
+    pub fn region(&self) -> &str {
+        &self.shared.region
+    }
+
+    pub fn now_unix_ms(&self) -> u64 {
+        self.shared.clock.now_unix_ms()
+    }
+
+    /// The current definition of `name`, checked to be the same table the request validated
+    /// against (it may have been deleted and created again meanwhile).
+    pub fn current_table(&self, meta: &TableMeta) -> Result<(), ApiError> {
+        let catalog = self.shared.catalog.read().expect("catalog lock is never poisoned");
+        match catalog.tables.get(&meta.name) {
+            Some(current) if current.id == meta.id => Ok(()),
+            _ => Err(ApiError::resource_not_found(format!("Requested resource not found: Table: {} not found", meta.name))),
+        }
+    }
+
+    fn fail(&mut self, context: &str, error: impl std::fmt::Display) -> ApiError {
+        let error = storage_error(context, error);
+        self.failed.get_or_insert_with(|| error.clone());
+        error
+    }
+
+    pub fn get(&mut self, table: &TableMeta, key: &[u8]) -> Result<Option<Item>, ApiError> {
+        let name = data_table_name(table.id);
+        let data = self.txn.open_table(bytes_table(&name)).map_err(|e| storage_error("opening a table", e))?;
+        let Some(bytes) = data.get(key).map_err(|e| storage_error("reading an item", e))? else {
+            return Ok(None);
+        };
+        let record = record::decode(bytes.value()).map_err(|e| storage_error("decoding an item", e))?;
+        Ok((!record.tombstone).then_some(record.item))
+    }
+
+    /// Writes `new` at `key` (replacing `old`, which the caller read in this batch), keeping
+    /// indexes, TTL entries and counters in step.
+    pub fn put(&mut self, table: &TableMeta, key: &[u8], old: Option<&Item>, new: &Item) -> Result<(), ApiError> {
+        let hlc = self.shared.hlc.tick(self.shared.clock.now_unix_ms());
+        let record = Record { hlc, origin: self.shared.region.clone(), tombstone: false, item: new.clone() };
+        let result = self.store(table, key, old, Some(new), &record::encode(&record));
+        result.map_err(|e| self.fail("writing an item", e))
+    }
+
+    pub fn delete(&mut self, table: &TableMeta, key: &[u8], old: &Item) -> Result<(), ApiError> {
+        let result = self.store(table, key, Some(old), None, &[]);
+        result.map_err(|e| self.fail("deleting an item", e))
+    }
+
+    fn store(&mut self, table: &TableMeta, key: &[u8], old: Option<&Item>, new: Option<&Item>, record: &[u8]) -> Result<(), redb::Error> {
+        {
+            let name = data_table_name(table.id);
+            let mut data = self.txn.open_table(bytes_table(&name))?;
+            match new {
+                Some(_) => data.insert(key, record)?,
+                None => data.remove(key)?,
+            };
+        }
+        let size = |item: Option<&Item>| item.map(|i| item_size_bytes(i) as i64).unwrap_or(0);
+        let presence = |item: Option<&Item>| i64::from(item.is_some());
+        let entry = self.stats.entry(stats_key(table.id, None)).or_default();
+        entry.0 += presence(new) - presence(old);
+        entry.1 += size(new) - size(old);
+        for index in &table.indexes {
+            let old_entry = old.and_then(|item| index_entry_key(index, item, key));
+            let new_entry = new.and_then(|item| index_entry_key(index, item, key));
+            let name = index_table_name(table.id, &index.name);
+            let mut entries = self.txn.open_table(bytes_table(&name))?;
+            if let Some(old_entry) = &old_entry {
+                if new_entry.as_ref() != Some(old_entry) {
+                    entries.remove(old_entry.as_slice())?;
+                }
+            }
+            let projected_old = old_entry.as_ref().and(old).map(|i| index.project(&table.key, i));
+            let projected_new = match (&new_entry, new) {
+                (Some(entry), Some(item)) => {
+                    let projected = index.project(&table.key, item);
+                    let bytes = serde_json::to_vec(&projected).expect("serialising an item cannot fail");
+                    entries.insert(entry.as_slice(), bytes.as_slice())?;
+                    Some(projected)
+                }
+                _ => None,
+            };
+            let stats = self.stats.entry(stats_key(table.id, Some(&index.name))).or_default();
+            stats.0 += i64::from(projected_new.is_some()) - i64::from(projected_old.is_some());
+            stats.1 += size(projected_new.as_ref()) - size(projected_old.as_ref());
+        }
+        if table.ttl.as_ref().is_some_and(|t| t.enabled) {
+            let old_ttl = old.and_then(|i| ttl_seconds(table, i));
+            let new_ttl = new.and_then(|i| ttl_seconds(table, i));
+            if old_ttl != new_ttl {
+                let name = ttl_table_name(table.id);
+                let mut ttl = self.txn.open_table(bytes_table(&name))?;
+                if let Some(seconds) = old_ttl {
+                    ttl.remove(ttl_entry_key(seconds, key).as_slice())?;
+                }
+                if let Some(seconds) = new_ttl {
+                    ttl.insert(ttl_entry_key(seconds, key).as_slice(), &[][..])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the item behind a TTL entry if it is still expired; returns whether it did.
+    fn expire(&mut self, table: &TableMeta, ttl_key: &[u8], item_key: &[u8], now_seconds: u64) -> Result<bool, ApiError> {
+        if self.current_table(table).is_err() {
+            return Ok(false);
+        }
+        let Some(item) = self.get(table, item_key)? else {
+            let name = ttl_table_name(table.id);
+            let result = self.txn.open_table(bytes_table(&name)).and_then(|mut t| t.remove(ttl_key).map(|_| ()).map_err(Into::into));
+            result.map_err(|e| self.fail("removing a TTL entry", e))?;
+            return Ok(false);
+        };
+        match ttl_seconds(table, &item) {
+            Some(seconds) if seconds <= now_seconds && now_seconds - seconds <= TTL_IGNORE_OLDER_THAN_SECONDS => {
+                self.delete(table, item_key, &item)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Allocates a storage id for a new table.
+    pub fn next_table_id(&mut self) -> Result<u64, ApiError> {
+        let result = (|| -> Result<u64, redb::Error> {
+            let mut settings = self.txn.open_table(SETTINGS)?;
+            let id = settings.get(NEXT_TABLE_ID)?.map(|v| v.value()).unwrap_or(1);
+            settings.insert(NEXT_TABLE_ID, id + 1)?;
+            Ok(id)
+        })();
+        result.map_err(|e| self.fail("allocating a table id", e))
+    }
+
+    /// Persists a table definition; the in-memory catalog follows after commit.
+    pub fn put_table(&mut self, meta: TableMeta) -> Result<(), ApiError> {
+        let bytes = serde_json::to_vec(&meta).expect("serialising a table definition cannot fail");
+        let result = (|| -> Result<(), redb::Error> {
+            let mut catalog = self.txn.open_table(CATALOG)?;
+            catalog.insert(meta.name.as_str(), bytes.as_slice())?;
+            // Create the data and index tables now so readers never miss them.
+            self.txn.open_table(bytes_table(&data_table_name(meta.id)))?;
+            for index in &meta.indexes {
+                self.txn.open_table(bytes_table(&index_table_name(meta.id, &index.name)))?;
+            }
+            Ok(())
+        })();
+        result.map_err(|e| self.fail("saving a table definition", e))?;
+        self.catalog_changes.push(CatalogChange::Put(Arc::new(meta)));
+        Ok(())
+    }
+
+    pub fn drop_table(&mut self, meta: &TableMeta) -> Result<(), ApiError> {
+        let result = (|| -> Result<(), redb::Error> {
+            let mut catalog = self.txn.open_table(CATALOG)?;
+            catalog.remove(meta.name.as_str())?;
+            self.txn.delete_table(bytes_table(&data_table_name(meta.id)))?;
+            self.txn.delete_table(bytes_table(&ttl_table_name(meta.id)))?;
+            let mut stats = self.txn.open_table(STATS)?;
+            stats.remove(stats_key(meta.id, None).as_str())?;
+            for index in &meta.indexes {
+                self.txn.delete_table(bytes_table(&index_table_name(meta.id, &index.name)))?;
+                stats.remove(stats_key(meta.id, Some(&index.name)).as_str())?;
+            }
+            Ok(())
+        })();
+        result.map_err(|e| self.fail("deleting a table", e))?;
+        self.catalog_changes.push(CatalogChange::Remove(meta.name.clone()));
+        Ok(())
+    }
+
+    /// Fills a new index (or the TTL index) from the table's items.
+    pub fn backfill(&mut self, meta: &TableMeta, index: Option<&IndexMeta>) -> Result<u64, ApiError> {
+        let result = (|| -> Result<u64, redb::Error> {
+            let name = data_table_name(meta.id);
+            let data = self.txn.open_table(bytes_table(&name))?;
+            let mut count = 0;
+            let (target_name, stats_name) = match index {
+                Some(index) => (index_table_name(meta.id, &index.name), Some(stats_key(meta.id, Some(&index.name)))),
+                None => (ttl_table_name(meta.id), None),
+            };
+            let mut target = self.txn.open_table(bytes_table(&target_name))?;
+            let mut added = (0i64, 0i64);
+            for entry in data.iter()? {
+                let (key, value) = entry?;
+                let Ok(record) = record::decode(value.value()) else { continue };
+                if record.tombstone {
+                    continue;
+                }
+                match index {
+                    Some(index) => {
+                        if let Some(entry_key) = index_entry_key(index, &record.item, key.value()) {
+                            let projected = index.project(&meta.key, &record.item);
+                            added.0 += 1;
+                            added.1 += item_size_bytes(&projected) as i64;
+                            let bytes = serde_json::to_vec(&projected).expect("serialising an item cannot fail");
+                            target.insert(entry_key.as_slice(), bytes.as_slice())?;
+                            count += 1;
+                        }
+                    }
+                    None => {
+                        if let Some(seconds) = ttl_seconds(meta, &record.item) {
+                            target.insert(ttl_entry_key(seconds, key.value()).as_slice(), &[][..])?;
+                            count += 1;
+                        }
+                    }
+                }
+            }
+            if let Some(stats_name) = stats_name {
+                let entry = self.stats.entry(stats_name).or_default();
+                entry.0 += added.0;
+                entry.1 += added.1;
+            }
+            Ok(count)
+        })();
+        result.map_err(|e| self.fail("backfilling an index", e))
+    }
+
+    pub fn drop_ttl_index(&mut self, meta: &TableMeta) -> Result<(), ApiError> {
+        let result = self.txn.delete_table(bytes_table(&ttl_table_name(meta.id)));
+        result.map(|_| ()).map_err(|e| self.fail("dropping the TTL index", e))
+    }
+
+    pub fn drop_index(&mut self, meta: &TableMeta, index: &str) -> Result<(), ApiError> {
+        let result = (|| -> Result<(), redb::Error> {
+            self.txn.delete_table(bytes_table(&index_table_name(meta.id, index)))?;
+            self.txn.open_table(STATS)?.remove(stats_key(meta.id, Some(index)).as_str())?;
+            Ok(())
+        })();
+        result.map_err(|e| self.fail("dropping an index", e))
+    }
+}
+
+/// Which stored rows a range read visits.
+pub struct RangeRequest<'a> {
+    pub table: &'a TableMeta,
+    pub index: Option<&'a IndexMeta>,
+    pub lower: Bound<Vec<u8>>,
+    pub upper: Bound<Vec<u8>>,
+    pub reverse: bool,
+}
+
+/// One row visited by a range read.
+pub struct Row<'a> {
+    /// The stored key (for an index: index key followed by the item's table key).
+    pub key: &'a [u8],
+    pub item: Item,
+    /// Bytes read, as DynamoDB counts them toward the 1 MB page and capacity.
+    pub size_bytes: usize,
+}
+
+/// A read-only, consistent view of storage.
+pub struct Snapshot {
+    txn: ReadTransaction,
+}
+
+impl Snapshot {
+    pub fn get(&self, table: &TableMeta, key: &[u8]) -> Result<Option<Item>, ApiError> {
+        let name = data_table_name(table.id);
+        let data = match self.txn.open_table(bytes_table(&name)) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage_error("opening a table", e)),
+        };
+        let Some(bytes) = data.get(key).map_err(|e| storage_error("reading an item", e))? else {
+            return Ok(None);
+        };
+        let record = record::decode(bytes.value()).map_err(|e| storage_error("decoding an item", e))?;
+        Ok((!record.tombstone).then_some(record.item))
+    }
+
+    /// Visits rows in key order (or reverse) until `visit` breaks.
+    pub fn range(&self, request: &RangeRequest<'_>, mut visit: impl FnMut(Row<'_>) -> ControlFlow<()>) -> Result<(), ApiError> {
+        let name = match request.index {
+            Some(index) => index_table_name(request.table.id, &index.name),
+            None => data_table_name(request.table.id),
+        };
+        let table = match self.txn.open_table(bytes_table(&name)) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(storage_error("opening a table", e)),
+        };
+        let bounds = (as_slice_bound(&request.lower), as_slice_bound(&request.upper));
+        if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) = bounds {
+            if l > u {
+                return Ok(());
+            }
+        }
+        let range = table.range::<&[u8]>(bounds).map_err(|e| storage_error("reading a range", e))?;
+        let mut step = |entry: Result<(redb::AccessGuard<'_, &'static [u8]>, redb::AccessGuard<'_, &'static [u8]>), redb::StorageError>| -> Result<ControlFlow<()>, ApiError> {
+            let (key, value) = entry.map_err(|e| storage_error("reading a range", e))?;
+            let bytes = value.value();
+            let item = if request.index.is_some() {
+                serde_json::from_slice(bytes).map_err(|e| storage_error("decoding an index entry", e))?
+            } else {
+                let record = record::decode(bytes).map_err(|e| storage_error("decoding an item", e))?;
+                if record.tombstone {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                record.item
+            };
+            let size_bytes = item_size_bytes(&item);
+            Ok(visit(Row { key: key.value(), item, size_bytes }))
+        };
+        if request.reverse {
+            for entry in range.rev() {
+                if step(entry)?.is_break() {
+                    break;
+                }
+            }
+        } else {
+            for entry in range {
+                if step(entry)?.is_break() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn expired_keys(&self, table: &TableMeta, now_seconds: u64, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ApiError> {
+        let name = ttl_table_name(table.id);
+        let ttl = match self.txn.open_table(bytes_table(&name)) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage_error("opening the TTL index", e)),
+        };
+        let oldest = now_seconds.saturating_sub(TTL_IGNORE_OLDER_THAN_SECONDS).to_be_bytes();
+        let upper = (now_seconds + 1).to_be_bytes();
+        let mut out = Vec::new();
+        for entry in ttl.range::<&[u8]>(&oldest[..]..&upper[..]).map_err(|e| storage_error("reading the TTL index", e))? {
+            let (key, _) = entry.map_err(|e| storage_error("reading the TTL index", e))?;
+            let key = key.value().to_vec();
+            let item_key = key[8..].to_vec();
+            out.push((key, item_key));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn row_count(&self, table: &TableMeta) -> Result<u64, ApiError> {
+        let name = data_table_name(table.id);
+        match self.txn.open_table(bytes_table(&name)) {
+            Ok(t) => t.len().map_err(|e| storage_error("counting", e)),
+            Err(TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(storage_error("opening a table", e)),
+        }
+    }
+}
+
+fn as_slice_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl WriteContext<'_> {
+    pub fn current_table_named(&self, name: &str) -> bool {
+        self.shared.catalog.read().expect("catalog lock is never poisoned").tables.contains_key(name)
+    }
+}
+
+impl Engine {
+    /// Whether the writer thread still takes jobs.
+    pub fn writer_alive(&self) -> bool {
+        !self.sender.is_closed()
+    }
+
+    /// Free slots in the write queue (back-pressure starts at zero).
+    pub fn write_queue_free(&self) -> usize {
+        self.sender.capacity()
+    }
+}

@@ -1,0 +1,519 @@
+//! Multi-item operations: BatchGetItem, BatchWriteItem, TransactWriteItems, TransactGetItems.
+//!
+//! A transaction runs as one job of the writer: every condition is checked against the
+//! current items first, and only if all hold are the writes applied — in the same durable
+//! batch, so readers see all of it or none of it.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use dynamo_protocol::error::CancellationReason;
+use dynamo_protocol::{ApiError, AttributeValue, ErrorKind, Item};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::items::{build_condition, build_projection, build_update, check_condition, parse_return_on_failure, updated_item, validate_key, validate_put};
+use super::{BATCH_GET_KEYS_MAX, BATCH_GET_RESPONSE_BYTES_MAX, BATCH_WRITE_ITEMS_MAX, ExpressionInputs, Store, TRANSACTION_ITEMS_MAX, item_json, read_units, write_units};
+use crate::catalog::TableMeta;
+use crate::expr::{self, Condition, Path, UpdateExpression};
+
+/// How long a ClientRequestToken makes a TransactWriteItems idempotent (DynamoDB: 10 minutes).
+pub const TRANSACTION_TOKEN_TTL_MS: u64 = 10 * 60 * 1000;
+/// Tokens remembered at most; the oldest are forgotten first.
+pub const TRANSACTION_TOKENS_MAX: usize = 100_000;
+
+#[derive(Default)]
+pub struct TransactionTokens {
+    seen: Mutex<(HashMap<String, ([u8; 32], u64)>, VecDeque<(String, u64)>)>,
+}
+
+impl TransactionTokens {
+    /// `Some(true)` if this token already committed this same request; an error if the token
+    /// was used for a different request.
+    fn check(&self, token: &str, digest: [u8; 32], now_ms: u64) -> Result<bool, ApiError> {
+        let mut guard = self.seen.lock().expect("token lock is never poisoned");
+        let (map, order) = &mut *guard;
+        while let Some((oldest, at)) = order.front() {
+            if now_ms.saturating_sub(*at) > TRANSACTION_TOKEN_TTL_MS || map.len() > TRANSACTION_TOKENS_MAX {
+                map.remove(oldest);
+                order.pop_front();
+            } else {
+                break;
+            }
+        }
+        match map.get(token) {
+            Some((seen, _)) if *seen == digest => Ok(true),
+            Some(_) => Err(ApiError::new(
+                ErrorKind::IdempotentParameterMismatch,
+                "The request uses the same client token as a previous, but non-identical request. Use a new ClientRequestToken",
+            )),
+            None => Ok(false),
+        }
+    }
+
+    fn remember(&self, token: String, digest: [u8; 32], now_ms: u64) {
+        let mut guard = self.seen.lock().expect("token lock is never poisoned");
+        let (map, order) = &mut *guard;
+        map.insert(token.clone(), (digest, now_ms));
+        order.push_back((token, now_ms));
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeysAndAttributes {
+    keys: Vec<Item>,
+    projection_expression: Option<String>,
+    attributes_to_get: Option<Vec<String>>,
+    expression_attribute_names: Option<HashMap<String, String>>,
+    consistent_read: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchGetRequest {
+    request_items: BTreeMap<String, KeysAndAttributes>,
+    return_consumed_capacity: Option<String>,
+}
+
+pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiError> {
+    let total: usize = request.request_items.values().map(|r| r.keys.len()).sum();
+    if total > BATCH_GET_KEYS_MAX {
+        return Err(ApiError::validation(format!(
+            "Too many items requested for the BatchGetItem call: {total} keys; at most {BATCH_GET_KEYS_MAX}"
+        )));
+    }
+    if request.request_items.is_empty() || request.request_items.values().any(|r| r.keys.is_empty()) {
+        return Err(ApiError::validation(
+            "1 validation error detected: Value at 'requestItems' failed to satisfy constraint: Member must have length greater than or equal to 1",
+        ));
+    }
+    struct Plan {
+        meta: Arc<TableMeta>,
+        keys: Vec<(Item, Vec<u8>)>,
+        projection: Option<Vec<Path>>,
+        consistent: bool,
+    }
+    let mut plans = Vec::new();
+    for (name, entry) in &request.request_items {
+        let meta = store.engine().require_table(name)?;
+        let inputs = ExpressionInputs { names: entry.expression_attribute_names.clone(), values: None };
+        let context = inputs.context();
+        let projection = build_projection(&context, entry.projection_expression.as_deref(), entry.attributes_to_get.as_deref())?;
+        context.check_all_used()?;
+        let mut seen = HashSet::new();
+        let mut keys = Vec::new();
+        for key in &entry.keys {
+            let bytes = validate_key(&meta, key)?;
+            if !seen.insert(bytes.clone()) {
+                return Err(ApiError::validation("Provided list of item keys contains duplicates"));
+            }
+            keys.push((key.clone(), bytes));
+        }
+        plans.push((name.clone(), Plan { meta, keys, projection, consistent: entry.consistent_read.unwrap_or(false) }));
+    }
+    let snapshot = store.engine().snapshot()?;
+    let mut responses = serde_json::Map::new();
+    let mut unprocessed = serde_json::Map::new();
+    let mut capacity = Vec::new();
+    let mut bytes = 0usize;
+    for (name, plan) in plans {
+        let mut found = Vec::new();
+        let mut left = Vec::new();
+        let mut read = 0usize;
+        for (key, key_bytes) in &plan.keys {
+            if bytes >= BATCH_GET_RESPONSE_BYTES_MAX {
+                left.push(item_json(key));
+                continue;
+            }
+            if let Some(item) = snapshot.get(&plan.meta, key_bytes)? {
+                let size = dynamo_protocol::value::item_size_bytes(&item);
+                bytes += size;
+                read += size;
+                let item = match &plan.projection {
+                    Some(paths) => expr::project(&item, paths),
+                    None => item,
+                };
+                found.push(item_json(&item));
+            }
+        }
+        responses.insert(name.clone(), Value::Array(found));
+        if !left.is_empty() {
+            let original = &request.request_items[&name];
+            let mut entry = json!({"Keys": left});
+            if let Some(p) = &original.projection_expression {
+                entry["ProjectionExpression"] = json!(p);
+            }
+            if let Some(n) = &original.expression_attribute_names {
+                entry["ExpressionAttributeNames"] = json!(n);
+            }
+            unprocessed.insert(name.clone(), entry);
+        }
+        capacity.push(json!({"TableName": name, "CapacityUnits": read_units(read, plan.consistent)}));
+    }
+    let mut response = json!({"Responses": responses, "UnprocessedKeys": unprocessed});
+    if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
+        response["ConsumedCapacity"] = Value::Array(capacity);
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutRequest {
+    item: Item,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeleteRequest {
+    key: Item,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WriteRequest {
+    put_request: Option<PutRequest>,
+    delete_request: Option<DeleteRequest>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchWriteRequest {
+    request_items: BTreeMap<String, Vec<WriteRequest>>,
+    return_consumed_capacity: Option<String>,
+}
+
+enum Mutation {
+    Put(Item),
+    Delete,
+}
+
+pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Value, ApiError> {
+    let total: usize = request.request_items.values().map(Vec::len).sum();
+    if total > BATCH_WRITE_ITEMS_MAX {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{{...}}' at 'requestItems' failed to satisfy constraint: Map value must satisfy constraint: [Member must have length less than or equal to {BATCH_WRITE_ITEMS_MAX}, Member must have length greater than or equal to 1]"
+        )));
+    }
+    if request.request_items.is_empty() || request.request_items.values().any(Vec::is_empty) {
+        return Err(ApiError::validation(
+            "1 validation error detected: Value at 'requestItems' failed to satisfy constraint: Member must have length greater than or equal to 1",
+        ));
+    }
+    let mut writes: Vec<(Arc<TableMeta>, Vec<u8>, Mutation)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
+    for (name, requests) in request.request_items {
+        let meta = store.engine().require_table(&name)?;
+        for write in requests {
+            let (key, mutation) = match (write.put_request, write.delete_request) {
+                (Some(put), None) => (validate_put(&meta, &put.item)?, Mutation::Put(put.item)),
+                (None, Some(delete)) => (validate_key(&meta, &delete.key)?, Mutation::Delete),
+                _ => {
+                    return Err(ApiError::validation(
+                        "Supplied AttributeValue has more than one datatypes set, must contain exactly one of the supported datatypes: a WriteRequest holds exactly one of PutRequest and DeleteRequest",
+                    ));
+                }
+            };
+            if !seen.insert((meta.id, key.clone())) {
+                return Err(ApiError::validation("Provided list of item keys contains duplicates"));
+            }
+            let size = match &mutation {
+                Mutation::Put(item) => dynamo_protocol::value::item_size_bytes(item),
+                Mutation::Delete => 1,
+            };
+            *capacity.entry(name.clone()).or_default() += write_units(size);
+            writes.push((Arc::clone(&meta), key, mutation));
+        }
+    }
+    store
+        .engine()
+        .write(move |context| {
+            for (meta, _, _) in &writes {
+                context.current_table(meta)?;
+            }
+            for (meta, key, mutation) in &writes {
+                let old = context.get(meta, key)?;
+                match mutation {
+                    Mutation::Put(item) => context.put(meta, key, old.as_ref(), item)?,
+                    Mutation::Delete => {
+                        if let Some(old) = &old {
+                            context.delete(meta, key, old)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    let mut response = json!({"UnprocessedItems": {}});
+    if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
+        response["ConsumedCapacity"] = Value::Array(capacity.iter().map(|(t, u)| json!({"TableName": t, "CapacityUnits": u})).collect());
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TransactOperation {
+    table_name: String,
+    key: Option<Item>,
+    item: Option<Item>,
+    condition_expression: Option<String>,
+    update_expression: Option<String>,
+    expression_attribute_names: Option<HashMap<String, String>>,
+    expression_attribute_values: Option<HashMap<String, AttributeValue>>,
+    return_values_on_condition_check_failure: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TransactWriteItem {
+    condition_check: Option<TransactOperation>,
+    put: Option<TransactOperation>,
+    delete: Option<TransactOperation>,
+    update: Option<TransactOperation>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TransactWriteRequest {
+    transact_items: Vec<TransactWriteItem>,
+    client_request_token: Option<String>,
+    return_consumed_capacity: Option<String>,
+}
+
+enum Action {
+    Check,
+    Put(Item),
+    Delete,
+    Update(Item, Option<UpdateExpression>),
+}
+
+struct Step {
+    meta: Arc<TableMeta>,
+    key: Vec<u8>,
+    condition: Option<Condition>,
+    return_old: bool,
+    action: Action,
+}
+
+fn plan_step(store: &Store, item: TransactWriteItem) -> Result<Step, ApiError> {
+    let (kind, operation) = match (item.condition_check, item.put, item.delete, item.update) {
+        (Some(o), None, None, None) => ("ConditionCheck", o),
+        (None, Some(o), None, None) => ("Put", o),
+        (None, None, Some(o), None) => ("Delete", o),
+        (None, None, None, Some(o)) => ("Update", o),
+        _ => {
+            return Err(ApiError::validation(
+                "TransactItems can only contain one of Check, Put, Update or Delete in each element",
+            ));
+        }
+    };
+    let meta = store.engine().require_table(&operation.table_name)?;
+    let return_old = parse_return_on_failure(operation.return_values_on_condition_check_failure.as_deref())?;
+    let inputs = ExpressionInputs { names: operation.expression_attribute_names, values: operation.expression_attribute_values };
+    let context = inputs.context();
+    let condition = build_condition(&context, operation.condition_expression.as_deref(), None, None)?;
+    let missing = |field: &str| ApiError::validation(format!("1 validation error detected: Value null at 'transactItems.member.{kind}.{field}' failed to satisfy constraint: Member must not be null"));
+    let (key, action) = match kind {
+        "Put" => {
+            let item = operation.item.ok_or_else(|| missing("item"))?;
+            (validate_put(&meta, &item)?, Action::Put(item))
+        }
+        "Update" => {
+            let key_item = operation.key.ok_or_else(|| missing("key"))?;
+            let update = build_update(&meta, &context, Some(operation.update_expression.as_deref().ok_or_else(|| missing("updateExpression"))?), None)?;
+            (validate_key(&meta, &key_item)?, Action::Update(key_item, update))
+        }
+        "Delete" => (validate_key(&meta, &operation.key.ok_or_else(|| missing("key"))?)?, Action::Delete),
+        _ => {
+            if condition.is_none() {
+                return Err(missing("conditionExpression"));
+            }
+            (validate_key(&meta, &operation.key.ok_or_else(|| missing("key"))?)?, Action::Check)
+        }
+    };
+    context.check_all_used()?;
+    Ok(Step { meta, key, condition, return_old, action })
+}
+
+fn request_digest(body: &[Step]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for step in body {
+        hasher.update(step.meta.id.to_be_bytes());
+        hasher.update(&step.key);
+        match &step.action {
+            Action::Check => hasher.update(b"check"),
+            Action::Put(item) => hasher.update(serde_json::to_vec(item).unwrap_or_default()),
+            Action::Delete => hasher.update(b"delete"),
+            Action::Update(key, _) => hasher.update(serde_json::to_vec(key).unwrap_or_default()),
+        }
+    }
+    hasher.finalize().into()
+}
+
+pub async fn transact_write(store: &Store, request: TransactWriteRequest) -> Result<Value, ApiError> {
+    let count = request.transact_items.len();
+    if count == 0 || count > TRANSACTION_ITEMS_MAX {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '[...]' at 'transactItems' failed to satisfy constraint: Member must have length less than or equal to {TRANSACTION_ITEMS_MAX} and greater than or equal to 1"
+        )));
+    }
+    let steps = request.transact_items.into_iter().map(|item| plan_step(store, item)).collect::<Result<Vec<_>, _>>()?;
+    let mut seen = HashSet::new();
+    for step in &steps {
+        if !seen.insert((step.meta.id, step.key.clone())) {
+            return Err(ApiError::validation("Transaction request cannot include multiple operations on one item"));
+        }
+    }
+    let capacity_units: f64 = steps
+        .iter()
+        .map(|s| match &s.action {
+            Action::Put(item) => 2.0 * write_units(dynamo_protocol::value::item_size_bytes(item)),
+            _ => 2.0,
+        })
+        .sum();
+    let tables: BTreeMap<String, ()> = steps.iter().map(|s| (s.meta.name.clone(), ())).collect();
+    let digest = request_digest(&steps);
+    let now = store.engine().now_unix_ms();
+    if let Some(token) = &request.client_request_token {
+        if token.is_empty() || token.len() > 36 {
+            return Err(ApiError::validation("ClientRequestToken must be 1 to 36 characters long"));
+        }
+        if store.transactions.check(token, digest, now)? {
+            return Ok(json!({}));
+        }
+    }
+    store
+        .engine()
+        .write(move |context| {
+            let mut olds = Vec::with_capacity(steps.len());
+            let mut reasons = Vec::with_capacity(steps.len());
+            let mut failed = false;
+            for step in &steps {
+                context.current_table(&step.meta)?;
+                let old = context.get(&step.meta, &step.key)?;
+                let reason = match check_condition(step.condition.as_ref(), old.as_ref(), step.return_old) {
+                    Ok(()) => CancellationReason::none(),
+                    Err(error) if error.kind == ErrorKind::ConditionalCheckFailed => {
+                        failed = true;
+                        CancellationReason { code: "ConditionalCheckFailed".into(), message: Some("The conditional request failed".into()), item: error.item }
+                    }
+                    Err(error) => return Err(error),
+                };
+                reasons.push(reason);
+                olds.push(old);
+            }
+            // Compute every new item before the first write, so a failing update writes nothing.
+            let mut news = Vec::with_capacity(steps.len());
+            for (step, old) in steps.iter().zip(&olds) {
+                news.push(match &step.action {
+                    Action::Update(key, update) if !failed => match updated_item(&step.meta, key, old.as_ref(), update.as_ref()) {
+                        Ok(item) => Some(item),
+                        Err(error) => {
+                            failed = true;
+                            reasons[news.len()] = CancellationReason { code: "ValidationError".into(), message: Some(error.message), item: None };
+                            None
+                        }
+                    },
+                    Action::Put(item) => Some(item.clone()),
+                    _ => None,
+                });
+            }
+            if failed {
+                return Err(ApiError::transaction_canceled(reasons));
+            }
+            for ((step, old), new) in steps.iter().zip(&olds).zip(&news) {
+                match (&step.action, new) {
+                    (Action::Put(_) | Action::Update(..), Some(new)) => context.put(&step.meta, &step.key, old.as_ref(), new)?,
+                    (Action::Delete, _) => {
+                        if let Some(old) = old {
+                            context.delete(&step.meta, &step.key, old)?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    if let Some(token) = request.client_request_token {
+        store.transactions.remember(token, digest, now);
+    }
+    let mut response = json!({});
+    if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
+        let per_table = capacity_units / tables.len().max(1) as f64;
+        response["ConsumedCapacity"] = Value::Array(tables.keys().map(|t| json!({"TableName": t, "CapacityUnits": per_table})).collect());
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TransactGet {
+    table_name: String,
+    key: Item,
+    projection_expression: Option<String>,
+    expression_attribute_names: Option<HashMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TransactGetItem {
+    get: TransactGet,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TransactGetRequest {
+    transact_items: Vec<TransactGetItem>,
+    return_consumed_capacity: Option<String>,
+}
+
+pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value, ApiError> {
+    let count = request.transact_items.len();
+    if count == 0 || count > TRANSACTION_ITEMS_MAX {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '[...]' at 'transactItems' failed to satisfy constraint: Member must have length less than or equal to {TRANSACTION_ITEMS_MAX} and greater than or equal to 1"
+        )));
+    }
+    let mut plans = Vec::with_capacity(count);
+    let mut seen = HashSet::new();
+    for entry in &request.transact_items {
+        let get = &entry.get;
+        let meta = store.engine().require_table(&get.table_name)?;
+        let inputs = ExpressionInputs { names: get.expression_attribute_names.clone(), values: None };
+        let context = inputs.context();
+        let projection = build_projection(&context, get.projection_expression.as_deref(), None)?;
+        context.check_all_used()?;
+        let key = validate_key(&meta, &get.key)?;
+        if !seen.insert((meta.id, key.clone())) {
+            return Err(ApiError::validation("Transaction request cannot include multiple operations on one item"));
+        }
+        plans.push((meta, key, projection));
+    }
+    let snapshot = store.engine().snapshot()?;
+    let mut responses = Vec::with_capacity(count);
+    let mut units = 0.0;
+    for (meta, key, projection) in &plans {
+        match snapshot.get(meta, key)? {
+            Some(item) => {
+                units += 2.0 * read_units(dynamo_protocol::value::item_size_bytes(&item), true);
+                let item = match projection {
+                    Some(paths) => expr::project(&item, paths),
+                    None => item,
+                };
+                responses.push(json!({"Item": item_json(&item)}));
+            }
+            None => responses.push(json!({})),
+        }
+    }
+    let mut response = json!({"Responses": responses});
+    if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
+        response["ConsumedCapacity"] = json!([{"TableName": plans[0].0.name, "CapacityUnits": units}]);
+    }
+    Ok(response)
+}

@@ -1,0 +1,358 @@
+//! Single-item operations: PutItem, GetItem, DeleteItem, UpdateItem.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dynamo_protocol::{ApiError, AttributeValue, Item};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ExpressionInputs, Store, consumed_capacity, item_json, read_units, refuse_mixed, validate_item_limits, validate_return_consumed_capacity, write_units};
+use crate::catalog::{self, TableMeta};
+use crate::engine;
+use crate::expr::{self, Condition, Path, PathElement, UpdateExpression};
+use crate::expr::legacy::{self, AttributeValueUpdate, ExpectedAttributeValue};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReturnValues {
+    None,
+    AllOld,
+    UpdatedOld,
+    AllNew,
+    UpdatedNew,
+}
+
+pub fn parse_return_values(text: Option<&str>, allowed: &[ReturnValues]) -> Result<ReturnValues, ApiError> {
+    let value = match text {
+        None | Some("NONE") => ReturnValues::None,
+        Some("ALL_OLD") => ReturnValues::AllOld,
+        Some("UPDATED_OLD") => ReturnValues::UpdatedOld,
+        Some("ALL_NEW") => ReturnValues::AllNew,
+        Some("UPDATED_NEW") => ReturnValues::UpdatedNew,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'returnValues' failed to satisfy constraint: Member must satisfy enum value set: [ALL_NEW, UPDATED_OLD, ALL_OLD, NONE, UPDATED_NEW]"
+            )));
+        }
+    };
+    if value != ReturnValues::None && !allowed.contains(&value) {
+        return Err(ApiError::validation("Return values set to invalid value"));
+    }
+    Ok(value)
+}
+
+/// Whether a failed condition should carry the old item (ReturnValuesOnConditionCheckFailure).
+pub fn parse_return_on_failure(text: Option<&str>) -> Result<bool, ApiError> {
+    match text {
+        None | Some("NONE") => Ok(false),
+        Some("ALL_OLD") => Ok(true),
+        Some(other) => Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{other}' at 'returnValuesOnConditionCheckFailure' failed to satisfy constraint: Member must satisfy enum value set: [ALL_OLD, NONE]"
+        ))),
+    }
+}
+
+/// A condition from either ConditionExpression or the legacy Expected map.
+pub fn build_condition(
+    context: &expr::Context<'_>,
+    expression: Option<&str>,
+    expected: Option<&HashMap<String, ExpectedAttributeValue>>,
+    conditional_operator: Option<&str>,
+) -> Result<Option<Condition>, ApiError> {
+    refuse_mixed(&[("ConditionExpression", expression.is_some())], &[("Expected", expected.is_some())])?;
+    if let Some(text) = expression {
+        return expr::parse_condition(text, context, expr::ExpressionKind::Condition).map(Some);
+    }
+    match expected {
+        Some(expected) if !expected.is_empty() => legacy::expected_to_condition(expected, conditional_operator).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Projection from either ProjectionExpression or the legacy AttributesToGet.
+pub fn build_projection(context: &expr::Context<'_>, expression: Option<&str>, attributes_to_get: Option<&[String]>) -> Result<Option<Vec<Path>>, ApiError> {
+    refuse_mixed(&[("ProjectionExpression", expression.is_some())], &[("AttributesToGet", attributes_to_get.is_some())])?;
+    match (expression, attributes_to_get) {
+        (Some(text), _) => expr::parse_projection(text, context).map(Some),
+        (None, Some(names)) => Ok(Some(legacy::attributes_to_get_to_projection(names))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The error a failed condition produces, carrying the old item when asked.
+pub fn condition_failed(old: Option<&Item>, return_old: bool) -> ApiError {
+    let mut error = ApiError::conditional_check_failed();
+    if return_old {
+        error.item = old.map(item_json);
+    }
+    error
+}
+
+pub fn check_condition(condition: Option<&Condition>, old: Option<&Item>, return_old: bool) -> Result<(), ApiError> {
+    let Some(condition) = condition else { return Ok(()) };
+    let empty = Item::new();
+    if condition.evaluate(old.unwrap_or(&empty))? {
+        Ok(())
+    } else {
+        Err(condition_failed(old, return_old))
+    }
+}
+
+/// Validates an item for PutItem and returns its stored key.
+pub fn validate_put(meta: &TableMeta, item: &Item) -> Result<Vec<u8>, ApiError> {
+    catalog::validate_key_attributes(&meta.key, item, true)?;
+    catalog::validate_index_key_types(meta, item)?;
+    validate_item_limits(item)?;
+    engine::key_of(&meta.key, item)
+}
+
+pub fn validate_key(meta: &TableMeta, key: &Item) -> Result<Vec<u8>, ApiError> {
+    catalog::validate_key(&meta.key, key)?;
+    engine::key_of(&meta.key, key)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutItemRequest {
+    table_name: String,
+    item: Item,
+    condition_expression: Option<String>,
+    expected: Option<HashMap<String, ExpectedAttributeValue>>,
+    conditional_operator: Option<String>,
+    expression_attribute_names: Option<HashMap<String, String>>,
+    expression_attribute_values: Option<HashMap<String, AttributeValue>>,
+    return_values: Option<String>,
+    return_consumed_capacity: Option<String>,
+    return_values_on_condition_check_failure: Option<String>,
+}
+
+pub async fn put_item(store: &Store, request: PutItemRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().require_table(&request.table_name)?;
+    let return_values = parse_return_values(request.return_values.as_deref(), &[ReturnValues::AllOld])?;
+    let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
+    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
+    let inputs = ExpressionInputs { names: request.expression_attribute_names, values: request.expression_attribute_values };
+    let condition = {
+        let context = inputs.context();
+        let condition = build_condition(&context, request.condition_expression.as_deref(), request.expected.as_ref(), request.conditional_operator.as_deref())?;
+        context.check_all_used()?;
+        condition
+    };
+    let item = request.item;
+    let key = validate_put(&meta, &item)?;
+    let size = dynamo_protocol::value::item_size_bytes(&item);
+    let job_meta = Arc::clone(&meta);
+    let old = store
+        .engine()
+        .write(move |context| {
+            context.current_table(&job_meta)?;
+            let old = context.get(&job_meta, &key)?;
+            check_condition(condition.as_ref(), old.as_ref(), return_old)?;
+            context.put(&job_meta, &key, old.as_ref(), &item)?;
+            Ok(old)
+        })
+        .await?;
+    let mut response = json!({});
+    if return_values == ReturnValues::AllOld {
+        if let Some(old) = &old {
+            response["Attributes"] = item_json(old);
+        }
+    }
+    let old_size = old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
+    if let Some(capacity) = consumed_capacity(request.return_consumed_capacity.as_deref(), &meta.name, write_units(size.max(old_size))) {
+        response["ConsumedCapacity"] = capacity;
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetItemRequest {
+    table_name: String,
+    key: Item,
+    projection_expression: Option<String>,
+    attributes_to_get: Option<Vec<String>>,
+    expression_attribute_names: Option<HashMap<String, String>>,
+    consistent_read: Option<bool>,
+    return_consumed_capacity: Option<String>,
+}
+
+pub fn get_item(store: &Store, request: GetItemRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().require_table(&request.table_name)?;
+    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
+    let inputs = ExpressionInputs { names: request.expression_attribute_names, values: None };
+    let projection = {
+        let context = inputs.context();
+        let projection = build_projection(&context, request.projection_expression.as_deref(), request.attributes_to_get.as_deref())?;
+        context.check_all_used()?;
+        projection
+    };
+    let key = validate_key(&meta, &request.key)?;
+    let item = store.engine().snapshot()?.get(&meta, &key)?;
+    let size = item.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
+    let mut response = json!({});
+    if let Some(item) = item {
+        let item = match &projection {
+            Some(paths) => expr::project(&item, paths),
+            None => item,
+        };
+        response["Item"] = item_json(&item);
+    }
+    let units = read_units(size, request.consistent_read.unwrap_or(false));
+    if let Some(capacity) = consumed_capacity(request.return_consumed_capacity.as_deref(), &meta.name, units) {
+        response["ConsumedCapacity"] = capacity;
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeleteItemRequest {
+    table_name: String,
+    key: Item,
+    condition_expression: Option<String>,
+    expected: Option<HashMap<String, ExpectedAttributeValue>>,
+    conditional_operator: Option<String>,
+    expression_attribute_names: Option<HashMap<String, String>>,
+    expression_attribute_values: Option<HashMap<String, AttributeValue>>,
+    return_values: Option<String>,
+    return_consumed_capacity: Option<String>,
+    return_values_on_condition_check_failure: Option<String>,
+}
+
+pub async fn delete_item(store: &Store, request: DeleteItemRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().require_table(&request.table_name)?;
+    let return_values = parse_return_values(request.return_values.as_deref(), &[ReturnValues::AllOld])?;
+    let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
+    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
+    let inputs = ExpressionInputs { names: request.expression_attribute_names, values: request.expression_attribute_values };
+    let condition = {
+        let context = inputs.context();
+        let condition = build_condition(&context, request.condition_expression.as_deref(), request.expected.as_ref(), request.conditional_operator.as_deref())?;
+        context.check_all_used()?;
+        condition
+    };
+    let key = validate_key(&meta, &request.key)?;
+    let job_meta = Arc::clone(&meta);
+    let old = store
+        .engine()
+        .write(move |context| {
+            context.current_table(&job_meta)?;
+            let old = context.get(&job_meta, &key)?;
+            check_condition(condition.as_ref(), old.as_ref(), return_old)?;
+            if let Some(old) = &old {
+                context.delete(&job_meta, &key, old)?;
+            }
+            Ok(old)
+        })
+        .await?;
+    let mut response = json!({});
+    if let (ReturnValues::AllOld, Some(old)) = (return_values, &old) {
+        response["Attributes"] = item_json(old);
+    }
+    let size = old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
+    if let Some(capacity) = consumed_capacity(request.return_consumed_capacity.as_deref(), &meta.name, write_units(size)) {
+        response["ConsumedCapacity"] = capacity;
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateItemRequest {
+    table_name: String,
+    key: Item,
+    update_expression: Option<String>,
+    attribute_updates: Option<HashMap<String, AttributeValueUpdate>>,
+    condition_expression: Option<String>,
+    expected: Option<HashMap<String, ExpectedAttributeValue>>,
+    conditional_operator: Option<String>,
+    expression_attribute_names: Option<HashMap<String, String>>,
+    expression_attribute_values: Option<HashMap<String, AttributeValue>>,
+    return_values: Option<String>,
+    return_consumed_capacity: Option<String>,
+    return_values_on_condition_check_failure: Option<String>,
+}
+
+/// An update from either UpdateExpression or the legacy AttributeUpdates, checked not to touch
+/// key attributes.
+pub fn build_update(meta: &TableMeta, context: &expr::Context<'_>, expression: Option<&str>, legacy_updates: Option<&HashMap<String, AttributeValueUpdate>>) -> Result<Option<UpdateExpression>, ApiError> {
+    refuse_mixed(&[("UpdateExpression", expression.is_some())], &[("AttributeUpdates", legacy_updates.is_some())])?;
+    let update = match (expression, legacy_updates) {
+        (Some(text), _) => Some(expr::parse_update(text, context)?),
+        (None, Some(updates)) if !updates.is_empty() => Some(legacy::attribute_updates_to_update(updates)?),
+        _ => None,
+    };
+    if let Some(update) = &update {
+        for path in update.target_paths() {
+            if let Some(PathElement::Attribute(name)) = path.0.first() {
+                if meta.key.is_key_attribute(name) {
+                    return Err(ApiError::validation(format!(
+                        "One or more parameter values were invalid: Cannot update attribute {name}. This attribute is part of the key"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(update)
+}
+
+/// Applies an update to the current item (or a new one made of the key) without touching `old`.
+pub fn updated_item(meta: &TableMeta, key: &Item, old: Option<&Item>, update: Option<&UpdateExpression>) -> Result<Item, ApiError> {
+    let mut new = old.cloned().unwrap_or_else(|| key.clone());
+    if let Some(update) = update {
+        update.apply(&mut new)?;
+    }
+    catalog::validate_index_key_types(meta, &new)?;
+    validate_item_limits(&new)?;
+    Ok(new)
+}
+
+pub async fn update_item(store: &Store, request: UpdateItemRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().require_table(&request.table_name)?;
+    let return_values = parse_return_values(
+        request.return_values.as_deref(),
+        &[ReturnValues::AllOld, ReturnValues::AllNew, ReturnValues::UpdatedOld, ReturnValues::UpdatedNew],
+    )?;
+    let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
+    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
+    let inputs = ExpressionInputs { names: request.expression_attribute_names, values: request.expression_attribute_values };
+    let (condition, update) = {
+        let context = inputs.context();
+        let update = build_update(&meta, &context, request.update_expression.as_deref(), request.attribute_updates.as_ref())?;
+        let condition = build_condition(&context, request.condition_expression.as_deref(), request.expected.as_ref(), request.conditional_operator.as_deref())?;
+        context.check_all_used()?;
+        (condition, update)
+    };
+    let key_bytes = validate_key(&meta, &request.key)?;
+    let key = request.key;
+    let job_meta = Arc::clone(&meta);
+    let paths = update.as_ref().map(UpdateExpression::target_paths).unwrap_or_default();
+    let (old, new) = store
+        .engine()
+        .write(move |context| {
+            context.current_table(&job_meta)?;
+            let old = context.get(&job_meta, &key_bytes)?;
+            check_condition(condition.as_ref(), old.as_ref(), return_old)?;
+            let new = updated_item(&job_meta, &key, old.as_ref(), update.as_ref())?;
+            context.put(&job_meta, &key_bytes, old.as_ref(), &new)?;
+            Ok((old, new))
+        })
+        .await?;
+    let attributes = match return_values {
+        ReturnValues::None => None,
+        ReturnValues::AllOld => old.clone(),
+        ReturnValues::AllNew => Some(new.clone()),
+        ReturnValues::UpdatedOld => old.as_ref().map(|o| expr::project(o, &paths)),
+        ReturnValues::UpdatedNew => Some(expr::project(&new, &paths)),
+    };
+    let mut response = json!({});
+    if let Some(attributes) = attributes.filter(|a| !a.is_empty()) {
+        response["Attributes"] = item_json(&attributes);
+    }
+    let size = dynamo_protocol::value::item_size_bytes(&new).max(old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0));
+    if let Some(capacity) = consumed_capacity(request.return_consumed_capacity.as_deref(), &meta.name, write_units(size)) {
+        response["ConsumedCapacity"] = capacity;
+    }
+    Ok(response)
+}

@@ -1,0 +1,467 @@
+//! Query and Scan: range reads over a table or an index, with key conditions, filters,
+//! projections, Limit, the 1 MB page and LastEvaluatedKey, and parallel-scan segments.
+
+use std::collections::HashMap;
+use std::ops::{Bound, ControlFlow};
+
+use dynamo_protocol::{ApiError, AttributeValue, Item};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::items::build_projection;
+use super::{ExpressionInputs, PAGE_BYTES_MAX, Store, consumed_capacity, item_json, read_units, refuse_mixed, validate_return_consumed_capacity};
+use crate::catalog::{self, IndexKind, IndexMeta, KeySchema, Projection, TableMeta};
+use crate::engine::{self, RangeRequest};
+use crate::expr::legacy::{self, LegacyCondition};
+use crate::expr::{self, Condition, KeyOperator, Path};
+use crate::keys;
+
+pub const TOTAL_SEGMENTS_MAX: i64 = 1_000_000;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Select {
+    AllAttributes,
+    AllProjected,
+    Specific,
+    Count,
+}
+
+fn parse_select(text: Option<&str>, has_projection: bool, index: Option<&IndexMeta>) -> Result<Select, ApiError> {
+    let select = match text {
+        None if has_projection => Select::Specific,
+        None if index.is_some() => Select::AllProjected,
+        None => Select::AllAttributes,
+        Some("ALL_ATTRIBUTES") => Select::AllAttributes,
+        Some("ALL_PROJECTED_ATTRIBUTES") => Select::AllProjected,
+        Some("SPECIFIC_ATTRIBUTES") => Select::Specific,
+        Some("COUNT") => Select::Count,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'select' failed to satisfy constraint: Member must satisfy enum value set: [SPECIFIC_ATTRIBUTES, COUNT, ALL_ATTRIBUTES, ALL_PROJECTED_ATTRIBUTES]"
+            )));
+        }
+    };
+    if has_projection && select != Select::Specific {
+        return Err(ApiError::validation(
+            "Cannot specify the AttributesToGet or ProjectionExpression when choosing to get ALL_ATTRIBUTES, ALL_PROJECTED_ATTRIBUTES or COUNT",
+        ));
+    }
+    if select == Select::Specific && !has_projection {
+        return Err(ApiError::validation("SPECIFIC_ATTRIBUTES requires ProjectionExpression or AttributesToGet"));
+    }
+    if select == Select::AllProjected && index.is_none() {
+        return Err(ApiError::validation(
+            "One or more parameter values were invalid: Select type ALL_PROJECTED_ATTRIBUTES is not supported for a table query; it needs an IndexName",
+        ));
+    }
+    if let (Select::AllAttributes, Some(index)) = (select, index) {
+        if index.kind == IndexKind::Global && index.projection != Projection::All {
+            return Err(ApiError::validation(format!(
+                "One or more parameter values were invalid: Select type ALL_ATTRIBUTES is not supported for global secondary index {} because its projection type is not ALL",
+                index.name
+            )));
+        }
+    }
+    Ok(select)
+}
+
+fn resolve_index<'a>(meta: &'a TableMeta, name: Option<&str>) -> Result<Option<&'a IndexMeta>, ApiError> {
+    match name {
+        None => Ok(None),
+        Some(name) => meta.index(name).map(Some).ok_or_else(|| {
+            ApiError::validation(format!(
+                "The table does not have the specified index: {name}"
+            ))
+        }),
+    }
+}
+
+fn parse_limit(limit: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match limit {
+        None => Ok(None),
+        Some(limit) if limit >= 1 => Ok(Some(limit as usize)),
+        Some(limit) => Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value greater than or equal to 1"
+        ))),
+    }
+}
+
+/// The stored key an ExclusiveStartKey points at, for the table or an index.
+fn start_key(meta: &TableMeta, index: Option<&IndexMeta>, start: &Item) -> Result<Vec<u8>, ApiError> {
+    let invalid = || ApiError::validation("The provided starting key is invalid: The provided key element does not match the schema");
+    let table_key = meta.key.extract(start).ok_or_else(invalid)?;
+    catalog::validate_key(&meta.key, &table_key).map_err(|_| invalid())?;
+    let item_key = engine::key_of(&meta.key, &table_key)?;
+    match index {
+        None => {
+            if start.len() != table_key.len() {
+                return Err(invalid());
+            }
+            Ok(item_key)
+        }
+        Some(index) => {
+            for attribute in index.key.attributes() {
+                if !start.get(&attribute.name).is_some_and(|v| attribute.value_type.matches(v)) {
+                    return Err(invalid());
+                }
+            }
+            engine::index_entry_key(index, start, &item_key).ok_or_else(invalid)
+        }
+    }
+}
+
+/// The attributes of LastEvaluatedKey: the table key, plus the index key on an index.
+fn last_evaluated_key(meta: &TableMeta, index: Option<&IndexMeta>, item: &Item) -> Item {
+    item.iter()
+        .filter(|(name, _)| meta.key.is_key_attribute(name) || index.is_some_and(|i| i.key.is_key_attribute(name)))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+struct Page {
+    items: Vec<Item>,
+    count: usize,
+    scanned: usize,
+    last_key: Option<Item>,
+    bytes_read: usize,
+}
+
+/// Reads a range with the page rules shared by Query and Scan.
+fn read_page(
+    store: &Store,
+    meta: &TableMeta,
+    index: Option<&IndexMeta>,
+    mut lower: Bound<Vec<u8>>,
+    mut upper: Bound<Vec<u8>>,
+    reverse: bool,
+    start: Option<Vec<u8>>,
+    limit: Option<usize>,
+    filter: Option<&Condition>,
+    projection: Option<&[Path]>,
+    select: Select,
+) -> Result<Page, ApiError> {
+    if let Some(start) = start {
+        if reverse {
+            upper = tighter_upper(upper, start);
+        } else {
+            lower = tighter_lower(lower, start);
+        }
+    }
+    let snapshot = store.engine().snapshot()?;
+    let fetch_from_table = index.is_some_and(|i| i.kind == IndexKind::Local && needs_table_fetch(meta, i, select, projection));
+    let mut page = Page { items: Vec::new(), count: 0, scanned: 0, last_key: None, bytes_read: 0 };
+    let mut failure = None;
+    let request = RangeRequest { table: meta, index, lower, upper, reverse };
+    snapshot.range(&request, |row| {
+        let mut item = row.item;
+        if fetch_from_table {
+            let item_key = &row.key[row.key.len() - table_key_len(meta, &item)..];
+            match snapshot.get(meta, item_key) {
+                Ok(Some(full)) => item = full,
+                Ok(None) => return ControlFlow::Continue(()),
+                Err(error) => {
+                    failure = Some(error);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        page.scanned += 1;
+        page.bytes_read += row.size_bytes;
+        let matches = match filter {
+            Some(filter) => match filter.evaluate(&item) {
+                Ok(matches) => matches,
+                Err(error) => {
+                    failure = Some(error);
+                    return ControlFlow::Break(());
+                }
+            },
+            None => true,
+        };
+        let full_page = limit.is_some_and(|l| page.scanned >= l) || page.bytes_read >= PAGE_BYTES_MAX;
+        if full_page {
+            page.last_key = Some(last_evaluated_key(meta, index, &item));
+        }
+        if matches {
+            page.count += 1;
+            if select != Select::Count {
+                page.items.push(match projection {
+                    Some(paths) => expr::project(&item, paths),
+                    None => item,
+                });
+            }
+        }
+        if full_page { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    })?;
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    Ok(page)
+}
+
+/// Length of the table-key suffix of an index entry key.
+fn table_key_len(meta: &TableMeta, item: &Item) -> usize {
+    engine::key_of(&meta.key, item).map(|k| k.len()).unwrap_or(0)
+}
+
+fn needs_table_fetch(meta: &TableMeta, index: &IndexMeta, select: Select, projection: Option<&[Path]>) -> bool {
+    match select {
+        Select::AllAttributes => index.projection != Projection::All,
+        Select::Specific => projection.is_some_and(|paths| {
+            paths.iter().any(|path| match path.0.first() {
+                Some(expr::PathElement::Attribute(name)) => !index.projects(&meta.key, name),
+                _ => false,
+            })
+        }),
+        _ => false,
+    }
+}
+
+fn tighter_lower(bound: Bound<Vec<u8>>, start: Vec<u8>) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(b) | Bound::Excluded(b) if b > start => Bound::Included(b),
+        _ => Bound::Excluded(start),
+    }
+}
+
+fn tighter_upper(bound: Bound<Vec<u8>>, start: Vec<u8>) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(b) | Bound::Excluded(b) if b < start => Bound::Excluded(b),
+        _ => Bound::Excluded(start),
+    }
+}
+
+fn page_response(meta: &TableMeta, page: Page, select: Select, capacity_mode: Option<&str>, consistent: bool) -> Value {
+    let mut response = json!({"Count": page.count, "ScannedCount": page.scanned});
+    if select != Select::Count {
+        response["Items"] = Value::Array(page.items.iter().map(item_json).collect());
+    }
+    if let Some(last) = &page.last_key {
+        response["LastEvaluatedKey"] = item_json(last);
+    }
+    if let Some(capacity) = consumed_capacity(capacity_mode, &meta.name, read_units(page.bytes_read, consistent)) {
+        response["ConsumedCapacity"] = capacity;
+    }
+    response
+}
+
+fn build_filter(context: &expr::Context<'_>, expression: Option<&str>, legacy_filter: Option<&HashMap<String, LegacyCondition>>, legacy_name: &str, operator: Option<&str>) -> Result<Option<Condition>, ApiError> {
+    refuse_mixed(&[("FilterExpression", expression.is_some())], &[(legacy_name, legacy_filter.is_some())])?;
+    match (expression, legacy_filter) {
+        (Some(text), _) => expr::parse_condition(text, context, expr::ExpressionKind::Filter).map(Some),
+        (None, Some(filter)) if !filter.is_empty() => legacy::filter_to_condition(filter, operator).map(Some),
+        _ => Ok(None),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct QueryRequest {
+    table_name: String,
+    index_name: Option<String>,
+    key_condition_expression: Option<String>,
+    key_conditions: Option<HashMap<String, LegacyCondition>>,
+    filter_expression: Option<String>,
+    query_filter: Option<HashMap<String, LegacyCondition>>,
+    conditional_operator: Option<String>,
+    projection_expression: Option<String>,
+    attributes_to_get: Option<Vec<String>>,
+    expression_attribute_names: Option<HashMap<String, String>>,
+    expression_attribute_values: Option<HashMap<String, AttributeValue>>,
+    select: Option<String>,
+    limit: Option<i64>,
+    exclusive_start_key: Option<Item>,
+    scan_index_forward: Option<bool>,
+    consistent_read: Option<bool>,
+    return_consumed_capacity: Option<String>,
+}
+
+/// Key bounds of a query: the partition's prefix narrowed by the sort-key condition.
+fn query_bounds(schema: &KeySchema, conditions: Vec<(String, KeyOperator)>) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
+    let mut partition = None;
+    let mut sort = None;
+    for (name, operator) in conditions {
+        if name == schema.partition.name {
+            match operator {
+                KeyOperator::Eq(value) if partition.is_none() => partition = Some(value),
+                _ => return Err(ApiError::validation("Query key condition not supported")),
+            }
+        } else if schema.sort.as_ref().is_some_and(|s| s.name == name) && sort.is_none() {
+            sort = Some(operator);
+        } else {
+            return Err(ApiError::validation(format!(
+                "Query condition missed key schema element: {}",
+                if partition.is_none() { &schema.partition.name } else { schema.sort.as_ref().map_or(&name, |s| &s.name) }
+            )));
+        }
+    }
+    let partition = partition.ok_or_else(|| ApiError::validation(format!("Query condition missed key schema element: {}", schema.partition.name)))?;
+    if !schema.partition.value_type.matches(&partition) {
+        return Err(ApiError::validation("One or more parameter values were invalid: Condition parameter type does not match schema type"));
+    }
+    let prefix = keys::partition_prefix(&partition);
+    let end_of_partition = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
+    let Some(operator) = sort else {
+        return Ok((Bound::Included(prefix), end_of_partition));
+    };
+    let sort_attribute = schema.sort.as_ref().expect("a sort condition was matched against the sort key");
+    let check = |value: &AttributeValue| -> Result<(), ApiError> {
+        if sort_attribute.value_type.matches(value) {
+            Ok(())
+        } else {
+            Err(ApiError::validation("One or more parameter values were invalid: Condition parameter type does not match schema type"))
+        }
+    };
+    let with = |value: &AttributeValue| {
+        let mut out = prefix.clone();
+        keys::encode_key_value(value, &mut out);
+        out
+    };
+    // Past every entry whose sort key equals `value` (index entries carry a suffix).
+    let after = |value: &AttributeValue| keys::prefix_successor(&with(value)).map_or(Bound::Unbounded, Bound::Excluded);
+    Ok(match operator {
+        KeyOperator::Eq(v) => {
+            check(&v)?;
+            (Bound::Included(with(&v)), after(&v))
+        }
+        KeyOperator::Lt(v) => {
+            check(&v)?;
+            (Bound::Included(prefix.clone()), Bound::Excluded(with(&v)))
+        }
+        KeyOperator::Le(v) => {
+            check(&v)?;
+            (Bound::Included(prefix.clone()), after(&v))
+        }
+        KeyOperator::Gt(v) => {
+            check(&v)?;
+            let lower = keys::prefix_successor(&with(&v)).unwrap_or_else(|| with(&v));
+            (Bound::Included(lower), end_of_partition)
+        }
+        KeyOperator::Ge(v) => {
+            check(&v)?;
+            (Bound::Included(with(&v)), end_of_partition)
+        }
+        KeyOperator::Between(low, high) => {
+            check(&low)?;
+            check(&high)?;
+            if low > high {
+                return Err(ApiError::validation(format!(
+                    "Invalid KeyConditionExpression: The BETWEEN operator requires upper bound to be greater than or equal to lower bound; lower bound operand: AttributeValue: {}, upper bound operand: AttributeValue: {}",
+                    serde_json::to_string(&low).unwrap_or_default(),
+                    serde_json::to_string(&high).unwrap_or_default()
+                )));
+            }
+            (Bound::Included(with(&low)), after(&high))
+        }
+        KeyOperator::BeginsWith(v) => {
+            let bytes = match (&v, sort_attribute.value_type) {
+                (AttributeValue::S(s), catalog::KeyType::S) => s.as_bytes().to_vec(),
+                (AttributeValue::B(b), catalog::KeyType::B) => b.clone(),
+                _ => {
+                    return Err(ApiError::validation(
+                        "Invalid KeyConditionExpression: Incorrect operand type for operator or function; operator or function: begins_with, operand type: the sort key must be S or B",
+                    ));
+                }
+            };
+            let mut lower = prefix.clone();
+            keys::encode_bytes_unterminated(&bytes, &mut lower);
+            let upper = keys::prefix_successor(&lower).map_or(Bound::Unbounded, Bound::Excluded);
+            (Bound::Included(lower), upper)
+        }
+    })
+}
+
+pub fn query(store: &Store, request: QueryRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().require_table(&request.table_name)?;
+    let index = resolve_index(&meta, request.index_name.as_deref())?;
+    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
+    let limit = parse_limit(request.limit)?;
+    if request.consistent_read == Some(true) && index.is_some_and(|i| i.kind == IndexKind::Global) {
+        return Err(ApiError::validation("Consistent reads are not supported on global secondary indexes"));
+    }
+    refuse_mixed(&[("KeyConditionExpression", request.key_condition_expression.is_some())], &[("KeyConditions", request.key_conditions.is_some())])?;
+    let inputs = ExpressionInputs { names: request.expression_attribute_names, values: request.expression_attribute_values };
+    let (key_condition, filter, projection) = {
+        let context = inputs.context();
+        let key_condition = match (&request.key_condition_expression, &request.key_conditions) {
+            (Some(text), _) => expr::parse_key_condition(text, &context)?,
+            (None, Some(conditions)) => legacy::key_conditions_to_key_condition(conditions)?,
+            (None, None) => {
+                return Err(ApiError::validation("Either the KeyConditions or KeyConditionExpression parameter must be specified in the request."));
+            }
+        };
+        let filter = build_filter(&context, request.filter_expression.as_deref(), request.query_filter.as_ref(), "QueryFilter", request.conditional_operator.as_deref())?;
+        let projection = build_projection(&context, request.projection_expression.as_deref(), request.attributes_to_get.as_deref())?;
+        context.check_all_used()?;
+        (key_condition, filter, projection)
+    };
+    let select = parse_select(request.select.as_deref(), projection.is_some(), index)?;
+    let schema = index.map_or(&meta.key, |i| &i.key);
+    let (lower, upper) = query_bounds(schema, key_condition.conditions)?;
+    let start = request.exclusive_start_key.as_ref().map(|s| start_key(&meta, index, s)).transpose()?;
+    let reverse = !request.scan_index_forward.unwrap_or(true);
+    let page = read_page(store, &meta, index, lower, upper, reverse, start, limit, filter.as_ref(), projection.as_deref(), select)?;
+    Ok(page_response(&meta, page, select, request.return_consumed_capacity.as_deref(), request.consistent_read.unwrap_or(false)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ScanRequest {
+    table_name: String,
+    index_name: Option<String>,
+    filter_expression: Option<String>,
+    scan_filter: Option<HashMap<String, LegacyCondition>>,
+    conditional_operator: Option<String>,
+    projection_expression: Option<String>,
+    attributes_to_get: Option<Vec<String>>,
+    expression_attribute_names: Option<HashMap<String, String>>,
+    expression_attribute_values: Option<HashMap<String, AttributeValue>>,
+    select: Option<String>,
+    limit: Option<i64>,
+    exclusive_start_key: Option<Item>,
+    segment: Option<i64>,
+    total_segments: Option<i64>,
+    consistent_read: Option<bool>,
+    return_consumed_capacity: Option<String>,
+}
+
+fn scan_bounds(segment: Option<i64>, total: Option<i64>) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
+    match (segment, total) {
+        (None, None) => Ok((Bound::Unbounded, Bound::Unbounded)),
+        (Some(segment), Some(total)) => {
+            if !(1..=TOTAL_SEGMENTS_MAX).contains(&total) {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value '{total}' at 'totalSegments' failed to satisfy constraint: Member must have value less than or equal to {TOTAL_SEGMENTS_MAX} and greater than or equal to 1"
+                )));
+            }
+            if !(0..total).contains(&segment) {
+                return Err(ApiError::validation(format!(
+                    "The Segment parameter is zero-based and must be less than parameter TotalSegments: Segment: {segment} is not less than TotalSegments: {total}"
+                )));
+            }
+            let (lower, upper) = keys::segment_bounds(segment as u32, total as u32);
+            Ok((Bound::Included(lower), upper.map_or(Bound::Unbounded, Bound::Excluded)))
+        }
+        (Some(_), None) => Err(ApiError::validation("The TotalSegments parameter is required but was not present in the request when Segment parameter is present")),
+        (None, Some(_)) => Err(ApiError::validation("The Segment parameter is required but was not present in the request when parameter TotalSegments is present")),
+    }
+}
+
+pub fn scan(store: &Store, request: ScanRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().require_table(&request.table_name)?;
+    let index = resolve_index(&meta, request.index_name.as_deref())?;
+    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
+    let limit = parse_limit(request.limit)?;
+    let (lower, upper) = scan_bounds(request.segment, request.total_segments)?;
+    let inputs = ExpressionInputs { names: request.expression_attribute_names, values: request.expression_attribute_values };
+    let (filter, projection) = {
+        let context = inputs.context();
+        let filter = build_filter(&context, request.filter_expression.as_deref(), request.scan_filter.as_ref(), "ScanFilter", request.conditional_operator.as_deref())?;
+        let projection = build_projection(&context, request.projection_expression.as_deref(), request.attributes_to_get.as_deref())?;
+        context.check_all_used()?;
+        (filter, projection)
+    };
+    let select = parse_select(request.select.as_deref(), projection.is_some(), index)?;
+    let start = request.exclusive_start_key.as_ref().map(|s| start_key(&meta, index, s)).transpose()?;
+    let page = read_page(store, &meta, index, lower, upper, false, start, limit, filter.as_ref(), projection.as_deref(), select)?;
+    Ok(page_response(&meta, page, select, request.return_consumed_capacity.as_deref(), request.consistent_read.unwrap_or(false)))
+}

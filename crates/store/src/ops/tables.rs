@@ -1,0 +1,416 @@
+//! Table-level operations: create, delete, describe, list, update, tags, TTL.
+
+use dynamo_protocol::{ApiError, ErrorKind};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{LIST_TABLES_LIMIT_MAX, Store};
+use crate::catalog::{self, CreateTableRequest, IndexKind, IndexRequest, TableMeta, TagRequest, ThroughputRequest, TtlSpec};
+
+const TAGS_PER_RESOURCE_MAX: usize = 50;
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::resource_not_found(format!("Requested resource not found: Table: {name} not found"))
+}
+
+fn describe(store: &Store, meta: &TableMeta, status: &str) -> Value {
+    let engine = store.engine();
+    meta.describe(engine.region(), status, engine.stats(meta.id, None), &|index| engine.stats(meta.id, Some(index)))
+}
+
+pub async fn create_table(store: &Store, request: CreateTableRequest) -> Result<Value, ApiError> {
+    let now = store.engine().now_unix_ms() as f64 / 1000.0;
+    // Validate before queueing so a bad request costs no write.
+    catalog::table_from_request(&request, 0, now)?;
+    let name = request.table_name.clone();
+    let meta = store
+        .engine()
+        .write_exclusive(move |context| {
+            if context.current_table_named(&request.table_name) {
+                return Err(ApiError::new(ErrorKind::ResourceInUse, format!("Table already exists: {}", request.table_name)));
+            }
+            let id = context.next_table_id()?;
+            let meta = catalog::table_from_request(&request, id, now)?;
+            context.put_table(meta.clone())?;
+            Ok(meta)
+        })
+        .await?;
+    tracing::info!(table = %name, id = meta.id, "table created");
+    Ok(json!({"TableDescription": describe(store, &meta, "ACTIVE")}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TableNameRequest {
+    pub table_name: String,
+}
+
+pub async fn delete_table(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().table(&request.table_name).ok_or_else(|| not_found(&request.table_name))?;
+    if meta.deletion_protection {
+        return Err(ApiError::validation(format!(
+            "Resource cannot be deleted as it is currently protected against deletion. Disable deletion protection first. Table: {}",
+            meta.name
+        )));
+    }
+    let description = describe(store, &meta, "DELETING");
+    let target = meta.clone();
+    store
+        .engine()
+        .write_exclusive(move |context| {
+            context.current_table(&target)?;
+            context.drop_table(&target)
+        })
+        .await?;
+    tracing::info!(table = %meta.name, "table deleted");
+    Ok(json!({"TableDescription": description}))
+}
+
+pub fn describe_table(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().table(&request.table_name).ok_or_else(|| not_found(&request.table_name))?;
+    Ok(json!({"Table": describe(store, &meta, "ACTIVE")}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListTablesRequest {
+    exclusive_start_table_name: Option<String>,
+    limit: Option<i64>,
+}
+
+pub fn list_tables(store: &Store, request: ListTablesRequest) -> Result<Value, ApiError> {
+    let limit = match request.limit {
+        None => LIST_TABLES_LIMIT_MAX,
+        Some(limit) if (1..=LIST_TABLES_LIMIT_MAX as i64).contains(&limit) => limit as usize,
+        Some(limit) => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value {} {LIST_TABLES_LIMIT_MAX}",
+                if limit < 1 { "greater than or equal to 1, less than or equal to" } else { "less than or equal to" }
+            )));
+        }
+    };
+    let names: Vec<String> = store
+        .engine()
+        .table_names()
+        .into_iter()
+        .filter(|name| request.exclusive_start_table_name.as_ref().is_none_or(|start| name > start))
+        .collect();
+    let page: Vec<&String> = names.iter().take(limit).collect();
+    let mut response = json!({"TableNames": page});
+    if names.len() > limit {
+        response["LastEvaluatedTableName"] = json!(page.last());
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IndexUpdate {
+    create: Option<IndexRequest>,
+    delete: Option<IndexDelete>,
+    update: Option<IndexThroughputUpdate>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IndexDelete {
+    index_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IndexThroughputUpdate {
+    index_name: String,
+    provisioned_throughput: Option<ThroughputRequest>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateTableRequest {
+    table_name: String,
+    attribute_definitions: Option<Vec<catalog::AttributeDefinition>>,
+    billing_mode: Option<String>,
+    provisioned_throughput: Option<ThroughputRequest>,
+    global_secondary_index_updates: Option<Vec<IndexUpdate>>,
+    stream_specification: Option<Value>,
+    table_class: Option<String>,
+    deletion_protection_enabled: Option<bool>,
+    replica_updates: Option<Value>,
+}
+
+pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().table(&request.table_name).ok_or_else(|| not_found(&request.table_name))?;
+    if request.replica_updates.is_some() {
+        return Err(ApiError::validation(
+            "ReplicaUpdates are not supported yet by this store: global tables arrive with replication; create the table in each region meanwhile",
+        ));
+    }
+    let mut next = (*meta).clone();
+    let mut changed = false;
+    if request.billing_mode.is_some() || request.provisioned_throughput.is_some() {
+        let pay_per_request = match request.billing_mode.as_deref() {
+            None => next.throughput.is_none() && request.provisioned_throughput.is_none(),
+            mode => catalog::parse_billing_mode(mode)?,
+        };
+        next.throughput = match (pay_per_request, request.provisioned_throughput) {
+            (true, None) => None,
+            (true, Some(_)) => {
+                return Err(ApiError::validation(
+                    "One or more parameter values were invalid: Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST",
+                ));
+            }
+            (false, Some(t)) if t.read_capacity_units >= 1 && t.write_capacity_units >= 1 => {
+                Some(catalog::Throughput { read: t.read_capacity_units as u64, write: t.write_capacity_units as u64 })
+            }
+            (false, Some(_)) => return Err(ApiError::validation("One or more parameter values were invalid: capacity units must be at least 1")),
+            (false, None) => {
+                return Err(ApiError::validation(
+                    "One or more parameter values were invalid: ProvisionedThroughput must be specified when BillingMode is PROVISIONED",
+                ));
+            }
+        };
+        changed = true;
+    }
+    if let Some(stream) = request.stream_specification {
+        next.stream = Some(stream);
+        changed = true;
+    }
+    if let Some(class) = request.table_class {
+        next.table_class = Some(class);
+        changed = true;
+    }
+    if let Some(protection) = request.deletion_protection_enabled {
+        next.deletion_protection = protection;
+        changed = true;
+    }
+    let mut definitions = next.attribute_definitions.clone();
+    if let Some(extra) = &request.attribute_definitions {
+        for (name, value_type) in catalog::parse_attribute_definitions(extra)? {
+            match definitions.iter().find(|(n, _)| *n == name) {
+                Some((_, existing)) if *existing != value_type => {
+                    return Err(ApiError::validation(format!(
+                        "One or more parameter values were invalid: Cannot change the type of attribute {name} that is already defined"
+                    )));
+                }
+                Some(_) => {}
+                None => definitions.push((name, value_type)),
+            }
+        }
+    }
+    let mut created = Vec::new();
+    let mut deleted = Vec::new();
+    for update in request.global_secondary_index_updates.iter().flatten() {
+        match (&update.create, &update.delete, &update.update) {
+            (Some(create), None, None) => {
+                if next.index(&create.index_name).is_some() {
+                    return Err(ApiError::validation(format!(
+                        "One or more parameter values were invalid: Index {} already exists",
+                        create.index_name
+                    )));
+                }
+                let index = catalog::parse_global_index(create, &definitions, next.throughput.is_none())?;
+                created.push(index.name.clone());
+                next.indexes.push(index);
+            }
+            (None, Some(delete), None) => {
+                let position = next.indexes.iter().position(|i| i.name == delete.index_name && i.kind == IndexKind::Global);
+                let Some(position) = position else {
+                    return Err(ApiError::resource_not_found(format!("Requested resource not found: Index: {} not found", delete.index_name)));
+                };
+                next.indexes.remove(position);
+                deleted.push(delete.index_name.clone());
+            }
+            (None, None, Some(update)) => {
+                let Some(index) = next.indexes.iter_mut().find(|i| i.name == update.index_name) else {
+                    return Err(ApiError::resource_not_found(format!("Requested resource not found: Index: {} not found", update.index_name)));
+                };
+                if let Some(t) = update.provisioned_throughput {
+                    index.throughput = Some(catalog::Throughput { read: t.read_capacity_units.max(1) as u64, write: t.write_capacity_units.max(1) as u64 });
+                }
+            }
+            _ => {
+                return Err(ApiError::validation(
+                    "One or more parameter values were invalid: One of GlobalSecondaryIndexUpdate.Create, Update or Delete must be set, and only one",
+                ));
+            }
+        }
+        changed = true;
+    }
+    if !changed {
+        return Err(ApiError::validation(
+            "At least one of ProvisionedThroughput, BillingMode, UpdateStreamEnabled, GlobalSecondaryIndexUpdates or SSESpecification or ReplicaUpdates is required",
+        ));
+    }
+    let used = |name: &str| next.key.is_key_attribute(name) || next.indexes.iter().any(|i| i.key.is_key_attribute(name));
+    definitions.retain(|(name, _)| used(name));
+    next.attribute_definitions = definitions;
+    let current = meta.clone();
+    let result = next.clone();
+    store
+        .engine()
+        .write_exclusive(move |context| {
+            context.current_table(&current)?;
+            for name in &deleted {
+                context.drop_index(&current, name)?;
+            }
+            context.put_table(next.clone())?;
+            for name in &created {
+                let index = next.index(name).expect("the index was just added");
+                context.backfill(&next, Some(index))?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(json!({"TableDescription": describe(store, &result, "ACTIVE")}))
+}
+
+pub fn describe_endpoints() -> Value {
+    json!({"Endpoints": [{"Address": "localhost", "CachePeriodInMinutes": 1440}]})
+}
+
+pub fn describe_limits() -> Value {
+    json!({"AccountMaxReadCapacityUnits": 80000, "AccountMaxWriteCapacityUnits": 80000,
+           "TableMaxReadCapacityUnits": 40000, "TableMaxWriteCapacityUnits": 40000})
+}
+
+fn table_from_arn(store: &Store, arn: &str) -> Result<std::sync::Arc<TableMeta>, ApiError> {
+    let name = arn.rsplit_once(":table/").map(|(_, name)| name).filter(|name| !name.contains('/')).ok_or_else(|| {
+        ApiError::validation(format!("Invalid TableArn: Invalid ResourceArn provided as input {arn}: expected arn:aws:dynamodb:REGION:ACCOUNT:table/NAME"))
+    })?;
+    store.engine().table(name).ok_or_else(|| {
+        ApiError::resource_not_found(format!("Requested resource not found: ResourcArn: {arn} not found"))
+    })
+}
+
+async fn change_table(store: &Store, meta: std::sync::Arc<TableMeta>, change: impl FnOnce(&mut TableMeta) + Send + 'static) -> Result<TableMeta, ApiError> {
+    store
+        .engine()
+        .write_exclusive(move |context| {
+            context.current_table(&meta)?;
+            let mut next = (*meta).clone();
+            change(&mut next);
+            context.put_table(next.clone())?;
+            Ok(next)
+        })
+        .await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TagResourceRequest {
+    resource_arn: String,
+    tags: Vec<TagRequest>,
+}
+
+pub async fn tag_resource(store: &Store, request: TagResourceRequest) -> Result<Value, ApiError> {
+    let meta = table_from_arn(store, &request.resource_arn)?;
+    let mut merged = meta.tags.clone();
+    for tag in &request.tags {
+        if tag.key.is_empty() || tag.key.len() > 128 || tag.value.len() > 256 {
+            return Err(ApiError::validation(format!(
+                "One or more parameter values were invalid: tag keys are 1 to 128 characters and values at most 256; got key '{}'",
+                tag.key
+            )));
+        }
+        merged.insert(tag.key.clone(), tag.value.clone());
+    }
+    if merged.len() > TAGS_PER_RESOURCE_MAX {
+        return Err(ApiError::new(ErrorKind::LimitExceeded, format!("Too many tags: a resource has at most {TAGS_PER_RESOURCE_MAX}")));
+    }
+    change_table(store, meta, move |next| next.tags = merged).await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UntagResourceRequest {
+    resource_arn: String,
+    tag_keys: Vec<String>,
+}
+
+pub async fn untag_resource(store: &Store, request: UntagResourceRequest) -> Result<Value, ApiError> {
+    let meta = table_from_arn(store, &request.resource_arn)?;
+    change_table(store, meta, move |next| {
+        for key in &request.tag_keys {
+            next.tags.remove(key);
+        }
+    })
+    .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListTagsRequest {
+    resource_arn: String,
+}
+
+pub fn list_tags(store: &Store, request: ListTagsRequest) -> Result<Value, ApiError> {
+    let meta = table_from_arn(store, &request.resource_arn)?;
+    let tags: Vec<Value> = meta.tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect();
+    Ok(json!({"Tags": tags}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TtlSpecification {
+    enabled: bool,
+    attribute_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateTtlRequest {
+    table_name: String,
+    time_to_live_specification: TtlSpecification,
+}
+
+pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().table(&request.table_name).ok_or_else(|| not_found(&request.table_name))?;
+    let spec = request.time_to_live_specification;
+    if spec.attribute_name.is_empty() || spec.attribute_name.len() > 255 {
+        return Err(ApiError::validation("1 validation error detected: Value '' at 'timeToLiveSpecification.attributeName' failed to satisfy constraint: Member must have length greater than or equal to 1"));
+    }
+    match &meta.ttl {
+        Some(current) if current.enabled && spec.enabled => {
+            return Err(ApiError::validation("TimeToLive is already enabled"));
+        }
+        Some(current) if !current.enabled && !spec.enabled => {
+            return Err(ApiError::validation("TimeToLive is already disabled"));
+        }
+        None if !spec.enabled => return Err(ApiError::validation("TimeToLive is already disabled")),
+        Some(current) if !spec.enabled && current.attribute != spec.attribute_name => {
+            return Err(ApiError::validation(format!(
+                "TimeToLive attribute name does not match the enabled one ({}); disable it by that name",
+                current.attribute
+            )));
+        }
+        _ => {}
+    }
+    let enabled = spec.enabled;
+    let attribute = spec.attribute_name.clone();
+    store
+        .engine()
+        .write_exclusive(move |context| {
+            context.current_table(&meta)?;
+            let mut next = (*meta).clone();
+            next.ttl = Some(TtlSpec { attribute, enabled });
+            if enabled {
+                context.backfill(&next, None)?;
+            } else {
+                context.drop_ttl_index(&next)?;
+            }
+            context.put_table(next)
+        })
+        .await?;
+    Ok(json!({"TimeToLiveSpecification": {"Enabled": spec.enabled, "AttributeName": spec.attribute_name}}))
+}
+
+pub fn describe_ttl(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().table(&request.table_name).ok_or_else(|| not_found(&request.table_name))?;
+    let description = match &meta.ttl {
+        Some(TtlSpec { attribute, enabled: true }) => json!({"TimeToLiveStatus": "ENABLED", "AttributeName": attribute}),
+        _ => json!({"TimeToLiveStatus": "DISABLED"}),
+    };
+    Ok(json!({"TimeToLiveDescription": description}))
+}

@@ -1,0 +1,231 @@
+//! The HTTP front: DynamoDB's JSON protocol on `POST /`, plus `/health` and `/metrics`.
+//!
+//! Invariants: every response to an API request is either the operation's JSON or a DynamoDB
+//! error shape with a `__type`; a panic never crosses this layer because nothing below it
+//! panics on input; without configured credentials the server only listens on loopback.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use dynamo_protocol::sigv4::{self, Credentials, RequestParts};
+use dynamo_protocol::{ApiError, ErrorKind};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::engine::{Engine, TTL_SWEEP_INTERVAL_MS};
+use crate::ops::Store;
+
+/// Largest request body accepted (DynamoDB's own limit for BatchWriteItem is 16 MB).
+pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+const TARGET_PREFIX: &str = "DynamoDB_20120810.";
+const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: String,
+}
+
+struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<OperationLabels, Histogram>,
+    items: Family<TableLabels, Gauge>,
+    table_bytes: Family<TableLabels, Gauge>,
+    storage_bytes: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("switchyard_store");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "API requests by operation and outcome (ok, client_error, server_error)", requests.clone());
+        let latency = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0])
+        });
+        registry.register("request_duration_seconds", "API request latency by operation", latency.clone());
+        let items = Family::<TableLabels, Gauge>::default();
+        registry.register("items", "Items stored per table", items.clone());
+        let table_bytes = Family::<TableLabels, Gauge>::default();
+        registry.register("table_size_bytes", "Bytes of item data per table, as DynamoDB counts them", table_bytes.clone());
+        let storage_bytes = Gauge::default();
+        registry.register("storage_bytes", "Bytes the database file takes on disk", storage_bytes.clone());
+        Metrics { registry, requests, latency, items, table_bytes, storage_bytes }
+    }
+}
+
+struct AppState {
+    store: Store,
+    credentials: Option<Credentials>,
+    metrics: Metrics,
+}
+
+/// How the API server is set up.
+pub struct ServerConfig {
+    /// When set, every request must carry a valid SigV4 signature by one of these keys.
+    pub credentials: Option<Credentials>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExposureError {
+    #[error(
+        "refusing to listen on {0} without credentials: anyone who can reach it could read and change every table. Pass --credentials FILE (lines of `ACCESS_KEY_ID SECRET`) or listen on a loopback address such as 127.0.0.1"
+    )]
+    OpenToNetwork(SocketAddr),
+}
+
+/// Security by default: an unauthenticated store listens on loopback only.
+pub fn check_exposure(address: SocketAddr, credentials: Option<&Credentials>) -> Result<(), ExposureError> {
+    if credentials.is_some_and(|c| !c.is_empty()) || address.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(ExposureError::OpenToNetwork(address))
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn run(listener: TcpListener, engine: Engine, config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let store = Store::new(engine.clone());
+    let state = Arc::new(AppState { store, credentials: config.credentials.filter(|c| !c.is_empty()), metrics: Metrics::new() });
+    let app = Router::new()
+        .route("/", post(api))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .with_state(Arc::clone(&state));
+    let sweeper = tokio::spawn(ttl_sweeper(engine));
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    sweeper.abort();
+    result
+}
+
+async fn ttl_sweeper(engine: Engine) {
+    let mut interval = tokio::time::interval(Duration::from_millis(TTL_SWEEP_INTERVAL_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match engine.expire_once().await {
+            Ok(0) => {}
+            Ok(count) => tracing::debug!(count, "expired items deleted"),
+            Err(error) => tracing::warn!(%error, "TTL sweep failed; retrying next interval"),
+        }
+    }
+}
+
+fn error_response(error: &ApiError) -> Response {
+    let status = StatusCode::from_u16(error.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = serde_json::to_vec(&error.to_json()).unwrap_or_default();
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
+
+fn authenticate(state: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    let Some(credentials) = &state.credentials else { return Ok(()) };
+    let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes())).collect();
+    let host_header;
+    let mut pairs = pairs;
+    if !headers.contains_key(header::HOST) {
+        if let Some(authority) = uri.authority() {
+            host_header = authority.as_str().to_string();
+            pairs.push(("host", host_header.as_bytes()));
+        }
+    }
+    let parts = RequestParts { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), headers: &pairs, body };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    sigv4::verify(credentials, &parts, now).map(|_| ())
+}
+
+async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or(target).to_string();
+    let result = match authenticate(&state, &method, &uri, &headers, &body) {
+        Err(error) => Err(error),
+        Ok(()) if !target.starts_with(TARGET_PREFIX) => Err(ApiError::new(
+            ErrorKind::UnknownOperation,
+            format!("Unknown operation: X-Amz-Target must be {TARGET_PREFIX}<Operation>, got '{target}'"),
+        )),
+        Ok(()) => state.store.handle(&operation, &body).await,
+    };
+    let label = if crate::ops::OPERATIONS.contains(&operation.as_str()) { operation } else { "unknown".to_string() };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(error) if error.kind.is_server_fault() => "server_error",
+        Err(_) => "client_error",
+    };
+    state.metrics.requests.get_or_create(&RequestLabels { operation: label.clone(), outcome: outcome.into() }).inc();
+    state.metrics.latency.get_or_create(&OperationLabels { operation: label.clone() }).observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(value) => {
+            let body = serde_json::to_vec(&value).unwrap_or_default();
+            let mut response = (StatusCode::OK, body).into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            response
+        }
+        Err(error) => {
+            if error.kind.is_server_fault() {
+                tracing::error!(operation = %label, %error, "request failed");
+            } else {
+                tracing::debug!(operation = %label, %error, "request refused");
+            }
+            error_response(&error)
+        }
+    }
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let engine = state.store.engine();
+    let writer_alive = engine.writer_alive();
+    let body = json!({
+        "status": if writer_alive { "ready" } else { "not_ready" },
+        "reason": if writer_alive { "serving reads and writes" } else { "the storage writer has stopped; restart the store and check its log" },
+        "region": engine.region(),
+        "tables": engine.table_names().len(),
+        "storage_bytes": engine.storage_bytes(),
+        "write_queue_free": engine.write_queue_free(),
+    });
+    let status = if writer_alive { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let engine = state.store.engine();
+    state.metrics.items.clear();
+    state.metrics.table_bytes.clear();
+    for table in engine.tables() {
+        let stats = engine.stats(table.id, None);
+        let labels = TableLabels { table: table.name.clone() };
+        state.metrics.items.get_or_create(&labels).set(stats.item_count as i64);
+        state.metrics.table_bytes.get_or_create(&labels).set(stats.size_bytes as i64);
+    }
+    state.metrics.storage_bytes.set(engine.storage_bytes() as i64);
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry).is_err() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
