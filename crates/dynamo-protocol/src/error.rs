@@ -55,9 +55,7 @@ impl ErrorKind {
             ErrorKind::LimitExceeded => "LimitExceededException",
             ErrorKind::ProvisionedThroughputExceeded => "ProvisionedThroughputExceededException",
             ErrorKind::RequestLimitExceeded => "RequestLimitExceeded",
-            ErrorKind::ItemCollectionSizeLimitExceeded => {
-                "ItemCollectionSizeLimitExceededException"
-            }
+            ErrorKind::ItemCollectionSizeLimitExceeded => "ItemCollectionSizeLimitExceededException",
             ErrorKind::GlobalTableNotFound => "GlobalTableNotFoundException",
             ErrorKind::ReplicaAlreadyExists => "ReplicaAlreadyExistsException",
             ErrorKind::ReplicaNotFound => "ReplicaNotFoundException",
@@ -93,10 +91,7 @@ impl ErrorKind {
 
     /// Whether the fault is the server's (and may be retried) rather than the caller's.
     pub fn is_server_fault(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::InternalServerError | ErrorKind::ServiceUnavailable
-        )
+        matches!(self, ErrorKind::InternalServerError | ErrorKind::ServiceUnavailable)
     }
 }
 
@@ -157,10 +152,7 @@ impl ApiError {
     }
 
     pub fn conditional_check_failed() -> ApiError {
-        ApiError::new(
-            ErrorKind::ConditionalCheckFailed,
-            "The conditional request failed",
-        )
+        ApiError::new(ErrorKind::ConditionalCheckFailed, "The conditional request failed")
     }
 
     pub fn transaction_canceled(reasons: Vec<CancellationReason>) -> ApiError {
@@ -226,11 +218,6 @@ mod tests {
         );
         let body = ApiError::transaction_canceled(vec![CancellationReason::none()]).to_json();
         assert_eq!(body["CancellationReasons"][0]["Code"], "None");
-        assert!(
-            body["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("[None]")
-        );
+        assert!(body["message"].as_str().unwrap_or_default().contains("[None]"));
     }
 }

@@ -120,12 +120,7 @@ impl AttributeValue {
             AttributeValue::N(n) => n.size_bytes(),
             AttributeValue::B(b) => b.len(),
             AttributeValue::Bool(_) | AttributeValue::Null => 1,
-            AttributeValue::M(m) => {
-                3 + m
-                    .iter()
-                    .map(|(k, v)| 1 + k.len() + v.size_bytes())
-                    .sum::<usize>()
-            }
+            AttributeValue::M(m) => 3 + m.iter().map(|(k, v)| 1 + k.len() + v.size_bytes()).sum::<usize>(),
             AttributeValue::L(l) => 3 + l.iter().map(|v| 1 + v.size_bytes()).sum::<usize>(),
             AttributeValue::Ss(s) => s.iter().map(String::len).sum(),
             AttributeValue::Ns(n) => n.iter().map(Number::size_bytes).sum(),
@@ -260,9 +255,9 @@ fn parse_number<E: de::Error>(text: &str) -> Result<Number, E> {
 }
 
 fn decode_base64<E: de::Error>(text: &str) -> Result<Vec<u8>, E> {
-    BASE64.decode(text.as_bytes()).map_err(|_| {
-        E::custom("Base64 encoded length is expected a multiple of 4 bytes but found: bad input")
-    })
+    BASE64
+        .decode(text.as_bytes())
+        .map_err(|_| E::custom("Base64 encoded length is expected a multiple of 4 bytes but found: bad input"))
 }
 
 struct NumberStrings(Vec<Number>);
@@ -352,9 +347,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
             ));
         }
         found.ok_or_else(|| {
-            validation(
-                "Supplied AttributeValue is empty, must contain exactly one of the supported datatypes",
-            )
+            validation("Supplied AttributeValue is empty, must contain exactly one of the supported datatypes")
         })
     }
 

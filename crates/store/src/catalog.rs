@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use dynamo_protocol::value::ValueType;
 use dynamo_protocol::{ApiError, AttributeValue, Item};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -48,14 +47,6 @@ impl KeyType {
                 | (KeyType::N, AttributeValue::N(_))
                 | (KeyType::B, AttributeValue::B(_))
         )
-    }
-
-    fn value_type(self) -> ValueType {
-        match self {
-            KeyType::S => ValueType::S,
-            KeyType::N => ValueType::N,
-            KeyType::B => ValueType::B,
-        }
     }
 }
 
@@ -149,9 +140,7 @@ impl IndexMeta {
             Projection::All => true,
             Projection::KeysOnly => self.key.is_key_attribute(name) || table_key.is_key_attribute(name),
             Projection::Include(extra) => {
-                self.key.is_key_attribute(name)
-                    || table_key.is_key_attribute(name)
-                    || extra.iter().any(|e| e == name)
+                self.key.is_key_attribute(name) || table_key.is_key_attribute(name) || extra.iter().any(|e| e == name)
             }
         }
     }
@@ -203,7 +192,13 @@ impl TableMeta {
     }
 
     /// The DescribeTable shape.
-    pub fn describe(&self, region: &str, status: &str, stats: TableStats, index_stats: &dyn Fn(&str) -> TableStats) -> Value {
+    pub fn describe(
+        &self,
+        region: &str,
+        status: &str,
+        stats: TableStats,
+        index_stats: &dyn Fn(&str) -> TableStats,
+    ) -> Value {
         let mut table = serde_json::Map::new();
         table.insert("TableName".into(), json!(self.name));
         table.insert("TableId".into(), json!(table_uuid(self.id, &self.name)));
@@ -252,8 +247,18 @@ impl TableMeta {
             }
             out
         };
-        let globals: Vec<Value> = self.indexes.iter().filter(|i| i.kind == IndexKind::Global).map(describe_index).collect();
-        let locals: Vec<Value> = self.indexes.iter().filter(|i| i.kind == IndexKind::Local).map(describe_index).collect();
+        let globals: Vec<Value> = self
+            .indexes
+            .iter()
+            .filter(|i| i.kind == IndexKind::Global)
+            .map(describe_index)
+            .collect();
+        let locals: Vec<Value> = self
+            .indexes
+            .iter()
+            .filter(|i| i.kind == IndexKind::Local)
+            .map(describe_index)
+            .collect();
         if !globals.is_empty() {
             table.insert("GlobalSecondaryIndexes".into(), Value::Array(globals));
         }
@@ -276,7 +281,14 @@ fn table_uuid(id: u64, name: &str) -> String {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", (id >> 32) as u32 ^ (hash as u32), (id >> 16) as u16, id as u16 & 0xfff, (hash >> 52) as u16, hash & 0xffff_ffff_ffff)
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        (id >> 32) as u32 ^ (hash as u32),
+        (id >> 16) as u16,
+        id as u16 & 0xfff,
+        (hash >> 52) as u16,
+        hash & 0xffff_ffff_ffff
+    )
 }
 
 // ---- CreateTable request ----
@@ -356,7 +368,10 @@ pub fn validate_table_name(name: &str, field: &str) -> Result<(), ApiError> {
             "Value '{name}' at '{field}' failed to satisfy constraint: Member must have length less than or equal to {TABLE_NAME_LENGTH_MAX}"
         ));
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
         problems.push(format!(
             "Value '{name}' at '{field}' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+"
         ));
@@ -368,8 +383,14 @@ pub fn validate_table_name(name: &str, field: &str) -> Result<(), ApiError> {
 pub fn constraint_errors(problems: Vec<String>) -> Result<(), ApiError> {
     match problems.len() {
         0 => Ok(()),
-        1 => Err(ApiError::validation(format!("1 validation error detected: {}", problems[0]))),
-        n => Err(ApiError::validation(format!("{n} validation errors detected: {}", problems.join("; ")))),
+        1 => Err(ApiError::validation(format!(
+            "1 validation error detected: {}",
+            problems[0]
+        ))),
+        n => Err(ApiError::validation(format!(
+            "{n} validation errors detected: {}",
+            problems.join("; ")
+        ))),
     }
 }
 
@@ -386,14 +407,20 @@ fn key_type_of(definitions: &[(String, KeyType)], name: &str) -> Result<KeyType,
     })
 }
 
-pub fn parse_key_schema(elements: &[KeySchemaElement], definitions: &[(String, KeyType)], what: &str) -> Result<KeySchema, ApiError> {
+pub fn parse_key_schema(
+    elements: &[KeySchemaElement],
+    definitions: &[(String, KeyType)],
+    what: &str,
+) -> Result<KeySchema, ApiError> {
     if elements.is_empty() || elements.len() > 2 {
         return Err(ApiError::validation(format!(
             "1 validation error detected: Value '[...]' at '{what}' failed to satisfy constraint: Member must have length less than or equal to 2 and greater than or equal to 1"
         )));
     }
     if elements[0].key_type != "HASH" {
-        return Err(invalid("Invalid KeySchema: The first KeySchemaElement is not a HASH key type"));
+        return Err(invalid(
+            "Invalid KeySchema: The first KeySchemaElement is not a HASH key type",
+        ));
     }
     let partition = KeyAttribute {
         name: elements[0].attribute_name.clone(),
@@ -403,11 +430,20 @@ pub fn parse_key_schema(elements: &[KeySchemaElement], definitions: &[(String, K
         None => None,
         Some(element) if element.key_type == "RANGE" => {
             if element.attribute_name == partition.name {
-                return Err(invalid("Both the Hash Key and the Range Key element in the KeySchema have the same name"));
+                return Err(invalid(
+                    "Both the Hash Key and the Range Key element in the KeySchema have the same name",
+                ));
             }
-            Some(KeyAttribute { name: element.attribute_name.clone(), value_type: key_type_of(definitions, &element.attribute_name)? })
+            Some(KeyAttribute {
+                name: element.attribute_name.clone(),
+                value_type: key_type_of(definitions, &element.attribute_name)?,
+            })
         }
-        Some(_) => return Err(invalid("Invalid KeySchema: The second KeySchemaElement is not a RANGE key type")),
+        Some(_) => {
+            return Err(invalid(
+                "Invalid KeySchema: The second KeySchemaElement is not a RANGE key type",
+            ));
+        }
     };
     Ok(KeySchema { partition, sort })
 }
@@ -416,7 +452,9 @@ fn parse_projection(request: &ProjectionRequest, index: &str) -> Result<Projecti
     match (request.projection_type.as_deref(), &request.non_key_attributes) {
         (Some("ALL"), None) => Ok(Projection::All),
         (Some("KEYS_ONLY"), None) => Ok(Projection::KeysOnly),
-        (Some("INCLUDE"), Some(names)) if !names.is_empty() && names.len() <= PROJECTED_ATTRIBUTES_MAX => Ok(Projection::Include(names.clone())),
+        (Some("INCLUDE"), Some(names)) if !names.is_empty() && names.len() <= PROJECTED_ATTRIBUTES_MAX => {
+            Ok(Projection::Include(names.clone()))
+        }
         (Some("INCLUDE"), _) => Err(invalid(format!(
             "ProjectionType is INCLUDE, but NonKeyAttributes is not specified or has more than {PROJECTED_ATTRIBUTES_MAX} entries for index: {index}"
         ))),
@@ -430,18 +468,29 @@ fn parse_projection(request: &ProjectionRequest, index: &str) -> Result<Projecti
     }
 }
 
-fn parse_throughput(request: Option<ThroughputRequest>, pay_per_request: bool, what: &str) -> Result<Option<Throughput>, ApiError> {
+fn parse_throughput(
+    request: Option<ThroughputRequest>,
+    pay_per_request: bool,
+    what: &str,
+) -> Result<Option<Throughput>, ApiError> {
     match (request, pay_per_request) {
         (None, true) => Ok(None),
-        (Some(_), true) => Err(invalid(format!("Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST{what}"))),
-        (None, false) => Err(invalid(format!("ProvisionedThroughput must be specified when BillingMode is PROVISIONED{what}"))),
+        (Some(_), true) => Err(invalid(format!(
+            "Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST{what}"
+        ))),
+        (None, false) => Err(invalid(format!(
+            "ProvisionedThroughput must be specified when BillingMode is PROVISIONED{what}"
+        ))),
         (Some(t), false) => {
             if t.read_capacity_units < 1 || t.write_capacity_units < 1 {
                 return Err(ApiError::validation(
                     "1 validation error detected: Value '0' at 'provisionedThroughput.readCapacityUnits' failed to satisfy constraint: Member must have value greater than or equal to 1",
                 ));
             }
-            Ok(Some(Throughput { read: t.read_capacity_units as u64, write: t.write_capacity_units as u64 }))
+            Ok(Some(Throughput {
+                read: t.read_capacity_units as u64,
+                write: t.write_capacity_units as u64,
+            }))
         }
     }
 }
@@ -470,21 +519,36 @@ pub fn parse_attribute_definitions(definitions: &[AttributeDefinition]) -> Resul
             }
         };
         if out.iter().any(|(n, _)| n == &definition.attribute_name) {
-            return Err(invalid(format!("Duplicate AttributeName in AttributeDefinitions: {}", definition.attribute_name)));
+            return Err(invalid(format!(
+                "Duplicate AttributeName in AttributeDefinitions: {}",
+                definition.attribute_name
+            )));
         }
         out.push((definition.attribute_name.clone(), value_type));
     }
     Ok(out)
 }
 
-pub fn parse_global_index(request: &IndexRequest, definitions: &[(String, KeyType)], pay_per_request: bool) -> Result<IndexMeta, ApiError> {
+pub fn parse_global_index(
+    request: &IndexRequest,
+    definitions: &[(String, KeyType)],
+    pay_per_request: bool,
+) -> Result<IndexMeta, ApiError> {
     validate_table_name(&request.index_name, "indexName")?;
     Ok(IndexMeta {
         name: request.index_name.clone(),
         kind: IndexKind::Global,
-        key: parse_key_schema(&request.key_schema, definitions, "globalSecondaryIndexes.member.keySchema")?,
+        key: parse_key_schema(
+            &request.key_schema,
+            definitions,
+            "globalSecondaryIndexes.member.keySchema",
+        )?,
         projection: parse_projection(&request.projection, &request.index_name)?,
-        throughput: parse_throughput(request.provisioned_throughput, pay_per_request, &format!(" for index: {}", request.index_name))?,
+        throughput: parse_throughput(
+            request.provisioned_throughput,
+            pay_per_request,
+            &format!(" for index: {}", request.index_name),
+        )?,
         backfilling: false,
     })
 }
@@ -506,19 +570,29 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
         return Err(invalid("List of LocalSecondaryIndexes is empty"));
     }
     if globals.len() > GLOBAL_INDEXES_MAX {
-        return Err(invalid(format!("GlobalSecondaryIndex count exceeds the per-table limit of {GLOBAL_INDEXES_MAX}")));
+        return Err(invalid(format!(
+            "GlobalSecondaryIndex count exceeds the per-table limit of {GLOBAL_INDEXES_MAX}"
+        )));
     }
     if locals.len() > LOCAL_INDEXES_MAX {
-        return Err(invalid(format!("LocalSecondaryIndex count exceeds the per-table limit of {LOCAL_INDEXES_MAX}")));
+        return Err(invalid(format!(
+            "LocalSecondaryIndex count exceeds the per-table limit of {LOCAL_INDEXES_MAX}"
+        )));
     }
     for request in globals {
         indexes.push(parse_global_index(request, &definitions, pay_per_request)?);
     }
     for request in locals {
         validate_table_name(&request.index_name, "indexName")?;
-        let index_key = parse_key_schema(&request.key_schema, &definitions, "localSecondaryIndexes.member.keySchema")?;
+        let index_key = parse_key_schema(
+            &request.key_schema,
+            &definitions,
+            "localSecondaryIndexes.member.keySchema",
+        )?;
         if key.sort.is_none() {
-            return Err(invalid("Table KeySchema does not have a range key, which is required when specifying a LocalSecondaryIndex"));
+            return Err(invalid(
+                "Table KeySchema does not have a range key, which is required when specifying a LocalSecondaryIndex",
+            ));
         }
         if index_key.partition != key.partition || index_key.sort.is_none() {
             return Err(invalid(format!(
@@ -547,7 +621,12 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
             "Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions",
         ));
     }
-    let tags = request.tags.iter().flatten().map(|t| (t.key.clone(), t.value.clone())).collect();
+    let tags = request
+        .tags
+        .iter()
+        .flatten()
+        .map(|t| (t.key.clone(), t.value.clone()))
+        .collect();
     Ok(TableMeta {
         id,
         name: request.table_name.clone(),
@@ -589,7 +668,11 @@ pub fn validate_key_attributes(schema: &KeySchema, item: &Item, missing_message:
         if size == 0 {
             return Err(invalid(format!(
                 "One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain an empty {} value. Key: {}",
-                if attribute.value_type == KeyType::S { "string" } else { "binary" },
+                if attribute.value_type == KeyType::S {
+                    "string"
+                } else {
+                    "binary"
+                },
                 attribute.name
             )));
         }
@@ -607,7 +690,9 @@ pub fn validate_key_attributes(schema: &KeySchema, item: &Item, missing_message:
 pub fn validate_key(schema: &KeySchema, key: &Item) -> Result<(), ApiError> {
     let expected = 1 + usize::from(schema.sort.is_some());
     if key.len() != expected || !key.keys().all(|name| schema.is_key_attribute(name)) {
-        return Err(ApiError::validation("The provided key element does not match the schema"));
+        return Err(ApiError::validation(
+            "The provided key element does not match the schema",
+        ));
     }
     validate_key_attributes(schema, key, false)
 }
@@ -636,7 +721,5 @@ pub fn validate_index_key_types(table: &TableMeta, item: &Item) -> Result<(), Ap
             }
         }
     }
-    let _ = ValueType::S;
-    let _ = KeyType::S.value_type();
     Ok(())
 }

@@ -20,7 +20,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dynamo_protocol::value::item_size_bytes;
 use dynamo_protocol::{ApiError, AttributeValue, Item};
-use redb::{Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableError, WriteTransaction};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
+    WriteTransaction,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{IndexMeta, KeySchema, TableMeta, TableStats};
@@ -80,7 +83,10 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_unix_ms(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
     }
 }
 
@@ -92,7 +98,9 @@ pub struct HybridClock {
 
 impl HybridClock {
     fn new(start: u64) -> HybridClock {
-        HybridClock { last: AtomicU64::new(start) }
+        HybridClock {
+            last: AtomicU64::new(start),
+        }
     }
 
     pub fn tick(&self, physical_ms: u64) -> u64 {
@@ -100,7 +108,10 @@ impl HybridClock {
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let next = if physical > last { physical } else { last + 1 };
-            match self.last.compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed) {
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
                 Ok(_) => return next,
                 Err(actual) => last = actual,
             }
@@ -149,18 +160,37 @@ pub struct Engine {
 impl Engine {
     /// Opens (or creates) the database under `data_dir` and starts the writer thread.
     pub fn open(data_dir: &Path, region: &str, clock: Arc<dyn Clock>) -> Result<Engine, OpenError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| OpenError::Directory { path: data_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| OpenError::Directory {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
         let path = data_dir.join("store.redb");
-        let db = Database::create(&path).map_err(|source| OpenError::Database { path: path.clone(), source: Box::new(source) })?;
-        let catalog = load_catalog(&db).map_err(|message| OpenError::Catalog { path: path.clone(), message })?;
+        let db = Database::create(&path).map_err(|source| OpenError::Database {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        let catalog = load_catalog(&db).map_err(|message| OpenError::Catalog {
+            path: path.clone(),
+            message,
+        })?;
         let start = clock.now_unix_ms() << 16;
-        let shared = Arc::new(Shared { db, region: region.to_string(), catalog: RwLock::new(catalog), clock, hlc: HybridClock::new(start), path });
+        let shared = Arc::new(Shared {
+            db,
+            region: region.to_string(),
+            catalog: RwLock::new(catalog),
+            clock,
+            hlc: HybridClock::new(start),
+            path,
+        });
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_JOBS_MAX);
         let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_loop(writer_shared, receiver))
-            .map_err(|source| OpenError::Directory { path: data_dir.to_path_buf(), source })?;
+            .map_err(|source| OpenError::Directory {
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
         Ok(Engine { shared, sender })
     }
 
@@ -173,19 +203,41 @@ impl Engine {
     }
 
     pub fn table(&self, name: &str) -> Option<Arc<TableMeta>> {
-        self.shared.catalog.read().expect("catalog lock is never poisoned: holders do not panic").tables.get(name).cloned()
+        self.shared
+            .catalog
+            .read()
+            .expect("catalog lock is never poisoned: holders do not panic")
+            .tables
+            .get(name)
+            .cloned()
     }
 
     pub fn require_table(&self, name: &str) -> Result<Arc<TableMeta>, ApiError> {
-        self.table(name).ok_or_else(|| ApiError::resource_not_found(format!("Requested resource not found: Table: {name} not found")))
+        self.table(name).ok_or_else(|| {
+            ApiError::resource_not_found(format!("Requested resource not found: Table: {name} not found"))
+        })
     }
 
     pub fn table_names(&self) -> Vec<String> {
-        self.shared.catalog.read().expect("catalog lock is never poisoned").tables.keys().cloned().collect()
+        self.shared
+            .catalog
+            .read()
+            .expect("catalog lock is never poisoned")
+            .tables
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn tables(&self) -> Vec<Arc<TableMeta>> {
-        self.shared.catalog.read().expect("catalog lock is never poisoned").tables.values().cloned().collect()
+        self.shared
+            .catalog
+            .read()
+            .expect("catalog lock is never poisoned")
+            .tables
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Bytes the database file takes on disk.
@@ -194,16 +246,26 @@ impl Engine {
     }
 
     /// Runs `job` on the writer thread inside the next batch; resolves after the batch is durable.
-    pub async fn write<T: Send + 'static>(&self, job: impl FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    pub async fn write<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
         self.submit(false, job).await
     }
 
     /// Like [`Engine::write`], alone in its batch: for jobs that change the catalog.
-    pub async fn write_exclusive<T: Send + 'static>(&self, job: impl FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    pub async fn write_exclusive<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
         self.submit(true, job).await
     }
 
-    async fn submit<T: Send + 'static>(&self, exclusive: bool, job: impl FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    async fn submit<T: Send + 'static>(
+        &self,
+        exclusive: bool,
+        job: impl FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
         let (reply, result) = oneshot::channel();
         let job = Job {
             exclusive,
@@ -214,13 +276,24 @@ impl Engine {
                 })
             }),
         };
-        self.sender.send(job).await.map_err(|_| ApiError::new(dynamo_protocol::ErrorKind::ServiceUnavailable, "The store is shutting down"))?;
-        result.await.map_err(|_| ApiError::internal("Internal server error: the writer stopped before answering"))?
+        self.sender.send(job).await.map_err(|_| {
+            ApiError::new(
+                dynamo_protocol::ErrorKind::ServiceUnavailable,
+                "The store is shutting down",
+            )
+        })?;
+        result
+            .await
+            .map_err(|_| ApiError::internal("Internal server error: the writer stopped before answering"))?
     }
 
     /// A consistent snapshot for reads.
     pub fn snapshot(&self) -> Result<Snapshot, ApiError> {
-        let txn = self.shared.db.begin_read().map_err(|e| storage_error("starting a read", e))?;
+        let txn = self
+            .shared
+            .db
+            .begin_read()
+            .map_err(|e| storage_error("starting a read", e))?;
         Ok(Snapshot { txn })
     }
 
@@ -233,10 +306,13 @@ impl Engine {
                 Err(TableError::TableDoesNotExist(_)) => return Ok(TableStats::default()),
                 Err(e) => return Err(e.into()),
             };
-            Ok(stats.get(stats_key(table_id, index).as_str())?.map(|v| {
-                let (item_count, size_bytes) = v.value();
-                TableStats { item_count, size_bytes }
-            }).unwrap_or_default())
+            Ok(stats
+                .get(stats_key(table_id, index).as_str())?
+                .map(|v| {
+                    let (item_count, size_bytes) = v.value();
+                    TableStats { item_count, size_bytes }
+                })
+                .unwrap_or_default())
         };
         read().unwrap_or_default()
     }
@@ -249,7 +325,9 @@ impl Engine {
             if !table.ttl.as_ref().is_some_and(|t| t.enabled) {
                 continue;
             }
-            let due = self.snapshot()?.expired_keys(&table, now_seconds, TTL_DELETES_PER_SWEEP_MAX)?;
+            let due = self
+                .snapshot()?
+                .expired_keys(&table, now_seconds, TTL_DELETES_PER_SWEEP_MAX)?;
             if due.is_empty() {
                 continue;
             }
@@ -258,7 +336,9 @@ impl Engine {
                 .write(move |context| {
                     let mut count = 0;
                     for (ttl_key, item_key) in due {
-                        context.expire(&table, &ttl_key, &item_key, now_seconds)?.then(|| count += 1);
+                        context
+                            .expire(&table, &ttl_key, &item_key, now_seconds)?
+                            .then(|| count += 1);
                     }
                     Ok(count)
                 })
@@ -273,7 +353,10 @@ pub enum OpenError {
     #[error("cannot create data directory {path}: {source}; check the path and its permissions")]
     Directory { path: PathBuf, source: std::io::Error },
     #[error("cannot open database {path}: {source}; is another store running on this --data-dir?")]
-    Database { path: PathBuf, source: Box<redb::DatabaseError> },
+    Database {
+        path: PathBuf,
+        source: Box<redb::DatabaseError>,
+    },
     #[error("cannot read the table catalog in {path}: {message}")]
     Catalog { path: PathBuf, message: String },
 }
@@ -285,7 +368,8 @@ fn load_catalog(db: &Database) -> Result<Catalog, String> {
         let table = txn.open_table(CATALOG).map_err(|e| e.to_string())?;
         for entry in table.iter().map_err(|e| e.to_string())? {
             let (name, bytes) = entry.map_err(|e| e.to_string())?;
-            let meta: TableMeta = serde_json::from_slice(bytes.value()).map_err(|e| format!("table {}: {e}", name.value()))?;
+            let meta: TableMeta =
+                serde_json::from_slice(bytes.value()).map_err(|e| format!("table {}: {e}", name.value()))?;
             catalog.tables.insert(meta.name.clone(), Arc::new(meta));
         }
         txn.open_table(STATS).map_err(|e| e.to_string())?;
@@ -334,9 +418,20 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
         }
     };
     txn.set_durability(Durability::Immediate);
-    let mut context = WriteContext { txn: &txn, shared, stats: HashMap::new(), catalog_changes: Vec::new(), failed: None };
+    let mut context = WriteContext {
+        txn: &txn,
+        shared,
+        stats: HashMap::new(),
+        catalog_changes: Vec::new(),
+        failed: None,
+    };
     let completions: Vec<Completion> = batch.into_iter().map(|job| (job.run)(&mut context)).collect();
-    let WriteContext { stats, catalog_changes, failed, .. } = context;
+    let WriteContext {
+        stats,
+        catalog_changes,
+        failed,
+        ..
+    } = context;
     let outcome = match failed {
         Some(error) => Err(error),
         None => flush_stats(&txn, stats),
@@ -370,12 +465,20 @@ fn flush_stats(txn: &WriteTransaction, deltas: HashMap<String, (i64, i64)>) -> R
     if deltas.is_empty() {
         return Ok(());
     }
-    let mut table = txn.open_table(STATS).map_err(|e| storage_error("opening counters", e))?;
+    let mut table = txn
+        .open_table(STATS)
+        .map_err(|e| storage_error("opening counters", e))?;
     for (key, (count_delta, size_delta)) in deltas {
-        let (count, size) = table.get(key.as_str()).map_err(|e| storage_error("reading counters", e))?.map(|v| v.value()).unwrap_or((0, 0));
+        let (count, size) = table
+            .get(key.as_str())
+            .map_err(|e| storage_error("reading counters", e))?
+            .map(|v| v.value())
+            .unwrap_or((0, 0));
         let count = (count as i64 + count_delta).max(0) as u64;
         let size = (size as i64 + size_delta).max(0) as u64;
-        table.insert(key.as_str(), (count, size)).map_err(|e| storage_error("writing counters", e))?;
+        table
+            .insert(key.as_str(), (count, size))
+            .map_err(|e| storage_error("writing counters", e))?;
     }
     Ok(())
 }
@@ -403,9 +506,14 @@ pub fn index_entry_key(index: &IndexMeta, item: &Item, item_key: &[u8]) -> Optio
 
 /// The stored key of an item under `schema` (the item must carry the key attributes).
 pub fn key_of(schema: &KeySchema, item: &Item) -> Result<Vec<u8>, ApiError> {
-    let partition = item.get(&schema.partition.name).ok_or_else(|| ApiError::validation("The provided key element does not match the schema"))?;
+    let partition = item
+        .get(&schema.partition.name)
+        .ok_or_else(|| ApiError::validation("The provided key element does not match the schema"))?;
     let sort = match &schema.sort {
-        Some(sort) => Some(item.get(&sort.name).ok_or_else(|| ApiError::validation("The provided key element does not match the schema"))?),
+        Some(sort) => Some(
+            item.get(&sort.name)
+                .ok_or_else(|| ApiError::validation("The provided key element does not match the schema"))?,
+        ),
         None => None,
     };
     Ok(keys::item_key(partition, sort))
@@ -441,7 +549,10 @@ impl WriteContext<'_> {
         let catalog = self.shared.catalog.read().expect("catalog lock is never poisoned");
         match catalog.tables.get(&meta.name) {
             Some(current) if current.id == meta.id => Ok(()),
-            _ => Err(ApiError::resource_not_found(format!("Requested resource not found: Table: {} not found", meta.name))),
+            _ => Err(ApiError::resource_not_found(format!(
+                "Requested resource not found: Table: {} not found",
+                meta.name
+            ))),
         }
     }
 
@@ -453,7 +564,10 @@ impl WriteContext<'_> {
 
     pub fn get(&mut self, table: &TableMeta, key: &[u8]) -> Result<Option<Item>, ApiError> {
         let name = data_table_name(table.id);
-        let data = self.txn.open_table(bytes_table(&name)).map_err(|e| storage_error("opening a table", e))?;
+        let data = self
+            .txn
+            .open_table(bytes_table(&name))
+            .map_err(|e| storage_error("opening a table", e))?;
         let Some(bytes) = data.get(key).map_err(|e| storage_error("reading an item", e))? else {
             return Ok(None);
         };
@@ -465,7 +579,12 @@ impl WriteContext<'_> {
     /// indexes, TTL entries and counters in step.
     pub fn put(&mut self, table: &TableMeta, key: &[u8], old: Option<&Item>, new: &Item) -> Result<(), ApiError> {
         let hlc = self.shared.hlc.tick(self.shared.clock.now_unix_ms());
-        let record = Record { hlc, origin: self.shared.region.clone(), tombstone: false, item: new.clone() };
+        let record = Record {
+            hlc,
+            origin: self.shared.region.clone(),
+            tombstone: false,
+            item: new.clone(),
+        };
         let result = self.store(table, key, old, Some(new), &record::encode(&record));
         result.map_err(|e| self.fail("writing an item", e))
     }
@@ -475,7 +594,14 @@ impl WriteContext<'_> {
         result.map_err(|e| self.fail("deleting an item", e))
     }
 
-    fn store(&mut self, table: &TableMeta, key: &[u8], old: Option<&Item>, new: Option<&Item>, record: &[u8]) -> Result<(), redb::Error> {
+    fn store(
+        &mut self,
+        table: &TableMeta,
+        key: &[u8],
+        old: Option<&Item>,
+        new: Option<&Item>,
+        record: &[u8],
+    ) -> Result<(), redb::Error> {
         {
             let name = data_table_name(table.id);
             let mut data = self.txn.open_table(bytes_table(&name))?;
@@ -494,10 +620,10 @@ impl WriteContext<'_> {
             let new_entry = new.and_then(|item| index_entry_key(index, item, key));
             let name = index_table_name(table.id, &index.name);
             let mut entries = self.txn.open_table(bytes_table(&name))?;
-            if let Some(old_entry) = &old_entry {
-                if new_entry.as_ref() != Some(old_entry) {
-                    entries.remove(old_entry.as_slice())?;
-                }
+            if let Some(old_entry) = &old_entry
+                && new_entry.as_ref() != Some(old_entry)
+            {
+                entries.remove(old_entry.as_slice())?;
             }
             let projected_old = old_entry.as_ref().and(old).map(|i| index.project(&table.key, i));
             let projected_new = match (&new_entry, new) {
@@ -531,13 +657,22 @@ impl WriteContext<'_> {
     }
 
     /// Deletes the item behind a TTL entry if it is still expired; returns whether it did.
-    fn expire(&mut self, table: &TableMeta, ttl_key: &[u8], item_key: &[u8], now_seconds: u64) -> Result<bool, ApiError> {
+    fn expire(
+        &mut self,
+        table: &TableMeta,
+        ttl_key: &[u8],
+        item_key: &[u8],
+        now_seconds: u64,
+    ) -> Result<bool, ApiError> {
         if self.current_table(table).is_err() {
             return Ok(false);
         }
         let Some(item) = self.get(table, item_key)? else {
             let name = ttl_table_name(table.id);
-            let result = self.txn.open_table(bytes_table(&name)).and_then(|mut t| t.remove(ttl_key).map(|_| ()).map_err(Into::into));
+            let result = self
+                .txn
+                .open_table(bytes_table(&name))
+                .and_then(|mut t| t.remove(ttl_key).map(|_| ()).map_err(Into::into));
             result.map_err(|e| self.fail("removing a TTL entry", e))?;
             return Ok(false);
         };
@@ -570,7 +705,8 @@ impl WriteContext<'_> {
             // Create the data and index tables now so readers never miss them.
             self.txn.open_table(bytes_table(&data_table_name(meta.id)))?;
             for index in &meta.indexes {
-                self.txn.open_table(bytes_table(&index_table_name(meta.id, &index.name)))?;
+                self.txn
+                    .open_table(bytes_table(&index_table_name(meta.id, &index.name)))?;
             }
             Ok(())
         })();
@@ -588,7 +724,8 @@ impl WriteContext<'_> {
             let mut stats = self.txn.open_table(STATS)?;
             stats.remove(stats_key(meta.id, None).as_str())?;
             for index in &meta.indexes {
-                self.txn.delete_table(bytes_table(&index_table_name(meta.id, &index.name)))?;
+                self.txn
+                    .delete_table(bytes_table(&index_table_name(meta.id, &index.name)))?;
                 stats.remove(stats_key(meta.id, Some(&index.name)).as_str())?;
             }
             Ok(())
@@ -605,14 +742,19 @@ impl WriteContext<'_> {
             let data = self.txn.open_table(bytes_table(&name))?;
             let mut count = 0;
             let (target_name, stats_name) = match index {
-                Some(index) => (index_table_name(meta.id, &index.name), Some(stats_key(meta.id, Some(&index.name)))),
+                Some(index) => (
+                    index_table_name(meta.id, &index.name),
+                    Some(stats_key(meta.id, Some(&index.name))),
+                ),
                 None => (ttl_table_name(meta.id), None),
             };
             let mut target = self.txn.open_table(bytes_table(&target_name))?;
             let mut added = (0i64, 0i64);
             for entry in data.iter()? {
                 let (key, value) = entry?;
-                let Ok(record) = record::decode(value.value()) else { continue };
+                let Ok(record) = record::decode(value.value()) else {
+                    continue;
+                };
                 if record.tombstone {
                     continue;
                 }
@@ -653,7 +795,9 @@ impl WriteContext<'_> {
     pub fn drop_index(&mut self, meta: &TableMeta, index: &str) -> Result<(), ApiError> {
         let result = (|| -> Result<(), redb::Error> {
             self.txn.delete_table(bytes_table(&index_table_name(meta.id, index)))?;
-            self.txn.open_table(STATS)?.remove(stats_key(meta.id, Some(index)).as_str())?;
+            self.txn
+                .open_table(STATS)?
+                .remove(stats_key(meta.id, Some(index)).as_str())?;
             Ok(())
         })();
         result.map_err(|e| self.fail("dropping an index", e))
@@ -699,7 +843,11 @@ impl Snapshot {
     }
 
     /// Visits rows in key order (or reverse) until `visit` breaks.
-    pub fn range(&self, request: &RangeRequest<'_>, mut visit: impl FnMut(Row<'_>) -> ControlFlow<()>) -> Result<(), ApiError> {
+    pub fn range(
+        &self,
+        request: &RangeRequest<'_>,
+        mut visit: impl FnMut(Row<'_>) -> ControlFlow<()>,
+    ) -> Result<(), ApiError> {
         let name = match request.index {
             Some(index) => index_table_name(request.table.id, &index.name),
             None => data_table_name(request.table.id),
@@ -710,13 +858,22 @@ impl Snapshot {
             Err(e) => return Err(storage_error("opening a table", e)),
         };
         let bounds = (as_slice_bound(&request.lower), as_slice_bound(&request.upper));
-        if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) = bounds {
-            if l > u {
-                return Ok(());
-            }
+        if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) = bounds
+            && l > u
+        {
+            return Ok(());
         }
-        let range = table.range::<&[u8]>(bounds).map_err(|e| storage_error("reading a range", e))?;
-        let mut step = |entry: Result<(redb::AccessGuard<'_, &'static [u8]>, redb::AccessGuard<'_, &'static [u8]>), redb::StorageError>| -> Result<ControlFlow<()>, ApiError> {
+        let range = table
+            .range::<&[u8]>(bounds)
+            .map_err(|e| storage_error("reading a range", e))?;
+        let mut step = |entry: Result<
+            (
+                redb::AccessGuard<'_, &'static [u8]>,
+                redb::AccessGuard<'_, &'static [u8]>,
+            ),
+            redb::StorageError,
+        >|
+         -> Result<ControlFlow<()>, ApiError> {
             let (key, value) = entry.map_err(|e| storage_error("reading a range", e))?;
             let bytes = value.value();
             let item = if request.index.is_some() {
@@ -729,7 +886,11 @@ impl Snapshot {
                 record.item
             };
             let size_bytes = item_size_bytes(&item);
-            Ok(visit(Row { key: key.value(), item, size_bytes }))
+            Ok(visit(Row {
+                key: key.value(),
+                item,
+                size_bytes,
+            }))
         };
         if request.reverse {
             for entry in range.rev() {
@@ -747,7 +908,12 @@ impl Snapshot {
         Ok(())
     }
 
-    fn expired_keys(&self, table: &TableMeta, now_seconds: u64, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ApiError> {
+    fn expired_keys(
+        &self,
+        table: &TableMeta,
+        now_seconds: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ApiError> {
         let name = ttl_table_name(table.id);
         let ttl = match self.txn.open_table(bytes_table(&name)) {
             Ok(t) => t,
@@ -757,7 +923,10 @@ impl Snapshot {
         let oldest = now_seconds.saturating_sub(TTL_IGNORE_OLDER_THAN_SECONDS).to_be_bytes();
         let upper = (now_seconds + 1).to_be_bytes();
         let mut out = Vec::new();
-        for entry in ttl.range::<&[u8]>(&oldest[..]..&upper[..]).map_err(|e| storage_error("reading the TTL index", e))? {
+        for entry in ttl
+            .range::<&[u8]>(&oldest[..]..&upper[..])
+            .map_err(|e| storage_error("reading the TTL index", e))?
+        {
             let (key, _) = entry.map_err(|e| storage_error("reading the TTL index", e))?;
             let key = key.value().to_vec();
             let item_key = key[8..].to_vec();
@@ -789,7 +958,12 @@ fn as_slice_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
 
 impl WriteContext<'_> {
     pub fn current_table_named(&self, name: &str) -> bool {
-        self.shared.catalog.read().expect("catalog lock is never poisoned").tables.contains_key(name)
+        self.shared
+            .catalog
+            .read()
+            .expect("catalog lock is never poisoned")
+            .tables
+            .contains_key(name)
     }
 }
 

@@ -67,7 +67,12 @@ fn header(bytes: &[u8]) -> Result<(u64, &str, bool, usize), RecordError> {
 pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     let (hlc, origin, tombstone, body) = header(bytes)?;
     let item = serde_json::from_slice(&bytes[body..]).map_err(RecordError::Body)?;
-    Ok(Record { hlc, origin: origin.to_string(), tombstone, item })
+    Ok(Record {
+        hlc,
+        origin: origin.to_string(),
+        tombstone,
+        item,
+    })
 }
 
 /// Whether the record is a tombstone, without decoding the body.
@@ -84,7 +89,12 @@ mod tests {
     fn round_trips_and_rejects_garbage() {
         let mut item = Item::new();
         item.insert("id".into(), AttributeValue::S("a".into()));
-        let record = Record { hlc: 42, origin: "us-east-1".into(), tombstone: false, item };
+        let record = Record {
+            hlc: 42,
+            origin: "us-east-1".into(),
+            tombstone: false,
+            item,
+        };
         let bytes = encode(&record);
         assert_eq!(decode(&bytes).expect("valid record"), record);
         assert!(decode(&bytes[..5]).is_err());

@@ -62,18 +62,43 @@ impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("switchyard_store");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "API requests by operation and outcome (ok, client_error, server_error)", requests.clone());
+        registry.register(
+            "requests",
+            "API requests by operation and outcome (ok, client_error, server_error)",
+            requests.clone(),
+        );
         let latency = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0])
+            Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ])
         });
-        registry.register("request_duration_seconds", "API request latency by operation", latency.clone());
+        registry.register(
+            "request_duration_seconds",
+            "API request latency by operation",
+            latency.clone(),
+        );
         let items = Family::<TableLabels, Gauge>::default();
         registry.register("items", "Items stored per table", items.clone());
         let table_bytes = Family::<TableLabels, Gauge>::default();
-        registry.register("table_size_bytes", "Bytes of item data per table, as DynamoDB counts them", table_bytes.clone());
+        registry.register(
+            "table_size_bytes",
+            "Bytes of item data per table, as DynamoDB counts them",
+            table_bytes.clone(),
+        );
         let storage_bytes = Gauge::default();
-        registry.register("storage_bytes", "Bytes the database file takes on disk", storage_bytes.clone());
-        Metrics { registry, requests, latency, items, table_bytes, storage_bytes }
+        registry.register(
+            "storage_bytes",
+            "Bytes the database file takes on disk",
+            storage_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            items,
+            table_bytes,
+            storage_bytes,
+        }
     }
 }
 
@@ -107,9 +132,18 @@ pub fn check_exposure(address: SocketAddr, credentials: Option<&Credentials>) ->
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
-pub async fn run(listener: TcpListener, engine: Engine, config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    engine: Engine,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let store = Store::new(engine.clone());
-    let state = Arc::new(AppState { store, credentials: config.credentials.filter(|c| !c.is_empty()), metrics: Metrics::new() });
+    let state = Arc::new(AppState {
+        store,
+        credentials: config.credentials.filter(|c| !c.is_empty()),
+        metrics: Metrics::new(),
+    });
     let app = Router::new()
         .route("/", post(api))
         .route("/health", get(health))
@@ -139,27 +173,55 @@ fn error_response(error: &ApiError) -> Response {
     let status = StatusCode::from_u16(error.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     let body = serde_json::to_vec(&error.to_json()).unwrap_or_default();
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     response
 }
 
-fn authenticate(state: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
-    let Some(credentials) = &state.credentials else { return Ok(()) };
-    let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes())).collect();
+fn authenticate(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let Some(credentials) = &state.credentials else {
+        return Ok(());
+    };
+    let pairs: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
     let host_header;
     let mut pairs = pairs;
-    if !headers.contains_key(header::HOST) {
-        if let Some(authority) = uri.authority() {
-            host_header = authority.as_str().to_string();
-            pairs.push(("host", host_header.as_bytes()));
-        }
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = uri.authority()
+    {
+        host_header = authority.as_str().to_string();
+        pairs.push(("host", host_header.as_bytes()));
     }
-    let parts = RequestParts { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), headers: &pairs, body };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let parts = RequestParts {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        headers: &pairs,
+        body,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     sigv4::verify(credentials, &parts, now).map(|_| ())
 }
 
-async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn api(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
     let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or(target).to_string();
@@ -171,19 +233,38 @@ async fn api(State(state): State<Arc<AppState>>, method: Method, uri: Uri, heade
         )),
         Ok(()) => state.store.handle(&operation, &body).await,
     };
-    let label = if crate::ops::OPERATIONS.contains(&operation.as_str()) { operation } else { "unknown".to_string() };
+    let label = if crate::ops::OPERATIONS.contains(&operation.as_str()) {
+        operation
+    } else {
+        "unknown".to_string()
+    };
     let outcome = match &result {
         Ok(_) => "ok",
         Err(error) if error.kind.is_server_fault() => "server_error",
         Err(_) => "client_error",
     };
-    state.metrics.requests.get_or_create(&RequestLabels { operation: label.clone(), outcome: outcome.into() }).inc();
-    state.metrics.latency.get_or_create(&OperationLabels { operation: label.clone() }).observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            operation: label.clone(),
+            outcome: outcome.into(),
+        })
+        .inc();
+    state
+        .metrics
+        .latency
+        .get_or_create(&OperationLabels {
+            operation: label.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(value) => {
             let body = serde_json::to_vec(&value).unwrap_or_default();
             let mut response = (StatusCode::OK, body).into_response();
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
             response
         }
         Err(error) => {
@@ -208,7 +289,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "storage_bytes": engine.storage_bytes(),
         "write_queue_free": engine.write_queue_free(),
     });
-    let status = if writer_alive { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if writer_alive {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
@@ -218,14 +303,37 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.table_bytes.clear();
     for table in engine.tables() {
         let stats = engine.stats(table.id, None);
-        let labels = TableLabels { table: table.name.clone() };
+        let labels = TableLabels {
+            table: table.name.clone(),
+        };
         state.metrics.items.get_or_create(&labels).set(stats.item_count as i64);
-        state.metrics.table_bytes.get_or_create(&labels).set(stats.size_bytes as i64);
+        state
+            .metrics
+            .table_bytes
+            .get_or_create(&labels)
+            .set(stats.size_bytes as i64);
     }
     state.metrics.storage_bytes.set(engine.storage_bytes() as i64);
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry).is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response();
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// A bare server on the same stack that answers `{}` to every request: the ceiling the store's
+/// benchmark compares against.
+pub async fn run_ceiling(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().fallback(|| async { ([(header::CONTENT_TYPE, CONTENT_TYPE)], "{}") });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -11,10 +11,20 @@ use dynamo_protocol::sigv4::Credentials;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "Self-hosted multi-region disaster recovery in one binary")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Self-hosted multi-region disaster recovery in one binary"
+)]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "SWITCHYARD_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "SWITCHYARD_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -35,6 +45,17 @@ enum Command {
     /// commit). Without --credentials any signature is accepted, so the store then refuses to
     /// listen anywhere but loopback.
     Store(StoreArgs),
+    /// The benchmark ceiling: a bare HTTP server on the store's stack answering 200 to anything.
+    #[command(hide = true)]
+    BenchCeiling(CeilingArgs),
+}
+
+#[derive(clap::Args)]
+struct CeilingArgs {
+    #[arg(long, default_value = "127.0.0.1:8099")]
+    listen: SocketAddr,
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -59,15 +80,22 @@ struct StoreArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
     match cli.command {
         Command::Store(args) => runtime.block_on(run_store(args)),
+        Command::BenchCeiling(args) => runtime.block_on(run_ceiling(args)),
     }
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -77,10 +105,14 @@ fn init_logging(format: LogFormat) {
 async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     let credentials = match &args.credentials {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("read credentials file {}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("read credentials file {}", path.display()))?;
             let credentials = Credentials::parse_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             if credentials.is_empty() {
-                bail!("{} holds no credentials: add lines of `ACCESS_KEY_ID SECRET`", path.display());
+                bail!(
+                    "{} holds no credentials: add lines of `ACCESS_KEY_ID SECRET`",
+                    path.display()
+                );
             }
             Some(credentials)
         }
@@ -88,15 +120,40 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     };
     store::server::check_exposure(args.listen, credentials.as_ref())?;
     let engine = store::Engine::open(&args.data_dir, &args.region, Arc::new(store::SystemClock))?;
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listen on {} (is the port in use? pick another with --listen)", args.listen))?;
+    let listener = TcpListener::bind(args.listen).await.with_context(|| {
+        format!(
+            "listen on {} (is the port in use? pick another with --listen)",
+            args.listen
+        )
+    })?;
     let address = listener.local_addr().context("read the bound address")?;
     if let Some(path) = &args.ready_file {
         std::fs::write(path, address.to_string()).with_context(|| format!("write ready file {}", path.display()))?;
     }
     tracing::info!(%address, region = %args.region, data_dir = %args.data_dir.display(), authenticated = credentials.is_some(), "store listening");
-    store::server::run(listener, engine, store::server::ServerConfig { credentials }, shutdown_signal()).await.context("serve the API")?;
+    store::server::run(
+        listener,
+        engine,
+        store::server::ServerConfig { credentials },
+        shutdown_signal(),
+    )
+    .await
+    .context("serve the API")?;
     tracing::info!("store stopped");
     Ok(())
+}
+
+async fn run_ceiling(args: CeilingArgs) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, listener.local_addr()?.to_string())
+            .with_context(|| format!("write ready file {}", path.display()))?;
+    }
+    store::server::run_ceiling(listener, shutdown_signal())
+        .await
+        .context("serve the ceiling")
 }
 
 async fn shutdown_signal() {

@@ -13,8 +13,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::items::{build_condition, build_projection, build_update, check_condition, parse_return_on_failure, updated_item, validate_key, validate_put};
-use super::{BATCH_GET_KEYS_MAX, BATCH_GET_RESPONSE_BYTES_MAX, BATCH_WRITE_ITEMS_MAX, ExpressionInputs, Store, TRANSACTION_ITEMS_MAX, item_json, read_units, write_units};
+use super::items::{
+    build_condition, build_projection, build_update, check_condition, parse_return_on_failure, updated_item,
+    validate_key, validate_put,
+};
+use super::{
+    BATCH_GET_KEYS_MAX, BATCH_GET_RESPONSE_BYTES_MAX, BATCH_WRITE_ITEMS_MAX, ExpressionInputs, Store,
+    TRANSACTION_ITEMS_MAX, item_json, read_units, write_units,
+};
 use crate::catalog::TableMeta;
 use crate::expr::{self, Condition, Path, UpdateExpression};
 
@@ -98,9 +104,16 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
     let mut plans = Vec::new();
     for (name, entry) in &request.request_items {
         let meta = store.engine().require_table(name)?;
-        let inputs = ExpressionInputs { names: entry.expression_attribute_names.clone(), values: None };
+        let inputs = ExpressionInputs {
+            names: entry.expression_attribute_names.clone(),
+            values: None,
+        };
         let context = inputs.context();
-        let projection = build_projection(&context, entry.projection_expression.as_deref(), entry.attributes_to_get.as_deref())?;
+        let projection = build_projection(
+            &context,
+            entry.projection_expression.as_deref(),
+            entry.attributes_to_get.as_deref(),
+        )?;
         context.check_all_used()?;
         let mut seen = HashSet::new();
         let mut keys = Vec::new();
@@ -111,7 +124,15 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
             }
             keys.push((key.clone(), bytes));
         }
-        plans.push((name.clone(), Plan { meta, keys, projection, consistent: entry.consistent_read.unwrap_or(false) }));
+        plans.push((
+            name.clone(),
+            Plan {
+                meta,
+                keys,
+                projection,
+                consistent: entry.consistent_read.unwrap_or(false),
+            },
+        ));
     }
     let snapshot = store.engine().snapshot()?;
     let mut responses = serde_json::Map::new();
@@ -250,7 +271,12 @@ pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Va
         .await?;
     let mut response = json!({"UnprocessedItems": {}});
     if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
-        response["ConsumedCapacity"] = Value::Array(capacity.iter().map(|(t, u)| json!({"TableName": t, "CapacityUnits": u})).collect());
+        response["ConsumedCapacity"] = Value::Array(
+            capacity
+                .iter()
+                .map(|(t, u)| json!({"TableName": t, "CapacityUnits": u}))
+                .collect(),
+        );
     }
     Ok(response)
 }
@@ -314,10 +340,17 @@ fn plan_step(store: &Store, item: TransactWriteItem) -> Result<Step, ApiError> {
     };
     let meta = store.engine().require_table(&operation.table_name)?;
     let return_old = parse_return_on_failure(operation.return_values_on_condition_check_failure.as_deref())?;
-    let inputs = ExpressionInputs { names: operation.expression_attribute_names, values: operation.expression_attribute_values };
+    let inputs = ExpressionInputs {
+        names: operation.expression_attribute_names,
+        values: operation.expression_attribute_values,
+    };
     let context = inputs.context();
     let condition = build_condition(&context, operation.condition_expression.as_deref(), None, None)?;
-    let missing = |field: &str| ApiError::validation(format!("1 validation error detected: Value null at 'transactItems.member.{kind}.{field}' failed to satisfy constraint: Member must not be null"));
+    let missing = |field: &str| {
+        ApiError::validation(format!(
+            "1 validation error detected: Value null at 'transactItems.member.{kind}.{field}' failed to satisfy constraint: Member must not be null"
+        ))
+    };
     let (key, action) = match kind {
         "Put" => {
             let item = operation.item.ok_or_else(|| missing("item"))?;
@@ -325,19 +358,41 @@ fn plan_step(store: &Store, item: TransactWriteItem) -> Result<Step, ApiError> {
         }
         "Update" => {
             let key_item = operation.key.ok_or_else(|| missing("key"))?;
-            let update = build_update(&meta, &context, Some(operation.update_expression.as_deref().ok_or_else(|| missing("updateExpression"))?), None)?;
+            let update = build_update(
+                &meta,
+                &context,
+                Some(
+                    operation
+                        .update_expression
+                        .as_deref()
+                        .ok_or_else(|| missing("updateExpression"))?,
+                ),
+                None,
+            )?;
             (validate_key(&meta, &key_item)?, Action::Update(key_item, update))
         }
-        "Delete" => (validate_key(&meta, &operation.key.ok_or_else(|| missing("key"))?)?, Action::Delete),
+        "Delete" => (
+            validate_key(&meta, &operation.key.ok_or_else(|| missing("key"))?)?,
+            Action::Delete,
+        ),
         _ => {
             if condition.is_none() {
                 return Err(missing("conditionExpression"));
             }
-            (validate_key(&meta, &operation.key.ok_or_else(|| missing("key"))?)?, Action::Check)
+            (
+                validate_key(&meta, &operation.key.ok_or_else(|| missing("key"))?)?,
+                Action::Check,
+            )
         }
     };
     context.check_all_used()?;
-    Ok(Step { meta, key, condition, return_old, action })
+    Ok(Step {
+        meta,
+        key,
+        condition,
+        return_old,
+        action,
+    })
 }
 
 fn request_digest(body: &[Step]) -> [u8; 32] {
@@ -362,11 +417,17 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest) -> Res
             "1 validation error detected: Value '[...]' at 'transactItems' failed to satisfy constraint: Member must have length less than or equal to {TRANSACTION_ITEMS_MAX} and greater than or equal to 1"
         )));
     }
-    let steps = request.transact_items.into_iter().map(|item| plan_step(store, item)).collect::<Result<Vec<_>, _>>()?;
+    let steps = request
+        .transact_items
+        .into_iter()
+        .map(|item| plan_step(store, item))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut seen = HashSet::new();
     for step in &steps {
         if !seen.insert((step.meta.id, step.key.clone())) {
-            return Err(ApiError::validation("Transaction request cannot include multiple operations on one item"));
+            return Err(ApiError::validation(
+                "Transaction request cannot include multiple operations on one item",
+            ));
         }
     }
     let capacity_units: f64 = steps
@@ -381,7 +442,9 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest) -> Res
     let now = store.engine().now_unix_ms();
     if let Some(token) = &request.client_request_token {
         if token.is_empty() || token.len() > 36 {
-            return Err(ApiError::validation("ClientRequestToken must be 1 to 36 characters long"));
+            return Err(ApiError::validation(
+                "ClientRequestToken must be 1 to 36 characters long",
+            ));
         }
         if store.transactions.check(token, digest, now)? {
             return Ok(json!({}));
@@ -400,7 +463,11 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest) -> Res
                     Ok(()) => CancellationReason::none(),
                     Err(error) if error.kind == ErrorKind::ConditionalCheckFailed => {
                         failed = true;
-                        CancellationReason { code: "ConditionalCheckFailed".into(), message: Some("The conditional request failed".into()), item: error.item }
+                        CancellationReason {
+                            code: "ConditionalCheckFailed".into(),
+                            message: Some("The conditional request failed".into()),
+                            item: error.item,
+                        }
                     }
                     Err(error) => return Err(error),
                 };
@@ -411,14 +478,20 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest) -> Res
             let mut news = Vec::with_capacity(steps.len());
             for (step, old) in steps.iter().zip(&olds) {
                 news.push(match &step.action {
-                    Action::Update(key, update) if !failed => match updated_item(&step.meta, key, old.as_ref(), update.as_ref()) {
-                        Ok(item) => Some(item),
-                        Err(error) => {
-                            failed = true;
-                            reasons[news.len()] = CancellationReason { code: "ValidationError".into(), message: Some(error.message), item: None };
-                            None
+                    Action::Update(key, update) if !failed => {
+                        match updated_item(&step.meta, key, old.as_ref(), update.as_ref()) {
+                            Ok(item) => Some(item),
+                            Err(error) => {
+                                failed = true;
+                                reasons[news.len()] = CancellationReason {
+                                    code: "ValidationError".into(),
+                                    message: Some(error.message),
+                                    item: None,
+                                };
+                                None
+                            }
                         }
-                    },
+                    }
                     Action::Put(item) => Some(item.clone()),
                     _ => None,
                 });
@@ -428,7 +501,9 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest) -> Res
             }
             for ((step, old), new) in steps.iter().zip(&olds).zip(&news) {
                 match (&step.action, new) {
-                    (Action::Put(_) | Action::Update(..), Some(new)) => context.put(&step.meta, &step.key, old.as_ref(), new)?,
+                    (Action::Put(_) | Action::Update(..), Some(new)) => {
+                        context.put(&step.meta, &step.key, old.as_ref(), new)?
+                    }
                     (Action::Delete, _) => {
                         if let Some(old) = old {
                             context.delete(&step.meta, &step.key, old)?;
@@ -446,7 +521,12 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest) -> Res
     let mut response = json!({});
     if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
         let per_table = capacity_units / tables.len().max(1) as f64;
-        response["ConsumedCapacity"] = Value::Array(tables.keys().map(|t| json!({"TableName": t, "CapacityUnits": per_table})).collect());
+        response["ConsumedCapacity"] = Value::Array(
+            tables
+                .keys()
+                .map(|t| json!({"TableName": t, "CapacityUnits": per_table}))
+                .collect(),
+        );
     }
     Ok(response)
 }
@@ -485,13 +565,18 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
     for entry in &request.transact_items {
         let get = &entry.get;
         let meta = store.engine().require_table(&get.table_name)?;
-        let inputs = ExpressionInputs { names: get.expression_attribute_names.clone(), values: None };
+        let inputs = ExpressionInputs {
+            names: get.expression_attribute_names.clone(),
+            values: None,
+        };
         let context = inputs.context();
         let projection = build_projection(&context, get.projection_expression.as_deref(), None)?;
         context.check_all_used()?;
         let key = validate_key(&meta, &get.key)?;
         if !seen.insert((meta.id, key.clone())) {
-            return Err(ApiError::validation("Transaction request cannot include multiple operations on one item"));
+            return Err(ApiError::validation(
+                "Transaction request cannot include multiple operations on one item",
+            ));
         }
         plans.push((meta, key, projection));
     }

@@ -7,11 +7,14 @@ use dynamo_protocol::{ApiError, AttributeValue, Item};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ExpressionInputs, Store, consumed_capacity, item_json, read_units, refuse_mixed, validate_item_limits, validate_return_consumed_capacity, write_units};
+use super::{
+    ExpressionInputs, Store, consumed_capacity, item_json, read_units, refuse_mixed, validate_item_limits,
+    validate_return_consumed_capacity, write_units,
+};
 use crate::catalog::{self, TableMeta};
 use crate::engine;
-use crate::expr::{self, Condition, Path, PathElement, UpdateExpression};
 use crate::expr::legacy::{self, AttributeValueUpdate, ExpectedAttributeValue};
+use crate::expr::{self, Condition, Path, PathElement, UpdateExpression};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ReturnValues {
@@ -59,19 +62,31 @@ pub fn build_condition(
     expected: Option<&HashMap<String, ExpectedAttributeValue>>,
     conditional_operator: Option<&str>,
 ) -> Result<Option<Condition>, ApiError> {
-    refuse_mixed(&[("ConditionExpression", expression.is_some())], &[("Expected", expected.is_some())])?;
+    refuse_mixed(
+        &[("ConditionExpression", expression.is_some())],
+        &[("Expected", expected.is_some())],
+    )?;
     if let Some(text) = expression {
         return expr::parse_condition(text, context, expr::ExpressionKind::Condition).map(Some);
     }
     match expected {
-        Some(expected) if !expected.is_empty() => legacy::expected_to_condition(expected, conditional_operator).map(Some),
+        Some(expected) if !expected.is_empty() => {
+            legacy::expected_to_condition(expected, conditional_operator).map(Some)
+        }
         _ => Ok(None),
     }
 }
 
 /// Projection from either ProjectionExpression or the legacy AttributesToGet.
-pub fn build_projection(context: &expr::Context<'_>, expression: Option<&str>, attributes_to_get: Option<&[String]>) -> Result<Option<Vec<Path>>, ApiError> {
-    refuse_mixed(&[("ProjectionExpression", expression.is_some())], &[("AttributesToGet", attributes_to_get.is_some())])?;
+pub fn build_projection(
+    context: &expr::Context<'_>,
+    expression: Option<&str>,
+    attributes_to_get: Option<&[String]>,
+) -> Result<Option<Vec<Path>>, ApiError> {
+    refuse_mixed(
+        &[("ProjectionExpression", expression.is_some())],
+        &[("AttributesToGet", attributes_to_get.is_some())],
+    )?;
     match (expression, attributes_to_get) {
         (Some(text), _) => expr::parse_projection(text, context).map(Some),
         (None, Some(names)) => Ok(Some(legacy::attributes_to_get_to_projection(names))),
@@ -131,10 +146,18 @@ pub async fn put_item(store: &Store, request: PutItemRequest) -> Result<Value, A
     let return_values = parse_return_values(request.return_values.as_deref(), &[ReturnValues::AllOld])?;
     let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
-    let inputs = ExpressionInputs { names: request.expression_attribute_names, values: request.expression_attribute_values };
+    let inputs = ExpressionInputs {
+        names: request.expression_attribute_names,
+        values: request.expression_attribute_values,
+    };
     let condition = {
         let context = inputs.context();
-        let condition = build_condition(&context, request.condition_expression.as_deref(), request.expected.as_ref(), request.conditional_operator.as_deref())?;
+        let condition = build_condition(
+            &context,
+            request.condition_expression.as_deref(),
+            request.expected.as_ref(),
+            request.conditional_operator.as_deref(),
+        )?;
         context.check_all_used()?;
         condition
     };
@@ -153,13 +176,15 @@ pub async fn put_item(store: &Store, request: PutItemRequest) -> Result<Value, A
         })
         .await?;
     let mut response = json!({});
-    if return_values == ReturnValues::AllOld {
-        if let Some(old) = &old {
-            response["Attributes"] = item_json(old);
-        }
+    if let (ReturnValues::AllOld, Some(old)) = (return_values, &old) {
+        response["Attributes"] = item_json(old);
     }
     let old_size = old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
-    if let Some(capacity) = consumed_capacity(request.return_consumed_capacity.as_deref(), &meta.name, write_units(size.max(old_size))) {
+    if let Some(capacity) = consumed_capacity(
+        request.return_consumed_capacity.as_deref(),
+        &meta.name,
+        write_units(size.max(old_size)),
+    ) {
         response["ConsumedCapacity"] = capacity;
     }
     Ok(response)
@@ -180,10 +205,17 @@ pub struct GetItemRequest {
 pub fn get_item(store: &Store, request: GetItemRequest) -> Result<Value, ApiError> {
     let meta = store.engine().require_table(&request.table_name)?;
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
-    let inputs = ExpressionInputs { names: request.expression_attribute_names, values: None };
+    let inputs = ExpressionInputs {
+        names: request.expression_attribute_names,
+        values: None,
+    };
     let projection = {
         let context = inputs.context();
-        let projection = build_projection(&context, request.projection_expression.as_deref(), request.attributes_to_get.as_deref())?;
+        let projection = build_projection(
+            &context,
+            request.projection_expression.as_deref(),
+            request.attributes_to_get.as_deref(),
+        )?;
         context.check_all_used()?;
         projection
     };
@@ -225,10 +257,18 @@ pub async fn delete_item(store: &Store, request: DeleteItemRequest) -> Result<Va
     let return_values = parse_return_values(request.return_values.as_deref(), &[ReturnValues::AllOld])?;
     let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
-    let inputs = ExpressionInputs { names: request.expression_attribute_names, values: request.expression_attribute_values };
+    let inputs = ExpressionInputs {
+        names: request.expression_attribute_names,
+        values: request.expression_attribute_values,
+    };
     let condition = {
         let context = inputs.context();
-        let condition = build_condition(&context, request.condition_expression.as_deref(), request.expected.as_ref(), request.conditional_operator.as_deref())?;
+        let condition = build_condition(
+            &context,
+            request.condition_expression.as_deref(),
+            request.expected.as_ref(),
+            request.conditional_operator.as_deref(),
+        )?;
         context.check_all_used()?;
         condition
     };
@@ -251,7 +291,11 @@ pub async fn delete_item(store: &Store, request: DeleteItemRequest) -> Result<Va
         response["Attributes"] = item_json(old);
     }
     let size = old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
-    if let Some(capacity) = consumed_capacity(request.return_consumed_capacity.as_deref(), &meta.name, write_units(size)) {
+    if let Some(capacity) = consumed_capacity(
+        request.return_consumed_capacity.as_deref(),
+        &meta.name,
+        write_units(size),
+    ) {
         response["ConsumedCapacity"] = capacity;
     }
     Ok(response)
@@ -276,8 +320,16 @@ pub struct UpdateItemRequest {
 
 /// An update from either UpdateExpression or the legacy AttributeUpdates, checked not to touch
 /// key attributes.
-pub fn build_update(meta: &TableMeta, context: &expr::Context<'_>, expression: Option<&str>, legacy_updates: Option<&HashMap<String, AttributeValueUpdate>>) -> Result<Option<UpdateExpression>, ApiError> {
-    refuse_mixed(&[("UpdateExpression", expression.is_some())], &[("AttributeUpdates", legacy_updates.is_some())])?;
+pub fn build_update(
+    meta: &TableMeta,
+    context: &expr::Context<'_>,
+    expression: Option<&str>,
+    legacy_updates: Option<&HashMap<String, AttributeValueUpdate>>,
+) -> Result<Option<UpdateExpression>, ApiError> {
+    refuse_mixed(
+        &[("UpdateExpression", expression.is_some())],
+        &[("AttributeUpdates", legacy_updates.is_some())],
+    )?;
     let update = match (expression, legacy_updates) {
         (Some(text), _) => Some(expr::parse_update(text, context)?),
         (None, Some(updates)) if !updates.is_empty() => Some(legacy::attribute_updates_to_update(updates)?),
@@ -285,12 +337,12 @@ pub fn build_update(meta: &TableMeta, context: &expr::Context<'_>, expression: O
     };
     if let Some(update) = &update {
         for path in update.target_paths() {
-            if let Some(PathElement::Attribute(name)) = path.0.first() {
-                if meta.key.is_key_attribute(name) {
-                    return Err(ApiError::validation(format!(
-                        "One or more parameter values were invalid: Cannot update attribute {name}. This attribute is part of the key"
-                    )));
-                }
+            if let Some(PathElement::Attribute(name)) = path.0.first()
+                && meta.key.is_key_attribute(name)
+            {
+                return Err(ApiError::validation(format!(
+                    "One or more parameter values were invalid: Cannot update attribute {name}. This attribute is part of the key"
+                )));
             }
         }
     }
@@ -298,7 +350,12 @@ pub fn build_update(meta: &TableMeta, context: &expr::Context<'_>, expression: O
 }
 
 /// Applies an update to the current item (or a new one made of the key) without touching `old`.
-pub fn updated_item(meta: &TableMeta, key: &Item, old: Option<&Item>, update: Option<&UpdateExpression>) -> Result<Item, ApiError> {
+pub fn updated_item(
+    meta: &TableMeta,
+    key: &Item,
+    old: Option<&Item>,
+    update: Option<&UpdateExpression>,
+) -> Result<Item, ApiError> {
     let mut new = old.cloned().unwrap_or_else(|| key.clone());
     if let Some(update) = update {
         update.apply(&mut new)?;
@@ -312,15 +369,33 @@ pub async fn update_item(store: &Store, request: UpdateItemRequest) -> Result<Va
     let meta = store.engine().require_table(&request.table_name)?;
     let return_values = parse_return_values(
         request.return_values.as_deref(),
-        &[ReturnValues::AllOld, ReturnValues::AllNew, ReturnValues::UpdatedOld, ReturnValues::UpdatedNew],
+        &[
+            ReturnValues::AllOld,
+            ReturnValues::AllNew,
+            ReturnValues::UpdatedOld,
+            ReturnValues::UpdatedNew,
+        ],
     )?;
     let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
-    let inputs = ExpressionInputs { names: request.expression_attribute_names, values: request.expression_attribute_values };
+    let inputs = ExpressionInputs {
+        names: request.expression_attribute_names,
+        values: request.expression_attribute_values,
+    };
     let (condition, update) = {
         let context = inputs.context();
-        let update = build_update(&meta, &context, request.update_expression.as_deref(), request.attribute_updates.as_ref())?;
-        let condition = build_condition(&context, request.condition_expression.as_deref(), request.expected.as_ref(), request.conditional_operator.as_deref())?;
+        let update = build_update(
+            &meta,
+            &context,
+            request.update_expression.as_deref(),
+            request.attribute_updates.as_ref(),
+        )?;
+        let condition = build_condition(
+            &context,
+            request.condition_expression.as_deref(),
+            request.expected.as_ref(),
+            request.conditional_operator.as_deref(),
+        )?;
         context.check_all_used()?;
         (condition, update)
     };
@@ -350,8 +425,13 @@ pub async fn update_item(store: &Store, request: UpdateItemRequest) -> Result<Va
     if let Some(attributes) = attributes.filter(|a| !a.is_empty()) {
         response["Attributes"] = item_json(&attributes);
     }
-    let size = dynamo_protocol::value::item_size_bytes(&new).max(old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0));
-    if let Some(capacity) = consumed_capacity(request.return_consumed_capacity.as_deref(), &meta.name, write_units(size)) {
+    let size = dynamo_protocol::value::item_size_bytes(&new)
+        .max(old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0));
+    if let Some(capacity) = consumed_capacity(
+        request.return_consumed_capacity.as_deref(),
+        &meta.name,
+        write_units(size),
+    ) {
         response["ConsumedCapacity"] = capacity;
     }
     Ok(response)

@@ -66,7 +66,10 @@ pub struct Store {
 
 impl Store {
     pub fn new(engine: Engine) -> Store {
-        Store { engine, transactions: Arc::new(batch::TransactionTokens::default()) }
+        Store {
+            engine,
+            transactions: Arc::new(batch::TransactionTokens::default()),
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -98,7 +101,10 @@ impl Store {
             "BatchWriteItem" => batch::batch_write(self, decode(body)?).await,
             "TransactWriteItems" => batch::transact_write(self, decode(body)?).await,
             "TransactGetItems" => batch::transact_get(self, decode(body)?),
-            other => Err(ApiError::new(ErrorKind::UnknownOperation, format!("Unknown operation {other}: this store serves {}", OPERATIONS.join(", ")))),
+            other => Err(ApiError::new(
+                ErrorKind::UnknownOperation,
+                format!("Unknown operation {other}: this store serves {}", OPERATIONS.join(", ")),
+            )),
         }
     }
 }
@@ -112,9 +118,15 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         if message.starts_with(VALIDATION_MARKER) {
             ApiError::validation(strip_marker(&message))
         } else if error.is_syntax() || error.is_eof() {
-            ApiError::serialization(format!("Start of structure or map found where not expected, or the body is not valid JSON: {message}"))
+            ApiError::serialization(format!(
+                "Start of structure or map found where not expected, or the body is not valid JSON: {message}"
+            ))
         } else if message.starts_with("missing field") {
-            let field = message.trim_start_matches("missing field `").split('`').next().unwrap_or_default();
+            let field = message
+                .trim_start_matches("missing field `")
+                .split('`')
+                .next()
+                .unwrap_or_default();
             ApiError::validation(format!(
                 "1 validation error detected: Value null at '{}' failed to satisfy constraint: Member must not be null",
                 lower_first(field)
@@ -169,7 +181,11 @@ impl ExpressionInputs {
 
 /// DynamoDB refuses a request that mixes expression and legacy parameters.
 pub fn refuse_mixed(expression_params: &[(&str, bool)], legacy_params: &[(&str, bool)]) -> Result<(), ApiError> {
-    let expressions: Vec<&str> = expression_params.iter().filter(|(_, set)| *set).map(|(n, _)| *n).collect();
+    let expressions: Vec<&str> = expression_params
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(n, _)| *n)
+        .collect();
     let legacy: Vec<&str> = legacy_params.iter().filter(|(_, set)| *set).map(|(n, _)| *n).collect();
     if !expressions.is_empty() && !legacy.is_empty() {
         return Err(ApiError::validation(format!(
@@ -229,7 +245,11 @@ mod tests {
         assert_eq!(error.kind, ErrorKind::Serialization);
         let error = decode::<Sample>(br#"{"TableName": "t", "Item": {"a": {}}}"#).expect_err("empty value");
         assert_eq!(error.kind, ErrorKind::Validation);
-        assert!(error.message.contains("Supplied AttributeValue is empty"), "{}", error.message);
+        assert!(
+            error.message.contains("Supplied AttributeValue is empty"),
+            "{}",
+            error.message
+        );
         let error = decode::<Sample>(br#"{}"#).expect_err("missing field");
         assert_eq!(error.kind, ErrorKind::Validation);
         assert!(error.message.contains("'tableName'"), "{}", error.message);

@@ -9,7 +9,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::items::build_projection;
-use super::{ExpressionInputs, PAGE_BYTES_MAX, Store, consumed_capacity, item_json, read_units, refuse_mixed, validate_return_consumed_capacity};
+use super::{
+    ExpressionInputs, PAGE_BYTES_MAX, Store, consumed_capacity, item_json, read_units, refuse_mixed,
+    validate_return_consumed_capacity,
+};
 use crate::catalog::{self, IndexKind, IndexMeta, KeySchema, Projection, TableMeta};
 use crate::engine::{self, RangeRequest};
 use crate::expr::legacy::{self, LegacyCondition};
@@ -47,20 +50,23 @@ fn parse_select(text: Option<&str>, has_projection: bool, index: Option<&IndexMe
         ));
     }
     if select == Select::Specific && !has_projection {
-        return Err(ApiError::validation("SPECIFIC_ATTRIBUTES requires ProjectionExpression or AttributesToGet"));
+        return Err(ApiError::validation(
+            "SPECIFIC_ATTRIBUTES requires ProjectionExpression or AttributesToGet",
+        ));
     }
     if select == Select::AllProjected && index.is_none() {
         return Err(ApiError::validation(
             "One or more parameter values were invalid: Select type ALL_PROJECTED_ATTRIBUTES is not supported for a table query; it needs an IndexName",
         ));
     }
-    if let (Select::AllAttributes, Some(index)) = (select, index) {
-        if index.kind == IndexKind::Global && index.projection != Projection::All {
-            return Err(ApiError::validation(format!(
-                "One or more parameter values were invalid: Select type ALL_ATTRIBUTES is not supported for global secondary index {} because its projection type is not ALL",
-                index.name
-            )));
-        }
+    if let (Select::AllAttributes, Some(index)) = (select, index)
+        && index.kind == IndexKind::Global
+        && index.projection != Projection::All
+    {
+        return Err(ApiError::validation(format!(
+            "One or more parameter values were invalid: Select type ALL_ATTRIBUTES is not supported for global secondary index {} because its projection type is not ALL",
+            index.name
+        )));
     }
     Ok(select)
 }
@@ -68,11 +74,10 @@ fn parse_select(text: Option<&str>, has_projection: bool, index: Option<&IndexMe
 fn resolve_index<'a>(meta: &'a TableMeta, name: Option<&str>) -> Result<Option<&'a IndexMeta>, ApiError> {
     match name {
         None => Ok(None),
-        Some(name) => meta.index(name).map(Some).ok_or_else(|| {
-            ApiError::validation(format!(
-                "The table does not have the specified index: {name}"
-            ))
-        }),
+        Some(name) => meta
+            .index(name)
+            .map(Some)
+            .ok_or_else(|| ApiError::validation(format!("The table does not have the specified index: {name}"))),
     }
 }
 
@@ -88,7 +93,9 @@ fn parse_limit(limit: Option<i64>) -> Result<Option<usize>, ApiError> {
 
 /// The stored key an ExclusiveStartKey points at, for the table or an index.
 fn start_key(meta: &TableMeta, index: Option<&IndexMeta>, start: &Item) -> Result<Vec<u8>, ApiError> {
-    let invalid = || ApiError::validation("The provided starting key is invalid: The provided key element does not match the schema");
+    let invalid = || {
+        ApiError::validation("The provided starting key is invalid: The provided key element does not match the schema")
+    };
     let table_key = meta.key.extract(start).ok_or_else(invalid)?;
     catalog::validate_key(&meta.key, &table_key).map_err(|_| invalid())?;
     let item_key = engine::key_of(&meta.key, &table_key)?;
@@ -101,7 +108,10 @@ fn start_key(meta: &TableMeta, index: Option<&IndexMeta>, start: &Item) -> Resul
         }
         Some(index) => {
             for attribute in index.key.attributes() {
-                if !start.get(&attribute.name).is_some_and(|v| attribute.value_type.matches(v)) {
+                if !start
+                    .get(&attribute.name)
+                    .is_some_and(|v| attribute.value_type.matches(v))
+                {
                     return Err(invalid());
                 }
             }
@@ -126,20 +136,34 @@ struct Page {
     bytes_read: usize,
 }
 
-/// Reads a range with the page rules shared by Query and Scan.
-fn read_page(
-    store: &Store,
-    meta: &TableMeta,
-    index: Option<&IndexMeta>,
-    mut lower: Bound<Vec<u8>>,
-    mut upper: Bound<Vec<u8>>,
+/// What one page of a Query or Scan reads.
+struct PageRequest<'a> {
+    meta: &'a TableMeta,
+    index: Option<&'a IndexMeta>,
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
     reverse: bool,
     start: Option<Vec<u8>>,
     limit: Option<usize>,
-    filter: Option<&Condition>,
-    projection: Option<&[Path]>,
+    filter: Option<&'a Condition>,
+    projection: Option<&'a [Path]>,
     select: Select,
-) -> Result<Page, ApiError> {
+}
+
+/// Reads a range with the page rules shared by Query and Scan.
+fn read_page(store: &Store, request: PageRequest<'_>) -> Result<Page, ApiError> {
+    let PageRequest {
+        meta,
+        index,
+        mut lower,
+        mut upper,
+        reverse,
+        start,
+        limit,
+        filter,
+        projection,
+        select,
+    } = request;
     if let Some(start) = start {
         if reverse {
             upper = tighter_upper(upper, start);
@@ -148,10 +172,23 @@ fn read_page(
         }
     }
     let snapshot = store.engine().snapshot()?;
-    let fetch_from_table = index.is_some_and(|i| i.kind == IndexKind::Local && needs_table_fetch(meta, i, select, projection));
-    let mut page = Page { items: Vec::new(), count: 0, scanned: 0, last_key: None, bytes_read: 0 };
+    let fetch_from_table =
+        index.is_some_and(|i| i.kind == IndexKind::Local && needs_table_fetch(meta, i, select, projection));
+    let mut page = Page {
+        items: Vec::new(),
+        count: 0,
+        scanned: 0,
+        last_key: None,
+        bytes_read: 0,
+    };
     let mut failure = None;
-    let request = RangeRequest { table: meta, index, lower, upper, reverse };
+    let request = RangeRequest {
+        table: meta,
+        index,
+        lower,
+        upper,
+        reverse,
+    };
     snapshot.range(&request, |row| {
         let mut item = row.item;
         if fetch_from_table {
@@ -190,7 +227,11 @@ fn read_page(
                 });
             }
         }
-        if full_page { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if full_page {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     })?;
     if let Some(error) = failure {
         return Err(error);
@@ -244,8 +285,17 @@ fn page_response(meta: &TableMeta, page: Page, select: Select, capacity_mode: Op
     response
 }
 
-fn build_filter(context: &expr::Context<'_>, expression: Option<&str>, legacy_filter: Option<&HashMap<String, LegacyCondition>>, legacy_name: &str, operator: Option<&str>) -> Result<Option<Condition>, ApiError> {
-    refuse_mixed(&[("FilterExpression", expression.is_some())], &[(legacy_name, legacy_filter.is_some())])?;
+fn build_filter(
+    context: &expr::Context<'_>,
+    expression: Option<&str>,
+    legacy_filter: Option<&HashMap<String, LegacyCondition>>,
+    legacy_name: &str,
+    operator: Option<&str>,
+) -> Result<Option<Condition>, ApiError> {
+    refuse_mixed(
+        &[("FilterExpression", expression.is_some())],
+        &[(legacy_name, legacy_filter.is_some())],
+    )?;
     match (expression, legacy_filter) {
         (Some(text), _) => expr::parse_condition(text, context, expr::ExpressionKind::Filter).map(Some),
         (None, Some(filter)) if !filter.is_empty() => legacy::filter_to_condition(filter, operator).map(Some),
@@ -276,7 +326,10 @@ pub struct QueryRequest {
 }
 
 /// Key bounds of a query: the partition's prefix narrowed by the sort-key condition.
-fn query_bounds(schema: &KeySchema, conditions: Vec<(String, KeyOperator)>) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
+fn query_bounds(
+    schema: &KeySchema,
+    conditions: Vec<(String, KeyOperator)>,
+) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
     let mut partition = None;
     let mut sort = None;
     for (name, operator) in conditions {
@@ -290,25 +343,41 @@ fn query_bounds(schema: &KeySchema, conditions: Vec<(String, KeyOperator)>) -> R
         } else {
             return Err(ApiError::validation(format!(
                 "Query condition missed key schema element: {}",
-                if partition.is_none() { &schema.partition.name } else { schema.sort.as_ref().map_or(&name, |s| &s.name) }
+                if partition.is_none() {
+                    &schema.partition.name
+                } else {
+                    schema.sort.as_ref().map_or(&name, |s| &s.name)
+                }
             )));
         }
     }
-    let partition = partition.ok_or_else(|| ApiError::validation(format!("Query condition missed key schema element: {}", schema.partition.name)))?;
+    let partition = partition.ok_or_else(|| {
+        ApiError::validation(format!(
+            "Query condition missed key schema element: {}",
+            schema.partition.name
+        ))
+    })?;
     if !schema.partition.value_type.matches(&partition) {
-        return Err(ApiError::validation("One or more parameter values were invalid: Condition parameter type does not match schema type"));
+        return Err(ApiError::validation(
+            "One or more parameter values were invalid: Condition parameter type does not match schema type",
+        ));
     }
     let prefix = keys::partition_prefix(&partition);
     let end_of_partition = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
     let Some(operator) = sort else {
         return Ok((Bound::Included(prefix), end_of_partition));
     };
-    let sort_attribute = schema.sort.as_ref().expect("a sort condition was matched against the sort key");
+    let sort_attribute = schema
+        .sort
+        .as_ref()
+        .expect("a sort condition was matched against the sort key");
     let check = |value: &AttributeValue| -> Result<(), ApiError> {
         if sort_attribute.value_type.matches(value) {
             Ok(())
         } else {
-            Err(ApiError::validation("One or more parameter values were invalid: Condition parameter type does not match schema type"))
+            Err(ApiError::validation(
+                "One or more parameter values were invalid: Condition parameter type does not match schema type",
+            ))
         }
     };
     let with = |value: &AttributeValue| {
@@ -343,7 +412,7 @@ fn query_bounds(schema: &KeySchema, conditions: Vec<(String, KeyOperator)>) -> R
         KeyOperator::Between(low, high) => {
             check(&low)?;
             check(&high)?;
-            if low > high {
+            if with(&low) > with(&high) {
                 return Err(ApiError::validation(format!(
                     "Invalid KeyConditionExpression: The BETWEEN operator requires upper bound to be greater than or equal to lower bound; lower bound operand: AttributeValue: {}, upper bound operand: AttributeValue: {}",
                     serde_json::to_string(&low).unwrap_or_default(),
@@ -376,31 +445,75 @@ pub fn query(store: &Store, request: QueryRequest) -> Result<Value, ApiError> {
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
     let limit = parse_limit(request.limit)?;
     if request.consistent_read == Some(true) && index.is_some_and(|i| i.kind == IndexKind::Global) {
-        return Err(ApiError::validation("Consistent reads are not supported on global secondary indexes"));
+        return Err(ApiError::validation(
+            "Consistent reads are not supported on global secondary indexes",
+        ));
     }
-    refuse_mixed(&[("KeyConditionExpression", request.key_condition_expression.is_some())], &[("KeyConditions", request.key_conditions.is_some())])?;
-    let inputs = ExpressionInputs { names: request.expression_attribute_names, values: request.expression_attribute_values };
+    refuse_mixed(
+        &[("KeyConditionExpression", request.key_condition_expression.is_some())],
+        &[("KeyConditions", request.key_conditions.is_some())],
+    )?;
+    let inputs = ExpressionInputs {
+        names: request.expression_attribute_names,
+        values: request.expression_attribute_values,
+    };
     let (key_condition, filter, projection) = {
         let context = inputs.context();
         let key_condition = match (&request.key_condition_expression, &request.key_conditions) {
             (Some(text), _) => expr::parse_key_condition(text, &context)?,
             (None, Some(conditions)) => legacy::key_conditions_to_key_condition(conditions)?,
             (None, None) => {
-                return Err(ApiError::validation("Either the KeyConditions or KeyConditionExpression parameter must be specified in the request."));
+                return Err(ApiError::validation(
+                    "Either the KeyConditions or KeyConditionExpression parameter must be specified in the request.",
+                ));
             }
         };
-        let filter = build_filter(&context, request.filter_expression.as_deref(), request.query_filter.as_ref(), "QueryFilter", request.conditional_operator.as_deref())?;
-        let projection = build_projection(&context, request.projection_expression.as_deref(), request.attributes_to_get.as_deref())?;
+        let filter = build_filter(
+            &context,
+            request.filter_expression.as_deref(),
+            request.query_filter.as_ref(),
+            "QueryFilter",
+            request.conditional_operator.as_deref(),
+        )?;
+        let projection = build_projection(
+            &context,
+            request.projection_expression.as_deref(),
+            request.attributes_to_get.as_deref(),
+        )?;
         context.check_all_used()?;
         (key_condition, filter, projection)
     };
     let select = parse_select(request.select.as_deref(), projection.is_some(), index)?;
     let schema = index.map_or(&meta.key, |i| &i.key);
     let (lower, upper) = query_bounds(schema, key_condition.conditions)?;
-    let start = request.exclusive_start_key.as_ref().map(|s| start_key(&meta, index, s)).transpose()?;
+    let start = request
+        .exclusive_start_key
+        .as_ref()
+        .map(|s| start_key(&meta, index, s))
+        .transpose()?;
     let reverse = !request.scan_index_forward.unwrap_or(true);
-    let page = read_page(store, &meta, index, lower, upper, reverse, start, limit, filter.as_ref(), projection.as_deref(), select)?;
-    Ok(page_response(&meta, page, select, request.return_consumed_capacity.as_deref(), request.consistent_read.unwrap_or(false)))
+    let page = read_page(
+        store,
+        PageRequest {
+            meta: &meta,
+            index,
+            lower,
+            upper,
+            reverse,
+            start,
+            limit,
+            filter: filter.as_ref(),
+            projection: projection.as_deref(),
+            select,
+        },
+    )?;
+    Ok(page_response(
+        &meta,
+        page,
+        select,
+        request.return_consumed_capacity.as_deref(),
+        request.consistent_read.unwrap_or(false),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -441,8 +554,12 @@ fn scan_bounds(segment: Option<i64>, total: Option<i64>) -> Result<(Bound<Vec<u8
             let (lower, upper) = keys::segment_bounds(segment as u32, total as u32);
             Ok((Bound::Included(lower), upper.map_or(Bound::Unbounded, Bound::Excluded)))
         }
-        (Some(_), None) => Err(ApiError::validation("The TotalSegments parameter is required but was not present in the request when Segment parameter is present")),
-        (None, Some(_)) => Err(ApiError::validation("The Segment parameter is required but was not present in the request when parameter TotalSegments is present")),
+        (Some(_), None) => Err(ApiError::validation(
+            "The TotalSegments parameter is required but was not present in the request when Segment parameter is present",
+        )),
+        (None, Some(_)) => Err(ApiError::validation(
+            "The Segment parameter is required but was not present in the request when parameter TotalSegments is present",
+        )),
     }
 }
 
@@ -452,16 +569,53 @@ pub fn scan(store: &Store, request: ScanRequest) -> Result<Value, ApiError> {
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
     let limit = parse_limit(request.limit)?;
     let (lower, upper) = scan_bounds(request.segment, request.total_segments)?;
-    let inputs = ExpressionInputs { names: request.expression_attribute_names, values: request.expression_attribute_values };
+    let inputs = ExpressionInputs {
+        names: request.expression_attribute_names,
+        values: request.expression_attribute_values,
+    };
     let (filter, projection) = {
         let context = inputs.context();
-        let filter = build_filter(&context, request.filter_expression.as_deref(), request.scan_filter.as_ref(), "ScanFilter", request.conditional_operator.as_deref())?;
-        let projection = build_projection(&context, request.projection_expression.as_deref(), request.attributes_to_get.as_deref())?;
+        let filter = build_filter(
+            &context,
+            request.filter_expression.as_deref(),
+            request.scan_filter.as_ref(),
+            "ScanFilter",
+            request.conditional_operator.as_deref(),
+        )?;
+        let projection = build_projection(
+            &context,
+            request.projection_expression.as_deref(),
+            request.attributes_to_get.as_deref(),
+        )?;
         context.check_all_used()?;
         (filter, projection)
     };
     let select = parse_select(request.select.as_deref(), projection.is_some(), index)?;
-    let start = request.exclusive_start_key.as_ref().map(|s| start_key(&meta, index, s)).transpose()?;
-    let page = read_page(store, &meta, index, lower, upper, false, start, limit, filter.as_ref(), projection.as_deref(), select)?;
-    Ok(page_response(&meta, page, select, request.return_consumed_capacity.as_deref(), request.consistent_read.unwrap_or(false)))
+    let start = request
+        .exclusive_start_key
+        .as_ref()
+        .map(|s| start_key(&meta, index, s))
+        .transpose()?;
+    let page = read_page(
+        store,
+        PageRequest {
+            meta: &meta,
+            index,
+            lower,
+            upper,
+            reverse: false,
+            start,
+            limit,
+            filter: filter.as_ref(),
+            projection: projection.as_deref(),
+            select,
+        },
+    )?;
+    Ok(page_response(
+        &meta,
+        page,
+        select,
+        request.return_consumed_capacity.as_deref(),
+        request.consistent_read.unwrap_or(false),
+    ))
 }

@@ -5,7 +5,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{LIST_TABLES_LIMIT_MAX, Store};
-use crate::catalog::{self, CreateTableRequest, IndexKind, IndexRequest, TableMeta, TagRequest, ThroughputRequest, TtlSpec};
+use crate::catalog::{
+    self, CreateTableRequest, IndexKind, IndexRequest, TableMeta, TagRequest, ThroughputRequest, TtlSpec,
+};
 
 const TAGS_PER_RESOURCE_MAX: usize = 50;
 
@@ -15,7 +17,9 @@ fn not_found(name: &str) -> ApiError {
 
 fn describe(store: &Store, meta: &TableMeta, status: &str) -> Value {
     let engine = store.engine();
-    meta.describe(engine.region(), status, engine.stats(meta.id, None), &|index| engine.stats(meta.id, Some(index)))
+    meta.describe(engine.region(), status, engine.stats(meta.id, None), &|index| {
+        engine.stats(meta.id, Some(index))
+    })
 }
 
 pub async fn create_table(store: &Store, request: CreateTableRequest) -> Result<Value, ApiError> {
@@ -27,7 +31,10 @@ pub async fn create_table(store: &Store, request: CreateTableRequest) -> Result<
         .engine()
         .write_exclusive(move |context| {
             if context.current_table_named(&request.table_name) {
-                return Err(ApiError::new(ErrorKind::ResourceInUse, format!("Table already exists: {}", request.table_name)));
+                return Err(ApiError::new(
+                    ErrorKind::ResourceInUse,
+                    format!("Table already exists: {}", request.table_name),
+                ));
             }
             let id = context.next_table_id()?;
             let meta = catalog::table_from_request(&request, id, now)?;
@@ -46,7 +53,10 @@ pub struct TableNameRequest {
 }
 
 pub async fn delete_table(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().table(&request.table_name).ok_or_else(|| not_found(&request.table_name))?;
+    let meta = store
+        .engine()
+        .table(&request.table_name)
+        .ok_or_else(|| not_found(&request.table_name))?;
     if meta.deletion_protection {
         return Err(ApiError::validation(format!(
             "Resource cannot be deleted as it is currently protected against deletion. Disable deletion protection first. Table: {}",
@@ -67,7 +77,10 @@ pub async fn delete_table(store: &Store, request: TableNameRequest) -> Result<Va
 }
 
 pub fn describe_table(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().table(&request.table_name).ok_or_else(|| not_found(&request.table_name))?;
+    let meta = store
+        .engine()
+        .table(&request.table_name)
+        .ok_or_else(|| not_found(&request.table_name))?;
     Ok(json!({"Table": describe(store, &meta, "ACTIVE")}))
 }
 
@@ -85,7 +98,11 @@ pub fn list_tables(store: &Store, request: ListTablesRequest) -> Result<Value, A
         Some(limit) => {
             return Err(ApiError::validation(format!(
                 "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value {} {LIST_TABLES_LIMIT_MAX}",
-                if limit < 1 { "greater than or equal to 1, less than or equal to" } else { "less than or equal to" }
+                if limit < 1 {
+                    "greater than or equal to 1, less than or equal to"
+                } else {
+                    "less than or equal to"
+                }
             )));
         }
     };
@@ -93,7 +110,12 @@ pub fn list_tables(store: &Store, request: ListTablesRequest) -> Result<Value, A
         .engine()
         .table_names()
         .into_iter()
-        .filter(|name| request.exclusive_start_table_name.as_ref().is_none_or(|start| name > start))
+        .filter(|name| {
+            request
+                .exclusive_start_table_name
+                .as_ref()
+                .is_none_or(|start| name > start)
+        })
         .collect();
     let page: Vec<&String> = names.iter().take(limit).collect();
     let mut response = json!({"TableNames": page});
@@ -139,7 +161,10 @@ pub struct UpdateTableRequest {
 }
 
 pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().table(&request.table_name).ok_or_else(|| not_found(&request.table_name))?;
+    let meta = store
+        .engine()
+        .table(&request.table_name)
+        .ok_or_else(|| not_found(&request.table_name))?;
     if request.replica_updates.is_some() {
         return Err(ApiError::validation(
             "ReplicaUpdates are not supported yet by this store: global tables arrive with replication; create the table in each region meanwhile",
@@ -160,9 +185,16 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
                 ));
             }
             (false, Some(t)) if t.read_capacity_units >= 1 && t.write_capacity_units >= 1 => {
-                Some(catalog::Throughput { read: t.read_capacity_units as u64, write: t.write_capacity_units as u64 })
+                Some(catalog::Throughput {
+                    read: t.read_capacity_units as u64,
+                    write: t.write_capacity_units as u64,
+                })
             }
-            (false, Some(_)) => return Err(ApiError::validation("One or more parameter values were invalid: capacity units must be at least 1")),
+            (false, Some(_)) => {
+                return Err(ApiError::validation(
+                    "One or more parameter values were invalid: capacity units must be at least 1",
+                ));
+            }
             (false, None) => {
                 return Err(ApiError::validation(
                     "One or more parameter values were invalid: ProvisionedThroughput must be specified when BillingMode is PROVISIONED",
@@ -213,19 +245,31 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
                 next.indexes.push(index);
             }
             (None, Some(delete), None) => {
-                let position = next.indexes.iter().position(|i| i.name == delete.index_name && i.kind == IndexKind::Global);
+                let position = next
+                    .indexes
+                    .iter()
+                    .position(|i| i.name == delete.index_name && i.kind == IndexKind::Global);
                 let Some(position) = position else {
-                    return Err(ApiError::resource_not_found(format!("Requested resource not found: Index: {} not found", delete.index_name)));
+                    return Err(ApiError::resource_not_found(format!(
+                        "Requested resource not found: Index: {} not found",
+                        delete.index_name
+                    )));
                 };
                 next.indexes.remove(position);
                 deleted.push(delete.index_name.clone());
             }
             (None, None, Some(update)) => {
                 let Some(index) = next.indexes.iter_mut().find(|i| i.name == update.index_name) else {
-                    return Err(ApiError::resource_not_found(format!("Requested resource not found: Index: {} not found", update.index_name)));
+                    return Err(ApiError::resource_not_found(format!(
+                        "Requested resource not found: Index: {} not found",
+                        update.index_name
+                    )));
                 };
                 if let Some(t) = update.provisioned_throughput {
-                    index.throughput = Some(catalog::Throughput { read: t.read_capacity_units.max(1) as u64, write: t.write_capacity_units.max(1) as u64 });
+                    index.throughput = Some(catalog::Throughput {
+                        read: t.read_capacity_units.max(1) as u64,
+                        write: t.write_capacity_units.max(1) as u64,
+                    });
                 }
             }
             _ => {
@@ -241,7 +285,8 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
             "At least one of ProvisionedThroughput, BillingMode, UpdateStreamEnabled, GlobalSecondaryIndexUpdates or SSESpecification or ReplicaUpdates is required",
         ));
     }
-    let used = |name: &str| next.key.is_key_attribute(name) || next.indexes.iter().any(|i| i.key.is_key_attribute(name));
+    let used =
+        |name: &str| next.key.is_key_attribute(name) || next.indexes.iter().any(|i| i.key.is_key_attribute(name));
     definitions.retain(|(name, _)| used(name));
     next.attribute_definitions = definitions;
     let current = meta.clone();
@@ -282,7 +327,11 @@ fn table_from_arn(store: &Store, arn: &str) -> Result<std::sync::Arc<TableMeta>,
     })
 }
 
-async fn change_table(store: &Store, meta: std::sync::Arc<TableMeta>, change: impl FnOnce(&mut TableMeta) + Send + 'static) -> Result<TableMeta, ApiError> {
+async fn change_table(
+    store: &Store,
+    meta: std::sync::Arc<TableMeta>,
+    change: impl FnOnce(&mut TableMeta) + Send + 'static,
+) -> Result<TableMeta, ApiError> {
     store
         .engine()
         .write_exclusive(move |context| {
@@ -315,7 +364,10 @@ pub async fn tag_resource(store: &Store, request: TagResourceRequest) -> Result<
         merged.insert(tag.key.clone(), tag.value.clone());
     }
     if merged.len() > TAGS_PER_RESOURCE_MAX {
-        return Err(ApiError::new(ErrorKind::LimitExceeded, format!("Too many tags: a resource has at most {TAGS_PER_RESOURCE_MAX}")));
+        return Err(ApiError::new(
+            ErrorKind::LimitExceeded,
+            format!("Too many tags: a resource has at most {TAGS_PER_RESOURCE_MAX}"),
+        ));
     }
     change_table(store, meta, move |next| next.tags = merged).await?;
     Ok(json!({}))
@@ -366,10 +418,15 @@ pub struct UpdateTtlRequest {
 }
 
 pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().table(&request.table_name).ok_or_else(|| not_found(&request.table_name))?;
+    let meta = store
+        .engine()
+        .table(&request.table_name)
+        .ok_or_else(|| not_found(&request.table_name))?;
     let spec = request.time_to_live_specification;
     if spec.attribute_name.is_empty() || spec.attribute_name.len() > 255 {
-        return Err(ApiError::validation("1 validation error detected: Value '' at 'timeToLiveSpecification.attributeName' failed to satisfy constraint: Member must have length greater than or equal to 1"));
+        return Err(ApiError::validation(
+            "1 validation error detected: Value '' at 'timeToLiveSpecification.attributeName' failed to satisfy constraint: Member must have length greater than or equal to 1",
+        ));
     }
     match &meta.ttl {
         Some(current) if current.enabled && spec.enabled => {
@@ -407,9 +464,15 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
 }
 
 pub fn describe_ttl(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().table(&request.table_name).ok_or_else(|| not_found(&request.table_name))?;
+    let meta = store
+        .engine()
+        .table(&request.table_name)
+        .ok_or_else(|| not_found(&request.table_name))?;
     let description = match &meta.ttl {
-        Some(TtlSpec { attribute, enabled: true }) => json!({"TimeToLiveStatus": "ENABLED", "AttributeName": attribute}),
+        Some(TtlSpec {
+            attribute,
+            enabled: true,
+        }) => json!({"TimeToLiveStatus": "ENABLED", "AttributeName": attribute}),
         _ => json!({"TimeToLiveStatus": "DISABLED"}),
     };
     Ok(json!({"TimeToLiveDescription": description}))

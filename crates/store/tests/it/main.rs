@@ -17,7 +17,10 @@ impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().expect("temporary directory");
         let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open engine");
-        Harness { store: Store::new(engine), _dir: dir }
+        Harness {
+            store: Store::new(engine),
+            _dir: dir,
+        }
     }
 
     async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
@@ -75,7 +78,12 @@ impl Harness {
 }
 
 fn numbers(items: &Value, attribute: &str) -> Vec<String> {
-    items.as_array().expect("Items is a list").iter().map(|i| i[attribute]["N"].as_str().expect("number").to_string()).collect()
+    items
+        .as_array()
+        .expect("Items is a list")
+        .iter()
+        .map(|i| i[attribute]["N"].as_str().expect("number").to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -85,13 +93,21 @@ async fn create_describe_list_and_delete_tables() {
     let described = h.ok("DescribeTable", json!({"TableName": "orders"})).await;
     assert_eq!(described["Table"]["TableStatus"], "ACTIVE");
     assert_eq!(described["Table"]["KeySchema"][1]["AttributeName"], "order");
-    assert_eq!(described["Table"]["GlobalSecondaryIndexes"][0]["IndexName"], "by-status");
-    let again = h.err("CreateTable", json!({
-        "TableName": "orders",
-        "AttributeDefinitions": [{"AttributeName": "customer", "AttributeType": "S"}],
-        "KeySchema": [{"AttributeName": "customer", "KeyType": "HASH"}],
-        "BillingMode": "PAY_PER_REQUEST"
-    })).await;
+    assert_eq!(
+        described["Table"]["GlobalSecondaryIndexes"][0]["IndexName"],
+        "by-status"
+    );
+    let again = h
+        .err(
+            "CreateTable",
+            json!({
+                "TableName": "orders",
+                "AttributeDefinitions": [{"AttributeName": "customer", "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": "customer", "KeyType": "HASH"}],
+                "BillingMode": "PAY_PER_REQUEST"
+            }),
+        )
+        .await;
     assert_eq!(again.kind, ErrorKind::ResourceInUse);
     let listed = h.ok("ListTables", json!({})).await;
     assert_eq!(listed["TableNames"], json!(["orders"]));
@@ -105,47 +121,76 @@ async fn query_orders_numbers_and_pages() {
     let h = Harness::new();
     h.create_orders().await;
     for order in [20, -10, 3, 0, -2] {
-        h.put_order("ann", order, if order > 0 { "open" } else { "shipped" }).await;
+        h.put_order("ann", order, if order > 0 { "open" } else { "shipped" })
+            .await;
     }
     h.put_order("bob", 1, "open").await;
-    let all = h.ok("Query", json!({
-        "TableName": "orders",
-        "KeyConditionExpression": "customer = :c",
-        "ExpressionAttributeValues": {":c": {"S": "ann"}}
-    })).await;
+    let all = h
+        .ok(
+            "Query",
+            json!({
+                "TableName": "orders",
+                "KeyConditionExpression": "customer = :c",
+                "ExpressionAttributeValues": {":c": {"S": "ann"}}
+            }),
+        )
+        .await;
     assert_eq!(numbers(&all["Items"], "order"), ["-10", "-2", "0", "3", "20"]);
-    let backwards = h.ok("Query", json!({
-        "TableName": "orders",
-        "KeyConditionExpression": "customer = :c AND #o BETWEEN :lo AND :hi",
-        "ExpressionAttributeNames": {"#o": "order"},
-        "ExpressionAttributeValues": {":c": {"S": "ann"}, ":lo": {"N": "-2"}, ":hi": {"N": "3"}},
-        "ScanIndexForward": false
-    })).await;
+    let backwards = h
+        .ok(
+            "Query",
+            json!({
+                "TableName": "orders",
+                "KeyConditionExpression": "customer = :c AND #o BETWEEN :lo AND :hi",
+                "ExpressionAttributeNames": {"#o": "order"},
+                "ExpressionAttributeValues": {":c": {"S": "ann"}, ":lo": {"N": "-2"}, ":hi": {"N": "3"}},
+                "ScanIndexForward": false
+            }),
+        )
+        .await;
     assert_eq!(numbers(&backwards["Items"], "order"), ["3", "0", "-2"]);
-    let first = h.ok("Query", json!({
-        "TableName": "orders",
-        "KeyConditionExpression": "customer = :c",
-        "ExpressionAttributeValues": {":c": {"S": "ann"}},
-        "Limit": 2
-    })).await;
+    let first = h
+        .ok(
+            "Query",
+            json!({
+                "TableName": "orders",
+                "KeyConditionExpression": "customer = :c",
+                "ExpressionAttributeValues": {":c": {"S": "ann"}},
+                "Limit": 2
+            }),
+        )
+        .await;
     assert_eq!(numbers(&first["Items"], "order"), ["-10", "-2"]);
-    let rest = h.ok("Query", json!({
-        "TableName": "orders",
-        "KeyConditionExpression": "customer = :c",
-        "ExpressionAttributeValues": {":c": {"S": "ann"}},
-        "ExclusiveStartKey": first["LastEvaluatedKey"]
-    })).await;
+    let rest = h
+        .ok(
+            "Query",
+            json!({
+                "TableName": "orders",
+                "KeyConditionExpression": "customer = :c",
+                "ExpressionAttributeValues": {":c": {"S": "ann"}},
+                "ExclusiveStartKey": first["LastEvaluatedKey"]
+            }),
+        )
+        .await;
     assert_eq!(numbers(&rest["Items"], "order"), ["0", "3", "20"]);
     assert!(rest.get("LastEvaluatedKey").is_none());
-    let open = h.ok("Query", json!({
-        "TableName": "orders",
-        "IndexName": "by-status",
-        "KeyConditionExpression": "#s = :s",
-        "ExpressionAttributeNames": {"#s": "status"},
-        "ExpressionAttributeValues": {":s": {"S": "open"}}
-    })).await;
+    let open = h
+        .ok(
+            "Query",
+            json!({
+                "TableName": "orders",
+                "IndexName": "by-status",
+                "KeyConditionExpression": "#s = :s",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": {":s": {"S": "open"}}
+            }),
+        )
+        .await;
     assert_eq!(open["Count"], 3);
-    assert!(open["Items"][0].get("total").is_none(), "KEYS_ONLY projection must drop non-key attributes");
+    assert!(
+        open["Items"][0].get("total").is_none(),
+        "KEYS_ONLY projection must drop non-key attributes"
+    );
 }
 
 #[tokio::test]
@@ -153,12 +198,17 @@ async fn conditions_updates_and_return_values() {
     let h = Harness::new();
     h.create_orders().await;
     h.put_order("ann", 1, "open").await;
-    let failed = h.err("PutItem", json!({
-        "TableName": "orders",
-        "Item": {"customer": {"S": "ann"}, "order": {"N": "1"}},
-        "ConditionExpression": "attribute_not_exists(customer)",
-        "ReturnValuesOnConditionCheckFailure": "ALL_OLD"
-    })).await;
+    let failed = h
+        .err(
+            "PutItem",
+            json!({
+                "TableName": "orders",
+                "Item": {"customer": {"S": "ann"}, "order": {"N": "1"}},
+                "ConditionExpression": "attribute_not_exists(customer)",
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD"
+            }),
+        )
+        .await;
     assert_eq!(failed.kind, ErrorKind::ConditionalCheckFailed);
     assert_eq!(failed.item.expect("old item returned")["status"]["S"], "open");
     let updated = h.ok("UpdateItem", json!({
@@ -172,20 +222,35 @@ async fn conditions_updates_and_return_values() {
     assert_eq!(updated["Attributes"]["total"]["N"], "10");
     assert_eq!(updated["Attributes"]["tags"]["L"][0]["S"], "gift");
     assert!(updated["Attributes"].get("status").is_none());
-    let key_update = h.err("UpdateItem", json!({
-        "TableName": "orders",
-        "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}},
-        "UpdateExpression": "SET customer = :c",
-        "ExpressionAttributeValues": {":c": {"S": "zed"}}
-    })).await;
+    let key_update = h
+        .err(
+            "UpdateItem",
+            json!({
+                "TableName": "orders",
+                "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}},
+                "UpdateExpression": "SET customer = :c",
+                "ExpressionAttributeValues": {":c": {"S": "zed"}}
+            }),
+        )
+        .await;
     assert!(key_update.message.contains("part of the key"), "{}", key_update.message);
-    let old = h.ok("DeleteItem", json!({
-        "TableName": "orders",
-        "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}},
-        "ReturnValues": "ALL_OLD"
-    })).await;
+    let old = h
+        .ok(
+            "DeleteItem",
+            json!({
+                "TableName": "orders",
+                "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}},
+                "ReturnValues": "ALL_OLD"
+            }),
+        )
+        .await;
     assert_eq!(old["Attributes"]["total"]["N"], "10");
-    let gone = h.ok("GetItem", json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}}})).await;
+    let gone = h
+        .ok(
+            "GetItem",
+            json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}}}),
+        )
+        .await;
     assert!(gone.get("Item").is_none());
 }
 
@@ -194,25 +259,47 @@ async fn transactions_are_all_or_nothing() {
     let h = Harness::new();
     h.create_orders().await;
     h.put_order("ann", 1, "open").await;
-    let canceled = h.err("TransactWriteItems", json!({"TransactItems": [
-        {"Put": {"TableName": "orders", "Item": {"customer": {"S": "ann"}, "order": {"N": "2"}}}},
-        {"ConditionCheck": {"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}},
-            "ConditionExpression": "#s = :s", "ExpressionAttributeNames": {"#s": "status"},
-            "ExpressionAttributeValues": {":s": {"S": "shipped"}}}}
-    ]})).await;
+    let canceled = h
+        .err(
+            "TransactWriteItems",
+            json!({"TransactItems": [
+                {"Put": {"TableName": "orders", "Item": {"customer": {"S": "ann"}, "order": {"N": "2"}}}},
+                {"ConditionCheck": {"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}},
+                    "ConditionExpression": "#s = :s", "ExpressionAttributeNames": {"#s": "status"},
+                    "ExpressionAttributeValues": {":s": {"S": "shipped"}}}}
+            ]}),
+        )
+        .await;
     assert_eq!(canceled.kind, ErrorKind::TransactionCanceled);
     let codes: Vec<&str> = canceled.cancellation_reasons.iter().map(|r| r.code.as_str()).collect();
     assert_eq!(codes, ["None", "ConditionalCheckFailed"]);
-    let absent = h.ok("GetItem", json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "2"}}})).await;
-    assert!(absent.get("Item").is_none(), "a canceled transaction must write nothing");
-    h.ok("TransactWriteItems", json!({"TransactItems": [
-        {"Put": {"TableName": "orders", "Item": {"customer": {"S": "ann"}, "order": {"N": "2"}}}},
-        {"Delete": {"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}}}}
-    ]})).await;
-    let got = h.ok("TransactGetItems", json!({"TransactItems": [
-        {"Get": {"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}}}},
-        {"Get": {"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "2"}}}}
-    ]})).await;
+    let absent = h
+        .ok(
+            "GetItem",
+            json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "2"}}}),
+        )
+        .await;
+    assert!(
+        absent.get("Item").is_none(),
+        "a canceled transaction must write nothing"
+    );
+    h.ok(
+        "TransactWriteItems",
+        json!({"TransactItems": [
+            {"Put": {"TableName": "orders", "Item": {"customer": {"S": "ann"}, "order": {"N": "2"}}}},
+            {"Delete": {"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}}}}
+        ]}),
+    )
+    .await;
+    let got = h
+        .ok(
+            "TransactGetItems",
+            json!({"TransactItems": [
+                {"Get": {"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}}}},
+                {"Get": {"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "2"}}}}
+            ]}),
+        )
+        .await;
     assert_eq!(got["Responses"][0], json!({}));
     assert_eq!(got["Responses"][1]["Item"]["order"]["N"], "2");
 }
@@ -250,16 +337,36 @@ async fn bad_input_gets_dynamodb_errors() {
     let h = Harness::new();
     let unknown = h.store.handle("Frobnicate", b"{}").await.expect_err("unknown op");
     assert_eq!(unknown.kind, ErrorKind::UnknownOperation);
-    let garbage = h.store.handle("GetItem", b"{\"TableName\":").await.expect_err("bad json");
+    let garbage = h
+        .store
+        .handle("GetItem", b"{\"TableName\":")
+        .await
+        .expect_err("bad json");
     assert_eq!(garbage.kind, ErrorKind::Serialization);
-    let missing = h.err("GetItem", json!({"TableName": "nope", "Key": {"id": {"S": "x"}}})).await;
+    let missing = h
+        .err("GetItem", json!({"TableName": "nope", "Key": {"id": {"S": "x"}}}))
+        .await;
     assert_eq!(missing.kind, ErrorKind::ResourceNotFound);
     h.create_orders().await;
-    let wrong_key = h.err("GetItem", json!({"TableName": "orders", "Key": {"customer": {"N": "1"}, "order": {"N": "1"}}})).await;
+    let wrong_key = h
+        .err(
+            "GetItem",
+            json!({"TableName": "orders", "Key": {"customer": {"N": "1"}, "order": {"N": "1"}}}),
+        )
+        .await;
     assert_eq!(wrong_key.kind, ErrorKind::Validation);
     let big = "x".repeat(401 * 1024);
-    let too_big = h.err("PutItem", json!({"TableName": "orders", "Item": {"customer": {"S": "a"}, "order": {"N": "1"}, "blob": {"S": big}}})).await;
-    assert!(too_big.message.contains("Item size has exceeded"), "{}", too_big.message);
+    let too_big = h
+        .err(
+            "PutItem",
+            json!({"TableName": "orders", "Item": {"customer": {"S": "a"}, "order": {"N": "1"}, "blob": {"S": big}}}),
+        )
+        .await;
+    assert!(
+        too_big.message.contains("Item size has exceeded"),
+        "{}",
+        too_big.message
+    );
 }
 
 #[tokio::test]
@@ -267,7 +374,10 @@ async fn writes_survive_reopening_the_database() {
     let dir = tempfile::tempdir().expect("temporary directory");
     {
         let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open engine");
-        let h = Harness { store: Store::new(engine), _dir: tempfile::tempdir().expect("unused dir") };
+        let h = Harness {
+            store: Store::new(engine),
+            _dir: tempfile::tempdir().expect("unused dir"),
+        };
         h.create_orders().await;
         h.put_order("ann", 7, "open").await;
     }
@@ -281,8 +391,19 @@ async fn writes_survive_reopening_the_database() {
         }
     };
     let store = Store::new(engine);
-    let item = store.handle("GetItem", json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "7"}}}).to_string().as_bytes()).await.expect("get");
+    let item = store
+        .handle(
+            "GetItem",
+            json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "7"}}})
+                .to_string()
+                .as_bytes(),
+        )
+        .await
+        .expect("get");
     assert_eq!(item["Item"]["status"]["S"], "open");
-    let described = store.handle("DescribeTable", br#"{"TableName":"orders"}"#).await.expect("describe");
+    let described = store
+        .handle("DescribeTable", br#"{"TableName":"orders"}"#)
+        .await
+        .expect("describe");
     assert_eq!(described["Table"]["ItemCount"], 1);
 }
