@@ -1,0 +1,19 @@
+//! The replication core of global tables, sans-IO: events in, commands out, clock injected.
+//!
+//! - [`hlc`]: hybrid logical clocks, so writes made in different regions order sensibly even
+//!   when the regions' wall clocks disagree by seconds;
+//! - [`merge`]: the last-writer-wins rule on `(hlc, origin)` versions — commutative,
+//!   idempotent and convergent, so replicas that saw the same changes in any order agree;
+//! - [`shipper`]: per-peer shipping of the replication log, in order, batched, with
+//!   back-pressure (one batch in flight), retries with capped backoff, and the trim rule.
+//!
+//! This crate must not depend on storage, tokio or HTTP: the store's runtime feeds it events
+//! and executes its commands, and the simulation in `tests/it` drives it deterministically.
+
+pub mod hlc;
+pub mod merge;
+pub mod shipper;
+
+pub use hlc::{Hlc, HlcClock, SkewReport};
+pub use merge::{Version, wins};
+pub use shipper::{Acceptance, Command, Shipper, ShipperConfig, accept};
