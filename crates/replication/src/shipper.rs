@@ -118,6 +118,13 @@ impl Shipper {
         }
     }
 
+    /// Asks for a full anti-entropy repair (e.g. to backfill a new replica), unless one runs.
+    pub fn request_repair(&mut self) {
+        if !self.needs_repair() {
+            self.state = State::NeedsRepair;
+        }
+    }
+
     /// The peer applied batch `batch` and now holds everything through `through_seq`.
     pub fn on_acked(&mut self, batch: u64, through_seq: u64) {
         if self.in_flight() == Some(batch) {

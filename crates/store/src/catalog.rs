@@ -173,6 +173,9 @@ pub struct TableMeta {
     pub deletion_protection: bool,
     pub stream: Option<Value>,
     pub table_class: Option<String>,
+    /// Regions holding a replica of this table (this one included); empty for a regional table.
+    #[serde(default)]
+    pub replicas: Vec<String>,
 }
 
 /// Counters kept exactly, updated in the same transaction as the data.
@@ -183,6 +186,11 @@ pub struct TableStats {
 }
 
 impl TableMeta {
+    /// A global table replicates its writes to the other replicas' regions.
+    pub fn is_global(&self) -> bool {
+        self.replicas.len() > 1
+    }
+
     pub fn index(&self, name: &str) -> Option<&IndexMeta> {
         self.indexes.iter().find(|i| i.name == name)
     }
@@ -640,6 +648,7 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
         deletion_protection: request.deletion_protection_enabled.unwrap_or(false),
         stream: request.stream_specification.clone(),
         table_class: request.table_class.clone(),
+        replicas: Vec::new(),
     })
 }
 

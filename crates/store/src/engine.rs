@@ -14,21 +14,19 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dynamo_protocol::value::item_size_bytes;
 use dynamo_protocol::{ApiError, AttributeValue, Item};
-use redb::{
-    Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
-    WriteTransaction,
-};
-use tokio::sync::{mpsc, oneshot};
+use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTransaction};
+use replication::{Hlc, HlcClock, Version, wins};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::{IndexMeta, KeySchema, TableMeta, TableStats};
 use crate::keys;
 use crate::record::{self, Record};
+use crate::replication_log;
 
 /// Jobs waiting for the writer before submitters are made to wait (back-pressure).
 pub const WRITE_QUEUE_JOBS_MAX: usize = 4096;
@@ -45,6 +43,12 @@ const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 const STATS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("stats");
 const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("settings");
 const NEXT_TABLE_ID: &str = "next_table_id";
+/// Sequence number of the last change in the replication log.
+pub(crate) const REPLOG_HEAD: &str = "replog_head";
+/// The highest HLC this region handed out or observed, so a restart never goes back in time.
+const HLC_LAST: &str = "hlc_last";
+/// The replication log of global tables: sequence number → encoded change.
+pub(crate) const REPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("replog");
 
 fn data_table_name(id: u64) -> String {
     format!("d{id}")
@@ -90,32 +94,47 @@ impl Clock for SystemClock {
     }
 }
 
-/// A hybrid logical clock: 48 bits of physical milliseconds, 16 bits of logical counter.
-/// Never goes backwards, even when the physical clock does.
+/// The region's hybrid logical clock, shared by the writer and the replication receiver.
 pub struct HybridClock {
-    last: AtomicU64,
+    clock: std::sync::Mutex<HlcClock>,
 }
 
 impl HybridClock {
-    fn new(start: u64) -> HybridClock {
+    fn resume(last: u64) -> HybridClock {
         HybridClock {
-            last: AtomicU64::new(start),
+            clock: std::sync::Mutex::new(HlcClock::resume(Hlc(last))),
         }
     }
 
     pub fn tick(&self, physical_ms: u64) -> u64 {
-        let physical = physical_ms << 16;
-        let mut last = self.last.load(Ordering::Relaxed);
-        loop {
-            let next = if physical > last { physical } else { last + 1 };
-            match self
-                .last
-                .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return next,
-                Err(actual) => last = actual,
-            }
+        self.clock
+            .lock()
+            .expect("clock lock is never poisoned")
+            .now(physical_ms)
+            .0
+    }
+
+    /// Folds in a timestamp from another region; reports remote clocks running ahead.
+    pub fn observe(&self, remote: u64) {
+        let physical = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        if let Some(skew) = self
+            .clock
+            .lock()
+            .expect("clock lock is never poisoned")
+            .observe(Hlc(remote), physical)
+        {
+            tracing::warn!(
+                ahead_ms = skew.ahead_ms,
+                "a peer region's clock runs ahead of ours; the HLC keeps writes ordered"
+            );
         }
+    }
+
+    pub fn last(&self) -> u64 {
+        self.clock.lock().expect("clock lock is never poisoned").last().0
     }
 }
 
@@ -148,6 +167,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     hlc: HybridClock,
     path: PathBuf,
+    /// The replication log's head, published after each commit that appended to it.
+    replog_head: watch::Sender<u64>,
 }
 
 /// Handle to the store's storage; cheap to clone.
@@ -169,18 +190,19 @@ impl Engine {
             path: path.clone(),
             source: Box::new(source),
         })?;
-        let catalog = load_catalog(&db).map_err(|message| OpenError::Catalog {
+        let loaded = load_catalog(&db).map_err(|message| OpenError::Catalog {
             path: path.clone(),
             message,
         })?;
-        let start = clock.now_unix_ms() << 16;
+        let (replog_head, _) = watch::channel(loaded.replog_head);
         let shared = Arc::new(Shared {
             db,
             region: region.to_string(),
-            catalog: RwLock::new(catalog),
+            catalog: RwLock::new(loaded.catalog),
             clock,
-            hlc: HybridClock::new(start),
+            hlc: HybridClock::resume(loaded.hlc_last),
             path,
+            replog_head,
         });
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_JOBS_MAX);
         let writer_shared = Arc::clone(&shared);
@@ -361,9 +383,17 @@ pub enum OpenError {
     Catalog { path: PathBuf, message: String },
 }
 
-fn load_catalog(db: &Database) -> Result<Catalog, String> {
+/// What startup reads back: the catalog, the HLC high-water mark and the log head.
+struct Loaded {
+    catalog: Catalog,
+    hlc_last: u64,
+    replog_head: u64,
+}
+
+fn load_catalog(db: &Database) -> Result<Loaded, String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     let mut catalog = Catalog::default();
+    let (hlc_last, replog_head);
     {
         let table = txn.open_table(CATALOG).map_err(|e| e.to_string())?;
         for entry in table.iter().map_err(|e| e.to_string())? {
@@ -373,10 +403,24 @@ fn load_catalog(db: &Database) -> Result<Catalog, String> {
             catalog.tables.insert(meta.name.clone(), Arc::new(meta));
         }
         txn.open_table(STATS).map_err(|e| e.to_string())?;
-        txn.open_table(SETTINGS).map_err(|e| e.to_string())?;
+        txn.open_table(REPLOG).map_err(|e| e.to_string())?;
+        let settings = txn.open_table(SETTINGS).map_err(|e| e.to_string())?;
+        let read = |name: &str| -> Result<u64, String> {
+            Ok(settings
+                .get(name)
+                .map_err(|e| e.to_string())?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        };
+        hlc_last = read(HLC_LAST)?;
+        replog_head = read(REPLOG_HEAD)?;
     }
     txn.commit().map_err(|e| e.to_string())?;
-    Ok(catalog)
+    Ok(Loaded {
+        catalog,
+        hlc_last,
+        replog_head,
+    })
 }
 
 fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
@@ -424,17 +468,19 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
         stats: HashMap::new(),
         catalog_changes: Vec::new(),
         failed: None,
+        log_appended: None,
     };
     let completions: Vec<Completion> = batch.into_iter().map(|job| (job.run)(&mut context)).collect();
     let WriteContext {
         stats,
         catalog_changes,
         failed,
+        log_appended,
         ..
     } = context;
     let outcome = match failed {
         Some(error) => Err(error),
-        None => flush_stats(&txn, stats),
+        None => flush_stats(&txn, stats).and_then(|()| save_hlc(&txn, shared.hlc.last())),
     };
     let outcome = match outcome {
         Ok(()) => txn.commit().map_err(|e| storage_error("committing", e)),
@@ -443,6 +489,9 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
             Err(error)
         }
     };
+    if let (Ok(()), Some(head)) = (&outcome, log_appended) {
+        shared.replog_head.send_replace(head);
+    }
     if outcome.is_ok() {
         let mut catalog = shared.catalog.write().expect("catalog lock is never poisoned");
         for change in catalog_changes {
@@ -459,6 +508,16 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
     for completion in completions {
         completion(outcome.clone());
     }
+}
+
+fn save_hlc(txn: &WriteTransaction, last: u64) -> Result<(), ApiError> {
+    let mut settings = txn
+        .open_table(SETTINGS)
+        .map_err(|e| storage_error("opening settings", e))?;
+    settings
+        .insert(HLC_LAST, last)
+        .map_err(|e| storage_error("saving the clock", e))?;
+    Ok(())
 }
 
 fn flush_stats(txn: &WriteTransaction, deltas: HashMap<String, (i64, i64)>) -> Result<(), ApiError> {
@@ -491,6 +550,8 @@ pub struct WriteContext<'a> {
     catalog_changes: Vec<CatalogChange>,
     /// A storage failure after a job began mutating: the whole batch must not commit.
     failed: Option<ApiError>,
+    /// The replication log's new head, if this batch appended to it.
+    log_appended: Option<u64>,
 }
 
 /// The index entry key of an item, if the item has the index's key attributes.
@@ -556,13 +617,13 @@ impl WriteContext<'_> {
         }
     }
 
-    fn fail(&mut self, context: &str, error: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn fail(&mut self, context: &str, error: impl std::fmt::Display) -> ApiError {
         let error = storage_error(context, error);
         self.failed.get_or_insert_with(|| error.clone());
         error
     }
 
-    pub fn get(&mut self, table: &TableMeta, key: &[u8]) -> Result<Option<Item>, ApiError> {
+    pub fn get(&self, table: &TableMeta, key: &[u8]) -> Result<Option<Item>, ApiError> {
         let name = data_table_name(table.id);
         let data = self
             .txn
@@ -585,13 +646,77 @@ impl WriteContext<'_> {
             tombstone: false,
             item: new.clone(),
         };
-        let result = self.store(table, key, old, Some(new), &record::encode(&record));
+        let bytes = record::encode(&record);
+        let result = self
+            .store(table, key, old, Some(new), Some(&bytes))
+            .and_then(|()| self.log_change(table, key, &bytes));
         result.map_err(|e| self.fail("writing an item", e))
     }
 
     pub fn delete(&mut self, table: &TableMeta, key: &[u8], old: &Item) -> Result<(), ApiError> {
-        let result = self.store(table, key, Some(old), None, &[]);
+        let result = if table.is_global() {
+            // A global table keeps the delete as a tombstone so it can win over older writes
+            // that other regions have not shipped yet.
+            let hlc = self.shared.hlc.tick(self.shared.clock.now_unix_ms());
+            let record = Record {
+                hlc,
+                origin: self.shared.region.clone(),
+                tombstone: true,
+                item: Item::new(),
+            };
+            let bytes = record::encode(&record);
+            self.store(table, key, Some(old), None, Some(&bytes))
+                .and_then(|()| self.log_change(table, key, &bytes))
+        } else {
+            self.store(table, key, Some(old), None, None)
+        };
         result.map_err(|e| self.fail("deleting an item", e))
+    }
+
+    /// Applies a change replicated from another region if it is newer than what is stored
+    /// (last writer wins on `(hlc, origin)`); returns whether it was applied.
+    pub fn apply_replicated(&mut self, table: &TableMeta, key: &[u8], incoming: &[u8]) -> Result<bool, ApiError> {
+        let change = record::decode(incoming)
+            .map_err(|e| ApiError::validation(format!("replicated change for table {} is corrupt: {e}", table.name)))?;
+        let existing = {
+            let name = data_table_name(table.id);
+            let data = self
+                .txn
+                .open_table(bytes_table(&name))
+                .map_err(|e| storage_error("opening a table", e))?;
+            let bytes = data.get(key).map_err(|e| storage_error("reading an item", e))?;
+            match bytes {
+                Some(bytes) => Some(record::decode(bytes.value()).map_err(|e| storage_error("decoding an item", e))?),
+                None => None,
+            }
+        };
+        let incoming_version = Version::new(Hlc(change.hlc), change.origin.clone());
+        let existing_version = existing.as_ref().map(|r| Version::new(Hlc(r.hlc), r.origin.clone()));
+        if !wins(&incoming_version, existing_version.as_ref()) {
+            return Ok(false);
+        }
+        self.shared.hlc.observe(change.hlc);
+        let old = existing.filter(|r| !r.tombstone).map(|r| r.item);
+        let new = (!change.tombstone).then_some(&change.item);
+        let result = self
+            .store(table, key, old.as_ref(), new, Some(incoming))
+            .and_then(|()| self.log_change(table, key, incoming));
+        result.map_err(|e| self.fail("applying a replicated change", e))?;
+        Ok(true)
+    }
+
+    /// Appends a change of a global table to the replication log.
+    fn log_change(&mut self, table: &TableMeta, key: &[u8], record: &[u8]) -> Result<(), redb::Error> {
+        if !table.is_global() {
+            return Ok(());
+        }
+        let mut settings = self.txn.open_table(SETTINGS)?;
+        let seq = settings.get(REPLOG_HEAD)?.map(|v| v.value()).unwrap_or(0) + 1;
+        settings.insert(REPLOG_HEAD, seq)?;
+        let mut log = self.txn.open_table(REPLOG)?;
+        log.insert(seq, replication_log::encode_change(&table.name, key, record).as_slice())?;
+        self.log_appended = Some(seq);
+        Ok(())
     }
 
     fn store(
@@ -600,13 +725,13 @@ impl WriteContext<'_> {
         key: &[u8],
         old: Option<&Item>,
         new: Option<&Item>,
-        record: &[u8],
+        record: Option<&[u8]>,
     ) -> Result<(), redb::Error> {
         {
             let name = data_table_name(table.id);
             let mut data = self.txn.open_table(bytes_table(&name))?;
-            match new {
-                Some(_) => data.insert(key, record)?,
+            match record {
+                Some(record) => data.insert(key, record)?,
                 None => data.remove(key)?,
             };
         }
@@ -937,15 +1062,6 @@ impl Snapshot {
         }
         Ok(out)
     }
-
-    pub fn row_count(&self, table: &TableMeta) -> Result<u64, ApiError> {
-        let name = data_table_name(table.id);
-        match self.txn.open_table(bytes_table(&name)) {
-            Ok(t) => t.len().map_err(|e| storage_error("counting", e)),
-            Err(TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(e) => Err(storage_error("opening a table", e)),
-        }
-    }
 }
 
 fn as_slice_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
@@ -976,5 +1092,180 @@ impl Engine {
     /// Free slots in the write queue (back-pressure starts at zero).
     pub fn write_queue_free(&self) -> usize {
         self.sender.capacity()
+    }
+}
+
+/// Replication-log entries removed per trim job at most, so a trim never stalls the writer.
+pub const LOG_TRIM_CHANGES_PER_JOB_MAX: u64 = 10_000;
+
+fn applied_key(source: &str) -> String {
+    format!("applied_from/{source}")
+}
+
+fn acked_key(peer: &str) -> String {
+    format!("acked/{peer}")
+}
+
+impl Engine {
+    /// Watches the replication log's head (the sequence number of its last change).
+    pub fn subscribe_log(&self) -> watch::Receiver<u64> {
+        self.shared.replog_head.subscribe()
+    }
+
+    pub fn log_head(&self) -> u64 {
+        *self.shared.replog_head.borrow()
+    }
+
+    fn setting(&self, name: &str) -> u64 {
+        let read = || -> Result<u64, Box<dyn std::error::Error>> {
+            let txn = self.shared.db.begin_read()?;
+            let settings = txn.open_table(SETTINGS)?;
+            Ok(settings.get(name)?.map(|v| v.value()).unwrap_or(0))
+        };
+        read().unwrap_or(0)
+    }
+
+    /// The position `peer` last acknowledged, as recorded durably.
+    pub fn acked(&self, peer: &str) -> u64 {
+        self.setting(&acked_key(peer))
+    }
+
+    /// Records that `peer` holds every change through `seq`.
+    pub async fn save_acked(&self, peer: &str, seq: u64) -> Result<(), ApiError> {
+        let key = acked_key(peer);
+        self.write(move |context| context.set_setting(&key, seq)).await
+    }
+
+    /// Drops log entries through `through` (at most [`LOG_TRIM_CHANGES_PER_JOB_MAX`] per call);
+    /// returns the first sequence number still in the log.
+    pub async fn trim_log(&self, through: u64) -> Result<u64, ApiError> {
+        self.write(move |context| {
+            let result = (|| -> Result<u64, redb::Error> {
+                let mut log = context.txn.open_table(REPLOG)?;
+                let first = log.first()?.map(|(k, _)| k.value());
+                let Some(first) = first else { return Ok(through + 1) };
+                let end = through.min(first + LOG_TRIM_CHANGES_PER_JOB_MAX - 1);
+                if end < first {
+                    return Ok(first);
+                }
+                log.retain_in(first..=end, |_, _| false)?;
+                Ok(end + 1)
+            })();
+            result.map_err(|e| context.fail("trimming the replication log", e))
+        })
+        .await
+    }
+}
+
+impl WriteContext<'_> {
+    pub fn table_named(&self, name: &str) -> Option<Arc<TableMeta>> {
+        self.shared
+            .catalog
+            .read()
+            .expect("catalog lock is never poisoned")
+            .tables
+            .get(name)
+            .cloned()
+    }
+
+    pub fn setting(&self, name: &str) -> Result<u64, ApiError> {
+        let settings = self
+            .txn
+            .open_table(SETTINGS)
+            .map_err(|e| storage_error("opening settings", e))?;
+        let value = settings.get(name).map_err(|e| storage_error("reading settings", e))?;
+        Ok(value.map(|v| v.value()).unwrap_or(0))
+    }
+
+    pub fn set_setting(&mut self, name: &str, value: u64) -> Result<(), ApiError> {
+        let result = self
+            .txn
+            .open_table(SETTINGS)
+            .and_then(|mut s| s.insert(name, value).map(|_| ()).map_err(Into::into));
+        result.map_err(|e| self.fail("writing settings", e))
+    }
+
+    /// The highest sequence number from `source` applied here.
+    pub fn applied_from(&self, source: &str) -> Result<u64, ApiError> {
+        self.setting(&applied_key(source))
+    }
+
+    pub fn set_applied_from(&mut self, source: &str, seq: u64) -> Result<(), ApiError> {
+        self.set_setting(&applied_key(source), seq)
+    }
+}
+
+impl Snapshot {
+    /// Up to `changes_max` log entries from `from_seq` on, stopping after `bytes_max` bytes
+    /// (at least one entry is returned if any exists).
+    pub fn read_log(
+        &self,
+        from_seq: u64,
+        changes_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, ApiError> {
+        let log = match self.txn.open_table(REPLOG) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage_error("opening the replication log", e)),
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for entry in log
+            .range(from_seq..)
+            .map_err(|e| storage_error("reading the replication log", e))?
+        {
+            let (seq, value) = entry.map_err(|e| storage_error("reading the replication log", e))?;
+            bytes += value.value().len();
+            out.push((seq.value(), value.value().to_vec()));
+            if out.len() >= changes_max || bytes >= bytes_max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first sequence number still in the log (`head + 1` when it is empty).
+    pub fn log_first(&self, head: u64) -> Result<u64, ApiError> {
+        let log = match self.txn.open_table(REPLOG) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(head + 1),
+            Err(e) => return Err(storage_error("opening the replication log", e)),
+        };
+        let first = log
+            .first()
+            .map_err(|e| storage_error("reading the replication log", e))?;
+        Ok(first.map(|(k, _)| k.value()).unwrap_or(head + 1))
+    }
+
+    /// Stored records (tombstones included) of a table after `after`, for anti-entropy.
+    pub fn records(
+        &self,
+        table: &TableMeta,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ApiError> {
+        let name = data_table_name(table.id);
+        let data = match self.txn.open_table(bytes_table(&name)) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage_error("opening a table", e)),
+        };
+        let lower = match after {
+            Some(key) => Bound::Excluded(key),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for entry in data
+            .range::<&[u8]>((lower, Bound::Unbounded))
+            .map_err(|e| storage_error("reading a table", e))?
+        {
+            let (key, value) = entry.map_err(|e| storage_error("reading a table", e))?;
+            out.push((key.value().to_vec(), value.value().to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 }

@@ -10,9 +10,11 @@
 pub mod catalog;
 pub mod engine;
 pub mod expr;
+pub mod global;
 pub mod keys;
 pub mod ops;
 pub mod record;
+pub mod replication_log;
 pub mod server;
 
 pub use engine::{Engine, SystemClock};

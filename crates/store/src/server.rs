@@ -26,6 +26,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::engine::{Engine, TTL_SWEEP_INTERVAL_MS};
+use crate::global::{Replication, ReplicationConfig};
 use crate::ops::Store;
 
 /// Largest request body accepted (DynamoDB's own limit for BatchWriteItem is 16 MB).
@@ -56,6 +57,17 @@ struct Metrics {
     items: Family<TableLabels, Gauge>,
     table_bytes: Family<TableLabels, Gauge>,
     storage_bytes: Gauge,
+    replication_lag_ms: Family<PeerLabels, Gauge>,
+    replication_pending_changes: Family<PeerLabels, Gauge>,
+    replication_pending_bytes: Family<PeerLabels, Gauge>,
+    replication_acked_seq: Family<PeerLabels, Gauge>,
+    replication_log_head: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    source: String,
+    destination: String,
 }
 
 impl Metrics {
@@ -91,7 +103,42 @@ impl Metrics {
             "Bytes the database file takes on disk",
             storage_bytes.clone(),
         );
+        let replication_lag_ms = Family::<PeerLabels, Gauge>::default();
+        registry.register(
+            "replication_lag_ms",
+            "Age of the oldest change the destination region does not have yet (like DynamoDB's ReplicationLatency)",
+            replication_lag_ms.clone(),
+        );
+        let replication_pending_changes = Family::<PeerLabels, Gauge>::default();
+        registry.register(
+            "replication_pending_changes",
+            "Changes not yet acknowledged by the destination",
+            replication_pending_changes.clone(),
+        );
+        let replication_pending_bytes = Family::<PeerLabels, Gauge>::default();
+        registry.register(
+            "replication_pending_bytes",
+            "Bytes of pending changes (counted up to one batch)",
+            replication_pending_bytes.clone(),
+        );
+        let replication_acked_seq = Family::<PeerLabels, Gauge>::default();
+        registry.register(
+            "replication_acked_seq",
+            "Last replication-log position the destination applied",
+            replication_acked_seq.clone(),
+        );
+        let replication_log_head = Gauge::default();
+        registry.register(
+            "replication_log_head",
+            "Last position in this region's replication log",
+            replication_log_head.clone(),
+        );
         Metrics {
+            replication_lag_ms,
+            replication_pending_changes,
+            replication_pending_bytes,
+            replication_acked_seq,
+            replication_log_head,
             registry,
             requests,
             latency,
@@ -112,6 +159,8 @@ struct AppState {
 pub struct ServerConfig {
     /// When set, every request must carry a valid SigV4 signature by one of these keys.
     pub credentials: Option<Credentials>,
+    /// Peers and key for global tables; `None` serves regional tables only.
+    pub replication: Option<ReplicationConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +187,12 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let store = Store::new(engine.clone());
+    let replication = config.replication.map(|c| Replication::new(engine.clone(), c));
+    let store = match &replication {
+        Some(replication) => Store::with_replication(engine.clone(), Arc::clone(replication)),
+        None => Store::new(engine.clone()),
+    };
+    let replication_tasks = replication.as_ref().map(Replication::start).unwrap_or_default();
     let state = Arc::new(AppState {
         store,
         credentials: config.credentials.filter(|c| !c.is_empty()),
@@ -148,12 +202,101 @@ pub async fn run(
         .route("/", post(api))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/replication/v1/batch", post(replication_batch))
+        .route("/replication/v1/repair", post(replication_repair))
+        .route("/replication/v1/table", post(replication_table))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(Arc::clone(&state));
     let sweeper = tokio::spawn(ttl_sweeper(engine));
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     sweeper.abort();
+    for task in replication_tasks {
+        task.abort();
+    }
     result
+}
+
+fn replication_response(result: Result<serde_json::Value, ApiError>) -> Response {
+    match result {
+        Ok(value) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            value.to_string(),
+        )
+            .into_response(),
+        Err(error) => {
+            let status = match error.kind {
+                ErrorKind::AccessDenied => StatusCode::FORBIDDEN,
+                kind if kind.is_server_fault() => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                error.to_json().to_string(),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn no_replication() -> ApiError {
+    ApiError::new(
+        ErrorKind::AccessDenied,
+        "this store has no replication peers configured",
+    )
+}
+
+async fn replication_batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = match state.store.replication() {
+        Some(replication) => replication.receive_batch(&headers, &body).await,
+        None => Err(no_replication()),
+    };
+    replication_response(result)
+}
+
+async fn replication_repair(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = match state.store.replication() {
+        Some(replication) => replication.receive_repair(&headers, &body).await,
+        None => Err(no_replication()),
+    };
+    replication_response(result)
+}
+
+async fn replication_table(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = match state.store.replication() {
+        Some(replication) => replication.receive_table(&headers, &body).await,
+        None => Err(no_replication()),
+    };
+    replication_response(result)
+}
+
+/// Per-peer replication figures for `/health`.
+fn replication_health(store: &Store) -> serde_json::Value {
+    let Some(replication) = store.replication() else {
+        return serde_json::Value::Null;
+    };
+    let peers: serde_json::Map<String, serde_json::Value> = replication
+        .status
+        .iter()
+        .map(|(region, status)| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let last_error = status.last_error.lock().expect("status lock is never poisoned").clone();
+            (
+                region.clone(),
+                json!({
+                    "lag_ms": status.lag_ms.load(Relaxed),
+                    "pending_changes": status.pending_changes.load(Relaxed),
+                    "pending_bytes": status.pending_bytes.load(Relaxed),
+                    "acked_seq": status.acked.load(Relaxed),
+                    "repairing": status.repairing.load(Relaxed),
+                    "consecutive_failures": status.consecutive_failures.load(Relaxed),
+                    "last_error": last_error,
+                }),
+            )
+        })
+        .collect();
+    json!({"region": replication.region(), "log_head": store.engine().log_head(), "peers": peers})
 }
 
 async fn ttl_sweeper(engine: Engine) {
@@ -288,6 +431,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "tables": engine.table_names().len(),
         "storage_bytes": engine.storage_bytes(),
         "write_queue_free": engine.write_queue_free(),
+        "replication": replication_health(&state.store),
     });
     let status = if writer_alive {
         StatusCode::OK
@@ -314,6 +458,33 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             .set(stats.size_bytes as i64);
     }
     state.metrics.storage_bytes.set(engine.storage_bytes() as i64);
+    if let Some(replication) = state.store.replication() {
+        use std::sync::atomic::Ordering::Relaxed;
+        state.metrics.replication_log_head.set(engine.log_head() as i64);
+        for (region, status) in &replication.status {
+            let labels = PeerLabels {
+                source: replication.region().to_string(),
+                destination: region.clone(),
+            };
+            let metrics = &state.metrics;
+            metrics
+                .replication_lag_ms
+                .get_or_create(&labels)
+                .set(status.lag_ms.load(Relaxed) as i64);
+            metrics
+                .replication_pending_changes
+                .get_or_create(&labels)
+                .set(status.pending_changes.load(Relaxed) as i64);
+            metrics
+                .replication_pending_bytes
+                .get_or_create(&labels)
+                .set(status.pending_bytes.load(Relaxed) as i64);
+            metrics
+                .replication_acked_seq
+                .get_or_create(&labels)
+                .set(status.acked.load(Relaxed) as i64);
+        }
+    }
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry).is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response();

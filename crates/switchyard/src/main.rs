@@ -75,6 +75,76 @@ struct StoreArgs {
     /// Once accepting connections, write the bound address (`IP:PORT`) to this file.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Another region's store for global tables, as REGION=URL (repeat for each peer), e.g.
+    /// `--peer eu-west-1=http://10.0.1.5:8000`. Needs a replication key.
+    #[arg(long = "peer", value_name = "REGION=URL", value_parser = parse_peer)]
+    peers: Vec<store::global::Peer>,
+    /// File holding the secret shared by all regions (at least 16 bytes); it authenticates
+    /// replication traffic. Alternatively set SWITCHYARD_REPLICATION_KEY.
+    #[arg(long, env = "SWITCHYARD_REPLICATION_KEY_FILE")]
+    replication_key_file: Option<PathBuf>,
+}
+
+/// Bytes a replication key has at least.
+const REPLICATION_KEY_BYTES_MIN: usize = 16;
+
+fn parse_peer(text: &str) -> Result<store::global::Peer, String> {
+    let (region, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' is not REGION=URL; write it like eu-west-1=http://127.0.0.1:8001"))?;
+    if region.is_empty()
+        || !region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "'{region}' is not a region name: use letters, digits and dashes, like eu-west-1"
+        ));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("'{url}' is not a URL: write it like http://127.0.0.1:8001"));
+    }
+    Ok(store::global::Peer {
+        region: region.to_string(),
+        url: url.trim_end_matches('/').to_string(),
+    })
+}
+
+fn replication_config(args: &StoreArgs) -> anyhow::Result<Option<store::global::ReplicationConfig>> {
+    if args.peers.is_empty() {
+        return Ok(None);
+    }
+    let key = match (&args.replication_key_file, std::env::var("SWITCHYARD_REPLICATION_KEY")) {
+        (Some(path), _) => {
+            std::fs::read(path).with_context(|| format!("read replication key file {}", path.display()))?
+        }
+        (None, Ok(key)) => key.into_bytes(),
+        (None, Err(_)) => bail!(
+            "--peer needs a replication key shared by all regions: pass --replication-key-file FILE or set SWITCHYARD_REPLICATION_KEY"
+        ),
+    };
+    let key: Vec<u8> = key.trim_ascii().to_vec();
+    if key.len() < REPLICATION_KEY_BYTES_MIN {
+        bail!(
+            "the replication key has {} bytes; use at least {REPLICATION_KEY_BYTES_MIN} (e.g. `openssl rand -hex 32`)",
+            key.len()
+        );
+    }
+    for (index, peer) in args.peers.iter().enumerate() {
+        if peer.region == args.region {
+            bail!(
+                "--peer {} names this store's own region; list the other regions only",
+                peer.region
+            );
+        }
+        if args.peers[..index].iter().any(|p| p.region == peer.region) {
+            bail!("--peer {} is given twice; give each region once", peer.region);
+        }
+    }
+    Ok(Some(store::global::ReplicationConfig {
+        peers: args.peers.clone(),
+        key,
+    }))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +189,7 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         None => None,
     };
     store::server::check_exposure(args.listen, credentials.as_ref())?;
+    let replication = replication_config(&args)?;
     let engine = store::Engine::open(&args.data_dir, &args.region, Arc::new(store::SystemClock))?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| {
         format!(
@@ -134,7 +205,10 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     store::server::run(
         listener,
         engine,
-        store::server::ServerConfig { credentials },
+        store::server::ServerConfig {
+            credentials,
+            replication,
+        },
         shutdown_signal(),
     )
     .await

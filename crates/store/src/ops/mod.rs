@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use crate::engine::Engine;
 use crate::expr;
+use crate::global::Replication;
 
 /// Largest item DynamoDB stores: 400 KB, names and values together.
 pub const ITEM_BYTES_MAX: usize = 400 * 1024;
@@ -35,14 +36,18 @@ pub const LIST_TABLES_LIMIT_MAX: usize = 100;
 pub const OPERATIONS: &[&str] = &[
     "BatchGetItem",
     "BatchWriteItem",
+    "CreateGlobalTable",
     "CreateTable",
     "DeleteItem",
     "DeleteTable",
     "DescribeEndpoints",
+    "DescribeGlobalTable",
+    "DescribeGlobalTableSettings",
     "DescribeLimits",
     "DescribeTable",
     "DescribeTimeToLive",
     "GetItem",
+    "ListGlobalTables",
     "ListTables",
     "ListTagsOfResource",
     "PutItem",
@@ -52,6 +57,8 @@ pub const OPERATIONS: &[&str] = &[
     "TransactGetItems",
     "TransactWriteItems",
     "UntagResource",
+    "UpdateGlobalTable",
+    "UpdateGlobalTableSettings",
     "UpdateItem",
     "UpdateTable",
     "UpdateTimeToLive",
@@ -62,6 +69,7 @@ pub const OPERATIONS: &[&str] = &[
 pub struct Store {
     engine: Engine,
     transactions: Arc<batch::TransactionTokens>,
+    global: Option<Arc<Replication>>,
 }
 
 impl Store {
@@ -69,7 +77,20 @@ impl Store {
         Store {
             engine,
             transactions: Arc::new(batch::TransactionTokens::default()),
+            global: None,
         }
+    }
+
+    /// A store that replicates global tables to its peers.
+    pub fn with_replication(engine: Engine, replication: Arc<Replication>) -> Store {
+        Store {
+            global: Some(replication),
+            ..Store::new(engine)
+        }
+    }
+
+    pub fn replication(&self) -> Option<&Arc<Replication>> {
+        self.global.as_ref()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -101,6 +122,11 @@ impl Store {
             "BatchWriteItem" => batch::batch_write(self, decode(body)?).await,
             "TransactWriteItems" => batch::transact_write(self, decode(body)?).await,
             "TransactGetItems" => batch::transact_get(self, decode(body)?),
+            "DescribeGlobalTable" | "DescribeGlobalTableSettings" => Err(tables::legacy_global_table_not_found(body)),
+            "ListGlobalTables" => Ok(serde_json::json!({"GlobalTables": []})),
+            "CreateGlobalTable" | "UpdateGlobalTable" | "UpdateGlobalTableSettings" => Err(ApiError::validation(
+                "Global tables version 2017.11.29 is not supported for new tables: use UpdateTable with ReplicaUpdates (version 2019.11.21)",
+            )),
             other => Err(ApiError::new(
                 ErrorKind::UnknownOperation,
                 format!("Unknown operation {other}: this store serves {}", OPERATIONS.join(", ")),

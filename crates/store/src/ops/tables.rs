@@ -2,6 +2,8 @@
 
 use dynamo_protocol::{ApiError, ErrorKind};
 use serde::Deserialize;
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use super::{LIST_TABLES_LIMIT_MAX, Store};
@@ -17,9 +19,144 @@ fn not_found(name: &str) -> ApiError {
 
 fn describe(store: &Store, meta: &TableMeta, status: &str) -> Value {
     let engine = store.engine();
-    meta.describe(engine.region(), status, engine.stats(meta.id, None), &|index| {
+    let mut description = meta.describe(engine.region(), status, engine.stats(meta.id, None), &|index| {
         engine.stats(meta.id, Some(index))
-    })
+    });
+    if meta.is_global() {
+        description["GlobalTableVersion"] = json!("2019.11.21");
+        description["Replicas"] = match store.replication() {
+            Some(replication) => replication.describe_replicas(meta),
+            None => Value::Array(
+                meta.replicas
+                    .iter()
+                    .map(|r| json!({"RegionName": r, "ReplicaStatus": "ACTIVE"}))
+                    .collect(),
+            ),
+        };
+    }
+    description
+}
+
+/// The 2017.11.29 DescribeGlobalTable answers as DynamoDB does for tables of version 2019.11.21.
+pub fn legacy_global_table_not_found(body: &[u8]) -> ApiError {
+    let name = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("GlobalTableName").and_then(Value::as_str).map(String::from))
+        .unwrap_or_default();
+    ApiError::new(
+        ErrorKind::GlobalTableNotFound,
+        format!(
+            "Global table not found: Global table with name: '{name}' does not exist. Tables of version 2019.11.21 are described by DescribeTable"
+        ),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReplicaRegion {
+    region_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReplicaUpdate {
+    create: Option<ReplicaRegion>,
+    update: Option<ReplicaRegion>,
+    delete: Option<ReplicaRegion>,
+}
+
+/// UpdateTable with ReplicaUpdates: makes a table global, adds or removes replicas. The peers
+/// are told first, so a replica exists before any change is shipped to it; a new replica is
+/// then backfilled by anti-entropy while writes continue.
+async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<ReplicaUpdate>) -> Result<Value, ApiError> {
+    let replication = store.replication().ok_or_else(|| {
+        ApiError::validation(
+            "This store has no peers: start it with --peer REGION=URL and a replication key to make tables global",
+        )
+    })?;
+    let region = store.engine().region().to_string();
+    let mut replicas = if meta.replicas.is_empty() {
+        vec![region.clone()]
+    } else {
+        meta.replicas.clone()
+    };
+    let mut created = Vec::new();
+    let mut removed = Vec::new();
+    for update in updates {
+        match (update.create, update.update, update.delete) {
+            (Some(create), None, None) => {
+                let name = create.region_name;
+                if replicas.contains(&name) {
+                    return Err(ApiError::new(
+                        ErrorKind::ReplicaAlreadyExists,
+                        format!("Replica already exists in region {name}"),
+                    ));
+                }
+                replication.peer(&name).ok_or_else(|| {
+                    ApiError::validation(format!(
+                        "Region {name} is not a peer of this store; start it with --peer {name}=http://HOST:PORT"
+                    ))
+                })?;
+                replicas.push(name.clone());
+                created.push(name);
+            }
+            (None, Some(update), None) => {
+                if !replicas.contains(&update.region_name) {
+                    return Err(ApiError::new(
+                        ErrorKind::ReplicaNotFound,
+                        format!("Replica not found in region {}", update.region_name),
+                    ));
+                }
+            }
+            (None, None, Some(delete)) => {
+                let name = delete.region_name;
+                if name == region {
+                    return Err(ApiError::validation(
+                        "Cannot delete the replica in the region the request was sent to: send it to another replica's region",
+                    ));
+                }
+                let Some(position) = replicas.iter().position(|r| *r == name) else {
+                    return Err(ApiError::new(
+                        ErrorKind::ReplicaNotFound,
+                        format!("Replica not found in region {name}"),
+                    ));
+                };
+                replicas.remove(position);
+                removed.push(name);
+            }
+            _ => {
+                return Err(ApiError::validation(
+                    "One of ReplicaUpdates' Create, Update or Delete must be set, and only one",
+                ));
+            }
+        }
+    }
+    replicas.sort();
+    let mut next = (*meta).clone();
+    next.replicas = if replicas.len() > 1 {
+        replicas.clone()
+    } else {
+        Vec::new()
+    };
+    for peer in replicas.iter().filter(|r| **r != region) {
+        replication.send_table(peer, &next, false).await?;
+    }
+    for peer in &removed {
+        replication.send_table(peer, &next, true).await?;
+    }
+    let published = next.clone();
+    store
+        .engine()
+        .write_exclusive(move |context| {
+            context.current_table(&meta)?;
+            context.put_table(published)
+        })
+        .await?;
+    for peer in &created {
+        tracing::info!(table = %next.name, replica = %peer, "replica created; backfilling it");
+        replication.request_repair(peer);
+    }
+    Ok(json!({"TableDescription": describe(store, &next, "ACTIVE")}))
 }
 
 pub async fn create_table(store: &Store, request: CreateTableRequest) -> Result<Value, ApiError> {
@@ -157,7 +294,7 @@ pub struct UpdateTableRequest {
     stream_specification: Option<Value>,
     table_class: Option<String>,
     deletion_protection_enabled: Option<bool>,
-    replica_updates: Option<Value>,
+    replica_updates: Option<Vec<ReplicaUpdate>>,
 }
 
 pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<Value, ApiError> {
@@ -165,10 +302,17 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
         .engine()
         .table(&request.table_name)
         .ok_or_else(|| not_found(&request.table_name))?;
-    if request.replica_updates.is_some() {
-        return Err(ApiError::validation(
-            "ReplicaUpdates are not supported yet by this store: global tables arrive with replication; create the table in each region meanwhile",
-        ));
+    if let Some(updates) = request.replica_updates {
+        let others = request.billing_mode.is_some()
+            || request.provisioned_throughput.is_some()
+            || request.global_secondary_index_updates.is_some()
+            || request.stream_specification.is_some();
+        if others {
+            return Err(ApiError::validation(
+                "One or more parameter values were invalid: ReplicaUpdates cannot be combined with other table changes in one UpdateTable call",
+            ));
+        }
+        return update_replicas(store, meta, updates).await;
     }
     let mut next = (*meta).clone();
     let mut changed = false;

@@ -1,0 +1,732 @@
+//! Global tables at run time: the replication endpoints other regions call, and one shipping
+//! task per peer that drives the sans-IO [`replication::Shipper`] over HTTP.
+//!
+//! Invariants:
+//! - traffic between regions is authenticated: every request carries an HMAC-SHA256 of its
+//!   region header and body under the shared replication key; anything else is refused;
+//! - a batch is checked whole (signature, decoding, every record) before its job starts, so a
+//!   corrupt batch applies nothing; replays are recognised by sequence numbers and apply nothing;
+//! - changes apply by last-writer-wins on `(hlc, origin)` in the writer, together with the
+//!   receiver's durable position for that source, so a crash never applies a batch twice or
+//!   half; local writes never wait for peers (eventual mode).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use dynamo_protocol::{ApiError, ErrorKind};
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use replication::shipper::{Acceptance, accept};
+use replication::{Command, Shipper, ShipperConfig};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::catalog::TableMeta;
+use crate::engine::Engine;
+use crate::record;
+use crate::replication_log::{self, Change};
+
+pub const SIGNATURE_HEADER: &str = "x-switchyard-signature";
+pub const REGION_HEADER: &str = "x-switchyard-region";
+/// Bytes of changes per batch at most (a batch also stops at the shipper's change count).
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Records per anti-entropy request at most.
+pub const REPAIR_RECORDS_PER_REQUEST_MAX: usize = 1_000;
+/// Entries the replication log may hold beyond the slowest peer before it is trimmed anyway
+/// (that peer is then repaired by anti-entropy); the backlog alarm fires at 80 % of it.
+pub const LOG_BACKLOG_CHANGES_MAX: u64 = 1_000_000;
+pub const LOG_BACKLOG_ALARM_PERCENT: u64 = 80;
+/// How often the log is trimmed behind the slowest peer.
+pub const TRIM_INTERVAL_MS: u64 = 2_000;
+/// A shipping task with nothing to do wakes at least this often.
+pub const IDLE_WAKE_MS: u64 = 1_000;
+/// Timeout of one replication HTTP request.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub region: String,
+    /// Base URL of the peer's store, e.g. `http://10.0.0.2:8000`.
+    pub url: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    pub peers: Vec<Peer>,
+    /// The shared secret that authenticates traffic between regions.
+    pub key: Vec<u8>,
+}
+
+/// What the operator and DescribeTable see of one peer.
+#[derive(Default)]
+pub struct PeerStatus {
+    pub pending_changes: AtomicU64,
+    pub pending_bytes: AtomicU64,
+    pub acked: AtomicU64,
+    /// Age of the oldest change the peer does not have yet (0 when caught up).
+    pub lag_ms: AtomicU64,
+    pub repairing: AtomicBool,
+    pub repaired_records: AtomicU64,
+    pub consecutive_failures: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    repair_requested: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The replication side of one store.
+pub struct Replication {
+    region: String,
+    config: ReplicationConfig,
+    engine: Engine,
+    client: HttpClient,
+    pub status: BTreeMap<String, Arc<PeerStatus>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BatchRequest {
+    batch: u64,
+    from_seq: u64,
+    to_seq: u64,
+    /// Encoded changes (see `replication_log`), base64.
+    changes: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct BatchResponse {
+    through: Option<u64>,
+    expected_from: Option<u64>,
+    applied: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RepairRequest {
+    records: Vec<String>,
+    /// Set on the last request of a repair: the source's log head when the repair began.
+    complete_through: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct TableRequest {
+    pub table: TableMeta,
+    /// Delete this region's replica instead of creating or updating it.
+    pub delete: bool,
+}
+
+fn sign(key: &[u8], region: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(region.as_bytes());
+    mac.update(b"\n");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn verify(key: &[u8], region: &str, body: &[u8], signature: &str) -> bool {
+    let Ok(signature) = hex::decode(signature) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(region.as_bytes());
+    mac.update(b"\n");
+    mac.update(body);
+    mac.verify_slice(&signature).is_ok()
+}
+
+fn unauthorized(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::AccessDenied, message)
+}
+
+impl Replication {
+    pub fn new(engine: Engine, config: ReplicationConfig) -> Arc<Replication> {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let status = config
+            .peers
+            .iter()
+            .map(|p| (p.region.clone(), Arc::new(PeerStatus::default())))
+            .collect();
+        Arc::new(Replication {
+            region: engine.region().to_string(),
+            config,
+            engine,
+            client,
+            status,
+        })
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn peer(&self, region: &str) -> Option<&Peer> {
+        self.config.peers.iter().find(|p| p.region == region)
+    }
+
+    pub fn peers(&self) -> &[Peer] {
+        &self.config.peers
+    }
+
+    /// Starts one shipping task per peer and the log trimmer.
+    pub fn start(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks: Vec<_> = self
+            .config
+            .peers
+            .iter()
+            .map(|peer| {
+                let replication = Arc::clone(self);
+                let peer = peer.clone();
+                tokio::spawn(async move { replication.ship_loop(peer).await })
+            })
+            .collect();
+        let replication = Arc::clone(self);
+        tasks.push(tokio::spawn(async move { replication.trim_loop().await }));
+        tasks
+    }
+
+    /// Makes the next shipping round to `region` a full repair (backfill of a new replica).
+    pub fn request_repair(&self, region: &str) {
+        if let Some(status) = self.status.get(region) {
+            status.repair_requested.store(true, Ordering::SeqCst);
+            status.wake.notify_one();
+        }
+    }
+
+    async fn post(&self, peer: &Peer, path: &str, body: Vec<u8>) -> Result<(u16, Bytes), String> {
+        let signature = sign(&self.config.key, &self.region, &body);
+        let request = hyper::Request::post(format!("{}{path}", peer.url.trim_end_matches('/')))
+            .header("content-type", "application/json")
+            .header(REGION_HEADER, &self.region)
+            .header(SIGNATURE_HEADER, signature)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("bad request to {}: {e}", peer.url))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("{}: {e}", peer.url))?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("{}: {e}", peer.url))?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        };
+        tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), exchange)
+            .await
+            .map_err(|_| format!("{}: no answer within {REQUEST_TIMEOUT_MS} ms", peer.url))?
+    }
+
+    /// Tells a peer to create, update or delete its replica of `table`.
+    pub async fn send_table(&self, region: &str, table: &TableMeta, delete: bool) -> Result<(), ApiError> {
+        let peer = self.peer(region).ok_or_else(|| {
+            ApiError::validation(format!(
+                "Region {region} is not a peer of this store; start it with --peer {region}=http://HOST:PORT"
+            ))
+        })?;
+        let body = serde_json::to_vec(&TableRequest {
+            table: table.clone(),
+            delete,
+        })
+        .expect("a table definition serialises");
+        match self.post(peer, "/replication/v1/table", body).await {
+            Ok((200, _)) => Ok(()),
+            Ok((status, body)) => Err(ApiError::validation(format!(
+                "Region {region} refused the replica of {}: HTTP {status}: {}",
+                table.name,
+                String::from_utf8_lossy(&body)
+            ))),
+            Err(error) => Err(ApiError::new(
+                ErrorKind::ServiceUnavailable,
+                format!(
+                    "Cannot reach region {region} to change the replica of {}: {error}; try again when it is up",
+                    table.name
+                ),
+            )),
+        }
+    }
+
+    async fn ship_loop(self: Arc<Self>, peer: Peer) {
+        let status = Arc::clone(&self.status[&peer.region]);
+        let mut head = self.engine.subscribe_log();
+        let first = self
+            .engine
+            .snapshot()
+            .and_then(|s| s.log_first(*head.borrow()))
+            .unwrap_or(1);
+        let acked = self.engine.acked(&peer.region);
+        let config = ShipperConfig {
+            request_timeout_ms: REQUEST_TIMEOUT_MS + 1_000,
+            ..ShipperConfig::default()
+        };
+        let mut shipper = Shipper::new(config, acked, *head.borrow(), first);
+        let mut last_saved = acked;
+        loop {
+            if status.repair_requested.swap(false, Ordering::SeqCst) {
+                shipper.request_repair();
+            }
+            shipper.on_appended(*head.borrow_and_update());
+            let now = self.engine.now_unix_ms();
+            match shipper.poll(now) {
+                Some(Command::Send {
+                    batch,
+                    from_seq,
+                    changes_max,
+                }) => match self.send_batch(&peer, batch, from_seq, changes_max).await {
+                    Ok(Outcome::Acked(through)) => shipper.on_acked(batch, through),
+                    Ok(Outcome::Gap(expected)) => shipper.on_gap(batch, expected),
+                    Ok(Outcome::Trimmed(first)) => shipper.on_trimmed(first),
+                    Err(error) => self.record_failure(&status, &mut shipper, batch, error),
+                },
+                Some(Command::Repair { batch }) => {
+                    status.repairing.store(true, Ordering::SeqCst);
+                    match self.repair(&peer, &status).await {
+                        Ok(through) => {
+                            shipper.on_repaired(batch, through);
+                            tracing::info!(peer = %peer.region, through, "repair finished: the peer holds everything through this change");
+                        }
+                        Err(error) => self.record_failure(&status, &mut shipper, batch, error),
+                    }
+                    status.repairing.store(false, Ordering::SeqCst);
+                }
+                None => {
+                    let wait = shipper
+                        .next_deadline_ms()
+                        .map_or(IDLE_WAKE_MS, |d| d.saturating_sub(now).clamp(1, IDLE_WAKE_MS));
+                    tokio::select! {
+                        changed = head.changed() => if changed.is_err() { return },
+                        () = status.wake.notified() => {},
+                        () = tokio::time::sleep(Duration::from_millis(wait)) => {},
+                    }
+                }
+            }
+            if shipper.acked() != last_saved && self.engine.save_acked(&peer.region, shipper.acked()).await.is_ok() {
+                last_saved = shipper.acked();
+            }
+            self.update_status(&status, &shipper);
+        }
+    }
+
+    fn record_failure(&self, status: &PeerStatus, shipper: &mut Shipper, batch: u64, error: String) {
+        shipper.on_failed(batch, self.engine.now_unix_ms());
+        let failures = u64::from(shipper.consecutive_failures());
+        status.consecutive_failures.store(failures, Ordering::Relaxed);
+        // Log the first failure and then every tenth: a peer that is down is not news each second.
+        if failures == 1 || failures % 10 == 0 {
+            tracing::warn!(failures, %error, "replication to a peer failed; retrying with backoff");
+        }
+        *status.last_error.lock().expect("status lock is never poisoned") = Some(error);
+    }
+
+    fn update_status(&self, status: &PeerStatus, shipper: &Shipper) {
+        status.acked.store(shipper.acked(), Ordering::Relaxed);
+        status.pending_changes.store(shipper.pending(), Ordering::Relaxed);
+        if shipper.consecutive_failures() == 0 {
+            status.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        let (lag, bytes) = match shipper.pending() {
+            0 => (0, 0),
+            _ => self.oldest_pending(shipper.acked() + 1),
+        };
+        status.lag_ms.store(lag, Ordering::Relaxed);
+        status.pending_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Age of the change at `seq` and the bytes of up to one batch of pending changes.
+    fn oldest_pending(&self, seq: u64) -> (u64, u64) {
+        let Ok(snapshot) = self.engine.snapshot() else {
+            return (0, 0);
+        };
+        let Ok(entries) = snapshot.read_log(seq, ShipperConfig::default().batch_changes_max, BATCH_BYTES_MAX) else {
+            return (0, 0);
+        };
+        let bytes = entries.iter().map(|(_, e)| e.len() as u64).sum();
+        let lag = entries
+            .first()
+            .and_then(|(_, entry)| replication_log::decode_change(entry).ok())
+            .and_then(|change| record::decode(&change.record).ok())
+            .map(|r| {
+                self.engine
+                    .now_unix_ms()
+                    .saturating_sub(r.hlc >> replication::hlc::LOGICAL_BITS)
+            })
+            .unwrap_or(0);
+        (lag, bytes)
+    }
+
+    async fn send_batch(&self, peer: &Peer, batch: u64, from_seq: u64, changes_max: usize) -> Result<Outcome, String> {
+        let snapshot = self.engine.snapshot().map_err(|e| e.message)?;
+        let entries = snapshot
+            .read_log(from_seq, changes_max, BATCH_BYTES_MAX)
+            .map_err(|e| e.message)?;
+        match entries.first() {
+            None => return Ok(Outcome::Acked(from_seq.saturating_sub(1))),
+            Some((first, _)) if *first != from_seq => return Ok(Outcome::Trimmed(*first)),
+            Some(_) => {}
+        }
+        let to_seq = entries.last().map_or(from_seq, |(seq, _)| *seq);
+        let request = BatchRequest {
+            batch,
+            from_seq,
+            to_seq,
+            changes: entries.iter().map(|(_, e)| BASE64.encode(e)).collect(),
+        };
+        let body = serde_json::to_vec(&request).expect("a batch serialises");
+        let (status, body) = self.post(peer, "/replication/v1/batch", body).await?;
+        if status != 200 {
+            return Err(format!(
+                "{} answered HTTP {status}: {}",
+                peer.url,
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        let response: BatchResponse =
+            serde_json::from_slice(&body).map_err(|e| format!("{}: bad answer: {e}", peer.url))?;
+        match (response.through, response.expected_from) {
+            (Some(through), _) => Ok(Outcome::Acked(through)),
+            (None, Some(expected)) => Ok(Outcome::Gap(expected)),
+            (None, None) => Err(format!("{}: answer has neither through nor expected_from", peer.url)),
+        }
+    }
+
+    /// Full state transfer of every global table shared with `peer` (anti-entropy and backfill).
+    /// Returns the log head as of the start: the peer then holds everything through it.
+    async fn repair(&self, peer: &Peer, status: &PeerStatus) -> Result<u64, String> {
+        let head = self.engine.log_head();
+        status.repaired_records.store(0, Ordering::Relaxed);
+        let tables: Vec<Arc<TableMeta>> = self
+            .engine
+            .tables()
+            .into_iter()
+            .filter(|t| t.replicas.iter().any(|r| r == &peer.region))
+            .collect();
+        for table in tables {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let snapshot = self.engine.snapshot().map_err(|e| e.message)?;
+                let records = snapshot
+                    .records(&table, after.as_deref(), REPAIR_RECORDS_PER_REQUEST_MAX)
+                    .map_err(|e| e.message)?;
+                let Some((last, _)) = records.last() else { break };
+                after = Some(last.clone());
+                let encoded = records
+                    .iter()
+                    .map(|(key, record)| BASE64.encode(replication_log::encode_change(&table.name, key, record)))
+                    .collect();
+                self.send_repair(
+                    peer,
+                    RepairRequest {
+                        records: encoded,
+                        complete_through: None,
+                    },
+                )
+                .await?;
+                status
+                    .repaired_records
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+        }
+        self.send_repair(
+            peer,
+            RepairRequest {
+                records: Vec::new(),
+                complete_through: Some(head),
+            },
+        )
+        .await?;
+        Ok(head)
+    }
+
+    async fn send_repair(&self, peer: &Peer, request: RepairRequest) -> Result<(), String> {
+        let body = serde_json::to_vec(&request).expect("a repair request serialises");
+        match self.post(peer, "/replication/v1/repair", body).await? {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!(
+                "{} answered HTTP {status}: {}",
+                peer.url,
+                String::from_utf8_lossy(&body)
+            )),
+        }
+    }
+
+    async fn trim_loop(self: Arc<Self>) {
+        let mut alarmed = false;
+        loop {
+            tokio::time::sleep(Duration::from_millis(TRIM_INTERVAL_MS)).await;
+            let head = self.engine.log_head();
+            let slowest = self
+                .status
+                .values()
+                .map(|s| s.acked.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(head);
+            let backlog = head.saturating_sub(slowest);
+            let alarm = backlog * 100 >= LOG_BACKLOG_CHANGES_MAX * LOG_BACKLOG_ALARM_PERCENT;
+            if alarm && !alarmed {
+                tracing::error!(
+                    backlog,
+                    limit = LOG_BACKLOG_CHANGES_MAX,
+                    "replication backlog near its bound: a peer is far behind; past the bound it will be repaired by anti-entropy"
+                );
+            }
+            alarmed = alarm;
+            let through = slowest.max(head.saturating_sub(LOG_BACKLOG_CHANGES_MAX));
+            if through > 0
+                && let Err(error) = self.engine.trim_log(through).await
+            {
+                tracing::warn!(%error, "trimming the replication log failed; retrying later");
+            }
+        }
+    }
+
+    fn authenticate(&self, headers: &axum::http::HeaderMap, body: &[u8]) -> Result<String, ApiError> {
+        let region = headers
+            .get(REGION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let signature = headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if self.peer(&region).is_none() {
+            tracing::warn!(%region, "replication request from a region that is not a peer refused");
+            return Err(unauthorized(format!(
+                "region '{region}' is not a peer of {}",
+                self.region
+            )));
+        }
+        if !verify(&self.config.key, &region, body, signature) {
+            tracing::warn!(%region, "replication request with a bad signature refused: check that both stores use the same replication key");
+            return Err(unauthorized(
+                "bad replication signature: the stores' replication keys differ",
+            ));
+        }
+        Ok(region)
+    }
+
+    /// `POST /replication/v1/batch`: applies a batch of changes from a peer.
+    pub async fn receive_batch(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ApiError> {
+        let source = self.authenticate(headers, body)?;
+        let request: BatchRequest = serde_json::from_slice(body).map_err(|e| {
+            tracing::warn!(%source, error = %e, "corrupt replication batch refused; nothing applied");
+            ApiError::serialization(format!("corrupt replication batch: {e}"))
+        })?;
+        let changes = decode_changes(&source, &request.changes)?;
+        if request.to_seq < request.from_seq || (request.to_seq - request.from_seq + 1) as usize != changes.len() {
+            tracing::warn!(%source, "replication batch whose sequence range does not match its changes refused; nothing applied");
+            return Err(ApiError::validation(
+                "replication batch sequence range does not match its changes",
+            ));
+        }
+        let (from_seq, to_seq) = (request.from_seq, request.to_seq);
+        let job_source = source.clone();
+        let response = self
+            .engine
+            .write(move |context| {
+                let applied = context.applied_from(&job_source)?;
+                match accept(applied, from_seq, to_seq) {
+                    Acceptance::Duplicate => Ok(BatchResponse {
+                        through: Some(applied),
+                        ..BatchResponse::default()
+                    }),
+                    Acceptance::Gap { expected_from } => Ok(BatchResponse {
+                        expected_from: Some(expected_from),
+                        ..BatchResponse::default()
+                    }),
+                    Acceptance::Apply { skip_through } => {
+                        let mut count = 0;
+                        for (offset, change) in changes.iter().enumerate() {
+                            if from_seq + offset as u64 <= skip_through {
+                                continue;
+                            }
+                            count += u64::from(apply_change(context, change)?);
+                        }
+                        context.set_applied_from(&job_source, to_seq)?;
+                        Ok(BatchResponse {
+                            through: Some(to_seq),
+                            applied: count,
+                            ..BatchResponse::default()
+                        })
+                    }
+                }
+            })
+            .await?;
+        if response.through.is_some() && response.applied == 0 && to_seq <= response.through.unwrap_or(0) {
+            tracing::debug!(%source, from_seq, to_seq, "replayed or repeated replication batch: nothing applied");
+        }
+        Ok(serde_json::to_value(response).expect("a batch response serialises"))
+    }
+
+    /// `POST /replication/v1/repair`: applies records of an anti-entropy transfer.
+    pub async fn receive_repair(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ApiError> {
+        let source = self.authenticate(headers, body)?;
+        let request: RepairRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::serialization(format!("corrupt repair request: {e}")))?;
+        let changes = decode_changes(&source, &request.records)?;
+        let complete = request.complete_through;
+        let applied = self
+            .engine
+            .write(move |context| {
+                let mut count = 0u64;
+                for change in &changes {
+                    count += u64::from(apply_change(context, change)?);
+                }
+                if let Some(through) = complete {
+                    let applied = context.applied_from(&source)?;
+                    context.set_applied_from(&source, applied.max(through))?;
+                }
+                Ok(count)
+            })
+            .await?;
+        Ok(serde_json::json!({"applied": applied}))
+    }
+
+    /// `POST /replication/v1/table`: creates, updates or deletes this region's replica.
+    pub async fn receive_table(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ApiError> {
+        let source = self.authenticate(headers, body)?;
+        let request: TableRequest =
+            serde_json::from_slice(body).map_err(|e| ApiError::serialization(format!("corrupt table request: {e}")))?;
+        let TableRequest { table, delete } = request;
+        let name = table.name.clone();
+        self.engine
+            .write_exclusive(move |context| {
+                let existing = context.table_named(&table.name);
+                match (existing, delete) {
+                    (Some(existing), true) => context.drop_table(&existing),
+                    (None, true) => Ok(()),
+                    (Some(existing), false) => {
+                        if existing.key != table.key {
+                            return Err(ApiError::new(
+                                ErrorKind::ResourceInUse,
+                                format!(
+                                    "Table {} exists here with a different key schema; delete it first",
+                                    table.name
+                                ),
+                            ));
+                        }
+                        let mut next = (*existing).clone();
+                        next.replicas = table.replicas.clone();
+                        context.put_table(next)
+                    }
+                    (None, false) => {
+                        let id = context.next_table_id()?;
+                        let mut created = table.clone();
+                        created.id = id;
+                        created.ttl = None;
+                        context.put_table(created)
+                    }
+                }
+            })
+            .await?;
+        tracing::info!(%source, table = %name, delete, "replica definition changed by a peer");
+        Ok(serde_json::json!({}))
+    }
+
+    /// DescribeTable's `Replicas` for a global table.
+    pub fn describe_replicas(&self, table: &TableMeta) -> serde_json::Value {
+        let replicas: Vec<serde_json::Value> = table
+            .replicas
+            .iter()
+            .map(|region| {
+                let mut replica = serde_json::json!({"RegionName": region, "ReplicaStatus": "ACTIVE"});
+                if let Some(status) = self.status.get(region) {
+                    let repairing = status.repairing.load(Ordering::Relaxed);
+                    if repairing {
+                        replica["ReplicaStatus"] = serde_json::json!("CREATING");
+                        replica["ReplicaStatusPercentProgress"] = serde_json::json!("0");
+                    }
+                    replica["ReplicaStatusDescription"] = serde_json::json!(format!(
+                        "replication from {} to {region}: lag {} ms, {} changes pending{}",
+                        self.region,
+                        status.lag_ms.load(Ordering::Relaxed),
+                        status.pending_changes.load(Ordering::Relaxed),
+                        if repairing {
+                            format!(
+                                ", backfill copied {} records",
+                                status.repaired_records.load(Ordering::Relaxed)
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+                replica
+            })
+            .collect();
+        serde_json::Value::Array(replicas)
+    }
+}
+
+enum Outcome {
+    Acked(u64),
+    Gap(u64),
+    Trimmed(u64),
+}
+
+/// Decodes and checks every change of a batch before anything is applied.
+fn decode_changes(source: &str, encoded: &[String]) -> Result<Vec<Change>, ApiError> {
+    encoded
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let bytes = BASE64
+                .decode(text)
+                .map_err(|e| format!("change {index} is not base64: {e}"))?;
+            let change = replication_log::decode_change(&bytes).map_err(|e| format!("change {index}: {e}"))?;
+            record::decode(&change.record).map_err(|e| format!("change {index} for table {}: {e}", change.table))?;
+            Ok(change)
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|message| {
+            tracing::warn!(%source, %message, "corrupt replication batch refused; nothing applied");
+            ApiError::validation(format!("corrupt replication batch: {message}"))
+        })
+}
+
+fn apply_change(context: &mut crate::engine::WriteContext<'_>, change: &Change) -> Result<bool, ApiError> {
+    match context.table_named(&change.table) {
+        Some(table) => context.apply_replicated(&table, &change.key, &change.record),
+        None => {
+            tracing::warn!(table = %change.table, "replicated change for a table that does not exist here skipped");
+            Ok(false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_bind_region_and_body() {
+        let signature = sign(b"key", "us-east-1", b"body");
+        assert!(verify(b"key", "us-east-1", b"body", &signature));
+        assert!(!verify(b"other", "us-east-1", b"body", &signature));
+        assert!(!verify(b"key", "eu-west-1", b"body", &signature));
+        assert!(!verify(b"key", "us-east-1", b"bodY", &signature));
+        assert!(!verify(b"key", "us-east-1", b"body", "not hex"));
+    }
+}
