@@ -535,3 +535,5 @@ mod decoder_fuzz {
         }
     }
 }
+
+mod global;

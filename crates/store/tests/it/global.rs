@@ -1,0 +1,159 @@
+//! Three in-process stores on loopback replicating a global table over real HTTP.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use store::global::{Peer, ReplicationConfig};
+use store::server::{ServerConfig, run};
+use store::{Engine, SystemClock};
+use tokio::net::TcpListener;
+
+const REGIONS: [&str; 3] = ["ap-south-1", "eu-west-1", "us-east-1"];
+const KEY: &[u8] = b"a-test-replication-key-of-32-bytes";
+/// Generous bound for convergence on a loaded 2-core machine.
+const CONVERGENCE_DEADLINE: Duration = Duration::from_secs(30);
+
+struct Region {
+    name: &'static str,
+    url: String,
+    dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+async fn call(url: &str, operation: &str, body: Value) -> (u16, Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = hyper::Request::post(format!("{url}/"))
+        .header("x-amz-target", format!("DynamoDB_20120810.{operation}"))
+        .header("content-type", "application/x-amz-json-1.0")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .expect("valid request");
+    let response = client.request(request).await.expect("store answers");
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
+    (status, serde_json::from_slice(&body).expect("JSON answer"))
+}
+
+async fn ok(url: &str, operation: &str, body: Value) -> Value {
+    let (status, value) = call(url, operation, body).await;
+    assert_eq!(status, 200, "{operation} failed: {value}");
+    value
+}
+
+/// Binds every region's listener first so each knows its peers' addresses.
+async fn start_all(regions: &mut [Region], listeners: Vec<TcpListener>) {
+    let urls: Vec<(String, String)> = regions.iter().map(|r| (r.name.to_string(), r.url.clone())).collect();
+    for (region, listener) in regions.iter_mut().zip(listeners) {
+        start(region, listener, &urls);
+    }
+}
+
+fn start(region: &mut Region, listener: TcpListener, urls: &[(String, String)]) {
+    let engine = Engine::open(region.dir.path(), region.name, Arc::new(SystemClock)).expect("open engine");
+    let peers = urls
+        .iter()
+        .filter(|(name, _)| name != region.name)
+        .map(|(name, url)| Peer { region: name.clone(), url: url.clone() })
+        .collect();
+    let config = ServerConfig { credentials: None, replication: Some(ReplicationConfig { peers, key: KEY.to_vec() }) };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    region.stop = Some(stop);
+    region.task = Some(tokio::spawn(async move {
+        run(listener, engine, config, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("server runs");
+    }));
+}
+
+async fn stop(region: &mut Region) {
+    if let Some(stop) = region.stop.take() {
+        let _ = stop.send(());
+    }
+    if let Some(task) = region.task.take() {
+        task.await.expect("server task ends cleanly");
+    }
+}
+
+async fn scan_all(url: &str) -> Vec<Value> {
+    let mut items = ok(url, "Scan", json!({"TableName": "carts"})).await["Items"].as_array().cloned().unwrap_or_default();
+    items.sort_by_key(|i| i["id"]["S"].as_str().unwrap_or_default().to_string());
+    items
+}
+
+async fn wait_converged(regions: &[Region], expected: usize) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let mut contents = Vec::new();
+        for region in regions {
+            contents.push(scan_all(&region.url).await);
+        }
+        if contents.iter().all(|c| *c == contents[0]) && contents[0].len() == expected {
+            return contents.remove(0);
+        }
+        assert!(
+            started.elapsed() < CONVERGENCE_DEADLINE,
+            "no convergence after {CONVERGENCE_DEADLINE:?}: sizes {:?}",
+            contents.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_regions_replicate_a_global_table_and_survive_a_restart() {
+    let mut listeners = Vec::new();
+    let mut regions = Vec::new();
+    for name in REGIONS {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        listeners.push(listener);
+        regions.push(Region { name, url, dir: tempfile::tempdir().expect("temp dir"), stop: None, task: None });
+    }
+    start_all(&mut regions, listeners).await;
+    let first = regions[2].url.clone();
+    ok(&first, "CreateTable", json!({
+        "TableName": "carts",
+        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST"
+    }))
+    .await;
+    // Data written before the table becomes global must be backfilled to the new replicas.
+    for i in 0..20 {
+        ok(&first, "PutItem", json!({"TableName": "carts", "Item": {"id": {"S": format!("before-{i:02}")}, "v": {"S": "x"}}})).await;
+    }
+    let updated = ok(&first, "UpdateTable", json!({
+        "TableName": "carts",
+        "ReplicaUpdates": [{"Create": {"RegionName": "eu-west-1"}}, {"Create": {"RegionName": "ap-south-1"}}]
+    }))
+    .await;
+    assert_eq!(updated["TableDescription"]["Replicas"].as_array().map(Vec::len), Some(3));
+    for (index, region) in regions.iter().enumerate() {
+        for i in 0..10 {
+            let item = json!({"id": {"S": format!("{}-{i:02}", region.name)}, "n": {"S": index.to_string()}});
+            ok(&region.url, "PutItem", json!({"TableName": "carts", "Item": item})).await;
+        }
+    }
+    ok(&regions[0].url, "DeleteItem", json!({"TableName": "carts", "Key": {"id": {"S": "before-00"}}})).await;
+    let converged = wait_converged(&regions, 20 + 30 - 1).await;
+    assert!(converged.iter().all(|i| i["id"]["S"] != "before-00"), "the delete replicated");
+
+    // Lose a region, keep writing elsewhere, bring it back: it catches up from the log.
+    stop(&mut regions[1]).await;
+    for i in 0..15 {
+        ok(&regions[0].url, "PutItem", json!({"TableName": "carts", "Item": {"id": {"S": format!("during-{i:02}")}}})).await;
+    }
+    let listener = TcpListener::bind(regions[1].url.trim_start_matches("http://")).await.expect("rebind the same port");
+    let urls: Vec<(String, String)> = regions.iter().map(|r| (r.name.to_string(), r.url.clone())).collect();
+    start(&mut regions[1], listener, &urls);
+    wait_converged(&regions, 20 + 30 - 1 + 15).await;
+    let described = ok(&regions[1].url, "DescribeTable", json!({"TableName": "carts"})).await;
+    assert_eq!(described["Table"]["GlobalTableVersion"], "2019.11.21");
+    for region in &mut regions {
+        stop(region).await;
+    }
+}
