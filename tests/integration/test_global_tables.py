@@ -1,0 +1,165 @@
+"""Global tables with real processes: three `switchyard store` processes on loopback, a table
+made global through boto3's UpdateTable(ReplicaUpdates=...), writes in every region, one region
+killed with SIGKILL and restarted, and every replica converging to the same contents with every
+acknowledged write present."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+REGIONS = ["us-east-1", "eu-west-1", "ap-south-1"]
+KEY = "integration-test-replication-key-0123456789"
+START_DEADLINE_S = 20
+CONVERGENCE_DEADLINE_S = 60
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Region:
+    def __init__(self, name, port, data_dir, peers):
+        self.name, self.port, self.data_dir, self.peers = name, port, data_dir, peers
+        self.process = None
+        self.log = data_dir / "store.log"
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        ready = self.data_dir / "ready"
+        if ready.exists():
+            ready.unlink()
+        command = [str(BINARY), "store", "--region", self.name, "--listen", f"127.0.0.1:{self.port}",
+                   "--data-dir", str(self.data_dir), "--ready-file", str(ready)]
+        for peer in self.peers:
+            command += ["--peer", f"{peer.name}={peer.url}"]
+        env = dict(os.environ, SWITCHYARD_REPLICATION_KEY=KEY)
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        deadline = time.monotonic() + START_DEADLINE_S
+        while not ready.exists():
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+            assert time.monotonic() < deadline, f"{self.name} not ready in {START_DEADLINE_S}s"
+            time.sleep(0.05)
+
+    def kill(self):
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            assert self.process.wait(timeout=20) == 0, self.log.read_text()[-2000:]
+
+    def client(self):
+        return boto3.client(
+            "dynamodb", region_name=self.name, endpoint_url=self.url,
+            aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+            config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+        )
+
+
+@pytest.fixture
+def regions(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    regions = [Region(name, free_port(), tmp_path / name, []) for name in REGIONS]
+    for region in regions:
+        region.data_dir.mkdir()
+        region.peers = [r for r in regions if r is not region]
+    for region in regions:
+        region.start()
+    yield regions
+    for region in regions:
+        region.stop()
+
+
+def contents(region):
+    client = region.client()
+    items, start = [], None
+    while True:
+        kwargs = {"TableName": "orders", "ConsistentRead": True}
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        page = client.scan(**kwargs)
+        items += page["Items"]
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return sorted(items, key=lambda i: i["id"]["S"])
+
+
+def wait_converged(regions):
+    deadline = time.monotonic() + CONVERGENCE_DEADLINE_S
+    while True:
+        snapshots = [contents(r) for r in regions]
+        if all(s == snapshots[0] for s in snapshots):
+            return snapshots[0]
+        assert time.monotonic() < deadline, f"no convergence: sizes {[len(s) for s in snapshots]}"
+        time.sleep(0.2)
+
+
+def test_global_table_survives_a_region_loss(regions):
+    us, eu, ap = regions
+    client = us.client()
+    client.create_table(
+        TableName="orders", BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+    )
+    client.put_item(TableName="orders", Item={"id": {"S": "seed"}, "total": {"N": "1.50"}})
+    described = client.update_table(
+        TableName="orders",
+        ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}}, {"Create": {"RegionName": "ap-south-1"}}],
+    )["TableDescription"]
+    assert sorted(r["RegionName"] for r in described["Replicas"]) == sorted(REGIONS)
+    assert described["GlobalTableVersion"] == "2019.11.21"
+
+    acknowledged = {"seed": "1.5"}
+    for region in regions:
+        c = region.client()
+        for i in range(20):
+            key = f"{region.name}-{i:03d}"
+            c.put_item(TableName="orders", Item={"id": {"S": key}, "total": {"N": str(i)}})
+            acknowledged[key] = str(i)
+    # Concurrent writes to one key in two regions: last writer wins, the same everywhere.
+    us.client().put_item(TableName="orders", Item={"id": {"S": "contended"}, "total": {"N": "1"}})
+    eu.client().put_item(TableName="orders", Item={"id": {"S": "contended"}, "total": {"N": "2"}})
+
+    converged = wait_converged(regions)
+    present = {i["id"]["S"]: i["total"]["N"] for i in converged}
+    for key, value in acknowledged.items():
+        assert present.get(key) == value, f"acknowledged write {key} missing or changed"
+
+    # Lose a region while the others keep taking writes, then bring it back.
+    eu.kill()
+    for i in range(20):
+        key = f"during-outage-{i:03d}"
+        ap.client().put_item(TableName="orders", Item={"id": {"S": key}, "total": {"N": str(i)}})
+        acknowledged[key] = str(i)
+    ap.client().delete_item(TableName="orders", Key={"id": {"S": "seed"}})
+    del acknowledged["seed"]
+    eu.start()
+    converged = wait_converged(regions)
+    present = {i["id"]["S"]: i["total"]["N"] for i in converged}
+    assert "seed" not in present, "the delete made during the outage replicated"
+    for key, value in acknowledged.items():
+        assert present.get(key) == value, f"acknowledged write {key} missing after the region came back"
+
+    health = __import__("json").loads(__import__("urllib.request").request.urlopen(f"{us.url}/health").read())
+    assert set(health["replication"]["peers"]) == {"eu-west-1", "ap-south-1"}
