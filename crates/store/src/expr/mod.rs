@@ -1,1 +1,46 @@
-//! Expressions (condition, update, projection, key condition) — being implemented.
+//! DynamoDB's expression language: condition, filter, key-condition, projection and update
+//! expressions, plus the legacy parameters (`Expected`, `QueryFilter`, `AttributeUpdates`, ...)
+//! translated into the same forms.
+//!
+//! Pure code over items: it parses text against a request's `ExpressionAttributeNames` and
+//! `ExpressionAttributeValues` ([`Context`]) and evaluates or applies the result to an
+//! [`Item`](dynamo_protocol::Item). It must not depend on storage, I/O or the server.
+//!
+//! Parsing happens in two steps so errors come out the way DynamoDB reports them: the parser
+//! ([`parser`]) checks only syntax and builds raw trees that still hold placeholder text; the
+//! resolver ([`resolve`]) then substitutes names and values and checks everything else (reserved
+//! words, functions, operand types, overlapping paths), reporting the highest-ranked problem.
+//! Hostile input cannot exhaust the stack: expressions are at most 4 KB, conditions are parsed
+//! with an explicit operator stack, and every nested construct counts toward the limit of 300
+//! operators and functions, which bounds every recursion over the trees.
+
+mod ast;
+mod eval;
+mod keycond;
+pub mod legacy;
+mod lexer;
+mod parser;
+mod projection;
+pub mod reserved;
+mod resolve;
+mod update;
+
+#[cfg(test)]
+mod tests;
+
+pub use ast::{
+    Condition, Context, EXPRESSION_SIZE_MAX_BYTES, ExpressionKind, IN_OPERANDS_MAX, OPERATORS_MAX, PATH_ELEMENTS_MAX,
+    Path, PathElement,
+};
+pub use keycond::{KeyCondition, KeyOperator, parse_key_condition};
+pub use projection::{parse_projection, project};
+pub use update::{UpdateExpression, parse_update};
+
+use dynamo_protocol::ApiError;
+
+/// Parses a condition (ConditionExpression, FilterExpression) against the request's names and
+/// values; `kind` names the parameter in error messages.
+pub fn parse_condition(text: &str, context: &Context, kind: ExpressionKind) -> Result<Condition, ApiError> {
+    let raw = parser::parse_condition(text, kind)?;
+    resolve::condition(&raw, context, kind).map(|root| Condition { root })
+}

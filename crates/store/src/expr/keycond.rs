@@ -1,0 +1,149 @@
+//! Key condition expressions: one condition on the partition key and optionally one on the sort
+//! key, joined by AND. Parsed with the condition grammar, then narrowed to what a query can use.
+
+use dynamo_protocol::{ApiError, AttributeValue};
+
+use super::ast::{Comparator, Context, ExpressionKind, Node, Operand, Path, PathElement};
+use super::{parser, resolve};
+
+/// How a query constrains one key attribute.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KeyOperator {
+    Eq(AttributeValue),
+    Lt(AttributeValue),
+    Le(AttributeValue),
+    Gt(AttributeValue),
+    Ge(AttributeValue),
+    Between(AttributeValue, AttributeValue),
+    BeginsWith(AttributeValue),
+}
+
+/// One or two conditions, each on a distinct top-level attribute; the caller matches the
+/// attribute names against the table's or index's key schema.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyCondition {
+    pub conditions: Vec<(String, KeyOperator)>,
+}
+
+/// Parses a KeyConditionExpression against the request's names and values.
+pub fn parse_key_condition(text: &str, context: &Context) -> Result<KeyCondition, ApiError> {
+    let raw = parser::parse_condition(text, ExpressionKind::KeyCondition)?;
+    let root = resolve::condition(&raw, context, ExpressionKind::KeyCondition)?;
+    let mut conditions = Vec::new();
+    collect(&root, &mut conditions)?;
+    Ok(KeyCondition { conditions })
+}
+
+fn unsupported(operator: &str) -> ApiError {
+    ApiError::validation(format!("Invalid operator used in KeyConditionExpression: {operator}"))
+}
+
+/// Collects the conjuncts of `node`, refusing anything a query cannot evaluate on keys.
+fn collect(node: &Node, conditions: &mut Vec<(String, KeyOperator)>) -> Result<(), ApiError> {
+    let (name, operator) = match node {
+        Node::And(children) => {
+            return children.iter().try_for_each(|child| collect(child, conditions));
+        }
+        Node::Or(_) => return Err(unsupported("OR")),
+        Node::Not(_) => return Err(unsupported("NOT")),
+        Node::In(..) => return Err(unsupported("IN")),
+        Node::Exists(_) => return Err(unsupported("attribute_exists")),
+        Node::NotExists(_) => return Err(unsupported("attribute_not_exists")),
+        Node::Type(..) => return Err(unsupported("attribute_type")),
+        Node::Contains(..) => return Err(unsupported("contains")),
+        Node::Compare(Comparator::NotEqual, ..) => return Err(unsupported("<>")),
+        Node::Compare(comparator, left, right) => comparison(*comparator, left, right)?,
+        Node::Between(key, low, high) => {
+            let name = key_name(key, "BETWEEN")?;
+            match (low, high) {
+                (Operand::Value(low), Operand::Value(high)) => (name, KeyOperator::Between(low.clone(), high.clone())),
+                _ => return Err(operands_error(low, high)),
+            }
+        }
+        Node::BeginsWith(key, prefix) => {
+            let name = key_name(key, "begins_with")?;
+            match prefix {
+                Operand::Value(prefix) => (name, KeyOperator::BeginsWith(prefix.clone())),
+                other => return Err(operands_error(other, other)),
+            }
+        }
+    };
+    if conditions.iter().any(|(existing, _)| *existing == name) {
+        return Err(ApiError::validation(
+            "KeyConditionExpressions must only contain one condition per key",
+        ));
+    }
+    if conditions.len() == 2 {
+        return Err(ApiError::validation(
+            "KeyConditionExpressions must only contain one condition per key",
+        ));
+    }
+    conditions.push((name, operator));
+    Ok(())
+}
+
+fn operands_error(first: &Operand, second: &Operand) -> ApiError {
+    if matches!(first, Operand::Size(_)) || matches!(second, Operand::Size(_)) {
+        ApiError::validation("KeyConditionExpressions cannot contain nested operations")
+    } else {
+        ApiError::validation(
+            "Invalid condition in KeyConditionExpression: Multiple attribute names used in one condition",
+        )
+    }
+}
+
+/// The key attribute an operator applies to, which must come first.
+fn key_name(operand: &Operand, operator: &str) -> Result<String, ApiError> {
+    match operand {
+        Operand::Path(path) => top_level(path),
+        Operand::Size(_) => Err(ApiError::validation(
+            "KeyConditionExpressions cannot contain nested operations",
+        )),
+        Operand::Value(_) => Err(ApiError::validation(format!(
+            "Invalid condition in KeyConditionExpression: {operator} operator must have the key attribute as its first operand"
+        ))),
+    }
+}
+
+fn top_level(path: &Path) -> Result<String, ApiError> {
+    match path.0.as_slice() {
+        [PathElement::Attribute(name)] => Ok(name.clone()),
+        _ => Err(ApiError::validation(
+            "KeyConditionExpressions cannot have conditions on nested attributes",
+        )),
+    }
+}
+
+/// `key <op> :value` or `:value <op> key` (the operator is mirrored).
+fn comparison(comparator: Comparator, left: &Operand, right: &Operand) -> Result<(String, KeyOperator), ApiError> {
+    let (path, value, mirrored) = match (left, right) {
+        (Operand::Size(_), _) | (_, Operand::Size(_)) => {
+            return Err(ApiError::validation(
+                "KeyConditionExpressions cannot contain nested operations",
+            ));
+        }
+        (Operand::Path(path), Operand::Value(value)) => (path, value, false),
+        (Operand::Value(value), Operand::Path(path)) => (path, value, true),
+        (Operand::Path(_), Operand::Path(_)) => {
+            return Err(ApiError::validation(
+                "Invalid condition in KeyConditionExpression: Multiple attribute names used in one condition",
+            ));
+        }
+        (Operand::Value(_), Operand::Value(_)) => {
+            return Err(ApiError::validation(
+                "Invalid condition in KeyConditionExpression: No key attribute specified",
+            ));
+        }
+    };
+    let name = top_level(path)?;
+    let value = value.clone();
+    let operator = match (comparator, mirrored) {
+        (Comparator::Equal, _) => KeyOperator::Eq(value),
+        (Comparator::Less, false) | (Comparator::Greater, true) => KeyOperator::Lt(value),
+        (Comparator::LessOrEqual, false) | (Comparator::GreaterOrEqual, true) => KeyOperator::Le(value),
+        (Comparator::Greater, false) | (Comparator::Less, true) => KeyOperator::Gt(value),
+        (Comparator::GreaterOrEqual, false) | (Comparator::LessOrEqual, true) => KeyOperator::Ge(value),
+        (Comparator::NotEqual, _) => return Err(unsupported("<>")),
+    };
+    Ok((name, operator))
+}

@@ -1,0 +1,394 @@
+//! The legacy request parameters that predate expressions — `Expected`, `QueryFilter`,
+//! `ScanFilter`, `KeyConditions`, `AttributeUpdates`, `AttributesToGet` — translated into the
+//! same conditions, updates and projections that expressions produce, with DynamoDB's
+//! validation messages. Old SDKs still send these, so the semantics follow DynamoDB's quirks
+//! (NE holds for a missing attribute, NOT_CONTAINS does not).
+
+use std::collections::HashMap;
+
+use dynamo_protocol::value::ValueType;
+use dynamo_protocol::{ApiError, AttributeValue};
+use serde::Deserialize;
+
+use super::ast::{Comparator, Condition, Node, Operand, Path};
+use super::eval::compare;
+use super::keycond::{KeyCondition, KeyOperator};
+use super::update::{Action, SetValue, UpdateExpression};
+
+/// One entry of `Expected`: either `Value`/`Exists` or `ComparisonOperator` with its values.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExpectedAttributeValue {
+    pub value: Option<AttributeValue>,
+    pub exists: Option<bool>,
+    pub comparison_operator: Option<String>,
+    pub attribute_value_list: Option<Vec<AttributeValue>>,
+}
+
+/// One entry of `QueryFilter`, `ScanFilter` or `KeyConditions`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LegacyCondition {
+    pub comparison_operator: Option<String>,
+    pub attribute_value_list: Option<Vec<AttributeValue>>,
+}
+
+/// One entry of `AttributeUpdates`; `Action` defaults to PUT.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AttributeValueUpdate {
+    pub value: Option<AttributeValue>,
+    pub action: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Operator {
+    Eq,
+    Ne,
+    Le,
+    Lt,
+    Ge,
+    Gt,
+    NotNull,
+    Null,
+    Contains,
+    NotContains,
+    BeginsWith,
+    In,
+    Between,
+}
+
+const OPERATOR_NAMES: &str =
+    "[IN, NULL, BETWEEN, LT, NOT_CONTAINS, EQ, GT, NOT_NULL, NE, LE, BEGINS_WITH, GE, CONTAINS]";
+
+impl Operator {
+    const ALL: [Operator; 13] = [
+        Operator::Eq,
+        Operator::Ne,
+        Operator::Le,
+        Operator::Lt,
+        Operator::Ge,
+        Operator::Gt,
+        Operator::NotNull,
+        Operator::Null,
+        Operator::Contains,
+        Operator::NotContains,
+        Operator::BeginsWith,
+        Operator::In,
+        Operator::Between,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Operator::Eq => "EQ",
+            Operator::Ne => "NE",
+            Operator::Le => "LE",
+            Operator::Lt => "LT",
+            Operator::Ge => "GE",
+            Operator::Gt => "GT",
+            Operator::NotNull => "NOT_NULL",
+            Operator::Null => "NULL",
+            Operator::Contains => "CONTAINS",
+            Operator::NotContains => "NOT_CONTAINS",
+            Operator::BeginsWith => "BEGINS_WITH",
+            Operator::In => "IN",
+            Operator::Between => "BETWEEN",
+        }
+    }
+
+    /// Parses the wire name; `location` says where it came from for the error message.
+    fn parse(text: Option<&str>, location: &str) -> Result<Operator, ApiError> {
+        let Some(text) = text else {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value null at '{location}.member.comparisonOperator' failed to satisfy constraint: Member must not be null"
+            )));
+        };
+        Operator::ALL.into_iter().find(|operator| operator.name() == text).ok_or_else(|| {
+            ApiError::validation(format!(
+                "1 validation error detected: Value '{text}' at '{location}.member.comparisonOperator' failed to satisfy constraint: Member must satisfy enum value set: {OPERATOR_NAMES}"
+            ))
+        })
+    }
+
+    fn takes_arguments(self, count: usize) -> bool {
+        match self {
+            Operator::Null | Operator::NotNull => count == 0,
+            Operator::In => count >= 1,
+            Operator::Between => count == 2,
+            _ => count == 1,
+        }
+    }
+
+    fn accepts(self, value_type: ValueType) -> bool {
+        let scalar = matches!(value_type, ValueType::S | ValueType::N | ValueType::B);
+        match self {
+            Operator::Eq | Operator::Ne => true,
+            Operator::BeginsWith => matches!(value_type, ValueType::S | ValueType::B),
+            _ => scalar,
+        }
+    }
+}
+
+fn invalid_parameter(message: impl std::fmt::Display) -> ApiError {
+    ApiError::validation(format!("One or more parameter values were invalid: {message}"))
+}
+
+/// Checks an operator's values as DynamoDB does: count, one type, a type the operator takes,
+/// and ordered BETWEEN bounds.
+fn validate(operator: Operator, values: &[AttributeValue]) -> Result<(), ApiError> {
+    if !operator.takes_arguments(values.len()) {
+        return Err(invalid_parameter(format!(
+            "Invalid number of argument(s) for the {} ComparisonOperator",
+            operator.name()
+        )));
+    }
+    if let Some(first) = values.first()
+        && values.iter().any(|value| value.value_type() != first.value_type())
+    {
+        return Err(invalid_parameter(
+            "AttributeValues inside AttributeValueList must be of same type",
+        ));
+    }
+    if let Some(value) = values.iter().find(|value| !operator.accepts(value.value_type())) {
+        return Err(invalid_parameter(format!(
+            "ComparisonOperator {} is not valid for {} AttributeValue type",
+            operator.name(),
+            value.value_type().descriptor()
+        )));
+    }
+    if let [low, high] = values
+        && operator == Operator::Between
+        && compare(low, high) == Some(std::cmp::Ordering::Greater)
+    {
+        return Err(ApiError::validation(
+            "The BETWEEN condition was provided a range where the lower bound is greater than the upper bound",
+        ));
+    }
+    Ok(())
+}
+
+/// The condition node a validated legacy comparison on attribute `key` stands for.
+fn comparison_node(key: &str, operator: Operator, values: &[AttributeValue]) -> Node {
+    let path = Path::attribute(key);
+    let attribute = Operand::Path(path.clone());
+    let value = |position: usize| Operand::Value(values.get(position).cloned().unwrap_or(AttributeValue::Null));
+    let compare = |comparator| Node::Compare(comparator, attribute.clone(), value(0));
+    match operator {
+        Operator::Eq => compare(Comparator::Equal),
+        Operator::Ne => compare(Comparator::NotEqual),
+        Operator::Le => compare(Comparator::LessOrEqual),
+        Operator::Lt => compare(Comparator::Less),
+        Operator::Ge => compare(Comparator::GreaterOrEqual),
+        Operator::Gt => compare(Comparator::Greater),
+        Operator::NotNull => Node::Exists(path),
+        Operator::Null => Node::NotExists(path),
+        Operator::Contains => Node::Contains(attribute, value(0)),
+        // Unlike `NOT contains(...)`, NOT_CONTAINS fails when the attribute is missing.
+        Operator::NotContains => Node::And(vec![
+            Node::Exists(path),
+            Node::Not(Box::new(Node::Contains(attribute, value(0)))),
+        ]),
+        Operator::BeginsWith => Node::BeginsWith(attribute, value(0)),
+        Operator::In => Node::In(attribute, values.iter().cloned().map(Operand::Value).collect()),
+        Operator::Between => Node::Between(attribute, value(0), value(1)),
+    }
+}
+
+/// Joins per-attribute conditions with `ConditionalOperator` (AND unless told otherwise).
+fn join(nodes: Vec<Node>, conditional_operator: Option<&str>) -> Result<Condition, ApiError> {
+    let root = match conditional_operator {
+        None | Some("AND") => Node::And(nodes),
+        Some("OR") => Node::Or(nodes),
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'conditionalOperator' failed to satisfy constraint: Member must satisfy enum value set: [OR, AND]"
+            )));
+        }
+    };
+    Ok(Condition { root })
+}
+
+/// Keys in a fixed order, so the first problem reported does not depend on hashing.
+fn sorted_keys<V>(map: &HashMap<String, V>) -> Vec<(&String, &V)> {
+    let mut entries: Vec<(&String, &V)> = map.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    entries
+}
+
+/// Translates `Expected` (with `ConditionalOperator`) into a condition.
+pub fn expected_to_condition(
+    expected: &HashMap<String, ExpectedAttributeValue>,
+    conditional_operator: Option<&str>,
+) -> Result<Condition, ApiError> {
+    let nodes = sorted_keys(expected)
+        .into_iter()
+        .map(|(key, entry)| expected_node(key, entry))
+        .collect::<Result<Vec<Node>, ApiError>>()?;
+    join(nodes, conditional_operator)
+}
+
+fn expected_node(key: &str, entry: &ExpectedAttributeValue) -> Result<Node, ApiError> {
+    if entry.attribute_value_list.is_some() && entry.value.is_some() {
+        return Err(invalid_parameter(format!(
+            "Value and AttributeValueList cannot be used together for Attribute: {key}"
+        )));
+    }
+    if let Some(operator_name) = &entry.comparison_operator {
+        if entry.exists.is_some() {
+            return Err(invalid_parameter(format!(
+                "Exists and ComparisonOperator cannot be used together for Attribute: {key}"
+            )));
+        }
+        let operator = Operator::parse(Some(operator_name), &format!("expected.{key}"))?;
+        let values = match (&entry.attribute_value_list, &entry.value) {
+            (Some(list), _) => list.clone(),
+            (None, Some(value)) => vec![value.clone()],
+            (None, None) if matches!(operator, Operator::Null | Operator::NotNull) => Vec::new(),
+            (None, None) => {
+                return Err(invalid_parameter(format!(
+                    "Value or AttributeValueList must be used with ComparisonOperator: {} for Attribute: {key}",
+                    operator.name()
+                )));
+            }
+        };
+        validate(operator, &values)?;
+        return Ok(comparison_node(key, operator, &values));
+    }
+    if entry.attribute_value_list.is_some() {
+        return Err(invalid_parameter(format!(
+            "AttributeValueList can only be used with a ComparisonOperator for Attribute: {key}"
+        )));
+    }
+    match (entry.exists, &entry.value) {
+        (Some(false), Some(_)) => Err(invalid_parameter(format!(
+            "Value cannot be used when Exists is false for Attribute: {key}"
+        ))),
+        (Some(false), None) => Ok(Node::NotExists(Path::attribute(key))),
+        (exists, None) => Err(invalid_parameter(format!(
+            "Value must be provided when Exists is {} for Attribute: {key}",
+            if exists.is_some() { "true" } else { "null" }
+        ))),
+        (_, Some(value)) => Ok(Node::Compare(
+            Comparator::Equal,
+            Operand::Path(Path::attribute(key)),
+            Operand::Value(value.clone()),
+        )),
+    }
+}
+
+fn legacy_comparison(
+    key: &str,
+    condition: &LegacyCondition,
+    location: &str,
+) -> Result<(Operator, Vec<AttributeValue>), ApiError> {
+    let operator = Operator::parse(condition.comparison_operator.as_deref(), &format!("{location}.{key}"))?;
+    let values = condition.attribute_value_list.clone().unwrap_or_default();
+    validate(operator, &values)?;
+    Ok((operator, values))
+}
+
+/// Translates `QueryFilter` or `ScanFilter` (with `ConditionalOperator`) into a condition.
+pub fn filter_to_condition(
+    filter: &HashMap<String, LegacyCondition>,
+    conditional_operator: Option<&str>,
+) -> Result<Condition, ApiError> {
+    let nodes = sorted_keys(filter)
+        .into_iter()
+        .map(|(key, condition)| {
+            let (operator, values) = legacy_comparison(key, condition, "filter")?;
+            Ok(comparison_node(key, operator, &values))
+        })
+        .collect::<Result<Vec<Node>, ApiError>>()?;
+    join(nodes, conditional_operator)
+}
+
+/// Translates `KeyConditions` into a key condition.
+pub fn key_conditions_to_key_condition(map: &HashMap<String, LegacyCondition>) -> Result<KeyCondition, ApiError> {
+    if map.is_empty() || map.len() > 2 {
+        return Err(ApiError::validation("Conditions can be of length 1 or 2 only"));
+    }
+    let conditions = sorted_keys(map)
+        .into_iter()
+        .map(|(key, condition)| {
+            let (operator, values) = legacy_comparison(key, condition, "keyConditions")?;
+            let mut values = values.into_iter();
+            let mut next = || values.next().unwrap_or(AttributeValue::Null);
+            let operator = match operator {
+                Operator::Eq => KeyOperator::Eq(next()),
+                Operator::Le => KeyOperator::Le(next()),
+                Operator::Lt => KeyOperator::Lt(next()),
+                Operator::Ge => KeyOperator::Ge(next()),
+                Operator::Gt => KeyOperator::Gt(next()),
+                Operator::BeginsWith => KeyOperator::BeginsWith(next()),
+                Operator::Between => {
+                    let low = next();
+                    KeyOperator::Between(low, next())
+                }
+                _ => {
+                    return Err(ApiError::validation(
+                        "Attempted conditional constraint is not an indexable operation",
+                    ));
+                }
+            };
+            Ok((key.clone(), operator))
+        })
+        .collect::<Result<Vec<(String, KeyOperator)>, ApiError>>()?;
+    Ok(KeyCondition { conditions })
+}
+
+/// Translates `AttributeUpdates` into an update.
+pub fn attribute_updates_to_update(
+    updates: &HashMap<String, AttributeValueUpdate>,
+) -> Result<UpdateExpression, ApiError> {
+    let actions = sorted_keys(updates)
+        .into_iter()
+        .map(|(key, update)| attribute_update(key, update))
+        .collect::<Result<Vec<Action>, ApiError>>()?;
+    Ok(UpdateExpression { actions })
+}
+
+fn attribute_update(key: &str, update: &AttributeValueUpdate) -> Result<Action, ApiError> {
+    let path = Path::attribute(key);
+    let action = update.action.as_deref().unwrap_or("PUT");
+    if !matches!(action, "PUT" | "DELETE" | "ADD") {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{action}' at 'attributeUpdates.{key}.member.action' failed to satisfy constraint: Member must satisfy enum value set: [ADD, PUT, DELETE]"
+        )));
+    }
+    let Some(value) = &update.value else {
+        if action == "DELETE" {
+            return Ok(Action::Remove(path));
+        }
+        return Err(invalid_parameter(
+            "Only DELETE action is allowed when no attribute value is specified",
+        ));
+    };
+    let value_type = value.value_type();
+    match action {
+        "DELETE" if matches!(value_type, ValueType::Ss | ValueType::Ns | ValueType::Bs) => {
+            Ok(Action::Delete(path, value.clone()))
+        }
+        "DELETE" => Err(invalid_parameter(format!(
+            "DELETE action with value is not supported for the type {}",
+            value_type.descriptor()
+        ))),
+        "ADD"
+            if matches!(
+                value_type,
+                ValueType::N | ValueType::Ss | ValueType::Ns | ValueType::Bs | ValueType::L
+            ) =>
+        {
+            Ok(Action::LegacyAdd(path, value.clone()))
+        }
+        "ADD" => Err(invalid_parameter(format!(
+            "ADD action is not supported for the type {}",
+            value_type.descriptor()
+        ))),
+        _ => Ok(Action::Set(path, SetValue::Value(value.clone()))),
+    }
+}
+
+/// Translates `AttributesToGet` into projection paths; names are taken literally.
+pub fn attributes_to_get_to_projection(names: &[String]) -> Vec<Path> {
+    names.iter().map(Path::attribute).collect()
+}

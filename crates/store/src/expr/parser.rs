@@ -1,0 +1,718 @@
+//! The syntax of the expression grammars. Parsing builds raw trees that still hold the
+//! placeholder and attribute-name text; [`super::resolve`] gives them meaning. Only syntax
+//! errors and the size limits are reported here, so they win over every other error, as in
+//! DynamoDB.
+//!
+//! Conditions are parsed with an explicit operator stack (no recursion per parenthesis or
+//! `NOT`), and every function call, comparator and logical operator counts toward
+//! [`OPERATORS_MAX`], which bounds the only recursion (operands nested in function calls).
+
+use dynamo_protocol::ApiError;
+
+use super::ast::{Comparator, EXPRESSION_SIZE_MAX_BYTES, ExpressionKind, OPERATORS_MAX, invalid};
+use super::lexer::{Token, TokenKind, tokenize};
+
+/// Deepest nesting of parentheses around parts of a SET value, e.g. `SET a = ((b))`.
+const SET_VALUE_PARENTHESES_MAX: usize = 32;
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum RawElement<'t> {
+    Identifier(&'t str),
+    Name(&'t str),
+    Index(usize),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RawPath<'t>(pub Vec<RawElement<'t>>);
+
+/// An operand of a condition: a path, a `:value`, or a function call such as `size(a)`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum RawOperand<'t> {
+    Path(RawPath<'t>),
+    Value(&'t str),
+    Call(&'t str, Vec<RawOperand<'t>>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum RawCondition<'t> {
+    Compare(Comparator, RawOperand<'t>, RawOperand<'t>),
+    Between(RawOperand<'t>, RawOperand<'t>, RawOperand<'t>),
+    In(RawOperand<'t>, Vec<RawOperand<'t>>),
+    Call(&'t str, Vec<RawOperand<'t>>),
+    Not(Box<RawCondition<'t>>),
+    And(Box<RawCondition<'t>>, Box<RawCondition<'t>>),
+    Or(Box<RawCondition<'t>>, Box<RawCondition<'t>>),
+}
+
+/// The right-hand side of a SET action.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum RawSetValue<'t> {
+    Path(RawPath<'t>),
+    Value(&'t str),
+    Call(&'t str, Vec<RawSetValue<'t>>),
+    Plus(Box<RawSetValue<'t>>, Box<RawSetValue<'t>>),
+    Minus(Box<RawSetValue<'t>>, Box<RawSetValue<'t>>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Section {
+    Set,
+    Remove,
+    Add,
+    Delete,
+}
+
+impl Section {
+    const ALL: [Section; 4] = [Section::Set, Section::Remove, Section::Add, Section::Delete];
+
+    pub(crate) fn keyword(self) -> &'static str {
+        match self {
+            Section::Set => "SET",
+            Section::Remove => "REMOVE",
+            Section::Add => "ADD",
+            Section::Delete => "DELETE",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum RawAction<'t> {
+    Set(RawPath<'t>, RawSetValue<'t>),
+    Remove(RawPath<'t>),
+    Add(RawPath<'t>, &'t str),
+    Delete(RawPath<'t>, &'t str),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RawUpdate<'t> {
+    pub actions: Vec<RawAction<'t>>,
+    /// Sections written more than once; syntactically fine, refused by the resolver.
+    pub repeated_sections: Vec<Section>,
+}
+
+/// Parses a condition, filter or key condition.
+pub(crate) fn parse_condition(text: &str, kind: ExpressionKind) -> Result<RawCondition<'_>, ApiError> {
+    let mut parser = Parser::new(text, kind)?;
+    parser.condition()
+}
+
+pub(crate) fn parse_update(text: &str) -> Result<RawUpdate<'_>, ApiError> {
+    let mut parser = Parser::new(text, ExpressionKind::Update)?;
+    parser.update()
+}
+
+pub(crate) fn parse_projection(text: &str) -> Result<Vec<RawPath<'_>>, ApiError> {
+    let mut parser = Parser::new(text, ExpressionKind::Projection)?;
+    let mut paths = vec![parser.path()?];
+    while parser.peek().kind == TokenKind::Comma {
+        parser.advance();
+        paths.push(parser.path()?);
+    }
+    parser.finish()?;
+    Ok(paths)
+}
+
+/// Operators waiting on the condition parser's stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    Group,
+    Not,
+    And,
+    Or,
+}
+
+impl Pending {
+    fn precedence(self) -> u8 {
+        match self {
+            Pending::Group => 0,
+            Pending::Or => 1,
+            Pending::And => 2,
+            Pending::Not => 3,
+        }
+    }
+}
+
+/// Applies a pending operator to the conditions on the output stack. The parser only pushes an
+/// operator after its left operand and reduces it after its right one, so the operands exist.
+fn reduce<'t>(operator: Pending, output: &mut Vec<RawCondition<'t>>) {
+    match operator {
+        Pending::Group => {}
+        Pending::Not => {
+            if let Some(operand) = output.pop() {
+                output.push(RawCondition::Not(Box::new(operand)));
+            }
+        }
+        Pending::And | Pending::Or => {
+            if output.len() >= 2 {
+                let right = Box::new(output.pop().expect("length checked above"));
+                let left = Box::new(output.pop().expect("length checked above"));
+                output.push(if operator == Pending::And {
+                    RawCondition::And(left, right)
+                } else {
+                    RawCondition::Or(left, right)
+                });
+            }
+        }
+    }
+}
+
+fn comparator_of(kind: TokenKind) -> Option<Comparator> {
+    Some(match kind {
+        TokenKind::Equal => Comparator::Equal,
+        TokenKind::NotEqual => Comparator::NotEqual,
+        TokenKind::Less => Comparator::Less,
+        TokenKind::LessOrEqual => Comparator::LessOrEqual,
+        TokenKind::Greater => Comparator::Greater,
+        TokenKind::GreaterOrEqual => Comparator::GreaterOrEqual,
+        _ => return None,
+    })
+}
+
+struct Parser<'t> {
+    text: &'t str,
+    /// Never empty: the last token is `End`, and `position` never moves past it.
+    tokens: Vec<Token<'t>>,
+    position: usize,
+    operators: usize,
+    kind: ExpressionKind,
+}
+
+impl<'t> Parser<'t> {
+    fn new(text: &'t str, kind: ExpressionKind) -> Result<Self, ApiError> {
+        if text.is_empty() {
+            return Err(invalid(kind, "The expression can not be empty;"));
+        }
+        if text.len() > EXPRESSION_SIZE_MAX_BYTES {
+            return Err(invalid(
+                kind,
+                format!(
+                    "Expression size has exceeded the maximum allowed size; expression size: {}",
+                    text.len()
+                ),
+            ));
+        }
+        Ok(Parser {
+            text,
+            tokens: tokenize(text),
+            position: 0,
+            operators: 0,
+            kind,
+        })
+    }
+
+    fn peek(&self) -> Token<'t> {
+        self.tokens[self.position]
+    }
+
+    fn peek_kind_at(&self, offset: usize) -> TokenKind {
+        self.tokens
+            .get(self.position + offset)
+            .map_or(TokenKind::End, |token| token.kind)
+    }
+
+    fn advance(&mut self) -> Token<'t> {
+        let token = self.peek();
+        if token.kind != TokenKind::End {
+            self.position += 1;
+        }
+        token
+    }
+
+    fn expect(&mut self, kind: TokenKind) -> Result<Token<'t>, ApiError> {
+        if self.peek().kind == kind {
+            Ok(self.advance())
+        } else {
+            Err(self.unexpected())
+        }
+    }
+
+    fn finish(&self) -> Result<(), ApiError> {
+        if self.peek().kind == TokenKind::End {
+            Ok(())
+        } else {
+            Err(self.unexpected())
+        }
+    }
+
+    fn count_operator(&mut self) -> Result<(), ApiError> {
+        self.operators += 1;
+        if self.operators > OPERATORS_MAX {
+            return Err(invalid(
+                self.kind,
+                format!("The expression contains too many operators or functions; maximum: {OPERATORS_MAX}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A syntax error at the current token, quoting it and its neighbours as DynamoDB does.
+    fn unexpected(&self) -> ApiError {
+        let index = self.position;
+        let token = self.tokens[index];
+        let (shown, near) = if token.kind == TokenKind::End {
+            let near = match index.checked_sub(1) {
+                Some(last) => &self.text[self.tokens[index.saturating_sub(2)].start..self.tokens[last].end()],
+                None => "",
+            };
+            ("<EOF>", near)
+        } else {
+            let first = self.tokens[index.saturating_sub(1)];
+            let next = self.tokens[index + 1];
+            let last = if next.kind == TokenKind::End { token } else { next };
+            (token.text, &self.text[first.start..last.end()])
+        };
+        invalid(self.kind, format!("Syntax error; token: \"{shown}\", near: \"{near}\""))
+    }
+
+    /// Words that are keywords in this grammar and so cannot name attributes.
+    fn keywords(&self) -> &'static [&'static str] {
+        match self.kind {
+            ExpressionKind::Condition | ExpressionKind::Filter | ExpressionKind::KeyCondition => {
+                &["AND", "OR", "NOT", "BETWEEN", "IN"]
+            }
+            ExpressionKind::Update => &["SET", "REMOVE", "ADD", "DELETE"],
+            ExpressionKind::Projection => &[],
+        }
+    }
+
+    fn is_keyword(&self, token: Token<'_>) -> bool {
+        self.keywords().iter().any(|word| token.is_keyword(word))
+    }
+
+    fn at_call(&self) -> bool {
+        let token = self.peek();
+        token.kind == TokenKind::Identifier && !self.is_keyword(token) && self.peek_kind_at(1) == TokenKind::LeftParen
+    }
+
+    fn path(&mut self) -> Result<RawPath<'t>, ApiError> {
+        let mut elements = vec![self.path_name()?];
+        loop {
+            match self.peek().kind {
+                TokenKind::Dot => {
+                    self.advance();
+                    elements.push(self.path_name()?);
+                }
+                TokenKind::LeftBracket => {
+                    self.advance();
+                    let token = self.peek();
+                    let index = match (token.kind, token.text.parse::<usize>()) {
+                        (TokenKind::Integer, Ok(index)) => index,
+                        _ => return Err(self.unexpected()),
+                    };
+                    self.advance();
+                    self.expect(TokenKind::RightBracket)?;
+                    elements.push(RawElement::Index(index));
+                }
+                _ => return Ok(RawPath(elements)),
+            }
+        }
+    }
+
+    fn path_name(&mut self) -> Result<RawElement<'t>, ApiError> {
+        let token = self.peek();
+        match token.kind {
+            TokenKind::Name => {
+                self.advance();
+                Ok(RawElement::Name(token.text))
+            }
+            TokenKind::Identifier if !self.is_keyword(token) => {
+                self.advance();
+                Ok(RawElement::Identifier(token.text))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    fn operand(&mut self) -> Result<RawOperand<'t>, ApiError> {
+        let token = self.peek();
+        if token.kind == TokenKind::Value {
+            self.advance();
+            Ok(RawOperand::Value(token.text))
+        } else if self.at_call() {
+            let (name, arguments) = self.call()?;
+            Ok(RawOperand::Call(name, arguments))
+        } else {
+            self.path().map(RawOperand::Path)
+        }
+    }
+
+    /// `name(operand, ...)`; the caller has checked that a call starts here.
+    fn call(&mut self) -> Result<(&'t str, Vec<RawOperand<'t>>), ApiError> {
+        let name = self.advance().text;
+        self.count_operator()?;
+        self.expect(TokenKind::LeftParen)?;
+        let arguments = self.operand_list()?;
+        self.expect(TokenKind::RightParen)?;
+        Ok((name, arguments))
+    }
+
+    fn operand_list(&mut self) -> Result<Vec<RawOperand<'t>>, ApiError> {
+        let mut operands = vec![self.operand()?];
+        while self.peek().kind == TokenKind::Comma {
+            self.advance();
+            operands.push(self.operand()?);
+        }
+        Ok(operands)
+    }
+
+    fn condition(&mut self) -> Result<RawCondition<'t>, ApiError> {
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut output: Vec<RawCondition<'t>> = Vec::new();
+        loop {
+            // A condition may start with any number of opening parentheses and NOTs.
+            loop {
+                let token = self.peek();
+                if token.kind == TokenKind::LeftParen {
+                    self.advance();
+                    pending.push(Pending::Group);
+                } else if token.is_keyword("NOT") {
+                    self.advance();
+                    self.count_operator()?;
+                    pending.push(Pending::Not);
+                } else {
+                    break;
+                }
+            }
+            output.push(self.atom()?);
+            // It may end with closing parentheses.
+            while self.peek().kind == TokenKind::RightParen {
+                loop {
+                    match pending.pop() {
+                        Some(Pending::Group) => break,
+                        Some(operator) => reduce(operator, &mut output),
+                        None => return Err(self.unexpected()),
+                    }
+                }
+                self.advance();
+            }
+            let token = self.peek();
+            let operator = if token.is_keyword("AND") {
+                Pending::And
+            } else if token.is_keyword("OR") {
+                Pending::Or
+            } else if token.kind == TokenKind::End {
+                break;
+            } else {
+                return Err(self.unexpected());
+            };
+            while let Some(&top) = pending.last() {
+                if top.precedence() < operator.precedence() {
+                    break;
+                }
+                pending.pop();
+                reduce(top, &mut output);
+            }
+            self.count_operator()?;
+            self.advance();
+            pending.push(operator);
+        }
+        while let Some(operator) = pending.pop() {
+            if operator == Pending::Group {
+                return Err(self.unexpected());
+            }
+            reduce(operator, &mut output);
+        }
+        match (output.pop(), output.is_empty()) {
+            (Some(condition), true) => Ok(condition),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    /// A condition without logical operators: a comparison, BETWEEN, IN, or a function call.
+    fn atom(&mut self) -> Result<RawCondition<'t>, ApiError> {
+        let left = if self.at_call() {
+            let (name, arguments) = self.call()?;
+            if !self.at_comparison() {
+                return Ok(RawCondition::Call(name, arguments));
+            }
+            RawOperand::Call(name, arguments)
+        } else {
+            self.operand()?
+        };
+        let token = self.peek();
+        if let Some(comparator) = comparator_of(token.kind) {
+            self.advance();
+            self.count_operator()?;
+            let right = self.operand()?;
+            Ok(RawCondition::Compare(comparator, left, right))
+        } else if token.is_keyword("BETWEEN") {
+            self.advance();
+            self.count_operator()?;
+            let low = self.operand()?;
+            if !self.peek().is_keyword("AND") {
+                return Err(self.unexpected());
+            }
+            self.advance();
+            let high = self.operand()?;
+            Ok(RawCondition::Between(left, low, high))
+        } else if token.is_keyword("IN") {
+            self.advance();
+            self.count_operator()?;
+            self.expect(TokenKind::LeftParen)?;
+            let list = self.operand_list()?;
+            self.expect(TokenKind::RightParen)?;
+            Ok(RawCondition::In(left, list))
+        } else {
+            Err(self.unexpected())
+        }
+    }
+
+    fn at_comparison(&self) -> bool {
+        let token = self.peek();
+        comparator_of(token.kind).is_some() || token.is_keyword("BETWEEN") || token.is_keyword("IN")
+    }
+
+    fn update(&mut self) -> Result<RawUpdate<'t>, ApiError> {
+        let mut update = RawUpdate {
+            actions: Vec::new(),
+            repeated_sections: Vec::new(),
+        };
+        let mut seen: Vec<Section> = Vec::new();
+        loop {
+            let token = self.peek();
+            let Some(section) = Section::ALL.into_iter().find(|s| token.is_keyword(s.keyword())) else {
+                if token.kind == TokenKind::End && !seen.is_empty() {
+                    return Ok(update);
+                }
+                return Err(self.unexpected());
+            };
+            self.advance();
+            if !seen.contains(&section) {
+                seen.push(section);
+            } else if !update.repeated_sections.contains(&section) {
+                update.repeated_sections.push(section);
+            }
+            loop {
+                update.actions.push(self.action(section)?);
+                if self.peek().kind != TokenKind::Comma {
+                    break;
+                }
+                self.advance();
+            }
+        }
+    }
+
+    fn action(&mut self, section: Section) -> Result<RawAction<'t>, ApiError> {
+        let path = self.path()?;
+        match section {
+            Section::Set => {
+                self.expect(TokenKind::Equal)?;
+                Ok(RawAction::Set(path, self.set_value(0)?))
+            }
+            Section::Remove => Ok(RawAction::Remove(path)),
+            Section::Add => Ok(RawAction::Add(path, self.expect(TokenKind::Value)?.text)),
+            Section::Delete => Ok(RawAction::Delete(path, self.expect(TokenKind::Value)?.text)),
+        }
+    }
+
+    fn set_value(&mut self, parentheses: usize) -> Result<RawSetValue<'t>, ApiError> {
+        let mut value = self.set_term(parentheses)?;
+        loop {
+            let kind = self.peek().kind;
+            if kind != TokenKind::Plus && kind != TokenKind::Minus {
+                return Ok(value);
+            }
+            self.advance();
+            self.count_operator()?;
+            let right = Box::new(self.set_term(parentheses)?);
+            value = if kind == TokenKind::Plus {
+                RawSetValue::Plus(Box::new(value), right)
+            } else {
+                RawSetValue::Minus(Box::new(value), right)
+            };
+        }
+    }
+
+    fn set_term(&mut self, parentheses: usize) -> Result<RawSetValue<'t>, ApiError> {
+        let token = self.peek();
+        match token.kind {
+            TokenKind::LeftParen => {
+                if parentheses >= SET_VALUE_PARENTHESES_MAX {
+                    return Err(self.unexpected());
+                }
+                self.advance();
+                let inner = self.set_value(parentheses + 1)?;
+                self.expect(TokenKind::RightParen)?;
+                Ok(inner)
+            }
+            TokenKind::Value => {
+                self.advance();
+                Ok(RawSetValue::Value(token.text))
+            }
+            _ if self.at_call() => {
+                let name = self.advance().text;
+                self.count_operator()?;
+                self.expect(TokenKind::LeftParen)?;
+                let mut arguments = vec![self.set_value(parentheses)?];
+                while self.peek().kind == TokenKind::Comma {
+                    self.advance();
+                    arguments.push(self.set_value(parentheses)?);
+                }
+                self.expect(TokenKind::RightParen)?;
+                Ok(RawSetValue::Call(name, arguments))
+            }
+            _ => self.path().map(RawSetValue::Path),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syntax_message(result: Result<impl std::fmt::Debug, ApiError>) -> String {
+        result.expect_err("syntax error").message
+    }
+
+    #[test]
+    fn precedence_is_not_then_and_then_or() {
+        let parsed = parse_condition("a = :a OR NOT b = :b AND c = :c", ExpressionKind::Condition).expect("parses");
+        let RawCondition::Or(left, right) = parsed else {
+            panic!("OR at the top: {parsed:?}")
+        };
+        assert!(matches!(*left, RawCondition::Compare(..)));
+        let RawCondition::And(and_left, _) = *right else {
+            panic!("AND under OR")
+        };
+        assert!(matches!(*and_left, RawCondition::Not(_)));
+    }
+
+    #[test]
+    fn parentheses_override_precedence() {
+        let parsed = parse_condition("(a = :a OR b = :b) AND ((c = :c))", ExpressionKind::Condition).expect("parses");
+        let RawCondition::And(left, _) = parsed else {
+            panic!("AND at the top: {parsed:?}")
+        };
+        assert!(matches!(*left, RawCondition::Or(..)));
+    }
+
+    #[test]
+    fn syntax_errors_quote_the_token_and_its_neighbours() {
+        assert_eq!(
+            syntax_message(parse_condition("a =", ExpressionKind::Condition)),
+            "Invalid ConditionExpression: Syntax error; token: \"<EOF>\", near: \"a =\""
+        );
+        assert_eq!(
+            syntax_message(parse_condition("a-b", ExpressionKind::Filter)),
+            "Invalid FilterExpression: Syntax error; token: \"-\", near: \"a-b\""
+        );
+        assert_eq!(
+            syntax_message(parse_update("INVALID SYNTAX HERE")),
+            "Invalid UpdateExpression: Syntax error; token: \"INVALID\", near: \"INVALID SYNTAX\""
+        );
+        assert_eq!(
+            syntax_message(parse_projection("!!")),
+            "Invalid ProjectionExpression: Syntax error; token: \"!\", near: \"!!\""
+        );
+        assert_eq!(
+            syntax_message(parse_update("SET hits : incr")),
+            "Invalid UpdateExpression: Syntax error; token: \":\", near: \"hits : incr\""
+        );
+        assert_eq!(
+            syntax_message(parse_condition("   ", ExpressionKind::Condition)),
+            "Invalid ConditionExpression: Syntax error; token: \"<EOF>\", near: \"\""
+        );
+    }
+
+    #[test]
+    fn malformed_conditions_are_syntax_errors() {
+        for text in [
+            "a",
+            "a = :v :w",
+            "(a = :v",
+            "a = :v)",
+            "a IN ()",
+            "a BETWEEN :x",
+            "a BETWEEN :x OR :y",
+            "NOT",
+            "a = :v AND",
+            "and = :v",
+            "a.or = :v",
+            "a[x] = :v",
+            "a[99999999999999999999999] = :v",
+            "f()",
+            "a = 1",
+            "#",
+            "() = :v",
+        ] {
+            let message = syntax_message(parse_condition(text, ExpressionKind::Condition));
+            assert!(message.contains("Syntax error"), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn empty_and_oversized_expressions_are_refused() {
+        assert_eq!(
+            syntax_message(parse_condition("", ExpressionKind::KeyCondition)),
+            "Invalid KeyConditionExpression: The expression can not be empty;"
+        );
+        let long = format!("a = :v{}", " ".repeat(EXPRESSION_SIZE_MAX_BYTES));
+        assert_eq!(
+            syntax_message(parse_condition(&long, ExpressionKind::Filter)),
+            format!(
+                "Invalid FilterExpression: Expression size has exceeded the maximum allowed size; expression size: {}",
+                long.len()
+            )
+        );
+    }
+
+    #[test]
+    fn operators_are_limited() {
+        let mut text = "a = :v".to_string();
+        for _ in 0..150 {
+            text.push_str(" AND a = :v");
+        }
+        let message = syntax_message(parse_condition(&text, ExpressionKind::Condition));
+        assert!(message.contains("too many operators"), "{message}");
+        let nested = format!("SET a = {}b{}", "f(".repeat(400), ")".repeat(400));
+        let message = syntax_message(parse_update(&nested));
+        assert!(message.contains("too many operators"), "{message}");
+    }
+
+    #[test]
+    fn deep_parentheses_do_not_recurse() {
+        let text = format!("{}a = :v{}", "(".repeat(2000), ")".repeat(2000));
+        assert!(parse_condition(&text, ExpressionKind::Condition).is_ok());
+    }
+
+    #[test]
+    fn update_sections_parse_in_any_order() {
+        let update =
+            parse_update("remove a, b[1] SET c = :c + d, e = list_append(:l, e) ADD f :f delete g :g").expect("parses");
+        assert_eq!(update.actions.len(), 6);
+        assert!(update.repeated_sections.is_empty());
+        let update = parse_update("SET a = :a SET b = :b").expect("parses");
+        assert_eq!(update.repeated_sections, vec![Section::Set]);
+        for text in [
+            "SET",
+            "SET a",
+            "SET a = ",
+            "ADD a b",
+            "REMOVE",
+            "a = :v",
+            "SET a = :v,",
+            "DELETE a",
+        ] {
+            let message = syntax_message(parse_update(text));
+            assert!(message.contains("Syntax error"), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn projections_are_lists_of_paths() {
+        let paths = parse_projection("a, #b.c[3], d").expect("parses");
+        assert_eq!(paths.len(), 3);
+        assert_eq!(
+            paths[1],
+            RawPath(vec![
+                RawElement::Name("#b"),
+                RawElement::Identifier("c"),
+                RawElement::Index(3)
+            ])
+        );
+        for text in ["a,", ",a", "a b", ":v", "a.", "a[", "a[1"] {
+            let message = syntax_message(parse_projection(text));
+            assert!(message.contains("Syntax error"), "{text}: {message}");
+        }
+    }
+}
