@@ -1,1 +1,828 @@
-//! AWS Signature Version 4 verification. PLACEHOLDER — being implemented.
+//! AWS Signature Version 4 verification, as the DynamoDB front end does it.
+//!
+//! The verifier rebuilds the canonical request from what arrived on the wire, derives the
+//! signing key from the secret of the access key named in the credential scope, and compares
+//! signatures in constant time. It accepts the `Authorization` header form (what every SDK
+//! sends to DynamoDB) and the presigned query form. Requests older or newer than
+//! [`CLOCK_SKEW_MAX_SECS`] are refused, as AWS refuses them, so a captured request cannot be
+//! replayed later.
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, ErrorKind};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The only algorithm SigV4 defines.
+pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+
+/// How far a request's `X-Amz-Date` may be from the server's clock (AWS: 5 minutes).
+pub const CLOCK_SKEW_MAX_SECS: i64 = 5 * 60;
+
+/// Longest presigned validity AWS allows (7 days).
+pub const PRESIGNED_EXPIRES_MAX_SECS: i64 = 7 * 24 * 3600;
+
+/// Most access keys one credentials file may hold.
+pub const CREDENTIALS_MAX: usize = 10_000;
+
+/// The service name a credential scope must carry.
+pub const SERVICE: &str = "dynamodb";
+
+/// Access key id → secret access key.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    secrets: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("Credentials")
+            .field("access_keys", &self.secrets.len())
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("line {line}: expected `ACCESS_KEY_ID SECRET_ACCESS_KEY`, found {fields} field(s)")]
+    Shape { line: usize, fields: usize },
+    #[error("line {line}: access key id `{id}` appears twice (first on line {first}); remove one")]
+    Duplicate { line: usize, id: String, first: usize },
+    #[error("line {line}: more than {CREDENTIALS_MAX} access keys; split the deployment or rotate old keys out")]
+    TooMany { line: usize },
+}
+
+impl Credentials {
+    pub fn new() -> Credentials {
+        Credentials::default()
+    }
+
+    pub fn insert(&mut self, access_key_id: impl Into<String>, secret: impl Into<String>) {
+        self.secrets.insert(access_key_id.into(), secret.into());
+    }
+
+    /// Parses lines of `ACCESS_KEY_ID SECRET_ACCESS_KEY`; blank lines and `#` comments are skipped.
+    pub fn parse_file(text: &str) -> Result<Credentials, CredentialsError> {
+        let mut credentials = Credentials::new();
+        let mut first_seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let content = raw.split('#').next().unwrap_or("").trim();
+            if content.is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = content.split_whitespace().collect();
+            let [id, secret] = fields.as_slice() else {
+                return Err(CredentialsError::Shape {
+                    line,
+                    fields: fields.len(),
+                });
+            };
+            if let Some(&first) = first_seen.get(*id) {
+                return Err(CredentialsError::Duplicate {
+                    line,
+                    id: id.to_string(),
+                    first,
+                });
+            }
+            if credentials.secrets.len() >= CREDENTIALS_MAX {
+                return Err(CredentialsError::TooMany { line });
+            }
+            first_seen.insert(id.to_string(), line);
+            credentials.insert(*id, *secret);
+        }
+        Ok(credentials)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.secrets.len()
+    }
+
+    fn secret(&self, access_key_id: &str) -> Option<&str> {
+        self.secrets.get(access_key_id).map(String::as_str)
+    }
+}
+
+/// The parts of an HTTP request a signature covers, as they arrived.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestParts<'a> {
+    pub method: &'a str,
+    /// The raw (still percent-encoded) path.
+    pub path: &'a str,
+    /// The raw query string without `?`.
+    pub query: &'a str,
+    /// Header names (any case) and values; a name may repeat.
+    pub headers: &'a [(&'a str, &'a [u8])],
+    pub body: &'a [u8],
+}
+
+/// The credential scope: `AKID/20150830/us-east-1/dynamodb/aws4_request`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub access_key_id: String,
+    pub date: String,
+    pub region: String,
+    pub service: String,
+}
+
+impl Scope {
+    fn parse(credential: &str) -> Result<Scope, ApiError> {
+        let parts: Vec<&str> = credential.split('/').collect();
+        let [id, date, region, service, terminator] = parts.as_slice() else {
+            return Err(incomplete(format!(
+                "Credential should have 5 parts separated by '/' (ACCESS_KEY_ID/YYYYMMDD/REGION/SERVICE/aws4_request), got '{credential}'"
+            )));
+        };
+        if *terminator != "aws4_request" {
+            return Err(incomplete(format!(
+                "Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'."
+            )));
+        }
+        if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(incomplete(format!("Credential date '{date}' must be YYYYMMDD.")));
+        }
+        Ok(Scope {
+            access_key_id: id.to_string(),
+            date: date.to_string(),
+            region: region.to_string(),
+            service: service.to_string(),
+        })
+    }
+
+    fn text(&self) -> String {
+        format!("{}/{}/{}/aws4_request", self.date, self.region, self.service)
+    }
+}
+
+/// What a request claims: scope, signed headers, signature and time.
+#[derive(Clone, Debug)]
+struct Claim {
+    scope: Scope,
+    signed_headers: Vec<String>,
+    signature: String,
+    amz_date: String,
+    /// Presigned requests: validity in seconds; their query must not include the signature.
+    expires_secs: Option<i64>,
+}
+
+/// A verified request's identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub access_key_id: String,
+    pub region: String,
+}
+
+/// Verifies the request's signature against `credentials` at `now_secs` (Unix seconds).
+pub fn verify(credentials: &Credentials, parts: &RequestParts<'_>, now_secs: i64) -> Result<Verified, ApiError> {
+    let claim = claim(parts)?;
+    if claim.scope.service != SERVICE {
+        return Err(incomplete(format!(
+            "Credential should be scoped to correct service: '{SERVICE}', not '{}'.",
+            claim.scope.service
+        )));
+    }
+    let request_secs = parse_amz_date(&claim.amz_date).ok_or_else(|| {
+        incomplete(format!(
+            "X-Amz-Date '{}' must be in the ISO 8601 basic format YYYYMMDD'T'HHMMSS'Z'.",
+            claim.amz_date
+        ))
+    })?;
+    if !claim.amz_date.starts_with(&claim.scope.date) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidSignature,
+            format!(
+                "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}'",
+                claim.scope.date,
+                &claim.amz_date[..8]
+            ),
+        ));
+    }
+    check_time(&claim, request_secs, now_secs)?;
+    let secret = credentials.secret(&claim.scope.access_key_id).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::UnrecognizedClient,
+            "The security token included in the request is invalid.",
+        )
+    })?;
+    let expected = signature(secret, parts, &claim)?;
+    if !constant_time_eq(expected.as_bytes(), claim.signature.as_bytes()) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidSignature,
+            "The request signature we calculated does not match the signature you provided. \
+             Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
+        ));
+    }
+    Ok(Verified {
+        access_key_id: claim.scope.access_key_id,
+        region: claim.scope.region,
+    })
+}
+
+fn check_time(claim: &Claim, request_secs: i64, now_secs: i64) -> Result<(), ApiError> {
+    match claim.expires_secs {
+        None => {
+            if (now_secs - request_secs).abs() > CLOCK_SKEW_MAX_SECS {
+                return Err(ApiError::new(
+                    ErrorKind::InvalidSignature,
+                    format!(
+                        "Signature expired: {} is now earlier than {} ({} - 5 min.) or later than {} ({} + 5 min.); check the client's clock",
+                        claim.amz_date,
+                        format_amz_date(now_secs - CLOCK_SKEW_MAX_SECS),
+                        format_amz_date(now_secs),
+                        format_amz_date(now_secs + CLOCK_SKEW_MAX_SECS),
+                        format_amz_date(now_secs),
+                    ),
+                ));
+            }
+        }
+        Some(expires) => {
+            if !(1..=PRESIGNED_EXPIRES_MAX_SECS).contains(&expires) {
+                return Err(incomplete(format!(
+                    "X-Amz-Expires must be between 1 and {PRESIGNED_EXPIRES_MAX_SECS} seconds, got {expires}"
+                )));
+            }
+            if now_secs + CLOCK_SKEW_MAX_SECS < request_secs || now_secs > request_secs + expires {
+                return Err(ApiError::new(
+                    ErrorKind::AccessDenied,
+                    format!("Request has expired: signed at {} for {expires} s", claim.amz_date),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Computes the hex signature the request should carry if signed with `secret`.
+fn signature(secret: &str, parts: &RequestParts<'_>, claim: &Claim) -> Result<String, ApiError> {
+    let canonical = canonical_request(parts, &claim.signed_headers, claim.expires_secs.is_some())?;
+    let string_to_sign = format!(
+        "{ALGORITHM}\n{}\n{}\n{}",
+        claim.amz_date,
+        claim.scope.text(),
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    let key = signing_key(secret, &claim.scope.date, &claim.scope.region, &claim.scope.service);
+    Ok(hex::encode(hmac(&key, string_to_sign.as_bytes())))
+}
+
+/// The SigV4 signing key: HMAC chain over date, region, service and the terminator.
+pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Vec<u8> {
+    let k_date = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    let k_region = hmac(&k_date, region.as_bytes());
+    let k_service = hmac(&k_region, service.as_bytes());
+    hmac(&k_service, b"aws4_request")
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn incomplete(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::IncompleteSignature, message)
+}
+
+fn header_values<'a>(parts: &'a RequestParts<'_>, name: &str) -> impl Iterator<Item = &'a [u8]> {
+    let name = name.to_ascii_lowercase();
+    parts
+        .headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(&name))
+        .map(|(_, v)| *v)
+}
+
+fn header_text(parts: &RequestParts<'_>, name: &str) -> Option<String> {
+    header_values(parts, name)
+        .next()
+        .map(|v| String::from_utf8_lossy(v).trim().to_string())
+}
+
+/// Reads scope, signed headers, signature and date from the header or the presigned query.
+fn claim(parts: &RequestParts<'_>) -> Result<Claim, ApiError> {
+    if let Some(authorization) = header_text(parts, "authorization") {
+        return claim_from_header(parts, &authorization);
+    }
+    let query = parse_query(parts.query);
+    if query.iter().any(|(k, _)| k == "X-Amz-Algorithm") {
+        return claim_from_query(&query);
+    }
+    Err(ApiError::new(
+        ErrorKind::MissingAuthenticationToken,
+        "Request is missing Authentication Token",
+    ))
+}
+
+fn claim_from_header(parts: &RequestParts<'_>, authorization: &str) -> Result<Claim, ApiError> {
+    let Some(rest) = authorization.strip_prefix(ALGORITHM) else {
+        return Err(incomplete(format!(
+            "Authorization header must start with '{ALGORITHM} ' (only Signature Version 4 is supported)"
+        )));
+    };
+    let mut credential = None;
+    let mut signed_headers = None;
+    let mut signature = None;
+    for field in rest.split(',') {
+        let field = field.trim();
+        if let Some((name, value)) = field.split_once('=') {
+            match name.trim() {
+                "Credential" => credential = Some(value.trim().to_string()),
+                "SignedHeaders" => signed_headers = Some(value.trim().to_string()),
+                "Signature" => signature = Some(value.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    for (name, value) in [
+        ("Credential", &credential),
+        ("Signature", &signature),
+        ("SignedHeaders", &signed_headers),
+    ] {
+        if value.is_none() {
+            missing.push(format!("Authorization header requires '{name}' parameter."));
+        }
+    }
+    let amz_date = header_text(parts, "x-amz-date");
+    if amz_date.is_none() {
+        missing.push("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into());
+    }
+    if !missing.is_empty() {
+        return Err(incomplete(format!(
+            "{} Authorization={authorization}",
+            missing.join(" ")
+        )));
+    }
+    let (Some(credential), Some(signed_headers), Some(signature), Some(amz_date)) =
+        (credential, signed_headers, signature, amz_date)
+    else {
+        unreachable!("each is checked above")
+    };
+    let signed_headers = split_signed_headers(&signed_headers)?;
+    Ok(Claim {
+        scope: Scope::parse(&credential)?,
+        signed_headers,
+        signature,
+        amz_date,
+        expires_secs: None,
+    })
+}
+
+fn claim_from_query(query: &[(String, String)]) -> Result<Claim, ApiError> {
+    let get = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let mut missing = Vec::new();
+    for name in [
+        "X-Amz-Credential",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+    ] {
+        if get(name).is_none() {
+            missing.push(name);
+        }
+    }
+    if !missing.is_empty() {
+        return Err(incomplete(format!(
+            "Presigned request is missing query parameters: {}",
+            missing.join(", ")
+        )));
+    }
+    if get("X-Amz-Algorithm").as_deref() != Some(ALGORITHM) {
+        return Err(incomplete(format!("X-Amz-Algorithm must be {ALGORITHM}")));
+    }
+    let expires = get("X-Amz-Expires")
+        .unwrap_or_default()
+        .parse::<i64>()
+        .map_err(|_| incomplete("X-Amz-Expires must be a whole number of seconds"))?;
+    Ok(Claim {
+        scope: Scope::parse(&get("X-Amz-Credential").unwrap_or_default())?,
+        signed_headers: split_signed_headers(&get("X-Amz-SignedHeaders").unwrap_or_default())?,
+        signature: get("X-Amz-Signature").unwrap_or_default(),
+        amz_date: get("X-Amz-Date").unwrap_or_default(),
+        expires_secs: Some(expires),
+    })
+}
+
+fn split_signed_headers(text: &str) -> Result<Vec<String>, ApiError> {
+    let names: Vec<String> = text.split(';').map(|s| s.trim().to_ascii_lowercase()).collect();
+    if names.iter().any(String::is_empty) {
+        return Err(incomplete(format!("SignedHeaders '{text}' has an empty header name")));
+    }
+    if !names.iter().any(|n| n == "host") {
+        return Err(ApiError::new(
+            ErrorKind::InvalidSignature,
+            "'Host' must be a 'SignedHeader' in the AWS Authorization.",
+        ));
+    }
+    Ok(names)
+}
+
+/// The canonical request of SigV4 (for services other than S3: the path is normalised and
+/// URI-encoded once more, as botocore and the AWS SDKs sign it).
+pub fn canonical_request(
+    parts: &RequestParts<'_>,
+    signed_headers: &[String],
+    presigned: bool,
+) -> Result<String, ApiError> {
+    let mut out = String::with_capacity(512);
+    out.push_str(parts.method);
+    out.push('\n');
+    out.push_str(&canonical_path(parts.path));
+    out.push('\n');
+    let mut query = parse_query(parts.query);
+    if presigned {
+        query.retain(|(k, _)| k != "X-Amz-Signature");
+    }
+    let mut encoded: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| (uri_encode(k, true), uri_encode(v, true)))
+        .collect();
+    encoded.sort();
+    let query_text: Vec<String> = encoded.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out.push_str(&query_text.join("&"));
+    out.push('\n');
+    for name in signed_headers {
+        let values: Vec<String> = header_values(parts, name)
+            .map(|v| collapse_spaces(&String::from_utf8_lossy(v)))
+            .collect();
+        if values.is_empty() {
+            return Err(ApiError::new(
+                ErrorKind::InvalidSignature,
+                format!("Header '{name}' is listed in SignedHeaders but absent from the request"),
+            ));
+        }
+        out.push_str(name);
+        out.push(':');
+        out.push_str(&values.join(","));
+        out.push('\n');
+    }
+    out.push('\n');
+    out.push_str(&signed_headers.join(";"));
+    out.push('\n');
+    let payload = if presigned {
+        "UNSIGNED-PAYLOAD".to_string()
+    } else {
+        hex::encode(Sha256::digest(parts.body))
+    };
+    if !presigned
+        && let Some(declared) = header_text(parts, "x-amz-content-sha256")
+        && declared != payload
+    {
+        return Err(ApiError::new(
+            ErrorKind::InvalidSignature,
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        ));
+    }
+    out.push_str(&payload);
+    Ok(out)
+}
+
+fn collapse_spaces(value: &str) -> String {
+    value.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Removes `.` and `..` segments and repeated slashes, keeps a trailing slash, then encodes
+/// each byte outside the unreserved set (the already-encoded `%` becomes `%25`).
+fn canonical_path(path: &str) -> String {
+    if path.is_empty() {
+        return "/".into();
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut normalised = format!("/{}", segments.join("/"));
+    if path.ends_with('/') && normalised.len() > 1 {
+        normalised.push('/');
+    }
+    uri_encode(&normalised, false)
+}
+
+/// SigV4's URI encoding: unreserved characters stay, everything else becomes `%XX`
+/// (upper-case hex); `/` stays unless `encode_slash`.
+pub fn uri_encode(text: &str, encode_slash: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(byte as char),
+            b'/' if !encode_slash => out.push('/'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// Splits and percent-decodes a query string (`+` is a literal plus, as in SigV4).
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%'
+            && let Some(hex) = bytes.get(index + 1..index + 3)
+            && let Ok(text) = std::str::from_utf8(hex)
+            && let Ok(byte) = u8::from_str_radix(text, 16)
+        {
+            out.push(byte);
+            index += 3;
+            continue;
+        }
+        out.push(bytes[index]);
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses `20150830T123600Z` into Unix seconds.
+pub fn parse_amz_date(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 16 || bytes[8] != b'T' || bytes[15] != b'Z' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let slice = text.get(range)?;
+        if !slice.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        slice.parse().ok()
+    };
+    let (year, month, day) = (number(0..4)?, number(4..6)?, number(6..8)?);
+    let (hour, minute, second) = (number(9..11)?, number(11..13)?, number(13..15)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Formats Unix seconds as `20150830T123600Z`.
+pub fn format_amz_date(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rest = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_index = (month + 9) % 12;
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+
+    fn sign(secret: &str, scope: &Scope, amz_date: &str, parts: &RequestParts<'_>, signed: &[&str]) -> String {
+        let claim = Claim {
+            scope: scope.clone(),
+            signed_headers: signed.iter().map(|s| s.to_string()).collect(),
+            signature: String::new(),
+            amz_date: amz_date.into(),
+            expires_secs: None,
+        };
+        signature(secret, parts, &claim).expect("signable")
+    }
+
+    fn scope(service: &str, region: &str) -> Scope {
+        Scope {
+            access_key_id: "AKIDEXAMPLE".into(),
+            date: "20150830".into(),
+            region: region.into(),
+            service: service.into(),
+        }
+    }
+
+    /// `get-vanilla` from the AWS SigV4 test suite.
+    #[test]
+    fn aws_test_suite_get_vanilla() {
+        let headers: [(&str, &[u8]); 2] = [("Host", b"example.amazonaws.com"), ("X-Amz-Date", b"20150830T123600Z")];
+        let parts = RequestParts {
+            method: "GET",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body: b"",
+        };
+        let signature = sign(
+            SECRET,
+            &scope("service", "us-east-1"),
+            "20150830T123600Z",
+            &parts,
+            &["host", "x-amz-date"],
+        );
+        assert_eq!(
+            signature,
+            "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
+        );
+    }
+
+    /// The IAM `ListUsers` example of the AWS General Reference.
+    #[test]
+    fn aws_documentation_list_users() {
+        let headers: [(&str, &[u8]); 3] = [
+            ("Host", b"iam.amazonaws.com"),
+            ("Content-Type", b"application/x-www-form-urlencoded; charset=utf-8"),
+            ("X-Amz-Date", b"20150830T123600Z"),
+        ];
+        let parts = RequestParts {
+            method: "GET",
+            path: "/",
+            query: "Action=ListUsers&Version=2010-05-08",
+            headers: &headers,
+            body: b"",
+        };
+        let signature = sign(
+            SECRET,
+            &scope("iam", "us-east-1"),
+            "20150830T123600Z",
+            &parts,
+            &["content-type", "host", "x-amz-date"],
+        );
+        assert_eq!(
+            signature,
+            "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
+        );
+    }
+
+    fn dynamodb_request(secret: &str, body: &'static [u8]) -> (Vec<(&'static str, Vec<u8>)>, i64) {
+        let amz_date = "20260101T000000Z";
+        let now = parse_amz_date(amz_date).expect("valid date");
+        let mut headers: Vec<(&'static str, Vec<u8>)> = vec![
+            ("host", b"127.0.0.1:8000".to_vec()),
+            ("x-amz-date", amz_date.as_bytes().to_vec()),
+            ("x-amz-target", b"DynamoDB_20120810.ListTables".to_vec()),
+        ];
+        let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        let parts = RequestParts {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &borrowed,
+            body,
+        };
+        let scope = Scope {
+            access_key_id: "local".into(),
+            date: "20260101".into(),
+            region: "us-east-1".into(),
+            service: "dynamodb".into(),
+        };
+        let signature = sign(
+            secret,
+            &scope,
+            amz_date,
+            &parts,
+            &["host", "x-amz-date", "x-amz-target"],
+        );
+        headers.push((
+            "authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential=local/20260101/us-east-1/dynamodb/aws4_request, SignedHeaders=host;x-amz-date;x-amz-target, Signature={signature}"
+            )
+            .into_bytes(),
+        ));
+        (headers, now)
+    }
+
+    fn check(
+        credentials: &Credentials,
+        headers: &[(&'static str, Vec<u8>)],
+        body: &[u8],
+        now: i64,
+    ) -> Result<Verified, ApiError> {
+        let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        let parts = RequestParts {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &borrowed,
+            body,
+        };
+        verify(credentials, &parts, now)
+    }
+
+    #[test]
+    fn verifies_and_rejects() {
+        let mut credentials = Credentials::new();
+        credentials.insert("local", "s3cret");
+        let body: &[u8] = b"{}";
+        let (headers, now) = dynamodb_request("s3cret", b"{}");
+        let verified = check(&credentials, &headers, body, now).expect("valid signature");
+        assert_eq!(verified.access_key_id, "local");
+
+        let tampered = check(&credentials, &headers, b"{\"Limit\":1}", now).expect_err("body changed");
+        assert_eq!(tampered.kind, ErrorKind::InvalidSignature);
+
+        let late = check(&credentials, &headers, body, now + CLOCK_SKEW_MAX_SECS + 1).expect_err("too late");
+        assert!(late.message.contains("Signature expired"), "{}", late.message);
+
+        let (wrong_secret, _) = dynamodb_request("other", b"{}");
+        assert_eq!(
+            check(&credentials, &wrong_secret, body, now)
+                .expect_err("wrong secret")
+                .kind,
+            ErrorKind::InvalidSignature
+        );
+
+        let stranger = Credentials::parse_file("someone else\n").expect("valid file");
+        assert_eq!(
+            check(&stranger, &headers, body, now).expect_err("unknown key").kind,
+            ErrorKind::UnrecognizedClient
+        );
+
+        let unsigned: Vec<_> = headers.iter().filter(|(n, _)| *n != "authorization").cloned().collect();
+        assert_eq!(
+            check(&credentials, &unsigned, body, now).expect_err("unsigned").kind,
+            ErrorKind::MissingAuthenticationToken
+        );
+    }
+
+    #[test]
+    fn credentials_file_errors_name_the_line() {
+        let parsed = Credentials::parse_file("# keys\nAKID secret\n\nB two # comment\n").expect("valid");
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(
+            Credentials::parse_file("a b\nonly-one\n").expect_err("shape"),
+            CredentialsError::Shape { line: 2, fields: 1 }
+        );
+        assert!(matches!(
+            Credentials::parse_file("a b\na c\n"),
+            Err(CredentialsError::Duplicate { line: 2, first: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        for secs in [0, 1_440_938_160, 1_767_225_600, 4_102_444_799] {
+            assert_eq!(parse_amz_date(&format_amz_date(secs)), Some(secs));
+        }
+        assert_eq!(parse_amz_date("20150830T123600Z"), Some(1_440_938_160));
+        assert_eq!(parse_amz_date("2015-08-30T12:36:00Z"), None);
+    }
+
+    #[test]
+    fn path_is_normalised_and_encoded() {
+        assert_eq!(canonical_path("/"), "/");
+        assert_eq!(canonical_path(""), "/");
+        assert_eq!(canonical_path("/a/./b/../c//d/"), "/a/c/d/");
+        assert_eq!(canonical_path("/a%20b"), "/a%2520b");
+    }
+}

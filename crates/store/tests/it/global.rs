@@ -32,7 +32,10 @@ async fn call(url: &str, operation: &str, body: Value) -> (u16, Value) {
         .expect("valid request");
     let response = client.request(request).await.expect("store answers");
     let status = response.status().as_u16();
-    let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
     (status, serde_json::from_slice(&body).expect("JSON answer"))
 }
 
@@ -55,9 +58,18 @@ fn start(region: &mut Region, listener: TcpListener, urls: &[(String, String)]) 
     let peers = urls
         .iter()
         .filter(|(name, _)| name != region.name)
-        .map(|(name, url)| Peer { region: name.clone(), url: url.clone() })
+        .map(|(name, url)| Peer {
+            region: name.clone(),
+            url: url.clone(),
+        })
         .collect();
-    let config = ServerConfig { credentials: None, replication: Some(ReplicationConfig { peers, key: KEY.to_vec() }) };
+    let config = ServerConfig {
+        credentials: None,
+        replication: Some(ReplicationConfig {
+            peers,
+            key: KEY.to_vec(),
+        }),
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     region.stop = Some(stop);
     region.task = Some(tokio::spawn(async move {
@@ -79,7 +91,10 @@ async fn stop(region: &mut Region) {
 }
 
 async fn scan_all(url: &str) -> Vec<Value> {
-    let mut items = ok(url, "Scan", json!({"TableName": "carts"})).await["Items"].as_array().cloned().unwrap_or_default();
+    let mut items = ok(url, "Scan", json!({"TableName": "carts"})).await["Items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     items.sort_by_key(|i| i["id"]["S"].as_str().unwrap_or_default().to_string());
     items
 }
@@ -111,43 +126,80 @@ async fn three_regions_replicate_a_global_table_and_survive_a_restart() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         listeners.push(listener);
-        regions.push(Region { name, url, dir: tempfile::tempdir().expect("temp dir"), stop: None, task: None });
+        regions.push(Region {
+            name,
+            url,
+            dir: tempfile::tempdir().expect("temp dir"),
+            stop: None,
+            task: None,
+        });
     }
     start_all(&mut regions, listeners).await;
     let first = regions[2].url.clone();
-    ok(&first, "CreateTable", json!({
-        "TableName": "carts",
-        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-        "BillingMode": "PAY_PER_REQUEST"
-    }))
+    ok(
+        &first,
+        "CreateTable",
+        json!({
+            "TableName": "carts",
+            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+            "BillingMode": "PAY_PER_REQUEST"
+        }),
+    )
     .await;
     // Data written before the table becomes global must be backfilled to the new replicas.
     for i in 0..20 {
-        ok(&first, "PutItem", json!({"TableName": "carts", "Item": {"id": {"S": format!("before-{i:02}")}, "v": {"S": "x"}}})).await;
+        ok(
+            &first,
+            "PutItem",
+            json!({"TableName": "carts", "Item": {"id": {"S": format!("before-{i:02}")}, "v": {"S": "x"}}}),
+        )
+        .await;
     }
-    let updated = ok(&first, "UpdateTable", json!({
-        "TableName": "carts",
-        "ReplicaUpdates": [{"Create": {"RegionName": "eu-west-1"}}, {"Create": {"RegionName": "ap-south-1"}}]
-    }))
+    let updated = ok(
+        &first,
+        "UpdateTable",
+        json!({
+            "TableName": "carts",
+            "ReplicaUpdates": [{"Create": {"RegionName": "eu-west-1"}}, {"Create": {"RegionName": "ap-south-1"}}]
+        }),
+    )
     .await;
-    assert_eq!(updated["TableDescription"]["Replicas"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        updated["TableDescription"]["Replicas"].as_array().map(Vec::len),
+        Some(3)
+    );
     for (index, region) in regions.iter().enumerate() {
         for i in 0..10 {
             let item = json!({"id": {"S": format!("{}-{i:02}", region.name)}, "n": {"S": index.to_string()}});
             ok(&region.url, "PutItem", json!({"TableName": "carts", "Item": item})).await;
         }
     }
-    ok(&regions[0].url, "DeleteItem", json!({"TableName": "carts", "Key": {"id": {"S": "before-00"}}})).await;
+    ok(
+        &regions[0].url,
+        "DeleteItem",
+        json!({"TableName": "carts", "Key": {"id": {"S": "before-00"}}}),
+    )
+    .await;
     let converged = wait_converged(&regions, 20 + 30 - 1).await;
-    assert!(converged.iter().all(|i| i["id"]["S"] != "before-00"), "the delete replicated");
+    assert!(
+        converged.iter().all(|i| i["id"]["S"] != "before-00"),
+        "the delete replicated"
+    );
 
     // Lose a region, keep writing elsewhere, bring it back: it catches up from the log.
     stop(&mut regions[1]).await;
     for i in 0..15 {
-        ok(&regions[0].url, "PutItem", json!({"TableName": "carts", "Item": {"id": {"S": format!("during-{i:02}")}}})).await;
+        ok(
+            &regions[0].url,
+            "PutItem",
+            json!({"TableName": "carts", "Item": {"id": {"S": format!("during-{i:02}")}}}),
+        )
+        .await;
     }
-    let listener = TcpListener::bind(regions[1].url.trim_start_matches("http://")).await.expect("rebind the same port");
+    let listener = TcpListener::bind(regions[1].url.trim_start_matches("http://"))
+        .await
+        .expect("rebind the same port");
     let urls: Vec<(String, String)> = regions.iter().map(|r| (r.name.to_string(), r.url.clone())).collect();
     start(&mut regions[1], listener, &urls);
     wait_converged(&regions, 20 + 30 - 1 + 15).await;

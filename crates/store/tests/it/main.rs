@@ -214,8 +214,8 @@ async fn conditions_updates_and_return_values() {
     let updated = h.ok("UpdateItem", json!({
         "TableName": "orders",
         "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}},
-        "UpdateExpression": "SET total = total + :d, tags = list_append(if_not_exists(tags, :empty), :t) REMOVE #s",
-        "ExpressionAttributeNames": {"#s": "status"},
+        "UpdateExpression": "SET #total = #total + :d, tags = list_append(if_not_exists(tags, :empty), :t) REMOVE #s",
+        "ExpressionAttributeNames": {"#s": "status", "#total": "total"},
         "ExpressionAttributeValues": {":d": {"N": "0.01"}, ":t": {"L": [{"S": "gift"}]}, ":empty": {"L": []}},
         "ReturnValues": "ALL_NEW"
     })).await;

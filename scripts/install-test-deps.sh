@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine, and nothing when it is all there:
+# - Debian packages: the real servers and clients the black-box tests drive;
+# - a Python venv in .venv with boto3, the AWS CLI, dnspython and pytest (versions pinned in
+#   tests/requirements.txt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages and the command each provides (checked before installing).
+declare -A PACKAGES=(
+  [dig]=bind9-dnsutils
+  [haproxy]=haproxy
+  [wrk]=wrk
+)
+
+missing=()
+for command in "${!PACKAGES[@]}"; do
+  command -v "$command" >/dev/null 2>&1 || missing+=("${PACKAGES[$command]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> apt-get install ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import boto3, pytest, dns' 2>/dev/null \
+   || [ tests/requirements.txt -nt .venv/.installed ]; then
+  echo "==> python venv (.venv) with tests/requirements.txt"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+  touch .venv/.installed
+fi
