@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dynamo_protocol::sigv4::Credentials;
 use tokio::net::TcpListener;
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "switchyard",
@@ -48,6 +50,8 @@ enum Command {
     /// The benchmark ceiling: a bare HTTP server on the store's stack answering 200 to anything.
     #[command(hide = true)]
     BenchCeiling(CeilingArgs),
+    /// Benchmarks that need Switchyard's own load generator (results go to BENCHMARKS.md).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -157,6 +161,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Store(args) => runtime.block_on(run_store(args)),
         Command::BenchCeiling(args) => runtime.block_on(run_ceiling(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
     }
 }
 

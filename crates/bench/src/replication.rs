@@ -1,0 +1,447 @@
+//! Replication lag between real `switchyard store` processes on loopback.
+//!
+//! Lag is measured end to end, as an application would see it: a sampled write is acknowledged
+//! by its origin region, then every other region is polled with a consistent GetItem until the
+//! item is there; the lag is the time from the acknowledgement to the first successful read in
+//! the last region to see it. Polling adds up to [`POLL_INTERVAL_MS`] plus one loopback round
+//! trip to each figure, so the numbers are upper bounds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::client::Client;
+use crate::stats::quantile;
+
+/// Pause between two reads of a sampled item in a destination region.
+pub const POLL_INTERVAL_MS: u64 = 1;
+/// A sampled write not visible everywhere after this long counts as unseen.
+pub const VISIBILITY_DEADLINE_MS: u64 = 30_000;
+/// Sampled writes being watched at once; samples beyond it are skipped (and counted).
+pub const WATCHERS_MAX: usize = 64;
+/// How long a store may take to start and write its ready file.
+pub const START_DEADLINE_MS: u64 = 30_000;
+/// Most regions a run starts.
+pub const REGIONS_MAX: usize = 5;
+const REPLICATION_KEY: &str = "benchmark-replication-key-0123456789abcdef";
+const TABLE: &str = "lag";
+const REGION_NAMES: [&str; REGIONS_MAX] = ["us-east-1", "eu-west-1", "ap-south-1", "us-west-2", "eu-central-1"];
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The `switchyard` binary to start stores from.
+    pub binary: PathBuf,
+    /// Where the stores keep their data (a fresh directory per run).
+    pub dir: PathBuf,
+    /// Region counts to measure, each from 2 to [`REGIONS_MAX`].
+    pub region_counts: Vec<usize>,
+    /// Target write rates per second; 0 means as fast as `connections` allow.
+    pub rates: Vec<u64>,
+    pub duration: Duration,
+    /// Writes in flight at once (bounded by a semaphore).
+    pub connections: usize,
+    /// Every n-th write is watched in the other regions.
+    pub sample_every: u64,
+}
+
+/// One measured combination of region count and rate.
+#[derive(Clone, Debug)]
+pub struct LagResult {
+    pub regions: usize,
+    pub target_rate: u64,
+    pub achieved_rate: f64,
+    pub writes: u64,
+    pub errors: u64,
+    pub samples: usize,
+    pub skipped_samples: u64,
+    pub unseen: u64,
+    pub lag_p50_ms: Option<f64>,
+    pub lag_p99_ms: Option<f64>,
+    pub lag_max_ms: Option<f64>,
+}
+
+/// Local write throughput of one store with and without replication to its peers.
+#[derive(Clone, Debug)]
+pub struct ThroughputResult {
+    pub regions: usize,
+    pub standalone_rate: f64,
+    pub replicated_rate: f64,
+}
+
+struct Store {
+    region: String,
+    url: String,
+    child: Child,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn spawn_store(
+    config: &Config,
+    dir: &Path,
+    region: &str,
+    port: u16,
+    peers: &[(String, String)],
+) -> anyhow::Result<Store> {
+    let data = dir.join(region);
+    std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
+    let ready = data.join("ready");
+    let _ = std::fs::remove_file(&ready);
+    let mut command = Command::new(&config.binary);
+    command
+        .args(["store", "--region", region, "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--ready-file")
+        .arg(&ready)
+        .env("SWITCHYARD_REPLICATION_KEY", REPLICATION_KEY)
+        .env("SWITCHYARD_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(data.join("store.log"))?);
+    for (name, url) in peers {
+        command.arg("--peer").arg(format!("{name}={url}"));
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("start {}", config.binary.display()))?;
+    let mut store = Store {
+        region: region.to_string(),
+        url: format!("http://127.0.0.1:{port}"),
+        child,
+    };
+    let deadline = Instant::now() + Duration::from_millis(START_DEADLINE_MS);
+    while !ready.exists() {
+        if let Some(status) = store.child.try_wait()? {
+            bail!(
+                "store {region} exited with {status}; see {}",
+                data.join("store.log").display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("store {region} not ready after {START_DEADLINE_MS} ms");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(store)
+}
+
+fn start_cluster(config: &Config, dir: &Path, regions: usize) -> anyhow::Result<Vec<Store>> {
+    let ports = (0..regions).map(|_| free_port()).collect::<anyhow::Result<Vec<_>>>()?;
+    let urls: Vec<(String, String)> = REGION_NAMES[..regions]
+        .iter()
+        .zip(&ports)
+        .map(|(name, port)| (name.to_string(), format!("http://127.0.0.1:{port}")))
+        .collect();
+    urls.iter()
+        .zip(&ports)
+        .map(|((name, _), port)| {
+            let peers: Vec<_> = urls.iter().filter(|(peer, _)| peer != name).cloned().collect();
+            spawn_store(config, dir, name, *port, &peers)
+        })
+        .collect()
+}
+
+async fn create_table(client: &Client, url: &str) -> anyhow::Result<()> {
+    client
+        .call(
+            url,
+            "CreateTable",
+            &json!({
+                "TableName": TABLE,
+                "BillingMode": "PAY_PER_REQUEST",
+                "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}]
+            }),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn make_global(client: &Client, stores: &[Store]) -> anyhow::Result<()> {
+    let creates: Vec<Value> = stores[1..]
+        .iter()
+        .map(|s| json!({"Create": {"RegionName": s.region}}))
+        .collect();
+    client
+        .call(
+            &stores[0].url,
+            "UpdateTable",
+            &json!({"TableName": TABLE, "ReplicaUpdates": creates}),
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_millis(START_DEADLINE_MS);
+    loop {
+        let described = client
+            .call(&stores[0].url, "DescribeTable", &json!({"TableName": TABLE}))
+            .await?;
+        let replicas = described["Table"]["Replicas"].as_array().cloned().unwrap_or_default();
+        let active = replicas.iter().filter(|r| r["ReplicaStatus"] == "ACTIVE").count();
+        if active == stores.len() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("replicas not ACTIVE after {START_DEADLINE_MS} ms: {replicas:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn item(id: &str) -> Value {
+    json!({"TableName": TABLE, "Item": {"id": {"S": id}, "v": {"S": "x".repeat(100)}}})
+}
+
+/// Polls every destination until `id` is readable; returns the time since `acked`.
+async fn watch(client: &Client, destinations: &[String], id: &str, acked: Instant) -> Option<f64> {
+    let deadline = acked + Duration::from_millis(VISIBILITY_DEADLINE_MS);
+    let key = json!({"TableName": TABLE, "Key": {"id": {"S": id}}, "ConsistentRead": true});
+    for url in destinations {
+        loop {
+            if let Ok(found) = client.call(url, "GetItem", &key).await
+                && found.get("Item").is_some()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+    }
+    Some(acked.elapsed().as_secs_f64() * 1000.0)
+}
+
+struct Counters {
+    writes: AtomicU64,
+    errors: AtomicU64,
+    skipped: AtomicU64,
+    unseen: AtomicU64,
+}
+
+/// Writes to `origin` at `rate` per second (0: as fast as possible) for `duration`, watching
+/// every `sample_every`-th write in `destinations` when `destinations` is not empty.
+async fn drive(
+    client: &Client,
+    origin: &str,
+    destinations: &[String],
+    prefix: &str,
+    rate: u64,
+    config: &Config,
+) -> (f64, Arc<Counters>, Vec<f64>) {
+    let counters = Arc::new(Counters {
+        writes: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        skipped: AtomicU64::new(0),
+        unseen: AtomicU64::new(0),
+    });
+    let lags = Arc::new(Mutex::new(Vec::new()));
+    let in_flight = Arc::new(Semaphore::new(config.connections));
+    let watchers = Arc::new(Semaphore::new(WATCHERS_MAX));
+    let destinations: Arc<Vec<String>> = Arc::new(destinations.to_vec());
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut sequence: u64 = 0;
+    while started.elapsed() < config.duration {
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(sequence as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let (client, origin, counters, lags, watchers, destinations) = (
+            client.clone(),
+            origin.to_string(),
+            counters.clone(),
+            lags.clone(),
+            watchers.clone(),
+            destinations.clone(),
+        );
+        let id = format!("{prefix}-{sequence}");
+        let sampled = !destinations.is_empty() && sequence.is_multiple_of(config.sample_every);
+        tasks.spawn(async move {
+            let result = client.call(&origin, "PutItem", &item(&id)).await;
+            drop(permit);
+            let acked = Instant::now();
+            if result.is_err() {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            counters.writes.fetch_add(1, Ordering::Relaxed);
+            if !sampled {
+                return;
+            }
+            let Ok(_watcher) = watchers.try_acquire() else {
+                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            match watch(&client, &destinations, &id, acked).await {
+                Some(lag) => lags.lock().await.push(lag),
+                None => {
+                    counters.unseen.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        // Reap finished tasks so the set stays bounded by what is in flight or being watched.
+        while tasks.try_join_next().is_some() {}
+        sequence += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    while tasks.join_next().await.is_some() {}
+    let writes = counters.writes.load(Ordering::Relaxed);
+    let lags = std::mem::take(&mut *lags.lock().await);
+    (writes as f64 / elapsed, counters, lags)
+}
+
+/// Runs every configured combination; `progress` receives one line per finished measurement.
+pub async fn run(
+    config: &Config,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<(Vec<LagResult>, Vec<ThroughputResult>)> {
+    let client = Client::new();
+    let mut lag_results = Vec::new();
+    let mut throughput = Vec::new();
+    for &regions in &config.region_counts {
+        if !(2..=REGIONS_MAX).contains(&regions) {
+            bail!("--regions {regions}: measure between 2 and {REGIONS_MAX} regions");
+        }
+        let dir = config.dir.join(format!("regions-{regions}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let stores = start_cluster(config, &dir, regions)?;
+        create_table(&client, &stores[0].url).await?;
+        make_global(&client, &stores).await?;
+        let destinations: Vec<String> = stores[1..].iter().map(|s| s.url.clone()).collect();
+        for &rate in &config.rates {
+            let prefix = format!("r{regions}-rate{rate}");
+            let (achieved, counters, mut lags) =
+                drive(&client, &stores[0].url, &destinations, &prefix, rate, config).await;
+            let result = LagResult {
+                regions,
+                target_rate: rate,
+                achieved_rate: achieved,
+                writes: counters.writes.load(Ordering::Relaxed),
+                errors: counters.errors.load(Ordering::Relaxed),
+                samples: lags.len(),
+                skipped_samples: counters.skipped.load(Ordering::Relaxed),
+                unseen: counters.unseen.load(Ordering::Relaxed),
+                lag_p50_ms: quantile(&mut lags, 0.5),
+                lag_p99_ms: quantile(&mut lags, 0.99),
+                lag_max_ms: quantile(&mut lags, 1.0),
+            };
+            progress(&format!("{result:?}"));
+            lag_results.push(result);
+        }
+        // Local write throughput, replication on: the global table at full speed, no watching.
+        let (replicated, _, _) = drive(&client, &stores[0].url, &[], &format!("r{regions}-max"), 0, config).await;
+        drop(stores);
+        // Replication off: one store alone, same table shape, same load.
+        let alone_dir = dir.join("standalone");
+        let alone = spawn_store(config, &alone_dir, REGION_NAMES[0], free_port()?, &[])?;
+        create_table(&client, &alone.url).await?;
+        let (standalone, _, _) = drive(&client, &alone.url, &[], "alone", 0, config).await;
+        let result = ThroughputResult {
+            regions,
+            standalone_rate: standalone,
+            replicated_rate: replicated,
+        };
+        progress(&format!("{result:?}"));
+        throughput.push(result);
+    }
+    Ok((lag_results, throughput))
+}
+
+fn format_ms(value: Option<f64>) -> String {
+    value.map_or("–".into(), |v| format!("{v:.1}"))
+}
+
+/// The Markdown report: lag per rate, then throughput with replication on and off.
+pub fn report(command: &str, config: &Config, lags: &[LagResult], throughput: &[ThroughputResult]) -> String {
+    let mut out = format!(
+        "Command: `{command}` ({} s per rate, {} writes in flight at most, every {}th write watched; \
+         lag = origin's acknowledgement → readable in every other region, polled every {POLL_INTERVAL_MS} ms).\n\n",
+        config.duration.as_secs(),
+        config.connections,
+        config.sample_every
+    );
+    out.push_str("| regions | target writes/s | achieved writes/s | errors | samples | unseen | lag p50 ms | lag p99 ms | lag max ms |\n");
+    out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in lags {
+        let target = if r.target_rate == 0 {
+            "max".to_string()
+        } else {
+            r.target_rate.to_string()
+        };
+        out.push_str(&format!(
+            "| {} | {target} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+            r.regions,
+            r.achieved_rate,
+            r.errors,
+            r.samples,
+            r.unseen,
+            format_ms(r.lag_p50_ms),
+            format_ms(r.lag_p99_ms),
+            format_ms(r.lag_max_ms)
+        ));
+    }
+    out.push_str(
+        "\n| regions | writes/s alone | writes/s replicating | cost of replication |\n| ---: | ---: | ---: | ---: |\n",
+    );
+    for t in throughput {
+        let cost = if t.standalone_rate > 0.0 {
+            (1.0 - t.replicated_rate / t.standalone_rate) * 100.0
+        } else {
+            0.0
+        };
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {cost:.0}% |\n",
+            t.regions, t.standalone_rate, t.replicated_rate
+        ));
+    }
+    out
+}
+
+/// Replaces the text between `begin` and `end` markers in `document`, or appends a section.
+pub fn replace_section(document: &str, heading: &str, begin: &str, end: &str, body: &str) -> String {
+    let block = format!("{begin}\n{body}\n{end}");
+    match (document.find(begin), document.find(end)) {
+        (Some(start), Some(stop)) if stop > start => {
+            format!("{}{block}{}", &document[..start], &document[stop + end.len()..])
+        }
+        _ => format!("{}\n## {heading}\n\n{block}\n", document.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_is_replaced_in_place_or_appended() {
+        let begin = "<!-- x:begin -->";
+        let end = "<!-- x:end -->";
+        let appended = replace_section("# Benchmarks\n", "Lag", begin, end, "one");
+        assert!(appended.contains("## Lag\n\n<!-- x:begin -->\none\n<!-- x:end -->"));
+        let replaced = replace_section(&format!("{appended}\ntail\n"), "Lag", begin, end, "two");
+        assert!(replaced.contains("<!-- x:begin -->\ntwo\n<!-- x:end -->"));
+        assert!(!replaced.contains("one"));
+        assert!(replaced.ends_with("tail\n"));
+        assert_eq!(replaced.matches("## Lag").count(), 1);
+    }
+}

@@ -1,0 +1,88 @@
+//! `switchyard bench`: benchmarks that need our own load generator (results for BENCHMARKS.md).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Markers around the replication section of BENCHMARKS.md, rewritten by each run.
+const SECTION_BEGIN: &str = "<!-- bench-replication:begin -->";
+const SECTION_END: &str = "<!-- bench-replication:end -->";
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(clap::Subcommand)]
+enum Which {
+    /// Global-table replication lag between real store processes on loopback, at fixed write
+    /// rates and at the maximum, plus local write throughput with replication on and off.
+    ///
+    /// Starts `switchyard store` processes from this binary (build it with --release for
+    /// meaningful numbers), writes in the first region, and for every n-th write measures the
+    /// time from its acknowledgement until every other region serves it.
+    Replication(ReplicationArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplicationArgs {
+    /// Region counts to measure (2 to 5), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,3")]
+    regions: Vec<usize>,
+    /// Target writes per second, comma-separated; 0 means as fast as --connections allow.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,0")]
+    rates: Vec<u64>,
+    /// Seconds per rate.
+    #[arg(long, default_value_t = 20)]
+    duration_s: u64,
+    /// Most writes in flight at once.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Watch every n-th write in the other regions.
+    #[arg(long, default_value_t = 20)]
+    sample_every: u64,
+    /// Working directory for the stores' data (wiped per run).
+    #[arg(long, default_value = "target/bench/replication")]
+    dir: PathBuf,
+    /// Rewrite the replication section of this Markdown file with the results.
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.which {
+        Which::Replication(args) => replication(args).await,
+    }
+}
+
+async fn replication(args: ReplicationArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.sample_every > 0, "--sample-every must be at least 1");
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    let config = bench::replication::Config {
+        binary: std::env::current_exe().context("find this binary")?,
+        dir: args.dir.clone(),
+        region_counts: args.regions.clone(),
+        rates: args.rates.clone(),
+        duration: Duration::from_secs(args.duration_s),
+        connections: args.connections,
+        sample_every: args.sample_every,
+    };
+    let (lags, throughput) = bench::replication::run(&config, |line| eprintln!("{line}")).await?;
+    let command = format!("switchyard {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
+    let report = bench::replication::report(&command, &config, &lags, &throughput);
+    println!("{report}");
+    if let Some(path) = &args.write {
+        let document = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+        let updated = bench::replication::replace_section(
+            &document,
+            "Global tables: replication lag",
+            SECTION_BEGIN,
+            SECTION_END,
+            report.trim_end(),
+        );
+        std::fs::write(path, updated).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
