@@ -1,0 +1,150 @@
+//! The control API, shaped like Toxiproxy's so its clients and habits carry over:
+//! `GET/POST /proxies`, `POST /populate`, `GET/POST/DELETE /proxies/{proxy}`,
+//! `GET/POST /proxies/{proxy}/toxics`, `GET/POST/DELETE /proxies/{proxy}/toxics/{toxic}`,
+//! `POST /reset`, `GET /version`, plus `GET /health`. Errors are `{"error": ..., "status": ...}`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::proxy::{ProxySpec, ProxyUpdate, Registry, RegistryError};
+use crate::toxic::{Toxic, ToxicUpdate};
+
+/// Largest request body the control API reads.
+pub const API_BODY_BYTES_MAX: usize = 1 << 20;
+
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.message, "status": self.status.as_u16()});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> ApiError {
+        let status = match &error {
+            RegistryError::ProxyNotFound(_) | RegistryError::ToxicNotFound { .. } => StatusCode::NOT_FOUND,
+            RegistryError::ProxyExists(_) | RegistryError::ToxicExists { .. } => StatusCode::CONFLICT,
+            RegistryError::BadRequest(_) | RegistryError::Toxic(_) => StatusCode::BAD_REQUEST,
+            RegistryError::Listen { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            message: error.to_string(),
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        message: format!("bad {what}: {error}"),
+    })
+}
+
+type Shared = State<Arc<Registry>>;
+type ApiResult = Result<Response, ApiError>;
+
+/// The control API's routes over `registry`.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/reset", post(reset))
+        .route("/populate", post(populate))
+        .route("/proxies", get(list).post(create))
+        .route("/proxies/{proxy}", get(show).post(update).delete(delete))
+        .route("/proxies/{proxy}/toxics", get(toxics).post(add_toxic))
+        .route(
+            "/proxies/{proxy}/toxics/{toxic}",
+            get(show_toxic).post(update_toxic).delete(remove_toxic),
+        )
+        .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
+        .with_state(registry)
+}
+
+/// Serves the control API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(registry))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn version() -> Response {
+    axum::Json(json!({"version": env!("CARGO_PKG_VERSION"), "server": "switchyard fault-proxy"})).into_response()
+}
+
+async fn reset(State(registry): Shared) -> ApiResult {
+    registry.reset().await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn populate(State(registry): Shared, body: Bytes) -> ApiResult {
+    let specs: Vec<ProxySpec> = parse(&body, "populate body (a JSON array of proxies)")?;
+    let proxies = registry.populate(specs).await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"proxies": proxies}))).into_response())
+}
+
+async fn list(State(registry): Shared) -> ApiResult {
+    Ok(axum::Json(registry.list().await).into_response())
+}
+
+async fn create(State(registry): Shared, body: Bytes) -> ApiResult {
+    let spec: ProxySpec = parse(&body, "proxy")?;
+    let view = registry.create(spec).await?;
+    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
+}
+
+async fn show(State(registry): Shared, Path(proxy): Path<String>) -> ApiResult {
+    Ok(axum::Json(registry.get(&proxy).await?).into_response())
+}
+
+async fn update(State(registry): Shared, Path(proxy): Path<String>, body: Bytes) -> ApiResult {
+    let update: ProxyUpdate = parse(&body, "proxy update")?;
+    Ok(axum::Json(registry.update(&proxy, update).await?).into_response())
+}
+
+async fn delete(State(registry): Shared, Path(proxy): Path<String>) -> ApiResult {
+    registry.delete(&proxy).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn toxics(State(registry): Shared, Path(proxy): Path<String>) -> ApiResult {
+    Ok(axum::Json(registry.toxics(&proxy).await?).into_response())
+}
+
+async fn add_toxic(State(registry): Shared, Path(proxy): Path<String>, body: Bytes) -> ApiResult {
+    let toxic: Toxic = parse(&body, "toxic")?;
+    Ok(axum::Json(registry.add_toxic(&proxy, toxic).await?).into_response())
+}
+
+async fn show_toxic(State(registry): Shared, Path((proxy, toxic)): Path<(String, String)>) -> ApiResult {
+    Ok(axum::Json(registry.toxic(&proxy, &toxic).await?).into_response())
+}
+
+async fn update_toxic(State(registry): Shared, Path((proxy, toxic)): Path<(String, String)>, body: Bytes) -> ApiResult {
+    let update: ToxicUpdate = parse(&body, "toxic update")?;
+    Ok(axum::Json(registry.update_toxic(&proxy, &toxic, &update).await?).into_response())
+}
+
+async fn remove_toxic(State(registry): Shared, Path((proxy, toxic)): Path<(String, String)>) -> ApiResult {
+    registry.remove_toxic(&proxy, &toxic).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
