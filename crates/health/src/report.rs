@@ -1,0 +1,109 @@
+//! What a vantage point tells the controller (`Report`) and what the controller tells an agent
+//! (`AgentPlan`): the JSON bodies of `POST /v1/agent/report` and `GET /v1/agent/plan`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::CheckSpec;
+
+/// Path of the plan endpoint on the controller (`?name=AGENT`), answered with an `AgentPlan`.
+pub const PLAN_PATH: &str = "/v1/agent/plan";
+/// Path of the report endpoint on the controller; takes a `Report`, answers 204.
+pub const REPORT_PATH: &str = "/v1/agent/report";
+/// Default time between two reports of an agent.
+pub const DEFAULT_REPORT_INTERVAL_MS: u64 = 500;
+
+/// The judgement of one check by one vantage point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Up,
+    Down,
+}
+
+/// One check's state as seen from one vantage point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// `CheckSpec::name`.
+    pub check: String,
+    /// `CheckSpec::region`.
+    pub region: String,
+    /// The state after rise/fall, not the last probe's raw outcome.
+    pub status: CheckStatus,
+    /// When `status` last changed (or the check started), on the vantage point's clock.
+    pub since_ms: u64,
+    /// The last probe's outcome in words, e.g. `HTTP 200 in 3 ms` or `connect: refused`.
+    pub detail: String,
+    /// Duration of the last probe, if it completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// Replication lag the last probe read (SQL and Redis probes that ask for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_lag_ms: Option<u64>,
+}
+
+/// Everything one vantage point currently knows, sent as a whole (not as deltas) so a lost
+/// report costs nothing and the latest one alone is enough.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The vantage point's name (`switchyard agent --name`).
+    pub vantage: String,
+    /// When the report was made, on the vantage point's clock; orders reports of one vantage.
+    /// Freshness is judged on the receiver's clock, never on this.
+    pub sent_at_ms: u64,
+    /// One entry per check that has completed at least one probe.
+    pub results: Vec<CheckResult>,
+}
+
+/// What the controller hands an agent: the checks to run and how often to report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPlan {
+    pub checks: Vec<CheckSpec>,
+    #[serde(default = "default_report_interval_ms")]
+    pub report_interval_ms: u64,
+}
+
+fn default_report_interval_ms() -> u64 {
+    DEFAULT_REPORT_INTERVAL_MS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_json_shape() {
+        let report = Report {
+            vantage: "eu-agent".into(),
+            sent_at_ms: 42,
+            results: vec![CheckResult {
+                check: "app".into(),
+                region: "us-east-1".into(),
+                status: CheckStatus::Down,
+                since_ms: 40,
+                detail: "connect: refused".into(),
+                latency_ms: None,
+                replica_lag_ms: Some(1500),
+            }],
+        };
+        let json = serde_json::to_value(&report).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "vantage": "eu-agent",
+                "sent_at_ms": 42,
+                "results": [{
+                    "check": "app", "region": "us-east-1", "status": "down", "since_ms": 40,
+                    "detail": "connect: refused", "replica_lag_ms": 1500
+                }]
+            })
+        );
+        let back: Report = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn plan_defaults_report_interval() {
+        let plan: AgentPlan = serde_json::from_str(r#"{"checks": []}"#).expect("valid");
+        assert_eq!(plan.report_interval_ms, DEFAULT_REPORT_INTERVAL_MS);
+    }
+}

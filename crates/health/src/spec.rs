@@ -1,0 +1,496 @@
+//! What to probe and how often: `CheckSpec` and its `ProbeKind`, as written in the TOML config
+//! and handed to agents in an `AgentPlan`.
+//!
+//! The defaults detect a dead region in about 1.75 s of probing after the fault is first seen
+//! (one normal interval to notice, then `fall - 1` fast intervals: 1000 + 2 × 250 ms plus the
+//! probe timeouts on the way), well inside the 3 s target, while `fall = 3` still absorbs a
+//! single lost packet or a slow response. See `CheckSpec::detection_bound_ms`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Default time between probes of a check that is stable (HAProxy `inter`).
+pub const DEFAULT_INTERVAL_MS: u64 = 1000;
+/// Default time between probes while a check is changing state (HAProxy `fastinter`).
+pub const DEFAULT_FAST_INTERVAL_MS: u64 = 250;
+/// Default time after which a probe is abandoned and counted as a failure.
+pub const DEFAULT_TIMEOUT_MS: u64 = 800;
+/// Default consecutive successes that bring a down check up (HAProxy `rise`).
+pub const DEFAULT_RISE: u32 = 2;
+/// Default consecutive failures that bring an up check down (HAProxy `fall`).
+pub const DEFAULT_FALL: u32 = 3;
+/// The shortest interval a check may ask for: below it probing becomes load, not signal.
+pub const INTERVAL_MS_MIN: u64 = 10;
+/// The longest interval or timeout a check may ask for (one hour).
+pub const INTERVAL_MS_MAX: u64 = 3_600_000;
+/// Upper bound on `rise` and `fall`.
+pub const RISE_FALL_MAX: u32 = 100;
+
+/// One health check: a probe of one kind against one target, attributed to one region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    /// Unique name of the check (across all regions), e.g. `use1-app`.
+    pub name: String,
+    /// The region whose health this check contributes to.
+    pub region: String,
+    /// What to probe.
+    pub kind: ProbeKind,
+    /// Time between probes while the check is stable (HAProxy `inter`). Default 1000.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Time between probes while the check is transitioning, i.e. after a result that
+    /// disagrees with the current state (HAProxy `fastinter`). Default 250.
+    #[serde(default = "default_fast_interval_ms")]
+    pub fast_interval_ms: u64,
+    /// Time between probes while the check is fully down (HAProxy `downinter`); `None` uses
+    /// `interval_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_interval_ms: Option<u64>,
+    /// A probe still running after this long is cut and counts as a failure. Default 800.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring a down check up. Default 2.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that bring an up check down. Default 3.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+fn default_interval_ms() -> u64 {
+    DEFAULT_INTERVAL_MS
+}
+fn default_fast_interval_ms() -> u64 {
+    DEFAULT_FAST_INTERVAL_MS
+}
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_rise() -> u32 {
+    DEFAULT_RISE
+}
+fn default_fall() -> u32 {
+    DEFAULT_FALL
+}
+
+/// A mistake in a `CheckSpec`, naming the check, the field and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("check '{check}': {message}")]
+pub struct SpecError {
+    pub check: String,
+    pub message: String,
+}
+
+impl CheckSpec {
+    /// A check with every timing at its default.
+    pub fn new(name: impl Into<String>, region: impl Into<String>, kind: ProbeKind) -> CheckSpec {
+        CheckSpec {
+            name: name.into(),
+            region: region.into(),
+            kind,
+            interval_ms: DEFAULT_INTERVAL_MS,
+            fast_interval_ms: DEFAULT_FAST_INTERVAL_MS,
+            down_interval_ms: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+        }
+    }
+
+    /// The interval used while the check is fully down.
+    pub fn effective_down_interval_ms(&self) -> u64 {
+        self.down_interval_ms.unwrap_or(self.interval_ms)
+    }
+
+    /// Worst-case time from a fault to this check reporting down, once probes fail at once:
+    /// the current interval (`inter`), then `fall - 1` fast intervals, each probe taking at
+    /// most `timeout_ms`.
+    pub fn detection_bound_ms(&self) -> u64 {
+        let fast_steps = u64::from(self.fall.saturating_sub(1));
+        self.interval_ms
+            .saturating_add(fast_steps.saturating_mul(self.fast_interval_ms))
+            .saturating_add(u64::from(self.fall).saturating_mul(self.timeout_ms))
+    }
+
+    /// Checks ranges and the probe's own fields; the error names the field and the fix.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let fail = |message: String| SpecError {
+            check: self.name.clone(),
+            message,
+        };
+        if self.name.trim().is_empty() {
+            return Err(fail(
+                "name is empty: give every check a unique name like 'use1-app'".into(),
+            ));
+        }
+        if self.region.trim().is_empty() {
+            return Err(fail("region is empty: name the region this check belongs to".into()));
+        }
+        let intervals = [
+            ("interval_ms", Some(self.interval_ms)),
+            ("fast_interval_ms", Some(self.fast_interval_ms)),
+            ("down_interval_ms", self.down_interval_ms),
+            ("timeout_ms", Some(self.timeout_ms)),
+        ];
+        for (field, value) in intervals {
+            if let Some(value) = value
+                && !(INTERVAL_MS_MIN..=INTERVAL_MS_MAX).contains(&value)
+            {
+                return Err(fail(format!(
+                    "{field} = {value} is out of range: use {INTERVAL_MS_MIN}..={INTERVAL_MS_MAX} milliseconds"
+                )));
+            }
+        }
+        for (field, value) in [("rise", self.rise), ("fall", self.fall)] {
+            if !(1..=RISE_FALL_MAX).contains(&value) {
+                return Err(fail(format!(
+                    "{field} = {value} is out of range: use 1..={RISE_FALL_MAX}"
+                )));
+            }
+        }
+        self.kind.validate().map_err(fail)
+    }
+}
+
+/// What a check probes; internally tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProbeKind {
+    /// An HTTP/1.1 request; success when the status matches (and the body contains a string).
+    Http {
+        /// `http://host:port/path?query`. HTTPS is not supported yet.
+        url: String,
+        /// Request method. Default `GET`.
+        #[serde(default = "default_method")]
+        method: String,
+        /// The status that counts as success; `None` accepts any 2xx or 3xx (as HAProxy does).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect_status: Option<u16>,
+        /// When set, the response body must contain this string (searched in the first
+        /// `probe::http::BODY_BYTES_MAX` bytes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body_contains: Option<String>,
+        /// Extra request headers, e.g. `Host` for a virtual host.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, String>,
+    },
+    /// A TCP connect; success when the connection is established.
+    Tcp {
+        /// `host:port`.
+        address: String,
+    },
+    /// A DNS query over UDP; success on a NOERROR answer (containing `expect` if set).
+    Dns {
+        /// The server as `ip:port` or `ip` (port 53).
+        server: String,
+        /// The name to look up, e.g. `www.example.com`.
+        name: String,
+        /// `A`, `AAAA`, `CNAME`, `TXT`, `MX`, `NS`, `SOA` or `SRV`. Default `A`.
+        #[serde(default = "default_record_type")]
+        record_type: String,
+        /// When set, one answer record of `record_type` must have this value (an address for A
+        /// and AAAA, a name for CNAME/NS/MX/SRV targets, the text for TXT).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<String>,
+    },
+    /// A DynamoDB read against a store (Switchyard's or AWS's): `GetItem` of `key` if given,
+    /// else `Scan` with `Limit = 1`. Signed with SigV4 when credentials are given.
+    Dynamodb {
+        /// `http://host:port`.
+        endpoint: String,
+        /// The table to read.
+        table: String,
+        /// The key in DynamoDB JSON, e.g. `{ pk = { S = "health" } }`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<serde_json::Value>,
+        /// Region used in the signature; default the check's region.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signing_region: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        access_key_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_access_key: Option<String>,
+    },
+    /// `SELECT 1` on MariaDB/MySQL or PostgreSQL, optionally reading replica lag.
+    Sql {
+        driver: SqlDriver,
+        /// `host:port`.
+        address: String,
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        database: Option<String>,
+        /// Read replication lag: MySQL `SHOW REPLICA STATUS` (`Seconds_Behind_Master`),
+        /// PostgreSQL `now() - pg_last_xact_replay_timestamp()`.
+        #[serde(default)]
+        replica_lag: bool,
+        /// When set (implies `replica_lag`), a lag above this, or an unknown lag, fails the check.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_replica_lag_ms: Option<u64>,
+    },
+    /// Redis `PING` (after `AUTH` if a password is given), optionally `INFO replication`.
+    Redis {
+        /// `host:port`.
+        address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        /// Read `INFO replication`: the role goes into the detail, a replica's
+        /// `master_last_io_seconds_ago` into the lag.
+        #[serde(default)]
+        replication: bool,
+        /// When set, `INFO replication` must report this role (`master` or `slave`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect_role: Option<String>,
+        /// When set (implies `replication`), a replica whose link is down or whose lag is above
+        /// this fails the check.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_replica_lag_ms: Option<u64>,
+    },
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+fn default_record_type() -> String {
+    "A".into()
+}
+
+/// The SQL wire protocol a `Sql` probe speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqlDriver {
+    /// MariaDB and MySQL.
+    Mysql,
+    Postgres,
+}
+
+/// DNS record types a `Dns` probe can ask for.
+pub const DNS_RECORD_TYPES: [&str; 8] = ["A", "AAAA", "CNAME", "TXT", "MX", "NS", "SOA", "SRV"];
+
+impl ProbeKind {
+    /// The `type` tag, for logs.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ProbeKind::Http { .. } => "http",
+            ProbeKind::Tcp { .. } => "tcp",
+            ProbeKind::Dns { .. } => "dns",
+            ProbeKind::Dynamodb { .. } => "dynamodb",
+            ProbeKind::Sql { .. } => "sql",
+            ProbeKind::Redis { .. } => "redis",
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            ProbeKind::Http { url, method, .. } => {
+                if url.starts_with("https://") {
+                    return Err(format!(
+                        "url '{url}': HTTPS probes are not supported yet; probe the plain-HTTP port or use a tcp check"
+                    ));
+                }
+                if !url.starts_with("http://") {
+                    return Err(format!(
+                        "url '{url}' is not an http:// URL; write it like http://10.0.0.5:8080/health"
+                    ));
+                }
+                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(format!(
+                        "method '{method}' is not an HTTP method; use GET, HEAD or POST"
+                    ));
+                }
+                Ok(())
+            }
+            ProbeKind::Tcp { address } => host_port(address, "address"),
+            ProbeKind::Dns {
+                server,
+                name,
+                record_type,
+                ..
+            } => {
+                if server.trim().is_empty() {
+                    return Err("server is empty: give the DNS server as ip or ip:port".into());
+                }
+                if name.trim().is_empty() {
+                    return Err("name is empty: give the name to look up".into());
+                }
+                if !DNS_RECORD_TYPES.contains(&record_type.to_ascii_uppercase().as_str()) {
+                    return Err(format!(
+                        "record_type '{record_type}' is not supported; use one of {}",
+                        DNS_RECORD_TYPES.join(", ")
+                    ));
+                }
+                Ok(())
+            }
+            ProbeKind::Dynamodb {
+                endpoint,
+                table,
+                key,
+                access_key_id,
+                secret_access_key,
+                ..
+            } => {
+                if !endpoint.starts_with("http://") {
+                    return Err(format!(
+                        "endpoint '{endpoint}' is not an http:// URL; write it like http://10.0.0.5:8000"
+                    ));
+                }
+                if table.is_empty() {
+                    return Err("table is empty: name the table to read".into());
+                }
+                if let Some(key) = key
+                    && !key.is_object()
+                {
+                    return Err("key must be a map of attribute names to DynamoDB JSON values, like { pk = { S = \"health\" } }".into());
+                }
+                if access_key_id.is_some() != secret_access_key.is_some() {
+                    return Err("give both access_key_id and secret_access_key, or neither".into());
+                }
+                Ok(())
+            }
+            ProbeKind::Sql { address, user, .. } => {
+                host_port(address, "address")?;
+                if user.is_empty() {
+                    return Err("user is empty: give the database user the probe logs in as".into());
+                }
+                Ok(())
+            }
+            ProbeKind::Redis {
+                address, expect_role, ..
+            } => {
+                host_port(address, "address")?;
+                if let Some(role) = expect_role
+                    && role != "master"
+                    && role != "slave"
+                {
+                    return Err(format!(
+                        "expect_role '{role}' is not a Redis role; use 'master' or 'slave'"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn host_port(address: &str, field: &str) -> Result<(), String> {
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!(
+            "{field} '{address}' is not host:port; write it like 10.0.0.5:6379"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_detect_within_three_seconds_of_probing() {
+        let spec = CheckSpec::new("c", "r", ProbeKind::Tcp { address: "a:1".into() });
+        assert!(spec.interval_ms + u64::from(spec.fall - 1) * spec.fast_interval_ms <= 3000);
+        assert_eq!(spec.detection_bound_ms(), 1000 + 2 * 250 + 3 * 800);
+    }
+
+    #[test]
+    fn toml_with_defaults() {
+        let text = r#"
+            name = "use1-app"
+            region = "us-east-1"
+            [kind]
+            type = "http"
+            url = "http://127.0.0.1:8080/health"
+            body_contains = "ok"
+        "#;
+        let spec: CheckSpec = toml::from_str(text).expect("valid");
+        assert_eq!(spec.interval_ms, 1000);
+        assert_eq!(spec.fall, 3);
+        assert_eq!(
+            spec.kind,
+            ProbeKind::Http {
+                url: "http://127.0.0.1:8080/health".into(),
+                method: "GET".into(),
+                expect_status: None,
+                body_contains: Some("ok".into()),
+                headers: BTreeMap::new(),
+            }
+        );
+        spec.validate().expect("valid");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let text = "name = \"a\"\nregion = \"r\"\nintervall_ms = 5\n[kind]\ntype = \"tcp\"\naddress = \"a:1\"\n";
+        let error = toml::from_str::<CheckSpec>(text).expect_err("typo").to_string();
+        assert!(error.contains("intervall_ms"), "{error}");
+        let text = "name = \"a\"\nregion = \"r\"\n[kind]\ntype = \"tcp\"\naddress = \"a:1\"\nport = 5\n";
+        let error = toml::from_str::<CheckSpec>(text).expect_err("typo").to_string();
+        assert!(error.contains("port"), "{error}");
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_json() {
+        let kinds = vec![
+            ProbeKind::Dns {
+                server: "127.0.0.1:53".into(),
+                name: "example.com".into(),
+                record_type: "A".into(),
+                expect: Some("192.0.2.1".into()),
+            },
+            ProbeKind::Dynamodb {
+                endpoint: "http://127.0.0.1:8000".into(),
+                table: "t".into(),
+                key: Some(serde_json::json!({"pk": {"S": "x"}})),
+                signing_region: None,
+                access_key_id: Some("AK".into()),
+                secret_access_key: Some("SK".into()),
+            },
+            ProbeKind::Sql {
+                driver: SqlDriver::Postgres,
+                address: "127.0.0.1:5432".into(),
+                user: "u".into(),
+                password: None,
+                database: Some("d".into()),
+                replica_lag: true,
+                max_replica_lag_ms: Some(5000),
+            },
+            ProbeKind::Redis {
+                address: "127.0.0.1:6379".into(),
+                username: None,
+                password: Some("p".into()),
+                replication: true,
+                expect_role: Some("master".into()),
+                max_replica_lag_ms: None,
+            },
+        ];
+        for kind in kinds {
+            let spec = CheckSpec::new("c", "r", kind);
+            spec.validate().expect("valid");
+            let json = serde_json::to_string(&spec).expect("serialize");
+            let back: CheckSpec = serde_json::from_str(&json).expect("deserialize");
+            assert_eq!(back, spec);
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut spec = CheckSpec::new("c", "r", ProbeKind::Tcp { address: "nope".into() });
+        assert!(spec.validate().expect_err("bad").to_string().contains("'nope'"));
+        spec.kind = ProbeKind::Tcp { address: "a:1".into() };
+        spec.fall = 0;
+        assert!(spec.validate().expect_err("bad").to_string().contains("fall = 0"));
+        spec.fall = 3;
+        spec.fast_interval_ms = 1;
+        assert!(
+            spec.validate()
+                .expect_err("bad")
+                .to_string()
+                .contains("fast_interval_ms")
+        );
+    }
+}

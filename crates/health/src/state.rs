@@ -1,0 +1,333 @@
+//! The rise/fall state machine of one check, with HAProxy's semantics. Sans-IO: feed it probe
+//! outcomes with the time, it says the state and how long to wait before the next probe.
+//!
+//! Like HAProxy, the state is a health counter `h` in `0..=rise + fall - 1`; the check is up
+//! while `h >= rise`. A success raises `h` by one, a failure lowers it by one. Crossing the
+//! threshold flips the state and snaps `h` to the far end (full health when going up, zero
+//! when going down), so a check that just came up needs `fall` failures to go down again and
+//! one that just went down needs `rise` successes to come back. Between the ends the counter
+//! gives hysteresis: an up check that alternates failures and successes never goes down.
+//!
+//! Probe spacing: `inter` while fully up, `fastinter` while transitioning (up with `h` below
+//! full, or down with `h` above zero), `downinter` while fully down.
+
+use crate::report::CheckStatus;
+use crate::spec::CheckSpec;
+
+/// The timing and thresholds of one check (taken from its `CheckSpec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub interval_ms: u64,
+    pub fast_interval_ms: u64,
+    pub down_interval_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl From<&CheckSpec> for Timing {
+    fn from(spec: &CheckSpec) -> Timing {
+        Timing {
+            interval_ms: spec.interval_ms,
+            fast_interval_ms: spec.fast_interval_ms,
+            down_interval_ms: spec.effective_down_interval_ms(),
+            rise: spec.rise.max(1),
+            fall: spec.fall.max(1),
+        }
+    }
+}
+
+/// Where a check starts (HAProxy's `init-state`, plus `FirstProbe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitialState {
+    /// No state until the first probe: its outcome sets the state, at full health (up) or zero
+    /// (down). Nothing is claimed before anything was observed. The default.
+    #[default]
+    FirstProbe,
+    /// Up, but the first failure brings it down (HAProxy `up`).
+    Up,
+    /// Up at full health: `fall` failures bring it down (HAProxy `fully-up`).
+    FullyUp,
+    /// Down, but the first success brings it up (HAProxy `down`).
+    Down,
+    /// Down at zero: `rise` successes bring it up (HAProxy `fully-down`).
+    FullyDown,
+}
+
+/// What one recorded probe outcome did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// The new status if it changed (or was first set).
+    pub changed: Option<CheckStatus>,
+    /// Wait this long before the next probe.
+    pub next_delay_ms: u64,
+}
+
+/// The state of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckState {
+    timing: Timing,
+    status: Option<CheckStatus>,
+    health: u32,
+    since_ms: u64,
+}
+
+impl CheckState {
+    pub fn new(timing: Timing, initial: InitialState, now_ms: u64) -> CheckState {
+        let timing = Timing {
+            rise: timing.rise.max(1),
+            fall: timing.fall.max(1),
+            ..timing
+        };
+        let full = timing.rise + timing.fall - 1;
+        let (status, health) = match initial {
+            InitialState::FirstProbe => (None, 0),
+            InitialState::Up => (Some(CheckStatus::Up), timing.rise),
+            InitialState::FullyUp => (Some(CheckStatus::Up), full),
+            InitialState::Down => (Some(CheckStatus::Down), timing.rise - 1),
+            InitialState::FullyDown => (Some(CheckStatus::Down), 0),
+        };
+        CheckState {
+            timing,
+            status,
+            health,
+            since_ms: now_ms,
+        }
+    }
+
+    /// `None` only before the first probe of a `FirstProbe` check.
+    pub fn status(&self) -> Option<CheckStatus> {
+        self.status
+    }
+
+    /// When the status last changed (or the machine was created).
+    pub fn since_ms(&self) -> u64 {
+        self.since_ms
+    }
+
+    /// HAProxy's health counter, `0..=rise + fall - 1`.
+    pub fn health(&self) -> u32 {
+        self.health
+    }
+
+    fn full(&self) -> u32 {
+        self.timing.rise + self.timing.fall - 1
+    }
+
+    /// Records one probe outcome observed at `now_ms`.
+    pub fn record(&mut self, success: bool, now_ms: u64) -> Step {
+        let full = self.full();
+        let changed = match (self.status, success) {
+            (None, true) => Some(self.flip(CheckStatus::Up, full, now_ms)),
+            (None, false) => Some(self.flip(CheckStatus::Down, 0, now_ms)),
+            (Some(CheckStatus::Up), true) => {
+                self.health = (self.health + 1).min(full);
+                None
+            }
+            (Some(CheckStatus::Up), false) => {
+                self.health = self.health.saturating_sub(1);
+                (self.health < self.timing.rise).then(|| self.flip(CheckStatus::Down, 0, now_ms))
+            }
+            (Some(CheckStatus::Down), true) => {
+                self.health = (self.health + 1).min(full);
+                (self.health >= self.timing.rise).then(|| self.flip(CheckStatus::Up, full, now_ms))
+            }
+            (Some(CheckStatus::Down), false) => {
+                self.health = self.health.saturating_sub(1);
+                None
+            }
+        };
+        Step {
+            changed,
+            next_delay_ms: self.next_delay_ms(),
+        }
+    }
+
+    fn flip(&mut self, status: CheckStatus, health: u32, now_ms: u64) -> CheckStatus {
+        self.status = Some(status);
+        self.health = health;
+        self.since_ms = now_ms;
+        status
+    }
+
+    /// The delay before the next probe in the current state.
+    pub fn next_delay_ms(&self) -> u64 {
+        match self.status {
+            None => 0,
+            Some(CheckStatus::Up) if self.health >= self.full() => self.timing.interval_ms,
+            Some(CheckStatus::Down) if self.health == 0 => self.timing.down_interval_ms,
+            Some(_) => self.timing.fast_interval_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use CheckStatus::{Down, Up};
+
+    fn timing(rise: u32, fall: u32) -> Timing {
+        Timing {
+            interval_ms: 1000,
+            fast_interval_ms: 250,
+            down_interval_ms: 5000,
+            rise,
+            fall,
+        }
+    }
+
+    #[test]
+    fn first_probe_decides_then_hysteresis() {
+        let mut state = CheckState::new(timing(2, 3), InitialState::FirstProbe, 0);
+        assert_eq!(state.status(), None);
+        assert_eq!(state.next_delay_ms(), 0);
+        let step = state.record(true, 10);
+        assert_eq!(step.changed, Some(Up));
+        assert_eq!(step.next_delay_ms, 1000);
+        assert_eq!(state.since_ms(), 10);
+        // Fully up: fall = 3 failures, probed at fastinter after the first.
+        assert_eq!(
+            state.record(false, 20),
+            Step {
+                changed: None,
+                next_delay_ms: 250
+            }
+        );
+        assert_eq!(
+            state.record(false, 30),
+            Step {
+                changed: None,
+                next_delay_ms: 250
+            }
+        );
+        assert_eq!(
+            state.record(false, 40),
+            Step {
+                changed: Some(Down),
+                next_delay_ms: 5000
+            }
+        );
+        assert_eq!(state.since_ms(), 40);
+        // Fully down: rise = 2 successes.
+        assert_eq!(
+            state.record(true, 50),
+            Step {
+                changed: None,
+                next_delay_ms: 250
+            }
+        );
+        assert_eq!(
+            state.record(true, 60),
+            Step {
+                changed: Some(Up),
+                next_delay_ms: 1000
+            }
+        );
+    }
+
+    #[test]
+    fn first_probe_failure_starts_fully_down() {
+        let mut state = CheckState::new(timing(2, 3), InitialState::FirstProbe, 0);
+        assert_eq!(state.record(false, 5).changed, Some(Down));
+        assert_eq!(state.health(), 0);
+        assert_eq!(state.next_delay_ms(), 5000);
+    }
+
+    #[test]
+    fn haproxy_init_states() {
+        let mut up = CheckState::new(timing(2, 3), InitialState::Up, 0);
+        assert_eq!(up.status(), Some(Up));
+        assert_eq!(up.next_delay_ms(), 250, "transitional until full");
+        assert_eq!(up.record(false, 1).changed, Some(Down));
+
+        let mut fully_up = CheckState::new(timing(2, 3), InitialState::FullyUp, 0);
+        assert_eq!(fully_up.next_delay_ms(), 1000);
+        assert_eq!(fully_up.record(false, 1).changed, None);
+        assert_eq!(fully_up.record(false, 2).changed, None);
+        assert_eq!(fully_up.record(false, 3).changed, Some(Down));
+
+        let mut down = CheckState::new(timing(2, 3), InitialState::Down, 0);
+        assert_eq!(down.status(), Some(Down));
+        assert_eq!(down.record(true, 1).changed, Some(Up));
+
+        let mut fully_down = CheckState::new(timing(2, 3), InitialState::FullyDown, 0);
+        assert_eq!(fully_down.record(true, 1).changed, None);
+        assert_eq!(fully_down.record(true, 2).changed, Some(Up));
+    }
+
+    #[test]
+    fn alternating_failures_do_not_bring_a_healthy_check_down() {
+        let mut state = CheckState::new(timing(2, 3), InitialState::FullyUp, 0);
+        for t in 0..100 {
+            assert_eq!(state.record(t % 2 == 0, t).changed, None);
+        }
+        assert_eq!(state.status(), Some(Up));
+    }
+
+    #[test]
+    fn rise_and_fall_of_one() {
+        let mut state = CheckState::new(timing(1, 1), InitialState::FullyUp, 0);
+        assert_eq!(state.record(false, 1).changed, Some(Down));
+        assert_eq!(state.record(true, 2).changed, Some(Up));
+        assert_eq!(state.next_delay_ms(), 1000);
+    }
+
+    fn initial() -> impl Strategy<Value = InitialState> {
+        prop_oneof![
+            Just(InitialState::FirstProbe),
+            Just(InitialState::Up),
+            Just(InitialState::FullyUp),
+            Just(InitialState::Down),
+            Just(InitialState::FullyDown),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn rise_fall_invariants(
+            rise in 1u32..6,
+            fall in 1u32..6,
+            initial in initial(),
+            outcomes in proptest::collection::vec(any::<bool>(), 0..80),
+        ) {
+            let timing = timing(rise, fall);
+            let mut state = CheckState::new(timing, initial, 0);
+            let mut run_successes = 0u32;
+            let mut run_failures = 0u32;
+            for (t, success) in outcomes.into_iter().enumerate() {
+                let before = state.status();
+                let step = state.record(success, t as u64);
+                let after = state.status();
+                if success { run_successes += 1; run_failures = 0 } else { run_failures += 1; run_successes = 0 }
+                // Only a success brings a check up and only a failure brings it down.
+                if before == Some(Down) && after == Some(Up) { prop_assert!(success); }
+                if before == Some(Up) && after == Some(Down) { prop_assert!(!success); }
+                prop_assert_eq!(step.changed.is_some(), before != after);
+                // Enough consecutive outcomes always settle the state.
+                if run_failures >= fall { prop_assert_eq!(after, Some(Down)); }
+                if run_successes >= rise { prop_assert_eq!(after, Some(Up)); }
+                prop_assert!(state.health() < rise + fall);
+                prop_assert_eq!(after == Some(Up), state.health() >= rise);
+                prop_assert!([timing.interval_ms, timing.fast_interval_ms, timing.down_interval_ms]
+                    .contains(&step.next_delay_ms));
+            }
+        }
+
+        #[test]
+        fn fewer_than_fall_failures_never_bring_a_fresh_up_down(
+            rise in 1u32..6,
+            fall in 1u32..6,
+            outcomes in proptest::collection::vec(any::<bool>(), 0..40),
+        ) {
+            let mut state = CheckState::new(timing(rise, fall), InitialState::FullyUp, 0);
+            let failures = outcomes.iter().filter(|s| !**s).count() as u32;
+            for (t, success) in outcomes.into_iter().enumerate() {
+                state.record(success, t as u64);
+            }
+            if failures < fall {
+                prop_assert_eq!(state.status(), Some(Up));
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Integration tests of the health crate: probes against real servers started by the tests.
