@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dynamo_protocol::sigv4::Credentials;
 use tokio::net::TcpListener;
 
+mod fault_proxy;
+
 mod bench;
 
 #[derive(Parser)]
@@ -50,6 +52,12 @@ enum Command {
     /// The benchmark ceiling: a bare HTTP server on the store's stack answering 200 to anything.
     #[command(hide = true)]
     BenchCeiling(CeilingArgs),
+    /// A TCP fault-injection proxy with Toxiproxy's toxics and control API.
+    ///
+    /// Named proxies (listen → upstream) get toxics per direction: latency and jitter,
+    /// bandwidth, timeout (blackhole), reset_peer, slicer, limit_data, slow_close; a disabled
+    /// proxy refuses connections. Drive it with Toxiproxy's HTTP API on --listen.
+    FaultProxy(fault_proxy::FaultProxyArgs),
     /// Benchmarks that need Switchyard's own load generator (results go to BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -161,6 +169,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Store(args) => runtime.block_on(run_store(args)),
         Command::BenchCeiling(args) => runtime.block_on(run_ceiling(args)),
+        Command::FaultProxy(args) => runtime.block_on(fault_proxy::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
     }
 }
@@ -235,7 +244,7 @@ async fn run_ceiling(args: CeilingArgs) -> anyhow::Result<()> {
         .context("serve the ceiling")
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
