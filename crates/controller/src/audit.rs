@@ -1,0 +1,383 @@
+//! The durable audit log: append-only JSON lines, one fsync per record, rotated by size.
+//!
+//! Every state-changing observation, decision, runbook step and alert is a record with its
+//! reason and generation. The log is also the controller's memory across restarts: `restore`
+//! reads it back to find the highest generation ever used, the last placement a runbook
+//! applied, and a runbook that started but never finished (rolled forward with a new
+//! generation). Each file starts with a checkpoint of that state, so rotation loses nothing
+//! the restore needs.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Generation, Manual, Note, Placement, RegionId, RunbookOutcome};
+
+/// Records kept in memory for `GET /v1/events`.
+pub const RECENT_RECORDS_MAX: usize = 1000;
+/// A line longer than this is not a record (torn or foreign) and is skipped on restore.
+pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub generation: Generation,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+/// The state a restart needs, written at the top of every file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub generation: Generation,
+    pub observed: Option<Placement>,
+    pub interrupted: Option<Placement>,
+    pub preferred: Option<RegionId>,
+    pub paused: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    Checkpoint {
+        state: Checkpoint,
+    },
+    ControllerStarted {
+        version: String,
+    },
+    Engine {
+        note: Note,
+    },
+    Step {
+        step: String,
+        attempt: u32,
+        /// `ok`, `skipped`, `error` or `fenced`.
+        outcome: String,
+        detail: String,
+        duration_ms: u64,
+    },
+    Alert {
+        key: String,
+        message: String,
+    },
+    Resolved {
+        key: String,
+    },
+    Verdict {
+        region: String,
+        verdict: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The open log.
+pub struct AuditLog {
+    path: PathBuf,
+    file: File,
+    bytes: u64,
+    bytes_max: u64,
+    files_kept: u32,
+    seq: u64,
+    state: Checkpoint,
+    recent: VecDeque<AuditRecord>,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn rotated(path: &Path, index: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{index}"));
+    PathBuf::from(name)
+}
+
+impl AuditLog {
+    /// Opens (creating) the log, restores the state from it and its rotated files.
+    pub fn open(path: &Path, bytes_max: u64, files_kept: u32) -> Result<AuditLog, AuditError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+        }
+        let (state, seq, recent) = restore(path, files_kept)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_error(path))?;
+        let bytes = file.metadata().map_err(io_error(path))?.len();
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            file,
+            bytes,
+            bytes_max,
+            files_kept,
+            seq,
+            state,
+            recent,
+        })
+    }
+
+    /// What a restart restores.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.state
+    }
+
+    /// Appends one record and fsyncs it; returns it.
+    pub fn append(&mut self, at_ms: u64, generation: Generation, entry: Entry) -> Result<AuditRecord, AuditError> {
+        self.seq += 1;
+        let record = AuditRecord {
+            seq: self.seq,
+            at_ms,
+            generation,
+            entry,
+        };
+        apply(&mut self.state, &record);
+        let mut line = serde_json::to_vec(&record).expect("audit records always serialize");
+        line.push(b'\n');
+        if self.bytes > 0 && self.bytes + line.len() as u64 > self.bytes_max {
+            self.rotate(at_ms)?;
+        }
+        self.write_line(&line)?;
+        self.recent.push_back(record.clone());
+        while self.recent.len() > RECENT_RECORDS_MAX {
+            self.recent.pop_front();
+        }
+        Ok(record)
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> Result<(), AuditError> {
+        self.file.write_all(line).map_err(io_error(&self.path))?;
+        self.file.sync_data().map_err(io_error(&self.path))?;
+        self.bytes += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self, at_ms: u64) -> Result<(), AuditError> {
+        let oldest = rotated(&self.path, self.files_kept.max(1));
+        if oldest.exists() {
+            std::fs::remove_file(&oldest).map_err(io_error(&oldest))?;
+        }
+        for index in (1..self.files_kept.max(1)).rev() {
+            let from = rotated(&self.path, index);
+            if from.exists() {
+                let to = rotated(&self.path, index + 1);
+                std::fs::rename(&from, &to).map_err(io_error(&from))?;
+            }
+        }
+        let first = rotated(&self.path, 1);
+        std::fs::rename(&self.path, &first).map_err(io_error(&self.path))?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io_error(&self.path))?;
+        self.bytes = 0;
+        if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Ok(dir) = File::open(parent)
+        {
+            let _ = dir.sync_all();
+        }
+        self.seq += 1;
+        let record = AuditRecord {
+            seq: self.seq,
+            at_ms,
+            generation: self.state.generation,
+            entry: Entry::Checkpoint {
+                state: self.state.clone(),
+            },
+        };
+        let mut line = serde_json::to_vec(&record).expect("audit records always serialize");
+        line.push(b'\n');
+        self.write_line(&line)
+    }
+
+    /// The latest records, oldest first, at most `limit`.
+    pub fn recent(&self, limit: usize) -> Vec<AuditRecord> {
+        let skip = self.recent.len().saturating_sub(limit);
+        self.recent.iter().skip(skip).cloned().collect()
+    }
+}
+
+/// Folds one record into the restart state.
+fn apply(state: &mut Checkpoint, record: &AuditRecord) {
+    state.generation = state.generation.max(record.generation);
+    match &record.entry {
+        Entry::Checkpoint { state: checkpoint } => {
+            let generation = state.generation.max(checkpoint.generation);
+            *state = checkpoint.clone();
+            state.generation = generation;
+        }
+        Entry::Engine { note } => match note {
+            Note::RunbookStarted(order) => {
+                state.generation = state.generation.max(order.generation);
+                state.interrupted = Some(order.to.clone());
+            }
+            Note::RunbookFinished { to, outcome, .. } => {
+                if *outcome == RunbookOutcome::Succeeded {
+                    state.observed = Some(to.clone());
+                    state.interrupted = None;
+                } else if let RunbookOutcome::Fenced { .. } = outcome {
+                    state.interrupted = None;
+                }
+                // A failed runbook stays the intent: it is rolled forward.
+            }
+            Note::Manual {
+                command,
+                accepted: true,
+                ..
+            } => match command {
+                Manual::Pause => state.paused = true,
+                Manual::Resume => state.paused = false,
+                Manual::Switchover { to } => state.preferred = Some(to.clone()),
+                Manual::Failback => state.preferred = None,
+                Manual::Failover | Manual::Acknowledge => {}
+            },
+            _ => {}
+        },
+        _ => {}
+    }
+}
+
+/// Reads the rotated files oldest first, then the current one. Torn or foreign lines (a crash
+/// in the middle of a write) are skipped.
+fn restore(path: &Path, files_kept: u32) -> Result<(Checkpoint, u64, VecDeque<AuditRecord>), AuditError> {
+    let mut files: Vec<PathBuf> = (1..=files_kept.max(1)).rev().map(|i| rotated(path, i)).collect();
+    files.push(path.to_path_buf());
+    let mut state = Checkpoint::default();
+    let mut seq = 0;
+    let mut recent = VecDeque::new();
+    for file in files {
+        let handle = match File::open(&file) {
+            Ok(handle) => handle,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(io_error(&file)(error)),
+        };
+        let mut reader = BufReader::new(handle);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = reader.read_until(b'\n', &mut line).map_err(io_error(&file))?;
+            if read == 0 {
+                break;
+            }
+            if line.len() > RECORD_BYTES_MAX {
+                continue;
+            }
+            let Ok(record) = serde_json::from_slice::<AuditRecord>(&line) else {
+                tracing::warn!(file = %file.display(), "skipping an unreadable audit line (torn write?)");
+                continue;
+            };
+            seq = seq.max(record.seq);
+            apply(&mut state, &record);
+            recent.push_back(record);
+            while recent.len() > RECENT_RECORDS_MAX {
+                recent.pop_front();
+            }
+        }
+    }
+    Ok((state, seq, recent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{RunbookOrder, TransitionKind};
+
+    fn order(generation: u64, to: &str) -> Note {
+        Note::RunbookStarted(RunbookOrder {
+            generation: Generation(generation),
+            kind: TransitionKind::Failover,
+            from: None,
+            to: Placement::single(RegionId::new(to)),
+            reason: "test".into(),
+        })
+    }
+
+    fn finished(generation: u64, to: &str) -> Note {
+        Note::RunbookFinished {
+            generation: Generation(generation),
+            to: Placement::single(RegionId::new(to)),
+            outcome: RunbookOutcome::Succeeded,
+        }
+    }
+
+    #[test]
+    fn restore_finds_generation_observed_and_interrupted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        {
+            let mut log = AuditLog::open(&path, 1 << 20, 3).expect("open");
+            log.append(1, Generation(1), Entry::Engine { note: order(1, "a") })
+                .expect("append");
+            log.append(2, Generation(1), Entry::Engine { note: finished(1, "a") })
+                .expect("append");
+            log.append(3, Generation(2), Entry::Engine { note: order(2, "b") })
+                .expect("append");
+        }
+        // A torn last line, as a crash mid-write leaves it.
+        let mut file = OpenOptions::new().append(true).open(&path).expect("open");
+        file.write_all(b"{\"seq\":4,\"at_ms\":4,\"gen").expect("write");
+        drop(file);
+        let log = AuditLog::open(&path, 1 << 20, 3).expect("reopen");
+        let state = log.checkpoint();
+        assert_eq!(state.generation, Generation(2));
+        assert_eq!(state.observed, Some(Placement::single(RegionId::new("a"))));
+        assert_eq!(state.interrupted, Some(Placement::single(RegionId::new("b"))));
+        assert_eq!(log.recent(10).len(), 3);
+    }
+
+    #[test]
+    fn rotation_bounds_files_and_keeps_the_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path, 4096, 2).expect("open");
+        for g in 1..=200u64 {
+            log.append(g, Generation(g), Entry::Engine { note: order(g, "a") })
+                .expect("append");
+            log.append(g, Generation(g), Entry::Engine { note: finished(g, "a") })
+                .expect("append");
+        }
+        log.append(
+            201,
+            Generation(200),
+            Entry::Engine {
+                note: Note::Manual {
+                    command: Manual::Switchover { to: RegionId::new("b") },
+                    accepted: true,
+                    reason: "test".into(),
+                },
+            },
+        )
+        .expect("append");
+        drop(log);
+        assert!(rotated(&path, 1).exists());
+        assert!(rotated(&path, 2).exists());
+        assert!(!rotated(&path, 3).exists(), "only files_kept rotated files remain");
+        for file in [path.clone(), rotated(&path, 1)] {
+            let size = std::fs::metadata(&file).expect("stat").len();
+            assert!(size <= 4096 + 1024, "{} is {size} bytes", file.display());
+        }
+        let log = AuditLog::open(&path, 4096, 2).expect("reopen");
+        assert_eq!(log.checkpoint().generation, Generation(200));
+        assert_eq!(log.checkpoint().interrupted, None);
+        assert_eq!(log.checkpoint().preferred, Some(RegionId::new("b")));
+    }
+}

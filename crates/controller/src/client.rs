@@ -1,0 +1,121 @@
+//! A small HTTP/1.1 client (hyper-util) with a timeout, a bearer token and a bounded response,
+//! used by runbook steps, alerts, the CLI and the pointer watcher.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::StatusCode;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Largest response body read.
+pub const RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("'{0}' is not a valid http:// URL")]
+    BadUrl(String),
+    #[error("{url}: no answer within {timeout_ms} ms")]
+    Timeout { url: String, timeout_ms: u64 },
+    #[error("{url}: {message}")]
+    Transport { url: String, message: String },
+}
+
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        HttpClient::new()
+    }
+}
+
+/// A response: status and body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl HttpClient {
+    pub fn new() -> HttpClient {
+        HttpClient {
+            inner: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Sends one request; `json` bodies get `Content-Type: application/json`.
+    pub async fn request(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        token: Option<&str>,
+        json: Option<Vec<u8>>,
+        timeout_ms: u64,
+    ) -> Result<Answer, ClientError> {
+        let uri: hyper::Uri = url.parse().map_err(|_| ClientError::BadUrl(url.to_string()))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(ClientError::BadUrl(url.to_string()));
+        }
+        let mut builder = hyper::Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match json {
+            Some(json) => {
+                builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(json))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = builder.body(body).map_err(|e| ClientError::Transport {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+        let work = async {
+            let response = self.inner.request(request).await.map_err(|e| ClientError::Transport {
+                url: url.to_string(),
+                message: describe(&e),
+            })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
+                .collect()
+                .await
+                .map_err(|e| ClientError::Transport {
+                    url: url.to_string(),
+                    message: format!("reading the body: {e}"),
+                })?
+                .to_bytes();
+            Ok(Answer { status, body })
+        };
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout {
+                url: url.to_string(),
+                timeout_ms,
+            }),
+        }
+    }
+}
+
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error;
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    message
+}

@@ -1,0 +1,525 @@
+//! Scripted observation sequences against the engine.
+
+use super::*;
+
+const PRIMARY: &str = "us-east-1";
+const SECONDARY: &str = "eu-west-1";
+
+fn r(name: &str) -> RegionId {
+    RegionId::new(name)
+}
+
+fn two_regions() -> EngineConfig {
+    EngineConfig::with_defaults(vec![
+        RegionSpec {
+            id: r(PRIMARY),
+            priority: 1,
+        },
+        RegionSpec {
+            id: r(SECONDARY),
+            priority: 2,
+        },
+    ])
+}
+
+/// Drives an engine; runbooks complete (with `next_outcome`) when `finish` is called.
+struct Harness {
+    engine: Engine,
+    now: u64,
+    running: Option<RunbookOrder>,
+    started: Vec<RunbookOrder>,
+    alerts: Vec<String>,
+    answers: Vec<(bool, String)>,
+    /// Generation of every runbook that succeeded, with its target.
+    applied: Vec<(Generation, Placement)>,
+    auto_succeed: bool,
+}
+
+impl Harness {
+    fn new(config: EngineConfig) -> Harness {
+        Harness::restored(config, Restored::default())
+    }
+
+    fn restored(config: EngineConfig, restored: Restored) -> Harness {
+        Harness {
+            engine: Engine::new(config, restored).expect("valid config"),
+            now: 1_000,
+            running: None,
+            started: Vec::new(),
+            alerts: Vec::new(),
+            answers: Vec::new(),
+            applied: Vec::new(),
+            auto_succeed: true,
+        }
+    }
+
+    fn feed(&mut self, event: Event) {
+        let commands = self.engine.step(self.now, event);
+        for command in commands {
+            match command {
+                Command::RunRunbook(order) => {
+                    if let Some(last) = self.started.last() {
+                        assert!(order.generation > last.generation, "generations strictly increase");
+                    }
+                    assert!(self.running.is_none(), "one runbook at a time");
+                    self.started.push(order.clone());
+                    self.running = Some(order);
+                }
+                Command::Alert { message, .. } => self.alerts.push(message),
+                Command::Answer { accepted, reason } => self.answers.push((accepted, reason)),
+                Command::Resolved { .. } | Command::Record { .. } => {}
+            }
+        }
+        if self.auto_succeed && self.running.is_some() {
+            self.finish(RunbookOutcome::Succeeded);
+        }
+    }
+
+    fn finish(&mut self, outcome: RunbookOutcome) {
+        let order = self.running.take().expect("a runbook runs");
+        if outcome == RunbookOutcome::Succeeded {
+            self.applied.push((order.generation, order.to.clone()));
+        }
+        self.feed(Event::RunbookFinished {
+            generation: order.generation,
+            outcome,
+        });
+    }
+
+    fn verdict(&mut self, region: &str, verdict: Verdict) {
+        self.feed(Event::Verdict {
+            region: r(region),
+            verdict,
+            reason: format!("scripted {verdict:?}"),
+        });
+    }
+
+    fn lag(&mut self, region: &str, lag_ms: u64) {
+        self.feed(Event::ReplicationLag {
+            region: r(region),
+            lag_ms,
+        });
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        self.feed(Event::Tick);
+    }
+
+    fn manual(&mut self, command: Manual) -> (bool, String) {
+        self.feed(Event::Manual(command));
+        self.answers.pop().expect("every manual command is answered")
+    }
+
+    fn active(&self) -> Option<RegionId> {
+        self.engine.observed().map(|p| p.active.clone())
+    }
+
+    fn reasons(&self) -> String {
+        self.engine.status(self.now).reasons.join(" | ")
+    }
+
+    /// Both regions up, initial placement applied.
+    fn started_up(config: EngineConfig) -> Harness {
+        let mut h = Harness::new(config);
+        h.verdict(PRIMARY, Verdict::Up);
+        h.verdict(SECONDARY, Verdict::Up);
+        h.lag(PRIMARY, 0);
+        h.lag(SECONDARY, 0);
+        assert_eq!(h.active(), Some(r(PRIMARY)));
+        h
+    }
+}
+
+#[test]
+fn initial_placement_waits_for_verdicts_then_picks_the_preferred_region() {
+    let mut h = Harness::new(two_regions());
+    h.verdict(PRIMARY, Verdict::Up);
+    assert!(h.started.is_empty(), "waits for a verdict on every region");
+    assert!(h.reasons().contains("starting"));
+    h.verdict(SECONDARY, Verdict::Up);
+    assert_eq!(h.started.len(), 1);
+    assert_eq!(h.started[0].kind, TransitionKind::Initial);
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+    assert_eq!(h.engine.generation(), Generation(1));
+}
+
+#[test]
+fn a_down_primary_fails_over_at_once_and_the_first_failover_is_never_blocked() {
+    let mut config = two_regions();
+    config.failovers_per_hour_max = 1;
+    let mut h = Harness::started_up(config);
+    h.verdict(PRIMARY, Verdict::Down);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    let last = h.started.last().expect("a failover ran");
+    assert_eq!(last.kind, TransitionKind::Failover);
+    assert!(last.reason.contains("is down"), "{}", last.reason);
+}
+
+#[test]
+fn first_failover_is_not_blocked_by_hold_or_rate_limit_right_after_start() {
+    let mut config = two_regions();
+    config.failovers_per_hour_max = 1;
+    config.min_hold_ms = 3_600_000;
+    let mut h = Harness::started_up(config);
+    // Immediately: no time passed since the initial placement.
+    h.verdict(PRIMARY, Verdict::Down);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+}
+
+#[test]
+fn unknown_verdicts_never_cause_a_failover() {
+    let mut h = Harness::started_up(two_regions());
+    h.verdict(PRIMARY, Verdict::Unknown);
+    for _ in 0..100 {
+        h.advance(1_000);
+    }
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+    assert_eq!(h.engine.region_state(&r(PRIMARY)), Some(RegionState::Suspect));
+    assert!(h.reasons().contains("suspect"), "{}", h.reasons());
+}
+
+#[test]
+fn flapping_primary_causes_exactly_one_failover_in_ten_minutes() {
+    let mut h = Harness::started_up(two_regions());
+    let initial_runbooks = h.started.len();
+    // Toggle every 3 s for 10 simulated minutes.
+    let mut up = true;
+    for _ in 0..200 {
+        up = !up;
+        h.verdict(PRIMARY, if up { Verdict::Up } else { Verdict::Down });
+        h.advance(3_000);
+    }
+    let transitions = h.started.len() - initial_runbooks;
+    assert_eq!(transitions, 1, "one failover, zero flaps: {:?}", h.started);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    assert!(h.reasons().contains("failback to us-east-1 waits"), "{}", h.reasons());
+}
+
+#[test]
+fn failback_waits_for_the_stability_window_then_happens() {
+    let mut h = Harness::started_up(two_regions());
+    h.verdict(PRIMARY, Verdict::Down);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    h.advance(5_000);
+    h.verdict(PRIMARY, Verdict::Up);
+    h.lag(PRIMARY, 10);
+    h.advance(30_000);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    assert!(h.reasons().contains("recovering"), "{}", h.reasons());
+    for _ in 0..31 {
+        h.lag(PRIMARY, 10);
+        h.advance(1_000);
+    }
+    assert_eq!(h.engine.region_state(&r(PRIMARY)), Some(RegionState::Healthy));
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+    assert_eq!(h.started.last().map(|o| o.kind), Some(TransitionKind::Failback));
+}
+
+#[test]
+fn failback_with_lagging_data_waits_and_says_why() {
+    let mut h = Harness::started_up(two_regions());
+    h.verdict(PRIMARY, Verdict::Down);
+    h.verdict(PRIMARY, Verdict::Up);
+    for _ in 0..20 {
+        h.lag(PRIMARY, 5_000);
+        h.advance(10_000);
+    }
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    assert!(h.reasons().contains("above the 1000 ms bound"), "{}", h.reasons());
+    // Manual failback refuses too, and says how to force it.
+    let (accepted, reason) = h.manual(Manual::Failback);
+    assert!(!accepted);
+    assert!(reason.contains("switchover --to us-east-1"), "{reason}");
+    // Lag readings that stop count as unknown.
+    h.advance(40_000);
+    assert!(h.reasons().contains("unknown"), "{}", h.reasons());
+    h.lag(PRIMARY, 200);
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+}
+
+#[test]
+fn hold_time_delays_failback() {
+    let mut config = two_regions();
+    config.min_hold_ms = 120_000;
+    config.stability_window_ms = 10_000;
+    let mut h = Harness::started_up(config);
+    h.verdict(PRIMARY, Verdict::Down);
+    h.verdict(PRIMARY, Verdict::Up);
+    h.lag(PRIMARY, 0);
+    h.advance(20_000);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    assert!(h.reasons().contains("holding"), "{}", h.reasons());
+    for _ in 0..11 {
+        h.lag(PRIMARY, 0);
+        h.advance(10_000);
+    }
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+}
+
+#[test]
+fn all_regions_down_keeps_the_last_good_placement_and_alerts() {
+    let mut h = Harness::started_up(two_regions());
+    h.verdict(SECONDARY, Verdict::Down);
+    h.verdict(PRIMARY, Verdict::Down);
+    assert_eq!(h.active(), Some(r(PRIMARY)), "never routes to nothing");
+    assert!(
+        h.alerts.iter().any(|a| a.contains("static stability")),
+        "{:?}",
+        h.alerts
+    );
+    assert!(h.reasons().contains("static stability"));
+    // The secondary comes back: failover to it (it is recovering, better than down).
+    h.verdict(SECONDARY, Verdict::Up);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+}
+
+#[test]
+fn partial_partition_with_suspect_secondary_does_not_move_traffic() {
+    let mut h = Harness::started_up(two_regions());
+    h.verdict(SECONDARY, Verdict::Unknown);
+    h.verdict(PRIMARY, Verdict::Down);
+    // No healthy target: static stability, stay.
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+    h.verdict(SECONDARY, Verdict::Up);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+}
+
+#[test]
+fn rate_limit_blocks_after_the_limit_until_acknowledged() {
+    let mut config = two_regions();
+    config.failovers_per_hour_max = 2;
+    config.min_hold_ms = 0;
+    config.stability_window_ms = 1_000;
+    config.failback_lag_max_ms = None;
+    let mut h = Harness::started_up(config);
+    h.verdict(PRIMARY, Verdict::Down); // 1: failover
+    h.verdict(PRIMARY, Verdict::Up);
+    h.advance(2_000); // 2: failback
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+    h.verdict(PRIMARY, Verdict::Down); // 3: blocked
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+    assert!(h.reasons().contains("acknowledge"), "{}", h.reasons());
+    assert!(h.alerts.iter().any(|a| a.contains("failovers_per_hour_max")));
+    let (accepted, _) = h.manual(Manual::Acknowledge);
+    assert!(accepted);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+}
+
+#[test]
+fn runbook_failure_never_claims_the_failover_and_retries_with_a_new_generation() {
+    let mut h = Harness::started_up(two_regions());
+    h.auto_succeed = false;
+    h.verdict(PRIMARY, Verdict::Down);
+    let first = h.running.clone().expect("failover started");
+    h.finish(RunbookOutcome::Failed {
+        step: "dns".into(),
+        error: "connection refused".into(),
+    });
+    assert_eq!(
+        h.active(),
+        Some(r(PRIMARY)),
+        "observed unchanged after a failed runbook"
+    );
+    assert!(h.alerts.iter().any(|a| a.contains("failed at step 'dns'")));
+    assert!(h.running.is_none(), "waits before retrying");
+    h.advance(2_000);
+    let retry = h.running.clone().expect("retried");
+    assert!(retry.generation > first.generation);
+    assert_eq!(retry.kind, TransitionKind::Retry);
+    h.finish(RunbookOutcome::Succeeded);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+}
+
+#[test]
+fn stale_runbook_reports_are_ignored() {
+    let mut h = Harness::started_up(two_regions());
+    h.auto_succeed = false;
+    h.verdict(PRIMARY, Verdict::Down);
+    let order = h.running.clone().expect("running");
+    h.feed(Event::RunbookFinished {
+        generation: Generation(order.generation.0 - 1),
+        outcome: RunbookOutcome::Succeeded,
+    });
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+}
+
+#[test]
+fn fenced_runbook_stops_actuation_until_resumed() {
+    let mut h = Harness::started_up(two_regions());
+    h.auto_succeed = false;
+    h.verdict(PRIMARY, Verdict::Down);
+    h.finish(RunbookOutcome::Fenced {
+        step: "dns".into(),
+        error: "409".into(),
+    });
+    let count = h.started.len();
+    h.advance(60_000);
+    assert_eq!(h.started.len(), count, "a fenced engine starts nothing");
+    assert!(h.engine.status(h.now).fenced);
+    assert!(h.reasons().contains("fenced"));
+    let (accepted, _) = h.manual(Manual::Resume);
+    assert!(accepted);
+    assert_eq!(h.started.len(), count + 1);
+}
+
+#[test]
+fn pause_stops_automation_but_manual_commands_work() {
+    let mut h = Harness::started_up(two_regions());
+    assert!(h.manual(Manual::Pause).0);
+    h.verdict(PRIMARY, Verdict::Down);
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+    assert!(h.reasons().contains("paused"));
+    let (accepted, reason) = h.manual(Manual::Failover);
+    assert!(accepted, "{reason}");
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    assert!(h.manual(Manual::Resume).0);
+}
+
+#[test]
+fn switchover_moves_the_preferred_region_and_automation_does_not_undo_it() {
+    let mut h = Harness::started_up(two_regions());
+    let (accepted, reason) = h.manual(Manual::Switchover { to: r(SECONDARY) });
+    assert!(accepted, "{reason}");
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    for _ in 0..10 {
+        h.advance(60_000);
+    }
+    assert_eq!(
+        h.active(),
+        Some(r(SECONDARY)),
+        "no automatic failback after a planned switchover"
+    );
+    let (accepted, reason) = h.manual(Manual::Switchover { to: r("mars-1") });
+    assert!(!accepted);
+    assert!(reason.contains("unknown region 'mars-1'"), "{reason}");
+    // Failback returns to the highest-priority region.
+    h.lag(PRIMARY, 0);
+    let (accepted, reason) = h.manual(Manual::Failback);
+    assert!(accepted, "{reason}");
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+}
+
+#[test]
+fn manual_switchover_to_a_down_region_is_refused() {
+    let mut h = Harness::started_up(two_regions());
+    h.verdict(SECONDARY, Verdict::Down);
+    let (accepted, reason) = h.manual(Manual::Switchover { to: r(SECONDARY) });
+    assert!(!accepted);
+    assert!(reason.contains("is down"));
+}
+
+#[test]
+fn restart_rolls_an_interrupted_runbook_forward_with_a_new_generation() {
+    let restored = Restored {
+        generation: Generation(7),
+        observed: Some(Placement::single(r(PRIMARY))),
+        interrupted: Some(Placement::single(r(SECONDARY))),
+        preferred: None,
+        paused: false,
+    };
+    let mut h = Harness::restored(two_regions(), restored);
+    h.feed(Event::Tick);
+    let order = h.started.first().expect("rolled forward at once");
+    assert_eq!(order.kind, TransitionKind::RollForward);
+    assert_eq!(order.generation, Generation(8));
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+}
+
+#[test]
+fn restart_without_interruption_runs_nothing() {
+    let restored = Restored {
+        generation: Generation(3),
+        observed: Some(Placement::single(r(SECONDARY))),
+        interrupted: None,
+        preferred: Some(r(SECONDARY)),
+        paused: false,
+    };
+    let mut h = Harness::restored(two_regions(), restored);
+    h.verdict(PRIMARY, Verdict::Up);
+    h.verdict(SECONDARY, Verdict::Up);
+    assert!(h.started.is_empty());
+    assert_eq!(h.engine.generation(), Generation(3));
+}
+
+#[test]
+fn down_confirmation_delays_the_failover() {
+    let mut config = two_regions();
+    config.down_confirm_ms = 2_000;
+    let mut h = Harness::started_up(config);
+    h.verdict(PRIMARY, Verdict::Down);
+    assert_eq!(h.engine.region_state(&r(PRIMARY)), Some(RegionState::Suspect));
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+    h.advance(2_000);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+}
+
+fn three_active_active() -> EngineConfig {
+    let mut config = EngineConfig::with_defaults(vec![
+        RegionSpec {
+            id: r("a"),
+            priority: 1,
+        },
+        RegionSpec {
+            id: r("b"),
+            priority: 2,
+        },
+        RegionSpec {
+            id: r("c"),
+            priority: 3,
+        },
+    ]);
+    config.policy = Policy::ActiveActive;
+    config
+}
+
+#[test]
+fn active_active_drops_a_down_region_and_re_adds_it_after_stability() {
+    let mut h = Harness::new(three_active_active());
+    for name in ["a", "b", "c"] {
+        h.verdict(name, Verdict::Up);
+    }
+    let serving = |h: &Harness| region_set(h.engine.observed().expect("placed"));
+    assert_eq!(serving(&h).len(), 3);
+    h.verdict("a", Verdict::Down);
+    assert_eq!(serving(&h), [r("b"), r("c")].into_iter().collect());
+    assert_eq!(h.active(), Some(r("b")), "write region moves to the next priority");
+    h.verdict("a", Verdict::Up);
+    for _ in 0..7 {
+        h.lag("a", 0);
+        h.advance(10_000);
+    }
+    assert_eq!(serving(&h).len(), 3);
+    assert_eq!(h.active(), Some(r("a")));
+}
+
+#[test]
+fn active_active_all_down_keeps_the_set() {
+    let mut h = Harness::new(three_active_active());
+    for name in ["a", "b", "c"] {
+        h.verdict(name, Verdict::Up);
+    }
+    h.verdict("a", Verdict::Down);
+    h.verdict("b", Verdict::Down);
+    h.verdict("c", Verdict::Down);
+    assert_eq!(
+        region_set(h.engine.observed().expect("placed")),
+        [r("c")].into_iter().collect()
+    );
+    assert!(h.reasons().contains("static stability"));
+}
+
+#[test]
+fn config_errors_are_reported() {
+    let mut config = two_regions();
+    config.failovers_per_hour_max = 0;
+    assert_eq!(
+        Engine::new(config, Restored::default()).err(),
+        Some(EngineConfigError::ZeroRateLimit)
+    );
+    let config = EngineConfig::with_defaults(vec![]);
+    assert_eq!(
+        Engine::new(config, Restored::default()).err(),
+        Some(EngineConfigError::NoRegions)
+    );
+}

@@ -1,0 +1,286 @@
+//! The active-region pointer: how applications learn where to write.
+//!
+//! Server side, `Pointer` holds `{region, generation}` and only moves forward in generation;
+//! `GET /v1/active-region` serves it (long-poll with `?wait_generation=N&timeout_ms=T`).
+//! Client side, `watch` follows it and, on every change, atomically rewrites an env file
+//! (`AWS_REGION`, `SWITCHYARD_ACTIVE_REGION`, `SWITCHYARD_GENERATION`) and runs a reload command,
+//! never for a generation older than one it already applied (also across its own restarts: the
+//! env file records the generation).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::client::HttpClient;
+
+/// Longest long-poll the server holds a request.
+pub const LONG_POLL_MS_MAX: u64 = 60_000;
+/// Long-poll the watcher asks for.
+pub const WATCH_POLL_MS: u64 = 25_000;
+/// Longest wait between reconnects of the watcher.
+pub const WATCH_BACKOFF_MS_MAX: u64 = 10_000;
+/// Attempts of the reload command per change.
+pub const EXEC_ATTEMPTS_MAX: u32 = 3;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointerValue {
+    pub region: Option<String>,
+    pub generation: u64,
+}
+
+/// The server-side cell.
+#[derive(Clone)]
+pub struct Pointer {
+    sender: watch::Sender<PointerValue>,
+}
+
+impl Pointer {
+    pub fn new(initial: PointerValue) -> Pointer {
+        let (sender, _) = watch::channel(initial);
+        Pointer { sender }
+    }
+
+    pub fn get(&self) -> PointerValue {
+        self.sender.borrow().clone()
+    }
+
+    /// Sets the pointer; refuses a generation older than the current one (idempotent for the
+    /// same generation).
+    pub fn publish(&self, region: &str, generation: u64) -> Result<(), String> {
+        let mut refused = None;
+        self.sender.send_if_modified(|value| {
+            if generation < value.generation {
+                refused = Some(value.generation);
+                return false;
+            }
+            let changed = value.generation != generation || value.region.as_deref() != Some(region);
+            value.generation = generation;
+            value.region = Some(region.to_string());
+            changed
+        });
+        match refused {
+            Some(current) => Err(format!("pointer is at generation {current}, newer than {generation}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the generation is above `seen` or `timeout_ms` passes; returns the value.
+    pub async fn wait_past(&self, seen: u64, timeout_ms: u64) -> PointerValue {
+        let mut receiver = self.sender.subscribe();
+        let wait = receiver.wait_for(|value| value.generation > seen);
+        let _ = tokio::time::timeout(Duration::from_millis(timeout_ms.min(LONG_POLL_MS_MAX)), wait).await;
+        self.get()
+    }
+}
+
+/// Options of `switchyard pointer watch`.
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    /// Base URL of the controller.
+    pub controller: String,
+    pub token: Option<String>,
+    pub env_file: PathBuf,
+    /// Run with `sh -c` after each change.
+    pub exec: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("write {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the controller refused the token (HTTP {0}): check --token-file or SWITCHYARD_CONTROL_TOKEN")]
+    Unauthorized(u16),
+}
+
+/// The generation recorded in an env file written earlier, if any.
+pub fn applied_generation(env_file: &Path) -> u64 {
+    let Ok(text) = std::fs::read_to_string(env_file) else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|line| line.strip_prefix("SWITCHYARD_GENERATION="))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes the env file atomically: temporary file, fsync, rename, fsync of the directory.
+pub fn write_env_file(path: &Path, region: &str, generation: u64) -> Result<(), WatchError> {
+    let fail = |source| WatchError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let text = format!("AWS_REGION={region}\nSWITCHYARD_ACTIVE_REGION={region}\nSWITCHYARD_GENERATION={generation}\n");
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut file = std::fs::File::create(&temporary).map_err(fail)?;
+    file.write_all(text.as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    drop(file);
+    std::fs::rename(&temporary, path).map_err(fail)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Ok(dir) = std::fs::File::open(parent)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+async fn fetch(client: &HttpClient, options: &WatchOptions, seen: u64, wait_ms: u64) -> Result<PointerValue, String> {
+    let url = format!(
+        "{}/v1/active-region?wait_generation={seen}&timeout_ms={wait_ms}",
+        options.controller.trim_end_matches('/')
+    );
+    let answer = client
+        .request(Method::GET, &url, options.token.as_deref(), None, wait_ms + 5_000)
+        .await
+        .map_err(|e| e.to_string())?;
+    if answer.status == StatusCode::UNAUTHORIZED || answer.status == StatusCode::FORBIDDEN {
+        return Err(format!("unauthorized:{}", answer.status.as_u16()));
+    }
+    if !answer.status.is_success() {
+        return Err(format!("HTTP {}: {}", answer.status.as_u16(), answer.text()));
+    }
+    serde_json::from_slice(&answer.body).map_err(|e| format!("bad pointer JSON: {e}"))
+}
+
+async fn run_exec(command: &str, value: &PointerValue, region: &str) -> Result<(), String> {
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("SWITCHYARD_ACTIVE_REGION", region)
+        .env("AWS_REGION", region)
+        .env("SWITCHYARD_GENERATION", value.generation.to_string())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map_err(|e| format!("cannot run sh -c '{command}': {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("'{command}' failed: {status}"))
+    }
+}
+
+/// Follows the pointer until `shutdown` resolves.
+pub async fn watch(options: WatchOptions, shutdown: impl Future<Output = ()>) -> Result<(), WatchError> {
+    let client = HttpClient::new();
+    let mut applied = applied_generation(&options.env_file);
+    let mut backoff_ms = 250;
+    tokio::pin!(shutdown);
+    loop {
+        let result = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            result = fetch(&client, &options, applied, WATCH_POLL_MS) => result,
+        };
+        let value = match result {
+            Ok(value) => {
+                backoff_ms = 250;
+                value
+            }
+            Err(error) => {
+                if let Some(code) = error.strip_prefix("unauthorized:") {
+                    return Err(WatchError::Unauthorized(code.parse().unwrap_or(401)));
+                }
+                tracing::warn!(%error, backoff_ms, "cannot read the active-region pointer; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+                }
+                backoff_ms = (backoff_ms * 2).min(WATCH_BACKOFF_MS_MAX);
+                continue;
+            }
+        };
+        let Some(region) = value.region.clone() else {
+            continue;
+        };
+        if value.generation <= applied {
+            continue;
+        }
+        write_env_file(&options.env_file, &region, value.generation)?;
+        applied = value.generation;
+        tracing::info!(%region, generation = value.generation, file = %options.env_file.display(), "active region changed");
+        if let Some(command) = &options.exec {
+            apply_exec(&client, &options, command, &value, &region).await;
+        }
+    }
+}
+
+/// Runs the reload command with bounded retries, giving up as soon as a newer generation exists
+/// (the next loop round applies that one instead).
+async fn apply_exec(client: &HttpClient, options: &WatchOptions, command: &str, value: &PointerValue, region: &str) {
+    for attempt in 1..=EXEC_ATTEMPTS_MAX {
+        if attempt > 1 {
+            match fetch(client, options, value.generation, 0).await {
+                Ok(latest) if latest.generation > value.generation => {
+                    tracing::info!(
+                        generation = value.generation,
+                        newer = latest.generation,
+                        "a newer generation exists; not retrying the command for the old one"
+                    );
+                    return;
+                }
+                _ => {}
+            }
+        }
+        match run_exec(command, value, region).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, attempt, "reload command failed");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
+    }
+    tracing::error!(
+        command,
+        generation = value.generation,
+        "reload command failed {EXEC_ATTEMPTS_MAX} times; waiting for the next change"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_never_goes_back() {
+        let pointer = Pointer::new(PointerValue::default());
+        pointer.publish("a", 3).expect("newer");
+        pointer.publish("a", 3).expect("same generation is idempotent");
+        assert!(pointer.publish("b", 2).is_err());
+        assert_eq!(pointer.get().region.as_deref(), Some("a"));
+    }
+
+    #[tokio::test]
+    async fn long_poll_returns_on_change_or_timeout() {
+        let pointer = Pointer::new(PointerValue::default());
+        let waiter = {
+            let pointer = pointer.clone();
+            tokio::spawn(async move { pointer.wait_past(0, 30_000).await })
+        };
+        pointer.publish("eu", 1).expect("publish");
+        let value = waiter.await.expect("join");
+        assert_eq!(value.generation, 1);
+        let value = pointer.wait_past(1, 10).await;
+        assert_eq!(value.generation, 1, "times out with the current value");
+    }
+
+    #[test]
+    fn env_file_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("region.env");
+        assert_eq!(applied_generation(&path), 0);
+        write_env_file(&path, "eu-west-1", 9).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("AWS_REGION=eu-west-1\n"));
+        assert_eq!(applied_generation(&path), 9);
+    }
+}

@@ -1,0 +1,306 @@
+//! The runbook executor: runs the configured steps of one `RunbookOrder`, in order, each with
+//! its timeout and bounded retries (exponential backoff), all carrying the order's generation
+//! as fencing token.
+//!
+//! Every step's effect is idempotent (it sets a state, it does not toggle one), so running a
+//! step again — a retry, or a roll-forward after a crash with a newer generation — is safe.
+//! A receiver that has already applied a newer generation answers 409: the step is *fenced*,
+//! the runbook stops at once and is never retried with the old generation.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+
+use crate::client::HttpClient;
+use crate::config::{Step, StepKind};
+use crate::engine::{RunbookOrder, RunbookOutcome};
+use crate::pointer::Pointer;
+
+/// Longest wait between two attempts of a step.
+pub const STEP_BACKOFF_MS_MAX: u64 = 10_000;
+/// Bytes of a failed command's stderr kept for the report.
+pub const COMMAND_OUTPUT_BYTES_MAX: usize = 4096;
+
+/// What steps act on.
+#[derive(Clone)]
+pub struct StepContext {
+    pub client: HttpClient,
+    pub dns: Option<DnsAdmin>,
+    /// DNS health targets per region.
+    pub targets: BTreeMap<String, Vec<String>>,
+    pub pointer: Pointer,
+}
+
+#[derive(Clone, Debug)]
+pub struct DnsAdmin {
+    pub admin_url: String,
+    pub token: Option<String>,
+    pub txt_name: Option<String>,
+}
+
+/// One attempt's result, for the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepReport {
+    pub step: String,
+    pub attempt: u32,
+    /// `ok`, `skipped`, `error` or `fenced`.
+    pub outcome: &'static str,
+    pub detail: String,
+    pub duration_ms: u64,
+}
+
+enum Failure {
+    Retryable(String),
+    Fenced(String),
+}
+
+/// Runs every step for `order`; `report` sees each attempt as it ends.
+pub async fn execute(
+    steps: &[Step],
+    order: &RunbookOrder,
+    context: &StepContext,
+    mut report: impl FnMut(StepReport),
+) -> RunbookOutcome {
+    for step in steps {
+        if let Some(only) = &step.when_to
+            && !only.iter().any(|r| r == order.to.active.as_str())
+        {
+            report(StepReport {
+                step: step.name.clone(),
+                attempt: 0,
+                outcome: "skipped",
+                detail: format!("runs only when the new active region is one of {}", only.join(", ")),
+                duration_ms: 0,
+            });
+            continue;
+        }
+        let attempts = step.retries.saturating_add(1);
+        let mut backoff_ms = step.backoff_ms;
+        let mut last_error = String::new();
+        let mut done = false;
+        for attempt in 1..=attempts {
+            let started = Instant::now();
+            let result = match tokio::time::timeout(
+                Duration::from_millis(step.timeout_ms),
+                run_step(step, order, context),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(Failure::Retryable(format!("timed out after {} ms", step.timeout_ms))),
+            };
+            let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            match result {
+                Ok(detail) => {
+                    report(StepReport {
+                        step: step.name.clone(),
+                        attempt,
+                        outcome: "ok",
+                        detail,
+                        duration_ms,
+                    });
+                    done = true;
+                    break;
+                }
+                Err(Failure::Fenced(error)) => {
+                    report(StepReport {
+                        step: step.name.clone(),
+                        attempt,
+                        outcome: "fenced",
+                        detail: error.clone(),
+                        duration_ms,
+                    });
+                    return RunbookOutcome::Fenced {
+                        step: step.name.clone(),
+                        error,
+                    };
+                }
+                Err(Failure::Retryable(error)) => {
+                    report(StepReport {
+                        step: step.name.clone(),
+                        attempt,
+                        outcome: "error",
+                        detail: error.clone(),
+                        duration_ms,
+                    });
+                    last_error = error;
+                    if attempt < attempts {
+                        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                        backoff_ms = backoff_ms.saturating_mul(2).min(STEP_BACKOFF_MS_MAX);
+                    }
+                }
+            }
+        }
+        if !done {
+            return RunbookOutcome::Failed {
+                step: step.name.clone(),
+                error: format!("{last_error} (after {attempts} attempt(s))"),
+            };
+        }
+    }
+    RunbookOutcome::Succeeded
+}
+
+async fn run_step(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
+    match step.kind {
+        StepKind::DnsHealth => dns_health(step, order, context).await,
+        StepKind::DnsTxt => dns_txt(step, order, context).await,
+        StepKind::Pointer => {
+            context
+                .pointer
+                .publish(order.to.active.as_str(), order.generation.0)
+                .map_err(Failure::Fenced)?;
+            Ok(format!(
+                "pointer now {} at generation {}",
+                order.to.active, order.generation
+            ))
+        }
+        StepKind::Command => command(step, order).await,
+        StepKind::Webhook => webhook(step, order, context).await,
+    }
+}
+
+fn dns(context: &StepContext) -> Result<&DnsAdmin, Failure> {
+    context
+        .dns
+        .as_ref()
+        .ok_or_else(|| Failure::Retryable("no [dns] section configured".into()))
+}
+
+/// Interprets an HTTP answer: 2xx is done, 409 is fenced, anything else is retried.
+fn judge(what: &str, answer: Result<crate::client::Answer, crate::client::ClientError>) -> Result<String, Failure> {
+    let answer = answer.map_err(|e| Failure::Retryable(e.to_string()))?;
+    let text: String = answer.text().chars().take(512).collect();
+    if answer.status.is_success() {
+        Ok(format!("{what}: HTTP {}", answer.status.as_u16()))
+    } else if answer.status == StatusCode::CONFLICT {
+        Err(Failure::Fenced(format!(
+            "{what}: HTTP 409 (a newer generation was applied): {text}"
+        )))
+    } else {
+        Err(Failure::Retryable(format!(
+            "{what}: HTTP {}: {text}",
+            answer.status.as_u16()
+        )))
+    }
+}
+
+async fn dns_health(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
+    let dns = dns(context)?;
+    let mut targets = serde_json::Map::new();
+    for (region, names) in &context.targets {
+        let serving = order.to.serving.iter().any(|r| r.as_str() == region);
+        for name in names {
+            targets.insert(name.clone(), json!(if serving { "healthy" } else { "unhealthy" }));
+        }
+    }
+    let body = json!({"generation": order.generation.0, "targets": targets});
+    let url = format!("{}/v1/health", dns.admin_url.trim_end_matches('/'));
+    let answer = context
+        .client
+        .request(
+            Method::PUT,
+            &url,
+            dns.token.as_deref(),
+            Some(body.to_string().into_bytes()),
+            step.timeout_ms,
+        )
+        .await;
+    judge(&format!("PUT {url}"), answer)
+}
+
+async fn dns_txt(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
+    let dns = dns(context)?;
+    let name = dns
+        .txt_name
+        .as_ref()
+        .ok_or_else(|| Failure::Retryable("[dns] txt_name is not set".into()))?;
+    let body = json!({"generation": order.generation.0, "name": name, "value": order.to.active.as_str()});
+    let url = format!("{}/v1/txt", dns.admin_url.trim_end_matches('/'));
+    let answer = context
+        .client
+        .request(
+            Method::PUT,
+            &url,
+            dns.token.as_deref(),
+            Some(body.to_string().into_bytes()),
+            step.timeout_ms,
+        )
+        .await;
+    judge(&format!("PUT {url}"), answer)
+}
+
+fn order_json(order: &RunbookOrder) -> serde_json::Value {
+    json!({
+        "generation": order.generation.0,
+        "kind": order.kind,
+        "from": order.from.as_ref().map(|p| p.active.as_str()),
+        "to": order.to.active.as_str(),
+        "serving": order.to.serving,
+        "reason": order.reason,
+    })
+}
+
+async fn webhook(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
+    let url = step
+        .url
+        .as_deref()
+        .ok_or_else(|| Failure::Retryable("webhook step without url".into()))?;
+    let body = order_json(order).to_string().into_bytes();
+    let answer = context
+        .client
+        .request(Method::POST, url, None, Some(body), step.timeout_ms)
+        .await;
+    judge(&format!("POST {url}"), answer)
+}
+
+/// Runs the program (no shell). The timeout around this future drops it, and
+/// `kill_on_drop` kills the child.
+async fn command(step: &Step, order: &RunbookOrder) -> Result<String, Failure> {
+    let program = step
+        .program
+        .as_deref()
+        .ok_or_else(|| Failure::Retryable("command step without program".into()))?;
+    let from = order.from.as_ref().map(|p| p.active.as_str()).unwrap_or("");
+    let serving: Vec<&str> = order.to.serving.iter().map(|r| r.as_str()).collect();
+    let mut child = tokio::process::Command::new(program)
+        .args(&step.args)
+        .env("SWITCHYARD_GENERATION", order.generation.0.to_string())
+        .env("SWITCHYARD_FROM", from)
+        .env("SWITCHYARD_TO", order.to.active.as_str())
+        .env("SWITCHYARD_SERVING", serving.join(","))
+        .env(
+            "SWITCHYARD_KIND",
+            serde_json::to_value(order.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Failure::Retryable(format!("cannot start {program}: {e}")))?;
+    let mut stderr = Vec::new();
+    if let Some(pipe) = child.stderr.take() {
+        let _ = pipe
+            .take(COMMAND_OUTPUT_BYTES_MAX as u64)
+            .read_to_end(&mut stderr)
+            .await;
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| Failure::Retryable(format!("waiting for {program}: {e}")))?;
+    let stderr = String::from_utf8_lossy(&stderr).trim().to_string();
+    if status.success() {
+        Ok(format!("{program} exited 0"))
+    } else {
+        Err(Failure::Retryable(format!("{program} failed ({status}): {stderr}")))
+    }
+}
