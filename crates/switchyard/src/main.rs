@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 mod fault_proxy;
 
 mod bench;
+mod proxy;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +59,13 @@ enum Command {
     /// bandwidth, timeout (blackhole), reset_peer, slicer, limit_data, slow_close; a disabled
     /// proxy refuses connections. Drive it with Toxiproxy's HTTP API on --listen.
     FaultProxy(fault_proxy::FaultProxyArgs),
+    /// Run the regional health-checking HTTP load balancer (HTTP/1.1 and h2c) from the [proxy]
+    /// section of the config: round robin or least connections, weights, backup servers,
+    /// HAProxy-style active checks (inter, fastinter, downinter, rise, fall) and passive checks,
+    /// retries on another server, slow start, drain, a runtime API, /stats and /metrics.
+    Proxy(proxy::ProxyArgs),
+    /// Talk to a running proxy's runtime API: list servers, or drain / ready / maint one.
+    ProxyCtl(proxy::ProxyCtlArgs),
     /// Benchmarks that need Switchyard's own load generator (results go to BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -170,6 +178,8 @@ fn main() -> anyhow::Result<()> {
         Command::Store(args) => runtime.block_on(run_store(args)),
         Command::BenchCeiling(args) => runtime.block_on(run_ceiling(args)),
         Command::FaultProxy(args) => runtime.block_on(fault_proxy::run(args)),
+        Command::Proxy(args) => runtime.block_on(proxy::run_proxy(args)),
+        Command::ProxyCtl(args) => runtime.block_on(proxy::run_proxy_ctl(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
     }
 }

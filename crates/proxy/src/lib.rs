@@ -1,0 +1,79 @@
+//! `proxy`: the regional health-checking HTTP load balancer (`switchyard proxy`), in the role
+//! HAProxy or a cloud load balancer plays in front of a region's app servers.
+//!
+//! - [`config`]: the `[proxy]` section of the deployment TOML.
+//! - [`check`] and [`balance`]: the sans-IO core — HAProxy's rise/fall health machine and the
+//!   balancer (round robin, least connections, weights, backups, slow start, drain).
+//! - [`proxy`]: the data plane on hyper (HTTP/1.1 and h2c), retries, limits, timeouts.
+//! - [`health`]: active checks. [`admin`]: runtime API, stats page, metrics. [`ctl`]: its client.
+//!
+//! Must not depend on other Switchyard crates: the controller drives it through the runtime
+//! API, like it drives HAProxy's.
+
+pub mod admin;
+pub mod balance;
+pub mod check;
+pub mod config;
+pub mod ctl;
+pub mod health;
+pub mod proxy;
+mod ratelog;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::ProxyConfig;
+pub use proxy::Shared;
+
+/// Runs the proxy on `listener` (and the admin API on `admin`, with its optional bearer token)
+/// until `shutdown` resolves; then stops checks and lets requests in flight finish.
+pub async fn run(
+    listener: TcpListener,
+    admin: Option<(TcpListener, Option<String>)>,
+    config: ProxyConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let shared = Shared::new(config);
+    run_shared(shared, listener, admin, shutdown).await
+}
+
+/// As [`run`], with state the caller already holds (tests inspect it).
+pub async fn run_shared(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    admin: Option<(TcpListener, Option<String>)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_sender, stop) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    if shared.config.check.enabled {
+        for index in 0..shared.config.servers.len() {
+            tasks.spawn(health::run_checks(
+                shared.clone(),
+                balance::ServerId(index),
+                stop.clone(),
+            ));
+        }
+    }
+    let admin_task = admin.map(|(listener, token)| {
+        let mut stop = stop.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(error) = admin::serve(shared, listener, token, stopped).await {
+                tracing::error!(%error, "admin API stopped");
+            }
+        })
+    });
+    let result = proxy::serve(shared, listener, shutdown).await;
+    let _ = stop_sender.send(true);
+    while tasks.join_next().await.is_some() {}
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    result
+}

@@ -1,0 +1,633 @@
+//! The data plane: accepts clients (HTTP/1.1, and HTTP/2 with prior knowledge), forwards each
+//! request to a server the balancer picks, retries on another server when that is safe, and
+//! feeds what it saw back to the balancer (passive checks).
+//!
+//! Invariants: every client request gets a response (the server's, or 413/431/502/503/504 from
+//! here); a request is retried only when it is idempotent or its connection never opened, at
+//! most `retries` times; the number of client connections never exceeds `connections_max`,
+//! and a request body is buffered only up to `request_body_bytes_max`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::balance::{Balancer, ServerId};
+use crate::check::{CheckParams, Observation, Transition};
+use crate::config::ProxyConfig;
+use crate::ratelog::RateLimitedLog;
+
+/// How long shutdown waits for requests in flight before it gives up on them.
+pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+
+/// State shared by the data plane, the health checkers and the admin API.
+pub struct Shared {
+    pub(crate) config: ProxyConfig,
+    balancer: Mutex<Balancer>,
+    started: Instant,
+    client: Client<HttpConnector, Full<Bytes>>,
+    stats: FrontendStats,
+    logs: Logs,
+}
+
+/// Counters of what clients saw, for `/stats` and `/metrics`.
+#[derive(Default)]
+pub struct FrontendStats {
+    pub connections_total: AtomicU64,
+    pub connections_active: AtomicU64,
+    pub requests_total: AtomicU64,
+    pub responses_1xx: AtomicU64,
+    pub responses_2xx: AtomicU64,
+    pub responses_3xx: AtomicU64,
+    pub responses_4xx: AtomicU64,
+    pub responses_5xx: AtomicU64,
+    pub retries_total: AtomicU64,
+    pub body_too_large_total: AtomicU64,
+    pub no_server_total: AtomicU64,
+    pub server_timeouts_total: AtomicU64,
+    pub client_errors_total: AtomicU64,
+}
+
+impl FrontendStats {
+    fn count_response(&self, status: StatusCode) {
+        let counter = match status.as_u16() {
+            100..=199 => &self.responses_1xx,
+            200..=299 => &self.responses_2xx,
+            300..=399 => &self.responses_3xx,
+            400..=499 => &self.responses_4xx,
+            _ => &self.responses_5xx,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One rate-limited log line per kind of trouble, so a flood of bad clients cannot flood the log.
+#[derive(Default)]
+struct Logs {
+    body_too_large: RateLimitedLog,
+    client_connection: RateLimitedLog,
+    no_server: RateLimitedLog,
+    server_timeout: RateLimitedLog,
+    server_error: RateLimitedLog,
+    accept: RateLimitedLog,
+}
+
+impl Shared {
+    pub fn new(config: ProxyConfig) -> Arc<Shared> {
+        let params = CheckParams {
+            rise: config.check.rise,
+            fall: config.check.fall,
+            inter_ms: config.check.inter_ms,
+            fastinter_ms: config.check.fastinter_ms,
+            downinter_ms: config.check.downinter_ms,
+            error_limit: config.observe.layer7.then_some(config.observe.error_limit.max(1)),
+        };
+        let balancer = Balancer::new(&config.servers, config.balance, config.slowstart_ms, params, 0);
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(config.timeouts.connect_ms)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_millis(config.timeouts.idle_ms))
+            .pool_max_idle_per_host(config.limits.pool_idle_per_server_max)
+            .build(connector);
+        Arc::new(Shared {
+            config,
+            balancer: Mutex::new(balancer),
+            started: Instant::now(),
+            client,
+            stats: FrontendStats::default(),
+            logs: Logs::default(),
+        })
+    }
+
+    /// What clients saw so far.
+    pub fn stats(&self) -> &FrontendStats {
+        &self.stats
+    }
+
+    /// Milliseconds since start: the balancer's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The balancer, locked. Critical sections are short and never await.
+    pub fn balancer(&self) -> MutexGuard<'_, Balancer> {
+        // A panic while holding the lock would be a bug in the sans-IO balancer; the state is
+        // still consistent counters, so keep serving rather than poisoning every request.
+        self.balancer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn observe(&self, id: ServerId, observation: Observation) {
+        let now = self.now_ms();
+        let transition = self.balancer().observe(id, observation, now);
+        if transition == Some(Transition::Down) {
+            let name = self.balancer().server(id).config.name.clone();
+            tracing::warn!(server = %name, error_limit = self.config.observe.error_limit,
+                "server marked DOWN by passive checks: too many consecutive errors on live traffic");
+        }
+    }
+}
+
+/// Decrements the server's active count when the response (body included) is done.
+struct ActiveGuard {
+    shared: Arc<Shared>,
+    id: ServerId,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.shared.balancer().finish(self.id);
+    }
+}
+
+/// The response body: a server's streamed body (holding its active slot), or one made here.
+pub enum ProxyBody {
+    Upstream {
+        inner: Incoming,
+        _guard: Option<Box<dyn Send + Sync + 'static>>,
+    },
+    Local(Full<Bytes>),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
+            ProxyBody::Local(full) => Pin::new(full).poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Local(full) => full.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Local(full) => full.size_hint(),
+        }
+    }
+}
+
+fn local_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::Local(Full::new(Bytes::from(format!("{message}\n")))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those the
+/// `Connection` header names.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// Appends this hop to `X-Forwarded-For` and `Forwarded` and sets `X-Forwarded-Proto`.
+pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
+    let ip = client.ip();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node};proto=http");
+    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b';')) {
+        element.push_str(";host=");
+        element.push_str(host);
+    }
+    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {element}"),
+        None => element,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, value);
+    }
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// A 5xx that says the server is unwell (HAProxy's `observe layer7` ignores 501 and 505).
+fn is_server_error(status: StatusCode) -> bool {
+    status.is_server_error()
+        && status != StatusCode::NOT_IMPLEMENTED
+        && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED
+}
+
+impl Shared {
+    /// Handles one client request end to end.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
+        let response = self.clone().forward(request, client).await;
+        self.stats.count_response(response.status());
+        response
+    }
+
+    async fn forward(self: Arc<Self>, request: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        let (parts, body) = request.into_parts();
+        let limit = self.config.limits.request_body_bytes_max;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return self.body_too_large(client, declared);
+        }
+        let body = if body.is_end_stream() {
+            Bytes::new()
+        } else {
+            let deadline = Duration::from_millis(self.config.timeouts.client_body_ms);
+            match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+                    return self.body_too_large(client, None);
+                }
+                Ok(Err(error)) => {
+                    self.stats.client_errors_total.fetch_add(1, Ordering::Relaxed);
+                    let now = self.now_ms();
+                    if let Some(suppressed) = self.logs.client_connection.allow(now) {
+                        tracing::info!(%client, %error, suppressed, "client request body could not be read");
+                    }
+                    return local_response(StatusCode::BAD_REQUEST, "the request body could not be read");
+                }
+                Err(_) => {
+                    self.stats.client_errors_total.fetch_add(1, Ordering::Relaxed);
+                    let now = self.now_ms();
+                    if let Some(suppressed) = self.logs.client_connection.allow(now) {
+                        tracing::warn!(%client, client_body_ms = self.config.timeouts.client_body_ms, suppressed,
+                            "client sent its request body too slowly; answered 408");
+                    }
+                    return local_response(StatusCode::REQUEST_TIMEOUT, "the request body arrived too slowly");
+                }
+            }
+        };
+
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        let mut headers = parts.headers;
+        remove_hop_by_hop(&mut headers);
+        add_forwarding(&mut headers, client, host.as_deref());
+        let missing_host = match headers.contains_key(header::HOST) {
+            true => None,
+            false => host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
+        };
+        if let Some(value) = missing_host {
+            headers.insert(header::HOST, value);
+        }
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let method = parts.method;
+        let retryable_method = idempotent(&method);
+        let response_timeout = Duration::from_millis(self.config.timeouts.response_header_ms);
+
+        let mut tried: Vec<ServerId> = Vec::new();
+        let mut last: Option<ServerId> = None;
+        let attempts = self.config.retries + 1;
+        for attempt in 0..attempts {
+            let now = self.now_ms();
+            let picked = {
+                let mut balancer = self.balancer();
+                match last {
+                    Some(previous) if !self.config.redispatch => {
+                        balancer.pin(previous).or_else(|| balancer.pick(now, &tried))
+                    }
+                    _ => balancer.pick(now, &tried),
+                }
+            };
+            let Some(id) = picked else {
+                self.stats.no_server_total.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.logs.no_server.allow(now) {
+                    tracing::warn!(%method, path = %path_and_query, suppressed,
+                        "no server available (all down, drained or in maintenance); answered 503");
+                }
+                return local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no server is available to handle this request",
+                );
+            };
+            let guard = ActiveGuard {
+                shared: self.clone(),
+                id,
+            };
+            let address = self.config.servers[id.0].address;
+            let uri = match Uri::builder()
+                .scheme("http")
+                .authority(address.to_string())
+                .path_and_query(path_and_query.as_str())
+                .build()
+            {
+                Ok(uri) => uri,
+                Err(_) => return local_response(StatusCode::BAD_REQUEST, "the request target is not valid"),
+            };
+            let mut upstream = Request::new(Full::new(body.clone()));
+            *upstream.method_mut() = method.clone();
+            *upstream.uri_mut() = uri;
+            *upstream.version_mut() = Version::HTTP_11;
+            *upstream.headers_mut() = headers.clone();
+
+            match tokio::time::timeout(response_timeout, self.client.request(upstream)).await {
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    let observation = if is_server_error(status) {
+                        Observation::Error
+                    } else {
+                        Observation::Success
+                    };
+                    self.observe(id, observation);
+                    let (mut parts, inner) = response.into_parts();
+                    remove_hop_by_hop(&mut parts.headers);
+                    parts.version = Version::HTTP_11;
+                    return Response::from_parts(
+                        parts,
+                        ProxyBody::Upstream {
+                            inner,
+                            _guard: Some(Box::new(guard)),
+                        },
+                    );
+                }
+                Ok(Err(error)) => {
+                    drop(guard);
+                    self.observe(id, Observation::Error);
+                    let safe = error.is_connect() || retryable_method;
+                    let name = &self.config.servers[id.0].name;
+                    let more = attempt + 1 < attempts;
+                    if safe && more {
+                        self.stats.retries_total.fetch_add(1, Ordering::Relaxed);
+                        self.balancer().note_retry(id);
+                        tracing::debug!(server = %name, %error, attempt, "retrying on another server");
+                        tried.push(id);
+                        last = Some(id);
+                        continue;
+                    }
+                    if let Some(suppressed) = self.logs.server_error.allow(self.now_ms()) {
+                        tracing::warn!(server = %name, %error, attempts = attempt + 1, retried = safe, suppressed,
+                            "request to server failed; answered 502");
+                    }
+                    return local_response(StatusCode::BAD_GATEWAY, "the server failed to answer");
+                }
+                Err(_) => {
+                    drop(guard);
+                    self.observe(id, Observation::Error);
+                    self.stats.server_timeouts_total.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = self.logs.server_timeout.allow(self.now_ms()) {
+                        tracing::warn!(server = %self.config.servers[id.0].name,
+                            response_header_ms = self.config.timeouts.response_header_ms, suppressed,
+                            "server sent no response headers in time (hanging?); answered 504");
+                    }
+                    return local_response(StatusCode::GATEWAY_TIMEOUT, "the server did not answer in time");
+                }
+            }
+        }
+        local_response(StatusCode::BAD_GATEWAY, "every attempt failed")
+    }
+
+    fn body_too_large(&self, client: SocketAddr, declared: Option<u64>) -> Response<ProxyBody> {
+        self.stats.body_too_large_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.logs.body_too_large.allow(self.now_ms()) {
+            tracing::warn!(%client, declared_bytes = declared, request_body_bytes_max = self.config.limits.request_body_bytes_max,
+                suppressed, "request body over the limit; answered 413 (raise limits.request_body_bytes_max to allow it)");
+        }
+        let mut response = local_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the request body is larger than {} bytes",
+                self.config.limits.request_body_bytes_max
+            ),
+        );
+        // The rest of the body is not read; make the client open a new connection.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+}
+
+/// Serves clients on `listener` until `shutdown` resolves, then lets requests in flight finish
+/// (up to [`SHUTDOWN_GRACE_MS`]).
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let connections_max = shared.config.limits.connections_max;
+    let permits = Arc::new(Semaphore::new(connections_max));
+    let (stop_sender, stop) = watch::channel(false);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let header_bytes_max = shared.config.limits.request_header_bytes_max.max(8192);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(shared.config.timeouts.client_header_ms))
+        .max_buf_size(header_bytes_max)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(header_bytes_max).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_millis(shared.config.timeouts.idle_ms)))
+        .keep_alive_timeout(Duration::from_millis(shared.config.timeouts.client_header_ms));
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    if let Some(suppressed) = shared.logs.accept.allow(shared.now_ms()) {
+                        tracing::warn!(%error, suppressed, "accept failed (out of file descriptors?); pausing");
+                    }
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        shared.stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
+        let builder = builder.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service_shared = shared.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let shared = service_shared.clone();
+                async move { Ok::<_, Infallible>(shared.handle(request, client).await) }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    _ = stop.changed() => connection.as_mut().graceful_shutdown(),
+                }
+            };
+            if let Err(error) = result {
+                shared.log_connection_error(client, error.as_ref());
+            }
+            shared.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(listener);
+    let _ = stop_sender.send(true);
+    let all = u32::try_from(connections_max).unwrap_or(u32::MAX);
+    let grace = Duration::from_millis(SHUTDOWN_GRACE_MS);
+    if tokio::time::timeout(grace, permits.acquire_many(all)).await.is_err() {
+        tracing::warn!(
+            grace_ms = SHUTDOWN_GRACE_MS,
+            "shutdown: connections still open after the grace period"
+        );
+    }
+    Ok(())
+}
+
+impl Shared {
+    fn log_connection_error(&self, client: SocketAddr, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        self.stats.client_errors_total.fetch_add(1, Ordering::Relaxed);
+        let Some(suppressed) = self.logs.client_connection.allow(self.now_ms()) else {
+            return;
+        };
+        let hyper_error = error.downcast_ref::<hyper::Error>();
+        if hyper_error.is_some_and(|e| e.is_timeout()) {
+            tracing::warn!(%client, client_header_ms = self.config.timeouts.client_header_ms, suppressed,
+                "closed a client connection that sent no complete request head in time (slowloris, or idle keep-alive)");
+        } else if hyper_error.is_some_and(|e| e.is_parse_too_large()) {
+            tracing::warn!(%client, request_header_bytes_max = self.config.limits.request_header_bytes_max, suppressed,
+                "client sent a request head over the limit; answered 431");
+        } else if hyper_error.is_some_and(|e| e.is_incomplete_message() || e.is_canceled()) {
+            tracing::debug!(%client, %error, "client connection closed mid-request");
+        } else {
+            tracing::info!(%client, %error, suppressed, "client connection error");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("x-kept", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers_append_this_hop() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        let client: SocketAddr = "192.0.2.1:5555".parse().expect("literal");
+        add_forwarding(&mut headers, client, Some("shop.example"));
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 192.0.2.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["forwarded"], "for=192.0.2.1;proto=http;host=shop.example");
+    }
+
+    #[test]
+    fn forwarded_quotes_ipv6() {
+        let mut headers = HeaderMap::new();
+        let client: SocketAddr = "[2001:db8::1]:80".parse().expect("literal");
+        add_forwarding(&mut headers, client, None);
+        assert_eq!(headers["forwarded"], "for=\"[2001:db8::1]\";proto=http");
+    }
+
+    #[test]
+    fn only_idempotent_methods_retry_after_sending() {
+        assert!(idempotent(&Method::GET));
+        assert!(idempotent(&Method::PUT));
+        assert!(!idempotent(&Method::POST));
+        assert!(!idempotent(&Method::PATCH));
+    }
+
+    #[test]
+    fn passive_checks_ignore_501_and_505() {
+        assert!(is_server_error(StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(is_server_error(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!is_server_error(StatusCode::NOT_IMPLEMENTED));
+        assert!(!is_server_error(StatusCode::HTTP_VERSION_NOT_SUPPORTED));
+        assert!(!is_server_error(StatusCode::NOT_FOUND));
+    }
+}

@@ -1,0 +1,698 @@
+//! The proxy against real in-process backend servers on 127.0.0.1 that can be killed, made to
+//! hang, and recovered. Every wait polls a condition with a deadline.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use proxy::Shared;
+use proxy::admin::ServerView;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+const MODE_OK: u8 = 0;
+const MODE_HANG: u8 = 1;
+const MODE_GATE: u8 = 2;
+
+/// A backend app server: answers 200 with its name (and echoes forwarding headers).
+struct Backend {
+    name: &'static str,
+    address: SocketAddr,
+    mode: Arc<AtomicU8>,
+    gate: Arc<Notify>,
+    hits: Arc<AtomicU64>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    async fn start(name: &'static str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
+        let mut backend = Backend {
+            name,
+            address: listener.local_addr().expect("address"),
+            mode: Arc::new(AtomicU8::new(MODE_OK)),
+            gate: Arc::new(Notify::new()),
+            hits: Arc::new(AtomicU64::new(0)),
+            task: None,
+        };
+        backend.serve(listener);
+        backend
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (name, mode, gate, hits) = (self.name, self.mode.clone(), self.gate.clone(), self.hits.clone());
+        self.task = Some(tokio::spawn(async move {
+            // Connections live in this set, so aborting the task closes them all, like SIGKILL.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (mode, gate, hits) = (mode.clone(), gate.clone(), hits.clone());
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let (mode, gate, hits) = (mode.clone(), gate.clone(), hits.clone());
+                        async move {
+                            let is_check = request
+                                .headers()
+                                .get("user-agent")
+                                .is_some_and(|v| v.as_bytes() == b"switchyard-proxy-check");
+                            match mode.load(Ordering::SeqCst) {
+                                MODE_HANG => std::future::pending::<()>().await,
+                                MODE_GATE if !is_check => gate.notified().await,
+                                _ => {}
+                            }
+                            if !is_check {
+                                hits.fetch_add(1, Ordering::SeqCst);
+                            }
+                            let header = |n: &str| {
+                                request
+                                    .headers()
+                                    .get(n)
+                                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                                    .unwrap_or_default()
+                            };
+                            let echo = format!(
+                                "{name}\nxff={}\nforwarded={}\nproto={}\nconnection={}\nx-private={}\n",
+                                header("x-forwarded-for"),
+                                header("forwarded"),
+                                header("x-forwarded-proto"),
+                                header("connection"),
+                                header("x-private"),
+                            );
+                            let _ = request.into_body().collect().await;
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(echo))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }));
+    }
+
+    /// Closes the listener and every connection at once.
+    async fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same address.
+    async fn recover(&mut self) {
+        let deadline = Instant::now() + DEADLINE;
+        let listener = loop {
+            match TcpListener::bind(self.address).await {
+                Ok(listener) => break listener,
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("rebind {}: {error}", self.address),
+            }
+        };
+        self.serve(listener);
+    }
+
+    fn set_mode(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+}
+
+struct TestProxy {
+    address: SocketAddr,
+    admin: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestProxy {
+    /// `extra` is TOML placed inside [proxy]; `servers` are (name, address, weight, backup).
+    async fn start(extra: &str, servers: &[(&str, SocketAddr, u32, bool)], token: Option<&str>) -> TestProxy {
+        let mut text = format!(
+            "[store]\nlisten = \"elsewhere\"\n\n[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{extra}\n"
+        );
+        for (name, address, weight, backup) in servers {
+            text.push_str(&format!(
+                "\n[[proxy.servers]]\nname = \"{name}\"\naddress = \"{address}\"\nweight = {weight}\nbackup = {backup}\n"
+            ));
+        }
+        let config = proxy::config::parse(&text).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
+        let listener = TcpListener::bind(config.listen).await.expect("bind proxy");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let (address, admin_address) = (
+            listener.local_addr().expect("address"),
+            admin.local_addr().expect("address"),
+        );
+        let shared = Shared::new(config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(proxy::run_shared(
+            shared.clone(),
+            listener,
+            Some((admin, token.map(str::to_owned))),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        TestProxy {
+            address,
+            admin: admin_address,
+            shared,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    fn server(&self, name: &str) -> ServerView {
+        proxy::admin::snapshot(&self.shared)
+            .into_iter()
+            .find(|s| s.name == name)
+            .expect("server exists")
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("proxy task").expect("proxy ran cleanly");
+        }
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    body: &'static [u8],
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let mut builder = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Full::new(Bytes::from_static(body))).expect("request");
+    let response = client.request(request).await.expect("the proxy answers");
+    let status = response.status();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn get(client: &Client<HttpConnector, Full<Bytes>>, url: &str) -> (StatusCode, String) {
+    send(client, "GET", url, b"", &[]).await
+}
+
+/// Polls `condition` until it holds or the deadline passes.
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn first_line(body: &str) -> &str {
+    body.lines().next().unwrap_or_default()
+}
+
+/// Raw HTTP/1.1 exchange: writes `request`, returns what the proxy sent until it closed or
+/// `DEADLINE` passed.
+async fn raw_exchange(address: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    let _ = stream.write_all(request).await;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut received)).await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_when_a_backend_dies_between_health_checks() {
+    let mut backends = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
+    // Checks far apart: the death falls between two checks, so only retries can hide it.
+    let servers: Vec<_> = backends.iter().map(|b| (b.name, b.address, 1, false)).collect();
+    let proxy = TestProxy::start("[proxy.check]\ninter_ms = 600000\n", &servers, None).await;
+    let client = client();
+    let url = proxy.url("/item");
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (client, url) = (client.clone(), url.clone());
+        workers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for _ in 0..150 {
+                let (status, body) = get(&client, &url).await;
+                if status != StatusCode::OK {
+                    failures.push(format!("{status}: {body}"));
+                }
+            }
+            failures
+        }));
+    }
+    let hits = backends[1].hits.clone();
+    wait_for("backend b to serve some requests", || hits.load(Ordering::SeqCst) >= 20).await;
+    backends[1].kill().await;
+    let mut failures = Vec::new();
+    for worker in workers {
+        failures.extend(worker.await.expect("worker"));
+    }
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(
+        proxy.shared.stats().retries_total.load(Ordering::Relaxed) > 0,
+        "requests that met the dead server were retried"
+    );
+    let b = proxy.server("b");
+    assert!(!b.healthy, "passive checks marked b down: {b:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_whose_connection_never_opened_is_retried() {
+    let mut dead = Backend::start("dead").await;
+    dead.kill().await;
+    let alive = Backend::start("alive").await;
+    let proxy = TestProxy::start(
+        "[proxy.check]\nenabled = false\n",
+        &[("dead", dead.address, 1, false), ("alive", alive.address, 1, false)],
+        None,
+    )
+    .await;
+    let client = client();
+    for _ in 0..4 {
+        let (status, body) = send(&client, "POST", &proxy.url("/order"), b"{\"n\":1}", &[]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(first_line(&body), "alive");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_returns_after_rise_checks() {
+    let mut a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let proxy = TestProxy::start(
+        "[proxy.check]\ninter_ms = 50\nrise = 3\nfall = 2\n",
+        &[("a", a.address, 1, false), ("b", b.address, 1, false)],
+        None,
+    )
+    .await;
+    let client = client();
+    a.kill().await;
+    wait_for("a to be marked down", || !proxy.server("a").healthy).await;
+    for _ in 0..10 {
+        let (status, body) = get(&client, &proxy.url("/")).await;
+        assert_eq!((status, first_line(&body)), (StatusCode::OK, "b"));
+    }
+    let passed_before = proxy.server("a").checks_passed;
+    a.recover().await;
+    wait_for("a to come back up", || proxy.server("a").healthy).await;
+    let a_view = proxy.server("a");
+    assert!(
+        a_view.checks_passed - passed_before >= 3,
+        "a came up only after rise = 3 successful checks: {a_view:?}"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = get(&client, &proxy.url("/")).await;
+        assert_eq!(status, StatusCode::OK);
+        if first_line(&body) == "a" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "traffic never returned to a");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_serves_only_while_all_primaries_are_down() {
+    let mut p1 = Backend::start("p1").await;
+    let mut p2 = Backend::start("p2").await;
+    let spare = Backend::start("spare").await;
+    let proxy = TestProxy::start(
+        "[proxy.check]\ninter_ms = 50\nrise = 2\nfall = 1\n",
+        &[
+            ("p1", p1.address, 1, false),
+            ("p2", p2.address, 1, false),
+            ("spare", spare.address, 1, true),
+        ],
+        None,
+    )
+    .await;
+    let client = client();
+    for _ in 0..10 {
+        let (status, body) = get(&client, &proxy.url("/")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(first_line(&body), "spare", "the backup served while primaries were up");
+    }
+    p1.kill().await;
+    wait_for("p1 down", || !proxy.server("p1").healthy).await;
+    for _ in 0..10 {
+        let (_, body) = get(&client, &proxy.url("/")).await;
+        assert_eq!(first_line(&body), "p2", "one primary left still takes everything");
+    }
+    p2.kill().await;
+    wait_for("p2 down", || !proxy.server("p2").healthy).await;
+    for _ in 0..10 {
+        let (status, body) = get(&client, &proxy.url("/")).await;
+        assert_eq!((status, first_line(&body)), (StatusCode::OK, "spare"));
+    }
+    p2.recover().await;
+    wait_for("p2 up", || proxy.server("p2").healthy).await;
+    for _ in 0..10 {
+        let (_, body) = get(&client, &proxy.url("/")).await;
+        assert_eq!(first_line(&body), "p2", "the backup stops once a primary is back");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_finishes_in_flight_requests_and_takes_no_new_ones() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let proxy = TestProxy::start(
+        "[proxy.check]\nenabled = false\n",
+        &[("a", a.address, 1, false), ("b", b.address, 1, false)],
+        None,
+    )
+    .await;
+    a.set_mode(MODE_GATE);
+    let client = client();
+    // Round robin's first pick is the first server.
+    let in_flight = {
+        let (client, url) = (client.clone(), proxy.url("/slow"));
+        tokio::spawn(async move { get(&client, &url).await })
+    };
+    wait_for("the slow request to reach a", || proxy.server("a").active == 1).await;
+
+    let admin = format!("http://{}", proxy.admin);
+    let answer = proxy::ctl::set_server(&admin, None, "a", "drain")
+        .await
+        .expect("drain a");
+    assert!(answer.contains("\"drain\""), "{answer}");
+    assert!(proxy.server("a").status.starts_with("DRAIN"));
+    for _ in 0..10 {
+        let (status, body) = get(&client, &proxy.url("/")).await;
+        assert_eq!((status, first_line(&body)), (StatusCode::OK, "b"));
+    }
+    a.gate.notify_one();
+    let (status, body) = in_flight.await.expect("in-flight request");
+    assert_eq!(
+        (status, first_line(&body)),
+        (StatusCode::OK, "a"),
+        "the in-flight request finished"
+    );
+    wait_for("a's active count to drop", || proxy.server("a").active == 0).await;
+
+    a.set_mode(MODE_OK);
+    proxy::ctl::set_server(&admin, None, "a", "ready")
+        .await
+        .expect("ready a");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = get(&client, &proxy.url("/")).await;
+        if first_line(&body) == "a" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never took traffic after ready");
+    }
+    proxy::ctl::set_server(&admin, None, "b", "maint")
+        .await
+        .expect("maint b");
+    assert_eq!(proxy.server("b").status, "MAINT");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_bodies_get_413() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        "[proxy.limits]\nrequest_body_bytes_max = 1024\n[proxy.check]\nenabled = false\n",
+        &[("a", a.address, 1, false)],
+        None,
+    )
+    .await;
+    let client = client();
+    static SMALL: [u8; 1000] = [b'x'; 1000];
+    static LARGE: [u8; 4096] = [b'x'; 4096];
+    let (status, _) = send(&client, "POST", &proxy.url("/"), &SMALL, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(&client, "POST", &proxy.url("/"), &LARGE, &[]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Chunked, with no length announced: caught while reading.
+    let chunk = "x".repeat(800);
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let answer = raw_exchange(proxy.address, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(
+        a.hits.load(Ordering::SeqCst),
+        1,
+        "oversize bodies never reached the server"
+    );
+    assert!(proxy.shared.stats().body_too_large_total.load(Ordering::Relaxed) >= 2);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_headers_get_431() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        "[proxy.limits]\nrequest_header_bytes_max = 8192\n[proxy.check]\nenabled = false\n",
+        &[("a", a.address, 1, false)],
+        None,
+    )
+    .await;
+    let request = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    let answer = raw_exchange(proxy.address, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(a.hits.load(Ordering::SeqCst), 0);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_clients_are_cut_off_and_others_still_served() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        "[proxy.timeouts]\nclient_header_ms = 300\n[proxy.check]\nenabled = false\n",
+        &[("a", a.address, 1, false)],
+        None,
+    )
+    .await;
+    let mut slow = TcpStream::connect(proxy.address).await.expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .expect("partial head");
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, slow.read_to_end(&mut received)).await;
+    assert!(closed.is_ok(), "the proxy closed the slow connection");
+    assert!(
+        !String::from_utf8_lossy(&received).contains("200 OK"),
+        "an incomplete request was never forwarded"
+    );
+    let (status, _) = get(&client(), &proxy.url("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(a.hits.load(Ordering::SeqCst), 1);
+    wait_for("the header timeout to be counted", || {
+        proxy.shared.stats().client_errors_total.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_backend_gets_504_and_is_marked_failing() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        "[proxy.timeouts]\nresponse_header_ms = 300\n[proxy.check]\nenabled = false\n[proxy.observe]\nerror_limit = 2\n",
+        &[("a", a.address, 1, false)],
+        None,
+    )
+    .await;
+    a.set_mode(MODE_HANG);
+    let client = client();
+    for _ in 0..2 {
+        let (status, _) = get(&client, &proxy.url("/")).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    }
+    let view = proxy.server("a");
+    assert_eq!(view.errors, 2, "{view:?}");
+    assert!(!view.healthy, "two timeouts reached error_limit: {view:?}");
+    let (status, _) = get(&client, &proxy.url("/")).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a down server gets no requests"
+    );
+    assert_eq!(proxy.shared.stats().server_timeouts_total.load(Ordering::Relaxed), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_backend_fails_its_checks() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        "[proxy.check]\ninter_ms = 50\ntimeout_ms = 100\nfall = 1\n",
+        &[("a", a.address, 1, false)],
+        None,
+    )
+    .await;
+    a.set_mode(MODE_HANG);
+    wait_for("a to fail a check by timeout", || !proxy.server("a").healthy).await;
+    assert!(
+        proxy.server("a").last_check.starts_with("L7TOUT"),
+        "{:?}",
+        proxy.server("a")
+    );
+    a.set_mode(MODE_OK);
+    wait_for("a to recover", || proxy.server("a").healthy).await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_added_and_hop_by_hop_headers_removed() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start("[proxy.check]\nenabled = false\n", &[("a", a.address, 1, false)], None).await;
+    let (status, body) = send(
+        &client(),
+        "GET",
+        &proxy.url("/"),
+        b"",
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("connection", "x-private"),
+            ("x-private", "secret"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("xff=203.0.113.9, 127.0.0.1\n"), "{body}");
+    assert!(body.contains("forwarded=for=127.0.0.1;proto=http;host="), "{body}");
+    assert!(body.contains("proto=http\n"), "{body}");
+    assert!(
+        body.contains("x-private=\n"),
+        "headers named by Connection are dropped: {body}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_clients_are_served() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start("[proxy.check]\nenabled = false\n", &[("a", a.address, 1, false)], None).await;
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let response = client
+        .request(
+            Request::get(proxy.url("/h2"))
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("h2 answer");
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(first_line(&String::from_utf8_lossy(&body)), "a");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_share_traffic() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let proxy = TestProxy::start(
+        "[proxy.check]\nenabled = false\n",
+        &[("a", a.address, 1, false), ("b", b.address, 3, false)],
+        None,
+    )
+    .await;
+    let client = client();
+    for _ in 0..40 {
+        let (status, _) = get(&client, &proxy.url("/")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(a.hits.load(Ordering::SeqCst), 10);
+    assert_eq!(b.hits.load(Ordering::SeqCst), 30);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_api_needs_the_token_and_reports_errors() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        "[proxy.check]\nenabled = false\n",
+        &[("web1", a.address, 1, false)],
+        Some("s3cret-token"),
+    )
+    .await;
+    let admin = format!("http://{}", proxy.admin);
+    let refused = proxy::ctl::servers(&admin, None).await.expect_err("no token");
+    assert!(refused.to_string().contains("401"), "{refused}");
+    let wrong = proxy::ctl::servers(&admin, Some("nope"))
+        .await
+        .expect_err("wrong token");
+    assert!(wrong.to_string().contains("401"), "{wrong}");
+    let servers = proxy::ctl::servers(&admin, Some("s3cret-token")).await.expect("listed");
+    assert_eq!(servers[0].name, "web1");
+    let unknown = proxy::ctl::set_server(&admin, Some("s3cret-token"), "web9", "drain")
+        .await
+        .expect_err("unknown server");
+    assert!(
+        unknown.to_string().contains("404") && unknown.to_string().contains("web1"),
+        "{unknown}"
+    );
+    let bad = proxy::ctl::set_server(&admin, Some("s3cret-token"), "web1", "sleep")
+        .await
+        .expect_err("bad state");
+    assert!(
+        bad.to_string().contains("400") && bad.to_string().contains("ready"),
+        "{bad}"
+    );
+    let client = client();
+    let _ = get(&client, &proxy.url("/")).await;
+    let stats = proxy::ctl::call(&admin, Some("s3cret-token"), hyper::Method::GET, "/stats", None)
+        .await
+        .expect("stats page");
+    assert!(stats.contains("<td class=\"name\">web1</td>"), "{stats}");
+    let json = proxy::ctl::call(&admin, Some("s3cret-token"), hyper::Method::GET, "/stats.json", None)
+        .await
+        .expect("stats json");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(json["servers"][0]["requests"], 1);
+    let metrics = proxy::ctl::call(&admin, Some("s3cret-token"), hyper::Method::GET, "/metrics", None)
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("switchyard_proxy_server_requests_total{server=\"web1\"} 1"),
+        "{metrics}"
+    );
+    proxy.stop().await;
+}

@@ -1,0 +1,241 @@
+"""`switchyard proxy` as a black box: the real binary in front of real backend processes
+(`python3 -m http.server`), one of them killed with SIGKILL while a client loop runs (no request
+may fail), and `switchyard proxy-ctl` draining a server."""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+START_DEADLINE_S = 20
+CONDITION_DEADLINE_S = 20
+TOKEN = "proxy-test-token-0123456789"
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what, condition, deadline_s=CONDITION_DEADLINE_S):
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def accepts(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class Backend:
+    """`python3 -m http.server` serving a directory whose index names the backend."""
+
+    def __init__(self, name, root):
+        self.name, self.port = name, free_port()
+        self.directory = root / name
+        self.directory.mkdir()
+        (self.directory / "index.html").write_text(f"{name}\n")
+        (self.directory / "health").write_text("ok\n")
+        self.log = root / f"{name}.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1",
+             "--directory", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        wait_until(f"backend {name} to listen", lambda: accepts(self.port), START_DEADLINE_S)
+
+    def kill(self):
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+class Proxy:
+    def __init__(self, root, backends):
+        self.port, self.admin_port = free_port(), free_port()
+        servers = "".join(
+            f'\n[[proxy.servers]]\nname = "{b.name}"\naddress = "127.0.0.1:{b.port}"\n' for b in backends)
+        # Checks a minute apart: a backend's death falls between two checks, so only the
+        # proxy's retries keep clients from seeing it.
+        self.config = root / "deployment.toml"
+        self.config.write_text(f"""
+[store]
+listen = "127.0.0.1:8000"
+
+[proxy]
+listen = "127.0.0.1:{self.port}"
+admin_listen = "127.0.0.1:{self.admin_port}"
+balance = "roundrobin"
+retries = 3
+
+[proxy.check]
+inter_ms = 60000
+path = "/health"
+expect_status = [200]
+{servers}""")
+        self.token_file = root / "token"
+        self.token_file.write_text(TOKEN + "\n")
+        self.log = root / "proxy.log"
+        ready = root / "proxy.ready"
+        self.process = subprocess.Popen(
+            [str(BINARY), "proxy", "--config", str(self.config), "--token-file", str(self.token_file),
+             "--ready-file", str(ready)],
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        deadline = time.monotonic() + START_DEADLINE_S
+        while not ready.exists() or len(ready.read_text().split()) < 2:
+            if self.process.poll() is not None:
+                raise AssertionError(f"proxy exited: {self.log.read_text()[-3000:]}")
+            assert time.monotonic() < deadline, "proxy not ready"
+            time.sleep(0.05)
+
+    @property
+    def admin(self):
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def ctl(self, *arguments):
+        result = subprocess.run(
+            [str(BINARY), "proxy-ctl", "--admin", self.admin, "--token-file", str(self.token_file), *arguments],
+            capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"proxy-ctl {arguments}: {result.stderr}"
+        return result.stdout
+
+    def servers(self):
+        return {s["name"]: s for s in json.loads(self.ctl("--json", "servers"))}
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            assert self.process.wait(timeout=30) == 0, self.log.read_text()[-3000:]
+
+
+class ClientLoop(threading.Thread):
+    """Keeps GETting / through the proxy on one keep-alive connection; records every failure."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop_event = threading.Event()
+        self.ok = 0
+        self.failures = []
+        self.served_by = {}
+
+    def run(self):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        while not self.stop_event.is_set():
+            try:
+                connection.request("GET", "/")
+                response = connection.getresponse()
+                body = response.read().decode()
+                if response.status == 200:
+                    self.ok += 1
+                    name = body.strip()
+                    self.served_by[name] = self.served_by.get(name, 0) + 1
+                else:
+                    self.failures.append(f"{response.status}: {body[:200]}")
+            except (OSError, http.client.HTTPException) as error:
+                self.failures.append(repr(error))
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection.close()
+
+
+@pytest.fixture
+def stack(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    backends = [Backend(name, tmp_path) for name in ("web1", "web2", "web3")]
+    proxy = None
+    try:
+        proxy = Proxy(tmp_path, backends)
+        yield proxy, backends
+    except BaseException:
+        if proxy:
+            print(proxy.log.read_text()[-5000:])
+        raise
+    finally:
+        if proxy:
+            proxy.stop()
+        for backend in backends:
+            backend.stop()
+
+
+def test_sigkilled_backend_fails_no_client_request(stack):
+    proxy, backends = stack
+    loops = [ClientLoop(proxy.port) for _ in range(2)]
+    for loop in loops:
+        loop.start()
+    try:
+        wait_until("traffic on every backend",
+                   lambda: all(sum(l.served_by.get(b.name, 0) for l in loops) >= 5 for b in backends))
+        backends[1].kill()
+        served_at_kill = sum(l.ok for l in loops)
+        wait_until("200 more requests after the kill", lambda: sum(l.ok for l in loops) >= served_at_kill + 200)
+        wait_until("web2 marked down by passive checks",
+                   lambda: proxy.servers()["web2"]["status"].startswith("DOWN"))
+    finally:
+        for loop in loops:
+            loop.stop_event.set()
+        for loop in loops:
+            loop.join(timeout=30)
+    failures = [f for l in loops for f in l.failures]
+    assert failures == [], f"client requests failed: {failures[:10]} ({len(failures)} in all)\n" \
+                           f"{proxy.log.read_text()[-3000:]}"
+    stats = json.loads(http_get(proxy.admin + "/stats.json"))
+    assert stats["frontend"]["retries_total"] > 0, "requests that met web2 were retried"
+
+
+def test_proxy_ctl_drains_and_readies_a_server(stack):
+    proxy, _ = stack
+    table = proxy.ctl("servers")
+    assert "web1" in table and "STATUS" in table, table
+    proxy.ctl("set-server", "web1", "drain")
+    assert proxy.servers()["web1"]["status"].startswith("DRAIN")
+    before = proxy.servers()["web1"]["requests"]
+    bodies = [http_get(f"http://127.0.0.1:{proxy.port}/").strip() for _ in range(12)]
+    assert "web1" not in bodies and set(bodies) == {"web2", "web3"}, bodies
+    assert proxy.servers()["web1"]["requests"] == before, "a drained server takes no new requests"
+    proxy.ctl("set-server", "web1", "ready")
+    wait_until("web1 back in rotation",
+               lambda: http_get(f"http://127.0.0.1:{proxy.port}/").strip() == "web1")
+    # Without the token the runtime API refuses.
+    result = subprocess.run([str(BINARY), "proxy-ctl", "--admin", proxy.admin, "servers"],
+                            capture_output=True, text=True, timeout=30,
+                            env={k: v for k, v in os.environ.items() if k != "SWITCHYARD_CONTROL_TOKEN"})
+    assert result.returncode != 0 and "401" in result.stderr, result.stderr
+    metrics = http_get(proxy.admin + "/metrics")
+    assert 'switchyard_proxy_server_up{server="web1"} 1' in metrics, metrics
+
+
+def http_get(url):
+    host, _, rest = url.removeprefix("http://").partition("/")
+    name, _, port = host.partition(":")
+    connection = http.client.HTTPConnection(name, int(port), timeout=30)
+    try:
+        connection.request("GET", "/" + rest, headers={"Authorization": f"Bearer {TOKEN}"})
+        response = connection.getresponse()
+        body = response.read().decode()
+        assert response.status == 200, f"GET {url}: {response.status} {body[:300]}"
+        return body
+    finally:
+        connection.close()
