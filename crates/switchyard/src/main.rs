@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 mod fault_proxy;
 
 mod bench;
+mod dns;
 mod proxy;
 
 #[derive(Parser)]
@@ -66,6 +67,10 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Talk to a running proxy's runtime API: list servers, or drain / ready / maint one.
     ProxyCtl(proxy::ProxyCtlArgs),
+    /// Serve authoritative DNS from the [dns] section of the config, with Route 53-style
+    /// failover, weighted and multivalue records driven by the health the controller pushes to
+    /// the admin API (PUT /v1/health, PUT /v1/txt), over UDP and TCP, with /metrics.
+    Dns(dns::DnsArgs),
     /// Benchmarks that need Switchyard's own load generator (results go to BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -180,6 +185,7 @@ fn main() -> anyhow::Result<()> {
         Command::FaultProxy(args) => runtime.block_on(fault_proxy::run(args)),
         Command::Proxy(args) => runtime.block_on(proxy::run_proxy(args)),
         Command::ProxyCtl(args) => runtime.block_on(proxy::run_proxy_ctl(args)),
+        Command::Dns(args) => runtime.block_on(dns::run_dns(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
     }
 }

@@ -1,0 +1,230 @@
+//! The admin API the controller pushes to: `PUT /v1/health`, `PUT /v1/txt`, `GET /v1/health`,
+//! plus `/metrics` and `/health`.
+//!
+//! Invariants: a push with a generation older than the applied one gets 409 and changes nothing;
+//! PUTs need the bearer token when one is configured.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State as Extract};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hickory_proto::rr::{Name, RecordType};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::metrics::OutcomeLabels;
+use crate::server::State;
+use crate::view::{Generation, Health, ViewError};
+use crate::zone::Lookup;
+
+/// Largest admin request body.
+pub const ADMIN_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthPush {
+    generation: u64,
+    targets: BTreeMap<String, Health>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxtPush {
+    generation: u64,
+    name: String,
+    /// `null` removes the record.
+    value: Option<String>,
+}
+
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/v1/health", get(get_view).put(put_health))
+        .route("/v1/txt", axum::routing::put(put_txt))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, axum::Json(json!({"error": code, "message": message}))).into_response()
+}
+
+fn outcome(state: &State, outcome: &'static str) {
+    state.metrics.pushes.get_or_create(&OutcomeLabels { outcome }).inc();
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(state: &State, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &state.token else { return Ok(()) };
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match offered {
+        Some(offered) if same(offered.as_bytes(), token.as_bytes()) => Ok(()),
+        _ => {
+            outcome(state, "unauthorized");
+            Err(error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send the control token as `Authorization: Bearer TOKEN`".to_string(),
+            ))
+        }
+    }
+}
+
+fn view_error(state: &State, e: ViewError) -> Response {
+    match e {
+        ViewError::Stale { applied, .. } => {
+            outcome(state, "stale");
+            tracing::warn!("refused a stale push: {e}");
+            (
+                StatusCode::CONFLICT,
+                axum::Json(json!({"error": "stale_generation", "message": e.to_string(), "generation": applied})),
+            )
+                .into_response()
+        }
+        other => {
+            outcome(state, "rejected");
+            error(StatusCode::BAD_REQUEST, "invalid", other.to_string())
+        }
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(state: &State, body: &Bytes, example: &str) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        outcome(state, "rejected");
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("the body is not valid ({e}); send JSON like {example}"),
+        )
+    })
+}
+
+async fn put_health(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = authorize(&state, &headers) {
+        return response;
+    }
+    let push: HealthPush = match parse(
+        &state,
+        &body,
+        r#"{"generation": 7, "targets": {"us-east-1": "unhealthy"}}"#,
+    ) {
+        Ok(push) => push,
+        Err(response) => return response,
+    };
+    let _writer = state.view_writer.lock().unwrap_or_else(|e| e.into_inner());
+    let current = state.view();
+    match current.apply_health(Generation(push.generation), &push.targets) {
+        Ok(next) => {
+            let changed = next.targets != current.targets || next.generation != current.generation;
+            if changed {
+                tracing::info!(generation = push.generation, targets = ?push.targets, "applied a health push");
+            }
+            let body = json!({"generation": next.generation, "targets": next.targets});
+            let persisted = state.publish_view(next);
+            outcome(&state, "applied");
+            let mut body = body;
+            body["persisted"] = json!(persisted);
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Err(e) => view_error(&state, e),
+    }
+}
+
+async fn put_txt(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = authorize(&state, &headers) {
+        return response;
+    }
+    let push: TxtPush = match parse(
+        &state,
+        &body,
+        r#"{"generation": 7, "name": "_active-region.shop.example.", "value": "eu-west-1"}"#,
+    ) {
+        Ok(push) => push,
+        Err(response) => return response,
+    };
+    let raw = push.name.trim();
+    let fqdn = if raw.ends_with('.') {
+        raw.to_string()
+    } else {
+        format!("{raw}.")
+    };
+    let Ok(name) = Name::from_ascii(&fqdn) else {
+        outcome(&state, "rejected");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("'{raw}' is not a domain name; write it like _active-region.shop.example."),
+        );
+    };
+    let zones = state.zones();
+    let Some(zone) = zones.zone_for(&name) else {
+        outcome(&state, "rejected");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("{fqdn} is outside every zone this server serves; use a name inside one of them"),
+        );
+    };
+    if let Lookup::Exact(node) = zone.find(&name)
+        && node.rrset(RecordType::CNAME).is_some()
+    {
+        outcome(&state, "rejected");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("{fqdn} is a CNAME in the config, so it cannot have a TXT record; pick another name"),
+        );
+    }
+    let key = name.to_lowercase().to_ascii();
+    let _writer = state.view_writer.lock().unwrap_or_else(|e| e.into_inner());
+    let current = state.view();
+    match current.apply_txt(Generation(push.generation), &key, push.value.as_deref()) {
+        Ok(next) => {
+            tracing::info!(generation = push.generation, name = %key, value = ?push.value, "applied a TXT push");
+            let generation = next.generation;
+            let persisted = state.publish_view(next);
+            outcome(&state, "applied");
+            (
+                StatusCode::OK,
+                axum::Json(json!({"generation": generation, "name": key, "value": push.value, "persisted": persisted})),
+            )
+                .into_response()
+        }
+        Err(e) => view_error(&state, e),
+    }
+}
+
+async fn get_view(Extract(state): Extract<Arc<State>>) -> Response {
+    let view = state.view();
+    axum::Json(json!({"generation": view.generation, "targets": view.targets, "txt": view.txt})).into_response()
+}
+
+async fn metrics(Extract(state): Extract<Arc<State>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn health(Extract(state): Extract<Arc<State>>) -> Response {
+    let zones = state.zones().iter().count();
+    axum::Json(json!({"status": "ok", "zones": zones})).into_response()
+}

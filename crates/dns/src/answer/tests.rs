@@ -1,0 +1,661 @@
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+
+use super::*;
+use crate::view::{Generation, Health, HealthView};
+
+const ZONE: &str = r#"
+[store]
+listen = "127.0.0.1:8000"   # another part's section: ignored
+
+[dns]
+axfr_allow = ["10.0.0.0/8"]
+
+[[dns.zones]]
+origin = "shop.example."
+ns = ["ns1"]
+
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["192.0.2.53"]
+
+[[dns.zones.records]]
+name = "plain"
+type = "A"
+ttl = 120
+values = ["192.0.2.1", "192.0.2.2"]
+
+[[dns.zones.records]]
+name = "plain"
+type = "AAAA"
+values = ["2001:db8::1"]
+
+[[dns.zones.records]]
+name = "@"
+type = "MX"
+values = ["10 mail"]
+
+[[dns.zones.records]]
+name = "mail"
+type = "A"
+values = ["192.0.2.25"]
+
+[[dns.zones.records]]
+name = "@"
+type = "TXT"
+values = ["v=spf1 -all"]
+
+[[dns.zones.records]]
+name = "_sip._tcp"
+type = "SRV"
+values = ["10 5 5060 mail"]
+
+[[dns.zones.records]]
+name = "www"
+type = "CNAME"
+values = ["alias"]
+
+[[dns.zones.records]]
+name = "alias"
+type = "CNAME"
+values = ["plain"]
+
+[[dns.zones.records]]
+name = "dangling"
+type = "CNAME"
+values = ["missing"]
+
+[[dns.zones.records]]
+name = "external"
+type = "CNAME"
+values = ["cdn.other.example."]
+
+[[dns.zones.records]]
+name = "loop1"
+type = "CNAME"
+values = ["loop2"]
+
+[[dns.zones.records]]
+name = "loop2"
+type = "CNAME"
+values = ["loop1"]
+
+[[dns.zones.records]]
+name = "deep.under.tree"
+type = "A"
+values = ["192.0.2.9"]
+
+[[dns.zones.records]]
+name = "*.wild"
+type = "A"
+values = ["192.0.2.99"]
+
+[[dns.zones.records]]
+name = "big"
+type = "TXT"
+values = [
+  "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+  "1111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111",
+  "2222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222",
+  "3333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333333",
+]
+
+[[dns.zones.records]]
+name = "app"
+type = "A"
+policy = "failover"
+
+[[dns.zones.records.members]]
+role = "primary"
+values = ["192.0.2.10"]
+health = "us-east-1"
+
+[[dns.zones.records.members]]
+role = "secondary"
+values = ["198.51.100.10"]
+health = "eu-west-1"
+ttl = 20
+
+[[dns.zones.records]]
+name = "api"
+type = "A"
+policy = "weighted"
+
+[[dns.zones.records.members]]
+id = "blue"
+values = ["192.0.2.20"]
+weight = 1
+health = "us-east-1"
+
+[[dns.zones.records.members]]
+id = "green"
+values = ["198.51.100.20"]
+weight = 1
+health = "eu-west-1"
+
+[[dns.zones.records]]
+name = "pool"
+type = "A"
+policy = "multivalue"
+
+[[dns.zones.records.members]]
+values = ["192.0.2.30"]
+health = "us-east-1"
+
+[[dns.zones.records.members]]
+values = ["198.51.100.30"]
+health = "eu-west-1"
+
+[[dns.zones.records.members]]
+values = ["203.0.113.30"]
+"#;
+
+fn zones() -> Zones {
+    crate::config::parse(ZONE, "test.toml")
+        .expect("test zone is valid")
+        .zones
+}
+
+fn name(text: &str) -> Name {
+    Name::from_ascii(text).expect("valid name")
+}
+
+fn request(qname: &str, qtype: RecordType) -> Request {
+    let mut message = Message::new();
+    message
+        .set_id(4242)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(name(qname), qtype));
+    Request {
+        message,
+        transport: Transport::Udp,
+        client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        entropy: 7,
+    }
+}
+
+fn with_edns(mut request: Request, payload: u16) -> Request {
+    let mut edns = Edns::new();
+    edns.set_max_payload(payload);
+    request.message.set_edns(edns);
+    request
+}
+
+fn ask(request: &Request, view: &HealthView) -> Message {
+    let response = answer(&zones(), view, request);
+    assert_eq!(response.messages.len(), 1);
+    assert_eq!(response.wire.len(), 1);
+    let parsed = Message::from_vec(&response.wire[0]).expect("response parses");
+    assert_eq!(parsed.id(), request.message.id());
+    assert_eq!(parsed.message_type(), MessageType::Response);
+    parsed
+}
+
+fn query(qname: &str, qtype: RecordType) -> Message {
+    ask(&request(qname, qtype), &HealthView::default())
+}
+
+fn rdatas(message: &Message) -> Vec<String> {
+    message.answers().iter().map(|r| r.data().to_string()).collect()
+}
+
+fn down(targets: &[&str], generation: u64) -> HealthView {
+    let targets: BTreeMap<String, Health> = targets.iter().map(|t| (t.to_string(), Health::Unhealthy)).collect();
+    HealthView::default()
+        .apply_health(Generation(generation), &targets)
+        .expect("valid push")
+}
+
+#[test]
+fn a_record_with_ttl_and_authority_flag() {
+    let response = query("plain.shop.example.", RecordType::A);
+    assert_eq!(response.response_code(), ResponseCode::NoError);
+    assert!(response.authoritative());
+    assert!(response.recursion_desired() && !response.recursion_available());
+    assert_eq!(rdatas(&response), ["192.0.2.1", "192.0.2.2"]);
+    assert!(response.answers().iter().all(|r| r.ttl() == 120));
+}
+
+#[test]
+fn aaaa_mx_txt_srv_ns_soa() {
+    assert_eq!(rdatas(&query("plain.shop.example.", RecordType::AAAA)), ["2001:db8::1"]);
+    let mx = query("shop.example.", RecordType::MX);
+    assert_eq!(rdatas(&mx), ["10 mail.shop.example."]);
+    assert_eq!(
+        mx.additionals()
+            .iter()
+            .map(|r| r.data().to_string())
+            .collect::<Vec<_>>(),
+        ["192.0.2.25"],
+        "in-zone MX target addresses go in the additional section"
+    );
+    let txt = query("shop.example.", RecordType::TXT);
+    assert!(matches!(txt.answers()[0].data(), RData::TXT(t) if t.to_string() == "v=spf1 -all"));
+    assert_eq!(
+        rdatas(&query("_sip._tcp.shop.example.", RecordType::SRV)),
+        ["10 5 5060 mail.shop.example."]
+    );
+    assert_eq!(rdatas(&query("shop.example.", RecordType::NS)), ["ns1.shop.example."]);
+    let soa = query("shop.example.", RecordType::SOA);
+    assert_eq!(soa.answers().len(), 1);
+    assert!(matches!(soa.answers()[0].data(), RData::SOA(s) if s.mname() == &name("ns1.shop.example.")));
+}
+
+#[test]
+fn nxdomain_has_soa_with_negative_ttl() {
+    let response = query("nope.shop.example.", RecordType::A);
+    assert_eq!(response.response_code(), ResponseCode::NXDomain);
+    assert!(response.authoritative());
+    assert!(response.answers().is_empty());
+    assert_eq!(response.name_servers().len(), 1);
+    let soa = &response.name_servers()[0];
+    assert_eq!(soa.record_type(), RecordType::SOA);
+    assert_eq!(soa.ttl(), 60, "min(SOA TTL 300, MINIMUM 60)");
+}
+
+#[test]
+fn nodata_is_noerror_with_soa() {
+    let response = query("plain.shop.example.", RecordType::MX);
+    assert_eq!(response.response_code(), ResponseCode::NoError);
+    assert!(response.answers().is_empty());
+    assert_eq!(response.name_servers()[0].record_type(), RecordType::SOA);
+}
+
+#[test]
+fn empty_non_terminal_is_nodata_not_nxdomain() {
+    for qname in ["tree.shop.example.", "under.tree.shop.example."] {
+        let response = query(qname, RecordType::A);
+        assert_eq!(response.response_code(), ResponseCode::NoError, "{qname}");
+        assert!(response.answers().is_empty());
+    }
+    assert_eq!(
+        rdatas(&query("deep.under.tree.shop.example.", RecordType::A)),
+        ["192.0.2.9"]
+    );
+}
+
+#[test]
+fn names_are_case_insensitive_and_keep_the_query_case() {
+    let response = query("PlAiN.ShOp.ExAmPlE.", RecordType::A);
+    assert_eq!(rdatas(&response), ["192.0.2.1", "192.0.2.2"]);
+    assert_eq!(response.queries()[0].name().to_ascii(), "PlAiN.ShOp.ExAmPlE.");
+    assert_eq!(response.answers()[0].name().to_ascii(), "PlAiN.ShOp.ExAmPlE.");
+}
+
+#[test]
+fn cname_chain_is_followed_inside_the_zone() {
+    let response = query("www.shop.example.", RecordType::A);
+    assert_eq!(response.response_code(), ResponseCode::NoError);
+    assert_eq!(
+        rdatas(&response),
+        ["alias.shop.example.", "plain.shop.example.", "192.0.21", "192.0.2.2"]
+            .iter()
+            .map(|s| s.replace("192.0.21", "192.0.2.1"))
+            .collect::<Vec<_>>()
+    );
+    let cname = query("www.shop.example.", RecordType::CNAME);
+    assert_eq!(rdatas(&cname), ["alias.shop.example."], "a CNAME query is not chased");
+    let external = query("external.shop.example.", RecordType::A);
+    assert_eq!(rdatas(&external), ["cdn.other.example."]);
+    assert_eq!(external.response_code(), ResponseCode::NoError);
+}
+
+#[test]
+fn cname_to_missing_name_is_nxdomain_and_loops_stop() {
+    let response = query("dangling.shop.example.", RecordType::A);
+    assert_eq!(response.response_code(), ResponseCode::NXDomain);
+    assert_eq!(rdatas(&response), ["missing.shop.example."]);
+    let looped = query("loop1.shop.example.", RecordType::A);
+    assert_eq!(looped.response_code(), ResponseCode::NoError);
+    assert_eq!(looped.answers().len(), CNAME_CHAIN_MAX + 1);
+}
+
+#[test]
+fn wildcard_answers_with_the_query_name() {
+    let response = query("anything.wild.shop.example.", RecordType::A);
+    assert_eq!(rdatas(&response), ["192.0.2.99"]);
+    assert_eq!(response.answers()[0].name(), &name("anything.wild.shop.example."));
+    let nodata = query("anything.wild.shop.example.", RecordType::AAAA);
+    assert_eq!(nodata.response_code(), ResponseCode::NoError);
+    assert!(nodata.answers().is_empty());
+    // The wildcard does not cover the parent or names below an existing name.
+    assert_eq!(
+        query("wild.shop.example.", RecordType::A).response_code(),
+        ResponseCode::NoError
+    );
+    assert_eq!(
+        query("x.plain.shop.example.", RecordType::A).response_code(),
+        ResponseCode::NXDomain
+    );
+}
+
+#[test]
+fn names_outside_the_zones_are_refused_without_aa() {
+    let response = query("www.other.example.", RecordType::A);
+    assert_eq!(response.response_code(), ResponseCode::Refused);
+    assert!(!response.authoritative());
+    assert_eq!(
+        &*answer(&zones(), &HealthView::default(), &request("a.b.", RecordType::A)).name_label,
+        LABEL_OUTSIDE
+    );
+}
+
+#[test]
+fn edns_is_echoed_and_unknown_versions_get_badvers() {
+    let response = ask(
+        &with_edns(request("plain.shop.example.", RecordType::A), 4096),
+        &HealthView::default(),
+    );
+    let edns = response.extensions().as_ref().expect("OPT in the response");
+    assert_eq!(edns.max_payload(), UDP_PAYLOAD_BYTES_MAX);
+    assert!(query("plain.shop.example.", RecordType::A).extensions().is_none());
+    let mut bad = with_edns(request("plain.shop.example.", RecordType::A), 1232);
+    if let Some(edns) = bad.message.extensions_mut() {
+        edns.set_version(1);
+    }
+    let response = ask(&bad, &HealthView::default());
+    // BADVERS and BADSIG share the code 16; decoding reports the latter.
+    assert_eq!(u16::from(response.response_code()), u16::from(ResponseCode::BADVERS));
+}
+
+#[test]
+fn large_answers_are_truncated_over_udp_without_edns_and_whole_over_tcp() {
+    let plain = query("big.shop.example.", RecordType::TXT);
+    assert!(plain.truncated());
+    assert!(plain.answers().is_empty());
+    let mut over_tcp = request("big.shop.example.", RecordType::TXT);
+    over_tcp.transport = Transport::Tcp;
+    let whole = ask(&over_tcp, &HealthView::default());
+    assert!(!whole.truncated());
+    assert_eq!(whole.answers().len(), 4);
+    let edns = ask(
+        &with_edns(request("big.shop.example.", RecordType::TXT), 1232),
+        &HealthView::default(),
+    );
+    assert!(!edns.truncated(), "about 850 bytes fit in 1232");
+    let small = ask(
+        &with_edns(request("big.shop.example.", RecordType::TXT), 100),
+        &HealthView::default(),
+    );
+    assert!(small.truncated(), "payload sizes under 512 count as 512");
+    for payload in [512u16, 1232, 4096, 65535] {
+        let response = answer(
+            &zones(),
+            &HealthView::default(),
+            &with_edns(request("big.shop.example.", RecordType::TXT), payload),
+        );
+        assert!(response.wire[0].len() <= usize::from(payload.clamp(512, UDP_PAYLOAD_BYTES_MAX)));
+    }
+}
+
+#[test]
+fn failover_flips_to_secondary_and_back() {
+    let healthy = ask(&request("app.shop.example.", RecordType::A), &HealthView::default());
+    assert_eq!(rdatas(&healthy), ["192.0.2.10"]);
+    assert_eq!(healthy.answers()[0].ttl(), 10, "failover default TTL");
+    let failed = ask(&request("app.shop.example.", RecordType::A), &down(&["us-east-1"], 1));
+    assert_eq!(rdatas(&failed), ["198.51.100.10"]);
+    assert_eq!(failed.answers()[0].ttl(), 20, "the member's own TTL");
+    let both = ask(
+        &request("app.shop.example.", RecordType::A),
+        &down(&["us-east-1", "eu-west-1"], 2),
+    );
+    assert_eq!(
+        rdatas(&both),
+        ["192.0.2.10"],
+        "all unhealthy: static stability, the primary"
+    );
+}
+
+#[test]
+fn stale_generation_does_not_flip_the_answer() {
+    let view = down(&["us-east-1"], 10);
+    let stale = view.apply_health(
+        Generation(9),
+        &[("us-east-1".to_string(), Health::Healthy)].into_iter().collect(),
+    );
+    assert!(stale.is_err());
+    assert_eq!(
+        rdatas(&ask(&request("app.shop.example.", RecordType::A), &view)),
+        ["198.51.100.10"]
+    );
+}
+
+#[test]
+fn weighted_spreads_by_entropy_and_avoids_unhealthy() {
+    let mut seen = std::collections::BTreeSet::new();
+    for entropy in 0..64u64 {
+        let mut req = request("api.shop.example.", RecordType::A);
+        req.entropy = crate::policy::SplitMix64(entropy).next_u64();
+        let response = ask(&req, &HealthView::default());
+        assert_eq!(response.answers().len(), 1);
+        assert_eq!(response.answers()[0].ttl(), crate::policy::ROUTED_TTL_SECS_DEFAULT);
+        seen.insert(rdatas(&response)[0].clone());
+        let failed = ask(&req, &down(&["us-east-1"], 1));
+        assert_eq!(rdatas(&failed), ["198.51.100.20"]);
+        let all_down = ask(&req, &down(&["us-east-1", "eu-west-1"], 1));
+        assert_eq!(all_down.answers().len(), 1, "all unhealthy still answers");
+    }
+    assert_eq!(seen.len(), 2);
+}
+
+#[test]
+fn multivalue_answers_healthy_members_or_all() {
+    let all = query("pool.shop.example.", RecordType::A);
+    assert_eq!(all.answers().len(), 3);
+    let one_down = ask(&request("pool.shop.example.", RecordType::A), &down(&["us-east-1"], 1));
+    assert_eq!(rdatas(&one_down), ["198.51.100.30", "203.0.113.30"]);
+}
+
+#[test]
+fn dynamic_txt_answers_and_makes_the_name_exist() {
+    let view = HealthView::default()
+        .apply_txt(Generation(1), "_active-region.shop.example.", Some("eu-west-1"))
+        .expect("valid");
+    let response = ask(&request("_Active-Region.shop.example.", RecordType::TXT), &view);
+    assert_eq!(response.response_code(), ResponseCode::NoError);
+    assert!(matches!(response.answers()[0].data(), RData::TXT(t) if t.to_string() == "eu-west-1"));
+    assert_eq!(response.answers()[0].ttl(), DYNAMIC_TXT_TTL_SECS);
+    let nodata = ask(&request("_active-region.shop.example.", RecordType::A), &view);
+    assert_eq!(nodata.response_code(), ResponseCode::NoError);
+    assert!(nodata.answers().is_empty());
+    let before = query("_active-region.shop.example.", RecordType::TXT);
+    assert_eq!(before.response_code(), ResponseCode::NXDomain);
+}
+
+#[test]
+fn axfr_refused_unless_allowed_and_over_tcp() {
+    let mut refused = request("shop.example.", RecordType::AXFR);
+    refused.transport = Transport::Tcp;
+    assert_eq!(
+        ask(&refused, &HealthView::default()).response_code(),
+        ResponseCode::Refused
+    );
+    let mut allowed = refused.clone();
+    allowed.client = "10.1.2.3".parse().expect("ip");
+    let response = answer(&zones(), &HealthView::default(), &allowed);
+    let records: Vec<_> = response
+        .wire
+        .iter()
+        .flat_map(|w| Message::from_vec(w).expect("parses").answers().to_vec())
+        .collect();
+    assert_eq!(records.first().map(|r| r.record_type()), Some(RecordType::SOA));
+    assert_eq!(records.last().map(|r| r.record_type()), Some(RecordType::SOA));
+    assert!(
+        records
+            .iter()
+            .any(|r| r.name() == &name("app.shop.example.") && r.data().to_string() == "192.0.2.10")
+    );
+    assert!(
+        !records.iter().any(|r| r.data().to_string() == "198.51.100.10"),
+        "only the active failover member"
+    );
+    let mut over_udp = allowed.clone();
+    over_udp.transport = Transport::Udp;
+    assert_eq!(
+        ask(&over_udp, &HealthView::default()).response_code(),
+        ResponseCode::Refused
+    );
+    let mut ixfr_udp = over_udp.clone();
+    ixfr_udp.message.queries_mut()[0] = Query::query(name("shop.example."), RecordType::IXFR);
+    let ixfr = ask(&ixfr_udp, &HealthView::default());
+    assert_eq!(ixfr.answers().len(), 1, "IXFR over UDP: the SOA only");
+    let mut not_apex = allowed;
+    not_apex.message.queries_mut()[0] = Query::query(name("www.shop.example."), RecordType::AXFR);
+    assert_eq!(
+        ask(&not_apex, &HealthView::default()).response_code(),
+        ResponseCode::NotAuth
+    );
+}
+
+#[test]
+fn odd_queries_get_the_right_rcode() {
+    let mut notify = request("shop.example.", RecordType::SOA);
+    notify.message.set_op_code(OpCode::Notify);
+    assert_eq!(
+        ask(&notify, &HealthView::default()).response_code(),
+        ResponseCode::NotImp
+    );
+    let mut two = request("shop.example.", RecordType::SOA);
+    two.message
+        .add_query(Query::query(name("plain.shop.example."), RecordType::A));
+    assert_eq!(ask(&two, &HealthView::default()).response_code(), ResponseCode::FormErr);
+    let mut none = request("shop.example.", RecordType::SOA);
+    none.message.take_queries();
+    assert_eq!(
+        ask(&none, &HealthView::default()).response_code(),
+        ResponseCode::FormErr
+    );
+    let mut chaos = request("shop.example.", RecordType::TXT);
+    let mut q = Query::query(name("shop.example."), RecordType::TXT);
+    q.set_query_class(DNSClass::CH);
+    chaos.message.queries_mut()[0] = q;
+    assert_eq!(
+        ask(&chaos, &HealthView::default()).response_code(),
+        ResponseCode::Refused
+    );
+    let mut reply = request("shop.example.", RecordType::SOA);
+    reply.message.set_message_type(MessageType::Response);
+    assert!(
+        answer(&zones(), &HealthView::default(), &reply).messages.is_empty(),
+        "responses are dropped"
+    );
+}
+
+#[test]
+fn any_returns_every_set() {
+    let response = query("plain.shop.example.", RecordType::ANY);
+    assert_eq!(response.answers().len(), 3);
+}
+
+#[test]
+fn malformed_packets_get_formerr_or_are_dropped() {
+    let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let zones = zones();
+    let view = HealthView::default();
+    assert!(handle_packet(&zones, &view, &[1, 2, 3], Transport::Udp, client, 0).is_none());
+    // A header claiming one question, and no question.
+    let packet = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    let response = handle_packet(&zones, &view, &packet, Transport::Udp, client, 0).expect("FORMERR");
+    let parsed = Message::from_vec(&response.wire[0]).expect("parses");
+    assert_eq!(parsed.id(), 0x1234);
+    assert_eq!(parsed.response_code(), ResponseCode::FormErr);
+    // The same with the QR bit set: a response, dropped (no reflection loops).
+    let reply = [0x12, 0x34, 0x81, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    assert!(handle_packet(&zones, &view, &reply, Transport::Udp, client, 0).is_none());
+}
+
+#[test]
+fn answers_are_deterministic() {
+    let view = down(&["eu-west-1"], 3);
+    for qname in ["api.shop.example.", "pool.shop.example.", "app.shop.example."] {
+        let request = request(qname, RecordType::A);
+        assert_eq!(
+            answer(&zones(), &view, &request).wire,
+            answer(&zones(), &view, &request).wire
+        );
+    }
+}
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn check(packet: &[u8], transport: Transport, zones: &Zones, view: &HealthView) {
+        let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        if let Some(response) = handle_packet(zones, view, packet, transport, client, 1) {
+            for wire in &response.wire {
+                let parsed = Message::from_vec(wire).expect("every response parses");
+                assert_eq!(parsed.message_type(), MessageType::Response);
+                if transport == Transport::Udp {
+                    assert!(wire.len() <= usize::from(UDP_PAYLOAD_BYTES_MAX));
+                }
+            }
+        }
+    }
+
+    fn valid_query() -> impl Strategy<Value = Vec<u8>> {
+        let names = prop::sample::select(vec![
+            "shop.example.",
+            "plain.shop.example.",
+            "WWW.shop.example.",
+            "x.wild.shop.example.",
+            "big.shop.example.",
+            "app.shop.example.",
+            "nope.shop.example.",
+            "other.example.",
+            "loop1.shop.example.",
+        ]);
+        let types = prop::sample::select(vec![1u16, 2, 5, 6, 12, 15, 16, 28, 33, 41, 251, 252, 255, 65000]);
+        (names, types, any::<Option<u16>>(), any::<u16>()).prop_map(|(qname, qtype, edns, id)| {
+            let mut message = Message::new();
+            message.set_id(id).add_query(Query::query(
+                Name::from_ascii(qname).expect("valid"),
+                RecordType::from(qtype),
+            ));
+            if let Some(payload) = edns {
+                let mut opt = Edns::new();
+                opt.set_max_payload(payload);
+                message.set_edns(opt);
+            }
+            message.to_vec().expect("encodes")
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(packet in prop::collection::vec(any::<u8>(), 0..600)) {
+            let zones = zones();
+            let view = down(&["us-east-1"], 1);
+            check(&packet, Transport::Udp, &zones, &view);
+            check(&packet, Transport::Tcp, &zones, &view);
+        }
+
+        #[test]
+        fn mutated_queries_never_panic(
+            packet in valid_query(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let zones = zones();
+            let view = HealthView::default();
+            check(&packet, Transport::Udp, &zones, &view);
+            let mut mutated = packet.clone();
+            for (index, byte) in flips {
+                let i = index.index(mutated.len());
+                mutated[i] = byte;
+            }
+            check(&mutated, Transport::Udp, &zones, &view);
+            check(&mutated[..cut.index(mutated.len() + 1)], Transport::Tcp, &zones, &view);
+        }
+    }
+}

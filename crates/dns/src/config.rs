@@ -1,0 +1,774 @@
+//! The `[dns]` section of the deployment TOML: serde structs (unknown keys are errors), and
+//! validation into [`Zones`]. Other sections of the file belong to other parts and are ignored.
+//!
+//! Every error names the file, line and column, the bad value, and how to fix it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, SOA, SRV, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::policy::{FAILOVER_TTL_SECS_DEFAULT, Member, Policy, ROUTED_TTL_SECS_DEFAULT};
+use crate::zone::{RrData, RrSet, Zone, Zones};
+
+/// Where the DNS server listens (UDP and TCP) unless the config or a flag says otherwise.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:5353";
+/// Where the admin API listens unless the config or a flag says otherwise.
+pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:8053";
+/// How often the config file is checked for changes (0 turns polling off; SIGHUP still works).
+pub const RELOAD_INTERVAL_MS_DEFAULT: u64 = 2_000;
+/// Largest TTL (RFC 2181 §8).
+pub const TTL_SECS_MAX: u32 = 2_147_483_647;
+/// Values one record set has at most (keeps every answer well under 64 KiB).
+pub const VALUES_PER_SET_MAX: usize = 64;
+/// Members one routing policy set has at most.
+pub const MEMBERS_PER_SET_MAX: usize = 64;
+/// Bytes one TXT value has at most (split into 255-byte strings on the wire).
+pub const TXT_VALUE_BYTES_MAX: usize = 1_024;
+/// Bytes of a config file read at most.
+pub const CONFIG_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+#[derive(Deserialize)]
+struct FileDoc {
+    dns: Option<DnsSection>,
+}
+
+/// `[dns]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// UDP and TCP address of the DNS server.
+    pub listen: Option<Spanned<String>>,
+    /// Address of the admin API (health pushes, metrics).
+    pub admin_listen: Option<Spanned<String>>,
+    /// Directory where the last pushed view is kept across restarts.
+    pub state_dir: Option<PathBuf>,
+    /// Clients (addresses or CIDR prefixes) allowed to transfer zones (AXFR/IXFR over TCP).
+    #[serde(default)]
+    pub axfr_allow: Vec<Spanned<String>>,
+    pub reload_interval_ms: Option<u64>,
+    #[serde(default)]
+    pub zones: Vec<ZoneSection>,
+}
+
+/// `[[dns.zones]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneSection {
+    /// The zone's apex, e.g. `shop.example.`.
+    pub origin: Spanned<String>,
+    /// Default TTL of the zone's records.
+    #[serde(default = "ttl_default")]
+    pub ttl: u32,
+    #[serde(default)]
+    pub soa: SoaSection,
+    /// Name servers of the zone (the apex NS set); at least one.
+    pub ns: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub records: Vec<RecordSection>,
+}
+
+fn ttl_default() -> u32 {
+    300
+}
+
+/// `[dns.zones.soa]`; every field has a default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoaSection {
+    /// Primary name server; defaults to the first `ns`.
+    pub mname: Option<Spanned<String>>,
+    /// The responsible mailbox as a name; defaults to `hostmaster.<origin>`.
+    pub rname: Option<Spanned<String>>,
+    pub serial: u32,
+    pub refresh: u32,
+    pub retry: u32,
+    pub expire: u32,
+    /// Negative-caching TTL (RFC 2308).
+    pub minimum: u32,
+}
+
+impl Default for SoaSection {
+    fn default() -> SoaSection {
+        SoaSection {
+            mname: None,
+            rname: None,
+            serial: 1,
+            refresh: 3600,
+            retry: 600,
+            expire: 1_209_600,
+            minimum: 60,
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyName {
+    Failover,
+    Weighted,
+    Multivalue,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Secondary,
+}
+
+/// `[[dns.zones.records]]`: a static record set (`values`) or a routing policy set (`policy` and
+/// `[[...members]]`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSection {
+    /// Relative to the origin (`www`), `@` for the apex, or absolute (`www.shop.example.`);
+    /// `*.name` is a wildcard.
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub rtype: Spanned<String>,
+    pub ttl: Option<u32>,
+    #[serde(default)]
+    pub values: Vec<Spanned<String>>,
+    pub policy: Option<Spanned<PolicyName>>,
+    #[serde(default)]
+    pub members: Vec<MemberSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSection {
+    /// The set identifier; defaults to the role or the position.
+    pub id: Option<String>,
+    pub values: Spanned<Vec<Spanned<String>>>,
+    pub ttl: Option<u32>,
+    /// The target whose health decides (as pushed to `PUT /v1/health`); none: always healthy.
+    pub health: Option<String>,
+    pub role: Option<Spanned<Role>>,
+    pub weight: Option<u32>,
+}
+
+/// A validated `[dns]` section.
+#[derive(Debug)]
+pub struct DnsConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub state_dir: Option<PathBuf>,
+    pub reload_interval_ms: u64,
+    pub zones: Zones,
+}
+
+/// An address prefix (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    pub address: IpAddr,
+    pub length: u8,
+}
+
+impl Prefix {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.address, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.length)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.length)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Prefix, String> {
+        let bad = || format!("'{text}' is not an address or prefix: write it like 192.0.2.10, 10.0.0.0/8 or ::1/128");
+        let (address, length) = match text.split_once('/') {
+            Some((address, length)) => (address, Some(length)),
+            None => (text, None),
+        };
+        let address: IpAddr = address.trim().parse().map_err(|_| bad())?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let length = match length {
+            Some(length) => length.trim().parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Prefix { address, length })
+    }
+}
+
+/// A config error with its place in the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("read {path}: {source} (check the path given to --config)")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} has {bytes} bytes; a config file has at most {CONFIG_BYTES_MAX}")]
+    TooLarge { path: String, bytes: u64 },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// Reads and validates the `[dns]` section of the file at `path`.
+pub fn load(path: &Path) -> Result<DnsConfig, LoadError> {
+    let shown = path.display().to_string();
+    let metadata = std::fs::metadata(path).map_err(|source| LoadError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    if metadata.len() > CONFIG_BYTES_MAX {
+        return Err(LoadError::TooLarge {
+            path: shown,
+            bytes: metadata.len(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    Ok(parse(&text, &shown)?)
+}
+
+/// Validates the `[dns]` section of `text`; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<DnsConfig, ConfigError> {
+    let at = |span: Range<usize>, message: String| {
+        let (line, column) = line_column(text, span.start);
+        ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
+    };
+    let doc: FileDoc = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim_end().to_string();
+        at(e.span().unwrap_or(0..0), message)
+    })?;
+    let Some(section) = doc.dns else {
+        return Err(at(
+            0..0,
+            "there is no [dns] section: add one with listen, admin_listen and [[dns.zones]] (see docs/examples/dns.toml)"
+                .to_string(),
+        ));
+    };
+    let address = |value: &Option<Spanned<String>>, default: &str, key: &str| -> Result<SocketAddr, ConfigError> {
+        match value {
+            None => Ok(default.parse().expect("the default address parses")),
+            Some(value) => value.get_ref().parse().map_err(|_| {
+                at(
+                    value.span(),
+                    format!("{key} = '{}' is not IP:PORT; write it like {default}", value.get_ref()),
+                )
+            }),
+        }
+    };
+    let listen = address(&section.listen, LISTEN_DEFAULT, "listen")?;
+    let admin_listen = address(&section.admin_listen, ADMIN_LISTEN_DEFAULT, "admin_listen")?;
+    let mut axfr_allow = Vec::new();
+    for entry in &section.axfr_allow {
+        axfr_allow.push(entry.get_ref().parse::<Prefix>().map_err(|m| at(entry.span(), m))?);
+    }
+    let mut zones = Vec::new();
+    for zone in &section.zones {
+        let built = build_zone(zone, &at)?;
+        if zones.iter().any(|z: &Zone| z.origin == built.origin) {
+            return Err(at(
+                zone.origin.span(),
+                format!(
+                    "zone {} is defined twice; merge the two [[dns.zones]] entries",
+                    built.origin
+                ),
+            ));
+        }
+        zones.push(built);
+    }
+    Ok(DnsConfig {
+        listen,
+        admin_listen,
+        state_dir: section.state_dir,
+        reload_interval_ms: section.reload_interval_ms.unwrap_or(RELOAD_INTERVAL_MS_DEFAULT),
+        zones: Zones::new(zones, axfr_allow),
+    })
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+    (line, column)
+}
+
+type At<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;
+
+fn check_ttl(ttl: u32, span: Range<usize>, at: &At<'_>) -> Result<u32, ConfigError> {
+    if ttl > TTL_SECS_MAX {
+        return Err(at(
+            span,
+            format!("ttl {ttl} is above the maximum {TTL_SECS_MAX} (RFC 2181)"),
+        ));
+    }
+    Ok(ttl)
+}
+
+/// A name in the zone file: absolute if it ends with a dot, `@` for the origin, else relative.
+fn zone_name(text: &Spanned<String>, origin: &Name, at: &At<'_>) -> Result<Name, ConfigError> {
+    let raw = text.get_ref().trim();
+    let bad = |why: String| {
+        at(
+            text.span(),
+            format!("'{raw}' is not a valid name ({why}); write it like www, @, *.eu or www.shop.example."),
+        )
+    };
+    if raw == "@" {
+        return Ok(origin.clone());
+    }
+    if raw.is_empty() {
+        return Err(bad("empty".to_string()));
+    }
+    let name = Name::from_ascii(raw).map_err(|e| bad(e.to_string()))?;
+    if raw.ends_with('.') {
+        Ok(name)
+    } else {
+        name.append_domain(origin).map_err(|e| bad(e.to_string()))
+    }
+}
+
+fn build_zone(section: &ZoneSection, at: &At<'_>) -> Result<Zone, ConfigError> {
+    let raw_origin = section.origin.get_ref().trim();
+    let origin = Name::from_ascii(raw_origin)
+        .ok()
+        .filter(|_| raw_origin.ends_with('.') && raw_origin != ".")
+        .ok_or_else(|| {
+            at(
+                section.origin.span(),
+                format!("origin '{raw_origin}' is not a fully qualified name: write it with the final dot, like shop.example."),
+            )
+        })?;
+    let ttl = check_ttl(section.ttl, section.origin.span(), at)?;
+    if section.ns.get_ref().is_empty() {
+        return Err(at(
+            section.ns.span(),
+            "a zone needs at least one name server: ns = [\"ns1.shop.example.\"]".to_string(),
+        ));
+    }
+    let mut ns = Vec::new();
+    for entry in section.ns.get_ref() {
+        ns.push(RData::NS(NS(zone_name(entry, &origin, at)?)));
+    }
+    let soa = &section.soa;
+    let mname = match &soa.mname {
+        Some(mname) => zone_name(mname, &origin, at)?,
+        None => match ns.first() {
+            Some(RData::NS(NS(first))) => first.clone(),
+            _ => origin.clone(),
+        },
+    };
+    let rname = match &soa.rname {
+        Some(rname) => zone_name(rname, &origin, at)?,
+        None => Name::from_ascii("hostmaster")
+            .and_then(|h| h.append_domain(&origin))
+            .map_err(|e| {
+                at(
+                    section.origin.span(),
+                    format!("origin too long for hostmaster.<origin>: {e}"),
+                )
+            })?,
+    };
+    let soa_record = Record::from_rdata(
+        origin.clone(),
+        ttl,
+        RData::SOA(SOA::new(
+            mname,
+            rname,
+            soa.serial,
+            soa.refresh as i32,
+            soa.retry as i32,
+            soa.expire as i32,
+            soa.minimum,
+        )),
+    );
+    let mut zone = Zone::new(origin.clone(), soa_record, soa.minimum, ns, ttl);
+    for record in &section.records {
+        let name = zone_name(&record.name, &origin, at)?;
+        if !origin.zone_of(&name) {
+            return Err(at(
+                record.name.span(),
+                format!("{name} is outside the zone {origin}; move it to its own [[dns.zones]] entry"),
+            ));
+        }
+        let rtype = parse_type(&record.rtype, at)?;
+        if rtype == RecordType::SOA || (rtype == RecordType::NS && name == origin) {
+            return Err(at(
+                record.rtype.span(),
+                format!("the apex {rtype} comes from the zone's soa and ns keys; set them there"),
+            ));
+        }
+        if rtype == RecordType::NS {
+            return Err(at(
+                record.rtype.span(),
+                format!(
+                    "NS at {name} would delegate a subzone, which this server does not support; define the subzone as its own [[dns.zones]] entry"
+                ),
+            ));
+        }
+        let set = build_set(record, rtype, ttl, &origin, at)?;
+        zone.add(&name, set).map_err(|m| at(record.name.span(), m))?;
+    }
+    Ok(zone)
+}
+
+fn parse_type(text: &Spanned<String>, at: &At<'_>) -> Result<RecordType, ConfigError> {
+    match text.get_ref().to_ascii_uppercase().as_str() {
+        "A" => Ok(RecordType::A),
+        "AAAA" => Ok(RecordType::AAAA),
+        "CNAME" => Ok(RecordType::CNAME),
+        "TXT" => Ok(RecordType::TXT),
+        "MX" => Ok(RecordType::MX),
+        "SRV" => Ok(RecordType::SRV),
+        "NS" => Ok(RecordType::NS),
+        "SOA" => Ok(RecordType::SOA),
+        other => Err(at(
+            text.span(),
+            format!("record type '{other}' is not supported; use one of A, AAAA, CNAME, TXT, MX, SRV"),
+        )),
+    }
+}
+
+fn build_set(
+    record: &RecordSection,
+    rtype: RecordType,
+    zone_ttl: u32,
+    origin: &Name,
+    at: &At<'_>,
+) -> Result<RrSet, ConfigError> {
+    let Some(policy) = &record.policy else {
+        if !record.members.is_empty() {
+            return Err(at(
+                record.name.span(),
+                "members need a policy: add policy = \"failover\", \"weighted\" or \"multivalue\"".to_string(),
+            ));
+        }
+        let rdatas = values(&record.values, rtype, origin, record.name.span(), at)?;
+        let ttl = check_ttl(record.ttl.unwrap_or(zone_ttl), record.name.span(), at)?;
+        return Ok(RrSet {
+            rtype,
+            data: RrData::Static { ttl, rdatas },
+        });
+    };
+    if !record.values.is_empty() {
+        return Err(at(
+            record.values[0].span(),
+            "a record with a policy takes its values from [[...members]]; move values into the members".to_string(),
+        ));
+    }
+    let policy_name = *policy.get_ref();
+    let default_ttl = match policy_name {
+        PolicyName::Failover => FAILOVER_TTL_SECS_DEFAULT,
+        _ => ROUTED_TTL_SECS_DEFAULT,
+    };
+    let set_ttl = record.ttl.unwrap_or(default_ttl);
+    if record.members.is_empty() || record.members.len() > MEMBERS_PER_SET_MAX {
+        return Err(at(
+            policy.span(),
+            format!(
+                "a {policy_name:?} record needs between 1 and {MEMBERS_PER_SET_MAX} [[...members]] entries (it has {})",
+                record.members.len()
+            )
+            .to_lowercase(),
+        ));
+    }
+    let mut members = Vec::new();
+    let mut primary = None;
+    let mut secondary = None;
+    for (index, section) in record.members.iter().enumerate() {
+        let rdatas = values(section.values.get_ref(), rtype, origin, section.values.span(), at)?;
+        if rtype == RecordType::CNAME && policy_name == PolicyName::Multivalue {
+            return Err(at(
+                policy.span(),
+                "multivalue CNAME records would put several CNAMEs at one name; use weighted or failover".to_string(),
+            ));
+        }
+        let id = section
+            .id
+            .clone()
+            .or_else(|| {
+                section
+                    .role
+                    .as_ref()
+                    .map(|r| format!("{:?}", r.get_ref()).to_lowercase())
+            })
+            .unwrap_or_else(|| format!("member-{}", index + 1));
+        let member = Member {
+            id,
+            ttl: check_ttl(section.ttl.unwrap_or(set_ttl), section.values.span(), at)?,
+            rdatas,
+            health: section.health.clone().filter(|h| !h.is_empty()),
+            weight: section.weight.unwrap_or(1),
+        };
+        match (policy_name, &section.role) {
+            (PolicyName::Failover, Some(role)) => {
+                let slot = match role.get_ref() {
+                    Role::Primary => &mut primary,
+                    Role::Secondary => &mut secondary,
+                };
+                if slot.is_some() {
+                    return Err(at(
+                        role.span(),
+                        format!(
+                            "a failover record has one {:?} member; remove the other",
+                            role.get_ref()
+                        )
+                        .to_lowercase(),
+                    ));
+                }
+                *slot = Some(member);
+            }
+            (PolicyName::Failover, None) => {
+                return Err(at(
+                    section.values.span(),
+                    "a failover member needs role = \"primary\" or role = \"secondary\"".to_string(),
+                ));
+            }
+            (_, Some(role)) => {
+                return Err(at(
+                    role.span(),
+                    "role is only for failover records; remove it or use policy = \"failover\"".to_string(),
+                ));
+            }
+            (_, None) => members.push(member),
+        }
+    }
+    let policy = match policy_name {
+        PolicyName::Failover => match (primary, secondary) {
+            (Some(primary), Some(secondary)) => Policy::Failover { primary, secondary },
+            _ => {
+                return Err(at(
+                    policy.span(),
+                    "a failover record needs exactly two members: one role = \"primary\" and one role = \"secondary\""
+                        .to_string(),
+                ));
+            }
+        },
+        PolicyName::Weighted => Policy::Weighted(members),
+        PolicyName::Multivalue => Policy::Multivalue(members),
+    };
+    Ok(RrSet {
+        rtype,
+        data: RrData::Routed(policy),
+    })
+}
+
+fn values(
+    list: &[Spanned<String>],
+    rtype: RecordType,
+    origin: &Name,
+    span: Range<usize>,
+    at: &At<'_>,
+) -> Result<Vec<RData>, ConfigError> {
+    if list.is_empty() || list.len() > VALUES_PER_SET_MAX {
+        return Err(at(
+            span,
+            format!(
+                "a record needs between 1 and {VALUES_PER_SET_MAX} values (it has {}): values = [\"...\"]",
+                list.len()
+            ),
+        ));
+    }
+    if rtype == RecordType::CNAME && list.len() != 1 {
+        return Err(at(span, "a CNAME has exactly one value".to_string()));
+    }
+    let mut rdatas: Vec<RData> = Vec::new();
+    for value in list {
+        let rdata = rdata(value, rtype, origin, at)?;
+        if !rdatas.contains(&rdata) {
+            rdatas.push(rdata);
+        }
+    }
+    Ok(rdatas)
+}
+
+fn rdata(value: &Spanned<String>, rtype: RecordType, origin: &Name, at: &At<'_>) -> Result<RData, ConfigError> {
+    let raw = value.get_ref().trim();
+    let bad = |example: &str| {
+        at(
+            value.span(),
+            format!("'{raw}' is not a valid {rtype} value; write it like \"{example}\""),
+        )
+    };
+    let name = |text: &str, example: &str| {
+        zone_name(&Spanned::new(value.span(), text.to_string()), origin, at).map_err(|_| bad(example))
+    };
+    let number =
+        |text: Option<&str>, example: &str| text.and_then(|t| t.parse::<u16>().ok()).ok_or_else(|| bad(example));
+    match rtype {
+        RecordType::A => raw
+            .parse::<Ipv4Addr>()
+            .map(|ip| RData::A(A(ip)))
+            .map_err(|_| bad("192.0.2.10")),
+        RecordType::AAAA => raw
+            .parse::<Ipv6Addr>()
+            .map(|ip| RData::AAAA(AAAA(ip)))
+            .map_err(|_| bad("2001:db8::10")),
+        RecordType::CNAME => Ok(RData::CNAME(CNAME(name(raw, "www.shop.example.")?))),
+        RecordType::TXT => {
+            let text = value.get_ref();
+            if text.len() > TXT_VALUE_BYTES_MAX {
+                return Err(at(
+                    value.span(),
+                    format!(
+                        "a TXT value has at most {TXT_VALUE_BYTES_MAX} bytes (this has {})",
+                        text.len()
+                    ),
+                ));
+            }
+            Ok(RData::TXT(TXT::new(txt_strings(text))))
+        }
+        RecordType::MX => {
+            const EXAMPLE: &str = "10 mail.shop.example.";
+            let mut parts = raw.split_whitespace();
+            let preference = number(parts.next(), EXAMPLE)?;
+            let exchange = name(parts.next().ok_or_else(|| bad(EXAMPLE))?, EXAMPLE)?;
+            if parts.next().is_some() {
+                return Err(bad(EXAMPLE));
+            }
+            Ok(RData::MX(MX::new(preference, exchange)))
+        }
+        RecordType::SRV => {
+            const EXAMPLE: &str = "10 5 443 api.shop.example.";
+            let mut parts = raw.split_whitespace();
+            let priority = number(parts.next(), EXAMPLE)?;
+            let weight = number(parts.next(), EXAMPLE)?;
+            let port = number(parts.next(), EXAMPLE)?;
+            let target = name(parts.next().ok_or_else(|| bad(EXAMPLE))?, EXAMPLE)?;
+            if parts.next().is_some() {
+                return Err(bad(EXAMPLE));
+            }
+            Ok(RData::SRV(SRV::new(priority, weight, port, target)))
+        }
+        other => Err(at(value.span(), format!("{other} values are not supported here"))),
+    }
+}
+
+/// Splits a TXT value into the 255-byte character-strings of the wire format, on char boundaries.
+pub fn txt_strings(text: &str) -> Vec<String> {
+    const STRING_BYTES_MAX: usize = 255;
+    let mut strings = Vec::new();
+    let mut current = String::new();
+    for c in text.chars() {
+        if current.len() + c.len_utf8() > STRING_BYTES_MAX {
+            strings.push(std::mem::take(&mut current));
+        }
+        current.push(c);
+    }
+    strings.push(current);
+    strings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> ConfigError {
+        match parse(text, "deploy.toml") {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    const HEAD: &str = "[dns]\n[[dns.zones]]\norigin = \"shop.example.\"\nns = [\"ns1\"]\n";
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../../docs/examples/dns.toml");
+        let config = parse(text, "docs/examples/dns.toml").expect("the example parses");
+        assert_eq!(config.listen, "127.0.0.1:5353".parse().expect("addr"));
+        assert_eq!(config.zones.iter().count(), 1);
+    }
+
+    #[test]
+    fn other_sections_are_ignored_and_defaults_apply() {
+        let text = format!("[store]\nanything = 1\n[proxy.backends]\nx = \"y\"\n{HEAD}");
+        let config = parse(&text, "deploy.toml").expect("valid");
+        assert_eq!(config.admin_listen, ADMIN_LISTEN_DEFAULT.parse().expect("addr"));
+        assert_eq!(config.reload_interval_ms, RELOAD_INTERVAL_MS_DEFAULT);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_line_and_column() {
+        let e = error(&format!("{HEAD}colour = \"blue\"\n"));
+        assert_eq!((e.line, e.column), (5, 1), "{e}");
+        assert!(e.message.contains("colour"), "{e}");
+        assert!(e.to_string().starts_with("deploy.toml:5:1: "), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_value_the_place_and_the_fix() {
+        let e = error(&format!(
+            "{HEAD}\n[[dns.zones.records]]\nname = \"www\"\ntype = \"A\"\nvalues = [\"192.0.2.300\"]\n"
+        ));
+        assert_eq!((e.line, e.column), (9, 11), "{e}");
+        assert!(e.message.contains("192.0.2.300") && e.message.contains("like"), "{e}");
+        let e = error(&format!(
+            "{HEAD}\n[[dns.zones.records]]\nname = \"www\"\ntype = \"HINFO\"\nvalues = [\"x\"]\n"
+        ));
+        assert_eq!(e.line, 8, "{e}");
+        let e = error("[dns]\n[[dns.zones]]\norigin = \"shop.example\"\nns = [\"ns1\"]\n");
+        assert!(e.message.contains("final dot"), "{e}");
+        assert_eq!(e.line, 3);
+        let e = error("[dns]\nlisten = \"localhost\"\n");
+        assert!(e.message.contains("IP:PORT"), "{e}");
+        let e = error("[store]\nx = 1\n");
+        assert!(e.message.contains("[dns]"), "{e}");
+        let e = error("[dns\n");
+        assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn record_rules_are_checked() {
+        let cname_and_a = format!(
+            "{HEAD}[[dns.zones.records]]\nname = \"www\"\ntype = \"CNAME\"\nvalues = [\"app\"]\n[[dns.zones.records]]\nname = \"www\"\ntype = \"A\"\nvalues = [\"192.0.2.1\"]\n"
+        );
+        assert!(error(&cname_and_a).message.contains("CNAME"));
+        let failover_one = format!(
+            "{HEAD}[[dns.zones.records]]\nname = \"app\"\ntype = \"A\"\npolicy = \"failover\"\n[[dns.zones.records.members]]\nrole = \"primary\"\nvalues = [\"192.0.2.1\"]\n"
+        );
+        assert!(error(&failover_one).message.contains("exactly two"));
+        let outside =
+            format!("{HEAD}[[dns.zones.records]]\nname = \"www.other.\"\ntype = \"A\"\nvalues = [\"192.0.2.1\"]\n");
+        assert!(error(&outside).message.contains("outside"));
+        let bad_policy = format!("{HEAD}[[dns.zones.records]]\nname = \"a\"\ntype = \"A\"\npolicy = \"geo\"\n");
+        assert_eq!(error(&bad_policy).line, 8);
+    }
+
+    #[test]
+    fn prefixes_match_addresses() {
+        let net: Prefix = "10.0.0.0/8".parse().expect("prefix");
+        assert!(net.contains("10.200.1.1".parse().expect("ip")));
+        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
+        assert!(net.contains("::ffff:10.0.0.1".parse().expect("ip")));
+        let host: Prefix = "::1".parse().expect("prefix");
+        assert!(host.contains("::1".parse().expect("ip")));
+        let all: Prefix = "0.0.0.0/0".parse().expect("prefix");
+        assert!(all.contains("192.0.2.1".parse().expect("ip")));
+        assert!("10.0.0.0/33".parse::<Prefix>().is_err());
+    }
+}

@@ -1,0 +1,484 @@
+//! The sockets around [`answer`](crate::answer::answer): UDP workers, the TCP acceptor with its
+//! limits, zone reloads (SIGHUP and file polling), and the persisted health view.
+//!
+//! Invariants: nothing here decides an answer; every buffer, connection count and wait is bounded
+//! by a named limit; a bad config file never replaces the zones being served.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, watch};
+
+use crate::answer::{Transport, handle_packet};
+use crate::metrics::Metrics;
+use crate::policy::SplitMix64;
+use crate::view::HealthView;
+use crate::zone::Zones;
+
+/// Largest query accepted (UDP datagram or TCP message); real queries are far smaller.
+pub const REQUEST_BYTES_MAX: usize = 4_096;
+/// Open DNS-over-TCP connections at most; more are closed at once.
+pub const TCP_CONNECTIONS_MAX: usize = 256;
+/// A TCP connection with no complete query for this long is closed (RFC 7766 suggests seconds).
+pub const TCP_IDLE_TIMEOUT_MS: u64 = 10_000;
+/// A TCP client that does not take our answer within this time is disconnected.
+pub const TCP_WRITE_TIMEOUT_MS: u64 = 10_000;
+/// At most one line per this interval for floods of bad packets (the rest are counted).
+pub const DROP_LOG_INTERVAL_MS: u64 = 1_000;
+/// UDP worker tasks at most (one per core is plenty).
+pub const UDP_WORKERS_MAX: usize = 16;
+/// File in `--state-dir` that keeps the last applied health view.
+pub const VIEW_FILE_NAME: &str = "dns-view.json";
+
+/// Shared by the DNS listeners and the admin API.
+pub struct State {
+    zones: RwLock<Arc<Zones>>,
+    view: RwLock<Arc<HealthView>>,
+    /// Serialises view changes and their persistence.
+    pub(crate) view_writer: Mutex<()>,
+    pub metrics: Metrics,
+    pub(crate) token: Option<String>,
+    state_dir: Option<PathBuf>,
+    drop_log: RateLimitedLog,
+}
+
+impl State {
+    pub fn new(zones: Zones, view: HealthView, token: Option<String>, state_dir: Option<PathBuf>) -> State {
+        let metrics = Metrics::new();
+        metrics.generation.set(view.generation.0 as i64);
+        State {
+            zones: RwLock::new(Arc::new(zones)),
+            view: RwLock::new(Arc::new(view)),
+            view_writer: Mutex::new(()),
+            metrics,
+            token: token.filter(|t| !t.is_empty()),
+            state_dir,
+            drop_log: RateLimitedLog::default(),
+        }
+    }
+
+    pub fn zones(&self) -> Arc<Zones> {
+        Arc::clone(&self.zones.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn view(&self) -> Arc<HealthView> {
+        Arc::clone(&self.view.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn replace_zones(&self, zones: Zones) {
+        *self.zones.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(zones);
+    }
+
+    /// Publishes a new view (the caller holds `view_writer`) and persists it; returns whether it
+    /// was written to disk (`None`: no state dir).
+    pub(crate) fn publish_view(&self, view: HealthView) -> Option<bool> {
+        self.metrics.generation.set(view.generation.0 as i64);
+        let persisted = self.state_dir.as_ref().map(|dir| match save_view(dir, &view) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, dir = %dir.display(), "could not persist the health view; it is applied but a restart would lose it");
+                false
+            }
+        });
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+        persisted
+    }
+}
+
+/// Reads the view kept by a previous run; a missing file is an empty view.
+pub fn load_view(dir: &Path) -> Result<HealthView, String> {
+    let path = dir.join(VIEW_FILE_NAME);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{} is not a saved health view ({e}); delete it to start with every target healthy",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HealthView::default()),
+        Err(e) => Err(format!("read {}: {e}", path.display())),
+    }
+}
+
+fn save_view(dir: &Path, view: &HealthView) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let temporary = dir.join(format!("{VIEW_FILE_NAME}.tmp"));
+    let bytes = serde_json::to_vec_pretty(view).map_err(std::io::Error::other)?;
+    {
+        let mut file = std::fs::File::create(&temporary)?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, dir.join(VIEW_FILE_NAME))
+}
+
+/// One warning line per interval, with how many were suppressed since the last one.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl RateLimitedLog {
+    fn warn(&self, what: &str, peer: SocketAddr) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_millis(DROP_LOG_INTERVAL_MS)) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(now);
+        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        tracing::warn!(%peer, suppressed, "{what}");
+    }
+}
+
+/// The sockets the server uses, bound by the caller (tests bind port 0).
+pub struct Sockets {
+    pub udp: UdpSocket,
+    pub tcp: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// How the server runs besides its zones.
+pub struct Options {
+    /// Bearer token required on admin PUTs; without one the admin API must be on loopback.
+    pub token: Option<String>,
+    /// Where the last health view is kept across restarts.
+    pub state_dir: Option<PathBuf>,
+    /// The config file to reload zones from (SIGHUP and polling).
+    pub config_path: Option<PathBuf>,
+    /// Poll the config file this often; 0: only on SIGHUP.
+    pub reload_interval_ms: u64,
+    /// UDP worker tasks; 0 means one per available core.
+    pub udp_workers: usize,
+    /// Seed of the per-query randomness (weighted and multivalue answers).
+    pub seed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExposureError {
+    #[error(
+        "refusing to serve the admin API on {0} without a token: anyone who can reach it could change which region gets traffic. Pass --token-file FILE (or set SWITCHYARD_CONTROL_TOKEN), or listen on a loopback address such as 127.0.0.1"
+    )]
+    OpenToNetwork(SocketAddr),
+}
+
+/// Security by default: an admin API without a token listens on loopback only.
+pub fn check_exposure(admin: SocketAddr, token: Option<&str>) -> Result<(), ExposureError> {
+    if token.is_some_and(|t| !t.is_empty()) || admin.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(ExposureError::OpenToNetwork(admin))
+    }
+}
+
+/// Serves DNS on the UDP and TCP sockets and the admin API until `shutdown` resolves.
+pub async fn run(
+    sockets: Sockets,
+    zones: Zones,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let admin_address = sockets.admin.local_addr()?;
+    check_exposure(admin_address, options.token.as_deref()).map_err(std::io::Error::other)?;
+    let view = match &options.state_dir {
+        Some(dir) => load_view(dir).unwrap_or_else(|e| {
+            tracing::error!("{e}; starting with every target healthy");
+            HealthView::default()
+        }),
+        None => HealthView::default(),
+    };
+    if view.generation.0 > 0 {
+        tracing::info!(generation = view.generation.0, "restored the last health view");
+    }
+    let state = Arc::new(State::new(
+        zones,
+        view,
+        options.token.clone(),
+        options.state_dir.clone(),
+    ));
+    run_with_state(sockets, state, options, shutdown).await
+}
+
+/// [`run`] with a state the caller made (and can inspect).
+pub async fn run_with_state(
+    sockets: Sockets,
+    state: Arc<State>,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let udp = Arc::new(sockets.udp);
+    let workers = match options.udp_workers {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        n => n,
+    }
+    .min(UDP_WORKERS_MAX);
+    let mut seeds = SplitMix64(options.seed);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        tasks.spawn(udp_worker(
+            Arc::clone(&udp),
+            Arc::clone(&state),
+            SplitMix64(seeds.next_u64()),
+            stop_rx.clone(),
+        ));
+    }
+    tasks.spawn(tcp_acceptor(
+        sockets.tcp,
+        Arc::clone(&state),
+        SplitMix64(seeds.next_u64()),
+        stop_rx.clone(),
+    ));
+    if let Some(path) = options.config_path.clone() {
+        tasks.spawn(reloader(
+            path,
+            options.reload_interval_ms,
+            Arc::clone(&state),
+            stop_rx.clone(),
+        ));
+    }
+    let admin = crate::admin::router(Arc::clone(&state));
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(async move {
+        axum::serve(sockets.admin, admin)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    match admin_task.await {
+        Ok(result) => result,
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}
+
+async fn udp_worker(socket: Arc<UdpSocket>, state: Arc<State>, mut rng: SplitMix64, mut stop: watch::Receiver<bool>) {
+    let mut buffer = vec![0u8; REQUEST_BYTES_MAX];
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buffer) => received,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let (length, peer) = match received {
+            Ok(received) => received,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here on some systems; keep serving.
+                tracing::debug!(error = %e, "udp receive failed");
+                continue;
+            }
+        };
+        let packet = &buffer[..length];
+        let zones = state.zones();
+        let view = state.view();
+        match handle_packet(&zones, &view, packet, Transport::Udp, peer.ip(), rng.next_u64()) {
+            Some(response) => {
+                state
+                    .metrics
+                    .count_query(&response.name_label, response.qtype, response.rcode, Transport::Udp);
+                for wire in &response.wire {
+                    if let Err(e) = socket.send_to(wire, peer).await {
+                        tracing::debug!(error = %e, %peer, "udp send failed");
+                    }
+                }
+            }
+            None => {
+                state.metrics.count_drop("malformed");
+                state
+                    .drop_log
+                    .warn("dropped a UDP packet that is not a parseable DNS query", peer);
+            }
+        }
+    }
+}
+
+async fn tcp_acceptor(listener: TcpListener, state: Arc<State>, mut rng: SplitMix64, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(TCP_CONNECTIONS_MAX));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            state.metrics.count_drop("tcp_connection_limit");
+            state.drop_log.warn(
+                "closed a TCP connection: TCP_CONNECTIONS_MAX connections are open",
+                peer,
+            );
+            continue;
+        };
+        let state = Arc::clone(&state);
+        let seed = rng.next_u64();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            state.metrics.tcp_connections.inc();
+            tcp_connection(stream, peer, &state, SplitMix64(seed), stop).await;
+            state.metrics.tcp_connections.dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: &State,
+    mut rng: SplitMix64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let idle = Duration::from_millis(TCP_IDLE_TIMEOUT_MS);
+    let write_timeout = Duration::from_millis(TCP_WRITE_TIMEOUT_MS);
+    let mut buffer = vec![0u8; REQUEST_BYTES_MAX];
+    loop {
+        let read = async {
+            let length = usize::from(stream.read_u16().await?);
+            if length > REQUEST_BYTES_MAX || length == 0 {
+                return Ok(None);
+            }
+            stream.read_exact(&mut buffer[..length]).await?;
+            Ok::<_, std::io::Error>(Some(length))
+        };
+        let length = tokio::select! {
+            read = tokio::time::timeout(idle, read) => match read {
+                Ok(Ok(Some(length))) => length,
+                Ok(Ok(None)) => {
+                    state.metrics.count_drop("tcp_message_too_large");
+                    state.drop_log.warn("closed a TCP connection: message length is 0 or above REQUEST_BYTES_MAX", peer);
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    state.metrics.count_drop("tcp_idle_timeout");
+                    return;
+                }
+            },
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let zones = state.zones();
+        let view = state.view();
+        let Some(response) = handle_packet(
+            &zones,
+            &view,
+            &buffer[..length],
+            Transport::Tcp,
+            peer.ip(),
+            rng.next_u64(),
+        ) else {
+            state.metrics.count_drop("malformed");
+            state
+                .drop_log
+                .warn("closed a TCP connection that sent an unparseable DNS message", peer);
+            return;
+        };
+        state
+            .metrics
+            .count_query(&response.name_label, response.qtype, response.rcode, Transport::Tcp);
+        let write = async {
+            for wire in &response.wire {
+                let Ok(length) = u16::try_from(wire.len()) else {
+                    continue;
+                };
+                let mut framed = Vec::with_capacity(wire.len() + 2);
+                framed.extend_from_slice(&length.to_be_bytes());
+                framed.extend_from_slice(wire);
+                stream.write_all(&framed).await?;
+            }
+            stream.flush().await
+        };
+        match tokio::time::timeout(write_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                state.metrics.count_drop("tcp_write_timeout");
+                return;
+            }
+        }
+    }
+}
+
+/// What identifies a version of the config file for polling.
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
+/// Reloads zones on SIGHUP and when the file changes; a bad file is logged and ignored.
+async fn reloader(path: PathBuf, interval_ms: u64, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut last = fingerprint(&path);
+    let poll = Duration::from_millis(interval_ms.max(1));
+    loop {
+        let hangup_signal = async {
+            #[cfg(unix)]
+            if let Some(signal) = hangup.as_mut() {
+                signal.recv().await;
+                return;
+            }
+            std::future::pending::<()>().await
+        };
+        let polled = async {
+            if interval_ms == 0 {
+                std::future::pending::<()>().await
+            }
+            tokio::time::sleep(poll).await
+        };
+        let forced = tokio::select! {
+            _ = hangup_signal => true,
+            _ = polled => false,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let now = fingerprint(&path);
+        if !forced && now == last {
+            continue;
+        }
+        last = now;
+        reload(&path, &state);
+    }
+}
+
+/// Loads the config file and swaps the zones in if it is valid. Returns whether it was.
+pub fn reload(path: &Path, state: &State) -> bool {
+    match crate::config::load(path) {
+        Ok(config) => {
+            let zones = config.zones.iter().count();
+            state.replace_zones(config.zones);
+            state
+                .metrics
+                .reloads
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome: "ok" })
+                .inc();
+            tracing::info!(path = %path.display(), zones, "reloaded zones");
+            true
+        }
+        Err(e) => {
+            state
+                .metrics
+                .reloads
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome: "error" })
+                .inc();
+            tracing::error!("config reload rejected, still serving the previous zones: {e}");
+            false
+        }
+    }
+}

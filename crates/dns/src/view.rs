@@ -1,0 +1,183 @@
+//! The controller's view: target health and dynamic TXT records, each change carrying the
+//! controller's generation (a fencing token).
+//!
+//! Invariant: a lower generation never replaces a higher one. Equal generations are applied, so
+//! a controller can retry a push or send several updates within its term.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The controller's fencing token: every push carries one, and the view only moves forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Generation(pub u64);
+
+/// What the controller says about one target (a region, a server, an endpoint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+}
+
+/// Targets the view holds at most (a bound on what a controller can make us store).
+pub const TARGETS_MAX: usize = 10_000;
+/// Dynamic TXT records the view holds at most.
+pub const DYNAMIC_TXT_MAX: usize = 1_000;
+/// Bytes a dynamic TXT value has at most (split into 255-byte strings on the wire).
+pub const DYNAMIC_TXT_VALUE_BYTES_MAX: usize = 1_024;
+/// Bytes a target name has at most.
+pub const TARGET_NAME_BYTES_MAX: usize = 255;
+
+/// The health and dynamic records pushed by the controller. Cheap to read; replaced whole (copy on
+/// write) by the admin API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    /// Newest generation applied; pushes with a lower one are refused.
+    pub generation: Generation,
+    /// Health per target; a target never reported is healthy.
+    pub targets: BTreeMap<String, Health>,
+    /// Dynamic TXT records by lower-case fully qualified name (with the trailing dot).
+    pub txt: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ViewError {
+    #[error(
+        "generation {offered} is older than the applied generation {applied}: a newer controller has taken over; this push is stale and was not applied"
+    )]
+    Stale { offered: u64, applied: u64 },
+    #[error("too many targets: the view holds at most {TARGETS_MAX}")]
+    TooManyTargets,
+    #[error("target name '{0}' is empty or longer than {TARGET_NAME_BYTES_MAX} bytes")]
+    BadTarget(String),
+    #[error("too many dynamic TXT records: the view holds at most {DYNAMIC_TXT_MAX}")]
+    TooManyTxt,
+    #[error("the TXT value has {0} bytes; the limit is {DYNAMIC_TXT_VALUE_BYTES_MAX}")]
+    TxtTooLong(usize),
+}
+
+impl HealthView {
+    /// True unless the controller said the target is unhealthy.
+    pub fn is_healthy(&self, target: &str) -> bool {
+        self.targets.get(target) != Some(&Health::Unhealthy)
+    }
+
+    fn check_generation(&self, generation: Generation) -> Result<(), ViewError> {
+        if generation < self.generation {
+            return Err(ViewError::Stale {
+                offered: generation.0,
+                applied: self.generation.0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Merges reported health into the view: targets not mentioned keep their state.
+    pub fn apply_health(
+        &self,
+        generation: Generation,
+        targets: &BTreeMap<String, Health>,
+    ) -> Result<HealthView, ViewError> {
+        self.check_generation(generation)?;
+        let mut next = self.clone();
+        for (target, health) in targets {
+            if target.is_empty() || target.len() > TARGET_NAME_BYTES_MAX {
+                return Err(ViewError::BadTarget(target.clone()));
+            }
+            next.targets.insert(target.clone(), *health);
+        }
+        if next.targets.len() > TARGETS_MAX {
+            return Err(ViewError::TooManyTargets);
+        }
+        next.generation = generation;
+        Ok(next)
+    }
+
+    /// Sets (or with `None` removes) the dynamic TXT record at `name` (lower-case, fully qualified).
+    pub fn apply_txt(&self, generation: Generation, name: &str, value: Option<&str>) -> Result<HealthView, ViewError> {
+        self.check_generation(generation)?;
+        let mut next = self.clone();
+        match value {
+            Some(value) => {
+                if value.len() > DYNAMIC_TXT_VALUE_BYTES_MAX {
+                    return Err(ViewError::TxtTooLong(value.len()));
+                }
+                next.txt.insert(name.to_string(), value.to_string());
+                if next.txt.len() > DYNAMIC_TXT_MAX {
+                    return Err(ViewError::TooManyTxt);
+                }
+            }
+            None => {
+                next.txt.remove(name);
+            }
+        }
+        next.generation = generation;
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(list: &[(&str, Health)]) -> BTreeMap<String, Health> {
+        list.iter().map(|(t, h)| (t.to_string(), *h)).collect()
+    }
+
+    #[test]
+    fn never_reported_target_is_healthy() {
+        assert!(HealthView::default().is_healthy("us-east-1"));
+    }
+
+    #[test]
+    fn stale_generation_is_refused_and_equal_is_idempotent() {
+        let view = HealthView::default()
+            .apply_health(Generation(5), &targets(&[("us-east-1", Health::Unhealthy)]))
+            .expect("first push");
+        assert!(!view.is_healthy("us-east-1"));
+        let stale = view.apply_health(Generation(4), &targets(&[("us-east-1", Health::Healthy)]));
+        assert_eq!(stale, Err(ViewError::Stale { offered: 4, applied: 5 }));
+        let again = view
+            .apply_health(Generation(5), &targets(&[("us-east-1", Health::Unhealthy)]))
+            .expect("equal generation");
+        assert_eq!(again, view);
+        let newer = view
+            .apply_health(Generation(6), &targets(&[("us-east-1", Health::Healthy)]))
+            .expect("newer");
+        assert!(newer.is_healthy("us-east-1"));
+        assert_eq!(newer.generation, Generation(6));
+    }
+
+    #[test]
+    fn health_push_merges() {
+        let view = HealthView::default()
+            .apply_health(Generation(1), &targets(&[("a", Health::Unhealthy)]))
+            .expect("push a");
+        let view = view
+            .apply_health(Generation(1), &targets(&[("b", Health::Unhealthy)]))
+            .expect("push b");
+        assert!(!view.is_healthy("a") && !view.is_healthy("b"));
+    }
+
+    #[test]
+    fn txt_generation_shares_the_fence() {
+        let view = HealthView::default()
+            .apply_txt(Generation(3), "_active-region.shop.example.", Some("eu-west-1"))
+            .expect("set");
+        assert!(
+            view.apply_txt(Generation(2), "_active-region.shop.example.", Some("us-east-1"))
+                .is_err()
+        );
+        assert!(view.apply_health(Generation(2), &BTreeMap::new()).is_err());
+        let cleared = view
+            .apply_txt(Generation(3), "_active-region.shop.example.", None)
+            .expect("remove");
+        assert!(cleared.txt.is_empty());
+        assert_eq!(
+            view.apply_txt(Generation(3), "x.", Some(&"y".repeat(2000))),
+            Err(ViewError::TxtTooLong(2000))
+        );
+    }
+}
