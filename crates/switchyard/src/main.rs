@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dynamo_protocol::sigv4::Credentials;
 use tokio::net::TcpListener;
 
+mod demo_app;
+
 mod fault_proxy;
 
 mod bench;
@@ -54,6 +56,12 @@ enum Command {
     /// The benchmark ceiling: a bare HTTP server on the store's stack answering 200 to anything.
     #[command(hide = true)]
     BenchCeiling(CeilingArgs),
+    /// The demo shop: products, cart, orders kept in the regional store; follows the
+    /// active-region pointer for writes.
+    ///
+    /// The stand-in for a Magento or WooCommerce shop in the lab and in drills: an HTML page
+    /// and a JSON API, with a /health that checks the store and the pointer.
+    DemoApp(demo_app::DemoAppArgs),
     /// A TCP fault-injection proxy with Toxiproxy's toxics and control API.
     ///
     /// Named proxies (listen → upstream) get toxics per direction: latency and jitter,
@@ -182,6 +190,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Store(args) => runtime.block_on(run_store(args)),
         Command::BenchCeiling(args) => runtime.block_on(run_ceiling(args)),
+        Command::DemoApp(args) => runtime.block_on(demo_app::run(args)),
         Command::FaultProxy(args) => runtime.block_on(fault_proxy::run(args)),
         Command::Proxy(args) => runtime.block_on(proxy::run_proxy(args)),
         Command::ProxyCtl(args) => runtime.block_on(proxy::run_proxy_ctl(args)),

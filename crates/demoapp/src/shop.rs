@@ -1,0 +1,857 @@
+//! The shop's HTTP side: JSON API, HTML page, `/health`, session cookies.
+//!
+//! Reads (cart, orders) go to the local region's store; writes (sessions, cart changes,
+//! orders) go to the store of the region the active-region pointer names, as an application
+//! following Switchyard's pointer does. Placing an order reads the cart from the write region,
+//! where the cart's own writes went.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::catalog::{self, PRODUCTS};
+use crate::dynamo::{Client, DynamoError};
+use crate::pointer::{ActiveRegion, PointerView};
+use crate::tables::TableNames;
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "shop_session";
+/// Most of one product per cart line.
+pub const QUANTITY_MAX: u64 = 99;
+/// Most lines one cart (and so one order) holds.
+pub const CART_LINES_MAX: usize = 50;
+/// Most orders listed.
+pub const ORDERS_LISTED_MAX: usize = 100;
+/// Largest request body.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// How long `/health` waits for each store.
+pub const HEALTH_PROBE_MS: u64 = 2_000;
+/// Longest Idempotency-Key.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct ShopConfig {
+    /// The region this instance runs in: its reads go to this region's store.
+    pub region: String,
+    /// Shown in responses (`x-switchyard-instance`) so a client sees which server answered.
+    pub instance: String,
+    pub tables: TableNames,
+    /// Writes stop when the pointer was not confirmed for this long.
+    pub pointer_stale_ms: u64,
+}
+
+pub struct Shop {
+    config: ShopConfig,
+    stores: BTreeMap<String, Client>,
+    pointer: watch::Receiver<PointerView>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShopError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] DynamoError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl IntoResponse for ShopError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ShopError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
+            ShopError::Store(DynamoError::Unreachable { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable"),
+            ShopError::Store(_) => (StatusCode::BAD_GATEWAY, "StoreError"),
+            ShopError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            ShopError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        (status, axum::Json(json!({"error": code, "message": self.to_string()}))).into_response()
+    }
+}
+
+type ShopResult = Result<Response, ShopError>;
+type Shared = State<Arc<Shop>>;
+
+impl Shop {
+    /// `stores` must hold the local region (checked by the caller's configuration).
+    pub fn new(config: ShopConfig, stores: BTreeMap<String, Client>, pointer: watch::Receiver<PointerView>) -> Shop {
+        Shop {
+            config,
+            stores,
+            pointer,
+        }
+    }
+
+    fn local(&self) -> Result<&Client, ShopError> {
+        self.stores.get(&self.config.region).ok_or_else(|| {
+            ShopError::Unavailable(format!(
+                "no store for the local region {0}: pass --store {0}=URL",
+                self.config.region
+            ))
+        })
+    }
+
+    /// The store writes go to now, and the pointer that chose it.
+    fn writer(&self) -> Result<(&Client, ActiveRegion), ShopError> {
+        let active = {
+            let view = self.pointer.borrow();
+            view.usable(Instant::now(), self.config.pointer_stale_ms)
+                .map_err(ShopError::Unavailable)?
+                .clone()
+        };
+        let store = self.stores.get(&active.region).ok_or_else(|| {
+            ShopError::Unavailable(format!(
+                "the active region is {0} but this shop has no store for it: pass --store {0}=URL",
+                active.region
+            ))
+        })?;
+        Ok((store, active))
+    }
+
+    async fn cart_lines(&self, store: &Client, session: &str) -> Result<Vec<(String, u64)>, ShopError> {
+        let answer = store
+            .call(
+                "Query",
+                &json!({
+                    "TableName": self.config.tables.carts,
+                    "KeyConditionExpression": "#s = :s",
+                    "ExpressionAttributeNames": {"#s": "session"},
+                    "ExpressionAttributeValues": {":s": {"S": session}},
+                    "ConsistentRead": true,
+                    "Limit": CART_LINES_MAX
+                }),
+            )
+            .await?;
+        Ok(answer["Items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|item| {
+                        let product = item["product"]["S"].as_str()?.to_string();
+                        let quantity = item["quantity"]["N"].as_str()?.parse().ok()?;
+                        Some((product, quantity))
+                    })
+                    .filter(|(_, quantity)| *quantity > 0)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn cart_json(&self, store: &Client, session: Option<&str>) -> Result<Value, ShopError> {
+        let lines = match session {
+            Some(session) => self.cart_lines(store, session).await?,
+            None => Vec::new(),
+        };
+        Ok(cart_view(session, &lines))
+    }
+
+    async fn create_session(&self, store: &Client, active: &ActiveRegion) -> Result<String, ShopError> {
+        let session = new_id();
+        store
+            .call(
+                "PutItem",
+                &json!({
+                    "TableName": self.config.tables.sessions,
+                    "Item": {
+                        "session": {"S": session},
+                        "created_at_ms": {"N": now_ms().to_string()},
+                        "region": {"S": active.region},
+                        "instance": {"S": self.config.instance}
+                    }
+                }),
+            )
+            .await?;
+        Ok(session)
+    }
+
+    /// The caller's session, created (in the write region) if the request has none.
+    async fn session_for_write(
+        &self,
+        headers: &HeaderMap,
+        store: &Client,
+        active: &ActiveRegion,
+    ) -> Result<(String, Option<HeaderValue>), ShopError> {
+        if let Some(session) = session_cookie(headers) {
+            return Ok((session, None));
+        }
+        let session = self.create_session(store, active).await?;
+        let cookie = HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000"
+        ))
+        .expect("a hex session id makes a valid header value");
+        Ok((session, Some(cookie)))
+    }
+
+    async fn add_to_cart(&self, headers: &HeaderMap, product: &str, quantity: u64) -> ShopResult {
+        let Some(found) = catalog::find(product) else {
+            return Err(ShopError::BadRequest(format!(
+                "unknown product '{product}'; GET /api/products lists them"
+            )));
+        };
+        if !(1..=QUANTITY_MAX).contains(&quantity) {
+            return Err(ShopError::BadRequest(format!(
+                "quantity {quantity} must be from 1 to {QUANTITY_MAX}"
+            )));
+        }
+        let (store, active) = self.writer()?;
+        let (session, cookie) = self.session_for_write(headers, store, &active).await?;
+        let lines = self.cart_lines(store, &session).await?;
+        if lines.len() >= CART_LINES_MAX && !lines.iter().any(|(p, _)| p == found.id) {
+            return Err(ShopError::BadRequest(format!(
+                "the cart already has {CART_LINES_MAX} different products; place an order first"
+            )));
+        }
+        let result = store
+            .call(
+                "UpdateItem",
+                &json!({
+                    "TableName": self.config.tables.carts,
+                    "Key": {"session": {"S": session}, "product": {"S": found.id}},
+                    "UpdateExpression": "ADD quantity :q SET updated_at_ms = :t",
+                    "ConditionExpression": "attribute_not_exists(quantity) OR quantity <= :room",
+                    "ExpressionAttributeValues": {
+                        ":q": {"N": quantity.to_string()},
+                        ":t": {"N": now_ms().to_string()},
+                        ":room": {"N": (QUANTITY_MAX - quantity).to_string()}
+                    }
+                }),
+            )
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(error) if error.kind() == Some("ConditionalCheckFailedException") => {
+                return Err(ShopError::BadRequest(format!(
+                    "at most {QUANTITY_MAX} of one product per cart"
+                )));
+            }
+            Err(error) => return Err(error.into()),
+        }
+        let cart = self.cart_json(store, Some(&session)).await?;
+        Ok(with_cookie(axum::Json(cart).into_response(), cookie))
+    }
+
+    async fn remove_from_cart(&self, headers: &HeaderMap, product: &str) -> ShopResult {
+        let Some(session) = session_cookie(headers) else {
+            return Ok(axum::Json(cart_view(None, &[])).into_response());
+        };
+        let (store, _) = self.writer()?;
+        store
+            .call(
+                "DeleteItem",
+                &json!({
+                    "TableName": self.config.tables.carts,
+                    "Key": {"session": {"S": session}, "product": {"S": product}}
+                }),
+            )
+            .await?;
+        Ok(axum::Json(self.cart_json(store, Some(&session)).await?).into_response())
+    }
+
+    /// Places an order from the cart. With an `Idempotency-Key`, a retry returns the order the
+    /// first attempt placed instead of placing another.
+    async fn place_order(&self, headers: &HeaderMap) -> Result<(Value, bool), ShopError> {
+        let Some(session) = session_cookie(headers) else {
+            return Err(ShopError::BadRequest(
+                "no session: add something to the cart first (the shop_session cookie holds the cart)".to_string(),
+            ));
+        };
+        let order_id = match headers.get("idempotency-key") {
+            Some(key) => {
+                let key = key.to_str().unwrap_or_default();
+                if key.is_empty()
+                    || key.len() > IDEMPOTENCY_KEY_BYTES_MAX
+                    || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(ShopError::BadRequest(format!(
+                        "Idempotency-Key '{key}' must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} letters, digits, '-' or '_'"
+                    )));
+                }
+                format!("k-{key}")
+            }
+            None => format!("{:013}-{}", now_ms(), &new_id()[..8]),
+        };
+        let (store, active) = self.writer()?;
+        let lines = self.cart_lines(store, &session).await?;
+        if lines.is_empty() {
+            if order_id.starts_with("k-")
+                && let Some(existing) = self.order(store, &session, &order_id).await?
+            {
+                return Ok((existing, false));
+            }
+            return Err(ShopError::BadRequest("the cart is empty".to_string()));
+        }
+        let mut items = Vec::new();
+        let mut total_cents = 0u64;
+        for (product, quantity) in &lines {
+            let Some(found) = catalog::find(product) else { continue };
+            total_cents += found.price_cents * quantity;
+            items.push(json!({"M": {
+                "product": {"S": found.id},
+                "name": {"S": found.name},
+                "quantity": {"N": quantity.to_string()},
+                "price_cents": {"N": found.price_cents.to_string()}
+            }}));
+        }
+        let item = json!({
+            "session": {"S": session},
+            "order_id": {"S": order_id},
+            "status": {"S": "placed"},
+            "items": {"L": items},
+            "total_cents": {"N": total_cents.to_string()},
+            "region": {"S": active.region},
+            "generation": {"N": active.generation.to_string()},
+            "instance": {"S": self.config.instance},
+            "created_at_ms": {"N": now_ms().to_string()}
+        });
+        let put = store
+            .call(
+                "PutItem",
+                &json!({
+                    "TableName": self.config.tables.orders,
+                    "Item": item,
+                    "ConditionExpression": "attribute_not_exists(order_id)"
+                }),
+            )
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(error) if error.kind() == Some("ConditionalCheckFailedException") => {
+                let existing = self.order(store, &session, &order_id).await?;
+                return existing
+                    .map(|order| (order, false))
+                    .ok_or_else(|| ShopError::Unavailable(format!("order {order_id} exists but cannot be read")));
+            }
+            Err(error) => return Err(error.into()),
+        }
+        for (product, _) in &lines {
+            store
+                .call(
+                    "DeleteItem",
+                    &json!({
+                        "TableName": self.config.tables.carts,
+                        "Key": {"session": {"S": session}, "product": {"S": product}}
+                    }),
+                )
+                .await?;
+        }
+        Ok((order_view(&item), true))
+    }
+
+    async fn order(&self, store: &Client, session: &str, order_id: &str) -> Result<Option<Value>, ShopError> {
+        let answer = store
+            .call(
+                "GetItem",
+                &json!({
+                    "TableName": self.config.tables.orders,
+                    "Key": {"session": {"S": session}, "order_id": {"S": order_id}},
+                    "ConsistentRead": true
+                }),
+            )
+            .await?;
+        Ok(answer.get("Item").filter(|i| i.is_object()).map(order_view))
+    }
+
+    async fn orders(&self, session: Option<&str>) -> Result<Vec<Value>, ShopError> {
+        let Some(session) = session else { return Ok(Vec::new()) };
+        let answer = self
+            .local()?
+            .call(
+                "Query",
+                &json!({
+                    "TableName": self.config.tables.orders,
+                    "KeyConditionExpression": "#s = :s",
+                    "ExpressionAttributeNames": {"#s": "session"},
+                    "ExpressionAttributeValues": {":s": {"S": session}},
+                    "ScanIndexForward": false,
+                    "Limit": ORDERS_LISTED_MAX
+                }),
+            )
+            .await?;
+        Ok(answer["Items"]
+            .as_array()
+            .map(|items| items.iter().map(order_view).collect())
+            .unwrap_or_default())
+    }
+
+    /// Checks what the shop needs to serve: the local store, the pointer, the write store.
+    pub async fn health(&self) -> (bool, Value) {
+        let mut checks = serde_json::Map::new();
+        let mut reasons = Vec::new();
+        let local = match self.local() {
+            Ok(store) => probe(store, &self.config.tables.orders).await,
+            Err(error) => Err(error.to_string()),
+        };
+        record(&mut checks, &mut reasons, "local_store", local);
+        let pointer = {
+            let view = self.pointer.borrow();
+            view.usable(Instant::now(), self.config.pointer_stale_ms).cloned()
+        };
+        let active = pointer.as_ref().ok().cloned();
+        record(&mut checks, &mut reasons, "pointer", pointer.map(|_| ()));
+        if let Some(active) = &active
+            && active.region != self.config.region
+        {
+            let write = match self.writer() {
+                Ok((store, _)) => probe(store, &self.config.tables.orders).await,
+                Err(error) => Err(error.to_string()),
+            };
+            record(&mut checks, &mut reasons, "active_store", write);
+        }
+        let healthy = reasons.is_empty();
+        let body = json!({
+            "status": if healthy { "ok" } else { "unavailable" },
+            "reason": if healthy { Value::Null } else { Value::String(reasons.join("; ")) },
+            "region": self.config.region,
+            "instance": self.config.instance,
+            "active_region": active.as_ref().map(|a| a.region.clone()),
+            "generation": active.as_ref().map(|a| a.generation),
+            "checks": checks,
+        });
+        (healthy, body)
+    }
+}
+
+fn record(
+    checks: &mut serde_json::Map<String, Value>,
+    reasons: &mut Vec<String>,
+    name: &str,
+    result: Result<(), String>,
+) {
+    match result {
+        Ok(()) => {
+            checks.insert(name.to_string(), json!("ok"));
+        }
+        Err(reason) => {
+            reasons.push(format!("{name}: {reason}"));
+            checks.insert(name.to_string(), json!(reason));
+        }
+    }
+}
+
+async fn probe(store: &Client, table: &str) -> Result<(), String> {
+    let request = json!({"TableName": table});
+    let call = store.call("DescribeTable", &request);
+    match tokio::time::timeout(Duration::from_millis(HEALTH_PROBE_MS), call).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!(
+            "store {} did not answer within {HEALTH_PROBE_MS} ms",
+            store.endpoint()
+        )),
+    }
+}
+
+fn cart_view(session: Option<&str>, lines: &[(String, u64)]) -> Value {
+    let mut total_cents = 0;
+    let items: Vec<Value> = lines
+        .iter()
+        .filter_map(|(product, quantity)| {
+            let found = catalog::find(product)?;
+            total_cents += found.price_cents * quantity;
+            Some(json!({"product": found.id, "name": found.name, "quantity": quantity, "price_cents": found.price_cents}))
+        })
+        .collect();
+    json!({"session": session, "items": items, "total_cents": total_cents})
+}
+
+/// An order item as the API shows it (plain JSON, not DynamoDB JSON).
+fn order_view(item: &Value) -> Value {
+    let number = |v: &Value| v["N"].as_str().and_then(|n| n.parse::<u64>().ok());
+    let items: Vec<Value> = item["items"]["L"]
+        .as_array()
+        .map(|lines| {
+            lines
+                .iter()
+                .map(|line| {
+                    let line = &line["M"];
+                    json!({
+                        "product": line["product"]["S"],
+                        "name": line["name"]["S"],
+                        "quantity": number(&line["quantity"]),
+                        "price_cents": number(&line["price_cents"]),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "order_id": item["order_id"]["S"],
+        "status": item["status"]["S"],
+        "items": items,
+        "total_cents": number(&item["total_cents"]),
+        "region": item["region"]["S"],
+        "generation": number(&item["generation"]),
+        "instance": item["instance"]["S"],
+        "created_at_ms": number(&item["created_at_ms"]),
+    })
+}
+
+fn with_cookie(mut response: Response, cookie: Option<HeaderValue>) -> Response {
+    if let Some(cookie) = cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// The session id from the `Cookie` header, if well-formed (32 hex digits).
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_string())
+        .filter(|value| value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 128 random bits as hex: from the OS, or (should /dev/urandom be missing) a hash of time,
+/// process and a counter, still unique per process.
+fn new_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 16];
+    let from_os = std::fs::File::open("/dev/urandom")
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut bytes))
+        .is_ok();
+    if !from_os {
+        let mut hasher = Sha256::new();
+        hasher.update(now_ms().to_le_bytes());
+        hasher.update(std::process::id().to_le_bytes());
+        hasher.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        bytes.copy_from_slice(&hasher.finalize()[..16]);
+    }
+    hex::encode(bytes)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddToCart {
+    product: String,
+    #[serde(default = "one")]
+    quantity: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// The shop's routes.
+pub fn router(shop: Arc<Shop>) -> Router {
+    let region = HeaderValue::from_str(&shop.config.region).ok();
+    let instance = HeaderValue::from_str(&shop.config.instance).ok();
+    Router::new()
+        .route("/", get(page))
+        .route("/cart", post(form_add_to_cart))
+        .route("/checkout", post(form_checkout))
+        .route("/health", get(health))
+        .route("/api/products", get(products))
+        .route("/api/cart", get(cart).post(api_add_to_cart))
+        .route("/api/cart/{product}", delete(api_remove_from_cart))
+        .route("/api/orders", get(api_orders).post(api_place_order))
+        .route("/api/orders/{order_id}", get(api_order))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::map_response(move |mut response: Response| {
+            let region = region.clone();
+            let instance = instance.clone();
+            async move {
+                let headers = response.headers_mut();
+                if let Some(region) = region {
+                    headers.insert("x-switchyard-region", region);
+                }
+                if let Some(instance) = instance {
+                    headers.insert("x-switchyard-instance", instance);
+                }
+                response
+            }
+        }))
+        .with_state(shop)
+}
+
+async fn health(State(shop): Shared) -> Response {
+    let (healthy, body) = shop.health().await;
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn products() -> Response {
+    axum::Json(json!({"products": PRODUCTS})).into_response()
+}
+
+async fn cart(State(shop): Shared, headers: HeaderMap) -> ShopResult {
+    let session = session_cookie(&headers);
+    Ok(axum::Json(shop.cart_json(shop.local()?, session.as_deref()).await?).into_response())
+}
+
+async fn api_add_to_cart(State(shop): Shared, headers: HeaderMap, body: Bytes) -> ShopResult {
+    let request: AddToCart = serde_json::from_slice(&body).map_err(|error| {
+        ShopError::BadRequest(format!(
+            "bad cart request ({error}); send {{\"product\": \"grinder\", \"quantity\": 1}}"
+        ))
+    })?;
+    shop.add_to_cart(&headers, &request.product, request.quantity).await
+}
+
+async fn api_remove_from_cart(State(shop): Shared, headers: HeaderMap, Path(product): Path<String>) -> ShopResult {
+    shop.remove_from_cart(&headers, &product).await
+}
+
+async fn api_place_order(State(shop): Shared, headers: HeaderMap) -> ShopResult {
+    let (order, created) = shop.place_order(&headers).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let location = format!("/api/orders/{}", order["order_id"].as_str().unwrap_or_default());
+    Ok((status, [(header::LOCATION, location)], axum::Json(order)).into_response())
+}
+
+async fn api_orders(State(shop): Shared, headers: HeaderMap) -> ShopResult {
+    let orders = shop.orders(session_cookie(&headers).as_deref()).await?;
+    Ok(axum::Json(json!({"orders": orders})).into_response())
+}
+
+async fn api_order(State(shop): Shared, headers: HeaderMap, Path(order_id): Path<String>) -> ShopResult {
+    let not_found = || ShopError::NotFound(format!("no order {order_id} in this session"));
+    let session = session_cookie(&headers).ok_or_else(not_found)?;
+    shop.order(shop.local()?, &session, &order_id)
+        .await?
+        .map(|order| axum::Json(order).into_response())
+        .ok_or_else(not_found)
+}
+
+async fn form_add_to_cart(State(shop): Shared, headers: HeaderMap, body: Bytes) -> ShopResult {
+    let fields = form_fields(&body);
+    let product = fields.get("product").cloned().unwrap_or_default();
+    let quantity = match fields.get("quantity") {
+        Some(text) => text
+            .parse()
+            .map_err(|_| ShopError::BadRequest(format!("quantity '{text}' is not a whole number")))?,
+        None => 1,
+    };
+    let response = shop.add_to_cart(&headers, &product, quantity).await?;
+    let cookie = response.headers().get(header::SET_COOKIE).cloned();
+    Ok(with_cookie(redirect_home(), cookie))
+}
+
+async fn form_checkout(State(shop): Shared, headers: HeaderMap) -> ShopResult {
+    shop.place_order(&headers).await?;
+    Ok(redirect_home())
+}
+
+fn redirect_home() -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response()
+}
+
+async fn page(State(shop): Shared, headers: HeaderMap) -> Response {
+    let session = session_cookie(&headers);
+    let local = shop.local();
+    let (cart, orders, problem) = match local {
+        Ok(store) => match (
+            shop.cart_json(store, session.as_deref()).await,
+            shop.orders(session.as_deref()).await,
+        ) {
+            (Ok(cart), Ok(orders)) => (cart, orders, None),
+            (Err(error), _) | (_, Err(error)) => (cart_view(None, &[]), Vec::new(), Some(error.to_string())),
+        },
+        Err(error) => (cart_view(None, &[]), Vec::new(), Some(error.to_string())),
+    };
+    let active = shop.pointer.borrow().active.clone();
+    Html(render_page(
+        &shop.config,
+        active.as_ref(),
+        &cart,
+        &orders,
+        problem.as_deref(),
+    ))
+    .into_response()
+}
+
+fn render_page(
+    config: &ShopConfig,
+    active: Option<&ActiveRegion>,
+    cart: &Value,
+    orders: &[Value],
+    problem: Option<&str>,
+) -> String {
+    let money = |cents: u64| format!("{}.{:02}", cents / 100, cents % 100);
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Switchyard demo shop</title>\
+         <style>body{font-family:sans-serif;max-width:48rem;margin:2rem auto}table{border-collapse:collapse}\
+         td,th{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}.note{color:#666}\
+         .problem{background:#fee;padding:.5rem}</style></head><body><h1>Switchyard demo shop</h1>",
+    );
+    html.push_str(&format!(
+        "<p class=\"note\">served by {} in {}; writes go to {}</p>",
+        escape(&config.instance),
+        escape(&config.region),
+        active.map_or("an unknown region".to_string(), |a| format!(
+            "{} (generation {})",
+            escape(&a.region),
+            a.generation
+        ))
+    ));
+    if let Some(problem) = problem {
+        html.push_str(&format!("<p class=\"problem\">{}</p>", escape(problem)));
+    }
+    html.push_str("<h2>Products</h2><table><tr><th>product</th><th>price</th><th></th></tr>");
+    for product in PRODUCTS {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/cart\">\
+             <input type=\"hidden\" name=\"product\" value=\"{}\">\
+             <input name=\"quantity\" value=\"1\" size=\"2\"> <button>add to cart</button></form></td></tr>",
+            escape(product.name),
+            money(product.price_cents),
+            escape(product.id)
+        ));
+    }
+    html.push_str("</table><h2>Cart</h2>");
+    let lines = cart["items"].as_array().cloned().unwrap_or_default();
+    if lines.is_empty() {
+        html.push_str("<p class=\"note\">empty</p>");
+    } else {
+        html.push_str("<table><tr><th>product</th><th>quantity</th></tr>");
+        for line in &lines {
+            html.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td></tr>",
+                escape(line["name"].as_str().unwrap_or_default()),
+                line["quantity"]
+            ));
+        }
+        html.push_str(&format!(
+            "</table><p>total {}</p><form method=\"post\" action=\"/checkout\"><button>place order</button></form>",
+            money(cart["total_cents"].as_u64().unwrap_or(0))
+        ));
+    }
+    html.push_str("<h2>Orders</h2>");
+    if orders.is_empty() {
+        html.push_str("<p class=\"note\">none yet</p>");
+    } else {
+        html.push_str("<table><tr><th>order</th><th>status</th><th>total</th><th>written in</th></tr>");
+        for order in orders {
+            html.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(order["order_id"].as_str().unwrap_or_default()),
+                escape(order["status"].as_str().unwrap_or_default()),
+                money(order["total_cents"].as_u64().unwrap_or(0)),
+                escape(order["region"].as_str().unwrap_or_default())
+            ));
+        }
+        html.push_str("</table>");
+    }
+    html.push_str("</body></html>");
+    html
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Parses an `application/x-www-form-urlencoded` body.
+fn form_fields(body: &[u8]) -> BTreeMap<String, String> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (url_decode(k), url_decode(v)))
+        .collect()
+}
+
+fn url_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'+' => out.push(b' '),
+            b'%' if index + 2 < bytes.len() => {
+                let decoded = std::str::from_utf8(&bytes[index + 1..index + 3])
+                    .ok()
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+                match decoded {
+                    Some(byte) => {
+                        out.push(byte);
+                        index += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            other => out.push(other),
+        }
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_cookie_is_read_and_checked() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; shop_session=0123456789abcdef0123456789abcdef"),
+        );
+        assert_eq!(
+            session_cookie(&headers).as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        headers.insert(header::COOKIE, HeaderValue::from_static("shop_session=../../etc"));
+        assert_eq!(session_cookie(&headers), None);
+    }
+
+    #[test]
+    fn forms_decode() {
+        let fields = form_fields(b"product=espresso-beans&quantity=2&note=a+b%21&bad=%zz&end=%4");
+        assert_eq!(fields["product"], "espresso-beans");
+        assert_eq!(fields["quantity"], "2");
+        assert_eq!(fields["note"], "a b!");
+        assert_eq!(fields["bad"], "%zz");
+        assert_eq!(fields["end"], "%4");
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape("<a href=\"x\">&</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn ids_are_unique_hex() {
+        let a = new_id();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, new_id());
+    }
+}

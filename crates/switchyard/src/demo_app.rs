@@ -1,0 +1,118 @@
+//! `switchyard demo-app`: argument parsing for the demo shop.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use demoapp::{AwsCredentials, DemoAppConfig};
+use tokio::net::TcpListener;
+
+#[derive(clap::Args)]
+pub struct DemoAppArgs {
+    /// Address to listen on; port 0 picks a free port (see --ready-file).
+    #[arg(long, env = "SWITCHYARD_DEMO_APP_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// The region this instance runs in: reads go to this region's store.
+    #[arg(long, env = "SWITCHYARD_REGION", default_value = "us-east-1")]
+    region: String,
+    /// A regional store as REGION=URL (repeat per region; the local region is required), e.g.
+    /// `--store us-east-1=http://127.0.0.1:8000`.
+    #[arg(long = "store", value_name = "REGION=URL", value_parser = parse_store, required = true)]
+    stores: Vec<(String, String)>,
+    /// The controller's active-region pointer (`http://HOST:PORT` means
+    /// `http://HOST:PORT/v1/active-region`); writes follow it. Without it the local region
+    /// takes writes.
+    #[arg(long, env = "SWITCHYARD_POINTER")]
+    pointer: Option<String>,
+    /// Writes stop (503) and /health fails when the pointer was not confirmed for this long.
+    #[arg(long, default_value_t = demoapp::pointer::STALE_MS_DEFAULT)]
+    pointer_stale_ms: u64,
+    /// Name shown in the `x-switchyard-instance` header and on the page; default shop-REGION.
+    #[arg(long)]
+    instance: Option<String>,
+    /// Prefix of the tables: PREFIXsessions, PREFIXcarts, PREFIXorders.
+    #[arg(long, default_value = "shop_")]
+    table_prefix: String,
+    /// Create the tables if missing (global tables across every --store region) before serving.
+    #[arg(long)]
+    tables_create: bool,
+    /// Access key for SigV4-signed store requests (with --secret-access-key).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    access_key_id: Option<String>,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    secret_access_key: Option<String>,
+    /// Once accepting connections, write the bound address (`IP:PORT`) to this file.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn parse_store(text: &str) -> Result<(String, String), String> {
+    let (region, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' is not REGION=URL; write it like us-east-1=http://127.0.0.1:8000"))?;
+    if region.is_empty()
+        || !region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "'{region}' is not a region name: use letters, digits and dashes, like eu-west-1"
+        ));
+    }
+    if !url.starts_with("http://") {
+        return Err(format!(
+            "'{url}' is not an http:// URL: write it like http://127.0.0.1:8000"
+        ));
+    }
+    Ok((region.to_string(), url.trim_end_matches('/').to_string()))
+}
+
+pub async fn run(args: DemoAppArgs) -> anyhow::Result<()> {
+    let mut stores = BTreeMap::new();
+    for (region, url) in args.stores {
+        if stores.insert(region.clone(), url).is_some() {
+            bail!("--store {region} is given twice; give each region once");
+        }
+    }
+    if !stores.contains_key(&args.region) {
+        bail!(
+            "no --store for the local region {0}: add --store {0}=http://HOST:PORT (or set --region)",
+            args.region
+        );
+    }
+    let credentials = match (args.access_key_id, args.secret_access_key) {
+        (Some(access_key_id), Some(secret_access_key)) => Some(AwsCredentials {
+            access_key_id,
+            secret_access_key,
+        }),
+        (None, None) => None,
+        _ => bail!("give both --access-key-id and --secret-access-key (or neither, for an open store)"),
+    };
+    let config = DemoAppConfig {
+        instance: args.instance.unwrap_or_else(|| format!("shop-{}", args.region)),
+        region: args.region,
+        stores,
+        pointer: args.pointer,
+        credentials,
+        table_prefix: args.table_prefix,
+        tables_create: args.tables_create,
+        pointer_stale_ms: args.pointer_stale_ms,
+    };
+    let shop = demoapp::build(&config).await.context("start the shop")?;
+    let listener = TcpListener::bind(args.listen.as_str()).await.with_context(|| {
+        format!(
+            "listen on {} (is the port in use? pick another with --listen)",
+            args.listen
+        )
+    })?;
+    let address = listener.local_addr().context("read the bound address")?;
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, address.to_string()).with_context(|| format!("write ready file {}", path.display()))?;
+    }
+    tracing::info!(%address, region = %config.region, instance = %config.instance, "demo shop listening");
+    demoapp::serve(listener, shop, crate::shutdown_signal())
+        .await
+        .context("serve the shop")?;
+    tracing::info!("demo shop stopped");
+    Ok(())
+}
