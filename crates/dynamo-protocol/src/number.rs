@@ -521,5 +521,24 @@ mod tests {
         fn parse_never_panics(text in "[-+0-9.eE]{0,60}") {
             let _ = Number::parse(&text);
         }
+
+        /// Fuzz: number-shaped and arbitrary text (any length of digits, any exponent, any
+        /// character). Parsing never panics; what parses prints back to the same number, and
+        /// arithmetic on it never panics either.
+        #[test]
+        fn parse_fuzz(text in prop_oneof![
+            "[-+]?[0-9]{0,50}(\\.[0-9]{0,50})?([eE][-+]?[0-9]{1,6})?",
+            "[-+ 0-9.eExX_a-z]{0,80}",
+            "\\PC{0,40}",
+        ]) {
+            if let Ok(number) = Number::parse(&text) {
+                let printed = number.to_string();
+                prop_assert_eq!(Number::parse(&printed), Ok(number), "{:?} printed as {:?}", text, printed);
+                prop_assert_eq!(number.negated().negated(), number);
+                let _ = number.checked_add(&number);
+                let _ = number.checked_sub(&number.negated());
+                let _ = number.to_i64();
+            }
+        }
     }
 }

@@ -826,3 +826,85 @@ mod tests {
         assert_eq!(canonical_path("/a%20b"), "/a%2520b");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Arbitrary Authorization headers, dates, query strings and bodies: the verifier never
+    //! panics and refuses with one of the authentication errors DynamoDB uses.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn authorization() -> impl Strategy<Value = String> {
+        let part = prop_oneof![
+            Just("AWS4-HMAC-SHA256".to_string()),
+            Just(" Credential=AKIDEXAMPLE/20231114/us-east-1/dynamodb/aws4_request".to_string()),
+            Just(" SignedHeaders=host;x-amz-date".to_string()),
+            Just(" Signature=00ff".to_string()),
+            Just(",".to_string()),
+            Just("=".to_string()),
+            Just("/".to_string()),
+            Just(";".to_string()),
+            "[A-Za-z0-9=/;, -]{0,12}",
+            "\\PC{0,8}",
+        ];
+        proptest::collection::vec(part, 0..10).prop_map(|parts| parts.concat())
+    }
+
+    fn amz_date() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("20231114T221320Z".to_string()),
+            "[0-9]{8}T[0-9]{6}Z",
+            "[0-9TZ]{0,20}",
+            "\\PC{0,20}",
+        ]
+    }
+
+    fn query() -> impl Strategy<Value = String> {
+        let part = prop_oneof![
+            Just("X-Amz-Algorithm=AWS4-HMAC-SHA256".to_string()),
+            Just("X-Amz-Credential=AKIDEXAMPLE%2F20231114%2Fus-east-1%2Fdynamodb%2Faws4_request".to_string()),
+            Just("X-Amz-SignedHeaders=host".to_string()),
+            Just("X-Amz-Signature=00".to_string()),
+            Just("X-Amz-Date=20231114T221320Z".to_string()),
+            "X-Amz-Expires=-?[0-9]{0,20}",
+            "[A-Za-z0-9=%&-]{0,12}",
+        ];
+        proptest::collection::vec(part, 0..7).prop_map(|parts| parts.join("&"))
+    }
+
+    proptest! {
+        #[test]
+        fn verify_never_panics(
+            authorization in proptest::option::of(authorization()),
+            date in amz_date(),
+            query in query(),
+            body in proptest::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let mut credentials = Credentials::new();
+            credentials.insert("AKIDEXAMPLE", "secret");
+            let mut headers: Vec<(&str, &[u8])> = vec![("host", b"localhost"), ("X-Amz-Date", date.as_bytes())];
+            if let Some(authorization) = &authorization {
+                headers.push(("Authorization", authorization.as_bytes()));
+            }
+            let parts = RequestParts { method: "POST", path: "/", query: &query, headers: &headers, body: &body };
+            let error = verify(&credentials, &parts, 1_700_000_000).expect_err("random input never carries a valid signature");
+            prop_assert!(
+                matches!(
+                    error.kind,
+                    ErrorKind::IncompleteSignature
+                        | ErrorKind::InvalidSignature
+                        | ErrorKind::UnrecognizedClient
+                        | ErrorKind::MissingAuthenticationToken
+                        | ErrorKind::AccessDenied
+                ),
+                "{}", error
+            );
+        }
+
+        #[test]
+        fn credentials_file_never_panics(text in "[A-Za-z0-9 #=\\t\\n]{0,80}") {
+            let _ = Credentials::parse_file(&text);
+        }
+    }
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -322,6 +323,19 @@ fn error_response(error: &ApiError) -> Response {
     response
 }
 
+/// The DynamoDB error for a body that could not be read: too large (a ValidationException, as
+/// for DynamoDB's other size limits, never a bare 413) or cut off.
+fn body_error(rejection: &BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::validation(format!(
+            "Request size has exceeded the maximum allowed size of {REQUEST_BODY_BYTES_MAX} bytes; \
+             split the request (BatchWriteItem takes at most 25 items per call)"
+        ))
+    } else {
+        ApiError::serialization(format!("The request body could not be read: {}", rejection.body_text()))
+    }
+}
+
 fn authenticate(
     state: &AppState,
     method: &Method,
@@ -363,12 +377,16 @@ async fn api(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
     let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or(target).to_string();
-    let result = match authenticate(&state, &method, &uri, &headers, &body) {
+    let (body, unread) = match body {
+        Ok(body) => (body, None),
+        Err(rejection) => (Bytes::new(), Some(body_error(&rejection))),
+    };
+    let result = match unread.map_or_else(|| authenticate(&state, &method, &uri, &headers, &body), Err) {
         Err(error) => Err(error),
         Ok(()) if !target.starts_with(TARGET_PREFIX) => Err(ApiError::new(
             ErrorKind::UnknownOperation,

@@ -395,22 +395,18 @@ fn plan_step(store: &Store, item: TransactWriteItem) -> Result<Step, ApiError> {
     })
 }
 
-fn request_digest(body: &[Step]) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    for step in body {
-        hasher.update(step.meta.id.to_be_bytes());
-        hasher.update(&step.key);
-        match &step.action {
-            Action::Check => hasher.update(b"check"),
-            Action::Put(item) => hasher.update(serde_json::to_vec(item).unwrap_or_default()),
-            Action::Delete => hasher.update(b"delete"),
-            Action::Update(key, _) => hasher.update(serde_json::to_vec(key).unwrap_or_default()),
-        }
-    }
-    hasher.finalize().into()
+/// Digest of everything a TransactWriteItems request asks for (its `TransactItems`, with map
+/// keys in canonical order): a reused ClientRequestToken must come with an identical request.
+fn request_digest(body: &[u8]) -> [u8; 32] {
+    let items = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|mut value| value.get_mut("TransactItems").map(Value::take))
+        .unwrap_or(Value::Null);
+    Sha256::digest(items.to_string().as_bytes()).into()
 }
 
-pub async fn transact_write(store: &Store, request: TransactWriteRequest) -> Result<Value, ApiError> {
+/// `body` is the raw request, digested for ClientRequestToken idempotency.
+pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: &[u8]) -> Result<Value, ApiError> {
     let count = request.transact_items.len();
     if count == 0 || count > TRANSACTION_ITEMS_MAX {
         return Err(ApiError::validation(format!(
@@ -438,7 +434,7 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest) -> Res
         })
         .sum();
     let tables: BTreeMap<String, ()> = steps.iter().map(|s| (s.meta.name.clone(), ())).collect();
-    let digest = request_digest(&steps);
+    let digest = request_digest(body);
     let now = store.engine().now_unix_ms();
     if let Some(token) = &request.client_request_token {
         if token.is_empty() || token.len() > 36 {

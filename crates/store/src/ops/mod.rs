@@ -120,7 +120,7 @@ impl Store {
             "Scan" => query::scan(self, decode(body)?),
             "BatchGetItem" => batch::batch_get(self, decode(body)?),
             "BatchWriteItem" => batch::batch_write(self, decode(body)?).await,
-            "TransactWriteItems" => batch::transact_write(self, decode(body)?).await,
+            "TransactWriteItems" => batch::transact_write(self, decode(body)?, body).await,
             "TransactGetItems" => batch::transact_get(self, decode(body)?),
             "DescribeGlobalTable" | "DescribeGlobalTableSettings" => Err(tables::legacy_global_table_not_found(body)),
             "ListGlobalTables" => Ok(serde_json::json!({"GlobalTables": []})),

@@ -305,6 +305,31 @@ async fn transactions_are_all_or_nothing() {
 }
 
 #[tokio::test]
+async fn a_reused_client_request_token_needs_the_identical_request() {
+    let h = Harness::new();
+    h.create_orders().await;
+    let request = |amount: &str| {
+        json!({"ClientRequestToken": "token-1", "TransactItems": [
+            {"Update": {"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}},
+                "UpdateExpression": "ADD #t :x", "ExpressionAttributeNames": {"#t": "total"},
+                "ExpressionAttributeValues": {":x": {"N": amount}}}}
+        ]})
+    };
+    h.ok("TransactWriteItems", request("1")).await;
+    h.ok("TransactWriteItems", request("1")).await;
+    let got = h
+        .ok(
+            "GetItem",
+            json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}}}),
+        )
+        .await;
+    assert_eq!(got["Item"]["total"]["N"], "1", "the replay applied nothing");
+    // Same token and key, different values: DynamoDB refuses it rather than replaying.
+    let mismatch = h.err("TransactWriteItems", request("2")).await;
+    assert_eq!(mismatch.kind, ErrorKind::IdempotentParameterMismatch);
+}
+
+#[tokio::test]
 async fn parallel_scan_segments_cover_every_item_once() {
     let h = Harness::new();
     h.create_orders().await;

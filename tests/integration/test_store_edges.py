@@ -1,0 +1,231 @@
+"""Edge cases of the store's DynamoDB behaviour, black box with boto3: pagination through
+indexes with duplicate index keys and in reverse, limits with filters, nested ReturnValues,
+index key validation, number normalisation in keys and sets, and TTL removing index entries."""
+
+import itertools
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from test_store_harness import create_table, error_of, started_store, wait_for
+
+pytestmark = [pytest.mark.process]
+
+TTL_DEADLINE_S = 30
+names = (f"edge-{i}" for i in itertools.count())
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = started_store(tmp_path_factory, "edges")
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def client(store):
+    return store.client()
+
+
+def indexed_table(client):
+    name = next(names)
+    client.create_table(
+        TableName=name, BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": a, "AttributeType": t} for a, t in
+                              [("pk", "S"), ("sk", "N"), ("status", "S"), ("rank", "N")]],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        GlobalSecondaryIndexes=[{"IndexName": "by_status", "Projection": {"ProjectionType": "ALL"},
+                                 "KeySchema": [{"AttributeName": "status", "KeyType": "HASH"}]}],
+        LocalSecondaryIndexes=[{"IndexName": "by_rank", "Projection": {"ProjectionType": "KEYS_ONLY"},
+                                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"},
+                                              {"AttributeName": "rank", "KeyType": "RANGE"}]}],
+    )
+    return name
+
+
+def paginate(client, **kwargs):
+    items, start, pages = [], None, 0
+    while True:
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        page = client.query(**kwargs) if "KeyConditionExpression" in kwargs else client.scan(**kwargs)
+        pages += 1
+        assert pages < 1000, "pagination does not end"
+        items += page["Items"]
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return items, pages
+
+
+def test_gsi_pagination_with_duplicate_index_keys_returns_each_item_once(client):
+    name = indexed_table(client)
+    for p in range(3):
+        for s in range(5):
+            client.put_item(TableName=name, Item={"pk": {"S": f"p{p}"}, "sk": {"N": str(s)}, "status": {"S": "open"},
+                                                  "rank": {"N": str(10 - s)}})
+    items, pages = paginate(client, TableName=name, IndexName="by_status", KeyConditionExpression="#s = :o",
+                            ExpressionAttributeNames={"#s": "status"},
+                            ExpressionAttributeValues={":o": {"S": "open"}}, Limit=2)
+    keys = [(i["pk"]["S"], i["sk"]["N"]) for i in items]
+    assert len(keys) == 15 and len(set(keys)) == 15, keys
+    assert pages >= 8
+    page = client.query(TableName=name, IndexName="by_status", KeyConditionExpression="#s = :o",
+                        ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":o": {"S": "open"}},
+                        Limit=1)
+    assert set(page["LastEvaluatedKey"]) == {"pk", "sk", "status"}, "an index's LastEvaluatedKey has both keys"
+
+    scanned, _ = paginate(client, TableName=name, IndexName="by_status", Limit=4)
+    assert len({(i["pk"]["S"], i["sk"]["N"]) for i in scanned}) == 15 and len(scanned) == 15
+
+
+def test_lsi_query_in_reverse_with_pagination_and_consistent_read(client):
+    name = indexed_table(client)
+    for s in range(7):
+        client.put_item(TableName=name, Item={"pk": {"S": "p"}, "sk": {"N": str(s)}, "rank": {"N": str(s % 3)},
+                                              "extra": {"S": "x"}})
+    items, _ = paginate(client, TableName=name, IndexName="by_rank", KeyConditionExpression="pk = :p",
+                        ExpressionAttributeValues={":p": {"S": "p"}}, ScanIndexForward=False, Limit=2,
+                        ConsistentRead=True)
+    ranks = [int(i["rank"]["N"]) for i in items]
+    assert ranks == sorted(ranks, reverse=True) and len(items) == 7
+    assert all(set(i) == {"pk", "sk", "rank"} for i in items), "KEYS_ONLY"
+    # Items without the LSI sort key are not in the LSI.
+    client.put_item(TableName=name, Item={"pk": {"S": "p"}, "sk": {"N": "100"}})
+    items, _ = paginate(client, TableName=name, IndexName="by_rank", KeyConditionExpression="pk = :p",
+                        ExpressionAttributeValues={":p": {"S": "p"}})
+    assert len(items) == 7
+    # Fetching non-projected attributes from an LSI (ALL_ATTRIBUTES) reads them from the table.
+    full = client.query(TableName=name, IndexName="by_rank", KeyConditionExpression="pk = :p",
+                        ExpressionAttributeValues={":p": {"S": "p"}}, Select="ALL_ATTRIBUTES")["Items"]
+    assert all(i.get("extra") == {"S": "x"} for i in full)
+
+
+def test_query_reverse_pagination_on_the_table(client):
+    name = create_table(client, next(names), range_key=("sk", "N"))
+    for s in range(10):
+        client.put_item(TableName=name, Item={"pk": {"S": "r"}, "sk": {"N": str(s)}})
+    items, _ = paginate(client, TableName=name, KeyConditionExpression="pk = :p AND sk BETWEEN :a AND :b",
+                        ExpressionAttributeValues={":p": {"S": "r"}, ":a": {"N": "2"}, ":b": {"N": "8"}},
+                        ScanIndexForward=False, Limit=3)
+    assert [int(i["sk"]["N"]) for i in items] == [8, 7, 6, 5, 4, 3, 2]
+
+
+def test_limit_counts_items_evaluated_before_the_filter(client):
+    name = create_table(client, next(names), range_key=("sk", "N"))
+    for s in range(10):
+        client.put_item(TableName=name, Item={"pk": {"S": "f"}, "sk": {"N": str(s)}, "even": {"BOOL": s % 2 == 0}})
+    page = client.query(TableName=name, KeyConditionExpression="pk = :p", FilterExpression="even = :t",
+                        ExpressionAttributeValues={":p": {"S": "f"}, ":t": {"BOOL": True}}, Limit=3)
+    assert page["ScannedCount"] == 3 and page["Count"] == 2
+    assert page["LastEvaluatedKey"]["sk"] == {"N": "2"}
+    # Limit equal to the number of remaining items still returns a LastEvaluatedKey (DynamoDB does).
+    page = client.query(TableName=name, KeyConditionExpression="pk = :p",
+                        ExpressionAttributeValues={":p": {"S": "f"}}, Limit=10)
+    assert page["Count"] == 10 and "LastEvaluatedKey" in page
+    page = client.query(TableName=name, KeyConditionExpression="pk = :p",
+                        ExpressionAttributeValues={":p": {"S": "f"}}, Limit=11)
+    assert "LastEvaluatedKey" not in page
+
+
+def test_update_return_values_for_nested_paths(client):
+    name = create_table(client, next(names))
+    key = {"pk": {"S": "n"}}
+    client.put_item(TableName=name, Item={**key, "m": {"M": {"a": {"N": "1"}, "b": {"N": "2"}}},
+                                          "l": {"L": [{"S": "x"}, {"S": "y"}]}})
+    old = client.update_item(TableName=name, Key=key, UpdateExpression="SET m.a = :v, l[1] = :s",
+                             ExpressionAttributeValues={":v": {"N": "10"}, ":s": {"S": "z"}},
+                             ReturnValues="UPDATED_OLD")["Attributes"]
+    assert old == {"m": {"M": {"a": {"N": "1"}}}, "l": {"L": [{"S": "y"}]}}
+    new = client.update_item(TableName=name, Key=key, UpdateExpression="SET m.c = :v",
+                             ExpressionAttributeValues={":v": {"N": "3"}}, ReturnValues="UPDATED_NEW")["Attributes"]
+    assert new == {"m": {"M": {"c": {"N": "3"}}}}
+    nothing = client.update_item(TableName=name, Key=key, UpdateExpression="SET fresh = :v",
+                                 ExpressionAttributeValues={":v": {"N": "3"}}, ReturnValues="UPDATED_OLD")
+    assert "Attributes" not in nothing, "an attribute that did not exist has no old value"
+    # Setting a path under a missing parent is an error, not an upsert of the parent.
+    with pytest.raises(ClientError) as excinfo:
+        client.update_item(TableName=name, Key=key, UpdateExpression="SET nosuchparent.child = :v",
+                           ExpressionAttributeValues={":v": {"N": "1"}})
+    code, message, _ = error_of(excinfo)
+    assert code == "ValidationException" and "document path" in message
+    # Appending past the end of a list appends.
+    appended = client.update_item(TableName=name, Key=key, UpdateExpression="SET l[10] = :s",
+                                  ExpressionAttributeValues={":s": {"S": "end"}}, ReturnValues="ALL_NEW")
+    assert appended["Attributes"]["l"] == {"L": [{"S": "x"}, {"S": "z"}, {"S": "end"}]}
+
+
+def test_index_key_values_are_validated(client):
+    name = indexed_table(client)
+    with pytest.raises(ClientError) as excinfo:
+        client.put_item(TableName=name, Item={"pk": {"S": "p"}, "sk": {"N": "1"}, "status": {"S": ""}})
+    code, message, _ = error_of(excinfo)
+    assert code == "ValidationException" and "empty" in message.lower()
+    with pytest.raises(ClientError) as excinfo:
+        client.update_item(TableName=name, Key={"pk": {"S": "p"}, "sk": {"N": "1"}}, UpdateExpression="SET #r = :v",
+                           ExpressionAttributeNames={"#r": "rank"}, ExpressionAttributeValues={":v": {"S": "high"}})
+    assert error_of(excinfo)[0] == "ValidationException"
+    assert "Item" not in client.get_item(TableName=name, Key={"pk": {"S": "p"}, "sk": {"N": "1"}})
+
+
+def test_numbers_normalise_in_keys_and_sets(client):
+    name = create_table(client, next(names), hash_key=("pk", "N"))
+    client.put_item(TableName=name, Item={"pk": {"N": "100"}, "v": {"S": "a"}})
+    client.put_item(TableName=name, Item={"pk": {"N": "1E2"}, "v": {"S": "b"}})
+    items = client.scan(TableName=name)["Items"]
+    assert len(items) == 1 and items[0]["v"] == {"S": "b"}, "100 and 1E2 are the same key"
+    with pytest.raises(ClientError) as excinfo:
+        client.put_item(TableName=name, Item={"pk": {"N": "1"}, "ns": {"NS": ["1", "1.0"]}})
+    code, message, _ = error_of(excinfo)
+    assert code == "ValidationException" and "duplicate" in message.lower()
+    client.put_item(TableName=name, Item={"pk": {"N": "2"}, "ns": {"NS": ["1", "2"]}})
+    added = client.update_item(TableName=name, Key={"pk": {"N": "2"}}, UpdateExpression="ADD ns :n",
+                               ExpressionAttributeValues={":n": {"NS": ["2.0", "3"]}}, ReturnValues="UPDATED_NEW")
+    assert sorted(float(n) for n in added["Attributes"]["ns"]["NS"]) == [1.0, 2.0, 3.0]
+
+
+def test_ttl_removes_index_entries_too(client):
+    name = indexed_table(client)
+    client.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"})
+    client.put_item(TableName=name, Item={"pk": {"S": "t"}, "sk": {"N": "1"}, "status": {"S": "doomed"},
+                                          "ttl": {"N": str(int(time.time()) - 5)}})
+
+    def gone_from_index():
+        return client.query(TableName=name, IndexName="by_status", KeyConditionExpression="#s = :d",
+                            ExpressionAttributeNames={"#s": "status"},
+                            ExpressionAttributeValues={":d": {"S": "doomed"}})["Count"] == 0
+
+    wait_for(gone_from_index, TTL_DEADLINE_S, "expired item removed from the GSI", interval_s=0.2)
+    assert "Item" not in client.get_item(TableName=name, Key={"pk": {"S": "t"}, "sk": {"N": "1"}},
+                                         ConsistentRead=True)
+    assert client.describe_table(TableName=name)["Table"]["ItemCount"] == 0
+
+
+def test_batch_write_to_unknown_table_and_conditional_failure_values(client):
+    with pytest.raises(ClientError) as excinfo:
+        client.batch_write_item(RequestItems={"ghost-table": [{"PutRequest": {"Item": {"pk": {"S": "a"}}}}]})
+    assert error_of(excinfo)[0] == "ResourceNotFoundException"
+    with pytest.raises(ClientError) as excinfo:
+        client.batch_get_item(RequestItems={"ghost-table": {"Keys": [{"pk": {"S": "a"}}]}})
+    assert error_of(excinfo)[0] == "ResourceNotFoundException"
+    name = create_table(client, next(names))
+    with pytest.raises(ClientError) as excinfo:
+        client.update_item(TableName=name, Key={"pk": {"S": "nobody"}}, UpdateExpression="SET a = :v",
+                           ConditionExpression="attribute_exists(pk)", ExpressionAttributeValues={":v": {"N": "1"}},
+                           ReturnValuesOnConditionCheckFailure="ALL_OLD")
+    assert error_of(excinfo)[0] == "ConditionalCheckFailedException"
+    assert "Item" not in excinfo.value.response, "no old item to return"
+    assert "Item" not in client.get_item(TableName=name, Key={"pk": {"S": "nobody"}}), "no upsert on failure"
+
+
+def test_scan_with_segments_and_limit_and_count(client):
+    name = create_table(client, next(names))
+    for i in range(50):
+        client.put_item(TableName=name, Item={"pk": {"S": f"s{i}"}})
+    seen = []
+    for segment in range(3):
+        items, _ = paginate(client, TableName=name, Segment=segment, TotalSegments=3, Limit=4)
+        seen += [i["pk"]["S"] for i in items]
+    assert sorted(seen) == sorted(f"s{i}" for i in range(50)) and len(seen) == 50
+    counted = client.scan(TableName=name, Select="COUNT")
+    assert counted["Count"] == 50 and counted["ScannedCount"] == 50
