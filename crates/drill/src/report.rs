@@ -1,0 +1,422 @@
+//! The drill's report: JSON for machines, a text table for the terminal, and one
+//! self-contained HTML page (no scripts, no external files) with an inline SVG timeline of the
+//! success rate, the replication lag and the events.
+//!
+//! Pure: [`build`] assembles the report from the history, events and final state, so a saved
+//! history can be re-reported.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checker::{self, CheckResult, FinalState, Isolation};
+use crate::history::History;
+use crate::measure::{self, Event, EventKind, MeasureParams, Measurements};
+use crate::scenario::{self, Durations, ExpectationResult, FailoverExpectation, Scenario};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: String,
+    pub summary: String,
+    pub passed: bool,
+    pub durations: Durations,
+    /// The failover record's TTL the clients honoured.
+    pub ttl_s: u32,
+    /// Regions by role at the start: the primary first.
+    pub regions: Vec<String>,
+    pub expectations: Vec<ExpectationResult>,
+    pub measurements: Measurements,
+    pub check: CheckResult,
+    pub isolation: Option<Isolation>,
+    pub events: Vec<Event>,
+    /// Operations in the history (invocations and completions).
+    pub history_ops: usize,
+}
+
+/// Everything a report is computed from.
+pub struct Inputs<'a> {
+    pub scenario: &'a Scenario,
+    pub durations: Durations,
+    pub ttl_s: u32,
+    pub regions: Vec<String>,
+    pub history: &'a History,
+    pub events: &'a [Event],
+    pub final_state: &'a FinalState,
+    pub isolation: Option<Isolation>,
+}
+
+pub fn build(inputs: Inputs<'_>) -> Report {
+    let params = MeasureParams::new(inputs.scenario.expectations.failover != FailoverExpectation::Forbidden);
+    let measurements = measure::measure(inputs.history, inputs.events, &params);
+    let check = checker::check(inputs.history, inputs.final_state, inputs.isolation.as_ref());
+    let expectations = scenario::evaluate(inputs.scenario, &measurements, &check, inputs.ttl_s);
+    Report {
+        scenario: inputs.scenario.name.to_string(),
+        summary: inputs.scenario.summary.to_string(),
+        passed: expectations.iter().all(|e| e.passed),
+        durations: inputs.durations,
+        ttl_s: inputs.ttl_s,
+        regions: inputs.regions,
+        expectations,
+        measurements,
+        check,
+        isolation: inputs.isolation,
+        events: inputs.events.to_vec(),
+        history_ops: inputs.history.len(),
+    }
+}
+
+fn seconds(ms: Option<u64>) -> String {
+    ms.map_or_else(|| "—".to_string(), |v| format!("{:.1} s", v as f64 / 1000.0))
+}
+
+fn percent(ok: u64, total: u64) -> String {
+    if total == 0 {
+        "—".into()
+    } else {
+        format!("{:.2}%", ok as f64 * 100.0 / total as f64)
+    }
+}
+
+/// The figures as (label, value) rows, shared by the text and HTML renderings.
+fn figures(report: &Report) -> Vec<(&'static str, String)> {
+    let m = &report.measurements;
+    let c = &report.check;
+    vec![
+        ("RTO (DNS answer switched)", seconds(m.rto_dns_ms)),
+        ("RTO (99% of requests succeed)", seconds(m.rto_99_ms)),
+        ("failover decided after", seconds(m.failover_decided_ms)),
+        ("failovers (false)", format!("{} ({})", m.failovers, m.false_failovers)),
+        ("active-region changes", m.region_changes.to_string()),
+        ("replication lag at failover", seconds(m.lag_at_failover_ms)),
+        ("replication lag, max", seconds(m.lag_max_ms)),
+        ("converged after heal", seconds(m.converge_ms)),
+        ("failback after heal", seconds(m.failback_ms)),
+        (
+            "client requests ok",
+            format!(
+                "{} / {} ({})",
+                m.requests_ok,
+                m.requests,
+                percent(m.requests_ok, m.requests)
+            ),
+        ),
+        ("client DNS queries (cache misses)", m.client_lookups.to_string()),
+        ("RPO: acknowledged writes lost", c.lost.to_string()),
+        (
+            "writes acked / present / superseded / overwritten",
+            format!(
+                "{} / {} / {} / {}",
+                c.acknowledged, c.present, c.superseded, c.overwritten
+            ),
+        ),
+        (
+            "isolated region: acked / overwritten / lost",
+            format!(
+                "{} / {} / {}",
+                c.isolated_acknowledged, c.isolated_overwritten, c.isolated_lost
+            ),
+        ),
+        (
+            "indeterminate writes (present)",
+            format!("{} ({})", c.indeterminate, c.indeterminate_present),
+        ),
+        ("divergent keys", c.divergent_keys.len().to_string()),
+    ]
+}
+
+/// The terminal table.
+pub fn render_text(report: &Report) -> String {
+    let mut out = String::new();
+    let verdict = if report.passed { "PASSED" } else { "FAILED" };
+    let _ = writeln!(out, "drill {}: {verdict}", report.scenario);
+    let _ = writeln!(out, "  {}", report.summary);
+    if !report.regions.is_empty() {
+        let _ = writeln!(out, "  regions: {} (primary first)", report.regions.join(", "));
+    }
+    let _ = writeln!(out);
+    let rows = figures(report);
+    let width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0);
+    for (label, value) in rows {
+        let _ = writeln!(out, "  {label:<width$}  {value}");
+    }
+    let _ = writeln!(out);
+    let width = report
+        .expectations
+        .iter()
+        .map(|e| e.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    for e in &report.expectations {
+        let mark = if e.passed { "ok  " } else { "FAIL" };
+        let _ = writeln!(
+            out,
+            "  {mark} {:<width$}  expected {}; got {}",
+            e.name, e.expected, e.actual
+        );
+    }
+    for lost in report.check.listed.iter().take(10) {
+        let _ = writeln!(
+            out,
+            "  {:?}: {}={} written via {} at {} ms, found {:?} in {}{}",
+            lost.class,
+            lost.key,
+            lost.value,
+            lost.region,
+            lost.ack_ms,
+            lost.found,
+            lost.judged_in,
+            if lost.isolated { " (isolated region)" } else { "" }
+        );
+    }
+    out
+}
+
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const CHART_WIDTH: f64 = 960.0;
+const CHART_HEIGHT: f64 = 320.0;
+const MARGIN_LEFT: f64 = 50.0;
+const MARGIN_RIGHT: f64 = 60.0;
+const MARGIN_TOP: f64 = 20.0;
+const MARGIN_BOTTOM: f64 = 40.0;
+
+/// The timeline: success rate (left axis, %), replication lag (right axis, s), markers.
+pub fn render_svg(report: &Report) -> String {
+    let m = &report.measurements;
+    let end_ms = m.end_ms.max(1000) as f64;
+    let plot_w = CHART_WIDTH - MARGIN_LEFT - MARGIN_RIGHT;
+    let plot_h = CHART_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM;
+    let x = |ms: f64| MARGIN_LEFT + ms / end_ms * plot_w;
+    let y_rate = |rate: f64| MARGIN_TOP + (1.0 - rate) * plot_h;
+    let lag_max = m.lag_max_ms.unwrap_or(0).max(1000) as f64;
+    let y_lag = |lag: f64| MARGIN_TOP + (1.0 - lag / lag_max) * plot_h;
+
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" width="{CHART_WIDTH}" height="{CHART_HEIGHT}" role="img" aria-label="drill timeline" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = write!(
+        svg,
+        r##"<rect x="{MARGIN_LEFT}" y="{MARGIN_TOP}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#ccc"/>"##
+    );
+    // Shade the fault window.
+    if let Some(fault) = m.fault_ms {
+        let heal = m.heal_ms.unwrap_or(m.end_ms) as f64;
+        let _ = write!(
+            svg,
+            r##"<rect class="fault-window" x="{:.1}" y="{MARGIN_TOP}" width="{:.1}" height="{plot_h}" fill="#fde2e2" opacity="0.6"/>"##,
+            x(fault as f64),
+            (x(heal) - x(fault as f64)).max(0.0)
+        );
+    }
+    // Axes: 0/50/99/100% on the left, lag on the right, seconds below.
+    for rate in [0.0, 0.5, 0.99, 1.0] {
+        let yy = y_rate(rate);
+        let _ = write!(
+            svg,
+            r##"<line x1="{MARGIN_LEFT}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}%</text>"##,
+            MARGIN_LEFT + plot_w,
+            MARGIN_LEFT - 4.0,
+            yy + 4.0,
+            rate * 100.0
+        );
+    }
+    let _ = write!(
+        svg,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="start" fill="#b26b00">lag {:.1} s</text><text x="{:.1}" y="{:.1}" text-anchor="start" fill="#b26b00">0</text>"##,
+        MARGIN_LEFT + plot_w + 4.0,
+        MARGIN_TOP + 4.0,
+        lag_max / 1000.0,
+        MARGIN_LEFT + plot_w + 4.0,
+        MARGIN_TOP + plot_h + 4.0
+    );
+    let step_s = ((end_ms / 1000.0 / 10.0).ceil() as u64).max(1);
+    let mut tick = 0u64;
+    while (tick * 1000) as f64 <= end_ms {
+        let xx = x((tick * 1000) as f64);
+        let _ = write!(
+            svg,
+            r##"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{tick} s</text>"##,
+            MARGIN_TOP + plot_h + 14.0
+        );
+        tick += step_s;
+    }
+    // Success rate per second.
+    let points: Vec<String> = m
+        .success
+        .iter()
+        .map(|bucket| {
+            let rate = if bucket.total == 0 {
+                0.0
+            } else {
+                bucket.ok as f64 / bucket.total as f64
+            };
+            format!("{:.1},{:.1}", x(bucket.second as f64 * 1000.0 + 500.0), y_rate(rate))
+        })
+        .collect();
+    if !points.is_empty() {
+        let _ = write!(
+            svg,
+            r##"<polyline class="success" points="{}" fill="none" stroke="#1f77b4" stroke-width="2"/>"##,
+            points.join(" ")
+        );
+    }
+    // Replication lag samples.
+    let lag_points: Vec<String> = report
+        .events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::ReplicationLag { lag_ms: Some(lag) } => {
+                Some(format!("{:.1},{:.1}", x(e.at_ms as f64), y_lag(lag as f64)))
+            }
+            _ => None,
+        })
+        .collect();
+    if !lag_points.is_empty() {
+        let _ = write!(
+            svg,
+            r##"<polyline class="lag" points="{}" fill="none" stroke="#ff9900" stroke-width="1.5" stroke-dasharray="4 2"/>"##,
+            lag_points.join(" ")
+        );
+    }
+    // Markers.
+    let mut markers: Vec<(u64, &str, String)> = Vec::new();
+    if let Some(fault) = m.fault_ms {
+        markers.push((fault, "#d62728", "fault".into()));
+        if let Some(rto) = m.rto_dns_ms {
+            markers.push((fault + rto, "#9467bd", "DNS switched".into()));
+        }
+    }
+    if let Some(heal) = m.heal_ms {
+        markers.push((heal, "#2ca02c", "heal".into()));
+    }
+    let mut previous_generation = None;
+    for event in &report.events {
+        if let EventKind::ActiveRegion { region, generation } = &event.kind {
+            if previous_generation.is_some_and(|g| g != *generation) {
+                markers.push((event.at_ms, "#17becf", format!("gen {generation}: {region}")));
+            }
+            previous_generation = Some(*generation);
+        }
+    }
+    for (i, (at, color, label)) in markers.iter().enumerate() {
+        let xx = x(*at as f64);
+        let _ = write!(
+            svg,
+            r##"<line class="marker" x1="{xx:.1}" x2="{xx:.1}" y1="{MARGIN_TOP}" y2="{:.1}" stroke="{color}" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" fill="{color}">{}</text>"##,
+            MARGIN_TOP + plot_h,
+            xx + 3.0,
+            MARGIN_TOP + 12.0 + (i % 4) as f64 * 12.0,
+            escape(label)
+        );
+    }
+    let _ = write!(
+        svg,
+        r##"<text x="{MARGIN_LEFT}" y="{:.1}" fill="#1f77b4">— requests succeeding per second</text><text x="{:.1}" y="{:.1}" fill="#ff9900">- - replication lag</text>"##,
+        CHART_HEIGHT - 6.0,
+        MARGIN_LEFT + 260.0,
+        CHART_HEIGHT - 6.0
+    );
+    svg.push_str("</svg>");
+    svg
+}
+
+/// The self-contained HTML page.
+pub fn render_html(report: &Report) -> String {
+    let verdict = if report.passed { "PASSED" } else { "FAILED" };
+    let color = if report.passed { "#2ca02c" } else { "#d62728" };
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Switchyard drill {name}: {verdict}</title>
+<style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;padding:4px 10px;text-align:left}}.pass{{color:#2ca02c}}.fail{{color:#d62728;font-weight:bold}}</style></head><body>
+<h1>Drill <code>{name}</code>: <span style="color:{color}">{verdict}</span></h1><p>{summary}</p>"#,
+        name = escape(&report.scenario),
+        summary = escape(&report.summary),
+    );
+    if !report.regions.is_empty() {
+        let _ = write!(
+            html,
+            "<p>Regions: {} (primary first). Failover record TTL {} s. Warm-up {} s, fault {} s, settle {} s.</p>",
+            escape(&report.regions.join(", ")),
+            report.ttl_s,
+            report.durations.warmup_ms / 1000,
+            report.durations.fault_ms / 1000,
+            report.durations.settle_ms / 1000
+        );
+    }
+    html.push_str(&render_svg(report));
+    html.push_str("<h2>Expectations</h2><table><tr><th></th><th>check</th><th>expected</th><th>measured</th></tr>");
+    for e in &report.expectations {
+        let (class, mark) = if e.passed { ("pass", "✔") } else { ("fail", "✘") };
+        let _ = write!(
+            html,
+            r#"<tr class="{class}"><td>{mark}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            escape(&e.name),
+            escape(&e.expected),
+            escape(&e.actual)
+        );
+    }
+    html.push_str("</table><h2>Figures</h2><table>");
+    for (label, value) in figures(report) {
+        let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", escape(label), escape(&value));
+    }
+    html.push_str("</table>");
+    if !report.check.listed.is_empty() {
+        html.push_str("<h2>Writes not present</h2><table><tr><th>class</th><th>key</th><th>value</th><th>written via</th><th>acked at</th><th>found</th><th>in</th><th>isolated</th></tr>");
+        for w in &report.check.listed {
+            let _ = write!(
+                html,
+                "<tr><td>{:?}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ms</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                w.class,
+                escape(&w.key),
+                escape(&w.value),
+                escape(&w.region),
+                w.ack_ms,
+                escape(w.found.as_deref().unwrap_or("(missing)")),
+                escape(&w.judged_in),
+                if w.isolated { "yes" } else { "" }
+            );
+        }
+        html.push_str("</table>");
+    }
+    html.push_str("<h2>Events</h2><table><tr><th>at</th><th>event</th></tr>");
+    for event in &report.events {
+        let text = match &event.kind {
+            EventKind::ReplicationLag { .. } => continue,
+            EventKind::FaultStart => "fault phase starts".to_string(),
+            EventKind::Heal => "heal phase starts".to_string(),
+            EventKind::Step { label, ok } => format!("{label}{}", if *ok { "" } else { " (FAILED)" }),
+            EventKind::ActiveRegion { region, generation } => {
+                format!("controller: active {region}, generation {generation}")
+            }
+            EventKind::Note { text } => text.clone(),
+        };
+        let _ = write!(
+            html,
+            "<tr><td>{:.1} s</td><td>{}</td></tr>",
+            event.at_ms as f64 / 1000.0,
+            escape(&text)
+        );
+    }
+    html.push_str("</table></body></html>\n");
+    html
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,688 @@
+//! The drills as data: each scenario is a plan of fault steps over abstract targets and the
+//! expectations its measurements must meet.
+//!
+//! Steps name roles, not processes: the *primary* is the region active when the drill starts,
+//! the *secondary* the next one. Whoever runs the drill resolves roles to real processes and
+//! fault-proxy links by implementing [`FaultTarget`] (the lab does; so does the drill's own
+//! deployment-file target).
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checker::CheckResult;
+use crate::measure::Measurements;
+
+/// Default seconds of normal traffic before the fault (the baseline).
+pub const WARMUP_MS_DEFAULT: u64 = 10_000;
+/// Default seconds the fault lasts (`--duration-s`).
+pub const FAULT_MS_DEFAULT: u64 = 20_000;
+/// Default seconds after healing (convergence, failback, the RTO window).
+pub const SETTLE_MS_DEFAULT: u64 = 30_000;
+/// Flapping-health toggles the region's health this often.
+pub const FLAP_PERIOD_MS: u64 = 3_000;
+/// Bound on RTO(DNS) in the lab with defaults (the number to reach).
+pub const RTO_DNS_MS_MAX: u64 = 5_000;
+/// Bound on RTO(99%) before the record's TTL is added.
+pub const RTO_99_MS_MAX_BEFORE_TTL: u64 = 5_000;
+/// Latency the slow-region scenario adds on each link of the region.
+pub const SLOW_LATENCY_MS: u64 = 250;
+pub const SLOW_JITTER_MS: u64 = 50;
+/// A slow region must keep serving: RTO(99%) may cover the second the fault lands in, no more.
+pub const SLOW_RTO_99_MS_MAX: u64 = 1_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegionRole {
+    /// The region active when the drill starts.
+    Primary,
+    /// The next region (the failover target in a two-region lab).
+    Secondary,
+}
+
+/// A process, or a group of processes, of the deployment.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "component", content = "of", rename_all = "snake_case")]
+pub enum Component {
+    Store(RegionRole),
+    /// Every demo app server of the region.
+    Apps(RegionRole),
+    Proxy(RegionRole),
+    /// Every process of the region: store, app servers, proxy.
+    Region(RegionRole),
+    Controller,
+    Vantage(u32),
+}
+
+/// A connection between components that runs through the fault proxy.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "link", rename_all = "snake_case")]
+pub enum Link {
+    /// Replication from one region's store to another's.
+    Replication { from: RegionRole, to: RegionRole },
+    /// A vantage agent's health checks of a region (`vantage` none: every vantage).
+    Health { vantage: Option<u32>, region: RegionRole },
+    /// The controller's calls to a region (its store's and proxy's admin APIs).
+    Controller { region: RegionRole },
+    /// Clients → the region's proxy (the shop's front door).
+    Frontend { region: RegionRole },
+    /// The region's app servers → its store.
+    AppStore { region: RegionRole },
+}
+
+/// Direction of a toxic, as Toxiproxy names them: upstream is client → server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Upstream,
+    Downstream,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToxicKind {
+    Latency {
+        latency_ms: u64,
+        jitter_ms: u64,
+    },
+    /// Toxiproxy's `timeout` with 0: data stops, nothing closes.
+    Blackhole,
+    ResetPeer,
+    Bandwidth {
+        rate_kbps: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Toxic {
+    /// Unique per link: the name removes it again.
+    pub name: String,
+    pub stream: Stream,
+    #[serde(flatten)]
+    pub kind: ToxicKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum FaultAction {
+    /// SIGKILL.
+    Kill {
+        target: Component,
+    },
+    /// SIGSTOP: hung, not dead.
+    Stop {
+        target: Component,
+    },
+    /// SIGCONT.
+    Cont {
+        target: Component,
+    },
+    /// Start again (after a kill) with the same arguments and data.
+    Restart {
+        target: Component,
+    },
+    AddToxic {
+        link: Link,
+        toxic: Toxic,
+    },
+    RemoveToxic {
+        link: Link,
+        name: String,
+    },
+}
+
+impl FaultAction {
+    /// The action that undoes this one, if it needs undoing.
+    pub fn undo(&self) -> Option<FaultAction> {
+        match self {
+            FaultAction::Kill { target } => Some(FaultAction::Restart { target: target.clone() }),
+            FaultAction::Stop { target } => Some(FaultAction::Cont { target: target.clone() }),
+            FaultAction::AddToxic { link, toxic } => Some(FaultAction::RemoveToxic {
+                link: link.clone(),
+                name: toxic.name.clone(),
+            }),
+            FaultAction::Cont { .. } | FaultAction::Restart { .. } | FaultAction::RemoveToxic { .. } => None,
+        }
+    }
+
+    /// A short human label for logs and chart markers.
+    pub fn label(&self) -> String {
+        match self {
+            FaultAction::Kill { target } => format!("kill -9 {}", component_label(target)),
+            FaultAction::Stop { target } => format!("SIGSTOP {}", component_label(target)),
+            FaultAction::Cont { target } => format!("SIGCONT {}", component_label(target)),
+            FaultAction::Restart { target } => format!("restart {}", component_label(target)),
+            FaultAction::AddToxic { link, toxic } => {
+                format!("{} {:?} on {}", toxic.name, toxic.stream, link_label(link)).to_lowercase()
+            }
+            FaultAction::RemoveToxic { link, name } => format!("remove {name} from {}", link_label(link)),
+        }
+    }
+}
+
+fn role(role: &RegionRole) -> &'static str {
+    match role {
+        RegionRole::Primary => "primary",
+        RegionRole::Secondary => "secondary",
+    }
+}
+
+pub fn component_label(component: &Component) -> String {
+    match component {
+        Component::Store(r) => format!("{} store", role(r)),
+        Component::Apps(r) => format!("{} app servers", role(r)),
+        Component::Proxy(r) => format!("{} proxy", role(r)),
+        Component::Region(r) => format!("{} region", role(r)),
+        Component::Controller => "controller".into(),
+        Component::Vantage(v) => format!("vantage {v}"),
+    }
+}
+
+pub fn link_label(link: &Link) -> String {
+    match link {
+        Link::Replication { from, to } => format!("replication {}→{}", role(from), role(to)),
+        Link::Health { vantage: None, region } => format!("health checks of {}", role(region)),
+        Link::Health {
+            vantage: Some(v),
+            region,
+        } => format!("vantage {v} checks of {}", role(region)),
+        Link::Controller { region } => format!("controller→{}", role(region)),
+        Link::Frontend { region } => format!("clients→{}", role(region)),
+        Link::AppStore { region } => format!("{} apps→store", role(region)),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultError {
+    #[error("this deployment cannot {action}: {reason}")]
+    Unsupported { action: String, reason: String },
+    #[error("{action} failed: {reason}")]
+    Failed { action: String, reason: String },
+}
+
+/// What a drill injects faults through. The lab implements it over its process supervisor
+/// and fault proxies; the drill's runtime has implementations over a deployment file.
+pub trait FaultTarget: Send + Sync {
+    fn apply(&self, action: &FaultAction) -> impl Future<Output = Result<(), FaultError>> + Send;
+}
+
+/// The faults in force, so an interrupted drill can heal exactly what it broke.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    outstanding: Vec<FaultAction>,
+}
+
+impl Ledger {
+    /// Notes that `action` was applied (successfully or not: a failed kill may have killed).
+    pub fn applied(&mut self, action: &FaultAction) {
+        if let Some(position) = self
+            .outstanding
+            .iter()
+            .position(|fault| fault.undo().as_ref() == Some(action))
+        {
+            self.outstanding.remove(position);
+        } else if action.undo().is_some() && !self.outstanding.contains(action) {
+            self.outstanding.push(action.clone());
+        }
+    }
+
+    /// The actions that undo every outstanding fault, newest first.
+    pub fn heal_plan(&self) -> Vec<FaultAction> {
+        self.outstanding.iter().rev().filter_map(FaultAction::undo).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.outstanding.is_empty()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepPhase {
+    Fault,
+    Heal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Milliseconds after the drill started.
+    pub at_ms: u64,
+    pub phase: StepPhase,
+    pub action: FaultAction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durations {
+    pub warmup_ms: u64,
+    pub fault_ms: u64,
+    pub settle_ms: u64,
+}
+
+impl Default for Durations {
+    fn default() -> Durations {
+        Durations {
+            warmup_ms: WARMUP_MS_DEFAULT,
+            fault_ms: FAULT_MS_DEFAULT,
+            settle_ms: SETTLE_MS_DEFAULT,
+        }
+    }
+}
+
+impl Durations {
+    pub fn heal_at_ms(&self) -> u64 {
+        self.warmup_ms + self.fault_ms
+    }
+
+    pub fn total_ms(&self) -> u64 {
+        self.heal_at_ms() + self.settle_ms
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverExpectation {
+    Required,
+    Forbidden,
+    Any,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expectations {
+    pub failover: FailoverExpectation,
+    pub rto_dns_ms_max: Option<u64>,
+    /// Bound on RTO(99%) before the record's TTL is added.
+    pub rto_99_ms_max_before_ttl: Option<u64>,
+    /// Whether the TTL is added to that bound (clients keep the old answer that long).
+    pub rto_99_plus_ttl: bool,
+    /// Lost acknowledged writes allowed (RPO, in writes).
+    pub lost_max: usize,
+    /// Active-region changes allowed (flapping: at most one move, no back and forth).
+    pub region_changes_max: Option<u64>,
+    /// The DNS answer must come back to the pre-fault region after healing.
+    pub failback: bool,
+    /// The primary is partitioned during the fault: its writes are reported separately.
+    pub primary_isolated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub expectations: Expectations,
+}
+
+pub const NAMES: [&str; 7] = [
+    "region-outage",
+    "region-partition",
+    "vantage-partition",
+    "flapping-health",
+    "slow-region",
+    "store-crash",
+    "failback",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown scenario '{0}': choose one of {names}", names = NAMES.join(", "))]
+pub struct UnknownScenario(pub String);
+
+fn expect(failover: FailoverExpectation) -> Expectations {
+    Expectations {
+        failover,
+        rto_dns_ms_max: None,
+        rto_99_ms_max_before_ttl: None,
+        rto_99_plus_ttl: false,
+        lost_max: 0,
+        region_changes_max: None,
+        failback: false,
+        primary_isolated: false,
+    }
+}
+
+pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
+    use FailoverExpectation::*;
+    let (summary, expectations) = match name {
+        "region-outage" => (
+            "kill -9 every process of the primary region: traffic must move to the secondary",
+            Expectations {
+                rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
+                rto_99_ms_max_before_ttl: Some(RTO_99_MS_MAX_BEFORE_TTL),
+                rto_99_plus_ttl: true,
+                ..expect(Required)
+            },
+        ),
+        "region-partition" => (
+            "cut the primary off from the other regions, the controller and the vantage points while its clients still reach it (split brain)",
+            Expectations {
+                primary_isolated: true,
+                ..expect(Required)
+            },
+        ),
+        "vantage-partition" => (
+            "cut one vantage point off from the primary: one observer's view must not move traffic",
+            Expectations {
+                region_changes_max: Some(0),
+                ..expect(Forbidden)
+            },
+        ),
+        "flapping-health" => (
+            "make the primary's health checks fail and pass every few seconds: no back and forth",
+            Expectations {
+                region_changes_max: Some(1),
+                ..expect(Any)
+            },
+        ),
+        "slow-region" => (
+            "add latency to the primary's links: slow is not dead, no failover and no failed requests",
+            Expectations {
+                rto_99_ms_max_before_ttl: Some(SLOW_RTO_99_MS_MAX),
+                region_changes_max: Some(0),
+                ..expect(Forbidden)
+            },
+        ),
+        "store-crash" => (
+            "kill -9 the primary's store and restart it: no acknowledged write may be lost",
+            expect(Any),
+        ),
+        "failback" => (
+            "kill the primary region, let traffic fail over, restore it and check traffic returns with nothing lost",
+            Expectations {
+                failback: true,
+                ..expect(Required)
+            },
+        ),
+        other => return Err(UnknownScenario(other.to_string())),
+    };
+    let name = NAMES
+        .iter()
+        .find(|n| **n == name)
+        .expect("every scenario matched above is in NAMES");
+    Ok(Scenario {
+        name,
+        summary,
+        expectations,
+    })
+}
+
+fn blackhole(link: Link, prefix: &str) -> Vec<FaultAction> {
+    [Stream::Upstream, Stream::Downstream]
+        .into_iter()
+        .map(|stream| FaultAction::AddToxic {
+            link: link.clone(),
+            toxic: Toxic {
+                name: format!("{prefix}-{}", if stream == Stream::Upstream { "up" } else { "down" }),
+                stream,
+                kind: ToxicKind::Blackhole,
+            },
+        })
+        .collect()
+}
+
+fn latency(link: Link) -> Vec<FaultAction> {
+    [Stream::Upstream, Stream::Downstream]
+        .into_iter()
+        .map(|stream| FaultAction::AddToxic {
+            link: link.clone(),
+            toxic: Toxic {
+                name: format!("drill-slow-{}", if stream == Stream::Upstream { "up" } else { "down" }),
+                stream,
+                kind: ToxicKind::Latency {
+                    latency_ms: SLOW_LATENCY_MS,
+                    jitter_ms: SLOW_JITTER_MS,
+                },
+            },
+        })
+        .collect()
+}
+
+/// Faults at `at`, and at `heal` their undoing in reverse order.
+fn fault_then_heal(faults: Vec<FaultAction>, at: u64, heal: u64) -> Vec<Step> {
+    let undo: Vec<Step> = faults
+        .iter()
+        .rev()
+        .filter_map(FaultAction::undo)
+        .map(|action| Step {
+            at_ms: heal,
+            phase: StepPhase::Heal,
+            action,
+        })
+        .collect();
+    faults
+        .into_iter()
+        .map(|action| Step {
+            at_ms: at,
+            phase: StepPhase::Fault,
+            action,
+        })
+        .chain(undo)
+        .collect()
+}
+
+impl Scenario {
+    /// The fault steps, in time order.
+    pub fn plan(&self, durations: &Durations) -> Vec<Step> {
+        use RegionRole::*;
+        let at = durations.warmup_ms;
+        let heal = durations.heal_at_ms();
+        match self.name {
+            "region-outage" | "failback" => fault_then_heal(
+                vec![FaultAction::Kill {
+                    target: Component::Region(Primary),
+                }],
+                at,
+                heal,
+            ),
+            "store-crash" => fault_then_heal(
+                vec![FaultAction::Kill {
+                    target: Component::Store(Primary),
+                }],
+                at,
+                heal,
+            ),
+            "region-partition" => {
+                let mut faults = Vec::new();
+                faults.extend(blackhole(
+                    Link::Replication {
+                        from: Primary,
+                        to: Secondary,
+                    },
+                    "drill-cut-repl-out",
+                ));
+                faults.extend(blackhole(
+                    Link::Replication {
+                        from: Secondary,
+                        to: Primary,
+                    },
+                    "drill-cut-repl-in",
+                ));
+                faults.extend(blackhole(Link::Controller { region: Primary }, "drill-cut-controller"));
+                faults.extend(blackhole(
+                    Link::Health {
+                        vantage: None,
+                        region: Primary,
+                    },
+                    "drill-cut-health",
+                ));
+                fault_then_heal(faults, at, heal)
+            }
+            "vantage-partition" => fault_then_heal(
+                blackhole(
+                    Link::Health {
+                        vantage: Some(0),
+                        region: Primary,
+                    },
+                    "drill-cut-vantage",
+                ),
+                at,
+                heal,
+            ),
+            "slow-region" => {
+                let mut faults = latency(Link::Frontend { region: Primary });
+                faults.extend(latency(Link::AppStore { region: Primary }));
+                fault_then_heal(faults, at, heal)
+            }
+            "flapping-health" => {
+                let mut steps = Vec::new();
+                let mut t = at;
+                let mut down = true;
+                while t < heal {
+                    let faults = blackhole(
+                        Link::Health {
+                            vantage: None,
+                            region: Primary,
+                        },
+                        "drill-flap",
+                    );
+                    let actions: Vec<FaultAction> = if down {
+                        faults
+                    } else {
+                        faults.iter().rev().filter_map(FaultAction::undo).collect()
+                    };
+                    steps.extend(actions.into_iter().map(|action| Step {
+                        at_ms: t,
+                        phase: StepPhase::Fault,
+                        action,
+                    }));
+                    down = !down;
+                    t += FLAP_PERIOD_MS;
+                }
+                if !down {
+                    // The last toggle left the checks cut: heal them.
+                    let faults = blackhole(
+                        Link::Health {
+                            vantage: None,
+                            region: Primary,
+                        },
+                        "drill-flap",
+                    );
+                    steps.extend(faults.iter().rev().filter_map(FaultAction::undo).map(|action| Step {
+                        at_ms: heal,
+                        phase: StepPhase::Heal,
+                        action,
+                    }));
+                }
+                steps
+            }
+            other => unreachable!("scenario {other} is built by by_name only"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpectationResult {
+    pub name: String,
+    pub expected: String,
+    pub actual: String,
+    pub passed: bool,
+}
+
+fn ms(value: Option<u64>) -> String {
+    value.map_or_else(|| "never".to_string(), |v| format!("{:.1} s", v as f64 / 1000.0))
+}
+
+/// Judges the measurements against the scenario. `ttl_s` is the failover record's TTL.
+pub fn evaluate(
+    scenario: &Scenario,
+    measured: &Measurements,
+    check: &CheckResult,
+    ttl_s: u32,
+) -> Vec<ExpectationResult> {
+    let e = &scenario.expectations;
+    let mut results = Vec::new();
+    let mut push = |name: &str, expected: String, actual: String, passed: bool| {
+        results.push(ExpectationResult {
+            name: name.to_string(),
+            expected,
+            actual,
+            passed,
+        })
+    };
+    match e.failover {
+        FailoverExpectation::Required => push(
+            "failover",
+            "the controller fails over (generation rises)".into(),
+            format!("{} failover(s)", measured.failovers),
+            measured.failovers >= 1,
+        ),
+        FailoverExpectation::Forbidden => push(
+            "no false failover",
+            "0 failovers".into(),
+            format!("{} failover(s)", measured.false_failovers),
+            measured.false_failovers == 0,
+        ),
+        FailoverExpectation::Any => {}
+    }
+    if let Some(max) = e.rto_dns_ms_max {
+        push(
+            "RTO(DNS)",
+            format!("≤ {}", ms(Some(max))),
+            ms(measured.rto_dns_ms),
+            measured.rto_dns_ms.is_some_and(|v| v <= max),
+        );
+    }
+    if let Some(max) = e.rto_99_ms_max_before_ttl {
+        let max = max + if e.rto_99_plus_ttl { u64::from(ttl_s) * 1000 } else { 0 };
+        push(
+            "RTO(99%)",
+            format!("≤ {}", ms(Some(max))),
+            ms(measured.rto_99_ms),
+            measured.rto_99_ms.is_some_and(|v| v <= max),
+        );
+    }
+    if let Some(max) = e.region_changes_max {
+        push(
+            "active-region changes",
+            format!("≤ {max}"),
+            measured.region_changes.to_string(),
+            measured.region_changes <= max,
+        );
+    }
+    if e.failback {
+        push(
+            "failback",
+            "DNS answers the original region again after healing".into(),
+            ms(measured.failback_ms),
+            measured.failback_ms.is_some(),
+        );
+    }
+    push(
+        "RPO (acknowledged writes lost)",
+        format!("≤ {}", e.lost_max),
+        check.lost.to_string(),
+        check.lost <= e.lost_max,
+    );
+    if e.primary_isolated {
+        push(
+            "isolated writes reported",
+            "writes acknowledged by the isolated region are accounted for".into(),
+            format!(
+                "{} acknowledged, {} overwritten by last-writer-wins, {} lost",
+                check.isolated_acknowledged, check.isolated_overwritten, check.isolated_lost
+            ),
+            check.isolated_acknowledged > 0,
+        );
+    }
+    push(
+        "anomalies",
+        "none (refused writes present, unknown values)".into(),
+        format!(
+            "{} refused-but-present, {} unknown",
+            check.failed_present, check.unknown_values
+        ),
+        check.failed_present == 0 && check.unknown_values == 0,
+    );
+    push(
+        "converged",
+        "every region holds the same data after healing".into(),
+        format!(
+            "{} divergent key(s); lag ≤ {} ms after {}",
+            check.divergent_keys.len(),
+            crate::measure::CONVERGED_LAG_MS_MAX,
+            ms(measured.converge_ms)
+        ),
+        check.divergent_keys.is_empty(),
+    );
+    results
+}
+
+#[cfg(test)]
+mod tests;

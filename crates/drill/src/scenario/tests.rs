@@ -1,0 +1,200 @@
+use super::*;
+use crate::checker::CheckResult;
+
+#[test]
+fn every_named_scenario_exists_and_unknown_ones_list_the_choices() {
+    for name in NAMES {
+        let scenario = by_name(name).expect("named scenarios exist");
+        assert_eq!(scenario.name, name);
+        let plan = scenario.plan(&Durations::default());
+        assert!(!plan.is_empty(), "{name} injects something");
+        assert!(
+            plan.windows(2).all(|w| w[0].at_ms <= w[1].at_ms),
+            "{name}: steps in time order"
+        );
+    }
+    let error = by_name("region-outtage").expect_err("unknown");
+    let message = error.to_string();
+    assert!(message.contains("'region-outtage'") && message.contains("region-outage, region-partition"));
+}
+
+/// Every plan leaves nothing broken: replaying it through a ledger leaves no outstanding fault.
+#[test]
+fn every_plan_heals_what_it_breaks() {
+    for name in NAMES {
+        let scenario = by_name(name).expect("exists");
+        for fault_ms in [1_000, 4_000, 20_000, 21_000] {
+            let durations = Durations {
+                warmup_ms: 5_000,
+                fault_ms,
+                settle_ms: 10_000,
+            };
+            let mut ledger = Ledger::default();
+            for step in scenario.plan(&durations) {
+                assert!(step.at_ms >= durations.warmup_ms && step.at_ms <= durations.heal_at_ms());
+                ledger.applied(&step.action);
+            }
+            assert!(
+                ledger.is_empty(),
+                "{name} with fault {fault_ms} ms leaves {:?}",
+                ledger.heal_plan()
+            );
+        }
+    }
+}
+
+#[test]
+fn ledger_heals_outstanding_faults_newest_first() {
+    let kill = FaultAction::Kill {
+        target: Component::Store(RegionRole::Primary),
+    };
+    let stop = FaultAction::Stop {
+        target: Component::Proxy(RegionRole::Secondary),
+    };
+    let toxic = FaultAction::AddToxic {
+        link: Link::Frontend {
+            region: RegionRole::Primary,
+        },
+        toxic: Toxic {
+            name: "t".into(),
+            stream: Stream::Upstream,
+            kind: ToxicKind::Blackhole,
+        },
+    };
+    let mut ledger = Ledger::default();
+    ledger.applied(&kill);
+    ledger.applied(&stop);
+    ledger.applied(&toxic);
+    ledger.applied(&FaultAction::Cont {
+        target: Component::Proxy(RegionRole::Secondary),
+    });
+    assert_eq!(
+        ledger.heal_plan(),
+        vec![
+            FaultAction::RemoveToxic {
+                link: Link::Frontend {
+                    region: RegionRole::Primary
+                },
+                name: "t".into()
+            },
+            FaultAction::Restart {
+                target: Component::Store(RegionRole::Primary)
+            },
+        ]
+    );
+}
+
+#[test]
+fn region_partition_cuts_replication_control_and_health_but_not_clients() {
+    let plan = by_name("region-partition").expect("exists").plan(&Durations::default());
+    let links: Vec<&Link> = plan
+        .iter()
+        .filter(|s| s.phase == StepPhase::Fault)
+        .filter_map(|s| match &s.action {
+            FaultAction::AddToxic { link, .. } => Some(link),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(links.len(), 8, "four links, both directions");
+    assert!(!links.iter().any(|l| matches!(l, Link::Frontend { .. })));
+    assert!(
+        by_name("region-partition")
+            .expect("exists")
+            .expectations
+            .primary_isolated
+    );
+}
+
+#[test]
+fn flapping_toggles_every_period() {
+    let durations = Durations {
+        warmup_ms: 0,
+        fault_ms: 10_000,
+        settle_ms: 0,
+    };
+    let plan = by_name("flapping-health").expect("exists").plan(&durations);
+    let adds: Vec<u64> = plan
+        .iter()
+        .filter(|s| matches!(s.action, FaultAction::AddToxic { .. }))
+        .map(|s| s.at_ms)
+        .collect();
+    assert_eq!(adds, vec![0, 0, 6_000, 6_000]);
+    let removes = plan
+        .iter()
+        .filter(|s| matches!(s.action, FaultAction::RemoveToxic { .. }))
+        .count();
+    assert_eq!(removes, 4, "removed at 3 s and at 9 s: the plan ends healed");
+}
+
+fn measured(failovers: u64, rto_dns: Option<u64>, rto_99: Option<u64>) -> Measurements {
+    Measurements {
+        failovers,
+        false_failovers: failovers,
+        region_changes: failovers,
+        rto_dns_ms: rto_dns,
+        rto_99_ms: rto_99,
+        ..Measurements::default()
+    }
+}
+
+fn verdicts(results: &[ExpectationResult]) -> Vec<(&str, bool)> {
+    results.iter().map(|r| (r.name.as_str(), r.passed)).collect()
+}
+
+#[test]
+fn region_outage_bounds_include_the_ttl() {
+    let scenario = by_name("region-outage").expect("exists");
+    let clean = CheckResult::default();
+    let results = evaluate(&scenario, &measured(1, Some(4_000), Some(9_500)), &clean, 5);
+    assert!(results.iter().all(|r| r.passed), "{results:?}");
+    let results = evaluate(&scenario, &measured(1, Some(6_000), Some(10_500)), &clean, 5);
+    assert_eq!(
+        verdicts(&results)[..3],
+        [("failover", true), ("RTO(DNS)", false), ("RTO(99%)", false)]
+    );
+    let results = evaluate(&scenario, &measured(0, None, None), &clean, 5);
+    assert!(!results[0].passed);
+    assert_eq!(results[1].actual, "never");
+}
+
+#[test]
+fn vantage_partition_fails_on_any_failover_and_lost_writes_fail_everywhere() {
+    let scenario = by_name("vantage-partition").expect("exists");
+    let clean = CheckResult::default();
+    assert!(
+        evaluate(&scenario, &measured(0, None, None), &clean, 5)
+            .iter()
+            .all(|r| r.passed)
+    );
+    let results = evaluate(&scenario, &measured(1, None, None), &clean, 5);
+    assert!(!results[0].passed);
+    let lossy = CheckResult {
+        lost: 2,
+        ..CheckResult::default()
+    };
+    let results = evaluate(&scenario, &measured(0, None, None), &lossy, 5);
+    let rpo = results
+        .iter()
+        .find(|r| r.name.starts_with("RPO"))
+        .expect("always judged");
+    assert!(!rpo.passed);
+    assert_eq!(rpo.actual, "2");
+}
+
+#[test]
+fn split_brain_requires_the_isolated_writes_to_be_accounted_for() {
+    let scenario = by_name("region-partition").expect("exists");
+    let check = CheckResult {
+        isolated_acknowledged: 10,
+        isolated_overwritten: 3,
+        overwritten: 3,
+        ..CheckResult::default()
+    };
+    let results = evaluate(&scenario, &measured(1, Some(3_000), None), &check, 5);
+    let isolated = results
+        .iter()
+        .find(|r| r.name == "isolated writes reported")
+        .expect("judged");
+    assert!(isolated.passed);
+    assert!(isolated.actual.contains("3 overwritten"));
+}
