@@ -1,0 +1,219 @@
+"""The demo shop as a black box: real `switchyard store`, `switchyard fault-proxy` and
+`switchyard demo-app` processes on loopback, driven with urllib (a cookie jar keeps the
+session), curl and boto3. The store sits behind the fault proxy, so taking the link down and
+healing it is a real fault the shop's /health has to notice."""
+
+import http.cookiejar
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+START_DEADLINE_S = 30
+WAIT_S = 20
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+
+class Process:
+    """One switchyard subcommand with a ready file and a log."""
+
+    def __init__(self, directory, name, args):
+        self.directory, self.name = directory, name
+        self.ready = directory / f"{name}.ready"
+        self.log = directory / f"{name}.log"
+        command = [str(BINARY), *args, "--ready-file", str(self.ready)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        deadline = time.monotonic() + START_DEADLINE_S
+        while not (self.ready.exists() and self.ready.read_text()):
+            if self.process.poll() is not None:
+                raise AssertionError(f"{name} exited: {self.log.read_text()[-3000:]}")
+            assert time.monotonic() < deadline, f"{name} not ready in {START_DEADLINE_S}s: {self.log.read_text()[-3000:]}"
+            time.sleep(0.05)
+        self.address = self.ready.read_text().strip()
+        self.url = f"http://{self.address}"
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            assert self.process.wait(timeout=20) == 0, self.log.read_text()[-3000:]
+
+
+@pytest.fixture
+def processes(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    started = []
+
+    def start(name, *args):
+        process = Process(tmp_path, name, list(args))
+        started.append(process)
+        return process
+
+    yield start
+    for process in reversed(started):
+        process.stop()
+
+
+class Browser:
+    """urllib with a cookie jar: the session cookie travels like a browser's."""
+
+    def __init__(self, base):
+        self.base = base
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def call(self, method, path, body=None, headers=None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
+        request.add_header("Content-Type", "application/json")
+        try:
+            with self.opener.open(request, timeout=10) as response:
+                return response.status, response.read(), response.headers
+        except urllib.error.HTTPError as error:
+            return error.code, error.read(), error.headers
+
+    def json(self, method, path, body=None, expect=200, headers=None):
+        status, raw, _ = self.call(method, path, body, headers)
+        assert status == expect, f"{method} {path}: {status} {raw[:500]!r}"
+        return json.loads(raw)
+
+    def wait_health(self, accept, what):
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            status, raw, _ = self.call("GET", "/health")
+            body = json.loads(raw)
+            if accept(status, body):
+                return body
+            assert time.monotonic() < deadline, f"health never {what}: {status} {body}"
+            time.sleep(0.1)
+
+
+def api(fault_proxy, method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(fault_proxy.url + path, data=data, method=method)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        raw = response.read()
+        return response.status, (json.loads(raw) if raw else None)
+
+
+def store_client(url, region):
+    return boto3.client(
+        "dynamodb", region_name=region, endpoint_url=url,
+        aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+
+
+def test_shop_orders_live_in_the_store_and_health_follows_the_link(processes, tmp_path):
+    store = processes("store", "store", "--region", "us-east-1", "--listen", "127.0.0.1:0",
+                      "--data-dir", str(tmp_path / "data"))
+    faults = processes("fault-proxy", "fault-proxy", "--listen", "127.0.0.1:0",
+                       "--proxy", f"store=127.0.0.1:0={store.address}")
+    _, proxy = api(faults, "GET", "/proxies/store")
+    shop = processes("shop", "demo-app", "--region", "us-east-1", "--listen", "127.0.0.1:0",
+                     "--store", f"us-east-1=http://{proxy['listen']}", "--tables-create", "--instance", "shop-a")
+    browser = Browser(shop.url)
+    health = browser.wait_health(lambda status, _: status == 200, "ok")
+    assert health["checks"] == {"local_store": "ok", "pointer": "ok"}
+
+    cart = browser.json("POST", "/api/cart", {"product": "grinder", "quantity": 2})
+    assert cart["total_cents"] == 25800
+    order = browser.json("POST", "/api/orders", expect=201)
+    assert order["status"] == "placed" and order["instance"] == "shop-a"
+    assert browser.json("GET", f"/api/orders/{order['order_id']}") == order
+
+    # The order is an item in the store, readable with boto3.
+    items = store_client(store.url, "us-east-1").scan(TableName="shop_orders")["Items"]
+    assert [item["order_id"]["S"] for item in items] == [order["order_id"]]
+
+    # The HTML page, fetched with curl and the same cookie.
+    if shutil.which("curl"):
+        cookie = next(c for c in browser.opener.handlers if isinstance(c, urllib.request.HTTPCookieProcessor))
+        session = next(c.value for c in cookie.cookiejar if c.name == "shop_session")
+        page = subprocess.run(["curl", "-sf", "-H", f"Cookie: shop_session={session}", shop.url + "/"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout
+        assert "Burr grinder" in page and order["order_id"] in page
+
+    # Cut the link to the store: /health turns 503 and names the store; heal: back to 200.
+    status, _ = api(faults, "POST", "/proxies/store", {"enabled": False})
+    assert status == 200
+    body = browser.wait_health(lambda status, _: status == 503, "503")
+    assert "local_store" in body["reason"], body
+    status, _ = api(faults, "POST", "/reset")
+    assert status == 204
+    browser.wait_health(lambda status, _: status == 200, "ok again")
+    assert browser.json("GET", "/api/orders")["orders"] == [order]
+
+
+class Pointer:
+    """An active-region pointer served like the controller's (plain polling is enough here)."""
+
+    def __init__(self, region):
+        self.value = {"region": region, "generation": 1}
+        pointer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = json.dumps(pointer.value).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def flip(self, region):
+        self.value = {"region": region, "generation": self.value["generation"] + 1}
+
+
+def test_writes_follow_the_active_region_pointer(processes, tmp_path):
+    east = processes("east", "store", "--region", "us-east-1", "--listen", "127.0.0.1:0",
+                     "--data-dir", str(tmp_path / "east"))
+    west = processes("west", "store", "--region", "eu-west-1", "--listen", "127.0.0.1:0",
+                     "--data-dir", str(tmp_path / "west"))
+    for store, region in [(east, "us-east-1"), (west, "eu-west-1")]:
+        # Tables per region (these stores are not peers, so writes stay where they land).
+        processes(f"tables-{region}", "demo-app", "--region", region, "--listen", "127.0.0.1:0",
+                  "--store", f"{region}={store.url}", "--tables-create").stop()
+    pointer = Pointer("us-east-1")
+    try:
+        shop = processes("shop", "demo-app", "--region", "us-east-1", "--listen", "127.0.0.1:0",
+                         "--store", f"us-east-1={east.url}", "--store", f"eu-west-1={west.url}",
+                         "--pointer", pointer.url)
+        browser = Browser(shop.url)
+        browser.wait_health(lambda status, body: status == 200 and body["active_region"] == "us-east-1", "east")
+        browser.json("POST", "/api/cart", {"product": "mug"})
+        first = browser.json("POST", "/api/orders", expect=201)
+        assert first["region"] == "us-east-1"
+
+        pointer.flip("eu-west-1")
+        browser.wait_health(lambda status, body: status == 200 and body["active_region"] == "eu-west-1", "west")
+        browser.json("POST", "/api/cart", {"product": "kettle"})
+        second = browser.json("POST", "/api/orders", expect=201)
+        assert (second["region"], second["generation"]) == ("eu-west-1", 2)
+
+        east_orders = {i["order_id"]["S"] for i in store_client(east.url, "us-east-1").scan(TableName="shop_orders")["Items"]}
+        west_orders = {i["order_id"]["S"] for i in store_client(west.url, "eu-west-1").scan(TableName="shop_orders")["Items"]}
+        assert east_orders == {first["order_id"]}
+        assert west_orders == {second["order_id"]}
+    finally:
+        pointer.server.shutdown()
