@@ -79,7 +79,7 @@ fn ttl_default() -> u32 {
 
 /// `[dns.zones.soa]`; every field has a default.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SoaSection {
     /// Primary name server; defaults to the first `ns`.
     pub mname: Option<Spanned<String>>,
@@ -757,6 +757,13 @@ mod tests {
         assert!(error(&outside).message.contains("outside"));
         let bad_policy = format!("{HEAD}[[dns.zones.records]]\nname = \"a\"\ntype = \"A\"\npolicy = \"geo\"\n");
         assert_eq!(error(&bad_policy).line, 8);
+    }
+
+    #[test]
+    fn soa_fields_default_one_by_one() {
+        let config = parse(&format!("{HEAD}[dns.zones.soa]\nserial = 7\n"), "deploy.toml").expect("valid");
+        let zone = config.zones.iter().next().expect("one zone");
+        assert!(matches!(zone.soa.data(), RData::SOA(soa) if soa.serial() == 7 && soa.minimum() == 60));
     }
 
     #[test]

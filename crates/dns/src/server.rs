@@ -426,7 +426,9 @@ fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
 async fn reloader(path: PathBuf, interval_ms: u64, state: Arc<State>, mut stop: watch::Receiver<bool>) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last = fingerprint(&path);
+    // Unknown at first: the file may have changed between the caller's load and this task's
+    // start, so the first poll always reloads.
+    let mut last = None;
     let poll = Duration::from_millis(interval_ms.max(1));
     loop {
         let hangup_signal = async {

@@ -1,0 +1,258 @@
+//! The DNS server over real sockets, in process: UDP and TCP answers, truncation then TCP, the
+//! admin API's generation fence, and reloads that reject a bad file.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dns::{HealthView, Options, Sockets, State};
+use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+const DEADLINE_MS: u64 = 10_000;
+
+const CONFIG: &str = r#"
+[dns]
+[[dns.zones]]
+origin = "shop.example."
+ns = ["ns1"]
+
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["192.0.2.53"]
+
+[[dns.zones.records]]
+name = "big"
+type = "TXT"
+values = [
+  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+  "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+  "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc",
+]
+
+[[dns.zones.records]]
+name = "app"
+type = "A"
+policy = "failover"
+
+[[dns.zones.records.members]]
+role = "primary"
+values = ["192.0.2.10"]
+health = "us-east-1"
+
+[[dns.zones.records.members]]
+role = "secondary"
+values = ["198.51.100.10"]
+health = "eu-west-1"
+"#;
+
+struct Server {
+    dns: SocketAddr,
+    admin: SocketAddr,
+    state: Arc<State>,
+    config: tempfile::NamedTempFile,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(token: Option<&str>) -> Server {
+        let config = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(config.path(), CONFIG).expect("write config");
+        let parsed = dns::load(config.path()).expect("valid config");
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
+        let dns = udp.local_addr().expect("addr");
+        let tcp = TcpListener::bind(dns).await.expect("bind tcp on the same port");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let admin_address = admin.local_addr().expect("addr");
+        let state = Arc::new(State::new(
+            parsed.zones,
+            HealthView::default(),
+            token.map(str::to_string),
+            None,
+        ));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options = Options {
+            token: token.map(str::to_string),
+            state_dir: None,
+            config_path: Some(config.path().to_path_buf()),
+            reload_interval_ms: 50,
+            udp_workers: 2,
+            seed: 1,
+        };
+        let task = tokio::spawn(dns::server::run_with_state(
+            Sockets { udp, tcp, admin },
+            Arc::clone(&state),
+            options,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Server {
+            dns,
+            admin: admin_address,
+            state,
+            config,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), self.task)
+            .await
+            .expect("server stops in time");
+        result.expect("no panic").expect("clean stop");
+    }
+}
+
+fn query(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+    let mut message = Message::new();
+    message
+        .set_id(77)
+        .set_message_type(MessageType::Query)
+        .add_query(Query::query(Name::from_ascii(name).expect("name"), rtype));
+    if let Some(payload) = edns {
+        let mut opt = Edns::new();
+        opt.set_max_payload(payload);
+        message.set_edns(opt);
+    }
+    message.to_vec().expect("encode")
+}
+
+async fn udp(server: SocketAddr, packet: &[u8]) -> Message {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    socket.send_to(packet, server).await.expect("send");
+    let mut buffer = vec![0u8; 65_535];
+    let (length, _) = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), socket.recv_from(&mut buffer))
+        .await
+        .expect("answer in time")
+        .expect("recv");
+    Message::from_vec(&buffer[..length]).expect("parse")
+}
+
+async fn tcp(server: SocketAddr, packet: &[u8]) -> Message {
+    let mut stream = TcpStream::connect(server).await.expect("connect");
+    stream
+        .write_all(&(packet.len() as u16).to_be_bytes())
+        .await
+        .expect("write");
+    stream.write_all(packet).await.expect("write");
+    let length = stream.read_u16().await.expect("length");
+    let mut buffer = vec![0u8; usize::from(length)];
+    stream.read_exact(&mut buffer).await.expect("read");
+    Message::from_vec(&buffer).expect("parse")
+}
+
+/// A bare HTTP/1.1 request; returns the status and body.
+async fn http(address: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn addresses(message: &Message) -> Vec<String> {
+    message.answers().iter().map(|r| r.data().to_string()).collect()
+}
+
+#[tokio::test]
+async fn answers_over_udp_and_tcp_and_truncates_then_serves_over_tcp() {
+    let server = Server::start(None).await;
+    let a = udp(server.dns, &query("ns1.shop.example.", RecordType::A, None)).await;
+    assert_eq!(addresses(&a), ["192.0.2.53"]);
+    assert!(a.authoritative());
+    let truncated = udp(server.dns, &query("big.shop.example.", RecordType::TXT, None)).await;
+    assert!(truncated.truncated());
+    let whole = tcp(server.dns, &query("big.shop.example.", RecordType::TXT, None)).await;
+    assert!(!whole.truncated());
+    assert_eq!(whole.answers().len(), 3);
+    let edns = udp(server.dns, &query("big.shop.example.", RecordType::TXT, Some(1232))).await;
+    assert!(!edns.truncated(), "about 700 bytes fit the EDNS size");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_tcp_messages_close_the_connection_and_service_continues() {
+    let server = Server::start(None).await;
+    let mut stream = TcpStream::connect(server.dns).await.expect("connect");
+    stream.write_all(&[0xff, 0xff]).await.expect("write");
+    let mut rest = Vec::new();
+    // Closed (Ok) or reset (Err): either way, no answer and no hang.
+    let _closed_or_reset = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), stream.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    assert!(rest.is_empty());
+    let after = udp(server.dns, &query("ns1.shop.example.", RecordType::A, None)).await;
+    assert_eq!(after.response_code(), ResponseCode::NoError);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_pushes_flip_failover_and_stale_generations_get_409() {
+    let token = "secret-token-for-tests";
+    let server = Server::start(Some(token)).await;
+    let app = || query("app.shop.example.", RecordType::A, None);
+    assert_eq!(addresses(&udp(server.dns, &app()).await), ["192.0.2.10"]);
+    let push = r#"{"generation": 4, "targets": {"us-east-1": "unhealthy"}}"#;
+    assert_eq!(http(server.admin, "PUT", "/v1/health", None, push).await.0, 401);
+    let (status, body) = http(server.admin, "PUT", "/v1/health", Some(token), push).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(addresses(&udp(server.dns, &app()).await), ["198.51.100.10"]);
+    let stale = r#"{"generation": 3, "targets": {"us-east-1": "healthy"}}"#;
+    let (status, body) = http(server.admin, "PUT", "/v1/health", Some(token), stale).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("stale_generation"));
+    assert_eq!(addresses(&udp(server.dns, &app()).await), ["198.51.100.10"]);
+    let (status, body) = http(server.admin, "GET", "/v1/health", None, "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""generation":4"#), "{body}");
+    let (status, metrics) = http(server.admin, "GET", "/metrics", None, "").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("switchyard_dns_view_generation 4"), "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reload_swaps_good_files_and_rejects_bad_ones() {
+    let server = Server::start(None).await;
+    let extra = "\n[[dns.zones.records]]\nname = \"new\"\ntype = \"A\"\nvalues = [\"192.0.2.77\"]\n";
+    std::fs::write(server.config.path(), format!("{CONFIG}{extra}")).expect("write");
+    let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
+    loop {
+        let answer = udp(server.dns, &query("new.shop.example.", RecordType::A, None)).await;
+        if addresses(&answer) == ["192.0.2.77"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reload not picked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(server.config.path(), format!("{CONFIG}{extra}\nbroken = \n")).expect("write");
+    assert!(!dns::server::reload(server.config.path(), &server.state));
+    let answer = udp(server.dns, &query("new.shop.example.", RecordType::A, None)).await;
+    assert_eq!(addresses(&answer), ["192.0.2.77"], "the old zones keep serving");
+    server.stop().await;
+}

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# DNS benchmark: `switchyard dns` (release build) vs BIND9 (`named`) serving the same zone on
+# loopback, both measured by dnsperf with the same query file, one after the other, in one run.
+# Prints a Markdown section for BENCHMARKS.md ("## DNS"). Not a test: nothing is asserted.
+#
+#   scripts/bench-dns.sh                 # builds target/release/switchyard first
+#   SWITCHYARD_BIN=path/to/switchyard DNS_BENCH_SECONDS=20 scripts/bench-dns.sh
+#
+# Needs bind9 (named) and dnsperf from Debian; installs them when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_RUN=${DNS_BENCH_SECONDS:-15}
+ROUNDS=${DNS_BENCH_ROUNDS:-2}
+CLIENTS=${DNS_BENCH_CLIENTS:-4}
+OUTSTANDING=${DNS_BENCH_OUTSTANDING:-200}
+BIN=${SWITCHYARD_BIN:-target/release/switchyard}
+
+for command in named dnsperf; do
+  if ! command -v "$command" >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends bind9 dnsperf >/dev/null
+    break
+  fi
+done
+if [ -z "${SWITCHYARD_BIN:-}" ]; then
+  cargo build --release -p switchyard --locked >&2
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# The zone: 50 hosts with A and AAAA, MX, TXT, CNAMEs. Same content for both servers.
+{
+  echo '$TTL 300'
+  echo '@ IN SOA ns1.bench.example. hostmaster.bench.example. 1 3600 600 1209600 60'
+  echo '@ IN NS ns1.bench.example.'
+  echo 'ns1 IN A 192.0.2.53'
+  echo '@ IN MX 10 mail.bench.example.'
+  echo 'mail IN A 192.0.2.25'
+  echo '@ IN TXT "v=spf1 mx -all"'
+  for i in $(seq 1 50); do
+    echo "host$i IN A 192.0.2.$i"
+    echo "host$i IN AAAA 2001:db8::$i"
+    echo "alias$i IN CNAME host$i"
+  done
+} > "$work/bench.example.zone"
+
+{
+  echo '[dns]'
+  echo 'reload_interval_ms = 0'
+  echo '[[dns.zones]]'
+  echo 'origin = "bench.example."'
+  echo 'ns = ["ns1"]'
+  echo '[dns.zones.soa]'
+  echo 'rname = "hostmaster.bench.example."'
+  echo 'serial = 1'
+  printf '[[dns.zones.records]]\nname = "ns1"\ntype = "A"\nvalues = ["192.0.2.53"]\n'
+  printf '[[dns.zones.records]]\nname = "@"\ntype = "MX"\nvalues = ["10 mail"]\n'
+  printf '[[dns.zones.records]]\nname = "mail"\ntype = "A"\nvalues = ["192.0.2.25"]\n'
+  printf '[[dns.zones.records]]\nname = "@"\ntype = "TXT"\nvalues = ["v=spf1 mx -all"]\n'
+  for i in $(seq 1 50); do
+    printf '[[dns.zones.records]]\nname = "host%s"\ntype = "A"\nvalues = ["192.0.2.%s"]\n' "$i" "$i"
+    printf '[[dns.zones.records]]\nname = "host%s"\ntype = "AAAA"\nvalues = ["2001:db8::%s"]\n' "$i" "$i"
+    printf '[[dns.zones.records]]\nname = "alias%s"\ntype = "CNAME"\nvalues = ["host%s"]\n' "$i" "$i"
+  done
+} > "$work/dns.toml"
+
+# Queries: mostly A/AAAA hits, some CNAME chases, MX/TXT, and 10% NXDOMAIN.
+{
+  for i in $(seq 1 50); do
+    echo "host$i.bench.example A"
+    echo "host$i.bench.example AAAA"
+    echo "host$i.bench.example A"
+    echo "alias$i.bench.example A"
+    echo "bench.example MX"
+    echo "bench.example TXT"
+    echo "host$i.bench.example MX"
+    echo "host$i.bench.example A"
+    echo "host$i.bench.example AAAA"
+    echo "missing$i.bench.example A"
+  done
+} > "$work/queries.txt"
+
+named_port=$(free_port)
+cat > "$work/named.conf" <<EOF
+options {
+  directory "$work";
+  pid-file "$work/named.pid";
+  session-keyfile "$work/session.key";
+  listen-on port $named_port { 127.0.0.1; };
+  listen-on-v6 { none; };
+  recursion no;
+  allow-transfer { none; };
+  minimal-responses yes;
+  querylog no;
+};
+controls { };
+zone "bench.example" { type primary; file "$work/bench.example.zone"; };
+EOF
+
+dns_port=$(free_port)
+admin_port=$(free_port)
+
+wait_answering() {
+  local port=$1
+  for _ in $(seq 1 100); do
+    if dig @127.0.0.1 -p "$port" +time=1 +tries=1 +short host1.bench.example A 2>/dev/null | grep -q 192.0.2.1; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "server on port $port did not answer" >&2
+  return 1
+}
+
+run_dnsperf() {
+  local port=$1
+  dnsperf -s 127.0.0.1 -p "$port" -d "$work/queries.txt" -l "$SECONDS_PER_RUN" -c "$CLIENTS" -q "$OUTSTANDING" \
+    > "$work/dnsperf.out" 2>&1
+  local qps lost
+  qps=$(awk '/Queries per second:/ {print $4}' "$work/dnsperf.out")
+  lost=$(awk '/Queries lost:/ {print $3}' "$work/dnsperf.out")
+  echo "$qps $lost"
+}
+
+named -g -c "$work/named.conf" > "$work/named.log" 2>&1 &
+pids+=($!)
+SWITCHYARD_LOG=warn "$BIN" dns --config "$work/dns.toml" --listen "127.0.0.1:$dns_port" \
+  --admin-listen "127.0.0.1:$admin_port" > "$work/switchyard.log" 2>&1 &
+pids+=($!)
+wait_answering "$named_port"
+wait_answering "$dns_port"
+
+best_switchyard=0
+best_bind=0
+rows=""
+for round in $(seq 1 "$ROUNDS"); do
+  read -r bind_qps bind_lost < <(run_dnsperf "$named_port")
+  read -r sy_qps sy_lost < <(run_dnsperf "$dns_port")
+  rows+="| $round | $sy_qps (lost $sy_lost) | $bind_qps (lost $bind_lost) |"$'\n'
+  best_bind=$(python3 -c "print(max($best_bind, $bind_qps))")
+  best_switchyard=$(python3 -c "print(max($best_switchyard, $sy_qps))")
+done
+ratio=$(python3 -c "print(f'{$best_switchyard / $best_bind:.2f}')")
+named_version=$(named -v | head -1)
+dnsperf_version=$(dnsperf -h 2>&1 | awk '/^DNS Performance Testing Tool/ {print; exit}')
+
+cat <<EOF
+## DNS
+
+\`switchyard dns\` (release build) vs BIND9 ($named_version), the same 160-record zone on loopback,
+queried by dnsperf ($dnsperf_version) with the same query file (A, AAAA, CNAME chase, MX, TXT,
+NODATA, 10% NXDOMAIN), $SECONDS_PER_RUN s per run, $CLIENTS clients, $OUTSTANDING queries
+outstanding, the two servers alternating for $ROUNDS rounds. The servers and dnsperf share the
+machine's 2 cores (so does anything else running), so absolute numbers are low and noisy.
+
+| round | switchyard dns (queries/s) | BIND9 named (queries/s) |
+| --- | --- | --- |
+${rows}
+**Best of each: switchyard $best_switchyard q/s, BIND9 $best_bind q/s, ratio $ratio× (target ≥ 1×).**
+
+Command: \`scripts/bench-dns.sh\` (DNS_BENCH_SECONDS=$SECONDS_PER_RUN DNS_BENCH_ROUNDS=$ROUNDS
+DNS_BENCH_CLIENTS=$CLIENTS DNS_BENCH_OUTSTANDING=$OUTSTANDING), run on $(date -u +%Y-%m-%d).
+EOF

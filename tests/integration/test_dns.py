@@ -1,0 +1,342 @@
+"""`switchyard dns` as a black box: the real binary on loopback, asked by dig (bind9-dnsutils) and
+dnspython, with health pushed over its admin API the way the controller does it."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.xfr
+import dns.zone
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+START_DEADLINE_S = 20
+CHANGE_DEADLINE_S = 15
+TOKEN = "dns-integration-token-0123456789"
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+BIG_TXT = ", ".join(f'"{str(i) * 200}"' for i in range(6))
+
+CONFIG = f"""
+[store]
+listen = "127.0.0.1:1"   # another part's section: ignored by `switchyard dns`
+
+[dns]
+axfr_allow = ["127.0.0.2"]
+reload_interval_ms = 100
+
+[[dns.zones]]
+origin = "shop.example."
+ns = ["ns1"]
+
+[dns.zones.soa]
+serial = 2026112401
+minimum = 30
+
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["192.0.2.53"]
+
+[[dns.zones.records]]
+name = "plain"
+type = "A"
+values = ["192.0.2.1"]
+
+[[dns.zones.records]]
+name = "plain"
+type = "AAAA"
+values = ["2001:db8::1"]
+
+[[dns.zones.records]]
+name = "www"
+type = "CNAME"
+values = ["plain"]
+
+[[dns.zones.records]]
+name = "@"
+type = "MX"
+values = ["10 mail.shop.example."]
+
+[[dns.zones.records]]
+name = "mail"
+type = "A"
+values = ["192.0.2.25"]
+
+[[dns.zones.records]]
+name = "@"
+type = "TXT"
+values = ["v=spf1 mx -all"]
+
+[[dns.zones.records]]
+name = "_https._tcp"
+type = "SRV"
+values = ["10 5 443 plain.shop.example."]
+
+[[dns.zones.records]]
+name = "big"
+type = "TXT"
+values = [{BIG_TXT}]
+
+[[dns.zones.records]]
+name = "app"
+type = "A"
+policy = "failover"
+
+[[dns.zones.records.members]]
+role = "primary"
+values = ["192.0.2.10"]
+health = "us-east-1"
+
+[[dns.zones.records.members]]
+role = "secondary"
+values = ["198.51.100.10"]
+health = "eu-west-1"
+"""
+
+
+class DnsServer:
+    def __init__(self, workdir, config_text, token=TOKEN):
+        self.workdir = workdir
+        self.config = workdir / "deploy.toml"
+        self.config.write_text(config_text)
+        self.token = token
+        self.log = workdir / "dns.log"
+        self.state_dir = workdir / "state"
+        self.process = None
+
+    def start(self):
+        ready = self.workdir / "ready"
+        if ready.exists():
+            ready.unlink()
+        command = [str(BINARY), "dns", "--config", str(self.config), "--listen", "127.0.0.1:0",
+                   "--admin-listen", "127.0.0.1:0", "--state-dir", str(self.state_dir),
+                   "--ready-file", str(ready), "--seed", "7"]
+        env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=self.token, SWITCHYARD_LOG="info")
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        deadline = time.monotonic() + START_DEADLINE_S
+        while not (ready.exists() and len(ready.read_text().splitlines()) == 2):
+            if self.process.poll() is not None:
+                raise AssertionError(f"dns exited: {self.log.read_text()[-2000:]}")
+            assert time.monotonic() < deadline, f"dns not ready in {START_DEADLINE_S}s: {self.log.read_text()[-2000:]}"
+            time.sleep(0.05)
+        dns_address, admin_address = ready.read_text().splitlines()
+        self.port = int(dns_address.rsplit(":", 1)[1])
+        self.admin = f"http://{admin_address}"
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            assert self.process.wait(timeout=20) == 0, self.log.read_text()[-2000:]
+
+    def dig(self, *args):
+        result = subprocess.run(["dig", "@127.0.0.1", "-p", str(self.port), "+time=2", "+tries=1", *args],
+                                capture_output=True, text=True, timeout=30)
+        return result.stdout
+
+    def short(self, name, rtype="A"):
+        return self.dig(name, rtype, "+short").split()
+
+    def ask(self, name, rtype="A", tcp=False, **kwargs):
+        query = dns.message.make_query(name, rtype, **kwargs)
+        send = dns.query.tcp if tcp else dns.query.udp
+        return send(query, "127.0.0.1", port=self.port, timeout=3)
+
+    def put(self, path, body, token=None):
+        request = urllib.request.Request(self.admin + path, data=json.dumps(body).encode(), method="PUT",
+                                         headers={"Content-Type": "application/json"})
+        token = self.token if token is None else token
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def get(self, path):
+        with urllib.request.urlopen(self.admin + path, timeout=5) as response:
+            return response.read().decode()
+
+
+@pytest.fixture
+def server(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    server = DnsServer(tmp_path, CONFIG)
+    server.start()
+    yield server
+    server.stop()
+
+
+def wait_for(condition, what):
+    deadline = time.monotonic() + CHANGE_DEADLINE_S
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_records_of_each_type_with_dig(server):
+    assert server.short("plain.shop.example", "A") == ["192.0.2.1"]
+    assert server.short("plain.shop.example", "AAAA") == ["2001:db8::1"]
+    assert server.short("www.shop.example", "A") == ["plain.shop.example.", "192.0.2.1"]
+    assert server.short("www.shop.example", "CNAME") == ["plain.shop.example."]
+    assert server.short("shop.example", "MX") == ["10", "mail.shop.example."]
+    assert server.short("shop.example", "TXT") == ['"v=spf1', 'mx', '-all"']
+    assert server.short("_https._tcp.shop.example", "SRV") == ["10", "5", "443", "plain.shop.example."]
+    assert server.short("shop.example", "NS") == ["ns1.shop.example."]
+    soa = server.short("shop.example", "SOA")
+    assert soa[0] == "ns1.shop.example." and soa[2] == "2026112401"
+    full = server.dig("plain.shop.example", "A")
+    assert re.search(r"flags: qr aa", full), full
+    assert "udp: 1232" in full, "EDNS(0) advertised"
+
+
+def test_nxdomain_and_nodata_with_dnspython(server):
+    missing = server.ask("nope.shop.example", "A")
+    assert missing.rcode() == dns.rcode.NXDOMAIN
+    assert missing.flags & dns.flags.AA
+    assert [rrset.rdtype for rrset in missing.authority] == [dns.rdatatype.SOA]
+    assert missing.authority[0].ttl == 30, "negative TTL: min(SOA TTL, MINIMUM)"
+    nodata = server.ask("plain.shop.example", "MX")
+    assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer
+    assert [rrset.rdtype for rrset in nodata.authority] == [dns.rdatatype.SOA]
+    outside = server.ask("www.example.org", "A")
+    assert outside.rcode() == dns.rcode.REFUSED
+
+
+def test_case_is_preserved(server):
+    response = server.ask("PlAiN.ShOp.ExAmPlE", "A")
+    assert str(response.answer[0].name) == "PlAiN.ShOp.ExAmPlE."
+    assert response.answer[0][0].address == "192.0.2.1"
+
+
+def test_truncation_and_tcp_fallback(server):
+    truncated = server.ask("big.shop.example", "TXT")
+    assert truncated.flags & dns.flags.TC and not truncated.answer
+    response, used_tcp = dns.query.udp_with_fallback(dns.message.make_query("big.shop.example", "TXT"),
+                                                     "127.0.0.1", port=server.port, timeout=3)
+    assert used_tcp
+    assert len(response.answer[0]) == 6
+    assert "flags: qr aa tc" in server.dig("big.shop.example", "TXT", "+noedns", "+ignore")
+    # dig retries over TCP by itself after a truncated UDP answer.
+    assert len(server.dig("big.shop.example", "TXT", "+noedns", "+short").splitlines()) == 6
+
+
+def test_axfr_refused_unless_allowed(server):
+    refused = server.dig("shop.example", "AXFR")
+    assert "Transfer failed" in refused, refused
+    with pytest.raises(dns.xfr.TransferError):
+        dns.zone.from_xfr(dns.query.xfr("127.0.0.1", "shop.example", port=server.port, timeout=5))
+    allowed = server.dig("-b", "127.0.0.2", "shop.example", "AXFR")
+    assert "XFR size" in allowed, allowed
+    zone = dns.zone.from_xfr(dns.query.xfr("127.0.0.1", "shop.example", port=server.port, timeout=5,
+                                           source="127.0.0.2"))
+    assert zone.find_rdataset("plain", "A")[0].address == "192.0.2.1"
+
+
+def test_failover_flips_on_health_push_and_ignores_stale_generations(server):
+    assert server.short("app.shop.example") == ["192.0.2.10"]
+    assert server.ask("app.shop.example").answer[0].ttl == 10
+    status, body = server.put("/v1/health", {"generation": 5, "targets": {"us-east-1": "unhealthy"}})
+    assert status == 200, body
+    assert server.short("app.shop.example") == ["198.51.100.10"]
+    # A controller of an older generation says the primary is fine: refused, no flip back.
+    status, body = server.put("/v1/health", {"generation": 4, "targets": {"us-east-1": "healthy"}})
+    assert status == 409 and body["error"] == "stale_generation", body
+    assert server.short("app.shop.example") == ["198.51.100.10"]
+    # Equal generation is idempotent.
+    assert server.put("/v1/health", {"generation": 5, "targets": {"us-east-1": "unhealthy"}})[0] == 200
+    # Both down: static stability answers the primary.
+    assert server.put("/v1/health", {"generation": 6, "targets": {"eu-west-1": "unhealthy"}})[0] == 200
+    assert server.short("app.shop.example") == ["192.0.2.10"]
+    assert server.put("/v1/health", {"generation": 7, "targets": {"us-east-1": "healthy",
+                                                                  "eu-west-1": "healthy"}})[0] == 200
+    assert server.short("app.shop.example") == ["192.0.2.10"]
+    view = json.loads(server.get("/v1/health"))
+    assert view["generation"] == 7 and view["targets"]["us-east-1"] == "healthy"
+    metrics = server.get("/metrics")
+    assert 'switchyard_dns_view_pushes_total{outcome="stale"} 1' in metrics
+    assert re.search(r'switchyard_dns_queries_total\{name="app.shop.example.",type="A",rcode="NOERROR"', metrics)
+
+
+def test_pushes_need_the_token_and_valid_bodies(server):
+    status, body = server.put("/v1/health", {"generation": 1, "targets": {"us-east-1": "unhealthy"}}, token="wrong")
+    assert status == 401, body
+    assert server.short("app.shop.example") == ["192.0.2.10"]
+    status, body = server.put("/v1/health", {"generation": 1, "targets": {"us-east-1": "sideways"}})
+    assert status == 400 and "sideways" in body["message"], body
+
+
+def test_active_region_txt_pointer(server):
+    status, body = server.put("/v1/txt", {"generation": 3, "name": "_active-region.shop.example.",
+                                          "value": "eu-west-1"})
+    assert status == 200, body
+    assert server.short("_active-region.shop.example", "TXT") == ['"eu-west-1"']
+    status, body = server.put("/v1/txt", {"generation": 2, "name": "_active-region.shop.example.",
+                                          "value": "us-east-1"})
+    assert status == 409, body
+    assert server.short("_active-region.shop.example", "TXT") == ['"eu-west-1"']
+    status, body = server.put("/v1/txt", {"generation": 3, "name": "x.example.org.", "value": "v"})
+    assert status == 400 and "outside" in body["message"], body
+
+
+def test_view_survives_a_restart(server):
+    assert server.put("/v1/health", {"generation": 9, "targets": {"us-east-1": "unhealthy"}})[0] == 200
+    server.stop()
+    server.start()
+    assert server.short("app.shop.example") == ["198.51.100.10"]
+    assert server.put("/v1/health", {"generation": 8, "targets": {"us-east-1": "healthy"}})[0] == 409
+
+
+def test_hot_reload_and_bad_files_keep_the_old_zones(server):
+    assert server.short("new.shop.example") == []
+    server.config.write_text(CONFIG + '\n[[dns.zones.records]]\nname = "new"\ntype = "A"\nvalues = ["192.0.2.77"]\n')
+    wait_for(lambda: server.short("new.shop.example") == ["192.0.2.77"], "the reloaded record")
+    lines = (CONFIG + '\n[[dns.zones.records]]\nname = "bad"\ntype = "A"\nvalues = ["192.0.2.300"]\n')
+    server.config.write_text(lines)
+    bad_line = lines.splitlines().index('values = ["192.0.2.300"]') + 1
+    wait_for(lambda: f"deploy.toml:{bad_line}:" in server.log.read_text(), "the rejected reload in the log")
+    assert server.short("new.shop.example") == ["192.0.2.77"]
+    assert server.short("plain.shop.example") == ["192.0.2.1"]
+    server.config.write_text(CONFIG)
+    server.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: server.short("new.shop.example") == [], "the record removed after SIGHUP")
+
+
+def test_garbage_is_survived(server):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        for packet in [b"", b"\x00", b"\x12\x34\x01\x00\x00\x01" + b"\x00" * 6, os.urandom(300)]:
+            sock.sendto(packet, ("127.0.0.1", server.port))
+        formerr = None
+        sock.sendto(b"\x12\x34\x01\x00\x00\x01" + b"\x00" * 6, ("127.0.0.1", server.port))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            data = sock.recv(4096)
+            if data[:2] == b"\x12\x34":
+                formerr = data
+                break
+        assert formerr is not None and formerr[3] & 0x0F == dns.rcode.FORMERR
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as tcp:
+        tcp.sendall(b"\xff\xff")  # announces a message above the limit: the server hangs up
+        assert tcp.recv(10) == b""
+    assert server.short("plain.shop.example") == ["192.0.2.1"]
+    assert server.process.poll() is None
