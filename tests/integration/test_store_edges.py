@@ -229,3 +229,119 @@ def test_scan_with_segments_and_limit_and_count(client):
     assert sorted(seen) == sorted(f"s{i}" for i in range(50)) and len(seen) == 50
     counted = client.scan(TableName=name, Select="COUNT")
     assert counted["Count"] == 50 and counted["ScannedCount"] == 50
+
+
+def test_recreated_table_and_index_start_empty(client):
+    name = next(names)
+    create_table(client, name, extra_attributes={"g": "S"},
+                 GlobalSecondaryIndexes=[{"IndexName": "by_g", "Projection": {"ProjectionType": "ALL"},
+                                          "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}]}])
+    for i in range(5):
+        client.put_item(TableName=name, Item={"pk": {"S": f"old{i}"}, "g": {"S": "x"}})
+    client.delete_table(TableName=name)
+    create_table(client, name, extra_attributes={"g": "S"},
+                 GlobalSecondaryIndexes=[{"IndexName": "by_g", "Projection": {"ProjectionType": "ALL"},
+                                          "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}]}])
+    assert client.scan(TableName=name)["Items"] == [], "a deleted table's items do not come back"
+    assert client.query(TableName=name, IndexName="by_g", KeyConditionExpression="g = :x",
+                        ExpressionAttributeValues={":x": {"S": "x"}})["Items"] == []
+    assert client.describe_table(TableName=name)["Table"]["ItemCount"] == 0
+    arn = client.describe_table(TableName=name)["Table"]["TableArn"]
+    assert client.list_tags_of_resource(ResourceArn=arn)["Tags"] == []
+
+    # The same for an index deleted and created again under the same name.
+    client.put_item(TableName=name, Item={"pk": {"S": "new"}, "g": {"S": "y"}})
+    client.update_table(TableName=name, GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": "by_g"}}])
+    wait_for(lambda: not client.describe_table(TableName=name)["Table"].get("GlobalSecondaryIndexes"), 10,
+             "index deleted")
+    client.delete_item(TableName=name, Key={"pk": {"S": "new"}})
+    client.update_table(TableName=name, AttributeDefinitions=[{"AttributeName": "g", "AttributeType": "S"}],
+                        GlobalSecondaryIndexUpdates=[{"Create": {
+                            "IndexName": "by_g", "Projection": {"ProjectionType": "ALL"},
+                            "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}]}}])
+    wait_for(lambda: client.describe_table(TableName=name)["Table"]["GlobalSecondaryIndexes"][0]["IndexStatus"]
+             == "ACTIVE", 10, "index recreated")
+    assert client.query(TableName=name, IndexName="by_g", KeyConditionExpression="g = :y",
+                        ExpressionAttributeValues={":y": {"S": "y"}})["Items"] == []
+
+
+def test_string_keys_sort_by_utf8_bytes(client):
+    name = create_table(client, next(names), range_key=("sk", "S"))
+    values = ["😀", "\uffff", "\ue000", "é", "z", "a", "A", "aa"]
+    for v in values:
+        client.put_item(TableName=name, Item={"pk": {"S": "u"}, "sk": {"S": v}})
+    got = [i["sk"]["S"] for i in client.query(TableName=name, KeyConditionExpression="pk = :p",
+                                              ExpressionAttributeValues={":p": {"S": "u"}})["Items"]]
+    assert got == sorted(values, key=lambda s: s.encode("utf-8"))
+
+
+def test_update_item_without_expression_creates_the_key_only_item(client):
+    name = create_table(client, next(names))
+    response = client.update_item(TableName=name, Key={"pk": {"S": "bare"}}, ReturnValues="ALL_NEW")
+    assert response["Attributes"] == {"pk": {"S": "bare"}}
+    assert client.get_item(TableName=name, Key={"pk": {"S": "bare"}})["Item"] == {"pk": {"S": "bare"}}
+
+
+def test_more_validation_dynamodb_performs(client):
+    name = create_table(client, next(names), range_key=("sk", "N"))
+    client.put_item(TableName=name, Item={"pk": {"S": "v"}, "sk": {"N": "1"}, "data": {"S": "x"}})
+    cases = [
+        ("query on a non-key attribute", lambda: client.query(
+            TableName=name, KeyConditionExpression="pk = :p AND #d = :d", ExpressionAttributeNames={"#d": "data"},
+            ExpressionAttributeValues={":p": {"S": "v"}, ":d": {"S": "x"}})),
+        ("begins_with on the partition key", lambda: client.query(
+            TableName=name, KeyConditionExpression="begins_with(pk, :p)",
+            ExpressionAttributeValues={":p": {"S": "v"}})),
+        ("unused attribute names", lambda: client.get_item(
+            TableName=name, Key={"pk": {"S": "v"}, "sk": {"N": "1"}}, ProjectionExpression="pk",
+            ExpressionAttributeNames={"#unused": "x"})),
+        ("overlapping projection paths", lambda: client.get_item(
+            TableName=name, Key={"pk": {"S": "v"}, "sk": {"N": "1"}}, ProjectionExpression="#d, #d.x",
+            ExpressionAttributeNames={"#d": "data"})),
+        ("an invalid attribute_type", lambda: client.delete_item(
+            TableName=name, Key={"pk": {"S": "v"}, "sk": {"N": "1"}}, ConditionExpression="attribute_type(pk, :t)",
+            ExpressionAttributeValues={":t": {"S": "XX"}})),
+        ("ReturnValues UPDATED_OLD on PutItem", lambda: client.put_item(
+            TableName=name, Item={"pk": {"S": "v"}, "sk": {"N": "1"}}, ReturnValues="UPDATED_OLD")),
+        ("duplicate keys in BatchGetItem", lambda: client.batch_get_item(RequestItems={
+            name: {"Keys": [{"pk": {"S": "v"}, "sk": {"N": "1"}}, {"pk": {"S": "v"}, "sk": {"N": "1.0"}}]}})),
+        ("TotalSegments over the maximum", lambda: client.scan(TableName=name, Segment=0, TotalSegments=1000001)),
+        ("a key without its sort key", lambda: client.get_item(TableName=name, Key={"pk": {"S": "v"}})),
+    ]
+    for what, call in cases:
+        with pytest.raises(ClientError) as excinfo:
+            call()
+        code, message, status = error_of(excinfo)
+        assert (code, status) == ("ValidationException", 400), f"{what}: {code} {message}"
+    assert client.get_item(TableName=name, Key={"pk": {"S": "v"}, "sk": {"N": "1"}})["Item"]["data"] == {"S": "x"}
+
+
+def test_size_and_contains_on_every_type(client):
+    name = create_table(client, next(names))
+    key = {"pk": {"S": "sz"}}
+    client.put_item(TableName=name, Item={**key, "b": {"B": b"\x00\x01\x02"}, "m": {"M": {"a": {"N": "1"}}},
+                                          "ns": {"NS": ["1", "2"]}, "bs": {"BS": [b"\x01"]}, "l": {"L": []}})
+    checks = ["size(b) = :3", "size(m) = :1", "size(ns) = :2", "size(bs) = :1", "size(l) = :0",
+              "contains(ns, :1)", "contains(bs, :bin)"]
+    values = {":0": {"N": "0"}, ":1": {"N": "1"}, ":2": {"N": "2"}, ":3": {"N": "3"}, ":bin": {"B": b"\x01"}}
+    for check in checks:
+        used = {k: v for k, v in values.items() if k in check.replace(")", " ").split()}
+        client.put_item(TableName=name, Item=client.get_item(TableName=name, Key=key)["Item"],
+                        ConditionExpression=check, ExpressionAttributeValues=used)
+
+
+def test_legacy_conditional_operator_or(client):
+    name = create_table(client, next(names))
+    client.put_item(TableName=name, Item={"pk": {"S": "o"}, "a": {"N": "1"}, "b": {"N": "2"}})
+    client.put_item(TableName=name, Item={"pk": {"S": "o"}, "a": {"N": "5"}}, ConditionalOperator="OR",
+                    Expected={"a": {"ComparisonOperator": "EQ", "AttributeValueList": [{"N": "9"}]},
+                              "b": {"ComparisonOperator": "EQ", "AttributeValueList": [{"N": "2"}]}})
+    with pytest.raises(ClientError) as excinfo:
+        client.put_item(TableName=name, Item={"pk": {"S": "o"}}, ConditionalOperator="AND",
+                        Expected={"a": {"ComparisonOperator": "EQ", "AttributeValueList": [{"N": "5"}]},
+                                  "b": {"ComparisonOperator": "NOT_NULL"}})
+    assert error_of(excinfo)[0] == "ConditionalCheckFailedException"
+    scanned = client.scan(TableName=name, ConditionalOperator="OR", ScanFilter={
+        "a": {"ComparisonOperator": "IN", "AttributeValueList": [{"N": "5"}, {"N": "6"}]},
+        "zzz": {"ComparisonOperator": "NOT_NULL"}})
+    assert scanned["Count"] == 1
