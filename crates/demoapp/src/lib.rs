@@ -38,6 +38,8 @@ pub struct DemoAppConfig {
     pub stores: BTreeMap<String, String>,
     /// The active-region pointer URL; `None`: the local region takes writes.
     pub pointer: Option<String>,
+    /// Bearer token for the pointer (the controller's `--token-file`).
+    pub pointer_token: Option<String>,
     pub credentials: Option<AwsCredentials>,
     pub table_prefix: String,
     /// Create missing tables (global ones when several stores are given) before serving.
@@ -63,6 +65,7 @@ impl DemoAppConfig {
             instance: format!("shop-{region}"),
             stores: BTreeMap::from([(region.to_string(), store_url.to_string())]),
             pointer: None,
+            pointer_token: None,
             credentials: None,
             table_prefix: "shop_".to_string(),
             tables_create: true,
@@ -94,7 +97,7 @@ pub async fn build(config: &DemoAppConfig) -> Result<Arc<Shop>, DemoAppError> {
         Some(url) => {
             let url = pointer::resource_url(url).map_err(DemoAppError::Config)?;
             let (sender, receiver) = watch::channel(PointerView::default());
-            tokio::spawn(pointer::watch(url, sender));
+            tokio::spawn(pointer::watch(url, config.pointer_token.clone(), sender));
             receiver
         }
         // A fixed pointer never changes: the receiver keeps the value after the sender is gone.

@@ -116,8 +116,16 @@ pub fn resource_url(pointer: &str) -> Result<String, String> {
     })
 }
 
-/// Watches the pointer at `url` until the receiver side is gone.
-pub async fn watch(url: String, view: watch::Sender<PointerView>) {
+/// The controller's answer: `region` is null until it has chosen one.
+#[derive(Deserialize)]
+struct PointerWire {
+    region: Option<String>,
+    generation: u64,
+}
+
+/// Watches the pointer at `url` until the receiver side is gone; `token` is sent as
+/// `Authorization: Bearer` (the controller's `--token-file`).
+pub async fn watch(url: String, token: Option<String>, view: watch::Sender<PointerView>) {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_millis(RETRY_MS * 4)));
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
@@ -134,7 +142,7 @@ pub async fn watch(url: String, view: watch::Sender<PointerView>) {
             None => url.clone(),
         };
         let started = Instant::now();
-        match fetch(&client, &request_url).await {
+        match fetch(&client, &request_url, token.as_deref()).await {
             Ok(answer) => {
                 let mut changed = false;
                 view.send_modify(|v| changed = v.accept(answer.clone(), Instant::now()));
@@ -154,10 +162,20 @@ pub async fn watch(url: String, view: watch::Sender<PointerView>) {
     }
 }
 
-async fn fetch(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Result<ActiveRegion, String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad pointer URL {url}: {e}"))?;
+async fn fetch(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    url: &str,
+    token: Option<&str>,
+) -> Result<ActiveRegion, String> {
+    let mut request = hyper::Request::get(url);
+    if let Some(token) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Empty::new())
+        .map_err(|e| format!("bad pointer URL {url}: {e}"))?;
     let exchange = async {
-        let response = client.get(uri).await.map_err(|e| format!("GET {url}: {e}"))?;
+        let response = client.request(request).await.map_err(|e| format!("GET {url}: {e}"))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), BODY_BYTES_MAX)
             .collect()
@@ -170,9 +188,19 @@ async fn fetch(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Resul
                 String::from_utf8_lossy(&body[..body.len().min(200)])
             ));
         }
-        serde_json::from_slice::<ActiveRegion>(&body).map_err(|e| {
+        let wire = serde_json::from_slice::<PointerWire>(&body).map_err(|e| {
             format!("GET {url}: expected {{\"region\": ..., \"generation\": N}}, got an unreadable answer: {e}")
-        })
+        })?;
+        match wire.region {
+            Some(region) => Ok(ActiveRegion {
+                region,
+                generation: wire.generation,
+            }),
+            None => Err(format!(
+                "the controller has not chosen an active region yet (generation {})",
+                wire.generation
+            )),
+        }
     };
     tokio::time::timeout(Duration::from_millis(WAIT_MS + ANSWER_SLACK_MS), exchange)
         .await

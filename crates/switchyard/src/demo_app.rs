@@ -24,6 +24,9 @@ pub struct DemoAppArgs {
     /// takes writes.
     #[arg(long, env = "SWITCHYARD_POINTER")]
     pointer: Option<String>,
+    /// File holding the bearer token the controller wants (its --token-file).
+    #[arg(long, env = "SWITCHYARD_POINTER_TOKEN_FILE")]
+    pointer_token_file: Option<PathBuf>,
     /// Writes stop (503) and /health fails when the pointer was not confirmed for this long.
     #[arg(long, default_value_t = demoapp::pointer::STALE_MS_DEFAULT)]
     pointer_stale_ms: u64,
@@ -88,11 +91,21 @@ pub async fn run(args: DemoAppArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => bail!("give both --access-key-id and --secret-access-key (or neither, for an open store)"),
     };
+    let pointer_token = match &args.pointer_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("read pointer token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
     let config = DemoAppConfig {
         instance: args.instance.unwrap_or_else(|| format!("shop-{}", args.region)),
         region: args.region,
         stores,
         pointer: args.pointer,
+        pointer_token,
         credentials,
         table_prefix: args.table_prefix,
         tables_create: args.tables_create,

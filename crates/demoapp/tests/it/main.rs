@@ -463,3 +463,42 @@ async fn signed_requests_reach_an_authenticated_store() {
         .expect_err("the store wants signatures");
     assert!(error.kind().is_some(), "{error}");
 }
+
+#[tokio::test]
+async fn pointer_token_is_sent_and_an_unchosen_region_blocks_writes() {
+    let store = plain_store("us-east-1").await;
+    let (sender, receiver) = watch::channel(json!({"region": null, "generation": 0}));
+    async fn handler(
+        State(receiver): State<watch::Receiver<Value>>,
+        headers: axum::http::HeaderMap,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer s3cret") {
+            return (axum::http::StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
+        }
+        axum::Json(receiver.borrow().clone()).into_response()
+    }
+    let app = axum::Router::new()
+        .route("/v1/active-region", axum::routing::get(handler))
+        .with_state(receiver);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind pointer");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+
+    let mut config = DemoAppConfig::single("us-east-1", &store.url);
+    config.pointer = Some(url);
+    config.pointer_token = Some("s3cret".to_string());
+    let mut shop = ShopUnderTest::start(config).await;
+    let body = shop
+        .wait_health("503 naming the missing choice", |status, body| {
+            status == 503 && body["reason"].as_str().is_some_and(|r| r.contains("not chosen"))
+        })
+        .await;
+    assert_eq!(body["active_region"], Value::Null);
+    let (status, _) = shop.request("POST", "/api/cart", Some(json!({"product": "mug"}))).await;
+    assert_eq!(status, 503);
+
+    sender.send_replace(json!({"region": "us-east-1", "generation": 1}));
+    shop.wait_health("ok", |status, _| status == 200).await;
+    shop.ok("POST", "/api/cart", Some(json!({"product": "mug"}))).await;
+}
