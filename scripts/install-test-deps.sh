@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages and the command each provides (checked before installing).
 declare -A PACKAGES=(
+  [pg_ctlcluster]=postgresql
+  [mariadbd]=mariadb-server
+  [redis-server]=redis-server
   [dig]=bind9-dnsutils
   [haproxy]=haproxy
   [wrk]=wrk

@@ -6,8 +6,11 @@
 //! `now_ms` argument), so the controller's decision logic can be tested and simulated over them.
 //! This crate must not depend on the controller, DNS or proxy crates; they depend on it.
 
+pub mod agent;
+pub mod probe;
 pub mod quorum;
 pub mod report;
+pub mod runner;
 pub mod spec;
 pub mod state;
 

@@ -1,0 +1,248 @@
+//! `switchyard agent`: a remote vantage point. Fetches its `AgentPlan` from the controller,
+//! runs the checks, and posts a `Report` every `report_interval_ms`.
+//!
+//! Never an unbounded queue: a report is built from the latest results at the moment it is
+//! sent, one send is in flight at a time, and a send that keeps failing is dropped after
+//! `REPORT_ATTEMPTS_MAX` attempts — the next tick sends a fresher one. While the controller is
+//! unreachable the agent keeps probing and keeps only the latest state.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::report::{AgentPlan, PLAN_PATH, REPORT_PATH, Report};
+use crate::runner::{Runner, RunnerOptions};
+
+/// Default time between two fetches of the plan.
+pub const DEFAULT_PLAN_REFRESH_MS: u64 = 10_000;
+/// One request to the controller is abandoned after this long.
+pub const REQUEST_TIMEOUT_MS: u64 = 2000;
+/// Attempts to deliver one report before dropping it for a fresher one.
+pub const REPORT_ATTEMPTS_MAX: u32 = 3;
+/// First retry delay of a report; doubles per attempt.
+pub const REPORT_RETRY_MS: u64 = 100;
+/// Cap of the delay between plan fetches while the controller is unreachable.
+pub const PLAN_RETRY_MS_MAX: u64 = 5000;
+/// Bounds on the report interval a plan may ask for.
+pub const REPORT_INTERVAL_MS_MIN: u64 = 50;
+pub const REPORT_INTERVAL_MS_MAX: u64 = 60_000;
+/// Largest plan body accepted.
+pub const PLAN_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The controller's base URL, `http://host:port`.
+    pub controller: String,
+    /// This vantage point's name; the controller must list it.
+    pub name: String,
+    /// Bearer token for the controller's API, if it has one.
+    pub token: Option<String>,
+    pub plan_refresh_ms: u64,
+    pub runner: RunnerOptions,
+}
+
+impl AgentConfig {
+    pub fn new(controller: impl Into<String>, name: impl Into<String>) -> AgentConfig {
+        AgentConfig {
+            controller: controller.into(),
+            name: name.into(),
+            token: None,
+            plan_refresh_ms: DEFAULT_PLAN_REFRESH_MS,
+            runner: RunnerOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("controller URL '{0}' is not http://host:port (HTTPS is not supported yet: use a TLS tunnel)")]
+    BadController(String),
+    #[error("agent name '{0}' is not a name: use letters, digits, '-', '_' or '.'")]
+    BadName(String),
+}
+
+/// Why one exchange with the controller failed.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error("{0}")]
+    Transport(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+struct ControllerClient {
+    base: String,
+    name: String,
+    token: Option<String>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ControllerClient {
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ExchangeError> {
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| ExchangeError::Transport(format!("{}: {e}", self.base)))?;
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), PLAN_BYTES_MAX)
+                .collect()
+                .await
+                .map_err(|e| ExchangeError::Transport(format!("read response: {e}")))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), exchange)
+            .await
+            .map_err(|_| ExchangeError::Transport(format!("{}: no answer within {REQUEST_TIMEOUT_MS} ms", self.base)))?
+    }
+
+    fn request(&self, method: &str, path: &str, body: Vec<u8>) -> Result<Request<Full<Bytes>>, ExchangeError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("user-agent", "switchyard-agent/1");
+        if !body.is_empty() {
+            builder = builder.header("content-type", "application/json");
+        }
+        if let Some(token) = &self.token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ExchangeError::Transport(format!("build request: {e}")))
+    }
+
+    async fn fetch_plan(&self) -> Result<AgentPlan, ExchangeError> {
+        let request = self.request("GET", &format!("{PLAN_PATH}?name={}", self.name), Vec::new())?;
+        let (status, body) = self.send(request).await?;
+        match status {
+            StatusCode::OK => serde_json::from_slice(&body)
+                .map_err(|e| ExchangeError::Refused(format!("the controller's plan is not valid: {e}"))),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(ExchangeError::Refused(format!(
+                "the controller refused the token (HTTP {status}): check --token-file / SWITCHYARD_CONTROL_TOKEN"
+            ))),
+            StatusCode::NOT_FOUND => Err(ExchangeError::Refused(format!(
+                "the controller has no plan for agent '{}' (HTTP 404): list it among the vantage points",
+                self.name
+            ))),
+            other => Err(ExchangeError::Transport(format!(
+                "plan: HTTP {other}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ))),
+        }
+    }
+
+    async fn post_report(&self, report: &Report) -> Result<(), ExchangeError> {
+        let body = serde_json::to_vec(report).map_err(|e| ExchangeError::Refused(format!("encode report: {e}")))?;
+        let (status, body) = self.send(self.request("POST", REPORT_PATH, body)?).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(ExchangeError::Transport(format!(
+                "report: HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            )))
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let base = config.controller.trim_end_matches('/').to_string();
+    if !base.starts_with("http://") || base.len() <= "http://".len() {
+        return Err(AgentError::BadController(config.controller));
+    }
+    if !valid_name(&config.name) {
+        return Err(AgentError::BadName(config.name));
+    }
+    let client = ControllerClient {
+        base,
+        name: config.name.clone(),
+        token: config.token.clone(),
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    };
+    tokio::pin!(shutdown);
+    let mut runner = Runner::new(config.runner);
+    let mut report_interval_ms = crate::report::DEFAULT_REPORT_INTERVAL_MS;
+    let mut plan_retry_ms = 200u64;
+    let mut next_plan = tokio::time::Instant::now();
+    let mut next_report = tokio::time::Instant::now();
+    let mut have_plan = false;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep_until(next_plan) => {
+                match client.fetch_plan().await {
+                    Ok(plan) => {
+                        plan_retry_ms = 200;
+                        next_plan = tokio::time::Instant::now() + Duration::from_millis(config.plan_refresh_ms.max(100));
+                        let interval = plan.report_interval_ms.clamp(REPORT_INTERVAL_MS_MIN, REPORT_INTERVAL_MS_MAX);
+                        if runner.checks() != plan.checks || !have_plan {
+                            let count = plan.checks.len();
+                            match runner.update(plan.checks) {
+                                Ok(()) => {
+                                    tracing::info!(checks = count, report_interval_ms = interval, "plan applied");
+                                    have_plan = true;
+                                }
+                                Err(error) => tracing::error!(%error, "the controller's plan is invalid; keeping the previous one"),
+                            }
+                        }
+                        report_interval_ms = interval;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, retry_ms = plan_retry_ms, "cannot fetch the plan");
+                        next_plan = tokio::time::Instant::now() + Duration::from_millis(plan_retry_ms);
+                        if have_plan {
+                            next_plan = tokio::time::Instant::now() + Duration::from_millis(config.plan_refresh_ms.max(100));
+                        }
+                        plan_retry_ms = (plan_retry_ms * 2).min(PLAN_RETRY_MS_MAX);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(next_report), if have_plan => {
+                next_report = tokio::time::Instant::now() + Duration::from_millis(report_interval_ms);
+                deliver(&client, &runner, &config.name).await;
+            }
+        }
+    }
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Posts the latest report, retrying a few times; each attempt sends the freshest results.
+async fn deliver(client: &ControllerClient, runner: &Runner, name: &str) {
+    let mut delay_ms = REPORT_RETRY_MS;
+    for attempt in 1..=REPORT_ATTEMPTS_MAX {
+        let report = runner.report(name);
+        match client.post_report(&report).await {
+            Ok(()) => return,
+            Err(ExchangeError::Refused(error)) => {
+                tracing::warn!(%error, "report refused");
+                return;
+            }
+            Err(ExchangeError::Transport(error)) if attempt == REPORT_ATTEMPTS_MAX => {
+                tracing::warn!(%error, attempts = attempt, "report dropped; the next one will carry the latest state");
+            }
+            Err(ExchangeError::Transport(_)) => {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                delay_ms *= 2;
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The agent against a controller stand-in that serves a plan and records reports.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use health::agent::{AgentConfig, run};
+use health::{AgentPlan, CheckSpec, CheckStatus, ProbeKind, Report};
+
+use crate::support::{free_port, wait_for};
+
+#[derive(Default)]
+struct Seen {
+    reports: Vec<Report>,
+    plan_requests: Vec<String>,
+    authorizations: Vec<String>,
+}
+
+/// Serves `plan` at /v1/agent/plan and takes reports at /v1/agent/report, demanding the token.
+async fn start_controller(listener: TcpListener, plan: AgentPlan, seen: Arc<Mutex<Seen>>) {
+    let plan = Arc::new(serde_json::to_vec(&plan).expect("encode plan"));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (plan, seen) = (plan.clone(), seen.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let (plan, seen) = (plan.clone(), seen.clone());
+                    async move {
+                        let authorization = request
+                            .headers()
+                            .get("authorization")
+                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                            .unwrap_or_default();
+                        let path = request.uri().path().to_string();
+                        let query = request.uri().query().unwrap_or("").to_string();
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let mut seen = seen.lock().expect("lock");
+                        seen.authorizations.push(authorization.clone());
+                        let (status, body) = if authorization != "Bearer t0ken" {
+                            (401, Bytes::new())
+                        } else if path == "/v1/agent/plan" {
+                            seen.plan_requests.push(query);
+                            (200, Bytes::from(plan.as_ref().clone()))
+                        } else if path == "/v1/agent/report" {
+                            match serde_json::from_slice::<Report>(&body) {
+                                Ok(report) => {
+                                    seen.reports.push(report);
+                                    (204, Bytes::new())
+                                }
+                                Err(_) => (400, Bytes::new()),
+                            }
+                        } else {
+                            (404, Bytes::new())
+                        };
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(status)
+                                .body(Full::new(body))
+                                .expect("response"),
+                        )
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+fn latest_status(seen: &Arc<Mutex<Seen>>) -> Option<CheckStatus> {
+    let seen = seen.lock().expect("lock");
+    seen.reports.last().and_then(|r| r.results.first()).map(|r| r.status)
+}
+
+#[tokio::test]
+async fn agent_waits_for_the_controller_then_reports_changes() {
+    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut check = CheckSpec::new(
+        "app",
+        "east",
+        ProbeKind::Tcp {
+            address: target.local_addr().expect("address").to_string(),
+        },
+    );
+    check.interval_ms = 50;
+    check.fast_interval_ms = 20;
+    let plan = AgentPlan {
+        checks: vec![check],
+        report_interval_ms: 50,
+    };
+    // The controller is not up yet when the agent starts.
+    let port = free_port();
+    let mut config = AgentConfig::new(format!("http://127.0.0.1:{port}"), "agent-eu");
+    config.token = Some("t0ken".into());
+    config.plan_refresh_ms = 200;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run(config, async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await; // let it fail a few plan fetches first
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the controller port");
+    start_controller(listener, plan, seen.clone()).await;
+
+    let deadline = Duration::from_secs(15);
+    wait_for("a report with the check up", deadline, || {
+        latest_status(&seen) == Some(CheckStatus::Up)
+    })
+    .await;
+    {
+        let seen = seen.lock().expect("lock");
+        assert!(
+            seen.plan_requests.iter().all(|q| q == "name=agent-eu"),
+            "{:?}",
+            seen.plan_requests
+        );
+        assert!(seen.authorizations.iter().all(|a| a == "Bearer t0ken"));
+        assert!(seen.reports.iter().all(|r| r.vantage == "agent-eu"));
+    }
+    drop(target);
+    wait_for("a report with the check down", deadline, || {
+        latest_status(&seen) == Some(CheckStatus::Down)
+    })
+    .await;
+    wait_for("a plan refresh", deadline, || {
+        seen.lock().expect("lock").plan_requests.len() >= 2
+    })
+    .await;
+
+    let _ = stop.send(());
+    agent.await.expect("agent task").expect("agent stops cleanly");
+}
+
+#[tokio::test]
+async fn agent_refuses_bad_configuration() {
+    let never = std::future::pending::<()>();
+    let error = run(AgentConfig::new("https://controller:9000", "a"), never)
+        .await
+        .expect_err("https");
+    assert!(error.to_string().contains("https://controller:9000"), "{error}");
+    let never = std::future::pending::<()>();
+    let error = run(AgentConfig::new("http://127.0.0.1:9", "bad name"), never)
+        .await
+        .expect_err("name");
+    assert!(error.to_string().contains("'bad name'"), "{error}");
+}

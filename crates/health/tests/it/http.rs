@@ -1,0 +1,148 @@
+//! HTTP and TCP probes against a hyper server and TCP listeners in the test.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use health::ProbeKind;
+use health::probe::probe;
+
+use crate::support::spec;
+
+/// Answers `/ok` with 200 "all good", `/fail` with 503, `/slow` never; anything else 404.
+async fn start_app() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
+                    let (status, body) = match request.uri().path() {
+                        "/ok" => (200, "status: all good"),
+                        "/fail" => (503, "maintenance"),
+                        "/slow" => {
+                            std::future::pending::<()>().await;
+                            (200, "")
+                        }
+                        "/host" => {
+                            let host = request.headers().get("x-check").map(|v| v.as_bytes().to_vec());
+                            if host.as_deref() == Some(b"yes") {
+                                (200, "header seen")
+                            } else {
+                                (400, "no header")
+                            }
+                        }
+                        _ => (404, "not found"),
+                    };
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::from(body)))
+                            .expect("response"),
+                    )
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+fn http(url: String, expect_status: Option<u16>, body_contains: Option<&str>) -> ProbeKind {
+    ProbeKind::Http {
+        url,
+        method: "GET".into(),
+        expect_status,
+        body_contains: body_contains.map(str::to_string),
+        headers: BTreeMap::new(),
+    }
+}
+
+#[tokio::test]
+async fn http_probe_judges_status_and_body() {
+    let address = start_app().await;
+    let ok = probe(&spec(http(format!("http://{address}/ok"), None, Some("all good")))).await;
+    assert!(ok.success, "{ok:?}");
+    assert!(ok.latency_ms.is_some());
+    assert_eq!(ok.detail, "HTTP 200, body contains 'all good'");
+
+    let fail = probe(&spec(http(format!("http://{address}/fail"), None, None))).await;
+    assert!(!fail.success);
+    assert_eq!(fail.detail, "HTTP 503, expected 2xx or 3xx");
+
+    let expected = probe(&spec(http(format!("http://{address}/fail"), Some(503), None))).await;
+    assert!(expected.success, "{expected:?}");
+
+    let lacking = probe(&spec(http(format!("http://{address}/ok"), None, Some("broken")))).await;
+    assert!(!lacking.success);
+    assert!(lacking.detail.contains("lacks 'broken'"), "{}", lacking.detail);
+
+    let mut headers = BTreeMap::new();
+    headers.insert("x-check".to_string(), "yes".to_string());
+    let with_header = probe(&spec(ProbeKind::Http {
+        url: format!("http://{address}/host"),
+        method: "GET".into(),
+        expect_status: Some(200),
+        body_contains: None,
+        headers,
+    }))
+    .await;
+    assert!(with_header.success, "{with_header:?}");
+}
+
+#[tokio::test]
+async fn a_hanging_server_is_cut_at_the_timeout() {
+    let address = start_app().await;
+    let mut slow = spec(http(format!("http://{address}/slow"), None, None));
+    slow.timeout_ms = 200;
+    let outcome = probe(&slow).await;
+    assert!(!outcome.success);
+    assert_eq!(outcome.detail, "timed out after 200 ms");
+    assert_eq!(outcome.latency_ms, None);
+    // A TCP listener that accepts but never answers HTTP.
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut check = spec(http(
+        format!("http://{}/", silent.local_addr().expect("address")),
+        None,
+        None,
+    ));
+    check.timeout_ms = 200;
+    assert_eq!(probe(&check).await.detail, "timed out after 200 ms");
+}
+
+#[tokio::test]
+async fn tcp_probe_connects_or_reports_the_refusal() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let up = probe(&spec(ProbeKind::Tcp {
+        address: address.clone(),
+    }))
+    .await;
+    assert!(up.success, "{up:?}");
+    drop(listener);
+    let down = probe(&spec(ProbeKind::Tcp {
+        address: address.clone(),
+    }))
+    .await;
+    assert!(!down.success);
+    assert!(
+        down.detail.starts_with(&format!("connect {address}:")),
+        "{}",
+        down.detail
+    );
+    let refused_http = probe(&spec(http(format!("http://{address}/ok"), None, None))).await;
+    assert!(!refused_http.success);
+    assert!(refused_http.detail.contains("refused"), "{}", refused_http.detail);
+}

@@ -1,0 +1,96 @@
+//! Redis probe against real redis-server processes: a password-protected primary and a replica.
+
+use std::process::Command;
+use std::time::Duration;
+
+use health::ProbeKind;
+use health::probe::probe;
+
+use crate::support::{START_DEADLINE, Server, find_binary, free_port, probe_until, skip, spec};
+
+fn redis(address: &str, password: Option<&str>, expect_role: Option<&str>, max_lag: Option<u64>) -> ProbeKind {
+    ProbeKind::Redis {
+        address: address.to_string(),
+        username: None,
+        password: password.map(str::to_string),
+        replication: expect_role.is_some(),
+        expect_role: expect_role.map(str::to_string),
+        max_replica_lag_ms: max_lag,
+    }
+}
+
+#[tokio::test]
+async fn redis_ping_auth_and_replication() {
+    let Some(binary) = find_binary("redis-server") else {
+        return skip("redis-server", "redis-server");
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let primary_port = free_port();
+    let primary_address = format!("127.0.0.1:{primary_port}");
+    let _primary = Server::start(
+        Command::new(&binary).args([
+            "--port",
+            &primary_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            "s3cret",
+            "--dir",
+            &dir.path().display().to_string(),
+        ]),
+        dir.path().join("primary.log"),
+    );
+    let ping = spec(redis(&primary_address, Some("s3cret"), None, None));
+    let up = probe_until(&ping, START_DEADLINE, |o| o.success).await;
+    assert_eq!(up.detail, "PONG");
+
+    let wrong = probe(&spec(redis(&primary_address, Some("wrong"), None, None))).await;
+    assert!(!wrong.success);
+    assert!(wrong.detail.starts_with("AUTH refused"), "{}", wrong.detail);
+    let no_auth = probe(&spec(redis(&primary_address, None, None, None))).await;
+    assert!(!no_auth.success);
+    assert!(no_auth.detail.contains("NOAUTH"), "{}", no_auth.detail);
+
+    let master = probe(&spec(redis(&primary_address, Some("s3cret"), Some("master"), None))).await;
+    assert!(master.success, "{master:?}");
+    assert_eq!(master.replica_lag_ms, Some(0));
+    let not_slave = probe(&spec(redis(&primary_address, Some("s3cret"), Some("slave"), None))).await;
+    assert!(!not_slave.success);
+    assert!(not_slave.detail.contains("expected slave"), "{}", not_slave.detail);
+
+    let replica_port = free_port();
+    let replica_address = format!("127.0.0.1:{replica_port}");
+    let _replica = Server::start(
+        Command::new(&binary).args([
+            "--port",
+            &replica_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            &primary_port.to_string(),
+            "--masterauth",
+            "s3cret",
+            "--dir",
+            &dir.path().display().to_string(),
+        ]),
+        dir.path().join("replica.log"),
+    );
+    // Once the link is up the replica reports a lag within the bound.
+    let replica = spec(redis(&replica_address, None, Some("slave"), Some(10_000)));
+    let synced = probe_until(&replica, START_DEADLINE, |o| o.success).await;
+    assert!(synced.detail.contains("master link up"), "{}", synced.detail);
+    assert!(synced.replica_lag_ms.is_some());
+    // Cut the primary: the replica's link goes down and its lag becomes unknown, failing the bound.
+    drop(_primary);
+    let broken = probe_until(&replica, Duration::from_secs(30), |o| !o.success).await;
+    assert!(broken.detail.contains("lag unknown"), "{}", broken.detail);
+}

@@ -1,0 +1,222 @@
+//! SQL probes against real MariaDB (primary and replica) and PostgreSQL servers.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use health::probe::probe;
+use health::{ProbeKind, SqlDriver};
+
+use crate::support::{START_DEADLINE, Server, find_binary, free_port, probe_until, running_as_root, skip, spec};
+
+/// uid and gid of `nobody` on Debian, for servers that refuse to run as root.
+const NOBODY: u32 = 65534;
+
+fn sql(driver: SqlDriver, port: u16, user: &str, password: Option<&str>, replica_lag: bool) -> ProbeKind {
+    ProbeKind::Sql {
+        driver,
+        address: format!("127.0.0.1:{port}"),
+        user: user.into(),
+        password: password.map(str::to_string),
+        database: None,
+        replica_lag,
+        max_replica_lag_ms: None,
+    }
+}
+
+fn install_mariadb(install_db: &Path, data: &Path, log: &Path) {
+    let mut command = Command::new(install_db);
+    command.args([
+        "--no-defaults",
+        &format!("--datadir={}", data.display()),
+        "--auth-root-authentication-method=normal",
+        "--skip-test-db",
+    ]);
+    if running_as_root() {
+        command.arg("--user=root");
+    }
+    let output = command.output().expect("run mariadb-install-db");
+    std::fs::write(log, [output.stdout, output.stderr].concat()).expect("write log");
+    assert!(
+        output.status.success(),
+        "mariadb-install-db failed; see {}",
+        log.display()
+    );
+}
+
+fn start_mariadb(mariadbd: &Path, dir: &Path, name: &str, port: u16, extra: &[String], init: &str) -> Server {
+    let data = dir.join(name);
+    let install_db = find_binary("mariadb-install-db").expect("mariadb-install-db ships with mariadbd");
+    install_mariadb(&install_db, &data, &dir.join(format!("{name}-install.log")));
+    let init_file = dir.join(format!("{name}-init.sql"));
+    std::fs::write(&init_file, init).expect("write init file");
+    let mut command = Command::new(mariadbd);
+    command.args([
+        "--no-defaults".to_string(),
+        format!("--datadir={}", data.display()),
+        format!("--port={port}"),
+        "--bind-address=127.0.0.1".into(),
+        format!("--socket={}", dir.join(format!("{name}.sock")).display()),
+        format!("--pid-file={}", dir.join(format!("{name}.pid")).display()),
+        format!("--init-file={}", init_file.display()),
+        "--skip-name-resolve".into(),
+        "--innodb-buffer-pool-size=16M".into(),
+    ]);
+    command.args(extra);
+    if running_as_root() {
+        command.arg("--user=root");
+    }
+    Server::start(&mut command, dir.join(format!("{name}.log")))
+}
+
+#[tokio::test]
+async fn mariadb_select_one_login_and_replica_lag() {
+    let Some(mariadbd) = find_binary("mariadbd") else {
+        return skip("mariadbd", "mariadb-server");
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let primary_port = free_port();
+    let users = "DROP USER IF EXISTS ''@'localhost';\n\
+        CREATE USER IF NOT EXISTS 'probe'@'%' IDENTIFIED BY 'pr0be-pass';\n\
+        GRANT SLAVE MONITOR ON *.* TO 'probe'@'%';\n\
+        CREATE USER IF NOT EXISTS 'repl'@'%' IDENTIFIED BY 'repl-pass';\n\
+        GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';\n\
+        CREATE USER IF NOT EXISTS 'nopass'@'%';\n";
+    let _primary = start_mariadb(
+        &mariadbd,
+        dir.path(),
+        "primary",
+        primary_port,
+        &["--server-id=1".into(), "--log-bin=primary-bin".into()],
+        users,
+    );
+    let check = spec(sql(SqlDriver::Mysql, primary_port, "probe", Some("pr0be-pass"), false));
+    let up = probe_until(&check, START_DEADLINE, |o| o.success).await;
+    assert!(up.detail.starts_with("SELECT 1 ok ("), "{}", up.detail);
+
+    let no_password = probe(&spec(sql(SqlDriver::Mysql, primary_port, "nopass", None, false))).await;
+    assert!(no_password.success, "{no_password:?}");
+
+    let wrong = probe(&spec(sql(SqlDriver::Mysql, primary_port, "probe", Some("nope"), false))).await;
+    assert!(!wrong.success);
+    assert!(wrong.detail.contains("ERROR 1045"), "{}", wrong.detail);
+
+    let primary_lag = probe(&spec(sql(
+        SqlDriver::Mysql,
+        primary_port,
+        "probe",
+        Some("pr0be-pass"),
+        true,
+    )))
+    .await;
+    assert!(primary_lag.success, "{primary_lag:?}");
+    assert!(primary_lag.detail.contains("not a replica"), "{}", primary_lag.detail);
+    assert_eq!(primary_lag.replica_lag_ms, Some(0));
+
+    let replica_port = free_port();
+    let replica_init = format!(
+        "{users}CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary_port}, \
+         MASTER_USER='repl', MASTER_PASSWORD='repl-pass', MASTER_USE_GTID=no;\nSTART SLAVE;\n"
+    );
+    let _replica = start_mariadb(
+        &mariadbd,
+        dir.path(),
+        "replica",
+        replica_port,
+        &["--server-id=2".into()],
+        &replica_init,
+    );
+    let mut bounded = sql(SqlDriver::Mysql, replica_port, "probe", Some("pr0be-pass"), true);
+    if let ProbeKind::Sql { max_replica_lag_ms, .. } = &mut bounded {
+        *max_replica_lag_ms = Some(60_000);
+    }
+    let replica = probe_until(&spec(bounded), START_DEADLINE, |o| o.success).await;
+    assert!(replica.detail.contains("s behind"), "{}", replica.detail);
+    assert!(replica.replica_lag_ms.is_some());
+}
+
+#[tokio::test]
+async fn postgres_select_one_with_scram_login() {
+    let (Some(initdb), Some(postgres)) = (find_binary("initdb"), find_binary("postgres")) else {
+        return skip("initdb/postgres", "postgresql");
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let as_root = running_as_root();
+    if as_root {
+        // PostgreSQL refuses to run as root: run it as nobody, in a directory nobody can use.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "pg-s3cret\n").expect("write password file");
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let data = dir.path().join("data");
+    let mut command = Command::new(&initdb);
+    command.args([
+        "-D",
+        &data.display().to_string(),
+        "-U",
+        "postgres",
+        &format!("--pwfile={}", password_file.display()),
+        "--auth=scram-sha-256",
+        "--no-sync",
+        "-E",
+        "UTF8",
+    ]);
+    if as_root {
+        command.uid(NOBODY).gid(NOBODY);
+    }
+    let output = command.output().expect("run initdb");
+    assert!(
+        output.status.success(),
+        "initdb failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let port = free_port();
+    let mut command = Command::new(&postgres);
+    command.args([
+        "-D",
+        &data.display().to_string(),
+        "-p",
+        &port.to_string(),
+        "-k",
+        &dir.path().display().to_string(),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "fsync=off",
+    ]);
+    if as_root {
+        command.uid(NOBODY).gid(NOBODY);
+    }
+    let _server = Server::start(&mut command, dir.path().join("postgres.log"));
+
+    let check = spec(sql(SqlDriver::Postgres, port, "postgres", Some("pg-s3cret"), false));
+    let up = probe_until(&check, START_DEADLINE, |o| o.success).await;
+    assert!(up.detail.starts_with("SELECT 1 ok (PostgreSQL "), "{}", up.detail);
+
+    let lag = probe(&spec(sql(
+        SqlDriver::Postgres,
+        port,
+        "postgres",
+        Some("pg-s3cret"),
+        true,
+    )))
+    .await;
+    assert!(lag.success, "{lag:?}");
+    assert!(lag.detail.contains("primary"), "{}", lag.detail);
+    assert_eq!(lag.replica_lag_ms, Some(0));
+
+    let wrong = probe(&spec(sql(SqlDriver::Postgres, port, "postgres", Some("wrong"), false))).await;
+    assert!(!wrong.success);
+    assert!(wrong.detail.contains("28P01"), "{}", wrong.detail);
+
+    let mut missing_db = sql(SqlDriver::Postgres, port, "postgres", Some("pg-s3cret"), false);
+    if let ProbeKind::Sql { database, .. } = &mut missing_db {
+        *database = Some("nope".into());
+    }
+    let missing = probe(&spec(missing_db)).await;
+    assert!(!missing.success);
+    assert!(missing.detail.contains("3D000"), "{}", missing.detail);
+}
