@@ -1,0 +1,16 @@
+//! `lab`: the whole system on one machine. This crate holds the lab's process supervisor:
+//! components run as real child processes of the one binary (so a kill -9 or a SIGSTOP is a
+//! real fault), each with a ready file and a log file under the lab directory, started in
+//! order, stopped in reverse with SIGTERM and then SIGKILL after a grace period, and faulted one
+//! at a time for drills (kill -9, SIGSTOP / SIGCONT, restart). `lab.json` in the directory
+//! records what runs where, so `switchyard status --lab DIR` and drills in other processes can
+//! find the components.
+//!
+//! Must not depend on the crates of the components it runs: it knows them only as command
+//! lines, ready files and addresses.
+
+pub mod state;
+pub mod supervisor;
+
+pub use state::{ComponentRecord, LabState};
+pub use supervisor::{ComponentSpec, ComponentState, Supervisor, SupervisorError};
