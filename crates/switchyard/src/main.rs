@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dynamo_protocol::sigv4::Credentials;
 use tokio::net::TcpListener;
 
+mod agent;
 mod demo_app;
 
 mod fault_proxy;
@@ -53,6 +54,10 @@ enum Command {
     /// commit). Without --credentials any signature is accepted, so the store then refuses to
     /// listen anywhere but loopback.
     Store(StoreArgs),
+    /// A remote vantage point: fetches its checks from the controller, probes them (HTTP, TCP,
+    /// DNS, DynamoDB, SQL, Redis) with rise/fall, and reports to the controller, whose quorum
+    /// over vantage points decides whether a region is down.
+    Agent(agent::AgentArgs),
     /// The benchmark ceiling: a bare HTTP server on the store's stack answering 200 to anything.
     #[command(hide = true)]
     BenchCeiling(CeilingArgs),
@@ -189,6 +194,7 @@ fn main() -> anyhow::Result<()> {
         .context("start the async runtime")?;
     match cli.command {
         Command::Store(args) => runtime.block_on(run_store(args)),
+        Command::Agent(args) => runtime.block_on(agent::run_agent(args)),
         Command::BenchCeiling(args) => runtime.block_on(run_ceiling(args)),
         Command::DemoApp(args) => runtime.block_on(demo_app::run(args)),
         Command::FaultProxy(args) => runtime.block_on(fault_proxy::run(args)),

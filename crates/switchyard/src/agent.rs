@@ -1,0 +1,49 @@
+//! `switchyard agent`: argument parsing for a remote vantage point; the logic is in
+//! `health::agent`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+#[derive(clap::Args)]
+pub(crate) struct AgentArgs {
+    /// The controller's base URL, e.g. http://10.0.0.2:7000.
+    #[arg(long, env = "SWITCHYARD_CONTROLLER")]
+    controller: String,
+    /// This vantage point's name, as listed in the controller's config (e.g. eu-agent).
+    #[arg(long, env = "SWITCHYARD_AGENT_NAME")]
+    name: String,
+    /// File holding the controller's bearer token (or set SWITCHYARD_CONTROL_TOKEN).
+    #[arg(long, env = "SWITCHYARD_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Milliseconds between two fetches of the plan (the checks to run).
+    #[arg(long, default_value_t = health::agent::DEFAULT_PLAN_REFRESH_MS)]
+    plan_refresh_ms: u64,
+    /// Probes running at the same time, at most.
+    #[arg(long, default_value_t = health::runner::DEFAULT_PROBES_IN_FLIGHT_MAX)]
+    probes_in_flight_max: usize,
+}
+
+pub(crate) async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let token = match (&args.token_file, std::env::var("SWITCHYARD_CONTROL_TOKEN")) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("read token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, Ok(token)) => Some(token.trim().to_string()),
+        (None, Err(_)) => None,
+    };
+    if token.as_deref() == Some("") {
+        bail!("the control token is empty: put the controller's token in --token-file or SWITCHYARD_CONTROL_TOKEN");
+    }
+    let mut config = health::agent::AgentConfig::new(args.controller, args.name);
+    config.token = token;
+    config.plan_refresh_ms = args.plan_refresh_ms;
+    config.runner.probes_in_flight_max = args.probes_in_flight_max.max(1);
+    tracing::info!(controller = %config.controller, name = %config.name, "agent starting");
+    health::agent::run(config, crate::shutdown_signal())
+        .await
+        .context("run the agent")
+}
