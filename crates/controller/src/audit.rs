@@ -36,6 +36,9 @@ pub struct AuditRecord {
 pub struct Checkpoint {
     pub generation: Generation,
     pub observed: Option<Placement>,
+    /// The generation that applied `observed`.
+    #[serde(default)]
+    pub observed_generation: Generation,
     pub interrupted: Option<Placement>,
     pub preferred: Option<RegionId>,
     pub paused: bool,
@@ -230,9 +233,14 @@ fn apply(state: &mut Checkpoint, record: &AuditRecord) {
                 state.generation = state.generation.max(order.generation);
                 state.interrupted = Some(order.to.clone());
             }
-            Note::RunbookFinished { to, outcome, .. } => {
+            Note::RunbookFinished {
+                to,
+                outcome,
+                generation,
+            } => {
                 if *outcome == RunbookOutcome::Succeeded {
                     state.observed = Some(to.clone());
+                    state.observed_generation = *generation;
                     state.interrupted = None;
                 } else if let RunbookOutcome::Fenced { .. } = outcome {
                     state.interrupted = None;

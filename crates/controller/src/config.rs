@@ -341,6 +341,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         warnings: Vec::new(),
     };
     let config = checker.check(parsed);
+    checker.problems.sort_by_key(|p| (p.line, p.column));
     if checker.problems.is_empty()
         && let Some(mut config) = config
     {

@@ -541,9 +541,9 @@ impl Engine {
                     track.was_down = true;
                     RegionState::Down
                 }
-                Verdict::Down => RegionState::Suspect,
-                Verdict::Unknown if track.was_down => RegionState::Down,
-                Verdict::Unknown => RegionState::Suspect,
+                // Unknown never counts as down (a partition must not trigger a failover), but a
+                // region that was down stays marked so its return goes through Recovering.
+                Verdict::Down | Verdict::Unknown => RegionState::Suspect,
                 Verdict::Up if track.was_down && held_ms < config.stability_window_ms => RegionState::Recovering,
                 Verdict::Up => {
                     track.was_down = false;

@@ -19,3 +19,4 @@ pub mod config;
 pub mod engine;
 pub mod pointer;
 pub mod runbook;
+pub mod server;

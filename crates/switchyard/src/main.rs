@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 mod agent;
 mod demo_app;
 
+mod controller;
 mod fault_proxy;
 
 mod bench;
@@ -84,6 +85,28 @@ enum Command {
     /// failover, weighted and multivalue records driven by the health the controller pushes to
     /// the admin API (PUT /v1/health, PUT /v1/txt), over UDP and TCP, with /metrics.
     Dns(dns::DnsArgs),
+    /// The failover controller: aggregates health from every vantage point, decides failover
+    /// and failback, runs the runbook with fencing generations, keeps the audit log, and serves
+    /// the control API and the active-region pointer (see docs/examples/switchyard.toml).
+    Controller(controller::ControllerArgs),
+    /// Work with the controller's configuration (`config check FILE`).
+    Config(controller::ConfigArgs),
+    /// Show the controller's view: regions, vantage points, generation, and why it waits.
+    Status(controller::StatusArgs),
+    /// Planned move of the active region to --to REGION (it becomes the preferred region).
+    Switchover(controller::SwitchoverArgs),
+    /// Fail over now to the best other region.
+    Failover(controller::ManualArgs),
+    /// Move back to the home (highest-priority) region if it is up and caught up.
+    Failback(controller::ManualArgs),
+    /// Pause automatic failover and failback (manual commands still work).
+    Pause(controller::ManualArgs),
+    /// Resume automation (also clears a fence after a newer controller was seen).
+    Resume(controller::ManualArgs),
+    /// Acknowledge alerts and reset the failovers-per-hour limit.
+    Acknowledge(controller::ManualArgs),
+    /// The active-region pointer (`pointer watch --write-env FILE --exec CMD`).
+    Pointer(controller::PointerArgs),
     /// Benchmarks that need Switchyard's own load generator (results go to BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -202,6 +225,16 @@ fn main() -> anyhow::Result<()> {
         Command::ProxyCtl(args) => runtime.block_on(proxy::run_proxy_ctl(args)),
         Command::Dns(args) => runtime.block_on(dns::run_dns(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Controller(args) => runtime.block_on(controller::run_controller(args)),
+        Command::Config(args) => controller::run_config(args),
+        Command::Status(args) => runtime.block_on(controller::run_status(args)),
+        Command::Switchover(args) => runtime.block_on(controller::run_switchover(args)),
+        Command::Failover(args) => runtime.block_on(controller::run_manual(args, "/v1/failover")),
+        Command::Failback(args) => runtime.block_on(controller::run_manual(args, "/v1/failback")),
+        Command::Pause(args) => runtime.block_on(controller::run_manual(args, "/v1/pause")),
+        Command::Resume(args) => runtime.block_on(controller::run_manual(args, "/v1/resume")),
+        Command::Acknowledge(args) => runtime.block_on(controller::run_manual(args, "/v1/acknowledge")),
+        Command::Pointer(args) => runtime.block_on(controller::run_pointer(args)),
     }
 }
 

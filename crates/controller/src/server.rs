@@ -1,0 +1,826 @@
+//! The controller at run time: takes vantage reports (agents over HTTP, the controller's own
+//! checks over a channel), aggregates them with `health::Aggregator`, feeds the verdicts to the
+//! engine every tick, executes the engine's commands (runbooks, alerts, audit records) and
+//! serves the control API, the agents' endpoints and the active-region pointer.
+//!
+//! Invariants: the engine is only touched under one lock and only this module does I/O for
+//! it; a runbook starts only after its `RunbookStarted` record is durable in the audit log (so
+//! a generation is never reused after a crash); without a control token the API only listens
+//! on loopback.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper::Method;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::audit::{AuditError, AuditLog, Entry};
+use crate::client::HttpClient;
+use crate::config::Config;
+use crate::engine::{
+    Command, Engine, Event, Generation, Manual, Note, RegionId, RegionState, Restored, RunbookOrder, RunbookOutcome,
+    Verdict,
+};
+use crate::pointer::{Pointer, PointerValue};
+use crate::runbook::{self, DnsAdmin, StepContext};
+
+/// Largest request body (a report of many checks).
+pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Records `GET /v1/events` returns at most.
+pub const EVENTS_LIMIT_MAX: usize = 1000;
+/// Timeout of an alert webhook.
+pub const ALERT_TIMEOUT_MS: u64 = 5_000;
+/// Reports from the controller's own checks buffered at most.
+pub const LOCAL_REPORTS_QUEUE_MAX: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "refusing to listen on {0} without a control token: anyone who can reach it could fail over your regions. Pass --token-file FILE or set SWITCHYARD_CONTROL_TOKEN, or listen on a loopback address such as 127.0.0.1"
+    )]
+    OpenToNetwork(SocketAddr),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("engine: {0}")]
+    Engine(#[from] crate::engine::EngineConfigError),
+    #[error("quorum: {0}")]
+    Quorum(#[from] health::quorum::QuorumError),
+    #[error("serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Security by default: an unauthenticated controller listens on loopback only.
+pub fn check_exposure(address: SocketAddr, token: Option<&str>) -> Result<(), ServerError> {
+    if token.is_some_and(|t| !t.is_empty()) || address.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(ServerError::OpenToNetwork(address))
+    }
+}
+
+/// What the binary passes besides the config.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Bearer token required on `/v1/*` (and sent to the DNS admin API unless `dns_token`).
+    pub token: Option<String>,
+    pub dns_token: Option<String>,
+    /// Reports of the controller's own checks (vantage `[controller] vantage`).
+    pub local_reports: Option<mpsc::Receiver<health::Report>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabels {
+    region: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VantageLabels {
+    vantage: String,
+}
+
+struct Metrics {
+    registry: Registry,
+    generation: Gauge,
+    region_state: Family<RegionLabels, Gauge>,
+    runbooks: Family<OutcomeLabels, Counter>,
+    reports: Family<VantageLabels, Counter>,
+    paused: Gauge,
+    fenced: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("switchyard_controller");
+        let generation = Gauge::default();
+        registry.register(
+            "generation",
+            "The latest generation (fencing token)",
+            generation.clone(),
+        );
+        let region_state = Family::<RegionLabels, Gauge>::default();
+        registry.register(
+            "region_state",
+            "1 for each region's current state (healthy, suspect, down, recovering)",
+            region_state.clone(),
+        );
+        let runbooks = Family::<OutcomeLabels, Counter>::default();
+        registry.register("runbooks", "Runbooks finished, by outcome", runbooks.clone());
+        let reports = Family::<VantageLabels, Counter>::default();
+        registry.register("reports", "Vantage reports received", reports.clone());
+        let paused = Gauge::default();
+        registry.register("paused", "1 while automation is paused", paused.clone());
+        let fenced = Gauge::default();
+        registry.register("fenced", "1 while fenced by a newer generation", fenced.clone());
+        Metrics {
+            registry,
+            generation,
+            region_state,
+            runbooks,
+            reports,
+            paused,
+            fenced,
+        }
+    }
+}
+
+struct Core {
+    engine: Engine,
+    aggregator: health::Aggregator,
+    audit: AuditLog,
+    /// Last verdict per region, to audit changes only.
+    verdicts: BTreeMap<String, (health::RegionState, String)>,
+}
+
+struct Shared {
+    config: Config,
+    core: Mutex<Core>,
+    pointer: Pointer,
+    token: Option<String>,
+    plan: health::AgentPlan,
+    metrics: Metrics,
+    base: Instant,
+    client: HttpClient,
+    step_context: StepContext,
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Shared {
+    /// Monotonic milliseconds since start (the engine's and the aggregator's clock).
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Steps the engine and executes its commands; returns the manual answer, if any.
+    fn feed(self: &Arc<Self>, core: &mut Core, event: Event) -> Option<(bool, String)> {
+        let now = self.now_ms();
+        let commands = core.engine.step(now, event);
+        let answer = self.execute(core, commands);
+        self.update_gauges(core);
+        answer
+    }
+
+    fn execute(self: &Arc<Self>, core: &mut Core, commands: Vec<Command>) -> Option<(bool, String)> {
+        let mut answer = None;
+        let mut failed_start = Vec::new();
+        for command in commands {
+            match command {
+                Command::Record { generation, note } => {
+                    let starting = matches!(note, Note::RunbookStarted(_));
+                    if let Err(error) = core.audit.append(wall_ms(), generation, Entry::Engine { note }) {
+                        tracing::error!(%error, "cannot write the audit log");
+                        if starting {
+                            failed_start.push((generation, error.to_string()));
+                        }
+                    }
+                }
+                Command::RunRunbook(order) => {
+                    if let Some((_, error)) = failed_start.iter().find(|(g, _)| *g == order.generation) {
+                        // Never act on a generation that is not durably recorded.
+                        let outcome = RunbookOutcome::Failed {
+                            step: "audit".into(),
+                            error: format!("the audit log could not record the start: {error}"),
+                        };
+                        let commands = core.engine.step(
+                            self.now_ms(),
+                            Event::RunbookFinished {
+                                generation: order.generation,
+                                outcome,
+                            },
+                        );
+                        self.execute(core, commands);
+                        continue;
+                    }
+                    tracing::info!(generation = %order.generation, kind = ?order.kind, to = %order.to.active, reason = %order.reason, "runbook started");
+                    self.spawn_runbook(order);
+                }
+                Command::Alert { key, message } => {
+                    tracing::warn!(%key, %message, "alert");
+                    let generation = core.engine.generation();
+                    if let Err(error) = core.audit.append(
+                        wall_ms(),
+                        generation,
+                        Entry::Alert {
+                            key: key.clone(),
+                            message: message.clone(),
+                        },
+                    ) {
+                        tracing::error!(%error, "cannot write the audit log");
+                    }
+                    self.send_alert(key, message, generation);
+                }
+                Command::Resolved { key } => {
+                    let generation = core.engine.generation();
+                    if let Err(error) = core.audit.append(wall_ms(), generation, Entry::Resolved { key }) {
+                        tracing::error!(%error, "cannot write the audit log");
+                    }
+                }
+                Command::Answer { accepted, reason } => answer = Some((accepted, reason)),
+            }
+        }
+        answer
+    }
+
+    fn update_gauges(&self, core: &Core) {
+        let status = core.engine.status(self.now_ms());
+        self.metrics
+            .generation
+            .set(i64::try_from(status.generation.0).unwrap_or(i64::MAX));
+        self.metrics.paused.set(i64::from(status.paused));
+        self.metrics.fenced.set(i64::from(status.fenced));
+        for region in &status.regions {
+            for state in [
+                RegionState::Healthy,
+                RegionState::Suspect,
+                RegionState::Down,
+                RegionState::Recovering,
+            ] {
+                self.metrics
+                    .region_state
+                    .get_or_create(&RegionLabels {
+                        region: region.region.0.clone(),
+                        state: state_name(state).into(),
+                    })
+                    .set(i64::from(region.state == state));
+            }
+        }
+    }
+
+    fn spawn_runbook(self: &Arc<Self>, order: RunbookOrder) {
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            let generation = order.generation;
+            let reporter = Arc::clone(&shared);
+            let outcome = runbook::execute(&shared.config.steps, &order, &shared.step_context, move |report| {
+                let mut core = reporter.lock();
+                let entry = Entry::Step {
+                    step: report.step,
+                    attempt: report.attempt,
+                    outcome: report.outcome.into(),
+                    detail: report.detail,
+                    duration_ms: report.duration_ms,
+                };
+                if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
+                    tracing::error!(%error, "cannot write the audit log");
+                }
+            })
+            .await;
+            let label = match &outcome {
+                RunbookOutcome::Succeeded => "succeeded",
+                RunbookOutcome::Failed { .. } => "failed",
+                RunbookOutcome::Fenced { .. } => "fenced",
+            };
+            shared
+                .metrics
+                .runbooks
+                .get_or_create(&OutcomeLabels { outcome: label.into() })
+                .inc();
+            tracing::info!(%generation, outcome = ?outcome, "runbook finished");
+            let mut core = shared.lock();
+            shared.feed(&mut core, Event::RunbookFinished { generation, outcome });
+        });
+    }
+
+    fn send_alert(&self, key: String, message: String, generation: Generation) {
+        for alert in &self.config.file.alerts {
+            let url = alert.url.get_ref().clone();
+            let client = self.client.clone();
+            let body = json!({"key": key, "message": message, "generation": generation.0, "at_ms": wall_ms()});
+            tokio::spawn(async move {
+                let result = client
+                    .request(
+                        Method::POST,
+                        &url,
+                        None,
+                        Some(body.to_string().into_bytes()),
+                        ALERT_TIMEOUT_MS,
+                    )
+                    .await;
+                match result {
+                    Ok(answer) if answer.status.is_success() => {}
+                    Ok(answer) => tracing::warn!(%url, status = answer.status.as_u16(), "alert webhook refused"),
+                    Err(error) => tracing::warn!(%error, "alert webhook failed"),
+                }
+            });
+        }
+    }
+
+    /// One tick: verdicts from the aggregator into the engine.
+    fn tick(self: &Arc<Self>) {
+        let now = self.now_ms();
+        let mut core = self.lock();
+        let verdicts = core.aggregator.verdicts(now);
+        for region in self.config.region_names() {
+            let verdict = verdicts
+                .get(&region)
+                .cloned()
+                .unwrap_or_else(|| core.aggregator.verdict(&region, now));
+            let changed = core
+                .verdicts
+                .get(&region)
+                .is_none_or(|(state, _)| *state != verdict.state);
+            if changed {
+                let generation = core.engine.generation();
+                let entry = Entry::Verdict {
+                    region: region.clone(),
+                    verdict: format!("{:?}", verdict.state).to_lowercase(),
+                    reason: verdict.reason.clone(),
+                };
+                if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
+                    tracing::error!(%error, "cannot write the audit log");
+                }
+                core.verdicts
+                    .insert(region.clone(), (verdict.state, verdict.reason.clone()));
+            }
+            let engine_verdict = match verdict.state {
+                health::RegionState::Up => Verdict::Up,
+                health::RegionState::Down => Verdict::Down,
+                health::RegionState::Unknown => Verdict::Unknown,
+            };
+            self.feed(
+                &mut core,
+                Event::Verdict {
+                    region: RegionId::new(region.clone()),
+                    verdict: engine_verdict,
+                    reason: verdict.reason,
+                },
+            );
+            if let Some(lag_ms) = verdict.replica_lag_ms {
+                self.feed(
+                    &mut core,
+                    Event::ReplicationLag {
+                        region: RegionId::new(region),
+                        lag_ms,
+                    },
+                );
+            }
+        }
+        self.feed(&mut core, Event::Tick);
+    }
+
+    fn observe(&self, report: health::Report) -> health::quorum::Observed {
+        let now = self.now_ms();
+        self.metrics
+            .reports
+            .get_or_create(&VantageLabels {
+                vantage: report.vantage.clone(),
+            })
+            .inc();
+        self.lock().aggregator.observe(report, now)
+    }
+}
+
+fn state_name(state: RegionState) -> &'static str {
+    match state {
+        RegionState::Healthy => "healthy",
+        RegionState::Suspect => "suspect",
+        RegionState::Down => "down",
+        RegionState::Recovering => "recovering",
+    }
+}
+
+/// Runs the controller on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let address = listener.local_addr()?;
+    check_exposure(address, options.token.as_deref())?;
+    let controller = &config.file.controller;
+    let mut audit = AuditLog::open(
+        &controller.audit_log,
+        controller.audit_log_bytes_max,
+        controller.audit_files_kept,
+    )?;
+    let checkpoint = audit.checkpoint().clone();
+    let restored = Restored {
+        generation: checkpoint.generation,
+        observed: checkpoint.observed.clone(),
+        interrupted: checkpoint.interrupted.clone(),
+        preferred: checkpoint.preferred.clone(),
+        paused: checkpoint.paused,
+    };
+    let engine = Engine::new(config.engine.clone(), restored)?;
+    let aggregator = health::Aggregator::new(config.quorum.clone())?;
+    audit.append(
+        wall_ms(),
+        checkpoint.generation,
+        Entry::ControllerStarted {
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+    )?;
+    audit.append(
+        wall_ms(),
+        checkpoint.generation,
+        Entry::Checkpoint {
+            state: checkpoint.clone(),
+        },
+    )?;
+    let pointer = Pointer::new(PointerValue {
+        region: checkpoint.observed.as_ref().map(|p| p.active.0.clone()),
+        generation: checkpoint.observed_generation.0,
+    });
+    let client = HttpClient::new();
+    let dns = config.file.dns.as_ref().map(|dns| DnsAdmin {
+        admin_url: dns.admin_url.get_ref().clone(),
+        token: options.dns_token.clone().or_else(|| options.token.clone()),
+        txt_name: dns.txt_name.clone(),
+    });
+    let step_context = StepContext {
+        client: client.clone(),
+        dns,
+        targets: config.dns_targets(),
+        pointer: pointer.clone(),
+    };
+    let plan = health::AgentPlan {
+        checks: config.checks(),
+        report_interval_ms: config.file.quorum.report_interval_ms,
+    };
+    let tick_ms = config.file.controller.tick_ms;
+    let shared = Arc::new(Shared {
+        core: Mutex::new(Core {
+            engine,
+            aggregator,
+            audit,
+            verdicts: BTreeMap::new(),
+        }),
+        config,
+        pointer,
+        token: options.token.filter(|t| !t.is_empty()),
+        plan,
+        metrics: Metrics::new(),
+        base: Instant::now(),
+        client,
+        step_context,
+    });
+    let mut tasks = Vec::new();
+    {
+        let shared = Arc::clone(&shared);
+        tasks.push(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(tick_ms));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                shared.tick();
+            }
+        }));
+    }
+    if let Some(mut reports) = options.local_reports {
+        let shared = Arc::clone(&shared);
+        tasks.push(tokio::spawn(async move {
+            while let Some(report) = reports.recv().await {
+                shared.observe(report);
+            }
+        }));
+    }
+    let app = router(Arc::clone(&shared));
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    for task in tasks {
+        task.abort();
+    }
+    result.map_err(ServerError::Io)
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
+        .route("/v1/active-region", get(active_region))
+        .route("/v1/failover", post(failover))
+        .route("/v1/switchover", post(switchover))
+        .route("/v1/failback", post(failback))
+        .route("/v1/pause", post(pause))
+        .route("/v1/resume", post(resume))
+        .route("/v1/acknowledge", post(acknowledge))
+        .route(health::report::PLAN_PATH, get(agent_plan))
+        .route(health::report::REPORT_PATH, post(agent_report))
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .with_state(shared)
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    json_response(status, json!({"error": message.into()}))
+}
+
+/// `Authorization: Bearer TOKEN`, compared in constant time.
+fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &shared.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let equal =
+        given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if equal {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token: send `Authorization: Bearer <token>` (the controller's --token-file)",
+        ))
+    }
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let core = shared.lock();
+    let status = core.engine.status(shared.now_ms());
+    json_response(
+        StatusCode::OK,
+        json!({"status": "ok", "generation": status.generation, "fenced": status.fenced, "paused": status.paused}),
+    )
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &shared.metrics.registry).is_err() {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(response) = authorize(&shared, &headers) {
+        return response;
+    }
+    let now = shared.now_ms();
+    let core = shared.lock();
+    let engine = core.engine.status(now);
+    let vantages: Vec<serde_json::Value> = core
+        .aggregator
+        .vantages(now)
+        .into_iter()
+        .map(|v| {
+            let results = core
+                .aggregator
+                .latest(&v.name)
+                .map(|(report, _)| report.results.clone())
+                .unwrap_or_default();
+            json!({
+                "name": v.name,
+                "fresh": v.fresh,
+                "last_report_ms_ago": v.received_at_ms.map(|at| now.saturating_sub(at)),
+                "checks": results,
+            })
+        })
+        .collect();
+    let regions: Vec<serde_json::Value> = shared
+        .config
+        .file
+        .regions
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name.get_ref(),
+                "priority": r.priority.get_ref(),
+                "endpoints": r.endpoints,
+                "dns_targets": r.targets(),
+                "checks": shared.config.checks().iter().filter(|c| &c.region == r.name.get_ref()).map(|c| c.name.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "generation": engine.generation,
+            "pointer": shared.pointer.get(),
+            "quorum": core.aggregator.quorum(),
+            "verdicts": core.aggregator.verdicts(now),
+            "vantages": vantages,
+            "regions": regions,
+            "engine": engine,
+        }),
+    )
+}
+
+/// A query parameter, percent-decoded.
+fn query_param(uri: &Uri, key: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (name == key).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() && text.is_char_boundary(i + 1) && text.is_char_boundary(i + 3) => {
+                match u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                    Ok(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A numeric query parameter; a bad number is the caller's mistake.
+fn number_param(uri: &Uri, key: &str) -> Result<Option<u64>, Response> {
+    match query_param(uri, key) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("query parameter {key}='{text}' is not a non-negative integer"),
+            )
+        }),
+    }
+}
+
+async fn events(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
+    if let Err(response) = authorize(&shared, &headers) {
+        return response;
+    }
+    let limit = match number_param(&uri, "limit") {
+        Ok(limit) => limit.map_or(100, |l| usize::try_from(l).unwrap_or(usize::MAX)),
+        Err(response) => return response,
+    }
+    .min(EVENTS_LIMIT_MAX);
+    let records = shared.lock().audit.recent(limit);
+    json_response(StatusCode::OK, json!({"events": records}))
+}
+
+async fn active_region(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
+    if let Err(response) = authorize(&shared, &headers) {
+        return response;
+    }
+    let (wait_generation, timeout_ms) = match (number_param(&uri, "wait_generation"), number_param(&uri, "timeout_ms"))
+    {
+        (Ok(wait), Ok(timeout)) => (wait, timeout),
+        (Err(response), _) | (_, Err(response)) => return response,
+    };
+    let value = match wait_generation {
+        Some(seen) => {
+            shared
+                .pointer
+                .wait_past(seen, timeout_ms.unwrap_or(crate::pointer::WATCH_POLL_MS))
+                .await
+        }
+        None => shared.pointer.get(),
+    };
+    json_response(StatusCode::OK, json!(value))
+}
+
+fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual) -> Response {
+    if let Err(response) = authorize(shared, headers) {
+        return response;
+    }
+    let mut core = shared.lock();
+    let answer = shared.feed(&mut core, Event::Manual(command));
+    let generation = core.engine.generation();
+    match answer {
+        Some((true, reason)) => json_response(
+            StatusCode::OK,
+            json!({"accepted": true, "reason": reason, "generation": generation}),
+        ),
+        Some((false, reason)) => json_response(
+            StatusCode::CONFLICT,
+            json!({"accepted": false, "reason": reason, "generation": generation}),
+        ),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "the engine did not answer"),
+    }
+}
+
+async fn failover(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    manual(&shared, &headers, Manual::Failover)
+}
+
+async fn failback(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    manual(&shared, &headers, Manual::Failback)
+}
+
+async fn pause(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    manual(&shared, &headers, Manual::Pause)
+}
+
+async fn resume(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    manual(&shared, &headers, Manual::Resume)
+}
+
+async fn acknowledge(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    manual(&shared, &headers, Manual::Acknowledge)
+}
+
+#[derive(Deserialize)]
+struct SwitchoverBody {
+    to: String,
+}
+
+async fn switchover(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let request: SwitchoverBody = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body must be JSON like {{\"to\": \"eu-west-1\"}}: {e}"),
+            );
+        }
+    };
+    manual(
+        &shared,
+        &headers,
+        Manual::Switchover {
+            to: RegionId::new(request.to),
+        },
+    )
+}
+
+async fn agent_plan(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
+    if let Err(response) = authorize(&shared, &headers) {
+        return response;
+    }
+    let Some(name) = query_param(&uri, "name") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "pass the agent's name: /v1/agent/plan?name=NAME",
+        );
+    };
+    if !shared.config.quorum.vantages_expected.contains(&name) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "vantage '{name}' is not in [quorum] vantages ({}); add it there or fix --name",
+                shared.config.quorum.vantages_expected.join(", ")
+            ),
+        );
+    }
+    json_response(StatusCode::OK, json!(shared.plan))
+}
+
+async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(response) = authorize(&shared, &headers) {
+        return response;
+    }
+    let report: health::Report = match serde_json::from_slice(&body) {
+        Ok(report) => report,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not a health report: {e}")),
+    };
+    let vantage = report.vantage.clone();
+    match shared.observe(report) {
+        health::quorum::Observed::UnknownVantage => error(
+            StatusCode::FORBIDDEN,
+            format!("vantage '{vantage}' is not in [quorum] vantages; add it there or fix --name"),
+        ),
+        health::quorum::Observed::Accepted | health::quorum::Observed::Outdated => {
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
+}

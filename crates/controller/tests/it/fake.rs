@@ -1,0 +1,122 @@
+//! An in-test HTTP server standing in for `switchyard dns`'s admin API and webhooks: records
+//! every request and answers with a status the test sets (or hangs).
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub body: serde_json::Value,
+}
+
+#[derive(Default)]
+struct Inner {
+    seen: Vec<Seen>,
+    status: u16,
+    hang: bool,
+    /// Like the DNS admin API: refuse generations older than the highest applied (per path).
+    fence: bool,
+    applied: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Clone)]
+pub struct Fake {
+    inner: Arc<Mutex<Inner>>,
+    pub url: String,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.task) == 1 {
+            self.task.abort();
+        }
+    }
+}
+
+async fn handle(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let (status, hang) = {
+        let mut inner = inner.lock().expect("lock");
+        inner.seen.push(Seen {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from),
+            body: body.clone(),
+        });
+        let mut status = inner.status;
+        if inner.fence
+            && let Some(generation) = body["generation"].as_u64()
+        {
+            let applied = inner.applied.entry(uri.path().to_string()).or_insert(0);
+            if generation < *applied {
+                status = 409;
+            } else {
+                *applied = generation;
+            }
+        }
+        (status, inner.hang)
+    };
+    if hang {
+        std::future::pending::<()>().await;
+    }
+    (StatusCode::from_u16(status).expect("valid status"), "{}").into_response()
+}
+
+impl Fake {
+    pub async fn start() -> Fake {
+        let inner = Arc::new(Mutex::new(Inner {
+            status: 200,
+            ..Inner::default()
+        }));
+        let app = Router::new().fallback(handle).with_state(Arc::clone(&inner));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Fake {
+            inner,
+            url,
+            task: Arc::new(task),
+        }
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.inner.lock().expect("lock").status = status;
+    }
+
+    pub fn set_hang(&self, hang: bool) {
+        self.inner.lock().expect("lock").hang = hang;
+    }
+
+    pub fn set_fence(&self, fence: bool) {
+        self.inner.lock().expect("lock").fence = fence;
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.inner.lock().expect("lock").seen.clone()
+    }
+
+    pub fn seen_on(&self, path: &str) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.path == path).collect()
+    }
+}

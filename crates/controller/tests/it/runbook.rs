@@ -1,0 +1,229 @@
+//! Runbook steps against real processes and an in-test HTTP server.
+
+use std::collections::BTreeMap;
+
+use controller::client::HttpClient;
+use controller::config::{Step, StepKind};
+use controller::engine::{Generation, Placement, RegionId, RunbookOrder, RunbookOutcome, TransitionKind};
+use controller::pointer::{Pointer, PointerValue};
+use controller::runbook::{DnsAdmin, StepContext, StepReport, execute};
+
+use crate::fake::Fake;
+use crate::wait_for;
+
+fn step(name: &str, kind: StepKind) -> Step {
+    Step {
+        name: name.into(),
+        kind,
+        timeout_ms: 2_000,
+        retries: 2,
+        backoff_ms: 10,
+        when_to: None,
+        program: None,
+        args: Vec::new(),
+        url: None,
+    }
+}
+
+fn order(generation: u64) -> RunbookOrder {
+    RunbookOrder {
+        generation: Generation(generation),
+        kind: TransitionKind::Failover,
+        from: Some(Placement::single(RegionId::new("us-east-1"))),
+        to: Placement::single(RegionId::new("eu-west-1")),
+        reason: "us-east-1 is down".into(),
+    }
+}
+
+fn context(dns: Option<&Fake>) -> StepContext {
+    let mut targets = BTreeMap::new();
+    targets.insert("us-east-1".to_string(), vec!["use1-web".to_string()]);
+    targets.insert("eu-west-1".to_string(), vec!["euw1-web".to_string()]);
+    StepContext {
+        client: HttpClient::new(),
+        dns: dns.map(|fake| DnsAdmin {
+            admin_url: fake.url.clone(),
+            token: Some("sekrit".into()),
+            txt_name: Some("_active-region.shop.example.".into()),
+        }),
+        targets,
+        pointer: Pointer::new(PointerValue::default()),
+    }
+}
+
+async fn run(steps: &[Step], order: &RunbookOrder, context: &StepContext) -> (RunbookOutcome, Vec<StepReport>) {
+    let mut reports = Vec::new();
+    let outcome = execute(steps, order, context, |r| reports.push(r)).await;
+    (outcome, reports)
+}
+
+#[tokio::test]
+async fn command_step_gets_generation_and_regions_in_its_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("env.txt");
+    let mut command = step("promote", StepKind::Command);
+    command.program = Some("sh".into());
+    command.args = vec![
+        "-c".into(),
+        format!(
+            "echo \"$SWITCHYARD_GENERATION $SWITCHYARD_FROM $SWITCHYARD_TO\" > {}",
+            out.display()
+        ),
+    ];
+    let (outcome, reports) = run(&[command], &order(7), &context(None)).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded);
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("the command ran").trim(),
+        "7 us-east-1 eu-west-1"
+    );
+}
+
+#[tokio::test]
+async fn failing_command_is_retried_then_reported_and_later_steps_do_not_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = dir.path().join("count");
+    let mut failing = step("flaky", StepKind::Command);
+    failing.program = Some("sh".into());
+    failing.args = vec![
+        "-c".into(),
+        format!("echo x >> {}; echo 'replica not ready' >&2; exit 3", count.display()),
+    ];
+    let pointer_step = step("pointer", StepKind::Pointer);
+    let context = context(None);
+    let (outcome, reports) = run(&[failing, pointer_step], &order(3), &context).await;
+    match outcome {
+        RunbookOutcome::Failed { step, error } => {
+            assert_eq!(step, "flaky");
+            assert!(error.contains("replica not ready"), "{error}");
+            assert!(error.contains("after 3 attempt(s)"), "{error}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    let attempts = std::fs::read_to_string(&count).expect("ran").lines().count();
+    assert_eq!(attempts, 3, "1 attempt + 2 retries");
+    assert_eq!(reports.iter().filter(|r| r.outcome == "error").count(), 3);
+    assert_eq!(
+        context.pointer.get().region,
+        None,
+        "the pointer step after a failed step never ran"
+    );
+}
+
+#[tokio::test]
+async fn hanging_command_is_killed_at_its_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("pid");
+    let mut hanging = step("hang", StepKind::Command);
+    hanging.timeout_ms = 300;
+    hanging.retries = 0;
+    hanging.program = Some("sh".into());
+    hanging.args = vec!["-c".into(), format!("echo $$ > {}; exec sleep 60", pid_file.display())];
+    let (outcome, _) = run(&[hanging], &order(4), &context(None)).await;
+    match outcome {
+        RunbookOutcome::Failed { error, .. } => assert!(error.contains("timed out after 300 ms"), "{error}"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let pid = std::fs::read_to_string(&pid_file).expect("pid written");
+    let proc_path = format!("/proc/{}", pid.trim());
+    wait_for("the timed-out process to be killed", 5_000, || {
+        std::fs::read_to_string(format!("{proc_path}/stat"))
+            .map(|stat| stat.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn when_to_skips_steps_for_other_targets() {
+    let mut only_us = step("only-us", StepKind::Command);
+    only_us.program = Some("false".into());
+    only_us.when_to = Some(vec!["us-east-1".into()]);
+    let (outcome, reports) = run(&[only_us], &order(2), &context(None)).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded);
+    assert_eq!(reports[0].outcome, "skipped");
+}
+
+#[tokio::test]
+async fn dns_steps_send_the_generation_and_token() {
+    let dns = Fake::start().await;
+    let context = context(Some(&dns));
+    let steps = [
+        step("dns", StepKind::DnsHealth),
+        step("txt", StepKind::DnsTxt),
+        step("pointer", StepKind::Pointer),
+    ];
+    let (outcome, _) = run(&steps, &order(5), &context).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded);
+    let health = dns.seen_on("/v1/health");
+    assert_eq!(health.len(), 1);
+    assert_eq!(health[0].method, "PUT");
+    assert_eq!(health[0].authorization.as_deref(), Some("Bearer sekrit"));
+    assert_eq!(
+        health[0].body,
+        serde_json::json!({"generation": 5, "targets": {"use1-web": "unhealthy", "euw1-web": "healthy"}})
+    );
+    let txt = dns.seen_on("/v1/txt");
+    assert_eq!(
+        txt[0].body,
+        serde_json::json!({"generation": 5, "name": "_active-region.shop.example.", "value": "eu-west-1"})
+    );
+    assert_eq!(
+        context.pointer.get(),
+        PointerValue {
+            region: Some("eu-west-1".into()),
+            generation: 5
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_409_fences_the_runbook_without_retrying() {
+    let dns = Fake::start().await;
+    dns.set_fence(true);
+    let context = context(Some(&dns));
+    let steps = [step("dns", StepKind::DnsHealth), step("pointer", StepKind::Pointer)];
+    let (outcome, _) = run(&steps, &order(9), &context).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded);
+    // A stale controller with an older generation.
+    let (outcome, reports) = run(&steps, &order(8), &context).await;
+    match outcome {
+        RunbookOutcome::Fenced { step, .. } => assert_eq!(step, "dns"),
+        other => panic!("expected fenced, got {other:?}"),
+    }
+    assert_eq!(dns.seen_on("/v1/health").len(), 2, "no retry with the old generation");
+    assert_eq!(reports.last().map(|r| r.outcome), Some("fenced"));
+    assert_eq!(context.pointer.get().generation, 9, "the pointer step did not run");
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_and_webhooks_get_the_order() {
+    let hook = Fake::start().await;
+    hook.set_status(503);
+    let mut webhook = step("notify", StepKind::Webhook);
+    webhook.url = Some(format!("{}/switchyard", hook.url));
+    let (outcome, _) = run(std::slice::from_ref(&webhook), &order(6), &context(None)).await;
+    assert!(matches!(outcome, RunbookOutcome::Failed { .. }), "{outcome:?}");
+    assert_eq!(hook.seen().len(), 3);
+    hook.set_status(200);
+    let (outcome, _) = run(&[webhook], &order(7), &context(None)).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded);
+    let last = hook.seen().pop().expect("request");
+    assert_eq!(last.body["generation"], 7);
+    assert_eq!(last.body["to"], "eu-west-1");
+    assert_eq!(last.body["from"], "us-east-1");
+    assert_eq!(last.body["kind"], "failover");
+}
+
+#[tokio::test]
+async fn hanging_http_step_times_out() {
+    let dns = Fake::start().await;
+    dns.set_hang(true);
+    let mut dns_step = step("dns", StepKind::DnsHealth);
+    dns_step.timeout_ms = 200;
+    dns_step.retries = 1;
+    let (outcome, reports) = run(&[dns_step], &order(2), &context(Some(&dns))).await;
+    assert!(matches!(outcome, RunbookOutcome::Failed { .. }), "{outcome:?}");
+    assert_eq!(reports.len(), 2);
+    assert!(reports[0].detail.contains("200 ms"), "{}", reports[0].detail);
+}

@@ -1,0 +1,364 @@
+//! The whole controller over HTTP: agents report, the quorum decides, the runbook drives a fake
+//! DNS admin API, the pointer follows, and a restart rolls an interrupted runbook forward.
+
+use std::path::Path;
+
+use controller::client::HttpClient;
+use controller::server::{RunOptions, run};
+use health::{CheckResult, CheckStatus, Report};
+use hyper::Method;
+use tokio::net::TcpListener;
+
+use crate::fake::Fake;
+use crate::wait_for;
+
+const TOKEN: &str = "test-token-0123456789";
+
+fn config_text(dns_url: &str, audit: &Path) -> String {
+    format!(
+        r#"
+[controller]
+vantage = "controller"
+audit_log = "{audit}"
+tick_ms = 20
+
+[policy]
+failback_lag_check = false
+startup_grace_ms = 60000
+
+[quorum]
+vantages = ["controller", "agent-a", "agent-b"]
+report_stale_ms = 60000
+report_interval_ms = 100
+
+[[regions]]
+name = "us-east-1"
+priority = 1
+dns_targets = ["use1-web"]
+
+[[regions]]
+name = "eu-west-1"
+priority = 2
+dns_targets = ["euw1-web"]
+
+[[checks]]
+name = "use1-app"
+region = "us-east-1"
+kind = {{ type = "tcp", address = "127.0.0.1:9" }}
+
+[[checks]]
+name = "euw1-app"
+region = "eu-west-1"
+kind = {{ type = "tcp", address = "127.0.0.1:9" }}
+
+[dns]
+admin_url = "{dns_url}"
+txt_name = "_active-region.shop.example."
+
+[[runbook]]
+name = "dns"
+kind = "dns_health"
+timeout_ms = 500
+retries = 0
+
+[[runbook]]
+name = "pointer"
+kind = "pointer"
+"#,
+        audit = audit.display()
+    )
+}
+
+struct Running {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    client: HttpClient,
+    sent: u64,
+}
+
+impl Running {
+    async fn start(config: &str) -> Running {
+        let config = controller::config::parse("test.toml", config).expect("valid config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options = RunOptions {
+            token: Some(TOKEN.into()),
+            dns_token: None,
+            local_reports: None,
+        };
+        let task = tokio::spawn(async move {
+            run(listener, config, options, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("controller runs");
+        });
+        Running {
+            url,
+            stop: Some(stop),
+            task,
+            client: HttpClient::new(),
+            sent: 0,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Graceful shutdown waits for in-flight requests; the runbook task is simply dropped.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.task).await;
+        self.task.abort();
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+        let answer = self
+            .client
+            .request(
+                method,
+                &format!("{}{path}", self.url),
+                Some(TOKEN),
+                body.map(|b| b.to_string().into_bytes()),
+                30_000,
+            )
+            .await
+            .expect("controller answers");
+        let value = serde_json::from_slice(&answer.body).unwrap_or(serde_json::Value::Null);
+        (answer.status.as_u16(), value)
+    }
+
+    /// Reports from `vantage` that us-east-1 is `us` and eu-west-1 is `eu`.
+    async fn report(&mut self, vantage: &str, us: CheckStatus, eu: CheckStatus) {
+        self.sent += 1;
+        let result = |check: &str, region: &str, status| CheckResult {
+            check: check.into(),
+            region: region.into(),
+            status,
+            since_ms: 0,
+            detail: format!("{status:?}"),
+            latency_ms: Some(1),
+            replica_lag_ms: None,
+        };
+        let report = Report {
+            vantage: vantage.into(),
+            sent_at_ms: self.sent,
+            results: vec![result("use1-app", "us-east-1", us), result("euw1-app", "eu-west-1", eu)],
+        };
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/v1/agent/report",
+                Some(serde_json::to_value(&report).expect("json")),
+            )
+            .await;
+        assert_eq!(status, 204, "{body}");
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        let (code, body) = self.call(Method::GET, "/v1/status", None).await;
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
+    async fn wait_active(&self, region: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let status = self.status().await;
+            if status["engine"]["observed"]["active"] == region && status["engine"]["in_flight"].is_null() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "active never became {region}: {status:#}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+use CheckStatus::{Down, Up};
+
+#[tokio::test]
+async fn quorum_failover_drives_dns_and_pointer_and_is_audited() {
+    let dns = Fake::start().await;
+    dns.set_fence(true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let mut controller = Running::start(&config_text(&dns.url, &audit)).await;
+
+    // Without the token: 401.
+    let answer = HttpClient::new()
+        .request(Method::GET, &format!("{}/v1/status", controller.url), None, None, 5_000)
+        .await
+        .expect("answers");
+    assert_eq!(answer.status.as_u16(), 401);
+
+    // Agents' plan.
+    let (code, plan) = controller.call(Method::GET, "/v1/agent/plan?name=agent-a", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(plan["checks"].as_array().map(Vec::len), Some(2));
+    assert_eq!(plan["report_interval_ms"], 100);
+    let (code, _) = controller.call(Method::GET, "/v1/agent/plan?name=stranger", None).await;
+    assert_eq!(code, 404);
+
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Up, Up).await;
+    }
+    controller.wait_active("us-east-1").await;
+    let first = dns.seen_on("/v1/health");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].body["targets"]["use1-web"], "healthy");
+    assert_eq!(first[0].body["targets"]["euw1-web"], "unhealthy");
+    assert_eq!(first[0].authorization.as_deref(), Some("Bearer test-token-0123456789"));
+
+    // One vantage alone sees us-east-1 down: no failover.
+    controller.report("controller", Down, Up).await;
+    for _ in 0..10 {
+        controller.report("agent-a", Up, Up).await;
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let status = controller.status().await;
+    assert_eq!(status["engine"]["observed"]["active"], "us-east-1");
+    assert_eq!(dns.seen_on("/v1/health").len(), 1, "no DNS change for a minority view");
+
+    // A pointer long-poll waiting past the current generation.
+    let generation = status["pointer"]["generation"].as_u64().expect("generation");
+    let poll = {
+        let client = HttpClient::new();
+        let url = format!(
+            "{}/v1/active-region?wait_generation={generation}&timeout_ms=20000",
+            controller.url
+        );
+        tokio::spawn(async move { client.request(Method::GET, &url, Some(TOKEN), None, 30_000).await })
+    };
+
+    // A majority sees it down: failover.
+    controller.report("agent-a", Down, Up).await;
+    let status = controller.wait_active("eu-west-1").await;
+    let failover_generation = status["generation"].as_u64().expect("generation");
+    assert!(failover_generation > generation);
+    let last = dns.seen_on("/v1/health").pop().expect("a DNS update");
+    assert_eq!(last.body["targets"]["use1-web"], "unhealthy");
+    assert_eq!(last.body["targets"]["euw1-web"], "healthy");
+    assert_eq!(last.body["generation"], failover_generation);
+    let answer = poll.await.expect("join").expect("long-poll answers");
+    let pointer: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
+    assert_eq!(pointer["region"], "eu-west-1");
+    assert_eq!(pointer["generation"], failover_generation);
+
+    // The events show the decision with its reason, and the audit file has it durably.
+    let (_, events) = controller.call(Method::GET, "/v1/events?limit=200", None).await;
+    let events = events["events"].as_array().expect("events").clone();
+    assert!(
+        events.iter().any(|e| e["note"]["type"] == "decision"
+            && e["note"]["kind"] == "failover"
+            && e["note"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("us-east-1 is down"))),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "step" && e["step"] == "dns" && e["outcome"] == "ok")
+    );
+    let text = std::fs::read_to_string(&audit).expect("audit log");
+    assert!(text.contains("\"type\":\"runbook_finished\""));
+
+    // Manual commands: a refused switchover says why; pause; metrics.
+    let (code, body) = controller
+        .call(
+            Method::POST,
+            "/v1/switchover",
+            Some(serde_json::json!({"to": "us-east-1"})),
+        )
+        .await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body["reason"].as_str().is_some_and(|r| r.contains("is down")), "{body}");
+    let (code, body) = controller.call(Method::POST, "/v1/pause", None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(controller.status().await["engine"]["paused"], true);
+    let metrics = HttpClient::new()
+        .request(Method::GET, &format!("{}/metrics", controller.url), None, None, 5_000)
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.text().contains("switchyard_controller_generation"),
+        "{}",
+        metrics.text()
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn restart_rolls_an_interrupted_runbook_forward_with_a_new_generation() {
+    let dns = Fake::start().await;
+    dns.set_fence(true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let config = config_text(&dns.url, &audit);
+    let mut controller = Running::start(&config).await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Up, Up).await;
+    }
+    controller.wait_active("us-east-1").await;
+    // DNS hangs: the failover's runbook cannot finish.
+    dns.set_hang(true);
+    controller.report("agent-a", Down, Up).await;
+    controller.report("agent-b", Down, Up).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let interrupted = loop {
+        let status = controller.status().await;
+        if let Some(generation) = status["engine"]["in_flight"]["generation"].as_u64() {
+            break generation;
+        }
+        assert!(std::time::Instant::now() < deadline, "no runbook started: {status:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    wait_for("the hanging DNS request", 5_000, || {
+        dns.seen_on("/v1/health")
+            .iter()
+            .any(|s| s.body["generation"] == interrupted)
+    })
+    .await;
+    controller.stop().await;
+
+    // Restart: the runbook is rolled forward with a newer generation, even before any report.
+    dns.set_hang(false);
+    let controller = Running::start(&config).await;
+    let status = controller.wait_active("eu-west-1").await;
+    let rolled = status["generation"].as_u64().expect("generation");
+    assert!(
+        rolled > interrupted,
+        "rolled forward with {rolled}, interrupted was {interrupted}"
+    );
+    let last = dns.seen_on("/v1/health").pop().expect("DNS update");
+    assert_eq!(last.body["generation"], rolled);
+    assert_eq!(last.body["targets"]["euw1-web"], "healthy");
+    let (_, events) = controller.call(Method::GET, "/v1/events?limit=500", None).await;
+    assert!(
+        events["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["note"]["kind"] == "roll_forward"),
+        "{events:#}"
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn refuses_to_listen_on_the_network_without_a_token() {
+    let config = controller::config::parse(
+        "t.toml",
+        &config_text("http://127.0.0.1:1", Path::new("/nonexistent/audit.jsonl")),
+    )
+    .expect("valid");
+    let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
+    let error = run(listener, config, RunOptions::default(), async {})
+        .await
+        .expect_err("refused");
+    assert!(error.to_string().contains("without a control token"), "{error}");
+}

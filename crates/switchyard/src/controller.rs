@@ -1,0 +1,396 @@
+//! `switchyard controller`, `config check`, `status`, `switchover`, `failover`, `failback`,
+//! `pause`, `resume`, `acknowledge` and `pointer watch`: argument parsing only; the logic is in
+//! the `controller` crate.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use controller::client::HttpClient;
+use hyper::Method;
+use tokio::net::TcpListener;
+
+/// Default controller URL for the CLI subcommands.
+const CONTROLLER_URL_DEFAULT: &str = "http://127.0.0.1:7400";
+/// Timeout of one CLI request.
+const CLI_REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(clap::Args)]
+pub(crate) struct ControllerArgs {
+    /// The TOML configuration (see docs/examples/switchyard.toml).
+    #[arg(long, env = "SWITCHYARD_CONFIG", default_value = "switchyard.toml")]
+    config: PathBuf,
+    /// Overrides `[controller] listen`; port 0 picks a free port (see --ready-file).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Overrides `[controller] audit_log`.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// File holding the bearer token required on /v1/* (or set SWITCHYARD_CONTROL_TOKEN).
+    /// Without a token the controller only listens on loopback.
+    #[arg(long, env = "SWITCHYARD_CONTROL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Once accepting connections, write the bound address (`IP:PORT`) to this file.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ConfigArgs {
+    #[command(subcommand)]
+    command: ConfigCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum ConfigCommand {
+    /// Validate a controller configuration; prints every mistake with its line, column and fix.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+/// How the CLI reaches a controller.
+#[derive(clap::Args, Clone)]
+pub(crate) struct ControllerClientArgs {
+    /// The controller's URL.
+    #[arg(long, env = "SWITCHYARD_CONTROLLER")]
+    controller: Option<String>,
+    /// File holding the control token (or set SWITCHYARD_CONTROL_TOKEN).
+    #[arg(long, env = "SWITCHYARD_CONTROL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    client: ControllerClientArgs,
+    /// Print the raw JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct SwitchoverArgs {
+    /// The region to move to; it becomes the preferred region.
+    #[arg(long)]
+    to: String,
+    #[command(flatten)]
+    client: ControllerClientArgs,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ManualArgs {
+    #[command(flatten)]
+    client: ControllerClientArgs,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct PointerArgs {
+    #[command(subcommand)]
+    command: PointerCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum PointerCommand {
+    /// Follow the active-region pointer: on each change, atomically rewrite an env file
+    /// (AWS_REGION, SWITCHYARD_ACTIVE_REGION, SWITCHYARD_GENERATION) and run a command.
+    Watch {
+        #[command(flatten)]
+        client: ControllerClientArgs,
+        /// The env file to rewrite.
+        #[arg(long)]
+        write_env: PathBuf,
+        /// Run with `sh -c` after each change, e.g. 'systemctl reload php-fpm'.
+        #[arg(long)]
+        exec: Option<String>,
+    },
+}
+
+fn read_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("read token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("SWITCHYARD_CONTROL_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string()),
+    };
+    match token {
+        Some(token) if token.is_empty() => {
+            bail!("the control token is empty: put a secret in it (e.g. `openssl rand -hex 32`)")
+        }
+        other => Ok(other),
+    }
+}
+
+pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let mut config = match controller::config::load(&args.config) {
+        Ok(config) => config,
+        Err(error) => bail!("invalid configuration; the controller does not start:\n{error}"),
+    };
+    for warning in &config.warnings {
+        tracing::warn!(file = %args.config.display(), line = warning.line, column = warning.column, fix = %warning.fix, "{}", warning.message);
+    }
+    if let Some(listen) = args.listen {
+        config.file.controller.listen = listen;
+    }
+    if let Some(audit_log) = args.audit_log {
+        config.file.controller.audit_log = audit_log;
+    }
+    let token = read_token(args.token_file.as_deref())?;
+    let dns_token = match config.file.dns.as_ref().and_then(|d| d.token_file.clone()) {
+        Some(path) => read_token(Some(&path))?,
+        None => None,
+    };
+    let listen = config.file.controller.listen;
+    controller::server::check_exposure(listen, token.as_deref())?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen} (is the port in use? pick another with --listen)"))?;
+    let address = listener.local_addr().context("read the bound address")?;
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, address.to_string()).with_context(|| format!("write ready file {}", path.display()))?;
+    }
+    tracing::info!(%address, config = %args.config.display(), authenticated = token.is_some(), "controller listening");
+    let options = controller::server::RunOptions {
+        token,
+        dns_token,
+        local_reports: None,
+    };
+    controller::server::run(listener, config, options, crate::shutdown_signal())
+        .await
+        .context("run the controller")?;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
+    match args.command {
+        ConfigCommand::Check { file } => match controller::config::load(&file) {
+            Ok(config) => {
+                for warning in &config.warnings {
+                    eprintln!(
+                        "{}:{}:{}: warning: {}\n    fix: {}",
+                        file.display(),
+                        warning.line,
+                        warning.column,
+                        warning.message,
+                        warning.fix
+                    );
+                }
+                println!(
+                    "{}: ok ({} regions, {} checks, {} runbook steps, quorum {} of {})",
+                    file.display(),
+                    config.engine.regions.len(),
+                    config.file.checks.len(),
+                    config.steps.len(),
+                    config.quorum.effective_quorum(),
+                    config.quorum.vantages_expected.len()
+                );
+                Ok(())
+            }
+            Err(error) => {
+                eprint!("{error}");
+                std::process::exit(1);
+            }
+        },
+    }
+}
+
+struct Target {
+    url: String,
+    token: Option<String>,
+}
+
+fn target(args: &ControllerClientArgs) -> anyhow::Result<Target> {
+    let url = args
+        .controller
+        .clone()
+        .unwrap_or_else(|| CONTROLLER_URL_DEFAULT.to_string())
+        .trim_end_matches('/')
+        .to_string();
+    Ok(Target {
+        url,
+        token: read_token(args.token_file.as_deref())?,
+    })
+}
+
+async fn call(
+    target: &Target,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let url = format!("{}{path}", target.url);
+    let answer = HttpClient::new()
+        .request(
+            method,
+            &url,
+            target.token.as_deref(),
+            body.map(|b| b.to_string().into_bytes()),
+            CLI_REQUEST_TIMEOUT_MS,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "reach the controller at {} (is it running? pass --controller URL)",
+                target.url
+            )
+        })?;
+    let value = serde_json::from_slice(&answer.body).unwrap_or_else(|_| serde_json::json!({"error": answer.text()}));
+    Ok((answer.status.as_u16(), value))
+}
+
+pub(crate) async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    let target = target(&args.client)?;
+    let (status, value) = call(&target, Method::GET, "/v1/status", None).await?;
+    if status != 200 {
+        bail!("the controller answered HTTP {status}: {}", value["error"]);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value).context("print JSON")?);
+        return Ok(());
+    }
+    print!("{}", render_status(&value));
+    Ok(())
+}
+
+fn render_status(value: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let engine = &value["engine"];
+    let mut out = String::new();
+    let active = engine["observed"]["active"].as_str().unwrap_or("(none)");
+    let _ = writeln!(
+        out,
+        "active region: {active}   generation: {}   policy: {}   preferred: {}",
+        value["generation"],
+        engine["policy"].as_str().unwrap_or("?"),
+        engine["preferred"].as_str().unwrap_or("?")
+    );
+    if engine["paused"].as_bool() == Some(true) {
+        let _ = writeln!(out, "automation: PAUSED");
+    }
+    if engine["fenced"].as_bool() == Some(true) {
+        let _ = writeln!(out, "FENCED by a newer generation");
+    }
+    if let Some(order) = engine["in_flight"].as_object() {
+        let _ = writeln!(
+            out,
+            "runbook in flight: generation {} to {}",
+            order.get("generation").cloned().unwrap_or_default(),
+            order.get("to").and_then(|t| t["active"].as_str()).unwrap_or("?")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nREGION               PRIO  STATE        VERDICT   LAG_MS   REASON"
+    );
+    for region in engine["regions"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<20} {:>4}  {:<12} {:<9} {:>6}   {}",
+            region["region"].as_str().unwrap_or("?"),
+            region["priority"],
+            region["state"].as_str().unwrap_or("?"),
+            region["verdict"].as_str().unwrap_or("?"),
+            region["lag_ms"]
+                .as_u64()
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "-".into()),
+            region["reason"].as_str().unwrap_or("")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nVANTAGE              FRESH  LAST_REPORT_MS_AGO  (quorum {})",
+        value["quorum"]
+    );
+    for vantage in value["vantages"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<5}  {}",
+            vantage["name"].as_str().unwrap_or("?"),
+            vantage["fresh"].as_bool().unwrap_or(false),
+            vantage["last_report_ms_ago"]
+                .as_u64()
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "never".into())
+        );
+    }
+    let reasons: Vec<&str> = engine["reasons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str())
+        .collect();
+    if !reasons.is_empty() {
+        let _ = writeln!(out, "\nwhy:");
+        for reason in reasons {
+            let _ = writeln!(out, "  - {reason}");
+        }
+    }
+    let alerts: Vec<&str> = engine["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str())
+        .collect();
+    if !alerts.is_empty() {
+        let _ = writeln!(out, "\nalerts:");
+        for alert in alerts {
+            let _ = writeln!(out, "  ! {alert}");
+        }
+    }
+    out
+}
+
+async fn manual(client: &ControllerClientArgs, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<()> {
+    let target = target(client)?;
+    let (status, value) = call(&target, Method::POST, path, body).await?;
+    let reason = value["reason"]
+        .as_str()
+        .or(value["error"].as_str())
+        .unwrap_or("")
+        .to_string();
+    match status {
+        200 => {
+            println!("accepted: {reason} (generation {})", value["generation"]);
+            Ok(())
+        }
+        409 => bail!("refused: {reason}"),
+        other => bail!("the controller answered HTTP {other}: {reason}"),
+    }
+}
+
+pub(crate) async fn run_switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
+    manual(&args.client, "/v1/switchover", Some(serde_json::json!({"to": args.to}))).await
+}
+
+pub(crate) async fn run_manual(args: ManualArgs, path: &str) -> anyhow::Result<()> {
+    manual(&args.client, path, None).await
+}
+
+pub(crate) async fn run_pointer(args: PointerArgs) -> anyhow::Result<()> {
+    match args.command {
+        PointerCommand::Watch {
+            client,
+            write_env,
+            exec,
+        } => {
+            let target = target(&client)?;
+            let options = controller::pointer::WatchOptions {
+                controller: target.url,
+                token: target.token,
+                env_file: write_env,
+                exec,
+            };
+            controller::pointer::watch(options, crate::shutdown_signal())
+                .await
+                .context("watch the active-region pointer")
+        }
+    }
+}
