@@ -217,7 +217,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             }
             _ = tokio::time::sleep_until(next_report), if have_plan => {
                 next_report = tokio::time::Instant::now() + Duration::from_millis(report_interval_ms);
-                deliver(&client, &runner, &config.name).await;
+                // Retries must not hold up a shutdown.
+                tokio::select! {
+                    _ = deliver(&client, &runner, &config.name) => {}
+                    _ = &mut shutdown => break,
+                }
             }
         }
     }

@@ -312,8 +312,12 @@ impl ProbeKind {
                 record_type,
                 ..
             } => {
-                if server.trim().is_empty() {
-                    return Err("server is empty: give the DNS server as ip or ip:port".into());
+                let is_address =
+                    server.parse::<std::net::SocketAddr>().is_ok() || server.parse::<std::net::IpAddr>().is_ok();
+                if !is_address {
+                    return Err(format!(
+                        "server '{server}' is not an IP address: give the DNS server as ip or ip:port, like 10.0.0.2:53"
+                    ));
                 }
                 if name.trim().is_empty() {
                     return Err("name is empty: give the name to look up".into());
