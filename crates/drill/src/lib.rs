@@ -22,4 +22,5 @@ pub mod history;
 pub mod measure;
 pub mod report;
 pub mod rng;
+pub mod runtime;
 pub mod scenario;

@@ -200,10 +200,28 @@ pub enum FaultError {
     Failed { action: String, reason: String },
 }
 
+/// Which real region plays which role in this run (decided when the drill starts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roles {
+    pub primary: String,
+    pub secondary: String,
+}
+
+impl Roles {
+    pub fn region(&self, role: RegionRole) -> &str {
+        match role {
+            RegionRole::Primary => &self.primary,
+            RegionRole::Secondary => &self.secondary,
+        }
+    }
+}
+
 /// What a drill injects faults through. The lab implements it over its process supervisor
-/// and fault proxies; the drill's runtime has implementations over a deployment file.
+/// and fault proxies; the drill's runtime implements it over a deployment file
+/// ([`crate::runtime::target::DeploymentTarget`]). `apply` must be idempotent enough to be
+/// retried by a heal: removing a toxic that is gone, or continuing a running process, is Ok.
 pub trait FaultTarget: Send + Sync {
-    fn apply(&self, action: &FaultAction) -> impl Future<Output = Result<(), FaultError>> + Send;
+    fn apply(&self, roles: &Roles, action: &FaultAction) -> impl Future<Output = Result<(), FaultError>> + Send;
 }
 
 /// The faults in force, so an interrupted drill can heal exactly what it broke.

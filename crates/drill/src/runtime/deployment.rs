@@ -1,0 +1,375 @@
+//! The deployment description: everything a drill needs to find and break a deployment.
+//!
+//! `switchyard lab` writes it as `DIR/drill-targets.toml`; for your own deployment, write it by
+//! hand and pass `--targets FILE`. Names of processes and fault-proxy links are the lab's (or
+//! your supervisor's); the drill only passes them to the process-control commands and the
+//! fault proxy's API.
+//!
+//! ```toml
+//! shop_name = "shop.lab.test."          # the failover record clients resolve
+//! shop_port = 8080                       # the shop's port on the answered address
+//! dns_server = "127.0.0.1:5353"          # the authoritative switchyard dns (UDP)
+//! controller_url = "http://127.0.0.1:9000"   # optional: GET /v1/active-region
+//! fault_proxy_url = "http://127.0.0.1:8474"  # optional: Toxiproxy-style API
+//! table = "switchyard-drill"             # the global table the writers use (created if missing)
+//!
+//! [[regions]]
+//! name = "us-east-1"
+//! store_url = "http://127.0.0.1:8001"
+//! shop_addresses = ["127.0.0.11"]        # what the DNS answers for this region
+//! store_process = "store-us-east-1"
+//! app_processes = ["app-us-east-1-a", "app-us-east-1-b"]
+//! proxy_process = "proxy-us-east-1"
+//!
+//! [processes]
+//! controller = "controller"
+//! vantages = ["vantage-0", "vantage-1", "vantage-2"]
+//!
+//! [links]   # link key → fault-proxy proxy name
+//! "replication:us-east-1:eu-west-1" = "repl-us-east-1-eu-west-1"
+//! "health:0:us-east-1" = "vantage-0-us-east-1"
+//! "controller:us-east-1" = "controller-us-east-1"
+//! "frontend:us-east-1" = "frontend-us-east-1"
+//! "app-store:us-east-1" = "app-store-us-east-1"
+//!
+//! [process_control]   # shell commands; {name} becomes the process name
+//! kill = "switchyard lab ctl --dir lab kill {name}"
+//! stop = "switchyard lab ctl --dir lab stop {name}"
+//! cont = "switchyard lab ctl --dir lab cont {name}"
+//! restart = "switchyard lab ctl --dir lab restart {name}"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::{Link, RegionRole, Roles};
+
+/// The file `switchyard lab --dir DIR` writes for drills.
+pub const LAB_TARGETS_FILE: &str = "drill-targets.toml";
+/// Default global table of the drill's writers.
+pub const TABLE_DEFAULT: &str = "switchyard-drill";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    pub shop_name: String,
+    pub shop_port: u16,
+    pub dns_server: SocketAddr,
+    #[serde(default)]
+    pub controller_url: Option<String>,
+    #[serde(default)]
+    pub fault_proxy_url: Option<String>,
+    #[serde(default = "table_default")]
+    pub table: String,
+    pub regions: Vec<RegionTargets>,
+    #[serde(default)]
+    pub processes: Processes,
+    #[serde(default)]
+    pub links: BTreeMap<String, String>,
+    #[serde(default)]
+    pub process_control: Option<ProcessCommands>,
+}
+
+fn table_default() -> String {
+    TABLE_DEFAULT.to_string()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionTargets {
+    pub name: String,
+    pub store_url: String,
+    #[serde(default)]
+    pub shop_addresses: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub store_process: Option<String>,
+    #[serde(default)]
+    pub app_processes: Vec<String>,
+    #[serde(default)]
+    pub proxy_process: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Processes {
+    #[serde(default)]
+    pub controller: Option<String>,
+    #[serde(default)]
+    pub vantages: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessCommands {
+    pub kill: String,
+    pub stop: String,
+    pub cont: String,
+    pub restart: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeploymentError {
+    #[error("read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Deployment {
+    /// Reads a deployment file (TOML; `.json` files as JSON).
+    pub fn load(path: &Path) -> Result<Deployment, DeploymentError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DeploymentError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let json = path.extension().is_some_and(|e| e == "json");
+        Deployment::parse(&text, json).map_err(|e| match e {
+            DeploymentError::Parse { message, .. } => DeploymentError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            DeploymentError::Invalid { message, .. } => DeploymentError::Invalid {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str, json: bool) -> Result<Deployment, DeploymentError> {
+        let parsed: Deployment = if json {
+            serde_json::from_str(text).map_err(|e| DeploymentError::Parse {
+                path: String::new(),
+                message: e.to_string(),
+            })?
+        } else {
+            // toml's error names the line and column.
+            toml::from_str(text).map_err(|e| DeploymentError::Parse {
+                path: String::new(),
+                message: e.to_string(),
+            })?
+        };
+        parsed.validate().map_err(|message| DeploymentError::Invalid {
+            path: String::new(),
+            message,
+        })?;
+        Ok(parsed)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.regions.len() < 2 {
+            return Err(format!(
+                "{} region(s) listed; a drill needs at least two [[regions]] to fail over between",
+                self.regions.len()
+            ));
+        }
+        for (i, region) in self.regions.iter().enumerate() {
+            if self.regions[..i].iter().any(|r| r.name == region.name) {
+                return Err(format!(
+                    "region '{}' is listed twice; list each region once",
+                    region.name
+                ));
+            }
+            check_url(&format!("regions.{}.store_url", region.name), &region.store_url)?;
+        }
+        for (field, url) in [
+            ("controller_url", &self.controller_url),
+            ("fault_proxy_url", &self.fault_proxy_url),
+        ] {
+            if let Some(url) = url {
+                check_url(field, url)?;
+            }
+        }
+        for key in self.links.keys() {
+            parse_link_key(key)?;
+        }
+        if self.table.is_empty() || self.table.len() > 255 {
+            return Err(format!("table '{}' must be 1 to 255 characters", self.table));
+        }
+        Ok(())
+    }
+
+    pub fn region(&self, name: &str) -> Option<&RegionTargets> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    /// The region whose shop addresses include `address`.
+    pub fn region_of_address(&self, address: Ipv4Addr) -> Option<&RegionTargets> {
+        self.regions.iter().find(|r| r.shop_addresses.contains(&address))
+    }
+
+    /// Roles from the active region: it is the primary, the next listed region the secondary.
+    pub fn roles(&self, active: &str) -> Result<Roles, String> {
+        let primary = self.region(active).ok_or_else(|| {
+            format!(
+                "the active region '{active}' is not among the deployment's regions ({})",
+                self.regions
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let secondary = self
+            .regions
+            .iter()
+            .find(|r| r.name != primary.name)
+            .expect("validate() requires two distinct regions");
+        Ok(Roles {
+            primary: primary.name.clone(),
+            secondary: secondary.name.clone(),
+        })
+    }
+
+    /// The fault-proxy proxy names a link maps to (several for "every vantage").
+    pub fn link_names(&self, roles: &Roles, link: &Link) -> Vec<String> {
+        link_keys(
+            roles,
+            link,
+            self.processes.vantages.len().max(self.max_vantage_in_links()),
+        )
+        .into_iter()
+        .filter_map(|key| self.links.get(&key).cloned())
+        .collect()
+    }
+
+    fn max_vantage_in_links(&self) -> usize {
+        self.links
+            .keys()
+            .filter_map(|key| key.strip_prefix("health:"))
+            .filter_map(|rest| rest.split(':').next()?.parse::<usize>().ok())
+            .map(|v| v + 1)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn check_url(field: &str, url: &str) -> Result<(), String> {
+    if (url.starts_with("http://") || url.starts_with("https://")) && url.parse::<hyper::Uri>().is_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} = '{url}' is not a URL; write it like http://127.0.0.1:8000"
+        ))
+    }
+}
+
+/// The keys of the `[links]` table a link stands for.
+pub fn link_keys(roles: &Roles, link: &Link, vantages: usize) -> Vec<String> {
+    let r = |role: &RegionRole| roles.region(*role).to_string();
+    match link {
+        Link::Replication { from, to } => vec![format!("replication:{}:{}", r(from), r(to))],
+        Link::Health {
+            vantage: Some(v),
+            region,
+        } => vec![format!("health:{v}:{}", r(region))],
+        Link::Health { vantage: None, region } => (0..vantages).map(|v| format!("health:{v}:{}", r(region))).collect(),
+        Link::Controller { region } => vec![format!("controller:{}", r(region))],
+        Link::Frontend { region } => vec![format!("frontend:{}", r(region))],
+        Link::AppStore { region } => vec![format!("app-store:{}", r(region))],
+    }
+}
+
+fn parse_link_key(key: &str) -> Result<(), String> {
+    let parts: Vec<&str> = key.split(':').collect();
+    let ok = match parts.as_slice() {
+        ["replication", from, to] => !from.is_empty() && !to.is_empty(),
+        ["health", vantage, region] => vantage.parse::<u32>().is_ok() && !region.is_empty(),
+        ["controller" | "frontend" | "app-store", region] => !region.is_empty(),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "link key '{key}' is not one of replication:FROM:TO, health:VANTAGE:REGION, controller:REGION, frontend:REGION, app-store:REGION"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+shop_name = "shop.lab.test."
+shop_port = 8080
+dns_server = "127.0.0.1:5353"
+controller_url = "http://127.0.0.1:9000"
+
+[[regions]]
+name = "r1"
+store_url = "http://127.0.0.1:8001"
+shop_addresses = ["127.0.0.11"]
+
+[[regions]]
+name = "r2"
+store_url = "http://127.0.0.1:8002"
+shop_addresses = ["127.0.0.12"]
+
+[links]
+"health:0:r1" = "v0-r1"
+"health:1:r1" = "v1-r1"
+"replication:r1:r2" = "repl-12"
+"#;
+
+    #[test]
+    fn parses_and_resolves_roles_and_links() {
+        let deployment = Deployment::parse(EXAMPLE, false).expect("valid");
+        assert_eq!(deployment.table, TABLE_DEFAULT);
+        let roles = deployment.roles("r2").expect("known region");
+        assert_eq!((roles.primary.as_str(), roles.secondary.as_str()), ("r2", "r1"));
+        let roles = deployment.roles("r1").expect("known region");
+        let all = Link::Health {
+            vantage: None,
+            region: RegionRole::Primary,
+        };
+        assert_eq!(deployment.link_names(&roles, &all), vec!["v0-r1", "v1-r1"]);
+        let repl = Link::Replication {
+            from: RegionRole::Primary,
+            to: RegionRole::Secondary,
+        };
+        assert_eq!(deployment.link_names(&roles, &repl), vec!["repl-12"]);
+        assert!(
+            deployment
+                .link_names(
+                    &roles,
+                    &Link::Frontend {
+                        region: RegionRole::Primary
+                    }
+                )
+                .is_empty()
+        );
+        assert_eq!(
+            deployment
+                .region_of_address("127.0.0.12".parse().expect("ip"))
+                .map(|r| r.name.as_str()),
+            Some("r2")
+        );
+        assert!(deployment.roles("r9").expect_err("unknown").contains("r1, r2"));
+    }
+
+    #[test]
+    fn bad_files_say_what_and_where() {
+        let error = Deployment::parse("shop_name = \"x\"\nshop_port = \"eighty\"\n", false).expect_err("bad");
+        assert!(error.to_string().contains("line 2"), "{error}");
+        let one_region = EXAMPLE.replace("name = \"r2\"", "name = \"r1\"");
+        let error = Deployment::parse(&one_region, false).expect_err("duplicate");
+        assert!(error.to_string().contains("'r1' is listed twice"), "{error}");
+        let bad_link = format!("{EXAMPLE}\"sideways:r1\" = \"x\"\n");
+        let error = Deployment::parse(&bad_link, false).expect_err("bad link");
+        assert!(error.to_string().contains("'sideways:r1'"), "{error}");
+        let bad_url = EXAMPLE.replace("http://127.0.0.1:8002", "127.0.0.1:8002");
+        let error = Deployment::parse(&bad_url, false).expect_err("bad url");
+        assert!(error.to_string().contains("regions.r2.store_url"), "{error}");
+    }
+}

@@ -1,0 +1,322 @@
+//! Fault injection against a real deployment: a [`FaultTarget`] over the deployment file, the
+//! fault proxy's Toxiproxy-style HTTP API for link faults and a [`ProcessControl`] for process
+//! faults. The lab implements [`ProcessControl`] over its supervisor (or [`FaultTarget`]
+//! whole); without it, [`CommandProcessControl`] runs the deployment file's shell commands.
+
+use std::future::Future;
+
+use serde_json::json;
+
+use super::deployment::{Deployment, ProcessCommands};
+use super::http::HttpClient;
+use crate::scenario::{Component, FaultAction, FaultError, FaultTarget, RegionRole, Roles, Stream, Toxic, ToxicKind};
+
+/// Deadline of one fault-proxy API call.
+pub const FAULT_API_TIMEOUT_MS: u64 = 5_000;
+/// Deadline of one process-control command.
+pub const PROCESS_COMMAND_TIMEOUT_MS: u64 = 30_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessSignal {
+    /// SIGKILL.
+    Kill,
+    /// SIGSTOP.
+    Stop,
+    /// SIGCONT.
+    Cont,
+}
+
+/// Process faults by process name. The lab's supervisor implements this: it knows the pids
+/// and how to start a process again with the same arguments.
+pub trait ProcessControl: Send + Sync {
+    fn signal(&self, process: &str, signal: ProcessSignal) -> impl Future<Output = Result<(), String>> + Send;
+    /// Starts the process again (after a kill), with the same arguments and data.
+    fn restart(&self, process: &str) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Process control through shell commands with `{name}` replaced by the process name.
+pub struct CommandProcessControl {
+    pub commands: ProcessCommands,
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+impl CommandProcessControl {
+    async fn run(&self, template: &str, process: &str) -> Result<(), String> {
+        let command = template.replace("{name}", &shell_quote(process));
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(std::time::Duration::from_millis(PROCESS_COMMAND_TIMEOUT_MS), child)
+            .await
+            .map_err(|_| format!("`{command}` did not finish within {PROCESS_COMMAND_TIMEOUT_MS} ms"))?
+            .map_err(|e| format!("`{command}` could not run: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{command}` exited with {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    }
+}
+
+impl ProcessControl for CommandProcessControl {
+    async fn signal(&self, process: &str, signal: ProcessSignal) -> Result<(), String> {
+        let template = match signal {
+            ProcessSignal::Kill => &self.commands.kill,
+            ProcessSignal::Stop => &self.commands.stop,
+            ProcessSignal::Cont => &self.commands.cont,
+        };
+        self.run(template, process).await
+    }
+
+    async fn restart(&self, process: &str) -> Result<(), String> {
+        self.run(&self.commands.restart, process).await
+    }
+}
+
+/// No process control configured: every process fault is refused with the fix.
+pub struct NoProcessControl;
+
+impl ProcessControl for NoProcessControl {
+    async fn signal(&self, process: &str, _: ProcessSignal) -> Result<(), String> {
+        Err(format!(
+            "no [process_control] commands in the deployment file, so {process} cannot be signalled; add kill/stop/cont/restart commands or run against a lab"
+        ))
+    }
+
+    async fn restart(&self, process: &str) -> Result<(), String> {
+        Err(format!(
+            "no [process_control] commands in the deployment file, so {process} cannot be restarted"
+        ))
+    }
+}
+
+/// The Toxiproxy-shaped JSON of a toxic.
+pub fn toxic_json(toxic: &Toxic) -> serde_json::Value {
+    let (kind, attributes) = match toxic.kind {
+        ToxicKind::Latency { latency_ms, jitter_ms } => {
+            ("latency", json!({"latency": latency_ms, "jitter": jitter_ms}))
+        }
+        ToxicKind::Blackhole => ("timeout", json!({"timeout": 0})),
+        ToxicKind::ResetPeer => ("reset_peer", json!({"timeout": 0})),
+        ToxicKind::Bandwidth { rate_kbps } => ("bandwidth", json!({"rate": rate_kbps})),
+    };
+    json!({
+        "name": toxic.name,
+        "type": kind,
+        "stream": match toxic.stream { Stream::Upstream => "upstream", Stream::Downstream => "downstream" },
+        "toxicity": 1.0,
+        "attributes": attributes,
+    })
+}
+
+/// A [`FaultTarget`] over a deployment file.
+pub struct DeploymentTarget<P> {
+    deployment: Deployment,
+    processes: P,
+    http: HttpClient,
+}
+
+impl<P: ProcessControl> DeploymentTarget<P> {
+    pub fn new(deployment: Deployment, processes: P) -> DeploymentTarget<P> {
+        DeploymentTarget {
+            deployment,
+            processes,
+            http: HttpClient::new(),
+        }
+    }
+
+    /// The processes a component stands for, in the order to stop them (front to back);
+    /// restarts go in reverse (store first).
+    pub fn processes_of(&self, roles: &Roles, component: &Component) -> Result<Vec<String>, String> {
+        let region = |role: &RegionRole| {
+            let name = roles.region(*role);
+            self.deployment
+                .region(name)
+                .ok_or_else(|| format!("region {name} is not in the deployment file"))
+        };
+        let missing =
+            |what: &str, region: &str| format!("the deployment file names no {what} process for region {region}");
+        let names = match component {
+            Component::Store(role) => {
+                let r = region(role)?;
+                vec![r.store_process.clone().ok_or_else(|| missing("store", &r.name))?]
+            }
+            Component::Apps(role) => {
+                let r = region(role)?;
+                if r.app_processes.is_empty() {
+                    return Err(missing("app", &r.name));
+                }
+                r.app_processes.clone()
+            }
+            Component::Proxy(role) => {
+                let r = region(role)?;
+                vec![r.proxy_process.clone().ok_or_else(|| missing("proxy", &r.name))?]
+            }
+            Component::Region(role) => {
+                let r = region(role)?;
+                let mut all: Vec<String> = r.proxy_process.iter().cloned().collect();
+                all.extend(r.app_processes.iter().cloned());
+                all.extend(r.store_process.iter().cloned());
+                if all.is_empty() {
+                    return Err(missing("", &r.name));
+                }
+                all
+            }
+            Component::Controller => vec![
+                self.deployment
+                    .processes
+                    .controller
+                    .clone()
+                    .ok_or("the deployment file names no controller process")?,
+            ],
+            Component::Vantage(v) => vec![
+                self.deployment
+                    .processes
+                    .vantages
+                    .get(*v as usize)
+                    .cloned()
+                    .ok_or_else(|| format!("the deployment file names no vantage {v}"))?,
+            ],
+        };
+        Ok(names)
+    }
+
+    async fn fault_api(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<u16, String> {
+        let base = self
+            .deployment
+            .fault_proxy_url
+            .as_deref()
+            .ok_or("the deployment file has no fault_proxy_url, so links cannot be faulted")?;
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let body = body.map(|b| b.to_string().into_bytes());
+        let response = self
+            .http
+            .send(
+                method,
+                &url,
+                &[("content-type", "application/json")],
+                body,
+                FAULT_API_TIMEOUT_MS,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status >= 400 && response.status != 404 && response.status != 409 {
+            return Err(format!(
+                "{method} {url} answered {}: {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            ));
+        }
+        Ok(response.status)
+    }
+}
+
+impl<P: ProcessControl> FaultTarget for DeploymentTarget<P> {
+    async fn apply(&self, roles: &Roles, action: &FaultAction) -> Result<(), FaultError> {
+        let failed = |reason: String| FaultError::Failed {
+            action: action.label(),
+            reason,
+        };
+        let unsupported = |reason: String| FaultError::Unsupported {
+            action: action.label(),
+            reason,
+        };
+        match action {
+            FaultAction::Kill { target } | FaultAction::Stop { target } | FaultAction::Cont { target } => {
+                let signal = match action {
+                    FaultAction::Kill { .. } => ProcessSignal::Kill,
+                    FaultAction::Stop { .. } => ProcessSignal::Stop,
+                    _ => ProcessSignal::Cont,
+                };
+                let mut names = self.processes_of(roles, target).map_err(unsupported)?;
+                if signal == ProcessSignal::Cont {
+                    names.reverse();
+                }
+                for name in names {
+                    self.processes.signal(&name, signal).await.map_err(failed)?;
+                }
+                Ok(())
+            }
+            FaultAction::Restart { target } => {
+                let mut names = self.processes_of(roles, target).map_err(unsupported)?;
+                names.reverse();
+                for name in names {
+                    self.processes.restart(&name).await.map_err(failed)?;
+                }
+                Ok(())
+            }
+            FaultAction::AddToxic { link, toxic } => {
+                let proxies = self.deployment.link_names(roles, link);
+                if proxies.is_empty() {
+                    return Err(unsupported(format!(
+                        "the deployment file's [links] has no entry for {}",
+                        crate::scenario::link_label(link)
+                    )));
+                }
+                for proxy in proxies {
+                    let status = self
+                        .fault_api("POST", &format!("/proxies/{proxy}/toxics"), Some(toxic_json(toxic)))
+                        .await
+                        .map_err(failed)?;
+                    if status == 404 {
+                        return Err(failed(format!("the fault proxy has no proxy named {proxy}")));
+                    }
+                }
+                Ok(())
+            }
+            FaultAction::RemoveToxic { link, name } => {
+                for proxy in self.deployment.link_names(roles, link) {
+                    // 404: already gone, which is what a heal wants.
+                    self.fault_api("DELETE", &format!("/proxies/{proxy}/toxics/{name}"), None)
+                        .await
+                        .map_err(failed)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toxics_are_toxiproxy_shaped() {
+        let toxic = Toxic {
+            name: "slow".into(),
+            stream: Stream::Downstream,
+            kind: ToxicKind::Latency {
+                latency_ms: 250,
+                jitter_ms: 50,
+            },
+        };
+        assert_eq!(
+            toxic_json(&toxic),
+            json!({"name": "slow", "type": "latency", "stream": "downstream", "toxicity": 1.0,
+                   "attributes": {"latency": 250, "jitter": 50}})
+        );
+        let blackhole = Toxic {
+            name: "cut".into(),
+            stream: Stream::Upstream,
+            kind: ToxicKind::Blackhole,
+        };
+        assert_eq!(toxic_json(&blackhole)["type"], "timeout");
+        assert_eq!(toxic_json(&blackhole)["attributes"]["timeout"], 0);
+    }
+
+    #[test]
+    fn shell_quoting_keeps_names_whole() {
+        assert_eq!(shell_quote("store-a"), "'store-a'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

@@ -1,0 +1,492 @@
+//! The drill's runtime against real in-process pieces: two regional stores replicating a
+//! global table, the demo shop in each region (on 127.0.0.11 and 127.0.0.12, same port), the
+//! authoritative DNS server with a failover record, and a stand-in controller whose pointer a
+//! recording fault target moves, as the real controller would when a region dies.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use drill::history::{Action, Phase};
+use drill::runtime::deployment::{Deployment, RegionTargets};
+use drill::runtime::{DrillOptions, dynamo, http::HttpClient};
+use drill::scenario::{self, Component, Durations, FaultAction, FaultError, FaultTarget, RegionRole, Roles};
+use serde_json::json;
+use store::global::{Peer, ReplicationConfig};
+use store::server::{ServerConfig, run as run_store};
+use store::{Engine, SystemClock};
+use tokio::net::{TcpListener, UdpSocket};
+
+const KEY: &[u8] = b"drill-integration-replication-key";
+const TTL_S: u32 = 1;
+const DEADLINE_MS: u64 = 20_000;
+
+struct Lab {
+    deployment: Deployment,
+    dns_admin: SocketAddr,
+    controller: Arc<Mutex<(String, u64)>>,
+    _dirs: Vec<tempfile::TempDir>,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn start_stores() -> (
+    Vec<(String, String)>,
+    Vec<tempfile::TempDir>,
+    Vec<tokio::sync::oneshot::Sender<()>>,
+) {
+    let names = ["r1", "r2"];
+    let mut listeners = Vec::new();
+    let mut urls = Vec::new();
+    for name in names {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind store");
+        urls.push((
+            name.to_string(),
+            format!("http://{}", listener.local_addr().expect("addr")),
+        ));
+        listeners.push(listener);
+    }
+    let mut dirs = Vec::new();
+    let mut stops = Vec::new();
+    for ((name, _), listener) in urls.iter().zip(listeners) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::open(dir.path(), name, Arc::new(SystemClock)).expect("open engine");
+        let peers = urls
+            .iter()
+            .filter(|(other, _)| other != name)
+            .map(|(region, url)| Peer {
+                region: region.clone(),
+                url: url.clone(),
+            })
+            .collect();
+        let config = ServerConfig {
+            credentials: None,
+            replication: Some(ReplicationConfig {
+                peers,
+                key: KEY.to_vec(),
+            }),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = run_store(listener, engine, config, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        dirs.push(dir);
+        stops.push(stop);
+    }
+    (urls, dirs, stops)
+}
+
+/// The shops of both regions on the same port of 127.0.0.11 and 127.0.0.12.
+async fn start_shops(stores: &[(String, String)]) -> (u16, Vec<tokio::sync::oneshot::Sender<()>>) {
+    let all: BTreeMap<String, String> = stores.iter().cloned().collect();
+    for _attempt in 0..20 {
+        let first = TcpListener::bind("127.0.0.11:0").await.expect("bind shop r1");
+        let port = first.local_addr().expect("addr").port();
+        let Ok(second) = TcpListener::bind(("127.0.0.12", port)).await else {
+            continue;
+        };
+        let mut stops = Vec::new();
+        for ((region, _), listener) in stores.iter().zip([first, second]) {
+            let config = demoapp::DemoAppConfig {
+                region: region.clone(),
+                instance: format!("{region}-a"),
+                stores: all.clone(),
+                pointer: None,
+                pointer_token: None,
+                credentials: None,
+                table_prefix: "shop".into(),
+                tables_create: true,
+                pointer_stale_ms: 10_000,
+            };
+            // One after the other: the first creates the global tables, the second finds them.
+            let shop = demoapp::build(&config).await.expect("shop builds");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(demoapp::serve(listener, shop, async {
+                let _ = stopped.await;
+            }));
+            stops.push(stop);
+        }
+        return (port, stops);
+    }
+    panic!("no port free on both 127.0.0.11 and 127.0.0.12");
+}
+
+async fn start_dns() -> (SocketAddr, SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let config = format!(
+        r#"
+[dns]
+[[dns.zones]]
+origin = "lab.test."
+ns = ["ns1"]
+
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["127.0.0.53"]
+
+[[dns.zones.records]]
+name = "shop"
+type = "A"
+ttl = {TTL_S}
+policy = "failover"
+
+[[dns.zones.records.members]]
+role = "primary"
+values = ["127.0.0.11"]
+health = "r1"
+
+[[dns.zones.records.members]]
+role = "secondary"
+values = ["127.0.0.12"]
+health = "r2"
+"#
+    );
+    let parsed = dns::parse(&config, "drill-test.toml").expect("valid DNS config");
+    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
+    let address = udp.local_addr().expect("addr");
+    let tcp = TcpListener::bind(address).await.expect("bind tcp");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let admin_address = admin.local_addr().expect("addr");
+    let options = dns::Options {
+        token: None,
+        state_dir: None,
+        config_path: None,
+        reload_interval_ms: 0,
+        udp_workers: 1,
+        seed: 1,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(dns::run(
+        dns::Sockets { udp, tcp, admin },
+        parsed.zones,
+        options,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (address, admin_address, stop)
+}
+
+async fn start_controller(state: Arc<Mutex<(String, u64)>>) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let app = Router::new().route(
+        "/v1/active-region",
+        get(move || {
+            let state = Arc::clone(&state);
+            async move {
+                let (region, generation) = state.lock().expect("lock").clone();
+                axum::Json(json!({"region": region, "generation": generation}))
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind controller");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (url, stop)
+}
+
+async fn start_lab() -> Lab {
+    let (stores, dirs, mut stop) = start_stores().await;
+    let (port, shop_stops) = start_shops(&stores).await;
+    stop.extend(shop_stops);
+    let (dns_server, dns_admin, dns_stop) = start_dns().await;
+    stop.push(dns_stop);
+    let controller = Arc::new(Mutex::new(("r1".to_string(), 1u64)));
+    let (controller_url, controller_stop) = start_controller(Arc::clone(&controller)).await;
+    stop.push(controller_stop);
+    let regions = stores
+        .iter()
+        .zip(["127.0.0.11", "127.0.0.12"])
+        .map(|((name, url), address)| RegionTargets {
+            name: name.clone(),
+            store_url: url.clone(),
+            shop_addresses: vec![address.parse().expect("ip")],
+            store_process: Some(format!("store-{name}")),
+            app_processes: vec![format!("app-{name}")],
+            proxy_process: None,
+        })
+        .collect();
+    let deployment = Deployment {
+        shop_name: "shop.lab.test.".into(),
+        shop_port: port,
+        dns_server,
+        controller_url: Some(controller_url),
+        fault_proxy_url: None,
+        table: "drill-history".into(),
+        regions,
+        processes: Default::default(),
+        links: BTreeMap::new(),
+        process_control: None,
+    };
+    Lab {
+        deployment,
+        dns_admin,
+        controller,
+        _dirs: dirs,
+        stop,
+    }
+}
+
+/// Records every action; a region kill moves the pointer and the DNS health as the controller
+/// would, a restart moves them back.
+struct RecordingTarget {
+    calls: Mutex<Vec<FaultAction>>,
+    controller: Arc<Mutex<(String, u64)>>,
+    dns_admin: SocketAddr,
+    http: HttpClient,
+}
+
+impl RecordingTarget {
+    async fn push_health(&self, generation: u64, r1: &str) -> Result<(), FaultError> {
+        let body = json!({"generation": generation, "targets": {"r1": r1, "r2": "healthy"}});
+        let response = self
+            .http
+            .send(
+                "PUT",
+                &format!("http://{}/v1/health", self.dns_admin),
+                &[("content-type", "application/json")],
+                Some(body.to_string().into_bytes()),
+                5_000,
+            )
+            .await
+            .map_err(|e| FaultError::Failed {
+                action: "push health".into(),
+                reason: e.to_string(),
+            })?;
+        assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+        Ok(())
+    }
+}
+
+impl FaultTarget for RecordingTarget {
+    async fn apply(&self, roles: &Roles, action: &FaultAction) -> Result<(), FaultError> {
+        assert_eq!(roles.primary, "r1", "the pointer named r1 when the drill started");
+        self.calls.lock().expect("lock").push(action.clone());
+        let generation = {
+            let mut pointer = self.controller.lock().expect("lock");
+            match action {
+                FaultAction::Kill {
+                    target: Component::Region(RegionRole::Primary),
+                } => *pointer = (roles.secondary.clone(), pointer.1 + 1),
+                FaultAction::Restart {
+                    target: Component::Region(RegionRole::Primary),
+                } => *pointer = (roles.primary.clone(), pointer.1 + 1),
+                _ => return Ok(()),
+            }
+            pointer.1
+        };
+        let r1 = if self.controller.lock().expect("lock").0 == "r1" {
+            "healthy"
+        } else {
+            "unhealthy"
+        };
+        self.push_health(generation, r1).await
+    }
+}
+
+fn short() -> DrillOptions {
+    DrillOptions {
+        durations: Durations {
+            warmup_ms: 2_000,
+            fault_ms: 4_000,
+            settle_ms: 7_000,
+        },
+        clients: 2,
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failback_drill_against_real_stores_shops_and_dns() {
+    let lab = start_lab().await;
+    let target = RecordingTarget {
+        calls: Mutex::new(Vec::new()),
+        controller: Arc::clone(&lab.controller),
+        dns_admin: lab.dns_admin,
+        http: HttpClient::new(),
+    };
+    let scenario = scenario::by_name("failback").expect("exists");
+    let outcome = tokio::time::timeout(
+        Duration::from_millis(DEADLINE_MS * 6),
+        drill::runtime::run(&scenario, &lab.deployment, &target, &short(), std::future::pending()),
+    )
+    .await
+    .expect("the drill ends")
+    .expect("the drill runs");
+    let report = &outcome.report;
+    let text = drill::report::render_text(report);
+    println!("{text}");
+    assert!(!outcome.interrupted);
+    assert_eq!(
+        *target.calls.lock().expect("lock"),
+        vec![
+            FaultAction::Kill {
+                target: Component::Region(RegionRole::Primary)
+            },
+            FaultAction::Restart {
+                target: Component::Region(RegionRole::Primary)
+            },
+        ]
+    );
+    let m = &report.measurements;
+    assert!(m.requests_ok > 0, "the shop served orders through DNS");
+    assert!(report.check.acknowledged > 20, "the writers wrote: {:?}", report.check);
+    assert_eq!(report.check.lost, 0);
+    assert!(report.check.divergent_keys.is_empty());
+    assert_eq!(m.failovers, 2, "the pointer moved away and back");
+    assert_eq!(m.dns_answer_before, vec!["127.0.0.11".to_string()]);
+    assert_eq!(m.dns_answer_switched_to, Some(vec!["127.0.0.12".to_string()]));
+    assert!(m.rto_dns_ms.is_some() && m.failback_ms.is_some());
+    assert!(m.client_lookups >= 2, "clients re-resolved after the TTL");
+    let (gap_ms, ttl_s) = m.client_requery_gap_ms_min.expect("clients queried more than once");
+    assert_eq!(ttl_s, TTL_S);
+    assert!(gap_ms >= u64::from(TTL_S) * 1000, "clients honour the TTL: {gap_ms} ms");
+    assert!(report.passed, "{text}");
+    let html = drill::report::render_html(report);
+    assert!(html.contains("<svg") && html.contains("failback"));
+    for stop in lab.stop {
+        let _ = stop.send(());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_drill_heals_what_it_broke() {
+    let lab = start_lab().await;
+    let target = RecordingTarget {
+        calls: Mutex::new(Vec::new()),
+        controller: Arc::clone(&lab.controller),
+        dns_admin: lab.dns_admin,
+        http: HttpClient::new(),
+    };
+    let scenario = scenario::by_name("region-outage").expect("exists");
+    let mut options = short();
+    options.durations.fault_ms = 60_000;
+    // Interrupt once the fault is in force.
+    let calls = &target.calls;
+    let interrupt = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(DEADLINE_MS);
+        while calls.lock().expect("lock").is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the fault was injected in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_millis(DEADLINE_MS * 3),
+        drill::runtime::run(&scenario, &lab.deployment, &target, &options, interrupt),
+    )
+    .await
+    .expect("the interrupted drill ends quickly")
+    .expect("the drill runs");
+    assert!(outcome.interrupted);
+    assert!(outcome.heal_errors.is_empty());
+    assert_eq!(
+        *target.calls.lock().expect("lock"),
+        vec![
+            FaultAction::Kill {
+                target: Component::Region(RegionRole::Primary)
+            },
+            FaultAction::Restart {
+                target: Component::Region(RegionRole::Primary)
+            },
+        ],
+        "the kill was undone by a restart"
+    );
+    assert_eq!(lab.controller.lock().expect("lock").0, "r1");
+    for stop in lab.stop {
+        let _ = stop.send(());
+    }
+}
+
+/// The writer's history and the set check against real replicating stores: a write deleted
+/// behind the drill's back in both regions is reported lost, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_checker_finds_a_write_removed_from_real_stores() {
+    let (stores, _dirs, stops) = start_stores().await;
+    let http = HttpClient::new();
+    dynamo::ensure_global_table(&http, &stores, "checked")
+        .await
+        .expect("table created and made global");
+    let mut history = drill::history::History::new();
+    let mut t = 0;
+    for i in 0..20u64 {
+        let (region, url) = &stores[(i % 2) as usize];
+        let key = format!("run-k{i}");
+        let value = format!("run-v{i}");
+        let action = Action::Write {
+            key: key.clone(),
+            value: value.clone(),
+            region: region.clone(),
+        };
+        history.invoke(1, t, action).expect("valid");
+        dynamo::put(&http, url, "checked", &key, &value)
+            .await
+            .expect("write acknowledged");
+        t += 1;
+        history.complete(1, t, Phase::Ok, None, None).expect("valid");
+    }
+    // Wait for replication, then delete one item (the delete replicates too).
+    let recorder = drill::runtime::recorder::Recorder::new();
+    let deployment_like = |stores: &[(String, String)]| Deployment {
+        shop_name: "unused.".into(),
+        shop_port: 1,
+        dns_server: "127.0.0.1:1".parse().expect("addr"),
+        controller_url: None,
+        fault_proxy_url: None,
+        table: "checked".into(),
+        regions: stores
+            .iter()
+            .map(|(name, url)| RegionTargets {
+                name: name.clone(),
+                store_url: url.clone(),
+                shop_addresses: Vec::new(),
+                store_process: None,
+                app_processes: Vec::new(),
+                proxy_process: None,
+            })
+            .collect(),
+        processes: Default::default(),
+        links: BTreeMap::new(),
+        process_control: None,
+    };
+    let deployment = deployment_like(&stores);
+    let state = drill::runtime::converge(&http, &deployment, "run-", DEADLINE_MS, &recorder).await;
+    assert_eq!(drill::checker::check(&history, &state, None).present, 20);
+    dynamo::call(
+        &http,
+        &stores[0].1,
+        "DeleteItem",
+        &json!({"TableName": "checked", "Key": {"key": {"S": "run-k7"}}}),
+        5_000,
+    )
+    .await
+    .expect("delete");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(DEADLINE_MS);
+    loop {
+        let state = drill::runtime::converge(&http, &deployment, "run-", DEADLINE_MS, &recorder).await;
+        let result = drill::checker::check(&history, &state, None);
+        if result.lost == 1 && result.divergent_keys.is_empty() {
+            assert_eq!(result.listed[0].key, "run-k7");
+            assert_eq!(result.present, 19);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the delete replicated: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for stop in stops {
+        let _ = stop.send(());
+    }
+}
