@@ -14,6 +14,8 @@ use toml::Spanned;
 pub const WEIGHT_MAX: u32 = 256;
 /// Most servers in one proxy; the balancer scans them linearly.
 pub const SERVERS_MAX: usize = 1024;
+/// Most worker threads.
+pub const THREADS_MAX: usize = 256;
 /// Most retries a request may get.
 pub const RETRIES_MAX: u32 = 16;
 /// Shortest check interval accepted, so a typo cannot turn checks into a flood.
@@ -66,6 +68,7 @@ struct RawProxy {
     observe: Observe,
     #[serde(default)]
     servers: Vec<RawServer>,
+    threads: Option<Spanned<usize>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -215,6 +218,9 @@ pub struct Limits {
     pub request_header_bytes_max: usize,
     /// Idle pooled connections kept per server.
     pub pool_idle_per_server_max: usize,
+    /// Request bodies buffered at once across all requests; further bodies wait (within
+    /// `client_body_ms`). Bounds memory whatever `connections_max` is.
+    pub buffered_body_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -224,6 +230,7 @@ impl Default for Limits {
             request_body_bytes_max: 10 * 1024 * 1024,
             request_header_bytes_max: 64 * 1024,
             pool_idle_per_server_max: 64,
+            buffered_body_bytes_max: 256 * 1024 * 1024,
         }
     }
 }
@@ -254,6 +261,8 @@ pub struct ProxyConfig {
     pub check: CheckConfig,
     pub observe: Observe,
     pub servers: Vec<ServerConfig>,
+    /// Worker threads serving clients (HAProxy `nbthread`); default: one per core.
+    pub threads: usize,
 }
 
 fn default_retries() -> Spanned<u32> {
@@ -417,13 +426,33 @@ fn validate(text: &str, raw: RawProxy) -> Result<ProxyConfig, String> {
     if limits.connections_max == 0 {
         return Err("limits.connections_max = 0 would refuse every client; use a positive number".into());
     }
+    if limits.buffered_body_bytes_max < limits.request_body_bytes_max {
+        return Err(format!(
+            "limits.buffered_body_bytes_max = {} is below limits.request_body_bytes_max = {}; raise it so one full body fits",
+            limits.buffered_body_bytes_max, limits.request_body_bytes_max
+        ));
+    }
     if limits.request_header_bytes_max < 8192 {
         return Err(format!(
             "limits.request_header_bytes_max = {} is too small; use at least 8192",
             limits.request_header_bytes_max
         ));
     }
+    let threads = match &raw.threads {
+        None => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(THREADS_MAX),
+        Some(t) if *t.get_ref() == 0 || *t.get_ref() > THREADS_MAX => {
+            return Err(at(
+                text,
+                t,
+                format!("threads = {} is out of range; use 1 to {THREADS_MAX}", t.get_ref()),
+            ));
+        }
+        Some(t) => *t.get_ref(),
+    };
     Ok(ProxyConfig {
+        threads,
         listen,
         admin_listen,
         balance: raw.balance,
@@ -611,6 +640,16 @@ address = "127.0.0.1:9001"
         );
         let error = parse(&text).expect_err("weight");
         assert!(error.contains("weight = 1000"), "{error}");
+    }
+
+    #[test]
+    fn body_budget_must_hold_one_full_body() {
+        let text = MINIMAL.replace(
+            "[[proxy.servers]]",
+            "[proxy.limits]\nrequest_body_bytes_max = 2048\nbuffered_body_bytes_max = 1024\n\n[[proxy.servers]]",
+        );
+        let error = parse(&text).expect_err("budget too small");
+        assert!(error.contains("buffered_body_bytes_max = 1024"), "{error}");
     }
 
     #[test]

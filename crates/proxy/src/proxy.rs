@@ -16,7 +16,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::BytesMut;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -24,7 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::balance::{Balancer, ServerId};
 use crate::check::{CheckParams, Observation, Transition};
@@ -41,9 +42,15 @@ pub struct Shared {
     pub(crate) config: ProxyConfig,
     balancer: Mutex<Balancer>,
     started: Instant,
-    client: Client<HttpConnector, Full<Bytes>>,
     stats: FrontendStats,
     logs: Logs,
+    /// Bytes of request bodies buffered at once, across all requests.
+    body_budget: Arc<Semaphore>,
+}
+
+enum BodyError {
+    TooLarge,
+    Read(hyper::Error),
 }
 
 /// Counters of what clients saw, for `/stats` and `/metrics`.
@@ -99,23 +106,29 @@ impl Shared {
             error_limit: config.observe.layer7.then_some(config.observe.error_limit.max(1)),
         };
         let balancer = Balancer::new(&config.servers, config.balance, config.slowstart_ms, params, 0);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(config.timeouts.connect_ms)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_millis(config.timeouts.idle_ms))
-            .pool_max_idle_per_host(config.limits.pool_idle_per_server_max)
-            .build(connector);
+        let config_budget = config.limits.buffered_body_bytes_max.min(Semaphore::MAX_PERMITS);
         Arc::new(Shared {
             config,
             balancer: Mutex::new(balancer),
             started: Instant::now(),
-            client,
             stats: FrontendStats::default(),
             logs: Logs::default(),
+            body_budget: Arc::new(Semaphore::new(config_budget)),
         })
+    }
+
+    /// A pool of connections to the servers. Each worker thread has its own, so a request and
+    /// its server connection stay on one thread.
+    fn new_client(&self) -> UpstreamClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(self.config.timeouts.connect_ms)));
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_millis(self.config.timeouts.idle_ms))
+            .pool_max_idle_per_host(self.config.limits.pool_idle_per_server_max)
+            .build(connector)
     }
 
     /// What clients saw so far.
@@ -278,14 +291,24 @@ fn is_server_error(status: StatusCode) -> bool {
 
 impl Shared {
     /// Handles one client request end to end.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        upstream: &UpstreamClient,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
         self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
-        let response = self.clone().forward(request, client).await;
+        let response = self.clone().forward(upstream, request, client).await;
         self.stats.count_response(response.status());
         response
     }
 
-    async fn forward(self: Arc<Self>, request: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    async fn forward(
+        self: Arc<Self>,
+        upstream_client: &UpstreamClient,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
         let (parts, body) = request.into_parts();
         let limit = self.config.limits.request_body_bytes_max;
         let declared = parts
@@ -296,16 +319,19 @@ impl Shared {
         if declared.is_some_and(|length| length > limit as u64) {
             return self.body_too_large(client, declared);
         }
+        // Held until the response is done: buffered bodies of all requests share one budget.
+        let mut _budget: Option<OwnedSemaphorePermit> = None;
         let body = if body.is_end_stream() {
             Bytes::new()
         } else {
             let deadline = Duration::from_millis(self.config.timeouts.client_body_ms);
-            match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
-                Ok(Ok(collected)) => collected.to_bytes(),
-                Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-                    return self.body_too_large(client, None);
+            match tokio::time::timeout(deadline, self.read_body(body, limit)).await {
+                Ok(Ok((bytes, permit))) => {
+                    _budget = permit;
+                    bytes
                 }
-                Ok(Err(error)) => {
+                Ok(Err(BodyError::TooLarge)) => return self.body_too_large(client, None),
+                Ok(Err(BodyError::Read(error))) => {
                     self.stats.client_errors_total.fetch_add(1, Ordering::Relaxed);
                     let now = self.now_ms();
                     if let Some(suppressed) = self.logs.client_connection.allow(now) {
@@ -333,6 +359,8 @@ impl Shared {
             .or_else(|| parts.uri.authority().map(|a| a.to_string()));
         let mut headers = parts.headers;
         remove_hop_by_hop(&mut headers);
+        // The body is already here; the server must not wait for a go-ahead.
+        headers.remove(header::EXPECT);
         add_forwarding(&mut headers, client, host.as_deref());
         let missing_host = match headers.contains_key(header::HOST) {
             true => None,
@@ -391,7 +419,7 @@ impl Shared {
             *upstream.version_mut() = Version::HTTP_11;
             *upstream.headers_mut() = headers.clone();
 
-            match tokio::time::timeout(response_timeout, self.client.request(upstream)).await {
+            match tokio::time::timeout(response_timeout, upstream_client.request(upstream)).await {
                 Ok(Ok(response)) => {
                     let status = response.status();
                     let observation = if is_server_error(status) {
@@ -447,6 +475,42 @@ impl Shared {
         local_response(StatusCode::BAD_GATEWAY, "every attempt failed")
     }
 
+    /// Reads a request body up to `limit` bytes, taking its size from the shared budget
+    /// (`buffered_body_bytes_max`) as it arrives; waits while the budget is spent.
+    async fn read_body(
+        &self,
+        mut body: Incoming,
+        limit: usize,
+    ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), BodyError> {
+        let mut buffer = BytesMut::new();
+        let mut budget: Option<OwnedSemaphorePermit> = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(BodyError::Read)?;
+            let Ok(data) = frame.into_data() else { continue };
+            if buffer.len() + data.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            let size = u32::try_from(data.len()).map_err(|_| BodyError::TooLarge)?;
+            if size > 0 {
+                let permit = self
+                    .body_budget
+                    .clone()
+                    .acquire_many_owned(size)
+                    .await
+                    .map_err(|_| BodyError::TooLarge)?;
+                match &mut budget {
+                    Some(held) => held.merge(permit),
+                    None => budget = Some(permit),
+                }
+            }
+            if buffer.is_empty() && body.is_end_stream() {
+                return Ok((data, budget));
+            }
+            buffer.extend_from_slice(&data);
+        }
+        Ok((buffer.freeze(), budget))
+    }
+
     fn body_too_large(&self, client: SocketAddr, declared: Option<u64>) -> Response<ProxyBody> {
         self.stats.body_too_large_total.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = self.logs.body_too_large.allow(self.now_ms()) {
@@ -468,8 +532,22 @@ impl Shared {
     }
 }
 
+/// The pooled client to the servers.
+pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A client connection handed from the accept loop to a worker thread.
+struct Accepted {
+    stream: std::net::TcpStream,
+    client: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
 /// Serves clients on `listener` until `shutdown` resolves, then lets requests in flight finish
 /// (up to [`SHUTDOWN_GRACE_MS`]).
+///
+/// Connections run on `threads` worker threads, each a single-threaded runtime with its own
+/// server connection pool (thread per core, as HAProxy's `nbthread`): a request never wakes
+/// another thread, which is most of a proxy's cost on few cores.
 pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -478,22 +556,23 @@ pub async fn serve(
     let connections_max = shared.config.limits.connections_max;
     let permits = Arc::new(Semaphore::new(connections_max));
     let (stop_sender, stop) = watch::channel(false);
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let header_bytes_max = shared.config.limits.request_header_bytes_max.max(8192);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(shared.config.timeouts.client_header_ms))
-        .max_buf_size(header_bytes_max)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(header_bytes_max).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_millis(shared.config.timeouts.idle_ms)))
-        .keep_alive_timeout(Duration::from_millis(shared.config.timeouts.client_header_ms));
-    let builder = Arc::new(builder);
+    let (finished_sender, finished) = watch::channel(false);
+    let builder = Arc::new(connection_builder(&shared.config));
+    let threads = shared.config.threads.max(1);
+    let mut senders = Vec::with_capacity(threads);
+    let mut workers = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+        senders.push(sender);
+        let (shared, builder, stop, finished) = (shared.clone(), builder.clone(), stop.clone(), finished.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let worker = std::thread::Builder::new()
+            .name(format!("proxy-worker-{index}"))
+            .spawn(move || runtime.block_on(run_worker(shared, builder, receiver, stop, finished)))?;
+        workers.push(worker);
+    }
     tokio::pin!(shutdown);
+    let mut next = 0usize;
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -516,33 +595,14 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(stream) = stream.into_std() else { continue };
         shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        shared.stats.connections_active.fetch_add(1, Ordering::Relaxed);
-        let shared = shared.clone();
-        let builder = builder.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service_shared = shared.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let shared = service_shared.clone();
-                async move { Ok::<_, Infallible>(shared.handle(request, client).await) }
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let result = loop {
-                tokio::select! {
-                    result = connection.as_mut() => break result,
-                    _ = stop.changed() => connection.as_mut().graceful_shutdown(),
-                }
-            };
-            if let Err(error) = result {
-                shared.log_connection_error(client, error.as_ref());
-            }
-            shared.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
-        });
+        // Workers live until `finished`, so the send cannot fail while we accept.
+        let _ = senders[next % threads].send(Accepted { stream, client, permit });
+        next = next.wrapping_add(1);
     }
     drop(listener);
+    drop(senders);
     let _ = stop_sender.send(true);
     let all = u32::try_from(connections_max).unwrap_or(u32::MAX);
     let grace = Duration::from_millis(SHUTDOWN_GRACE_MS);
@@ -552,7 +612,73 @@ pub async fn serve(
             "shutdown: connections still open after the grace period"
         );
     }
+    let _ = finished_sender.send(true);
+    for worker in workers {
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    }
     Ok(())
+}
+
+fn connection_builder(config: &ProxyConfig) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let header_bytes_max = config.limits.request_header_bytes_max.max(8192);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(config.timeouts.client_header_ms))
+        .max_buf_size(header_bytes_max)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(header_bytes_max).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_millis(config.timeouts.idle_ms)))
+        .keep_alive_timeout(Duration::from_millis(config.timeouts.client_header_ms));
+    builder
+}
+
+/// One worker thread: serves the connections the accept loop hands it, until `finished`.
+async fn run_worker(
+    shared: Arc<Shared>,
+    builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+    stop: watch::Receiver<bool>,
+    mut finished: watch::Receiver<bool>,
+) {
+    let upstream = Arc::new(shared.new_client());
+    while let Some(accepted) = receiver.recv().await {
+        let Ok(stream) = tokio::net::TcpStream::from_std(accepted.stream) else {
+            continue;
+        };
+        let (shared, builder, upstream, mut stop) = (shared.clone(), builder.clone(), upstream.clone(), stop.clone());
+        let (client, permit) = (accepted.client, accepted.permit);
+        shared.stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service_shared = shared.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let (shared, upstream) = (service_shared.clone(), upstream.clone());
+                async move { Ok::<_, Infallible>(shared.handle(&upstream, request, client).await) }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let mut stopping = false;
+            let result = loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    _ = stop.changed(), if !stopping => {
+                        stopping = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            };
+            if let Err(error) = result {
+                shared.log_connection_error(client, error.as_ref());
+            }
+            shared.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    let _ = finished.wait_for(|done| *done).await;
 }
 
 impl Shared {
