@@ -60,6 +60,8 @@ pub enum ServerError {
     Engine(#[from] crate::engine::EngineConfigError),
     #[error("quorum: {0}")]
     Quorum(#[from] health::quorum::QuorumError),
+    #[error("checks: {0}")]
+    Checks(#[from] health::runner::RunnerError),
     #[error("serve: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -79,8 +81,11 @@ pub struct RunOptions {
     /// Bearer token required on `/v1/*` (and sent to the DNS admin API unless `dns_token`).
     pub token: Option<String>,
     pub dns_token: Option<String>,
-    /// Reports of the controller's own checks (vantage `[controller] vantage`).
+    /// Extra reports fed in process (tests, embedding).
     pub local_reports: Option<mpsc::Receiver<health::Report>>,
+    /// Run every configured check from the controller itself, as vantage `[controller] vantage`
+    /// (what `switchyard controller` does).
+    pub probe_locally: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,6 +167,8 @@ struct Shared {
     base: Instant,
     client: HttpClient,
     step_context: StepContext,
+    /// Turns true at shutdown so long-polls answer at once instead of holding it up.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 fn wall_ms() -> u64 {
@@ -469,7 +476,9 @@ pub async fn run(
         report_interval_ms: config.file.quorum.report_interval_ms,
     };
     let tick_ms = config.file.controller.tick_ms;
+    let (closing_sender, closing) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
+        closing,
         core: Mutex::new(Core {
             engine,
             aggregator,
@@ -505,12 +514,42 @@ pub async fn run(
             }
         }));
     }
+    if options.probe_locally {
+        let mut runner = health::runner::Runner::new(health::runner::RunnerOptions::default());
+        runner.update(shared.config.checks())?;
+        let shared = Arc::clone(&shared);
+        tasks.push(tokio::spawn(async move { probe_locally(shared, runner).await }));
+    }
     let app = router(Arc::clone(&shared));
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing_sender.send(true);
+    };
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     for task in tasks {
         task.abort();
     }
     result.map_err(ServerError::Io)
+}
+
+/// The controller's own vantage point: a report on every probe result change, and at least every
+/// `report_interval_ms` so it stays fresh.
+async fn probe_locally(shared: Arc<Shared>, runner: health::runner::Runner) {
+    let vantage = shared.config.file.controller.vantage.clone();
+    let mut changes = runner.subscribe();
+    let mut interval = tokio::time::interval(Duration::from_millis(shared.config.file.quorum.report_interval_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        shared.observe(runner.report(&vantage));
+    }
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -709,10 +748,14 @@ async fn active_region(State(shared): State<Arc<Shared>>, headers: HeaderMap, ur
     };
     let value = match wait_generation {
         Some(seen) => {
-            shared
+            let mut closing = shared.closing.clone();
+            let wait = shared
                 .pointer
-                .wait_past(seen, timeout_ms.unwrap_or(crate::pointer::WATCH_POLL_MS))
-                .await
+                .wait_past(seen, timeout_ms.unwrap_or(crate::pointer::WATCH_POLL_MS));
+            tokio::select! {
+                value = wait => value,
+                _ = closing.wait_for(|closing| *closing) => shared.pointer.get(),
+            }
         }
         None => shared.pointer.get(),
     };

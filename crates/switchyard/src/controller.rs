@@ -160,6 +160,7 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         token,
         dns_token,
         local_reports: None,
+        probe_locally: true,
     };
     controller::server::run(listener, config, options, crate::shutdown_signal())
         .await

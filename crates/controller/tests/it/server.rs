@@ -87,6 +87,7 @@ impl Running {
             token: Some(TOKEN.into()),
             dns_token: None,
             local_reports: None,
+            probe_locally: false,
         };
         let task = tokio::spawn(async move {
             run(listener, config, options, async {

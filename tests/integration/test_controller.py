@@ -1,0 +1,224 @@
+"""The failover controller as a real process: it probes two regions' HTTP apps itself, fails over
+when the primary's app dies, runs a real command step, moves the active-region pointer, and
+`switchyard pointer watch` rewrites an env file and runs its reload command. Also the CLI
+(`status`, `switchover`, `pause`, `config check`)."""
+
+import http.server
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+TOKEN = "integration-control-token-0123456789"
+START_DEADLINE_S = 20
+CHANGE_DEADLINE_S = 20
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+class App:
+    """A region's application: answers 200 until stopped; then the port refuses connections."""
+
+    def __init__(self):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def wait_until(what, condition, deadline_s=CHANGE_DEADLINE_S, logs=()):
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {log}:\n{Path(log).read_text()[-3000:]}" for log in logs if Path(log).exists())
+            raise AssertionError(f"timed out waiting for {what}\n{tails}")
+        time.sleep(0.05)
+
+
+def run_cli(*args):
+    env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN)
+    return subprocess.run([str(BINARY), *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+def config_text(us, eu, audit, marker):
+    return f"""
+[controller]
+vantage = "controller"
+audit_log = "{audit}"
+tick_ms = 50
+
+[policy]
+failback_lag_check = false
+min_hold_ms = 600000
+
+[quorum]
+vantages = ["controller"]
+report_interval_ms = 100
+
+[[regions]]
+name = "us-east-1"
+priority = 1
+
+[[regions]]
+name = "eu-west-1"
+priority = 2
+
+[[checks]]
+name = "use1-app"
+region = "us-east-1"
+kind = {{ type = "http", url = "http://127.0.0.1:{us.port}/health" }}
+interval_ms = 200
+fast_interval_ms = 100
+timeout_ms = 300
+fall = 2
+rise = 1
+
+[[checks]]
+name = "euw1-app"
+region = "eu-west-1"
+kind = {{ type = "http", url = "http://127.0.0.1:{eu.port}/health" }}
+interval_ms = 200
+fast_interval_ms = 100
+timeout_ms = 300
+fall = 2
+rise = 1
+
+[[runbook]]
+name = "record"
+kind = "command"
+program = "sh"
+args = ["-c", "echo \\"$SWITCHYARD_GENERATION $SWITCHYARD_FROM $SWITCHYARD_TO\\" >> {marker}"]
+
+[[runbook]]
+name = "pointer"
+kind = "pointer"
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    us, eu = App(), App()
+    processes = []
+
+    def start(args, log):
+        env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN)
+        process = subprocess.Popen([str(BINARY), *args], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=open(log, "ab"))
+        processes.append(process)
+        return process
+
+    yield tmp_path, us, eu, start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    for app in (us, eu):
+        try:
+            app.stop()
+        except Exception:
+            pass
+
+
+def test_controller_fails_over_and_pointer_watch_follows(setup):
+    tmp, us, eu, start = setup
+    marker = tmp / "runbook.log"
+    config = tmp / "switchyard.toml"
+    config.write_text(config_text(us, eu, tmp / "audit.jsonl", marker))
+    ready = tmp / "ready"
+    log = tmp / "controller.log"
+    controller = start(["controller", "--config", str(config), "--listen", "127.0.0.1:0",
+                        "--ready-file", str(ready)], log)
+    wait_until("the controller to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
+    url = f"http://{ready.read_text().strip()}"
+
+    env_file = tmp / "region.env"
+    exec_log = tmp / "exec.log"
+    watch_log = tmp / "watch.log"
+    start(["pointer", "watch", "--controller", url, "--write-env", str(env_file),
+           "--exec", f"echo \"$SWITCHYARD_ACTIVE_REGION $SWITCHYARD_GENERATION\" >> {exec_log}"], watch_log)
+
+    def env():
+        return env_file.read_text() if env_file.exists() else ""
+
+    wait_until("the initial placement", lambda: "AWS_REGION=us-east-1" in env(), logs=[log, watch_log])
+    status = run_cli("status", "--controller", url)
+    assert status.returncode == 0, status.stderr
+    assert "active region: us-east-1" in status.stdout, status.stdout
+
+    # The primary's application dies: the controller sees it and fails over.
+    us.stop()
+    wait_until("the failover in the env file", lambda: "AWS_REGION=eu-west-1" in env(), logs=[log, watch_log])
+    assert "SWITCHYARD_ACTIVE_REGION=eu-west-1" in env()
+    generation = int(env().split("SWITCHYARD_GENERATION=")[1].split()[0])
+    assert generation >= 2
+    wait_until("the reload command", lambda: exec_log.exists() and f"eu-west-1 {generation}" in exec_log.read_text(),
+               logs=[watch_log])
+    assert f"{generation} us-east-1 eu-west-1" in marker.read_text()
+
+    status = run_cli("status", "--controller", url)
+    assert "active region: eu-west-1" in status.stdout, status.stdout
+    assert "down" in status.stdout
+
+    refused = run_cli("switchover", "--to", "us-east-1", "--controller", url)
+    assert refused.returncode != 0
+    assert "is down" in refused.stderr, refused.stderr
+    paused = run_cli("pause", "--controller", url)
+    assert paused.returncode == 0, paused.stderr
+    assert "PAUSED" in run_cli("status", "--controller", url).stdout
+
+    # Without the token the API refuses.
+    unauthenticated = subprocess.run([str(BINARY), "status", "--controller", url],
+                                     env={k: v for k, v in os.environ.items() if k != "SWITCHYARD_CONTROL_TOKEN"},
+                                     capture_output=True, text=True, timeout=30)
+    assert unauthenticated.returncode != 0
+    assert "401" in unauthenticated.stderr, unauthenticated.stderr
+
+    audit = (tmp / "audit.jsonl").read_text()
+    assert '"kind":"failover"' in audit
+    controller.send_signal(signal.SIGTERM)
+    assert controller.wait(timeout=20) == 0, log.read_text()[-3000:]
+
+
+def test_config_check_reports_every_mistake_and_the_controller_refuses_to_start(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    good = run_cli("config", "check", str(REPO / "docs" / "examples" / "switchyard.toml"))
+    assert good.returncode == 0, good.stderr
+    assert "ok (2 regions" in good.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[policy]\nmode = "sideways"\n\n[[regions]]\nname = "a"\npriority = 1\n\n'
+                   '[[regions]]\nname = "b"\npriority = 1\n')
+    result = run_cli("config", "check", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}:2:8: error: unknown policy mode 'sideways'" in result.stderr, result.stderr
+    assert f"{bad}:10:12: error: regions 'a' and 'b' both have priority 1" in result.stderr, result.stderr
+    assert "fix:" in result.stderr
+    started = run_cli("controller", "--config", str(bad), "--listen", "127.0.0.1:0")
+    assert started.returncode != 0
+    assert "does not start" in started.stderr, started.stderr
