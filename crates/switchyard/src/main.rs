@@ -17,6 +17,7 @@ mod controller;
 mod fault_proxy;
 
 mod bench;
+mod drill;
 mod dns;
 mod proxy;
 
@@ -109,6 +110,12 @@ enum Command {
     Pointer(controller::PointerArgs),
     /// Benchmarks that need Switchyard's own load generator (results go to BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Run a disaster-recovery drill: inject a scenario's faults into a running lab (--lab DIR)
+    /// or deployment (--targets FILE) while a workload drives the shop through DNS and writes
+    /// to the global table; report RTO, RPO (Jepsen-style set check), false failovers,
+    /// convergence and failback. Exits non-zero when an expectation fails; Ctrl-C heals the
+    /// faults it injected.
+    Drill(drill::DrillArgs),
 }
 
 #[derive(clap::Args)]
@@ -225,6 +232,7 @@ fn main() -> anyhow::Result<()> {
         Command::ProxyCtl(args) => runtime.block_on(proxy::run_proxy_ctl(args)),
         Command::Dns(args) => runtime.block_on(dns::run_dns(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Drill(args) => runtime.block_on(drill::run(args)),
         Command::Controller(args) => runtime.block_on(controller::run_controller(args)),
         Command::Config(args) => controller::run_config(args),
         Command::Status(args) => runtime.block_on(controller::run_status(args)),

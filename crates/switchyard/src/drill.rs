@@ -1,0 +1,172 @@
+//! `switchyard drill SCENARIO`: argument parsing and report files; the drill itself lives in
+//! the `drill` crate.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use drill::runtime::deployment::{Deployment, LAB_TARGETS_FILE};
+use drill::runtime::target::{CommandProcessControl, DeploymentTarget, NoProcessControl, ProcessControl};
+use drill::runtime::{CLIENTS_MAX, DrillOptions};
+use drill::scenario::{self, Durations};
+
+/// Longest phase a drill accepts, in seconds.
+const PHASE_S_MAX: u64 = 3_600;
+
+#[derive(clap::Args)]
+pub(crate) struct DrillArgs {
+    /// The scenario: region-outage, region-partition, vantage-partition, flapping-health,
+    /// slow-region, store-crash or failback.
+    scenario: String,
+    /// A running lab's directory: the drill reads DIR/drill-targets.toml, which
+    /// `switchyard lab --dir DIR` writes.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "targets",
+        conflicts_with = "targets"
+    )]
+    lab: Option<PathBuf>,
+    /// A deployment description (TOML, or JSON when it ends in .json) for a deployment that is
+    /// not a lab: DNS server and name, stores per region, controller and fault-proxy URLs,
+    /// link names, process-control commands. See the drill section of the README.
+    #[arg(long, value_name = "FILE")]
+    targets: Option<PathBuf>,
+    /// Seconds the fault lasts.
+    #[arg(long, default_value_t = 20)]
+    duration_s: u64,
+    /// Seconds of normal traffic before the fault (the baseline).
+    #[arg(long, default_value_t = 10)]
+    warmup_s: u64,
+    /// Seconds after healing (convergence, failback, the recovery window).
+    #[arg(long, default_value_t = 30)]
+    settle_s: u64,
+    /// Shop clients resolving the name and placing orders.
+    #[arg(long, default_value_t = drill::runtime::CLIENTS_DEFAULT)]
+    clients: u32,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the report as a self-contained HTML page (timeline chart included) to this file.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// No progress bar (it is hidden anyway when stderr is not a terminal).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn phase_ms(flag: &str, seconds: u64, min: u64) -> anyhow::Result<u64> {
+    if seconds < min || seconds > PHASE_S_MAX {
+        bail!("--{flag} {seconds}: give {min} to {PHASE_S_MAX} seconds");
+    }
+    Ok(seconds * 1000)
+}
+
+fn load_deployment(args: &DrillArgs) -> anyhow::Result<Deployment> {
+    let path = match (&args.lab, &args.targets) {
+        (Some(dir), _) => {
+            if !dir.is_dir() {
+                bail!(
+                    "lab directory {} does not exist: start a lab with `switchyard lab --dir {}` first",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            let path = dir.join(LAB_TARGETS_FILE);
+            if !path.is_file() {
+                bail!(
+                    "{} has no {LAB_TARGETS_FILE}: is the lab running? `switchyard lab --dir {}` writes it once every component is up",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            path
+        }
+        (None, Some(path)) => path.clone(),
+        (None, None) => bail!("pass --lab DIR or --targets FILE"),
+    };
+    Deployment::load(&path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<()> {
+    let scenario = scenario::by_name(&args.scenario).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let durations = Durations {
+        warmup_ms: phase_ms("warmup-s", args.warmup_s, 1)?,
+        fault_ms: phase_ms("duration-s", args.duration_s, 1)?,
+        settle_ms: phase_ms("settle-s", args.settle_s, 1)?,
+    };
+    if args.clients == 0 || args.clients > CLIENTS_MAX {
+        bail!("--clients {}: give 1 to {CLIENTS_MAX}", args.clients);
+    }
+    let deployment = load_deployment(&args)?;
+    let options = DrillOptions {
+        durations,
+        clients: args.clients,
+        progress: !args.no_progress,
+    };
+    match deployment.process_control.clone() {
+        Some(commands) => {
+            run_with(
+                &args,
+                &scenario,
+                deployment,
+                CommandProcessControl { commands },
+                &options,
+            )
+            .await
+        }
+        None => run_with(&args, &scenario, deployment, NoProcessControl, &options).await,
+    }
+}
+
+async fn run_with<P: ProcessControl>(
+    args: &DrillArgs,
+    scenario: &scenario::Scenario,
+    deployment: Deployment,
+    processes: P,
+    options: &DrillOptions,
+) -> anyhow::Result<()> {
+    let target = DeploymentTarget::new(deployment.clone(), processes);
+    eprintln!(
+        "drill {}: {} ({} s)",
+        scenario.name,
+        scenario.summary,
+        options.durations.total_ms() / 1000
+    );
+    let outcome = drill::runtime::run(scenario, &deployment, &target, options, crate::shutdown_signal())
+        .await
+        .context("run the drill")?;
+    let report = &outcome.report;
+    print!("{}", drill::report::render_text(report));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(report).context("encode the report")?;
+        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+        println!("  JSON report: {}", path.display());
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, drill::report::render_html(report))
+            .with_context(|| format!("write {}", path.display()))?;
+        println!("  HTML report: {}", path.display());
+    }
+    if outcome.overflowed {
+        eprintln!("warning: the history hit its record limit; the figures cover part of the drill");
+    }
+    if !outcome.heal_errors.is_empty() {
+        bail!(
+            "interrupted, and some faults could not be healed — fix them by hand: {}",
+            outcome.heal_errors.join("; ")
+        );
+    }
+    if outcome.interrupted {
+        bail!("interrupted: the faults this drill injected were healed; the report covers the part that ran");
+    }
+    if !report.passed {
+        let failed: Vec<&str> = report
+            .expectations
+            .iter()
+            .filter(|e| !e.passed)
+            .map(|e| e.name.as_str())
+            .collect();
+        bail!("drill {} failed: {}", scenario.name, failed.join(", "));
+    }
+    Ok(())
+}
