@@ -1,5 +1,5 @@
 """`kill -9` under concurrent writers: several threads write unique items (PutItem), pairs of
-items (TransactWriteItems) and increments of one shared counter, recording every write the
+items (TransactWriteItems), deletes and increments of one shared counter, recording every write the
 store acknowledged; the store is SIGKILLed at a random moment and restarted on the same data
 dir. Every acknowledged write must be there, no transaction may be half applied, and the
 counter lies between the acknowledged and the attempted increments. A few cycles run on the
@@ -34,7 +34,7 @@ class Writer(threading.Thread):
         super().__init__(daemon=True)
         self.client = store.client(connect_timeout=2, read_timeout=10)
         self.cycle, self.index = cycle, index
-        self.acked_items, self.attempted_pairs, self.acked_pairs = [], [], []
+        self.acked_items, self.attempted_pairs, self.acked_pairs, self.acked_deletes = [], [], [], []
         self.attempted_increments = self.acked_increments = 0
 
     def run(self):
@@ -43,15 +43,20 @@ class Writer(threading.Thread):
             while True:
                 sequence += 1
                 name = f"c{self.cycle}-w{self.index}-{sequence}"
-                kind = sequence % 3
-                if kind == 0:
+                kind = sequence % 4
+                if kind == 3 and self.acked_items:
+                    # Delete an item this writer wrote earlier: an acknowledged delete must stick.
+                    victim = self.acked_items.pop(0)
+                    self.client.delete_item(TableName=TABLE, Key={"pk": {"S": victim}})
+                    self.acked_deletes.append(victim)
+                elif kind == 0:
                     self.attempted_pairs.append(name)
                     self.client.transact_write_items(TransactItems=[
                         {"Put": {"TableName": TABLE, "Item": {"pk": {"S": f"{name}-a"}, "pair": {"S": name}}}},
                         {"Put": {"TableName": TABLE, "Item": {"pk": {"S": f"{name}-b"}, "pair": {"S": name}}}},
                     ])
                     self.acked_pairs.append(name)
-                elif kind == 1:
+                elif kind == 1 or kind == 3:
                     self.client.put_item(TableName=TABLE, Item={"pk": {"S": name}, "payload": {"S": "x" * 200}})
                     self.acked_items.append(name)
                 else:
@@ -82,7 +87,7 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path_factory):
     rng = random.Random(SEED)
     store = started_store(tmp_path_factory, "durability")
     create_table(store.client(), TABLE)
-    acked_items, attempted_pairs, acked_pairs = set(), set(), set()
+    acked_items, attempted_pairs, acked_pairs, acked_deletes = set(), set(), set(), set()
     acked_increments = attempted_increments = 0
     try:
         for cycle in range(CYCLES):
@@ -98,6 +103,7 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path_factory):
                 writer.join(timeout=WRITER_STOP_DEADLINE_S)
                 assert not writer.is_alive(), "a writer did not notice the store died"
                 acked_items.update(writer.acked_items)
+                acked_deletes.update(writer.acked_deletes)
                 attempted_pairs.update(writer.attempted_pairs)
                 acked_pairs.update(writer.acked_pairs)
                 acked_increments += writer.acked_increments
@@ -109,6 +115,8 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path_factory):
             items = all_items(store.client())
             missing = sorted(acked_items - items.keys())
             assert not missing, f"cycle {cycle}: {len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
+            resurrected = sorted(acked_deletes & items.keys())
+            assert not resurrected, f"cycle {cycle}: acknowledged deletes undone: {resurrected[:5]}"
             for pair in attempted_pairs:
                 halves = (f"{pair}-a" in items, f"{pair}-b" in items)
                 assert halves[0] == halves[1], f"cycle {cycle}: transaction {pair} half applied: {halves}"
@@ -117,7 +125,7 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path_factory):
             counter = int(items.get("counter", {}).get("n", {}).get("N", "0"))
             assert acked_increments <= counter <= attempted_increments, \
                 f"cycle {cycle}: counter {counter} outside [{acked_increments}, {attempted_increments}]"
-        assert acked_items and acked_pairs and acked_increments, "the writers got nothing acknowledged"
+        assert acked_items and acked_pairs and acked_deletes and acked_increments, "nothing acknowledged"
         described = store.client().describe_table(TableName=TABLE)["Table"]
         assert described["ItemCount"] == len(all_items(store.client())), "the item counter survived the kills"
     finally:
