@@ -41,7 +41,7 @@ pub const LABEL_DYNAMIC: &str = "<dynamic>";
 /// Metrics label for queries that could not be parsed or had no single question.
 pub const LABEL_MALFORMED: &str = "<malformed>";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
     Tcp,

@@ -1,6 +1,9 @@
 //! Prometheus metrics of the DNS server. Label values are bounded: names are configured names or
 //! one of a few fixed labels (see `answer::LABEL_*`), types and rcodes come from fixed lists.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -98,10 +101,7 @@ impl Metrics {
                 kind: KindLabels {
                     r#type: type_label(qtype),
                     rcode: rcode_label(rcode),
-                    transport: match transport {
-                        Transport::Udp => "udp",
-                        Transport::Tcp => "tcp",
-                    },
+                    transport: transport_label(transport),
                 },
             })
             .inc();
@@ -123,6 +123,56 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics::new()
+    }
+}
+
+/// Counters a [`CounterCache`] keeps before starting over (bounds its memory).
+pub const COUNTER_CACHE_ENTRIES_MAX: usize = 4_096;
+
+/// A per-thread cache of query counters, so counting a query allocates nothing and takes no
+/// lock once its labels have been seen.
+#[derive(Default)]
+pub struct CounterCache {
+    counters: HashMap<(Arc<str>, Option<RecordType>, ResponseCode, Transport), Counter>,
+}
+
+impl CounterCache {
+    pub fn count(
+        &mut self,
+        metrics: &Metrics,
+        name: &Arc<str>,
+        qtype: Option<RecordType>,
+        rcode: ResponseCode,
+        transport: Transport,
+    ) {
+        let key = (Arc::clone(name), qtype, rcode, transport);
+        if let Some(counter) = self.counters.get(&key) {
+            counter.inc();
+            return;
+        }
+        if self.counters.len() >= COUNTER_CACHE_ENTRIES_MAX {
+            self.counters.clear();
+        }
+        let counter = metrics
+            .queries
+            .get_or_create(&QueryLabels {
+                name: name.to_string(),
+                kind: KindLabels {
+                    r#type: type_label(qtype),
+                    rcode: rcode_label(rcode),
+                    transport: transport_label(transport),
+                },
+            })
+            .clone();
+        counter.inc();
+        self.counters.insert(key, counter);
+    }
+}
+
+fn transport_label(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
     }
 }
 

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 
 use crate::answer::{Transport, handle_packet};
-use crate::metrics::Metrics;
+use crate::metrics::{CounterCache, Metrics};
 use crate::policy::SplitMix64;
 use crate::view::HealthView;
 use crate::zone::Zones;
@@ -31,8 +31,10 @@ pub const TCP_IDLE_TIMEOUT_MS: u64 = 10_000;
 pub const TCP_WRITE_TIMEOUT_MS: u64 = 10_000;
 /// At most one line per this interval for floods of bad packets (the rest are counted).
 pub const DROP_LOG_INTERVAL_MS: u64 = 1_000;
-/// UDP worker tasks at most (one per core is plenty).
+/// UDP worker threads at most (one per core is plenty).
 pub const UDP_WORKERS_MAX: usize = 16;
+/// How often a blocked UDP worker wakes to check for shutdown.
+pub const UDP_STOP_CHECK_MS: u64 = 200;
 /// File in `--state-dir` that keeps the last applied health view.
 pub const VIEW_FILE_NAME: &str = "dns-view.json";
 
@@ -46,6 +48,15 @@ pub struct State {
     pub(crate) token: Option<String>,
     state_dir: Option<PathBuf>,
     drop_log: RateLimitedLog,
+    /// Bumped after every change of zones or view, so workers refresh their snapshot only then.
+    epoch: AtomicU64,
+}
+
+/// A worker's copy of the zones and view, refreshed when the state's epoch moves.
+pub struct Snapshot {
+    epoch: u64,
+    pub zones: Arc<Zones>,
+    pub view: Arc<HealthView>,
 }
 
 impl State {
@@ -60,6 +71,23 @@ impl State {
             token: token.filter(|t| !t.is_empty()),
             state_dir,
             drop_log: RateLimitedLog::default(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        Snapshot {
+            epoch,
+            zones: self.zones(),
+            view: self.view(),
+        }
+    }
+
+    /// Refreshes `snapshot` if the zones or view changed since it was taken.
+    pub fn refresh(&self, snapshot: &mut Snapshot) {
+        if self.epoch.load(Ordering::Acquire) != snapshot.epoch {
+            *snapshot = self.snapshot();
         }
     }
 
@@ -73,6 +101,7 @@ impl State {
 
     pub fn replace_zones(&self, zones: Zones) {
         *self.zones.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(zones);
+        self.epoch.fetch_add(1, Ordering::Release);
     }
 
     /// Publishes a new view (the caller holds `view_writer`) and persists it; returns whether it
@@ -87,6 +116,7 @@ impl State {
             }
         });
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+        self.epoch.fetch_add(1, Ordering::Release);
         persisted
     }
 }
@@ -156,7 +186,7 @@ pub struct Options {
     pub config_path: Option<PathBuf>,
     /// Poll the config file this often; 0: only on SIGHUP.
     pub reload_interval_ms: u64,
-    /// UDP worker tasks; 0 means one per available core.
+    /// UDP worker threads; 0 means one per available core.
     pub udp_workers: usize,
     /// Seed of the per-query randomness (weighted and multivalue answers).
     pub seed: u64,
@@ -215,22 +245,30 @@ pub async fn run_with_state(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let udp = Arc::new(sockets.udp);
     let workers = match options.udp_workers {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         n => n,
     }
-    .min(UDP_WORKERS_MAX);
+    .clamp(1, UDP_WORKERS_MAX);
     let mut seeds = SplitMix64(options.seed);
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..workers {
-        tasks.spawn(udp_worker(
-            Arc::clone(&udp),
-            Arc::clone(&state),
-            SplitMix64(seeds.next_u64()),
-            stop_rx.clone(),
-        ));
+    // UDP is served by blocking threads: one recvfrom/sendto pair per query and no readiness
+    // polling; the kernel wakes one waiting thread per datagram.
+    let udp = sockets.udp.into_std()?;
+    udp.set_nonblocking(false)?;
+    udp.set_read_timeout(Some(Duration::from_millis(UDP_STOP_CHECK_MS)))?;
+    let udp_stop = Arc::new(AtomicBool::new(false));
+    let mut udp_threads = Vec::new();
+    for index in 0..workers {
+        let socket = udp.try_clone()?;
+        let state = Arc::clone(&state);
+        let rng = SplitMix64(seeds.next_u64());
+        let stop = Arc::clone(&udp_stop);
+        let thread = std::thread::Builder::new()
+            .name(format!("dns-udp-{index}"))
+            .spawn(move || udp_worker(socket, &state, rng, &stop))?;
+        udp_threads.push(thread);
     }
+    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(tcp_acceptor(
         sockets.tcp,
         Arc::clone(&state),
@@ -256,38 +294,62 @@ pub async fn run_with_state(
     });
     shutdown.await;
     let _ = stop_tx.send(true);
+    udp_stop.store(true, Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
+    let joined = tokio::task::spawn_blocking(move || {
+        udp_threads
+            .into_iter()
+            .map(std::thread::JoinHandle::join)
+            .all(|result| result.is_ok())
+    })
+    .await;
+    if !matches!(joined, Ok(true)) {
+        return Err(std::io::Error::other("a UDP worker thread panicked"));
+    }
     match admin_task.await {
         Ok(result) => result,
         Err(e) => Err(std::io::Error::other(e)),
     }
 }
 
-async fn udp_worker(socket: Arc<UdpSocket>, state: Arc<State>, mut rng: SplitMix64, mut stop: watch::Receiver<bool>) {
+fn udp_worker(socket: std::net::UdpSocket, state: &State, mut rng: SplitMix64, stop: &AtomicBool) {
     let mut buffer = vec![0u8; REQUEST_BYTES_MAX];
-    loop {
-        let received = tokio::select! {
-            received = socket.recv_from(&mut buffer) => received,
-            _ = stop.wait_for(|stop| *stop) => return,
-        };
-        let (length, peer) = match received {
+    let mut snapshot = state.snapshot();
+    let mut counters = CounterCache::default();
+    while !stop.load(Ordering::Relaxed) {
+        let (length, peer) = match socket.recv_from(&mut buffer) {
             Ok(received) => received,
             Err(e) => {
-                // ICMP errors from earlier sends surface here on some systems; keep serving.
-                tracing::debug!(error = %e, "udp receive failed");
+                // Timeouts let us check `stop`; ICMP errors from earlier sends surface here too.
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+                ) {
+                    tracing::debug!(error = %e, "udp receive failed");
+                }
                 continue;
             }
         };
+        state.refresh(&mut snapshot);
         let packet = &buffer[..length];
-        let zones = state.zones();
-        let view = state.view();
-        match handle_packet(&zones, &view, packet, Transport::Udp, peer.ip(), rng.next_u64()) {
+        match handle_packet(
+            &snapshot.zones,
+            &snapshot.view,
+            packet,
+            Transport::Udp,
+            peer.ip(),
+            rng.next_u64(),
+        ) {
             Some(response) => {
-                state
-                    .metrics
-                    .count_query(&response.name_label, response.qtype, response.rcode, Transport::Udp);
+                counters.count(
+                    &state.metrics,
+                    &response.name_label,
+                    response.qtype,
+                    response.rcode,
+                    Transport::Udp,
+                );
                 for wire in &response.wire {
-                    if let Err(e) = socket.send_to(wire, peer).await {
+                    if let Err(e) = socket.send_to(wire, peer) {
                         tracing::debug!(error = %e, %peer, "udp send failed");
                     }
                 }

@@ -35,7 +35,7 @@ pub(crate) struct DnsArgs {
     /// Seed of the randomness of weighted and multivalue answers (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
-    /// UDP worker tasks (default: one per core).
+    /// UDP worker threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     udp_workers: usize,
 }
