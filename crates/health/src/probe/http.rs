@@ -43,9 +43,12 @@ pub(super) async fn probe(
     let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, authority.as_str())
         .header(hyper::header::USER_AGENT, "switchyard-health/1")
         .header(hyper::header::CONNECTION, "close");
+    // A configured Host (a virtual host behind a shared address) replaces the URL's.
+    if !headers.keys().any(|name| name.eq_ignore_ascii_case("host")) {
+        request = request.header(hyper::header::HOST, authority.as_str());
+    }
     for (name, value) in headers {
         request = request.header(name.as_str(), value.as_str());
     }

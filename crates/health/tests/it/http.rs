@@ -35,8 +35,10 @@ async fn start_app() -> std::net::SocketAddr {
                             (200, "")
                         }
                         "/host" => {
-                            let host = request.headers().get("x-check").map(|v| v.as_bytes().to_vec());
-                            if host.as_deref() == Some(b"yes") {
+                            let check = request.headers().get("x-check").map(|v| v.as_bytes().to_vec());
+                            let hosts: Vec<_> = request.headers().get_all("host").iter().collect();
+                            let shop = hosts.len() == 1 && hosts[0].as_bytes() == b"shop.example";
+                            if check.as_deref() == Some(b"yes") && shop {
                                 (200, "header seen")
                             } else {
                                 (400, "no header")
@@ -91,6 +93,7 @@ async fn http_probe_judges_status_and_body() {
 
     let mut headers = BTreeMap::new();
     headers.insert("x-check".to_string(), "yes".to_string());
+    headers.insert("Host".to_string(), "shop.example".to_string());
     let with_header = probe(&spec(ProbeKind::Http {
         url: format!("http://{address}/host"),
         method: "GET".into(),
