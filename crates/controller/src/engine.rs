@@ -417,6 +417,15 @@ impl Engine {
             .filter(|r| tracks.contains_key(r))
             .unwrap_or_else(|| by_priority[0].clone());
         let observed = restored.observed.filter(|p| placement_known(p, &tracks));
+        // After a restart, a region that was not serving must prove the stability window again
+        // before it regains traffic: its history before the restart is unknown.
+        if let Some(placement) = &observed {
+            for (id, track) in tracks.iter_mut() {
+                if !placement.serving.contains(id) {
+                    track.was_down = true;
+                }
+            }
+        }
         let intent = match restored.interrupted.filter(|p| placement_known(p, &tracks)) {
             Some(placement) if Some(&placement) != observed.as_ref() => Some(Intent {
                 placement,

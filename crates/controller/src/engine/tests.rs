@@ -523,3 +523,25 @@ fn config_errors_are_reported() {
         Some(EngineConfigError::NoRegions)
     );
 }
+
+#[test]
+fn restart_while_failed_over_does_not_fail_back_before_the_stability_window() {
+    let restored = Restored {
+        generation: Generation(4),
+        observed: Some(Placement::single(r(SECONDARY))),
+        interrupted: None,
+        preferred: None,
+        paused: false,
+    };
+    let mut h = Harness::restored(two_regions(), restored);
+    h.verdict(PRIMARY, Verdict::Up);
+    h.verdict(SECONDARY, Verdict::Up);
+    h.lag(PRIMARY, 0);
+    assert_eq!(h.engine.region_state(&r(PRIMARY)), Some(RegionState::Recovering));
+    assert_eq!(h.active(), Some(r(SECONDARY)), "no failback right after a restart");
+    for _ in 0..61 {
+        h.lag(PRIMARY, 0);
+        h.advance(1_000);
+    }
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+}
