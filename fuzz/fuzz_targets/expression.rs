@@ -20,8 +20,9 @@ fn sample_item() -> Item {
 
 fuzz_target!(|input: (u8, &str)| {
     let (selector, text) = input;
-    let names: HashMap<String, String> =
-        [("#n", "n"), ("#s", "size"), ("#m", "m"), ("#pk", "pk")].map(|(k, v)| (k.into(), v.into())).into();
+    let names: HashMap<String, String> = [("#n", "n"), ("#s", "size"), ("#m", "m"), ("#pk", "pk")]
+        .map(|(k, v)| (k.into(), v.into()))
+        .into();
     let values: HashMap<String, AttributeValue> = serde_json::from_str(
         r#"{":v": {"N": "1"}, ":s": {"S": "he"}, ":l": {"L": [{"N": "3"}]}, ":ss": {"SS": ["c"]}, ":t": {"S": "N"}}"#,
     )

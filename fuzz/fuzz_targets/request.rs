@@ -33,12 +33,22 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temporary directory");
         let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open the engine");
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let store = Store::new(engine);
         runtime.block_on(async {
-            store.handle("CreateTable", SEED_TABLE.as_bytes()).await.expect("create the seed table");
+            store
+                .handle("CreateTable", SEED_TABLE.as_bytes())
+                .await
+                .expect("create the seed table");
         });
-        Fixture { runtime, store, _dir: dir }
+        Fixture {
+            runtime,
+            store,
+            _dir: dir,
+        }
     })
 }
 
@@ -46,7 +56,9 @@ fn fixture() -> &'static Fixture {
 // operation; above it, the body's first line is the operation name (unknown names included).
 // Seeds in `fuzz/seeds/request` follow this format.
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
     let fixture = fixture();
     let operations = store::ops::OPERATIONS;
     let custom;

@@ -14,7 +14,13 @@ fuzz_target!(|input: (&str, &str, &str, &[u8], bool)| {
     if with_header {
         headers.push(("Authorization", authorization.as_bytes()));
     }
-    let parts = RequestParts { method: "POST", path: "/", query, headers: &headers, body };
+    let parts = RequestParts {
+        method: "POST",
+        path: "/",
+        query,
+        headers: &headers,
+        body,
+    };
     if let Err(error) = sigv4::verify(&credentials, &parts, 1_700_000_000) {
         assert!(
             matches!(
