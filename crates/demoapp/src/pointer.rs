@@ -81,21 +81,40 @@ impl PointerView {
 
     /// Whether writes may follow the pointer at `now`: known, and heard from recently.
     pub fn usable(&self, now: Instant, stale_ms: u64) -> Result<&ActiveRegion, String> {
-        let Some(active) = &self.active else {
-            return Err(match &self.error {
-                Some(error) => format!("active region unknown: {error}"),
-                None => "active region unknown: no answer from the controller yet".to_string(),
-            });
-        };
+        self.reachable(now, stale_ms)?;
+        self.active.as_ref().ok_or_else(|| match &self.error {
+            Some(error) => format!("active region unknown: {error}"),
+            None => "active region unknown: no answer from the controller yet".to_string(),
+        })
+    }
+
+    /// Whether the controller answered recently (whatever it answered). An instance whose
+    /// controller has not chosen a region yet is still healthy: it serves reads, and the
+    /// controller needs healthy instances to choose one.
+    pub fn reachable(&self, now: Instant, stale_ms: u64) -> Result<(), String> {
         if self.fixed {
-            return Ok(active);
+            return Ok(());
         }
         match self.answered_at {
-            Some(at) if now.duration_since(at) <= Duration::from_millis(stale_ms) => Ok(active),
-            _ => Err(format!(
+            Some(at) if now.duration_since(at) <= Duration::from_millis(stale_ms) => Ok(()),
+            Some(_) => Err(format!(
                 "active-region pointer stale: no answer from the controller for over {stale_ms} ms ({})",
                 self.error.as_deref().unwrap_or("no error recorded")
             )),
+            None => Err(format!(
+                "active-region pointer unknown: {}",
+                self.error.as_deref().unwrap_or("no answer from the controller yet")
+            )),
+        }
+    }
+
+    /// Records an answer without a region: the controller is there but has not chosen.
+    pub fn accept_unchosen(&mut self, generation: u64, now: Instant) {
+        self.answered_at = Some(now);
+        if self.active.is_none() {
+            self.error = Some(format!(
+                "the controller has not chosen an active region yet (generation {generation})"
+            ));
         }
     }
 }
@@ -143,7 +162,12 @@ pub async fn watch(url: String, token: Option<String>, view: watch::Sender<Point
         };
         let started = Instant::now();
         match fetch(&client, &request_url, token.as_deref()).await {
-            Ok(answer) => {
+            Ok(None) => {
+                let generation = view.borrow().active.as_ref().map_or(0, |a| a.generation);
+                view.send_modify(|v| v.accept_unchosen(generation, Instant::now()));
+                tokio::time::sleep_until(started + Duration::from_millis(POLL_INTERVAL_MS)).await;
+            }
+            Ok(Some(answer)) => {
                 let mut changed = false;
                 view.send_modify(|v| changed = v.accept(answer.clone(), Instant::now()));
                 if changed {
@@ -166,7 +190,7 @@ async fn fetch(
     client: &Client<HttpConnector, Empty<Bytes>>,
     url: &str,
     token: Option<&str>,
-) -> Result<ActiveRegion, String> {
+) -> Result<Option<ActiveRegion>, String> {
     let mut request = hyper::Request::get(url);
     if let Some(token) = token {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
@@ -191,16 +215,10 @@ async fn fetch(
         let wire = serde_json::from_slice::<PointerWire>(&body).map_err(|e| {
             format!("GET {url}: expected {{\"region\": ..., \"generation\": N}}, got an unreadable answer: {e}")
         })?;
-        match wire.region {
-            Some(region) => Ok(ActiveRegion {
-                region,
-                generation: wire.generation,
-            }),
-            None => Err(format!(
-                "the controller has not chosen an active region yet (generation {})",
-                wire.generation
-            )),
-        }
+        Ok(wire.region.map(|region| ActiveRegion {
+            region,
+            generation: wire.generation,
+        }))
     };
     tokio::time::timeout(Duration::from_millis(WAIT_MS + ANSWER_SLACK_MS), exchange)
         .await
@@ -223,6 +241,10 @@ mod tests {
         let now = Instant::now();
         let mut view = PointerView::default();
         assert!(view.usable(now, 1000).is_err());
+        view.accept_unchosen(0, now);
+        assert!(view.reachable(now, 1000).is_ok(), "answered, though without a region");
+        let error = view.usable(now, 1000).expect_err("no region to write to");
+        assert!(error.contains("not chosen"), "{error}");
         assert!(view.accept(region("us-east-1", 3), now));
         assert!(!view.accept(region("us-east-1", 3), now), "same answer, no change");
         assert!(view.accept(region("eu-west-1", 4), now));

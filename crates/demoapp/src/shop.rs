@@ -401,12 +401,15 @@ impl Shop {
             Err(error) => Err(error.to_string()),
         };
         record(&mut checks, &mut reasons, "local_store", local);
-        let pointer = {
+        let (reachable, active) = {
             let view = self.pointer.borrow();
-            view.usable(Instant::now(), self.config.pointer_stale_ms).cloned()
+            let now = Instant::now();
+            (
+                view.reachable(now, self.config.pointer_stale_ms),
+                view.usable(now, self.config.pointer_stale_ms).ok().cloned(),
+            )
         };
-        let active = pointer.as_ref().ok().cloned();
-        record(&mut checks, &mut reasons, "pointer", pointer.map(|_| ()));
+        record(&mut checks, &mut reasons, "pointer", reachable);
         if let Some(active) = &active
             && active.region != self.config.region
         {

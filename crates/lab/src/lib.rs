@@ -6,11 +6,18 @@
 //! records what runs where, so `switchyard status --lab DIR` and drills in other processes can
 //! find the components.
 //!
+//! `plan` is the topology as data (components, ports, configuration files, the fault-proxy
+//! links between components); `run` starts a plan and checks a running lab.
+//!
 //! Must not depend on the crates of the components it runs: it knows them only as command
 //! lines, ready files and addresses.
 
+pub mod plan;
+pub mod run;
 pub mod state;
 pub mod supervisor;
 
+pub use plan::{LabOptions, Plan, plan};
+pub use run::{LabError, run, status};
 pub use state::{ComponentRecord, LabState};
 pub use supervisor::{ComponentSpec, ComponentState, Supervisor, SupervisorError};

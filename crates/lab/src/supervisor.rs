@@ -266,7 +266,8 @@ impl Supervisor {
             if let Ok(text) = std::fs::read_to_string(&component.ready_file)
                 && !text.trim().is_empty()
             {
-                component.address = Some(text.trim().to_string());
+                // Some ready files hold several addresses, one per line (e.g. listen and admin).
+                component.address = Some(text.split_whitespace().collect::<Vec<_>>().join(" "));
                 return Ok(component.address.clone());
             }
             let exited = match component.child.as_mut() {

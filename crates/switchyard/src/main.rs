@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dynamo_protocol::sigv4::Credentials;
 use tokio::net::TcpListener;
 
+mod lab;
+
 mod agent;
 mod demo_app;
 
@@ -63,6 +65,12 @@ enum Command {
     /// The benchmark ceiling: a bare HTTP server on the store's stack answering 200 to anything.
     #[command(hide = true)]
     BenchCeiling(CeilingArgs),
+    /// The whole system on one machine: stores with a global table, demo shops behind load
+    /// balancers, DNS, the controller with three agents, and a fault proxy on every link.
+    ///
+    /// Components run as child processes of this binary on loopback, with state under --dir;
+    /// Ctrl-C stops them all. `--status` checks a running lab.
+    Lab(lab::LabArgs),
     /// The demo shop: products, cart, orders kept in the regional store; follows the
     /// active-region pointer for writes.
     ///
@@ -226,6 +234,7 @@ fn main() -> anyhow::Result<()> {
         Command::Store(args) => runtime.block_on(run_store(args)),
         Command::Agent(args) => runtime.block_on(agent::run_agent(args)),
         Command::BenchCeiling(args) => runtime.block_on(run_ceiling(args)),
+        Command::Lab(args) => runtime.block_on(lab::run(args)),
         Command::DemoApp(args) => runtime.block_on(demo_app::run(args)),
         Command::FaultProxy(args) => runtime.block_on(fault_proxy::run(args)),
         Command::Proxy(args) => runtime.block_on(proxy::run_proxy(args)),

@@ -1,0 +1,533 @@
+//! The lab's topology as data: which components run, on which ports, with which command lines
+//! and configuration files, and the fault-proxy links between them. Pure: the same options
+//! give the same plan, so it is tested without starting anything.
+//!
+//! Every link between components goes through one `switchyard fault-proxy` (the lab's
+//! "network"), as a named proxy drills can break:
+//! - `repl-A-to-B`: store A replicating to store B;
+//! - `app-A-to-store-B`: region A's demo apps to store B (B = A for reads);
+//! - `lb-A-to-app-A-N`: region A's load balancer to its demo app N;
+//! - `pointer-A`: region A's demo apps to the controller's active-region pointer;
+//! - `agent-N`: vantage agent N to the controller.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::supervisor::ComponentSpec;
+
+/// Region names, in order.
+pub const REGION_NAMES: [&str; 5] = ["us-east-1", "eu-west-1", "ap-south-1", "us-west-2", "eu-central-1"];
+pub const REGIONS_MAX: usize = REGION_NAMES.len();
+/// Demo app servers behind each region's load balancer.
+pub const APPS_PER_REGION: usize = 2;
+/// Vantage agents besides the controller's own probes.
+pub const AGENTS: usize = 3;
+/// Ports each region's block spans, starting at `base_port + 100 × (region + 1)`.
+pub const REGION_PORT_BLOCK: u16 = 100;
+/// The zone the lab's DNS serves and the shop's name in it.
+pub const ZONE: &str = "shop.example.";
+pub const SHOP_NAME: &str = "www.shop.example.";
+pub const BASE_PORT_DEFAULT: u16 = 17_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabOptions {
+    pub dir: PathBuf,
+    pub regions: usize,
+    pub base_port: u16,
+    /// Start the controller and its agents (they drive DNS and the pointer).
+    pub controller: bool,
+}
+
+/// A file the lab writes before starting components.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabFile {
+    pub path: PathBuf,
+    pub contents: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub files: Vec<LabFile>,
+    /// In start order; the supervisor stops them in reverse.
+    pub components: Vec<ComponentSpec>,
+    /// Every port the plan binds, with what binds it, to check before starting.
+    pub ports: Vec<(String, String)>,
+    /// Lines to print after the table: how to try the lab.
+    pub try_lines: Vec<String>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("--regions {0}: the lab runs 2 to {REGIONS_MAX} regions")]
+    Regions(usize),
+    #[error("--base-port {0} leaves no room: the lab needs ports up to base + {1}; pick a base port of at most {2}")]
+    BasePort(u16, u32, u32),
+}
+
+struct Ports {
+    base: u16,
+}
+
+impl Ports {
+    fn fault_api(&self) -> u16 {
+        self.base
+    }
+    fn controller(&self) -> u16 {
+        self.base + 1
+    }
+    fn dns(&self) -> u16 {
+        self.base + 2
+    }
+    fn dns_admin(&self) -> u16 {
+        self.base + 3
+    }
+    /// The shop's port on every region's load-balancer address.
+    fn shop(&self) -> u16 {
+        self.base + 80
+    }
+    fn agent_link(&self, agent: usize) -> u16 {
+        self.base + 10 + agent as u16
+    }
+    fn region(&self, region: usize) -> u16 {
+        self.base + REGION_PORT_BLOCK * (region as u16 + 1)
+    }
+    fn store(&self, region: usize) -> u16 {
+        self.region(region)
+    }
+    fn app(&self, region: usize, app: usize) -> u16 {
+        self.region(region) + 1 + app as u16
+    }
+    fn lb_admin(&self, region: usize) -> u16 {
+        self.region(region) + 9
+    }
+    fn app_to_store(&self, region: usize, store: usize) -> u16 {
+        self.region(region) + 10 + store as u16
+    }
+    fn repl(&self, from: usize, to: usize) -> u16 {
+        self.region(from) + 20 + to as u16
+    }
+    fn lb_to_app(&self, region: usize, app: usize) -> u16 {
+        self.region(region) + 30 + app as u16
+    }
+    fn pointer(&self, region: usize) -> u16 {
+        self.region(region) + 40
+    }
+}
+
+/// The load balancer of region `i` listens on its own loopback address, so DNS answers differ
+/// per region while the port stays the same.
+pub fn region_ip(region: usize) -> String {
+    format!("127.0.0.{}", 11 + region)
+}
+
+fn local(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
+    let count = options.regions;
+    if !(2..=REGIONS_MAX).contains(&count) {
+        return Err(PlanError::Regions(count));
+    }
+    let span = u32::from(REGION_PORT_BLOCK) * (count as u32 + 1);
+    if u32::from(options.base_port) + span > u32::from(u16::MAX) || options.base_port < 1024 {
+        return Err(PlanError::BasePort(options.base_port, span, u32::from(u16::MAX) - span));
+    }
+    let ports = Ports {
+        base: options.base_port,
+    };
+    let dir = &options.dir;
+    let regions = &REGION_NAMES[..count];
+    let config = dir.join("config");
+    let mut files = Vec::new();
+    let mut components = Vec::new();
+    let mut bound = vec![("fault-proxy API".to_string(), local(ports.fault_api()))];
+
+    // The network: every link, as named proxies of one fault proxy.
+    let mut links = String::from("# The lab's network: every link between components, breakable by drills.\n");
+    let _ = writeln!(links, "[fault_proxy]\nlisten = \"{}\"\n", local(ports.fault_api()));
+    let mut link = |name: String, listen: u16, upstream: String, bound: &mut Vec<(String, String)>| {
+        let _ = writeln!(
+            links,
+            "[[fault_proxy.proxies]]\nname = \"{name}\"\nlisten = \"{}\"\nupstream = \"{upstream}\"\n",
+            local(listen)
+        );
+        bound.push((format!("link {name}"), local(listen)));
+    };
+    for (i, region) in regions.iter().enumerate() {
+        for (j, other) in regions.iter().enumerate() {
+            if i != j {
+                link(
+                    format!("repl-{region}-to-{other}"),
+                    ports.repl(i, j),
+                    local(ports.store(j)),
+                    &mut bound,
+                );
+            }
+            link(
+                format!("app-{region}-to-store-{other}"),
+                ports.app_to_store(i, j),
+                local(ports.store(j)),
+                &mut bound,
+            );
+        }
+        for app in 0..APPS_PER_REGION {
+            link(
+                format!("lb-{region}-to-app-{}", app + 1),
+                ports.lb_to_app(i, app),
+                local(ports.app(i, app)),
+                &mut bound,
+            );
+        }
+        if options.controller {
+            link(
+                format!("pointer-{region}"),
+                ports.pointer(i),
+                local(ports.controller()),
+                &mut bound,
+            );
+        }
+    }
+    if options.controller {
+        for agent in 0..AGENTS {
+            link(
+                format!("agent-{}", agent + 1),
+                ports.agent_link(agent),
+                local(ports.controller()),
+                &mut bound,
+            );
+        }
+    }
+    let faults_file = config.join("faults.toml");
+    files.push(LabFile {
+        path: faults_file.clone(),
+        contents: links,
+    });
+    components.push(ComponentSpec::subcommand(
+        "network",
+        "fault-proxy",
+        &["fault-proxy", "--config", &faults_file.display().to_string()],
+    ));
+
+    // Stores, each replicating to the others through the network.
+    for (i, region) in regions.iter().enumerate() {
+        let data = dir.join("data").join(region);
+        let mut args = vec![
+            "store".to_string(),
+            "--region".to_string(),
+            region.to_string(),
+            "--listen".to_string(),
+            local(ports.store(i)),
+            "--data-dir".to_string(),
+            data.display().to_string(),
+            "--replication-key-file".to_string(),
+            dir.join("config").join("replication.key").display().to_string(),
+        ];
+        for (j, other) in regions.iter().enumerate() {
+            if i != j {
+                args.push("--peer".to_string());
+                args.push(format!("{other}={}", url(ports.repl(i, j))));
+            }
+        }
+        bound.push((format!("store {region}"), local(ports.store(i))));
+        components.push(owned_subcommand(&format!("store-{region}"), "store", args));
+    }
+
+    // Demo apps; the very first creates the global tables.
+    for (i, region) in regions.iter().enumerate() {
+        for app in 0..APPS_PER_REGION {
+            let name = format!("shop-{region}-{}", app + 1);
+            let mut args = vec![
+                "demo-app".to_string(),
+                "--region".to_string(),
+                region.to_string(),
+                "--listen".to_string(),
+                local(ports.app(i, app)),
+                "--instance".to_string(),
+                name.clone(),
+            ];
+            for (j, other) in regions.iter().enumerate() {
+                args.push("--store".to_string());
+                args.push(format!("{other}={}", url(ports.app_to_store(i, j))));
+            }
+            if options.controller {
+                args.push("--pointer".to_string());
+                args.push(url(ports.pointer(i)));
+            }
+            if i == 0 && app == 0 {
+                args.push("--tables-create".to_string());
+            }
+            bound.push((format!("demo app {name}"), local(ports.app(i, app))));
+            components.push(owned_subcommand(&name, "demo-app", args));
+        }
+    }
+
+    // A load balancer per region, on the region's own loopback address.
+    for (i, region) in regions.iter().enumerate() {
+        let mut text = format!(
+            "[proxy]\nlisten = \"{}:{}\"\nadmin_listen = \"{}\"\nbalance = \"roundrobin\"\nretries = 2\nredispatch = true\nslowstart_ms = 0\n\n[proxy.check]\ntype = \"http\"\ninter_ms = 500\nfastinter_ms = 250\ndowninter_ms = 500\ntimeout_ms = 400\nrise = 2\nfall = 2\npath = \"/health\"\nexpect_status = [200]\n",
+            region_ip(i),
+            ports.shop(),
+            local(ports.lb_admin(i))
+        );
+        for app in 0..APPS_PER_REGION {
+            let _ = write!(
+                text,
+                "\n[[proxy.servers]]\nname = \"app{}\"\naddress = \"{}\"\n",
+                app + 1,
+                local(ports.lb_to_app(i, app))
+            );
+        }
+        let path = config.join(format!("proxy-{region}.toml"));
+        files.push(LabFile {
+            path: path.clone(),
+            contents: text,
+        });
+        bound.push((format!("load balancer {region} admin"), local(ports.lb_admin(i))));
+        bound.push((
+            format!("load balancer {region}"),
+            format!("{}:{}", region_ip(i), ports.shop()),
+        ));
+        components.push(ComponentSpec::subcommand(
+            &format!("lb-{region}"),
+            "proxy",
+            &["proxy", "--config", &path.display().to_string()],
+        ));
+    }
+
+    // Authoritative DNS with a failover record for the shop: primary in the first region,
+    // secondary in the second.
+    let mut dns = format!(
+        "[dns]\nlisten = \"{}\"\nadmin_listen = \"{}\"\nreload_interval_ms = 0\n\n[[dns.zones]]\norigin = \"{ZONE}\"\nttl = 60\nns = [\"ns1\"]\n\n[dns.zones.soa]\nrname = \"hostmaster.{ZONE}\"\nserial = 1\n\n[[dns.zones.records]]\nname = \"ns1\"\ntype = \"A\"\nvalues = [\"127.0.0.1\"]\n\n[[dns.zones.records]]\nname = \"www\"\ntype = \"A\"\npolicy = \"failover\"\n",
+        local(ports.dns()),
+        local(ports.dns_admin())
+    );
+    for (role, i) in [("primary", 0), ("secondary", 1)] {
+        let _ = write!(
+            dns,
+            "\n[[dns.zones.records.members]]\nrole = \"{role}\"\nvalues = [\"{}\"]\nhealth = \"{}\"\n",
+            region_ip(i),
+            regions[i]
+        );
+    }
+    let dns_file = config.join("dns.toml");
+    files.push(LabFile {
+        path: dns_file.clone(),
+        contents: dns,
+    });
+    bound.push(("dns".to_string(), local(ports.dns())));
+    bound.push(("dns admin".to_string(), local(ports.dns_admin())));
+    components.push(ComponentSpec::subcommand(
+        "dns",
+        "dns",
+        &[
+            "dns",
+            "--config",
+            &dns_file.display().to_string(),
+            "--state-dir",
+            &dir.join("data").join("dns").display().to_string(),
+        ],
+    ));
+
+    if options.controller {
+        let vantages: Vec<String> = std::iter::once("controller".to_string())
+            .chain((1..=AGENTS).map(|n| format!("agent-{n}")))
+            .collect();
+        let mut text = format!(
+            "[controller]\nlisten = \"{}\"\nvantage = \"controller\"\naudit_log = \"{}\"\n\n[policy]\nmode = \"active-passive\"\n\n[quorum]\nvantages = {:?}\n",
+            local(ports.controller()),
+            dir.join("data").join("controller-audit.jsonl").display(),
+            vantages
+        );
+        for (i, region) in regions.iter().enumerate() {
+            let _ = write!(
+                text,
+                "\n[[regions]]\nname = \"{region}\"\npriority = {}\nendpoints = [\"http://{}:{}\"]\n",
+                i + 1,
+                region_ip(i),
+                ports.shop()
+            );
+        }
+        for (i, region) in regions.iter().enumerate() {
+            let _ = write!(
+                text,
+                "\n[[checks]]\nname = \"{region}-shop\"\nregion = \"{region}\"\nkind = {{ type = \"http\", url = \"http://{}:{}/health\", expect_status = 200 }}\ninterval_ms = 500\nfast_interval_ms = 250\ntimeout_ms = 400\nrise = 2\nfall = 3\n",
+                region_ip(i),
+                ports.shop()
+            );
+        }
+        let _ = write!(
+            text,
+            "\n[dns]\nadmin_url = \"{}\"\ntxt_name = \"_active-region.{ZONE}\"\n\n[[runbook]]\nname = \"dns\"\nkind = \"dns_health\"\n\n[[runbook]]\nname = \"txt\"\nkind = \"dns_txt\"\n\n[[runbook]]\nname = \"pointer\"\nkind = \"pointer\"\n",
+            url(ports.dns_admin())
+        );
+        let path = config.join("controller.toml");
+        files.push(LabFile {
+            path: path.clone(),
+            contents: text,
+        });
+        bound.push(("controller".to_string(), local(ports.controller())));
+        components.push(ComponentSpec::subcommand(
+            "controller",
+            "controller",
+            &["controller", "--config", &path.display().to_string()],
+        ));
+        for agent in 0..AGENTS {
+            let mut spec = ComponentSpec::subcommand(
+                &format!("agent-{}", agent + 1),
+                "agent",
+                &[
+                    "agent",
+                    "--controller",
+                    &url(ports.agent_link(agent)),
+                    "--name",
+                    &format!("agent-{}", agent + 1),
+                ],
+            );
+            spec.ready_flag = None;
+            components.push(spec);
+        }
+    }
+
+    let try_lines = vec![
+        format!("dig @127.0.0.1 -p {} {SHOP_NAME} A +short", ports.dns()),
+        format!(
+            "curl -c jar -b jar -X POST http://{}:{}/api/cart -d '{{\"product\": \"grinder\"}}'",
+            region_ip(0),
+            ports.shop()
+        ),
+        format!("curl http://{}:{}/", region_ip(0), ports.shop()),
+        format!(
+            "curl {}/proxies        # the network's links (Toxiproxy API)",
+            url(ports.fault_api())
+        ),
+    ];
+    Ok(Plan {
+        files,
+        components,
+        ports: bound,
+        try_lines,
+    })
+}
+
+fn owned_subcommand(name: &str, kind: &str, args: Vec<String>) -> ComponentSpec {
+    ComponentSpec {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        program: None,
+        args,
+        env: Vec::new(),
+        ready_flag: Some("--ready-file".to_string()),
+    }
+}
+
+/// The replication key file's path in a lab directory.
+pub fn replication_key_path(dir: &Path) -> PathBuf {
+    dir.join("config").join("replication.key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(regions: usize) -> LabOptions {
+        LabOptions {
+            dir: PathBuf::from("/tmp/lab"),
+            regions,
+            base_port: BASE_PORT_DEFAULT,
+            controller: true,
+        }
+    }
+
+    #[test]
+    fn two_regions_have_every_component_and_unique_ports() {
+        let plan = plan(&options(2)).expect("plan");
+        let names: Vec<&str> = plan.components.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "network",
+                "store-us-east-1",
+                "store-eu-west-1",
+                "shop-us-east-1-1",
+                "shop-us-east-1-2",
+                "shop-eu-west-1-1",
+                "shop-eu-west-1-2",
+                "lb-us-east-1",
+                "lb-eu-west-1",
+                "dns",
+                "controller",
+                "agent-1",
+                "agent-2",
+                "agent-3"
+            ]
+        );
+        let mut ports: Vec<&String> = plan.ports.iter().map(|(_, p)| p).collect();
+        let total = ports.len();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), total, "no port is used twice: {:?}", plan.ports);
+    }
+
+    #[test]
+    fn stores_replicate_through_the_network_and_apps_reach_every_store() {
+        let plan = plan(&options(3)).expect("plan");
+        let store = plan
+            .components
+            .iter()
+            .find(|c| c.name == "store-eu-west-1")
+            .expect("store");
+        let peers: Vec<&String> = store
+            .args
+            .iter()
+            .zip(store.args.iter().skip(1))
+            .filter(|(flag, _)| *flag == "--peer")
+            .map(|(_, value)| value)
+            .collect();
+        assert_eq!(peers.len(), 2);
+        let faults = &plan.files[0].contents;
+        for peer in peers {
+            let port = peer.rsplit(':').next().expect("port");
+            assert!(
+                faults.contains(&format!("listen = \"127.0.0.1:{port}\"")),
+                "{peer} is a link"
+            );
+        }
+        assert!(faults.contains("name = \"repl-eu-west-1-to-us-east-1\""));
+        assert!(faults.contains("name = \"app-ap-south-1-to-store-us-east-1\""));
+        let creators: Vec<&str> = plan
+            .components
+            .iter()
+            .filter(|c| c.args.iter().any(|a| a == "--tables-create"))
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(creators, ["shop-us-east-1-1"], "one instance creates the global tables");
+    }
+
+    #[test]
+    fn without_a_controller_apps_write_locally() {
+        let mut options = options(2);
+        options.controller = false;
+        let plan = plan(&options).expect("plan");
+        assert!(
+            plan.components
+                .iter()
+                .all(|c| c.kind != "controller" && c.kind != "agent")
+        );
+        assert!(plan.components.iter().all(|c| !c.args.iter().any(|a| a == "--pointer")));
+    }
+
+    #[test]
+    fn bad_options_say_what_to_change() {
+        assert_eq!(plan(&options(1)), Err(PlanError::Regions(1)));
+        assert_eq!(plan(&options(6)), Err(PlanError::Regions(6)));
+        let mut high = options(2);
+        high.base_port = 65_400;
+        let error = plan(&high).expect_err("too high");
+        assert!(error.to_string().contains("65400"), "{error}");
+    }
+}

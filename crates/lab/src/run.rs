@@ -1,0 +1,210 @@
+//! `switchyard lab` and `switchyard lab --status`: start the plan's components under the
+//! supervisor, print what runs where, stay up until shutdown; check a running lab.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::plan::{LabOptions, plan, replication_key_path};
+use crate::state::LabState;
+use crate::supervisor::{Supervisor, SupervisorError, alive};
+
+/// How often the running lab looks for components that ended on their own.
+pub const POLL_MS: u64 = 1_000;
+/// How long `--status` waits for each component's port.
+pub const STATUS_CONNECT_MS: u64 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error("{0}")]
+    PortInUse(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+/// Starts the lab and serves until `shutdown` resolves; then stops every component.
+pub async fn run(
+    options: &LabOptions,
+    shutdown: impl Future<Output = ()>,
+    out: &mut (impl Write + Send),
+) -> Result<(), LabError> {
+    let plan = plan(options)?;
+    let mut supervisor = Supervisor::for_current_exe(&options.dir)?;
+    for (what, address) in &plan.ports {
+        if let Err(error) = std::net::TcpListener::bind(address.as_str()) {
+            return Err(LabError::PortInUse(format!(
+                "{address} ({what}) is not free: {error}. Stop what uses it, or move the whole lab with --base-port"
+            )));
+        }
+    }
+    for file in &plan.files {
+        write_file(&file.path, &file.contents)?;
+    }
+    let key = replication_key_path(&options.dir);
+    if !key.exists() {
+        write_file(&key, &random_hex())?;
+    }
+    tokio::pin!(shutdown);
+    for spec in plan.components.clone() {
+        let name = spec.name.clone();
+        let started = tokio::select! {
+            started = supervisor.start(spec) => started,
+            () = &mut shutdown => {
+                supervisor.stop_all().await?;
+                return Ok(());
+            }
+        };
+        if let Err(error) = started {
+            tracing::error!(component = %name, %error, "the lab could not start");
+            supervisor.stop_all().await?;
+            return Err(error.into());
+        }
+    }
+    let state = supervisor.state();
+    let mut text = format!(
+        "The lab runs in {} ({} regions):\n\n{}\nTry:\n",
+        options.dir.display(),
+        options.regions,
+        state.table()
+    );
+    for line in &plan.try_lines {
+        text.push_str("  ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.push_str("\nLogs are in logs/; Ctrl-C stops everything.\n");
+    out.write_all(text.as_bytes()).map_err(|source| LabError::Io {
+        what: "print the table".to_string(),
+        source,
+    })?;
+    out.flush().ok();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(Duration::from_millis(POLL_MS)) => supervisor.poll()?,
+        }
+    }
+    supervisor.stop_all().await?;
+    Ok(())
+}
+
+/// Checks a lab directory: `Ok(table)` when every component runs and its port answers,
+/// `Err(reason)` otherwise (the reason includes the table when there is one).
+pub fn status(dir: &Path) -> Result<String, String> {
+    let state = LabState::read(dir).map_err(|error| error.to_string())?;
+    if !state.supervisor_alive() {
+        return Err(format!(
+            "the lab in {0} is not running (its supervisor, pid {1}, is gone); start it with `switchyard lab --dir {0}`",
+            dir.display(),
+            state.supervisor_pid
+        ));
+    }
+    let mut problems = Vec::new();
+    for component in &state.components {
+        if component.state != "running" || !alive(component) {
+            problems.push(format!("{} is {}", component.name, component.state));
+            continue;
+        }
+        if let Some(address) = component
+            .address
+            .as_deref()
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            && TcpStream::connect_timeout(&address, Duration::from_millis(STATUS_CONNECT_MS)).is_err()
+        {
+            problems.push(format!("{} does not accept connections on {address}", component.name));
+        }
+    }
+    let table = state.table();
+    if problems.is_empty() {
+        Ok(table)
+    } else {
+        Err(format!("{table}\nnot healthy: {}", problems.join("; ")))
+    }
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<(), LabError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| LabError::Io {
+            what: format!("create {}", parent.display()),
+            source,
+        })?;
+    }
+    std::fs::write(path, contents).map_err(|source| LabError::Io {
+        what: format!("write {}", path.display()),
+        source,
+    })
+}
+
+fn random_hex() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    let from_os = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if from_os.is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        for (index, byte) in bytes.iter_mut().enumerate() {
+            *byte = (nanos >> ((index % 16) * 8)) as u8 ^ (std::process::id() >> (index % 4 * 8)) as u8;
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_of_a_directory_without_a_lab_says_how_to_start_one() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let error = status(dir.path()).expect_err("no lab");
+        assert!(error.contains("switchyard lab --dir"), "{error}");
+    }
+
+    #[test]
+    fn status_of_a_stopped_lab_names_the_dead_supervisor() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        LabState {
+            supervisor_pid: u32::MAX - 1,
+            components: Vec::new(),
+        }
+        .write(dir.path())
+        .expect("state");
+        let error = status(dir.path()).expect_err("not running");
+        assert!(error.contains("not running"), "{error}");
+    }
+
+    #[test]
+    fn status_of_a_live_lab_checks_each_component() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let record = |name: &str, address: &str, state: &str| crate::state::ComponentRecord {
+            name: name.to_string(),
+            kind: "test".to_string(),
+            pid: Some(std::process::id()),
+            address: Some(address.to_string()),
+            log: dir.path().join("x.log"),
+            state: state.to_string(),
+        };
+        let mut state = LabState {
+            supervisor_pid: std::process::id(),
+            components: vec![record("up", &address, "running")],
+        };
+        state.write(dir.path()).expect("state");
+        let table = status(dir.path()).expect("healthy");
+        assert!(table.contains("up"), "{table}");
+        state
+            .components
+            .push(record("gone", "127.0.0.1:1", "exited (killed by SIGKILL)"));
+        state.write(dir.path()).expect("state");
+        let error = status(dir.path()).expect_err("one is down");
+        assert!(error.contains("gone is exited (killed by SIGKILL)"), "{error}");
+    }
+}
