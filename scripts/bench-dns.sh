@@ -131,7 +131,7 @@ run_dnsperf() {
   dnsperf -s 127.0.0.1 -p "$port" -d "$work/queries.txt" -l "$SECONDS_PER_RUN" -c "$CLIENTS" -q "$OUTSTANDING" \
     > "$work/dnsperf.out" 2>&1
   local qps lost
-  qps=$(awk '/Queries per second:/ {print $4}' "$work/dnsperf.out")
+  qps=$(awk '/Queries per second:/ {printf "%d", $4}' "$work/dnsperf.out")
   lost=$(awk '/Queries lost:/ {print $3}' "$work/dnsperf.out")
   echo "$qps $lost"
 }
@@ -155,14 +155,14 @@ for round in $(seq 1 "$ROUNDS"); do
   best_switchyard=$(python3 -c "print(max($best_switchyard, $sy_qps))")
 done
 ratio=$(python3 -c "print(f'{$best_switchyard / $best_bind:.2f}')")
-named_version=$(named -v | head -1)
-dnsperf_version=$(dnsperf -h 2>&1 | awk '/^DNS Performance Testing Tool/ {print; exit}')
+named_version=$(dpkg-query -W -f='${Version}' bind9 2>/dev/null || named -v | head -1)
+dnsperf_version=$(dpkg-query -W -f='${Version}' dnsperf 2>/dev/null || echo unknown)
 
 cat <<EOF
 ## DNS
 
-\`switchyard dns\` (release build) vs BIND9 ($named_version), the same 160-record zone on loopback,
-queried by dnsperf ($dnsperf_version) with the same query file (A, AAAA, CNAME chase, MX, TXT,
+\`switchyard dns\` (release build) vs BIND9 \`named\` (Debian bind9 $named_version), the same
+160-record zone on loopback, queried by dnsperf (Debian $dnsperf_version) with the same query file (A, AAAA, CNAME chase, MX, TXT,
 NODATA, 10% NXDOMAIN), $SECONDS_PER_RUN s per run, $CLIENTS clients, $OUTSTANDING queries
 outstanding, the two servers alternating for $ROUNDS rounds. The servers and dnsperf share the
 machine's 2 cores (so does anything else running), so absolute numbers are low and noisy.
@@ -170,6 +170,9 @@ machine's 2 cores (so does anything else running), so absolute numbers are low a
 | round | switchyard dns (queries/s) | BIND9 named (queries/s) |
 | --- | --- | --- |
 ${rows}
+"Lost" counts queries dnsperf never got an answer to: the kernel dropped them when a socket receive
+buffer overflowed during a burst (`netstat -su`: receive buffer errors), a few per million.
+
 **Best of each: switchyard $best_switchyard q/s, BIND9 $best_bind q/s, ratio $ratio× (target ≥ 1×).**
 
 Command: \`scripts/bench-dns.sh\` (DNS_BENCH_SECONDS=$SECONDS_PER_RUN DNS_BENCH_ROUNDS=$ROUNDS
