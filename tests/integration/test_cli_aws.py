@@ -35,9 +35,11 @@ def test_cli_table_lifecycle_items_and_queries(store):
     assert "cli-orders" in aws("list-tables")[1]["TableNames"]
     assert aws("describe-table", "--table-name", "cli-orders")[1]["Table"]["KeySchema"][1]["AttributeName"] == "order"
 
-    for order in range(1, 13):
-        aws("put-item", "--table-name", "cli-orders", "--item",
-            j({"customer": {"S": "ann"}, "order": {"N": str(order)}, "total": {"N": f"{order}.50"}}))
+    aws("put-item", "--table-name", "cli-orders", "--item",
+        j({"customer": {"S": "ann"}, "order": {"N": "1"}, "total": {"N": "1.50"}}))
+    aws("batch-write-item", "--request-items", j({"cli-orders": [
+        {"PutRequest": {"Item": {"customer": {"S": "ann"}, "order": {"N": str(order)}, "total": {"N": f"{order}.50"}}}}
+        for order in range(2, 13)]}))
     _, got, _ = aws("get-item", "--table-name", "cli-orders", "--key",
                     j({"customer": {"S": "ann"}, "order": {"N": "3"}}), "--consistent-read")
     assert got["Item"]["total"] == {"N": "3.5"} or got["Item"]["total"] == {"N": "3.50"}

@@ -616,8 +616,9 @@ def test_batch_write_and_batch_get(client):
 def test_batch_get_returns_unprocessed_keys_over_16_mb_and_client_retries_them(client):
     name = new_table(client)
     blob = "y" * 380_000
-    for i in range(50):
-        client.put_item(TableName=name, Item={"pk": {"S": f"b{i:02d}"}, "blob": {"S": blob}})
+    for first in range(0, 50, 25):
+        client.batch_write_item(RequestItems={name: [
+            {"PutRequest": {"Item": {"pk": {"S": f"b{i:02d}"}, "blob": {"S": blob}}}} for i in range(first, first + 25)]})
     request = {name: {"Keys": [{"pk": {"S": f"b{i:02d}"}} for i in range(50)]}}
     first = client.batch_get_item(RequestItems=request)
     assert first["UnprocessedKeys"], "50 items of 380 KB exceed the 16 MB response limit"
