@@ -94,14 +94,14 @@ impl Default for PolicySection {
     fn default() -> Self {
         let engine = EngineConfig::with_defaults(Vec::new());
         PolicySection {
-            mode: Spanned::new(0..0, "active-passive".into()),
+            mode: Spanned::new(NOWHERE..NOWHERE, "active-passive".into()),
             down_confirm_ms: engine.down_confirm_ms,
             min_hold_ms: engine.min_hold_ms,
             stability_window_ms: engine.stability_window_ms,
             failback_lag_check: true,
             failback_lag_max_ms: engine.failback_lag_max_ms.unwrap_or(1_000),
             lag_stale_ms: engine.lag_stale_ms,
-            failovers_per_hour_max: Spanned::new(0..0, engine.failovers_per_hour_max),
+            failovers_per_hour_max: Spanned::new(NOWHERE..NOWHERE, engine.failovers_per_hour_max),
             auto_failback: engine.auto_failback,
             runbook_retry_ms: engine.runbook_retry_ms,
             startup_grace_ms: engine.startup_grace_ms,
@@ -125,7 +125,7 @@ pub struct QuorumSection {
 impl Default for QuorumSection {
     fn default() -> Self {
         QuorumSection {
-            vantages: Spanned::new(0..0, vec!["controller".into()]),
+            vantages: Spanned::new(NOWHERE..NOWHERE, vec!["controller".into()]),
             quorum: None,
             report_stale_ms: health::quorum::DEFAULT_REPORT_STALE_MS,
             report_interval_ms: health::report::DEFAULT_REPORT_INTERVAL_MS,
@@ -222,10 +222,10 @@ pub struct StepSection {
 }
 
 fn default_step_timeout_ms() -> Spanned<u64> {
-    Spanned::new(0..0, 5_000)
+    Spanned::new(NOWHERE..NOWHERE, 5_000)
 }
 fn default_step_retries() -> Spanned<u32> {
-    Spanned::new(0..0, 3)
+    Spanned::new(NOWHERE..NOWHERE, 3)
 }
 fn default_step_backoff_ms() -> u64 {
     200
@@ -270,11 +270,15 @@ impl fmt::Display for ConfigError {
         let count = self.problems.len();
         writeln!(f, "{}: {count} problem(s)", self.file)?;
         for problem in &self.problems {
-            writeln!(
-                f,
-                "{}:{}:{}: error: {}\n    fix: {}",
-                self.file, problem.line, problem.column, problem.message, problem.fix
-            )?;
+            if problem.line == 0 {
+                writeln!(f, "{}: error: {}\n    fix: {}", self.file, problem.message, problem.fix)?;
+            } else {
+                writeln!(
+                    f,
+                    "{}:{}:{}: error: {}\n    fix: {}",
+                    self.file, problem.line, problem.column, problem.message, problem.fix
+                )?;
+            }
         }
         Ok(())
     }
@@ -337,6 +341,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     };
     let mut checker = Checker {
         lines: &lines,
+        text,
         problems: Vec::new(),
         warnings: Vec::new(),
     };
@@ -410,6 +415,9 @@ fn syntax_problems(text: &str, lines: &LineIndex, whole: toml::de::Error) -> Vec
     problems
 }
 
+/// A span for a mistake that has no place in the file (a missing section): reported as line 0.
+const NOWHERE: usize = usize::MAX;
+
 struct LineIndex {
     starts: Vec<usize>,
 }
@@ -429,7 +437,11 @@ impl LineIndex {
     }
 
     fn problem(&self, span: std::ops::Range<usize>, message: impl Into<String>, fix: impl Into<String>) -> Problem {
-        let (line, column) = self.position(span.start);
+        let (line, column) = if span.start == NOWHERE {
+            (0, 0)
+        } else {
+            self.position(span.start)
+        };
         Problem {
             line,
             column,
@@ -461,6 +473,7 @@ impl LineIndex {
 
 struct Checker<'a> {
     lines: &'a LineIndex,
+    text: &'a str,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
 }
@@ -469,6 +482,40 @@ impl Checker<'_> {
     fn error(&mut self, span: std::ops::Range<usize>, message: impl Into<String>, fix: impl Into<String>) {
         let problem = self.lines.problem(span, message, fix);
         self.problems.push(problem);
+    }
+
+    /// Where `key` is set in `[section]` (or the section header, or nowhere: line 0).
+    fn key_span(&self, section: &str, key: &str) -> std::ops::Range<usize> {
+        let mut offset = 0;
+        let mut in_section = section.is_empty();
+        let mut header = None;
+        for line in self.text.split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with('[') {
+                in_section = trimmed.trim_end().trim_start_matches('[').trim_end_matches(']') == section;
+                if in_section && header.is_none() {
+                    header = Some(offset + line.len() - trimmed.len());
+                }
+            } else if in_section
+                && !key.is_empty()
+                && trimmed
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            {
+                let start = offset + line.len() - trimmed.len();
+                return start..start + key.len();
+            }
+            offset += line.len();
+        }
+        match header {
+            Some(start) => start..start + 1,
+            None => NOWHERE..NOWHERE,
+        }
+    }
+
+    fn error_at(&mut self, section: &str, key: &str, message: impl Into<String>, fix: impl Into<String>) {
+        let span = self.key_span(section, key);
+        self.error(span, message, fix);
     }
 
     fn warn(&mut self, span: std::ops::Range<usize>, message: impl Into<String>, fix: impl Into<String>) {
@@ -510,15 +557,17 @@ impl Checker<'_> {
     fn check_controller(&mut self, file: &ConfigFile) {
         let c = &file.controller;
         if c.tick_ms == 0 || c.tick_ms > 10_000 {
-            self.error(
-                0..0,
+            self.error_at(
+                "controller",
+                "tick_ms",
                 format!("[controller] tick_ms = {} is out of range", c.tick_ms),
                 "use 10..=10000 (default 250)",
             );
         }
         if c.audit_log_bytes_max < 4096 {
-            self.error(
-                0..0,
+            self.error_at(
+                "controller",
+                "audit_log_bytes_max",
                 format!(
                     "[controller] audit_log_bytes_max = {} is too small",
                     c.audit_log_bytes_max
@@ -531,7 +580,7 @@ impl Checker<'_> {
     fn check_regions(&mut self, file: &ConfigFile) -> Vec<RegionSpec> {
         if file.regions.is_empty() {
             self.error(
-                0..0,
+                NOWHERE..NOWHERE,
                 "no regions configured",
                 "add [[regions]] tables with name and priority, like name = \"us-east-1\", priority = 1",
             );
@@ -613,8 +662,9 @@ impl Checker<'_> {
             );
         }
         if policy.runbook_retry_ms == 0 {
-            self.error(
-                0..0,
+            self.error_at(
+                "policy",
+                "runbook_retry_ms",
                 "[policy] runbook_retry_ms = 0 would retry a failing runbook in a busy loop",
                 "use at least 100 (default 2000)",
             );
@@ -751,16 +801,18 @@ impl Checker<'_> {
             }
         }
         if q.report_stale_ms == 0 {
-            self.error(
-                0..0,
+            self.error_at(
+                "quorum",
+                "report_stale_ms",
                 "[quorum] report_stale_ms = 0",
                 "use a few report intervals (default 3000)",
             );
             return None;
         }
         if q.report_interval_ms == 0 || q.report_interval_ms >= q.report_stale_ms {
-            self.error(
-                0..0,
+            self.error_at(
+                "quorum",
+                "report_interval_ms",
                 format!(
                     "[quorum] report_interval_ms = {} must be above 0 and below report_stale_ms = {}",
                     q.report_interval_ms, q.report_stale_ms
@@ -787,7 +839,7 @@ impl Checker<'_> {
         }
         if file.runbook.is_empty() {
             self.warn(
-                0..0,
+                NOWHERE..NOWHERE,
                 "the runbook has no steps: decisions change nothing outside the controller",
                 "add [[runbook]] steps such as kind = \"dns_health\" and kind = \"pointer\"",
             );

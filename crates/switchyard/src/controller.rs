@@ -174,14 +174,12 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
         ConfigCommand::Check { file } => match controller::config::load(&file) {
             Ok(config) => {
                 for warning in &config.warnings {
-                    eprintln!(
-                        "{}:{}:{}: warning: {}\n    fix: {}",
-                        file.display(),
-                        warning.line,
-                        warning.column,
-                        warning.message,
-                        warning.fix
-                    );
+                    let place = if warning.line == 0 {
+                        file.display().to_string()
+                    } else {
+                        format!("{}:{}:{}", file.display(), warning.line, warning.column)
+                    };
+                    eprintln!("{place}: warning: {}\n    fix: {}", warning.message, warning.fix);
                 }
                 println!(
                     "{}: ok ({} regions, {} checks, {} runbook steps, quorum {} of {})",

@@ -148,3 +148,26 @@ fn display_names_file_line_and_fix() {
     );
     assert!(text.contains("fix: use \"active-passive\""), "{text}");
 }
+
+#[test]
+fn range_mistakes_point_at_their_key_and_missing_sections_at_line_zero() {
+    let text = format!("{MINIMAL}\n[controller]\nlisten = \"127.0.0.1:7400\"\n  tick_ms = 0\n");
+    let found = problems(&text);
+    let tick = found
+        .iter()
+        .find(|p| p.message.contains("tick_ms = 0"))
+        .expect("tick_ms reported");
+    let line = text.lines().position(|l| l.contains("tick_ms = 0")).expect("in text") + 1;
+    assert_eq!((tick.line, tick.column), (line, 3));
+    let found = problems("");
+    let none = found
+        .iter()
+        .find(|p| p.message.contains("no regions"))
+        .expect("no regions");
+    assert_eq!(none.line, 0);
+    let error = parse("e.toml", "").expect_err("invalid");
+    assert!(
+        error.to_string().contains("e.toml: error: no regions configured"),
+        "{error}"
+    );
+}
