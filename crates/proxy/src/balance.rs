@@ -472,6 +472,18 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn pin_keeps_a_usable_server_and_refuses_others() {
+        let mut b = balancer(&[server("a", 1, false), server("b", 1, false)], Balance::Roundrobin, 0);
+        assert_eq!(b.pin(ServerId(1)), Some(ServerId(1)));
+        assert_eq!(b.server(ServerId(1)).active, 1);
+        b.set_admin(ServerId(1), AdminState::Drain, 0);
+        assert_eq!(b.pin(ServerId(1)), None);
+        take_down(&mut b, ServerId(0));
+        assert_eq!(b.pin(ServerId(0)), None);
+        assert_eq!(b.pin(ServerId(9)), None, "an unknown id is refused, not a panic");
+    }
+
+    #[test]
     fn slow_start_ramps_the_weight() {
         let mut b = balancer(
             &[server("a", 10, false), server("b", 10, false)],

@@ -44,6 +44,8 @@ pub struct Shared {
     started: Instant,
     stats: FrontendStats,
     logs: Logs,
+    /// Each server's address as a URI authority, parsed once.
+    authorities: Vec<hyper::http::uri::Authority>,
     /// Bytes of request bodies buffered at once, across all requests.
     body_budget: Arc<Semaphore>,
 }
@@ -107,7 +109,16 @@ impl Shared {
         };
         let balancer = Balancer::new(&config.servers, config.balance, config.slowstart_ms, params, 0);
         let config_budget = config.limits.buffered_body_bytes_max.min(Semaphore::MAX_PERMITS);
+        let authorities = config
+            .servers
+            .iter()
+            .map(|s| {
+                hyper::http::uri::Authority::try_from(s.address.to_string())
+                    .expect("a socket address is a valid URI authority")
+            })
+            .collect();
         Arc::new(Shared {
+            authorities,
             config,
             balancer: Mutex::new(balancer),
             started: Instant::now(),
@@ -160,7 +171,7 @@ impl Shared {
 }
 
 /// Decrements the server's active count when the response (body included) is done.
-struct ActiveGuard {
+pub struct ActiveGuard {
     shared: Arc<Shared>,
     id: ServerId,
 }
@@ -173,10 +184,7 @@ impl Drop for ActiveGuard {
 
 /// The response body: a server's streamed body (holding its active slot), or one made here.
 pub enum ProxyBody {
-    Upstream {
-        inner: Incoming,
-        _guard: Option<Box<dyn Send + Sync + 'static>>,
-    },
+    Upstream { inner: Incoming, _guard: ActiveGuard },
     Local(Full<Bytes>),
 }
 
@@ -369,7 +377,11 @@ impl Shared {
         if let Some(value) = missing_host {
             headers.insert(header::HOST, value);
         }
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
         let method = parts.method;
         let retryable_method = idempotent(&method);
         let response_timeout = Duration::from_millis(self.config.timeouts.response_header_ms);
@@ -403,15 +415,12 @@ impl Shared {
                 shared: self.clone(),
                 id,
             };
-            let address = self.config.servers[id.0].address;
-            let uri = match Uri::builder()
-                .scheme("http")
-                .authority(address.to_string())
-                .path_and_query(path_and_query.as_str())
-                .build()
-            {
-                Ok(uri) => uri,
-                Err(_) => return local_response(StatusCode::BAD_REQUEST, "the request target is not valid"),
+            let mut uri_parts = hyper::http::uri::Parts::default();
+            uri_parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+            uri_parts.authority = Some(self.authorities[id.0].clone());
+            uri_parts.path_and_query = Some(path_and_query.clone());
+            let Ok(uri) = Uri::from_parts(uri_parts) else {
+                return local_response(StatusCode::BAD_REQUEST, "the request target is not valid");
             };
             let mut upstream = Request::new(Full::new(body.clone()));
             *upstream.method_mut() = method.clone();
@@ -431,13 +440,7 @@ impl Shared {
                     let (mut parts, inner) = response.into_parts();
                     remove_hop_by_hop(&mut parts.headers);
                     parts.version = Version::HTTP_11;
-                    return Response::from_parts(
-                        parts,
-                        ProxyBody::Upstream {
-                            inner,
-                            _guard: Some(Box::new(guard)),
-                        },
-                    );
+                    return Response::from_parts(parts, ProxyBody::Upstream { inner, _guard: guard });
                 }
                 Ok(Err(error)) => {
                     drop(guard);
