@@ -193,7 +193,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                         plan_retry_ms = 200;
                         next_plan = tokio::time::Instant::now() + Duration::from_millis(config.plan_refresh_ms.max(100));
                         let interval = plan.report_interval_ms.clamp(REPORT_INTERVAL_MS_MIN, REPORT_INTERVAL_MS_MAX);
-                        if runner.checks() != plan.checks || !have_plan {
+                        let mut wanted = plan.checks.clone();
+                        wanted.sort_by(|a, b| a.name.cmp(&b.name));
+                        if runner.checks() != wanted || !have_plan {
                             let count = plan.checks.len();
                             match runner.update(plan.checks) {
                                 Ok(()) => {

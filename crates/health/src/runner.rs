@@ -130,7 +130,7 @@ impl Runner {
         Ok(())
     }
 
-    /// The checks currently running.
+    /// The checks currently running, by name.
     pub fn checks(&self) -> Vec<CheckSpec> {
         self.running.values().map(|r| r.spec.clone()).collect()
     }

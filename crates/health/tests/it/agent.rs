@@ -114,7 +114,24 @@ async fn agent_waits_for_the_controller_then_reports_changes() {
     let agent = tokio::spawn(run(config, async move {
         let _ = stopped.await;
     }));
-    tokio::time::sleep(Duration::from_millis(300)).await; // let it fail a few plan fetches first
+    // Until then its port drops every connection: wait for a few failed plan fetches.
+    let dropper = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the controller port");
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = attempts.clone();
+    let dropping = tokio::spawn(async move {
+        while let Ok((stream, _)) = dropper.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    wait_for("failed plan fetches", Duration::from_secs(15), || {
+        attempts.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    dropping.abort();
+    let _ = dropping.await;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
