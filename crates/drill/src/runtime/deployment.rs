@@ -67,10 +67,29 @@ pub struct Deployment {
     pub regions: Vec<RegionTargets>,
     #[serde(default)]
     pub processes: Processes,
+    /// Link key → the fault-proxy proxy name(s) that carry it.
     #[serde(default)]
-    pub links: BTreeMap<String, String>,
+    pub links: BTreeMap<String, LinkNames>,
     #[serde(default)]
     pub process_control: Option<ProcessCommands>,
+}
+
+/// One proxy name, or several when a link runs over several proxies (a load balancer's link
+/// to each of its app servers, say).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LinkNames {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl LinkNames {
+    pub fn names(&self) -> &[String] {
+        match self {
+            LinkNames::One(name) => std::slice::from_ref(name),
+            LinkNames::Many(names) => names,
+        }
+    }
 }
 
 fn table_default() -> String {
@@ -238,7 +257,8 @@ impl Deployment {
             self.processes.vantages.len().max(self.max_vantage_in_links()),
         )
         .into_iter()
-        .filter_map(|key| self.links.get(&key).cloned())
+        .filter_map(|key| self.links.get(&key))
+        .flat_map(|names| names.names().iter().cloned())
         .collect()
     }
 
@@ -320,6 +340,7 @@ shop_addresses = ["127.0.0.12"]
 "health:0:r1" = "v0-r1"
 "health:1:r1" = "v1-r1"
 "replication:r1:r2" = "repl-12"
+"frontend:r1" = ["lb-r1-1", "lb-r1-2"]
 "#;
 
     #[test]
@@ -339,14 +360,14 @@ shop_addresses = ["127.0.0.12"]
             to: RegionRole::Secondary,
         };
         assert_eq!(deployment.link_names(&roles, &repl), vec!["repl-12"]);
+        let frontend = |region| Link::Frontend { region };
+        assert_eq!(
+            deployment.link_names(&roles, &frontend(RegionRole::Primary)),
+            vec!["lb-r1-1", "lb-r1-2"]
+        );
         assert!(
             deployment
-                .link_names(
-                    &roles,
-                    &Link::Frontend {
-                        region: RegionRole::Primary
-                    }
-                )
+                .link_names(&roles, &frontend(RegionRole::Secondary))
                 .is_empty()
         );
         assert_eq!(

@@ -205,8 +205,10 @@ pub async fn run<T: FaultTarget>(
                 recorder.event(EventKind::Heal);
                 isolation_to = Some(recorder.now_ms());
             }
-            let result = target.apply(&roles, &step.action).await;
+            // Into the ledger first: an interrupt can cancel the action half-way (a region
+            // half killed), and the heal must still undo it.
             ledger.applied(&step.action);
+            let result = target.apply(&roles, &step.action).await;
             let label = step.action.label();
             if let Err(error) = &result {
                 tracing::warn!(%error, "fault step failed");
