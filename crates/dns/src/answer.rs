@@ -6,7 +6,7 @@
 //! UDP fits the client's payload size (else it is truncated with TC set).
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::TXT;
@@ -40,6 +40,18 @@ pub const LABEL_NONEXISTENT: &str = "<nonexistent>";
 pub const LABEL_DYNAMIC: &str = "<dynamic>";
 /// Metrics label for queries that could not be parsed or had no single question.
 pub const LABEL_MALFORMED: &str = "<malformed>";
+
+/// The shared `Arc` of a fixed metrics label, so answering allocates no label.
+fn fixed_label(label: &'static str) -> Arc<str> {
+    static LABELS: OnceLock<[Arc<str>; 4]> = OnceLock::new();
+    let labels =
+        LABELS.get_or_init(|| [LABEL_OUTSIDE, LABEL_NONEXISTENT, LABEL_DYNAMIC, LABEL_MALFORMED].map(Arc::from));
+    labels
+        .iter()
+        .find(|fixed| &***fixed == label)
+        .map(Arc::clone)
+        .unwrap_or_else(|| Arc::from(label))
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -122,7 +134,7 @@ pub fn handle_packet(
                 messages: vec![message],
                 wire: vec![wire],
                 rcode: ResponseCode::FormErr,
-                name_label: Arc::from(LABEL_MALFORMED),
+                name_label: fixed_label(LABEL_MALFORMED),
                 qtype: None,
             })
         }
@@ -160,7 +172,7 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
         ),
     };
     let qtype = query.queries().first().map(Query::query_type);
-    let mut label: Arc<str> = Arc::from(LABEL_MALFORMED);
+    let mut label: Arc<str> = fixed_label(LABEL_MALFORMED);
     let rcode = 'rcode: {
         if client_edns.is_some_and(|e| e.version() > 0) {
             break 'rcode ResponseCode::BADVERS;
@@ -172,11 +184,11 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
             break 'rcode ResponseCode::FormErr;
         };
         let Some(zone) = zones.zone_for(question.name()) else {
-            label = Arc::from(LABEL_OUTSIDE);
+            label = fixed_label(LABEL_OUTSIDE);
             break 'rcode ResponseCode::Refused;
         };
         if question.query_class() != DNSClass::IN {
-            label = Arc::from(LABEL_OUTSIDE);
+            label = fixed_label(LABEL_OUTSIDE);
             break 'rcode ResponseCode::Refused;
         }
         match question.query_type() {
@@ -217,12 +229,12 @@ fn resolve(
         };
         let dynamic = dynamic_txt(view, &owner);
         if node.is_none() && dynamic.is_none() {
-            label.get_or_insert_with(|| Arc::from(LABEL_NONEXISTENT));
+            label.get_or_insert_with(|| fixed_label(LABEL_NONEXISTENT));
             rcode = ResponseCode::NXDomain;
             negative = true;
             break;
         }
-        label.get_or_insert_with(|| label_here.unwrap_or_else(|| Arc::from(LABEL_DYNAMIC)));
+        label.get_or_insert_with(|| label_here.unwrap_or_else(|| fixed_label(LABEL_DYNAMIC)));
         if let Some(value) = &dynamic
             && matches!(qtype, RecordType::TXT | RecordType::ANY)
         {
@@ -282,7 +294,7 @@ fn resolve(
         response.add_name_server(soa);
     }
     response.insert_additionals(additionals);
-    (rcode, label.unwrap_or_else(|| Arc::from(LABEL_NONEXISTENT)))
+    (rcode, label.unwrap_or_else(|| fixed_label(LABEL_NONEXISTENT)))
 }
 
 fn dynamic_txt<'v>(view: &'v HealthView, name: &Name) -> Option<&'v String> {

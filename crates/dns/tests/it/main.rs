@@ -256,3 +256,32 @@ async fn reload_swaps_good_files_and_rejects_bad_ones() {
     assert_eq!(addresses(&answer), ["192.0.2.77"], "the old zones keep serving");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn tcp_connections_beyond_the_limit_are_closed_and_served_again_after() {
+    let server = Server::start(None).await;
+    let mut held = Vec::new();
+    for _ in 0..dns::server::TCP_CONNECTIONS_MAX {
+        held.push(TcpStream::connect(server.dns).await.expect("connect"));
+    }
+    let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
+    while server.state.metrics.tcp_connections.get() < dns::server::TCP_CONNECTIONS_MAX as i64 {
+        assert!(Instant::now() < deadline, "connections not accepted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut refused = TcpStream::connect(server.dns).await.expect("connect");
+    let mut rest = Vec::new();
+    let _closed_or_reset = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), refused.read_to_end(&mut rest))
+        .await
+        .expect("the connection over the limit is closed at once");
+    assert!(rest.is_empty());
+    held.clear();
+    let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
+    while server.state.metrics.tcp_connections.get() > 0 {
+        assert!(Instant::now() < deadline, "closed connections not released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answer = tcp(server.dns, &query("ns1.shop.example.", RecordType::A, None)).await;
+    assert_eq!(addresses(&answer), ["192.0.2.53"]);
+    server.stop().await;
+}
