@@ -18,6 +18,6 @@ pub mod state;
 pub mod supervisor;
 
 pub use plan::{LabOptions, Plan, plan};
-pub use run::{LabError, run, status};
+pub use run::{Action, LabError, control, run, status};
 pub use state::{ComponentRecord, LabState};
 pub use supervisor::{ComponentSpec, ComponentState, Supervisor, SupervisorError};

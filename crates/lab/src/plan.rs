@@ -54,6 +54,54 @@ pub struct Plan {
     pub ports: Vec<(String, String)>,
     /// Lines to print after the table: how to try the lab.
     pub try_lines: Vec<String>,
+    /// `drill-targets.toml` (see [`DRILL_TARGETS_FILE`]) with `{program}` standing for the
+    /// lab's executable in the process-control commands.
+    pub drill_targets: String,
+}
+
+/// What `switchyard drill --lab DIR` reads to find and break the lab.
+pub const DRILL_TARGETS_FILE: &str = "drill-targets.toml";
+
+fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str]) -> String {
+    let dir = options.dir.display();
+    let mut text = format!(
+        "# Written by `switchyard lab`: what drills need to find and break this lab.\nshop_name = \"{SHOP_NAME}\"\nshop_port = {}\ndns_server = \"{}\"\nfault_proxy_url = \"{}\"\n",
+        ports.shop(),
+        local(ports.dns()),
+        url(ports.fault_api())
+    );
+    if options.controller {
+        let _ = writeln!(text, "controller_url = \"{}\"", url(ports.controller()));
+    }
+    for (i, region) in regions.iter().enumerate() {
+        let apps: Vec<String> = (1..=APPS_PER_REGION).map(|n| format!("shop-{region}-{n}")).collect();
+        let _ = write!(
+            text,
+            "\n[[regions]]\nname = \"{region}\"\nstore_url = \"{}\"\nshop_addresses = [\"{}\"]\nstore_process = \"store-{region}\"\napp_processes = {apps:?}\nproxy_process = \"lb-{region}\"\n",
+            url(ports.store(i)),
+            region_ip(i)
+        );
+    }
+    if options.controller {
+        let vantages: Vec<String> = (1..=AGENTS).map(|n| format!("agent-{n}")).collect();
+        let _ = write!(
+            text,
+            "\n[processes]\ncontroller = \"controller\"\nvantages = {vantages:?}\n"
+        );
+    }
+    text.push_str("\n[links]\n");
+    for region in regions {
+        for other in regions.iter().filter(|o| *o != region) {
+            let _ = writeln!(text, "\"replication:{region}:{other}\" = \"repl-{region}-to-{other}\"");
+        }
+        let _ = writeln!(text, "\"frontend:{region}\" = \"frontend-{region}\"");
+        let _ = writeln!(text, "\"app-store:{region}\" = \"app-{region}-to-store-{region}\"");
+    }
+    let _ = write!(
+        text,
+        "\n[process_control]\nkill = \"{{program}} lab ctl --dir {dir} kill {{name}}\"\nstop = \"{{program}} lab ctl --dir {dir} stop {{name}}\"\ncont = \"{{program}} lab ctl --dir {dir} cont {{name}}\"\nrestart = \"{{program}} lab ctl --dir {dir} restart {{name}}\"\n"
+    );
+    text
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -99,6 +147,10 @@ impl Ports {
     }
     fn lb_admin(&self, region: usize) -> u16 {
         self.region(region) + 9
+    }
+    /// The load balancer itself; clients reach it through the `frontend-REGION` link.
+    fn lb(&self, region: usize) -> u16 {
+        self.region(region) + 8
     }
     fn app_to_store(&self, region: usize, store: usize) -> u16 {
         self.region(region) + 10 + store as u16
@@ -150,53 +202,45 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     // The network: every link, as named proxies of one fault proxy.
     let mut links = String::from("# The lab's network: every link between components, breakable by drills.\n");
     let _ = writeln!(links, "[fault_proxy]\nlisten = \"{}\"\n", local(ports.fault_api()));
-    let mut link = |name: String, listen: u16, upstream: String, bound: &mut Vec<(String, String)>| {
+    let mut link = |name: String, listen: String, upstream: String, bound: &mut Vec<(String, String)>| {
         let _ = writeln!(
             links,
-            "[[fault_proxy.proxies]]\nname = \"{name}\"\nlisten = \"{}\"\nupstream = \"{upstream}\"\n",
-            local(listen)
+            "[[fault_proxy.proxies]]\nname = \"{name}\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"
         );
-        bound.push((format!("link {name}"), local(listen)));
+        bound.push((format!("link {name}"), listen));
     };
     for (i, region) in regions.iter().enumerate() {
         for (j, other) in regions.iter().enumerate() {
             if i != j {
-                link(
-                    format!("repl-{region}-to-{other}"),
-                    ports.repl(i, j),
-                    local(ports.store(j)),
-                    &mut bound,
-                );
+                let name = format!("repl-{region}-to-{other}");
+                link(name, local(ports.repl(i, j)), local(ports.store(j)), &mut bound);
             }
-            link(
-                format!("app-{region}-to-store-{other}"),
-                ports.app_to_store(i, j),
-                local(ports.store(j)),
-                &mut bound,
-            );
+            let name = format!("app-{region}-to-store-{other}");
+            link(name, local(ports.app_to_store(i, j)), local(ports.store(j)), &mut bound);
         }
         for app in 0..APPS_PER_REGION {
+            let name = format!("lb-{region}-to-app-{}", app + 1);
             link(
-                format!("lb-{region}-to-app-{}", app + 1),
-                ports.lb_to_app(i, app),
+                name,
+                local(ports.lb_to_app(i, app)),
                 local(ports.app(i, app)),
                 &mut bound,
             );
         }
         if options.controller {
-            link(
-                format!("pointer-{region}"),
-                ports.pointer(i),
-                local(ports.controller()),
-                &mut bound,
-            );
+            let name = format!("pointer-{region}");
+            link(name, local(ports.pointer(i)), local(ports.controller()), &mut bound);
         }
+        // Clients (and the controller's checks) reach the region's load balancer through here.
+        let front = format!("{}:{}", region_ip(i), ports.shop());
+        link(format!("frontend-{region}"), front, local(ports.lb(i)), &mut bound);
     }
     if options.controller {
         for agent in 0..AGENTS {
+            let name = format!("agent-{}", agent + 1);
             link(
-                format!("agent-{}", agent + 1),
-                ports.agent_link(agent),
+                name,
+                local(ports.agent_link(agent)),
                 local(ports.controller()),
                 &mut bound,
             );
@@ -269,9 +313,8 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     // A load balancer per region, on the region's own loopback address.
     for (i, region) in regions.iter().enumerate() {
         let mut text = format!(
-            "[proxy]\nlisten = \"{}:{}\"\nadmin_listen = \"{}\"\nbalance = \"roundrobin\"\nretries = 2\nredispatch = true\nslowstart_ms = 0\n\n[proxy.check]\ntype = \"http\"\ninter_ms = 500\nfastinter_ms = 250\ndowninter_ms = 500\ntimeout_ms = 400\nrise = 2\nfall = 2\npath = \"/health\"\nexpect_status = [200]\n",
-            region_ip(i),
-            ports.shop(),
+            "[proxy]\nlisten = \"{}\"\nadmin_listen = \"{}\"\nbalance = \"roundrobin\"\nretries = 2\nredispatch = true\nslowstart_ms = 0\n\n[proxy.check]\ntype = \"http\"\ninter_ms = 500\nfastinter_ms = 250\ndowninter_ms = 500\ntimeout_ms = 400\nrise = 2\nfall = 2\npath = \"/health\"\nexpect_status = [200]\n",
+            local(ports.lb(i)),
             local(ports.lb_admin(i))
         );
         for app in 0..APPS_PER_REGION {
@@ -288,10 +331,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             contents: text,
         });
         bound.push((format!("load balancer {region} admin"), local(ports.lb_admin(i))));
-        bound.push((
-            format!("load balancer {region}"),
-            format!("{}:{}", region_ip(i), ports.shop()),
-        ));
+        bound.push((format!("load balancer {region}"), local(ports.lb(i))));
         components.push(ComponentSpec::subcommand(
             &format!("lb-{region}"),
             "proxy",
@@ -407,6 +447,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         ),
     ];
     Ok(Plan {
+        drill_targets: drill_targets(options, &ports, regions),
         files,
         components,
         ports: bound,
@@ -499,6 +540,15 @@ mod tests {
         }
         assert!(faults.contains("name = \"repl-eu-west-1-to-us-east-1\""));
         assert!(faults.contains("name = \"app-ap-south-1-to-store-us-east-1\""));
+        assert!(faults.contains("name = \"frontend-ap-south-1\"\nlisten = \"127.0.0.13:17080\""));
+        assert!(
+            plan.drill_targets
+                .contains("\"replication:eu-west-1:us-east-1\" = \"repl-eu-west-1-to-us-east-1\"")
+        );
+        assert!(
+            plan.drill_targets
+                .contains("kill = \"{program} lab ctl --dir /tmp/lab kill {name}\"")
+        );
         let creators: Vec<&str> = plan
             .components
             .iter()

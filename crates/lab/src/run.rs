@@ -14,6 +14,41 @@ use crate::supervisor::{Supervisor, SupervisorError, alive};
 pub const POLL_MS: u64 = 1_000;
 /// How long `--status` waits for each component's port.
 pub const STATUS_CONNECT_MS: u64 = 500;
+/// How often the running lab looks for control requests (`switchyard lab ctl`).
+pub const CONTROL_POLL_MS: u64 = 50;
+/// How long `switchyard lab ctl` waits for the lab to carry a request out (a restart waits
+/// for the component's ready file).
+pub const CONTROL_WAIT_MS: u64 = 60_000;
+/// Control requests are files in this directory of the lab directory.
+pub const CONTROL_DIR: &str = "run/ctl";
+/// Most control requests handled per look.
+pub const CONTROL_BATCH_MAX: usize = 64;
+
+/// A process fault or repair `switchyard lab ctl` asks the running lab for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// kill -9.
+    Kill,
+    /// SIGSTOP: frozen, as a hung host.
+    Stop,
+    /// SIGCONT.
+    Cont,
+    /// Stop (SIGTERM, then SIGKILL) and start again.
+    Restart,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ControlRequest {
+    action: Action,
+    name: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ControlResult {
+    ok: bool,
+    message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -45,6 +80,20 @@ pub async fn run(
     for file in &plan.files {
         write_file(&file.path, &file.contents)?;
     }
+    let program = std::env::current_exe().map_err(|source| LabError::Io {
+        what: "find the current executable".to_string(),
+        source,
+    })?;
+    write_file(
+        &options.dir.join(crate::plan::DRILL_TARGETS_FILE),
+        &plan.drill_targets.replace("{program}", &program.display().to_string()),
+    )?;
+    let control = options.dir.join(CONTROL_DIR);
+    std::fs::remove_dir_all(&control).ok();
+    std::fs::create_dir_all(&control).map_err(|source| LabError::Io {
+        what: format!("create {}", control.display()),
+        source,
+    })?;
     let key = replication_key_path(&options.dir);
     if !key.exists() {
         write_file(&key, &random_hex())?;
@@ -83,10 +132,17 @@ pub async fn run(
         source,
     })?;
     out.flush().ok();
+    let mut last_poll = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            () = tokio::time::sleep(Duration::from_millis(POLL_MS)) => supervisor.poll()?,
+            () = tokio::time::sleep(Duration::from_millis(CONTROL_POLL_MS)) => {
+                handle_requests(&mut supervisor, &control).await;
+                if last_poll.elapsed() >= Duration::from_millis(POLL_MS) {
+                    supervisor.poll()?;
+                    last_poll = tokio::time::Instant::now();
+                }
+            }
         }
     }
     supervisor.stop_all().await?;
@@ -125,6 +181,106 @@ pub fn status(dir: &Path) -> Result<String, String> {
         Ok(table)
     } else {
         Err(format!("{table}\nnot healthy: {}", problems.join("; ")))
+    }
+}
+
+async fn handle_requests(supervisor: &mut Supervisor, control: &Path) {
+    let Ok(entries) = std::fs::read_dir(control) else {
+        return;
+    };
+    let mut requests: Vec<std::path::PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "req"))
+        .collect();
+    requests.sort();
+    requests.truncate(CONTROL_BATCH_MAX);
+    for path in requests {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::remove_file(&path).ok();
+        let result = match serde_json::from_str::<ControlRequest>(&text) {
+            Ok(request) => {
+                let outcome = match request.action {
+                    Action::Kill => supervisor.kill(&request.name).await.map(|()| None),
+                    Action::Stop => supervisor.pause(&request.name).map(|()| None),
+                    Action::Cont => supervisor.resume(&request.name).map(|()| None),
+                    Action::Restart => supervisor.restart(&request.name).await,
+                };
+                tracing::info!(action = ?request.action, component = %request.name, ok = outcome.is_ok(), "control request");
+                match outcome {
+                    Ok(address) => ControlResult {
+                        ok: true,
+                        message: format!(
+                            "{:?} {}{}",
+                            request.action,
+                            request.name,
+                            address.map(|a| format!(": ready at {a}")).unwrap_or_default()
+                        )
+                        .to_lowercase(),
+                    },
+                    Err(error) => ControlResult {
+                        ok: false,
+                        message: error.to_string(),
+                    },
+                }
+            }
+            Err(error) => ControlResult {
+                ok: false,
+                message: format!("unreadable control request: {error}"),
+            },
+        };
+        let done = path.with_extension("res");
+        let text = serde_json::to_string(&result).unwrap_or_default();
+        let temporary = path.with_extension("tmp");
+        if std::fs::write(&temporary, text).is_ok() {
+            std::fs::rename(&temporary, &done).ok();
+        }
+    }
+}
+
+/// Asks the lab running in `dir` to carry out `action` on the component `name`; waits until
+/// it has. The supervisor owns the processes, so it keeps its table true.
+pub async fn control(dir: &Path, action: Action, name: &str) -> Result<String, String> {
+    let state = LabState::read(dir).map_err(|error| error.to_string())?;
+    if !state.supervisor_alive() {
+        return Err(format!(
+            "the lab in {} is not running (its supervisor, pid {}, is gone)",
+            dir.display(),
+            state.supervisor_pid
+        ));
+    }
+    let control = dir.join(CONTROL_DIR);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let id = format!("{nanos:032}-{}", std::process::id());
+    let request = serde_json::to_string(&ControlRequest {
+        action,
+        name: name.to_string(),
+    })
+    .map_err(|e| e.to_string())?;
+    let temporary = control.join(format!("{id}.tmp"));
+    std::fs::write(&temporary, request).map_err(|e| format!("write {}: {e}", temporary.display()))?;
+    std::fs::rename(&temporary, control.join(format!("{id}.req"))).map_err(|e| e.to_string())?;
+    let done = control.join(format!("{id}.res"));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(CONTROL_WAIT_MS);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&done) {
+            std::fs::remove_file(&done).ok();
+            let result: ControlResult = serde_json::from_str(&text).map_err(|e| format!("unreadable answer: {e}"))?;
+            return if result.ok {
+                Ok(result.message)
+            } else {
+                Err(result.message)
+            };
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the lab in {} did not carry out the request within {CONTROL_WAIT_MS} ms",
+                dir.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(CONTROL_POLL_MS)).await;
     }
 }
 

@@ -5,8 +5,11 @@ use std::path::PathBuf;
 use anyhow::bail;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct LabArgs {
-    /// Directory for the lab's configuration, data, logs and `lab.json`.
+    #[command(subcommand)]
+    command: Option<LabCommand>,
+    /// Directory for the lab's configuration, data, logs, `lab.json` and `drill-targets.toml`.
     #[arg(long, default_value = "./lab")]
     dir: PathBuf,
     /// Regions to run (2 to 5).
@@ -24,7 +27,48 @@ pub struct LabArgs {
     status: bool,
 }
 
+#[derive(clap::Subcommand)]
+enum LabCommand {
+    /// Process faults on a running lab's component, carried out by its supervisor:
+    /// kill (kill -9), stop (SIGSTOP), cont (SIGCONT), restart.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The running lab's directory.
+    #[arg(long, default_value = "./lab")]
+    dir: PathBuf,
+    #[arg(value_enum)]
+    action: CtlAction,
+    /// The component, as the lab's table names it (e.g. store-us-east-1).
+    name: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CtlAction {
+    Kill,
+    Stop,
+    Cont,
+    Restart,
+}
+
 pub async fn run(args: LabArgs) -> anyhow::Result<()> {
+    if let Some(LabCommand::Ctl(ctl)) = args.command {
+        let action = match ctl.action {
+            CtlAction::Kill => lab::Action::Kill,
+            CtlAction::Stop => lab::Action::Stop,
+            CtlAction::Cont => lab::Action::Cont,
+            CtlAction::Restart => lab::Action::Restart,
+        };
+        return match lab::control(&ctl.dir, action, &ctl.name).await {
+            Ok(message) => {
+                println!("{message}");
+                Ok(())
+            }
+            Err(reason) => bail!("{reason}"),
+        };
+    }
     if args.status {
         return match lab::status(&args.dir) {
             Ok(table) => {
