@@ -622,7 +622,7 @@ impl Engine {
                 self.alert(
                     "fenced",
                     format!(
-                        "step '{step}' refused generation {generation} as stale ({error}): another controller applied a newer generation; this controller stopped actuating. Check for a second controller, then `switchyard resume`"
+                        "step '{step}' refused generation {generation} as stale ({error}): another controller applied a newer generation; this controller stopped actuating. Check for a second controller, then `switchyard resume`; if none runs (the audit log was lost), restart with --generation-floor above the generation the receiver reports"
                     ),
                     out,
                 );

@@ -86,6 +86,9 @@ pub struct RunOptions {
     /// Run every configured check from the controller itself, as vantage `[controller] vantage`
     /// (what `switchyard controller` does).
     pub probe_locally: bool,
+    /// Start generations above this (after the audit log was lost while DNS still holds a
+    /// higher generation; `GET {dns}/v1/health` shows it). Normally 0.
+    pub generation_floor: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -433,7 +436,7 @@ pub async fn run(
     )?;
     let checkpoint = audit.checkpoint().clone();
     let restored = Restored {
-        generation: checkpoint.generation,
+        generation: checkpoint.generation.max(Generation(options.generation_floor)),
         observed: checkpoint.observed.clone(),
         interrupted: checkpoint.interrupted.clone(),
         preferred: checkpoint.preferred.clone(),

@@ -33,6 +33,11 @@ pub(crate) struct ControllerArgs {
     /// Once accepting connections, write the bound address (`IP:PORT`) to this file.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Start generations above N. Only after the audit log was lost while `switchyard dns`
+    /// still holds a higher generation (its `GET /v1/health` shows it): otherwise every push is
+    /// refused as stale. Never needed while the audit log is kept.
+    #[arg(long, default_value_t = 0)]
+    generation_floor: u64,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +166,7 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         dns_token,
         local_reports: None,
         probe_locally: true,
+        generation_floor: args.generation_floor,
     };
     controller::server::run(listener, config, options, crate::shutdown_signal())
         .await

@@ -79,6 +79,10 @@ struct Running {
 
 impl Running {
     async fn start(config: &str) -> Running {
+        Running::start_with_floor(config, 0).await
+    }
+
+    async fn start_with_floor(config: &str, generation_floor: u64) -> Running {
         let config = controller::config::parse("test.toml", config).expect("valid config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
@@ -88,6 +92,7 @@ impl Running {
             dns_token: None,
             local_reports: None,
             probe_locally: false,
+            generation_floor,
         };
         let task = tokio::spawn(async move {
             run(listener, config, options, async {
@@ -362,4 +367,44 @@ async fn refuses_to_listen_on_the_network_without_a_token() {
         .await
         .expect_err("refused");
     assert!(error.to_string().contains("without a control token"), "{error}");
+}
+
+#[tokio::test]
+async fn a_fresh_controller_fenced_by_dns_recovers_with_a_generation_floor() {
+    let dns = Fake::start().await;
+    dns.set_fence(true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // DNS already applied generation 40 from a controller whose audit log is gone.
+    let old = tempfile::tempdir().expect("tempdir");
+    let mut previous = Running::start_with_floor(&config_text(&dns.url, &old.path().join("a.jsonl")), 39).await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        previous.report(vantage, Up, Up).await;
+    }
+    previous.wait_active("us-east-1").await;
+    previous.stop().await;
+    assert_eq!(dns.seen_on("/v1/health")[0].body["generation"], 40);
+
+    let config = config_text(&dns.url, &dir.path().join("audit.jsonl"));
+    let mut fresh = Running::start(&config).await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        fresh.report(vantage, Up, Up).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = fresh.status().await;
+        if status["engine"]["fenced"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never fenced: {status:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    fresh.stop().await;
+
+    let mut floored = Running::start_with_floor(&config, 40).await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        floored.report(vantage, Up, Up).await;
+    }
+    let status = floored.wait_active("us-east-1").await;
+    assert!(status["generation"].as_u64().expect("generation") > 40, "{status:#}");
+    floored.stop().await;
 }
