@@ -490,3 +490,230 @@ async fn the_checker_finds_a_write_removed_from_real_stores() {
         let _ = stop.send(());
     }
 }
+
+/// The deployment target against the real fault proxy's control API: a scenario's toxics land
+/// on exactly the mapped proxies, in Toxiproxy's shape, and its heal removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_target_drives_the_real_fault_proxy() {
+    use drill::runtime::deployment::LinkNames;
+    use drill::runtime::target::{DeploymentTarget, NoProcessControl};
+    use drill::scenario::{Link, StepPhase};
+
+    let registry = Arc::new(faultproxy::Registry::new(faultproxy::Limits::default(), 1));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fault API");
+    let api = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(faultproxy::api::serve(listener, registry, async {
+        let _ = stopped.await;
+    }));
+    let http = HttpClient::new();
+    for name in ["v0-r1", "v1-r1", "repl-r1-r2", "repl-r2-r1"] {
+        let body = json!({"name": name, "listen": "127.0.0.1:0", "upstream": "127.0.0.1:9"});
+        let response = http
+            .send(
+                "POST",
+                &format!("{api}/proxies"),
+                &[("content-type", "application/json")],
+                Some(body.to_string().into_bytes()),
+                5_000,
+            )
+            .await
+            .expect("fault API answers");
+        assert_eq!(response.status, 201, "{}", String::from_utf8_lossy(&response.body));
+    }
+    let mut links = BTreeMap::new();
+    links.insert("health:0:r1".to_string(), LinkNames::One("v0-r1".into()));
+    links.insert("health:1:r1".to_string(), LinkNames::One("v1-r1".into()));
+    links.insert("replication:r1:r2".to_string(), LinkNames::One("repl-r1-r2".into()));
+    links.insert("replication:r2:r1".to_string(), LinkNames::One("repl-r2-r1".into()));
+    links.insert("controller:r1".to_string(), LinkNames::One("missing-proxy".into()));
+    let deployment = Deployment {
+        shop_name: "shop.lab.test.".into(),
+        shop_port: 1,
+        dns_server: "127.0.0.1:1".parse().expect("addr"),
+        controller_url: None,
+        fault_proxy_url: Some(api.clone()),
+        table: "t".into(),
+        regions: ["r1", "r2"]
+            .into_iter()
+            .map(|name| RegionTargets {
+                name: name.into(),
+                store_url: "http://127.0.0.1:1".into(),
+                shop_addresses: Vec::new(),
+                store_process: None,
+                app_processes: Vec::new(),
+                proxy_process: None,
+            })
+            .collect(),
+        processes: Default::default(),
+        links,
+        process_control: None,
+    };
+    let target = DeploymentTarget::new(deployment, NoProcessControl);
+    let roles = Roles {
+        primary: "r1".into(),
+        secondary: "r2".into(),
+    };
+    let toxics = |proxy: &'static str| {
+        let http = http.clone();
+        let api = api.clone();
+        async move {
+            let response = http
+                .send("GET", &format!("{api}/proxies/{proxy}/toxics"), &[], None, 5_000)
+                .await
+                .expect("fault API answers");
+            let mut names: Vec<String> = response
+                .json()
+                .expect("JSON")
+                .as_array()
+                .expect("a list of toxics")
+                .iter()
+                .map(|t| format!("{}:{}:{}", t["name"].as_str().unwrap_or(""), t["type"], t["stream"]))
+                .collect();
+            names.sort();
+            names
+        }
+    };
+
+    let plan = scenario::by_name("vantage-partition")
+        .expect("exists")
+        .plan(&Durations::default());
+    for step in plan.iter().filter(|s| s.phase == StepPhase::Fault) {
+        target.apply(&roles, &step.action).await.expect("toxic added");
+    }
+    assert_eq!(
+        toxics("v0-r1").await,
+        vec![
+            "drill-cut-vantage-down:\"timeout\":\"downstream\"",
+            "drill-cut-vantage-up:\"timeout\":\"upstream\""
+        ]
+    );
+    assert!(toxics("v1-r1").await.is_empty(), "only vantage 0 is cut");
+    for step in plan.iter().filter(|s| s.phase == StepPhase::Heal) {
+        target.apply(&roles, &step.action).await.expect("toxic removed");
+    }
+    assert!(toxics("v0-r1").await.is_empty());
+    // Healing twice is harmless (404 is what a heal wants).
+    for step in plan.iter().filter(|s| s.phase == StepPhase::Heal) {
+        target
+            .apply(&roles, &step.action)
+            .await
+            .expect("already removed is fine");
+    }
+
+    // A link mapped to a proxy the fault proxy does not have, a link not mapped at all, and a
+    // process fault without process control: each a clear error.
+    let cut_controller = FaultAction::AddToxic {
+        link: Link::Controller {
+            region: RegionRole::Primary,
+        },
+        toxic: drill::scenario::Toxic {
+            name: "x".into(),
+            stream: drill::scenario::Stream::Upstream,
+            kind: drill::scenario::ToxicKind::Blackhole,
+        },
+    };
+    let error = target.apply(&roles, &cut_controller).await.expect_err("no such proxy");
+    assert!(error.to_string().contains("missing-proxy"), "{error}");
+    let cut_frontend = FaultAction::AddToxic {
+        link: Link::Frontend {
+            region: RegionRole::Primary,
+        },
+        toxic: drill::scenario::Toxic {
+            name: "x".into(),
+            stream: drill::scenario::Stream::Upstream,
+            kind: drill::scenario::ToxicKind::Blackhole,
+        },
+    };
+    let error = target.apply(&roles, &cut_frontend).await.expect_err("not mapped");
+    assert!(matches!(error, FaultError::Unsupported { .. }), "{error}");
+    let kill = FaultAction::Kill {
+        target: Component::Store(RegionRole::Primary),
+    };
+    let error = target.apply(&roles, &kill).await.expect_err("no process names");
+    assert!(error.to_string().contains("no store process for region r1"), "{error}");
+    let _ = stop.send(());
+}
+
+/// Process faults through the deployment file's shell commands, with names quoted.
+#[tokio::test]
+async fn command_process_control_runs_the_commands() {
+    use drill::runtime::deployment::ProcessCommands;
+    use drill::runtime::target::{CommandProcessControl, DeploymentTarget};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("calls.log");
+    let log = log.display();
+    let commands = ProcessCommands {
+        kill: format!("echo kill {{name}} >> {log}"),
+        stop: format!("echo stop {{name}} >> {log}"),
+        cont: format!("echo cont {{name}} >> {log}"),
+        restart: "echo 'cannot restart' >&2; exit 3".into(),
+    };
+    let deployment = Deployment {
+        shop_name: "shop.lab.test.".into(),
+        shop_port: 1,
+        dns_server: "127.0.0.1:1".parse().expect("addr"),
+        controller_url: None,
+        fault_proxy_url: None,
+        table: "t".into(),
+        regions: ["r1", "r2"]
+            .into_iter()
+            .map(|name| RegionTargets {
+                name: name.into(),
+                store_url: "http://127.0.0.1:1".into(),
+                shop_addresses: Vec::new(),
+                store_process: Some(format!("store {name}")),
+                app_processes: vec![format!("app-{name}-1"), format!("app-{name}-2")],
+                proxy_process: Some(format!("lb-{name}")),
+            })
+            .collect(),
+        processes: Default::default(),
+        links: BTreeMap::new(),
+        process_control: Some(commands.clone()),
+    };
+    let target = DeploymentTarget::new(deployment, CommandProcessControl { commands });
+    let roles = Roles {
+        primary: "r2".into(),
+        secondary: "r1".into(),
+    };
+    let region = Component::Region(RegionRole::Primary);
+    target
+        .apply(&roles, &FaultAction::Stop { target: region.clone() })
+        .await
+        .expect("stop runs");
+    target
+        .apply(&roles, &FaultAction::Cont { target: region.clone() })
+        .await
+        .expect("cont runs");
+    target
+        .apply(
+            &roles,
+            &FaultAction::Kill {
+                target: Component::Store(RegionRole::Secondary),
+            },
+        )
+        .await
+        .expect("kill runs");
+    let calls = std::fs::read_to_string(dir.path().join("calls.log")).expect("commands ran");
+    assert_eq!(
+        calls.lines().collect::<Vec<_>>(),
+        vec![
+            "stop lb-r2",
+            "stop app-r2-1",
+            "stop app-r2-2",
+            "stop store r2",
+            "cont store r2",
+            "cont app-r2-2",
+            "cont app-r2-1",
+            "cont lb-r2",
+            "kill store r1",
+        ],
+        "front to back when stopping, back to front when continuing; the space stays in one name"
+    );
+    let error = target
+        .apply(&roles, &FaultAction::Restart { target: region })
+        .await
+        .expect_err("the restart command fails");
+    assert!(error.to_string().contains("cannot restart"), "{error}");
+}
