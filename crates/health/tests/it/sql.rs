@@ -219,4 +219,61 @@ async fn postgres_select_one_with_scram_login() {
     let missing = probe(&spec(missing_db)).await;
     assert!(!missing.success);
     assert!(missing.detail.contains("3D000"), "{}", missing.detail);
+
+    // A streaming replica made with pg_basebackup -R: the probe sees a replica and its lag.
+    let Some(basebackup) = find_binary("pg_basebackup") else {
+        return skip("pg_basebackup", "postgresql");
+    };
+    let replica_data = dir.path().join("replica");
+    let mut command = Command::new(&basebackup);
+    command
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-D",
+            &replica_data.display().to_string(),
+            "-R",
+            "--no-sync",
+            "-X",
+            "stream",
+        ])
+        .env("PGPASSWORD", "pg-s3cret");
+    if as_root {
+        command.uid(NOBODY).gid(NOBODY);
+    }
+    let output = command.output().expect("run pg_basebackup");
+    assert!(
+        output.status.success(),
+        "pg_basebackup failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let replica_port = free_port();
+    let mut command = Command::new(&postgres);
+    command.args([
+        "-D",
+        &replica_data.display().to_string(),
+        "-p",
+        &replica_port.to_string(),
+        "-k",
+        &dir.path().display().to_string(),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "fsync=off",
+    ]);
+    if as_root {
+        command.uid(NOBODY).gid(NOBODY);
+    }
+    let _replica = Server::start(&mut command, dir.path().join("replica.log"));
+    let mut bounded = sql(SqlDriver::Postgres, replica_port, "postgres", Some("pg-s3cret"), true);
+    if let ProbeKind::Sql { max_replica_lag_ms, .. } = &mut bounded {
+        *max_replica_lag_ms = Some(60_000);
+    }
+    let replica = probe_until(&spec(bounded), START_DEADLINE, |o| o.success).await;
+    assert!(replica.detail.contains("replica"), "{}", replica.detail);
+    assert!(replica.replica_lag_ms.is_some(), "{replica:?}");
 }
