@@ -102,6 +102,11 @@ pub(crate) async fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
         options,
         crate::shutdown_signal(),
     );
+    // Take over SIGHUP before announcing readiness: from here on it reloads the zones (in the
+    // server's reloader) instead of terminating the process.
+    #[cfg(unix)]
+    let _hangup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("install the SIGHUP handler")?;
     tracing::info!(dns = %dns_address, admin = %admin_address, zones, "dns listening");
     if let Some(path) = &args.ready_file {
         std::fs::write(path, format!("{dns_address}\n{admin_address}\n"))
