@@ -218,6 +218,10 @@ def test_proxy_ctl_drains_and_readies_a_server(stack):
     proxy.ctl("set-server", "web1", "ready")
     wait_until("web1 back in rotation",
                lambda: http_get(f"http://127.0.0.1:{proxy.port}/").strip() == "web1")
+    proxy.ctl("set-weight", "web3", "0")
+    assert proxy.servers()["web3"]["weight"] == 0
+    bodies = [http_get(f"http://127.0.0.1:{proxy.port}/").strip() for _ in range(6)]
+    assert "web3" not in bodies, bodies
     # Without the token the runtime API refuses.
     result = subprocess.run([str(BINARY), "proxy-ctl", "--admin", proxy.admin, "servers"],
                             capture_output=True, text=True, timeout=30,

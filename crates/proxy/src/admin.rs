@@ -25,6 +25,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::balance::{AdminState, ServerId};
+use crate::config::WEIGHT_MAX;
 use crate::proxy::Shared;
 
 /// Largest admin request body (a state change is a few bytes).
@@ -119,6 +120,7 @@ pub async fn serve(
     let router = Router::new()
         .route("/v1/servers", get(list_servers))
         .route("/v1/servers/{name}/state", post(set_state))
+        .route("/v1/servers/{name}/weight", post(set_weight))
         .route("/stats", get(stats_html))
         .route("/stats.json", get(stats_json))
         .route("/metrics", get(metrics))
@@ -193,21 +195,59 @@ async fn set_state(
     let previous = {
         let mut balancer = shared.balancer();
         let Some(id) = balancer.find(&name) else {
-            let known: Vec<String> = balancer.servers().iter().map(|s| s.config.name.clone()).collect();
-            return (
-                StatusCode::NOT_FOUND,
-                axum::Json(json!({
-                    "error": "unknown_server",
-                    "message": format!("no server named '{name}'; servers are: {}", known.join(", "))
-                })),
-            )
-                .into_response();
+            return unknown_server(&balancer, &name);
         };
         balancer.set_admin(id, state, now)
     };
     tracing::info!(server = %name, ?previous, ?state, "server state set by the runtime API");
     let view = snapshot(shared).into_iter().find(|v| v.name == name);
     axum::Json(json!({ "name": name, "previous": previous, "state": state, "server": view })).into_response()
+}
+
+#[derive(Deserialize)]
+struct WeightChange {
+    weight: u32,
+}
+
+async fn set_weight(
+    State(context): State<AdminContext>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let weight = match serde_json::from_slice::<WeightChange>(&body) {
+        Ok(change) if change.weight <= WEIGHT_MAX => change.weight,
+        Ok(change) => {
+            return bad_request(format!(
+                "weight {} is too large; use 0 to {WEIGHT_MAX} (0: no new requests)",
+                change.weight
+            ));
+        }
+        Err(error) => return bad_request(format!("the body is not {{\"weight\": 0..{WEIGHT_MAX}}}: {error}")),
+    };
+    let shared = &context.shared;
+    let now = shared.now_ms();
+    let previous = {
+        let mut balancer = shared.balancer();
+        let Some(id) = balancer.find(&name) else {
+            return unknown_server(&balancer, &name);
+        };
+        balancer.set_weight(id, weight, now)
+    };
+    tracing::info!(server = %name, previous, weight, "server weight set by the runtime API");
+    let view = snapshot(shared).into_iter().find(|v| v.name == name);
+    axum::Json(json!({ "name": name, "previous": previous, "weight": weight, "server": view })).into_response()
+}
+
+fn unknown_server(balancer: &crate::balance::Balancer, name: &str) -> Response {
+    let known: Vec<String> = balancer.servers().iter().map(|s| s.config.name.clone()).collect();
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({
+            "error": "unknown_server",
+            "message": format!("no server named '{name}'; servers are: {}", known.join(", "))
+        })),
+    )
+        .into_response()
 }
 
 fn bad_request(message: String) -> Response {

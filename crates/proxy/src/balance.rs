@@ -294,6 +294,18 @@ impl Balancer {
         previous
     }
 
+    /// The operator's `set server NAME weight`. Returns the previous weight.
+    pub fn set_weight(&mut self, id: ServerId, weight: u32, now_ms: u64) -> u32 {
+        let server = &mut self.servers[id.0];
+        let previous = server.config.weight;
+        if previous != weight {
+            server.config.weight = weight;
+            server.last_change_ms = now_ms;
+            server.current = 0;
+        }
+        previous
+    }
+
     /// How long until the next active check of this server.
     pub fn next_check_ms(&self, id: ServerId) -> u64 {
         self.servers[id.0].check.next_interval_ms()
@@ -481,6 +493,15 @@ pub(crate) mod tests {
         take_down(&mut b, ServerId(0));
         assert_eq!(b.pin(ServerId(0)), None);
         assert_eq!(b.pin(ServerId(9)), None, "an unknown id is refused, not a panic");
+    }
+
+    #[test]
+    fn set_weight_changes_the_share() {
+        let mut b = balancer(&[server("a", 1, false), server("b", 1, false)], Balance::Roundrobin, 0);
+        assert_eq!(b.set_weight(ServerId(1), 3, 0), 1);
+        assert_eq!(counts(&mut b, 40, 0), vec![10, 30]);
+        b.set_weight(ServerId(0), 0, 0);
+        assert_eq!(counts(&mut b, 10, 0), vec![0, 10], "weight 0 takes no traffic");
     }
 
     #[test]

@@ -116,6 +116,19 @@ pub async fn set_server(admin_url: &str, token: Option<&str>, name: &str, state:
     .await
 }
 
+/// `POST /v1/servers/{name}/weight`.
+pub async fn set_weight(admin_url: &str, token: Option<&str>, name: &str, weight: u32) -> Result<String, CtlError> {
+    let body = serde_json::json!({ "weight": weight }).to_string();
+    call(
+        admin_url,
+        token,
+        hyper::Method::POST,
+        &format!("/v1/servers/{name}/weight"),
+        Some(body),
+    )
+    .await
+}
+
 /// The servers as pretty JSON.
 pub fn servers_json(servers: &[ServerView]) -> String {
     serde_json::to_string_pretty(servers).expect("server views hold only strings and numbers")

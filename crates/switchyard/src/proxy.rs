@@ -47,6 +47,9 @@ enum CtlAction {
         #[arg(value_parser = ["drain", "ready", "maint"])]
         state: String,
     },
+    /// Set a server's weight (0 to 256; 0 takes no new requests), like HAProxy's
+    /// `set server NAME weight`.
+    SetWeight { name: String, weight: u32 },
 }
 
 fn read_token(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
@@ -120,6 +123,14 @@ pub(crate) async fn run_proxy_ctl(args: ProxyCtlArgs) -> anyhow::Result<()> {
                 println!("{body}");
             } else {
                 println!("{name}: {state}");
+            }
+        }
+        CtlAction::SetWeight { name, weight } => {
+            let body = proxy::ctl::set_weight(&args.admin, token.as_deref(), &name, weight).await?;
+            if args.json {
+                println!("{body}");
+            } else {
+                println!("{name}: weight {weight}");
             }
         }
     }

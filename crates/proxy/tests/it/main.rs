@@ -676,6 +676,14 @@ async fn runtime_api_needs_the_token_and_reports_errors() {
         bad.to_string().contains("400") && bad.to_string().contains("ready"),
         "{bad}"
     );
+    let too_heavy = proxy::ctl::set_weight(&admin, Some("s3cret-token"), "web1", 1000)
+        .await
+        .expect_err("weight over the limit");
+    assert!(too_heavy.to_string().contains("400"), "{too_heavy}");
+    proxy::ctl::set_weight(&admin, Some("s3cret-token"), "web1", 7)
+        .await
+        .expect("weight set");
+    assert_eq!(proxy.server("web1").weight, 7);
     let client = client();
     let _ = get(&client, &proxy.url("/")).await;
     let stats = proxy::ctl::call(&admin, Some("s3cret-token"), hyper::Method::GET, "/stats", None)
