@@ -1,0 +1,151 @@
+"""The lab end to end: `switchyard lab` starts every component as a child process (stores with
+global tables, demo shops behind load balancers, DNS, the controller with three agents, the
+fault-proxy network); the shop is used through DNS like a client would; a region's front door
+is cut through the fault proxy's Toxiproxy API and the lab fails over; `lab ctl` kills and
+restarts a component; SIGTERM stops everything."""
+
+import http.cookiejar
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import dns.message
+import dns.query
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+START_DEADLINE_S = 60
+FAILOVER_DEADLINE_S = 30
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+
+def get_json(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_until(what, condition, deadline_s):
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (OSError, urllib.error.URLError, ValueError):
+            pass
+        assert time.monotonic() < deadline, f"{what} did not happen within {deadline_s}s"
+        time.sleep(0.2)
+
+
+def resolve(base_port):
+    query = dns.message.make_query("www.shop.example.", "A")
+    answer = dns.query.udp(query, "127.0.0.1", port=base_port + 2, timeout=2)
+    return sorted(item.address for rrset in answer.answer for item in rrset)
+
+
+def lab_cli(*args):
+    return subprocess.run([str(BINARY), "lab", *args], capture_output=True, text=True, timeout=90)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    directory = tmp_path / "lab"
+    log = open(tmp_path / "lab.log", "w")
+    for _ in range(3):
+        base_port = random.randrange(20000, 60000, 1000)
+        process = subprocess.Popen(
+            [str(BINARY), "lab", "--dir", str(directory), "--base-port", str(base_port)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until("the lab's table", lambda: process.poll() is not None
+                       or "Ctrl-C stops everything" in (tmp_path / "lab.log").read_text(), START_DEADLINE_S)
+        except AssertionError:
+            process.kill()
+            raise AssertionError((tmp_path / "lab.log").read_text()[-5000:])
+        if process.poll() is None:
+            break
+        assert "not free" in (tmp_path / "lab.log").read_text(), (tmp_path / "lab.log").read_text()[-5000:]
+    else:
+        pytest.fail("no free port block for the lab")
+    yield directory, base_port, process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, (tmp_path / "lab.log").read_text()[-5000:]
+    state = json.loads((directory / "lab.json").read_text())
+    for component in state["components"]:
+        assert component["state"] in ("stopped", "exited (killed by SIGKILL)") or component["pid"] is None, component
+    for component in state["components"]:
+        if component["pid"]:
+            assert not Path(f"/proc/{component['pid']}").exists(), f"{component['name']} still runs"
+
+
+def test_lab_serves_the_shop_through_dns_and_fails_over(lab):
+    directory, base_port, process = lab
+    status = lab_cli("--status", "--dir", str(directory))
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "store-eu-west-1" in status.stdout and "controller" in status.stdout
+    targets = (directory / "drill-targets.toml").read_text()
+    assert '"replication:us-east-1:eu-west-1" = "repl-us-east-1-to-eu-west-1"' in targets
+
+    controller = f"http://127.0.0.1:{base_port + 1}"
+    pointer = wait_until("the controller choosing a region",
+                         lambda: get_json(f"{controller}/v1/active-region")["region"] and
+                         get_json(f"{controller}/v1/active-region"), START_DEADLINE_S)
+    assert pointer["region"] == "us-east-1"
+    assert wait_until("DNS answering", lambda: resolve(base_port), 10) == ["127.0.0.11"]
+
+    shop_port = base_port + 80
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def place(address):
+        request = urllib.request.Request(f"http://{address}:{shop_port}/api/cart", method="POST",
+                                         data=json.dumps({"product": "grinder"}).encode())
+        opener.open(request, timeout=5).read()
+        request = urllib.request.Request(f"http://{address}:{shop_port}/api/orders", method="POST", data=b"")
+        with opener.open(request, timeout=5) as response:
+            assert response.status == 201
+            return json.loads(response.read())
+
+    first = wait_until("a first order", lambda: place(resolve(base_port)[0]), START_DEADLINE_S)
+    assert first["region"] == "us-east-1"
+
+    # Cut us-east-1's front door: clients and health checks no longer reach it.
+    request = urllib.request.Request(f"http://127.0.0.1:{base_port}/proxies/frontend-us-east-1", method="POST",
+                                     data=json.dumps({"enabled": False}).encode())
+    urllib.request.urlopen(request, timeout=5).read()
+    moved = wait_until("failover to eu-west-1",
+                       lambda: get_json(f"{controller}/v1/active-region")["region"] == "eu-west-1" and
+                       get_json(f"{controller}/v1/active-region"), FAILOVER_DEADLINE_S)
+    assert moved["generation"] > pointer["generation"]
+    assert wait_until("DNS moving", lambda: resolve(base_port) == ["127.0.0.12"], FAILOVER_DEADLINE_S)
+    second = wait_until("an order in eu-west-1", lambda: place(resolve(base_port)[0]), FAILOVER_DEADLINE_S)
+    assert (second["region"], second["generation"]) == ("eu-west-1", moved["generation"])
+
+    # Process faults through the supervisor.
+    killed = lab_cli("ctl", "--dir", str(directory), "kill", "shop-eu-west-1-2")
+    assert killed.returncode == 0, killed.stderr
+    status = lab_cli("--status", "--dir", str(directory))
+    assert status.returncode != 0 and "shop-eu-west-1-2 is exited (killed by SIGKILL)" in status.stderr, status.stderr
+    restarted = lab_cli("ctl", "--dir", str(directory), "restart", "shop-eu-west-1-2")
+    assert restarted.returncode == 0, restarted.stderr
+    assert lab_cli("--status", "--dir", str(directory)).returncode == 0
+    unknown = lab_cli("ctl", "--dir", str(directory), "stop", "no-such-component")
+    assert unknown.returncode != 0 and "store-us-east-1" in unknown.stderr
+
+
+def test_a_second_lab_in_the_same_directory_is_refused(lab):
+    directory, base_port, _ = lab
+    second = lab_cli("--dir", str(directory), "--base-port", str(base_port + 500))
+    assert second.returncode != 0
+    assert "already running" in second.stderr, second.stderr
