@@ -22,6 +22,8 @@ pub const LISTEN_DEFAULT: &str = "127.0.0.1:5353";
 pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:8053";
 /// How often the config file is checked for changes (0 turns polling off; SIGHUP still works).
 pub const RELOAD_INTERVAL_MS_DEFAULT: u64 = 2_000;
+/// Shortest polling interval accepted (polling is a `stat` of the file; faster buys nothing).
+pub const RELOAD_INTERVAL_MS_MIN: u64 = 100;
 /// Largest TTL (RFC 2181 §8).
 pub const TTL_SECS_MAX: u32 = 2_147_483_647;
 /// Values one record set has at most (keeps every answer well under 64 KiB).
@@ -51,7 +53,7 @@ pub struct DnsSection {
     /// Clients (addresses or CIDR prefixes) allowed to transfer zones (AXFR/IXFR over TCP).
     #[serde(default)]
     pub axfr_allow: Vec<Spanned<String>>,
-    pub reload_interval_ms: Option<u64>,
+    pub reload_interval_ms: Option<Spanned<u64>>,
     #[serde(default)]
     pub zones: Vec<ZoneSection>,
 }
@@ -287,6 +289,18 @@ pub fn parse(text: &str, file: &str) -> Result<DnsConfig, ConfigError> {
     for entry in &section.axfr_allow {
         axfr_allow.push(entry.get_ref().parse::<Prefix>().map_err(|m| at(entry.span(), m))?);
     }
+    let (reload_interval_ms, reload_span) = match &section.reload_interval_ms {
+        Some(value) => (*value.get_ref(), value.span()),
+        None => (RELOAD_INTERVAL_MS_DEFAULT, 0..0),
+    };
+    if reload_interval_ms != 0 && reload_interval_ms < RELOAD_INTERVAL_MS_MIN {
+        return Err(at(
+            reload_span,
+            format!(
+                "reload_interval_ms = {reload_interval_ms} is too short; use 0 (reload on SIGHUP only) or at least {RELOAD_INTERVAL_MS_MIN}"
+            ),
+        ));
+    }
     let mut zones = Vec::new();
     for zone in &section.zones {
         let built = build_zone(zone, &at)?;
@@ -305,7 +319,7 @@ pub fn parse(text: &str, file: &str) -> Result<DnsConfig, ConfigError> {
         listen,
         admin_listen,
         state_dir: section.state_dir,
-        reload_interval_ms: section.reload_interval_ms.unwrap_or(RELOAD_INTERVAL_MS_DEFAULT),
+        reload_interval_ms,
         zones: Zones::new(zones, axfr_allow),
     })
 }
@@ -738,6 +752,9 @@ mod tests {
         assert!(e.message.contains("IP:PORT"), "{e}");
         let e = error("[store]\nx = 1\n");
         assert!(e.message.contains("[dns]"), "{e}");
+        let e = error("[dns]\nreload_interval_ms = 5\n");
+        assert!(e.message.contains("at least 100"), "{e}");
+        assert_eq!(e.line, 2, "{e}");
         let e = error("[dns\n");
         assert_eq!(e.line, 1, "{e}");
     }
