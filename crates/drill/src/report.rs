@@ -225,7 +225,7 @@ pub fn render_svg(report: &Report) -> String {
         );
     }
     // Axes: 0/50/99/100% on the left, lag on the right, seconds below.
-    for rate in [0.0, 0.5, 0.99, 1.0] {
+    for rate in [0.0, 0.5, 0.99] {
         let yy = y_rate(rate);
         let _ = write!(
             svg,
@@ -240,7 +240,7 @@ pub fn render_svg(report: &Report) -> String {
         svg,
         r##"<text x="{:.1}" y="{:.1}" text-anchor="start" fill="#b26b00">lag {:.1} s</text><text x="{:.1}" y="{:.1}" text-anchor="start" fill="#b26b00">0</text>"##,
         MARGIN_LEFT + plot_w + 4.0,
-        MARGIN_TOP + 4.0,
+        MARGIN_TOP + 14.0,
         lag_max / 1000.0,
         MARGIN_LEFT + plot_w + 4.0,
         MARGIN_TOP + plot_h + 4.0

@@ -355,6 +355,13 @@ async fn failback_drill_against_real_stores_shops_and_dns() {
     assert!(report.passed, "{text}");
     let html = drill::report::render_html(report);
     assert!(html.contains("<svg") && html.contains("failback"));
+    // DRILL_REPORT_DIR=/some/dir keeps the reports of this run to look at.
+    if let Ok(dir) = std::env::var("DRILL_REPORT_DIR") {
+        let dir = std::path::Path::new(&dir);
+        std::fs::write(dir.join("failback.html"), &html).expect("write the HTML report");
+        let json = serde_json::to_string_pretty(report).expect("encode");
+        std::fs::write(dir.join("failback.json"), json).expect("write the JSON report");
+    }
     for stop in lab.stop {
         let _ = stop.send(());
     }
