@@ -345,3 +345,22 @@ def test_legacy_conditional_operator_or(client):
         "a": {"ComparisonOperator": "IN", "AttributeValueList": [{"N": "5"}, {"N": "6"}]},
         "zzz": {"ComparisonOperator": "NOT_NULL"}})
     assert scanned["Count"] == 1
+
+
+def test_query_start_key_outside_the_key_condition_is_refused(client):
+    name = create_table(client, next(names), range_key=("sk", "N"))
+    for p in ("a", "b"):
+        for s in range(5):
+            client.put_item(TableName=name, Item={"pk": {"S": p}, "sk": {"N": str(s)}})
+    with pytest.raises(ClientError) as excinfo:
+        client.query(TableName=name, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "a"}},
+                     ExclusiveStartKey={"pk": {"S": "b"}, "sk": {"N": "1"}})
+    code, message, _ = error_of(excinfo)
+    assert (code, message) == ("ValidationException",
+                               "The provided starting key is outside query boundaries based on provided conditions")
+    with pytest.raises(ClientError) as excinfo:
+        client.query(TableName=name, KeyConditionExpression="pk = :p AND sk > :s",
+                     ExpressionAttributeValues={":p": {"S": "a"}, ":s": {"N": "2"}},
+                     ExclusiveStartKey={"pk": {"S": "a"}, "sk": {"N": "1"}})
+    code, message, _ = error_of(excinfo)
+    assert (code, message) == ("ValidationException", "The provided starting key does not match the range key predicate")

@@ -325,11 +325,44 @@ pub struct QueryRequest {
     return_consumed_capacity: Option<String>,
 }
 
-/// Key bounds of a query: the partition's prefix narrowed by the sort-key condition.
+/// DynamoDB refuses an ExclusiveStartKey the query itself could not have returned: one from
+/// another partition, or one whose sort key fails the key condition.
+fn check_start_within(
+    start: &[u8],
+    prefix: &[u8],
+    lower: &Bound<Vec<u8>>,
+    upper: &Bound<Vec<u8>>,
+) -> Result<(), ApiError> {
+    if !start.starts_with(prefix) {
+        return Err(ApiError::validation(
+            "The provided starting key is outside query boundaries based on provided conditions",
+        ));
+    }
+    let above = match lower {
+        Bound::Included(lower) => start >= lower.as_slice(),
+        Bound::Excluded(lower) => start > lower.as_slice(),
+        Bound::Unbounded => true,
+    };
+    let below = match upper {
+        Bound::Included(upper) => start <= upper.as_slice(),
+        Bound::Excluded(upper) => start < upper.as_slice(),
+        Bound::Unbounded => true,
+    };
+    if above && below {
+        Ok(())
+    } else {
+        Err(ApiError::validation(
+            "The provided starting key does not match the range key predicate",
+        ))
+    }
+}
+
+/// Key bounds of a query: the partition's prefix, and that prefix narrowed by the sort-key
+/// condition to the lower and upper bounds of the range read.
 fn query_bounds(
     schema: &KeySchema,
     conditions: Vec<(String, KeyOperator)>,
-) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
+) -> Result<(Vec<u8>, Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
     let mut partition = None;
     let mut sort = None;
     for (name, operator) in conditions {
@@ -365,7 +398,7 @@ fn query_bounds(
     let prefix = keys::partition_prefix(&partition);
     let end_of_partition = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
     let Some(operator) = sort else {
-        return Ok((Bound::Included(prefix), end_of_partition));
+        return Ok((prefix.clone(), Bound::Included(prefix), end_of_partition));
     };
     let sort_attribute = schema
         .sort
@@ -387,7 +420,7 @@ fn query_bounds(
     };
     // Past every entry whose sort key equals `value` (index entries carry a suffix).
     let after = |value: &AttributeValue| keys::prefix_successor(&with(value)).map_or(Bound::Unbounded, Bound::Excluded);
-    Ok(match operator {
+    let (lower, upper) = match operator {
         KeyOperator::Eq(v) => {
             check(&v)?;
             (Bound::Included(with(&v)), after(&v))
@@ -436,7 +469,8 @@ fn query_bounds(
             let upper = keys::prefix_successor(&lower).map_or(Bound::Unbounded, Bound::Excluded);
             (Bound::Included(lower), upper)
         }
-    })
+    };
+    Ok((prefix, lower, upper))
 }
 
 pub fn query(store: &Store, request: QueryRequest) -> Result<Value, ApiError> {
@@ -485,12 +519,15 @@ pub fn query(store: &Store, request: QueryRequest) -> Result<Value, ApiError> {
     };
     let select = parse_select(request.select.as_deref(), projection.is_some(), index)?;
     let schema = index.map_or(&meta.key, |i| &i.key);
-    let (lower, upper) = query_bounds(schema, key_condition.conditions)?;
+    let (prefix, lower, upper) = query_bounds(schema, key_condition.conditions)?;
     let start = request
         .exclusive_start_key
         .as_ref()
         .map(|s| start_key(&meta, index, s))
         .transpose()?;
+    if let Some(start) = &start {
+        check_start_within(start, &prefix, &lower, &upper)?;
+    }
     let reverse = !request.scan_index_forward.unwrap_or(true);
     let page = read_page(
         store,

@@ -49,12 +49,24 @@ async fn ok(url: &str, operation: &str, body: Value) -> Value {
 async fn start_all(regions: &mut [Region], listeners: Vec<TcpListener>) {
     let urls: Vec<(String, String)> = regions.iter().map(|r| (r.name.to_string(), r.url.clone())).collect();
     for (region, listener) in regions.iter_mut().zip(listeners) {
-        start(region, listener, &urls);
+        start(region, listener, &urls).await;
     }
 }
 
-fn start(region: &mut Region, listener: TcpListener, urls: &[(String, String)]) {
-    let engine = Engine::open(region.dir.path(), region.name, Arc::new(SystemClock)).expect("open engine");
+/// How long a restarted region waits for its previous engine to release the database file.
+const REOPEN_DEADLINE_MS: u64 = 10_000;
+
+async fn start(region: &mut Region, listener: TcpListener, urls: &[(String, String)]) {
+    // A stopped region's engine closes its file once the last clone (its writer thread, aborted
+    // replication tasks) is gone, which may be a moment after the server task ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(REOPEN_DEADLINE_MS);
+    let engine = loop {
+        match Engine::open(region.dir.path(), region.name, Arc::new(SystemClock)) {
+            Ok(engine) => break engine,
+            Err(error) if std::time::Instant::now() > deadline => panic!("database still locked: {error}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
     let peers = urls
         .iter()
         .filter(|(name, _)| name != region.name)
@@ -201,7 +213,7 @@ async fn three_regions_replicate_a_global_table_and_survive_a_restart() {
         .await
         .expect("rebind the same port");
     let urls: Vec<(String, String)> = regions.iter().map(|r| (r.name.to_string(), r.url.clone())).collect();
-    start(&mut regions[1], listener, &urls);
+    start(&mut regions[1], listener, &urls).await;
     wait_converged(&regions, 20 + 30 - 1 + 15).await;
     let described = ok(&regions[1].url, "DescribeTable", json!({"TableName": "carts"})).await;
     assert_eq!(described["Table"]["GlobalTableVersion"], "2019.11.21");

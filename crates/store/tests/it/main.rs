@@ -330,6 +330,56 @@ async fn a_reused_client_request_token_needs_the_identical_request() {
 }
 
 #[tokio::test]
+async fn a_query_start_key_must_lie_within_the_key_condition() {
+    let h = Harness::new();
+    h.create_orders().await;
+    for order in 1..=5 {
+        h.put_order("ann", order, "open").await;
+        h.put_order("bob", order, "open").await;
+    }
+    let query = |start: Value, condition: &str| {
+        json!({"TableName": "orders", "KeyConditionExpression": condition,
+            "ExpressionAttributeNames": {"#o": "order"},
+            "ExpressionAttributeValues": {":c": {"S": "ann"}, ":o": {"N": "3"}},
+            "ExclusiveStartKey": start})
+    };
+    let bob = json!({"customer": {"S": "bob"}, "order": {"N": "1"}});
+    let error = h.err("Query", query(bob, "customer = :c AND #o >= :o")).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert_eq!(
+        error.message,
+        "The provided starting key is outside query boundaries based on provided conditions"
+    );
+    let below = json!({"customer": {"S": "ann"}, "order": {"N": "2"}});
+    let error = h.err("Query", query(below, "customer = :c AND #o >= :o")).await;
+    assert_eq!(
+        error.message,
+        "The provided starting key does not match the range key predicate"
+    );
+    // A start key inside the condition continues after it, forwards and backwards.
+    let inside = json!({"customer": {"S": "ann"}, "order": {"N": "4"}});
+    let page = h.ok("Query", query(inside.clone(), "customer = :c AND #o >= :o")).await;
+    assert_eq!(numbers(&page["Items"], "order"), ["5"]);
+    let mut backwards = query(inside, "customer = :c AND #o >= :o");
+    backwards["ScanIndexForward"] = json!(false);
+    let page = h.ok("Query", backwards).await;
+    assert_eq!(numbers(&page["Items"], "order"), ["3"]);
+    // On an index the same holds for the index's partition.
+    let error = h
+        .err(
+            "Query",
+            json!({"TableName": "orders", "IndexName": "by-status", "KeyConditionExpression": "#s = :s",
+                "ExpressionAttributeNames": {"#s": "status"}, "ExpressionAttributeValues": {":s": {"S": "open"}},
+                "ExclusiveStartKey": {"customer": {"S": "ann"}, "order": {"N": "1"}, "status": {"S": "shipped"}}}),
+        )
+        .await;
+    assert_eq!(
+        error.message,
+        "The provided starting key is outside query boundaries based on provided conditions"
+    );
+}
+
+#[tokio::test]
 async fn parallel_scan_segments_cover_every_item_once() {
     let h = Harness::new();
     h.create_orders().await;
