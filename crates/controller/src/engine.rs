@@ -372,6 +372,9 @@ pub struct Engine {
     last_transition_ms: Option<u64>,
     next_attempt_ms: u64,
     failures_in_row: u32,
+    /// A runbook failed or was interrupted part-way: the outside world may hold any mix of the
+    /// old and new placement, so the intent is applied again even if it equals `observed`.
+    dirty: bool,
     started_ms: Option<u64>,
     reasons: Vec<String>,
     alerts: BTreeMap<String, String>,
@@ -426,6 +429,7 @@ impl Engine {
                 }
             }
         }
+        let dirty = restored.interrupted.is_some();
         let intent = match restored.interrupted.filter(|p| placement_known(p, &tracks)) {
             Some(placement) if Some(&placement) != observed.as_ref() => Some(Intent {
                 placement,
@@ -434,8 +438,16 @@ impl Engine {
             }),
             _ => observed.clone().map(|placement| Intent {
                 placement,
-                kind: TransitionKind::Initial,
-                reason: "restored".into(),
+                kind: if dirty {
+                    TransitionKind::RollForward
+                } else {
+                    TransitionKind::Initial
+                },
+                reason: if dirty {
+                    "a runbook was interrupted by a restart; applying the placement again with a new generation".into()
+                } else {
+                    "restored".into()
+                },
             }),
         };
         Ok(Engine {
@@ -452,6 +464,7 @@ impl Engine {
             last_transition_ms: None,
             next_attempt_ms: 0,
             failures_in_row: 0,
+            dirty,
             started_ms: None,
             reasons: Vec::new(),
             alerts: BTreeMap::new(),
@@ -596,10 +609,12 @@ impl Engine {
             RunbookOutcome::Succeeded => {
                 self.observed = Some(order.to.clone());
                 self.failures_in_row = 0;
+                self.dirty = false;
                 self.next_attempt_ms = now_ms;
                 self.resolve("runbook", out);
             }
             RunbookOutcome::Failed { step, error } => {
+                self.dirty = true;
                 self.failures_in_row = self.failures_in_row.saturating_add(1);
                 let shift = self.failures_in_row.saturating_sub(1).min(16);
                 let wait = self
@@ -1182,7 +1197,7 @@ impl Engine {
         let Some(intent) = &self.intent else {
             return;
         };
-        if self.observed.as_ref() == Some(&intent.placement) {
+        if self.observed.as_ref() == Some(&intent.placement) && !self.dirty {
             return;
         }
         if now_ms < self.next_attempt_ms {

@@ -545,3 +545,28 @@ fn restart_while_failed_over_does_not_fail_back_before_the_stability_window() {
     }
     assert_eq!(h.active(), Some(r(PRIMARY)));
 }
+
+#[test]
+fn after_a_failed_runbook_returning_to_the_old_placement_still_runs_the_runbook() {
+    let mut config = two_regions();
+    config.stability_window_ms = 1_000;
+    config.min_hold_ms = 0;
+    config.failback_lag_max_ms = None;
+    let mut h = Harness::started_up(config);
+    h.auto_succeed = false;
+    h.verdict(PRIMARY, Verdict::Down);
+    h.finish(RunbookOutcome::Failed {
+        step: "pointer".into(),
+        error: "refused".into(),
+    });
+    // DNS may already point at the secondary. The primary recovers before the retry.
+    h.verdict(PRIMARY, Verdict::Up);
+    h.advance(1_000);
+    h.advance(2_000);
+    let order = h.running.clone().expect("the old placement is applied again");
+    assert_eq!(order.to, Placement::single(r(PRIMARY)));
+    h.finish(RunbookOutcome::Succeeded);
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+    h.advance(10_000);
+    assert!(h.running.is_none(), "nothing more to do once applied");
+}
