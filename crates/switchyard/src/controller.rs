@@ -299,7 +299,7 @@ fn render_status(value: &serde_json::Value) -> String {
             out,
             "{:<20} {:>4}  {:<12} {:<9} {:>6}   {}",
             region["region"].as_str().unwrap_or("?"),
-            region["priority"],
+            region["priority"].as_u64().unwrap_or(0),
             region["state"].as_str().unwrap_or("?"),
             region["verdict"].as_str().unwrap_or("?"),
             region["lag_ms"]
