@@ -37,9 +37,10 @@ pub(super) async fn probe(
         Ok(pair) => pair,
         Err(error) => return Finding::down(format!("HTTP handshake with {address}: {error}")),
     };
-    let driver = tokio::spawn(async move {
+    // Aborted on drop too, so a probe cut at its timeout leaves no connection behind.
+    let driver = AbortOnDrop(tokio::spawn(async move {
         let _ = connection.await;
-    });
+    }));
     let mut request = Request::builder()
         .method(method)
         .uri(path)
@@ -60,7 +61,7 @@ pub(super) async fn probe(
         Err(error) => Finding::down(format!("HTTP request to {address}: {error}")),
         Ok(response) => judge(response, expect_status, body_contains).await,
     };
-    driver.abort();
+    drop(driver);
     finding
 }
 
@@ -105,9 +106,10 @@ pub(super) async fn exchange(
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|error| format!("HTTP handshake with {address}: {error}"))?;
-    let driver = tokio::spawn(async move {
+    // Aborted on drop too, so a probe cut at its timeout leaves no connection behind.
+    let driver = AbortOnDrop(tokio::spawn(async move {
         let _ = connection.await;
-    });
+    }));
     let result = async {
         let response = sender
             .send_request(request)
@@ -118,8 +120,17 @@ pub(super) async fn exchange(
         Ok((status, body))
     }
     .await;
-    driver.abort();
+    drop(driver);
     result
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Reads at most `limit` bytes of a body.

@@ -149,3 +149,27 @@ async fn tcp_probe_connects_or_reports_the_refusal() {
     assert!(!refused_http.success);
     assert!(refused_http.detail.contains("refused"), "{}", refused_http.detail);
 }
+
+#[tokio::test]
+async fn a_probe_cut_at_its_timeout_closes_its_connection() {
+    use tokio::io::AsyncReadExt;
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut check = spec(http(
+        format!("http://{}/", silent.local_addr().expect("address")),
+        None,
+        None,
+    ));
+    check.timeout_ms = 200;
+    let probing = tokio::spawn(async move { probe(&check).await });
+    let (mut stream, _) = silent.accept().await.expect("the probe connects");
+    assert_eq!(probing.await.expect("probe task").detail, "timed out after 200 ms");
+    // The server side sees the request, then the end of the stream: nothing is left open.
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the probe's connection stayed open after its timeout");
+    assert!(
+        received.starts_with(b"GET / HTTP/1.1"),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+}
