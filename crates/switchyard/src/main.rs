@@ -19,8 +19,8 @@ mod controller;
 mod fault_proxy;
 
 mod bench;
-mod drill;
 mod dns;
+mod drill;
 mod proxy;
 
 #[derive(Parser)]
