@@ -612,3 +612,4 @@ mod decoder_fuzz {
 }
 
 mod global;
+mod server;
