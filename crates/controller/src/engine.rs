@@ -1,8 +1,8 @@
 //! The decision engine: sans-IO, deterministic, clock injected.
 //!
 //! `Engine::step(now_ms, Event) -> Vec<Command>` is the whole interface. Events are per-region
-//! verdicts (already quorum-aggregated), replication lag readings, ticks, runbook outcomes and
-//! manual commands; commands are runbooks to run, alerts to send, records for the audit log and
+//! verdicts (already quorum-aggregated) and replication lag readings, which only update the
+//! view, and ticks, runbook outcomes and manual commands, on which the engine decides; commands are runbooks to run, alerts to send, records for the audit log and
 //! answers to manual commands. The engine never does I/O, never reads a clock and never draws
 //! random numbers, so scripted tests and simulations replay exactly.
 //!
@@ -229,7 +229,7 @@ pub enum Event {
         region: RegionId,
         lag_ms: u64,
     },
-    /// Time passed; lets time-based transitions happen.
+    /// Time passed: the engine decides. Send one after each round of verdicts.
     Tick,
     RunbookFinished {
         generation: Generation,
@@ -486,6 +486,9 @@ impl Engine {
     pub fn step(&mut self, now_ms: u64, event: Event) -> Vec<Command> {
         let mut out = Vec::new();
         self.started_ms.get_or_insert(now_ms);
+        // Verdicts and lag readings only update the view: decisions are taken on the next tick,
+        // over every region's latest verdict, never over half of a round of verdicts.
+        let decides = !matches!(event, Event::Verdict { .. } | Event::ReplicationLag { .. });
         match event {
             Event::Verdict {
                 region,
@@ -502,8 +505,10 @@ impl Engine {
             Event::Manual(command) => self.on_manual(now_ms, command, &mut out),
         }
         self.refresh_states(now_ms, &mut out);
-        self.evaluate(now_ms, &mut out);
-        self.reconcile(now_ms, &mut out);
+        if decides {
+            self.evaluate(now_ms, &mut out);
+            self.reconcile(now_ms, &mut out);
+        }
         out
     }
 

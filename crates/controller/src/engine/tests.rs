@@ -86,12 +86,14 @@ impl Harness {
         });
     }
 
+    /// A verdict, then a tick (as the runtime does after each round).
     fn verdict(&mut self, region: &str, verdict: Verdict) {
         self.feed(Event::Verdict {
             region: r(region),
             verdict,
             reason: format!("scripted {verdict:?}"),
         });
+        self.feed(Event::Tick);
     }
 
     fn lag(&mut self, region: &str, lag_ms: u64) {
@@ -99,6 +101,7 @@ impl Harness {
             region: r(region),
             lag_ms,
         });
+        self.feed(Event::Tick);
     }
 
     fn advance(&mut self, ms: u64) {
@@ -569,4 +572,23 @@ fn after_a_failed_runbook_returning_to_the_old_placement_still_runs_the_runbook(
     assert_eq!(h.active(), Some(r(PRIMARY)));
     h.advance(10_000);
     assert!(h.running.is_none(), "nothing more to do once applied");
+}
+
+#[test]
+fn a_round_of_verdicts_is_decided_as_a_whole() {
+    let mut h = Harness::started_up(two_regions());
+    let runbooks = h.started.len();
+    // Both regions go down in the same round: no failover to a region that is down too.
+    for region in [PRIMARY, SECONDARY] {
+        h.feed(Event::Verdict {
+            region: r(region),
+            verdict: Verdict::Down,
+            reason: "round".into(),
+        });
+    }
+    assert_eq!(h.started.len(), runbooks, "verdicts alone decide nothing");
+    h.feed(Event::Tick);
+    assert_eq!(h.started.len(), runbooks);
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+    assert!(h.reasons().contains("static stability"));
 }

@@ -408,3 +408,51 @@ async fn a_fresh_controller_fenced_by_dns_recovers_with_a_generation_floor() {
     assert!(status["generation"].as_u64().expect("generation") > 40, "{status:#}");
     floored.stop().await;
 }
+
+#[tokio::test]
+async fn every_region_down_keeps_the_placement_and_calls_the_alert_webhook() {
+    let dns = Fake::start().await;
+    let hook = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "{}\n[[alerts]]\nkind = \"webhook\"\nurl = \"{}/alerts\"\n",
+        config_text(&dns.url, &dir.path().join("audit.jsonl")),
+        hook.url
+    );
+    let mut controller = Running::start(&config).await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Up, Up).await;
+    }
+    controller.wait_active("us-east-1").await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Down, Down).await;
+    }
+    wait_for("the static-stability alert", 10_000, || {
+        hook.seen_on("/alerts").iter().any(|s| {
+            s.body["key"] == "all_down"
+                && s.body["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("static stability"))
+        })
+    })
+    .await;
+    let status = controller.status().await;
+    assert_eq!(
+        status["engine"]["observed"]["active"], "us-east-1",
+        "never routes to nothing"
+    );
+    assert_eq!(
+        dns.seen_on("/v1/health").len(),
+        1,
+        "no DNS change while everything is down"
+    );
+    assert!(
+        status["engine"]["reasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .any(|r| r.as_str().is_some_and(|r| r.contains("static stability"))),
+        "{status:#}"
+    );
+    controller.stop().await;
+}
