@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import boto3
 import dns.message
 import dns.query
 import pytest
@@ -142,6 +143,20 @@ def test_lab_serves_the_shop_through_dns_and_fails_over(lab):
     assert lab_cli("--status", "--dir", str(directory)).returncode == 0
     unknown = lab_cli("ctl", "--dir", str(directory), "stop", "no-such-component")
     assert unknown.returncode != 0 and "store-us-east-1" in unknown.stderr
+
+    # Heal the network: after the lab's hold time the controller fails back, and both orders
+    # are in the home region's store (the one written in eu-west-1 came by replication).
+    request = urllib.request.Request(f"http://127.0.0.1:{base_port}/reset", method="POST", data=b"")
+    urllib.request.urlopen(request, timeout=5).read()
+    back = wait_until("failback to us-east-1",
+                      lambda: get_json(f"{controller}/v1/active-region")["region"] == "us-east-1" and
+                      get_json(f"{controller}/v1/active-region"), FAILOVER_DEADLINE_S + 30)
+    assert back["generation"] > moved["generation"]
+    assert wait_until("DNS moving back", lambda: resolve(base_port) == ["127.0.0.11"], FAILOVER_DEADLINE_S)
+    store = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{base_port + 100}",
+                         aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret")
+    orders = {item["order_id"]["S"] for item in store.scan(TableName="shop_orders")["Items"]}
+    assert {first["order_id"], second["order_id"]} <= orders, orders
 
 
 def test_a_second_lab_in_the_same_directory_is_refused(lab):

@@ -28,6 +28,11 @@ pub const REGION_PORT_BLOCK: u16 = 100;
 pub const ZONE: &str = "shop.example.";
 pub const SHOP_NAME: &str = "www.shop.example.";
 pub const BASE_PORT_DEFAULT: u16 = 17_000;
+/// The lab's controller holds a placement (and wants a recovered region stable) this long
+/// before failing back; production defaults are a minute, too long for drills.
+pub const LAB_HOLD_MS: u64 = 10_000;
+/// Drills run back to back on one lab: the hourly failover cap must not stop them.
+pub const LAB_FAILOVERS_PER_HOUR_MAX: u32 = 1_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabOptions {
@@ -378,7 +383,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             .chain((1..=AGENTS).map(|n| format!("agent-{n}")))
             .collect();
         let mut text = format!(
-            "[controller]\nlisten = \"{}\"\nvantage = \"controller\"\naudit_log = \"{}\"\n\n[policy]\nmode = \"active-passive\"\n\n[quorum]\nvantages = {:?}\n",
+            "[controller]\nlisten = \"{}\"\nvantage = \"controller\"\naudit_log = \"{}\"\n\n[policy]\nmode = \"active-passive\"\n# A lab is for drills: holds short enough for a drill, no cap that back-to-back drills hit.\nmin_hold_ms = {LAB_HOLD_MS}\nstability_window_ms = {LAB_HOLD_MS}\nfailovers_per_hour_max = {LAB_FAILOVERS_PER_HOUR_MAX}\n# No probe reads a Switchyard store's replication lag yet, so a lag check would hold failback forever.\nfailback_lag_check = false\n\n[quorum]\nvantages = {:?}\n",
             local(ports.controller()),
             dir.join("data").join("controller-audit.jsonl").display(),
             vantages
