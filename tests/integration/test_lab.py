@@ -164,3 +164,22 @@ def test_a_second_lab_in_the_same_directory_is_refused(lab):
     second = lab_cli("--dir", str(directory), "--base-port", str(base_port + 500))
     assert second.returncode != 0
     assert "already running" in second.stderr, second.stderr
+
+
+def test_bad_input_is_refused_with_the_fix(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # Put the lab's store of us-east-1 (base + 100) on the taken port.
+        result = lab_cli("--dir", str(tmp_path / "lab"), "--base-port", str(port - 100))
+        assert result.returncode != 0
+        assert f"127.0.0.1:{port}" in result.stderr and "--base-port" in result.stderr, result.stderr
+    result = lab_cli("--dir", str(tmp_path / "lab"), "--regions", "6")
+    assert result.returncode != 0 and "2 to 5" in result.stderr, result.stderr
+    result = lab_cli("--status", "--dir", str(tmp_path / "nowhere"))
+    assert result.returncode != 0 and "switchyard lab --dir" in result.stderr, result.stderr
