@@ -15,6 +15,7 @@ declare -A PACKAGES=(
   [dig]=bind9-dnsutils
   [haproxy]=haproxy
   [wrk]=wrk
+  [curl]=curl
 )
 
 missing=()

@@ -140,12 +140,12 @@ def test_shop_orders_live_in_the_store_and_health_follows_the_link(processes, tm
     assert [item["order_id"]["S"] for item in items] == [order["order_id"]]
 
     # The HTML page, fetched with curl and the same cookie.
-    if shutil.which("curl"):
-        cookie = next(c for c in browser.opener.handlers if isinstance(c, urllib.request.HTTPCookieProcessor))
-        session = next(c.value for c in cookie.cookiejar if c.name == "shop_session")
-        page = subprocess.run(["curl", "-sf", "-H", f"Cookie: shop_session={session}", shop.url + "/"],
-                              capture_output=True, text=True, timeout=10, check=True).stdout
-        assert "Burr grinder" in page and order["order_id"] in page
+    assert shutil.which("curl"), "curl is missing: run scripts/install-test-deps.sh"
+    cookie = next(c for c in browser.opener.handlers if isinstance(c, urllib.request.HTTPCookieProcessor))
+    session = next(c.value for c in cookie.cookiejar if c.name == "shop_session")
+    page = subprocess.run(["curl", "-sf", "-H", f"Cookie: shop_session={session}", shop.url + "/"],
+                          capture_output=True, text=True, timeout=10, check=True).stdout
+    assert "Burr grinder" in page and order["order_id"] in page
 
     # Cut the link to the store: /health turns 503 and names the store; heal: back to 200.
     status, _ = api(faults, "POST", "/proxies/store", {"enabled": False})
