@@ -174,8 +174,13 @@ pub async fn run<T: FaultTarget>(
             deployment.table.clone(),
         ));
     }
-    for index in 0..options.clients.clamp(1, CLIENTS_MAX) {
-        tasks.spawn(workload::shop_client(Arc::clone(&ctx), index));
+    // Spread the clients' first lookups over one TTL (within the warm-up), so their caches
+    // expire at different moments, as a real population of clients' do.
+    let clients = options.clients.clamp(1, CLIENTS_MAX);
+    let spread_ms = (u64::from(ttl_s) * 1000).min(options.durations.warmup_ms);
+    for index in 0..clients {
+        let delay_ms = spread_ms * u64::from(index) / u64::from(clients);
+        tasks.spawn(workload::shop_client(Arc::clone(&ctx), index, delay_ms));
     }
 
     let bar = progress_bar(options, scenario);

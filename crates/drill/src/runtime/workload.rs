@@ -287,7 +287,13 @@ fn session_from(headers: &hyper::HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
-pub async fn shop_client(ctx: Arc<Context>, index: u32) {
+/// A shop client; it starts after `start_delay_ms`, so the clients' cached answers expire at
+/// different moments, as real clients' caches do (all clients filling their caches at the same
+/// instant would make the measured RTO depend on the TTL's phase at the fault).
+pub async fn shop_client(ctx: Arc<Context>, index: u32, start_delay_ms: u64) {
+    if start_delay_ms > 0 && !ctx.pause(start_delay_ms).await {
+        return;
+    }
     let mut client = ShopClient {
         index,
         process: CLIENT_PROCESS_BASE + index,
