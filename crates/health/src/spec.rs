@@ -404,7 +404,10 @@ mod tests {
         let spec = CheckSpec::new("c", "r", ProbeKind::Tcp { address: "a:1".into() });
         assert!(spec.interval_ms + u64::from(spec.fall - 1) * spec.fast_interval_ms <= 3000);
         assert_eq!(spec.detection_bound_ms(), 1000 + 2 * 250 + 3 * 500);
-        assert!(spec.detection_bound_ms() <= 3000, "the issue's target: a dead region seen in 3 s");
+        assert!(
+            spec.detection_bound_ms() <= 3000,
+            "the issue's target: a dead region seen in 3 s"
+        );
     }
 
     #[test]
