@@ -8,7 +8,9 @@
 //! - `app-A-to-store-B`: region A's demo apps to store B (B = A for reads);
 //! - `lb-A-to-app-A-N`: region A's load balancer to its demo app N;
 //! - `pointer-A`: region A's demo apps to the controller's active-region pointer;
-//! - `agent-N`: vantage agent N to the controller.
+//! - `agent-N`: vantage agent N to the controller;
+//! - `frontend-A`: clients to region A's load balancer (its address 127.0.0.(11+A));
+//! - `health-A`: every vantage's health checks of region A, then through `frontend-A`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -101,6 +103,9 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str]) -> Strin
         }
         let _ = writeln!(text, "\"frontend:{region}\" = \"frontend-{region}\"");
         let _ = writeln!(text, "\"app-store:{region}\" = \"app-{region}-to-store-{region}\"");
+        if options.controller {
+            let _ = writeln!(text, "\"controller:{region}\" = \"health-{region}\"");
+        }
     }
     let _ = write!(
         text,
@@ -168,6 +173,10 @@ impl Ports {
     }
     fn pointer(&self, region: usize) -> u16 {
         self.region(region) + 40
+    }
+    /// Where every vantage's health checks of the region enter the network.
+    fn health(&self, region: usize) -> u16 {
+        self.region(region) + 41
     }
 }
 
@@ -238,7 +247,18 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         }
         // Clients (and the controller's checks) reach the region's load balancer through here.
         let front = format!("{}:{}", region_ip(i), ports.shop());
-        link(format!("frontend-{region}"), front, local(ports.lb(i)), &mut bound);
+        link(
+            format!("frontend-{region}"),
+            front.clone(),
+            local(ports.lb(i)),
+            &mut bound,
+        );
+        if options.controller {
+            // Health checks go through the front door too (an outage seen by clients is seen
+            // by the checks), but can also be cut alone: a partition between the region and
+            // the controller while its clients still reach it.
+            link(format!("health-{region}"), local(ports.health(i)), front, &mut bound);
+        }
     }
     if options.controller {
         for agent in 0..AGENTS {
@@ -400,9 +420,8 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         for (i, region) in regions.iter().enumerate() {
             let _ = write!(
                 text,
-                "\n[[checks]]\nname = \"{region}-shop\"\nregion = \"{region}\"\nkind = {{ type = \"http\", url = \"http://{}:{}/health\", expect_status = 200 }}\ninterval_ms = 500\nfast_interval_ms = 250\ntimeout_ms = 400\nrise = 2\nfall = 3\n",
-                region_ip(i),
-                ports.shop()
+                "\n[[checks]]\nname = \"{region}-shop\"\nregion = \"{region}\"\nkind = {{ type = \"http\", url = \"{}/health\", expect_status = 200 }}\ninterval_ms = 500\nfast_interval_ms = 250\ntimeout_ms = 400\nrise = 2\nfall = 3\n",
+                url(ports.health(i))
             );
         }
         let _ = write!(
