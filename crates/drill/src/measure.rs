@@ -114,6 +114,10 @@ pub struct Measurements {
     pub converge_ms: Option<u64>,
     pub failback_ms: Option<u64>,
     pub success: Vec<SecondBucket>,
+    /// Fault steps run, and those that failed (a drill whose faults were not injected proves
+    /// nothing).
+    pub steps: u64,
+    pub steps_failed: u64,
     /// Client DNS queries that reached the server (cache misses).
     pub client_lookups: u64,
     /// The smallest gap between two successive queries of one client that got answers, and the
@@ -245,6 +249,14 @@ pub fn measure(history: &History, events: &[Event], params: &MeasureParams) -> M
         .count() as u64;
 
     m.client_requery_gap_ms_min = client_requery_gap(history);
+    for event in events {
+        if let EventKind::Step { ok, .. } = event.kind {
+            m.steps += 1;
+            if !ok {
+                m.steps_failed += 1;
+            }
+        }
+    }
 
     // DNS.
     let answers = authoritative_answers(history);

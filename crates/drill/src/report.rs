@@ -83,6 +83,7 @@ fn figures(report: &Report) -> Vec<(&'static str, String)> {
     let m = &report.measurements;
     let c = &report.check;
     vec![
+        ("fault steps (failed)", format!("{} ({})", m.steps, m.steps_failed)),
         ("RTO (DNS answer switched)", seconds(m.rto_dns_ms)),
         ("RTO (99% of requests succeed)", seconds(m.rto_99_ms)),
         ("failover decided after", seconds(m.failover_decided_ms)),

@@ -614,6 +614,12 @@ pub fn evaluate(
             passed,
         })
     };
+    push(
+        "faults injected",
+        "every fault step succeeded".into(),
+        format!("{} of {} failed", measured.steps_failed, measured.steps),
+        measured.steps > 0 && measured.steps_failed == 0,
+    );
     match e.failover {
         FailoverExpectation::Required => push(
             "failover",

@@ -99,6 +99,7 @@ fn a_lost_write_fails_the_drill_and_is_listed() {
     let report = report();
     assert!(!report.passed, "k39 is missing in both regions");
     assert_eq!(report.check.lost, 1);
+    assert_eq!((report.measurements.steps, report.measurements.steps_failed), (1, 0));
     assert_eq!(report.check.listed[0].key, "k39");
     let text = render_text(&report);
     assert!(text.starts_with("drill store-crash: FAILED"));

@@ -133,6 +133,7 @@ fn measured(failovers: u64, rto_dns: Option<u64>, rto_99: Option<u64>) -> Measur
         region_changes: failovers,
         rto_dns_ms: rto_dns,
         rto_99_ms: rto_99,
+        steps: 2,
         ..Measurements::default()
     }
 }
@@ -149,12 +150,12 @@ fn region_outage_bounds_include_the_ttl() {
     assert!(results.iter().all(|r| r.passed), "{results:?}");
     let results = evaluate(&scenario, &measured(1, Some(6_000), Some(10_500)), &clean, 5);
     assert_eq!(
-        verdicts(&results)[..3],
+        verdicts(&results)[1..4],
         [("failover", true), ("RTO(DNS)", false), ("RTO(99%)", false)]
     );
     let results = evaluate(&scenario, &measured(0, None, None), &clean, 5);
-    assert!(!results[0].passed);
-    assert_eq!(results[1].actual, "never");
+    assert!(!results[1].passed);
+    assert_eq!(results[2].actual, "never");
 }
 
 #[test]
@@ -167,7 +168,7 @@ fn vantage_partition_fails_on_any_failover_and_lost_writes_fail_everywhere() {
             .all(|r| r.passed)
     );
     let results = evaluate(&scenario, &measured(1, None, None), &clean, 5);
-    assert!(!results[0].passed);
+    assert!(!results[1].passed);
     let lossy = CheckResult {
         lost: 2,
         ..CheckResult::default()
@@ -197,4 +198,21 @@ fn split_brain_requires_the_isolated_writes_to_be_accounted_for() {
         .expect("judged");
     assert!(isolated.passed);
     assert!(isolated.actual.contains("3 overwritten"));
+}
+
+#[test]
+fn a_drill_whose_faults_failed_does_not_pass() {
+    let scenario = by_name("vantage-partition").expect("exists");
+    let clean = CheckResult::default();
+    let mut m = measured(0, None, None);
+    m.steps_failed = 1;
+    let results = evaluate(&scenario, &m, &clean, 5);
+    assert_eq!(results[0].name, "faults injected");
+    assert!(
+        !results[0].passed,
+        "no failover proves nothing when the cut was never made"
+    );
+    assert_eq!(results[0].actual, "1 of 2 failed");
+    let none = Measurements::default();
+    assert!(!evaluate(&scenario, &none, &clean, 5)[0].passed, "no step ran at all");
 }
