@@ -665,7 +665,11 @@ async fn run_worker(
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
-            let mut stopping = false;
+            // A connection handed over after shutdown began sees no change; stop it at once.
+            let mut stopping = *stop.borrow_and_update();
+            if stopping {
+                connection.as_mut().graceful_shutdown();
+            }
             let result = loop {
                 tokio::select! {
                     result = connection.as_mut() => break result,
