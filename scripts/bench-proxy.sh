@@ -4,7 +4,7 @@
 # the same concurrency and duration, one after the other in one run. Writes the "Proxy" section
 # of BENCHMARKS.md.
 #
-#   scripts/bench-proxy.sh                 # 15 s per side, wrk -t2 -c32
+#   scripts/bench-proxy.sh                 # 3 interleaved rounds of 10 s per side, wrk -t2 -c32
 #   DURATION=30s CONNECTIONS=64 scripts/bench-proxy.sh
 #   SWITCHYARD_BIN=target/release/switchyard scripts/bench-proxy.sh   # skip the build
 #
@@ -13,7 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION="${DURATION:-15s}"
+DURATION="${DURATION:-10s}"
+ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-2}"
 WARMUP="${WARMUP:-3s}"
@@ -124,8 +125,18 @@ print(f"{rps:.0f} {p99_ms:.2f}")
 EOF
 }
 
-read -r sy_rps sy_p99 < <(run_wrk switchyard "$proxy_port")
-read -r ha_rps ha_p99 < <(run_wrk haproxy "$haproxy_port")
+# Interleaved rounds, medians: neighbours' load on this shared machine changes from minute to
+# minute, and alternating spreads it over both sides.
+sy_all=(); ha_all=()
+for round in $(seq "$ROUNDS"); do
+  sy_all+=("$(run_wrk switchyard "$proxy_port")")
+  ha_all+=("$(run_wrk haproxy "$haproxy_port")")
+done
+median() { python3 -c 'import statistics,sys; print(f"{statistics.median(float(x) for x in sys.argv[2:]):.{sys.argv[1]}f}")' "$@"; }
+column() { local index="$1"; shift; for pair in "$@"; do echo "$pair" | awk -v i="$index" '{print $i}'; done; }
+sy_rps="$(median 0 $(column 1 "${sy_all[@]}"))"; sy_p99="$(median 2 $(column 2 "${sy_all[@]}"))"
+ha_rps="$(median 0 $(column 1 "${ha_all[@]}"))"; ha_p99="$(median 2 $(column 2 "${ha_all[@]}"))"
+rounds_text="$(for i in $(seq 0 $((ROUNDS - 1))); do echo "${sy_all[$i]} | ${ha_all[$i]}"; done | awk '{printf "%s%s req/s %s ms vs %s req/s %s ms", (NR>1?"; ":""), $1, $2, $4, $5}')"
 rps_ratio="$(python3 -c "print(f'{$sy_rps/$ha_rps:.2f}')")"
 p99_ratio="$(python3 -c "print(f'{$sy_p99/$ha_p99:.2f}')")"
 haproxy_version="$(haproxy -v | head -1 | awk '{print $3}')"
@@ -137,9 +148,9 @@ cat >"$section" <<EOF
 
 \`switchyard proxy\` vs HAProxy $haproxy_version (Debian), both with 2 threads, round robin over the
 same two backends (\`switchyard bench-ceiling\`: a bare hyper server answering 200), keep-alive,
-X-Forwarded-For, HTTP checks every 2 s. wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after a
-$WARMUP warm-up), one proxy after the other, on a 2-core machine shared with the load generator
-and the backends ($date).
+X-Forwarded-For, HTTP checks every 2 s. wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (each after a
+$WARMUP warm-up), $ROUNDS rounds alternating the two proxies, medians shown; on a 2-core machine
+shared with the load generator, the backends and other work ($date).
 
 | proxy | req/s | p99 |
 | --- | ---: | ---: |
@@ -147,7 +158,9 @@ and the backends ($date).
 | HAProxy $haproxy_version | $ha_rps | $ha_p99 ms |
 | ratio (switchyard / HAProxy) | **$rps_ratio×** | **$p99_ratio×** |
 
-Targets: ≥ 0.8× HAProxy's req/s, p99 ≤ 1.5×. Command: \`DURATION=$DURATION CONNECTIONS=$CONNECTIONS scripts/bench-proxy.sh\`.
+Rounds (switchyard vs HAProxy): $rounds_text.
+
+Targets: ≥ 0.8× HAProxy's req/s, p99 ≤ 1.5×. Command: \`DURATION=$DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS scripts/bench-proxy.sh\`.
 EOF
 
 python3 - "$section" <<'EOF'
