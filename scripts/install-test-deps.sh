@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages and the command each provides (checked before installing).
 declare -A PACKAGES=(
+  [openssl]=openssl
   [named]=bind9
   [pg_ctlcluster]=postgresql
   [mariadbd]=mariadb-server

@@ -18,18 +18,16 @@ pub(super) async fn probe(
     region: &str,
     credentials: Option<(&str, &str)>,
 ) -> Finding {
-    let Some(authority) = endpoint
-        .strip_prefix("http://")
-        .map(|rest| rest.split('/').next().unwrap_or(rest))
-        .filter(|authority| !authority.is_empty())
-    else {
-        return Finding::down(format!("endpoint '{endpoint}' is not http://host:port"));
+    let uri: hyper::Uri = match endpoint.parse() {
+        Ok(uri) => uri,
+        Err(error) => return Finding::down(format!("endpoint '{endpoint}': {error}")),
     };
-    let address = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
+    let https = uri.scheme_str() == Some("https");
+    let Some(authority) = uri.authority().map(|a| a.as_str().to_string()) else {
+        return Finding::down(format!("endpoint '{endpoint}' is not http(s)://host:port"));
     };
+    let host = uri.host().unwrap_or_default().to_string();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let (operation, body) = match key {
         Some(key) => ("GetItem", serde_json::json!({"TableName": table, "Key": key})),
         None => ("Scan", serde_json::json!({"TableName": table, "Limit": 1})),
@@ -39,11 +37,11 @@ pub(super) async fn probe(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let request = match build_request(authority, operation, body, region, credentials, now_secs) {
+    let request = match build_request(&authority, operation, body, region, credentials, now_secs) {
         Ok(request) => request,
         Err(error) => return Finding::down(error),
     };
-    match exchange(&address, request).await {
+    match exchange(&host, port, https, request).await {
         Err(error) => Finding::down(error),
         Ok((status, body)) => judge(operation, table, status, &body),
     }

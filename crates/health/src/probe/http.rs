@@ -7,8 +7,23 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper::body::Body;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Finding, connect};
+use super::{Finding, connect, tls};
+
+/// A plain or TLS connection.
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Connects to `host:port`, with TLS when `https`.
+pub(super) async fn open(host: &str, port: u16, https: bool, ca_file: Option<&str>) -> Result<Box<dyn Stream>, String> {
+    let stream = connect(&format!("{host}:{port}")).await?;
+    if https {
+        Ok(Box::new(tls::connect(stream, host, ca_file).await?))
+    } else {
+        Ok(Box::new(stream))
+    }
+}
 
 /// Bytes of a response body searched for `body_contains`; the rest is not read.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -19,6 +34,7 @@ pub(super) async fn probe(
     expect_status: Option<u16>,
     body_contains: Option<&str>,
     headers: &BTreeMap<String, String>,
+    ca_file: Option<&str>,
 ) -> Finding {
     let uri: hyper::Uri = match url.parse() {
         Ok(uri) => uri,
@@ -27,9 +43,11 @@ pub(super) async fn probe(
     let Some(authority) = uri.authority().cloned() else {
         return Finding::down(format!("url '{url}' has no host"));
     };
-    let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+    let https = uri.scheme_str() == Some("https");
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let address = format!("{}:{port}", authority.host());
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    let stream = match connect(&address).await {
+    let stream = match open(authority.host(), port, https, ca_file).await {
         Ok(stream) => stream,
         Err(error) => return Finding::down(error),
     };
@@ -99,10 +117,13 @@ async fn judge(
 /// Sends one request on a fresh connection to `address`; returns the status and at most
 /// `BODY_BYTES_MAX` bytes of the body.
 pub(super) async fn exchange(
-    address: &str,
+    host: &str,
+    port: u16,
+    https: bool,
     request: Request<http_body_util::Full<Bytes>>,
 ) -> Result<(u16, Vec<u8>), String> {
-    let stream = connect(address).await?;
+    let address = format!("{host}:{port}");
+    let stream = open(host, port, https, None).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|error| format!("HTTP handshake with {address}: {error}"))?;

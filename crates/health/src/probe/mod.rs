@@ -8,6 +8,7 @@ mod http;
 mod mysql;
 mod postgres;
 mod redis;
+mod tls;
 mod wire;
 
 use std::time::Duration;
@@ -90,7 +91,18 @@ async fn run(spec: &CheckSpec) -> Finding {
             expect_status,
             body_contains,
             headers,
-        } => http::probe(url, method, *expect_status, body_contains.as_deref(), headers).await,
+            ca_file,
+        } => {
+            http::probe(
+                url,
+                method,
+                *expect_status,
+                body_contains.as_deref(),
+                headers,
+                ca_file.as_deref(),
+            )
+            .await
+        }
         ProbeKind::Tcp { address } => match connect(address).await {
             Ok(_) => Finding::up(format!("connected to {address}")),
             Err(error) => Finding::down(error),

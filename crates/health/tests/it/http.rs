@@ -69,6 +69,7 @@ fn http(url: String, expect_status: Option<u16>, body_contains: Option<&str>) ->
         expect_status,
         body_contains: body_contains.map(str::to_string),
         headers: BTreeMap::new(),
+        ca_file: None,
     }
 }
 
@@ -100,6 +101,7 @@ async fn http_probe_judges_status_and_body() {
         expect_status: Some(200),
         body_contains: None,
         headers,
+        ca_file: None,
     }))
     .await;
     assert!(with_header.success, "{with_header:?}");

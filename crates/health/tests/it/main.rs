@@ -9,6 +9,7 @@ mod agent;
 mod dns;
 mod dynamodb;
 mod http;
+mod https;
 mod redis;
 mod runner;
 mod sql;

@@ -1,0 +1,71 @@
+//! TLS for HTTPS and DynamoDB probes: rustls with the ring provider, verified against the
+//! Mozilla roots (webpki-roots) or a configured CA file.
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Certificates read from a `ca_file` at most.
+const CA_CERTIFICATES_MAX: usize = 1000;
+
+fn config_with(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The shared configuration trusting the Mozilla roots, built once.
+fn default_config() -> Result<Arc<ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            config_with(roots)
+        })
+        .clone()
+}
+
+/// A configuration trusting only the certificates of `ca_file` (read on every probe, so a
+/// rotated file is picked up).
+fn file_config(ca_file: &str) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    let certificates = CertificateDer::pem_file_iter(ca_file).map_err(|e| format!("ca_file '{ca_file}': {e}"))?;
+    for certificate in certificates.take(CA_CERTIFICATES_MAX) {
+        let certificate = certificate.map_err(|e| format!("ca_file '{ca_file}': {e}"))?;
+        roots
+            .add(certificate)
+            .map_err(|e| format!("ca_file '{ca_file}': {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("ca_file '{ca_file}' holds no PEM certificate"));
+    }
+    config_with(roots)
+}
+
+/// Runs the TLS handshake over `stream`, verifying the certificate for `host`.
+pub(super) async fn connect(
+    stream: TcpStream,
+    host: &str,
+    ca_file: Option<&str>,
+) -> Result<TlsStream<TcpStream>, String> {
+    let config = match ca_file {
+        Some(path) => file_config(path)?,
+        None => default_config()?,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string()).map_err(|e| format!("TLS server name '{host}': {e}"))?;
+    TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS handshake with {host}: {e}"))
+}
