@@ -34,6 +34,8 @@ use crate::ratelog::RateLimitedLog;
 
 /// How long shutdown waits for requests in flight before it gives up on them.
 pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// Requests one HTTP/2 client connection may have open at once (HAProxy's default is 100).
+pub const H2_STREAMS_PER_CONNECTION_MAX: u32 = 100;
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
 
@@ -635,6 +637,7 @@ fn connection_builder(config: &ProxyConfig) -> hyper_util::server::conn::auto::B
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(header_bytes_max).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_STREAMS_PER_CONNECTION_MAX)
         .keep_alive_interval(Some(Duration::from_millis(config.timeouts.idle_ms)))
         .keep_alive_timeout(Duration::from_millis(config.timeouts.client_header_ms));
     builder
