@@ -144,6 +144,7 @@ pids+=($!)
 wait_answering "$named_port"
 wait_answering "$dns_port"
 
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 best_switchyard=0
 best_bind=0
 rows=""
@@ -165,13 +166,15 @@ cat <<EOF
 160-record zone on loopback, queried by dnsperf (Debian $dnsperf_version) with the same query file (A, AAAA, CNAME chase, MX, TXT,
 NODATA, 10% NXDOMAIN), $SECONDS_PER_RUN s per run, $CLIENTS clients, $OUTSTANDING queries
 outstanding, the two servers alternating for $ROUNDS rounds. The servers and dnsperf share the
-machine's 2 cores (so does anything else running), so absolute numbers are low and noisy.
+machine's 2 cores (so does anything else running: the load average was $load_before at the
+start), so absolute numbers are low and noisy. switchyard serves UDP with one blocking thread
+per core; named runs with its defaults.
 
 | round | switchyard dns (queries/s) | BIND9 named (queries/s) |
 | --- | --- | --- |
 ${rows}
 "Lost" counts queries dnsperf never got an answer to: the kernel dropped them when a socket receive
-buffer overflowed during a burst (`netstat -su`: receive buffer errors), a few per million.
+buffer overflowed during a burst (\`netstat -su\`: receive buffer errors), a few per million.
 
 **Best of each: switchyard $best_switchyard q/s, BIND9 $best_bind q/s, ratio $ratio× (target ≥ 1×).**
 
