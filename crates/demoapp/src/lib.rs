@@ -2,8 +2,10 @@
 //! drills. Products, a cart behind a session cookie, orders and their status, as an HTML page
 //! and a JSON API; sessions, carts and orders live in the regional store through the DynamoDB
 //! API. Reads go to the local region's store, writes to the store of the region the
-//! active-region pointer names; `/health` checks both and the pointer, like the DR guides'
-//! `/healthz`, so a load balancer takes an instance out when it cannot serve.
+//! active-region pointer names; `/health` checks the local store and the pointer, like the DR
+//! guides' `/healthz`, so a load balancer takes an instance out when it cannot serve. The
+//! active region's store is reported as a detail only: a standby must stay healthy when the
+//! active region dies, or the controller would see every region down and never fail over.
 //!
 //! `dynamo` is a small DynamoDB JSON client (SigV4 with `dynamo-protocol`'s pieces),
 //! `pointer` follows the controller's active-region pointer, `tables` creates the tables,

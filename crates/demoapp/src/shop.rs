@@ -392,9 +392,13 @@ impl Shop {
             .unwrap_or_default())
     }
 
-    /// Checks what the shop needs to serve: the local store, the pointer, the write store.
+    /// Checks what this region's shop needs to serve: the local store and the pointer. The
+    /// active region's store (when another region is active) is reported under
+    /// `details.active_store` but never fails the check: a region's health is about the region
+    /// itself, so when the active region dies the standbys stay healthy and can take over.
     pub async fn health(&self) -> (bool, Value) {
         let mut checks = serde_json::Map::new();
+        let mut details = serde_json::Map::new();
         let mut reasons = Vec::new();
         let local = match self.local() {
             Ok(store) => probe(store, &self.config.tables.orders).await,
@@ -417,7 +421,15 @@ impl Shop {
                 Ok((store, _)) => probe(store, &self.config.tables.orders).await,
                 Err(error) => Err(error.to_string()),
             };
-            record(&mut checks, &mut reasons, "active_store", write);
+            match write {
+                Ok(()) => {
+                    details.insert("active_store".to_string(), json!("ok"));
+                }
+                Err(reason) => {
+                    details.insert("active_store".to_string(), json!("unreachable"));
+                    details.insert("active_store_error".to_string(), json!(reason));
+                }
+            }
         }
         let healthy = reasons.is_empty();
         let body = json!({
@@ -428,6 +440,7 @@ impl Shop {
             "active_region": active.as_ref().map(|a| a.region.clone()),
             "generation": active.as_ref().map(|a| a.generation),
             "checks": checks,
+            "details": details,
         });
         (healthy, body)
     }

@@ -320,7 +320,7 @@ async fn pointer_flip_moves_writes_to_the_new_active_region() {
         })
         .await;
     assert_eq!(health["generation"], json!(2));
-    assert_eq!(health["checks"]["active_store"], json!("ok"));
+    assert_eq!(health["details"]["active_store"], json!("ok"));
 
     shop.ok("POST", "/api/cart", Some(json!({"product": "mug"}))).await;
     let (status, order) = shop.request("POST", "/api/orders", None).await;
@@ -364,6 +364,57 @@ async fn health_turns_503_when_the_store_is_gone() {
     assert!(reason.contains("local_store"), "{reason}");
     let (status, _) = shop.request("POST", "/api/cart", Some(json!({"product": "mug"}))).await;
     assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn health_stays_ok_when_only_the_active_regions_store_is_gone() {
+    // A standby's health is about its own region: when the active region dies, the standby
+    // must stay healthy or the controller sees every region down and cannot fail over.
+    let east = plain_store("us-east-1").await;
+    let mut west = plain_store("eu-west-1").await;
+    let names = TableNames::with_prefix("shop_");
+    for (url, region) in [(&east.url, "us-east-1"), (&west.url, "eu-west-1")] {
+        let client = Client::new(url, region, None).expect("client");
+        demoapp::tables::ensure(&client, &names, &[]).await.expect("tables");
+    }
+    let (pointer_url, _pointer) = pointer_server(ActiveRegion {
+        region: "eu-west-1".to_string(),
+        generation: 1,
+    })
+    .await;
+    let mut config = DemoAppConfig::single("us-east-1", &east.url);
+    config.stores.insert("eu-west-1".to_string(), west.url.clone());
+    config.pointer = Some(pointer_url);
+    config.tables_create = false;
+    let mut shop = ShopUnderTest::start(config).await;
+    shop.wait_health("ok with eu-west-1 reachable", |status, body| {
+        status == 200 && body["details"]["active_store"] == json!("ok")
+    })
+    .await;
+
+    west.stop().await;
+    let body = shop
+        .wait_health("ok with eu-west-1 unreachable", |_, body| {
+            body["details"]["active_store"] == json!("unreachable")
+        })
+        .await;
+    let (status, body_now) = shop.request("GET", "/health", None).await;
+    assert_eq!(
+        status, 200,
+        "the active region's store is not a local dependency: {body_now}"
+    );
+    assert_eq!(body["status"], json!("ok"));
+    assert_eq!(body["checks"]["local_store"], json!("ok"));
+    assert!(body["checks"].get("active_store").is_none(), "{body}");
+    assert!(
+        body["details"]["active_store_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    // Reads still come from the local store.
+    let (status, _) = shop.request("GET", "/api/cart", None).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]
