@@ -126,35 +126,40 @@ def wrk(port, workload, duration, connections):
     return {"rate": rate, "p50": p50, "p99": p99, "errors": int(errors.group(1)) if errors else 0, "total": total}
 
 
-def bench_system(name, command, args, data_root):
+def start_system(name, command, data_root):
     port = free_port()
     log = open(data_root / f"{name}.log", "wb")
     process = subprocess.Popen(command(port), stdout=log, stderr=subprocess.STDOUT, cwd=data_root)
-    results = {}
-    try:
-        wait_port(port, process)
-        if name != "ceiling":
-            run([str(WORK / "venv" / "bin" / "python"), "-c", LOADER, f"http://127.0.0.1:{port}"])
-        workloads = ["Get"] if name == "ceiling" else WORKLOADS
-        wrk(port, "Get", WARMUP_S, args.connections)
-        for workload in workloads:
-            results[workload] = wrk(port, workload, args.duration, args.connections)
-            r = results[workload]
-            print(f"{name:11} {workload:6} {r['rate']:10.0f}/s p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms"
-                  f" errors {r['errors']}/{r['total']}", file=sys.stderr)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return results
+    wait_port(port, process)
+    if name != "ceiling":
+        run([str(WORK / "venv" / "bin" / "python"), "-c", LOADER, f"http://127.0.0.1:{port}"])
+    wrk(port, "Get", WARMUP_S, 16)
+    return port, process
+
+
+def bench_all(running, args):
+    """Every workload in rounds that alternate the systems, so a change in the machine's
+    background load hits all of them alike; the median round per system is kept."""
+    rounds = {name: {} for name in running}
+    for workload in WORKLOADS:
+        for round_index in range(args.rounds):
+            for name, (port, _) in running.items():
+                if name == "ceiling" and workload != "Get":
+                    continue
+                r = wrk(port, workload, args.duration, args.connections)
+                rounds[name].setdefault(workload, []).append(r)
+                print(f"{name:11} {workload:6} round {round_index + 1}: {r['rate']:10.0f}/s p50 {r['p50']:.2f} ms "
+                      f"p99 {r['p99']:.2f} ms errors {r['errors']}/{r['total']}", file=sys.stderr)
+    return {name: {workload: sorted(results, key=lambda r: r["rate"])[len(results) // 2]
+                   for workload, results in by_workload.items()}
+            for name, by_workload in rounds.items()}
 
 
 def table(all_results, args, command_line):
     ours = all_results.get("switchyard", {})
     lines = [
-        f"Command: `{command_line}` (wrk -t2 -c{args.connections} -d{args.duration}s, "
+        f"Command: `{command_line}` (wrk -t2 -c{args.connections} -d{args.duration}s, median of {args.rounds} "
+        f"rounds alternating the systems, "
         f"{ITEMS} items of ~110 bytes, Query returns 10 items; 2 cores shared by servers and wrk; "
         f"{time.strftime('%Y-%m-%d')}).",
         "",
@@ -184,6 +189,7 @@ def update_benchmarks(section):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=20, help="seconds per workload (default 20)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per workload; the median is kept")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections (default 16)")
     parser.add_argument("--only", help="comma-separated systems: switchyard,ddb-memory,ddb-disk,moto,ceiling")
     parser.add_argument("--binary", type=Path, help="use this switchyard binary instead of building target/release")
@@ -191,15 +197,24 @@ def main():
     args = parser.parse_args()
     ensure_tools(build=args.binary is None)
     binary = args.binary or REPO / "target" / "release" / "switchyard"
-    all_results = {}
+    running = {}
     with tempfile.TemporaryDirectory(prefix="bench-store-") as root:
         root = Path(root)
-        for name, command in systems(root, binary).items():
-            if args.only and name not in args.only.split(","):
-                continue
-            (root / name).mkdir(exist_ok=True)
-            (root / "ddb").mkdir(exist_ok=True)
-            all_results[name] = bench_system(name, command, args, root)
+        (root / "ddb").mkdir()
+        try:
+            for name, command in systems(root, binary).items():
+                if args.only and name not in args.only.split(","):
+                    continue
+                (root / name).mkdir(exist_ok=True)
+                running[name] = start_system(name, command, root)
+            all_results = bench_all(running, args)
+        finally:
+            for _, process in running.values():
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
     section = table(all_results, args, "scripts/bench-store.py " + " ".join(sys.argv[1:]))
     print(section)
     if not args.no_write:
