@@ -31,6 +31,12 @@ pub const INTERVAL_MS_MIN: u64 = 10;
 pub const INTERVAL_MS_MAX: u64 = 3_600_000;
 /// Upper bound on `rise` and `fall`.
 pub const RISE_FALL_MAX: u32 = 100;
+/// Most `lag_sources` of one DynamoDB check (one per other region).
+pub const LAG_SOURCES_MAX: usize = 16;
+
+/// A vantage point's own network path to each target: `host:port` as written in the checks →
+/// `host:port` this vantage point connects to instead (see `CheckSpec::with_address_map`).
+pub type AddressMap = BTreeMap<String, String>;
 
 /// One health check: a probe of one kind against one target, attributed to one region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +108,47 @@ impl CheckSpec {
             rise: DEFAULT_RISE,
             fall: DEFAULT_FALL,
         }
+    }
+
+    /// The same check as seen through one vantage point's network path: every address it
+    /// connects to (the authority of http and dynamodb URLs and of `lag_sources`, tcp/sql/redis
+    /// addresses, the DNS server) that is a key of `map` is replaced by its value. A URL without
+    /// a port matches the key with its scheme's default port (80 or 443), a DNS server without
+    /// one matches port 53. Names, regions and timings are unchanged, so every vantage point's
+    /// reports still speak of the same check. For `https`, the certificate must be valid for
+    /// the new host.
+    pub fn with_address_map(&self, map: &AddressMap) -> CheckSpec {
+        let mut spec = self.clone();
+        if map.is_empty() {
+            return spec;
+        }
+        match &mut spec.kind {
+            ProbeKind::Http { url, .. } => *url = map_url(url, map),
+            ProbeKind::Dynamodb {
+                endpoint, lag_sources, ..
+            } => {
+                *endpoint = map_url(endpoint, map);
+                for source in lag_sources {
+                    *source = map_url(source, map);
+                }
+            }
+            ProbeKind::Tcp { address } | ProbeKind::Sql { address, .. } | ProbeKind::Redis { address, .. } => {
+                if let Some(to) = map.get(address.as_str()) {
+                    address.clone_from(to);
+                }
+            }
+            ProbeKind::Dns { server, .. } => {
+                let with_port = if host_port(server, "server").is_ok() && !is_bare_ipv6(server) {
+                    server.clone()
+                } else {
+                    format_host_port(server, 53)
+                };
+                if let Some(to) = map.get(&with_port) {
+                    server.clone_from(to);
+                }
+            }
+        }
+        spec
     }
 
     /// The interval used while the check is fully down.
@@ -222,6 +269,13 @@ pub enum ProbeKind {
         access_key_id: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret_access_key: Option<String>,
+        /// The other regions' Switchyard stores (`http://host:port`, at most `LAG_SOURCES_MAX`):
+        /// after the read, the probe GETs each one's `/health` and reports the largest
+        /// `replication.peers.<this check's region>.lag_ms` as the replication lag *into* this
+        /// region, which automatic failback waits on. A source that does not answer gives no
+        /// reading (unknown, never 0); with no reading at all the lag is unknown.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lag_sources: Vec<String>,
     },
     /// `SELECT 1` on MariaDB/MySQL or PostgreSQL, optionally reading replica lag.
     Sql {
@@ -347,6 +401,7 @@ impl ProbeKind {
                 key,
                 access_key_id,
                 secret_access_key,
+                lag_sources,
                 ..
             } => {
                 if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
@@ -364,6 +419,19 @@ impl ProbeKind {
                 }
                 if access_key_id.is_some() != secret_access_key.is_some() {
                     return Err("give both access_key_id and secret_access_key, or neither".into());
+                }
+                if lag_sources.len() > LAG_SOURCES_MAX {
+                    return Err(format!(
+                        "{} lag_sources is more than {LAG_SOURCES_MAX}: list one store per other region",
+                        lag_sources.len()
+                    ));
+                }
+                for source in lag_sources {
+                    if !source.starts_with("http://") && !source.starts_with("https://") {
+                        return Err(format!(
+                            "lag_sources entry '{source}' is not an http:// URL; give another region's store like http://10.0.1.5:8000"
+                        ));
+                    }
                 }
                 Ok(())
             }
@@ -390,6 +458,61 @@ impl ProbeKind {
             }
         }
     }
+}
+
+/// Rewrites the authority of an `http(s)://` URL through `map`; anything else is returned as is.
+fn map_url(url: &str, map: &AddressMap) -> String {
+    let (scheme, default_port) = if url.starts_with("https://") {
+        ("https://", 443)
+    } else if url.starts_with("http://") {
+        ("http://", 80)
+    } else {
+        return url.to_string();
+    };
+    let rest = &url[scheme.len()..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    // Credentials in the URL (`user@host`) stay; only the host and port are looked up.
+    let (userinfo, host_and_port) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => (Some(userinfo), host),
+        None => (None, authority),
+    };
+    let key = if host_port(host_and_port, "").is_ok() && !is_bare_ipv6(host_and_port) {
+        host_and_port.to_string()
+    } else {
+        format_host_port(host_and_port, default_port)
+    };
+    match map.get(&key) {
+        Some(to) => match userinfo {
+            Some(userinfo) => format!("{scheme}{userinfo}@{to}{tail}"),
+            None => format!("{scheme}{to}{tail}"),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// `::1` has colons but no port; `[::1]:53` has one.
+fn is_bare_ipv6(address: &str) -> bool {
+    address.parse::<std::net::Ipv6Addr>().is_ok()
+}
+
+fn format_host_port(host: &str, port: u16) -> String {
+    if is_bare_ipv6(host) {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Checks that `address` is `host:port` with a numeric port (an address map's keys and values).
+pub fn validate_host_port(address: &str) -> Result<(), String> {
+    host_port(address, "address")?;
+    if address.contains(['/', '@', '?', '#', ' ']) || is_bare_ipv6(address) {
+        return Err(format!(
+            "address '{address}' is not host:port; write it like 10.0.0.5:8000 (no scheme, no path)"
+        ));
+    }
+    Ok(())
 }
 
 fn host_port(address: &str, field: &str) -> Result<(), String> {
@@ -469,6 +592,7 @@ mod tests {
                 signing_region: None,
                 access_key_id: Some("AK".into()),
                 secret_access_key: Some("SK".into()),
+                lag_sources: vec!["http://127.0.0.1:8001".into()],
             },
             ProbeKind::Sql {
                 driver: SqlDriver::Postgres,
@@ -512,5 +636,182 @@ mod tests {
                 .to_string()
                 .contains("fast_interval_ms")
         );
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> AddressMap {
+        pairs
+            .iter()
+            .map(|(from, to)| (from.to_string(), to.to_string()))
+            .collect()
+    }
+
+    fn mapped(kind: ProbeKind, pairs: &[(&str, &str)]) -> ProbeKind {
+        let spec = CheckSpec::new("c", "r", kind);
+        let out = spec.with_address_map(&map(pairs));
+        assert_eq!((out.name.as_str(), out.region.as_str()), ("c", "r"), "identity is kept");
+        out.kind
+    }
+
+    fn http(url: &str) -> ProbeKind {
+        ProbeKind::Http {
+            url: url.into(),
+            method: "GET".into(),
+            expect_status: None,
+            body_contains: None,
+            headers: BTreeMap::new(),
+            ca_file: None,
+        }
+    }
+
+    #[test]
+    fn address_map_rewrites_http_authorities() {
+        let pairs = [
+            ("127.0.0.1:18000", "127.0.0.1:19000"),
+            ("shop.example:80", "10.0.0.9:8080"),
+        ];
+        assert_eq!(
+            mapped(http("http://127.0.0.1:18000/health?x=1"), &pairs),
+            http("http://127.0.0.1:19000/health?x=1")
+        );
+        assert_eq!(
+            mapped(http("http://127.0.0.1:18000"), &pairs),
+            http("http://127.0.0.1:19000")
+        );
+        // The scheme's default port matches an explicit key.
+        assert_eq!(
+            mapped(http("http://shop.example/"), &pairs),
+            http("http://10.0.0.9:8080/")
+        );
+        assert_eq!(
+            mapped(http("http://user:pw@shop.example/"), &pairs),
+            http("http://user:pw@10.0.0.9:8080/")
+        );
+        // Other ports, hosts and https's default port are left alone.
+        for url in [
+            "http://127.0.0.1:18001/",
+            "https://shop.example/",
+            "http://127.0.0.10:18000/",
+        ] {
+            assert_eq!(mapped(http(url), &pairs), http(url));
+        }
+        assert_eq!(
+            mapped(http("https://[::1]:8443/h"), &[("[::1]:8443", "[::1]:9443")]),
+            http("https://[::1]:9443/h")
+        );
+    }
+
+    #[test]
+    fn address_map_rewrites_dynamodb_endpoint_and_lag_sources() {
+        let kind = |endpoint: &str, sources: &[&str]| ProbeKind::Dynamodb {
+            endpoint: endpoint.into(),
+            table: "t".into(),
+            key: None,
+            signing_region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            lag_sources: sources.iter().map(|s| s.to_string()).collect(),
+        };
+        let pairs = [
+            ("127.0.0.1:18000", "127.0.0.1:19000"),
+            ("127.0.0.1:28000", "127.0.0.1:29000"),
+        ];
+        assert_eq!(
+            mapped(
+                kind(
+                    "http://127.0.0.1:18000",
+                    &["http://127.0.0.1:28000", "http://127.0.0.1:38000"]
+                ),
+                &pairs
+            ),
+            kind(
+                "http://127.0.0.1:19000",
+                &["http://127.0.0.1:29000", "http://127.0.0.1:38000"]
+            )
+        );
+    }
+
+    #[test]
+    fn address_map_rewrites_tcp_sql_redis_and_dns_addresses() {
+        let pairs = [
+            ("db.internal:3306", "203.0.113.7:13306"),
+            ("127.0.0.1:6379", "127.0.0.1:16379"),
+            ("127.0.0.1:53", "127.0.0.1:5353"),
+            ("127.0.0.1:7000", "127.0.0.1:17000"),
+        ];
+        let tcp = |a: &str| ProbeKind::Tcp { address: a.into() };
+        assert_eq!(mapped(tcp("127.0.0.1:7000"), &pairs), tcp("127.0.0.1:17000"));
+        assert_eq!(mapped(tcp("127.0.0.1:7001"), &pairs), tcp("127.0.0.1:7001"));
+        let sql = |a: &str| ProbeKind::Sql {
+            driver: SqlDriver::Mysql,
+            address: a.into(),
+            user: "u".into(),
+            password: None,
+            database: None,
+            replica_lag: true,
+            max_replica_lag_ms: None,
+        };
+        assert_eq!(mapped(sql("db.internal:3306"), &pairs), sql("203.0.113.7:13306"));
+        let redis = |a: &str| ProbeKind::Redis {
+            address: a.into(),
+            username: None,
+            password: None,
+            replication: false,
+            expect_role: None,
+            max_replica_lag_ms: None,
+        };
+        assert_eq!(mapped(redis("127.0.0.1:6379"), &pairs), redis("127.0.0.1:16379"));
+        let dns = |s: &str| ProbeKind::Dns {
+            server: s.into(),
+            name: "shop.example".into(),
+            record_type: "A".into(),
+            expect: None,
+        };
+        // A server without a port is port 53.
+        assert_eq!(mapped(dns("127.0.0.1"), &pairs), dns("127.0.0.1:5353"));
+        assert_eq!(mapped(dns("127.0.0.1:53"), &pairs), dns("127.0.0.1:5353"));
+        assert_eq!(mapped(dns("127.0.0.2"), &pairs), dns("127.0.0.2"));
+        // An empty map changes nothing.
+        assert_eq!(mapped(dns("127.0.0.1"), &[]), dns("127.0.0.1"));
+    }
+
+    #[test]
+    fn host_port_validation_for_address_maps() {
+        for good in ["127.0.0.1:18000", "db.internal:3306", "[::1]:53"] {
+            validate_host_port(good).expect(good);
+        }
+        for bad in [
+            "127.0.0.1",
+            "http://127.0.0.1:80",
+            "a:port",
+            ":80",
+            "::1",
+            "a:80/x",
+            "a:99999",
+        ] {
+            let error = validate_host_port(bad).expect_err(bad);
+            assert!(error.contains(bad), "{error}");
+        }
+    }
+
+    #[test]
+    fn lag_sources_are_validated() {
+        let mut kind = ProbeKind::Dynamodb {
+            endpoint: "http://127.0.0.1:8000".into(),
+            table: "t".into(),
+            key: None,
+            signing_region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            lag_sources: vec!["127.0.0.1:8001".into()],
+        };
+        let error = CheckSpec::new("c", "r", kind.clone())
+            .validate()
+            .expect_err("no scheme");
+        assert!(error.to_string().contains("'127.0.0.1:8001'"), "{error}");
+        if let ProbeKind::Dynamodb { lag_sources, .. } = &mut kind {
+            *lag_sources = vec!["http://127.0.0.1:8001".into(); LAG_SOURCES_MAX + 1];
+        }
+        let error = CheckSpec::new("c", "r", kind).validate().expect_err("too many");
+        assert!(error.to_string().contains("lag_sources"), "{error}");
     }
 }

@@ -1,5 +1,7 @@
 //! DynamoDB probe: `GetItem` of a key, or `Scan` with `Limit = 1`, against any endpoint that
-//! speaks DynamoDB's JSON protocol; SigV4-signed when credentials are given.
+//! speaks DynamoDB's JSON protocol; SigV4-signed when credentials are given. With
+//! `lag_sources`, it also reads the replication lag into the check's region from the other
+//! regions' Switchyard stores.
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -10,6 +12,9 @@ use sha2::{Digest, Sha256};
 use dynamo_protocol::sigv4::{RequestParts, canonical_request, format_amz_date, signing_key};
 
 use super::{Finding, http::exchange};
+
+/// Path of a Switchyard store's health document.
+const STORE_HEALTH_PATH: &str = "/health";
 
 pub(super) async fn probe(
     endpoint: &str,
@@ -105,6 +110,122 @@ fn build_request(
         .map_err(|e| format!("build request: {e}"))
 }
 
+/// What one lag source said about the replication into `region`: a lag, or why there is none.
+type LagReading = Result<u64, String>;
+
+/// Adds to a successful finding the inbound replication lag of `region`: the largest outbound
+/// lag to `region` among the `sources` (the other regions' stores) that answer by `deadline`.
+/// A source that fails gives no reading; with no reading at all the lag stays unknown.
+pub(super) async fn read_inbound_lag(
+    finding: Finding,
+    sources: &[String],
+    region: &str,
+    deadline: tokio::time::Instant,
+) -> Finding {
+    let mut reads = tokio::task::JoinSet::new();
+    for (index, source) in sources.iter().enumerate() {
+        let source = source.clone();
+        let region = region.to_string();
+        reads.spawn(async move {
+            let reading = match tokio::time::timeout_at(deadline, read_peer_lag(&source, &region)).await {
+                Ok(reading) => reading,
+                Err(_) => Err("no answer within the probe's lag budget".to_string()),
+            };
+            (index, reading)
+        });
+    }
+    let mut readings: Vec<Option<LagReading>> = vec![None; sources.len()];
+    while let Some(joined) = reads.join_next().await {
+        if let Ok((index, reading)) = joined {
+            readings[index] = Some(reading);
+        }
+    }
+    let readings: Vec<LagReading> = readings
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("lag read did not finish".into())))
+        .collect();
+    let (lag_ms, note) = summarize(sources, region, &readings);
+    Finding {
+        detail: format!("{}; {note}", finding.detail),
+        ..finding
+    }
+    .with_lag(lag_ms)
+}
+
+/// The largest lag among the readings (None when none), and words for the probe's detail.
+fn summarize(sources: &[String], region: &str, readings: &[LagReading]) -> (Option<u64>, String) {
+    let lag_ms = readings.iter().filter_map(|r| r.as_ref().ok()).copied().max();
+    let known = readings.iter().filter(|r| r.is_ok()).count();
+    let failures: Vec<String> = sources
+        .iter()
+        .zip(readings)
+        .filter_map(|(source, reading)| reading.as_ref().err().map(|e| format!("{source}: {e}")))
+        .collect();
+    let mut note = match lag_ms {
+        Some(lag) => format!(
+            "replication lag into {region} {lag} ms (max of {known} of {} sources)",
+            sources.len()
+        ),
+        None => format!("replication lag into {region} unknown"),
+    };
+    if !failures.is_empty() {
+        note.push_str(&format!(" (no reading from {})", failures.join("; ")));
+    }
+    (lag_ms, note)
+}
+
+/// GETs a store's `/health` and reads its outbound replication to `region`.
+async fn read_peer_lag(source: &str, region: &str) -> LagReading {
+    let uri: hyper::Uri = source.parse().map_err(|e| format!("url: {e}"))?;
+    let https = uri.scheme_str() == Some("https");
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or_else(|| "not http(s)://host:port".to_string())?;
+    let host = uri.host().unwrap_or_default().to_string();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let request = Request::builder()
+        .method("GET")
+        .uri(STORE_HEALTH_PATH)
+        .header("host", authority)
+        .header("user-agent", "switchyard-health/1")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| format!("build request: {e}"))?;
+    let (status, body) = exchange(&host, port, https, request).await?;
+    // A store whose writer stopped answers 503 with the same document; its replication
+    // counters are still what its peers lack.
+    if status != 200 && status != 503 {
+        return Err(format!("GET {STORE_HEALTH_PATH}: HTTP {status}"));
+    }
+    let health: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| format!("GET {STORE_HEALTH_PATH}: body is not JSON"))?;
+    peer_lag(&health, region)
+}
+
+/// Reads `replication.peers.<region>` of a store's health document.
+fn peer_lag(health: &serde_json::Value, region: &str) -> LagReading {
+    let replication = health.get("replication").filter(|r| !r.is_null()).ok_or_else(|| {
+        "the store does not replicate (no replication in its /health); list only global-table stores".to_string()
+    })?;
+    let peer = replication
+        .get("peers")
+        .and_then(|peers| peers.get(region))
+        .ok_or_else(|| format!("the store has no replication peer named '{region}'"))?;
+    if peer.get("repairing").and_then(|r| r.as_bool()) == Some(true) {
+        return Err(format!(
+            "replication to '{region}' is being repaired; lag unknown until it ends"
+        ));
+    }
+    let lag_ms = peer
+        .get("lag_ms")
+        .and_then(|l| l.as_u64())
+        .ok_or_else(|| format!("peer '{region}' has no numeric lag_ms"))?;
+    let pending = peer.get("pending_changes").and_then(|p| p.as_u64()).unwrap_or(0);
+    // Changes still to ship whose age reads 0 (written this millisecond, or their age could not
+    // be read) are behind all the same: never report such a peer as fully caught up.
+    Ok(if pending > 0 { lag_ms.max(1) } else { lag_ms })
+}
+
 fn judge(operation: &str, table: &str, status: u16, body: &[u8]) -> Finding {
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     if status == 200 {
@@ -176,6 +297,41 @@ mod tests {
         let mut wrong = Credentials::new();
         wrong.insert("AKID", "OTHER");
         assert!(verify(&wrong, &parts, now).is_err());
+    }
+
+    #[test]
+    fn peer_lag_reads_the_named_peer() {
+        let health = serde_json::json!({"replication": {"region": "eu", "peers": {
+            "us": {"lag_ms": 120, "pending_changes": 4, "repairing": false},
+            "ap": {"lag_ms": 0, "pending_changes": 2, "repairing": false},
+            "sa": {"lag_ms": 0, "pending_changes": 0, "repairing": false},
+            "af": {"lag_ms": 0, "pending_changes": 0, "repairing": true},
+        }}});
+        assert_eq!(peer_lag(&health, "us"), Ok(120));
+        assert_eq!(peer_lag(&health, "ap"), Ok(1), "pending changes are never 0 lag");
+        assert_eq!(peer_lag(&health, "sa"), Ok(0));
+        assert!(peer_lag(&health, "af").expect_err("repairing").contains("repaired"));
+        assert!(peer_lag(&health, "xx").expect_err("missing").contains("'xx'"));
+        let alone = serde_json::json!({"status": "ready", "replication": null});
+        assert!(
+            peer_lag(&alone, "us")
+                .expect_err("no replication")
+                .contains("does not replicate")
+        );
+    }
+
+    #[test]
+    fn summary_takes_the_max_and_never_invents_zero() {
+        let sources = vec!["http://a".to_string(), "http://b".to_string()];
+        let (lag, note) = summarize(&sources, "us", &[Ok(5), Ok(40)]);
+        assert_eq!(lag, Some(40));
+        assert!(note.contains("40 ms (max of 2 of 2 sources)"), "{note}");
+        let (lag, note) = summarize(&sources, "us", &[Err("refused".into()), Ok(7)]);
+        assert_eq!(lag, Some(7));
+        assert!(note.contains("http://a: refused"), "{note}");
+        let (lag, note) = summarize(&sources, "us", &[Err("refused".into()), Err("timeout".into())]);
+        assert_eq!(lag, None);
+        assert!(note.contains("unknown"), "{note}");
     }
 
     #[test]

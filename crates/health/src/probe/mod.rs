@@ -31,7 +31,8 @@ pub struct ProbeOutcome {
     pub detail: String,
     /// How long the probe took, when it finished before its timeout.
     pub latency_ms: Option<u64>,
-    /// Replication lag read by SQL and Redis probes that ask for it.
+    /// Replication lag read by SQL and Redis probes that ask for it, and by DynamoDB probes
+    /// with `lag_sources` (the lag into the check's region).
     pub replica_lag_ms: Option<u64>,
 }
 
@@ -67,7 +68,7 @@ impl Finding {
 pub async fn probe(spec: &CheckSpec) -> ProbeOutcome {
     let started = Instant::now();
     let timeout = Duration::from_millis(spec.timeout_ms);
-    match tokio::time::timeout(timeout, run(spec)).await {
+    match tokio::time::timeout(timeout, run(spec, started)).await {
         Ok(finding) => ProbeOutcome {
             success: finding.success,
             detail: finding.detail,
@@ -83,7 +84,11 @@ pub async fn probe(spec: &CheckSpec) -> ProbeOutcome {
     }
 }
 
-async fn run(spec: &CheckSpec) -> Finding {
+/// Share of a DynamoDB probe's `timeout_ms`, from its start, after which `lag_sources` that
+/// have not answered count as unknown.
+pub const LAG_BUDGET_PERCENT: u64 = 80;
+
+async fn run(spec: &CheckSpec, started: Instant) -> Finding {
     match &spec.kind {
         ProbeKind::Http {
             url,
@@ -120,10 +125,19 @@ async fn run(spec: &CheckSpec) -> Finding {
             signing_region,
             access_key_id,
             secret_access_key,
+            lag_sources,
         } => {
             let credentials = access_key_id.as_deref().zip(secret_access_key.as_deref());
             let region = signing_region.as_deref().unwrap_or(&spec.region);
-            dynamodb::probe(endpoint, table, key.as_ref(), region, credentials).await
+            let finding = dynamodb::probe(endpoint, table, key.as_ref(), region, credentials).await;
+            if !finding.success || lag_sources.is_empty() {
+                return finding;
+            }
+            // The lag reads share what is left of the probe's timeout with a margin, so a slow
+            // source costs the reading, never the probe's own verdict.
+            let budget_ms = spec.timeout_ms.saturating_mul(LAG_BUDGET_PERCENT) / 100;
+            let deadline = started + Duration::from_millis(budget_ms);
+            dynamodb::read_inbound_lag(finding, lag_sources, &spec.region, deadline).await
         }
         ProbeKind::Sql {
             driver,

@@ -19,6 +19,7 @@ fn dynamodb(endpoint: &str, table: &str, key: Option<serde_json::Value>, secret:
         signing_region: None,
         access_key_id: secret.map(|_| "AKIDHEALTH".to_string()),
         secret_access_key: secret.map(str::to_string),
+        lag_sources: Vec::new(),
     }
 }
 
@@ -92,4 +93,167 @@ async fn dynamodb_probe_reads_a_signed_store() {
     server.await.expect("server task").expect("server stops cleanly");
     let gone = probe(&spec(dynamodb(&endpoint, "health", None, Some("health-secret")))).await;
     assert!(!gone.success);
+}
+
+const REPLICATION_KEY: &[u8] = b"a-test-replication-key-of-32-bytes";
+/// Generous bound for replication to catch up on a loaded 2-core machine.
+const CATCH_UP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+/// A caught-up peer's lag is a few milliseconds; this bound only rules out nonsense.
+const CAUGHT_UP_LAG_MS_MAX: u64 = 5_000;
+
+async fn call(url: &str, operation: &str, body: serde_json::Value) -> serde_json::Value {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = hyper::Request::post(format!("{url}/"))
+        .header("x-amz-target", format!("DynamoDB_20120810.{operation}"))
+        .header("content-type", "application/x-amz-json-1.0")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .expect("valid request");
+    let response = client.request(request).await.expect("store answers");
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).expect("JSON answer");
+    assert_eq!(status, 200, "{operation}: {value}");
+    value
+}
+
+struct ReplicatingStore {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl ReplicatingStore {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("store stops cleanly");
+    }
+}
+
+/// Two regions' stores on loopback, each the other's replication peer.
+async fn replicating_pair() -> (ReplicatingStore, ReplicatingStore) {
+    let names = ["east", "west"];
+    let listeners = [
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+    ];
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("http://{}", l.local_addr().expect("address")))
+        .collect();
+    let mut stores = Vec::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let engine = store::Engine::open(dir.path(), names[index], Arc::new(store::SystemClock)).expect("open engine");
+        let other = 1 - index;
+        let config = store::server::ServerConfig {
+            credentials: None,
+            replication: Some(store::global::ReplicationConfig {
+                peers: vec![store::global::Peer {
+                    region: names[other].to_string(),
+                    url: urls[other].clone(),
+                }],
+                key: REPLICATION_KEY.to_vec(),
+            }),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            store::server::run(listener, engine, config, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("store runs");
+        });
+        stores.push(ReplicatingStore {
+            url: urls[index].clone(),
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        });
+    }
+    let west = stores.pop().expect("two stores");
+    let east = stores.pop().expect("two stores");
+    (east, west)
+}
+
+fn lag_check(endpoint: &str, sources: &[&str]) -> health::CheckSpec {
+    let mut kind = dynamodb(endpoint, "orders", None, None);
+    if let ProbeKind::Dynamodb { lag_sources, .. } = &mut kind {
+        *lag_sources = sources.iter().map(|s| s.to_string()).collect();
+    }
+    spec(kind)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_probe_reads_inbound_replication_lag_from_the_other_region() {
+    let (east, west) = replicating_pair().await;
+    call(
+        &west.url,
+        "CreateTable",
+        json!({
+            "TableName": "orders",
+            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+            "BillingMode": "PAY_PER_REQUEST"
+        }),
+    )
+    .await;
+    call(
+        &west.url,
+        "UpdateTable",
+        json!({"TableName": "orders", "ReplicaUpdates": [{"Create": {"RegionName": "east"}}]}),
+    )
+    .await;
+    for i in 0..5 {
+        call(
+            &west.url,
+            "PutItem",
+            json!({"TableName": "orders", "Item": {"id": {"S": format!("order-{i}")}}}),
+        )
+        .await;
+    }
+
+    // East's inbound lag is what west still has to ship to it: known, and small once the
+    // orders arrived.
+    let check = lag_check(&east.url, &[&west.url]);
+    let caught_up = crate::support::probe_until(&check, CATCH_UP_DEADLINE, |outcome| {
+        outcome.success && outcome.detail.contains("orders: 1 items")
+    })
+    .await;
+    assert!(caught_up.success, "{caught_up:?}");
+    let caught_up = crate::support::probe_until(&check, CATCH_UP_DEADLINE, |outcome| {
+        outcome.replica_lag_ms.is_some_and(|lag| lag <= CAUGHT_UP_LAG_MS_MAX)
+    })
+    .await;
+    assert!(caught_up.success, "{caught_up:?}");
+    assert!(
+        caught_up.detail.contains("replication lag into east") && caught_up.detail.contains("max of 1 of 1"),
+        "{}",
+        caught_up.detail
+    );
+
+    // A source without a peer named after the check's region gives no reading: never 0.
+    let wrong_source = probe(&lag_check(&east.url, &[&east.url])).await;
+    assert!(wrong_source.success, "the read itself still succeeds: {wrong_source:?}");
+    assert_eq!(wrong_source.replica_lag_ms, None, "{wrong_source:?}");
+    assert!(
+        wrong_source.detail.contains("no replication peer named 'east'"),
+        "{}",
+        wrong_source.detail
+    );
+
+    // With the source region down the lag is unknown, and the probe of east still succeeds.
+    let west_url = west.url.clone();
+    west.stop().await;
+    let down = probe(&lag_check(&east.url, &[&west_url])).await;
+    assert!(down.success, "{down:?}");
+    assert_eq!(down.replica_lag_ms, None, "{down:?}");
+    assert!(down.detail.contains("unknown"), "{}", down.detail);
+    east.stop().await;
 }
