@@ -1,7 +1,8 @@
 //! The controller's TOML configuration and its validation (`switchyard config check`).
 //!
 //! One file describes a deployment: `[controller]`, `[policy]`, `[quorum]`, `[[regions]]`,
-//! `[[checks]]` (the health crate's `CheckSpec`), `[dns]`, `[[runbook]]` and `[[alerts]]`.
+//! `[[checks]]` (the health crate's `CheckSpec`), `[vantage_paths.NAME]` (a vantage point's own
+//! addresses of the targets), `[dns]`, `[[runbook]]` and `[[alerts]]`.
 //! Every mistake is reported with its line and column (from the TOML spans) and a fix; the
 //! controller refuses to start while any remains.
 
@@ -23,6 +24,11 @@ pub const STEP_RETRIES_MAX: u32 = 20;
 pub const STEP_TIMEOUT_MS_MAX: u64 = 600_000;
 /// Most regions.
 pub const REGIONS_MAX: usize = 32;
+/// Most entries in one vantage point's address map.
+pub const VANTAGE_PATH_ENTRIES_MAX: usize = 1024;
+
+/// `[vantage_paths.NAME]`: per vantage point, `"host:port" = "host:port"` entries.
+pub type VantagePaths = BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<String>>>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +43,10 @@ pub struct ConfigFile {
     pub regions: Vec<RegionSection>,
     #[serde(default)]
     pub checks: Vec<Spanned<health::CheckSpec>>,
+    /// Per vantage point (a name in `[quorum] vantages`), the address it reaches each target
+    /// by: `"address in the checks" = "address from this vantage point"`.
+    #[serde(default)]
+    pub vantage_paths: VantagePaths,
     #[serde(default)]
     pub dns: Option<DnsSection>,
     #[serde(default)]
@@ -318,6 +328,30 @@ impl Config {
         self.file.checks.iter().map(|c| c.get_ref().clone()).collect()
     }
 
+    /// The address map of one vantage point (empty when it has no `[vantage_paths.NAME]`).
+    pub fn address_map(&self, vantage: &str) -> health::spec::AddressMap {
+        self.file
+            .vantage_paths
+            .get(vantage)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|(from, to)| (from.get_ref().clone(), to.get_ref().clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The checks as `vantage` probes them: every target through its address map.
+    pub fn checks_for(&self, vantage: &str) -> Vec<health::CheckSpec> {
+        let map = self.address_map(vantage);
+        self.file
+            .checks
+            .iter()
+            .map(|c| c.get_ref().with_address_map(&map))
+            .collect()
+    }
+
     /// DNS health targets per region.
     pub fn dns_targets(&self) -> BTreeMap<String, Vec<String>> {
         self.file
@@ -396,6 +430,7 @@ fn syntax_problems(text: &str, lines: &LineIndex, whole: toml::de::Error) -> Vec
         section!(quorum, QuorumSection);
         section!(regions, Vec<RegionSection>);
         section!(checks, Vec<Spanned<health::CheckSpec>>);
+        section!(vantage_paths, VantagePaths);
         section!(dns, DnsSection);
         section!(runbook, Vec<StepSection>);
         section!(alerts, Vec<AlertSection>);
@@ -530,6 +565,7 @@ impl Checker<'_> {
         let policy = self.check_policy(&file.policy);
         self.check_checks(&file, &known);
         let quorum = self.check_quorum(&file);
+        self.check_vantage_paths(&file);
         let steps = self.check_runbook(&file, &known);
         self.check_alerts(&file);
         let (policy, quorum) = (policy?, quorum?);
@@ -730,7 +766,7 @@ impl Checker<'_> {
                     format!(
                         "region '{name}' has no check that reads replication lag, so automatic failback to it waits forever"
                     ),
-                    "add an sql check with replica_lag = true or a redis check with replication = true, or set [policy] failback_lag_check = false",
+                    "add a dynamodb check with lag_sources = [the other regions' stores], an sql check with replica_lag = true or a redis check with replication = true, or set [policy] failback_lag_check = false",
                 );
             }
         }
@@ -825,6 +861,56 @@ impl Checker<'_> {
             Err(error) => {
                 self.error(span_or_zero(&q.vantages), error.to_string(), "fix the [quorum] section");
                 None
+            }
+        }
+    }
+
+    fn check_vantage_paths(&mut self, file: &ConfigFile) {
+        let vantages = file.quorum.vantages.get_ref();
+        let probed: BTreeSet<String> = file.checks.iter().flat_map(|c| target_addresses(c.get_ref())).collect();
+        for (vantage, entries) in &file.vantage_paths {
+            if !vantages.contains(vantage.get_ref()) {
+                self.error(
+                    vantage.span(),
+                    format!("[vantage_paths.{}] names an unknown vantage point", vantage.get_ref()),
+                    format!(
+                        "use a name listed in [quorum] vantages ({}), or add it there",
+                        vantages.join(", ")
+                    ),
+                );
+            }
+            if entries.len() > VANTAGE_PATH_ENTRIES_MAX {
+                self.error(
+                    vantage.span(),
+                    format!(
+                        "[vantage_paths.{}] has {} entries, more than {VANTAGE_PATH_ENTRIES_MAX}",
+                        vantage.get_ref(),
+                        entries.len()
+                    ),
+                    "map only the addresses the checks use",
+                );
+            }
+            for (from, to) in entries {
+                for (side, address) in [("key", from), ("value", to)] {
+                    if let Err(message) = health::spec::validate_host_port(address.get_ref()) {
+                        self.error(
+                            address.span(),
+                            format!("[vantage_paths.{}] {side}: {message}", vantage.get_ref()),
+                            "write entries as \"host:port in the checks\" = \"host:port from this vantage point\"",
+                        );
+                    }
+                }
+                if !probed.contains(from.get_ref()) {
+                    self.warn(
+                        from.span(),
+                        format!(
+                            "[vantage_paths.{}] maps '{}' but no check connects to that address",
+                            vantage.get_ref(),
+                            from.get_ref()
+                        ),
+                        "use the host:port exactly as a check's url, endpoint, lag_sources, address or server gives it (with the port)",
+                    );
+                }
             }
         }
     }
@@ -986,6 +1072,53 @@ fn reads_lag(check: &health::CheckSpec) -> bool {
         .iter()
         .any(|key| value.get(key) == Some(&serde_json::Value::Bool(true)))
         || value.get("max_replica_lag_ms").is_some_and(|v| !v.is_null())
+        || value
+            .get("lag_sources")
+            .and_then(|v| v.as_array())
+            .is_some_and(|sources| !sources.is_empty())
+}
+
+/// The `host:port`s a check connects to, as an address map would match them: found by mapping
+/// each through a map that renames everything it is asked about.
+fn target_addresses(check: &health::CheckSpec) -> Vec<String> {
+    let text = match serde_json::to_value(&check.kind) {
+        Ok(value) => value,
+        Err(_) => return Vec::new(),
+    };
+    let mut candidates: Vec<String> = Vec::new();
+    let mut strings = vec![&text];
+    while let Some(value) = strings.pop() {
+        match value {
+            serde_json::Value::String(s) => candidates.push(s.clone()),
+            serde_json::Value::Array(items) => strings.extend(items),
+            serde_json::Value::Object(map) => strings.extend(map.values()),
+            _ => {}
+        }
+    }
+    // A candidate is a target when mapping it to a marker changes the check.
+    candidates
+        .into_iter()
+        .flat_map(|s| {
+            let authority = s
+                .split_once("://")
+                .map_or(s.as_str(), |(_, rest)| {
+                    rest.split(['/', '?', '#']).next().unwrap_or(rest)
+                })
+                .rsplit('@')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let mut keys = vec![authority.clone()];
+            for port in [53, 80, 443] {
+                keys.push(format!("{authority}:{port}"));
+            }
+            keys
+        })
+        .filter(|key| {
+            let map = health::spec::AddressMap::from([(key.clone(), "mapped.invalid:1".to_string())]);
+            check.with_address_map(&map) != *check
+        })
+        .collect()
 }
 
 fn valid_name(name: &str) -> bool {

@@ -165,7 +165,8 @@ struct Shared {
     core: Mutex<Core>,
     pointer: Pointer,
     token: Option<String>,
-    plan: health::AgentPlan,
+    /// Per vantage point in `[quorum] vantages`: its checks through its `[vantage_paths]`.
+    plans: BTreeMap<String, health::AgentPlan>,
     metrics: Metrics,
     base: Instant,
     client: HttpClient,
@@ -474,10 +475,18 @@ pub async fn run(
         targets: config.dns_targets(),
         pointer: pointer.clone(),
     };
-    let plan = health::AgentPlan {
-        checks: config.checks(),
-        report_interval_ms: config.file.quorum.report_interval_ms,
-    };
+    let plans: BTreeMap<String, health::AgentPlan> = config
+        .quorum
+        .vantages_expected
+        .iter()
+        .map(|vantage| {
+            let plan = health::AgentPlan {
+                checks: config.checks_for(vantage),
+                report_interval_ms: config.file.quorum.report_interval_ms,
+            };
+            (vantage.clone(), plan)
+        })
+        .collect();
     let tick_ms = config.file.controller.tick_ms;
     let (closing_sender, closing) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
@@ -491,7 +500,7 @@ pub async fn run(
         config,
         pointer,
         token: options.token.filter(|t| !t.is_empty()),
-        plan,
+        plans,
         metrics: Metrics::new(),
         base: Instant::now(),
         client,
@@ -519,7 +528,7 @@ pub async fn run(
     }
     if options.probe_locally {
         let mut runner = health::runner::Runner::new(health::runner::RunnerOptions::default());
-        runner.update(shared.config.checks())?;
+        runner.update(shared.config.checks_for(&shared.config.file.controller.vantage))?;
         let shared = Arc::clone(&shared);
         tasks.push(tokio::spawn(async move { probe_locally(shared, runner).await }));
     }
@@ -839,16 +848,17 @@ async fn agent_plan(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: 
             "pass the agent's name: /v1/agent/plan?name=NAME",
         );
     };
-    if !shared.config.quorum.vantages_expected.contains(&name) {
-        return error(
+    // Each agent gets the checks through its own network path (`[vantage_paths.NAME]`).
+    match shared.plans.get(&name) {
+        Some(plan) => json_response(StatusCode::OK, json!(plan)),
+        None => error(
             StatusCode::NOT_FOUND,
             format!(
                 "vantage '{name}' is not in [quorum] vantages ({}); add it there or fix --name",
                 shared.config.quorum.vantages_expected.join(", ")
             ),
-        );
+        ),
     }
-    json_response(StatusCode::OK, json!(shared.plan))
 }
 
 async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {

@@ -171,3 +171,107 @@ fn range_mistakes_point_at_their_key_and_missing_sections_at_line_zero() {
         "{error}"
     );
 }
+
+const WITH_PATHS: &str = r#"
+[quorum]
+vantages = ["controller", "agent-1", "agent-2"]
+
+[[regions]]
+name = "a"
+priority = 1
+
+[[regions]]
+name = "b"
+priority = 2
+
+[[checks]]
+name = "a-app"
+region = "a"
+kind = { type = "http", url = "http://127.0.0.1:18000/health" }
+
+[[checks]]
+name = "b-store"
+region = "b"
+kind = { type = "dynamodb", endpoint = "http://127.0.0.1:28000", table = "t", lag_sources = ["http://127.0.0.1:18000"] }
+
+[vantage_paths.agent-1]
+"127.0.0.1:18000" = "127.0.0.1:19000"
+"127.0.0.1:28000" = "127.0.0.1:29000"
+
+[vantage_paths.controller]
+"127.0.0.1:28000" = "10.0.0.2:8000"
+"#;
+
+#[test]
+fn vantage_paths_map_each_vantage_points_checks() {
+    let config = parse("p.toml", WITH_PATHS).expect("valid");
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.message.clone()).collect();
+    // Region b's dynamodb check reads lag through lag_sources; region a has none.
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("region 'a'") && w.contains("replication lag")),
+        "{warnings:?}"
+    );
+    assert!(!warnings.iter().any(|w| w.contains("region 'b'")), "{warnings:?}");
+    assert!(
+        !warnings.iter().any(|w| w.contains("no check connects")),
+        "{warnings:?}"
+    );
+    let agent = config.checks_for("agent-1");
+    assert_eq!(
+        serde_json::to_value(&agent[0].kind).expect("json")["url"],
+        "http://127.0.0.1:19000/health"
+    );
+    let store = serde_json::to_value(&agent[1].kind).expect("json");
+    assert_eq!(store["endpoint"], "http://127.0.0.1:29000");
+    assert_eq!(store["lag_sources"][0], "http://127.0.0.1:19000");
+    let own = config.checks_for("controller");
+    assert_eq!(own[0], config.checks()[0], "unmapped targets are unchanged");
+    assert_eq!(
+        serde_json::to_value(&own[1].kind).expect("json")["endpoint"],
+        "http://10.0.0.2:8000"
+    );
+    assert_eq!(config.checks_for("agent-2"), config.checks(), "no map, no change");
+}
+
+#[test]
+fn vantage_path_mistakes_point_at_their_line() {
+    let text = format!(
+        "{WITH_PATHS}\n[vantage_paths.agent-9]\n\"127.0.0.1:18000\" = \"127.0.0.1:19001\"\n\n[vantage_paths.agent-2]\n\"127.0.0.1\" = \"127.0.0.1:19000\"\n\"127.0.0.1:28000\" = \"http://127.0.0.1:29000\"\n"
+    );
+    let found = problems(&text);
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).expect("in the text") + 1;
+    let find = |needle: &str| {
+        found
+            .iter()
+            .find(|p| p.message.contains(needle))
+            .unwrap_or_else(|| panic!("no problem mentions {needle}: {found:?}"))
+    };
+    let unknown = find("[vantage_paths.agent-9] names an unknown vantage point");
+    assert_eq!(unknown.line, line_of("[vantage_paths.agent-9]"));
+    assert!(unknown.fix.contains("controller, agent-1, agent-2"), "{}", unknown.fix);
+    let key = find("key: address '127.0.0.1' is not host:port");
+    assert_eq!(key.line, line_of("\"127.0.0.1\" ="));
+    let value = find("value: address 'http://127.0.0.1:29000'");
+    assert_eq!(value.line, line_of("\"http://127.0.0.1:29000\""));
+    assert_eq!(found.len(), 3, "{found:?}");
+}
+
+#[test]
+fn vantage_path_to_an_address_no_check_uses_is_a_warning() {
+    let text = format!("{WITH_PATHS}\n[vantage_paths.agent-2]\n\"127.0.0.1:18001\" = \"127.0.0.1:19000\"\n");
+    let config = parse("p.toml", &text).expect("valid");
+    let warning = config
+        .warnings
+        .iter()
+        .find(|w| w.message.contains("no check connects"))
+        .expect("a warning");
+    assert_eq!(
+        warning.line,
+        text.lines()
+            .position(|l| l.contains("127.0.0.1:18001"))
+            .expect("in text")
+            + 1
+    );
+}

@@ -83,6 +83,10 @@ impl Running {
     }
 
     async fn start_with_floor(config: &str, generation_floor: u64) -> Running {
+        Running::start_with(config, generation_floor, false).await
+    }
+
+    async fn start_with(config: &str, generation_floor: u64, probe_locally: bool) -> Running {
         let config = controller::config::parse("test.toml", config).expect("valid config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
@@ -91,7 +95,7 @@ impl Running {
             token: Some(TOKEN.into()),
             dns_token: None,
             local_reports: None,
-            probe_locally: false,
+            probe_locally,
             generation_floor,
         };
         let task = tokio::spawn(async move {
@@ -454,5 +458,66 @@ async fn every_region_down_keeps_the_placement_and_calls_the_alert_webhook() {
             .any(|r| r.as_str().is_some_and(|r| r.contains("static stability"))),
         "{status:#}"
     );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn plans_and_self_probes_follow_each_vantage_points_path() {
+    let dns = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    // The checks name 127.0.0.1:9 (discard, closed here); the controller's own path to it is a
+    // listener of this test, agent-a's another address, agent-b has none.
+    let live = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let live_address = live.local_addr().expect("address").to_string();
+    let text = format!(
+        "{}\n[vantage_paths.controller]\n\"127.0.0.1:9\" = \"{live_address}\"\n\n[vantage_paths.agent-a]\n\"127.0.0.1:9\" = \"127.0.0.1:19009\"\n",
+        config_text(&dns.url, &audit)
+    );
+    let controller = Running::start_with(&text, 0, true).await;
+
+    let (code, plan) = controller.call(Method::GET, "/v1/agent/plan?name=agent-a", None).await;
+    assert_eq!(code, 200, "{plan}");
+    let addresses = |plan: &serde_json::Value| -> Vec<String> {
+        plan["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .map(|c| c["kind"]["address"].as_str().expect("tcp address").to_string())
+            .collect()
+    };
+    assert_eq!(addresses(&plan), ["127.0.0.1:19009", "127.0.0.1:19009"]);
+    assert_eq!(
+        plan["checks"][0]["name"], "use1-app",
+        "names stay the same for the quorum"
+    );
+    let (code, plan) = controller.call(Method::GET, "/v1/agent/plan?name=agent-b", None).await;
+    assert_eq!(code, 200, "{plan}");
+    assert_eq!(addresses(&plan), ["127.0.0.1:9", "127.0.0.1:9"]);
+
+    // The controller's own probes connect through its path: up, with the mapped address.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = controller.status().await;
+        let own = status["vantages"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "controller"))
+            .cloned()
+            .unwrap_or_default();
+        let checks = own["checks"].as_array().cloned().unwrap_or_default();
+        let up = checks
+            .iter()
+            .filter(|c| c["status"] == "up" && c["detail"] == format!("connected to {live_address}"))
+            .count();
+        if up == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controller's self-probes never went through {live_address}: {own:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(live);
     controller.stop().await;
 }
