@@ -56,6 +56,24 @@ def lab_cli(*args):
     return subprocess.run([str(BINARY), "lab", *args], capture_output=True, text=True, timeout=90)
 
 
+def status_cli(directory):
+    """`switchyard status --lab DIR`: the controller CLI's view of a whole lab."""
+    return subprocess.run([str(BINARY), "status", "--lab", str(directory)], capture_output=True, text=True,
+                          timeout=90)
+
+
+def lab_is_up(process, directory):
+    """Whether the lab is up by `switchyard status --lab` (or its process ended). The first time
+    status says up, every component must be in the table: a lab still starting is not up."""
+    if process.poll() is not None:
+        return True
+    status = status_cli(directory)
+    if status.returncode != 0:
+        return False
+    assert "agent-3" in status.stdout and "controller" in status.stdout, status.stdout
+    return True
+
+
 @pytest.fixture
 def lab(tmp_path):
     if not BINARY.exists():
@@ -69,8 +87,7 @@ def lab(tmp_path):
             stdout=log, stderr=subprocess.STDOUT,
         )
         try:
-            wait_until("the lab's table", lambda: process.poll() is not None
-                       or "Ctrl-C stops everything" in (tmp_path / "lab.log").read_text(), START_DEADLINE_S)
+            wait_until("switchyard status --lab saying up", lambda: lab_is_up(process, directory), START_DEADLINE_S)
         except AssertionError:
             process.kill()
             raise AssertionError((tmp_path / "lab.log").read_text()[-5000:])
@@ -138,9 +155,12 @@ def test_lab_serves_the_shop_through_dns_and_fails_over(lab):
     assert killed.returncode == 0, killed.stderr
     status = lab_cli("--status", "--dir", str(directory))
     assert status.returncode != 0 and "shop-eu-west-1-2 is exited (killed by SIGKILL)" in status.stderr, status.stderr
+    status = status_cli(directory)
+    assert status.returncode != 0 and "shop-eu-west-1-2 is exited (killed by SIGKILL)" in status.stderr, status.stderr
     restarted = lab_cli("ctl", "--dir", str(directory), "restart", "shop-eu-west-1-2")
     assert restarted.returncode == 0, restarted.stderr
     assert lab_cli("--status", "--dir", str(directory)).returncode == 0
+    assert status_cli(directory).returncode == 0
     unknown = lab_cli("ctl", "--dir", str(directory), "stop", "no-such-component")
     assert unknown.returncode != 0 and "store-us-east-1" in unknown.stderr
 
@@ -182,4 +202,6 @@ def test_bad_input_is_refused_with_the_fix(tmp_path):
     result = lab_cli("--dir", str(tmp_path / "lab"), "--regions", "6")
     assert result.returncode != 0 and "2 to 5" in result.stderr, result.stderr
     result = lab_cli("--status", "--dir", str(tmp_path / "nowhere"))
+    assert result.returncode != 0 and "switchyard lab --dir" in result.stderr, result.stderr
+    result = status_cli(tmp_path / "nowhere")
     assert result.returncode != 0 and "switchyard lab --dir" in result.stderr, result.stderr

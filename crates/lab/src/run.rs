@@ -98,6 +98,7 @@ pub async fn run(
     if !key.exists() {
         write_file(&key, &random_hex())?;
     }
+    supervisor.expect_components(plan.components.len())?;
     tokio::pin!(shutdown);
     for spec in plan.components.clone() {
         let name = spec.name.clone();
@@ -161,6 +162,14 @@ pub fn status(dir: &Path) -> Result<String, String> {
         ));
     }
     let mut problems = Vec::new();
+    match state.planned {
+        Some(planned) if state.components.len() < planned => problems.push(format!(
+            "still starting: {} of {planned} components started",
+            state.components.len()
+        )),
+        Some(_) => {}
+        None => problems.push("still starting: no components planned yet".to_string()),
+    }
     for component in &state.components {
         if component.state != "running" || !alive(component) {
             problems.push(format!("{} is {}", component.name, component.state));
@@ -328,6 +337,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         LabState {
             supervisor_pid: u32::MAX - 1,
+            planned: None,
             components: Vec::new(),
         }
         .write(dir.path())
@@ -349,10 +359,23 @@ mod tests {
             log: dir.path().join("x.log"),
             state: state.to_string(),
         };
+        let state = LabState {
+            supervisor_pid: std::process::id(),
+            planned: None,
+            components: Vec::new(),
+        };
+        state.write(dir.path()).expect("state");
+        let error = status(dir.path()).expect_err("nothing planned yet");
+        assert!(error.contains("still starting"), "{error}");
         let mut state = LabState {
             supervisor_pid: std::process::id(),
+            planned: Some(2),
             components: vec![record("up", &address, "running")],
         };
+        state.write(dir.path()).expect("state");
+        let error = status(dir.path()).expect_err("one of two started");
+        assert!(error.contains("still starting: 1 of 2"), "{error}");
+        state.planned = Some(1);
         state.write(dir.path()).expect("state");
         let table = status(dir.path()).expect("healthy");
         assert!(table.contains("up"), "{table}");

@@ -11,6 +11,9 @@ pub const STATE_FILE: &str = "lab.json";
 pub struct LabState {
     /// The supervising process; the lab runs while it lives.
     pub supervisor_pid: u32,
+    /// How many components the lab starts; fewer in `components` means it is still starting.
+    #[serde(default)]
+    pub planned: Option<usize>,
     pub components: Vec<ComponentRecord>,
 }
 
@@ -129,6 +132,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let state = LabState {
             supervisor_pid: std::process::id(),
+            planned: None,
             components: vec![ComponentRecord {
                 name: "store-us-east-1".to_string(),
                 kind: "store".to_string(),

@@ -131,6 +131,8 @@ pub struct Supervisor {
     program: PathBuf,
     grace: Duration,
     ready_wait: Duration,
+    /// How many components the caller will start (recorded in `lab.json` for `--status`).
+    planned: Option<usize>,
     components: Vec<Component>,
 }
 
@@ -159,6 +161,7 @@ impl Supervisor {
             program,
             grace: Duration::from_millis(STOP_GRACE_MS_DEFAULT),
             ready_wait: Duration::from_millis(READY_WAIT_MS_DEFAULT),
+            planned: None,
             components: Vec::new(),
         };
         supervisor.save()?;
@@ -438,9 +441,17 @@ impl Supervisor {
         Ok(component.child.as_ref().and(component.pid))
     }
 
+    /// Records how many components will be started, so `lab --status` reports a lab that is
+    /// still starting instead of a healthy one with half its components.
+    pub fn expect_components(&mut self, planned: usize) -> Result<(), SupervisorError> {
+        self.planned = Some(planned);
+        self.save()
+    }
+
     pub fn state(&self) -> LabState {
         LabState {
             supervisor_pid: std::process::id(),
+            planned: self.planned,
             components: self
                 .components
                 .iter()

@@ -73,6 +73,10 @@ pub(crate) struct StatusArgs {
     /// Print the raw JSON.
     #[arg(long)]
     json: bool,
+    /// Check a running lab instead (`switchyard lab --dir DIR`): print its table and exit 0
+    /// when every component is up, non-zero with the reason otherwise.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["json", "controller"])]
+    lab: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -251,6 +255,15 @@ async fn call(
 }
 
 pub(crate) async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.lab {
+        return match lab::status(dir) {
+            Ok(table) => {
+                print!("{table}");
+                Ok(())
+            }
+            Err(reason) => bail!("{reason}"),
+        };
+    }
     let target = target(&args.client)?;
     let (status, value) = call(&target, Method::GET, "/v1/status", None).await?;
     if status != 200 {

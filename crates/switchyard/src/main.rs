@@ -100,7 +100,8 @@ enum Command {
     Controller(controller::ControllerArgs),
     /// Work with the controller's configuration (`config check FILE`).
     Config(controller::ConfigArgs),
-    /// Show the controller's view: regions, vantage points, generation, and why it waits.
+    /// Show the controller's view: regions, vantage points, generation, and why it waits
+    /// (or, with `--lab DIR`, whether every component of a running lab is up).
     Status(controller::StatusArgs),
     /// Planned move of the active region to --to REGION (it becomes the preferred region).
     Switchover(controller::SwitchoverArgs),

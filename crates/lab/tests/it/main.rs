@@ -221,6 +221,7 @@ async fn a_directory_held_by_a_live_supervisor_is_refused() {
     let pid = other.id().expect("pid");
     LabState {
         supervisor_pid: pid,
+        planned: None,
         components: Vec::new(),
     }
     .write(dir.path())
