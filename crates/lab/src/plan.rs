@@ -10,7 +10,11 @@
 //! - `pointer-A`: region A's demo apps to the controller's active-region pointer;
 //! - `agent-N`: vantage agent N to the controller;
 //! - `frontend-A`: clients to region A's load balancer (its address 127.0.0.(11+A));
-//! - `health-A`: every vantage's health checks of region A, then through `frontend-A`.
+//! - `health-V-A`: vantage point V's health checks of region A (V = `controller` or
+//!   `agent-N`), then through `frontend-A`: one link per vantage, so a drill can cut one
+//!   vantage's view of a region (`vantage-partition`) or every view (`region-partition`). The
+//!   controller's config writes the checks with the controller's link and maps them to each
+//!   agent's own with `[vantage_paths.agent-N]`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -104,7 +108,15 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str]) -> Strin
         let _ = writeln!(text, "\"frontend:{region}\" = \"frontend-{region}\"");
         let _ = writeln!(text, "\"app-store:{region}\" = \"app-{region}-to-store-{region}\"");
         if options.controller {
-            let _ = writeln!(text, "\"controller:{region}\" = \"health-{region}\"");
+            let _ = writeln!(text, "\"controller:{region}\" = \"{}\"", health_link(0, region));
+            for agent in 1..=AGENTS {
+                let _ = writeln!(
+                    text,
+                    "\"health:{}:{region}\" = \"{}\"",
+                    agent - 1,
+                    health_link(agent, region)
+                );
+            }
         }
     }
     let _ = write!(
@@ -174,9 +186,19 @@ impl Ports {
     fn pointer(&self, region: usize) -> u16 {
         self.region(region) + 40
     }
-    /// Where every vantage's health checks of the region enter the network.
-    fn health(&self, region: usize) -> u16 {
-        self.region(region) + 41
+    /// Where vantage `vantage`'s health checks of the region enter the network (0 is the
+    /// controller, N is agent-N).
+    fn health(&self, region: usize, vantage: usize) -> u16 {
+        self.region(region) + 41 + vantage as u16
+    }
+}
+
+/// The fault-proxy link carrying vantage `vantage`'s checks of `region` (0 is the controller).
+fn health_link(vantage: usize, region: &str) -> String {
+    if vantage == 0 {
+        format!("health-controller-{region}")
+    } else {
+        format!("health-agent-{vantage}-{region}")
     }
 }
 
@@ -257,7 +279,14 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             // Health checks go through the front door too (an outage seen by clients is seen
             // by the checks), but can also be cut alone: a partition between the region and
             // the controller while its clients still reach it.
-            link(format!("health-{region}"), local(ports.health(i)), front, &mut bound);
+            for vantage in 0..=AGENTS {
+                link(
+                    health_link(vantage, region),
+                    local(ports.health(i, vantage)),
+                    front.clone(),
+                    &mut bound,
+                );
+            }
         }
     }
     if options.controller {
@@ -421,8 +450,20 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             let _ = write!(
                 text,
                 "\n[[checks]]\nname = \"{region}-shop\"\nregion = \"{region}\"\nkind = {{ type = \"http\", url = \"{}/health\", expect_status = 200 }}\ninterval_ms = 500\nfast_interval_ms = 250\ntimeout_ms = 400\nrise = 2\nfall = 3\n",
-                url(ports.health(i))
+                url(ports.health(i, 0))
             );
+        }
+        // Each agent probes through its own links: the checks name the controller's.
+        for agent in 1..=AGENTS {
+            let _ = writeln!(text, "\n[vantage_paths.agent-{agent}]");
+            for i in 0..regions.len() {
+                let _ = writeln!(
+                    text,
+                    "\"{}\" = \"{}\"",
+                    local(ports.health(i, 0)),
+                    local(ports.health(i, agent))
+                );
+            }
         }
         let _ = write!(
             text,
@@ -580,6 +621,40 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(creators, ["shop-us-east-1-1"], "one instance creates the global tables");
+    }
+
+    #[test]
+    fn every_vantage_checks_each_region_through_its_own_link() {
+        let plan = plan(&options(2)).expect("plan");
+        let faults = &plan.files[0].contents;
+        let controller = plan
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("controller.toml"))
+            .expect("controller config");
+        // The checks name the controller's link; each agent's map sends it through its own.
+        assert!(faults.contains(
+            "name = \"health-controller-eu-west-1\"\nlisten = \"127.0.0.1:17241\"\nupstream = \"127.0.0.12:17080\""
+        ));
+        assert!(faults.contains("name = \"health-agent-3-eu-west-1\"\nlisten = \"127.0.0.1:17244\""));
+        assert!(controller.contents.contains("url = \"http://127.0.0.1:17241/health\""));
+        assert!(
+            controller
+                .contents
+                .contains("[vantage_paths.agent-3]\n\"127.0.0.1:17141\" = \"127.0.0.1:17144\"\n\"127.0.0.1:17241\" = \"127.0.0.1:17244\"")
+        );
+        assert!(
+            plan.drill_targets
+                .contains("\"controller:us-east-1\" = \"health-controller-us-east-1\"")
+        );
+        assert!(
+            plan.drill_targets
+                .contains("\"health:0:us-east-1\" = \"health-agent-1-us-east-1\"")
+        );
+        assert!(
+            plan.drill_targets
+                .contains("\"health:2:eu-west-1\" = \"health-agent-3-eu-west-1\"")
+        );
     }
 
     #[test]
