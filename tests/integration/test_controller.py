@@ -1,14 +1,18 @@
 """The failover controller as a real process: it probes two regions' HTTP apps itself, fails over
 when the primary's app dies, runs a real command step, moves the active-region pointer, and
 `switchyard pointer watch` rewrites an env file and runs its reload command. Also the CLI
-(`status`, `switchover`, `pause`, `config check`)."""
+(`status`, `switchover`, `pause`, `config check`), and a real agent probing through its own
+`[vantage_paths]`."""
 
 import http.server
+import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -222,3 +226,75 @@ def test_config_check_reports_every_mistake_and_the_controller_refuses_to_start(
     started = run_cli("controller", "--config", str(bad), "--listen", "127.0.0.1:0")
     assert started.returncode != 0
     assert "does not start" in started.stderr, started.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url, path):
+    request = urllib.request.Request(f"{url}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_each_vantage_point_probes_through_its_own_path(setup):
+    """`[vantage_paths.agent-1]` sends a real agent to a live app where the address in the checks
+    (what the controller itself probes) refuses connections: the two views differ as configured."""
+    tmp, us, _eu, start = setup
+    dead = free_port()
+    config = tmp / "switchyard.toml"
+    config.write_text(f"""
+[controller]
+vantage = "controller"
+audit_log = "{tmp / 'audit.jsonl'}"
+tick_ms = 50
+
+[policy]
+failback_lag_check = false
+
+[quorum]
+vantages = ["controller", "agent-1"]
+report_interval_ms = 100
+
+[[regions]]
+name = "us-east-1"
+priority = 1
+
+[[checks]]
+name = "use1-app"
+region = "us-east-1"
+kind = {{ type = "http", url = "http://127.0.0.1:{dead}/health" }}
+interval_ms = 200
+fast_interval_ms = 100
+
+[vantage_paths.agent-1]
+"127.0.0.1:{dead}" = "127.0.0.1:{us.port}"
+""")
+    checked = run_cli("config", "check", str(config))
+    assert checked.returncode == 0, checked.stderr
+    ready = tmp / "ready"
+    log = tmp / "controller.log"
+    start(["controller", "--config", str(config), "--listen", "127.0.0.1:0", "--ready-file", str(ready)], log)
+    wait_until("the controller to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
+    url = f"http://{ready.read_text().strip()}"
+    plan = get_json(url, "/v1/agent/plan?name=agent-1")
+    assert plan["checks"][0]["kind"]["url"] == f"http://127.0.0.1:{us.port}/health", plan
+    assert plan["checks"][0]["name"] == "use1-app"
+    agent_log = tmp / "agent.log"
+    start(["agent", "--controller", url, "--name", "agent-1"], agent_log)
+
+    def views():
+        status = get_json(url, "/v1/status")
+        seen = {v["name"]: v["checks"] for v in status["vantages"]}
+        agent, own = seen.get("agent-1") or [], seen.get("controller") or []
+        if agent and own and agent[0]["status"] == "up" and own[0]["status"] == "down":
+            return agent[0], own[0]
+        return None
+
+    agent_view, own_view = wait_until("agent-1 up through its path, the controller down through its own",
+                                      views, logs=[log, agent_log])
+    assert agent_view["detail"].startswith("HTTP 200"), agent_view
+    assert str(dead) in own_view["detail"], own_view
