@@ -80,8 +80,9 @@ def lab(tmp_path):
         pytest.skip(f"{BINARY} not built")
     directory = tmp_path / "lab"
     log = open(tmp_path / "lab.log", "w")
-    for _ in range(3):
-        base_port = random.randrange(20000, 60000, 1000)
+    for _ in range(10):
+        # Below the kernel's ephemeral range (32768+), where outgoing connections take ports.
+        base_port = random.randrange(20000, 32000, 500)
         process = subprocess.Popen(
             [str(BINARY), "lab", "--dir", str(directory), "--base-port", str(base_port)],
             stdout=log, stderr=subprocess.STDOUT,
@@ -192,7 +193,13 @@ def test_bad_input_is_refused_with_the_fix(tmp_path):
     import socket
 
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        # Below the ephemeral range, so the lab's other ports are very likely free.
+        for _ in range(20):
+            try:
+                taken.bind(("127.0.0.1", random.randrange(20100, 32000)))
+                break
+            except OSError:
+                continue
         taken.listen()
         port = taken.getsockname()[1]
         # Put the lab's store of us-east-1 (base + 100) on the taken port.

@@ -37,6 +37,8 @@ pub const BASE_PORT_DEFAULT: u16 = 17_000;
 /// The lab's controller holds a placement (and wants a recovered region stable) this long
 /// before failing back; production defaults are a minute, too long for drills.
 pub const LAB_HOLD_MS: u64 = 10_000;
+/// Failback waits until the replication lag into the preferred region is at most this.
+pub const LAB_FAILBACK_LAG_MAX_MS: u64 = 1_000;
 /// Drills run back to back on one lab: the hourly failover cap must not stop them.
 pub const LAB_FAILOVERS_PER_HOUR_MAX: u32 = 1_000;
 
@@ -432,7 +434,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             .chain((1..=AGENTS).map(|n| format!("agent-{n}")))
             .collect();
         let mut text = format!(
-            "[controller]\nlisten = \"{}\"\nvantage = \"controller\"\naudit_log = \"{}\"\n\n[policy]\nmode = \"active-passive\"\n# A lab is for drills: holds short enough for a drill, no cap that back-to-back drills hit.\nmin_hold_ms = {LAB_HOLD_MS}\nstability_window_ms = {LAB_HOLD_MS}\nfailovers_per_hour_max = {LAB_FAILOVERS_PER_HOUR_MAX}\n# No probe reads a Switchyard store's replication lag yet, so a lag check would hold failback forever.\nfailback_lag_check = false\n\n[quorum]\nvantages = {:?}\n",
+            "[controller]\nlisten = \"{}\"\nvantage = \"controller\"\naudit_log = \"{}\"\n\n[policy]\nmode = \"active-passive\"\n# A lab is for drills: holds short enough for a drill, no cap that back-to-back drills hit.\nmin_hold_ms = {LAB_HOLD_MS}\nstability_window_ms = {LAB_HOLD_MS}\nfailovers_per_hour_max = {LAB_FAILOVERS_PER_HOUR_MAX}\n# Failback waits until the replication lag into the preferred region (each store check's lag_sources) is at most this.\nfailback_lag_check = true\nfailback_lag_max_ms = {LAB_FAILBACK_LAG_MAX_MS}\n\n[quorum]\nvantages = {:?}\n",
             local(ports.controller()),
             dir.join("data").join("controller-audit.jsonl").display(),
             vantages
@@ -451,6 +453,19 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 text,
                 "\n[[checks]]\nname = \"{region}-shop\"\nregion = \"{region}\"\nkind = {{ type = \"http\", url = \"{}/health\", expect_status = 200 }}\ninterval_ms = 500\nfast_interval_ms = 250\ntimeout_ms = 400\nrise = 2\nfall = 3\n",
                 url(ports.health(i, 0))
+            );
+        }
+        // The region's store, read like the shop reads it; its lag_sources (the other regions'
+        // stores) give the replication lag into the region, which failback waits on.
+        for (i, region) in regions.iter().enumerate() {
+            let sources: Vec<String> = (0..regions.len())
+                .filter(|j| *j != i)
+                .map(|j| url(ports.store(j)))
+                .collect();
+            let _ = write!(
+                text,
+                "\n[[checks]]\nname = \"{region}-store\"\nregion = \"{region}\"\nkind = {{ type = \"dynamodb\", endpoint = \"{}\", table = \"shop_orders\", lag_sources = {sources:?} }}\ninterval_ms = 500\nfast_interval_ms = 250\ntimeout_ms = 400\nrise = 2\nfall = 3\n",
+                url(ports.store(i))
             );
         }
         // Each agent probes through its own links: the checks name the controller's.
@@ -638,6 +653,11 @@ mod tests {
         ));
         assert!(faults.contains("name = \"health-agent-3-eu-west-1\"\nlisten = \"127.0.0.1:17244\""));
         assert!(controller.contents.contains("url = \"http://127.0.0.1:17241/health\""));
+        // Failback waits on the replication lag into the region, read from the other stores.
+        assert!(controller.contents.contains("failback_lag_check = true"));
+        assert!(controller.contents.contains(
+            "name = \"us-east-1-store\"\nregion = \"us-east-1\"\nkind = { type = \"dynamodb\", endpoint = \"http://127.0.0.1:17100\", table = \"shop_orders\", lag_sources = [\"http://127.0.0.1:17200\"] }"
+        ));
         assert!(
             controller
                 .contents
