@@ -5,13 +5,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dynamo_protocol::sigv4::{self, RequestParts};
-use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// How long one call may take, connection included.
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
@@ -206,7 +204,6 @@ pub fn sign(
         ("x-amz-date", amz_date.as_bytes()),
         ("x-amz-target", target.as_bytes()),
     ];
-    let signed: Vec<String> = headers.iter().map(|(name, _)| name.to_string()).collect();
     let parts = RequestParts {
         method: "POST",
         path: "/",
@@ -214,25 +211,14 @@ pub fn sign(
         headers: &headers,
         body,
     };
-    let canonical = sigv4::canonical_request(&parts, &signed, false)
-        .expect("every signed header is present in the request being signed");
-    let date = &amz_date[..amz_date.len().min(8)];
-    let scope = format!("{date}/{region}/{}/aws4_request", sigv4::SERVICE);
-    let string_to_sign = format!(
-        "{}\n{amz_date}\n{scope}\n{}",
-        sigv4::ALGORITHM,
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
-    let key = sigv4::signing_key(&credentials.secret_access_key, date, region, sigv4::SERVICE);
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC accepts keys of any length");
-    mac.update(string_to_sign.as_bytes());
-    let signature = hex::encode(mac.finalize().into_bytes());
-    format!(
-        "{} Credential={}/{scope}, SignedHeaders={}, Signature={signature}",
-        sigv4::ALGORITHM,
-        credentials.access_key_id,
-        signed.join(";")
+    sigv4::authorization_header(
+        &credentials.access_key_id,
+        &credentials.secret_access_key,
+        region,
+        amz_date,
+        &parts,
     )
+    .expect("the request being signed carries its own x-amz-date")
 }
 
 #[cfg(test)]

@@ -4,12 +4,10 @@
 //! regions' Switchyard stores.
 
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper::Request;
-use sha2::{Digest, Sha256};
 
-use dynamo_protocol::sigv4::{RequestParts, canonical_request, format_amz_date, signing_key};
+use dynamo_protocol::sigv4::{RequestParts, authorization_header, format_amz_date};
 
 use super::{Finding, http::exchange};
 
@@ -78,7 +76,6 @@ fn build_request(
             ("x-amz-date", amz_date.as_bytes()),
             ("x-amz-target", target.as_bytes()),
         ];
-        let signed: Vec<String> = headers.iter().map(|(name, _)| name.to_string()).collect();
         let parts = RequestParts {
             method: "POST",
             path: "/",
@@ -86,24 +83,9 @@ fn build_request(
             headers: &headers,
             body: &body,
         };
-        let canonical = canonical_request(&parts, &signed, false).map_err(|e| format!("sign request: {e:?}"))?;
-        let date = &amz_date[..8];
-        let scope = format!("{date}/{region}/dynamodb/aws4_request");
-        let string_to_sign = format!(
-            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-            hex::encode(Sha256::digest(canonical.as_bytes()))
-        );
-        let key = signing_key(secret, date, region, "dynamodb");
-        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC accepts keys of any length");
-        mac.update(string_to_sign.as_bytes());
-        let signature = hex::encode(mac.finalize().into_bytes());
-        builder = builder.header(
-            "authorization",
-            format!(
-                "AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, SignedHeaders={}, Signature={signature}",
-                signed.join(";")
-            ),
-        );
+        let authorization = authorization_header(access_key_id, secret, region, &amz_date, &parts)
+            .map_err(|e| format!("sign request: {e}"))?;
+        builder = builder.header("authorization", authorization);
     }
     builder
         .body(Full::new(Bytes::from(body)))
