@@ -566,6 +566,8 @@ async fn probe_locally(shared: Arc<Shared>, runner: health::runner::Runner) {
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(dashboard))
+        .route("/dashboard", get(dashboard))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
@@ -581,6 +583,22 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(health::report::REPORT_PATH, post(agent_report))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(shared)
+}
+
+/// The operator's page: static HTML whose script reads `/v1/status` and `/v1/events` with the
+/// token from the URL fragment, so the page itself holds no data and needs no token.
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD_HTML,
+    )
+        .into_response()
 }
 
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response {

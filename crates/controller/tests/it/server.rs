@@ -205,6 +205,19 @@ async fn quorum_failover_drives_dns_and_pointer_and_is_audited() {
         .expect("answers");
     assert_eq!(answer.status.as_u16(), 401);
 
+    // The dashboard page needs no token; the data it reads does.
+    let page = HttpClient::new()
+        .request(Method::GET, &format!("{}/dashboard", controller.url), None, None, 5_000)
+        .await
+        .expect("answers");
+    assert_eq!(page.status.as_u16(), 200);
+    let html = String::from_utf8_lossy(&page.body);
+    assert!(html.contains("/v1/status") && html.contains("/v1/events"), "{html}");
+    assert!(
+        html.contains("Authorization"),
+        "the page forwards the token from the fragment"
+    );
+
     // Agents' plan.
     let (code, plan) = controller.call(Method::GET, "/v1/agent/plan?name=agent-a", None).await;
     assert_eq!(code, 200);
