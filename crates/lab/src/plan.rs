@@ -513,7 +513,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         }
     }
 
-    let try_lines = vec![
+    let mut try_lines = vec![
         format!("dig @127.0.0.1 -p {} {SHOP_NAME} A +short", ports.dns()),
         format!(
             "curl -c jar -b jar -X POST http://{}:{}/api/cart -d '{{\"product\": \"grinder\"}}'",
@@ -526,6 +526,12 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             url(ports.fault_api())
         ),
     ];
+    if options.controller {
+        try_lines.push(format!(
+            "open {}/dashboard      # the controller's dashboard: regions, quorum, generation, audit events",
+            url(ports.controller())
+        ));
+    }
     Ok(Plan {
         drill_targets: drill_targets(options, &ports, regions),
         files,
@@ -636,6 +642,22 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(creators, ["shop-us-east-1-1"], "one instance creates the global tables");
+    }
+
+    #[test]
+    fn the_dashboard_is_offered_only_with_a_controller() {
+        let with = plan(&options(2)).expect("plan");
+        assert!(
+            with.try_lines.iter().any(|l| l.contains("/dashboard")),
+            "{:?}",
+            with.try_lines
+        );
+        let without = plan(&LabOptions {
+            controller: false,
+            ..options(2)
+        })
+        .expect("plan");
+        assert!(!without.try_lines.iter().any(|l| l.contains("/dashboard")));
     }
 
     #[test]
