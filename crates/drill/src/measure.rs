@@ -109,6 +109,10 @@ pub struct Measurements {
     pub false_failovers: u64,
     /// Changes of the active region observed during the drill.
     pub region_changes: u64,
+    /// Of those, the changes before the heal: a failover while the fault lasts, or a flap.
+    /// (A failback once the fault is over is the system working, not a flap.)
+    #[serde(default)]
+    pub region_changes_during_fault: u64,
     pub lag_at_failover_ms: Option<u64>,
     pub lag_max_ms: Option<u64>,
     pub converge_ms: Option<u64>,
@@ -309,6 +313,9 @@ pub fn measure(history: &History, events: &[Event], params: &MeasureParams) -> M
                 }
                 if region != previous_region {
                     m.region_changes += 1;
+                    if m.heal_ms.is_none_or(|heal| event.at_ms < heal) {
+                        m.region_changes_during_fault += 1;
+                    }
                 }
             }
         }

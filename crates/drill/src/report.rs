@@ -89,6 +89,10 @@ fn figures(report: &Report) -> Vec<(&'static str, String)> {
         ("failover decided after", seconds(m.failover_decided_ms)),
         ("failovers (false)", format!("{} ({})", m.failovers, m.false_failovers)),
         ("active-region changes", m.region_changes.to_string()),
+        (
+            "… of them while the fault lasted",
+            m.region_changes_during_fault.to_string(),
+        ),
         ("replication lag at failover", seconds(m.lag_at_failover_ms)),
         ("replication lag, max", seconds(m.lag_max_ms)),
         ("converged after heal", seconds(m.converge_ms)),

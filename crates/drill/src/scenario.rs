@@ -314,7 +314,8 @@ pub struct Expectations {
     pub rto_99_plus_ttl: bool,
     /// Lost acknowledged writes allowed (RPO, in writes).
     pub lost_max: usize,
-    /// Active-region changes allowed (flapping: at most one move, no back and forth).
+    /// Active-region changes allowed before the heal (flapping: at most one move, no back and
+    /// forth while the health flaps; the failback after the heal is not counted).
     pub region_changes_max: Option<u64>,
     /// The DNS answer must come back to the pre-fault region after healing.
     pub failback: bool,
@@ -654,10 +655,10 @@ pub fn evaluate(
     }
     if let Some(max) = e.region_changes_max {
         push(
-            "active-region changes",
+            "active-region changes while the fault lasts",
             format!("≤ {max}"),
-            measured.region_changes.to_string(),
-            measured.region_changes <= max,
+            measured.region_changes_during_fault.to_string(),
+            measured.region_changes_during_fault <= max,
         );
     }
     if e.failback {

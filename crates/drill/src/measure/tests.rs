@@ -105,6 +105,10 @@ fn region_outage_timeline() {
     assert_eq!(m.failovers, 2);
     assert_eq!(m.false_failovers, 0);
     assert_eq!(m.region_changes, 2);
+    assert_eq!(
+        m.region_changes_during_fault, 1,
+        "the failback at 24 s came after the heal"
+    );
     assert_eq!(m.lag_at_failover_ms, Some(900));
     assert_eq!(m.lag_max_ms, Some(5_000));
     assert_eq!(m.converge_ms, Some(3_000));

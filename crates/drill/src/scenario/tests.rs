@@ -131,6 +131,7 @@ fn measured(failovers: u64, rto_dns: Option<u64>, rto_99: Option<u64>) -> Measur
         failovers,
         false_failovers: failovers,
         region_changes: failovers,
+        region_changes_during_fault: failovers,
         rto_dns_ms: rto_dns,
         rto_99_ms: rto_99,
         steps: 2,
