@@ -78,18 +78,35 @@ pub struct DrillOutcome {
     pub overflowed: bool,
 }
 
+/// How long a drill waits for the controller to have chosen an active region (a lab that has
+/// just started needs a few probe rounds before its first decision).
+pub const ACTIVE_REGION_WAIT_MS: u64 = 30_000;
+/// Pause between two questions to the controller while waiting.
+const ACTIVE_REGION_POLL_MS: u64 = 250;
+
+async fn wait_for_active_region(http: &HttpClient, url: &str) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ACTIVE_REGION_WAIT_MS);
+    loop {
+        match workload::active_region(http, url).await {
+            Ok((region, _)) => return Ok(region),
+            Err(error) if std::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "ask the controller which region is active: no answer with a region within \
+                     {ACTIVE_REGION_WAIT_MS} ms (last: {error}); see `switchyard status --controller {url}`"
+                ));
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(ACTIVE_REGION_POLL_MS)).await,
+        }
+    }
+}
+
 /// Which region is active: the controller's pointer when there is one, else the region whose
 /// address the DNS answers.
 pub async fn discover_roles(http: &HttpClient, deployment: &Deployment) -> Result<(Roles, u32), String> {
     let answer = resolver::query(deployment.dns_server, &deployment.shop_name).await;
     let ttl_s = answer.as_ref().map_or(0, |a| a.ttl_s);
     let active = match &deployment.controller_url {
-        Some(url) => {
-            workload::active_region(http, url)
-                .await
-                .map_err(|e| format!("ask the controller which region is active: {e}"))?
-                .0
-        }
+        Some(url) => wait_for_active_region(http, url).await?,
         None => {
             let answer =
                 answer.map_err(|e| format!("resolve {} at {}: {e}", deployment.shop_name, deployment.dns_server))?;
