@@ -74,6 +74,10 @@ pub struct ThroughputResult {
     pub regions: usize,
     pub standalone_rate: f64,
     pub replicated_rate: f64,
+    /// Replicating with the peers paused (SIGSTOP): the origin still logs every change and
+    /// ships, but the peers' apply work no longer competes for this machine's cores, as it
+    /// would not with regions on separate machines.
+    pub peers_paused_rate: f64,
 }
 
 struct Store {
@@ -141,6 +145,25 @@ fn spawn_store(
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(store)
+}
+
+/// Pauses (`-STOP`) or resumes (`-CONT`) store processes with kill(1).
+fn signal_peers(stores: &[Store], signal: &str) -> anyhow::Result<()> {
+    for store in stores {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(store.child.id().to_string())
+            .status()
+            .context("run kill(1)")?;
+        if !status.success() {
+            bail!(
+                "kill {signal} {} ({}) failed with {status}",
+                store.child.id(),
+                store.region
+            );
+        }
+    }
+    Ok(())
 }
 
 fn start_cluster(config: &Config, dir: &Path, regions: usize) -> anyhow::Result<Vec<Store>> {
@@ -356,19 +379,27 @@ pub async fn run(
         let alone_dir = dir.join("standalone");
         let alone = spawn_store(config, &alone_dir, REGION_NAMES[0], free_port()?, &[])?;
         create_table(&client, &alone.url).await?;
-        let (mut replicated_rates, mut standalone_rates) = (Vec::new(), Vec::new());
+        let (mut replicated_rates, mut standalone_rates, mut paused_rates) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..THROUGHPUT_ROUNDS {
             let prefix = format!("r{regions}-max{round}");
             replicated_rates.push(drive(&client, &stores[0].url, &[], &prefix, 0, config).await.0);
             standalone_rates.push(drive(&client, &alone.url, &[], &prefix, 0, config).await.0);
+            signal_peers(&stores[1..], "-STOP")?;
+            let paused = drive(&client, &stores[0].url, &[], &format!("{prefix}-paused"), 0, config)
+                .await
+                .0;
+            signal_peers(&stores[1..], "-CONT")?;
+            paused_rates.push(paused);
         }
         drop((stores, alone));
         let replicated = quantile(&mut replicated_rates, 0.5).unwrap_or(0.0);
         let standalone = quantile(&mut standalone_rates, 0.5).unwrap_or(0.0);
+        let peers_paused = quantile(&mut paused_rates, 0.5).unwrap_or(0.0);
         let result = ThroughputResult {
             regions,
             standalone_rate: standalone,
             replicated_rate: replicated,
+            peers_paused_rate: peers_paused,
         };
         progress(&format!("{result:?}"));
         throughput.push(result);
@@ -413,17 +444,19 @@ pub fn report(command: &str, config: &Config, lags: &[LagResult], throughput: &[
         "\nLocal write throughput at full speed, median of {THROUGHPUT_ROUNDS} alternating rounds per side:\n"
     ));
     out.push_str(
-        "\n| regions | writes/s alone | writes/s replicating | cost of replication |\n| ---: | ---: | ---: | ---: |\n",
+        "\n| regions | writes/s alone | writes/s replicating | cost | writes/s replicating, peers paused | cost, origin side |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
+    let cost = |rate: f64, alone: f64| if alone > 0.0 { (1.0 - rate / alone) * 100.0 } else { 0.0 };
     for t in throughput {
-        let cost = if t.standalone_rate > 0.0 {
-            (1.0 - t.replicated_rate / t.standalone_rate) * 100.0
-        } else {
-            0.0
-        };
         out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {cost:.0}% |\n",
-            t.regions, t.standalone_rate, t.replicated_rate
+            "| {} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.0}% |\n",
+            t.regions,
+            t.standalone_rate,
+            t.replicated_rate,
+            cost(t.replicated_rate, t.standalone_rate),
+            t.peers_paused_rate,
+            cost(t.peers_paused_rate, t.standalone_rate)
         ));
     }
     out
