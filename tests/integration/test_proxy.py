@@ -1,5 +1,5 @@
 """`switchyard proxy` as a black box: the real binary in front of real backend processes
-(`python3 -m http.server`), one of them killed with SIGKILL while a client loop runs (no request
+(a small keep-alive HTTP server in Python), one of them killed with SIGKILL while a client loop runs (no request
 may fail), and `switchyard proxy-ctl` draining a server."""
 
 import http.client
@@ -45,19 +45,41 @@ def accepts(port):
         return False
 
 
+# A backend that writes each response (headers and body) with one `sendall`, as an app server
+# behind a buffering web server does. SIGKILL then lands between responses, never inside one:
+# the case under test is a backend dying *between health checks*, which the proxy's retries
+# must hide. A backend dying mid-response cannot be hidden by any proxy that streams (HAProxy
+# and nginx included), since the client already holds the response's first bytes.
+BACKEND_SCRIPT = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+NAME, PORT = sys.argv[1], int(sys.argv[2])
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = b"ok\n" if self.path == "/health" else (NAME + "\n").encode()
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.wfile.write(head + body)
+
+    def log_message(self, *arguments):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+"""
+
+
 class Backend:
-    """`python3 -m http.server` serving a directory whose index names the backend."""
+    """A keep-alive HTTP server whose `/` answers with the backend's name."""
 
     def __init__(self, name, root):
         self.name, self.port = name, free_port()
-        self.directory = root / name
-        self.directory.mkdir()
-        (self.directory / "index.html").write_text(f"{name}\n")
-        (self.directory / "health").write_text("ok\n")
         self.log = root / f"{name}.log"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1",
-             "--directory", str(self.directory)],
+            [sys.executable, "-c", BACKEND_SCRIPT, name, str(self.port)],
             stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         wait_until(f"backend {name} to listen", lambda: accepts(self.port), START_DEADLINE_S)
 
