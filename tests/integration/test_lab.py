@@ -101,12 +101,28 @@ def lab(tmp_path):
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, (tmp_path / "lab.log").read_text()[-5000:]
+        state = json.loads((directory / "lab.json").read_text())
+        for component in state["components"]:
+            assert component["state"] in ("stopped", "exited (killed by SIGKILL)") or component["pid"] is None, \
+                component
+    for component in running_components(directory):
+        raise AssertionError(f"{component['name']} (pid {component['pid']}) still runs")
+
+
+def running_components(directory):
+    """The lab's components (from lab.json) whose process still runs this binary."""
     state = json.loads((directory / "lab.json").read_text())
+    running = []
     for component in state["components"]:
-        assert component["state"] in ("stopped", "exited (killed by SIGKILL)") or component["pid"] is None, component
-    for component in state["components"]:
-        if component["pid"]:
-            assert not Path(f"/proc/{component['pid']}").exists(), f"{component['name']} still runs"
+        if not component["pid"]:
+            continue
+        try:
+            command = Path(f"/proc/{component['pid']}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if Path(command.decode(errors="replace")).resolve() == BINARY.resolve():
+            running.append(component)
+    return running
 
 
 def test_lab_serves_the_shop_through_dns_and_fails_over(lab):
@@ -185,6 +201,17 @@ def test_a_second_lab_in_the_same_directory_is_refused(lab):
     second = lab_cli("--dir", str(directory), "--base-port", str(base_port + 500))
     assert second.returncode != 0
     assert "already running" in second.stderr, second.stderr
+
+
+def test_a_sigkilled_lab_leaves_nothing_running(lab):
+    """SIGKILL gives the lab no chance to stop its components; they notice their supervisor is
+    gone and exit on their own, so no orphan keeps the lab's ports."""
+    directory, _, process = lab
+    assert len(running_components(directory)) >= 10, "the lab's components run before the kill"
+    process.kill()
+    process.wait(timeout=10)
+    wait_until("every component to exit after the lab's SIGKILL",
+               lambda: running_components(directory) == [], 20)
 
 
 def test_bad_input_is_refused_with_the_fix(tmp_path):

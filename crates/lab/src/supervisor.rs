@@ -24,6 +24,44 @@ pub const LOG_TAIL_BYTES: u64 = 4_000;
 pub const COMPONENTS_MAX: usize = 256;
 /// Longest component name.
 pub const NAME_BYTES_MAX: usize = 64;
+/// The environment variable through which a component learns its supervisor's pid, so it can
+/// exit when the supervisor dies (see [`exit_with_supervisor`]).
+pub const SUPERVISOR_PID_ENV: &str = "SWITCHYARD_SUPERVISOR_PID";
+/// How often a component looks whether its supervisor still lives.
+pub const SUPERVISOR_WATCH_MS: u64 = 500;
+
+/// Called early by every process of the binary: when started by a lab supervisor (the
+/// [`SUPERVISOR_PID_ENV`] variable names our parent), exit as soon as that parent is gone. A lab
+/// killed with SIGKILL (or the OOM killer) cannot stop its components itself; without this they
+/// would run on, orphaned, holding the lab's ports. Grandchildren inherit the variable but see
+/// another parent, and are left alone. Returns whether a watch was started.
+pub fn exit_with_supervisor() -> bool {
+    let Some(supervisor) = std::env::var(SUPERVISOR_PID_ENV)
+        .ok()
+        .and_then(|value| value.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    if std::os::unix::process::parent_id() != supervisor {
+        return false;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("supervisor-watch".to_string())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(SUPERVISOR_WATCH_MS));
+                // Re-parented (to init or a subreaper): the supervisor is gone.
+                if std::os::unix::process::parent_id() != supervisor {
+                    tracing::error!(
+                        supervisor_pid = supervisor,
+                        "the lab supervisor is gone (killed?); exiting so nothing runs orphaned"
+                    );
+                    std::process::exit(70);
+                }
+            }
+        });
+    spawned.is_ok()
+}
 
 /// How to run one component.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -244,6 +282,7 @@ impl Supervisor {
         }
         command
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

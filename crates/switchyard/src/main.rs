@@ -227,6 +227,7 @@ fn replication_config(args: &StoreArgs) -> anyhow::Result<Option<store::global::
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    ::lab::supervisor::exit_with_supervisor();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
