@@ -170,3 +170,39 @@ def test_failback_returns_with_nothing_lost(lab):
     assert measured["failback_ms"] is not None, measured
     assert_nothing_lost(report)
     assert measured["converge_ms"] is not None, measured
+
+
+def toxics(base_port):
+    """Every toxic on the lab's network (the fault proxy's Toxiproxy API), and disabled links."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{base_port}/proxies", timeout=5) as response:
+        proxies = json.loads(response.read())
+    found = [(name, toxic["name"]) for name, proxy in proxies.items() for toxic in proxy.get("toxics", [])]
+    found += [(name, "disabled") for name, proxy in proxies.items() if not proxy.get("enabled", True)]
+    return found
+
+
+def test_an_interrupted_drill_heals_the_faults_it_injected(lab):
+    directory, base_port, root = lab
+    wait_until("every lab component up", lambda: status(directory).returncode == 0, STEADY_DEADLINE_S)
+    assert toxics(base_port) == []
+    output = root / "interrupted.out"
+    with open(output, "w") as out:
+        process = subprocess.Popen(
+            [str(BINARY), "drill", "slow-region", "--lab", str(directory), "--warmup-s", "2", "--duration-s",
+             "120", "--settle-s", "5", "--no-progress"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+        try:
+            injected = wait_until("the drill's latency toxics on the network",
+                                  lambda: [t for t in toxics(base_port) if t[1].startswith("drill-slow")], 60)
+            assert process.poll() is None
+            process.send_signal(signal.SIGINT)
+            returncode = process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    text = output.read_text()
+    assert injected, text[-3000:]
+    assert returncode != 0, text[-3000:]
+    assert "interrupted: the faults this drill injected were healed" in text, text[-3000:]
+    assert toxics(base_port) == [], text[-3000:]

@@ -25,9 +25,13 @@ pub const FLAP_PERIOD_MS: u64 = 3_000;
 pub const RTO_DNS_MS_MAX: u64 = 5_000;
 /// Bound on RTO(99%) before the record's TTL is added.
 pub const RTO_99_MS_MAX_BEFORE_TTL: u64 = 5_000;
-/// Latency the slow-region scenario adds on each link of the region.
-pub const SLOW_LATENCY_MS: u64 = 250;
-pub const SLOW_JITTER_MS: u64 = 50;
+/// Latency the slow-region scenario adds on each of the region's links, in each direction.
+/// A health check of the region crosses two slowed links (the front door, then the shop's
+/// store) both ways, so it takes 4 × (50 ± 10) = 160–240 ms longer: a region that is much
+/// slower but still inside the lab's 400 ms check timeout. Slow is not dead only while the
+/// slowdown stays under the checks' timeouts; past them a failover is the right answer.
+pub const SLOW_LATENCY_MS: u64 = 50;
+pub const SLOW_JITTER_MS: u64 = 10;
 /// A slow region must keep serving: RTO(99%) may cover the second the fault lands in, no more.
 pub const SLOW_RTO_99_MS_MAX: u64 = 1_000;
 
