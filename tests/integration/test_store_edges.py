@@ -222,13 +222,26 @@ def test_scan_with_segments_and_limit_and_count(client):
     name = create_table(client, next(names))
     for i in range(50):
         client.put_item(TableName=name, Item={"pk": {"S": f"s{i}"}})
-    seen = []
+    seen, per_segment = [], []
     for segment in range(3):
         items, _ = paginate(client, TableName=name, Segment=segment, TotalSegments=3, Limit=4)
         seen += [i["pk"]["S"] for i in items]
+        per_segment.append(len(items))
     assert sorted(seen) == sorted(f"s{i}" for i in range(50)) and len(seen) == 50
+    # Short, similar keys still spread over the segments (a plain FNV-1a prefix put all 50 in
+    # the last one), so parallel scan workers share the work.
+    assert min(per_segment) >= 8, per_segment
     counted = client.scan(TableName=name, Select="COUNT")
     assert counted["Count"] == 50 and counted["ScannedCount"] == 50
+    # A LastEvaluatedKey of segment 0 does not continue segment 1: segments stay disjoint.
+    first = client.scan(TableName=name, Segment=0, TotalSegments=3, Limit=1)
+    assert "LastEvaluatedKey" in first, first
+    with pytest.raises(ClientError) as excinfo:
+        client.scan(TableName=name, Segment=1, TotalSegments=3, ExclusiveStartKey=first["LastEvaluatedKey"])
+    code, message, _ = error_of(excinfo)
+    assert code == "ValidationException" and "does not map to the provided Segment" in message, message
+    again = client.scan(TableName=name, Segment=0, TotalSegments=3, ExclusiveStartKey=first["LastEvaluatedKey"])
+    assert again["Count"] >= 1
 
 
 def test_recreated_table_and_index_start_empty(client):

@@ -14,7 +14,8 @@
 //!   `agent-N`), then through `frontend-A`: one link per vantage, so a drill can cut one
 //!   vantage's view of a region (`vantage-partition`) or every view (`region-partition`). The
 //!   controller's config writes the checks with the controller's link and maps them to each
-//!   agent's own with `[vantage_paths.agent-N]`.
+//!   agent's own with `[vantage_paths.agent-N]`;
+//! - `health-store-V-A`: vantage point V's checks of region A's store, likewise one per vantage.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -110,13 +111,20 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str]) -> Strin
         let _ = writeln!(text, "\"frontend:{region}\" = \"frontend-{region}\"");
         let _ = writeln!(text, "\"app-store:{region}\" = \"app-{region}-to-store-{region}\"");
         if options.controller {
-            let _ = writeln!(text, "\"controller:{region}\" = \"{}\"", health_link(0, region));
+            // A vantage point's view of a region: its checks of the shop and of the store.
+            let _ = writeln!(
+                text,
+                "\"controller:{region}\" = [\"{}\", \"{}\"]",
+                health_link(0, region),
+                store_health_link(0, region)
+            );
             for agent in 1..=AGENTS {
                 let _ = writeln!(
                     text,
-                    "\"health:{}:{region}\" = \"{}\"",
+                    "\"health:{}:{region}\" = [\"{}\", \"{}\"]",
                     agent - 1,
-                    health_link(agent, region)
+                    health_link(agent, region),
+                    store_health_link(agent, region)
                 );
             }
         }
@@ -193,6 +201,10 @@ impl Ports {
     fn health(&self, region: usize, vantage: usize) -> u16 {
         self.region(region) + 41 + vantage as u16
     }
+    /// Where vantage `vantage`'s checks of the region's store enter the network.
+    fn store_health(&self, region: usize, vantage: usize) -> u16 {
+        self.region(region) + 50 + vantage as u16
+    }
 }
 
 /// The fault-proxy link carrying vantage `vantage`'s checks of `region` (0 is the controller).
@@ -201,6 +213,15 @@ fn health_link(vantage: usize, region: &str) -> String {
         format!("health-controller-{region}")
     } else {
         format!("health-agent-{vantage}-{region}")
+    }
+}
+
+/// The fault-proxy link carrying vantage `vantage`'s checks of `region`'s store.
+fn store_health_link(vantage: usize, region: &str) -> String {
+    if vantage == 0 {
+        format!("health-store-controller-{region}")
+    } else {
+        format!("health-store-agent-{vantage}-{region}")
     }
 }
 
@@ -286,6 +307,12 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                     health_link(vantage, region),
                     local(ports.health(i, vantage)),
                     front.clone(),
+                    &mut bound,
+                );
+                link(
+                    store_health_link(vantage, region),
+                    local(ports.store_health(i, vantage)),
+                    local(ports.store(i)),
                     &mut bound,
                 );
             }
@@ -465,7 +492,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             let _ = write!(
                 text,
                 "\n[[checks]]\nname = \"{region}-store\"\nregion = \"{region}\"\nkind = {{ type = \"dynamodb\", endpoint = \"{}\", table = \"shop_orders\", lag_sources = {sources:?} }}\ninterval_ms = 500\nfast_interval_ms = 250\ntimeout_ms = 400\nrise = 2\nfall = 3\n",
-                url(ports.store(i))
+                url(ports.store_health(i, 0))
             );
         }
         // Each agent probes through its own links: the checks name the controller's.
@@ -477,6 +504,12 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                     "\"{}\" = \"{}\"",
                     local(ports.health(i, 0)),
                     local(ports.health(i, agent))
+                );
+                let _ = writeln!(
+                    text,
+                    "\"{}\" = \"{}\"",
+                    local(ports.store_health(i, 0)),
+                    local(ports.store_health(i, agent))
                 );
             }
         }
@@ -678,24 +711,28 @@ mod tests {
         // Failback waits on the replication lag into the region, read from the other stores.
         assert!(controller.contents.contains("failback_lag_check = true"));
         assert!(controller.contents.contains(
-            "name = \"us-east-1-store\"\nregion = \"us-east-1\"\nkind = { type = \"dynamodb\", endpoint = \"http://127.0.0.1:17100\", table = \"shop_orders\", lag_sources = [\"http://127.0.0.1:17200\"] }"
+            "name = \"us-east-1-store\"\nregion = \"us-east-1\"\nkind = { type = \"dynamodb\", endpoint = \"http://127.0.0.1:17150\", table = \"shop_orders\", lag_sources = [\"http://127.0.0.1:17200\"] }"
+        ));
+        // The store checks too: one link per vantage, to the region's store.
+        assert!(faults.contains(
+            "name = \"health-store-agent-2-us-east-1\"\nlisten = \"127.0.0.1:17152\"\nupstream = \"127.0.0.1:17100\""
+        ));
+        assert!(controller.contents.contains(
+            "[vantage_paths.agent-3]\n\"127.0.0.1:17141\" = \"127.0.0.1:17144\"\n\"127.0.0.1:17150\" = \"127.0.0.1:17153\"\n\"127.0.0.1:17241\" = \"127.0.0.1:17244\"\n\"127.0.0.1:17250\" = \"127.0.0.1:17253\""
+        ));
+        // Cutting a vantage point's view of a region cuts its shop and store checks.
+        assert!(plan.drill_targets.contains(
+            "\"controller:us-east-1\" = [\"health-controller-us-east-1\", \"health-store-controller-us-east-1\"]"
         ));
         assert!(
-            controller
-                .contents
-                .contains("[vantage_paths.agent-3]\n\"127.0.0.1:17141\" = \"127.0.0.1:17144\"\n\"127.0.0.1:17241\" = \"127.0.0.1:17244\"")
+            plan.drill_targets.contains(
+                "\"health:0:us-east-1\" = [\"health-agent-1-us-east-1\", \"health-store-agent-1-us-east-1\"]"
+            )
         );
         assert!(
-            plan.drill_targets
-                .contains("\"controller:us-east-1\" = \"health-controller-us-east-1\"")
-        );
-        assert!(
-            plan.drill_targets
-                .contains("\"health:0:us-east-1\" = \"health-agent-1-us-east-1\"")
-        );
-        assert!(
-            plan.drill_targets
-                .contains("\"health:2:eu-west-1\" = \"health-agent-3-eu-west-1\"")
+            plan.drill_targets.contains(
+                "\"health:2:eu-west-1\" = [\"health-agent-3-eu-west-1\", \"health-store-agent-3-eu-west-1\"]"
+            )
         );
     }
 

@@ -9,6 +9,8 @@ use dynamo_protocol::{ApiError, AttributeValue, Item};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::keys::KeyHash;
+
 /// DynamoDB's limits on table definitions.
 pub const TABLE_NAME_LENGTH_MIN: usize = 3;
 pub const TABLE_NAME_LENGTH_MAX: usize = 255;
@@ -176,6 +178,11 @@ pub struct TableMeta {
     /// Regions holding a replica of this table (this one included); empty for a regional table.
     #[serde(default)]
     pub replicas: Vec<String>,
+    /// How partition keys hash into stored keys; fixed at creation (absent in the metadata of
+    /// tables created before it existed, which use plain FNV-1a). Every replica of a global
+    /// table has the same, since stored keys travel between regions as they are.
+    #[serde(default)]
+    pub key_hash: KeyHash,
 }
 
 /// Counters kept exactly, updated in the same transaction as the data.
@@ -649,6 +656,7 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
         stream: request.stream_specification.clone(),
         table_class: request.table_class.clone(),
         replicas: Vec::new(),
+        key_hash: KeyHash::CURRENT,
     })
 }
 
@@ -731,4 +739,33 @@ pub fn validate_index_key_types(table: &TableMeta, item: &Item) -> Result<(), Ap
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn created() -> TableMeta {
+        let request: CreateTableRequest = serde_json::from_value(json!({
+            "TableName": "orders",
+            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "BillingMode": "PAY_PER_REQUEST"
+        }))
+        .expect("request");
+        table_from_request(&request, 7, 0.0).expect("valid table")
+    }
+
+    #[test]
+    fn new_tables_use_the_current_key_hash_and_old_metadata_keeps_fnv1a() {
+        let meta = created();
+        assert_eq!(meta.key_hash, KeyHash::CURRENT);
+        let mut stored = serde_json::to_value(&meta).expect("serialize");
+        let again: TableMeta = serde_json::from_value(stored.clone()).expect("round trip");
+        assert_eq!(again.key_hash, KeyHash::CURRENT);
+        // Metadata written before the field existed: the table's stored keys use FNV-1a.
+        stored.as_object_mut().expect("object").remove("key_hash");
+        let old: TableMeta = serde_json::from_value(stored).expect("old metadata");
+        assert_eq!(old.key_hash, KeyHash::Fnv1a);
+    }
 }

@@ -24,7 +24,7 @@ use replication::{Hlc, HlcClock, Version, wins};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::{IndexMeta, KeySchema, TableMeta, TableStats};
-use crate::keys;
+use crate::keys::{self, KeyHash};
 use crate::record::{self, Record};
 use crate::replication_log;
 
@@ -555,9 +555,9 @@ pub struct WriteContext<'a> {
 }
 
 /// The index entry key of an item, if the item has the index's key attributes.
-pub fn index_entry_key(index: &IndexMeta, item: &Item, item_key: &[u8]) -> Option<Vec<u8>> {
+pub fn index_entry_key(hash: KeyHash, index: &IndexMeta, item: &Item, item_key: &[u8]) -> Option<Vec<u8>> {
     let partition = item.get(&index.key.partition.name)?;
-    let mut out = keys::partition_prefix(partition);
+    let mut out = keys::partition_prefix(hash, partition);
     if let Some(sort) = &index.key.sort {
         keys::encode_key_value(item.get(&sort.name)?, &mut out);
     }
@@ -566,7 +566,7 @@ pub fn index_entry_key(index: &IndexMeta, item: &Item, item_key: &[u8]) -> Optio
 }
 
 /// The stored key of an item under `schema` (the item must carry the key attributes).
-pub fn key_of(schema: &KeySchema, item: &Item) -> Result<Vec<u8>, ApiError> {
+pub fn key_of(hash: KeyHash, schema: &KeySchema, item: &Item) -> Result<Vec<u8>, ApiError> {
     let partition = item
         .get(&schema.partition.name)
         .ok_or_else(|| ApiError::validation("The provided key element does not match the schema"))?;
@@ -577,7 +577,7 @@ pub fn key_of(schema: &KeySchema, item: &Item) -> Result<Vec<u8>, ApiError> {
         ),
         None => None,
     };
-    Ok(keys::item_key(partition, sort))
+    Ok(keys::item_key(hash, partition, sort))
 }
 
 fn ttl_seconds(table: &TableMeta, item: &Item) -> Option<u64> {
@@ -741,8 +741,8 @@ impl WriteContext<'_> {
         entry.0 += presence(new) - presence(old);
         entry.1 += size(new) - size(old);
         for index in &table.indexes {
-            let old_entry = old.and_then(|item| index_entry_key(index, item, key));
-            let new_entry = new.and_then(|item| index_entry_key(index, item, key));
+            let old_entry = old.and_then(|item| index_entry_key(table.key_hash, index, item, key));
+            let new_entry = new.and_then(|item| index_entry_key(table.key_hash, index, item, key));
             let name = index_table_name(table.id, &index.name);
             let mut entries = self.txn.open_table(bytes_table(&name))?;
             if let Some(old_entry) = &old_entry
@@ -885,7 +885,7 @@ impl WriteContext<'_> {
                 }
                 match index {
                     Some(index) => {
-                        if let Some(entry_key) = index_entry_key(index, &record.item, key.value()) {
+                        if let Some(entry_key) = index_entry_key(meta.key_hash, index, &record.item, key.value()) {
                             let projected = index.project(&meta.key, &record.item);
                             added.0 += 1;
                             added.1 += item_size_bytes(&projected) as i64;

@@ -627,6 +627,17 @@ impl Replication {
                                 ),
                             ));
                         }
+                        if existing.key_hash != table.key_hash {
+                            // Stored keys travel between replicas as they are: the same hash
+                            // on both sides, or changes would land under the wrong keys.
+                            return Err(ApiError::new(
+                                ErrorKind::ResourceInUse,
+                                format!(
+                                    "Table {} exists here with another key hash ({:?}, the peer's is {:?}); delete it here and let the peer backfill it",
+                                    table.name, existing.key_hash, table.key_hash
+                                ),
+                            ));
+                        }
                         let mut next = (*existing).clone();
                         next.replicas = table.replicas.clone();
                         context.put_table(next)

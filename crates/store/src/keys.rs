@@ -7,15 +7,55 @@
 //!   are ordered as DynamoDB orders them (numbers numerically, strings and binaries bytewise).
 //!
 //! Invariant: this encoding and [`partition_hash`] are persisted; changing either is a storage
-//! format change that needs a migration.
+//! format change that needs a migration. The hash is chosen per table ([`KeyHash`], kept in the
+//! table's metadata): tables created before the mixed hash keep plain FNV-1a.
 
 use dynamo_protocol::AttributeValue;
 
 /// Bytes of the partition hash prefix.
 pub const HASH_PREFIX_BYTES: usize = 4;
 
-/// FNV-1a over the type tag and canonical bytes of a partition key. Stable across versions.
-pub fn partition_hash(value: &AttributeValue) -> u32 {
+/// How a table hashes its partition keys into the 4-byte prefix. Persisted in the table's
+/// metadata; a table keeps the hash it was created with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyHash {
+    /// FNV-1a alone: tables created before the mixed hash (metadata without the field). Its
+    /// high bits are poorly spread for short, similar keys (`s1`, `s2`, ...), so parallel
+    /// Scan segments of such tables can be very uneven.
+    #[default]
+    Fnv1a,
+    /// FNV-1a finished with MurmurHash3's 32-bit finalizer: every input bit reaches the high
+    /// bits, so segments (contiguous hash ranges) hold about equal shares of the partitions.
+    Fnv1aFmix32,
+}
+
+impl KeyHash {
+    /// What tables created by this build use.
+    pub const CURRENT: KeyHash = KeyHash::Fnv1aFmix32;
+}
+
+/// MurmurHash3's `fmix32`: a bijection on `u32` with full avalanche.
+fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// The partition hash of `value` under `hash`. Stable across versions for each [`KeyHash`].
+pub fn partition_hash(hash: KeyHash, value: &AttributeValue) -> u32 {
+    let fnv = fnv1a(value);
+    match hash {
+        KeyHash::Fnv1a => fnv,
+        KeyHash::Fnv1aFmix32 => fmix32(fnv),
+    }
+}
+
+/// FNV-1a over the type tag and canonical bytes of a partition key.
+fn fnv1a(value: &AttributeValue) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
     let mut feed = |bytes: &[u8]| {
         for byte in bytes {
@@ -72,16 +112,16 @@ pub fn encode_bytes_unterminated(bytes: &[u8], out: &mut Vec<u8>) {
 }
 
 /// The key prefix of one partition.
-pub fn partition_prefix(partition: &AttributeValue) -> Vec<u8> {
+pub fn partition_prefix(hash: KeyHash, partition: &AttributeValue) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
-    out.extend_from_slice(&partition_hash(partition).to_be_bytes());
+    out.extend_from_slice(&partition_hash(hash, partition).to_be_bytes());
     encode_key_value(partition, &mut out);
     out
 }
 
 /// The full stored key of an item.
-pub fn item_key(partition: &AttributeValue, sort: Option<&AttributeValue>) -> Vec<u8> {
-    let mut out = partition_prefix(partition);
+pub fn item_key(hash: KeyHash, partition: &AttributeValue, sort: Option<&AttributeValue>) -> Vec<u8> {
+    let mut out = partition_prefix(hash, partition);
     if let Some(sort) = sort {
         encode_key_value(sort, &mut out);
     }
@@ -123,6 +163,48 @@ pub fn segment_bounds(segment: u32, total: u32) -> (Vec<u8>, Option<Vec<u8>>) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn partition_hashes_are_pinned() {
+        // Persisted in every stored key: these values must never change.
+        let s1 = AttributeValue::S("s1".into());
+        let user = AttributeValue::S("user#42".into());
+        assert_eq!(partition_hash(KeyHash::Fnv1a, &s1), 0xe7ca_d036);
+        assert_eq!(partition_hash(KeyHash::Fnv1aFmix32, &s1), 0x15cc_5525);
+        assert_eq!(partition_hash(KeyHash::Fnv1a, &user), 0x8afb_6520);
+        assert_eq!(partition_hash(KeyHash::Fnv1aFmix32, &user), 0x626a_771f);
+    }
+
+    /// Which of `total` parallel-scan segments holds `value`'s partition.
+    fn segment_of(hash: KeyHash, value: &AttributeValue, total: u32) -> u32 {
+        let key = partition_prefix(hash, value);
+        (0..total)
+            .find(|s| {
+                let (lower, upper) = segment_bounds(*s, total);
+                key >= lower && upper.is_none_or(|u| key < u)
+            })
+            .expect("some segment holds every key")
+    }
+
+    #[test]
+    fn the_mixed_hash_spreads_short_similar_keys_over_segments() {
+        // Plain FNV-1a puts all of `s0`..`s49` in the last of 3 segments; the mixed hash
+        // gives each segment its share.
+        let keys: Vec<AttributeValue> = (0..300).map(|i| AttributeValue::S(format!("s{i}"))).collect();
+        for (hash, balanced) in [(KeyHash::Fnv1a, false), (KeyHash::Fnv1aFmix32, true)] {
+            let mut counts = [0usize; 3];
+            for key in &keys[..50] {
+                counts[segment_of(hash, key, 3) as usize] += 1;
+            }
+            assert_eq!(counts.iter().all(|c| *c >= 10), balanced, "{hash:?}: {counts:?}");
+        }
+        let mut counts = [0usize; 8];
+        for key in &keys {
+            counts[segment_of(KeyHash::CURRENT, key, 8) as usize] += 1;
+        }
+        // 300 keys in 8 segments: 37.5 each on average.
+        assert!(counts.iter().all(|c| (20..=55).contains(c)), "{counts:?}");
+    }
 
     fn encoded(value: &AttributeValue) -> Vec<u8> {
         let mut out = Vec::new();

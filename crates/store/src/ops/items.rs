@@ -118,12 +118,12 @@ pub fn validate_put(meta: &TableMeta, item: &Item) -> Result<Vec<u8>, ApiError> 
     catalog::validate_key_attributes(&meta.key, item, true)?;
     catalog::validate_index_key_types(meta, item)?;
     validate_item_limits(item)?;
-    engine::key_of(&meta.key, item)
+    engine::key_of(meta.key_hash, &meta.key, item)
 }
 
 pub fn validate_key(meta: &TableMeta, key: &Item) -> Result<Vec<u8>, ApiError> {
     catalog::validate_key(&meta.key, key)?;
-    engine::key_of(&meta.key, key)
+    engine::key_of(meta.key_hash, &meta.key, key)
 }
 
 #[derive(Deserialize)]

@@ -17,7 +17,7 @@ use crate::catalog::{self, IndexKind, IndexMeta, KeySchema, Projection, TableMet
 use crate::engine::{self, RangeRequest};
 use crate::expr::legacy::{self, LegacyCondition};
 use crate::expr::{self, Condition, KeyOperator, Path};
-use crate::keys;
+use crate::keys::{self, KeyHash};
 
 pub const TOTAL_SEGMENTS_MAX: i64 = 1_000_000;
 
@@ -98,7 +98,7 @@ fn start_key(meta: &TableMeta, index: Option<&IndexMeta>, start: &Item) -> Resul
     };
     let table_key = meta.key.extract(start).ok_or_else(invalid)?;
     catalog::validate_key(&meta.key, &table_key).map_err(|_| invalid())?;
-    let item_key = engine::key_of(&meta.key, &table_key)?;
+    let item_key = engine::key_of(meta.key_hash, &meta.key, &table_key)?;
     match index {
         None => {
             if start.len() != table_key.len() {
@@ -115,7 +115,7 @@ fn start_key(meta: &TableMeta, index: Option<&IndexMeta>, start: &Item) -> Resul
                     return Err(invalid());
                 }
             }
-            engine::index_entry_key(index, start, &item_key).ok_or_else(invalid)
+            engine::index_entry_key(meta.key_hash, index, start, &item_key).ok_or_else(invalid)
         }
     }
 }
@@ -241,7 +241,9 @@ fn read_page(store: &Store, request: PageRequest<'_>) -> Result<Page, ApiError> 
 
 /// Length of the table-key suffix of an index entry key.
 fn table_key_len(meta: &TableMeta, item: &Item) -> usize {
-    engine::key_of(&meta.key, item).map(|k| k.len()).unwrap_or(0)
+    engine::key_of(meta.key_hash, &meta.key, item)
+        .map(|k| k.len())
+        .unwrap_or(0)
 }
 
 fn needs_table_fetch(meta: &TableMeta, index: &IndexMeta, select: Select, projection: Option<&[Path]>) -> bool {
@@ -360,6 +362,7 @@ fn check_start_within(
 /// Key bounds of a query: the partition's prefix, and that prefix narrowed by the sort-key
 /// condition to the lower and upper bounds of the range read.
 fn query_bounds(
+    hash: KeyHash,
     schema: &KeySchema,
     conditions: Vec<(String, KeyOperator)>,
 ) -> Result<(Vec<u8>, Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
@@ -395,7 +398,7 @@ fn query_bounds(
             "One or more parameter values were invalid: Condition parameter type does not match schema type",
         ));
     }
-    let prefix = keys::partition_prefix(&partition);
+    let prefix = keys::partition_prefix(hash, &partition);
     let end_of_partition = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
     let Some(operator) = sort else {
         return Ok((prefix.clone(), Bound::Included(prefix), end_of_partition));
@@ -519,7 +522,7 @@ pub fn query(store: &Store, request: QueryRequest) -> Result<Value, ApiError> {
     };
     let select = parse_select(request.select.as_deref(), projection.is_some(), index)?;
     let schema = index.map_or(&meta.key, |i| &i.key);
-    let (prefix, lower, upper) = query_bounds(schema, key_condition.conditions)?;
+    let (prefix, lower, upper) = query_bounds(meta.key_hash, schema, key_condition.conditions)?;
     let start = request
         .exclusive_start_key
         .as_ref()
@@ -600,6 +603,20 @@ fn scan_bounds(segment: Option<i64>, total: Option<i64>) -> Result<(Bound<Vec<u8
     }
 }
 
+fn in_bounds(key: &[u8], lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
+    let above = match lower {
+        Bound::Included(l) => key >= l.as_slice(),
+        Bound::Excluded(l) => key > l.as_slice(),
+        Bound::Unbounded => true,
+    };
+    let below = match upper {
+        Bound::Included(u) => key <= u.as_slice(),
+        Bound::Excluded(u) => key < u.as_slice(),
+        Bound::Unbounded => true,
+    };
+    above && below
+}
+
 pub fn scan(store: &Store, request: ScanRequest) -> Result<Value, ApiError> {
     let meta = store.engine().require_table(&request.table_name)?;
     let index = resolve_index(&meta, request.index_name.as_deref())?;
@@ -633,6 +650,16 @@ pub fn scan(store: &Store, request: ScanRequest) -> Result<Value, ApiError> {
         .as_ref()
         .map(|s| start_key(&meta, index, s))
         .transpose()?;
+    if let Some(start) = &start
+        && request.segment.is_some()
+        && !in_bounds(start, &lower, &upper)
+    {
+        // A parallel scan's segments are disjoint: a LastEvaluatedKey from another segment
+        // (a client mixing up its workers) would otherwise read the wrong part of the table.
+        return Err(ApiError::validation(
+            "The provided Exclusive start key does not map to the provided Segment and TotalSegments values.",
+        ));
+    }
     let page = read_page(
         store,
         PageRequest {
