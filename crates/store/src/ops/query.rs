@@ -340,17 +340,7 @@ fn check_start_within(
             "The provided starting key is outside query boundaries based on provided conditions",
         ));
     }
-    let above = match lower {
-        Bound::Included(lower) => start >= lower.as_slice(),
-        Bound::Excluded(lower) => start > lower.as_slice(),
-        Bound::Unbounded => true,
-    };
-    let below = match upper {
-        Bound::Included(upper) => start <= upper.as_slice(),
-        Bound::Excluded(upper) => start < upper.as_slice(),
-        Bound::Unbounded => true,
-    };
-    if above && below {
+    if in_bounds(start, lower, upper) {
         Ok(())
     } else {
         Err(ApiError::validation(
@@ -603,6 +593,7 @@ fn scan_bounds(segment: Option<i64>, total: Option<i64>) -> Result<(Bound<Vec<u8
     }
 }
 
+/// Whether `key` lies within the bounds.
 fn in_bounds(key: &[u8], lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
     let above = match lower {
         Bound::Included(l) => key >= l.as_slice(),
