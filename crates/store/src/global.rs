@@ -122,7 +122,9 @@ pub struct TableRequest {
     pub delete: bool,
 }
 
-fn sign(key: &[u8], region: &str, body: &[u8]) -> String {
+/// The signature a peer sends with a replication request (`SIGNATURE_HEADER`): HMAC-SHA256 over
+/// the sending region and the body, with the shared replication key.
+pub fn sign(key: &[u8], region: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(region.as_bytes());
     mac.update(b"\n");

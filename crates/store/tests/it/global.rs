@@ -221,3 +221,81 @@ async fn three_regions_replicate_a_global_table_and_survive_a_restart() {
         stop(region).await;
     }
 }
+
+/// POSTs a replication request signed as `from` would sign it.
+async fn post_signed(url: &str, path: &str, from: &str, body: Vec<u8>) -> (u16, Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = hyper::Request::post(format!("{url}{path}"))
+        .header(store::global::REGION_HEADER, from)
+        .header(store::global::SIGNATURE_HEADER, store::global::sign(KEY, from, &body))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("valid request");
+    let response = client.request(request).await.expect("store answers");
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&body).expect("JSON answer"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_definition_with_another_key_hash_is_refused() {
+    use store::catalog::{CreateTableRequest, table_from_request};
+    use store::global::TableRequest;
+    use store::keys::KeyHash;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let mut region = Region {
+        name: "us-east-1",
+        url: format!("http://{}", listener.local_addr().expect("address")),
+        dir: tempfile::tempdir().expect("temp dir"),
+        stop: None,
+        task: None,
+    };
+    // The peer never answers: only its requests to us matter here.
+    let peers = [
+        ("us-east-1".to_string(), region.url.clone()),
+        ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
+    ];
+    start(&mut region, listener, &peers).await;
+    let create = json!({
+        "TableName": "carts",
+        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST"
+    });
+    ok(&region.url, "CreateTable", create.clone()).await;
+    let request: CreateTableRequest = serde_json::from_value(create).expect("request");
+    let mut table = table_from_request(&request, 1, 0.0).expect("table");
+    table.replicas = vec!["us-east-1".into(), "eu-west-1".into()];
+
+    // A peer whose replica hashes keys differently would ship keys this region cannot use.
+    table.key_hash = KeyHash::Fnv1a;
+    let body = serde_json::to_vec(&TableRequest {
+        table: table.clone(),
+        delete: false,
+    })
+    .expect("serialize");
+    let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", body).await;
+    assert_eq!(status, 400, "{answer}");
+    let message = answer["message"]
+        .as_str()
+        .or(answer["Message"].as_str())
+        .unwrap_or_default();
+    assert!(message.contains("another key hash"), "{answer}");
+
+    // The same definition with the same hash joins the table to the peer.
+    table.key_hash = KeyHash::CURRENT;
+    let body = serde_json::to_vec(&TableRequest { table, delete: false }).expect("serialize");
+    let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let described = ok(&region.url, "DescribeTable", json!({"TableName": "carts"})).await;
+    assert_eq!(
+        described["Table"]["Replicas"].as_array().map(Vec::len),
+        Some(2),
+        "{described}"
+    );
+    stop(&mut region).await;
+}
