@@ -1,4 +1,5 @@
-"""Global tables with real processes: three `switchyard store` processes on loopback, a table
+"""Global tables with real processes: three `switchyard store` processes on loopback (one
+configured by a deployment file's [store] section, two by flags), a table
 made global through boto3's UpdateTable(ReplicaUpdates=...), writes in every region, one region
 killed with SIGKILL and restarted, and every replica converging to the same contents with every
 acknowledged write present."""
@@ -45,11 +46,24 @@ class Region:
         ready = self.data_dir / "ready"
         if ready.exists():
             ready.unlink()
-        command = [str(BINARY), "store", "--region", self.name, "--listen", f"127.0.0.1:{self.port}",
-                   "--data-dir", str(self.data_dir), "--ready-file", str(ready)]
-        for peer in self.peers:
-            command += ["--peer", f"{peer.name}={peer.url}"]
-        env = dict(os.environ, SWITCHYARD_REPLICATION_KEY=KEY)
+        env = dict(os.environ)
+        if self.name == "eu-west-1":
+            # This region takes everything from a deployment file's [store] section (paths
+            # relative to the file), as a real deployment would.
+            config = self.data_dir.parent / "eu-west-1.toml"
+            (self.data_dir.parent / "replication.key").write_text(KEY + "\n")
+            peers = "".join(f'{peer.name} = "{peer.url}"\n' for peer in self.peers)
+            config.write_text(
+                f'[proxy]\nlisten = "127.0.0.1:1"\n\n[store]\nregion = "{self.name}"\n'
+                f'listen = "127.0.0.1:{self.port}"\ndata_dir = "{self.data_dir.name}"\n'
+                f'replication_key_file = "replication.key"\n\n[store.peers]\n{peers}')
+            command = [str(BINARY), "store", "--config", str(config), "--ready-file", str(ready)]
+        else:
+            command = [str(BINARY), "store", "--region", self.name, "--listen", f"127.0.0.1:{self.port}",
+                       "--data-dir", str(self.data_dir), "--ready-file", str(ready)]
+            for peer in self.peers:
+                command += ["--peer", f"{peer.name}={peer.url}"]
+            env["SWITCHYARD_REPLICATION_KEY"] = KEY
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         deadline = time.monotonic() + START_DEADLINE_S
         while not ready.exists():

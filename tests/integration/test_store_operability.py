@@ -105,3 +105,19 @@ def test_sigterm_finishes_in_flight_writes(tmp_path_factory):
         assert not missing, f"{len(missing)} acknowledged writes lost over SIGTERM"
     finally:
         store.stop()
+
+
+def test_a_bad_config_file_is_refused_with_its_line_and_the_fix(tmp_path):
+    import subprocess
+
+    from test_store_harness import BINARY, require_binary
+
+    require_binary()
+    config = tmp_path / "deployment.toml"
+    config.write_text('[store]\nregion = "us-east-1"\n\n[store.peers]\neu-west-1 = "10.0.0.2:8000"\n')
+    result = subprocess.run([str(BINARY), "store", "--config", str(config), "--data-dir", str(tmp_path / "data")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert str(config) in result.stderr and "line 5" in result.stderr, result.stderr
+    assert "http://127.0.0.1:8001" in result.stderr, "the message shows how to write it"
+    assert not (tmp_path / "data").exists(), "nothing is created before the config is valid"

@@ -51,11 +51,42 @@ pub const IDLE_WAKE_MS: u64 = 1_000;
 /// Timeout of one replication HTTP request.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
     pub region: String,
     /// Base URL of the peer's store, e.g. `http://10.0.0.2:8000`.
     pub url: String,
+}
+
+impl Peer {
+    /// Parses `REGION=URL` (the `--peer` flag's form; a trailing `/` is dropped).
+    pub fn parse(text: &str) -> Result<Peer, String> {
+        let (region, url) = text
+            .split_once('=')
+            .ok_or_else(|| format!("'{text}' is not REGION=URL; write it like eu-west-1=http://127.0.0.1:8001"))?;
+        check_region_name(region)?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("'{url}' is not a URL: write it like http://127.0.0.1:8001"));
+        }
+        Ok(Peer {
+            region: region.to_string(),
+            url: url.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+/// A region name: letters, digits, dashes and underscores (`eu-west-1`).
+pub fn check_region_name(region: &str) -> Result<(), String> {
+    if region.is_empty()
+        || !region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "'{region}' is not a region name: use letters, digits and dashes, like eu-west-1"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]

@@ -8,6 +8,7 @@
 //! other regions; replication builds on the engine.
 
 pub mod catalog;
+pub mod config;
 pub mod engine;
 pub mod expr;
 pub mod global;

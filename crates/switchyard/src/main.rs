@@ -137,15 +137,20 @@ struct CeilingArgs {
 
 #[derive(clap::Args)]
 struct StoreArgs {
-    /// The region this store serves (shown in ARNs and used by replication).
-    #[arg(long, env = "SWITCHYARD_REGION", default_value = "us-east-1")]
-    region: String,
-    /// Address to listen on; port 0 picks a free port (see --ready-file).
-    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8000")]
-    listen: SocketAddr,
-    /// Directory holding the database file; created if missing.
-    #[arg(long, env = "SWITCHYARD_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
+    /// A deployment file whose `[store]` section sets any of the options below (`region`,
+    /// `listen`, `data_dir`, `credentials`, `replication_key_file`, and `[store.peers]` as
+    /// REGION = "URL" lines); flags and environment variables override it. See the README.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// The region this store serves (shown in ARNs and used by replication) [default: us-east-1].
+    #[arg(long, env = "SWITCHYARD_REGION")]
+    region: Option<String>,
+    /// Address to listen on; port 0 picks a free port (see --ready-file) [default: 127.0.0.1:8000].
+    #[arg(long, env = "SWITCHYARD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory holding the database file; created if missing [default: ./data].
+    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// File of `ACCESS_KEY_ID SECRET` lines; when given, requests must be SigV4-signed by one.
     #[arg(long, env = "SWITCHYARD_CREDENTIALS")]
     credentials: Option<PathBuf>,
@@ -153,8 +158,9 @@ struct StoreArgs {
     #[arg(long)]
     ready_file: Option<PathBuf>,
     /// Another region's store for global tables, as REGION=URL (repeat for each peer), e.g.
-    /// `--peer eu-west-1=http://10.0.1.5:8000`. Needs a replication key.
-    #[arg(long = "peer", value_name = "REGION=URL", value_parser = parse_peer)]
+    /// `--peer eu-west-1=http://10.0.1.5:8000`. Needs a replication key. Given on the command
+    /// line, these replace the config file's `[store.peers]`.
+    #[arg(long = "peer", value_name = "REGION=URL", value_parser = store::global::Peer::parse)]
     peers: Vec<store::global::Peer>,
     /// File holding the secret shared by all regions (at least 16 bytes); it authenticates
     /// replication traffic. Alternatively set SWITCHYARD_REPLICATION_KEY.
@@ -162,32 +168,54 @@ struct StoreArgs {
     replication_key_file: Option<PathBuf>,
 }
 
+/// A store's settings: flags and environment over the config file over the defaults.
+struct StoreSettings {
+    region: String,
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    credentials: Option<PathBuf>,
+    ready_file: Option<PathBuf>,
+    peers: Vec<store::global::Peer>,
+    replication_key_file: Option<PathBuf>,
+}
+
+const STORE_REGION_DEFAULT: &str = "us-east-1";
+const STORE_LISTEN_DEFAULT: &str = "127.0.0.1:8000";
+const STORE_DATA_DIR_DEFAULT: &str = "./data";
+
+impl StoreArgs {
+    fn settings(self) -> anyhow::Result<StoreSettings> {
+        let file = match &self.config {
+            Some(path) => store::config::load(path)?,
+            None => store::config::StoreFileConfig::default(),
+        };
+        let region = self
+            .region
+            .or(file.region)
+            .unwrap_or_else(|| STORE_REGION_DEFAULT.to_string());
+        store::global::check_region_name(&region).map_err(|message| anyhow::anyhow!("--region: {message}"))?;
+        Ok(StoreSettings {
+            region,
+            listen: match self.listen.or(file.listen) {
+                Some(listen) => listen,
+                None => STORE_LISTEN_DEFAULT.parse().context("the default listen address")?,
+            },
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(STORE_DATA_DIR_DEFAULT)),
+            credentials: self.credentials.or(file.credentials),
+            ready_file: self.ready_file,
+            peers: if self.peers.is_empty() { file.peers } else { self.peers },
+            replication_key_file: self.replication_key_file.or(file.replication_key_file),
+        })
+    }
+}
+
 /// Bytes a replication key has at least.
 const REPLICATION_KEY_BYTES_MIN: usize = 16;
 
-fn parse_peer(text: &str) -> Result<store::global::Peer, String> {
-    let (region, url) = text
-        .split_once('=')
-        .ok_or_else(|| format!("'{text}' is not REGION=URL; write it like eu-west-1=http://127.0.0.1:8001"))?;
-    if region.is_empty()
-        || !region
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(format!(
-            "'{region}' is not a region name: use letters, digits and dashes, like eu-west-1"
-        ));
-    }
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(format!("'{url}' is not a URL: write it like http://127.0.0.1:8001"));
-    }
-    Ok(store::global::Peer {
-        region: region.to_string(),
-        url: url.trim_end_matches('/').to_string(),
-    })
-}
-
-fn replication_config(args: &StoreArgs) -> anyhow::Result<Option<store::global::ReplicationConfig>> {
+fn replication_config(args: &StoreSettings) -> anyhow::Result<Option<store::global::ReplicationConfig>> {
     if args.peers.is_empty() {
         return Ok(None);
     }
@@ -197,7 +225,7 @@ fn replication_config(args: &StoreArgs) -> anyhow::Result<Option<store::global::
         }
         (None, Ok(key)) => key.into_bytes(),
         (None, Err(_)) => bail!(
-            "--peer needs a replication key shared by all regions: pass --replication-key-file FILE or set SWITCHYARD_REPLICATION_KEY"
+            "peers need a replication key shared by all regions: pass --replication-key-file FILE, set replication_key_file in [store], or set SWITCHYARD_REPLICATION_KEY"
         ),
     };
     let key: Vec<u8> = key.trim_ascii().to_vec();
@@ -210,12 +238,12 @@ fn replication_config(args: &StoreArgs) -> anyhow::Result<Option<store::global::
     for (index, peer) in args.peers.iter().enumerate() {
         if peer.region == args.region {
             bail!(
-                "--peer {} names this store's own region; list the other regions only",
+                "peer {} is this store's own region; list the other regions only",
                 peer.region
             );
         }
         if args.peers[..index].iter().any(|p| p.region == peer.region) {
-            bail!("--peer {} is given twice; give each region once", peer.region);
+            bail!("peer {} is given twice; give each region once", peer.region);
         }
     }
     Ok(Some(store::global::ReplicationConfig {
@@ -270,6 +298,7 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
+    let args = args.settings()?;
     let credentials = match &args.credentials {
         Some(path) => {
             let text =

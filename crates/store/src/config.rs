@@ -1,0 +1,235 @@
+//! The `[store]` section of a deployment's TOML file: what `switchyard store --config FILE`
+//! reads. Every key is optional; a flag on the command line (or its environment variable)
+//! overrides the file. Other sections belong to other components and are ignored. Relative paths
+//! are relative to the file's directory. Every error names the key, its line and the fix.
+//!
+//! ```toml
+//! [store]
+//! region = "us-east-1"
+//! listen = "10.0.0.5:8000"
+//! data_dir = "/var/lib/switchyard"
+//! credentials = "credentials"            # ACCESS_KEY_ID SECRET lines
+//! replication_key_file = "replication.key"
+//!
+//! [store.peers]                           # the other regions' stores, for global tables
+//! eu-west-1 = "http://10.1.0.5:8000"
+//! ap-south-1 = "http://10.2.0.5:8000"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::global::Peer;
+
+/// Most peers one store replicates to.
+pub const PEERS_MAX: usize = 16;
+
+/// The `[store]` section, validated. `None` means "not in the file".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreFileConfig {
+    pub region: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub credentials: Option<PathBuf>,
+    pub replication_key_file: Option<PathBuf>,
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreConfigError {
+    #[error("read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Deserialize)]
+struct Document {
+    store: Option<RawStore>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    region: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    data_dir: Option<Spanned<String>>,
+    credentials: Option<Spanned<String>>,
+    replication_key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    peers: BTreeMap<String, Spanned<String>>,
+}
+
+/// Reads the `[store]` section of the file at `path` (a file without one gives the defaults).
+pub fn load(path: &Path) -> Result<StoreFileConfig, StoreConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StoreConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base).map_err(|message| StoreConfigError::Invalid {
+        path: path.display().to_string(),
+        message,
+    })
+}
+
+/// Parses the `[store]` section of a whole deployment file; relative paths join `base`.
+pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
+    let document: Document = toml::from_str(text).map_err(|e| e.to_string())?;
+    let Some(raw) = document.store else {
+        return Ok(StoreFileConfig::default());
+    };
+    let path = |value: &Option<Spanned<String>>, key: &str| -> Result<Option<PathBuf>, String> {
+        value
+            .as_ref()
+            .map(|v| {
+                if v.get_ref().trim().is_empty() {
+                    return Err(at(text, v.span(), format!("{key} is empty; give a path")));
+                }
+                Ok(base.join(v.get_ref()))
+            })
+            .transpose()
+    };
+    let region = match &raw.region {
+        Some(value) => {
+            crate::global::check_region_name(value.get_ref()).map_err(|message| at(text, value.span(), message))?;
+            Some(value.get_ref().clone())
+        }
+        None => None,
+    };
+    let listen = raw
+        .listen
+        .as_ref()
+        .map(|value| {
+            value.get_ref().parse::<SocketAddr>().map_err(|_| {
+                at(
+                    text,
+                    value.span(),
+                    format!(
+                        "listen = \"{}\" is not IP:PORT; write it like \"127.0.0.1:8000\" (names are not resolved)",
+                        value.get_ref()
+                    ),
+                )
+            })
+        })
+        .transpose()?;
+    if raw.peers.len() > PEERS_MAX {
+        return Err(format!(
+            "[store.peers] lists {} regions; a store replicates to at most {PEERS_MAX}",
+            raw.peers.len()
+        ));
+    }
+    let mut peers = Vec::with_capacity(raw.peers.len());
+    for (peer_region, url) in &raw.peers {
+        let peer = Peer::parse(&format!("{peer_region}={}", url.get_ref()))
+            .map_err(|message| at(text, url.span(), format!("[store.peers] {peer_region}: {message}")))?;
+        if region.as_deref() == Some(peer.region.as_str()) {
+            return Err(at(
+                text,
+                url.span(),
+                format!("[store.peers] {peer_region} is this store's own region; list the other regions only"),
+            ));
+        }
+        peers.push(peer);
+    }
+    Ok(StoreFileConfig {
+        region,
+        listen,
+        data_dir: path(&raw.data_dir, "data_dir")?,
+        credentials: path(&raw.credentials, "credentials")?,
+        replication_key_file: path(&raw.replication_key_file, "replication_key_file")?,
+        peers,
+    })
+}
+
+/// `line N, column M: message` for a value's span.
+fn at(text: &str, span: Range<usize>, message: String) -> String {
+    let mut offset = span.start.min(text.len());
+    while offset > 0 && !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"[proxy]
+listen = "127.0.0.1:9000"
+
+[store]
+region = "us-east-1"
+listen = "127.0.0.1:8000"
+data_dir = "data"
+replication_key_file = "/etc/switchyard/replication.key"
+
+[store.peers]
+eu-west-1 = "http://127.0.0.1:8001/"
+ap-south-1 = "https://store.ap-south-1.example:8000"
+"#;
+
+    #[test]
+    fn reads_the_store_section_and_ignores_the_others() {
+        let config = parse(FILE, Path::new("/srv/sy")).expect("valid");
+        assert_eq!(config.region.as_deref(), Some("us-east-1"));
+        assert_eq!(config.listen, Some("127.0.0.1:8000".parse().expect("address")));
+        assert_eq!(
+            config.data_dir,
+            Some(PathBuf::from("/srv/sy/data")),
+            "relative to the file"
+        );
+        assert_eq!(
+            config.replication_key_file,
+            Some(PathBuf::from("/etc/switchyard/replication.key"))
+        );
+        assert_eq!(config.credentials, None);
+        let peers: Vec<(&str, &str)> = config
+            .peers
+            .iter()
+            .map(|p| (p.region.as_str(), p.url.as_str()))
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                ("ap-south-1", "https://store.ap-south-1.example:8000"),
+                ("eu-west-1", "http://127.0.0.1:8001")
+            ]
+        );
+        assert_eq!(
+            parse("[proxy]\nx = 1\n", Path::new(".")),
+            Ok(StoreFileConfig::default())
+        );
+    }
+
+    #[test]
+    fn mistakes_name_the_key_its_line_and_the_fix() {
+        let error = parse(
+            "[store]\nregion = \"us-east-1\"\nlisten = \"localhost:80\"\n",
+            Path::new("."),
+        )
+        .expect_err("names are not addresses");
+        assert!(error.starts_with("line 3, column 10"), "{error}");
+        assert!(error.contains("127.0.0.1:8000"), "{error}");
+        let error = parse("[store]\nregoin = \"us-east-1\"\n", Path::new(".")).expect_err("typo");
+        assert!(error.contains("line 2") && error.contains("regoin"), "{error}");
+        let error = parse(
+            "[store]\nregion = \"us-east-1\"\n[store.peers]\nus-east-1 = \"http://x:1\"\n",
+            Path::new("."),
+        )
+        .expect_err("own region");
+        assert!(error.starts_with("line 4") && error.contains("own region"), "{error}");
+        let error = parse("[store.peers]\neu-west-1 = \"ftp://x\"\n", Path::new(".")).expect_err("scheme");
+        assert!(error.starts_with("line 2") && error.contains("http://"), "{error}");
+        let error = parse("[store]\nregion = \"us east\"\n", Path::new(".")).expect_err("region");
+        assert!(error.starts_with("line 2") && error.contains("eu-west-1"), "{error}");
+    }
+}
