@@ -40,6 +40,8 @@ pub const REGION_HEADER: &str = "x-switchyard-region";
 pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Records per anti-entropy request at most.
 pub const REPAIR_RECORDS_PER_REQUEST_MAX: usize = 1_000;
+/// A running repair (backfill) logs its progress at most this often.
+pub const REPAIR_PROGRESS_LOG_MS: u64 = 5_000;
 /// Entries the replication log may hold beyond the slowest peer before it is trimmed anyway
 /// (that peer is then repaired by anti-entropy); the backlog alarm fires at 80 % of it.
 pub const LOG_BACKLOG_CHANGES_MAX: u64 = 1_000_000;
@@ -106,6 +108,8 @@ pub struct PeerStatus {
     pub lag_ms: AtomicU64,
     pub repairing: AtomicBool,
     pub repaired_records: AtomicU64,
+    /// Items the running repair has to copy (the shared tables' item counts at its start).
+    pub repair_total: AtomicU64,
     pub consecutive_failures: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     repair_requested: AtomicBool,
@@ -443,6 +447,9 @@ impl Replication {
             .into_iter()
             .filter(|t| t.replicas.iter().any(|r| r == &peer.region))
             .collect();
+        let total: u64 = tables.iter().map(|t| self.engine.stats(t.id, None).item_count).sum();
+        status.repair_total.store(total, Ordering::Relaxed);
+        let mut logged_at = std::time::Instant::now();
         for table in tables {
             let mut after: Option<Vec<u8>> = None;
             loop {
@@ -464,9 +471,21 @@ impl Replication {
                     },
                 )
                 .await?;
-                status
+                let copied = status
                     .repaired_records
-                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    .fetch_add(records.len() as u64, Ordering::Relaxed)
+                    + records.len() as u64;
+                if logged_at.elapsed() >= Duration::from_millis(REPAIR_PROGRESS_LOG_MS) {
+                    logged_at = std::time::Instant::now();
+                    tracing::info!(
+                        peer = %peer.region,
+                        table = %table.name,
+                        copied,
+                        total,
+                        percent = repair_percent(copied, total),
+                        "backfill in progress"
+                    );
+                }
             }
         }
         self.send_repair(
@@ -700,13 +719,20 @@ impl Replication {
                     let repairing = status.repairing.load(Ordering::Relaxed);
                     if repairing {
                         replica["ReplicaStatus"] = serde_json::json!("CREATING");
-                        replica["ReplicaStatusPercentProgress"] = serde_json::json!("0");
+                        replica["ReplicaStatusPercentProgress"] = serde_json::json!(
+                            repair_percent(
+                                status.repaired_records.load(Ordering::Relaxed),
+                                status.repair_total.load(Ordering::Relaxed)
+                            )
+                            .to_string()
+                        );
                     }
                     replica["ReplicaStatusDescription"] = serde_json::json!(format!(
-                        "replication from {} to {region}: lag {} ms, {} changes pending{}",
+                        "replication from {} to {region}: lag {} ms, {} changes pending, applied through change {}{}",
                         self.region,
                         status.lag_ms.load(Ordering::Relaxed),
                         status.pending_changes.load(Ordering::Relaxed),
+                        status.acked.load(Ordering::Relaxed),
                         if repairing {
                             format!(
                                 ", backfill copied {} records",
@@ -722,6 +748,15 @@ impl Replication {
             .collect();
         serde_json::Value::Array(replicas)
     }
+}
+
+/// A repair's progress in whole percent: 99 at most until it has finished (records written
+/// while it runs, or tombstones, can make the copied count pass the starting total).
+fn repair_percent(copied: u64, total: u64) -> u64 {
+    if total == 0 {
+        return 0;
+    }
+    (copied.saturating_mul(100) / total).min(99)
 }
 
 enum Outcome {
@@ -763,6 +798,16 @@ fn apply_change(context: &mut crate::engine::WriteContext<'_>, change: &Change) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repair_progress_stays_below_100_until_done() {
+        assert_eq!(repair_percent(0, 0), 0);
+        assert_eq!(repair_percent(0, 200), 0);
+        assert_eq!(repair_percent(50, 200), 25);
+        assert_eq!(repair_percent(200, 200), 99, "done only when the repair says so");
+        assert_eq!(repair_percent(500, 200), 99, "writes during the backfill add records");
+        assert_eq!(repair_percent(u64::MAX, 1), 99);
+    }
 
     #[test]
     fn signatures_bind_region_and_body() {
