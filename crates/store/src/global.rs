@@ -619,7 +619,7 @@ impl Replication {
             })
             .await?;
         if response.through.is_some() && response.applied == 0 && to_seq <= response.through.unwrap_or(0) {
-            tracing::debug!(%source, from_seq, to_seq, "replayed or repeated replication batch: nothing applied");
+            tracing::info!(%source, from_seq, to_seq, "replayed or repeated replication batch (already applied through {}): nothing applied", response.through.unwrap_or(0));
         }
         Ok(serde_json::to_value(response).expect("a batch response serialises"))
     }

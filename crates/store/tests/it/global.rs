@@ -299,3 +299,143 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
     );
     stop(&mut region).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_and_replayed_batches_apply_nothing() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use dynamo_protocol::AttributeValue;
+    use store::catalog::{CreateTableRequest, table_from_request};
+    use store::record::{Record, encode};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let mut region = Region {
+        name: "us-east-1",
+        url: format!("http://{}", listener.local_addr().expect("address")),
+        dir: tempfile::tempdir().expect("temp dir"),
+        stop: None,
+        task: None,
+    };
+    let peers = [
+        ("us-east-1".to_string(), region.url.clone()),
+        ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
+    ];
+    start(&mut region, listener, &peers).await;
+    let create = json!({
+        "TableName": "carts",
+        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST"
+    });
+    ok(&region.url, "CreateTable", create.clone()).await;
+    let request: CreateTableRequest = serde_json::from_value(create).expect("request");
+    let table = table_from_request(&request, 1, 0.0).expect("table");
+
+    // A change from eu-west-1 setting cart `c1` to `note`, at HLC `hlc`.
+    let change = |note: &str, hlc: u64| {
+        let mut item = dynamo_protocol::Item::new();
+        item.insert("id".into(), AttributeValue::S("c1".into()));
+        item.insert("note".into(), AttributeValue::S(note.into()));
+        let key = store::engine::key_of(table.key_hash, &table.key, &item).expect("key");
+        let record = encode(&Record {
+            hlc,
+            origin: "eu-west-1".into(),
+            tombstone: false,
+            item,
+        });
+        BASE64.encode(store::replication_log::encode_change("carts", &key, &record))
+    };
+    let batch = |seq: u64, changes: Vec<String>| {
+        serde_json::to_vec(&json!({"batch": seq, "from_seq": seq, "to_seq": seq, "changes": changes}))
+            .expect("serialize")
+    };
+    let note = || async {
+        ok(
+            &region.url,
+            "GetItem",
+            json!({"TableName": "carts", "Key": {"id": {"S": "c1"}}}),
+        )
+        .await["Item"]["note"]["S"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let hlc = |ms: u64| replication::Hlc::from_parts(ms, 0).0;
+    let path = "/replication/v1/batch";
+
+    let (status, answer) = post_signed(
+        &region.url,
+        path,
+        "eu-west-1",
+        batch(1, vec![change("first", hlc(1_000))]),
+    )
+    .await;
+    assert_eq!((status, answer["applied"].as_u64()), (200, Some(1)), "{answer}");
+    assert_eq!(note().await.as_deref(), Some("first"));
+
+    // Sequence 1 again, now carrying a newer write that last-writer-wins alone would take:
+    // the sequence says it was applied already, so nothing is.
+    let (status, answer) = post_signed(
+        &region.url,
+        path,
+        "eu-west-1",
+        batch(1, vec![change("replayed", hlc(9_000))]),
+    )
+    .await;
+    assert_eq!((status, answer["applied"].as_u64()), (200, Some(0)), "{answer}");
+    assert_eq!(
+        note().await.as_deref(),
+        Some("first"),
+        "a replayed sequence applies nothing"
+    );
+
+    // Corrupt batches: a change that is not base64, a change that does not decode, a range that
+    // does not match the changes, a bad signature. Each is refused whole.
+    let not_base64 = batch(2, vec![change("bad", hlc(9_000)), "%%%".into()]);
+    let mangled = batch(2, vec![change("bad", hlc(9_000)), BASE64.encode(b"\x01garbage")]);
+    let mismatched =
+        serde_json::to_vec(&json!({"batch": 2, "from_seq": 2, "to_seq": 3, "changes": [change("bad", hlc(9_000))]}))
+            .expect("serialize");
+    for body in [not_base64, mangled, mismatched] {
+        let (status, answer) = post_signed(&region.url, path, "eu-west-1", body).await;
+        assert_eq!(status, 400, "{answer}");
+    }
+    let forged = batch(2, vec![change("forged", hlc(9_000))]);
+    let (status, answer) = call_raw(&region.url, path, "eu-west-1", "00".repeat(32), forged).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.to_string().contains("bad replication signature"), "{answer}");
+    assert_eq!(
+        note().await.as_deref(),
+        Some("first"),
+        "nothing of a refused batch is applied"
+    );
+
+    // The stream carries on where it was: sequence 2 is next.
+    let (status, answer) = post_signed(
+        &region.url,
+        path,
+        "eu-west-1",
+        batch(2, vec![change("second", hlc(2_000))]),
+    )
+    .await;
+    assert_eq!((status, answer["applied"].as_u64()), (200, Some(1)), "{answer}");
+    assert_eq!(note().await.as_deref(), Some("second"));
+    stop(&mut region).await;
+}
+
+/// POSTs with a given signature header (to send a wrong one).
+async fn call_raw(url: &str, path: &str, from: &str, signature: String, body: Vec<u8>) -> (u16, Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = hyper::Request::post(format!("{url}{path}"))
+        .header(store::global::REGION_HEADER, from)
+        .header(store::global::SIGNATURE_HEADER, signature)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("valid request");
+    let response = client.request(request).await.expect("store answers");
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
