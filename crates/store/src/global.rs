@@ -587,19 +587,25 @@ impl Replication {
         }
         let (from_seq, to_seq) = (request.from_seq, request.to_seq);
         let job_source = source.clone();
-        let response = self
+        let (response, replayed) = self
             .engine
             .write(move |context| {
                 let applied = context.applied_from(&job_source)?;
                 match accept(applied, from_seq, to_seq) {
-                    Acceptance::Duplicate => Ok(BatchResponse {
-                        through: Some(applied),
-                        ..BatchResponse::default()
-                    }),
-                    Acceptance::Gap { expected_from } => Ok(BatchResponse {
-                        expected_from: Some(expected_from),
-                        ..BatchResponse::default()
-                    }),
+                    Acceptance::Duplicate => Ok((
+                        BatchResponse {
+                            through: Some(applied),
+                            ..BatchResponse::default()
+                        },
+                        true,
+                    )),
+                    Acceptance::Gap { expected_from } => Ok((
+                        BatchResponse {
+                            expected_from: Some(expected_from),
+                            ..BatchResponse::default()
+                        },
+                        false,
+                    )),
                     Acceptance::Apply { skip_through } => {
                         let mut count = 0;
                         for (offset, change) in changes.iter().enumerate() {
@@ -609,16 +615,19 @@ impl Replication {
                             count += u64::from(apply_change(context, change)?);
                         }
                         context.set_applied_from(&job_source, to_seq)?;
-                        Ok(BatchResponse {
-                            through: Some(to_seq),
-                            applied: count,
-                            ..BatchResponse::default()
-                        })
+                        Ok((
+                            BatchResponse {
+                                through: Some(to_seq),
+                                applied: count,
+                                ..BatchResponse::default()
+                            },
+                            false,
+                        ))
                     }
                 }
             })
             .await?;
-        if response.through.is_some() && response.applied == 0 && to_seq <= response.through.unwrap_or(0) {
+        if replayed {
             tracing::info!(%source, from_seq, to_seq, "replayed or repeated replication batch (already applied through {}): nothing applied", response.through.unwrap_or(0));
         }
         Ok(serde_json::to_value(response).expect("a batch response serialises"))
