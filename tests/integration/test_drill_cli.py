@@ -84,3 +84,21 @@ def test_unreachable_deployment_fails_before_any_fault(tmp_path):
     code, output = drill("region-outage", "--targets", str(targets), "--no-progress")
     assert code != 0
     assert "prepare the drill" in output and "us-east-1" in output
+
+
+def test_config_is_the_targets_flag(tmp_path):
+    targets = tmp_path / "deployment.toml"
+    targets.write_text('shop_name = "shop.example."\nshop_port = "eighty"\n')
+    code, output = drill("region-hang", "--config", str(targets))
+    assert code != 0
+    assert "line 2" in output and str(targets) in output
+    code, output = drill("region-hang", "--lab", str(tmp_path), "--config", str(targets))
+    assert code != 0
+    assert "cannot be used with" in output
+
+
+def test_help_lists_region_hang_and_the_config_alias():
+    code, output = drill("--help")
+    assert code == 0
+    assert "region-hang" in output
+    assert "--config" in output

@@ -334,7 +334,7 @@ pub struct Scenario {
     pub expectations: Expectations,
 }
 
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     "region-outage",
     "region-partition",
     "vantage-partition",
@@ -342,6 +342,7 @@ pub const NAMES: [&str; 7] = [
     "slow-region",
     "store-crash",
     "failback",
+    "region-hang",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -366,6 +367,18 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
     let (summary, expectations) = match name {
         "region-outage" => (
             "kill -9 every process of the primary region: traffic must move to the secondary",
+            Expectations {
+                rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
+                rto_99_ms_max_before_ttl: Some(RTO_99_MS_MAX_BEFORE_TTL),
+                rto_99_plus_ttl: true,
+                ..expect(Required)
+            },
+        ),
+        // A hang fails health checks by timeout (the check timeout, 400 ms in the lab) instead
+        // of a fast refusal: each failed round lasts that much longer, which the outage's
+        // RTO(DNS) bound still covers.
+        "region-hang" => (
+            "SIGSTOP every process of the primary region (hung, not dead: timeouts, not refusals), SIGCONT at heal: traffic must move to the secondary",
             Expectations {
                 rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
                 rto_99_ms_max_before_ttl: Some(RTO_99_MS_MAX_BEFORE_TTL),
@@ -491,6 +504,24 @@ impl Scenario {
                 vec![FaultAction::Kill {
                     target: Component::Region(Primary),
                 }],
+                at,
+                heal,
+            ),
+            // The processes region-outage kills (proxy, app servers, store), frozen one group
+            // per step; the heal resumes them in reverse, the store first, so the front door
+            // comes back with its backends already answering.
+            "region-hang" => fault_then_heal(
+                vec![
+                    FaultAction::Stop {
+                        target: Component::Proxy(Primary),
+                    },
+                    FaultAction::Stop {
+                        target: Component::Apps(Primary),
+                    },
+                    FaultAction::Stop {
+                        target: Component::Store(Primary),
+                    },
+                ],
                 at,
                 heal,
             ),

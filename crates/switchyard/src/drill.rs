@@ -14,8 +14,9 @@ const PHASE_S_MAX: u64 = 3_600;
 
 #[derive(clap::Args)]
 pub(crate) struct DrillArgs {
-    /// The scenario: region-outage, region-partition, vantage-partition, flapping-health,
-    /// slow-region, store-crash or failback.
+    /// The scenario: region-outage, region-hang (SIGSTOP the primary region, SIGCONT at
+    /// heal), region-partition, vantage-partition, flapping-health, slow-region, store-crash
+    /// or failback.
     scenario: String,
     /// A running lab's directory: the drill reads DIR/drill-targets.toml, which
     /// `switchyard lab --dir DIR` writes.
@@ -29,7 +30,8 @@ pub(crate) struct DrillArgs {
     /// A deployment description (TOML, or JSON when it ends in .json) for a deployment that is
     /// not a lab: DNS server and name, stores per region, controller and fault-proxy URLs,
     /// link names, process-control commands. See the drill section of the README.
-    #[arg(long, value_name = "FILE")]
+    /// `--config FILE` is the same flag.
+    #[arg(long, visible_alias = "config", value_name = "FILE")]
     targets: Option<PathBuf>,
     /// Seconds the fault lasts.
     #[arg(long, default_value_t = 20)]
@@ -82,7 +84,7 @@ fn load_deployment(args: &DrillArgs) -> anyhow::Result<Deployment> {
             path
         }
         (None, Some(path)) => path.clone(),
-        (None, None) => bail!("pass --lab DIR or --targets FILE"),
+        (None, None) => bail!("pass --lab DIR or --targets (--config) FILE"),
     };
     Deployment::load(&path).map_err(|e| anyhow::anyhow!("{e}"))
 }

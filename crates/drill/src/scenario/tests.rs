@@ -217,3 +217,36 @@ fn a_drill_whose_faults_failed_does_not_pass() {
     let none = Measurements::default();
     assert!(!evaluate(&scenario, &none, &clean, 5)[0].passed, "no step ran at all");
 }
+
+#[test]
+fn region_hang_stops_the_primarys_processes_and_continues_them_in_reverse_at_heal() {
+    let durations = Durations::default();
+    let scenario = by_name("region-hang").expect("exists");
+    let plan = scenario.plan(&durations);
+    let stopped = [
+        Component::Proxy(RegionRole::Primary),
+        Component::Apps(RegionRole::Primary),
+        Component::Store(RegionRole::Primary),
+    ];
+    let expected: Vec<Step> = stopped
+        .iter()
+        .map(|target| Step {
+            at_ms: durations.warmup_ms,
+            phase: StepPhase::Fault,
+            action: FaultAction::Stop { target: target.clone() },
+        })
+        .chain(stopped.iter().rev().map(|target| Step {
+            at_ms: durations.heal_at_ms(),
+            phase: StepPhase::Heal,
+            action: FaultAction::Cont { target: target.clone() },
+        }))
+        .collect();
+    assert_eq!(plan, expected);
+    // The same processes region-outage kills, hung instead of dead, with its expectations.
+    assert_eq!(
+        scenario.expectations,
+        by_name("region-outage").expect("exists").expectations
+    );
+    assert_eq!(scenario.expectations.failover, FailoverExpectation::Required);
+    assert_eq!(scenario.expectations.lost_max, 0);
+}
