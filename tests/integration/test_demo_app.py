@@ -215,5 +215,20 @@ def test_writes_follow_the_active_region_pointer(processes, tmp_path):
         west_orders = {i["order_id"]["S"] for i in store_client(west.url, "eu-west-1").scan(TableName="shop_orders")["Items"]}
         assert east_orders == {first["order_id"]}
         assert west_orders == {second["order_id"]}
+
+        # The active region hangs (its store frozen: connections accepted, nothing answered).
+        # This region's /health reports it but still answers healthy, and fast: within a
+        # checker's timeout (the lab's load balancer gives up after 400 ms), or the standby
+        # would look down exactly when it is needed.
+        west.process.send_signal(signal.SIGSTOP)
+        try:
+            request = urllib.request.Request(shop.url + "/health")
+            with urllib.request.urlopen(request, timeout=1.0) as response:
+                body = json.loads(response.read())
+            assert response.status == 200, body
+            assert body["details"]["active_store"] == "unreachable", body
+            assert "did not answer" in body["details"]["active_store_error"], body
+        finally:
+            west.process.send_signal(signal.SIGCONT)
     finally:
         pointer.server.shutdown()

@@ -37,8 +37,13 @@ pub const CART_LINES_MAX: usize = 50;
 pub const ORDERS_LISTED_MAX: usize = 100;
 /// Largest request body.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
-/// How long `/health` waits for each store.
+/// How long `/health` waits for the local store.
 pub const HEALTH_PROBE_MS: u64 = 2_000;
+/// How long `/health` waits for the active region's store. Only reported, never failing the
+/// check, so it must not slow the answer either: a hung active region (accepting connections,
+/// answering nothing) would otherwise make every standby's `/health` outlast its checkers'
+/// timeouts, and the standbys would look down exactly when they are needed.
+pub const ACTIVE_STORE_PROBE_MS: u64 = 100;
 /// Longest Idempotency-Key.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 64;
 
@@ -400,11 +405,6 @@ impl Shop {
         let mut checks = serde_json::Map::new();
         let mut details = serde_json::Map::new();
         let mut reasons = Vec::new();
-        let local = match self.local() {
-            Ok(store) => probe(store, &self.config.tables.orders).await,
-            Err(error) => Err(error.to_string()),
-        };
-        record(&mut checks, &mut reasons, "local_store", local);
         let (reachable, active) = {
             let view = self.pointer.borrow();
             let now = Instant::now();
@@ -413,14 +413,27 @@ impl Shop {
                 view.usable(now, self.config.pointer_stale_ms).ok().cloned(),
             )
         };
-        record(&mut checks, &mut reasons, "pointer", reachable);
-        if let Some(active) = &active
-            && active.region != self.config.region
-        {
-            let write = match self.writer() {
-                Ok((store, _)) => probe(store, &self.config.tables.orders).await,
+        let local = async {
+            match self.local() {
+                Ok(store) => probe(store, &self.config.tables.orders, HEALTH_PROBE_MS).await,
                 Err(error) => Err(error.to_string()),
-            };
+            }
+        };
+        let remote_active = active.as_ref().is_some_and(|a| a.region != self.config.region);
+        let write = async {
+            if !remote_active {
+                return None;
+            }
+            Some(match self.writer() {
+                Ok((store, _)) => probe(store, &self.config.tables.orders, ACTIVE_STORE_PROBE_MS).await,
+                Err(error) => Err(error.to_string()),
+            })
+        };
+        // Both at once: the answer takes as long as the local store, at most.
+        let (local, write) = tokio::join!(local, write);
+        record(&mut checks, &mut reasons, "local_store", local);
+        record(&mut checks, &mut reasons, "pointer", reachable);
+        if let Some(write) = write {
             match write {
                 Ok(()) => {
                     details.insert("active_store".to_string(), json!("ok"));
@@ -463,14 +476,14 @@ fn record(
     }
 }
 
-async fn probe(store: &Client, table: &str) -> Result<(), String> {
+async fn probe(store: &Client, table: &str, timeout_ms: u64) -> Result<(), String> {
     let request = json!({"TableName": table});
     let call = store.call("DescribeTable", &request);
-    match tokio::time::timeout(Duration::from_millis(HEALTH_PROBE_MS), call).await {
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), call).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err(format!(
-            "store {} did not answer within {HEALTH_PROBE_MS} ms",
+            "store {} did not answer within {timeout_ms} ms",
             store.endpoint()
         )),
     }

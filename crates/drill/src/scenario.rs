@@ -28,7 +28,7 @@ pub const RTO_99_MS_MAX_BEFORE_TTL: u64 = 5_000;
 /// Latency the slow-region scenario adds on each of the region's links, in each direction.
 /// A health check of the region crosses two slowed links (the front door, then the shop's
 /// store) both ways, so it takes 4 × (50 ± 10) = 160–240 ms longer: a region that is much
-/// slower but still inside the lab's 400 ms check timeout. Slow is not dead only while the
+/// slower but still inside the default 500 ms check timeout. Slow is not dead only while the
 /// slowdown stays under the checks' timeouts; past them a failover is the right answer.
 pub const SLOW_LATENCY_MS: u64 = 50;
 pub const SLOW_JITTER_MS: u64 = 10;
@@ -374,7 +374,7 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
                 ..expect(Required)
             },
         ),
-        // A hang fails health checks by timeout (the check timeout, 400 ms in the lab) instead
+        // A hang fails health checks by timeout (the check timeout, 500 ms by default) instead
         // of a fast refusal: each failed round lasts that much longer, which the outage's
         // RTO(DNS) bound still covers.
         "region-hang" => (

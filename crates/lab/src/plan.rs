@@ -475,10 +475,13 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 ports.shop()
             );
         }
+        // Every check keeps the default timings (inter 1 s, fastinter 250 ms, timeout 500 ms,
+        // rise 2, fall 3), so the drills measure what a deployment gets without tuning.
+        text.push_str("\n# Checks use the default timings: inter 1 s, fastinter 250 ms, timeout 500 ms, rise 2, fall 3.\n");
         for (i, region) in regions.iter().enumerate() {
             let _ = write!(
                 text,
-                "\n[[checks]]\nname = \"{region}-shop\"\nregion = \"{region}\"\nkind = {{ type = \"http\", url = \"{}/health\", expect_status = 200 }}\ninterval_ms = 500\nfast_interval_ms = 250\ntimeout_ms = 400\nrise = 2\nfall = 3\n",
+                "\n[[checks]]\nname = \"{region}-shop\"\nregion = \"{region}\"\nkind = {{ type = \"http\", url = \"{}/health\", expect_status = 200 }}\n",
                 url(ports.health(i, 0))
             );
         }
@@ -491,7 +494,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 .collect();
             let _ = write!(
                 text,
-                "\n[[checks]]\nname = \"{region}-store\"\nregion = \"{region}\"\nkind = {{ type = \"dynamodb\", endpoint = \"{}\", table = \"shop_orders\", lag_sources = {sources:?} }}\ninterval_ms = 500\nfast_interval_ms = 250\ntimeout_ms = 400\nrise = 2\nfall = 3\n",
+                "\n[[checks]]\nname = \"{region}-store\"\nregion = \"{region}\"\nkind = {{ type = \"dynamodb\", endpoint = \"{}\", table = \"shop_orders\", lag_sources = {sources:?} }}\n",
                 url(ports.store_health(i, 0))
             );
         }
@@ -708,6 +711,8 @@ mod tests {
         ));
         assert!(faults.contains("name = \"health-agent-3-eu-west-1\"\nlisten = \"127.0.0.1:17244\""));
         assert!(controller.contents.contains("url = \"http://127.0.0.1:17241/health\""));
+        // Drills measure the default check timings, not lab-tuned ones.
+        assert!(!controller.contents.contains("interval_ms") && !controller.contents.contains("timeout_ms"));
         // Failback waits on the replication lag into the region, read from the other stores.
         assert!(controller.contents.contains("failback_lag_check = true"));
         assert!(controller.contents.contains(
