@@ -477,7 +477,9 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         }
         // Every check keeps the default timings (inter 1 s, fastinter 250 ms, timeout 500 ms,
         // rise 2, fall 3), so the drills measure what a deployment gets without tuning.
-        text.push_str("\n# Checks use the default timings: inter 1 s, fastinter 250 ms, timeout 500 ms, rise 2, fall 3.\n");
+        text.push_str(
+            "\n# Checks use the default timings: inter 1 s, fastinter 250 ms, timeout 500 ms, rise 2, fall 3.\n",
+        );
         for (i, region) in regions.iter().enumerate() {
             let _ = write!(
                 text,
