@@ -4,7 +4,7 @@ BENCHMARKS.md "Drills" table: RTO(DNS), RTO(99%), RPO, false failovers, failback
 
     scripts/bench-drills.py            # DRILL_BENCH_ROUNDS=3, debug binary unless SWITCHYARD_BIN
 
-Each round runs region-outage, vantage-partition and failback (warmup 5 s, fault 15 s,
+Each round runs region-outage, region-hang, vantage-partition and failback (warmup 5 s, fault 15 s,
 settle 30 s), waiting before each for every lab component to be up and us-east-1 active.
 Standard library only."""
 
@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
 ROUNDS = int(os.environ.get("DRILL_BENCH_ROUNDS", "3"))
-SCENARIOS = ["region-outage", "vantage-partition", "failback"]
+SCENARIOS = ["region-outage", "region-hang", "vantage-partition", "failback"]
 DRILL_ARGS = ["--warmup-s", "5", "--duration-s", "15", "--settle-s", "30"]
 STEADY_DEADLINE_S = 120
 
