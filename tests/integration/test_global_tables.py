@@ -177,3 +177,5 @@ def test_global_table_survives_a_region_loss(regions):
 
     health = __import__("json").loads(__import__("urllib.request").request.urlopen(f"{us.url}/health").read())
     assert set(health["replication"]["peers"]) == {"eu-west-1", "ap-south-1"}
+    for peer in health["replication"]["peers"].values():
+        assert peer["backlog_alarm"] is False and peer["backlog_limit_changes"] > 0, peer

@@ -523,7 +523,7 @@ impl Replication {
                 .min()
                 .unwrap_or(head);
             let backlog = head.saturating_sub(slowest);
-            let alarm = backlog * 100 >= LOG_BACKLOG_CHANGES_MAX * LOG_BACKLOG_ALARM_PERCENT;
+            let alarm = backlog_alarm(backlog);
             if alarm && !alarmed {
                 tracing::error!(
                     backlog,
@@ -759,6 +759,11 @@ impl Replication {
     }
 }
 
+/// Whether a backlog of `changes` is past the alarm threshold of the log's bound.
+pub fn backlog_alarm(changes: u64) -> bool {
+    changes.saturating_mul(100) >= LOG_BACKLOG_CHANGES_MAX * LOG_BACKLOG_ALARM_PERCENT
+}
+
 /// A repair's progress in whole percent: 99 at most until it has finished (records written
 /// while it runs, or tombstones, can make the copied count pass the starting total).
 fn repair_percent(copied: u64, total: u64) -> u64 {
@@ -807,6 +812,14 @@ fn apply_change(context: &mut crate::engine::WriteContext<'_>, change: &Change) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backlog_alarm_fires_at_80_percent_of_the_bound() {
+        assert!(!backlog_alarm(0));
+        assert!(!backlog_alarm(LOG_BACKLOG_CHANGES_MAX * 80 / 100 - 1));
+        assert!(backlog_alarm(LOG_BACKLOG_CHANGES_MAX * 80 / 100));
+        assert!(backlog_alarm(u64::MAX));
+    }
 
     #[test]
     fn repair_progress_stays_below_100_until_done() {

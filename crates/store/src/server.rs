@@ -289,6 +289,10 @@ fn replication_health(store: &Store) -> serde_json::Value {
                     "lag_ms": status.lag_ms.load(Relaxed),
                     "pending_changes": status.pending_changes.load(Relaxed),
                     "pending_bytes": status.pending_bytes.load(Relaxed),
+                    // The same alarm the trimmer logs: this peer's backlog is past 80 % of the
+                    // log's bound, beyond which it is repaired by full state transfer.
+                    "backlog_alarm": crate::global::backlog_alarm(status.pending_changes.load(Relaxed)),
+                    "backlog_limit_changes": crate::global::LOG_BACKLOG_CHANGES_MAX,
                     "acked_seq": status.acked.load(Relaxed),
                     "repairing": status.repairing.load(Relaxed),
                     "consecutive_failures": status.consecutive_failures.load(Relaxed),
