@@ -53,15 +53,7 @@ fn parse_store(text: &str) -> Result<(String, String), String> {
     let (region, url) = text
         .split_once('=')
         .ok_or_else(|| format!("'{text}' is not REGION=URL; write it like us-east-1=http://127.0.0.1:8000"))?;
-    if region.is_empty()
-        || !region
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(format!(
-            "'{region}' is not a region name: use letters, digits and dashes, like eu-west-1"
-        ));
-    }
+    store::global::check_region_name(region)?;
     if !url.starts_with("http://") {
         return Err(format!(
             "'{url}' is not an http:// URL: write it like http://127.0.0.1:8000"

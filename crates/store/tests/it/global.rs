@@ -224,28 +224,13 @@ async fn three_regions_replicate_a_global_table_and_survive_a_restart() {
 
 /// POSTs a replication request signed as `from` would sign it.
 async fn post_signed(url: &str, path: &str, from: &str, body: Vec<u8>) -> (u16, Value) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let request = hyper::Request::post(format!("{url}{path}"))
-        .header(store::global::REGION_HEADER, from)
-        .header(store::global::SIGNATURE_HEADER, store::global::sign(KEY, from, &body))
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .expect("valid request");
-    let response = client.request(request).await.expect("store answers");
-    let status = response.status().as_u16();
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, serde_json::from_slice(&body).expect("JSON answer"))
+    let signature = store::global::sign(KEY, from, &body);
+    call_raw(url, path, from, signature, body).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_definition_with_another_key_hash_is_refused() {
-    use store::catalog::{CreateTableRequest, table_from_request};
-    use store::global::TableRequest;
-    use store::keys::KeyHash;
-
+/// One region, `us-east-1`, whose peer `eu-west-1` never answers (only its requests to us
+/// matter), holding a table `carts`; returns it and the table's definition.
+async fn lone_region_with_carts() -> (Region, store::catalog::TableMeta) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let mut region = Region {
         name: "us-east-1",
@@ -254,7 +239,6 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
         stop: None,
         task: None,
     };
-    // The peer never answers: only its requests to us matter here.
     let peers = [
         ("us-east-1".to_string(), region.url.clone()),
         ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
@@ -267,8 +251,17 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
         "BillingMode": "PAY_PER_REQUEST"
     });
     ok(&region.url, "CreateTable", create.clone()).await;
-    let request: CreateTableRequest = serde_json::from_value(create).expect("request");
-    let mut table = table_from_request(&request, 1, 0.0).expect("table");
+    let request: store::catalog::CreateTableRequest = serde_json::from_value(create).expect("request");
+    let table = store::catalog::table_from_request(&request, 1, 0.0).expect("table");
+    (region, table)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_definition_with_another_key_hash_is_refused() {
+    use store::global::TableRequest;
+    use store::keys::KeyHash;
+
+    let (mut region, mut table) = lone_region_with_carts().await;
     table.replicas = vec!["us-east-1".into(), "eu-west-1".into()];
 
     // A peer whose replica hashes keys differently would ship keys this region cannot use.
@@ -305,31 +298,9 @@ async fn corrupt_and_replayed_batches_apply_nothing() {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use dynamo_protocol::AttributeValue;
-    use store::catalog::{CreateTableRequest, table_from_request};
     use store::record::{Record, encode};
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-    let mut region = Region {
-        name: "us-east-1",
-        url: format!("http://{}", listener.local_addr().expect("address")),
-        dir: tempfile::tempdir().expect("temp dir"),
-        stop: None,
-        task: None,
-    };
-    let peers = [
-        ("us-east-1".to_string(), region.url.clone()),
-        ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
-    ];
-    start(&mut region, listener, &peers).await;
-    let create = json!({
-        "TableName": "carts",
-        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-        "BillingMode": "PAY_PER_REQUEST"
-    });
-    ok(&region.url, "CreateTable", create.clone()).await;
-    let request: CreateTableRequest = serde_json::from_value(create).expect("request");
-    let table = table_from_request(&request, 1, 0.0).expect("table");
+    let (mut region, table) = lone_region_with_carts().await;
 
     // A change from eu-west-1 setting cart `c1` to `note`, at HLC `hlc`.
     let change = |note: &str, hlc: u64| {
