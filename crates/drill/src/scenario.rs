@@ -334,7 +334,7 @@ pub struct Scenario {
     pub expectations: Expectations,
 }
 
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     "region-outage",
     "region-partition",
     "vantage-partition",
@@ -343,6 +343,7 @@ pub const NAMES: [&str; 8] = [
     "store-crash",
     "failback",
     "region-hang",
+    "controller-partition",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -395,6 +396,13 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
         ),
         "vantage-partition" => (
             "cut one vantage point off from the primary: one observer's view must not move traffic",
+            Expectations {
+                region_changes_max: Some(0),
+                ..expect(Forbidden)
+            },
+        ),
+        "controller-partition" => (
+            "cut the controller's own checks off from the primary (its uplink, not the region): the controller alone must not move traffic",
             Expectations {
                 region_changes_max: Some(0),
                 ..expect(Forbidden)
@@ -566,6 +574,11 @@ impl Scenario {
                     },
                     "drill-cut-vantage",
                 ),
+                at,
+                heal,
+            ),
+            "controller-partition" => fault_then_heal(
+                blackhole(Link::Controller { region: Primary }, "drill-cut-controller"),
                 at,
                 heal,
             ),

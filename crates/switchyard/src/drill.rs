@@ -15,8 +15,8 @@ const PHASE_S_MAX: u64 = 3_600;
 #[derive(clap::Args)]
 pub(crate) struct DrillArgs {
     /// The scenario: region-outage, region-hang (SIGSTOP the primary region, SIGCONT at
-    /// heal), region-partition, vantage-partition, flapping-health, slow-region, store-crash
-    /// or failback.
+    /// heal), region-partition, vantage-partition, controller-partition (the controller's own
+    /// view cut: must not fail over), flapping-health, slow-region, store-crash or failback.
     scenario: String,
     /// A running lab's directory: the drill reads DIR/drill-targets.toml, which
     /// `switchyard lab --dir DIR` writes.

@@ -49,6 +49,25 @@ values = ["198.51.100.10"]
 health = "eu-west-1"
 "#;
 
+/// Attempts at finding a port free for both UDP and TCP.
+const PORT_ATTEMPTS_MAX: usize = 50;
+
+/// A UDP socket on a free port and a TCP listener on the same port. The kernel picks the UDP
+/// port; TCP's port space is separate, so that port may be taken for TCP (another process's
+/// connection): then try another.
+async fn udp_and_tcp_on_one_port() -> (UdpSocket, TcpListener) {
+    for _ in 0..PORT_ATTEMPTS_MAX {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
+        let address = udp.local_addr().expect("addr");
+        match TcpListener::bind(address).await {
+            Ok(tcp) => return (udp, tcp),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(error) => panic!("bind tcp on {address}: {error}"),
+        }
+    }
+    panic!("no port free for both UDP and TCP in {PORT_ATTEMPTS_MAX} attempts");
+}
+
 struct Server {
     dns: SocketAddr,
     admin: SocketAddr,
@@ -63,9 +82,8 @@ impl Server {
         let config = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(config.path(), CONFIG).expect("write config");
         let parsed = dns::load(config.path()).expect("valid config");
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
+        let (udp, tcp) = udp_and_tcp_on_one_port().await;
         let dns = udp.local_addr().expect("addr");
-        let tcp = TcpListener::bind(dns).await.expect("bind tcp on the same port");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let admin_address = admin.local_addr().expect("addr");
         let state = Arc::new(State::new(

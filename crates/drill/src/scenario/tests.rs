@@ -250,3 +250,41 @@ fn region_hang_stops_the_primarys_processes_and_continues_them_in_reverse_at_hea
     assert_eq!(scenario.expectations.failover, FailoverExpectation::Required);
     assert_eq!(scenario.expectations.lost_max, 0);
 }
+
+#[test]
+fn controller_partition_cuts_only_the_controllers_view_and_forbids_failover() {
+    let scenario = by_name("controller-partition").expect("exists");
+    let durations = Durations::default();
+    let plan = scenario.plan(&durations);
+    let faults: Vec<&FaultAction> = plan
+        .iter()
+        .filter(|s| s.at_ms == durations.warmup_ms)
+        .map(|s| &s.action)
+        .collect();
+    assert!(!faults.is_empty());
+    for action in &faults {
+        match action {
+            FaultAction::AddToxic { link, .. } => {
+                assert_eq!(
+                    *link,
+                    Link::Controller {
+                        region: RegionRole::Primary
+                    }
+                );
+            }
+            other => panic!("unexpected fault {other:?}"),
+        }
+    }
+    let clean = CheckResult::default();
+    assert!(
+        evaluate(&scenario, &measured(0, None, None), &clean, 5)
+            .iter()
+            .all(|r| r.passed)
+    );
+    assert!(
+        evaluate(&scenario, &measured(1, None, None), &clean, 5)
+            .iter()
+            .any(|r| !r.passed),
+        "a failover fails the drill"
+    );
+}
