@@ -329,7 +329,10 @@ fn the_fuzz_seeds_are_answered() {
         for wire in &response.wire {
             assert!(wire.len() <= usize::from(dns::answer::UDP_PAYLOAD_BYTES_MAX));
             let message = Message::from_vec(wire).expect("the answer parses");
-            codes.push((seed.file_name().expect("name").to_string_lossy().to_string(), message.response_code()));
+            codes.push((
+                seed.file_name().expect("name").to_string_lossy().to_string(),
+                message.response_code(),
+            ));
         }
     }
     let code = |name: &str| codes.iter().find(|(n, _)| n == name).map(|(_, c)| *c);
