@@ -10,7 +10,7 @@
 //!   receiver's durable position for that source, so a crash never applies a batch twice or
 //!   half; local writes never wait for peers (eventual mode).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +36,15 @@ use crate::replication_log::{self, Change};
 
 pub const SIGNATURE_HEADER: &str = "x-switchyard-signature";
 pub const REGION_HEADER: &str = "x-switchyard-region";
+/// When the request was signed, in Unix milliseconds (part of the signature).
+pub const DATE_HEADER: &str = "x-switchyard-date";
+/// A signed request older or newer than this (by this store's clock) is refused: a captured
+/// request cannot be replayed later, and the regions' clocks must agree within it (NTP).
+pub const REQUEST_SKEW_MS_MAX: u64 = 300_000;
+/// Signatures of replica-definition requests remembered (for `REQUEST_SKEW_MS_MAX`) so one
+/// cannot be replayed inside that window either; past this many, the oldest are forgotten
+/// early and such requests are refused until room frees up.
+pub const SEEN_SIGNATURES_MAX: usize = 10_000;
 /// Bytes of changes per batch at most (a batch also stops at the shipper's change count).
 pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Records per anti-entropy request at most.
@@ -125,6 +134,9 @@ pub struct Replication {
     engine: Engine,
     client: HttpClient,
     pub status: BTreeMap<String, Arc<PeerStatus>>,
+    /// Signatures of recent replica-definition requests and when they came (see
+    /// [`Replication::refuse_replay`]); at most `SEEN_SIGNATURES_MAX`.
+    seen_signatures: Mutex<HashMap<String, u64>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -157,25 +169,25 @@ pub struct TableRequest {
     pub delete: bool,
 }
 
-/// The signature a peer sends with a replication request (`SIGNATURE_HEADER`): HMAC-SHA256 over
-/// the sending region and the body, with the shared replication key.
-pub fn sign(key: &[u8], region: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(region.as_bytes());
-    mac.update(b"\n");
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+/// The signature a peer sends with a replication request (`SIGNATURE_HEADER`): HMAC-SHA256,
+/// with the shared replication key, over the sending region, the request path, the signing
+/// time (`DATE_HEADER`, Unix ms) and the body.
+pub fn sign(key: &[u8], region: &str, path: &str, date_ms: u64, body: &[u8]) -> String {
+    hex::encode(mac(key, region, path, date_ms, body).finalize().into_bytes())
 }
 
-fn verify(key: &[u8], region: &str, body: &[u8], signature: &str) -> bool {
+fn mac(key: &[u8], region: &str, path: &str, date_ms: u64, body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(format!("switchyard-replication-v2\n{region}\n{path}\n{date_ms}\n").as_bytes());
+    mac.update(body);
+    mac
+}
+
+fn verify(key: &[u8], region: &str, path: &str, date_ms: u64, body: &[u8], signature: &str) -> bool {
     let Ok(signature) = hex::decode(signature) else {
         return false;
     };
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(region.as_bytes());
-    mac.update(b"\n");
-    mac.update(body);
-    mac.verify_slice(&signature).is_ok()
+    mac(key, region, path, date_ms, body).verify_slice(&signature).is_ok()
 }
 
 fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -196,6 +208,7 @@ impl Replication {
             engine,
             client,
             status,
+            seen_signatures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -237,10 +250,12 @@ impl Replication {
     }
 
     async fn post(&self, peer: &Peer, path: &str, body: Vec<u8>) -> Result<(u16, Bytes), String> {
-        let signature = sign(&self.config.key, &self.region, &body);
+        let date_ms = self.engine.now_unix_ms();
+        let signature = sign(&self.config.key, &self.region, path, date_ms, &body);
         let request = hyper::Request::post(format!("{}{path}", peer.url.trim_end_matches('/')))
             .header("content-type", "application/json")
             .header(REGION_HEADER, &self.region)
+            .header(DATE_HEADER, date_ms.to_string())
             .header(SIGNATURE_HEADER, signature)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| format!("bad request to {}: {e}", peer.url))?;
@@ -541,16 +556,10 @@ impl Replication {
         }
     }
 
-    fn authenticate(&self, headers: &axum::http::HeaderMap, body: &[u8]) -> Result<String, ApiError> {
-        let region = headers
-            .get(REGION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let signature = headers
-            .get(SIGNATURE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+    fn authenticate(&self, headers: &axum::http::HeaderMap, path: &str, body: &[u8]) -> Result<String, ApiError> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let region = header(REGION_HEADER).to_string();
+        let signature = header(SIGNATURE_HEADER);
         if self.peer(&region).is_none() {
             tracing::warn!(%region, "replication request from a region that is not a peer refused");
             return Err(unauthorized(format!(
@@ -558,7 +567,21 @@ impl Replication {
                 self.region
             )));
         }
-        if !verify(&self.config.key, &region, body, signature) {
+        let Ok(date_ms) = header(DATE_HEADER).parse::<u64>() else {
+            tracing::warn!(%region, "replication request without a signing date refused: is the peer an older build?");
+            return Err(unauthorized(format!(
+                "replication request without {DATE_HEADER}: the peer must run a build that signs its requests with a date"
+            )));
+        };
+        let now = self.engine.now_unix_ms();
+        let skew = now.abs_diff(date_ms);
+        if skew > REQUEST_SKEW_MS_MAX {
+            tracing::warn!(%region, skew_ms = skew, "replication request signed too far from this store's clock refused (replayed, or a clock is wrong)");
+            return Err(unauthorized(format!(
+                "replication request signed {skew} ms away from this store's clock (at most {REQUEST_SKEW_MS_MAX}): an old request replayed, or a region's clock is wrong; check NTP in both regions"
+            )));
+        }
+        if !verify(&self.config.key, &region, path, date_ms, body, signature) {
             tracing::warn!(%region, "replication request with a bad signature refused: check that both stores use the same replication key");
             return Err(unauthorized(
                 "bad replication signature: the stores' replication keys differ",
@@ -567,13 +590,39 @@ impl Replication {
         Ok(region)
     }
 
+    /// Refuses a replica-definition request whose signature was seen already (a replay inside
+    /// the skew window). Batches need no such memory: their sequence numbers refuse replays,
+    /// and repairs apply last-writer-wins records, where a replay changes nothing.
+    fn refuse_replay(&self, signature: &str) -> Result<(), ApiError> {
+        let now = self.engine.now_unix_ms();
+        let mut seen = self
+            .seen_signatures
+            .lock()
+            .expect("seen-signature lock is never poisoned");
+        seen.retain(|_, at| now.saturating_sub(*at) <= 2 * REQUEST_SKEW_MS_MAX);
+        if seen.contains_key(signature) {
+            tracing::warn!("replayed replica-definition request refused");
+            return Err(unauthorized("this replication request was received already (replayed)"));
+        }
+        if seen.len() >= SEEN_SIGNATURES_MAX {
+            return Err(ApiError::new(
+                ErrorKind::RequestLimitExceeded,
+                format!(
+                    "more than {SEEN_SIGNATURES_MAX} replica-definition requests in {REQUEST_SKEW_MS_MAX} ms; retry later"
+                ),
+            ));
+        }
+        seen.insert(signature.to_string(), now);
+        Ok(())
+    }
+
     /// `POST /replication/v1/batch`: applies a batch of changes from a peer.
     pub async fn receive_batch(
         &self,
         headers: &axum::http::HeaderMap,
         body: &[u8],
     ) -> Result<serde_json::Value, ApiError> {
-        let source = self.authenticate(headers, body)?;
+        let source = self.authenticate(headers, "/replication/v1/batch", body)?;
         let request: BatchRequest = serde_json::from_slice(body).map_err(|e| {
             tracing::warn!(%source, error = %e, "corrupt replication batch refused; nothing applied");
             ApiError::serialization(format!("corrupt replication batch: {e}"))
@@ -639,7 +688,7 @@ impl Replication {
         headers: &axum::http::HeaderMap,
         body: &[u8],
     ) -> Result<serde_json::Value, ApiError> {
-        let source = self.authenticate(headers, body)?;
+        let source = self.authenticate(headers, "/replication/v1/repair", body)?;
         let request: RepairRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::serialization(format!("corrupt repair request: {e}")))?;
         let changes = decode_changes(&source, &request.records)?;
@@ -667,7 +716,13 @@ impl Replication {
         headers: &axum::http::HeaderMap,
         body: &[u8],
     ) -> Result<serde_json::Value, ApiError> {
-        let source = self.authenticate(headers, body)?;
+        let source = self.authenticate(headers, "/replication/v1/table", body)?;
+        self.refuse_replay(
+            headers
+                .get(SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+        )?;
         let request: TableRequest =
             serde_json::from_slice(body).map_err(|e| ApiError::serialization(format!("corrupt table request: {e}")))?;
         let TableRequest { table, delete } = request;
@@ -832,12 +887,63 @@ mod tests {
     }
 
     #[test]
-    fn signatures_bind_region_and_body() {
-        let signature = sign(b"key", "us-east-1", b"body");
-        assert!(verify(b"key", "us-east-1", b"body", &signature));
-        assert!(!verify(b"other", "us-east-1", b"body", &signature));
-        assert!(!verify(b"key", "eu-west-1", b"body", &signature));
-        assert!(!verify(b"key", "us-east-1", b"bodY", &signature));
-        assert!(!verify(b"key", "us-east-1", b"body", "not hex"));
+    fn signatures_bind_region_path_date_and_body() {
+        let signature = sign(b"key", "us-east-1", "/replication/v1/table", 1_000, b"body");
+        assert!(verify(
+            b"key",
+            "us-east-1",
+            "/replication/v1/table",
+            1_000,
+            b"body",
+            &signature
+        ));
+        assert!(!verify(
+            b"other",
+            "us-east-1",
+            "/replication/v1/table",
+            1_000,
+            b"body",
+            &signature
+        ));
+        assert!(!verify(
+            b"key",
+            "eu-west-1",
+            "/replication/v1/table",
+            1_000,
+            b"body",
+            &signature
+        ));
+        assert!(!verify(
+            b"key",
+            "us-east-1",
+            "/replication/v1/batch",
+            1_000,
+            b"body",
+            &signature
+        ));
+        assert!(!verify(
+            b"key",
+            "us-east-1",
+            "/replication/v1/table",
+            1_001,
+            b"body",
+            &signature
+        ));
+        assert!(!verify(
+            b"key",
+            "us-east-1",
+            "/replication/v1/table",
+            1_000,
+            b"bodY",
+            &signature
+        ));
+        assert!(!verify(
+            b"key",
+            "us-east-1",
+            "/replication/v1/table",
+            1_000,
+            b"body",
+            "not hex"
+        ));
     }
 }

@@ -224,8 +224,16 @@ async fn three_regions_replicate_a_global_table_and_survive_a_restart() {
 
 /// POSTs a replication request signed as `from` would sign it.
 async fn post_signed(url: &str, path: &str, from: &str, body: Vec<u8>) -> (u16, Value) {
-    let signature = store::global::sign(KEY, from, &body);
-    call_raw(url, path, from, signature, body).await
+    let date_ms = now_ms();
+    let signature = store::global::sign(KEY, from, path, date_ms, &body);
+    call_raw(url, path, from, date_ms, signature, body).await
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
 }
 
 /// One region, `us-east-1`, whose peer `eu-west-1` never answers (only its requests to us
@@ -281,9 +289,25 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
 
     // The same definition with the same hash joins the table to the peer.
     table.key_hash = KeyHash::CURRENT;
+    let path = "/replication/v1/table";
     let body = serde_json::to_vec(&TableRequest { table, delete: false }).expect("serialize");
-    let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", body).await;
+    let date_ms = now_ms();
+    let signature = store::global::sign(KEY, "eu-west-1", path, date_ms, &body);
+    let (status, answer) = call_raw(&region.url, path, "eu-west-1", date_ms, signature.clone(), body.clone()).await;
     assert_eq!(status, 200, "{answer}");
+    // The very same request again (captured and replayed) is refused...
+    let (status, answer) = call_raw(&region.url, path, "eu-west-1", date_ms, signature, body.clone()).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.to_string().contains("replayed"), "{answer}");
+    // ...and so is one signed long ago, or with a signature for another path.
+    let old = date_ms - store::global::REQUEST_SKEW_MS_MAX - 60_000;
+    let signature = store::global::sign(KEY, "eu-west-1", path, old, &body);
+    let (status, answer) = call_raw(&region.url, path, "eu-west-1", old, signature, body.clone()).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.to_string().contains("clock"), "{answer}");
+    let signature = store::global::sign(KEY, "eu-west-1", "/replication/v1/repair", date_ms, &body);
+    let (status, answer) = call_raw(&region.url, path, "eu-west-1", date_ms, signature, body).await;
+    assert_eq!(status, 403, "{answer}");
     let described = ok(&region.url, "DescribeTable", json!({"TableName": "carts"})).await;
     assert_eq!(
         described["Table"]["Replicas"].as_array().map(Vec::len),
@@ -371,7 +395,7 @@ async fn corrupt_and_replayed_batches_apply_nothing() {
         assert_eq!(status, 400, "{answer}");
     }
     let forged = batch(2, vec![change("forged", hlc(9_000))]);
-    let (status, answer) = call_raw(&region.url, path, "eu-west-1", "00".repeat(32), forged).await;
+    let (status, answer) = call_raw(&region.url, path, "eu-west-1", now_ms(), "00".repeat(32), forged).await;
     assert_eq!(status, 403, "{answer}");
     assert!(answer.to_string().contains("bad replication signature"), "{answer}");
     assert_eq!(
@@ -394,11 +418,12 @@ async fn corrupt_and_replayed_batches_apply_nothing() {
 }
 
 /// POSTs with a given signature header (to send a wrong one).
-async fn call_raw(url: &str, path: &str, from: &str, signature: String, body: Vec<u8>) -> (u16, Value) {
+async fn call_raw(url: &str, path: &str, from: &str, date_ms: u64, signature: String, body: Vec<u8>) -> (u16, Value) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
     let request = hyper::Request::post(format!("{url}{path}"))
         .header(store::global::REGION_HEADER, from)
+        .header(store::global::DATE_HEADER, date_ms.to_string())
         .header(store::global::SIGNATURE_HEADER, signature)
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .expect("valid request");
