@@ -17,6 +17,7 @@ declare -A PACKAGES=(
   [haproxy]=haproxy
   [wrk]=wrk
   [curl]=curl
+  [ip]=iproute2
 )
 
 missing=()

@@ -50,6 +50,46 @@ pub struct LabOptions {
     pub base_port: u16,
     /// Start the controller and its agents (they drive DNS and the pointer).
     pub controller: bool,
+    /// Run each region's processes (store, shops, load balancer) in a network namespace of
+    /// its own, joined to the lab by a veth pair, so `lab ctl cut-network` cuts a real link
+    /// (Linux, root, iproute2).
+    pub netns: bool,
+}
+
+/// One region's network namespace (with `--netns`): the region's processes listen on
+/// `address`, the fault proxy reaches them from the lab's namespace over the veth pair, and the
+/// region reaches the fault proxy's links on `gateway`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionNet {
+    pub region: String,
+    pub namespace: String,
+    /// The veth end in the lab's namespace (taking it down cuts the region off).
+    pub host_veth: String,
+    /// The veth end inside the namespace.
+    pub inner_veth: String,
+    pub gateway: std::net::Ipv4Addr,
+    pub address: std::net::Ipv4Addr,
+}
+
+/// The namespaces of a `--netns` lab: names and a /24 per region derived from the base port,
+/// so labs at least 100 ports apart do not collide.
+fn region_nets(options: &LabOptions, regions: &[&str]) -> Vec<RegionNet> {
+    if !options.netns {
+        return Vec::new();
+    }
+    let block = (options.base_port / 100) % 200 + 20;
+    regions
+        .iter()
+        .enumerate()
+        .map(|(i, region)| RegionNet {
+            region: region.to_string(),
+            namespace: format!("sy{}r{i}", options.base_port),
+            host_veth: format!("sy{}r{i}h", options.base_port),
+            inner_veth: format!("sy{}r{i}n", options.base_port),
+            gateway: std::net::Ipv4Addr::new(10, block as u8, i as u8, 1),
+            address: std::net::Ipv4Addr::new(10, block as u8, i as u8, 2),
+        })
+        .collect()
 }
 
 /// A file the lab writes before starting components.
@@ -71,12 +111,14 @@ pub struct Plan {
     /// `drill-targets.toml` (see [`DRILL_TARGETS_FILE`]) with `{program}` standing for the
     /// lab's executable in the process-control commands.
     pub drill_targets: String,
+    /// With `--netns`: the regions' namespaces, to create before starting anything.
+    pub networks: Vec<RegionNet>,
 }
 
 /// What `switchyard drill --lab DIR` reads to find and break the lab.
 pub const DRILL_TARGETS_FILE: &str = "drill-targets.toml";
 
-fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str]) -> String {
+fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str], hosts: &Hosts) -> String {
     let dir = options.dir.display();
     let mut text = format!(
         "# Written by `switchyard lab`: what drills need to find and break this lab.\nshop_name = \"{SHOP_NAME}\"\nshop_port = {}\ndns_server = \"{}\"\nfault_proxy_url = \"{}\"\n",
@@ -92,7 +134,7 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str]) -> Strin
         let _ = write!(
             text,
             "\n[[regions]]\nname = \"{region}\"\nstore_url = \"{}\"\nshop_addresses = [\"{}\"]\nstore_process = \"store-{region}\"\napp_processes = {apps:?}\nproxy_process = \"lb-{region}\"\n",
-            url(ports.store(i)),
+            hosts.url(i, ports.store(i)),
             region_ip(i)
         );
     }
@@ -239,6 +281,38 @@ fn url(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// Where region processes listen and where they reach the lab's links: loopback for both,
+/// or (with `--netns`) the region's address and its gateway.
+struct Hosts {
+    nets: Vec<RegionNet>,
+}
+
+impl Hosts {
+    /// A region process's own address.
+    fn at(&self, region: usize, port: u16) -> String {
+        match self.nets.get(region) {
+            Some(net) => format!("{}:{port}", net.address),
+            None => local(port),
+        }
+    }
+    /// A fault-proxy link a region process connects to.
+    fn link(&self, region: usize, port: u16) -> String {
+        match self.nets.get(region) {
+            Some(net) => format!("{}:{port}", net.gateway),
+            None => local(port),
+        }
+    }
+    fn url(&self, region: usize, port: u16) -> String {
+        format!("http://{}", self.at(region, port))
+    }
+    fn link_url(&self, region: usize, port: u16) -> String {
+        format!("http://{}", self.link(region, port))
+    }
+    fn namespace(&self, region: usize) -> Option<String> {
+        self.nets.get(region).map(|n| n.namespace.clone())
+    }
+}
+
 pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     let count = options.regions;
     if !(2..=REGIONS_MAX).contains(&count) {
@@ -253,6 +327,16 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     };
     let dir = &options.dir;
     let regions = &REGION_NAMES[..count];
+    let hosts = Hosts {
+        nets: region_nets(options, regions),
+    };
+    // Addresses inside a namespace cannot be checked before it exists (it starts empty).
+    let checkable = |address: &str| {
+        !hosts
+            .nets
+            .iter()
+            .any(|n| address.starts_with(&format!("{}:", n.address)))
+    };
     let config = dir.join("config");
     let mut files = Vec::new();
     let mut components = Vec::new();
@@ -272,30 +356,45 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         for (j, other) in regions.iter().enumerate() {
             if i != j {
                 let name = format!("repl-{region}-to-{other}");
-                link(name, local(ports.repl(i, j)), local(ports.store(j)), &mut bound);
+                link(
+                    name,
+                    hosts.link(i, ports.repl(i, j)),
+                    hosts.at(j, ports.store(j)),
+                    &mut bound,
+                );
             }
             let name = format!("app-{region}-to-store-{other}");
-            link(name, local(ports.app_to_store(i, j)), local(ports.store(j)), &mut bound);
+            link(
+                name,
+                hosts.link(i, ports.app_to_store(i, j)),
+                hosts.at(j, ports.store(j)),
+                &mut bound,
+            );
         }
         for app in 0..APPS_PER_REGION {
             let name = format!("lb-{region}-to-app-{}", app + 1);
             link(
                 name,
-                local(ports.lb_to_app(i, app)),
-                local(ports.app(i, app)),
+                hosts.link(i, ports.lb_to_app(i, app)),
+                hosts.at(i, ports.app(i, app)),
                 &mut bound,
             );
         }
         if options.controller {
             let name = format!("pointer-{region}");
-            link(name, local(ports.pointer(i)), local(ports.controller()), &mut bound);
+            link(
+                name,
+                hosts.link(i, ports.pointer(i)),
+                local(ports.controller()),
+                &mut bound,
+            );
         }
         // Clients (and the controller's checks) reach the region's load balancer through here.
         let front = format!("{}:{}", region_ip(i), ports.shop());
         link(
             format!("frontend-{region}"),
             front.clone(),
-            local(ports.lb(i)),
+            hosts.at(i, ports.lb(i)),
             &mut bound,
         );
         if options.controller {
@@ -312,7 +411,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 link(
                     store_health_link(vantage, region),
                     local(ports.store_health(i, vantage)),
-                    local(ports.store(i)),
+                    hosts.at(i, ports.store(i)),
                     &mut bound,
                 );
             }
@@ -348,7 +447,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             "--region".to_string(),
             region.to_string(),
             "--listen".to_string(),
-            local(ports.store(i)),
+            hosts.at(i, ports.store(i)),
             "--data-dir".to_string(),
             data.display().to_string(),
             "--replication-key-file".to_string(),
@@ -357,11 +456,17 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         for (j, other) in regions.iter().enumerate() {
             if i != j {
                 args.push("--peer".to_string());
-                args.push(format!("{other}={}", url(ports.repl(i, j))));
+                args.push(format!("{other}={}", hosts.link_url(i, ports.repl(i, j))));
             }
         }
-        bound.push((format!("store {region}"), local(ports.store(i))));
-        components.push(owned_subcommand(&format!("store-{region}"), "store", args));
+        if hosts.namespace(i).is_some() {
+            // Reachable only through the region's veth pair, from this host.
+            args.push("--trusted-network".to_string());
+        }
+        bound.push((format!("store {region}"), hosts.at(i, ports.store(i))));
+        let mut spec = owned_subcommand(&format!("store-{region}"), "store", args);
+        spec.netns = hosts.namespace(i);
+        components.push(spec);
     }
 
     // Demo apps; the very first creates the global tables.
@@ -373,23 +478,25 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 "--region".to_string(),
                 region.to_string(),
                 "--listen".to_string(),
-                local(ports.app(i, app)),
+                hosts.at(i, ports.app(i, app)),
                 "--instance".to_string(),
                 name.clone(),
             ];
             for (j, other) in regions.iter().enumerate() {
                 args.push("--store".to_string());
-                args.push(format!("{other}={}", url(ports.app_to_store(i, j))));
+                args.push(format!("{other}={}", hosts.link_url(i, ports.app_to_store(i, j))));
             }
             if options.controller {
                 args.push("--pointer".to_string());
-                args.push(url(ports.pointer(i)));
+                args.push(hosts.link_url(i, ports.pointer(i)));
             }
             if i == 0 && app == 0 {
                 args.push("--tables-create".to_string());
             }
-            bound.push((format!("demo app {name}"), local(ports.app(i, app))));
-            components.push(owned_subcommand(&name, "demo-app", args));
+            bound.push((format!("demo app {name}"), hosts.at(i, ports.app(i, app))));
+            let mut spec = owned_subcommand(&name, "demo-app", args);
+            spec.netns = hosts.namespace(i);
+            components.push(spec);
         }
     }
 
@@ -397,15 +504,20 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     for (i, region) in regions.iter().enumerate() {
         let mut text = format!(
             "[proxy]\nlisten = \"{}\"\nadmin_listen = \"{}\"\nbalance = \"roundrobin\"\nretries = 2\nredispatch = true\nslowstart_ms = 0\n\n[proxy.check]\ntype = \"http\"\ninter_ms = 500\nfastinter_ms = 250\ndowninter_ms = 500\ntimeout_ms = 400\nrise = 2\nfall = 2\npath = \"/health\"\nexpect_status = [200]\n",
-            local(ports.lb(i)),
-            local(ports.lb_admin(i))
+            hosts.at(i, ports.lb(i)),
+            // In a namespace, the admin API stays on the namespace's own loopback.
+            if hosts.namespace(i).is_some() {
+                local(ports.lb_admin(i))
+            } else {
+                hosts.at(i, ports.lb_admin(i))
+            }
         );
         for app in 0..APPS_PER_REGION {
             let _ = write!(
                 text,
                 "\n[[proxy.servers]]\nname = \"app{}\"\naddress = \"{}\"\n",
                 app + 1,
-                local(ports.lb_to_app(i, app))
+                hosts.link(i, ports.lb_to_app(i, app))
             );
         }
         let path = config.join(format!("proxy-{region}.toml"));
@@ -413,13 +525,15 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             path: path.clone(),
             contents: text,
         });
-        bound.push((format!("load balancer {region} admin"), local(ports.lb_admin(i))));
-        bound.push((format!("load balancer {region}"), local(ports.lb(i))));
-        components.push(ComponentSpec::subcommand(
+        bound.push((format!("load balancer {region} admin"), hosts.at(i, ports.lb_admin(i))));
+        bound.push((format!("load balancer {region}"), hosts.at(i, ports.lb(i))));
+        let mut spec = ComponentSpec::subcommand(
             &format!("lb-{region}"),
             "proxy",
             &["proxy", "--config", &path.display().to_string()],
-        ));
+        );
+        spec.netns = hosts.namespace(i);
+        components.push(spec);
     }
 
     // Authoritative DNS with a failover record for the shop: primary in the first region,
@@ -492,7 +606,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         for (i, region) in regions.iter().enumerate() {
             let sources: Vec<String> = (0..regions.len())
                 .filter(|j| *j != i)
-                .map(|j| url(ports.store(j)))
+                .map(|j| hosts.url(j, ports.store(j)))
                 .collect();
             let _ = write!(
                 text,
@@ -570,12 +684,14 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             url(ports.controller())
         ));
     }
+    bound.retain(|(_, address)| checkable(address));
     Ok(Plan {
-        drill_targets: drill_targets(options, &ports, regions),
+        drill_targets: drill_targets(options, &ports, regions, &hosts),
         files,
         components,
         ports: bound,
         try_lines,
+        networks: hosts.nets,
     })
 }
 
@@ -587,6 +703,7 @@ fn owned_subcommand(name: &str, kind: &str, args: Vec<String>) -> ComponentSpec 
         args,
         env: Vec::new(),
         ready_flag: Some("--ready-file".to_string()),
+        netns: None,
     }
 }
 
@@ -605,6 +722,7 @@ mod tests {
             regions,
             base_port: BASE_PORT_DEFAULT,
             controller: true,
+            netns: false,
         }
     }
 
@@ -741,6 +859,67 @@ mod tests {
                 "\"health:2:eu-west-1\" = [\"health-agent-3-eu-west-1\", \"health-store-agent-3-eu-west-1\"]"
             )
         );
+    }
+
+    #[test]
+    fn with_netns_regions_live_in_namespaces_and_reach_the_network_through_their_gateway() {
+        let plan = plan(&LabOptions {
+            netns: true,
+            ..options(2)
+        })
+        .expect("plan");
+        let names: Vec<&str> = plan.networks.iter().map(|n| n.namespace.as_str()).collect();
+        assert_eq!(names, ["sy17000r0", "sy17000r1"]);
+        let net = &plan.networks[1];
+        assert_eq!(
+            (net.gateway.to_string(), net.address.to_string()),
+            ("10.190.1.1".into(), "10.190.1.2".into())
+        );
+        assert!(
+            net.host_veth.len() <= 15 && net.inner_veth.len() <= 15,
+            "interface names fit IFNAMSIZ"
+        );
+        let spec = |name: &str| plan.components.iter().find(|c| c.name == name).expect("component");
+        let store = spec("store-eu-west-1");
+        assert_eq!(store.netns.as_deref(), Some("sy17000r1"));
+        assert!(
+            store
+                .args
+                .windows(2)
+                .any(|w| w[0] == "--listen" && w[1] == "10.190.1.2:17200")
+        );
+        assert!(store.args.iter().any(|a| a == "--trusted-network"));
+        assert!(
+            store.args.iter().any(|a| a == "us-east-1=http://10.190.1.1:17220"),
+            "{:?}",
+            store.args
+        );
+        assert_eq!(
+            spec("dns").netns,
+            None,
+            "DNS and the controller stay in the lab's namespace"
+        );
+        let faults = &plan.files[0].contents;
+        assert!(faults.contains(
+            "name = \"repl-eu-west-1-to-us-east-1\"\nlisten = \"10.190.1.1:17220\"\nupstream = \"10.190.0.2:17100\""
+        ));
+        assert!(
+            faults.contains(
+                "name = \"frontend-us-east-1\"\nlisten = \"127.0.0.11:17080\"\nupstream = \"10.190.0.2:17108\""
+            )
+        );
+        assert!(
+            plan.ports
+                .iter()
+                .all(|(_, address)| !address.starts_with("10.190.0.2:") && !address.starts_with("10.190.1.2:")),
+            "addresses inside the namespaces are not checked from outside"
+        );
+        assert!(plan.drill_targets.contains("store_url = \"http://10.190.0.2:17100\""));
+        assert!(plan_without_netns_has_no_networks());
+    }
+
+    fn plan_without_netns_has_no_networks() -> bool {
+        plan(&options(2)).expect("plan").networks.is_empty()
     }
 
     #[test]

@@ -36,6 +36,26 @@ pub enum Action {
     Cont,
     /// Stop (SIGTERM, then SIGKILL) and start again.
     Restart,
+    /// `--netns` labs: take a region's network link down (the name is the region's).
+    #[serde(rename = "cut-network")]
+    CutNetwork,
+    /// `--netns` labs: bring a region's network link back.
+    #[serde(rename = "heal-network")]
+    HealNetwork,
+}
+
+impl Action {
+    /// As `switchyard lab ctl` spells it.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Kill => "kill",
+            Action::Stop => "stop",
+            Action::Cont => "cont",
+            Action::Restart => "restart",
+            Action::CutNetwork => "cut-network",
+            Action::HealNetwork => "heal-network",
+        }
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -58,6 +78,8 @@ pub enum LabError {
     Supervisor(#[from] SupervisorError),
     #[error("{0}")]
     PortInUse(String),
+    #[error("{0}")]
+    Network(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -70,6 +92,21 @@ pub async fn run(
 ) -> Result<(), LabError> {
     let plan = plan(options)?;
     let mut supervisor = Supervisor::for_current_exe(&options.dir)?;
+    if !plan.networks.is_empty() {
+        crate::netns::setup(&plan.networks).map_err(LabError::Network)?;
+    }
+    let result = run_plan(options, &plan, &mut supervisor, shutdown, out).await;
+    crate::netns::teardown(&plan.networks);
+    result
+}
+
+async fn run_plan(
+    options: &LabOptions,
+    plan: &crate::plan::Plan,
+    supervisor: &mut Supervisor,
+    shutdown: impl Future<Output = ()>,
+    out: &mut (impl Write + Send),
+) -> Result<(), LabError> {
     for (what, address) in &plan.ports {
         if let Err(error) = std::net::TcpListener::bind(address.as_str()) {
             return Err(LabError::PortInUse(format!(
@@ -138,7 +175,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep(Duration::from_millis(CONTROL_POLL_MS)) => {
-                handle_requests(&mut supervisor, &control).await;
+                handle_requests(supervisor, &plan.networks, &control).await;
                 if last_poll.elapsed() >= Duration::from_millis(POLL_MS) {
                     supervisor.poll()?;
                     last_poll = tokio::time::Instant::now();
@@ -193,7 +230,7 @@ pub fn status(dir: &Path) -> Result<String, String> {
     }
 }
 
-async fn handle_requests(supervisor: &mut Supervisor, control: &Path) {
+async fn handle_requests(supervisor: &mut Supervisor, networks: &[crate::plan::RegionNet], control: &Path) {
     let Ok(entries) = std::fs::read_dir(control) else {
         return;
     };
@@ -214,18 +251,20 @@ async fn handle_requests(supervisor: &mut Supervisor, control: &Path) {
                     Action::Stop => supervisor.pause(&request.name).map(|()| None),
                     Action::Cont => supervisor.resume(&request.name).map(|()| None),
                     Action::Restart => supervisor.restart(&request.name).await,
+                    Action::CutNetwork | Action::HealNetwork => {
+                        network_action(networks, &request.name, request.action == Action::HealNetwork)
+                    }
                 };
                 tracing::info!(action = ?request.action, component = %request.name, ok = outcome.is_ok(), "control request");
                 match outcome {
                     Ok(address) => ControlResult {
                         ok: true,
                         message: format!(
-                            "{:?} {}{}",
-                            request.action,
+                            "{} {}{}",
+                            request.action.verb(),
                             request.name,
                             address.map(|a| format!(": ready at {a}")).unwrap_or_default()
-                        )
-                        .to_lowercase(),
+                        ),
                     },
                     Err(error) => ControlResult {
                         ok: false,
@@ -245,6 +284,30 @@ async fn handle_requests(supervisor: &mut Supervisor, control: &Path) {
             std::fs::rename(&temporary, &done).ok();
         }
     }
+}
+
+fn network_action(
+    networks: &[crate::plan::RegionNet],
+    region: &str,
+    up: bool,
+) -> Result<Option<String>, SupervisorError> {
+    let Some(net) = networks.iter().find(|n| n.region == region) else {
+        return Err(SupervisorError::BadSpec(if networks.is_empty() {
+            "this lab runs without network namespaces: start it with --netns to cut a region's network".to_string()
+        } else {
+            format!(
+                "no region '{region}' in this lab; regions: {}",
+                networks
+                    .iter()
+                    .map(|n| n.region.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }));
+    };
+    crate::netns::set_link(net, up).map_err(SupervisorError::BadSpec)?;
+    tracing::warn!(region, up, "region network link changed");
+    Ok(None)
 }
 
 /// Asks the lab running in `dir` to carry out `action` on the component `name`; waits until

@@ -27,6 +27,8 @@ pub const NAME_BYTES_MAX: usize = 64;
 /// The environment variable through which a component learns its supervisor's pid, so it can
 /// exit when the supervisor dies (see [`exit_with_supervisor`]).
 pub const SUPERVISOR_PID_ENV: &str = "SWITCHYARD_SUPERVISOR_PID";
+/// iproute2, which enters network namespaces (`--netns`).
+pub const IP_PROGRAM: &str = "ip";
 /// How often a component looks whether its supervisor still lives.
 pub const SUPERVISOR_WATCH_MS: u64 = 500;
 
@@ -77,6 +79,9 @@ pub struct ComponentSpec {
     /// The flag that takes the ready file's path (`--ready-file`); the supervisor appends it
     /// and its path to `args` and waits for the file. `None`: ready once spawned.
     pub ready_flag: Option<String>,
+    /// Run inside this network namespace (`ip netns exec NAME PROGRAM ...`; the process keeps
+    /// its pid, so signals and the ready file work as without).
+    pub netns: Option<String>,
 }
 
 impl ComponentSpec {
@@ -89,6 +94,7 @@ impl ComponentSpec {
             args: args.iter().map(|a| a.to_string()).collect(),
             env: Vec::new(),
             ready_flag: Some("--ready-file".to_string()),
+            netns: None,
         }
     }
 }
@@ -275,7 +281,14 @@ impl Supervisor {
             .map_err(io(format!("open {}", component.log.display())))?;
         let log_err = log.try_clone().map_err(io("duplicate the log handle"))?;
         let program = spec.program.clone().unwrap_or(program);
-        let mut command = Command::new(&program);
+        let mut command = match &spec.netns {
+            Some(namespace) => {
+                let mut command = Command::new(IP_PROGRAM);
+                command.args(["netns", "exec", namespace.as_str()]).arg(&program);
+                command
+            }
+            None => Command::new(&program),
+        };
         command.args(&spec.args);
         if let Some(flag) = &spec.ready_flag {
             command.arg(flag).arg(&component.ready_file);

@@ -21,6 +21,11 @@ pub struct LabArgs {
     /// Leave out the controller and its agents (writes stay in each region; DNS is static).
     #[arg(long)]
     no_controller: bool,
+    /// Run each region's processes (store, shops, load balancer) in a network namespace of its
+    /// own, joined to the lab by a veth pair, so `lab ctl cut-network REGION` cuts a real link:
+    /// packets vanish, connections time out. Linux, root and iproute2 (`ip netns`) only.
+    #[arg(long)]
+    netns: bool,
     /// Do not start anything: check the lab in --dir, print its table, and exit 0 when every
     /// component is up, 1 with the reason otherwise.
     #[arg(long)]
@@ -29,8 +34,8 @@ pub struct LabArgs {
 
 #[derive(clap::Subcommand)]
 enum LabCommand {
-    /// Process faults on a running lab's component, carried out by its supervisor:
-    /// kill (kill -9), stop (SIGSTOP), cont (SIGCONT), restart.
+    /// Faults on a running lab, carried out by its supervisor: kill (kill -9), stop (SIGSTOP),
+    /// cont (SIGCONT), restart a component; cut-network / heal-network a region (--netns labs).
     Ctl(CtlArgs),
 }
 
@@ -41,16 +46,25 @@ struct CtlArgs {
     dir: PathBuf,
     #[arg(value_enum)]
     action: CtlAction,
-    /// The component, as the lab's table names it (e.g. store-us-east-1).
+    /// The component, as the lab's table names it (e.g. store-us-east-1); for cut-network and
+    /// heal-network, the region (e.g. us-east-1).
     name: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum CtlAction {
+    /// kill -9 the component.
     Kill,
+    /// SIGSTOP it (hung).
     Stop,
+    /// SIGCONT it.
     Cont,
+    /// Stop it and start it again.
     Restart,
+    /// Take the region's network link down (a lab started with --netns).
+    CutNetwork,
+    /// Bring the region's network link back up.
+    HealNetwork,
 }
 
 pub async fn run(args: LabArgs) -> anyhow::Result<()> {
@@ -60,6 +74,8 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             CtlAction::Stop => lab::Action::Stop,
             CtlAction::Cont => lab::Action::Cont,
             CtlAction::Restart => lab::Action::Restart,
+            CtlAction::CutNetwork => lab::Action::CutNetwork,
+            CtlAction::HealNetwork => lab::Action::HealNetwork,
         };
         return match lab::control(&ctl.dir, action, &ctl.name).await {
             Ok(message) => {
@@ -83,6 +99,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         regions: args.regions,
         base_port: args.base_port,
         controller: !args.no_controller,
+        netns: args.netns,
     };
     lab::run(&options, crate::shutdown_signal(), &mut std::io::stdout()).await?;
     Ok(())

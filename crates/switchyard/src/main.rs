@@ -166,6 +166,11 @@ struct StoreArgs {
     /// replication traffic. Alternatively set SWITCHYARD_REPLICATION_KEY.
     #[arg(long, env = "SWITCHYARD_REPLICATION_KEY_FILE")]
     replication_key_file: Option<PathBuf>,
+    /// Accept unsigned requests on a non-loopback address. Only where the network itself keeps
+    /// everyone else out (a private network namespace, as `switchyard lab --netns` uses);
+    /// anywhere else, pass --credentials.
+    #[arg(long)]
+    trusted_network: bool,
 }
 
 /// A store's settings: flags and environment over the config file over the defaults.
@@ -177,6 +182,7 @@ struct StoreSettings {
     ready_file: Option<PathBuf>,
     peers: Vec<store::global::Peer>,
     replication_key_file: Option<PathBuf>,
+    trusted_network: bool,
 }
 
 const STORE_REGION_DEFAULT: &str = "us-east-1";
@@ -208,6 +214,7 @@ impl StoreArgs {
             ready_file: self.ready_file,
             peers: if self.peers.is_empty() { file.peers } else { self.peers },
             replication_key_file: self.replication_key_file.or(file.replication_key_file),
+            trusted_network: self.trusted_network,
         })
     }
 }
@@ -314,7 +321,11 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    store::server::check_exposure(args.listen, credentials.as_ref())?;
+    if args.trusted_network && credentials.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(address = %args.listen, "--trusted-network: unsigned requests accepted on a non-loopback address; the network must keep everyone else out");
+    } else {
+        store::server::check_exposure(args.listen, credentials.as_ref())?;
+    }
     let replication = replication_config(&args)?;
     let engine = store::Engine::open(&args.data_dir, &args.region, Arc::new(store::SystemClock))?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| {

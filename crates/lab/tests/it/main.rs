@@ -31,6 +31,7 @@ fn script(name: &str, text: &str) -> ComponentSpec {
         args: vec!["-c".to_string(), text.to_string(), "sh".to_string()],
         env: Vec::new(),
         ready_flag: Some("--ready-file".to_string()),
+        netns: None,
     }
 }
 

@@ -1,0 +1,115 @@
+"""`switchyard lab --netns`: each region's processes in a network namespace of their own, so
+`lab ctl cut-network` cuts a real link (packets vanish in the kernel: no refusal, no reset).
+The lab fails over when the primary's network is cut, serves the shop from the secondary, comes
+back after heal-network, and removes its namespaces when it stops. Needs root and iproute2;
+skipped where the machine does not allow network namespaces."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+START_DEADLINE_S = 60
+FAILOVER_DEADLINE_S = 30
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+
+def namespaces_allowed():
+    if os.geteuid() != 0:
+        return False
+    probe = f"sy-probe-{os.getpid()}"
+    created = subprocess.run(["ip", "netns", "add", probe], capture_output=True)
+    if created.returncode != 0:
+        return False
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return True
+
+
+def wait_until(what, condition, deadline_s):
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (OSError, urllib.error.URLError, ValueError, dns.exception.DNSException):
+            pass
+        assert time.monotonic() < deadline, f"{what} did not happen within {deadline_s}s"
+        time.sleep(0.2)
+
+
+def resolve(base_port):
+    query = dns.message.make_query("www.shop.example.", "A")
+    answer = dns.query.udp(query, "127.0.0.1", port=base_port + 2, timeout=2)
+    return sorted(item.address for rrset in answer.answer for item in rrset)
+
+
+def products(address, base_port):
+    with urllib.request.urlopen(f"http://{address}:{base_port + 80}/api/products", timeout=3) as response:
+        return json.loads(response.read())["products"]
+
+
+def ctl(directory, *args):
+    return subprocess.run([str(BINARY), "lab", "ctl", "--dir", str(directory), *args],
+                          capture_output=True, text=True, timeout=90)
+
+
+def netns_list():
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_a_cut_network_link_fails_the_region_over(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    if not namespaces_allowed():
+        pytest.skip("network namespaces need root and iproute2 here")
+    directory = tmp_path / "lab"
+    base_port = random.randrange(20000, 32000, 500)
+    names = [f"sy{base_port}r0", f"sy{base_port}r1"]
+    log = open(tmp_path / "lab.log", "w")
+    process = subprocess.Popen(
+        [str(BINARY), "lab", "--netns", "--dir", str(directory), "--base-port", str(base_port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until("the lab up", lambda: process.poll() is None and subprocess.run(
+            [str(BINARY), "status", "--lab", str(directory)], capture_output=True, timeout=60).returncode == 0,
+            START_DEADLINE_S)
+        assert all(name in netns_list() for name in names), netns_list()
+        state = json.loads((directory / "lab.json").read_text())
+        store = next(c for c in state["components"] if c["name"] == "store-us-east-1")
+        # The region's processes live in their namespace, not the lab's.
+        assert os.readlink(f"/proc/{store['pid']}/ns/net") != os.readlink("/proc/self/ns/net")
+        assert resolve(base_port) == ["127.0.0.11"]
+        assert products("127.0.0.11", base_port), "the shop answers through the namespace's link"
+
+        cut = ctl(directory, "cut-network", "us-east-1")
+        assert cut.returncode == 0, cut.stderr
+        wait_until("DNS to answer with eu-west-1", lambda: resolve(base_port) == ["127.0.0.12"], FAILOVER_DEADLINE_S)
+        assert products("127.0.0.12", base_port)
+        with pytest.raises((OSError, urllib.error.URLError)):
+            products("127.0.0.11", base_port)  # cut: the connection times out
+
+        healed = ctl(directory, "heal-network", "us-east-1")
+        assert healed.returncode == 0, healed.stderr
+        wait_until("us-east-1 reachable again", lambda: products("127.0.0.11", base_port), FAILOVER_DEADLINE_S)
+        unknown = ctl(directory, "cut-network", "mars")
+        assert unknown.returncode != 0 and "no region 'mars'" in unknown.stderr, unknown.stderr
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0, (tmp_path / "lab.log").read_text()[-5000:]
+    assert not any(name in netns_list() for name in names), "the lab removes its namespaces"
