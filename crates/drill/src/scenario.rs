@@ -133,6 +133,13 @@ pub enum FaultAction {
         link: Link,
         name: String,
     },
+    /// Cut the region's network link (packets vanish; a lab with `--netns`).
+    CutNetwork {
+        region: RegionRole,
+    },
+    HealNetwork {
+        region: RegionRole,
+    },
 }
 
 impl FaultAction {
@@ -145,7 +152,11 @@ impl FaultAction {
                 link: link.clone(),
                 name: toxic.name.clone(),
             }),
-            FaultAction::Cont { .. } | FaultAction::Restart { .. } | FaultAction::RemoveToxic { .. } => None,
+            FaultAction::CutNetwork { region } => Some(FaultAction::HealNetwork { region: *region }),
+            FaultAction::Cont { .. }
+            | FaultAction::Restart { .. }
+            | FaultAction::RemoveToxic { .. }
+            | FaultAction::HealNetwork { .. } => None,
         }
     }
 
@@ -160,6 +171,8 @@ impl FaultAction {
                 format!("{} {:?} on {}", toxic.name, toxic.stream, link_label(link)).to_lowercase()
             }
             FaultAction::RemoveToxic { link, name } => format!("remove {name} from {}", link_label(link)),
+            FaultAction::CutNetwork { region } => format!("cut the {region:?} region's network").to_lowercase(),
+            FaultAction::HealNetwork { region } => format!("heal the {region:?} region's network").to_lowercase(),
         }
     }
 }
@@ -334,7 +347,7 @@ pub struct Scenario {
     pub expectations: Expectations,
 }
 
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "region-outage",
     "region-partition",
     "vantage-partition",
@@ -344,6 +357,7 @@ pub const NAMES: [&str; 9] = [
     "failback",
     "region-hang",
     "controller-partition",
+    "region-isolation",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -399,6 +413,16 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
             Expectations {
                 region_changes_max: Some(0),
                 ..expect(Forbidden)
+            },
+        ),
+        // Packets vanish: like a hang, each check runs to its timeout.
+        "region-isolation" => (
+            "cut the primary region's network link (a lab started with --netns): traffic must move to the secondary, nothing acknowledged lost",
+            Expectations {
+                rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
+                rto_99_ms_max_before_ttl: Some(RTO_99_MS_MAX_BEFORE_TTL),
+                rto_99_plus_ttl: true,
+                ..expect(Required)
             },
         ),
         "controller-partition" => (
@@ -577,6 +601,7 @@ impl Scenario {
                 at,
                 heal,
             ),
+            "region-isolation" => fault_then_heal(vec![FaultAction::CutNetwork { region: Primary }], at, heal),
             "controller-partition" => fault_then_heal(
                 blackhole(Link::Controller { region: Primary }, "drill-cut-controller"),
                 at,

@@ -175,6 +175,12 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str], hosts: &
         text,
         "\n[process_control]\nkill = \"{{program}} lab ctl --dir {dir} kill {{name}}\"\nstop = \"{{program}} lab ctl --dir {dir} stop {{name}}\"\ncont = \"{{program}} lab ctl --dir {dir} cont {{name}}\"\nrestart = \"{{program}} lab ctl --dir {dir} restart {{name}}\"\n"
     );
+    if options.netns {
+        let _ = write!(
+            text,
+            "cut_network = \"{{program}} lab ctl --dir {dir} cut-network {{name}}\"\nheal_network = \"{{program}} lab ctl --dir {dir} heal-network {{name}}\"\n"
+        );
+    }
     text
 }
 
@@ -915,6 +921,10 @@ mod tests {
             "addresses inside the namespaces are not checked from outside"
         );
         assert!(plan.drill_targets.contains("store_url = \"http://10.190.0.2:17100\""));
+        assert!(
+            plan.drill_targets
+                .contains("cut_network = \"{program} lab ctl --dir /tmp/lab cut-network {name}\"")
+        );
         assert!(plan_without_netns_has_no_networks());
     }
 

@@ -16,7 +16,8 @@ const PHASE_S_MAX: u64 = 3_600;
 pub(crate) struct DrillArgs {
     /// The scenario: region-outage, region-hang (SIGSTOP the primary region, SIGCONT at
     /// heal), region-partition, vantage-partition, controller-partition (the controller's own
-    /// view cut: must not fail over), flapping-health, slow-region, store-crash or failback.
+    /// view cut: must not fail over), region-isolation (cut the primary's network link; a lab
+    /// started with --netns), flapping-health, slow-region, store-crash or failback.
     scenario: String,
     /// A running lab's directory: the drill reads DIR/drill-targets.toml, which
     /// `switchyard lab --dir DIR` writes.

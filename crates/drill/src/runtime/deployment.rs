@@ -127,6 +127,12 @@ pub struct ProcessCommands {
     pub stop: String,
     pub cont: String,
     pub restart: String,
+    /// Cuts a region's network (`{name}` is the region), as `switchyard lab --netns` can.
+    #[serde(default)]
+    pub cut_network: Option<String>,
+    /// Restores it.
+    #[serde(default)]
+    pub heal_network: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,16 @@ pub trait ProcessControl: Send + Sync {
     fn signal(&self, process: &str, signal: ProcessSignal) -> impl Future<Output = Result<(), String>> + Send;
     /// Starts the process again (after a kill), with the same arguments and data.
     fn restart(&self, process: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Cuts (`up = false`) or restores a region's network link.
+    fn network(&self, region: &str, up: bool) -> impl Future<Output = Result<(), String>> + Send {
+        let region = region.to_string();
+        async move {
+            let _ = up;
+            Err(format!(
+                "cannot cut {region}'s network: the deployment file has no cut_network / heal_network commands (a lab started with --netns has them)"
+            ))
+        }
+    }
 }
 
 /// Process control through shell commands with `{name}` replaced by the process name.
@@ -79,6 +89,20 @@ impl ProcessControl for CommandProcessControl {
 
     async fn restart(&self, process: &str) -> Result<(), String> {
         self.run(&self.commands.restart, process).await
+    }
+
+    async fn network(&self, region: &str, up: bool) -> Result<(), String> {
+        let template = if up {
+            &self.commands.heal_network
+        } else {
+            &self.commands.cut_network
+        };
+        match template {
+            Some(template) => self.run(template, region).await,
+            None => Err(format!(
+                "cannot cut {region}'s network: [process_control] has no cut_network / heal_network commands (a lab started with --netns has them)"
+            )),
+        }
     }
 }
 
@@ -272,6 +296,14 @@ impl<P: ProcessControl> FaultTarget for DeploymentTarget<P> {
                     }
                 }
                 Ok(())
+            }
+            FaultAction::CutNetwork { region } | FaultAction::HealNetwork { region } => {
+                let up = matches!(action, FaultAction::HealNetwork { .. });
+                let name = roles.region(*region).to_string();
+                self.processes
+                    .network(&name, up)
+                    .await
+                    .map_err(|reason| if up { failed(reason) } else { unsupported(reason) })
             }
             FaultAction::RemoveToxic { link, name } => {
                 for proxy in self.deployment.link_names(roles, link) {

@@ -288,3 +288,38 @@ fn controller_partition_cuts_only_the_controllers_view_and_forbids_failover() {
         "a failover fails the drill"
     );
 }
+
+#[test]
+fn region_isolation_cuts_the_primary_network_and_heals_it() {
+    let scenario = by_name("region-isolation").expect("exists");
+    let durations = Durations::default();
+    let actions: Vec<(u64, FaultAction)> = scenario
+        .plan(&durations)
+        .into_iter()
+        .map(|s| (s.at_ms, s.action))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (
+                durations.warmup_ms,
+                FaultAction::CutNetwork {
+                    region: RegionRole::Primary
+                }
+            ),
+            (
+                durations.warmup_ms + durations.fault_ms,
+                FaultAction::HealNetwork {
+                    region: RegionRole::Primary
+                }
+            ),
+        ]
+    );
+    let clean = CheckResult::default();
+    assert!(
+        evaluate(&scenario, &measured(0, None, None), &clean, 5)
+            .iter()
+            .any(|r| !r.passed),
+        "no failover fails the drill"
+    );
+}

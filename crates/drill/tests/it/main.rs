@@ -656,6 +656,8 @@ async fn command_process_control_runs_the_commands() {
         stop: format!("echo stop {{name}} >> {log}"),
         cont: format!("echo cont {{name}} >> {log}"),
         restart: "echo 'cannot restart' >&2; exit 3".into(),
+        cut_network: Some(format!("echo cut-network {{name}} >> {log}")),
+        heal_network: None,
     };
     let deployment = Deployment {
         shop_name: "shop.lab.test.".into(),
@@ -702,6 +704,25 @@ async fn command_process_control_runs_the_commands() {
         )
         .await
         .expect("kill runs");
+    target
+        .apply(
+            &roles,
+            &FaultAction::CutNetwork {
+                region: RegionRole::Primary,
+            },
+        )
+        .await
+        .expect("cut-network runs with the region's name");
+    let unhealable = target
+        .apply(
+            &roles,
+            &FaultAction::HealNetwork {
+                region: RegionRole::Primary,
+            },
+        )
+        .await
+        .expect_err("no heal_network command");
+    assert!(unhealable.to_string().contains("heal_network"), "{unhealable}");
     let calls = std::fs::read_to_string(dir.path().join("calls.log")).expect("commands ran");
     assert_eq!(
         calls.lines().collect::<Vec<_>>(),
@@ -715,6 +736,7 @@ async fn command_process_control_runs_the_commands() {
             "cont app-r2-1",
             "cont lb-r2",
             "kill store r1",
+            "cut-network r2",
         ],
         "front to back when stopping, back to front when continuing; the space stays in one name"
     );
