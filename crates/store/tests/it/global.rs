@@ -22,13 +22,16 @@ struct Region {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-async fn call(url: &str, operation: &str, body: Value) -> (u16, Value) {
+/// POSTs `body` to `url` with `headers`; the status and the JSON answer (`Null` if not JSON).
+async fn send(url: String, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let request = hyper::Request::post(format!("{url}/"))
-        .header("x-amz-target", format!("DynamoDB_20120810.{operation}"))
-        .header("content-type", "application/x-amz-json-1.0")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+    let mut request = hyper::Request::post(url);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .expect("valid request");
     let response = client.request(request).await.expect("store answers");
     let status = response.status().as_u16();
@@ -36,7 +39,15 @@ async fn call(url: &str, operation: &str, body: Value) -> (u16, Value) {
         .await
         .expect("body")
         .to_bytes();
-    (status, serde_json::from_slice(&body).expect("JSON answer"))
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn call(url: &str, operation: &str, body: Value) -> (u16, Value) {
+    let headers = [
+        ("x-amz-target", format!("DynamoDB_20120810.{operation}")),
+        ("content-type", "application/x-amz-json-1.0".to_string()),
+    ];
+    send(format!("{url}/"), &headers, body.to_string().into_bytes()).await
 }
 
 async fn ok(url: &str, operation: &str, body: Value) -> Value {
@@ -419,19 +430,10 @@ async fn corrupt_and_replayed_batches_apply_nothing() {
 
 /// POSTs with a given signature header (to send a wrong one).
 async fn call_raw(url: &str, path: &str, from: &str, date_ms: u64, signature: String, body: Vec<u8>) -> (u16, Value) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let request = hyper::Request::post(format!("{url}{path}"))
-        .header(store::global::REGION_HEADER, from)
-        .header(store::global::DATE_HEADER, date_ms.to_string())
-        .header(store::global::SIGNATURE_HEADER, signature)
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .expect("valid request");
-    let response = client.request(request).await.expect("store answers");
-    let status = response.status().as_u16();
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    let headers = [
+        (store::global::REGION_HEADER, from.to_string()),
+        (store::global::DATE_HEADER, date_ms.to_string()),
+        (store::global::SIGNATURE_HEADER, signature),
+    ];
+    send(format!("{url}{path}"), &headers, body).await
 }
