@@ -5,7 +5,8 @@
 //! - [`merge`]: the last-writer-wins rule on `(hlc, origin)` versions — commutative,
 //!   idempotent and convergent, so replicas that saw the same changes in any order agree;
 //! - [`shipper`]: per-peer shipping of the replication log, in order, batched, with
-//!   back-pressure (one batch in flight), retries with capped backoff, and the trim rule.
+//!   back-pressure (one batch in flight), retries with capped backoff, and the trim rule;
+//! - [`watermark`]: when a tombstone may be purged (marks exchanged between regions);
 //!
 //! This crate must not depend on storage, tokio or HTTP: the store's runtime feeds it events
 //! and executes its commands, and the simulation in `tests/it` drives it deterministically.
@@ -13,7 +14,9 @@
 pub mod hlc;
 pub mod merge;
 pub mod shipper;
+pub mod watermark;
 
 pub use hlc::{Hlc, HlcClock, SkewReport};
 pub use merge::{Version, wins};
 pub use shipper::{Acceptance, Command, Shipper, ShipperConfig, accept};
+pub use watermark::{Mark, Watermarks};
