@@ -401,7 +401,7 @@ impl Simulation {
     /// watermark, as the store's mark loop does.
     fn mark_and_purge(&mut self, lossy: bool) {
         for index in 0..self.regions.len() {
-            if !self.regions[index].up || (self.now + index as u64 * 7) % MARK_INTERVAL_MS != 0 {
+            if !self.regions[index].up || !(self.now + index as u64 * 7).is_multiple_of(MARK_INTERVAL_MS) {
                 continue;
             }
             let region = &mut self.regions[index];
