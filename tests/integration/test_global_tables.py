@@ -4,10 +4,12 @@ made global through boto3's UpdateTable(ReplicaUpdates=...), writes in every reg
 killed with SIGKILL and restarted, and every replica converging to the same contents with every
 acknowledged write present."""
 
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -118,6 +120,15 @@ def contents(region):
             return sorted(items, key=lambda i: i["id"]["S"])
 
 
+def health_of(region):
+    with urllib.request.urlopen(f"{region.url}/health", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def tombstones(region):
+    return health_of(region)["replication"]["tombstones"]
+
+
 def wait_converged(regions):
     deadline = time.monotonic() + CONVERGENCE_DEADLINE_S
     while True:
@@ -160,6 +171,12 @@ def test_global_table_survives_a_region_loss(regions):
     for key, value in acknowledged.items():
         assert present.get(key) == value, f"acknowledged write {key} missing or changed"
 
+    # Every region has heard from every other: the tombstone watermark moves.
+    deadline = time.monotonic() + CONVERGENCE_DEADLINE_S
+    while any(tombstones(r)["purge_below_age_ms"] is None for r in regions):
+        assert time.monotonic() < deadline, [tombstones(r) for r in regions]
+        time.sleep(0.2)
+
     # Lose a region while the others keep taking writes, then bring it back.
     eu.kill()
     for i in range(20):
@@ -168,6 +185,15 @@ def test_global_table_survives_a_region_loss(regions):
         acknowledged[key] = str(i)
     ap.client().delete_item(TableName="orders", Key={"id": {"S": "seed"}})
     del acknowledged["seed"]
+    # With eu-west-1 down nobody may purge the delete's tombstone: eu still holds the item and
+    # would resurrect it everywhere. Wait until the watermark has stood still for a while: the
+    # down region holds it back.
+    deadline = time.monotonic() + CONVERGENCE_DEADLINE_S
+    while (tombstones(ap)["purge_below_age_ms"] or 0) < 3000:
+        assert time.monotonic() < deadline, tombstones(ap)
+        time.sleep(0.2)
+    for region in (us, ap):
+        assert tombstones(region)["waiting"] >= 1, f"{region.name} purged a tombstone a down region lacks"
     eu.start()
     converged = wait_converged(regions)
     present = {i["id"]["S"]: i["total"]["N"] for i in converged}
@@ -175,7 +201,15 @@ def test_global_table_survives_a_region_loss(regions):
     for key, value in acknowledged.items():
         assert present.get(key) == value, f"acknowledged write {key} missing after the region came back"
 
-    health = __import__("json").loads(__import__("urllib.request").request.urlopen(f"{us.url}/health").read())
+    # Once every region has the delete and nothing older can arrive, the tombstone goes.
+    deadline = time.monotonic() + CONVERGENCE_DEADLINE_S
+    while any(tombstones(r)["waiting"] > 0 for r in regions):
+        assert time.monotonic() < deadline, [tombstones(r) for r in regions]
+        time.sleep(0.2)
+    assert all(tombstones(r)["purged_total"] >= 1 for r in regions), [tombstones(r) for r in regions]
+    assert wait_converged(regions) == converged, "purging a tombstone changed what the table holds"
+
+    health = health_of(us)
     assert set(health["replication"]["peers"]) == {"eu-west-1", "ap-south-1"}
     for peer in health["replication"]["peers"].values():
         assert peer["backlog_alarm"] is False and peer["backlog_limit_changes"] > 0, peer

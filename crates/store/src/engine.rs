@@ -49,6 +49,21 @@ pub(crate) const REPLOG_HEAD: &str = "replog_head";
 const HLC_LAST: &str = "hlc_last";
 /// The replication log of global tables: sequence number → encoded change.
 pub(crate) const REPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("replog");
+/// Tombstones of global tables in HLC order: `(hlc, table id, stored key)`, no value. Entries
+/// are not removed when a newer write replaces the tombstone; the purge skips those.
+const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
+/// Set once the tombstones of a data directory from before the index have been indexed.
+const TOMBSTONE_INDEX_VERSION: &str = "tombstone_index_version";
+/// Tombstone index entries one purge job visits at most, so a purge never stalls the writer.
+pub const TOMBSTONE_PURGES_PER_JOB_MAX: usize = 1_000;
+
+fn tombstone_entry_key(hlc: u64, table_id: u64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + key.len());
+    out.extend_from_slice(&hlc.to_be_bytes());
+    out.extend_from_slice(&table_id.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
 
 fn data_table_name(id: u64) -> String {
     format!("d{id}")
@@ -414,6 +429,11 @@ fn load_catalog(db: &Database) -> Result<Loaded, String> {
         };
         hlc_last = read(HLC_LAST)?;
         replog_head = read(REPLOG_HEAD)?;
+        let indexed = read(TOMBSTONE_INDEX_VERSION)?;
+        drop(settings);
+        if indexed == 0 {
+            index_tombstones(&txn, &catalog).map_err(|e| format!("indexing tombstones: {e}"))?;
+        }
     }
     txn.commit().map_err(|e| e.to_string())?;
     Ok(Loaded {
@@ -421,6 +441,27 @@ fn load_catalog(db: &Database) -> Result<Loaded, String> {
         hlc_last,
         replog_head,
     })
+}
+
+/// Indexes the tombstones of a data directory written before the tombstone index existed.
+fn index_tombstones(txn: &WriteTransaction, catalog: &Catalog) -> Result<(), redb::Error> {
+    let mut tombstones = txn.open_table(TOMBSTONES)?;
+    for table in catalog.tables.values() {
+        let data = match txn.open_table(bytes_table(&data_table_name(table.id))) {
+            Ok(data) => data,
+            Err(TableError::TableDoesNotExist(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for entry in data.iter()? {
+            let (key, value) = entry?;
+            if record::is_tombstone(value.value()).unwrap_or(false) {
+                let hlc = record::hlc(value.value()).unwrap_or(0);
+                tombstones.insert(tombstone_entry_key(hlc, table.id, key.value()).as_slice(), &[][..])?;
+            }
+        }
+    }
+    txn.open_table(SETTINGS)?.insert(TOMBSTONE_INDEX_VERSION, 1)?;
+    Ok(())
 }
 
 fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
@@ -734,6 +775,12 @@ impl WriteContext<'_> {
                 Some(record) => data.insert(key, record)?,
                 None => data.remove(key)?,
             };
+        }
+        if let (None, Some(record)) = (new, record) {
+            // A record without an item is a tombstone: index it for the purge.
+            let hlc = record::hlc(record).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+            let mut tombstones = self.txn.open_table(TOMBSTONES)?;
+            tombstones.insert(tombstone_entry_key(hlc, table.id, key).as_slice(), &[][..])?;
         }
         let size = |item: Option<&Item>| item.map(|i| item_size_bytes(i) as i64).unwrap_or(0);
         let presence = |item: Option<&Item>| i64::from(item.is_some());
@@ -1128,6 +1175,85 @@ impl Engine {
     /// The position `peer` last acknowledged, as recorded durably.
     pub fn acked(&self, peer: &str) -> u64 {
         self.setting(&acked_key(peer))
+    }
+
+    /// The position this region applied `source`'s log through, as recorded durably.
+    pub fn applied_from(&self, source: &str) -> u64 {
+        self.setting(&applied_key(source))
+    }
+
+    /// This region's watermark mark: its HLC (every later own write is newer) and its log head
+    /// (every own write at or below that HLC is at or before it), taken together in the writer.
+    pub async fn take_mark(&self) -> Result<(u64, u64), ApiError> {
+        self.write(|context| {
+            let clock = context.shared.hlc.tick(context.shared.clock.now_unix_ms());
+            Ok((clock, context.setting(REPLOG_HEAD)?))
+        })
+        .await
+    }
+
+    /// Removes tombstones with an HLC below `below` (at most [`TOMBSTONE_PURGES_PER_JOB_MAX`]
+    /// index entries per call); returns `(entries visited, tombstones removed)`.
+    pub async fn purge_tombstones(&self, below: u64) -> Result<(usize, usize), ApiError> {
+        self.write(move |context| {
+            let tables: HashMap<u64, Arc<TableMeta>> = context
+                .shared
+                .catalog
+                .read()
+                .expect("catalog lock is never poisoned")
+                .tables
+                .values()
+                .map(|t| (t.id, Arc::clone(t)))
+                .collect();
+            let result = (|| -> Result<(usize, usize), redb::Error> {
+                let mut index = context.txn.open_table(TOMBSTONES)?;
+                let upper = below.to_be_bytes();
+                let mut due = Vec::new();
+                for entry in index.range::<&[u8]>(..upper.as_slice())? {
+                    due.push(entry?.0.value().to_vec());
+                    if due.len() >= TOMBSTONE_PURGES_PER_JOB_MAX {
+                        break;
+                    }
+                }
+                let mut removed = 0;
+                for entry in &due {
+                    index.remove(entry.as_slice())?;
+                    let (Some(hlc), Some(id)) = (entry.get(..8), entry.get(8..16)) else {
+                        continue;
+                    };
+                    let hlc = u64::from_be_bytes(hlc.try_into().expect("8 bytes"));
+                    let id = u64::from_be_bytes(id.try_into().expect("8 bytes"));
+                    let Some(table) = tables.get(&id) else { continue };
+                    let key = &entry[16..];
+                    let mut data = context.txn.open_table(bytes_table(&data_table_name(table.id)))?;
+                    let current = data.get(key)?.map(|v| v.value().to_vec());
+                    if let Some(current) = current
+                        && record::is_tombstone(&current).unwrap_or(false)
+                        && record::hlc(&current).ok() == Some(hlc)
+                    {
+                        data.remove(key)?;
+                        removed += 1;
+                    }
+                }
+                Ok((due.len(), removed))
+            })();
+            result.map_err(|e| context.fail("purging tombstones", e))
+        })
+        .await
+    }
+
+    /// Tombstones waiting in the purge index (including entries a newer write made stale).
+    pub fn tombstone_entries(&self) -> u64 {
+        let read = || -> Result<u64, Box<dyn std::error::Error>> {
+            let txn = self.shared.db.begin_read()?;
+            let index = match txn.open_table(TOMBSTONES) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(redb::ReadableTableMetadata::len(&index)?)
+        };
+        read().unwrap_or(0)
     }
 
     /// Records that `peer` holds every change through `seq`.

@@ -25,7 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use replication::shipper::{Acceptance, accept};
-use replication::{Command, Shipper, ShipperConfig};
+use replication::{Command, Mark, Shipper, ShipperConfig, Watermarks};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -61,6 +61,11 @@ pub const TRIM_INTERVAL_MS: u64 = 2_000;
 pub const IDLE_WAKE_MS: u64 = 1_000;
 /// Timeout of one replication HTTP request.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How often this region takes a watermark mark, sends it to its peers and purges tombstones
+/// below its watermark (see `replication::watermark`).
+pub const MARK_INTERVAL_MS: u64 = 1_000;
+/// Purge jobs one round runs at most (each visits `TOMBSTONE_PURGES_PER_JOB_MAX` entries).
+pub const PURGE_JOBS_PER_ROUND_MAX: usize = 100;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
@@ -137,6 +142,28 @@ pub struct Replication {
     /// Signatures of recent replica-definition requests and when they came (see
     /// [`Replication::refuse_replay`]); at most `SEEN_SIGNATURES_MAX`.
     seen_signatures: Mutex<HashMap<String, u64>>,
+    /// The peers' marks, and so when a tombstone may be purged.
+    watermarks: Mutex<Watermarks>,
+    /// This region's latest mark, sent to every peer.
+    mark: tokio::sync::watch::Sender<Option<Mark>>,
+    pub tombstones: TombstoneStatus,
+}
+
+/// What the operator sees of tombstone purging.
+#[derive(Default)]
+pub struct TombstoneStatus {
+    /// Tombstones with an HLC below this may be purged (0: not yet known since startup).
+    pub purge_below: AtomicU64,
+    pub purged_total: AtomicU64,
+    /// The peer holding purging back the most.
+    pub held_back_by: Mutex<Option<String>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MarkRequest {
+    clock: u64,
+    received: u64,
+    head: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -202,6 +229,10 @@ impl Replication {
             .iter()
             .map(|p| (p.region.clone(), Arc::new(PeerStatus::default())))
             .collect();
+        let mut watermarks = Watermarks::new(config.peers.iter().map(|p| p.region.clone()));
+        for peer in &config.peers {
+            watermarks.on_applied(&peer.region, engine.applied_from(&peer.region));
+        }
         Arc::new(Replication {
             region: engine.region().to_string(),
             config,
@@ -209,6 +240,9 @@ impl Replication {
             client,
             status,
             seen_signatures: Mutex::new(HashMap::new()),
+            watermarks: Mutex::new(watermarks),
+            mark: tokio::sync::watch::Sender::new(None),
+            tombstones: TombstoneStatus::default(),
         })
     }
 
@@ -238,6 +272,8 @@ impl Replication {
             .collect();
         let replication = Arc::clone(self);
         tasks.push(tokio::spawn(async move { replication.trim_loop().await }));
+        let replication = Arc::clone(self);
+        tasks.push(tokio::spawn(async move { replication.mark_loop().await }));
         tasks
     }
 
@@ -323,7 +359,17 @@ impl Replication {
         };
         let mut shipper = Shipper::new(config, acked, *head.borrow(), first);
         let mut last_saved = acked;
+        let mut marks = self.mark.subscribe();
+        let mut mark_sent: Option<Mark> = None;
         loop {
+            let mark = *marks.borrow_and_update();
+            if mark != mark_sent
+                && let Some(mark) = mark
+            {
+                // Sent once per mark, failed or not: the next one follows within a second.
+                self.send_mark(&peer, mark).await;
+                mark_sent = Some(mark);
+            }
             if status.repair_requested.swap(false, Ordering::SeqCst) {
                 shipper.request_repair();
             }
@@ -357,6 +403,7 @@ impl Replication {
                         .map_or(IDLE_WAKE_MS, |d| d.saturating_sub(now).clamp(1, IDLE_WAKE_MS));
                     tokio::select! {
                         changed = head.changed() => if changed.is_err() { return },
+                        _ = marks.changed() => {},
                         () = status.wake.notified() => {},
                         () = tokio::time::sleep(Duration::from_millis(wait)) => {},
                     }
@@ -526,6 +573,103 @@ impl Replication {
         }
     }
 
+    /// Every `MARK_INTERVAL_MS`: takes this region's mark for the peers, then purges the
+    /// tombstones below the watermark.
+    async fn mark_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(Duration::from_millis(MARK_INTERVAL_MS));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let (clock, head) = match self.engine.take_mark().await {
+                Ok(mark) => mark,
+                Err(error) => {
+                    tracing::warn!(%error, "taking the watermark mark failed; retrying");
+                    continue;
+                }
+            };
+            let (received, below, slowest) = {
+                let watermarks = self.watermarks.lock().expect("watermark lock is never poisoned");
+                (
+                    watermarks.received(clock),
+                    watermarks.purge_below(clock),
+                    watermarks.slowest().map(|(peer, _)| peer.to_string()),
+                )
+            };
+            self.mark.send_replace(Some(Mark { clock, received, head }));
+            self.tombstones.purge_below.store(below, Ordering::Relaxed);
+            *self
+                .tombstones
+                .held_back_by
+                .lock()
+                .expect("status lock is never poisoned") = slowest;
+            for _ in 0..PURGE_JOBS_PER_ROUND_MAX {
+                match self.engine.purge_tombstones(below).await {
+                    Ok((visited, removed)) => {
+                        self.tombstones
+                            .purged_total
+                            .fetch_add(removed as u64, Ordering::Relaxed);
+                        if visited < crate::engine::TOMBSTONE_PURGES_PER_JOB_MAX {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "purging tombstones failed; retrying later");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_mark(&self, peer: &Peer, mark: Mark) {
+        let body = serde_json::to_vec(&MarkRequest {
+            clock: mark.clock,
+            received: mark.received,
+            head: mark.head,
+        })
+        .expect("a mark serialises");
+        match self.post(peer, "/replication/v1/mark", body).await {
+            Ok((200, _)) => {}
+            Ok((status, body)) => tracing::debug!(
+                peer = %peer.region,
+                status,
+                body = %String::from_utf8_lossy(&body),
+                "peer refused a watermark mark; tombstones are kept until it takes them"
+            ),
+            Err(error) => tracing::debug!(peer = %peer.region, %error, "sending a watermark mark failed"),
+        }
+    }
+
+    /// `POST /replication/v1/mark`: a peer's watermark mark.
+    pub async fn receive_mark(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ApiError> {
+        let source = self.authenticate(headers, "/replication/v1/mark", body)?;
+        let request: MarkRequest =
+            serde_json::from_slice(body).map_err(|e| ApiError::serialization(format!("corrupt mark: {e}")))?;
+        self.watermarks
+            .lock()
+            .expect("watermark lock is never poisoned")
+            .on_mark(
+                &source,
+                Mark {
+                    clock: request.clock,
+                    received: request.received,
+                    head: request.head,
+                },
+            );
+        Ok(serde_json::json!({}))
+    }
+
+    fn applied(&self, source: &str, through: u64) {
+        self.watermarks
+            .lock()
+            .expect("watermark lock is never poisoned")
+            .on_applied(source, through);
+    }
+
     async fn trim_loop(self: Arc<Self>) {
         let mut alarmed = false;
         loop {
@@ -676,6 +820,9 @@ impl Replication {
                 }
             })
             .await?;
+        if let Some(through) = response.through {
+            self.applied(&source, through);
+        }
         if replayed {
             tracing::info!(%source, from_seq, to_seq, "replayed or repeated replication batch (already applied through {}): nothing applied", response.through.unwrap_or(0));
         }
@@ -693,20 +840,26 @@ impl Replication {
             .map_err(|e| ApiError::serialization(format!("corrupt repair request: {e}")))?;
         let changes = decode_changes(&source, &request.records)?;
         let complete = request.complete_through;
-        let applied = self
+        let job_source = source.clone();
+        let (applied, through) = self
             .engine
             .write(move |context| {
                 let mut count = 0u64;
                 for change in &changes {
                     count += u64::from(apply_change(context, change)?);
                 }
-                if let Some(through) = complete {
-                    let applied = context.applied_from(&source)?;
-                    context.set_applied_from(&source, applied.max(through))?;
+                let mut through = None;
+                if let Some(complete) = complete {
+                    let applied = context.applied_from(&job_source)?.max(complete);
+                    context.set_applied_from(&job_source, applied)?;
+                    through = Some(applied);
                 }
-                Ok(count)
+                Ok((count, through))
             })
             .await?;
+        if let Some(through) = through {
+            self.applied(&source, through);
+        }
         Ok(serde_json::json!({"applied": applied}))
     }
 

@@ -75,6 +75,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     })
 }
 
+/// The record's hybrid logical clock, without decoding the body.
+pub fn hlc(bytes: &[u8]) -> Result<u64, RecordError> {
+    header(bytes).map(|(hlc, _, _, _)| hlc)
+}
+
 /// Whether the record is a tombstone, without decoding the body.
 pub fn is_tombstone(bytes: &[u8]) -> Result<bool, RecordError> {
     header(bytes).map(|(_, _, tombstone, _)| tombstone)

@@ -63,6 +63,9 @@ struct Metrics {
     replication_pending_bytes: Family<PeerLabels, Gauge>,
     replication_acked_seq: Family<PeerLabels, Gauge>,
     replication_log_head: Gauge,
+    tombstones_purged: Gauge,
+    tombstones_waiting: Gauge,
+    tombstone_purge_lag_ms: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,7 +137,28 @@ impl Metrics {
             "Last position in this region's replication log",
             replication_log_head.clone(),
         );
+        let tombstones_purged = Gauge::default();
+        registry.register(
+            "tombstones_purged",
+            "Tombstones purged since startup (every replica had them and no older write can arrive)",
+            tombstones_purged.clone(),
+        );
+        let tombstones_waiting = Gauge::default();
+        registry.register(
+            "tombstones_waiting",
+            "Tombstone index entries not yet purged",
+            tombstones_waiting.clone(),
+        );
+        let tombstone_purge_lag_ms = Gauge::default();
+        registry.register(
+            "tombstone_purge_lag_ms",
+            "How far the tombstone purge watermark trails this store's clock (grows while a peer is down)",
+            tombstone_purge_lag_ms.clone(),
+        );
         Metrics {
+            tombstones_purged,
+            tombstones_waiting,
+            tombstone_purge_lag_ms,
             replication_lag_ms,
             replication_pending_changes,
             replication_pending_bytes,
@@ -206,6 +230,7 @@ pub async fn run(
         .route("/replication/v1/batch", post(replication_batch))
         .route("/replication/v1/repair", post(replication_repair))
         .route("/replication/v1/table", post(replication_table))
+        .route("/replication/v1/mark", post(replication_mark))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(Arc::clone(&state));
     let sweeper = tokio::spawn(ttl_sweeper(engine));
@@ -272,6 +297,14 @@ async fn replication_table(State(state): State<Arc<AppState>>, headers: HeaderMa
     replication_response(result)
 }
 
+async fn replication_mark(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = match state.store.replication() {
+        Some(replication) => replication.receive_mark(&headers, &body).await,
+        None => Err(no_replication()),
+    };
+    replication_response(result)
+}
+
 /// Per-peer replication figures for `/health`.
 fn replication_health(store: &Store) -> serde_json::Value {
     let Some(replication) = store.replication() else {
@@ -301,7 +334,23 @@ fn replication_health(store: &Store) -> serde_json::Value {
             )
         })
         .collect();
-    json!({"region": replication.region(), "log_head": store.engine().log_head(), "peers": peers})
+    use std::sync::atomic::Ordering::Relaxed;
+    let tombstones = &replication.tombstones;
+    let below = tombstones.purge_below.load(Relaxed);
+    let engine = store.engine();
+    json!({
+        "region": replication.region(),
+        "log_head": engine.log_head(),
+        "peers": peers,
+        "tombstones": {
+            // Tombstones older than this are purged; it trails the present by a few mark
+            // intervals while every peer is up, and stops while one is down.
+            "purge_below_age_ms": (below > 0).then(|| engine.now_unix_ms().saturating_sub(below >> replication::hlc::LOGICAL_BITS)),
+            "held_back_by": tombstones.held_back_by.lock().expect("status lock is never poisoned").clone(),
+            "purged_total": tombstones.purged_total.load(Relaxed),
+            "waiting": engine.tombstone_entries(),
+        },
+    })
 }
 
 async fn ttl_sweeper(engine: Engine) {
@@ -483,6 +532,18 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Some(replication) = state.store.replication() {
         use std::sync::atomic::Ordering::Relaxed;
         state.metrics.replication_log_head.set(engine.log_head() as i64);
+        let tombstones = &replication.tombstones;
+        let below = tombstones.purge_below.load(Relaxed);
+        state
+            .metrics
+            .tombstones_purged
+            .set(tombstones.purged_total.load(Relaxed) as i64);
+        state.metrics.tombstones_waiting.set(engine.tombstone_entries() as i64);
+        state.metrics.tombstone_purge_lag_ms.set(
+            engine
+                .now_unix_ms()
+                .saturating_sub(below >> replication::hlc::LOGICAL_BITS) as i64,
+        );
         for (region, status) in &replication.status {
             let labels = PeerLabels {
                 source: replication.region().to_string(),

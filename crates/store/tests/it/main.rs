@@ -613,3 +613,4 @@ mod decoder_fuzz {
 
 mod global;
 mod server;
+mod tombstones;

@@ -1,0 +1,154 @@
+//! Tombstones of global tables: indexed when written, purged only below the watermark, never
+//! when a newer write replaced them, and indexed on first open of an older data directory.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use store::{Engine, Store, SystemClock};
+
+const REOPEN_DEADLINE: Duration = Duration::from_secs(10);
+
+fn open(dir: &std::path::Path) -> Engine {
+    // A dropped engine releases its file once its writer thread has gone.
+    let deadline = Instant::now() + REOPEN_DEADLINE;
+    loop {
+        match Engine::open(dir, "us-east-1", Arc::new(SystemClock)) {
+            Ok(engine) => return engine,
+            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+async fn ok(store: &Store, operation: &str, body: Value) -> Value {
+    store
+        .handle(operation, body.to_string().as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{operation} failed: {e:?}"))
+}
+
+/// A table made global by giving it a second replica (no peer needed to write to it).
+async fn global_table(engine: &Engine) -> Store {
+    let store = Store::new(engine.clone());
+    ok(
+        &store,
+        "CreateTable",
+        json!({
+            "TableName": "carts",
+            "BillingMode": "PAY_PER_REQUEST",
+            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+        }),
+    )
+    .await;
+    let mut meta = (*engine.table("carts").expect("created")).clone();
+    meta.replicas = vec!["us-east-1".into(), "eu-west-1".into()];
+    engine
+        .write_exclusive(move |context| context.put_table(meta))
+        .await
+        .expect("made global");
+    store
+}
+
+async fn put(store: &Store, id: &str) {
+    ok(
+        store,
+        "PutItem",
+        json!({"TableName": "carts", "Item": {"id": {"S": id}}}),
+    )
+    .await;
+}
+
+async fn delete(store: &Store, id: &str) {
+    ok(
+        store,
+        "DeleteItem",
+        json!({"TableName": "carts", "Key": {"id": {"S": id}}}),
+    )
+    .await;
+}
+
+async fn present(store: &Store, id: &str) -> bool {
+    ok(
+        store,
+        "GetItem",
+        json!({"TableName": "carts", "Key": {"id": {"S": id}}, "ConsistentRead": true}),
+    )
+    .await
+    .get("Item")
+    .is_some()
+}
+
+#[tokio::test]
+async fn tombstones_are_purged_below_the_watermark_only() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = open(dir.path());
+    let store = global_table(&engine).await;
+    put(&store, "a").await;
+    delete(&store, "a").await;
+    assert_eq!(engine.tombstone_entries(), 1, "the delete left an indexed tombstone");
+
+    let (before_delete_b, _) = engine.take_mark().await.expect("mark");
+    put(&store, "b").await;
+    delete(&store, "b").await;
+    assert_eq!(engine.tombstone_entries(), 2);
+    let (visited, removed) = engine.purge_tombstones(before_delete_b).await.expect("purge");
+    assert_eq!(
+        (visited, removed),
+        (1, 1),
+        "only the tombstone below the watermark goes"
+    );
+    assert_eq!(engine.tombstone_entries(), 1);
+
+    // A tombstone a newer write replaced leaves a stale entry: purging it keeps the item.
+    put(&store, "b").await;
+    let (now, _) = engine.take_mark().await.expect("mark");
+    let (visited, removed) = engine.purge_tombstones(now).await.expect("purge");
+    assert_eq!((visited, removed), (1, 0));
+    assert!(
+        present(&store, "b").await,
+        "a write newer than the tombstone survives the purge"
+    );
+    assert!(!present(&store, "a").await);
+    assert_eq!(engine.tombstone_entries(), 0);
+}
+
+#[tokio::test]
+async fn an_older_data_directory_has_its_tombstones_indexed_on_open() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    {
+        let engine = open(dir.path());
+        let store = global_table(&engine).await;
+        for id in ["a", "b", "c"] {
+            put(&store, id).await;
+        }
+        delete(&store, "a").await;
+        delete(&store, "c").await;
+    }
+    // Make it look like a directory written before the index existed.
+    let deadline = Instant::now() + REOPEN_DEADLINE;
+    let database = loop {
+        match redb::Database::open(dir.path().join("store.redb")) {
+            Ok(database) => break database,
+            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let txn = database.begin_write().expect("write");
+    txn.delete_table(redb::TableDefinition::<&[u8], &[u8]>::new("tombstones"))
+        .expect("drop the index");
+    txn.open_table(redb::TableDefinition::<&str, u64>::new("settings"))
+        .expect("settings")
+        .remove("tombstone_index_version")
+        .expect("forget the index");
+    txn.commit().expect("commit");
+    drop(database);
+
+    let engine = open(dir.path());
+    assert_eq!(engine.tombstone_entries(), 2, "both tombstones indexed on open");
+    let store = Store::new(engine.clone());
+    let (now, _) = engine.take_mark().await.expect("mark");
+    assert_eq!(engine.purge_tombstones(now).await.expect("purge"), (2, 2));
+    assert!(present(&store, "b").await);
+}
