@@ -7,10 +7,12 @@
 //! - [`shipper`]: per-peer shipping of the replication log, in order, batched, with
 //!   back-pressure (one batch in flight), retries with capped backoff, and the trim rule;
 //! - [`watermark`]: when a tombstone may be purged (marks exchanged between regions);
+//! - [`digest`]: range digests for anti-entropy (which key ranges differ between replicas).
 //!
 //! This crate must not depend on storage, tokio or HTTP: the store's runtime feeds it events
 //! and executes its commands, and the simulation in `tests/it` drives it deterministically.
 
+pub mod digest;
 pub mod hlc;
 pub mod merge;
 pub mod shipper;

@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use dynamo_protocol::value::item_size_bytes;
 use dynamo_protocol::{ApiError, AttributeValue, Item};
 use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTransaction};
+use replication::digest::{Digest, Range as DigestRange};
 use replication::{Hlc, HlcClock, Version, wins};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -1111,6 +1112,27 @@ impl Snapshot {
     }
 }
 
+/// The stored-key bounds of a digest range (keys begin with their 32-bit partition hash).
+fn range_bounds(range: DigestRange) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let lower = Bound::Included(range.start().to_be_bytes().to_vec());
+    let upper = match range.end() {
+        Some(end) => Bound::Excluded(end.to_be_bytes().to_vec()),
+        None => Bound::Unbounded,
+    };
+    (lower, upper)
+}
+
+/// A record's contribution to a range digest: SHA-256 over its key and version header.
+fn record_digest(key: &[u8], header: &[u8]) -> u128 {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update((key.len() as u32).to_be_bytes());
+    hasher.update(key);
+    hasher.update(header);
+    let hash = hasher.finalize();
+    u128::from_be_bytes(hash[..16].try_into().expect("SHA-256 has 32 bytes"))
+}
+
 fn as_slice_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     match bound {
         Bound::Included(v) => Bound::Included(v.as_slice()),
@@ -1364,10 +1386,37 @@ impl Snapshot {
         Ok(first.map(|(k, _)| k.value()).unwrap_or(head + 1))
     }
 
-    /// Stored records (tombstones included) of a table after `after`, for anti-entropy.
-    pub fn records(
+    /// Digests of a table's records in each of `ranges` (anti-entropy): the count and the sum
+    /// of a SHA-256 over each record's key and version header.
+    pub fn digests(&self, table: &TableMeta, ranges: &[DigestRange]) -> Result<Vec<Digest>, ApiError> {
+        let name = data_table_name(table.id);
+        let data = match self.txn.open_table(bytes_table(&name)) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(vec![Digest::default(); ranges.len()]),
+            Err(e) => return Err(storage_error("opening a table", e)),
+        };
+        let mut out = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let (lower, upper) = range_bounds(*range);
+            let mut digest = Digest::default();
+            for entry in data
+                .range::<&[u8]>((as_slice_bound(&lower), as_slice_bound(&upper)))
+                .map_err(|e| storage_error("reading a table", e))?
+            {
+                let (key, value) = entry.map_err(|e| storage_error("reading a table", e))?;
+                let header = record::header_bytes(value.value()).map_err(|e| storage_error("decoding an item", e))?;
+                digest.add(record_digest(key.value(), header));
+            }
+            out.push(digest);
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` stored records of a table inside `range`, after `after`.
+    pub fn records_in(
         &self,
         table: &TableMeta,
+        range: DigestRange,
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ApiError> {
@@ -1377,13 +1426,14 @@ impl Snapshot {
             Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(storage_error("opening a table", e)),
         };
+        let (lower, upper) = range_bounds(range);
         let lower = match after {
-            Some(key) => Bound::Excluded(key),
-            None => Bound::Unbounded,
+            Some(key) => Bound::Excluded(key.to_vec()),
+            None => lower,
         };
         let mut out = Vec::new();
         for entry in data
-            .range::<&[u8]>((lower, Bound::Unbounded))
+            .range::<&[u8]>((as_slice_bound(&lower), as_slice_bound(&upper)))
             .map_err(|e| storage_error("reading a table", e))?
         {
             let (key, value) = entry.map_err(|e| storage_error("reading a table", e))?;

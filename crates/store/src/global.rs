@@ -24,6 +24,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use replication::digest::{Digest, Range as DigestRange, Walk};
 use replication::shipper::{Acceptance, accept};
 use replication::{Command, Mark, Shipper, ShipperConfig, Watermarks};
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,11 @@ pub const SEEN_SIGNATURES_MAX: usize = 10_000;
 pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Records per anti-entropy request at most.
 pub const REPAIR_RECORDS_PER_REQUEST_MAX: usize = 1_000;
+/// Key ranges per digest request at most (one level of the tree under 16 parents).
+pub const DIGEST_RANGES_PER_REQUEST_MAX: usize = 256;
+/// A differing key range with at most this many records here is pushed whole instead of
+/// being split further.
+pub const REPAIR_LEAF_RECORDS_MAX: u64 = 128;
 /// A running repair (backfill) logs its progress at most this often.
 pub const REPAIR_PROGRESS_LOG_MS: u64 = 5_000;
 /// Entries the replication log may hold beyond the slowest peer before it is trimmed anyway
@@ -187,6 +193,24 @@ struct RepairRequest {
     records: Vec<String>,
     /// Set on the last request of a repair: the source's log head when the repair began.
     complete_through: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DigestRequest {
+    table: String,
+    /// `(depth, index)` of each range (see `replication::digest::Range`).
+    ranges: Vec<(u8, u32)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DigestResponse {
+    /// `(count, hash as hex)` per requested range, in order.
+    digests: Vec<(u64, String)>,
+}
+
+struct RepairProgress {
+    logged_at: std::time::Instant,
+    total: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -498,7 +522,9 @@ impl Replication {
         }
     }
 
-    /// Full state transfer of every global table shared with `peer` (anti-entropy and backfill).
+    /// Anti-entropy with `peer` over every global table they share (also the backfill of a new
+    /// replica): range digests find where the peer differs (`replication::digest`), and this
+    /// region's records there are pushed; a peer with an empty table gets everything at once.
     /// Returns the log head as of the start: the peer then holds everything through it.
     async fn repair(&self, peer: &Peer, status: &PeerStatus) -> Result<u64, String> {
         let head = self.engine.log_head();
@@ -511,44 +537,22 @@ impl Replication {
             .collect();
         let total: u64 = tables.iter().map(|t| self.engine.stats(t.id, None).item_count).sum();
         status.repair_total.store(total, Ordering::Relaxed);
-        let mut logged_at = std::time::Instant::now();
+        let mut progress = RepairProgress {
+            logged_at: std::time::Instant::now(),
+            total,
+        };
+        let mut compared = 0;
         for table in tables {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let snapshot = self.engine.snapshot().map_err(|e| e.message)?;
-                let records = snapshot
-                    .records(&table, after.as_deref(), REPAIR_RECORDS_PER_REQUEST_MAX)
-                    .map_err(|e| e.message)?;
-                let Some((last, _)) = records.last() else { break };
-                after = Some(last.clone());
-                let encoded = records
-                    .iter()
-                    .map(|(key, record)| BASE64.encode(replication_log::encode_change(&table.name, key, record)))
-                    .collect();
-                self.send_repair(
-                    peer,
-                    RepairRequest {
-                        records: encoded,
-                        complete_through: None,
-                    },
-                )
-                .await?;
-                let copied = status
-                    .repaired_records
-                    .fetch_add(records.len() as u64, Ordering::Relaxed)
-                    + records.len() as u64;
-                if logged_at.elapsed() >= Duration::from_millis(REPAIR_PROGRESS_LOG_MS) {
-                    logged_at = std::time::Instant::now();
-                    tracing::info!(
-                        peer = %peer.region,
-                        table = %table.name,
-                        copied,
-                        total,
-                        percent = repair_percent(copied, total),
-                        "backfill in progress"
-                    );
+            let mut walk = Walk::new(REPAIR_LEAF_RECORDS_MAX);
+            while !walk.is_done() {
+                let ranges = walk.next_ranges(DIGEST_RANGES_PER_REQUEST_MAX);
+                let local = self.local_digests(&table, ranges.clone()).await?;
+                let remote = self.remote_digests(peer, &table.name, &ranges).await?;
+                for range in walk.on_digests(&ranges, &local, &remote) {
+                    self.push_range(peer, status, &table, range, &mut progress).await?;
                 }
             }
+            compared += walk.compared;
         }
         self.send_repair(
             peer,
@@ -558,7 +562,152 @@ impl Replication {
             },
         )
         .await?;
+        tracing::info!(
+            peer = %peer.region,
+            ranges_compared = compared,
+            records_pushed = status.repaired_records.load(Ordering::Relaxed),
+            "anti-entropy compared range digests and pushed the differences"
+        );
         Ok(head)
+    }
+
+    /// This region's digests of `ranges`, computed off the async threads (a range can be the
+    /// whole table).
+    async fn local_digests(&self, table: &Arc<TableMeta>, ranges: Vec<DigestRange>) -> Result<Vec<Digest>, String> {
+        let engine = self.engine.clone();
+        let table = Arc::clone(table);
+        tokio::task::spawn_blocking(move || engine.snapshot()?.digests(&table, &ranges))
+            .await
+            .map_err(|e| format!("digest task failed: {e}"))?
+            .map_err(|e| e.message)
+    }
+
+    async fn remote_digests(&self, peer: &Peer, table: &str, ranges: &[DigestRange]) -> Result<Vec<Digest>, String> {
+        let body = serde_json::to_vec(&DigestRequest {
+            table: table.to_string(),
+            ranges: ranges.iter().map(|r| (r.depth, r.index)).collect(),
+        })
+        .expect("a digest request serialises");
+        let (status, body) = self.post(peer, "/replication/v1/digest", body).await?;
+        if status != 200 {
+            return Err(format!(
+                "{} answered HTTP {status} to a digest request: {}",
+                peer.url,
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        let response: DigestResponse =
+            serde_json::from_slice(&body).map_err(|e| format!("{}: bad digest answer: {e}", peer.url))?;
+        if response.digests.len() != ranges.len() {
+            return Err(format!(
+                "{}: {} digests for {} ranges",
+                peer.url,
+                response.digests.len(),
+                ranges.len()
+            ));
+        }
+        response
+            .digests
+            .iter()
+            .map(|(count, hash)| {
+                Ok(Digest {
+                    count: *count,
+                    hash: u128::from_str_radix(hash, 16)
+                        .map_err(|e| format!("{}: bad digest {hash}: {e}", peer.url))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sends every record of `table` in `range` to the peer, a page at a time.
+    async fn push_range(
+        &self,
+        peer: &Peer,
+        status: &PeerStatus,
+        table: &TableMeta,
+        range: DigestRange,
+        progress: &mut RepairProgress,
+    ) -> Result<(), String> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let snapshot = self.engine.snapshot().map_err(|e| e.message)?;
+            let records = snapshot
+                .records_in(table, range, after.as_deref(), REPAIR_RECORDS_PER_REQUEST_MAX)
+                .map_err(|e| e.message)?;
+            let Some((last, _)) = records.last() else {
+                return Ok(());
+            };
+            after = Some(last.clone());
+            let encoded = records
+                .iter()
+                .map(|(key, record)| BASE64.encode(replication_log::encode_change(&table.name, key, record)))
+                .collect();
+            self.send_repair(
+                peer,
+                RepairRequest {
+                    records: encoded,
+                    complete_through: None,
+                },
+            )
+            .await?;
+            let copied = status
+                .repaired_records
+                .fetch_add(records.len() as u64, Ordering::Relaxed)
+                + records.len() as u64;
+            if progress.logged_at.elapsed() >= Duration::from_millis(REPAIR_PROGRESS_LOG_MS) {
+                progress.logged_at = std::time::Instant::now();
+                tracing::info!(
+                    peer = %peer.region,
+                    table = %table.name,
+                    copied,
+                    total = progress.total,
+                    percent = repair_percent(copied, progress.total),
+                    "repair (backfill) in progress"
+                );
+            }
+            if records.len() < REPAIR_RECORDS_PER_REQUEST_MAX {
+                return Ok(());
+            }
+        }
+    }
+
+    /// `POST /replication/v1/digest`: this region's digests of key ranges of a table.
+    pub async fn receive_digest(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ApiError> {
+        self.authenticate(headers, "/replication/v1/digest", body)?;
+        let request: DigestRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::serialization(format!("corrupt digest request: {e}")))?;
+        if request.ranges.len() > DIGEST_RANGES_PER_REQUEST_MAX {
+            return Err(ApiError::validation(format!(
+                "digest request for {} ranges; at most {DIGEST_RANGES_PER_REQUEST_MAX}",
+                request.ranges.len()
+            )));
+        }
+        let ranges = request
+            .ranges
+            .iter()
+            .map(|(depth, index)| {
+                DigestRange::new(*depth, *index)
+                    .ok_or_else(|| ApiError::validation(format!("digest range {depth}/{index:#x} does not exist")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let digests = match self.engine.table(&request.table) {
+            // No replica here: nothing held, so the peer pushes and the changes are skipped.
+            None => vec![Digest::default(); ranges.len()],
+            Some(table) => {
+                let engine = self.engine.clone();
+                tokio::task::spawn_blocking(move || engine.snapshot()?.digests(&table, &ranges))
+                    .await
+                    .map_err(|e| ApiError::internal(format!("digest task failed: {e}")))??
+            }
+        };
+        Ok(serde_json::to_value(DigestResponse {
+            digests: digests.iter().map(|d| (d.count, format!("{:x}", d.hash))).collect(),
+        })
+        .expect("a digest response serialises"))
     }
 
     async fn send_repair(&self, peer: &Peer, request: RepairRequest) -> Result<(), String> {

@@ -75,6 +75,12 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     })
 }
 
+/// The header bytes (format, flags, HLC, origin): what identifies a record's version, for
+/// anti-entropy digests.
+pub fn header_bytes(bytes: &[u8]) -> Result<&[u8], RecordError> {
+    header(bytes).map(|(_, _, _, body)| &bytes[..body])
+}
+
 /// The record's hybrid logical clock, without decoding the body.
 pub fn hlc(bytes: &[u8]) -> Result<u64, RecordError> {
     header(bytes).map(|(hlc, _, _, _)| hlc)

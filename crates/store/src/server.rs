@@ -231,6 +231,7 @@ pub async fn run(
         .route("/replication/v1/repair", post(replication_repair))
         .route("/replication/v1/table", post(replication_table))
         .route("/replication/v1/mark", post(replication_mark))
+        .route("/replication/v1/digest", post(replication_digest))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(Arc::clone(&state));
     let sweeper = tokio::spawn(ttl_sweeper(engine));
@@ -292,6 +293,14 @@ async fn replication_repair(State(state): State<Arc<AppState>>, headers: HeaderM
 async fn replication_table(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let result = match state.store.replication() {
         Some(replication) => replication.receive_table(&headers, &body).await,
+        None => Err(no_replication()),
+    };
+    replication_response(result)
+}
+
+async fn replication_digest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = match state.store.replication() {
+        Some(replication) => replication.receive_digest(&headers, &body).await,
         None => Err(no_replication()),
     };
     replication_response(result)

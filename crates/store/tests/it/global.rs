@@ -437,3 +437,73 @@ async fn call_raw(url: &str, path: &str, from: &str, date_ms: u64, signature: St
     ];
     send(format!("{url}{path}"), &headers, body).await
 }
+
+/// Digests of `ranges` (as `(depth, index)`) of `carts`, asked as peer eu-west-1 would.
+async fn digests(url: &str, ranges: &[(u8, u32)]) -> (u16, Value) {
+    let body = json!({"table": "carts", "ranges": ranges}).to_string().into_bytes();
+    post_signed(url, "/replication/v1/digest", "eu-west-1", body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_digests_count_and_fingerprint_the_records_of_each_range() {
+    let (mut region, _) = lone_region_with_carts().await;
+    for i in 0..200 {
+        ok(
+            &region.url,
+            "PutItem",
+            json!({"TableName": "carts", "Item": {"id": {"S": format!("cart-{i}")}}}),
+        )
+        .await;
+    }
+    let children: Vec<(u8, u32)> = (0..16).map(|i| (4, i)).collect();
+    let (status, answer) = digests(&region.url, &[(0, 0)]).await;
+    assert_eq!(status, 200, "{answer}");
+    let root = answer["digests"][0].clone();
+    assert_eq!(root[0], 200, "the root range holds every item: {answer}");
+    let (_, answer) = digests(&region.url, &children).await;
+    let counts: Vec<u64> = (0..16)
+        .map(|i| answer["digests"][i][0].as_u64().expect("count"))
+        .collect();
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        200,
+        "the children tile the root: {counts:?}"
+    );
+    assert!(counts.iter().all(|c| *c > 0), "keys spread over the ranges: {counts:?}");
+
+    // Rewriting one item with the same content is a new version: exactly one range changes.
+    let (_, before) = digests(&region.url, &children).await;
+    ok(
+        &region.url,
+        "PutItem",
+        json!({"TableName": "carts", "Item": {"id": {"S": "cart-7"}}}),
+    )
+    .await;
+    let (_, after) = digests(&region.url, &children).await;
+    let changed: Vec<usize> = (0..16)
+        .filter(|i| before["digests"][*i] != after["digests"][*i])
+        .collect();
+    assert_eq!(changed.len(), 1, "{before} {after}");
+    let (_, root_after) = digests(&region.url, &[(0, 0)]).await;
+    assert_ne!(root_after["digests"][0], root, "the root digest follows its children");
+
+    // Bad ranges and unsigned requests are refused.
+    let (status, answer) = digests(&region.url, &[(4, 16)]).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("does not exist"), "{answer}");
+    let too_many: Vec<(u8, u32)> = (0..300).map(|i| (12, i)).collect();
+    let (status, _) = digests(&region.url, &too_many).await;
+    assert_eq!(status, 400);
+    let body = json!({"table": "carts", "ranges": [[0, 0]]}).to_string().into_bytes();
+    let (status, _) = call_raw(
+        &region.url,
+        "/replication/v1/digest",
+        "eu-west-1",
+        now_ms(),
+        "00".repeat(32),
+        body,
+    )
+    .await;
+    assert_eq!(status, 403);
+    stop(&mut region).await;
+}
