@@ -35,8 +35,9 @@ def free_port():
 
 
 class Region:
-    def __init__(self, name, port, data_dir, peers):
+    def __init__(self, name, port, data_dir, peers, extra_args=()):
         self.name, self.port, self.data_dir, self.peers = name, port, data_dir, peers
+        self.extra_args = list(extra_args)
         self.process = None
         self.log = data_dir / "store.log"
 
@@ -66,6 +67,7 @@ class Region:
             for peer in self.peers:
                 command += ["--peer", f"{peer.name}={peer.url}"]
             env["SWITCHYARD_REPLICATION_KEY"] = KEY
+        command += self.extra_args
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         deadline = time.monotonic() + START_DEADLINE_S
         while not ready.exists():
@@ -91,16 +93,33 @@ class Region:
         )
 
 
-@pytest.fixture
-def regions(tmp_path):
+def start_regions(tmp_path, extra_args=()):
     if not BINARY.exists():
         pytest.skip(f"{BINARY} not built")
-    regions = [Region(name, free_port(), tmp_path / name, []) for name in REGIONS]
+    regions = [Region(name, free_port(), tmp_path / name, [], extra_args) for name in REGIONS]
     for region in regions:
         region.data_dir.mkdir()
         region.peers = [r for r in regions if r is not region]
     for region in regions:
         region.start()
+    return regions
+
+
+@pytest.fixture
+def regions(tmp_path):
+    regions = start_regions(tmp_path)
+    yield regions
+    for region in regions:
+        region.stop()
+
+
+# A replication log bound small enough that an outage outgrows it.
+BACKLOG_BOUND_BYTES = 64 * 1024
+
+
+@pytest.fixture
+def small_log_regions(tmp_path):
+    regions = start_regions(tmp_path, ["--replication-backlog-bytes-max", "64KiB"])
     yield regions
     for region in regions:
         region.stop()
@@ -212,4 +231,67 @@ def test_global_table_survives_a_region_loss(regions):
     health = health_of(us)
     assert set(health["replication"]["peers"]) == {"eu-west-1", "ap-south-1"}
     for peer in health["replication"]["peers"].values():
-        assert peer["backlog_alarm"] is False and peer["backlog_limit_changes"] > 0, peer
+        assert peer["backlog_alarm"] is False and peer["backlog_limit_bytes"] == 1 << 30, peer
+
+
+def test_a_region_behind_a_trimmed_log_is_repaired_by_range_digests(small_log_regions):
+    """The outage outgrows the log bound: the log is trimmed past what the down region needs,
+    and when it returns, anti-entropy compares range digests and moves only the ranges that
+    differ, not the table."""
+    us, eu, ap = small_log_regions
+    client = us.client()
+    client.create_table(
+        TableName="orders", BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+    )
+    client.update_table(
+        TableName="orders",
+        ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}}, {"Create": {"RegionName": "ap-south-1"}}],
+    )
+    items = 3000
+    for start in range(0, items, 25):
+        client.batch_write_item(RequestItems={"orders": [
+            {"PutRequest": {"Item": {"id": {"S": f"order-{i:05d}"}, "total": {"N": "1"}}}}
+            for i in range(start, start + 25)]})
+    assert len(wait_converged(small_log_regions)) == items
+
+    eu.kill()
+    hot = [f"order-{i:05d}" for i in range(0, items, 300)]
+
+    def trimmed_past_eu(region):
+        replication = health_of(region)["replication"]
+        return replication["peers"]["eu-west-1"]["acked_seq"] + 1 < replication["log_first"]
+
+    def repairs_of_eu(region):
+        return health_of(region)["replication"]["peers"]["eu-west-1"]["repairs"]
+
+    before = {r.name: repairs_of_eu(r) for r in (us, ap)}
+    version = 0
+    # Until neither live region's log still holds what eu-west-1 missed (so no log can bring it).
+    while not (trimmed_past_eu(us) and trimmed_past_eu(ap)):
+        version += 1
+        assert version < 2000, "the log was never trimmed past the down region"
+        for key in hot:
+            client.put_item(TableName="orders", Item={"id": {"S": key}, "total": {"N": str(version)}})
+    # The trimmer brings the log back within its bound (writes between two trims may pass it).
+    deadline = time.monotonic() + CONVERGENCE_DEADLINE_S
+    while any(health_of(r)["replication"]["log_bytes"] > BACKLOG_BOUND_BYTES for r in (us, ap)):
+        assert time.monotonic() < deadline, [health_of(r)["replication"] for r in (us, ap)]
+        time.sleep(0.2)
+    for region in (us, ap):
+        assert health_of(region)["replication"]["peers"]["eu-west-1"]["backlog_alarm"] is True
+    eu.start()
+    converged = wait_converged(small_log_regions)
+    totals = {i["id"]["S"]: i["total"]["N"] for i in converged}
+    assert len(totals) == items
+    assert all(totals[key] == str(version) for key in hot), "the last writes of the outage reached every region"
+
+    deadline = time.monotonic() + CONVERGENCE_DEADLINE_S
+    while any(repairs_of_eu(r) <= before[r.name] for r in (us, ap)):
+        assert time.monotonic() < deadline, [health_of(r)["replication"]["peers"]["eu-west-1"] for r in (us, ap)]
+        time.sleep(0.2)
+    repairs = [health_of(r)["replication"]["peers"]["eu-west-1"]["last_repair"] for r in (us, ap)]
+    assert sum(r["records_pushed"] for r in repairs) > 0, f"no repair moved anything: {repairs}"
+    for repair in repairs:
+        assert repair["records_pushed"] < items // 10, f"anti-entropy moved most of the table: {repairs}"

@@ -10,6 +10,7 @@
 //! data_dir = "/var/lib/switchyard"
 //! credentials = "credentials"            # ACCESS_KEY_ID SECRET lines
 //! replication_key_file = "replication.key"
+//! replication_backlog_bytes_max = "1GiB"  # log kept for a peer that is behind
 //!
 //! [store.peers]                           # the other regions' stores, for global tables
 //! eu-west-1 = "http://10.1.0.5:8000"
@@ -37,7 +38,42 @@ pub struct StoreFileConfig {
     pub data_dir: Option<PathBuf>,
     pub credentials: Option<PathBuf>,
     pub replication_key_file: Option<PathBuf>,
+    pub replication_backlog_bytes_max: Option<u64>,
     pub peers: Vec<Peer>,
+}
+
+/// The smallest replication backlog bound accepted.
+pub const BACKLOG_BYTES_MIN: u64 = 4096;
+
+/// Parses a byte size: a whole number, optionally with a binary unit (`KiB`, `MiB`, `GiB`,
+/// `TiB`), like `512MiB`; at least [`BACKLOG_BYTES_MIN`].
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "'{text}' has unit '{other}'; write bytes as a number with B, KiB, MiB, GiB or TiB, like 512MiB"
+            ));
+        }
+    };
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("'{text}' is not a byte size; write it like 512MiB or 1073741824"))?;
+    if bytes < BACKLOG_BYTES_MIN {
+        return Err(format!(
+            "'{text}' is below the smallest bound, {BACKLOG_BYTES_MIN} bytes"
+        ));
+    }
+    Ok(bytes)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +97,7 @@ struct RawStore {
     data_dir: Option<Spanned<String>>,
     credentials: Option<Spanned<String>>,
     replication_key_file: Option<Spanned<String>>,
+    replication_backlog_bytes_max: Option<Spanned<toml::Value>>,
     #[serde(default)]
     peers: BTreeMap<String, Spanned<String>>,
 }
@@ -137,9 +174,23 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
         }
         peers.push(peer);
     }
+    let replication_backlog_bytes_max = raw
+        .replication_backlog_bytes_max
+        .as_ref()
+        .map(|value| {
+            let given = match value.get_ref() {
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            parse_bytes(&given)
+                .map_err(|message| at(text, value.span(), format!("replication_backlog_bytes_max: {message}")))
+        })
+        .transpose()?;
     Ok(StoreFileConfig {
         region,
         listen,
+        replication_backlog_bytes_max,
         data_dir: path(&raw.data_dir, "data_dir")?,
         credentials: path(&raw.credentials, "credentials")?,
         replication_key_file: path(&raw.replication_key_file, "replication_key_file")?,
@@ -171,6 +222,7 @@ region = "us-east-1"
 listen = "127.0.0.1:8000"
 data_dir = "data"
 replication_key_file = "/etc/switchyard/replication.key"
+replication_backlog_bytes_max = "512MiB"
 
 [store.peers]
 eu-west-1 = "http://127.0.0.1:8001/"
@@ -192,6 +244,7 @@ ap-south-1 = "https://store.ap-south-1.example:8000"
             Some(PathBuf::from("/etc/switchyard/replication.key"))
         );
         assert_eq!(config.credentials, None);
+        assert_eq!(config.replication_backlog_bytes_max, Some(512 << 20));
         let peers: Vec<(&str, &str)> = config
             .peers
             .iter()
@@ -208,6 +261,17 @@ ap-south-1 = "https://store.ap-south-1.example:8000"
             parse("[proxy]\nx = 1\n", Path::new(".")),
             Ok(StoreFileConfig::default())
         );
+    }
+
+    #[test]
+    fn byte_sizes_take_binary_units() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("1 GiB"), Ok(1 << 30));
+        assert!(parse_bytes("1GB").is_err());
+        assert!(parse_bytes("-5").is_err());
+        assert!(parse_bytes("99999999999TiB").is_err(), "overflow is an error");
+        assert!(parse_bytes("").is_err());
     }
 
     #[test]
@@ -229,6 +293,15 @@ ap-south-1 = "https://store.ap-south-1.example:8000"
         assert!(error.starts_with("line 4") && error.contains("own region"), "{error}");
         let error = parse("[store.peers]\neu-west-1 = \"ftp://x\"\n", Path::new(".")).expect_err("scheme");
         assert!(error.starts_with("line 2") && error.contains("http://"), "{error}");
+        let error = parse("[store]\nreplication_backlog_bytes_max = \"1 GB\"\n", Path::new(".")).expect_err("unit");
+        assert!(error.starts_with("line 2") && error.contains("GiB"), "{error}");
+        let error = parse("[store]\nreplication_backlog_bytes_max = 10\n", Path::new(".")).expect_err("small");
+        assert!(error.contains("smallest"), "{error}");
+        assert_eq!(
+            parse("[store]\nreplication_backlog_bytes_max = 65536\n", Path::new("."))
+                .map(|c| c.replication_backlog_bytes_max),
+            Ok(Some(65536))
+        );
         let error = parse("[store]\nregion = \"us east\"\n", Path::new(".")).expect_err("region");
         assert!(error.starts_with("line 2") && error.contains("eu-west-1"), "{error}");
     }

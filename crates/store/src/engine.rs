@@ -50,6 +50,12 @@ pub(crate) const REPLOG_HEAD: &str = "replog_head";
 const HLC_LAST: &str = "hlc_last";
 /// The replication log of global tables: sequence number → encoded change.
 pub(crate) const REPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("replog");
+/// Bytes ever appended to the replication log, and the same count through each entry still in
+/// it (so the bytes between any two positions are a subtraction: pending bytes, the bound).
+const REPLOG_BYTES: &str = "replog_bytes";
+const REPLOG_ENDS: TableDefinition<u64, u64> = TableDefinition::new("replog_ends");
+/// The byte count through the last trimmed entry.
+const REPLOG_TRIMMED_BYTES: &str = "replog_trimmed_bytes";
 /// Tombstones of global tables in HLC order: `(hlc, table id, stored key)`, no value. Entries
 /// are not removed when a newer write replaces the tombstone; the purge skips those.
 const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
@@ -420,6 +426,7 @@ fn load_catalog(db: &Database) -> Result<Loaded, String> {
         }
         txn.open_table(STATS).map_err(|e| e.to_string())?;
         txn.open_table(REPLOG).map_err(|e| e.to_string())?;
+        txn.open_table(REPLOG_ENDS).map_err(|e| e.to_string())?;
         let settings = txn.open_table(SETTINGS).map_err(|e| e.to_string())?;
         let read = |name: &str| -> Result<u64, String> {
             Ok(settings
@@ -752,11 +759,15 @@ impl WriteContext<'_> {
         if !table.is_global() {
             return Ok(());
         }
+        let change = replication_log::encode_change(&table.name, key, record);
         let mut settings = self.txn.open_table(SETTINGS)?;
         let seq = settings.get(REPLOG_HEAD)?.map(|v| v.value()).unwrap_or(0) + 1;
+        let total = settings.get(REPLOG_BYTES)?.map(|v| v.value()).unwrap_or(0) + change.len() as u64;
         settings.insert(REPLOG_HEAD, seq)?;
+        settings.insert(REPLOG_BYTES, total)?;
+        self.txn.open_table(REPLOG_ENDS)?.insert(seq, total)?;
         let mut log = self.txn.open_table(REPLOG)?;
-        log.insert(seq, replication_log::encode_change(&table.name, key, record).as_slice())?;
+        log.insert(seq, change.as_slice())?;
         self.log_appended = Some(seq);
         Ok(())
     }
@@ -1297,6 +1308,14 @@ impl Engine {
                     return Ok(first);
                 }
                 log.retain_in(first..=end, |_, _| false)?;
+                let mut ends = context.txn.open_table(REPLOG_ENDS)?;
+                if let Some(trimmed) = ends.get(end)?.map(|v| v.value()) {
+                    context
+                        .txn
+                        .open_table(SETTINGS)?
+                        .insert(REPLOG_TRIMMED_BYTES, trimmed)?;
+                }
+                ends.retain_in(..=end, |_, _| false)?;
                 Ok(end + 1)
             })();
             result.map_err(|e| context.fail("trimming the replication log", e))
@@ -1371,6 +1390,83 @@ impl Snapshot {
             }
         }
         Ok(out)
+    }
+
+    /// Bytes of log entries after `seq` (what a peer that acknowledged `seq` still needs).
+    /// Entries written before byte counts existed count as 0.
+    pub fn log_bytes_after(&self, seq: u64) -> Result<u64, ApiError> {
+        let settings = self
+            .txn
+            .open_table(SETTINGS)
+            .map_err(|e| storage_error("opening settings", e))?;
+        let setting = |name: &str| -> Result<u64, ApiError> {
+            Ok(settings
+                .get(name)
+                .map_err(|e| storage_error("reading settings", e))?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        };
+        let total = setting(REPLOG_BYTES)?;
+        let through = match seq {
+            0 => 0,
+            _ => match self.txn.open_table(REPLOG_ENDS) {
+                Ok(ends) => match ends.get(seq).map_err(|e| storage_error("reading the log", e))? {
+                    Some(end) => end.value(),
+                    None => setting(REPLOG_TRIMMED_BYTES)?,
+                },
+                Err(TableError::TableDoesNotExist(_)) => total,
+                Err(e) => return Err(storage_error("reading the log", e)),
+            },
+        };
+        Ok(total.saturating_sub(through))
+    }
+
+    /// The lowest position to trim through so that at most `bytes_max` bytes of log remain
+    /// (0 when the log is within the bound already).
+    pub fn trim_point_for_bytes(&self, bytes_max: u64) -> Result<u64, ApiError> {
+        let Ok(ends) = self.txn.open_table(REPLOG_ENDS) else {
+            return Ok(0);
+        };
+        let (total, trimmed) = {
+            let settings = self
+                .txn
+                .open_table(SETTINGS)
+                .map_err(|e| storage_error("opening settings", e))?;
+            let setting = |name: &str| -> Result<u64, ApiError> {
+                Ok(settings
+                    .get(name)
+                    .map_err(|e| storage_error("reading settings", e))?
+                    .map(|v| v.value())
+                    .unwrap_or(0))
+            };
+            (setting(REPLOG_BYTES)?, setting(REPLOG_TRIMMED_BYTES)?)
+        };
+        if total.saturating_sub(trimmed) <= bytes_max {
+            return Ok(0);
+        }
+        let keep_from_bytes = total - bytes_max;
+        let (Some(first), Some(last)) = (
+            ends.first().map_err(|e| storage_error("reading the log", e))?,
+            ends.last().map_err(|e| storage_error("reading the log", e))?,
+        ) else {
+            return Ok(0);
+        };
+        let (mut low, mut high) = (first.0.value(), last.0.value());
+        // The first entry whose end reaches `keep_from_bytes`: trim through it. Ends grow with
+        // the sequence number; a missing entry (a gap cannot occur) counts as reaching it.
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let end = ends
+                .get(middle)
+                .map_err(|e| storage_error("reading the log", e))?
+                .map_or(u64::MAX, |v| v.value());
+            if end >= keep_from_bytes {
+                high = middle;
+            } else {
+                low = middle + 1;
+            }
+        }
+        Ok(low)
     }
 
     /// The first sequence number still in the log (`head + 1` when it is empty).

@@ -57,9 +57,10 @@ pub const DIGEST_RANGES_PER_REQUEST_MAX: usize = 256;
 pub const REPAIR_LEAF_RECORDS_MAX: u64 = 128;
 /// A running repair (backfill) logs its progress at most this often.
 pub const REPAIR_PROGRESS_LOG_MS: u64 = 5_000;
-/// Entries the replication log may hold beyond the slowest peer before it is trimmed anyway
-/// (that peer is then repaired by anti-entropy); the backlog alarm fires at 80 % of it.
-pub const LOG_BACKLOG_CHANGES_MAX: u64 = 1_000_000;
+/// Bytes the replication log may hold for the slowest peer before it is trimmed anyway (that
+/// peer is then repaired by anti-entropy), unless configured otherwise
+/// (`--replication-backlog-bytes-max`); the backlog alarm fires at 80 % of the bound.
+pub const LOG_BACKLOG_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;
 pub const LOG_BACKLOG_ALARM_PERCENT: u64 = 80;
 /// How often the log is trimmed behind the slowest peer.
 pub const TRIM_INTERVAL_MS: u64 = 2_000;
@@ -116,6 +117,8 @@ pub struct ReplicationConfig {
     pub peers: Vec<Peer>,
     /// The shared secret that authenticates traffic between regions.
     pub key: Vec<u8>,
+    /// Bytes of replication log kept for a peer that is behind (see `LOG_BACKLOG_BYTES_DEFAULT`).
+    pub backlog_bytes_max: u64,
 }
 
 /// What the operator and DescribeTable see of one peer.
@@ -132,6 +135,10 @@ pub struct PeerStatus {
     pub repair_total: AtomicU64,
     pub consecutive_failures: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Anti-entropy repairs finished, and what the last one compared and moved.
+    pub repairs: AtomicU64,
+    pub last_repair_ranges_compared: AtomicU64,
+    pub last_repair_records_pushed: AtomicU64,
     repair_requested: AtomicBool,
     wake: tokio::sync::Notify,
 }
@@ -276,6 +283,10 @@ impl Replication {
 
     pub fn peer(&self, region: &str) -> Option<&Peer> {
         self.config.peers.iter().find(|p| p.region == region)
+    }
+
+    pub fn backlog_bytes_max(&self) -> u64 {
+        self.config.backlog_bytes_max
     }
 
     pub fn peers(&self) -> &[Peer] {
@@ -459,29 +470,29 @@ impl Replication {
         }
         let (lag, bytes) = match shipper.pending() {
             0 => (0, 0),
-            _ => self.oldest_pending(shipper.acked() + 1),
+            _ => self.oldest_pending(shipper.acked()),
         };
         status.lag_ms.store(lag, Ordering::Relaxed);
         status.pending_bytes.store(bytes, Ordering::Relaxed);
     }
 
-    /// Age of the change at `seq` and the bytes of up to one batch of pending changes.
-    fn oldest_pending(&self, seq: u64) -> (u64, u64) {
+    /// Age of the first change after `acked`, and the bytes of every change after it.
+    fn oldest_pending(&self, acked: u64) -> (u64, u64) {
         let Ok(snapshot) = self.engine.snapshot() else {
             return (0, 0);
         };
-        let Ok(entries) = snapshot.read_log(seq, ShipperConfig::default().batch_changes_max, BATCH_BYTES_MAX) else {
-            return (0, 0);
+        let bytes = snapshot.log_bytes_after(acked).unwrap_or(0);
+        let Ok(entries) = snapshot.read_log(acked + 1, 1, BATCH_BYTES_MAX) else {
+            return (0, bytes);
         };
-        let bytes = entries.iter().map(|(_, e)| e.len() as u64).sum();
         let lag = entries
             .first()
             .and_then(|(_, entry)| replication_log::decode_change(entry).ok())
-            .and_then(|change| record::decode(&change.record).ok())
-            .map(|r| {
+            .and_then(|change| record::hlc(&change.record).ok())
+            .map(|hlc| {
                 self.engine
                     .now_unix_ms()
-                    .saturating_sub(r.hlc >> replication::hlc::LOGICAL_BITS)
+                    .saturating_sub(hlc >> replication::hlc::LOGICAL_BITS)
             })
             .unwrap_or(0);
         (lag, bytes)
@@ -562,10 +573,15 @@ impl Replication {
             },
         )
         .await?;
+        let pushed = status.repaired_records.load(Ordering::Relaxed);
+        status.repairs.fetch_add(1, Ordering::Relaxed);
+        status.last_repair_ranges_compared.store(compared, Ordering::Relaxed);
+        status.last_repair_records_pushed.store(pushed, Ordering::Relaxed);
         tracing::info!(
             peer = %peer.region,
             ranges_compared = compared,
-            records_pushed = status.repaired_records.load(Ordering::Relaxed),
+            records_pushed = pushed,
+            items = total,
             "anti-entropy compared range digests and pushed the differences"
         );
         Ok(head)
@@ -821,6 +837,8 @@ impl Replication {
 
     async fn trim_loop(self: Arc<Self>) {
         let mut alarmed = false;
+        // Logged once per episode of trimming what a peer still needs, not every round.
+        let mut trimmed_needed_before = false;
         loop {
             tokio::time::sleep(Duration::from_millis(TRIM_INTERVAL_MS)).await;
             let head = self.engine.log_head();
@@ -830,17 +848,34 @@ impl Replication {
                 .map(|s| s.acked.load(Ordering::Relaxed))
                 .min()
                 .unwrap_or(head);
-            let backlog = head.saturating_sub(slowest);
-            let alarm = backlog_alarm(backlog);
+            let limit = self.config.backlog_bytes_max;
+            let (backlog_bytes, bound) = match self.engine.snapshot() {
+                Ok(snapshot) => (
+                    snapshot.log_bytes_after(slowest).unwrap_or(0),
+                    snapshot.trim_point_for_bytes(limit).unwrap_or(0),
+                ),
+                Err(_) => (0, 0),
+            };
+            let alarm = backlog_alarm(backlog_bytes, limit);
             if alarm && !alarmed {
                 tracing::error!(
-                    backlog,
-                    limit = LOG_BACKLOG_CHANGES_MAX,
-                    "replication backlog near its bound: a peer is far behind; past the bound it will be repaired by anti-entropy"
+                    backlog_bytes,
+                    limit_bytes = limit,
+                    backlog_changes = head.saturating_sub(slowest),
+                    "replication backlog near its bound: a peer is far behind; past the bound its log is trimmed and it is repaired by anti-entropy"
                 );
             }
             alarmed = alarm;
-            let through = slowest.max(head.saturating_sub(LOG_BACKLOG_CHANGES_MAX));
+            let trimming_needed = bound > slowest;
+            if trimming_needed && !trimmed_needed_before {
+                tracing::warn!(
+                    through = bound,
+                    limit_bytes = limit,
+                    "replication log past its bound: trimming changes a peer still needs; it will be repaired by anti-entropy"
+                );
+            }
+            trimmed_needed_before = trimming_needed;
+            let through = slowest.max(bound);
             if through > 0
                 && let Err(error) = self.engine.trim_log(through).await
             {
@@ -1116,9 +1151,9 @@ impl Replication {
     }
 }
 
-/// Whether a backlog of `changes` is past the alarm threshold of the log's bound.
-pub fn backlog_alarm(changes: u64) -> bool {
-    changes.saturating_mul(100) >= LOG_BACKLOG_CHANGES_MAX * LOG_BACKLOG_ALARM_PERCENT
+/// Whether a backlog of `bytes` is past the alarm threshold of the log's bound `limit`.
+pub fn backlog_alarm(bytes: u64, limit: u64) -> bool {
+    bytes > 0 && u128::from(bytes) * 100 >= u128::from(limit) * u128::from(LOG_BACKLOG_ALARM_PERCENT)
 }
 
 /// A repair's progress in whole percent: 99 at most until it has finished (records written
@@ -1172,10 +1207,13 @@ mod tests {
 
     #[test]
     fn the_backlog_alarm_fires_at_80_percent_of_the_bound() {
-        assert!(!backlog_alarm(0));
-        assert!(!backlog_alarm(LOG_BACKLOG_CHANGES_MAX * 80 / 100 - 1));
-        assert!(backlog_alarm(LOG_BACKLOG_CHANGES_MAX * 80 / 100));
-        assert!(backlog_alarm(u64::MAX));
+        let limit = LOG_BACKLOG_BYTES_DEFAULT;
+        assert!(!backlog_alarm(0, limit));
+        let threshold = (limit * 80).div_ceil(100);
+        assert!(!backlog_alarm(threshold - 1, limit));
+        assert!(backlog_alarm(threshold, limit));
+        assert!(backlog_alarm(u64::MAX, u64::MAX));
+        assert!(!backlog_alarm(0, 0), "nothing pending is never an alarm");
     }
 
     #[test]

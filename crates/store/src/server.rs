@@ -122,7 +122,7 @@ impl Metrics {
         let replication_pending_bytes = Family::<PeerLabels, Gauge>::default();
         registry.register(
             "replication_pending_bytes",
-            "Bytes of pending changes (counted up to one batch)",
+            "Bytes of replication log the destination does not have yet",
             replication_pending_bytes.clone(),
         );
         let replication_acked_seq = Family::<PeerLabels, Gauge>::default();
@@ -333,11 +333,16 @@ fn replication_health(store: &Store) -> serde_json::Value {
                     "pending_bytes": status.pending_bytes.load(Relaxed),
                     // The same alarm the trimmer logs: this peer's backlog is past 80 % of the
                     // log's bound, beyond which it is repaired by full state transfer.
-                    "backlog_alarm": crate::global::backlog_alarm(status.pending_changes.load(Relaxed)),
-                    "backlog_limit_changes": crate::global::LOG_BACKLOG_CHANGES_MAX,
+                    "backlog_alarm": crate::global::backlog_alarm(status.pending_bytes.load(Relaxed), replication.backlog_bytes_max()),
+                    "backlog_limit_bytes": replication.backlog_bytes_max(),
                     "acked_seq": status.acked.load(Relaxed),
                     "repairing": status.repairing.load(Relaxed),
                     "consecutive_failures": status.consecutive_failures.load(Relaxed),
+                    "repairs": status.repairs.load(Relaxed),
+                    "last_repair": {
+                        "ranges_compared": status.last_repair_ranges_compared.load(Relaxed),
+                        "records_pushed": status.last_repair_records_pushed.load(Relaxed),
+                    },
                     "last_error": last_error,
                 }),
             )
@@ -347,9 +352,20 @@ fn replication_health(store: &Store) -> serde_json::Value {
     let tombstones = &replication.tombstones;
     let below = tombstones.purge_below.load(Relaxed);
     let engine = store.engine();
+    let head = engine.log_head();
+    let (log_first, log_bytes) = engine
+        .snapshot()
+        .and_then(|snapshot| {
+            let first = snapshot.log_first(head)?;
+            Ok((first, snapshot.log_bytes_after(first.saturating_sub(1))?))
+        })
+        .unwrap_or((0, 0));
     json!({
         "region": replication.region(),
-        "log_head": engine.log_head(),
+        "log_head": head,
+        // The log holds changes log_first..=log_head, log_bytes in all.
+        "log_first": log_first,
+        "log_bytes": log_bytes,
         "peers": peers,
         "tombstones": {
             // Tombstones older than this are purged; it trails the present by a few mark

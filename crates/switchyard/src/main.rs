@@ -138,7 +138,8 @@ struct CeilingArgs {
 #[derive(clap::Args)]
 struct StoreArgs {
     /// A deployment file whose `[store]` section sets any of the options below (`region`,
-    /// `listen`, `data_dir`, `credentials`, `replication_key_file`, and `[store.peers]` as
+    /// `listen`, `data_dir`, `credentials`, `replication_key_file`,
+    /// `replication_backlog_bytes_max`, and `[store.peers]` as
     /// REGION = "URL" lines); flags and environment variables override it. See the README.
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
@@ -171,6 +172,11 @@ struct StoreArgs {
     /// anywhere else, pass --credentials.
     #[arg(long)]
     trusted_network: bool,
+    /// Bytes of replication log kept for a peer that is behind (a number with B, KiB, MiB, GiB
+    /// or TiB). An alarm shows in /health at 80 %; past it the log is trimmed and the peer is
+    /// repaired by anti-entropy when it returns [default: 1GiB].
+    #[arg(long, value_name = "BYTES", env = "SWITCHYARD_REPLICATION_BACKLOG_BYTES_MAX", value_parser = store::config::parse_bytes)]
+    replication_backlog_bytes_max: Option<u64>,
 }
 
 /// A store's settings: flags and environment over the config file over the defaults.
@@ -183,6 +189,7 @@ struct StoreSettings {
     peers: Vec<store::global::Peer>,
     replication_key_file: Option<PathBuf>,
     trusted_network: bool,
+    replication_backlog_bytes_max: u64,
 }
 
 const STORE_REGION_DEFAULT: &str = "us-east-1";
@@ -215,6 +222,10 @@ impl StoreArgs {
             peers: if self.peers.is_empty() { file.peers } else { self.peers },
             replication_key_file: self.replication_key_file.or(file.replication_key_file),
             trusted_network: self.trusted_network,
+            replication_backlog_bytes_max: self
+                .replication_backlog_bytes_max
+                .or(file.replication_backlog_bytes_max)
+                .unwrap_or(store::global::LOG_BACKLOG_BYTES_DEFAULT),
         })
     }
 }
@@ -256,6 +267,7 @@ fn replication_config(args: &StoreSettings) -> anyhow::Result<Option<store::glob
     Ok(Some(store::global::ReplicationConfig {
         peers: args.peers.clone(),
         key,
+        backlog_bytes_max: args.replication_backlog_bytes_max,
     }))
 }
 

@@ -450,6 +450,7 @@ async fn tables_create_makes_global_tables_and_orders_replicate() {
                 url: url.to_string(),
             }],
             key: KEY.to_vec(),
+            backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
         }),
     };
     let _east = start_store("us-east-1", east_listener, replication("eu-west-1", &west_url)).await;

@@ -66,6 +66,7 @@ async fn start_stores() -> (
             replication: Some(ReplicationConfig {
                 peers,
                 key: KEY.to_vec(),
+                backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
             }),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -160,6 +160,7 @@ async fn replicating_pair() -> (ReplicatingStore, ReplicatingStore) {
                     url: urls[other].clone(),
                 }],
                 key: REPLICATION_KEY.to_vec(),
+                backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
             }),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

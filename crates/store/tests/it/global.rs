@@ -91,6 +91,7 @@ async fn start(region: &mut Region, listener: TcpListener, urls: &[(String, Stri
         replication: Some(ReplicationConfig {
             peers,
             key: KEY.to_vec(),
+            backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
         }),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

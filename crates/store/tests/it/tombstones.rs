@@ -1,5 +1,6 @@
-//! Tombstones of global tables: indexed when written, purged only below the watermark, never
-//! when a newer write replaced them, and indexed on first open of an older data directory.
+//! Housekeeping of global tables. Tombstones: indexed when written, purged only below the watermark, never
+//! when a newer write replaced them, and indexed on first open of an older data directory. The
+//! replication log: its byte counts and the trim point for a byte bound.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,4 +152,48 @@ async fn an_older_data_directory_has_its_tombstones_indexed_on_open() {
     let (now, _) = engine.take_mark().await.expect("mark");
     assert_eq!(engine.purge_tombstones(now).await.expect("purge"), (2, 2));
     assert!(present(&store, "b").await);
+}
+
+#[tokio::test]
+async fn the_log_counts_its_bytes_and_trims_to_a_byte_bound() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = open(dir.path());
+    let store = global_table(&engine).await;
+    for i in 0..50 {
+        put(&store, &format!("cart-{i:03}-{}", "x".repeat(i))).await;
+    }
+    let head = engine.log_head();
+    assert_eq!(head, 50);
+    let entries = engine
+        .snapshot()
+        .expect("snapshot")
+        .read_log(1, 1_000, usize::MAX)
+        .expect("log");
+    let sizes: Vec<u64> = entries.iter().map(|(_, e)| e.len() as u64).collect();
+    let snapshot = engine.snapshot().expect("snapshot");
+    for acked in [0, 1, 25, 49, 50] {
+        assert_eq!(
+            snapshot.log_bytes_after(acked).expect("bytes"),
+            sizes[acked as usize..].iter().sum::<u64>(),
+            "bytes pending after {acked}"
+        );
+    }
+    let bound: u64 = sizes[30..].iter().sum::<u64>() + 1;
+    let through = snapshot.trim_point_for_bytes(bound).expect("trim point");
+    assert_eq!(through, 30, "the fewest changes dropped to fit the bound");
+    assert_eq!(snapshot.trim_point_for_bytes(u64::MAX).expect("trim point"), 0);
+    drop(snapshot);
+    assert_eq!(engine.trim_log(through).await.expect("trim"), 31);
+    let snapshot = engine.snapshot().expect("snapshot");
+    assert_eq!(snapshot.log_bytes_after(30).expect("bytes"), bound - 1);
+    assert_eq!(
+        snapshot.log_bytes_after(3).expect("bytes"),
+        bound - 1,
+        "a trimmed position needs everything still held"
+    );
+    assert_eq!(
+        snapshot.trim_point_for_bytes(bound).expect("trim point"),
+        0,
+        "within the bound now"
+    );
 }
