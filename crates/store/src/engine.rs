@@ -727,25 +727,45 @@ impl WriteContext<'_> {
     pub fn apply_replicated(&mut self, table: &TableMeta, key: &[u8], incoming: &[u8]) -> Result<bool, ApiError> {
         let change = record::decode(incoming)
             .map_err(|e| ApiError::validation(format!("replicated change for table {} is corrupt: {e}", table.name)))?;
+        self.apply_decoded(table, key, incoming, &change)
+    }
+
+    /// [`WriteContext::apply_replicated`] for a change the caller decoded (and so validated)
+    /// already: `change` is `incoming` decoded.
+    pub fn apply_decoded(
+        &mut self,
+        table: &TableMeta,
+        key: &[u8],
+        incoming: &[u8],
+        change: &Record,
+    ) -> Result<bool, ApiError> {
+        let name = data_table_name(table.id);
         let existing = {
-            let name = data_table_name(table.id);
             let data = self
                 .txn
                 .open_table(bytes_table(&name))
                 .map_err(|e| storage_error("opening a table", e))?;
             let bytes = data.get(key).map_err(|e| storage_error("reading an item", e))?;
-            match bytes {
-                Some(bytes) => Some(record::decode(bytes.value()).map_err(|e| storage_error("decoding an item", e))?),
-                None => None,
-            }
+            bytes.map(|b| b.value().to_vec())
         };
-        let incoming_version = Version::new(Hlc(change.hlc), change.origin.clone());
-        let existing_version = existing.as_ref().map(|r| Version::new(Hlc(r.hlc), r.origin.clone()));
-        if !wins(&incoming_version, existing_version.as_ref()) {
-            return Ok(false);
+        // Compare versions on the header alone: a change that loses (a relayed duplicate, the
+        // common case) costs no item decoding.
+        if let Some(existing) = &existing {
+            let (hlc, origin) = record::version(existing).map_err(|e| storage_error("decoding an item", e))?;
+            let existing_version = Version::new(Hlc(hlc), origin);
+            let incoming_version = Version::new(Hlc(change.hlc), change.origin.clone());
+            if !wins(&incoming_version, Some(&existing_version)) {
+                return Ok(false);
+            }
         }
+        let old = match &existing {
+            Some(bytes) => {
+                let record = record::decode(bytes).map_err(|e| storage_error("decoding an item", e))?;
+                (!record.tombstone).then_some(record.item)
+            }
+            None => None,
+        };
         self.shared.hlc.observe(change.hlc);
-        let old = existing.filter(|r| !r.tombstone).map(|r| r.item);
         let new = (!change.tombstone).then_some(&change.item);
         let result = self
             .store(table, key, old.as_ref(), new, Some(incoming))

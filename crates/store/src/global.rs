@@ -513,7 +513,17 @@ impl Replication {
             batch,
             from_seq,
             to_seq,
-            changes: entries.iter().map(|(_, e)| BASE64.encode(e)).collect(),
+            // A change that originated at the peer is left out (an empty entry keeps the
+            // numbering): the peer holds it or something newer already.
+            changes: entries
+                .iter()
+                .map(|(_, entry)| {
+                    let from_peer = replication_log::record_of(entry)
+                        .and_then(|r| record::origin(r).ok())
+                        .is_some_and(|origin| origin == peer.region);
+                    if from_peer { String::new() } else { BASE64.encode(entry) }
+                })
+                .collect(),
         };
         let body = serde_json::to_vec(&request).expect("a batch serialises");
         let (status, body) = self.post(peer, "/replication/v1/batch", body).await?;
@@ -1172,17 +1182,22 @@ enum Outcome {
 }
 
 /// Decodes and checks every change of a batch before anything is applied.
-fn decode_changes(source: &str, encoded: &[String]) -> Result<Vec<Change>, ApiError> {
+/// An empty entry stands for a change left out because it originated at the receiver.
+fn decode_changes(source: &str, encoded: &[String]) -> Result<Vec<Option<(Change, record::Record)>>, ApiError> {
     encoded
         .iter()
         .enumerate()
         .map(|(index, text)| {
+            if text.is_empty() {
+                return Ok(None);
+            }
             let bytes = BASE64
                 .decode(text)
                 .map_err(|e| format!("change {index} is not base64: {e}"))?;
             let change = replication_log::decode_change(&bytes).map_err(|e| format!("change {index}: {e}"))?;
-            record::decode(&change.record).map_err(|e| format!("change {index} for table {}: {e}", change.table))?;
-            Ok(change)
+            let decoded = record::decode(&change.record)
+                .map_err(|e| format!("change {index} for table {}: {e}", change.table))?;
+            Ok(Some((change, decoded)))
         })
         .collect::<Result<Vec<_>, String>>()
         .map_err(|message| {
@@ -1191,9 +1206,15 @@ fn decode_changes(source: &str, encoded: &[String]) -> Result<Vec<Change>, ApiEr
         })
 }
 
-fn apply_change(context: &mut crate::engine::WriteContext<'_>, change: &Change) -> Result<bool, ApiError> {
+fn apply_change(
+    context: &mut crate::engine::WriteContext<'_>,
+    change: &Option<(Change, record::Record)>,
+) -> Result<bool, ApiError> {
+    let Some((change, decoded)) = change else {
+        return Ok(false);
+    };
     match context.table_named(&change.table) {
-        Some(table) => context.apply_replicated(&table, &change.key, &change.record),
+        Some(table) => context.apply_decoded(&table, &change.key, &change.record, decoded),
         None => {
             tracing::warn!(table = %change.table, "replicated change for a table that does not exist here skipped");
             Ok(false)

@@ -81,6 +81,16 @@ pub fn header_bytes(bytes: &[u8]) -> Result<&[u8], RecordError> {
     header(bytes).map(|(_, _, _, body)| &bytes[..body])
 }
 
+/// The record's version `(hlc, origin)`, without decoding the body.
+pub fn version(bytes: &[u8]) -> Result<(u64, String), RecordError> {
+    header(bytes).map(|(hlc, origin, _, _)| (hlc, origin.to_string()))
+}
+
+/// The record's origin region, without decoding the body.
+pub fn origin(bytes: &[u8]) -> Result<&str, RecordError> {
+    header(bytes).map(|(_, origin, _, _)| origin)
+}
+
 /// The record's hybrid logical clock, without decoding the body.
 pub fn hlc(bytes: &[u8]) -> Result<u64, RecordError> {
     header(bytes).map(|(hlc, _, _, _)| hlc)

@@ -59,6 +59,14 @@ pub fn decode_change(bytes: &[u8]) -> Result<Change, ChangeError> {
     Ok(Change { table, key, record })
 }
 
+/// The record inside an encoded change, without copying (`None` if the change is malformed).
+pub fn record_of(bytes: &[u8]) -> Option<&[u8]> {
+    let table_len = usize::from(u16::from_be_bytes(bytes.get(0..2)?.try_into().ok()?));
+    let at = 2 + table_len;
+    let key_len = u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize;
+    bytes.get(at + 4 + key_len..)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,12 +85,15 @@ mod tests {
             }
         );
         assert!(decode_change(&bytes[..5]).is_err());
+        assert_eq!(record_of(&bytes), Some(&b"record"[..]));
+        assert_eq!(record_of(&bytes[..5]), None);
     }
 
     proptest! {
         #[test]
         fn never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode_change(&bytes);
+            let _ = record_of(&bytes);
         }
     }
 }

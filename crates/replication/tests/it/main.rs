@@ -417,6 +417,11 @@ impl Simulation {
                             changes.first().is_none_or(|c| c.seq == from_seq),
                             "the shipper never asks for trimmed changes"
                         );
+                        // As the store does: a change that originated at the peer is left out.
+                        let changes = changes
+                            .into_iter()
+                            .filter(|c| c.version.origin != REGIONS[peer])
+                            .collect();
                         Message::Batch {
                             batch,
                             from_seq,
