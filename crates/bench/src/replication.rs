@@ -31,6 +31,8 @@ pub const START_DEADLINE_MS: u64 = 30_000;
 pub const THROUGHPUT_ROUNDS: usize = 3;
 /// Most regions a run starts.
 pub const REGIONS_MAX: usize = 5;
+/// Longest wait for the peers to apply everything before a throughput round starts.
+pub const CATCH_UP_DEADLINE_MS: u64 = 300_000;
 const REPLICATION_KEY: &str = "benchmark-replication-key-0123456789abcdef";
 const TABLE: &str = "lag";
 const REGION_NAMES: [&str; REGIONS_MAX] = ["us-east-1", "eu-west-1", "ap-south-1", "us-west-2", "eu-central-1"];
@@ -148,6 +150,23 @@ fn spawn_store(
 }
 
 /// Pauses (`-STOP`) or resumes (`-CONT`) store processes with kill(1).
+/// Waits until every peer has applied everything the origin logged, so a throughput round
+/// measures the steady state and not the peers catching up on the previous round.
+async fn wait_caught_up(client: &Client, origin: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(CATCH_UP_DEADLINE_MS);
+    loop {
+        let health = client.get(origin, "/health").await?;
+        let peers = health["replication"]["peers"].as_object().cloned().unwrap_or_default();
+        if !peers.is_empty() && peers.values().all(|p| p["pending_changes"].as_u64() == Some(0)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the peers did not catch up within {CATCH_UP_DEADLINE_MS} ms: {peers:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn signal_peers(stores: &[Store], signal: &str) -> anyhow::Result<()> {
     for store in stores {
         let status = Command::new("kill")
@@ -382,7 +401,9 @@ pub async fn run(
         let (mut replicated_rates, mut standalone_rates, mut paused_rates) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..THROUGHPUT_ROUNDS {
             let prefix = format!("r{regions}-max{round}");
+            wait_caught_up(&client, &stores[0].url).await?;
             replicated_rates.push(drive(&client, &stores[0].url, &[], &prefix, 0, config).await.0);
+            wait_caught_up(&client, &stores[0].url).await?;
             standalone_rates.push(drive(&client, &alone.url, &[], &prefix, 0, config).await.0);
             signal_peers(&stores[1..], "-STOP")?;
             let paused = drive(&client, &stores[0].url, &[], &format!("{prefix}-paused"), 0, config)
@@ -390,6 +411,7 @@ pub async fn run(
                 .0;
             signal_peers(&stores[1..], "-CONT")?;
             paused_rates.push(paused);
+            wait_caught_up(&client, &stores[0].url).await?;
         }
         drop((stores, alone));
         let replicated = quantile(&mut replicated_rates, 0.5).unwrap_or(0.0);

@@ -263,6 +263,13 @@ ap-south-1 = "https://store.ap-south-1.example:8000"
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn byte_sizes_never_panic(text in ".{0,24}") {
+            let _ = parse_bytes(&text);
+        }
+    }
+
     #[test]
     fn byte_sizes_take_binary_units() {
         assert_eq!(parse_bytes("4096"), Ok(4096));

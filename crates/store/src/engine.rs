@@ -50,10 +50,13 @@ pub(crate) const REPLOG_HEAD: &str = "replog_head";
 const HLC_LAST: &str = "hlc_last";
 /// The replication log of global tables: sequence number → encoded change.
 pub(crate) const REPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("replog");
-/// Bytes ever appended to the replication log, and the same count through each entry still in
-/// it (so the bytes between any two positions are a subtraction: pending bytes, the bound).
+/// Bytes ever appended to the replication log; each entry carries the same count through
+/// itself (so the bytes between any two positions are a subtraction: pending bytes, the bound).
 const REPLOG_BYTES: &str = "replog_bytes";
-const REPLOG_ENDS: TableDefinition<u64, u64> = TableDefinition::new("replog_ends");
+/// A log entry in this format starts with this byte and the byte count through the entry
+/// (`u64`, big-endian), then the change. Entries written before start with the change itself,
+/// whose first byte (the high byte of its table name length) is always 0.
+const LOG_ENTRY_COUNTED: u8 = 1;
 /// The byte count through the last trimmed entry.
 const REPLOG_TRIMMED_BYTES: &str = "replog_trimmed_bytes";
 /// Tombstones of global tables in HLC order: `(hlc, table id, stored key)`, no value. Entries
@@ -182,6 +185,13 @@ struct Job {
     run: Box<dyn FnOnce(&mut WriteContext<'_>) -> Completion + Send>,
 }
 
+/// The replication log's head and the bytes ever appended to it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LogPosition {
+    head: u64,
+    bytes: u64,
+}
+
 struct Shared {
     db: Database,
     region: String,
@@ -191,6 +201,9 @@ struct Shared {
     path: PathBuf,
     /// The replication log's head, published after each commit that appended to it.
     replog_head: watch::Sender<u64>,
+    /// Bytes ever appended to the log, as of the last commit (the writer's working copy
+    /// lives in its `WriteContext` until then).
+    replog_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Handle to the store's storage; cheap to clone.
@@ -225,6 +238,7 @@ impl Engine {
             hlc: HybridClock::resume(loaded.hlc_last),
             path,
             replog_head,
+            replog_bytes: std::sync::atomic::AtomicU64::new(loaded.replog_bytes),
         });
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_JOBS_MAX);
         let writer_shared = Arc::clone(&shared);
@@ -410,12 +424,13 @@ struct Loaded {
     catalog: Catalog,
     hlc_last: u64,
     replog_head: u64,
+    replog_bytes: u64,
 }
 
 fn load_catalog(db: &Database) -> Result<Loaded, String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     let mut catalog = Catalog::default();
-    let (hlc_last, replog_head);
+    let (hlc_last, replog_head, replog_bytes);
     {
         let table = txn.open_table(CATALOG).map_err(|e| e.to_string())?;
         for entry in table.iter().map_err(|e| e.to_string())? {
@@ -426,7 +441,6 @@ fn load_catalog(db: &Database) -> Result<Loaded, String> {
         }
         txn.open_table(STATS).map_err(|e| e.to_string())?;
         txn.open_table(REPLOG).map_err(|e| e.to_string())?;
-        txn.open_table(REPLOG_ENDS).map_err(|e| e.to_string())?;
         let settings = txn.open_table(SETTINGS).map_err(|e| e.to_string())?;
         let read = |name: &str| -> Result<u64, String> {
             Ok(settings
@@ -437,6 +451,7 @@ fn load_catalog(db: &Database) -> Result<Loaded, String> {
         };
         hlc_last = read(HLC_LAST)?;
         replog_head = read(REPLOG_HEAD)?;
+        replog_bytes = read(REPLOG_BYTES)?;
         let indexed = read(TOMBSTONE_INDEX_VERSION)?;
         drop(settings);
         if indexed == 0 {
@@ -448,6 +463,7 @@ fn load_catalog(db: &Database) -> Result<Loaded, String> {
         catalog,
         hlc_last,
         replog_head,
+        replog_bytes,
     })
 }
 
@@ -517,19 +533,21 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
         stats: HashMap::new(),
         catalog_changes: Vec::new(),
         failed: None,
-        log_appended: None,
+        log: None,
     };
     let completions: Vec<Completion> = batch.into_iter().map(|job| (job.run)(&mut context)).collect();
     let WriteContext {
         stats,
         catalog_changes,
         failed,
-        log_appended,
+        log,
         ..
     } = context;
     let outcome = match failed {
         Some(error) => Err(error),
-        None => flush_stats(&txn, stats).and_then(|()| save_hlc(&txn, shared.hlc.last())),
+        None => flush_stats(&txn, stats)
+            .and_then(|()| save_hlc(&txn, shared.hlc.last()))
+            .and_then(|()| log.map_or(Ok(()), |log| save_log_position(&txn, log))),
     };
     let outcome = match outcome {
         Ok(()) => txn.commit().map_err(|e| storage_error("committing", e)),
@@ -538,8 +556,11 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
             Err(error)
         }
     };
-    if let (Ok(()), Some(head)) = (&outcome, log_appended) {
-        shared.replog_head.send_replace(head);
+    if let (Ok(()), Some(log)) = (&outcome, log) {
+        shared
+            .replog_bytes
+            .store(log.bytes, std::sync::atomic::Ordering::SeqCst);
+        shared.replog_head.send_replace(log.head);
     }
     if outcome.is_ok() {
         let mut catalog = shared.catalog.write().expect("catalog lock is never poisoned");
@@ -556,6 +577,41 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
     }
     for completion in completions {
         completion(outcome.clone());
+    }
+}
+
+/// The log's head and byte count, saved once per batch rather than per change.
+fn save_log_position(txn: &WriteTransaction, log: LogPosition) -> Result<(), ApiError> {
+    let mut settings = txn
+        .open_table(SETTINGS)
+        .map_err(|e| storage_error("opening settings", e))?;
+    settings
+        .insert(REPLOG_HEAD, log.head)
+        .map_err(|e| storage_error("saving the log position", e))?;
+    settings
+        .insert(REPLOG_BYTES, log.bytes)
+        .map_err(|e| storage_error("saving the log position", e))?;
+    Ok(())
+}
+
+/// The encoded log entry for `change`, whose bytes through itself are `end`.
+fn log_entry(end: u64, change: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + change.len());
+    out.push(LOG_ENTRY_COUNTED);
+    out.extend_from_slice(&end.to_be_bytes());
+    out.extend_from_slice(change);
+    out
+}
+
+/// A log entry's byte count through itself (`None` for entries from before the count) and its
+/// change.
+fn split_log_entry(entry: &[u8]) -> (Option<u64>, &[u8]) {
+    match entry.first() {
+        Some(&LOG_ENTRY_COUNTED) if entry.len() >= 9 => {
+            let end = u64::from_be_bytes(entry[1..9].try_into().expect("8 bytes"));
+            (Some(end), &entry[9..])
+        }
+        _ => (None, entry),
     }
 }
 
@@ -600,7 +656,8 @@ pub struct WriteContext<'a> {
     /// A storage failure after a job began mutating: the whole batch must not commit.
     failed: Option<ApiError>,
     /// The replication log's new head, if this batch appended to it.
-    log_appended: Option<u64>,
+    /// The log's head and byte count after this batch's appends (none yet: `None`).
+    log: Option<LogPosition>,
 }
 
 /// The index entry key of an item, if the item has the index's key attributes.
@@ -780,15 +837,14 @@ impl WriteContext<'_> {
             return Ok(());
         }
         let change = replication_log::encode_change(&table.name, key, record);
-        let mut settings = self.txn.open_table(SETTINGS)?;
-        let seq = settings.get(REPLOG_HEAD)?.map(|v| v.value()).unwrap_or(0) + 1;
-        let total = settings.get(REPLOG_BYTES)?.map(|v| v.value()).unwrap_or(0) + change.len() as u64;
-        settings.insert(REPLOG_HEAD, seq)?;
-        settings.insert(REPLOG_BYTES, total)?;
-        self.txn.open_table(REPLOG_ENDS)?.insert(seq, total)?;
+        let position = self.log_position();
+        let next = LogPosition {
+            head: position.head + 1,
+            bytes: position.bytes + change.len() as u64,
+        };
         let mut log = self.txn.open_table(REPLOG)?;
-        log.insert(seq, change.as_slice())?;
-        self.log_appended = Some(seq);
+        log.insert(next.head, log_entry(next.bytes, &change).as_slice())?;
+        self.log = Some(next);
         Ok(())
     }
 
@@ -1240,7 +1296,7 @@ impl Engine {
     pub async fn take_mark(&self) -> Result<(u64, u64), ApiError> {
         self.write(|context| {
             let clock = context.shared.hlc.tick(context.shared.clock.now_unix_ms());
-            Ok((clock, context.setting(REPLOG_HEAD)?))
+            Ok((clock, context.log_position().head))
         })
         .await
     }
@@ -1327,15 +1383,14 @@ impl Engine {
                 if end < first {
                     return Ok(first);
                 }
+                let trimmed = log.get(end)?.and_then(|v| split_log_entry(v.value()).0);
                 log.retain_in(first..=end, |_, _| false)?;
-                let mut ends = context.txn.open_table(REPLOG_ENDS)?;
-                if let Some(trimmed) = ends.get(end)?.map(|v| v.value()) {
+                if let Some(trimmed) = trimmed {
                     context
                         .txn
                         .open_table(SETTINGS)?
                         .insert(REPLOG_TRIMMED_BYTES, trimmed)?;
                 }
-                ends.retain_in(..=end, |_, _| false)?;
                 Ok(end + 1)
             })();
             result.map_err(|e| context.fail("trimming the replication log", e))
@@ -1372,6 +1427,14 @@ impl WriteContext<'_> {
         result.map_err(|e| self.fail("writing settings", e))
     }
 
+    /// The log's head and byte count including this batch's appends so far.
+    pub(crate) fn log_position(&self) -> LogPosition {
+        self.log.unwrap_or_else(|| LogPosition {
+            head: *self.shared.replog_head.borrow(),
+            bytes: self.shared.replog_bytes.load(std::sync::atomic::Ordering::SeqCst),
+        })
+    }
+
     /// The highest sequence number from `source` applied here.
     pub fn applied_from(&self, source: &str) -> Result<u64, ApiError> {
         self.setting(&applied_key(source))
@@ -1403,8 +1466,9 @@ impl Snapshot {
             .map_err(|e| storage_error("reading the replication log", e))?
         {
             let (seq, value) = entry.map_err(|e| storage_error("reading the replication log", e))?;
-            bytes += value.value().len();
-            out.push((seq.value(), value.value().to_vec()));
+            let change = split_log_entry(value.value()).1;
+            bytes += change.len();
+            out.push((seq.value(), change.to_vec()));
             if out.len() >= changes_max || bytes >= bytes_max {
                 break;
             }
@@ -1415,10 +1479,20 @@ impl Snapshot {
     /// Bytes of log entries after `seq` (what a peer that acknowledged `seq` still needs).
     /// Entries written before byte counts existed count as 0.
     pub fn log_bytes_after(&self, seq: u64) -> Result<u64, ApiError> {
-        let settings = self
-            .txn
-            .open_table(SETTINGS)
-            .map_err(|e| storage_error("opening settings", e))?;
+        let (total, trimmed) = self.log_byte_settings()?;
+        let through = match seq {
+            0 => 0,
+            _ => self.log_end(seq)?.unwrap_or(trimmed),
+        };
+        Ok(total.saturating_sub(through))
+    }
+
+    fn log_byte_settings(&self) -> Result<(u64, u64), ApiError> {
+        let settings = match self.txn.open_table(SETTINGS) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok((0, 0)),
+            Err(e) => return Err(storage_error("opening settings", e)),
+        };
         let setting = |name: &str| -> Result<u64, ApiError> {
             Ok(settings
                 .get(name)
@@ -1426,60 +1500,53 @@ impl Snapshot {
                 .map(|v| v.value())
                 .unwrap_or(0))
         };
-        let total = setting(REPLOG_BYTES)?;
-        let through = match seq {
-            0 => 0,
-            _ => match self.txn.open_table(REPLOG_ENDS) {
-                Ok(ends) => match ends.get(seq).map_err(|e| storage_error("reading the log", e))? {
-                    Some(end) => end.value(),
-                    None => setting(REPLOG_TRIMMED_BYTES)?,
-                },
-                Err(TableError::TableDoesNotExist(_)) => total,
-                Err(e) => return Err(storage_error("reading the log", e)),
-            },
+        Ok((setting(REPLOG_BYTES)?, setting(REPLOG_TRIMMED_BYTES)?))
+    }
+
+    /// The byte count through log entry `seq`, if it is in the log and counted.
+    fn log_end(&self, seq: u64) -> Result<Option<u64>, ApiError> {
+        let log = match self.txn.open_table(REPLOG) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage_error("opening the replication log", e)),
         };
-        Ok(total.saturating_sub(through))
+        let entry = log
+            .get(seq)
+            .map_err(|e| storage_error("reading the replication log", e))?;
+        Ok(entry.and_then(|v| split_log_entry(v.value()).0))
     }
 
     /// The lowest position to trim through so that at most `bytes_max` bytes of log remain
     /// (0 when the log is within the bound already).
     pub fn trim_point_for_bytes(&self, bytes_max: u64) -> Result<u64, ApiError> {
-        let Ok(ends) = self.txn.open_table(REPLOG_ENDS) else {
-            return Ok(0);
-        };
-        let (total, trimmed) = {
-            let settings = self
-                .txn
-                .open_table(SETTINGS)
-                .map_err(|e| storage_error("opening settings", e))?;
-            let setting = |name: &str| -> Result<u64, ApiError> {
-                Ok(settings
-                    .get(name)
-                    .map_err(|e| storage_error("reading settings", e))?
-                    .map(|v| v.value())
-                    .unwrap_or(0))
-            };
-            (setting(REPLOG_BYTES)?, setting(REPLOG_TRIMMED_BYTES)?)
-        };
+        let (total, trimmed) = self.log_byte_settings()?;
         if total.saturating_sub(trimmed) <= bytes_max {
             return Ok(0);
         }
         let keep_from_bytes = total - bytes_max;
-        let (Some(first), Some(last)) = (
-            ends.first().map_err(|e| storage_error("reading the log", e))?,
-            ends.last().map_err(|e| storage_error("reading the log", e))?,
-        ) else {
+        let log = match self.txn.open_table(REPLOG) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(storage_error("opening the replication log", e)),
+        };
+        let bounds = (
+            log.first().map_err(|e| storage_error("reading the log", e))?,
+            log.last().map_err(|e| storage_error("reading the log", e))?,
+        );
+        let (Some(first), Some(last)) = bounds else {
             return Ok(0);
         };
         let (mut low, mut high) = (first.0.value(), last.0.value());
-        // The first entry whose end reaches `keep_from_bytes`: trim through it. Ends grow with
-        // the sequence number; a missing entry (a gap cannot occur) counts as reaching it.
+        drop((first, last));
+        // The first entry whose count reaches `keep_from_bytes`: trim through it. Counts grow
+        // with the sequence number; an uncounted (older) entry counts as not reaching it.
         while low < high {
             let middle = low + (high - low) / 2;
-            let end = ends
+            let end = log
                 .get(middle)
                 .map_err(|e| storage_error("reading the log", e))?
-                .map_or(u64::MAX, |v| v.value());
+                .and_then(|v| split_log_entry(v.value()).0)
+                .unwrap_or(0);
             if end >= keep_from_bytes {
                 high = middle;
             } else {

@@ -1139,10 +1139,11 @@ impl Replication {
                         );
                     }
                     replica["ReplicaStatusDescription"] = serde_json::json!(format!(
-                        "replication from {} to {region}: lag {} ms, {} changes pending, applied through change {}{}",
+                        "replication from {} to {region}: lag {} ms, {} changes ({} bytes) pending, applied through change {}{}",
                         self.region,
                         status.lag_ms.load(Ordering::Relaxed),
                         status.pending_changes.load(Ordering::Relaxed),
+                        status.pending_bytes.load(Ordering::Relaxed),
                         status.acked.load(Ordering::Relaxed),
                         if repairing {
                             format!(

@@ -197,3 +197,59 @@ async fn the_log_counts_its_bytes_and_trims_to_a_byte_bound() {
         "within the bound now"
     );
 }
+
+#[tokio::test]
+async fn log_entries_from_before_byte_counts_still_read_and_ship() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let changes = {
+        let engine = open(dir.path());
+        let store = global_table(&engine).await;
+        for id in ["a", "b", "c"] {
+            put(&store, id).await;
+        }
+        engine
+            .snapshot()
+            .expect("snapshot")
+            .read_log(1, 10, usize::MAX)
+            .expect("log")
+    };
+    // Rewrite the first two entries the way the previous build stored them: the bare change.
+    let deadline = Instant::now() + REOPEN_DEADLINE;
+    let database = loop {
+        match redb::Database::open(dir.path().join("store.redb")) {
+            Ok(database) => break database,
+            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let txn = database.begin_write().expect("write");
+    {
+        let mut log = txn
+            .open_table(redb::TableDefinition::<u64, &[u8]>::new("replog"))
+            .expect("log");
+        for (seq, change) in &changes[..2] {
+            log.insert(*seq, change.as_slice()).expect("rewrite");
+        }
+    }
+    txn.commit().expect("commit");
+    drop(database);
+
+    let engine = open(dir.path());
+    let store = Store::new(engine.clone());
+    put(&store, "d").await;
+    let snapshot = engine.snapshot().expect("snapshot");
+    let read = snapshot.read_log(1, 10, usize::MAX).expect("log");
+    assert_eq!(read.len(), 4);
+    assert_eq!(
+        &read[..3],
+        &changes[..],
+        "old and new entries read back as the same changes"
+    );
+    let total: u64 = read.iter().map(|(_, c)| c.len() as u64).sum();
+    assert_eq!(snapshot.log_bytes_after(0).expect("bytes"), total);
+    assert_eq!(
+        snapshot.log_bytes_after(3).expect("bytes"),
+        read[3].1.len() as u64,
+        "counted entries give exact pending bytes"
+    );
+}
