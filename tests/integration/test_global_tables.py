@@ -139,6 +139,14 @@ def contents(region):
             return sorted(items, key=lambda i: i["id"]["S"])
 
 
+def create_orders(client):
+    client.create_table(
+        TableName="orders", BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+    )
+
+
 def health_of(region):
     with urllib.request.urlopen(f"{region.url}/health", timeout=5) as response:
         return json.loads(response.read())
@@ -161,11 +169,7 @@ def wait_converged(regions):
 def test_global_table_survives_a_region_loss(regions):
     us, eu, ap = regions
     client = us.client()
-    client.create_table(
-        TableName="orders", BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-    )
+    create_orders(client)
     client.put_item(TableName="orders", Item={"id": {"S": "seed"}, "total": {"N": "1.50"}})
     described = client.update_table(
         TableName="orders",
@@ -240,11 +244,7 @@ def test_a_region_behind_a_trimmed_log_is_repaired_by_range_digests(small_log_re
     differ, not the table."""
     us, eu, ap = small_log_regions
     client = us.client()
-    client.create_table(
-        TableName="orders", BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-    )
+    create_orders(client)
     client.update_table(
         TableName="orders",
         ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}}, {"Create": {"RegionName": "ap-south-1"}}],

@@ -52,6 +52,32 @@ pub struct Config {
     pub connections: usize,
     /// Every n-th write is watched in the other regions.
     pub sample_every: u64,
+    /// Pin the writing region's store to this CPU and the others' to the remaining CPUs.
+    pub origin_cpu: Option<usize>,
+}
+
+/// The `taskset -c` CPU list a store of `region` runs on, if pinning.
+fn cpu_list(config: &Config, region: &str) -> anyhow::Result<Option<String>> {
+    let Some(origin) = config.origin_cpu else {
+        return Ok(None);
+    };
+    // Every CPU of the machine, not only those this process may use (it may be pinned itself).
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|text| text.lines().filter(|l| l.starts_with("processor")).count())
+        .ok()
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if origin >= cpus || cpus < 2 {
+        bail!(
+            "--origin-cpu {origin}: this machine has CPUs 0 to {}; pinning needs at least 2",
+            cpus - 1
+        );
+    }
+    if region == REGION_NAMES[0] {
+        return Ok(Some(origin.to_string()));
+    }
+    let others: Vec<String> = (0..cpus).filter(|c| *c != origin).map(|c| c.to_string()).collect();
+    Ok(Some(others.join(",")))
 }
 
 /// One measured combination of region count and rate.
@@ -111,7 +137,14 @@ fn spawn_store(
     std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
     let ready = data.join("ready");
     let _ = std::fs::remove_file(&ready);
-    let mut command = Command::new(&config.binary);
+    let mut command = match cpu_list(config, region)? {
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpus).arg(&config.binary);
+            command
+        }
+        None => Command::new(&config.binary),
+    };
     command
         .args(["store", "--region", region, "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")

@@ -130,6 +130,9 @@ pub struct PeerStatus {
     /// Age of the oldest change the peer does not have yet (0 when caught up).
     pub lag_ms: AtomicU64,
     pub repairing: AtomicBool,
+    /// A backfill (replica creation) was asked for and has not finished: the replica shows as
+    /// CREATING. Other repairs (anti-entropy after an outage) leave it ACTIVE.
+    pub backfilling: AtomicBool,
     pub repaired_records: AtomicU64,
     /// Items the running repair has to copy (the shared tables' item counts at its start).
     pub repair_total: AtomicU64,
@@ -315,6 +318,7 @@ impl Replication {
     /// Makes the next shipping round to `region` a full repair (backfill of a new replica).
     pub fn request_repair(&self, region: &str) {
         if let Some(status) = self.status.get(region) {
+            status.backfilling.store(true, Ordering::SeqCst);
             status.repair_requested.store(true, Ordering::SeqCst);
             status.wake.notify_one();
         }
@@ -426,6 +430,7 @@ impl Replication {
                     match self.repair(&peer, &status).await {
                         Ok(through) => {
                             shipper.on_repaired(batch, through);
+                            status.backfilling.store(false, Ordering::SeqCst);
                             tracing::info!(peer = %peer.region, through, "repair finished: the peer holds everything through this change");
                         }
                         Err(error) => self.record_failure(&status, &mut shipper, batch, error),
@@ -1128,7 +1133,7 @@ impl Replication {
                 let mut replica = serde_json::json!({"RegionName": region, "ReplicaStatus": "ACTIVE"});
                 if let Some(status) = self.status.get(region) {
                     let repairing = status.repairing.load(Ordering::Relaxed);
-                    if repairing {
+                    if status.backfilling.load(Ordering::Relaxed) {
                         replica["ReplicaStatus"] = serde_json::json!("CREATING");
                         replica["ReplicaStatusPercentProgress"] = serde_json::json!(
                             repair_percent(
@@ -1147,7 +1152,7 @@ impl Replication {
                         status.acked.load(Ordering::Relaxed),
                         if repairing {
                             format!(
-                                ", backfill copied {} records",
+                                ", repair (anti-entropy) pushed {} records so far",
                                 status.repaired_records.load(Ordering::Relaxed)
                             )
                         } else {

@@ -49,6 +49,12 @@ struct ReplicationArgs {
     /// Rewrite the replication section of this Markdown file with the results.
     #[arg(long)]
     write: Option<PathBuf>,
+    /// Run the writing region's store (and the store alone it is compared with) on this CPU
+    /// only and the other regions' stores on the remaining CPUs (with `taskset`), as if the
+    /// regions had machines of their own. Run the bench itself off this CPU too, e.g.
+    /// `taskset -c 1 switchyard bench replication --origin-cpu 0`.
+    #[arg(long, value_name = "CPU")]
+    origin_cpu: Option<usize>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -68,6 +74,7 @@ async fn replication(args: ReplicationArgs) -> anyhow::Result<()> {
         duration: Duration::from_secs(args.duration_s),
         connections: args.connections,
         sample_every: args.sample_every,
+        origin_cpu: args.origin_cpu,
     };
     let (lags, throughput) = bench::replication::run(&config, |line| eprintln!("{line}")).await?;
     let command = format!("switchyard {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));

@@ -1,6 +1,6 @@
-//! Housekeeping of global tables. Tombstones: indexed when written, purged only below the watermark, never
-//! when a newer write replaced them, and indexed on first open of an older data directory. The
-//! replication log: its byte counts and the trim point for a byte bound.
+//! Housekeeping of global tables. Tombstones: indexed when written, purged only below the
+//! watermark, never when a newer write replaced them, and indexed on first open of an older
+//! data directory. The replication log: its byte counts and the trim point for a byte bound.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,18 @@ fn open(dir: &std::path::Path) -> Engine {
     loop {
         match Engine::open(dir, "us-east-1", Arc::new(SystemClock)) {
             Ok(engine) => return engine,
+            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The store's database file itself, once a dropped engine has released it.
+fn open_raw(dir: &std::path::Path) -> redb::Database {
+    let deadline = Instant::now() + REOPEN_DEADLINE;
+    loop {
+        match redb::Database::open(dir.join("store.redb")) {
+            Ok(database) => return database,
             Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
@@ -128,14 +140,7 @@ async fn an_older_data_directory_has_its_tombstones_indexed_on_open() {
         delete(&store, "c").await;
     }
     // Make it look like a directory written before the index existed.
-    let deadline = Instant::now() + REOPEN_DEADLINE;
-    let database = loop {
-        match redb::Database::open(dir.path().join("store.redb")) {
-            Ok(database) => break database,
-            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
+    let database = open_raw(dir.path());
     let txn = database.begin_write().expect("write");
     txn.delete_table(redb::TableDefinition::<&[u8], &[u8]>::new("tombstones"))
         .expect("drop the index");
@@ -214,14 +219,7 @@ async fn log_entries_from_before_byte_counts_still_read_and_ship() {
             .expect("log")
     };
     // Rewrite the first two entries the way the previous build stored them: the bare change.
-    let deadline = Instant::now() + REOPEN_DEADLINE;
-    let database = loop {
-        match redb::Database::open(dir.path().join("store.redb")) {
-            Ok(database) => break database,
-            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
+    let database = open_raw(dir.path());
     let txn = database.begin_write().expect("write");
     {
         let mut log = txn
