@@ -1365,6 +1365,25 @@ impl Engine {
         read().unwrap_or(0)
     }
 
+    /// The HLC of the oldest entry in the tombstone index, if any (a read, so an idle purge
+    /// round costs no write).
+    pub fn oldest_tombstone_hlc(&self) -> Option<u64> {
+        let read = || -> Result<Option<u64>, Box<dyn std::error::Error>> {
+            let txn = self.shared.db.begin_read()?;
+            let index = match txn.open_table(TOMBSTONES) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(index.first()?.and_then(|(key, _)| {
+                key.value()
+                    .get(..8)
+                    .map(|hlc| u64::from_be_bytes(hlc.try_into().expect("8 bytes")))
+            }))
+        };
+        read().unwrap_or(None)
+    }
+
     /// Records that `peer` holds every change through `seq`.
     pub async fn save_acked(&self, peer: &str, seq: u64) -> Result<(), ApiError> {
         let key = acked_key(peer);

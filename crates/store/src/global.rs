@@ -783,6 +783,9 @@ impl Replication {
                 .lock()
                 .expect("status lock is never poisoned") = slowest;
             for _ in 0..PURGE_JOBS_PER_ROUND_MAX {
+                if self.engine.oldest_tombstone_hlc().is_none_or(|oldest| oldest >= below) {
+                    break;
+                }
                 match self.engine.purge_tombstones(below).await {
                     Ok((visited, removed)) => {
                         self.tombstones
