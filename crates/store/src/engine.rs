@@ -807,8 +807,10 @@ impl WriteContext<'_> {
         };
         // Compare versions on the header alone: a change that loses (a relayed duplicate, the
         // common case) costs no item decoding.
+        // A stored record that does not decode is a storage fault: fail the whole batch, so a
+        // replicated batch never applies in part.
         if let Some(existing) = &existing {
-            let (hlc, origin) = record::version(existing).map_err(|e| storage_error("decoding an item", e))?;
+            let (hlc, origin) = record::version(existing).map_err(|e| self.fail("decoding an item", e))?;
             let existing_version = Version::new(Hlc(hlc), origin);
             let incoming_version = Version::new(Hlc(change.hlc), change.origin.clone());
             if !wins(&incoming_version, Some(&existing_version)) {
@@ -817,7 +819,7 @@ impl WriteContext<'_> {
         }
         let old = match &existing {
             Some(bytes) => {
-                let record = record::decode(bytes).map_err(|e| storage_error("decoding an item", e))?;
+                let record = record::decode(bytes).map_err(|e| self.fail("decoding an item", e))?;
                 (!record.tombstone).then_some(record.item)
             }
             None => None,

@@ -175,8 +175,22 @@ pub fn item_json(item: &Item) -> Value {
     serde_json::to_value(item).expect("an item always serialises")
 }
 
+/// Longest attribute name DynamoDB accepts, in bytes (names are under 64 KB).
+pub const ATTRIBUTE_NAME_BYTES_MAX: usize = 65_535;
+
 /// Checks an item for the limits DynamoDB enforces on every stored item.
 pub fn validate_item_limits(item: &Item) -> Result<(), ApiError> {
+    if item.keys().any(|name| name.is_empty()) {
+        return Err(ApiError::validation(
+            "One or more parameter values were invalid: An attribute name is empty; attribute names must be at least one character long",
+        ));
+    }
+    if let Some(name) = item.keys().find(|name| name.len() > ATTRIBUTE_NAME_BYTES_MAX) {
+        return Err(ApiError::validation(format!(
+            "One or more parameter values were invalid: An attribute name is {} bytes long; attribute names must be under 64 KB",
+            name.len()
+        )));
+    }
     if item_size_bytes(item) > ITEM_BYTES_MAX {
         return Err(ApiError::validation("Item size has exceeded the maximum allowed size"));
     }

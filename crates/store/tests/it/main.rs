@@ -117,6 +117,41 @@ async fn create_describe_list_and_delete_tables() {
 }
 
 #[tokio::test]
+async fn attribute_names_are_at_least_one_character_and_under_64_kb() {
+    let h = Harness::new();
+    h.create_orders().await;
+    let key = json!({"customer": {"S": "c1"}, "order": {"N": "1"}});
+    let mut item = key.clone();
+    item[""] = json!({"S": "no name"});
+    let error = h.err("PutItem", json!({"TableName": "orders", "Item": item})).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert!(error.message.contains("attribute name is empty"), "{}", error.message);
+    let error = h
+        .err(
+            "UpdateItem",
+            json!({
+                "TableName": "orders", "Key": key,
+                "UpdateExpression": "SET #n = :v",
+                "ExpressionAttributeNames": {"#n": ""},
+                "ExpressionAttributeValues": {":v": {"S": "x"}},
+            }),
+        )
+        .await;
+    assert_eq!(error.kind, ErrorKind::Validation, "{}", error.message);
+    let mut item = key.clone();
+    item["n".repeat(70_000)] = json!({"S": "long name"});
+    let error = h.err("PutItem", json!({"TableName": "orders", "Item": item})).await;
+    assert!(error.message.contains("under 64 KB"), "{}", error.message);
+    let found = h
+        .ok(
+            "GetItem",
+            json!({"TableName": "orders", "Key": key, "ConsistentRead": true}),
+        )
+        .await;
+    assert!(found.get("Item").is_none(), "nothing was stored: {found}");
+}
+
+#[tokio::test]
 async fn query_orders_numbers_and_pages() {
     let h = Harness::new();
     h.create_orders().await;
