@@ -204,6 +204,9 @@ struct Shared {
     /// Bytes ever appended to the log, as of the last commit (the writer's working copy
     /// lives in its `WriteContext` until then).
     replog_bytes: std::sync::atomic::AtomicU64,
+    /// Tombstones below this HLC have been (or may be) purged here: a copy arriving again
+    /// (a repair from a region that has not purged yet) is not stored.
+    purge_below: std::sync::atomic::AtomicU64,
 }
 
 /// Handle to the store's storage; cheap to clone.
@@ -239,6 +242,7 @@ impl Engine {
             path,
             replog_head,
             replog_bytes: std::sync::atomic::AtomicU64::new(loaded.replog_bytes),
+            purge_below: std::sync::atomic::AtomicU64::new(0),
         });
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_JOBS_MAX);
         let writer_shared = Arc::clone(&shared);
@@ -817,6 +821,14 @@ impl WriteContext<'_> {
                 return Ok(false);
             }
         }
+        if existing.is_none()
+            && change.tombstone
+            && change.hlc < self.shared.purge_below.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // A tombstone this region purged already (or may purge): storing it again would
+            // only re-log it.
+            return Ok(false);
+        }
         let old = match &existing {
             Some(bytes) => {
                 let record = record::decode(bytes).map_err(|e| self.fail("decoding an item", e))?;
@@ -1365,6 +1377,13 @@ impl Engine {
             Ok(redb::ReadableTableMetadata::len(&index)?)
         };
         read().unwrap_or(0)
+    }
+
+    /// Records the tombstone purge watermark (see [`Shared::purge_below`]).
+    pub fn set_purge_below(&self, below: u64) {
+        self.shared
+            .purge_below
+            .fetch_max(below, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The HLC of the oldest entry in the tombstone index, if any (a read, so an idle purge

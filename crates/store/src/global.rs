@@ -503,6 +503,20 @@ impl Replication {
         (lag, bytes)
     }
 
+    /// Whether a log entry goes to `peer`: the change did not originate there, and its table
+    /// has a replica there (or is gone here, in which case the peer decides).
+    fn ships_to(&self, entry: &[u8], peer: &str) -> bool {
+        let from_peer = replication_log::record_of(entry)
+            .and_then(|r| record::origin(r).ok())
+            .is_some_and(|origin| origin == peer);
+        let replica_there = match replication_log::table_of(entry).map(|name| self.engine.table(name)) {
+            Some(Some(table)) => table.replicas.iter().any(|r| r == peer),
+            Some(None) => true,
+            None => false,
+        };
+        replica_there && !from_peer
+    }
+
     async fn send_batch(&self, peer: &Peer, batch: u64, from_seq: u64, changes_max: usize) -> Result<Outcome, String> {
         let snapshot = self.engine.snapshot().map_err(|e| e.message)?;
         let entries = snapshot
@@ -518,15 +532,18 @@ impl Replication {
             batch,
             from_seq,
             to_seq,
-            // A change that originated at the peer is left out (an empty entry keeps the
-            // numbering): the peer holds it or something newer already.
+            // Left out (an empty entry keeps the numbering): a change that originated at the
+            // peer, which holds it or something newer already, and a change of a table the
+            // peer has no replica of. The latter matters for purging tombstones: a region
+            // vouches (in its marks) only for changes it applied, never for ones it skipped.
             changes: entries
                 .iter()
                 .map(|(_, entry)| {
-                    let from_peer = replication_log::record_of(entry)
-                        .and_then(|r| record::origin(r).ok())
-                        .is_some_and(|origin| origin == peer.region);
-                    if from_peer { String::new() } else { BASE64.encode(entry) }
+                    if self.ships_to(entry, &peer.region) {
+                        BASE64.encode(entry)
+                    } else {
+                        String::new()
+                    }
                 })
                 .collect(),
         };
@@ -760,6 +777,15 @@ impl Replication {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
+            // What this region has received is read *before* the clock and log head are
+            // captured: changes applied in between are re-logged after the head, so a
+            // `received` read later could claim writes this mark's head does not cover.
+            // Reading it early only understates it (it never decreases).
+            let received_before = self
+                .watermarks
+                .lock()
+                .expect("watermark lock is never poisoned")
+                .received(u64::MAX);
             let (clock, head) = match self.engine.take_mark().await {
                 Ok(mark) => mark,
                 Err(error) => {
@@ -767,14 +793,15 @@ impl Replication {
                     continue;
                 }
             };
-            let (received, below, slowest) = {
+            let received = received_before.min(clock);
+            let (below, slowest) = {
                 let watermarks = self.watermarks.lock().expect("watermark lock is never poisoned");
                 (
-                    watermarks.received(clock),
                     watermarks.purge_below(clock),
                     watermarks.slowest().map(|(peer, _)| peer.to_string()),
                 )
             };
+            self.engine.set_purge_below(below);
             self.mark.send_replace(Some(Mark { clock, received, head }));
             self.tombstones.purge_below.store(below, Ordering::Relaxed);
             *self
@@ -974,7 +1001,11 @@ impl Replication {
             ApiError::serialization(format!("corrupt replication batch: {e}"))
         })?;
         let changes = decode_changes(&source, &request.changes)?;
-        if request.to_seq < request.from_seq || (request.to_seq - request.from_seq + 1) as usize != changes.len() {
+        let span = request
+            .to_seq
+            .checked_sub(request.from_seq)
+            .and_then(|d| d.checked_add(1));
+        if request.from_seq == 0 || span != Some(changes.len() as u64) {
             tracing::warn!(%source, "replication batch whose sequence range does not match its changes refused; nothing applied");
             return Err(ApiError::validation(
                 "replication batch sequence range does not match its changes",

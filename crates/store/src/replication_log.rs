@@ -59,6 +59,12 @@ pub fn decode_change(bytes: &[u8]) -> Result<Change, ChangeError> {
     Ok(Change { table, key, record })
 }
 
+/// The table name of an encoded change, without copying (`None` if the change is malformed).
+pub fn table_of(bytes: &[u8]) -> Option<&str> {
+    let table_len = usize::from(u16::from_be_bytes(bytes.get(0..2)?.try_into().ok()?));
+    std::str::from_utf8(bytes.get(2..2 + table_len)?).ok()
+}
+
 /// The record inside an encoded change, without copying (`None` if the change is malformed).
 pub fn record_of(bytes: &[u8]) -> Option<&[u8]> {
     let table_len = usize::from(u16::from_be_bytes(bytes.get(0..2)?.try_into().ok()?));
@@ -87,6 +93,8 @@ mod tests {
         assert!(decode_change(&bytes[..5]).is_err());
         assert_eq!(record_of(&bytes), Some(&b"record"[..]));
         assert_eq!(record_of(&bytes[..5]), None);
+        assert_eq!(table_of(&bytes), Some("orders"));
+        assert_eq!(table_of(&bytes[..3]), None);
     }
 
     proptest! {
@@ -94,6 +102,7 @@ mod tests {
         fn never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode_change(&bytes);
             let _ = record_of(&bytes);
+            let _ = table_of(&bytes);
         }
     }
 }

@@ -148,6 +148,8 @@ struct Region {
     shippers: BTreeMap<usize, Shipper>,
     /// In memory only: lost on a crash, like the store's.
     watermarks: Watermarks,
+    /// `received` as read at the previous mark (in memory only).
+    received_before: u64,
     purged: u64,
 }
 
@@ -159,6 +161,7 @@ impl Region {
     fn restart(&mut self, me: usize) {
         self.up = true;
         self.clock = HlcClock::resume(self.durable.last_hlc);
+        self.received_before = 0;
         self.watermarks = Watermarks::new((0..REGIONS.len()).filter(|peer| *peer != me).map(|peer| REGIONS[peer]));
         for (source, applied) in &self.durable.applied_from {
             self.watermarks.on_applied(REGIONS[*source], *applied);
@@ -257,6 +260,7 @@ impl Simulation {
                     skew_ms: rng.below(6_000) as i64 - 3_000,
                     shippers: BTreeMap::new(),
                     watermarks: Watermarks::default(),
+                    received_before: 0,
                     purged: 0,
                 };
                 region.restart(index);
@@ -454,11 +458,14 @@ impl Simulation {
             let physical = region.physical(self.now);
             let clock = region.clock.now(physical).0;
             region.durable.last_hlc = region.clock.last();
+            // As the store does, `received` is read before the clock and head are captured; here
+            // a whole round earlier, so the simulation also checks that a stale value is safe.
             let mark = Mark {
                 clock,
-                received: region.watermarks.received(clock),
+                received: region.received_before.min(clock),
                 head: region.durable.head,
             };
+            region.received_before = region.watermarks.received(u64::MAX);
             let below = region.watermarks.purge_below(clock);
             let before = region.durable.items.len();
             region

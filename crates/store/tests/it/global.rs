@@ -402,7 +402,9 @@ async fn corrupt_and_replayed_batches_apply_nothing() {
     let mismatched =
         serde_json::to_vec(&json!({"batch": 2, "from_seq": 2, "to_seq": 3, "changes": [change("bad", hlc(9_000))]}))
             .expect("serialize");
-    for body in [not_base64, mangled, mismatched] {
+    let overflowing =
+        serde_json::to_vec(&json!({"batch": 2, "from_seq": 0, "to_seq": u64::MAX, "changes": []})).expect("serialize");
+    for body in [not_base64, mangled, mismatched, overflowing] {
         let (status, answer) = post_signed(&region.url, path, "eu-west-1", body).await;
         assert_eq!(status, 400, "{answer}");
     }
