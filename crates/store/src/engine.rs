@@ -1295,6 +1295,11 @@ impl Engine {
         read().unwrap_or(0)
     }
 
+    /// A durable setting's value (0 when absent).
+    pub fn setting_value(&self, name: &str) -> u64 {
+        self.setting(name)
+    }
+
     /// The position `peer` last acknowledged, as recorded durably.
     pub fn acked(&self, peer: &str) -> u64 {
         self.setting(&acked_key(peer))

@@ -98,6 +98,12 @@ impl Peer {
     }
 }
 
+/// The setting that records a backfill of `peer` still to finish (set with the replica
+/// list that adds the peer, cleared when a repair to it finishes).
+pub fn backfill_setting(peer: &str) -> String {
+    format!("backfill_pending/{peer}")
+}
+
 /// A region name: letters, digits, dashes and underscores (`eu-west-1`).
 pub fn check_region_name(region: &str) -> Result<(), String> {
     if region.is_empty()
@@ -133,6 +139,9 @@ pub struct PeerStatus {
     /// A backfill (replica creation) was asked for and has not finished: the replica shows as
     /// CREATING. Other repairs (anti-entropy after an outage) leave it ACTIVE.
     pub backfilling: AtomicBool,
+    /// Backfills asked for so far; a repair finishes the backfill only if it started after the
+    /// latest request (one running when the new replica was added may have missed its table).
+    backfills_requested: AtomicU64,
     pub repaired_records: AtomicU64,
     /// Items the running repair has to copy (the shared tables' item counts at its start).
     pub repair_total: AtomicU64,
@@ -318,6 +327,7 @@ impl Replication {
     /// Makes the next shipping round to `region` a full repair (backfill of a new replica).
     pub fn request_repair(&self, region: &str) {
         if let Some(status) = self.status.get(region) {
+            status.backfills_requested.fetch_add(1, Ordering::SeqCst);
             status.backfilling.store(true, Ordering::SeqCst);
             status.repair_requested.store(true, Ordering::SeqCst);
             status.wake.notify_one();
@@ -397,6 +407,12 @@ impl Replication {
             ..ShipperConfig::default()
         };
         let mut shipper = Shipper::new(config, acked, *head.borrow(), first);
+        if self.engine.setting_value(&backfill_setting(&peer.region)) != 0 {
+            tracing::info!(peer = %peer.region, "a backfill of this peer did not finish before the restart; starting it again");
+            status.backfills_requested.fetch_add(1, Ordering::SeqCst);
+            status.backfilling.store(true, Ordering::SeqCst);
+            shipper.request_repair();
+        }
         let mut last_saved = acked;
         let mut marks = self.mark.subscribe();
         let mut mark_sent: Option<Mark> = None;
@@ -427,10 +443,19 @@ impl Replication {
                 },
                 Some(Command::Repair { batch }) => {
                     status.repairing.store(true, Ordering::SeqCst);
+                    let requested_at_start = status.backfills_requested.load(Ordering::SeqCst);
                     match self.repair(&peer, &status).await {
                         Ok(through) => {
                             shipper.on_repaired(batch, through);
-                            status.backfilling.store(false, Ordering::SeqCst);
+                            let latest = status.backfills_requested.load(Ordering::SeqCst) == requested_at_start;
+                            if latest && status.backfilling.swap(false, Ordering::SeqCst) {
+                                let setting = backfill_setting(&peer.region);
+                                if let Err(error) =
+                                    self.engine.write(move |context| context.set_setting(&setting, 0)).await
+                                {
+                                    tracing::warn!(%error, "recording a finished backfill failed; it will run again after a restart");
+                                }
+                            }
                             tracing::info!(peer = %peer.region, through, "repair finished: the peer holds everything through this change");
                         }
                         Err(error) => self.record_failure(&status, &mut shipper, batch, error),

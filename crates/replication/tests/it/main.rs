@@ -7,6 +7,9 @@
 //! that every replica holds identical contents and that every acknowledged write is present or
 //! superseded by a newer write to the same key.
 //!
+//! Two tables: one with a replica in every region, one that the last region joins (with a
+//! durable backfill) in the middle of the run; a peer gets only the changes of tables it holds.
+//!
 //! Regions also exchange watermark marks and purge tombstones below their watermark while the
 //! faults run. A purge that came too early would let an older write resurrect the item; the
 //! check compares every key with the newest write ever made to it, so it would see that.
@@ -24,6 +27,17 @@ const HEAL_STEPS_MAX: u64 = 60_000;
 /// Log entries kept beyond the slowest peer at most; older ones are trimmed (forcing repair).
 const LOG_ENTRIES_MAX: usize = 60;
 const KEYS: u64 = 24;
+/// Two tables: keys of table `t` are `t * TABLE_KEYS_STRIDE + k`. Table 0 has a replica in
+/// every region; table 1 starts without one in the last region, which joins it (with a
+/// backfill) at `JOIN_STEP` while writes go on, as `UpdateTable` with `ReplicaUpdates` does.
+const TABLES: usize = 2;
+const TABLE_KEYS_STRIDE: u64 = 1_000;
+const JOIN_STEP: u64 = 2_000;
+const LATE_REGION: usize = 2;
+
+fn table_of(key: u64) -> usize {
+    (key / TABLE_KEYS_STRIDE) as usize
+}
 /// Each region sends its mark to its peers and purges tombstones this often.
 const MARK_INTERVAL_MS: u64 = 25;
 
@@ -127,6 +141,15 @@ fn differences(local: &Items, remote: &Items) -> Vec<(u64, Version, Option<u64>)
     out
 }
 
+/// The items of the tables `region` holds a replica of.
+fn holding(items: &Items, replicas: &[[bool; 3]; TABLES], region: usize) -> Items {
+    items
+        .iter()
+        .filter(|(key, _)| replicas[table_of(**key)][region])
+        .map(|(key, entry)| (*key, entry.clone()))
+        .collect()
+}
+
 /// What survives a crash.
 #[derive(Default)]
 struct Durable {
@@ -137,6 +160,9 @@ struct Durable {
     applied_from: BTreeMap<usize, u64>,
     acked: BTreeMap<usize, u64>,
     last_hlc: Hlc,
+    /// Peers whose backfill was asked for and has not finished (the store keeps this durable
+    /// with the replica list, so a restart starts the backfill again).
+    backfill_pending: Vec<usize>,
 }
 
 struct Region {
@@ -177,10 +203,11 @@ impl Region {
                     repair_timeout_ms: 500,
                 };
                 let acked = self.durable.acked.get(&peer).copied().unwrap_or(0);
-                (
-                    peer,
-                    Shipper::new(config, acked, self.durable.head, self.durable.first_available),
-                )
+                let mut shipper = Shipper::new(config, acked, self.durable.head, self.durable.first_available);
+                if self.durable.backfill_pending.contains(&peer) {
+                    shipper.request_repair();
+                }
+                (peer, shipper)
             })
             .collect();
     }
@@ -240,6 +267,8 @@ struct Simulation {
     /// Links cut in both directions.
     partitioned: Vec<(usize, usize)>,
     acknowledged: Vec<(u64, Version, Option<u64>)>,
+    /// `replicas[table][region]`: whether the region holds a replica of the table.
+    replicas: [[bool; 3]; TABLES],
 }
 
 impl Simulation {
@@ -274,6 +303,7 @@ impl Simulation {
             network: Vec::new(),
             partitioned: Vec::new(),
             acknowledged: Vec::new(),
+            replicas: [[true; 3], [true, true, false]],
         }
     }
 
@@ -298,7 +328,12 @@ impl Simulation {
     }
 
     fn client_write(&mut self, region: usize) {
-        let key = self.rng.below(KEYS);
+        let table = if self.replicas[1][region] && self.rng.chance(500) {
+            1
+        } else {
+            0
+        };
+        let key = table * TABLE_KEYS_STRIDE + self.rng.below(KEYS);
         let value = if self.rng.chance(150) {
             None
         } else {
@@ -343,10 +378,15 @@ impl Simulation {
                     Acceptance::Duplicate => Message::Ack { batch, through: to_seq },
                     Acceptance::Gap { expected_from } => Message::Gap { batch, expected_from },
                     Acceptance::Apply { skip_through } => {
+                        let holds = self.replicas.map(|r| r[to]);
                         let region = &mut self.regions[to];
                         for change in changes.into_iter().filter(|c| c.seq > skip_through) {
-                            region.clock.observe(change.version.hlc, physical);
-                            region.merge(change.key, change.version, change.value);
+                            // As the store does: a change of a table without a replica here
+                            // is skipped.
+                            if holds[table_of(change.key)] {
+                                region.clock.observe(change.version.hlc, physical);
+                                region.merge(change.key, change.version, change.value);
+                            }
                         }
                         region.durable.applied_from.insert(from, to_seq);
                         region.watermarks.on_applied(REGIONS[from], to_seq);
@@ -368,8 +408,9 @@ impl Simulation {
                 }
             }
             Message::Repair { batch, head, state } => {
+                let holds = self.replicas.map(|r| r[to]);
                 let region = &mut self.regions[to];
-                for (key, version, value) in state {
+                for (key, version, value) in state.into_iter().filter(|(key, ..)| holds[table_of(*key)]) {
                     region.clock.observe(version.hlc, physical);
                     region.merge(key, version, value);
                 }
@@ -385,6 +426,9 @@ impl Simulation {
                 if let Some(shipper) = region.shippers.get_mut(&from) {
                     shipper.on_repaired(batch, through);
                     region.durable.acked.insert(from, shipper.acked());
+                    if !shipper.needs_repair() {
+                        region.durable.backfill_pending.retain(|peer| *peer != from);
+                    }
                 }
             }
             Message::Mark(mark) => self.regions[to].watermarks.on_mark(REGIONS[from], mark),
@@ -421,10 +465,11 @@ impl Simulation {
                             changes.first().is_none_or(|c| c.seq == from_seq),
                             "the shipper never asks for trimmed changes"
                         );
-                        // As the store does: a change that originated at the peer is left out.
+                        // As the store does: a change that originated at the peer, or of a
+                        // table the peer holds no replica of, is left out.
                         let changes = changes
                             .into_iter()
-                            .filter(|c| c.version.origin != REGIONS[peer])
+                            .filter(|c| c.version.origin != REGIONS[peer] && self.replicas[table_of(c.key)][peer])
                             .collect();
                         Message::Batch {
                             batch,
@@ -438,7 +483,10 @@ impl Simulation {
                         head: region.durable.head,
                         // Digests are compared now (the peer's answers are modelled as
                         // instant); the records of the differing ranges travel with delay.
-                        state: differences(&region.durable.items, &self.regions[peer].durable.items),
+                        state: differences(
+                            &holding(&region.durable.items, &self.replicas, peer),
+                            &self.regions[peer].durable.items,
+                        ),
                     },
                 };
                 self.send(index, peer, message, lossy);
@@ -478,6 +526,21 @@ impl Simulation {
                     self.send(index, peer, Message::Mark(mark), lossy);
                 }
             }
+        }
+    }
+
+    /// The late region joins table 1 once a region holding it is up to backfill it.
+    fn join_late_region(&mut self) {
+        if self.replicas[1][LATE_REGION] {
+            return;
+        }
+        let Some(source) = (0..REGIONS.len()).find(|r| *r != LATE_REGION && self.regions[*r].up) else {
+            return;
+        };
+        self.replicas[1][LATE_REGION] = true;
+        self.regions[source].durable.backfill_pending.push(LATE_REGION);
+        if let Some(shipper) = self.regions[source].shippers.get_mut(&LATE_REGION) {
+            shipper.request_repair();
         }
     }
 
@@ -525,6 +588,9 @@ impl Simulation {
             self.deliver(true);
             self.ship(true);
             self.mark_and_purge(true);
+            if self.now >= 1_000_000 + JOIN_STEP {
+                self.join_late_region();
+            }
         }
         self.partitioned.clear();
         for index in 0..self.regions.len() {
@@ -532,6 +598,7 @@ impl Simulation {
                 self.regions[index].restart(index);
             }
         }
+        self.join_late_region();
         for _ in 0..HEAL_STEPS_MAX {
             self.now += 1;
             self.deliver(false);

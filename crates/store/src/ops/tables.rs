@@ -145,11 +145,21 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
         replication.send_table(peer, &next, true).await?;
     }
     let published = next.clone();
+    let backfills: Vec<String> = created
+        .iter()
+        .map(|peer| crate::global::backfill_setting(peer))
+        .collect();
     store
         .engine()
         .write_exclusive(move |context| {
             context.current_table(&meta)?;
-            context.put_table(published)
+            context.put_table(published)?;
+            // Durable with the new replica list: a restart before the backfill finishes
+            // starts it again.
+            for setting in &backfills {
+                context.set_setting(setting, 1)?;
+            }
+            Ok(())
         })
         .await?;
     for peer in &created {

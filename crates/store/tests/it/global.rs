@@ -510,3 +510,95 @@ async fn range_digests_count_and_fingerprint_the_records_of_each_range() {
     assert_eq!(status, 403);
     stop(&mut region).await;
 }
+
+/// The status DescribeTable gives the replica of `carts` in eu-west-1 on a store whose data
+/// directory was prepared with a global `carts` table, with or without a backfill of
+/// eu-west-1 still pending from before a restart. The peer never answers, so a pending
+/// backfill cannot finish.
+async fn replica_status_after_restart(backfill_pending: bool) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open");
+        let store = store::Store::new(engine.clone());
+        let create = json!({
+            "TableName": "carts",
+            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+            "BillingMode": "PAY_PER_REQUEST"
+        });
+        store
+            .handle("CreateTable", create.to_string().as_bytes())
+            .await
+            .expect("created");
+        let mut meta = (*engine.table("carts").expect("table")).clone();
+        meta.replicas = vec!["eu-west-1".into(), "us-east-1".into()];
+        let setting = store::global::backfill_setting("eu-west-1");
+        engine
+            .write_exclusive(move |context| {
+                context.put_table(meta)?;
+                if backfill_pending {
+                    context.set_setting(&setting, 1)?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("made global");
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let mut region = Region {
+        name: "us-east-1",
+        url: format!("http://{}", listener.local_addr().expect("address")),
+        dir,
+        stop: None,
+        task: None,
+    };
+    let peers = [
+        ("us-east-1".to_string(), region.url.clone()),
+        ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
+    ];
+    start(&mut region, listener, &peers).await;
+    // A change to ship, then wait until the shipping task has tried (and failed) to reach the
+    // peer: it has read the durable setting by then.
+    ok(
+        &region.url,
+        "PutItem",
+        json!({"TableName": "carts", "Item": {"id": {"S": "a"}}}),
+    )
+    .await;
+    let deadline = Instant::now() + CONVERGENCE_DEADLINE;
+    loop {
+        let health = get_json(&format!("{}/health", region.url)).await;
+        if health["replication"]["peers"]["eu-west-1"]["consecutive_failures"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shipping task never ran: {health}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let described = ok(&region.url, "DescribeTable", json!({"TableName": "carts"})).await;
+    let replica = described["Table"]["Replicas"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["RegionName"] == "eu-west-1").cloned())
+        .expect("eu-west-1 replica");
+    stop(&mut region).await;
+    replica["ReplicaStatus"].as_str().unwrap_or_default().to_string()
+}
+
+async fn get_json(url: &str) -> Value {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = hyper::Request::get(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("valid request");
+    let response = client.request(request).await.expect("store answers");
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_unfinished_before_a_restart_starts_again() {
+    assert_eq!(replica_status_after_restart(true).await, "CREATING");
+    assert_eq!(replica_status_after_restart(false).await, "ACTIVE");
+}
