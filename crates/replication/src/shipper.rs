@@ -49,10 +49,22 @@ pub enum Command {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum State {
     Idle,
-    InFlight { batch: u64, deadline_ms: u64 },
-    Backoff { until_ms: u64 },
+    InFlight {
+        batch: u64,
+        deadline_ms: u64,
+    },
+    Backoff {
+        until_ms: u64,
+    },
     NeedsRepair,
-    Repairing { batch: u64, deadline_ms: u64 },
+    Repairing {
+        batch: u64,
+        deadline_ms: u64,
+    },
+    /// A repair failed: start it again at `until_ms` (the same capped backoff as batches).
+    RepairBackoff {
+        until_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -95,7 +107,10 @@ impl Shipper {
     }
 
     pub fn needs_repair(&self) -> bool {
-        matches!(self.state, State::NeedsRepair | State::Repairing { .. })
+        matches!(
+            self.state,
+            State::NeedsRepair | State::Repairing { .. } | State::RepairBackoff { .. }
+        )
     }
 
     pub fn consecutive_failures(&self) -> u32 {
@@ -154,7 +169,9 @@ impl Shipper {
                 .saturating_mul(1u64 << self.failures.saturating_sub(1).min(20))
                 .min(self.config.retry_max_ms);
             self.state = if repairing {
-                State::NeedsRepair
+                State::RepairBackoff {
+                    until_ms: now_ms + delay,
+                }
             } else {
                 State::Backoff {
                     until_ms: now_ms + delay,
@@ -207,6 +224,10 @@ impl Shipper {
                 self.on_failed(batch, now_ms);
                 self.poll(now_ms)
             }
+            State::RepairBackoff { until_ms } if now_ms >= until_ms => {
+                self.state = State::NeedsRepair;
+                self.poll(now_ms)
+            }
             State::NeedsRepair => {
                 let batch = self.take_batch_id();
                 self.state = State::Repairing {
@@ -225,6 +246,7 @@ impl Shipper {
             State::InFlight { deadline_ms, .. } => Some(deadline_ms),
             State::Backoff { until_ms } => Some(until_ms),
             State::Repairing { deadline_ms, .. } => Some(deadline_ms),
+            State::RepairBackoff { until_ms } => Some(until_ms),
             _ => None,
         }
     }
@@ -352,8 +374,9 @@ mod tests {
         assert!(shipper.needs_repair());
         assert_eq!(shipper.poll(0), Some(Command::Repair { batch: 1 }));
         assert_eq!(shipper.poll(499), None);
+        assert_eq!(shipper.poll(500), None, "a lost repair waits out its backoff");
         assert_eq!(
-            shipper.poll(500),
+            shipper.poll(510),
             Some(Command::Repair { batch: 2 }),
             "a lost repair is started again"
         );
@@ -362,6 +385,20 @@ mod tests {
         shipper.on_repaired(2, 50);
         assert!(!shipper.needs_repair());
         assert_eq!(shipper.pending(), 0);
+    }
+
+    #[test]
+    fn a_repair_that_fails_at_once_is_retried_with_backoff_not_in_a_loop() {
+        let mut shipper = Shipper::new(config(), 0, 5, 1);
+        shipper.request_repair();
+        let Some(Command::Repair { batch }) = shipper.poll(0) else {
+            panic!("expected a repair")
+        };
+        shipper.on_failed(batch, 0);
+        assert!(shipper.needs_repair());
+        assert_eq!(shipper.poll(0), None, "not again at once");
+        assert_eq!(shipper.next_deadline_ms(), Some(10));
+        assert!(matches!(shipper.poll(10), Some(Command::Repair { .. })));
     }
 
     #[test]

@@ -108,6 +108,13 @@ impl Watermarks {
         self.sources.values().map(|s| s.direct).fold(own_clock, u64::min)
     }
 
+    /// The highest HLC this region has vouched for from any peer: a region joining a table
+    /// later has, in its marks, counted that table's changes up to here without holding them
+    /// (they were not sent to it), so it must take them from a backfill instead.
+    pub fn max_direct(&self) -> u64 {
+        self.sources.values().map(|s| s.direct).max().unwrap_or(0)
+    }
+
     /// `P`: tombstones with an HLC strictly below this may be purged.
     pub fn purge_below(&self, own_clock: u64) -> u64 {
         self.sources

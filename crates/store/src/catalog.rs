@@ -183,6 +183,12 @@ pub struct TableMeta {
     /// table has the same, since stored keys travel between regions as they are.
     #[serde(default)]
     pub key_hash: KeyHash,
+    /// In a region that joined this global table after its creation: replicated changes at or
+    /// below this HLC arriving in batches are not applied. The region may have counted them as
+    /// received (in its watermark marks) before it held the table; its backfill, which waits
+    /// until the source has received everything up to here, brings them instead. 0 otherwise.
+    #[serde(default)]
+    pub joined_below: u64,
 }
 
 /// Counters kept exactly, updated in the same transaction as the data.
@@ -657,6 +663,7 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
         table_class: request.table_class.clone(),
         replicas: Vec::new(),
         key_hash: KeyHash::CURRENT,
+        joined_below: 0,
     })
 }
 

@@ -763,7 +763,11 @@ impl WriteContext<'_> {
         result.map_err(|e| self.fail("writing an item", e))
     }
 
-    pub fn delete(&mut self, table: &TableMeta, key: &[u8], old: &Item) -> Result<(), ApiError> {
+    /// Deletes the item at `key` (`old`, as read in this batch; `None` if there is none). In a
+    /// global table the delete is a tombstone even when nothing is stored here yet: the delete
+    /// is a write like any other, and must win over older writes still on their way here
+    /// (last writer wins), such as the item's backfill into a replica being created.
+    pub fn delete(&mut self, table: &TableMeta, key: &[u8], old: Option<&Item>) -> Result<(), ApiError> {
         let result = if table.is_global() {
             // A global table keeps the delete as a tombstone so it can win over older writes
             // that other regions have not shipped yet.
@@ -775,10 +779,12 @@ impl WriteContext<'_> {
                 item: Item::new(),
             };
             let bytes = record::encode(&record);
-            self.store(table, key, Some(old), None, Some(&bytes))
+            self.store(table, key, old, None, Some(&bytes))
                 .and_then(|()| self.log_change(table, key, &bytes))
+        } else if old.is_some() {
+            self.store(table, key, old, None, None)
         } else {
-            self.store(table, key, Some(old), None, None)
+            Ok(())
         };
         result.map_err(|e| self.fail("deleting an item", e))
     }
@@ -952,7 +958,7 @@ impl WriteContext<'_> {
         };
         match ttl_seconds(table, &item) {
             Some(seconds) if seconds <= now_seconds && now_seconds - seconds <= TTL_IGNORE_OLDER_THAN_SECONDS => {
-                self.delete(table, item_key, &item)?;
+                self.delete(table, item_key, Some(&item))?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -1470,6 +1476,11 @@ impl WriteContext<'_> {
             .open_table(SETTINGS)
             .and_then(|mut s| s.insert(name, value).map(|_| ()).map_err(Into::into));
         result.map_err(|e| self.fail("writing settings", e))
+    }
+
+    /// A fresh timestamp of this region's hybrid logical clock.
+    pub fn tick_clock(&self) -> u64 {
+        self.shared.hlc.tick(self.shared.clock.now_unix_ms())
     }
 
     /// The log's head and byte count including this batch's appends so far.

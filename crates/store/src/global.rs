@@ -139,9 +139,6 @@ pub struct PeerStatus {
     /// A backfill (replica creation) was asked for and has not finished: the replica shows as
     /// CREATING. Other repairs (anti-entropy after an outage) leave it ACTIVE.
     pub backfilling: AtomicBool,
-    /// Backfills asked for so far; a repair finishes the backfill only if it started after the
-    /// latest request (one running when the new replica was added may have missed its table).
-    backfills_requested: AtomicU64,
     pub repaired_records: AtomicU64,
     /// Items the running repair has to copy (the shared tables' item counts at its start).
     pub repair_total: AtomicU64,
@@ -327,7 +324,6 @@ impl Replication {
     /// Makes the next shipping round to `region` a full repair (backfill of a new replica).
     pub fn request_repair(&self, region: &str) {
         if let Some(status) = self.status.get(region) {
-            status.backfills_requested.fetch_add(1, Ordering::SeqCst);
             status.backfilling.store(true, Ordering::SeqCst);
             status.repair_requested.store(true, Ordering::SeqCst);
             status.wake.notify_one();
@@ -365,7 +361,10 @@ impl Replication {
     }
 
     /// Tells a peer to create, update or delete its replica of `table`.
-    pub async fn send_table(&self, region: &str, table: &TableMeta, delete: bool) -> Result<(), ApiError> {
+    /// Returns the peer's join barrier when it created its replica just now (see
+    /// `TableMeta::joined_below`): its backfill must wait until this region has received
+    /// everything up to it.
+    pub async fn send_table(&self, region: &str, table: &TableMeta, delete: bool) -> Result<Option<u64>, ApiError> {
         let peer = self.peer(region).ok_or_else(|| {
             ApiError::validation(format!(
                 "Region {region} is not a peer of this store; start it with --peer {region}=http://HOST:PORT"
@@ -377,7 +376,9 @@ impl Replication {
         })
         .expect("a table definition serialises");
         match self.post(peer, "/replication/v1/table", body).await {
-            Ok((200, _)) => Ok(()),
+            Ok((200, body)) => Ok(serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|answer| answer["joined_below"].as_u64())),
             Ok((status, body)) => Err(ApiError::validation(format!(
                 "Region {region} refused the replica of {}: HTTP {status}: {}",
                 table.name,
@@ -409,7 +410,6 @@ impl Replication {
         let mut shipper = Shipper::new(config, acked, *head.borrow(), first);
         if self.engine.setting_value(&backfill_setting(&peer.region)) != 0 {
             tracing::info!(peer = %peer.region, "a backfill of this peer did not finish before the restart; starting it again");
-            status.backfills_requested.fetch_add(1, Ordering::SeqCst);
             status.backfilling.store(true, Ordering::SeqCst);
             shipper.request_repair();
         }
@@ -443,17 +443,34 @@ impl Replication {
                 },
                 Some(Command::Repair { batch }) => {
                     status.repairing.store(true, Ordering::SeqCst);
-                    let requested_at_start = status.backfills_requested.load(Ordering::SeqCst);
-                    match self.repair(&peer, &status).await {
+                    let setting = backfill_setting(&peer.region);
+                    let barrier = self.engine.setting_value(&setting);
+                    let outcome = match self.backfill_ready(barrier) {
+                        Ok(()) => self.repair(&peer, &status).await,
+                        Err(error) => Err(error),
+                    };
+                    match outcome {
                         Ok(through) => {
                             shipper.on_repaired(batch, through);
-                            let latest = status.backfills_requested.load(Ordering::SeqCst) == requested_at_start;
-                            if latest && status.backfilling.swap(false, Ordering::SeqCst) {
-                                let setting = backfill_setting(&peer.region);
-                                if let Err(error) =
-                                    self.engine.write(move |context| context.set_setting(&setting, 0)).await
-                                {
-                                    tracing::warn!(%error, "recording a finished backfill failed; it will run again after a restart");
+                            if barrier != 0 {
+                                // Cleared only if no newer join raised it meanwhile.
+                                let cleared = self
+                                    .engine
+                                    .write(move |context| {
+                                        let current = context.setting(&setting)?;
+                                        if current == barrier {
+                                            context.set_setting(&setting, 0)?;
+                                        }
+                                        Ok(current == barrier)
+                                    })
+                                    .await;
+                                match cleared {
+                                    Ok(true) => status.backfilling.store(false, Ordering::SeqCst),
+                                    Ok(false) => status.repair_requested.store(true, Ordering::SeqCst),
+                                    Err(error) => {
+                                        tracing::warn!(%error, "recording a finished backfill failed; it runs again");
+                                        status.repair_requested.store(true, Ordering::SeqCst);
+                                    }
                                 }
                             }
                             tracing::info!(peer = %peer.region, through, "repair finished: the peer holds everything through this change");
@@ -856,6 +873,23 @@ impl Replication {
         }
     }
 
+    /// A backfill whose peer joined at `barrier` may start once this region has received
+    /// every write up to it (it then holds all the peer skipped before joining).
+    fn backfill_ready(&self, barrier: u64) -> Result<(), String> {
+        let received = self
+            .watermarks
+            .lock()
+            .expect("watermark lock is never poisoned")
+            .received(u64::MAX);
+        if received >= barrier {
+            Ok(())
+        } else {
+            Err(format!(
+                "backfill waits until this region has received every write up to the peer's join (HLC {barrier}; received {received}): are all peers up?"
+            ))
+        }
+    }
+
     async fn send_mark(&self, peer: &Peer, mark: Mark) {
         let body = serde_json::to_vec(&MarkRequest {
             clock: mark.clock,
@@ -1063,7 +1097,7 @@ impl Replication {
                             if from_seq + offset as u64 <= skip_through {
                                 continue;
                             }
-                            count += u64::from(apply_change(context, change)?);
+                            count += u64::from(apply_change(context, change, true)?);
                         }
                         context.set_applied_from(&job_source, to_seq)?;
                         Ok((
@@ -1104,7 +1138,7 @@ impl Replication {
             .write(move |context| {
                 let mut count = 0u64;
                 for change in &changes {
-                    count += u64::from(apply_change(context, change)?);
+                    count += u64::from(apply_change(context, change, false)?);
                 }
                 let mut through = None;
                 if let Some(complete) = complete {
@@ -1138,12 +1172,19 @@ impl Replication {
             serde_json::from_slice(body).map_err(|e| ApiError::serialization(format!("corrupt table request: {e}")))?;
         let TableRequest { table, delete } = request;
         let name = table.name.clone();
-        self.engine
+        // Everything this region may have vouched for so far (see `TableMeta::joined_below`).
+        let vouched = self
+            .watermarks
+            .lock()
+            .expect("watermark lock is never poisoned")
+            .max_direct();
+        let joined_below = self
+            .engine
             .write_exclusive(move |context| {
                 let existing = context.table_named(&table.name);
                 match (existing, delete) {
-                    (Some(existing), true) => context.drop_table(&existing),
-                    (None, true) => Ok(()),
+                    (Some(existing), true) => context.drop_table(&existing).map(|()| None),
+                    (None, true) => Ok(None),
                     (Some(existing), false) => {
                         if existing.key != table.key {
                             return Err(ApiError::new(
@@ -1167,20 +1208,25 @@ impl Replication {
                         }
                         let mut next = (*existing).clone();
                         next.replicas = table.replicas.clone();
-                        context.put_table(next)
+                        context.put_table(next).map(|()| None)
                     }
                     (None, false) => {
                         let id = context.next_table_id()?;
                         let mut created = table.clone();
                         created.id = id;
                         created.ttl = None;
-                        context.put_table(created)
+                        created.joined_below = vouched.max(context.tick_clock());
+                        let joined_below = created.joined_below;
+                        context.put_table(created).map(|()| Some(joined_below))
                     }
                 }
             })
             .await?;
         tracing::info!(%source, table = %name, delete, "replica definition changed by a peer");
-        Ok(serde_json::json!({}))
+        Ok(match joined_below {
+            Some(joined_below) => serde_json::json!({"joined_below": joined_below}),
+            None => serde_json::json!({}),
+        })
     }
 
     /// DescribeTable's `Replicas` for a global table.
@@ -1271,14 +1317,19 @@ fn decode_changes(source: &str, encoded: &[String]) -> Result<Vec<Option<(Change
         })
 }
 
+/// Applies one received change; `from_log` for batches (which honour a join barrier), not for
+/// repairs.
 fn apply_change(
     context: &mut crate::engine::WriteContext<'_>,
     change: &Option<(Change, record::Record)>,
+    from_log: bool,
 ) -> Result<bool, ApiError> {
     let Some((change, decoded)) = change else {
         return Ok(false);
     };
     match context.table_named(&change.table) {
+        // Joined after this change was written: the backfill brings it (or something newer).
+        Some(table) if from_log && decoded.hlc <= table.joined_below => Ok(false),
         Some(table) => context.apply_decoded(&table, &change.key, &change.record, decoded),
         None => {
             tracing::warn!(table = %change.table, "replicated change for a table that does not exist here skipped");

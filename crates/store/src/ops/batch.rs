@@ -259,11 +259,7 @@ pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Va
                 let old = context.get(meta, key)?;
                 match mutation {
                     Mutation::Put(item) => context.put(meta, key, old.as_ref(), item)?,
-                    Mutation::Delete => {
-                        if let Some(old) = &old {
-                            context.delete(meta, key, old)?;
-                        }
-                    }
+                    Mutation::Delete => context.delete(meta, key, old.as_ref())?,
                 }
             }
             Ok(())
@@ -500,11 +496,7 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
                     (Action::Put(_) | Action::Update(..), Some(new)) => {
                         context.put(&step.meta, &step.key, old.as_ref(), new)?
                     }
-                    (Action::Delete, _) => {
-                        if let Some(old) = old {
-                            context.delete(&step.meta, &step.key, old)?;
-                        }
-                    }
+                    (Action::Delete, _) => context.delete(&step.meta, &step.key, old.as_ref())?,
                     _ => {}
                 }
             }

@@ -280,9 +280,7 @@ pub async fn delete_item(store: &Store, request: DeleteItemRequest) -> Result<Va
             context.current_table(&job_meta)?;
             let old = context.get(&job_meta, &key)?;
             check_condition(condition.as_ref(), old.as_ref(), return_old)?;
-            if let Some(old) = &old {
-                context.delete(&job_meta, &key, old)?;
-            }
+            context.delete(&job_meta, &key, old.as_ref())?;
             Ok(old)
         })
         .await?;

@@ -138,16 +138,24 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
     } else {
         Vec::new()
     };
+    // A peer that creates its replica now answers with its join barrier; its backfill waits
+    // for it (see `TableMeta::joined_below`).
+    let mut barriers: Vec<(String, u64)> = Vec::new();
     for peer in replicas.iter().filter(|r| **r != region) {
-        replication.send_table(peer, &next, false).await?;
+        if let Some(barrier) = replication.send_table(peer, &next, false).await? {
+            barriers.push((peer.clone(), barrier));
+        }
     }
     for peer in &removed {
         replication.send_table(peer, &next, true).await?;
     }
     let published = next.clone();
-    let backfills: Vec<String> = created
+    let backfills: Vec<(String, u64)> = created
         .iter()
-        .map(|peer| crate::global::backfill_setting(peer))
+        .map(|peer| {
+            let barrier = barriers.iter().find(|(p, _)| p == peer).map_or(1, |(_, b)| (*b).max(1));
+            (crate::global::backfill_setting(peer), barrier)
+        })
         .collect();
     store
         .engine()
@@ -156,8 +164,9 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
             context.put_table(published)?;
             // Durable with the new replica list: a restart before the backfill finishes
             // starts it again.
-            for setting in &backfills {
-                context.set_setting(setting, 1)?;
+            for (setting, barrier) in &backfills {
+                let pending = context.setting(setting)?;
+                context.set_setting(setting, pending.max(*barrier))?;
             }
             Ok(())
         })

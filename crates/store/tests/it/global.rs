@@ -133,11 +133,17 @@ async fn wait_converged(regions: &[Region], expected: usize) -> Vec<Value> {
         if contents.iter().all(|c| *c == contents[0]) && contents[0].len() == expected {
             return contents.remove(0);
         }
-        assert!(
-            started.elapsed() < CONVERGENCE_DEADLINE,
-            "no convergence after {CONVERGENCE_DEADLINE:?}: sizes {:?}",
-            contents.iter().map(Vec::len).collect::<Vec<_>>()
-        );
+        if started.elapsed() >= CONVERGENCE_DEADLINE {
+            let differing: Vec<&Value> = contents
+                .iter()
+                .flatten()
+                .filter(|item| !contents.iter().all(|c| c.contains(item)))
+                .collect();
+            panic!(
+                "no convergence after {CONVERGENCE_DEADLINE:?}: sizes {:?}, {expected} expected; items not in every region: {differing:?}",
+                contents.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

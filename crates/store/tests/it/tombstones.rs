@@ -251,3 +251,33 @@ async fn log_entries_from_before_byte_counts_still_read_and_ship() {
         "counted entries give exact pending bytes"
     );
 }
+
+#[tokio::test]
+async fn a_delete_of_an_item_not_here_yet_wins_over_the_older_write_arriving_later() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = open(dir.path());
+    let store = global_table(&engine).await;
+    delete(&store, "late").await;
+    assert_eq!(
+        engine.tombstone_entries(),
+        1,
+        "the delete is a tombstone though nothing was here"
+    );
+    // The item's older put, written elsewhere before the delete, arrives now.
+    let table = engine.table("carts").expect("table");
+    let mut item = dynamo_protocol::Item::new();
+    item.insert("id".into(), dynamo_protocol::AttributeValue::S("late".into()));
+    let key = store::engine::key_of(table.key_hash, &table.key, &item).expect("key");
+    let older = store::record::encode(&store::record::Record {
+        hlc: 1 << 16,
+        origin: "eu-west-1".into(),
+        tombstone: false,
+        item,
+    });
+    let applied = engine
+        .write(move |context| context.apply_replicated(&table, &key, &older))
+        .await
+        .expect("apply");
+    assert!(!applied, "the older write loses to the delete");
+    assert!(!present(&store, "late").await);
+}
