@@ -162,7 +162,7 @@ struct Durable {
     last_hlc: Hlc,
     /// Peers whose backfill was asked for and has not finished (the store keeps this durable
     /// with the replica list, so a restart starts the backfill again).
-    backfill_pending: Vec<usize>,
+    backfill_pending: Vec<(usize, u64)>,
 }
 
 struct Region {
@@ -204,7 +204,7 @@ impl Region {
                 };
                 let acked = self.durable.acked.get(&peer).copied().unwrap_or(0);
                 let mut shipper = Shipper::new(config, acked, self.durable.head, self.durable.first_available);
-                if self.durable.backfill_pending.contains(&peer) {
+                if self.durable.backfill_pending.iter().any(|(p, _)| *p == peer) {
                     shipper.request_repair();
                 }
                 (peer, shipper)
@@ -269,6 +269,9 @@ struct Simulation {
     acknowledged: Vec<(u64, Version, Option<u64>)>,
     /// `replicas[table][region]`: whether the region holds a replica of the table.
     replicas: [[bool; 3]; TABLES],
+    /// `joined_below[table][region]`: the region's join barrier for the table (durable in the
+    /// store's table definition); logged changes at or below it are not applied.
+    joined_below: [[u64; 3]; TABLES],
 }
 
 impl Simulation {
@@ -304,6 +307,7 @@ impl Simulation {
             partitioned: Vec::new(),
             acknowledged: Vec::new(),
             replicas: [[true; 3], [true, true, false]],
+            joined_below: [[0; 3]; TABLES],
         }
     }
 
@@ -379,11 +383,14 @@ impl Simulation {
                     Acceptance::Gap { expected_from } => Message::Gap { batch, expected_from },
                     Acceptance::Apply { skip_through } => {
                         let holds = self.replicas.map(|r| r[to]);
+                        let barriers = self.joined_below.map(|b| b[to]);
                         let region = &mut self.regions[to];
                         for change in changes.into_iter().filter(|c| c.seq > skip_through) {
                             // As the store does: a change of a table without a replica here
-                            // is skipped.
-                            if holds[table_of(change.key)] {
+                            // is skipped, and so is one at or below this region's join barrier
+                            // for its table (the backfill brings those).
+                            let table = table_of(change.key);
+                            if holds[table] && change.version.hlc.0 > barriers[table] {
                                 region.clock.observe(change.version.hlc, physical);
                                 region.merge(change.key, change.version, change.value);
                             }
@@ -427,7 +434,7 @@ impl Simulation {
                     shipper.on_repaired(batch, through);
                     region.durable.acked.insert(from, shipper.acked());
                     if !shipper.needs_repair() {
-                        region.durable.backfill_pending.retain(|peer| *peer != from);
+                        region.durable.backfill_pending.retain(|(peer, _)| *peer != from);
                     }
                 }
             }
@@ -443,7 +450,25 @@ impl Simulation {
             let now = self.now;
             let peers: Vec<usize> = self.regions[index].shippers.keys().copied().collect();
             for peer in peers {
-                let command = self.regions[index].shippers.get_mut(&peer).and_then(|s| s.poll(now));
+                let mut command = self.regions[index].shippers.get_mut(&peer).and_then(|s| s.poll(now));
+                // A backfill waits until this region has received everything up to the joining
+                // region's barrier, as the store's does.
+                if let Some(Command::Repair { batch }) = command {
+                    let region = &mut self.regions[index];
+                    let barrier = region
+                        .durable
+                        .backfill_pending
+                        .iter()
+                        .filter(|(p, _)| *p == peer)
+                        .map(|(_, b)| *b)
+                        .max();
+                    if barrier.is_some_and(|b| region.watermarks.received(u64::MAX) < b) {
+                        if let Some(shipper) = region.shippers.get_mut(&peer) {
+                            shipper.on_failed(batch, now);
+                        }
+                        command = None;
+                    }
+                }
                 let region = &self.regions[index];
                 let message = match command {
                     None => continue,
@@ -534,11 +559,23 @@ impl Simulation {
         if self.replicas[1][LATE_REGION] {
             return;
         }
+        // The joining region must answer (it creates its replica and sets its barrier).
         let Some(source) = (0..REGIONS.len()).find(|r| *r != LATE_REGION && self.regions[*r].up) else {
             return;
         };
+        if !self.regions[LATE_REGION].up {
+            return;
+        }
+        let late = &mut self.regions[LATE_REGION];
+        let physical = late.physical(self.now);
+        let barrier = late.watermarks.max_direct().max(late.clock.now(physical).0);
+        late.durable.last_hlc = late.clock.last();
+        self.joined_below[1][LATE_REGION] = barrier;
         self.replicas[1][LATE_REGION] = true;
-        self.regions[source].durable.backfill_pending.push(LATE_REGION);
+        self.regions[source]
+            .durable
+            .backfill_pending
+            .push((LATE_REGION, barrier));
         if let Some(shipper) = self.regions[source].shippers.get_mut(&LATE_REGION) {
             shipper.request_repair();
         }
