@@ -590,16 +590,7 @@ impl Replication {
                 .collect(),
         };
         let body = serde_json::to_vec(&request).expect("a batch serialises");
-        let (status, body) = self.post(peer, "/replication/v1/batch", body).await?;
-        if status != 200 {
-            return Err(format!(
-                "{} answered HTTP {status}: {}",
-                peer.url,
-                String::from_utf8_lossy(&body)
-            ));
-        }
-        let response: BatchResponse =
-            serde_json::from_slice(&body).map_err(|e| format!("{}: bad answer: {e}", peer.url))?;
+        let response: BatchResponse = self.exchange(peer, "/replication/v1/batch", body).await?;
         match (response.through, response.expected_from) {
             (Some(through), _) => Ok(Outcome::Acked(through)),
             (None, Some(expected)) => Ok(Outcome::Gap(expected)),
@@ -678,16 +669,7 @@ impl Replication {
             ranges: ranges.iter().map(|r| (r.depth, r.index)).collect(),
         })
         .expect("a digest request serialises");
-        let (status, body) = self.post(peer, "/replication/v1/digest", body).await?;
-        if status != 200 {
-            return Err(format!(
-                "{} answered HTTP {status} to a digest request: {}",
-                peer.url,
-                String::from_utf8_lossy(&body)
-            ));
-        }
-        let response: DigestResponse =
-            serde_json::from_slice(&body).map_err(|e| format!("{}: bad digest answer: {e}", peer.url))?;
+        let response: DigestResponse = self.exchange(peer, "/replication/v1/digest", body).await?;
         if response.digests.len() != ranges.len() {
             return Err(format!(
                 "{}: {} digests for {} ranges",
@@ -800,16 +782,30 @@ impl Replication {
         .expect("a digest response serialises"))
     }
 
-    async fn send_repair(&self, peer: &Peer, request: RepairRequest) -> Result<(), String> {
-        let body = serde_json::to_vec(&request).expect("a repair request serialises");
-        match self.post(peer, "/replication/v1/repair", body).await? {
-            (200, _) => Ok(()),
-            (status, body) => Err(format!(
-                "{} answered HTTP {status}: {}",
+    /// POSTs a replication request and decodes its 200 answer; anything else is an error that
+    /// names the peer and the path.
+    async fn exchange<T: serde::de::DeserializeOwned>(
+        &self,
+        peer: &Peer,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, String> {
+        let (status, body) = self.post(peer, path, body).await?;
+        if status != 200 {
+            return Err(format!(
+                "{} answered HTTP {status} to {path}: {}",
                 peer.url,
                 String::from_utf8_lossy(&body)
-            )),
+            ));
         }
+        serde_json::from_slice(&body).map_err(|e| format!("{}: bad answer to {path}: {e}", peer.url))
+    }
+
+    async fn send_repair(&self, peer: &Peer, request: RepairRequest) -> Result<(), String> {
+        let body = serde_json::to_vec(&request).expect("a repair request serialises");
+        self.exchange::<serde_json::Value>(peer, "/replication/v1/repair", body)
+            .await
+            .map(|_| ())
     }
 
     /// Every `MARK_INTERVAL_MS`: takes this region's mark for the peers, then purges the
