@@ -254,14 +254,13 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// One region, `us-east-1`, whose peer `eu-west-1` never answers (only its requests to us
-/// matter), holding a table `carts`; returns it and the table's definition.
-async fn lone_region_with_carts() -> (Region, store::catalog::TableMeta) {
+/// Starts `us-east-1` on `dir` with one peer, `eu-west-1`, that never answers.
+async fn start_lone_region(dir: tempfile::TempDir) -> Region {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let mut region = Region {
         name: "us-east-1",
         url: format!("http://{}", listener.local_addr().expect("address")),
-        dir: tempfile::tempdir().expect("temp dir"),
+        dir,
         stop: None,
         task: None,
     };
@@ -270,6 +269,13 @@ async fn lone_region_with_carts() -> (Region, store::catalog::TableMeta) {
         ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
     ];
     start(&mut region, listener, &peers).await;
+    region
+}
+
+/// One region, `us-east-1`, whose peer `eu-west-1` never answers (only its requests to us
+/// matter), holding a table `carts`; returns it and the table's definition.
+async fn lone_region_with_carts() -> (Region, store::catalog::TableMeta) {
+    let region = start_lone_region(tempfile::tempdir().expect("temp dir")).await;
     let create = json!({
         "TableName": "carts",
         "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
@@ -550,19 +556,7 @@ async fn replica_status_after_restart(backfill_pending: bool) -> String {
             .await
             .expect("made global");
     }
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-    let mut region = Region {
-        name: "us-east-1",
-        url: format!("http://{}", listener.local_addr().expect("address")),
-        dir,
-        stop: None,
-        task: None,
-    };
-    let peers = [
-        ("us-east-1".to_string(), region.url.clone()),
-        ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
-    ];
-    start(&mut region, listener, &peers).await;
+    let mut region = start_lone_region(dir).await;
     // A change to ship, then wait until the shipping task has tried (and failed) to reach the
     // peer: it has read the durable setting by then.
     ok(
