@@ -19,6 +19,6 @@ pub mod shipper;
 pub mod watermark;
 
 pub use hlc::{Hlc, HlcClock, SkewReport};
-pub use merge::{Version, wins};
+pub use merge::{Version, applies, wins};
 pub use shipper::{Acceptance, Command, Shipper, ShipperConfig, accept};
 pub use watermark::{Mark, Watermarks};

@@ -28,6 +28,24 @@ pub fn wins(incoming: &Version, existing: Option<&Version>) -> bool {
     existing.is_none_or(|existing| incoming > existing)
 }
 
+/// Whether a received change (from a peer's log or from a repair) applies to a key that
+/// holds `existing`, in a table whose tombstones were purged here below `purged_below`.
+///
+/// [`wins`] alone is not enough once tombstones are purged: a purged delete leaves the key
+/// absent, and a copy of an older write arriving afterwards (a repair computed before the
+/// delete reached its sender, or a captured request replayed by an attacker) would resurrect
+/// the item in this region only. Below the purge watermark every write to the table has been
+/// received here already (see [`crate::watermark`]), so a change below it for an absent key is
+/// one this region has seen and superseded: it is refused. The watermark must be durable
+/// (it survives restarts with the purge it describes) and per table (a table this region
+/// joins later starts without one, so its backfill brings older items).
+pub fn applies(incoming: &Version, existing: Option<&Version>, purged_below: u64) -> bool {
+    match existing {
+        Some(existing) => incoming > existing,
+        None => incoming.hlc.0 >= purged_below,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,7 +73,44 @@ mod tests {
             .prop_map(|(key, hlc, origin, value)| (key, Version::new(Hlc(hlc), origin), value))
     }
 
+    #[test]
+    fn a_change_below_the_purge_watermark_does_not_resurrect_an_absent_key() {
+        let old = Version::new(Hlc(10), "eu-west-1");
+        assert!(!applies(&old, None, 11), "older than the purge watermark: refused");
+        assert!(applies(&old, None, 10), "at the watermark: applies");
+        assert!(applies(&old, None, 0), "no purge yet: applies");
+        let stored = Version::new(Hlc(5), "us-east-1");
+        assert!(applies(&old, Some(&stored), 100), "a present key follows last writer wins");
+        assert!(!applies(&stored, Some(&old), 0));
+    }
+
     proptest! {
+        /// With purges, replays of any earlier change never bring back a purged delete: the
+        /// replica ends where it would without the replays.
+        #[test]
+        fn replays_after_a_purge_change_nothing(
+            changes in proptest::collection::vec(change(), 1..30),
+            replays in proptest::collection::vec(0usize..30, 0..30),
+        ) {
+            let mut state: BTreeMap<u8, (Version, Option<u32>)> = BTreeMap::new();
+            for (key, version, value) in &changes {
+                if applies(version, state.get(key).map(|(v, _)| v), 0) {
+                    state.insert(*key, (version.clone(), *value));
+                }
+            }
+            // Purge every tombstone: the watermark is above every change seen.
+            let purged_below = changes.iter().map(|(_, v, _)| v.hlc.0 + 1).max().unwrap_or(0);
+            state.retain(|_, (_, value)| value.is_some());
+            let before = state.clone();
+            for index in replays {
+                let (key, version, value) = &changes[index % changes.len()];
+                if applies(version, state.get(key).map(|(v, _)| v), purged_below) {
+                    state.insert(*key, (version.clone(), *value));
+                }
+            }
+            prop_assert_eq!(state, before);
+        }
+
         /// Any order, any duplication: the same final state (commutative, idempotent).
         #[test]
         fn replicas_converge_whatever_the_delivery_order(

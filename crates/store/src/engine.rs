@@ -21,7 +21,7 @@ use dynamo_protocol::value::item_size_bytes;
 use dynamo_protocol::{ApiError, AttributeValue, Item};
 use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTransaction};
 use replication::digest::{Digest, Range as DigestRange};
-use replication::{Hlc, HlcClock, Version, wins};
+use replication::{Hlc, HlcClock, Version};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::{IndexMeta, KeySchema, TableMeta, TableStats};
@@ -819,20 +819,27 @@ impl WriteContext<'_> {
         // common case) costs no item decoding.
         // A stored record that does not decode is a storage fault: fail the whole batch, so a
         // replicated batch never applies in part.
-        if let Some(existing) = &existing {
-            let (hlc, origin) = record::version(existing).map_err(|e| self.fail("decoding an item", e))?;
-            let existing_version = Version::new(Hlc(hlc), origin);
-            let incoming_version = Version::new(Hlc(change.hlc), change.origin.clone());
-            if !wins(&incoming_version, Some(&existing_version)) {
-                return Ok(false);
+        let existing_version = match &existing {
+            Some(existing) => {
+                let (hlc, origin) = record::version(existing).map_err(|e| self.fail("decoding an item", e))?;
+                Some(Version::new(Hlc(hlc), origin))
             }
+            None => None,
+        };
+        let incoming_version = Version::new(Hlc(change.hlc), change.origin.clone());
+        // The durable per-table purge watermark is read only for an absent key.
+        let purged_below = match existing_version {
+            Some(_) => 0,
+            None => self.purged_below(table.id)?,
+        };
+        if !replication::applies(&incoming_version, existing_version.as_ref(), purged_below) {
+            return Ok(false);
         }
         if existing.is_none()
             && change.tombstone
             && change.hlc < self.shared.purge_below.load(std::sync::atomic::Ordering::SeqCst)
         {
-            // A tombstone this region purged already (or may purge): storing it again would
-            // only re-log it.
+            // A tombstone this region may purge at once: storing it again would only re-log it.
             return Ok(false);
         }
         let old = match &existing {
@@ -1007,6 +1014,16 @@ impl WriteContext<'_> {
                 self.txn
                     .delete_table(bytes_table(&index_table_name(meta.id, &index.name)))?;
                 stats.remove(stats_key(meta.id, Some(&index.name)).as_str())?;
+            }
+            let mut settings = self.txn.open_table(SETTINGS)?;
+            settings.remove(purged_below_key(meta.id).as_str())?;
+            let awaiting: Vec<String> = awaiting_backfills(&settings)?
+                .into_iter()
+                .filter(|(id, ..)| *id == meta.id)
+                .map(|(id, source, _)| awaiting_backfill_key(id, &source))
+                .collect();
+            for key in awaiting {
+                settings.remove(key.as_str())?;
             }
             Ok(())
         })();
@@ -1282,6 +1299,46 @@ fn acked_key(peer: &str) -> String {
     format!("acked/{peer}")
 }
 
+/// The setting holding a table's durable purge watermark: tombstones of the table were purged
+/// here below it, so a received change below it for an absent key is refused
+/// (`replication::applies`). Raised in the transaction that purges.
+fn purged_below_key(table_id: u64) -> String {
+    format!("purged_below/{table_id}")
+}
+
+const AWAITING_BACKFILL_PREFIX: &str = "awaiting_backfill/";
+
+/// The setting that records a replica this region joined (created at a peer's request) whose
+/// backfill from `source` has not completed; its value is the join barrier. While any is set,
+/// no tombstone is purged here: the backfill may still bring writes older than the watermark.
+pub fn awaiting_backfill_key(table_id: u64, source: &str) -> String {
+    format!("{AWAITING_BACKFILL_PREFIX}{table_id}/{source}")
+}
+
+/// `(table id, source region, barrier)` of an awaiting-backfill setting's key and value.
+fn parse_awaiting_backfill(key: &str, barrier: u64) -> Option<(u64, String, u64)> {
+    let rest = key.strip_prefix(AWAITING_BACKFILL_PREFIX)?;
+    let (id, source) = rest.split_once('/')?;
+    Some((id.parse().ok()?, source.to_string(), barrier))
+}
+
+/// Every awaiting-backfill setting in `settings` (see [`awaiting_backfill_key`]).
+fn awaiting_backfills(
+    settings: &impl ReadableTable<&'static str, u64>,
+) -> Result<Vec<(u64, String, u64)>, redb::StorageError> {
+    let mut out = Vec::new();
+    // '0' is the character after '/': the range holds exactly the prefixed keys.
+    for entry in settings.range(AWAITING_BACKFILL_PREFIX..AWAITING_BACKFILL_PREFIX.replace('/', "0").as_str())? {
+        let (key, value) = entry?;
+        if value.value() != 0
+            && let Some(parsed) = parse_awaiting_backfill(key.value(), value.value())
+        {
+            out.push(parsed);
+        }
+    }
+    Ok(out)
+}
+
 impl Engine {
     /// Watches the replication log's head (the sequence number of its last change).
     pub fn subscribe_log(&self) -> watch::Receiver<u64> {
@@ -1340,6 +1397,13 @@ impl Engine {
                 .map(|t| (t.id, Arc::clone(t)))
                 .collect();
             let result = (|| -> Result<(usize, usize), redb::Error> {
+                // A replica still waiting for its backfill may yet receive writes older than
+                // the watermark; a tombstone purged now could not stop them.
+                let waiting = awaiting_backfills(&context.txn.open_table(SETTINGS)?)?;
+                if waiting.iter().any(|(id, ..)| tables.contains_key(id)) {
+                    return Ok((0, 0));
+                }
+                let mut purged_tables = std::collections::BTreeSet::new();
                 let mut index = context.txn.open_table(TOMBSTONES)?;
                 let upper = below.to_be_bytes();
                 let mut due = Vec::new();
@@ -1367,7 +1431,16 @@ impl Engine {
                     {
                         data.remove(key)?;
                         removed += 1;
+                        purged_tables.insert(table.id);
                     }
+                }
+                // In the same transaction as the purge: a restart cannot forget the watermark
+                // that stands in for the tombstones removed.
+                let mut settings = context.txn.open_table(SETTINGS)?;
+                for id in purged_tables {
+                    let key = purged_below_key(id);
+                    let current = settings.get(key.as_str())?.map(|v| v.value()).unwrap_or(0);
+                    settings.insert(key.as_str(), current.max(below))?;
                 }
                 Ok((due.len(), removed))
             })();
@@ -1388,6 +1461,26 @@ impl Engine {
             Ok(redb::ReadableTableMetadata::len(&index)?)
         };
         read().unwrap_or(0)
+    }
+
+    /// Replicas this region joined whose backfill has not completed: `(table id, source
+    /// region, barrier)`. Purging waits for them.
+    pub fn awaiting_backfills(&self) -> Vec<(u64, String, u64)> {
+        let read = || -> Result<Vec<(u64, String, u64)>, Box<dyn std::error::Error>> {
+            let txn = self.shared.db.begin_read()?;
+            let settings = match txn.open_table(SETTINGS) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(awaiting_backfills(&settings)?)
+        };
+        read().unwrap_or_default()
+    }
+
+    /// A table's durable purge watermark (0: nothing purged), for status and tests.
+    pub fn table_purged_below(&self, table_id: u64) -> u64 {
+        self.setting(&purged_below_key(table_id))
     }
 
     /// Records the tombstone purge watermark (see [`Shared::purge_below`]).
@@ -1498,6 +1591,35 @@ impl WriteContext<'_> {
 
     pub fn set_applied_from(&mut self, source: &str, seq: u64) -> Result<(), ApiError> {
         self.set_setting(&applied_key(source), seq)
+    }
+
+    /// The table's durable purge watermark (0: nothing purged).
+    pub fn purged_below(&self, table_id: u64) -> Result<u64, ApiError> {
+        self.setting(&purged_below_key(table_id))
+    }
+
+    /// Records that this region joined `table_id` at `barrier` and waits for its backfill from
+    /// `source` (purging pauses until it completes).
+    pub fn await_backfill(&mut self, table_id: u64, source: &str, barrier: u64) -> Result<(), ApiError> {
+        self.set_setting(&awaiting_backfill_key(table_id, source), barrier)
+    }
+
+    /// A repair from `source` that started at HLC `started_at` completed: every replica joined
+    /// from it at or below that point is backfilled. Returns the tables whose wait ended.
+    pub fn complete_backfills(&mut self, source: &str, started_at: u64) -> Result<Vec<u64>, ApiError> {
+        let result = (|| -> Result<Vec<u64>, redb::Error> {
+            let mut settings = self.txn.open_table(SETTINGS)?;
+            let done: Vec<(u64, String)> = awaiting_backfills(&settings)?
+                .into_iter()
+                .filter(|(_, from, barrier)| from == source && *barrier <= started_at)
+                .map(|(id, from, _)| (id, from))
+                .collect();
+            for (id, from) in &done {
+                settings.remove(awaiting_backfill_key(*id, from).as_str())?;
+            }
+            Ok(done.into_iter().map(|(id, _)| id).collect())
+        })();
+        result.map_err(|e| self.fail("completing a backfill", e))
     }
 }
 

@@ -10,7 +10,7 @@
 //!   receiver's durable position for that source, so a crash never applies a batch twice or
 //!   half; local writes never wait for peers (eventual mode).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,10 +42,6 @@ pub const DATE_HEADER: &str = "x-switchyard-date";
 /// A signed request older or newer than this (by this store's clock) is refused: a captured
 /// request cannot be replayed later, and the regions' clocks must agree within it (NTP).
 pub const REQUEST_SKEW_MS_MAX: u64 = 300_000;
-/// Signatures of replica-definition requests remembered (for `REQUEST_SKEW_MS_MAX`) so one
-/// cannot be replayed inside that window either; past this many, the oldest are forgotten
-/// early and such requests are refused until room frees up.
-pub const SEEN_SIGNATURES_MAX: usize = 10_000;
 /// Bytes of changes per batch at most (a batch also stops at the shipper's change count).
 pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Records per anti-entropy request at most.
@@ -161,9 +157,9 @@ pub struct Replication {
     engine: Engine,
     client: HttpClient,
     pub status: BTreeMap<String, Arc<PeerStatus>>,
-    /// Signatures of recent replica-definition requests and when they came (see
-    /// [`Replication::refuse_replay`]); at most `SEEN_SIGNATURES_MAX`.
-    seen_signatures: Mutex<HashMap<String, u64>>,
+    /// Held while a replica-definition request is numbered and sent, so each peer receives
+    /// them in sequence order.
+    definitions: tokio::sync::Mutex<()>,
     /// The peers' marks, and so when a tombstone may be purged.
     watermarks: Mutex<Watermarks>,
     /// This region's latest mark, sent to every peer.
@@ -209,6 +205,12 @@ struct RepairRequest {
     records: Vec<String>,
     /// Set on the last request of a repair: the source's log head when the repair began.
     complete_through: Option<u64>,
+    /// Set with `complete_through` when the repair was the backfill of replicas the receiver
+    /// joined: the receiver's join barrier it completes (the source's pending backfill
+    /// setting, read before the tables). The receiver stops waiting for the backfills of
+    /// the replicas it joined at or below it.
+    #[serde(default)]
+    backfill_barrier: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -234,6 +236,18 @@ pub struct TableRequest {
     pub table: TableMeta,
     /// Delete this region's replica instead of creating or updating it.
     pub delete: bool,
+    /// The sender's replica-definition sequence: strictly increasing per sender, durable on
+    /// both sides, so a replayed request is refused after any number of restarts.
+    #[serde(default)]
+    pub sequence: u64,
+}
+
+/// The sender's durable counter of replica-definition requests.
+const DEFINITION_SENT_SETTING: &str = "definition_sent";
+
+/// The receiver's durable record of the highest replica-definition sequence from `source`.
+fn definition_received_setting(source: &str) -> String {
+    format!("definition_received/{source}")
 }
 
 /// The signature a peer sends with a replication request (`SIGNATURE_HEADER`): HMAC-SHA256,
@@ -279,7 +293,7 @@ impl Replication {
             engine,
             client,
             status,
-            seen_signatures: Mutex::new(HashMap::new()),
+            definitions: tokio::sync::Mutex::new(()),
             watermarks: Mutex::new(watermarks),
             mark: tokio::sync::watch::Sender::new(None),
             tombstones: TombstoneStatus::default(),
@@ -370,9 +384,20 @@ impl Replication {
                 "Region {region} is not a peer of this store; start it with --peer {region}=http://HOST:PORT"
             ))
         })?;
+        // One definition request at a time, so they reach each peer in sequence order.
+        let _serial = self.definitions.lock().await;
+        let sequence = self
+            .engine
+            .write(|context| {
+                let next = context.setting(DEFINITION_SENT_SETTING)? + 1;
+                context.set_setting(DEFINITION_SENT_SETTING, next)?;
+                Ok(next)
+            })
+            .await?;
         let body = serde_json::to_vec(&TableRequest {
             table: table.clone(),
             delete,
+            sequence,
         })
         .expect("a table definition serialises");
         match self.post(peer, "/replication/v1/table", body).await {
@@ -446,7 +471,7 @@ impl Replication {
                     let setting = backfill_setting(&peer.region);
                     let barrier = self.engine.setting_value(&setting);
                     let outcome = match self.backfill_ready(barrier) {
-                        Ok(()) => self.repair(&peer, &status).await,
+                        Ok(()) => self.repair(&peer, &status, barrier).await,
                         Err(error) => Err(error),
                     };
                     match outcome {
@@ -602,7 +627,9 @@ impl Replication {
     /// replica): range digests find where the peer differs (`replication::digest`), and this
     /// region's records there are pushed; a peer with an empty table gets everything at once.
     /// Returns the log head as of the start: the peer then holds everything through it.
-    async fn repair(&self, peer: &Peer, status: &PeerStatus) -> Result<u64, String> {
+    /// `barrier`: the peer's join barrier this repair backfills (0 for anti-entropy only), read
+    /// before the tables so that every replica joined at or below it is among them.
+    async fn repair(&self, peer: &Peer, status: &PeerStatus, barrier: u64) -> Result<u64, String> {
         let head = self.engine.log_head();
         status.repaired_records.store(0, Ordering::Relaxed);
         let tables: Vec<Arc<TableMeta>> = self
@@ -635,6 +662,7 @@ impl Replication {
             RepairRequest {
                 records: Vec::new(),
                 complete_through: Some(head),
+                backfill_barrier: barrier,
             },
         )
         .await?;
@@ -719,6 +747,7 @@ impl Replication {
                 RepairRequest {
                     records: encoded,
                     complete_through: None,
+                    backfill_barrier: 0,
                 },
             )
             .await?;
@@ -839,14 +868,32 @@ impl Replication {
                     watermarks.slowest().map(|(peer, _)| peer.to_string()),
                 )
             };
-            self.engine.set_purge_below(below);
             self.mark.send_replace(Some(Mark { clock, received, head }));
-            self.tombstones.purge_below.store(below, Ordering::Relaxed);
+            // A replica joined here and not yet backfilled may still receive writes older than
+            // the watermark: nothing is purged until its backfill completes.
+            let awaiting = self.engine.awaiting_backfills();
+            let held_back_by = match awaiting.first() {
+                Some((id, source, _)) => {
+                    let table = self
+                        .engine
+                        .tables()
+                        .into_iter()
+                        .find(|t| t.id == *id)
+                        .map_or_else(|| format!("#{id}"), |t| t.name.clone());
+                    Some(format!("backfill of table {table} from {source}"))
+                }
+                None => slowest,
+            };
             *self
                 .tombstones
                 .held_back_by
                 .lock()
-                .expect("status lock is never poisoned") = slowest;
+                .expect("status lock is never poisoned") = held_back_by;
+            if !awaiting.is_empty() {
+                continue;
+            }
+            self.engine.set_purge_below(below);
+            self.tombstones.purge_below.store(below, Ordering::Relaxed);
             for _ in 0..PURGE_JOBS_PER_ROUND_MAX {
                 if self.engine.oldest_tombstone_hlc().is_none_or(|oldest| oldest >= below) {
                     break;
@@ -1018,32 +1065,6 @@ impl Replication {
         Ok(region)
     }
 
-    /// Refuses a replica-definition request whose signature was seen already (a replay inside
-    /// the skew window). Batches need no such memory: their sequence numbers refuse replays,
-    /// and repairs apply last-writer-wins records, where a replay changes nothing.
-    fn refuse_replay(&self, signature: &str) -> Result<(), ApiError> {
-        let now = self.engine.now_unix_ms();
-        let mut seen = self
-            .seen_signatures
-            .lock()
-            .expect("seen-signature lock is never poisoned");
-        seen.retain(|_, at| now.saturating_sub(*at) <= 2 * REQUEST_SKEW_MS_MAX);
-        if seen.contains_key(signature) {
-            tracing::warn!("replayed replica-definition request refused");
-            return Err(unauthorized("this replication request was received already (replayed)"));
-        }
-        if seen.len() >= SEEN_SIGNATURES_MAX {
-            return Err(ApiError::new(
-                ErrorKind::RequestLimitExceeded,
-                format!(
-                    "more than {SEEN_SIGNATURES_MAX} replica-definition requests in {REQUEST_SKEW_MS_MAX} ms; retry later"
-                ),
-            ));
-        }
-        seen.insert(signature.to_string(), now);
-        Ok(())
-    }
-
     /// `POST /replication/v1/batch`: applies a batch of changes from a peer.
     pub async fn receive_batch(
         &self,
@@ -1128,8 +1149,9 @@ impl Replication {
             .map_err(|e| ApiError::serialization(format!("corrupt repair request: {e}")))?;
         let changes = decode_changes(&source, &request.records)?;
         let complete = request.complete_through;
+        let backfill_barrier = request.backfill_barrier;
         let job_source = source.clone();
-        let (applied, through) = self
+        let (applied, through, backfilled) = self
             .engine
             .write(move |context| {
                 let mut count = 0u64;
@@ -1137,14 +1159,21 @@ impl Replication {
                     count += u64::from(apply_change(context, change, false)?);
                 }
                 let mut through = None;
+                let mut backfilled = Vec::new();
                 if let Some(complete) = complete {
                     let applied = context.applied_from(&job_source)?.max(complete);
                     context.set_applied_from(&job_source, applied)?;
                     through = Some(applied);
+                    if backfill_barrier != 0 {
+                        backfilled = context.complete_backfills(&job_source, backfill_barrier)?;
+                    }
                 }
-                Ok((count, through))
+                Ok((count, through, backfilled))
             })
             .await?;
+        if !backfilled.is_empty() {
+            tracing::info!(%source, tables = ?backfilled, "backfill of joined replicas complete; tombstone purging may resume");
+        }
         if let Some(through) = through {
             self.applied(&source, through);
         }
@@ -1158,15 +1187,10 @@ impl Replication {
         body: &[u8],
     ) -> Result<serde_json::Value, ApiError> {
         let source = self.authenticate(headers, "/replication/v1/table", body)?;
-        self.refuse_replay(
-            headers
-                .get(SIGNATURE_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default(),
-        )?;
         let request: TableRequest =
             serde_json::from_slice(body).map_err(|e| ApiError::serialization(format!("corrupt table request: {e}")))?;
-        let TableRequest { table, delete } = request;
+        let TableRequest { table, delete, sequence } = request;
+        let job_source = source.clone();
         let name = table.name.clone();
         // Everything this region may have vouched for so far (see `TableMeta::joined_below`).
         let vouched = self
@@ -1177,8 +1201,20 @@ impl Replication {
         let joined_below = self
             .engine
             .write_exclusive(move |context| {
+                // Checked and recorded in the transaction that changes the replica: a request
+                // seen before (replayed, even after restarts) changes nothing.
+                let setting = definition_received_setting(&job_source);
+                let last = context.setting(&setting)?;
+                if sequence <= last {
+                    tracing::warn!(source = %job_source, sequence, last, "replica-definition request older than the last one applied refused (replayed)");
+                    return Err(unauthorized(format!(
+                        "replica-definition request {sequence} from {job_source} is not newer than the last one applied ({last}): a replayed request, or a peer running an older build"
+                    )));
+                }
+                // A refused request returns before its first mutation (a job's error does not
+                // roll its transaction back); the sequence is recorded only with a change.
                 let existing = context.table_named(&table.name);
-                match (existing, delete) {
+                let changed = match (existing, delete) {
                     (Some(existing), true) => context.drop_table(&existing).map(|()| None),
                     (None, true) => Ok(None),
                     (Some(existing), false) => {
@@ -1213,9 +1249,13 @@ impl Replication {
                         created.ttl = None;
                         created.joined_below = vouched.max(context.tick_clock());
                         let joined_below = created.joined_below;
+                        // Purging waits until the requester's backfill of this replica completes.
+                        context.await_backfill(id, &job_source, joined_below)?;
                         context.put_table(created).map(|()| Some(joined_below))
                     }
-                }
+                }?;
+                context.set_setting(&setting, sequence)?;
+                Ok(changed)
             })
             .await?;
         tracing::info!(%source, table = %name, delete, "replica definition changed by a peer");

@@ -13,12 +13,18 @@
 //! Regions also exchange watermark marks and purge tombstones below their watermark while the
 //! faults run. A purge that came too early would let an older write resurrect the item; the
 //! check compares every key with the newest write ever made to it, so it would see that.
+//!
+//! An attacker on the network between regions replays captured messages (batches, repairs,
+//! marks) at random times, also after the receiver restarted; replies to replays go nowhere.
+//! The same invariants hold: a replayed repair must not resurrect an item whose delete was
+//! purged (`replication::applies` with the durable per-table purge watermark), and a region
+//! that joined a table purges nothing until that table's backfill completed.
 
 use std::collections::BTreeMap;
 
 use replication::digest::{Digest, Range, Walk};
 use replication::shipper::{Acceptance, accept};
-use replication::{Command, Hlc, HlcClock, Mark, Shipper, ShipperConfig, Version, Watermarks, wins};
+use replication::{Command, Hlc, HlcClock, Mark, Shipper, ShipperConfig, Version, Watermarks, applies};
 
 const REGIONS: [&str; 3] = ["ap-south-1", "eu-west-1", "us-east-1"];
 /// Steps of simulated time (1 ms each) with faults, then steps allowed for convergence.
@@ -40,6 +46,12 @@ fn table_of(key: u64) -> usize {
 }
 /// Each region sends its mark to its peers and purges tombstones this often.
 const MARK_INTERVAL_MS: u64 = 25;
+/// Messages the attacker keeps to replay (the most recent ones).
+const CAPTURED_MAX: usize = 400;
+/// Steps after the faults heal during which the attacker keeps replaying.
+const REPLAY_AFTER_HEAL_STEPS: u64 = 3_000;
+/// Per-thousand chance per step that a captured message is replayed.
+const REPLAY_PER_THOUSAND: u64 = 40;
 
 /// SplitMix64: small, seedable, good enough for schedules.
 struct Rng(u64);
@@ -91,6 +103,8 @@ enum Message {
         batch: u64,
         head: u64,
         state: Vec<(u64, Version, Option<u64>)>,
+        /// The receiver's join barrier this repair backfills (0: anti-entropy only).
+        backfill_barrier: u64,
     },
     Repaired {
         batch: u64,
@@ -163,6 +177,11 @@ struct Durable {
     /// Peers whose backfill was asked for and has not finished (the store keeps this durable
     /// with the replica list, so a restart starts the backfill again).
     backfill_pending: Vec<(usize, u64)>,
+    /// Tables joined here waiting for their backfill: `(table, source, barrier)`. Nothing is
+    /// purged while one waits.
+    awaiting_backfill: Vec<(usize, usize, u64)>,
+    /// Per table, the watermark below which its tombstones were purged here.
+    purged_below: [u64; TABLES],
 }
 
 struct Region {
@@ -212,9 +231,12 @@ impl Region {
             .collect();
     }
 
-    /// Stores a change if it wins, logging it for the peers; returns whether it won.
+    /// Stores a change if it applies (the store's rule: last writer wins, and nothing below the
+    /// table's purge watermark for an absent key), logging it for the peers; returns whether
+    /// it applied.
     fn merge(&mut self, key: u64, version: Version, value: Option<u64>) -> bool {
-        if !wins(&version, self.durable.items.get(&key).map(|(v, _)| v)) {
+        let purged_below = self.durable.purged_below[table_of(key)];
+        if !applies(&version, self.durable.items.get(&key).map(|(v, _)| v), purged_below) {
             return false;
         }
         self.durable.last_hlc = self.durable.last_hlc.max(version.hlc);
@@ -257,6 +279,8 @@ struct InFlight {
     from: usize,
     to: usize,
     message: Message,
+    /// Sent again by the attacker: the receiver's reply goes to the attacker, not the sender.
+    replayed: bool,
 }
 
 struct Simulation {
@@ -272,6 +296,9 @@ struct Simulation {
     /// `joined_below[table][region]`: the region's join barrier for the table (durable in the
     /// store's table definition); logged changes at or below it are not applied.
     joined_below: [[u64; 3]; TABLES],
+    /// Messages seen on the wire, for the attacker to replay: `(from, to, message)`.
+    captured: Vec<(usize, usize, Message)>,
+    replays: u64,
 }
 
 impl Simulation {
@@ -308,6 +335,8 @@ impl Simulation {
             acknowledged: Vec::new(),
             replicas: [[true; 3], [true, true, false]],
             joined_below: [[0; 3]; TABLES],
+            captured: Vec::new(),
+            replays: 0,
         }
     }
 
@@ -323,11 +352,36 @@ impl Simulation {
             return;
         }
         let delay = 1 + self.rng.below(30);
+        if !matches!(message, Message::Ack { .. } | Message::Gap { .. } | Message::Repaired { .. }) {
+            if self.captured.len() >= CAPTURED_MAX {
+                let index = self.rng.below(CAPTURED_MAX as u64) as usize;
+                self.captured.swap_remove(index);
+            }
+            self.captured.push((from, to, message.clone()));
+        }
         self.network.push(InFlight {
             deliver_at: self.now + delay,
             from,
             to,
             message,
+            replayed: false,
+        });
+    }
+
+    /// The attacker sends a captured message again, to its original receiver.
+    fn replay(&mut self) {
+        if self.captured.is_empty() || !self.rng.chance(REPLAY_PER_THOUSAND) {
+            return;
+        }
+        let index = self.rng.below(self.captured.len() as u64) as usize;
+        let (from, to, message) = self.captured[index].clone();
+        self.replays += 1;
+        self.network.push(InFlight {
+            deliver_at: self.now + 1 + self.rng.below(30),
+            from,
+            to,
+            message,
+            replayed: true,
         });
     }
 
@@ -360,15 +414,30 @@ impl Simulation {
             .into_iter()
             .partition(|m| m.deliver_at <= now);
         self.network = rest;
-        for InFlight { from, to, message, .. } in due {
-            if !self.regions[to].up || !self.linked(from, to) {
+        for InFlight {
+            from,
+            to,
+            message,
+            replayed,
+            ..
+        } in due
+        {
+            // The attacker sits on the links: a partition does not stop its replays.
+            if !self.regions[to].up || (!replayed && !self.linked(from, to)) {
                 continue;
             }
-            self.handle(from, to, message, lossy);
+            self.handle(from, to, message, lossy, replayed);
         }
     }
 
-    fn handle(&mut self, from: usize, to: usize, message: Message, lossy: bool) {
+    /// A reply to `from`, unless the message was a replay (its reply goes to the attacker).
+    fn reply(&mut self, from: usize, to: usize, message: Message, lossy: bool, replayed: bool) {
+        if !replayed {
+            self.send(from, to, message, lossy);
+        }
+    }
+
+    fn handle(&mut self, from: usize, to: usize, message: Message, lossy: bool, replayed: bool) {
         let physical = self.regions[to].physical(self.now);
         match message {
             Message::Batch {
@@ -400,7 +469,7 @@ impl Simulation {
                         Message::Ack { batch, through: to_seq }
                     }
                 };
-                self.send(to, from, reply, lossy);
+                self.reply(to, from, reply, lossy, replayed);
             }
             Message::Ack { batch, through } => {
                 let region = &mut self.regions[to];
@@ -414,7 +483,12 @@ impl Simulation {
                     shipper.on_gap(batch, expected_from);
                 }
             }
-            Message::Repair { batch, head, state } => {
+            Message::Repair {
+                batch,
+                head,
+                state,
+                backfill_barrier,
+            } => {
                 let holds = self.replicas.map(|r| r[to]);
                 let region = &mut self.regions[to];
                 for (key, version, value) in state.into_iter().filter(|(key, ..)| holds[table_of(*key)]) {
@@ -426,7 +500,13 @@ impl Simulation {
                 *applied = (*applied).max(head);
                 let applied = *applied;
                 region.watermarks.on_applied(REGIONS[from], applied);
-                self.send(to, from, Message::Repaired { batch, through: head }, lossy);
+                if backfill_barrier != 0 {
+                    region
+                        .durable
+                        .awaiting_backfill
+                        .retain(|(_, source, barrier)| !(*source == from && *barrier <= backfill_barrier));
+                }
+                self.reply(to, from, Message::Repaired { batch, through: head }, lossy, replayed);
             }
             Message::Repaired { batch, through } => {
                 let region = &mut self.regions[to];
@@ -439,6 +519,7 @@ impl Simulation {
                 }
             }
             Message::Mark(mark) => self.regions[to].watermarks.on_mark(REGIONS[from], mark),
+            // Replies are never captured for replay.
         }
     }
 
@@ -451,17 +532,18 @@ impl Simulation {
             let peers: Vec<usize> = self.regions[index].shippers.keys().copied().collect();
             for peer in peers {
                 let mut command = self.regions[index].shippers.get_mut(&peer).and_then(|s| s.poll(now));
+                // As the store does, the pending backfill's barrier is read before the tables.
+                let barrier = self.regions[index]
+                    .durable
+                    .backfill_pending
+                    .iter()
+                    .filter(|(p, _)| *p == peer)
+                    .map(|(_, b)| *b)
+                    .max();
                 // A backfill waits until this region has received everything up to the joining
                 // region's barrier, as the store's does.
                 if let Some(Command::Repair { batch }) = command {
                     let region = &mut self.regions[index];
-                    let barrier = region
-                        .durable
-                        .backfill_pending
-                        .iter()
-                        .filter(|(p, _)| *p == peer)
-                        .map(|(_, b)| *b)
-                        .max();
                     if barrier.is_some_and(|b| region.watermarks.received(u64::MAX) < b) {
                         if let Some(shipper) = region.shippers.get_mut(&peer) {
                             shipper.on_failed(batch, now);
@@ -512,6 +594,7 @@ impl Simulation {
                             &holding(&region.durable.items, &self.replicas, peer),
                             &self.regions[peer].durable.items,
                         ),
+                        backfill_barrier: barrier.unwrap_or(0),
                     },
                 };
                 self.send(index, peer, message, lossy);
@@ -540,12 +623,26 @@ impl Simulation {
             };
             region.received_before = region.watermarks.received(u64::MAX);
             let below = region.watermarks.purge_below(clock);
-            let before = region.durable.items.len();
-            region
-                .durable
-                .items
-                .retain(|_, (version, value)| value.is_some() || version.hlc.0 >= below);
-            region.purged += (before - region.durable.items.len()) as u64;
+            // As the store does: nothing is purged while a joined table awaits its backfill,
+            // and each table that lost tombstones records the watermark durably.
+            if region.durable.awaiting_backfill.is_empty() {
+                let before = region.durable.items.len();
+                let mut purged_tables = [false; TABLES];
+                region.durable.items.retain(|key, (version, value)| {
+                    let keep = value.is_some() || version.hlc.0 >= below;
+                    if !keep {
+                        purged_tables[table_of(*key)] = true;
+                    }
+                    keep
+                });
+                for (table, purged) in purged_tables.iter().enumerate() {
+                    if *purged {
+                        let watermark = &mut region.durable.purged_below[table];
+                        *watermark = (*watermark).max(below);
+                    }
+                }
+                region.purged += (before - region.durable.items.len()) as u64;
+            }
             for peer in 0..REGIONS.len() {
                 if peer != index {
                     self.send(index, peer, Message::Mark(mark), lossy);
@@ -571,6 +668,7 @@ impl Simulation {
         let barrier = late.watermarks.max_direct().max(late.clock.now(physical).0);
         late.durable.last_hlc = late.clock.last();
         self.joined_below[1][LATE_REGION] = barrier;
+        late.durable.awaiting_backfill.push((1, source, barrier));
         self.replicas[1][LATE_REGION] = true;
         self.regions[source]
             .durable
@@ -622,6 +720,7 @@ impl Simulation {
                     self.client_write(region);
                 }
             }
+            self.replay();
             self.deliver(true);
             self.ship(true);
             self.mark_and_purge(true);
@@ -636,12 +735,17 @@ impl Simulation {
             }
         }
         self.join_late_region();
-        for _ in 0..HEAL_STEPS_MAX {
+        for step in 0..HEAL_STEPS_MAX {
             self.now += 1;
+            // Replays go on for a while after the writes stopped: a resurrection then stays
+            // (no newer write would hide it) and the final check sees it.
+            if step < REPLAY_AFTER_HEAL_STEPS {
+                self.replay();
+            }
             self.deliver(false);
             self.ship(false);
             self.mark_and_purge(false);
-            if self.quiescent() {
+            if step >= REPLAY_AFTER_HEAL_STEPS && self.quiescent() {
                 return;
             }
         }
@@ -727,11 +831,12 @@ fn run_seed(seed: u64) -> u64 {
         let mut simulation = Simulation::new(seed);
         simulation.run();
         simulation.check();
-        (simulation.acknowledged.len(), simulation.purged())
+        (simulation.acknowledged.len(), simulation.purged(), simulation.replays)
     });
     match outcome {
-        Ok((writes, purged)) => {
+        Ok((writes, purged, replays)) => {
             assert!(writes > 100, "seed {seed}: the workload made only {writes} writes");
+            assert!(replays > 10, "seed {seed}: the attacker replayed only {replays} messages");
             purged
         }
         Err(panic) => {

@@ -301,6 +301,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
     let body = serde_json::to_vec(&TableRequest {
         table: table.clone(),
         delete: false,
+        sequence: 1,
     })
     .expect("serialize");
     let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", body).await;
@@ -311,10 +312,16 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
         .unwrap_or_default();
     assert!(message.contains("another key hash"), "{answer}");
 
-    // The same definition with the same hash joins the table to the peer.
+    // The same definition with the same hash joins the table to the peer (a refused request
+    // does not use up its sequence number).
     table.key_hash = KeyHash::CURRENT;
     let path = "/replication/v1/table";
-    let body = serde_json::to_vec(&TableRequest { table, delete: false }).expect("serialize");
+    let body = serde_json::to_vec(&TableRequest {
+        table: table.clone(),
+        delete: false,
+        sequence: 1,
+    })
+    .expect("serialize");
     let date_ms = now_ms();
     let signature = store::global::sign(KEY, "eu-west-1", path, date_ms, &body);
     let (status, answer) = call_raw(&region.url, path, "eu-west-1", date_ms, signature.clone(), body.clone()).await;
@@ -338,6 +345,56 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
         Some(2),
         "{described}"
     );
+
+    // The peer deletes its replica here (sequence 2); the captured request...
+    let delete = serde_json::to_vec(&TableRequest {
+        table: table.clone(),
+        delete: true,
+        sequence: 2,
+    })
+    .expect("serialize");
+    let date_ms = now_ms();
+    let delete_signature = store::global::sign(KEY, "eu-west-1", path, date_ms, &delete);
+    let (status, answer) = call_raw(&region.url, path, "eu-west-1", date_ms, delete_signature.clone(), delete.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    // ...then it joins again (sequence 3), and the region restarts: the in-memory state is gone.
+    let join = serde_json::to_vec(&TableRequest {
+        table,
+        delete: false,
+        sequence: 3,
+    })
+    .expect("serialize");
+    let (status, answer) = post_signed(&region.url, path, "eu-west-1", join.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    ok(
+        &region.url,
+        "PutItem",
+        json!({"TableName": "carts", "Item": {"id": {"S": "kept"}}}),
+    )
+    .await;
+    stop(&mut region).await;
+    let listener = TcpListener::bind(region.url.trim_start_matches("http://"))
+        .await
+        .expect("rebind the region's port");
+    let peers = [
+        ("us-east-1".to_string(), region.url.clone()),
+        ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
+    ];
+    start(&mut region, listener, &peers).await;
+    // Replaying the captured delete (still inside the signing window) drops nothing.
+    let (status, answer) = call_raw(&region.url, path, "eu-west-1", date_ms, delete_signature, delete).await;
+    assert_eq!(status, 403, "a replayed delete after a restart: {answer}");
+    assert!(answer.to_string().contains("replayed"), "{answer}");
+    let item = ok(
+        &region.url,
+        "GetItem",
+        json!({"TableName": "carts", "Key": {"id": {"S": "kept"}}}),
+    )
+    .await;
+    assert!(item.get("Item").is_some(), "the table and its items survive: {item}");
+    // An older sequence, newly signed (a peer rolled back, or a forged counter), is refused too.
+    let (status, answer) = post_signed(&region.url, path, "eu-west-1", join).await;
+    assert_eq!(status, 403, "{answer}");
     stop(&mut region).await;
 }
 
@@ -601,4 +658,159 @@ async fn get_json(url: &str) -> Value {
 async fn a_backfill_unfinished_before_a_restart_starts_again() {
     assert_eq!(replica_status_after_restart(true).await, "CREATING");
     assert_eq!(replica_status_after_restart(false).await, "ACTIVE");
+}
+
+/// A repair captured off the wire and replayed after the item was deleted and its tombstone
+/// purged must not bring the item back in this region only — neither before nor after a
+/// restart (the purge watermark that stands in for the tombstone is durable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use dynamo_protocol::AttributeValue;
+    use store::global::TableRequest;
+    use store::record::{Record, encode};
+
+    let mut region = start_lone_region(tempfile::tempdir().expect("temp dir")).await;
+    let create = json!({
+        "TableName": "carts",
+        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST"
+    });
+    let request: store::catalog::CreateTableRequest = serde_json::from_value(create).expect("request");
+    let mut table = store::catalog::table_from_request(&request, 1, 0.0).expect("table");
+    table.replicas = vec!["eu-west-1".into(), "us-east-1".into()];
+
+    // eu-west-1 makes this region join its global table...
+    let join = serde_json::to_vec(&TableRequest {
+        table: table.clone(),
+        delete: false,
+        sequence: 1,
+    })
+    .expect("serialize");
+    let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", join).await;
+    assert_eq!(status, 200, "{answer}");
+    let barrier = answer["joined_below"].as_u64().expect("a join barrier");
+
+    // ...and backfills it with cart c1. The request is captured.
+    let mut item = dynamo_protocol::Item::new();
+    item.insert("id".into(), AttributeValue::S("c1".into()));
+    item.insert("note".into(), AttributeValue::S("backfilled".into()));
+    let key = store::engine::key_of(table.key_hash, &table.key, &item).expect("key");
+    let record = encode(&Record {
+        hlc: barrier,
+        origin: "eu-west-1".into(),
+        tombstone: false,
+        item,
+    });
+    let repair_path = "/replication/v1/repair";
+    let captured = serde_json::to_vec(&json!({
+        "records": [BASE64.encode(store::replication_log::encode_change("carts", &key, &record))],
+        "complete_through": null,
+    }))
+    .expect("serialize");
+    let captured_date = now_ms();
+    let captured_signature = store::global::sign(KEY, "eu-west-1", repair_path, captured_date, &captured);
+    let url = region.url.clone();
+    let replay = || {
+        call_raw(
+            &url,
+            repair_path,
+            "eu-west-1",
+            captured_date,
+            captured_signature.clone(),
+            captured.clone(),
+        )
+    };
+    let (status, answer) = replay().await;
+    assert_eq!((status, answer["applied"].as_u64()), (200, Some(1)), "{answer}");
+    let get = json!({"TableName": "carts", "Key": {"id": {"S": "c1"}}});
+    assert!(ok(&region.url, "GetItem", get.clone()).await.get("Item").is_some());
+
+    // The item is deleted here (a tombstone newer than the backfilled write).
+    ok(&region.url, "DeleteItem", get.clone()).await;
+    let tombstones = || async { get_json(&format!("{}/health", region.url)).await["replication"]["tombstones"].clone() };
+    assert_eq!(tombstones().await["waiting"].as_u64(), Some(1));
+
+    // Until the backfill completes, the region purges nothing, and says why.
+    let mark = |clock_ms: u64| {
+        serde_json::to_vec(&json!({
+            "clock": replication::Hlc::from_parts(clock_ms, 0).0,
+            "received": replication::Hlc::from_parts(clock_ms, 0).0,
+            "head": 0,
+        }))
+        .expect("serialize")
+    };
+    let deadline = Instant::now() + CONVERGENCE_DEADLINE;
+    loop {
+        let (status, answer) = post_signed(&region.url, "/replication/v1/mark", "eu-west-1", mark(now_ms() + 60_000)).await;
+        assert_eq!(status, 200, "{answer}");
+        let held = tombstones().await["held_back_by"].as_str().map(str::to_string);
+        if held.as_deref().is_some_and(|h| h.contains("backfill of table carts from eu-west-1")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pending backfill is not shown: {held:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tombstones().await["waiting"].as_u64(), Some(1), "nothing purged during a backfill");
+
+    // The backfill completes; eu-west-1's marks say it has everything: the tombstone goes.
+    let complete = serde_json::to_vec(&json!({
+        "records": [],
+        "complete_through": 0,
+        "backfill_barrier": barrier,
+    }))
+    .expect("serialize");
+    let (status, answer) = post_signed(&region.url, repair_path, "eu-west-1", complete).await;
+    assert_eq!(status, 200, "{answer}");
+    let deadline = Instant::now() + CONVERGENCE_DEADLINE;
+    loop {
+        let (status, answer) = post_signed(&region.url, "/replication/v1/mark", "eu-west-1", mark(now_ms() + 60_000)).await;
+        assert_eq!(status, 200, "{answer}");
+        if tombstones().await["purged_total"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the tombstone was never purged: {}", tombstones().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The captured backfill, replayed, brings nothing back...
+    let (status, answer) = replay().await;
+    assert_eq!((status, answer["applied"].as_u64()), (200, Some(0)), "{answer}");
+    assert!(ok(&region.url, "GetItem", get.clone()).await.get("Item").is_none());
+    // ...nor after a restart, when every in-memory watermark starts from nothing.
+    stop(&mut region).await;
+    let listener = TcpListener::bind(region.url.trim_start_matches("http://"))
+        .await
+        .expect("rebind the region's port");
+    let peers = [
+        ("us-east-1".to_string(), region.url.clone()),
+        ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
+    ];
+    start(&mut region, listener, &peers).await;
+    let (status, answer) = replay().await;
+    assert_eq!((status, answer["applied"].as_u64()), (200, Some(0)), "{answer}");
+    assert!(
+        ok(&region.url, "GetItem", get).await.get("Item").is_none(),
+        "a replayed repair resurrected a purged delete"
+    );
+    // A newer write arriving from the peer still applies.
+    let mut item = dynamo_protocol::Item::new();
+    item.insert("id".into(), AttributeValue::S("c2".into()));
+    let key = store::engine::key_of(table.key_hash, &table.key, &item).expect("key");
+    let record = encode(&Record {
+        hlc: replication::Hlc::from_parts(now_ms() + 120_000, 0).0,
+        origin: "eu-west-1".into(),
+        tombstone: false,
+        item,
+    });
+    let fresh = serde_json::to_vec(&json!({
+        "records": [BASE64.encode(store::replication_log::encode_change("carts", &key, &record))],
+        "complete_through": null,
+    }))
+    .expect("serialize");
+    let (status, answer) = post_signed(&region.url, repair_path, "eu-west-1", fresh).await;
+    assert_eq!((status, answer["applied"].as_u64()), (200, Some(1)), "{answer}");
+    stop(&mut region).await;
 }
