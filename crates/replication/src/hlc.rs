@@ -33,10 +33,17 @@ impl fmt::Display for Hlc {
     }
 }
 
+/// How far ahead of its wall clock a region stamps local writes at most, by default: a peer's
+/// timestamps further ahead are not inherited by the local clock (`clock_offset_max_ms`).
+pub const CLOCK_OFFSET_MAX_MS_DEFAULT: u64 = 1_000;
+
 /// A remote timestamp ahead of the local physical clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SkewReport {
     pub ahead_ms: u64,
+    /// The remote timestamp was further ahead than the bound: the local clock did not follow
+    /// it past the bound.
+    pub capped: bool,
 }
 
 /// The clock of one region. Never goes backwards, even when the physical clock does.
@@ -70,15 +77,33 @@ impl HlcClock {
         self.last
     }
 
-    /// Folds in a timestamp received from another region, so that every later local write is
-    /// ordered after it. Returns a skew report when the remote clock runs ahead by more than
-    /// [`SKEW_REPORT_MS`].
-    pub fn observe(&mut self, remote: Hlc, physical_ms: u64) -> Option<SkewReport> {
-        if remote > self.last {
-            self.last = remote;
+    /// Folds in a timestamp received from another region, so that later local writes are
+    /// ordered after it — but never past `max_ahead_ms` beyond the local physical clock: a peer
+    /// whose clock runs far ahead must not drag every local write into its future (its skew
+    /// would then outlive the fault, and every conflict would be decided by it). Writes to the
+    /// very item that carries the future timestamp still order after it ([`stamp_after`]).
+    /// Returns a skew report when the remote clock runs ahead by more than [`SKEW_REPORT_MS`]
+    /// or past the bound.
+    pub fn observe(&mut self, remote: Hlc, physical_ms: u64, max_ahead_ms: u64) -> Option<SkewReport> {
+        let bound = Hlc::from_parts(physical_ms.saturating_add(max_ahead_ms), 0);
+        let capped = remote > bound;
+        let followed = remote.min(bound);
+        if followed > self.last {
+            self.last = followed;
         }
         let ahead_ms = remote.physical_ms().saturating_sub(physical_ms);
-        (ahead_ms > SKEW_REPORT_MS).then_some(SkewReport { ahead_ms })
+        (ahead_ms > SKEW_REPORT_MS || capped).then_some(SkewReport { ahead_ms, capped })
+    }
+}
+
+/// The timestamp for a local write that replaces a stored version stamped `existing`: the
+/// clock's `stamp`, or just after `existing` when that is newer (a peer's clock ran ahead past
+/// the bound of [`HlcClock::observe`]). A write must be newer than what it replaces, or the
+/// peers would keep the old version while this region shows the new one.
+pub fn stamp_after(stamp: Hlc, existing: Option<Hlc>) -> Hlc {
+    match existing {
+        Some(existing) if existing >= stamp => Hlc(existing.0.saturating_add(1)),
+        _ => stamp,
     }
 }
 
@@ -101,9 +126,36 @@ mod tests {
     fn orders_local_writes_after_observed_remote_ones() {
         let mut clock = HlcClock::new();
         let remote = Hlc::from_parts(50_000, 7);
-        let report = clock.observe(remote, 45_000);
-        assert_eq!(report, Some(SkewReport { ahead_ms: 5_000 }));
+        let report = clock.observe(remote, 45_000, 10_000);
+        assert_eq!(
+            report,
+            Some(SkewReport {
+                ahead_ms: 5_000,
+                capped: false
+            })
+        );
         assert!(clock.now(45_001) > remote);
+    }
+
+    #[test]
+    fn a_peer_far_ahead_does_not_drag_local_writes_into_its_future() {
+        let mut clock = HlcClock::new();
+        let remote = Hlc::from_parts(165_000, 0);
+        let report = clock.observe(remote, 45_000, 1_000);
+        assert_eq!(
+            report,
+            Some(SkewReport {
+                ahead_ms: 120_000,
+                capped: true
+            })
+        );
+        let local = clock.now(45_001);
+        assert!(local.physical_ms() <= 46_000, "stamped at most the bound ahead: {local}");
+        // A write replacing the future-stamped item itself still orders after it.
+        let replacing = stamp_after(local, Some(remote));
+        assert!(replacing > remote);
+        assert_eq!(stamp_after(local, Some(Hlc::from_parts(1, 0))), local);
+        assert_eq!(stamp_after(local, None), local);
     }
 
     proptest! {

@@ -7,18 +7,21 @@
 //! - [`shipper`]: per-peer shipping of the replication log, in order, batched, with
 //!   back-pressure (one batch in flight), retries with capped backoff, and the trim rule;
 //! - [`watermark`]: when a tombstone may be purged (marks exchanged between regions);
+//! - [`clock_offset`]: the peers' clock offsets, from the signing times of their requests;
 //! - [`digest`]: range digests for anti-entropy (which key ranges differ between replicas).
 //!
 //! This crate must not depend on storage, tokio or HTTP: the store's runtime feeds it events
 //! and executes its commands, and the simulation in `tests/it` drives it deterministically.
 
+pub mod clock_offset;
 pub mod digest;
 pub mod hlc;
 pub mod merge;
 pub mod shipper;
 pub mod watermark;
 
-pub use hlc::{Hlc, HlcClock, SkewReport};
+pub use clock_offset::{PeerClocks, PeerOffset};
+pub use hlc::{Hlc, HlcClock, SkewReport, stamp_after};
 pub use merge::{Version, applies, wins};
 pub use shipper::{Acceptance, Command, Shipper, ShipperConfig, accept};
 pub use watermark::{Mark, Watermarks};

@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 
 use replication::digest::{Digest, Range, Walk};
 use replication::shipper::{Acceptance, accept};
-use replication::{Command, Hlc, HlcClock, Mark, Shipper, ShipperConfig, Version, Watermarks, applies};
+use replication::{
+    Command, Hlc, HlcClock, Mark, Shipper, ShipperConfig, Version, Watermarks, applies, stamp_after,
+};
 
 const REGIONS: [&str; 3] = ["ap-south-1", "eu-west-1", "us-east-1"];
 /// Steps of simulated time (1 ms each) with faults, then steps allowed for convergence.
@@ -46,6 +48,9 @@ fn table_of(key: u64) -> usize {
 }
 /// Each region sends its mark to its peers and purges tombstones this often.
 const MARK_INTERVAL_MS: u64 = 25;
+/// How far ahead of its wall clock a region stamps local writes at most (regions are skewed by
+/// up to ±3 s, so the bound is exercised).
+const CLOCK_OFFSET_MAX_MS: u64 = 1_000;
 /// Messages the attacker keeps to replay (the most recent ones).
 const CAPTURED_MAX: usize = 400;
 /// Steps after the faults heal during which the attacker keeps replaying.
@@ -109,6 +114,8 @@ enum Message {
     Repaired {
         batch: u64,
         through: u64,
+        /// The barrier of the backfill the repair was (0: anti-entropy only).
+        backfill_barrier: u64,
     },
     Mark(Mark),
 }
@@ -399,7 +406,9 @@ impl Simulation {
         };
         let r = &mut self.regions[region];
         let physical = r.physical(self.now);
-        let hlc = r.clock.now(physical);
+        // As the store does: the clock never follows a peer more than the bound ahead, and a
+        // write replacing an item stamped further ahead still orders after it.
+        let hlc = stamp_after(r.clock.now(physical), r.durable.items.get(&key).map(|(v, _)| v.hlc));
         let version = Version::new(hlc, r.name);
         assert!(
             r.merge(key, version.clone(), value),
@@ -460,7 +469,7 @@ impl Simulation {
                             // for its table (the backfill brings those).
                             let table = table_of(change.key);
                             if holds[table] && change.version.hlc.0 > barriers[table] {
-                                region.clock.observe(change.version.hlc, physical);
+                                region.clock.observe(change.version.hlc, physical, CLOCK_OFFSET_MAX_MS);
                                 region.merge(change.key, change.version, change.value);
                             }
                         }
@@ -492,7 +501,7 @@ impl Simulation {
                 let holds = self.replicas.map(|r| r[to]);
                 let region = &mut self.regions[to];
                 for (key, version, value) in state.into_iter().filter(|(key, ..)| holds[table_of(*key)]) {
-                    region.clock.observe(version.hlc, physical);
+                    region.clock.observe(version.hlc, physical, CLOCK_OFFSET_MAX_MS);
                     region.merge(key, version, value);
                 }
                 // The repair covers the sender's log up to `head`: later batches continue from there.
@@ -506,15 +515,30 @@ impl Simulation {
                         .awaiting_backfill
                         .retain(|(_, source, barrier)| !(*source == from && *barrier <= backfill_barrier));
                 }
-                self.reply(to, from, Message::Repaired { batch, through: head }, lossy, replayed);
+                let repaired = Message::Repaired {
+                    batch,
+                    through: head,
+                    backfill_barrier,
+                };
+                self.reply(to, from, repaired, lossy, replayed);
             }
-            Message::Repaired { batch, through } => {
+            Message::Repaired {
+                batch,
+                through,
+                backfill_barrier,
+            } => {
                 let region = &mut self.regions[to];
                 if let Some(shipper) = region.shippers.get_mut(&from) {
                     shipper.on_repaired(batch, through);
                     region.durable.acked.insert(from, shipper.acked());
-                    if !shipper.needs_repair() {
-                        region.durable.backfill_pending.retain(|(peer, _)| *peer != from);
+                    // As the store does: a repair ends only the backfills whose barrier it read
+                    // before it began; one asked for meanwhile needs another repair.
+                    region
+                        .durable
+                        .backfill_pending
+                        .retain(|(peer, barrier)| !(*peer == from && *barrier <= backfill_barrier));
+                    if region.durable.backfill_pending.iter().any(|(peer, _)| *peer == from) {
+                        shipper.request_repair();
                     }
                 }
             }
@@ -541,10 +565,18 @@ impl Simulation {
                     .map(|(_, b)| *b)
                     .max();
                 // A backfill waits until this region has received everything up to the joining
-                // region's barrier, as the store's does.
+                // region's barrier, and until its own clock has passed the barrier (its own
+                // later writes must be newer than the barrier, or the joining region would
+                // ignore them in the log while the backfill, taken earlier, lacks them), as the
+                // store's does.
                 if let Some(Command::Repair { batch }) = command {
                     let region = &mut self.regions[index];
-                    if barrier.is_some_and(|b| region.watermarks.received(u64::MAX) < b) {
+                    let physical = region.physical(now);
+                    if let Some(b) = barrier {
+                        region.clock.observe(Hlc(b), physical, CLOCK_OFFSET_MAX_MS);
+                        region.durable.last_hlc = region.clock.last();
+                    }
+                    if barrier.is_some_and(|b| region.watermarks.received(u64::MAX) < b || region.clock.last().0 < b) {
                         if let Some(shipper) = region.shippers.get_mut(&peer) {
                             shipper.on_failed(batch, now);
                         }
@@ -783,10 +815,27 @@ impl Simulation {
         };
         let reference = live(&self.regions[0]);
         for region in &self.regions[1..] {
-            assert_eq!(
-                live(region),
-                reference,
-                "{} differs from {}",
+            let theirs = live(region);
+            let differing: Vec<String> = reference
+                .keys()
+                .chain(theirs.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter(|key| reference.get(key) != theirs.get(key))
+                .map(|key| {
+                    format!(
+                        "key {key}: {} {:?} / {} {:?} (tombstone or nothing there: {:?})",
+                        self.regions[0].name,
+                        reference.get(key),
+                        region.name,
+                        theirs.get(key),
+                        region.durable.items.get(key)
+                    )
+                })
+                .collect();
+            assert!(
+                differing.is_empty(),
+                "{} differs from {}: {differing:#?}",
                 region.name,
                 self.regions[0].name
             );
