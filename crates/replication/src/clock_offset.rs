@@ -4,7 +4,9 @@
 //! A sample `sent - arrived` is the sender's offset minus the one-way delay, so it
 //! underestimates the offset by the delay; the largest of the last few samples is the best
 //! estimate (the one that waited least). A replayed request carries an old signing time and is
-//! not a sample: only a request signed later than every one before counts.
+//! not a sample: only a request signed later than every one before counts — except after
+//! [`OFFSET_STALE_MS`] without a sample, when the peer's clock may have been stepped back (NTP
+//! fixed it) and sampling starts over.
 //!
 //! Sans-IO: times come in as arguments. The store feeds it from every authenticated request
 //! (also those refused for skew) and shows the result in `/health` and `/metrics`.
@@ -58,7 +60,10 @@ impl PeerClocks {
     pub fn on_request(&mut self, peer: &str, signed_ms: u64, now_ms: u64) -> Option<i64> {
         let clock = self.peers.get_mut(peer)?;
         if signed_ms <= clock.last_signed_ms {
-            return None;
+            if now_ms.saturating_sub(clock.measured_at_ms) <= OFFSET_STALE_MS {
+                return None;
+            }
+            clock.samples.clear();
         }
         clock.last_signed_ms = signed_ms;
         let sample = i64::try_from(i128::from(signed_ms) - i128::from(now_ms)).unwrap_or(i64::MAX);
@@ -129,6 +134,22 @@ mod tests {
         assert_eq!(offsets[0].offset_ms, -400_000);
         assert!(offsets[0].alarm && offsets[0].beyond_window);
         let later = clocks.offsets(1_400_000 + OFFSET_STALE_MS + 1, 500, 300_000);
-        assert!(!later[0].alarm && !later[0].beyond_window, "a stale offset raises nothing");
+        assert!(
+            !later[0].alarm && !later[0].beyond_window,
+            "a stale offset raises nothing"
+        );
+    }
+
+    #[test]
+    fn a_clock_stepped_back_is_measured_again_once_the_old_estimate_is_stale() {
+        let mut clocks = PeerClocks::new(["eu-west-1"]);
+        // 400 s ahead, then NTP steps the peer's clock back: its next requests carry earlier
+        // signing times, which look like replays while the estimate is fresh...
+        clocks.on_request("eu-west-1", 1_400_000, 1_000_000);
+        assert_eq!(clocks.on_request("eu-west-1", 1_000_010, 1_000_020), None);
+        // ...and start a new estimate once it is stale.
+        let later = 1_000_020 + OFFSET_STALE_MS + 1;
+        assert_eq!(clocks.on_request("eu-west-1", later - 5, later), Some(-5));
+        assert!(!clocks.offsets(later, 500, 300_000)[0].alarm);
     }
 }

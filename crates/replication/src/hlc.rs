@@ -150,7 +150,10 @@ mod tests {
             })
         );
         let local = clock.now(45_001);
-        assert!(local.physical_ms() <= 46_000, "stamped at most the bound ahead: {local}");
+        assert!(
+            local.physical_ms() <= 46_000,
+            "stamped at most the bound ahead: {local}"
+        );
         // A write replacing the future-stamped item itself still orders after it.
         let replacing = stamp_after(local, Some(remote));
         assert!(replacing > remote);

@@ -80,7 +80,10 @@ mod tests {
         assert!(applies(&old, None, 10), "at the watermark: applies");
         assert!(applies(&old, None, 0), "no purge yet: applies");
         let stored = Version::new(Hlc(5), "us-east-1");
-        assert!(applies(&old, Some(&stored), 100), "a present key follows last writer wins");
+        assert!(
+            applies(&old, Some(&stored), 100),
+            "a present key follows last writer wins"
+        );
         assert!(!applies(&stored, Some(&old), 0));
     }
 

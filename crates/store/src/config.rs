@@ -11,6 +11,8 @@
 //! credentials = "credentials"            # ACCESS_KEY_ID SECRET lines
 //! replication_key_file = "replication.key"
 //! replication_backlog_bytes_max = "1GiB"  # log kept for a peer that is behind
+//! clock_offset_alarm_ms = 500             # a peer's clock further off raises an alarm
+//! clock_offset_max_ms = 1000              # local writes never stamped further ahead
 //!
 //! [store.peers]                           # the other regions' stores, for global tables
 //! eu-west-1 = "http://10.1.0.5:8000"
@@ -39,8 +41,15 @@ pub struct StoreFileConfig {
     pub credentials: Option<PathBuf>,
     pub replication_key_file: Option<PathBuf>,
     pub replication_backlog_bytes_max: Option<u64>,
+    pub clock_offset_alarm_ms: Option<u64>,
+    pub clock_offset_max_ms: Option<u64>,
     pub peers: Vec<Peer>,
 }
+
+/// Bounds of `clock_offset_alarm_ms` and `clock_offset_max_ms`: at least this...
+pub const CLOCK_OFFSET_MS_MIN: u64 = 10;
+/// ...and at most the signing window (a larger offset splits the regions anyway).
+pub const CLOCK_OFFSET_MS_MAX: u64 = crate::global::REQUEST_SKEW_MS_MAX;
 
 /// The smallest replication backlog bound accepted.
 pub const BACKLOG_BYTES_MIN: u64 = 4096;
@@ -98,6 +107,8 @@ struct RawStore {
     credentials: Option<Spanned<String>>,
     replication_key_file: Option<Spanned<String>>,
     replication_backlog_bytes_max: Option<Spanned<toml::Value>>,
+    clock_offset_alarm_ms: Option<Spanned<i64>>,
+    clock_offset_max_ms: Option<Spanned<i64>>,
     #[serde(default)]
     peers: BTreeMap<String, Spanned<String>>,
 }
@@ -187,10 +198,32 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
                 .map_err(|message| at(text, value.span(), format!("replication_backlog_bytes_max: {message}")))
         })
         .transpose()?;
+    let clock_ms = |value: &Option<Spanned<i64>>, key: &str| -> Result<Option<u64>, String> {
+        value
+            .as_ref()
+            .map(|v| {
+                u64::try_from(*v.get_ref())
+                    .ok()
+                    .filter(|ms| (CLOCK_OFFSET_MS_MIN..=CLOCK_OFFSET_MS_MAX).contains(ms))
+                    .ok_or_else(|| {
+                        at(
+                            text,
+                            v.span(),
+                            format!(
+                                "{key} = {} is out of range; give milliseconds from {CLOCK_OFFSET_MS_MIN} to {CLOCK_OFFSET_MS_MAX}",
+                                v.get_ref()
+                            ),
+                        )
+                    })
+            })
+            .transpose()
+    };
     Ok(StoreFileConfig {
         region,
         listen,
         replication_backlog_bytes_max,
+        clock_offset_alarm_ms: clock_ms(&raw.clock_offset_alarm_ms, "clock_offset_alarm_ms")?,
+        clock_offset_max_ms: clock_ms(&raw.clock_offset_max_ms, "clock_offset_max_ms")?,
         data_dir: path(&raw.data_dir, "data_dir")?,
         credentials: path(&raw.credentials, "credentials")?,
         replication_key_file: path(&raw.replication_key_file, "replication_key_file")?,
@@ -261,6 +294,25 @@ ap-south-1 = "https://store.ap-south-1.example:8000"
             parse("[proxy]\nx = 1\n", Path::new(".")),
             Ok(StoreFileConfig::default())
         );
+    }
+
+    #[test]
+    fn clock_offsets_are_bounded_milliseconds() {
+        let config = parse(
+            "[store]\nclock_offset_alarm_ms = 250\nclock_offset_max_ms = 2000\n",
+            Path::new("."),
+        )
+        .expect("valid");
+        assert_eq!(
+            (config.clock_offset_alarm_ms, config.clock_offset_max_ms),
+            (Some(250), Some(2000))
+        );
+        let error =
+            parse("[store]\n\nclock_offset_max_ms = 9223372036854775807\n", Path::new(".")).expect_err("absurd");
+        assert!(error.starts_with("line 3, column 23"), "{error}");
+        assert!(error.contains("from 10 to 300000"), "{error}");
+        let error = parse("[store]\nclock_offset_alarm_ms = -1\n", Path::new(".")).expect_err("negative");
+        assert!(error.contains("clock_offset_alarm_ms = -1"), "{error}");
     }
 
     proptest::proptest! {

@@ -119,47 +119,106 @@ impl Clock for SystemClock {
     }
 }
 
+/// How often at most the clock bound's warning is logged.
+const CLOCK_BOUND_LOG_INTERVAL_MS: u64 = 10_000;
+
 /// The region's hybrid logical clock, shared by the writer and the replication receiver.
 pub struct HybridClock {
-    clock: std::sync::Mutex<HlcClock>,
+    clock: std::sync::Mutex<HlcState>,
+    /// How far ahead of the wall clock local stamps may run (`clock_offset_max_ms`).
+    max_ahead_ms: std::sync::atomic::AtomicU64,
+}
+
+struct HlcState {
+    clock: HlcClock,
+    /// The highest timestamp stored here so far (observed or stamped): a local stamp above it
+    /// is newer than any stored version, so no version needs to be read to order after it.
+    ceiling: u64,
+    /// When the clock bound was last logged (wall ms).
+    bound_logged_ms: u64,
+    /// Remote timestamps the bound kept the clock from following.
+    capped_total: u64,
 }
 
 impl HybridClock {
     fn resume(last: u64) -> HybridClock {
         HybridClock {
-            clock: std::sync::Mutex::new(HlcClock::resume(Hlc(last))),
+            clock: std::sync::Mutex::new(HlcState {
+                clock: HlcClock::resume(Hlc(last)),
+                ceiling: last,
+                bound_logged_ms: 0,
+                capped_total: 0,
+            }),
+            max_ahead_ms: std::sync::atomic::AtomicU64::new(replication::hlc::CLOCK_OFFSET_MAX_MS_DEFAULT),
         }
     }
 
-    pub fn tick(&self, physical_ms: u64) -> u64 {
-        self.clock
-            .lock()
-            .expect("clock lock is never poisoned")
-            .now(physical_ms)
-            .0
+    fn state(&self) -> std::sync::MutexGuard<'_, HlcState> {
+        self.clock.lock().expect("clock lock is never poisoned")
     }
 
-    /// Folds in a timestamp from another region; reports remote clocks running ahead.
-    pub fn observe(&self, remote: u64) {
-        let physical = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        if let Some(skew) = self
-            .clock
-            .lock()
-            .expect("clock lock is never poisoned")
-            .observe(Hlc(remote), physical)
-        {
-            tracing::warn!(
-                ahead_ms = skew.ahead_ms,
-                "a peer region's clock runs ahead of ours; the HLC keeps writes ordered"
-            );
+    pub fn tick(&self, physical_ms: u64) -> u64 {
+        let mut state = self.state();
+        let stamp = state.clock.now(physical_ms).0;
+        state.ceiling = state.ceiling.max(stamp);
+        stamp
+    }
+
+    /// A stamp for a local write replacing a version stamped `existing` (read by the caller
+    /// only when [`HybridClock::tick_above`] says it may matter).
+    fn stamp_replacing(&self, stamp: u64, existing: Option<u64>) -> u64 {
+        let stamp = replication::stamp_after(Hlc(stamp), existing.map(Hlc)).0;
+        let mut state = self.state();
+        state.ceiling = state.ceiling.max(stamp);
+        stamp
+    }
+
+    /// A fresh stamp, and whether it is above every timestamp stored here (then no stored
+    /// version can be newer than it).
+    fn tick_above(&self, physical_ms: u64) -> (u64, bool) {
+        let mut state = self.state();
+        let ceiling = state.ceiling;
+        let stamp = state.clock.now(physical_ms).0;
+        state.ceiling = ceiling.max(stamp);
+        (stamp, stamp > ceiling)
+    }
+
+    /// Folds in a timestamp from another region, never past the bound ahead of the wall clock
+    /// (see `replication::HlcClock::observe`); logs remote clocks running ahead.
+    pub fn observe(&self, remote: u64, physical_ms: u64) {
+        let max_ahead_ms = self.max_ahead_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let mut state = self.state();
+        state.ceiling = state.ceiling.max(remote);
+        let Some(skew) = state.clock.observe(Hlc(remote), physical_ms, max_ahead_ms) else {
+            return;
+        };
+        if skew.capped {
+            state.capped_total += 1;
+        }
+        if physical_ms.saturating_sub(state.bound_logged_ms) >= CLOCK_BOUND_LOG_INTERVAL_MS {
+            state.bound_logged_ms = physical_ms;
+            if skew.capped {
+                tracing::warn!(
+                    ahead_ms = skew.ahead_ms,
+                    clock_offset_max_ms = max_ahead_ms,
+                    "a peer region's clock runs ahead of ours past the bound: its writes apply, but local writes are not stamped into its future (writes to the same items still order after it); fix NTP on the peer"
+                );
+            } else {
+                tracing::warn!(
+                    ahead_ms = skew.ahead_ms,
+                    "a peer region's clock runs ahead of ours; the HLC keeps writes ordered"
+                );
+            }
         }
     }
 
     pub fn last(&self) -> u64 {
-        self.clock.lock().expect("clock lock is never poisoned").last().0
+        self.state().clock.last().0
+    }
+
+    /// Remote timestamps the bound kept the clock from following, since startup.
+    pub fn capped_total(&self) -> u64 {
+        self.state().capped_total
     }
 }
 
@@ -749,7 +808,7 @@ impl WriteContext<'_> {
     /// Writes `new` at `key` (replacing `old`, which the caller read in this batch), keeping
     /// indexes, TTL entries and counters in step.
     pub fn put(&mut self, table: &TableMeta, key: &[u8], old: Option<&Item>, new: &Item) -> Result<(), ApiError> {
-        let hlc = self.shared.hlc.tick(self.shared.clock.now_unix_ms());
+        let hlc = self.local_stamp(table, key)?;
         let record = Record {
             hlc,
             origin: self.shared.region.clone(),
@@ -763,6 +822,28 @@ impl WriteContext<'_> {
         result.map_err(|e| self.fail("writing an item", e))
     }
 
+    /// The timestamp of a local write to `key`: newer than the version stored there, even when
+    /// a peer's clock ran past the bound and stamped that version further ahead than this
+    /// region's clock may go (the stored header is read only then).
+    fn local_stamp(&mut self, table: &TableMeta, key: &[u8]) -> Result<u64, ApiError> {
+        let (stamp, above_all) = self.shared.hlc.tick_above(self.shared.clock.now_unix_ms());
+        if above_all || !table.is_global() {
+            return Ok(stamp);
+        }
+        let existing = {
+            let data = self
+                .txn
+                .open_table(bytes_table(&data_table_name(table.id)))
+                .map_err(|e| storage_error("opening a table", e))?;
+            let bytes = data.get(key).map_err(|e| storage_error("reading an item", e))?;
+            match bytes {
+                Some(bytes) => Some(record::hlc(bytes.value()).map_err(|e| storage_error("decoding an item", e))?),
+                None => None,
+            }
+        };
+        Ok(self.shared.hlc.stamp_replacing(stamp, existing))
+    }
+
     /// Deletes the item at `key` (`old`, as read in this batch; `None` if there is none). In a
     /// global table the delete is a tombstone even when nothing is stored here yet: the delete
     /// is a write like any other, and must win over older writes still on their way here
@@ -771,7 +852,7 @@ impl WriteContext<'_> {
         let result = if table.is_global() {
             // A global table keeps the delete as a tombstone so it can win over older writes
             // that other regions have not shipped yet.
-            let hlc = self.shared.hlc.tick(self.shared.clock.now_unix_ms());
+            let hlc = self.local_stamp(table, key)?;
             let record = Record {
                 hlc,
                 origin: self.shared.region.clone(),
@@ -849,7 +930,7 @@ impl WriteContext<'_> {
             }
             None => None,
         };
-        self.shared.hlc.observe(change.hlc);
+        self.shared.hlc.observe(change.hlc, self.shared.clock.now_unix_ms());
         let new = (!change.tombstone).then_some(&change.item);
         let result = self
             .store(table, key, old.as_ref(), new, Some(incoming))
@@ -1481,6 +1562,31 @@ impl Engine {
     /// A table's durable purge watermark (0: nothing purged), for status and tests.
     pub fn table_purged_below(&self, table_id: u64) -> u64 {
         self.setting(&purged_below_key(table_id))
+    }
+
+    /// Bounds how far ahead of the wall clock local stamps may run (`clock_offset_max_ms`).
+    pub fn set_clock_offset_max_ms(&self, max_ahead_ms: u64) {
+        self.shared
+            .hlc
+            .max_ahead_ms
+            .store(max_ahead_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Moves this region's clock up to `stamp` (within the bound ahead of the wall clock) and
+    /// says whether it has passed it: every later local write is then newer than `stamp`.
+    pub fn advance_clock_past(&self, stamp: u64) -> bool {
+        self.shared.hlc.observe(stamp, self.shared.clock.now_unix_ms());
+        self.shared.hlc.last() >= stamp
+    }
+
+    /// This region's clock (the last HLC stamp issued or followed).
+    pub fn clock_last(&self) -> u64 {
+        self.shared.hlc.last()
+    }
+
+    /// Peer timestamps the clock bound kept this region's clock from following, since startup.
+    pub fn clock_capped_total(&self) -> u64 {
+        self.shared.hlc.capped_total()
     }
 
     /// Records the tombstone purge watermark (see [`Shared::purge_below`]).

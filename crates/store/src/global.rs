@@ -26,7 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use replication::digest::{Digest, Range as DigestRange, Walk};
 use replication::shipper::{Acceptance, accept};
-use replication::{Command, Mark, Shipper, ShipperConfig, Watermarks};
+use replication::{Command, Mark, PeerClocks, PeerOffset, Shipper, ShipperConfig, Watermarks};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -121,7 +121,14 @@ pub struct ReplicationConfig {
     pub key: Vec<u8>,
     /// Bytes of replication log kept for a peer that is behind (see `LOG_BACKLOG_BYTES_DEFAULT`).
     pub backlog_bytes_max: u64,
+    /// A peer's clock further off than this raises an alarm (`CLOCK_OFFSET_ALARM_MS_DEFAULT`).
+    pub clock_offset_alarm_ms: u64,
+    /// Local stamps never run further ahead of the wall clock (`CLOCK_OFFSET_MAX_MS_DEFAULT`).
+    pub clock_offset_max_ms: u64,
 }
+
+pub use replication::clock_offset::CLOCK_OFFSET_ALARM_MS_DEFAULT;
+pub use replication::hlc::CLOCK_OFFSET_MAX_MS_DEFAULT;
 
 /// What the operator and DescribeTable see of one peer.
 #[derive(Default)]
@@ -160,6 +167,8 @@ pub struct Replication {
     /// Held while a replica-definition request is numbered and sent, so each peer receives
     /// them in sequence order.
     definitions: tokio::sync::Mutex<()>,
+    /// The peers' clock offsets, from the signing times of their requests.
+    clocks: Mutex<PeerClocks>,
     /// The peers' marks, and so when a tombstone may be purged.
     watermarks: Mutex<Watermarks>,
     /// This region's latest mark, sent to every peer.
@@ -283,6 +292,8 @@ impl Replication {
             .iter()
             .map(|p| (p.region.clone(), Arc::new(PeerStatus::default())))
             .collect();
+        engine.set_clock_offset_max_ms(config.clock_offset_max_ms);
+        let clocks = PeerClocks::new(config.peers.iter().map(|p| p.region.clone()));
         let mut watermarks = Watermarks::new(config.peers.iter().map(|p| p.region.clone()));
         for peer in &config.peers {
             watermarks.on_applied(&peer.region, engine.applied_from(&peer.region));
@@ -294,6 +305,7 @@ impl Replication {
             client,
             status,
             definitions: tokio::sync::Mutex::new(()),
+            clocks: Mutex::new(clocks),
             watermarks: Mutex::new(watermarks),
             mark: tokio::sync::watch::Sender::new(None),
             tombstones: TombstoneStatus::default(),
@@ -924,13 +936,20 @@ impl Replication {
             .lock()
             .expect("watermark lock is never poisoned")
             .received(u64::MAX);
-        if received >= barrier {
-            Ok(())
-        } else {
-            Err(format!(
+        if received < barrier {
+            return Err(format!(
                 "backfill waits until this region has received every write up to the peer's join (HLC {barrier}; received {received}): are all peers up?"
-            ))
+            ));
         }
+        // This region's own later writes must be newer than the barrier, or the joining region
+        // would ignore them in the log while the backfill, read now, lacks them.
+        if !self.engine.advance_clock_past(barrier) {
+            return Err(format!(
+                "backfill waits until this region's clock passes the peer's join (HLC {barrier}, this clock {}): the peer's clock runs ahead of this one by more than clock_offset_max_ms",
+                self.engine.clock_last()
+            ));
+        }
+        Ok(())
     }
 
     async fn send_mark(&self, peer: &Peer, mark: Mark) {
@@ -1048,19 +1067,25 @@ impl Replication {
                 "replication request without {DATE_HEADER}: the peer must run a build that signs its requests with a date"
             )));
         };
+        if !verify(&self.config.key, &region, path, date_ms, body, signature) {
+            tracing::warn!(%region, "replication request with a bad signature refused: check that both stores use the same replication key");
+            return Err(unauthorized(
+                "bad replication signature: the stores' replication keys differ",
+            ));
+        }
+        // The signing time is authentic now: a sample of the peer's clock (a replay carries an
+        // older time than the peer's last request and is no sample), also when it is refused.
         let now = self.engine.now_unix_ms();
+        self.clocks
+            .lock()
+            .expect("clock lock is never poisoned")
+            .on_request(&region, date_ms, now);
         let skew = now.abs_diff(date_ms);
         if skew > REQUEST_SKEW_MS_MAX {
             tracing::warn!(%region, skew_ms = skew, "replication request signed too far from this store's clock refused (replayed, or a clock is wrong)");
             return Err(unauthorized(format!(
                 "replication request signed {skew} ms away from this store's clock (at most {REQUEST_SKEW_MS_MAX}): an old request replayed, or a region's clock is wrong; check NTP in both regions"
             )));
-        }
-        if !verify(&self.config.key, &region, path, date_ms, body, signature) {
-            tracing::warn!(%region, "replication request with a bad signature refused: check that both stores use the same replication key");
-            return Err(unauthorized(
-                "bad replication signature: the stores' replication keys differ",
-            ));
         }
         Ok(region)
     }
@@ -1189,7 +1214,11 @@ impl Replication {
         let source = self.authenticate(headers, "/replication/v1/table", body)?;
         let request: TableRequest =
             serde_json::from_slice(body).map_err(|e| ApiError::serialization(format!("corrupt table request: {e}")))?;
-        let TableRequest { table, delete, sequence } = request;
+        let TableRequest {
+            table,
+            delete,
+            sequence,
+        } = request;
         let job_source = source.clone();
         let name = table.name.clone();
         // Everything this region may have vouched for so far (see `TableMeta::joined_below`).
@@ -1265,6 +1294,23 @@ impl Replication {
         })
     }
 
+    /// The peers' clock offsets as `/health` shows them, and whether any raises an alarm or is
+    /// beyond the signing window (the regions then refuse each other's requests).
+    pub fn clock_status(&self) -> ClockStatus {
+        let now = self.engine.now_unix_ms();
+        let peers = self.clocks.lock().expect("clock lock is never poisoned").offsets(
+            now,
+            self.config.clock_offset_alarm_ms,
+            REQUEST_SKEW_MS_MAX,
+        );
+        ClockStatus {
+            alarm_ms: self.config.clock_offset_alarm_ms,
+            max_ms: self.config.clock_offset_max_ms,
+            capped_total: self.engine.clock_capped_total(),
+            peers,
+        }
+    }
+
     /// DescribeTable's `Replicas` for a global table.
     pub fn describe_replicas(&self, table: &TableMeta) -> serde_json::Value {
         let replicas: Vec<serde_json::Value> = table
@@ -1320,6 +1366,46 @@ fn repair_percent(copied: u64, total: u64) -> u64 {
         return 0;
     }
     (copied.saturating_mul(100) / total).min(99)
+}
+
+/// The peers' clocks as this region sees them (see [`Replication::clock_status`]).
+pub struct ClockStatus {
+    pub alarm_ms: u64,
+    pub max_ms: u64,
+    /// Peer timestamps the bound kept this region's clock from following, since startup.
+    pub capped_total: u64,
+    pub peers: Vec<PeerOffset>,
+}
+
+impl ClockStatus {
+    pub fn alarm(&self) -> bool {
+        self.peers.iter().any(|p| p.alarm)
+    }
+
+    /// Peers beyond the signing window: replication with them is refused both ways.
+    pub fn split_from(&self) -> Vec<&str> {
+        self.peers
+            .iter()
+            .filter(|p| p.beyond_window)
+            .map(|p| p.peer.as_str())
+            .collect()
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "alarm": self.alarm(),
+            "offset_alarm_ms": self.alarm_ms,
+            "offset_max_ms": self.max_ms,
+            "beyond_signing_window": self.split_from(),
+            "stamps_capped_total": self.capped_total,
+            "peers": self.peers.iter().map(|p| (p.peer.clone(), serde_json::json!({
+                "offset_ms": p.offset_ms,
+                "measured_age_ms": p.age_ms,
+                "alarm": p.alarm,
+                "beyond_signing_window": p.beyond_window,
+            }))).collect::<serde_json::Map<String, serde_json::Value>>(),
+        })
+    }
 }
 
 enum Outcome {

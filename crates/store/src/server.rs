@@ -51,6 +51,11 @@ struct TableLabels {
     table: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClockLabels {
+    peer: String,
+}
+
 struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -66,6 +71,8 @@ struct Metrics {
     tombstones_purged: Gauge,
     tombstones_waiting: Gauge,
     tombstone_purge_lag_ms: Gauge,
+    peer_clock_offset_seconds: Family<ClockLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    clock_offset_alarm: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,6 +144,18 @@ impl Metrics {
             "Last position in this region's replication log",
             replication_log_head.clone(),
         );
+        let peer_clock_offset_seconds = Family::<ClockLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "peer_clock_offset_seconds",
+            "How far a peer region's clock runs ahead of this one (negative: behind), from the signing times of its requests",
+            peer_clock_offset_seconds.clone(),
+        );
+        let clock_offset_alarm = Gauge::default();
+        registry.register(
+            "clock_offset_alarm",
+            "1 while a peer's clock is further off than clock_offset_alarm_ms",
+            clock_offset_alarm.clone(),
+        );
         let tombstones_purged = Gauge::default();
         registry.register(
             "tombstones_purged",
@@ -158,6 +177,8 @@ impl Metrics {
         Metrics {
             tombstones_purged,
             tombstones_waiting,
+            peer_clock_offset_seconds,
+            clock_offset_alarm,
             tombstone_purge_lag_ms,
             replication_lag_ms,
             replication_pending_changes,
@@ -367,6 +388,7 @@ fn replication_health(store: &Store) -> serde_json::Value {
         "log_first": log_first,
         "log_bytes": log_bytes,
         "peers": peers,
+        "clock": replication.clock_status().to_json(),
         "tombstones": {
             // Tombstones older than this are purged; it trails the present by a few mark
             // intervals while every peer is up, and stops while one is down.
@@ -564,6 +586,17 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             .tombstones_purged
             .set(tombstones.purged_total.load(Relaxed) as i64);
         state.metrics.tombstones_waiting.set(engine.tombstone_entries() as i64);
+        let clocks = replication.clock_status();
+        state.metrics.clock_offset_alarm.set(i64::from(clocks.alarm()));
+        for peer in &clocks.peers {
+            state
+                .metrics
+                .peer_clock_offset_seconds
+                .get_or_create(&ClockLabels {
+                    peer: peer.peer.clone(),
+                })
+                .set(peer.offset_ms as f64 / 1000.0);
+        }
         state.metrics.tombstone_purge_lag_ms.set(
             engine
                 .now_unix_ms()

@@ -139,7 +139,7 @@ struct CeilingArgs {
 struct StoreArgs {
     /// A deployment file whose `[store]` section sets any of the options below (`region`,
     /// `listen`, `data_dir`, `credentials`, `replication_key_file`,
-    /// `replication_backlog_bytes_max`, and `[store.peers]` as
+    /// `replication_backlog_bytes_max`, `clock_offset_alarm_ms`, `clock_offset_max_ms`, and `[store.peers]` as
     /// REGION = "URL" lines); flags and environment variables override it. See the README.
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
@@ -177,6 +177,15 @@ struct StoreArgs {
     /// repaired by anti-entropy when it returns [default: 1GiB].
     #[arg(long, value_name = "BYTES", env = "SWITCHYARD_REPLICATION_BACKLOG_BYTES_MAX", value_parser = store::config::parse_bytes)]
     replication_backlog_bytes_max: Option<u64>,
+    /// A peer whose clock is further off than this (milliseconds, measured from the signing
+    /// times of its requests) raises an alarm in /health and /metrics [default: 500].
+    #[arg(long, value_name = "MS", env = "SWITCHYARD_CLOCK_OFFSET_ALARM_MS", value_parser = clap::value_parser!(u64).range(store::config::CLOCK_OFFSET_MS_MIN..=store::config::CLOCK_OFFSET_MS_MAX))]
+    clock_offset_alarm_ms: Option<u64>,
+    /// Local writes are never stamped further ahead of this region's wall clock than this
+    /// (milliseconds), even after a peer with a clock running ahead sent writes from its future;
+    /// writes to those very items still order after them [default: 1000].
+    #[arg(long, value_name = "MS", env = "SWITCHYARD_CLOCK_OFFSET_MAX_MS", value_parser = clap::value_parser!(u64).range(store::config::CLOCK_OFFSET_MS_MIN..=store::config::CLOCK_OFFSET_MS_MAX))]
+    clock_offset_max_ms: Option<u64>,
 }
 
 /// A store's settings: flags and environment over the config file over the defaults.
@@ -190,6 +199,8 @@ struct StoreSettings {
     replication_key_file: Option<PathBuf>,
     trusted_network: bool,
     replication_backlog_bytes_max: u64,
+    clock_offset_alarm_ms: u64,
+    clock_offset_max_ms: u64,
 }
 
 const STORE_REGION_DEFAULT: &str = "us-east-1";
@@ -226,6 +237,14 @@ impl StoreArgs {
                 .replication_backlog_bytes_max
                 .or(file.replication_backlog_bytes_max)
                 .unwrap_or(store::global::LOG_BACKLOG_BYTES_DEFAULT),
+            clock_offset_alarm_ms: self
+                .clock_offset_alarm_ms
+                .or(file.clock_offset_alarm_ms)
+                .unwrap_or(store::global::CLOCK_OFFSET_ALARM_MS_DEFAULT),
+            clock_offset_max_ms: self
+                .clock_offset_max_ms
+                .or(file.clock_offset_max_ms)
+                .unwrap_or(store::global::CLOCK_OFFSET_MAX_MS_DEFAULT),
         })
     }
 }
@@ -268,6 +287,8 @@ fn replication_config(args: &StoreSettings) -> anyhow::Result<Option<store::glob
         peers: args.peers.clone(),
         key,
         backlog_bytes_max: args.replication_backlog_bytes_max,
+        clock_offset_alarm_ms: args.clock_offset_alarm_ms,
+        clock_offset_max_ms: args.clock_offset_max_ms,
     }))
 }
 

@@ -67,6 +67,8 @@ async fn start_stores() -> (
                 peers,
                 key: KEY.to_vec(),
                 backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
+                clock_offset_alarm_ms: store::global::CLOCK_OFFSET_ALARM_MS_DEFAULT,
+                clock_offset_max_ms: store::global::CLOCK_OFFSET_MAX_MS_DEFAULT,
             }),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -24,9 +24,7 @@ use std::collections::BTreeMap;
 
 use replication::digest::{Digest, Range, Walk};
 use replication::shipper::{Acceptance, accept};
-use replication::{
-    Command, Hlc, HlcClock, Mark, Shipper, ShipperConfig, Version, Watermarks, applies, stamp_after,
-};
+use replication::{Command, Hlc, HlcClock, Mark, Shipper, ShipperConfig, Version, Watermarks, applies, stamp_after};
 
 const REGIONS: [&str; 3] = ["ap-south-1", "eu-west-1", "us-east-1"];
 /// Steps of simulated time (1 ms each) with faults, then steps allowed for convergence.
@@ -359,7 +357,10 @@ impl Simulation {
             return;
         }
         let delay = 1 + self.rng.below(30);
-        if !matches!(message, Message::Ack { .. } | Message::Gap { .. } | Message::Repaired { .. }) {
+        if !matches!(
+            message,
+            Message::Ack { .. } | Message::Gap { .. } | Message::Repaired { .. }
+        ) {
             if self.captured.len() >= CAPTURED_MAX {
                 let index = self.rng.below(CAPTURED_MAX as u64) as usize;
                 self.captured.swap_remove(index);
@@ -885,7 +886,10 @@ fn run_seed(seed: u64) -> u64 {
     match outcome {
         Ok((writes, purged, replays)) => {
             assert!(writes > 100, "seed {seed}: the workload made only {writes} writes");
-            assert!(replays > 10, "seed {seed}: the attacker replayed only {replays} messages");
+            assert!(
+                replays > 10,
+                "seed {seed}: the attacker replayed only {replays} messages"
+            );
             purged
         }
         Err(panic) => {

@@ -92,6 +92,8 @@ async fn start(region: &mut Region, listener: TcpListener, urls: &[(String, Stri
             peers,
             key: KEY.to_vec(),
             backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
+            clock_offset_alarm_ms: store::global::CLOCK_OFFSET_ALARM_MS_DEFAULT,
+            clock_offset_max_ms: store::global::CLOCK_OFFSET_MAX_MS_DEFAULT,
         }),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -355,7 +357,15 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
     .expect("serialize");
     let date_ms = now_ms();
     let delete_signature = store::global::sign(KEY, "eu-west-1", path, date_ms, &delete);
-    let (status, answer) = call_raw(&region.url, path, "eu-west-1", date_ms, delete_signature.clone(), delete.clone()).await;
+    let (status, answer) = call_raw(
+        &region.url,
+        path,
+        "eu-west-1",
+        date_ms,
+        delete_signature.clone(),
+        delete.clone(),
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     // ...then it joins again (sequence 3), and the region restarts: the in-memory state is gone.
     let join = serde_json::to_vec(&TableRequest {
@@ -730,7 +740,8 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
 
     // The item is deleted here (a tombstone newer than the backfilled write).
     ok(&region.url, "DeleteItem", get.clone()).await;
-    let tombstones = || async { get_json(&format!("{}/health", region.url)).await["replication"]["tombstones"].clone() };
+    let tombstones =
+        || async { get_json(&format!("{}/health", region.url)).await["replication"]["tombstones"].clone() };
     assert_eq!(tombstones().await["waiting"].as_u64(), Some(1));
 
     // Until the backfill completes, the region purges nothing, and says why.
@@ -744,16 +755,29 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
     };
     let deadline = Instant::now() + CONVERGENCE_DEADLINE;
     loop {
-        let (status, answer) = post_signed(&region.url, "/replication/v1/mark", "eu-west-1", mark(now_ms() + 60_000)).await;
+        let (status, answer) = post_signed(
+            &region.url,
+            "/replication/v1/mark",
+            "eu-west-1",
+            mark(now_ms() + 60_000),
+        )
+        .await;
         assert_eq!(status, 200, "{answer}");
         let held = tombstones().await["held_back_by"].as_str().map(str::to_string);
-        if held.as_deref().is_some_and(|h| h.contains("backfill of table carts from eu-west-1")) {
+        if held
+            .as_deref()
+            .is_some_and(|h| h.contains("backfill of table carts from eu-west-1"))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "the pending backfill is not shown: {held:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(tombstones().await["waiting"].as_u64(), Some(1), "nothing purged during a backfill");
+    assert_eq!(
+        tombstones().await["waiting"].as_u64(),
+        Some(1),
+        "nothing purged during a backfill"
+    );
 
     // The backfill completes; eu-west-1's marks say it has everything: the tombstone goes.
     let complete = serde_json::to_vec(&json!({
@@ -766,12 +790,22 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
     assert_eq!(status, 200, "{answer}");
     let deadline = Instant::now() + CONVERGENCE_DEADLINE;
     loop {
-        let (status, answer) = post_signed(&region.url, "/replication/v1/mark", "eu-west-1", mark(now_ms() + 60_000)).await;
+        let (status, answer) = post_signed(
+            &region.url,
+            "/replication/v1/mark",
+            "eu-west-1",
+            mark(now_ms() + 60_000),
+        )
+        .await;
         assert_eq!(status, 200, "{answer}");
         if tombstones().await["purged_total"].as_u64() == Some(1) {
             break;
         }
-        assert!(Instant::now() < deadline, "the tombstone was never purged: {}", tombstones().await);
+        assert!(
+            Instant::now() < deadline,
+            "the tombstone was never purged: {}",
+            tombstones().await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -813,4 +847,55 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
     let (status, answer) = post_signed(&region.url, repair_path, "eu-west-1", fresh).await;
     assert_eq!((status, answer["applied"].as_u64()), (200, Some(1)), "{answer}");
     stop(&mut region).await;
+}
+
+/// A peer whose requests are signed two seconds ahead shows that offset in `/health` and
+/// `/metrics` with an alarm; one beyond the signing window is refused and named as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_clock_offsets_are_measured_and_alarmed() {
+    let mut region = start_lone_region(tempfile::tempdir().expect("temp dir")).await;
+    let mark = serde_json::to_vec(&json!({"clock": 0, "received": 0, "head": 0})).expect("serialize");
+    let path = "/replication/v1/mark";
+    let send_at = |date_ms: u64| {
+        let signature = store::global::sign(KEY, "eu-west-1", path, date_ms, &mark);
+        call_raw(&region.url, path, "eu-west-1", date_ms, signature, mark.clone())
+    };
+    let clock = || async { get_json(&format!("{}/health", region.url)).await["replication"]["clock"].clone() };
+    assert_eq!(clock().await["peers"], json!({}), "no offset before any request");
+
+    let (status, answer) = send_at(now_ms() + 2_000).await;
+    assert_eq!(status, 200, "{answer}");
+    let seen = clock().await;
+    let offset = seen["peers"]["eu-west-1"]["offset_ms"].as_i64().expect("an offset");
+    assert!((1_000..=2_000).contains(&offset), "{seen}");
+    assert_eq!(seen["alarm"], json!(true), "{seen}");
+    assert_eq!(seen["peers"]["eu-west-1"]["beyond_signing_window"], json!(false));
+    let metrics = reqwest_text(&format!("{}/metrics", region.url)).await;
+    assert!(metrics.contains("switchyard_store_clock_offset_alarm 1"), "{metrics}");
+    assert!(
+        metrics.contains("peer_clock_offset_seconds{peer=\"eu-west-1\"} 1."),
+        "{metrics}"
+    );
+
+    // Seven minutes ahead: past the signing window, refused, and shown as a split.
+    let (status, answer) = send_at(now_ms() + 420_000).await;
+    assert_eq!(status, 403, "{answer}");
+    let seen = clock().await;
+    assert_eq!(seen["beyond_signing_window"], json!(["eu-west-1"]), "{seen}");
+    stop(&mut region).await;
+}
+
+/// The body of a GET as text.
+async fn reqwest_text(url: &str) -> String {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = hyper::Request::get(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("valid request");
+    let response = client.request(request).await.expect("store answers");
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
 }

@@ -281,3 +281,72 @@ async fn a_delete_of_an_item_not_here_yet_wins_over_the_older_write_arriving_lat
     assert!(!applied, "the older write loses to the delete");
     assert!(!present(&store, "late").await);
 }
+
+/// Every record of `carts` with its HLC, by the item's `id`.
+fn stamps(engine: &Engine) -> std::collections::BTreeMap<String, u64> {
+    let table = engine.table("carts").expect("table");
+    let snapshot = engine.snapshot().expect("snapshot");
+    let root = replication::digest::Range::new(0, 0).expect("the whole key space");
+    snapshot
+        .records_in(&table, root, None, 1_000)
+        .expect("records")
+        .into_iter()
+        .map(|(_, bytes)| {
+            let record = store::record::decode(&bytes).expect("record");
+            let id = match record.item.get("id") {
+                Some(dynamo_protocol::AttributeValue::S(id)) => id.clone(),
+                _ => String::new(),
+            };
+            (id, record.hlc)
+        })
+        .collect()
+}
+
+/// A peer whose clock runs two minutes ahead sends a write: it applies, but this region's
+/// clock does not follow it past `clock_offset_max_ms`, so unrelated local writes keep real
+/// time; a local write replacing that very item still orders after it (or it would lose).
+#[tokio::test]
+async fn a_peer_clock_far_ahead_does_not_drag_local_stamps_into_its_future() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = open(dir.path());
+    engine.set_clock_offset_max_ms(1_000);
+    let store = global_table(&engine).await;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64
+    };
+    let table = engine.table("carts").expect("table");
+    let mut item = dynamo_protocol::Item::new();
+    item.insert("id".into(), dynamo_protocol::AttributeValue::S("ahead".into()));
+    let key = store::engine::key_of(table.key_hash, &table.key, &item).expect("key");
+    let future = replication::Hlc::from_parts(now_ms() + 120_000, 0).0;
+    let record = store::record::encode(&store::record::Record {
+        hlc: future,
+        origin: "eu-west-1".into(),
+        tombstone: false,
+        item,
+    });
+    let applied = engine
+        .write(move |context| context.apply_replicated(&table, &key, &record))
+        .await
+        .expect("apply");
+    assert!(applied, "the peer's write applies");
+    assert_eq!(engine.clock_capped_total(), 1);
+    let bound = |hlc: u64| (hlc >> replication::hlc::LOGICAL_BITS) <= now_ms() + 1_000;
+    assert!(bound(engine.clock_last()), "the clock stays within the bound");
+
+    put(&store, "mine").await;
+    put(&store, "ahead").await;
+    let stamps = stamps(&engine);
+    assert!(
+        bound(stamps["mine"]),
+        "an unrelated local write is stamped near real time"
+    );
+    assert!(
+        stamps["ahead"] > future,
+        "a local write replacing the future-stamped item orders after it"
+    );
+    assert!(present(&store, "ahead").await);
+}
