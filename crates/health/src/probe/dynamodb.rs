@@ -193,6 +193,17 @@ fn peer_lag(health: &serde_json::Value, region: &str) -> LagReading {
         .get("peers")
         .and_then(|peers| peers.get(region))
         .ok_or_else(|| format!("the store has no replication peer named '{region}'"))?;
+    // Clocks more than the signing window apart: the two regions refuse each other's changes,
+    // so no lag figure means anything, and failing back to that region must wait.
+    let split = replication
+        .pointer("/clock/beyond_signing_window")
+        .and_then(|peers| peers.as_array())
+        .is_some_and(|peers| peers.iter().any(|p| p.as_str() == Some(region)));
+    if split {
+        return Err(format!(
+            "replication to '{region}' is refused: the two regions' clocks are more than 5 minutes apart (fix NTP); lag unknown"
+        ));
+    }
     if peer.get("repairing").and_then(|r| r.as_bool()) == Some(true) {
         return Err(format!(
             "replication to '{region}' is being repaired; lag unknown until it ends"
@@ -294,6 +305,10 @@ mod tests {
         assert_eq!(peer_lag(&health, "sa"), Ok(0));
         assert!(peer_lag(&health, "af").expect_err("repairing").contains("repaired"));
         assert!(peer_lag(&health, "xx").expect_err("missing").contains("'xx'"));
+        let split = serde_json::json!({"replication": {"region": "eu",
+            "clock": {"beyond_signing_window": ["us"]},
+            "peers": {"us": {"lag_ms": 0, "pending_changes": 0, "repairing": false}}}});
+        assert!(peer_lag(&split, "us").expect_err("split").contains("clocks"));
         let alone = serde_json::json!({"status": "ready", "replication": null});
         assert!(
             peer_lag(&alone, "us")
