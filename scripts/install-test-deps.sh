@@ -13,6 +13,7 @@ declare -A PACKAGES=(
   [pg_ctlcluster]=postgresql
   [mariadbd]=mariadb-server
   [redis-server]=redis-server
+  [faketime]=faketime
   [dig]=bind9-dnsutils
   [haproxy]=haproxy
   [wrk]=wrk
