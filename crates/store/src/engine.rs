@@ -1710,6 +1710,29 @@ impl WriteContext<'_> {
         self.set_setting(&awaiting_backfill_key(table_id, source), barrier)
     }
 
+    /// A replica definition for `table_id`, which this region joined and still awaits the
+    /// backfill of, arrived again from `source` (an `UpdateTable` retried, perhaps by another
+    /// region after the first requester failed): the wait is now for `source`'s backfill, at
+    /// the highest barrier recorded. Returns that barrier, `None` when nothing is awaited.
+    pub fn hand_over_backfill(&mut self, table_id: u64, source: &str) -> Result<Option<u64>, ApiError> {
+        let result = (|| -> Result<Option<u64>, redb::Error> {
+            let mut settings = self.txn.open_table(SETTINGS)?;
+            let waiting: Vec<(u64, String, u64)> = awaiting_backfills(&settings)?
+                .into_iter()
+                .filter(|(id, ..)| *id == table_id)
+                .collect();
+            let Some(barrier) = waiting.iter().map(|(.., barrier)| *barrier).max() else {
+                return Ok(None);
+            };
+            for (id, from, _) in &waiting {
+                settings.remove(awaiting_backfill_key(*id, from).as_str())?;
+            }
+            settings.insert(awaiting_backfill_key(table_id, source).as_str(), barrier)?;
+            Ok(Some(barrier))
+        })();
+        result.map_err(|e| self.fail("handing over a backfill", e))
+    }
+
     /// A repair from `source` that started at HLC `started_at` completed: every replica joined
     /// from it at or below that point is backfilled. Returns the tables whose wait ended.
     pub fn complete_backfills(&mut self, source: &str, started_at: u64) -> Result<Vec<u64>, ApiError> {

@@ -249,6 +249,11 @@ pub struct TableRequest {
     /// both sides, so a replayed request is refused after any number of restarts.
     #[serde(default)]
     pub sequence: u64,
+    /// The sender adds the receiver as a replica and will backfill it. A receiver that holds
+    /// the replica already, still awaiting its backfill (an `UpdateTable` retried after a
+    /// failure), hands the wait over to the sender and answers with its join barrier.
+    #[serde(default)]
+    pub joining: bool,
 }
 
 /// The sender's durable counter of replica-definition requests.
@@ -390,7 +395,13 @@ impl Replication {
     /// Returns the peer's join barrier when it created its replica just now (see
     /// `TableMeta::joined_below`): its backfill must wait until this region has received
     /// everything up to it.
-    pub async fn send_table(&self, region: &str, table: &TableMeta, delete: bool) -> Result<Option<u64>, ApiError> {
+    pub async fn send_table(
+        &self,
+        region: &str,
+        table: &TableMeta,
+        delete: bool,
+        joining: bool,
+    ) -> Result<Option<u64>, ApiError> {
         let peer = self.peer(region).ok_or_else(|| {
             ApiError::validation(format!(
                 "Region {region} is not a peer of this store; start it with --peer {region}=http://HOST:PORT"
@@ -410,6 +421,7 @@ impl Replication {
             table: table.clone(),
             delete,
             sequence,
+            joining,
         })
         .expect("a table definition serialises");
         match self.post(peer, "/replication/v1/table", body).await {
@@ -1218,6 +1230,7 @@ impl Replication {
             table,
             delete,
             sequence,
+            joining,
         } = request;
         let job_source = source.clone();
         let name = table.name.clone();
@@ -1267,9 +1280,16 @@ impl Replication {
                                 ),
                             ));
                         }
+                        // Still waiting for this replica's backfill (an UpdateTable retried):
+                        // the requester backfills it now, up to the barrier set at the join.
+                        let awaited = if joining {
+                            context.hand_over_backfill(existing.id, &job_source)?
+                        } else {
+                            None
+                        };
                         let mut next = (*existing).clone();
                         next.replicas = table.replicas.clone();
-                        context.put_table(next).map(|()| None)
+                        context.put_table(next).map(|()| awaited)
                     }
                     (None, false) => {
                         let id = context.next_table_id()?;

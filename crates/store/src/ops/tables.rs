@@ -142,12 +142,13 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
     // for it (see `TableMeta::joined_below`).
     let mut barriers: Vec<(String, u64)> = Vec::new();
     for peer in replicas.iter().filter(|r| **r != region) {
-        if let Some(barrier) = replication.send_table(peer, &next, false).await? {
+        let joining = created.contains(peer);
+        if let Some(barrier) = replication.send_table(peer, &next, false, joining).await? {
             barriers.push((peer.clone(), barrier));
         }
     }
     for peer in &removed {
-        replication.send_table(peer, &next, true).await?;
+        replication.send_table(peer, &next, true, false).await?;
     }
     let published = next.clone();
     let backfills: Vec<(String, u64)> = created

@@ -304,6 +304,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
         table: table.clone(),
         delete: false,
         sequence: 1,
+        joining: true,
     })
     .expect("serialize");
     let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", body).await;
@@ -322,6 +323,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
         table: table.clone(),
         delete: false,
         sequence: 1,
+        joining: true,
     })
     .expect("serialize");
     let date_ms = now_ms();
@@ -353,6 +355,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
         table: table.clone(),
         delete: true,
         sequence: 2,
+        joining: false,
     })
     .expect("serialize");
     let date_ms = now_ms();
@@ -372,6 +375,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
         table,
         delete: false,
         sequence: 3,
+        joining: true,
     })
     .expect("serialize");
     let (status, answer) = post_signed(&region.url, path, "eu-west-1", join.clone()).await;
@@ -697,11 +701,27 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
         table: table.clone(),
         delete: false,
         sequence: 1,
+        joining: true,
     })
     .expect("serialize");
     let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", join).await;
     assert_eq!(status, 200, "{answer}");
     let barrier = answer["joined_below"].as_u64().expect("a join barrier");
+    // The UpdateTable is retried (its first attempt failed elsewhere): the replica exists, and
+    // the wait for its backfill is handed to the requester with the same barrier; a plain
+    // update of the definition (another replica added) answers no barrier.
+    for (sequence, joining, expected) in [(2, true, Some(barrier)), (3, false, None)] {
+        let retry = serde_json::to_vec(&TableRequest {
+            table: table.clone(),
+            delete: false,
+            sequence,
+            joining,
+        })
+        .expect("serialize");
+        let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", retry).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["joined_below"].as_u64(), expected, "{answer}");
+    }
 
     // ...and backfills it with cart c1. The request is captured.
     let mut item = dynamo_protocol::Item::new();
