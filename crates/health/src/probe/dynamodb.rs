@@ -109,24 +109,29 @@ pub(super) async fn read_inbound_lag(
         let source = source.clone();
         let region = region.to_string();
         reads.spawn(async move {
-            let reading = match tokio::time::timeout_at(deadline, read_peer_lag(&source, &region)).await {
-                Ok(reading) => reading,
-                Err(_) => Err("no answer within the probe's lag budget".to_string()),
+            let (reading, clock) = match tokio::time::timeout_at(deadline, read_peer_lag(&source, &region)).await {
+                Ok(answer) => answer,
+                Err(_) => (Err("no answer within the probe's lag budget".to_string()), None),
             };
-            (index, reading)
+            (index, reading, clock)
         });
     }
     let mut readings: Vec<Option<LagReading>> = vec![None; sources.len()];
+    let mut clock_alarms = Vec::new();
     while let Some(joined) = reads.join_next().await {
-        if let Ok((index, reading)) = joined {
+        if let Ok((index, reading, clock)) = joined {
             readings[index] = Some(reading);
+            clock_alarms.extend(clock);
         }
     }
     let readings: Vec<LagReading> = readings
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err("lag read did not finish".into())))
         .collect();
-    let (lag_ms, note) = summarize(sources, region, &readings);
+    let (lag_ms, mut note) = summarize(sources, region, &readings);
+    for alarm in clock_alarms {
+        note.push_str(&format!("; {alarm}"));
+    }
     Finding {
         detail: format!("{}; {note}", finding.detail),
         ..finding
@@ -156,8 +161,38 @@ fn summarize(sources: &[String], region: &str, readings: &[LagReading]) -> (Opti
     (lag_ms, note)
 }
 
-/// GETs a store's `/health` and reads its outbound replication to `region`.
-async fn read_peer_lag(source: &str, region: &str) -> LagReading {
+/// GETs a store's `/health` and reads its outbound replication to `region`, and the clock
+/// alarm it raises about `region`, if any.
+async fn read_peer_lag(source: &str, region: &str) -> (LagReading, Option<String>) {
+    match read_peer_health(source).await {
+        Ok(health) => (peer_lag(&health, region), clock_alarm(&health, region)),
+        Err(error) => (Err(error), None),
+    }
+}
+
+/// What a store that replicates to `region` says of `region`'s clock when it raises its alarm:
+/// the check's detail (and so `switchyard status` and the dashboard) shows it.
+fn clock_alarm(health: &serde_json::Value, region: &str) -> Option<String> {
+    let clock = health.pointer("/replication/clock")?;
+    let peer = clock.get("peers")?.get(region)?;
+    if peer.get("alarm").and_then(|a| a.as_bool()) != Some(true) {
+        return None;
+    }
+    let offset = peer.get("offset_ms").and_then(|o| o.as_i64())?;
+    let observer = health
+        .pointer("/replication/region")
+        .and_then(|r| r.as_str())
+        .unwrap_or("a peer");
+    let threshold = clock.get("offset_alarm_ms").and_then(|t| t.as_u64()).unwrap_or(0);
+    let direction = if offset >= 0 { "ahead of" } else { "behind" };
+    Some(format!(
+        "clock alarm: {region}'s clock runs {} ms {direction} {observer}'s (alarm past {threshold} ms; check NTP)",
+        offset.unsigned_abs()
+    ))
+}
+
+/// GETs a store's `/health` document.
+async fn read_peer_health(source: &str) -> Result<serde_json::Value, String> {
     let uri: hyper::Uri = source.parse().map_err(|e| format!("url: {e}"))?;
     let https = uri.scheme_str() == Some("https");
     let authority = uri
@@ -179,9 +214,7 @@ async fn read_peer_lag(source: &str, region: &str) -> LagReading {
     if status != 200 && status != 503 {
         return Err(format!("GET {STORE_HEALTH_PATH}: HTTP {status}"));
     }
-    let health: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| format!("GET {STORE_HEALTH_PATH}: body is not JSON"))?;
-    peer_lag(&health, region)
+    serde_json::from_slice(&body).map_err(|_| format!("GET {STORE_HEALTH_PATH}: body is not JSON"))
 }
 
 /// Reads `replication.peers.<region>` of a store's health document.
@@ -309,6 +342,14 @@ mod tests {
             "clock": {"beyond_signing_window": ["us"]},
             "peers": {"us": {"lag_ms": 0, "pending_changes": 0, "repairing": false}}}});
         assert!(peer_lag(&split, "us").expect_err("split").contains("clocks"));
+        assert_eq!(clock_alarm(&split, "us"), None, "no alarm raised");
+        let skewed = serde_json::json!({"replication": {"region": "eu",
+            "clock": {"offset_alarm_ms": 500, "peers": {"us": {"offset_ms": -2000, "alarm": true}}},
+            "peers": {"us": {"lag_ms": 0, "pending_changes": 0, "repairing": false}}}});
+        assert_eq!(
+            clock_alarm(&skewed, "us").as_deref(),
+            Some("clock alarm: us's clock runs 2000 ms behind eu's (alarm past 500 ms; check NTP)")
+        );
         let alone = serde_json::json!({"status": "ready", "replication": null});
         assert!(
             peer_lag(&alone, "us")
