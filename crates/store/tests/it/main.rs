@@ -647,5 +647,6 @@ mod decoder_fuzz {
 }
 
 mod global;
+mod replication_fuzz;
 mod server;
 mod tombstones;
