@@ -14,6 +14,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::policy::{FAILOVER_TTL_SECS_DEFAULT, Member, Policy, ROUTED_TTL_SECS_DEFAULT};
+use crate::rrl::{
+    IPV4_PREFIX_LENGTH_DEFAULT, IPV6_PREFIX_LENGTH_DEFAULT, RESPONSES_PER_SECOND_MAX, RateLimitConfig, SLIP_MAX,
+    TABLE_ENTRIES_MAX, TABLE_ENTRIES_MIN, WINDOW_S_MAX,
+};
+use crate::server::{TCP_CONNECTIONS_MAX, TCP_CONNECTIONS_PER_CLIENT_MAX_DEFAULT};
 use crate::zone::{RrData, RrSet, Zone, Zones};
 
 /// Where the DNS server listens (UDP and TCP) unless the config or a flag says otherwise.
@@ -54,8 +59,31 @@ pub struct DnsSection {
     #[serde(default)]
     pub axfr_allow: Vec<Spanned<String>>,
     pub reload_interval_ms: Option<Spanned<u64>>,
+    /// DNS-over-TCP connections one client address may hold at once.
+    pub tcp_connections_per_client_max: Option<Spanned<u64>>,
+    /// Response rate limiting of UDP answers (on by default).
+    pub rate_limit: Option<RateLimitSection>,
     #[serde(default)]
     pub zones: Vec<ZoneSection>,
+}
+
+/// `[dns.rate_limit]`: BIND's `rate-limit` options; every field has a default.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    pub enabled: Option<bool>,
+    pub responses_per_second: Option<Spanned<u64>>,
+    /// Defaults to `responses_per_second`.
+    pub nxdomains_per_second: Option<Spanned<u64>>,
+    /// Defaults to `responses_per_second`.
+    pub errors_per_second: Option<Spanned<u64>>,
+    pub window_s: Option<Spanned<u64>>,
+    pub slip: Option<Spanned<u64>>,
+    pub ipv4_prefix_length: Option<Spanned<u64>>,
+    pub ipv6_prefix_length: Option<Spanned<u64>>,
+    pub table_entries: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub exempt_clients: Vec<Spanned<String>>,
 }
 
 /// `[[dns.zones]]`.
@@ -162,7 +190,24 @@ pub struct DnsConfig {
     pub admin_listen: SocketAddr,
     pub state_dir: Option<PathBuf>,
     pub reload_interval_ms: u64,
+    pub limits: Limits,
     pub zones: Zones,
+}
+
+/// Limits on what clients can take, read at start (a reload changes zones only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub rate_limit: RateLimitConfig,
+    pub tcp_connections_per_client_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            rate_limit: RateLimitConfig::default(),
+            tcp_connections_per_client_max: TCP_CONNECTIONS_PER_CLIENT_MAX_DEFAULT,
+        }
+    }
 }
 
 /// An address prefix (`10.0.0.0/8`, `::1/128`).
@@ -301,6 +346,7 @@ pub fn parse(text: &str, file: &str) -> Result<DnsConfig, ConfigError> {
             ),
         ));
     }
+    let limits = build_limits(&section, &at)?;
     let mut zones = Vec::new();
     for zone in &section.zones {
         let built = build_zone(zone, &at)?;
@@ -320,7 +366,125 @@ pub fn parse(text: &str, file: &str) -> Result<DnsConfig, ConfigError> {
         admin_listen,
         state_dir: section.state_dir,
         reload_interval_ms,
+        limits,
         zones: Zones::new(zones, axfr_allow),
+    })
+}
+
+/// A whole number in `range`, or an error naming the key, the value and the range.
+fn bounded(
+    value: &Option<Spanned<u64>>,
+    key: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+    at: &At<'_>,
+) -> Result<u64, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let number = *value.get_ref();
+    if range.contains(&number) {
+        Ok(number)
+    } else {
+        Err(at(
+            value.span(),
+            format!(
+                "{key} = {number} is out of range; use a value from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+fn build_limits(section: &DnsSection, at: &At<'_>) -> Result<Limits, ConfigError> {
+    let tcp_connections_per_client_max = bounded(
+        &section.tcp_connections_per_client_max,
+        "tcp_connections_per_client_max",
+        1..=TCP_CONNECTIONS_MAX as u64,
+        TCP_CONNECTIONS_PER_CLIENT_MAX_DEFAULT as u64,
+        at,
+    )? as usize;
+    let empty = RateLimitSection::default();
+    let rl = section.rate_limit.as_ref().unwrap_or(&empty);
+    let defaults = RateLimitConfig::default();
+    let per_second = 0..=u64::from(RESPONSES_PER_SECOND_MAX);
+    let responses_per_second = bounded(
+        &rl.responses_per_second,
+        "rate_limit.responses_per_second (0: not limited)",
+        per_second.clone(),
+        u64::from(defaults.responses_per_second),
+        at,
+    )?;
+    let nxdomains_per_second = bounded(
+        &rl.nxdomains_per_second,
+        "rate_limit.nxdomains_per_second (0: not limited)",
+        per_second.clone(),
+        responses_per_second,
+        at,
+    )?;
+    let errors_per_second = bounded(
+        &rl.errors_per_second,
+        "rate_limit.errors_per_second (0: not limited)",
+        per_second,
+        responses_per_second,
+        at,
+    )?;
+    let window_s = bounded(
+        &rl.window_s,
+        "rate_limit.window_s",
+        1..=u64::from(WINDOW_S_MAX),
+        u64::from(defaults.window_s),
+        at,
+    )?;
+    let slip = bounded(
+        &rl.slip,
+        "rate_limit.slip (0: drop every limited response)",
+        0..=u64::from(SLIP_MAX),
+        u64::from(defaults.slip),
+        at,
+    )?;
+    let ipv4_prefix_length = bounded(
+        &rl.ipv4_prefix_length,
+        "rate_limit.ipv4_prefix_length",
+        0..=32,
+        u64::from(IPV4_PREFIX_LENGTH_DEFAULT),
+        at,
+    )?;
+    let ipv6_prefix_length = bounded(
+        &rl.ipv6_prefix_length,
+        "rate_limit.ipv6_prefix_length",
+        0..=128,
+        u64::from(IPV6_PREFIX_LENGTH_DEFAULT),
+        at,
+    )?;
+    let table_entries = bounded(
+        &rl.table_entries,
+        "rate_limit.table_entries",
+        TABLE_ENTRIES_MIN as u64..=TABLE_ENTRIES_MAX as u64,
+        defaults.table_entries as u64,
+        at,
+    )?;
+    let mut exempt_clients = Vec::new();
+    for entry in &rl.exempt_clients {
+        exempt_clients.push(entry.get_ref().parse::<Prefix>().map_err(|m| at(entry.span(), m))?);
+    }
+    // Every value was checked against a range that fits its type above.
+    let narrow = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(Limits {
+        rate_limit: RateLimitConfig {
+            enabled: rl.enabled.unwrap_or(defaults.enabled),
+            responses_per_second: narrow(responses_per_second),
+            nxdomains_per_second: narrow(nxdomains_per_second),
+            errors_per_second: narrow(errors_per_second),
+            window_s: narrow(window_s),
+            slip: narrow(slip),
+            ipv4_prefix_length: u8::try_from(ipv4_prefix_length).unwrap_or(32),
+            ipv6_prefix_length: u8::try_from(ipv6_prefix_length).unwrap_or(128),
+            table_entries: usize::try_from(table_entries).unwrap_or(TABLE_ENTRIES_MAX),
+            exempt_clients,
+        },
+        tcp_connections_per_client_max,
     })
 }
 
@@ -774,6 +938,47 @@ mod tests {
         assert!(error(&outside).message.contains("outside"));
         let bad_policy = format!("{HEAD}[[dns.zones.records]]\nname = \"a\"\ntype = \"A\"\npolicy = \"geo\"\n");
         assert_eq!(error(&bad_policy).line, 8);
+    }
+
+    #[test]
+    fn limits_default_and_are_validated_with_line_and_column() {
+        let config = parse(HEAD, "deploy.toml").expect("valid");
+        assert_eq!(config.limits, Limits::default());
+        assert!(config.limits.rate_limit.enabled);
+        let text = format!(
+            "[dns]\ntcp_connections_per_client_max = 4\n[dns.rate_limit]\nresponses_per_second = 10\nslip = 1\nipv6_prefix_length = 48\nexempt_clients = [\"10.0.0.0/8\"]\n{}",
+            &HEAD[6..]
+        );
+        let config = parse(&text, "deploy.toml").expect("valid");
+        let rate_limit = &config.limits.rate_limit;
+        assert_eq!(config.limits.tcp_connections_per_client_max, 4);
+        assert_eq!(
+            (rate_limit.responses_per_second, rate_limit.errors_per_second),
+            (10, 10)
+        );
+        assert_eq!(
+            (rate_limit.slip, rate_limit.ipv6_prefix_length, rate_limit.window_s),
+            (1, 48, 15)
+        );
+        assert_eq!(rate_limit.exempt_clients.len(), 1);
+        let e = error("[dns]\n[dns.rate_limit]\nwindow_s = 0\n");
+        assert_eq!((e.line, e.column), (3, 12), "{e}");
+        assert!(
+            e.message.contains("window_s = 0") && e.message.contains("from 1 to 3600"),
+            "{e}"
+        );
+        let e = error("[dns]\n[dns.rate_limit]\nslip = 11\n");
+        assert!(e.message.contains("slip") && e.message.contains("0 to 10"), "{e}");
+        let e = error("[dns]\n[dns.rate_limit]\nipv4_prefix_length = 33\n");
+        assert_eq!(e.line, 3, "{e}");
+        let e = error("[dns]\n[dns.rate_limit]\nresponses_per_second = 5000\n");
+        assert!(e.message.contains("5000"), "{e}");
+        let e = error("[dns]\ntcp_connections_per_client_max = 0\n");
+        assert!(e.message.contains("from 1 to 256"), "{e}");
+        let e = error("[dns]\n[dns.rate_limit]\nexempt_clients = [\"nope\"]\n");
+        assert!(e.message.contains("'nope'"), "{e}");
+        let e = error("[dns]\n[dns.rate_limit]\nrate = 5\n");
+        assert_eq!((e.line, e.column), (3, 1), "{e}");
     }
 
     #[test]

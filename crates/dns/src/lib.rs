@@ -12,12 +12,13 @@ pub mod answer;
 pub mod config;
 pub mod metrics;
 pub mod policy;
+pub mod rrl;
 pub mod server;
 pub mod view;
 pub mod zone;
 
 pub use answer::{Request, Response, Transport, answer, handle_packet};
-pub use config::{DnsConfig, load, parse};
+pub use config::{DnsConfig, Limits, load, parse};
 pub use server::{Options, Sockets, State, run};
 pub use view::{Generation, Health, HealthView};
 pub use zone::Zones;

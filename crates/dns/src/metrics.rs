@@ -46,6 +46,13 @@ pub struct Metrics {
     pub pushes: Family<OutcomeLabels, Counter>,
     pub generation: Gauge,
     pub tcp_connections: Gauge,
+    pub rate_limited: Family<ActionLabels, Counter>,
+    pub rate_limit_evictions: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: &'static str,
 }
 
 impl Metrics {
@@ -83,8 +90,22 @@ impl Metrics {
             "Open DNS-over-TCP connections",
             tcp_connections.clone(),
         );
+        let rate_limited = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "rate_limited_responses",
+            "UDP responses held back by response rate limiting, by action (dropped; slipped: sent empty with TC set)",
+            rate_limited.clone(),
+        );
+        let rate_limit_evictions = Counter::default();
+        registry.register(
+            "rate_limit_evictions",
+            "Rate-limit accounts forgotten before their window ended because the table was full (raise rate_limit.table_entries if this grows)",
+            rate_limit_evictions.clone(),
+        );
         Metrics {
             registry,
+            rate_limited,
+            rate_limit_evictions,
             queries,
             dropped,
             reloads,
@@ -105,6 +126,10 @@ impl Metrics {
                 },
             })
             .inc();
+    }
+
+    pub fn count_rate_limited(&self, action: &'static str) {
+        self.rate_limited.get_or_create(&ActionLabels { action }).inc();
     }
 
     pub fn count_drop(&self, reason: &'static str) {

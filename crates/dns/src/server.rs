@@ -1,11 +1,14 @@
-//! The sockets around [`answer`](crate::answer::answer): UDP workers, the TCP acceptor with its
-//! limits, zone reloads (SIGHUP and file polling), and the persisted health view.
+//! The sockets around [`answer`](crate::answer::answer): UDP workers (with response rate
+//! limiting, decided by [`rrl`](crate::rrl)), the TCP acceptor with its limits (in all and per
+//! client address), zone reloads (SIGHUP and file polling), and the persisted health view.
 //!
 //! Invariants: nothing here decides an answer; every buffer, connection count and wait is bounded
-//! by a named limit; a bad config file never replaces the zones being served.
+//! by a named limit; a bad config file never replaces the zones being served; TCP answers are
+//! never rate limited (the handshake proves the client's address).
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,9 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 
-use crate::answer::{Transport, handle_packet};
+use crate::answer::{Response, Transport, handle_packet};
+use crate::config::Limits;
 use crate::metrics::{CounterCache, Metrics};
 use crate::policy::SplitMix64;
+use crate::rrl::{RateLimiter, Verdict, classify, truncated};
 use crate::view::HealthView;
 use crate::zone::Zones;
 
@@ -25,6 +30,9 @@ use crate::zone::Zones;
 pub const REQUEST_BYTES_MAX: usize = 4_096;
 /// Open DNS-over-TCP connections at most; more are closed at once.
 pub const TCP_CONNECTIONS_MAX: usize = 256;
+/// Open DNS-over-TCP connections one client address may hold unless configured
+/// (`tcp_connections_per_client_max`), so one client cannot take every slot (RFC 7766 §6.2.2).
+pub const TCP_CONNECTIONS_PER_CLIENT_MAX_DEFAULT: usize = 16;
 /// A TCP connection with no complete query for this long is closed (RFC 7766 suggests seconds).
 pub const TCP_IDLE_TIMEOUT_MS: u64 = 10_000;
 /// A TCP client that does not take our answer within this time is disconnected.
@@ -188,8 +196,11 @@ pub struct Options {
     pub reload_interval_ms: u64,
     /// UDP worker threads; 0 means one per available core.
     pub udp_workers: usize,
-    /// Seed of the per-query randomness (weighted and multivalue answers).
+    /// Seed of the per-query randomness (weighted and multivalue answers) and of the rate
+    /// limiter's table hash.
     pub seed: u64,
+    /// Response rate limiting and per-client TCP connections.
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +262,11 @@ pub async fn run_with_state(
     }
     .clamp(1, UDP_WORKERS_MAX);
     let mut seeds = SplitMix64(options.seed);
+    let limiter = Arc::new(Mutex::new(RateLimiter::new(
+        options.limits.rate_limit.clone(),
+        seeds.next_u64(),
+    )));
+    let origin = Instant::now();
     // UDP is served by blocking threads: one recvfrom/sendto pair per query and no readiness
     // polling; the kernel wakes one waiting thread per datagram.
     let udp = sockets.udp.into_std()?;
@@ -263,9 +279,16 @@ pub async fn run_with_state(
         let state = Arc::clone(&state);
         let rng = SplitMix64(seeds.next_u64());
         let stop = Arc::clone(&udp_stop);
+        let limiter = Arc::clone(&limiter);
         let thread = std::thread::Builder::new()
             .name(format!("dns-udp-{index}"))
-            .spawn(move || udp_worker(socket, &state, rng, &stop))?;
+            .spawn(move || {
+                let limiter = UdpLimiter {
+                    limiter: &limiter,
+                    origin,
+                };
+                udp_worker(socket, &state, rng, &stop, &limiter)
+            })?;
         udp_threads.push(thread);
     }
     let mut tasks = tokio::task::JoinSet::new();
@@ -273,6 +296,7 @@ pub async fn run_with_state(
         sockets.tcp,
         Arc::clone(&state),
         SplitMix64(seeds.next_u64()),
+        options.limits.tcp_connections_per_client_max,
         stop_rx.clone(),
     ));
     if let Some(path) = options.config_path.clone() {
@@ -312,7 +336,54 @@ pub async fn run_with_state(
     }
 }
 
-fn udp_worker(socket: std::net::UdpSocket, state: &State, mut rng: SplitMix64, stop: &AtomicBool) {
+/// The rate limiter shared by the UDP workers, and the origin of its clock.
+struct UdpLimiter<'a> {
+    limiter: &'a Mutex<RateLimiter>,
+    origin: Instant,
+}
+
+impl UdpLimiter<'_> {
+    /// What to send for `response` to `peer`: the response, its truncated form, or nothing.
+    fn judge(&self, state: &State, response: &Response, peer: SocketAddr) -> Verdict {
+        let now_ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let answers = response.messages.first().map_or(0, |m| m.answers().len());
+        let (verdict, evicted) = {
+            let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+            if !limiter.config().enabled {
+                return Verdict::Send;
+            }
+            let class = classify(&limiter, response.rcode, answers, &response.name_label, response.qtype);
+            let before = limiter.counts().evicted;
+            let verdict = limiter.check(peer.ip(), class, now_ms);
+            (verdict, limiter.counts().evicted - before)
+        };
+        if evicted > 0 {
+            state.metrics.rate_limit_evictions.inc_by(evicted);
+        }
+        match verdict {
+            Verdict::Send => {}
+            Verdict::Slip => {
+                state.metrics.count_rate_limited("slipped");
+            }
+            Verdict::Drop => {
+                state.metrics.count_rate_limited("dropped");
+                state.drop_log.warn(
+                    "rate limited UDP responses to a client block (dropped, every `slip`-th sent truncated)",
+                    peer,
+                );
+            }
+        }
+        verdict
+    }
+}
+
+fn udp_worker(
+    socket: std::net::UdpSocket,
+    state: &State,
+    mut rng: SplitMix64,
+    stop: &AtomicBool,
+    limiter: &UdpLimiter<'_>,
+) {
     let mut buffer = vec![0u8; REQUEST_BYTES_MAX];
     let mut snapshot = state.snapshot();
     let mut counters = CounterCache::default();
@@ -341,6 +412,19 @@ fn udp_worker(socket: std::net::UdpSocket, state: &State, mut rng: SplitMix64, s
             rng.next_u64(),
         ) {
             Some(response) => {
+                match limiter.judge(state, &response, peer) {
+                    Verdict::Send => {}
+                    Verdict::Drop => continue,
+                    Verdict::Slip => {
+                        let slipped = response.messages.first().and_then(truncated);
+                        if let Some(wire) = slipped
+                            && let Err(e) = socket.send_to(&wire, peer)
+                        {
+                            tracing::debug!(error = %e, %peer, "udp send failed");
+                        }
+                        continue;
+                    }
+                }
                 counters.count(
                     &state.metrics,
                     &response.name_label,
@@ -364,8 +448,58 @@ fn udp_worker(socket: std::net::UdpSocket, state: &State, mut rng: SplitMix64, s
     }
 }
 
-async fn tcp_acceptor(listener: TcpListener, state: Arc<State>, mut rng: SplitMix64, mut stop: watch::Receiver<bool>) {
+/// Open TCP connections per client address; an address leaves the map with its last one.
+#[derive(Default)]
+struct PerClient {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One client connection counted in [`PerClient`]; uncounted when dropped.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    address: IpAddr,
+}
+
+impl PerClient {
+    fn try_take(self: &Arc<Self>, address: IpAddr, max: usize) -> Option<ClientSlot> {
+        let address = match address {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(address).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            clients: Arc::clone(self),
+            address,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
+}
+
+async fn tcp_acceptor(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut rng: SplitMix64,
+    per_client_max: usize,
+    mut stop: watch::Receiver<bool>,
+) {
     let permits = Arc::new(Semaphore::new(TCP_CONNECTIONS_MAX));
+    let clients = Arc::new(PerClient::default());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -388,6 +522,14 @@ async fn tcp_acceptor(listener: TcpListener, state: Arc<State>, mut rng: SplitMi
             );
             continue;
         };
+        let Some(slot) = clients.try_take(peer.ip(), per_client_max) else {
+            state.metrics.count_drop("tcp_client_connection_limit");
+            state.drop_log.warn(
+                "closed a TCP connection: this client address already holds tcp_connections_per_client_max connections",
+                peer,
+            );
+            continue;
+        };
         let state = Arc::clone(&state);
         let seed = rng.next_u64();
         let stop = stop.clone();
@@ -395,6 +537,7 @@ async fn tcp_acceptor(listener: TcpListener, state: Arc<State>, mut rng: SplitMi
             state.metrics.tcp_connections.inc();
             tcp_connection(stream, peer, &state, SplitMix64(seed), stop).await;
             state.metrics.tcp_connections.dec();
+            drop(slot);
             drop(permit);
         });
     }

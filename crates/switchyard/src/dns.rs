@@ -95,6 +95,7 @@ pub(crate) async fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
         reload_interval_ms: config.reload_interval_ms,
         udp_workers: args.udp_workers,
         seed,
+        limits: config.limits,
     };
     let server = dns::run(
         dns::Sockets { udp, tcp, admin },

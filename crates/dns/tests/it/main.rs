@@ -1,15 +1,17 @@
 //! The DNS server over real sockets, in process: UDP and TCP answers, truncation then TCP, the
-//! admin API's generation fence, and reloads that reject a bad file.
+//! admin API's generation fence, reloads that reject a bad file, response rate limiting and the
+//! TCP connection limits (in all and per client).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dns::{HealthView, Options, Sockets, State};
+use dns::rrl::RateLimitConfig;
+use dns::{HealthView, Limits, Options, Sockets, State};
 use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
 const DEADLINE_MS: u64 = 10_000;
 
@@ -79,6 +81,10 @@ struct Server {
 
 impl Server {
     async fn start(token: Option<&str>) -> Server {
+        Server::start_with(token, Limits::default(), 2).await
+    }
+
+    async fn start_with(token: Option<&str>, limits: Limits, udp_workers: usize) -> Server {
         let config = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(config.path(), CONFIG).expect("write config");
         let parsed = dns::load(config.path()).expect("valid config");
@@ -98,8 +104,9 @@ impl Server {
             state_dir: None,
             config_path: Some(config.path().to_path_buf()),
             reload_interval_ms: 50,
-            udp_workers: 2,
+            udp_workers,
             seed: 1,
+            limits,
         };
         let task = tokio::spawn(dns::server::run_with_state(
             Sockets { udp, tcp, admin },
@@ -277,7 +284,11 @@ async fn reload_swaps_good_files_and_rejects_bad_ones() {
 
 #[tokio::test]
 async fn tcp_connections_beyond_the_limit_are_closed_and_served_again_after() {
-    let server = Server::start(None).await;
+    let limits = Limits {
+        tcp_connections_per_client_max: dns::server::TCP_CONNECTIONS_MAX,
+        ..Limits::default()
+    };
+    let server = Server::start_with(None, limits, 2).await;
     let mut held = Vec::new();
     for _ in 0..dns::server::TCP_CONNECTIONS_MAX {
         held.push(TcpStream::connect(server.dns).await.expect("connect"));
@@ -301,6 +312,201 @@ async fn tcp_connections_beyond_the_limit_are_closed_and_served_again_after() {
     }
     let answer = tcp(server.dns, &query("ns1.shop.example.", RecordType::A, None)).await;
     assert_eq!(addresses(&answer), ["192.0.2.53"]);
+    server.stop().await;
+}
+
+/// Waits until the server holds `count` TCP connections.
+async fn wait_for_tcp_connections(server: &Server, count: i64) {
+    let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
+    while server.state.metrics.tcp_connections.get() != count {
+        assert!(
+            Instant::now() < deadline,
+            "{} TCP connections open, expected {count}",
+            server.state.metrics.tcp_connections.get()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A TCP connection to `server` from the local address `source`.
+async fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("source address"))
+        .expect("bind the source address");
+    socket.connect(server).await.expect("connect")
+}
+
+#[tokio::test]
+async fn one_client_cannot_hold_every_tcp_slot() {
+    let limits = Limits {
+        tcp_connections_per_client_max: 4,
+        ..Limits::default()
+    };
+    let server = Server::start_with(None, limits, 2).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from("127.0.0.1", server.dns).await);
+    }
+    wait_for_tcp_connections(&server, 4).await;
+    let mut refused = connect_from("127.0.0.1", server.dns).await;
+    let mut rest = Vec::new();
+    // Closed (Ok) or reset (Err): either way no answer, and at once rather than at the idle timeout.
+    let _closed_or_reset = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), refused.read_to_end(&mut rest))
+        .await
+        .expect("the fifth connection of one client is closed at once");
+    assert!(rest.is_empty());
+    let metrics = server.state.metrics.encode();
+    assert!(
+        metrics.contains("switchyard_dns_dropped_packets_total{reason=\"tcp_client_connection_limit\"} 1"),
+        "{metrics}"
+    );
+    // Another client still gets answers while the first one holds its four.
+    let mut other = connect_from("127.0.0.3", server.dns).await;
+    let packet = query("ns1.shop.example.", RecordType::A, None);
+    other
+        .write_all(&(packet.len() as u16).to_be_bytes())
+        .await
+        .expect("write");
+    other.write_all(&packet).await.expect("write");
+    let length = other.read_u16().await.expect("an answer, not a close");
+    let mut buffer = vec![0u8; usize::from(length)];
+    other.read_exact(&mut buffer).await.expect("read");
+    assert_eq!(addresses(&Message::from_vec(&buffer).expect("parse")), ["192.0.2.53"]);
+    // Once the first client lets one go, it may open another.
+    held.pop();
+    drop(other);
+    wait_for_tcp_connections(&server, 3).await;
+    let answer = tcp(server.dns, &query("ns1.shop.example.", RecordType::A, None)).await;
+    assert_eq!(addresses(&answer), ["192.0.2.53"]);
+    server.stop().await;
+}
+
+/// One UDP answer (or the timeout of `wait_ms`) for each of `packets`, sent from `socket` all at
+/// once; answers are matched to queries by id.
+async fn udp_burst(socket: &UdpSocket, server: SocketAddr, packets: &[Vec<u8>], marker_id: u16) -> Vec<Message> {
+    for packet in packets {
+        socket.send_to(packet, server).await.expect("send");
+    }
+    let mut answers = Vec::new();
+    let mut buffer = vec![0u8; 65_535];
+    loop {
+        let (length, _) = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), socket.recv_from(&mut buffer))
+            .await
+            .expect("the marker's answer in time")
+            .expect("recv");
+        let message = Message::from_vec(&buffer[..length]).expect("parse");
+        if message.id() == marker_id {
+            return answers;
+        }
+        answers.push(message);
+    }
+}
+
+fn query_with_id(name: &str, rtype: RecordType, id: u16) -> Vec<u8> {
+    let mut message = Message::from_vec(&query(name, rtype, Some(1232))).expect("own query");
+    message.set_id(id);
+    message.to_vec().expect("encode")
+}
+
+#[tokio::test]
+async fn udp_answers_beyond_the_rate_are_dropped_or_slipped_and_tcp_still_answers() {
+    let limits = Limits {
+        rate_limit: RateLimitConfig {
+            responses_per_second: 5,
+            slip: 2,
+            ..RateLimitConfig::default()
+        },
+        ..Limits::default()
+    };
+    // One worker answers in the order queries arrive, so the marker's answer comes last.
+    let server = Server::start_with(None, limits, 1).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let flood_size = 40u16;
+    let mut packets: Vec<Vec<u8>> = (0..flood_size)
+        .map(|id| query_with_id("big.shop.example.", RecordType::TXT, id))
+        .collect();
+    // Another name is another account: it is answered, and marks the end of the burst.
+    let marker = 1_000;
+    packets.push(query_with_id("ns1.shop.example.", RecordType::A, marker));
+    let answers = udp_burst(&socket, server.dns, &packets, marker).await;
+    let full: Vec<&Message> = answers.iter().filter(|m| !m.answers().is_empty()).collect();
+    let slipped: Vec<&Message> = answers.iter().filter(|m| m.answers().is_empty()).collect();
+    // Five a second; a slow machine may earn a little more credit while the burst lasts.
+    assert!(
+        (5..flood_size as usize / 2).contains(&full.len()),
+        "{} full answers",
+        full.len()
+    );
+    assert!(!slipped.is_empty(), "every second limited answer is sent truncated");
+    for message in &slipped {
+        assert!(message.truncated(), "{message:?}");
+        assert_eq!(message.queries()[0].name().to_ascii(), "big.shop.example.");
+        assert!(
+            message.to_vec().expect("encode").len() <= packets[0].len(),
+            "no larger than the query"
+        );
+    }
+    let limited = usize::from(flood_size) - full.len();
+    let dropped = limited - slipped.len();
+    assert!(dropped >= slipped.len(), "slip 2: at most every second one is sent");
+    let metrics = server.state.metrics.encode();
+    assert!(
+        metrics.contains(&format!(
+            "switchyard_dns_rate_limited_responses_total{{action=\"slipped\"}} {}",
+            slipped.len()
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "switchyard_dns_rate_limited_responses_total{{action=\"dropped\"}} {dropped}"
+        )),
+        "{metrics}"
+    );
+    // TCP proves the address: never limited.
+    let whole = tcp(server.dns, &query("big.shop.example.", RecordType::TXT, None)).await;
+    assert_eq!(whole.answers().len(), 3);
+    // Another /24 has its own account.
+    let other = UdpSocket::bind("127.0.1.1:0").await.expect("bind another block");
+    other
+        .send_to(&query("big.shop.example.", RecordType::TXT, Some(1232)), server.dns)
+        .await
+        .expect("send");
+    let mut buffer = vec![0u8; 65_535];
+    let (length, _) = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), other.recv_from(&mut buffer))
+        .await
+        .expect("answer in time")
+        .expect("recv");
+    assert_eq!(Message::from_vec(&buffer[..length]).expect("parse").answers().len(), 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn normal_traffic_is_not_limited_by_default() {
+    let server = Server::start(None).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    // Twenty identical queries at once: below the default of 50 a second.
+    let marker = 1_000;
+    let mut packets: Vec<Vec<u8>> = (0..20)
+        .map(|id| query_with_id("ns1.shop.example.", RecordType::A, id))
+        .collect();
+    packets.push(query_with_id("app.shop.example.", RecordType::A, marker));
+    let mut answered = 0;
+    let mut buffer = vec![0u8; 65_535];
+    for packet in &packets {
+        socket.send_to(packet, server.dns).await.expect("send");
+    }
+    while answered < packets.len() {
+        let (length, _) = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), socket.recv_from(&mut buffer))
+            .await
+            .expect("every answer in time")
+            .expect("recv");
+        let message = Message::from_vec(&buffer[..length]).expect("parse");
+        assert!(!message.truncated() && !message.answers().is_empty(), "{message:?}");
+        answered += 1;
+    }
+    assert!(!server.state.metrics.encode().contains("rate_limited_responses_total{"));
     server.stop().await;
 }
 

@@ -162,6 +162,7 @@ health = "r2"
         reload_interval_ms: 0,
         udp_workers: 1,
         seed: 1,
+        limits: dns::Limits::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(dns::run(
