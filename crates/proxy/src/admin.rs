@@ -274,6 +274,7 @@ fn frontend_json(shared: &Shared) -> serde_json::Value {
         },
         "retries_total": load(&s.retries_total),
         "body_too_large_total": load(&s.body_too_large_total),
+        "bad_host_total": load(&s.bad_host_total),
         "no_server_total": load(&s.no_server_total),
         "server_timeouts_total": load(&s.server_timeouts_total),
         "client_errors_total": load(&s.client_errors_total),
@@ -449,6 +450,11 @@ pub fn render_metrics(shared: &Shared) -> String {
         "body_too_large",
         "Requests refused with 413",
         counter(&s.body_too_large_total),
+    );
+    registry.register(
+        "bad_host",
+        "Requests refused with 400: no Host, several, or an invalid one (RFC 9112 section 3.2)",
+        counter(&s.bad_host_total),
     );
     registry.register(
         "no_server",

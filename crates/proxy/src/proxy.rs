@@ -2,8 +2,9 @@
 //! request to a server the balancer picks, retries on another server when that is safe, and
 //! feeds what it saw back to the balancer (passive checks).
 //!
-//! Invariants: every client request gets a response (the server's, or 413/431/502/503/504 from
-//! here); a request is retried only when it is idempotent or its connection never opened, at
+//! Invariants: every client request gets a response (the server's, or 400/413/431/502/503/504
+//! from here); a request without exactly one valid `Host` (RFC 9112 §3.2) never reaches a
+//! server; a request is retried only when it is idempotent or its connection never opened, at
 //! most `retries` times; the number of client connections never exceeds `connections_max`,
 //! and a request body is buffered only up to `request_body_bytes_max`.
 
@@ -70,6 +71,8 @@ pub struct FrontendStats {
     pub responses_5xx: AtomicU64,
     pub retries_total: AtomicU64,
     pub body_too_large_total: AtomicU64,
+    /// Requests answered 400 for their `Host` (missing, repeated or invalid).
+    pub bad_host_total: AtomicU64,
     pub no_server_total: AtomicU64,
     pub server_timeouts_total: AtomicU64,
     pub client_errors_total: AtomicU64,
@@ -92,6 +95,7 @@ impl FrontendStats {
 #[derive(Default)]
 struct Logs {
     body_too_large: RateLimitedLog,
+    bad_host: RateLimitedLog,
     client_connection: RateLimitedLog,
     no_server: RateLimitedLog,
     server_timeout: RateLimitedLog,
@@ -285,6 +289,96 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<
     }
 }
 
+/// Why a request's `Host` makes it a 400 (RFC 9112 §3.2, RFC 9113 §8.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    Missing,
+    Repeated,
+    Invalid,
+    /// HTTP/2: `Host` names another authority than `:authority`.
+    Mismatch,
+}
+
+impl HostError {
+    fn message(self) -> &'static str {
+        match self {
+            HostError::Missing => {
+                "the request has no Host header; HTTP/1.1 requires exactly one (RFC 9112 section 3.2)"
+            }
+            HostError::Repeated => "the request has more than one Host header; send exactly one (RFC 9112 section 3.2)",
+            HostError::Invalid => "the Host header is not a valid host[:port] (RFC 9112 section 3.2)",
+            HostError::Mismatch => {
+                "the Host header differs from the :authority of the request (RFC 9113 section 8.3.1)"
+            }
+        }
+    }
+}
+
+/// The `Host` to forward for a request, or why it must be refused with 400: exactly one `Host`
+/// with a valid `host[:port]` (empty is allowed) on HTTP/1.1, none or one on HTTP/1.0; for an
+/// absolute-form target the target's authority replaces `Host` (RFC 9112 §3.2.2); on HTTP/2
+/// `:authority` stands for `Host`, and a `Host` naming another authority is refused.
+pub fn forwarded_host(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<Option<HeaderValue>, HostError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HostError::Repeated);
+    }
+    if let Some(value) = host
+        && !valid_host(value.as_bytes())
+    {
+        return Err(HostError::Invalid);
+    }
+    let authority = uri
+        .authority()
+        .map(|a| HeaderValue::from_str(a.as_str()).map_err(|_| HostError::Invalid))
+        .transpose()?;
+    if version == Version::HTTP_2 {
+        if let (Some(host), Some(authority)) = (host, &authority)
+            && !host.as_bytes().eq_ignore_ascii_case(authority.as_bytes())
+        {
+            return Err(HostError::Mismatch);
+        }
+        return match authority.or_else(|| host.cloned()) {
+            Some(value) => Ok(Some(value)),
+            None => Err(HostError::Missing),
+        };
+    }
+    if host.is_none() && version != Version::HTTP_10 && version != Version::HTTP_09 {
+        return Err(HostError::Missing);
+    }
+    Ok(authority.or_else(|| host.cloned()))
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2), or empty.
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(rest) => {
+            let Some(end) = rest.iter().position(|b| *b == b']') else {
+                return false;
+            };
+            let literal = std::str::from_utf8(&rest[..end]).ok();
+            if literal.and_then(|l| l.parse::<std::net::Ipv6Addr>().ok()).is_none() {
+                return false;
+            }
+            match &rest[end + 1..] {
+                [] => return true,
+                [b':', port @ ..] => (&[][..], port),
+                _ => return false,
+            }
+        }
+        None => match value.iter().rposition(|b| *b == b':') {
+            Some(colon) => (&value[..colon], &value[colon + 1..]),
+            None => (value, &[][..]),
+        },
+    };
+    // reg-name: unreserved, percent-encoded and sub-delims (an IPv4 address is one too).
+    let host_ok = host
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b));
+    host_ok && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+}
+
 fn idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -320,6 +414,10 @@ impl Shared {
         client: SocketAddr,
     ) -> Response<ProxyBody> {
         let (parts, body) = request.into_parts();
+        let forward_host = match forwarded_host(parts.version, &parts.uri, &parts.headers) {
+            Ok(host) => host,
+            Err(problem) => return self.bad_host(client, problem),
+        };
         let limit = self.config.limits.request_body_bytes_max;
         let declared = parts
             .headers
@@ -361,22 +459,16 @@ impl Shared {
             }
         };
 
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
         let mut headers = parts.headers;
         remove_hop_by_hop(&mut headers);
         // The body is already here; the server must not wait for a go-ahead.
         headers.remove(header::EXPECT);
-        add_forwarding(&mut headers, client, host.as_deref());
-        let missing_host = match headers.contains_key(header::HOST) {
-            true => None,
-            false => host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
-        };
-        if let Some(value) = missing_host {
+        add_forwarding(
+            &mut headers,
+            client,
+            forward_host.as_ref().and_then(|h| h.to_str().ok()),
+        );
+        if let Some(value) = forward_host {
             headers.insert(header::HOST, value);
         }
         let path_and_query = parts
@@ -514,6 +606,19 @@ impl Shared {
             buffer.extend_from_slice(&data);
         }
         Ok((buffer.freeze(), budget))
+    }
+
+    fn bad_host(&self, client: SocketAddr, problem: HostError) -> Response<ProxyBody> {
+        self.stats.bad_host_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.logs.bad_host.allow(self.now_ms()) {
+            tracing::warn!(%client, ?problem, suppressed, "request with a missing, repeated or invalid Host; answered 400");
+        }
+        let mut response = local_response(StatusCode::BAD_REQUEST, problem.message());
+        // The body (if any) is not read; make the client open a new connection.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
     }
 
     fn body_too_large(&self, client: SocketAddr, declared: Option<u64>) -> Response<ProxyBody> {
@@ -748,6 +853,87 @@ mod tests {
         let client: SocketAddr = "[2001:db8::1]:80".parse().expect("literal");
         add_forwarding(&mut headers, client, None);
         assert_eq!(headers["forwarded"], "for=\"[2001:db8::1]\";proto=http");
+    }
+
+    #[test]
+    fn host_must_be_there_once_and_valid() {
+        let origin: Uri = "/cart".parse().expect("literal");
+        let with = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::HOST, HeaderValue::from_str(value).expect("literal"));
+            }
+            headers
+        };
+        let one = forwarded_host(Version::HTTP_11, &origin, &with(&["shop.example:8080"]));
+        assert_eq!(one, Ok(Some(HeaderValue::from_static("shop.example:8080"))));
+        assert_eq!(
+            forwarded_host(Version::HTTP_11, &origin, &with(&[])),
+            Err(HostError::Missing)
+        );
+        assert_eq!(
+            forwarded_host(Version::HTTP_11, &origin, &with(&["a.example", "b.example"])),
+            Err(HostError::Repeated)
+        );
+        assert_eq!(
+            forwarded_host(Version::HTTP_11, &origin, &with(&["a.example", "a.example"])),
+            Err(HostError::Repeated)
+        );
+        assert_eq!(
+            forwarded_host(Version::HTTP_10, &origin, &with(&["a.example", "b.example"])),
+            Err(HostError::Repeated)
+        );
+        assert_eq!(forwarded_host(Version::HTTP_10, &origin, &with(&[])), Ok(None));
+        for good in [
+            "shop.example",
+            "192.0.2.1:80",
+            "[2001:db8::1]:8080",
+            "[::1]",
+            "a.example:",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "user@shop.example",
+            "shop example",
+            "shop.example:port",
+            "[::1",
+            "[::1]x",
+            "a:b:c",
+            "a.example:123456",
+            "a/b",
+        ] {
+            assert_eq!(
+                forwarded_host(Version::HTTP_11, &origin, &with(&[bad])),
+                Err(HostError::Invalid),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            forwarded_host(Version::HTTP_11, &origin, &with(&[""])),
+            Ok(Some(HeaderValue::from_static("")))
+        );
+    }
+
+    #[test]
+    fn an_absolute_target_replaces_host_and_h2_authority_must_agree() {
+        let absolute: Uri = "http://shop.example/cart".parse().expect("literal");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("other.example"));
+        assert_eq!(
+            forwarded_host(Version::HTTP_11, &absolute, &headers),
+            Ok(Some(HeaderValue::from_static("shop.example")))
+        );
+        assert_eq!(
+            forwarded_host(Version::HTTP_2, &absolute, &headers),
+            Err(HostError::Mismatch)
+        );
+        assert_eq!(
+            forwarded_host(Version::HTTP_2, &absolute, &HeaderMap::new()),
+            Ok(Some(HeaderValue::from_static("shop.example")))
+        );
+        headers.insert(header::HOST, HeaderValue::from_static("SHOP.example"));
+        assert!(forwarded_host(Version::HTTP_2, &absolute, &headers).is_ok());
     }
 
     #[test]

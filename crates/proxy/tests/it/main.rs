@@ -85,12 +85,19 @@ impl Backend {
                                     .unwrap_or_default()
                             };
                             let echo = format!(
-                                "{name}\nxff={}\nforwarded={}\nproto={}\nconnection={}\nx-private={}\n",
+                                "{name}\nxff={}\nforwarded={}\nproto={}\nconnection={}\nx-private={}\nhost={}\n",
                                 header("x-forwarded-for"),
                                 header("forwarded"),
                                 header("x-forwarded-proto"),
                                 header("connection"),
                                 header("x-private"),
+                                request
+                                    .headers()
+                                    .get_all("host")
+                                    .iter()
+                                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                                    .collect::<Vec<_>>()
+                                    .join("|"),
                             );
                             let _ = request.into_body().collect().await;
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(echo))))
@@ -572,6 +579,63 @@ async fn hanging_backend_fails_its_checks() {
     );
     a.set_mode(MODE_OK);
     wait_for("a to recover", || proxy.server("a").healthy).await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_exactly_one_valid_host_get_400_and_never_reach_a_server() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start("[proxy.check]\nenabled = false\n", &[("a", a.address, 1, false)], None).await;
+    for (request, why) in [
+        (
+            "GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+            "more than one Host",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a.example\r\nHost: a.example\r\n\r\n",
+            "more than one Host",
+        ),
+        ("GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", "no Host"),
+        ("GET / HTTP/1.1\r\nHost: user@a.example\r\n\r\n", "not a valid host"),
+        (
+            "POST / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nContent-Length: 5\r\n\r\nhello",
+            "more than one Host",
+        ),
+    ] {
+        let answer = raw_exchange(proxy.address, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
+        assert!(answer.contains(why), "{request:?}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    }
+    assert_eq!(
+        a.hits.load(Ordering::SeqCst),
+        0,
+        "no refused request reached the server"
+    );
+    assert_eq!(proxy.shared.stats().bad_host_total.load(Ordering::Relaxed), 5);
+    // An absolute-form target's authority replaces Host (RFC 9112 section 3.2.2).
+    let answer = raw_exchange(
+        proxy.address,
+        b"GET http://shop.example/ HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\nhost=shop.example\n"), "{answer}");
+    // HTTP/1.0 may leave Host out; one Host is passed on as it came.
+    let answer = raw_exchange(proxy.address, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    let answer = raw_exchange(
+        proxy.address,
+        b"GET / HTTP/1.1\r\nHost: shop.example:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.contains("\nhost=shop.example:8080\n"), "{answer}");
+    assert_eq!(a.hits.load(Ordering::SeqCst), 3);
+    let (_, metrics) = get(&client(), &format!("http://{}/metrics", proxy.admin)).await;
+    assert!(metrics.contains("bad_host_total 5"), "{metrics}");
     proxy.stop().await;
 }
 
