@@ -340,3 +340,57 @@ def test_garbage_is_survived(server):
         assert tcp.recv(10) == b""
     assert server.short("plain.shop.example") == ["192.0.2.1"]
     assert server.process.poll() is None
+
+
+def test_rate_limited_answers_are_slipped_and_dig_gets_them_over_tcp(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    limited = CONFIG + "\n[dns.rate_limit]\nresponses_per_second = 2\nslip = 1\nwindow_s = 60\n"
+    server = DnsServer(tmp_path, limited)
+    server.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            for query_id in range(10):
+                query = dns.message.make_query("plain.shop.example", "A")
+                query.id = query_id
+                sock.sendto(query.to_wire(), ("127.0.0.1", server.port))
+            answers = [dns.message.from_wire(sock.recv(4096)) for _ in range(10)]
+        full = [a for a in answers if a.answer]
+        slipped = [a for a in answers if a.flags & dns.flags.TC]
+        # Two a second pass; with slip 1 every limited answer comes back empty with TC set.
+        assert 2 <= len(full) < 10, answers
+        assert len(full) + len(slipped) == 10
+        assert all(not a.answer for a in slipped)
+        # dig retries a truncated answer over TCP, which is never limited.
+        udp_only = server.dig("plain.shop.example", "A", "+ignore")
+        assert "flags: qr aa tc" in udp_only, udp_only
+        assert server.short("plain.shop.example") == ["192.0.2.1"]
+        metrics = server.get("/metrics")
+        assert re.search(r'switchyard_dns_rate_limited_responses_total\{action="slipped"\} [1-9]', metrics), metrics
+    finally:
+        server.stop()
+
+
+def test_one_client_cannot_hold_every_tcp_slot(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    server = DnsServer(tmp_path, CONFIG.replace("[dns]\n", "[dns]\ntcp_connections_per_client_max = 3\n", 1))
+    server.start()
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(3)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        try:
+            assert extra.recv(10) == b"", "the fourth connection of one address is closed at once"
+        except ConnectionResetError:
+            pass
+        finally:
+            extra.close()
+        # Another client address is still answered over TCP.
+        query = dns.message.make_query("plain.shop.example", "A")
+        answer = dns.query.tcp(query, "127.0.0.1", port=server.port, timeout=5, source="127.0.0.4")
+        assert [r.to_text() for r in answer.answer[0]] == ["192.0.2.1"]
+    finally:
+        for connection in held:
+            connection.close()
+        server.stop()

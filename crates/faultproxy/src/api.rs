@@ -2,19 +2,24 @@
 //! `GET/POST /proxies`, `POST /populate`, `GET/POST/DELETE /proxies/{proxy}`,
 //! `GET/POST /proxies/{proxy}/toxics`, `GET/POST/DELETE /proxies/{proxy}/toxics/{toxic}`,
 //! `POST /reset`, `GET /version`, plus `GET /health`. Errors are `{"error": ..., "status": ...}`.
+//!
+//! With a token every request but `GET /health` needs `Authorization: Bearer TOKEN` (401
+//! otherwise); without one the API serves on loopback only.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::access::{check_exposure, token_matches};
 use crate::proxy::{ProxySpec, ProxyUpdate, Registry, RegistryError};
 use crate::toxic::{Toxic, ToxicUpdate};
 
@@ -39,6 +44,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::ProxyNotFound(_) | RegistryError::ToxicNotFound { .. } => StatusCode::NOT_FOUND,
             RegistryError::ProxyExists(_) | RegistryError::ToxicExists { .. } => StatusCode::CONFLICT,
             RegistryError::BadRequest(_) | RegistryError::Toxic(_) => StatusCode::BAD_REQUEST,
+            RegistryError::UpstreamNotAllowed { .. } => StatusCode::FORBIDDEN,
             RegistryError::Listen { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
@@ -58,8 +64,47 @@ fn parse<T: DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
 type Shared = State<Arc<Registry>>;
 type ApiResult = Result<Response, ApiError>;
 
-/// The control API's routes over `registry`.
+/// The control API's routes over `registry`, open to whoever reaches it (loopback).
 pub fn router(registry: Arc<Registry>) -> Router {
+    router_with_token(registry, None)
+}
+
+/// The control API's routes over `registry`; with a token, every request but `GET /health`
+/// must present it as `Authorization: Bearer TOKEN`.
+pub fn router_with_token(registry: Arc<Registry>, token: Option<String>) -> Router {
+    let routes = routes(registry);
+    match token.filter(|t| !t.is_empty()) {
+        Some(token) => {
+            let token: Arc<str> = Arc::from(token);
+            routes.layer(axum::middleware::from_fn(move |request: Request, next: Next| {
+                let token = Arc::clone(&token);
+                async move { authorize(&token, request, next).await }
+            }))
+        }
+        None => routes,
+    }
+}
+
+async fn authorize(token: &str, request: Request, next: Next) -> Response {
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if token_matches(token.as_bytes(), presented) {
+        return next.run(request).await;
+    }
+    ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        message: "this fault proxy needs its token: send Authorization: Bearer TOKEN".to_string(),
+    }
+    .into_response()
+}
+
+fn routes(registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/version", get(version))
         .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
@@ -76,13 +121,25 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .with_state(registry)
 }
 
-/// Serves the control API on `listener` until `shutdown` resolves.
+/// Serves the control API on `listener` (which must be on loopback) until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(registry))
+    serve_with_token(listener, registry, None, shutdown).await
+}
+
+/// Serves the control API on `listener` until `shutdown` resolves; without a token it refuses
+/// a listener beyond loopback.
+pub async fn serve_with_token(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    token: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    check_exposure(listener.local_addr()?, token.as_deref()).map_err(std::io::Error::other)?;
+    axum::serve(listener, router_with_token(registry, token))
         .with_graceful_shutdown(shutdown)
         .await
 }

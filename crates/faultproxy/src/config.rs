@@ -6,6 +6,7 @@
 //! seed = 42                   # optional: reproducible jitter, slicing and toxicity draws
 //! connections_max = 1024      # per proxy
 //! buffer_bytes = 16384        # read buffer per direction of a connection
+//! allow_upstream = ["127.0.0.0/8", "10.20.0.0/16"]  # where proxies may relay (default: loopback)
 //!
 //! [[fault_proxy.proxies]]
 //! name = "store-eu"
@@ -20,6 +21,7 @@
 
 use serde::Deserialize;
 
+use crate::access::{AllowList, Cidr};
 use crate::proxy::{Limits, ProxySpec};
 use crate::toxic::Toxic;
 
@@ -42,6 +44,9 @@ pub struct FaultProxyConfig {
     pub connections_max: ConnectionsMax,
     #[serde(default = "buffer_bytes_default")]
     pub buffer_bytes: BufferBytes,
+    /// Networks proxies may relay to; empty: loopback only. Given, it replaces the default.
+    #[serde(default)]
+    pub allow_upstream: Vec<Cidr>,
     #[serde(default)]
     pub proxies: Vec<ProxyConfig>,
 }
@@ -53,6 +58,7 @@ impl Default for FaultProxyConfig {
             seed: None,
             connections_max: connections_max_default(),
             buffer_bytes: buffer_bytes_default(),
+            allow_upstream: Vec::new(),
             proxies: Vec::new(),
         }
     }
@@ -64,6 +70,10 @@ impl FaultProxyConfig {
             connections_max: self.connections_max.0 as usize,
             buffer_bytes: self.buffer_bytes.0 as usize,
         }
+    }
+
+    pub fn allow_list(&self) -> AllowList {
+        AllowList::new(self.allow_upstream.clone())
     }
 }
 
@@ -231,6 +241,21 @@ attributes = { latency = 100, jitter = 10 }
 
         let error = from_toml("[fault_proxy]\nlisten_typo = 1\n", "x.toml").expect_err("unknown key");
         assert_eq!((error.line, error.column), (2, 1), "{error}");
+    }
+
+    #[test]
+    fn allow_upstream_is_read_and_checked() {
+        let config = from_toml(
+            "[fault_proxy]\nallow_upstream = [\"10.20.0.0/16\", \"::1\"]\n",
+            "x.toml",
+        )
+        .expect("valid");
+        let allowed = config.allow_list();
+        assert!(allowed.allows("10.20.1.2".parse().expect("ip")));
+        assert!(!allowed.allows("127.0.0.1".parse().expect("ip")));
+        let error = from_toml("[fault_proxy]\nallow_upstream = [\"10.0.0.0/40\"]\n", "x.toml").expect_err("bad prefix");
+        assert_eq!(error.line, 2, "{error}");
+        assert!(error.to_string().contains("10.0.0.0/40"), "{error}");
     }
 
     #[test]

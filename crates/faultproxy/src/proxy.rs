@@ -13,6 +13,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use crate::access::AllowList;
 use crate::link::{Deadline, Link};
 use crate::rng::Rng;
 use crate::toxic::{Stream, Toxic, ToxicError, ToxicUpdate, check_name};
@@ -27,6 +28,8 @@ pub const QUEUE_PIECES_MAX: usize = 1024;
 pub const UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 pub const ACCEPT_BACKOFF_MS: u64 = 100;
+/// How long resolving an upstream's name may take when a proxy is created or updated.
+pub const UPSTREAM_RESOLVE_TIMEOUT_MS: u64 = 5_000;
 
 /// Limits every proxy of one fault proxy shares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +106,14 @@ pub enum RegistryError {
     ToxicExists { proxy: String, toxic: String },
     #[error("{0}")]
     BadRequest(String),
+    #[error(
+        "upstream '{upstream}' is {address}, outside the networks this fault proxy may relay to ({allowed}); start it with --allow-upstream CIDR (or allow_upstream in [fault_proxy]) to allow it"
+    )]
+    UpstreamNotAllowed {
+        upstream: String,
+        address: std::net::IpAddr,
+        allowed: String,
+    },
     #[error(transparent)]
     Toxic(#[from] ToxicError),
     #[error("proxy '{name}' cannot listen on {listen}: {source} (is the port in use? pick another)")]
@@ -162,14 +173,63 @@ pub struct Registry {
     proxies: Mutex<BTreeMap<String, Entry>>,
     limits: Limits,
     rng: std::sync::Mutex<Rng>,
+    allowed: Arc<AllowList>,
 }
 
 impl Registry {
+    /// A registry whose proxies may relay to loopback only.
     pub fn new(limits: Limits, seed: u64) -> Registry {
+        Registry::with_allowed(limits, seed, AllowList::default())
+    }
+
+    /// A registry whose proxies may relay to the networks in `allowed` only.
+    pub fn with_allowed(limits: Limits, seed: u64, allowed: AllowList) -> Registry {
         Registry {
             proxies: Mutex::new(BTreeMap::new()),
             limits,
             rng: std::sync::Mutex::new(Rng::new(seed)),
+            allowed: Arc::new(allowed),
+        }
+    }
+
+    pub fn allowed(&self) -> &AllowList {
+        &self.allowed
+    }
+
+    /// Resolves `upstream` and refuses it unless every address it names is allowed.
+    async fn check_upstream(&self, upstream: &str) -> Result<(), RegistryError> {
+        check_address("upstream", upstream)?;
+        let resolve = tokio::net::lookup_host(upstream);
+        let addresses: Vec<SocketAddr> = match tokio::time::timeout(
+            Duration::from_millis(UPSTREAM_RESOLVE_TIMEOUT_MS),
+            resolve,
+        )
+        .await
+        {
+            Ok(Ok(addresses)) => addresses.collect(),
+            Ok(Err(error)) => {
+                return Err(RegistryError::BadRequest(format!(
+                    "upstream '{upstream}' does not resolve ({error}); give an address like 127.0.0.1:6379"
+                )));
+            }
+            Err(_) => {
+                return Err(RegistryError::BadRequest(format!(
+                    "resolving upstream '{upstream}' took over {UPSTREAM_RESOLVE_TIMEOUT_MS} ms; give an address like 127.0.0.1:6379"
+                )));
+            }
+        };
+        if addresses.is_empty() {
+            return Err(RegistryError::BadRequest(format!(
+                "upstream '{upstream}' resolves to no address; give an address like 127.0.0.1:6379"
+            )));
+        }
+        match addresses.iter().find(|a| !self.allowed.allows(a.ip())) {
+            Some(address) => Err(RegistryError::UpstreamNotAllowed {
+                upstream: upstream.to_string(),
+                address: address.ip(),
+                allowed: self.allowed.describe(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -196,8 +256,8 @@ impl Registry {
 
     pub async fn create(&self, spec: ProxySpec) -> Result<ProxyView, RegistryError> {
         check_name(&spec.name).map_err(RegistryError::BadRequest)?;
-        check_address("upstream", &spec.upstream)?;
         check_address("listen", &spec.listen)?;
+        self.check_upstream(&spec.upstream).await?;
         check_toxics(&spec.name, &spec.toxics)?;
         let mut proxies = self.proxies.lock().await;
         if proxies.contains_key(&spec.name) {
@@ -244,6 +304,10 @@ impl Registry {
                 "proxy '{name}' cannot be renamed to '{new_name}'; delete it and create a new one"
             )));
         }
+        // Resolved before the registry is locked: a slow resolver must not hold up the rest.
+        if let Some(upstream) = &update.upstream {
+            self.check_upstream(upstream).await?;
+        }
         let mut proxies = self.proxies.lock().await;
         let entry = proxies
             .get_mut(name)
@@ -260,7 +324,6 @@ impl Registry {
         if let Some(upstream) = update.upstream
             && upstream != entry.upstream
         {
-            check_address("upstream", &upstream)?;
             entry.upstream = upstream;
             restart = true;
         }
@@ -394,6 +457,7 @@ impl Registry {
             entry.toxics_tx.subscribe(),
             self.limits,
             self.fork_rng(),
+            Arc::clone(&self.allowed),
         )));
         Ok(())
     }
@@ -433,6 +497,7 @@ async fn accept_loop(
     toxics: watch::Receiver<Arc<Vec<Toxic>>>,
     limits: Limits,
     mut rng: Rng,
+    allowed: Arc<AllowList>,
 ) {
     let mut connections = JoinSet::new();
     let mut sequence = 0u64;
@@ -457,8 +522,9 @@ async fn accept_loop(
                 let toxics = toxics.clone();
                 let rng = rng.fork(sequence);
                 let name = name.clone();
+                let allowed = Arc::clone(&allowed);
                 connections.spawn(async move {
-                    if let Err(error) = serve(client, &upstream, toxics, rng, limits.buffer_bytes).await {
+                    if let Err(error) = serve(client, &upstream, &allowed, toxics, rng, limits.buffer_bytes).await {
                         tracing::debug!(proxy = %name, %peer, %error, "connection ended with an error");
                     }
                 });
@@ -482,6 +548,7 @@ enum Ending {
 async fn serve(
     mut client: TcpStream,
     upstream_address: &str,
+    allowed: &AllowList,
     toxics: watch::Receiver<Arc<Vec<Toxic>>>,
     mut rng: Rng,
     buffer_bytes: usize,
@@ -497,6 +564,17 @@ async fn serve(
             ));
         }
     };
+    // The name was checked when the proxy was made; check where it leads now too, so a name
+    // that changed its address since cannot take the relay elsewhere.
+    let peer = upstream.peer_addr()?;
+    if !allowed.allows(peer.ip()) {
+        tracing::warn!(upstream = upstream_address, %peer, allowed = %allowed.describe(),
+            "closed a connection: the upstream now resolves outside the allowed networks");
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "upstream address not allowed",
+        ));
+    }
     client.set_nodelay(true).ok();
     upstream.set_nodelay(true).ok();
     let origin = Instant::now();

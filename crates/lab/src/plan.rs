@@ -439,11 +439,21 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         path: faults_file.clone(),
         contents: links,
     });
-    components.push(ComponentSpec::subcommand(
-        "network",
-        "fault-proxy",
-        &["fault-proxy", "--config", &faults_file.display().to_string()],
-    ));
+    // The fault proxy relays to loopback only unless told; with namespaces it also relays to
+    // each region's address.
+    let mut fault_args = vec![
+        "fault-proxy".to_string(),
+        "--config".to_string(),
+        faults_file.display().to_string(),
+    ];
+    if !hosts.nets.is_empty() {
+        fault_args.extend(["--allow-upstream".to_string(), "127.0.0.0/8".to_string()]);
+        for net in &hosts.nets {
+            fault_args.extend(["--allow-upstream".to_string(), format!("{}/32", net.address)]);
+        }
+    }
+    let fault_args: Vec<&str> = fault_args.iter().map(String::as_str).collect();
+    components.push(ComponentSpec::subcommand("network", "fault-proxy", &fault_args));
 
     // Stores, each replicating to the others through the network.
     for (i, region) in regions.iter().enumerate() {
@@ -909,6 +919,13 @@ mod tests {
         assert!(faults.contains(
             "name = \"repl-eu-west-1-to-us-east-1\"\nlisten = \"10.190.1.1:17220\"\nupstream = \"10.190.0.2:17100\""
         ));
+        let allowed: Vec<&str> = spec("network")
+            .args
+            .windows(2)
+            .filter(|w| w[0] == "--allow-upstream")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(allowed, ["127.0.0.0/8", "10.190.0.2/32", "10.190.1.2/32"]);
         assert!(
             faults.contains(
                 "name = \"frontend-us-east-1\"\nlisten = \"127.0.0.11:17080\"\nupstream = \"10.190.0.2:17108\""
@@ -929,7 +946,12 @@ mod tests {
     }
 
     fn plan_without_netns_has_no_networks() -> bool {
-        plan(&options(2)).expect("plan").networks.is_empty()
+        let plan = plan(&options(2)).expect("plan");
+        let loopback_only = plan
+            .components
+            .iter()
+            .all(|c| !c.args.iter().any(|a| a == "--allow-upstream"));
+        plan.networks.is_empty() && loopback_only
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use faultproxy::config::{BufferBytes, ConnectionsMax};
-use faultproxy::{FaultProxyConfig, ProxyConfig};
+use faultproxy::{Cidr, FaultProxyConfig, ProxyConfig};
 use tokio::net::TcpListener;
 
 #[derive(clap::Args)]
@@ -13,9 +13,18 @@ pub struct FaultProxyArgs {
     /// TOML file whose `[fault_proxy]` section lists proxies and toxics; flags override it.
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
-    /// Address of the control API (Toxiproxy's port is 8474); port 0 picks a free one.
+    /// Address of the control API (Toxiproxy's port is 8474); port 0 picks a free one. Beyond
+    /// loopback a token is required.
     #[arg(long, env = "SWITCHYARD_FAULT_PROXY_LISTEN")]
     listen: Option<String>,
+    /// File holding the bearer token the control API requires (or set
+    /// SWITCHYARD_FAULT_PROXY_TOKEN). Required when --listen is not a loopback address.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// A network proxies may relay to, as CIDR (repeat; adds to allow_upstream in the config).
+    /// When none is given anywhere, only loopback upstreams are allowed.
+    #[arg(long = "allow-upstream", value_name = "CIDR")]
+    allow_upstream: Vec<Cidr>,
     /// A proxy as NAME=LISTEN=UPSTREAM (repeat), e.g.
     /// `--proxy store-eu=127.0.0.1:21000=127.0.0.1:8001`.
     #[arg(long = "proxy", value_name = "NAME=LISTEN=UPSTREAM", value_parser = parse_proxy)]
@@ -50,7 +59,23 @@ fn parse_proxy(text: &str) -> Result<ProxyConfig, String> {
     })
 }
 
+fn read_token(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(path) => {
+            Some(std::fs::read_to_string(path).with_context(|| format!("read token file {}", path.display()))?)
+        }
+        None => std::env::var(faultproxy::access::TOKEN_ENV).ok(),
+    };
+    match token.map(|t| t.trim().to_owned()) {
+        Some(t) if t.is_empty() => {
+            bail!("the fault proxy's token is empty; put a secret in the token file (e.g. `openssl rand -hex 32`)")
+        }
+        other => Ok(other),
+    }
+}
+
 pub async fn run(args: FaultProxyArgs) -> anyhow::Result<()> {
+    let token = read_token(args.token_file.as_ref())?;
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
@@ -68,6 +93,7 @@ pub async fn run(args: FaultProxyArgs) -> anyhow::Result<()> {
     if let Some(value) = args.buffer_bytes {
         config.buffer_bytes = BufferBytes::try_from(value).map_err(|e| anyhow::anyhow!("--buffer-bytes: {e}"))?;
     }
+    config.allow_upstream.extend(args.allow_upstream);
     for proxy in args.proxies {
         if config.proxies.iter().any(|p| p.name == proxy.name) {
             bail!("proxy '{}' is given twice; give each name once", proxy.name);
@@ -79,7 +105,6 @@ pub async fn run(args: FaultProxyArgs) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let registry = faultproxy::start(&config, seed).await.context("start the proxies")?;
     let listener = TcpListener::bind(config.listen.as_str()).await.with_context(|| {
         format!(
             "listen on {} (is the port in use? pick another with --listen)",
@@ -87,11 +112,14 @@ pub async fn run(args: FaultProxyArgs) -> anyhow::Result<()> {
         )
     })?;
     let address = listener.local_addr().context("read the bound address")?;
+    faultproxy::access::check_exposure(address, token.as_deref())?;
+    let registry = faultproxy::start(&config, seed).await.context("start the proxies")?;
     if let Some(path) = &args.ready_file {
         std::fs::write(path, address.to_string()).with_context(|| format!("write ready file {}", path.display()))?;
     }
-    tracing::info!(%address, seed, proxies = config.proxies.len(), "fault proxy control API listening");
-    faultproxy::api::serve(listener, Arc::clone(&registry), crate::shutdown_signal())
+    tracing::info!(%address, seed, proxies = config.proxies.len(), allow_upstream = %config.allow_list().describe(),
+        token = token.is_some(), "fault proxy control API listening");
+    faultproxy::api::serve_with_token(listener, Arc::clone(&registry), token, crate::shutdown_signal())
         .await
         .context("serve the control API")?;
     registry.stop_all().await;

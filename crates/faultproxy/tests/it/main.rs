@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faultproxy::{FaultProxyConfig, Limits, Registry};
+use faultproxy::{AllowList, FaultProxyConfig, Limits, Registry};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,6 +43,8 @@ async fn echo_server() -> SocketAddr {
 struct Harness {
     api: SocketAddr,
     echo: SocketAddr,
+    /// Sent as a bearer token on every call.
+    token: Option<String>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -52,27 +54,45 @@ impl Harness {
     }
 
     async fn with_limits(limits: Limits) -> Harness {
+        Harness::with(limits, AllowList::default(), None).await
+    }
+
+    async fn with(limits: Limits, allowed: AllowList, token: Option<&str>) -> Harness {
         let echo = echo_server().await;
-        let registry = Arc::new(Registry::new(limits, 42));
+        let registry = Arc::new(Registry::with_allowed(limits, 42, allowed));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
         let api = listener.local_addr().expect("api address");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(faultproxy::api::serve(listener, registry, async {
-            rx.await.ok();
-        }));
+        tokio::spawn(faultproxy::api::serve_with_token(
+            listener,
+            registry,
+            token.map(str::to_string),
+            async {
+                rx.await.ok();
+            },
+        ));
         Harness {
             api,
             echo,
+            token: token.map(str::to_string),
             _shutdown: tx,
         }
     }
 
     /// One HTTP/1.1 request over a fresh connection; returns status and JSON body (or Null).
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(self.token.as_deref(), method, path, body).await
+    }
+
+    /// [`Harness::call`] with `token` (or none) instead of the harness's.
+    async fn call_as(&self, token: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut stream = TcpStream::connect(self.api).await.expect("connect api");
         let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(request.as_bytes()).await.expect("send request");
@@ -412,6 +432,95 @@ async fn api_follows_toxiproxy_shapes_and_errors() {
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["proxies"][0]["name"], json!("p1"));
+}
+
+#[tokio::test]
+async fn with_a_token_every_call_but_health_must_present_it() {
+    let harness = Harness::with(Limits::default(), AllowList::default(), Some("s3cret")).await;
+    let create = json!({"name": "shop", "listen": "127.0.0.1:0", "upstream": harness.echo.to_string()});
+    for token in [None, Some("wrong"), Some("s3cret2"), Some("s3cre")] {
+        let (status, body) = harness.call_as(token, "POST", "/proxies", Some(create.clone())).await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert!(body["error"].as_str().expect("error").contains("Bearer"), "{body}");
+        let (status, _) = harness.call_as(token, "GET", "/proxies", None).await;
+        assert_eq!(status, 401);
+    }
+    let (_, proxies) = harness.call("GET", "/proxies", None).await;
+    assert_eq!(proxies, json!({}), "refused calls changed nothing");
+    harness.proxy("shop").await;
+    let (status, _) = harness.call_as(None, "GET", "/health", None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn without_a_token_the_api_refuses_to_listen_beyond_loopback() {
+    let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind every address");
+    let registry = Arc::new(Registry::new(Limits::default(), 1));
+    let error = faultproxy::api::serve(listener, Arc::clone(&registry), std::future::pending())
+        .await
+        .expect_err("an open control API without a token is refused");
+    assert!(error.to_string().contains("--token-file"), "{error}");
+    let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind every address");
+    let error = faultproxy::run(listener, FaultProxyConfig::default(), 1, None, std::future::pending())
+        .await
+        .expect_err("refused by run too");
+    assert!(error.to_string().contains("loopback"), "{error}");
+}
+
+#[tokio::test]
+async fn upstreams_outside_the_allowed_networks_are_refused() {
+    let harness = Harness::new().await;
+    let (status, body) = harness
+        .call(
+            "POST",
+            "/proxies",
+            Some(json!({"name": "out", "listen": "127.0.0.1:0", "upstream": "10.255.255.1:80"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let error = body["error"].as_str().expect("error");
+    assert!(
+        error.contains("10.255.255.1") && error.contains("--allow-upstream") && error.contains("127.0.0.0/8"),
+        "{error}"
+    );
+    let (status, body) = harness
+        .call(
+            "POST",
+            "/proxies",
+            Some(json!({"name": "nowhere", "listen": "127.0.0.1:0", "upstream": "no-such-host.invalid:80"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // An update may not move a proxy out either, and a refused update changes nothing.
+    harness.proxy("shop").await;
+    let (status, body) = harness
+        .call("POST", "/proxies/shop", Some(json!({"upstream": "169.254.169.254:80"})))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (_, shop) = harness.call("GET", "/proxies/shop", None).await;
+    assert_eq!(shop["upstream"], json!(harness.echo.to_string()));
+    let (status, _) = harness
+        .call(
+            "POST",
+            "/populate",
+            Some(json!([{"name": "p1", "listen": "127.0.0.1:0", "upstream": "192.0.2.1:80"}])),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (_, proxies) = harness.call("GET", "/proxies", None).await;
+    assert_eq!(proxies.as_object().map(|p| p.len()), Some(1), "{proxies}");
+
+    // A list replaces the default: loopback is then refused unless listed.
+    let elsewhere = AllowList::new(vec!["10.0.0.0/8".parse().expect("prefix")]);
+    let harness = Harness::with(Limits::default(), elsewhere, None).await;
+    let (status, body) = harness
+        .call(
+            "POST",
+            "/proxies",
+            Some(json!({"name": "local", "listen": "127.0.0.1:0", "upstream": harness.echo.to_string()})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
 }
 
 #[tokio::test]
