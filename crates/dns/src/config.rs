@@ -379,6 +379,11 @@ fn bounded(
     default: u64,
     at: &At<'_>,
 ) -> Result<u64, ConfigError> {
+    // A note after the key (`name (0: off)`) goes after the range in the message.
+    let (key, note) = match key.split_once(" (") {
+        Some((key, note)) => (key, format!(" ({note}")),
+        None => (key, String::new()),
+    };
     let Some(value) = value else {
         return Ok(default);
     };
@@ -389,7 +394,7 @@ fn bounded(
         Err(at(
             value.span(),
             format!(
-                "{key} = {number} is out of range; use a value from {} to {}",
+                "{key} = {number} is out of range; use a value from {} to {}{note}",
                 range.start(),
                 range.end()
             ),
@@ -972,7 +977,10 @@ mod tests {
         let e = error("[dns]\n[dns.rate_limit]\nipv4_prefix_length = 33\n");
         assert_eq!(e.line, 3, "{e}");
         let e = error("[dns]\n[dns.rate_limit]\nresponses_per_second = 5000\n");
-        assert!(e.message.contains("5000"), "{e}");
+        assert_eq!(
+            e.message,
+            "rate_limit.responses_per_second = 5000 is out of range; use a value from 0 to 1000 (0: not limited)"
+        );
         let e = error("[dns]\ntcp_connections_per_client_max = 0\n");
         assert!(e.message.contains("from 1 to 256"), "{e}");
         let e = error("[dns]\n[dns.rate_limit]\nexempt_clients = [\"nope\"]\n");
