@@ -266,6 +266,7 @@ pub async fn run_with_state(
         options.limits.rate_limit.clone(),
         seeds.next_u64(),
     )));
+    let rate_limit_enabled = options.limits.rate_limit.enabled;
     let origin = Instant::now();
     // UDP is served by blocking threads: one recvfrom/sendto pair per query and no readiness
     // polling; the kernel wakes one waiting thread per datagram.
@@ -285,6 +286,7 @@ pub async fn run_with_state(
             .spawn(move || {
                 let limiter = UdpLimiter {
                     limiter: &limiter,
+                    enabled: rate_limit_enabled,
                     origin,
                 };
                 udp_worker(socket, &state, rng, &stop, &limiter)
@@ -339,19 +341,21 @@ pub async fn run_with_state(
 /// The rate limiter shared by the UDP workers, and the origin of its clock.
 struct UdpLimiter<'a> {
     limiter: &'a Mutex<RateLimiter>,
+    /// Read without the lock: switched off, no packet pays for it.
+    enabled: bool,
     origin: Instant,
 }
 
 impl UdpLimiter<'_> {
     /// What to send for `response` to `peer`: the response, its truncated form, or nothing.
     fn judge(&self, state: &State, response: &Response, peer: SocketAddr) -> Verdict {
+        if !self.enabled {
+            return Verdict::Send;
+        }
         let now_ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         let answers = response.messages.first().map_or(0, |m| m.answers().len());
         let (verdict, evicted) = {
             let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
-            if !limiter.config().enabled {
-                return Verdict::Send;
-            }
             let class = classify(&limiter, response.rcode, answers, &response.name_label, response.qtype);
             let before = limiter.counts().evicted;
             let verdict = limiter.check(peer.ip(), class, now_ms);
