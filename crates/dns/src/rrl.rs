@@ -539,6 +539,52 @@ mod tests {
         assert_eq!(victim_sent, 5);
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Whatever the traffic, an account never sends more than one second of burst plus
+            /// its rate over the time elapsed, and the table never outgrows its size.
+            #[test]
+            fn sends_stay_within_the_rate_and_the_table_within_its_size(
+                steps in proptest::collection::vec((0u8..4, 0u8..3, 0u64..400), 1..400),
+                rate in 1u32..20,
+                slip in 0u32..4,
+            ) {
+                let config = RateLimitConfig {
+                    responses_per_second: rate,
+                    nxdomains_per_second: rate,
+                    errors_per_second: rate,
+                    window_s: 2,
+                    slip,
+                    table_entries: TABLE_ENTRIES_MIN,
+                    ..RateLimitConfig::default()
+                };
+                let mut rrl = RateLimiter::new(config, 3);
+                let classes = [WWW_A, ResponseClass::NxDomain, ResponseClass::Error];
+                let mut now_ms = 0u64;
+                let mut sent = std::collections::HashMap::<(u8, u8), u64>::new();
+                for (client, class, advance_ms) in steps {
+                    now_ms += advance_ms;
+                    let ip = IpAddr::from(std::net::Ipv4Addr::new(198, 51, client, 1));
+                    if rrl.check(ip, classes[usize::from(class)], now_ms) == Verdict::Send {
+                        *sent.entry((client, class)).or_default() += 1;
+                    }
+                    prop_assert!(rrl.entries() <= TABLE_ENTRIES_MIN);
+                }
+                // Few accounts: none was evicted, so each one's budget holds from time 0.
+                prop_assert_eq!(rrl.counts().evicted, 0);
+                let budget = u64::from(rate) + u64::from(rate) * now_ms / 1_000 + 1;
+                for (account, count) in sent {
+                    prop_assert!(count <= budget, "{:?} sent {} > {}", account, count, budget);
+                }
+            }
+        }
+    }
+
     #[test]
     fn classification_groups_as_bind_does() {
         let rrl = limiter(small());
