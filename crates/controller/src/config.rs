@@ -2,18 +2,23 @@
 //!
 //! One file describes a deployment: `[controller]`, `[policy]`, `[quorum]`, `[[regions]]`,
 //! `[[checks]]` (the health crate's `CheckSpec`), `[vantage_paths.NAME]` (a vantage point's own
-//! addresses of the targets), `[dns]`, `[[runbook]]` and `[[alerts]]`.
+//! addresses of the targets), `[dns]`, `[[runbook]]`, `[[alerts]]` and `[[tokens]]` (who may
+//! call the API, see `auth`).
 //! Every mistake is reported with its line and column (from the TOML spans) and a fix; the
-//! controller refuses to start while any remains.
+//! controller refuses to start while any remains. Every URL is parsed (scheme, host, port) and
+//! every duration has an upper bound named in its message. Relative paths (the audit log, token
+//! files, a command step's program, a check's `ca_file`) are resolved from the folder of the
+//! file, not from the working directory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::auth::{Credential, Role, TokenDigest};
 use crate::engine::{EngineConfig, Policy, RegionId, RegionSpec};
 
 /// Most runbook steps.
@@ -26,6 +31,24 @@ pub const STEP_TIMEOUT_MS_MAX: u64 = 600_000;
 pub const REGIONS_MAX: usize = 32;
 /// Most entries in one vantage point's address map.
 pub const VANTAGE_PATH_ENTRIES_MAX: usize = 1024;
+/// Most `[[tokens]]` entries.
+pub const TOKENS_MAX: usize = 256;
+/// Bytes of a token file read at most (a token has at most `auth::TOKEN_BYTES_MAX`).
+pub const TOKEN_FILE_BYTES_MAX: u64 = 8 * 1024;
+/// Longest of the policy's holds and windows: a day. Longer would mean "never", which is what
+/// `pause` is for.
+pub const POLICY_DURATION_MS_MAX: u64 = 86_400_000;
+/// Longest wait before a failed runbook is retried, and longest startup grace.
+pub const RUNBOOK_RETRY_MS_MAX: u64 = 3_600_000;
+/// Longest startup grace (no decision before the first reports have had time to arrive).
+pub const STARTUP_GRACE_MS_MAX: u64 = 3_600_000;
+/// Shortest and longest engine tick.
+pub const TICK_MS_MIN: u64 = 10;
+pub const TICK_MS_MAX: u64 = 10_000;
+/// Longest time a report stays fresh, and so the longest report interval.
+pub const REPORT_STALE_MS_MAX: u64 = 3_600_000;
+/// Longest first wait between two attempts of a step (it doubles each retry).
+pub const STEP_BACKOFF_MS_MAX: u64 = 60_000;
 
 /// `[vantage_paths.NAME]`: per vantage point, `"host:port" = "host:port"` entries.
 pub type VantagePaths = BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<String>>>;
@@ -53,6 +76,25 @@ pub struct ConfigFile {
     pub runbook: Vec<StepSection>,
     #[serde(default)]
     pub alerts: Vec<AlertSection>,
+    /// Who may call the API: per agent, operator or reader, a token (its hash or a file).
+    #[serde(default)]
+    pub tokens: Vec<TokenSection>,
+}
+
+/// One `[[tokens]]` entry: `name`, `role` and either `token_sha256` or `token_file`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    /// For role `agent` the vantage name it reports as (its `--name`); otherwise who holds it.
+    pub name: Spanned<String>,
+    /// `agent`, `operator` or `read`.
+    pub role: Spanned<String>,
+    /// SHA-256 of the token in hex (what `switchyard token new` prints).
+    #[serde(default)]
+    pub token_sha256: Option<Spanned<String>>,
+    /// A file holding the token itself (relative to this file's folder).
+    #[serde(default)]
+    pub token_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,9 +218,10 @@ pub struct DnsSection {
     /// Name of the TXT record naming the active region (for `dns_txt` steps).
     #[serde(default)]
     pub txt_name: Option<String>,
-    /// File holding the admin API's bearer token; default: the controller's control token.
+    /// File holding the admin API's bearer token (role `dns`; relative to this file's folder);
+    /// default: the controller's control token.
     #[serde(default)]
-    pub token_file: Option<PathBuf>,
+    pub token_file: Option<Spanned<PathBuf>>,
 }
 
 /// The built-in step kinds.
@@ -217,7 +260,7 @@ pub struct StepSection {
     pub retries: Spanned<u32>,
     /// First wait between attempts; doubles each retry.
     #[serde(default = "default_step_backoff_ms")]
-    pub backoff_ms: u64,
+    pub backoff_ms: Spanned<u64>,
     /// Run only when the new active region is one of these; default: always.
     #[serde(default)]
     pub when_to: Option<Vec<Spanned<String>>>,
@@ -237,8 +280,9 @@ fn default_step_timeout_ms() -> Spanned<u64> {
 fn default_step_retries() -> Spanned<u32> {
     Spanned::new(NOWHERE..NOWHERE, 3)
 }
-fn default_step_backoff_ms() -> u64 {
-    200
+const STEP_BACKOFF_MS_DEFAULT: u64 = 200;
+fn default_step_backoff_ms() -> Spanned<u64> {
+    Spanned::new(NOWHERE..NOWHERE, STEP_BACKOFF_MS_DEFAULT)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,6 +347,10 @@ pub struct Config {
     pub steps: Vec<Step>,
     /// Warnings: legal but probably not what was meant.
     pub warnings: Vec<Problem>,
+    /// `[[tokens]]`, resolved to hashes.
+    pub credentials: Vec<Credential>,
+    /// The token read from `[dns] token_file`.
+    pub dns_token: Option<String>,
 }
 
 /// A runbook step ready to run.
@@ -362,8 +410,15 @@ impl Config {
     }
 }
 
-/// Parses and validates `text` (the contents of `file`).
+/// Parses and validates `text` (the contents of `file`); relative paths in it are resolved from
+/// the folder of `file`.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    let folder = Path::new(file).parent().unwrap_or(Path::new("")).to_path_buf();
+    parse_in(file, text, &folder)
+}
+
+/// Like `parse`, with relative paths resolved from `folder`.
+pub fn parse_in(file: &str, text: &str, folder: &Path) -> Result<Config, ConfigError> {
     let lines = LineIndex::new(text);
     let fail = |problems: Vec<Problem>| ConfigError {
         file: file.to_string(),
@@ -376,6 +431,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let mut checker = Checker {
         lines: &lines,
         text,
+        folder,
         problems: Vec::new(),
         warnings: Vec::new(),
     };
@@ -394,7 +450,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => parse(&file, &text),
+        Ok(text) => parse_in(&file, &text, path.parent().unwrap_or(Path::new(""))),
         Err(error) => Err(ConfigError {
             file: file.clone(),
             problems: vec![Problem {
@@ -434,6 +490,7 @@ fn syntax_problems(text: &str, lines: &LineIndex, whole: toml::de::Error) -> Vec
         section!(dns, DnsSection);
         section!(runbook, Vec<StepSection>);
         section!(alerts, Vec<AlertSection>);
+        section!(tokens, Vec<TokenSection>);
     }
     errors.push(whole);
     let mut problems: Vec<Problem> = Vec::new();
@@ -509,6 +566,8 @@ impl LineIndex {
 struct Checker<'a> {
     lines: &'a LineIndex,
     text: &'a str,
+    /// The folder relative paths are resolved from.
+    folder: &'a Path,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
 }
@@ -558,7 +617,8 @@ impl Checker<'_> {
         self.warnings.push(problem);
     }
 
-    fn check(&mut self, file: ConfigFile) -> Option<Config> {
+    fn check(&mut self, mut file: ConfigFile) -> Option<Config> {
+        self.resolve_paths(&mut file);
         let regions = self.check_regions(&file);
         let known: BTreeSet<String> = regions.iter().map(|r| r.id.0.clone()).collect();
         self.check_controller(&file);
@@ -568,6 +628,8 @@ impl Checker<'_> {
         self.check_vantage_paths(&file);
         let steps = self.check_runbook(&file, &known);
         self.check_alerts(&file);
+        let credentials = self.check_tokens(&file);
+        let dns_token = self.read_dns_token(&file);
         let (policy, quorum) = (policy?, quorum?);
         let mut engine = EngineConfig::with_defaults(regions);
         let p = &file.policy;
@@ -587,19 +649,250 @@ impl Checker<'_> {
             quorum,
             steps,
             warnings: Vec::new(),
+            credentials,
+            dns_token,
         })
+    }
+
+    /// Makes every relative path absolute from the config file's folder, as a reader of the
+    /// file expects, not from wherever the controller happens to be started.
+    fn resolve_paths(&self, file: &mut ConfigFile) {
+        let folder = self.folder;
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = folder.join(&*path);
+            }
+        };
+        resolve(&mut file.controller.audit_log);
+        if let Some(token_file) = file.dns.as_mut().and_then(|d| d.token_file.as_mut()) {
+            resolve(token_file.get_mut());
+        }
+        for token in &mut file.tokens {
+            if let Some(token_file) = token.token_file.as_mut() {
+                resolve(token_file.get_mut());
+            }
+        }
+        // A program named with a path is a file next to the config; a bare name is found
+        // through PATH, as before.
+        for step in &mut file.runbook {
+            if let Some(program) = step.program.as_mut()
+                && program.contains('/')
+                && Path::new(program.as_str()).is_relative()
+            {
+                *program = folder.join(program.as_str()).display().to_string();
+            }
+        }
+        for check in &mut file.checks {
+            if let health::ProbeKind::Http {
+                ca_file: Some(ca_file), ..
+            } = &mut check.get_mut().kind
+                && Path::new(ca_file.as_str()).is_relative()
+            {
+                *ca_file = folder.join(ca_file.as_str()).display().to_string();
+            }
+        }
+    }
+
+    /// A duration that must lie in `min..=max` milliseconds; the message names the bound.
+    fn bounded_ms(&mut self, section: &str, key: &str, value: u64, min: u64, max: u64, default: u64) {
+        if (min..=max).contains(&value) {
+            return;
+        }
+        let bound = if value < min {
+            format!("below the minimum of {min} ms")
+        } else {
+            format!("above the bound of {max} ms ({})", human_ms(max))
+        };
+        self.error_at(
+            section,
+            key,
+            format!("[{section}] {key} = {value} is {bound}"),
+            format!("use {min}..={max} milliseconds (default {default})"),
+        );
+    }
+
+    /// Parses a URL the controller itself calls (plain HTTP only), reporting at its span.
+    fn check_url(&mut self, url: &Spanned<String>, what: &str, example: &str) {
+        if let Err(message) = health::spec::parse_url(url.get_ref(), false) {
+            self.error(
+                url.span(),
+                format!("{what}: {message}"),
+                format!("write it like {example}"),
+            );
+        }
+    }
+
+    fn check_tokens(&mut self, file: &ConfigFile) -> Vec<Credential> {
+        if file.tokens.len() > TOKENS_MAX {
+            self.error(
+                file.tokens[TOKENS_MAX].name.span(),
+                format!("{} [[tokens]] is more than {TOKENS_MAX}", file.tokens.len()),
+                "give each agent, operator and reader one token; remove old ones after rotating",
+            );
+        }
+        let vantages = file.quorum.vantages.get_ref();
+        let own = &file.controller.vantage;
+        let mut credentials: Vec<Credential> = Vec::new();
+        for token in &file.tokens {
+            let name = token.name.get_ref();
+            if !valid_name(name) {
+                self.error(
+                    token.name.span(),
+                    format!("token name '{name}' is not valid"),
+                    "use letters, digits, '-' and '_' only",
+                );
+            }
+            let role = Role::parse(token.role.get_ref());
+            match role {
+                None => self.error(
+                    token.role.span(),
+                    format!("token '{name}' has unknown role '{}'", token.role.get_ref()),
+                    format!(
+                        "use one of {} (the DNS token goes in [dns] token_file, not here)",
+                        Role::NAMES.join(", ")
+                    ),
+                ),
+                Some(Role::Agent) if name == own => self.error(
+                    token.name.span(),
+                    format!("agent token '{name}' names the controller's own vantage point"),
+                    "the controller's own probes need no token; name the agent by its --name",
+                ),
+                Some(Role::Agent) if !vantages.contains(name) => self.error(
+                    token.name.span(),
+                    format!("agent token '{name}' names a vantage point not in [quorum] vantages"),
+                    format!(
+                        "use the agent's --name, one of {} (or add it to vantages)",
+                        vantages.join(", ")
+                    ),
+                ),
+                Some(_) => {}
+            }
+            let digest = match (&token.token_sha256, &token.token_file) {
+                (Some(hash), None) => {
+                    let digest = TokenDigest::parse_hex(hash.get_ref().trim());
+                    if digest.is_none() {
+                        self.error(
+                            hash.span(),
+                            format!("token '{name}': token_sha256 is not 64 hexadecimal digits"),
+                            "paste the hash `switchyard token new` printed (or `printf %s TOKEN | sha256sum`)",
+                        );
+                    }
+                    digest
+                }
+                (None, Some(path)) => self
+                    .read_token_file(path, &format!("token '{name}'"))
+                    .map(|t| TokenDigest::of(&t)),
+                (Some(_), Some(_)) | (None, None) => {
+                    self.error(
+                        token.name.span(),
+                        format!("token '{name}' needs exactly one of token_sha256 and token_file"),
+                        "give token_sha256 = \"<hash>\" (preferred: the secret stays with its holder) or token_file = \"FILE\"",
+                    );
+                    None
+                }
+            };
+            if let (Some(role), Some(digest)) = (role, digest) {
+                if let Some(other) = credentials.iter().find(|c| c.digest == digest) {
+                    self.error(
+                        token.name.span(),
+                        format!("token '{name}' is the same token as '{}'", other.name),
+                        "give every agent, operator and reader a token of its own (`switchyard token new`)",
+                    );
+                    continue;
+                }
+                credentials.push(Credential {
+                    name: name.clone(),
+                    role,
+                    digest,
+                });
+            }
+        }
+        let agents: BTreeSet<&str> = credentials
+            .iter()
+            .filter(|c| c.role == Role::Agent)
+            .map(|c| c.name.as_str())
+            .collect();
+        if !agents.is_empty() {
+            for vantage in vantages.iter().filter(|v| *v != own && !agents.contains(v.as_str())) {
+                self.warn(
+                    file.quorum.vantages.span(),
+                    format!(
+                        "vantage '{vantage}' has no agent token: its reports are refused unless it uses the deprecated control token"
+                    ),
+                    format!("add [[tokens]] with name = \"{vantage}\", role = \"agent\" (`switchyard token new --role agent --name {vantage}`)"),
+                );
+            }
+        }
+        credentials
+    }
+
+    fn read_dns_token(&mut self, file: &ConfigFile) -> Option<String> {
+        let path = file.dns.as_ref()?.token_file.as_ref()?;
+        self.read_token_file(path, "[dns] token_file")
+    }
+
+    /// Reads a token file: bounded, trimmed, checked; problems point at the `token_file` key.
+    fn read_token_file(&mut self, path: &Spanned<PathBuf>, what: &str) -> Option<String> {
+        use std::io::Read as _;
+        let shown = path.get_ref().display().to_string();
+        let mut text = String::new();
+        let read = std::fs::File::open(path.get_ref())
+            .and_then(|file| file.take(TOKEN_FILE_BYTES_MAX + 1).read_to_string(&mut text));
+        match read {
+            Err(error) => {
+                self.error(
+                    path.span(),
+                    format!("{what}: cannot read {shown}: {error}"),
+                    "check the path (relative paths start at this file's folder) and its permissions",
+                );
+                return None;
+            }
+            Ok(bytes) if bytes as u64 > TOKEN_FILE_BYTES_MAX => {
+                self.error(
+                    path.span(),
+                    format!("{what}: {shown} has more than {TOKEN_FILE_BYTES_MAX} bytes"),
+                    "put only the token in the file",
+                );
+                return None;
+            }
+            Ok(_) => {}
+        }
+        let token = text.trim();
+        if let Err(message) = crate::auth::check_token(token) {
+            self.error(
+                path.span(),
+                format!("{what}: {shown}: {message}"),
+                "write a token made by `switchyard token new` into the file",
+            );
+            return None;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            if let Ok(metadata) = std::fs::metadata(path.get_ref())
+                && metadata.permissions().mode() & 0o077 != 0
+            {
+                self.warn(
+                    path.span(),
+                    format!("{what}: {shown} can be read by other users"),
+                    format!("chmod 600 {shown}"),
+                );
+            }
+        }
+        Some(token.to_string())
     }
 
     fn check_controller(&mut self, file: &ConfigFile) {
         let c = &file.controller;
-        if c.tick_ms == 0 || c.tick_ms > 10_000 {
-            self.error_at(
-                "controller",
-                "tick_ms",
-                format!("[controller] tick_ms = {} is out of range", c.tick_ms),
-                "use 10..=10000 (default 250)",
-            );
-        }
+        let defaults = ControllerSection::default();
+        self.bounded_ms(
+            "controller",
+            "tick_ms",
+            c.tick_ms,
+            TICK_MS_MIN,
+            TICK_MS_MAX,
+            defaults.tick_ms,
+        );
         if c.audit_log_bytes_max < 4096 {
             self.error_at(
                 "controller",
@@ -678,6 +971,7 @@ impl Checker<'_> {
     }
 
     fn check_policy(&mut self, policy: &PolicySection) -> Option<Policy> {
+        let defaults = PolicySection::default();
         let mode = match policy.mode.get_ref().as_str() {
             "active-passive" => Some(Policy::ActivePassive),
             "active-active" => Some(Policy::ActiveActive),
@@ -704,7 +998,41 @@ impl Checker<'_> {
                 "[policy] runbook_retry_ms = 0 would retry a failing runbook in a busy loop",
                 "use at least 100 (default 2000)",
             );
+        } else {
+            self.bounded_ms(
+                "policy",
+                "runbook_retry_ms",
+                policy.runbook_retry_ms,
+                1,
+                RUNBOOK_RETRY_MS_MAX,
+                defaults.runbook_retry_ms,
+            );
         }
+        for (key, value, default) in [
+            ("down_confirm_ms", policy.down_confirm_ms, defaults.down_confirm_ms),
+            ("min_hold_ms", policy.min_hold_ms, defaults.min_hold_ms),
+            (
+                "stability_window_ms",
+                policy.stability_window_ms,
+                defaults.stability_window_ms,
+            ),
+            (
+                "failback_lag_max_ms",
+                policy.failback_lag_max_ms,
+                defaults.failback_lag_max_ms,
+            ),
+            ("lag_stale_ms", policy.lag_stale_ms, defaults.lag_stale_ms),
+        ] {
+            self.bounded_ms("policy", key, value, 0, POLICY_DURATION_MS_MAX, default);
+        }
+        self.bounded_ms(
+            "policy",
+            "startup_grace_ms",
+            policy.startup_grace_ms,
+            0,
+            STARTUP_GRACE_MS_MAX,
+            defaults.startup_grace_ms,
+        );
         mode
     }
 
@@ -845,6 +1173,17 @@ impl Checker<'_> {
             );
             return None;
         }
+        if q.report_stale_ms > REPORT_STALE_MS_MAX {
+            self.bounded_ms(
+                "quorum",
+                "report_stale_ms",
+                q.report_stale_ms,
+                1,
+                REPORT_STALE_MS_MAX,
+                health::quorum::DEFAULT_REPORT_STALE_MS,
+            );
+            return None;
+        }
         if q.report_interval_ms == 0 || q.report_interval_ms >= q.report_stale_ms {
             self.error_at(
                 "quorum",
@@ -956,8 +1295,22 @@ impl Checker<'_> {
             if timeout == 0 || timeout > STEP_TIMEOUT_MS_MAX {
                 self.error(
                     step.timeout_ms.span(),
-                    format!("step '{name}': timeout_ms = {timeout} is out of range"),
-                    format!("use 1..={STEP_TIMEOUT_MS_MAX}"),
+                    format!(
+                        "step '{name}': timeout_ms = {timeout} is out of range: the bound is 1..={STEP_TIMEOUT_MS_MAX} ms ({})",
+                        human_ms(STEP_TIMEOUT_MS_MAX)
+                    ),
+                    format!("use 1..={STEP_TIMEOUT_MS_MAX} milliseconds (default 5000)"),
+                );
+            }
+            let backoff_ms = *step.backoff_ms.get_ref();
+            if backoff_ms > STEP_BACKOFF_MS_MAX {
+                self.error(
+                    step.backoff_ms.span(),
+                    format!(
+                        "step '{name}': backoff_ms = {backoff_ms} is above the bound of {STEP_BACKOFF_MS_MAX} ms ({})",
+                        human_ms(STEP_BACKOFF_MS_MAX)
+                    ),
+                    format!("use 0..={STEP_BACKOFF_MS_MAX} milliseconds (default {STEP_BACKOFF_MS_DEFAULT})"),
                 );
             }
             if *step.retries.get_ref() > STEP_RETRIES_MAX {
@@ -991,12 +1344,11 @@ impl Checker<'_> {
                         format!("webhook step '{name}' has no url"),
                         "add url = \"http://host:port/path\"",
                     ),
-                    Some(url) if !url.get_ref().starts_with("http://") => self.error(
-                        url.span(),
-                        format!("webhook step '{name}': url '{}' is not an http:// URL", url.get_ref()),
-                        "use http://host:port/path (HTTPS is not supported yet; put a local TLS proxy in front)",
+                    Some(url) => self.check_url(
+                        url,
+                        &format!("webhook step '{name}'"),
+                        "http://host:port/path (HTTPS is not supported yet; put a local TLS proxy in front)",
                     ),
-                    Some(_) => {}
                 },
                 Some(StepKind::DnsHealth | StepKind::DnsTxt) if file.dns.is_none() => self.error(
                     step.kind.span(),
@@ -1016,7 +1368,7 @@ impl Checker<'_> {
                     kind,
                     timeout_ms: timeout,
                     retries: *step.retries.get_ref(),
-                    backoff_ms: step.backoff_ms,
+                    backoff_ms,
                     when_to: step
                         .when_to
                         .as_ref()
@@ -1027,13 +1379,11 @@ impl Checker<'_> {
                 });
             }
         }
-        if let Some(dns) = &file.dns
-            && !dns.admin_url.get_ref().starts_with("http://")
-        {
-            self.error(
-                dns.admin_url.span(),
-                format!("[dns] admin_url '{}' is not an http:// URL", dns.admin_url.get_ref()),
-                "use http://host:port of `switchyard dns`'s admin API",
+        if let Some(dns) = &file.dns {
+            self.check_url(
+                &dns.admin_url,
+                "[dns] admin_url",
+                "http://host:port of `switchyard dns`'s admin API, like http://127.0.0.1:5380",
             );
         }
         steps
@@ -1048,13 +1398,7 @@ impl Checker<'_> {
                     "use kind = \"webhook\"",
                 );
             }
-            if !alert.url.get_ref().starts_with("http://") {
-                self.error(
-                    alert.url.span(),
-                    format!("alert url '{}' is not an http:// URL", alert.url.get_ref()),
-                    "use http://host:port/path",
-                );
-            }
+            self.check_url(&alert.url, "alert url", "http://host:port/path");
         }
     }
 }
@@ -1119,6 +1463,16 @@ fn target_addresses(check: &health::CheckSpec) -> Vec<String> {
             check.with_address_map(&map) != *check
         })
         .collect()
+}
+
+/// "1 day", "1 h", "60 s": a bound in words.
+fn human_ms(ms: u64) -> String {
+    match ms {
+        ms if ms % 86_400_000 == 0 => format!("{} day(s)", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{} h", ms / 3_600_000),
+        ms if ms % 1_000 == 0 => format!("{} s", ms / 1_000),
+        ms => format!("{ms} ms"),
+    }
 }
 
 fn valid_name(name: &str) -> bool {

@@ -9,11 +9,14 @@
 //! - `config`: the TOML configuration and `switchyard config check`.
 //! - `server`: the runtime gluing health reports, the engine, the runbook and the HTTP API.
 //! - `pointer`: `switchyard pointer watch`, the client side of the active-region pointer.
+//! - `auth`: bearer tokens with roles (agent, operator, read), compared as SHA-256 digests in
+//!   constant time.
 //! - `client`: the small HTTP client used by the CLI, the runbook and the pointer watcher.
 //!
 //! Must not depend on the store or DNS crates: it talks to them over their HTTP admin APIs only.
 
 pub mod audit;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod engine;

@@ -5,10 +5,11 @@
 //!
 //! Invariants: the engine is only touched under one lock and only this module does I/O for
 //! it; a runbook starts only after its `RunbookStarted` record is durable in the audit log (so
-//! a generation is never reused after a crash); without a control token the API only listens
-//! on loopback.
+//! a generation is never reused after a crash); every `/v1/*` endpoint checks the caller's role
+//! (`auth`), an agent's report and plan only for its own vantage name; while any role has no
+//! credential the API only listens on loopback.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::audit::{AuditError, AuditLog, Entry};
+use crate::auth::{Access, Caller, Denied, Role};
 use crate::client::HttpClient;
 use crate::config::Config;
 use crate::engine::{
@@ -47,13 +49,16 @@ pub const EVENTS_LIMIT_MAX: usize = 1000;
 pub const ALERT_TIMEOUT_MS: u64 = 5_000;
 /// Reports from the controller's own checks buffered at most.
 pub const LOCAL_REPORTS_QUEUE_MAX: usize = 64;
+/// Distinct (credential, claimed vantage) pairs of refused reports logged; each is logged once,
+/// so a misconfigured or hostile agent cannot flood the log.
+pub const FORGED_LOGGED_MAX: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(
-        "refusing to listen on {0} without a control token: anyone who can reach it could fail over your regions. Pass --token-file FILE or set SWITCHYARD_CONTROL_TOKEN, or listen on a loopback address such as 127.0.0.1"
+        "refusing to listen on {address} while role(s) {roles} have no token: anyone who can reach it could use them (and fail over your regions). Add [[tokens]] for each role (`switchyard token new --role ROLE --name NAME`), or listen on a loopback address such as 127.0.0.1"
     )]
-    OpenToNetwork(SocketAddr),
+    OpenToNetwork { address: SocketAddr, roles: String },
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error("engine: {0}")]
@@ -66,20 +71,32 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// Security by default: an unauthenticated controller listens on loopback only.
-pub fn check_exposure(address: SocketAddr, token: Option<&str>) -> Result<(), ServerError> {
-    if token.is_some_and(|t| !t.is_empty()) || address.ip().is_loopback() {
+/// Security by default: while a role has no credential (so anyone may use it), the controller
+/// listens on loopback only.
+pub fn check_exposure(address: SocketAddr, access: &Access) -> Result<(), ServerError> {
+    let open = access.open_roles();
+    if open.is_empty() || address.ip().is_loopback() {
         Ok(())
     } else {
-        Err(ServerError::OpenToNetwork(address))
+        Err(ServerError::OpenToNetwork {
+            address,
+            roles: open.iter().map(|r| r.name()).collect::<Vec<_>>().join(", "),
+        })
     }
+}
+
+/// The credentials a controller with `config` and the deprecated control token `token` accepts.
+pub fn access(config: &Config, token: Option<&str>) -> Access {
+    Access::new(config.credentials.clone(), token)
 }
 
 /// What the binary passes besides the config.
 #[derive(Default)]
 pub struct RunOptions {
-    /// Bearer token required on `/v1/*` (and sent to the DNS admin API unless `dns_token`).
+    /// The deprecated single control token: roles agent, operator and read (and sent to the
+    /// DNS admin API unless there is a DNS token). `[[tokens]]` in the config replace it.
     pub token: Option<String>,
+    /// Overrides `[dns] token_file`.
     pub dns_token: Option<String>,
     /// Extra reports fed in process (tests, embedding).
     pub local_reports: Option<mpsc::Receiver<health::Report>>,
@@ -164,7 +181,9 @@ struct Shared {
     config: Config,
     core: Mutex<Core>,
     pointer: Pointer,
-    token: Option<String>,
+    access: Access,
+    /// (caller, claimed vantage) pairs already logged as refused.
+    forged_logged: Mutex<BTreeSet<(String, String)>>,
     /// Per vantage point in `[quorum] vantages`: its checks through its `[vantage_paths]`.
     plans: BTreeMap<String, health::AgentPlan>,
     metrics: Metrics,
@@ -428,7 +447,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let address = listener.local_addr()?;
-    check_exposure(address, options.token.as_deref())?;
+    let access = access(&config, options.token.as_deref());
+    check_exposure(address, &access)?;
+    if options.token.as_deref().is_some_and(|t| !t.is_empty()) {
+        tracing::warn!(
+            "the single control token is deprecated: give each agent, operator and reader a token of its own in [[tokens]] (see the README's Security model)"
+        );
+    }
     let controller = &config.file.controller;
     let mut audit = AuditLog::open(
         &controller.audit_log,
@@ -466,7 +491,11 @@ pub async fn run(
     let client = HttpClient::new();
     let dns = config.file.dns.as_ref().map(|dns| DnsAdmin {
         admin_url: dns.admin_url.get_ref().clone(),
-        token: options.dns_token.clone().or_else(|| options.token.clone()),
+        token: options
+            .dns_token
+            .clone()
+            .or_else(|| config.dns_token.clone())
+            .or_else(|| options.token.clone()),
         txt_name: dns.txt_name.clone(),
     });
     let step_context = StepContext {
@@ -499,7 +528,8 @@ pub async fn run(
         }),
         config,
         pointer,
-        token: options.token.filter(|t| !t.is_empty()),
+        access,
+        forged_logged: Mutex::new(BTreeSet::new()),
         plans,
         metrics: Metrics::new(),
         base: Instant::now(),
@@ -609,26 +639,40 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     json_response(status, json!({"error": message.into()}))
 }
 
-/// `Authorization: Bearer TOKEN`, compared in constant time.
-fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(token) = &shared.token else {
-        return Ok(());
+fn denied(denied: &Denied) -> Response {
+    let status = match denied {
+        Denied::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Denied::WrongRole { .. } | Denied::OtherVantage { .. } => StatusCode::FORBIDDEN,
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let equal =
-        given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if equal {
-        Ok(())
-    } else {
-        Err(error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token: send `Authorization: Bearer <token>` (the controller's --token-file)",
-        ))
-    }
+    let code = match denied {
+        Denied::Unauthenticated => "unauthenticated",
+        Denied::WrongRole { .. } => "wrong_role",
+        Denied::OtherVantage { .. } => "other_vantage",
+    };
+    json_response(status, json!({"error": denied.message(), "code": code}))
+}
+
+/// `Authorization: Bearer TOKEN` holding role `needed` (see `auth`).
+fn authorize(shared: &Shared, headers: &HeaderMap, needed: Role) -> Result<Caller, Response> {
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    shared
+        .access
+        .authorize(header, needed)
+        .map_err(|refused| denied(&refused))
+}
+
+/// An agent request (report or plan) for vantage point `vantage`: the caller must hold role
+/// agent under that very name. A refusal is logged once per (caller, vantage) pair.
+fn authorize_vantage(shared: &Shared, headers: &HeaderMap, vantage: &str) -> Result<(), Response> {
+    let caller = authorize(shared, headers, Role::Agent)?;
+    shared.access.may_act_as(&caller, vantage).map_err(|refused| {
+        let key = (caller.describe(), vantage.to_string());
+        let mut logged = shared.forged_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.len() < FORGED_LOGGED_MAX && logged.insert(key) {
+            tracing::warn!(caller = %caller.describe(), claimed = %vantage, "refused an agent request for another vantage point (logged once per pair)");
+        }
+        denied(&refused)
+    })
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
@@ -657,7 +701,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(response) = authorize(&shared, &headers) {
+    if let Err(response) = authorize(&shared, &headers, Role::Read) {
         return response;
     }
     let now = shared.now_ms();
@@ -755,7 +799,7 @@ fn number_param(uri: &Uri, key: &str) -> Result<Option<u64>, Response> {
 }
 
 async fn events(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
-    if let Err(response) = authorize(&shared, &headers) {
+    if let Err(response) = authorize(&shared, &headers, Role::Read) {
         return response;
     }
     let limit = match number_param(&uri, "limit") {
@@ -768,7 +812,7 @@ async fn events(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
 }
 
 async fn active_region(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
-    if let Err(response) = authorize(&shared, &headers) {
+    if let Err(response) = authorize(&shared, &headers, Role::Read) {
         return response;
     }
     let (wait_generation, timeout_ms) = match (number_param(&uri, "wait_generation"), number_param(&uri, "timeout_ms"))
@@ -793,9 +837,11 @@ async fn active_region(State(shared): State<Arc<Shared>>, headers: HeaderMap, ur
 }
 
 fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual) -> Response {
-    if let Err(response) = authorize(shared, headers) {
-        return response;
-    }
+    let caller = match authorize(shared, headers, Role::Operator) {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    tracing::info!(caller = %caller.describe(), command = ?command, "manual command");
     let mut core = shared.lock();
     let answer = shared.feed(&mut core, Event::Manual(command));
     let generation = core.engine.generation();
@@ -838,6 +884,10 @@ struct SwitchoverBody {
 }
 
 async fn switchover(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    // The role first: a caller without it learns nothing from body errors.
+    if let Err(response) = authorize(&shared, &headers, Role::Operator) {
+        return response;
+    }
     let request: SwitchoverBody = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -857,7 +907,7 @@ async fn switchover(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
 }
 
 async fn agent_plan(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
-    if let Err(response) = authorize(&shared, &headers) {
+    if let Err(response) = authorize(&shared, &headers, Role::Agent) {
         return response;
     }
     let Some(name) = query_param(&uri, "name") else {
@@ -866,6 +916,9 @@ async fn agent_plan(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: 
             "pass the agent's name: /v1/agent/plan?name=NAME",
         );
     };
+    if let Err(response) = authorize_vantage(&shared, &headers, &name) {
+        return response;
+    }
     // Each agent gets the checks through its own network path (`[vantage_paths.NAME]`).
     match shared.plans.get(&name) {
         Some(plan) => json_response(StatusCode::OK, json!(plan)),
@@ -880,7 +933,7 @@ async fn agent_plan(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: 
 }
 
 async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Err(response) = authorize(&shared, &headers) {
+    if let Err(response) = authorize(&shared, &headers, Role::Agent) {
         return response;
     }
     let report: health::Report = match serde_json::from_slice(&body) {
@@ -888,6 +941,9 @@ async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not a health report: {e}")),
     };
     let vantage = report.vantage.clone();
+    if let Err(response) = authorize_vantage(&shared, &headers, &vantage) {
+        return response;
+    }
     match shared.observe(report) {
         health::quorum::Observed::UnknownVantage => error(
             StatusCode::FORBIDDEN,

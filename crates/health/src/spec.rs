@@ -31,6 +31,8 @@ pub const INTERVAL_MS_MIN: u64 = 10;
 pub const INTERVAL_MS_MAX: u64 = 3_600_000;
 /// Upper bound on `rise` and `fall`.
 pub const RISE_FALL_MAX: u32 = 100;
+/// Largest `max_replica_lag_ms`: a day (a replica further behind is not a standby).
+pub const REPLICA_LAG_MS_MAX: u64 = 86_400_000;
 /// Most `lag_sources` of one DynamoDB check (one per other region).
 pub const LAG_SOURCES_MAX: usize = 16;
 
@@ -202,6 +204,20 @@ impl CheckSpec {
                 )));
             }
         }
+        if let ProbeKind::Redis {
+            max_replica_lag_ms: Some(lag),
+            ..
+        }
+        | ProbeKind::Sql {
+            max_replica_lag_ms: Some(lag),
+            ..
+        } = &self.kind
+            && *lag > REPLICA_LAG_MS_MAX
+        {
+            return Err(fail(format!(
+                "max_replica_lag_ms = {lag} is above the bound of {REPLICA_LAG_MS_MAX} ms (1 day): use 0..={REPLICA_LAG_MS_MAX} milliseconds"
+            )));
+        }
         self.kind.validate().map_err(fail)
     }
 }
@@ -354,12 +370,9 @@ impl ProbeKind {
             ProbeKind::Http {
                 url, method, ca_file, ..
             } => {
-                let https = url.starts_with("https://");
-                if !https && !url.starts_with("http://") {
-                    return Err(format!(
-                        "url '{url}' is not an http:// or https:// URL; write it like http://10.0.0.5:8080/health"
-                    ));
-                }
+                let https = parse_url(url, true)
+                    .map_err(|message| format!("url: {message}; write it like http://10.0.0.5:8080/health"))?
+                    .https;
                 if ca_file.is_some() && !https {
                     return Err(format!("ca_file is set but url '{url}' is not https://"));
                 }
@@ -404,11 +417,8 @@ impl ProbeKind {
                 lag_sources,
                 ..
             } => {
-                if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
-                    return Err(format!(
-                        "endpoint '{endpoint}' is not an http:// URL; write it like http://10.0.0.5:8000"
-                    ));
-                }
+                parse_url(endpoint, true)
+                    .map_err(|message| format!("endpoint: {message}; write it like http://10.0.0.5:8000"))?;
                 if table.is_empty() {
                     return Err("table is empty: name the table to read".into());
                 }
@@ -427,11 +437,9 @@ impl ProbeKind {
                     ));
                 }
                 for source in lag_sources {
-                    if !source.starts_with("http://") && !source.starts_with("https://") {
-                        return Err(format!(
-                            "lag_sources entry '{source}' is not an http:// URL; give another region's store like http://10.0.1.5:8000"
-                        ));
-                    }
+                    parse_url(source, true).map_err(|message| {
+                        format!("lag_sources entry: {message}; give another region's store like http://10.0.1.5:8000")
+                    })?;
                 }
                 Ok(())
             }
@@ -502,6 +510,117 @@ fn format_host_port(host: &str, port: u16) -> String {
     } else {
         format!("{host}:{port}")
     }
+}
+
+/// The parts of an `http://` or `https://` URL that say where it connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlParts {
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Bytes a URL in a config has at most.
+pub const URL_BYTES_MAX: usize = 2048;
+
+/// Parses a URL the way a client will use it: scheme `http` (or `https` when `https_allowed`),
+/// a host that is an IP address or a DNS name, an optional port in 1..=65535, and a path
+/// without spaces or control characters. The message says what is wrong and what was given.
+pub fn parse_url(url: &str, https_allowed: bool) -> Result<UrlParts, String> {
+    if url.len() > URL_BYTES_MAX {
+        return Err(format!("the URL has {} bytes; the bound is {URL_BYTES_MAX}", url.len()));
+    }
+    let (https, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        if !https_allowed {
+            return Err(format!(
+                "'{url}' is https://, which this client does not speak; use http://"
+            ));
+        }
+        (true, rest)
+    } else {
+        let expected = if https_allowed {
+            "http:// or https://"
+        } else {
+            "http://"
+        };
+        return Err(format!("'{url}' does not start with {expected}"));
+    };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("'{url}' has spaces or control characters; percent-encode them"));
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host_and_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let (host, port) = if let Some(bracketed) = host_and_port.strip_prefix('[') {
+        let Some((host, after)) = bracketed.split_once(']') else {
+            return Err(format!("'{url}' has an IPv6 host without its closing ']'"));
+        };
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("'{url}': '{host}' is not an IPv6 address"));
+        }
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => {
+                    return Err(format!(
+                        "'{url}' has '{after}' after the IPv6 host; write [ADDRESS]:PORT"
+                    ));
+                }
+            },
+        }
+    } else {
+        match host_and_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_and_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("'{url}' has no host"));
+    }
+    if !host.contains(':') && !valid_host_name(host) {
+        return Err(format!(
+            "'{url}': host '{host}' is neither an IP address nor a DNS name (letters, digits, '-' and '.')"
+        ));
+    }
+    let port = match port {
+        None => {
+            if https {
+                443
+            } else {
+                80
+            }
+        }
+        Some(text) => match text.parse::<u16>() {
+            Ok(port) if port > 0 && text.bytes().all(|b| b.is_ascii_digit()) => port,
+            _ => return Err(format!("'{url}': port '{text}' is not a number in 1..=65535")),
+        },
+    };
+    if url.parse::<hyper::Uri>().is_err() {
+        return Err(format!("'{url}' is not a valid URL (RFC 3986)"));
+    }
+    Ok(UrlParts {
+        https,
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// A DNS name or an IPv4 address: dot-separated labels of letters, digits, '-' and '_', each
+/// 1..=63 bytes, at most 253 in all (a trailing dot allowed).
+fn valid_host_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// Checks that `address` is `host:port` with a numeric port (an address map's keys and values).

@@ -26,8 +26,10 @@ pub(crate) struct ControllerArgs {
     /// Overrides `[controller] audit_log`.
     #[arg(long)]
     audit_log: Option<PathBuf>,
-    /// File holding the bearer token required on /v1/* (or set SWITCHYARD_CONTROL_TOKEN).
-    /// Without a token the controller only listens on loopback.
+    /// Deprecated: one bearer token for every role (agent, operator, read), from this file (or
+    /// SWITCHYARD_CONTROL_TOKEN). Give each agent, operator and reader its own token in the
+    /// config's [[tokens]] instead. While a role has no token the controller only listens on
+    /// loopback.
     #[arg(long, env = "SWITCHYARD_CONTROL_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Once accepting connections, write the bound address (`IP:PORT`) to this file.
@@ -52,6 +54,28 @@ enum ConfigCommand {
     Check {
         /// The TOML file.
         file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct TokenArgs {
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum TokenCommand {
+    /// Print a new random token and the config snippet that accepts it (with its SHA-256, so
+    /// the controller never needs the secret itself).
+    New {
+        /// agent (reports and fetches the plan as --name), operator (switchover, failover,
+        /// failback, pause, resume, acknowledge; also read), read (status, events, the
+        /// active-region pointer) or dns (the controller's pushes to `switchyard dns`).
+        #[arg(long, value_parser = ["agent", "operator", "read", "dns"])]
+        role: String,
+        /// For an agent its vantage name (`switchyard agent --name`); otherwise who holds it.
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -151,12 +175,8 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         config.file.controller.audit_log = audit_log;
     }
     let token = read_token(args.token_file.as_deref())?;
-    let dns_token = match config.file.dns.as_ref().and_then(|d| d.token_file.clone()) {
-        Some(path) => read_token(Some(&path))?,
-        None => None,
-    };
     let listen = config.file.controller.listen;
-    controller::server::check_exposure(listen, token.as_deref())?;
+    controller::server::check_exposure(listen, &controller::server::access(&config, token.as_deref()))?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen} (is the port in use? pick another with --listen)"))?;
@@ -167,7 +187,7 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     tracing::info!(%address, config = %args.config.display(), authenticated = token.is_some(), "controller listening");
     let options = controller::server::RunOptions {
         token,
-        dns_token,
+        dns_token: None,
         local_reports: None,
         probe_locally: true,
         generation_floor: args.generation_floor,
@@ -410,5 +430,101 @@ pub(crate) async fn run_pointer(args: PointerArgs) -> anyhow::Result<()> {
                 .await
                 .context("watch the active-region pointer")
         }
+    }
+}
+
+pub(crate) fn run_token(args: TokenArgs) -> anyhow::Result<()> {
+    match args.command {
+        TokenCommand::New { role, name } => {
+            if name.is_empty()
+                || name.len() > 64
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bail!(
+                    "--name '{name}' is not valid: use 1 to 64 letters, digits, '-' and '_' (an agent's is its --name)"
+                );
+            }
+            let token = controller::auth::new_token().context("read random bytes from /dev/urandom")?;
+            print!("{}", token_snippet(&role, &name, &token));
+            Ok(())
+        }
+    }
+}
+
+/// What `token new` prints: the secret first (alone on its line, for `| head -1`), then where
+/// it goes.
+fn token_snippet(role: &str, name: &str, token: &str) -> String {
+    let hash = controller::auth::TokenDigest::of(token).to_hex();
+    let file = format!("{name}.token");
+    let mut out = format!("{token}\n\n");
+    match role {
+        "dns" => out.push_str(&format!(
+            "# The token above is the DNS admin token. Write it to a file only its readers can read\n\
+             # (umask 077; printf %s TOKEN > {file}), then:\n\
+             # - on the DNS server: switchyard dns --token-file {file}\n\
+             # - in the controller's config (a relative path starts at the config's folder):\n\
+             [dns]\ntoken_file = \"{file}\"\n"
+        )),
+        _ => {
+            let holder = match role {
+                "agent" => format!(
+                    "# On the agent's host only: write the token to a file (umask 077; printf %s TOKEN > {file}) and run\n\
+                     # switchyard agent --name {name} --token-file {file} --controller URL\n"
+                ),
+                _ => format!("# Give the token to '{name}' (CLI: --token-file FILE or SWITCHYARD_CONTROL_TOKEN).\n"),
+            };
+            out.push_str(&holder);
+            out.push_str(&format!(
+                "# In the controller's config (only the hash: the controller never needs the token itself):\n\
+                 [[tokens]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_sha256 = \"{hash}\"\n"
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "[controller]\naudit_log = \"/dev/null\"\n\n[quorum]\nvantages = [\"controller\", \"eu-agent\"]\n\n[[regions]]\nname = \"a\"\npriority = 1\n\n[[checks]]\nname = \"a-app\"\nregion = \"a\"\nkind = { type = \"tcp\", address = \"127.0.0.1:1\" }\n";
+
+    #[test]
+    fn an_agent_snippet_is_accepted_by_the_controller_config() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let text = token_snippet("agent", "eu-agent", token);
+        assert_eq!(text.lines().next(), Some(token));
+        assert!(text.contains("--token-file eu-agent.token"), "{text}");
+        let snippet: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        let config = controller::config::parse("c.toml", &format!("{CONFIG}\n{snippet}")).expect("valid");
+        let access = controller::server::access(&config, None);
+        let header = format!("Bearer {token}");
+        let caller = access
+            .authorize(Some(&header), controller::auth::Role::Agent)
+            .expect("the token is accepted");
+        assert_eq!(access.may_act_as(&caller, "eu-agent"), Ok(()));
+    }
+
+    #[test]
+    fn an_operator_snippet_grants_the_operator_role() {
+        let token = "fedcba9876543210fedcba9876543210";
+        let text = token_snippet("operator", "alice", token);
+        let snippet: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        let config = controller::config::parse("c.toml", &format!("{CONFIG}\n{snippet}")).expect("valid");
+        let access = controller::server::access(&config, None);
+        let header = format!("Bearer {token}");
+        assert!(
+            access
+                .authorize(Some(&header), controller::auth::Role::Operator)
+                .is_ok()
+        );
+        assert!(access.authorize(Some(&header), controller::auth::Role::Agent).is_err());
+    }
+
+    #[test]
+    fn a_dns_snippet_names_both_ends() {
+        let text = token_snippet("dns", "dns", "0123456789abcdef0123456789abcdef");
+        assert!(text.contains("switchyard dns --token-file dns.token"), "{text}");
+        assert!(text.contains("[dns]\ntoken_file = \"dns.token\""), "{text}");
     }
 }

@@ -100,6 +100,9 @@ enum Command {
     Controller(controller::ControllerArgs),
     /// Work with the controller's configuration (`config check FILE`).
     Config(controller::ConfigArgs),
+    /// Make credentials: `token new --role agent|operator|read|dns --name NAME` prints a new
+    /// token and the config snippet (with its SHA-256) that accepts it.
+    Token(controller::TokenArgs),
     /// Show the controller's view: regions, vantage points, generation, and why it waits
     /// (or, with `--lab DIR`, whether every component of a running lab is up).
     Status(controller::StatusArgs),
@@ -314,6 +317,7 @@ fn main() -> anyhow::Result<()> {
         Command::Drill(args) => runtime.block_on(drill::run(args)),
         Command::Controller(args) => runtime.block_on(controller::run_controller(args)),
         Command::Config(args) => controller::run_config(args),
+        Command::Token(args) => controller::run_token(args),
         Command::Status(args) => runtime.block_on(controller::run_status(args)),
         Command::Switchover(args) => runtime.block_on(controller::run_switchover(args)),
         Command::Failover(args) => runtime.block_on(controller::run_manual(args, "/v1/failover")),
