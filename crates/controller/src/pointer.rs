@@ -17,6 +17,33 @@ use tokio::sync::watch;
 
 use crate::client::HttpClient;
 
+/// How far above the applied generation a received one may be. Generations grow by one per
+/// runbook, so a bigger jump is a forged or corrupt answer; applying it would make every later,
+/// genuine generation look stale forever.
+pub const GENERATION_STEP_MAX: u64 = 1 << 32;
+
+/// What the watcher does with a pointer value it received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Newer, within `GENERATION_STEP_MAX`: write the env file and run the command.
+    Apply,
+    /// Not newer (or no region yet): nothing to do.
+    Ignore,
+    /// More than `GENERATION_STEP_MAX` ahead: refused, nothing changes.
+    TooFarAhead,
+}
+
+/// The watcher's rule for a received value, given the generation it applied last.
+pub fn judge(applied: u64, value: &PointerValue) -> Received {
+    if value.region.is_none() || value.generation <= applied {
+        Received::Ignore
+    } else if value.generation - applied > GENERATION_STEP_MAX {
+        Received::TooFarAhead
+    } else {
+        Received::Apply
+    }
+}
+
 /// Longest long-poll the server holds a request.
 pub const LONG_POLL_MS_MAX: u64 = 60_000;
 /// Long-poll the watcher asks for.
@@ -199,12 +226,26 @@ pub async fn watch(options: WatchOptions, shutdown: impl Future<Output = ()>) ->
                 continue;
             }
         };
+        match judge(applied, &value) {
+            Received::Apply => {}
+            Received::Ignore => continue,
+            Received::TooFarAhead => {
+                tracing::warn!(
+                    generation = value.generation,
+                    applied,
+                    "refused a pointer generation more than {GENERATION_STEP_MAX} above the applied one; nothing changed"
+                );
+                // The controller answers a long-poll at once while it is past `applied`: wait.
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(WATCH_BACKOFF_MS_MAX)) => {}
+                }
+                continue;
+            }
+        }
         let Some(region) = value.region.clone() else {
             continue;
         };
-        if value.generation <= applied {
-            continue;
-        }
         write_env_file(&options.env_file, &region, value.generation)?;
         applied = value.generation;
         tracing::info!(%region, generation = value.generation, file = %options.env_file.display(), "active region changed");
@@ -271,6 +312,25 @@ mod tests {
         assert_eq!(value.generation, 1);
         let value = pointer.wait_past(1, 10).await;
         assert_eq!(value.generation, 1, "times out with the current value");
+    }
+
+    #[test]
+    fn a_generation_too_far_ahead_is_refused() {
+        let at = |generation: u64| PointerValue {
+            region: Some("eu".into()),
+            generation,
+        };
+        assert_eq!(judge(5, &at(6)), Received::Apply);
+        assert_eq!(judge(5, &at(5)), Received::Ignore);
+        assert_eq!(judge(5, &at(4)), Received::Ignore);
+        assert_eq!(judge(5, &at(5 + GENERATION_STEP_MAX)), Received::Apply);
+        assert_eq!(judge(5, &at(6 + GENERATION_STEP_MAX)), Received::TooFarAhead);
+        assert_eq!(judge(0, &at(u64::MAX)), Received::TooFarAhead);
+        let nowhere = PointerValue {
+            region: None,
+            generation: 9,
+        };
+        assert_eq!(judge(0, &nowhere), Received::Ignore);
     }
 
     #[test]

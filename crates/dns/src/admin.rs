@@ -2,7 +2,8 @@
 //! plus `/metrics` and `/health`.
 //!
 //! Invariants: a push with a generation older than the applied one gets 409 and changes nothing;
-//! PUTs need the bearer token when one is configured.
+//! one more than `view::GENERATION_STEP_MAX` above it gets 400 and changes nothing; PUTs need
+//! the bearer token (the controller's DNS token, role `dns`) when one is configured.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,6 +93,17 @@ fn view_error(state: &State, e: ViewError) -> Response {
             (
                 StatusCode::CONFLICT,
                 axum::Json(json!({"error": "stale_generation", "message": e.to_string(), "generation": applied})),
+            )
+                .into_response()
+        }
+        ViewError::TooFarAhead { applied, .. } => {
+            outcome(state, "rejected");
+            tracing::warn!("refused a push too far ahead: {e}");
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(
+                    json!({"error": "generation_too_far_ahead", "message": e.to_string(), "generation": applied}),
+                ),
             )
                 .into_response()
         }

@@ -2,7 +2,9 @@
 //! controller's generation (a fencing token).
 //!
 //! Invariant: a lower generation never replaces a higher one. Equal generations are applied, so
-//! a controller can retry a push or send several updates within its term.
+//! a controller can retry a push or send several updates within its term. A generation more than
+//! `GENERATION_STEP_MAX` above the applied one is refused too: generations grow by one per
+//! runbook, and accepting u64::MAX once would refuse every genuine push afterwards.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +23,8 @@ pub enum Health {
     Unhealthy,
 }
 
+/// How far above the applied generation a push may be.
+pub const GENERATION_STEP_MAX: u64 = 1 << 32;
 /// Targets the view holds at most (a bound on what a controller can make us store).
 pub const TARGETS_MAX: usize = 10_000;
 /// Dynamic TXT records the view holds at most.
@@ -48,6 +52,11 @@ pub enum ViewError {
         "generation {offered} is older than the applied generation {applied}: a newer controller has taken over; this push is stale and was not applied"
     )]
     Stale { offered: u64, applied: u64 },
+    #[error(
+        "generation {offered} is more than {GENERATION_STEP_MAX} above the applied generation {applied}: generations grow by one per runbook, so this is a forged or corrupt push and was not applied; send a generation in {applied}..={limit}",
+        limit = applied.saturating_add(GENERATION_STEP_MAX)
+    )]
+    TooFarAhead { offered: u64, applied: u64 },
     #[error("too many targets: the view holds at most {TARGETS_MAX}")]
     TooManyTargets,
     #[error("target name '{0}' is empty or longer than {TARGET_NAME_BYTES_MAX} bytes")]
@@ -67,6 +76,12 @@ impl HealthView {
     fn check_generation(&self, generation: Generation) -> Result<(), ViewError> {
         if generation < self.generation {
             return Err(ViewError::Stale {
+                offered: generation.0,
+                applied: self.generation.0,
+            });
+        }
+        if generation.0 - self.generation.0 > GENERATION_STEP_MAX {
+            return Err(ViewError::TooFarAhead {
                 offered: generation.0,
                 applied: self.generation.0,
             });
@@ -148,6 +163,37 @@ mod tests {
             .expect("newer");
         assert!(newer.is_healthy("us-east-1"));
         assert_eq!(newer.generation, Generation(6));
+    }
+
+    #[test]
+    fn a_generation_too_far_ahead_is_refused_and_changes_nothing() {
+        let view = HealthView::default()
+            .apply_health(Generation(7), &targets(&[("a", Health::Unhealthy)]))
+            .expect("first push");
+        let at_bound = Generation(7 + GENERATION_STEP_MAX);
+        let beyond = Generation(8 + GENERATION_STEP_MAX);
+        assert_eq!(
+            view.apply_health(beyond, &targets(&[("a", Health::Healthy)])),
+            Err(ViewError::TooFarAhead {
+                offered: beyond.0,
+                applied: 7
+            })
+        );
+        assert!(matches!(
+            view.apply_txt(Generation(u64::MAX), "x.", Some("y")),
+            Err(ViewError::TooFarAhead { .. })
+        ));
+        let message = view
+            .apply_health(Generation(u64::MAX), &BTreeMap::new())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            message.contains(&format!("7..={}", 7 + GENERATION_STEP_MAX)),
+            "{message}"
+        );
+        // At the bound it applies, and the next push is measured from there.
+        let moved = view.apply_health(at_bound, &BTreeMap::new()).expect("at the bound");
+        assert_eq!(moved.generation, at_bound);
     }
 
     #[test]

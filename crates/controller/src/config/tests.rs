@@ -275,3 +275,206 @@ fn vantage_path_to_an_address_no_check_uses_is_a_warning() {
             + 1
     );
 }
+
+/// MINIMAL with three vantage points, so agent tokens have names to belong to.
+fn with_agents(extra: &str) -> String {
+    format!("{MINIMAL}\n[quorum]\nvantages = [\"controller\", \"agent-1\", \"agent-2\"]\n{extra}")
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).expect("in text") + 1
+}
+
+fn problem_with<'a>(found: &'a [Problem], needle: &str) -> &'a Problem {
+    found
+        .iter()
+        .find(|p| p.message.contains(needle))
+        .unwrap_or_else(|| panic!("no problem containing '{needle}' in {found:#?}"))
+}
+
+#[test]
+fn tokens_by_hash_and_by_file_resolve_to_credentials() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("secrets")).expect("mkdir");
+    std::fs::write(dir.path().join("secrets/agent-2.token"), "agent-2-token-0123456789\n").expect("write");
+    let hash = TokenDigest::of("agent-1-token-0123456789").to_hex();
+    let text = with_agents(&format!(
+        "\n[[tokens]]\nname = \"agent-1\"\nrole = \"agent\"\ntoken_sha256 = \"{hash}\"\n\n[[tokens]]\nname = \"agent-2\"\nrole = \"agent\"\ntoken_file = \"secrets/agent-2.token\"\n\n[[tokens]]\nname = \"alice\"\nrole = \"operator\"\ntoken_sha256 = \"{}\"\n",
+        TokenDigest::of("operator-token-0123456789").to_hex()
+    ));
+    let path = dir.path().join("controller.toml");
+    std::fs::write(&path, &text).expect("write");
+    let config = load(&path).expect("valid");
+    let names: Vec<(&str, Role)> = config.credentials.iter().map(|c| (c.name.as_str(), c.role)).collect();
+    assert_eq!(
+        names,
+        [
+            ("agent-1", Role::Agent),
+            ("agent-2", Role::Agent),
+            ("alice", Role::Operator)
+        ]
+    );
+    assert_eq!(
+        config.credentials[0].digest,
+        TokenDigest::of("agent-1-token-0123456789")
+    );
+    assert_eq!(
+        config.credentials[1].digest,
+        TokenDigest::of("agent-2-token-0123456789"),
+        "the file's token, trimmed, found from the config's folder"
+    );
+}
+
+#[test]
+fn token_mistakes_point_at_their_line() {
+    let hash = TokenDigest::of("agent-1-token-0123456789").to_hex();
+    let text = with_agents(&format!(
+        "\n[[tokens]]\nname = \"agent-9\"\nrole = \"agent\"\ntoken_sha256 = \"{hash}\"\n\n[[tokens]]\nname = \"controller\"\nrole = \"agent\"\ntoken_sha256 = \"{}\"\n\n[[tokens]]\nname = \"bob\"\nrole = \"admin\"\ntoken_sha256 = \"{}\"\n\n[[tokens]]\nname = \"agent-1\"\nrole = \"agent\"\ntoken_sha256 = \"not-hex\"\n\n[[tokens]]\nname = \"agent-2\"\nrole = \"agent\"\ntoken_file = \"/nonexistent/agent-2.token\"\n\n[[tokens]]\nname = \"carol\"\nrole = \"read\"\n\n[[tokens]]\nname = \"copy\"\nrole = \"read\"\ntoken_sha256 = \"{hash}\"\n",
+        TokenDigest::of("c-token-0123456789").to_hex(),
+        TokenDigest::of("b-token-0123456789").to_hex(),
+    ));
+    let found = problems(&text);
+    assert_eq!(
+        problem_with(&found, "'agent-9' names a vantage point not in [quorum] vantages").line,
+        line_of(&text, "agent-9")
+    );
+    problem_with(&found, "names the controller's own vantage point");
+    let role = problem_with(&found, "unknown role 'admin'");
+    assert_eq!(role.line, line_of(&text, "\"admin\""));
+    assert!(role.fix.contains("agent, operator, read"), "{role:?}");
+    assert_eq!(
+        problem_with(&found, "token_sha256 is not 64 hexadecimal digits").line,
+        line_of(&text, "not-hex")
+    );
+    let missing = problem_with(&found, "cannot read /nonexistent/agent-2.token");
+    assert_eq!(missing.line, line_of(&text, "/nonexistent/agent-2.token"));
+    problem_with(&found, "token 'carol' needs exactly one of token_sha256 and token_file");
+    problem_with(&found, "token 'copy' is the same token as 'agent-9'");
+}
+
+#[test]
+fn a_vantage_without_an_agent_token_is_warned_about() {
+    let hash = TokenDigest::of("agent-1-token-0123456789").to_hex();
+    let text = with_agents(&format!(
+        "\n[[tokens]]\nname = \"agent-1\"\nrole = \"agent\"\ntoken_sha256 = \"{hash}\"\n"
+    ));
+    let config = parse("w.toml", &text).expect("valid");
+    let warnings: Vec<&str> = config.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("vantage 'agent-2' has no agent token")),
+        "{warnings:?}"
+    );
+    assert!(!warnings.iter().any(|w| w.contains("'agent-1' has no")), "{warnings:?}");
+    assert!(
+        !warnings.iter().any(|w| w.contains("'controller' has no")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn every_url_is_parsed_with_its_position() {
+    let text = format!(
+        "{MINIMAL}\n[[checks]]\nname = \"a-web\"\nregion = \"a\"\nkind = {{ type = \"http\", url = \"http://:8080/health\" }}\n\n[[checks]]\nname = \"b-store\"\nregion = \"b\"\nkind = {{ type = \"dynamodb\", endpoint = \"http://127.0.0.1:99999\", table = \"t\" }}\n\n[dns]\nadmin_url = \"http://exa mple:5380\"\n\n[[runbook]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://hooks.example:0/x\"\n\n[[alerts]]\nkind = \"webhook\"\nurl = \"ftp://alerts.example/\"\n"
+    );
+    let found = problems(&text);
+    let check = problem_with(&found, "'http://:8080/health' has no host");
+    assert_eq!(check.line, line_of(&text, "name = \"a-web\"") - 1, "the check's table");
+    problem_with(&found, "port '99999' is not a number in 1..=65535");
+    let admin = problem_with(&found, "[dns] admin_url: 'http://exa mple:5380' has spaces");
+    assert_eq!(admin.line, line_of(&text, "exa mple"));
+    assert!(admin.fix.contains("http://127.0.0.1:5380"), "{admin:?}");
+    let hook = problem_with(&found, "webhook step 'hook': 'http://hooks.example:0/x': port '0'");
+    assert_eq!(hook.line, line_of(&text, "hooks.example"));
+    let alert = problem_with(&found, "alert url: 'ftp://alerts.example/' does not start with http://");
+    assert_eq!(alert.line, line_of(&text, "ftp://"));
+}
+
+#[test]
+fn every_duration_is_bounded_and_the_bound_is_named() {
+    let huge = i64::MAX as u64; // the largest TOML integer
+    let text = format!(
+        "{MINIMAL}\n[controller]\ntick_ms = 5\n\n[policy]\nmin_hold_ms = {huge}\ndown_confirm_ms = {huge}\nstability_window_ms = {huge}\nlag_stale_ms = {huge}\nfailback_lag_max_ms = {huge}\nrunbook_retry_ms = {huge}\nstartup_grace_ms = {huge}\n\n[[runbook]]\nname = \"x\"\nkind = \"command\"\nprogram = \"true\"\ntimeout_ms = {huge}\nbackoff_ms = {huge}\n"
+    );
+    let found = problems(&text);
+    let tick = problem_with(&found, "[controller] tick_ms = 5 is below the minimum of 10 ms");
+    assert_eq!(tick.line, line_of(&text, "tick_ms = 5"));
+    for key in [
+        "min_hold_ms",
+        "down_confirm_ms",
+        "stability_window_ms",
+        "lag_stale_ms",
+        "failback_lag_max_ms",
+    ] {
+        let problem = problem_with(
+            &found,
+            &format!("[policy] {key} = {huge} is above the bound of 86400000 ms (1 day(s))"),
+        );
+        assert_eq!(problem.line, line_of(&text, &format!("{key} = ")), "{key}");
+        assert!(problem.fix.contains("0..=86400000"), "{problem:?}");
+    }
+    problem_with(
+        &found,
+        "runbook_retry_ms = 9223372036854775807 is above the bound of 3600000 ms (1 h)",
+    );
+    problem_with(
+        &found,
+        "startup_grace_ms = 9223372036854775807 is above the bound of 3600000 ms",
+    );
+    problem_with(
+        &found,
+        "timeout_ms = 9223372036854775807 is out of range: the bound is 1..=600000 ms",
+    );
+    let backoff = problem_with(
+        &found,
+        "backoff_ms = 9223372036854775807 is above the bound of 60000 ms",
+    );
+    assert_eq!(backoff.line, line_of(&text, "backoff_ms"));
+    let stale = problems(&format!("{MINIMAL}\n[quorum]\nreport_stale_ms = {huge}\n"));
+    problem_with(
+        &stale,
+        "[quorum] report_stale_ms = 9223372036854775807 is above the bound of 3600000 ms",
+    );
+    let check = problems(&format!(
+        "{MINIMAL}\n[[checks]]\nname = \"a-db\"\nregion = \"a\"\nkind = {{ type = \"redis\", address = \"127.0.0.1:6379\", max_replica_lag_ms = {huge} }}\n"
+    ));
+    problem_with(
+        &check,
+        "max_replica_lag_ms = 9223372036854775807 is above the bound of 86400000 ms",
+    );
+}
+
+#[test]
+fn relative_paths_resolve_from_the_config_files_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = dir.path().join("etc");
+    std::fs::create_dir(&folder).expect("mkdir");
+    std::fs::write(folder.join("dns.token"), "dns-token-0123456789abcdef").expect("write");
+    let text = format!(
+        "{MINIMAL}\n[controller]\naudit_log = \"audit/controller.jsonl\"\n\n[[checks]]\nname = \"a-tls\"\nregion = \"a\"\nkind = {{ type = \"http\", url = \"https://a.example/health\", ca_file = \"ca.pem\" }}\n\n[dns]\nadmin_url = \"http://127.0.0.1:5380\"\ntoken_file = \"dns.token\"\n\n[[runbook]]\nname = \"hook\"\nkind = \"command\"\nprogram = \"./hooks/failover.sh\"\n\n[[runbook]]\nname = \"path\"\nkind = \"command\"\nprogram = \"sh\"\n\n[[runbook]]\nname = \"absolute\"\nkind = \"command\"\nprogram = \"/bin/true\"\n"
+    );
+    let path = folder.join("switchyard.toml");
+    std::fs::write(&path, &text).expect("write");
+    let config = load(&path).expect("valid");
+    assert_eq!(config.file.controller.audit_log, folder.join("audit/controller.jsonl"));
+    assert_eq!(config.dns_token.as_deref(), Some("dns-token-0123456789abcdef"));
+    let programs: Vec<String> = config.steps.iter().filter_map(|s| s.program.clone()).collect();
+    assert_eq!(
+        programs,
+        [
+            folder.join("./hooks/failover.sh").display().to_string(),
+            "sh".to_string(),
+            "/bin/true".to_string()
+        ]
+    );
+    let ca = config
+        .checks()
+        .into_iter()
+        .find_map(|c| match c.kind {
+            health::ProbeKind::Http { ca_file, .. } => ca_file,
+            _ => None,
+        })
+        .expect("the check's ca_file");
+    assert_eq!(ca, folder.join("ca.pem").display().to_string());
+}

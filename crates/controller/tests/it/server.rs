@@ -75,6 +75,8 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
     client: HttpClient,
     sent: u64,
+    /// What `call` sends.
+    token: &'static str,
 }
 
 impl Running {
@@ -87,10 +89,6 @@ impl Running {
     }
 
     async fn start_with(config: &str, generation_floor: u64, probe_locally: bool) -> Running {
-        let config = controller::config::parse("test.toml", config).expect("valid config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let options = RunOptions {
             token: Some(TOKEN.into()),
             dns_token: None,
@@ -98,6 +96,14 @@ impl Running {
             probe_locally,
             generation_floor,
         };
+        Running::start_with_options(config, options).await
+    }
+
+    async fn start_with_options(config: &str, options: RunOptions) -> Running {
+        let config = controller::config::parse("test.toml", config).expect("valid config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             run(listener, config, options, async {
                 let _ = stopped.await;
@@ -111,6 +117,7 @@ impl Running {
             task,
             client: HttpClient::new(),
             sent: 0,
+            token: TOKEN,
         }
     }
 
@@ -124,12 +131,22 @@ impl Running {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+        self.call_as(Some(self.token), method, path, body).await
+    }
+
+    async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let answer = self
             .client
             .request(
                 method,
                 &format!("{}{path}", self.url),
-                Some(TOKEN),
+                token,
                 body.map(|b| b.to_string().into_bytes()),
                 30_000,
             )
@@ -141,6 +158,18 @@ impl Running {
 
     /// Reports from `vantage` that us-east-1 is `us` and eu-west-1 is `eu`.
     async fn report(&mut self, vantage: &str, us: CheckStatus, eu: CheckStatus) {
+        let (status, body) = self.report_as(TOKEN, vantage, us, eu).await;
+        assert_eq!(status, 204, "{body}");
+    }
+
+    /// The same report sent with `token`; the answer.
+    async fn report_as(
+        &mut self,
+        token: &str,
+        vantage: &str,
+        us: CheckStatus,
+        eu: CheckStatus,
+    ) -> (u16, serde_json::Value) {
         self.sent += 1;
         let result = |check: &str, region: &str, status| CheckResult {
             check: check.into(),
@@ -156,14 +185,13 @@ impl Running {
             sent_at_ms: self.sent,
             results: vec![result("use1-app", "us-east-1", us), result("euw1-app", "eu-west-1", eu)],
         };
-        let (status, body) = self
-            .call(
-                Method::POST,
-                "/v1/agent/report",
-                Some(serde_json::to_value(&report).expect("json")),
-            )
-            .await;
-        assert_eq!(status, 204, "{body}");
+        self.call_as(
+            Some(token),
+            Method::POST,
+            "/v1/agent/report",
+            Some(serde_json::to_value(&report).expect("json")),
+        )
+        .await
     }
 
     async fn status(&self) -> serde_json::Value {
@@ -533,4 +561,234 @@ async fn plans_and_self_probes_follow_each_vantage_points_path() {
     }
     drop(live);
     controller.stop().await;
+}
+
+const AGENT_A: &str = "agent-a-token-0123456789";
+const AGENT_B: &str = "agent-b-token-0123456789";
+const OPERATOR: &str = "operator-token-0123456789";
+const READER: &str = "reader-token-0123456789";
+
+fn tokens_section(agent_a_file: &Path) -> String {
+    let hash = |token: &str| controller::auth::TokenDigest::of(token).to_hex();
+    format!(
+        "\n[[tokens]]\nname = \"agent-a\"\nrole = \"agent\"\ntoken_file = \"{}\"\n\n[[tokens]]\nname = \"agent-b\"\nrole = \"agent\"\ntoken_sha256 = \"{}\"\n\n[[tokens]]\nname = \"alice\"\nrole = \"operator\"\ntoken_sha256 = \"{}\"\n\n[[tokens]]\nname = \"grafana\"\nrole = \"read\"\ntoken_sha256 = \"{}\"\n",
+        agent_a_file.display(),
+        hash(AGENT_B),
+        hash(OPERATOR),
+        hash(READER)
+    )
+}
+
+async fn start_with_tokens(dns_url: &str, dir: &Path) -> Running {
+    let agent_a_file = dir.join("agent-a.token");
+    std::fs::write(&agent_a_file, format!("{AGENT_A}\n")).expect("write token");
+    let config = format!(
+        "{}{}",
+        config_text(dns_url, &dir.join("audit.jsonl")),
+        tokens_section(&agent_a_file)
+    );
+    let options = RunOptions {
+        token: None,
+        dns_token: None,
+        local_reports: None,
+        probe_locally: false,
+        generation_floor: 0,
+    };
+    let mut running = Running::start_with_options(&config, options).await;
+    running.token = OPERATOR;
+    running
+}
+
+#[tokio::test]
+async fn a_forged_report_is_refused_and_two_of_them_cause_no_failover() {
+    let dns = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut controller = start_with_tokens(&dns.url, dir.path()).await;
+    // The controller's own vantage point reports in process only (not in this test), so the
+    // two agents' votes are the majority of three.
+    for (token, vantage) in [(AGENT_A, "agent-a"), (AGENT_B, "agent-b")] {
+        let (status, body) = controller.report_as(token, vantage, Up, Up).await;
+        assert_eq!(status, 204, "{body}");
+    }
+    controller.wait_active("us-east-1").await;
+
+    // agent-a's token claiming agent-b: refused with a message that says why.
+    let (status, body) = controller.report_as(AGENT_A, "agent-b", Down, Up).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["code"], "other_vantage", "{body}");
+    let message = body["error"].as_str().expect("message");
+    assert!(
+        message.contains("'agent-a' (role agent) may only report as its own vantage point, not as 'agent-b'"),
+        "{message}"
+    );
+    // Nor as the controller's own vantage, nor with an operator's token.
+    let (status, _) = controller.report_as(AGENT_A, "controller", Down, Up).await;
+    assert_eq!(status, 403);
+    let (status, body) = controller.report_as(OPERATOR, "agent-b", Down, Up).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["code"], "wrong_role", "{body}");
+
+    // One compromised agent (a) says us-east-1 is down as itself and, twice, as b and as the
+    // controller: only its own vote counts, one of three is no majority, nothing moves.
+    let (status, _) = controller.report_as(AGENT_A, "agent-a", Down, Up).await;
+    assert_eq!(status, 204);
+    for forged in ["agent-b", "controller"] {
+        let (status, _) = controller.report_as(AGENT_A, forged, Down, Up).await;
+        assert_eq!(status, 403);
+    }
+    let (status, _) = controller.report_as(AGENT_B, "agent-b", Up, Up).await;
+    assert_eq!(status, 204);
+    // The quorum counts one vote down: had either forgery counted, two of three would say down.
+    // One down and one up is no quorum either way (unknown, which never fails over).
+    let status = controller.status_as(READER).await;
+    let verdict = &status["verdicts"]["us-east-1"];
+    assert_eq!(verdict["state"], "unknown", "{status:#}");
+    assert_eq!(verdict["votes_down"], 1, "{status:#}");
+    assert_eq!(status["engine"]["observed"]["active"], "us-east-1", "{status:#}");
+    assert_eq!(dns.seen_on("/v1/health").len(), 1, "no DNS change from forged reports");
+
+    // The genuine second agent agreeing is a majority: failover.
+    let (status, _) = controller.report_as(AGENT_B, "agent-b", Down, Up).await;
+    assert_eq!(status, 204);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = controller.status_as(READER).await;
+        if status["engine"]["observed"]["active"] == "eu-west-1" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failover: {status:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    controller.stop().await;
+}
+
+impl Running {
+    async fn status_as(&self, token: &str) -> serde_json::Value {
+        let (code, body) = self.call_as(Some(token), Method::GET, "/v1/status", None).await;
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+}
+
+#[tokio::test]
+async fn each_role_is_allowed_only_its_endpoints() {
+    let dns = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = start_with_tokens(&dns.url, dir.path()).await;
+    let report = serde_json::json!({"vantage": "agent-a", "sent_at_ms": 1, "results": []});
+    let endpoints: Vec<(&str, Method, &str, Option<serde_json::Value>)> = vec![
+        ("read", Method::GET, "/v1/status", None),
+        ("read", Method::GET, "/v1/events", None),
+        ("read", Method::GET, "/v1/active-region", None),
+        ("operator", Method::POST, "/v1/pause", None),
+        ("operator", Method::POST, "/v1/resume", None),
+        ("operator", Method::POST, "/v1/acknowledge", None),
+        ("operator", Method::POST, "/v1/failover", None),
+        ("operator", Method::POST, "/v1/failback", None),
+        (
+            "operator",
+            Method::POST,
+            "/v1/switchover",
+            Some(serde_json::json!({"to": "eu-west-1"})),
+        ),
+        ("agent", Method::GET, "/v1/agent/plan?name=agent-a", None),
+        ("agent", Method::POST, "/v1/agent/report", Some(report)),
+    ];
+    // Which tokens each kind of endpoint admits; an operator also reads.
+    let callers: [(&str, Option<&str>, &[&str]); 5] = [
+        ("agent-a", Some(AGENT_A), &["agent"]),
+        ("operator", Some(OPERATOR), &["operator", "read"]),
+        ("reader", Some(READER), &["read"]),
+        ("nobody", None, &[]),
+        ("a stranger", Some("stranger-token-0123456789"), &[]),
+    ];
+    for (who, token, allowed) in callers {
+        for (role, method, path, body) in &endpoints {
+            let (status, answer) = controller.call_as(token, method.clone(), path, body.clone()).await;
+            let expected_ok = allowed.contains(role);
+            let refused = status == 401 || status == 403;
+            assert_eq!(
+                !refused, expected_ok,
+                "{who} on {method} {path}: HTTP {status} {answer}"
+            );
+            if refused {
+                let expected = if token.is_some() && who != "a stranger" {
+                    403
+                } else {
+                    401
+                };
+                assert_eq!(status, expected, "{who} on {path}: {answer}");
+                assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer}");
+            }
+        }
+    }
+    // An agent's plan is its own only.
+    let (status, body) = controller
+        .call_as(Some(AGENT_A), Method::GET, "/v1/agent/plan?name=agent-b", None)
+        .await;
+    assert_eq!(status, 403, "{body}");
+    // Open to all, as before: the dashboard page (no data), /health and /metrics.
+    for path in ["/dashboard", "/health", "/metrics"] {
+        let (status, _) = controller.call_as(None, Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn the_control_token_still_works_but_not_for_an_agent_with_its_own() {
+    let dns = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent_a_file = dir.path().join("agent-a.token");
+    std::fs::write(&agent_a_file, AGENT_A).expect("write token");
+    // Only agent-a has migrated; the control token still covers the rest.
+    let hash = controller::auth::TokenDigest::of(AGENT_A).to_hex();
+    let config = format!(
+        "{}\n[[tokens]]\nname = \"agent-a\"\nrole = \"agent\"\ntoken_sha256 = \"{hash}\"\n",
+        config_text(&dns.url, &dir.path().join("audit.jsonl"))
+    );
+    let mut controller = Running::start(&config).await;
+    let (status, body) = controller.report_as(TOKEN, "agent-b", Up, Up).await;
+    assert_eq!(
+        status, 204,
+        "the control token reports for a vantage without a token: {body}"
+    );
+    let (status, body) = controller.report_as(TOKEN, "agent-a", Up, Up).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("may not report for a vantage point that has its own token")),
+        "{body}"
+    );
+    let (status, _) = controller.report_as(AGENT_A, "agent-a", Up, Up).await;
+    assert_eq!(status, 204);
+    let (status, _) = controller.call(Method::POST, "/v1/pause", None).await;
+    assert_eq!(status, 200, "the control token is still an operator token");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn agent_tokens_alone_do_not_open_the_network() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = config_text("http://127.0.0.1:1", &dir.path().join("audit.jsonl"));
+    let hash = controller::auth::TokenDigest::of(AGENT_B).to_hex();
+    let agents_only = format!("{base}\n[[tokens]]\nname = \"agent-b\"\nrole = \"agent\"\ntoken_sha256 = \"{hash}\"\n");
+    let config = controller::config::parse("t.toml", &agents_only).expect("valid");
+    let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
+    let error = run(listener, config, RunOptions::default(), async {})
+        .await
+        .expect_err("refused");
+    assert!(
+        error.to_string().contains("role(s) operator, read have no token"),
+        "{error}"
+    );
+    // With a credential for every role, any address is allowed.
+    let agent_a_file = dir.path().join("agent-a.token");
+    std::fs::write(&agent_a_file, AGENT_A).expect("write");
+    let every_role = format!("{base}{}", tokens_section(&agent_a_file));
+    let config = controller::config::parse("t.toml", &every_role).expect("valid");
+    let access = controller::server::access(&config, None);
+    let public: std::net::SocketAddr = "0.0.0.0:7400".parse().expect("address");
+    assert!(controller::server::check_exposure(public, &access).is_ok());
 }

@@ -262,6 +262,39 @@ async fn health_pushes_flip_failover_and_stale_generations_get_409() {
 }
 
 #[tokio::test]
+async fn a_generation_far_ahead_is_refused_and_later_pushes_still_apply() {
+    let token = "secret-token-for-tests";
+    let server = Server::start(Some(token)).await;
+    let app = || query("app.shop.example.", RecordType::A, None);
+    let push = r#"{"generation": 4, "targets": {"us-east-1": "unhealthy"}}"#;
+    assert_eq!(http(server.admin, "PUT", "/v1/health", Some(token), push).await.0, 200);
+    let far = format!(
+        r#"{{"generation": {}, "targets": {{"us-east-1": "healthy"}}}}"#,
+        u64::MAX
+    );
+    let (status, body) = http(server.admin, "PUT", "/v1/health", Some(token), &far).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("generation_too_far_ahead"), "{body}");
+    let txt = format!(
+        r#"{{"generation": {}, "name": "_active-region.shop.example.", "value": "x"}}"#,
+        4 + dns::view::GENERATION_STEP_MAX + 1
+    );
+    let (status, body) = http(server.admin, "PUT", "/v1/txt", Some(token), &txt).await;
+    assert_eq!(status, 400, "{body}");
+    // Nothing changed: the answer, the generation, and the next genuine push applies.
+    assert_eq!(addresses(&udp(server.dns, &app()).await), ["198.51.100.10"]);
+    let (_, body) = http(server.admin, "GET", "/v1/health", None, "").await;
+    assert!(
+        body.contains(r#""generation":4"#) && !body.contains("_active-region"),
+        "{body}"
+    );
+    let next = r#"{"generation": 5, "targets": {"us-east-1": "healthy"}}"#;
+    assert_eq!(http(server.admin, "PUT", "/v1/health", Some(token), next).await.0, 200);
+    assert_eq!(addresses(&udp(server.dns, &app()).await), ["192.0.2.10"]);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn reload_swaps_good_files_and_rejects_bad_ones() {
     let server = Server::start(None).await;
     let extra = "\n[[dns.zones.records]]\nname = \"new\"\ntype = \"A\"\nvalues = [\"192.0.2.77\"]\n";
