@@ -113,6 +113,10 @@ pub struct Plan {
     pub drill_targets: String,
     /// With `--netns`: the regions' namespaces, to create before starting anything.
     pub networks: Vec<RegionNet>,
+    /// Secret files (the replication key, each agent's token, the DNS admin token) the lab
+    /// fills with fresh random hex before starting, unless they exist: a plan is pure, so it
+    /// names them and `run` makes them.
+    pub secrets: Vec<PathBuf>,
 }
 
 /// What `switchyard drill --lab DIR` reads to find and break the lab.
@@ -552,6 +556,8 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         components.push(spec);
     }
 
+    let mut secrets = vec![replication_key_path(dir)];
+
     // Authoritative DNS with a failover record for the shop: primary in the first region,
     // secondary in the second.
     let mut dns = format!(
@@ -574,6 +580,9 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     });
     bound.push(("dns".to_string(), local(ports.dns())));
     bound.push(("dns admin".to_string(), local(ports.dns_admin())));
+    // The admin API takes pushes only with the DNS token, which only the controller holds.
+    let dns_token = dns_token_path(dir);
+    secrets.push(dns_token.clone());
     components.push(ComponentSpec::subcommand(
         "dns",
         "dns",
@@ -583,6 +592,8 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             &dns_file.display().to_string(),
             "--state-dir",
             &dir.join("data").join("dns").display().to_string(),
+            "--token-file",
+            &dns_token.display().to_string(),
         ],
     ));
 
@@ -648,9 +659,18 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 );
             }
         }
+        // Each agent reports with a token of its own, which is good for its own name only (the
+        // files sit next to this config; relative paths start at its folder).
+        for agent in 1..=AGENTS {
+            let _ = write!(
+                text,
+                "\n[[tokens]]\nname = \"agent-{agent}\"\nrole = \"agent\"\ntoken_file = \"{}\"\n",
+                AGENT_TOKEN_FILE.replace("{n}", &agent.to_string())
+            );
+        }
         let _ = write!(
             text,
-            "\n[dns]\nadmin_url = \"{}\"\ntxt_name = \"_active-region.{ZONE}\"\n\n[[runbook]]\nname = \"dns\"\nkind = \"dns_health\"\n\n[[runbook]]\nname = \"txt\"\nkind = \"dns_txt\"\n\n[[runbook]]\nname = \"pointer\"\nkind = \"pointer\"\n",
+            "\n[dns]\nadmin_url = \"{}\"\ntoken_file = \"{DNS_TOKEN_FILE}\"\ntxt_name = \"_active-region.{ZONE}\"\n\n[[runbook]]\nname = \"dns\"\nkind = \"dns_health\"\n\n[[runbook]]\nname = \"txt\"\nkind = \"dns_txt\"\n\n[[runbook]]\nname = \"pointer\"\nkind = \"pointer\"\n",
             url(ports.dns_admin())
         );
         let path = config.join("controller.toml");
@@ -665,6 +685,8 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             &["controller", "--config", &path.display().to_string()],
         ));
         for agent in 0..AGENTS {
+            let token = agent_token_path(dir, agent + 1);
+            secrets.push(token.clone());
             let mut spec = ComponentSpec::subcommand(
                 &format!("agent-{}", agent + 1),
                 "agent",
@@ -674,6 +696,8 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                     &url(ports.agent_link(agent)),
                     "--name",
                     &format!("agent-{}", agent + 1),
+                    "--token-file",
+                    &token.display().to_string(),
                 ],
             );
             spec.ready_flag = None;
@@ -708,6 +732,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         ports: bound,
         try_lines,
         networks: hosts.nets,
+        secrets,
     })
 }
 
@@ -726,6 +751,21 @@ fn owned_subcommand(name: &str, kind: &str, args: Vec<String>) -> ComponentSpec 
 /// The replication key file's path in a lab directory.
 pub fn replication_key_path(dir: &Path) -> PathBuf {
     dir.join("config").join("replication.key")
+}
+
+/// Agent N's token file, in the config folder (`{n}` stands for N).
+const AGENT_TOKEN_FILE: &str = "agent-{n}.token";
+/// The DNS admin token file, in the config folder.
+const DNS_TOKEN_FILE: &str = "dns.token";
+
+/// Agent `n`'s token file in a lab directory.
+pub fn agent_token_path(dir: &Path, n: usize) -> PathBuf {
+    dir.join("config").join(AGENT_TOKEN_FILE.replace("{n}", &n.to_string()))
+}
+
+/// The DNS admin token file in a lab directory.
+pub fn dns_token_path(dir: &Path) -> PathBuf {
+    dir.join("config").join(DNS_TOKEN_FILE)
 }
 
 #[cfg(test)]
@@ -814,6 +854,54 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(creators, ["shop-us-east-1-1"], "one instance creates the global tables");
+    }
+
+    #[test]
+    fn each_agent_has_its_own_token_and_only_the_controller_the_dns_token() {
+        let plan = plan(&options(2)).expect("plan");
+        let config = plan
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("controller.toml"))
+            .expect("controller config");
+        for n in 1..=AGENTS {
+            let agent = plan
+                .components
+                .iter()
+                .find(|c| c.name == format!("agent-{n}"))
+                .expect("agent");
+            let token = agent_token_path(Path::new("/tmp/lab"), n);
+            let passed = agent
+                .args
+                .windows(2)
+                .find(|pair| pair[0] == "--token-file")
+                .map(|pair| pair[1].clone());
+            assert_eq!(passed, Some(token.display().to_string()), "agent-{n}");
+            assert!(plan.secrets.contains(&token));
+            assert!(
+                config.contents.contains(&format!(
+                    "[[tokens]]\nname = \"agent-{n}\"\nrole = \"agent\"\ntoken_file = \"agent-{n}.token\"\n"
+                )),
+                "{}",
+                config.contents
+            );
+            // The token file is next to the config, where its relative path points.
+            assert_eq!(token.parent(), config.path.parent());
+        }
+        let dns = plan.components.iter().find(|c| c.name == "dns").expect("dns");
+        let dns_token = dns_token_path(Path::new("/tmp/lab"));
+        assert!(
+            dns.args
+                .windows(2)
+                .any(|p| p[0] == "--token-file" && p[1] == dns_token.display().to_string())
+        );
+        assert!(config.contents.contains("token_file = \"dns.token\""));
+        assert!(plan.secrets.contains(&dns_token));
+        assert!(plan.secrets.contains(&replication_key_path(Path::new("/tmp/lab"))));
+        let mut unique = plan.secrets.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), plan.secrets.len(), "one file per secret");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::plan::{LabOptions, plan, replication_key_path};
+use crate::plan::{LabOptions, plan};
 use crate::state::LabState;
 use crate::supervisor::{Supervisor, SupervisorError, alive};
 
@@ -131,9 +131,10 @@ async fn run_plan(
         what: format!("create {}", control.display()),
         source,
     })?;
-    let key = replication_key_path(&options.dir);
-    if !key.exists() {
-        write_file(&key, &random_hex())?;
+    for secret in &plan.secrets {
+        if !secret.exists() {
+            write_secret(secret, &random_hex())?;
+        }
     }
     supervisor.expect_components(plan.components.len())?;
     tokio::pin!(shutdown);
@@ -367,6 +368,28 @@ fn write_file(path: &Path, contents: &str) -> Result<(), LabError> {
         what: format!("write {}", path.display()),
         source,
     })
+}
+
+/// Writes a file only its owner can read (the lab's keys and tokens).
+fn write_secret(path: &Path, contents: &str) -> Result<(), LabError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| LabError::Io {
+            what: format!("create {}", parent.display()),
+            source,
+        })?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .map_err(|source| LabError::Io {
+            what: format!("write {}", path.display()),
+            source,
+        })
 }
 
 fn random_hex() -> String {
