@@ -29,6 +29,8 @@ pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:8053";
 pub const RELOAD_INTERVAL_MS_DEFAULT: u64 = 2_000;
 /// Shortest polling interval accepted (polling is a `stat` of the file; faster buys nothing).
 pub const RELOAD_INTERVAL_MS_MIN: u64 = 100;
+/// Longest polling interval accepted (an hour; 0 turns polling off).
+pub const RELOAD_INTERVAL_MS_MAX: u64 = 3_600_000;
 /// Largest TTL (RFC 2181 §8).
 pub const TTL_SECS_MAX: u32 = 2_147_483_647;
 /// Values one record set has at most (keeps every answer well under 64 KiB).
@@ -292,7 +294,15 @@ pub fn load(path: &Path) -> Result<DnsConfig, LoadError> {
         path: shown.clone(),
         source,
     })?;
-    Ok(parse(&text, &shown)?)
+    let mut config = parse(&text, &shown)?;
+    // A relative state_dir is next to the file, not wherever the server was started.
+    if let Some(state_dir) = config.state_dir.as_mut()
+        && state_dir.is_relative()
+        && let Some(folder) = path.parent()
+    {
+        *state_dir = folder.join(&*state_dir);
+    }
+    Ok(config)
 }
 
 /// Validates the `[dns]` section of `text`; `file` names it in errors.
@@ -343,6 +353,14 @@ pub fn parse(text: &str, file: &str) -> Result<DnsConfig, ConfigError> {
             reload_span,
             format!(
                 "reload_interval_ms = {reload_interval_ms} is too short; use 0 (reload on SIGHUP only) or at least {RELOAD_INTERVAL_MS_MIN}"
+            ),
+        ));
+    }
+    if reload_interval_ms > RELOAD_INTERVAL_MS_MAX {
+        return Err(at(
+            reload_span,
+            format!(
+                "reload_interval_ms = {reload_interval_ms} is above the bound of {RELOAD_INTERVAL_MS_MAX} ms (1 h); use 0 (reload on SIGHUP only) or {RELOAD_INTERVAL_MS_MIN}..={RELOAD_INTERVAL_MS_MAX}"
             ),
         ));
     }
@@ -926,6 +944,23 @@ mod tests {
         assert_eq!(e.line, 2, "{e}");
         let e = error("[dns\n");
         assert_eq!(e.line, 1, "{e}");
+        let e = error("[dns]\n\nreload_interval_ms = 9223372036854775807\n");
+        assert!(e.message.contains("above the bound of 3600000 ms"), "{e}");
+        assert_eq!(e.line, 3, "{e}");
+    }
+
+    #[test]
+    fn a_relative_state_dir_is_next_to_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dns.toml");
+        std::fs::write(&path, "[dns]\nstate_dir = \"state/dns\"\n").expect("write");
+        let config = load(&path).expect("valid");
+        assert_eq!(config.state_dir, Some(dir.path().join("state/dns")));
+        std::fs::write(&path, "[dns]\nstate_dir = \"/var/lib/dns\"\n").expect("write");
+        assert_eq!(
+            load(&path).expect("valid").state_dir,
+            Some(PathBuf::from("/var/lib/dns"))
+        );
     }
 
     #[test]

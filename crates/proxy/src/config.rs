@@ -20,6 +20,11 @@ pub const THREADS_MAX: usize = 256;
 pub const RETRIES_MAX: u32 = 16;
 /// Shortest check interval accepted, so a typo cannot turn checks into a flood.
 pub const CHECK_INTERVAL_MS_MIN: u64 = 10;
+/// Longest check interval or check timeout (an hour).
+pub const CHECK_INTERVAL_MS_MAX: u64 = 3_600_000;
+/// Longest of the `[proxy.timeouts]` (a day) and of `slowstart_ms` (an hour).
+pub const TIMEOUT_MS_MAX: u64 = 86_400_000;
+pub const SLOWSTART_MS_MAX: u64 = 3_600_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -421,6 +426,17 @@ fn validate(text: &str, raw: RawProxy) -> Result<ProxyConfig, String> {
                 "{key} = 0 would never time out or always; use a positive number of milliseconds"
             ));
         }
+        if value > TIMEOUT_MS_MAX {
+            return Err(format!(
+                "{key} = {value} is above the bound of {TIMEOUT_MS_MAX} ms (1 day); use 1..={TIMEOUT_MS_MAX}"
+            ));
+        }
+    }
+    if raw.slowstart_ms > SLOWSTART_MS_MAX {
+        return Err(format!(
+            "slowstart_ms = {} is above the bound of {SLOWSTART_MS_MAX} ms (1 h); use 0..={SLOWSTART_MS_MAX} (0: no ramp)",
+            raw.slowstart_ms
+        ));
     }
     let limits = raw.limits;
     if limits.connections_max == 0 {
@@ -472,6 +488,14 @@ fn validate_check(text: &str, raw: RawCheck) -> Result<CheckConfig, String> {
     let interval = |value: &Option<Spanned<u64>>, key: &str, fallback: u64| -> Result<u64, String> {
         match value {
             None => Ok(fallback),
+            Some(v) if *v.get_ref() > CHECK_INTERVAL_MS_MAX => Err(at(
+                text,
+                v,
+                format!(
+                    "check.{key} = {} is above the bound of {CHECK_INTERVAL_MS_MAX} ms (1 h); use {CHECK_INTERVAL_MS_MIN}..={CHECK_INTERVAL_MS_MAX}",
+                    v.get_ref()
+                ),
+            )),
             Some(v) if *v.get_ref() < CHECK_INTERVAL_MS_MIN => Err(at(
                 text,
                 v,
@@ -603,6 +627,35 @@ address = "127.0.0.1:9001"
         assert_eq!(config.check.fastinter_ms, 500);
         assert_eq!(config.check.downinter_ms, 500);
         assert_eq!(config.check.timeout_ms, 500);
+    }
+
+    #[test]
+    fn durations_have_upper_bounds_named_in_the_message() {
+        let huge = i64::MAX;
+        let check = MINIMAL.replace(
+            "[[proxy.servers]]",
+            &format!("[proxy.check]\ninter_ms = {huge}\n\n[[proxy.servers]]"),
+        );
+        let error = parse(&check).expect_err("too long");
+        assert!(error.contains("above the bound of 3600000 ms"), "{error}");
+        let timeouts = MINIMAL.replace(
+            "[[proxy.servers]]",
+            &format!("[proxy.timeouts]\nidle_ms = {huge}\n\n[[proxy.servers]]"),
+        );
+        let error = parse(&timeouts).expect_err("too long");
+        assert!(
+            error.contains("timeouts.idle_ms") && error.contains("86400000 ms"),
+            "{error}"
+        );
+        let slowstart = MINIMAL.replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:8080\"\nslowstart_ms = {huge}"),
+        );
+        let error = parse(&slowstart).expect_err("too long");
+        assert!(
+            error.contains("slowstart_ms") && error.contains("3600000 ms"),
+            "{error}"
+        );
     }
 
     #[test]
