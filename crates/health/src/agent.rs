@@ -127,7 +127,9 @@ impl ControllerClient {
             StatusCode::OK => serde_json::from_slice(&body)
                 .map_err(|e| ExchangeError::Refused(format!("the controller's plan is not valid: {e}"))),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(ExchangeError::Refused(format!(
-                "the controller refused the token (HTTP {status}): check --token-file / SWITCHYARD_CONTROL_TOKEN"
+                "the controller refused the token (HTTP {status}: {}): check --token-file (this agent's own token, role agent, listed for --name {} in the controller's [[tokens]])",
+                refusal(&body),
+                self.name
             ))),
             StatusCode::NOT_FOUND => Err(ExchangeError::Refused(format!(
                 "the controller has no plan for agent '{}' (HTTP 404): list it among the vantage points",
@@ -152,6 +154,15 @@ impl ControllerClient {
             )))
         }
     }
+}
+
+/// The controller's reason for a refusal (its JSON `error`), bounded.
+fn refusal(body: &[u8]) -> String {
+    let reason = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|value| value.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    reason.chars().take(500).collect()
 }
 
 fn valid_name(name: &str) -> bool {

@@ -13,7 +13,9 @@ pub(crate) struct AgentArgs {
     /// This vantage point's name, as listed in the controller's config (e.g. eu-agent).
     #[arg(long, env = "SWITCHYARD_AGENT_NAME")]
     name: String,
-    /// File holding the controller's bearer token (or set SWITCHYARD_CONTROL_TOKEN).
+    /// File holding this agent's own token (role agent, listed for --name in the controller's
+    /// [[tokens]]; `switchyard token new --role agent --name NAME` makes one), or set
+    /// SWITCHYARD_CONTROL_TOKEN.
     #[arg(long, env = "SWITCHYARD_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Milliseconds between two fetches of the plan (the checks to run).
