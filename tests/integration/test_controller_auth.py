@@ -141,6 +141,7 @@ kind = "pointer"
     checked = run("config", "check", str(config))
     assert checked.returncode == 0, checked.stderr
     assert "warning" not in checked.stderr, checked.stderr
+    assert "4 tokens; roles without one: none" in checked.stdout, checked.stdout
 
     # Started from another directory: the relative audit log and token file are found next to
     # the config anyway.

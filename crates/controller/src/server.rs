@@ -120,6 +120,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    /// `unauthenticated`, `wrong_role` or `other_vantage` (bounded).
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VantageLabels {
     vantage: String,
 }
@@ -130,6 +136,7 @@ struct Metrics {
     region_state: Family<RegionLabels, Gauge>,
     runbooks: Family<OutcomeLabels, Counter>,
     reports: Family<VantageLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
     paused: Gauge,
     fenced: Gauge,
 }
@@ -153,6 +160,12 @@ impl Metrics {
         registry.register("runbooks", "Runbooks finished, by outcome", runbooks.clone());
         let reports = Family::<VantageLabels, Counter>::default();
         registry.register("reports", "Vantage reports received", reports.clone());
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "requests_refused",
+            "API requests refused by authentication or role, by code",
+            refused.clone(),
+        );
         let paused = Gauge::default();
         registry.register("paused", "1 while automation is paused", paused.clone());
         let fenced = Gauge::default();
@@ -163,6 +176,7 @@ impl Metrics {
             region_state,
             runbooks,
             reports,
+            refused,
             paused,
             fenced,
         }
@@ -639,7 +653,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     json_response(status, json!({"error": message.into()}))
 }
 
-fn denied(denied: &Denied) -> Response {
+fn denied(shared: &Shared, denied: &Denied) -> Response {
     let status = match denied {
         Denied::Unauthenticated => StatusCode::UNAUTHORIZED,
         Denied::WrongRole { .. } | Denied::OtherVantage { .. } => StatusCode::FORBIDDEN,
@@ -649,6 +663,11 @@ fn denied(denied: &Denied) -> Response {
         Denied::WrongRole { .. } => "wrong_role",
         Denied::OtherVantage { .. } => "other_vantage",
     };
+    shared
+        .metrics
+        .refused
+        .get_or_create(&RefusedLabels { code: code.into() })
+        .inc();
     json_response(status, json!({"error": denied.message(), "code": code}))
 }
 
@@ -658,7 +677,7 @@ fn authorize(shared: &Shared, headers: &HeaderMap, needed: Role) -> Result<Calle
     shared
         .access
         .authorize(header, needed)
-        .map_err(|refused| denied(&refused))
+        .map_err(|refused| denied(shared, &refused))
 }
 
 /// An agent request (report or plan) for vantage point `vantage`: the caller must hold role
@@ -671,7 +690,7 @@ fn authorize_vantage(shared: &Shared, headers: &HeaderMap, vantage: &str) -> Res
         if logged.len() < FORGED_LOGGED_MAX && logged.insert(key) {
             tracing::warn!(caller = %caller.describe(), claimed = %vantage, "refused an agent request for another vantage point (logged once per pair)");
         }
-        denied(&refused)
+        denied(shared, &refused)
     })
 }
 

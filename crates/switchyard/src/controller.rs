@@ -211,14 +211,25 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
                     };
                     eprintln!("{place}: warning: {}\n    fix: {}", warning.message, warning.fix);
                 }
+                let open: Vec<&str> = controller::server::access(&config, None)
+                    .open_roles()
+                    .iter()
+                    .map(|role| role.name())
+                    .collect();
                 println!(
-                    "{}: ok ({} regions, {} checks, {} runbook steps, quorum {} of {})",
+                    "{}: ok ({} regions, {} checks, {} runbook steps, quorum {} of {}, {} tokens; roles without one: {})",
                     file.display(),
                     config.engine.regions.len(),
                     config.file.checks.len(),
                     config.steps.len(),
                     config.quorum.effective_quorum(),
-                    config.quorum.vantages_expected.len()
+                    config.quorum.vantages_expected.len(),
+                    config.credentials.len(),
+                    if open.is_empty() {
+                        "none".to_string()
+                    } else {
+                        open.join(", ")
+                    }
                 );
                 Ok(())
             }

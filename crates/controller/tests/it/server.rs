@@ -647,6 +647,18 @@ async fn a_forged_report_is_refused_and_two_of_them_cause_no_failover() {
     assert_eq!(status["engine"]["observed"]["active"], "us-east-1", "{status:#}");
     assert_eq!(dns.seen_on("/v1/health").len(), 1, "no DNS change from forged reports");
 
+    let metrics = HttpClient::new()
+        .request(Method::GET, &format!("{}/metrics", controller.url), None, None, 5_000)
+        .await
+        .expect("metrics");
+    assert!(
+        metrics
+            .text()
+            .contains("switchyard_controller_requests_refused_total{code=\"other_vantage\"} 4"),
+        "{}",
+        metrics.text()
+    );
+
     // The genuine second agent agreeing is a majority: failover.
     let (status, _) = controller.report_as(AGENT_B, "agent-b", Down, Up).await;
     assert_eq!(status, 204);
