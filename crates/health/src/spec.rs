@@ -648,6 +648,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn urls_are_parsed_for_scheme_host_and_port() {
+        let parts = |url: &str| parse_url(url, true).map(|p| (p.https, p.host, p.port));
+        assert_eq!(
+            parts("http://10.0.0.5:8080/health"),
+            Ok((false, "10.0.0.5".into(), 8080))
+        );
+        assert_eq!(
+            parts("https://dynamodb.eu-west-1.amazonaws.com"),
+            Ok((true, "dynamodb.eu-west-1.amazonaws.com".into(), 443))
+        );
+        assert_eq!(parts("http://[::1]:53/x?y#z"), Ok((false, "::1".into(), 53)));
+        assert_eq!(
+            parts("http://user:secret@db.internal/"),
+            Ok((false, "db.internal".into(), 80))
+        );
+        for (url, needle) in [
+            ("10.0.0.5:8080", "does not start with"),
+            ("http://", "has no host"),
+            ("http://:80/", "has no host"),
+            ("http://a b/", "spaces"),
+            ("http://host:65536/", "port '65536'"),
+            ("http://host:0/", "port '0'"),
+            ("http://host:+80/", "port '+80'"),
+            ("http://[::1/", "closing ']'"),
+            ("http://[zz]:1/", "not an IPv6 address"),
+            ("http://ho$t/", "neither an IP address nor a DNS name"),
+            ("http://a..b/", "neither an IP address nor a DNS name"),
+        ] {
+            let error = parse_url(url, true).expect_err(url);
+            assert!(error.contains(needle), "{url}: {error}");
+        }
+        assert!(
+            parse_url("https://a.example/", false)
+                .expect_err("http only")
+                .contains("use http://")
+        );
+        let long = format!("http://a.example/{}", "x".repeat(URL_BYTES_MAX));
+        assert!(parse_url(&long, true).expect_err("too long").contains("bound"));
+    }
+
+    #[test]
     fn defaults_detect_within_three_seconds_of_probing() {
         let spec = CheckSpec::new("c", "r", ProbeKind::Tcp { address: "a:1".into() });
         assert!(spec.interval_ms + u64::from(spec.fall - 1) * spec.fast_interval_ms <= 3000);
