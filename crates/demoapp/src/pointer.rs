@@ -64,13 +64,21 @@ impl PointerView {
         }
     }
 
-    /// Takes an answer unless it is older than what is known. Returns whether the region or
-    /// generation changed.
+    /// Takes an answer unless it is older than what is known, or more than
+    /// `GENERATION_STEP_MAX` newer (forged or corrupt: it would make every genuine answer look
+    /// old). Returns whether the region or generation changed.
     pub fn accept(&mut self, answer: ActiveRegion, now: Instant) -> bool {
         self.answered_at = Some(now);
         self.error = None;
         match &self.active {
             Some(current) if answer.generation < current.generation => false,
+            Some(current) if answer.generation - current.generation > GENERATION_STEP_MAX => {
+                self.error = Some(format!(
+                    "refused generation {}: more than {GENERATION_STEP_MAX} above {}",
+                    answer.generation, current.generation
+                ));
+                false
+            }
             Some(current) if *current == answer => false,
             _ => {
                 self.active = Some(answer);
@@ -225,6 +233,9 @@ async fn fetch(
         .map_err(|_| format!("GET {url}: no answer within {} ms", WAIT_MS + ANSWER_SLACK_MS))?
 }
 
+/// How far above the known generation an answer may be (generations grow by one per runbook).
+pub const GENERATION_STEP_MAX: u64 = 1 << 32;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +264,12 @@ mod tests {
             "a late, older answer is ignored"
         );
         assert_eq!(view.usable(now, 1000), Ok(&region("eu-west-1", 4)));
+        assert!(
+            !view.accept(region("us-east-1", u64::MAX), now),
+            "a generation far ahead is refused"
+        );
+        assert_eq!(view.usable(now, 1000), Ok(&region("eu-west-1", 4)));
+        assert!(view.accept(region("us-east-1", 4 + GENERATION_STEP_MAX), now));
     }
 
     #[test]
