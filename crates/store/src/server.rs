@@ -438,6 +438,11 @@ fn replication_health(store: &Store) -> serde_json::Value {
                         "records_pushed": status.last_repair_records_pushed.load(Relaxed),
                     },
                     "last_error": last_error,
+                    // When it happened; with consecutive_failures at 0 it is history.
+                    "last_error_at_unix_ms": match status.last_error_at_unix_ms.load(Relaxed) {
+                        0 => None,
+                        at => Some(at),
+                    },
                 }),
             )
         })
