@@ -184,6 +184,10 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str], hosts: &
     text
 }
 
+/// The lab's stores refuse new writes below this much free disk (see `switchyard store
+/// --disk-free-bytes-min`).
+pub const LAB_DISK_FREE_BYTES_MIN: &str = "256MiB";
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("--regions {0}: the lab runs 2 to {REGIONS_MAX} regions")]
@@ -468,6 +472,10 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             data.display().to_string(),
             "--replication-key-file".to_string(),
             dir.join("config").join("replication.key").display().to_string(),
+            // A lab shares its machine's disk with everything else: the production watermark
+            // (5 % of a large disk) would make a developer's lab read-only.
+            "--disk-free-bytes-min".to_string(),
+            LAB_DISK_FREE_BYTES_MIN.to_string(),
         ];
         for (j, other) in regions.iter().enumerate() {
             if i != j {

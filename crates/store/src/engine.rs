@@ -374,9 +374,19 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens (or creates) the database under `data_dir` and starts the writer thread.
+    /// Opens (or creates) the database under `data_dir` and starts the writer thread, without
+    /// the disk watermark or a reserve (embedding and tests: their outcome must not depend on
+    /// the host's free space). `switchyard store` opens with [`Engine::open_with`] and the
+    /// production settings.
     pub fn open(data_dir: &Path, region: &str, clock: Arc<dyn Clock>) -> Result<Engine, OpenError> {
-        Engine::open_with(data_dir, region, clock, EngineOptions::default())
+        let unguarded = EngineOptions {
+            disk: crate::disk::DiskSettings {
+                free_bytes_min: Some(0),
+                reserve_bytes: 0,
+            },
+            faults: None,
+        };
+        Engine::open_with(data_dir, region, clock, unguarded)
     }
 
     /// [`Engine::open`] with the disk watermark's settings (and, in tests, an injected disk).
