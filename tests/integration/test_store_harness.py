@@ -55,6 +55,8 @@ class StoreProcess:
                    "--data-dir", str(self.data_dir), "--ready-file", str(ready)]
         if self.credentials_file:
             command += ["--credentials", str(self.credentials_file)]
+        # The environment is not passed on (see start): the suite's disk watermark goes as a flag.
+        command += ["--disk-free-bytes-min", os.environ.get("SWITCHYARD_DISK_FREE_BYTES_MIN", "64MiB")]
         return command, ready
 
     def start(self):

@@ -33,6 +33,9 @@ pub const THROUGHPUT_ROUNDS: usize = 3;
 pub const REGIONS_MAX: usize = 5;
 /// Longest wait for the peers to apply everything before a throughput round starts.
 pub const CATCH_UP_DEADLINE_MS: u64 = 300_000;
+/// The benchmark's stores refuse new writes below this much free disk.
+const BENCH_DISK_FREE_BYTES_MIN: &str = "256MiB";
+
 const REPLICATION_KEY: &str = "benchmark-replication-key-0123456789abcdef";
 const TABLE: &str = "lag";
 const REGION_NAMES: [&str; REGIONS_MAX] = ["us-east-1", "eu-west-1", "ap-south-1", "us-west-2", "eu-central-1"];
@@ -147,6 +150,9 @@ fn spawn_store(
     };
     command
         .args(["store", "--region", region, "--listen", &format!("127.0.0.1:{port}")])
+        // Measured stores share the machine's disk: the production watermark (5 % of a large
+        // disk) could make them read-only.
+        .args(["--disk-free-bytes-min", BENCH_DISK_FREE_BYTES_MIN])
         .arg("--data-dir")
         .arg(&data)
         .arg("--ready-file")

@@ -44,6 +44,9 @@ pub const HEALTH_PROBE_MS: u64 = 2_000;
 /// answering nothing) would otherwise make every standby's `/health` outlast its checkers'
 /// timeouts, and the standbys would look down exactly when they are needed.
 pub const ACTIVE_STORE_PROBE_MS: u64 = 100;
+/// The store's reserved table for write probes (Switchyard's store creates it, never lists it
+/// and never replicates it).
+pub const HEARTBEAT_TABLE: &str = "__switchyard_health";
 /// Longest Idempotency-Key.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 64;
 
@@ -413,9 +416,18 @@ impl Shop {
                 view.usable(now, self.config.pointer_stale_ms).ok().cloned(),
             )
         };
+        // The local store must read and write: this region's shop writes to it once it is
+        // active, so a store that cannot write (a full disk) makes the region unfit to serve.
         let local = async {
             match self.local() {
-                Ok(store) => probe(store, &self.config.tables.orders, HEALTH_PROBE_MS).await,
+                Ok(store) => {
+                    let instance = &self.config.instance;
+                    let checks = async {
+                        probe(store, &self.config.tables.orders).await?;
+                        probe_write(store, instance).await
+                    };
+                    within(store, HEALTH_PROBE_MS, checks).await
+                }
                 Err(error) => Err(error.to_string()),
             }
         };
@@ -425,7 +437,7 @@ impl Shop {
                 return None;
             }
             Some(match self.writer() {
-                Ok((store, _)) => probe(store, &self.config.tables.orders, ACTIVE_STORE_PROBE_MS).await,
+                Ok((store, _)) => within(store, ACTIVE_STORE_PROBE_MS, probe(store, &self.config.tables.orders)).await,
                 Err(error) => Err(error.to_string()),
             })
         };
@@ -476,12 +488,50 @@ fn record(
     }
 }
 
-async fn probe(store: &Client, table: &str, timeout_ms: u64) -> Result<(), String> {
+async fn probe(store: &Client, table: &str) -> Result<(), String> {
     let request = json!({"TableName": table});
-    let call = store.call("DescribeTable", &request);
-    match tokio::time::timeout(Duration::from_millis(timeout_ms), call).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(error.to_string()),
+    store
+        .call("DescribeTable", &request)
+        .await
+        .map(|_| ())
+        .map_err(|error| error.to_string())
+}
+
+/// A conditional put of this instance's heartbeat into the store's reserved table. A store
+/// without that table (not Switchyard's) is not write-checked.
+async fn probe_write(store: &Client, instance: &str) -> Result<(), String> {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    // Never used before by this process, so the condition holds and only a store that cannot
+    // write fails the put.
+    let nonce = format!(
+        "{now_ms}-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let request = json!({
+        "TableName": HEARTBEAT_TABLE,
+        "Item": {"pk": {"S": format!("demo-app/{instance}")}, "nonce": {"S": nonce}, "at_unix_ms": {"N": now_ms.to_string()}},
+        "ConditionExpression": "attribute_not_exists(nonce) OR nonce <> :nonce",
+        "ExpressionAttributeValues": {":nonce": {"S": nonce}},
+    });
+    match store.call("PutItem", &request).await {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == Some("ResourceNotFoundException") => Ok(()),
+        Err(error) => Err(format!("the store cannot write: {error}")),
+    }
+}
+
+/// `checks` cut at `timeout_ms`.
+async fn within(
+    store: &Client,
+    timeout_ms: u64,
+    checks: impl Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), checks).await {
+        Ok(result) => result,
         Err(_) => Err(format!(
             "store {} did not answer within {timeout_ms} ms",
             store.endpoint()

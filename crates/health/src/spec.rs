@@ -269,7 +269,10 @@ pub enum ProbeKind {
         expect: Option<String>,
     },
     /// A DynamoDB read against a store (Switchyard's or AWS's): `GetItem` of `key` if given,
-    /// else `Scan` with `Limit = 1`. Signed with SigV4 when credentials are given.
+    /// else `Scan` with `Limit = 1`. Signed with SigV4 when credentials are given. With
+    /// `write = true`, also a conditional `PutItem` of a heartbeat item into the reserved table
+    /// `__switchyard_health` (`probe::HEARTBEAT_TABLE`), so a store that reads but cannot
+    /// write (a full disk, a failing writer) is down.
     Dynamodb {
         /// `http://host:port` or `https://dynamodb.REGION.amazonaws.com`.
         endpoint: String,
@@ -292,6 +295,10 @@ pub enum ProbeKind {
         /// reading (unknown, never 0); with no reading at all the lag is unknown.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         lag_sources: Vec<String>,
+        /// Also write a heartbeat (Switchyard's stores keep the table; on AWS, create
+        /// `__switchyard_health` with a string hash key `pk`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        write: bool,
     },
     /// `SELECT 1` on MariaDB/MySQL or PostgreSQL, optionally reading replica lag.
     Sql {
@@ -753,6 +760,7 @@ mod tests {
                 access_key_id: Some("AK".into()),
                 secret_access_key: Some("SK".into()),
                 lag_sources: vec!["http://127.0.0.1:8001".into()],
+                write: true,
             },
             ProbeKind::Sql {
                 driver: SqlDriver::Postgres,
@@ -870,6 +878,7 @@ mod tests {
             access_key_id: None,
             secret_access_key: None,
             lag_sources: sources.iter().map(|s| s.to_string()).collect(),
+            write: false,
         };
         let pairs = [
             ("127.0.0.1:18000", "127.0.0.1:19000"),
@@ -963,6 +972,7 @@ mod tests {
             access_key_id: None,
             secret_access_key: None,
             lag_sources: vec!["127.0.0.1:8001".into()],
+            write: false,
         };
         let error = CheckSpec::new("c", "r", kind.clone())
             .validate()

@@ -188,6 +188,10 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str], hosts: &
     text
 }
 
+/// The lab's stores refuse new writes below this much free disk (see `switchyard store
+/// --disk-free-bytes-min`).
+pub const LAB_DISK_FREE_BYTES_MIN: &str = "256MiB";
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("--regions {0}: the lab runs 2 to {REGIONS_MAX} regions")]
@@ -472,6 +476,10 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             data.display().to_string(),
             "--replication-key-file".to_string(),
             dir.join("config").join("replication.key").display().to_string(),
+            // A lab shares its machine's disk with everything else: the production watermark
+            // (5 % of a large disk) would make a developer's lab read-only.
+            "--disk-free-bytes-min".to_string(),
+            LAB_DISK_FREE_BYTES_MIN.to_string(),
         ];
         for (j, other) in regions.iter().enumerate() {
             if i != j {
@@ -628,8 +636,10 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 url(ports.health(i, 0))
             );
         }
-        // The region's store, read like the shop reads it; its lag_sources (the other regions'
-        // stores) give the replication lag into the region, which failback waits on.
+        // The region's store, read like the shop reads it and written (a heartbeat in the
+        // store's reserved table, so a region whose store cannot write — a full disk — is
+        // down and fails over); its lag_sources (the other regions' stores) give the
+        // replication lag into the region, which failback waits on.
         for (i, region) in regions.iter().enumerate() {
             let sources: Vec<String> = (0..regions.len())
                 .filter(|j| *j != i)
@@ -637,7 +647,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 .collect();
             let _ = write!(
                 text,
-                "\n[[checks]]\nname = \"{region}-store\"\nregion = \"{region}\"\nkind = {{ type = \"dynamodb\", endpoint = \"{}\", table = \"shop_orders\", lag_sources = {sources:?} }}\n",
+                "\n[[checks]]\nname = \"{region}-store\"\nregion = \"{region}\"\nkind = {{ type = \"dynamodb\", endpoint = \"{}\", table = \"shop_orders\", write = true, lag_sources = {sources:?} }}\n",
                 url(ports.store_health(i, 0))
             );
         }
@@ -940,7 +950,7 @@ mod tests {
         // Failback waits on the replication lag into the region, read from the other stores.
         assert!(controller.contents.contains("failback_lag_check = true"));
         assert!(controller.contents.contains(
-            "name = \"us-east-1-store\"\nregion = \"us-east-1\"\nkind = { type = \"dynamodb\", endpoint = \"http://127.0.0.1:17150\", table = \"shop_orders\", lag_sources = [\"http://127.0.0.1:17200\"] }"
+            "name = \"us-east-1-store\"\nregion = \"us-east-1\"\nkind = { type = \"dynamodb\", endpoint = \"http://127.0.0.1:17150\", table = \"shop_orders\", write = true, lag_sources = [\"http://127.0.0.1:17200\"] }"
         ));
         // The store checks too: one link per vantage, to the region's store.
         assert!(faults.contains(

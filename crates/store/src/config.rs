@@ -13,6 +13,8 @@
 //! replication_backlog_bytes_max = "1GiB"  # log kept for a peer that is behind
 //! clock_offset_alarm_ms = 500             # a peer's clock further off raises an alarm
 //! clock_offset_max_ms = 1000              # local writes never stamped further ahead
+//! disk_free_bytes_min = "2GiB"            # below this, new writes are refused (deletes go on)
+//! disk_reserve_bytes = "64MiB"            # preallocated, released below the watermark
 //!
 //! [store.peers]                           # the other regions' stores, for global tables
 //! eu-west-1 = "http://10.1.0.5:8000"
@@ -43,6 +45,8 @@ pub struct StoreFileConfig {
     pub replication_backlog_bytes_max: Option<u64>,
     pub clock_offset_alarm_ms: Option<u64>,
     pub clock_offset_max_ms: Option<u64>,
+    pub disk_free_bytes_min: Option<u64>,
+    pub disk_reserve_bytes: Option<u64>,
     pub peers: Vec<Peer>,
 }
 
@@ -57,6 +61,35 @@ pub const BACKLOG_BYTES_MIN: u64 = 4096;
 /// Parses a byte size: a whole number, optionally with a binary unit (`KiB`, `MiB`, `GiB`,
 /// `TiB`), like `512MiB`; at least [`BACKLOG_BYTES_MIN`].
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let bytes = parse_byte_size(text)?;
+    if bytes < BACKLOG_BYTES_MIN {
+        return Err(format!(
+            "'{text}' is below the smallest bound, {BACKLOG_BYTES_MIN} bytes"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The disk watermark: a byte size like [`parse_bytes`]; 0 turns the watermark off.
+pub fn parse_disk_free_bytes_min(text: &str) -> Result<u64, String> {
+    parse_byte_size(text)
+}
+
+/// The reserve file's size: a byte size up to [`crate::disk::DISK_RESERVE_BYTES_MAX`]; 0 keeps
+/// no reserve.
+pub fn parse_disk_reserve_bytes(text: &str) -> Result<u64, String> {
+    let bytes = parse_byte_size(text)?;
+    if bytes > crate::disk::DISK_RESERVE_BYTES_MAX {
+        return Err(format!(
+            "'{text}' is more than the largest reserve, {} bytes; a few tens of MiB let deletes commit",
+            crate::disk::DISK_RESERVE_BYTES_MAX
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A whole number of bytes, optionally with a binary unit, without bounds.
+fn parse_byte_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
@@ -77,11 +110,6 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(multiplier))
         .ok_or_else(|| format!("'{text}' is not a byte size; write it like 512MiB or 1073741824"))?;
-    if bytes < BACKLOG_BYTES_MIN {
-        return Err(format!(
-            "'{text}' is below the smallest bound, {BACKLOG_BYTES_MIN} bytes"
-        ));
-    }
     Ok(bytes)
 }
 
@@ -109,6 +137,8 @@ struct RawStore {
     replication_backlog_bytes_max: Option<Spanned<toml::Value>>,
     clock_offset_alarm_ms: Option<Spanned<i64>>,
     clock_offset_max_ms: Option<Spanned<i64>>,
+    disk_free_bytes_min: Option<Spanned<toml::Value>>,
+    disk_reserve_bytes: Option<Spanned<toml::Value>>,
     #[serde(default)]
     peers: BTreeMap<String, Spanned<String>>,
 }
@@ -185,19 +215,6 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
         }
         peers.push(peer);
     }
-    let replication_backlog_bytes_max = raw
-        .replication_backlog_bytes_max
-        .as_ref()
-        .map(|value| {
-            let given = match value.get_ref() {
-                toml::Value::Integer(n) => n.to_string(),
-                toml::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            parse_bytes(&given)
-                .map_err(|message| at(text, value.span(), format!("replication_backlog_bytes_max: {message}")))
-        })
-        .transpose()?;
     let clock_ms = |value: &Option<Spanned<i64>>, key: &str| -> Result<Option<u64>, String> {
         value
             .as_ref()
@@ -218,12 +235,39 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
             })
             .transpose()
     };
+    let bytes = |value: &Option<Spanned<toml::Value>>,
+                 key: &str,
+                 parse: fn(&str) -> Result<u64, String>|
+     -> Result<Option<u64>, String> {
+        value
+            .as_ref()
+            .map(|value| {
+                let given = match value.get_ref() {
+                    toml::Value::Integer(n) => n.to_string(),
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                parse(&given).map_err(|message| at(text, value.span(), format!("{key}: {message}")))
+            })
+            .transpose()
+    };
+    let replication_backlog_bytes_max = bytes(
+        &raw.replication_backlog_bytes_max,
+        "replication_backlog_bytes_max",
+        parse_bytes,
+    )?;
     Ok(StoreFileConfig {
         region,
         listen,
         replication_backlog_bytes_max,
         clock_offset_alarm_ms: clock_ms(&raw.clock_offset_alarm_ms, "clock_offset_alarm_ms")?,
         clock_offset_max_ms: clock_ms(&raw.clock_offset_max_ms, "clock_offset_max_ms")?,
+        disk_free_bytes_min: bytes(
+            &raw.disk_free_bytes_min,
+            "disk_free_bytes_min",
+            parse_disk_free_bytes_min,
+        )?,
+        disk_reserve_bytes: bytes(&raw.disk_reserve_bytes, "disk_reserve_bytes", parse_disk_reserve_bytes)?,
         data_dir: path(&raw.data_dir, "data_dir")?,
         credentials: path(&raw.credentials, "credentials")?,
         replication_key_file: path(&raw.replication_key_file, "replication_key_file")?,
@@ -360,6 +404,26 @@ ap-south-1 = "https://store.ap-south-1.example:8000"
             parse("[store]\nreplication_backlog_bytes_max = 65536\n", Path::new("."))
                 .map(|c| c.replication_backlog_bytes_max),
             Ok(Some(65536))
+        );
+        let error = parse("[store]\n\ndisk_free_bytes_min = \"1 GB\"\n", Path::new(".")).expect_err("unit");
+        assert!(
+            error.starts_with("line 3") && error.contains("disk_free_bytes_min"),
+            "{error}"
+        );
+        let error = parse("[store]\ndisk_reserve_bytes = \"1TiB\"\n", Path::new(".")).expect_err("too big");
+        assert!(
+            error.starts_with("line 2") && error.contains("largest reserve"),
+            "{error}"
+        );
+        let disk = parse(
+            "[store]\ndisk_free_bytes_min = 0\ndisk_reserve_bytes = \"8MiB\"\n",
+            Path::new("."),
+        )
+        .expect("valid");
+        assert_eq!(
+            (disk.disk_free_bytes_min, disk.disk_reserve_bytes),
+            (Some(0), Some(8 << 20)),
+            "0 turns the watermark off"
         );
         let error = parse("[store]\nregion = \"us east\"\n", Path::new(".")).expect_err("region");
         assert!(error.starts_with("line 2") && error.contains("eu-west-1"), "{error}");

@@ -9,12 +9,19 @@
 //!   a failed commit fails every job of the batch and nothing of it is visible;
 //! - jobs that change the catalog run alone in their batch, and the in-memory catalog is swapped
 //!   only after their commit, so no job ever sees a table that storage does not have;
-//! - index entries, TTL entries and counters always match the items (same transaction).
+//! - index entries, TTL entries and counters always match the items (same transaction);
+//! - after a storage I/O error the writer closes and reopens the database (`recovery`) before
+//!   it runs another batch; below the disk watermark (`crate::disk`) new items are refused and
+//!   deletes still run.
+
+mod recovery;
+
+pub use recovery::{EngineOptions, WriterState, WriterStatus};
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dynamo_protocol::value::item_size_bytes;
@@ -25,6 +32,7 @@ use replication::{Hlc, HlcClock, Version};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::{IndexMeta, KeySchema, TableMeta, TableStats};
+use crate::disk::{DiskGuard, DiskStatus, Verdict};
 use crate::keys::{self, KeyHash};
 use crate::record::{self, Record};
 use crate::replication_log;
@@ -98,9 +106,18 @@ fn bytes_table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> 
     TableDefinition::new(name)
 }
 
+/// The reserved regional table the write health probe (`write = true`) puts its heartbeat in.
+/// The store creates it on open, never lists it (ListTables, `/metrics`), never replicates it,
+/// and refuses to change or delete it.
+pub const HEALTH_TABLE: &str = "__switchyard_health";
+
 fn storage_error(context: &str, error: impl std::fmt::Display) -> ApiError {
     tracing::error!(%error, "storage failure while {context}");
-    ApiError::internal(format!("Internal server error: storage failure while {context}"))
+    // The cause (such as "No space left on device") helps the operator and tells the client
+    // nothing about the data.
+    ApiError::internal(format!(
+        "Internal server error: storage failure while {context}: {error}"
+    ))
 }
 
 /// Milliseconds since the Unix epoch; injected so tests and simulations control time.
@@ -239,9 +256,39 @@ enum CatalogChange {
 
 type Completion = Box<dyn FnOnce(Result<(), ApiError>) + Send>;
 
+/// A queued write: run inside a batch, or refused without running (the database is being
+/// reopened), answering its submitter either way.
+trait JobBody: Send {
+    fn run(self: Box<Self>, context: &mut WriteContext<'_>) -> Completion;
+    fn refuse(self: Box<Self>, error: ApiError);
+}
+
+struct JobFn<F, T> {
+    job: F,
+    reply: oneshot::Sender<Result<T, ApiError>>,
+}
+
+impl<F, T> JobBody for JobFn<F, T>
+where
+    F: FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(self: Box<Self>, context: &mut WriteContext<'_>) -> Completion {
+        let JobFn { job, reply } = *self;
+        let outcome = job(context);
+        Box::new(move |commit: Result<(), ApiError>| {
+            let _ = reply.send(commit.and(outcome));
+        })
+    }
+
+    fn refuse(self: Box<Self>, error: ApiError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
 struct Job {
     exclusive: bool,
-    run: Box<dyn FnOnce(&mut WriteContext<'_>) -> Completion + Send>,
+    body: Box<dyn JobBody>,
 }
 
 /// The replication log's head and the bytes ever appended to it.
@@ -252,7 +299,12 @@ pub(crate) struct LogPosition {
 }
 
 struct Shared {
-    db: Database,
+    /// `None` while the writer reopens the database after an I/O error.
+    db: RwLock<Option<Arc<Database>>>,
+    options: EngineOptions,
+    /// The free-space watermark and the reserve (locked by the writer once per batch).
+    disk: Mutex<DiskGuard>,
+    writer_status: Mutex<WriterStatus>,
     region: String,
     catalog: RwLock<Catalog>,
     clock: Arc<dyn Clock>,
@@ -268,6 +320,52 @@ struct Shared {
     purge_below: std::sync::atomic::AtomicU64,
 }
 
+impl Shared {
+    /// The open database, or the error reads and writes get while it is being reopened.
+    fn db(&self) -> Result<Arc<Database>, ApiError> {
+        self.db
+            .read()
+            .expect("database lock is never poisoned")
+            .clone()
+            .ok_or_else(|| {
+                ApiError::new(
+                    dynamo_protocol::ErrorKind::ServiceUnavailable,
+                    "The store is reopening its database after a storage I/O error; retry shortly (its /health says when it is back)",
+                )
+            })
+    }
+
+    /// Measures the disk; `Some(error)` while it is below the watermark.
+    fn refresh_disk(&self) -> Option<ApiError> {
+        let mut disk = self.disk.lock().expect("disk lock is never poisoned");
+        match disk.refresh(self.clock.now_unix_ms()) {
+            Verdict::Room => None,
+            Verdict::Low => Some(low_disk_error(&self.path, disk.status())),
+        }
+    }
+
+    fn note_storage_failure(&self, error: &ApiError) {
+        let mut status = self.writer_status.lock().expect("status lock is never poisoned");
+        status.storage_failures_total += 1;
+        status.last_error = Some(error.message.clone());
+        status.last_error_at_unix_ms = Some(self.clock.now_unix_ms());
+    }
+}
+
+/// The error a new write meets below the watermark: the cause, the figures and the fix.
+fn low_disk_error(path: &Path, disk: &DiskStatus) -> ApiError {
+    let dir = path.parent().unwrap_or(path);
+    ApiError::new(
+        dynamo_protocol::ErrorKind::ServiceUnavailable,
+        format!(
+            "Writes are refused: the disk of the data directory {} has {} bytes free, below disk_free_bytes_min ({} bytes). Deletes still work. Free space on that filesystem (or lower --disk-free-bytes-min); writes resume by themselves",
+            dir.display(),
+            disk.free_bytes,
+            disk.free_bytes_min
+        ),
+    )
+}
+
 /// Handle to the store's storage; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -276,24 +374,48 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens (or creates) the database under `data_dir` and starts the writer thread.
+    /// Opens (or creates) the database under `data_dir` and starts the writer thread, without
+    /// the disk watermark or a reserve (embedding and tests: their outcome must not depend on
+    /// the host's free space). `switchyard store` opens with [`Engine::open_with`] and the
+    /// production settings.
     pub fn open(data_dir: &Path, region: &str, clock: Arc<dyn Clock>) -> Result<Engine, OpenError> {
+        let unguarded = EngineOptions {
+            disk: crate::disk::DiskSettings {
+                free_bytes_min: Some(0),
+                reserve_bytes: 0,
+            },
+            faults: None,
+        };
+        Engine::open_with(data_dir, region, clock, unguarded)
+    }
+
+    /// [`Engine::open`] with the disk watermark's settings (and, in tests, an injected disk).
+    pub fn open_with(
+        data_dir: &Path,
+        region: &str,
+        clock: Arc<dyn Clock>,
+        options: EngineOptions,
+    ) -> Result<Engine, OpenError> {
         std::fs::create_dir_all(data_dir).map_err(|source| OpenError::Directory {
             path: data_dir.to_path_buf(),
             source,
         })?;
         let path = data_dir.join("store.redb");
-        let db = Database::create(&path).map_err(|source| OpenError::Database {
+        let db = recovery::open_database(&path, &options).map_err(|source| OpenError::Database {
             path: path.clone(),
             source: Box::new(source),
         })?;
-        let loaded = load_catalog(&db).map_err(|message| OpenError::Catalog {
+        let loaded = load_catalog(&db, clock.now_unix_ms()).map_err(|message| OpenError::Catalog {
             path: path.clone(),
             message,
         })?;
         let (replog_head, _) = watch::channel(loaded.replog_head);
+        let disk = DiskGuard::new(data_dir, options.disk, options.space_probe());
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
+            disk: Mutex::new(disk),
+            writer_status: Mutex::new(WriterStatus::default()),
+            options,
             region: region.to_string(),
             catalog: RwLock::new(loaded.catalog),
             clock,
@@ -339,6 +461,7 @@ impl Engine {
         })
     }
 
+    /// The users' tables (the reserved [`HEALTH_TABLE`] is left out).
     pub fn table_names(&self) -> Vec<String> {
         self.shared
             .catalog
@@ -346,10 +469,12 @@ impl Engine {
             .expect("catalog lock is never poisoned")
             .tables
             .keys()
+            .filter(|name| name.as_str() != HEALTH_TABLE)
             .cloned()
             .collect()
     }
 
+    /// The users' tables (the reserved [`HEALTH_TABLE`] is left out).
     pub fn tables(&self) -> Vec<Arc<TableMeta>> {
         self.shared
             .catalog
@@ -357,6 +482,7 @@ impl Engine {
             .expect("catalog lock is never poisoned")
             .tables
             .values()
+            .filter(|table| table.name != HEALTH_TABLE)
             .cloned()
             .collect()
     }
@@ -390,12 +516,7 @@ impl Engine {
         let (reply, result) = oneshot::channel();
         let job = Job {
             exclusive,
-            run: Box::new(move |context| {
-                let outcome = job(context);
-                Box::new(move |commit: Result<(), ApiError>| {
-                    let _ = reply.send(commit.and(outcome));
-                })
-            }),
+            body: Box::new(JobFn { job, reply }),
         };
         self.sender.send(job).await.map_err(|_| {
             ApiError::new(
@@ -412,7 +533,7 @@ impl Engine {
     pub fn snapshot(&self) -> Result<Snapshot, ApiError> {
         let txn = self
             .shared
-            .db
+            .db()?
             .begin_read()
             .map_err(|e| storage_error("starting a read", e))?;
         Ok(Snapshot { txn })
@@ -421,7 +542,7 @@ impl Engine {
     /// Exact item and size counters of a table or one of its indexes.
     pub fn stats(&self, table_id: u64, index: Option<&str>) -> TableStats {
         let read = || -> Result<TableStats, Box<dyn std::error::Error>> {
-            let txn = self.shared.db.begin_read()?;
+            let txn = self.shared.db()?.begin_read()?;
             let stats = match txn.open_table(STATS) {
                 Ok(t) => t,
                 Err(TableError::TableDoesNotExist(_)) => return Ok(TableStats::default()),
@@ -490,7 +611,7 @@ struct Loaded {
     replog_bytes: u64,
 }
 
-fn load_catalog(db: &Database) -> Result<Loaded, String> {
+fn load_catalog(db: &Database, now_ms: u64) -> Result<Loaded, String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     let mut catalog = Catalog::default();
     let (hlc_last, replog_head, replog_bytes);
@@ -521,12 +642,71 @@ fn load_catalog(db: &Database) -> Result<Loaded, String> {
             index_tombstones(&txn, &catalog).map_err(|e| format!("indexing tombstones: {e}"))?;
         }
     }
+    if !catalog.tables.contains_key(HEALTH_TABLE) {
+        let meta = create_health_table(&txn, now_ms).map_err(|e| format!("creating {HEALTH_TABLE}: {e}"))?;
+        catalog.tables.insert(meta.name.clone(), Arc::new(meta));
+    }
     txn.commit().map_err(|e| e.to_string())?;
     Ok(Loaded {
         catalog,
         hlc_last,
         replog_head,
         replog_bytes,
+    })
+}
+
+/// Creates the reserved [`HEALTH_TABLE`]: regional, key `pk` (string).
+fn create_health_table(txn: &WriteTransaction, now_ms: u64) -> Result<TableMeta, String> {
+    let request: crate::catalog::CreateTableRequest = serde_json::from_value(serde_json::json!({
+        "TableName": HEALTH_TABLE,
+        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+        "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    }))
+    .map_err(|e| e.to_string())?;
+    let mut settings = txn.open_table(SETTINGS).map_err(|e| e.to_string())?;
+    let id = settings
+        .get(NEXT_TABLE_ID)
+        .map_err(|e| e.to_string())?
+        .map(|v| v.value())
+        .unwrap_or(1);
+    settings.insert(NEXT_TABLE_ID, id + 1).map_err(|e| e.to_string())?;
+    let meta = crate::catalog::table_from_request(&request, id, now_ms as f64 / 1000.0).map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
+    let mut catalog = txn.open_table(CATALOG).map_err(|e| e.to_string())?;
+    catalog
+        .insert(HEALTH_TABLE, bytes.as_slice())
+        .map_err(|e| e.to_string())?;
+    txn.open_table(bytes_table(&data_table_name(id)))
+        .map_err(|e| e.to_string())?;
+    Ok(meta)
+}
+
+/// The catalog and positions as the database holds them, read without writing (after a
+/// reopen, when the disk may be full).
+fn read_state(db: &Database) -> Result<Loaded, String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let mut catalog = Catalog::default();
+    let table = txn.open_table(CATALOG).map_err(|e| e.to_string())?;
+    for entry in table.iter().map_err(|e| e.to_string())? {
+        let (name, bytes) = entry.map_err(|e| e.to_string())?;
+        let meta: TableMeta =
+            serde_json::from_slice(bytes.value()).map_err(|e| format!("table {}: {e}", name.value()))?;
+        catalog.tables.insert(meta.name.clone(), Arc::new(meta));
+    }
+    let settings = txn.open_table(SETTINGS).map_err(|e| e.to_string())?;
+    let read = |name: &str| -> Result<u64, String> {
+        Ok(settings
+            .get(name)
+            .map_err(|e| e.to_string())?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    };
+    Ok(Loaded {
+        hlc_last: read(HLC_LAST)?,
+        replog_head: read(REPLOG_HEAD)?,
+        replog_bytes: read(REPLOG_BYTES)?,
+        catalog,
     })
 }
 
@@ -574,19 +754,50 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
                 }
             }
         }
-        run_batch(&shared, batch);
+        // A panic inside the storage engine (an assertion of redb's after an I/O error) must
+        // not stop the writer: the batch's submitters get an error (their replies drop) and
+        // the database is reopened like after any other storage failure.
+        let end =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_batch(&shared, batch))).unwrap_or_else(|_| {
+                shared.note_storage_failure(&ApiError::internal("the storage engine panicked while writing a batch"));
+                BatchEnd::Poisoned
+            });
+        if end == BatchEnd::Poisoned && !recovery::recover(&shared, &mut receiver) {
+            return;
+        }
     }
 }
 
-fn run_batch(shared: &Shared, batch: Vec<Job>) {
-    let mut txn = match shared.db.begin_write() {
+/// How a batch ended for the writer.
+#[derive(Debug, PartialEq, Eq)]
+enum BatchEnd {
+    /// Committed, or failed with the database still usable.
+    Done,
+    /// The database refuses everything after an I/O error: close and reopen it.
+    Poisoned,
+}
+
+fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
+    let low_disk = shared.refresh_disk();
+    let db = match shared.db() {
+        Ok(db) => db,
+        Err(error) => {
+            for job in batch {
+                job.body.refuse(error.clone());
+            }
+            return BatchEnd::Poisoned;
+        }
+    };
+    let mut txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(error) => {
-            // The jobs never ran, so they mutated nothing; dropping them drops their reply
-            // channels and each submitter gets an internal error.
-            let _ = storage_error("starting a write", error);
-            drop(batch);
-            return;
+            // The jobs never ran, so they mutated nothing.
+            let error = storage_error("starting a write", error);
+            shared.note_storage_failure(&error);
+            for job in batch {
+                job.body.refuse(error.clone());
+            }
+            return recovery::end_of_failed_batch(&db);
         }
     };
     txn.set_durability(Durability::Immediate);
@@ -597,13 +808,24 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
         catalog_changes: Vec::new(),
         failed: None,
         log: None,
+        low_disk,
+        mutations: 0,
+        job_mutations_from: 0,
+        refused_for_space: false,
     };
-    let completions: Vec<Completion> = batch.into_iter().map(|job| (job.run)(&mut context)).collect();
+    let completions: Vec<Completion> = batch
+        .into_iter()
+        .map(|job| {
+            context.job_mutations_from = context.mutations;
+            job.body.run(&mut context)
+        })
+        .collect();
     let WriteContext {
         stats,
         catalog_changes,
         failed,
         log,
+        refused_for_space,
         ..
     } = context;
     let outcome = match failed {
@@ -615,9 +837,18 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
     let outcome = match outcome {
         Ok(()) => txn.commit().map_err(|e| storage_error("committing", e)),
         Err(error) => {
-            let _ = txn.abort();
+            // Dropping aborts; unlike `abort()` it also copes with a transaction whose storage
+            // failed (redb asserts on an explicit abort then, and the writer would die).
+            drop(txn);
             Err(error)
         }
+    };
+    let end = match &outcome {
+        Err(error) if !refused_for_space => {
+            shared.note_storage_failure(error);
+            recovery::end_of_failed_batch(&db)
+        }
+        _ => BatchEnd::Done,
     };
     if let (Ok(()), Some(log)) = (&outcome, log) {
         shared
@@ -641,6 +872,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) {
     for completion in completions {
         completion(outcome.clone());
     }
+    end
 }
 
 /// The log's head and byte count, saved once per batch rather than per change.
@@ -721,6 +953,14 @@ pub struct WriteContext<'a> {
     /// The replication log's new head, if this batch appended to it.
     /// The log's head and byte count after this batch's appends (none yet: `None`).
     log: Option<LogPosition>,
+    /// Set while the disk is below the watermark: the error new items are refused with.
+    low_disk: Option<ApiError>,
+    /// Mutations made in this batch, and the count when the running job started: a job
+    /// refused for space before its first mutation fails alone, after it the whole batch.
+    mutations: u64,
+    job_mutations_from: u64,
+    /// The batch failed because a job that had mutated met the watermark (not a storage fault).
+    refused_for_space: bool,
 }
 
 /// The index entry key of an item, if the item has the index's key attributes.
@@ -786,6 +1026,24 @@ impl WriteContext<'_> {
         }
     }
 
+    /// Refuses a write that adds data while the disk is below the watermark. Before the job's
+    /// first mutation only the job fails; after it, the whole batch (nothing half-done commits).
+    fn check_room(&mut self) -> Result<(), ApiError> {
+        let Some(error) = self.low_disk.clone() else {
+            return Ok(());
+        };
+        self.shared
+            .writer_status
+            .lock()
+            .expect("status lock is never poisoned")
+            .writes_refused_total += 1;
+        if self.mutations > self.job_mutations_from {
+            self.refused_for_space = true;
+            self.failed.get_or_insert_with(|| error.clone());
+        }
+        Err(error)
+    }
+
     pub(crate) fn fail(&mut self, context: &str, error: impl std::fmt::Display) -> ApiError {
         let error = storage_error(context, error);
         self.failed.get_or_insert_with(|| error.clone());
@@ -808,6 +1066,7 @@ impl WriteContext<'_> {
     /// Writes `new` at `key` (replacing `old`, which the caller read in this batch), keeping
     /// indexes, TTL entries and counters in step.
     pub fn put(&mut self, table: &TableMeta, key: &[u8], old: Option<&Item>, new: &Item) -> Result<(), ApiError> {
+        self.check_room()?;
         let hlc = self.local_stamp(table, key)?;
         let record = Record {
             hlc,
@@ -916,6 +1175,10 @@ impl WriteContext<'_> {
         if !replication::applies(&incoming_version, existing_version.as_ref(), purged_below) {
             return Ok(false);
         }
+        if !change.tombstone {
+            // Replicated tombstones still apply below the watermark; new items wait.
+            self.check_room()?;
+        }
         if existing.is_none()
             && change.tombstone
             && change.hlc < self.shared.purge_below.load(std::sync::atomic::Ordering::SeqCst)
@@ -964,6 +1227,7 @@ impl WriteContext<'_> {
         new: Option<&Item>,
         record: Option<&[u8]>,
     ) -> Result<(), redb::Error> {
+        self.mutations += 1;
         {
             let name = data_table_name(table.id);
             let mut data = self.txn.open_table(bytes_table(&name))?;
@@ -1055,6 +1319,8 @@ impl WriteContext<'_> {
 
     /// Allocates a storage id for a new table.
     pub fn next_table_id(&mut self) -> Result<u64, ApiError> {
+        self.check_room()?;
+        self.mutations += 1;
         let result = (|| -> Result<u64, redb::Error> {
             let mut settings = self.txn.open_table(SETTINGS)?;
             let id = settings.get(NEXT_TABLE_ID)?.map(|v| v.value()).unwrap_or(1);
@@ -1066,6 +1332,9 @@ impl WriteContext<'_> {
 
     /// Persists a table definition; the in-memory catalog follows after commit.
     pub fn put_table(&mut self, meta: TableMeta) -> Result<(), ApiError> {
+        refuse_reserved(&meta.name)?;
+        self.check_room()?;
+        self.mutations += 1;
         let bytes = serde_json::to_vec(&meta).expect("serialising a table definition cannot fail");
         let result = (|| -> Result<(), redb::Error> {
             let mut catalog = self.txn.open_table(CATALOG)?;
@@ -1084,6 +1353,8 @@ impl WriteContext<'_> {
     }
 
     pub fn drop_table(&mut self, meta: &TableMeta) -> Result<(), ApiError> {
+        refuse_reserved(&meta.name)?;
+        self.mutations += 1;
         let result = (|| -> Result<(), redb::Error> {
             let mut catalog = self.txn.open_table(CATALOG)?;
             catalog.remove(meta.name.as_str())?;
@@ -1180,6 +1451,16 @@ impl WriteContext<'_> {
         })();
         result.map_err(|e| self.fail("dropping an index", e))
     }
+}
+
+/// The reserved health table is the store's own: no request changes or deletes it.
+fn refuse_reserved(name: &str) -> Result<(), ApiError> {
+    if name == HEALTH_TABLE {
+        return Err(ApiError::validation(format!(
+            "Table {HEALTH_TABLE} is reserved for the store's write health probe and cannot be changed or deleted; use another table name"
+        )));
+    }
+    Ok(())
 }
 
 /// Which stored rows a range read visits.
@@ -1367,6 +1648,27 @@ impl Engine {
     pub fn write_queue_free(&self) -> usize {
         self.sender.capacity()
     }
+
+    /// Measures the disk now (releasing or restoring the reserve as the watermark says) and
+    /// returns what it saw.
+    pub fn disk_status(&self) -> DiskStatus {
+        let _ = self.shared.refresh_disk();
+        self.shared
+            .disk
+            .lock()
+            .expect("disk lock is never poisoned")
+            .status()
+            .clone()
+    }
+
+    /// The writer's state and counters.
+    pub fn writer_status(&self) -> WriterStatus {
+        self.shared
+            .writer_status
+            .lock()
+            .expect("status lock is never poisoned")
+            .clone()
+    }
 }
 
 /// Replication-log entries removed per trim job at most, so a trim never stalls the writer.
@@ -1432,7 +1734,7 @@ impl Engine {
 
     fn setting(&self, name: &str) -> u64 {
         let read = || -> Result<u64, Box<dyn std::error::Error>> {
-            let txn = self.shared.db.begin_read()?;
+            let txn = self.shared.db()?.begin_read()?;
             let settings = txn.open_table(SETTINGS)?;
             Ok(settings.get(name)?.map(|v| v.value()).unwrap_or(0))
         };
@@ -1533,7 +1835,7 @@ impl Engine {
     /// Tombstones waiting in the purge index (including entries a newer write made stale).
     pub fn tombstone_entries(&self) -> u64 {
         let read = || -> Result<u64, Box<dyn std::error::Error>> {
-            let txn = self.shared.db.begin_read()?;
+            let txn = self.shared.db()?.begin_read()?;
             let index = match txn.open_table(TOMBSTONES) {
                 Ok(t) => t,
                 Err(TableError::TableDoesNotExist(_)) => return Ok(0),
@@ -1548,7 +1850,7 @@ impl Engine {
     /// region, barrier)`. Purging waits for them.
     pub fn awaiting_backfills(&self) -> Vec<(u64, String, u64)> {
         let read = || -> Result<Vec<(u64, String, u64)>, Box<dyn std::error::Error>> {
-            let txn = self.shared.db.begin_read()?;
+            let txn = self.shared.db()?.begin_read()?;
             let settings = match txn.open_table(SETTINGS) {
                 Ok(t) => t,
                 Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -1600,7 +1902,7 @@ impl Engine {
     /// round costs no write).
     pub fn oldest_tombstone_hlc(&self) -> Option<u64> {
         let read = || -> Result<Option<u64>, Box<dyn std::error::Error>> {
-            let txn = self.shared.db.begin_read()?;
+            let txn = self.shared.db()?.begin_read()?;
             let index = match txn.open_table(TOMBSTONES) {
                 Ok(t) => t,
                 Err(TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -1670,6 +1972,7 @@ impl WriteContext<'_> {
     }
 
     pub fn set_setting(&mut self, name: &str, value: u64) -> Result<(), ApiError> {
+        self.mutations += 1;
         let result = self
             .txn
             .open_table(SETTINGS)

@@ -147,6 +147,8 @@ pub struct PeerStatus {
     pub repair_total: AtomicU64,
     pub consecutive_failures: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// When `last_error` happened (0: never), so a healed peer's old error reads as old.
+    pub last_error_at_unix_ms: AtomicU64,
     /// Anti-entropy repairs finished, and what the last one compared and moved.
     pub repairs: AtomicU64,
     pub last_repair_ranges_compared: AtomicU64,
@@ -556,6 +558,9 @@ impl Replication {
             tracing::warn!(failures, %error, "replication to a peer failed; retrying with backoff");
         }
         *status.last_error.lock().expect("status lock is never poisoned") = Some(error);
+        status
+            .last_error_at_unix_ms
+            .store(self.engine.now_unix_ms(), Ordering::Relaxed);
     }
 
     fn update_status(&self, status: &PeerStatus, shipper: &Shipper) {

@@ -9,6 +9,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod disk;
 pub mod engine;
 pub mod expr;
 pub mod global;

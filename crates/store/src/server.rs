@@ -26,7 +26,8 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::engine::{Engine, TTL_SWEEP_INTERVAL_MS};
+use crate::disk::DiskStatus;
+use crate::engine::{Engine, TTL_SWEEP_INTERVAL_MS, WriterState, WriterStatus};
 use crate::global::{Replication, ReplicationConfig};
 use crate::ops::Store;
 
@@ -73,6 +74,21 @@ struct Metrics {
     tombstone_purge_lag_ms: Gauge,
     peer_clock_offset_seconds: Family<ClockLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     clock_offset_alarm: Gauge,
+    disk_free_bytes: Gauge,
+    disk_free_bytes_min: Gauge,
+    disk_below_watermark: Gauge,
+    disk_reserve_bytes: Gauge,
+    writer_state: Family<WriterStateLabels, Gauge>,
+    storage_failures: Counter,
+    reopens: Counter,
+    writes_refused: Counter,
+    /// Held while the counters above catch up with the engine's totals (one scrape at a time).
+    mirror: std::sync::Mutex<()>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriterStateLabels {
+    state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,10 +187,67 @@ impl Metrics {
         let tombstone_purge_lag_ms = Gauge::default();
         registry.register(
             "tombstone_purge_lag_ms",
-            "How far the tombstone purge watermark trails this store's clock (grows while a peer is down)",
+            "How far the tombstone purge watermark trails this store's clock (grows while a peer is down; 0 before the first watermark)",
             tombstone_purge_lag_ms.clone(),
         );
+        let disk_free_bytes = Gauge::default();
+        registry.register(
+            "disk_free_bytes",
+            "Free bytes on the data directory's filesystem, counting the store's own reserve file",
+            disk_free_bytes.clone(),
+        );
+        let disk_free_bytes_min = Gauge::default();
+        registry.register(
+            "disk_free_bytes_min",
+            "The watermark: below this many free bytes new writes are refused",
+            disk_free_bytes_min.clone(),
+        );
+        let disk_below_watermark = Gauge::default();
+        registry.register(
+            "disk_below_watermark",
+            "1 while the disk is below the watermark (read-only but for deletes), else 0",
+            disk_below_watermark.clone(),
+        );
+        let disk_reserve_bytes = Gauge::default();
+        registry.register(
+            "disk_reserve_bytes",
+            "Bytes the reserve file holds now (released below the watermark)",
+            disk_reserve_bytes.clone(),
+        );
+        let writer_state = Family::<WriterStateLabels, Gauge>::default();
+        registry.register(
+            "writer_state",
+            "1 for the writer's current state (ok, reopening), 0 for the others",
+            writer_state.clone(),
+        );
+        let storage_failures = Counter::default();
+        registry.register(
+            "storage_failures",
+            "Write batches failed by a storage error (none of them acknowledged)",
+            storage_failures.clone(),
+        );
+        let reopens = Counter::default();
+        registry.register(
+            "database_reopens",
+            "Times the database was closed and reopened after an I/O error",
+            reopens.clone(),
+        );
+        let writes_refused = Counter::default();
+        registry.register(
+            "writes_refused_disk_low",
+            "Writes refused because the disk was below the watermark",
+            writes_refused.clone(),
+        );
         Metrics {
+            disk_free_bytes,
+            disk_free_bytes_min,
+            disk_below_watermark,
+            disk_reserve_bytes,
+            writer_state,
+            storage_failures,
+            reopens,
+            writes_refused,
+            mirror: std::sync::Mutex::new(()),
             tombstones_purged,
             tombstones_waiting,
             peer_clock_offset_seconds,
@@ -365,6 +438,11 @@ fn replication_health(store: &Store) -> serde_json::Value {
                         "records_pushed": status.last_repair_records_pushed.load(Relaxed),
                     },
                     "last_error": last_error,
+                    // When it happened; with consecutive_failures at 0 it is history.
+                    "last_error_at_unix_ms": match status.last_error_at_unix_ms.load(Relaxed) {
+                        0 => None,
+                        at => Some(at),
+                    },
                 }),
             )
         })
@@ -539,19 +617,108 @@ async fn api(
     }
 }
 
+/// What `/health` says: the status, and every reason for it that holds now.
+#[derive(Debug, PartialEq, Eq)]
+struct Verdict {
+    status: &'static str,
+    reasons: Vec<String>,
+}
+
+/// The store's health from its parts, worst first: a stopped writer (`not_ready`), a writer
+/// reopening the database (`degraded`: nothing is served), a disk below the watermark
+/// (`read_only`: reads and deletes are served, new writes refused), replication alarms
+/// (`degraded`), else `ready`. Only `ready` answers 200.
+fn judge_health(
+    writer_alive: bool,
+    writer: &WriterStatus,
+    disk: &DiskStatus,
+    replication_alarms: Vec<String>,
+) -> Verdict {
+    let mut status = "ready";
+    let mut reasons = Vec::new();
+    if !writer_alive {
+        status = "not_ready";
+        reasons.push("the storage writer has stopped; restart the store and check its log".to_string());
+    }
+    if writer.state == WriterState::Reopening {
+        if status == "ready" {
+            status = "degraded";
+        }
+        reasons.push(format!(
+            "writer failing: the database is being reopened after a storage I/O error ({} failed attempts; last error: {}); reads and writes fail until it is back",
+            writer.reopen_attempts,
+            writer.last_error.as_deref().unwrap_or("unknown")
+        ));
+    }
+    if disk.low {
+        if status == "ready" {
+            status = "read_only";
+        }
+        reasons.push(format!(
+            "disk below watermark: {} bytes free of {}, below disk_free_bytes_min ({} bytes); new writes are refused, reads and deletes are served; free space on the data directory's filesystem and writes resume by themselves",
+            disk.free_bytes, disk.total_bytes, disk.free_bytes_min
+        ));
+    }
+    if !replication_alarms.is_empty() && status == "ready" {
+        status = "degraded";
+    }
+    reasons.extend(replication_alarms);
+    if reasons.is_empty() {
+        reasons.push("serving reads and writes".to_string());
+    }
+    Verdict { status, reasons }
+}
+
+/// Replication conditions that make this region unfit to serve (none yet; replication
+/// refused for clock skew belongs here).
+fn replication_alarms(_store: &Store) -> Vec<String> {
+    Vec::new()
+}
+
+fn disk_json(disk: &DiskStatus) -> serde_json::Value {
+    json!({
+        "free_bytes": disk.free_bytes,
+        "total_bytes": disk.total_bytes,
+        "free_bytes_min": disk.free_bytes_min,
+        "below_watermark": disk.low,
+        "reserve_held_bytes": disk.reserve_held_bytes,
+        "problem": disk.problem,
+    })
+}
+
+fn writer_json(writer: &WriterStatus) -> serde_json::Value {
+    json!({
+        "state": writer.state.as_str(),
+        "reopening_since_unix_ms": writer.reopening_since_unix_ms,
+        "reopen_attempts": writer.reopen_attempts,
+        "storage_failures_total": writer.storage_failures_total,
+        "reopens_total": writer.reopens_total,
+        "writes_refused_total": writer.writes_refused_total,
+        "last_error": writer.last_error,
+        "last_error_at_unix_ms": writer.last_error_at_unix_ms,
+        "recovered_at_unix_ms": writer.recovered_at_unix_ms,
+    })
+}
+
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let engine = state.store.engine();
     let writer_alive = engine.writer_alive();
+    let writer = engine.writer_status();
+    let disk = engine.disk_status();
+    let verdict = judge_health(writer_alive, &writer, &disk, replication_alarms(&state.store));
     let body = json!({
-        "status": if writer_alive { "ready" } else { "not_ready" },
-        "reason": if writer_alive { "serving reads and writes" } else { "the storage writer has stopped; restart the store and check its log" },
+        "status": verdict.status,
+        "reason": verdict.reasons.join("; "),
+        "reasons": verdict.reasons,
         "region": engine.region(),
         "tables": engine.table_names().len(),
         "storage_bytes": engine.storage_bytes(),
         "write_queue_free": engine.write_queue_free(),
+        "disk": disk_json(&disk),
+        "writer": writer_json(&writer),
         "replication": replication_health(&state.store),
     });
-    let status = if writer_alive {
+    let status = if verdict.status == "ready" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -576,6 +743,32 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             .set(stats.size_bytes as i64);
     }
     state.metrics.storage_bytes.set(engine.storage_bytes() as i64);
+    let disk = engine.disk_status();
+    let metrics = &state.metrics;
+    metrics.disk_free_bytes.set(disk.free_bytes as i64);
+    metrics.disk_free_bytes_min.set(disk.free_bytes_min as i64);
+    metrics.disk_below_watermark.set(i64::from(disk.low));
+    metrics.disk_reserve_bytes.set(disk.reserve_held_bytes as i64);
+    let writer = engine.writer_status();
+    for candidate in [WriterState::Ok, WriterState::Reopening] {
+        metrics
+            .writer_state
+            .get_or_create(&WriterStateLabels {
+                state: candidate.as_str().to_string(),
+            })
+            .set(i64::from(candidate == writer.state));
+    }
+    // Counters mirror the engine's totals: add what is new since the last scrape.
+    let _mirror = metrics.mirror.lock().expect("metrics lock is never poisoned");
+    let advance = |counter: &Counter, total: u64| {
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    };
+    advance(&metrics.storage_failures, writer.storage_failures_total);
+    advance(&metrics.reopens, writer.reopens_total);
+    advance(&metrics.writes_refused, writer.writes_refused_total);
     if let Some(replication) = state.store.replication() {
         use std::sync::atomic::Ordering::Relaxed;
         state.metrics.replication_log_head.set(engine.log_head() as i64);
@@ -597,11 +790,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 })
                 .set(peer.offset_ms as f64 / 1000.0);
         }
-        state.metrics.tombstone_purge_lag_ms.set(
-            engine
+        // No watermark yet (nothing purged since startup) is no lag figure: 0, not the
+        // milliseconds since 1970.
+        state.metrics.tombstone_purge_lag_ms.set(match below {
+            0 => 0,
+            _ => engine
                 .now_unix_ms()
                 .saturating_sub(below >> replication::hlc::LOGICAL_BITS) as i64,
-        );
+        });
         for (region, status) in &replication.status {
             let labels = PeerLabels {
                 source: replication.region().to_string(),

@@ -142,7 +142,8 @@ struct CeilingArgs {
 struct StoreArgs {
     /// A deployment file whose `[store]` section sets any of the options below (`region`,
     /// `listen`, `data_dir`, `credentials`, `replication_key_file`,
-    /// `replication_backlog_bytes_max`, `clock_offset_alarm_ms`, `clock_offset_max_ms`, and `[store.peers]` as
+    /// `replication_backlog_bytes_max`, `clock_offset_alarm_ms`, `clock_offset_max_ms`,
+    /// `disk_free_bytes_min`, `disk_reserve_bytes`, and `[store.peers]` as
     /// REGION = "URL" lines); flags and environment variables override it. See the README.
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
@@ -189,6 +190,15 @@ struct StoreArgs {
     /// writes to those very items still order after them [default: 1000].
     #[arg(long, value_name = "MS", env = "SWITCHYARD_CLOCK_OFFSET_MAX_MS", value_parser = clap::value_parser!(u64).range(store::config::CLOCK_OFFSET_MS_MIN..=store::config::CLOCK_OFFSET_MS_MAX))]
     clock_offset_max_ms: Option<u64>,
+    /// Below this much free space on the data directory's filesystem new writes are refused
+    /// (deletes, TTL expiry and replicated tombstones still commit) until space returns; 0 turns
+    /// it off [default: the larger of 1GiB and 5 % of the filesystem].
+    #[arg(long, value_name = "BYTES", env = "SWITCHYARD_DISK_FREE_BYTES_MIN", value_parser = store::config::parse_disk_free_bytes_min)]
+    disk_free_bytes_min: Option<u64>,
+    /// Space preallocated in the data directory and released below the watermark, so deletes
+    /// can commit on a full disk; 0 keeps none [default: 64MiB].
+    #[arg(long, value_name = "BYTES", env = "SWITCHYARD_DISK_RESERVE_BYTES", value_parser = store::config::parse_disk_reserve_bytes)]
+    disk_reserve_bytes: Option<u64>,
 }
 
 /// A store's settings: flags and environment over the config file over the defaults.
@@ -204,6 +214,7 @@ struct StoreSettings {
     replication_backlog_bytes_max: u64,
     clock_offset_alarm_ms: u64,
     clock_offset_max_ms: u64,
+    disk: store::disk::DiskSettings,
 }
 
 const STORE_REGION_DEFAULT: &str = "us-east-1";
@@ -248,6 +259,13 @@ impl StoreArgs {
                 .clock_offset_max_ms
                 .or(file.clock_offset_max_ms)
                 .unwrap_or(store::global::CLOCK_OFFSET_MAX_MS_DEFAULT),
+            disk: store::disk::DiskSettings {
+                free_bytes_min: self.disk_free_bytes_min.or(file.disk_free_bytes_min),
+                reserve_bytes: self
+                    .disk_reserve_bytes
+                    .or(file.disk_reserve_bytes)
+                    .unwrap_or(store::disk::DISK_RESERVE_BYTES_DEFAULT),
+            },
         })
     }
 }
@@ -364,7 +382,15 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         store::server::check_exposure(args.listen, credentials.as_ref())?;
     }
     let replication = replication_config(&args)?;
-    let engine = store::Engine::open(&args.data_dir, &args.region, Arc::new(store::SystemClock))?;
+    let engine = store::Engine::open_with(
+        &args.data_dir,
+        &args.region,
+        Arc::new(store::SystemClock),
+        store::engine::EngineOptions {
+            disk: args.disk,
+            faults: None,
+        },
+    )?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| {
         format!(
             "listen on {} (is the port in use? pick another with --listen)",

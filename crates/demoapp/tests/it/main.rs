@@ -367,6 +367,53 @@ async fn health_turns_503_when_the_store_is_gone() {
 }
 
 #[tokio::test]
+async fn health_turns_503_when_the_store_cannot_write() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let faults = store::disk::FaultyDisk::new();
+    let options = store::engine::EngineOptions {
+        disk: store::disk::DiskSettings {
+            free_bytes_min: Some(1 << 20),
+            reserve_bytes: 0,
+        },
+        faults: Some(faults.clone()),
+    };
+    let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(SystemClock), options).expect("open engine");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        store::server::run(
+            listener,
+            engine,
+            ServerConfig {
+                credentials: None,
+                replication: None,
+            },
+            std::future::pending(),
+        )
+        .await
+        .expect("store runs");
+    });
+    let mut shop = ShopUnderTest::start(DemoAppConfig::single("us-east-1", &url)).await;
+    shop.wait_health("ok", |status, body| status == 200 && body["status"] == json!("ok"))
+        .await;
+    // The store's disk falls below its watermark: it still reads, but cannot take an order.
+    let used: u64 = std::fs::read_dir(dir.path())
+        .expect("data dir")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    faults.set_capacity_bytes(used + (512 << 10));
+    let body = shop.wait_health("503", |status, _| status == 503).await;
+    let reason = body["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("local_store") && reason.contains("cannot write"),
+        "{reason}"
+    );
+    faults.set_capacity_bytes(u64::MAX);
+    shop.wait_health("ok again", |status, _| status == 200).await;
+}
+
+#[tokio::test]
 async fn health_stays_ok_when_only_the_active_regions_store_is_gone() {
     // A standby's health is about its own region: when the active region dies, the standby
     // must stay healthy or the controller sees every region down and cannot fail over.

@@ -1,7 +1,9 @@
 //! DynamoDB probe: `GetItem` of a key, or `Scan` with `Limit = 1`, against any endpoint that
 //! speaks DynamoDB's JSON protocol; SigV4-signed when credentials are given. With
 //! `lag_sources`, it also reads the replication lag into the check's region from the other
-//! regions' Switchyard stores.
+//! regions' Switchyard stores. With `write`, a conditional `PutItem` of a heartbeat into the
+//! reserved table [`HEARTBEAT_TABLE`] follows the read: a store that can read but not write is
+//! down.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -13,6 +15,11 @@ use super::{Finding, http::exchange};
 
 /// Path of a Switchyard store's health document.
 const STORE_HEALTH_PATH: &str = "/health";
+/// The reserved table of write probes; Switchyard's store creates it (its
+/// `engine::HEALTH_TABLE`), hides it from ListTables and never replicates it.
+pub const HEARTBEAT_TABLE: &str = "__switchyard_health";
+/// The heartbeat item's partition key.
+const HEARTBEAT_KEY: &str = "heartbeat";
 
 pub(super) async fn probe(
     endpoint: &str,
@@ -20,6 +27,7 @@ pub(super) async fn probe(
     key: Option<&serde_json::Value>,
     region: &str,
     credentials: Option<(&str, &str)>,
+    write: bool,
 ) -> Finding {
     let uri: hyper::Uri = match endpoint.parse() {
         Ok(uri) => uri,
@@ -35,19 +43,91 @@ pub(super) async fn probe(
         Some(key) => ("GetItem", serde_json::json!({"TableName": table, "Key": key})),
         None => ("Scan", serde_json::json!({"TableName": table, "Limit": 1})),
     };
-    let body = body.to_string().into_bytes();
-    let now_secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let request = match build_request(&authority, operation, body, region, credentials, now_secs) {
-        Ok(request) => request,
-        Err(error) => return Finding::down(error),
+    let target = Target {
+        authority: &authority,
+        host: &host,
+        port,
+        https,
+        region,
+        credentials,
     };
-    match exchange(&host, port, https, request).await {
-        Err(error) => Finding::down(error),
+    let read = match target.call(operation, &body).await {
+        Err(error) => return Finding::down(error),
         Ok((status, body)) => judge(operation, table, status, &body),
+    };
+    if !read.success || !write {
+        return read;
     }
+    let heartbeat = heartbeat_request(&nonce(), now_ms());
+    let written = match target.call("PutItem", &heartbeat).await {
+        Err(error) => return Finding::down(format!("{}; heartbeat write: {error}", read.detail)),
+        Ok((status, body)) => judge("PutItem", HEARTBEAT_TABLE, status, &body),
+    };
+    let detail = format!("{}; {}", read.detail, written.detail);
+    if written.success {
+        Finding::up(detail)
+    } else {
+        Finding::down(detail)
+    }
+}
+
+/// Where a probe sends its requests.
+struct Target<'a> {
+    authority: &'a str,
+    host: &'a str,
+    port: u16,
+    https: bool,
+    region: &'a str,
+    credentials: Option<(&'a str, &'a str)>,
+}
+
+impl Target<'_> {
+    async fn call(&self, operation: &str, body: &serde_json::Value) -> Result<(u16, Vec<u8>), String> {
+        let now_secs = (now_ms() / 1000) as i64;
+        let request = build_request(
+            self.authority,
+            operation,
+            body.to_string().into_bytes(),
+            self.region,
+            self.credentials,
+            now_secs,
+        )?;
+        exchange(self.host, self.port, self.https, request).await
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A value no earlier heartbeat of this process used (time and a counter): the condition
+/// below then holds, so only a store that cannot write fails the put.
+fn nonce() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}-{}-{count}", std::process::id())
+}
+
+/// The conditional put of the heartbeat: a condition makes the store evaluate it in its
+/// writer, as the shop's conditional writes are.
+fn heartbeat_request(nonce: &str, now_ms: u64) -> serde_json::Value {
+    serde_json::json!({
+        "TableName": HEARTBEAT_TABLE,
+        "Item": {
+            "pk": {"S": HEARTBEAT_KEY},
+            "nonce": {"S": nonce},
+            "at_unix_ms": {"N": now_ms.to_string()},
+        },
+        "ConditionExpression": "attribute_not_exists(nonce) OR nonce <> :nonce",
+        "ExpressionAttributeValues": {":nonce": {"S": nonce}},
+    })
 }
 
 fn build_request(
@@ -256,6 +336,7 @@ fn judge(operation: &str, table: &str, status: u16, body: &[u8]) -> Finding {
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     if status == 200 {
         let found = match (operation, &json) {
+            ("PutItem", Some(_)) => "heartbeat written".to_string(),
             ("GetItem", Some(json)) => {
                 if json.get("Item").is_some() {
                     "item found".to_string()

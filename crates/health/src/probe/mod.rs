@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::spec::{CheckSpec, ProbeKind, SqlDriver};
 
+pub use dynamodb::HEARTBEAT_TABLE;
 pub use http::BODY_BYTES_MAX;
 
 /// Bytes of a server reply a probe reads at most (Redis INFO, SQL rows, DNS answers).
@@ -126,10 +127,11 @@ async fn run(spec: &CheckSpec, started: Instant) -> Finding {
             access_key_id,
             secret_access_key,
             lag_sources,
+            write,
         } => {
             let credentials = access_key_id.as_deref().zip(secret_access_key.as_deref());
             let region = signing_region.as_deref().unwrap_or(&spec.region);
-            let finding = dynamodb::probe(endpoint, table, key.as_ref(), region, credentials).await;
+            let finding = dynamodb::probe(endpoint, table, key.as_ref(), region, credentials, *write).await;
             if !finding.success || lag_sources.is_empty() {
                 return finding;
             }

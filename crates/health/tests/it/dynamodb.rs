@@ -20,6 +20,7 @@ fn dynamodb(endpoint: &str, table: &str, key: Option<serde_json::Value>, secret:
         access_key_id: secret.map(|_| "AKIDHEALTH".to_string()),
         secret_access_key: secret.map(str::to_string),
         lag_sources: Vec::new(),
+        write: false,
     }
 }
 
@@ -259,4 +260,87 @@ async fn dynamodb_probe_reads_inbound_replication_lag_from_the_other_region() {
     assert_eq!(down.replica_lag_ms, None, "{down:?}");
     assert!(down.detail.contains("unknown"), "{}", down.detail);
     east.stop().await;
+}
+
+#[tokio::test]
+async fn the_write_probe_fails_against_a_store_that_cannot_write() {
+    assert_eq!(
+        health::probe::HEARTBEAT_TABLE,
+        store::engine::HEALTH_TABLE,
+        "one reserved table"
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let faults = store::disk::FaultyDisk::new();
+    let options = store::engine::EngineOptions {
+        disk: store::disk::DiskSettings {
+            free_bytes_min: Some(1 << 20),
+            reserve_bytes: 0,
+        },
+        faults: Some(faults.clone()),
+    };
+    let engine =
+        store::Engine::open_with(dir.path(), "east", Arc::new(store::SystemClock), options).expect("open engine");
+    let admin = store::Store::new(engine.clone());
+    admin
+        .handle(
+            "CreateTable",
+            json!({
+                "TableName": "health",
+                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+                "BillingMode": "PAY_PER_REQUEST"
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .await
+        .expect("create table");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(store::server::run(
+        listener,
+        engine,
+        store::server::ServerConfig {
+            credentials: None,
+            replication: None,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let writing = |write| {
+        let mut kind = dynamodb(&endpoint, "health", None, None);
+        if let ProbeKind::Dynamodb { write: w, .. } = &mut kind {
+            *w = write;
+        }
+        spec(kind)
+    };
+
+    let up = probe(&writing(true)).await;
+    assert!(up.success, "{up:?}");
+    assert!(up.detail.contains("heartbeat written"), "{}", up.detail);
+
+    // The disk falls below the store's watermark: reads go on, the write probe is down.
+    let used: u64 = std::fs::read_dir(dir.path())
+        .expect("data dir")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    faults.set_capacity_bytes(used + (512 << 10));
+    let read_only = probe(&writing(false)).await;
+    assert!(read_only.success, "a read-only probe sees nothing wrong: {read_only:?}");
+    let down = probe(&writing(true)).await;
+    assert!(!down.success, "{down:?}");
+    assert!(
+        down.detail.contains("ServiceUnavailable") && down.detail.contains("disk_free_bytes_min"),
+        "{}",
+        down.detail
+    );
+
+    faults.set_capacity_bytes(u64::MAX);
+    let again = probe(&writing(true)).await;
+    assert!(again.success, "up again once space returns: {again:?}");
+    let _ = stop.send(());
+    server.await.expect("server task").expect("server stops cleanly");
 }

@@ -674,6 +674,49 @@ async fn a_backfill_unfinished_before_a_restart_starts_again() {
     assert_eq!(replica_status_after_restart(false).await, "ACTIVE");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_error_carries_its_time_and_no_lag_figure_counts_from_1970() {
+    use store::global::TableRequest;
+
+    let started_ms = now_ms();
+    let (mut region, mut table) = lone_region_with_carts().await;
+    table.replicas = vec!["us-east-1".into(), "eu-west-1".into()];
+    let body = serde_json::to_vec(&TableRequest {
+        table,
+        delete: false,
+        sequence: 1,
+        joining: false,
+    })
+    .expect("serialize");
+    let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", body).await;
+    assert_eq!(status, 200, "{answer}");
+    ok(
+        &region.url,
+        "PutItem",
+        json!({"TableName": "carts", "Item": {"id": {"S": "cart-1"}}}),
+    )
+    .await;
+    // eu-west-1 never answers: shipping fails, and nothing is ever purged.
+    let deadline = Instant::now() + CONVERGENCE_DEADLINE;
+    let peer = loop {
+        let health = get_json(&format!("{}/health", region.url)).await;
+        let peer = health["replication"]["peers"]["eu-west-1"].clone();
+        if !peer["last_error"].is_null() {
+            break peer;
+        }
+        assert!(Instant::now() < deadline, "no replication error reported: {health}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let at = peer["last_error_at_unix_ms"].as_u64().expect("the error's time");
+    assert!(at >= started_ms, "{peer}");
+    let metrics = reqwest_text(&format!("{}/metrics", region.url)).await;
+    assert!(
+        metrics.contains("switchyard_store_tombstone_purge_lag_ms 0\n"),
+        "no watermark yet is no lag, not the time since 1970: {metrics}"
+    );
+    stop(&mut region).await;
+}
+
 /// A repair captured off the wire and replayed after the item was deleted and its tombstone
 /// purged must not bring the item back in this region only — neither before nor after a
 /// restart (the purge watermark that stands in for the tombstone is durable).

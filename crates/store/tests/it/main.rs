@@ -646,6 +646,7 @@ mod decoder_fuzz {
     }
 }
 
+mod disk;
 mod global;
 mod replication_fuzz;
 mod server;

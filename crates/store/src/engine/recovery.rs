@@ -1,0 +1,219 @@
+//! Recovery from storage I/O errors without a restart.
+//!
+//! After one I/O error redb refuses every later write ("Previous I/O error occurred. Please
+//! close and re-open the database."), and reads of pages not in its cache. So when a batch
+//! fails and the database reports such an error, the writer fails that batch (nothing of it
+//! is acknowledged), closes the database and opens it again — redb repairs it to its last
+//! committed state — retrying with capped exponential backoff. Meanwhile reads and writes
+//! fail at once with `ServiceUnavailable` (the queue is drained, never left waiting), and
+//! `/health` says `degraded` with the error. The disk reserve is released before each attempt
+//! so the repair finds room on a full disk.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redb::{Database, DatabaseError};
+use tokio::sync::mpsc;
+
+use super::{BatchEnd, Job, Shared, read_state};
+use crate::disk::{DiskSettings, FaultyBackend, FaultyDisk, SpaceProbe, Statvfs};
+
+/// The first wait before reopening again after a failed attempt...
+pub const REOPEN_BACKOFF_INITIAL_MS: u64 = 50;
+/// ...doubling up to this.
+pub const REOPEN_BACKOFF_MAX_MS: u64 = 5_000;
+/// While waiting, queued jobs are refused this often.
+const REOPEN_WAIT_SLICE_MS: u64 = 20;
+
+/// How the engine treats its disk.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    pub disk: DiskSettings,
+    /// Tests: put the database on this fault-injecting disk (also the watermark's measure).
+    pub faults: Option<Arc<FaultyDisk>>,
+}
+
+impl EngineOptions {
+    pub(super) fn space_probe(&self) -> Arc<dyn SpaceProbe> {
+        match &self.faults {
+            Some(disk) => Arc::clone(disk) as Arc<dyn SpaceProbe>,
+            None => Arc::new(Statvfs),
+        }
+    }
+}
+
+pub(super) fn open_database(path: &std::path::Path, options: &EngineOptions) -> Result<Database, DatabaseError> {
+    match &options.faults {
+        Some(disk) => Database::builder().create_with_backend(FaultyBackend::open(path, Arc::clone(disk))?),
+        None => Database::create(path),
+    }
+}
+
+/// What the writer is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriterState {
+    #[default]
+    Ok,
+    /// Closing and reopening the database after an I/O error; everything fails meanwhile.
+    Reopening,
+}
+
+impl WriterState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriterState::Ok => "ok",
+            WriterState::Reopening => "reopening",
+        }
+    }
+}
+
+/// The writer's state and counters, for `/health` and `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriterStatus {
+    pub state: WriterState,
+    pub reopening_since_unix_ms: Option<u64>,
+    /// Failed reopen attempts of the recovery under way.
+    pub reopen_attempts: u64,
+    /// Batches failed by a storage error (never acknowledged).
+    pub storage_failures_total: u64,
+    /// Successful reopens since startup.
+    pub reopens_total: u64,
+    /// Writes refused because the disk was below the watermark.
+    pub writes_refused_total: u64,
+    /// The last storage error and when it happened (kept after recovery, with its time).
+    pub last_error: Option<String>,
+    pub last_error_at_unix_ms: Option<u64>,
+    pub recovered_at_unix_ms: Option<u64>,
+}
+
+/// The wait before reopen attempt `attempt + 1` (`attempt` ≥ 1 attempts failed so far).
+pub fn reopen_backoff_ms(attempt: u32) -> u64 {
+    let doublings = attempt.saturating_sub(1).min(16);
+    REOPEN_BACKOFF_INITIAL_MS
+        .saturating_mul(1 << doublings)
+        .min(REOPEN_BACKOFF_MAX_MS)
+}
+
+/// After a failed batch: whether the database still takes writes. redb checks for an earlier
+/// I/O error first thing when a write begins, so a trial begin tells.
+pub(super) fn end_of_failed_batch(db: &Database) -> BatchEnd {
+    match db.begin_write() {
+        Ok(txn) => {
+            drop(txn);
+            BatchEnd::Done
+        }
+        Err(redb::TransactionError::Storage(_)) => BatchEnd::Poisoned,
+        Err(_) => BatchEnd::Done,
+    }
+}
+
+/// Closes and reopens the database until it opens; `false` when the engine shut down meanwhile.
+pub(super) fn recover(shared: &Shared, receiver: &mut mpsc::Receiver<Job>) -> bool {
+    let started = shared.clock.now_unix_ms();
+    {
+        let mut status = shared.writer_status.lock().expect("status lock is never poisoned");
+        status.state = WriterState::Reopening;
+        status.reopening_since_unix_ms = Some(started);
+        status.reopen_attempts = 0;
+    }
+    tracing::error!(path = %shared.path.display(), "storage I/O error: closing and reopening the database; reads and writes fail until it is back");
+    // Our handle goes now; open snapshots keep the old file (and its lock) until they end,
+    // which a reopen attempt meets as "already open" and retries after its backoff.
+    let closed = shared.db.write().expect("database lock is never poisoned").take();
+    drop(closed);
+    let mut attempt: u32 = 0;
+    loop {
+        shared
+            .disk
+            .lock()
+            .expect("disk lock is never poisoned")
+            .release_for_recovery();
+        let opened = open_database(&shared.path, &shared.options)
+            .map_err(|e| e.to_string())
+            .and_then(|db| read_state(&db).map(|loaded| (db, loaded)));
+        match opened {
+            Ok((db, loaded)) => {
+                {
+                    let mut catalog = shared.catalog.write().expect("catalog lock is never poisoned");
+                    *catalog = loaded.catalog;
+                }
+                shared
+                    .replog_bytes
+                    .store(loaded.replog_bytes, std::sync::atomic::Ordering::SeqCst);
+                shared.replog_head.send_if_modified(|head| {
+                    let changed = *head != loaded.replog_head;
+                    *head = loaded.replog_head;
+                    changed
+                });
+                *shared.db.write().expect("database lock is never poisoned") = Some(Arc::new(db));
+                let now = shared.clock.now_unix_ms();
+                let mut status = shared.writer_status.lock().expect("status lock is never poisoned");
+                status.state = WriterState::Ok;
+                status.reopening_since_unix_ms = None;
+                status.reopen_attempts = 0;
+                status.reopens_total += 1;
+                status.recovered_at_unix_ms = Some(now);
+                tracing::info!(
+                    failed_attempts = attempt,
+                    took_ms = now.saturating_sub(started),
+                    "database reopened after the I/O error; writes resume"
+                );
+                return true;
+            }
+            Err(error) => {
+                attempt = attempt.saturating_add(1);
+                let message = format!("reopening the database after an I/O error failed: {error}");
+                if attempt == 1 || attempt.is_multiple_of(10) {
+                    tracing::error!(attempt, %error, "reopening the database failed; retrying with backoff");
+                }
+                {
+                    let mut status = shared.writer_status.lock().expect("status lock is never poisoned");
+                    status.reopen_attempts = u64::from(attempt);
+                    status.last_error = Some(message);
+                    status.last_error_at_unix_ms = Some(shared.clock.now_unix_ms());
+                }
+                if !wait_refusing(shared, receiver, reopen_backoff_ms(attempt)) {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Waits `wait_ms`, refusing queued jobs meanwhile; `false` when every sender is gone.
+fn wait_refusing(shared: &Shared, receiver: &mut mpsc::Receiver<Job>, wait_ms: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(wait_ms);
+    loop {
+        loop {
+            match receiver.try_recv() {
+                Ok(job) => job.body.refuse(shared.db().err().unwrap_or_else(|| {
+                    dynamo_protocol::ApiError::new(
+                        dynamo_protocol::ErrorKind::ServiceUnavailable,
+                        "The store is reopening its database; retry shortly",
+                    )
+                })),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(REOPEN_WAIT_SLICE_MS)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopen_backoff_doubles_and_is_capped() {
+        assert_eq!(reopen_backoff_ms(1), REOPEN_BACKOFF_INITIAL_MS);
+        assert_eq!(reopen_backoff_ms(2), 2 * REOPEN_BACKOFF_INITIAL_MS);
+        assert_eq!(reopen_backoff_ms(3), 4 * REOPEN_BACKOFF_INITIAL_MS);
+        assert_eq!(reopen_backoff_ms(100), REOPEN_BACKOFF_MAX_MS);
+        assert_eq!(reopen_backoff_ms(u32::MAX), REOPEN_BACKOFF_MAX_MS);
+    }
+}

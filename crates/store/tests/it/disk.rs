@@ -1,0 +1,439 @@
+//! A full disk and I/O errors, injected under the storage engine: writes are refused with a
+//! clear error below the watermark while deletes go on, an I/O error fails its batch and the
+//! database is reopened without a restart, `/health` says what is going on, and no
+//! acknowledged write is lost through any of it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dynamo_protocol::{ApiError, ErrorKind};
+use serde_json::{Value, json};
+use store::disk::{DiskSettings, FaultyDisk, RESERVE_FILE_NAME};
+use store::engine::{EngineOptions, HEALTH_TABLE, WriterState};
+use store::{Engine, Store, SystemClock};
+
+const WATERMARK_BYTES: u64 = 2 << 20;
+const RESERVE_BYTES: u64 = 512 << 10;
+const WAIT_MS: u64 = 20_000;
+
+struct Disk {
+    store: Store,
+    faults: Arc<FaultyDisk>,
+    dir: tempfile::TempDir,
+    /// Every acknowledged write: key → value (`None`: deleted).
+    acknowledged: BTreeMap<String, Option<String>>,
+}
+
+impl Disk {
+    async fn open() -> Disk {
+        Disk::open_with(DiskSettings {
+            free_bytes_min: Some(WATERMARK_BYTES),
+            reserve_bytes: RESERVE_BYTES,
+        })
+        .await
+    }
+
+    async fn open_with(settings: DiskSettings) -> Disk {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let faults = FaultyDisk::new();
+        let options = EngineOptions {
+            disk: settings,
+            faults: Some(Arc::clone(&faults)),
+        };
+        let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(SystemClock), options).expect("open engine");
+        let disk = Disk {
+            store: Store::new(engine),
+            faults,
+            dir,
+            acknowledged: BTreeMap::new(),
+        };
+        disk.call(
+            "CreateTable",
+            json!({
+                "TableName": "orders",
+                "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+                "BillingMode": "PAY_PER_REQUEST"
+            }),
+        )
+        .await
+        .expect("create table");
+        disk
+    }
+
+    async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
+        self.store.handle(operation, body.to_string().as_bytes()).await
+    }
+
+    async fn put(&mut self, id: &str, value: &str) -> Result<(), ApiError> {
+        let item = json!({"TableName": "orders", "Item": {"id": {"S": id}, "v": {"S": value}}});
+        self.call("PutItem", item).await?;
+        self.acknowledged.insert(id.to_string(), Some(value.to_string()));
+        Ok(())
+    }
+
+    async fn delete(&mut self, id: &str) -> Result<(), ApiError> {
+        self.call("DeleteItem", json!({"TableName": "orders", "Key": {"id": {"S": id}}}))
+            .await?;
+        self.acknowledged.insert(id.to_string(), None);
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<String>, ApiError> {
+        let answer = self
+            .call(
+                "GetItem",
+                json!({"TableName": "orders", "Key": {"id": {"S": id}}, "ConsistentRead": true}),
+            )
+            .await?;
+        Ok(answer["Item"]["v"]["S"].as_str().map(str::to_string))
+    }
+
+    /// Leaves `free` bytes on the fake disk (beyond what the data directory holds now).
+    fn leave_free(&self, free: u64) {
+        self.faults.set_capacity_bytes(used_bytes(self.dir.path()) + free);
+    }
+
+    async fn assert_nothing_acknowledged_lost(&self) {
+        for (id, value) in &self.acknowledged {
+            assert_eq!(&self.get(id).await.expect("read"), value, "item {id}");
+        }
+    }
+
+    async fn wait_for_writer(&self, state: WriterState) {
+        let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+        while self.store.engine().writer_status().state != state {
+            assert!(
+                Instant::now() < deadline,
+                "writer never reached {state:?}: {:?}",
+                self.store.engine().writer_status()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn used_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("data dir")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn big(n: usize) -> String {
+    "x".repeat(n)
+}
+
+#[tokio::test]
+async fn below_the_watermark_writes_are_refused_deletes_go_on_and_writes_resume_by_themselves() {
+    let mut disk = Disk::open().await;
+    for i in 0..20 {
+        disk.put(&format!("before-{i}"), &big(1000)).await.expect("room");
+    }
+    assert!(disk.dir.path().join(RESERVE_FILE_NAME).exists(), "the reserve is held");
+    disk.leave_free(WATERMARK_BYTES / 2);
+
+    let refused = disk.put("refused", "v").await.expect_err("below the watermark");
+    assert_eq!(refused.kind, ErrorKind::ServiceUnavailable, "{refused}");
+    assert!(
+        refused.message.contains("disk_free_bytes_min") && refused.message.contains("Deletes still work"),
+        "names the cause and the fix: {refused}"
+    );
+    let status = disk.store.engine().disk_status();
+    assert!(status.low, "{status:?}");
+    assert_eq!(status.reserve_held_bytes, 0, "released so deletes can commit");
+    assert!(!disk.dir.path().join(RESERVE_FILE_NAME).exists());
+    let update = disk
+        .call(
+            "UpdateItem",
+            json!({"TableName": "orders", "Key": {"id": {"S": "before-1"}}, "UpdateExpression": "SET v = :v", "ExpressionAttributeValues": {":v": {"S": "new"}}}),
+        )
+        .await
+        .expect_err("an update adds data too");
+    assert_eq!(update.kind, ErrorKind::ServiceUnavailable);
+    let created = disk
+        .call(
+            "CreateTable",
+            json!({"TableName": "more", "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                   "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}], "BillingMode": "PAY_PER_REQUEST"}),
+        )
+        .await
+        .expect_err("no new tables either");
+    assert_eq!(created.kind, ErrorKind::ServiceUnavailable);
+
+    // Deletes are how space comes back: they still commit, and reads are served.
+    for i in 0..10 {
+        disk.delete(&format!("before-{i}"))
+            .await
+            .expect("deletes go on below the watermark");
+    }
+    assert_eq!(disk.get("before-15").await.expect("reads go on"), Some(big(1000)));
+    assert!(disk.store.engine().writer_status().writes_refused_total >= 3);
+
+    // Space returns: the next write goes through, no restart.
+    disk.faults.set_capacity_bytes(u64::MAX);
+    disk.put("after", "v").await.expect("writes resume by themselves");
+    let status = disk.store.engine().disk_status();
+    assert!(!status.low, "{status:?}");
+    assert_eq!(status.reserve_held_bytes, RESERVE_BYTES, "the reserve is back");
+    assert_eq!(
+        disk.get("refused").await.expect("read"),
+        None,
+        "a refused write left nothing"
+    );
+    disk.assert_nothing_acknowledged_lost().await;
+}
+
+#[tokio::test]
+async fn an_io_error_fails_its_batch_and_the_database_is_reopened_without_a_restart() {
+    let mut disk = Disk::open().await;
+    for i in 0..10 {
+        disk.put(&format!("before-{i}"), "v").await.expect("healthy disk");
+    }
+    disk.faults.set_fail_syncs(true);
+    let failed = disk.put("unlucky", "v").await.expect_err("the fsync failed");
+    assert_eq!(failed.kind, ErrorKind::InternalServerError, "{failed}");
+    assert!(disk.faults.faults_injected.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    // While the disk keeps failing, writes fail (and are never acknowledged)...
+    for _ in 0..3 {
+        assert!(disk.put("still-unlucky", "v").await.is_err());
+    }
+    let status = disk.store.engine().writer_status();
+    assert!(status.storage_failures_total >= 1, "{status:?}");
+    assert!(
+        status.last_error.is_some() && status.last_error_at_unix_ms.is_some(),
+        "{status:?}"
+    );
+
+    // ...and once it works again the writer has reopened the database by itself.
+    disk.faults.set_fail_syncs(false);
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        match disk.put("after", "v").await {
+            Ok(()) => break,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "writes never resumed: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    disk.wait_for_writer(WriterState::Ok).await;
+    let status = disk.store.engine().writer_status();
+    assert!(status.reopens_total >= 1, "{status:?}");
+    assert!(
+        status.recovered_at_unix_ms >= status.last_error_at_unix_ms,
+        "{status:?}"
+    );
+    disk.assert_nothing_acknowledged_lost().await;
+}
+
+#[tokio::test]
+async fn a_disk_that_fills_up_under_the_engine_heals_when_it_grows() {
+    // No watermark and no reserve: the write itself meets ENOSPC.
+    let mut disk = Disk::open_with(DiskSettings {
+        free_bytes_min: Some(0),
+        reserve_bytes: 0,
+    })
+    .await;
+    disk.put("first", "v").await.expect("healthy disk");
+    disk.faults.set_capacity_bytes(used_bytes(disk.dir.path()));
+    // The database file has room inside it at first; keep writing until it must grow.
+    let mut failures = 0;
+    for i in 0..2000 {
+        if disk.put(&format!("filler-{i}"), &big(8000)).await.is_err() {
+            failures += 1;
+            if failures == 3 {
+                break;
+            }
+        }
+    }
+    assert!(failures > 0, "the full disk failed some writes");
+    let status = disk.store.engine().writer_status();
+    assert!(
+        status.storage_failures_total > 0,
+        "ENOSPC, not the watermark: {status:?}"
+    );
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("No space left")),
+        "{status:?}"
+    );
+    // The disk grows.
+    disk.faults.set_capacity_bytes(u64::MAX);
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        match disk.put("after", "v").await {
+            Ok(()) => break,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "writes never resumed: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    disk.delete("first").await.expect("deletes work again");
+    disk.wait_for_writer(WriterState::Ok).await;
+    assert!(
+        disk.store.engine().writer_status().reopens_total >= 1,
+        "recovered by reopening"
+    );
+    disk.assert_nothing_acknowledged_lost().await;
+}
+
+#[tokio::test]
+async fn the_health_table_is_reserved_and_hidden() {
+    let disk = Disk::open().await;
+    let listed = disk.call("ListTables", json!({})).await.expect("list");
+    assert_eq!(listed["TableNames"], json!(["orders"]), "never listed");
+    disk.call(
+        "PutItem",
+        json!({"TableName": HEALTH_TABLE, "Item": {"pk": {"S": "probe"}, "nonce": {"S": "1"}},
+               "ConditionExpression": "attribute_not_exists(nonce) OR nonce <> :n",
+               "ExpressionAttributeValues": {":n": {"S": "1"}}}),
+    )
+    .await
+    .expect("the heartbeat put works");
+    let error = disk
+        .call("DeleteTable", json!({"TableName": HEALTH_TABLE}))
+        .await
+        .expect_err("reserved");
+    assert!(error.message.contains("reserved"), "{error}");
+    let error = disk
+        .call(
+            "CreateTable",
+            json!({"TableName": HEALTH_TABLE, "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                   "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}], "BillingMode": "PAY_PER_REQUEST"}),
+        )
+        .await
+        .expect_err("exists");
+    assert_eq!(error.kind, ErrorKind::ResourceInUse);
+}
+
+mod http {
+    //! `/health` and `/metrics` through the HTTP server.
+
+    use super::*;
+    use store::server::{ServerConfig, run};
+
+    async fn get(url: &str) -> (u16, String) {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let response = client.get(url.parse().expect("url")).await.expect("store answers");
+        let status = response.status().as_u16();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn health(url: &str) -> (u16, Value) {
+        let (status, body) = get(&format!("{url}/health")).await;
+        (status, serde_json::from_str(&body).expect("JSON health"))
+    }
+
+    #[tokio::test]
+    async fn health_goes_read_only_below_the_watermark_and_back_to_ready() {
+        let mut disk = Disk::open().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(
+            listener,
+            disk.store.engine().clone(),
+            ServerConfig {
+                credentials: None,
+                replication: None,
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let (status, body) = health(&url).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("ready")), "{body}");
+        assert_eq!(body["writer"]["state"], "ok");
+
+        disk.leave_free(WATERMARK_BYTES / 2);
+        let (status, body) = health(&url).await;
+        assert_eq!((status, body["status"].as_str()), (503, Some("read_only")), "{body}");
+        assert!(
+            body["reason"]
+                .as_str()
+                .expect("reason")
+                .contains("disk below watermark"),
+            "{body}"
+        );
+        assert_eq!(body["disk"]["below_watermark"], true);
+        assert!(disk.put("refused", "v").await.is_err());
+        let (_, metrics) = get(&format!("{url}/metrics")).await;
+        assert!(metrics.contains("switchyard_store_disk_below_watermark 1"), "{metrics}");
+        assert!(
+            metrics.contains("switchyard_store_writes_refused_disk_low_total 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("switchyard_store_writer_state{state=\"ok\"} 1"),
+            "{metrics}"
+        );
+
+        disk.faults.set_capacity_bytes(u64::MAX);
+        let (status, body) = health(&url).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("ready")), "{body}");
+        let _ = stop.send(());
+        server.await.expect("server task").expect("server ran");
+    }
+
+    #[tokio::test]
+    async fn health_is_degraded_while_the_writer_reopens_the_database() {
+        let mut disk = Disk::open().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(
+            listener,
+            disk.store.engine().clone(),
+            ServerConfig {
+                credentials: None,
+                replication: None,
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        disk.put("before", "v").await.expect("healthy");
+        // Every write fails, so the reopen (whose repair writes) keeps failing too.
+        disk.faults.set_fail_writes(true);
+        disk.faults.set_fail_syncs(true);
+        assert!(disk.put("unlucky", "v").await.is_err());
+        disk.wait_for_writer(WriterState::Reopening).await;
+        let (status, body) = health(&url).await;
+        assert_eq!((status, body["status"].as_str()), (503, Some("degraded")), "{body}");
+        assert!(
+            body["reason"].as_str().expect("reason").contains("writer failing"),
+            "{body}"
+        );
+        let read = disk
+            .get("before")
+            .await
+            .expect_err("reads fail clearly while reopening");
+        assert_eq!(read.kind, ErrorKind::ServiceUnavailable, "{read}");
+
+        disk.faults.set_fail_writes(false);
+        disk.faults.set_fail_syncs(false);
+        disk.wait_for_writer(WriterState::Ok).await;
+        let (status, body) = health(&url).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("ready")), "{body}");
+        assert!(
+            body["writer"]["last_error_at_unix_ms"].is_u64(),
+            "the last error keeps its time: {body}"
+        );
+        assert_eq!(body["writer"]["reopens_total"], 1);
+        disk.assert_nothing_acknowledged_lost().await;
+        let _ = stop.send(());
+        server.await.expect("server task").expect("server ran");
+    }
+}
