@@ -669,10 +669,28 @@ fn judge_health(
     Verdict { status, reasons }
 }
 
-/// Replication conditions that make this region unfit to serve (none yet; replication
-/// refused for clock skew belongs here).
-fn replication_alarms(_store: &Store) -> Vec<String> {
-    Vec::new()
+/// Replication conditions that make this region unfit to serve as a global-table replica: a
+/// peer whose clock is beyond the signing window (the two refuse each other's changes, so they
+/// diverge until a clock is fixed; failing back to such a region would lose the other's writes).
+fn replication_alarms(store: &Store) -> Vec<String> {
+    let Some(replication) = store.replication() else {
+        return Vec::new();
+    };
+    let clocks = replication.clock_status();
+    clocks
+        .peers
+        .iter()
+        .filter(|peer| peer.beyond_window)
+        .map(|peer| {
+            format!(
+                "replication refused for clock skew: {}'s clock is {} ms {} this region's, beyond the {} ms signing window; changes are not exchanged with it until NTP fixes the wrong clock (nothing is lost; the regions converge afterwards)",
+                peer.peer,
+                peer.offset_ms.unsigned_abs(),
+                if peer.offset_ms >= 0 { "ahead of" } else { "behind" },
+                crate::global::REQUEST_SKEW_MS_MAX
+            )
+        })
+        .collect()
 }
 
 fn disk_json(disk: &DiskStatus) -> serde_json::Value {
