@@ -2,10 +2,14 @@
 //!
 //! The verifier rebuilds the canonical request from what arrived on the wire, derives the
 //! signing key from the secret of the access key named in the credential scope, and compares
-//! signatures in constant time. It accepts the `Authorization` header form (what every SDK
-//! sends to DynamoDB) and the presigned query form. Requests older or newer than
-//! [`CLOCK_SKEW_MAX_SECS`] are refused, as AWS refuses them, so a captured request cannot be
-//! replayed later.
+//! signatures in constant time. It accepts the `Authorization` header form only (what every SDK
+//! sends to DynamoDB; query-string auth is refused, see [`verify`]). `Host` and, when present,
+//! `X-Amz-Target` must be signed, so a signed GetItem cannot become a DeleteItem; the scope's
+//! service must be `dynamodb` and, with [`verify_in`], its region the server's. Requests older
+//! or newer than [`CLOCK_SKEW_MAX_SECS`] are refused, as AWS refuses them, so a captured
+//! request cannot be replayed later; replays inside that window are the caller's to bound
+//! (the store keeps recent signatures of requests that change data). [`verify_head`] checks
+//! what the head alone can prove, so a server can refuse before it reads a body.
 
 use std::collections::BTreeMap;
 
@@ -21,9 +25,6 @@ pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 
 /// How far a request's `X-Amz-Date` may be from the server's clock (AWS: 5 minutes).
 pub const CLOCK_SKEW_MAX_SECS: i64 = 5 * 60;
-
-/// Longest presigned validity AWS allows (7 days).
-pub const PRESIGNED_EXPIRES_MAX_SECS: i64 = 7 * 24 * 3600;
 
 /// Most access keys one credentials file may hold.
 pub const CREDENTIALS_MAX: usize = 10_000;
@@ -169,8 +170,6 @@ struct Claim {
     signed_headers: Vec<String>,
     signature: String,
     amz_date: String,
-    /// Presigned requests: validity in seconds; their query must not include the signature.
-    expires_secs: Option<i64>,
 }
 
 /// A verified request's identity.
@@ -178,16 +177,124 @@ struct Claim {
 pub struct Verified {
     pub access_key_id: String,
     pub region: String,
+    /// The hex signature: unique to this request's content and signing time (the replay key).
+    pub signature: String,
+    /// When the client signed it (Unix seconds).
+    pub signed_at_secs: i64,
 }
 
-/// Verifies the request's signature against `credentials` at `now_secs` (Unix seconds).
+/// What [`verify_head`] could tell before the body arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeadCheck {
+    /// The signature is valid for the body hash in `x-amz-content-sha256`; the body must then
+    /// hash to it ([`check_payload`]).
+    Verified { verified: Verified, payload_sha256: String },
+    /// Everything but the signature holds (known key, scope, time, signed headers); the
+    /// signature needs the body ([`verify_in`]).
+    NeedsBody,
+}
+
+/// Verifies the request's signature against `credentials` at `now_secs` (Unix seconds), for
+/// any region in the credential scope.
 pub fn verify(credentials: &Credentials, parts: &RequestParts<'_>, now_secs: i64) -> Result<Verified, ApiError> {
+    verify_in(credentials, parts, None, now_secs)
+}
+
+/// Verifies the request's signature; with `region`, the credential scope must name it.
+pub fn verify_in(
+    credentials: &Credentials,
+    parts: &RequestParts<'_>,
+    region: Option<&str>,
+    now_secs: i64,
+) -> Result<Verified, ApiError> {
+    let (claim, secret, signed_at_secs) = checked_claim(credentials, parts, region, now_secs)?;
+    let payload = hex::encode(Sha256::digest(parts.body));
+    if let Some(declared) = header_text(parts, "x-amz-content-sha256") {
+        check_declared(&declared, &payload)?;
+    }
+    check_signature(secret, parts, claim, &payload, signed_at_secs)
+}
+
+/// Checks everything a request's head can prove, before its body is read (the body in `parts`
+/// is ignored). With a hex body hash in `x-amz-content-sha256` that is the whole signature.
+pub fn verify_head(
+    credentials: &Credentials,
+    parts: &RequestParts<'_>,
+    region: Option<&str>,
+    now_secs: i64,
+) -> Result<HeadCheck, ApiError> {
+    let (claim, secret, signed_at_secs) = checked_claim(credentials, parts, region, now_secs)?;
+    let Some(declared) = header_text(parts, "x-amz-content-sha256") else {
+        return Ok(HeadCheck::NeedsBody);
+    };
+    if !is_sha256_hex(&declared) {
+        return Err(payload_mismatch());
+    }
+    let verified = check_signature(secret, parts, claim, &declared, signed_at_secs)?;
+    Ok(HeadCheck::Verified {
+        verified,
+        payload_sha256: declared,
+    })
+}
+
+/// After [`HeadCheck::Verified`]: the body that arrived must be the one signed.
+pub fn check_payload(payload_sha256: &str, body: &[u8]) -> Result<(), ApiError> {
+    check_declared(payload_sha256, &hex::encode(Sha256::digest(body)))
+}
+
+fn check_declared(declared: &str, computed: &str) -> Result<(), ApiError> {
+    if constant_time_eq(declared.as_bytes(), computed.as_bytes()) {
+        Ok(())
+    } else {
+        Err(payload_mismatch())
+    }
+}
+
+fn payload_mismatch() -> ApiError {
+    ApiError::new(
+        ErrorKind::InvalidSignature,
+        "The provided 'x-amz-content-sha256' header does not match what was computed. It must be the \
+         lower-case hex SHA-256 of the body; UNSIGNED-PAYLOAD is not accepted, so a signature always covers its body.",
+    )
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The claim with every rule checked except the signature itself, and the key's secret.
+fn checked_claim<'c>(
+    credentials: &'c Credentials,
+    parts: &RequestParts<'_>,
+    region: Option<&str>,
+    now_secs: i64,
+) -> Result<(Claim, &'c str, i64), ApiError> {
     let claim = claim(parts)?;
     if claim.scope.service != SERVICE {
         return Err(incomplete(format!(
             "Credential should be scoped to correct service: '{SERVICE}', not '{}'.",
             claim.scope.service
         )));
+    }
+    if let Some(region) = region
+        && claim.scope.region != region
+    {
+        return Err(ApiError::new(
+            ErrorKind::InvalidSignature,
+            format!(
+                "Credential should be scoped to a valid region, not '{}': this store serves '{region}'; sign for region '{region}' (the client's region setting)",
+                claim.scope.region
+            ),
+        ));
+    }
+    for required in ["host", "x-amz-target"] {
+        if header_values(parts, required).next().is_some() && !claim.signed_headers.iter().any(|n| n == required) {
+            let shown = if required == "host" { "Host" } else { "X-Amz-Target" };
+            return Err(ApiError::new(
+                ErrorKind::InvalidSignature,
+                format!("'{shown}' must be a 'SignedHeader' in the AWS Authorization."),
+            ));
+        }
     }
     let request_secs = parse_amz_date(&claim.amz_date).ok_or_else(|| {
         incomplete(format!(
@@ -212,7 +319,17 @@ pub fn verify(credentials: &Credentials, parts: &RequestParts<'_>, now_secs: i64
             "The security token included in the request is invalid.",
         )
     })?;
-    let expected = signature(secret, parts, &claim)?;
+    Ok((claim, secret, request_secs))
+}
+
+fn check_signature(
+    secret: &str,
+    parts: &RequestParts<'_>,
+    claim: Claim,
+    payload_sha256: &str,
+    signed_at_secs: i64,
+) -> Result<Verified, ApiError> {
+    let expected = signature(secret, parts, &claim, payload_sha256)?;
     if !constant_time_eq(expected.as_bytes(), claim.signature.as_bytes()) {
         return Err(ApiError::new(
             ErrorKind::InvalidSignature,
@@ -223,46 +340,31 @@ pub fn verify(credentials: &Credentials, parts: &RequestParts<'_>, now_secs: i64
     Ok(Verified {
         access_key_id: claim.scope.access_key_id,
         region: claim.scope.region,
+        signature: claim.signature,
+        signed_at_secs,
     })
 }
 
 fn check_time(claim: &Claim, request_secs: i64, now_secs: i64) -> Result<(), ApiError> {
-    match claim.expires_secs {
-        None => {
-            if (now_secs - request_secs).abs() > CLOCK_SKEW_MAX_SECS {
-                return Err(ApiError::new(
-                    ErrorKind::InvalidSignature,
-                    format!(
-                        "Signature expired: {} is now earlier than {} ({} - 5 min.) or later than {} ({} + 5 min.); check the client's clock",
-                        claim.amz_date,
-                        format_amz_date(now_secs - CLOCK_SKEW_MAX_SECS),
-                        format_amz_date(now_secs),
-                        format_amz_date(now_secs + CLOCK_SKEW_MAX_SECS),
-                        format_amz_date(now_secs),
-                    ),
-                ));
-            }
-        }
-        Some(expires) => {
-            if !(1..=PRESIGNED_EXPIRES_MAX_SECS).contains(&expires) {
-                return Err(incomplete(format!(
-                    "X-Amz-Expires must be between 1 and {PRESIGNED_EXPIRES_MAX_SECS} seconds, got {expires}"
-                )));
-            }
-            if now_secs + CLOCK_SKEW_MAX_SECS < request_secs || now_secs > request_secs + expires {
-                return Err(ApiError::new(
-                    ErrorKind::AccessDenied,
-                    format!("Request has expired: signed at {} for {expires} s", claim.amz_date),
-                ));
-            }
-        }
+    if (now_secs - request_secs).abs() > CLOCK_SKEW_MAX_SECS {
+        return Err(ApiError::new(
+            ErrorKind::InvalidSignature,
+            format!(
+                "Signature expired: {} is now earlier than {} ({} - 5 min.) or later than {} ({} + 5 min.); check the client's clock",
+                claim.amz_date,
+                format_amz_date(now_secs - CLOCK_SKEW_MAX_SECS),
+                format_amz_date(now_secs),
+                format_amz_date(now_secs + CLOCK_SKEW_MAX_SECS),
+                format_amz_date(now_secs),
+            ),
+        ));
     }
     Ok(())
 }
 
 /// Computes the hex signature the request should carry if signed with `secret`.
-fn signature(secret: &str, parts: &RequestParts<'_>, claim: &Claim) -> Result<String, ApiError> {
-    let canonical = canonical_request(parts, &claim.signed_headers, claim.expires_secs.is_some())?;
+fn signature(secret: &str, parts: &RequestParts<'_>, claim: &Claim, payload_sha256: &str) -> Result<String, ApiError> {
+    let canonical = canonical_request(parts, &claim.signed_headers, payload_sha256)?;
     let string_to_sign = format!(
         "{ALGORITHM}\n{}\n{}\n{}",
         claim.amz_date,
@@ -271,6 +373,103 @@ fn signature(secret: &str, parts: &RequestParts<'_>, claim: &Claim) -> Result<St
     );
     let key = signing_key(secret, &claim.scope.date, &claim.scope.region, &claim.scope.service);
     Ok(hex::encode(hmac(&key, string_to_sign.as_bytes())))
+}
+
+/// Most signatures a [`ReplayGuard`] remembers (about 40 bytes each, twice indexed): enough for
+/// 330 requests that change data per second over the whole 5-minute window; beyond that the
+/// window shrinks instead of letting a replay through.
+pub const REPLAY_SIGNATURES_MAX: usize = 100_000;
+
+/// Bounds replays of signed requests inside the [`CLOCK_SKEW_MAX_SECS`] window: a signature is
+/// accepted once. Signatures older than the window are forgotten (the clock check refuses
+/// them); when full, the oldest is forgotten and every request signed at or before it is
+/// refused from then on, so forgetting never lets a replay through. Pure: the caller passes the
+/// time.
+#[derive(Debug)]
+pub struct ReplayGuard {
+    capacity: usize,
+    seen: std::collections::HashSet<u128>,
+    by_time: std::collections::BTreeSet<(i64, u128)>,
+    /// Requests signed at or before this second may have been forgotten.
+    horizon_secs: Option<i64>,
+}
+
+impl ReplayGuard {
+    pub fn new(capacity: usize) -> ReplayGuard {
+        ReplayGuard {
+            capacity: capacity.max(1),
+            seen: std::collections::HashSet::new(),
+            by_time: std::collections::BTreeSet::new(),
+            horizon_secs: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Admits a verified request once: refuses its signature if seen before (a replay), or
+    /// if it was signed at or before the horizon of forgotten signatures.
+    pub fn admit(&mut self, verified: &Verified, now_secs: i64) -> Result<(), ApiError> {
+        while let Some(&(signed_at, key)) = self.by_time.first() {
+            if signed_at.saturating_add(CLOCK_SKEW_MAX_SECS) >= now_secs {
+                break;
+            }
+            self.by_time.pop_first();
+            self.seen.remove(&key);
+        }
+        let key = replay_key(&verified.signature);
+        if self.seen.contains(&key) {
+            return Err(ApiError::new(
+                ErrorKind::InvalidSignature,
+                "This signature was already used by a request that changes data; a signed request is accepted once. \
+                 Sign every request anew (AWS SDKs do, retries included).",
+            ));
+        }
+        if self.seen.len() >= self.capacity
+            && let Some((signed_at, oldest)) = self.by_time.pop_first()
+        {
+            self.seen.remove(&oldest);
+            self.horizon_secs = Some(self.horizon_secs.map_or(signed_at, |h| h.max(signed_at)));
+        }
+        if let Some(horizon) = self.horizon_secs
+            && verified.signed_at_secs <= horizon
+        {
+            return Err(ApiError::new(
+                ErrorKind::InvalidSignature,
+                format!(
+                    "Signature from {} is too old to be checked against replays under the current load (signatures from {} on are remembered); sign the request again and retry",
+                    format_amz_date(verified.signed_at_secs),
+                    format_amz_date(horizon + 1)
+                ),
+            ));
+        }
+        self.seen.insert(key);
+        self.by_time.insert((verified.signed_at_secs, key));
+        Ok(())
+    }
+}
+
+/// The first 128 bits of a signature (an HMAC-SHA256: already unpredictable).
+fn replay_key(signature: &str) -> u128 {
+    match hex::decode(signature.get(..32).unwrap_or(signature)) {
+        Ok(bytes) if bytes.len() == 16 => {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&bytes);
+            u128::from_be_bytes(key)
+        }
+        // Not hex (it would not have verified): any stable digest will do.
+        _ => {
+            let digest = Sha256::digest(signature.as_bytes());
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&digest[..16]);
+            u128::from_be_bytes(key)
+        }
+    }
 }
 
 /// Signs a request for DynamoDB the way the AWS SDKs do, for Switchyard's own clients (the
@@ -304,9 +503,8 @@ pub fn authorization_header(
         signed_headers,
         signature: String::new(),
         amz_date: amz_date.to_string(),
-        expires_secs: None,
     };
-    let signature = signature(secret, parts, &claim)?;
+    let signature = signature(secret, parts, &claim, &hex::encode(Sha256::digest(parts.body)))?;
     Ok(format!(
         "{ALGORITHM} Credential={access_key_id}/{}, SignedHeaders={}, Signature={signature}",
         claim.scope.text(),
@@ -351,14 +549,33 @@ fn header_text(parts: &RequestParts<'_>, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).trim().to_string())
 }
 
-/// Reads scope, signed headers, signature and date from the header or the presigned query.
+/// Query parameters that carry SigV4 query-string (presigned) authentication.
+const QUERY_AUTH_PARAMETERS: [&str; 5] = [
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Signature",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Date",
+];
+
+/// Reads scope, signed headers, signature and date from the `Authorization` header.
+///
+/// Query-string (presigned) authentication is refused: DynamoDB documents only the header
+/// form for its JSON API, and a presigned URL signs no body (`UNSIGNED-PAYLOAD`), so anyone
+/// holding one could send any operation's body under it until it expires.
 fn claim(parts: &RequestParts<'_>) -> Result<Claim, ApiError> {
+    let query = parse_query(parts.query);
+    if let Some((name, _)) = query
+        .iter()
+        .find(|(k, _)| QUERY_AUTH_PARAMETERS.iter().any(|p| p.eq_ignore_ascii_case(k)))
+    {
+        return Err(incomplete(format!(
+            "Query-string authentication ('{name}' in the URL, a presigned URL) is not accepted: DynamoDB's JSON API \
+             takes the signature in the Authorization header only, as every AWS SDK sends it. Sign the request's headers instead."
+        )));
+    }
     if let Some(authorization) = header_text(parts, "authorization") {
         return claim_from_header(parts, &authorization);
-    }
-    let query = parse_query(parts.query);
-    if query.iter().any(|(k, _)| k == "X-Amz-Algorithm") {
-        return claim_from_query(&query);
     }
     Err(ApiError::new(
         ErrorKind::MissingAuthenticationToken,
@@ -417,43 +634,6 @@ fn claim_from_header(parts: &RequestParts<'_>, authorization: &str) -> Result<Cl
         signed_headers,
         signature,
         amz_date,
-        expires_secs: None,
-    })
-}
-
-fn claim_from_query(query: &[(String, String)]) -> Result<Claim, ApiError> {
-    let get = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let mut missing = Vec::new();
-    for name in [
-        "X-Amz-Credential",
-        "X-Amz-SignedHeaders",
-        "X-Amz-Signature",
-        "X-Amz-Date",
-        "X-Amz-Expires",
-    ] {
-        if get(name).is_none() {
-            missing.push(name);
-        }
-    }
-    if !missing.is_empty() {
-        return Err(incomplete(format!(
-            "Presigned request is missing query parameters: {}",
-            missing.join(", ")
-        )));
-    }
-    if get("X-Amz-Algorithm").as_deref() != Some(ALGORITHM) {
-        return Err(incomplete(format!("X-Amz-Algorithm must be {ALGORITHM}")));
-    }
-    let expires = get("X-Amz-Expires")
-        .unwrap_or_default()
-        .parse::<i64>()
-        .map_err(|_| incomplete("X-Amz-Expires must be a whole number of seconds"))?;
-    Ok(Claim {
-        scope: Scope::parse(&get("X-Amz-Credential").unwrap_or_default())?,
-        signed_headers: split_signed_headers(&get("X-Amz-SignedHeaders").unwrap_or_default())?,
-        signature: get("X-Amz-Signature").unwrap_or_default(),
-        amz_date: get("X-Amz-Date").unwrap_or_default(),
-        expires_secs: Some(expires),
     })
 }
 
@@ -476,17 +656,14 @@ fn split_signed_headers(text: &str) -> Result<Vec<String>, ApiError> {
 pub fn canonical_request(
     parts: &RequestParts<'_>,
     signed_headers: &[String],
-    presigned: bool,
+    payload_sha256: &str,
 ) -> Result<String, ApiError> {
     let mut out = String::with_capacity(512);
     out.push_str(parts.method);
     out.push('\n');
     out.push_str(&canonical_path(parts.path));
     out.push('\n');
-    let mut query = parse_query(parts.query);
-    if presigned {
-        query.retain(|(k, _)| k != "X-Amz-Signature");
-    }
+    let query = parse_query(parts.query);
     let mut encoded: Vec<(String, String)> = query
         .iter()
         .map(|(k, v)| (uri_encode(k, true), uri_encode(v, true)))
@@ -513,21 +690,7 @@ pub fn canonical_request(
     out.push('\n');
     out.push_str(&signed_headers.join(";"));
     out.push('\n');
-    let payload = if presigned {
-        "UNSIGNED-PAYLOAD".to_string()
-    } else {
-        hex::encode(Sha256::digest(parts.body))
-    };
-    if !presigned
-        && let Some(declared) = header_text(parts, "x-amz-content-sha256")
-        && declared != payload
-    {
-        return Err(ApiError::new(
-            ErrorKind::InvalidSignature,
-            "The provided 'x-amz-content-sha256' header does not match what was computed.",
-        ));
-    }
-    out.push_str(&payload);
+    out.push_str(payload_sha256);
     Ok(out)
 }
 
@@ -678,9 +841,8 @@ mod tests {
             signed_headers: signed.iter().map(|s| s.to_string()).collect(),
             signature: String::new(),
             amz_date: amz_date.into(),
-            expires_secs: None,
         };
-        signature(secret, parts, &claim).expect("signable")
+        signature(secret, parts, &claim, &hex::encode(Sha256::digest(parts.body))).expect("signable")
     }
 
     fn scope(service: &str, region: &str) -> Scope {
@@ -873,6 +1035,204 @@ mod tests {
             verify(&credentials, &tampered, now).expect_err("tampered").kind,
             ErrorKind::InvalidSignature
         );
+    }
+
+    /// Headers signed by `authorization_header` (all of them), then changed by `tamper`.
+    fn signed(
+        headers: &[(&'static str, &'static [u8])],
+        region: &str,
+        body: &'static [u8],
+        query: &'static str,
+    ) -> (Vec<(String, Vec<u8>)>, i64) {
+        let amz_date = "20260101T000000Z";
+        let mut all: Vec<(&str, &[u8])> = vec![("host", b"127.0.0.1:8000"), ("x-amz-date", amz_date.as_bytes())];
+        all.extend_from_slice(headers);
+        let parts = RequestParts {
+            method: "POST",
+            path: "/",
+            query,
+            headers: &all,
+            body,
+        };
+        let authorization = authorization_header("local", "s3cret", region, amz_date, &parts).expect("signable");
+        let mut owned: Vec<(String, Vec<u8>)> = all.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+        owned.push(("authorization".into(), authorization.into_bytes()));
+        (owned, parse_amz_date(amz_date).expect("valid date"))
+    }
+
+    fn parts_of<'a>(headers: &'a [(&'a str, &'a [u8])], query: &'a str, body: &'a [u8]) -> RequestParts<'a> {
+        RequestParts {
+            method: "POST",
+            path: "/",
+            query,
+            headers,
+            body,
+        }
+    }
+
+    fn local() -> Credentials {
+        let mut credentials = Credentials::new();
+        credentials.insert("local", "s3cret");
+        credentials
+    }
+
+    #[test]
+    fn target_must_be_signed_when_present() {
+        // Signed without X-Amz-Target, which is then added: a GetItem turned into a DeleteItem.
+        let (mut headers, now) = signed(&[], "us-east-1", b"{}", "");
+        headers.push(("x-amz-target".into(), b"DynamoDB_20120810.DeleteItem".to_vec()));
+        let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let error = verify(&local(), &parts_of(&borrowed, "", b"{}"), now).expect_err("target unsigned");
+        assert_eq!(error.kind, ErrorKind::InvalidSignature);
+        assert!(error.message.contains("X-Amz-Target"), "{}", error.message);
+    }
+
+    #[test]
+    fn region_must_be_the_servers() {
+        let (headers, now) = signed(
+            &[("x-amz-target", b"DynamoDB_20120810.ListTables")],
+            "eu-west-1",
+            b"{}",
+            "",
+        );
+        let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let parts = parts_of(&borrowed, "", b"{}");
+        verify_in(&local(), &parts, Some("eu-west-1"), now).expect("signed for this region");
+        let error = verify_in(&local(), &parts, Some("us-east-1"), now).expect_err("other region");
+        assert_eq!(error.kind, ErrorKind::InvalidSignature);
+        assert!(
+            error.message.contains("'eu-west-1'") && error.message.contains("'us-east-1'"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn query_string_authentication_is_refused() {
+        let query =
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=local%2F20260101%2Fus-east-1%2Fdynamodb%2Faws4_request";
+        let (headers, now) = signed(
+            &[("x-amz-target", b"DynamoDB_20120810.ListTables")],
+            "us-east-1",
+            b"{}",
+            query,
+        );
+        let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let error = verify(&local(), &parts_of(&borrowed, query, b"{}"), now).expect_err("query auth");
+        assert_eq!(error.kind, ErrorKind::IncompleteSignature);
+        assert!(error.message.contains("Authorization header"), "{}", error.message);
+    }
+
+    #[test]
+    fn head_check_with_a_body_hash_verifies_before_the_body() {
+        let body: &'static [u8] = b"{\"TableName\":\"t\"}";
+        let hash: &'static str = Box::leak(hex::encode(Sha256::digest(body)).into_boxed_str());
+        let (headers, now) = signed(
+            &[
+                ("x-amz-target", b"DynamoDB_20120810.DeleteTable"),
+                ("x-amz-content-sha256", hash.as_bytes()),
+            ],
+            "us-east-1",
+            body,
+            "",
+        );
+        let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let head = verify_head(&local(), &parts_of(&borrowed, "", b""), Some("us-east-1"), now).expect("valid head");
+        let HeadCheck::Verified { payload_sha256, .. } = head else {
+            panic!("a body hash lets the head be verified: {head:?}")
+        };
+        check_payload(&payload_sha256, body).expect("the signed body");
+        assert_eq!(
+            check_payload(&payload_sha256, b"{\"TableName\":\"other\"}")
+                .expect_err("another body")
+                .kind,
+            ErrorKind::InvalidSignature
+        );
+        // Without the hash the head is only plausible; a wrong key is refused before the body.
+        let (plain, now) = signed(
+            &[("x-amz-target", b"DynamoDB_20120810.ListTables")],
+            "us-east-1",
+            b"{}",
+            "",
+        );
+        let borrowed: Vec<(&str, &[u8])> = plain.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        assert_eq!(
+            verify_head(&local(), &parts_of(&borrowed, "", b""), None, now).expect("plausible"),
+            HeadCheck::NeedsBody
+        );
+        let stranger = Credentials::parse_file("someone else\n").expect("valid file");
+        assert_eq!(
+            verify_head(&stranger, &parts_of(&borrowed, "", b""), None, now)
+                .expect_err("unknown key")
+                .kind,
+            ErrorKind::UnrecognizedClient
+        );
+    }
+
+    #[test]
+    fn unsigned_payload_is_refused() {
+        let (headers, now) = signed(
+            &[
+                ("x-amz-target", b"DynamoDB_20120810.PutItem"),
+                ("x-amz-content-sha256", b"UNSIGNED-PAYLOAD"),
+            ],
+            "us-east-1",
+            b"{}",
+            "",
+        );
+        let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let parts = parts_of(&borrowed, "", b"{}");
+        assert_eq!(
+            verify(&local(), &parts, now).expect_err("unsigned payload").kind,
+            ErrorKind::InvalidSignature
+        );
+        assert_eq!(
+            verify_head(&local(), &parts, None, now)
+                .expect_err("unsigned payload")
+                .kind,
+            ErrorKind::InvalidSignature
+        );
+    }
+
+    fn verified(signature: &str, signed_at_secs: i64) -> Verified {
+        Verified {
+            access_key_id: "local".into(),
+            region: "us-east-1".into(),
+            signature: signature.into(),
+            signed_at_secs,
+        }
+    }
+
+    #[test]
+    fn replay_guard_admits_a_signature_once_within_the_window() {
+        let mut guard = ReplayGuard::new(10);
+        let first = verified(&"ab".repeat(32), 1_000);
+        guard.admit(&first, 1_000).expect("first use");
+        assert_eq!(
+            guard.admit(&first, 1_100).expect_err("replay").kind,
+            ErrorKind::InvalidSignature
+        );
+        guard
+            .admit(&verified(&"cd".repeat(32), 1_000), 1_100)
+            .expect("another signature");
+        // Past the window the entry is forgotten (the clock check refuses the request anyway).
+        guard.admit(&verified(&"ef".repeat(32), 1_400), 1_400).expect("later");
+        assert_eq!(guard.len(), 1);
+    }
+
+    #[test]
+    fn a_full_replay_guard_shrinks_its_window_instead_of_forgetting_silently() {
+        let mut guard = ReplayGuard::new(2);
+        guard.admit(&verified(&"01".repeat(32), 100), 100).expect("1");
+        guard.admit(&verified(&"02".repeat(32), 101), 101).expect("2");
+        guard.admit(&verified(&"03".repeat(32), 102), 102).expect("3 evicts 1");
+        assert_eq!(guard.len(), 2);
+        // The forgotten signature cannot come back, nor anything signed as early.
+        assert!(guard.admit(&verified(&"01".repeat(32), 100), 102).is_err());
+        assert!(guard.admit(&verified(&"04".repeat(32), 100), 102).is_err());
+        guard
+            .admit(&verified(&"05".repeat(32), 103), 103)
+            .expect("fresh requests still pass");
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! The HTTP front: DynamoDB's JSON protocol on `POST /`, plus `/health` and `/metrics`.
 //!
 //! Invariants: every response to an API request is either the operation's JSON or a DynamoDB
-//! error shape with a `__type`; a panic never crosses this layer because nothing below it
-//! panics on input; without configured credentials the server only listens on loopback.
+//! error shape with a `__type` (404, 405, 408 and 413 included); a panic never crosses this
+//! layer because nothing below it panics on input; without configured credentials the server
+//! only listens on loopback. Limits come before authentication: connections, timeouts and the
+//! body's declared size are checked by `common::http` before a handler runs, and a request's
+//! signature head (key, scope, region, time, signed headers; the whole signature when
+//! `x-amz-content-sha256` carries the body's hash) before its body is read. A signed request
+//! that changes data is accepted once (`sigv4::ReplayGuard`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use dynamo_protocol::sigv4::{self, Credentials, RequestParts};
+use common::http::{Limits, Refusal, Rendered};
+use dynamo_protocol::sigv4::{self, Credentials, HeadCheck, ReplayGuard, RequestParts};
 use dynamo_protocol::{ApiError, ErrorKind};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +40,30 @@ use crate::ops::Store;
 pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
 const TARGET_PREFIX: &str = "DynamoDB_20120810.";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
+
+/// Operations that only read. A replay of one changes nothing, so their signatures are not
+/// remembered; every other target (unknown ones included) counts as changing data.
+const READ_ONLY_OPERATIONS: &[&str] = &[
+    "BatchGetItem",
+    "DescribeEndpoints",
+    "DescribeGlobalTable",
+    "DescribeGlobalTableSettings",
+    "DescribeLimits",
+    "DescribeTable",
+    "DescribeTimeToLive",
+    "GetItem",
+    "ListGlobalTables",
+    "ListTables",
+    "ListTagsOfResource",
+    "Query",
+    "Scan",
+    "TransactGetItems",
+];
+
+/// The store listener's limits: the defaults of `common::http` with DynamoDB's body limit.
+pub fn default_limits() -> Limits {
+    Limits::with_body_limit(REQUEST_BODY_BYTES_MAX)
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -271,6 +300,7 @@ impl Metrics {
 struct AppState {
     store: Store,
     credentials: Option<Credentials>,
+    replays: std::sync::Mutex<ReplayGuard>,
     metrics: Metrics,
 }
 
@@ -299,11 +329,23 @@ pub fn check_exposure(address: SocketAddr, credentials: Option<&Credentials>) ->
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves the API on `listener` under [`default_limits`] until `shutdown` resolves, then
+/// finishes in-flight requests.
 pub async fn run(
     listener: TcpListener,
     engine: Engine,
     config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    run_with_limits(listener, engine, config, default_limits(), shutdown).await
+}
+
+/// [`run`] with the listener's limits given (`switchyard store`'s flags).
+pub async fn run_with_limits(
+    listener: TcpListener,
+    engine: Engine,
+    config: ServerConfig,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let replication = config.replication.map(|c| Replication::new(engine.clone(), c));
@@ -315,6 +357,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         store,
         credentials: config.credentials.filter(|c| !c.is_empty()),
+        replays: std::sync::Mutex::new(ReplayGuard::new(sigv4::REPLAY_SIGNATURES_MAX)),
         metrics: Metrics::new(),
     });
     let app = Router::new()
@@ -326,10 +369,13 @@ pub async fn run(
         .route("/replication/v1/table", post(replication_table))
         .route("/replication/v1/mark", post(replication_mark))
         .route("/replication/v1/digest", post(replication_digest))
-        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.request_body_bytes_max))
         .with_state(Arc::clone(&state));
     let sweeper = tokio::spawn(ttl_sweeper(engine));
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let options = common::http::Options::new("store", limits).render(Arc::new(render_refusal));
+    let result = common::http::serve(listener, options, app, shutdown).await;
     sweeper.abort();
     for task in replication_tasks {
         task.abort();
@@ -368,7 +414,11 @@ fn no_replication() -> ApiError {
     )
 }
 
-async fn replication_batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn replication_batch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (headers, body) = match read_request(request).await {
+        Ok(read) => read,
+        Err(error) => return replication_response(Err(error)),
+    };
     let result = match state.store.replication() {
         Some(replication) => replication.receive_batch(&headers, &body).await,
         None => Err(no_replication()),
@@ -376,7 +426,11 @@ async fn replication_batch(State(state): State<Arc<AppState>>, headers: HeaderMa
     replication_response(result)
 }
 
-async fn replication_repair(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn replication_repair(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (headers, body) = match read_request(request).await {
+        Ok(read) => read,
+        Err(error) => return replication_response(Err(error)),
+    };
     let result = match state.store.replication() {
         Some(replication) => replication.receive_repair(&headers, &body).await,
         None => Err(no_replication()),
@@ -384,7 +438,11 @@ async fn replication_repair(State(state): State<Arc<AppState>>, headers: HeaderM
     replication_response(result)
 }
 
-async fn replication_table(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn replication_table(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (headers, body) = match read_request(request).await {
+        Ok(read) => read,
+        Err(error) => return replication_response(Err(error)),
+    };
     let result = match state.store.replication() {
         Some(replication) => replication.receive_table(&headers, &body).await,
         None => Err(no_replication()),
@@ -392,7 +450,11 @@ async fn replication_table(State(state): State<Arc<AppState>>, headers: HeaderMa
     replication_response(result)
 }
 
-async fn replication_digest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn replication_digest(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (headers, body) = match read_request(request).await {
+        Ok(read) => read,
+        Err(error) => return replication_response(Err(error)),
+    };
     let result = match state.store.replication() {
         Some(replication) => replication.receive_digest(&headers, &body).await,
         None => Err(no_replication()),
@@ -400,7 +462,11 @@ async fn replication_digest(State(state): State<Arc<AppState>>, headers: HeaderM
     replication_response(result)
 }
 
-async fn replication_mark(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn replication_mark(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (headers, body) = match read_request(request).await {
+        Ok(read) => read,
+        Err(error) => return replication_response(Err(error)),
+    };
     let result = match state.store.replication() {
         Some(replication) => replication.receive_mark(&headers, &body).await,
         None => Err(no_replication()),
@@ -501,35 +567,123 @@ fn error_response(error: &ApiError) -> Response {
     response
 }
 
-/// The DynamoDB error for a body that could not be read: too large (a ValidationException, as
-/// for DynamoDB's other size limits, never a bare 413) or cut off.
-fn body_error(rejection: &BytesRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::validation(format!(
-            "Request size has exceeded the maximum allowed size of {REQUEST_BODY_BYTES_MAX} bytes; \
-             split the request (BatchWriteItem takes at most 25 items per call)"
-        ))
-    } else {
-        ApiError::serialization(format!("The request body could not be read: {}", rejection.body_text()))
+/// How the store shows a limit's refusal: a DynamoDB error shape with a stable `__type`.
+fn render_refusal(refusal: &Refusal) -> Rendered {
+    let (type_name, message) = match refusal {
+        // The error kind DynamoDB uses for its other size limits, with the status of the limit.
+        Refusal::BodyTooLarge { limit_bytes, .. } => (
+            "com.amazon.coral.validate#ValidationException".to_string(),
+            format!(
+                "Request size has exceeded the maximum allowed size of {limit_bytes} bytes; \
+                 split the request (BatchWriteItem takes at most 25 items per call)"
+            ),
+        ),
+        Refusal::BodyTimeout { .. } => (
+            "com.amazon.coral.service#RequestTimeoutException".to_string(),
+            refusal.to_string(),
+        ),
+        Refusal::BodyIncomplete { reason } => {
+            let error = ApiError::serialization(format!("The request body could not be read: {reason}"));
+            (
+                format!("{}#{}", error.kind.namespace(), error.kind.name()),
+                error.message,
+            )
+        }
+        Refusal::TooManyConnections { .. } => {
+            let kind = ErrorKind::ServiceUnavailable;
+            (format!("{}#{}", kind.namespace(), kind.name()), refusal.to_string())
+        }
+    };
+    Rendered {
+        status: refusal.status(),
+        content_type: CONTENT_TYPE,
+        body: Bytes::from(json!({"__type": type_name, "message": message}).to_string()),
     }
 }
 
-fn authenticate(
-    state: &AppState,
+fn refusal_response(refusal: &Refusal) -> Response {
+    common::http::response_of(render_refusal(refusal))
+}
+
+/// Reads a body under the listener's limits; a refusal becomes the store's error response.
+async fn read_body(body: axum::body::Body) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, usize::MAX).await.map_err(|error| {
+        let refusal = common::http::refusal_of(&error)
+            .cloned()
+            .unwrap_or(Refusal::BodyIncomplete {
+                reason: error.to_string(),
+            });
+        refusal_response(&refusal)
+    })
+}
+
+/// Headers and body of a replication request; a body refused by a limit is an error.
+async fn read_request(request: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => Ok((parts.headers, body)),
+        Err(error) => Err(match common::http::refusal_of(&error) {
+            Some(refusal @ Refusal::BodyTooLarge { .. }) => ApiError::validation(refusal.to_string()),
+            Some(refusal) => ApiError::serialization(refusal.to_string()),
+            None => ApiError::serialization(format!("The request body could not be read: {error}")),
+        }),
+    }
+}
+
+/// 404 for any path but the API's, in the DynamoDB error shape.
+async fn not_found(method: Method, uri: Uri) -> Response {
+    let error = ApiError::new(
+        ErrorKind::UnknownOperation,
+        format!(
+            "No resource at {method} {}: the DynamoDB API is POST / with an X-Amz-Target header",
+            uri.path()
+        ),
+    );
+    let mut response = error_response(&error);
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+/// 405 for a known path with another method (`GET /`, say), in the DynamoDB error shape.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let allowed = if matches!(uri.path(), "/health" | "/metrics") {
+        "GET"
+    } else {
+        "POST"
+    };
+    let error = ApiError::new(
+        ErrorKind::UnknownOperation,
+        format!("{method} is not allowed on {}: use {allowed}", uri.path()),
+    );
+    let mut response = error_response(&error);
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allowed));
+    response
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The signed parts of a request as the verifier wants them (with `host` from the URI's
+/// authority when an HTTP/2 client sent no Host header).
+fn with_parts<T>(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), ApiError> {
-    let Some(credentials) = &state.credentials else {
-        return Ok(());
-    };
-    let pairs: Vec<(&str, &[u8])> = headers
+    f: impl FnOnce(&RequestParts<'_>) -> T,
+) -> T {
+    let mut pairs: Vec<(&str, &[u8])> = headers
         .iter()
         .map(|(name, value)| (name.as_str(), value.as_bytes()))
         .collect();
     let host_header;
-    let mut pairs = pairs;
     if !headers.contains_key(header::HOST)
         && let Some(authority) = uri.authority()
     {
@@ -543,34 +697,101 @@ fn authenticate(
         headers: &pairs,
         body,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    sigv4::verify(credentials, &parts, now).map(|_| ())
+    f(&parts)
 }
 
-async fn api(
-    State(state): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+/// What authentication knows once the head has been checked.
+enum Admitted {
+    /// No credentials configured: every request is served.
+    Open,
+    /// Signed over the body hash it declared; the body must match it.
+    Verified {
+        verified: sigv4::Verified,
+        payload_sha256: String,
+    },
+    /// The head is plausible; the signature is checked with the body.
+    NeedsBody,
+}
+
+/// Checks the head before the body is read.
+fn authenticate_head(state: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Admitted, ApiError> {
+    let Some(credentials) = &state.credentials else {
+        return Ok(Admitted::Open);
+    };
+    let region = state.store.engine().region();
+    with_parts(method, uri, headers, b"", |parts| {
+        sigv4::verify_head(credentials, parts, Some(region), now_secs())
+    })
+    .map(|check| match check {
+        HeadCheck::Verified {
+            verified,
+            payload_sha256,
+        } => Admitted::Verified {
+            verified,
+            payload_sha256,
+        },
+        HeadCheck::NeedsBody => Admitted::NeedsBody,
+    })
+}
+
+/// Finishes authentication with the body, and admits a request that changes data once.
+fn authenticate_body(
+    state: &AppState,
+    admitted: Admitted,
+    operation: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let verified = match admitted {
+        Admitted::Open => return Ok(()),
+        Admitted::Verified {
+            verified,
+            payload_sha256,
+        } => {
+            sigv4::check_payload(&payload_sha256, body)?;
+            verified
+        }
+        Admitted::NeedsBody => {
+            let Some(credentials) = &state.credentials else {
+                return Ok(());
+            };
+            let region = state.store.engine().region();
+            with_parts(method, uri, headers, body, |parts| {
+                sigv4::verify_in(credentials, parts, Some(region), now_secs())
+            })?
+        }
+    };
+    if READ_ONLY_OPERATIONS.contains(&operation) {
+        return Ok(());
+    }
+    state
+        .replays
+        .lock()
+        .expect("replay guard lock is never poisoned")
+        .admit(&verified, now_secs())
+}
+
+async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
     let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or(target).to_string();
-    let (body, unread) = match body {
-        Ok(body) => (body, None),
-        Err(rejection) => (Bytes::new(), Some(body_error(&rejection))),
-    };
-    let result = match unread.map_or_else(|| authenticate(&state, &method, &uri, &headers, &body), Err) {
+    let result = match authenticate_head(&state, &method, &uri, &headers) {
         Err(error) => Err(error),
-        Ok(()) if !target.starts_with(TARGET_PREFIX) => Err(ApiError::new(
-            ErrorKind::UnknownOperation,
-            format!("Unknown operation: X-Amz-Target must be {TARGET_PREFIX}<Operation>, got '{target}'"),
-        )),
-        Ok(()) => state.store.handle(&operation, &body).await,
+        Ok(admitted) => match read_body(body).await {
+            Err(response) => return response,
+            Ok(body) => match authenticate_body(&state, admitted, &operation, &method, &uri, &headers, &body) {
+                Err(error) => Err(error),
+                Ok(()) if !target.starts_with(TARGET_PREFIX) => Err(ApiError::new(
+                    ErrorKind::UnknownOperation,
+                    format!("Unknown operation: X-Amz-Target must be {TARGET_PREFIX}<Operation>, got '{target}'"),
+                )),
+                Ok(()) => state.store.handle(&operation, &body).await,
+            },
+        },
     };
     let label = if crate::ops::OPERATIONS.contains(&operation.as_str()) {
         operation
@@ -861,5 +1082,6 @@ pub async fn run_ceiling(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new().fallback(|| async { ([(header::CONTENT_TYPE, CONTENT_TYPE)], "{}") });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let options = common::http::Options::new("bench-ceiling", default_limits());
+    common::http::serve(listener, options, app, shutdown).await
 }

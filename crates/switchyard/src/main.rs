@@ -199,6 +199,57 @@ struct StoreArgs {
     /// can commit on a full disk; 0 keeps none [default: 64MiB].
     #[arg(long, value_name = "BYTES", env = "SWITCHYARD_DISK_RESERVE_BYTES", value_parser = store::config::parse_disk_reserve_bytes)]
     disk_reserve_bytes: Option<u64>,
+    #[command(flatten)]
+    limits: ListenerLimitArgs,
+}
+
+/// Limits applied to every connection before authentication (see the README's security model).
+#[derive(clap::Args)]
+struct ListenerLimitArgs {
+    /// Open connections at most; more are answered 503 and closed [default: 1024].
+    #[arg(long, value_name = "N", env = "SWITCHYARD_CONNECTIONS_MAX")]
+    connections_max: Option<usize>,
+    /// Open connections from one client IP address at most [default: 256].
+    #[arg(long, value_name = "N", env = "SWITCHYARD_CONNECTIONS_PER_CLIENT_MAX")]
+    connections_per_client_max: Option<usize>,
+    /// Milliseconds a client may take to send a request head, from its first byte [default: 10000].
+    #[arg(long, value_name = "MS", env = "SWITCHYARD_HEADER_READ_TIMEOUT_MS")]
+    header_read_timeout_ms: Option<u64>,
+    /// Milliseconds a client may take to send a request body, from the end of its head
+    /// [default: 60000].
+    #[arg(long, value_name = "MS", env = "SWITCHYARD_BODY_READ_TIMEOUT_MS")]
+    body_read_timeout_ms: Option<u64>,
+    /// Milliseconds a keep-alive connection may wait for its next request [default: 60000].
+    #[arg(long, value_name = "MS", env = "SWITCHYARD_IDLE_TIMEOUT_MS")]
+    idle_timeout_ms: Option<u64>,
+    /// Request body bytes held in memory at once across all connections (a number with B,
+    /// KiB, MiB or GiB); further uploads wait, unread, for their share [default: 32MiB].
+    #[arg(long, value_name = "BYTES", env = "SWITCHYARD_BUFFERED_BODY_BYTES_MAX", value_parser = store::config::parse_bytes)]
+    buffered_body_bytes_max: Option<u64>,
+}
+
+impl ListenerLimitArgs {
+    /// These flags over `defaults`, checked.
+    fn apply(&self, defaults: common::http::Limits) -> anyhow::Result<common::http::Limits> {
+        let limits = common::http::Limits {
+            connections_max: self.connections_max.unwrap_or(defaults.connections_max),
+            connections_per_client_max: self
+                .connections_per_client_max
+                .unwrap_or(defaults.connections_per_client_max),
+            header_read_timeout_ms: self.header_read_timeout_ms.unwrap_or(defaults.header_read_timeout_ms),
+            body_read_timeout_ms: self.body_read_timeout_ms.unwrap_or(defaults.body_read_timeout_ms),
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(defaults.idle_timeout_ms),
+            buffered_body_bytes_max: match self.buffered_body_bytes_max {
+                Some(bytes) => usize::try_from(bytes).context("--buffered-body-bytes-max is larger than memory")?,
+                None => defaults.buffered_body_bytes_max,
+            },
+            request_body_bytes_max: defaults.request_body_bytes_max,
+        };
+        limits
+            .check()
+            .map_err(|message| anyhow::anyhow!("--{}", message.replace('_', "-")))?;
+        Ok(limits)
+    }
 }
 
 /// A store's settings: flags and environment over the config file over the defaults.
@@ -215,6 +266,7 @@ struct StoreSettings {
     clock_offset_alarm_ms: u64,
     clock_offset_max_ms: u64,
     disk: store::disk::DiskSettings,
+    limits: common::http::Limits,
 }
 
 const STORE_REGION_DEFAULT: &str = "us-east-1";
@@ -266,6 +318,7 @@ impl StoreArgs {
                     .or(file.disk_reserve_bytes)
                     .unwrap_or(store::disk::DISK_RESERVE_BYTES_DEFAULT),
             },
+            limits: self.limits.apply(store::server::default_limits())?,
         })
     }
 }
@@ -402,13 +455,14 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         std::fs::write(path, address.to_string()).with_context(|| format!("write ready file {}", path.display()))?;
     }
     tracing::info!(%address, region = %args.region, data_dir = %args.data_dir.display(), authenticated = credentials.is_some(), "store listening");
-    store::server::run(
+    store::server::run_with_limits(
         listener,
         engine,
         store::server::ServerConfig {
             credentials,
             replication,
         },
+        args.limits,
         shutdown_signal(),
     )
     .await

@@ -1,0 +1,763 @@
+//! The HTTP accept loop of every Switchyard listener, with its limits enforced before a handler
+//! runs: connections per listener and per client address, a header read timeout, an idle
+//! keep-alive timeout, a body read timeout, the body size checked against `Content-Length`
+//! before a byte of it is read, and one budget for the body bytes buffered at once across all
+//! connections, so stalled uploads hold the socket's kernel buffers, not the process's memory.
+//!
+//! HTTP/1.1 and h2c (prior knowledge), as `axum::serve` serves them. A client that half-closes
+//! its write side after a complete request still gets its response. The app is an
+//! `axum::Router`; its handlers see the body as an [`axum::body::Body`] whose errors are
+//! [`Refusal`]s (find one with [`refusal_of`]), so a handler may check a request's head (a
+//! signature, say) before it reads the body at all.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::watchdog::{self, Snapshot, Timeouts, Verdict};
+
+/// Default: from the first byte of a request head to its last.
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default: from a request's head to the last byte of its body.
+pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// Default: how long a keep-alive connection may wait for its next request.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// Default: open connections per listener.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Default: open connections per client IP address. Generous, because a proxy or a lab's fault
+/// proxy brings many clients from one address.
+pub const CONNECTIONS_PER_CLIENT_MAX_DEFAULT: usize = 256;
+/// Default: request body bytes buffered at once across all connections of a listener.
+pub const BUFFERED_BODY_BYTES_MAX_DEFAULT: usize = 32 * 1024 * 1024;
+/// Default request body limit of the admin listeners (axum's own default).
+pub const ADMIN_REQUEST_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// The first bytes of every body are outside the shared budget, so small requests are never
+/// held up by large stalled ones (their memory is bounded by the connection limit instead).
+pub const BODY_BYTES_UNBUDGETED: usize = 64 * 1024;
+/// Bytes of hyper's read buffer per HTTP/1 connection; also the largest request head.
+pub const READ_BUFFER_BYTES_MAX: usize = 64 * 1024;
+/// HTTP/2: streams per connection, and the flow-control windows that bound what a peer may
+/// send before the handler reads it.
+pub const H2_STREAMS_MAX: u32 = 64;
+pub const H2_STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+pub const H2_CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
+/// How long shutdown waits for requests in flight before it drops their connections.
+pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// Pause after an accept error (out of file descriptors, say) before accepting again.
+const ACCEPT_ERROR_BACKOFF_MS: u64 = 50;
+/// At most one warning per this interval for refused connections and accept errors.
+const WARN_INTERVAL_MS: u64 = 10_000;
+/// The smallest shared body budget accepted: a frame must always fit.
+pub const BUFFERED_BODY_BYTES_MIN: usize = 1024 * 1024;
+
+/// The limits of one listener. Every field is checked by [`Limits::check`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub connections_max: usize,
+    pub connections_per_client_max: usize,
+    pub request_body_bytes_max: usize,
+    pub buffered_body_bytes_max: usize,
+}
+
+impl Limits {
+    /// The defaults with the given body limit.
+    pub fn with_body_limit(request_body_bytes_max: usize) -> Limits {
+        Limits {
+            header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
+            body_read_timeout_ms: BODY_READ_TIMEOUT_MS_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            connections_per_client_max: CONNECTIONS_PER_CLIENT_MAX_DEFAULT,
+            request_body_bytes_max,
+            buffered_body_bytes_max: BUFFERED_BODY_BYTES_MAX_DEFAULT,
+        }
+    }
+
+    /// The limits of an admin or control API: small JSON bodies.
+    pub fn admin() -> Limits {
+        Limits::with_body_limit(ADMIN_REQUEST_BODY_BYTES_MAX)
+    }
+
+    /// Refuses zero timeouts and counts, and a budget too small for one read.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} is 0; give a timeout of at least 1 ms"));
+            }
+        }
+        for (name, value) in [
+            ("connections_max", self.connections_max),
+            ("connections_per_client_max", self.connections_per_client_max),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} is 0; allow at least 1 connection"));
+            }
+        }
+        if self.buffered_body_bytes_max < BUFFERED_BODY_BYTES_MIN {
+            return Err(format!(
+                "buffered_body_bytes_max is {} bytes; give at least {BUFFERED_BODY_BYTES_MIN}",
+                self.buffered_body_bytes_max
+            ));
+        }
+        Ok(())
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header_read_timeout_ms: self.header_read_timeout_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+        }
+    }
+}
+
+/// A request or connection turned away by a limit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "the request body{} is larger than the limit of {limit_bytes} bytes; send smaller requests",
+        declared_bytes.map(|b| format!(" ({b} bytes)")).unwrap_or_default()
+    )]
+    BodyTooLarge {
+        declared_bytes: Option<u64>,
+        limit_bytes: usize,
+    },
+    #[error("the request body did not arrive within {timeout_ms} ms; send it without pausing")]
+    BodyTimeout { timeout_ms: u64 },
+    #[error("the request body could not be read: {reason}")]
+    BodyIncomplete { reason: String },
+    #[error(
+        "too many connections {}: the limit is {limit}; reuse connections (keep-alive) or retry later",
+        if *per_client { "from this client address" } else { "to this listener" }
+    )]
+    TooManyConnections { limit: usize, per_client: bool },
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Refusal::BodyIncomplete { .. } => StatusCode::BAD_REQUEST,
+            Refusal::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable name for clients to match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::BodyTooLarge { .. } => "RequestEntityTooLarge",
+            Refusal::BodyTimeout { .. } => "RequestTimeout",
+            Refusal::BodyIncomplete { .. } => "IncompleteBody",
+            Refusal::TooManyConnections { .. } => "TooManyConnections",
+        }
+    }
+}
+
+/// A refusal as the listener's clients expect to see it.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+/// How a listener shows a [`Refusal`].
+pub type Render = Arc<dyn Fn(&Refusal) -> Rendered + Send + Sync>;
+
+/// The default rendering: `{"__type": CODE, "message": ...}` as JSON.
+pub fn render_json(refusal: &Refusal) -> Rendered {
+    Rendered {
+        status: refusal.status(),
+        content_type: "application/json",
+        body: Bytes::from(serde_json::json!({"__type": refusal.code(), "message": refusal.to_string()}).to_string()),
+    }
+}
+
+/// A rendered refusal as a response; it closes the connection, since the body may be unread.
+pub fn response_of(rendered: Rendered) -> Response<Body> {
+    let mut response = Response::new(Body::from(rendered.body));
+    *response.status_mut() = rendered.status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(rendered.content_type));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The [`Refusal`] behind a body error, if a limit caused it.
+pub fn refusal_of<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refusal> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        if let Some(refusal) = error.downcast_ref::<Refusal>() {
+            return Some(refusal);
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// A listener's name (for logs), limits and way of showing refusals.
+#[derive(Clone)]
+pub struct Options {
+    pub name: &'static str,
+    pub limits: Limits,
+    pub render: Render,
+}
+
+impl Options {
+    /// Refusals shown by [`render_json`].
+    pub fn new(name: &'static str, limits: Limits) -> Options {
+        Options {
+            name,
+            limits,
+            render: Arc::new(render_json),
+        }
+    }
+
+    pub fn render(mut self, render: Render) -> Options {
+        self.render = render;
+        self
+    }
+}
+
+/// Serves `app` on `listener` under the limits of `options` until `shutdown` resolves, then
+/// stops accepting, lets requests in flight finish (up to [`SHUTDOWN_DRAIN_TIMEOUT_MS`]) and
+/// returns.
+pub async fn serve(
+    listener: TcpListener,
+    options: Options,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let shared = Arc::new(Shared {
+        budget: Arc::new(Semaphore::new(options.limits.buffered_body_bytes_max)),
+        options,
+        connections: Mutex::new(Connections::default()),
+        last_warning_ms: AtomicU64::new(0),
+        started: Instant::now(),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match shared.admit(peer.ip()) {
+                    Ok(slot) => {
+                        tasks.spawn(connection(stream, Arc::clone(&shared), app.clone(), stopped.clone(), slot));
+                    }
+                    Err(refusal) => {
+                        if shared.may_warn() {
+                            tracing::warn!(listener = shared.options.name, client = %peer.ip(), %refusal, "connection refused");
+                        }
+                        refuse(&stream, &(shared.options.render)(&refusal));
+                    }
+                },
+                Err(error) => {
+                    if shared.may_warn() {
+                        tracing::warn!(listener = shared.options.name, %error, "accept failed; pausing before the next accept");
+                    }
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    // Receivers see the change even if they are dropped later; an error only means none is left.
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(Duration::from_millis(SHUTDOWN_DRAIN_TIMEOUT_MS), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            listener = shared.options.name,
+            connections = tasks.len(),
+            "requests still in flight after {SHUTDOWN_DRAIN_TIMEOUT_MS} ms; closing their connections"
+        );
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Connections {
+    open: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+struct Shared {
+    options: Options,
+    budget: Arc<Semaphore>,
+    connections: Mutex<Connections>,
+    last_warning_ms: AtomicU64,
+    started: Instant,
+}
+
+impl Shared {
+    fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Slot, Refusal> {
+        let limits = &self.options.limits;
+        let mut connections = self
+            .connections
+            .lock()
+            .expect("connection table lock is never poisoned");
+        if connections.open >= limits.connections_max {
+            return Err(Refusal::TooManyConnections {
+                limit: limits.connections_max,
+                per_client: false,
+            });
+        }
+        let count = connections.per_client.entry(client).or_insert(0);
+        if *count >= limits.connections_per_client_max {
+            return Err(Refusal::TooManyConnections {
+                limit: limits.connections_per_client_max,
+                per_client: true,
+            });
+        }
+        *count += 1;
+        connections.open += 1;
+        Ok(Slot {
+            shared: Arc::clone(self),
+            client,
+        })
+    }
+
+    /// Rate limit for warnings an attacker could otherwise use to flood the log.
+    fn may_warn(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64 + WARN_INTERVAL_MS;
+        let last = self.last_warning_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= WARN_INTERVAL_MS
+            && self
+                .last_warning_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// One admitted connection; frees its place when dropped.
+struct Slot {
+    shared: Arc<Shared>,
+    client: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut connections = self
+            .shared
+            .connections
+            .lock()
+            .expect("connection table lock is never poisoned");
+        connections.open = connections.open.saturating_sub(1);
+        if let Some(count) = connections.per_client.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                connections.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Answers a connection over a limit without reading from it, then closes it. A full socket
+/// buffer just loses the answer: the close still tells the client.
+fn refuse(stream: &TcpStream, rendered: &Rendered) {
+    let mut message = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        rendered.status.as_u16(),
+        rendered.status.canonical_reason().unwrap_or(""),
+        rendered.content_type,
+        rendered.body.len()
+    )
+    .into_bytes();
+    message.extend_from_slice(&rendered.body);
+    let _ = stream.try_write(&message);
+}
+
+/// What the watchdog needs to know about one connection, updated by its reads and requests.
+struct ConnectionState {
+    opened: Instant,
+    active_requests: AtomicU32,
+    /// Milliseconds since `opened` plus one when a head started; 0 when none has.
+    head_started: AtomicU64,
+    idle_since_ms: AtomicU64,
+}
+
+impl ConnectionState {
+    fn new() -> ConnectionState {
+        ConnectionState {
+            opened: Instant::now(),
+            active_requests: AtomicU32::new(0),
+            head_started: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    fn on_bytes_read(&self) {
+        if self.active_requests.load(Ordering::Acquire) == 0 && self.head_started.load(Ordering::Relaxed) == 0 {
+            self.head_started.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn begin_request(self: &Arc<Self>) -> ActiveRequest {
+        self.active_requests.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Relaxed);
+        ActiveRequest(Arc::clone(self))
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            active_requests: self.active_requests.load(Ordering::Acquire),
+            head_started_ms: match self.head_started.load(Ordering::Relaxed) {
+                0 => None,
+                started => Some(started - 1),
+            },
+            idle_since_ms: self.idle_since_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A request being served; when the last one ends the connection goes idle.
+struct ActiveRequest(Arc<ConnectionState>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        let state = &self.0;
+        state.idle_since_ms.store(state.now_ms(), Ordering::Relaxed);
+        state.head_started.store(0, Ordering::Relaxed);
+        state.active_requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The TCP stream, telling the connection's state when bytes arrive.
+struct Counting {
+    inner: TcpStream,
+    state: Arc<ConnectionState>,
+}
+
+impl AsyncRead for Counting {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.state.on_bytes_read();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Counting {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    app: Router,
+    mut stopped: watch::Receiver<bool>,
+    _slot: Slot,
+) {
+    // Small JSON requests and responses: latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let state = Arc::new(ConnectionState::new());
+    let io = TokioIo::new(Counting {
+        inner: stream,
+        state: Arc::clone(&state),
+    });
+    let service = {
+        let shared = Arc::clone(&shared);
+        let state = Arc::clone(&state);
+        hyper::service::service_fn(move |request| {
+            dispatch(request, app.clone(), Arc::clone(&shared), Arc::clone(&state))
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The watchdog below times heads, separately from idle keep-alive connections.
+        .header_read_timeout(None)
+        .half_close(true)
+        .keep_alive(true)
+        .max_buf_size(READ_BUFFER_BYTES_MAX);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_STREAMS_MAX)
+        .initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES)
+        .max_header_list_size(READ_BUFFER_BYTES_MAX as u32);
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let timeouts = shared.options.limits.timeouts();
+    let mut stopping = false;
+    loop {
+        let wake = match watchdog::verdict(&timeouts, &state.snapshot(), state.now_ms()) {
+            Verdict::Keep { recheck_at_ms } => state.opened + Duration::from_millis(recheck_at_ms),
+            Verdict::Close(reason) => {
+                tracing::debug!(
+                    listener = shared.options.name,
+                    reason = reason.as_str(),
+                    "connection closed"
+                );
+                return;
+            }
+        };
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(listener = shared.options.name, %error, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stopped.changed(), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.trim().parse().ok())
+}
+
+async fn dispatch(
+    request: Request<Incoming>,
+    mut app: Router,
+    shared: Arc<Shared>,
+    state: Arc<ConnectionState>,
+) -> Result<Response<Body>, Infallible> {
+    let _active = state.begin_request();
+    let limits = &shared.options.limits;
+    if let Some(declared) = declared_length(request.headers())
+        && declared > limits.request_body_bytes_max as u64
+    {
+        let refusal = Refusal::BodyTooLarge {
+            declared_bytes: Some(declared),
+            limit_bytes: limits.request_body_bytes_max,
+        };
+        // Read and discard what the client is still sending (a bounded "lingering close", as
+        // nginx does after a 413), so it gets to read the answer instead of a reset.
+        tokio::spawn(discard(request.into_body(), limits.body_read_timeout_ms));
+        return Ok(response_of((shared.options.render)(&refusal)));
+    }
+    let (parts, body) = request.into_parts();
+    let body = LimitedBody::new(body, limits, Arc::clone(&shared.budget));
+    let request = Request::from_parts(parts, Body::new(body));
+    tower_service::Service::call(&mut app, request).await
+}
+
+/// Most bytes of a refused body read and thrown away before the connection is closed.
+pub const DISCARD_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Reads `body` to its end and drops it, for at most `timeout_ms` and [`DISCARD_BYTES_MAX`].
+async fn discard(mut body: Incoming, timeout_ms: u64) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), async {
+        let mut discarded: u64 = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            discarded += frame.data_ref().map_or(0, |data| data.len() as u64);
+            if discarded > DISCARD_BYTES_MAX {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// A request body under the listener's limits: size, read timeout and the shared budget.
+struct LimitedBody {
+    inner: Incoming,
+    limit_bytes: usize,
+    received_bytes: usize,
+    budget: Arc<Semaphore>,
+    budget_total: usize,
+    held: Option<OwnedSemaphorePermit>,
+    /// A frame read but not yet covered by the budget, and the wait for it.
+    waiting: Option<(
+        Frame<Bytes>,
+        Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>,
+    )>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout_ms: u64,
+    failed: bool,
+}
+
+impl LimitedBody {
+    fn new(inner: Incoming, limits: &Limits, budget: Arc<Semaphore>) -> LimitedBody {
+        LimitedBody {
+            inner,
+            limit_bytes: limits.request_body_bytes_max,
+            received_bytes: 0,
+            budget,
+            budget_total: limits.buffered_body_bytes_max,
+            held: None,
+            waiting: None,
+            deadline: Box::pin(tokio::time::sleep(Duration::from_millis(limits.body_read_timeout_ms))),
+            timeout_ms: limits.body_read_timeout_ms,
+            failed: false,
+        }
+    }
+
+    fn hold(&mut self, permit: OwnedSemaphorePermit) {
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+    }
+
+    fn fail(&mut self, refusal: Refusal) -> Poll<Option<Result<Frame<Bytes>, Refusal>>> {
+        self.failed = true;
+        self.waiting = None;
+        Poll::Ready(Some(Err(refusal)))
+    }
+
+    /// Bytes of a frame of `len` that must come from the budget.
+    fn budgeted(&self, len: usize) -> usize {
+        let before = self.received_bytes - len;
+        let free = BODY_BYTES_UNBUDGETED.saturating_sub(before);
+        len.saturating_sub(free).min(self.budget_total)
+    }
+}
+
+impl HttpBody for LimitedBody {
+    type Data = Bytes;
+    type Error = Refusal;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Refusal>>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        if let Some((_, wait)) = &mut this.waiting {
+            return match wait.as_mut().poll(cx) {
+                Poll::Ready(Some(permit)) => {
+                    this.hold(permit);
+                    let (frame, _) = this.waiting.take().expect("a frame waits while its permit is awaited");
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(None) => this.fail(Refusal::BodyIncomplete {
+                    reason: "the server is shutting down".into(),
+                }),
+                Poll::Pending => {
+                    if this.deadline.as_mut().poll(cx).is_ready() {
+                        let timeout_ms = this.timeout_ms;
+                        this.fail(Refusal::BodyTimeout { timeout_ms })
+                    } else {
+                        Poll::Pending
+                    }
+                }
+            };
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let Some(len) = frame.data_ref().map(Bytes::len) else {
+                    return Poll::Ready(Some(Ok(frame)));
+                };
+                this.received_bytes = this.received_bytes.saturating_add(len);
+                if this.received_bytes > this.limit_bytes {
+                    let limit_bytes = this.limit_bytes;
+                    return this.fail(Refusal::BodyTooLarge {
+                        declared_bytes: None,
+                        limit_bytes,
+                    });
+                }
+                let needed = this.budgeted(len);
+                if needed == 0 {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                let permits = u32::try_from(needed).unwrap_or(u32::MAX);
+                match Arc::clone(&this.budget).try_acquire_many_owned(permits) {
+                    Ok(permit) => {
+                        this.hold(permit);
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Err(_) => {
+                        // Stop reading this body until others release their share: the
+                        // client's further bytes wait in kernel buffers, then in the client.
+                        let budget = Arc::clone(&this.budget);
+                        let wait = Box::pin(async move { budget.acquire_many_owned(permits).await.ok() });
+                        this.waiting = Some((frame, wait));
+                        Pin::new(this).poll_frame(cx)
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(error))) => this.fail(Refusal::BodyIncomplete {
+                reason: error.to_string(),
+            }),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    let timeout_ms = this.timeout_ms;
+                    this.fail(Refusal::BodyTimeout { timeout_ms })
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.waiting.is_none() && (self.failed || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

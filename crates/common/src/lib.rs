@@ -1,0 +1,8 @@
+//! Support shared by Switchyard's components: today the HTTP accept loop every listener uses,
+//! with its limits applied before any handler (and so before any authentication) runs.
+//!
+//! Depends on no other Switchyard crate, and stays lean: the HTTP stack the listeners already
+//! use (hyper, hyper-util, axum), tokio and tracing.
+
+pub mod http;
+pub mod watchdog;
