@@ -61,7 +61,7 @@ pub const H2_STREAMS_MAX: u32 = 64;
 pub const H2_STREAM_WINDOW_BYTES: u32 = 64 * 1024;
 pub const H2_CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
 /// How long shutdown waits for requests in flight before it drops their connections.
-pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 30_000;
+pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// Pause after an accept error (out of file descriptors, say) before accepting again.
 const ACCEPT_ERROR_BACKOFF_MS: u64 = 50;
 /// At most one warning per this interval for refused connections and accept errors.
