@@ -1,14 +1,26 @@
 """SigV4 against the real binary started with `--credentials FILE`: boto3 with the right key is
 served; a wrong secret gets InvalidSignatureException, an unknown key
-UnrecognizedClientException, an unsigned request MissingAuthenticationTokenException. Without
-credentials the store refuses to listen on a non-loopback address and says why."""
+UnrecognizedClientException, an unsigned request MissingAuthenticationTokenException. Requests
+signed by botocore and tampered with afterwards are refused: X-Amz-Target left out of the
+signed headers or changed, another region, a replayed PutItem, a presigned URL, a body that is
+not the one its declared hash names. Without credentials the store refuses to listen on a
+non-loopback address and says why."""
 
+import hashlib
+import json
 import subprocess
+import urllib.error
+import urllib.request
 
+import boto3
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from test_store_harness import (ACCESS_KEY_ID, BINARY, SECRET, StoreProcess, create_table, error_of,
+from test_store_harness import (ACCESS_KEY_ID, BINARY, REGION, SECRET, StoreProcess, create_table, error_of,
                                 require_binary)
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
@@ -102,3 +114,153 @@ def test_non_loopback_listen_with_credentials_starts(tmp_path):
         assert store.client().list_tables()["TableNames"] == []
     finally:
         store.stop()
+
+
+# SigV4 as AWS applies it: botocore-signed requests, tampered with after signing.
+
+def send_prepared(request, body=None, url=None):
+    """Sends a botocore AWSPreparedRequest again as it was (or with another body/URL); returns
+    (status, parsed JSON)."""
+    data = request.body if body is None else body
+    if isinstance(data, str):
+        data = data.encode()
+    raw = urllib.request.Request(url or request.url, data=data, method=request.method)
+    for name, value in request.headers.items():
+        raw.add_header(name, value if isinstance(value, str) else value.decode())
+    try:
+        with urllib.request.urlopen(raw, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def capture(client, event):
+    """Registers a before-send hook that keeps the signed request and lets it go out."""
+    captured = []
+
+    def keep(request, **_):
+        captured.append(request)
+
+    client.meta.events.register(f"before-send.dynamodb.{event}", keep)
+    return captured
+
+
+def test_target_left_out_of_signed_headers_is_refused(secured):
+    # Re-sign without X-Amz-Target, then put a DeleteItem target back: a signed GetItem turned
+    # into a DeleteItem must not pass.
+    client = secured.client()
+    create_table(client, "target-table")
+    client.put_item(TableName="target-table", Item={"pk": {"S": "kept"}})
+
+    def resign_without_target(request, **_):
+        unsigned = AWSRequest(method=request.method, url=request.url, data=request.body,
+                              headers={k: v if isinstance(v, str) else v.decode() for k, v in request.headers.items()
+                                       if k.lower() not in ("x-amz-target", "authorization", "x-amz-date")})
+        SigV4Auth(Credentials(ACCESS_KEY_ID, SECRET), "dynamodb", REGION).add_auth(unsigned)
+        assert "x-amz-target" not in str(unsigned.headers["Authorization"]).lower()
+        for name in ("Authorization", "X-Amz-Date"):
+            request.headers[name] = unsigned.headers[name]
+        request.headers["X-Amz-Target"] = "DynamoDB_20120810.DeleteItem"
+
+    client.meta.events.register("before-send.dynamodb.GetItem", resign_without_target)
+    with pytest.raises(ClientError) as excinfo:
+        client.get_item(TableName="target-table", Key={"pk": {"S": "kept"}})
+    code, message, status = error_of(excinfo)
+    assert (code, status) == ("InvalidSignatureException", 400), message
+    assert "X-Amz-Target" in message
+    assert secured.client().get_item(TableName="target-table", Key={"pk": {"S": "kept"}})["Item"]
+
+
+def test_target_changed_after_signing_is_refused(secured):
+    client = secured.client()
+
+    def retarget(request, **_):
+        request.headers["X-Amz-Target"] = "DynamoDB_20120810.DeleteTable"
+
+    client.meta.events.register("before-send.dynamodb.DescribeTable", retarget)
+    with pytest.raises(ClientError) as excinfo:
+        client.describe_table(TableName="signed-table")
+    assert error_of(excinfo)[0] == "InvalidSignatureException"
+
+
+def test_signature_for_another_region_is_refused(secured):
+    other = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url=secured.url,
+                         aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET,
+                         config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+    with pytest.raises(ClientError) as excinfo:
+        other.list_tables()
+    code, message, status = error_of(excinfo)
+    assert (code, status) == ("InvalidSignatureException", 400)
+    assert "'eu-west-1'" in message and f"'{REGION}'" in message, message
+
+
+def test_replayed_put_item_is_refused_and_changes_nothing(secured):
+    client = secured.client()
+    create_table(client, "replay-table")
+    captured = capture(client, "PutItem")
+    client.put_item(TableName="replay-table", Item={"pk": {"S": "k"}, "v": {"N": "1"}})
+    client.put_item(TableName="replay-table", Item={"pk": {"S": "k"}, "v": {"N": "2"}})
+    status, response = send_prepared(captured[0])
+    assert status == 400, response
+    assert response["__type"].endswith("#InvalidSignatureException"), response
+    assert "already used" in response["message"], response
+    item = client.get_item(TableName="replay-table", Key={"pk": {"S": "k"}}, ConsistentRead=True)["Item"]
+    assert item["v"] == {"N": "2"}
+    # A replayed read is harmless and still served (only requests that change data are kept).
+    reads = capture(client, "GetItem")
+    client.get_item(TableName="replay-table", Key={"pk": {"S": "k"}})
+    assert send_prepared(reads[0])[0] == 200
+
+
+def test_presigned_url_is_refused_for_any_body(secured):
+    client = secured.client()
+    url = client.generate_presigned_url("put_item", ExpiresIn=3600, Params={
+        "TableName": "signed-table", "Item": {"pk": {"S": "presigned"}}})
+    assert "X-Amz-Signature=" in url
+    for target, body in [("PutItem", {"TableName": "signed-table", "Item": {"pk": {"S": "other"}}}),
+                         ("DeleteTable", {"TableName": "signed-table"})]:
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+        request.add_header("Content-Type", "application/x-amz-json-1.0")
+        request.add_header("X-Amz-Target", f"DynamoDB_20120810.{target}")
+        with pytest.raises(urllib.error.HTTPError) as excinfo:
+            urllib.request.urlopen(request, timeout=30)
+        response = json.loads(excinfo.value.read())
+        assert excinfo.value.code == 400
+        assert response["__type"].endswith("#IncompleteSignatureException"), response
+        assert "Authorization header" in response["message"], response
+    assert "signed-table" in client.list_tables()["TableNames"]
+    assert "Item" not in client.get_item(TableName="signed-table", Key={"pk": {"S": "other"}})
+
+
+def test_declared_body_hash_is_checked_against_the_body(secured):
+    # x-amz-content-sha256 lets the store verify the signature before reading the body; the
+    # body that then arrives must be the one signed.
+    client = secured.client()
+
+    def declare_hash(request, **_):
+        request.headers["X-Amz-Content-SHA256"] = hashlib.sha256(request.body or b"").hexdigest()
+
+    # Signing runs on request-created too: the header must be there before the signer.
+    client.meta.events.register_first("request-created.dynamodb", declare_hash)
+    assert "TableNames" in client.list_tables()
+    captured = capture(client, "ListTables")
+    client.list_tables()
+    signed = captured[0]
+    authorization = signed.headers["Authorization"]
+    authorization = authorization if isinstance(authorization, str) else authorization.decode()
+    assert "x-amz-content-sha256" in authorization.lower()
+    status, response = send_prepared(signed, body=b'{"Limit": 1}')
+    assert status == 400, response
+    assert response["__type"].endswith("#InvalidSignatureException"), response
+    assert "x-amz-content-sha256" in response["message"], response
+
+
+def test_aws_cli_signs_requests_the_store_accepts(secured):
+    # The CLI (botocore) signs host, x-amz-date and x-amz-target for the configured region.
+    _, created, _ = secured.aws("create-table", "--table-name", "cli-signed", "--billing-mode", "PAY_PER_REQUEST",
+                                "--attribute-definitions", "AttributeName=pk,AttributeType=S",
+                                "--key-schema", "AttributeName=pk,KeyType=HASH")
+    assert created["TableDescription"]["TableName"] == "cli-signed"
+    secured.aws("put-item", "--table-name", "cli-signed", "--item", '{"pk": {"S": "a"}}')
+    _, item, _ = secured.aws("get-item", "--table-name", "cli-signed", "--key", '{"pk": {"S": "a"}}')
+    assert item["Item"] == {"pk": {"S": "a"}}

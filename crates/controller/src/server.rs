@@ -581,7 +581,13 @@ pub async fn run(
         shutdown.await;
         let _ = closing_sender.send(true);
     };
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    // Limits before authentication: connections, timeouts and body size (long-polls are
+    // requests in progress, which the idle timeout leaves alone).
+    let options = common::http::Options::new(
+        "controller",
+        common::http::Limits::with_body_limit(REQUEST_BODY_BYTES_MAX),
+    );
+    let result = common::http::serve(listener, options, app, shutdown).await;
     for task in tasks {
         task.abort();
     }

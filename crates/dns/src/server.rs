@@ -312,11 +312,14 @@ pub async fn run_with_state(
     let admin = crate::admin::router(Arc::clone(&state));
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(async move {
-        axum::serve(sockets.admin, admin)
-            .with_graceful_shutdown(async move {
-                let _ = admin_stop.wait_for(|stop| *stop).await;
-            })
-            .await
+        let options = common::http::Options::new(
+            "dns-admin",
+            common::http::Limits::with_body_limit(crate::admin::ADMIN_BODY_BYTES_MAX),
+        );
+        common::http::serve(sockets.admin, options, admin, async move {
+            let _ = admin_stop.wait_for(|stop| *stop).await;
+        })
+        .await
     });
     shutdown.await;
     let _ = stop_tx.send(true);

@@ -454,6 +454,18 @@ impl ReplayGuard {
     }
 }
 
+impl ReplayGuard {
+    /// Forgets an admitted signature whose request was not applied and that clients retry
+    /// (a server fault, throttling): SDKs re-send a retry within the same second with the same
+    /// signature, since the attempt number they add is not signed.
+    pub fn forget(&mut self, verified: &Verified) {
+        let key = replay_key(&verified.signature);
+        if self.seen.remove(&key) {
+            self.by_time.remove(&(verified.signed_at_secs, key));
+        }
+    }
+}
+
 /// The first 128 bits of a signature (an HMAC-SHA256: already unpredictable).
 fn replay_key(signature: &str) -> u128 {
     match hex::decode(signature.get(..32).unwrap_or(signature)) {
@@ -1233,6 +1245,19 @@ mod tests {
         guard
             .admit(&verified(&"05".repeat(32), 103), 103)
             .expect("fresh requests still pass");
+    }
+
+    #[test]
+    fn a_forgotten_signature_is_admitted_again() {
+        let mut guard = ReplayGuard::new(10);
+        let attempt = verified(&"0a".repeat(32), 100);
+        guard.admit(&attempt, 100).expect("first attempt");
+        guard.forget(&attempt);
+        assert!(guard.is_empty());
+        guard
+            .admit(&attempt, 101)
+            .expect("the retry of an attempt that was not applied");
+        assert!(guard.admit(&attempt, 101).is_err());
     }
 
     #[test]

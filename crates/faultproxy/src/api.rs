@@ -139,9 +139,11 @@ pub async fn serve_with_token(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     check_exposure(listener.local_addr()?, token.as_deref()).map_err(std::io::Error::other)?;
-    axum::serve(listener, router_with_token(registry, token))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let options = common::http::Options::new(
+        "fault-proxy-api",
+        common::http::Limits::with_body_limit(API_BODY_BYTES_MAX),
+    );
+    common::http::serve(listener, options, router_with_token(registry, token), shutdown).await
 }
 
 async fn version() -> Response {

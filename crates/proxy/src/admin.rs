@@ -127,7 +127,11 @@ pub async fn serve(
         .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
         .layer(middleware::from_fn_with_state(context.clone(), authenticate))
         .with_state(context);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    let options = common::http::Options::new(
+        "proxy-admin",
+        common::http::Limits::with_body_limit(ADMIN_BODY_BYTES_MAX),
+    );
+    common::http::serve(listener, options, router, shutdown).await
 }
 
 /// Compares without an early exit, so the time taken does not reveal the token's prefix.

@@ -734,7 +734,8 @@ fn authenticate_head(state: &AppState, method: &Method, uri: &Uri, headers: &Hea
     })
 }
 
-/// Finishes authentication with the body, and admits a request that changes data once.
+/// Finishes authentication with the body, and admits a request that changes data once; returns
+/// the admitted signature (to forget if the request fails in a way clients retry).
 fn authenticate_body(
     state: &AppState,
     admitted: Admitted,
@@ -743,9 +744,9 @@ fn authenticate_body(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), ApiError> {
+) -> Result<Option<sigv4::Verified>, ApiError> {
     let verified = match admitted {
-        Admitted::Open => return Ok(()),
+        Admitted::Open => return Ok(None),
         Admitted::Verified {
             verified,
             payload_sha256,
@@ -755,7 +756,7 @@ fn authenticate_body(
         }
         Admitted::NeedsBody => {
             let Some(credentials) = &state.credentials else {
-                return Ok(());
+                return Ok(None);
             };
             let region = state.store.engine().region();
             with_parts(method, uri, headers, body, |parts| {
@@ -764,13 +765,27 @@ fn authenticate_body(
         }
     };
     if READ_ONLY_OPERATIONS.contains(&operation) {
-        return Ok(());
+        return Ok(None);
     }
     state
         .replays
         .lock()
         .expect("replay guard lock is never poisoned")
-        .admit(&verified, now_secs())
+        .admit(&verified, now_secs())?;
+    Ok(Some(verified))
+}
+
+/// Errors after which nothing was applied and SDKs retry: the retry may carry the same
+/// signature, so it must not count as a replay.
+fn retried_by_clients(kind: ErrorKind) -> bool {
+    kind.is_server_fault()
+        || matches!(
+            kind,
+            ErrorKind::ProvisionedThroughputExceeded
+                | ErrorKind::RequestLimitExceeded
+                | ErrorKind::TransactionConflict
+                | ErrorKind::TransactionInProgress
+        )
 }
 
 async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -785,11 +800,23 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             Err(response) => return response,
             Ok(body) => match authenticate_body(&state, admitted, &operation, &method, &uri, &headers, &body) {
                 Err(error) => Err(error),
-                Ok(()) if !target.starts_with(TARGET_PREFIX) => Err(ApiError::new(
+                Ok(_) if !target.starts_with(TARGET_PREFIX) => Err(ApiError::new(
                     ErrorKind::UnknownOperation,
                     format!("Unknown operation: X-Amz-Target must be {TARGET_PREFIX}<Operation>, got '{target}'"),
                 )),
-                Ok(()) => state.store.handle(&operation, &body).await,
+                Ok(signature) => {
+                    let result = state.store.handle(&operation, &body).await;
+                    if let (Err(error), Some(verified)) = (&result, &signature)
+                        && retried_by_clients(error.kind)
+                    {
+                        state
+                            .replays
+                            .lock()
+                            .expect("replay guard lock is never poisoned")
+                            .forget(verified);
+                    }
+                    result
+                }
             },
         },
     };
