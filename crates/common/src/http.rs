@@ -221,12 +221,71 @@ pub fn refusal_of<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'
     None
 }
 
-/// A listener's name (for logs), limits and way of showing refusals.
+/// A listener's name (for logs), limits, way of showing refusals and, optionally, TLS.
 #[derive(Clone)]
 pub struct Options {
     pub name: &'static str,
     pub limits: Limits,
     pub render: Render,
+    pub tls: Option<Arc<Tls>>,
+}
+
+/// A TLS server certificate and key that can be replaced while serving: connections already
+/// open keep the configuration they started with, new ones get the new one.
+pub struct Tls {
+    current: std::sync::RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl Tls {
+    /// Reads a PEM certificate chain and its private key.
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<Tls, String> {
+        Ok(Tls {
+            current: std::sync::RwLock::new(Arc::new(server_config(cert, key)?)),
+        })
+    }
+
+    /// Reads the files again; on an error the configuration in use stays.
+    pub fn reload(&self, cert: &std::path::Path, key: &std::path::Path) -> Result<(), String> {
+        let config = Arc::new(server_config(cert, key)?);
+        *self.current.write().expect("TLS configuration lock is never poisoned") = config;
+        Ok(())
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(Arc::clone(
+            &self.current.read().expect("TLS configuration lock is never poisoned"),
+        ))
+    }
+}
+
+fn server_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| format!("read TLS certificate {}: {error}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the server's certificate chain",
+            cert.display()
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|error| format!("read TLS private key {}: {error}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS protocol versions: {error}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|error| {
+            format!(
+                "TLS certificate {} and key {} do not make a server identity: {error}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 impl Options {
@@ -236,7 +295,14 @@ impl Options {
             name,
             limits,
             render: Arc::new(render_json),
+            tls: None,
         }
+    }
+
+    /// Serves HTTPS with `tls` instead of plain HTTP.
+    pub fn tls(mut self, tls: Option<Arc<Tls>>) -> Options {
+        self.tls = tls;
+        self
     }
 
     pub fn render(mut self, render: Render) -> Options {
@@ -457,13 +523,13 @@ impl Drop for ActiveRequest {
     }
 }
 
-/// The TCP stream, telling the connection's state when bytes arrive.
-struct Counting {
-    inner: TcpStream,
+/// The stream, telling the connection's state when bytes arrive.
+struct Counting<S> {
+    inner: S,
     state: Arc<ConnectionState>,
 }
 
-impl AsyncRead for Counting {
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
@@ -475,7 +541,7 @@ impl AsyncRead for Counting {
     }
 }
 
-impl AsyncWrite for Counting {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
@@ -501,20 +567,47 @@ impl AsyncWrite for Counting {
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection(stream: TcpStream, shared: Arc<Shared>, app: Router, stopped: watch::Receiver<bool>, slot: Slot) {
+    // Small JSON requests and responses: latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let state = Arc::new(ConnectionState::new());
+    let Some(tls) = shared.options.tls.clone() else {
+        let io = Counting {
+            inner: stream,
+            state: Arc::clone(&state),
+        };
+        return serve_connection(io, state, shared, app, stopped, slot).await;
+    };
+    // The handshake counts as the head: it must finish within the header read timeout.
+    let timeout = Duration::from_millis(shared.options.limits.header_read_timeout_ms);
+    match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let io = Counting {
+                inner: stream,
+                state: Arc::clone(&state),
+            };
+            serve_connection(io, state, shared, app, stopped, slot).await;
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(listener = shared.options.name, %error, "TLS handshake failed");
+        }
+        Err(_) => {
+            tracing::debug!(listener = shared.options.name, "TLS handshake timed out");
+        }
+    }
+}
+
+async fn serve_connection<S>(
+    io: Counting<S>,
+    state: Arc<ConnectionState>,
     shared: Arc<Shared>,
     app: Router,
     mut stopped: watch::Receiver<bool>,
     _slot: Slot,
-) {
-    // Small JSON requests and responses: latency matters more than packet count.
-    let _ = stream.set_nodelay(true);
-    let state = Arc::new(ConnectionState::new());
-    let io = TokioIo::new(Counting {
-        inner: stream,
-        state: Arc::clone(&state),
-    });
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let service = {
         let shared = Arc::clone(&shared);
         let state = Arc::clone(&state);

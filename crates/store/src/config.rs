@@ -9,6 +9,8 @@
 //! listen = "10.0.0.5:8000"
 //! data_dir = "/var/lib/switchyard"
 //! credentials = "credentials"            # ACCESS_KEY_ID SECRET lines
+//! tls_cert = "server.pem"                 # with tls_key: HTTPS (reloaded on SIGHUP)
+//! tls_key = "server.key"
 //! replication_key_file = "replication.key"
 //! replication_backlog_bytes_max = "1GiB"  # log kept for a peer that is behind
 //! clock_offset_alarm_ms = 500             # a peer's clock further off raises an alarm
@@ -41,6 +43,8 @@ pub struct StoreFileConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub credentials: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub replication_key_file: Option<PathBuf>,
     pub replication_backlog_bytes_max: Option<u64>,
     pub clock_offset_alarm_ms: Option<u64>,
@@ -133,6 +137,8 @@ struct RawStore {
     listen: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
     credentials: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
     replication_key_file: Option<Spanned<String>>,
     replication_backlog_bytes_max: Option<Spanned<toml::Value>>,
     clock_offset_alarm_ms: Option<Spanned<i64>>,
@@ -256,6 +262,13 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
         "replication_backlog_bytes_max",
         parse_bytes,
     )?;
+    if let (Some(given), None) | (None, Some(given)) = (&raw.tls_cert, &raw.tls_key) {
+        return Err(at(
+            text,
+            given.span(),
+            "tls_cert and tls_key go together; give both (the certificate chain and its key) or neither".into(),
+        ));
+    }
     Ok(StoreFileConfig {
         region,
         listen,
@@ -270,6 +283,8 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
         disk_reserve_bytes: bytes(&raw.disk_reserve_bytes, "disk_reserve_bytes", parse_disk_reserve_bytes)?,
         data_dir: path(&raw.data_dir, "data_dir")?,
         credentials: path(&raw.credentials, "credentials")?,
+        tls_cert: path(&raw.tls_cert, "tls_cert")?,
+        tls_key: path(&raw.tls_key, "tls_key")?,
         replication_key_file: path(&raw.replication_key_file, "replication_key_file")?,
         peers,
     })
@@ -305,6 +320,19 @@ replication_backlog_bytes_max = "512MiB"
 eu-west-1 = "http://127.0.0.1:8001/"
 ap-south-1 = "https://store.ap-south-1.example:8000"
 "#;
+
+    #[test]
+    fn tls_files_come_as_a_pair_relative_to_the_file() {
+        let both = parse(
+            "[store]\ntls_cert = \"tls/server.pem\"\ntls_key = \"tls/server.key\"\n",
+            Path::new("/srv/sy"),
+        )
+        .expect("valid");
+        assert_eq!(both.tls_cert, Some(PathBuf::from("/srv/sy/tls/server.pem")));
+        assert_eq!(both.tls_key, Some(PathBuf::from("/srv/sy/tls/server.key")));
+        let alone = parse("[store]\ntls_cert = \"server.pem\"\n", Path::new("/srv")).expect_err("cert without key");
+        assert!(alone.contains("line 2") && alone.contains("tls_key"), "{alone}");
+    }
 
     #[test]
     fn reads_the_store_section_and_ignores_the_others() {

@@ -337,15 +337,17 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    run_with_limits(listener, engine, config, default_limits(), shutdown).await
+    run_with_limits(listener, engine, config, default_limits(), None, shutdown).await
 }
 
-/// [`run`] with the listener's limits given (`switchyard store`'s flags).
+/// [`run`] with the listener's limits given (`switchyard store`'s flags) and, with `tls`,
+/// over HTTPS (the DynamoDB API and replication alike).
 pub async fn run_with_limits(
     listener: TcpListener,
     engine: Engine,
     config: ServerConfig,
     limits: Limits,
+    tls: Option<Arc<common::http::Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let replication = config.replication.map(|c| Replication::new(engine.clone(), c));
@@ -374,7 +376,9 @@ pub async fn run_with_limits(
         .layer(DefaultBodyLimit::max(limits.request_body_bytes_max))
         .with_state(Arc::clone(&state));
     let sweeper = tokio::spawn(ttl_sweeper(engine));
-    let options = common::http::Options::new("store", limits).render(Arc::new(render_refusal));
+    let options = common::http::Options::new("store", limits)
+        .render(Arc::new(render_refusal))
+        .tls(tls);
     let result = common::http::serve(listener, options, app, shutdown).await;
     sweeper.abort();
     for task in replication_tasks {

@@ -201,6 +201,13 @@ struct StoreArgs {
     disk_reserve_bytes: Option<u64>,
     #[command(flatten)]
     limits: ListenerLimitArgs,
+    /// PEM certificate chain: with --tls-key, the API and replication are served over HTTPS.
+    /// Both files are read again on SIGHUP (open connections keep theirs).
+    #[arg(long, value_name = "FILE", env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Limits applied to every connection before authentication (see the README's security model).
@@ -267,6 +274,7 @@ struct StoreSettings {
     clock_offset_max_ms: u64,
     disk: store::disk::DiskSettings,
     limits: common::http::Limits,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 const STORE_REGION_DEFAULT: &str = "us-east-1";
@@ -319,6 +327,10 @@ impl StoreArgs {
                     .unwrap_or(store::disk::DISK_RESERVE_BYTES_DEFAULT),
             },
             limits: self.limits.apply(store::server::default_limits())?,
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                _ => file.tls_cert.zip(file.tls_key),
+            },
         })
     }
 }
@@ -455,6 +467,14 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         std::fs::write(path, address.to_string()).with_context(|| format!("write ready file {}", path.display()))?;
     }
     tracing::info!(%address, region = %args.region, data_dir = %args.data_dir.display(), authenticated = credentials.is_some(), "store listening");
+    let tls = match &args.tls {
+        Some((cert, key)) => {
+            let tls = Arc::new(common::http::Tls::load(cert, key).map_err(anyhow::Error::msg)?);
+            tokio::spawn(reload_tls_on_hangup(Arc::clone(&tls), cert.clone(), key.clone()));
+            Some(tls)
+        }
+        None => None,
+    };
     store::server::run_with_limits(
         listener,
         engine,
@@ -463,12 +483,31 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
             replication,
         },
         args.limits,
+        tls,
         shutdown_signal(),
     )
     .await
     .context("serve the API")?;
     tracing::info!("store stopped");
     Ok(())
+}
+
+/// Reads the certificate and key again on every SIGHUP; a bad pair is logged and the one in
+/// use stays.
+async fn reload_tls_on_hangup(tls: Arc<common::http::Tls>, cert: PathBuf, key: PathBuf) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; TLS certificates will not reload");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload(&cert, &key) {
+            Ok(()) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded"),
+            Err(error) => tracing::error!(%error, "TLS certificate not reloaded; the previous one stays in use"),
+        }
+    }
 }
 
 async fn run_ceiling(args: CeilingArgs) -> anyhow::Result<()> {

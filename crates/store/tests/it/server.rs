@@ -94,6 +94,7 @@ async fn edge(limits: Limits) -> Edge {
             replication: None,
         },
         limits,
+        None,
         async {
             let _ = stopped.await;
         },
