@@ -11,6 +11,7 @@
 //! credentials = "credentials"            # ACCESS_KEY_ID SECRET lines
 //! tls_cert = "server.pem"                 # with tls_key: HTTPS (reloaded on SIGHUP)
 //! tls_key = "server.key"
+//! peer_ca = "regions-ca.pem"              # verifies https:// peers (default: public roots)
 //! replication_key_file = "replication.key"
 //! replication_backlog_bytes_max = "1GiB"  # log kept for a peer that is behind
 //! clock_offset_alarm_ms = 500             # a peer's clock further off raises an alarm
@@ -45,6 +46,7 @@ pub struct StoreFileConfig {
     pub credentials: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub peer_ca: Option<PathBuf>,
     pub replication_key_file: Option<PathBuf>,
     pub replication_backlog_bytes_max: Option<u64>,
     pub clock_offset_alarm_ms: Option<u64>,
@@ -139,6 +141,7 @@ struct RawStore {
     credentials: Option<Spanned<String>>,
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
+    peer_ca: Option<Spanned<String>>,
     replication_key_file: Option<Spanned<String>>,
     replication_backlog_bytes_max: Option<Spanned<toml::Value>>,
     clock_offset_alarm_ms: Option<Spanned<i64>>,
@@ -285,6 +288,7 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
         credentials: path(&raw.credentials, "credentials")?,
         tls_cert: path(&raw.tls_cert, "tls_cert")?,
         tls_key: path(&raw.tls_key, "tls_key")?,
+        peer_ca: path(&raw.peer_ca, "peer_ca")?,
         replication_key_file: path(&raw.replication_key_file, "replication_key_file")?,
         peers,
     })

@@ -22,7 +22,6 @@ use dynamo_protocol::{ApiError, ErrorKind};
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use replication::digest::{Digest, Range as DigestRange, Walk};
 use replication::shipper::{Acceptance, accept};
@@ -125,6 +124,8 @@ pub struct ReplicationConfig {
     pub clock_offset_alarm_ms: u64,
     /// Local stamps never run further ahead of the wall clock (`CLOCK_OFFSET_MAX_MS_DEFAULT`).
     pub clock_offset_max_ms: u64,
+    /// How `https://` peers are verified (`--peer-ca`); `None`: against the Mozilla roots.
+    pub peer_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 pub use replication::clock_offset::CLOCK_OFFSET_ALARM_MS_DEFAULT;
@@ -157,7 +158,7 @@ pub struct PeerStatus {
     wake: tokio::sync::Notify,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<common::tls_client::Connector, Full<Bytes>>;
 
 /// The replication side of one store.
 pub struct Replication {
@@ -293,7 +294,10 @@ fn unauthorized(message: impl Into<String>) -> ApiError {
 
 impl Replication {
     pub fn new(engine: Engine, config: ReplicationConfig) -> Arc<Replication> {
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let tls = config.peer_tls.clone().unwrap_or_else(|| {
+            common::tls_client::client_config(None).expect("the TLS configuration with the Mozilla roots builds")
+        });
+        let client = Client::builder(TokioExecutor::new()).build(common::tls_client::Connector::new(tls));
         let status = config
             .peers
             .iter()
@@ -378,7 +382,7 @@ impl Replication {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("{}: {e}", peer.url))?;
+                .map_err(|e| format!("{}: {}", peer.url, error_chain(&e)))?;
             let status = response.status().as_u16();
             let body = response
                 .into_body()
@@ -1377,6 +1381,24 @@ impl Replication {
             .collect();
         serde_json::Value::Array(replicas)
     }
+}
+
+/// An error with its causes, so a failed TLS handshake says why ("invalid peer certificate:
+/// UnknownIssuer"), not only that the connection failed. At most a few levels deep.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    const DEPTH_MAX: usize = 8;
+    let mut text = error.to_string();
+    let mut source = error.source();
+    for _ in 0..DEPTH_MAX {
+        let Some(cause) = source else { break };
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether a backlog of `bytes` is past the alarm threshold of the log's bound `limit`.

@@ -208,6 +208,10 @@ struct StoreArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// PEM file of the CA certificates that sign the peers' certificates: `https://` peers are
+    /// verified against it (without it, against the public Mozilla roots).
+    #[arg(long, value_name = "FILE", env = "SWITCHYARD_PEER_CA")]
+    peer_ca: Option<PathBuf>,
 }
 
 /// Limits applied to every connection before authentication (see the README's security model).
@@ -275,6 +279,7 @@ struct StoreSettings {
     disk: store::disk::DiskSettings,
     limits: common::http::Limits,
     tls: Option<(PathBuf, PathBuf)>,
+    peer_ca: Option<PathBuf>,
 }
 
 const STORE_REGION_DEFAULT: &str = "us-east-1";
@@ -331,6 +336,7 @@ impl StoreArgs {
                 (Some(cert), Some(key)) => Some((cert, key)),
                 _ => file.tls_cert.zip(file.tls_key),
             },
+            peer_ca: self.peer_ca.or(file.peer_ca),
         })
     }
 }
@@ -375,6 +381,13 @@ fn replication_config(args: &StoreSettings) -> anyhow::Result<Option<store::glob
         backlog_bytes_max: args.replication_backlog_bytes_max,
         clock_offset_alarm_ms: args.clock_offset_alarm_ms,
         clock_offset_max_ms: args.clock_offset_max_ms,
+        peer_tls: match &args.peer_ca {
+            Some(path) => Some(
+                common::tls_client::client_config(Some(path))
+                    .map_err(|message| anyhow::anyhow!("--peer-ca: {message}"))?,
+            ),
+            None => None,
+        },
     }))
 }
 

@@ -500,6 +500,7 @@ async fn tables_create_makes_global_tables_and_orders_replicate() {
             backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
             clock_offset_alarm_ms: store::global::CLOCK_OFFSET_ALARM_MS_DEFAULT,
             clock_offset_max_ms: store::global::CLOCK_OFFSET_MAX_MS_DEFAULT,
+            peer_tls: None,
         }),
     };
     let _east = start_store("us-east-1", east_listener, replication("eu-west-1", &west_url)).await;

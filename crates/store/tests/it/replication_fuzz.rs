@@ -47,6 +47,7 @@ fn target() -> Target {
             backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
             clock_offset_alarm_ms: store::global::CLOCK_OFFSET_ALARM_MS_DEFAULT,
             clock_offset_max_ms: store::global::CLOCK_OFFSET_MAX_MS_DEFAULT,
+            peer_tls: None,
         },
     );
     let store = Store::new(engine);
