@@ -267,12 +267,28 @@ async fn start_lone_region(dir: tempfile::TempDir) -> Region {
         stop: None,
         task: None,
     };
-    let peers = [
-        ("us-east-1".to_string(), region.url.clone()),
-        ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
-    ];
+    let peers = lone_peers(&region.url);
     start(&mut region, listener, &peers).await;
     region
+}
+
+/// The lone region's view of the regions: itself at `url`, and eu-west-1, which never answers.
+fn lone_peers(url: &str) -> [(String, String); 2] {
+    [
+        ("us-east-1".to_string(), url.to_string()),
+        ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
+    ]
+}
+
+/// Stops the lone region and starts it again on its port and data directory: everything it
+/// kept only in memory is gone.
+async fn restart_lone_region(region: &mut Region) {
+    stop(region).await;
+    let listener = TcpListener::bind(region.url.trim_start_matches("http://"))
+        .await
+        .expect("rebind the region's port");
+    let peers = lone_peers(&region.url);
+    start(region, listener, &peers).await;
 }
 
 /// One region, `us-east-1`, whose peer `eu-west-1` never answers (only its requests to us
@@ -387,15 +403,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
         json!({"TableName": "carts", "Item": {"id": {"S": "kept"}}}),
     )
     .await;
-    stop(&mut region).await;
-    let listener = TcpListener::bind(region.url.trim_start_matches("http://"))
-        .await
-        .expect("rebind the region's port");
-    let peers = [
-        ("us-east-1".to_string(), region.url.clone()),
-        ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
-    ];
-    start(&mut region, listener, &peers).await;
+    restart_lone_region(&mut region).await;
     // Replaying the captured delete (still inside the signing window) drops nothing.
     let (status, answer) = call_raw(&region.url, path, "eu-west-1", date_ms, delete_signature, delete).await;
     assert_eq!(status, 403, "a replayed delete after a restart: {answer}");
@@ -878,15 +886,7 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
     assert_eq!((status, answer["applied"].as_u64()), (200, Some(0)), "{answer}");
     assert!(ok(&region.url, "GetItem", get.clone()).await.get("Item").is_none());
     // ...nor after a restart, when every in-memory watermark starts from nothing.
-    stop(&mut region).await;
-    let listener = TcpListener::bind(region.url.trim_start_matches("http://"))
-        .await
-        .expect("rebind the region's port");
-    let peers = [
-        ("us-east-1".to_string(), region.url.clone()),
-        ("eu-west-1".to_string(), "http://127.0.0.1:1".to_string()),
-    ];
-    start(&mut region, listener, &peers).await;
+    restart_lone_region(&mut region).await;
     let (status, answer) = replay().await;
     assert_eq!((status, answer["applied"].as_u64()), (200, Some(0)), "{answer}");
     assert!(
