@@ -804,3 +804,73 @@ async fn agent_tokens_alone_do_not_open_the_network() {
     let public: std::net::SocketAddr = "0.0.0.0:7400".parse().expect("address");
     assert!(controller::server::check_exposure(public, &access).is_ok());
 }
+
+/// Requests fuzzed per run at each of the agent report and the switchover endpoints.
+const API_FUZZ_CASES: usize = 150;
+
+/// Arbitrary bodies at the agent report (as agent-a) and switchover (as an operator)
+/// endpoints — raw text, and reports with arbitrary vantage names, check names, statuses and
+/// numbers — are answered with a client error or accepted, never a server error or a crash; the
+/// controller keeps answering, and garbage from one agent moves nothing.
+#[tokio::test]
+async fn arbitrary_api_bodies_get_client_errors_and_move_nothing() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+
+    let dns = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = start_with_tokens(&dns.url, dir.path()).await;
+    let status_word = prop_oneof![
+        Just("up".to_string()),
+        Just("down".to_string()),
+        Just("unknown".to_string()),
+        "[a-z]{0,8}"
+    ];
+    let result = (
+        "[a-z0-9-]{0,12}",
+        "[a-z0-9-]{0,12}",
+        status_word,
+        any::<u64>(),
+        any::<i64>(),
+    )
+        .prop_map(|(check, region, status, since, lag)| {
+            serde_json::json!({"check": check, "region": region, "status": status, "since_ms": since,
+                "detail": "", "latency_ms": lag, "replica_lag_ms": lag})
+        });
+    let body = prop_oneof![
+        ".{0,160}",
+        (
+            prop_oneof![Just("agent-a".to_string()), "[a-z-]{0,10}"],
+            any::<u64>(),
+            proptest::collection::vec(result, 0..4)
+        )
+            .prop_map(|(vantage, sent, results)| {
+                serde_json::json!({"vantage": vantage, "sent_at_ms": sent, "results": results}).to_string()
+            }),
+        "[a-z-]{0,12}".prop_map(|region| serde_json::json!({"region": region}).to_string()),
+    ];
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for _ in 0..API_FUZZ_CASES {
+        let text = body.new_tree(&mut runner).expect("a case").current();
+        for (token, path) in [(AGENT_A, "/v1/agent/report"), (OPERATOR, "/v1/switchover")] {
+            let answer = controller
+                .client
+                .request(
+                    Method::POST,
+                    &format!("{}{path}", controller.url),
+                    Some(token),
+                    Some(text.clone().into_bytes()),
+                    30_000,
+                )
+                .await
+                .expect("controller answers");
+            let code = answer.status.as_u16();
+            assert!(code < 500, "POST {path} {text:?}: {code} {}", answer.text());
+        }
+    }
+    let status = controller.status_as(READER).await;
+    let votes_down = status["verdicts"]["us-east-1"]["votes_down"].as_u64().unwrap_or(0);
+    assert!(votes_down <= 1, "one agent is at most one vote: {status:#}");
+    assert!(dns.seen_on("/v1/health").len() <= 1, "garbage moved DNS: {status:#}");
+    controller.stop().await;
+}

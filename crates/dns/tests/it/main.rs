@@ -579,3 +579,70 @@ fn the_fuzz_seeds_are_answered() {
     assert_eq!(code("nxdomain"), Some(ResponseCode::NXDomain), "{codes:?}");
     assert_eq!(code("outside-zone"), Some(ResponseCode::Refused), "{codes:?}");
 }
+
+/// Admin requests fuzzed per test run (each is two pushes: health and TXT).
+const ADMIN_FUZZ_CASES: usize = 200;
+
+/// Arbitrary admin bodies — raw text, and pushes whose generations, names and values are
+/// arbitrary (u64::MAX included) — are each answered 200, 400 or 409, never a crash; the
+/// view's generation never goes back, nor jumps more than 2^32 at once; DNS still answers.
+#[tokio::test]
+async fn arbitrary_admin_bodies_are_answered_and_never_move_the_generation_back() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+
+    let token = "secret-token-for-tests";
+    let server = Server::start(Some(token)).await;
+    let generation = prop_oneof![Just(u64::MAX), Just(0u64), 0u64..16, any::<u64>()];
+    let name = prop_oneof![
+        Just("_active-region.shop.example.".to_string()),
+        Just("app.shop.example".to_string()),
+        "[a-z0-9._-]{0,40}",
+        ".{0,20}",
+    ];
+    let body = prop_oneof![
+        ".{0,120}",
+        (
+            generation.clone(),
+            "[a-z0-9-]{0,12}",
+            prop_oneof![Just("healthy"), Just("unhealthy"), Just("maybe")]
+        )
+            .prop_map(|(g, target, health)| format!(r#"{{"generation": {g}, "targets": {{"{target}": "{health}"}}}}"#)),
+        (generation, name, "[ -~]{0,300}").prop_map(|(g, name, value)| {
+            serde_json::json!({"generation": g, "name": name, "value": value}).to_string()
+        }),
+    ];
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let current = |answer: &str| {
+        serde_json::from_str::<serde_json::Value>(answer).expect("JSON")["generation"]
+            .as_u64()
+            .expect("a generation")
+    };
+    let (_, answer) = http(server.admin, "GET", "/v1/health", None, "").await;
+    let mut last = current(&answer);
+    for _ in 0..ADMIN_FUZZ_CASES {
+        let text = body.new_tree(&mut runner).expect("a case").current();
+        for path in ["/v1/health", "/v1/txt"] {
+            let (status, answer) = http(server.admin, "PUT", path, Some(token), &text).await;
+            assert!(
+                matches!(status, 200 | 400 | 409),
+                "PUT {path} {text:?}: {status} {answer}"
+            );
+        }
+        let (status, answer) = http(server.admin, "GET", "/v1/health", None, "").await;
+        assert_eq!(status, 200, "{answer}");
+        let generation = current(&answer);
+        assert!(
+            generation >= last,
+            "the generation went back: {last} -> {generation} after {text:?}"
+        );
+        assert!(
+            generation - last <= 1 << 32,
+            "the generation jumped: {last} -> {generation} after {text:?}"
+        );
+        last = generation;
+    }
+    let app = query("app.shop.example.", RecordType::A, None);
+    assert_eq!(addresses(&udp(server.dns, &app).await).len(), 1, "DNS still answers");
+    server.stop().await;
+}
