@@ -56,6 +56,9 @@ const NEXT_TABLE_ID: &str = "next_table_id";
 pub(crate) const REPLOG_HEAD: &str = "replog_head";
 /// The highest HLC this region handed out or observed, so a restart never goes back in time.
 const HLC_LAST: &str = "hlc_last";
+/// The highest timestamp stored (observed or stamped), which the bounded clock may trail: after
+/// a restart a local write must still order after a future-stamped item.
+const HLC_CEILING: &str = "hlc_ceiling";
 /// The replication log of global tables: sequence number → encoded change.
 pub(crate) const REPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("replog");
 /// Bytes ever appended to the replication log; each entry carries the same count through
@@ -158,11 +161,13 @@ struct HlcState {
 }
 
 impl HybridClock {
-    fn resume(last: u64) -> HybridClock {
+    /// Resumes after `last` (never going back); `ceiling` is the highest timestamp stored
+    /// (0 in data directories from before it was saved: then `last`).
+    fn resume(last: u64, ceiling: u64) -> HybridClock {
         HybridClock {
             clock: std::sync::Mutex::new(HlcState {
                 clock: HlcClock::resume(Hlc(last)),
-                ceiling: last,
+                ceiling: ceiling.max(last),
                 bound_logged_ms: 0,
                 capped_total: 0,
             }),
@@ -231,6 +236,11 @@ impl HybridClock {
 
     pub fn last(&self) -> u64 {
         self.state().clock.last().0
+    }
+
+    /// The highest timestamp stored here so far (see `HlcState::ceiling`).
+    pub fn ceiling(&self) -> u64 {
+        self.state().ceiling
     }
 
     /// Remote timestamps the bound kept the clock from following, since startup.
@@ -419,7 +429,7 @@ impl Engine {
             region: region.to_string(),
             catalog: RwLock::new(loaded.catalog),
             clock,
-            hlc: HybridClock::resume(loaded.hlc_last),
+            hlc: HybridClock::resume(loaded.hlc_last, loaded.hlc_ceiling),
             path,
             replog_head,
             replog_bytes: std::sync::atomic::AtomicU64::new(loaded.replog_bytes),
@@ -607,6 +617,7 @@ pub enum OpenError {
 struct Loaded {
     catalog: Catalog,
     hlc_last: u64,
+    hlc_ceiling: u64,
     replog_head: u64,
     replog_bytes: u64,
 }
@@ -614,7 +625,7 @@ struct Loaded {
 fn load_catalog(db: &Database, now_ms: u64) -> Result<Loaded, String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     let mut catalog = Catalog::default();
-    let (hlc_last, replog_head, replog_bytes);
+    let (hlc_last, hlc_ceiling, replog_head, replog_bytes);
     {
         let table = txn.open_table(CATALOG).map_err(|e| e.to_string())?;
         for entry in table.iter().map_err(|e| e.to_string())? {
@@ -634,6 +645,7 @@ fn load_catalog(db: &Database, now_ms: u64) -> Result<Loaded, String> {
                 .unwrap_or(0))
         };
         hlc_last = read(HLC_LAST)?;
+        hlc_ceiling = read(HLC_CEILING)?;
         replog_head = read(REPLOG_HEAD)?;
         replog_bytes = read(REPLOG_BYTES)?;
         let indexed = read(TOMBSTONE_INDEX_VERSION)?;
@@ -650,6 +662,7 @@ fn load_catalog(db: &Database, now_ms: u64) -> Result<Loaded, String> {
     Ok(Loaded {
         catalog,
         hlc_last,
+        hlc_ceiling,
         replog_head,
         replog_bytes,
     })
@@ -704,6 +717,7 @@ fn read_state(db: &Database) -> Result<Loaded, String> {
     };
     Ok(Loaded {
         hlc_last: read(HLC_LAST)?,
+        hlc_ceiling: read(HLC_CEILING)?,
         replog_head: read(REPLOG_HEAD)?,
         replog_bytes: read(REPLOG_BYTES)?,
         catalog,
@@ -831,7 +845,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
     let outcome = match failed {
         Some(error) => Err(error),
         None => flush_stats(&txn, stats)
-            .and_then(|()| save_hlc(&txn, shared.hlc.last()))
+            .and_then(|()| save_hlc(&txn, shared.hlc.last(), shared.hlc.ceiling()))
             .and_then(|()| log.map_or(Ok(()), |log| save_log_position(&txn, log))),
     };
     let outcome = match outcome {
@@ -910,12 +924,15 @@ fn split_log_entry(entry: &[u8]) -> (Option<u64>, &[u8]) {
     }
 }
 
-fn save_hlc(txn: &WriteTransaction, last: u64) -> Result<(), ApiError> {
+fn save_hlc(txn: &WriteTransaction, last: u64, ceiling: u64) -> Result<(), ApiError> {
     let mut settings = txn
         .open_table(SETTINGS)
         .map_err(|e| storage_error("opening settings", e))?;
     settings
         .insert(HLC_LAST, last)
+        .map_err(|e| storage_error("saving the clock", e))?;
+    settings
+        .insert(HLC_CEILING, ceiling)
         .map_err(|e| storage_error("saving the clock", e))?;
     Ok(())
 }

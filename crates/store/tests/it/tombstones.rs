@@ -337,6 +337,13 @@ async fn a_peer_clock_far_ahead_does_not_drag_local_stamps_into_its_future() {
     let bound = |hlc: u64| (hlc >> replication::hlc::LOGICAL_BITS) <= now_ms() + 1_000;
     assert!(bound(engine.clock_last()), "the clock stays within the bound");
 
+    // After a restart the clock still knows a stored stamp runs ahead of it.
+    drop(store);
+    drop(engine);
+    let engine = open(dir.path());
+    engine.set_clock_offset_max_ms(1_000);
+    assert!(bound(engine.clock_last()), "the clock resumes within the bound");
+    let store = Store::new(engine.clone());
     put(&store, "mine").await;
     put(&store, "ahead").await;
     let stamps = stamps(&engine);
