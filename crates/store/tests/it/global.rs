@@ -664,17 +664,7 @@ async fn replica_status_after_restart(backfill_pending: bool) -> String {
 }
 
 async fn get_json(url: &str) -> Value {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let request = hyper::Request::get(url)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .expect("valid request");
-    let response = client.request(request).await.expect("store answers");
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    serde_json::from_slice(&body).unwrap_or(Value::Null)
+    serde_json::from_str(&get_text(url).await).unwrap_or(Value::Null)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -718,7 +708,7 @@ async fn a_peer_error_carries_its_time_and_no_lag_figure_counts_from_1970() {
     };
     let at = peer["last_error_at_unix_ms"].as_u64().expect("the error's time");
     assert!(at >= started_ms, "{peer}");
-    let metrics = reqwest_text(&format!("{}/metrics", region.url)).await;
+    let metrics = get_text(&format!("{}/metrics", region.url)).await;
     assert!(
         metrics.contains("switchyard_store_tombstone_purge_lag_ms 0\n"),
         "no watermark yet is no lag, not the time since 1970: {metrics}"
@@ -934,7 +924,7 @@ async fn peer_clock_offsets_are_measured_and_alarmed() {
     assert!((1_000..=2_000).contains(&offset), "{seen}");
     assert_eq!(seen["alarm"], json!(true), "{seen}");
     assert_eq!(seen["peers"]["eu-west-1"]["beyond_signing_window"], json!(false));
-    let metrics = reqwest_text(&format!("{}/metrics", region.url)).await;
+    let metrics = get_text(&format!("{}/metrics", region.url)).await;
     assert!(metrics.contains("switchyard_store_clock_offset_alarm 1"), "{metrics}");
     let seconds: f64 = metrics
         .lines()
@@ -956,7 +946,7 @@ async fn peer_clock_offsets_are_measured_and_alarmed() {
 }
 
 /// The body of a GET as text.
-async fn reqwest_text(url: &str) -> String {
+async fn get_text(url: &str) -> String {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
     let request = hyper::Request::get(url)
