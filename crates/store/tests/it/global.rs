@@ -807,34 +807,12 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
     assert_eq!(tombstones().await["waiting"].as_u64(), Some(1));
 
     // Until the backfill completes, the region purges nothing, and says why.
-    let mark = |clock_ms: u64| {
-        serde_json::to_vec(&json!({
-            "clock": replication::Hlc::from_parts(clock_ms, 0).0,
-            "received": replication::Hlc::from_parts(clock_ms, 0).0,
-            "head": 0,
-        }))
-        .expect("serialize")
-    };
-    let deadline = Instant::now() + CONVERGENCE_DEADLINE;
-    loop {
-        let (status, answer) = post_signed(
-            &region.url,
-            "/replication/v1/mark",
-            "eu-west-1",
-            mark(now_ms() + 60_000),
-        )
-        .await;
-        assert_eq!(status, 200, "{answer}");
-        let held = tombstones().await["held_back_by"].as_str().map(str::to_string);
-        if held
-            .as_deref()
+    send_marks_until(&region.url, "the pending backfill in /health", |t| {
+        t["held_back_by"]
+            .as_str()
             .is_some_and(|h| h.contains("backfill of table carts from eu-west-1"))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the pending backfill is not shown: {held:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     assert_eq!(
         tombstones().await["waiting"].as_u64(),
         Some(1),
@@ -850,26 +828,10 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
     .expect("serialize");
     let (status, answer) = post_signed(&region.url, repair_path, "eu-west-1", complete).await;
     assert_eq!(status, 200, "{answer}");
-    let deadline = Instant::now() + CONVERGENCE_DEADLINE;
-    loop {
-        let (status, answer) = post_signed(
-            &region.url,
-            "/replication/v1/mark",
-            "eu-west-1",
-            mark(now_ms() + 60_000),
-        )
-        .await;
-        assert_eq!(status, 200, "{answer}");
-        if tombstones().await["purged_total"].as_u64() == Some(1) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the tombstone was never purged: {}",
-            tombstones().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    send_marks_until(&region.url, "the tombstone to be purged", |t| {
+        t["purged_total"].as_u64() == Some(1)
+    })
+    .await;
 
     // The captured backfill, replayed, brings nothing back...
     let (status, answer) = replay().await;
@@ -958,4 +920,22 @@ async fn get_text(url: &str) -> String {
         .expect("body")
         .to_bytes();
     String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Sends eu-west-1's marks (its clock a minute ahead, everything received) to `url` until
+/// `done` holds for the store's `/health` tombstone figures.
+async fn send_marks_until(url: &str, what: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + CONVERGENCE_DEADLINE;
+    loop {
+        let clock = replication::Hlc::from_parts(now_ms() + 60_000, 0).0;
+        let mark = serde_json::to_vec(&json!({"clock": clock, "received": clock, "head": 0})).expect("serialize");
+        let (status, answer) = post_signed(url, "/replication/v1/mark", "eu-west-1", mark).await;
+        assert_eq!(status, 200, "{answer}");
+        let tombstones = get_json(&format!("{url}/health")).await["replication"]["tombstones"].clone();
+        if done(&tombstones) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {tombstones}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
