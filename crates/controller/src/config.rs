@@ -232,10 +232,17 @@ pub enum StepKind {
     Pointer,
     Command,
     Webhook,
+    /// A step of the `providers` crate (Route 53, HAProxy, MariaDB, ...): `Step::action`.
+    Provider,
 }
 
 impl StepKind {
     pub const NAMES: [&'static str; 5] = ["dns_health", "dns_txt", "pointer", "command", "webhook"];
+
+    /// Every kind a step may name: the built-in ones and the providers'.
+    pub fn all_names() -> Vec<&'static str> {
+        StepKind::NAMES.iter().chain(providers::KINDS).copied().collect()
+    }
 
     pub fn parse(name: &str) -> Option<StepKind> {
         Some(match name {
@@ -244,6 +251,7 @@ impl StepKind {
             "pointer" => StepKind::Pointer,
             "command" => StepKind::Command,
             "webhook" => StepKind::Webhook,
+            other if providers::KINDS.contains(&other) => StepKind::Provider,
             _ => return None,
         })
     }
@@ -354,7 +362,7 @@ pub struct Config {
 }
 
 /// A runbook step ready to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Step {
     pub name: String,
     pub kind: StepKind,
@@ -365,6 +373,8 @@ pub struct Step {
     pub program: Option<String>,
     pub args: Vec<String>,
     pub url: Option<String>,
+    /// A provider step's checked settings, ready to run (kind `Provider` only).
+    pub action: Option<std::sync::Arc<providers::Action>>,
 }
 
 impl Config {
@@ -434,6 +444,7 @@ pub fn parse_in(file: &str, text: &str, folder: &Path) -> Result<Config, ConfigE
         folder,
         problems: Vec::new(),
         warnings: Vec::new(),
+        regions: BTreeSet::new(),
     };
     let config = checker.check(parsed);
     checker.problems.sort_by_key(|p| (p.line, p.column));
@@ -570,6 +581,24 @@ struct Checker<'a> {
     folder: &'a Path,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
+    /// The configured region names, once `[[regions]]` is checked.
+    regions: BTreeSet<String>,
+}
+
+/// Provider settings report their problems through the same checker.
+impl providers::Checker for Checker<'_> {
+    fn error(&mut self, span: std::ops::Range<usize>, message: String, fix: String) {
+        Checker::error(self, span, message, fix);
+    }
+    fn warn(&mut self, span: std::ops::Range<usize>, message: String, fix: String) {
+        Checker::warn(self, span, message, fix);
+    }
+    fn folder(&self) -> &Path {
+        self.folder
+    }
+    fn regions(&self) -> &BTreeSet<String> {
+        &self.regions
+    }
 }
 
 impl Checker<'_> {
@@ -621,6 +650,7 @@ impl Checker<'_> {
         self.resolve_paths(&mut file);
         let regions = self.check_regions(&file);
         let known: BTreeSet<String> = regions.iter().map(|r| r.id.0.clone()).collect();
+        self.regions = known.clone();
         self.check_controller(&file);
         let policy = self.check_policy(&file.policy);
         self.check_checks(&file, &known);
@@ -1288,7 +1318,7 @@ impl Checker<'_> {
                 self.error(
                     step.kind.span(),
                     format!("step '{name}' has unknown kind '{}'", step.kind.get_ref()),
-                    format!("use one of {}", StepKind::NAMES.join(", ")),
+                    format!("use one of {}", StepKind::all_names().join(", ")),
                 );
             }
             let timeout = *step.timeout_ms.get_ref();
@@ -1362,6 +1392,13 @@ impl Checker<'_> {
                 ),
                 _ => {}
             }
+            let action = match kind {
+                Some(StepKind::Provider) => match self.provider_action(step) {
+                    Some(action) => Some(std::sync::Arc::new(action)),
+                    None => continue,
+                },
+                _ => None,
+            };
             if let Some(kind) = kind {
                 steps.push(Step {
                     name: name.clone(),
@@ -1376,6 +1413,7 @@ impl Checker<'_> {
                     program: step.program.clone(),
                     args: step.args.clone(),
                     url: step.url.as_ref().map(|u| u.get_ref().clone()),
+                    action,
                 });
             }
         }
@@ -1387,6 +1425,44 @@ impl Checker<'_> {
             );
         }
         steps
+    }
+
+    /// Checks a provider step's `[runbook.KIND]` table and builds its action; `None` after
+    /// reporting a problem.
+    #[allow(clippy::match_single_binding)] // until the first provider's arm lands
+    fn provider_action(&mut self, step: &StepSection) -> Option<providers::Action> {
+        let name = step.name.get_ref();
+        match step.kind.get_ref().as_str() {
+            // One arm per provider, like:
+            // "haproxy" => self.settings(step, "haproxy", &step.haproxy)?.check(name, self).map(providers::Action::Haproxy),
+            other => {
+                self.error(
+                    step.kind.span(),
+                    format!("step '{name}': kind '{other}' is not wired to its settings"),
+                    "this is a bug in switchyard; please report it",
+                );
+                None
+            }
+        }
+    }
+
+    /// The `[runbook.KIND]` table a provider step needs; reports its absence.
+    #[allow(dead_code)]
+    fn settings<'s, T>(&mut self, step: &StepSection, kind: &str, table: &'s Option<Spanned<T>>) -> Option<&'s T> {
+        match table {
+            Some(settings) => Some(settings.get_ref()),
+            None => {
+                self.error(
+                    step.kind.span(),
+                    format!(
+                        "step '{}' (kind = \"{kind}\") has no [runbook.{kind}] table",
+                        step.name.get_ref()
+                    ),
+                    format!("add the {kind} settings under the step, as [runbook.{kind}] (see README, Runbook steps)"),
+                );
+                None
+            }
+        }
     }
 
     fn check_alerts(&mut self, file: &ConfigFile) {

@@ -47,7 +47,7 @@ pub struct DnsAdmin {
 pub struct StepReport {
     pub step: String,
     pub attempt: u32,
-    /// `ok`, `skipped`, `error` or `fenced`.
+    /// `ok`, `skipped`, `error`, `fenced` or `refused`.
     pub outcome: &'static str,
     pub detail: String,
     pub duration_ms: u64,
@@ -56,6 +56,34 @@ pub struct StepReport {
 enum Failure {
     Retryable(String),
     Fenced(String),
+    /// Unsafe to act (a provider step said so): stop without retrying; an operator decides.
+    Refused(String),
+}
+
+impl From<providers::Failure> for Failure {
+    fn from(failure: providers::Failure) -> Failure {
+        match failure {
+            providers::Failure::Retryable(m) => Failure::Retryable(m),
+            providers::Failure::Fenced(m) => Failure::Fenced(m),
+            providers::Failure::Refused(m) => Failure::Refused(m),
+        }
+    }
+}
+
+/// The order as the `providers` crate sees it.
+pub fn provider_order(order: &RunbookOrder) -> providers::Order {
+    providers::Order {
+        generation: order.generation.0,
+        kind: serde_json::to_value(order.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        from: order.from.as_ref().map(|p| p.active.as_str().to_string()),
+        to: order.to.active.as_str().to_string(),
+        serving: order.to.serving.iter().map(|r| r.as_str().to_string()).collect(),
+        reason: order.reason.clone(),
+        force_data_loss: false,
+    }
 }
 
 /// Runs every step for `order`; `report` sees each attempt as it ends.
@@ -119,6 +147,19 @@ pub async fn execute(
                         error,
                     };
                 }
+                Err(Failure::Refused(error)) => {
+                    report(StepReport {
+                        step: step.name.clone(),
+                        attempt,
+                        outcome: "refused",
+                        detail: error.clone(),
+                        duration_ms,
+                    });
+                    return RunbookOutcome::Failed {
+                        step: step.name.clone(),
+                        error: format!("refused: {error}"),
+                    };
+                }
                 Err(Failure::Retryable(error)) => {
                     report(StepReport {
                         step: step.name.clone(),
@@ -161,6 +202,10 @@ async fn run_step(step: &Step, order: &RunbookOrder, context: &StepContext) -> R
         }
         StepKind::Command => command(step, order).await,
         StepKind::Webhook => webhook(step, order, context).await,
+        StepKind::Provider => match &step.action {
+            Some(action) => action.run(&provider_order(order)).await.map_err(Failure::from),
+            None => Err(Failure::Retryable("provider step without checked settings".into())),
+        },
     }
 }
 

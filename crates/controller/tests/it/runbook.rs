@@ -22,6 +22,7 @@ fn step(name: &str, kind: StepKind) -> Step {
         program: None,
         args: Vec::new(),
         url: None,
+        action: None,
     }
 }
 

@@ -1,0 +1,100 @@
+//! Actuators for the infrastructure users already run — DNS providers, load balancers,
+//! parameter stores, databases — and alert channels. Each is a runbook step kind the
+//! controller runs with the order's generation as fencing token.
+//!
+//! Must not depend on: `controller` (the controller depends on this crate), `store`, `lab`.
+//!
+//! # How a provider is built (every module follows this)
+//! - `Settings`: its `[runbook.KIND]` sub-table (`#[serde(deny_unknown_fields)]`, fields as
+//!   `toml::Spanned` where a problem must point at a line), and `Settings::check`, which
+//!   reports every problem through [`Checker`] (line numbers come from the spans), resolves
+//!   secrets through [`secret::SecretSource`] and returns the ready actuator.
+//! - The actuator: `async fn run(&self, order: &Order) -> Outcome`. It reads the current state
+//!   first, acts only when the state differs (idempotent: a retry or a roll-forward is
+//!   harmless), makes the change conditional on the value it expects where the provider can
+//!   (compare-and-set, prerequisites) so a stale controller's change fails as
+//!   [`Failure::Fenced`], and verifies the change by reading it back: it never claims a change
+//!   it did not see.
+//! - Every network call has a timeout; rate limits (429 / throttling with `Retry-After`) are
+//!   retried with bounded, jittered backoff; errors carry the provider's own error text.
+//! - Secrets come from files or environment variables ([`secret`]), never from the TOML.
+
+pub mod secret;
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::Path;
+
+/// What a step acts for: one decision of the controller, as plain data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Order {
+    /// The fencing token: strictly greater for every newer decision.
+    pub generation: u64,
+    /// `failover`, `failback`, `switchover`, ... (the controller's transition kind).
+    pub kind: String,
+    /// The region that was active, if any.
+    pub from: Option<String>,
+    /// The region that becomes active.
+    pub to: String,
+    /// Every region that serves after this decision (the active one included).
+    pub serving: Vec<String>,
+    pub reason: String,
+    /// The operator accepted losing data (`switchyard failover --force-data-loss`).
+    pub force_data_loss: bool,
+}
+
+/// Why a step did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth another attempt (timeouts, throttling, a server error).
+    Retryable(String),
+    /// A newer decision already acted, or the state is not what this controller last wrote:
+    /// the runbook stops at once and is never retried with this generation.
+    Fenced(String),
+    /// Acting would be unsafe (data loss beyond the bound, divergence): the runbook stops and
+    /// an operator must decide. Not retried.
+    Refused(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Retryable(m) => write!(f, "{m}"),
+            Failure::Fenced(m) => write!(f, "fenced: {m}"),
+            Failure::Refused(m) => write!(f, "refused: {m}"),
+        }
+    }
+}
+
+/// A step's result: a one-line description of what was verified, or why not.
+pub type Outcome = Result<String, Failure>;
+
+/// Where `Settings::check` reports problems; the controller's config checker implements it
+/// (spans are byte ranges into the config file, turned into line:column there).
+pub trait Checker {
+    fn error(&mut self, span: Range<usize>, message: String, fix: String);
+    fn warn(&mut self, span: Range<usize>, message: String, fix: String);
+    /// The config file's folder: relative paths in settings start here.
+    fn folder(&self) -> &Path;
+    /// The configured region names.
+    fn regions(&self) -> &BTreeSet<String>;
+}
+
+/// Every provider step kind, ready to run. One variant per provider module.
+#[derive(Debug)]
+pub enum Action {}
+
+impl Action {
+    /// The step kind's name as written in `kind = "..."`.
+    pub fn kind(&self) -> &'static str {
+        match *self {}
+    }
+
+    /// Runs one attempt; the caller owns the timeout and the retries.
+    pub async fn run(&self, _order: &Order) -> Outcome {
+        match *self {}
+    }
+}
+
+/// The step kinds this crate provides, for `kind = "..."` validation and messages.
+pub const KINDS: &[&str] = &[];

@@ -1,0 +1,189 @@
+//! Secrets (API tokens, passwords, TSIG keys) come from a file or an environment variable,
+//! never from the TOML itself: `token = { file = "cf.token" }` or `token = { env = "CF_TOKEN" }`.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::Checker;
+
+/// Longest secret file read, in bytes.
+pub const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// Where a secret is read from: exactly one of `file` and `env`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// A file holding only the secret (relative to the config file's folder); surrounding
+    /// whitespace is trimmed.
+    #[serde(default)]
+    pub file: Option<Spanned<PathBuf>>,
+    /// An environment variable of the controller's process.
+    #[serde(default)]
+    pub env: Option<Spanned<String>>,
+}
+
+/// A secret's value; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl SecretSource {
+    /// Reads the secret; problems point at the `file` or `env` key. `what` names the setting
+    /// in messages, like "cloudflare step 'dns' token".
+    pub fn resolve(&self, span: std::ops::Range<usize>, what: &str, checker: &mut dyn Checker) -> Option<Secret> {
+        match (&self.file, &self.env) {
+            (Some(file), None) => {
+                let mut path = file.get_ref().clone();
+                if path.is_relative() {
+                    path = checker.folder().join(path);
+                }
+                let shown = path.display().to_string();
+                let mut text = String::new();
+                let read = std::fs::File::open(&path)
+                    .and_then(|f| f.take(SECRET_FILE_BYTES_MAX + 1).read_to_string(&mut text));
+                match read {
+                    Err(error) => {
+                        checker.error(
+                            file.span(),
+                            format!("{what}: cannot read {shown}: {error}"),
+                            "check the path (relative paths start at the config file's folder) and its permissions"
+                                .into(),
+                        );
+                        None
+                    }
+                    Ok(bytes) if bytes as u64 > SECRET_FILE_BYTES_MAX => {
+                        checker.error(
+                            file.span(),
+                            format!("{what}: {shown} has more than {SECRET_FILE_BYTES_MAX} bytes"),
+                            "put only the secret in the file".into(),
+                        );
+                        None
+                    }
+                    Ok(_) if text.trim().is_empty() => {
+                        checker.error(
+                            file.span(),
+                            format!("{what}: {shown} is empty"),
+                            "write the secret into the file".into(),
+                        );
+                        None
+                    }
+                    Ok(_) => Some(Secret(text.trim().to_string())),
+                }
+            }
+            (None, Some(env)) => match std::env::var(env.get_ref()) {
+                Ok(value) if !value.trim().is_empty() => Some(Secret(value.trim().to_string())),
+                Ok(_) | Err(std::env::VarError::NotPresent) => {
+                    checker.error(
+                        env.span(),
+                        format!("{what}: the environment variable {} is not set or empty", env.get_ref()),
+                        format!(
+                            "export {}=... before starting the controller, or use file = \"...\"",
+                            env.get_ref()
+                        ),
+                    );
+                    None
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    checker.error(
+                        env.span(),
+                        format!("{what}: the environment variable {} is not UTF-8", env.get_ref()),
+                        "store the secret as text".into(),
+                    );
+                    None
+                }
+            },
+            _ => {
+                checker.error(
+                    span,
+                    format!("{what} needs exactly one of file and env"),
+                    "write { file = \"secret.txt\" } or { env = \"VARIABLE\" }; never the secret itself".into(),
+                );
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    struct Collect {
+        folder: PathBuf,
+        regions: BTreeSet<String>,
+        errors: Vec<String>,
+    }
+
+    impl Checker for Collect {
+        fn error(&mut self, _span: std::ops::Range<usize>, message: String, _fix: String) {
+            self.errors.push(message);
+        }
+        fn warn(&mut self, _span: std::ops::Range<usize>, _message: String, _fix: String) {}
+        fn folder(&self) -> &Path {
+            &self.folder
+        }
+        fn regions(&self) -> &BTreeSet<String> {
+            &self.regions
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct Holder {
+        token: Spanned<SecretSource>,
+    }
+
+    fn resolve(toml_text: &str, folder: &Path) -> (Option<Secret>, Vec<String>) {
+        let holder: Holder = toml::from_str(toml_text).expect("test TOML parses");
+        let mut checker = Collect {
+            folder: folder.to_path_buf(),
+            regions: BTreeSet::new(),
+            errors: Vec::new(),
+        };
+        let span = holder.token.span();
+        let secret = holder.token.get_ref().resolve(span, "token", &mut checker);
+        (secret, checker.errors)
+    }
+
+    #[test]
+    fn a_relative_file_is_read_from_the_config_folder_and_trimmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("t.txt"), "  s3cret\n").expect("write");
+        let (secret, errors) = resolve("token = { file = \"t.txt\" }", dir.path());
+        assert_eq!(secret.as_ref().map(Secret::expose), Some("s3cret"));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(format!("{:?}", secret.expect("secret")), "Secret(..)");
+    }
+
+    #[test]
+    fn a_missing_file_an_unset_variable_and_both_or_neither_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (secret, errors) = resolve("token = { file = \"absent\" }", dir.path());
+        assert!(secret.is_none() && errors[0].contains("cannot read"), "{errors:?}");
+        let (secret, errors) = resolve("token = { env = \"SWITCHYARD_TEST_UNSET_VARIABLE\" }", dir.path());
+        assert!(secret.is_none() && errors[0].contains("not set"), "{errors:?}");
+        let (secret, errors) = resolve("token = { file = \"a\", env = \"B\" }", dir.path());
+        assert!(secret.is_none() && errors[0].contains("exactly one"), "{errors:?}");
+        let (secret, errors) = resolve("token = {}", dir.path());
+        assert!(secret.is_none() && errors[0].contains("exactly one"), "{errors:?}");
+    }
+}
