@@ -172,11 +172,12 @@ def test_agent_reports_state_changes_with_the_token(binary, tmp_path):
         web.shutdown()
 
 
-def test_agent_refuses_an_https_controller(binary):
+def test_agent_refuses_a_controller_url_that_is_not_http_or_https(binary):
     result = subprocess.run(
-        [str(binary), "agent", "--controller", "https://controller.example:7000", "--name", "eu-agent"],
+        [str(binary), "agent", "--controller", "ftp://controller.example:7000", "--name", "eu-agent"],
         capture_output=True, text=True, timeout=DEADLINE_S,
         env={k: v for k, v in os.environ.items() if k != "SWITCHYARD_CONTROL_TOKEN"},
     )
     assert result.returncode != 0
-    assert "https://controller.example:7000" in result.stderr, result.stderr
+    assert "ftp://controller.example:7000" in result.stderr, result.stderr
+    assert "https://" in result.stderr, result.stderr

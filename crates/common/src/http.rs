@@ -230,23 +230,47 @@ pub struct Options {
     pub tls: Option<Arc<Tls>>,
 }
 
+/// The files of a TLS listener: its certificate chain and key and, for mutual TLS, the CA
+/// whose certificates clients may present.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// With it, a client certificate signed by this CA is verified during the handshake and
+    /// marked on each request with [`VerifiedClientCertificate`]; clients without one are still
+    /// served (each handler decides whether it needs one), a client presenting a certificate
+    /// that does not verify is refused in the handshake.
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+/// Marks a request that arrived over a TLS connection whose client presented a certificate
+/// verified against the listener's [`TlsFiles::client_ca`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifiedClientCertificate;
+
 /// A TLS server certificate and key that can be replaced while serving: connections already
 /// open keep the configuration they started with, new ones get the new one.
 pub struct Tls {
+    files: TlsFiles,
     current: std::sync::RwLock<Arc<rustls::ServerConfig>>,
 }
 
 impl Tls {
-    /// Reads a PEM certificate chain and its private key.
-    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<Tls, String> {
+    /// Reads a PEM certificate chain and its private key (and the client CA, if any).
+    pub fn load(files: TlsFiles) -> Result<Tls, String> {
         Ok(Tls {
-            current: std::sync::RwLock::new(Arc::new(server_config(cert, key)?)),
+            current: std::sync::RwLock::new(Arc::new(server_config(&files)?)),
+            files,
         })
     }
 
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
     /// Reads the files again; on an error the configuration in use stays.
-    pub fn reload(&self, cert: &std::path::Path, key: &std::path::Path) -> Result<(), String> {
-        let config = Arc::new(server_config(cert, key)?);
+    pub fn reload(&self) -> Result<(), String> {
+        let config = Arc::new(server_config(&self.files)?);
         *self.current.write().expect("TLS configuration lock is never poisoned") = config;
         Ok(())
     }
@@ -258,9 +282,32 @@ impl Tls {
     }
 }
 
-fn server_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ServerConfig, String> {
+/// Reloads `tls` from its files on every SIGHUP, for as long as the process runs; a failed
+/// reload keeps the certificate in use and says why.
+#[cfg(unix)]
+pub async fn reload_on_hangup(tls: Arc<Tls>, listener: &'static str) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            listener,
+            "cannot watch SIGHUP: the TLS certificate reloads only on restart"
+        );
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!(listener, cert = %tls.files().cert.display(), "TLS certificate reloaded"),
+            Err(error) => {
+                tracing::error!(listener, %error, "TLS certificate not reloaded; the previous one stays in use")
+            }
+        }
+    }
+}
+
+fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = (&files.cert, &files.key);
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|error| format!("read TLS certificate {}: {error}", cert.display()))?;
@@ -272,18 +319,28 @@ fn server_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls
     }
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|error| format!("read TLS private key {}: {error}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|error| format!("TLS protocol versions: {error}"))?
-        .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .map_err(|error| {
-            format!(
-                "TLS certificate {} and key {} do not make a server identity: {error}",
-                cert.display(),
-                key.display()
-            )
-        })?;
+        .map_err(|error| format!("TLS protocol versions: {error}"))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(client_ca) => {
+            let roots = crate::tls_client::read_roots(client_ca)?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|error| format!("client CA {}: {error}", client_ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, private).map_err(|error| {
+        format!(
+            "TLS certificate {} and key {} do not make a server identity: {error}",
+            cert.display(),
+            key.display()
+        )
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -471,6 +528,8 @@ struct ConnectionState {
     /// Milliseconds since `opened` plus one when a head started; 0 when none has.
     head_started: AtomicU64,
     idle_since_ms: AtomicU64,
+    /// The TLS client presented a certificate verified against the listener's client CA.
+    client_verified: std::sync::atomic::AtomicBool,
 }
 
 impl ConnectionState {
@@ -480,6 +539,7 @@ impl ConnectionState {
             active_requests: AtomicU32::new(0),
             head_started: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
+            client_verified: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -582,6 +642,16 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, app: Router, stopped
     let timeout = Duration::from_millis(shared.options.limits.header_read_timeout_ms);
     match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
         Ok(Ok(stream)) => {
+            // With a client verifier configured, rustls accepts only certificates that verify.
+            let verified = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|chain| !chain.is_empty())
+                && tls.files.client_ca.is_some();
+            if verified {
+                state.client_verified.store(true, Ordering::Relaxed);
+            }
             let io = Counting {
                 inner: stream,
                 state: Arc::clone(&state),
@@ -690,7 +760,12 @@ async fn dispatch(
         tokio::spawn(discard(request.into_body(), limits.body_read_timeout_ms));
         return Ok(response_of((shared.options.render)(&refusal)));
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // Never trust a marker a client could smuggle in: only the handshake sets it.
+    parts.extensions.remove::<VerifiedClientCertificate>();
+    if state.client_verified.load(Ordering::Relaxed) {
+        parts.extensions.insert(VerifiedClientCertificate);
+    }
     let body = LimitedBody::new(body, limits, Arc::clone(&shared.budget));
     let request = Request::from_parts(parts, Body::new(body));
     tower_service::Service::call(&mut app, request).await

@@ -30,22 +30,40 @@ pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// The TLS configuration for `https://` URLs: trusting the certificates of `ca_file`, or the
 /// Mozilla roots without one.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    client_config_with_identity(ca_file, None)
+}
+
+static PROCESS_CONFIG: std::sync::OnceLock<Arc<ClientConfig>> = std::sync::OnceLock::new();
+
+/// Sets what this process's own HTTPS clients (CLI commands, agents, the controller's steps
+/// and alerts, drills) trust: the Mozilla roots and, with `ca_file`, a private CA too (the one
+/// that signs the controller's, DNS admin's and stores' certificates). Call once at start; a
+/// later call changes nothing and says so.
+pub fn set_process_ca(ca_file: Option<&Path>) -> Result<(), String> {
     let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let shown = path.display();
-            let certificates = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("CA file {shown}: {e}; give a PEM file of CA certificates"))?;
-            for certificate in certificates.take(CA_CERTIFICATES_MAX) {
-                let certificate = certificate.map_err(|e| format!("CA file {shown}: {e}"))?;
-                roots.add(certificate).map_err(|e| format!("CA file {shown}: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("CA file {shown} holds no PEM certificate"));
-            }
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        for certificate in read_roots(path)?.roots {
+            roots.roots.push(certificate);
         }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
+    let config = config_with_roots(roots)?;
+    PROCESS_CONFIG
+        .set(config)
+        .map_err(|_| "the process's TLS trust was already set".to_string())
+}
+
+/// The TLS configuration of this process's HTTPS clients: see [`set_process_ca`]; without a
+/// call, the Mozilla roots.
+pub fn process_config() -> Arc<ClientConfig> {
+    Arc::clone(PROCESS_CONFIG.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        config_with_roots(roots).expect("the ring provider supports the default protocol versions")
+    }))
+}
+
+fn config_with_roots(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -53,6 +71,75 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// A client certificate chain and its key, presented for mutual TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// [`client_config`], presenting `identity` to servers that ask for a client certificate.
+pub fn client_config_with_identity(
+    ca_file: Option<&Path>,
+    identity: Option<&ClientIdentity>,
+) -> Result<Arc<ClientConfig>, String> {
+    let roots = match ca_file {
+        Some(path) => read_roots(path)?,
+        None => {
+            let mut roots = RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            roots
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => {
+            use rustls::pki_types::PrivateKeyDer;
+            let (cert, key) = (&identity.cert, &identity.key);
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("client certificate {}: {e}", cert.display()))?;
+            if chain.is_empty() {
+                return Err(format!(
+                    "client certificate {} holds no PEM certificate",
+                    cert.display()
+                ));
+            }
+            let private =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("client key {}: {e}", key.display()))?;
+            builder.with_client_auth_cert(chain, private).map_err(|e| {
+                format!(
+                    "client certificate {} and key {} do not make an identity: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+/// The CA certificates of a PEM file (at most [`CA_CERTIFICATES_MAX`]); an error names the file.
+pub fn read_roots(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    let shown = path.display();
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("CA file {shown}: {e}; give a PEM file of CA certificates"))?;
+    for certificate in certificates.take(CA_CERTIFICATES_MAX) {
+        let certificate = certificate.map_err(|e| format!("CA file {shown}: {e}"))?;
+        roots.add(certificate).map_err(|e| format!("CA file {shown}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("CA file {shown} holds no PEM certificate"));
+    }
+    Ok(roots)
 }
 
 /// A connection made by [`Connector`]: plain TCP or TLS over TCP.

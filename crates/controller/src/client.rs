@@ -1,13 +1,15 @@
 //! A small HTTP/1.1 client (hyper-util) with a timeout, a bearer token and a bounded response,
-//! used by runbook steps, alerts, the CLI and the pointer watcher.
+//! used by runbook steps, alerts, the CLI and the pointer watcher. `https://` URLs are verified
+//! against the process's trust (`common::tls_client::process_config`: the Mozilla roots and
+//! `--ca-file`).
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::tls_client::Connector;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::StatusCode;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 /// Largest response body read.
@@ -15,7 +17,7 @@ pub const RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("'{0}' is not a valid http:// URL")]
+    #[error("'{0}' is not a valid http:// or https:// URL")]
     BadUrl(String),
     #[error("{url}: no answer within {timeout_ms} ms")]
     Timeout { url: String, timeout_ms: u64 },
@@ -25,7 +27,7 @@ pub enum ClientError {
 
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: Client<Connector, Full<Bytes>>,
 }
 
 impl Default for HttpClient {
@@ -50,7 +52,7 @@ impl Answer {
 impl HttpClient {
     pub fn new() -> HttpClient {
         HttpClient {
-            inner: Client::builder(TokioExecutor::new()).build_http(),
+            inner: Client::builder(TokioExecutor::new()).build(Connector::new(common::tls_client::process_config())),
         }
     }
 
@@ -64,7 +66,7 @@ impl HttpClient {
         timeout_ms: u64,
     ) -> Result<Answer, ClientError> {
         let uri: hyper::Uri = url.parse().map_err(|_| ClientError::BadUrl(url.to_string()))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(ClientError::BadUrl(url.to_string()));
         }
         let mut builder = hyper::Request::builder().method(method).uri(uri);

@@ -741,9 +741,10 @@ impl Checker<'_> {
         );
     }
 
-    /// Parses a URL the controller itself calls (plain HTTP only), reporting at its span.
+    /// Parses a URL the controller itself calls (http:// or https://, verified against the
+    /// public roots and `--ca-file`), reporting at its span.
     fn check_url(&mut self, url: &Spanned<String>, what: &str, example: &str) {
-        if let Err(message) = health::spec::parse_url(url.get_ref(), false) {
+        if let Err(message) = health::spec::parse_url(url.get_ref(), true) {
             self.error(
                 url.span(),
                 format!("{what}: {message}"),
@@ -1377,7 +1378,7 @@ impl Checker<'_> {
                     Some(url) => self.check_url(
                         url,
                         &format!("webhook step '{name}'"),
-                        "http://host:port/path (HTTPS is not supported yet; put a local TLS proxy in front)",
+                        "http://host:port/path or https://host/path",
                     ),
                 },
                 Some(StepKind::DnsHealth | StepKind::DnsTxt) if file.dns.is_none() => self.error(
@@ -1421,7 +1422,7 @@ impl Checker<'_> {
             self.check_url(
                 &dns.admin_url,
                 "[dns] admin_url",
-                "http://host:port of `switchyard dns`'s admin API, like http://127.0.0.1:5380",
+                "http(s)://host:port of `switchyard dns`'s admin API, like http://127.0.0.1:5380",
             );
         }
         steps

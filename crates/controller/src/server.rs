@@ -106,6 +106,8 @@ pub struct RunOptions {
     /// Start generations above this (after the audit log was lost while DNS still holds a
     /// higher generation; `GET {dns}/v1/health` shows it). Normally 0.
     pub generation_floor: u64,
+    /// Serve the API over HTTPS (agents, operators and the dashboard then use `https://`).
+    pub tls: Option<Arc<common::http::Tls>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -461,6 +463,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let address = listener.local_addr()?;
+    let tls = options.tls.clone();
     let access = access(&config, options.token.as_deref());
     check_exposure(address, &access)?;
     if options.token.as_deref().is_some_and(|t| !t.is_empty()) {
@@ -586,7 +589,8 @@ pub async fn run(
     let options = common::http::Options::new(
         "controller",
         common::http::Limits::with_body_limit(REQUEST_BODY_BYTES_MAX),
-    );
+    )
+    .tls(tls);
     let result = common::http::serve(listener, options, app, shutdown).await;
     for task in tasks {
         task.abort();

@@ -201,6 +201,8 @@ pub struct Options {
     pub seed: u64,
     /// Response rate limiting and per-client TCP connections.
     pub limits: Limits,
+    /// Serve the admin API over HTTPS.
+    pub admin_tls: Option<Arc<common::http::Tls>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -310,12 +312,14 @@ pub async fn run_with_state(
         ));
     }
     let admin = crate::admin::router(Arc::clone(&state));
+    let admin_tls = options.admin_tls.clone();
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(async move {
         let options = common::http::Options::new(
             "dns-admin",
             common::http::Limits::with_body_limit(crate::admin::ADMIN_BODY_BYTES_MAX),
-        );
+        )
+        .tls(admin_tls);
         common::http::serve(sockets.admin, options, admin, async move {
             let _ = admin_stop.wait_for(|stop| *stop).await;
         })

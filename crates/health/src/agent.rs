@@ -10,10 +10,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::tls_client::Connector;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::report::{AgentPlan, PLAN_PATH, REPORT_PATH, Report};
@@ -61,7 +61,7 @@ impl AgentConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("controller URL '{0}' is not http://host:port (HTTPS is not supported yet: use a TLS tunnel)")]
+    #[error("controller URL '{0}' is not http://host:port or https://host:port")]
     BadController(String),
     #[error("agent name '{0}' is not a name: use letters, digits, '-', '_' or '.'")]
     BadName(String),
@@ -80,7 +80,7 @@ struct ControllerClient {
     base: String,
     name: String,
     token: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
 }
 
 impl ControllerClient {
@@ -176,7 +176,10 @@ fn valid_name(name: &str) -> bool {
 /// Runs the agent until `shutdown` completes.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let base = config.controller.trim_end_matches('/').to_string();
-    if !base.starts_with("http://") || base.len() <= "http://".len() {
+    let scheme = ["http://", "https://"]
+        .into_iter()
+        .find(|scheme| base.starts_with(scheme));
+    if scheme.is_none_or(|scheme| base.len() <= scheme.len()) {
         return Err(AgentError::BadController(config.controller));
     }
     if !valid_name(&config.name) {
@@ -186,7 +189,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         base,
         name: config.name.clone(),
         token: config.token.clone(),
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        // `https://` controllers are verified against the process's trust (`--ca-file`).
+        client: Client::builder(TokioExecutor::new()).build(Connector::new(common::tls_client::process_config())),
     };
     tokio::pin!(shutdown);
     let mut runner = Runner::new(config.runner);

@@ -111,6 +111,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     token: Option<String>,
+    tls: Option<Arc<common::http::Tls>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let context = AdminContext {
@@ -130,7 +131,8 @@ pub async fn serve(
     let options = common::http::Options::new(
         "proxy-admin",
         common::http::Limits::with_body_limit(ADMIN_BODY_BYTES_MAX),
-    );
+    )
+    .tls(tls);
     common::http::serve(listener, options, router, shutdown).await
 }
 

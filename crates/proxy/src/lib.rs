@@ -31,7 +31,7 @@ pub use proxy::Shared;
 /// until `shutdown` resolves; then stops checks and lets requests in flight finish.
 pub async fn run(
     listener: TcpListener,
-    admin: Option<(TcpListener, Option<String>)>,
+    admin: Option<(TcpListener, Option<String>, Option<Arc<common::http::Tls>>)>,
     config: ProxyConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -43,7 +43,7 @@ pub async fn run(
 pub async fn run_shared(
     shared: Arc<Shared>,
     listener: TcpListener,
-    admin: Option<(TcpListener, Option<String>)>,
+    admin: Option<(TcpListener, Option<String>, Option<Arc<common::http::Tls>>)>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_sender, stop) = watch::channel(false);
@@ -57,14 +57,14 @@ pub async fn run_shared(
             ));
         }
     }
-    let admin_task = admin.map(|(listener, token)| {
+    let admin_task = admin.map(|(listener, token, tls)| {
         let mut stop = stop.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(error) = admin::serve(shared, listener, token, stopped).await {
+            if let Err(error) = admin::serve(shared, listener, token, tls, stopped).await {
                 tracing::error!(%error, "admin API stopped");
             }
         })

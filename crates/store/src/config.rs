@@ -12,6 +12,15 @@
 //! tls_cert = "server.pem"                 # with tls_key: HTTPS (reloaded on SIGHUP)
 //! tls_key = "server.key"
 //! peer_ca = "regions-ca.pem"              # verifies https:// peers (default: public roots)
+//! peer_client_ca = "regions-ca.pem"       # mutual TLS: replication needs a client certificate it signed
+//! peer_client_cert = "region-client.pem"  # with peer_client_key: presented to https:// peers
+//! peer_client_key = "region-client.key"
+//! connections_max = 1024                  # listener limits, applied before authentication
+//! connections_per_client_max = 256
+//! header_read_timeout_ms = 10000
+//! body_read_timeout_ms = 60000
+//! idle_timeout_ms = 60000
+//! buffered_body_bytes_max = "32MiB"
 //! replication_key_file = "replication.key"
 //! replication_backlog_bytes_max = "1GiB"  # log kept for a peer that is behind
 //! clock_offset_alarm_ms = 500             # a peer's clock further off raises an alarm
@@ -47,6 +56,15 @@ pub struct StoreFileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub peer_ca: Option<PathBuf>,
+    pub peer_client_ca: Option<PathBuf>,
+    pub peer_client_cert: Option<PathBuf>,
+    pub peer_client_key: Option<PathBuf>,
+    pub connections_max: Option<u64>,
+    pub connections_per_client_max: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub buffered_body_bytes_max: Option<u64>,
     pub replication_key_file: Option<PathBuf>,
     pub replication_backlog_bytes_max: Option<u64>,
     pub clock_offset_alarm_ms: Option<u64>,
@@ -142,6 +160,15 @@ struct RawStore {
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
     peer_ca: Option<Spanned<String>>,
+    peer_client_ca: Option<Spanned<String>>,
+    peer_client_cert: Option<Spanned<String>>,
+    peer_client_key: Option<Spanned<String>>,
+    connections_max: Option<Spanned<i64>>,
+    connections_per_client_max: Option<Spanned<i64>>,
+    header_read_timeout_ms: Option<Spanned<i64>>,
+    body_read_timeout_ms: Option<Spanned<i64>>,
+    idle_timeout_ms: Option<Spanned<i64>>,
+    buffered_body_bytes_max: Option<Spanned<toml::Value>>,
     replication_key_file: Option<Spanned<String>>,
     replication_backlog_bytes_max: Option<Spanned<toml::Value>>,
     clock_offset_alarm_ms: Option<Spanned<i64>>,
@@ -272,7 +299,44 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
             "tls_cert and tls_key go together; give both (the certificate chain and its key) or neither".into(),
         ));
     }
+    if let (Some(given), None) | (None, Some(given)) = (&raw.peer_client_cert, &raw.peer_client_key) {
+        return Err(at(
+            text,
+            given.span(),
+            "peer_client_cert and peer_client_key go together; give both (the client certificate and its key) or neither".into(),
+        ));
+    }
+    if let (Some(given), None) = (&raw.peer_client_ca, &raw.tls_cert) {
+        return Err(at(
+            text,
+            given.span(),
+            "peer_client_ca checks the certificates peers present over TLS, but this store serves plain HTTP; add tls_cert and tls_key".into(),
+        ));
+    }
+    let positive = |value: &Option<Spanned<i64>>, key: &str| -> Result<Option<u64>, String> {
+        value
+            .as_ref()
+            .map(|v| {
+                u64::try_from(*v.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
+                    at(
+                        text,
+                        v.span(),
+                        format!("{key} = {} must be a positive whole number", v.get_ref()),
+                    )
+                })
+            })
+            .transpose()
+    };
     Ok(StoreFileConfig {
+        connections_max: positive(&raw.connections_max, "connections_max")?,
+        connections_per_client_max: positive(&raw.connections_per_client_max, "connections_per_client_max")?,
+        header_read_timeout_ms: positive(&raw.header_read_timeout_ms, "header_read_timeout_ms")?,
+        body_read_timeout_ms: positive(&raw.body_read_timeout_ms, "body_read_timeout_ms")?,
+        idle_timeout_ms: positive(&raw.idle_timeout_ms, "idle_timeout_ms")?,
+        buffered_body_bytes_max: bytes(&raw.buffered_body_bytes_max, "buffered_body_bytes_max", parse_bytes)?,
+        peer_client_ca: path(&raw.peer_client_ca, "peer_client_ca")?,
+        peer_client_cert: path(&raw.peer_client_cert, "peer_client_cert")?,
+        peer_client_key: path(&raw.peer_client_key, "peer_client_key")?,
         region,
         listen,
         replication_backlog_bytes_max,
@@ -336,6 +400,35 @@ ap-south-1 = "https://store.ap-south-1.example:8000"
         assert_eq!(both.tls_key, Some(PathBuf::from("/srv/sy/tls/server.key")));
         let alone = parse("[store]\ntls_cert = \"server.pem\"\n", Path::new("/srv")).expect_err("cert without key");
         assert!(alone.contains("line 2") && alone.contains("tls_key"), "{alone}");
+    }
+
+    #[test]
+    fn mutual_tls_and_listener_limits_are_read_and_checked() {
+        let text = "[store]\ntls_cert = \"s.pem\"\ntls_key = \"s.key\"\npeer_client_ca = \"ca.pem\"\n\
+                    peer_client_cert = \"c.pem\"\npeer_client_key = \"c.key\"\nconnections_max = 64\n\
+                    connections_per_client_max = 8\nheader_read_timeout_ms = 2000\nbody_read_timeout_ms = 3000\n\
+                    idle_timeout_ms = 4000\nbuffered_body_bytes_max = \"8MiB\"\n";
+        let config = parse(text, Path::new("/srv")).expect("valid");
+        assert_eq!(config.peer_client_ca, Some(PathBuf::from("/srv/ca.pem")));
+        assert_eq!(config.peer_client_cert, Some(PathBuf::from("/srv/c.pem")));
+        assert_eq!(config.peer_client_key, Some(PathBuf::from("/srv/c.key")));
+        assert_eq!(
+            (
+                config.connections_max,
+                config.connections_per_client_max,
+                config.header_read_timeout_ms,
+                config.body_read_timeout_ms,
+                config.idle_timeout_ms,
+                config.buffered_body_bytes_max
+            ),
+            (Some(64), Some(8), Some(2000), Some(3000), Some(4000), Some(8 << 20))
+        );
+        let plain = parse("[store]\npeer_client_ca = \"ca.pem\"\n", Path::new("/srv")).expect_err("no TLS");
+        assert!(plain.contains("line 2") && plain.contains("tls_cert"), "{plain}");
+        let half = parse("[store]\npeer_client_key = \"c.key\"\n", Path::new("/srv")).expect_err("key alone");
+        assert!(half.contains("peer_client_cert"), "{half}");
+        let zero = parse("[store]\n\nconnections_max = 0\n", Path::new("/srv")).expect_err("zero");
+        assert!(zero.contains("line 3") && zero.contains("positive"), "{zero}");
     }
 
     #[test]

@@ -362,15 +362,22 @@ pub async fn run_with_limits(
         replays: std::sync::Mutex::new(ReplayGuard::new(sigv4::REPLAY_SIGNATURES_MAX)),
         metrics: Metrics::new(),
     });
-    let app = Router::new()
-        .route("/", post(api))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+    let mut replication_routes = Router::new()
         .route("/replication/v1/batch", post(replication_batch))
         .route("/replication/v1/repair", post(replication_repair))
         .route("/replication/v1/table", post(replication_table))
         .route("/replication/v1/mark", post(replication_mark))
-        .route("/replication/v1/digest", post(replication_digest))
+        .route("/replication/v1/digest", post(replication_digest));
+    // Mutual TLS: with a client CA on the listener, only peers presenting a certificate it
+    // signed may replicate (on top of the HMAC key, never instead of it).
+    if tls.as_ref().is_some_and(|tls| tls.files().client_ca.is_some()) {
+        replication_routes = replication_routes.route_layer(axum::middleware::from_fn(require_peer_certificate));
+    }
+    let app = Router::new()
+        .route("/", post(api))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .merge(replication_routes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.request_body_bytes_max))
@@ -416,6 +423,23 @@ fn no_replication() -> ApiError {
         ErrorKind::AccessDenied,
         "this store has no replication peers configured",
     )
+}
+
+/// Refuses a replication request whose connection presented no client certificate signed by
+/// the listener's client CA (`--peer-client-ca`).
+async fn require_peer_certificate(request: Request, next: axum::middleware::Next) -> Response {
+    if request
+        .extensions()
+        .get::<common::http::VerifiedClientCertificate>()
+        .is_some()
+    {
+        return next.run(request).await;
+    }
+    let body = serde_json::json!({
+        "__type": "com.amazonaws.dynamodb.v20120810#AccessDeniedException",
+        "message": "replication requests need a client certificate signed by this region's peer client CA (--peer-client-ca); give the sending region --peer-client-cert and --peer-client-key",
+    });
+    (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
 async fn replication_batch(State(state): State<Arc<AppState>>, request: Request) -> Response {

@@ -40,6 +40,8 @@ pub(crate) struct ControllerArgs {
     /// refused as stale. Never needed while the audit log is kept.
     #[arg(long, default_value_t = 0)]
     generation_floor: u64,
+    #[command(flatten)]
+    tls: crate::TlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -191,6 +193,7 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         local_reports: None,
         probe_locally: true,
         generation_floor: args.generation_floor,
+        tls: args.tls.load("controller")?,
     };
     controller::server::run(listener, config, options, crate::shutdown_signal())
         .await

@@ -38,6 +38,8 @@ pub(crate) struct DnsArgs {
     /// UDP worker threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     udp_workers: usize,
+    #[command(flatten)]
+    tls: crate::TlsArgs,
 }
 
 fn read_token(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
@@ -96,6 +98,7 @@ pub(crate) async fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
         udp_workers: args.udp_workers,
         seed,
         limits: config.limits,
+        admin_tls: args.tls.load("dns-admin")?,
     };
     let server = dns::run(
         dns::Sockets { udp, tcp, admin },

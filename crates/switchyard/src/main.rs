@@ -39,6 +39,11 @@ struct Cli {
         env = "SWITCHYARD_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    /// PEM file of a private CA that Switchyard's own HTTPS clients trust besides the public
+    /// roots: the CLI, agents and drills reaching an https:// controller, the controller
+    /// reaching an https:// DNS admin API or webhook.
+    #[arg(long, global = true, value_name = "FILE", env = "SWITCHYARD_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,7 +62,7 @@ enum Command {
     /// `--endpoint-url http://LISTEN`. Every acknowledged write is durable (fsync, with group
     /// commit). Without --credentials any signature is accepted, so the store then refuses to
     /// listen anywhere but loopback.
-    Store(StoreArgs),
+    Store(Box<StoreArgs>),
     /// A remote vantage point: fetches its checks from the controller, probes them (HTTP, TCP,
     /// DNS, DynamoDB, SQL, Redis) with rise/fall, and reports to the controller, whose quorum
     /// over vantage points decides whether a region is down.
@@ -212,6 +217,60 @@ struct StoreArgs {
     /// verified against it (without it, against the public Mozilla roots).
     #[arg(long, value_name = "FILE", env = "SWITCHYARD_PEER_CA")]
     peer_ca: Option<PathBuf>,
+    /// Mutual TLS between regions: PEM file of the CA that signs the peers' client
+    /// certificates. Replication requests must then present one (DynamoDB API clients need
+    /// none). Needs --tls-cert; reloaded on SIGHUP with it.
+    #[arg(long, value_name = "FILE", env = "SWITCHYARD_PEER_CLIENT_CA", requires = "tls_cert")]
+    peer_client_ca: Option<PathBuf>,
+    /// PEM client certificate this store presents to `https://` peers that ask for one
+    /// (with --peer-client-key).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SWITCHYARD_PEER_CLIENT_CERT",
+        requires = "peer_client_key"
+    )]
+    peer_client_cert: Option<PathBuf>,
+    /// PEM private key of --peer-client-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SWITCHYARD_PEER_CLIENT_KEY",
+        requires = "peer_client_cert"
+    )]
+    peer_client_key: Option<PathBuf>,
+}
+
+/// HTTPS for an HTTP listener of `controller`, `dns` (admin API) or `proxy` (admin API).
+#[derive(clap::Args)]
+pub(crate) struct TlsArgs {
+    /// PEM certificate chain: with --tls-key, this API is served over HTTPS. Both files are
+    /// read again on SIGHUP (open connections keep theirs). Clients then use https:// URLs and
+    /// trust the signing CA with --ca-file.
+    #[arg(long, value_name = "FILE", env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Reads the certificate and key (and reloads them on SIGHUP); `None` without them.
+    pub(crate) fn load(&self, listener: &'static str) -> anyhow::Result<Option<Arc<common::http::Tls>>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let tls = Arc::new(
+            common::http::Tls::load(common::http::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+            })
+            .map_err(|message| anyhow::anyhow!("--tls-cert / --tls-key: {message}"))?,
+        );
+        tokio::spawn(common::http::reload_on_hangup(Arc::clone(&tls), listener));
+        Ok(Some(tls))
+    }
 }
 
 /// Limits applied to every connection before authentication (see the README's security model).
@@ -240,18 +299,42 @@ struct ListenerLimitArgs {
 }
 
 impl ListenerLimitArgs {
-    /// These flags over `defaults`, checked.
-    fn apply(&self, defaults: common::http::Limits) -> anyhow::Result<common::http::Limits> {
+    /// These flags over the `[store]` file's keys over `defaults`, checked.
+    fn apply_over(
+        &self,
+        defaults: common::http::Limits,
+        file: &store::config::StoreFileConfig,
+    ) -> anyhow::Result<common::http::Limits> {
+        let count = |flag: Option<usize>, key: Option<u64>, default: usize| -> anyhow::Result<usize> {
+            match (flag, key) {
+                (Some(n), _) => Ok(n),
+                (None, Some(n)) => {
+                    usize::try_from(n).context("a connection limit is larger than this machine's address space")
+                }
+                (None, None) => Ok(default),
+            }
+        };
         let limits = common::http::Limits {
-            connections_max: self.connections_max.unwrap_or(defaults.connections_max),
-            connections_per_client_max: self
-                .connections_per_client_max
-                .unwrap_or(defaults.connections_per_client_max),
-            header_read_timeout_ms: self.header_read_timeout_ms.unwrap_or(defaults.header_read_timeout_ms),
-            body_read_timeout_ms: self.body_read_timeout_ms.unwrap_or(defaults.body_read_timeout_ms),
-            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(defaults.idle_timeout_ms),
-            buffered_body_bytes_max: match self.buffered_body_bytes_max {
-                Some(bytes) => usize::try_from(bytes).context("--buffered-body-bytes-max is larger than memory")?,
+            connections_max: count(self.connections_max, file.connections_max, defaults.connections_max)?,
+            connections_per_client_max: count(
+                self.connections_per_client_max,
+                file.connections_per_client_max,
+                defaults.connections_per_client_max,
+            )?,
+            header_read_timeout_ms: self
+                .header_read_timeout_ms
+                .or(file.header_read_timeout_ms)
+                .unwrap_or(defaults.header_read_timeout_ms),
+            body_read_timeout_ms: self
+                .body_read_timeout_ms
+                .or(file.body_read_timeout_ms)
+                .unwrap_or(defaults.body_read_timeout_ms),
+            idle_timeout_ms: self
+                .idle_timeout_ms
+                .or(file.idle_timeout_ms)
+                .unwrap_or(defaults.idle_timeout_ms),
+            buffered_body_bytes_max: match self.buffered_body_bytes_max.or(file.buffered_body_bytes_max) {
+                Some(bytes) => usize::try_from(bytes).context("buffered_body_bytes_max is larger than memory")?,
                 None => defaults.buffered_body_bytes_max,
             },
             request_body_bytes_max: defaults.request_body_bytes_max,
@@ -278,8 +361,9 @@ struct StoreSettings {
     clock_offset_max_ms: u64,
     disk: store::disk::DiskSettings,
     limits: common::http::Limits,
-    tls: Option<(PathBuf, PathBuf)>,
+    tls: Option<common::http::TlsFiles>,
     peer_ca: Option<PathBuf>,
+    peer_client: Option<common::tls_client::ClientIdentity>,
 }
 
 const STORE_REGION_DEFAULT: &str = "us-east-1";
@@ -292,12 +376,14 @@ impl StoreArgs {
             Some(path) => store::config::load(path)?,
             None => store::config::StoreFileConfig::default(),
         };
+        let limits = self.limits.apply_over(store::server::default_limits(), &file)?;
         let region = self
             .region
             .or(file.region)
             .unwrap_or_else(|| STORE_REGION_DEFAULT.to_string());
         store::global::check_region_name(&region).map_err(|message| anyhow::anyhow!("--region: {message}"))?;
         Ok(StoreSettings {
+            limits,
             region,
             listen: match self.listen.or(file.listen) {
                 Some(listen) => listen,
@@ -331,12 +417,21 @@ impl StoreArgs {
                     .or(file.disk_reserve_bytes)
                     .unwrap_or(store::disk::DISK_RESERVE_BYTES_DEFAULT),
             },
-            limits: self.limits.apply(store::server::default_limits())?,
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(cert), Some(key)) => Some((cert, key)),
-                _ => file.tls_cert.zip(file.tls_key),
-            },
+                _ => file.tls_cert.clone().zip(file.tls_key.clone()),
+            }
+            .map(|(cert, key)| common::http::TlsFiles {
+                cert,
+                key,
+                client_ca: self.peer_client_ca.or(file.peer_client_ca.clone()),
+            }),
             peer_ca: self.peer_ca.or(file.peer_ca),
+            peer_client: match (self.peer_client_cert, self.peer_client_key) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                _ => file.peer_client_cert.zip(file.peer_client_key),
+            }
+            .map(|(cert, key)| common::tls_client::ClientIdentity { cert, key }),
         })
     }
 }
@@ -381,12 +476,12 @@ fn replication_config(args: &StoreSettings) -> anyhow::Result<Option<store::glob
         backlog_bytes_max: args.replication_backlog_bytes_max,
         clock_offset_alarm_ms: args.clock_offset_alarm_ms,
         clock_offset_max_ms: args.clock_offset_max_ms,
-        peer_tls: match &args.peer_ca {
-            Some(path) => Some(
-                common::tls_client::client_config(Some(path))
-                    .map_err(|message| anyhow::anyhow!("--peer-ca: {message}"))?,
+        peer_tls: match (&args.peer_ca, &args.peer_client) {
+            (None, None) => None,
+            (ca, identity) => Some(
+                common::tls_client::client_config_with_identity(ca.as_deref(), identity.as_ref())
+                    .map_err(|message| anyhow::anyhow!("--peer-ca / --peer-client-cert: {message}"))?,
             ),
-            None => None,
         },
     }))
 }
@@ -394,13 +489,16 @@ fn replication_config(args: &StoreSettings) -> anyhow::Result<Option<store::glob
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Some(path) = &cli.ca_file {
+        common::tls_client::set_process_ca(Some(path)).map_err(|message| anyhow::anyhow!("--ca-file: {message}"))?;
+    }
     ::lab::supervisor::exit_with_supervisor();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
     match cli.command {
-        Command::Store(args) => runtime.block_on(run_store(args)),
+        Command::Store(args) => runtime.block_on(run_store(*args)),
         Command::Agent(args) => runtime.block_on(agent::run_agent(args)),
         Command::BenchCeiling(args) => runtime.block_on(run_ceiling(args)),
         Command::Lab(args) => runtime.block_on(lab::run(args)),
@@ -481,9 +579,9 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     }
     tracing::info!(%address, region = %args.region, data_dir = %args.data_dir.display(), authenticated = credentials.is_some(), "store listening");
     let tls = match &args.tls {
-        Some((cert, key)) => {
-            let tls = Arc::new(common::http::Tls::load(cert, key).map_err(anyhow::Error::msg)?);
-            tokio::spawn(reload_tls_on_hangup(Arc::clone(&tls), cert.clone(), key.clone()));
+        Some(files) => {
+            let tls = Arc::new(common::http::Tls::load(files.clone()).map_err(anyhow::Error::msg)?);
+            tokio::spawn(common::http::reload_on_hangup(Arc::clone(&tls), "store"));
             Some(tls)
         }
         None => None,
@@ -503,24 +601,6 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     .context("serve the API")?;
     tracing::info!("store stopped");
     Ok(())
-}
-
-/// Reads the certificate and key again on every SIGHUP; a bad pair is logged and the one in
-/// use stays.
-async fn reload_tls_on_hangup(tls: Arc<common::http::Tls>, cert: PathBuf, key: PathBuf) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; TLS certificates will not reload");
-            return;
-        }
-    };
-    while hangups.recv().await.is_some() {
-        match tls.reload(&cert, &key) {
-            Ok(()) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded"),
-            Err(error) => tracing::error!(%error, "TLS certificate not reloaded; the previous one stays in use"),
-        }
-    }
 }
 
 async fn run_ceiling(args: CeilingArgs) -> anyhow::Result<()> {

@@ -19,6 +19,8 @@ pub(crate) struct ProxyArgs {
     /// API's) to this file.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: crate::TlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -83,12 +85,12 @@ pub(crate) async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
             let admin_listener = TcpListener::bind(admin_address).await.with_context(|| {
                 format!("listen on {admin_address} for the admin API (change [proxy] admin_listen)")
             })?;
-            Some((admin_listener, token.clone()))
+            Some((admin_listener, token.clone(), args.tls.load("proxy-admin")?))
         }
         None => None,
     };
     let admin_address = match &admin {
-        Some((l, _)) => Some(l.local_addr().context("read the admin address")?),
+        Some((l, _, _)) => Some(l.local_addr().context("read the admin address")?),
         None => None,
     };
     if let Some(path) = &args.ready_file {

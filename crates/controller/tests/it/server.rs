@@ -95,6 +95,7 @@ impl Running {
             local_reports: None,
             probe_locally,
             generation_floor,
+            tls: None,
         };
         Running::start_with_options(config, options).await
     }
@@ -593,6 +594,7 @@ async fn start_with_tokens(dns_url: &str, dir: &Path) -> Running {
         local_reports: None,
         probe_locally: false,
         generation_floor: 0,
+        tls: None,
     };
     let mut running = Running::start_with_options(&config, options).await;
     running.token = OPERATOR;

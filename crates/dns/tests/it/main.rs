@@ -107,6 +107,7 @@ impl Server {
             udp_workers,
             seed: 1,
             limits,
+            admin_tls: None,
         };
         let task = tokio::spawn(dns::server::run_with_state(
             Sockets { udp, tcp, admin },

@@ -164,6 +164,7 @@ health = "r2"
         udp_workers: 1,
         seed: 1,
         limits: dns::Limits::default(),
+        admin_tls: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(dns::run(

@@ -170,10 +170,15 @@ async fn agent_waits_for_the_controller_then_reports_changes() {
 #[tokio::test]
 async fn agent_refuses_bad_configuration() {
     let never = std::future::pending::<()>();
-    let error = run(AgentConfig::new("https://controller:9000", "a"), never)
+    let error = run(AgentConfig::new("ftp://controller:9000", "a"), never)
         .await
-        .expect_err("https");
-    assert!(error.to_string().contains("https://controller:9000"), "{error}");
+        .expect_err("not http or https");
+    assert!(error.to_string().contains("ftp://controller:9000"), "{error}");
+    let never = std::future::pending::<()>();
+    let error = run(AgentConfig::new("https://", "a"), never)
+        .await
+        .expect_err("no host");
+    assert!(error.to_string().contains("https://host:port"), "{error}");
     let never = std::future::pending::<()>();
     let error = run(AgentConfig::new("http://127.0.0.1:9", "bad name"), never)
         .await

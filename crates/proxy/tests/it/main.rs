@@ -172,7 +172,7 @@ impl TestProxy {
         let task = tokio::spawn(proxy::run_shared(
             shared.clone(),
             listener,
-            Some((admin, token.map(str::to_owned))),
+            Some((admin, token.map(str::to_owned), None)),
             async move {
                 let _ = stopped.await;
             },

@@ -1,0 +1,321 @@
+"""TLS on every link, with certificates of a private CA made by openssl in the test:
+
+- the controller serves its API over HTTPS (`--tls-cert`/`--tls-key`); a real agent reports to
+  it at an `https://` URL trusting the CA through `--ca-file`, the CLI reads its status the same
+  way, and without `--ca-file` the CLI refuses the unverified certificate and says so;
+- `switchyard dns` serves its admin API over HTTPS and the controller pushes health to it at an
+  `https://` `[dns] admin_url`; a switchover moves the DNS answer;
+- `switchyard proxy` serves its admin API over HTTPS;
+- mutual TLS between regions: a store with `--peer-client-ca` refuses replication from a peer
+  that presents no client certificate (its reason shows in the sender's /health) and accepts
+  it once the sender has `--peer-client-cert`/`--peer-client-key`, while DynamoDB clients need
+  no certificate."""
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from test_controller import App, BINARY, START_DEADLINE_S, wait_until
+from test_global_tables import Region, free_port
+from test_store_tls import make_ca, make_server_cert, openssl
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+
+def make_client_cert(folder, name):
+    """A client certificate (extendedKeyUsage clientAuth) signed by the CA in `folder`."""
+    (folder / f"{name}.ext").write_text("extendedKeyUsage=clientAuth\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=folder)
+    return folder / f"{name}.pem", folder / f"{name}.key"
+
+
+def get_json(url, ca):
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def clean_env():
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("SWITCHYARD_CONTROL_TOKEN", "SWITCHYARD_CA_FILE", "SWITCHYARD_TLS"))}
+
+
+@pytest.fixture
+def processes(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    started = []
+
+    def start(args, log):
+        process = subprocess.Popen([str(BINARY), *args], stdout=subprocess.DEVNULL, stderr=open(log, "ab"),
+                                   env=clean_env())
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+DNS_CONFIG = """
+[dns]
+[[dns.zones]]
+origin = "shop.example."
+ns = ["ns1"]
+
+[dns.zones.soa]
+rname = "hostmaster.shop.example."
+serial = 1
+
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["192.0.2.53"]
+
+[[dns.zones.records]]
+name = "app"
+type = "A"
+policy = "failover"
+
+[[dns.zones.records.members]]
+role = "primary"
+values = ["192.0.2.10"]
+health = "us-east-1"
+
+[[dns.zones.records.members]]
+role = "secondary"
+values = ["198.51.100.10"]
+health = "eu-west-1"
+"""
+
+
+def test_controller_agent_cli_and_dns_admin_over_verified_https(tmp_path, processes):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = make_ca(pki)
+    cert, key = make_server_cert(pki, "node")
+    tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    us, eu = App(), App()
+    try:
+        # DNS with its admin API over HTTPS.
+        (tmp_path / "dns.toml").write_text(DNS_CONFIG)
+        dns_ready, dns_log = tmp_path / "dns.ready", tmp_path / "dns.log"
+        processes(["dns", "--config", str(tmp_path / "dns.toml"), "--listen", "127.0.0.1:0",
+                   "--admin-listen", "127.0.0.1:0", "--ready-file", str(dns_ready), *tls], dns_log)
+        wait_until("dns to listen", lambda: dns_ready.exists() and len(dns_ready.read_text().splitlines()) == 2,
+                   START_DEADLINE_S, [dns_log])
+        dns_address, admin_address = dns_ready.read_text().splitlines()
+        dns_admin = f"https://{admin_address}"
+
+        config = tmp_path / "switchyard.toml"
+        config.write_text(f"""
+[controller]
+vantage = "controller"
+audit_log = "audit.jsonl"
+tick_ms = 50
+
+[policy]
+failback_lag_check = false
+down_confirm_ms = 0
+
+[quorum]
+vantages = ["controller", "agent-1"]
+report_stale_ms = 600000
+report_interval_ms = 100
+
+[dns]
+admin_url = "{dns_admin}"
+
+[[regions]]
+name = "us-east-1"
+priority = 1
+
+[[regions]]
+name = "eu-west-1"
+priority = 2
+
+[[checks]]
+name = "use1-app"
+region = "us-east-1"
+kind = {{ type = "http", url = "http://127.0.0.1:{us.port}/health" }}
+interval_ms = 200
+fast_interval_ms = 100
+
+[[checks]]
+name = "euw1-app"
+region = "eu-west-1"
+kind = {{ type = "http", url = "http://127.0.0.1:{eu.port}/health" }}
+interval_ms = 200
+fast_interval_ms = 100
+
+[[runbook]]
+name = "dns"
+kind = "dns_health"
+""")
+        ready, log = tmp_path / "controller.ready", tmp_path / "controller.log"
+        processes(["--ca-file", str(ca), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
+                   "--ready-file", str(ready), *tls], log)
+        wait_until("the controller to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
+        url = f"https://{ready.read_text().strip()}"
+
+        agent_log = tmp_path / "agent.log"
+        processes(["agent", "--controller", url, "--name", "agent-1", "--ca-file", str(ca)], agent_log)
+
+        def agent_fresh():
+            status, body = get_json(f"{url}/v1/status", ca)
+            return status == 200 and any(v["name"] == "agent-1" and v["fresh"] for v in body["vantages"])
+
+        wait_until("agent-1's reports over HTTPS", agent_fresh, logs=[log, agent_log])
+
+        # The controller pushed the initial placement to the DNS admin API over HTTPS.
+        def dns_generation():
+            status, body = get_json(f"{dns_admin}/v1/health", ca)
+            return status == 200 and body.get("generation", 0) >= 1 and body
+
+        view = wait_until("the controller's push to the HTTPS DNS admin API", dns_generation, logs=[log, dns_log])
+        assert view["targets"].get("us-east-1") == "healthy", view
+
+        def cli(*args, ca_file=True):
+            extra = ["--ca-file", str(ca)] if ca_file else []
+            return subprocess.run([str(BINARY), *extra, *args, "--controller", url], env=clean_env(),
+                                  capture_output=True, text=True, timeout=30)
+
+        shown = cli("status")
+        assert shown.returncode == 0 and "active region: us-east-1" in shown.stdout, shown.stderr
+        unverified = cli("status", ca_file=False)
+        assert unverified.returncode != 0
+        assert "certificate" in unverified.stderr.lower(), unverified.stderr
+
+        # A switchover is pushed to DNS over HTTPS: the failover record answers eu-west-1's value.
+        moved = cli("switchover", "--to", "eu-west-1")
+        assert moved.returncode == 0, moved.stderr
+
+        def eu_healthy_us_not():
+            status, body = get_json(f"{dns_admin}/v1/health", ca)
+            targets = body.get("targets", {})
+            return targets.get("us-east-1") == "unhealthy" and targets.get("eu-west-1") == "healthy"
+
+        wait_until("the switchover in DNS", eu_healthy_us_not, logs=[log, dns_log])
+        port = dns_address.rsplit(":", 1)[1]
+        answer = subprocess.run(["dig", "@127.0.0.1", "-p", port, "+short", "app.shop.example.", "A"],
+                                capture_output=True, text=True, timeout=30).stdout.split()
+        assert answer == ["198.51.100.10"], answer
+    finally:
+        us.stop()
+        eu.stop()
+
+
+def test_proxy_admin_api_over_https(tmp_path, processes):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = make_ca(pki)
+    cert, key = make_server_cert(pki, "proxy")
+    app = App()
+    try:
+        (tmp_path / "proxy.toml").write_text(f"""
+[proxy]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[proxy.servers]]
+name = "app-1"
+address = "127.0.0.1:{app.port}"
+""")
+        ready, log = tmp_path / "proxy.ready", tmp_path / "proxy.log"
+        processes(["proxy", "--config", str(tmp_path / "proxy.toml"), "--ready-file", str(ready),
+                   "--tls-cert", str(cert), "--tls-key", str(key)], log)
+        wait_until("the proxy to listen", lambda: ready.exists() and len(ready.read_text().split()) == 2,
+                   START_DEADLINE_S, [log])
+        admin = ready.read_text().split()[1]
+        status, body = get_json(f"https://{admin}/stats.json", ca)
+        assert status == 200 and "app-1" in json.dumps(body), body
+        # Plain HTTP on the HTTPS port gets no admin data.
+        with pytest.raises(Exception):
+            urllib.request.urlopen(f"http://{admin}/stats.json", timeout=5).read()
+    finally:
+        app.stop()
+
+
+class MutualRegion(Region):
+    @property
+    def url(self):
+        return f"https://127.0.0.1:{self.port}"
+
+    def client(self, ca):
+        return boto3.client(
+            "dynamodb", region_name=self.name, endpoint_url=self.url, verify=str(ca),
+            aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+            config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+        )
+
+    def peer_error(self, ca, peer):
+        status, body = get_json(f"{self.url}/health", ca)
+        return body["replication"]["peers"][peer].get("last_error")
+
+
+def test_mutual_tls_between_regions(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = make_ca(pki)
+    cert, key = make_server_cert(pki, "store")
+    client_cert, client_key = make_client_cert(pki, "region-client")
+    server = ["--tls-cert", str(cert), "--tls-key", str(key), "--peer-ca", str(ca), "--peer-client-ca", str(ca)]
+    identity = ["--peer-client-cert", str(client_cert), "--peer-client-key", str(client_key)]
+    us = MutualRegion("us-east-1", free_port(), tmp_path / "us-east-1", [], server + identity)
+    ap = MutualRegion("ap-south-1", free_port(), tmp_path / "ap-south-1", [], server)
+    for region, peer in ((us, ap), (ap, us)):
+        region.data_dir.mkdir()
+        region.peers = [peer]
+    us.start()
+    ap.start()
+    try:
+        # A DynamoDB client presents no certificate and is served.
+        client = us.client(ca)
+        client.create_table(
+            TableName="orders", BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        )
+        client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": "ap-south-1"}}])
+        client.put_item(TableName="orders", Item={"id": {"S": "from-us"}})
+        ap_client = ap.client(ca)
+        ap_client.put_item(TableName="orders", Item={"id": {"S": "from-ap"}})
+        # ap-south-1 has no client certificate: us-east-1 refuses everything it sends, and ap
+        # says why in its /health.
+        error = wait_until("ap-south-1 to report the refusal", lambda: ap.peer_error(ca, "us-east-1"), 60,
+                           [us.log, ap.log])
+        assert "client certificate" in error, error
+        assert "Item" not in client.get_item(TableName="orders", Key={"id": {"S": "from-ap"}})
+
+        # Given a client certificate, ap-south-1 is accepted: writes flow both ways.
+        ap.stop()
+        ap.extra_args = server + identity
+        ap.start()
+        ap_client = ap.client(ca)
+        wait_until("ap-south-1's write in us-east-1 once it presents a certificate",
+                   lambda: client.get_item(TableName="orders", Key={"id": {"S": "from-ap"}}).get("Item"), 60,
+                   [us.log, ap.log])
+        wait_until("us-east-1's write in ap-south-1",
+                   lambda: ap_client.get_item(TableName="orders", Key={"id": {"S": "from-us"}}).get("Item"), 60,
+                   [us.log, ap.log])
+    finally:
+        for region in (us, ap):
+            region.stop()
