@@ -280,6 +280,10 @@ pub struct StepSection {
     /// `webhook`: where to POST the JSON.
     #[serde(default)]
     pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub cloudflare: Option<Spanned<providers::cloudflare::Settings>>,
+    #[serde(default)]
+    pub digitalocean: Option<Spanned<providers::digitalocean::Settings>>,
 }
 
 fn default_step_timeout_ms() -> Spanned<u64> {
@@ -1435,6 +1439,14 @@ impl Checker<'_> {
         match step.kind.get_ref().as_str() {
             // One arm per provider, like:
             // "haproxy" => self.settings(step, "haproxy", &step.haproxy)?.check(name, self).map(providers::Action::Haproxy),
+            "cloudflare" => self
+                .settings(step, "cloudflare", &step.cloudflare)?
+                .check(name, self)
+                .map(providers::Action::Cloudflare),
+            "digitalocean" => self
+                .settings(step, "digitalocean", &step.digitalocean)?
+                .check(name, self)
+                .map(providers::Action::DigitalOcean),
             other => {
                 self.error(
                     step.kind.span(),
