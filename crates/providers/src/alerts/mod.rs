@@ -283,13 +283,15 @@ impl AlertSection {
         let (url, span) = self.url(what, checker)?;
         // A generic webhook may be plain http inside a private network (no secret in it).
         let parsed: Option<hyper::Uri> = url.parse().ok();
-        let valid = parsed
-            .as_ref()
-            .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        let valid = parsed.as_ref().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+                && u.port_u16() != Some(0)
+        });
         if !valid {
             checker.error(
                 span,
-                format!("{what}: '{url}' is not an http:// or https:// URL"),
+                format!("alert url: '{url}' does not start with http:// or https:// and a host (and a port in 1..=65535) ({what})"),
                 "write it like https://hooks.example.com/switchyard".into(),
             );
             return None;
