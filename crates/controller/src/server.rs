@@ -299,10 +299,12 @@ impl Shared {
                     self.alerts.raise(
                         "decision",
                         &format!(
-                            "{:?} to {} (generation {}): {}",
-                            order.kind, order.to.active, order.generation, order.reason
-                        )
-                        .to_lowercase(),
+                            "{} to {} (generation {}): {}",
+                            format!("{:?}", order.kind).to_lowercase(),
+                            order.to.active,
+                            order.generation,
+                            order.reason
+                        ),
                         order.generation.0,
                         wall_ms(),
                     );

@@ -183,7 +183,16 @@ impl Rest {
             }
             match rate_limit_wait_ms(attempt, answer.retry_after_ms, random_u64()) {
                 Some(wait) => {
-                    tracing::info!(%url, wait_ms = wait, "rate limited (429); waiting as Retry-After asks");
+                    // The host only: some URLs (a Slack webhook's path) are secrets.
+                    let host = url
+                        .parse::<hyper::Uri>()
+                        .ok()
+                        .and_then(|u| u.host().map(str::to_string));
+                    tracing::info!(
+                        host = host.as_deref().unwrap_or("?"),
+                        wait_ms = wait,
+                        "rate limited (429); waiting as Retry-After asks"
+                    );
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                 }
                 None => return Ok(answer),

@@ -869,10 +869,15 @@ async fn deliver(sink: &Sink, alert: &Alert) -> Result<(), Undelivered> {
             "the webhook",
             client.send(Method::POST, url, Some(&webhook_body(alert))).await,
         ),
-        Sink::Slack { url, client } => judged(
-            "Slack",
-            client.send(Method::POST, url.expose(), Some(&slack_body(alert))).await,
-        ),
+        Sink::Slack { url, client } => {
+            let answer = client.send(Method::POST, url.expose(), Some(&slack_body(alert))).await;
+            // The webhook URL is the secret: keep it out of errors and logs.
+            let hide = |m: String| m.replace(url.expose(), "<the Slack webhook URL>");
+            judged("Slack", answer).map_err(|undelivered| match undelivered {
+                Undelivered::Retry(m) => Undelivered::Retry(hide(m)),
+                Undelivered::GiveUp(m) => Undelivered::GiveUp(hide(m)),
+            })
+        }
         Sink::PagerDuty {
             url,
             routing_key,
@@ -949,6 +954,82 @@ mod tests {
             slack_body(&alert("runbook", true))["text"]
                 .as_str()
                 .is_some_and(|t| t.contains("resolved: step_failed"))
+        );
+    }
+
+    fn webhook_channel(url: &str, events: Option<Vec<String>>) -> Channel {
+        Channel {
+            name: "webhook #1".into(),
+            sink: Sink::Webhook {
+                url: url.into(),
+                client: Rest::new("", None, 60_000).expect("client"),
+            },
+            events,
+            per_minute_max: PER_MINUTE_MAX,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_channel_drops_its_oldest_alerts_and_counts_them_without_blocking_the_sender() {
+        // A receiver that accepts and never answers: the first delivery hangs.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+        let _hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let alerts = Alerts::start(vec![webhook_channel(&url, None)], "ctl");
+        let extra = 6;
+        for i in 0..(QUEUE_ALERTS_MAX + extra) {
+            alerts.raise(&format!("k{i}"), "m", 1, 0);
+        }
+        let stats = &alerts.stats()[0];
+        // One alert may already be in delivery; the others beyond the queue were dropped.
+        assert!((extra as u64 - 1..=extra as u64).contains(&stats.dropped), "{stats:?}");
+        assert_eq!(stats.sent, 0);
+    }
+
+    #[tokio::test]
+    async fn a_filtered_channel_gets_only_its_events_and_resolves_only_of_raised_conditions() {
+        let alerts = Alerts::start(
+            vec![webhook_channel("http://127.0.0.1:1/x", Some(vec!["fenced".into()]))],
+            "ctl",
+        );
+        alerts.raise("runbook", "a step failed", 1, 0);
+        alerts.resolve("all_down", "never raised", 1, 0);
+        assert_eq!(alerts.lanes[0].queue.lock().expect("queue").len(), 0);
+        alerts.raise("fenced", "stale", 2, 5);
+        alerts.resolve("fenced", "resumed", 3, 6);
+        let mut queue = alerts.lanes[0].queue.lock().expect("queue");
+        // The worker may have taken the first already; what is left pairs by incident.
+        let mut left = Vec::new();
+        while let Some(alert) = queue.pop() {
+            left.push(alert);
+        }
+        assert!(
+            left.iter()
+                .all(|a| a.key == "fenced" && a.incident == "ctl/fenced/g2-5"),
+            "{left:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slack_failure_does_not_show_the_webhook_url() {
+        let sink = Sink::Slack {
+            url: Secret::new("http://127.0.0.1:1/services/T000/B000/SECRETPART"),
+            client: Rest::new("", None, 2_000).expect("client"),
+        };
+        let error = deliver(&sink, &alert("fenced", false))
+            .await
+            .expect_err("nothing listens on port 1");
+        let Undelivered::Retry(message) = error else {
+            panic!("a refused connection is worth a retry: {error:?}");
+        };
+        assert!(
+            !message.contains("SECRETPART") && message.contains("<the Slack webhook URL>"),
+            "{message}"
         );
     }
 
