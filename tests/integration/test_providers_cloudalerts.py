@@ -389,6 +389,114 @@ def test_failing_runbooks_raise_step_failed_then_stuck_and_a_channel_gets_only_i
         logs=[log])
 
 
+class FakeDigitalOcean:
+    """DigitalOcean's API v2 for domain records, in the documented shapes: Bearer token (401
+    `{"id": "unauthorized"}` otherwise), `GET /v2/domains/{domain}/records?name=FULL&type=T`
+    with `links.pages`, records named relative to the domain, `GET`/`PUT .../records/{id}`
+    answering `{"domain_record": ...}`."""
+
+    def __init__(self, token, records):
+        self.records = records
+        self.puts = []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.route("GET", None)
+
+            def do_PUT(self):
+                length = int(self.headers.get("Content-Length", "0"))
+                self.route("PUT", json.loads(self.rfile.read(length) or b"null"))
+
+            def route(self, method, body):
+                from urllib.parse import parse_qs, urlparse
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    return self.answer(401, {"id": "unauthorized", "message": "Unable to authenticate you."})
+                url = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                parts = url.path.strip("/").split("/")
+                if method == "GET" and parts[:2] == ["v2", "domains"] and parts[3:] == ["records"]:
+                    domain = parts[2]
+                    full = query.get("name")
+                    name = None if full is None else ("@" if full == domain else full.removesuffix("." + domain))
+                    found = [r for r in fake.records if (name is None or r["name"] == name)
+                             and r["type"] == query.get("type", r["type"])]
+                    return self.answer(200, {"domain_records": found, "links": {}, "meta": {"total": len(found)}})
+                if parts[:2] == ["v2", "domains"] and len(parts) == 5 and parts[3] == "records":
+                    record = next((r for r in fake.records if str(r["id"]) == parts[4]), None)
+                    if record is None:
+                        return self.answer(404, {"id": "not_found",
+                                                 "message": "The resource you were accessing could not be found."})
+                    if method == "PUT":
+                        fake.puts.append(body)
+                        record["data"] = body["data"]
+                    return self.answer(200, {"domain_record": record})
+                return self.answer(404, {"id": "not_found", "message": "The resource you were accessing could not be found."})
+
+            def answer(self, status, body):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_failover_moves_the_digitalocean_record_and_the_audit_log_shows_the_read_back(setup):
+    tmp, us, eu, receivers, start = setup
+    record = {"id": 3352893, "type": "A", "name": "www", "data": "192.0.2.10", "priority": None, "port": None,
+              "ttl": 30, "weight": None, "flags": None, "tag": None}
+    fake = FakeDigitalOcean("dop_v1_integration", [record])
+    try:
+        (tmp / "do.token").write_text("dop_v1_integration\n")
+        runbook = f"""
+[[runbook]]
+name = "do-dns"
+kind = "digitalocean"
+timeout_ms = 10000
+
+[runbook.digitalocean]
+token = {{ file = "do.token" }}
+api_url = "{fake.url}"
+domain = "shop.example"
+record = "www.shop.example"
+type = "A"
+values = {{ us-east-1 = "192.0.2.10", eu-west-1 = "198.51.100.20" }}
+"""
+        _, _, log = start(controller_config(tmp, us, eu, receivers, None, runbook))
+        audit = tmp / "audit.jsonl"
+
+        def steps():
+            if not audit.exists():
+                return []
+            entries = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
+            return [e for e in entries if e.get("step") == "do-dns"]
+
+        wait_until("the initial placement's step", lambda: any(e.get("outcome") == "ok" for e in steps()), logs=[log])
+        assert "already 192.0.2.10" in steps()[0]["detail"], steps()
+        assert fake.puts == []
+        us.stop()
+        wait_until("the record to move", lambda: record["data"] == "198.51.100.20", logs=[log])
+        assert fake.puts == [{"type": "A", "data": "198.51.100.20"}], fake.puts
+        moved = wait_until("the audit entry", lambda: [e for e in steps() if "set to 198.51.100.20" in e["detail"]],
+                           logs=[log])
+        assert "(was 192.0.2.10); read back" in moved[0]["detail"], moved
+        assert moved[0]["outcome"] == "ok"
+    finally:
+        fake.stop()
+
+
 def run_cli(*args, env=None):
     return subprocess.run([str(BINARY), *args], env=env or dict(os.environ), capture_output=True, text=True,
                           timeout=30)
