@@ -580,3 +580,43 @@ def test_the_woocommerce_digitalocean_example_validates_with_its_secrets_in_the_
     assert missing.returncode == 1
     for variable in secrets:
         assert f"the environment variable {variable} is not set" in missing.stderr, missing.stderr
+
+
+def test_config_check_warns_about_a_short_reserved_ip_timeout_and_an_inline_slack_url(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    (tmp_path / "do.token").write_text("dop_v1_x\n")
+    config = tmp_path / "warn.toml"
+    config.write_text("\n".join([
+        "[quorum]",                                                    # 1
+        'vantages = ["controller"]',                                  # 2
+        "[[regions]]",                                                 # 3
+        'name = "nyc3-a"',                                             # 4
+        "priority = 1",                                                # 5
+        "[[regions]]",                                                 # 6
+        'name = "nyc3-b"',                                             # 7
+        "priority = 2",                                                # 8
+        "[[checks]]",                                                  # 9
+        'name = "a"',                                                  # 10
+        'region = "nyc3-a"',                                           # 11
+        'kind = { type = "tcp", address = "127.0.0.1:1" }',            # 12
+        "[[checks]]",                                                  # 13
+        'name = "b"',                                                  # 14
+        'region = "nyc3-b"',                                           # 15
+        'kind = { type = "tcp", address = "127.0.0.1:2" }',            # 16
+        "[[runbook]]",                                                 # 17
+        'name = "ip"',                                                 # 18
+        'kind = "digitalocean"',                                       # 19
+        "[runbook.digitalocean]",                                      # 20
+        'token = { file = "do.token" }',                               # 21
+        'reserved_ip = "203.0.113.7"',                                 # 22
+        "droplets = { nyc3-a = 3164444, nyc3-b = 3164445 }",           # 23
+        "[[alerts]]",                                                  # 24
+        'kind = "slack"',                                              # 25
+        'url = "https://hooks.slack.com/services/T000/B000/XXXX"',     # 26
+    ]) + "\n")
+    result = run_cli("config", "check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert (f"{config}:19:8: warning: step 'ip': timeout_ms = 5000 cuts the reserved IP's action off before "
+            "action_wait_ms = 60000 has passed") in result.stderr, result.stderr
+    assert f"{config}:26:7: warning: alert slack #1: the Slack webhook URL is a secret" in result.stderr, result.stderr

@@ -1441,10 +1441,22 @@ impl Checker<'_> {
                 .settings(step, "cloudflare", &step.cloudflare)?
                 .check(name, self)
                 .map(providers::Action::Cloudflare),
-            "digitalocean" => self
-                .settings(step, "digitalocean", &step.digitalocean)?
-                .check(name, self)
-                .map(providers::Action::DigitalOcean),
+            "digitalocean" => {
+                let action = self
+                    .settings(step, "digitalocean", &step.digitalocean)?
+                    .check(name, self)?;
+                let timeout_ms = *step.timeout_ms.get_ref();
+                if let Some(least) = action.least_timeout_ms()
+                    && timeout_ms <= least
+                {
+                    self.warn(
+                        step.kind.span(),
+                        format!("step '{name}': timeout_ms = {timeout_ms} cuts the reserved IP's action off before action_wait_ms = {least} has passed"),
+                        format!("set timeout_ms above {least} (say {}) on the step", least + 10_000),
+                    );
+                }
+                Some(providers::Action::DigitalOcean(action))
+            }
             other => {
                 self.error(
                     step.kind.span(),

@@ -393,6 +393,15 @@ fn shape(what: &str) -> impl FnOnce(serde_json::Error) -> Failure + '_ {
 }
 
 impl DigitalOcean {
+    /// The shortest step timeout that lets an attempt see its action through: a reserved IP's
+    /// `action_wait_ms` (the requests around it add a little more); `None` for a record.
+    pub fn least_timeout_ms(&self) -> Option<u64> {
+        match &self.target {
+            Target::ReservedIp { wait_ms, .. } => Some(*wait_ms),
+            Target::Record { .. } => None,
+        }
+    }
+
     /// Runs one attempt (see the module documentation).
     pub async fn run(&self, order: &Order) -> Outcome {
         match &self.target {
