@@ -148,14 +148,16 @@ def make_certificates(folder):
 
 
 class Mailbox:
-    """A local SMTP server (aiosmtpd) requiring STARTTLS and AUTH PLAIN; keeps what it accepts."""
+    """A local SMTP server (aiosmtpd) requiring STARTTLS and AUTH PLAIN, or with `implicit`
+    speaking TLS from the first byte (port 465 style); keeps what it accepts."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, implicit=False):
         import ssl
 
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import AuthResult
 
+        folder.mkdir(parents=True, exist_ok=True)
         ca, cert, key = make_certificates(folder)
         self.ca = ca
         self.messages = []
@@ -179,26 +181,26 @@ class Mailbox:
             return AuthResult(success=ok)
 
         self.port = free_port()
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, tls_context=context,
-                                     require_starttls=True, authenticator=authenticate, auth_require_tls=True)
+        if implicit:
+            # aiosmtpd offers AUTH over implicit TLS only without auth_require_tls (that flag
+            # looks at STARTTLS); the whole connection is TLS here anyway.
+            self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, ssl_context=context,
+                                         authenticator=authenticate, auth_require_tls=False)
+        else:
+            self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, tls_context=context,
+                                         require_starttls=True, authenticator=authenticate, auth_require_tls=True)
         self.controller.start()
 
     def stop(self):
         self.controller.stop()
 
 
-def controller_config(tmp, us, eu, receivers, mailbox, runbook, hook_events=None, extra=""):
-    (tmp / "slack.url").write_text(f"{receivers.url}/slack\n")
-    (tmp / "pd.key").write_text(ROUTING_KEY)
-    (tmp / "smtp.password").write_text("mail-s3cret")
-    hook_filter = f"events = {json.dumps(hook_events)}\n" if hook_events else ""
-    email = ""
-    if mailbox is not None:
-        email = f"""
+def email_alert(mailbox, tls):
+    return f"""
 [[alerts]]
 kind = "email"
 smtp_server = "127.0.0.1:{mailbox.port}"
-tls = "starttls"
+tls = "{tls}"
 ca_file = "{mailbox.ca}"
 from = "switchyard@shop.example"
 to = ["oncall@shop.example", "ops@shop.example"]
@@ -206,6 +208,14 @@ username = "alerts"
 password = {{ file = "smtp.password" }}
 per_minute_max = 600
 """
+
+
+def controller_config(tmp, us, eu, receivers, mailbox, runbook, hook_events=None, extra=""):
+    (tmp / "slack.url").write_text(f"{receivers.url}/slack\n")
+    (tmp / "pd.key").write_text(ROUTING_KEY)
+    (tmp / "smtp.password").write_text("mail-s3cret")
+    hook_filter = f"events = {json.dumps(hook_events)}\n" if hook_events else ""
+    email = email_alert(mailbox, "starttls") if mailbox is not None else ""
     return f"""
 [controller]
 vantage = "controller"
@@ -306,12 +316,14 @@ def setup(tmp_path):
 def test_a_decision_and_every_region_down_reach_webhook_slack_pagerduty_and_email(setup):
     tmp, us, eu, receivers, start = setup
     try:
-        mailbox = Mailbox(tmp)
+        mailbox = Mailbox(tmp / "starttls")
+        implicit = Mailbox(tmp / "implicit", implicit=True)
     except ImportError:
         pytest.skip("aiosmtpd is not installed: pip install -r tests/requirements.txt")
     try:
         runbook = '[[runbook]]\nname = "pointer"\nkind = "pointer"\n'
-        controller, url, log = start(controller_config(tmp, us, eu, receivers, mailbox, runbook))
+        controller, url, log = start(controller_config(tmp, us, eu, receivers, mailbox, runbook,
+                                                       extra=email_alert(implicit, "tls")))
 
         # The initial placement is a decision: raised when its runbook starts, resolved when
         # it succeeded, on every channel.
@@ -351,6 +363,10 @@ def test_a_decision_and_every_region_down_reach_webhook_slack_pagerduty_and_emai
         assert "Subject: [switchyard] decision:" in first["content"], first["content"]
         assert "Subject: [switchyard] resolved: decision" in messages[1]["content"], messages[1]["content"]
         assert ("PLAIN", b"alerts") in mailbox.logins
+        over_tls = wait_until("a mail over implicit TLS", lambda: implicit.messages, logs=[log])
+        # (aiosmtpd's session.ssl stays unset with implicit TLS; the port speaks nothing else.)
+        assert over_tls[0]["authenticated"], over_tls[0]
+        assert "Subject: [switchyard] decision:" in over_tls[0]["content"]
 
         # Every region down: a critical alert on every channel.
         us.stop()
@@ -372,6 +388,7 @@ def test_a_decision_and_every_region_down_reach_webhook_slack_pagerduty_and_emai
         assert controller.wait(timeout=20) == 0, Path(log).read_text()[-3000:]
     finally:
         mailbox.stop()
+        implicit.stop()
 
 
 def test_failing_runbooks_raise_step_failed_then_stuck_and_a_channel_gets_only_its_events(setup):
