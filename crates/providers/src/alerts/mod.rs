@@ -1034,6 +1034,35 @@ mod tests {
     }
 
     #[test]
+    fn refusals_keep_the_channels_words_and_only_transient_ones_are_retried() {
+        let answer = |status: u16, body: &'static str| {
+            Ok(rest::Answer {
+                status,
+                retry_after_ms: None,
+                body: bytes::Bytes::from_static(body.as_bytes()),
+            })
+        };
+        assert_eq!(judged("PagerDuty", answer(202, r#"{"status":"success"}"#)), Ok(()));
+        assert_eq!(
+            judged(
+                "PagerDuty",
+                answer(400, r#"{"status":"invalid event","message":"Event object is invalid","errors":["Invalid routing key"]}"#)
+            ),
+            Err(Undelivered::GiveUp(
+                r#"PagerDuty answered 400: {"status":"invalid event","message":"Event object is invalid","errors":["Invalid routing key"]}"#
+                    .into()
+            ))
+        );
+        assert!(
+            matches!(judged("Slack", answer(429, "rate_limited")), Err(Undelivered::Retry(m)) if m.contains("rate_limited"))
+        );
+        assert!(matches!(judged("Slack", answer(503, "")), Err(Undelivered::Retry(_))));
+        assert!(
+            matches!(judged("Slack", answer(404, "no_service")), Err(Undelivered::GiveUp(m)) if m.contains("no_service"))
+        );
+    }
+
+    #[test]
     fn smtp_servers_take_a_default_port_by_tls_mode() {
         assert_eq!(
             split_host_port("smtp.example.com", 587),
