@@ -280,6 +280,10 @@ pub struct StepSection {
     /// `webhook`: where to POST the JSON.
     #[serde(default)]
     pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub cloudflare: Option<Spanned<providers::cloudflare::Settings>>,
+    #[serde(default)]
+    pub digitalocean: Option<Spanned<providers::digitalocean::Settings>>,
 }
 
 fn default_step_timeout_ms() -> Spanned<u64> {
@@ -293,13 +297,8 @@ fn default_step_backoff_ms() -> Spanned<u64> {
     Spanned::new(NOWHERE..NOWHERE, STEP_BACKOFF_MS_DEFAULT)
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertSection {
-    /// Only "webhook" for now: POSTs `{key, message, generation, at_ms}`.
-    pub kind: Spanned<String>,
-    pub url: Spanned<String>,
-}
+/// One `[[alerts]]` entry: webhook, Slack, PagerDuty or email (see `providers::alerts`).
+pub use providers::alerts::AlertSection;
 
 /// One mistake in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,6 +358,8 @@ pub struct Config {
     pub credentials: Vec<Credential>,
     /// The token read from `[dns] token_file`.
     pub dns_token: Option<String>,
+    /// `[[alerts]]`, checked and ready to start.
+    pub alert_channels: Vec<providers::alerts::Channel>,
 }
 
 /// A runbook step ready to run.
@@ -657,7 +658,7 @@ impl Checker<'_> {
         let quorum = self.check_quorum(&file);
         self.check_vantage_paths(&file);
         let steps = self.check_runbook(&file, &known);
-        self.check_alerts(&file);
+        let alert_channels = self.check_alerts(&file);
         let credentials = self.check_tokens(&file);
         let dns_token = self.read_dns_token(&file);
         let (policy, quorum) = (policy?, quorum?);
@@ -681,6 +682,7 @@ impl Checker<'_> {
             warnings: Vec::new(),
             credentials,
             dns_token,
+            alert_channels,
         })
     }
 
@@ -1436,6 +1438,26 @@ impl Checker<'_> {
         match step.kind.get_ref().as_str() {
             // One arm per provider, like:
             // "haproxy" => self.settings(step, "haproxy", &step.haproxy)?.check(name, self).map(providers::Action::Haproxy),
+            "cloudflare" => self
+                .settings(step, "cloudflare", &step.cloudflare)?
+                .check(name, self)
+                .map(providers::Action::Cloudflare),
+            "digitalocean" => {
+                let action = self
+                    .settings(step, "digitalocean", &step.digitalocean)?
+                    .check(name, self)?;
+                let timeout_ms = *step.timeout_ms.get_ref();
+                if let Some(least) = action.least_timeout_ms()
+                    && timeout_ms <= least
+                {
+                    self.warn(
+                        step.kind.span(),
+                        format!("step '{name}': timeout_ms = {timeout_ms} cuts the reserved IP's action off before action_wait_ms = {least} has passed"),
+                        format!("set timeout_ms above {least} (say {}) on the step", least + 10_000),
+                    );
+                }
+                Some(providers::Action::DigitalOcean(action))
+            }
             other => {
                 self.error(
                     step.kind.span(),
@@ -1466,17 +1488,25 @@ impl Checker<'_> {
         }
     }
 
-    fn check_alerts(&mut self, file: &ConfigFile) {
-        for alert in &file.alerts {
-            if alert.kind.get_ref() != "webhook" {
-                self.error(
-                    alert.kind.span(),
-                    format!("unknown alert kind '{}'", alert.kind.get_ref()),
-                    "use kind = \"webhook\"",
-                );
-            }
-            self.check_url(&alert.url, "alert url", "http://host:port/path");
+    fn check_alerts(&mut self, file: &ConfigFile) -> Vec<providers::alerts::Channel> {
+        if let Some(extra) = file.alerts.get(providers::alerts::CHANNELS_MAX) {
+            self.error(
+                extra.kind.span(),
+                format!(
+                    "{} [[alerts]] is more than {}",
+                    file.alerts.len(),
+                    providers::alerts::CHANNELS_MAX
+                ),
+                "send to fewer channels (a webhook can fan out)",
+            );
         }
+        let mut channels = Vec::new();
+        for (index, alert) in file.alerts.iter().enumerate() {
+            if let Some(channel) = alert.check(index, self) {
+                channels.push(channel);
+            }
+        }
+        channels
     }
 }
 

@@ -19,7 +19,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper::Method;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -45,8 +44,11 @@ use crate::runbook::{self, DnsAdmin, StepContext};
 pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// Records `GET /v1/events` returns at most.
 pub const EVENTS_LIMIT_MAX: usize = 1000;
-/// Timeout of an alert webhook.
-pub const ALERT_TIMEOUT_MS: u64 = 5_000;
+/// Runbooks failed in a row after which automation counts as stuck (alert `stuck`).
+pub const STUCK_FAILED_RUNBOOKS: u32 = 3;
+/// Slack beyond a runbook's worst case (every attempt of every step timing out, with its
+/// backoffs) before a runbook still running counts as stuck.
+pub const STUCK_RUNBOOK_SLACK_MS: u64 = 10_000;
 /// Reports from the controller's own checks buffered at most.
 pub const LOCAL_REPORTS_QUEUE_MAX: usize = 64;
 /// Distinct (credential, claimed vantage) pairs of refused reports logged; each is logged once,
@@ -117,6 +119,11 @@ struct RegionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
 }
@@ -141,6 +148,9 @@ struct Metrics {
     refused: Family<RefusedLabels, Counter>,
     paused: Gauge,
     fenced: Gauge,
+    alerts_sent: Family<ChannelLabels, Counter>,
+    alerts_failed: Family<ChannelLabels, Counter>,
+    alerts_dropped: Family<ChannelLabels, Counter>,
 }
 
 impl Metrics {
@@ -172,7 +182,24 @@ impl Metrics {
         registry.register("paused", "1 while automation is paused", paused.clone());
         let fenced = Gauge::default();
         registry.register("fenced", "1 while fenced by a newer generation", fenced.clone());
+        let alerts_sent = Family::<ChannelLabels, Counter>::default();
+        registry.register("alerts_sent", "Alerts delivered, by channel", alerts_sent.clone());
+        let alerts_failed = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "alerts_failed",
+            "Alerts not delivered after their retries, by channel",
+            alerts_failed.clone(),
+        );
+        let alerts_dropped = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "alerts_dropped",
+            "Alerts dropped unsent from a full channel queue (oldest first), by channel",
+            alerts_dropped.clone(),
+        );
         Metrics {
+            alerts_sent,
+            alerts_failed,
+            alerts_dropped,
             registry,
             generation,
             region_state,
@@ -191,6 +218,8 @@ struct Core {
     audit: AuditLog,
     /// Last verdict per region, to audit changes only.
     verdicts: BTreeMap<String, (health::RegionState, String)>,
+    /// Runbooks failed in a row (for the `stuck` alert).
+    runbooks_failed_in_row: u32,
 }
 
 struct Shared {
@@ -204,8 +233,9 @@ struct Shared {
     plans: BTreeMap<String, health::AgentPlan>,
     metrics: Metrics,
     base: Instant,
-    client: HttpClient,
     step_context: StepContext,
+    /// `[[alerts]]` channels: sending never waits.
+    alerts: providers::alerts::Alerts,
     /// Turns true at shutdown so long-polls answer at once instead of holding it up.
     closing: tokio::sync::watch::Receiver<bool>,
 }
@@ -268,6 +298,18 @@ impl Shared {
                         continue;
                     }
                     tracing::info!(generation = %order.generation, kind = ?order.kind, to = %order.to.active, reason = %order.reason, "runbook started");
+                    self.alerts.raise(
+                        "decision",
+                        &format!(
+                            "{} to {} (generation {}): {}",
+                            format!("{:?}", order.kind).to_lowercase(),
+                            order.to.active,
+                            order.generation,
+                            order.reason
+                        ),
+                        order.generation.0,
+                        wall_ms(),
+                    );
                     self.spawn_runbook(order);
                 }
                 Command::Alert { key, message } => {
@@ -283,10 +325,12 @@ impl Shared {
                     ) {
                         tracing::error!(%error, "cannot write the audit log");
                     }
-                    self.send_alert(key, message, generation);
+                    self.alerts.raise(&key, &message, generation.0, wall_ms());
                 }
                 Command::Resolved { key } => {
                     let generation = core.engine.generation();
+                    self.alerts
+                        .resolve(&key, "the condition ended", generation.0, wall_ms());
                     if let Err(error) = core.audit.append(wall_ms(), generation, Entry::Resolved { key }) {
                         tracing::error!(%error, "cannot write the audit log");
                     }
@@ -298,6 +342,22 @@ impl Shared {
     }
 
     fn update_gauges(&self, core: &Core) {
+        for stats in self.alerts.stats() {
+            let labels = ChannelLabels {
+                channel: stats.channel.clone(),
+            };
+            for (family, count) in [
+                (&self.metrics.alerts_sent, stats.sent),
+                (&self.metrics.alerts_failed, stats.failed),
+                (&self.metrics.alerts_dropped, stats.dropped),
+            ] {
+                let counter = family.get_or_create(&labels);
+                let seen = counter.get();
+                if count > seen {
+                    counter.inc_by(count - seen);
+                }
+            }
+        }
         let status = core.engine.status(self.now_ms());
         self.metrics
             .generation
@@ -327,7 +387,7 @@ impl Shared {
         tokio::spawn(async move {
             let generation = order.generation;
             let reporter = Arc::clone(&shared);
-            let outcome = runbook::execute(&shared.config.steps, &order, &shared.step_context, move |report| {
+            let run = runbook::execute(&shared.config.steps, &order, &shared.step_context, move |report| {
                 let mut core = reporter.lock();
                 let entry = Entry::Step {
                     step: report.step,
@@ -339,8 +399,25 @@ impl Shared {
                 if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
                     tracing::error!(%error, "cannot write the audit log");
                 }
-            })
-            .await;
+            });
+            tokio::pin!(run);
+            // A runbook cannot outlast its steps' timeouts, retries and backoffs; one that
+            // does is stuck (a hung step or process) and pages while it keeps running.
+            let budget_ms = runbook_budget_ms(&shared.config.steps).saturating_add(STUCK_RUNBOOK_SLACK_MS);
+            let mut overran = false;
+            let outcome = tokio::select! {
+                outcome = &mut run => outcome,
+                () = tokio::time::sleep(Duration::from_millis(budget_ms)) => {
+                    overran = true;
+                    shared.alerts.raise(
+                        "stuck",
+                        &format!("the runbook of generation {generation} is still running after {budget_ms} ms, longer than its steps' timeouts and retries allow"),
+                        generation.0,
+                        wall_ms(),
+                    );
+                    run.await
+                }
+            };
             let label = match &outcome {
                 RunbookOutcome::Succeeded => "succeeded",
                 RunbookOutcome::Failed { .. } => "failed",
@@ -353,31 +430,45 @@ impl Shared {
                 .inc();
             tracing::info!(%generation, outcome = ?outcome, "runbook finished");
             let mut core = shared.lock();
+            shared.alert_on_outcome(&mut core, generation, &outcome, overran);
             shared.feed(&mut core, Event::RunbookFinished { generation, outcome });
         });
     }
 
-    fn send_alert(&self, key: String, message: String, generation: Generation) {
-        for alert in &self.config.file.alerts {
-            let url = alert.url.get_ref().clone();
-            let client = self.client.clone();
-            let body = json!({"key": key, "message": message, "generation": generation.0, "at_ms": wall_ms()});
-            tokio::spawn(async move {
-                let result = client
-                    .request(
-                        Method::POST,
-                        &url,
-                        None,
-                        Some(body.to_string().into_bytes()),
-                        ALERT_TIMEOUT_MS,
-                    )
-                    .await;
-                match result {
-                    Ok(answer) if answer.status.is_success() => {}
-                    Ok(answer) => tracing::warn!(%url, status = answer.status.as_u16(), "alert webhook refused"),
-                    Err(error) => tracing::warn!(%error, "alert webhook failed"),
+    /// `decision` ends when its runbook succeeded; `stuck` is raised after
+    /// [`STUCK_FAILED_RUNBOOKS`] failed runbooks in a row and ends at the next success.
+    fn alert_on_outcome(&self, core: &mut Core, generation: Generation, outcome: &RunbookOutcome, overran: bool) {
+        let now = wall_ms();
+        match outcome {
+            RunbookOutcome::Succeeded => {
+                core.runbooks_failed_in_row = 0;
+                let done = format!("generation {generation} applied: every step succeeded");
+                self.alerts.resolve("decision", &done, generation.0, now);
+                self.alerts.resolve("stuck", &done, generation.0, now);
+            }
+            RunbookOutcome::Failed { step, error } => {
+                core.runbooks_failed_in_row = core.runbooks_failed_in_row.saturating_add(1);
+                if core.runbooks_failed_in_row >= STUCK_FAILED_RUNBOOKS {
+                    self.alerts.raise(
+                        "stuck",
+                        &format!(
+                            "automation is stuck: {} runbooks in a row failed, the last (generation {generation}) at step '{step}': {error}",
+                            core.runbooks_failed_in_row
+                        ),
+                        generation.0,
+                        now,
+                    );
+                } else if overran {
+                    self.alerts
+                        .resolve("stuck", "the overrunning runbook ended", generation.0, now);
                 }
-            });
+            }
+            RunbookOutcome::Fenced { .. } => {
+                if overran {
+                    self.alerts
+                        .resolve("stuck", "the overrunning runbook ended", generation.0, now);
+                }
+            }
         }
     }
 
@@ -533,6 +624,7 @@ pub async fn run(
             (vantage.clone(), plan)
         })
         .collect();
+    let alerts = providers::alerts::Alerts::start(config.alert_channels.clone(), &config.file.controller.vantage);
     let tick_ms = config.file.controller.tick_ms;
     let (closing_sender, closing) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
@@ -542,6 +634,7 @@ pub async fn run(
             aggregator,
             audit,
             verdicts: BTreeMap::new(),
+            runbooks_failed_in_row: 0,
         }),
         config,
         pointer,
@@ -550,8 +643,8 @@ pub async fn run(
         plans,
         metrics: Metrics::new(),
         base: Instant::now(),
-        client,
         step_context,
+        alerts,
     });
     let mut tasks = Vec::new();
     {
@@ -982,4 +1075,19 @@ async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
             StatusCode::NO_CONTENT.into_response()
         }
     }
+}
+
+/// The longest a runbook can take when every attempt of every step times out: per step,
+/// attempts × timeout plus the doubling backoffs between them.
+fn runbook_budget_ms(steps: &[crate::config::Step]) -> u64 {
+    steps
+        .iter()
+        .map(|step| {
+            let attempts = u64::from(step.retries) + 1;
+            let backoffs = step
+                .backoff_ms
+                .saturating_mul((1u64 << step.retries.min(20)).saturating_sub(1));
+            attempts.saturating_mul(step.timeout_ms).saturating_add(backoffs)
+        })
+        .fold(0u64, u64::saturating_add)
 }

@@ -1,0 +1,167 @@
+//! Compare-and-set for providers whose API has no conditional write (Cloudflare and
+//! DigitalOcean DNS records, DigitalOcean reserved IPs): the step re-reads the value just
+//! before writing and writes only over a value this controller put there.
+//!
+//! The rule: the value found may be overwritten only if it is
+//! - the value this actuator last wrote (remembered in memory while the controller runs), or
+//! - the value of the region the order moves away from (`Order::from`: what the controller
+//!   wrote when that region became active, also after a restart), or
+//! - with neither known (the first decision of a controller that has no previous active
+//!   region), the value of one of the configured regions.
+//!
+//! Anything else means someone or something else changed it (an operator by hand, a second
+//! controller, another tool): the step stops as `Fenced` instead of overwriting it, and an
+//! operator decides. The value already being the new one is success without a write. The
+//! window between the re-read and the write stays open (these APIs cannot close it); the
+//! read-back after the write shows what won.
+
+/// What a step does with the value it found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The value is the new one already: nothing to write.
+    Done,
+    /// The value is one this controller put there: write the new one.
+    Write,
+    /// Someone else changed it: the message says what was found and what was expected.
+    Fenced(String),
+}
+
+/// Applies the rule of the module documentation. `what` names the thing in the message.
+pub fn judge(
+    what: &str,
+    current: &str,
+    target: &str,
+    last_written: Option<&str>,
+    from_value: Option<&str>,
+    configured: &[&str],
+) -> Verdict {
+    if current == target {
+        return Verdict::Done;
+    }
+    let expected: Vec<&str> = match (last_written, from_value) {
+        (None, None) => configured.to_vec(),
+        (last, from) => last.into_iter().chain(from).collect(),
+    };
+    if expected.contains(&current) {
+        return Verdict::Write;
+    }
+    Verdict::Fenced(format!(
+        "{what} is '{current}', which is neither the value this controller last wrote ({}) nor the new one ('{target}'): someone else changed it; check it, set it by hand if needed, then `switchyard resume`",
+        expected
+            .iter()
+            .map(|v| format!("'{v}'"))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    ))
+}
+
+/// A checker that counts the errors reported through it, so a `check` can return `None`
+/// after any.
+pub struct Counted<'a> {
+    inner: &'a mut dyn crate::Checker,
+    pub errors: usize,
+}
+
+impl<'a> Counted<'a> {
+    pub fn new(inner: &'a mut dyn crate::Checker) -> Counted<'a> {
+        Counted { inner, errors: 0 }
+    }
+}
+
+impl crate::Checker for Counted<'_> {
+    fn error(&mut self, span: std::ops::Range<usize>, message: String, fix: String) {
+        self.errors += 1;
+        self.inner.error(span, message, fix);
+    }
+    fn warn(&mut self, span: std::ops::Range<usize>, message: String, fix: String) {
+        self.inner.warn(span, message, fix);
+    }
+    fn folder(&self) -> &std::path::Path {
+        self.inner.folder()
+    }
+    fn regions(&self) -> &std::collections::BTreeSet<String> {
+        self.inner.regions()
+    }
+}
+
+/// Checks a `{ region = value }` table of a step's settings: every key a configured region,
+/// every configured region present. Returns the entries as plain strings.
+pub fn region_map<T: Clone>(
+    what: &str,
+    table: &std::collections::BTreeMap<toml::Spanned<String>, toml::Spanned<T>>,
+    span: std::ops::Range<usize>,
+    every_region: bool,
+    checker: &mut dyn crate::Checker,
+) -> std::collections::BTreeMap<String, T> {
+    let regions = checker.regions().clone();
+    let mut out = std::collections::BTreeMap::new();
+    for (region, value) in table {
+        if !regions.contains(region.get_ref()) {
+            checker.error(
+                region.span(),
+                format!("{what} names unknown region '{}'", region.get_ref()),
+                format!(
+                    "use the configured regions: {}",
+                    regions.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        out.insert(region.get_ref().clone(), value.get_ref().clone());
+    }
+    let missing: Vec<&String> = regions.iter().filter(|r| !out.contains_key(*r)).collect();
+    if every_region && !missing.is_empty() {
+        checker.error(
+            span.clone(),
+            format!(
+                "{what} has no value for region(s) {}",
+                missing.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            "give every configured region its value, like { us-east-1 = \"192.0.2.10\", eu-west-1 = \"198.51.100.20\" }".into(),
+        );
+    }
+    if table.is_empty() && !every_region {
+        checker.error(span, format!("{what} is empty"), "name at least one region".into());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIGURED: &[&str] = &["192.0.2.1", "198.51.100.2"];
+
+    #[test]
+    fn the_new_value_already_there_is_done() {
+        assert_eq!(judge("x", "b", "b", Some("a"), None, CONFIGURED), Verdict::Done);
+    }
+
+    #[test]
+    fn a_value_this_controller_wrote_is_overwritten() {
+        assert_eq!(judge("x", "a", "b", Some("a"), None, CONFIGURED), Verdict::Write);
+        assert_eq!(judge("x", "f", "b", Some("a"), Some("f"), CONFIGURED), Verdict::Write);
+        assert_eq!(judge("x", "f", "b", None, Some("f"), CONFIGURED), Verdict::Write);
+        assert_eq!(
+            judge("x", "192.0.2.1", "198.51.100.2", None, None, CONFIGURED),
+            Verdict::Write
+        );
+    }
+
+    #[test]
+    fn a_value_someone_else_wrote_is_fenced_with_both_values_named() {
+        let verdict = judge("the record", "203.0.113.9", "b", Some("a"), None, CONFIGURED);
+        let Verdict::Fenced(message) = verdict else {
+            panic!("expected fenced, got {verdict:?}");
+        };
+        assert!(message.contains("'203.0.113.9'") && message.contains("'a'") && message.contains("'b'"));
+        // With a previous region known, the configured values of other regions do not count.
+        assert!(matches!(
+            judge("x", "192.0.2.1", "b", None, Some("198.51.100.2"), CONFIGURED),
+            Verdict::Fenced(_)
+        ));
+        assert!(matches!(
+            judge("x", "203.0.113.9", "b", None, None, CONFIGURED),
+            Verdict::Fenced(_)
+        ));
+    }
+}

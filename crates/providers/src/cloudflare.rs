@@ -1,0 +1,674 @@
+//! `kind = "cloudflare"`: points a Cloudflare DNS record at the active region, or enables the
+//! Load Balancing pools of the serving regions and disables the others (API v4, a scoped API
+//! token sent as `Authorization: Bearer`).
+//!
+//! Record mode (`zone_id`, `record`, `type`, `values`): finds the record by zone, name and type
+//! (`GET /zones/{zone_id}/dns_records`, every page), re-reads it by id just before writing, and
+//! `PATCH`es its `content` to the new active region's value; then reads it back.
+//! Compare-and-set: Cloudflare's API has no conditional write, so the rule of [`crate::cas`]
+//! applies — the content found must be the value this controller last wrote (or the previous
+//! region's), otherwise someone else changed the record and the step is `Fenced`. On top of
+//! that the step writes `switchyard generation N` into the record's `comment`
+//! (`comment_generation`, on by default), and a record whose comment carries a newer
+//! generation than the order's is `Fenced` too: a stale controller cannot overwrite a newer
+//! decision even when the values agree.
+//!
+//! Pool mode (`account_id`, `pools`): per region a pool id; the pools of the regions in the
+//! order's serving set are enabled (first) and the others disabled, each through
+//! `PATCH /accounts/{account_id}/load_balancers/pools/{pool_id}` `{"enabled": ...}` only when
+//! it differs, then read back. A pool has no field to fence on, so here the generation check
+//! of the controller is the only fence.
+//!
+//! Errors carry Cloudflare's own `errors[].code` and `message`. 429 answers are retried after
+//! `Retry-After` (see [`crate::rest`]); 5xx and timeouts are `Retryable`, other 4xx (a bad
+//! token, a missing permission, an unknown zone) are `Refused`: no retry can fix them.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use hyper::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use toml::Spanned;
+
+use crate::cas::{self, Verdict};
+use crate::rest::{self, Answer, Rest, RestError};
+use crate::secret::SecretSource;
+use crate::{Checker, Failure, Order, Outcome};
+
+/// Where the API is; `api_url` overrides it (tests).
+pub const API_URL_DEFAULT: &str = "https://api.cloudflare.com/client/v4";
+/// Records asked for per page (Cloudflare's default is 100).
+pub const RECORDS_PER_PAGE: u32 = 100;
+/// Pages of a record listing read at most.
+pub const RECORD_PAGES_MAX: u32 = 50;
+/// Pools one step may drive.
+pub const POOLS_MAX: usize = 32;
+/// The record types a step may point at a region.
+pub const RECORD_TYPES: &[&str] = &["A", "AAAA", "CNAME", "TXT"];
+/// What the step writes into a record's comment, followed by the generation.
+pub const COMMENT_PREFIX: &str = "switchyard generation ";
+
+/// The `[runbook.cloudflare]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// A scoped API token (DNS:Edit for records, Load Balancing: Monitors and Pools Write for
+    /// pools), from a file or an environment variable.
+    pub token: Spanned<SecretSource>,
+    #[serde(default)]
+    pub api_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub request_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub zone_id: Option<Spanned<String>>,
+    /// The record's full name, like `shop.example.com`.
+    #[serde(default)]
+    pub record: Option<Spanned<String>>,
+    #[serde(default, rename = "type")]
+    pub record_type: Option<Spanned<String>>,
+    /// Per region, the record's content while that region is active.
+    #[serde(default)]
+    pub values: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+    #[serde(default = "yes")]
+    pub comment_generation: bool,
+    #[serde(default)]
+    pub account_id: Option<Spanned<String>>,
+    /// Per region, its Load Balancing pool id.
+    #[serde(default)]
+    pub pools: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The checked step, ready to run.
+#[derive(Debug)]
+pub struct Cloudflare {
+    api: Rest,
+    target: Target,
+}
+
+#[derive(Debug)]
+enum Target {
+    Record {
+        zone_id: String,
+        name: String,
+        record_type: String,
+        values: BTreeMap<String, String>,
+        comment_generation: bool,
+        last_written: Mutex<Option<String>>,
+    },
+    Pools {
+        account_id: String,
+        pools: BTreeMap<String, String>,
+    },
+}
+
+/// Cloudflare identifiers (zones, accounts, pools) are 32 hexadecimal characters.
+fn check_id(what: &str, id: &Spanned<String>, checker: &mut dyn Checker) -> String {
+    let value = id.get_ref();
+    if value.len() != 32 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        checker.error(
+            id.span(),
+            format!("{what} '{value}' is not a Cloudflare identifier (32 hexadecimal characters)"),
+            "copy the id from the Cloudflare dashboard (Overview → API, or the pool's page) or from the API".into(),
+        );
+    }
+    value.clone()
+}
+
+/// Checks that `content` fits a record of type `record_type`.
+pub(crate) fn check_content(record_type: &str, content: &str) -> Result<(), String> {
+    let ok = match record_type {
+        "A" => content.parse::<std::net::Ipv4Addr>().is_ok(),
+        "AAAA" => content.parse::<std::net::Ipv6Addr>().is_ok(),
+        "CNAME" => {
+            !content.is_empty()
+                && content.len() <= 253
+                && content.trim_end_matches('.').split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        }
+        _ => !content.is_empty() && content.len() <= 2048,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(match record_type {
+            "A" => format!("'{content}' is not an IPv4 address"),
+            "AAAA" => format!("'{content}' is not an IPv6 address"),
+            "CNAME" => format!("'{content}' is not a host name"),
+            _ => format!("'{content}' is empty or longer than 2048 bytes"),
+        })
+    }
+}
+
+/// The API base URL and request timeout shared by the REST providers' settings.
+pub(crate) fn check_api(
+    what: &str,
+    api_url: &Option<Spanned<String>>,
+    default: &str,
+    timeout: &Option<Spanned<u64>>,
+    checker: &mut dyn Checker,
+) -> (Option<String>, u64) {
+    let url = match api_url {
+        None => Some(default.to_string()),
+        Some(url) => match rest::check_base_url(url.get_ref()) {
+            Ok(url) => Some(url),
+            Err(message) => {
+                checker.error(
+                    url.span(),
+                    format!("{what} api_url: {message}"),
+                    format!("remove api_url to use {default}"),
+                );
+                None
+            }
+        },
+    };
+    let timeout_ms = match timeout {
+        None => rest::REQUEST_TIMEOUT_MS_DEFAULT,
+        Some(t) if (1..=rest::REQUEST_TIMEOUT_MS_MAX).contains(t.get_ref()) => *t.get_ref(),
+        Some(t) => {
+            checker.error(
+                t.span(),
+                format!("{what} request_timeout_ms = {} is out of range", t.get_ref()),
+                format!(
+                    "use 1..={} (default {})",
+                    rest::REQUEST_TIMEOUT_MS_MAX,
+                    rest::REQUEST_TIMEOUT_MS_DEFAULT
+                ),
+            );
+            rest::REQUEST_TIMEOUT_MS_DEFAULT
+        }
+    };
+    (url, timeout_ms)
+}
+
+impl Settings {
+    /// Reports every problem through `checker` and returns the step ready to run.
+    pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<Cloudflare> {
+        let what = format!("cloudflare step '{step}'");
+        let checker = &mut cas::Counted::new(checker);
+        let token = self
+            .token
+            .get_ref()
+            .resolve(self.token.span(), &format!("{what} token"), checker);
+        let (url, timeout_ms) = check_api(&what, &self.api_url, API_URL_DEFAULT, &self.request_timeout_ms, checker);
+        let record_mode =
+            self.zone_id.is_some() || self.record.is_some() || self.values.is_some() || self.record_type.is_some();
+        let pool_mode = self.account_id.is_some() || self.pools.is_some();
+        let target = match (record_mode, pool_mode) {
+            (true, true) | (false, false) => {
+                checker.error(
+                    self.token.span(),
+                    format!("{what} needs either a record (zone_id, record, type, values) or pools (account_id, pools), not both or neither"),
+                    "use one cloudflare step per record and another per set of pools".into(),
+                );
+                None
+            }
+            (true, false) => self.check_record(&what, checker),
+            (false, true) => self.check_pools(&what, checker),
+        };
+        if checker.errors > 0 {
+            return None;
+        }
+        let api = match Rest::new(&url?, token, timeout_ms) {
+            Ok(api) => api,
+            Err(message) => {
+                checker.error(
+                    self.token.span(),
+                    format!("{what}: {message}"),
+                    "this is a bug in switchyard; please report it".into(),
+                );
+                return None;
+            }
+        };
+        Some(Cloudflare { api, target: target? })
+    }
+
+    fn check_record(&self, what: &str, checker: &mut dyn Checker) -> Option<Target> {
+        let mut missing = Vec::new();
+        let zone_id = match &self.zone_id {
+            Some(id) => Some(check_id(&format!("{what} zone_id"), id, checker)),
+            None => {
+                missing.push("zone_id");
+                None
+            }
+        };
+        let name = match &self.record {
+            Some(name) if !name.get_ref().trim().is_empty() => {
+                Some(name.get_ref().trim_end_matches('.').to_ascii_lowercase())
+            }
+            Some(name) => {
+                checker.error(
+                    name.span(),
+                    format!("{what} record is empty"),
+                    "write the record's full name, like \"shop.example.com\"".into(),
+                );
+                None
+            }
+            None => {
+                missing.push("record");
+                None
+            }
+        };
+        let record_type = match &self.record_type {
+            Some(t) if RECORD_TYPES.contains(&t.get_ref().as_str()) => Some(t.get_ref().clone()),
+            Some(t) => {
+                checker.error(
+                    t.span(),
+                    format!("{what} type '{}' is not supported", t.get_ref()),
+                    format!("use one of {}", RECORD_TYPES.join(", ")),
+                );
+                None
+            }
+            None => {
+                missing.push("type");
+                None
+            }
+        };
+        let values = match &self.values {
+            Some(table) => {
+                let values = cas::region_map(&format!("{what} values"), table.get_ref(), table.span(), true, checker);
+                if let Some(record_type) = &record_type {
+                    for (region, value) in table.get_ref() {
+                        if let Err(message) = check_content(record_type, value.get_ref()) {
+                            checker.error(
+                                value.span(),
+                                format!("{what} value of {}: {message}", region.get_ref()),
+                                format!("give a valid {record_type} record content"),
+                            );
+                        }
+                    }
+                }
+                Some(values)
+            }
+            None => {
+                missing.push("values");
+                None
+            }
+        };
+        if !missing.is_empty() {
+            checker.error(
+                self.token.span(),
+                format!("{what} has no {}", missing.join(", ")),
+                "a record step needs zone_id, record, type and values = { region = \"content\", ... }".into(),
+            );
+        }
+        Some(Target::Record {
+            zone_id: zone_id?,
+            name: name?,
+            record_type: record_type?,
+            values: values?,
+            comment_generation: self.comment_generation,
+            last_written: Mutex::new(None),
+        })
+    }
+
+    fn check_pools(&self, what: &str, checker: &mut dyn Checker) -> Option<Target> {
+        let account_id = match &self.account_id {
+            Some(id) => Some(check_id(&format!("{what} account_id"), id, checker)),
+            None => {
+                checker.error(
+                    self.token.span(),
+                    format!("{what} has pools but no account_id"),
+                    "add account_id = \"...\" (32 hexadecimal characters)".into(),
+                );
+                None
+            }
+        };
+        let pools = match &self.pools {
+            Some(table) => {
+                if table.get_ref().len() > POOLS_MAX {
+                    checker.error(
+                        table.span(),
+                        format!("{what} has more than {POOLS_MAX} pools"),
+                        "split them over several steps".into(),
+                    );
+                }
+                for id in table.get_ref().values() {
+                    check_id(&format!("{what} pool id"), id, checker);
+                }
+                Some(cas::region_map(
+                    &format!("{what} pools"),
+                    table.get_ref(),
+                    table.span(),
+                    false,
+                    checker,
+                ))
+            }
+            None => {
+                checker.error(
+                    self.token.span(),
+                    format!("{what} has account_id but no pools"),
+                    "add pools = { region = \"pool id\", ... }".into(),
+                );
+                None
+            }
+        };
+        Some(Target::Pools {
+            account_id: account_id?,
+            pools: pools?,
+        })
+    }
+}
+
+/// A DNS record as the API returns it (the fields the step reads).
+#[derive(Debug, Clone, Deserialize)]
+struct Record {
+    id: String,
+    name: String,
+    #[serde(rename = "type")]
+    record_type: String,
+    content: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+impl Record {
+    /// The generation in the record's comment, if this controller wrote it.
+    fn generation(&self) -> Option<u64> {
+        let comment = self.comment.as_deref()?;
+        let at = comment.find(COMMENT_PREFIX)?;
+        let digits: String = comment[at + COMMENT_PREFIX.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    }
+}
+
+/// Turns a transport error into a retryable failure.
+pub(crate) fn transport(error: RestError) -> Failure {
+    Failure::Retryable(error.to_string())
+}
+
+/// Unwraps Cloudflare's envelope `{success, errors, messages, result}`: the `result` of a
+/// success, or a failure carrying every `errors[].code` and `message`.
+fn envelope(answer: &Answer, doing: &str) -> Result<Value, Failure> {
+    let body = answer.json();
+    let success = body.as_ref().and_then(|b| b.get("success")).and_then(Value::as_bool);
+    if answer.is_success() && success == Some(true) {
+        return Ok(body
+            .and_then(|mut b| b.get_mut("result").map(Value::take))
+            .unwrap_or(Value::Null));
+    }
+    let errors = body
+        .as_ref()
+        .and_then(|b| b.get("errors"))
+        .and_then(Value::as_array)
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} {}",
+                        e.get("code").map(Value::to_string).unwrap_or_default(),
+                        e.get("message").and_then(Value::as_str).unwrap_or("")
+                    )
+                    .trim()
+                    .to_string()
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|text| !text.is_empty())
+        .unwrap_or_else(|| answer.shown());
+    let message = format!("Cloudflare answered {} to {doing}: {errors}", answer.status);
+    Err(classify(answer.status, message))
+}
+
+/// 429, 5xx and 408/409 are worth another attempt; other client errors are not.
+pub(crate) fn classify(status: u16, message: String) -> Failure {
+    match status {
+        408 | 409 | 429 | 500..=599 => Failure::Retryable(message),
+        400..=499 => Failure::Refused(message),
+        _ => Failure::Retryable(message),
+    }
+}
+
+impl Cloudflare {
+    /// Runs one attempt (see the module documentation).
+    pub async fn run(&self, order: &Order) -> Outcome {
+        match &self.target {
+            Target::Record { .. } => self.run_record(order).await,
+            Target::Pools { account_id, pools } => self.run_pools(account_id, pools, order).await,
+        }
+    }
+
+    async fn get(&self, path: &str, doing: &str) -> Result<Value, Failure> {
+        let answer = self.api.send(Method::GET, path, None).await.map_err(transport)?;
+        envelope(&answer, doing)
+    }
+
+    async fn patch(&self, path: &str, body: &Value, doing: &str) -> Result<Value, Failure> {
+        let answer = self
+            .api
+            .send(Method::PATCH, path, Some(body))
+            .await
+            .map_err(transport)?;
+        envelope(&answer, doing)
+    }
+
+    /// Finds the one record with the configured name and type, reading every page.
+    async fn find(&self, zone_id: &str, name: &str, record_type: &str) -> Result<Record, Failure> {
+        let mut found = Vec::new();
+        let mut page = 1;
+        loop {
+            let path = format!(
+                "/zones/{zone_id}/dns_records?type={}&name.exact={}&page={page}&per_page={RECORDS_PER_PAGE}",
+                rest::query_value(record_type),
+                rest::query_value(name)
+            );
+            let answer = self.api.send(Method::GET, &path, None).await.map_err(transport)?;
+            let body = answer.json();
+            let result = envelope(&answer, &format!("listing the {record_type} records named {name}"))?;
+            let records: Vec<Record> = serde_json::from_value(result).map_err(|e| {
+                Failure::Retryable(format!("Cloudflare's record list is not in the documented shape: {e}"))
+            })?;
+            found.extend(
+                records.into_iter().filter(|r| {
+                    r.record_type == record_type && r.name.trim_end_matches('.').eq_ignore_ascii_case(name)
+                }),
+            );
+            let total_pages = body
+                .as_ref()
+                .and_then(|b| b.pointer("/result_info/total_pages"))
+                .and_then(Value::as_u64)
+                .unwrap_or(1);
+            if u64::from(page) >= total_pages {
+                break;
+            }
+            if page >= RECORD_PAGES_MAX {
+                return Err(Failure::Refused(format!(
+                    "more than {RECORD_PAGES_MAX} pages of {record_type} records named {name} in zone {zone_id}"
+                )));
+            }
+            page += 1;
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(Failure::Refused(format!(
+                "zone {zone_id} has no {record_type} record named {name}: create it (with the active region's value) in Cloudflare first"
+            ))),
+            n => Err(Failure::Refused(format!(
+                "zone {zone_id} has {n} {record_type} records named {name}; the step drives exactly one: delete the others"
+            ))),
+        }
+    }
+
+    async fn read(&self, zone_id: &str, id: &str, doing: &str) -> Result<Record, Failure> {
+        let result = self.get(&format!("/zones/{zone_id}/dns_records/{id}"), doing).await?;
+        serde_json::from_value(result)
+            .map_err(|e| Failure::Retryable(format!("Cloudflare's record is not in the documented shape: {e}")))
+    }
+
+    async fn run_record(&self, order: &Order) -> Outcome {
+        let Target::Record {
+            zone_id,
+            name,
+            record_type,
+            values,
+            comment_generation,
+            last_written,
+        } = &self.target
+        else {
+            return Err(Failure::Refused("not a record step".into()));
+        };
+        let target = values
+            .get(&order.to)
+            .ok_or_else(|| Failure::Refused(format!("no value for region {} in the step's values", order.to)))?;
+        let listed = self.find(zone_id, name, record_type).await?;
+        // Re-read just before writing: the list may be cached at Cloudflare's edge.
+        let record = self
+            .read(zone_id, &listed.id, &format!("reading record {}", listed.id))
+            .await?;
+        if let Some(generation) = record.generation()
+            && generation > order.generation
+        {
+            return Err(Failure::Fenced(format!(
+                "{name} {record_type} was written by generation {generation}, newer than this order's {}",
+                order.generation
+            )));
+        }
+        let last = last_written.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let configured: Vec<&str> = values.values().map(String::as_str).collect();
+        let from_value = order.from.as_ref().and_then(|f| values.get(f)).map(String::as_str);
+        let what = format!("{name} {record_type}");
+        match cas::judge(&what, &record.content, target, last.as_deref(), from_value, &configured) {
+            Verdict::Done => return Ok(format!("{what} already {target}; read back")),
+            Verdict::Fenced(message) => return Err(Failure::Fenced(message)),
+            Verdict::Write => {}
+        }
+        let mut body = json!({ "content": target });
+        if *comment_generation {
+            body["comment"] = json!(format!("{COMMENT_PREFIX}{}", order.generation));
+        }
+        self.patch(
+            &format!("/zones/{zone_id}/dns_records/{}", record.id),
+            &body,
+            &format!("updating {what} to {target}"),
+        )
+        .await?;
+        let back = self.read(zone_id, &record.id, "reading the record back").await?;
+        if back.content != *target {
+            return Err(Failure::Retryable(format!(
+                "{what} reads back as '{}' after setting '{target}'",
+                back.content
+            )));
+        }
+        *last_written.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.clone());
+        Ok(format!("{what} set to {target} (was {}); read back", record.content))
+    }
+
+    async fn run_pools(&self, account_id: &str, pools: &BTreeMap<String, String>, order: &Order) -> Outcome {
+        // Enable before disabling, so the load balancer never has fewer pools than needed.
+        let mut plan: Vec<(&String, &String, bool)> = pools
+            .iter()
+            .map(|(region, pool)| (region, pool, order.serving.contains(region) || *region == order.to))
+            .collect();
+        plan.sort_by_key(|(_, _, enabled)| !*enabled);
+        let mut done = Vec::new();
+        for (region, pool, want) in plan {
+            let path = format!("/accounts/{account_id}/load_balancers/pools/{pool}");
+            let state = |value: bool| if value { "enabled" } else { "disabled" };
+            let current = self.pool_enabled(&path, pool).await?;
+            if current != want {
+                self.patch(
+                    &path,
+                    &json!({ "enabled": want }),
+                    &format!("setting pool {pool} ({region}) {}", state(want)),
+                )
+                .await?;
+                let back = self.pool_enabled(&path, pool).await?;
+                if back != want {
+                    return Err(Failure::Retryable(format!(
+                        "pool {pool} ({region}) reads back {} after setting it {}",
+                        state(back),
+                        state(want)
+                    )));
+                }
+                done.push(format!("{region} {} (was {})", state(want), state(current)));
+            } else {
+                done.push(format!("{region} already {}", state(want)));
+            }
+        }
+        Ok(format!("pools: {}; read back", done.join(", ")))
+    }
+
+    async fn pool_enabled(&self, path: &str, pool: &str) -> Result<bool, Failure> {
+        let result = self.get(path, &format!("reading pool {pool}")).await?;
+        result
+            .get("enabled")
+            .and_then(Value::as_bool)
+            .ok_or_else(|| Failure::Retryable(format!("Cloudflare's pool {pool} has no boolean 'enabled' field")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generation_is_read_from_the_comment() {
+        let record = |comment: Option<&str>| Record {
+            id: "x".into(),
+            name: "n".into(),
+            record_type: "A".into(),
+            content: "192.0.2.1".into(),
+            comment: comment.map(str::to_string),
+        };
+        assert_eq!(record(Some("switchyard generation 42")).generation(), Some(42));
+        assert_eq!(
+            record(Some("shop; switchyard generation 7 by ops")).generation(),
+            Some(7)
+        );
+        assert_eq!(record(Some("hand-made")).generation(), None);
+        assert_eq!(record(None).generation(), None);
+    }
+
+    #[test]
+    fn the_envelope_gives_the_result_or_cloudflares_own_error_text() {
+        let answer = |status: u16, body: &str| Answer {
+            status,
+            retry_after_ms: None,
+            body: bytes::Bytes::from(body.to_string()),
+        };
+        let ok = envelope(
+            &answer(200, r#"{"success":true,"errors":[],"messages":[],"result":{"id":"a"}}"#),
+            "x",
+        );
+        assert_eq!(ok, Ok(json!({"id": "a"})));
+        let denied = envelope(
+            &answer(
+                403,
+                r#"{"success":false,"errors":[{"code":10000,"message":"Authentication error"}],"messages":[],"result":null}"#,
+            ),
+            "listing",
+        );
+        assert_eq!(
+            denied,
+            Err(Failure::Refused(
+                "Cloudflare answered 403 to listing: 10000 Authentication error".into()
+            ))
+        );
+        let busy = envelope(&answer(502, "<html>Bad gateway</html>"), "x");
+        assert!(matches!(busy, Err(Failure::Retryable(m)) if m.contains("Bad gateway")));
+    }
+
+    #[test]
+    fn record_contents_are_checked_by_type() {
+        assert!(check_content("A", "192.0.2.1").is_ok());
+        assert!(check_content("A", "2001:db8::1").is_err());
+        assert!(check_content("AAAA", "2001:db8::1").is_ok());
+        assert!(check_content("CNAME", "lb-eu.example.com").is_ok());
+        assert!(check_content("CNAME", "bad name").is_err());
+        assert!(check_content("TXT", "").is_err());
+    }
+}

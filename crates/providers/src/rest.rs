@@ -1,0 +1,337 @@
+//! The JSON-over-HTTPS client of the REST providers (Cloudflare, DigitalOcean) and of the
+//! HTTP alert channels: hyper-util's pooled client with the workspace's rustls connector
+//! (`common::tls_client`), a timeout on every request, a bounded response, and 429 answers
+//! retried after their `Retry-After` (bounded, jittered). Real APIs are reached over HTTPS
+//! only; plain `http://` is accepted for loopback addresses, where tests run their fakes.
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::secret::Secret;
+
+/// Largest response body read, in bytes.
+pub const RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Longest time one request (connect, send, read the whole answer) may take by default.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Longest request timeout a setting may ask for.
+pub const REQUEST_TIMEOUT_MS_MAX: u64 = 120_000;
+/// Retries of one request answered 429 (Too Many Requests).
+pub const RATE_LIMIT_RETRIES_MAX: u32 = 3;
+/// First wait after a 429 without `Retry-After`; doubles each retry.
+pub const RATE_LIMIT_BACKOFF_FIRST_MS: u64 = 500;
+/// Longest wait after a 429; a longer `Retry-After` is not waited for in the request but
+/// reported, so the runbook's own retry (or the next decision) acts later.
+pub const RATE_LIMIT_WAIT_MS_MAX: u64 = 30_000;
+/// Characters of a body shown in an error when it is not the provider's JSON.
+pub const BODY_SHOWN_CHARS_MAX: usize = 300;
+
+/// An answer: status, the parsed `Retry-After` and the body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after_ms: Option<u64>,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// The body as text, shortened, for error messages.
+    pub fn shown(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        let text = text.trim();
+        match text.char_indices().nth(BODY_SHOWN_CHARS_MAX) {
+            Some((cut, _)) => format!("{}…", &text[..cut]),
+            None => text.to_string(),
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Why a request got no answer (a transport problem; an HTTP error status is an [`Answer`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestError {
+    #[error("{url}: no answer within {timeout_ms} ms")]
+    Timeout { url: String, timeout_ms: u64 },
+    #[error("{url}: {message}")]
+    Transport { url: String, message: String },
+}
+
+/// Checks a base URL: `https://host[:port][/path]`, or `http://` to a loopback address (a test's
+/// fake). Returns it without a trailing `/`.
+pub fn check_base_url(url: &str) -> Result<String, String> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("'{url}' is not a URL ({e}); write it like https://api.example.com/v1"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("'{url}' names no host; write it like https://api.example.com/v1"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if is_loopback(host) => {}
+        Some("http") => {
+            return Err(format!(
+                "'{url}' is plain http to a non-loopback host: the token would cross the network in clear; use https://"
+            ));
+        }
+        _ => return Err(format!("'{url}' must start with https://")),
+    }
+    if uri.query().is_some() {
+        return Err(format!(
+            "'{url}' has a query string; give only scheme, host, port and path"
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How long to wait before retry `attempt` (0-based) after a 429, or `None` when the server
+/// asks for longer than [`RATE_LIMIT_WAIT_MS_MAX`]. `random` is any 64-bit value (injected, so
+/// this is a pure function): the wait is `Retry-After` (or the doubling backoff) plus up to a
+/// quarter more, so clients throttled together do not come back together.
+pub fn rate_limit_wait_ms(attempt: u32, retry_after_ms: Option<u64>, random: u64) -> Option<u64> {
+    let base = match retry_after_ms {
+        Some(ms) if ms > RATE_LIMIT_WAIT_MS_MAX => return None,
+        Some(ms) => ms,
+        None => RATE_LIMIT_BACKOFF_FIRST_MS.saturating_mul(1 << attempt.min(16)),
+    };
+    let jitter = random % (base / 4 + 1);
+    Some(base.saturating_add(jitter).min(RATE_LIMIT_WAIT_MS_MAX))
+}
+
+/// `Retry-After` as delta-seconds. (The HTTP-date form is not parsed; the doubling backoff
+/// applies instead — Cloudflare, DigitalOcean, Slack and PagerDuty send seconds.)
+pub fn parse_retry_after(value: &str) -> Option<u64> {
+    value.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000))
+}
+
+/// A random value for jitter, from the standard library's per-process random hash keys.
+pub fn random_u64() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0x5eed);
+    hasher.finish()
+}
+
+/// A client for one API: a base URL and an optional bearer token.
+#[derive(Clone)]
+pub struct Rest {
+    client: Client<common::tls_client::Connector, Full<Bytes>>,
+    base: String,
+    token: Option<Secret>,
+    timeout_ms: u64,
+}
+
+impl std::fmt::Debug for Rest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rest")
+            .field("base", &self.base)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rest {
+    /// `base` must have passed [`check_base_url`]. HTTPS is verified against the Mozilla roots.
+    pub fn new(base: &str, token: Option<Secret>, timeout_ms: u64) -> Result<Rest, String> {
+        let tls = common::tls_client::client_config(None)?;
+        let client = Client::builder(TokioExecutor::new()).build(common::tls_client::Connector::new(tls));
+        Ok(Rest {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            timeout_ms,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends `method path` (path and query after the base URL, starting with `/`; an absolute
+    /// `http(s)://` URL is used as is) with an optional JSON body; retries 429 answers after
+    /// their `Retry-After` (at most [`RATE_LIMIT_RETRIES_MAX`] times) and returns the last answer.
+    pub async fn send(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        json: Option<&serde_json::Value>,
+    ) -> Result<Answer, RestError> {
+        let url = if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let mut attempt = 0;
+        loop {
+            let answer = self.send_once(method.clone(), &url, json).await?;
+            if answer.status != 429 || attempt >= RATE_LIMIT_RETRIES_MAX {
+                return Ok(answer);
+            }
+            match rate_limit_wait_ms(attempt, answer.retry_after_ms, random_u64()) {
+                Some(wait) => {
+                    // The host only: some URLs (a Slack webhook's path) are secrets.
+                    let host = url
+                        .parse::<hyper::Uri>()
+                        .ok()
+                        .and_then(|u| u.host().map(str::to_string));
+                    tracing::info!(
+                        host = host.as_deref().unwrap_or("?"),
+                        wait_ms = wait,
+                        "rate limited (429); waiting as Retry-After asks"
+                    );
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                None => return Ok(answer),
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        json: Option<&serde_json::Value>,
+    ) -> Result<Answer, RestError> {
+        let transport = |message: String| RestError::Transport {
+            url: url.to_string(),
+            message,
+        };
+        let uri: hyper::Uri = url.parse().map_err(|e| transport(format!("bad URL: {e}")))?;
+        let mut builder = hyper::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(hyper::header::ACCEPT, "application/json")
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("switchyard/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(token) = &self.token {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {}", token.expose()));
+        }
+        let body = match json {
+            Some(value) => {
+                builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(value.to_string()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = builder.body(body).map_err(|e| transport(e.to_string()))?;
+        let work = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| transport(describe(&e)))?;
+            let status = response.status().as_u16();
+            let retry_after_ms = response
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let body = Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
+                .collect()
+                .await
+                .map_err(|e| transport(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok(Answer {
+                status,
+                retry_after_ms,
+                body,
+            })
+        };
+        match tokio::time::timeout(Duration::from_millis(self.timeout_ms), work).await {
+            Ok(result) => result,
+            Err(_) => Err(RestError::Timeout {
+                url: url.to_string(),
+                timeout_ms: self.timeout_ms,
+            }),
+        }
+    }
+}
+
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error;
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    message
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+pub fn query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_follows_retry_after_with_up_to_a_quarter_of_jitter_and_is_bounded() {
+        assert_eq!(rate_limit_wait_ms(0, Some(2_000), 0), Some(2_000));
+        assert_eq!(rate_limit_wait_ms(0, Some(2_000), 500), Some(2_500));
+        assert_eq!(rate_limit_wait_ms(0, Some(2_000), 501), Some(2_000));
+        for random in [1, 77, u64::MAX] {
+            let wait = rate_limit_wait_ms(3, None, random).expect("no Retry-After: backoff");
+            assert!((4_000..=5_000).contains(&wait), "{wait}");
+        }
+        assert_eq!(rate_limit_wait_ms(0, Some(RATE_LIMIT_WAIT_MS_MAX + 1), 0), None);
+        assert_eq!(rate_limit_wait_ms(30, None, u64::MAX), Some(RATE_LIMIT_WAIT_MS_MAX));
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds() {
+        assert_eq!(parse_retry_after("3"), Some(3_000));
+        assert_eq!(parse_retry_after(" 0 "), Some(0));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn base_urls_need_https_except_to_loopback() {
+        assert_eq!(
+            check_base_url("https://api.cloudflare.com/client/v4/").as_deref(),
+            Ok("https://api.cloudflare.com/client/v4")
+        );
+        assert!(check_base_url("http://127.0.0.1:8080").is_ok());
+        assert!(check_base_url("http://[::1]:8080/x").is_ok());
+        assert!(check_base_url("http://localhost:1").is_ok());
+        let error = check_base_url("http://api.example.com").expect_err("clear text");
+        assert!(error.contains("use https://"), "{error}");
+        assert!(check_base_url("ftp://x").is_err());
+        assert!(check_base_url("not a url").is_err());
+        assert!(check_base_url("https://x/?a=b").is_err());
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query_value("shop.example.com"), "shop.example.com");
+        assert_eq!(query_value("a b&c=d"), "a%20b%26c%3Dd");
+    }
+}

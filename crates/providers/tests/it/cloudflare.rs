@@ -1,0 +1,352 @@
+//! The `cloudflare` step against an in-test fake of Cloudflare's API v4: Cloudflare has no
+//! local server, so the fake follows its documented request and response shapes — paths under
+//! `/client/v4`, `Authorization: Bearer` with a scoped token (403 with error code 10000
+//! "Authentication error" otherwise), the `{success, errors[{code, message}], messages,
+//! result, result_info}` envelope, the DNS record list filtered by `type` and `name.exact` and
+//! paginated by `page`/`per_page` with `result_info.total_pages`, `PATCH` of a record's
+//! `content`/`comment`, Load Balancing pools' `enabled`, and 429 with `Retry-After` (error
+//! code 971) when throttled.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+use crate::fake::{self, Collect, Request, answer, order};
+use providers::Failure;
+
+const TOKEN: &str = "cf-scoped-token-for-tests";
+const ZONE: &str = "023e105f4ecef8ad9ca31a8372d0c353";
+const ACCOUNT: &str = "01a7362d577a6c3019a474fd6f485823";
+const POOL_US: &str = "17b5962d775c646f3f9725cbc7a53df4";
+const POOL_EU: &str = "9290f38c5d07c2e2f4df57b1f61d4196";
+const US: &str = "192.0.2.10";
+const EU: &str = "198.51.100.20";
+
+#[derive(Default)]
+struct Zone {
+    records: Vec<Value>,
+    pools: Vec<Value>,
+    /// Answer the next this-many requests with 429.
+    throttle: u32,
+    throttled: u32,
+    patches: Vec<(String, Value)>,
+}
+
+type Shared = Arc<Mutex<Zone>>;
+
+fn envelope(result: Value) -> Value {
+    json!({"success": true, "errors": [], "messages": [], "result": result})
+}
+
+fn failure(status: u16, code: u32, message: &str) -> axum::response::Response {
+    answer(
+        status,
+        json!({"success": false, "errors": [{"code": code, "message": message}], "messages": [], "result": null}),
+        &[],
+    )
+}
+
+fn handle(zone: &Shared, request: Request) -> axum::response::Response {
+    let mut zone = zone.lock().expect("fake state");
+    if request.bearer() != Some(TOKEN) {
+        return failure(403, 10000, "Authentication error");
+    }
+    if zone.throttle > 0 {
+        zone.throttle -= 1;
+        zone.throttled += 1;
+        return answer(
+            429,
+            json!({"success": false, "errors": [{"code": 971, "message": "Please wait and consider throttling your request speed"}], "messages": [], "result": null}),
+            &[("retry-after", "1")],
+        );
+    }
+    let parts: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
+    match (request.method.as_str(), parts.as_slice()) {
+        ("GET", ["client", "v4", "zones", zone_id, "dns_records"]) if *zone_id == ZONE => {
+            let per_page: usize = request.query("per_page").and_then(|p| p.parse().ok()).unwrap_or(100);
+            let page: usize = request.query("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+            let matching: Vec<&Value> = zone
+                .records
+                .iter()
+                .filter(|r| request.query("type").is_none_or(|t| r["type"] == t))
+                .filter(|r| request.query("name.exact").is_none_or(|n| r["name"] == n))
+                .collect();
+            let total = matching.len();
+            let pages = total.div_ceil(per_page).max(1);
+            let slice: Vec<Value> = matching
+                .into_iter()
+                .skip((page - 1) * per_page)
+                .take(per_page)
+                .cloned()
+                .collect();
+            let mut body = envelope(json!(slice));
+            body["result_info"] = json!({"page": page, "per_page": per_page, "count": slice.len(), "total_count": total, "total_pages": pages});
+            answer(200, body, &[])
+        }
+        (method @ ("GET" | "PATCH"), ["client", "v4", "zones", zone_id, "dns_records", id]) if *zone_id == ZONE => {
+            let Some(record) = zone.records.iter_mut().find(|r| r["id"] == *id) else {
+                return failure(404, 81044, "Record does not exist.");
+            };
+            if method == "PATCH" {
+                let body = request.json();
+                for field in ["content", "comment"] {
+                    if let Some(value) = body.get(field) {
+                        record[field] = value.clone();
+                    }
+                }
+                let record = record.clone();
+                zone.patches.push((id.to_string(), body));
+                return answer(200, envelope(record), &[]);
+            }
+            answer(200, envelope(record.clone()), &[])
+        }
+        (method @ ("GET" | "PATCH"), ["client", "v4", "accounts", account, "load_balancers", "pools", id])
+            if *account == ACCOUNT =>
+        {
+            let Some(pool) = zone.pools.iter_mut().find(|p| p["id"] == *id) else {
+                return failure(404, 1002, "Pool not found");
+            };
+            if method == "PATCH" {
+                let body = request.json();
+                if let Some(enabled) = body.get("enabled") {
+                    pool["enabled"] = enabled.clone();
+                }
+                let pool = pool.clone();
+                zone.patches.push((id.to_string(), body));
+                return answer(200, envelope(pool), &[]);
+            }
+            answer(200, envelope(pool.clone()), &[])
+        }
+        _ => failure(404, 7003, "Could not route to the requested path"),
+    }
+}
+
+fn record(id: &str, name: &str, content: &str, comment: Option<&str>) -> Value {
+    json!({
+        "id": id, "zone_id": ZONE, "zone_name": "shop.example", "name": name, "type": "A",
+        "content": content, "proxiable": true, "proxied": false, "ttl": 60, "locked": false,
+        "comment": comment, "tags": [], "created_on": "2026-01-01T00:00:00Z", "modified_on": "2026-01-01T00:00:00Z"
+    })
+}
+
+async fn start(zone: Zone) -> (Shared, String) {
+    let shared: Shared = Arc::new(Mutex::new(zone));
+    let state = Arc::clone(&shared);
+    let base = fake::serve(move |request| handle(&state, request)).await;
+    (shared, format!("{base}/client/v4"))
+}
+
+fn step(settings: &str) -> providers::cloudflare::Cloudflare {
+    let settings: providers::cloudflare::Settings = toml::from_str(settings).expect("settings parse");
+    let mut checker = Collect::new(&["us-east-1", "eu-west-1"]);
+    let step = settings.check("dns", &mut checker);
+    assert!(checker.errors.is_empty(), "{:?}", checker.errors);
+    step.expect("a checked step")
+}
+
+fn record_settings(base: &str, token_file: &std::path::Path) -> String {
+    format!(
+        r#"
+token = {{ file = "{}" }}
+api_url = "{base}"
+zone_id = "{ZONE}"
+record = "shop.example"
+type = "A"
+values = {{ us-east-1 = "{US}", eu-west-1 = "{EU}" }}
+"#,
+        token_file.display()
+    )
+}
+
+fn token_file(token: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), token).expect("write token");
+    file
+}
+
+#[tokio::test]
+async fn a_failover_points_the_record_at_the_new_region_with_its_generation_and_reads_it_back() {
+    let (zone, base) = start(Zone {
+        records: vec![
+            record("r1", "shop.example", US, None),
+            record("r2", "www.shop.example", US, None),
+        ],
+        ..Zone::default()
+    })
+    .await;
+    let token = token_file(TOKEN);
+    let step = step(&record_settings(&base, token.path()));
+    let done = step
+        .run(&order(5, Some("us-east-1"), "eu-west-1"))
+        .await
+        .expect("moved");
+    assert!(done.contains(EU) && done.contains("read back"), "{done}");
+    {
+        let zone = zone.lock().expect("state");
+        assert_eq!(zone.records[0]["content"], EU);
+        assert_eq!(zone.records[0]["comment"], "switchyard generation 5");
+        assert_eq!(zone.records[1]["content"], US, "only the named record changes");
+        assert_eq!(zone.patches.len(), 1);
+    }
+    // The same order again (a retry): nothing to write.
+    let again = step
+        .run(&order(5, Some("us-east-1"), "eu-west-1"))
+        .await
+        .expect("idempotent");
+    assert!(again.contains("already"), "{again}");
+    assert_eq!(zone.lock().expect("state").patches.len(), 1);
+    // And back: the value this controller wrote is overwritten.
+    step.run(&order(6, Some("eu-west-1"), "us-east-1"))
+        .await
+        .expect("moved back");
+    assert_eq!(zone.lock().expect("state").records[0]["content"], US);
+}
+
+#[tokio::test]
+async fn a_record_changed_by_someone_else_or_by_a_newer_generation_is_fenced_and_left_alone() {
+    let (zone, base) = start(Zone {
+        records: vec![record("r1", "shop.example", "203.0.113.99", None)],
+        ..Zone::default()
+    })
+    .await;
+    let token = token_file(TOKEN);
+    let step = step(&record_settings(&base, token.path()));
+    let fenced = step.run(&order(5, Some("us-east-1"), "eu-west-1")).await;
+    assert!(
+        matches!(&fenced, Err(Failure::Fenced(m)) if m.contains("203.0.113.99") && m.contains("someone else")),
+        "{fenced:?}"
+    );
+    zone.lock().expect("state").records[0] = record("r1", "shop.example", US, Some("switchyard generation 9"));
+    let stale = step.run(&order(5, Some("us-east-1"), "eu-west-1")).await;
+    assert!(
+        matches!(&stale, Err(Failure::Fenced(m)) if m.contains("generation 9")),
+        "{stale:?}"
+    );
+    let zone = zone.lock().expect("state");
+    assert!(zone.patches.is_empty(), "nothing written: {:?}", zone.patches);
+    assert_eq!(zone.records[0]["content"], US);
+}
+
+#[tokio::test]
+async fn throttling_is_waited_out_and_a_bad_token_is_refused_with_cloudflares_text() {
+    let (zone, base) = start(Zone {
+        records: vec![record("r1", "shop.example", US, None)],
+        throttle: 1,
+        ..Zone::default()
+    })
+    .await;
+    let token = token_file(TOKEN);
+    step(&record_settings(&base, token.path()))
+        .run(&order(3, Some("us-east-1"), "eu-west-1"))
+        .await
+        .expect("moved after the 429");
+    assert_eq!(zone.lock().expect("state").throttled, 1);
+    assert_eq!(zone.lock().expect("state").records[0]["content"], EU);
+
+    let wrong = token_file("not-the-token");
+    let refused = step(&record_settings(&base, wrong.path()))
+        .run(&order(4, Some("eu-west-1"), "us-east-1"))
+        .await;
+    assert_eq!(
+        refused,
+        Err(Failure::Refused(
+            "Cloudflare answered 403 to listing the A records named shop.example: 10000 Authentication error".into()
+        ))
+    );
+}
+
+#[tokio::test]
+async fn every_page_of_the_listing_is_read() {
+    // 120 round-robin A records of one name span two pages of 100: the step counts them all
+    // and refuses to pick one.
+    let records = (0..120)
+        .map(|i| record(&format!("r{i}"), "shop.example", US, None))
+        .collect();
+    let (_zone, base) = start(Zone {
+        records,
+        ..Zone::default()
+    })
+    .await;
+    let token = token_file(TOKEN);
+    let refused = step(&record_settings(&base, token.path()))
+        .run(&order(2, Some("us-east-1"), "eu-west-1"))
+        .await;
+    assert!(
+        matches!(&refused, Err(Failure::Refused(m)) if m.contains("has 120 A records")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn pools_of_serving_regions_are_enabled_first_and_the_others_disabled() {
+    let pool = |id: &str, name: &str, enabled: bool| json!({"id": id, "name": name, "enabled": enabled, "minimum_origins": 1, "origins": [], "created_on": "2026-01-01T00:00:00Z"});
+    let (zone, base) = start(Zone {
+        pools: vec![pool(POOL_US, "us", true), pool(POOL_EU, "eu", false)],
+        ..Zone::default()
+    })
+    .await;
+    let token = token_file(TOKEN);
+    let settings = format!(
+        r#"
+token = {{ file = "{}" }}
+api_url = "{base}"
+account_id = "{ACCOUNT}"
+pools = {{ us-east-1 = "{POOL_US}", eu-west-1 = "{POOL_EU}" }}
+"#,
+        token.path().display()
+    );
+    let step = step(&settings);
+    let done = step
+        .run(&order(7, Some("us-east-1"), "eu-west-1"))
+        .await
+        .expect("pools moved");
+    assert!(
+        done.contains("eu-west-1 enabled") && done.contains("us-east-1 disabled"),
+        "{done}"
+    );
+    {
+        let zone = zone.lock().expect("state");
+        assert_eq!(zone.pools[0]["enabled"], false);
+        assert_eq!(zone.pools[1]["enabled"], true);
+        let order: Vec<&str> = zone.patches.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            order,
+            vec![POOL_EU, POOL_US],
+            "the new pool is enabled before the old one is disabled"
+        );
+    }
+    let again = step
+        .run(&order(7, Some("us-east-1"), "eu-west-1"))
+        .await
+        .expect("idempotent");
+    assert!(again.contains("already"), "{again}");
+    assert_eq!(zone.lock().expect("state").patches.len(), 2);
+}
+
+#[test]
+fn settings_problems_are_each_reported() {
+    let settings: providers::cloudflare::Settings = toml::from_str(
+        r#"
+token = { env = "SWITCHYARD_TEST_CF_UNSET" }
+api_url = "http://api.cloudflare.com/client/v4"
+zone_id = "not-an-id"
+record = "shop.example"
+type = "MX"
+values = { us-east-1 = "192.0.2.1", mars-1 = "192.0.2.2" }
+"#,
+    )
+    .expect("parses");
+    let mut checker = Collect::new(&["us-east-1", "eu-west-1"]);
+    assert!(settings.check("dns", &mut checker).is_none());
+    let all = checker.errors.join("\n");
+    for expected in [
+        "SWITCHYARD_TEST_CF_UNSET is not set",
+        "plain http to a non-loopback host",
+        "'not-an-id' is not a Cloudflare identifier",
+        "type 'MX' is not supported",
+        "unknown region 'mars-1'",
+        "no value for region(s) eu-west-1",
+    ] {
+        assert!(all.contains(expected), "missing '{expected}' in:\n{all}");
+    }
+}

@@ -1,0 +1,156 @@
+//! What the fakes share: an HTTP server on loopback that hands every request to one closure,
+//! and a checker that collects problems as the controller's config check would.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+/// A request as a fake sees it.
+pub struct Request {
+    pub method: Method,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Request {
+    pub fn query(&self, key: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn bearer(&self) -> Option<&str> {
+        self.headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+    }
+}
+
+/// A JSON answer with optional extra headers.
+pub fn answer(status: u16, body: serde_json::Value, headers: &[(&str, &str)]) -> Response {
+    let mut response = (
+        StatusCode::from_u16(status).expect("a valid status"),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    for (name, value) in headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            value.parse().expect("header value"),
+        );
+    }
+    response
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(byte) = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+
+/// Serves `handler` on 127.0.0.1; returns `http://127.0.0.1:PORT`.
+pub async fn serve(handler: impl Fn(Request) -> Response + Send + Sync + 'static) -> String {
+    let handler: Handler = Arc::new(handler);
+    let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let handler = Arc::clone(&handler);
+        let future: Pin<Box<dyn Future<Output = Response> + Send>> = Box::pin(async move {
+            let query = uri
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (decode(k), decode(v))
+                })
+                .collect();
+            handler(Request {
+                method,
+                path: uri.path().to_string(),
+                query,
+                headers,
+                body,
+            })
+        });
+        future
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{address}")
+}
+
+/// Collects problems like the controller's config check (spans as byte offsets).
+pub struct Collect {
+    pub folder: PathBuf,
+    pub regions: BTreeSet<String>,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Collect {
+    pub fn new(regions: &[&str]) -> Collect {
+        Collect {
+            folder: PathBuf::from("."),
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl providers::Checker for Collect {
+    fn error(&mut self, _span: std::ops::Range<usize>, message: String, _fix: String) {
+        self.errors.push(message);
+    }
+    fn warn(&mut self, _span: std::ops::Range<usize>, message: String, _fix: String) {
+        self.warnings.push(message);
+    }
+    fn folder(&self) -> &Path {
+        &self.folder
+    }
+    fn regions(&self) -> &BTreeSet<String> {
+        &self.regions
+    }
+}
+
+/// An order moving the active region from `from` to `to` at `generation`.
+pub fn order(generation: u64, from: Option<&str>, to: &str) -> providers::Order {
+    providers::Order {
+        generation,
+        kind: "failover".into(),
+        from: from.map(str::to_string),
+        to: to.into(),
+        serving: vec![to.into()],
+        reason: "test".into(),
+        force_data_loss: false,
+    }
+}

@@ -1,0 +1,639 @@
+"""Alert channels and the cloudflare / digitalocean steps through the real controller process.
+
+Alerts go to local receivers: a generic JSON webhook, a Slack-shaped incoming webhook (which
+answers its first request 429 with Retry-After, as Slack does when throttling), a
+PagerDuty-shaped Events API v2 endpoint (202 `{"status": "success", "dedup_key"}`, 400
+`{"status": "invalid event"}` for a wrong routing key) and a real SMTP server (aiosmtpd from
+PyPI) that requires STARTTLS and AUTH PLAIN, with a certificate from a CA made by openssl for
+the test. `switchyard config check` reports provider and alert mistakes with line and column,
+and the WooCommerce-on-DigitalOcean example validates.
+"""
+
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+TOKEN = "integration-control-token-0123456789"
+ROUTING_KEY = "R0UT1NGKEY0123456789abcdefabcdef"
+DEADLINE_S = 30
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+
+def wait_until(what, condition, deadline_s=DEADLINE_S, logs=()):
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {log}:\n{Path(log).read_text()[-3000:]}" for log in logs if Path(log).exists())
+            raise AssertionError(f"timed out waiting for {what}\n{tails}")
+        time.sleep(0.05)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+class App:
+    """A region's application: answers 200 until stopped."""
+
+    def __init__(self):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Receivers:
+    """The HTTP alert receivers on one port: /hook, /slack and /pagerduty/v2/enqueue."""
+
+    def __init__(self):
+        self.requests = []
+        self.lock = threading.Lock()
+        self.slack_throttle = 1
+        receivers = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"null")
+                with receivers.lock:
+                    receivers.requests.append((self.path, dict(self.headers), body))
+                    throttle = self.path == "/slack" and receivers.slack_throttle > 0
+                    if throttle:
+                        receivers.slack_throttle -= 1
+                if self.path == "/slack":
+                    if throttle:
+                        self.answer(429, b"rate_limited", {"Retry-After": "1"})
+                    else:
+                        self.answer(200, b"ok")
+                elif self.path == "/pagerduty/v2/enqueue":
+                    if body.get("routing_key") != ROUTING_KEY:
+                        self.answer(400, json.dumps({"status": "invalid event", "message": "Event object is invalid",
+                                                     "errors": ["Invalid routing key"]}).encode())
+                    else:
+                        self.answer(202, json.dumps({"status": "success", "message": "Event processed",
+                                                     "dedup_key": body.get("dedup_key")}).encode())
+                else:
+                    self.answer(200, b"{}")
+
+            def answer(self, status, body, headers=None):
+                self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def bodies(self, path):
+        with self.lock:
+            return [body for p, _, body in self.requests if p == path]
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def make_certificates(folder):
+    """A CA and a server certificate for 127.0.0.1 (rustls refuses a CA as the server's own)."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=switchyard test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                                    "extendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
+    return folder / "ca.pem", folder / "server.pem", folder / "server.key"
+
+
+class Mailbox:
+    """A local SMTP server (aiosmtpd) requiring STARTTLS and AUTH PLAIN, or with `implicit`
+    speaking TLS from the first byte (port 465 style); keeps what it accepts."""
+
+    def __init__(self, folder, implicit=False):
+        import ssl
+
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult
+
+        folder.mkdir(parents=True, exist_ok=True)
+        ca, cert, key = make_certificates(folder)
+        self.ca = ca
+        self.messages = []
+        self.logins = []
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        mailbox = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                mailbox.messages.append({
+                    "from": envelope.mail_from, "to": list(envelope.rcpt_tos),
+                    "content": envelope.content.decode("utf-8", "replace"),
+                    "tls": session.ssl is not None, "authenticated": session.authenticated,
+                })
+                return "250 OK"
+
+        def authenticate(server, session, envelope, mechanism, auth_data):
+            mailbox.logins.append((mechanism, auth_data.login))
+            ok = auth_data.login == b"alerts" and auth_data.password == b"mail-s3cret"
+            return AuthResult(success=ok)
+
+        self.port = free_port()
+        if implicit:
+            # aiosmtpd offers AUTH over implicit TLS only without auth_require_tls (that flag
+            # looks at STARTTLS); the whole connection is TLS here anyway.
+            self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, ssl_context=context,
+                                         authenticator=authenticate, auth_require_tls=False)
+        else:
+            self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, tls_context=context,
+                                         require_starttls=True, authenticator=authenticate, auth_require_tls=True)
+        self.controller.start()
+
+    def stop(self):
+        self.controller.stop()
+
+
+def email_alert(mailbox, tls):
+    return f"""
+[[alerts]]
+kind = "email"
+smtp_server = "127.0.0.1:{mailbox.port}"
+tls = "{tls}"
+ca_file = "{mailbox.ca}"
+from = "switchyard@shop.example"
+to = ["oncall@shop.example", "ops@shop.example"]
+username = "alerts"
+password = {{ file = "smtp.password" }}
+per_minute_max = 600
+"""
+
+
+def controller_config(tmp, us, eu, receivers, mailbox, runbook, hook_events=None, extra=""):
+    (tmp / "slack.url").write_text(f"{receivers.url}/slack\n")
+    (tmp / "pd.key").write_text(ROUTING_KEY)
+    (tmp / "smtp.password").write_text("mail-s3cret")
+    hook_filter = f"events = {json.dumps(hook_events)}\n" if hook_events else ""
+    email = email_alert(mailbox, "starttls") if mailbox is not None else ""
+    return f"""
+[controller]
+vantage = "controller"
+audit_log = "{tmp / 'audit.jsonl'}"
+tick_ms = 50
+
+[policy]
+failback_lag_check = false
+min_hold_ms = 600000
+runbook_retry_ms = 100
+startup_grace_ms = 0
+
+[quorum]
+vantages = ["controller"]
+report_interval_ms = 100
+
+[[regions]]
+name = "us-east-1"
+priority = 1
+
+[[regions]]
+name = "eu-west-1"
+priority = 2
+
+[[checks]]
+name = "use1-app"
+region = "us-east-1"
+kind = {{ type = "http", url = "http://127.0.0.1:{us.port}/health" }}
+interval_ms = 200
+fast_interval_ms = 100
+timeout_ms = 300
+fall = 2
+rise = 1
+
+[[checks]]
+name = "euw1-app"
+region = "eu-west-1"
+kind = {{ type = "http", url = "http://127.0.0.1:{eu.port}/health" }}
+interval_ms = 200
+fast_interval_ms = 100
+timeout_ms = 300
+fall = 2
+rise = 1
+
+{runbook}
+
+[[alerts]]
+kind = "webhook"
+url = "{receivers.url}/hook"
+per_minute_max = 600
+{hook_filter}
+[[alerts]]
+kind = "slack"
+url_secret = {{ file = "slack.url" }}
+per_minute_max = 600
+
+[[alerts]]
+kind = "pagerduty"
+url = "{receivers.url}/pagerduty/v2/enqueue"
+routing_key = {{ file = "pd.key" }}
+per_minute_max = 600
+{email}
+{extra}
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    us, eu, receivers = App(), App(), Receivers()
+    processes = []
+
+    def start(config):
+        path = tmp_path / "switchyard.toml"
+        path.write_text(config)
+        ready, log = tmp_path / "ready", tmp_path / "controller.log"
+        env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN)
+        process = subprocess.Popen([str(BINARY), "controller", "--config", str(path), "--listen", "127.0.0.1:0",
+                                    "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=open(log, "ab"))
+        processes.append(process)
+        wait_until("the controller to listen", lambda: ready.exists() and ready.read_text(), logs=[log])
+        return process, f"http://{ready.read_text().strip()}", log
+
+    yield tmp_path, us, eu, receivers, start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    for server in (us, eu, receivers):
+        try:
+            server.stop()
+        except Exception:
+            pass
+
+
+def test_a_decision_and_every_region_down_reach_webhook_slack_pagerduty_and_email(setup):
+    tmp, us, eu, receivers, start = setup
+    try:
+        mailbox = Mailbox(tmp / "starttls")
+        implicit = Mailbox(tmp / "implicit", implicit=True)
+    except ImportError:
+        pytest.skip("aiosmtpd is not installed: pip install -r tests/requirements.txt")
+    try:
+        runbook = '[[runbook]]\nname = "pointer"\nkind = "pointer"\n'
+        controller, url, log = start(controller_config(tmp, us, eu, receivers, mailbox, runbook,
+                                                       extra=email_alert(implicit, "tls")))
+
+        # The initial placement is a decision: raised when its runbook starts, resolved when
+        # it succeeded, on every channel.
+        def hook_events():
+            return [(b["event"], b["action"]) for b in receivers.bodies("/hook")]
+
+        wait_until("the decision's trigger and resolve at the webhook",
+                   lambda: ("decision", "trigger") in hook_events() and ("decision", "resolve") in hook_events(),
+                   logs=[log])
+        trigger = next(b for b in receivers.bodies("/hook") if b["action"] == "trigger")
+        assert trigger["severity"] == "info" and trigger["source"] == "controller", trigger
+        assert "us-east-1" in trigger["message"] and trigger["generation"] >= 1, trigger
+        resolve = next(b for b in receivers.bodies("/hook") if b["action"] == "resolve")
+        assert resolve["incident"] == trigger["incident"], (trigger, resolve)
+
+        pagerduty = wait_until("PagerDuty's trigger and resolve",
+                               lambda: len(receivers.bodies("/pagerduty/v2/enqueue")) >= 2 and
+                               receivers.bodies("/pagerduty/v2/enqueue"), logs=[log])
+        assert pagerduty[0]["event_action"] == "trigger", pagerduty
+        assert pagerduty[0]["routing_key"] == ROUTING_KEY
+        assert pagerduty[0]["payload"]["severity"] == "info" and pagerduty[0]["payload"]["source"] == "controller"
+        assert pagerduty[1] == {"routing_key": ROUTING_KEY, "event_action": "resolve",
+                                "dedup_key": pagerduty[0]["dedup_key"]}, pagerduty
+
+        # Slack throttled the first post (429, Retry-After: 1): it was sent again.
+        slack = wait_until("Slack's posts after the throttle",
+                           lambda: len(receivers.bodies("/slack")) >= 3 and receivers.bodies("/slack"), logs=[log])
+        assert slack[0] == slack[1], "the throttled post is retried unchanged"
+        assert "switchyard decision" in slack[0]["text"], slack
+
+        messages = wait_until("two mails (trigger and resolve)", lambda: len(mailbox.messages) >= 2 and mailbox.messages,
+                              logs=[log])
+        first = messages[0]
+        assert first["tls"] and first["authenticated"], first
+        assert first["from"] == "switchyard@shop.example"
+        assert first["to"] == ["oncall@shop.example", "ops@shop.example"]
+        assert "Subject: [switchyard] decision:" in first["content"], first["content"]
+        assert "Subject: [switchyard] resolved: decision" in messages[1]["content"], messages[1]["content"]
+        assert ("PLAIN", b"alerts") in mailbox.logins
+        over_tls = wait_until("a mail over implicit TLS", lambda: implicit.messages, logs=[log])
+        # (aiosmtpd's session.ssl stays unset with implicit TLS; the port speaks nothing else.)
+        assert over_tls[0]["authenticated"], over_tls[0]
+        assert "Subject: [switchyard] decision:" in over_tls[0]["content"]
+
+        # Every region down: a critical alert on every channel.
+        us.stop()
+        eu.stop()
+        wait_until("the all_down alert at the webhook", lambda: ("all_down", "trigger") in hook_events(), logs=[log])
+        down = next(b for b in receivers.bodies("/hook") if b["event"] == "all_down")
+        assert down["severity"] == "critical", down
+        wait_until("the all_down page", lambda: any(
+            b.get("payload", {}).get("class") == "all_down" and b["payload"]["severity"] == "critical"
+            for b in receivers.bodies("/pagerduty/v2/enqueue")), logs=[log])
+        wait_until("the all_down mail", lambda: any("all_down" in m["content"] for m in mailbox.messages), logs=[log])
+
+        request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'switchyard_controller_alerts_sent_total{channel="webhook #1"}' in metrics, metrics
+        assert 'switchyard_controller_alerts_dropped_total{channel="email #4"} 0' in metrics, metrics
+        controller.send_signal(signal.SIGTERM)
+        assert controller.wait(timeout=20) == 0, Path(log).read_text()[-3000:]
+    finally:
+        mailbox.stop()
+        implicit.stop()
+
+
+def test_failing_runbooks_raise_step_failed_then_stuck_and_a_channel_gets_only_its_events(setup):
+    tmp, us, eu, receivers, start = setup
+    runbook = '[[runbook]]\nname = "broken"\nkind = "command"\nprogram = "false"\nretries = 0\n'
+    _, _, log = start(controller_config(tmp, us, eu, receivers, None, runbook, hook_events=["stuck"]))
+    wait_until("the stuck alert at the webhook", lambda: receivers.bodies("/hook"), logs=[log])
+    hook = receivers.bodies("/hook")
+    assert all(b["event"] == "stuck" for b in hook), hook
+    assert hook[0]["severity"] == "critical" and "runbooks in a row failed" in hook[0]["message"], hook
+    assert "step 'broken'" in hook[0]["message"], hook
+    # The channels without a filter saw the failed steps before that.
+    wait_until("step_failed at PagerDuty", lambda: any(
+        b.get("payload", {}).get("class") == "step_failed" for b in receivers.bodies("/pagerduty/v2/enqueue")),
+        logs=[log])
+
+
+class FakeDigitalOcean:
+    """DigitalOcean's API v2 for domain records, in the documented shapes: Bearer token (401
+    `{"id": "unauthorized"}` otherwise), `GET /v2/domains/{domain}/records?name=FULL&type=T`
+    with `links.pages`, records named relative to the domain, `GET`/`PUT .../records/{id}`
+    answering `{"domain_record": ...}`."""
+
+    def __init__(self, token, records):
+        self.records = records
+        self.puts = []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.route("GET", None)
+
+            def do_PUT(self):
+                length = int(self.headers.get("Content-Length", "0"))
+                self.route("PUT", json.loads(self.rfile.read(length) or b"null"))
+
+            def route(self, method, body):
+                from urllib.parse import parse_qs, urlparse
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    return self.answer(401, {"id": "unauthorized", "message": "Unable to authenticate you."})
+                url = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                parts = url.path.strip("/").split("/")
+                if method == "GET" and parts[:2] == ["v2", "domains"] and parts[3:] == ["records"]:
+                    domain = parts[2]
+                    full = query.get("name")
+                    name = None if full is None else ("@" if full == domain else full.removesuffix("." + domain))
+                    found = [r for r in fake.records if (name is None or r["name"] == name)
+                             and r["type"] == query.get("type", r["type"])]
+                    return self.answer(200, {"domain_records": found, "links": {}, "meta": {"total": len(found)}})
+                if parts[:2] == ["v2", "domains"] and len(parts) == 5 and parts[3] == "records":
+                    record = next((r for r in fake.records if str(r["id"]) == parts[4]), None)
+                    if record is None:
+                        return self.answer(404, {"id": "not_found",
+                                                 "message": "The resource you were accessing could not be found."})
+                    if method == "PUT":
+                        fake.puts.append(body)
+                        record["data"] = body["data"]
+                    return self.answer(200, {"domain_record": record})
+                return self.answer(404, {"id": "not_found", "message": "The resource you were accessing could not be found."})
+
+            def answer(self, status, body):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_failover_moves_the_digitalocean_record_and_the_audit_log_shows_the_read_back(setup):
+    tmp, us, eu, receivers, start = setup
+    record = {"id": 3352893, "type": "A", "name": "www", "data": "192.0.2.10", "priority": None, "port": None,
+              "ttl": 30, "weight": None, "flags": None, "tag": None}
+    fake = FakeDigitalOcean("dop_v1_integration", [record])
+    try:
+        (tmp / "do.token").write_text("dop_v1_integration\n")
+        runbook = f"""
+[[runbook]]
+name = "do-dns"
+kind = "digitalocean"
+timeout_ms = 10000
+
+[runbook.digitalocean]
+token = {{ file = "do.token" }}
+api_url = "{fake.url}"
+domain = "shop.example"
+record = "www.shop.example"
+type = "A"
+values = {{ us-east-1 = "192.0.2.10", eu-west-1 = "198.51.100.20" }}
+"""
+        _, _, log = start(controller_config(tmp, us, eu, receivers, None, runbook))
+        audit = tmp / "audit.jsonl"
+
+        def steps():
+            if not audit.exists():
+                return []
+            entries = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
+            return [e for e in entries if e.get("step") == "do-dns"]
+
+        wait_until("the initial placement's step", lambda: any(e.get("outcome") == "ok" for e in steps()), logs=[log])
+        assert "already 192.0.2.10" in steps()[0]["detail"], steps()
+        assert fake.puts == []
+        us.stop()
+        wait_until("the record to move", lambda: record["data"] == "198.51.100.20", logs=[log])
+        assert fake.puts == [{"type": "A", "data": "198.51.100.20"}], fake.puts
+        moved = wait_until("the audit entry", lambda: [e for e in steps() if "set to 198.51.100.20" in e["detail"]],
+                           logs=[log])
+        assert "(was 192.0.2.10); read back" in moved[0]["detail"], moved
+        assert moved[0]["outcome"] == "ok"
+    finally:
+        fake.stop()
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([str(BINARY), *args], env=env or dict(os.environ), capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_config_check_points_at_provider_and_alert_mistakes(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    (tmp_path / "cf.token").write_text("token\n")
+    config = tmp_path / "bad.toml"
+    lines = [
+        "[quorum]",                                         # 1
+        'vantages = ["controller"]',                       # 2
+        "[[regions]]",                                      # 3
+        'name = "nyc3"',                                    # 4
+        "priority = 1",                                     # 5
+        "[[regions]]",                                      # 6
+        'name = "ams3"',                                    # 7
+        "priority = 2",                                     # 8
+        "[[checks]]",                                       # 9
+        'name = "a"',                                       # 10
+        'region = "nyc3"',                                  # 11
+        'kind = { type = "tcp", address = "127.0.0.1:1" }',  # 12
+        "[[checks]]",                                       # 13
+        'name = "b"',                                       # 14
+        'region = "ams3"',                                  # 15
+        'kind = { type = "tcp", address = "127.0.0.1:2" }',  # 16
+        "[[runbook]]",                                      # 17
+        'name = "cf"',                                      # 18
+        'kind = "cloudflare"',                              # 19
+        "[runbook.cloudflare]",                             # 20
+        'token = { file = "cf.token" }',                    # 21
+        'zone_id = "xyz"',                                  # 22
+        'record = "shop.example.com"',                      # 23
+        'type = "A"',                                       # 24
+        'values = { nyc3 = "192.0.2.1", ams3 = "not-an-ip" }',  # 25
+        "[[runbook]]",                                      # 26
+        'name = "do"',                                      # 27
+        'kind = "digitalocean"',                            # 28
+        "[[alerts]]",                                       # 29
+        'kind = "pagerduty"',                               # 30
+        "[[alerts]]",                                       # 31
+        'kind = "email"',                                   # 32
+        'smtp_server = "smtp.example.com"',                 # 33
+        'tls = "none"',                                     # 34
+        'from = "switchyard@shop.example.com"',             # 35
+        'to = ["oncall@shop.example.com"]',                 # 36
+        'username = "u"',                                   # 37
+        'password = { file = "cf.token" }',                 # 38
+        "[[alerts]]",                                       # 39
+        'kind = "sms"',                                     # 40
+    ]
+    config.write_text("\n".join(lines) + "\n")
+    result = run_cli("config", "check", str(config))
+    assert result.returncode == 1, result.stdout
+    expected = [
+        "22:11: error: cloudflare step 'cf' zone_id 'xyz' is not a Cloudflare identifier",
+        "25:39: error: cloudflare step 'cf' value of ams3: 'not-an-ip' is not an IPv4 address",
+        "28:8: error: step 'do' (kind = \"digitalocean\") has no [runbook.digitalocean] table",
+        "30:8: error: alert pagerduty #1 has no routing_key",
+        "38:12: error: alert email #2: the password would cross the network in clear",
+        "40:8: error: unknown alert kind 'sms'",
+    ]
+    for line in expected:
+        assert f"{config}:{line}" in result.stderr, f"missing {line!r} in:\n{result.stderr}"
+
+
+def test_the_woocommerce_digitalocean_example_validates_with_its_secrets_in_the_environment():
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    example = REPO / "docs" / "examples" / "woocommerce-digitalocean.toml"
+    secrets = {"DIGITALOCEAN_TOKEN": "dop_v1_example", "CLOUDFLARE_API_TOKEN": "cf-example",
+               "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/XXXX",
+               "PAGERDUTY_ROUTING_KEY": "example-routing-key", "SMTP_PASSWORD": "example"}
+    good = run_cli("config", "check", str(example), env=dict(os.environ, **secrets))
+    assert good.returncode == 0, good.stderr
+    assert "ok (2 regions" in good.stdout and "4 runbook steps" in good.stdout, good.stdout
+    # Without them, each missing secret is named with its line.
+    bare = {k: v for k, v in os.environ.items() if k not in secrets}
+    missing = run_cli("config", "check", str(example), env=bare)
+    assert missing.returncode == 1
+    for variable in secrets:
+        assert f"the environment variable {variable} is not set" in missing.stderr, missing.stderr
+
+
+def test_config_check_warns_about_a_short_reserved_ip_timeout_and_an_inline_slack_url(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    (tmp_path / "do.token").write_text("dop_v1_x\n")
+    config = tmp_path / "warn.toml"
+    config.write_text("\n".join([
+        "[quorum]",                                                    # 1
+        'vantages = ["controller"]',                                  # 2
+        "[[regions]]",                                                 # 3
+        'name = "nyc3-a"',                                             # 4
+        "priority = 1",                                                # 5
+        "[[regions]]",                                                 # 6
+        'name = "nyc3-b"',                                             # 7
+        "priority = 2",                                                # 8
+        "[[checks]]",                                                  # 9
+        'name = "a"',                                                  # 10
+        'region = "nyc3-a"',                                           # 11
+        'kind = { type = "tcp", address = "127.0.0.1:1" }',            # 12
+        "[[checks]]",                                                  # 13
+        'name = "b"',                                                  # 14
+        'region = "nyc3-b"',                                           # 15
+        'kind = { type = "tcp", address = "127.0.0.1:2" }',            # 16
+        "[[runbook]]",                                                 # 17
+        'name = "ip"',                                                 # 18
+        'kind = "digitalocean"',                                       # 19
+        "[runbook.digitalocean]",                                      # 20
+        'token = { file = "do.token" }',                               # 21
+        'reserved_ip = "203.0.113.7"',                                 # 22
+        "droplets = { nyc3-a = 3164444, nyc3-b = 3164445 }",           # 23
+        "[[alerts]]",                                                  # 24
+        'kind = "slack"',                                              # 25
+        'url = "https://hooks.slack.com/services/T000/B000/XXXX"',     # 26
+    ]) + "\n")
+    result = run_cli("config", "check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert (f"{config}:19:8: warning: step 'ip': timeout_ms = 5000 cuts the reserved IP's action off before "
+            "action_wait_ms = 60000 has passed") in result.stderr, result.stderr
+    assert f"{config}:26:7: warning: alert slack #1: the Slack webhook URL is a secret" in result.stderr, result.stderr
