@@ -280,6 +280,9 @@ pub struct StepSection {
     /// `webhook`: where to POST the JSON.
     #[serde(default)]
     pub url: Option<Spanned<String>>,
+    /// `rfc2136`: its `[runbook.rfc2136]` table.
+    #[serde(default)]
+    pub rfc2136: Option<Spanned<providers::rfc2136::Settings>>,
 }
 
 fn default_step_timeout_ms() -> Spanned<u64> {
@@ -1429,12 +1432,15 @@ impl Checker<'_> {
 
     /// Checks a provider step's `[runbook.KIND]` table and builds its action; `None` after
     /// reporting a problem.
-    #[allow(clippy::match_single_binding)] // until the first provider's arm lands
     fn provider_action(&mut self, step: &StepSection) -> Option<providers::Action> {
         let name = step.name.get_ref();
         match step.kind.get_ref().as_str() {
             // One arm per provider, like:
             // "haproxy" => self.settings(step, "haproxy", &step.haproxy)?.check(name, self).map(providers::Action::Haproxy),
+            "rfc2136" => self
+                .settings(step, "rfc2136", &step.rfc2136)?
+                .check(name, self)
+                .map(providers::Action::Rfc2136),
             other => {
                 self.error(
                     step.kind.span(),
@@ -1447,7 +1453,6 @@ impl Checker<'_> {
     }
 
     /// The `[runbook.KIND]` table a provider step needs; reports its absence.
-    #[allow(dead_code)]
     fn settings<'s, T>(&mut self, step: &StepSection, kind: &str, table: &'s Option<Spanned<T>>) -> Option<&'s T> {
         match table {
             Some(settings) => Some(settings.get_ref()),
