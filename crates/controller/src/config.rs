@@ -280,6 +280,9 @@ pub struct StepSection {
     /// `webhook`: where to POST the JSON.
     #[serde(default)]
     pub url: Option<Spanned<String>>,
+    /// `haproxy`: its `[runbook.haproxy]` table.
+    #[serde(default)]
+    pub haproxy: Option<Spanned<providers::haproxy::Settings>>,
     /// `rfc2136`: its `[runbook.rfc2136]` table.
     #[serde(default)]
     pub rfc2136: Option<Spanned<providers::rfc2136::Settings>>,
@@ -1437,10 +1440,14 @@ impl Checker<'_> {
         match step.kind.get_ref().as_str() {
             // One arm per provider, like:
             // "haproxy" => self.settings(step, "haproxy", &step.haproxy)?.check(name, self).map(providers::Action::Haproxy),
+            "haproxy" => self
+                .settings(step, "haproxy", &step.haproxy)?
+                .check(name, self)
+                .map(providers::Action::Haproxy),
             "rfc2136" => self
                 .settings(step, "rfc2136", &step.rfc2136)?
                 .check(name, self)
-                .map(providers::Action::Rfc2136),
+                .map(|step| providers::Action::Rfc2136(Box::new(step))),
             other => {
                 self.error(
                     step.kind.span(),

@@ -19,6 +19,7 @@
 //!   retried with bounded, jittered backoff; errors carry the provider's own error text.
 //! - Secrets come from files or environment variables ([`secret`]), never from the TOML.
 
+pub mod haproxy;
 pub mod rfc2136;
 pub mod secret;
 
@@ -84,13 +85,15 @@ pub trait Checker {
 /// Every provider step kind, ready to run. One variant per provider module.
 #[derive(Debug)]
 pub enum Action {
-    Rfc2136(rfc2136::Rfc2136),
+    Haproxy(haproxy::Haproxy),
+    Rfc2136(Box<rfc2136::Rfc2136>),
 }
 
 impl Action {
     /// The step kind's name as written in `kind = "..."`.
     pub fn kind(&self) -> &'static str {
         match self {
+            Action::Haproxy(_) => haproxy::Haproxy::KIND,
             Action::Rfc2136(_) => rfc2136::Rfc2136::KIND,
         }
     }
@@ -98,10 +101,11 @@ impl Action {
     /// Runs one attempt; the caller owns the timeout and the retries.
     pub async fn run(&self, order: &Order) -> Outcome {
         match self {
+            Action::Haproxy(step) => step.run(order).await,
             Action::Rfc2136(step) => step.run(order).await,
         }
     }
 }
 
 /// The step kinds this crate provides, for `kind = "..."` validation and messages.
-pub const KINDS: &[&str] = &[rfc2136::Rfc2136::KIND];
+pub const KINDS: &[&str] = &[haproxy::Haproxy::KIND, rfc2136::Rfc2136::KIND];

@@ -164,11 +164,10 @@ fn canonical_set(values: &[RData]) -> BTreeSet<String> {
 impl Settings {
     /// Checks the settings (every problem reported with its line) and reads the key.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<Rfc2136> {
-        let errors_before = Count::new();
-        let mut ok = true;
+        let failed = std::cell::Cell::new(false);
         let error = |checker: &mut dyn Checker, span: std::ops::Range<usize>, message: String, fix: &str| {
             checker.error(span, message, fix.to_string());
-            errors_before.bump();
+            failed.set(true);
         };
         let server = self.server.get_ref().trim().to_string();
         if let Err(why) = split_server(&server) {
@@ -345,7 +344,7 @@ impl Settings {
                 }
             }
         });
-        ok &= errors_before.get() == 0;
+        let ok = !failed.get();
         let (Ok(zone), Ok(name), Some(record_type), Some(transport), Some(key), true) =
             (zone, name, record_type, transport, key, ok)
         else {
@@ -364,21 +363,6 @@ impl Settings {
             timeout: Duration::from_millis(timeout_ms),
             generation_record,
         })
-    }
-}
-
-/// Counts problems reported while checking (a closure borrows it).
-struct Count(std::cell::Cell<usize>);
-
-impl Count {
-    fn new() -> Count {
-        Count(std::cell::Cell::new(0))
-    }
-    fn bump(&self) {
-        self.0.set(self.0.get() + 1);
-    }
-    fn get(&self) -> usize {
-        self.0.get()
     }
 }
 

@@ -3,4 +3,5 @@
 //! (CI installs them through scripts/install-test-deps.sh).
 
 mod common;
+mod haproxy;
 mod rfc2136;
