@@ -233,6 +233,7 @@ async fn start_lab() -> Lab {
         processes: Default::default(),
         links: BTreeMap::new(),
         process_control: None,
+        providers: Vec::new(),
     };
     Lab {
         deployment,
@@ -470,6 +471,7 @@ async fn the_checker_finds_a_write_removed_from_real_stores() {
         processes: Default::default(),
         links: BTreeMap::new(),
         process_control: None,
+        providers: Vec::new(),
     };
     let deployment = deployment_like(&stores);
     let state = drill::runtime::converge(&http, &deployment, "run-", DEADLINE_MS, &recorder).await;
@@ -560,6 +562,7 @@ async fn deployment_target_drives_the_real_fault_proxy() {
         processes: Default::default(),
         links,
         process_control: None,
+        providers: Vec::new(),
     };
     let target = DeploymentTarget::new(deployment, NoProcessControl);
     let roles = Roles {
@@ -685,6 +688,7 @@ async fn command_process_control_runs_the_commands() {
         processes: Default::default(),
         links: BTreeMap::new(),
         process_control: Some(commands.clone()),
+        providers: Vec::new(),
     };
     let target = DeploymentTarget::new(deployment, CommandProcessControl { commands });
     let roles = Roles {
