@@ -321,10 +321,11 @@ impl Settings {
                 .and_then(|label| label.append_domain(name).ok()),
             (None, true, Err(_)) => None,
         };
-        if let (Some(record), Ok(zone)) = (&generation_record, &zone)
+        // A derived generation record is inside the zone exactly when the name is.
+        if let (Some(record), Ok(zone), Some(set)) = (&generation_record, &zone, &self.generation_record)
             && !zone.zone_of(record)
         {
-            let span = self.generation_record.as_ref().map_or(self.name.span(), Spanned::span);
+            let span = set.span();
             error(
                 checker,
                 span,
