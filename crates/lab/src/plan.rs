@@ -1180,5 +1180,17 @@ mod tests {
             without.notes
         );
         assert_eq!(plan(&options(2)).expect("plan").notes.len(), 0);
+        // Without the controller nothing drives them: they run, but no drill watches them.
+        let quiet = plan(&LabOptions {
+            controller: false,
+            providers: Some(crate::providers::Programs {
+                named: Some(PathBuf::from("/usr/sbin/named")),
+                haproxy: None,
+            }),
+            ..options(2)
+        })
+        .expect("plan");
+        assert!(quiet.components.iter().any(|c| c.name == "bind9"));
+        assert!(!quiet.drill_targets.contains("[[providers]]"));
     }
 }

@@ -171,13 +171,15 @@ fn bind(layout: &Layout<'_>, programs: &Programs, additions: &mut Additions) {
         .enumerate()
         .map(|(i, region)| format!("\"{region}\" = [\"{}\"]", region_ip(i)))
         .collect();
-    if layout.controller {
-        let _ = write!(
-            additions.runbook,
-            "\n# RFC 2136: the same record on the lab's BIND9 primary (`switchyard lab --providers`).\n[[runbook]]\nname = \"bind9\"\nkind = \"rfc2136\"\n\n[runbook.rfc2136]\nserver = \"{address}\"\nzone = \"{ZONE}\"\nname = \"{SHOP_NAME}\"\nttl = 5\nkey = {{ file = \"{TSIG_KEY_FILE}\" }}\n\n[runbook.rfc2136.values]\n{}\n",
-            values.join("\n")
-        );
+    // Without the controller nothing moves the record: nothing for a drill to watch.
+    if !layout.controller {
+        return;
     }
+    let _ = write!(
+        additions.runbook,
+        "\n# RFC 2136: the same record on the lab's BIND9 primary (`switchyard lab --providers`).\n[[runbook]]\nname = \"bind9\"\nkind = \"rfc2136\"\n\n[runbook.rfc2136]\nserver = \"{address}\"\nzone = \"{ZONE}\"\nname = \"{SHOP_NAME}\"\nttl = 5\nkey = {{ file = \"{TSIG_KEY_FILE}\" }}\n\n[runbook.rfc2136.values]\n{}\n",
+        values.join("\n")
+    );
     let _ = write!(
         additions.drill_targets,
         "\n[[providers]]\nname = \"rfc2136\"\nkind = \"dns\"\ndns_server = \"{address}\"\nrecord = \"{SHOP_NAME}\"\n\n[providers.regions]\n{}\n",
@@ -217,14 +219,15 @@ fn haproxy(layout: &Layout<'_>, programs: &Programs, additions: &mut Additions) 
         .iter()
         .map(|region| format!("\"{region}\" = [\"{HAPROXY_BACKEND}/{region}\"]"))
         .collect();
-    if layout.controller {
-        let _ = write!(
-            additions.runbook,
-            "\n# HAProxy's runtime API: the serving region's server ready, the others in maintenance.\n[[runbook]]\nname = \"haproxy\"\nkind = \"haproxy\"\n\n[runbook.haproxy]\nsocket = \"{}\"\nstandby = \"maint\"\n\n[runbook.haproxy.regions]\n{}\n",
-            socket.display(),
-            servers.join("\n")
-        );
+    if !layout.controller {
+        return;
     }
+    let _ = write!(
+        additions.runbook,
+        "\n# HAProxy's runtime API: the serving region's server ready, the others in maintenance.\n[[runbook]]\nname = \"haproxy\"\nkind = \"haproxy\"\n\n[runbook.haproxy]\nsocket = \"{}\"\nstandby = \"maint\"\n\n[runbook.haproxy.regions]\n{}\n",
+        socket.display(),
+        servers.join("\n")
+    );
     let _ = write!(
         additions.drill_targets,
         "\n[[providers]]\nname = \"haproxy\"\nkind = \"haproxy\"\nsocket = \"{}\"\n\n[providers.regions]\n{}\n",

@@ -715,14 +715,13 @@ impl Rfc2136 {
         let signed = tsig::sign(&wire, &self.key, now_s()).map_err(Failure::Retryable)?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let over_udp = match self.transport {
-            Transport::Udp => Some(self.udp(address, &signed, id, deadline).await.map_err(Failure::from)?),
+            Transport::Udp => self.udp(address, &signed, id, deadline).await.map_err(Failure::from)?,
             Transport::Tcp => None,
         };
-        let response = match over_udp {
-            Some(response) if !response.truncated() => response,
-            _ => self.tcp(address, &signed, id, deadline).await.map_err(Failure::from)?,
-        };
-        Ok(response)
+        match over_udp {
+            Some(response) => Ok(response),
+            None => Ok(self.tcp(address, &signed, id, deadline).await.map_err(Failure::from)?),
+        }
     }
 
     fn accept(&self, bytes: &[u8], signed: &tsig::Signed, id: u16) -> Result<Option<Message>, ExchangeError> {
@@ -746,7 +745,7 @@ impl Rfc2136 {
         signed: &tsig::Signed,
         id: u16,
         deadline: tokio::time::Instant,
-    ) -> Result<Message, ExchangeError> {
+    ) -> Result<Option<Message>, ExchangeError> {
         let transient =
             |what: &str, e: std::io::Error| ExchangeError::Transient(format!("{what} {address} over UDP: {e}"));
         let local: SocketAddr = if address.is_ipv4() {
@@ -770,8 +769,14 @@ impl Rfc2136 {
                     Ok(Err(e)) => return Err(transient("receive from", e)),
                     Ok(Ok(n)) => n,
                 };
-                match self.accept(&buffer[..received], signed, id) {
-                    Ok(Some(message)) => return Ok(message),
+                let bytes = &buffer[..received];
+                // Truncated (TC): ask again over TCP, whatever the datagram holds (a forged
+                // one can only make us use TCP).
+                if bytes.len() >= 12 && u16::from_be_bytes([bytes[0], bytes[1]]) == id && bytes[2] & 0x82 == 0x82 {
+                    return Ok(None);
+                }
+                match self.accept(bytes, signed, id) {
+                    Ok(Some(message)) => return Ok(Some(message)),
                     Ok(None) => {}
                     Err(ExchangeError::Key(why)) => return Err(ExchangeError::Key(why)),
                     Err(ExchangeError::Transient(why)) => {
@@ -955,5 +960,104 @@ mod tests {
         assert_eq!(canonical(&one), canonical(&two));
         assert!(parse_value(RecordType::A, "2001:db8::1").is_err());
         assert!(parse_value(RecordType::AAAA, "2001:db8::1").is_ok());
+    }
+
+    /// A fake primary: over UDP it answers every request truncated (TC), over TCP with the
+    /// record; both signed with the key, as a server does.
+    async fn truncating_server(key: Key) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP");
+            let port = udp.local_addr().expect("address").port();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                break (udp, tcp);
+            }
+        };
+        let address = udp.local_addr().expect("address");
+        let (seen, seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        let answer = move |wire: &[u8], truncated: bool| {
+            let (request, mac) = tsig::server::unsigned_request(wire);
+            let request = Message::from_vec(&request).expect("the request parses");
+            let mut response = Message::new();
+            response
+                .set_id(request.id())
+                .set_message_type(MessageType::Response)
+                .set_op_code(OpCode::Query)
+                .set_authoritative(true)
+                .set_truncated(truncated);
+            response.add_queries(request.queries().to_vec());
+            if !truncated {
+                let query = &request.queries()[0];
+                response.add_answer(Record::from_rdata(query.name().clone(), 60, a("192.0.2.2")));
+            }
+            tsig::server::sign_response(&response.to_vec().expect("encodes"), &mac, &key, now_s(), 0)
+        };
+        let udp_answer = answer.clone();
+        let udp_seen = seen.clone();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; MESSAGE_BYTES_MAX];
+            while let Ok((n, from)) = udp.recv_from(&mut buffer).await {
+                let _ = udp_seen.send("udp");
+                let _ = udp.send_to(&udp_answer(&buffer[..n], true), from).await;
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = tcp.accept().await {
+                let _ = seen.send("tcp");
+                let mut length = [0u8; 2];
+                stream.read_exact(&mut length).await.expect("length");
+                let mut wire = vec![0u8; usize::from(u16::from_be_bytes(length))];
+                stream.read_exact(&mut wire).await.expect("request");
+                let response = answer(&wire, false);
+                let mut frame = (response.len() as u16).to_be_bytes().to_vec();
+                frame.extend_from_slice(&response);
+                stream.write_all(&frame).await.expect("answer");
+            }
+        });
+        (address, seen_rx)
+    }
+
+    #[tokio::test]
+    async fn a_truncated_udp_answer_is_asked_again_over_tcp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A=";
+        std::fs::write(dir.path().join("k.key"), secret).expect("write the key");
+        let key = Key::parse(secret, Some("k")).expect("key");
+        let (address, mut seen) = truncating_server(key).await;
+        let text = format!(
+            "server = \"{address}\"\nzone = \"shop.example.\"\nname = \"www.shop.example.\"\nkey = {{ file = \"k.key\" }}\nkey_name = \"k\"\n[values]\n\"eu\" = [\"192.0.2.1\"]\n\"us\" = [\"192.0.2.2\"]\n"
+        );
+        let settings: Settings = toml::from_str(&text).expect("parses");
+        let mut checker = Collect {
+            folder: dir.path().to_path_buf(),
+            regions: ["eu", "us"].iter().map(|r| r.to_string()).collect(),
+            errors: Vec::new(),
+        };
+        let step = settings
+            .check("dns", &mut checker)
+            .unwrap_or_else(|| panic!("{:?}", checker.errors));
+        let name = parse_name("www.shop.example.").expect("name");
+        let values = step.query(address, &name, RecordType::A).await.expect("answered");
+        assert_eq!(canonical_set(&values), canonical_set(&[a("192.0.2.2")]));
+        assert_eq!(seen.recv().await, Some("udp"));
+        assert_eq!(seen.recv().await, Some("tcp"));
+    }
+
+    struct Collect {
+        folder: std::path::PathBuf,
+        regions: BTreeSet<String>,
+        errors: Vec<String>,
+    }
+
+    impl Checker for Collect {
+        fn error(&mut self, _span: std::ops::Range<usize>, message: String, _fix: String) {
+            self.errors.push(message);
+        }
+        fn warn(&mut self, _span: std::ops::Range<usize>, _message: String, _fix: String) {}
+        fn folder(&self) -> &std::path::Path {
+            &self.folder
+        }
+        fn regions(&self) -> &BTreeSet<String> {
+            &self.regions
+        }
     }
 }

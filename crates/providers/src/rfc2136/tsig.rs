@@ -533,6 +533,59 @@ fn display_wire(wire: &[u8]) -> String {
     labels.join(".")
 }
 
+/// What a server does, for fakes in tests: the request's MAC, and a response signed over it.
+#[cfg(test)]
+pub(crate) mod server {
+    use super::*;
+
+    /// The request without its TSIG (ARCOUNT lowered) and the request's MAC.
+    pub fn unsigned_request(wire: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let start = last_record(wire).expect("walk").expect("a TSIG record");
+        let mut position = skip_name(wire, start).expect("owner") + 10;
+        position = skip_name(wire, position).expect("algorithm") + 8;
+        let size = usize::from(u16::from_be_bytes([wire[position], wire[position + 1]]));
+        let mac = wire[position + 2..position + 2 + size].to_vec();
+        let mut message = wire[..start].to_vec();
+        let arcount = u16::from_be_bytes([message[10], message[11]]) - 1;
+        message[10..12].copy_from_slice(&arcount.to_be_bytes());
+        (message, mac)
+    }
+
+    /// `response` (without TSIG) signed over `request_mac`, as RFC 8945 §5.3 has servers do.
+    pub fn sign_response(response: &[u8], request_mac: &[u8], key: &Key, time_signed: u64, error: u16) -> Vec<u8> {
+        let mut response = response.to_vec();
+        let algorithm = wire_name(ALGORITHM).expect("algorithm");
+        let mut mac = key.mac();
+        mac.update(&(request_mac.len() as u16).to_be_bytes());
+        mac.update(request_mac);
+        mac.update(&response);
+        Variables {
+            algorithm: &algorithm,
+            time_signed,
+            fudge: FUDGE_S,
+            error,
+            other: &[],
+        }
+        .digest_into(&key.wire_name, &mut mac);
+        let mac = mac.finalize().into_bytes().to_vec();
+        let mut rdata = algorithm;
+        rdata.extend_from_slice(&time_signed.to_be_bytes()[2..]);
+        rdata.extend_from_slice(&FUDGE_S.to_be_bytes());
+        rdata.extend_from_slice(&(mac.len() as u16).to_be_bytes());
+        rdata.extend_from_slice(&mac);
+        rdata.extend_from_slice(&response[0..2]);
+        rdata.extend_from_slice(&error.to_be_bytes());
+        rdata.extend_from_slice(&0u16.to_be_bytes());
+        let arcount = u16::from_be_bytes([response[10], response[11]]) + 1;
+        response[10..12].copy_from_slice(&arcount.to_be_bytes());
+        response.extend_from_slice(&key.wire_name);
+        response.extend_from_slice(&[0, 250, 0, 255, 0, 0, 0, 0]);
+        response.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        response.extend_from_slice(&rdata);
+        response
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,41 +607,10 @@ mod tests {
     /// A response signed the way a server signs it: request MAC, then the message, then the
     /// variables.
     fn respond(request: &Signed, key: &Key, time_signed: u64, error: u16) -> Vec<u8> {
-        let mut response = request.wire[..request.wire.len() - tsig_len(&request.wire)].to_vec();
+        let (mut response, mac) = server::unsigned_request(&request.wire);
+        assert_eq!(mac, request.mac);
         response[2] |= 0x80;
-        response[10..12].copy_from_slice(&0u16.to_be_bytes());
-        let algorithm = wire_name(ALGORITHM).expect("algorithm");
-        let mut mac = key.mac();
-        mac.update(&(request.mac.len() as u16).to_be_bytes());
-        mac.update(&request.mac);
-        mac.update(&response);
-        Variables {
-            algorithm: &algorithm,
-            time_signed,
-            fudge: FUDGE_S,
-            error,
-            other: &[],
-        }
-        .digest_into(&key.wire_name, &mut mac);
-        let mac = mac.finalize().into_bytes().to_vec();
-        let mut rdata = algorithm;
-        rdata.extend_from_slice(&time_signed.to_be_bytes()[2..]);
-        rdata.extend_from_slice(&FUDGE_S.to_be_bytes());
-        rdata.extend_from_slice(&(mac.len() as u16).to_be_bytes());
-        rdata.extend_from_slice(&mac);
-        rdata.extend_from_slice(&response[0..2]);
-        rdata.extend_from_slice(&error.to_be_bytes());
-        rdata.extend_from_slice(&0u16.to_be_bytes());
-        response[10..12].copy_from_slice(&1u16.to_be_bytes());
-        response.extend_from_slice(&key.wire_name);
-        response.extend_from_slice(&[0, 250, 0, 255, 0, 0, 0, 0]);
-        response.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-        response.extend_from_slice(&rdata);
-        response
-    }
-
-    fn tsig_len(wire: &[u8]) -> usize {
-        wire.len() - last_record(wire).expect("walk").expect("a record")
+        server::sign_response(&response, &request.mac, key, time_signed, error)
     }
 
     #[test]
