@@ -49,6 +49,8 @@ pub const STRAY_DATAGRAMS_MAX: u32 = 64;
 pub const TTL_S_DEFAULT: u32 = 60;
 /// Most values per region.
 pub const VALUES_MAX: usize = 16;
+/// Longest TTL accepted for the record (a week; failover wants short ones).
+pub const TTL_S_MAX: u32 = 604_800;
 /// The generation record's first label, before the record's name.
 pub const GENERATION_LABEL: &str = "_switchyard-generation";
 
@@ -333,6 +335,15 @@ impl Settings {
                 "pick a name inside the zone",
             );
         }
+        let ttl = *self.ttl.get_ref();
+        if ttl > TTL_S_MAX {
+            error(
+                checker,
+                self.ttl.span(),
+                format!("rfc2136 step '{step}': ttl = {ttl} is longer than {TTL_S_MAX} s"),
+                "use a short TTL (60 s or less) so clients follow a failover soon",
+            );
+        }
         let what = format!("rfc2136 step '{step}' key");
         let secret = self.key.get_ref().resolve(self.key.span(), &what, checker);
         let key = secret.and_then(|secret| {
@@ -357,7 +368,7 @@ impl Settings {
             zone,
             name,
             record_type,
-            ttl: *self.ttl.get_ref(),
+            ttl,
             values,
             key,
             transport,
