@@ -538,7 +538,8 @@ impl Rfc2136 {
 
     /// The second half of [`Rfc2136::run`]: decides from `observed` (what was read), updates on
     /// condition that the server still holds it, verifies. Public so a test can play a
-    /// controller that read before another one wrote.
+    /// controller that read before another one wrote. `observed` must be a reading of the
+    /// primary: when it already shows the target, that reading is the verification.
     pub async fn apply(&self, order: &Order, address: SocketAddr, observed: &Observed) -> Outcome {
         let target = self.values.get(&order.to).ok_or_else(|| {
             Failure::Refused(format!(

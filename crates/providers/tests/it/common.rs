@@ -44,15 +44,19 @@ pub fn installed(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// Tries at finding a port free for both TCP and UDP.
+const FREE_PORT_TRIES_MAX: usize = 100;
+
 /// A loopback port free for TCP and UDP at the moment of asking.
 pub fn free_port() -> u16 {
-    loop {
+    for _ in 0..FREE_PORT_TRIES_MAX {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
         let port = tcp.local_addr().expect("local address").port();
         if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no loopback port free for both TCP and UDP in {FREE_PORT_TRIES_MAX} tries");
 }
 
 /// Polls `condition` until it holds, at most `limit`; panics with `what` when it never does.
