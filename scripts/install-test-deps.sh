@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 declare -A PACKAGES=(
   [openssl]=openssl
   [named]=bind9
+  [tsig-keygen]=bind9-utils
   [pg_ctlcluster]=postgresql
   [mariadbd]=mariadb-server
   [redis-server]=redis-server

@@ -284,6 +284,12 @@ pub struct StepSection {
     pub cloudflare: Option<Spanned<providers::cloudflare::Settings>>,
     #[serde(default)]
     pub digitalocean: Option<Spanned<providers::digitalocean::Settings>>,
+    /// `haproxy`: its `[runbook.haproxy]` table.
+    #[serde(default)]
+    pub haproxy: Option<Spanned<providers::haproxy::Settings>>,
+    /// `rfc2136`: its `[runbook.rfc2136]` table.
+    #[serde(default)]
+    pub rfc2136: Option<Spanned<providers::rfc2136::Settings>>,
 }
 
 fn default_step_timeout_ms() -> Spanned<u64> {
@@ -1432,7 +1438,6 @@ impl Checker<'_> {
 
     /// Checks a provider step's `[runbook.KIND]` table and builds its action; `None` after
     /// reporting a problem.
-    #[allow(clippy::match_single_binding)] // until the first provider's arm lands
     fn provider_action(&mut self, step: &StepSection) -> Option<providers::Action> {
         let name = step.name.get_ref();
         match step.kind.get_ref().as_str() {
@@ -1458,6 +1463,14 @@ impl Checker<'_> {
                 }
                 Some(providers::Action::DigitalOcean(action))
             }
+            "haproxy" => self
+                .settings(step, "haproxy", &step.haproxy)?
+                .check(name, self)
+                .map(providers::Action::Haproxy),
+            "rfc2136" => self
+                .settings(step, "rfc2136", &step.rfc2136)?
+                .check(name, self)
+                .map(|step| providers::Action::Rfc2136(Box::new(step))),
             other => {
                 self.error(
                     step.kind.span(),
@@ -1470,7 +1483,6 @@ impl Checker<'_> {
     }
 
     /// The `[runbook.KIND]` table a provider step needs; reports its absence.
-    #[allow(dead_code)]
     fn settings<'s, T>(&mut self, step: &StepSection, kind: &str, table: &'s Option<Spanned<T>>) -> Option<&'s T> {
         match table {
             Some(settings) => Some(settings.get_ref()),

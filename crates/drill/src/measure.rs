@@ -43,6 +43,13 @@ pub enum EventKind {
     ReplicationLag { lag_ms: Option<u64> },
     /// Anything else worth a marker on the chart.
     Note { text: String },
+    /// What a provider the runbook acts on (a DNS primary, HAProxy) shows, when it changed
+    /// (and the first reading): the region it points at, if exactly one, and what was read.
+    Provider {
+        provider: String,
+        region: Option<String>,
+        state: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +134,63 @@ pub struct Measurements {
     /// The smallest gap between two successive queries of one client that got answers, and the
     /// TTL the first of them carried: a client honouring TTLs keeps the gap ≥ the TTL.
     pub client_requery_gap_ms_min: Option<(u64, u32)>,
+    /// Each watched provider: where it pointed at the fault and when it switched.
+    #[serde(default)]
+    pub providers: Vec<ProviderMeasure>,
+}
+
+/// One provider's switch: fault → the first reading pointing at another region.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderMeasure {
+    pub provider: String,
+    pub before: Option<String>,
+    pub switched_to: Option<String>,
+    pub rto_ms: Option<u64>,
+}
+
+/// Per provider (in order of first reading): the region it pointed at when the fault began,
+/// and the first reading after it that points at another region.
+pub fn provider_switches(events: &[Event], fault_ms: Option<u64>) -> Vec<ProviderMeasure> {
+    let mut order: Vec<&str> = Vec::new();
+    for event in events {
+        if let EventKind::Provider { provider, .. } = &event.kind
+            && !order.contains(&provider.as_str())
+        {
+            order.push(provider);
+        }
+    }
+    order
+        .into_iter()
+        .map(|name| {
+            let readings: Vec<(u64, Option<&String>)> = events
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EventKind::Provider { provider, region, .. } if provider == name => {
+                        Some((e.at_ms, region.as_ref()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let mut measure = ProviderMeasure {
+                provider: name.to_string(),
+                ..ProviderMeasure::default()
+            };
+            let Some(fault) = fault_ms else { return measure };
+            measure.before = readings
+                .iter()
+                .rev()
+                .find(|(at, _)| *at <= fault)
+                .and_then(|(_, region)| region.cloned());
+            if let Some((at, region)) = readings
+                .iter()
+                .find(|(at, region)| *at >= fault && region.is_some() && region.cloned() != measure.before)
+            {
+                measure.rto_ms = Some(at - fault);
+                measure.switched_to = region.cloned();
+            }
+            measure
+        })
+        .collect()
 }
 
 fn sorted(answer: &[String]) -> Vec<String> {
@@ -325,6 +389,8 @@ pub fn measure(history: &History, events: &[Event], params: &MeasureParams) -> M
     if !params.expects_failover {
         m.false_failovers = m.failovers;
     }
+
+    m.providers = provider_switches(events, m.fault_ms);
 
     // Replication.
     m.lag_max_ms = events

@@ -411,6 +411,7 @@ pub fn render_html(report: &Report) -> String {
                 format!("controller: active {region}, generation {generation}")
             }
             EventKind::Note { text } => text.clone(),
+            EventKind::Provider { provider, state, .. } => format!("{provider}: {state}"),
         };
         let _ = write!(
             html,

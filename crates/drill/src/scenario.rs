@@ -726,6 +726,20 @@ pub fn evaluate(
             measured.rto_99_ms.is_some_and(|v| v <= max),
         );
     }
+    if e.failover == FailoverExpectation::Required {
+        // Every provider the runbook drives must have followed the failover.
+        for provider in &measured.providers {
+            push(
+                &format!("RTO({})", provider.provider),
+                format!("{} points at another region after the fault", provider.provider),
+                match (&provider.switched_to, provider.rto_ms) {
+                    (Some(region), Some(rto)) => format!("{} ({region})", ms(Some(rto))),
+                    _ => format!("unchanged ({})", provider.before.as_deref().unwrap_or("no region")),
+                },
+                provider.rto_ms.is_some(),
+            );
+        }
+    }
     if let Some(max) = e.region_changes_max {
         push(
             "active-region changes while the fault lasts",

@@ -12,8 +12,10 @@
 //! Must not depend on the crates of the components it runs: it knows them only as command
 //! lines, ready files and addresses.
 
+pub mod exec;
 pub mod netns;
 pub mod plan;
+pub mod providers;
 pub mod run;
 pub mod state;
 pub mod supervisor;

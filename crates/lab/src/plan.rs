@@ -54,6 +54,9 @@ pub struct LabOptions {
     /// its own, joined to the lab by a veth pair, so `lab ctl cut-network` cuts a real link
     /// (Linux, root, iproute2).
     pub netns: bool,
+    /// `--providers`: also BIND9 and HAProxy (those installed), driven by the runbook's
+    /// `rfc2136` and `haproxy` steps.
+    pub providers: Option<crate::providers::Programs>,
 }
 
 /// One region's network namespace (with `--netns`): the region's processes listen on
@@ -117,6 +120,12 @@ pub struct Plan {
     /// fills with fresh random hex before starting, unless they exist: a plan is pure, so it
     /// names them and `run` makes them.
     pub secrets: Vec<PathBuf>,
+    /// TSIG key files (path, key name) `run` makes with a fresh secret unless they exist.
+    pub tsig_keys: Vec<(PathBuf, String)>,
+    /// Files of an earlier run `run` removes before starting (a BIND9 journal, a socket).
+    pub stale: Vec<PathBuf>,
+    /// What `--providers` could not start and how to fix it, printed at start.
+    pub notes: Vec<String>,
 }
 
 /// What `switchyard drill --lab DIR` reads to find and break the lab.
@@ -216,6 +225,14 @@ impl Ports {
     }
     fn dns_admin(&self) -> u16 {
         self.base + 3
+    }
+    /// `--providers`: BIND9 (UDP and TCP).
+    fn bind(&self) -> u16 {
+        self.base + 4
+    }
+    /// `--providers`: HAProxy's frontend.
+    fn haproxy(&self) -> u16 {
+        self.base + 5
     }
     /// The shop's port on every region's load-balancer address.
     fn shop(&self) -> u16 {
@@ -605,6 +622,24 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         ],
     ));
 
+    let additions = match &options.providers {
+        Some(programs) => crate::providers::additions(
+            &crate::providers::Layout {
+                dir,
+                regions,
+                shop_port: ports.shop(),
+                bind_port: ports.bind(),
+                haproxy_port: ports.haproxy(),
+                controller: options.controller,
+            },
+            programs,
+        ),
+        None => crate::providers::Additions::default(),
+    };
+    files.extend(additions.files);
+    components.extend(additions.components);
+    bound.extend(additions.bound);
+
     if options.controller {
         let vantages: Vec<String> = std::iter::once("controller".to_string())
             .chain((1..=AGENTS).map(|n| format!("agent-{n}")))
@@ -683,6 +718,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             "\n[dns]\nadmin_url = \"{}\"\ntoken_file = \"{DNS_TOKEN_FILE}\"\ntxt_name = \"_active-region.{ZONE}\"\n\n[[runbook]]\nname = \"dns\"\nkind = \"dns_health\"\n\n[[runbook]]\nname = \"txt\"\nkind = \"dns_txt\"\n\n[[runbook]]\nname = \"pointer\"\nkind = \"pointer\"\n",
             url(ports.dns_admin())
         );
+        text.push_str(&additions.runbook);
         let path = config.join("controller.toml");
         files.push(LabFile {
             path: path.clone(),
@@ -736,13 +772,16 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     }
     bound.retain(|(_, address)| checkable(address));
     Ok(Plan {
-        drill_targets: drill_targets(options, &ports, regions, &hosts),
+        drill_targets: drill_targets(options, &ports, regions, &hosts) + &additions.drill_targets,
         files,
         components,
         ports: bound,
         try_lines,
         networks: hosts.nets,
         secrets,
+        tsig_keys: additions.tsig_keys,
+        stale: additions.stale,
+        notes: additions.notes,
     })
 }
 
@@ -789,6 +828,7 @@ mod tests {
             base_port: BASE_PORT_DEFAULT,
             controller: true,
             netns: false,
+            providers: None,
         }
     }
 
@@ -1073,5 +1113,84 @@ mod tests {
         high.base_port = 65_400;
         let error = plan(&high).expect_err("too high");
         assert!(error.to_string().contains("65400"), "{error}");
+    }
+
+    #[test]
+    fn providers_add_bind9_and_haproxy_with_their_steps_and_drill_targets() {
+        let programs = crate::providers::Programs {
+            named: Some(PathBuf::from("/usr/sbin/named")),
+            haproxy: Some(PathBuf::from("/usr/sbin/haproxy")),
+        };
+        let with = plan(&LabOptions {
+            providers: Some(programs),
+            ..options(2)
+        })
+        .expect("plan");
+        let names: Vec<&str> = with.components.iter().map(|c| c.name.as_str()).collect();
+        let controller = names.iter().position(|n| *n == "controller").expect("controller");
+        for provider in ["bind9", "haproxy"] {
+            let at = names.iter().position(|n| *n == provider).expect(provider);
+            assert!(at < controller, "{provider} starts before the controller acts on it");
+        }
+        let bind = with.components.iter().find(|c| c.name == "bind9").expect("bind9");
+        assert_eq!(&bind.args[..2], ["lab", "exec"]);
+        assert!(bind.args.contains(&"--program".to_string()) && bind.args.contains(&"/usr/sbin/named".to_string()));
+        let controller_toml = with
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("controller.toml"))
+            .expect("controller config");
+        assert!(controller_toml.contents.contains("kind = \"rfc2136\""));
+        assert!(
+            controller_toml
+                .contents
+                .contains("\"eu-west-1\" = [\"shop/eu-west-1\"]")
+        );
+        assert!(with.drill_targets.contains("[[providers]]\nname = \"rfc2136\""));
+        assert!(with.drill_targets.contains("kind = \"haproxy\""));
+        assert_eq!(with.tsig_keys.len(), 1);
+        assert!(with.notes.is_empty());
+        let ports: Vec<&str> = with.ports.iter().map(|(_, a)| a.as_str()).collect();
+        let mut unique = ports.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "no port planned twice: {ports:?}");
+
+        let without = plan(&LabOptions {
+            providers: Some(crate::providers::Programs::default()),
+            ..options(2)
+        })
+        .expect("plan");
+        assert!(
+            !without
+                .components
+                .iter()
+                .any(|c| c.name == "bind9" || c.name == "haproxy")
+        );
+        assert!(!without.drill_targets.contains("[[providers]]"));
+        assert_eq!(without.notes.len(), 2);
+        assert!(
+            without.notes[0].contains("apt-get install bind9"),
+            "{:?}",
+            without.notes
+        );
+        assert!(
+            without.notes[1].contains("apt-get install haproxy"),
+            "{:?}",
+            without.notes
+        );
+        assert_eq!(plan(&options(2)).expect("plan").notes.len(), 0);
+        // Without the controller nothing drives them: they run, but no drill watches them.
+        let quiet = plan(&LabOptions {
+            controller: false,
+            providers: Some(crate::providers::Programs {
+                named: Some(PathBuf::from("/usr/sbin/named")),
+                haproxy: None,
+            }),
+            ..options(2)
+        })
+        .expect("plan");
+        assert!(quiet.components.iter().any(|c| c.name == "bind9"));
+        assert!(!quiet.drill_targets.contains("[[providers]]"));
     }
 }

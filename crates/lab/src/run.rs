@@ -136,6 +136,26 @@ async fn run_plan(
             write_secret(secret, &random_hex())?;
         }
     }
+    for (path, name) in &plan.tsig_keys {
+        if !path.exists() {
+            write_secret(path, &tsig_key(name))?;
+        }
+    }
+    for stale in &plan.stale {
+        match std::fs::remove_file(stale) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(LabError::Io {
+                    what: format!("remove {}", stale.display()),
+                    source: error,
+                });
+            }
+            _ => {}
+        }
+    }
+    for note in &plan.notes {
+        tracing::warn!("{note}");
+        let _ = writeln!(out, "{note}");
+    }
     supervisor.expect_components(plan.components.len())?;
     tokio::pin!(shutdown);
     for spec in plan.components.clone() {
@@ -392,7 +412,20 @@ fn write_secret(path: &Path, contents: &str) -> Result<(), LabError> {
         })
 }
 
+/// A TSIG key statement as BIND's `tsig-keygen -a hmac-sha256 NAME` writes it, fresh secret.
+fn tsig_key(name: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "key \"{name}\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{}\";\n}};\n",
+        base64::engine::general_purpose::STANDARD.encode(random_bytes())
+    )
+}
+
 fn random_hex() -> String {
+    random_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_bytes() -> [u8; 32] {
     use std::io::Read;
     let mut bytes = [0u8; 32];
     let from_os = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
@@ -404,7 +437,7 @@ fn random_hex() -> String {
             *byte = (nanos >> ((index % 16) * 8)) as u8 ^ (std::process::id() >> (index % 4 * 8)) as u8;
         }
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes
 }
 
 #[cfg(test)]

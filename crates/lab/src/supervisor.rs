@@ -58,6 +58,11 @@ pub fn exit_with_supervisor() -> bool {
                         supervisor_pid = supervisor,
                         "the lab supervisor is gone (killed?); exiting so nothing runs orphaned"
                     );
+                    // A component leads its own process group: take what it started (the
+                    // program `lab exec` runs) along.
+                    if rustix::process::getpgrp() == rustix::process::getpid() {
+                        let _ = rustix::process::kill_current_process_group(Signal::TERM);
+                    }
                     std::process::exit(70);
                 }
             }

@@ -24,6 +24,8 @@ pub mod cas;
 pub mod cloudflare;
 pub mod digitalocean;
 pub mod rest;
+pub mod haproxy;
+pub mod rfc2136;
 pub mod secret;
 
 use std::collections::BTreeSet;
@@ -90,6 +92,8 @@ pub trait Checker {
 pub enum Action {
     Cloudflare(cloudflare::Cloudflare),
     DigitalOcean(digitalocean::DigitalOcean),
+    Haproxy(haproxy::Haproxy),
+    Rfc2136(Box<rfc2136::Rfc2136>),
 }
 
 impl Action {
@@ -98,6 +102,8 @@ impl Action {
         match self {
             Action::Cloudflare(_) => "cloudflare",
             Action::DigitalOcean(_) => "digitalocean",
+            Action::Haproxy(_) => haproxy::Haproxy::KIND,
+            Action::Rfc2136(_) => rfc2136::Rfc2136::KIND,
         }
     }
 
@@ -106,9 +112,16 @@ impl Action {
         match self {
             Action::Cloudflare(step) => step.run(order).await,
             Action::DigitalOcean(step) => step.run(order).await,
+            Action::Haproxy(step) => step.run(order).await,
+            Action::Rfc2136(step) => step.run(order).await,
         }
     }
 }
 
 /// The step kinds this crate provides, for `kind = "..."` validation and messages.
-pub const KINDS: &[&str] = &["cloudflare", "digitalocean"];
+pub const KINDS: &[&str] = &[
+    "cloudflare",
+    "digitalocean",
+    haproxy::Haproxy::KIND,
+    rfc2136::Rfc2136::KIND,
+];

@@ -26,6 +26,12 @@ pub struct LabArgs {
     /// packets vanish, connections time out. Linux, root and iproute2 (`ip netns`) only.
     #[arg(long)]
     netns: bool,
+    /// Also run the infrastructure the controller's provider steps drive, on loopback: a BIND9
+    /// primary of the lab's zone with a TSIG key (`rfc2136` step) and HAProxy in front of every
+    /// region's shops with its runtime API on a socket (`haproxy` step). Those not installed
+    /// are left out, with the command that installs them.
+    #[arg(long)]
+    providers: bool,
     /// Do not start anything: check the lab in --dir, print its table, and exit 0 when every
     /// component is up, 1 with the reason otherwise.
     #[arg(long)]
@@ -37,6 +43,26 @@ enum LabCommand {
     /// Faults on a running lab, carried out by its supervisor: kill (kill -9), stop (SIGSTOP),
     /// cont (SIGCONT), restart a component; cut-network / heal-network a region (--netns labs).
     Ctl(CtlArgs),
+    /// Runs an outside program as a lab component (used by the lab itself for BIND9 and
+    /// HAProxy): ready once it accepts TCP connections, stopped with the component.
+    #[command(hide = true)]
+    Exec(ExecArgs),
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    /// Ready once this address accepts TCP connections.
+    #[arg(long)]
+    ready_tcp: std::net::SocketAddr,
+    /// The program to run.
+    #[arg(long)]
+    program: PathBuf,
+    /// One argument of the program (repeat, in order).
+    #[arg(long = "arg", allow_hyphen_values = true)]
+    args: Vec<String>,
+    /// Written with the address once the program is ready.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -68,6 +94,19 @@ enum CtlAction {
 }
 
 pub async fn run(args: LabArgs) -> anyhow::Result<()> {
+    if let Some(LabCommand::Exec(exec)) = args.command {
+        let options = lab::exec::ExecOptions {
+            program: exec.program,
+            args: exec.args,
+            ready_tcp: exec.ready_tcp,
+            ready_file: exec.ready_file,
+        };
+        return match lab::exec::exec(&options, crate::shutdown_signal()).await {
+            Ok(0) => Ok(()),
+            Ok(code) => bail!("{} exited with code {code}", options.program.display()),
+            Err(reason) => bail!("{reason}"),
+        };
+    }
     if let Some(LabCommand::Ctl(ctl)) = args.command {
         let action = match ctl.action {
             CtlAction::Kill => lab::Action::Kill,
@@ -100,6 +139,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         base_port: args.base_port,
         controller: !args.no_controller,
         netns: args.netns,
+        providers: args.providers.then(lab::providers::Programs::find),
     };
     lab::run(&options, crate::shutdown_signal(), &mut std::io::stdout()).await?;
     Ok(())

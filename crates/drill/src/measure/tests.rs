@@ -219,3 +219,32 @@ fn client_requery_gap_shows_ttl_honouring() {
         "an empty answer is not cached"
     );
 }
+
+#[test]
+fn a_provider_switch_is_timed_from_the_fault() {
+    let provider = |at_ms: u64, region: Option<&str>| Event {
+        at_ms,
+        kind: EventKind::Provider {
+            provider: "haproxy".into(),
+            region: region.map(String::from),
+            state: String::new(),
+        },
+    };
+    let events = vec![
+        provider(100, Some("us")),
+        Event {
+            at_ms: 1_000,
+            kind: EventKind::FaultStart,
+        },
+        provider(1_500, None),
+        provider(2_300, Some("eu")),
+        provider(9_000, Some("us")),
+    ];
+    let switches = provider_switches(&events, Some(1_000));
+    assert_eq!(switches.len(), 1);
+    assert_eq!(switches[0].before.as_deref(), Some("us"));
+    assert_eq!(switches[0].switched_to.as_deref(), Some("eu"));
+    assert_eq!(switches[0].rto_ms, Some(1_300));
+    let unchanged = provider_switches(&events[..3], Some(1_000));
+    assert_eq!(unchanged[0].rto_ms, None);
+}

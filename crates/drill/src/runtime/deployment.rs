@@ -72,6 +72,51 @@ pub struct Deployment {
     pub links: BTreeMap<String, LinkNames>,
     #[serde(default)]
     pub process_control: Option<ProcessCommands>,
+    /// Infrastructure the controller's runbook acts on (a DNS primary, HAProxy): the drill
+    /// watches each and reports when it switched (RTO per provider).
+    #[serde(default)]
+    pub providers: Vec<ProviderWatch>,
+}
+
+/// One provider to watch, and how to tell which region it points at.
+///
+/// ```toml
+/// [[providers]]
+/// name = "rfc2136"                 # as the report shows it
+/// kind = "dns"                     # A records of `record` at `dns_server` (UDP)
+/// dns_server = "127.0.0.1:17004"
+/// record = "www.shop.example."
+/// [providers.regions]              # region → the addresses that mean "this region"
+/// "us-east-1" = ["127.0.0.11"]
+///
+/// [[providers]]
+/// name = "haproxy"
+/// kind = "haproxy"                 # `show servers state` on a stats socket
+/// socket = "/srv/lab/run/haproxy.sock"   # or address = "127.0.0.1:9999"
+/// [providers.regions]              # region → its servers: it is pointed at when they alone are ready
+/// "us-east-1" = ["shop/us-east-1"]
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderWatch {
+    pub name: String,
+    pub kind: ProviderKind,
+    #[serde(default)]
+    pub dns_server: Option<SocketAddr>,
+    #[serde(default)]
+    pub record: Option<String>,
+    #[serde(default)]
+    pub socket: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub address: Option<String>,
+    pub regions: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Dns,
+    Haproxy,
 }
 
 /// One proxy name, or several when a link runs over several proxies (a load balancer's link
@@ -216,6 +261,30 @@ impl Deployment {
         }
         for key in self.links.keys() {
             parse_link_key(key)?;
+        }
+        for (i, provider) in self.providers.iter().enumerate() {
+            if self.providers[..i].iter().any(|p| p.name == provider.name) {
+                return Err(format!(
+                    "provider '{}' is listed twice; give each a name of its own",
+                    provider.name
+                ));
+            }
+            let ready = match provider.kind {
+                ProviderKind::Dns => provider.dns_server.is_some() && provider.record.is_some(),
+                ProviderKind::Haproxy => provider.socket.is_some() != provider.address.is_some(),
+            };
+            if !ready {
+                return Err(format!(
+                    "provider '{}': kind dns needs dns_server and record; kind haproxy needs one of socket and address",
+                    provider.name
+                ));
+            }
+            if let Some(unknown) = provider.regions.keys().find(|r| self.region(r).is_none()) {
+                return Err(format!(
+                    "provider '{}' names region '{unknown}', which [[regions]] does not list",
+                    provider.name
+                ));
+            }
         }
         if self.table.is_empty() || self.table.len() > 255 {
             return Err(format!("table '{}' must be 1 to 255 characters", self.table));

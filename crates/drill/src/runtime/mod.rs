@@ -9,6 +9,7 @@
 pub mod deployment;
 pub mod dynamo;
 pub mod http;
+pub mod providers;
 pub mod recorder;
 pub mod resolver;
 pub mod target;
@@ -181,6 +182,9 @@ pub async fn run<T: FaultTarget>(
     tasks.spawn(workload::lag_sampler(Arc::clone(&ctx)));
     if let Some(url) = &deployment.controller_url {
         tasks.spawn(workload::controller_watcher(Arc::clone(&ctx), url.clone()));
+    }
+    for provider in &deployment.providers {
+        tasks.spawn(providers::watch(Arc::clone(&ctx), provider.clone()));
     }
     for (index, (region, url)) in stores.iter().enumerate() {
         tasks.spawn(workload::writer(

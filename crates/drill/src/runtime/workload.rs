@@ -62,7 +62,7 @@ impl Context {
     }
 
     /// Sleeps `ms` or until stopped; false when stopped.
-    async fn pause(&self, ms: u64) -> bool {
+    pub(crate) async fn pause(&self, ms: u64) -> bool {
         let mut stop = self.stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(ms)) => !self.stopped(),

@@ -323,3 +323,40 @@ fn region_isolation_cuts_the_primary_network_and_heals_it() {
         "no failover fails the drill"
     );
 }
+
+#[test]
+fn region_outage_fails_when_a_provider_did_not_switch() {
+    let scenario = by_name("region-outage").expect("exists");
+    let clean = CheckResult::default();
+    let mut m = measured(1, Some(4_000), Some(9_500));
+    m.providers = vec![
+        crate::measure::ProviderMeasure {
+            provider: "rfc2136".into(),
+            before: Some("us".into()),
+            switched_to: Some("eu".into()),
+            rto_ms: Some(1_200),
+        },
+        crate::measure::ProviderMeasure {
+            provider: "haproxy".into(),
+            before: Some("us".into()),
+            switched_to: None,
+            rto_ms: None,
+        },
+    ];
+    let results = evaluate(&scenario, &m, &clean, 5);
+    let found = |name: &str| {
+        results
+            .iter()
+            .find(|r| r.name == name)
+            .expect("an expectation per provider")
+    };
+    assert!(found("RTO(rfc2136)").passed && found("RTO(rfc2136)").actual.contains("eu"));
+    assert!(!found("RTO(haproxy)").passed && found("RTO(haproxy)").actual.contains("unchanged (us)"));
+    // A scenario that forbids failover does not ask the providers to move.
+    let quiet = by_name("vantage-partition").expect("exists");
+    assert!(
+        evaluate(&quiet, &m, &clean, 5)
+            .iter()
+            .all(|r| !r.name.starts_with("RTO(rfc"))
+    );
+}

@@ -234,6 +234,7 @@ async fn start_lab() -> Lab {
         processes: Default::default(),
         links: BTreeMap::new(),
         process_control: None,
+        providers: Vec::new(),
     };
     Lab {
         deployment,
@@ -471,6 +472,7 @@ async fn the_checker_finds_a_write_removed_from_real_stores() {
         processes: Default::default(),
         links: BTreeMap::new(),
         process_control: None,
+        providers: Vec::new(),
     };
     let deployment = deployment_like(&stores);
     let state = drill::runtime::converge(&http, &deployment, "run-", DEADLINE_MS, &recorder).await;
@@ -561,6 +563,7 @@ async fn deployment_target_drives_the_real_fault_proxy() {
         processes: Default::default(),
         links,
         process_control: None,
+        providers: Vec::new(),
     };
     let target = DeploymentTarget::new(deployment, NoProcessControl);
     let roles = Roles {
@@ -686,6 +689,7 @@ async fn command_process_control_runs_the_commands() {
         processes: Default::default(),
         links: BTreeMap::new(),
         process_control: Some(commands.clone()),
+        providers: Vec::new(),
     };
     let target = DeploymentTarget::new(deployment, CommandProcessControl { commands });
     let roles = Roles {

@@ -1,7 +1,13 @@
 //! Integration tests of the providers crate: each provider's step against a server that
-//! speaks its API (real servers where one installs locally, documented-shape fakes where none
-//! exists), driven through `Settings::check` and `run` as the controller drives them.
+//! speaks its API, driven through `Settings::check` and `run` as the controller drives them:
+//! real servers where one installs locally (BIND9, HAProxy; started by the tests on loopback; a
+//! test whose server is not installed says so and passes — CI installs them through
+//! scripts/install-test-deps.sh), documented-shape fakes where none exists (Cloudflare,
+//! DigitalOcean).
 
 mod cloudflare;
+mod common;
 mod digitalocean;
 mod fake;
+mod haproxy;
+mod rfc2136;

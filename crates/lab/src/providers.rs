@@ -1,0 +1,237 @@
+//! `switchyard lab --providers`: next to Switchyard's own DNS, the lab runs the infrastructure
+//! users already have and puts the controller's provider steps in its runbook:
+//! - **BIND9** (`named`), the primary of the lab's zone with a TSIG key, updated by an
+//!   `rfc2136` step;
+//! - **HAProxy** in front of every region's shops (one server per region, the region's front
+//!   door), its runtime API on a unix socket, driven by a `haproxy` step.
+//!
+//! Each is a [`Kit`]: the programs it needs (found on `PATH` or in /usr/sbin; a kit whose
+//! programs are missing is left out and the lab says how to install them), its files, its
+//! components, its runbook step and what `drill-targets.toml` needs to watch it. Pure, like
+//! the plan. To add another (moto as the AWS API for `route53` / `ssm_parameter` steps),
+//! write a function like [`bind`] and list it in [`kits`].
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::plan::{LabFile, SHOP_NAME, ZONE, region_ip};
+use crate::supervisor::ComponentSpec;
+
+/// The TSIG key the lab's BIND9 and controller share.
+pub const TSIG_KEY_NAME: &str = "switchyard-lab";
+/// Its file, in the config folder (written by `run` with a fresh secret unless it exists).
+pub const TSIG_KEY_FILE: &str = "bind-tsig.key";
+/// HAProxy's runtime API socket, in the lab directory.
+pub const HAPROXY_SOCKET: &str = "run/haproxy.sock";
+/// HAProxy's backend of the shops.
+pub const HAPROXY_BACKEND: &str = "shop";
+
+/// Programs the kits need, where installed (the binary looks them up; the plan stays pure).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Programs {
+    pub named: Option<PathBuf>,
+    pub haproxy: Option<PathBuf>,
+}
+
+impl Programs {
+    /// Looks the programs up on `PATH` and in the sbin folders (where Debian installs servers).
+    pub fn find() -> Programs {
+        Programs {
+            named: find_program("named"),
+            haproxy: find_program("haproxy"),
+        }
+    }
+}
+
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Where the lab's pieces are, as the kits need them.
+pub(crate) struct Layout<'a> {
+    pub dir: &'a Path,
+    pub regions: &'a [&'a str],
+    pub shop_port: u16,
+    pub bind_port: u16,
+    pub haproxy_port: u16,
+    /// The controller runs (the steps go into its runbook).
+    pub controller: bool,
+}
+
+/// What the kits add to a plan.
+#[derive(Default)]
+pub(crate) struct Additions {
+    pub files: Vec<LabFile>,
+    pub components: Vec<ComponentSpec>,
+    pub bound: Vec<(String, String)>,
+    /// `[[runbook]]` steps for the controller's file.
+    pub runbook: String,
+    /// `[[providers]]` for `drill-targets.toml`.
+    pub drill_targets: String,
+    /// TSIG key files to make (path, key name).
+    pub tsig_keys: Vec<(PathBuf, String)>,
+    /// Files from an earlier run to remove before starting.
+    pub stale: Vec<PathBuf>,
+    /// What could not be started, and how to fix it.
+    pub notes: Vec<String>,
+}
+
+type Kit = fn(&Layout<'_>, &Programs, &mut Additions);
+
+/// Every kit, in start order.
+pub(crate) fn kits() -> Vec<Kit> {
+    vec![bind, haproxy]
+}
+
+pub(crate) fn additions(layout: &Layout<'_>, programs: &Programs) -> Additions {
+    let mut additions = Additions::default();
+    for kit in kits() {
+        kit(layout, programs, &mut additions);
+    }
+    additions
+}
+
+/// A component running an outside program through `switchyard lab exec`, which waits until
+/// `ready` accepts TCP connections and takes the program down with it.
+fn external(name: &str, kind: &str, program: &Path, args: &[String], ready: &str) -> ComponentSpec {
+    let mut wrapper = vec![
+        "lab".to_string(),
+        "exec".to_string(),
+        "--ready-tcp".to_string(),
+        ready.to_string(),
+        "--program".to_string(),
+        program.display().to_string(),
+    ];
+    for arg in args {
+        wrapper.push(format!("--arg={arg}"));
+    }
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    ComponentSpec::subcommand(name, kind, &wrapper)
+}
+
+fn missing(kit: &str, program: &str, package: &str) -> String {
+    format!(
+        "--providers: {kit} not started: {program} is not installed; install it with `apt-get install {package}` (or ./scripts/install-test-deps.sh) and start the lab again"
+    )
+}
+
+/// BIND9 as the zone's primary, updatable with the lab's TSIG key.
+fn bind(layout: &Layout<'_>, programs: &Programs, additions: &mut Additions) {
+    let Some(named) = &programs.named else {
+        additions.notes.push(missing("BIND9 (rfc2136)", "named", "bind9"));
+        return;
+    };
+    let config = layout.dir.join("config");
+    let data = layout.dir.join("data").join("bind");
+    let zone_name = ZONE.trim_end_matches('.');
+    let zone_file = data.join(format!("{zone_name}.zone"));
+    let key_file = config.join(TSIG_KEY_FILE);
+    let address = format!("127.0.0.1:{}", layout.bind_port);
+    let d = data.display();
+    // The zone starts with the first region's address, as the lab's own DNS does; updates go
+    // to a journal, removed at every start so the zone file and journal always agree.
+    additions.files.push(LabFile {
+        path: zone_file.clone(),
+        contents: format!(
+            "$TTL 5\n@ IN SOA ns1 hostmaster 1 3600 600 86400 5\n@ IN NS ns1\nns1 IN A 127.0.0.1\n{} IN A {}\n",
+            SHOP_NAME
+                .strip_suffix(ZONE)
+                .map_or(SHOP_NAME, |label| label.trim_end_matches('.')),
+            region_ip(0)
+        ),
+    });
+    additions.stale.push(data.join(format!("{zone_name}.zone.jnl")));
+    let named_conf = config.join("named.conf");
+    additions.files.push(LabFile {
+        path: named_conf.clone(),
+        contents: format!(
+            "# Written by `switchyard lab --providers`: the lab zone's primary, updated by the controller's rfc2136 step.\noptions {{\n  directory \"{d}\";\n  pid-file \"{d}/named.pid\";\n  lock-file \"{d}/named.lock\";\n  session-keyfile \"{d}/session.key\";\n  managed-keys-directory \"{d}\";\n  listen-on port {} {{ 127.0.0.1; }};\n  listen-on-v6 {{ none; }};\n  recursion no;\n  notify no;\n  dnssec-validation no;\n}};\ncontrols {{ }};\ninclude \"{}\";\nzone \"{zone_name}\" {{\n  type primary;\n  file \"{}\";\n  update-policy {{ grant {TSIG_KEY_NAME} zonesub ANY; }};\n}};\n",
+            layout.bind_port,
+            key_file.display(),
+            zone_file.display()
+        ),
+    });
+    additions.tsig_keys.push((key_file, TSIG_KEY_NAME.to_string()));
+    additions.bound.push(("bind9".to_string(), address.clone()));
+    let args: Vec<String> = ["-g", "-4", "-n", "1", "-c"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain(std::iter::once(named_conf.display().to_string()))
+        .collect();
+    additions
+        .components
+        .push(external("bind9", "bind9", named, &args, &address));
+    let values: Vec<String> = layout
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(i, region)| format!("\"{region}\" = [\"{}\"]", region_ip(i)))
+        .collect();
+    // Without the controller nothing moves the record: nothing for a drill to watch.
+    if !layout.controller {
+        return;
+    }
+    let _ = write!(
+        additions.runbook,
+        "\n# RFC 2136: the same record on the lab's BIND9 primary (`switchyard lab --providers`).\n[[runbook]]\nname = \"bind9\"\nkind = \"rfc2136\"\n\n[runbook.rfc2136]\nserver = \"{address}\"\nzone = \"{ZONE}\"\nname = \"{SHOP_NAME}\"\nttl = 5\nkey = {{ file = \"{TSIG_KEY_FILE}\" }}\n\n[runbook.rfc2136.values]\n{}\n",
+        values.join("\n")
+    );
+    let _ = write!(
+        additions.drill_targets,
+        "\n[[providers]]\nname = \"rfc2136\"\nkind = \"dns\"\ndns_server = \"{address}\"\nrecord = \"{SHOP_NAME}\"\n\n[providers.regions]\n{}\n",
+        values.join("\n")
+    );
+}
+
+/// HAProxy in front of every region's shops, its runtime API on a unix socket.
+fn haproxy(layout: &Layout<'_>, programs: &Programs, additions: &mut Additions) {
+    let Some(haproxy) = &programs.haproxy else {
+        additions.notes.push(missing("HAProxy (haproxy)", "haproxy", "haproxy"));
+        return;
+    };
+    let socket = layout.dir.join(HAPROXY_SOCKET);
+    let address = format!("127.0.0.1:{}", layout.haproxy_port);
+    let mut text = format!(
+        "# Written by `switchyard lab --providers`: one server per region (its front door); the controller's haproxy step sets them ready or maint.\nglobal\n  stats socket {} mode 600 level admin\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\nfrontend shop\n  bind {address}\n  default_backend {HAPROXY_BACKEND}\n\nbackend {HAPROXY_BACKEND}\n",
+        socket.display()
+    );
+    for (i, region) in layout.regions.iter().enumerate() {
+        let state = if i == 0 { "" } else { " disabled" };
+        let _ = writeln!(text, "  server {region} {}:{}{state}", region_ip(i), layout.shop_port);
+    }
+    let path = layout.dir.join("config").join("haproxy.cfg");
+    additions.files.push(LabFile {
+        path: path.clone(),
+        contents: text,
+    });
+    additions.stale.push(socket.clone());
+    additions.bound.push(("haproxy".to_string(), address.clone()));
+    let args = vec!["-db".to_string(), "-f".to_string(), path.display().to_string()];
+    additions
+        .components
+        .push(external("haproxy", "haproxy", haproxy, &args, &address));
+    let servers: Vec<String> = layout
+        .regions
+        .iter()
+        .map(|region| format!("\"{region}\" = [\"{HAPROXY_BACKEND}/{region}\"]"))
+        .collect();
+    if !layout.controller {
+        return;
+    }
+    let _ = write!(
+        additions.runbook,
+        "\n# HAProxy's runtime API: the serving region's server ready, the others in maintenance.\n[[runbook]]\nname = \"haproxy\"\nkind = \"haproxy\"\n\n[runbook.haproxy]\nsocket = \"{}\"\nstandby = \"maint\"\n\n[runbook.haproxy.regions]\n{}\n",
+        socket.display(),
+        servers.join("\n")
+    );
+    let _ = write!(
+        additions.drill_targets,
+        "\n[[providers]]\nname = \"haproxy\"\nkind = \"haproxy\"\nsocket = \"{}\"\n\n[providers.regions]\n{}\n",
+        socket.display(),
+        servers.join("\n")
+    );
+}

@@ -1,0 +1,220 @@
+"""The `rfc2136` and `haproxy` runbook steps from the outside: `switchyard config check` points
+at each mistake in their `[runbook.KIND]` tables with line:column, and `switchyard lab
+--providers` runs a real BIND9 primary and HAProxy that the lab's controller drives, so
+`switchyard drill region-outage` reports an RTO per provider. Killing the lab with SIGKILL
+takes BIND9 and HAProxy down too. (The steps against BIND9 and HAProxy alone are tested in
+crates/providers/tests/it.)"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+START_DEADLINE_S = 90
+STEADY_DEADLINE_S = 90
+DRILL_TIMEOUT_S = 180
+GONE_DEADLINE_S = 20
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+
+def wait_until(what, condition, deadline_s):
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} did not happen within {deadline_s}s"
+        time.sleep(0.3)
+
+
+def run(*args, timeout=60):
+    return subprocess.run([str(BINARY), *args], capture_output=True, text=True, timeout=timeout)
+
+
+HEAD = """[controller]
+vantage = "controller"
+audit_log = "audit.jsonl"
+
+[[regions]]
+name = "us-east-1"
+priority = 1
+
+[[regions]]
+name = "eu-west-1"
+priority = 2
+
+[[checks]]
+name = "use1-app"
+region = "us-east-1"
+kind = { type = "http", url = "http://127.0.0.11/health" }
+
+[[checks]]
+name = "euw1-app"
+region = "eu-west-1"
+kind = { type = "http", url = "http://127.0.0.12/health" }
+"""
+
+STEPS = """
+[[runbook]]
+name = "bind"
+kind = "rfc2136"
+
+[runbook.rfc2136]
+server = "192.0.2.53"
+zone = "shop.example."
+name = "www.shop.example."
+type = "A"
+key = { file = "switchyard.key" }
+
+[runbook.rfc2136.values]
+"us-east-1" = ["192.0.2.1"]
+"eu-west-1" = ["192.0.2.2"]
+
+[[runbook]]
+name = "lb"
+kind = "haproxy"
+
+[runbook.haproxy]
+socket = "/run/haproxy/admin.sock"
+
+[runbook.haproxy.regions]
+"us-east-1" = ["shop/us1", "shop/us2"]
+"eu-west-1" = ["shop_eu"]
+"""
+
+KEY = 'key "switchyard" {\n\talgorithm hmac-sha256;\n\tsecret "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A=";\n};\n'
+
+
+def line_of(text, needle):
+    return text.splitlines().index(needle) + 1
+
+
+def test_config_check_accepts_the_steps_and_points_at_each_mistake(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    (tmp_path / "switchyard.key").write_text(KEY)
+    good = tmp_path / "good.toml"
+    good.write_text(HEAD + STEPS)
+    checked = run("config", "check", str(good))
+    assert checked.returncode == 0, checked.stderr
+
+    bad_text = (HEAD + STEPS
+                .replace('name = "www.shop.example."', 'name = "www.other.example."')
+                .replace('type = "A"', 'type = "MX"')
+                .replace('"eu-west-1" = ["192.0.2.2"]', '"eu-west-1" = ["192.0.2.2"]\n"mars-1" = ["192.0.2.9"]')
+                .replace('key = { file = "switchyard.key" }', 'key = { file = "absent.key" }')
+                .replace('socket = "/run/haproxy/admin.sock"', 'socket = "/run/haproxy/admin.sock"\nstandby = "off"')
+                .replace('"eu-west-1" = ["shop_eu"]', '"eu-west-1" = ["shop_eu", "bad name"]')
+                + '\n[[runbook]]\nname = "bare"\nkind = "rfc2136"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text(bad_text)
+    result = run("config", "check", str(bad))
+    assert result.returncode == 1, result.stdout
+    errors = result.stderr
+    expected = [
+        ('name = "www.other.example."', "name 'www.other.example.' is not inside zone 'shop.example.'"),
+        ('type = "MX"', "type 'MX' is not supported"),
+        ('"mars-1" = ["192.0.2.9"]', "values names region 'mars-1', which is not configured"),
+        ('key = { file = "absent.key" }', "cannot read"),
+        ('standby = "off"', "standby = 'off'"),
+        ('"eu-west-1" = ["shop_eu", "bad name"]', "'bad name' is not BACKEND/SERVER"),
+        ('kind = "rfc2136"', "has no [runbook.rfc2136] table"),
+    ]
+    for line_text, message in expected:
+        # The last `kind = "rfc2136"` is the bare step's.
+        lines = bad_text.splitlines()
+        line = len(lines) - lines[::-1].index(line_text) if line_text.startswith("kind") else line_of(bad_text, line_text)
+        assert f"{bad}:{line}:" in errors and message in errors, f"{message} at line {line}:\n{errors}"
+        problem = next(l for l in errors.splitlines() if message in l)
+        assert problem.startswith(f"{bad}:{line}:"), f"{message!r} is not at line {line}: {problem}"
+    assert "fix:" in errors
+    assert "2HK0Y" not in errors, "the secret never shows"
+
+
+def pids_of(pattern):
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return {int(p) for p in found.stdout.split()}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    missing = [p for p in ("named", "haproxy") if not (shutil.which(p) or Path(f"/usr/sbin/{p}").exists())]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: apt-get install bind9 haproxy (scripts/install-test-deps.sh)")
+    root = tmp_path_factory.mktemp("providers")
+    directory = root / "lab"
+    log_path = root / "lab.log"
+    log = open(log_path, "w")
+    for _ in range(10):
+        base_port = random.randrange(20000, 32000, 500)
+        process = subprocess.Popen(
+            [str(BINARY), "lab", "--dir", str(directory), "--regions", "2", "--base-port", str(base_port),
+             "--providers"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_until("switchyard status --lab saying up",
+                   lambda: process.poll() is not None or run("status", "--lab", str(directory)).returncode == 0,
+                   START_DEADLINE_S)
+        if process.poll() is None:
+            break
+        assert "not free" in log_path.read_text(), log_path.read_text()[-5000:]
+    else:
+        pytest.fail("no free port block for the lab")
+    yield directory, base_port, root, process, log_path
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def test_a_region_outage_moves_bind9_and_haproxy_and_the_drill_times_each(lab):
+    directory, base_port, root, process, log_path = lab
+    audit = directory / "data" / "controller-audit.jsonl"
+
+    def first_runbook_done():
+        steps = [json.loads(l) for l in audit.read_text().splitlines() if '"kind":"step"' in l]
+        return {s["step"] for s in steps if s["outcome"] == "ok"} >= {"bind9", "haproxy"}
+
+    wait_until("the first runbook's provider steps", first_runbook_done, STEADY_DEADLINE_S)
+    report_path = root / "region-outage.json"
+    output = root / "region-outage.out"
+    result = subprocess.run(
+        [str(BINARY), "drill", "region-outage", "--lab", str(directory), "--warmup-s", "5", "--duration-s", "12",
+         "--settle-s", "8", "--json", str(report_path), "--no-progress"],
+        capture_output=True, text=True, timeout=DRILL_TIMEOUT_S,
+    )
+    output.write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, output.read_text()[-5000:]
+    report = json.loads(report_path.read_text())
+    by_name = {e["name"]: e for e in report["expectations"]}
+    for provider in ("rfc2136", "haproxy"):
+        expectation = by_name[f"RTO({provider})"]
+        assert expectation["passed"] and "eu-west-1" in expectation["actual"], expectation
+    measured = {p["provider"]: p for p in report["measurements"]["providers"]}
+    assert measured["rfc2136"]["before"] == "us-east-1" and measured["rfc2136"]["rto_ms"] is not None
+    assert measured["haproxy"]["switched_to"] == "eu-west-1"
+    steps = [json.loads(l) for l in audit.read_text().splitlines() if '"kind":"step"' in l]
+    moved = [s for s in steps if s["step"] == "bind9" and s["outcome"] == "ok" and "127.0.0.12" in s["detail"]]
+    assert moved and "verified" in moved[0]["detail"], steps[-6:]
+
+
+def test_a_killed_lab_takes_bind9_and_haproxy_along(lab):
+    directory, _base_port, _root, process, log_path = lab
+    named = pids_of(str(directory / "config" / "named.conf"))
+    haproxy = pids_of(str(directory / "config" / "haproxy.cfg"))
+    assert named and haproxy, log_path.read_text()[-3000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    wait_until("BIND9 and HAProxy to exit with the lab", lambda: not (pids_of(str(directory / "config" / "named.conf"))
+                                                                       | pids_of(str(directory / "config" / "haproxy.cfg"))),
+               GONE_DEADLINE_S)
