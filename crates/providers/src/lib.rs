@@ -19,6 +19,7 @@
 //!   retried with bounded, jittered backoff; errors carry the provider's own error text.
 //! - Secrets come from files or environment variables ([`secret`]), never from the TOML.
 
+pub mod db;
 pub mod secret;
 
 use std::collections::BTreeSet;
@@ -82,19 +83,28 @@ pub trait Checker {
 
 /// Every provider step kind, ready to run. One variant per provider module.
 #[derive(Debug)]
-pub enum Action {}
+pub enum Action {
+    MysqlPromote(db::mysql::MysqlPromote),
+    RedisPromote(db::redis::RedisPromote),
+}
 
 impl Action {
     /// The step kind's name as written in `kind = "..."`.
     pub fn kind(&self) -> &'static str {
-        match *self {}
+        match self {
+            Action::MysqlPromote(_) => "mysql_promote",
+            Action::RedisPromote(_) => "redis_promote",
+        }
     }
 
     /// Runs one attempt; the caller owns the timeout and the retries.
-    pub async fn run(&self, _order: &Order) -> Outcome {
-        match *self {}
+    pub async fn run(&self, order: &Order) -> Outcome {
+        match self {
+            Action::MysqlPromote(step) => step.run(order).await,
+            Action::RedisPromote(step) => step.run(order).await,
+        }
     }
 }
 
 /// The step kinds this crate provides, for `kind = "..."` validation and messages.
-pub const KINDS: &[&str] = &[];
+pub const KINDS: &[&str] = &["mysql_promote", "redis_promote"];
