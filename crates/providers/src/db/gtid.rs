@@ -118,7 +118,8 @@ impl MariaState {
         let mut state = MariaState::default();
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let mut parts = item.split('-');
-            let (Some(domain), Some(server), Some(seq), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+            let (Some(domain), Some(server), Some(seq), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
             else {
                 return Err(format!("'{item}' is not a MariaDB GTID (domain-server-sequence)"));
             };
@@ -293,9 +294,11 @@ impl GtidSet {
 
 fn push_range(missing: &mut Missing, source: &str, a: u64, b: u64) {
     missing.count = missing.count.saturating_add(b - a + 1);
-    missing
-        .ranges
-        .push(if a == b { format!("{source}:{a}") } else { format!("{source}:{a}-{b}") });
+    missing.ranges.push(if a == b {
+        format!("{source}:{a}")
+    } else {
+        format!("{source}:{a}-{b}")
+    });
 }
 
 impl std::fmt::Display for GtidSet {
@@ -329,9 +332,14 @@ mod tests {
         let errant = old.missing_from(&new);
         assert_eq!(errant.count, 5);
         assert_eq!(errant.ranges, vec!["0-1-96..0-1-100".to_string()]);
-        assert!(new.missing_from(&MariaState::parse("0-1-95,0-2-150,1-1-7").expect("p")).is_empty());
+        assert!(
+            new.missing_from(&MariaState::parse("0-1-95,0-2-150,1-1-7").expect("p"))
+                .is_empty()
+        );
         assert_eq!(new.domain_positions(), "0-2-150,1-1-7");
-        let one = MariaState::parse("0-1-96").expect("p").missing_from(&MariaState::parse("0-1-95").expect("p"));
+        let one = MariaState::parse("0-1-96")
+            .expect("p")
+            .missing_from(&MariaState::parse("0-1-95").expect("p"));
         assert_eq!(one.ranges, vec!["0-1-96".to_string()]);
     }
 

@@ -144,7 +144,9 @@ pub(crate) fn parse_address(text: &str, default_port: u16) -> Result<(String, u1
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ':' || c == '_')
     {
-        return Err(format!("'{text}': the host may hold letters, digits, '.', '-', '_' and ':' only"));
+        return Err(format!(
+            "'{text}': the host may hold letters, digits, '.', '-', '_' and ':' only"
+        ));
     }
     let port = match port {
         None => default_port,
@@ -161,7 +163,10 @@ pub(crate) fn check_lag(what: &str, lag: &Spanned<u64>, checker: &mut dyn Checke
     if *lag.get_ref() > PROMOTE_LAG_MS_MAX {
         checker.error(
             lag.span(),
-            format!("{what}: promote_lag_max_ms = {} is more than {PROMOTE_LAG_MS_MAX}", lag.get_ref()),
+            format!(
+                "{what}: promote_lag_max_ms = {} is more than {PROMOTE_LAG_MS_MAX}",
+                lag.get_ref()
+            ),
             "the step waits this long at most for the new primary to catch up; use a few seconds".into(),
         );
         return false;

@@ -69,7 +69,10 @@ impl Settings {
             if user.get_ref().is_empty() || user.get_ref().chars().count() > USER_CHARS_MAX {
                 checker.error(
                     user.span(),
-                    format!("{what}: {name} '{}' is empty or longer than {USER_CHARS_MAX} characters", user.get_ref()),
+                    format!(
+                        "{what}: {name} '{}' is empty or longer than {USER_CHARS_MAX} characters",
+                        user.get_ref()
+                    ),
                     "name an existing account".into(),
                 );
                 ok = false;
@@ -322,7 +325,11 @@ fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observe
         return Ok(None);
     };
     let tied: Vec<&&(usize, &Observed)> = roots.iter().filter(|(_, o)| o.record.unwrap_or(0) == top).collect();
-    let writable: Vec<usize> = tied.iter().filter(|(_, o)| o.writable_primary()).map(|(i, _)| *i).collect();
+    let writable: Vec<usize> = tied
+        .iter()
+        .filter(|(_, o)| o.writable_primary())
+        .map(|(i, _)| *i)
+        .collect();
     match writable.as_slice() {
         [one] => return Ok(Some(*one)),
         [a, b, ..] => {
@@ -335,18 +342,20 @@ fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observe
     }
     // Fenced roots only: a run stopped between fencing and promoting. Prefer one in the order's
     // region (the promotion in progress), then one that has everything the others have.
-    let pick = tied
-        .iter()
-        .find(|(i, _)| members[*i].region == order.to)
-        .or_else(|| {
+    let pick = tied.iter().find(|(i, _)| members[*i].region == order.to).or_else(|| {
+        tied.iter().find(|(_, o)| {
             tied.iter()
-                .find(|(_, o)| tied.iter().all(|(_, other)| other.executed.missing_from(&o.executed).is_empty()))
-        });
+                .all(|(_, other)| other.executed.missing_from(&o.executed).is_empty())
+        })
+    });
     match pick {
         Some((i, _)) => Ok(Some(*i)),
         None => Err(Failure::Refused(format!(
             "{} are read-only, replicate from nobody and have diverged: make one a replica of the other, then run again",
-            tied.iter().map(|(i, _)| members[*i].address.as_str()).collect::<Vec<_>>().join(" and ")
+            tied.iter()
+                .map(|(i, _)| members[*i].address.as_str())
+                .collect::<Vec<_>>()
+                .join(" and ")
         ))),
     }
 }
@@ -361,7 +370,9 @@ pub fn judge_loss(missing: &Missing, force: bool, candidate: &str, lag_max_ms: u
         missing.count
     );
     if force {
-        Ok(Some(format!("{what}; promoted anyway (force_data_loss): they are lost")))
+        Ok(Some(format!(
+            "{what}; promoted anyway (force_data_loss): they are lost"
+        )))
     } else {
         Err(Failure::Refused(format!(
             "{what}. Promoting it would lose them; wait for it to catch up, or accept the loss with `switchyard failover --force-data-loss`"
@@ -401,7 +412,8 @@ impl MysqlPromote {
                 primary
             }
             Plan::Promote { old, candidate, rejoin } => {
-                self.promote(order, &observed, old, candidate, rejoin, &mut notes).await?;
+                self.promote(order, &observed, old, candidate, rejoin, &mut notes)
+                    .await?;
                 candidate
             }
         };
@@ -443,8 +455,13 @@ impl MysqlPromote {
                     .next()
                     .map(|o| o.executed.empty_like())
                     .expect("plan found a reachable server");
-                for o in observed.iter().flatten() {
-                    all.merge(&o.received());
+                // As in `plan`: what the replicas received, and the candidate's own.
+                for (i, o) in observed.iter().enumerate() {
+                    if let Some(o) = o
+                        && (o.replication.is_some() || i == candidate)
+                    {
+                        all.merge(&o.received());
+                    }
                 }
                 all
             }
@@ -452,7 +469,10 @@ impl MysqlPromote {
         let mut session = inner.connect(candidate).await?;
         if rejoin && let Some(old) = old {
             session.replicate_from(&inner.members[old], inner).await?;
-            notes.push(format!("{} rejoined {} to catch up", member.address, inner.members[old].address));
+            notes.push(format!(
+                "{} rejoined {} to catch up",
+                member.address, inner.members[old].address
+            ));
         }
         session.ensure_applier().await?;
         let applied = session.wait_for(&target, lag_max_ms).await?;
@@ -464,9 +484,15 @@ impl MysqlPromote {
                     match inner.connect(old).await {
                         Ok(mut s) => match s.unfence().await {
                             Ok(()) => notes.push(format!("{} is writable again", inner.members[old].address)),
-                            Err(e) => notes.push(format!("could not make {} writable again: {e}", inner.members[old].address)),
+                            Err(e) => notes.push(format!(
+                                "could not make {} writable again: {e}",
+                                inner.members[old].address
+                            )),
                         },
-                        Err(e) => notes.push(format!("could not make {} writable again: {e}", inner.members[old].address)),
+                        Err(e) => notes.push(format!(
+                            "could not make {} writable again: {e}",
+                            inner.members[old].address
+                        )),
                     }
                 }
                 return Err(match refusal {
@@ -484,7 +510,10 @@ impl MysqlPromote {
             notes.push(loss);
         }
         if old.is_none() {
-            notes.push("the old primary did not answer: transactions it committed that no replica received are unknown".to_string());
+            notes.push(
+                "the old primary did not answer: transactions it committed that no replica received are unknown"
+                    .to_string(),
+            );
         }
         Ok(())
     }
@@ -533,7 +562,10 @@ impl MysqlPromote {
                 continue;
             }
             session.replicate_from(primary_member, inner).await?;
-            notes.push(format!("{} now replicates from {}", member.address, primary_member.address));
+            notes.push(format!(
+                "{} now replicates from {}",
+                member.address, primary_member.address
+            ));
         }
         Ok(())
     }
@@ -552,8 +584,9 @@ async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
             (index, result)
         });
     }
-    let mut results: Vec<Result<Observed, String>> =
-        (0..inner.members.len()).map(|_| Err("not inspected".to_string())).collect();
+    let mut results: Vec<Result<Observed, String>> = (0..inner.members.len())
+        .map(|_| Err("not inspected".to_string()))
+        .collect();
     while let Some(joined) = tasks.join_next().await {
         if let Ok((index, result)) = joined {
             results[index] = result;
@@ -764,8 +797,16 @@ impl Session {
 
     async fn record(&mut self) -> Result<Option<u64>, Failure> {
         let statement = format!("SELECT generation FROM {RECORD_TABLE} WHERE id = 1");
-        match tokio::time::timeout(Duration::from_millis(QUERY_TIMEOUT_MS), self.conn.query::<mysql_async::Row, _>(&statement)).await {
-            Ok(Ok(rows)) => Ok(rows.first().and_then(|r| cell(r, "generation")).and_then(|g| g.parse().ok())),
+        match tokio::time::timeout(
+            Duration::from_millis(QUERY_TIMEOUT_MS),
+            self.conn.query::<mysql_async::Row, _>(&statement),
+        )
+        .await
+        {
+            Ok(Ok(rows)) => Ok(rows
+                .first()
+                .and_then(|r| cell(r, "generation"))
+                .and_then(|g| g.parse().ok())),
             // Unknown database / table: never promoted by Switchyard.
             Ok(Err(mysql_async::Error::Server(e))) if e.code == 1049 || e.code == 1146 => Ok(None),
             Ok(Err(error)) => Err(self.failure(&statement, error)),
@@ -801,7 +842,10 @@ impl Session {
         }
         let read_only = self.value("SELECT @@GLOBAL.read_only").await?;
         if !is_on(read_only.as_deref()) {
-            return Err(Failure::Retryable(format!("{}: read_only did not stay ON", self.address)));
+            return Err(Failure::Retryable(format!(
+                "{}: read_only did not stay ON",
+                self.address
+            )));
         }
         Ok((self.executed().await?, killed))
     }
@@ -841,7 +885,8 @@ impl Session {
                 quote(&target.wait_text())
             ),
         };
-        self.rows_within(&statement, timeout_ms.saturating_add(QUERY_TIMEOUT_MS)).await?;
+        self.rows_within(&statement, timeout_ms.saturating_add(QUERY_TIMEOUT_MS))
+            .await?;
         self.executed().await
     }
 
@@ -856,7 +901,8 @@ impl Session {
             Flavor::Mariadb => {
                 self.run("STOP SLAVE").await?;
                 // An ex-primary's own transactions count as applied: start after them.
-                self.run("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos").await?;
+                self.run("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos")
+                    .await?;
                 self.run(&format!(
                     "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos",
                     quote(&source.host),
@@ -909,7 +955,10 @@ impl Session {
         self.write_record(order, member).await?;
         let executed = self.executed().await?;
         if self.replication(&executed).await?.is_some() {
-            return Err(Failure::Retryable(format!("{}: still a replica after RESET", self.address)));
+            return Err(Failure::Retryable(format!(
+                "{}: still a replica after RESET",
+                self.address
+            )));
         }
         if is_on(self.value("SELECT @@GLOBAL.read_only").await?.as_deref()) {
             return Err(Failure::Retryable(format!("{}: read_only is still ON", self.address)));
@@ -1024,7 +1073,14 @@ mod tests {
             Some(replica("0-1-80", "0-1-99")),
         ];
         let plan = plan(&order(7, "us", false), &members(), &observed).expect("plan");
-        assert_eq!(plan, Plan::Promote { old: Some(0), candidate: 2, rejoin: false });
+        assert_eq!(
+            plan,
+            Plan::Promote {
+                old: Some(0),
+                candidate: 2,
+                rejoin: false
+            }
+        );
     }
 
     #[test]
@@ -1033,10 +1089,18 @@ mod tests {
         if let Some(r) = &mut broken.replication {
             r.error = Some("Duplicate entry '5'".into());
         }
-        let observed = vec![Some(primary("0-1-100", None)), Some(broken.clone()), Some(replica("0-1-1", "0-1-1"))];
+        let observed = vec![
+            Some(primary("0-1-100", None)),
+            Some(broken.clone()),
+            Some(replica("0-1-1", "0-1-1")),
+        ];
         assert_eq!(
             plan(&order(7, "us", false), &members(), &observed).expect("plan"),
-            Plan::Promote { old: Some(0), candidate: 2, rejoin: false }
+            Plan::Promote {
+                old: Some(0),
+                candidate: 2,
+                rejoin: false
+            }
         );
         let observed = vec![Some(primary("0-1-100", None)), Some(broken), None];
         let Err(Failure::Refused(message)) = plan(&order(7, "us", false), &members(), &observed) else {
@@ -1048,13 +1112,25 @@ mod tests {
     #[test]
     fn a_writable_primary_with_the_newest_record_in_the_region_is_done_and_a_newer_record_fences() {
         let observed = vec![
-            Some(Observed { read_only: true, ..primary("0-1-100", Some(3)) }),
+            Some(Observed {
+                read_only: true,
+                ..primary("0-1-100", Some(3))
+            }),
             Some(primary("0-1-100,0-2-120", Some(7))),
             Some(replica("0-1-100,0-2-120", "0-1-100,0-2-120")),
         ];
-        assert_eq!(plan(&order(7, "us", false), &members(), &observed).expect("plan"), Plan::Done { primary: 1 });
-        assert_eq!(plan(&order(9, "us", false), &members(), &observed).expect("plan"), Plan::Done { primary: 1 });
-        assert!(matches!(plan(&order(6, "us", false), &members(), &observed), Err(Failure::Fenced(_))));
+        assert_eq!(
+            plan(&order(7, "us", false), &members(), &observed).expect("plan"),
+            Plan::Done { primary: 1 }
+        );
+        assert_eq!(
+            plan(&order(9, "us", false), &members(), &observed).expect("plan"),
+            Plan::Done { primary: 1 }
+        );
+        assert!(matches!(
+            plan(&order(6, "us", false), &members(), &observed),
+            Err(Failure::Fenced(_))
+        ));
     }
 
     #[test]
@@ -1073,13 +1149,20 @@ mod tests {
         assert!(message.contains("a:3306 cannot rejoin"), "{message}");
         // Without errant transactions it rejoins b first, then takes over.
         let observed = vec![
-            Some(Observed { read_only: true, ..primary("0-1-100", Some(2)) }),
+            Some(Observed {
+                read_only: true,
+                ..primary("0-1-100", Some(2))
+            }),
             Some(primary("0-1-100,0-2-120", Some(7))),
             None,
         ];
         assert_eq!(
             plan(&order(8, "eu", false), &members(), &observed).expect("plan"),
-            Plan::Promote { old: Some(1), candidate: 0, rejoin: true }
+            Plan::Promote {
+                old: Some(1),
+                candidate: 0,
+                rejoin: true
+            }
         );
     }
 
@@ -1095,22 +1178,40 @@ mod tests {
     #[test]
     fn a_run_stopped_after_the_reset_finishes_the_same_candidate() {
         let observed = vec![
-            Some(Observed { read_only: true, ..primary("0-1-100", None) }),
-            Some(Observed { read_only: true, ..primary("0-1-100", None) }),
+            Some(Observed {
+                read_only: true,
+                ..primary("0-1-100", None)
+            }),
+            Some(Observed {
+                read_only: true,
+                ..primary("0-1-100", None)
+            }),
             Some(replica("0-1-100", "0-1-100")),
         ];
         assert_eq!(
             plan(&order(4, "us", false), &members(), &observed).expect("plan"),
-            Plan::Promote { old: None, candidate: 1, rejoin: false }
+            Plan::Promote {
+                old: None,
+                candidate: 1,
+                rejoin: false
+            }
         );
     }
 
     #[test]
     fn with_the_primary_gone_the_reference_is_what_any_replica_received() {
-        let observed = vec![None, Some(replica("0-1-90", "0-1-90")), Some(replica("0-1-95", "0-1-97"))];
+        let observed = vec![
+            None,
+            Some(replica("0-1-90", "0-1-90")),
+            Some(replica("0-1-95", "0-1-97")),
+        ];
         assert_eq!(
             plan(&order(4, "us", false), &members(), &observed).expect("plan"),
-            Plan::Promote { old: None, candidate: 2, rejoin: false }
+            Plan::Promote {
+                old: None,
+                candidate: 2,
+                rejoin: false
+            }
         );
         assert!(matches!(
             plan(&order(4, "us", false), &members(), &[None, None, None]),
@@ -1124,9 +1225,14 @@ mod tests {
         let Err(Failure::Refused(message)) = judge_loss(&missing, false, "b:3306", 500) else {
             panic!("refused");
         };
-        assert!(message.contains("lacks 3 transaction(s)") && message.contains("0-1-98..0-1-100"), "{message}");
+        assert!(
+            message.contains("lacks 3 transaction(s)") && message.contains("0-1-98..0-1-100"),
+            "{message}"
+        );
         assert!(message.contains("--force-data-loss"), "{message}");
-        let forced = judge_loss(&missing, true, "b:3306", 500).expect("forced").expect("a note");
+        let forced = judge_loss(&missing, true, "b:3306", 500)
+            .expect("forced")
+            .expect("a note");
         assert!(forced.contains("they are lost"), "{forced}");
         assert_eq!(judge_loss(&Missing::default(), false, "b", 1), Ok(None));
     }
@@ -1144,7 +1250,13 @@ mod tests {
         let mut checker = Collect::new(&["eu", "us"]);
         assert!(settings.check("db", &mut checker).is_none());
         let all = checker.errors.join("\n");
-        for expected in ["region 'mars'", "port '99999'", "user ''", "SWITCHYARD_TEST_UNSET_MYSQL", "promote_lag_max_ms = 900000"] {
+        for expected in [
+            "region 'mars'",
+            "port '99999'",
+            "user ''",
+            "SWITCHYARD_TEST_UNSET_MYSQL",
+            "promote_lag_max_ms = 900000",
+        ] {
             assert!(all.contains(expected), "{expected} missing in:\n{all}");
         }
         let good: Settings = toml::from_str(

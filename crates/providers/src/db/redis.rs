@@ -121,7 +121,9 @@ pub struct Observed {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
-    Done { primary: usize },
+    Done {
+        primary: usize,
+    },
     Promote {
         old: Option<usize>,
         candidate: usize,
@@ -197,7 +199,11 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
         several => {
             let successors: Vec<usize> = several
                 .iter()
-                .filter(|(_, o)| several.iter().any(|(_, p)| !o.replid2.is_empty() && o.replid2 == p.replid))
+                .filter(|(_, o)| {
+                    several
+                        .iter()
+                        .any(|(_, p)| !o.replid2.is_empty() && o.replid2 == p.replid)
+                })
                 .map(|(i, _)| *i)
                 .collect();
             match successors.as_slice() {
@@ -205,7 +211,11 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
                 _ => {
                     return Err(Failure::Refused(format!(
                         "{} are all masters with the same promotion record: make the stale ones replicas (REPLICAOF), then run again",
-                        several.iter().map(|(i, _)| members[*i].address.as_str()).collect::<Vec<_>>().join(", ")
+                        several
+                            .iter()
+                            .map(|(i, _)| members[*i].address.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
             }
@@ -245,7 +255,9 @@ pub fn judge_loss(behind_bytes: u64, force: bool, candidate: &str, lag_max_ms: u
         "{candidate} is still {behind_bytes} byte(s) of the replication stream behind the old master after waiting promote_lag_max_ms = {lag_max_ms}"
     );
     if force {
-        Ok(Some(format!("{what}; promoted anyway (force_data_loss): those writes are lost")))
+        Ok(Some(format!(
+            "{what}; promoted anyway (force_data_loss): those writes are lost"
+        )))
     } else {
         Err(Failure::Refused(format!(
             "{what}. Promoting it would lose those writes; wait, or accept the loss with `switchyard failover --force-data-loss`"
@@ -279,7 +291,11 @@ impl RedisPromote {
                     inner.members[primary].address
                 ));
                 if record < order.generation {
-                    inner.connect(primary).await?.write_record(order, &inner.members[primary]).await?;
+                    inner
+                        .connect(primary)
+                        .await?
+                        .write_record(order, &inner.members[primary])
+                        .await?;
                 }
                 primary
             }
@@ -307,8 +323,13 @@ impl RedisPromote {
         let mut old_session = None;
         if let Some(old) = old {
             let mut s = inner.connect(old).await?;
-            s.command(redis::cmd("CLIENT").arg("PAUSE").arg(lag_max_ms + PAUSE_MARGIN_MS).arg("WRITE"))
-                .await?;
+            s.command(
+                redis::cmd("CLIENT")
+                    .arg("PAUSE")
+                    .arg(lag_max_ms + PAUSE_MARGIN_MS)
+                    .arg("WRITE"),
+            )
+            .await?;
             let final_state = s.observe().await?;
             let final_offset = final_state.offset;
             notes.push(format!(
@@ -322,7 +343,9 @@ impl RedisPromote {
                     member.address, inner.members[old].address
                 ));
             }
-            let reached = session.wait_for_offset(&final_state.replid, final_offset, lag_max_ms).await?;
+            let reached = session
+                .wait_for_offset(&final_state.replid, final_offset, lag_max_ms)
+                .await?;
             let behind = final_offset.saturating_sub(reached);
             if let Err(refusal) = judge_loss(behind, order.force_data_loss, &member.address, lag_max_ms) {
                 let _ = s.command(redis::cmd("CLIENT").arg("UNPAUSE")).await;
@@ -337,18 +360,26 @@ impl RedisPromote {
         session.write_record(order, member).await?;
         let now = session.observe().await?;
         if now.replica_of.is_some() {
-            return Err(Failure::Retryable(format!("{}: still a replica after REPLICAOF NO ONE", member.address)));
+            return Err(Failure::Retryable(format!(
+                "{}: still a replica after REPLICAOF NO ONE",
+                member.address
+            )));
         }
-        notes.push(format!("promoted {} in {} at offset {}", member.address, member.region, now.offset));
+        notes.push(format!(
+            "promoted {} in {} at offset {}",
+            member.address, member.region, now.offset
+        ));
         match old_session {
             Some((old, mut s)) => {
                 s.replicate_from(member).await?;
                 s.command(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
-                notes.push(format!("old master {} now replicates from {}", inner.members[old].address, member.address));
+                notes.push(format!(
+                    "old master {} now replicates from {}",
+                    inner.members[old].address, member.address
+                ));
             }
-            None => notes.push(
-                "the old master did not answer: writes it took that no replica received are unknown".to_string(),
-            ),
+            None => notes
+                .push("the old master did not answer: writes it took that no replica received are unknown".to_string()),
         }
         Ok(())
     }
@@ -371,7 +402,10 @@ impl RedisPromote {
                     member.address, primary_member.address
                 ));
             } else {
-                notes.push(format!("{} now replicates from {}", member.address, primary_member.address));
+                notes.push(format!(
+                    "{} now replicates from {}",
+                    member.address, primary_member.address
+                ));
             }
         }
         Ok(())
@@ -390,8 +424,9 @@ async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
             (index, result)
         });
     }
-    let mut results: Vec<Result<Observed, String>> =
-        (0..inner.members.len()).map(|_| Err("not inspected".to_string())).collect();
+    let mut results: Vec<Result<Observed, String>> = (0..inner.members.len())
+        .map(|_| Err("not inspected".to_string()))
+        .collect();
     while let Some(joined) = tasks.join_next().await {
         if let Ok((index, result)) = joined {
             results[index] = result;
@@ -449,7 +484,10 @@ impl Session {
         match tokio::time::timeout(Duration::from_millis(QUERY_TIMEOUT_MS), run).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(Failure::Retryable(format!("{}: {e}", self.address))),
-            Err(_) => Err(Failure::Retryable(format!("{}: no answer within {QUERY_TIMEOUT_MS} ms", self.address))),
+            Err(_) => Err(Failure::Retryable(format!(
+                "{}: no answer within {QUERY_TIMEOUT_MS} ms",
+                self.address
+            ))),
         }
     }
 
@@ -512,7 +550,8 @@ impl Session {
                 .await?;
         }
         if let Some(user) = self.username.clone() {
-            self.command(redis::cmd("CONFIG").arg("SET").arg("masteruser").arg(user)).await?;
+            self.command(redis::cmd("CONFIG").arg("SET").arg("masteruser").arg(user))
+                .await?;
         }
         self.command(redis::cmd("REPLICAOF").arg(&master.host).arg(master.port))
             .await?;
@@ -578,25 +617,47 @@ mod tests {
     #[test]
     fn info_replication_is_read_for_both_roles() {
         let master = parse_info("# Replication\r\nrole:master\r\nconnected_slaves:1\r\nmaster_replid:abc\r\nmaster_replid2:0000\r\nmaster_repl_offset:1234\r\n").expect("parses");
-        assert_eq!((master.replica_of, master.offset, master.replid.as_str()), (None, 1234, "abc"));
-        let replica = parse_info("role:slave\nmaster_host:127.0.0.1\nmaster_port:7001\nmaster_link_status:up\nmaster_repl_offset:99\n").expect("parses");
+        assert_eq!(
+            (master.replica_of, master.offset, master.replid.as_str()),
+            (None, 1234, "abc")
+        );
+        let replica = parse_info(
+            "role:slave\nmaster_host:127.0.0.1\nmaster_port:7001\nmaster_link_status:up\nmaster_repl_offset:99\n",
+        )
+        .expect("parses");
         assert_eq!(replica.replica_of.as_deref(), Some("127.0.0.1:7001"));
         assert!(replica.link_up);
         assert!(parse_info("role:sentinel\nmaster_repl_offset:1").is_err());
-        assert!(parse_info("role:master\n").expect_err("no offset").contains("master_repl_offset"));
+        assert!(
+            parse_info("role:master\n")
+                .expect_err("no offset")
+                .contains("master_repl_offset")
+        );
     }
 
     #[test]
     fn the_replica_with_the_highest_offset_in_the_region_is_the_candidate() {
-        let observed = vec![Some(master(500, "r1", "", None)), Some(replica(400)), Some(replica(450))];
+        let observed = vec![
+            Some(master(500, "r1", "", None)),
+            Some(replica(400)),
+            Some(replica(450)),
+        ];
         assert_eq!(
             plan(&order(3, "us"), &members(), &observed).expect("plan"),
-            Plan::Promote { old: Some(0), candidate: 2, rejoin: false }
+            Plan::Promote {
+                old: Some(0),
+                candidate: 2,
+                rejoin: false
+            }
         );
         let observed = vec![None, Some(replica(400)), None];
         assert_eq!(
             plan(&order(3, "us"), &members(), &observed).expect("plan"),
-            Plan::Promote { old: None, candidate: 1, rejoin: false }
+            Plan::Promote {
+                old: None,
+                candidate: 1,
+                rejoin: false
+            }
         );
     }
 
@@ -609,21 +670,38 @@ mod tests {
             Some(master(500, "r2", "r1", None)),
             Some(replica(500)),
         ];
-        assert_eq!(plan(&order(3, "us"), &members(), &observed).expect("plan"), Plan::Done { primary: 1 });
+        assert_eq!(
+            plan(&order(3, "us"), &members(), &observed).expect("plan"),
+            Plan::Done { primary: 1 }
+        );
         let unrelated = vec![Some(master(5, "x", "", None)), Some(master(5, "y", "", None)), None];
-        assert!(matches!(plan(&order(3, "us"), &members(), &unrelated), Err(Failure::Refused(_))));
+        assert!(matches!(
+            plan(&order(3, "us"), &members(), &unrelated),
+            Err(Failure::Refused(_))
+        ));
     }
 
     #[test]
     fn records_decide_between_masters_and_a_newer_record_fences() {
         // a (eu) came back as a master after b (us) was promoted at generation 5: failing back
         // to eu makes a a replica of b first (its stale writes are discarded), then promotes it.
-        let observed = vec![Some(master(900, "r1", "", Some(2))), Some(master(100, "r2", "r1", Some(5))), None];
+        let observed = vec![
+            Some(master(900, "r1", "", Some(2))),
+            Some(master(100, "r2", "r1", Some(5))),
+            None,
+        ];
         assert_eq!(
             plan(&order(6, "eu"), &members(), &observed).expect("plan"),
-            Plan::Promote { old: Some(1), candidate: 0, rejoin: true }
+            Plan::Promote {
+                old: Some(1),
+                candidate: 0,
+                rejoin: true
+            }
         );
-        assert!(matches!(plan(&order(4, "us"), &members(), &observed), Err(Failure::Fenced(_))));
+        assert!(matches!(
+            plan(&order(4, "us"), &members(), &observed),
+            Err(Failure::Fenced(_))
+        ));
     }
 
     #[test]
