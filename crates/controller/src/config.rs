@@ -280,6 +280,10 @@ pub struct StepSection {
     /// `webhook`: where to POST the JSON.
     #[serde(default)]
     pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub mysql_promote: Option<Spanned<providers::db::mysql::Settings>>,
+    #[serde(default)]
+    pub redis_promote: Option<Spanned<providers::db::redis::Settings>>,
 }
 
 fn default_step_timeout_ms() -> Spanned<u64> {
@@ -1435,6 +1439,14 @@ impl Checker<'_> {
         match step.kind.get_ref().as_str() {
             // One arm per provider, like:
             // "haproxy" => self.settings(step, "haproxy", &step.haproxy)?.check(name, self).map(providers::Action::Haproxy),
+            "mysql_promote" => self
+                .settings(step, "mysql_promote", &step.mysql_promote)?
+                .check(name, self)
+                .map(providers::Action::MysqlPromote),
+            "redis_promote" => self
+                .settings(step, "redis_promote", &step.redis_promote)?
+                .check(name, self)
+                .map(providers::Action::RedisPromote),
             other => {
                 self.error(
                     step.kind.span(),
@@ -1447,7 +1459,6 @@ impl Checker<'_> {
     }
 
     /// The `[runbook.KIND]` table a provider step needs; reports its absence.
-    #[allow(dead_code)]
     fn settings<'s, T>(&mut self, step: &StepSection, kind: &str, table: &'s Option<Spanned<T>>) -> Option<&'s T> {
         match table {
             Some(settings) => Some(settings.get_ref()),

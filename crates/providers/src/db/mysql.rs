@@ -132,6 +132,7 @@ pub enum Flavor {
 pub struct Replication {
     /// `host:port` it replicates from.
     pub source: String,
+    /// The I/O thread runs (connected, or connecting and retrying).
     pub io_running: bool,
     pub sql_running: bool,
     /// The last I/O or SQL error, if any.
@@ -787,7 +788,8 @@ impl Session {
         received.merge(executed);
         Ok(Some(Replication {
             source: format!("{host}:{port}"),
-            io_running: io.eq_ignore_ascii_case("Yes"),
+            // "Connecting" counts: the thread runs and retries on its own.
+            io_running: io.eq_ignore_ascii_case("Yes") || io.eq_ignore_ascii_case("Connecting"),
             sql_running: sql.eq_ignore_ascii_case("Yes"),
             error,
             received,
