@@ -1439,14 +1439,20 @@ impl Checker<'_> {
         match step.kind.get_ref().as_str() {
             // One arm per provider, like:
             // "haproxy" => self.settings(step, "haproxy", &step.haproxy)?.check(name, self).map(providers::Action::Haproxy),
-            "mysql_promote" => self
-                .settings(step, "mysql_promote", &step.mysql_promote)?
-                .check(name, self)
-                .map(providers::Action::MysqlPromote),
-            "redis_promote" => self
-                .settings(step, "redis_promote", &step.redis_promote)?
-                .check(name, self)
-                .map(providers::Action::RedisPromote),
+            "mysql_promote" => {
+                let action = self
+                    .settings(step, "mysql_promote", &step.mysql_promote)?
+                    .check(name, self)?;
+                self.check_step_time(step, action.timeout_needed_ms());
+                Some(providers::Action::MysqlPromote(action))
+            }
+            "redis_promote" => {
+                let action = self
+                    .settings(step, "redis_promote", &step.redis_promote)?
+                    .check(name, self)?;
+                self.check_step_time(step, action.timeout_needed_ms());
+                Some(providers::Action::RedisPromote(action))
+            }
             other => {
                 self.error(
                     step.kind.span(),
@@ -1455,6 +1461,22 @@ impl Checker<'_> {
                 );
                 None
             }
+        }
+    }
+
+    /// A step whose run waits (a database's catch-up) must not be cut short by its timeout.
+    fn check_step_time(&mut self, step: &StepSection, needed_ms: u64) {
+        if *step.timeout_ms.get_ref() < needed_ms {
+            self.error(
+                step.timeout_ms.span(),
+                format!(
+                    "step '{}': timeout_ms = {} is shorter than this step needs ({needed_ms} ms: promote_lag_max_ms plus {} ms)",
+                    step.name.get_ref(),
+                    step.timeout_ms.get_ref(),
+                    providers::db::STEP_OVERHEAD_MS
+                ),
+                format!("set timeout_ms = {needed_ms} or more on the step, or lower promote_lag_max_ms"),
+            );
         }
     }
 

@@ -386,6 +386,12 @@ impl MysqlPromote {
         &self.inner.members
     }
 
+    /// The shortest step `timeout_ms` that never cuts a run short: a run cut between fencing
+    /// and promoting would leave the old primary read-only with nobody writable.
+    pub fn timeout_needed_ms(&self) -> u64 {
+        self.inner.promote_lag_max_ms.saturating_add(super::STEP_OVERHEAD_MS)
+    }
+
     pub async fn run(&self, order: &Order) -> Outcome {
         let inner = &self.inner;
         let observed = survey(inner).await;

@@ -270,6 +270,12 @@ impl RedisPromote {
         &self.inner.members
     }
 
+    /// The shortest step `timeout_ms` that never cuts a run short (a cut run's pause expires
+    /// by itself after `promote_lag_max_ms` + [`PAUSE_MARGIN_MS`]).
+    pub fn timeout_needed_ms(&self) -> u64 {
+        self.inner.promote_lag_max_ms.saturating_add(super::STEP_OVERHEAD_MS)
+    }
+
     pub async fn run(&self, order: &Order) -> Outcome {
         let inner = &self.inner;
         let observed = survey(inner).await;
