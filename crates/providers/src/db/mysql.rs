@@ -135,7 +135,7 @@ pub struct Replication {
     /// The I/O thread runs (connected, or connecting and retrying).
     pub io_running: bool,
     pub sql_running: bool,
-    /// The last I/O or SQL error, if any.
+    /// The applier's (SQL thread's) last error, if any: the replica may have diverged.
     pub error: Option<String>,
     /// What it received (executed included).
     pub received: Position,
@@ -781,10 +781,9 @@ impl Session {
         let port = pick(["Master_Port", "Source_Port"]).unwrap_or_default();
         let io = pick(["Slave_IO_Running", "Replica_IO_Running"]).unwrap_or_default();
         let sql = pick(["Slave_SQL_Running", "Replica_SQL_Running"]).unwrap_or_default();
-        let error = [cell(row, "Last_IO_Error"), cell(row, "Last_SQL_Error")]
-            .into_iter()
-            .flatten()
-            .find(|e| !e.is_empty());
+        // Only the applier's error disqualifies: an I/O error is what every replica shows
+        // while its primary is down, the very case a failover is for.
+        let error = cell(row, "Last_SQL_Error").filter(|e| !e.is_empty());
         let received_text = match self.flavor {
             Flavor::Mariadb => cell(row, "Gtid_IO_Pos"),
             Flavor::Mysql => cell(row, "Retrieved_Gtid_Set"),

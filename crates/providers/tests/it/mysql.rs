@@ -15,11 +15,11 @@ use crate::support::{DEADLINE, Server, Strict, find_binary, free_port, order, ru
 /// read_only). Not binlogged: each server creates its own.
 const USERS: &str = "SET sql_log_bin = 0;\n\
     DROP USER IF EXISTS ''@'localhost';\n\
-    CREATE USER 'switchyard'@'%' IDENTIFIED BY 'sw-pass';\n\
+    CREATE USER IF NOT EXISTS 'switchyard'@'%' IDENTIFIED BY 'sw-pass';\n\
     GRANT ALL PRIVILEGES ON *.* TO 'switchyard'@'%' WITH GRANT OPTION;\n\
-    CREATE USER 'repl'@'%' IDENTIFIED BY 'repl-pass';\n\
+    CREATE USER IF NOT EXISTS 'repl'@'%' IDENTIFIED BY 'repl-pass';\n\
     GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';\n\
-    CREATE USER 'app'@'%' IDENTIFIED BY 'app-pass';\n\
+    CREATE USER IF NOT EXISTS 'app'@'%' IDENTIFIED BY 'app-pass';\n\
     GRANT ALL PRIVILEGES ON shop.* TO 'app'@'%';\n";
 
 /// ER_OPTION_PREVENTS_STATEMENT: the server runs with read_only.
@@ -29,7 +29,7 @@ struct Pair {
     dir: tempfile::TempDir,
     a: u16,
     b: u16,
-    _servers: Vec<Server>,
+    servers: Vec<Server>,
 }
 
 fn start_mariadb(mariadbd: &Path, dir: &Path, name: &str, port: u16, server_id: u32, read_only: bool) -> Server {
@@ -38,22 +38,25 @@ fn start_mariadb(mariadbd: &Path, dir: &Path, name: &str, port: u16, server_id: 
     // Its own temporary folder: bootstraps running side by side collide in a shared /tmp.
     let tmp = dir.join(format!("{name}-tmp"));
     std::fs::create_dir_all(&tmp).expect("create tmpdir");
-    let mut install = Command::new(install_db);
-    install.env("TMPDIR", &tmp).args([
-        "--no-defaults",
-        &format!("--datadir={}", data.display()),
-        "--auth-root-authentication-method=normal",
-        "--skip-test-db",
-    ]);
-    if running_as_root() {
-        install.arg("--user=root");
+    // A restart keeps its data directory.
+    if !data.exists() {
+        let mut install = Command::new(install_db);
+        install.env("TMPDIR", &tmp).args([
+            "--no-defaults",
+            &format!("--datadir={}", data.display()),
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ]);
+        if running_as_root() {
+            install.arg("--user=root");
+        }
+        let output = install.output().expect("run mariadb-install-db");
+        assert!(
+            output.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    let output = install.output().expect("run mariadb-install-db");
-    assert!(
-        output.status.success(),
-        "mariadb-install-db failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     let init = dir.join(format!("{name}-init.sql"));
     std::fs::write(&init, USERS).expect("write init file");
     let mut command = Command::new(mariadbd);
@@ -196,12 +199,7 @@ async fn start_pair(mariadbd: &Path) -> Pair {
     .await;
     std::fs::write(dir.path().join("sw.password"), "sw-pass\n").expect("write password");
     std::fs::write(dir.path().join("repl.password"), "repl-pass\n").expect("write password");
-    Pair {
-        dir,
-        a,
-        b,
-        _servers: servers,
-    }
+    Pair { dir, a, b, servers }
 }
 
 fn step(pair: &Pair, promote_lag_max_ms: u64) -> MysqlPromote {
@@ -428,4 +426,45 @@ async fn mariadb_a_run_stopped_after_the_reset_is_finished_by_the_next_without_a
     wait_until("a to replicate from b", || async move { count(a).await == 2 }).await;
     let again = step.run(&order(10, "eu", "us", false)).await.expect("no-op");
     assert!(again.contains("already primary"), "{again}");
+}
+
+#[tokio::test]
+async fn mariadb_an_unreachable_old_primary_is_named_then_fenced_on_sight_when_it_returns_writable() {
+    let Some(mariadbd) = find_binary("mariadbd") else {
+        return skip("mariadbd", "mariadb-server");
+    };
+    let mut pair = start_pair(&mariadbd).await;
+    let (a, b) = (pair.a, pair.b);
+    let (a_address, b_address) = (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
+    insert(a, 1).await.expect("insert");
+    wait_until("the replica to apply", || async move { count(b).await == 1 }).await;
+    // The primary's host dies.
+    pair.servers[0].child.kill().expect("kill a");
+    pair.servers[0].child.wait().expect("reap a");
+
+    let step = step(&pair, 1_000);
+    let outcome = step.run(&order(5, "eu", "us", false)).await.expect("promoted");
+    assert!(outcome.contains(&format!("{a_address} unreachable")), "{outcome}");
+    assert!(outcome.contains("fence it at the load balancer"), "{outcome}");
+    assert!(outcome.contains(&format!("promoted {b_address} in us")), "{outcome}");
+    assert!(outcome.contains("the old primary did not answer"), "{outcome}");
+    insert(b, 2).await.expect("the new primary takes writes");
+
+    // a comes back writable (no read_only in its configuration): the promotion record says b
+    // is the primary, so a is fenced on sight and, without errant transactions, rejoins b.
+    pair.servers[0] = start_mariadb(&mariadbd, pair.dir.path(), "a", a, 1, false);
+    wait_until("a to accept logins", || async move {
+        connect(a, "switchyard", "sw-pass").await.is_ok()
+    })
+    .await;
+    assert_eq!(text(a, "SELECT @@GLOBAL.read_only").await, "0");
+    let again = step.run(&order(6, "eu", "us", false)).await.expect("rolled forward");
+    assert!(again.contains(&format!("{b_address} already primary")), "{again}");
+    assert!(again.contains(&format!("fenced stray primary {a_address}")), "{again}");
+    assert!(
+        again.contains(&format!("{a_address} now replicates from {b_address}")),
+        "{again}"
+    );
+    assert_eq!(server_code(insert(a, 100).await), Some(READ_ONLY_ERROR));
+    wait_until("a to replicate order 2", || async move { count(a).await == 2 }).await;
 }
