@@ -198,3 +198,54 @@ async fn redis_failover_fences_the_old_master_repoints_replicas_refuses_lag_and_
     let lost: Option<String> = query(b, redis::cmd("GET").arg("session:3")).await.expect("read");
     assert_eq!(lost, None, "b resynchronised from c and dropped what c never had");
 }
+
+#[tokio::test]
+async fn redis_an_unreachable_master_is_named_then_made_a_replica_when_it_returns() {
+    let Some(binary) = find_binary("redis-server") else {
+        return skip("redis-server", "redis-server");
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (a, b) = (free_port(), free_port());
+    let mut servers = [
+        start(&binary, dir.path(), "a", a, None),
+        start(&binary, dir.path(), "b", b, Some(a)),
+    ];
+    wait_until("a to answer", || async move { connect(a).await.is_ok() }).await;
+    query::<()>(a, redis::cmd("SET").arg("session:1").arg("cart-1"))
+        .await
+        .expect("write");
+    wait_until("b to sync", || async move { follows(b, a).await }).await;
+    servers[0].child.kill().expect("kill a");
+    servers[0].child.wait().expect("reap a");
+
+    std::fs::write(dir.path().join("password"), PASSWORD).expect("write password");
+    let settings = format!(
+        "servers = {{ eu = [\"127.0.0.1:{a}\"], us = [\"127.0.0.1:{b}\"] }}\n\
+         username = \"{USER}\"\npassword = {{ file = \"{}\" }}\n",
+        dir.path().join("password").display()
+    );
+    let settings: Settings = toml::from_str(&settings).expect("settings parse");
+    let step = settings
+        .check("sessions", &mut Strict::new(&["eu", "us"]))
+        .expect("settings check");
+    let (a_address, b_address) = (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
+    let outcome = step.run(&order(3, "eu", "us", false)).await.expect("promoted");
+    assert!(outcome.contains(&format!("{a_address} unreachable")), "{outcome}");
+    assert!(outcome.contains(&format!("promoted {b_address} in us")), "{outcome}");
+    assert!(outcome.contains("the old master did not answer"), "{outcome}");
+    let kept: Option<String> = query(b, redis::cmd("GET").arg("session:1")).await.expect("read");
+    assert_eq!(kept.as_deref(), Some("cart-1"));
+
+    // a returns as a master (empty, no record): the next run makes it a replica of b.
+    servers[0] = start(&binary, dir.path(), "a", a, None);
+    wait_until("a to answer again", || async move { connect(a).await.is_ok() }).await;
+    let again = step.run(&order(4, "eu", "us", false)).await.expect("rolled forward");
+    assert!(again.contains(&format!("{b_address} already master")), "{again}");
+    assert!(
+        again.contains(&format!("stray master {a_address} made a replica of {b_address}")),
+        "{again}"
+    );
+    wait_until("a to follow b", || async move { follows(a, b).await }).await;
+    let synced: Option<String> = query(a, redis::cmd("GET").arg("session:1")).await.expect("read");
+    assert_eq!(synced.as_deref(), Some("cart-1"));
+}
