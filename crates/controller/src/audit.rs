@@ -256,7 +256,7 @@ fn apply(state: &mut Checkpoint, record: &AuditRecord) {
                 Manual::Resume => state.paused = false,
                 Manual::Switchover { to } => state.preferred = Some(to.clone()),
                 Manual::Failback => state.preferred = None,
-                Manual::Failover | Manual::Acknowledge => {}
+                Manual::Failover { .. } | Manual::Acknowledge => {}
             },
             _ => {}
         },
@@ -316,6 +316,7 @@ mod tests {
             from: None,
             to: Placement::single(RegionId::new(to)),
             reason: "test".into(),
+            force_data_loss: false,
         })
     }
 

@@ -290,6 +290,10 @@ pub struct StepSection {
     /// `rfc2136`: its `[runbook.rfc2136]` table.
     #[serde(default)]
     pub rfc2136: Option<Spanned<providers::rfc2136::Settings>>,
+    #[serde(default)]
+    pub mysql_promote: Option<Spanned<providers::db::mysql::Settings>>,
+    #[serde(default)]
+    pub redis_promote: Option<Spanned<providers::db::redis::Settings>>,
 }
 
 fn default_step_timeout_ms() -> Spanned<u64> {
@@ -1471,6 +1475,20 @@ impl Checker<'_> {
                 .settings(step, "rfc2136", &step.rfc2136)?
                 .check(name, self)
                 .map(|step| providers::Action::Rfc2136(Box::new(step))),
+            "mysql_promote" => {
+                let action = self
+                    .settings(step, "mysql_promote", &step.mysql_promote)?
+                    .check(name, self)?;
+                self.check_step_time(step, action.timeout_needed_ms());
+                Some(providers::Action::MysqlPromote(action))
+            }
+            "redis_promote" => {
+                let action = self
+                    .settings(step, "redis_promote", &step.redis_promote)?
+                    .check(name, self)?;
+                self.check_step_time(step, action.timeout_needed_ms());
+                Some(providers::Action::RedisPromote(action))
+            }
             other => {
                 self.error(
                     step.kind.span(),
@@ -1479,6 +1497,22 @@ impl Checker<'_> {
                 );
                 None
             }
+        }
+    }
+
+    /// A step whose run waits (a database's catch-up) must not be cut short by its timeout.
+    fn check_step_time(&mut self, step: &StepSection, needed_ms: u64) {
+        if *step.timeout_ms.get_ref() < needed_ms {
+            self.error(
+                step.timeout_ms.span(),
+                format!(
+                    "step '{}': timeout_ms = {} is shorter than this step needs ({needed_ms} ms: promote_lag_max_ms plus {} ms)",
+                    step.name.get_ref(),
+                    step.timeout_ms.get_ref(),
+                    providers::db::STEP_OVERHEAD_MS
+                ),
+                format!("set timeout_ms = {needed_ms} or more on the step, or lower promote_lag_max_ms"),
+            );
         }
     }
 

@@ -187,6 +187,10 @@ pub struct RunbookOrder {
     pub from: Option<Placement>,
     pub to: Placement,
     pub reason: String,
+    /// The operator accepted losing data for this move (`failover --force-data-loss`):
+    /// database steps promote a replica that is behind instead of refusing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_data_loss: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,8 +212,14 @@ pub enum RunbookOutcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Manual {
-    Failover,
-    Switchover { to: RegionId },
+    Failover {
+        /// Accept data loss: a move still pending gets it, else the new failover does.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force_data_loss: bool,
+    },
+    Switchover {
+        to: RegionId,
+    },
     Failback,
     Pause,
     Resume,
@@ -356,6 +366,8 @@ struct Intent {
     placement: Placement,
     kind: TransitionKind,
     reason: String,
+    /// Carried by every attempt of this intent; a restart's roll-forward starts without it.
+    force_data_loss: bool,
 }
 
 pub struct Engine {
@@ -435,6 +447,7 @@ impl Engine {
                 placement,
                 kind: TransitionKind::RollForward,
                 reason: "a runbook was interrupted by a restart; rolling it forward with a new generation".into(),
+                force_data_loss: false,
             }),
             _ => observed.clone().map(|placement| Intent {
                 placement,
@@ -448,6 +461,7 @@ impl Engine {
                 } else {
                     "restored".into()
                 },
+                force_data_loss: false,
             }),
         };
         Ok(Engine {
@@ -692,7 +706,20 @@ impl Engine {
                     keys.len()
                 ))
             }
-            Manual::Failover => {
+            Manual::Failover { force_data_loss } => {
+                // Forcing a move that is still pending (its runbook refused to lose data)
+                // retries that move; it does not pick yet another region.
+                if *force_data_loss
+                    && let Some(intent) = &mut self.intent
+                    && (self.observed.as_ref() != Some(&intent.placement) || self.dirty)
+                {
+                    intent.force_data_loss = true;
+                    self.next_attempt_ms = now_ms;
+                    return Ok(format!(
+                        "the pending move to {} is retried accepting data loss",
+                        intent.placement.active
+                    ));
+                }
                 let current = self
                     .current()
                     .ok_or("no placement yet: the controller is still starting")?;
@@ -707,7 +734,7 @@ impl Engine {
                         current.active
                     )
                 })?;
-                let reason = format!("manual failover from {} to {target}", current.active);
+                let mut reason = format!("manual failover from {} to {target}", current.active);
                 self.set_intent(
                     Placement::single(target),
                     TransitionKind::Failover,
@@ -716,6 +743,10 @@ impl Engine {
                     now_ms,
                     out,
                 );
+                if *force_data_loss && let Some(intent) = &mut self.intent {
+                    intent.force_data_loss = true;
+                    reason.push_str(", accepting data loss");
+                }
                 Ok(reason)
             }
             Manual::Switchover { to } => {
@@ -1189,6 +1220,7 @@ impl Engine {
             placement,
             kind,
             reason,
+            force_data_loss: false,
         });
         // A new decision may run at once even after failures.
         self.next_attempt_ms = now_ms;
@@ -1225,6 +1257,7 @@ impl Engine {
             from: self.observed.clone(),
             to: intent.placement.clone(),
             reason: intent.reason.clone(),
+            force_data_loss: intent.force_data_loss,
         };
         out.push(Command::Record {
             generation: self.generation,

@@ -82,7 +82,7 @@ pub fn provider_order(order: &RunbookOrder) -> providers::Order {
         to: order.to.active.as_str().to_string(),
         serving: order.to.serving.iter().map(|r| r.as_str().to_string()).collect(),
         reason: order.reason.clone(),
-        force_data_loss: false,
+        force_data_loss: order.force_data_loss,
     }
 }
 

@@ -980,8 +980,38 @@ fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual) -> Respons
     }
 }
 
-async fn failover(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    manual(&shared, &headers, Manual::Failover)
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FailoverBody {
+    #[serde(default)]
+    force_data_loss: bool,
+}
+
+async fn failover(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    // The role first: a caller without it learns nothing from body errors.
+    if let Err(response) = authorize(&shared, &headers, Role::Operator) {
+        return response;
+    }
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        FailoverBody::default()
+    } else {
+        match serde_json::from_slice::<FailoverBody>(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("body must be empty or JSON like {{\"force_data_loss\": true}}: {e}"),
+                );
+            }
+        }
+    };
+    manual(
+        &shared,
+        &headers,
+        Manual::Failover {
+            force_data_loss: request.force_data_loss,
+        },
+    )
 }
 
 async fn failback(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {

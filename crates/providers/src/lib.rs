@@ -26,6 +26,7 @@ pub mod digitalocean;
 pub mod rest;
 pub mod haproxy;
 pub mod rfc2136;
+pub mod db;
 pub mod secret;
 
 use std::collections::BTreeSet;
@@ -94,6 +95,8 @@ pub enum Action {
     DigitalOcean(digitalocean::DigitalOcean),
     Haproxy(haproxy::Haproxy),
     Rfc2136(Box<rfc2136::Rfc2136>),
+    MysqlPromote(db::mysql::MysqlPromote),
+    RedisPromote(db::redis::RedisPromote),
 }
 
 impl Action {
@@ -104,6 +107,8 @@ impl Action {
             Action::DigitalOcean(_) => "digitalocean",
             Action::Haproxy(_) => haproxy::Haproxy::KIND,
             Action::Rfc2136(_) => rfc2136::Rfc2136::KIND,
+            Action::MysqlPromote(_) => "mysql_promote",
+            Action::RedisPromote(_) => "redis_promote",
         }
     }
 
@@ -114,6 +119,8 @@ impl Action {
             Action::DigitalOcean(step) => step.run(order).await,
             Action::Haproxy(step) => step.run(order).await,
             Action::Rfc2136(step) => step.run(order).await,
+            Action::MysqlPromote(step) => step.run(order).await,
+            Action::RedisPromote(step) => step.run(order).await,
         }
     }
 }
@@ -124,4 +131,6 @@ pub const KINDS: &[&str] = &[
     "digitalocean",
     haproxy::Haproxy::KIND,
     rfc2136::Rfc2136::KIND,
+    "mysql_promote",
+    "redis_promote",
 ];

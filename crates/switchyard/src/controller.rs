@@ -121,6 +121,16 @@ pub(crate) struct ManualArgs {
 }
 
 #[derive(clap::Args)]
+pub(crate) struct FailoverArgs {
+    #[command(flatten)]
+    client: ControllerClientArgs,
+    /// Let database steps promote a replica that is behind (its missing transactions are
+    /// lost); also retries a move that is still pending because a step refused.
+    #[arg(long)]
+    force_data_loss: bool,
+}
+
+#[derive(clap::Args)]
 pub(crate) struct PointerArgs {
     #[command(subcommand)]
     command: PointerCommand,
@@ -420,6 +430,13 @@ async fn manual(client: &ControllerClientArgs, path: &str, body: Option<serde_js
 
 pub(crate) async fn run_switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
     manual(&args.client, "/v1/switchover", Some(serde_json::json!({"to": args.to}))).await
+}
+
+pub(crate) async fn run_failover(args: FailoverArgs) -> anyhow::Result<()> {
+    let body = args
+        .force_data_loss
+        .then(|| serde_json::json!({"force_data_loss": true}));
+    manual(&args.client, "/v1/failover", body).await
 }
 
 pub(crate) async fn run_manual(args: ManualArgs, path: &str) -> anyhow::Result<()> {

@@ -114,7 +114,7 @@ enum Command {
     /// Planned move of the active region to --to REGION (it becomes the preferred region).
     Switchover(controller::SwitchoverArgs),
     /// Fail over now to the best other region.
-    Failover(controller::ManualArgs),
+    Failover(controller::FailoverArgs),
     /// Move back to the home (highest-priority) region if it is up and caught up.
     Failback(controller::ManualArgs),
     /// Pause automatic failover and failback (manual commands still work).
@@ -514,7 +514,7 @@ fn main() -> anyhow::Result<()> {
         Command::Token(args) => controller::run_token(args),
         Command::Status(args) => runtime.block_on(controller::run_status(args)),
         Command::Switchover(args) => runtime.block_on(controller::run_switchover(args)),
-        Command::Failover(args) => runtime.block_on(controller::run_manual(args, "/v1/failover")),
+        Command::Failover(args) => runtime.block_on(controller::run_failover(args)),
         Command::Failback(args) => runtime.block_on(controller::run_manual(args, "/v1/failback")),
         Command::Pause(args) => runtime.block_on(controller::run_manual(args, "/v1/pause")),
         Command::Resume(args) => runtime.block_on(controller::run_manual(args, "/v1/resume")),

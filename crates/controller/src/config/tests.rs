@@ -478,3 +478,47 @@ fn relative_paths_resolve_from_the_config_files_folder() {
         .expect("the check's ca_file");
     assert_eq!(ca, folder.join("ca.pem").display().to_string());
 }
+
+#[test]
+fn database_promotion_steps_are_checked_with_lines_and_built() {
+    let good = format!(
+        "{MINIMAL}\n[[runbook]]\nname = \"orders-db\"\nkind = \"mysql_promote\"\ntimeout_ms = 30000\n\
+         [runbook.mysql_promote]\nservers = {{ a = [\"10.0.1.5:3306\"], b = [\"10.1.1.5\"] }}\n\
+         user = \"switchyard\"\nreplication_user = \"repl\"\n\n\
+         [[runbook]]\nname = \"sessions\"\nkind = \"redis_promote\"\ntimeout_ms = 15000\n\
+         [runbook.redis_promote]\nservers = {{ a = [\"10.0.1.6\"], b = [\"10.1.1.6:6380\"] }}\n"
+    );
+    let config = parse("db.toml", &good).expect("valid");
+    let kinds: Vec<&str> = config
+        .steps
+        .iter()
+        .filter_map(|s| s.action.as_ref().map(|a| a.kind()))
+        .collect();
+    assert_eq!(kinds, ["mysql_promote", "redis_promote"]);
+
+    let bad = format!(
+        "{MINIMAL}\n[[runbook]]\nname = \"orders-db\"\nkind = \"mysql_promote\"\n\
+         [runbook.mysql_promote]\nservers = {{ a = [\"10.0.1.5:0\"] }}\nuser = \"switchyard\"\nreplication_user = \"repl\"\n\n\
+         [[runbook]]\nname = \"orders-db-2\"\nkind = \"mysql_promote\"\ntimeout_ms = 9000\n\
+         [runbook.mysql_promote]\nservers = {{ a = [\"10.0.1.9\"] }}\nuser = \"switchyard\"\nreplication_user = \"repl\"\n\n\
+         [[runbook]]\nname = \"sessions\"\nkind = \"redis_promote\"\n"
+    );
+    let found = problems(&bad);
+    let line_of = |needle: &str| bad.lines().position(|l| l.contains(needle)).expect("in text") + 1;
+    let port = found
+        .iter()
+        .find(|p| p.message.contains("port '0'"))
+        .unwrap_or_else(|| panic!("{found:#?}"));
+    assert_eq!(port.line, line_of("10.0.1.5:0"));
+    let missing = found
+        .iter()
+        .find(|p| p.message.contains("no [runbook.redis_promote] table"))
+        .unwrap_or_else(|| panic!("{found:#?}"));
+    assert_eq!(missing.line, line_of("kind = \"redis_promote\""));
+    let short = found
+        .iter()
+        .find(|p| p.message.contains("timeout_ms = 9000 is shorter"))
+        .unwrap_or_else(|| panic!("{found:#?}"));
+    assert_eq!(short.line, line_of("timeout_ms = 9000"));
+    assert!(short.fix.contains("15000"), "{short:?}");
+}

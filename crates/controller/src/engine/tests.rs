@@ -373,7 +373,7 @@ fn pause_stops_automation_but_manual_commands_work() {
     h.verdict(PRIMARY, Verdict::Down);
     assert_eq!(h.active(), Some(r(PRIMARY)));
     assert!(h.reasons().contains("paused"));
-    let (accepted, reason) = h.manual(Manual::Failover);
+    let (accepted, reason) = h.manual(Manual::Failover { force_data_loss: false });
     assert!(accepted, "{reason}");
     assert_eq!(h.active(), Some(r(SECONDARY)));
     assert!(h.manual(Manual::Resume).0);
@@ -591,4 +591,36 @@ fn a_round_of_verdicts_is_decided_as_a_whole() {
     assert_eq!(h.started.len(), runbooks);
     assert_eq!(h.active(), Some(r(PRIMARY)));
     assert!(h.reasons().contains("static stability"));
+}
+
+#[test]
+fn force_data_loss_reaches_the_order_and_retries_a_refused_move_without_choosing_again() {
+    let mut h = Harness::started_up(two_regions());
+    h.auto_succeed = false;
+    h.verdict(PRIMARY, Verdict::Down);
+    h.advance(120_000);
+    let refused = h.started.last().expect("a failover runbook").clone();
+    assert_eq!(refused.to.active, r(SECONDARY));
+    assert!(!refused.force_data_loss, "no force unless asked");
+    h.finish(RunbookOutcome::Failed {
+        step: "orders-db".into(),
+        error: "refused: 127.0.0.1:3306 still lacks 3 transaction(s)".into(),
+    });
+    let (accepted, reason) = h.manual(Manual::Failover { force_data_loss: true });
+    assert!(accepted, "{reason}");
+    assert!(reason.contains("retried accepting data loss"), "{reason}");
+    h.advance(1);
+    let forced = h.started.last().expect("the retry").clone();
+    assert!(forced.generation > refused.generation);
+    assert_eq!(forced.to.active, r(SECONDARY), "the same move, not another region");
+    assert!(forced.force_data_loss);
+
+    // A fresh failover with the flag carries it too; without it, it does not.
+    let mut h = Harness::started_up(two_regions());
+    let (accepted, reason) = h.manual(Manual::Failover { force_data_loss: true });
+    assert!(accepted && reason.contains("accepting data loss"), "{reason}");
+    assert!(h.started.last().expect("runbook").force_data_loss);
+    let (accepted, _) = h.manual(Manual::Failover { force_data_loss: false });
+    assert!(accepted);
+    assert!(!h.started.last().expect("runbook").force_data_loss);
 }

@@ -33,6 +33,7 @@ fn order(generation: u64) -> RunbookOrder {
         from: Some(Placement::single(RegionId::new("us-east-1"))),
         to: Placement::single(RegionId::new("eu-west-1")),
         reason: "us-east-1 is down".into(),
+        force_data_loss: false,
     }
 }
 

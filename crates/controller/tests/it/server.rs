@@ -876,3 +876,33 @@ async fn arbitrary_api_bodies_get_client_errors_and_move_nothing() {
     assert!(dns.seen_on("/v1/health").len() <= 1, "garbage moved DNS: {status:#}");
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn failover_takes_an_optional_force_data_loss_body() {
+    let dns = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = start_with_tokens(&dns.url, dir.path()).await;
+    let bad = serde_json::json!({"force_data_loss": "yes"});
+    let (status, answer) = controller
+        .call_as(Some(OPERATOR), Method::POST, "/v1/failover", Some(bad))
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().is_some_and(|e| e.contains("force_data_loss")),
+        "{answer}"
+    );
+    let unknown = serde_json::json!({"force": true});
+    let (status, _) = controller
+        .call_as(Some(OPERATOR), Method::POST, "/v1/failover", Some(unknown))
+        .await;
+    assert_eq!(status, 400, "unknown fields are refused, not ignored");
+    for body in [None, Some(serde_json::json!({"force_data_loss": true}))] {
+        let (status, answer) = controller
+            .call_as(Some(OPERATOR), Method::POST, "/v1/failover", body.clone())
+            .await;
+        // Accepted, or refused by the engine (no placement yet): never a body error.
+        assert!(status == 200 || status == 409, "{body:?}: {status} {answer}");
+        assert!(answer["reason"].as_str().is_some(), "{answer}");
+    }
+    controller.stop().await;
+}

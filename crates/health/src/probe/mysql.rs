@@ -83,6 +83,9 @@ pub(super) async fn probe(login: &SqlLogin<'_>, read_lag: bool) -> Finding {
     }
 }
 
+/// Characters of a GTID position shown in a detail.
+const GTID_SHOWN_CHARS_MAX: usize = 200;
+
 async fn session(login: &SqlLogin<'_>, read_lag: bool) -> Result<Finding, String> {
     let stream = connect(login.address).await?;
     let mut connection = Connection { stream, sequence: 0 };
@@ -111,11 +114,27 @@ async fn session(login: &SqlLogin<'_>, read_lag: bool) -> Result<Finding, String
         .and_then(|index| row.get(index))
         .and_then(|value| value.as_deref())
         .and_then(|text| text.parse::<u64>().ok());
+    // The GTIDs received (MariaDB `Gtid_IO_Pos`, MySQL `Retrieved_Gtid_Set`), when the row has
+    // them: what a promotion of this replica would keep.
+    let received = status
+        .columns
+        .iter()
+        .position(|name| name == "Gtid_IO_Pos" || name == "Retrieved_Gtid_Set")
+        .and_then(|index| row.get(index))
+        .and_then(|value| value.as_deref())
+        .filter(|text| !text.is_empty())
+        .map(|text| {
+            format!(
+                ", received GTIDs {}",
+                text.chars().take(GTID_SHOWN_CHARS_MAX).collect::<String>()
+            )
+        })
+        .unwrap_or_default();
     Ok(match seconds {
-        Some(seconds) => Finding::up(format!("SELECT 1 ok ({version}), replica {seconds} s behind"))
+        Some(seconds) => Finding::up(format!("SELECT 1 ok ({version}), replica {seconds} s behind{received}"))
             .with_lag(Some(seconds.saturating_mul(1000))),
         None => Finding::up(format!(
-            "SELECT 1 ok ({version}), replica lag unknown (replication stopped?)"
+            "SELECT 1 ok ({version}), replica lag unknown (replication stopped?){received}"
         )),
     })
 }

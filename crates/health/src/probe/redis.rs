@@ -57,7 +57,8 @@ async fn exchange(address: &str, options: &Options<'_>) -> Result<Finding, Strin
 }
 
 /// Judges `INFO replication`: the role must match if asked; a replica's lag is
-/// `master_last_io_seconds_ago` while its link is up, unknown otherwise.
+/// `master_last_io_seconds_ago` while its link is up, unknown otherwise. The detail names the
+/// replication offset, so two servers' positions can be compared before a promotion.
 fn judge_info(info: &str, expect_role: Option<&str>) -> Finding {
     let field = |name: &str| {
         info.lines()
@@ -70,8 +71,11 @@ fn judge_info(info: &str, expect_role: Option<&str>) -> Finding {
     {
         return Finding::down(format!("PONG, role {role}, expected {expected}"));
     }
+    let offset = field("master_repl_offset")
+        .map(|offset| format!(", offset {offset}"))
+        .unwrap_or_default();
     if role != "slave" {
-        return Finding::up(format!("PONG, role {role}")).with_lag(Some(0));
+        return Finding::up(format!("PONG, role {role}{offset}")).with_lag(Some(0));
     }
     let link = field("master_link_status").unwrap_or("unknown");
     let lag = match (
@@ -81,7 +85,7 @@ fn judge_info(info: &str, expect_role: Option<&str>) -> Finding {
         ("up", Some(seconds)) if seconds >= 0 => Some(seconds as u64 * 1000),
         _ => None,
     };
-    Finding::up(format!("PONG, role slave, master link {link}")).with_lag(lag)
+    Finding::up(format!("PONG, role slave, master link {link}{offset}")).with_lag(lag)
 }
 
 async fn command<S>(stream: &mut BufReader<S>, args: &[&str]) -> Result<Reply, String>
@@ -150,10 +154,11 @@ mod tests {
 
     #[test]
     fn replica_info_gives_lag_and_role() {
-        let info = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_link_status:up\r\nmaster_last_io_seconds_ago:2\r\n";
+        let info = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_link_status:up\r\nmaster_last_io_seconds_ago:2\r\nmaster_repl_offset:4242\r\n";
         let finding = judge_info(info, None);
         assert!(finding.success);
         assert_eq!(finding.replica_lag_ms, Some(2000));
+        assert_eq!(finding.detail, "PONG, role slave, master link up, offset 4242");
         let finding = judge_info(info, Some("master"));
         assert!(!finding.success);
         assert!(finding.detail.contains("expected master"), "{}", finding.detail);

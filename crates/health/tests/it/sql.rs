@@ -117,7 +117,7 @@ async fn mariadb_select_one_login_and_replica_lag() {
     let replica_port = free_port();
     let replica_init = format!(
         "{users}CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary_port}, \
-         MASTER_USER='repl', MASTER_PASSWORD='repl-pass', MASTER_USE_GTID=no;\nSTART SLAVE;\n"
+         MASTER_USER='repl', MASTER_PASSWORD='repl-pass', MASTER_USE_GTID=slave_pos;\nSTART SLAVE;\n"
     );
     let _replica = start_mariadb(
         &mariadbd,
@@ -131,8 +131,12 @@ async fn mariadb_select_one_login_and_replica_lag() {
     if let ProbeKind::Sql { max_replica_lag_ms, .. } = &mut bounded {
         *max_replica_lag_ms = Some(60_000);
     }
-    let replica = probe_until(&spec(bounded), START_DEADLINE, |o| o.success).await;
+    let replica = probe_until(&spec(bounded), START_DEADLINE, |o| {
+        o.success && o.detail.contains("received GTIDs")
+    })
+    .await;
     assert!(replica.detail.contains("s behind"), "{}", replica.detail);
+    assert!(replica.detail.contains("received GTIDs 0-1-"), "{}", replica.detail);
     assert!(replica.replica_lag_ms.is_some());
 }
 

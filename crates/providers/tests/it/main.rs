@@ -11,3 +11,7 @@ mod digitalocean;
 mod fake;
 mod haproxy;
 mod rfc2136;
+// Databases: MariaDB primary + replica with GTIDs (`mysql`), three Redis servers (`redis`).
+mod mysql;
+mod redis;
+mod support;

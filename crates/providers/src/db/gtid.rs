@@ -1,0 +1,390 @@
+//! GTID positions of MariaDB and MySQL, as values: parsing, union, and what one server has
+//! that another lacks (the transactions a promotion would lose, or a rejoining server's errant
+//! transactions). Pure; no I/O.
+//!
+//! MariaDB: a GTID is `domain-server-sequence`; sequence numbers grow within a domain across
+//! servers (with `gtid_strict_mode`), and `gtid_binlog_state` keeps, per (domain, server id),
+//! the last sequence number. With `log_slave_updates` every server's binlog state covers what
+//! it applied, so "has everything up to d-s-n" is "its entry for (d, s) is at least n".
+//! MySQL: `gtid_executed` is a set of `uuid[:tag]:interval[:interval...]`, exact.
+
+use std::collections::BTreeMap;
+
+/// Longest GTID text parsed, in bytes (a position names one entry per domain or source).
+pub const GTID_TEXT_BYTES_MAX: usize = 64 * 1024;
+/// Most entries (domain-server pairs, or source intervals) kept in one position.
+pub const GTID_ENTRIES_MAX: usize = 4096;
+/// Missing ranges named in a message; the rest are counted.
+pub const RANGES_SHOWN_MAX: usize = 8;
+
+/// What one server has executed or received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Position {
+    Mariadb(MariaState),
+    Mysql(GtidSet),
+}
+
+/// Transactions one position has that another lacks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Missing {
+    /// How many (exact for MySQL; for MariaDB exact while one server writes a domain at a
+    /// time, the normal primary-replica case).
+    pub count: u64,
+    /// The ranges, like `0-1-96..0-1-100` or `3E11FA47-...:23-27`.
+    pub ranges: Vec<String>,
+}
+
+impl Missing {
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<&str> = self.ranges.iter().take(RANGES_SHOWN_MAX).map(String::as_str).collect();
+        write!(f, "{}", shown.join(", "))?;
+        if self.ranges.len() > RANGES_SHOWN_MAX {
+            write!(f, " and {} more range(s)", self.ranges.len() - RANGES_SHOWN_MAX)?;
+        }
+        Ok(())
+    }
+}
+
+impl Position {
+    pub fn empty_like(&self) -> Position {
+        match self {
+            Position::Mariadb(_) => Position::Mariadb(MariaState::default()),
+            Position::Mysql(_) => Position::Mysql(GtidSet::default()),
+        }
+    }
+
+    /// Adds what `other` has (both of one flavour; a mismatch is ignored, the survey refuses
+    /// mixed flavours before anything compares).
+    pub fn merge(&mut self, other: &Position) {
+        match (self, other) {
+            (Position::Mariadb(a), Position::Mariadb(b)) => a.merge(b),
+            (Position::Mysql(a), Position::Mysql(b)) => a.merge(b),
+            _ => {}
+        }
+    }
+
+    /// What `self` has that `other` lacks.
+    pub fn missing_from(&self, other: &Position) -> Missing {
+        match (self, other) {
+            (Position::Mariadb(a), Position::Mariadb(b)) => a.missing_from(b),
+            (Position::Mysql(a), Position::Mysql(b)) => a.missing_from(b),
+            _ => Missing::default(),
+        }
+    }
+
+    /// The text the wait functions take: MariaDB's `MASTER_GTID_WAIT` wants one GTID per
+    /// domain (the highest); MySQL's `WAIT_FOR_EXECUTED_GTID_SET` the whole set.
+    pub fn wait_text(&self) -> String {
+        match self {
+            Position::Mariadb(state) => state.domain_positions(),
+            Position::Mysql(set) => set.to_string(),
+        }
+    }
+
+    pub fn transactions(&self) -> u64 {
+        match self {
+            Position::Mariadb(state) => state.0.values().sum(),
+            Position::Mysql(set) => set.count(),
+        }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Mariadb(state) => write!(f, "{state}"),
+            Position::Mysql(set) => write!(f, "{set}"),
+        }
+    }
+}
+
+/// MariaDB: per (domain, server id) the highest sequence number.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MariaState(pub BTreeMap<(u32, u32), u64>);
+
+impl MariaState {
+    /// Parses `gtid_binlog_state`, `gtid_slave_pos`, `Gtid_IO_Pos` and the like:
+    /// `0-1-100,1-2-7` (empty is empty).
+    pub fn parse(text: &str) -> Result<MariaState, String> {
+        if text.len() > GTID_TEXT_BYTES_MAX {
+            return Err(format!("a GTID position of {} bytes is too long", text.len()));
+        }
+        let mut state = MariaState::default();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let mut parts = item.split('-');
+            let (Some(domain), Some(server), Some(seq), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(format!("'{item}' is not a MariaDB GTID (domain-server-sequence)"));
+            };
+            let parsed = (domain.parse::<u32>(), server.parse::<u32>(), seq.parse::<u64>());
+            let (Ok(domain), Ok(server), Ok(seq)) = parsed else {
+                return Err(format!("'{item}' is not a MariaDB GTID (domain-server-sequence)"));
+            };
+            state.add(domain, server, seq);
+            if state.0.len() > GTID_ENTRIES_MAX {
+                return Err(format!("a GTID position with more than {GTID_ENTRIES_MAX} entries"));
+            }
+        }
+        Ok(state)
+    }
+
+    fn add(&mut self, domain: u32, server: u32, seq: u64) {
+        let entry = self.0.entry((domain, server)).or_insert(0);
+        *entry = (*entry).max(seq);
+    }
+
+    pub fn merge(&mut self, other: &MariaState) {
+        for (&(domain, server), &seq) in &other.0 {
+            self.add(domain, server, seq);
+        }
+    }
+
+    pub fn missing_from(&self, other: &MariaState) -> Missing {
+        let mut missing = Missing::default();
+        for (&(domain, server), &seq) in &self.0 {
+            let have = other.0.get(&(domain, server)).copied().unwrap_or(0);
+            if have < seq {
+                missing.count = missing.count.saturating_add(seq - have);
+                missing.ranges.push(if have + 1 == seq {
+                    format!("{domain}-{server}-{seq}")
+                } else {
+                    format!("{domain}-{server}-{}..{domain}-{server}-{seq}", have + 1)
+                });
+            }
+        }
+        missing
+    }
+
+    /// One GTID per domain, the highest sequence number in it.
+    pub fn domain_positions(&self) -> String {
+        let mut best: BTreeMap<u32, (u64, u32)> = BTreeMap::new();
+        for (&(domain, server), &seq) in &self.0 {
+            let entry = best.entry(domain).or_insert((seq, server));
+            if seq > entry.0 {
+                *entry = (seq, server);
+            }
+        }
+        best.iter()
+            .map(|(domain, (seq, server))| format!("{domain}-{server}-{seq}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl std::fmt::Display for MariaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let items: Vec<String> = self.0.iter().map(|((d, s), n)| format!("{d}-{s}-{n}")).collect();
+        if items.is_empty() {
+            write!(f, "(empty)")
+        } else {
+            write!(f, "{}", items.join(","))
+        }
+    }
+}
+
+/// MySQL: per source (uuid, or `uuid:tag`) sorted, disjoint, non-adjacent closed intervals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GtidSet(pub BTreeMap<String, Vec<(u64, u64)>>);
+
+impl GtidSet {
+    /// Parses `gtid_executed` / `Retrieved_Gtid_Set`: `uuid:1-5:7,uuid2:tag:1-3` (newlines
+    /// after commas allowed, empty is empty).
+    pub fn parse(text: &str) -> Result<GtidSet, String> {
+        if text.len() > GTID_TEXT_BYTES_MAX {
+            return Err(format!("a GTID set of {} bytes is too long", text.len()));
+        }
+        let mut set = GtidSet::default();
+        let mut entries = 0usize;
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let mut parts = item.split(':');
+            let uuid = parts.next().unwrap_or_default().to_ascii_lowercase();
+            if uuid.len() != 36 || !uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                return Err(format!("'{item}' does not start with a server uuid"));
+            }
+            let mut source = uuid.clone();
+            for part in parts {
+                if part.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+                    let (start, end) = match part.split_once('-') {
+                        Some((a, b)) => (a.parse::<u64>(), b.parse::<u64>()),
+                        None => (part.parse::<u64>(), part.parse::<u64>()),
+                    };
+                    let (Ok(start), Ok(end)) = (start, end) else {
+                        return Err(format!("'{part}' in '{item}' is not an interval like 1-5"));
+                    };
+                    if start == 0 || end < start {
+                        return Err(format!("'{part}' in '{item}' is not an interval like 1-5"));
+                    }
+                    set.insert(&source, start, end);
+                    entries += 1;
+                    if entries > GTID_ENTRIES_MAX {
+                        return Err(format!("a GTID set with more than {GTID_ENTRIES_MAX} intervals"));
+                    }
+                } else {
+                    source = format!("{uuid}:{}", part.to_ascii_lowercase());
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    fn insert(&mut self, source: &str, start: u64, end: u64) {
+        let intervals = self.0.entry(source.to_string()).or_default();
+        intervals.push((start, end));
+        intervals.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(intervals.len());
+        for &(a, b) in intervals.iter() {
+            match merged.last_mut() {
+                Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        *intervals = merged;
+    }
+
+    pub fn merge(&mut self, other: &GtidSet) {
+        for (source, intervals) in &other.0 {
+            for &(a, b) in intervals {
+                self.insert(source, a, b);
+            }
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0
+            .values()
+            .flatten()
+            .map(|(a, b)| b - a + 1)
+            .fold(0u64, u64::saturating_add)
+    }
+
+    pub fn missing_from(&self, other: &GtidSet) -> Missing {
+        let mut missing = Missing::default();
+        for (source, intervals) in &self.0 {
+            let theirs = other.0.get(source).map(Vec::as_slice).unwrap_or(&[]);
+            for &(a, b) in intervals {
+                // Walk `theirs` (sorted, disjoint) and keep the gaps inside [a, b].
+                let mut next = a;
+                for &(c, d) in theirs {
+                    if d < next || c > b {
+                        continue;
+                    }
+                    if c > next {
+                        push_range(&mut missing, source, next, c - 1);
+                    }
+                    next = d.saturating_add(1);
+                    if next > b {
+                        break;
+                    }
+                }
+                if next <= b {
+                    push_range(&mut missing, source, next, b);
+                }
+            }
+        }
+        missing
+    }
+}
+
+fn push_range(missing: &mut Missing, source: &str, a: u64, b: u64) {
+    missing.count = missing.count.saturating_add(b - a + 1);
+    missing.ranges.push(if a == b {
+        format!("{source}:{a}")
+    } else {
+        format!("{source}:{a}-{b}")
+    });
+}
+
+impl std::fmt::Display for GtidSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let items: Vec<String> = self
+            .0
+            .iter()
+            .map(|(source, intervals)| {
+                let parts: Vec<String> = intervals
+                    .iter()
+                    .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                    .collect();
+                format!("{source}:{}", parts.join(":"))
+            })
+            .collect();
+        write!(f, "{}", items.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+    const B: &str = "4e11fa47-71ca-11e1-9e33-c80aa9429562";
+
+    #[test]
+    fn mariadb_missing_names_the_ranges_per_domain_and_server() {
+        let old = MariaState::parse("0-1-100, 1-1-7").expect("parses");
+        let new = MariaState::parse("0-1-95,0-2-150,1-1-7").expect("parses");
+        let errant = old.missing_from(&new);
+        assert_eq!(errant.count, 5);
+        assert_eq!(errant.ranges, vec!["0-1-96..0-1-100".to_string()]);
+        assert!(
+            new.missing_from(&MariaState::parse("0-1-95,0-2-150,1-1-7").expect("p"))
+                .is_empty()
+        );
+        assert_eq!(new.domain_positions(), "0-2-150,1-1-7");
+        let one = MariaState::parse("0-1-96")
+            .expect("p")
+            .missing_from(&MariaState::parse("0-1-95").expect("p"));
+        assert_eq!(one.ranges, vec!["0-1-96".to_string()]);
+    }
+
+    #[test]
+    fn mariadb_bad_text_is_named() {
+        let error = MariaState::parse("0-1-x").expect_err("refused");
+        assert!(error.contains("'0-1-x'"), "{error}");
+        assert!(MariaState::parse("1-2").is_err());
+        assert_eq!(MariaState::parse("").expect("empty"), MariaState::default());
+    }
+
+    #[test]
+    fn mysql_sets_merge_and_subtract_exactly() {
+        let old = GtidSet::parse(&format!("{A}:1-10:12,\n{B}:1-3")).expect("parses");
+        let new = GtidSet::parse(&format!("{A}:1-5:7-8,{B}:1-3")).expect("parses");
+        let errant = old.missing_from(&new);
+        assert_eq!(errant.count, 4);
+        assert_eq!(
+            errant.ranges,
+            vec![format!("{A}:6"), format!("{A}:9-10"), format!("{A}:12")]
+        );
+        let mut union = new.clone();
+        union.merge(&old);
+        assert_eq!(union.to_string(), format!("{A}:1-10:12,{B}:1-3"));
+        assert!(old.missing_from(&union).is_empty());
+        assert_eq!(union.count(), 14);
+    }
+
+    #[test]
+    fn mysql_tags_are_sources_of_their_own_and_bad_text_is_named() {
+        let set = GtidSet::parse(&format!("{A}:1-2:ops:1-4")).expect("parses");
+        assert_eq!(set.count(), 6);
+        assert_eq!(set.0.len(), 2);
+        let error = GtidSet::parse("nope:1-2").expect_err("refused");
+        assert!(error.contains("nope:1-2"), "{error}");
+        assert!(GtidSet::parse(&format!("{A}:5-2")).is_err());
+        assert!(GtidSet::parse(&format!("{A}:0")).is_err());
+    }
+
+    #[test]
+    fn positions_of_either_flavour_render_the_wait_text() {
+        let maria = Position::Mariadb(MariaState::parse("0-1-5,0-2-9").expect("p"));
+        assert_eq!(maria.wait_text(), "0-2-9");
+        let mysql = Position::Mysql(GtidSet::parse(&format!("{A}:1-3")).expect("p"));
+        assert_eq!(mysql.wait_text(), format!("{A}:1-3"));
+        assert_eq!(mysql.transactions(), 3);
+    }
+}

@@ -1,0 +1,264 @@
+//! Database promotion steps: `mysql_promote` (MariaDB 10.x and MySQL 8 with GTIDs) and
+//! `redis_promote`. Each step knows every server of one replicated database, grouped by
+//! region; an order moves the primary into the order's new active region, fences the old one
+//! and points every other server at the new primary.
+//!
+//! Which server is the primary is decided from what the servers say, and from a *promotion
+//! record* the step writes on the primary it promotes (MySQL: the row `switchyard.promotion`;
+//! Redis: the key `switchyard:promotion`), holding the order's generation. The record
+//! replicates, so a server that was cut off and comes back still writable shows an older
+//! record than the real primary: it is fenced on sight and never mistaken for the primary. The
+//! record is also the compare-and-set: a record newer than the order means a newer decision
+//! already acted ([`crate::Failure::Fenced`]), and re-running an order whose promotion is done
+//! (a retry, a controller that crashed mid-runbook and rolls forward) promotes nothing twice.
+
+pub mod gtid;
+pub mod mysql;
+pub mod redis;
+
+use std::collections::BTreeMap;
+
+use toml::Spanned;
+
+use crate::Checker;
+
+/// Servers one step may know (all regions together).
+pub const SERVERS_MAX: usize = 32;
+/// Longest wait for a server's TCP connection and login.
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Longest wait for one statement or command (the catch-up wait has its own bound).
+pub const QUERY_TIMEOUT_MS: u64 = 5_000;
+/// `promote_lag_max_ms` when the settings leave it out.
+pub const PROMOTE_LAG_MS_DEFAULT: u64 = 5_000;
+/// Largest `promote_lag_max_ms` accepted (the step waits this long at most to catch up).
+pub const PROMOTE_LAG_MS_MAX: u64 = 300_000;
+/// What a run needs beyond `promote_lag_max_ms` (surveys, fencing, promotion, rejoins, each
+/// bounded by the timeouts above): the step's `timeout_ms` must leave at least this much.
+pub const STEP_OVERHEAD_MS: u64 = 10_000;
+/// Notes kept in one outcome line; the rest are counted.
+pub const NOTES_MAX: usize = 16;
+
+/// One configured server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// `host:port` as configured; also what replicas are pointed at.
+    pub address: String,
+    pub host: String,
+    pub port: u16,
+    pub region: String,
+}
+
+/// Checks `servers = { region = ["host:port", ...] }`: known regions, well-formed and unique
+/// addresses, at least one server, at most [`SERVERS_MAX`].
+pub(crate) fn check_servers(
+    what: &str,
+    servers: &Spanned<BTreeMap<String, Vec<Spanned<String>>>>,
+    default_port: u16,
+    checker: &mut dyn Checker,
+) -> Option<Vec<Member>> {
+    let mut members = Vec::new();
+    let mut ok = true;
+    let total: usize = servers.get_ref().values().map(Vec::len).sum();
+    if total == 0 {
+        checker.error(
+            servers.span(),
+            format!("{what}: servers lists no server"),
+            "list each region's servers, like servers = { eu = [\"db-eu:3306\"], us = [\"db-us:3306\"] }".into(),
+        );
+        return None;
+    }
+    if total > SERVERS_MAX {
+        checker.error(
+            servers.span(),
+            format!("{what}: {total} servers, more than {SERVERS_MAX}"),
+            "one step promotes one replicated database; split unrelated databases into steps".into(),
+        );
+        return None;
+    }
+    let regions = checker.regions().clone();
+    for (region, list) in servers.get_ref() {
+        if !regions.contains(region) {
+            checker.error(
+                servers.span(),
+                format!("{what}: servers names region '{region}', which is not configured"),
+                format!(
+                    "use the names of [[regions]]: {}",
+                    regions.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+            ok = false;
+        }
+        for address in list {
+            match parse_address(address.get_ref(), default_port) {
+                Ok((host, port)) => {
+                    let shown = format!("{host}:{port}");
+                    if members.iter().any(|m: &Member| m.address == shown) {
+                        checker.error(
+                            address.span(),
+                            format!("{what}: server {shown} is listed twice"),
+                            "list each server once, under its region".into(),
+                        );
+                        ok = false;
+                    }
+                    members.push(Member {
+                        address: shown,
+                        host,
+                        port,
+                        region: region.clone(),
+                    });
+                }
+                Err(message) => {
+                    checker.error(
+                        address.span(),
+                        format!("{what}: {message}"),
+                        format!("write host:port, like \"10.0.1.5:{default_port}\" or \"db1.eu.internal\""),
+                    );
+                    ok = false;
+                }
+            }
+        }
+    }
+    ok.then_some(members)
+}
+
+/// `host[:port]`; hosts are names or IPv4/IPv6 addresses (`[::1]:3306`), nothing that needs
+/// quoting in a statement.
+pub(crate) fn parse_address(text: &str, default_port: u16) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("'{text}' opens '[' without closing it"))?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => Some(port),
+            None if after.is_empty() => None,
+            None => return Err(format!("'{text}' has text after ']' that is not :port")),
+        };
+        (host, port)
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() || host.len() > 253 {
+        return Err(format!("'{text}' has no host name"));
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ':' || c == '_')
+    {
+        return Err(format!(
+            "'{text}': the host may hold letters, digits, '.', '-', '_' and ':' only"
+        ));
+    }
+    let port = match port {
+        None => default_port,
+        Some(port) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => port,
+            _ => return Err(format!("'{text}': port '{port}' is not a number from 1 to 65535")),
+        },
+    };
+    Ok((host.to_string(), port))
+}
+
+/// Checks a lag bound: at most [`PROMOTE_LAG_MS_MAX`].
+pub(crate) fn check_lag(what: &str, lag: &Spanned<u64>, checker: &mut dyn Checker) -> bool {
+    if *lag.get_ref() > PROMOTE_LAG_MS_MAX {
+        checker.error(
+            lag.span(),
+            format!(
+                "{what}: promote_lag_max_ms = {} is more than {PROMOTE_LAG_MS_MAX}",
+                lag.get_ref()
+            ),
+            "the step waits this long at most for the new primary to catch up; use a few seconds".into(),
+        );
+        return false;
+    }
+    true
+}
+
+pub(crate) fn default_promote_lag_max_ms() -> Spanned<u64> {
+    Spanned::new(0..0, PROMOTE_LAG_MS_DEFAULT)
+}
+
+/// What a run saw and did, joined into the outcome line.
+#[derive(Debug, Default)]
+pub(crate) struct Notes(Vec<String>);
+
+impl Notes {
+    pub(crate) fn push(&mut self, note: impl Into<String>) {
+        self.0.push(note.into());
+    }
+
+    pub(crate) fn join(&self) -> String {
+        let mut shown: Vec<&str> = self.0.iter().take(NOTES_MAX).map(String::as_str).collect();
+        let more = self.0.len().saturating_sub(NOTES_MAX);
+        let tail = format!("and {more} more note(s)");
+        if more > 0 {
+            shown.push(&tail);
+        }
+        shown.join("; ")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+
+    use crate::Checker;
+
+    /// A `Checker` that keeps messages, for settings tests.
+    pub struct Collect {
+        pub folder: PathBuf,
+        pub regions: BTreeSet<String>,
+        pub errors: Vec<String>,
+    }
+
+    impl Collect {
+        pub fn new(regions: &[&str]) -> Collect {
+            Collect {
+                folder: std::env::temp_dir(),
+                regions: regions.iter().map(|r| r.to_string()).collect(),
+                errors: Vec::new(),
+            }
+        }
+    }
+
+    impl Checker for Collect {
+        fn error(&mut self, _span: std::ops::Range<usize>, message: String, _fix: String) {
+            self.errors.push(message);
+        }
+        fn warn(&mut self, _span: std::ops::Range<usize>, _message: String, _fix: String) {}
+        fn folder(&self) -> &Path {
+            &self.folder
+        }
+        fn regions(&self) -> &BTreeSet<String> {
+            &self.regions
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_take_a_default_port_and_refuse_what_needs_quoting() {
+        assert_eq!(parse_address("db1:3307", 3306), Ok(("db1".into(), 3307)));
+        assert_eq!(parse_address("db1", 3306), Ok(("db1".into(), 3306)));
+        assert_eq!(parse_address("[::1]:6379", 6379), Ok(("::1".into(), 6379)));
+        assert!(parse_address("db1:0", 3306).expect_err("port 0").contains("port '0'"));
+        assert!(parse_address("db'1:3306", 3306).expect_err("quote").contains("letters"));
+        assert!(parse_address(":3306", 3306).is_err());
+    }
+
+    #[test]
+    fn notes_are_bounded() {
+        let mut notes = Notes::default();
+        for i in 0..NOTES_MAX + 3 {
+            notes.push(format!("n{i}"));
+        }
+        assert!(notes.join().ends_with("and 3 more note(s)"), "{}", notes.join());
+    }
+}

@@ -1,0 +1,1284 @@
+//! `mysql_promote`: moves the primary of a MariaDB 10.x or MySQL 8 GTID replication topology
+//! into the order's active region (what orchestrator does for one cluster).
+//!
+//! One run: survey every server; [`plan`] (pure) names the last primary and the candidate;
+//! fence the old primary if it is reachable (`read_only` — `super_read_only` on MySQL —, kill
+//! client connections, read its final GTID position); let the candidate apply everything known
+//! to exist, waiting at most `promote_lag_max_ms` (`MASTER_GTID_WAIT` /
+//! `WAIT_FOR_EXECUTED_GTID_SET`); refuse if it still lacks transactions, naming them, unless the
+//! order carries `force_data_loss` (and then give the old primary its writes back, since the
+//! runbook stops); stop and reset replication on the candidate, turn `read_only` off, write the
+//! promotion record; then point every other server at it — a server that has transactions
+//! the new primary never saw (errant GTIDs) is left fenced and named instead.
+//!
+//! Requirements: GTIDs on (`gtid_mode=ON` on MySQL), `log_bin` and `log_slave_updates` on every
+//! server (so each one's GTID state covers what it applied), `gtid_strict_mode=ON` recommended
+//! on MariaDB; the step's user needs SUPER (or on MariaDB 10.11 READ_ONLY ADMIN, REPLICATION
+//! SLAVE ADMIN, CONNECTION ADMIN, BINLOG MONITOR, SLAVE MONITOR) and CREATE, SELECT, INSERT,
+//! UPDATE on `switchyard.*`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::gtid::{GtidSet, MariaState, Missing, Position};
+use super::{CONNECT_TIMEOUT_MS, Member, Notes, QUERY_TIMEOUT_MS};
+use crate::secret::{Secret, SecretSource};
+use crate::{Checker, Failure, Order, Outcome};
+
+/// Default MySQL port.
+pub const MYSQL_PORT_DEFAULT: u16 = 3306;
+/// Client connections killed at most when fencing (the rest are counted, not killed).
+pub const KILLED_CONNECTIONS_MAX: usize = 10_000;
+/// The promotion record's schema and table.
+pub const RECORD_TABLE: &str = "switchyard.promotion";
+/// Longest user name accepted (MySQL allows 32 characters).
+pub const USER_CHARS_MAX: usize = 80;
+
+/// The `[runbook.mysql_promote]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Per region, its servers: `{ eu = ["db1.eu:3306"], us = ["db1.us:3306", "db2.us"] }`.
+    pub servers: Spanned<BTreeMap<String, Vec<Spanned<String>>>>,
+    /// The account the step logs in with.
+    pub user: Spanned<String>,
+    #[serde(default)]
+    pub password: Option<Spanned<SecretSource>>,
+    /// The account replicas use to replicate from the new primary (`CHANGE MASTER TO`).
+    pub replication_user: Spanned<String>,
+    #[serde(default)]
+    pub replication_password: Option<Spanned<SecretSource>>,
+    /// How long the step waits for the candidate to apply every transaction known to exist;
+    /// one still behind after that is refused unless the order forces data loss.
+    #[serde(default = "super::default_promote_lag_max_ms")]
+    pub promote_lag_max_ms: Spanned<u64>,
+}
+
+impl Settings {
+    /// Checks the settings (every problem reported) and builds the actuator.
+    pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<MysqlPromote> {
+        let what = format!("mysql_promote step '{step}'");
+        let members = super::check_servers(&what, &self.servers, MYSQL_PORT_DEFAULT, checker);
+        let mut ok = super::check_lag(&what, &self.promote_lag_max_ms, checker);
+        for (name, user) in [("user", &self.user), ("replication_user", &self.replication_user)] {
+            if user.get_ref().is_empty() || user.get_ref().chars().count() > USER_CHARS_MAX {
+                checker.error(
+                    user.span(),
+                    format!(
+                        "{what}: {name} '{}' is empty or longer than {USER_CHARS_MAX} characters",
+                        user.get_ref()
+                    ),
+                    "name an existing account".into(),
+                );
+                ok = false;
+            }
+        }
+        let mut secret = |source: &Option<Spanned<SecretSource>>, name: &str| match source {
+            None => Some(None),
+            Some(source) => source
+                .get_ref()
+                .resolve(source.span(), &format!("{what} {name}"), checker)
+                .map(Some),
+        };
+        let password = secret(&self.password, "password");
+        let replication_password = secret(&self.replication_password, "replication_password");
+        let (Some(members), Some(password), Some(replication_password), true) =
+            (members, password, replication_password, ok)
+        else {
+            return None;
+        };
+        Some(MysqlPromote {
+            inner: Arc::new(Inner {
+                members,
+                user: self.user.get_ref().clone(),
+                password,
+                replication_user: self.replication_user.get_ref().clone(),
+                replication_password,
+                promote_lag_max_ms: *self.promote_lag_max_ms.get_ref(),
+            }),
+        })
+    }
+}
+
+/// The ready `mysql_promote` step.
+#[derive(Clone, Debug)]
+pub struct MysqlPromote {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    members: Vec<Member>,
+    user: String,
+    password: Option<Secret>,
+    replication_user: String,
+    replication_password: Option<Secret>,
+    promote_lag_max_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Mariadb,
+    Mysql,
+}
+
+/// A replica's replication, from `SHOW SLAVE STATUS` / `SHOW REPLICA STATUS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replication {
+    /// `host:port` it replicates from.
+    pub source: String,
+    /// The I/O thread runs (connected, or connecting and retrying).
+    pub io_running: bool,
+    pub sql_running: bool,
+    /// The applier's (SQL thread's) last error, if any: the replica may have diverged.
+    pub error: Option<String>,
+    /// What it received (executed included).
+    pub received: Position,
+    pub seconds_behind: Option<u64>,
+}
+
+/// What one reachable server said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub flavor: Flavor,
+    pub version: String,
+    pub read_only: bool,
+    /// `log_bin` and `log_slave_updates` (MariaDB) / `gtid_mode` (MySQL) as required.
+    pub gtid_ready: Result<(), String>,
+    pub replication: Option<Replication>,
+    pub executed: Position,
+    /// The promotion record's generation, if the table exists.
+    pub record: Option<u64>,
+}
+
+impl Observed {
+    fn writable_primary(&self) -> bool {
+        self.replication.is_none() && !self.read_only
+    }
+
+    /// Everything it has or will apply.
+    fn received(&self) -> Position {
+        let mut position = self.executed.clone();
+        if let Some(replication) = &self.replication {
+            position.merge(&replication.received);
+        }
+        position
+    }
+}
+
+/// What a run does, decided from the survey.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The primary is already in the order's region (an earlier run of this or an older
+    /// generation promoted it): nothing is promoted again.
+    Done { primary: usize },
+    Promote {
+        /// The last primary (reachable), fenced before the candidate takes over.
+        old: Option<usize>,
+        candidate: usize,
+        /// The candidate replicates from nobody (a fenced ex-primary): it rejoins `old` first.
+        rejoin: bool,
+    },
+}
+
+/// Decides the run from the survey (`observed[i]` is `None` for an unreachable member). Pure.
+pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) -> Result<Plan, Failure> {
+    let reachable: Vec<(usize, &Observed)> = observed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.as_ref().map(|o| (i, o)))
+        .collect();
+    if reachable.is_empty() {
+        return Err(Failure::Retryable("no server answered".into()));
+    }
+    if let Some((i, o)) = reachable.iter().find(|(_, o)| o.flavor != reachable[0].1.flavor) {
+        return Err(Failure::Refused(format!(
+            "{} runs {} while {} runs {}: one step promotes one flavour",
+            members[*i].address, o.version, members[reachable[0].0].address, reachable[0].1.version
+        )));
+    }
+    for (i, o) in &reachable {
+        if let Err(why) = &o.gtid_ready {
+            return Err(Failure::Refused(format!("{}: {why}", members[*i].address)));
+        }
+    }
+    if let Some((i, record)) = reachable
+        .iter()
+        .filter_map(|(i, o)| o.record.map(|r| (*i, r)))
+        .max_by_key(|(_, r)| *r)
+        && record > order.generation
+    {
+        return Err(Failure::Fenced(format!(
+            "{} holds a promotion record of generation {record}, newer than this order's {}",
+            members[i].address, order.generation
+        )));
+    }
+    let old = last_primary(order, members, &reachable)?;
+    if let Some(old) = old
+        && members[old].region == order.to
+    {
+        return Ok(match observed[old].as_ref().map(|o| o.read_only) {
+            Some(false) => Plan::Done { primary: old },
+            // Reset but not yet writable (a run stopped between the two): finish it.
+            _ => Plan::Promote {
+                old: None,
+                candidate: old,
+                rejoin: false,
+            },
+        });
+    }
+    // Everything known to exist: the last primary's transactions, or else what any replica
+    // received.
+    let reference = match old {
+        Some(old) => reachable
+            .iter()
+            .find(|(i, _)| *i == old)
+            .map(|(_, o)| o.executed.clone())
+            .expect("the last primary is reachable"),
+        None => {
+            let mut all = reachable[0].1.executed.empty_like();
+            for (_, o) in reachable.iter().filter(|(_, o)| o.replication.is_some()) {
+                all.merge(&o.received());
+            }
+            all
+        }
+    };
+    let mut refusals = Vec::new();
+    let mut best: Option<((u64, u64, usize), usize, bool)> = None;
+    for (i, o) in reachable.iter().filter(|(i, _)| members[*i].region == order.to) {
+        let rejoin = o.replication.is_none();
+        if let Some(replication) = &o.replication
+            && let Some(error) = &replication.error
+        {
+            refusals.push(format!("{} has a replication error: {error}", members[*i].address));
+            continue;
+        }
+        if rejoin {
+            let errant = o.executed.missing_from(&reference);
+            if !errant.is_empty() {
+                refusals.push(format!(
+                    "{} cannot rejoin: it has {} errant transaction(s) the primary{} never saw: {errant}",
+                    members[*i].address,
+                    errant.count,
+                    old.map(|o| format!(" {}", members[o].address)).unwrap_or_default(),
+                ));
+                continue;
+            }
+            if old.is_none() {
+                refusals.push(format!(
+                    "{} replicates from nobody and no primary answered to rejoin it to",
+                    members[*i].address
+                ));
+                continue;
+            }
+        }
+        let received = o.received();
+        let key = (
+            reference.missing_from(&received).count,
+            received.missing_from(&o.executed).count,
+            *i,
+        );
+        if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
+            best = Some((key, *i, rejoin));
+        }
+    }
+    match best {
+        Some((_, candidate, rejoin)) => Ok(Plan::Promote { old, candidate, rejoin }),
+        None if refusals.is_empty() => {
+            let unreachable: Vec<&str> = members
+                .iter()
+                .zip(observed)
+                .filter(|(m, o)| m.region == order.to && o.is_none())
+                .map(|(m, _)| m.address.as_str())
+                .collect();
+            if unreachable.is_empty() {
+                Err(Failure::Refused(format!(
+                    "no server is configured in region {}; add it under servers",
+                    order.to
+                )))
+            } else {
+                Err(Failure::Retryable(format!(
+                    "no server of region {} answered: {}",
+                    order.to,
+                    unreachable.join(", ")
+                )))
+            }
+        }
+        None => Err(Failure::Refused(format!(
+            "no server of region {} can be promoted: {}",
+            order.to,
+            refusals.join("; ")
+        ))),
+    }
+}
+
+/// The last primary among the reachable servers that replicate from nobody: the highest
+/// promotion record, a writable one before a fenced one; `None` if every reachable server is a
+/// replica (the primary is gone).
+fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observed)]) -> Result<Option<usize>, Failure> {
+    let roots: Vec<&(usize, &Observed)> = reachable.iter().filter(|(_, o)| o.replication.is_none()).collect();
+    let Some(top) = roots.iter().map(|(_, o)| o.record.unwrap_or(0)).max() else {
+        return Ok(None);
+    };
+    let tied: Vec<&&(usize, &Observed)> = roots.iter().filter(|(_, o)| o.record.unwrap_or(0) == top).collect();
+    let writable: Vec<usize> = tied
+        .iter()
+        .filter(|(_, o)| o.writable_primary())
+        .map(|(i, _)| *i)
+        .collect();
+    match writable.as_slice() {
+        [one] => return Ok(Some(*one)),
+        [a, b, ..] => {
+            return Err(Failure::Refused(format!(
+                "{} and {} are both writable primaries with the same promotion record ({top}): set read_only=ON on the stale one, then run again",
+                members[*a].address, members[*b].address
+            )));
+        }
+        [] => {}
+    }
+    // Fenced roots only: a run stopped between fencing and promoting. Prefer one in the order's
+    // region (the promotion in progress), then one that has everything the others have.
+    let pick = tied.iter().find(|(i, _)| members[*i].region == order.to).or_else(|| {
+        tied.iter().find(|(_, o)| {
+            tied.iter()
+                .all(|(_, other)| other.executed.missing_from(&o.executed).is_empty())
+        })
+    });
+    match pick {
+        Some((i, _)) => Ok(Some(*i)),
+        None => Err(Failure::Refused(format!(
+            "{} are read-only, replicate from nobody and have diverged: make one a replica of the other, then run again",
+            tied.iter()
+                .map(|(i, _)| members[*i].address.as_str())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ))),
+    }
+}
+
+/// Whether to promote a candidate that still lacks `missing` after the wait.
+pub fn judge_loss(missing: &Missing, force: bool, candidate: &str, lag_max_ms: u64) -> Result<Option<String>, Failure> {
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let what = format!(
+        "{candidate} still lacks {} transaction(s) after waiting promote_lag_max_ms = {lag_max_ms}: {missing}",
+        missing.count
+    );
+    if force {
+        Ok(Some(format!(
+            "{what}; promoted anyway (force_data_loss): they are lost"
+        )))
+    } else {
+        Err(Failure::Refused(format!(
+            "{what}. Promoting it would lose them; wait for it to catch up, or accept the loss with `switchyard failover --force-data-loss`"
+        )))
+    }
+}
+
+impl MysqlPromote {
+    pub fn members(&self) -> &[Member] {
+        &self.inner.members
+    }
+
+    /// The shortest step `timeout_ms` that never cuts a run short: a run cut between fencing
+    /// and promoting would leave the old primary read-only with nobody writable.
+    pub fn timeout_needed_ms(&self) -> u64 {
+        self.inner.promote_lag_max_ms.saturating_add(super::STEP_OVERHEAD_MS)
+    }
+
+    pub async fn run(&self, order: &Order) -> Outcome {
+        let inner = &self.inner;
+        let observed = survey(inner).await;
+        let mut notes = Notes::default();
+        for (member, o) in inner.members.iter().zip(&observed) {
+            if let Err(error) = o {
+                notes.push(format!(
+                    "{} unreachable ({error}): not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins only without errant transactions",
+                    member.address
+                ));
+            }
+        }
+        let observed: Vec<Option<Observed>> = observed.into_iter().map(Result::ok).collect();
+        let primary = match plan(order, &inner.members, &observed)? {
+            Plan::Done { primary } => {
+                let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
+                notes.push(format!(
+                    "{} already primary (promotion record of generation {record}); nothing promoted",
+                    inner.members[primary].address
+                ));
+                let mut session = inner.connect(primary).await?;
+                if record < order.generation {
+                    session.write_record(order, &inner.members[primary]).await?;
+                }
+                primary
+            }
+            Plan::Promote { old, candidate, rejoin } => {
+                self.promote(order, &observed, old, candidate, rejoin, &mut notes)
+                    .await?;
+                candidate
+            }
+        };
+        self.rejoin_others(primary, &mut notes).await?;
+        Ok(notes.join())
+    }
+
+    async fn promote(
+        &self,
+        order: &Order,
+        observed: &[Option<Observed>],
+        old: Option<usize>,
+        candidate: usize,
+        rejoin: bool,
+        notes: &mut Notes,
+    ) -> Result<(), Failure> {
+        let inner = &self.inner;
+        let member = &inner.members[candidate];
+        let lag_max_ms = inner.promote_lag_max_ms;
+        let mut fenced_now = None;
+        let target = match old {
+            Some(old) => {
+                let mut session = inner.connect(old).await?;
+                let was_writable = observed[old].as_ref().is_some_and(|o| !o.read_only);
+                let (final_position, killed) = session.fence().await?;
+                notes.push(format!(
+                    "fenced old primary {} (read_only, {killed} client connection(s) killed, final GTID position {final_position})",
+                    inner.members[old].address
+                ));
+                if was_writable {
+                    fenced_now = Some(old);
+                }
+                final_position
+            }
+            None => {
+                let mut all = observed
+                    .iter()
+                    .flatten()
+                    .next()
+                    .map(|o| o.executed.empty_like())
+                    .expect("plan found a reachable server");
+                // As in `plan`: what the replicas received, and the candidate's own.
+                for (i, o) in observed.iter().enumerate() {
+                    if let Some(o) = o
+                        && (o.replication.is_some() || i == candidate)
+                    {
+                        all.merge(&o.received());
+                    }
+                }
+                all
+            }
+        };
+        let mut session = inner.connect(candidate).await?;
+        if rejoin && let Some(old) = old {
+            session.replicate_from(&inner.members[old], inner).await?;
+            notes.push(format!(
+                "{} rejoined {} to catch up",
+                member.address, inner.members[old].address
+            ));
+        }
+        session.ensure_applier().await?;
+        let applied = session.wait_for(&target, lag_max_ms).await?;
+        let missing = target.missing_from(&applied);
+        let loss = match judge_loss(&missing, order.force_data_loss, &member.address, lag_max_ms) {
+            Ok(loss) => loss,
+            Err(refusal) => {
+                if let Some(old) = fenced_now {
+                    match inner.connect(old).await {
+                        Ok(mut s) => match s.unfence().await {
+                            Ok(()) => notes.push(format!("{} is writable again", inner.members[old].address)),
+                            Err(e) => notes.push(format!(
+                                "could not make {} writable again: {e}",
+                                inner.members[old].address
+                            )),
+                        },
+                        Err(e) => notes.push(format!(
+                            "could not make {} writable again: {e}",
+                            inner.members[old].address
+                        )),
+                    }
+                }
+                return Err(match refusal {
+                    Failure::Refused(message) => Failure::Refused(format!("{message} ({})", notes.join())),
+                    other => other,
+                });
+            }
+        };
+        session.make_primary(order, member).await?;
+        notes.push(format!(
+            "promoted {} in {} at GTID position {applied}",
+            member.address, member.region
+        ));
+        if let Some(loss) = loss {
+            notes.push(loss);
+        }
+        if old.is_none() {
+            notes.push(
+                "the old primary did not answer: transactions it committed that no replica received are unknown"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Points every other reachable server at `primary`, fencing writable strays; a server
+    /// with errant transactions is left fenced and named.
+    async fn rejoin_others(&self, primary: usize, notes: &mut Notes) -> Result<(), Failure> {
+        let inner = &self.inner;
+        let observed = survey(inner).await;
+        let Some(Ok(primary_state)) = observed.get(primary) else {
+            return Err(Failure::Retryable(format!(
+                "the new primary {} stopped answering",
+                inner.members[primary].address
+            )));
+        };
+        let primary_member = &inner.members[primary];
+        for (i, o) in observed.iter().enumerate() {
+            let Ok(o) = o else { continue };
+            if i == primary {
+                continue;
+            }
+            let member = &inner.members[i];
+            if let Some(replication) = &o.replication
+                && replication.source == primary_member.address
+                && replication.io_running
+                && replication.sql_running
+            {
+                continue;
+            }
+            let mut session = inner.connect(i).await?;
+            let errant = o.executed.missing_from(&primary_state.executed);
+            if o.writable_primary() || !errant.is_empty() {
+                let (position, killed) = session.fence().await?;
+                if o.writable_primary() {
+                    notes.push(format!(
+                        "fenced stray primary {} ({killed} connection(s) killed, final GTID position {position})",
+                        member.address
+                    ));
+                }
+            }
+            if !errant.is_empty() {
+                notes.push(format!(
+                    "{} left fenced, not rejoined: {} errant transaction(s) {} never saw: {errant}",
+                    member.address, errant.count, primary_member.address
+                ));
+                continue;
+            }
+            session.replicate_from(primary_member, inner).await?;
+            notes.push(format!(
+                "{} now replicates from {}",
+                member.address, primary_member.address
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Inspects every member concurrently, each bounded.
+async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..inner.members.len() {
+        let inner = Arc::clone(inner);
+        tasks.spawn(async move {
+            let result = match inner.connect(index).await {
+                Ok(mut session) => session.inspect().await.map_err(|f| f.to_string()),
+                Err(f) => Err(f.to_string()),
+            };
+            (index, result)
+        });
+    }
+    let mut results: Vec<Result<Observed, String>> = (0..inner.members.len())
+        .map(|_| Err("not inspected".to_string()))
+        .collect();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((index, result)) = joined {
+            results[index] = result;
+        }
+    }
+    results
+}
+
+impl Inner {
+    async fn connect(&self, index: usize) -> Result<Session, Failure> {
+        let member = &self.members[index];
+        let options = mysql_async::OptsBuilder::default()
+            .ip_or_hostname(member.host.clone())
+            .tcp_port(member.port)
+            .user(Some(self.user.clone()))
+            .pass(self.password.as_ref().map(|p| p.expose().to_string()))
+            .prefer_socket(false);
+        let connect = mysql_async::Conn::new(options);
+        let conn = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(error)) => return Err(Failure::Retryable(format!("{}: {error}", member.address))),
+            Err(_) => {
+                return Err(Failure::Retryable(format!(
+                    "{}: no login within {CONNECT_TIMEOUT_MS} ms",
+                    member.address
+                )));
+            }
+        };
+        let mut session = Session {
+            conn,
+            address: member.address.clone(),
+            flavor: Flavor::Mariadb,
+        };
+        // Our own statements quote strings one way, whatever the server's default mode.
+        session.run("SET SESSION sql_mode = ''").await?;
+        let version = session.value("SELECT @@GLOBAL.version").await?.unwrap_or_default();
+        if !version.contains("MariaDB") {
+            session.flavor = Flavor::Mysql;
+        }
+        Ok(session)
+    }
+}
+
+/// One logged-in connection to one server.
+struct Session {
+    conn: mysql_async::Conn,
+    address: String,
+    flavor: Flavor,
+}
+
+/// A string literal for our own statements (`sql_mode` is '' in our sessions).
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn cell(row: &mysql_async::Row, name: &str) -> Option<String> {
+    match row.get_opt::<mysql_async::Value, &str>(name)? {
+        Ok(mysql_async::Value::Bytes(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        Ok(mysql_async::Value::Int(n)) => Some(n.to_string()),
+        Ok(mysql_async::Value::UInt(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn is_on(value: Option<&str>) -> bool {
+    matches!(value.map(str::to_ascii_uppercase).as_deref(), Some("1" | "ON" | "YES"))
+}
+
+impl Session {
+    fn failure(&self, statement: &str, error: mysql_async::Error) -> Failure {
+        Failure::Retryable(format!("{}: {statement}: {error}", self.address))
+    }
+
+    async fn rows(&mut self, statement: &str) -> Result<Vec<mysql_async::Row>, Failure> {
+        self.rows_within(statement, QUERY_TIMEOUT_MS).await
+    }
+
+    async fn rows_within(&mut self, statement: &str, timeout_ms: u64) -> Result<Vec<mysql_async::Row>, Failure> {
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), self.conn.query(statement)).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(error)) => Err(self.failure(statement, error)),
+            Err(_) => Err(Failure::Retryable(format!(
+                "{}: {statement}: no answer within {timeout_ms} ms",
+                self.address
+            ))),
+        }
+    }
+
+    async fn run(&mut self, statement: &str) -> Result<(), Failure> {
+        self.rows(statement).await.map(|_| ())
+    }
+
+    async fn value(&mut self, statement: &str) -> Result<Option<String>, Failure> {
+        let rows = self.rows(statement).await?;
+        Ok(rows.first().and_then(|row| match row.as_ref(0) {
+            Some(mysql_async::Value::Bytes(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+            Some(mysql_async::Value::Int(n)) => Some(n.to_string()),
+            Some(mysql_async::Value::UInt(n)) => Some(n.to_string()),
+            _ => None,
+        }))
+    }
+
+    fn position(&self, text: &str) -> Result<Position, Failure> {
+        let parsed = match self.flavor {
+            Flavor::Mariadb => MariaState::parse(text).map(Position::Mariadb),
+            Flavor::Mysql => GtidSet::parse(text).map(Position::Mysql),
+        };
+        parsed.map_err(|e| Failure::Retryable(format!("{}: {e}", self.address)))
+    }
+
+    async fn executed(&mut self) -> Result<Position, Failure> {
+        match self.flavor {
+            Flavor::Mariadb => {
+                let rows = self
+                    .rows("SELECT @@GLOBAL.gtid_binlog_state AS state, @@GLOBAL.gtid_slave_pos AS slave")
+                    .await?;
+                let row = rows.first();
+                let mut position = self.position(&row.and_then(|r| cell(r, "state")).unwrap_or_default())?;
+                position.merge(&self.position(&row.and_then(|r| cell(r, "slave")).unwrap_or_default())?);
+                Ok(position)
+            }
+            Flavor::Mysql => {
+                let text = self.value("SELECT @@GLOBAL.gtid_executed").await?.unwrap_or_default();
+                self.position(&text)
+            }
+        }
+    }
+
+    async fn inspect(&mut self) -> Result<Observed, Failure> {
+        let version = self.value("SELECT @@GLOBAL.version").await?.unwrap_or_default();
+        let read_only = is_on(self.value("SELECT @@GLOBAL.read_only").await?.as_deref());
+        let gtid_ready = match self.flavor {
+            Flavor::Mariadb => {
+                let rows = self
+                    .rows("SELECT @@GLOBAL.log_bin AS log_bin, @@GLOBAL.log_slave_updates AS updates")
+                    .await?;
+                let row = rows.first();
+                if !is_on(row.and_then(|r| cell(r, "log_bin")).as_deref()) {
+                    Err("log_bin is OFF: start the server with log_bin and log_slave_updates".to_string())
+                } else if !is_on(row.and_then(|r| cell(r, "updates")).as_deref()) {
+                    Err("log_slave_updates is OFF: start the server with log_slave_updates".to_string())
+                } else {
+                    Ok(())
+                }
+            }
+            Flavor::Mysql => {
+                let mode = self.value("SELECT @@GLOBAL.gtid_mode").await?.unwrap_or_default();
+                if mode.eq_ignore_ascii_case("ON") {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "gtid_mode is {mode}: set gtid_mode=ON and enforce_gtid_consistency=ON"
+                    ))
+                }
+            }
+        };
+        let executed = self.executed().await?;
+        let replication = self.replication(&executed).await?;
+        let record = self.record().await?;
+        Ok(Observed {
+            flavor: self.flavor,
+            version,
+            read_only,
+            gtid_ready,
+            replication,
+            executed,
+            record,
+        })
+    }
+
+    async fn replication(&mut self, executed: &Position) -> Result<Option<Replication>, Failure> {
+        let statement = match self.flavor {
+            Flavor::Mariadb => "SHOW SLAVE STATUS",
+            Flavor::Mysql => "SHOW REPLICA STATUS",
+        };
+        let rows = self.rows(statement).await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let pick = |names: [&str; 2]| cell(row, names[0]).or_else(|| cell(row, names[1]));
+        let host = pick(["Master_Host", "Source_Host"]).unwrap_or_default();
+        if host.is_empty() {
+            return Ok(None);
+        }
+        let port = pick(["Master_Port", "Source_Port"]).unwrap_or_default();
+        let io = pick(["Slave_IO_Running", "Replica_IO_Running"]).unwrap_or_default();
+        let sql = pick(["Slave_SQL_Running", "Replica_SQL_Running"]).unwrap_or_default();
+        // Only the applier's error disqualifies: an I/O error is what every replica shows
+        // while its primary is down, the very case a failover is for.
+        let error = cell(row, "Last_SQL_Error").filter(|e| !e.is_empty());
+        let received_text = match self.flavor {
+            Flavor::Mariadb => cell(row, "Gtid_IO_Pos"),
+            Flavor::Mysql => cell(row, "Retrieved_Gtid_Set"),
+        }
+        .unwrap_or_default();
+        let mut received = self.position(&received_text)?;
+        received.merge(executed);
+        Ok(Some(Replication {
+            source: format!("{host}:{port}"),
+            // "Connecting" counts: the thread runs and retries on its own.
+            io_running: io.eq_ignore_ascii_case("Yes") || io.eq_ignore_ascii_case("Connecting"),
+            sql_running: sql.eq_ignore_ascii_case("Yes"),
+            error,
+            received,
+            seconds_behind: pick(["Seconds_Behind_Master", "Seconds_Behind_Source"]).and_then(|s| s.parse().ok()),
+        }))
+    }
+
+    async fn record(&mut self) -> Result<Option<u64>, Failure> {
+        let statement = format!("SELECT generation FROM {RECORD_TABLE} WHERE id = 1");
+        match tokio::time::timeout(
+            Duration::from_millis(QUERY_TIMEOUT_MS),
+            self.conn.query::<mysql_async::Row, _>(&statement),
+        )
+        .await
+        {
+            Ok(Ok(rows)) => Ok(rows
+                .first()
+                .and_then(|r| cell(r, "generation"))
+                .and_then(|g| g.parse().ok())),
+            // Unknown database / table: never promoted by Switchyard.
+            Ok(Err(mysql_async::Error::Server(e))) if e.code == 1049 || e.code == 1146 => Ok(None),
+            Ok(Err(error)) => Err(self.failure(&statement, error)),
+            Err(_) => Err(Failure::Retryable(format!("{}: {statement}: no answer", self.address))),
+        }
+    }
+
+    /// read_only on, client connections killed (replication's own kept so replicas drain),
+    /// then the final position.
+    async fn fence(&mut self) -> Result<(Position, usize), Failure> {
+        match self.flavor {
+            Flavor::Mariadb => self.run("SET GLOBAL read_only = ON").await?,
+            Flavor::Mysql => self.run("SET GLOBAL super_read_only = ON").await?,
+        }
+        let rows = self
+            .rows(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() \
+                 AND USER NOT IN ('system user', 'event_scheduler') \
+                 AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker', 'Connect')",
+            )
+            .await?;
+        let mut killed = 0;
+        for row in rows.iter().take(KILLED_CONNECTIONS_MAX) {
+            let Some(id) = cell(row, "ID").and_then(|id| id.parse::<u64>().ok()) else {
+                continue;
+            };
+            match self.conn.query_drop(format!("KILL CONNECTION {id}")).await {
+                Ok(()) => killed += 1,
+                // Gone meanwhile (ER_NO_SUCH_THREAD).
+                Err(mysql_async::Error::Server(e)) if e.code == 1094 => {}
+                Err(error) => return Err(self.failure("KILL CONNECTION", error)),
+            }
+        }
+        let read_only = self.value("SELECT @@GLOBAL.read_only").await?;
+        if !is_on(read_only.as_deref()) {
+            return Err(Failure::Retryable(format!(
+                "{}: read_only did not stay ON",
+                self.address
+            )));
+        }
+        Ok((self.executed().await?, killed))
+    }
+
+    async fn unfence(&mut self) -> Result<(), Failure> {
+        if self.flavor == Flavor::Mysql {
+            self.run("SET GLOBAL super_read_only = OFF").await?;
+        }
+        self.run("SET GLOBAL read_only = OFF").await
+    }
+
+    /// Starts the SQL thread of a replica if it is stopped (its relay log must be applied).
+    async fn ensure_applier(&mut self) -> Result<(), Failure> {
+        let executed = self.executed().await?;
+        if let Some(replication) = self.replication(&executed).await?
+            && !replication.sql_running
+        {
+            match self.flavor {
+                Flavor::Mariadb => self.run("START SLAVE SQL_THREAD").await?,
+                Flavor::Mysql => self.run("START REPLICA SQL_THREAD").await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits (at most `timeout_ms`) until `target` is applied; returns what is applied then.
+    async fn wait_for(&mut self, target: &Position, timeout_ms: u64) -> Result<Position, Failure> {
+        let executed = self.executed().await?;
+        if target.missing_from(&executed).is_empty() {
+            return Ok(executed);
+        }
+        let seconds = format!("{}.{:03}", timeout_ms / 1000, timeout_ms % 1000);
+        let statement = match self.flavor {
+            Flavor::Mariadb => format!("SELECT MASTER_GTID_WAIT({}, {seconds})", quote(&target.wait_text())),
+            Flavor::Mysql => format!(
+                "SELECT WAIT_FOR_EXECUTED_GTID_SET({}, {seconds})",
+                quote(&target.wait_text())
+            ),
+        };
+        self.rows_within(&statement, timeout_ms.saturating_add(QUERY_TIMEOUT_MS))
+            .await?;
+        self.executed().await
+    }
+
+    /// Replicates from `source` by GTID (a running replication is stopped first).
+    async fn replicate_from(&mut self, source: &Member, inner: &Inner) -> Result<(), Failure> {
+        let password = inner
+            .replication_password
+            .as_ref()
+            .map(|p| p.expose().to_string())
+            .unwrap_or_default();
+        match self.flavor {
+            Flavor::Mariadb => {
+                self.run("STOP SLAVE").await?;
+                // An ex-primary's own transactions count as applied: start after them.
+                self.run("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos")
+                    .await?;
+                self.run(&format!(
+                    "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos",
+                    quote(&source.host),
+                    source.port,
+                    quote(&inner.replication_user),
+                    quote(&password)
+                ))
+                .await?;
+                self.run("START SLAVE").await?;
+            }
+            Flavor::Mysql => {
+                self.run("STOP REPLICA").await?;
+                self.run(&format!(
+                    "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {}, SOURCE_PORT = {}, SOURCE_USER = {}, SOURCE_PASSWORD = {}, SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1",
+                    quote(&source.host),
+                    source.port,
+                    quote(&inner.replication_user),
+                    quote(&password)
+                ))
+                .await?;
+                self.run("START REPLICA").await?;
+            }
+        }
+        let executed = self.executed().await?;
+        match self.replication(&executed).await? {
+            Some(replication) if replication.source == source.address => Ok(()),
+            other => Err(Failure::Retryable(format!(
+                "{}: replication source reads {:?} after pointing it at {}",
+                self.address,
+                other.map(|r| r.source),
+                source.address
+            ))),
+        }
+    }
+
+    /// Stops and forgets replication, turns read_only off, writes the promotion record; then
+    /// reads all three back.
+    async fn make_primary(&mut self, order: &Order, member: &Member) -> Result<(), Failure> {
+        match self.flavor {
+            Flavor::Mariadb => {
+                self.run("STOP SLAVE").await?;
+                self.run("RESET SLAVE ALL").await?;
+            }
+            Flavor::Mysql => {
+                self.run("STOP REPLICA").await?;
+                self.run("RESET REPLICA ALL").await?;
+            }
+        }
+        self.unfence().await?;
+        self.write_record(order, member).await?;
+        let executed = self.executed().await?;
+        if self.replication(&executed).await?.is_some() {
+            return Err(Failure::Retryable(format!(
+                "{}: still a replica after RESET",
+                self.address
+            )));
+        }
+        if is_on(self.value("SELECT @@GLOBAL.read_only").await?.as_deref()) {
+            return Err(Failure::Retryable(format!("{}: read_only is still ON", self.address)));
+        }
+        Ok(())
+    }
+
+    /// Raises the promotion record to the order's generation (never lowers it), then reads it
+    /// back: a newer generation there means a newer decision acted.
+    async fn write_record(&mut self, order: &Order, member: &Member) -> Result<(), Failure> {
+        if self.record().await?.is_none() {
+            self.run("CREATE DATABASE IF NOT EXISTS switchyard").await?;
+            self.run(&format!(
+                "CREATE TABLE IF NOT EXISTS {RECORD_TABLE} (id TINYINT UNSIGNED PRIMARY KEY, \
+                 generation BIGINT UNSIGNED NOT NULL, primary_address VARCHAR(300) NOT NULL, \
+                 region VARCHAR(200) NOT NULL, promoted_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)) ENGINE=InnoDB"
+            ))
+            .await?;
+        }
+        let (generation, address, region) = (order.generation, quote(&member.address), quote(&member.region));
+        self.run(&format!(
+            "INSERT INTO {RECORD_TABLE} (id, generation, primary_address, region) VALUES (1, {generation}, {address}, {region}) \
+             ON DUPLICATE KEY UPDATE \
+             primary_address = IF(generation < {generation}, {address}, primary_address), \
+             region = IF(generation < {generation}, {region}, region), \
+             promoted_at = IF(generation < {generation}, CURRENT_TIMESTAMP(3), promoted_at), \
+             generation = GREATEST(generation, {generation})"
+        ))
+        .await?;
+        match self.record().await? {
+            Some(g) if g == order.generation => Ok(()),
+            Some(g) if g > order.generation => Err(Failure::Fenced(format!(
+                "{}: the promotion record holds generation {g}, newer than this order's {}",
+                self.address, order.generation
+            ))),
+            other => Err(Failure::Retryable(format!(
+                "{}: the promotion record reads {other:?} after writing generation {}",
+                self.address, order.generation
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::test_support::Collect;
+
+    fn order(generation: u64, to: &str, force: bool) -> Order {
+        Order {
+            generation,
+            kind: "failover".into(),
+            from: Some("eu".into()),
+            to: to.into(),
+            serving: vec![to.into()],
+            reason: "test".into(),
+            force_data_loss: force,
+        }
+    }
+
+    fn members() -> Vec<Member> {
+        [("a:3306", "eu"), ("b:3306", "us"), ("c:3306", "us")]
+            .iter()
+            .map(|(address, region)| {
+                let (host, port) = crate::db::parse_address(address, 3306).expect("address");
+                Member {
+                    address: address.to_string(),
+                    host,
+                    port,
+                    region: region.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    fn maria(text: &str) -> Position {
+        Position::Mariadb(MariaState::parse(text).expect("gtid"))
+    }
+
+    fn primary(executed: &str, record: Option<u64>) -> Observed {
+        Observed {
+            flavor: Flavor::Mariadb,
+            version: "10.11.6-MariaDB".into(),
+            read_only: false,
+            gtid_ready: Ok(()),
+            replication: None,
+            executed: maria(executed),
+            record,
+        }
+    }
+
+    fn replica(executed: &str, received: &str) -> Observed {
+        Observed {
+            read_only: true,
+            replication: Some(Replication {
+                source: "a:3306".into(),
+                io_running: true,
+                sql_running: true,
+                error: None,
+                received: maria(received),
+                seconds_behind: Some(0),
+            }),
+            ..primary(executed, None)
+        }
+    }
+
+    #[test]
+    fn the_most_advanced_replica_of_the_region_is_the_candidate_and_the_old_primary_is_fenced() {
+        let observed = vec![
+            Some(primary("0-1-100", None)),
+            Some(replica("0-1-90", "0-1-95")),
+            Some(replica("0-1-80", "0-1-99")),
+        ];
+        let plan = plan(&order(7, "us", false), &members(), &observed).expect("plan");
+        assert_eq!(
+            plan,
+            Plan::Promote {
+                old: Some(0),
+                candidate: 2,
+                rejoin: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_replica_with_a_replication_error_is_passed_over_and_named_when_alone() {
+        let mut broken = replica("0-1-99", "0-1-99");
+        if let Some(r) = &mut broken.replication {
+            r.error = Some("Duplicate entry '5'".into());
+        }
+        let observed = vec![
+            Some(primary("0-1-100", None)),
+            Some(broken.clone()),
+            Some(replica("0-1-1", "0-1-1")),
+        ];
+        assert_eq!(
+            plan(&order(7, "us", false), &members(), &observed).expect("plan"),
+            Plan::Promote {
+                old: Some(0),
+                candidate: 2,
+                rejoin: false
+            }
+        );
+        let observed = vec![Some(primary("0-1-100", None)), Some(broken), None];
+        let Err(Failure::Refused(message)) = plan(&order(7, "us", false), &members(), &observed) else {
+            panic!("refused");
+        };
+        assert!(message.contains("Duplicate entry"), "{message}");
+    }
+
+    #[test]
+    fn a_writable_primary_with_the_newest_record_in_the_region_is_done_and_a_newer_record_fences() {
+        let observed = vec![
+            Some(Observed {
+                read_only: true,
+                ..primary("0-1-100", Some(3))
+            }),
+            Some(primary("0-1-100,0-2-120", Some(7))),
+            Some(replica("0-1-100,0-2-120", "0-1-100,0-2-120")),
+        ];
+        assert_eq!(
+            plan(&order(7, "us", false), &members(), &observed).expect("plan"),
+            Plan::Done { primary: 1 }
+        );
+        assert_eq!(
+            plan(&order(9, "us", false), &members(), &observed).expect("plan"),
+            Plan::Done { primary: 1 }
+        );
+        assert!(matches!(
+            plan(&order(6, "us", false), &members(), &observed),
+            Err(Failure::Fenced(_))
+        ));
+    }
+
+    #[test]
+    fn a_stale_primary_that_came_back_writable_loses_to_the_newer_record() {
+        // a (eu) was cut off, b (us) promoted at generation 7; a returns writable with errant
+        // transactions. Failing back to eu must not take a for the primary.
+        let observed = vec![
+            Some(primary("0-1-105", Some(2))),
+            Some(primary("0-1-100,0-2-120", Some(7))),
+            None,
+        ];
+        let Err(Failure::Refused(message)) = plan(&order(8, "eu", false), &members(), &observed) else {
+            panic!("refused");
+        };
+        assert!(message.contains("0-1-101..0-1-105"), "{message}");
+        assert!(message.contains("a:3306 cannot rejoin"), "{message}");
+        // Without errant transactions it rejoins b first, then takes over.
+        let observed = vec![
+            Some(Observed {
+                read_only: true,
+                ..primary("0-1-100", Some(2))
+            }),
+            Some(primary("0-1-100,0-2-120", Some(7))),
+            None,
+        ];
+        assert_eq!(
+            plan(&order(8, "eu", false), &members(), &observed).expect("plan"),
+            Plan::Promote {
+                old: Some(1),
+                candidate: 0,
+                rejoin: true
+            }
+        );
+    }
+
+    #[test]
+    fn two_writable_primaries_with_the_same_record_are_refused() {
+        let observed = vec![Some(primary("0-1-5", None)), Some(primary("0-2-5", None)), None];
+        let Err(Failure::Refused(message)) = plan(&order(3, "us", false), &members(), &observed) else {
+            panic!("refused");
+        };
+        assert!(message.contains("a:3306 and b:3306"), "{message}");
+    }
+
+    #[test]
+    fn a_run_stopped_after_the_reset_finishes_the_same_candidate() {
+        let observed = vec![
+            Some(Observed {
+                read_only: true,
+                ..primary("0-1-100", None)
+            }),
+            Some(Observed {
+                read_only: true,
+                ..primary("0-1-100", None)
+            }),
+            Some(replica("0-1-100", "0-1-100")),
+        ];
+        assert_eq!(
+            plan(&order(4, "us", false), &members(), &observed).expect("plan"),
+            Plan::Promote {
+                old: None,
+                candidate: 1,
+                rejoin: false
+            }
+        );
+    }
+
+    #[test]
+    fn with_the_primary_gone_the_reference_is_what_any_replica_received() {
+        let observed = vec![
+            None,
+            Some(replica("0-1-90", "0-1-90")),
+            Some(replica("0-1-95", "0-1-97")),
+        ];
+        assert_eq!(
+            plan(&order(4, "us", false), &members(), &observed).expect("plan"),
+            Plan::Promote {
+                old: None,
+                candidate: 2,
+                rejoin: false
+            }
+        );
+        assert!(matches!(
+            plan(&order(4, "us", false), &members(), &[None, None, None]),
+            Err(Failure::Retryable(_))
+        ));
+    }
+
+    #[test]
+    fn loss_is_refused_unless_forced_and_counted_either_way() {
+        let missing = maria("0-1-100").missing_from(&maria("0-1-97"));
+        let Err(Failure::Refused(message)) = judge_loss(&missing, false, "b:3306", 500) else {
+            panic!("refused");
+        };
+        assert!(
+            message.contains("lacks 3 transaction(s)") && message.contains("0-1-98..0-1-100"),
+            "{message}"
+        );
+        assert!(message.contains("--force-data-loss"), "{message}");
+        let forced = judge_loss(&missing, true, "b:3306", 500)
+            .expect("forced")
+            .expect("a note");
+        assert!(forced.contains("they are lost"), "{forced}");
+        assert_eq!(judge_loss(&Missing::default(), false, "b", 1), Ok(None));
+    }
+
+    #[test]
+    fn settings_name_every_problem() {
+        let text = r#"
+            servers = { eu = ["a:3306"], mars = ["b:99999"] }
+            user = ""
+            replication_user = "repl"
+            password = { env = "SWITCHYARD_TEST_UNSET_MYSQL" }
+            promote_lag_max_ms = 900000
+        "#;
+        let settings: Settings = toml::from_str(text).expect("parses");
+        let mut checker = Collect::new(&["eu", "us"]);
+        assert!(settings.check("db", &mut checker).is_none());
+        let all = checker.errors.join("\n");
+        for expected in [
+            "region 'mars'",
+            "port '99999'",
+            "user ''",
+            "SWITCHYARD_TEST_UNSET_MYSQL",
+            "promote_lag_max_ms = 900000",
+        ] {
+            assert!(all.contains(expected), "{expected} missing in:\n{all}");
+        }
+        let good: Settings = toml::from_str(
+            "servers = { eu = [\"a\"], us = [\"b:3307\"] }\nuser = \"sw\"\nreplication_user = \"repl\"\n",
+        )
+        .expect("parses");
+        let mut checker = Collect::new(&["eu", "us"]);
+        let step = good.check("db", &mut checker).expect("valid");
+        assert!(checker.errors.is_empty(), "{:?}", checker.errors);
+        assert_eq!(step.members()[0].address, "a:3306");
+        assert_eq!(step.inner.promote_lag_max_ms, super::super::PROMOTE_LAG_MS_DEFAULT);
+    }
+
+    #[test]
+    fn quoting_escapes_quotes_and_backslashes() {
+        assert_eq!(quote(r"a'b\c"), r"'a\'b\\c'");
+    }
+}

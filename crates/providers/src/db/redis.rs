@@ -1,0 +1,733 @@
+//! `redis_promote`: moves the master of a Redis replication group into the order's active
+//! region (what Sentinel does, driven by the controller's decision instead of its own vote).
+//!
+//! One run: survey every server (`INFO replication`, the promotion record `switchyard:promotion`);
+//! [`plan`] (pure) names the last master and the candidate (the replica of the region with the
+//! highest replication offset); if the old master answers, pause its writers
+//! (`CLIENT PAUSE WRITE`), read its final offset and wait at most `promote_lag_max_ms` for the
+//! candidate to reach it, refusing (and unpausing) if it does not, unless the order forces data
+//! loss; `REPLICAOF NO ONE` on the candidate and the record written (a script that never lowers
+//! it); the old master becomes a replica of the new one (`REPLICAOF`, then `CLIENT UNPAUSE`);
+//! every other server is pointed at the new master. A master that was cut off and comes back is
+//! made a replica on sight: Redis has no errant-transaction check, so its writes since the cut
+//! are discarded by the resynchronisation, and the outcome says so.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{CONNECT_TIMEOUT_MS, Member, Notes, QUERY_TIMEOUT_MS};
+use crate::secret::{Secret, SecretSource};
+use crate::{Checker, Failure, Order, Outcome};
+
+/// Default Redis port.
+pub const REDIS_PORT_DEFAULT: u16 = 6379;
+/// The promotion record's key: `"<generation> <address> <region>"`.
+pub const RECORD_KEY: &str = "switchyard:promotion";
+/// How often the catch-up wait reads the candidate's offset.
+pub const CATCH_UP_POLL_MS: u64 = 20;
+/// Longest `INFO` answer read, in bytes.
+pub const INFO_BYTES_MAX: usize = 64 * 1024;
+/// Extra pause beyond the catch-up wait, so the old master stays paused until it is a replica.
+pub const PAUSE_MARGIN_MS: u64 = 10_000;
+
+/// Sets the record unless it holds a newer generation; returns what it holds afterwards.
+const RECORD_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+    if v then local g = tonumber(string.match(v, '^(%d+)')) \
+    if g and g > tonumber(ARGV[1]) then return v end end \
+    redis.call('SET', KEYS[1], ARGV[2]) return ARGV[2]";
+
+/// The `[runbook.redis_promote]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Per region, its servers: `{ eu = ["redis.eu:6379"], us = ["redis.us"] }`.
+    pub servers: Spanned<BTreeMap<String, Vec<Spanned<String>>>>,
+    /// An ACL user (Redis 6+); without it the password is the `default` user's.
+    #[serde(default)]
+    pub username: Option<Spanned<String>>,
+    #[serde(default)]
+    pub password: Option<Spanned<SecretSource>>,
+    /// How long the step waits for the candidate to reach the old master's offset.
+    #[serde(default = "super::default_promote_lag_max_ms")]
+    pub promote_lag_max_ms: Spanned<u64>,
+}
+
+impl Settings {
+    pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<RedisPromote> {
+        let what = format!("redis_promote step '{step}'");
+        let members = super::check_servers(&what, &self.servers, REDIS_PORT_DEFAULT, checker);
+        let mut ok = super::check_lag(&what, &self.promote_lag_max_ms, checker);
+        if let Some(user) = &self.username
+            && (user.get_ref().is_empty() || user.get_ref().chars().any(char::is_whitespace))
+        {
+            checker.error(
+                user.span(),
+                format!("{what}: username '{}' is empty or has spaces", user.get_ref()),
+                "name an ACL user, or leave username out to use the default user".into(),
+            );
+            ok = false;
+        }
+        let password = match &self.password {
+            None => Some(None),
+            Some(source) => source
+                .get_ref()
+                .resolve(source.span(), &format!("{what} password"), checker)
+                .map(Some),
+        };
+        let (Some(members), Some(password), true) = (members, password, ok) else {
+            return None;
+        };
+        Some(RedisPromote {
+            inner: Arc::new(Inner {
+                members,
+                username: self.username.as_ref().map(|u| u.get_ref().clone()),
+                password,
+                promote_lag_max_ms: *self.promote_lag_max_ms.get_ref(),
+            }),
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisPromote {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    members: Vec<Member>,
+    username: Option<String>,
+    password: Option<Secret>,
+    promote_lag_max_ms: u64,
+}
+
+/// What one reachable server said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// `Some("host:port")` for a replica.
+    pub replica_of: Option<String>,
+    pub link_up: bool,
+    /// The replication offset it has processed (`master_repl_offset`).
+    pub offset: u64,
+    pub replid: String,
+    /// The replication id it followed before it was promoted (`master_replid2`).
+    pub replid2: String,
+    pub record: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    Done {
+        primary: usize,
+    },
+    Promote {
+        old: Option<usize>,
+        candidate: usize,
+        /// The candidate is a stale master: it becomes a replica of `old` first.
+        rejoin: bool,
+    },
+}
+
+/// Parses `INFO replication` (`key:value` lines).
+pub fn parse_info(text: &str) -> Result<Observed, String> {
+    let fields: BTreeMap<&str, &str> = text
+        .lines()
+        .filter_map(|line| line.trim_end().split_once(':'))
+        .collect();
+    let number = |key: &str| -> Result<u64, String> {
+        fields
+            .get(key)
+            .ok_or_else(|| format!("INFO replication has no {key}"))?
+            .parse()
+            .map_err(|_| format!("INFO replication: {key} is not a number"))
+    };
+    let replica_of = match fields.get("role").copied() {
+        Some("master") => None,
+        Some("slave") => Some(format!(
+            "{}:{}",
+            fields.get("master_host").copied().unwrap_or_default(),
+            fields.get("master_port").copied().unwrap_or_default()
+        )),
+        other => return Err(format!("INFO replication: unknown role {other:?}")),
+    };
+    Ok(Observed {
+        link_up: fields.get("master_link_status").copied() == Some("up"),
+        replica_of,
+        offset: number("master_repl_offset")?,
+        replid: fields.get("master_replid").copied().unwrap_or_default().to_string(),
+        replid2: fields.get("master_replid2").copied().unwrap_or_default().to_string(),
+        record: None,
+    })
+}
+
+/// Decides the run from the survey (`None`: unreachable). Pure.
+pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) -> Result<Plan, Failure> {
+    let reachable: Vec<(usize, &Observed)> = observed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.as_ref().map(|o| (i, o)))
+        .collect();
+    if reachable.is_empty() {
+        return Err(Failure::Retryable("no server answered".into()));
+    }
+    if let Some((i, record)) = reachable
+        .iter()
+        .filter_map(|(i, o)| o.record.map(|r| (*i, r)))
+        .max_by_key(|(_, r)| *r)
+        && record > order.generation
+    {
+        return Err(Failure::Fenced(format!(
+            "{} holds a promotion record of generation {record}, newer than this order's {}",
+            members[i].address, order.generation
+        )));
+    }
+    let masters: Vec<&(usize, &Observed)> = reachable.iter().filter(|(_, o)| o.replica_of.is_none()).collect();
+    let top = masters.iter().map(|(_, o)| o.record.unwrap_or(0)).max();
+    let tied: Vec<&&(usize, &Observed)> = masters
+        .iter()
+        .filter(|(_, o)| Some(o.record.unwrap_or(0)) == top)
+        .collect();
+    // A master promoted from another's replica carries that one's replication id as replid2:
+    // it is the newer of the two.
+    let old = match tied.as_slice() {
+        [] => None,
+        [(one, _)] => Some(*one),
+        several => {
+            let successors: Vec<usize> = several
+                .iter()
+                .filter(|(_, o)| {
+                    several
+                        .iter()
+                        .any(|(_, p)| !o.replid2.is_empty() && o.replid2 == p.replid)
+                })
+                .map(|(i, _)| *i)
+                .collect();
+            match successors.as_slice() {
+                [one] => Some(*one),
+                _ => {
+                    return Err(Failure::Refused(format!(
+                        "{} are all masters with the same promotion record: make the stale ones replicas (REPLICAOF), then run again",
+                        several
+                            .iter()
+                            .map(|(i, _)| members[*i].address.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    if let Some(old) = old
+        && members[old].region == order.to
+    {
+        return Ok(Plan::Done { primary: old });
+    }
+    // Replicas first (highest offset), then a stale master of the region, which can only
+    // catch up by resynchronising from the last master.
+    let candidate = reachable
+        .iter()
+        .filter(|(i, o)| members[*i].region == order.to && (o.replica_of.is_some() || old.is_some()))
+        .max_by_key(|(i, o)| (o.replica_of.is_some(), o.offset, std::cmp::Reverse(*i)))
+        .map(|(i, o)| (*i, o.replica_of.is_none()));
+    match candidate {
+        Some((candidate, rejoin)) => Ok(Plan::Promote { old, candidate, rejoin }),
+        None if members.iter().any(|m| m.region == order.to) => Err(Failure::Retryable(format!(
+            "no replica of region {} answered",
+            order.to
+        ))),
+        None => Err(Failure::Refused(format!(
+            "no server is configured in region {}; add it under servers",
+            order.to
+        ))),
+    }
+}
+
+/// Whether to promote a candidate `behind_bytes` short of the old master.
+pub fn judge_loss(behind_bytes: u64, force: bool, candidate: &str, lag_max_ms: u64) -> Result<Option<String>, Failure> {
+    if behind_bytes == 0 {
+        return Ok(None);
+    }
+    let what = format!(
+        "{candidate} is still {behind_bytes} byte(s) of the replication stream behind the old master after waiting promote_lag_max_ms = {lag_max_ms}"
+    );
+    if force {
+        Ok(Some(format!(
+            "{what}; promoted anyway (force_data_loss): those writes are lost"
+        )))
+    } else {
+        Err(Failure::Refused(format!(
+            "{what}. Promoting it would lose those writes; wait, or accept the loss with `switchyard failover --force-data-loss`"
+        )))
+    }
+}
+
+impl RedisPromote {
+    pub fn members(&self) -> &[Member] {
+        &self.inner.members
+    }
+
+    /// The shortest step `timeout_ms` that never cuts a run short (a cut run's pause expires
+    /// by itself after `promote_lag_max_ms` + [`PAUSE_MARGIN_MS`]).
+    pub fn timeout_needed_ms(&self) -> u64 {
+        self.inner.promote_lag_max_ms.saturating_add(super::STEP_OVERHEAD_MS)
+    }
+
+    pub async fn run(&self, order: &Order) -> Outcome {
+        let inner = &self.inner;
+        let observed = survey(inner).await;
+        let mut notes = Notes::default();
+        for (member, o) in inner.members.iter().zip(&observed) {
+            if let Err(error) = o {
+                notes.push(format!(
+                    "{} unreachable ({error}): not fenced — fence it at the load balancer; it is made a replica when it answers again",
+                    member.address
+                ));
+            }
+        }
+        let observed: Vec<Option<Observed>> = observed.into_iter().map(Result::ok).collect();
+        let primary = match plan(order, &inner.members, &observed)? {
+            Plan::Done { primary } => {
+                let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
+                notes.push(format!(
+                    "{} already master (promotion record of generation {record}); nothing promoted",
+                    inner.members[primary].address
+                ));
+                if record < order.generation {
+                    inner
+                        .connect(primary)
+                        .await?
+                        .write_record(order, &inner.members[primary])
+                        .await?;
+                }
+                primary
+            }
+            Plan::Promote { old, candidate, rejoin } => {
+                self.promote(order, old, candidate, rejoin, &mut notes).await?;
+                candidate
+            }
+        };
+        self.repoint_others(primary, &mut notes).await?;
+        Ok(notes.join())
+    }
+
+    async fn promote(
+        &self,
+        order: &Order,
+        old: Option<usize>,
+        candidate: usize,
+        rejoin: bool,
+        notes: &mut Notes,
+    ) -> Result<(), Failure> {
+        let inner = &self.inner;
+        let member = &inner.members[candidate];
+        let lag_max_ms = inner.promote_lag_max_ms;
+        let mut session = inner.connect(candidate).await?;
+        let mut old_session = None;
+        if let Some(old) = old {
+            let mut s = inner.connect(old).await?;
+            s.command(
+                redis::cmd("CLIENT")
+                    .arg("PAUSE")
+                    .arg(lag_max_ms + PAUSE_MARGIN_MS)
+                    .arg("WRITE"),
+            )
+            .await?;
+            let final_state = s.observe().await?;
+            let final_offset = final_state.offset;
+            notes.push(format!(
+                "paused writes on old master {} at offset {final_offset}",
+                inner.members[old].address
+            ));
+            if rejoin {
+                session.replicate_from(&inner.members[old]).await?;
+                notes.push(format!(
+                    "stale master {} resynchronised from {} (its own writes since it was cut off are discarded)",
+                    member.address, inner.members[old].address
+                ));
+            }
+            let reached = session
+                .wait_for_offset(&final_state.replid, final_offset, lag_max_ms)
+                .await?;
+            let behind = final_offset.saturating_sub(reached);
+            if let Err(refusal) = judge_loss(behind, order.force_data_loss, &member.address, lag_max_ms) {
+                let _ = s.command(redis::cmd("CLIENT").arg("UNPAUSE")).await;
+                return Err(refusal);
+            }
+            if let Ok(Some(loss)) = judge_loss(behind, order.force_data_loss, &member.address, lag_max_ms) {
+                notes.push(loss);
+            }
+            old_session = Some((old, s));
+        }
+        session.command(redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await?;
+        session.write_record(order, member).await?;
+        let now = session.observe().await?;
+        if now.replica_of.is_some() {
+            return Err(Failure::Retryable(format!(
+                "{}: still a replica after REPLICAOF NO ONE",
+                member.address
+            )));
+        }
+        notes.push(format!(
+            "promoted {} in {} at offset {}",
+            member.address, member.region, now.offset
+        ));
+        match old_session {
+            Some((old, mut s)) => {
+                s.replicate_from(member).await?;
+                s.command(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
+                notes.push(format!(
+                    "old master {} now replicates from {}",
+                    inner.members[old].address, member.address
+                ));
+            }
+            None => notes
+                .push("the old master did not answer: writes it took that no replica received are unknown".to_string()),
+        }
+        Ok(())
+    }
+
+    async fn repoint_others(&self, primary: usize, notes: &mut Notes) -> Result<(), Failure> {
+        let inner = &self.inner;
+        let observed = survey(inner).await;
+        let primary_member = &inner.members[primary];
+        for (i, o) in observed.iter().enumerate() {
+            let Ok(o) = o else { continue };
+            if i == primary || o.replica_of.as_deref() == Some(primary_member.address.as_str()) {
+                continue;
+            }
+            let mut session = inner.connect(i).await?;
+            session.replicate_from(primary_member).await?;
+            let member = &inner.members[i];
+            if o.replica_of.is_none() {
+                notes.push(format!(
+                    "stray master {} made a replica of {} (its writes since it was cut off are discarded by the resync)",
+                    member.address, primary_member.address
+                ));
+            } else {
+                notes.push(format!(
+                    "{} now replicates from {}",
+                    member.address, primary_member.address
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..inner.members.len() {
+        let inner = Arc::clone(inner);
+        tasks.spawn(async move {
+            let result = match inner.connect(index).await {
+                Ok(mut session) => session.observe().await.map_err(|f| f.to_string()),
+                Err(f) => Err(f.to_string()),
+            };
+            (index, result)
+        });
+    }
+    let mut results: Vec<Result<Observed, String>> = (0..inner.members.len())
+        .map(|_| Err("not inspected".to_string()))
+        .collect();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((index, result)) = joined {
+            results[index] = result;
+        }
+    }
+    results
+}
+
+impl Inner {
+    async fn connect(&self, index: usize) -> Result<Session, Failure> {
+        let member = &self.members[index];
+        let info = redis::ConnectionInfo {
+            addr: redis::ConnectionAddr::Tcp(member.host.clone(), member.port),
+            redis: redis::RedisConnectionInfo {
+                db: 0,
+                username: self.username.clone(),
+                password: self.password.as_ref().map(|p| p.expose().to_string()),
+                protocol: redis::ProtocolVersion::RESP2,
+            },
+        };
+        let client = redis::Client::open(info).map_err(|e| Failure::Retryable(format!("{}: {e}", member.address)))?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .set_response_timeout(Duration::from_millis(QUERY_TIMEOUT_MS));
+        let connect = client.get_multiplexed_async_connection_with_config(&config);
+        let conn = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(Failure::Retryable(format!("{}: {e}", member.address))),
+            Err(_) => {
+                return Err(Failure::Retryable(format!(
+                    "{}: no login within {CONNECT_TIMEOUT_MS} ms",
+                    member.address
+                )));
+            }
+        };
+        Ok(Session {
+            conn,
+            address: member.address.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+        })
+    }
+}
+
+struct Session {
+    conn: redis::aio::MultiplexedConnection,
+    address: String,
+    username: Option<String>,
+    password: Option<Secret>,
+}
+
+impl Session {
+    async fn query<T: redis::FromRedisValue>(&mut self, command: &redis::Cmd) -> Result<T, Failure> {
+        let run = command.query_async::<T>(&mut self.conn);
+        match tokio::time::timeout(Duration::from_millis(QUERY_TIMEOUT_MS), run).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Failure::Retryable(format!("{}: {e}", self.address))),
+            Err(_) => Err(Failure::Retryable(format!(
+                "{}: no answer within {QUERY_TIMEOUT_MS} ms",
+                self.address
+            ))),
+        }
+    }
+
+    async fn command(&mut self, command: &mut redis::Cmd) -> Result<(), Failure> {
+        self.query::<redis::Value>(command).await.map(|_| ())
+    }
+
+    async fn observe(&mut self) -> Result<Observed, Failure> {
+        let text: String = self.query(redis::cmd("INFO").arg("replication")).await?;
+        let text: String = text.chars().take(INFO_BYTES_MAX).collect();
+        let mut observed = parse_info(&text).map_err(|e| Failure::Retryable(format!("{}: {e}", self.address)))?;
+        observed.record = self.record().await?;
+        Ok(observed)
+    }
+
+    async fn record(&mut self) -> Result<Option<u64>, Failure> {
+        let value: Option<String> = self.query(redis::cmd("GET").arg(RECORD_KEY)).await?;
+        Ok(value.and_then(|v| v.split_whitespace().next().and_then(|g| g.parse().ok())))
+    }
+
+    async fn write_record(&mut self, order: &Order, member: &Member) -> Result<(), Failure> {
+        let value = format!("{} {} {}", order.generation, member.address, member.region);
+        let held: String = self
+            .query(
+                redis::cmd("EVAL")
+                    .arg(RECORD_SCRIPT)
+                    .arg(1)
+                    .arg(RECORD_KEY)
+                    .arg(order.generation)
+                    .arg(&value),
+            )
+            .await?;
+        if held != value {
+            return Err(Failure::Fenced(format!(
+                "{}: the promotion record holds '{held}', newer than this order's generation {}",
+                self.address, order.generation
+            )));
+        }
+        Ok(())
+    }
+
+    /// Polls until this server follows `replid` up to `target` or `timeout_ms` passes; returns
+    /// the offset reached in that stream (0 while it is not in it: a stale master resyncing).
+    async fn wait_for_offset(&mut self, replid: &str, target: u64, timeout_ms: u64) -> Result<u64, Failure> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            let now = self.observe().await?;
+            let offset = if now.replid == replid { now.offset } else { 0 };
+            if offset >= target || tokio::time::Instant::now() >= deadline {
+                return Ok(offset);
+            }
+            tokio::time::sleep(Duration::from_millis(CATCH_UP_POLL_MS)).await;
+        }
+    }
+
+    /// `REPLICAOF` the new master, with the step's credentials as the replication login.
+    async fn replicate_from(&mut self, master: &Member) -> Result<(), Failure> {
+        if let Some(password) = self.password.clone() {
+            self.command(redis::cmd("CONFIG").arg("SET").arg("masterauth").arg(password.expose()))
+                .await?;
+        }
+        if let Some(user) = self.username.clone() {
+            self.command(redis::cmd("CONFIG").arg("SET").arg("masteruser").arg(user))
+                .await?;
+        }
+        self.command(redis::cmd("REPLICAOF").arg(&master.host).arg(master.port))
+            .await?;
+        let now = self.observe().await?;
+        if now.replica_of.as_deref() != Some(master.address.as_str()) {
+            return Err(Failure::Retryable(format!(
+                "{}: replicates from {:?} after REPLICAOF {}",
+                self.address, now.replica_of, master.address
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::test_support::Collect;
+
+    fn order(generation: u64, to: &str) -> Order {
+        Order {
+            generation,
+            kind: "failover".into(),
+            from: Some("eu".into()),
+            to: to.into(),
+            serving: vec![to.into()],
+            reason: "test".into(),
+            force_data_loss: false,
+        }
+    }
+
+    fn members() -> Vec<Member> {
+        [("a:6379", "eu"), ("b:6379", "us"), ("c:6379", "us")]
+            .iter()
+            .map(|(address, region)| Member {
+                address: address.to_string(),
+                host: address.split(':').next().unwrap_or_default().into(),
+                port: 6379,
+                region: region.to_string(),
+            })
+            .collect()
+    }
+
+    fn master(offset: u64, replid: &str, replid2: &str, record: Option<u64>) -> Observed {
+        Observed {
+            replica_of: None,
+            link_up: false,
+            offset,
+            replid: replid.into(),
+            replid2: replid2.into(),
+            record,
+        }
+    }
+
+    fn replica(offset: u64) -> Observed {
+        Observed {
+            replica_of: Some("a:6379".into()),
+            link_up: true,
+            ..master(offset, "r1", "", None)
+        }
+    }
+
+    #[test]
+    fn info_replication_is_read_for_both_roles() {
+        let master = parse_info("# Replication\r\nrole:master\r\nconnected_slaves:1\r\nmaster_replid:abc\r\nmaster_replid2:0000\r\nmaster_repl_offset:1234\r\n").expect("parses");
+        assert_eq!(
+            (master.replica_of, master.offset, master.replid.as_str()),
+            (None, 1234, "abc")
+        );
+        let replica = parse_info(
+            "role:slave\nmaster_host:127.0.0.1\nmaster_port:7001\nmaster_link_status:up\nmaster_repl_offset:99\n",
+        )
+        .expect("parses");
+        assert_eq!(replica.replica_of.as_deref(), Some("127.0.0.1:7001"));
+        assert!(replica.link_up);
+        assert!(parse_info("role:sentinel\nmaster_repl_offset:1").is_err());
+        assert!(
+            parse_info("role:master\n")
+                .expect_err("no offset")
+                .contains("master_repl_offset")
+        );
+    }
+
+    #[test]
+    fn the_replica_with_the_highest_offset_in_the_region_is_the_candidate() {
+        let observed = vec![
+            Some(master(500, "r1", "", None)),
+            Some(replica(400)),
+            Some(replica(450)),
+        ];
+        assert_eq!(
+            plan(&order(3, "us"), &members(), &observed).expect("plan"),
+            Plan::Promote {
+                old: Some(0),
+                candidate: 2,
+                rejoin: false
+            }
+        );
+        let observed = vec![None, Some(replica(400)), None];
+        assert_eq!(
+            plan(&order(3, "us"), &members(), &observed).expect("plan"),
+            Plan::Promote {
+                old: None,
+                candidate: 1,
+                rejoin: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_promoted_replica_is_done_and_wins_over_its_old_master_without_records() {
+        // b was promoted from a's stream (replid2 = a's replid) but the run stopped before the
+        // record: b is still the newer master.
+        let observed = vec![
+            Some(master(500, "r1", "", None)),
+            Some(master(500, "r2", "r1", None)),
+            Some(replica(500)),
+        ];
+        assert_eq!(
+            plan(&order(3, "us"), &members(), &observed).expect("plan"),
+            Plan::Done { primary: 1 }
+        );
+        let unrelated = vec![Some(master(5, "x", "", None)), Some(master(5, "y", "", None)), None];
+        assert!(matches!(
+            plan(&order(3, "us"), &members(), &unrelated),
+            Err(Failure::Refused(_))
+        ));
+    }
+
+    #[test]
+    fn records_decide_between_masters_and_a_newer_record_fences() {
+        // a (eu) came back as a master after b (us) was promoted at generation 5: failing back
+        // to eu makes a a replica of b first (its stale writes are discarded), then promotes it.
+        let observed = vec![
+            Some(master(900, "r1", "", Some(2))),
+            Some(master(100, "r2", "r1", Some(5))),
+            None,
+        ];
+        assert_eq!(
+            plan(&order(6, "eu"), &members(), &observed).expect("plan"),
+            Plan::Promote {
+                old: Some(1),
+                candidate: 0,
+                rejoin: true
+            }
+        );
+        assert!(matches!(
+            plan(&order(4, "us"), &members(), &observed),
+            Err(Failure::Fenced(_))
+        ));
+    }
+
+    #[test]
+    fn loss_is_refused_unless_forced() {
+        assert!(matches!(judge_loss(10, false, "b", 100), Err(Failure::Refused(m)) if m.contains("10 byte(s)")));
+        assert!(judge_loss(10, true, "b", 100).expect("forced").is_some());
+        assert_eq!(judge_loss(0, false, "b", 100), Ok(None));
+    }
+
+    #[test]
+    fn settings_name_every_problem() {
+        let settings: Settings = toml::from_str(
+            "servers = { eu = [\"a\"], us = [\"b:0\"] }\nusername = \"\"\npromote_lag_max_ms = 700000\n",
+        )
+        .expect("parses");
+        let mut checker = Collect::new(&["eu", "us"]);
+        assert!(settings.check("cache", &mut checker).is_none());
+        let all = checker.errors.join("\n");
+        for expected in ["port '0'", "username ''", "promote_lag_max_ms = 700000"] {
+            assert!(all.contains(expected), "{expected} missing in:\n{all}");
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! `mysql_promote` against two real MariaDB servers (primary `a` in eu, replica `b` in us,
+//! GTID replication set up by the test with `log_slave_updates` and `gtid_strict_mode`).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use providers::Failure;
+use providers::db::mysql::{MysqlPromote, Settings};
+
+use crate::support::{DEADLINE, Server, Strict, find_binary, free_port, order, running_as_root, skip};
+
+/// Accounts: the step's (all privileges), replication's, and the shop's (no privilege past
+/// read_only). Not binlogged: each server creates its own.
+const USERS: &str = "SET sql_log_bin = 0;\n\
+    DROP USER IF EXISTS ''@'localhost';\n\
+    CREATE USER IF NOT EXISTS 'switchyard'@'%' IDENTIFIED BY 'sw-pass';\n\
+    GRANT ALL PRIVILEGES ON *.* TO 'switchyard'@'%' WITH GRANT OPTION;\n\
+    CREATE USER IF NOT EXISTS 'repl'@'%' IDENTIFIED BY 'repl-pass';\n\
+    GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';\n\
+    CREATE USER IF NOT EXISTS 'app'@'%' IDENTIFIED BY 'app-pass';\n\
+    GRANT ALL PRIVILEGES ON shop.* TO 'app'@'%';\n";
+
+/// ER_OPTION_PREVENTS_STATEMENT: the server runs with read_only.
+const READ_ONLY_ERROR: u16 = 1290;
+
+struct Pair {
+    dir: tempfile::TempDir,
+    a: u16,
+    b: u16,
+    servers: Vec<Server>,
+}
+
+fn start_mariadb(mariadbd: &Path, dir: &Path, name: &str, port: u16, server_id: u32, read_only: bool) -> Server {
+    let data = dir.join(name);
+    let install_db = find_binary("mariadb-install-db").expect("mariadb-install-db ships with mariadbd");
+    // Its own temporary folder: bootstraps running side by side collide in a shared /tmp.
+    let tmp = dir.join(format!("{name}-tmp"));
+    std::fs::create_dir_all(&tmp).expect("create tmpdir");
+    // A restart keeps its data directory.
+    if !data.exists() {
+        let mut install = Command::new(install_db);
+        install.env("TMPDIR", &tmp).args([
+            "--no-defaults",
+            &format!("--datadir={}", data.display()),
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ]);
+        if running_as_root() {
+            install.arg("--user=root");
+        }
+        let output = install.output().expect("run mariadb-install-db");
+        assert!(
+            output.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let init = dir.join(format!("{name}-init.sql"));
+    std::fs::write(&init, USERS).expect("write init file");
+    let mut command = Command::new(mariadbd);
+    command.env("TMPDIR", &tmp).args([
+        "--no-defaults".to_string(),
+        format!("--datadir={}", data.display()),
+        format!("--port={port}"),
+        "--bind-address=127.0.0.1".into(),
+        format!("--socket={}", dir.join(format!("{name}.sock")).display()),
+        format!("--pid-file={}", dir.join(format!("{name}.pid")).display()),
+        format!("--init-file={}", init.display()),
+        "--skip-name-resolve".into(),
+        "--innodb-buffer-pool-size=16M".into(),
+        format!("--server-id={server_id}"),
+        format!("--log-bin={name}-bin"),
+        "--log-slave-updates".into(),
+        "--gtid-strict-mode=1".into(),
+        format!("--read-only={}", if read_only { 1 } else { 0 }),
+    ]);
+    if running_as_root() {
+        command.arg("--user=root");
+    }
+    Server::start(&mut command, dir.join(format!("{name}.log")))
+}
+
+async fn connect(port: u16, user: &str, password: &str) -> Result<mysql_async::Conn, mysql_async::Error> {
+    let options = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(Some(password))
+        .prefer_socket(false);
+    mysql_async::Conn::new(options).await
+}
+
+async fn admin(port: u16, statement: &str) -> Vec<mysql_async::Row> {
+    let mut conn = connect(port, "switchyard", "sw-pass").await.expect("admin login");
+    conn.query(statement)
+        .await
+        .unwrap_or_else(|e| panic!("{statement} on {port}: {e}"))
+}
+
+async fn text(port: u16, statement: &str) -> String {
+    admin(port, statement)
+        .await
+        .first()
+        .and_then(|row| row.get_opt::<Option<String>, usize>(0))
+        .and_then(Result::ok)
+        .flatten()
+        .unwrap_or_default()
+}
+
+async fn insert(port: u16, id: u32) -> Result<(), mysql_async::Error> {
+    let mut conn = connect(port, "app", "app-pass").await?;
+    conn.query_drop(format!("INSERT INTO shop.orders (id) VALUES ({id})"))
+        .await
+}
+
+fn server_code(result: Result<(), mysql_async::Error>) -> Option<u16> {
+    match result {
+        Err(mysql_async::Error::Server(e)) => Some(e.code),
+        _ => None,
+    }
+}
+
+async fn count(port: u16) -> u64 {
+    text(port, "SELECT COUNT(*) FROM shop.orders")
+        .await
+        .parse()
+        .unwrap_or(0)
+}
+
+async fn record(port: u16) -> String {
+    text(port, "SELECT generation FROM switchyard.promotion WHERE id = 1").await
+}
+
+/// The replica's source as `host:port` with both threads running, or "" when not replicating.
+async fn source(port: u16) -> String {
+    let rows = admin(port, "SHOW SLAVE STATUS").await;
+    let Some(row) = rows.first() else {
+        return String::new();
+    };
+    let get = |name: &str| -> String {
+        row.get_opt::<Option<String>, &str>(name)
+            .and_then(Result::ok)
+            .flatten()
+            .unwrap_or_default()
+    };
+    if get("Slave_IO_Running") == "Yes" && get("Slave_SQL_Running") == "Yes" {
+        format!("{}:{}", get("Master_Host"), get("Master_Port"))
+    } else {
+        format!("(stopped) {}:{}", get("Master_Host"), get("Master_Port"))
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start_pair(mariadbd: &Path) -> Pair {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (a, b) = (free_port(), free_port());
+    let servers = vec![
+        start_mariadb(mariadbd, dir.path(), "a", a, 1, false),
+        start_mariadb(mariadbd, dir.path(), "b", b, 2, true),
+    ];
+    for port in [a, b] {
+        wait_until("the server to accept logins", || async move {
+            connect(port, "switchyard", "sw-pass").await.is_ok()
+        })
+        .await;
+    }
+    admin(a, "CREATE DATABASE shop").await;
+    admin(a, "CREATE TABLE shop.orders (id INT PRIMARY KEY) ENGINE=InnoDB").await;
+    admin(
+        b,
+        &format!(
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={a}, MASTER_USER='repl', \
+             MASTER_PASSWORD='repl-pass', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1"
+        ),
+    )
+    .await;
+    admin(b, "START SLAVE").await;
+    wait_until("the replica to have the table", || async move {
+        text(
+            b,
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_NAME = 'orders'",
+        )
+        .await
+            == "1"
+    })
+    .await;
+    std::fs::write(dir.path().join("sw.password"), "sw-pass\n").expect("write password");
+    std::fs::write(dir.path().join("repl.password"), "repl-pass\n").expect("write password");
+    Pair { dir, a, b, servers }
+}
+
+fn step(pair: &Pair, promote_lag_max_ms: u64) -> MysqlPromote {
+    let settings = format!(
+        "servers = {{ eu = [\"127.0.0.1:{}\"], us = [\"127.0.0.1:{}\"] }}\n\
+         user = \"switchyard\"\n\
+         password = {{ file = \"{}\" }}\n\
+         replication_user = \"repl\"\n\
+         replication_password = {{ file = \"{}\" }}\n\
+         promote_lag_max_ms = {promote_lag_max_ms}\n",
+        pair.a,
+        pair.b,
+        pair.dir.path().join("sw.password").display(),
+        pair.dir.path().join("repl.password").display(),
+    );
+    let settings: Settings = toml::from_str(&settings).expect("settings parse");
+    settings
+        .check("orders-db", &mut Strict::new(&["eu", "us"]))
+        .expect("settings check")
+}
+
+#[tokio::test]
+async fn mariadb_failover_with_apply_lag_fences_rejoins_reruns_as_no_op_and_fails_back() {
+    let Some(mariadbd) = find_binary("mariadbd") else {
+        return skip("mariadbd", "mariadb-server");
+    };
+    let pair = start_pair(&mariadbd).await;
+    let (a, b) = (pair.a, pair.b);
+    let (a_address, b_address) = (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
+    for id in 1..=3 {
+        insert(a, id).await.expect("insert on the primary");
+    }
+    wait_until("the replica to apply 3 orders", || async move { count(b).await == 3 }).await;
+
+    // Apply lag: the replica receives 3 more orders but its SQL thread is stopped.
+    admin(b, "STOP SLAVE SQL_THREAD").await;
+    for id in 4..=6 {
+        insert(a, id).await.expect("insert on the primary");
+    }
+    let primary_position = text(a, "SELECT @@GLOBAL.gtid_binlog_pos").await;
+    wait_until("the replica to receive everything", || {
+        let primary_position = primary_position.clone();
+        async move {
+            let rows = admin(b, "SHOW SLAVE STATUS").await;
+            rows.first()
+                .and_then(|r| r.get_opt::<Option<String>, &str>("Gtid_IO_Pos"))
+                .and_then(Result::ok)
+                .flatten()
+                == Some(primary_position)
+        }
+    })
+    .await;
+    assert_eq!(count(b).await, 3, "the replica applied nothing yet");
+    let mut shop_session = connect(a, "app", "app-pass").await.expect("shop login");
+    shop_session.query_drop("SELECT 1").await.expect("shop session works");
+
+    let step = step(&pair, 10_000);
+    let outcome = step.run(&order(5, "eu", "us", false)).await.expect("promoted");
+    assert!(
+        outcome.contains(&format!("fenced old primary {a_address}")),
+        "{outcome}"
+    );
+    assert!(outcome.contains(&format!("promoted {b_address} in us")), "{outcome}");
+    assert!(
+        outcome.contains(&format!("{a_address} now replicates from {b_address}")),
+        "{outcome}"
+    );
+    // Nothing received was lost: the step applied the relay log before promoting.
+    assert_eq!(count(b).await, 6);
+    insert(b, 7).await.expect("the new primary takes writes");
+    assert_eq!(
+        server_code(insert(a, 100).await),
+        Some(READ_ONLY_ERROR),
+        "the old primary refuses writes"
+    );
+    assert!(
+        shop_session.query_drop("SELECT 1").await.is_err(),
+        "the shop's connection was killed"
+    );
+    let b_source = b_address.clone();
+    wait_until("the old primary to replicate from b", || {
+        let b_source = b_source.clone();
+        async move { source(a).await == b_source }
+    })
+    .await;
+    wait_until(
+        "the old primary to replicate order 7",
+        || async move { count(a).await == 7 },
+    )
+    .await;
+    assert_eq!(record(b).await, "5");
+
+    // Running the same order again, or rolling it forward with a newer generation after a
+    // crash, promotes nothing twice.
+    let binlog_before = text(b, "SELECT @@GLOBAL.gtid_binlog_pos").await;
+    let again = step.run(&order(5, "eu", "us", false)).await.expect("no-op");
+    assert!(
+        again.contains(&format!(
+            "{b_address} already primary (promotion record of generation 5)"
+        )),
+        "{again}"
+    );
+    assert_eq!(
+        text(b, "SELECT @@GLOBAL.gtid_binlog_pos").await,
+        binlog_before,
+        "no write at all"
+    );
+    let rolled = step.run(&order(6, "eu", "us", false)).await.expect("roll forward");
+    assert!(rolled.contains("already primary"), "{rolled}");
+    assert_eq!(record(b).await, "6");
+    assert!(source(a).await.ends_with(&b_address), "a still points at b");
+    wait_until("the record to replicate", || async move { record(a).await == "6" }).await;
+
+    // An older generation is fenced by the record.
+    let stale = step.run(&order(4, "eu", "us", false)).await;
+    assert!(
+        matches!(&stale, Err(Failure::Fenced(m)) if m.contains("generation 6")),
+        "{stale:?}"
+    );
+
+    // Failback: a is a clean replica, so it takes over with zero loss and b rejoins it.
+    let back = step.run(&order(7, "us", "eu", false)).await.expect("failed back");
+    assert!(back.contains(&format!("fenced old primary {b_address}")), "{back}");
+    assert!(back.contains(&format!("promoted {a_address} in eu")), "{back}");
+    assert_eq!(count(a).await, 7);
+    insert(a, 8).await.expect("the old primary takes writes again");
+    assert_eq!(server_code(insert(b, 101).await), Some(READ_ONLY_ERROR));
+    let a_source = a_address.clone();
+    wait_until("b to replicate from a", || {
+        let a_source = a_source.clone();
+        async move { source(b).await == a_source }
+    })
+    .await;
+    wait_until("b to replicate order 8", || async move { count(b).await == 8 }).await;
+}
+
+#[tokio::test]
+async fn mariadb_promotion_beyond_the_lag_bound_is_refused_forced_and_the_errant_old_primary_never_rejoins() {
+    let Some(mariadbd) = find_binary("mariadbd") else {
+        return skip("mariadbd", "mariadb-server");
+    };
+    let pair = start_pair(&mariadbd).await;
+    let (a, b) = (pair.a, pair.b);
+    let a_address = format!("127.0.0.1:{a}");
+    for id in 1..=2 {
+        insert(a, id).await.expect("insert");
+    }
+    wait_until("the replica to apply 2 orders", || async move { count(b).await == 2 }).await;
+    // The replication link is cut: b receives nothing more.
+    admin(b, "STOP SLAVE IO_THREAD").await;
+    for id in 3..=5 {
+        insert(a, id).await.expect("insert");
+    }
+
+    let step = step(&pair, 300);
+    let refused = step.run(&order(5, "eu", "us", false)).await;
+    let Err(Failure::Refused(message)) = &refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert!(message.contains("lacks 3 transaction(s)"), "{message}");
+    assert!(message.contains("0-1-"), "the GTIDs are named: {message}");
+    assert!(message.contains("--force-data-loss"), "{message}");
+    insert(a, 6).await.expect("the old primary was given its writes back");
+    assert_eq!(text(b, "SELECT @@GLOBAL.read_only").await, "1", "nothing was promoted");
+
+    let forced = step.run(&order(6, "eu", "us", true)).await.expect("forced");
+    assert!(
+        forced.contains("lacks 4 transaction(s)") && forced.contains("they are lost"),
+        "{forced}"
+    );
+    assert!(
+        forced.contains(&format!(
+            "{a_address} left fenced, not rejoined: 4 errant transaction(s)"
+        )),
+        "{forced}"
+    );
+    assert_eq!(count(b).await, 2);
+    insert(b, 3).await.expect("the new primary takes writes");
+    assert_eq!(
+        server_code(insert(a, 100).await),
+        Some(READ_ONLY_ERROR),
+        "the old primary stays fenced"
+    );
+    assert_eq!(source(a).await, "", "the old primary was not made a replica");
+
+    // Failing back to eu needs a to rejoin b first: refused, naming the errant GTIDs.
+    let back = step.run(&order(7, "us", "eu", false)).await;
+    let Err(Failure::Refused(message)) = &back else {
+        panic!("expected a refusal, got {back:?}");
+    };
+    assert!(message.contains(&format!("{a_address} cannot rejoin")), "{message}");
+    assert!(
+        message.contains("4 errant transaction(s)") && message.contains("0-1-"),
+        "{message}"
+    );
+    assert_eq!(text(b, "SELECT @@GLOBAL.read_only").await, "0", "b stays the primary");
+}
+
+#[tokio::test]
+async fn mariadb_a_run_stopped_after_the_reset_is_finished_by_the_next_without_a_second_promotion() {
+    let Some(mariadbd) = find_binary("mariadbd") else {
+        return skip("mariadbd", "mariadb-server");
+    };
+    let pair = start_pair(&mariadbd).await;
+    let (a, b) = (pair.a, pair.b);
+    let (a_address, b_address) = (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
+    insert(a, 1).await.expect("insert");
+    wait_until("the replica to apply", || async move { count(b).await == 1 }).await;
+    // What a controller that died mid-step leaves: the old primary fenced, the candidate's
+    // replication reset, still read-only, no promotion record.
+    admin(a, "SET GLOBAL read_only = ON").await;
+    admin(b, "STOP SLAVE").await;
+    admin(b, "RESET SLAVE ALL").await;
+
+    let step = step(&pair, 5_000);
+    let outcome = step.run(&order(9, "eu", "us", false)).await.expect("rolled forward");
+    assert!(outcome.contains(&format!("promoted {b_address} in us")), "{outcome}");
+    assert!(
+        outcome.contains(&format!("{a_address} now replicates from {b_address}")),
+        "{outcome}"
+    );
+    assert_eq!(record(b).await, "9");
+    insert(b, 2).await.expect("writable");
+    wait_until("a to replicate from b", || async move { count(a).await == 2 }).await;
+    let again = step.run(&order(10, "eu", "us", false)).await.expect("no-op");
+    assert!(again.contains("already primary"), "{again}");
+}
+
+#[tokio::test]
+async fn mariadb_an_unreachable_old_primary_is_named_then_fenced_on_sight_when_it_returns_writable() {
+    let Some(mariadbd) = find_binary("mariadbd") else {
+        return skip("mariadbd", "mariadb-server");
+    };
+    let mut pair = start_pair(&mariadbd).await;
+    let (a, b) = (pair.a, pair.b);
+    let (a_address, b_address) = (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
+    insert(a, 1).await.expect("insert");
+    wait_until("the replica to apply", || async move { count(b).await == 1 }).await;
+    // The primary's host dies.
+    pair.servers[0].child.kill().expect("kill a");
+    pair.servers[0].child.wait().expect("reap a");
+
+    let step = step(&pair, 1_000);
+    let outcome = step.run(&order(5, "eu", "us", false)).await.expect("promoted");
+    assert!(outcome.contains(&format!("{a_address} unreachable")), "{outcome}");
+    assert!(outcome.contains("fence it at the load balancer"), "{outcome}");
+    assert!(outcome.contains(&format!("promoted {b_address} in us")), "{outcome}");
+    assert!(outcome.contains("the old primary did not answer"), "{outcome}");
+    insert(b, 2).await.expect("the new primary takes writes");
+
+    // a comes back writable (no read_only in its configuration): the promotion record says b
+    // is the primary, so a is fenced on sight and, without errant transactions, rejoins b.
+    pair.servers[0] = start_mariadb(&mariadbd, pair.dir.path(), "a", a, 1, false);
+    wait_until("a to accept logins", || async move {
+        connect(a, "switchyard", "sw-pass").await.is_ok()
+    })
+    .await;
+    assert_eq!(text(a, "SELECT @@GLOBAL.read_only").await, "0");
+    let again = step.run(&order(6, "eu", "us", false)).await.expect("rolled forward");
+    assert!(again.contains(&format!("{b_address} already primary")), "{again}");
+    assert!(again.contains(&format!("fenced stray primary {a_address}")), "{again}");
+    assert!(
+        again.contains(&format!("{a_address} now replicates from {b_address}")),
+        "{again}"
+    );
+    assert_eq!(server_code(insert(a, 100).await), Some(READ_ONLY_ERROR));
+    wait_until("a to replicate order 2", || async move { count(a).await == 2 }).await;
+}

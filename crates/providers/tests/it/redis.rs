@@ -1,0 +1,251 @@
+//! `redis_promote` against three real redis-server processes (master `a` in eu, replicas `b`
+//! in us and `c` in ap), logged in as an ACL user.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use providers::Failure;
+use providers::db::redis::{RECORD_KEY, RedisPromote, Settings};
+
+use crate::support::{DEADLINE, Server, Strict, find_binary, free_port, order, skip};
+
+const USER: &str = "switchyard";
+const PASSWORD: &str = "sw-s3cret";
+
+fn start(binary: &std::path::Path, dir: &std::path::Path, name: &str, port: u16, master: Option<u16>) -> Server {
+    let mut command = Command::new(binary);
+    command.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir.display().to_string(),
+        "--dbfilename",
+        &format!("{name}.rdb"),
+        "--user",
+        "default",
+        "off",
+        "--user",
+        USER,
+        "on",
+        &format!(">{PASSWORD}"),
+        "~*",
+        "&*",
+        "+@all",
+        "--masteruser",
+        USER,
+        "--masterauth",
+        PASSWORD,
+    ]);
+    if let Some(master) = master {
+        command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+    }
+    Server::start(&mut command, dir.join(format!("{name}.log")))
+}
+
+async fn connect(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let info = redis::ConnectionInfo {
+        addr: redis::ConnectionAddr::Tcp("127.0.0.1".into(), port),
+        redis: redis::RedisConnectionInfo {
+            db: 0,
+            username: Some(USER.into()),
+            password: Some(PASSWORD.into()),
+            protocol: redis::ProtocolVersion::RESP2,
+        },
+    };
+    redis::Client::open(info)?.get_multiplexed_async_connection().await
+}
+
+async fn query<T: redis::FromRedisValue>(port: u16, command: &redis::Cmd) -> redis::RedisResult<T> {
+    let mut conn = connect(port).await?;
+    command.query_async(&mut conn).await
+}
+
+async fn info(port: u16) -> String {
+    query::<String>(port, redis::cmd("INFO").arg("replication"))
+        .await
+        .unwrap_or_default()
+}
+
+fn field(info: &str, key: &str) -> String {
+    info.lines()
+        .filter_map(|l| l.trim_end().split_once(':'))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default()
+}
+
+async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Linked to `master` and caught up with it.
+async fn follows(port: u16, master: u16) -> bool {
+    let replica = info(port).await;
+    let master_offset = field(&info(master).await, "master_repl_offset");
+    field(&replica, "role") == "slave"
+        && field(&replica, "master_port") == master.to_string()
+        && field(&replica, "master_link_status") == "up"
+        && field(&replica, "master_repl_offset") == master_offset
+}
+
+#[tokio::test]
+async fn redis_failover_fences_the_old_master_repoints_replicas_refuses_lag_and_reruns_as_no_op() {
+    let Some(binary) = find_binary("redis-server") else {
+        return skip("redis-server", "redis-server");
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (a, b, c) = (free_port(), free_port(), free_port());
+    let _servers = [
+        start(&binary, dir.path(), "a", a, None),
+        start(&binary, dir.path(), "b", b, Some(a)),
+        start(&binary, dir.path(), "c", c, Some(a)),
+    ];
+    wait_until("a to answer", || async move { connect(a).await.is_ok() }).await;
+    query::<()>(a, redis::cmd("SET").arg("session:1").arg("cart-1"))
+        .await
+        .expect("write to the master");
+    for replica in [b, c] {
+        wait_until("the replicas to sync", || async move { follows(replica, a).await }).await;
+    }
+    std::fs::write(dir.path().join("password"), PASSWORD).expect("write password");
+    let settings = format!(
+        "servers = {{ eu = [\"127.0.0.1:{a}\"], us = [\"127.0.0.1:{b}\"], ap = [\"127.0.0.1:{c}\"] }}\n\
+         username = \"{USER}\"\n\
+         password = {{ file = \"{}\" }}\n\
+         promote_lag_max_ms = 300\n",
+        dir.path().join("password").display()
+    );
+    let settings: Settings = toml::from_str(&settings).expect("settings parse");
+    let step: RedisPromote = settings
+        .check("sessions", &mut Strict::new(&["eu", "us", "ap"]))
+        .expect("settings check");
+    let (a_address, b_address) = (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
+
+    let outcome = step.run(&order(3, "eu", "us", false)).await.expect("promoted");
+    assert!(outcome.contains(&format!("promoted {b_address} in us")), "{outcome}");
+    assert!(
+        outcome.contains(&format!("old master {a_address} now replicates from {b_address}")),
+        "{outcome}"
+    );
+    assert!(
+        outcome.contains(&format!("127.0.0.1:{c} now replicates from {b_address}")),
+        "{outcome}"
+    );
+    assert_eq!(field(&info(b).await, "role"), "master");
+    let refused = query::<()>(a, redis::cmd("SET").arg("session:2").arg("x")).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.kind() == redis::ErrorKind::ReadOnly),
+        "the old master refuses writes: {refused:?}"
+    );
+    query::<()>(b, redis::cmd("SET").arg("session:2").arg("cart-2"))
+        .await
+        .expect("the new master takes writes");
+    for replica in [a, c] {
+        wait_until("a and c to follow b", || async move { follows(replica, b).await }).await;
+    }
+    let kept: Option<String> = query(c, redis::cmd("GET").arg("session:1")).await.expect("read");
+    assert_eq!(kept.as_deref(), Some("cart-1"));
+    let record: String = query(a, redis::cmd("GET").arg(RECORD_KEY)).await.expect("read record");
+    assert!(record.starts_with("3 "), "{record}");
+
+    let again = step.run(&order(3, "eu", "us", false)).await.expect("no-op");
+    assert!(again.contains(&format!("{b_address} already master")), "{again}");
+    let stale = step.run(&order(2, "eu", "us", false)).await;
+    assert!(matches!(stale, Err(Failure::Fenced(_))), "{stale:?}");
+
+    // c loses its link (pointed at a closed port), b takes more writes: promoting c is
+    // refused beyond the bound, and forced it is counted.
+    let closed = free_port();
+    query::<()>(c, redis::cmd("REPLICAOF").arg("127.0.0.1").arg(closed))
+        .await
+        .expect("cut c");
+    for i in 0..20 {
+        query::<()>(b, redis::cmd("SET").arg(format!("session:lag{i}")).arg("x"))
+            .await
+            .expect("write");
+    }
+    let refused = step.run(&order(4, "us", "ap", false)).await;
+    let Err(Failure::Refused(message)) = &refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert!(
+        message.contains("byte(s) of the replication stream behind"),
+        "{message}"
+    );
+    query::<()>(b, redis::cmd("SET").arg("session:3").arg("after-refusal"))
+        .await
+        .expect("b was unpaused and still takes writes");
+    let forced = step.run(&order(5, "us", "ap", true)).await.expect("forced");
+    assert!(forced.contains("those writes are lost"), "{forced}");
+    assert_eq!(field(&info(c).await, "role"), "master");
+    for replica in [a, b] {
+        wait_until("a and b to follow c", || async move { follows(replica, c).await }).await;
+    }
+    let lost: Option<String> = query(b, redis::cmd("GET").arg("session:3")).await.expect("read");
+    assert_eq!(lost, None, "b resynchronised from c and dropped what c never had");
+}
+
+#[tokio::test]
+async fn redis_an_unreachable_master_is_named_then_made_a_replica_when_it_returns() {
+    let Some(binary) = find_binary("redis-server") else {
+        return skip("redis-server", "redis-server");
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (a, b) = (free_port(), free_port());
+    let mut servers = [
+        start(&binary, dir.path(), "a", a, None),
+        start(&binary, dir.path(), "b", b, Some(a)),
+    ];
+    wait_until("a to answer", || async move { connect(a).await.is_ok() }).await;
+    query::<()>(a, redis::cmd("SET").arg("session:1").arg("cart-1"))
+        .await
+        .expect("write");
+    wait_until("b to sync", || async move { follows(b, a).await }).await;
+    servers[0].child.kill().expect("kill a");
+    servers[0].child.wait().expect("reap a");
+
+    std::fs::write(dir.path().join("password"), PASSWORD).expect("write password");
+    let settings = format!(
+        "servers = {{ eu = [\"127.0.0.1:{a}\"], us = [\"127.0.0.1:{b}\"] }}\n\
+         username = \"{USER}\"\npassword = {{ file = \"{}\" }}\n",
+        dir.path().join("password").display()
+    );
+    let settings: Settings = toml::from_str(&settings).expect("settings parse");
+    let step = settings
+        .check("sessions", &mut Strict::new(&["eu", "us"]))
+        .expect("settings check");
+    let (a_address, b_address) = (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
+    let outcome = step.run(&order(3, "eu", "us", false)).await.expect("promoted");
+    assert!(outcome.contains(&format!("{a_address} unreachable")), "{outcome}");
+    assert!(outcome.contains(&format!("promoted {b_address} in us")), "{outcome}");
+    assert!(outcome.contains("the old master did not answer"), "{outcome}");
+    let kept: Option<String> = query(b, redis::cmd("GET").arg("session:1")).await.expect("read");
+    assert_eq!(kept.as_deref(), Some("cart-1"));
+
+    // a returns as a master (empty, no record): the next run makes it a replica of b.
+    servers[0] = start(&binary, dir.path(), "a", a, None);
+    wait_until("a to answer again", || async move { connect(a).await.is_ok() }).await;
+    let again = step.run(&order(4, "eu", "us", false)).await.expect("rolled forward");
+    assert!(again.contains(&format!("{b_address} already master")), "{again}");
+    assert!(
+        again.contains(&format!("stray master {a_address} made a replica of {b_address}")),
+        "{again}"
+    );
+    wait_until("a to follow b", || async move { follows(a, b).await }).await;
+    let synced: Option<String> = query(a, redis::cmd("GET").arg("session:1")).await.expect("read");
+    assert_eq!(synced.as_deref(), Some("cart-1"));
+}
