@@ -38,6 +38,7 @@ use crate::engine::{
     Command, Engine, Event, Generation, Manual, Note, RegionId, RegionState, Restored, RunbookOrder, RunbookOutcome,
     Verdict,
 };
+use crate::ha::{Member, Term};
 use crate::pointer::{Pointer, PointerValue};
 use crate::runbook::{self, DnsAdmin, StepContext};
 
@@ -206,6 +207,10 @@ struct Shared {
     step_context: StepContext,
     /// Turns true at shutdown so long-polls answer at once instead of holding it up.
     closing: tokio::sync::watch::Receiver<bool>,
+    /// With `[controller.ha]`: this member of the group; it decides and acts only while it
+    /// leads.
+    ha: Option<Arc<Member>>,
+    generation_floor: Generation,
 }
 
 fn wall_ms() -> u64 {
@@ -320,25 +325,88 @@ impl Shared {
         }
     }
 
+    /// Records each step attempt of the runbook of `generation` in the audit log.
+    fn step_recorder(self: &Arc<Self>, generation: Generation) -> impl FnMut(runbook::StepReport) + use<> {
+        let reporter = Arc::clone(self);
+        move |report| {
+            let mut core = reporter.lock();
+            let entry = Entry::Step {
+                step: report.step,
+                attempt: report.attempt,
+                outcome: report.outcome.into(),
+                detail: report.detail,
+                duration_ms: report.duration_ms,
+            };
+            if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
+                tracing::error!(%error, "cannot write the audit log");
+            }
+        }
+    }
+
+    /// With `[controller.ha]`: the runbook recorded in etcd before it starts (its generation
+    /// becomes the counter), the term proven in etcd before every step (and the steps done
+    /// recorded), the end recorded. Any refusal stops the runbook before the next step.
+    async fn run_guarded(self: &Arc<Self>, ha: &Member, term: Term, order: &RunbookOrder) -> RunbookOutcome {
+        let stop = |step: &str, error: crate::ha::etcd::GuardError| RunbookOutcome::Failed {
+            step: step.to_string(),
+            error: format!("not run: {error}"),
+        };
+        if let Err(error) = ha.start_runbook(term, order).await {
+            return stop("etcd", error);
+        }
+        let mut done: Option<String> = None;
+        for step in &self.config.steps {
+            if let Err(error) = ha.before_step(term, order, done.as_deref()).await {
+                return stop(&step.name, error);
+            }
+            // The guard's answer may come late (a pause of this process): look at the clock
+            // again. What still slips through carries an older generation, which DNS, the
+            // pointer and the providers refuse once the next leader applied a newer one.
+            if ha.acting() != Some(term) {
+                return stop(&step.name, crate::ha::etcd::GuardError::NotLeading(term));
+            }
+            let outcome = runbook::execute(
+                std::slice::from_ref(step),
+                order,
+                &self.step_context,
+                self.step_recorder(order.generation),
+            )
+            .await;
+            if outcome != RunbookOutcome::Succeeded {
+                if let Err(error) = ha.finish_runbook(term, order, &outcome).await {
+                    tracing::warn!(%error, "could not record the failed runbook in etcd");
+                }
+                return outcome;
+            }
+            done = Some(step.name.clone());
+        }
+        match ha.finish_runbook(term, order, &RunbookOutcome::Succeeded).await {
+            Ok(()) => RunbookOutcome::Succeeded,
+            Err(error) => stop("etcd", error),
+        }
+    }
+
     fn spawn_runbook(self: &Arc<Self>, order: RunbookOrder) {
         let shared = Arc::clone(self);
+        let term = self.ha.as_ref().map(|ha| ha.acting());
         tokio::spawn(async move {
             let generation = order.generation;
-            let reporter = Arc::clone(&shared);
-            let outcome = runbook::execute(&shared.config.steps, &order, &shared.step_context, move |report| {
-                let mut core = reporter.lock();
-                let entry = Entry::Step {
-                    step: report.step,
-                    attempt: report.attempt,
-                    outcome: report.outcome.into(),
-                    detail: report.detail,
-                    duration_ms: report.duration_ms,
-                };
-                if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
-                    tracing::error!(%error, "cannot write the audit log");
+            let outcome = match (&shared.ha, term) {
+                (None, _) => {
+                    runbook::execute(
+                        &shared.config.steps,
+                        &order,
+                        &shared.step_context,
+                        shared.step_recorder(generation),
+                    )
+                    .await
                 }
-            })
-            .await;
+                (Some(ha), Some(Some(term))) => shared.run_guarded(ha, term, &order).await,
+                (Some(_), _) => RunbookOutcome::Failed {
+                    step: "etcd".into(),
+                    error: "not run: this member does not lead".into(),
+                },
+            };
             let label = match &outcome {
                 RunbookOutcome::Succeeded => "succeeded",
                 RunbookOutcome::Failed { .. } => "failed",
@@ -351,6 +419,13 @@ impl Shared {
                 .inc();
             tracing::info!(%generation, outcome = ?outcome, "runbook finished");
             let mut core = shared.lock();
+            // A member that no longer leads decides nothing; its next term starts from etcd.
+            if let (Some(ha), Some(term)) = (&shared.ha, term)
+                && ha.acting() != term
+            {
+                tracing::warn!(%generation, "the runbook ended after this member's term; not reported to the engine");
+                return;
+            }
             shared.feed(&mut core, Event::RunbookFinished { generation, outcome });
         });
     }
@@ -383,6 +458,20 @@ impl Shared {
     fn tick(self: &Arc<Self>) {
         let now = self.now_ms();
         let mut core = self.lock();
+        let acting = match &self.ha {
+            None => true,
+            Some(ha) => {
+                if let Some(state) = ha.take_over() {
+                    // A new term: the engine restarts from the shared state (rolling forward a
+                    // runbook in progress with a new generation), never from this member's past.
+                    match Engine::new(self.config.engine.clone(), state.restored(self.generation_floor)) {
+                        Ok(engine) => core.engine = engine,
+                        Err(error) => tracing::error!(%error, "cannot restore the engine from etcd"),
+                    }
+                }
+                ha.acting().is_some()
+            }
+        };
         let verdicts = core.aggregator.verdicts(now);
         for region in self.config.region_names() {
             let verdict = verdicts
@@ -429,7 +518,82 @@ impl Shared {
                 );
             }
         }
-        self.feed(&mut core, Event::Tick);
+        if acting {
+            self.feed(&mut core, Event::Tick);
+        }
+        if let Some(state) = self.ha.as_ref().and_then(|ha| ha.seen()) {
+            // Every member serves the pointer as etcd records it (a follower has no runbook
+            // to move it; a new leader starts from it).
+            if let Some(observed) = &state.observed
+                && state.observed_generation.0 > self.pointer.get().generation
+                && let Err(error) = self
+                    .pointer
+                    .publish(observed.active.as_str(), state.observed_generation.0)
+            {
+                tracing::debug!(%error, "pointer not moved");
+            }
+        }
+    }
+
+    /// Hears the start and end of this member's terms.
+    fn leadership_notice(self: &Arc<Self>, notice: crate::ha::etcd::Notice) {
+        let mut core = self.lock();
+        let generation = core.engine.generation();
+        let (event, detail) = match &notice {
+            crate::ha::etcd::Notice::Leading { term, generation } => (
+                "leading",
+                format!(
+                    "won the leader key (revision {}) and loaded the shared state at generation {generation}",
+                    term.revision
+                ),
+            ),
+            crate::ha::etcd::Notice::SteppedDown { reason } => ("stepped_down", reason.clone()),
+        };
+        if let Err(error) = core.audit.append(
+            wall_ms(),
+            generation,
+            Entry::Leadership {
+                event: event.into(),
+                detail: detail.clone(),
+            },
+        ) {
+            tracing::error!(%error, "cannot write the audit log");
+        }
+        drop(core);
+        if event == "stepped_down" {
+            self.send_alert(
+                "ha_leadership".into(),
+                format!("controller member {} stopped acting: {detail}", self.member_name()),
+                generation,
+            );
+        }
+    }
+
+    fn member_name(&self) -> &str {
+        self.ha.as_ref().map_or("", |ha| ha.name())
+    }
+
+    /// What status and health say about the group of controllers.
+    fn ha_json(&self) -> serde_json::Value {
+        match &self.ha {
+            None => serde_json::Value::Null,
+            Some(ha) => {
+                let status = ha.status();
+                json!({
+                    "member": ha.name(),
+                    "lease_ms": ha.lease_ms(),
+                    "role": status.role,
+                    "acting": status.acting,
+                    "leader": status.leader,
+                    "term": status.term,
+                    "acting_ms_left": status.acting_ms_left,
+                    "etcd_error": status.etcd_error,
+                    "last_etcd_ok_ms_ago": status.last_etcd_ok_ms_ago,
+                    "last_step_down": status.last_step_down,
+                    "shared": ha.seen(),
+                })
+            }
+        }
     }
 
     fn observe(&self, report: health::Report) -> health::quorum::Observed {
@@ -531,6 +695,12 @@ pub async fn run(
         })
         .collect();
     let tick_ms = config.file.controller.tick_ms;
+    let ha = config
+        .file
+        .controller
+        .ha
+        .clone()
+        .map(|section| Arc::new(Member::new(section, format!("http://{address}"))));
     let (closing_sender, closing) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         closing,
@@ -549,8 +719,20 @@ pub async fn run(
         base: Instant::now(),
         client,
         step_context,
+        ha,
+        generation_floor: Generation(options.generation_floor),
     });
+
     let mut tasks = Vec::new();
+    if let Some(ha) = shared.ha.clone() {
+        // The notice callback holds the state weakly: the driver must not keep it alive.
+        let notified = Arc::downgrade(&shared);
+        tasks.push(tokio::spawn(ha.drive(move |notice| {
+            if let Some(shared) = notified.upgrade() {
+                shared.leadership_notice(notice);
+            }
+        })));
+    }
     {
         let shared = Arc::clone(&shared);
         tasks.push(tokio::spawn(async move {
@@ -701,11 +883,14 @@ fn authorize_vantage(shared: &Shared, headers: &HeaderMap, vantage: &str) -> Res
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let ha = shared.ha_json();
     let core = shared.lock();
     let status = core.engine.status(shared.now_ms());
+    // A member that cannot reach etcd is degraded: it does not act (and, leading, stops).
+    let degraded = !ha["etcd_error"].is_null();
     json_response(
         StatusCode::OK,
-        json!({"status": "ok", "generation": status.generation, "fenced": status.fenced, "paused": status.paused}),
+        json!({"status": if degraded { "degraded" } else { "ok" }, "generation": status.generation, "fenced": status.fenced, "paused": status.paused, "ha": ha}),
     )
 }
 
@@ -775,6 +960,7 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
             "vantages": vantages,
             "regions": regions,
             "engine": engine,
+            "ha": shared.ha_json(),
         }),
     )
 }
@@ -867,9 +1053,26 @@ fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual) -> Respons
         Err(response) => return response,
     };
     tracing::info!(caller = %caller.describe(), command = ?command, "manual command");
+    let term = match &shared.ha {
+        None => None,
+        Some(ha) => match ha.acting() {
+            Some(term) => Some(term),
+            None => return not_leader(ha),
+        },
+    };
     let mut core = shared.lock();
     let answer = shared.feed(&mut core, Event::Manual(command));
     let generation = core.engine.generation();
+    if let (Some(ha), Some(term)) = (&shared.ha, term) {
+        // Preferences (switchover, failback, pause, resume) live in etcd for the next leader.
+        let status = core.engine.status(shared.now_ms());
+        let ha = Arc::clone(ha);
+        tokio::spawn(async move {
+            if let Err(error) = ha.save_preferences(term, &status.preferred, status.paused).await {
+                tracing::warn!(%error, "could not record the preferences in etcd");
+            }
+        });
+    }
     match answer {
         Some((true, reason)) => json_response(
             StatusCode::OK,
@@ -881,6 +1084,27 @@ fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual) -> Respons
         ),
         None => error(StatusCode::INTERNAL_SERVER_ERROR, "the engine did not answer"),
     }
+}
+
+/// A follower refuses operator commands and names the leader to send them to.
+fn not_leader(ha: &Member) -> Response {
+    let leader = ha.leader();
+    let reason = match &leader {
+        Some(leader) if leader.member != ha.name() => format!(
+            "this controller (member {}) does not lead; send the command to the leader {} at {}",
+            ha.name(),
+            leader.member,
+            leader.address
+        ),
+        _ => format!(
+            "this controller (member {}) does not lead and no leader is known yet (etcd unreachable or an election in progress); retry in a few seconds",
+            ha.name()
+        ),
+    };
+    json_response(
+        StatusCode::MISDIRECTED_REQUEST,
+        json!({"accepted": false, "code": "not_leader", "error": reason, "reason": reason, "member": ha.name(), "leader": leader}),
+    )
 }
 
 async fn failover(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {

@@ -320,6 +320,19 @@ fn render_status(value: &serde_json::Value) -> String {
         engine["policy"].as_str().unwrap_or("?"),
         engine["preferred"].as_str().unwrap_or("?")
     );
+    if let Some(ha) = value["ha"].as_object() {
+        let member = ha.get("member").and_then(|m| m.as_str()).unwrap_or("?");
+        let leader = &ha.get("leader").cloned().unwrap_or_default();
+        let leader = match (leader["member"].as_str(), leader["address"].as_str()) {
+            (Some(name), Some(address)) => format!("{name} at {address}"),
+            _ => "unknown (election in progress or etcd unreachable)".into(),
+        };
+        let role = ha.get("role").and_then(|r| r.as_str()).unwrap_or("?");
+        let _ = writeln!(out, "controller member: {member} ({role})   leader: {leader}");
+        if let Some(error) = ha.get("etcd_error").and_then(|e| e.as_str()) {
+            let _ = writeln!(out, "etcd: {error}");
+        }
+    }
     if engine["paused"].as_bool() == Some(true) {
         let _ = writeln!(out, "automation: PAUSED");
     }
