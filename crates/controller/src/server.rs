@@ -773,6 +773,9 @@ pub async fn run(
     for task in tasks {
         task.abort();
     }
+    if let Some(ha) = &shared.ha {
+        ha.resign().await;
+    }
     result.map_err(ServerError::Io)
 }
 

@@ -513,6 +513,21 @@ impl Member {
         }
     }
 
+    /// At shutdown: gives the leader key up at once (revoking the lease deletes it), so
+    /// another member need not wait for the lease to expire.
+    pub async fn resign(&self) {
+        let now = self.now_ms();
+        let term = self.leadership().status(now).term;
+        if let (Some(term), Some(etcd)) = (term, self.client()) {
+            let action = self.leadership().input(now, Input::Superseded("shutting down".into()));
+            if action.is_some() {
+                self.end_term(term).await;
+            }
+            etcd.revoke(term.lease_id).await;
+            tracing::info!(member = %self.name(), "resigned the leader key at shutdown");
+        }
+    }
+
     /// Records the start of `order` (its generation becomes the counter) before any step runs.
     pub async fn start_runbook(&self, term: Term, order: &RunbookOrder) -> Result<(), GuardError> {
         self.guarded(term, |state, me, at| state.start(order, me, at))

@@ -21,6 +21,10 @@
 
 use serde::Serialize;
 
+/// Longest time between two looks of a follower at the leader key: after a leader dies, its
+/// key disappears when the lease expires and a follower notices within this.
+pub const OBSERVE_MS_MAX: u64 = 250;
+
 /// Who holds the leader key, as written in its value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LeaderInfo {
@@ -143,9 +147,14 @@ impl Leadership {
         }
     }
 
-    /// How often a leader renews and a follower looks at the leader key.
+    /// How often a leader renews its lease.
     pub fn renew_every_ms(&self) -> u64 {
         self.lease_ms / 3
+    }
+
+    /// How often a follower looks at the leader key.
+    pub fn observe_every_ms(&self) -> u64 {
+        self.renew_every_ms().min(OBSERVE_MS_MAX)
     }
 
     /// How long after a successful renewal was sent the leader may still act.
@@ -224,7 +233,7 @@ impl Leadership {
             }
             (Phase::Follower, Input::Observed(Some(leader)) | Input::Beaten(leader)) => {
                 self.leader = Some(leader);
-                self.next_observe_ms = now_ms.saturating_add(self.renew_every_ms());
+                self.next_observe_ms = now_ms.saturating_add(self.observe_every_ms());
                 None
             }
             (Phase::Follower, Input::Won { term, sent_ms }) => {
@@ -238,7 +247,7 @@ impl Leadership {
                 None
             }
             (Phase::Follower, Input::Failed(_)) => {
-                self.next_observe_ms = now_ms.saturating_add(self.renew_every_ms());
+                self.next_observe_ms = now_ms.saturating_add(self.observe_every_ms());
                 None
             }
             (Phase::Loading(held) | Phase::Leading(held), Input::Renewed { sent_ms }) => {
