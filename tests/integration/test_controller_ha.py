@@ -18,6 +18,7 @@ import pytest
 
 from test_controller import App, TOKEN, wait_until
 from test_dns import DnsServer
+from test_fault_proxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
@@ -199,9 +200,9 @@ class Group:
         self.dns.start()
         self.members = {}
 
-    def start(self, member):
+    def start(self, member, etcd_url=None):
         config = self.tmp / f"{member}.toml"
-        config.write_text(config_text(self.us, self.eu, self.tmp, member, self.etcd.url, self.dns.admin))
+        config.write_text(config_text(self.us, self.eu, self.tmp, member, etcd_url or self.etcd.url, self.dns.admin))
         ready = self.tmp / f"{member}.ready"
         log = self.tmp / f"{member}.log"
         env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, SWITCHYARD_LOG="info")
@@ -364,3 +365,58 @@ def test_a_frozen_leader_stops_acting_when_it_wakes_and_dns_refuses_its_generati
     assert status == 409, body
     stepped = [r for r in audit if r.get("kind") == "leadership" and r["event"] == "stepped_down"]
     assert stepped, "the old leader recorded that it stopped acting"
+
+
+def test_a_leader_cut_from_etcd_stops_acting_and_the_other_member_fails_over(group, tmp_path):
+    # Each member reaches etcd through its own link in a fault proxy; both see the regions.
+    ports = {member: free_port() for member in ("c1", "c2")}
+    (tmp_path / "fp").mkdir()
+    proxy = FaultProxy(tmp_path / "fp", *[arg for member, port in ports.items() for arg in
+                                          ("--proxy", f"etcd-{member}=127.0.0.1:{port}=127.0.0.1:{group.etcd.client_port}")])
+    try:
+        for member, port in ports.items():
+            group.start(member, etcd_url=f"http://127.0.0.1:{port}")
+        first = wait_until("one leader", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+        other = [m for m in ports if m != first][0]
+
+        def placed():
+            shared = ((group.status(first) or {}).get("ha") or {}).get("shared") or {}
+            return (shared.get("observed") or {}).get("active") == "us-east-1" and shared.get("runbook") is None
+
+        # (Cut before the initial runbook is recorded as done, the other member would roll it
+        # forward first, as it should.)
+        wait_until("the initial placement recorded in etcd", placed, logs=group.logs())
+        # Blackhole the leader's link to etcd, both ways.
+        for stream in ("upstream", "downstream"):
+            status, body = proxy.call("POST", f"/proxies/etcd-{first}/toxics",
+                                      {"type": "timeout", "stream": stream, "attributes": {"timeout": 0}})
+            assert status == 200, body
+
+        def cut_off():
+            health = request(group.members[first][1], "/health")[1]
+            return health.get("status") == "degraded" and health["ha"]["acting"] is False
+
+        wait_until("the cut leader to stop acting and say so", cut_off, TAKEOVER_DEADLINE_S, group.logs())
+        wait_until("the other member to lead", lambda: group.leader([other]), TAKEOVER_DEADLINE_S, group.logs())
+        # The primary fails: both members see it, only the leader acts.
+        before = len(group.record())
+        group.us.stop()
+        wait_until("the failover in DNS", lambda: json.loads(group.dns.get("/v1/health"))["targets"].get(
+            "eu-west-1") == "healthy", logs=group.logs())
+        moved = group.record()[before:]
+        assert moved and all(m == other and to == "eu-west-1" for _, to, m in moved), moved
+        status, body = request(group.members[first][1], "/v1/failover", "POST")
+        assert status == 421 and body["code"] == "not_leader", body
+        audit = (group.tmp / f"audit-{first}.jsonl").read_text()
+        assert '"event":"stepped_down"' in audit
+        # Healed, it follows the new leader.
+        assert proxy.call("POST", "/reset")[0] in (200, 204)
+
+        def follows():
+            ha = (group.status(first) or {}).get("ha") or {}
+            return (ha.get("leader") or {}).get("member") == other and ha.get("etcd_error") is None
+
+        wait_until("the healed member to follow", follows, TAKEOVER_DEADLINE_S, group.logs())
+        assert group.record()[before:] == moved, "nothing ran again after the heal"
+    finally:
+        proxy.stop()
