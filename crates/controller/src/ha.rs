@@ -39,6 +39,8 @@ pub const ENDPOINTS_MAX: usize = 16;
 pub const MEMBER_NAME_BYTES_MAX: usize = 64;
 /// Largest shared state read back from etcd; a larger value is refused as corrupt.
 pub const STATE_BYTES_MAX: usize = 1024 * 1024;
+/// Transition times kept in the shared state for the hourly limit.
+pub const TRANSITION_TIMES_MAX: usize = 64;
 /// Largest leader-key value read back from etcd.
 pub const LEADER_VALUE_BYTES_MAX: usize = 4096;
 
@@ -243,6 +245,13 @@ pub struct SharedState {
     pub preferred: Option<RegionId>,
     pub paused: bool,
     pub runbook: Option<RunbookProgress>,
+    /// When the last transition was decided (wall-clock ms): a new leader keeps the hold.
+    #[serde(default)]
+    pub last_transition_at_ms: Option<u64>,
+    /// When recent automatic transitions were decided (wall-clock ms, at most
+    /// `TRANSITION_TIMES_MAX`): a new leader keeps the hourly limit.
+    #[serde(default)]
+    pub transitions_at_ms: Vec<u64>,
     /// Who wrote this version, and when (wall-clock ms), for operators.
     pub written_by: String,
     pub written_at_ms: u64,
@@ -257,10 +266,33 @@ pub enum StateError {
     NotInProgress(u64),
 }
 
+/// The engine's hold timers in wall-clock milliseconds (`Engine::hold_timers` converted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HoldTimers {
+    pub last_transition_at_ms: Option<u64>,
+    pub transitions_at_ms: Vec<u64>,
+}
+
+impl HoldTimers {
+    /// From engine-clock times, with the engine clock at `now_ms` and the wall clock at
+    /// `wall_now_ms`.
+    pub fn from_engine(last: Option<u64>, transitions: &[u64], now_ms: u64, wall_now_ms: u64) -> HoldTimers {
+        let wall = |t: u64| wall_now_ms.saturating_sub(now_ms.saturating_sub(t));
+        let skip = transitions.len().saturating_sub(TRANSITION_TIMES_MAX);
+        HoldTimers {
+            last_transition_at_ms: last.map(wall),
+            transitions_at_ms: transitions.iter().skip(skip).map(|&t| wall(t)).collect(),
+        }
+    }
+}
+
 impl SharedState {
-    /// What the engine restores from this state; `floor` lifts the generation (the
-    /// `--generation-floor` of a migration from a single controller).
-    pub fn restored(&self, floor: Generation) -> Restored {
+    /// What the engine restores from this state, with the engine's clock at `now_ms` and the
+    /// wall clock at `wall_now_ms`; `floor` lifts the generation (the `--generation-floor` of a
+    /// migration from a single controller). A time in the future (clocks apart) counts as now,
+    /// so the hold is never shortened.
+    pub fn restored(&self, floor: Generation, now_ms: u64, wall_now_ms: u64) -> Restored {
+        let engine = |t: u64| now_ms.saturating_sub(wall_now_ms.saturating_sub(t));
         // A runbook still recorded never succeeded (interrupted or failed): roll it forward.
         let interrupted = self.runbook.as_ref().map(|progress| progress.order.to.clone());
         Restored {
@@ -269,12 +301,20 @@ impl SharedState {
             interrupted,
             preferred: self.preferred.clone(),
             paused: self.paused,
+            last_transition_ms: self.last_transition_at_ms.map(engine),
+            transitions_ms: self.transitions_at_ms.iter().map(|&t| engine(t)).collect(),
         }
     }
 
     /// A runbook starts: the counter takes its generation (which must be above every one
     /// recorded) and the runbook is recorded before any step runs.
-    pub fn start(&self, order: &RunbookOrder, member: &str, at_ms: u64) -> Result<SharedState, StateError> {
+    pub fn start(
+        &self,
+        order: &RunbookOrder,
+        timers: &HoldTimers,
+        member: &str,
+        at_ms: u64,
+    ) -> Result<SharedState, StateError> {
         if order.generation <= self.generation {
             return Err(StateError::GenerationNotAbove {
                 order: order.generation.0,
@@ -283,6 +323,8 @@ impl SharedState {
         }
         let mut next = self.stamped(member, at_ms);
         next.generation = order.generation;
+        next.last_transition_at_ms = timers.last_transition_at_ms;
+        next.transitions_at_ms = timers.transitions_at_ms.clone();
         next.runbook = Some(RunbookProgress {
             order: order.clone(),
             member: member.to_string(),

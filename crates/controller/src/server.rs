@@ -271,7 +271,9 @@ impl Shared {
                         continue;
                     }
                     tracing::info!(generation = %order.generation, kind = ?order.kind, to = %order.to.active, reason = %order.reason, "runbook started");
-                    self.spawn_runbook(order);
+                    let (last, transitions) = core.engine.hold_timers();
+                    let timers = crate::ha::HoldTimers::from_engine(last, &transitions, self.now_ms(), wall_ms());
+                    self.spawn_runbook(order, timers);
                 }
                 Command::Alert { key, message } => {
                     tracing::warn!(%key, %message, "alert");
@@ -346,12 +348,18 @@ impl Shared {
     /// With `[controller.ha]`: the runbook recorded in etcd before it starts (its generation
     /// becomes the counter), the term proven in etcd before every step (and the steps done
     /// recorded), the end recorded. Any refusal stops the runbook before the next step.
-    async fn run_guarded(self: &Arc<Self>, ha: &Member, term: Term, order: &RunbookOrder) -> RunbookOutcome {
+    async fn run_guarded(
+        self: &Arc<Self>,
+        ha: &Member,
+        term: Term,
+        order: &RunbookOrder,
+        timers: &crate::ha::HoldTimers,
+    ) -> RunbookOutcome {
         let stop = |step: &str, error: crate::ha::etcd::GuardError| RunbookOutcome::Failed {
             step: step.to_string(),
             error: format!("not run: {error}"),
         };
-        if let Err(error) = ha.start_runbook(term, order).await {
+        if let Err(error) = ha.start_runbook(term, order, timers).await {
             return stop("etcd", error);
         }
         let mut done: Option<String> = None;
@@ -386,7 +394,7 @@ impl Shared {
         }
     }
 
-    fn spawn_runbook(self: &Arc<Self>, order: RunbookOrder) {
+    fn spawn_runbook(self: &Arc<Self>, order: RunbookOrder, timers: crate::ha::HoldTimers) {
         let shared = Arc::clone(self);
         let term = self.ha.as_ref().map(|ha| ha.acting());
         tokio::spawn(async move {
@@ -401,7 +409,7 @@ impl Shared {
                     )
                     .await
                 }
-                (Some(ha), Some(Some(term))) => shared.run_guarded(ha, term, &order).await,
+                (Some(ha), Some(Some(term))) => shared.run_guarded(ha, term, &order, &timers).await,
                 (Some(_), _) => RunbookOutcome::Failed {
                     step: "etcd".into(),
                     error: "not run: this member does not lead".into(),
@@ -464,7 +472,8 @@ impl Shared {
                 if let Some(state) = ha.take_over() {
                     // A new term: the engine restarts from the shared state (rolling forward a
                     // runbook in progress with a new generation), never from this member's past.
-                    match Engine::new(self.config.engine.clone(), state.restored(self.generation_floor)) {
+                    let restored = state.restored(self.generation_floor, now, wall_ms());
+                    match Engine::new(self.config.engine.clone(), restored) {
                         Ok(engine) => core.engine = engine,
                         Err(error) => tracing::error!(%error, "cannot restore the engine from etcd"),
                     }
@@ -645,6 +654,7 @@ pub async fn run(
         interrupted: checkpoint.interrupted.clone(),
         preferred: checkpoint.preferred.clone(),
         paused: checkpoint.paused,
+        ..Restored::default()
     };
     let engine = Engine::new(config.engine.clone(), restored)?;
     let aggregator = health::Aggregator::new(config.quorum.clone())?;

@@ -17,7 +17,7 @@ use etcd_client::{
 };
 
 use super::leadership::{Action, Input, LeaderInfo, Leadership, LeadershipStatus, Role, Term};
-use super::{HaSection, LEADER_VALUE_BYTES_MAX, STATE_BYTES_MAX, SharedState, StateError};
+use super::{HaSection, HoldTimers, LEADER_VALUE_BYTES_MAX, STATE_BYTES_MAX, SharedState, StateError};
 use crate::engine::{Generation, RegionId, RunbookOrder, RunbookOutcome};
 
 /// Longest sleep of the driver loop between two looks at the leadership machine.
@@ -529,8 +529,8 @@ impl Member {
     }
 
     /// Records the start of `order` (its generation becomes the counter) before any step runs.
-    pub async fn start_runbook(&self, term: Term, order: &RunbookOrder) -> Result<(), GuardError> {
-        self.guarded(term, |state, me, at| state.start(order, me, at))
+    pub async fn start_runbook(&self, term: Term, order: &RunbookOrder, timers: &HoldTimers) -> Result<(), GuardError> {
+        self.guarded(term, |state, me, at| state.start(order, timers, me, at))
             .await
             .map(|_| ())
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::leadership::{Action, Input, LeaderInfo, Leadership, Role, Term};
-use super::{HaSection, SharedState, StateError};
+use super::{HaSection, HoldTimers, SharedState, StateError};
 use crate::engine::{Generation, Placement, RegionId, RunbookOrder, RunbookOutcome, TransitionKind};
 
 const LEASE_MS: u64 = 3_000;
@@ -260,7 +260,9 @@ fn order(generation: u64, to: &str) -> RunbookOrder {
 #[test]
 fn the_shared_state_records_a_runbook_before_its_steps_and_rolls_it_forward() {
     let state = SharedState::default();
-    let started = state.start(&order(4, "eu"), "a", 1).expect("starts above 0");
+    let started = state
+        .start(&order(4, "eu"), &HoldTimers::default(), "a", 1)
+        .expect("starts above 0");
     assert_eq!(started.generation, Generation(4));
     let one = started.step_done(Generation(4), "dns", "a", 2).expect("in progress");
     let again = one.step_done(Generation(4), "dns", "a", 3).expect("idempotent");
@@ -270,7 +272,7 @@ fn the_shared_state_records_a_runbook_before_its_steps_and_rolls_it_forward() {
     );
     // The leader dies here: the next one restores the interrupted runbook and rolls it forward
     // with a generation above 4.
-    let restored = again.restored(Generation(0));
+    let restored = again.restored(Generation(0), 0, 0);
     assert_eq!(restored.generation, Generation(4));
     assert_eq!(restored.interrupted, Some(Placement::single(RegionId::new("eu"))));
     let mut engine = crate::engine::Engine::new(
@@ -298,13 +300,15 @@ fn the_shared_state_records_a_runbook_before_its_steps_and_rolls_it_forward() {
     assert_eq!(rolled.kind, TransitionKind::RollForward);
     assert_eq!(rolled.generation, Generation(5));
     // An old leader's late step report for generation 4 is refused once 5 started.
-    let next = again.start(&rolled, "b", 4).expect("5 is above 4");
+    let next = again
+        .start(&rolled, &HoldTimers::default(), "b", 4)
+        .expect("5 is above 4");
     assert_eq!(
         next.step_done(Generation(4), "dns", "a", 5),
         Err(StateError::NotInProgress(4))
     );
     assert_eq!(
-        next.start(&order(5, "eu"), "a", 6),
+        next.start(&order(5, "eu"), &HoldTimers::default(), "a", 6),
         Err(StateError::GenerationNotAbove { order: 5, recorded: 5 })
     );
     let done = next
@@ -313,14 +317,16 @@ fn the_shared_state_records_a_runbook_before_its_steps_and_rolls_it_forward() {
     assert_eq!(done.observed, Some(Placement::single(RegionId::new("eu"))));
     assert_eq!(done.observed_generation, Generation(5));
     assert_eq!(done.runbook, None);
-    assert_eq!(done.restored(Generation(0)).interrupted, None);
+    assert_eq!(done.restored(Generation(0), 0, 0).interrupted, None);
     // A floor lifts the generation (migrating from a single controller).
-    assert_eq!(done.restored(Generation(40)).generation, Generation(40));
+    assert_eq!(done.restored(Generation(40), 0, 0).generation, Generation(40));
 }
 
 #[test]
 fn a_failed_runbook_stays_recorded_for_the_next_leader() {
-    let state = SharedState::default().start(&order(1, "eu"), "a", 1).expect("start");
+    let state = SharedState::default()
+        .start(&order(1, "eu"), &HoldTimers::default(), "a", 1)
+        .expect("start");
     let failed = state
         .finish(
             Generation(1),
@@ -337,7 +343,7 @@ fn a_failed_runbook_stays_recorded_for_the_next_leader() {
         Some("step 'dns': HTTP 503".to_string())
     );
     assert_eq!(
-        failed.restored(Generation(0)).interrupted,
+        failed.restored(Generation(0), 0, 0).interrupted,
         Some(Placement::single(RegionId::new("eu")))
     );
 }
@@ -427,7 +433,7 @@ fn simulation_at_most_one_member_acts_and_generations_grow() {
                         let generation = etcd.state.generation.next();
                         let next = etcd
                             .state
-                            .start(&order(generation.0, "eu"), names[index], now)
+                            .start(&order(generation.0, "eu"), &HoldTimers::default(), names[index], now)
                             .expect("above");
                         if let Some(revision) = etcd.write(term, expect_mod[index], next) {
                             expect_mod[index] = revision;
@@ -565,4 +571,64 @@ fn the_config_file_takes_an_ha_section_with_paths_from_its_folder() {
     let single = format!("{}{}", &CONFIG[..start], &CONFIG[end..]);
     let config = crate::config::parse_in("c.toml", &single, folder.path()).expect("valid");
     assert_eq!(config.file.controller.ha, None);
+}
+
+#[test]
+fn a_new_leader_keeps_the_hold_and_the_hourly_count_of_the_old_one() {
+    use crate::engine::{Command, Engine, EngineConfig, Event, RegionSpec, Verdict};
+    let regions = vec![
+        RegionSpec {
+            id: RegionId::new("us"),
+            priority: 1,
+        },
+        RegionSpec {
+            id: RegionId::new("eu"),
+            priority: 2,
+        },
+    ];
+    let mut config = EngineConfig::with_defaults(regions);
+    config.stability_window_ms = 0;
+    config.failback_lag_max_ms = None;
+    // The old leader failed over at wall time 1 000 000 (its engine clock: 40 000).
+    let timers = HoldTimers::from_engine(Some(40_000), &[40_000], 50_000, 1_010_000);
+    assert_eq!(timers.last_transition_at_ms, Some(1_000_000));
+    let state = SharedState {
+        observed: Some(Placement::single(RegionId::new("eu"))),
+        observed_generation: Generation(2),
+        generation: Generation(2),
+        last_transition_at_ms: timers.last_transition_at_ms,
+        transitions_at_ms: timers.transitions_at_ms.clone(),
+        ..SharedState::default()
+    };
+    // A new leader takes over 30 s later, its engine clock at 100 000: the transition was at
+    // 70 000 on that clock, so the 60 s hold ends at 130 000.
+    let restored = state.restored(Generation(0), 100_000, 1_030_000);
+    assert_eq!(restored.last_transition_ms, Some(70_000));
+    let mut engine = Engine::new(config, restored).expect("engine");
+    let up = |region: &str| Event::Verdict {
+        region: RegionId::new(region),
+        verdict: Verdict::Up,
+        reason: "ok".into(),
+    };
+    let starts = |commands: Vec<Command>| commands.iter().any(|c| matches!(c, Command::RunRunbook(_)));
+    engine.step(100_000, up("us"));
+    engine.step(100_000, up("eu"));
+    assert!(!starts(engine.step(100_001, Event::Tick)), "the hold still runs");
+    let status = engine.status(100_001);
+    assert!(
+        status.reasons.iter().any(|r| r.contains("holding")),
+        "{:?}",
+        status.reasons
+    );
+    assert_eq!(status.transitions_last_hour, 1, "the old leader's failover counts");
+    assert!(starts(engine.step(130_001, Event::Tick)), "failback after the hold");
+    // A wall time ahead of this member's clock counts as now: the hold is never shortened.
+    let ahead = SharedState {
+        last_transition_at_ms: Some(2_000_000),
+        ..state
+    };
+    assert_eq!(
+        ahead.restored(Generation(0), 100_000, 1_030_000).last_transition_ms,
+        Some(100_000)
+    );
 }
