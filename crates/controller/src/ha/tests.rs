@@ -632,3 +632,174 @@ fn a_new_leader_keeps_the_hold_and_the_hourly_count_of_the_old_one() {
         Some(100_000)
     );
 }
+
+/// The engine under leadership changes at arbitrary points: members take over from the shared
+/// state (rebuilding their engine), a runbook is guarded step by step, an old leader's step
+/// may still land late, and the world (DNS, the pointer) refuses a generation older than one
+/// it applied. Checked: the current leader's steps are never refused (the generation from etcd
+/// is above anything an old leader used), generations in etcd only grow, and once leadership
+/// and health settle every decision is applied (world == the leader's intent == etcd's
+/// observed placement).
+#[test]
+fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_generation() {
+    use crate::engine::{Command, Engine, EngineConfig, Event, RegionSpec, Verdict};
+    const STEPS: [&str; 2] = ["dns", "pointer"];
+    const TICK_MS: u64 = 50;
+    const END_MS: u64 = 240_000;
+    const QUIET_MS: u64 = 60_000;
+    let mut config = EngineConfig::with_defaults(vec![
+        RegionSpec {
+            id: RegionId::new("us"),
+            priority: 1,
+        },
+        RegionSpec {
+            id: RegionId::new("eu"),
+            priority: 2,
+        },
+    ]);
+    config.min_hold_ms = 2_000;
+    config.stability_window_ms = 2_000;
+    config.failback_lag_max_ms = None;
+    config.runbook_retry_ms = 100;
+    config.startup_grace_ms = 0;
+    config.failovers_per_hour_max = 10_000;
+    struct Run {
+        term: u64,
+        order: RunbookOrder,
+        started: bool,
+        next_step: usize,
+    }
+    for seed in 1..=30u64 {
+        let mut rng = Rng(seed * 7919);
+        let mut state = SharedState::default();
+        let mut term = 1u64;
+        let mut leader: Option<usize> = Some(0);
+        let mut handover_at = 0u64;
+        let mut engine = Some(Engine::new(config.clone(), state.restored(Generation(0), 0, 0)).expect("engine"));
+        let mut runs: Vec<Run> = Vec::new();
+        // The world: the highest generation applied and the placement it holds.
+        let (mut world_generation, mut world_active) = (0u64, None::<RegionId>);
+        let mut up = [true, true];
+        let mut handovers = 0;
+        let mut now = 0u64;
+        while now < END_MS {
+            now += TICK_MS;
+            let quiet = now > END_MS - QUIET_MS;
+            if quiet {
+                up = [true, true];
+            } else if rng.below(200) == 0 {
+                let region = rng.below(2) as usize;
+                up[region] = !up[region];
+                if !up[0] && !up[1] {
+                    up[region] = true;
+                }
+            }
+            // Leadership moves at arbitrary points (a dead or cut leader; another takes over
+            // once the lease expired).
+            if !quiet && leader.is_some() && rng.below(150) == 0 {
+                leader = None;
+                engine = None;
+                handover_at = now + rng.below(3_000);
+            }
+            if leader.is_none() && now >= handover_at {
+                term += 1;
+                handovers += 1;
+                leader = Some(rng.below(3) as usize);
+                engine = Some(
+                    Engine::new(config.clone(), state.restored(Generation(0), now, now)).expect("engine from etcd"),
+                );
+            }
+            // Runbooks: one step per tick; guarded writes only succeed in the current term.
+            for run in runs.iter_mut() {
+                let current = leader.is_some() && run.term == term;
+                let generation = run.order.generation;
+                if !current {
+                    // An old leader's step that passed its guard before the term ended may
+                    // still land: the world refuses it once a newer generation was applied.
+                    if run.started
+                        && run.next_step < STEPS.len()
+                        && rng.below(4) == 0
+                        && generation.0 >= world_generation
+                    {
+                        world_generation = generation.0;
+                        world_active = Some(run.order.to.active.clone());
+                    }
+                    run.next_step = usize::MAX;
+                    continue;
+                }
+                if !run.started {
+                    state = state
+                        .start(&run.order, &HoldTimers::default(), "leader", now)
+                        .unwrap_or_else(|e| panic!("seed {seed}: the current term's start refused: {e}"));
+                    run.started = true;
+                } else if run.next_step < STEPS.len() {
+                    assert!(
+                        generation.0 >= world_generation,
+                        "seed {seed}: the current leader's generation {generation} is below {world_generation} applied before"
+                    );
+                    world_generation = generation.0;
+                    world_active = Some(run.order.to.active.clone());
+                    state = state
+                        .step_done(generation, STEPS[run.next_step], "leader", now)
+                        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                    run.next_step += 1;
+                } else if run.next_step == STEPS.len() {
+                    state = state
+                        .finish(generation, &RunbookOutcome::Succeeded, "leader", now)
+                        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                    run.next_step = usize::MAX;
+                    if let Some(engine) = engine.as_mut() {
+                        engine.step(
+                            now,
+                            Event::RunbookFinished {
+                                generation,
+                                outcome: RunbookOutcome::Succeeded,
+                            },
+                        );
+                    }
+                }
+            }
+            runs.retain(|run| run.next_step != usize::MAX);
+            let Some(engine) = engine.as_mut() else {
+                continue;
+            };
+            for (index, region) in ["us", "eu"].iter().enumerate() {
+                engine.step(
+                    now,
+                    Event::Verdict {
+                        region: RegionId::new(*region),
+                        verdict: if up[index] { Verdict::Up } else { Verdict::Down },
+                        reason: String::new(),
+                    },
+                );
+            }
+            for command in engine.step(now, Event::Tick) {
+                if let Command::RunRunbook(order) = command {
+                    assert!(order.generation > state.generation, "seed {seed}: generation reused");
+                    runs.push(Run {
+                        term,
+                        order,
+                        started: false,
+                        next_step: 0,
+                    });
+                }
+            }
+        }
+        let engine = engine.expect("a leader at the end");
+        let status = engine.status(now);
+        let intent = status.intent.expect("an intent");
+        assert_eq!(
+            intent.active,
+            RegionId::new("us"),
+            "seed {seed}: settled on the preferred region"
+        );
+        assert_eq!(
+            world_active,
+            Some(intent.active.clone()),
+            "seed {seed}: the world holds the decision"
+        );
+        assert_eq!(state.observed, Some(intent), "seed {seed}: etcd records it");
+        assert_eq!(state.runbook, None, "seed {seed}: nothing left in progress");
+        assert!(handovers > 3, "seed {seed}: leadership moved only {handovers} times");
+    }
+}
