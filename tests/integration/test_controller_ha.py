@@ -69,45 +69,60 @@ def free_port():
 
 
 class Etcd:
-    """A single-member etcd from Debian's etcd-server, on free loopback ports."""
+    """An etcd cluster of `size` members from Debian's etcd-server, on free loopback ports."""
 
-    def __init__(self, workdir):
-        self.client_port, self.peer_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+    def __init__(self, workdir, size=1):
+        names = [f"e{i}" for i in range(size)]
+        ports = {name: (free_port(), free_port()) for name in names}
+        cluster = ",".join(f"{name}=http://127.0.0.1:{ports[name][1]}" for name in names)
+        self.urls = [f"http://127.0.0.1:{ports[name][0]}" for name in names]
+        self.url = self.urls[0]
+        self.client_port = ports[names[0]][0]
         self.log = workdir / "etcd.log"
-        self.process = subprocess.Popen(
-            [ETCD, "--name", "t", "--data-dir", str(workdir / "etcd-data"),
-             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"t={peer}"],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        self.processes = []
+        for name in names:
+            client, peer = f"http://127.0.0.1:{ports[name][0]}", f"http://127.0.0.1:{ports[name][1]}"
+            self.processes.append(subprocess.Popen(
+                [ETCD, "--name", name, "--data-dir", str(workdir / f"etcd-{name}"),
+                 "--listen-client-urls", client, "--advertise-client-urls", client,
+                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                 "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                 "--initial-cluster-token", "switchyard-test"],
+                stdout=subprocess.DEVNULL, stderr=open(self.log, "ab")))
 
-        def healthy():
-            assert self.process.poll() is None, self.log.read_text()[-2000:]
+        def healthy(url):
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                with urllib.request.urlopen(url + "/health", timeout=2) as response:
                     return json.loads(response.read()).get("health") == "true"
             except OSError:
                 return False
 
-        wait_until("etcd to be healthy", healthy, START_DEADLINE_S, [self.log])
+        def all_healthy():
+            assert all(p.poll() is None for p in self.processes), self.log.read_text()[-2000:]
+            return all(healthy(url) for url in self.urls)
+
+        wait_until("etcd to be healthy", all_healthy, START_DEADLINE_S, [self.log])
+
+    def kill(self, index):
+        self.processes[index].kill()
+        self.processes[index].wait(timeout=10)
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
 
 
-def config_text(us, eu, workdir, member, etcd_url, dns_admin):
+def config_text(us, eu, workdir, member, etcd_urls, dns_admin):
     return f"""
 [controller]
 vantage = "controller"
-audit_log = "{workdir}/audit-{member}.jsonl"
+audit_log = "{workdir}/audit-{member}.jsonl"   # (--audit-log overrides it)
 tick_ms = 50
 
 [controller.ha]
-etcd = ["{etcd_url}"]
+etcd = {json.dumps(etcd_urls)}
 member = "{member}"
 lease_ms = {LEASE_MS}
 prefix = "/switchyard/test"
@@ -191,23 +206,33 @@ def request(url, path, method="GET", body=None):
 
 
 class Group:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, etcd_size=1):
         self.tmp = tmp_path
         self.us, self.eu = App(), App()
-        self.etcd = Etcd(tmp_path)
+        self.etcd = Etcd(tmp_path, etcd_size)
         (tmp_path / "dns-dir").mkdir()
         self.dns = DnsServer(tmp_path / "dns-dir", DNS_CONFIG, token=TOKEN)
         self.dns.start()
         self.members = {}
 
-    def start(self, member, etcd_url=None):
-        config = self.tmp / f"{member}.toml"
-        config.write_text(config_text(self.us, self.eu, self.tmp, member, etcd_url or self.etcd.url, self.dns.admin))
+    def start(self, member, etcd_url=None, shared=False):
+        """Starts `member` with a file of its own, or (`shared`) with one file for the whole
+        group and `--member`/`--audit-log` on the command line."""
+        extra = []
+        if shared:
+            config = self.tmp / "group.toml"
+            if not config.exists():
+                config.write_text(config_text(self.us, self.eu, self.tmp, "group", self.etcd.urls, self.dns.admin))
+            extra = ["--member", member, "--audit-log", str(self.tmp / f"audit-{member}.jsonl")]
+        else:
+            config = self.tmp / f"{member}.toml"
+            config.write_text(config_text(self.us, self.eu, self.tmp, member, [etcd_url or self.etcd.url],
+                                          self.dns.admin))
         ready = self.tmp / f"{member}.ready"
         log = self.tmp / f"{member}.log"
         env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, SWITCHYARD_LOG="info")
         process = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
-                                    "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
+                                    "--ready-file", str(ready), *extra], env=env, stdout=subprocess.DEVNULL,
                                    stderr=open(log, "ab"))
         wait_until(f"{member} to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
         self.members[member] = (process, f"http://{ready.read_text().strip()}", log)
@@ -267,6 +292,12 @@ def group(tmp_path):
     group.stop()
 
 
+def placed(group, member, region):
+    """Etcd (as `member` last read it) records `region` as placed, with no runbook in progress."""
+    shared = ((group.status(member) or {}).get("ha") or {}).get("shared") or {}
+    return (shared.get("observed") or {}).get("active") == region and shared.get("runbook") is None
+
+
 def dns_generation(group):
     return json.loads(group.dns.get("/v1/health"))["generation"]
 
@@ -276,8 +307,7 @@ def test_killing_the_leader_mid_runbook_hands_it_to_another_member(group):
         group.start(member)
     first = wait_until("one leader named by every member", group.leader, TAKEOVER_DEADLINE_S, group.logs())
     # The first placement is applied by the leader only.
-    wait_until("the initial placement", lambda: any(to == "us-east-1" for _, to, _ in group.record()),
-               logs=group.logs())
+    wait_until("the initial placement", lambda: placed(group, first, "us-east-1"), logs=group.logs())
     assert {m for _, _, m in group.record()} == {first}
     followers = [m for m in group.members if m != first]
 
@@ -379,13 +409,10 @@ def test_a_leader_cut_from_etcd_stops_acting_and_the_other_member_fails_over(gro
         first = wait_until("one leader", group.leader, TAKEOVER_DEADLINE_S, group.logs())
         other = [m for m in ports if m != first][0]
 
-        def placed():
-            shared = ((group.status(first) or {}).get("ha") or {}).get("shared") or {}
-            return (shared.get("observed") or {}).get("active") == "us-east-1" and shared.get("runbook") is None
-
         # (Cut before the initial runbook is recorded as done, the other member would roll it
         # forward first, as it should.)
-        wait_until("the initial placement recorded in etcd", placed, logs=group.logs())
+        wait_until("the initial placement recorded in etcd", lambda: placed(group, first, "us-east-1"),
+                   logs=group.logs())
         # Blackhole the leader's link to etcd, both ways.
         for stream in ("upstream", "downstream"):
             status, body = proxy.call("POST", f"/proxies/etcd-{first}/toxics",
@@ -420,3 +447,34 @@ def test_a_leader_cut_from_etcd_stops_acting_and_the_other_member_fails_over(gro
         assert group.record()[before:] == moved, "nothing ran again after the heal"
     finally:
         proxy.stop()
+
+
+def test_three_controllers_on_a_three_member_etcd_survive_losing_an_etcd_member_and_the_leader(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    if ETCD is None:
+        pytest.skip("etcd is not installed (Debian package etcd-server; scripts/install-test-deps.sh installs it)")
+    group = Group(tmp_path, etcd_size=3)
+    try:
+        # One file for the group; each controller names itself with --member.
+        for member in ("us", "eu", "ap"):
+            group.start(member, shared=True)
+        first = wait_until("one leader named by every member", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+        wait_until("the initial placement in DNS", lambda: dns_generation(group) > 0, logs=group.logs())
+        # etcd keeps its quorum with two of three members: nothing changes.
+        group.etcd.kill(0)
+        # The leader dies too: another member takes over through the two etcd members left.
+        process = group.members[first][0]
+        process.kill()
+        process.wait(timeout=10)
+        rest = [m for m in group.members if m != first]
+        second = wait_until("another member to lead", lambda: group.leader(rest), TAKEOVER_DEADLINE_S, group.logs())
+        before = dns_generation(group)
+        group.us.stop()
+        wait_until("the failover in DNS", lambda: json.loads(group.dns.get("/v1/health"))["targets"].get(
+            "eu-west-1") == "healthy", logs=group.logs())
+        assert dns_generation(group) > before
+        audit = (tmp_path / f"audit-{second}.jsonl").read_text()
+        assert '"event":"leading"' in audit
+    finally:
+        group.stop()

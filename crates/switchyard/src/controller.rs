@@ -40,6 +40,9 @@ pub(crate) struct ControllerArgs {
     /// refused as stale. Never needed while the audit log is kept.
     #[arg(long, default_value_t = 0)]
     generation_floor: u64,
+    /// Overrides `[controller.ha] member`, so every controller of a group can share one file.
+    #[arg(long)]
+    member: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -173,6 +176,19 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     }
     if let Some(audit_log) = args.audit_log {
         config.file.controller.audit_log = audit_log;
+    }
+    if let Some(member) = args.member {
+        let Some(ha) = config.file.controller.ha.as_mut() else {
+            bail!(
+                "--member {member} needs a [controller.ha] section in {}",
+                args.config.display()
+            );
+        };
+        ha.member = member;
+        let problems = ha.problems();
+        if let Some((_, message, fix)) = problems.iter().find(|(key, _, _)| *key == "member") {
+            bail!("--member: {message}; {fix}");
+        }
     }
     let token = read_token(args.token_file.as_deref())?;
     let listen = config.file.controller.listen;

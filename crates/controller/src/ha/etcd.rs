@@ -25,6 +25,12 @@ pub const DRIVER_STEP_MS_MAX: u64 = 50;
 /// Shortest etcd request timeout (a sixth of the lease, but never below this).
 pub const REQUEST_TIMEOUT_MS_MIN: u64 = 300;
 
+/// gRPC status codes after which a request is tried again on another endpoint.
+const GRPC_UNKNOWN: i32 = 2;
+const GRPC_UNAVAILABLE: i32 = 14;
+/// Pause between two tries of a request.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
 /// Something the server must hear about (to alert and record it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
@@ -114,12 +120,49 @@ impl Etcd {
         })
     }
 
+    /// One request, tried again (within the timeout) when the endpoint it went to is down:
+    /// the client spreads requests over the endpoints, so the next try may go to another. A
+    /// try whose answer was lost may have been applied; every request here is a read, a
+    /// compare-and-set, a keep-alive or a lease grant (an extra lease expires unused), and
+    /// callers read back before trusting a refused compare.
+    async fn retrying<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let error = match tokio::time::timeout_at(deadline, call(self.client.clone())).await {
+                Err(_) => {
+                    return Err(etcd_client::Error::InvalidArgs(format!(
+                        "etcd did not answer the {what} within {} ms",
+                        self.timeout.as_millis()
+                    )));
+                }
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(error)) => error,
+            };
+            let retryable = match &error {
+                etcd_client::Error::TransportError(_) => true,
+                etcd_client::Error::GRpcStatus(status) => {
+                    matches!(i32::from(status.code()), GRPC_UNKNOWN | GRPC_UNAVAILABLE)
+                }
+                _ => false,
+            };
+            if !retryable || tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, String> {
-        let mut client = self.client.clone();
-        tokio::time::timeout(self.timeout, client.txn(txn))
-            .await
-            .map_err(|_| format!("etcd did not answer within {} ms", self.timeout.as_millis()))?
-            .map_err(|e| format!("etcd: {e}"))
+        self.retrying("transaction", |mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
+        .map_err(|e| format!("etcd: {e}"))
     }
 
     /// The leader key and the shared state (with its mod revision), read together.
@@ -149,10 +192,11 @@ impl Etcd {
 
     /// Grants a lease and creates the leader key with it, if nobody holds the key.
     async fn campaign(&self, me: &LeaderInfo, ttl_s: i64) -> Result<Result<Term, LeaderInfo>, String> {
-        let mut lease_client = self.client.clone();
-        let grant = tokio::time::timeout(self.timeout, lease_client.lease_grant(ttl_s, None))
+        let grant = self
+            .retrying("lease grant", |mut client| async move {
+                client.lease_grant(ttl_s, None).await
+            })
             .await
-            .map_err(|_| format!("etcd did not grant a lease within {} ms", self.timeout.as_millis()))?
             .map_err(|e| format!("etcd lease grant: {e}"))?;
         let lease_id = grant.id();
         let value = serde_json::to_vec(me).map_err(|e| e.to_string())?;
@@ -191,15 +235,15 @@ impl Etcd {
 
     /// One keep-alive: `Ok(false)` when etcd says the lease is gone.
     async fn renew(&self, lease_id: i64) -> Result<bool, String> {
-        let mut client = self.client.clone();
-        match tokio::time::timeout(self.timeout, client.lease_keep_alive(lease_id)).await {
-            Err(_) => Err(format!(
-                "etcd did not renew the lease within {} ms",
-                self.timeout.as_millis()
-            )),
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(message))) if message.contains("not found") => Ok(false),
-            Ok(Err(error)) => Err(format!("etcd lease keep-alive: {error}")),
+        let renewed = self
+            .retrying("keep-alive", |mut client| async move {
+                client.lease_keep_alive(lease_id).await
+            })
+            .await;
+        match renewed {
+            Ok(_) => Ok(true),
+            Err(etcd_client::Error::LeaseKeepAliveError(message)) if message.contains("not found") => Ok(false),
+            Err(error) => Err(format!("etcd lease keep-alive: {error}")),
         }
     }
 
@@ -489,6 +533,16 @@ impl Member {
                 Ok(next)
             }
             Ok(None) => {
+                // Refused: either another member leads, or an earlier try of this very write
+                // was applied and its answer lost. Read back to tell which.
+                if let Ok((Some(leader), state, mod_revision)) = etcd.read().await
+                    && leader.member == self.name()
+                    && state == next
+                {
+                    view.state = next.clone();
+                    view.mod_revision = mod_revision;
+                    return Ok(next);
+                }
                 drop(view);
                 let why = "the leader key or the shared state changed in etcd (another member leads)";
                 self.supersede(term, why).await;
