@@ -15,8 +15,11 @@
 //!
 //! Without `[controller.ha]` none of this runs: one controller with its audit log, as before.
 
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod leadership;
+#[cfg(not(feature = "etcd"))]
+mod without_etcd;
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +27,33 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Generation, Placement, RegionId, Restored, RunbookOrder, RunbookOutcome};
 
+#[cfg(feature = "etcd")]
 pub use etcd::Member;
 pub use leadership::{LeaderInfo, Leadership, Role, Term};
+#[cfg(not(feature = "etcd"))]
+pub use without_etcd::Member;
+
+/// Something the server must hear about (to alert and record it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// This member won the leader key and loaded the shared state: it acts from now on.
+    Leading { term: Term, generation: Generation },
+    /// This member stopped acting.
+    SteppedDown { reason: String },
+}
+
+/// Why a guarded change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("this member no longer leads (term {0:?} ended); another member rolls the runbook forward")]
+    NotLeading(Term),
+    #[error("superseded in etcd: {0}")]
+    Superseded(String),
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
 
 /// The leader lease when `lease_ms` is not set.
 pub const LEASE_MS_DEFAULT: u64 = 5_000;
@@ -169,6 +197,13 @@ impl HaSection {
                     self.lease_ms
                 ),
                 format!("etcd leases count whole seconds: use e.g. lease_ms = {LEASE_MS_DEFAULT}"),
+            ));
+        }
+        if cfg!(not(feature = "etcd")) {
+            problems.push((
+                "etcd",
+                "this switchyard was built without etcd support (cargo feature `etcd`)".into(),
+                "build it with the default features, or remove [controller.ha]".into(),
             ));
         }
         if !self.prefix.starts_with('/') || self.prefix.trim_end_matches('/').is_empty() {

@@ -355,7 +355,7 @@ impl Shared {
         order: &RunbookOrder,
         timers: &crate::ha::HoldTimers,
     ) -> RunbookOutcome {
-        let stop = |step: &str, error: crate::ha::etcd::GuardError| RunbookOutcome::Failed {
+        let stop = |step: &str, error: crate::ha::GuardError| RunbookOutcome::Failed {
             step: step.to_string(),
             error: format!("not run: {error}"),
         };
@@ -371,7 +371,7 @@ impl Shared {
             // again. What still slips through carries an older generation, which DNS, the
             // pointer and the providers refuse once the next leader applied a newer one.
             if ha.acting() != Some(term) {
-                return stop(&step.name, crate::ha::etcd::GuardError::NotLeading(term));
+                return stop(&step.name, crate::ha::GuardError::NotLeading(term));
             }
             let outcome = runbook::execute(
                 std::slice::from_ref(step),
@@ -545,18 +545,18 @@ impl Shared {
     }
 
     /// Hears the start and end of this member's terms.
-    fn leadership_notice(self: &Arc<Self>, notice: crate::ha::etcd::Notice) {
+    fn leadership_notice(self: &Arc<Self>, notice: crate::ha::Notice) {
         let mut core = self.lock();
         let generation = core.engine.generation();
         let (event, detail) = match &notice {
-            crate::ha::etcd::Notice::Leading { term, generation } => (
+            crate::ha::Notice::Leading { term, generation } => (
                 "leading",
                 format!(
                     "won the leader key (revision {}) and loaded the shared state at generation {generation}",
                     term.revision
                 ),
             ),
-            crate::ha::etcd::Notice::SteppedDown { reason } => ("stepped_down", reason.clone()),
+            crate::ha::Notice::SteppedDown { reason } => ("stepped_down", reason.clone()),
         };
         if let Err(error) = core.audit.append(
             wall_ms(),
@@ -705,12 +705,16 @@ pub async fn run(
         })
         .collect();
     let tick_ms = config.file.controller.tick_ms;
+    #[cfg(feature = "etcd")]
     let ha = config
         .file
         .controller
         .ha
         .clone()
         .map(|section| Arc::new(Member::new(section, format!("http://{address}"))));
+    // Without etcd support the config check refuses `[controller.ha]`.
+    #[cfg(not(feature = "etcd"))]
+    let ha: Option<Arc<Member>> = None;
     let (closing_sender, closing) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         closing,

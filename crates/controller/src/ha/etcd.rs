@@ -17,8 +17,10 @@ use etcd_client::{
 };
 
 use super::leadership::{Action, Input, LeaderInfo, Leadership, LeadershipStatus, Role, Term};
-use super::{HaSection, HoldTimers, LEADER_VALUE_BYTES_MAX, STATE_BYTES_MAX, SharedState, StateError};
-use crate::engine::{Generation, RegionId, RunbookOrder, RunbookOutcome};
+use super::{
+    GuardError, HaSection, HoldTimers, LEADER_VALUE_BYTES_MAX, Notice, STATE_BYTES_MAX, SharedState, StateError,
+};
+use crate::engine::{RegionId, RunbookOrder, RunbookOutcome};
 
 /// Longest sleep of the driver loop between two looks at the leadership machine.
 pub const DRIVER_STEP_MS_MAX: u64 = 50;
@@ -30,15 +32,6 @@ const GRPC_UNKNOWN: i32 = 2;
 const GRPC_UNAVAILABLE: i32 = 14;
 /// Pause between two tries of a request.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
-
-/// Something the server must hear about (to alert and record it).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Notice {
-    /// This member won the leader key and loaded the shared state: it acts from now on.
-    Leading { term: Term, generation: Generation },
-    /// This member stopped acting.
-    SteppedDown { reason: String },
-}
 
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -281,19 +274,6 @@ struct View {
     mod_revision: i64,
     /// A write's answer was lost: read the state back before the next write.
     stale: bool,
-}
-
-/// Why a guarded change was not made.
-#[derive(Debug, thiserror::Error)]
-pub enum GuardError {
-    #[error("this member no longer leads (term {0:?} ended); another member rolls the runbook forward")]
-    NotLeading(Term),
-    #[error("superseded in etcd: {0}")]
-    Superseded(String),
-    #[error("etcd: {0}")]
-    Etcd(String),
-    #[error(transparent)]
-    State(#[from] StateError),
 }
 
 /// One member of a group of controllers: its leadership, its view of etcd, and the guarded
