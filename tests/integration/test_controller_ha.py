@@ -350,8 +350,10 @@ def test_killing_the_leader_mid_runbook_hands_it_to_another_member(group):
     # Generations never went back: each record line is above the one before.
     generations = [g for g, _, _ in group.record()]
     assert generations == sorted(generations) and len(set(generations)) == len(generations), generations
-    # The surviving follower names the new leader.
+    # The surviving follower names the new leader and shows the placement etcd records.
     third = [m for m in followers if m != second][0]
+    wait_until("the follower to show the new placement", lambda: (group.status(third) or {}).get("engine", {}).get(
+        "observed", {}) == {"active": "eu-west-1", "serving": ["eu-west-1"]}, logs=group.logs())
     assert group.status(third)["ha"]["leader"]["member"] == second
     audit = (group.tmp / f"audit-{second}.jsonl").read_text()
     assert '"event":"leading"' in audit

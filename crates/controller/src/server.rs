@@ -578,6 +578,37 @@ impl Shared {
         }
     }
 
+    /// The engine's status; on a member that does not act, the placement, generation and
+    /// runbook are the leader's as etcd records them (this member's engine only keeps its own
+    /// view of the regions until it leads).
+    fn engine_status(&self, core: &Core, now_ms: u64) -> crate::engine::EngineStatus {
+        let mut status = core.engine.status(now_ms);
+        let Some(ha) = &self.ha else {
+            return status;
+        };
+        if ha.acting().is_some() {
+            return status;
+        }
+        let leader = ha
+            .leader()
+            .map_or_else(|| "no leader known".to_string(), |l| format!("{} leads", l.member));
+        status.reasons = vec![format!(
+            "this member ({}) follows ({leader}): it decides and acts only when it leads",
+            ha.name()
+        )];
+        if let Some(state) = ha.seen() {
+            status.generation = state.generation;
+            status.observed = state.observed.clone();
+            status.intent = state.runbook.as_ref().map(|p| p.order.to.clone()).or(state.observed);
+            status.in_flight = state.runbook.map(|p| p.order);
+            if let Some(preferred) = state.preferred {
+                status.preferred = preferred;
+            }
+            status.paused = state.paused;
+        }
+        status
+    }
+
     fn member_name(&self) -> &str {
         self.ha.as_ref().map_or("", |ha| ha.name())
     }
@@ -902,7 +933,7 @@ fn authorize_vantage(shared: &Shared, headers: &HeaderMap, vantage: &str) -> Res
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let ha = shared.ha_json();
     let core = shared.lock();
-    let status = core.engine.status(shared.now_ms());
+    let status = shared.engine_status(&core, shared.now_ms());
     // A member that cannot reach etcd is degraded: it does not act (and, leading, stops).
     let degraded = !ha["etcd_error"].is_null();
     json_response(
@@ -933,7 +964,7 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
     }
     let now = shared.now_ms();
     let core = shared.lock();
-    let engine = core.engine.status(now);
+    let engine = shared.engine_status(&core, now);
     let vantages: Vec<serde_json::Value> = core
         .aggregator
         .vantages(now)
