@@ -133,7 +133,9 @@ min_hold_ms = 600000
 runbook_retry_ms = 200
 
 [quorum]
-vantages = ["controller"]
+# "probe" is an agent the test plays; one vote decides, so the controller's own checks suffice.
+vantages = ["controller", "probe"]
+quorum = 1
 report_interval_ms = 100
 
 [[regions]]
@@ -317,6 +319,16 @@ def test_killing_the_leader_mid_runbook_hands_it_to_another_member(group):
     assert body["code"] == "not_leader"
     assert body["leader"]["member"] == first
     assert group.members[first][1] in body["error"]
+    # An agent may report to any member: a follower passes the report on to the leader.
+    report = {"vantage": "probe", "sent_at_ms": int(time.time() * 1000), "results": []}
+    status, body = request(group.members[followers[1]][1], "/v1/agent/report", "POST", report)
+    assert status == 204, body
+
+    def probe_fresh_at_leader():
+        vantages = (group.status(first) or {}).get("vantages") or []
+        return any(v["name"] == "probe" and v["fresh"] for v in vantages)
+
+    wait_until("the forwarded report at the leader", probe_fresh_at_leader, logs=group.logs())
     # The CLI shows who leads.
     shown = subprocess.run([str(BINARY), "status", "--controller", group.members[followers[0]][1]],
                            env=dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN), capture_output=True, text=True,

@@ -1229,6 +1229,46 @@ async fn agent_plan(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: 
     }
 }
 
+/// With `[controller.ha]`, an agent reports to any one member: a member that does not lead
+/// passes the (already authenticated) report on to the leader, with the agent's own token, so
+/// the leader's quorum counts every agent. Best effort, bounded by `ALERT_TIMEOUT_MS`: the
+/// agent reports again within its interval anyway.
+fn forward_to_leader(shared: &Arc<Shared>, headers: &HeaderMap, body: &axum::body::Bytes) {
+    let Some(ha) = &shared.ha else {
+        return;
+    };
+    if ha.acting().is_some() {
+        return;
+    }
+    let Some(leader) = ha.leader().filter(|leader| leader.member != ha.name()) else {
+        return;
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let url = format!(
+        "{}{}",
+        leader.address.trim_end_matches('/'),
+        health::report::REPORT_PATH
+    );
+    let client = shared.client.clone();
+    let body = body.to_vec();
+    tokio::spawn(async move {
+        match client
+            .request(Method::POST, &url, token.as_deref(), Some(body), ALERT_TIMEOUT_MS)
+            .await
+        {
+            Ok(answer) if answer.status.is_success() => {}
+            Ok(answer) => {
+                tracing::debug!(%url, status = answer.status.as_u16(), "the leader refused a forwarded report")
+            }
+            Err(error) => tracing::debug!(%url, %error, "could not forward a report to the leader"),
+        }
+    });
+}
+
 async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     if let Err(response) = authorize(&shared, &headers, Role::Agent) {
         return response;
@@ -1241,6 +1281,7 @@ async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
     if let Err(response) = authorize_vantage(&shared, &headers, &vantage) {
         return response;
     }
+    forward_to_leader(&shared, &headers, &body);
     match shared.observe(report) {
         health::quorum::Observed::UnknownVantage => error(
             StatusCode::FORBIDDEN,
