@@ -289,6 +289,8 @@ pub struct Member {
     takeover: Mutex<Option<SharedState>>,
     /// The state as last read (followers show it and follow its pointer).
     seen: Mutex<Option<SharedState>>,
+    /// Hears of every start and end of a term (set by `drive`).
+    notify: std::sync::OnceLock<Box<dyn Fn(Notice) + Send + Sync>>,
 }
 
 impl Member {
@@ -313,6 +315,7 @@ impl Member {
             }),
             takeover: Mutex::new(None),
             seen: Mutex::new(None),
+            notify: std::sync::OnceLock::new(),
         }
     }
 
@@ -369,6 +372,7 @@ impl Member {
 
     /// Runs the leadership machine forever; `notify` hears of every start and end of a term.
     pub async fn drive(self: Arc<Self>, notify: impl Fn(Notice) + Send + Sync + 'static) {
+        let _ = self.notify.set(Box::new(notify));
         let step = Duration::from_millis((self.section.lease_ms / 12).clamp(1, DRIVER_STEP_MS_MAX));
         loop {
             let Some(etcd) = self.client() else {
@@ -388,7 +392,7 @@ impl Member {
             match action {
                 None => tokio::time::sleep(step).await,
                 Some(mut action) => loop {
-                    let follow = self.perform(&etcd, action, &notify).await;
+                    let follow = self.perform(&etcd, action).await;
                     match follow {
                         Some(next) => action = next,
                         None => break,
@@ -399,7 +403,13 @@ impl Member {
     }
 
     /// Performs one action and feeds its answer; returns an action that must follow at once.
-    async fn perform(&self, etcd: &Etcd, action: Action, notify: &(impl Fn(Notice) + Send + Sync)) -> Option<Action> {
+    fn notice(&self, notice: Notice) {
+        if let Some(notify) = self.notify.get() {
+            notify(notice);
+        }
+    }
+
+    async fn perform(&self, etcd: &Etcd, action: Action) -> Option<Action> {
         let input = match action {
             Action::Observe => match etcd.read().await {
                 Ok((leader, state, _)) => {
@@ -448,7 +458,7 @@ impl Member {
                         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(state.clone());
                         *self.takeover.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
                         tracing::info!(member = %me.member, revision = term.revision, %generation, "leading: won the leader key and loaded the shared state");
-                        notify(Notice::Leading { term, generation });
+                        self.notice(Notice::Leading { term, generation });
                         Input::Loaded
                     }
                 }
@@ -457,7 +467,7 @@ impl Member {
             Action::StepDown { term, reason } => {
                 self.end_term(term).await;
                 tracing::warn!(%reason, "stepped down: not acting");
-                notify(Notice::SteppedDown { reason });
+                self.notice(Notice::SteppedDown { reason });
                 etcd.revoke(term.lease_id).await;
                 return None;
             }
@@ -541,6 +551,7 @@ impl Member {
         if let Some(Action::StepDown { term: ended, reason }) = action {
             self.end_term(ended).await;
             tracing::warn!(%reason, "stepped down: not acting");
+            self.notice(Notice::SteppedDown { reason });
             if let Some(etcd) = self.client() {
                 etcd.revoke(term.lease_id).await;
             }
