@@ -67,6 +67,8 @@ pub const ENDPOINTS_MAX: usize = 16;
 pub const MEMBER_NAME_BYTES_MAX: usize = 64;
 /// Largest shared state read back from etcd; a larger value is refused as corrupt.
 pub const STATE_BYTES_MAX: usize = 1024 * 1024;
+/// Longest key prefix.
+pub const PREFIX_BYTES_MAX: usize = 256;
 /// Transition times kept in the shared state for the hourly limit.
 pub const TRANSITION_TIMES_MAX: usize = 64;
 /// Largest leader-key value read back from etcd.
@@ -206,11 +208,16 @@ impl HaSection {
                 "build it with the default features, or remove [controller.ha]".into(),
             ));
         }
-        if !self.prefix.starts_with('/') || self.prefix.trim_end_matches('/').is_empty() {
+        if !self.prefix.starts_with('/')
+            || self.prefix.trim_end_matches('/').is_empty()
+            || self.prefix.len() > PREFIX_BYTES_MAX
+        {
             problems.push((
                 "prefix",
                 format!("prefix '{}' is not an absolute key prefix", self.prefix),
-                "use a prefix like \"/switchyard\" or \"/switchyard/shop\"".into(),
+                format!(
+                    "use a prefix of at most {PREFIX_BYTES_MAX} bytes like \"/switchyard\" or \"/switchyard/shop\""
+                ),
             ));
         }
         if let Some(advertise) = &self.advertise

@@ -31,7 +31,7 @@ pub const REQUEST_TIMEOUT_MS_MIN: u64 = 300;
 const GRPC_UNKNOWN: i32 = 2;
 const GRPC_UNAVAILABLE: i32 = 14;
 /// Pause between two tries of a request.
-const RETRY_PAUSE: Duration = Duration::from_millis(20);
+const RETRY_PAUSE_MS: u64 = 20;
 
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -142,10 +142,10 @@ impl Etcd {
                 }
                 _ => false,
             };
-            if !retryable || tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+            if !retryable || tokio::time::Instant::now() + Duration::from_millis(RETRY_PAUSE_MS) >= deadline {
                 return Err(error);
             }
-            tokio::time::sleep(RETRY_PAUSE).await;
+            tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
         }
     }
 
