@@ -9,7 +9,7 @@
 //! next write.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp,
@@ -32,6 +32,16 @@ const GRPC_UNKNOWN: i32 = 2;
 const GRPC_UNAVAILABLE: i32 = 14;
 /// Pause between two tries of a request.
 const RETRY_PAUSE_MS: u64 = 20;
+
+/// Milliseconds on CLOCK_BOOTTIME: monotonic, and it counts time the host spent suspended.
+/// CLOCK_MONOTONIC (behind `Instant`) stops during a suspend, so a leader that slept through
+/// its lease would wake believing it still holds it.
+fn boot_ms() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
+    seconds.saturating_mul(1000).saturating_add(millis)
+}
 
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -280,7 +290,7 @@ struct View {
 /// writes the runbook makes.
 pub struct Member {
     section: HaSection,
-    base: Instant,
+    base_ms: u64,
     timeout: Duration,
     leadership: Mutex<Leadership>,
     etcd: Mutex<Option<Etcd>>,
@@ -304,7 +314,7 @@ impl Member {
         Member {
             leadership: Mutex::new(Leadership::new(me, section.lease_ms)),
             section,
-            base: Instant::now(),
+            base_ms: boot_ms(),
             timeout,
             etcd: Mutex::new(None),
             view: tokio::sync::Mutex::new(View {
@@ -319,8 +329,10 @@ impl Member {
         }
     }
 
+    /// The leadership machine's clock: milliseconds since this member started, on
+    /// CLOCK_BOOTTIME.
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+        boot_ms().saturating_sub(self.base_ms)
     }
 
     fn leadership(&self) -> std::sync::MutexGuard<'_, Leadership> {

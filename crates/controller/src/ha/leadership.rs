@@ -11,7 +11,8 @@
 //!   which is after `sent`, so the lease outlives the member's right to act by at least a third
 //!   of `lease_ms`. That third absorbs clock-rate differences between the member and etcd
 //!   (bound: the member's clock may run at most 50% slower than etcd's over one lease, far
-//!   beyond what NTP-disciplined or even free-running quartz clocks do) and lets in-flight
+//!   beyond what NTP-disciplined or even free-running quartz clocks do; the runtime feeds
+//!   CLOCK_BOOTTIME, which keeps counting while the host is suspended) and lets in-flight
 //!   requests land before another member can win;
 //! - a new leader can only win after etcd deleted the old key, i.e. after the old lease expired.
 //!
