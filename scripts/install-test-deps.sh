@@ -20,12 +20,16 @@ declare -A PACKAGES=(
   [wrk]=wrk
   [curl]=curl
   [ip]=iproute2
+  [etcd]=etcd-server
+  [protoc]=protobuf-compiler
 )
 
 missing=()
 for command in "${!PACKAGES[@]}"; do
   command -v "$command" >/dev/null 2>&1 || missing+=("${PACKAGES[$command]}")
 done
+# The etcd client crate compiles etcd's .proto files, which import protobuf's well-known types.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> apt-get install ${missing[*]}"
   sudo=""

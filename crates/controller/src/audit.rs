@@ -76,6 +76,11 @@ pub enum Entry {
         verdict: String,
         reason: String,
     },
+    /// With `[controller.ha]`: this member started or stopped leading (`leading`, `stepped_down`).
+    Leadership {
+        event: String,
+        detail: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -111,6 +111,8 @@ pub struct ControllerSection {
     pub audit_files_kept: u32,
     /// How often the engine is ticked and verdicts are taken.
     pub tick_ms: u64,
+    /// Several controllers elected through etcd (`crate::ha`); absent: one controller.
+    pub ha: Option<crate::ha::HaSection>,
 }
 
 impl Default for ControllerSection {
@@ -122,6 +124,7 @@ impl Default for ControllerSection {
             audit_log_bytes_max: 64 * 1024 * 1024,
             audit_files_kept: 4,
             tick_ms: 250,
+            ha: None,
         }
     }
 }
@@ -663,6 +666,12 @@ impl Checker<'_> {
         let known: BTreeSet<String> = regions.iter().map(|r| r.id.0.clone()).collect();
         self.regions = known.clone();
         self.check_controller(&file);
+        if let Some(ha) = file.controller.ha.as_mut() {
+            ha.resolve_paths(self.folder);
+            for (key, message, fix) in ha.problems() {
+                self.error_at("controller.ha", key, message, fix);
+            }
+        }
         let policy = self.check_policy(&file.policy);
         self.check_checks(&file, &known);
         let quorum = self.check_quorum(&file);

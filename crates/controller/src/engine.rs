@@ -346,6 +346,11 @@ pub struct Restored {
     pub interrupted: Option<Placement>,
     pub preferred: Option<RegionId>,
     pub paused: bool,
+    /// When the last transition was decided, on the engine's clock (earlier than its start
+    /// counts as 0): the hold before an automatic failback runs on from it.
+    pub last_transition_ms: Option<u64>,
+    /// When recent automatic transitions were decided (engine clock), for the hourly limit.
+    pub transitions_ms: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -474,8 +479,15 @@ impl Engine {
             preferred,
             paused: restored.paused,
             fenced: false,
-            transitions: VecDeque::new(),
-            last_transition_ms: None,
+            transitions: restored
+                .transitions_ms
+                .iter()
+                .rev()
+                .take(TRANSITIONS_REMEMBERED_MAX)
+                .rev()
+                .copied()
+                .collect(),
+            last_transition_ms: restored.last_transition_ms,
             next_attempt_ms: 0,
             failures_in_row: 0,
             dirty,
@@ -487,6 +499,12 @@ impl Engine {
 
     pub fn generation(&self) -> Generation {
         self.generation
+    }
+
+    /// When the last transition was decided and the recent automatic ones (engine clock):
+    /// what a successor needs to keep the hold time and the hourly limit.
+    pub fn hold_timers(&self) -> (Option<u64>, Vec<u64>) {
+        (self.last_transition_ms, self.transitions.iter().copied().collect())
     }
 
     pub fn observed(&self) -> Option<&Placement> {

@@ -8,6 +8,8 @@
 //! - `audit`: the durable, append-only JSON-lines audit log (fsync per record, rotation).
 //! - `config`: the TOML configuration and `switchyard config check`.
 //! - `server`: the runtime gluing health reports, the engine, the runbook and the HTTP API.
+//! - `ha`: several controllers, one leader: leadership through an etcd lease (a sans-IO state
+//!   machine), the generation counter and the state a new leader rolls forward from, in etcd.
 //! - `pointer`: `switchyard pointer watch`, the client side of the active-region pointer.
 //! - `auth`: bearer tokens with roles (agent, operator, read), compared as SHA-256 digests in
 //!   constant time.
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod ha;
 pub mod pointer;
 pub mod runbook;
 pub mod server;

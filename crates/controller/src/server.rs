@@ -37,6 +37,7 @@ use crate::engine::{
     Command, Engine, Event, Generation, Manual, Note, RegionId, RegionState, Restored, RunbookOrder, RunbookOutcome,
     Verdict,
 };
+use crate::ha::{Member, Term};
 use crate::pointer::{Pointer, PointerValue};
 use crate::runbook::{self, DnsAdmin, StepContext};
 
@@ -49,6 +50,8 @@ pub const STUCK_FAILED_RUNBOOKS: u32 = 3;
 /// Slack beyond a runbook's worst case (every attempt of every step timing out, with its
 /// backoffs) before a runbook still running counts as stuck.
 pub const STUCK_RUNBOOK_SLACK_MS: u64 = 10_000;
+/// How long a follower waits for the leader to take an agent report it passes on.
+pub const REPORT_FORWARD_TIMEOUT_MS: u64 = 5_000;
 /// Reports from the controller's own checks buffered at most.
 pub const LOCAL_REPORTS_QUEUE_MAX: usize = 64;
 /// Distinct (credential, claimed vantage) pairs of refused reports logged; each is logged once,
@@ -238,6 +241,10 @@ struct Shared {
     alerts: providers::alerts::Alerts,
     /// Turns true at shutdown so long-polls answer at once instead of holding it up.
     closing: tokio::sync::watch::Receiver<bool>,
+    /// With `[controller.ha]`: this member of the group; it decides and acts only while it
+    /// leads.
+    ha: Option<Arc<Member>>,
+    generation_floor: Generation,
 }
 
 fn wall_ms() -> u64 {
@@ -310,7 +317,9 @@ impl Shared {
                         order.generation.0,
                         wall_ms(),
                     );
-                    self.spawn_runbook(order);
+                    let (last, transitions) = core.engine.hold_timers();
+                    let timers = crate::ha::HoldTimers::from_engine(last, &transitions, self.now_ms(), wall_ms());
+                    self.spawn_runbook(order, timers);
                 }
                 Command::Alert { key, message } => {
                     tracing::warn!(%key, %message, "alert");
@@ -382,24 +391,96 @@ impl Shared {
         }
     }
 
-    fn spawn_runbook(self: &Arc<Self>, order: RunbookOrder) {
+    /// Records each step attempt of the runbook of `generation` in the audit log.
+    fn step_recorder(self: &Arc<Self>, generation: Generation) -> impl FnMut(runbook::StepReport) + use<> {
+        let reporter = Arc::clone(self);
+        move |report| {
+            let mut core = reporter.lock();
+            let entry = Entry::Step {
+                step: report.step,
+                attempt: report.attempt,
+                outcome: report.outcome.into(),
+                detail: report.detail,
+                duration_ms: report.duration_ms,
+            };
+            if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
+                tracing::error!(%error, "cannot write the audit log");
+            }
+        }
+    }
+
+    /// With `[controller.ha]`: the runbook recorded in etcd before it starts (its generation
+    /// becomes the counter), the term proven in etcd before every step (and the steps done
+    /// recorded), the end recorded. Any refusal stops the runbook before the next step.
+    async fn run_guarded(
+        self: &Arc<Self>,
+        ha: &Member,
+        term: Term,
+        order: &RunbookOrder,
+        timers: &crate::ha::HoldTimers,
+    ) -> RunbookOutcome {
+        let stop = |step: &str, error: crate::ha::GuardError| RunbookOutcome::Failed {
+            step: step.to_string(),
+            error: format!("not run: {error}"),
+        };
+        if let Err(error) = ha.start_runbook(term, order, timers).await {
+            return stop("etcd", error);
+        }
+        let mut done: Option<String> = None;
+        for step in &self.config.steps {
+            if let Err(error) = ha.before_step(term, order, done.as_deref()).await {
+                return stop(&step.name, error);
+            }
+            // The guard's answer may come late (a pause of this process): look at the clock
+            // again. What still slips through carries an older generation, which DNS, the
+            // pointer and the providers refuse once the next leader applied a newer one.
+            if ha.acting() != Some(term) {
+                return stop(&step.name, crate::ha::GuardError::NotLeading(term));
+            }
+            let outcome = runbook::execute(
+                std::slice::from_ref(step),
+                order,
+                &self.step_context,
+                self.step_recorder(order.generation),
+            )
+            .await;
+            if outcome != RunbookOutcome::Succeeded {
+                if let Err(error) = ha.finish_runbook(term, order, &outcome).await {
+                    tracing::warn!(%error, "could not record the failed runbook in etcd");
+                }
+                return outcome;
+            }
+            done = Some(step.name.clone());
+        }
+        match ha.finish_runbook(term, order, &RunbookOutcome::Succeeded).await {
+            Ok(()) => RunbookOutcome::Succeeded,
+            Err(error) => stop("etcd", error),
+        }
+    }
+
+    fn spawn_runbook(self: &Arc<Self>, order: RunbookOrder, timers: crate::ha::HoldTimers) {
         let shared = Arc::clone(self);
+        let term = self.ha.as_ref().map(|ha| ha.acting());
         tokio::spawn(async move {
             let generation = order.generation;
-            let reporter = Arc::clone(&shared);
-            let run = runbook::execute(&shared.config.steps, &order, &shared.step_context, move |report| {
-                let mut core = reporter.lock();
-                let entry = Entry::Step {
-                    step: report.step,
-                    attempt: report.attempt,
-                    outcome: report.outcome.into(),
-                    detail: report.detail,
-                    duration_ms: report.duration_ms,
-                };
-                if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
-                    tracing::error!(%error, "cannot write the audit log");
+            let run = async {
+                match (&shared.ha, term) {
+                    (None, _) => {
+                        runbook::execute(
+                            &shared.config.steps,
+                            &order,
+                            &shared.step_context,
+                            shared.step_recorder(generation),
+                        )
+                        .await
+                    }
+                    (Some(ha), Some(Some(term))) => shared.run_guarded(ha, term, &order, &timers).await,
+                    (Some(_), _) => RunbookOutcome::Failed {
+                        step: "etcd".into(),
+                        error: "not run: this member does not lead".into(),
+                    },
                 }
-            });
+            };
             tokio::pin!(run);
             // A runbook cannot outlast its steps' timeouts, retries and backoffs; one that
             // does is stuck (a hung step or process) and pages while it keeps running.
@@ -430,6 +511,13 @@ impl Shared {
                 .inc();
             tracing::info!(%generation, outcome = ?outcome, "runbook finished");
             let mut core = shared.lock();
+            // A member that no longer leads decides nothing; its next term starts from etcd.
+            if let (Some(ha), Some(term)) = (&shared.ha, term)
+                && ha.acting() != term
+            {
+                tracing::warn!(%generation, "the runbook ended after this member's term; not reported to the engine");
+                return;
+            }
             shared.alert_on_outcome(&mut core, generation, &outcome, overran);
             shared.feed(&mut core, Event::RunbookFinished { generation, outcome });
         });
@@ -476,6 +564,21 @@ impl Shared {
     fn tick(self: &Arc<Self>) {
         let now = self.now_ms();
         let mut core = self.lock();
+        let acting = match &self.ha {
+            None => true,
+            Some(ha) => {
+                if let Some(state) = ha.take_over() {
+                    // A new term: the engine restarts from the shared state (rolling forward a
+                    // runbook in progress with a new generation), never from this member's past.
+                    let restored = state.restored(self.generation_floor, now, wall_ms());
+                    match Engine::new(self.config.engine.clone(), restored) {
+                        Ok(engine) => core.engine = engine,
+                        Err(error) => tracing::error!(%error, "cannot restore the engine from etcd"),
+                    }
+                }
+                ha.acting().is_some()
+            }
+        };
         let verdicts = core.aggregator.verdicts(now);
         for region in self.config.region_names() {
             let verdict = verdicts
@@ -522,7 +625,114 @@ impl Shared {
                 );
             }
         }
-        self.feed(&mut core, Event::Tick);
+        if acting {
+            self.feed(&mut core, Event::Tick);
+        }
+        if let Some(state) = self.ha.as_ref().and_then(|ha| ha.seen()) {
+            // Every member serves the pointer as etcd records it (a follower has no runbook
+            // to move it; a new leader starts from it).
+            if let Some(observed) = &state.observed
+                && state.observed_generation.0 > self.pointer.get().generation
+                && let Err(error) = self
+                    .pointer
+                    .publish(observed.active.as_str(), state.observed_generation.0)
+            {
+                tracing::debug!(%error, "pointer not moved");
+            }
+        }
+    }
+
+    /// Hears the start and end of this member's terms.
+    fn leadership_notice(self: &Arc<Self>, notice: crate::ha::Notice) {
+        let mut core = self.lock();
+        let generation = core.engine.generation();
+        let (event, detail) = match &notice {
+            crate::ha::Notice::Leading { term, generation } => (
+                "leading",
+                format!(
+                    "won the leader key (revision {}) and loaded the shared state at generation {generation}",
+                    term.revision
+                ),
+            ),
+            crate::ha::Notice::SteppedDown { reason } => ("stepped_down", reason.clone()),
+        };
+        if let Err(error) = core.audit.append(
+            wall_ms(),
+            generation,
+            Entry::Leadership {
+                event: event.into(),
+                detail: detail.clone(),
+            },
+        ) {
+            tracing::error!(%error, "cannot write the audit log");
+        }
+        drop(core);
+        if event == "stepped_down" {
+            self.alerts.raise(
+                "ha_leadership",
+                &format!("controller member {} stopped acting: {detail}", self.member_name()),
+                generation.0,
+                wall_ms(),
+            );
+        }
+    }
+
+    /// The engine's status; on a member that does not act, the placement, generation and
+    /// runbook are the leader's as etcd records them (this member's engine only keeps its own
+    /// view of the regions until it leads).
+    fn engine_status(&self, core: &Core, now_ms: u64) -> crate::engine::EngineStatus {
+        let mut status = core.engine.status(now_ms);
+        let Some(ha) = &self.ha else {
+            return status;
+        };
+        if ha.acting().is_some() {
+            return status;
+        }
+        let leader = ha
+            .leader()
+            .map_or_else(|| "no leader known".to_string(), |l| format!("{} leads", l.member));
+        status.reasons = vec![format!(
+            "this member ({}) follows ({leader}): it decides and acts only when it leads",
+            ha.name()
+        )];
+        if let Some(state) = ha.seen() {
+            status.generation = state.generation;
+            status.observed = state.observed.clone();
+            status.intent = state.runbook.as_ref().map(|p| p.order.to.clone()).or(state.observed);
+            status.in_flight = state.runbook.map(|p| p.order);
+            if let Some(preferred) = state.preferred {
+                status.preferred = preferred;
+            }
+            status.paused = state.paused;
+        }
+        status
+    }
+
+    fn member_name(&self) -> &str {
+        self.ha.as_ref().map_or("", |ha| ha.name())
+    }
+
+    /// What status and health say about the group of controllers.
+    fn ha_json(&self) -> serde_json::Value {
+        match &self.ha {
+            None => serde_json::Value::Null,
+            Some(ha) => {
+                let status = ha.status();
+                json!({
+                    "member": ha.name(),
+                    "lease_ms": ha.lease_ms(),
+                    "role": status.role,
+                    "acting": status.acting,
+                    "leader": status.leader,
+                    "term": status.term,
+                    "acting_ms_left": status.acting_ms_left,
+                    "etcd_error": status.etcd_error,
+                    "last_etcd_ok_ms_ago": status.last_etcd_ok_ms_ago,
+                    "last_step_down": status.last_step_down,
+                    "shared": ha.seen(),
+                })
+            }
+        }
     }
 
     fn observe(&self, report: health::Report) -> health::quorum::Observed {
@@ -575,6 +785,7 @@ pub async fn run(
         interrupted: checkpoint.interrupted.clone(),
         preferred: checkpoint.preferred.clone(),
         paused: checkpoint.paused,
+        ..Restored::default()
     };
     let engine = Engine::new(config.engine.clone(), restored)?;
     let aggregator = health::Aggregator::new(config.quorum.clone())?;
@@ -626,6 +837,16 @@ pub async fn run(
         .collect();
     let alerts = providers::alerts::Alerts::start(config.alert_channels.clone(), &config.file.controller.vantage);
     let tick_ms = config.file.controller.tick_ms;
+    #[cfg(feature = "etcd")]
+    let ha = config
+        .file
+        .controller
+        .ha
+        .clone()
+        .map(|section| Arc::new(Member::new(section, format!("http://{address}"))));
+    // Without etcd support the config check refuses `[controller.ha]`.
+    #[cfg(not(feature = "etcd"))]
+    let ha: Option<Arc<Member>> = None;
     let (closing_sender, closing) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         closing,
@@ -645,8 +866,20 @@ pub async fn run(
         base: Instant::now(),
         step_context,
         alerts,
+        ha,
+        generation_floor: Generation(options.generation_floor),
     });
+
     let mut tasks = Vec::new();
+    if let Some(ha) = shared.ha.clone() {
+        // The notice callback holds the state weakly: the driver must not keep it alive.
+        let notified = Arc::downgrade(&shared);
+        tasks.push(tokio::spawn(ha.drive(move |notice| {
+            if let Some(shared) = notified.upgrade() {
+                shared.leadership_notice(notice);
+            }
+        })));
+    }
     {
         let shared = Arc::clone(&shared);
         tasks.push(tokio::spawn(async move {
@@ -687,6 +920,9 @@ pub async fn run(
     let result = common::http::serve(listener, options, app, shutdown).await;
     for task in tasks {
         task.abort();
+    }
+    if let Some(ha) = &shared.ha {
+        ha.resign().await;
     }
     result.map_err(ServerError::Io)
 }
@@ -798,11 +1034,14 @@ fn authorize_vantage(shared: &Shared, headers: &HeaderMap, vantage: &str) -> Res
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let ha = shared.ha_json();
     let core = shared.lock();
-    let status = core.engine.status(shared.now_ms());
+    let status = shared.engine_status(&core, shared.now_ms());
+    // A member that cannot reach etcd is degraded: it does not act (and, leading, stops).
+    let degraded = !ha["etcd_error"].is_null();
     json_response(
         StatusCode::OK,
-        json!({"status": "ok", "generation": status.generation, "fenced": status.fenced, "paused": status.paused}),
+        json!({"status": if degraded { "degraded" } else { "ok" }, "generation": status.generation, "fenced": status.fenced, "paused": status.paused, "ha": ha}),
     )
 }
 
@@ -828,7 +1067,7 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
     }
     let now = shared.now_ms();
     let core = shared.lock();
-    let engine = core.engine.status(now);
+    let engine = shared.engine_status(&core, now);
     let vantages: Vec<serde_json::Value> = core
         .aggregator
         .vantages(now)
@@ -872,6 +1111,7 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
             "vantages": vantages,
             "regions": regions,
             "engine": engine,
+            "ha": shared.ha_json(),
         }),
     )
 }
@@ -964,9 +1204,26 @@ fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual) -> Respons
         Err(response) => return response,
     };
     tracing::info!(caller = %caller.describe(), command = ?command, "manual command");
+    let term = match &shared.ha {
+        None => None,
+        Some(ha) => match ha.acting() {
+            Some(term) => Some(term),
+            None => return not_leader(ha),
+        },
+    };
     let mut core = shared.lock();
     let answer = shared.feed(&mut core, Event::Manual(command));
     let generation = core.engine.generation();
+    if let (Some(ha), Some(term)) = (&shared.ha, term) {
+        // Preferences (switchover, failback, pause, resume) live in etcd for the next leader.
+        let status = core.engine.status(shared.now_ms());
+        let ha = Arc::clone(ha);
+        tokio::spawn(async move {
+            if let Err(error) = ha.save_preferences(term, &status.preferred, status.paused).await {
+                tracing::warn!(%error, "could not record the preferences in etcd");
+            }
+        });
+    }
     match answer {
         Some((true, reason)) => json_response(
             StatusCode::OK,
@@ -978,6 +1235,27 @@ fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual) -> Respons
         ),
         None => error(StatusCode::INTERNAL_SERVER_ERROR, "the engine did not answer"),
     }
+}
+
+/// A follower refuses operator commands and names the leader to send them to.
+fn not_leader(ha: &Member) -> Response {
+    let leader = ha.leader();
+    let reason = match &leader {
+        Some(leader) if leader.member != ha.name() => format!(
+            "this controller (member {}) does not lead; send the command to the leader {} at {}",
+            ha.name(),
+            leader.member,
+            leader.address
+        ),
+        _ => format!(
+            "this controller (member {}) does not lead and no leader is known yet (etcd unreachable or an election in progress); retry in a few seconds",
+            ha.name()
+        ),
+    };
+    json_response(
+        StatusCode::MISDIRECTED_REQUEST,
+        json!({"accepted": false, "code": "not_leader", "error": reason, "reason": reason, "member": ha.name(), "leader": leader}),
+    )
 }
 
 #[derive(Deserialize, Default)]
@@ -1084,6 +1362,52 @@ async fn agent_plan(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: 
     }
 }
 
+/// With `[controller.ha]`, an agent reports to any one member: a member that does not lead
+/// passes the (already authenticated) report on to the leader, with the agent's own token, so
+/// the leader's quorum counts every agent. Best effort, bounded by `ALERT_TIMEOUT_MS`: the
+/// agent reports again within its interval anyway.
+fn forward_to_leader(shared: &Arc<Shared>, headers: &HeaderMap, body: &axum::body::Bytes) {
+    let Some(ha) = &shared.ha else {
+        return;
+    };
+    if ha.acting().is_some() {
+        return;
+    }
+    let Some(leader) = ha.leader().filter(|leader| leader.member != ha.name()) else {
+        return;
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let url = format!(
+        "{}{}",
+        leader.address.trim_end_matches('/'),
+        health::report::REPORT_PATH
+    );
+    let client = shared.step_context.client.clone();
+    let body = body.to_vec();
+    tokio::spawn(async move {
+        match client
+            .request(
+                hyper::Method::POST,
+                &url,
+                token.as_deref(),
+                Some(body),
+                REPORT_FORWARD_TIMEOUT_MS,
+            )
+            .await
+        {
+            Ok(answer) if answer.status.is_success() => {}
+            Ok(answer) => {
+                tracing::debug!(%url, status = answer.status.as_u16(), "the leader refused a forwarded report")
+            }
+            Err(error) => tracing::debug!(%url, %error, "could not forward a report to the leader"),
+        }
+    });
+}
+
 async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     if let Err(response) = authorize(&shared, &headers, Role::Agent) {
         return response;
@@ -1096,6 +1420,7 @@ async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
     if let Err(response) = authorize_vantage(&shared, &headers, &vantage) {
         return response;
     }
+    forward_to_leader(&shared, &headers, &body);
     match shared.observe(report) {
         health::quorum::Observed::UnknownVantage => error(
             StatusCode::FORBIDDEN,

@@ -22,11 +22,11 @@
 pub mod alerts;
 pub mod cas;
 pub mod cloudflare;
-pub mod digitalocean;
-pub mod rest;
-pub mod haproxy;
-pub mod rfc2136;
 pub mod db;
+pub mod digitalocean;
+pub mod haproxy;
+pub mod rest;
+pub mod rfc2136;
 pub mod secret;
 
 use std::collections::BTreeSet;

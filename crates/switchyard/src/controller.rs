@@ -42,6 +42,9 @@ pub(crate) struct ControllerArgs {
     generation_floor: u64,
     #[command(flatten)]
     tls: crate::TlsArgs,
+    /// Overrides `[controller.ha] member`, so every controller of a group can share one file.
+    #[arg(long)]
+    member: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -185,6 +188,19 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     }
     if let Some(audit_log) = args.audit_log {
         config.file.controller.audit_log = audit_log;
+    }
+    if let Some(member) = args.member {
+        let Some(ha) = config.file.controller.ha.as_mut() else {
+            bail!(
+                "--member {member} needs a [controller.ha] section in {}",
+                args.config.display()
+            );
+        };
+        ha.member = member;
+        let problems = ha.problems();
+        if let Some((_, message, fix)) = problems.iter().find(|(key, _, _)| *key == "member") {
+            bail!("--member: {message}; {fix}");
+        }
     }
     let token = read_token(args.token_file.as_deref())?;
     let listen = config.file.controller.listen;
@@ -333,6 +349,19 @@ fn render_status(value: &serde_json::Value) -> String {
         engine["policy"].as_str().unwrap_or("?"),
         engine["preferred"].as_str().unwrap_or("?")
     );
+    if let Some(ha) = value["ha"].as_object() {
+        let member = ha.get("member").and_then(|m| m.as_str()).unwrap_or("?");
+        let leader = &ha.get("leader").cloned().unwrap_or_default();
+        let leader = match (leader["member"].as_str(), leader["address"].as_str()) {
+            (Some(name), Some(address)) => format!("{name} at {address}"),
+            _ => "unknown (election in progress or etcd unreachable)".into(),
+        };
+        let role = ha.get("role").and_then(|r| r.as_str()).unwrap_or("?");
+        let _ = writeln!(out, "controller member: {member} ({role})   leader: {leader}");
+        if let Some(error) = ha.get("etcd_error").and_then(|e| e.as_str()) {
+            let _ = writeln!(out, "etcd: {error}");
+        }
+    }
     if engine["paused"].as_bool() == Some(true) {
         let _ = writeln!(out, "automation: PAUSED");
     }

@@ -420,6 +420,7 @@ fn restart_rolls_an_interrupted_runbook_forward_with_a_new_generation() {
         interrupted: Some(Placement::single(r(SECONDARY))),
         preferred: None,
         paused: false,
+        ..Restored::default()
     };
     let mut h = Harness::restored(two_regions(), restored);
     h.feed(Event::Tick);
@@ -437,6 +438,7 @@ fn restart_without_interruption_runs_nothing() {
         interrupted: None,
         preferred: Some(r(SECONDARY)),
         paused: false,
+        ..Restored::default()
     };
     let mut h = Harness::restored(two_regions(), restored);
     h.verdict(PRIMARY, Verdict::Up);
@@ -535,6 +537,7 @@ fn restart_while_failed_over_does_not_fail_back_before_the_stability_window() {
         interrupted: None,
         preferred: None,
         paused: false,
+        ..Restored::default()
     };
     let mut h = Harness::restored(two_regions(), restored);
     h.verdict(PRIMARY, Verdict::Up);

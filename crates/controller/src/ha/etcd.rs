@@ -1,0 +1,641 @@
+//! The I/O side of high availability: the etcd client, the driver loop that feeds the
+//! leadership machine, and `Member`, the handle the server holds.
+//!
+//! Invariants: every etcd request has a timeout (`request_timeout_ms`, a sixth of the lease, so
+//! a renewal can fail and be retried before the right to act runs out); every write of the
+//! shared state is one transaction conditioned on the leader key's create revision (this
+//! member's term) and on the state's mod revision as last read or written (nobody wrote in
+//! between); a write whose answer was lost is not guessed at: the state is read back before the
+//! next write.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp,
+    TxnOpResponse,
+};
+
+use super::leadership::{Action, Input, LeaderInfo, Leadership, LeadershipStatus, Role, Term};
+use super::{
+    GuardError, HaSection, HoldTimers, LEADER_VALUE_BYTES_MAX, Notice, STATE_BYTES_MAX, SharedState, StateError,
+};
+use crate::engine::{RegionId, RunbookOrder, RunbookOutcome};
+
+/// Longest sleep of the driver loop between two looks at the leadership machine.
+pub const DRIVER_STEP_MS_MAX: u64 = 50;
+/// Shortest etcd request timeout (a sixth of the lease, but never below this).
+pub const REQUEST_TIMEOUT_MS_MIN: u64 = 300;
+
+/// gRPC status codes after which a request is tried again on another endpoint.
+const GRPC_UNKNOWN: i32 = 2;
+const GRPC_UNAVAILABLE: i32 = 14;
+/// Pause between two tries of a request.
+const RETRY_PAUSE_MS: u64 = 20;
+
+/// Milliseconds on CLOCK_BOOTTIME: monotonic, and it counts time the host spent suspended.
+/// CLOCK_MONOTONIC (behind `Instant`) stops during a suspend, so a leader that slept through
+/// its lease would wake believing it still holds it.
+fn boot_ms() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
+    seconds.saturating_mul(1000).saturating_add(millis)
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The etcd client with the keys of this group of controllers.
+#[derive(Clone)]
+struct Etcd {
+    client: Client,
+    leader_key: String,
+    state_key: String,
+    timeout: Duration,
+}
+
+/// Reads a secret or certificate file, naming it in the error.
+fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("[controller.ha] {what} {}: {e}", path.display()))
+}
+
+fn parse_leader(value: &[u8]) -> Result<LeaderInfo, String> {
+    if value.len() > LEADER_VALUE_BYTES_MAX {
+        return Err(format!(
+            "the leader key holds {} bytes (at most {LEADER_VALUE_BYTES_MAX}); something else writes under this prefix",
+            value.len()
+        ));
+    }
+    serde_json::from_slice(value).map_err(|e| format!("the leader key does not name a member: {e}"))
+}
+
+fn parse_state(value: &[u8]) -> Result<SharedState, String> {
+    if value.len() > STATE_BYTES_MAX {
+        return Err(format!(
+            "the shared state holds {} bytes (at most {STATE_BYTES_MAX}); refusing to act on it",
+            value.len()
+        ));
+    }
+    serde_json::from_slice(value)
+        .map_err(|e| format!("the shared state in etcd is not readable ({e}); refusing to act on it"))
+}
+
+impl Etcd {
+    async fn connect(section: &HaSection, timeout: Duration) -> Result<Etcd, String> {
+        let mut options = ConnectOptions::new()
+            .with_timeout(timeout)
+            .with_connect_timeout(timeout)
+            .with_keep_alive(timeout, timeout);
+        if let (Some(user), Some(path)) = (&section.user, &section.password_file) {
+            let password = String::from_utf8_lossy(&read_file("password_file", path)?)
+                .trim()
+                .to_string();
+            options = options.with_user(user.clone(), password);
+        }
+        if section.ca_file.is_some() || section.cert_file.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(path) = &section.ca_file {
+                tls = tls.ca_certificate(Certificate::from_pem(read_file("ca_file", path)?));
+            }
+            if let (Some(cert), Some(key)) = (&section.cert_file, &section.key_file) {
+                tls = tls.identity(Identity::from_pem(
+                    read_file("cert_file", cert)?,
+                    read_file("key_file", key)?,
+                ));
+            }
+            options = options.with_tls(tls);
+        }
+        let connect = Client::connect(&section.etcd, Some(options));
+        let client = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| format!("connecting to etcd {} timed out", section.etcd.join(", ")))?
+            .map_err(|e| format!("connecting to etcd {}: {e}", section.etcd.join(", ")))?;
+        Ok(Etcd {
+            client,
+            leader_key: section.leader_key(),
+            state_key: section.state_key(),
+            timeout,
+        })
+    }
+
+    /// One request, tried again (within the timeout) when the endpoint it went to is down:
+    /// the client spreads requests over the endpoints, so the next try may go to another. A
+    /// try whose answer was lost may have been applied; every request here is a read, a
+    /// compare-and-set, a keep-alive or a lease grant (an extra lease expires unused), and
+    /// callers read back before trusting a refused compare.
+    async fn retrying<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let error = match tokio::time::timeout_at(deadline, call(self.client.clone())).await {
+                Err(_) => {
+                    return Err(etcd_client::Error::InvalidArgs(format!(
+                        "etcd did not answer the {what} within {} ms",
+                        self.timeout.as_millis()
+                    )));
+                }
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(error)) => error,
+            };
+            let retryable = match &error {
+                etcd_client::Error::TransportError(_) => true,
+                etcd_client::Error::GRpcStatus(status) => {
+                    matches!(i32::from(status.code()), GRPC_UNKNOWN | GRPC_UNAVAILABLE)
+                }
+                _ => false,
+            };
+            if !retryable || tokio::time::Instant::now() + Duration::from_millis(RETRY_PAUSE_MS) >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+        }
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, String> {
+        self.retrying("transaction", |mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
+        .map_err(|e| format!("etcd: {e}"))
+    }
+
+    /// The leader key and the shared state (with its mod revision), read together.
+    async fn read(&self) -> Result<(Option<LeaderInfo>, SharedState, i64), String> {
+        let txn = Txn::new().and_then([
+            TxnOp::get(self.leader_key.clone(), None),
+            TxnOp::get(self.state_key.clone(), None),
+        ]);
+        let answer = self.txn(txn).await?;
+        let mut leader = None;
+        let mut state = (SharedState::default(), 0);
+        for (index, response) in answer.op_responses().into_iter().enumerate() {
+            let TxnOpResponse::Get(get) = response else {
+                continue;
+            };
+            let Some(kv) = get.kvs().first() else {
+                continue;
+            };
+            if index == 0 {
+                leader = Some(parse_leader(kv.value())?);
+            } else {
+                state = (parse_state(kv.value())?, kv.mod_revision());
+            }
+        }
+        Ok((leader, state.0, state.1))
+    }
+
+    /// Grants a lease and creates the leader key with it, if nobody holds the key.
+    async fn campaign(&self, me: &LeaderInfo, ttl_s: i64) -> Result<Result<Term, LeaderInfo>, String> {
+        let grant = self
+            .retrying("lease grant", |mut client| async move {
+                client.lease_grant(ttl_s, None).await
+            })
+            .await
+            .map_err(|e| format!("etcd lease grant: {e}"))?;
+        let lease_id = grant.id();
+        let value = serde_json::to_vec(me).map_err(|e| e.to_string())?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(self.leader_key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                self.leader_key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease_id)),
+            )])
+            .or_else([TxnOp::get(self.leader_key.clone(), None)]);
+        let answer = match self.txn(txn).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                self.revoke(lease_id).await;
+                return Err(error);
+            }
+        };
+        if answer.succeeded() {
+            let revision = answer
+                .header()
+                .map(|h| h.revision())
+                .ok_or("etcd answered the campaign without a header")?;
+            return Ok(Ok(Term { revision, lease_id }));
+        }
+        self.revoke(lease_id).await;
+        for response in answer.op_responses() {
+            if let TxnOpResponse::Get(get) = response
+                && let Some(kv) = get.kvs().first()
+            {
+                return Ok(Err(parse_leader(kv.value())?));
+            }
+        }
+        Err("the leader key vanished during the campaign; trying again".into())
+    }
+
+    /// One keep-alive: `Ok(false)` when etcd says the lease is gone.
+    async fn renew(&self, lease_id: i64) -> Result<bool, String> {
+        let renewed = self
+            .retrying("keep-alive", |mut client| async move {
+                client.lease_keep_alive(lease_id).await
+            })
+            .await;
+        match renewed {
+            Ok(_) => Ok(true),
+            Err(etcd_client::Error::LeaseKeepAliveError(message)) if message.contains("not found") => Ok(false),
+            Err(error) => Err(format!("etcd lease keep-alive: {error}")),
+        }
+    }
+
+    /// Best effort: a lease that cannot be revoked expires by itself.
+    async fn revoke(&self, lease_id: i64) {
+        let mut client = self.client.clone();
+        let _ = tokio::time::timeout(self.timeout, client.lease_revoke(lease_id)).await;
+    }
+
+    /// Writes `state` if `term` still holds the leader key and nobody wrote the state since
+    /// `expect_mod`; returns the new mod revision, or `None` when the condition failed.
+    async fn write(&self, term: Term, expect_mod: i64, state: &SharedState) -> Result<Option<i64>, String> {
+        let value = serde_json::to_vec(state).map_err(|e| e.to_string())?;
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(self.leader_key.clone(), CompareOp::Equal, term.revision),
+                Compare::mod_revision(self.state_key.clone(), CompareOp::Equal, expect_mod),
+            ])
+            .and_then([TxnOp::put(self.state_key.clone(), value, None)]);
+        let answer = self.txn(txn).await?;
+        if !answer.succeeded() {
+            return Ok(None);
+        }
+        answer
+            .header()
+            .map(|h| Some(h.revision()))
+            .ok_or_else(|| "etcd answered the write without a header".into())
+    }
+}
+
+/// The leader's copy of the shared state.
+struct View {
+    term: Option<Term>,
+    state: SharedState,
+    mod_revision: i64,
+    /// A write's answer was lost: read the state back before the next write.
+    stale: bool,
+}
+
+/// One member of a group of controllers: its leadership, its view of etcd, and the guarded
+/// writes the runbook makes.
+pub struct Member {
+    section: HaSection,
+    base_ms: u64,
+    timeout: Duration,
+    leadership: Mutex<Leadership>,
+    etcd: Mutex<Option<Etcd>>,
+    view: tokio::sync::Mutex<View>,
+    /// The state loaded at the start of a term, for the server to rebuild its engine from.
+    takeover: Mutex<Option<SharedState>>,
+    /// The state as last read (followers show it and follow its pointer).
+    seen: Mutex<Option<SharedState>>,
+    /// Hears of every start and end of a term (set by `drive`).
+    notify: std::sync::OnceLock<Box<dyn Fn(Notice) + Send + Sync>>,
+}
+
+impl Member {
+    /// `address` is this member's API URL (used when `advertise` is not set).
+    pub fn new(section: HaSection, address: String) -> Member {
+        let me = LeaderInfo {
+            member: section.member.clone(),
+            address: section.advertise.clone().unwrap_or(address),
+        };
+        let timeout = Duration::from_millis((section.lease_ms / 6).max(REQUEST_TIMEOUT_MS_MIN));
+        Member {
+            leadership: Mutex::new(Leadership::new(me, section.lease_ms)),
+            section,
+            base_ms: boot_ms(),
+            timeout,
+            etcd: Mutex::new(None),
+            view: tokio::sync::Mutex::new(View {
+                term: None,
+                state: SharedState::default(),
+                mod_revision: 0,
+                stale: true,
+            }),
+            takeover: Mutex::new(None),
+            seen: Mutex::new(None),
+            notify: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The leadership machine's clock: milliseconds since this member started, on
+    /// CLOCK_BOOTTIME.
+    fn now_ms(&self) -> u64 {
+        boot_ms().saturating_sub(self.base_ms)
+    }
+
+    fn leadership(&self) -> std::sync::MutexGuard<'_, Leadership> {
+        self.leadership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.section.member
+    }
+
+    pub fn lease_ms(&self) -> u64 {
+        self.section.lease_ms
+    }
+
+    /// The term this member may act in right now, if any.
+    pub fn acting(&self) -> Option<Term> {
+        let now = self.now_ms();
+        self.leadership().acting(now)
+    }
+
+    /// The leader as last seen in etcd.
+    pub fn leader(&self) -> Option<LeaderInfo> {
+        self.leadership().leader().cloned()
+    }
+
+    pub fn role(&self) -> Role {
+        self.leadership().role()
+    }
+
+    pub fn status(&self) -> LeadershipStatus {
+        let now = self.now_ms();
+        self.leadership().status(now)
+    }
+
+    /// The shared state a new term starts from, once (the server rebuilds its engine from it
+    /// before the first tick of the term).
+    pub fn take_over(&self) -> Option<SharedState> {
+        self.takeover.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The shared state as last read from etcd.
+    pub fn seen(&self) -> Option<SharedState> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn client(&self) -> Option<Etcd> {
+        self.etcd.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs the leadership machine forever; `notify` hears of every start and end of a term.
+    pub async fn drive(self: Arc<Self>, notify: impl Fn(Notice) + Send + Sync + 'static) {
+        let _ = self.notify.set(Box::new(notify));
+        let step = Duration::from_millis((self.section.lease_ms / 12).clamp(1, DRIVER_STEP_MS_MAX));
+        loop {
+            let Some(etcd) = self.client() else {
+                match Etcd::connect(&self.section, self.timeout).await {
+                    Ok(etcd) => *self.etcd.lock().unwrap_or_else(|p| p.into_inner()) = Some(etcd),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot connect to etcd; not acting");
+                        let now = self.now_ms();
+                        self.leadership().input(now, Input::Failed(error));
+                        tokio::time::sleep(self.timeout).await;
+                    }
+                }
+                continue;
+            };
+            let now = self.now_ms();
+            let action = self.leadership().poll(now);
+            match action {
+                None => tokio::time::sleep(step).await,
+                Some(mut action) => loop {
+                    let follow = self.perform(&etcd, action).await;
+                    match follow {
+                        Some(next) => action = next,
+                        None => break,
+                    }
+                },
+            }
+        }
+    }
+
+    /// Performs one action and feeds its answer; returns an action that must follow at once.
+    fn notice(&self, notice: Notice) {
+        if let Some(notify) = self.notify.get() {
+            notify(notice);
+        }
+    }
+
+    async fn perform(&self, etcd: &Etcd, action: Action) -> Option<Action> {
+        let input = match action {
+            Action::Observe => match etcd.read().await {
+                Ok((leader, state, _)) => {
+                    *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+                    Input::Observed(leader)
+                }
+                Err(error) => Input::Failed(error),
+            },
+            Action::Campaign => {
+                let me = self.leadership().me().clone();
+                let sent_ms = self.now_ms();
+                let ttl_s = i64::try_from(self.section.lease_ms / 1000).unwrap_or(i64::MAX);
+                match etcd.campaign(&me, ttl_s).await {
+                    Ok(Ok(term)) => Input::Won { term, sent_ms },
+                    Ok(Err(leader)) => Input::Beaten(leader),
+                    Err(error) => Input::Failed(error),
+                }
+            }
+            Action::Renew(term) => {
+                let sent_ms = self.now_ms();
+                match etcd.renew(term.lease_id).await {
+                    Ok(true) => Input::Renewed { sent_ms },
+                    Ok(false) => Input::LeaseGone,
+                    Err(error) => Input::Failed(error),
+                }
+            }
+            Action::Load(term) => match etcd.read().await {
+                Ok((leader, state, mod_revision)) => {
+                    let me = self.leadership().me().clone();
+                    if leader.as_ref() != Some(&me) {
+                        Input::Superseded(format!(
+                            "the leader key names {} while loading the state",
+                            leader.map(|l| l.member).unwrap_or_else(|| "nobody".into())
+                        ))
+                    } else {
+                        let generation = state.generation;
+                        {
+                            let mut view = self.view.lock().await;
+                            *view = View {
+                                term: Some(term),
+                                state: state.clone(),
+                                mod_revision,
+                                stale: false,
+                            };
+                        }
+                        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(state.clone());
+                        *self.takeover.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+                        tracing::info!(member = %me.member, revision = term.revision, %generation, "leading: won the leader key and loaded the shared state");
+                        self.notice(Notice::Leading { term, generation });
+                        Input::Loaded
+                    }
+                }
+                Err(error) => Input::Failed(error),
+            },
+            Action::StepDown { term, reason } => {
+                self.end_term(term).await;
+                tracing::warn!(%reason, "stepped down: not acting");
+                self.notice(Notice::SteppedDown { reason });
+                etcd.revoke(term.lease_id).await;
+                return None;
+            }
+        };
+        let now = self.now_ms();
+        self.leadership().input(now, input)
+    }
+
+    async fn end_term(&self, term: Term) {
+        let mut view = self.view.lock().await;
+        if view.term == Some(term) {
+            view.term = None;
+            view.stale = true;
+        }
+        *self.takeover.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Applies `change` to the shared state in etcd, guarded by `term`: refused unless this
+    /// member acts in `term` now and the transaction finds the leader key and the state as it
+    /// left them.
+    async fn guarded(
+        &self,
+        term: Term,
+        change: impl FnOnce(&SharedState, &str, u64) -> Result<SharedState, StateError>,
+    ) -> Result<SharedState, GuardError> {
+        if self.acting() != Some(term) {
+            return Err(GuardError::NotLeading(term));
+        }
+        let etcd = self.client().ok_or_else(|| GuardError::Etcd("not connected".into()))?;
+        let mut view = self.view.lock().await;
+        if view.term != Some(term) {
+            return Err(GuardError::NotLeading(term));
+        }
+        if view.stale {
+            // Only this term writes the state while it holds the key, so what is there now is
+            // this member's own last write (applied or not).
+            let (leader, state, mod_revision) = etcd.read().await.map_err(GuardError::Etcd)?;
+            if leader.as_ref().map(|l| l.member.as_str()) != Some(self.name()) {
+                drop(view);
+                self.supersede(term, "the leader key names another member").await;
+                return Err(GuardError::Superseded("the leader key names another member".into()));
+            }
+            view.state = state;
+            view.mod_revision = mod_revision;
+            view.stale = false;
+        }
+        let next = change(&view.state, self.name(), wall_ms())?;
+        match etcd.write(term, view.mod_revision, &next).await {
+            Ok(Some(mod_revision)) => {
+                view.state = next.clone();
+                view.mod_revision = mod_revision;
+                *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(next.clone());
+                Ok(next)
+            }
+            Ok(None) => {
+                // Refused: either another member leads, or an earlier try of this very write
+                // was applied and its answer lost. Read back to tell which.
+                if let Ok((Some(leader), state, mod_revision)) = etcd.read().await
+                    && leader.member == self.name()
+                    && state == next
+                {
+                    view.state = next.clone();
+                    view.mod_revision = mod_revision;
+                    return Ok(next);
+                }
+                drop(view);
+                let why = "the leader key or the shared state changed in etcd (another member leads)";
+                self.supersede(term, why).await;
+                Err(GuardError::Superseded(why.into()))
+            }
+            Err(error) => {
+                view.stale = true;
+                Err(GuardError::Etcd(error))
+            }
+        }
+    }
+
+    async fn supersede(&self, term: Term, why: &str) {
+        let now = self.now_ms();
+        let action = self.leadership().input(now, Input::Superseded(why.into()));
+        if let Some(Action::StepDown { term: ended, reason }) = action {
+            self.end_term(ended).await;
+            tracing::warn!(%reason, "stepped down: not acting");
+            self.notice(Notice::SteppedDown { reason });
+            if let Some(etcd) = self.client() {
+                etcd.revoke(term.lease_id).await;
+            }
+        }
+    }
+
+    /// At shutdown: gives the leader key up at once (revoking the lease deletes it), so
+    /// another member need not wait for the lease to expire.
+    pub async fn resign(&self) {
+        let now = self.now_ms();
+        let term = self.leadership().status(now).term;
+        if let (Some(term), Some(etcd)) = (term, self.client()) {
+            let action = self.leadership().input(now, Input::Superseded("shutting down".into()));
+            if action.is_some() {
+                self.end_term(term).await;
+            }
+            etcd.revoke(term.lease_id).await;
+            tracing::info!(member = %self.name(), "resigned the leader key at shutdown");
+        }
+    }
+
+    /// Records the start of `order` (its generation becomes the counter) before any step runs.
+    pub async fn start_runbook(&self, term: Term, order: &RunbookOrder, timers: &HoldTimers) -> Result<(), GuardError> {
+        self.guarded(term, |state, me, at| state.start(order, timers, me, at))
+            .await
+            .map(|_| ())
+    }
+
+    /// Checks the term is still held (in etcd, not only locally) before a step runs, and
+    /// records the steps done so far.
+    pub async fn before_step(&self, term: Term, order: &RunbookOrder, done: Option<&str>) -> Result<(), GuardError> {
+        self.guarded(term, |state, me, at| match done {
+            Some(step) => state.step_done(order.generation, step, me, at),
+            None => {
+                let mut next = state.clone();
+                next.written_by = me.to_string();
+                next.written_at_ms = at;
+                Ok(next)
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Records how the runbook of `order` ended.
+    pub async fn finish_runbook(
+        &self,
+        term: Term,
+        order: &RunbookOrder,
+        outcome: &RunbookOutcome,
+    ) -> Result<(), GuardError> {
+        self.guarded(term, |state, me, at| state.finish(order.generation, outcome, me, at))
+            .await
+            .map(|_| ())
+    }
+
+    /// Records the operator's preferences when they differ from what etcd holds.
+    pub async fn save_preferences(&self, term: Term, preferred: &RegionId, paused: bool) -> Result<(), GuardError> {
+        {
+            let view = self.view.lock().await;
+            if view.term == Some(term)
+                && !view.stale
+                && view.state.preferred.as_ref() == Some(preferred)
+                && view.state.paused == paused
+            {
+                return Ok(());
+            }
+        }
+        self.guarded(term, |state, me, at| {
+            Ok(state.with_preferences(preferred, paused, me, at))
+        })
+        .await
+        .map(|_| ())
+    }
+}

@@ -1,0 +1,814 @@
+//! Deterministic tests of the HA decision parts: the leadership machine against a model of
+//! etcd (leases that expire on etcd's clock, the campaign transaction, guarded writes), in
+//! virtual time; and the shared state's transitions.
+
+use std::collections::BTreeMap;
+
+use super::leadership::{Action, Input, LeaderInfo, Leadership, Role, Term};
+use super::{HaSection, HoldTimers, SharedState, StateError};
+use crate::engine::{Generation, Placement, RegionId, RunbookOrder, RunbookOutcome, TransitionKind};
+
+const LEASE_MS: u64 = 3_000;
+
+fn info(name: &str) -> LeaderInfo {
+    LeaderInfo {
+        member: name.into(),
+        address: format!("http://{name}:7400"),
+    }
+}
+
+/// etcd as the leadership machine needs it: one leader key, leases with expiry times on
+/// etcd's own clock, the campaign transaction and the guarded state write.
+#[derive(Default)]
+struct FakeEtcd {
+    revision: i64,
+    next_lease: i64,
+    leases: BTreeMap<i64, u64>,
+    /// (holder, lease, create revision)
+    key: Option<(LeaderInfo, i64, i64)>,
+    state: SharedState,
+    state_mod: i64,
+}
+
+impl FakeEtcd {
+    fn expire(&mut self, now_ms: u64) {
+        self.leases.retain(|_, expiry| *expiry > now_ms);
+        if let Some((_, lease, _)) = &self.key
+            && !self.leases.contains_key(lease)
+        {
+            self.key = None;
+            self.revision += 1;
+        }
+    }
+
+    /// Handles `action` from `me`, received at `now_ms` (etcd's clock).
+    fn handle(&mut self, now_ms: u64, me: &LeaderInfo, action: &Action, sent_ms: u64) -> Option<Input> {
+        self.expire(now_ms);
+        match action {
+            Action::Observe => Some(Input::Observed(self.key.as_ref().map(|(l, _, _)| l.clone()))),
+            Action::Campaign => {
+                self.next_lease += 1;
+                let lease = self.next_lease;
+                self.leases.insert(lease, now_ms + LEASE_MS);
+                if let Some((holder, _, _)) = &self.key {
+                    let holder = holder.clone();
+                    self.leases.remove(&lease);
+                    return Some(Input::Beaten(holder));
+                }
+                self.revision += 1;
+                self.key = Some((me.clone(), lease, self.revision));
+                Some(Input::Won {
+                    term: Term {
+                        revision: self.revision,
+                        lease_id: lease,
+                    },
+                    sent_ms,
+                })
+            }
+            Action::Renew(term) => match self.leases.get_mut(&term.lease_id) {
+                Some(expiry) => {
+                    *expiry = now_ms + LEASE_MS;
+                    Some(Input::Renewed { sent_ms })
+                }
+                None => Some(Input::LeaseGone),
+            },
+            Action::Load(term) => {
+                if self.holds(*term) {
+                    Some(Input::Loaded)
+                } else {
+                    Some(Input::Superseded("not the leader key's holder".into()))
+                }
+            }
+            Action::StepDown { term, .. } => {
+                self.leases.remove(&term.lease_id);
+                self.expire(now_ms);
+                None
+            }
+        }
+    }
+
+    fn holds(&self, term: Term) -> bool {
+        self.key
+            .as_ref()
+            .is_some_and(|(_, _, revision)| *revision == term.revision)
+    }
+
+    /// The guarded write: the term must hold the key and nobody wrote since `expect_mod`.
+    fn write(&mut self, term: Term, expect_mod: i64, state: SharedState) -> Option<i64> {
+        if !self.holds(term) || self.state_mod != expect_mod {
+            return None;
+        }
+        self.revision += 1;
+        self.state = state;
+        self.state_mod = self.revision;
+        Some(self.revision)
+    }
+}
+
+/// One member in the simulation: its machine and the request it has in flight.
+struct Sim {
+    machine: Leadership,
+    /// (action, sent at, processed by etcd at, answer at); the answer once processed.
+    pending: Option<(Action, u64, u64, u64, Option<Input>)>,
+    partitioned: bool,
+}
+
+#[test]
+fn a_lone_member_campaigns_loads_and_acts() {
+    let mut machine = Leadership::new(info("a"), LEASE_MS);
+    assert_eq!(machine.poll(0), Some(Action::Observe));
+    assert_eq!(machine.input(5, Input::Observed(None)), Some(Action::Campaign));
+    let term = Term {
+        revision: 7,
+        lease_id: 1,
+    };
+    assert_eq!(machine.input(10, Input::Won { term, sent_ms: 6 }), None);
+    assert_eq!(machine.role(), Role::Loading);
+    assert_eq!(machine.acting(10), None, "no acting before the shared state is loaded");
+    assert_eq!(machine.poll(11), Some(Action::Load(term)));
+    machine.input(12, Input::Loaded);
+    assert_eq!(machine.acting(12), Some(term));
+    assert_eq!(machine.leader(), Some(&info("a")));
+}
+
+#[test]
+fn a_follower_names_the_leader_and_looks_again_soon() {
+    let mut machine = Leadership::new(info("b"), LEASE_MS);
+    assert_eq!(machine.poll(0), Some(Action::Observe));
+    assert_eq!(machine.input(1, Input::Observed(Some(info("a")))), None);
+    assert_eq!(machine.leader(), Some(&info("a")));
+    let every = (LEASE_MS / 3).min(super::leadership::OBSERVE_MS_MAX);
+    assert_eq!(machine.poll(every), None);
+    assert_eq!(machine.poll(every + 1), Some(Action::Observe));
+    assert_eq!(machine.status(2).role, Role::Follower);
+    assert!(!machine.status(2).acting);
+}
+
+fn leading(machine: &mut Leadership, sent_ms: u64) -> Term {
+    let term = Term {
+        revision: 3,
+        lease_id: 9,
+    };
+    machine.poll(sent_ms);
+    machine.input(sent_ms, Input::Observed(None));
+    machine.input(sent_ms, Input::Won { term, sent_ms });
+    machine.poll(sent_ms);
+    machine.input(sent_ms, Input::Loaded);
+    term
+}
+
+#[test]
+fn partitioned_from_etcd_the_leader_stops_acting_at_two_thirds_of_the_lease() {
+    let mut machine = Leadership::new(info("a"), LEASE_MS);
+    let term = leading(&mut machine, 1_000);
+    // Renewals at a third of the lease fail (etcd unreachable): retried, never acting longer.
+    let mut now = 1_000;
+    let mut renewals = 0;
+    loop {
+        now += 10;
+        match machine.poll(now) {
+            Some(Action::Renew(t)) => {
+                assert_eq!(t, term);
+                renewals += 1;
+                assert_eq!(machine.input(now, Input::Failed("unreachable".into())), None);
+            }
+            Some(Action::StepDown { term: ended, reason }) => {
+                assert_eq!(ended, term);
+                assert!(reason.contains("could not renew"), "{reason}");
+                break;
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {}
+        }
+        let until = 1_000 + LEASE_MS * 2 / 3;
+        assert_eq!(machine.acting(now).is_some(), now < until, "at {now}");
+    }
+    assert!(renewals >= 2, "renewal retried: {renewals}");
+    // It stops before the lease can expire in etcd (granted at 1000 at the earliest).
+    assert!(now < 1_000 + LEASE_MS);
+    assert_eq!(machine.role(), Role::Follower);
+    assert!(machine.status(now).last_step_down.is_some());
+    assert_eq!(machine.leader(), None, "it no longer names itself");
+}
+
+#[test]
+fn renewals_keep_the_right_to_act_counted_from_when_they_were_sent() {
+    let mut machine = Leadership::new(info("a"), LEASE_MS);
+    let term = leading(&mut machine, 0);
+    assert_eq!(machine.poll(LEASE_MS / 3), Some(Action::Renew(term)));
+    // The answer arrives late: the right to act counts from the send time, not the answer.
+    machine.input(LEASE_MS / 3 + 500, Input::Renewed { sent_ms: LEASE_MS / 3 });
+    assert!(machine.acting(LEASE_MS / 3 + LEASE_MS * 2 / 3 - 1).is_some());
+    assert!(machine.acting(LEASE_MS / 3 + LEASE_MS * 2 / 3).is_none());
+}
+
+#[test]
+fn a_lost_lease_mid_runbook_stops_the_leader_at_once() {
+    let mut machine = Leadership::new(info("a"), LEASE_MS);
+    let term = leading(&mut machine, 0);
+    assert!(machine.acting(100).is_some());
+    let action = machine.input(200, Input::LeaseGone);
+    assert!(matches!(action, Some(Action::StepDown { term: t, .. }) if t == term));
+    assert_eq!(machine.acting(201), None);
+    // A guarded write that finds another term is the same: stop.
+    let mut machine = Leadership::new(info("a"), LEASE_MS);
+    leading(&mut machine, 0);
+    let action = machine.input(10, Input::Superseded("the leader key changed".into()));
+    assert!(matches!(action, Some(Action::StepDown { .. })));
+    assert_eq!(machine.acting(11), None);
+    // A late answer of the old term changes nothing.
+    assert_eq!(machine.input(12, Input::Renewed { sent_ms: 11 }), None);
+    assert_eq!(machine.acting(13), None);
+}
+
+#[test]
+fn two_members_racing_for_an_empty_key_one_wins_the_other_follows_it() {
+    let mut etcd = FakeEtcd::default();
+    let mut a = Leadership::new(info("a"), LEASE_MS);
+    let mut b = Leadership::new(info("b"), LEASE_MS);
+    // Both see no leader, both campaign; etcd orders the two transactions.
+    let observe_a = a.poll(0).expect("observe");
+    let observe_b = b.poll(0).expect("observe");
+    let seen_a = etcd.handle(0, &info("a"), &observe_a, 0).expect("answer");
+    let seen_b = etcd.handle(0, &info("b"), &observe_b, 0).expect("answer");
+    let campaign_a = a.input(1, seen_a).expect("campaign");
+    let campaign_b = b.input(1, seen_b).expect("campaign");
+    let answer_b = etcd.handle(2, &info("b"), &campaign_b, 1).expect("answer");
+    let answer_a = etcd.handle(3, &info("a"), &campaign_a, 1).expect("answer");
+    assert!(matches!(answer_b, Input::Won { .. }));
+    assert_eq!(answer_a, Input::Beaten(info("b")));
+    a.input(4, answer_a);
+    b.input(4, answer_b);
+    let load = b.poll(5).expect("load");
+    let loaded = etcd.handle(5, &info("b"), &load, 5).expect("answer");
+    b.input(6, loaded);
+    assert!(b.acting(6).is_some());
+    assert!(a.acting(6).is_none());
+    assert_eq!(a.leader(), Some(&info("b")));
+}
+
+fn order(generation: u64, to: &str) -> RunbookOrder {
+    RunbookOrder {
+        generation: Generation(generation),
+        kind: TransitionKind::Failover,
+        from: Some(Placement::single(RegionId::new("us"))),
+        to: Placement::single(RegionId::new(to)),
+        reason: "test".into(),
+        force_data_loss: false,
+    }
+}
+
+#[test]
+fn the_shared_state_records_a_runbook_before_its_steps_and_rolls_it_forward() {
+    let state = SharedState::default();
+    let started = state
+        .start(&order(4, "eu"), &HoldTimers::default(), "a", 1)
+        .expect("starts above 0");
+    assert_eq!(started.generation, Generation(4));
+    let one = started.step_done(Generation(4), "dns", "a", 2).expect("in progress");
+    let again = one.step_done(Generation(4), "dns", "a", 3).expect("idempotent");
+    assert_eq!(
+        again.runbook.as_ref().map(|p| p.steps_done.clone()),
+        Some(vec!["dns".to_string()])
+    );
+    // The leader dies here: the next one restores the interrupted runbook and rolls it forward
+    // with a generation above 4.
+    let restored = again.restored(Generation(0), 0, 0);
+    assert_eq!(restored.generation, Generation(4));
+    assert_eq!(restored.interrupted, Some(Placement::single(RegionId::new("eu"))));
+    let mut engine = crate::engine::Engine::new(
+        crate::engine::EngineConfig::with_defaults(vec![
+            crate::engine::RegionSpec {
+                id: RegionId::new("us"),
+                priority: 1,
+            },
+            crate::engine::RegionSpec {
+                id: RegionId::new("eu"),
+                priority: 2,
+            },
+        ]),
+        restored,
+    )
+    .expect("engine");
+    let commands = engine.step(1, crate::engine::Event::Tick);
+    let rolled = commands
+        .iter()
+        .find_map(|c| match c {
+            crate::engine::Command::RunRunbook(order) => Some(order.clone()),
+            _ => None,
+        })
+        .expect("rolled forward at once");
+    assert_eq!(rolled.kind, TransitionKind::RollForward);
+    assert_eq!(rolled.generation, Generation(5));
+    // An old leader's late step report for generation 4 is refused once 5 started.
+    let next = again
+        .start(&rolled, &HoldTimers::default(), "b", 4)
+        .expect("5 is above 4");
+    assert_eq!(
+        next.step_done(Generation(4), "dns", "a", 5),
+        Err(StateError::NotInProgress(4))
+    );
+    assert_eq!(
+        next.start(&order(5, "eu"), &HoldTimers::default(), "a", 6),
+        Err(StateError::GenerationNotAbove { order: 5, recorded: 5 })
+    );
+    let done = next
+        .finish(Generation(5), &RunbookOutcome::Succeeded, "b", 7)
+        .expect("finishes");
+    assert_eq!(done.observed, Some(Placement::single(RegionId::new("eu"))));
+    assert_eq!(done.observed_generation, Generation(5));
+    assert_eq!(done.runbook, None);
+    assert_eq!(done.restored(Generation(0), 0, 0).interrupted, None);
+    // A floor lifts the generation (migrating from a single controller).
+    assert_eq!(done.restored(Generation(40), 0, 0).generation, Generation(40));
+}
+
+#[test]
+fn a_failed_runbook_stays_recorded_for_the_next_leader() {
+    let state = SharedState::default()
+        .start(&order(1, "eu"), &HoldTimers::default(), "a", 1)
+        .expect("start");
+    let failed = state
+        .finish(
+            Generation(1),
+            &RunbookOutcome::Failed {
+                step: "dns".into(),
+                error: "HTTP 503".into(),
+            },
+            "a",
+            2,
+        )
+        .expect("finish");
+    assert_eq!(
+        failed.runbook.as_ref().and_then(|p| p.failed.clone()),
+        Some("step 'dns': HTTP 503".to_string())
+    );
+    assert_eq!(
+        failed.restored(Generation(0), 0, 0).interrupted,
+        Some(Placement::single(RegionId::new("eu")))
+    );
+}
+
+/// splitmix64
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Three members, etcd partitions that come and go, request delays up to the timeout, a
+/// leader that writes a new generation whenever it can: at every instant at most one member
+/// acts, a member acts only while etcd still holds its key, every accepted write comes from the
+/// term holding the key, and the generation only grows.
+#[test]
+fn simulation_at_most_one_member_acts_and_generations_grow() {
+    let timeout_ms = LEASE_MS / 6;
+    let mut handovers = 0;
+    for seed in 1..=40u64 {
+        let mut rng = Rng(seed);
+        let mut etcd = FakeEtcd::default();
+        let names = ["a", "b", "c"];
+        let mut sims: Vec<Sim> = names
+            .iter()
+            .map(|n| Sim {
+                machine: Leadership::new(info(n), LEASE_MS),
+                pending: None,
+                partitioned: false,
+            })
+            .collect();
+        // Each member's view of the state's mod revision (what a guarded write expects).
+        let mut expect_mod: Vec<i64> = vec![0; names.len()];
+        let mut generations = Vec::new();
+        let mut leaders = std::collections::BTreeSet::new();
+        let mut now = 0u64;
+        while now < 120_000 {
+            now += 10;
+            etcd.expire(now);
+            if rng.below(400) == 0 {
+                let who = rng.below(3) as usize;
+                sims[who].partitioned = !sims[who].partitioned;
+            }
+            for (index, sim) in sims.iter_mut().enumerate() {
+                let me = info(names[index]);
+                // Deliver or process the request in flight.
+                if let Some((action, sent, process_at, answer_at, answer)) = sim.pending.take() {
+                    let mut answer = answer;
+                    if answer.is_none() && now >= process_at && !sim.partitioned {
+                        answer = etcd.handle(now, &me, &action, sent);
+                        if matches!(action, Action::Load(_)) && matches!(answer, Some(Input::Loaded)) {
+                            expect_mod[index] = etcd.state_mod;
+                        }
+                    }
+                    if now >= answer_at {
+                        let input = answer.unwrap_or_else(|| Input::Failed("timed out".into()));
+                        if let Some(next) = sim.machine.input(now, input) {
+                            start(sim, next, now, &mut rng, timeout_ms, &mut etcd, &me);
+                        }
+                    } else {
+                        sim.pending = Some((action, sent, process_at, answer_at, answer));
+                    }
+                }
+                if sim.pending.is_none()
+                    && let Some(action) = sim.machine.poll(now)
+                {
+                    start(sim, action, now, &mut rng, timeout_ms, &mut etcd, &me);
+                }
+                // The acting leader writes a new generation now and then.
+                if let Some(term) = sim.machine.acting(now) {
+                    assert!(
+                        etcd.holds(term),
+                        "seed {seed}: {} acts at {now} without the key",
+                        names[index]
+                    );
+                    leaders.insert(index);
+                    if !sim.partitioned && rng.below(50) == 0 {
+                        let generation = etcd.state.generation.next();
+                        let next = etcd
+                            .state
+                            .start(&order(generation.0, "eu"), &HoldTimers::default(), names[index], now)
+                            .expect("above");
+                        if let Some(revision) = etcd.write(term, expect_mod[index], next) {
+                            expect_mod[index] = revision;
+                            generations.push(generation);
+                        }
+                    }
+                }
+            }
+            let acting = sims.iter().filter(|s| s.machine.acting(now).is_some()).count();
+            assert!(acting <= 1, "seed {seed}: {acting} members act at {now}");
+        }
+        assert!(
+            generations.windows(2).all(|w| w[0] < w[1]),
+            "seed {seed}: {generations:?}"
+        );
+        assert!(!generations.is_empty(), "seed {seed}: somebody led at some point");
+        handovers += leaders.len() - 1;
+    }
+    assert!(
+        handovers >= 20,
+        "partitions moved the leadership only {handovers} times"
+    );
+}
+
+fn start(
+    sim: &mut Sim,
+    action: Action,
+    now: u64,
+    rng: &mut Rng,
+    timeout_ms: u64,
+    etcd: &mut FakeEtcd,
+    me: &LeaderInfo,
+) {
+    if let Action::StepDown { .. } = action {
+        // Revoking is best effort: only when etcd is reachable.
+        if !sim.partitioned {
+            etcd.handle(now, me, &action, now);
+        }
+        return;
+    }
+    let to = rng.below(timeout_ms / 2);
+    let back = rng.below(timeout_ms / 2);
+    // Some requests take longer than the timeout: they may still be applied, unanswered.
+    let slow = rng.below(20) == 0;
+    let process_at = now + if slow { timeout_ms } else { to };
+    let answer_at = now + if slow { timeout_ms } else { to + back };
+    sim.pending = Some((action, now, process_at, answer_at, None));
+}
+
+#[test]
+fn the_section_names_each_mistake_with_a_fix() {
+    let section = HaSection {
+        etcd: vec!["10.0.0.1:2379".into()],
+        member: "a b".into(),
+        lease_ms: 1500,
+        prefix: "switchyard".into(),
+        advertise: Some("10.0.0.2:7400".into()),
+        ca_file: None,
+        cert_file: Some("/nonexistent/cert.pem".into()),
+        key_file: None,
+        user: Some("root".into()),
+        password_file: None,
+    };
+    let keys: Vec<&str> = section.problems().iter().map(|(key, _, _)| *key).collect();
+    for key in ["etcd", "member", "lease_ms", "prefix", "advertise", "cert_file", "user"] {
+        assert!(keys.contains(&key), "{key} not reported: {keys:?}");
+    }
+    let good = HaSection {
+        etcd: vec!["http://127.0.0.1:2379".into()],
+        member: "us-east-1".into(),
+        lease_ms: 5000,
+        prefix: "/switchyard".into(),
+        advertise: None,
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        user: None,
+        password_file: None,
+    };
+    if cfg!(feature = "etcd") {
+        assert!(good.problems().is_empty(), "{:?}", good.problems());
+    } else {
+        let problems = good.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].1.contains("without etcd support"), "{problems:?}");
+    }
+    assert_eq!(good.leader_key(), "/switchyard/leader");
+    assert_eq!(good.state_key(), "/switchyard/state");
+}
+
+#[cfg(feature = "etcd")]
+const CONFIG: &str = r#"
+[controller]
+vantage = "controller"
+
+[controller.ha]
+etcd = ["http://127.0.0.1:2379"]
+member = "us-east-1"
+password_file = "etcd-password"
+user = "switchyard"
+
+[quorum]
+vantages = ["controller"]
+
+[[regions]]
+name = "a"
+priority = 1
+
+[[checks]]
+name = "a-app"
+region = "a"
+kind = { type = "tcp", address = "127.0.0.1:1" }
+"#;
+
+#[cfg(feature = "etcd")]
+#[test]
+fn the_config_file_takes_an_ha_section_with_paths_from_its_folder() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    std::fs::write(folder.path().join("etcd-password"), "secret\n").expect("write");
+    let config = crate::config::parse_in("c.toml", CONFIG, folder.path()).expect("valid");
+    let ha = config.file.controller.ha.expect("ha section");
+    assert_eq!(ha.lease_ms, super::LEASE_MS_DEFAULT);
+    assert_eq!(ha.prefix, "/switchyard");
+    assert_eq!(ha.password_file, Some(folder.path().join("etcd-password")));
+    // Without the password file, and with a lease etcd cannot grant, the file is refused with
+    // the line of each mistake.
+    let text = CONFIG.replace("member = \"us-east-1\"", "member = \"us-east-1\"\nlease_ms = 2500");
+    let error = crate::config::parse_in("c.toml", &text, std::path::Path::new("/nonexistent")).expect_err("invalid");
+    let lease = error
+        .problems
+        .iter()
+        .find(|p| p.message.contains("lease_ms 2500"))
+        .expect("lease_ms reported");
+    assert_eq!(lease.line, 8);
+    assert!(
+        error.problems.iter().any(|p| p.message.contains("password_file")),
+        "{:?}",
+        error.problems
+    );
+    // Without the section: one controller, as before.
+    let start = CONFIG.find("[controller.ha]").expect("section");
+    let end = CONFIG.find("[quorum]").expect("section");
+    let single = format!("{}{}", &CONFIG[..start], &CONFIG[end..]);
+    let config = crate::config::parse_in("c.toml", &single, folder.path()).expect("valid");
+    assert_eq!(config.file.controller.ha, None);
+}
+
+#[test]
+fn a_new_leader_keeps_the_hold_and_the_hourly_count_of_the_old_one() {
+    use crate::engine::{Command, Engine, EngineConfig, Event, RegionSpec, Verdict};
+    let regions = vec![
+        RegionSpec {
+            id: RegionId::new("us"),
+            priority: 1,
+        },
+        RegionSpec {
+            id: RegionId::new("eu"),
+            priority: 2,
+        },
+    ];
+    let mut config = EngineConfig::with_defaults(regions);
+    config.stability_window_ms = 0;
+    config.failback_lag_max_ms = None;
+    // The old leader failed over at wall time 1 000 000 (its engine clock: 40 000).
+    let timers = HoldTimers::from_engine(Some(40_000), &[40_000], 50_000, 1_010_000);
+    assert_eq!(timers.last_transition_at_ms, Some(1_000_000));
+    let state = SharedState {
+        observed: Some(Placement::single(RegionId::new("eu"))),
+        observed_generation: Generation(2),
+        generation: Generation(2),
+        last_transition_at_ms: timers.last_transition_at_ms,
+        transitions_at_ms: timers.transitions_at_ms.clone(),
+        ..SharedState::default()
+    };
+    // A new leader takes over 30 s later, its engine clock at 100 000: the transition was at
+    // 70 000 on that clock, so the 60 s hold ends at 130 000.
+    let restored = state.restored(Generation(0), 100_000, 1_030_000);
+    assert_eq!(restored.last_transition_ms, Some(70_000));
+    let mut engine = Engine::new(config, restored).expect("engine");
+    let up = |region: &str| Event::Verdict {
+        region: RegionId::new(region),
+        verdict: Verdict::Up,
+        reason: "ok".into(),
+    };
+    let starts = |commands: Vec<Command>| commands.iter().any(|c| matches!(c, Command::RunRunbook(_)));
+    engine.step(100_000, up("us"));
+    engine.step(100_000, up("eu"));
+    assert!(!starts(engine.step(100_001, Event::Tick)), "the hold still runs");
+    let status = engine.status(100_001);
+    assert!(
+        status.reasons.iter().any(|r| r.contains("holding")),
+        "{:?}",
+        status.reasons
+    );
+    assert_eq!(status.transitions_last_hour, 1, "the old leader's failover counts");
+    assert!(starts(engine.step(130_001, Event::Tick)), "failback after the hold");
+    // A wall time ahead of this member's clock counts as now: the hold is never shortened.
+    let ahead = SharedState {
+        last_transition_at_ms: Some(2_000_000),
+        ..state
+    };
+    assert_eq!(
+        ahead.restored(Generation(0), 100_000, 1_030_000).last_transition_ms,
+        Some(100_000)
+    );
+}
+
+/// The engine under leadership changes at arbitrary points: members take over from the shared
+/// state (rebuilding their engine), a runbook is guarded step by step, an old leader's step
+/// may still land late, and the world (DNS, the pointer) refuses a generation older than one
+/// it applied. Checked: the current leader's steps are never refused (the generation from etcd
+/// is above anything an old leader used), generations in etcd only grow, and once leadership
+/// and health settle every decision is applied (world == the leader's intent == etcd's
+/// observed placement).
+#[test]
+fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_generation() {
+    use crate::engine::{Command, Engine, EngineConfig, Event, RegionSpec, Verdict};
+    const STEPS: [&str; 2] = ["dns", "pointer"];
+    const TICK_MS: u64 = 50;
+    const END_MS: u64 = 240_000;
+    const QUIET_MS: u64 = 60_000;
+    let mut config = EngineConfig::with_defaults(vec![
+        RegionSpec {
+            id: RegionId::new("us"),
+            priority: 1,
+        },
+        RegionSpec {
+            id: RegionId::new("eu"),
+            priority: 2,
+        },
+    ]);
+    config.min_hold_ms = 2_000;
+    config.stability_window_ms = 2_000;
+    config.failback_lag_max_ms = None;
+    config.runbook_retry_ms = 100;
+    config.startup_grace_ms = 0;
+    config.failovers_per_hour_max = 10_000;
+    struct Run {
+        term: u64,
+        order: RunbookOrder,
+        started: bool,
+        next_step: usize,
+    }
+    for seed in 1..=30u64 {
+        let mut rng = Rng(seed * 7919);
+        let mut state = SharedState::default();
+        let mut term = 1u64;
+        let mut leader: Option<usize> = Some(0);
+        let mut handover_at = 0u64;
+        let mut engine = Some(Engine::new(config.clone(), state.restored(Generation(0), 0, 0)).expect("engine"));
+        let mut runs: Vec<Run> = Vec::new();
+        // The world: the highest generation applied and the placement it holds.
+        let (mut world_generation, mut world_active) = (0u64, None::<RegionId>);
+        let mut up = [true, true];
+        let mut handovers = 0;
+        let mut now = 0u64;
+        while now < END_MS {
+            now += TICK_MS;
+            let quiet = now > END_MS - QUIET_MS;
+            if quiet {
+                up = [true, true];
+            } else if rng.below(200) == 0 {
+                let region = rng.below(2) as usize;
+                up[region] = !up[region];
+                if !up[0] && !up[1] {
+                    up[region] = true;
+                }
+            }
+            // Leadership moves at arbitrary points (a dead or cut leader; another takes over
+            // once the lease expired).
+            if !quiet && leader.is_some() && rng.below(150) == 0 {
+                leader = None;
+                engine = None;
+                handover_at = now + rng.below(3_000);
+            }
+            if leader.is_none() && now >= handover_at {
+                term += 1;
+                handovers += 1;
+                leader = Some(rng.below(3) as usize);
+                engine = Some(
+                    Engine::new(config.clone(), state.restored(Generation(0), now, now)).expect("engine from etcd"),
+                );
+            }
+            // Runbooks: one step per tick; guarded writes only succeed in the current term.
+            for run in runs.iter_mut() {
+                let current = leader.is_some() && run.term == term;
+                let generation = run.order.generation;
+                if !current {
+                    // An old leader's step that passed its guard before the term ended may
+                    // still land: the world refuses it once a newer generation was applied.
+                    if run.started
+                        && run.next_step < STEPS.len()
+                        && rng.below(4) == 0
+                        && generation.0 >= world_generation
+                    {
+                        world_generation = generation.0;
+                        world_active = Some(run.order.to.active.clone());
+                    }
+                    run.next_step = usize::MAX;
+                    continue;
+                }
+                if !run.started {
+                    state = state
+                        .start(&run.order, &HoldTimers::default(), "leader", now)
+                        .unwrap_or_else(|e| panic!("seed {seed}: the current term's start refused: {e}"));
+                    run.started = true;
+                } else if run.next_step < STEPS.len() {
+                    assert!(
+                        generation.0 >= world_generation,
+                        "seed {seed}: the current leader's generation {generation} is below {world_generation} applied before"
+                    );
+                    world_generation = generation.0;
+                    world_active = Some(run.order.to.active.clone());
+                    state = state
+                        .step_done(generation, STEPS[run.next_step], "leader", now)
+                        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                    run.next_step += 1;
+                } else if run.next_step == STEPS.len() {
+                    state = state
+                        .finish(generation, &RunbookOutcome::Succeeded, "leader", now)
+                        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                    run.next_step = usize::MAX;
+                    if let Some(engine) = engine.as_mut() {
+                        engine.step(
+                            now,
+                            Event::RunbookFinished {
+                                generation,
+                                outcome: RunbookOutcome::Succeeded,
+                            },
+                        );
+                    }
+                }
+            }
+            runs.retain(|run| run.next_step != usize::MAX);
+            let Some(engine) = engine.as_mut() else {
+                continue;
+            };
+            for (index, region) in ["us", "eu"].iter().enumerate() {
+                engine.step(
+                    now,
+                    Event::Verdict {
+                        region: RegionId::new(*region),
+                        verdict: if up[index] { Verdict::Up } else { Verdict::Down },
+                        reason: String::new(),
+                    },
+                );
+            }
+            for command in engine.step(now, Event::Tick) {
+                if let Command::RunRunbook(order) = command {
+                    assert!(order.generation > state.generation, "seed {seed}: generation reused");
+                    runs.push(Run {
+                        term,
+                        order,
+                        started: false,
+                        next_step: 0,
+                    });
+                }
+            }
+        }
+        let engine = engine.expect("a leader at the end");
+        let status = engine.status(now);
+        let intent = status.intent.expect("an intent");
+        assert_eq!(
+            intent.active,
+            RegionId::new("us"),
+            "seed {seed}: settled on the preferred region"
+        );
+        assert_eq!(
+            world_active,
+            Some(intent.active.clone()),
+            "seed {seed}: the world holds the decision"
+        );
+        assert_eq!(state.observed, Some(intent), "seed {seed}: etcd records it");
+        assert_eq!(state.runbook, None, "seed {seed}: nothing left in progress");
+        assert!(handovers > 3, "seed {seed}: leadership moved only {handovers} times");
+    }
+}

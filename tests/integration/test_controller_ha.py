@@ -1,0 +1,494 @@
+"""Several controllers on a real etcd (`[controller.ha]`): one leads, the others follow and name
+it; killing the leader mid-runbook hands the runbook to another member, which rolls it forward
+with a higher generation; a frozen old leader (a partition in time: SIGSTOP) stops acting when it
+wakes up, and the DNS server refuses its generation."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_controller import App, TOKEN, wait_until
+from test_dns import DnsServer
+from test_fault_proxy import FaultProxy
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+ETCD = shutil.which("etcd")
+LEASE_MS = 2000
+START_DEADLINE_S = 30
+# Generous liveness bounds (not timing assertions): the figures go in BENCHMARKS.md.
+TAKEOVER_DEADLINE_S = 30
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+DNS_CONFIG = """
+[dns]
+[[dns.zones]]
+origin = "shop.example."
+ns = ["ns1"]
+
+[dns.zones.soa]
+serial = 2026112401
+minimum = 30
+
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["192.0.2.53"]
+
+[[dns.zones.records]]
+name = "app"
+type = "A"
+policy = "failover"
+
+[[dns.zones.records.members]]
+role = "primary"
+values = ["192.0.2.10"]
+health = "us-east-1"
+
+[[dns.zones.records.members]]
+role = "secondary"
+values = ["198.51.100.10"]
+health = "eu-west-1"
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Etcd:
+    """An etcd cluster of `size` members from Debian's etcd-server, on free loopback ports."""
+
+    def __init__(self, workdir, size=1):
+        names = [f"e{i}" for i in range(size)]
+        ports = {name: (free_port(), free_port()) for name in names}
+        cluster = ",".join(f"{name}=http://127.0.0.1:{ports[name][1]}" for name in names)
+        self.urls = [f"http://127.0.0.1:{ports[name][0]}" for name in names]
+        self.url = self.urls[0]
+        self.client_port = ports[names[0]][0]
+        self.log = workdir / "etcd.log"
+        self.processes = []
+        for name in names:
+            client, peer = f"http://127.0.0.1:{ports[name][0]}", f"http://127.0.0.1:{ports[name][1]}"
+            self.processes.append(subprocess.Popen(
+                [ETCD, "--name", name, "--data-dir", str(workdir / f"etcd-{name}"),
+                 "--listen-client-urls", client, "--advertise-client-urls", client,
+                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                 "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                 "--initial-cluster-token", "switchyard-test"],
+                stdout=subprocess.DEVNULL, stderr=open(self.log, "ab")))
+
+        def healthy(url):
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                    return json.loads(response.read()).get("health") == "true"
+            except OSError:
+                return False
+
+        def all_healthy():
+            assert all(p.poll() is None for p in self.processes), self.log.read_text()[-2000:]
+            return all(healthy(url) for url in self.urls)
+
+        wait_until("etcd to be healthy", all_healthy, START_DEADLINE_S, [self.log])
+
+    def kill(self, index):
+        self.processes[index].kill()
+        self.processes[index].wait(timeout=10)
+
+    def stop(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def config_text(us, eu, workdir, member, etcd_urls, dns_admin):
+    return f"""
+[controller]
+vantage = "controller"
+audit_log = "{workdir}/audit-{member}.jsonl"   # (--audit-log overrides it)
+tick_ms = 50
+
+[controller.ha]
+etcd = {json.dumps(etcd_urls)}
+member = "{member}"
+lease_ms = {LEASE_MS}
+prefix = "/switchyard/test"
+
+[policy]
+failback_lag_check = false
+min_hold_ms = 600000
+runbook_retry_ms = 200
+
+[quorum]
+# "probe" is an agent the test plays; one vote decides, so the controller's own checks suffice.
+vantages = ["controller", "probe"]
+quorum = 1
+report_interval_ms = 100
+
+[[regions]]
+name = "us-east-1"
+priority = 1
+
+[[regions]]
+name = "eu-west-1"
+priority = 2
+
+[[checks]]
+name = "use1-app"
+region = "us-east-1"
+kind = {{ type = "http", url = "http://127.0.0.1:{us.port}/health" }}
+interval_ms = 200
+fast_interval_ms = 100
+timeout_ms = 300
+fall = 2
+rise = 1
+
+[[checks]]
+name = "euw1-app"
+region = "eu-west-1"
+kind = {{ type = "http", url = "http://127.0.0.1:{eu.port}/health" }}
+interval_ms = 200
+fast_interval_ms = 100
+timeout_ms = 300
+fall = 2
+rise = 1
+
+[dns]
+admin_url = "{dns_admin}"
+
+[[runbook]]
+name = "record"
+kind = "command"
+program = "sh"
+args = ["-c", "echo \\"$SWITCHYARD_GENERATION $SWITCHYARD_TO {member}\\" >> {workdir}/record.log"]
+
+# Holds the runbook while the file `hold` exists: the test kills or freezes the leader here.
+[[runbook]]
+name = "hold"
+kind = "command"
+program = "sh"
+args = ["-c", "while [ -f {workdir}/hold ]; do sleep 0.05; done"]
+timeout_ms = 120000
+retries = 0
+
+[[runbook]]
+name = "dns"
+kind = "dns_health"
+
+[[runbook]]
+name = "pointer"
+kind = "pointer"
+"""
+
+
+def request(url, path, method="GET", body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, method=method,
+                                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+    except OSError:
+        return None, {}
+
+
+class Group:
+    def __init__(self, tmp_path, etcd_size=1):
+        self.tmp = tmp_path
+        self.us, self.eu = App(), App()
+        self.etcd = Etcd(tmp_path, etcd_size)
+        (tmp_path / "dns-dir").mkdir()
+        self.dns = DnsServer(tmp_path / "dns-dir", DNS_CONFIG, token=TOKEN)
+        self.dns.start()
+        self.members = {}
+
+    def start(self, member, etcd_url=None, shared=False):
+        """Starts `member` with a file of its own, or (`shared`) with one file for the whole
+        group and `--member`/`--audit-log` on the command line."""
+        extra = []
+        if shared:
+            config = self.tmp / "group.toml"
+            if not config.exists():
+                config.write_text(config_text(self.us, self.eu, self.tmp, "group", self.etcd.urls, self.dns.admin))
+            extra = ["--member", member, "--audit-log", str(self.tmp / f"audit-{member}.jsonl")]
+        else:
+            config = self.tmp / f"{member}.toml"
+            config.write_text(config_text(self.us, self.eu, self.tmp, member, [etcd_url or self.etcd.url],
+                                          self.dns.admin))
+        ready = self.tmp / f"{member}.ready"
+        log = self.tmp / f"{member}.log"
+        env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, SWITCHYARD_LOG="info")
+        process = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
+                                    "--ready-file", str(ready), *extra], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=open(log, "ab"))
+        wait_until(f"{member} to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
+        self.members[member] = (process, f"http://{ready.read_text().strip()}", log)
+
+    def logs(self):
+        return [log for _, _, log in self.members.values()] + [self.etcd.log]
+
+    def status(self, member):
+        status, body = request(self.members[member][1], "/v1/status")
+        return body if status == 200 else None
+
+    def leader(self, among=None):
+        """The one member that says it acts, once every other live member names it."""
+        names = among or [m for m, (p, _, _) in self.members.items() if p.poll() is None]
+        statuses = {m: self.status(m) for m in names}
+        if any(s is None for s in statuses.values()):
+            return None
+        acting = [m for m, s in statuses.items() if s["ha"]["acting"]]
+        if len(acting) != 1:
+            return None
+        leader = acting[0]
+        if all((s["ha"]["leader"] or {}).get("member") == leader for s in statuses.values()):
+            return leader
+        return None
+
+    def record(self):
+        path = self.tmp / "record.log"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [(int(g), to, member) for g, to, member in (line.split() for line in lines)]
+
+    def stop(self):
+        for process, _, _ in self.members.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+                process.wait(timeout=10)
+        try:
+            self.dns.stop()
+        except Exception:
+            pass
+        self.etcd.stop()
+        for app in (self.us, self.eu):
+            try:
+                app.stop()
+            except Exception:
+                pass
+
+
+@pytest.fixture
+def group(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    if ETCD is None:
+        pytest.skip("etcd is not installed (Debian package etcd-server; scripts/install-test-deps.sh installs it)")
+    group = Group(tmp_path)
+    yield group
+    group.stop()
+
+
+def placed(group, member, region):
+    """Etcd (as `member` last read it) records `region` as placed, with no runbook in progress."""
+    shared = ((group.status(member) or {}).get("ha") or {}).get("shared") or {}
+    return (shared.get("observed") or {}).get("active") == region and shared.get("runbook") is None
+
+
+def dns_generation(group):
+    return json.loads(group.dns.get("/v1/health"))["generation"]
+
+
+def test_killing_the_leader_mid_runbook_hands_it_to_another_member(group):
+    for member in ("c1", "c2", "c3"):
+        group.start(member)
+    first = wait_until("one leader named by every member", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+    # The first placement is applied by the leader only.
+    wait_until("the initial placement", lambda: placed(group, first, "us-east-1"), logs=group.logs())
+    assert {m for _, _, m in group.record()} == {first}
+    followers = [m for m in group.members if m != first]
+
+    # A follower refuses operator commands and names the leader.
+    status, body = request(group.members[followers[0]][1], "/v1/pause", "POST")
+    assert status == 421, body
+    assert body["code"] == "not_leader"
+    assert body["leader"]["member"] == first
+    assert group.members[first][1] in body["error"]
+    # An agent may report to any member: a follower passes the report on to the leader.
+    report = {"vantage": "probe", "sent_at_ms": int(time.time() * 1000), "results": []}
+    status, body = request(group.members[followers[1]][1], "/v1/agent/report", "POST", report)
+    assert status == 204, body
+
+    def probe_fresh_at_leader():
+        vantages = (group.status(first) or {}).get("vantages") or []
+        return any(v["name"] == "probe" and v["fresh"] for v in vantages)
+
+    wait_until("the forwarded report at the leader", probe_fresh_at_leader, logs=group.logs())
+    # The CLI shows who leads.
+    shown = subprocess.run([str(BINARY), "status", "--controller", group.members[followers[0]][1]],
+                           env=dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN), capture_output=True, text=True,
+                           timeout=30)
+    assert f"leader: {first} at {group.members[first][1]}" in shown.stdout, shown.stdout
+
+    # Fail over, and hold the runbook after its first step; kill -9 the leader there.
+    (group.tmp / "hold").write_text("")
+    group.us.stop()
+    wait_until("the failover to start", lambda: any(to == "eu-west-1" for _, to, _ in group.record()),
+               logs=group.logs())
+    started = [g for g, to, m in group.record() if to == "eu-west-1"]
+    assert len(started) == 1
+    old_generation = started[0]
+    process = group.members[first][0]
+    process.kill()
+    process.wait(timeout=10)
+    (group.tmp / "hold").unlink()
+
+    second = wait_until("another member to lead", lambda: group.leader(followers), TAKEOVER_DEADLINE_S, group.logs())
+    assert second != first
+    # The new leader rolls the runbook forward with a higher generation and completes it.
+    wait_until("the roll-forward to reach DNS", lambda: dns_generation(group) > old_generation, logs=group.logs())
+    rolled = [(g, m) for g, to, m in group.record() if to == "eu-west-1" and g != old_generation]
+    assert rolled and all(g > old_generation and m == second for g, m in rolled), group.record()
+    status = group.status(second)
+    wait_until("the pointer on every member", lambda: all(
+        (group.status(m) or {}).get("pointer", {}).get("region") == "eu-west-1" for m in followers),
+        logs=group.logs())
+    assert status["ha"]["shared"]["generation"] >= rolled[-1][0]
+    # Generations never went back: each record line is above the one before.
+    generations = [g for g, _, _ in group.record()]
+    assert generations == sorted(generations) and len(set(generations)) == len(generations), generations
+    # The surviving follower names the new leader and shows the placement etcd records.
+    third = [m for m in followers if m != second][0]
+    wait_until("the follower to show the new placement", lambda: (group.status(third) or {}).get("engine", {}).get(
+        "observed", {}) == {"active": "eu-west-1", "serving": ["eu-west-1"]}, logs=group.logs())
+    assert group.status(third)["ha"]["leader"]["member"] == second
+    audit = (group.tmp / f"audit-{second}.jsonl").read_text()
+    assert '"event":"leading"' in audit
+
+
+def test_a_frozen_leader_stops_acting_when_it_wakes_and_dns_refuses_its_generation(group):
+    for member in ("c1", "c2"):
+        group.start(member)
+    first = wait_until("one leader", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+    wait_until("the initial placement in DNS", lambda: dns_generation(group) > 0, logs=group.logs())
+    (group.tmp / "hold").write_text("")
+    group.us.stop()
+    wait_until("the failover to start", lambda: any(to == "eu-west-1" for _, to, _ in group.record()),
+               logs=group.logs())
+    old_generation = [g for g, to, _ in group.record() if to == "eu-west-1"][0]
+    # Freeze the leader inside the held step (a long GC pause or a partition in time).
+    process = group.members[first][0]
+    process.send_signal(signal.SIGSTOP)
+    (group.tmp / "hold").unlink()
+    other = [m for m in group.members if m != first][0]
+    wait_until("the other member to lead", lambda: group.leader([other]), TAKEOVER_DEADLINE_S, group.logs())
+    wait_until("the roll-forward to reach DNS", lambda: dns_generation(group) > old_generation, logs=group.logs())
+    new_generation = dns_generation(group)
+
+    # The old leader wakes up (inside the held step, or inside the guard before it): it must
+    # not run the DNS step.
+    process.send_signal(signal.SIGCONT)
+    def follows():
+        ha = (group.status(first) or {}).get("ha") or {}
+        return ha.get("role") == "follower" and (ha.get("leader") or {}).get("member") == other
+
+    wait_until("the old leader to follow", follows, TAKEOVER_DEADLINE_S, group.logs())
+    audit = [json.loads(line) for line in (group.tmp / f"audit-{first}.jsonl").read_text().splitlines()]
+    late = [r for r in audit if r.get("kind") == "step" and r["generation"] == old_generation
+            and r["step"] in ("dns", "pointer") and r["outcome"] == "ok"]
+    assert late == [], late
+    assert dns_generation(group) == new_generation
+    # And had its push been in flight, DNS refuses the old generation.
+    status, body = group.dns.put("/v1/health", {"generation": old_generation,
+                                                "targets": {"us-east-1": "healthy", "eu-west-1": "unhealthy"}})
+    assert status == 409, body
+    stepped = [r for r in audit if r.get("kind") == "leadership" and r["event"] == "stepped_down"]
+    assert stepped, "the old leader recorded that it stopped acting"
+
+
+def test_a_leader_cut_from_etcd_stops_acting_and_the_other_member_fails_over(group, tmp_path):
+    # Each member reaches etcd through its own link in a fault proxy; both see the regions.
+    ports = {member: free_port() for member in ("c1", "c2")}
+    (tmp_path / "fp").mkdir()
+    proxy = FaultProxy(tmp_path / "fp", *[arg for member, port in ports.items() for arg in
+                                          ("--proxy", f"etcd-{member}=127.0.0.1:{port}=127.0.0.1:{group.etcd.client_port}")])
+    try:
+        for member, port in ports.items():
+            group.start(member, etcd_url=f"http://127.0.0.1:{port}")
+        first = wait_until("one leader", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+        other = [m for m in ports if m != first][0]
+
+        # (Cut before the initial runbook is recorded as done, the other member would roll it
+        # forward first, as it should.)
+        wait_until("the initial placement recorded in etcd", lambda: placed(group, first, "us-east-1"),
+                   logs=group.logs())
+        # Blackhole the leader's link to etcd, both ways.
+        for stream in ("upstream", "downstream"):
+            status, body = proxy.call("POST", f"/proxies/etcd-{first}/toxics",
+                                      {"type": "timeout", "stream": stream, "attributes": {"timeout": 0}})
+            assert status == 200, body
+
+        def cut_off():
+            health = request(group.members[first][1], "/health")[1]
+            return health.get("status") == "degraded" and health["ha"]["acting"] is False
+
+        wait_until("the cut leader to stop acting and say so", cut_off, TAKEOVER_DEADLINE_S, group.logs())
+        wait_until("the other member to lead", lambda: group.leader([other]), TAKEOVER_DEADLINE_S, group.logs())
+        # The primary fails: both members see it, only the leader acts.
+        before = len(group.record())
+        group.us.stop()
+        wait_until("the failover in DNS", lambda: json.loads(group.dns.get("/v1/health"))["targets"].get(
+            "eu-west-1") == "healthy", logs=group.logs())
+        moved = group.record()[before:]
+        assert moved and all(m == other and to == "eu-west-1" for _, to, m in moved), moved
+        status, body = request(group.members[first][1], "/v1/failover", "POST")
+        assert status == 421 and body["code"] == "not_leader", body
+        audit = (group.tmp / f"audit-{first}.jsonl").read_text()
+        assert '"event":"stepped_down"' in audit
+        # Healed, it follows the new leader.
+        assert proxy.call("POST", "/reset")[0] in (200, 204)
+
+        def follows():
+            ha = (group.status(first) or {}).get("ha") or {}
+            return (ha.get("leader") or {}).get("member") == other and ha.get("etcd_error") is None
+
+        wait_until("the healed member to follow", follows, TAKEOVER_DEADLINE_S, group.logs())
+        assert group.record()[before:] == moved, "nothing ran again after the heal"
+    finally:
+        proxy.stop()
+
+
+def test_three_controllers_on_a_three_member_etcd_survive_losing_an_etcd_member_and_the_leader(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    if ETCD is None:
+        pytest.skip("etcd is not installed (Debian package etcd-server; scripts/install-test-deps.sh installs it)")
+    group = Group(tmp_path, etcd_size=3)
+    try:
+        # One file for the group; each controller names itself with --member.
+        for member in ("us", "eu", "ap"):
+            group.start(member, shared=True)
+        first = wait_until("one leader named by every member", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+        wait_until("the initial placement in DNS", lambda: dns_generation(group) > 0, logs=group.logs())
+        # etcd keeps its quorum with two of three members: nothing changes.
+        group.etcd.kill(0)
+        # The leader dies too: another member takes over through the two etcd members left.
+        process = group.members[first][0]
+        process.kill()
+        process.wait(timeout=10)
+        rest = [m for m in group.members if m != first]
+        second = wait_until("another member to lead", lambda: group.leader(rest), TAKEOVER_DEADLINE_S, group.logs())
+        before = dns_generation(group)
+        group.us.stop()
+        wait_until("the failover in DNS", lambda: json.loads(group.dns.get("/v1/health"))["targets"].get(
+            "eu-west-1") == "healthy", logs=group.logs())
+        assert dns_generation(group) > before
+        audit = (tmp_path / f"audit-{second}.jsonl").read_text()
+        assert '"event":"leading"' in audit
+    finally:
+        group.stop()
