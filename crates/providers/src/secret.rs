@@ -12,17 +12,59 @@ use crate::Checker;
 /// Longest secret file read, in bytes.
 pub const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
 
-/// Where a secret is read from: exactly one of `file` and `env`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Where a secret is read from: exactly one of `file` and `env`. A string written in its place
+/// (the secret itself, inline) is kept apart so that `resolve` refuses it without ever
+/// repeating it in a message.
+#[derive(Clone, Debug, Default)]
 pub struct SecretSource {
     /// A file holding only the secret (relative to the config file's folder); surrounding
     /// whitespace is trimmed.
-    #[serde(default)]
     pub file: Option<Spanned<PathBuf>>,
     /// An environment variable of the controller's process.
-    #[serde(default)]
     pub env: Option<Spanned<String>>,
+    /// The TOML held a string here: a secret written into the file (never kept).
+    pub inline: bool,
+}
+
+/// The table form, `{ file = "..." }` or `{ env = "..." }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceTable {
+    #[serde(default)]
+    file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    env: Option<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for SecretSource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretSource, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SecretSource;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("{ file = \"PATH\" } or { env = \"VARIABLE\" }")
+            }
+
+            // The value is dropped here, unread, so no message can show it.
+            fn visit_str<E: serde::de::Error>(self, _secret: &str) -> Result<SecretSource, E> {
+                Ok(SecretSource {
+                    inline: true,
+                    ..SecretSource::default()
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SecretSource, A::Error> {
+                let table = SourceTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(SecretSource {
+                    file: table.file,
+                    env: table.env,
+                    inline: false,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A secret's value; `Debug` never shows it.
@@ -49,6 +91,14 @@ impl SecretSource {
     /// Reads the secret; problems point at the `file` or `env` key. `what` names the setting
     /// in messages, like "cloudflare step 'dns' token".
     pub fn resolve(&self, span: std::ops::Range<usize>, what: &str, checker: &mut dyn Checker) -> Option<Secret> {
+        if self.inline {
+            checker.error(
+                span,
+                format!("{what} is written into the config file; secrets never go in the TOML (the file is copied, checked in and printed)"),
+                "put the secret in a file readable only by the controller and write { file = \"secret.txt\" }, or export it and write { env = \"VARIABLE\" }".into(),
+            );
+            return None;
+        }
         match (&self.file, &self.env) {
             (Some(file), None) => {
                 let mut path = file.get_ref().clone();
@@ -172,6 +222,20 @@ mod tests {
         assert_eq!(secret.as_ref().map(Secret::expose), Some("s3cret"));
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(format!("{:?}", secret.expect("secret")), "Secret(..)");
+    }
+
+    #[test]
+    fn a_secret_written_inline_is_refused_without_being_repeated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (secret, errors) = resolve("token = \"hunter2-very-secret\"", dir.path());
+        assert!(secret.is_none());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("written into the config file"), "{errors:?}");
+        assert!(!errors[0].contains("hunter2"), "{errors:?}");
+        let unknown = toml::from_str::<Holder>("token = { path = \"x\" }")
+            .err()
+            .expect("unknown key");
+        assert!(unknown.to_string().contains("path"), "{unknown}");
     }
 
     #[test]
