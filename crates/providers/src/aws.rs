@@ -9,11 +9,12 @@
 //! written into a step's table into an error that says so.
 
 use std::ops::Range;
-use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::{Checker, Failure};
+use crate::Checker;
+#[cfg(feature = "aws")]
+use crate::Failure;
 
 /// Whole operation, all retries included, in milliseconds.
 pub const OPERATION_TIMEOUT_MS: u64 = 15_000;
@@ -33,8 +34,10 @@ pub const SETTING_BYTES_MAX: usize = 512;
 
 /// Error codes that mean "the state is not what this controller expected": a compare-and-set
 /// the provider refused.
+#[cfg(feature = "aws")]
 const FENCING_CODES: &[&str] = &["InvalidChangeBatch", "HealthCheckVersionMismatch"];
 /// Error codes no retry can fix: an operator must change the configuration or the grants.
+#[cfg(feature = "aws")]
 const PERMANENT_CODES: &[&str] = &[
     "AccessDenied",
     "AccessDeniedException",
@@ -151,6 +154,7 @@ impl Access {
         use aws_config::retry::RetryConfig;
         use aws_config::timeout::TimeoutConfig;
         use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+        use std::time::Duration;
 
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))

@@ -616,6 +616,7 @@ impl Settings {
 }
 
 /// The `route53` step, ready to run.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 pub struct Route53 {
     step: String,
     zone_id: String,

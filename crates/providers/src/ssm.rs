@@ -379,6 +379,7 @@ pub struct PointerReading {
 }
 
 /// Reads one parameter for `pointer watch`, with the same credential chain as the steps.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 pub struct ParameterReader {
     access: Access,
     name: String,
