@@ -83,7 +83,9 @@ impl Written {
             "switchyard generation={} region={} ({kind}); written by the ssm_parameter step",
             self.generation, self.region
         );
-        text.truncate(DESCRIPTION_BYTES_MAX);
+        while text.len() > DESCRIPTION_BYTES_MAX {
+            text.pop();
+        }
         text
     }
 

@@ -400,3 +400,52 @@ async fn cloudwatch_lag_is_read_from_the_metrics_put() {
     let idle = lag("sessions").await.expect_err("no datapoints");
     assert!(idle.contains("no ReplicationLatency datapoint"), "{idle}");
 }
+
+#[tokio::test]
+async fn route53_points_an_alias_at_the_active_regions_load_balancer() {
+    let moto = Moto::start();
+    let (client, zone_id) = zone(&moto).await;
+    let text = format!(
+        r#"
+zone_id = "{zone_id}"
+name = "shop.example.com"
+type = "A"
+alias = {{ us = {{ zone_id = "Z35SXDOTRQ7X7K", dns_name = "shop-us-1.us-east-1.elb.amazonaws.com" }}, eu = {{ zone_id = "Z32O12XQLNTSW2", dns_name = "shop-eu-1.eu-west-1.elb.amazonaws.com", evaluate_target_health = true }} }}
+insync_timeout_ms = 10000
+endpoint_url = "{}"
+"#,
+        moto.url
+    );
+    let settings: providers::route53::Settings = toml::from_str(&text).expect("settings parse");
+    let mut checker = checker();
+    let step = settings
+        .check("shop", &mut checker)
+        .expect("settings check")
+        .with_static_credentials(credentials());
+    step.run(&order(1, "us")).await.expect("first write");
+    let moved = step.run(&order(2, "eu")).await.expect("failover");
+    assert!(
+        moved.contains("alias shop-eu-1.eu-west-1.elb.amazonaws.com."),
+        "{moved}"
+    );
+    let listed = client
+        .list_resource_record_sets()
+        .hosted_zone_id(&zone_id)
+        .send()
+        .await
+        .expect("list");
+    let alias = listed
+        .resource_record_sets()
+        .iter()
+        .find(|set| set.name() == "shop.example.com." && *set.r#type() == RrType::A)
+        .and_then(|set| set.alias_target().cloned())
+        .expect("an alias record");
+    assert_eq!(alias.hosted_zone_id(), "Z32O12XQLNTSW2");
+    assert!(
+        alias.dns_name().starts_with("shop-eu-1.eu-west-1.elb.amazonaws.com"),
+        "{alias:?}"
+    );
+    assert!(alias.evaluate_target_health());
+    let again = step.run(&order(2, "eu")).await.expect("re-run");
+    assert!(again.contains("already holds"), "{again}");
+}
