@@ -103,6 +103,7 @@ def test_the_magento_aws_example_passes_config_check():
         ('[runbook.route53]\nzone_id = "Z1"\nname = "shop.example.com"\ntype = "TXT"\nvalues = { us = "a", eu = "b" }\n',
          23, "type 'TXT' is not one the step writes"),
     ],
+    ids=["unknown-key", "missing-zone", "secret-inline", "bad-value", "region-without-value", "bad-type"],
 )
 def test_config_check_points_at_bad_aws_settings(tmp_path, table, line, message):
     config = tmp_path / "aws.toml"
