@@ -202,6 +202,11 @@ impl Access {
     }
 }
 
+/// The smallest span holding both (a step's table, for problems of the table as a whole).
+pub fn cover(a: Range<usize>, b: Range<usize>) -> Range<usize> {
+    a.start.min(b.start)..a.end.max(b.end)
+}
+
 /// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`: lowercase letters and digits in
 /// dash-separated parts, ending in a number.
 pub fn valid_region(text: &str) -> bool {

@@ -344,7 +344,7 @@ impl Settings {
     /// Checks the settings of step `step`; reports every problem and returns the actuator.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<Route53> {
         let what = format!("route53 step '{step}'");
-        let table = self.zone_id.span().start..self.name.span().end;
+        let table = aws::cover(self.zone_id.span(), self.name.span());
         let mut ok = aws::check_no_inline_credentials(
             &what,
             &aws::inline_credential_keys(&self.access_key_id, &self.secret_access_key, &self.session_token),
@@ -1089,7 +1089,7 @@ impl std::fmt::Display for HealthSwitches {
 impl FailoverHealthSettings {
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<FailoverHealth> {
         let what = format!("route53_failover_health step '{step}'");
-        let table = self.health_check_id.span().start..self.primary.span().end;
+        let table = aws::cover(self.health_check_id.span(), self.primary.span());
         let mut ok = aws::check_no_inline_credentials(
             &what,
             &aws::inline_credential_keys(&self.access_key_id, &self.secret_access_key, &self.session_token),
