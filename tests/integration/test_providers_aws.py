@@ -3,6 +3,7 @@ example and on bad settings (with line numbers), and `switchyard pointer watch -
 following a parameter in moto's SSM (real AWS API shapes, SigV4-signed by the binary's SDK).
 The steps themselves run against moto in crates/providers/tests/it/aws.rs."""
 
+import json
 import os
 import re
 import subprocess
@@ -164,3 +165,134 @@ def test_pointer_watch_follows_the_ssm_parameter(moto, tmp_path):
         watcher.terminate()
         _, stderr = watcher.communicate(timeout=10)
     assert watcher.returncode == 0, stderr
+
+
+def controller_config(us_port, eu_port, audit, moto, zone_id):
+    app_check = """
+[[checks]]
+name = "{name}"
+region = "{region}"
+kind = {{ type = "http", url = "http://127.0.0.1:{port}/health" }}
+interval_ms = 200
+fast_interval_ms = 100
+timeout_ms = 300
+fall = 2
+rise = 1
+"""
+    return f"""
+[controller]
+vantage = "controller"
+audit_log = "{audit}"
+tick_ms = 50
+
+[policy]
+failback_lag_check = false
+min_hold_ms = 600000
+
+[quorum]
+vantages = ["controller"]
+report_interval_ms = 100
+
+[[regions]]
+name = "us-east-1"
+priority = 1
+
+[[regions]]
+name = "eu-west-1"
+priority = 2
+{app_check.format(name="use1-app", region="us-east-1", port=us_port)}
+{app_check.format(name="euw1-app", region="eu-west-1", port=eu_port)}
+[[runbook]]
+name = "route53-shop"
+kind = "route53"
+timeout_ms = 20000
+
+[runbook.route53]
+zone_id = "{zone_id}"
+name = "shop.example.com"
+type = "A"
+values = {{ "us-east-1" = "203.0.113.10", "eu-west-1" = "198.51.100.7" }}
+insync_timeout_ms = 10000
+endpoint_url = "{moto}"
+
+[[runbook]]
+name = "ssm-region"
+kind = "ssm_parameter"
+timeout_ms = 20000
+
+[runbook.ssm_parameter]
+name = "{PARAMETER}"
+region = "eu-west-1"
+endpoint_url = "{moto}"
+"""
+
+
+def test_the_controller_runs_the_aws_steps_on_failover_and_audits_them(moto, tmp_path):
+    """The real controller: its runbook moves a Route 53 record and an SSM parameter in moto
+    when the primary's app dies, and the audit log has each step's verified result."""
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    apps = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok) for _ in range(2)]
+    for app in apps:
+        threading.Thread(target=app.serve_forever, daemon=True).start()
+    keys = dict(endpoint_url=moto, aws_access_key_id="testing", aws_secret_access_key="testing")
+    route53 = boto3.client("route53", region_name="us-east-1", **keys)
+    ssm = boto3.client("ssm", region_name="eu-west-1", **keys)
+    zone_id = route53.create_hosted_zone(Name="shop.example.com.", CallerReference="e2e")["HostedZone"]["Id"]
+    zone_id = zone_id.split("/")[-1]
+    audit = tmp_path / "audit.jsonl"
+    config = tmp_path / "switchyard.toml"
+    config.write_text(controller_config(apps[0].server_address[1], apps[1].server_address[1], audit, moto, zone_id))
+    ready = tmp_path / "ready"
+    log = tmp_path / "controller.log"
+    env = dict(os.environ, SWITCHYARD_LOG="info", **AWS_ENV)
+    controller = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
+                                   "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=open(log, "ab"))
+
+    def record():
+        sets = route53.list_resource_record_sets(HostedZoneId=zone_id)["ResourceRecordSets"]
+        return [r["Value"] for s in sets if s["Name"] == "shop.example.com." and s["Type"] == "A"
+                for r in s["ResourceRecords"]]
+
+    def parameter():
+        try:
+            return ssm.get_parameter(Name=PARAMETER)["Parameter"]["Value"]
+        except ssm.exceptions.ParameterNotFound:
+            return None
+
+    def wait(what, condition):
+        deadline = time.monotonic() + CHANGE_DEADLINE_S
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log.read_text()[-3000:]}"
+            time.sleep(0.05)
+
+    try:
+        wait("the initial placement in Route 53 and SSM",
+             lambda: record() == ["203.0.113.10"] and parameter() == "us-east-1")
+        apps[0].shutdown()
+        apps[0].server_close()
+        wait("the failover in Route 53 and SSM", lambda: record() == ["198.51.100.7"] and parameter() == "eu-west-1")
+        steps = [json.loads(line) for line in audit.read_text().splitlines() if '"kind":"step"' in line]
+        moved = [s for s in steps if s["step"] == "route53-shop" and "198.51.100.7" in s["detail"]]
+        assert moved and moved[-1]["outcome"] == "ok" and "INSYNC" in moved[-1]["detail"], steps
+        assert moved[-1]["generation"] >= 2, moved
+        put = [s for s in steps if s["step"] == "ssm-region" and "eu-west-1" in s["detail"]]
+        assert put and put[-1]["outcome"] == "ok", steps
+    finally:
+        controller.kill()
+        controller.wait(timeout=10)
+        apps[1].shutdown()
