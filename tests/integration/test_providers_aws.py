@@ -286,12 +286,19 @@ def test_the_controller_runs_the_aws_steps_on_failover_and_audits_them(moto, tmp
         apps[0].shutdown()
         apps[0].server_close()
         wait("the failover in Route 53 and SSM", lambda: record() == ["198.51.100.7"] and parameter() == "eu-west-1")
-        steps = [json.loads(line) for line in audit.read_text().splitlines() if '"kind":"step"' in line]
-        moved = [s for s in steps if s["step"] == "route53-shop" and "198.51.100.7" in s["detail"]]
-        assert moved and moved[-1]["outcome"] == "ok" and "INSYNC" in moved[-1]["detail"], steps
+
+        def steps():
+            lines = audit.read_text().splitlines() if audit.exists() else []
+            return [json.loads(line) for line in lines if '"kind":"step"' in line]
+
+        # A step's audit record follows its read-back: wait for the last one of the runbook.
+        wait("the SSM step's audit record",
+             lambda: any(s["step"] == "ssm-region" and "eu-west-1" in s["detail"] for s in steps()))
+        moved = [s for s in steps() if s["step"] == "route53-shop" and "198.51.100.7" in s["detail"]]
+        assert moved and moved[-1]["outcome"] == "ok" and "INSYNC" in moved[-1]["detail"], steps()
         assert moved[-1]["generation"] >= 2, moved
-        put = [s for s in steps if s["step"] == "ssm-region" and "eu-west-1" in s["detail"]]
-        assert put and put[-1]["outcome"] == "ok", steps
+        put = [s for s in steps() if s["step"] == "ssm-region" and "eu-west-1" in s["detail"]]
+        assert put[-1]["outcome"] == "ok" and put[-1]["generation"] == moved[-1]["generation"], put
     finally:
         controller.kill()
         controller.wait(timeout=10)
