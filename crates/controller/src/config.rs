@@ -297,6 +297,12 @@ pub struct StepSection {
     pub mysql_promote: Option<Spanned<providers::db::mysql::Settings>>,
     #[serde(default)]
     pub redis_promote: Option<Spanned<providers::db::redis::Settings>>,
+    #[serde(default)]
+    pub route53: Option<Spanned<providers::route53::Settings>>,
+    #[serde(default)]
+    pub route53_failover_health: Option<Spanned<providers::route53::FailoverHealthSettings>>,
+    #[serde(default)]
+    pub ssm_parameter: Option<Spanned<providers::ssm::Settings>>,
 }
 
 fn default_step_timeout_ms() -> Spanned<u64> {
@@ -1146,7 +1152,7 @@ impl Checker<'_> {
                     format!(
                         "region '{name}' has no check that reads replication lag, so automatic failback to it waits forever"
                     ),
-                    "add a dynamodb check with lag_sources = [the other regions' stores], an sql check with replica_lag = true or a redis check with replication = true, or set [policy] failback_lag_check = false",
+                    "add a dynamodb check with lag_sources = [the other regions' stores] (or cloudwatch_lag for AWS DynamoDB), an sql check with replica_lag = true or a redis check with replication = true, or set [policy] failback_lag_check = false",
                 );
             }
         }
@@ -1498,6 +1504,29 @@ impl Checker<'_> {
                 self.check_step_time(step, action.timeout_needed_ms());
                 Some(providers::Action::RedisPromote(action))
             }
+            "route53" => {
+                let action = self.settings(step, "route53", &step.route53)?.check(name, self)?;
+                let timeout_ms = *step.timeout_ms.get_ref();
+                if timeout_ms < action.insync_timeout_ms() {
+                    self.warn(
+                        step.timeout_ms.span(),
+                        format!(
+                            "step '{name}': timeout_ms = {timeout_ms} is shorter than its insync_timeout_ms = {}: the step may time out while Route 53 propagates",
+                            action.insync_timeout_ms()
+                        ),
+                        "set timeout_ms above insync_timeout_ms (Route 53 takes up to a minute), like timeout_ms = 150000",
+                    );
+                }
+                Some(providers::Action::Route53(action))
+            }
+            "route53_failover_health" => self
+                .settings(step, "route53_failover_health", &step.route53_failover_health)?
+                .check(name, self)
+                .map(providers::Action::Route53FailoverHealth),
+            "ssm_parameter" => self
+                .settings(step, "ssm_parameter", &step.ssm_parameter)?
+                .check(name, self)
+                .map(providers::Action::SsmParameter),
             other => {
                 self.error(
                     step.kind.span(),
@@ -1582,6 +1611,7 @@ fn reads_lag(check: &health::CheckSpec) -> bool {
             .get("lag_sources")
             .and_then(|v| v.as_array())
             .is_some_and(|sources| !sources.is_empty())
+        || value.get("cloudwatch_lag").is_some_and(|v| v.is_object())
 }
 
 /// The `host:port`s a check connects to, as an address map would match them: found by mapping

@@ -140,11 +140,18 @@ pub fn applied_generation(env_file: &Path) -> u64 {
 
 /// Writes the env file atomically: temporary file, fsync, rename, fsync of the directory.
 pub fn write_env_file(path: &Path, region: &str, generation: u64) -> Result<(), WatchError> {
+    write_env_values(path, region, region, generation)
+}
+
+/// [`write_env_file`] with an `AWS_REGION` that differs from the region's name (read from an
+/// SSM parameter that maps regions to AWS regions).
+pub fn write_env_values(path: &Path, aws_region: &str, region: &str, generation: u64) -> Result<(), WatchError> {
     let fail = |source| WatchError::Write {
         path: path.display().to_string(),
         source,
     };
-    let text = format!("AWS_REGION={region}\nSWITCHYARD_ACTIVE_REGION={region}\nSWITCHYARD_GENERATION={generation}\n");
+    let text =
+        format!("AWS_REGION={aws_region}\nSWITCHYARD_ACTIVE_REGION={region}\nSWITCHYARD_GENERATION={generation}\n");
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);
@@ -180,12 +187,18 @@ async fn fetch(client: &HttpClient, options: &WatchOptions, seen: u64, wait_ms: 
 }
 
 async fn run_exec(command: &str, value: &PointerValue, region: &str) -> Result<(), String> {
+    run_exec_values(command, value.generation, region, region).await
+}
+
+/// Runs the reload command once with the pointer's variables in its environment (the same
+/// as in the env file).
+pub async fn run_exec_values(command: &str, generation: u64, aws_region: &str, region: &str) -> Result<(), String> {
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
         .env("SWITCHYARD_ACTIVE_REGION", region)
-        .env("AWS_REGION", region)
-        .env("SWITCHYARD_GENERATION", value.generation.to_string())
+        .env("AWS_REGION", aws_region)
+        .env("SWITCHYARD_GENERATION", generation.to_string())
         .kill_on_drop(true)
         .status()
         .await

@@ -36,6 +36,82 @@ pub const REPLICA_LAG_MS_MAX: u64 = 86_400_000;
 /// Most `lag_sources` of one DynamoDB check (one per other region).
 pub const LAG_SOURCES_MAX: usize = 16;
 
+/// Most `source_regions` of a `cloudwatch_lag` (one per other replica).
+pub const CLOUDWATCH_SOURCES_MAX: usize = 16;
+/// Longest `window_s` of a `cloudwatch_lag`: an hour.
+pub const CLOUDWATCH_WINDOW_S_MAX: u64 = 3_600;
+/// Default `window_s`: CloudWatch publishes DynamoDB's replication metrics every minute.
+pub const CLOUDWATCH_WINDOW_S_DEFAULT: u64 = 300;
+
+/// Where a DynamoDB check reads the replication lag of an AWS DynamoDB global table: the
+/// `ReplicationLatency` and `PendingReplicationCount` metrics (namespace `AWS/DynamoDB`,
+/// dimensions `TableName` and `ReceivingRegion`) that each other replica's region publishes
+/// about replication into `receiving_region`. The lag is the largest latest value among the
+/// sources (a pending count above 0 is never a lag of 0); a source with no datapoint in the
+/// window gives no reading, and with no reading at all the lag is unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudwatchLag {
+    /// The AWS region of this check's replica, like `eu-west-1`.
+    pub receiving_region: String,
+    /// The AWS regions of the other replicas, like `["us-east-1"]`.
+    pub source_regions: Vec<String>,
+    /// The global table; default the check's `table`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// How far back to look for the latest datapoint, in seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_s: Option<u64>,
+    /// A profile of the shared AWS files; default the standard credential chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Another CloudWatch endpoint than AWS's (moto in tests, a VPC endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+}
+
+impl CloudwatchLag {
+    fn validate(&self) -> Result<(), String> {
+        let region_ok = |r: &str| {
+            let parts: Vec<&str> = r.split('-').collect();
+            parts.len() >= 3
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+        };
+        if !region_ok(&self.receiving_region) {
+            return Err(format!(
+                "cloudwatch_lag receiving_region '{}' is not an AWS region: write it like eu-west-1",
+                self.receiving_region
+            ));
+        }
+        if self.source_regions.is_empty() || self.source_regions.len() > CLOUDWATCH_SOURCES_MAX {
+            return Err(format!(
+                "cloudwatch_lag source_regions has {} entries: list 1..={CLOUDWATCH_SOURCES_MAX} AWS regions of the other replicas",
+                self.source_regions.len()
+            ));
+        }
+        for source in &self.source_regions {
+            if !region_ok(source) || *source == self.receiving_region {
+                return Err(format!(
+                    "cloudwatch_lag source_regions entry '{source}' is not another replica's AWS region: write it like us-east-1"
+                ));
+            }
+        }
+        if let Some(window) = self.window_s
+            && !(60..=CLOUDWATCH_WINDOW_S_MAX).contains(&window)
+        {
+            return Err(format!(
+                "cloudwatch_lag window_s = {window} is out of range: use 60..={CLOUDWATCH_WINDOW_S_MAX} seconds"
+            ));
+        }
+        if let Some(url) = &self.endpoint_url {
+            parse_url(url, true).map_err(|message| format!("cloudwatch_lag endpoint_url: {message}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// A vantage point's own network path to each target: `host:port` as written in the checks →
 /// `host:port` this vantage point connects to instead (see `CheckSpec::with_address_map`).
 pub type AddressMap = BTreeMap<String, String>;
@@ -299,6 +375,10 @@ pub enum ProbeKind {
         /// `__switchyard_health` with a string hash key `pk`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         write: bool,
+        /// For AWS DynamoDB global tables: read the replication lag into this region from
+        /// CloudWatch instead of `lag_sources` (see [`CloudwatchLag`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cloudwatch_lag: Option<CloudwatchLag>,
     },
     /// `SELECT 1` on MariaDB/MySQL or PostgreSQL, optionally reading replica lag.
     Sql {
@@ -422,8 +502,17 @@ impl ProbeKind {
                 access_key_id,
                 secret_access_key,
                 lag_sources,
+                cloudwatch_lag,
                 ..
             } => {
+                if let Some(cloudwatch) = cloudwatch_lag {
+                    if !lag_sources.is_empty() {
+                        return Err(
+                            "give lag_sources (Switchyard's stores) or cloudwatch_lag (AWS DynamoDB), not both".into(),
+                        );
+                    }
+                    cloudwatch.validate()?;
+                }
                 parse_url(endpoint, true)
                     .map_err(|message| format!("endpoint: {message}; write it like http://10.0.0.5:8000"))?;
                 if table.is_empty() {
@@ -761,6 +850,7 @@ mod tests {
                 secret_access_key: Some("SK".into()),
                 lag_sources: vec!["http://127.0.0.1:8001".into()],
                 write: true,
+                cloudwatch_lag: None,
             },
             ProbeKind::Sql {
                 driver: SqlDriver::Postgres,
@@ -879,6 +969,7 @@ mod tests {
             secret_access_key: None,
             lag_sources: sources.iter().map(|s| s.to_string()).collect(),
             write: false,
+            cloudwatch_lag: None,
         };
         let pairs = [
             ("127.0.0.1:18000", "127.0.0.1:19000"),
@@ -963,6 +1054,25 @@ mod tests {
     }
 
     #[test]
+    fn cloudwatch_lag_is_validated() {
+        let lag = |receiving: &str, sources: &[&str]| CloudwatchLag {
+            receiving_region: receiving.into(),
+            source_regions: sources.iter().map(|s| s.to_string()).collect(),
+            table: None,
+            window_s: None,
+            profile: None,
+            endpoint_url: None,
+        };
+        assert!(lag("eu-west-1", &["us-east-1"]).validate().is_ok());
+        assert!(lag("eu", &["us-east-1"]).validate().is_err(), "not an AWS region");
+        assert!(lag("eu-west-1", &[]).validate().is_err(), "no source");
+        assert!(lag("eu-west-1", &["eu-west-1"]).validate().is_err(), "itself");
+        let mut short = lag("eu-west-1", &["us-east-1"]);
+        short.window_s = Some(10);
+        assert!(short.validate().expect_err("window").contains("window_s"));
+    }
+
+    #[test]
     fn lag_sources_are_validated() {
         let mut kind = ProbeKind::Dynamodb {
             endpoint: "http://127.0.0.1:8000".into(),
@@ -973,6 +1083,7 @@ mod tests {
             secret_access_key: None,
             lag_sources: vec!["127.0.0.1:8001".into()],
             write: false,
+            cloudwatch_lag: None,
         };
         let error = CheckSpec::new("c", "r", kind.clone())
             .validate()

@@ -20,14 +20,18 @@
 //! - Secrets come from files or environment variables ([`secret`]), never from the TOML.
 
 pub mod alerts;
+pub mod aws;
 pub mod cas;
 pub mod cloudflare;
+pub mod cloudwatch;
 pub mod db;
 pub mod digitalocean;
 pub mod haproxy;
 pub mod rest;
 pub mod rfc2136;
+pub mod route53;
 pub mod secret;
+pub mod ssm;
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -97,6 +101,9 @@ pub enum Action {
     Rfc2136(Box<rfc2136::Rfc2136>),
     MysqlPromote(db::mysql::MysqlPromote),
     RedisPromote(db::redis::RedisPromote),
+    Route53(route53::Route53),
+    Route53FailoverHealth(route53::FailoverHealth),
+    SsmParameter(ssm::SsmParameter),
 }
 
 impl Action {
@@ -109,6 +116,9 @@ impl Action {
             Action::Rfc2136(_) => rfc2136::Rfc2136::KIND,
             Action::MysqlPromote(_) => "mysql_promote",
             Action::RedisPromote(_) => "redis_promote",
+            Action::Route53(_) => "route53",
+            Action::Route53FailoverHealth(_) => "route53_failover_health",
+            Action::SsmParameter(_) => "ssm_parameter",
         }
     }
 
@@ -121,6 +131,9 @@ impl Action {
             Action::Rfc2136(step) => step.run(order).await,
             Action::MysqlPromote(step) => step.run(order).await,
             Action::RedisPromote(step) => step.run(order).await,
+            Action::Route53(step) => step.run(order).await,
+            Action::Route53FailoverHealth(step) => step.run(order).await,
+            Action::SsmParameter(step) => step.run(order).await,
         }
     }
 }
@@ -133,4 +146,7 @@ pub const KINDS: &[&str] = &[
     rfc2136::Rfc2136::KIND,
     "mysql_promote",
     "redis_promote",
+    "route53",
+    "route53_failover_health",
+    "ssm_parameter",
 ];

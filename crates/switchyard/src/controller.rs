@@ -152,6 +152,22 @@ enum PointerCommand {
         /// Run with `sh -c` after each change, e.g. 'systemctl reload php-fpm'.
         #[arg(long)]
         exec: Option<String>,
+        /// Follow this SSM parameter (written by an `ssm_parameter` step) instead of the
+        /// controller, for hosts that cannot reach it. Credentials: the AWS chain.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["controller", "token_file"])]
+        ssm_parameter: Option<String>,
+        /// The AWS region that holds the parameter.
+        #[arg(long, value_name = "REGION", requires = "ssm_parameter")]
+        ssm_region: Option<String>,
+        /// A profile of ~/.aws/config for reading the parameter.
+        #[arg(long, value_name = "PROFILE", requires = "ssm_parameter")]
+        ssm_profile: Option<String>,
+        /// Another SSM endpoint than AWS's (a VPC endpoint, or moto in tests).
+        #[arg(long, value_name = "URL", requires = "ssm_parameter")]
+        ssm_endpoint_url: Option<String>,
+        /// How often to read the parameter, in milliseconds.
+        #[arg(long, default_value_t = 5_000, requires = "ssm_parameter")]
+        poll_ms: u64,
     },
 }
 
@@ -475,9 +491,42 @@ pub(crate) async fn run_manual(args: ManualArgs, path: &str) -> anyhow::Result<(
 pub(crate) async fn run_pointer(args: PointerArgs) -> anyhow::Result<()> {
     match args.command {
         PointerCommand::Watch {
+            ssm_parameter: Some(name),
+            ssm_region,
+            ssm_profile,
+            ssm_endpoint_url,
+            poll_ms,
+            write_env,
+            exec,
+            ..
+        } => {
+            let Some(region) = ssm_region else {
+                bail!("--ssm-parameter needs --ssm-region REGION (the AWS region that holds the parameter)");
+            };
+            if !(crate::ssm_pointer::POLL_MS_MIN..=crate::ssm_pointer::POLL_MS_MAX).contains(&poll_ms) {
+                bail!(
+                    "--poll-ms {poll_ms} is out of range: use {}..={} milliseconds",
+                    crate::ssm_pointer::POLL_MS_MIN,
+                    crate::ssm_pointer::POLL_MS_MAX
+                );
+            }
+            let reader = providers::ssm::ParameterReader::new(&name, &region, ssm_profile, ssm_endpoint_url)
+                .map_err(anyhow::Error::msg)?;
+            let options = crate::ssm_pointer::SsmWatch {
+                reader,
+                env_file: write_env,
+                exec,
+                poll_ms,
+            };
+            crate::ssm_pointer::watch(options, crate::shutdown_signal())
+                .await
+                .with_context(|| format!("watch the SSM parameter {name}"))
+        }
+        PointerCommand::Watch {
             client,
             write_env,
             exec,
+            ..
         } => {
             let target = target(&client)?;
             let options = controller::pointer::WatchOptions {

@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 mod lab;
 
 mod agent;
+#[cfg(feature = "aws")]
+mod aws_lag;
 mod demo_app;
 
 mod controller;
@@ -22,6 +24,7 @@ mod bench;
 mod dns;
 mod drill;
 mod proxy;
+mod ssm_pointer;
 
 #[derive(Parser)]
 #[command(
@@ -497,6 +500,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
+    // Probes of `dynamodb` checks with `cloudwatch_lag` read AWS through it (controller, agent).
+    #[cfg(feature = "aws")]
+    aws_lag::install();
     match cli.command {
         Command::Store(args) => runtime.block_on(run_store(*args)),
         Command::Agent(args) => runtime.block_on(agent::run_agent(args)),

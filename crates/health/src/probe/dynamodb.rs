@@ -173,7 +173,7 @@ fn build_request(
 }
 
 /// What one lag source said about the replication into `region`: a lag, or why there is none.
-type LagReading = Result<u64, String>;
+pub(super) type LagReading = Result<u64, String>;
 
 /// Adds to a successful finding the inbound replication lag of `region`: the largest outbound
 /// lag to `region` among the `sources` (the other regions' stores) that answer by `deadline`.
@@ -220,7 +220,7 @@ pub(super) async fn read_inbound_lag(
 }
 
 /// The largest lag among the readings (None when none), and words for the probe's detail.
-fn summarize(sources: &[String], region: &str, readings: &[LagReading]) -> (Option<u64>, String) {
+pub(super) fn summarize(sources: &[String], region: &str, readings: &[LagReading]) -> (Option<u64>, String) {
     let lag_ms = readings.iter().filter_map(|r| r.as_ref().ok()).copied().max();
     let known = readings.iter().filter(|r| r.is_ok()).count();
     let failures: Vec<String> = sources

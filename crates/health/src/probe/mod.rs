@@ -2,6 +2,7 @@
 //! opens its own connection every time (no pooling), as HAProxy's checks do, so a server that
 //! stopped accepting connections is seen at once.
 
+pub mod cloudwatch;
 mod dns;
 mod dynamodb;
 mod http;
@@ -128,18 +129,22 @@ async fn run(spec: &CheckSpec, started: Instant) -> Finding {
             secret_access_key,
             lag_sources,
             write,
+            cloudwatch_lag,
         } => {
             let credentials = access_key_id.as_deref().zip(secret_access_key.as_deref());
             let region = signing_region.as_deref().unwrap_or(&spec.region);
             let finding = dynamodb::probe(endpoint, table, key.as_ref(), region, credentials, *write).await;
-            if !finding.success || lag_sources.is_empty() {
+            if !finding.success || (lag_sources.is_empty() && cloudwatch_lag.is_none()) {
                 return finding;
             }
             // The lag reads share what is left of the probe's timeout with a margin, so a slow
             // source costs the reading, never the probe's own verdict.
             let budget_ms = spec.timeout_ms.saturating_mul(LAG_BUDGET_PERCENT) / 100;
             let deadline = started + Duration::from_millis(budget_ms);
-            dynamodb::read_inbound_lag(finding, lag_sources, &spec.region, deadline).await
+            match cloudwatch_lag {
+                Some(lag) => cloudwatch::read_inbound_lag(finding, lag, table, &spec.region, deadline).await,
+                None => dynamodb::read_inbound_lag(finding, lag_sources, &spec.region, deadline).await,
+            }
         }
         ProbeKind::Sql {
             driver,

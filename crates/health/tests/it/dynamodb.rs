@@ -21,6 +21,7 @@ fn dynamodb(endpoint: &str, table: &str, key: Option<serde_json::Value>, secret:
         secret_access_key: secret.map(str::to_string),
         lag_sources: Vec::new(),
         write: false,
+        cloudwatch_lag: None,
     }
 }
 
@@ -342,6 +343,92 @@ async fn the_write_probe_fails_against_a_store_that_cannot_write() {
     faults.set_capacity_bytes(u64::MAX);
     let again = probe(&writing(true)).await;
     assert!(again.success, "up again once space returns: {again:?}");
+    let _ = stop.send(());
+    server.await.expect("server task").expect("server stops cleanly");
+}
+
+/// Stands in for the binary's CloudWatch reader (the AWS SDK lives in `providers`; its reader is
+/// tested against moto there): answers per source region and records the questions.
+struct FakeCloudwatch {
+    asked: std::sync::Mutex<Vec<health::probe::cloudwatch::LagQuery>>,
+}
+
+impl health::probe::cloudwatch::CloudwatchReader for FakeCloudwatch {
+    fn replication_lag(&self, query: health::probe::cloudwatch::LagQuery) -> health::probe::cloudwatch::LagFuture {
+        let answer = match query.source_region.as_str() {
+            "us-east-1" => Ok(420),
+            other => Err(format!(
+                "CloudWatch GetMetricData in {other}: AccessDenied: not allowed"
+            )),
+        };
+        self.asked.lock().expect("not poisoned").push(query);
+        Box::pin(async move { answer })
+    }
+}
+
+#[tokio::test]
+async fn dynamodb_probe_reads_the_lag_of_an_aws_global_table_from_cloudwatch() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = store::Engine::open(dir.path(), "eu", Arc::new(store::SystemClock)).expect("open engine");
+    store::Store::new(engine.clone())
+        .handle(
+            "CreateTable",
+            json!({
+                "TableName": "sessions",
+                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+                "BillingMode": "PAY_PER_REQUEST"
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .await
+        .expect("create table");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(store::server::run(
+        listener,
+        engine,
+        store::server::ServerConfig {
+            credentials: None,
+            replication: None,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let fake = Arc::new(FakeCloudwatch {
+        asked: std::sync::Mutex::new(Vec::new()),
+    });
+    assert!(health::probe::cloudwatch::install_reader(fake.clone()), "first install");
+
+    let mut kind = dynamodb(&endpoint, "sessions", None, None);
+    if let ProbeKind::Dynamodb { cloudwatch_lag, .. } = &mut kind {
+        *cloudwatch_lag = Some(health::spec::CloudwatchLag {
+            receiving_region: "eu-west-1".into(),
+            source_regions: vec!["us-east-1".into(), "ap-south-1".into()],
+            table: None,
+            window_s: None,
+            profile: None,
+            endpoint_url: None,
+        });
+    }
+    let mut check = spec(kind);
+    check.timeout_ms = 2_000;
+    check.validate().expect("a valid check");
+    let outcome = probe(&check).await;
+    assert!(outcome.success, "{outcome:?}");
+    assert_eq!(outcome.replica_lag_ms, Some(420), "{outcome:?}");
+    assert!(outcome.detail.contains("AccessDenied"), "{}", outcome.detail);
+    let asked = fake.asked.lock().expect("not poisoned").clone();
+    assert_eq!(asked.len(), 2);
+    assert!(
+        asked
+            .iter()
+            .all(|q| q.receiving_region == "eu-west-1" && q.table == "sessions" && q.window_s == 300)
+    );
+
     let _ = stop.send(());
     server.await.expect("server task").expect("server stops cleanly");
 }

@@ -1,0 +1,451 @@
+//! `route53`, `route53_failover_health`, `ssm_parameter` and the CloudWatch lag reader against
+//! moto's server.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
+use providers::aws::{Access, StaticCredentials};
+use providers::{Checker, Failure, Order};
+
+use crate::moto::Moto;
+
+struct Collect {
+    folder: PathBuf,
+    regions: BTreeSet<String>,
+    errors: Vec<String>,
+}
+
+impl Checker for Collect {
+    fn error(&mut self, _span: Range<usize>, message: String, _fix: String) {
+        self.errors.push(message);
+    }
+    fn warn(&mut self, _span: Range<usize>, _message: String, _fix: String) {}
+    fn folder(&self) -> &Path {
+        &self.folder
+    }
+    fn regions(&self) -> &BTreeSet<String> {
+        &self.regions
+    }
+}
+
+fn checker() -> Collect {
+    Collect {
+        folder: PathBuf::from("."),
+        regions: ["us", "eu"].into_iter().map(String::from).collect(),
+        errors: Vec::new(),
+    }
+}
+
+fn credentials() -> StaticCredentials {
+    StaticCredentials {
+        access_key_id: "testing".into(),
+        secret_access_key: "testing".into(),
+    }
+}
+
+fn order(generation: u64, to: &str) -> Order {
+    Order {
+        generation,
+        kind: "failover".into(),
+        from: None,
+        to: to.into(),
+        serving: vec![to.into()],
+        reason: "test".into(),
+        force_data_loss: false,
+    }
+}
+
+async fn sdk(moto: &Moto, region: &str) -> aws_config::SdkConfig {
+    Access {
+        region: region.into(),
+        profile: None,
+        endpoint_url: Some(moto.url.clone()),
+    }
+    .sdk_config(Some(&credentials()))
+    .await
+}
+
+/// A hosted zone `shop.example.com.` and a Route 53 client for the test's own reads and writes.
+async fn zone(moto: &Moto) -> (aws_sdk_route53::Client, String) {
+    let client = aws_sdk_route53::Client::new(&sdk(moto, "us-east-1").await);
+    let created = client
+        .create_hosted_zone()
+        .name("shop.example.com.")
+        .caller_reference("switchyard-test")
+        .send()
+        .await
+        .expect("create the hosted zone");
+    let id = created
+        .hosted_zone()
+        .expect("zone")
+        .id()
+        .trim_start_matches("/hostedzone/")
+        .to_string();
+    (client, id)
+}
+
+fn route53_step(moto: &Moto, zone_id: &str) -> providers::route53::Route53 {
+    let text = format!(
+        r#"
+zone_id = "{zone_id}"
+name = "www.shop.example.com"
+type = "A"
+ttl = 60
+values = {{ us = "203.0.113.10", eu = "198.51.100.7" }}
+insync_timeout_ms = 10000
+endpoint_url = "{}"
+"#,
+        moto.url
+    );
+    let settings: providers::route53::Settings = toml::from_str(&text).expect("settings parse");
+    let mut checker = checker();
+    let step = settings.check("dns", &mut checker).expect("settings check");
+    assert!(checker.errors.is_empty(), "{:?}", checker.errors);
+    step.with_static_credentials(credentials())
+}
+
+/// The A values and the fence TXT as Route 53 holds them.
+async fn records(client: &aws_sdk_route53::Client, zone_id: &str) -> (Vec<String>, Vec<String>) {
+    let listed = client
+        .list_resource_record_sets()
+        .hosted_zone_id(zone_id)
+        .send()
+        .await
+        .expect("list record sets");
+    let values = |name: &str, kind: RrType| -> Vec<String> {
+        listed
+            .resource_record_sets()
+            .iter()
+            .filter(|set| set.name() == name && *set.r#type() == kind)
+            .flat_map(|set| set.resource_records().iter().map(|r| r.value().to_string()))
+            .collect()
+    };
+    (
+        values("www.shop.example.com.", RrType::A),
+        values("_switchyard.www.shop.example.com.", RrType::Txt),
+    )
+}
+
+async fn upsert_a(client: &aws_sdk_route53::Client, zone_id: &str, value: &str) {
+    let set = ResourceRecordSet::builder()
+        .name("www.shop.example.com.")
+        .r#type(RrType::A)
+        .ttl(60)
+        .resource_records(ResourceRecord::builder().value(value).build().expect("record"))
+        .build()
+        .expect("record set");
+    client
+        .change_resource_record_sets()
+        .hosted_zone_id(zone_id)
+        .change_batch(
+            ChangeBatch::builder()
+                .changes(
+                    Change::builder()
+                        .action(ChangeAction::Upsert)
+                        .resource_record_set(set)
+                        .build()
+                        .expect("change"),
+                )
+                .build()
+                .expect("batch"),
+        )
+        .send()
+        .await
+        .expect("upsert");
+}
+
+#[tokio::test]
+async fn route53_sets_the_record_waits_for_insync_and_a_rerun_changes_nothing() {
+    let moto = Moto::start();
+    let (client, zone_id) = zone(&moto).await;
+    let step = route53_step(&moto, &zone_id);
+
+    let first = step.run(&order(1, "us")).await.expect("first write");
+    assert!(first.contains("INSYNC"), "{first}");
+    let (values, fence) = records(&client, &zone_id).await;
+    assert_eq!(values, ["203.0.113.10"]);
+    assert!(fence[0].contains("generation=1 region=us"), "{fence:?}");
+
+    let moved = step.run(&order(2, "eu")).await.expect("failover write");
+    assert!(
+        moved.contains("set to 198.51.100.7") && moved.contains("INSYNC"),
+        "{moved}"
+    );
+    let (values, fence) = records(&client, &zone_id).await;
+    assert_eq!(values, ["198.51.100.7"]);
+    assert!(fence[0].contains("generation=2 region=eu"), "{fence:?}");
+
+    let again = step.run(&order(2, "eu")).await.expect("re-run");
+    assert!(again.contains("already holds"), "{again}");
+    assert_eq!(
+        records(&client, &zone_id).await,
+        (values, fence),
+        "a re-run writes nothing"
+    );
+
+    let stale = step.run(&order(1, "us")).await.expect_err("an older order is fenced");
+    assert!(matches!(&stale, Failure::Fenced(m) if m.contains("stale")), "{stale:?}");
+    assert_eq!(records(&client, &zone_id).await.0, ["198.51.100.7"]);
+}
+
+/// A controller whose read went stale sends a batch Route 53 refuses as a whole
+/// (`InvalidChangeBatch`), and nothing it sent is applied. Route 53 refuses such a batch at its
+/// DELETE (the values no longer match); moto checks a DELETE only against values the name ever
+/// had, so the conflict here is one moto also detects: the stale batch's CREATE meets the
+/// record the newer controller created.
+#[tokio::test]
+async fn route53_a_stale_read_is_refused_by_route53_and_nothing_is_overwritten() {
+    let moto = Moto::start();
+    let (client, zone_id) = zone(&moto).await;
+    let old_controller = route53_step(&moto, &zone_id);
+    let new_controller = route53_step(&moto, &zone_id);
+    old_controller.run(&order(1, "us")).await.expect("first write");
+
+    // The old controller reads, then the new one writes before the old one's batch arrives.
+    let read = old_controller.observe().await.expect("read");
+    new_controller.run(&order(3, "eu")).await.expect("newer write");
+    let refused = old_controller
+        .apply(&read, &order(2, "eu"))
+        .await
+        .expect_err("stale batch");
+    assert!(
+        matches!(&refused, Failure::Fenced(m) if m.contains("InvalidChangeBatch")),
+        "{refused:?}"
+    );
+    let (values, fence) = records(&client, &zone_id).await;
+    assert_eq!(values, ["198.51.100.7"]);
+    assert!(fence[0].contains("generation=3"), "the newer fence stands: {fence:?}");
+}
+
+#[tokio::test]
+async fn route53_a_record_someone_else_changed_is_fenced_not_overwritten() {
+    let moto = Moto::start();
+    let (client, zone_id) = zone(&moto).await;
+    let step = route53_step(&moto, &zone_id);
+    step.run(&order(1, "us")).await.expect("first write");
+    upsert_a(&client, &zone_id, "192.0.2.99").await;
+
+    let fenced = step.run(&order(2, "eu")).await.expect_err("fenced");
+    assert!(
+        matches!(&fenced, Failure::Fenced(m) if m.contains("someone else changed")),
+        "{fenced:?}"
+    );
+    assert_eq!(
+        records(&client, &zone_id).await.0,
+        ["192.0.2.99"],
+        "nothing overwritten"
+    );
+}
+
+#[tokio::test]
+async fn route53_failover_health_inverts_the_primary_check_and_reads_it_back() {
+    let moto = Moto::start();
+    let client = aws_sdk_route53::Client::new(&sdk(&moto, "us-east-1").await);
+    let created = client
+        .create_health_check()
+        .caller_reference("primary")
+        .health_check_config(
+            aws_sdk_route53::types::HealthCheckConfig::builder()
+                .r#type(aws_sdk_route53::types::HealthCheckType::Http)
+                .ip_address("192.0.2.10")
+                .port(80)
+                .resource_path("/health")
+                .build()
+                .expect("config"),
+        )
+        .send()
+        .await
+        .expect("create health check");
+    let id = created.health_check().expect("health check").id().to_string();
+    let text = format!(
+        "health_check_id = \"{id}\"\nprimary = \"us\"\nendpoint_url = \"{}\"\n",
+        moto.url
+    );
+    let settings: providers::route53::FailoverHealthSettings = toml::from_str(&text).expect("parse");
+    let mut checker = checker();
+    let step = settings
+        .check("primary-health", &mut checker)
+        .expect("check")
+        .with_static_credentials(credentials());
+    let inverted = |client: aws_sdk_route53::Client, id: String| async move {
+        let read = client.get_health_check().health_check_id(id).send().await.expect("get");
+        let config = read
+            .health_check()
+            .and_then(|h| h.health_check_config())
+            .cloned()
+            .expect("config");
+        (config.inverted().unwrap_or(false), config.disabled().unwrap_or(false))
+    };
+
+    let done = step.run(&order(2, "eu")).await.expect("invert");
+    assert!(done.contains("Inverted=true"), "{done}");
+    assert_eq!(inverted(client.clone(), id.clone()).await, (true, false));
+    let again = step.run(&order(2, "eu")).await.expect("re-run");
+    assert!(again.contains("already"), "{again}");
+    step.run(&order(3, "us")).await.expect("back to the primary");
+    assert_eq!(inverted(client.clone(), id.clone()).await, (false, false));
+}
+
+fn ssm_step(moto: &Moto) -> providers::ssm::SsmParameter {
+    let text = format!(
+        "name = \"/shop/prod/AWS_REGION\"\nvalues = {{ us = \"us-east-1\", eu = \"eu-west-1\" }}\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
+        moto.url
+    );
+    let settings: providers::ssm::Settings = toml::from_str(&text).expect("parse");
+    let mut checker = checker();
+    let step = settings.check("app-region", &mut checker).expect("check");
+    assert!(checker.errors.is_empty(), "{:?}", checker.errors);
+    step.with_static_credentials(credentials())
+}
+
+#[tokio::test]
+async fn ssm_parameter_puts_reads_back_and_fences() {
+    let moto = Moto::start();
+    let client = aws_sdk_ssm::Client::new(&sdk(&moto, "us-east-1").await);
+    let step = ssm_step(&moto);
+
+    let created = step.run(&order(1, "us")).await.expect("create");
+    assert!(created.contains("set to us-east-1"), "{created}");
+    let moved = step.run(&order(2, "eu")).await.expect("overwrite");
+    assert!(moved.contains("set to eu-west-1"), "{moved}");
+    let read = client
+        .get_parameter()
+        .name("/shop/prod/AWS_REGION")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(read.parameter().and_then(|p| p.value()), Some("eu-west-1"));
+
+    let reader =
+        providers::ssm::ParameterReader::new("/shop/prod/AWS_REGION", "us-east-1", None, Some(moto.url.clone()))
+            .expect("reader")
+            .with_static_credentials(credentials());
+    let pointer = reader.read().await.expect("pointer read");
+    assert_eq!(pointer.value, "eu-west-1");
+    let written = pointer.written.expect("written by the step");
+    assert_eq!((written.generation, written.region.as_str()), (2, "eu"));
+
+    let again = step.run(&order(2, "eu")).await.expect("re-run");
+    assert!(again.contains("already holds"), "{again}");
+    let stale = step.run(&order(1, "us")).await.expect_err("stale");
+    assert!(matches!(&stale, Failure::Fenced(m) if m.contains("stale")), "{stale:?}");
+
+    client
+        .put_parameter()
+        .name("/shop/prod/AWS_REGION")
+        .value("ap-south-1")
+        .overwrite(true)
+        .send()
+        .await
+        .expect("someone else's put");
+    let fenced = step.run(&order(3, "us")).await.expect_err("someone else changed it");
+    assert!(matches!(&fenced, Failure::Fenced(_)), "{fenced:?}");
+    let read = client
+        .get_parameter()
+        .name("/shop/prod/AWS_REGION")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        read.parameter().and_then(|p| p.value()),
+        Some("ap-south-1"),
+        "nothing overwritten"
+    );
+}
+
+#[tokio::test]
+async fn cloudwatch_lag_is_read_from_the_metrics_put() {
+    use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+
+    let moto = Moto::start();
+    let client = aws_sdk_cloudwatch::Client::new(&sdk(&moto, "us-east-1").await);
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    let datum = |metric: &str, table: &str, value: f64, unit: StandardUnit| {
+        MetricDatum::builder()
+            .metric_name(metric)
+            .dimensions(Dimension::builder().name("TableName").value(table).build())
+            .dimensions(Dimension::builder().name("ReceivingRegion").value("eu-west-1").build())
+            .value(value)
+            .unit(unit)
+            .timestamp(aws_smithy_types::DateTime::from_secs(now_s))
+            .build()
+    };
+    client
+        .put_metric_data()
+        .namespace("AWS/DynamoDB")
+        .metric_data(datum("ReplicationLatency", "orders", 350.0, StandardUnit::Milliseconds))
+        .metric_data(datum("ReplicationLatency", "carts", 0.0, StandardUnit::Milliseconds))
+        .metric_data(datum("PendingReplicationCount", "carts", 4.0, StandardUnit::Count))
+        .send()
+        .await
+        .expect("put metrics");
+
+    let reader = providers::cloudwatch::LagReader::new().with_static_credentials(credentials());
+    let access = Access {
+        region: "us-east-1".into(),
+        profile: None,
+        endpoint_url: Some(moto.url.clone()),
+    };
+    let lag = |table: &'static str| {
+        let (reader, access) = (&reader, &access);
+        async move { reader.replication_lag(access, table, "eu-west-1", 300, now_s).await }
+    };
+    assert_eq!(lag("orders").await, Ok(350));
+    assert_eq!(lag("carts").await, Ok(1), "pending changes are never a lag of 0");
+    let idle = lag("sessions").await.expect_err("no datapoints");
+    assert!(idle.contains("no ReplicationLatency datapoint"), "{idle}");
+}
+
+#[tokio::test]
+async fn route53_points_an_alias_at_the_active_regions_load_balancer() {
+    let moto = Moto::start();
+    let (client, zone_id) = zone(&moto).await;
+    let text = format!(
+        r#"
+zone_id = "{zone_id}"
+name = "shop.example.com"
+type = "A"
+alias = {{ us = {{ zone_id = "Z35SXDOTRQ7X7K", dns_name = "shop-us-1.us-east-1.elb.amazonaws.com" }}, eu = {{ zone_id = "Z32O12XQLNTSW2", dns_name = "shop-eu-1.eu-west-1.elb.amazonaws.com", evaluate_target_health = true }} }}
+insync_timeout_ms = 10000
+endpoint_url = "{}"
+"#,
+        moto.url
+    );
+    let settings: providers::route53::Settings = toml::from_str(&text).expect("settings parse");
+    let mut checker = checker();
+    let step = settings
+        .check("shop", &mut checker)
+        .expect("settings check")
+        .with_static_credentials(credentials());
+    step.run(&order(1, "us")).await.expect("first write");
+    let moved = step.run(&order(2, "eu")).await.expect("failover");
+    assert!(
+        moved.contains("alias shop-eu-1.eu-west-1.elb.amazonaws.com."),
+        "{moved}"
+    );
+    let listed = client
+        .list_resource_record_sets()
+        .hosted_zone_id(&zone_id)
+        .send()
+        .await
+        .expect("list");
+    let alias = listed
+        .resource_record_sets()
+        .iter()
+        .find(|set| set.name() == "shop.example.com." && *set.r#type() == RrType::A)
+        .and_then(|set| set.alias_target().cloned())
+        .expect("an alias record");
+    assert_eq!(alias.hosted_zone_id(), "Z32O12XQLNTSW2");
+    assert!(
+        alias.dns_name().starts_with("shop-eu-1.eu-west-1.elb.amazonaws.com"),
+        "{alias:?}"
+    );
+    assert!(alias.evaluate_target_health());
+    let again = step.run(&order(2, "eu")).await.expect("re-run");
+    assert!(again.contains("already holds"), "{again}");
+}
