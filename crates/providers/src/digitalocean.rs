@@ -139,17 +139,7 @@ impl Settings {
         if checker.errors > 0 {
             return None;
         }
-        let api = match Rest::new(&url?, token, timeout_ms) {
-            Ok(api) => api,
-            Err(message) => {
-                checker.error(
-                    self.token.span(),
-                    format!("{what}: {message}"),
-                    "this is a bug in switchyard; please report it".into(),
-                );
-                return None;
-            }
-        };
+        let api = Rest::for_step(&url?, token, timeout_ms, &what, self.token.span(), checker)?;
         Some(DigitalOcean { api, target: target? })
     }
 

@@ -146,6 +146,29 @@ impl std::fmt::Debug for Rest {
 
 impl Rest {
     /// `base` must have passed [`check_base_url`]. HTTPS is verified against the Mozilla roots.
+    /// [`Rest::new`] for a step's `check`: a failure is reported at `span` (it can only be
+    /// a bug, as `check_api` validated the URL) and gives `None`.
+    pub fn for_step(
+        base: &str,
+        token: Option<Secret>,
+        timeout_ms: u64,
+        what: &str,
+        span: std::ops::Range<usize>,
+        checker: &mut dyn crate::Checker,
+    ) -> Option<Rest> {
+        match Rest::new(base, token, timeout_ms) {
+            Ok(api) => Some(api),
+            Err(message) => {
+                checker.error(
+                    span,
+                    format!("{what}: {message}"),
+                    "this is a bug in switchyard; please report it".into(),
+                );
+                None
+            }
+        }
+    }
+
     pub fn new(base: &str, token: Option<Secret>, timeout_ms: u64) -> Result<Rest, String> {
         let tls = common::tls_client::client_config(None)?;
         let client = Client::builder(TokioExecutor::new()).build(common::tls_client::Connector::new(tls));
