@@ -1,8 +1,9 @@
 """The `rfc2136` and `haproxy` runbook steps from the outside: `switchyard config check` points
 at each mistake in their `[runbook.KIND]` tables with line:column, and `switchyard lab
---providers` runs a real BIND9 primary and HAProxy that the lab's controller drives, so
-`switchyard drill region-outage` reports an RTO per provider. Killing the lab with SIGKILL
-takes BIND9 and HAProxy down too. (The steps against BIND9 and HAProxy alone are tested in
+--providers` runs a real BIND9 primary, HAProxy and moto's server (the AWS API: a Route 53
+hosted zone and an SSM parameter; moto stands in for AWS, which cannot run here) that the
+lab's controller drives, so `switchyard drill region-outage` reports an RTO per provider.
+Killing the lab with SIGKILL takes BIND9, HAProxy and moto down too. (The steps against BIND9 and HAProxy alone are tested in
 crates/providers/tests/it.)"""
 
 import json
@@ -11,6 +12,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -152,6 +154,11 @@ def lab(tmp_path_factory):
     missing = [p for p in ("named", "haproxy") if not (shutil.which(p) or Path(f"/usr/sbin/{p}").exists())]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed: apt-get install bind9 haproxy (scripts/install-test-deps.sh)")
+    # moto's server comes with the test venv (tests/requirements.txt); the lab finds it on PATH.
+    venv_bin = Path(sys.prefix) / "bin"
+    if not (venv_bin / "moto_server").exists():
+        pytest.skip("moto_server not installed: pip install 'moto[server]' (scripts/install-test-deps.sh)")
+    env = dict(os.environ, PATH=f"{venv_bin}:{os.environ.get('PATH', '')}")
     root = tmp_path_factory.mktemp("providers")
     directory = root / "lab"
     log_path = root / "lab.log"
@@ -161,7 +168,7 @@ def lab(tmp_path_factory):
         process = subprocess.Popen(
             [str(BINARY), "lab", "--dir", str(directory), "--regions", "2", "--base-port", str(base_port),
              "--providers"],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         wait_until("switchyard status --lab saying up",
                    lambda: process.poll() is not None or run("status", "--lab", str(directory)).returncode == 0,
@@ -177,13 +184,13 @@ def lab(tmp_path_factory):
         process.wait(timeout=60)
 
 
-def test_a_region_outage_moves_bind9_and_haproxy_and_the_drill_times_each(lab):
+def test_a_region_outage_moves_every_provider_and_the_drill_times_each(lab):
     directory, base_port, root, process, log_path = lab
     audit = directory / "data" / "controller-audit.jsonl"
 
     def first_runbook_done():
         steps = [json.loads(l) for l in audit.read_text().splitlines() if '"kind":"step"' in l]
-        return {s["step"] for s in steps if s["outcome"] == "ok"} >= {"bind9", "haproxy"}
+        return {s["step"] for s in steps if s["outcome"] == "ok"} >= {"bind9", "haproxy", "route53", "ssm"}
 
     wait_until("the first runbook's provider steps", first_runbook_done, STEADY_DEADLINE_S)
     report_path = root / "region-outage.json"
@@ -197,24 +204,43 @@ def test_a_region_outage_moves_bind9_and_haproxy_and_the_drill_times_each(lab):
     assert result.returncode == 0, output.read_text()[-5000:]
     report = json.loads(report_path.read_text())
     by_name = {e["name"]: e for e in report["expectations"]}
-    for provider in ("rfc2136", "haproxy"):
+    for provider in ("rfc2136", "haproxy", "route53", "ssm"):
         expectation = by_name[f"RTO({provider})"]
         assert expectation["passed"] and "eu-west-1" in expectation["actual"], expectation
     measured = {p["provider"]: p for p in report["measurements"]["providers"]}
     assert measured["rfc2136"]["before"] == "us-east-1" and measured["rfc2136"]["rto_ms"] is not None
     assert measured["haproxy"]["switched_to"] == "eu-west-1"
+    for provider in ("route53", "ssm"):
+        assert measured[provider]["before"] == "us-east-1" and measured[provider]["switched_to"] == "eu-west-1", \
+            measured[provider]
     steps = [json.loads(l) for l in audit.read_text().splitlines() if '"kind":"step"' in l]
     moved = [s for s in steps if s["step"] == "bind9" and s["outcome"] == "ok" and "127.0.0.12" in s["detail"]]
     assert moved and "verified" in moved[0]["detail"], steps[-6:]
+    route53 = [s for s in steps if s["step"] == "route53" and s["outcome"] == "ok" and "127.0.0.12" in s["detail"]]
+    assert route53 and "INSYNC" in route53[0]["detail"], steps[-8:]
+    # `status` shows each step's last attempt: what each provider was told and answered.
+    controller = f"http://127.0.0.1:{base_port + 1}"
+    shown = run("status", "--controller", controller, "--json")
+    assert shown.returncode == 0, shown.stderr
+    last = {s["name"]: s for s in json.loads(shown.stdout)["steps"]}
+    for name, kind in (("bind9", "rfc2136"), ("haproxy", "haproxy"), ("route53", "route53"), ("ssm", "ssm_parameter")):
+        assert last[name]["kind"] == kind and last[name]["last"]["outcome"] == "ok", last[name]
+        assert last[name]["last"]["generation"] >= 2, last[name]
+    assert "127.0.0.12" in last["route53"]["last"]["detail"], last["route53"]
+    table = run("status", "--controller", controller)
+    assert table.returncode == 0 and "ssm_parameter" in table.stdout and "route53" in table.stdout, table.stdout
 
 
-def test_a_killed_lab_takes_bind9_and_haproxy_along(lab):
-    directory, _base_port, _root, process, log_path = lab
+def test_a_killed_lab_takes_bind9_haproxy_and_moto_along(lab):
+    directory, base_port, _root, process, log_path = lab
     named = pids_of(str(directory / "config" / "named.conf"))
     haproxy = pids_of(str(directory / "config" / "haproxy.cfg"))
-    assert named and haproxy, log_path.read_text()[-3000:]
+    moto = pids_of(f"moto_server -H 127.0.0.1 -p {base_port + 6}")
+    assert named and haproxy and moto, log_path.read_text()[-3000:]
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
-    wait_until("BIND9 and HAProxy to exit with the lab", lambda: not (pids_of(str(directory / "config" / "named.conf"))
-                                                                       | pids_of(str(directory / "config" / "haproxy.cfg"))),
+    wait_until("BIND9, HAProxy and moto to exit with the lab",
+               lambda: not (pids_of(str(directory / "config" / "named.conf"))
+                            | pids_of(str(directory / "config" / "haproxy.cfg"))
+                            | pids_of(f"moto_server -H 127.0.0.1 -p {base_port + 6}")),
                GONE_DEADLINE_S)

@@ -397,6 +397,21 @@ pub struct Step {
     pub action: Option<std::sync::Arc<providers::Action>>,
 }
 
+impl Step {
+    /// The kind as the TOML names it (`dns_health`, `route53`, ...).
+    pub fn kind_name(&self) -> &'static str {
+        match (self.kind, &self.action) {
+            (StepKind::DnsHealth, _) => "dns_health",
+            (StepKind::DnsTxt, _) => "dns_txt",
+            (StepKind::Pointer, _) => "pointer",
+            (StepKind::Command, _) => "command",
+            (StepKind::Webhook, _) => "webhook",
+            (StepKind::Provider, Some(action)) => action.kind(),
+            (StepKind::Provider, None) => "provider",
+        }
+    }
+}
+
 impl Config {
     pub fn region_names(&self) -> Vec<String> {
         self.file.regions.iter().map(|r| r.name.get_ref().clone()).collect()

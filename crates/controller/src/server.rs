@@ -223,6 +223,20 @@ struct Core {
     verdicts: BTreeMap<String, (health::RegionState, String)>,
     /// Runbooks failed in a row (for the `stuck` alert).
     runbooks_failed_in_row: u32,
+    /// Per runbook step, its last attempt since this controller started: what each provider
+    /// was last told and what it answered, for `status` and the dashboard.
+    last_steps: BTreeMap<String, LastStep>,
+}
+
+/// A step's last attempt, as `status` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+struct LastStep {
+    generation: u64,
+    attempt: u32,
+    outcome: &'static str,
+    detail: String,
+    duration_ms: u64,
+    at_ms: u64,
 }
 
 struct Shared {
@@ -396,6 +410,18 @@ impl Shared {
         let reporter = Arc::clone(self);
         move |report| {
             let mut core = reporter.lock();
+            let at_ms = wall_ms();
+            core.last_steps.insert(
+                report.step.clone(),
+                LastStep {
+                    generation: generation.0,
+                    attempt: report.attempt,
+                    outcome: report.outcome,
+                    detail: report.detail.clone(),
+                    duration_ms: report.duration_ms,
+                    at_ms,
+                },
+            );
             let entry = Entry::Step {
                 step: report.step,
                 attempt: report.attempt,
@@ -403,7 +429,7 @@ impl Shared {
                 detail: report.detail,
                 duration_ms: report.duration_ms,
             };
-            if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
+            if let Err(error) = core.audit.append(at_ms, generation, entry) {
                 tracing::error!(%error, "cannot write the audit log");
             }
         }
@@ -856,6 +882,7 @@ pub async fn run(
             audit,
             verdicts: BTreeMap::new(),
             runbooks_failed_in_row: 0,
+            last_steps: BTreeMap::new(),
         }),
         config,
         pointer,
@@ -1101,11 +1128,26 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
             })
         })
         .collect();
+    // The runbook in order, each step with its kind and its last attempt (null: not run since
+    // this controller started).
+    let steps: Vec<serde_json::Value> = shared
+        .config
+        .steps
+        .iter()
+        .map(|step| {
+            json!({
+                "name": step.name,
+                "kind": step.kind_name(),
+                "last": core.last_steps.get(&step.name),
+            })
+        })
+        .collect();
     json_response(
         StatusCode::OK,
         json!({
             "generation": engine.generation,
             "pointer": shared.pointer.get(),
+            "steps": steps,
             "quorum": core.aggregator.quorum(),
             "verdicts": core.aggregator.verdicts(now),
             "vantages": vantages,

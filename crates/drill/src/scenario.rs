@@ -140,6 +140,14 @@ pub enum FaultAction {
     HealNetwork {
         region: RegionRole,
     },
+    /// Fill the region's data disk below its store's free-space watermark (a lab with
+    /// `--disk-mib`): the store refuses new writes and keeps serving reads and deletes.
+    FillDisk {
+        region: RegionRole,
+    },
+    FreeDisk {
+        region: RegionRole,
+    },
 }
 
 impl FaultAction {
@@ -153,10 +161,12 @@ impl FaultAction {
                 name: toxic.name.clone(),
             }),
             FaultAction::CutNetwork { region } => Some(FaultAction::HealNetwork { region: *region }),
+            FaultAction::FillDisk { region } => Some(FaultAction::FreeDisk { region: *region }),
             FaultAction::Cont { .. }
             | FaultAction::Restart { .. }
             | FaultAction::RemoveToxic { .. }
-            | FaultAction::HealNetwork { .. } => None,
+            | FaultAction::HealNetwork { .. }
+            | FaultAction::FreeDisk { .. } => None,
         }
     }
 
@@ -173,6 +183,8 @@ impl FaultAction {
             FaultAction::RemoveToxic { link, name } => format!("remove {name} from {}", link_label(link)),
             FaultAction::CutNetwork { region } => format!("cut the {region:?} region's network").to_lowercase(),
             FaultAction::HealNetwork { region } => format!("heal the {region:?} region's network").to_lowercase(),
+            FaultAction::FillDisk { region } => format!("fill the {region:?} store's disk").to_lowercase(),
+            FaultAction::FreeDisk { region } => format!("free the {region:?} store's disk").to_lowercase(),
         }
     }
 }
@@ -347,7 +359,7 @@ pub struct Scenario {
     pub expectations: Expectations,
 }
 
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 11] = [
     "region-outage",
     "region-partition",
     "vantage-partition",
@@ -358,6 +370,7 @@ pub const NAMES: [&str; 10] = [
     "region-hang",
     "controller-partition",
     "region-isolation",
+    "disk-full",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -422,6 +435,15 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
                 rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
                 rto_99_ms_max_before_ttl: Some(RTO_99_MS_MAX_BEFORE_TTL),
                 rto_99_plus_ttl: true,
+                ..expect(Required)
+            },
+        ),
+        // Reads still work, so only the write probe (the store check's `write = true`) sees
+        // it: each failed round ends at once (a refusal), like an outage.
+        "disk-full" => (
+            "fill the primary store's data disk (a lab started with --disk-mib): writes are refused, traffic must move to the secondary, nothing acknowledged lost; free it at heal",
+            Expectations {
+                rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
                 ..expect(Required)
             },
         ),
@@ -602,6 +624,7 @@ impl Scenario {
                 heal,
             ),
             "region-isolation" => fault_then_heal(vec![FaultAction::CutNetwork { region: Primary }], at, heal),
+            "disk-full" => fault_then_heal(vec![FaultAction::FillDisk { region: Primary }], at, heal),
             "controller-partition" => fault_then_heal(
                 blackhole(Link::Controller { region: Primary }, "drill-cut-controller"),
                 at,

@@ -2,7 +2,9 @@
 //! component. The supervisor knows readiness by a ready file and stops components with SIGTERM;
 //! outside programs write no ready file and do not watch the supervisor. This wrapper starts
 //! the program, writes the ready file once the program accepts TCP connections on its address,
-//! passes SIGTERM on, and ends with the program. It leads the component's process group, so
+//! passes SIGTERM on, and ends with the program. With `--setup FILE` it first sends the HTTP
+//! requests listed there to the program (moto's hosted zone and parameter, say) and is ready
+//! only when each answered 2xx. It leads the component's process group, so
 //! when the supervisor dies [`crate::supervisor::exit_with_supervisor`] takes the program down
 //! too.
 
@@ -19,6 +21,30 @@ pub const EXEC_READY_WAIT_MS: u64 = 30_000;
 pub const EXEC_READY_POLL_MS: u64 = 50;
 /// How long the program may take to exit after SIGTERM before it gets SIGKILL.
 pub const EXEC_STOP_GRACE_MS: u64 = 5_000;
+/// Largest setup file.
+pub const SETUP_FILE_BYTES_MAX: u64 = 1024 * 1024;
+/// Most requests in a setup file.
+pub const SETUP_REQUESTS_MAX: usize = 64;
+/// Longest wait for one setup request's answer.
+pub const SETUP_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Most bytes of a refused setup answer quoted in the error.
+pub const SETUP_ANSWER_QUOTE_BYTES_MAX: usize = 400;
+
+/// One HTTP request sent to the program once it listens, before it counts as ready. The
+/// setup file is a JSON array of these.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupRequest {
+    /// What it does, for errors ("create the hosted zone").
+    pub what: String,
+    pub method: String,
+    /// Path and query, sent to the ready address.
+    pub path: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub body: String,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecOptions {
@@ -27,6 +53,8 @@ pub struct ExecOptions {
     /// Ready once this address accepts TCP connections.
     pub ready_tcp: SocketAddr,
     pub ready_file: Option<PathBuf>,
+    /// A JSON file of [`SetupRequest`]s sent once the program listens.
+    pub setup: Option<PathBuf>,
 }
 
 /// Runs the program until it exits or `shutdown` resolves; returns its exit code.
@@ -57,6 +85,14 @@ pub async fn exec(options: &ExecOptions, shutdown: impl Future<Output = ()>) -> 
         }
         tokio::time::sleep(Duration::from_millis(EXEC_READY_POLL_MS)).await;
     }
+    if let Some(setup) = &options.setup {
+        let requests = read_setup(setup)?;
+        for request in &requests {
+            send_setup(options.ready_tcp, request)
+                .await
+                .map_err(|e| format!("{program} setup ({}, {}): {e}", request.what, setup.display()))?;
+        }
+    }
     if let Some(file) = &options.ready_file {
         std::fs::write(file, options.ready_tcp.to_string()).map_err(|e| format!("write {}: {e}", file.display()))?;
     }
@@ -80,6 +116,70 @@ pub async fn exec(options: &ExecOptions, shutdown: impl Future<Output = ()>) -> 
     }
 }
 
+/// Reads and checks a setup file.
+pub fn read_setup(path: &std::path::Path) -> Result<Vec<SetupRequest>, String> {
+    let shown = path.display();
+    let size = std::fs::metadata(path).map_err(|e| format!("read {shown}: {e}"))?.len();
+    if size > SETUP_FILE_BYTES_MAX {
+        return Err(format!(
+            "{shown} has {size} bytes; a setup file holds at most {SETUP_FILE_BYTES_MAX}"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("read {shown}: {e}"))?;
+    let requests: Vec<SetupRequest> =
+        serde_json::from_str(&text).map_err(|e| format!("{shown}: not a JSON array of setup requests: {e}"))?;
+    if requests.len() > SETUP_REQUESTS_MAX {
+        return Err(format!(
+            "{shown} lists {} requests; at most {SETUP_REQUESTS_MAX}",
+            requests.len()
+        ));
+    }
+    for request in &requests {
+        if hyper::Method::from_bytes(request.method.as_bytes()).is_err() || !request.path.starts_with('/') {
+            return Err(format!(
+                "{shown}: request '{}' needs an HTTP method and a path starting with '/'",
+                request.what
+            ));
+        }
+    }
+    Ok(requests)
+}
+
+/// Sends one setup request over plain HTTP/1.1 to `address`; `Ok` on a 2xx answer.
+async fn send_setup(address: SocketAddr, request: &SetupRequest) -> Result<(), String> {
+    use http_body_util::{BodyExt as _, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let mut builder = hyper::Request::builder()
+        .method(request.method.as_str())
+        .uri(format!("http://{address}{}", request.path));
+    for (name, value) in &request.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let built = builder
+        .body(Full::new(bytes::Bytes::from(request.body.clone())))
+        .map_err(|e| format!("the request is not valid HTTP: {e}"))?;
+    let work = async {
+        let answer = client.request(built).await.map_err(|e| format!("no answer: {e}"))?;
+        let status = answer.status();
+        let body = http_body_util::Limited::new(answer.into_body(), SETUP_ANSWER_QUOTE_BYTES_MAX * 16)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if status.is_success() {
+            Ok(())
+        } else {
+            let text = String::from_utf8_lossy(&body);
+            let quoted: String = text.chars().take(SETUP_ANSWER_QUOTE_BYTES_MAX).collect();
+            Err(format!("answered {status}: {quoted}"))
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(SETUP_REQUEST_TIMEOUT_MS), work)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {SETUP_REQUEST_TIMEOUT_MS} ms")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +194,7 @@ mod tests {
             args: vec!["-c".into(), "exit 3".into()],
             ready_tcp: address,
             ready_file: None,
+            setup: None,
         };
         let error = exec(&options, std::future::pending()).await.expect_err("exits early");
         assert!(
@@ -112,6 +213,7 @@ mod tests {
             args: vec!["600".into()],
             ready_tcp: listener.local_addr().expect("address"),
             ready_file: Some(ready.clone()),
+            setup: None,
         };
         let file = ready.clone();
         let shutdown = async move {

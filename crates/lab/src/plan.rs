@@ -54,6 +54,9 @@ pub struct LabOptions {
     /// its own, joined to the lab by a veth pair, so `lab ctl cut-network` cuts a real link
     /// (Linux, root, iproute2).
     pub netns: bool,
+    /// `--disk-mib N`: each region's store on a tmpfs of N MiB of its own, so
+    /// `lab ctl fill-disk REGION` fills one region's disk (Linux, root).
+    pub disk_mib: Option<u64>,
     /// `--providers`: also BIND9 and HAProxy (those installed), driven by the runbook's
     /// `rfc2136` and `haproxy` steps.
     pub providers: Option<crate::providers::Programs>,
@@ -116,6 +119,8 @@ pub struct Plan {
     pub drill_targets: String,
     /// With `--netns`: the regions' namespaces, to create before starting anything.
     pub networks: Vec<RegionNet>,
+    /// With `--disk-mib`: the regions' data filesystems, to mount before starting anything.
+    pub disks: Vec<crate::disks::RegionDisk>,
     /// Secret files (the replication key, each agent's token, the DNS admin token) the lab
     /// fills with fresh random hex before starting, unless they exist: a plan is pure, so it
     /// names them and `run` makes them.
@@ -194,6 +199,12 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str], hosts: &
             "cut_network = \"{{program}} lab ctl --dir {dir} cut-network {{name}}\"\nheal_network = \"{{program}} lab ctl --dir {dir} heal-network {{name}}\"\n"
         );
     }
+    if options.disk_mib.is_some() {
+        let _ = write!(
+            text,
+            "fill_disk = \"{{program}} lab ctl --dir {dir} fill-disk {{name}}\"\nfree_disk = \"{{program}} lab ctl --dir {dir} free-disk {{name}}\"\n"
+        );
+    }
     text
 }
 
@@ -207,6 +218,8 @@ pub enum PlanError {
     Regions(usize),
     #[error("--base-port {0} leaves no room: the lab needs ports up to base + {1}; pick a base port of at most {2}")]
     BasePort(u16, u32, u32),
+    #[error("--disk-mib {0}: give {min} to {max} MiB per region (the store's files and its watermark must fit)", min = crate::disks::DISK_MIB_MIN, max = crate::disks::DISK_MIB_MAX)]
+    DiskMib(u64),
 }
 
 struct Ports {
@@ -233,6 +246,10 @@ impl Ports {
     /// `--providers`: HAProxy's frontend.
     fn haproxy(&self) -> u16 {
         self.base + 5
+    }
+    /// `--providers`: moto's server (the AWS API).
+    fn moto(&self) -> u16 {
+        self.base + 6
     }
     /// The shop's port on every region's load-balancer address.
     fn shop(&self) -> u16 {
@@ -352,6 +369,11 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     let span = u32::from(REGION_PORT_BLOCK) * (count as u32 + 1);
     if u32::from(options.base_port) + span > u32::from(u16::MAX) || options.base_port < 1024 {
         return Err(PlanError::BasePort(options.base_port, span, u32::from(u16::MAX) - span));
+    }
+    if let Some(mib) = options.disk_mib
+        && !(crate::disks::DISK_MIB_MIN..=crate::disks::DISK_MIB_MAX).contains(&mib)
+    {
+        return Err(PlanError::DiskMib(mib));
     }
     let ports = Ports {
         base: options.base_port,
@@ -481,8 +503,20 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     components.push(ComponentSpec::subcommand("network", "fault-proxy", &fault_args));
 
     // Stores, each replicating to the others through the network.
+    let mut disks = Vec::new();
     for (i, region) in regions.iter().enumerate() {
         let data = dir.join("data").join(region);
+        // With --disk-mib the store's data folder is a filesystem of its own, with the
+        // watermark scaled to it.
+        let watermark = match options.disk_mib {
+            Some(mib) => {
+                let disk = crate::disks::RegionDisk::new(region, data.clone(), mib);
+                let watermark = disk.watermark_bytes.to_string();
+                disks.push(disk);
+                watermark
+            }
+            None => LAB_DISK_FREE_BYTES_MIN.to_string(),
+        };
         let mut args = vec![
             "store".to_string(),
             "--region".to_string(),
@@ -496,7 +530,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             // A lab shares its machine's disk with everything else: the production watermark
             // (5 % of a large disk) would make a developer's lab read-only.
             "--disk-free-bytes-min".to_string(),
-            LAB_DISK_FREE_BYTES_MIN.to_string(),
+            watermark,
         ];
         for (j, other) in regions.iter().enumerate() {
             if i != j {
@@ -630,6 +664,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 shop_port: ports.shop(),
                 bind_port: ports.bind(),
                 haproxy_port: ports.haproxy(),
+                moto_port: ports.moto(),
                 controller: options.controller,
             },
             programs,
@@ -725,11 +760,13 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             contents: text,
         });
         bound.push(("controller".to_string(), local(ports.controller())));
-        components.push(ComponentSpec::subcommand(
+        let mut controller = ComponentSpec::subcommand(
             "controller",
             "controller",
             &["controller", "--config", &path.display().to_string()],
-        ));
+        );
+        controller.env.extend(additions.controller_env.iter().cloned());
+        components.push(controller);
         for agent in 0..AGENTS {
             let token = agent_token_path(dir, agent + 1);
             secrets.push(token.clone());
@@ -778,6 +815,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         ports: bound,
         try_lines,
         networks: hosts.nets,
+        disks,
         secrets,
         tsig_keys: additions.tsig_keys,
         stale: additions.stale,
@@ -828,6 +866,7 @@ mod tests {
             base_port: BASE_PORT_DEFAULT,
             controller: true,
             netns: false,
+            disk_mib: None,
             providers: None,
         }
     }
@@ -1116,10 +1155,47 @@ mod tests {
     }
 
     #[test]
+    fn with_disks_each_store_gets_a_filesystem_its_watermark_and_the_drill_the_commands() {
+        let with = plan(&LabOptions {
+            disk_mib: Some(256),
+            ..options(2)
+        })
+        .expect("plan");
+        assert_eq!(with.disks.len(), 2);
+        let store = with
+            .components
+            .iter()
+            .find(|c| c.name == "store-eu-west-1")
+            .expect("store");
+        let data = store.args.iter().position(|a| a == "--data-dir").expect("data dir");
+        assert_eq!(PathBuf::from(&store.args[data + 1]), with.disks[1].path);
+        let watermark = store
+            .args
+            .iter()
+            .position(|a| a == "--disk-free-bytes-min")
+            .expect("watermark");
+        assert_eq!(store.args[watermark + 1], (64 * 1024 * 1024).to_string());
+        assert!(
+            with.drill_targets
+                .contains("fill_disk = \"{program} lab ctl --dir /tmp/lab fill-disk {name}\"")
+        );
+        let without = plan(&options(2)).expect("plan");
+        assert!(without.disks.is_empty() && !without.drill_targets.contains("fill_disk"));
+        assert_eq!(
+            plan(&LabOptions {
+                disk_mib: Some(8),
+                ..options(2)
+            }),
+            Err(PlanError::DiskMib(8))
+        );
+    }
+
+    #[test]
     fn providers_add_bind9_and_haproxy_with_their_steps_and_drill_targets() {
         let programs = crate::providers::Programs {
             named: Some(PathBuf::from("/usr/sbin/named")),
             haproxy: Some(PathBuf::from("/usr/sbin/haproxy")),
+            moto_server: Some(PathBuf::from("/venv/bin/moto_server")),
         };
         let with = plan(&LabOptions {
             providers: Some(programs),
@@ -1128,7 +1204,7 @@ mod tests {
         .expect("plan");
         let names: Vec<&str> = with.components.iter().map(|c| c.name.as_str()).collect();
         let controller = names.iter().position(|n| *n == "controller").expect("controller");
-        for provider in ["bind9", "haproxy"] {
+        for provider in ["bind9", "haproxy", "moto"] {
             let at = names.iter().position(|n| *n == provider).expect(provider);
             assert!(at < controller, "{provider} starts before the controller acts on it");
         }
@@ -1148,6 +1224,40 @@ mod tests {
         );
         assert!(with.drill_targets.contains("[[providers]]\nname = \"rfc2136\""));
         assert!(with.drill_targets.contains("kind = \"haproxy\""));
+        // moto: created by its setup requests, driven with the lab's keys through the AWS chain.
+        let moto = with.components.iter().find(|c| c.name == "moto").expect("moto");
+        let setup = moto
+            .args
+            .iter()
+            .find_map(|a| a.strip_prefix("--setup="))
+            .expect("setup file");
+        let setup = with
+            .files
+            .iter()
+            .find(|f| f.path.to_str() == Some(setup))
+            .expect("setup file planned");
+        let requests: Vec<crate::exec::SetupRequest> = serde_json::from_str(&setup.contents).expect("setup parses");
+        assert_eq!(requests.len(), 2);
+        assert!(requests[0].body.contains("<Name>shop.example.</Name>"));
+        assert!(
+            controller_toml
+                .contents
+                .contains("kind = \"route53\"\ntimeout_ms = 15000")
+        );
+        assert!(controller_toml.contents.contains("kind = \"ssm_parameter\""));
+        let controller_spec = with
+            .components
+            .iter()
+            .find(|c| c.name == "controller")
+            .expect("controller");
+        assert!(
+            controller_spec
+                .env
+                .iter()
+                .any(|(k, v)| k == "AWS_SHARED_CREDENTIALS_FILE" && v.ends_with("config/aws-credentials"))
+        );
+        assert!(with.drill_targets.contains("kind = \"route53\""));
+        assert!(with.drill_targets.contains("kind = \"ssm\""));
         assert_eq!(with.tsig_keys.len(), 1);
         assert!(with.notes.is_empty());
         let ports: Vec<&str> = with.ports.iter().map(|(_, a)| a.as_str()).collect();
@@ -1168,7 +1278,7 @@ mod tests {
                 .any(|c| c.name == "bind9" || c.name == "haproxy")
         );
         assert!(!without.drill_targets.contains("[[providers]]"));
-        assert_eq!(without.notes.len(), 2);
+        assert_eq!(without.notes.len(), 3);
         assert!(
             without.notes[0].contains("apt-get install bind9"),
             "{:?}",
@@ -1179,6 +1289,11 @@ mod tests {
             "{:?}",
             without.notes
         );
+        assert!(
+            without.notes[2].contains("pip install 'moto[server]'"),
+            "{:?}",
+            without.notes
+        );
         assert_eq!(plan(&options(2)).expect("plan").notes.len(), 0);
         // Without the controller nothing drives them: they run, but no drill watches them.
         let quiet = plan(&LabOptions {
@@ -1186,6 +1301,7 @@ mod tests {
             providers: Some(crate::providers::Programs {
                 named: Some(PathBuf::from("/usr/sbin/named")),
                 haproxy: None,
+                moto_server: None,
             }),
             ..options(2)
         })

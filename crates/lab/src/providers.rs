@@ -3,13 +3,17 @@
 //! - **BIND9** (`named`), the primary of the lab's zone with a TSIG key, updated by an
 //!   `rfc2136` step;
 //! - **HAProxy** in front of every region's shops (one server per region, the region's front
-//!   door), its runtime API on a unix socket, driven by a `haproxy` step.
+//!   door), its runtime API on a unix socket, driven by a `haproxy` step;
+//! - **moto**'s server as the AWS API: a Route 53 hosted zone (the lab's zone, created by the
+//!   component's setup requests) whose record a `route53` step moves, and an SSM parameter
+//!   holding the apps' `AWS_REGION`, written by an `ssm_parameter` step. moto is a stand-in
+//!   for AWS (it checks no signature); the steps call it with the AWS SDK exactly as they
+//!   would call AWS, with the lab's keys from a shared credentials file.
 //!
 //! Each is a [`Kit`]: the programs it needs (found on `PATH` or in /usr/sbin; a kit whose
 //! programs are missing is left out and the lab says how to install them), its files, its
 //! components, its runbook step and what `drill-targets.toml` needs to watch it. Pure, like
-//! the plan. To add another (moto as the AWS API for `route53` / `ssm_parameter` steps),
-//! write a function like [`bind`] and list it in [`kits`].
+//! the plan. To add another, write a function like [`bind`] and list it in [`kits`].
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,12 +29,23 @@ pub const TSIG_KEY_FILE: &str = "bind-tsig.key";
 pub const HAPROXY_SOCKET: &str = "run/haproxy.sock";
 /// HAProxy's backend of the shops.
 pub const HAPROXY_BACKEND: &str = "shop";
+/// The AWS profile of the lab's keys for moto, in [`AWS_CREDENTIALS_FILE`].
+pub const AWS_PROFILE: &str = "switchyard-lab";
+/// The lab's shared credentials file, in the config folder. moto accepts any keys; these are
+/// not secrets, but they go through the AWS chain like real ones would.
+pub const AWS_CREDENTIALS_FILE: &str = "aws-credentials";
+/// The SSM parameter the apps would read `AWS_REGION` from.
+pub const SSM_PARAMETER: &str = "/switchyard-lab/AWS_REGION";
+/// The AWS region of the lab's SSM parameter.
+pub const SSM_REGION: &str = "us-east-1";
 
 /// Programs the kits need, where installed (the binary looks them up; the plan stays pure).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Programs {
     pub named: Option<PathBuf>,
     pub haproxy: Option<PathBuf>,
+    /// moto's `moto_server` (PyPI `moto[server]`).
+    pub moto_server: Option<PathBuf>,
 }
 
 impl Programs {
@@ -39,6 +54,16 @@ impl Programs {
         Programs {
             named: find_program("named"),
             haproxy: find_program("haproxy"),
+            moto_server: find_program("moto_server").or_else(|| {
+                // An active virtualenv, or the project's own (./scripts/install-test-deps.sh).
+                std::env::var_os("VIRTUAL_ENV")
+                    .map(|venv| PathBuf::from(venv).join("bin"))
+                    .into_iter()
+                    .chain(std::iter::once(PathBuf::from(".venv/bin")))
+                    .map(|dir| dir.join("moto_server"))
+                    .find(|candidate| candidate.is_file())
+                    .and_then(|found| std::path::absolute(found).ok())
+            }),
         }
     }
 }
@@ -58,6 +83,7 @@ pub(crate) struct Layout<'a> {
     pub shop_port: u16,
     pub bind_port: u16,
     pub haproxy_port: u16,
+    pub moto_port: u16,
     /// The controller runs (the steps go into its runbook).
     pub controller: bool,
 }
@@ -78,13 +104,15 @@ pub(crate) struct Additions {
     pub stale: Vec<PathBuf>,
     /// What could not be started, and how to fix it.
     pub notes: Vec<String>,
+    /// Environment of the controller (the AWS SDK's shared files).
+    pub controller_env: Vec<(String, String)>,
 }
 
 type Kit = fn(&Layout<'_>, &Programs, &mut Additions);
 
 /// Every kit, in start order.
 pub(crate) fn kits() -> Vec<Kit> {
-    vec![bind, haproxy]
+    vec![bind, haproxy, moto]
 }
 
 pub(crate) fn additions(layout: &Layout<'_>, programs: &Programs) -> Additions {
@@ -233,5 +261,119 @@ fn haproxy(layout: &Layout<'_>, programs: &Programs, additions: &mut Additions) 
         "\n[[providers]]\nname = \"haproxy\"\nkind = \"haproxy\"\nsocket = \"{}\"\n\n[providers.regions]\n{}\n",
         socket.display(),
         servers.join("\n")
+    );
+}
+
+/// moto's server as the AWS API: the lab's zone as a Route 53 hosted zone and the apps'
+/// `AWS_REGION` parameter in SSM, created by setup requests once moto listens.
+fn moto(layout: &Layout<'_>, programs: &Programs, additions: &mut Additions) {
+    let Some(moto_server) = &programs.moto_server else {
+        additions.notes.push(
+            "--providers: moto (route53, ssm_parameter) not started: moto_server is not installed; install it with `pip install 'moto[server]'` (in a virtualenv on PATH, or ./.venv via ./scripts/install-test-deps.sh) and start the lab again".to_string(),
+        );
+        return;
+    };
+    let config = layout.dir.join("config");
+    let address = format!("127.0.0.1:{}", layout.moto_port);
+    let endpoint = format!("http://{address}");
+    let credentials = config.join(AWS_CREDENTIALS_FILE);
+    additions.files.push(LabFile {
+        path: credentials.clone(),
+        contents: format!(
+            "# Written by `switchyard lab --providers`: moto's keys (moto accepts any; not secrets).\n[{AWS_PROFILE}]\naws_access_key_id = switchyard-lab\naws_secret_access_key = switchyard-lab\n"
+        ),
+    });
+    // An empty config file, so the controller reads no profile of the user's ~/.aws/config.
+    let aws_config = config.join("aws-config");
+    additions.files.push(LabFile {
+        path: aws_config.clone(),
+        contents: "# Written by `switchyard lab --providers`: no settings (the steps name region and endpoint).\n"
+            .into(),
+    });
+    // moto picks the service from the credential scope of the Authorization header; it
+    // checks no signature, so the setup's requests carry a scope and no real signature.
+    let scope = |service: &str| {
+        format!(
+            "AWS4-HMAC-SHA256 Credential=switchyard-lab/20260101/{SSM_REGION}/{service}/aws4_request, SignedHeaders=host, Signature=0"
+        )
+    };
+    let zone_name = ZONE;
+    let setup = serde_json::json!([
+        {
+            "what": "create the lab's hosted zone",
+            "method": "POST",
+            "path": "/2013-04-01/hostedzone",
+            "headers": [["Authorization", scope("route53")], ["Content-Type", "application/xml"]],
+            "body": format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><CreateHostedZoneRequest xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Name>{zone_name}</Name><CallerReference>switchyard-lab</CallerReference></CreateHostedZoneRequest>"
+            ),
+        },
+        {
+            "what": "create the AWS_REGION parameter",
+            "method": "POST",
+            "path": "/",
+            "headers": [
+                ["Authorization", scope("ssm")],
+                ["Content-Type", "application/x-amz-json-1.1"],
+                ["X-Amz-Target", "AmazonSSM.PutParameter"],
+            ],
+            "body": serde_json::json!({
+                "Name": SSM_PARAMETER,
+                "Value": layout.regions.first().copied().unwrap_or_default(),
+                "Type": "String",
+                "Overwrite": true,
+            }).to_string(),
+        },
+    ]);
+    let setup_file = config.join("moto-setup.json");
+    additions.files.push(LabFile {
+        path: setup_file.clone(),
+        contents: serde_json::to_string_pretty(&setup).unwrap_or_default(),
+    });
+    additions.bound.push(("moto".to_string(), address.clone()));
+    let args = vec![
+        "-H".to_string(),
+        "127.0.0.1".to_string(),
+        "-p".to_string(),
+        layout.moto_port.to_string(),
+    ];
+    let mut spec = external("moto", "moto", moto_server, &args, &address);
+    spec.args.push(format!("--setup={}", setup_file.display()));
+    additions.components.push(spec);
+    if !layout.controller {
+        return;
+    }
+    additions.controller_env.extend([
+        (
+            "AWS_SHARED_CREDENTIALS_FILE".to_string(),
+            credentials.display().to_string(),
+        ),
+        ("AWS_CONFIG_FILE".to_string(), aws_config.display().to_string()),
+        // moto is on loopback; the SDK must not send it through a proxy of the environment.
+        ("NO_PROXY".to_string(), "127.0.0.1,localhost".to_string()),
+    ]);
+    let values: Vec<String> = layout
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(i, region)| format!("\"{region}\" = [\"{}\"]", region_ip(i)))
+        .collect();
+    let parameter_values: Vec<String> = layout
+        .regions
+        .iter()
+        .map(|region| format!("\"{region}\" = [\"{region}\"]"))
+        .collect();
+    let _ = write!(
+        additions.runbook,
+        "\n# Route 53 (moto's server in the lab): the same record in a hosted zone found by its name.\n[[runbook]]\nname = \"route53\"\nkind = \"route53\"\ntimeout_ms = 15000\n\n[runbook.route53]\nzone = \"{ZONE}\"\nname = \"{SHOP_NAME}\"\ntype = \"A\"\nttl = 5\ninsync_timeout_ms = 10000\nendpoint_url = \"{endpoint}\"\nprofile = \"{AWS_PROFILE}\"\n\n[runbook.route53.values]\n{}\n\n# SSM Parameter Store (moto): the parameter the apps read AWS_REGION from.\n[[runbook]]\nname = \"ssm\"\nkind = \"ssm_parameter\"\ntimeout_ms = 15000\n\n[runbook.ssm_parameter]\nname = \"{SSM_PARAMETER}\"\nregion = \"{SSM_REGION}\"\nendpoint_url = \"{endpoint}\"\nprofile = \"{AWS_PROFILE}\"\n",
+        values.join("\n")
+    );
+    let _ = write!(
+        additions.drill_targets,
+        "\n[[providers]]\nname = \"route53\"\nkind = \"route53\"\nzone = \"{ZONE}\"\nrecord = \"{SHOP_NAME}\"\nendpoint_url = \"{endpoint}\"\nprofile = \"{AWS_PROFILE}\"\ncredentials_file = \"{}\"\n\n[providers.regions]\n{}\n\n[[providers]]\nname = \"ssm\"\nkind = \"ssm\"\nparameter = \"{SSM_PARAMETER}\"\naws_region = \"{SSM_REGION}\"\nendpoint_url = \"{endpoint}\"\nprofile = \"{AWS_PROFILE}\"\ncredentials_file = \"{}\"\n\n[providers.regions]\n{}\n",
+        credentials.display(),
+        values.join("\n"),
+        credentials.display(),
+        parameter_values.join("\n")
     );
 }

@@ -42,6 +42,12 @@ pub enum Action {
     /// `--netns` labs: bring a region's network link back.
     #[serde(rename = "heal-network")]
     HealNetwork,
+    /// `--disk-mib` labs: fill a region's data disk past its store's watermark.
+    #[serde(rename = "fill-disk")]
+    FillDisk,
+    /// `--disk-mib` labs: give the region's disk its room back.
+    #[serde(rename = "free-disk")]
+    FreeDisk,
 }
 
 impl Action {
@@ -54,6 +60,8 @@ impl Action {
             Action::Restart => "restart",
             Action::CutNetwork => "cut-network",
             Action::HealNetwork => "heal-network",
+            Action::FillDisk => "fill-disk",
+            Action::FreeDisk => "free-disk",
         }
     }
 }
@@ -95,7 +103,14 @@ pub async fn run(
     if !plan.networks.is_empty() {
         crate::netns::setup(&plan.networks).map_err(LabError::Network)?;
     }
+    if !plan.disks.is_empty()
+        && let Err(error) = crate::disks::setup(&plan.disks)
+    {
+        crate::netns::teardown(&plan.networks);
+        return Err(LabError::Network(error));
+    }
     let result = run_plan(options, &plan, &mut supervisor, shutdown, out).await;
+    crate::disks::teardown(&plan.disks);
     crate::netns::teardown(&plan.networks);
     result
 }
@@ -196,7 +211,7 @@ async fn run_plan(
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep(Duration::from_millis(CONTROL_POLL_MS)) => {
-                handle_requests(supervisor, &plan.networks, &control).await;
+                handle_requests(supervisor, plan, &control).await;
                 if last_poll.elapsed() >= Duration::from_millis(POLL_MS) {
                     supervisor.poll()?;
                     last_poll = tokio::time::Instant::now();
@@ -251,7 +266,8 @@ pub fn status(dir: &Path) -> Result<String, String> {
     }
 }
 
-async fn handle_requests(supervisor: &mut Supervisor, networks: &[crate::plan::RegionNet], control: &Path) {
+async fn handle_requests(supervisor: &mut Supervisor, plan: &crate::plan::Plan, control: &Path) {
+    let networks = &plan.networks;
     let Ok(entries) = std::fs::read_dir(control) else {
         return;
     };
@@ -275,6 +291,9 @@ async fn handle_requests(supervisor: &mut Supervisor, networks: &[crate::plan::R
                     Action::CutNetwork | Action::HealNetwork => {
                         network_action(networks, &request.name, request.action == Action::HealNetwork)
                     }
+                    Action::FillDisk | Action::FreeDisk => {
+                        disk_action(&plan.disks, &request.name, request.action == Action::FillDisk)
+                    }
                 };
                 tracing::info!(action = ?request.action, component = %request.name, ok = outcome.is_ok(), "control request");
                 match outcome {
@@ -284,7 +303,13 @@ async fn handle_requests(supervisor: &mut Supervisor, networks: &[crate::plan::R
                             "{} {}{}",
                             request.action.verb(),
                             request.name,
-                            address.map(|a| format!(": ready at {a}")).unwrap_or_default()
+                            address
+                                .map(|a| if request.action == Action::Restart {
+                                    format!(": ready at {a}")
+                                } else {
+                                    format!(": {a}")
+                                })
+                                .unwrap_or_default()
                         ),
                     },
                     Err(error) => ControlResult {
@@ -329,6 +354,31 @@ fn network_action(
     crate::netns::set_link(net, up).map_err(SupervisorError::BadSpec)?;
     tracing::warn!(region, up, "region network link changed");
     Ok(None)
+}
+
+fn disk_action(
+    disks: &[crate::disks::RegionDisk],
+    region: &str,
+    fill: bool,
+) -> Result<Option<String>, SupervisorError> {
+    let Some(disk) = disks.iter().find(|d| d.region == region) else {
+        return Err(SupervisorError::BadSpec(if disks.is_empty() {
+            "this lab runs without disks of its own: start it with --disk-mib N to fill a region's disk".to_string()
+        } else {
+            format!(
+                "no region '{region}' in this lab; regions: {}",
+                disks.iter().map(|d| d.region.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        }));
+    };
+    let done = if fill {
+        crate::disks::fill(disk)
+    } else {
+        crate::disks::free(disk)
+    }
+    .map_err(SupervisorError::BadSpec)?;
+    tracing::warn!(region, fill, "{done}");
+    Ok(Some(done))
 }
 
 /// Asks the lab running in `dir` to carry out `action` on the component `name`; waits until

@@ -67,6 +67,9 @@ pub struct Access {
     pub profile: Option<String>,
     /// Another endpoint than AWS's (moto in tests, a VPC endpoint).
     pub endpoint_url: Option<String>,
+    /// A shared credentials file read instead of `~/.aws/credentials` (and no config file):
+    /// for watchers handed a lab's or a test's keys. `None`: the standard locations.
+    pub credentials_file: Option<std::path::PathBuf>,
 }
 
 /// The access keys of tests and embedders; `Debug` never shows the secret.
@@ -144,6 +147,7 @@ impl Access {
             region,
             profile: profile.as_ref().map(|p| p.get_ref().clone()),
             endpoint_url: endpoint_url.as_ref().map(|u| u.get_ref().clone()),
+            credentials_file: None,
         })
     }
 
@@ -180,6 +184,14 @@ impl Access {
         }
         if let Some(url) = &self.endpoint_url {
             loader = loader.endpoint_url(url);
+        }
+        if let Some(file) = &self.credentials_file {
+            use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
+            loader = loader.profile_files(
+                EnvConfigFiles::builder()
+                    .with_file(EnvConfigFileKind::Credentials, file)
+                    .build(),
+            );
         }
         if let Some(credentials) = credentials {
             loader = loader.credentials_provider(aws_credential_types::Credentials::new(

@@ -113,10 +113,18 @@ pub fn rate_limit_wait_ms(attempt: u32, retry_after_ms: Option<u64>, random: u64
     Some(base.saturating_add(jitter).min(RATE_LIMIT_WAIT_MS_MAX))
 }
 
-/// `Retry-After` as delta-seconds. (The HTTP-date form is not parsed; the doubling backoff
-/// applies instead — Cloudflare, DigitalOcean, Slack and PagerDuty send seconds.)
-pub fn parse_retry_after(value: &str) -> Option<u64> {
-    value.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000))
+/// `Retry-After` in milliseconds from `now`, in either form RFC 9110 §10.2.3 allows:
+/// delta-seconds (`120`) or an HTTP-date (`Wed, 21 Oct 2026 07:28:00 GMT`, and the obsolete
+/// RFC 850 and asctime forms every recipient must accept). A date in the past means "now" (0);
+/// anything else unreadable is `None`, and the doubling backoff applies instead.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(seconds.saturating_mul(1000));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let wait = at.duration_since(now).unwrap_or_default();
+    Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A random value for jitter, from the standard library's per-process random hash keys.
@@ -265,7 +273,7 @@ impl Rest {
                 .headers()
                 .get(hyper::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
             let body = Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
                 .collect()
                 .await
@@ -330,10 +338,27 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_read_as_seconds() {
-        assert_eq!(parse_retry_after("3"), Some(3_000));
-        assert_eq!(parse_retry_after(" 0 "), Some(0));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        use std::time::{Duration, UNIX_EPOCH};
+        // 2015-10-21T07:28:00Z
+        let at = UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        let now = at - Duration::from_secs(90);
+        assert_eq!(parse_retry_after("3", now), Some(3_000));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(0));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), Some(90_000));
+        // The obsolete forms RFC 9110 asks recipients to accept.
+        assert_eq!(
+            parse_retry_after("Wednesday, 21-Oct-15 07:28:00 GMT", now),
+            Some(90_000)
+        );
+        assert_eq!(parse_retry_after("Wed Oct 21 07:28:00 2015", now), Some(90_000));
+        // A date already past: retry now.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", at + Duration::from_secs(5)),
+            Some(0)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
     }
 
     #[test]

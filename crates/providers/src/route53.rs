@@ -69,7 +69,12 @@ pub const SIGNING_REGION_DEFAULT: &str = "us-east-1";
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// The hosted zone, like `Z0123456789ABCDEFGHIJ` (or `/hostedzone/Z...`).
-    pub zone_id: Spanned<String>,
+    #[serde(default)]
+    pub zone_id: Option<Spanned<String>>,
+    /// Or the hosted zone's name, like `example.com`, looked up once with
+    /// `ListHostedZonesByName` (exactly one zone of that name must exist).
+    #[serde(default)]
+    pub zone: Option<Spanned<String>>,
     /// The record's name, like `shop.example.com` (a final dot is added).
     pub name: Spanned<String>,
     /// `A`, `AAAA` or `CNAME`.
@@ -344,7 +349,12 @@ impl Settings {
     /// Checks the settings of step `step`; reports every problem and returns the actuator.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<Route53> {
         let what = format!("route53 step '{step}'");
-        let table = aws::cover(self.zone_id.span(), self.name.span());
+        let zone_span = self
+            .zone_id
+            .as_ref()
+            .or(self.zone.as_ref())
+            .map_or(self.name.span(), Spanned::span);
+        let table = aws::cover(zone_span.clone(), self.name.span());
         let mut ok = aws::check_no_inline_credentials(
             &what,
             &aws::inline_credential_keys(&self.access_key_id, &self.secret_access_key, &self.session_token),
@@ -359,12 +369,59 @@ impl Settings {
             Some(SIGNING_REGION_DEFAULT),
             checker,
         );
-        let zone_id = bare_id(self.zone_id.get_ref()).to_string();
-        if !valid_zone_id(&zone_id) {
+        let zone = match (&self.zone_id, &self.zone) {
+            (Some(zone_id), None) => {
+                let id = bare_id(zone_id.get_ref()).to_string();
+                if !valid_zone_id(&id) {
+                    checker.error(
+                        zone_id.span(),
+                        format!("{what}: zone_id '{}' is not a hosted zone id", zone_id.get_ref()),
+                        "copy the hosted zone's id from `aws route53 list-hosted-zones`, like Z0123456789ABCDEFGHIJ"
+                            .into(),
+                    );
+                    ok = false;
+                }
+                Zone::Id(id)
+            }
+            (None, Some(zone)) => {
+                if let Err(problem) = check_name(zone.get_ref()) {
+                    checker.error(
+                        zone.span(),
+                        format!("{what}: zone '{}' {problem}", zone.get_ref()),
+                        "write the hosted zone's name, like example.com, or give zone_id".into(),
+                    );
+                    ok = false;
+                }
+                Zone::Name(normalize_name(zone.get_ref()))
+            }
+            (Some(zone_id), Some(zone)) => {
+                checker.error(
+                    aws::cover(zone_id.span(), zone.span()),
+                    format!("{what}: both zone_id and zone are given"),
+                    "keep one: zone_id = \"Z...\" (exact) or zone = \"example.com\" (looked up by name)".into(),
+                );
+                ok = false;
+                Zone::Name(String::new())
+            }
+            (None, None) => {
+                checker.error(
+                    table.clone(),
+                    format!("{what}: no hosted zone"),
+                    "add zone_id = \"Z0123456789ABCDEFGHIJ\" or zone = \"example.com\"".into(),
+                );
+                ok = false;
+                Zone::Name(String::new())
+            }
+        };
+        if let Zone::Name(zone) = &zone
+            && !zone.is_empty()
+            && !(normalize_name(self.name.get_ref()) == *zone
+                || normalize_name(self.name.get_ref()).ends_with(&format!(".{zone}")))
+        {
             checker.error(
-                self.zone_id.span(),
-                format!("{what}: zone_id '{}' is not a hosted zone id", self.zone_id.get_ref()),
-                "copy the hosted zone's id from `aws route53 list-hosted-zones`, like Z0123456789ABCDEFGHIJ".into(),
+                self.name.span(),
+                format!("{what}: name '{}' is not in zone '{zone}'", self.name.get_ref()),
+                "name a record inside the hosted zone, or fix the zone".into(),
             );
             ok = false;
         }
@@ -443,7 +500,7 @@ impl Settings {
         }
         if !cfg!(feature = "aws") {
             checker.error(
-                self.zone_id.span(),
+                zone_span,
                 format!("{what}: this switchyard was built without AWS support"),
                 "use a build with the `aws` feature (the default of the switchyard binary)".into(),
             );
@@ -454,7 +511,8 @@ impl Settings {
         }
         Some(Route53 {
             step: step.to_string(),
-            zone_id,
+            zone,
+            zone_id: tokio::sync::OnceCell::new(),
             name,
             record_type,
             desired: desired?,
@@ -615,11 +673,45 @@ impl Settings {
     }
 }
 
+/// How the step names its hosted zone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Zone {
+    Id(String),
+    /// Normalised (final dot).
+    Name(String),
+}
+
+/// Most hosted zones read when looking one up by name (one `ListHostedZonesByName` page).
+pub const ZONE_LOOKUP_ITEMS_MAX: i32 = 100;
+
+/// The one zone called `name` among `zones` (id, name) as `ListHostedZonesByName` lists them
+/// from `name` on; an error naming the fix when there is none or more than one.
+pub fn pick_zone(name: &str, zones: &[(String, String)]) -> Result<String, String> {
+    let matching: Vec<&str> = zones
+        .iter()
+        .filter(|(_, zone)| normalize_name(zone) == name)
+        .map(|(id, _)| bare_id(id))
+        .collect();
+    match matching.as_slice() {
+        [] => Err(format!(
+            "no hosted zone is named {name}; create it, or give the step zone_id"
+        )),
+        [one] => Ok((*one).to_string()),
+        many => Err(format!(
+            "{} hosted zones are named {name} ({}); give the step the zone_id of the one to change",
+            many.len(),
+            many.join(", ")
+        )),
+    }
+}
+
 /// The `route53` step, ready to run.
 #[cfg_attr(not(feature = "aws"), allow(dead_code))]
 pub struct Route53 {
     step: String,
-    zone_id: String,
+    zone: Zone,
+    /// The hosted zone's id: [`Zone::Id`]'s, or the one looked up for [`Zone::Name`].
+    zone_id: tokio::sync::OnceCell<String>,
     /// Normalised.
     name: String,
     record_type: String,
@@ -639,7 +731,7 @@ impl std::fmt::Debug for Route53 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Route53")
             .field("step", &self.step)
-            .field("zone_id", &self.zone_id)
+            .field("zone", &self.zone)
             .field("name", &self.name)
             .field("type", &self.record_type)
             .field("fence", &self.fence_name)
@@ -685,6 +777,147 @@ impl Route53 {
     }
 }
 
+/// Reads one record set for a watcher (`switchyard drill` following where the record points):
+/// its values, or the alias target's DNS name.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
+pub struct RecordReader {
+    zone: Zone,
+    name: String,
+    record_type: String,
+    access: Access,
+    credentials: Option<StaticCredentials>,
+    zone_id: tokio::sync::OnceCell<String>,
+    #[cfg(feature = "aws")]
+    client: tokio::sync::OnceCell<aws_sdk_route53::Client>,
+}
+
+impl RecordReader {
+    /// `zone` is a hosted zone id or name (a name ends with a dot or holds one), `name` the
+    /// record, `record_type` A, AAAA or CNAME.
+    pub fn new(zone: &str, name: &str, record_type: &str, access: Access) -> Result<RecordReader, String> {
+        let record_type = record_type.to_ascii_uppercase();
+        if !RECORD_TYPES.contains(&record_type.as_str()) {
+            return Err(format!(
+                "type '{record_type}' is not one of {}",
+                RECORD_TYPES.join(", ")
+            ));
+        }
+        check_name(name).map_err(|problem| format!("record '{name}' {problem}"))?;
+        let zone = if valid_zone_id(bare_id(zone)) {
+            Zone::Id(bare_id(zone).to_string())
+        } else {
+            check_name(zone).map_err(|problem| format!("zone '{zone}' {problem}"))?;
+            Zone::Name(normalize_name(zone))
+        };
+        if !cfg!(feature = "aws") {
+            return Err("this switchyard was built without AWS support (feature `aws`)".into());
+        }
+        Ok(RecordReader {
+            zone,
+            name: normalize_name(name),
+            record_type,
+            access,
+            credentials: None,
+            zone_id: tokio::sync::OnceCell::new(),
+            #[cfg(feature = "aws")]
+            client: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> RecordReader {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Reads keys from this shared credentials file (the access's `profile`, or `default`).
+    pub fn with_credentials_file(mut self, file: std::path::PathBuf) -> RecordReader {
+        self.access.credentials_file = Some(file);
+        self
+    }
+
+    /// The record's values (sorted), or its alias target; empty when there is no such record.
+    pub async fn read(&self) -> Result<Vec<String>, String> {
+        #[cfg(feature = "aws")]
+        {
+            use aws_sdk_route53::types::RrType;
+            let client = self
+                .client
+                .get_or_init(|| async {
+                    aws_sdk_route53::Client::new(&self.access.sdk_config(self.credentials.as_ref()).await)
+                })
+                .await;
+            let zone_id = self
+                .zone_id
+                .get_or_try_init(|| async { resolve_zone(client, &self.zone).await })
+                .await
+                .map_err(|f| f.to_string())?;
+            let set = read_set(client, zone_id, &self.name, RrType::from(self.record_type.as_str()))
+                .await
+                .map_err(|f| f.to_string())?;
+            let Some(set) = set else {
+                return Ok(Vec::new());
+            };
+            if let Some(alias) = set.alias_target() {
+                return Ok(vec![normalize_name(alias.dns_name())]);
+            }
+            let mut values: Vec<String> = set.resource_records().iter().map(|r| r.value().to_string()).collect();
+            values.sort();
+            Ok(values)
+        }
+        #[cfg(not(feature = "aws"))]
+        {
+            Err("this switchyard was built without AWS support (feature `aws`)".into())
+        }
+    }
+}
+
+/// The hosted zone's id: given, or looked up by name with `ListHostedZonesByName`.
+#[cfg(feature = "aws")]
+async fn resolve_zone(client: &aws_sdk_route53::Client, zone: &Zone) -> Result<String, Failure> {
+    match zone {
+        Zone::Id(id) => Ok(id.clone()),
+        Zone::Name(name) => {
+            let answer = client
+                .list_hosted_zones_by_name()
+                .dns_name(name)
+                .max_items(ZONE_LOOKUP_ITEMS_MAX)
+                .send()
+                .await
+                .map_err(|e| aws::failure("Route 53 ListHostedZonesByName", &e))?;
+            let zones: Vec<(String, String)> = answer
+                .hosted_zones()
+                .iter()
+                .map(|zone| (zone.id().to_string(), zone.name().to_string()))
+                .collect();
+            pick_zone(name, &zones).map_err(Failure::Refused)
+        }
+    }
+}
+
+/// The record set of exactly `name` and `kind` in the zone, if any.
+#[cfg(feature = "aws")]
+async fn read_set(
+    client: &aws_sdk_route53::Client,
+    zone_id: &str,
+    name: &str,
+    kind: aws_sdk_route53::types::RrType,
+) -> Result<Option<aws_sdk_route53::types::ResourceRecordSet>, Failure> {
+    let answer = client
+        .list_resource_record_sets()
+        .hosted_zone_id(zone_id)
+        .start_record_name(name)
+        .start_record_type(kind.clone())
+        .max_items(1)
+        .send()
+        .await
+        .map_err(|e| aws::failure("Route 53 ListResourceRecordSets", &e))?;
+    Ok(answer
+        .resource_record_sets()
+        .iter()
+        .find(|set| normalize_name(set.name()) == name && *set.r#type() == kind)
+        .cloned())
+}
+
 #[cfg(feature = "aws")]
 mod live {
     use std::time::{Duration, Instant};
@@ -702,6 +935,15 @@ mod live {
                     aws_sdk_route53::Client::new(&self.access.sdk_config(self.credentials.as_ref()).await)
                 })
                 .await
+        }
+
+        /// The hosted zone's id, looked up by name the first time when the step names it.
+        async fn zone_id(&self) -> Result<&str, Failure> {
+            let id = self
+                .zone_id
+                .get_or_try_init(|| async { resolve_zone(self.client().await, &self.zone).await })
+                .await?;
+            Ok(id.as_str())
         }
 
         /// Reads the record and the fence record.
@@ -726,22 +968,7 @@ mod live {
 
         /// The record set of exactly `name` and `kind`, if any.
         async fn read(&self, name: &str, kind: RrType) -> Result<Option<ResourceRecordSet>, Failure> {
-            let answer = self
-                .client()
-                .await
-                .list_resource_record_sets()
-                .hosted_zone_id(&self.zone_id)
-                .start_record_name(name)
-                .start_record_type(kind.clone())
-                .max_items(1)
-                .send()
-                .await
-                .map_err(|e| aws::failure("Route 53 ListResourceRecordSets", &e))?;
-            Ok(answer
-                .resource_record_sets()
-                .iter()
-                .find(|set| normalize_name(set.name()) == name && *set.r#type() == kind)
-                .cloned())
+            read_set(self.client().await, self.zone_id().await?, name, kind).await
         }
 
         /// The plain data of a record set read back; a record with a routing policy is not
@@ -808,7 +1035,7 @@ mod live {
                         .client()
                         .await
                         .change_resource_record_sets()
-                        .hosted_zone_id(&self.zone_id)
+                        .hosted_zone_id(self.zone_id().await?)
                         .change_batch(batch)
                         .send()
                         .await;

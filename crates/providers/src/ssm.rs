@@ -415,6 +415,7 @@ impl ParameterReader {
                 region: region.to_string(),
                 profile,
                 endpoint_url,
+                credentials_file: None,
             },
             name: name.to_string(),
             credentials: None,
@@ -425,6 +426,12 @@ impl ParameterReader {
 
     pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> ParameterReader {
         self.credentials = Some(credentials);
+        self
+    }
+
+    /// Reads keys from this shared credentials file (its `profile`, or `default`).
+    pub fn with_credentials_file(mut self, file: std::path::PathBuf) -> ParameterReader {
+        self.access.credentials_file = Some(file);
         self
     }
 

@@ -16,6 +16,7 @@ impl CloudwatchReader for Reader {
                 region: query.source_region,
                 profile: query.profile,
                 endpoint_url: query.endpoint_url,
+                credentials_file: None,
             };
             let now_s = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -428,6 +428,28 @@ fn render_status(value: &serde_json::Value) -> String {
                 .unwrap_or_else(|| "never".into())
         );
     }
+    let steps: Vec<&serde_json::Value> = value["steps"].as_array().into_iter().flatten().collect();
+    if !steps.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nSTEP                 KIND                   OUTCOME   GEN  DETAIL (last attempt)"
+        );
+        for step in steps {
+            let last = &step["last"];
+            let _ = writeln!(
+                out,
+                "{:<20} {:<22} {:<9} {:>4}  {}",
+                step["name"].as_str().unwrap_or("?"),
+                step["kind"].as_str().unwrap_or("?"),
+                last["outcome"].as_str().unwrap_or("not run"),
+                last["generation"]
+                    .as_u64()
+                    .map(|g| g.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                last["detail"].as_str().unwrap_or("")
+            );
+        }
+    }
     let reasons: Vec<&str> = engine["reasons"]
         .as_array()
         .into_iter()

@@ -26,10 +26,17 @@ pub struct LabArgs {
     /// packets vanish, connections time out. Linux, root and iproute2 (`ip netns`) only.
     #[arg(long)]
     netns: bool,
+    /// Give each region's store a data disk of its own: a tmpfs of this many MiB mounted on its
+    /// data folder (Linux, root), with the store's free-space watermark at a quarter of it, so
+    /// `lab ctl fill-disk REGION` (and the `disk-full` drill) can fill one region's disk.
+    #[arg(long, value_name = "MIB")]
+    disk_mib: Option<u64>,
     /// Also run the infrastructure the controller's provider steps drive, on loopback: a BIND9
-    /// primary of the lab's zone with a TSIG key (`rfc2136` step) and HAProxy in front of every
-    /// region's shops with its runtime API on a socket (`haproxy` step). Those not installed
-    /// are left out, with the command that installs them.
+    /// primary of the lab's zone with a TSIG key (`rfc2136` step), HAProxy in front of every
+    /// region's shops with its runtime API on a socket (`haproxy` step), and moto's server as
+    /// the AWS API with a Route 53 hosted zone and an SSM parameter (`route53` and
+    /// `ssm_parameter` steps). Those not installed are left out, with the command that
+    /// installs them.
     #[arg(long)]
     providers: bool,
     /// Do not start anything: check the lab in --dir, print its table, and exit 0 when every
@@ -41,7 +48,8 @@ pub struct LabArgs {
 #[derive(clap::Subcommand)]
 enum LabCommand {
     /// Faults on a running lab, carried out by its supervisor: kill (kill -9), stop (SIGSTOP),
-    /// cont (SIGCONT), restart a component; cut-network / heal-network a region (--netns labs).
+    /// cont (SIGCONT), restart a component; cut-network / heal-network a region (--netns labs); fill-disk /
+    /// free-disk a region's data disk (--disk-mib labs).
     Ctl(CtlArgs),
     /// Runs an outside program as a lab component (used by the lab itself for BIND9 and
     /// HAProxy): ready once it accepts TCP connections, stopped with the component.
@@ -63,6 +71,10 @@ struct ExecArgs {
     /// Written with the address once the program is ready.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// A JSON array of HTTP requests ({what, method, path, headers, body}) sent to the ready
+    /// address once the program listens; ready only when each answered 2xx.
+    #[arg(long)]
+    setup: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +103,10 @@ enum CtlAction {
     CutNetwork,
     /// Bring the region's network link back up.
     HealNetwork,
+    /// Fill the region's data disk below its store's watermark (a lab started with --disk-mib).
+    FillDisk,
+    /// Give the region's data disk its room back.
+    FreeDisk,
 }
 
 pub async fn run(args: LabArgs) -> anyhow::Result<()> {
@@ -100,6 +116,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             args: exec.args,
             ready_tcp: exec.ready_tcp,
             ready_file: exec.ready_file,
+            setup: exec.setup,
         };
         return match lab::exec::exec(&options, crate::shutdown_signal()).await {
             Ok(0) => Ok(()),
@@ -115,6 +132,8 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             CtlAction::Restart => lab::Action::Restart,
             CtlAction::CutNetwork => lab::Action::CutNetwork,
             CtlAction::HealNetwork => lab::Action::HealNetwork,
+            CtlAction::FillDisk => lab::Action::FillDisk,
+            CtlAction::FreeDisk => lab::Action::FreeDisk,
         };
         return match lab::control(&ctl.dir, action, &ctl.name).await {
             Ok(message) => {
@@ -139,6 +158,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         base_port: args.base_port,
         controller: !args.no_controller,
         netns: args.netns,
+        disk_mib: args.disk_mib,
         providers: args.providers.then(lab::providers::Programs::find),
     };
     lab::run(&options, crate::shutdown_signal(), &mut std::io::stdout()).await?;

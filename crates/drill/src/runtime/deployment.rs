@@ -95,6 +95,25 @@ pub struct Deployment {
 /// socket = "/srv/lab/run/haproxy.sock"   # or address = "127.0.0.1:9999"
 /// [providers.regions]              # region → its servers: it is pointed at when they alone are ready
 /// "us-east-1" = ["shop/us-east-1"]
+///
+/// [[providers]]
+/// name = "route53"
+/// kind = "route53"                 # the record set's values (ListResourceRecordSets)
+/// zone = "shop.example."           # a hosted zone name or id
+/// record = "www.shop.example."
+/// record_type = "A"                # default A
+/// endpoint_url = "http://127.0.0.1:17009"   # moto; leave out for AWS
+/// credentials_file = "/srv/lab/config/aws-credentials"   # default: the AWS chain
+/// [providers.regions]              # region → the values that mean "this region"
+/// "us-east-1" = ["127.0.0.11"]
+///
+/// [[providers]]
+/// name = "ssm"
+/// kind = "ssm"                     # a parameter's value (GetParameter)
+/// parameter = "/shop/AWS_REGION"
+/// aws_region = "us-east-1"         # where the parameter lives
+/// [providers.regions]
+/// "us-east-1" = ["us-east-1"]
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +128,24 @@ pub struct ProviderWatch {
     pub socket: Option<std::path::PathBuf>,
     #[serde(default)]
     pub address: Option<String>,
+    /// `route53`: the hosted zone (id or name) and the record's type (default A).
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub record_type: Option<String>,
+    /// `ssm`: the parameter's name.
+    #[serde(default)]
+    pub parameter: Option<String>,
+    /// `route53`, `ssm`: the AWS region called (Route 53: us-east-1), another endpoint (moto),
+    /// a profile and a shared credentials file instead of the standard chain's.
+    #[serde(default)]
+    pub aws_region: Option<String>,
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub credentials_file: Option<std::path::PathBuf>,
     pub regions: BTreeMap<String, Vec<String>>,
 }
 
@@ -117,6 +154,8 @@ pub struct ProviderWatch {
 pub enum ProviderKind {
     Dns,
     Haproxy,
+    Route53,
+    Ssm,
 }
 
 /// One proxy name, or several when a link runs over several proxies (a load balancer's link
@@ -178,6 +217,13 @@ pub struct ProcessCommands {
     /// Restores it.
     #[serde(default)]
     pub heal_network: Option<String>,
+    /// Fills a region's data disk below its store's watermark (`{name}` is the region), as
+    /// `switchyard lab --disk-mib` can.
+    #[serde(default)]
+    pub fill_disk: Option<String>,
+    /// Gives it its room back.
+    #[serde(default)]
+    pub free_disk: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,10 +318,12 @@ impl Deployment {
             let ready = match provider.kind {
                 ProviderKind::Dns => provider.dns_server.is_some() && provider.record.is_some(),
                 ProviderKind::Haproxy => provider.socket.is_some() != provider.address.is_some(),
+                ProviderKind::Route53 => provider.zone.is_some() && provider.record.is_some(),
+                ProviderKind::Ssm => provider.parameter.is_some() && provider.aws_region.is_some(),
             };
             if !ready {
                 return Err(format!(
-                    "provider '{}': kind dns needs dns_server and record; kind haproxy needs one of socket and address",
+                    "provider '{}': kind dns needs dns_server and record; kind haproxy needs one of socket and address; kind route53 needs zone and record; kind ssm needs parameter and aws_region",
                     provider.name
                 ));
             }

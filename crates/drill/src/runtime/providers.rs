@@ -1,7 +1,8 @@
 //! Watches the infrastructure the controller's runbook acts on — a DNS primary updated with
-//! RFC 2136, HAProxy's server states — and records a `Provider` event whenever what it shows
-//! changes, so the report can give an RTO per provider. Read-only: a DNS query, or
-//! `show servers state` on HAProxy's stats socket.
+//! RFC 2136, HAProxy's server states, a Route 53 record, an SSM parameter — and records a
+//! `Provider` event whenever what it shows changes, so the report can give an RTO per
+//! provider. Read-only: a DNS query, `show servers state` on HAProxy's stats socket,
+//! `ListResourceRecordSets` or `GetParameter` (the AWS ones need a build with `aws`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,11 +25,78 @@ pub const HAPROXY_ANSWER_BYTES_MAX: u64 = 1024 * 1024;
 /// What one reading shows: the region pointed at (if exactly one) and a description.
 type Reading = (Option<String>, String);
 
+/// Route 53 is signed for this region when the watch names none.
+pub const ROUTE53_SIGNING_REGION: &str = "us-east-1";
+
+/// The AWS readers of one watch, built once (the SDK's configuration and its connection pool
+/// are reused across readings).
+enum Aws {
+    None,
+    Route53(providers::route53::RecordReader),
+    Ssm(providers::ssm::ParameterReader),
+}
+
+fn access(provider: &ProviderWatch, default_region: &str) -> providers::aws::Access {
+    providers::aws::Access {
+        region: provider
+            .aws_region
+            .clone()
+            .unwrap_or_else(|| default_region.to_string()),
+        profile: provider.profile.clone(),
+        endpoint_url: provider.endpoint_url.clone(),
+        credentials_file: provider.credentials_file.clone(),
+    }
+}
+
+fn aws_reader(provider: &ProviderWatch) -> Result<Aws, String> {
+    Ok(match provider.kind {
+        ProviderKind::Dns | ProviderKind::Haproxy => Aws::None,
+        ProviderKind::Route53 => {
+            let (Some(zone), Some(record)) = (&provider.zone, &provider.record) else {
+                return Err("zone and record are needed".into());
+            };
+            Aws::Route53(providers::route53::RecordReader::new(
+                zone,
+                record,
+                provider.record_type.as_deref().unwrap_or("A"),
+                access(provider, ROUTE53_SIGNING_REGION),
+            )?)
+        }
+        ProviderKind::Ssm => {
+            let (Some(parameter), Some(region)) = (&provider.parameter, &provider.aws_region) else {
+                return Err("parameter and aws_region are needed".into());
+            };
+            let mut reader = providers::ssm::ParameterReader::new(
+                parameter,
+                region,
+                provider.profile.clone(),
+                provider.endpoint_url.clone(),
+            )?;
+            if let Some(file) = &provider.credentials_file {
+                reader = reader.with_credentials_file(file.clone());
+            }
+            Aws::Ssm(reader)
+        }
+    })
+}
+
 /// Reads `provider` until the drill stops, recording each change.
 pub async fn watch(ctx: Arc<Context>, provider: ProviderWatch) {
+    let aws = match aws_reader(&provider) {
+        Ok(aws) => aws,
+        Err(problem) => {
+            // Recorded once: the report then says the provider never switched, and why.
+            ctx.recorder.event(EventKind::Provider {
+                provider: provider.name.clone(),
+                region: None,
+                state: format!("cannot be read: {problem}"),
+            });
+            return;
+        }
+    };
     let mut last: Option<Reading> = None;
     loop {
-        let reading = tokio::time::timeout(Duration::from_millis(PROVIDER_READ_TIMEOUT_MS), read(&provider))
+        let reading = tokio::time::timeout(Duration::from_millis(PROVIDER_READ_TIMEOUT_MS), read(&provider, &aws))
             .await
             .unwrap_or_else(|_| Err("no answer".to_string()));
         // An unreadable provider says nothing about where it points: keep the last reading.
@@ -48,8 +116,20 @@ pub async fn watch(ctx: Arc<Context>, provider: ProviderWatch) {
     }
 }
 
-async fn read(provider: &ProviderWatch) -> Result<Reading, String> {
+async fn read(provider: &ProviderWatch, aws: &Aws) -> Result<Reading, String> {
+    match aws {
+        Aws::Route53(reader) => {
+            let values = reader.read().await?;
+            return Ok(dns_region(&provider.regions, &values));
+        }
+        Aws::Ssm(reader) => {
+            let reading = reader.read().await?;
+            return Ok(dns_region(&provider.regions, std::slice::from_ref(&reading.value)));
+        }
+        Aws::None => {}
+    }
     match provider.kind {
+        ProviderKind::Route53 | ProviderKind::Ssm => Err("no AWS reader".into()),
         ProviderKind::Dns => {
             let (Some(server), Some(record)) = (provider.dns_server, &provider.record) else {
                 return Err("dns_server and record are needed".into());

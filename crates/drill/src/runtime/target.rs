@@ -32,6 +32,16 @@ pub trait ProcessControl: Send + Sync {
     fn signal(&self, process: &str, signal: ProcessSignal) -> impl Future<Output = Result<(), String>> + Send;
     /// Starts the process again (after a kill), with the same arguments and data.
     fn restart(&self, process: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Fills (`full = true`) a region's data disk below its store's watermark, or frees it.
+    fn disk(&self, region: &str, full: bool) -> impl Future<Output = Result<(), String>> + Send {
+        let region = region.to_string();
+        async move {
+            let _ = full;
+            Err(format!(
+                "cannot fill {region}'s disk: the deployment file has no fill_disk / free_disk commands (a lab started with --disk-mib has them)"
+            ))
+        }
+    }
     /// Cuts (`up = false`) or restores a region's network link.
     fn network(&self, region: &str, up: bool) -> impl Future<Output = Result<(), String>> + Send {
         let region = region.to_string();
@@ -89,6 +99,20 @@ impl ProcessControl for CommandProcessControl {
 
     async fn restart(&self, process: &str) -> Result<(), String> {
         self.run(&self.commands.restart, process).await
+    }
+
+    async fn disk(&self, region: &str, full: bool) -> Result<(), String> {
+        let template = if full {
+            &self.commands.fill_disk
+        } else {
+            &self.commands.free_disk
+        };
+        match template {
+            Some(template) => self.run(template, region).await,
+            None => Err(format!(
+                "cannot fill {region}'s disk: [process_control] has no fill_disk / free_disk commands (a lab started with --disk-mib has them)"
+            )),
+        }
     }
 
     async fn network(&self, region: &str, up: bool) -> Result<(), String> {
@@ -304,6 +328,14 @@ impl<P: ProcessControl> FaultTarget for DeploymentTarget<P> {
                     .network(&name, up)
                     .await
                     .map_err(|reason| if up { failed(reason) } else { unsupported(reason) })
+            }
+            FaultAction::FillDisk { region } | FaultAction::FreeDisk { region } => {
+                let full = matches!(action, FaultAction::FillDisk { .. });
+                let name = roles.region(*region).to_string();
+                self.processes
+                    .disk(&name, full)
+                    .await
+                    .map_err(|reason| if full { unsupported(reason) } else { failed(reason) })
             }
             FaultAction::RemoveToxic { link, name } => {
                 for proxy in self.deployment.link_names(roles, link) {

@@ -360,3 +360,38 @@ fn region_outage_fails_when_a_provider_did_not_switch() {
             .all(|r| !r.name.starts_with("RTO(rfc"))
     );
 }
+
+#[test]
+fn disk_full_fills_the_primary_disk_and_frees_it_at_heal() {
+    let scenario = by_name("disk-full").expect("exists");
+    let durations = Durations::default();
+    let actions: Vec<(u64, FaultAction)> = scenario
+        .plan(&durations)
+        .into_iter()
+        .map(|s| (s.at_ms, s.action))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (
+                durations.warmup_ms,
+                FaultAction::FillDisk {
+                    region: RegionRole::Primary
+                }
+            ),
+            (
+                durations.warmup_ms + durations.fault_ms,
+                FaultAction::FreeDisk {
+                    region: RegionRole::Primary
+                }
+            ),
+        ]
+    );
+    assert_eq!(scenario.expectations.lost_max, 0);
+    assert!(
+        evaluate(&scenario, &measured(0, None, None), &CheckResult::default(), 5)
+            .iter()
+            .any(|r| !r.passed),
+        "no failover fails the drill"
+    );
+}

@@ -667,6 +667,8 @@ async fn command_process_control_runs_the_commands() {
         restart: "echo 'cannot restart' >&2; exit 3".into(),
         cut_network: Some(format!("echo cut-network {{name}} >> {log}")),
         heal_network: None,
+        fill_disk: Some(format!("echo fill-disk {{name}} >> {log}")),
+        free_disk: None,
     };
     let deployment = Deployment {
         shop_name: "shop.lab.test.".into(),
@@ -733,6 +735,25 @@ async fn command_process_control_runs_the_commands() {
         .await
         .expect_err("no heal_network command");
     assert!(unhealable.to_string().contains("heal_network"), "{unhealable}");
+    target
+        .apply(
+            &roles,
+            &FaultAction::FillDisk {
+                region: RegionRole::Primary,
+            },
+        )
+        .await
+        .expect("fill-disk runs with the region's name");
+    let unfreeable = target
+        .apply(
+            &roles,
+            &FaultAction::FreeDisk {
+                region: RegionRole::Primary,
+            },
+        )
+        .await
+        .expect_err("no free_disk command");
+    assert!(unfreeable.to_string().contains("free_disk"), "{unfreeable}");
     let calls = std::fs::read_to_string(dir.path().join("calls.log")).expect("commands ran");
     assert_eq!(
         calls.lines().collect::<Vec<_>>(),
@@ -747,6 +768,7 @@ async fn command_process_control_runs_the_commands() {
             "cont lb-r2",
             "kill store r1",
             "cut-network r2",
+            "fill-disk r2",
         ],
         "front to back when stopping, back to front when continuing; the space stays in one name"
     );

@@ -62,6 +62,7 @@ async fn sdk(moto: &Moto, region: &str) -> aws_config::SdkConfig {
         region: region.into(),
         profile: None,
         endpoint_url: Some(moto.url.clone()),
+        credentials_file: None,
     }
     .sdk_config(Some(&credentials()))
     .await
@@ -188,6 +189,69 @@ async fn route53_sets_the_record_waits_for_insync_and_a_rerun_changes_nothing() 
     let stale = step.run(&order(1, "us")).await.expect_err("an older order is fenced");
     assert!(matches!(&stale, Failure::Fenced(m) if m.contains("stale")), "{stale:?}");
     assert_eq!(records(&client, &zone_id).await.0, ["198.51.100.7"]);
+}
+
+/// `zone = "NAME"` finds the hosted zone with `ListHostedZonesByName`; a name that two zones
+/// share (a public and a private zone, say) is refused with both ids, and nothing is written.
+#[tokio::test]
+async fn route53_finds_its_zone_by_name_and_refuses_an_ambiguous_name() {
+    let moto = Moto::start();
+    let (client, zone_id) = zone(&moto).await;
+    // A zone whose name only starts the same: not a match.
+    client
+        .create_hosted_zone()
+        .name("shop.example.com.au.")
+        .caller_reference("decoy")
+        .send()
+        .await
+        .expect("decoy zone");
+    let by_name = |zone: &str| {
+        let text = format!(
+            "zone = \"{zone}\"\nname = \"www.shop.example.com\"\ntype = \"A\"\nvalues = {{ us = \"203.0.113.10\", eu = \"198.51.100.7\" }}\ninsync_timeout_ms = 10000\nendpoint_url = \"{}\"\n",
+            moto.url
+        );
+        let settings: providers::route53::Settings = toml::from_str(&text).expect("settings parse");
+        let mut checker = checker();
+        let step = settings.check("dns", &mut checker).expect("settings check");
+        assert!(checker.errors.is_empty(), "{:?}", checker.errors);
+        step.with_static_credentials(credentials())
+    };
+    let written = by_name("shop.example.com")
+        .run(&order(1, "us"))
+        .await
+        .expect("found by name");
+    assert!(written.contains("INSYNC"), "{written}");
+    assert_eq!(records(&client, &zone_id).await.0, ["203.0.113.10"]);
+
+    let twin = client
+        .create_hosted_zone()
+        .name("shop.example.com.")
+        .caller_reference("twin")
+        .send()
+        .await
+        .expect("second zone of the same name");
+    let twin_id = twin
+        .hosted_zone()
+        .expect("zone")
+        .id()
+        .trim_start_matches("/hostedzone/")
+        .to_string();
+    let refused = by_name("shop.example.com.")
+        .run(&order(2, "eu"))
+        .await
+        .expect_err("ambiguous");
+    assert!(
+        matches!(&refused, Failure::Refused(m) if m.contains("2 hosted zones") && m.contains(&zone_id) && m.contains(&twin_id)),
+        "{refused:?}"
+    );
+    assert_eq!(records(&client, &zone_id).await.0, ["203.0.113.10"], "nothing written");
+
+    // The record is inside example.com, but no zone has that name.
+    let missing = by_name("example.com").run(&order(2, "eu")).await;
+    assert!(
+        matches!(&missing, Err(Failure::Refused(m)) if m.contains("no hosted zone is named example.com.")),
+        "{missing:?}"
+    );
 }
 
 /// A controller whose read went stale sends a batch Route 53 refuses as a whole
@@ -390,6 +454,7 @@ async fn cloudwatch_lag_is_read_from_the_metrics_put() {
         region: "us-east-1".into(),
         profile: None,
         endpoint_url: Some(moto.url.clone()),
+        credentials_file: None,
     };
     let lag = |table: &'static str| {
         let (reader, access) = (&reader, &access);

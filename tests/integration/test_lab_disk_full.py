@@ -1,0 +1,167 @@
+"""`switchyard lab --disk-mib N` and the `disk-full` drill: each region's store keeps its data on
+a tmpfs of its own, `lab ctl fill-disk REGION` fills it below the store's free-space watermark,
+and then the store refuses writes with a clear error while reads and deletes go on; its
+`/health` says why; the controller's write probe fails the region over; `free-disk` gives the
+room back and the store takes writes again without a restart. The drill does the same fault
+and checks that nothing acknowledged was lost. Needs root (mount); skipped where the machine
+does not allow mounting a tmpfs."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import dns.exception
+import dns.message
+import dns.query
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+START_DEADLINE_S = 90
+FAILOVER_DEADLINE_S = 45
+DISK_MIB = 128
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+
+def mounts_allowed():
+    if os.geteuid() != 0:
+        return False
+    with tempfile.TemporaryDirectory() as probe:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", probe], capture_output=True)
+        if mounted.returncode != 0:
+            return False
+        subprocess.run(["umount", probe], capture_output=True)
+    return True
+
+
+def wait_until(what, condition, deadline_s):
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (OSError, urllib.error.URLError, ValueError, dns.exception.DNSException):
+            pass
+        assert time.monotonic() < deadline, f"{what} did not happen within {deadline_s}s"
+        time.sleep(0.2)
+
+
+def resolve(base_port):
+    query = dns.message.make_query("www.shop.example.", "A")
+    answer = dns.query.udp(query, "127.0.0.1", port=base_port + 2, timeout=2)
+    return sorted(item.address for rrset in answer.answer for item in rrset)
+
+
+def ctl(directory, *args):
+    return subprocess.run([str(BINARY), "lab", "ctl", "--dir", str(directory), *args],
+                          capture_output=True, text=True, timeout=90)
+
+
+def health(store_url):
+    try:
+        with urllib.request.urlopen(f"{store_url}/health", timeout=3) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def key(order_id):
+    return {"session": {"S": "disk-full-test"}, "order_id": {"S": order_id}}
+
+
+def is_mounted(path):
+    return str(path) in Path("/proc/mounts").read_text()
+
+
+def test_a_full_disk_fails_the_region_over_and_heals_without_a_restart(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    if not mounts_allowed():
+        pytest.skip("mounting a tmpfs needs root (or CAP_SYS_ADMIN) here")
+    directory = tmp_path / "lab"
+    log_path = tmp_path / "lab.log"
+    for _ in range(10):
+        base_port = random.randrange(20000, 32000, 500)
+        log = open(log_path, "w")
+        process = subprocess.Popen(
+            [str(BINARY), "lab", "--disk-mib", str(DISK_MIB), "--dir", str(directory), "--base-port", str(base_port)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_until("the lab up or ended", lambda: process.poll() is not None or subprocess.run(
+            [str(BINARY), "status", "--lab", str(directory)], capture_output=True, timeout=60).returncode == 0,
+            START_DEADLINE_S)
+        if process.poll() is None:
+            break
+        assert "not free" in log_path.read_text(), log_path.read_text()[-5000:]
+    else:
+        pytest.fail("no free port block for the lab")
+    data = directory / "data" / "us-east-1"
+    try:
+        assert is_mounted(data), "each store's data folder is a filesystem of its own"
+        targets = (directory / "drill-targets.toml").read_text()
+        store_url = next(line.split('"')[1] for line in targets.splitlines() if line.startswith("store_url"))
+        wait_until("DNS to answer with us-east-1", lambda: resolve(base_port) == ["127.0.0.11"], FAILOVER_DEADLINE_S)
+        client = boto3.client("dynamodb", endpoint_url=store_url, region_name="us-east-1",
+                              aws_access_key_id="lab", aws_secret_access_key="lab",
+                              config=botocore.config.Config(retries={"max_attempts": 1}))
+        client.put_item(TableName="shop_orders", Item=key("before-full"))
+
+        filled = ctl(directory, "fill-disk", "us-east-1")
+        assert filled.returncode == 0 and "ballast" in filled.stdout, filled.stdout + filled.stderr
+        # Writes are refused with the cause; reads and deletes go on.
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            client.put_item(TableName="shop_orders", Item=key("while-full"))
+        assert "disk" in str(refused.value).lower(), refused.value
+        assert client.get_item(TableName="shop_orders", Key=key("before-full"))["Item"]
+        client.delete_item(TableName="shop_orders", Key=key("before-full"))
+        status, body = health(store_url)
+        assert status == 503 and body["status"] in ("read_only", "degraded"), (status, body)
+        # The controller's write probe sees it: the region fails over.
+        wait_until("DNS to answer with eu-west-1", lambda: resolve(base_port) == ["127.0.0.12"], FAILOVER_DEADLINE_S)
+
+        freed = ctl(directory, "free-disk", "us-east-1")
+        assert freed.returncode == 0, freed.stderr
+        def writable():
+            try:
+                client.put_item(TableName="shop_orders", Item=key("after-free"))
+                return True
+            except botocore.exceptions.ClientError:
+                return False
+
+        wait_until("the store to take writes again", writable, FAILOVER_DEADLINE_S)
+        wait_until("the store's /health to be ready again", lambda: health(store_url)[0] == 200, FAILOVER_DEADLINE_S)
+        unknown = ctl(directory, "fill-disk", "mars")
+        assert unknown.returncode != 0 and "no region 'mars'" in unknown.stderr, unknown.stderr
+
+        # The same fault as a drill, once traffic is back on us-east-1 (the lab fails back
+        # after its hold). RTO bounds are not asserted here (a loaded machine may miss them):
+        # the disk was filled and freed, the controller failed over, nothing was lost.
+        wait_until("failback to us-east-1", lambda: resolve(base_port) == ["127.0.0.11"], 90)
+        report_path = tmp_path / "disk-full.json"
+        drill = subprocess.run(
+            [str(BINARY), "drill", "disk-full", "--lab", str(directory), "--warmup-s", "3",
+             "--duration-s", "12", "--settle-s", "10", "--no-progress", "--json", str(report_path)],
+            capture_output=True, text=True, timeout=180)
+        assert report_path.exists(), drill.stdout[-3000:] + drill.stderr[-3000:]
+        report = json.loads(report_path.read_text())
+        steps = [e for e in report["events"] if e["kind"] == "step"]
+        assert len(steps) == 2 and all(e["ok"] for e in steps), steps
+        assert report["measurements"]["failovers"] >= 1, report["measurements"]
+        assert report["check"]["lost"] == 0 and report["check"]["acknowledged"] > 0, report["check"]
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0, log_path.read_text()[-5000:]
+    assert not is_mounted(data), "the lab unmounts its disks when it stops"
