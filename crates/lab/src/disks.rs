@@ -2,9 +2,10 @@
 //! MiB mounted on the store's data folder (Linux, root or CAP_SYS_ADMIN; `mount` from
 //! util-linux), so `lab ctl fill-disk REGION` can fill that region's disk — and only that
 //! region's — as a full data volume would, and `lab ctl free-disk REGION` give the room back.
-//! Filling writes a ballast file (real pages, not a sparse file) until the free space is half
-//! the store's watermark: below the watermark the store refuses new writes and still takes
-//! deletes, so the region's write probe fails and the controller moves traffic away.
+//! Filling writes a ballast file (real pages, not a sparse file) until the free space the store
+//! counts (the filesystem's, plus its reserve file, which it gives back at once) is half its
+//! watermark: below the watermark the store refuses new writes and still takes deletes, so the
+//! region's write probe fails and the controller moves traffic away.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -33,10 +34,14 @@ pub struct RegionDisk {
     pub bytes: u64,
     /// The store's `--disk-free-bytes-min` on it.
     pub watermark_bytes: u64,
+    /// The store's `--disk-reserve-bytes` on it (below half the watermark, so a filled disk
+    /// is below the watermark even counting the reserve).
+    pub reserve_bytes: u64,
 }
 
 impl RegionDisk {
-    /// A disk of `mib` MiB whose store refuses writes below a quarter of it free.
+    /// A disk of `mib` MiB whose store refuses writes below a quarter of it free and keeps a
+    /// sixteenth as its reserve.
     pub fn new(region: &str, path: PathBuf, mib: u64) -> RegionDisk {
         let bytes = mib * 1024 * 1024;
         RegionDisk {
@@ -44,6 +49,7 @@ impl RegionDisk {
             path,
             bytes,
             watermark_bytes: bytes / 4,
+            reserve_bytes: bytes / 16,
         }
     }
 }
@@ -117,7 +123,8 @@ pub fn fill(disk: &RegionDisk) -> Result<String, String> {
             disk.path.display()
         ));
     }
-    let target_free = disk.watermark_bytes / 2;
+    // The store counts its reserve file as free: leave that much less.
+    let target_free = (disk.watermark_bytes / 2).saturating_sub(disk.reserve_bytes);
     let free = free_bytes(&disk.path)?;
     let mut wanted = free.saturating_sub(target_free);
     let path = disk.path.join(BALLAST_FILE);
@@ -168,10 +175,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_disk_refuses_writes_below_a_quarter_free_and_fill_leaves_an_eighth() {
+    fn a_disk_refuses_writes_below_a_quarter_free_and_its_reserve_fits_under_half_of_that() {
         let disk = RegionDisk::new("us-east-1", PathBuf::from("/lab/data/us-east-1"), 256);
         assert_eq!(disk.bytes, 256 * 1024 * 1024);
         assert_eq!(disk.watermark_bytes, 64 * 1024 * 1024);
+        assert!(disk.reserve_bytes < disk.watermark_bytes / 2);
     }
 
     #[test]

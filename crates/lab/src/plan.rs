@@ -508,14 +508,14 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         let data = dir.join("data").join(region);
         // With --disk-mib the store's data folder is a filesystem of its own, with the
         // watermark scaled to it.
-        let watermark = match options.disk_mib {
+        let (watermark, reserve) = match options.disk_mib {
             Some(mib) => {
                 let disk = crate::disks::RegionDisk::new(region, data.clone(), mib);
-                let watermark = disk.watermark_bytes.to_string();
+                let sizes = (disk.watermark_bytes.to_string(), Some(disk.reserve_bytes.to_string()));
                 disks.push(disk);
-                watermark
+                sizes
             }
-            None => LAB_DISK_FREE_BYTES_MIN.to_string(),
+            None => (LAB_DISK_FREE_BYTES_MIN.to_string(), None),
         };
         let mut args = vec![
             "store".to_string(),
@@ -532,6 +532,9 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             "--disk-free-bytes-min".to_string(),
             watermark,
         ];
+        if let Some(reserve) = reserve {
+            args.extend(["--disk-reserve-bytes".to_string(), reserve]);
+        }
         for (j, other) in regions.iter().enumerate() {
             if i != j {
                 args.push("--peer".to_string());
