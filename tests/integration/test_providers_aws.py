@@ -92,7 +92,7 @@ def test_the_magento_aws_example_passes_config_check():
          "unknown field `zone_name`"),
         # The zone missing, given twice, or not holding the record.
         ('[runbook.route53]\nname = "shop.example.com"\ntype = "A"\nvalues = { us = "192.0.2.1", eu = "192.0.2.2" }\n',
-         20, "route53 step 'dns': no hosted zone"),
+         21, "route53 step 'dns': no hosted zone"),
         ('[runbook.route53]\nzone_id = "Z1"\nzone = "example.com"\nname = "shop.example.com"\ntype = "A"\n'
          'values = { us = "192.0.2.1", eu = "192.0.2.2" }\n', 21, "both zone_id and zone are given"),
         ('[runbook.route53]\nzone = "example.org"\nname = "shop.example.com"\ntype = "A"\n'
