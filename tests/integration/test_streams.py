@@ -315,6 +315,25 @@ def test_retention_trims_old_records(small_store):
     assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in read_all(streams, arn)] == ["new"]
 
 
+def test_records_survive_a_kill_and_numbering_continues(tmp_path_factory):
+    store = started_store(tmp_path_factory, name="restarted")
+    try:
+        client, streams = store.client(), streams_client(store.url)
+        name, arn = streamed_table(client, "NEW_IMAGE")
+        client.put_item(TableName=name, Item={"pk": {"S": "before"}})
+        before = read_all(streams, arn)
+        store.kill()
+        store.start()
+        client, streams = store.client(), streams_client(store.url)
+        client.put_item(TableName=name, Item={"pk": {"S": "after"}})
+        records = read_all(streams, arn)
+        assert records[0] == before[0], "an acknowledged write's record survives SIGKILL"
+        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in records] == ["before", "after"]
+        assert int(records[1]["dynamodb"]["SequenceNumber"]) > int(records[0]["dynamodb"]["SequenceNumber"])
+    finally:
+        store.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # Global tables: two regions
 

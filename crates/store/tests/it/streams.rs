@@ -338,10 +338,6 @@ async fn retention_trims_records_and_forgets_disabled_streams() {
     h.put("items", "old", 1).await;
     let shards = h.shards(&arn).await;
     let shard = shards[0]["ShardId"].as_str().expect("shard").to_string();
-    let old_sequence = h.all_records(&arn).await[0]["dynamodb"]["SequenceNumber"]
-        .as_str()
-        .expect("seq")
-        .to_string();
     let stale = h.iterator(&arn, &shard, "TRIM_HORIZON", None).await;
     h.advance(5_000);
     h.put("items", "new", 2).await;
@@ -357,7 +353,6 @@ async fn retention_trims_records_and_forgets_disabled_streams() {
     let records = h.all_records(&arn).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["dynamodb"]["Keys"], json!({"id": {"S": "new"}}));
-    let _ = old_sequence;
 
     // Disabling keeps the stream readable (DISABLED) until retention ends.
     h.ok(
@@ -478,4 +473,30 @@ async fn ttl_deletions_carry_the_service_identity() {
         json!({"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"})
     );
     assert_eq!(records[1]["dynamodb"]["OldImage"]["id"], json!({"S": "a"}));
+}
+
+#[tokio::test]
+async fn get_records_stops_at_one_megabyte() {
+    let h = Harness::new();
+    h.create("items", Some("NEW_IMAGE")).await;
+    let arn = h.stream_arn("items").await;
+    let big = "x".repeat(390 * 1024);
+    for id in ["a", "b", "c"] {
+        h.ok(
+            "PutItem",
+            json!({"TableName": "items", "Item": {"id": {"S": id}, "blob": {"S": big}}}),
+        )
+        .await;
+    }
+    let shard = h.shards(&arn).await[0]["ShardId"].as_str().expect("shard").to_string();
+    let iterator = h.iterator(&arn, &shard, "TRIM_HORIZON", None).await;
+    let page = h.ok("GetRecords", json!({"ShardIterator": iterator})).await;
+    assert_eq!(
+        page["Records"].as_array().map(Vec::len),
+        Some(2),
+        "1 MB holds two records"
+    );
+    let next = page["NextShardIterator"].as_str().expect("more to read");
+    let rest = h.ok("GetRecords", json!({"ShardIterator": next})).await;
+    assert_eq!(rest["Records"][0]["dynamodb"]["Keys"], json!({"id": {"S": "c"}}));
 }
