@@ -221,6 +221,11 @@ fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Resu
                 end.map_or_else(|| "open".to_string(), format_sequence)
             )));
         }
+        if seq > snapshot.stream_seq()? {
+            return Err(ApiError::validation(format!(
+                "Invalid SequenceNumber for ShardIterator: {text} was never issued (the stream's records so far end before it)"
+            )));
+        }
         if seq <= stream.trimmed_through {
             return Err(trimmed(&request.stream_arn, seq));
         }

@@ -258,6 +258,14 @@ async fn iterator_types_position_as_dynamodb_does() {
     let error = h
         .err(
             "GetShardIterator",
+            json!({"StreamArn": arn, "ShardId": shard, "ShardIteratorType": "AT_SEQUENCE_NUMBER",
+                   "SequenceNumber": "999999999999999999999"}),
+        )
+        .await;
+    assert_eq!(error.kind, ErrorKind::Validation, "a sequence number never issued");
+    let error = h
+        .err(
+            "GetShardIterator",
             json!({"StreamArn": arn, "ShardId": "shardId-00000000000000000000-00000000", "ShardIteratorType": "LATEST"}),
         )
         .await;
