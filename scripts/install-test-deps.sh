@@ -2,7 +2,8 @@
 # Installs what the test suite needs on a fresh Debian machine, and nothing when it is all there:
 # - Debian packages: the real servers and clients the black-box tests drive;
 # - a Python venv in .venv with boto3, the AWS CLI, dnspython and pytest (versions pinned in
-#   tests/requirements.txt).
+#   tests/requirements.txt);
+# - the AWS SDK for JavaScript v3 clients in tests/js/node_modules (tests/js/package.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,8 @@ declare -A PACKAGES=(
   [ip]=iproute2
   [etcd]=etcd-server
   [protoc]=protobuf-compiler
+  [node]=nodejs
+  [npm]=npm
 )
 
 missing=()
@@ -44,4 +47,10 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import boto3, pytest, dns
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
   touch .venv/.installed
+fi
+
+if [ ! -d tests/js/node_modules ] || [ tests/js/package.json -nt tests/js/node_modules ]; then
+  echo "==> npm install in tests/js (AWS SDK for JavaScript v3)"
+  npm install --prefix tests/js --no-audit --no-fund --silent
+  touch tests/js/node_modules
 fi

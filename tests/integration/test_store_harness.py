@@ -36,8 +36,10 @@ def free_port():
 class StoreProcess:
     """One `switchyard store` process; restartable on the same data dir."""
 
-    def __init__(self, data_dir, credentials_file=None, listen="127.0.0.1:0"):
+    def __init__(self, data_dir, credentials_file=None, listen="127.0.0.1:0", env=None):
         self.data_dir = Path(data_dir)
+        # SWITCHYARD_* variables the test sets on purpose (the rest of the suite's are dropped).
+        self.env = dict(env or {})
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.credentials_file = credentials_file
         self.listen = listen
@@ -65,6 +67,7 @@ class StoreProcess:
             ready.unlink()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
         env.setdefault("RUST_LOG", "warn")
+        env.update(self.env)
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         deadline = time.monotonic() + START_DEADLINE_S
         while not (ready.exists() and ready.read_text().strip()):

@@ -29,6 +29,10 @@ pub enum ErrorKind {
     ReplicaAlreadyExists,
     ReplicaNotFound,
     TableNotFound,
+    /// DynamoDB Streams: a shard iterator older than its 15 minutes.
+    ExpiredIterator,
+    /// DynamoDB Streams: a position before the stream's trim horizon (retention passed).
+    TrimmedDataAccess,
     InternalServerError,
     ServiceUnavailable,
 }
@@ -60,6 +64,8 @@ impl ErrorKind {
             ErrorKind::ReplicaAlreadyExists => "ReplicaAlreadyExistsException",
             ErrorKind::ReplicaNotFound => "ReplicaNotFoundException",
             ErrorKind::TableNotFound => "TableNotFoundException",
+            ErrorKind::ExpiredIterator => "ExpiredIteratorException",
+            ErrorKind::TrimmedDataAccess => "TrimmedDataAccessException",
             ErrorKind::InternalServerError => "InternalServerError",
             ErrorKind::ServiceUnavailable => "ServiceUnavailable",
         }

@@ -173,7 +173,9 @@ pub struct TableMeta {
     pub ttl: Option<TtlSpec>,
     pub tags: BTreeMap<String, String>,
     pub deletion_protection: bool,
-    pub stream: Option<Value>,
+    /// The table's latest stream (see `crate::streams::TableStream`).
+    #[serde(default, deserialize_with = "crate::streams::lenient_table_stream")]
+    pub stream: Option<crate::streams::TableStream>,
     pub table_class: Option<String>,
     /// Regions holding a replica of this table (this one included); empty for a regional table.
     #[serde(default)]
@@ -245,9 +247,7 @@ impl TableMeta {
                    "LastUpdateToPayPerRequestDateTime": self.created_at_seconds}),
         );
         table.insert("DeletionProtectionEnabled".into(), json!(self.deletion_protection));
-        if let Some(stream) = &self.stream {
-            table.insert("StreamSpecification".into(), stream.clone());
-        }
+        crate::streams::describe_into(&mut table, self.stream.as_ref(), region, &self.name);
         if let Some(class) = &self.table_class {
             table.insert("TableClassSummary".into(), json!({"TableClass": class}));
         }
@@ -659,7 +659,20 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
         ttl: None,
         tags,
         deletion_protection: request.deletion_protection_enabled.unwrap_or(false),
-        stream: request.stream_specification.clone(),
+        // The label is minted when the table is stored (`ops::tables::create_table`).
+        stream: match request
+            .stream_specification
+            .as_ref()
+            .map(crate::streams::parse_specification)
+        {
+            None | Some(Ok(crate::streams::Specification::Disable)) => None,
+            Some(Ok(crate::streams::Specification::Enable(view_type))) => Some(crate::streams::TableStream {
+                enabled: true,
+                view_type,
+                label: String::new(),
+            }),
+            Some(Err(error)) => return Err(error),
+        },
         table_class: request.table_class.clone(),
         replicas: Vec::new(),
         key_hash: KeyHash::CURRENT,

@@ -15,8 +15,11 @@
 //!   deletes still run.
 
 mod recovery;
+mod streams;
 
 pub use recovery::{EngineOptions, WriterState, WriterStatus};
+pub(crate) use streams::stream_key as stream_key_of;
+pub use streams::{ShardMeta, ShardRead, StreamMeta};
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, ControlFlow};
@@ -328,6 +331,10 @@ struct Shared {
     /// Tombstones below this HLC have been (or may be) purged here: a copy arriving again
     /// (a repair from a region that has not purged yet) is not stored.
     purge_below: std::sync::atomic::AtomicU64,
+    /// Retention and shard rollover of DynamoDB Streams.
+    stream_limits: RwLock<crate::streams::StreamLimits>,
+    /// The time of the last stream label minted (labels are unique and increasing).
+    stream_label_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -420,6 +427,8 @@ impl Engine {
             message,
         })?;
         let (replog_head, _) = watch::channel(loaded.replog_head);
+        let stream_limits = crate::streams::StreamLimits::from_lookup(|name| std::env::var(name).ok())
+            .map_err(|message| OpenError::Setting { message })?;
         let disk = DiskGuard::new(data_dir, options.disk, options.space_probe());
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(Arc::new(db))),
@@ -434,6 +443,8 @@ impl Engine {
             replog_head,
             replog_bytes: std::sync::atomic::AtomicU64::new(loaded.replog_bytes),
             purge_below: std::sync::atomic::AtomicU64::new(0),
+            stream_limits: RwLock::new(stream_limits),
+            stream_label_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_JOBS_MAX);
         let writer_shared = Arc::clone(&shared);
@@ -611,6 +622,8 @@ pub enum OpenError {
     },
     #[error("cannot read the table catalog in {path}: {message}")]
     Catalog { path: PathBuf, message: String },
+    #[error("{message}")]
+    Setting { message: String },
 }
 
 /// What startup reads back: the catalog, the HLC high-water mark and the log head.
@@ -826,6 +839,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         mutations: 0,
         job_mutations_from: 0,
         refused_for_space: false,
+        ttl_delete: false,
     };
     let completions: Vec<Completion> = batch
         .into_iter()
@@ -978,6 +992,8 @@ pub struct WriteContext<'a> {
     job_mutations_from: u64,
     /// The batch failed because a job that had mutated met the watermark (not a storage fault).
     refused_for_space: bool,
+    /// Set while a TTL expiry deletes an item: its stream record names the TTL service.
+    ttl_delete: bool,
 }
 
 /// The index entry key of an item, if the item has the index's key attributes.
@@ -1288,6 +1304,7 @@ impl WriteContext<'_> {
             stats.0 += i64::from(projected_new.is_some()) - i64::from(projected_old.is_some());
             stats.1 += size(projected_new.as_ref()) - size(projected_old.as_ref());
         }
+        self.stream_append(table, old, new)?;
         if table.ttl.as_ref().is_some_and(|t| t.enabled) {
             let old_ttl = old.and_then(|i| ttl_seconds(table, i));
             let new_ttl = new.and_then(|i| ttl_seconds(table, i));
@@ -1327,7 +1344,10 @@ impl WriteContext<'_> {
         };
         match ttl_seconds(table, &item) {
             Some(seconds) if seconds <= now_seconds && now_seconds - seconds <= TTL_IGNORE_OLDER_THAN_SECONDS => {
-                self.delete(table, item_key, Some(&item))?;
+                self.ttl_delete = true;
+                let deleted = self.delete(table, item_key, Some(&item));
+                self.ttl_delete = false;
+                deleted?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -1362,6 +1382,7 @@ impl WriteContext<'_> {
                 self.txn
                     .open_table(bytes_table(&index_table_name(meta.id, &index.name)))?;
             }
+            self.sync_streams(&meta, false)?;
             Ok(())
         })();
         result.map_err(|e| self.fail("saving a table definition", e))?;
@@ -1394,6 +1415,9 @@ impl WriteContext<'_> {
             for key in awaiting {
                 settings.remove(key.as_str())?;
             }
+            drop(settings);
+            drop(stats);
+            self.sync_streams(meta, true)?;
             Ok(())
         })();
         result.map_err(|e| self.fail("deleting a table", e))?;

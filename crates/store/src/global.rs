@@ -1298,6 +1298,10 @@ impl Replication {
                         };
                         let mut next = (*existing).clone();
                         next.replicas = table.replicas.clone();
+                        // The replica gets the global table's stream where it has none.
+                        if next.stream.as_ref().is_none_or(|s| !s.enabled) {
+                            next.stream = table.stream.clone();
+                        }
                         context.put_table(next).map(|()| awaited)
                     }
                     (None, false) => {

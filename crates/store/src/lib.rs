@@ -18,6 +18,7 @@ pub mod ops;
 pub mod record;
 pub mod replication_log;
 pub mod server;
+pub mod streams;
 
 pub use engine::{Engine, SystemClock};
 pub use ops::Store;

@@ -44,6 +44,11 @@ const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
 /// Operations that only read. A replay of one changes nothing, so their signatures are not
 /// remembered; every other target (unknown ones included) counts as changing data.
 const READ_ONLY_OPERATIONS: &[&str] = &[
+    // DynamoDB Streams (a consumer polls GetRecords with the same iterator until records come).
+    "DescribeStream",
+    "GetRecords",
+    "GetShardIterator",
+    "ListStreams",
     "BatchGetItem",
     "DescribeEndpoints",
     "DescribeGlobalTable",
@@ -582,6 +587,11 @@ async fn ttl_sweeper(engine: Engine) {
             Ok(count) => tracing::debug!(count, "expired items deleted"),
             Err(error) => tracing::warn!(%error, "TTL sweep failed; retrying next interval"),
         }
+        match engine.trim_streams_once().await {
+            Ok(0) => {}
+            Ok(count) => tracing::debug!(count, "stream records past retention trimmed"),
+            Err(error) => tracing::warn!(%error, "stream retention sweep failed; retrying next interval"),
+        }
     }
 }
 
@@ -821,13 +831,20 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or(target).to_string();
+    let operation = target
+        .strip_prefix(TARGET_PREFIX)
+        .or_else(|| target.strip_prefix(crate::streams::api::TARGET_PREFIX))
+        .unwrap_or(target)
+        .to_string();
     let result = match authenticate_head(&state, &method, &uri, &headers) {
         Err(error) => Err(error),
         Ok(admitted) => match read_body(body).await {
             Err(response) => return response,
             Ok(body) => match authenticate_body(&state, admitted, &operation, &method, &uri, &headers, &body) {
                 Err(error) => Err(error),
+                Ok(_) if target.starts_with(crate::streams::api::TARGET_PREFIX) => {
+                    crate::streams::api::handle(state.store.engine(), &operation, &body).await
+                }
                 Ok(_) if !target.starts_with(TARGET_PREFIX) => Err(ApiError::new(
                     ErrorKind::UnknownOperation,
                     format!("Unknown operation: X-Amz-Target must be {TARGET_PREFIX}<Operation>, got '{target}'"),
@@ -848,7 +865,9 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             },
         },
     };
-    let label = if crate::ops::OPERATIONS.contains(&operation.as_str()) {
+    let label = if crate::ops::OPERATIONS.contains(&operation.as_str())
+        || crate::streams::api::OPERATIONS.contains(&operation.as_str())
+    {
         operation
     } else {
         "unknown".to_string()

@@ -133,6 +133,15 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
     }
     replicas.sort();
     let mut next = (*meta).clone();
+    // As AWS does: a table becoming global gets a NEW_AND_OLD_IMAGES stream unless it has an
+    // enabled stream already (which it keeps as it is).
+    if replicas.len() > 1 && next.stream.as_ref().is_none_or(|s| !s.enabled) {
+        next.stream = Some(crate::streams::TableStream {
+            enabled: true,
+            view_type: crate::streams::ViewType::NewAndOldImages,
+            label: store.engine().new_stream_label(),
+        });
+    }
     next.replicas = if replicas.len() > 1 {
         replicas.clone()
     } else {
@@ -184,6 +193,7 @@ pub async fn create_table(store: &Store, request: CreateTableRequest) -> Result<
     // Validate before queueing so a bad request costs no write.
     catalog::table_from_request(&request, 0, now)?;
     let name = request.table_name.clone();
+    let label = store.engine().new_stream_label();
     let meta = store
         .engine()
         .write_exclusive(move |context| {
@@ -194,7 +204,10 @@ pub async fn create_table(store: &Store, request: CreateTableRequest) -> Result<
                 ));
             }
             let id = context.next_table_id()?;
-            let meta = catalog::table_from_request(&request, id, now)?;
+            let mut meta = catalog::table_from_request(&request, id, now)?;
+            if let Some(stream) = meta.stream.as_mut() {
+                stream.label = label;
+            }
             context.put_table(meta.clone())?;
             Ok(meta)
         })
@@ -367,7 +380,15 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
         };
         changed = true;
     }
-    if let Some(stream) = request.stream_specification {
+    if let Some(specification) = &request.stream_specification {
+        let specification = crate::streams::parse_specification(specification)?;
+        let stream = crate::streams::change_stream(
+            &next.name,
+            next.stream.as_ref(),
+            next.is_global(),
+            specification,
+            || store.engine().new_stream_label(),
+        )?;
         next.stream = Some(stream);
         changed = true;
     }

@@ -650,4 +650,5 @@ mod disk;
 mod global;
 mod replication_fuzz;
 mod server;
+mod streams;
 mod tombstones;

@@ -1,0 +1,590 @@
+//! Stream storage: the records of DynamoDB Streams, written by the writer in the same
+//! transaction as the item change they describe.
+//!
+//! Every item change of every table goes through `WriteContext::store` (local writes, batch
+//! and transactional writes, TTL deletions, and replicated changes that won last-writer-wins),
+//! so that is where a table's stream gets its record: a change that loses, or a write that
+//! leaves the item as it was, stores nothing and so records nothing. A region's stream thus
+//! shows every change applied in that region exactly once, local or replicated.
+//!
+//! Tables (redb):
+//! - `streams`: `TABLE/LABEL` → [`StreamMeta`] (JSON): one per stream ever enabled, kept
+//!   (DISABLED) after the table's stream is disabled or the table deleted, until retention ends;
+//! - `stream_shards`: `(stream id, first sequence number)` → [`ShardMeta`] (JSON); the last
+//!   shard of a stream is its open one until it rolls over (age, records or bytes) or the
+//!   stream is disabled;
+//! - `stream_records`: `(stream id, sequence number)` → creation time (`u64` ms, big-endian)
+//!   followed by the record as GetRecords returns it (JSON).
+//!
+//! Sequence numbers come from one counter (`settings.stream_seq`), so they increase within a
+//! shard, across a shard and its child, and across streams.
+
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::streams::{self, StreamLimits, TableStream, ViewType};
+
+pub(crate) const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
+pub(crate) const STREAM_SHARDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("stream_shards");
+pub(crate) const STREAM_RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("stream_records");
+/// The last sequence number handed out.
+const STREAM_SEQ: &str = "stream_seq";
+const NEXT_STREAM_ID: &str = "next_stream_id";
+
+/// One stream of a table (the table may have been deleted since).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamMeta {
+    pub id: u64,
+    pub table: String,
+    pub label: String,
+    pub view_type: ViewType,
+    pub key: KeySchema,
+    pub created_ms: u64,
+    /// When the stream was disabled (its table's stream disabled or the table deleted).
+    pub disabled_ms: Option<u64>,
+    /// Records up to this sequence number were trimmed (retention); 0: none.
+    pub trimmed_through: u64,
+}
+
+impl StreamMeta {
+    pub fn status(&self) -> &'static str {
+        if self.disabled_ms.is_some() {
+            "DISABLED"
+        } else {
+            "ENABLED"
+        }
+    }
+}
+
+/// One shard of a stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardMeta {
+    pub id: String,
+    pub parent: Option<String>,
+    pub created_ms: u64,
+    /// The shard's records have sequence numbers from here (StartingSequenceNumber).
+    pub first_seq: u64,
+    /// The last record written to it (EndingSequenceNumber once closed).
+    pub last_seq: Option<u64>,
+    pub records: u64,
+    pub bytes: u64,
+    pub closed: bool,
+}
+
+pub(crate) fn stream_key(table: &str, label: &str) -> String {
+    format!("{table}/{label}")
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, redb::Error> {
+    serde_json::from_slice(bytes).map_err(|e| redb::Error::Corrupted(format!("stream metadata: {e}")))
+}
+
+fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("serialising stream metadata cannot fail")
+}
+
+fn shard_range(stream_id: u64) -> std::ops::RangeInclusive<(u64, u64)> {
+    (stream_id, 0)..=(stream_id, u64::MAX)
+}
+
+impl WriteContext<'_> {
+    /// Records the change of one item in the table's stream, if it has an enabled one and the
+    /// change changed anything.
+    pub(super) fn stream_append(
+        &mut self,
+        table: &TableMeta,
+        old: Option<&Item>,
+        new: Option<&Item>,
+    ) -> Result<(), redb::Error> {
+        let Some(stream) = table.stream.as_ref().filter(|s| s.enabled) else {
+            return Ok(());
+        };
+        if old == new {
+            return Ok(());
+        }
+        let now_ms = self.shared.clock.now_unix_ms();
+        let limits = *self.shared.stream_limits.read().expect("limits lock is never poisoned");
+        let key = stream_key(&table.name, &stream.label);
+        let meta = {
+            let streams = self.txn.open_table(STREAMS)?;
+            let found = streams.get(key.as_str())?;
+            found
+                .map(|bytes| decode_json::<StreamMeta>(bytes.value()))
+                .transpose()?
+        };
+        let meta = match meta {
+            Some(meta) if meta.disabled_ms.is_none() => meta,
+            Some(_) => return Ok(()),
+            None => self.create_stream(table, stream, now_ms)?,
+        };
+        let seq = {
+            let mut settings = self.txn.open_table(SETTINGS)?;
+            let seq = settings.get(STREAM_SEQ)?.map(|v| v.value()).unwrap_or(0) + 1;
+            settings.insert(STREAM_SEQ, seq)?;
+            seq
+        };
+        let Some(record) = streams::shape_record(&streams::Change {
+            stream_id: meta.id,
+            seq,
+            view_type: meta.view_type,
+            key: &table.key,
+            region: &self.shared.region,
+            old,
+            new,
+            ttl: self.ttl_delete,
+            now_ms,
+        }) else {
+            return Ok(());
+        };
+        let mut value = now_ms.to_be_bytes().to_vec();
+        serde_json::to_writer(&mut value, &record).expect("serialising a record into a Vec cannot fail");
+        let mut shards = self.txn.open_table(STREAM_SHARDS)?;
+        let open = {
+            let last = shards.range(shard_range(meta.id))?.next_back().transpose()?;
+            last.map(|(k, v)| Ok::<_, redb::Error>((k.value().1, decode_json::<ShardMeta>(v.value())?)))
+                .transpose()?
+        };
+        let mut shard = match open {
+            Some((_, shard)) if !shard.closed && !due_for_rollover(&shard, &limits, now_ms) => shard,
+            Some((first, mut parent)) => {
+                let parent_id = parent.id.clone();
+                if !parent.closed {
+                    parent.closed = true;
+                    shards.insert((meta.id, first), encode_json(&parent).as_slice())?;
+                }
+                new_shard(meta.id, Some(parent_id), now_ms, seq)
+            }
+            None => new_shard(meta.id, None, now_ms, seq),
+        };
+        shard.records += 1;
+        shard.bytes += value.len() as u64;
+        shard.last_seq = Some(seq);
+        shards.insert((meta.id, shard.first_seq), encode_json(&shard).as_slice())?;
+        self.txn
+            .open_table(STREAM_RECORDS)?
+            .insert((meta.id, seq), value.as_slice())?;
+        Ok(())
+    }
+
+    /// Registers a table's newly enabled stream (with its first shard).
+    fn create_stream(
+        &mut self,
+        table: &TableMeta,
+        stream: &TableStream,
+        now_ms: u64,
+    ) -> Result<StreamMeta, redb::Error> {
+        let (id, next_seq) = {
+            let mut settings = self.txn.open_table(SETTINGS)?;
+            let id = settings.get(NEXT_STREAM_ID)?.map(|v| v.value()).unwrap_or(1);
+            settings.insert(NEXT_STREAM_ID, id + 1)?;
+            let seq = settings.get(STREAM_SEQ)?.map(|v| v.value()).unwrap_or(0);
+            (id, seq + 1)
+        };
+        let meta = StreamMeta {
+            id,
+            table: table.name.clone(),
+            label: stream.label.clone(),
+            view_type: stream.view_type,
+            key: table.key.clone(),
+            created_ms: now_ms,
+            disabled_ms: None,
+            trimmed_through: 0,
+        };
+        let key = stream_key(&table.name, &stream.label);
+        self.txn
+            .open_table(STREAMS)?
+            .insert(key.as_str(), encode_json(&meta).as_slice())?;
+        let shard = new_shard(id, None, now_ms, next_seq);
+        self.txn
+            .open_table(STREAM_SHARDS)?
+            .insert((id, shard.first_seq), encode_json(&shard).as_slice())?;
+        Ok(meta)
+    }
+
+    /// Brings the stored streams of `table` in line with its definition: the enabled stream
+    /// exists, every other stream of the table is disabled (all of them when `dropped`).
+    pub(super) fn sync_streams(&mut self, table: &TableMeta, dropped: bool) -> Result<(), redb::Error> {
+        let now_ms = self.shared.clock.now_unix_ms();
+        let current = table.stream.as_ref().filter(|s| s.enabled && !dropped);
+        let prefix = format!("{}/", table.name);
+        let mut to_disable = Vec::new();
+        let mut current_exists = false;
+        {
+            let streams = self.txn.open_table(STREAMS)?;
+            for entry in streams.range::<&str>(prefix.as_str()..)? {
+                let (key, value) = entry?;
+                if !key.value().starts_with(&prefix) {
+                    break;
+                }
+                let meta: StreamMeta = decode_json(value.value())?;
+                if current.is_some_and(|c| c.label == meta.label) {
+                    current_exists = true;
+                } else if meta.disabled_ms.is_none() {
+                    to_disable.push(meta);
+                }
+            }
+        }
+        for mut meta in to_disable {
+            meta.disabled_ms = Some(now_ms);
+            self.close_open_shard(meta.id)?;
+            let key = stream_key(&meta.table, &meta.label);
+            self.txn
+                .open_table(STREAMS)?
+                .insert(key.as_str(), encode_json(&meta).as_slice())?;
+        }
+        if let (Some(stream), false) = (current, current_exists) {
+            self.create_stream(table, stream, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Closes a stream's open shard; an open shard without records is removed instead.
+    fn close_open_shard(&mut self, stream_id: u64) -> Result<(), redb::Error> {
+        let mut shards = self.txn.open_table(STREAM_SHARDS)?;
+        let last = {
+            let last = shards.range(shard_range(stream_id))?.next_back().transpose()?;
+            last.map(|(k, v)| Ok::<_, redb::Error>((k.value().1, decode_json::<ShardMeta>(v.value())?)))
+                .transpose()?
+        };
+        match last {
+            Some((first, shard)) if !shard.closed && shard.records == 0 => {
+                shards.remove((stream_id, first))?;
+            }
+            Some((first, mut shard)) if !shard.closed => {
+                shard.closed = true;
+                shards.insert((stream_id, first), encode_json(&shard).as_slice())?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// One retention sweep over every stream: trims records older than the retention, drops
+    /// closed shards left without records, and forgets disabled streams whose retention ended.
+    /// Returns the records deleted.
+    fn trim_streams(&mut self, now_ms: u64, limits: StreamLimits) -> Result<usize, redb::Error> {
+        let horizon = now_ms.saturating_sub(limits.retention_ms);
+        let metas: Vec<StreamMeta> = {
+            let streams = self.txn.open_table(STREAMS)?;
+            let mut metas = Vec::new();
+            for entry in streams.iter()? {
+                let (_, value) = entry?;
+                metas.push(decode_json(value.value())?);
+            }
+            metas
+        };
+        let mut budget = streams::TRIM_RECORDS_PER_SWEEP_MAX;
+        let mut deleted = 0;
+        for mut meta in metas {
+            if budget == 0 {
+                break;
+            }
+            let forget = meta.disabled_ms.is_some_and(|at| at <= horizon);
+            let mut trimmed = Vec::new();
+            {
+                let records = self.txn.open_table(STREAM_RECORDS)?;
+                for entry in records.range(shard_range(meta.id))? {
+                    let (key, value) = entry?;
+                    let created = value
+                        .value()
+                        .get(..8)
+                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                        .unwrap_or(0);
+                    if (!forget && created > horizon) || trimmed.len() >= budget {
+                        break;
+                    }
+                    trimmed.push(key.value().1);
+                }
+            }
+            budget -= trimmed.len();
+            deleted += trimmed.len();
+            let mut records = self.txn.open_table(STREAM_RECORDS)?;
+            for seq in &trimmed {
+                records.remove((meta.id, *seq))?;
+            }
+            let left = records.range(shard_range(meta.id))?.next().is_some();
+            drop(records);
+            let mut shards = self.txn.open_table(STREAM_SHARDS)?;
+            if forget && !left {
+                shards.retain_in(shard_range(meta.id), |_, _| false)?;
+                drop(shards);
+                self.txn
+                    .open_table(STREAMS)?
+                    .remove(stream_key(&meta.table, &meta.label).as_str())?;
+                continue;
+            }
+            let Some(&through) = trimmed.last() else {
+                continue;
+            };
+            meta.trimmed_through = meta.trimmed_through.max(through);
+            // Closed shards whose every record is gone are dropped (DescribeStream no longer
+            // lists them), as DynamoDB drops shards past retention.
+            let mut gone = Vec::new();
+            for entry in shards.range(shard_range(meta.id))? {
+                let (key, value) = entry?;
+                let shard: ShardMeta = decode_json(value.value())?;
+                if shard.closed && shard.last_seq.is_none_or(|last| last <= meta.trimmed_through) {
+                    gone.push(key.value());
+                }
+            }
+            for key in gone {
+                shards.remove(key)?;
+            }
+            drop(shards);
+            self.txn.open_table(STREAMS)?.insert(
+                stream_key(&meta.table, &meta.label).as_str(),
+                encode_json(&meta).as_slice(),
+            )?;
+        }
+        Ok(deleted)
+    }
+}
+
+fn due_for_rollover(shard: &ShardMeta, limits: &StreamLimits, now_ms: u64) -> bool {
+    shard.records > 0
+        && (shard.records >= limits.shard_records_max
+            || shard.bytes >= limits.shard_bytes_max
+            || now_ms.saturating_sub(shard.created_ms) >= limits.shard_age_ms)
+}
+
+fn new_shard(stream_id: u64, parent: Option<String>, now_ms: u64, first_seq: u64) -> ShardMeta {
+    ShardMeta {
+        id: streams::shard_id(now_ms, stream_id, first_seq),
+        parent,
+        created_ms: now_ms,
+        first_seq,
+        last_seq: None,
+        records: 0,
+        bytes: 0,
+        closed: false,
+    }
+}
+
+/// What GetRecords read from one shard.
+pub struct ShardRead {
+    /// The records, as GetRecords returns them.
+    pub records: Vec<serde_json::Value>,
+    /// The position after the last record read (the next read starts there).
+    pub next: u64,
+    /// The shard is closed and the read reached its end: no next iterator.
+    pub ended: bool,
+}
+
+impl Snapshot {
+    fn open_or_empty<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        definition: TableDefinition<K, V>,
+    ) -> Result<Option<redb::ReadOnlyTable<K, V>>, ApiError> {
+        match self.txn.open_table(definition) {
+            Ok(table) => Ok(Some(table)),
+            Err(TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(storage_error("opening stream storage", e)),
+        }
+    }
+
+    /// Streams in ARN order (table name, then label), from after `after` (a stream key).
+    pub fn streams(&self, table: Option<&str>, after: Option<&str>, limit: usize) -> Result<Vec<StreamMeta>, ApiError> {
+        let Some(streams) = self.open_or_empty(STREAMS)? else {
+            return Ok(Vec::new());
+        };
+        let start = match (after, table) {
+            (Some(after), _) => Bound::Excluded(after.to_string()),
+            (None, Some(table)) => Bound::Included(format!("{table}/")),
+            (None, None) => Bound::Unbounded,
+        };
+        let bounds = (start.as_ref().map(String::as_str), Bound::Unbounded);
+        let mut out = Vec::new();
+        for entry in streams
+            .range::<&str>(bounds)
+            .map_err(|e| storage_error("reading streams", e))?
+        {
+            let (key, value) = entry.map_err(|e| storage_error("reading streams", e))?;
+            if let Some(table) = table
+                && !key.value().starts_with(&format!("{table}/"))
+            {
+                if key.value() > format!("{table}/").as_str() {
+                    break;
+                }
+                continue;
+            }
+            out.push(decode_json(value.value()).map_err(|e| storage_error("decoding a stream", e))?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn stream(&self, table: &str, label: &str) -> Result<Option<StreamMeta>, ApiError> {
+        let Some(streams) = self.open_or_empty(STREAMS)? else {
+            return Ok(None);
+        };
+        let found = streams
+            .get(stream_key(table, label).as_str())
+            .map_err(|e| storage_error("reading a stream", e))?;
+        found
+            .map(|v| decode_json(v.value()).map_err(|e| storage_error("decoding a stream", e)))
+            .transpose()
+    }
+
+    /// A stream's shards, oldest first.
+    pub fn shards(&self, stream_id: u64) -> Result<Vec<ShardMeta>, ApiError> {
+        let Some(shards) = self.open_or_empty(STREAM_SHARDS)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for entry in shards
+            .range(shard_range(stream_id))
+            .map_err(|e| storage_error("reading shards", e))?
+        {
+            let (_, value) = entry.map_err(|e| storage_error("reading shards", e))?;
+            out.push(decode_json(value.value()).map_err(|e| storage_error("decoding a shard", e))?);
+        }
+        Ok(out)
+    }
+
+    /// The last sequence number handed out (the next record gets a higher one).
+    pub fn stream_seq(&self) -> Result<u64, ApiError> {
+        let settings = self
+            .txn
+            .open_table(SETTINGS)
+            .map_err(|e| storage_error("opening settings", e))?;
+        let seq = settings
+            .get(STREAM_SEQ)
+            .map_err(|e| storage_error("reading settings", e))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        Ok(seq)
+    }
+
+    /// Reads a shard's records from `position`: at most `limit` records and about `bytes_max`
+    /// bytes (at least one record).
+    pub fn read_shard(
+        &self,
+        stream_id: u64,
+        shard: &ShardMeta,
+        position: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<ShardRead, ApiError> {
+        let end = if shard.closed {
+            shard.last_seq.unwrap_or(shard.first_seq.saturating_sub(1))
+        } else {
+            u64::MAX
+        };
+        let mut read = ShardRead {
+            records: Vec::new(),
+            next: position,
+            ended: shard.closed && position > end,
+        };
+        if read.ended {
+            return Ok(read);
+        }
+        let Some(records) = self.open_or_empty(STREAM_RECORDS)? else {
+            read.ended = shard.closed;
+            return Ok(read);
+        };
+        let mut bytes = 0;
+        let mut exhausted = true;
+        for entry in records
+            .range((stream_id, position)..=(stream_id, end))
+            .map_err(|e| storage_error("reading stream records", e))?
+        {
+            let (key, value) = entry.map_err(|e| storage_error("reading stream records", e))?;
+            let body = value.value().get(8..).unwrap_or_default();
+            if read.records.len() >= limit || (!read.records.is_empty() && bytes + body.len() > bytes_max) {
+                exhausted = false;
+                break;
+            }
+            bytes += body.len();
+            read.records
+                .push(serde_json::from_slice(body).map_err(|e| storage_error("decoding a stream record", e))?);
+            read.next = key.value().1 + 1;
+        }
+        read.ended = shard.closed && exhausted;
+        Ok(read)
+    }
+}
+
+impl Engine {
+    /// The stream limits (retention, shard rollover) in force.
+    pub fn stream_limits(&self) -> StreamLimits {
+        *self.shared.stream_limits.read().expect("limits lock is never poisoned")
+    }
+
+    /// Changes the stream limits (tests use small ones).
+    pub fn set_stream_limits(&self, limits: StreamLimits) {
+        *self
+            .shared
+            .stream_limits
+            .write()
+            .expect("limits lock is never poisoned") = limits;
+    }
+
+    /// A new stream label: the current time, later than every label this process minted.
+    pub fn new_stream_label(&self) -> String {
+        let now = self.now_unix_ms();
+        let previous = self
+            .shared
+            .stream_label_ms
+            .fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        let ms = if previous >= now {
+            self.shared
+                .stream_label_ms
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1
+        } else {
+            now
+        };
+        streams::label_at(ms)
+    }
+
+    /// One retention sweep (see `WriteContext::trim_streams`); runs a write only when a
+    /// stream has something to trim or forget. Returns the records deleted.
+    pub async fn trim_streams_once(&self) -> Result<usize, ApiError> {
+        let now_ms = self.now_unix_ms();
+        let limits = self.stream_limits();
+        let horizon = now_ms.saturating_sub(limits.retention_ms);
+        let due = {
+            let snapshot = self.snapshot()?;
+            let Some(records) = snapshot.open_or_empty(STREAM_RECORDS)? else {
+                return Ok(0);
+            };
+            let mut due = false;
+            for meta in snapshot.streams(None, None, usize::MAX)? {
+                if meta.disabled_ms.is_some_and(|at| at <= horizon) {
+                    due = true;
+                    break;
+                }
+                let first = records
+                    .range(shard_range(meta.id))
+                    .map_err(|e| storage_error("reading stream records", e))?
+                    .next()
+                    .transpose()
+                    .map_err(|e| storage_error("reading stream records", e))?;
+                if let Some((_, value)) = first {
+                    let created = value
+                        .value()
+                        .get(..8)
+                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                        .unwrap_or(0);
+                    if created <= horizon {
+                        due = true;
+                        break;
+                    }
+                }
+            }
+            due
+        };
+        if !due {
+            return Ok(0);
+        }
+        self.write(move |context| {
+            let result = context.trim_streams(now_ms, limits);
+            result.map_err(|e| context.fail("trimming streams", e))
+        })
+        .await
+    }
+}

@@ -1,0 +1,304 @@
+//! The DynamoDB Streams API (`DynamoDBStreams_20120810.*` on the store's endpoint):
+//! ListStreams, DescribeStream, GetShardIterator, GetRecords. Reads only: the records are
+//! written by the engine with the items.
+
+use dynamo_protocol::{ApiError, ErrorKind};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::{
+    DESCRIBE_STREAM_LIMIT_MAX, GET_RECORDS_BYTES_MAX, GET_RECORDS_LIMIT_MAX, LIST_STREAMS_LIMIT_MAX, ShardIterator,
+    format_sequence, parse_sequence, parse_stream_arn, stream_arn,
+};
+use crate::engine::{Engine, ShardMeta, Snapshot, StreamMeta};
+
+/// The target prefix of the Streams API.
+pub const TARGET_PREFIX: &str = "DynamoDBStreams_20120810.";
+
+/// The operations of the Streams API, as its reference lists them.
+pub const OPERATIONS: &[&str] = &["DescribeStream", "GetRecords", "GetShardIterator", "ListStreams"];
+
+/// Runs one Streams operation on a JSON request body.
+pub async fn handle(engine: &Engine, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
+    match operation {
+        "ListStreams" => list_streams(engine, decode(body)?),
+        "DescribeStream" => describe_stream(engine, decode(body)?),
+        "GetShardIterator" => get_shard_iterator(engine, decode(body)?),
+        "GetRecords" => get_records(engine, decode(body)?),
+        other => Err(ApiError::new(
+            ErrorKind::UnknownOperation,
+            format!(
+                "Unknown operation: {TARGET_PREFIX}{other}; DynamoDB Streams serves {}",
+                OPERATIONS.join(", ")
+            ),
+        )),
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::serialization(format!("The request body is not valid: {e}")))
+}
+
+fn check_limit(limit: Option<i64>, max: i64, field: &str) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(max as usize),
+        Some(limit) if limit < 1 => Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{limit}' at '{field}' failed to satisfy constraint: Member must have value greater than or equal to 1"
+        ))),
+        Some(limit) if limit > max => Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{limit}' at '{field}' failed to satisfy constraint: Member must have value less than or equal to {max}"
+        ))),
+        Some(limit) => Ok(limit as usize),
+    }
+}
+
+fn stream_not_found(arn: &str) -> ApiError {
+    ApiError::resource_not_found(format!("Requested resource not found: Stream: {arn} not found"))
+}
+
+/// The stream an ARN names, read in `snapshot`.
+fn find_stream(engine: &Engine, snapshot: &Snapshot, arn: &str) -> Result<StreamMeta, ApiError> {
+    let (table, label) = parse_stream_arn(arn, engine.region())?;
+    snapshot.stream(table, label)?.ok_or_else(|| stream_not_found(arn))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListStreamsRequest {
+    table_name: Option<String>,
+    limit: Option<i64>,
+    exclusive_start_stream_arn: Option<String>,
+}
+
+fn list_streams(engine: &Engine, request: ListStreamsRequest) -> Result<Value, ApiError> {
+    let limit = check_limit(request.limit, LIST_STREAMS_LIMIT_MAX, "limit")?;
+    if let Some(table) = &request.table_name {
+        crate::catalog::validate_table_name(table, "tableName")?;
+    }
+    let after = match &request.exclusive_start_stream_arn {
+        Some(arn) => {
+            let (table, label) = parse_stream_arn(arn, engine.region())?;
+            Some(crate::engine::stream_key_of(table, label))
+        }
+        None => None,
+    };
+    let snapshot = engine.snapshot()?;
+    // One more than the page, to know whether another page follows.
+    let mut streams = snapshot.streams(request.table_name.as_deref(), after.as_deref(), limit + 1)?;
+    if let Some(table) = &request.table_name
+        && streams.is_empty()
+        && after.is_none()
+        && engine.table(table).is_none()
+    {
+        return Err(ApiError::resource_not_found(format!(
+            "Requested resource not found: Table: {table} not found"
+        )));
+    }
+    let more = streams.len() > limit;
+    streams.truncate(limit);
+    let region = engine.region();
+    let listed: Vec<Value> = streams
+        .iter()
+        .map(|s| json!({"StreamArn": stream_arn(region, &s.table, &s.label), "TableName": s.table, "StreamLabel": s.label}))
+        .collect();
+    let mut response = json!({"Streams": listed});
+    if more && let Some(last) = streams.last() {
+        response["LastEvaluatedStreamArn"] = json!(stream_arn(region, &last.table, &last.label));
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DescribeStreamRequest {
+    stream_arn: String,
+    limit: Option<i64>,
+    exclusive_start_shard_id: Option<String>,
+}
+
+fn shard_json(shard: &ShardMeta) -> Value {
+    let mut range = json!({"StartingSequenceNumber": format_sequence(shard.first_seq)});
+    if shard.closed
+        && let Some(last) = shard.last_seq
+    {
+        range["EndingSequenceNumber"] = json!(format_sequence(last));
+    }
+    let mut out = json!({"ShardId": shard.id, "SequenceNumberRange": range});
+    if let Some(parent) = &shard.parent {
+        out["ParentShardId"] = json!(parent);
+    }
+    out
+}
+
+fn describe_stream(engine: &Engine, request: DescribeStreamRequest) -> Result<Value, ApiError> {
+    let limit = check_limit(request.limit, DESCRIBE_STREAM_LIMIT_MAX, "limit")?;
+    let snapshot = engine.snapshot()?;
+    let stream = find_stream(engine, &snapshot, &request.stream_arn)?;
+    let shards = snapshot.shards(stream.id)?;
+    let start = match &request.exclusive_start_shard_id {
+        None => 0,
+        Some(id) => match shards.iter().position(|s| s.id == *id) {
+            Some(at) => at + 1,
+            None => {
+                return Err(ApiError::resource_not_found(format!(
+                    "Requested resource not found: Shard: {id} not found in stream {}",
+                    request.stream_arn
+                )));
+            }
+        },
+    };
+    let page: Vec<&ShardMeta> = shards.iter().skip(start).take(limit).collect();
+    let mut description = json!({
+        "StreamArn": stream_arn(engine.region(), &stream.table, &stream.label),
+        "StreamLabel": stream.label,
+        "StreamStatus": stream.status(),
+        "StreamViewType": stream.view_type.as_str(),
+        "CreationRequestDateTime": stream.created_ms as f64 / 1000.0,
+        "TableName": stream.table,
+        "KeySchema": stream.key.to_json(),
+        "Shards": page.iter().map(|s| shard_json(s)).collect::<Vec<_>>(),
+    });
+    if start + page.len() < shards.len()
+        && let Some(last) = page.last()
+    {
+        description["LastEvaluatedShardId"] = json!(last.id);
+    }
+    Ok(json!({"StreamDescription": description}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct GetShardIteratorRequest {
+    stream_arn: String,
+    shard_id: String,
+    shard_iterator_type: String,
+    sequence_number: Option<String>,
+}
+
+fn trimmed(arn: &str, seq: u64) -> ApiError {
+    ApiError::new(
+        ErrorKind::TrimmedDataAccess,
+        format!(
+            "The operation attempted to read past the oldest stream record in a shard: sequence number {} of stream {arn} was trimmed (records are kept for the stream's retention); start from TRIM_HORIZON instead",
+            format_sequence(seq)
+        ),
+    )
+}
+
+fn find_shard<'a>(shards: &'a [ShardMeta], id: &str, arn: &str) -> Result<&'a ShardMeta, ApiError> {
+    shards.iter().find(|s| s.id == id).ok_or_else(|| {
+        ApiError::resource_not_found(format!(
+            "Requested resource not found: Shard: {id} in Stream: {arn} not found (it may have been trimmed; DescribeStream lists the shards)"
+        ))
+    })
+}
+
+fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Result<Value, ApiError> {
+    if request.shard_id.len() < 28 || request.shard_id.len() > 65 {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{}' at 'shardId' failed to satisfy constraint: Member must have length between 28 and 65",
+            request.shard_id
+        )));
+    }
+    let snapshot = engine.snapshot()?;
+    let stream = find_stream(engine, &snapshot, &request.stream_arn)?;
+    let shards = snapshot.shards(stream.id)?;
+    let shard = find_shard(&shards, &request.shard_id, &request.stream_arn)?;
+    let sequence = |kind: &str| -> Result<u64, ApiError> {
+        let text = request.sequence_number.as_deref().ok_or_else(|| {
+            ApiError::validation(format!(
+                "A SequenceNumber is required for ShardIteratorType {kind}; give one of the shard's records' sequence numbers"
+            ))
+        })?;
+        let seq = parse_sequence(text)?;
+        let end = if shard.closed { shard.last_seq } else { None };
+        if seq < shard.first_seq || end.is_some_and(|end| seq > end) {
+            return Err(ApiError::validation(format!(
+                "Invalid SequenceNumber for ShardIterator: {text} is not in the range of shard {} ({} to {})",
+                shard.id,
+                format_sequence(shard.first_seq),
+                end.map_or_else(|| "open".to_string(), format_sequence)
+            )));
+        }
+        if seq > snapshot.stream_seq()? {
+            return Err(ApiError::validation(format!(
+                "Invalid SequenceNumber for ShardIterator: {text} was never issued (the stream's records so far end before it)"
+            )));
+        }
+        if seq <= stream.trimmed_through {
+            return Err(trimmed(&request.stream_arn, seq));
+        }
+        Ok(seq)
+    };
+    let no_sequence = |kind: &str| -> Result<(), ApiError> {
+        if request.sequence_number.is_some() {
+            return Err(ApiError::validation(format!(
+                "SequenceNumber must not be given with ShardIteratorType {kind}; it is for AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER"
+            )));
+        }
+        Ok(())
+    };
+    let position = match request.shard_iterator_type.as_str() {
+        "TRIM_HORIZON" => {
+            no_sequence("TRIM_HORIZON")?;
+            shard.first_seq.max(stream.trimmed_through + 1)
+        }
+        "LATEST" => {
+            no_sequence("LATEST")?;
+            match (shard.closed, shard.last_seq) {
+                (true, Some(last)) => last + 1,
+                _ => snapshot.stream_seq()? + 1,
+            }
+        }
+        "AT_SEQUENCE_NUMBER" => sequence("AT_SEQUENCE_NUMBER")?,
+        "AFTER_SEQUENCE_NUMBER" => sequence("AFTER_SEQUENCE_NUMBER")? + 1,
+        other => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'shardIteratorType' failed to satisfy constraint: Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, LATEST, AT_SEQUENCE_NUMBER, TRIM_HORIZON]"
+            )));
+        }
+    };
+    let iterator = ShardIterator {
+        arn: stream_arn(engine.region(), &stream.table, &stream.label),
+        shard_id: shard.id.clone(),
+        position,
+        issued_ms: engine.now_unix_ms(),
+    };
+    Ok(json!({"ShardIterator": iterator.encode()}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct GetRecordsRequest {
+    shard_iterator: String,
+    limit: Option<i64>,
+}
+
+fn get_records(engine: &Engine, request: GetRecordsRequest) -> Result<Value, ApiError> {
+    let limit = check_limit(request.limit, GET_RECORDS_LIMIT_MAX, "limit")?;
+    let iterator = ShardIterator::decode(&request.shard_iterator)?;
+    let now_ms = engine.now_unix_ms();
+    iterator.check_fresh(now_ms)?;
+    let snapshot = engine.snapshot()?;
+    let stream = find_stream(engine, &snapshot, &iterator.arn)?;
+    let shards = snapshot.shards(stream.id)?;
+    let Some(shard) = shards.iter().find(|s| s.id == iterator.shard_id) else {
+        // A shard that is gone was trimmed with its last records.
+        return Err(trimmed(&iterator.arn, iterator.position));
+    };
+    if iterator.position <= stream.trimmed_through {
+        return Err(trimmed(&iterator.arn, iterator.position));
+    }
+    let read = snapshot.read_shard(stream.id, shard, iterator.position, limit, GET_RECORDS_BYTES_MAX)?;
+    let mut response = json!({"Records": read.records});
+    if !read.ended {
+        let next = ShardIterator {
+            position: read.next,
+            issued_ms: now_ms,
+            ..iterator
+        };
+        response["NextShardIterator"] = json!(next.encode());
+    }
+    Ok(response)
+}

@@ -1,0 +1,473 @@
+//! DynamoDB Streams: the change log of a table as DynamoDB's Streams API serves it.
+//!
+//! This module is pure (no storage, no clock of its own): the stream specification and its
+//! validation, the names (stream ARNs and labels, shard ids, sequence numbers), shard
+//! iterators, and the shape of a stream record. The records themselves are written by the
+//! engine in the same transaction as the item they describe (`engine::streams`), and the
+//! Streams API reads them back (`api`).
+
+pub mod api;
+
+use base64::Engine as _;
+use dynamo_protocol::value::item_size_bytes;
+use dynamo_protocol::{ApiError, ErrorKind, Item};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Value, json};
+
+use crate::catalog::KeySchema;
+
+/// How long a stream keeps its records (DynamoDB: 24 hours).
+pub const RETENTION_MS_DEFAULT: u64 = 24 * 3600 * 1000;
+/// A shard is closed and a child shard opened once it is this old (DynamoDB: about 4 hours).
+pub const SHARD_AGE_MS_DEFAULT: u64 = 4 * 3600 * 1000;
+/// ...or once it holds this many records.
+pub const SHARD_RECORDS_MAX_DEFAULT: u64 = 100_000;
+/// ...or this many bytes of records.
+pub const SHARD_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
+/// A shard iterator is good for 15 minutes after GetShardIterator or GetRecords issued it.
+pub const ITERATOR_LIFETIME_MS: u64 = 15 * 60 * 1000;
+/// GetRecords returns at most this many records (DynamoDB's limit, and its default)...
+pub const GET_RECORDS_LIMIT_MAX: i64 = 1000;
+/// ...and stops once the records returned reach this many bytes.
+pub const GET_RECORDS_BYTES_MAX: usize = 1024 * 1024;
+/// ListStreams returns at most this many streams (its default and maximum).
+pub const LIST_STREAMS_LIMIT_MAX: i64 = 100;
+/// DescribeStream returns at most this many shards (its default and maximum).
+pub const DESCRIBE_STREAM_LIMIT_MAX: i64 = 100;
+/// Records one retention sweep deletes at most, so a sweep never stalls the writer.
+pub const TRIM_RECORDS_PER_SWEEP_MAX: usize = 10_000;
+/// botocore's bounds on a shard iterator's length.
+pub const SHARD_ITERATOR_LENGTH_MAX: usize = 2048;
+/// botocore's bounds on a stream ARN's length.
+pub const STREAM_ARN_LENGTH_MIN: usize = 37;
+pub const STREAM_ARN_LENGTH_MAX: usize = 1024;
+/// The account the store puts in its ARNs (as in `TableMeta::arn`).
+const ACCOUNT: &str = "000000000000";
+
+/// The environment variables that override the stream limits (tests, tuning).
+pub const ENV_RETENTION_MS: &str = "SWITCHYARD_STREAM_RETENTION_MS";
+pub const ENV_SHARD_AGE_MS: &str = "SWITCHYARD_STREAM_SHARD_AGE_MS";
+pub const ENV_SHARD_RECORDS_MAX: &str = "SWITCHYARD_STREAM_SHARD_RECORDS_MAX";
+
+/// Bounds of the stream's retention and shard rollover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub retention_ms: u64,
+    pub shard_age_ms: u64,
+    pub shard_records_max: u64,
+    pub shard_bytes_max: u64,
+}
+
+impl Default for StreamLimits {
+    fn default() -> StreamLimits {
+        StreamLimits {
+            retention_ms: RETENTION_MS_DEFAULT,
+            shard_age_ms: SHARD_AGE_MS_DEFAULT,
+            shard_records_max: SHARD_RECORDS_MAX_DEFAULT,
+            shard_bytes_max: SHARD_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+impl StreamLimits {
+    /// The defaults with the overrides of `lookup` (the environment in the binary).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<StreamLimits, String> {
+        let mut limits = StreamLimits::default();
+        let read = |name: &str| -> Result<Option<u64>, String> {
+            match lookup(name) {
+                None => Ok(None),
+                Some(text) => match text.trim().parse::<u64>() {
+                    Ok(0) | Err(_) => Err(format!(
+                        "{name}={text:?} is not a positive whole number; set it to one (or unset it for the default)"
+                    )),
+                    Ok(value) => Ok(Some(value)),
+                },
+            }
+        };
+        if let Some(value) = read(ENV_RETENTION_MS)? {
+            limits.retention_ms = value;
+        }
+        if let Some(value) = read(ENV_SHARD_AGE_MS)? {
+            limits.shard_age_ms = value;
+        }
+        if let Some(value) = read(ENV_SHARD_RECORDS_MAX)? {
+            limits.shard_records_max = value;
+        }
+        Ok(limits)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ViewType {
+    KeysOnly,
+    NewImage,
+    OldImage,
+    NewAndOldImages,
+}
+
+impl ViewType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViewType::KeysOnly => "KEYS_ONLY",
+            ViewType::NewImage => "NEW_IMAGE",
+            ViewType::OldImage => "OLD_IMAGE",
+            ViewType::NewAndOldImages => "NEW_AND_OLD_IMAGES",
+        }
+    }
+
+    fn parse(text: &str) -> Option<ViewType> {
+        [
+            ViewType::KeysOnly,
+            ViewType::NewImage,
+            ViewType::OldImage,
+            ViewType::NewAndOldImages,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == text)
+    }
+
+    fn new_image(self) -> bool {
+        matches!(self, ViewType::NewImage | ViewType::NewAndOldImages)
+    }
+
+    fn old_image(self) -> bool {
+        matches!(self, ViewType::OldImage | ViewType::NewAndOldImages)
+    }
+}
+
+/// A table's stream as its definition holds it: the latest stream (its label) and whether it
+/// is enabled. A disabled stream stays readable until its retention ends; its label remains
+/// the table's LatestStreamLabel until another stream is enabled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableStream {
+    pub enabled: bool,
+    pub view_type: ViewType,
+    pub label: String,
+}
+
+/// Reads `TableMeta::stream`, which builds before streams stored the StreamSpecification
+/// request verbatim (never acted on): anything not in the current shape reads as no stream.
+pub fn lenient_table_stream<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<TableStream>, D::Error> {
+    let value = Option::<Value>::deserialize(deserializer)?;
+    Ok(value.and_then(|v| serde_json::from_value(v).ok()))
+}
+
+/// A StreamSpecification as CreateTable and UpdateTable take it, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Specification {
+    Enable(ViewType),
+    Disable,
+}
+
+/// Validates a request's StreamSpecification (`{StreamEnabled, StreamViewType}`).
+pub fn parse_specification(value: &Value) -> Result<Specification, ApiError> {
+    let Some(object) = value.as_object() else {
+        return Err(ApiError::serialization(
+            "StreamSpecification must be an object with StreamEnabled and StreamViewType",
+        ));
+    };
+    let enabled = match object.get("StreamEnabled") {
+        None | Some(Value::Null) => {
+            return Err(ApiError::validation(
+                "1 validation error detected: Value null at 'streamSpecification.streamEnabled' failed to satisfy constraint: Member must not be null",
+            ));
+        }
+        Some(Value::Bool(enabled)) => *enabled,
+        Some(other) => {
+            return Err(ApiError::serialization(format!(
+                "StreamSpecification.StreamEnabled must be a boolean, got {other}"
+            )));
+        }
+    };
+    let view_type = match object.get("StreamViewType") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(ViewType::parse(text).ok_or_else(|| {
+            ApiError::validation(format!(
+                "1 validation error detected: Value '{text}' at 'streamSpecification.streamViewType' failed to satisfy constraint: Member must satisfy enum value set: [NEW_IMAGE, OLD_IMAGE, NEW_AND_OLD_IMAGES, KEYS_ONLY]"
+            ))
+        })?),
+        Some(other) => {
+            return Err(ApiError::serialization(format!(
+                "StreamSpecification.StreamViewType must be a string, got {other}"
+            )));
+        }
+    };
+    match (enabled, view_type) {
+        (true, Some(view_type)) => Ok(Specification::Enable(view_type)),
+        (true, None) => Err(ApiError::validation(
+            "One or more parameter values were invalid: If stream is being enabled then UpdateViewType is required (set StreamViewType to KEYS_ONLY, NEW_IMAGE, OLD_IMAGE or NEW_AND_OLD_IMAGES)",
+        )),
+        (false, Some(_)) => Err(ApiError::validation(
+            "One or more parameter values were invalid: StreamViewType cannot be given when StreamEnabled is false; leave it out to disable the stream",
+        )),
+        (false, None) => Ok(Specification::Disable),
+    }
+}
+
+/// What UpdateTable's StreamSpecification does to the table's stream, or DynamoDB's error.
+/// `Ok(None)` never happens for a valid change: enabling needs a new label (the caller mints
+/// it), disabling keeps the label.
+pub fn change_stream(
+    table: &str,
+    current: Option<&TableStream>,
+    global: bool,
+    specification: Specification,
+    new_label: impl FnOnce() -> String,
+) -> Result<TableStream, ApiError> {
+    let enabled = current.filter(|s| s.enabled);
+    match (specification, enabled) {
+        (Specification::Enable(_), Some(_)) => Err(ApiError::validation(format!(
+            "Table already has an enabled stream: TableName: {table}"
+        ))),
+        (Specification::Enable(view_type), None) => Ok(TableStream {
+            enabled: true,
+            view_type,
+            label: new_label(),
+        }),
+        (Specification::Disable, None) => Err(ApiError::validation(format!(
+            "Table has no stream to disable: TableName: {table}"
+        ))),
+        (Specification::Disable, Some(_)) if global => Err(ApiError::validation(format!(
+            "One or more parameter values were invalid: Disabling the stream is not allowed on a Global Table (TableName: {table}): its replicas replicate through it; remove the replicas first"
+        ))),
+        (Specification::Disable, Some(stream)) => Ok(TableStream {
+            enabled: false,
+            ..stream.clone()
+        }),
+    }
+}
+
+/// DescribeTable's stream fields: StreamSpecification while enabled, LatestStreamArn and
+/// LatestStreamLabel while any stream was ever enabled.
+pub fn describe_into(
+    table: &mut serde_json::Map<String, Value>,
+    stream: Option<&TableStream>,
+    region: &str,
+    name: &str,
+) {
+    let Some(stream) = stream else {
+        return;
+    };
+    if stream.enabled {
+        table.insert(
+            "StreamSpecification".into(),
+            json!({"StreamEnabled": true, "StreamViewType": stream.view_type.as_str()}),
+        );
+    }
+    table.insert("LatestStreamLabel".into(), json!(stream.label));
+    table.insert("LatestStreamArn".into(), json!(stream_arn(region, name, &stream.label)));
+}
+
+pub fn stream_arn(region: &str, table: &str, label: &str) -> String {
+    format!("arn:aws:dynamodb:{region}:{ACCOUNT}:table/{table}/stream/{label}")
+}
+
+/// The table name and label of a stream ARN of `region`.
+pub fn parse_stream_arn<'a>(arn: &'a str, region: &str) -> Result<(&'a str, &'a str), ApiError> {
+    if arn.len() < STREAM_ARN_LENGTH_MIN || arn.len() > STREAM_ARN_LENGTH_MAX {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{arn}' at 'streamArn' failed to satisfy constraint: Member must have length between {STREAM_ARN_LENGTH_MIN} and {STREAM_ARN_LENGTH_MAX}"
+        )));
+    }
+    let invalid = || {
+        ApiError::validation(format!(
+            "Invalid StreamArn: {arn} (expected arn:aws:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL, as ListStreams and DescribeTable's LatestStreamArn give it)"
+        ))
+    };
+    let rest = arn.strip_prefix("arn:aws:dynamodb:").ok_or_else(invalid)?;
+    let (arn_region, rest) = rest.split_once(':').ok_or_else(invalid)?;
+    let (_account, rest) = rest.split_once(':').ok_or_else(invalid)?;
+    let rest = rest.strip_prefix("table/").ok_or_else(invalid)?;
+    let (table, label) = rest.split_once("/stream/").ok_or_else(invalid)?;
+    if table.is_empty() || label.is_empty() || table.contains('/') {
+        return Err(invalid());
+    }
+    if arn_region != region {
+        return Err(ApiError::resource_not_found(format!(
+            "Requested resource not found: Stream: {arn} not found (this endpoint serves region {region})"
+        )));
+    }
+    Ok((table, label))
+}
+
+/// A stream label: the creation time, ISO 8601 with milliseconds (`2026-12-02T11:41:34.123`).
+pub fn label_at(unix_ms: u64) -> String {
+    let date = dynamo_protocol::sigv4::format_amz_date((unix_ms / 1000) as i64);
+    // `20150830T123600Z`
+    format!(
+        "{}-{}-{}T{}:{}:{}.{:03}",
+        &date[0..4],
+        &date[4..6],
+        &date[6..8],
+        &date[9..11],
+        &date[11..13],
+        &date[13..15],
+        unix_ms % 1000
+    )
+}
+
+/// Sequence numbers are decimal strings of 21 digits (botocore: 21 to 40), increasing.
+pub fn format_sequence(seq: u64) -> String {
+    format!("{seq:021}")
+}
+
+pub fn parse_sequence(text: &str) -> Result<u64, ApiError> {
+    if !(21..=40).contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{text}' at 'sequenceNumber' failed to satisfy constraint: Member must be a string of 21 to 40 decimal digits"
+        )));
+    }
+    text.parse::<u128>()
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| {
+            ApiError::validation(format!(
+                "Invalid SequenceNumber: {text} was never issued by this stream"
+            ))
+        })
+}
+
+/// A shard id: `shardId-` + creation time (20 digits) + `-` + 8 hex digits.
+pub fn shard_id(created_ms: u64, stream_id: u64, first_seq: u64) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(stream_id.to_be_bytes());
+    hasher.update(first_seq.to_be_bytes());
+    let digest = hasher.finalize();
+    format!("shardId-{created_ms:020}-{}", hex::encode(&digest[..4]))
+}
+
+/// An event id: 32 hex digits, unique per stream and sequence number.
+fn event_id(stream_id: u64, seq: u64) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"event");
+    hasher.update(stream_id.to_be_bytes());
+    hasher.update(seq.to_be_bytes());
+    hex::encode(&hasher.finalize()[..16])
+}
+
+/// One change of an item as the stream records it.
+pub struct Change<'a> {
+    pub stream_id: u64,
+    pub seq: u64,
+    pub view_type: ViewType,
+    pub key: &'a KeySchema,
+    pub region: &'a str,
+    pub old: Option<&'a Item>,
+    pub new: Option<&'a Item>,
+    /// A deletion by Time to Live (carries DynamoDB's service identity).
+    pub ttl: bool,
+    pub now_ms: u64,
+}
+
+/// The stream record of `change` as GetRecords returns it, or `None` when the write changed
+/// nothing (DynamoDB writes no record then).
+pub fn shape_record(change: &Change<'_>) -> Option<Value> {
+    let event_name = match (change.old, change.new) {
+        (None, None) => return None,
+        (Some(old), Some(new)) if old == new => return None,
+        (None, Some(_)) => "INSERT",
+        (Some(_), Some(_)) => "MODIFY",
+        (Some(_), None) => "REMOVE",
+    };
+    let keys = change.key.extract(change.new.or(change.old)?)?;
+    let mut size = item_size_bytes(&keys);
+    let mut dynamodb = serde_json::Map::new();
+    dynamodb.insert("ApproximateCreationDateTime".into(), json!(change.now_ms / 1000));
+    dynamodb.insert("Keys".into(), json!(keys));
+    if let Some(new) = change.new.filter(|_| change.view_type.new_image()) {
+        size += item_size_bytes(new);
+        dynamodb.insert("NewImage".into(), json!(new));
+    }
+    if let Some(old) = change.old.filter(|_| change.view_type.old_image()) {
+        size += item_size_bytes(old);
+        dynamodb.insert("OldImage".into(), json!(old));
+    }
+    dynamodb.insert("SequenceNumber".into(), json!(format_sequence(change.seq)));
+    dynamodb.insert("SizeBytes".into(), json!(size));
+    dynamodb.insert("StreamViewType".into(), json!(change.view_type.as_str()));
+    let mut record = json!({
+        "eventID": event_id(change.stream_id, change.seq),
+        "eventName": event_name,
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": change.region,
+        "dynamodb": Value::Object(dynamodb),
+    });
+    if change.ttl {
+        record["userIdentity"] = json!({"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"});
+    }
+    Some(record)
+}
+
+/// A shard iterator: where in which shard of which stream the next GetRecords reads, and when
+/// it was issued. Opaque to clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardIterator {
+    pub arn: String,
+    pub shard_id: String,
+    /// The first sequence number the next read may return.
+    pub position: u64,
+    pub issued_ms: u64,
+}
+
+const ITERATOR_VERSION: &str = "1";
+
+impl ShardIterator {
+    pub fn encode(&self) -> String {
+        let text = format!(
+            "{ITERATOR_VERSION}|{}|{}|{}|{}",
+            self.issued_ms, self.position, self.shard_id, self.arn
+        );
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    pub fn decode(text: &str) -> Result<ShardIterator, ApiError> {
+        if text.is_empty() || text.len() > SHARD_ITERATOR_LENGTH_MAX {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value at 'shardIterator' failed to satisfy constraint: Member must have length between 1 and {SHARD_ITERATOR_LENGTH_MAX}"
+            )));
+        }
+        let invalid = || {
+            ApiError::validation(
+                "Invalid ShardIterator: it is not one GetShardIterator or GetRecords issued; get a new one with GetShardIterator",
+            )
+        };
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| invalid())?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let mut parts = text.splitn(5, '|');
+        let (Some(ITERATOR_VERSION), Some(issued), Some(position), Some(shard_id), Some(arn)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        Ok(ShardIterator {
+            arn: arn.to_string(),
+            shard_id: shard_id.to_string(),
+            position: position.parse().map_err(|_| invalid())?,
+            issued_ms: issued.parse().map_err(|_| invalid())?,
+        })
+    }
+
+    /// `ExpiredIteratorException` once the iterator is older than its lifetime.
+    pub fn check_fresh(&self, now_ms: u64) -> Result<(), ApiError> {
+        if now_ms.saturating_sub(self.issued_ms) > ITERATOR_LIFETIME_MS {
+            return Err(ApiError::new(
+                ErrorKind::ExpiredIterator,
+                format!(
+                    "Iterator expired. The iterator was created at time {} while right now it is {} which is further in the future than the tolerated delay of {ITERATOR_LIFETIME_MS} milliseconds; get a new one with GetShardIterator",
+                    label_at(self.issued_ms),
+                    label_at(now_ms)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

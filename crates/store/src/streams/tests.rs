@@ -1,0 +1,242 @@
+use super::*;
+use crate::catalog::{KeyAttribute, KeyType};
+use dynamo_protocol::AttributeValue;
+
+fn schema() -> KeySchema {
+    KeySchema {
+        partition: KeyAttribute {
+            name: "id".into(),
+            value_type: KeyType::S,
+        },
+        sort: None,
+    }
+}
+
+fn item(id: &str, value: &str) -> Item {
+    let mut item = Item::new();
+    item.insert("id".into(), AttributeValue::S(id.into()));
+    item.insert("v".into(), AttributeValue::S(value.into()));
+    item
+}
+
+fn change<'a>(key: &'a KeySchema, view_type: ViewType, old: Option<&'a Item>, new: Option<&'a Item>) -> Change<'a> {
+    Change {
+        stream_id: 1,
+        seq: 42,
+        view_type,
+        key,
+        region: "us-east-1",
+        old,
+        new,
+        ttl: false,
+        now_ms: 1_700_000_000_123,
+    }
+}
+
+#[test]
+fn records_are_shaped_as_dynamodb_shapes_them() {
+    let key = schema();
+    let (a, b) = (item("k", "a"), item("k", "b"));
+    let record = shape_record(&change(&key, ViewType::NewAndOldImages, Some(&a), Some(&b))).expect("a change");
+    assert_eq!(record["eventName"], "MODIFY");
+    assert_eq!(record["eventVersion"], "1.1");
+    assert_eq!(record["eventSource"], "aws:dynamodb");
+    assert_eq!(record["awsRegion"], "us-east-1");
+    assert_eq!(record["eventID"].as_str().map(str::len), Some(32));
+    let dynamodb = &record["dynamodb"];
+    assert_eq!(dynamodb["Keys"], json!({"id": {"S": "k"}}));
+    assert_eq!(dynamodb["NewImage"]["v"], json!({"S": "b"}));
+    assert_eq!(dynamodb["OldImage"]["v"], json!({"S": "a"}));
+    assert_eq!(dynamodb["ApproximateCreationDateTime"], 1_700_000_000);
+    assert_eq!(dynamodb["SequenceNumber"], "000000000000000000042");
+    assert_eq!(dynamodb["StreamViewType"], "NEW_AND_OLD_IMAGES");
+    let size = item_size_bytes(&key.extract(&a).expect("keys")) + item_size_bytes(&a) + item_size_bytes(&b);
+    assert_eq!(dynamodb["SizeBytes"], json!(size));
+    assert!(record.get("userIdentity").is_none());
+}
+
+#[test]
+fn each_view_type_carries_its_images_only() {
+    let key = schema();
+    let (a, b) = (item("k", "a"), item("k", "b"));
+    let images = |view_type| {
+        let record = shape_record(&change(&key, view_type, Some(&a), Some(&b))).expect("a change");
+        (
+            record["dynamodb"].get("NewImage").is_some(),
+            record["dynamodb"].get("OldImage").is_some(),
+        )
+    };
+    assert_eq!(images(ViewType::KeysOnly), (false, false));
+    assert_eq!(images(ViewType::NewImage), (true, false));
+    assert_eq!(images(ViewType::OldImage), (false, true));
+    assert_eq!(images(ViewType::NewAndOldImages), (true, true));
+}
+
+#[test]
+fn insert_remove_ttl_and_no_change() {
+    let key = schema();
+    let a = item("k", "a");
+    let insert = shape_record(&change(&key, ViewType::NewAndOldImages, None, Some(&a))).expect("insert");
+    assert_eq!(insert["eventName"], "INSERT");
+    assert!(insert["dynamodb"].get("OldImage").is_none());
+    let mut removal = change(&key, ViewType::NewAndOldImages, Some(&a), None);
+    removal.ttl = true;
+    let remove = shape_record(&removal).expect("remove");
+    assert_eq!(remove["eventName"], "REMOVE");
+    assert_eq!(remove["dynamodb"]["Keys"], json!({"id": {"S": "k"}}));
+    assert_eq!(
+        remove["userIdentity"],
+        json!({"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"})
+    );
+    assert!(shape_record(&change(&key, ViewType::NewAndOldImages, Some(&a), Some(&a.clone()))).is_none());
+    assert!(shape_record(&change(&key, ViewType::NewAndOldImages, None, None)).is_none());
+}
+
+#[test]
+fn specifications_are_validated_with_dynamodbs_messages() {
+    let enable = parse_specification(&json!({"StreamEnabled": true, "StreamViewType": "NEW_IMAGE"}));
+    assert_eq!(enable, Ok(Specification::Enable(ViewType::NewImage)));
+    assert_eq!(
+        parse_specification(&json!({"StreamEnabled": false})),
+        Ok(Specification::Disable)
+    );
+    let missing = parse_specification(&json!({"StreamViewType": "NEW_IMAGE"})).expect_err("no StreamEnabled");
+    assert!(
+        missing.message.contains("streamSpecification.streamEnabled"),
+        "{}",
+        missing.message
+    );
+    let no_view = parse_specification(&json!({"StreamEnabled": true})).expect_err("no view type");
+    assert!(
+        no_view.message.contains("UpdateViewType is required"),
+        "{}",
+        no_view.message
+    );
+    let bad_view = parse_specification(&json!({"StreamEnabled": true, "StreamViewType": "ALL"})).expect_err("bad");
+    assert!(bad_view.message.contains("enum value set"), "{}", bad_view.message);
+    let disable_with_view =
+        parse_specification(&json!({"StreamEnabled": false, "StreamViewType": "KEYS_ONLY"})).expect_err("view");
+    assert_eq!(disable_with_view.kind, ErrorKind::Validation);
+}
+
+#[test]
+fn stream_changes_follow_dynamodbs_rules() {
+    let enabled = TableStream {
+        enabled: true,
+        view_type: ViewType::KeysOnly,
+        label: "2026-01-01T00:00:00.000".into(),
+    };
+    let label = || "2026-01-02T00:00:00.000".to_string();
+    let again = change_stream(
+        "t",
+        Some(&enabled),
+        false,
+        Specification::Enable(ViewType::NewImage),
+        label,
+    )
+    .expect_err("enabled twice");
+    assert_eq!(again.message, "Table already has an enabled stream: TableName: t");
+    let disabled = change_stream("t", Some(&enabled), false, Specification::Disable, label).expect("disable");
+    assert!(!disabled.enabled);
+    assert_eq!(disabled.label, enabled.label, "the latest label stays after disabling");
+    let twice = change_stream("t", Some(&disabled), false, Specification::Disable, label).expect_err("twice");
+    assert_eq!(twice.message, "Table has no stream to disable: TableName: t");
+    let none = change_stream("t", None, false, Specification::Disable, label).expect_err("none");
+    assert_eq!(none.message, "Table has no stream to disable: TableName: t");
+    let global = change_stream("t", Some(&enabled), true, Specification::Disable, label).expect_err("global");
+    assert!(global.message.contains("not allowed") && global.message.contains("Global Table"));
+    let reenabled = change_stream(
+        "t",
+        Some(&disabled),
+        false,
+        Specification::Enable(ViewType::OldImage),
+        label,
+    )
+    .expect("re-enable");
+    assert_eq!((reenabled.enabled, reenabled.view_type), (true, ViewType::OldImage));
+    assert_eq!(reenabled.label, "2026-01-02T00:00:00.000", "a new stream, a new label");
+}
+
+#[test]
+fn names_have_dynamodbs_formats() {
+    assert_eq!(label_at(1_700_000_000_123), "2023-11-14T22:13:20.123");
+    let arn = stream_arn("eu-west-1", "orders", "2023-11-14T22:13:20.123");
+    assert_eq!(
+        arn,
+        "arn:aws:dynamodb:eu-west-1:000000000000:table/orders/stream/2023-11-14T22:13:20.123"
+    );
+    assert_eq!(
+        parse_stream_arn(&arn, "eu-west-1"),
+        Ok(("orders", "2023-11-14T22:13:20.123"))
+    );
+    assert_eq!(
+        parse_stream_arn(&arn, "us-east-1").map_err(|e| e.kind),
+        Err(ErrorKind::ResourceNotFound)
+    );
+    assert_eq!(
+        parse_stream_arn("arn:aws:dynamodb:eu-west-1:000000000000:table/orders", "eu-west-1").map_err(|e| e.kind),
+        Err(ErrorKind::Validation)
+    );
+    assert_eq!(format_sequence(7).len(), 21);
+    assert_eq!(parse_sequence(&format_sequence(7)), Ok(7));
+    assert_eq!(parse_sequence(&format_sequence(u64::MAX)), Ok(u64::MAX));
+    assert!(parse_sequence("7").is_err());
+    assert!(parse_sequence("00000000000000000000x").is_err());
+    assert!(parse_sequence(&"9".repeat(40)).is_err());
+    let shard = shard_id(1_700_000_000_123, 3, 9);
+    assert!(shard.starts_with("shardId-00000001700000000123-"), "{shard}");
+    assert!((28..=65).contains(&shard.len()));
+}
+
+#[test]
+fn iterators_round_trip_and_expire_after_fifteen_minutes() {
+    let iterator = ShardIterator {
+        arn: stream_arn("us-east-1", "t", "2026-01-01T00:00:00.000"),
+        shard_id: shard_id(1, 1, 1),
+        position: 17,
+        issued_ms: 1_000_000,
+    };
+    let text = iterator.encode();
+    assert_eq!(ShardIterator::decode(&text), Ok(iterator.clone()));
+    assert!(iterator.check_fresh(1_000_000 + ITERATOR_LIFETIME_MS).is_ok());
+    let expired = iterator
+        .check_fresh(1_000_001 + ITERATOR_LIFETIME_MS)
+        .expect_err("expired");
+    assert_eq!(expired.kind, ErrorKind::ExpiredIterator);
+    assert_eq!(
+        ShardIterator::decode("not an iterator").map_err(|e| e.kind),
+        Err(ErrorKind::Validation)
+    );
+    assert_eq!(
+        ShardIterator::decode(&"A".repeat(SHARD_ITERATOR_LENGTH_MAX + 1)).map_err(|e| e.kind),
+        Err(ErrorKind::Validation)
+    );
+}
+
+#[test]
+fn limits_come_from_the_environment_or_fail_with_the_variable_named() {
+    let none = StreamLimits::from_lookup(|_| None).expect("defaults");
+    assert_eq!(none, StreamLimits::default());
+    let small =
+        StreamLimits::from_lookup(|name| (name == ENV_SHARD_RECORDS_MAX).then(|| "3".to_string())).expect("override");
+    assert_eq!(small.shard_records_max, 3);
+    let bad = StreamLimits::from_lookup(|name| (name == ENV_RETENTION_MS).then(|| "soon".to_string()))
+        .expect_err("not a number");
+    assert!(bad.contains(ENV_RETENTION_MS), "{bad}");
+}
+
+#[test]
+fn old_catalog_entries_read_as_no_stream() {
+    #[derive(serde::Deserialize)]
+    struct Holder {
+        #[serde(default, deserialize_with = "lenient_table_stream")]
+        stream: Option<TableStream>,
+    }
+    let old: Holder = serde_json::from_value(json!({"stream": {"StreamEnabled": true, "StreamViewType": "KEYS_ONLY"}}))
+        .expect("old shape");
+    assert_eq!(old.stream, None);
+    let current: Holder =
+        serde_json::from_value(json!({"stream": {"enabled": true, "view_type": "KEYS_ONLY", "label": "x"}}))
+            .expect("current shape");
+    assert_eq!(current.stream.map(|s| s.view_type), Some(ViewType::KeysOnly));
+}

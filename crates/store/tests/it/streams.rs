@@ -1,0 +1,510 @@
+//! DynamoDB Streams through the store's entry points, with a clock the tests move: records
+//! written with the items (single, batch, transactional, TTL), iterators of every type,
+//! expiry, shard rollover, retention, and the stream's life across UpdateTable/DeleteTable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dynamo_protocol::{ApiError, ErrorKind};
+use serde_json::{Value, json};
+use store::engine::Clock;
+use store::streams::{ITERATOR_LIFETIME_MS, StreamLimits};
+use store::{Engine, Store};
+
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_unix_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct Harness {
+    store: Store,
+    engine: Engine,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+const START_MS: u64 = 1_800_000_000_000;
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let clock = Arc::new(ManualClock(AtomicU64::new(START_MS)));
+        let engine = Engine::open(dir.path(), "us-east-1", clock.clone()).expect("open engine");
+        Harness {
+            store: Store::new(engine.clone()),
+            engine,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    fn advance(&self, ms: u64) {
+        self.clock.0.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
+        match operation {
+            "ListStreams" | "DescribeStream" | "GetShardIterator" | "GetRecords" => {
+                store::streams::api::handle(&self.engine, operation, body.to_string().as_bytes()).await
+            }
+            _ => self.store.handle(operation, body.to_string().as_bytes()).await,
+        }
+    }
+
+    async fn ok(&self, operation: &str, body: Value) -> Value {
+        match self.call(operation, body).await {
+            Ok(value) => value,
+            Err(error) => panic!("{operation} failed: {error}"),
+        }
+    }
+
+    async fn err(&self, operation: &str, body: Value) -> ApiError {
+        match self.call(operation, body).await {
+            Ok(value) => panic!("{operation} succeeded unexpectedly: {value}"),
+            Err(error) => error,
+        }
+    }
+
+    async fn create(&self, name: &str, view_type: Option<&str>) -> Value {
+        let mut request = json!({
+            "TableName": name,
+            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+            "BillingMode": "PAY_PER_REQUEST",
+        });
+        if let Some(view_type) = view_type {
+            request["StreamSpecification"] = json!({"StreamEnabled": true, "StreamViewType": view_type});
+        }
+        self.ok("CreateTable", request).await["TableDescription"].clone()
+    }
+
+    async fn put(&self, table: &str, id: &str, value: i64) {
+        self.ok(
+            "PutItem",
+            json!({"TableName": table, "Item": {"id": {"S": id}, "v": {"N": value.to_string()}}}),
+        )
+        .await;
+    }
+
+    async fn stream_arn(&self, table: &str) -> String {
+        let table = self.ok("DescribeTable", json!({"TableName": table})).await;
+        table["Table"]["LatestStreamArn"]
+            .as_str()
+            .expect("LatestStreamArn")
+            .to_string()
+    }
+
+    async fn shards(&self, arn: &str) -> Vec<Value> {
+        let description = self.ok("DescribeStream", json!({"StreamArn": arn})).await;
+        description["StreamDescription"]["Shards"]
+            .as_array()
+            .expect("shards")
+            .clone()
+    }
+
+    async fn iterator(&self, arn: &str, shard: &str, kind: &str, sequence: Option<&str>) -> String {
+        let mut request = json!({"StreamArn": arn, "ShardId": shard, "ShardIteratorType": kind});
+        if let Some(sequence) = sequence {
+            request["SequenceNumber"] = json!(sequence);
+        }
+        self.ok("GetShardIterator", request).await["ShardIterator"]
+            .as_str()
+            .expect("iterator")
+            .to_string()
+    }
+
+    /// Every record of every shard from the trim horizon, in order.
+    async fn all_records(&self, arn: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        for shard in self.shards(arn).await {
+            let id = shard["ShardId"].as_str().expect("shard id");
+            let mut iterator = Some(self.iterator(arn, id, "TRIM_HORIZON", None).await);
+            while let Some(current) = iterator {
+                let page = self.ok("GetRecords", json!({"ShardIterator": current})).await;
+                let records = page["Records"].as_array().expect("records").clone();
+                let empty = records.is_empty();
+                out.extend(records);
+                iterator = page["NextShardIterator"].as_str().map(String::from);
+                if empty && shard["SequenceNumberRange"].get("EndingSequenceNumber").is_none() {
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn names(records: &[Value]) -> Vec<&str> {
+    records
+        .iter()
+        .map(|r| r["eventName"].as_str().expect("eventName"))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_kind_of_write_is_recorded_once_in_order() {
+    let h = Harness::new();
+    let created = h.create("items", Some("NEW_AND_OLD_IMAGES")).await;
+    assert_eq!(
+        created["StreamSpecification"],
+        json!({"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"})
+    );
+    let label = created["LatestStreamLabel"].as_str().expect("label");
+    assert_eq!(label.len(), "2027-01-15T08:00:00.000".len());
+    let arn = h.stream_arn("items").await;
+    assert_eq!(
+        arn,
+        format!("arn:aws:dynamodb:us-east-1:000000000000:table/items/stream/{label}")
+    );
+    h.put("items", "a", 1).await;
+    h.put("items", "a", 1).await; // changes nothing: no record
+    h.ok(
+        "UpdateItem",
+        json!({"TableName": "items", "Key": {"id": {"S": "a"}}, "UpdateExpression": "SET v = :v",
+               "ExpressionAttributeValues": {":v": {"N": "2"}}}),
+    )
+    .await;
+    h.ok(
+        "BatchWriteItem",
+        json!({"RequestItems": {"items": [
+            {"PutRequest": {"Item": {"id": {"S": "b"}}}},
+            {"DeleteRequest": {"Key": {"id": {"S": "a"}}}}
+        ]}}),
+    )
+    .await;
+    h.ok(
+        "DeleteItem",
+        json!({"TableName": "items", "Key": {"id": {"S": "missing"}}}),
+    )
+    .await; // deletes nothing: no record
+    h.ok(
+        "TransactWriteItems",
+        json!({"TransactItems": [
+            {"Put": {"TableName": "items", "Item": {"id": {"S": "c"}}}},
+            {"Delete": {"TableName": "items", "Key": {"id": {"S": "b"}}}}
+        ]}),
+    )
+    .await;
+    let records = h.all_records(&arn).await;
+    assert_eq!(
+        names(&records),
+        ["INSERT", "MODIFY", "INSERT", "REMOVE", "INSERT", "REMOVE"]
+    );
+    let modify = &records[1]["dynamodb"];
+    assert_eq!(modify["OldImage"]["v"], json!({"N": "1"}));
+    assert_eq!(modify["NewImage"]["v"], json!({"N": "2"}));
+    let sequences: Vec<&str> = records
+        .iter()
+        .map(|r| r["dynamodb"]["SequenceNumber"].as_str().expect("sequence"))
+        .collect();
+    let mut sorted = sequences.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, sequences, "sequence numbers increase");
+    assert!(sequences.iter().all(|s| s.len() >= 21));
+}
+
+#[tokio::test]
+async fn iterator_types_position_as_dynamodb_does() {
+    let h = Harness::new();
+    h.create("items", Some("KEYS_ONLY")).await;
+    let arn = h.stream_arn("items").await;
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        h.put("items", id, i as i64).await;
+    }
+    let shards = h.shards(&arn).await;
+    assert_eq!(shards.len(), 1);
+    let shard = shards[0]["ShardId"].as_str().expect("shard").to_string();
+    assert!(shards[0]["SequenceNumberRange"].get("EndingSequenceNumber").is_none());
+    let latest = h.iterator(&arn, &shard, "LATEST", None).await;
+    let page = h.ok("GetRecords", json!({"ShardIterator": latest})).await;
+    assert_eq!(page["Records"], json!([]), "LATEST starts after the last record");
+    let next = page["NextShardIterator"]
+        .as_str()
+        .expect("an open shard always has a next iterator");
+    h.put("items", "d", 3).await;
+    let page = h.ok("GetRecords", json!({"ShardIterator": next})).await;
+    assert_eq!(page["Records"][0]["dynamodb"]["Keys"], json!({"id": {"S": "d"}}));
+    assert!(page["Records"][0]["dynamodb"].get("NewImage").is_none(), "KEYS_ONLY");
+
+    let horizon = h.iterator(&arn, &shard, "TRIM_HORIZON", None).await;
+    let page = h.ok("GetRecords", json!({"ShardIterator": horizon, "Limit": 2})).await;
+    let first_two = page["Records"].as_array().expect("records").clone();
+    assert_eq!(first_two.len(), 2, "Limit bounds the page");
+    let second = first_two[1]["dynamodb"]["SequenceNumber"].as_str().expect("seq");
+    let at = h.iterator(&arn, &shard, "AT_SEQUENCE_NUMBER", Some(second)).await;
+    let page = h.ok("GetRecords", json!({"ShardIterator": at, "Limit": 1})).await;
+    assert_eq!(page["Records"][0]["dynamodb"]["SequenceNumber"], json!(second));
+    let after = h.iterator(&arn, &shard, "AFTER_SEQUENCE_NUMBER", Some(second)).await;
+    let page = h.ok("GetRecords", json!({"ShardIterator": after, "Limit": 1})).await;
+    assert_eq!(page["Records"][0]["dynamodb"]["Keys"], json!({"id": {"S": "c"}}));
+
+    for limit in [0, 1001] {
+        let error = h
+            .err("GetRecords", json!({"ShardIterator": after, "Limit": limit}))
+            .await;
+        assert_eq!(error.kind, ErrorKind::Validation, "Limit {limit}");
+    }
+    let error = h
+        .err(
+            "GetShardIterator",
+            json!({"StreamArn": arn, "ShardId": shard, "ShardIteratorType": "AT_SEQUENCE_NUMBER"}),
+        )
+        .await;
+    assert_eq!(error.kind, ErrorKind::Validation, "AT_SEQUENCE_NUMBER needs a number");
+    let error = h
+        .err(
+            "GetShardIterator",
+            json!({"StreamArn": arn, "ShardId": shard, "ShardIteratorType": "AT_SEQUENCE_NUMBER",
+                   "SequenceNumber": "999999999999999999999"}),
+        )
+        .await;
+    assert_eq!(error.kind, ErrorKind::Validation, "a sequence number never issued");
+    let error = h
+        .err(
+            "GetShardIterator",
+            json!({"StreamArn": arn, "ShardId": "shardId-00000000000000000000-00000000", "ShardIteratorType": "LATEST"}),
+        )
+        .await;
+    assert_eq!(error.kind, ErrorKind::ResourceNotFound);
+
+    h.advance(ITERATOR_LIFETIME_MS + 1);
+    let error = h.err("GetRecords", json!({"ShardIterator": after})).await;
+    assert_eq!(error.kind, ErrorKind::ExpiredIterator);
+}
+
+#[tokio::test]
+async fn shards_roll_over_by_count_and_age_with_lineage() {
+    let h = Harness::new();
+    h.engine.set_stream_limits(StreamLimits {
+        shard_records_max: 2,
+        ..StreamLimits::default()
+    });
+    h.create("items", Some("NEW_IMAGE")).await;
+    let arn = h.stream_arn("items").await;
+    for i in 0..5 {
+        h.put("items", &format!("k{i}"), i).await;
+    }
+    let shards = h.shards(&arn).await;
+    assert_eq!(shards.len(), 3, "{shards:?}");
+    for pair in shards.windows(2) {
+        assert_eq!(pair[1]["ParentShardId"], pair[0]["ShardId"]);
+        let ending = pair[0]["SequenceNumberRange"]["EndingSequenceNumber"]
+            .as_str()
+            .expect("a closed parent has an end");
+        let starting = pair[1]["SequenceNumberRange"]["StartingSequenceNumber"]
+            .as_str()
+            .expect("start");
+        assert!(ending < starting);
+    }
+    assert!(shards[0].get("ParentShardId").is_none());
+    // A closed shard's reader gets no next iterator once it reached the end.
+    let first = shards[0]["ShardId"].as_str().expect("shard");
+    let iterator = h.iterator(&arn, first, "TRIM_HORIZON", None).await;
+    let page = h.ok("GetRecords", json!({"ShardIterator": iterator})).await;
+    assert_eq!(page["Records"].as_array().map(Vec::len), Some(2));
+    assert!(page.get("NextShardIterator").is_none());
+    let records = h.all_records(&arn).await;
+    assert_eq!(records.len(), 5);
+
+    // By age: a shard older than the bound closes at the next write.
+    h.engine.set_stream_limits(StreamLimits {
+        shard_age_ms: 60_000,
+        ..StreamLimits::default()
+    });
+    h.advance(60_000);
+    h.put("items", "late", 9).await;
+    assert_eq!(h.shards(&arn).await.len(), 4);
+    // DescribeStream pages through shards.
+    let page = h.ok("DescribeStream", json!({"StreamArn": arn, "Limit": 3})).await;
+    let last = page["StreamDescription"]["LastEvaluatedShardId"]
+        .as_str()
+        .expect("more shards");
+    let rest = h
+        .ok(
+            "DescribeStream",
+            json!({"StreamArn": arn, "ExclusiveStartShardId": last}),
+        )
+        .await;
+    assert_eq!(rest["StreamDescription"]["Shards"].as_array().map(Vec::len), Some(1));
+    assert!(rest["StreamDescription"].get("LastEvaluatedShardId").is_none());
+}
+
+#[tokio::test]
+async fn retention_trims_records_and_forgets_disabled_streams() {
+    let h = Harness::new();
+    h.engine.set_stream_limits(StreamLimits {
+        retention_ms: 10_000,
+        shard_records_max: 1,
+        ..StreamLimits::default()
+    });
+    h.create("items", Some("NEW_IMAGE")).await;
+    let arn = h.stream_arn("items").await;
+    h.put("items", "old", 1).await;
+    let shards = h.shards(&arn).await;
+    let shard = shards[0]["ShardId"].as_str().expect("shard").to_string();
+    let stale = h.iterator(&arn, &shard, "TRIM_HORIZON", None).await;
+    h.advance(5_000);
+    h.put("items", "new", 2).await;
+    h.advance(6_000);
+    assert_eq!(h.engine.trim_streams_once().await.expect("sweep"), 1);
+    let error = h.err("GetRecords", json!({"ShardIterator": stale})).await;
+    assert_eq!(error.kind, ErrorKind::TrimmedDataAccess);
+    let shards = h.shards(&arn).await;
+    assert!(
+        shards.iter().all(|s| s["ShardId"] != json!(shard)),
+        "the trimmed shard is gone"
+    );
+    let records = h.all_records(&arn).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["dynamodb"]["Keys"], json!({"id": {"S": "new"}}));
+
+    // Disabling keeps the stream readable (DISABLED) until retention ends.
+    h.ok(
+        "UpdateTable",
+        json!({"TableName": "items", "StreamSpecification": {"StreamEnabled": false}}),
+    )
+    .await;
+    let description = h.ok("DescribeStream", json!({"StreamArn": arn})).await;
+    assert_eq!(description["StreamDescription"]["StreamStatus"], "DISABLED");
+    assert_eq!(h.all_records(&arn).await.len(), 1);
+    h.put("items", "unrecorded", 3).await;
+    assert_eq!(h.all_records(&arn).await.len(), 1, "a disabled stream records nothing");
+    h.advance(10_000);
+    h.engine.trim_streams_once().await.expect("sweep");
+    let error = h.err("DescribeStream", json!({"StreamArn": arn})).await;
+    assert_eq!(error.kind, ErrorKind::ResourceNotFound);
+    let listed = h.ok("ListStreams", json!({"TableName": "items"})).await;
+    assert_eq!(listed["Streams"], json!([]));
+}
+
+#[tokio::test]
+async fn update_table_follows_dynamodbs_stream_rules() {
+    let h = Harness::new();
+    h.create("items", None).await;
+    let error = h
+        .err(
+            "UpdateTable",
+            json!({"TableName": "items", "StreamSpecification": {"StreamEnabled": false}}),
+        )
+        .await;
+    assert_eq!(error.message, "Table has no stream to disable: TableName: items");
+    let enabled = h
+        .ok(
+            "UpdateTable",
+            json!({"TableName": "items", "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "OLD_IMAGE"}}),
+        )
+        .await;
+    let first_arn = enabled["TableDescription"]["LatestStreamArn"]
+        .as_str()
+        .expect("arn")
+        .to_string();
+    let error = h
+        .err(
+            "UpdateTable",
+            json!({"TableName": "items", "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "KEYS_ONLY"}}),
+        )
+        .await;
+    assert_eq!(error.message, "Table already has an enabled stream: TableName: items");
+    let disabled = h
+        .ok(
+            "UpdateTable",
+            json!({"TableName": "items", "StreamSpecification": {"StreamEnabled": false}}),
+        )
+        .await;
+    assert!(disabled["TableDescription"].get("StreamSpecification").is_none());
+    assert_eq!(disabled["TableDescription"]["LatestStreamArn"], json!(first_arn));
+    let reenabled = h
+        .ok(
+            "UpdateTable",
+            json!({"TableName": "items", "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_IMAGE"}}),
+        )
+        .await;
+    let second_arn = reenabled["TableDescription"]["LatestStreamArn"]
+        .as_str()
+        .expect("arn")
+        .to_string();
+    assert_ne!(first_arn, second_arn, "re-enabling mints a new stream");
+    h.put("items", "a", 1).await;
+    assert_eq!(h.all_records(&second_arn).await.len(), 1);
+    assert_eq!(h.all_records(&first_arn).await.len(), 0);
+
+    // ListStreams pages by ARN; deleting the table leaves its streams DISABLED and listed.
+    let page = h.ok("ListStreams", json!({"Limit": 1})).await;
+    assert_eq!(page["Streams"][0]["StreamArn"], json!(first_arn));
+    assert_eq!(page["Streams"][0]["TableName"], "items");
+    let last = page["LastEvaluatedStreamArn"].as_str().expect("a second page");
+    let rest = h
+        .ok("ListStreams", json!({"Limit": 1, "ExclusiveStartStreamArn": last}))
+        .await;
+    assert_eq!(rest["Streams"][0]["StreamArn"], json!(second_arn));
+    assert!(rest.get("LastEvaluatedStreamArn").is_none());
+    h.ok("DeleteTable", json!({"TableName": "items"})).await;
+    let description = h.ok("DescribeStream", json!({"StreamArn": second_arn})).await;
+    assert_eq!(description["StreamDescription"]["StreamStatus"], "DISABLED");
+    assert_eq!(h.all_records(&second_arn).await.len(), 1);
+    let error = h.err("ListStreams", json!({"TableName": "nothing-here"})).await;
+    assert_eq!(error.kind, ErrorKind::ResourceNotFound);
+}
+
+#[tokio::test]
+async fn ttl_deletions_carry_the_service_identity() {
+    let h = Harness::new();
+    h.create("items", Some("NEW_AND_OLD_IMAGES")).await;
+    h.ok(
+        "UpdateTimeToLive",
+        json!({"TableName": "items", "TimeToLiveSpecification": {"Enabled": true, "AttributeName": "expires"}}),
+    )
+    .await;
+    let arn = h.stream_arn("items").await;
+    let expires = START_MS / 1000 + 5;
+    h.ok(
+        "PutItem",
+        json!({"TableName": "items", "Item": {"id": {"S": "a"}, "expires": {"N": expires.to_string()}}}),
+    )
+    .await;
+    h.ok(
+        "DeleteItem",
+        json!({"TableName": "items", "Key": {"id": {"S": "missing"}}}),
+    )
+    .await;
+    h.advance(10_000);
+    assert_eq!(h.engine.expire_once().await.expect("sweep"), 1);
+    let records = h.all_records(&arn).await;
+    assert_eq!(names(&records), ["INSERT", "REMOVE"]);
+    assert!(records[0].get("userIdentity").is_none());
+    assert_eq!(
+        records[1]["userIdentity"],
+        json!({"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"})
+    );
+    assert_eq!(records[1]["dynamodb"]["OldImage"]["id"], json!({"S": "a"}));
+}
+
+#[tokio::test]
+async fn get_records_stops_at_one_megabyte() {
+    let h = Harness::new();
+    h.create("items", Some("NEW_IMAGE")).await;
+    let arn = h.stream_arn("items").await;
+    let big = "x".repeat(390 * 1024);
+    for id in ["a", "b", "c"] {
+        h.ok(
+            "PutItem",
+            json!({"TableName": "items", "Item": {"id": {"S": id}, "blob": {"S": big}}}),
+        )
+        .await;
+    }
+    let shard = h.shards(&arn).await[0]["ShardId"].as_str().expect("shard").to_string();
+    let iterator = h.iterator(&arn, &shard, "TRIM_HORIZON", None).await;
+    let page = h.ok("GetRecords", json!({"ShardIterator": iterator})).await;
+    assert_eq!(
+        page["Records"].as_array().map(Vec::len),
+        Some(2),
+        "1 MB holds two records"
+    );
+    let next = page["NextShardIterator"].as_str().expect("more to read");
+    let rest = h.ok("GetRecords", json!({"ShardIterator": next})).await;
+    assert_eq!(rest["Records"][0]["dynamodb"]["Keys"], json!({"id": {"S": "c"}}));
+}

@@ -1,0 +1,401 @@
+"""DynamoDB Streams, black box: the real `switchyard store` binary driven with boto3's
+`dynamodbstreams` client (ListStreams, DescribeStream, GetShardIterator, GetRecords) and its
+`dynamodb` client (StreamSpecification on CreateTable/UpdateTable, DescribeTable's stream
+fields): every iterator type and view type, shard rollover and retention (with the store's
+test overrides), TTL deletion records, and global-table streams in two regions."""
+
+import itertools
+import time
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from test_store_harness import REGION, ACCESS_KEY_ID, SECRET, create_table, started_store, wait_for
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+names = (f"streamed-{i}" for i in itertools.count())
+VIEW_TYPES = ["KEYS_ONLY", "NEW_IMAGE", "OLD_IMAGE", "NEW_AND_OLD_IMAGES"]
+TTL_DEADLINE_S = 30
+TRIM_DEADLINE_S = 30
+REPLICATION_DEADLINE_S = 60
+
+
+def streams_client(url, region=REGION):
+    return boto3.client(
+        "dynamodbstreams", region_name=region, endpoint_url=url,
+        aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET,
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = started_store(tmp_path_factory)
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    """A store whose shards roll over after 3 records and whose streams keep records 3 s."""
+    store = started_store(tmp_path_factory, name="small", env={
+        "SWITCHYARD_STREAM_SHARD_RECORDS_MAX": "3",
+        "SWITCHYARD_STREAM_RETENTION_MS": "3000",
+    })
+    yield store
+    store.stop()
+
+
+def streamed_table(client, view_type="NEW_AND_OLD_IMAGES", **extra):
+    name = create_table(client, next(names), StreamSpecification={"StreamEnabled": True, "StreamViewType": view_type},
+                        **extra)
+    return name, client.describe_table(TableName=name)["Table"]["LatestStreamArn"]
+
+
+def shards_of(streams, arn):
+    shards, start = [], None
+    while True:
+        kwargs = {"StreamArn": arn, "Limit": 2}
+        if start:
+            kwargs["ExclusiveStartShardId"] = start
+        page = streams.describe_stream(**kwargs)["StreamDescription"]
+        shards += page["Shards"]
+        start = page.get("LastEvaluatedShardId")
+        if not start:
+            return shards
+
+
+def read_all(streams, arn):
+    """Every record of every shard from TRIM_HORIZON, parents before children."""
+    records = []
+    for shard in shards_of(streams, arn):
+        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"],
+                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            page = streams.get_records(ShardIterator=iterator)
+            records += page["Records"]
+            iterator = page.get("NextShardIterator")
+            if not page["Records"] and "EndingSequenceNumber" not in shard["SequenceNumberRange"]:
+                break
+    return records
+
+
+def error_code(excinfo):
+    return excinfo.value.response["Error"]["Code"], excinfo.value.response["Error"]["Message"]
+
+
+def test_every_view_type_records_inserts_modifies_and_removes(store):
+    client, streams = store.client(), streams_client(store.url)
+    for view_type in VIEW_TYPES:
+        name, arn = streamed_table(client, view_type)
+        client.put_item(TableName=name, Item={"pk": {"S": "a"}, "v": {"N": "1"}})
+        client.put_item(TableName=name, Item={"pk": {"S": "a"}, "v": {"N": "1"}})  # no change: no record
+        client.update_item(TableName=name, Key={"pk": {"S": "a"}}, UpdateExpression="SET v = :v",
+                           ExpressionAttributeValues={":v": {"N": "2"}})
+        client.delete_item(TableName=name, Key={"pk": {"S": "a"}})
+        client.delete_item(TableName=name, Key={"pk": {"S": "never-there"}})  # no record
+        records = read_all(streams, arn)
+        assert [r["eventName"] for r in records] == ["INSERT", "MODIFY", "REMOVE"], view_type
+        for record in records:
+            assert record["eventVersion"] == "1.1"
+            assert record["eventSource"] == "aws:dynamodb"
+            assert record["awsRegion"] == REGION
+            assert len(record["eventID"]) == 32
+            assert "userIdentity" not in record
+            dynamodb = record["dynamodb"]
+            assert dynamodb["Keys"] == {"pk": {"S": "a"}}
+            assert dynamodb["StreamViewType"] == view_type
+            assert 21 <= len(dynamodb["SequenceNumber"]) <= 40
+            assert dynamodb["SizeBytes"] > 0
+            assert abs(dynamodb["ApproximateCreationDateTime"].timestamp() - time.time()) < 300
+        modify = records[1]["dynamodb"]
+        assert ("NewImage" in modify) == (view_type in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"))
+        assert ("OldImage" in modify) == (view_type in ("OLD_IMAGE", "NEW_AND_OLD_IMAGES"))
+        if "NewImage" in modify:
+            assert modify["NewImage"] == {"pk": {"S": "a"}, "v": {"N": "2"}}
+        if "OldImage" in modify:
+            assert modify["OldImage"] == {"pk": {"S": "a"}, "v": {"N": "1"}}
+        sequences = [int(r["dynamodb"]["SequenceNumber"]) for r in records]
+        assert sequences == sorted(set(sequences))
+
+
+def test_batch_and_transactional_writes_are_recorded(store):
+    client, streams = store.client(), streams_client(store.url)
+    name, arn = streamed_table(client, "NEW_IMAGE")
+    client.batch_write_item(RequestItems={name: [{"PutRequest": {"Item": {"pk": {"S": f"b{i}"}}}} for i in range(5)]})
+    client.transact_write_items(TransactItems=[
+        {"Put": {"TableName": name, "Item": {"pk": {"S": "t"}, "x": {"S": "y"}}}},
+        {"Delete": {"TableName": name, "Key": {"pk": {"S": "b0"}}}},
+    ])
+    records = read_all(streams, arn)
+    assert [r["eventName"] for r in records] == ["INSERT"] * 6 + ["REMOVE"]
+    assert records[5]["dynamodb"]["NewImage"] == {"pk": {"S": "t"}, "x": {"S": "y"}}
+
+
+def test_describe_table_list_streams_and_describe_stream(store):
+    client, streams = store.client(), streams_client(store.url)
+    name, arn = streamed_table(client, "KEYS_ONLY", range_key=("sk", "N"))
+    table = client.describe_table(TableName=name)["Table"]
+    assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"}
+    label = table["LatestStreamLabel"]
+    assert arn == f"arn:aws:dynamodb:{REGION}:000000000000:table/{name}/stream/{label}"
+    time.strptime(label[:19], "%Y-%m-%dT%H:%M:%S")
+    assert label[19] == "." and len(label) == 23
+    listed = streams.list_streams(TableName=name)["Streams"]
+    assert listed == [{"StreamArn": arn, "TableName": name, "StreamLabel": label}]
+    description = streams.describe_stream(StreamArn=arn)["StreamDescription"]
+    assert description["StreamStatus"] == "ENABLED"
+    assert description["StreamViewType"] == "KEYS_ONLY"
+    assert description["TableName"] == name
+    assert description["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
+                                        {"AttributeName": "sk", "KeyType": "RANGE"}]
+    assert description["CreationRequestDateTime"].year >= 2024
+    assert len(description["Shards"]) == 1
+    assert "StartingSequenceNumber" in description["Shards"][0]["SequenceNumberRange"]
+    # ListStreams pages with Limit / ExclusiveStartStreamArn over every table's streams.
+    seen, start = [], None
+    while True:
+        kwargs = {"Limit": 1}
+        if start:
+            kwargs["ExclusiveStartStreamArn"] = start
+        page = streams.list_streams(**kwargs)
+        assert len(page["Streams"]) <= 1
+        seen += [s["StreamArn"] for s in page["Streams"]]
+        start = page.get("LastEvaluatedStreamArn")
+        if not start:
+            break
+    assert arn in seen and len(seen) == len(set(seen))
+    paginated = [s["StreamArn"] for p in streams.get_paginator("list_streams").paginate() for s in p["Streams"]] \
+        if streams.can_paginate("list_streams") else seen
+    assert sorted(paginated) == sorted(seen)
+    with pytest.raises(ClientError) as excinfo:
+        streams.describe_stream(StreamArn=arn.replace(label, "2001-01-01T00:00:00.000"))
+    assert error_code(excinfo)[0] == "ResourceNotFoundException"
+    with pytest.raises(ClientError) as excinfo:
+        streams.list_streams(TableName="no-such-table")
+    assert error_code(excinfo)[0] == "ResourceNotFoundException"
+
+
+def test_iterator_types(store):
+    client, streams = store.client(), streams_client(store.url)
+    name, arn = streamed_table(client, "NEW_IMAGE")
+    for i in range(3):
+        client.put_item(TableName=name, Item={"pk": {"S": f"k{i}"}})
+    shard = shards_of(streams, arn)[0]["ShardId"]
+
+    def iterator(kind, sequence=None):
+        kwargs = {"StreamArn": arn, "ShardId": shard, "ShardIteratorType": kind}
+        if sequence:
+            kwargs["SequenceNumber"] = sequence
+        return streams.get_shard_iterator(**kwargs)["ShardIterator"]
+
+    latest = streams.get_records(ShardIterator=iterator("LATEST"))
+    assert latest["Records"] == [] and "NextShardIterator" in latest
+    client.put_item(TableName=name, Item={"pk": {"S": "k3"}})
+    after_latest = streams.get_records(ShardIterator=latest["NextShardIterator"])
+    assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in after_latest["Records"]] == ["k3"]
+
+    page = streams.get_records(ShardIterator=iterator("TRIM_HORIZON"), Limit=2)
+    assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in page["Records"]] == ["k0", "k1"]
+    second = page["Records"][1]["dynamodb"]["SequenceNumber"]
+    at = streams.get_records(ShardIterator=iterator("AT_SEQUENCE_NUMBER", second), Limit=1)
+    assert at["Records"][0]["dynamodb"]["SequenceNumber"] == second
+    after = streams.get_records(ShardIterator=iterator("AFTER_SEQUENCE_NUMBER", second), Limit=1)
+    assert after["Records"][0]["dynamodb"]["Keys"] == {"pk": {"S": "k2"}}
+    # An open shard always hands out a next iterator, even on an empty read.
+    rest = streams.get_records(ShardIterator=after["NextShardIterator"])
+    empty = streams.get_records(ShardIterator=rest["NextShardIterator"])
+    assert empty["Records"] == [] and "NextShardIterator" in empty
+
+    with pytest.raises(ClientError) as excinfo:
+        streams.get_records(ShardIterator=iterator("TRIM_HORIZON"), Limit=1001)
+    assert error_code(excinfo)[0] == "ValidationException"
+    with pytest.raises(ClientError) as excinfo:
+        streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="AT_SEQUENCE_NUMBER")
+    assert error_code(excinfo)[0] == "ValidationException"
+    with pytest.raises(ClientError) as excinfo:
+        streams.get_records(ShardIterator="x" * 40)
+    assert error_code(excinfo)[0] == "ValidationException"
+
+
+def test_update_table_stream_rules(store):
+    client, streams = store.client(), streams_client(store.url)
+    name = create_table(client, next(names))
+    assert "LatestStreamArn" not in client.describe_table(TableName=name)["Table"]
+    with pytest.raises(ClientError) as excinfo:
+        client.update_table(TableName=name, StreamSpecification={"StreamEnabled": False})
+    assert error_code(excinfo) == ("ValidationException", f"Table has no stream to disable: TableName: {name}")
+    with pytest.raises(ClientError) as excinfo:
+        client.update_table(TableName=name, StreamSpecification={"StreamEnabled": True})
+    assert error_code(excinfo)[0] == "ValidationException"
+    first = client.update_table(TableName=name, StreamSpecification={
+        "StreamEnabled": True, "StreamViewType": "OLD_IMAGE"})["TableDescription"]["LatestStreamArn"]
+    for view_type in ("OLD_IMAGE", "NEW_IMAGE"):
+        with pytest.raises(ClientError) as excinfo:
+            client.update_table(TableName=name, StreamSpecification={"StreamEnabled": True,
+                                                                       "StreamViewType": view_type})
+        assert error_code(excinfo) == ("ValidationException",
+                                       f"Table already has an enabled stream: TableName: {name}")
+    client.put_item(TableName=name, Item={"pk": {"S": "before-disable"}})
+    disabled = client.update_table(TableName=name, StreamSpecification={"StreamEnabled": False})["TableDescription"]
+    assert "StreamSpecification" not in disabled
+    assert disabled["LatestStreamArn"] == first
+    assert streams.describe_stream(StreamArn=first)["StreamDescription"]["StreamStatus"] == "DISABLED"
+    client.put_item(TableName=name, Item={"pk": {"S": "while-disabled"}})
+    assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in read_all(streams, first)] == ["before-disable"]
+    second = client.update_table(TableName=name, StreamSpecification={
+        "StreamEnabled": True, "StreamViewType": "NEW_IMAGE"})["TableDescription"]["LatestStreamArn"]
+    assert second != first
+    client.delete_table(TableName=name)
+    listed = {s["StreamArn"] for s in streams.list_streams(TableName=name)["Streams"]}
+    assert listed == {first, second}
+    assert streams.describe_stream(StreamArn=second)["StreamDescription"]["StreamStatus"] == "DISABLED"
+
+
+def test_ttl_deletions_carry_the_service_identity(store):
+    client, streams = store.client(), streams_client(store.url)
+    name, arn = streamed_table(client, "NEW_AND_OLD_IMAGES")
+    client.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "exp"})
+    client.put_item(TableName=name, Item={"pk": {"S": "gone"}, "exp": {"N": str(int(time.time()) - 10)}})
+
+    def removed():
+        return [r for r in read_all(streams, arn) if r["eventName"] == "REMOVE"]
+
+    records = wait_for(removed, TTL_DEADLINE_S, "the TTL deletion's stream record")
+    assert records[0]["userIdentity"] == {"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"}
+    assert records[0]["dynamodb"]["OldImage"]["pk"] == {"S": "gone"}
+
+
+def test_shards_roll_over_with_parent_lineage(small_store):
+    client, streams = small_store.client(), streams_client(small_store.url)
+    name, arn = streamed_table(client, "KEYS_ONLY")
+    for i in range(7):
+        client.put_item(TableName=name, Item={"pk": {"S": f"k{i}"}})
+    shards = shards_of(streams, arn)
+    assert len(shards) == 3
+    assert "ParentShardId" not in shards[0]
+    for parent, child in zip(shards, shards[1:]):
+        assert child["ParentShardId"] == parent["ShardId"]
+        assert int(parent["SequenceNumberRange"]["EndingSequenceNumber"]) < \
+            int(child["SequenceNumberRange"]["StartingSequenceNumber"])
+    assert "EndingSequenceNumber" not in shards[2]["SequenceNumberRange"]
+    # A closed shard's reader reaches its end: no next iterator.
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shards[0]["ShardId"],
+                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    page = streams.get_records(ShardIterator=iterator)
+    assert len(page["Records"]) == 3 and "NextShardIterator" not in page
+    assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in read_all(streams, arn)] == [f"k{i}" for i in range(7)]
+
+
+def test_retention_trims_old_records(small_store):
+    client, streams = small_store.client(), streams_client(small_store.url)
+    name, arn = streamed_table(client, "KEYS_ONLY")
+    client.put_item(TableName=name, Item={"pk": {"S": "old"}})
+    shard = shards_of(streams, arn)[0]["ShardId"]
+    first = read_all(streams, arn)[0]["dynamodb"]["SequenceNumber"]
+    stale = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+
+    def trimmed():
+        try:
+            streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="AT_SEQUENCE_NUMBER",
+                                       SequenceNumber=first)
+            return False
+        except ClientError as error:
+            assert error.response["Error"]["Code"] == "TrimmedDataAccessException"
+            return True
+
+    wait_for(trimmed, TRIM_DEADLINE_S, "the record past retention trimmed")
+    with pytest.raises(ClientError) as excinfo:
+        streams.get_records(ShardIterator=stale)
+    assert error_code(excinfo)[0] == "TrimmedDataAccessException"
+    client.put_item(TableName=name, Item={"pk": {"S": "new"}})
+    assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in read_all(streams, arn)] == ["new"]
+
+
+def test_records_survive_a_kill_and_numbering_continues(tmp_path_factory):
+    store = started_store(tmp_path_factory, name="restarted")
+    try:
+        client, streams = store.client(), streams_client(store.url)
+        name, arn = streamed_table(client, "NEW_IMAGE")
+        client.put_item(TableName=name, Item={"pk": {"S": "before"}})
+        before = read_all(streams, arn)
+        store.kill()
+        store.start()
+        client, streams = store.client(), streams_client(store.url)
+        client.put_item(TableName=name, Item={"pk": {"S": "after"}})
+        records = read_all(streams, arn)
+        assert records[0] == before[0], "an acknowledged write's record survives SIGKILL"
+        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in records] == ["before", "after"]
+        assert int(records[1]["dynamodb"]["SequenceNumber"]) > int(records[0]["dynamodb"]["SequenceNumber"])
+    finally:
+        store.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Global tables: two regions
+
+def test_global_table_streams_in_two_regions(tmp_path):
+    from test_global_tables import KEY, Region, free_port
+    from test_store_harness import require_binary
+
+    require_binary()
+    names_ = ["us-east-1", "ap-south-1"]
+    regions = [Region(n, free_port(), tmp_path / n, []) for n in names_]
+    for region in regions:
+        region.data_dir.mkdir()
+        region.peers = [r for r in regions if r is not region]
+    assert KEY
+    try:
+        for region in regions:
+            region.start()
+        east, south = regions
+        client = east.client()
+        client.create_table(TableName="orders", BillingMode="PAY_PER_REQUEST",
+                            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
+        client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": "ap-south-1"}}])
+        arns = {}
+        for region in regions:
+            table = wait_for(lambda: _describe(region), REPLICATION_DEADLINE_S, f"the replica in {region.name}")
+            assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+            assert table["LatestStreamArn"].startswith(f"arn:aws:dynamodb:{region.name}:")
+            arns[region.name] = table["LatestStreamArn"]
+        with pytest.raises(ClientError) as excinfo:
+            client.update_table(TableName="orders", StreamSpecification={"StreamEnabled": False})
+        code, message = error_code(excinfo)
+        assert code == "ValidationException" and "not allowed" in message and "Global Table" in message
+        with pytest.raises(ClientError) as excinfo:
+            client.update_table(TableName="orders",
+                                StreamSpecification={"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"})
+        assert "already has an enabled stream" in error_code(excinfo)[1]
+
+        east.client().put_item(TableName="orders", Item={"id": {"S": "from-east"}, "n": {"N": "1"}})
+        south.client().put_item(TableName="orders", Item={"id": {"S": "from-south"}, "n": {"N": "2"}})
+        expected = [("INSERT", "from-east"), ("INSERT", "from-south")]
+        for region in regions:
+            streams = streams_client(region.url, region.name)
+
+            def keys(streams=streams, region=region):
+                records = read_all(streams, arns[region.name])
+                seen = sorted((r["eventName"], r["dynamodb"]["Keys"]["id"]["S"]) for r in records)
+                return seen if len(seen) >= 2 else None
+
+            seen = wait_for(keys, REPLICATION_DEADLINE_S, f"both writes in {region.name}'s stream")
+            assert seen == expected, f"{region.name}: every applied write exactly once"
+            for record in read_all(streams, arns[region.name]):
+                assert record["awsRegion"] == region.name
+                assert "NewImage" in record["dynamodb"]
+    finally:
+        for region in regions:
+            region.stop()
+
+
+def _describe(region):
+    try:
+        table = region.client().describe_table(TableName="orders")["Table"]
+    except ClientError:
+        return None
+    return table if "LatestStreamArn" in table else None
