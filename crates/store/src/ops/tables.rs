@@ -13,11 +13,25 @@ use crate::catalog::{
 
 const TAGS_PER_RESOURCE_MAX: usize = 50;
 
+/// A table being restored from a backup is CREATING: DynamoDB refuses to change or delete it.
+fn refuse_restoring(meta: &TableMeta) -> Result<(), ApiError> {
+    if meta.restoring() {
+        return Err(ApiError::new(
+            ErrorKind::ResourceInUse,
+            format!(
+                "Attempt to change a resource which is still in use: Table is being restored: {}",
+                meta.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn not_found(name: &str) -> ApiError {
     ApiError::resource_not_found(format!("Requested resource not found: Table: {name} not found"))
 }
 
-fn describe(store: &Store, meta: &TableMeta, status: &str) -> Value {
+pub(crate) fn describe(store: &Store, meta: &TableMeta, status: &str) -> Value {
     let engine = store.engine();
     let mut description = meta.describe(engine.region(), status, engine.stats(meta.id, None), &|index| {
         engine.stats(meta.id, Some(index))
@@ -210,10 +224,12 @@ pub struct TableNameRequest {
 }
 
 pub async fn delete_table(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let meta = store
         .engine()
         .table(&request.table_name)
         .ok_or_else(|| not_found(&request.table_name))?;
+    refuse_restoring(&meta)?;
     if meta.deletion_protection {
         return Err(ApiError::validation(format!(
             "Resource cannot be deleted as it is currently protected against deletion. Disable deletion protection first. Table: {}",
@@ -234,6 +250,7 @@ pub async fn delete_table(store: &Store, request: TableNameRequest) -> Result<Va
 }
 
 pub fn describe_table(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let meta = store
         .engine()
         .table(&request.table_name)
@@ -318,10 +335,12 @@ pub struct UpdateTableRequest {
 }
 
 pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let meta = store
         .engine()
         .table(&request.table_name)
         .ok_or_else(|| not_found(&request.table_name))?;
+    refuse_restoring(&meta)?;
     if let Some(updates) = request.replica_updates {
         let others = request.billing_mode.is_some()
             || request.provisioned_throughput.is_some()
@@ -582,6 +601,7 @@ pub struct UpdateTtlRequest {
 }
 
 pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let meta = store
         .engine()
         .table(&request.table_name)
@@ -628,6 +648,7 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
 }
 
 pub fn describe_ttl(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let meta = store
         .engine()
         .table(&request.table_name)
