@@ -59,8 +59,6 @@ const FORMAT_VERSION: u32 = 1;
 /// Shortest and longest BackupArn botocore's model accepts.
 const BACKUP_ARN_LENGTH_MIN: usize = 37;
 const BACKUP_ARN_LENGTH_MAX: usize = 1024;
-/// The account in every ARN this store makes (as in `TableMeta::arn`).
-const ACCOUNT: &str = "000000000000";
 
 /// A backup's description, stored as `ID.json` beside its items file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
