@@ -107,10 +107,7 @@ pub fn root_health(region: &str) -> Response {
 pub fn preflight(headers: &HeaderMap) -> Response {
     let mut response = StatusCode::OK.into_response();
     let out = response.headers_mut();
-    out.insert(
-        "access-control-allow-methods",
-        HeaderValue::from_static(CORS_METHODS),
-    );
+    out.insert("access-control-allow-methods", HeaderValue::from_static(CORS_METHODS));
     let requested = headers
         .get("access-control-request-headers")
         .filter(|value| value.to_str().is_ok_and(|v| !v.trim().is_empty()))
@@ -137,7 +134,10 @@ mod tests {
 
     fn headers(encoding: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_str(encoding).expect("header"));
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_str(encoding).expect("header"),
+        );
         headers
     }
 
@@ -163,7 +163,10 @@ mod tests {
         raw.write_all(body).expect("compress");
         let raw = Bytes::from(raw.finish().expect("finish"));
         assert_eq!(&ok(inflate(&headers("deflate"), raw, 1024))[..], body);
-        assert_eq!(&ok(inflate(&HeaderMap::new(), Bytes::from_static(body), 1024))[..], body);
+        assert_eq!(
+            &ok(inflate(&HeaderMap::new(), Bytes::from_static(body), 1024))[..],
+            body
+        );
     }
 
     #[test]
@@ -180,7 +183,9 @@ mod tests {
             _ => panic!("garbage accepted"),
         }
         match inflate(&headers("br"), Bytes::from_static(b"x"), 1024) {
-            Err(Inflate::Invalid(error)) => assert!(error.message.contains("'br' is not supported"), "{}", error.message),
+            Err(Inflate::Invalid(error)) => {
+                assert!(error.message.contains("'br' is not supported"), "{}", error.message)
+            }
             _ => panic!("brotli accepted"),
         }
     }

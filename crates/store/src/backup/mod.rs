@@ -214,7 +214,9 @@ impl Backups {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("backup state lock is never poisoned: holders do not panic")
+        self.state
+            .lock()
+            .expect("backup state lock is never poisoned: holders do not panic")
     }
 
     fn items_path(&self, id: &str) -> PathBuf {
@@ -247,7 +249,11 @@ impl Backups {
         })?;
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
             let orphan = name
                 .strip_suffix(".items")
                 .is_some_and(|id| !self.meta_path(id).exists());
@@ -257,7 +263,11 @@ impl Backups {
             }
         }
         for table in store.engine().tables().into_iter().filter(|t| t.restoring()) {
-            let arn = table.restore.as_ref().map(|r| r.source_backup_arn.clone()).unwrap_or_default();
+            let arn = table
+                .restore
+                .as_ref()
+                .map(|r| r.source_backup_arn.clone())
+                .unwrap_or_default();
             let backup = parse_backup_arn(&arn).ok().and_then(|id| self.load(&id).ok());
             match backup {
                 Some(backup) => {
@@ -401,7 +411,9 @@ fn valid_backup_id(id: &str) -> bool {
     bytes.len() == 23
         && bytes[..14].iter().all(u8::is_ascii_digit)
         && bytes[14] == b'-'
-        && bytes[15..].iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        && bytes[15..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
 fn new_backup_id(now_ms: u64, region: &str, table: &TableMeta, sequence: u64) -> String {
@@ -475,7 +487,9 @@ async fn create_backup(store: &Store, request: CreateBackupRequest) -> Result<Va
     tokio::task::spawn_blocking(move || {
         let id = pending.id.clone();
         match write_backup(&writer, snapshot, pending) {
-            Ok(done) => tracing::info!(backup = %done.arn, items = done.item_count, bytes = done.file_bytes, "backup available"),
+            Ok(done) => {
+                tracing::info!(backup = %done.arn, items = done.item_count, bytes = done.file_bytes, "backup available")
+            }
             Err(error) => {
                 tracing::error!(backup = %id, %error, "backup failed; it is removed (its table is untouched)");
                 for path in [
@@ -499,11 +513,16 @@ fn partial(path: &Path) -> PathBuf {
 }
 
 /// Writes a backup's items from `snapshot`, then its description; both synced, then renamed.
-fn write_backup(backups: &Backups, snapshot: crate::engine::Snapshot, mut backup: BackupMeta) -> Result<BackupMeta, String> {
+fn write_backup(
+    backups: &Backups,
+    snapshot: crate::engine::Snapshot,
+    mut backup: BackupMeta,
+) -> Result<BackupMeta, String> {
     std::fs::create_dir_all(&backups.dir).map_err(|e| format!("creating {}: {e}", backups.dir.display()))?;
     let items_path = backups.items_path(&backup.id);
     let items_partial = partial(&items_path);
-    let mut writer = file::Writer::create(&items_partial).map_err(|e| format!("creating {}: {e}", items_partial.display()))?;
+    let mut writer =
+        file::Writer::create(&items_partial).map_err(|e| format!("creating {}: {e}", items_partial.display()))?;
     let mut failure: Option<std::io::Error> = None;
     snapshot
         .range(
@@ -527,7 +546,9 @@ fn write_backup(backups: &Backups, snapshot: crate::engine::Snapshot, mut backup
     if let Some(error) = failure {
         return Err(format!("writing {}: {error}", items_partial.display()));
     }
-    let summary = writer.finish().map_err(|e| format!("syncing {}: {e}", items_partial.display()))?;
+    let summary = writer
+        .finish()
+        .map_err(|e| format!("syncing {}: {e}", items_partial.display()))?;
     backup.item_count = summary.item_count;
     backup.size_bytes = summary.size_bytes;
     backup.file_bytes = summary.file_bytes;
@@ -658,8 +679,16 @@ fn list_backups(store: &Store, request: ListBackupsRequest) -> Result<Value, Api
     let matching: Vec<&(BackupMeta, &str)> = all
         .iter()
         .filter(|(b, _)| request.table_name.as_ref().is_none_or(|name| b.table.name == *name))
-        .filter(|(b, _)| request.time_range_lower_bound.is_none_or(|lower| b.created_seconds() >= lower))
-        .filter(|(b, _)| request.time_range_upper_bound.is_none_or(|upper| b.created_seconds() < upper))
+        .filter(|(b, _)| {
+            request
+                .time_range_lower_bound
+                .is_none_or(|lower| b.created_seconds() >= lower)
+        })
+        .filter(|(b, _)| {
+            request
+                .time_range_upper_bound
+                .is_none_or(|upper| b.created_seconds() < upper)
+        })
         .collect();
     let from = match &start {
         Some(id) => {
@@ -704,12 +733,19 @@ pub struct RestoreRequest {
 
 /// The CreateTable request a restore amounts to: the backup's table with the overrides applied.
 /// What DynamoDB does not restore (tags, streams, TTL, deletion protection) is left out.
-fn restored_table_request(backup: &BackupMeta, request: &RestoreRequest) -> Result<catalog::CreateTableRequest, ApiError> {
+fn restored_table_request(
+    backup: &BackupMeta,
+    request: &RestoreRequest,
+) -> Result<catalog::CreateTableRequest, ApiError> {
     let table = &backup.table;
-    let billing = request
-        .billing_mode_override
-        .clone()
-        .unwrap_or_else(|| if table.throughput.is_some() { "PROVISIONED" } else { "PAY_PER_REQUEST" }.to_string());
+    let billing = request.billing_mode_override.clone().unwrap_or_else(|| {
+        if table.throughput.is_some() {
+            "PROVISIONED"
+        } else {
+            "PAY_PER_REQUEST"
+        }
+        .to_string()
+    });
     let provisioned = billing == "PROVISIONED";
     let throughput_json = |t: catalog::Throughput| json!({"ReadCapacityUnits": t.read, "WriteCapacityUnits": t.write});
     let table_throughput = match &request.provisioned_throughput_override {
@@ -801,7 +837,10 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
     if status == "CREATING" {
         return Err(ApiError::new(
             ErrorKind::BackupInUse,
-            format!("Backup {} is still being created; restore it once it is AVAILABLE", backup.arn),
+            format!(
+                "Backup {} is still being created; restore it once it is AVAILABLE",
+                backup.arn
+            ),
         ));
     }
     if store.engine().table(&request.target_table_name).is_some() {
@@ -881,7 +920,9 @@ fn spawn_restore(store: Store, backups: Arc<Backups>, backup: BackupMeta, meta: 
         let outcome = copy_items(&handle, &engine, &backups, &backup, &meta);
         drop(in_use);
         match outcome {
-            Ok(count) => tracing::info!(table = %meta.name, items = count, backup = %backup.arn, "restore finished; table ACTIVE"),
+            Ok(count) => {
+                tracing::info!(table = %meta.name, items = count, backup = %backup.arn, "restore finished; table ACTIVE")
+            }
             Err(error) => {
                 tracing::error!(table = %meta.name, backup = %backup.arn, error = %error.message, "restore failed; dropping the half-restored table");
                 handle.block_on(drop_restoring(&engine, meta));
@@ -898,7 +939,8 @@ fn copy_items(
     meta: &TableMeta,
 ) -> Result<u64, ApiError> {
     let path = backups.items_path(&backup.id);
-    let mut reader = file::Reader::open(&path).map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
+    let mut reader =
+        file::Reader::open(&path).map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
     let table = Arc::new(meta.clone());
     let mut copied = 0u64;
     loop {
@@ -999,7 +1041,10 @@ pub struct UpdateContinuousRequest {
 
 fn update_continuous(store: &Store, request: UpdateContinuousRequest) -> Result<Value, ApiError> {
     require_backup_table(store, &request.table_name)?;
-    if request.point_in_time_recovery_specification.point_in_time_recovery_enabled {
+    if request
+        .point_in_time_recovery_specification
+        .point_in_time_recovery_enabled
+    {
         return Err(ApiError::new(
             ErrorKind::ContinuousBackupsUnavailable,
             "Point-in-time recovery is not available on this store: it keeps the current version of each item only. Take on-demand backups with CreateBackup instead",

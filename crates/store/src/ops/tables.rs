@@ -515,6 +515,7 @@ async fn change_table(
     meta: std::sync::Arc<TableMeta>,
     change: impl FnOnce(&mut TableMeta) + Send + 'static,
 ) -> Result<TableMeta, ApiError> {
+    refuse_restoring(&meta)?;
     store
         .engine()
         .write_exclusive(move |context| {
@@ -606,6 +607,7 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
         .engine()
         .table(&request.table_name)
         .ok_or_else(|| not_found(&request.table_name))?;
+    refuse_restoring(&meta)?;
     let spec = request.time_to_live_specification;
     if spec.attribute_name.is_empty() || spec.attribute_name.len() > 255 {
         return Err(ApiError::validation(

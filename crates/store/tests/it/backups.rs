@@ -41,9 +41,14 @@ async fn backed_up_table(store: &Store, items: usize) -> String {
     )
     .await;
     for n in 0..items {
-        ok(store, "PutItem", json!({"TableName": "source", "Item": {"pk": {"S": format!("k{n}")}, "n": {"N": n.to_string()}}})).await;
+        ok(
+            store,
+            "PutItem",
+            json!({"TableName": "source", "Item": {"pk": {"S": format!("k{n}")}, "n": {"N": n.to_string()}}}),
+        )
+        .await;
     }
-    let created = ok(store, "CreateBackup", json!({"TableName": "source", "BackupName": "b"})).await;
+    let created = ok(store, "CreateBackup", json!({"TableName": "source", "BackupName": "first"})).await;
     let arn = created["BackupDetails"]["BackupArn"].as_str().expect("arn").to_string();
     wait_until("backup AVAILABLE", async || {
         let described = ok(store, "DescribeBackup", json!({"BackupArn": arn})).await;
@@ -86,9 +91,13 @@ async fn an_interrupted_restore_is_resumed_and_its_table_refuses_items_until_act
     let described = ok(&store, "DescribeTable", json!({"TableName": "copy"})).await;
     assert_eq!(described["Table"]["TableStatus"], "CREATING");
     assert_eq!(described["Table"]["RestoreSummary"]["RestoreInProgress"], true);
-    let refused = call(&store, "PutItem", json!({"TableName": "copy", "Item": {"pk": {"S": "x"}}}))
-        .await
-        .expect_err("no writes to a CREATING table");
+    let refused = call(
+        &store,
+        "PutItem",
+        json!({"TableName": "copy", "Item": {"pk": {"S": "x"}}}),
+    )
+    .await
+    .expect_err("no writes to a CREATING table");
     assert_eq!(refused.kind, ErrorKind::ResourceNotFound);
     let refused = call(&store, "Scan", json!({"TableName": "copy"}))
         .await
@@ -99,10 +108,18 @@ async fn an_interrupted_restore_is_resumed_and_its_table_refuses_items_until_act
         .expect_err("no delete of a CREATING table");
     assert_eq!(refused.kind, ErrorKind::ResourceInUse);
     let refused = call(&store, "DeleteBackup", json!({"BackupArn": arn})).await;
-    assert!(refused.is_ok(), "nothing reads the backup before the recovery: {refused:?}");
+    assert!(
+        refused.is_ok(),
+        "nothing reads the backup before the recovery: {refused:?}"
+    );
     // Deleting it is allowed while no restore runs; make a new one for the resume.
     let arn = {
-        let created = ok(&store, "CreateBackup", json!({"TableName": "source", "BackupName": "b2"})).await;
+        let created = ok(
+            &store,
+            "CreateBackup",
+            json!({"TableName": "source", "BackupName": "second"}),
+        )
+        .await;
         let arn = created["BackupDetails"]["BackupArn"].as_str().expect("arn").to_string();
         wait_until("backup AVAILABLE", async || {
             ok(&store, "DescribeBackup", json!({"BackupArn": arn})).await["BackupDescription"]["BackupDetails"]["BackupStatus"]
@@ -122,7 +139,9 @@ async fn an_interrupted_restore_is_resumed_and_its_table_refuses_items_until_act
     assert_eq!(scanned["Count"], 20);
     // The first one's backup was deleted: its half-restored table is dropped.
     wait_until("orphaned restore dropped", async || {
-        call(&store, "DescribeTable", json!({"TableName": "copy"})).await.is_err()
+        call(&store, "DescribeTable", json!({"TableName": "copy"}))
+            .await
+            .is_err()
     })
     .await;
 }
