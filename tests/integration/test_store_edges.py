@@ -390,6 +390,9 @@ def test_update_item_with_only_remove_or_delete_does_not_create_the_item(client)
     client.update_item(TableName=name, Key={"pk": {"S": "absent"}},
                        AttributeUpdates={"gone": {"Action": "DELETE"}})
     assert "Item" not in client.get_item(TableName=name, Key={"pk": {"S": "absent"}}, ConsistentRead=True)
+    client.transact_write_items(TransactItems=[{"Update": {
+        "TableName": name, "Key": {"pk": {"S": "absent"}}, "UpdateExpression": "REMOVE gone"}}])
+    assert "Item" not in client.get_item(TableName=name, Key={"pk": {"S": "absent"}}, ConsistentRead=True)
     # A SET beside the REMOVE creates it, as before.
     client.update_item(TableName=name, Key={"pk": {"S": "absent"}}, UpdateExpression="SET a = :a REMOVE gone",
                        ExpressionAttributeValues={":a": {"N": "1"}})

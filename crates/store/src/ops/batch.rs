@@ -470,6 +470,8 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
             let mut news = Vec::with_capacity(steps.len());
             for (step, old) in steps.iter().zip(&olds) {
                 news.push(match &step.action {
+                    // Only REMOVE/DELETE on a missing item: nothing is created (as UpdateItem).
+                    Action::Update(_, Some(update)) if !failed && old.is_none() && update.only_removes() => None,
                     Action::Update(key, update) if !failed => {
                         match updated_item(&step.meta, key, old.as_ref(), update.as_ref()) {
                             Ok(item) => Some(item),
