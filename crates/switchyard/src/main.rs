@@ -149,7 +149,7 @@ struct CeilingArgs {
 #[derive(clap::Args)]
 struct StoreArgs {
     /// A deployment file whose `[store]` section sets any of the options below (`region`,
-    /// `listen`, `data_dir`, `credentials`, `replication_key_file`,
+    /// `listen`, `data_dir`, `backup_dir`, `credentials`, `replication_key_file`,
     /// `replication_backlog_bytes_max`, `clock_offset_alarm_ms`, `clock_offset_max_ms`,
     /// `disk_free_bytes_min`, `disk_reserve_bytes`, and `[store.peers]` as
     /// REGION = "URL" lines); flags and environment variables override it. See the README.

@@ -48,7 +48,12 @@ async fn backed_up_table(store: &Store, items: usize) -> String {
         )
         .await;
     }
-    let created = ok(store, "CreateBackup", json!({"TableName": "source", "BackupName": "first"})).await;
+    let created = ok(
+        store,
+        "CreateBackup",
+        json!({"TableName": "source", "BackupName": "first"}),
+    )
+    .await;
     let arn = created["BackupDetails"]["BackupArn"].as_str().expect("arn").to_string();
     wait_until("backup AVAILABLE", async || {
         let described = ok(store, "DescribeBackup", json!({"BackupArn": arn})).await;

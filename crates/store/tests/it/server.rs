@@ -160,7 +160,10 @@ async fn unknown_paths_and_methods_get_json_errors() {
     let response = client.request(request).await.expect("store answers");
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(
-        response.headers().get("access-control-allow-origin").map(|v| v.as_bytes()),
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.as_bytes()),
         Some(&b"*"[..])
     );
     let body = http_body_util::BodyExt::collect(response.into_body())
