@@ -462,3 +462,17 @@ def test_http_extras_as_dynamodb_answers(store):
 
     endpoint = client.describe_endpoints()["Endpoints"][0]["Address"]
     assert endpoint.endswith(":" + store.url.rsplit(":", 1)[1]), endpoint
+
+
+def test_batch_get_consumed_capacity_per_table_rounds_each_item(client):
+    first, second = create_table(client, next(names)), create_table(client, next(names))
+    for n in range(3):
+        client.put_item(TableName=first, Item={"pk": {"S": f"k{n}"}, "v": {"S": "x" * 100}})
+    client.put_item(TableName=second, Item={"pk": {"S": "big"}, "v": {"S": "x" * 5000}})
+    response = client.batch_get_item(RequestItems={
+        first: {"Keys": [{"pk": {"S": f"k{n}"}} for n in range(3)]},
+        second: {"Keys": [{"pk": {"S": "big"}}], "ConsistentRead": True},
+    }, ReturnConsumedCapacity="TOTAL")
+    units = {c["TableName"]: c["CapacityUnits"] for c in response["ConsumedCapacity"]}
+    # Three small items read eventually consistent: 3 x 0.5; one 5 KB item read strongly: 2.
+    assert units == {first: 1.5, second: 2.0}, units
