@@ -377,3 +377,102 @@ def test_query_start_key_outside_the_key_condition_is_refused(client):
                      ExclusiveStartKey={"pk": {"S": "a"}, "sk": {"N": "1"}})
     code, message, _ = error_of(excinfo)
     assert (code, message) == ("ValidationException", "The provided starting key does not match the range key predicate")
+
+
+def test_update_item_with_only_remove_or_delete_does_not_create_the_item(client):
+    name = create_table(client, next(names))
+    for expression, values in [("REMOVE gone", None), ("DELETE tags :t", {":t": {"SS": ["a"]}})]:
+        kwargs = {"ExpressionAttributeValues": values} if values else {}
+        response = client.update_item(TableName=name, Key={"pk": {"S": "absent"}}, UpdateExpression=expression,
+                                      ReturnValues="ALL_NEW", **kwargs)
+        assert "Attributes" not in response, response
+        assert "Item" not in client.get_item(TableName=name, Key={"pk": {"S": "absent"}}, ConsistentRead=True)
+    client.update_item(TableName=name, Key={"pk": {"S": "absent"}},
+                       AttributeUpdates={"gone": {"Action": "DELETE"}})
+    assert "Item" not in client.get_item(TableName=name, Key={"pk": {"S": "absent"}}, ConsistentRead=True)
+    client.transact_write_items(TransactItems=[{"Update": {
+        "TableName": name, "Key": {"pk": {"S": "absent"}}, "UpdateExpression": "REMOVE gone"}}])
+    assert "Item" not in client.get_item(TableName=name, Key={"pk": {"S": "absent"}}, ConsistentRead=True)
+    # A SET beside the REMOVE creates it, as before.
+    client.update_item(TableName=name, Key={"pk": {"S": "absent"}}, UpdateExpression="SET a = :a REMOVE gone",
+                       ExpressionAttributeValues={":a": {"N": "1"}})
+    assert client.get_item(TableName=name, Key={"pk": {"S": "absent"}})["Item"]["a"] == {"N": "1"}
+
+
+def test_table_names_breaking_the_rules_are_validation_errors_everywhere(client):
+    bad = "bad$name"
+    key = {"pk": {"S": "k"}}
+    calls = {
+        "GetItem": lambda: client.get_item(TableName=bad, Key=key),
+        "PutItem": lambda: client.put_item(TableName=bad, Item=key),
+        "UpdateItem": lambda: client.update_item(TableName=bad, Key=key),
+        "DeleteItem": lambda: client.delete_item(TableName=bad, Key=key),
+        "Query": lambda: client.query(TableName=bad, KeyConditionExpression="pk = :p",
+                                      ExpressionAttributeValues={":p": {"S": "k"}}),
+        "Scan": lambda: client.scan(TableName=bad),
+        "DescribeTable": lambda: client.describe_table(TableName=bad),
+        "DeleteTable": lambda: client.delete_table(TableName=bad),
+        "UpdateTable": lambda: client.update_table(TableName=bad, BillingMode="PAY_PER_REQUEST"),
+        "DescribeTimeToLive": lambda: client.describe_time_to_live(TableName=bad),
+        "BatchGetItem": lambda: client.batch_get_item(RequestItems={bad: {"Keys": [key]}}),
+        "BatchWriteItem": lambda: client.batch_write_item(RequestItems={bad: [{"PutRequest": {"Item": key}}]}),
+    }
+    for operation, call in calls.items():
+        with pytest.raises(ClientError) as excinfo:
+            call()
+        code, message, _ = error_of(excinfo)
+        assert code == "ValidationException", (operation, code, message)
+        assert "[a-zA-Z0-9_.-]+" in message, (operation, message)
+
+
+def test_http_extras_as_dynamodb_answers(store):
+    import gzip
+    import json
+    import urllib.request
+    import zlib
+
+    client = store.client()
+    name = create_table(client, next(names))
+    body = json.dumps({"TableName": name, "Item": {"pk": {"S": "zipped"}, "v": {"S": "x" * 500}}}).encode()
+    for encoding, data in [("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))]:
+        status, answer = store.raw("PutItem", data, {"Content-Encoding": encoding})
+        assert status == 200, (encoding, answer)
+    assert client.get_item(TableName=name, Key={"pk": {"S": "zipped"}})["Item"]["v"]["S"] == "x" * 500
+    status, answer = store.raw("PutItem", b"not gzip at all", {"Content-Encoding": "gzip"})
+    assert status == 400 and "gzip" in answer.get("message", answer.get("Message", "")), answer
+    # 17 MiB of spaces gzip to a few KB: inflating past the request limit is a 413.
+    bomb = gzip.compress(b" " * (17 * 1024 * 1024))
+    status, answer = store.raw("PutItem", bomb, {"Content-Encoding": "gzip"})
+    assert status == 413, answer
+
+    with urllib.request.urlopen(store.url + "/", timeout=10) as response:
+        assert response.status == 200
+        assert response.read().decode().startswith("healthy: dynamodb.")
+
+    preflight = urllib.request.Request(store.url + "/", method="OPTIONS", headers={
+        "Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-amz-target,authorization"})
+    with urllib.request.urlopen(preflight, timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert "POST" in response.headers["Access-Control-Allow-Methods"]
+        assert "x-amz-target" in response.headers["Access-Control-Allow-Headers"].lower()
+    answered = client.describe_table(TableName=name)["ResponseMetadata"]["HTTPHeaders"]
+    assert answered.get("access-control-allow-origin") == "*"
+
+    endpoint = client.describe_endpoints()["Endpoints"][0]["Address"]
+    assert endpoint.endswith(":" + store.url.rsplit(":", 1)[1]), endpoint
+
+
+def test_batch_get_consumed_capacity_per_table_rounds_each_item(client):
+    first, second = create_table(client, next(names)), create_table(client, next(names))
+    for n in range(3):
+        client.put_item(TableName=first, Item={"pk": {"S": f"k{n}"}, "v": {"S": "x" * 100}})
+    client.put_item(TableName=second, Item={"pk": {"S": "big"}, "v": {"S": "x" * 5000}})
+    response = client.batch_get_item(RequestItems={
+        first: {"Keys": [{"pk": {"S": f"k{n}"}} for n in range(3)]},
+        second: {"Keys": [{"pk": {"S": "big"}}], "ConsistentRead": True},
+    }, ReturnConsumedCapacity="TOTAL")
+    units = {c["TableName"]: c["CapacityUnits"] for c in response["ConsumedCapacity"]}
+    # Three small items read eventually consistent: 3 x 0.5; one 5 KB item read strongly: 2.
+    assert units == {first: 1.5, second: 2.0}, units

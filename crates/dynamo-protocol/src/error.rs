@@ -33,6 +33,12 @@ pub enum ErrorKind {
     ExpiredIterator,
     /// DynamoDB Streams: a position before the stream's trim horizon (retention passed).
     TrimmedDataAccess,
+    TableAlreadyExists,
+    TableInUse,
+    BackupNotFound,
+    BackupInUse,
+    ContinuousBackupsUnavailable,
+    PointInTimeRecoveryUnavailable,
     InternalServerError,
     ServiceUnavailable,
 }
@@ -66,6 +72,12 @@ impl ErrorKind {
             ErrorKind::TableNotFound => "TableNotFoundException",
             ErrorKind::ExpiredIterator => "ExpiredIteratorException",
             ErrorKind::TrimmedDataAccess => "TrimmedDataAccessException",
+            ErrorKind::TableAlreadyExists => "TableAlreadyExistsException",
+            ErrorKind::TableInUse => "TableInUseException",
+            ErrorKind::BackupNotFound => "BackupNotFoundException",
+            ErrorKind::BackupInUse => "BackupInUseException",
+            ErrorKind::ContinuousBackupsUnavailable => "ContinuousBackupsUnavailableException",
+            ErrorKind::PointInTimeRecoveryUnavailable => "PointInTimeRecoveryUnavailableException",
             ErrorKind::InternalServerError => "InternalServerError",
             ErrorKind::ServiceUnavailable => "ServiceUnavailable",
         }

@@ -191,6 +191,19 @@ pub struct TableMeta {
     /// until the source has received everything up to here, brings them instead. 0 otherwise.
     #[serde(default)]
     pub joined_below: u64,
+    /// Set on a table made by RestoreTableFromBackup: where it came from, and whether its items
+    /// are still being copied in (then the table is CREATING and serves no item operation).
+    #[serde(default)]
+    pub restore: Option<RestoreSummary>,
+}
+
+/// DynamoDB's RestoreSummary of a restored table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestoreSummary {
+    pub source_backup_arn: String,
+    pub source_table_arn: String,
+    pub restore_date_time_seconds: f64,
+    pub in_progress: bool,
 }
 
 /// Counters kept exactly, updated in the same transaction as the data.
@@ -210,6 +223,11 @@ impl TableMeta {
         self.indexes.iter().find(|i| i.name == name)
     }
 
+    /// A restore is still copying items in: the table is CREATING.
+    pub fn restoring(&self) -> bool {
+        self.restore.as_ref().is_some_and(|r| r.in_progress)
+    }
+
     pub fn arn(&self, region: &str) -> String {
         format!("arn:aws:dynamodb:{region}:000000000000:table/{}", self.name)
     }
@@ -226,7 +244,10 @@ impl TableMeta {
         table.insert("TableName".into(), json!(self.name));
         table.insert("TableId".into(), json!(table_uuid(self.id, &self.name)));
         table.insert("TableArn".into(), json!(self.arn(region)));
-        table.insert("TableStatus".into(), json!(status));
+        table.insert(
+            "TableStatus".into(),
+            json!(if self.restoring() { "CREATING" } else { status }),
+        );
         table.insert("CreationDateTime".into(), json!(self.created_at_seconds));
         table.insert("KeySchema".into(), self.key.to_json());
         table.insert(
@@ -251,6 +272,17 @@ impl TableMeta {
         if let Some(class) = &self.table_class {
             table.insert("TableClassSummary".into(), json!({"TableClass": class}));
         }
+        if let Some(restore) = &self.restore {
+            table.insert(
+                "RestoreSummary".into(),
+                json!({
+                    "SourceBackupArn": restore.source_backup_arn,
+                    "SourceTableArn": restore.source_table_arn,
+                    "RestoreDateTime": restore.restore_date_time_seconds,
+                    "RestoreInProgress": restore.in_progress,
+                }),
+            );
+        }
         let describe_index = |index: &IndexMeta| {
             let stats = index_stats(&index.name);
             let mut out = json!({
@@ -263,7 +295,10 @@ impl TableMeta {
             });
             if index.kind == IndexKind::Global {
                 out["IndexStatus"] = json!(if index.backfilling { "CREATING" } else { "ACTIVE" });
-                out["Backfilling"] = json!(index.backfilling);
+                if index.backfilling {
+                    // DynamoDB shows the flag only while the index is being filled.
+                    out["Backfilling"] = json!(true);
+                }
                 out["ProvisionedThroughput"] = throughput_json(index.throughput);
             }
             out
@@ -296,7 +331,7 @@ fn throughput_json(throughput: Option<Throughput>) -> Value {
 }
 
 /// A stable UUID-shaped id derived from the storage id and name.
-fn table_uuid(id: u64, name: &str) -> String {
+pub fn table_uuid(id: u64, name: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in name.bytes() {
         hash ^= u64::from(byte);
@@ -677,6 +712,7 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
         replicas: Vec::new(),
         key_hash: KeyHash::CURRENT,
         joined_below: 0,
+        restore: None,
     })
 }
 

@@ -8,6 +8,7 @@
 //! region = "us-east-1"
 //! listen = "10.0.0.5:8000"
 //! data_dir = "/var/lib/switchyard"
+//! backup_dir = "/var/backups/switchyard"  # on-demand backups (default: DATA_DIR/backups)
 //! credentials = "credentials"            # ACCESS_KEY_ID SECRET lines
 //! tls_cert = "server.pem"                 # with tls_key: HTTPS (reloaded on SIGHUP)
 //! tls_key = "server.key"
@@ -52,6 +53,7 @@ pub struct StoreFileConfig {
     pub region: Option<String>,
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub backup_dir: Option<PathBuf>,
     pub credentials: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -156,6 +158,7 @@ struct RawStore {
     region: Option<Spanned<String>>,
     listen: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
+    backup_dir: Option<Spanned<String>>,
     credentials: Option<Spanned<String>>,
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
@@ -349,6 +352,7 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
         )?,
         disk_reserve_bytes: bytes(&raw.disk_reserve_bytes, "disk_reserve_bytes", parse_disk_reserve_bytes)?,
         data_dir: path(&raw.data_dir, "data_dir")?,
+        backup_dir: path(&raw.backup_dir, "backup_dir")?,
         credentials: path(&raw.credentials, "credentials")?,
         tls_cert: path(&raw.tls_cert, "tls_cert")?,
         tls_key: path(&raw.tls_key, "tls_key")?,

@@ -402,6 +402,7 @@ impl Engine {
                 reserve_bytes: 0,
             },
             faults: None,
+            backup_dir: None,
         };
         Engine::open_with(data_dir, region, clock, unguarded)
     }
@@ -476,10 +477,29 @@ impl Engine {
             .cloned()
     }
 
+    /// The table for an item operation: it exists and is ACTIVE (a table still being restored
+    /// from a backup is not, and DynamoDB answers ResourceNotFoundException for it).
+    /// A name that breaks DynamoDB's naming rules is a ValidationException, as DynamoDB answers
+    /// on every operation, rather than "not found".
     pub fn require_table(&self, name: &str) -> Result<Arc<TableMeta>, ApiError> {
-        self.table(name).ok_or_else(|| {
+        crate::catalog::validate_table_name(name, "tableName")?;
+        self.table(name).filter(|meta| !meta.restoring()).ok_or_else(|| {
             ApiError::resource_not_found(format!("Requested resource not found: Table: {name} not found"))
         })
+    }
+
+    /// The directory holding the database file.
+    pub fn data_dir(&self) -> &Path {
+        self.shared.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Where on-demand backups are kept: `EngineOptions::backup_dir`, else `DATA_DIR/backups`.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.shared
+            .options
+            .backup_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("backups"))
     }
 
     /// The users' tables (the reserved [`HEALTH_TABLE`] is left out).

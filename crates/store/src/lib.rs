@@ -7,7 +7,9 @@
 //! evaluates expressions over items and knows nothing of storage. Nothing here knows about
 //! other regions; replication builds on the engine.
 
+pub mod backup;
 pub mod catalog;
+pub mod compat;
 pub mod config;
 pub mod disk;
 pub mod engine;

@@ -50,6 +50,8 @@ const READ_ONLY_OPERATIONS: &[&str] = &[
     "GetShardIterator",
     "ListStreams",
     "BatchGetItem",
+    "DescribeBackup",
+    "DescribeContinuousBackups",
     "DescribeEndpoints",
     "DescribeGlobalTable",
     "DescribeGlobalTableSettings",
@@ -57,6 +59,7 @@ const READ_ONLY_OPERATIONS: &[&str] = &[
     "DescribeTable",
     "DescribeTimeToLive",
     "GetItem",
+    "ListBackups",
     "ListGlobalTables",
     "ListTables",
     "ListTagsOfResource",
@@ -360,6 +363,7 @@ pub async fn run_with_limits(
         Some(replication) => Store::with_replication(engine.clone(), Arc::clone(replication)),
         None => Store::new(engine.clone()),
     };
+    Arc::clone(store.backups()).recover(&store)?;
     let replication_tasks = replication.as_ref().map(Replication::start).unwrap_or_default();
     let state = Arc::new(AppState {
         store,
@@ -379,7 +383,17 @@ pub async fn run_with_limits(
         replication_routes = replication_routes.route_layer(axum::middleware::from_fn(require_peer_certificate));
     }
     let app = Router::new()
-        .route("/", post(api))
+        .route(
+            "/",
+            post(api)
+                .get(|State(state): State<Arc<AppState>>| async move {
+                    crate::compat::root_health(state.store.engine().region())
+                })
+                .options(|headers: HeaderMap| async move { crate::compat::preflight(&headers) }),
+        )
+        .layer(axum::middleware::map_response(|response: Response| async move {
+            crate::compat::with_cors(response)
+        }))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(replication_routes)
@@ -850,7 +864,12 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
                     format!("Unknown operation: X-Amz-Target must be {TARGET_PREFIX}<Operation>, got '{target}'"),
                 )),
                 Ok(signature) => {
-                    let result = state.store.handle(&operation, &body).await;
+                    let result = match crate::compat::inflate(&headers, body, REQUEST_BODY_BYTES_MAX) {
+                        Err(crate::compat::Inflate::TooLarge(refusal)) => return refusal_response(&refusal),
+                        Err(crate::compat::Inflate::Invalid(error)) => Err(error),
+                        Ok(_) if operation == "DescribeEndpoints" => Ok(crate::compat::describe_endpoints(&headers)),
+                        Ok(body) => state.store.handle(&operation, &body).await,
+                    };
                     if let (Err(error), Some(verified)) = (&result, &signature)
                         && retried_by_clients(error.kind)
                     {

@@ -149,7 +149,7 @@ struct CeilingArgs {
 #[derive(clap::Args)]
 struct StoreArgs {
     /// A deployment file whose `[store]` section sets any of the options below (`region`,
-    /// `listen`, `data_dir`, `credentials`, `replication_key_file`,
+    /// `listen`, `data_dir`, `backup_dir`, `credentials`, `replication_key_file`,
     /// `replication_backlog_bytes_max`, `clock_offset_alarm_ms`, `clock_offset_max_ms`,
     /// `disk_free_bytes_min`, `disk_reserve_bytes`, and `[store.peers]` as
     /// REGION = "URL" lines); flags and environment variables override it. See the README.
@@ -164,6 +164,10 @@ struct StoreArgs {
     /// Directory holding the database file; created if missing [default: ./data].
     #[arg(long, env = "SWITCHYARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Directory holding on-demand backups (CreateBackup); created if missing
+    /// [default: DATA_DIR/backups].
+    #[arg(long, env = "SWITCHYARD_BACKUP_DIR")]
+    backup_dir: Option<PathBuf>,
     /// File of `ACCESS_KEY_ID SECRET` lines; when given, requests must be SigV4-signed by one.
     #[arg(long, env = "SWITCHYARD_CREDENTIALS")]
     credentials: Option<PathBuf>,
@@ -354,6 +358,7 @@ struct StoreSettings {
     region: String,
     listen: SocketAddr,
     data_dir: PathBuf,
+    backup_dir: Option<PathBuf>,
     credentials: Option<PathBuf>,
     ready_file: Option<PathBuf>,
     peers: Vec<store::global::Peer>,
@@ -396,6 +401,7 @@ impl StoreArgs {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(STORE_DATA_DIR_DEFAULT)),
+            backup_dir: self.backup_dir.or(file.backup_dir),
             credentials: self.credentials.or(file.credentials),
             ready_file: self.ready_file,
             peers: if self.peers.is_empty() { file.peers } else { self.peers },
@@ -571,6 +577,7 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         store::engine::EngineOptions {
             disk: args.disk,
             faults: None,
+            backup_dir: args.backup_dir.clone(),
         },
     )?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| {

@@ -376,6 +376,7 @@ async fn health_turns_503_when_the_store_cannot_write() {
             reserve_bytes: 0,
         },
         faults: Some(faults.clone()),
+        backup_dir: None,
     };
     let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(SystemClock), options).expect("open engine");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -279,6 +279,7 @@ async fn the_write_probe_fails_against_a_store_that_cannot_write() {
             reserve_bytes: 0,
         },
         faults: Some(faults.clone()),
+        backup_dir: None,
     };
     let engine =
         store::Engine::open_with(dir.path(), "east", Arc::new(store::SystemClock), options).expect("open engine");

@@ -31,6 +31,8 @@ pub struct EngineOptions {
     pub disk: DiskSettings,
     /// Tests: put the database on this fault-injecting disk (also the watermark's measure).
     pub faults: Option<Arc<FaultyDisk>>,
+    /// Where on-demand backups are kept (`--backup-dir`); `None`: `DATA_DIR/backups`.
+    pub backup_dir: Option<std::path::PathBuf>,
 }
 
 impl EngineOptions {

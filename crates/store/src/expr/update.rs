@@ -57,6 +57,18 @@ pub struct UpdateExpression {
     pub(crate) actions: Vec<Action>,
 }
 
+impl UpdateExpression {
+    /// Whether every action only takes something away (REMOVE, DELETE): applied to a missing
+    /// item such an update creates nothing (DynamoDB does not create the item).
+    pub fn only_removes(&self) -> bool {
+        !self.actions.is_empty()
+            && self
+                .actions
+                .iter()
+                .all(|action| matches!(action, Action::Remove(_) | Action::Delete(..)))
+    }
+}
+
 /// Parses an UpdateExpression against the request's names and values.
 pub fn parse_update(text: &str, context: &Context) -> Result<UpdateExpression, ApiError> {
     let raw = parser::parse_update(text)?;

@@ -142,7 +142,9 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
     for (name, plan) in plans {
         let mut found = Vec::new();
         let mut left = Vec::new();
-        let mut read = 0usize;
+        // DynamoDB rounds each item read up to 4 KB units (halved for eventually consistent
+        // reads); a table whose keys found nothing still costs one read.
+        let mut units = 0.0;
         for (key, key_bytes) in &plan.keys {
             if bytes >= BATCH_GET_RESPONSE_BYTES_MAX {
                 left.push(item_json(key));
@@ -151,7 +153,7 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
             if let Some(item) = snapshot.get(&plan.meta, key_bytes)? {
                 let size = dynamo_protocol::value::item_size_bytes(&item);
                 bytes += size;
-                read += size;
+                units += read_units(size, plan.consistent);
                 let item = match &plan.projection {
                     Some(paths) => expr::project(&item, paths),
                     None => item,
@@ -171,7 +173,10 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
             }
             unprocessed.insert(name.clone(), entry);
         }
-        capacity.push(json!({"TableName": name, "CapacityUnits": read_units(read, plan.consistent)}));
+        if units == 0.0 {
+            units = read_units(0, plan.consistent);
+        }
+        capacity.push(json!({"TableName": name, "CapacityUnits": units}));
     }
     let mut response = json!({"Responses": responses, "UnprocessedKeys": unprocessed});
     if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
@@ -470,6 +475,8 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
             let mut news = Vec::with_capacity(steps.len());
             for (step, old) in steps.iter().zip(&olds) {
                 news.push(match &step.action {
+                    // Only REMOVE/DELETE on a missing item: nothing is created (as UpdateItem).
+                    Action::Update(_, Some(update)) if !failed && old.is_none() && update.only_removes() => None,
                     Action::Update(key, update) if !failed => {
                         match updated_item(&step.meta, key, old.as_ref(), update.as_ref()) {
                             Ok(item) => Some(item),

@@ -407,23 +407,30 @@ pub async fn update_item(store: &Store, request: UpdateItemRequest) -> Result<Va
             context.current_table(&job_meta)?;
             let old = context.get(&job_meta, &key_bytes)?;
             check_condition(condition.as_ref(), old.as_ref(), return_old)?;
+            if old.is_none() && update.as_ref().is_some_and(UpdateExpression::only_removes) {
+                // Nothing to take away from: DynamoDB leaves the item absent.
+                return Ok((None, None));
+            }
             let new = updated_item(&job_meta, &key, old.as_ref(), update.as_ref())?;
             context.put(&job_meta, &key_bytes, old.as_ref(), &new)?;
-            Ok((old, new))
+            Ok((old, Some(new)))
         })
         .await?;
     let attributes = match return_values {
         ReturnValues::None => None,
         ReturnValues::AllOld => old.clone(),
-        ReturnValues::AllNew => Some(new.clone()),
+        ReturnValues::AllNew => new.clone(),
         ReturnValues::UpdatedOld => old.as_ref().map(|o| expr::project(o, &paths)),
-        ReturnValues::UpdatedNew => Some(expr::project(&new, &paths)),
+        ReturnValues::UpdatedNew => new.as_ref().map(|n| expr::project(n, &paths)),
     };
     let mut response = json!({});
     if let Some(attributes) = attributes.filter(|a| !a.is_empty()) {
         response["Attributes"] = item_json(&attributes);
     }
-    let size = dynamo_protocol::value::item_size_bytes(&new)
+    let size = new
+        .as_ref()
+        .map(dynamo_protocol::value::item_size_bytes)
+        .unwrap_or(0)
         .max(old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0));
     if let Some(capacity) = consumed_capacity(
         request.return_consumed_capacity.as_deref(),

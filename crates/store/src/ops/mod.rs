@@ -36,10 +36,14 @@ pub const LIST_TABLES_LIMIT_MAX: usize = 100;
 pub const OPERATIONS: &[&str] = &[
     "BatchGetItem",
     "BatchWriteItem",
+    "CreateBackup",
     "CreateGlobalTable",
     "CreateTable",
+    "DeleteBackup",
     "DeleteItem",
     "DeleteTable",
+    "DescribeBackup",
+    "DescribeContinuousBackups",
     "DescribeEndpoints",
     "DescribeGlobalTable",
     "DescribeGlobalTableSettings",
@@ -47,16 +51,20 @@ pub const OPERATIONS: &[&str] = &[
     "DescribeTable",
     "DescribeTimeToLive",
     "GetItem",
+    "ListBackups",
     "ListGlobalTables",
     "ListTables",
     "ListTagsOfResource",
     "PutItem",
     "Query",
+    "RestoreTableFromBackup",
+    "RestoreTableToPointInTime",
     "Scan",
     "TagResource",
     "TransactGetItems",
     "TransactWriteItems",
     "UntagResource",
+    "UpdateContinuousBackups",
     "UpdateGlobalTable",
     "UpdateGlobalTableSettings",
     "UpdateItem",
@@ -70,15 +78,28 @@ pub struct Store {
     engine: Engine,
     transactions: Arc<batch::TransactionTokens>,
     global: Option<Arc<Replication>>,
+    backups: Arc<crate::backup::Backups>,
 }
 
 impl Store {
+    /// A store keeping its backups in [`Engine::backup_dir`].
     pub fn new(engine: Engine) -> Store {
+        let backups = Arc::new(crate::backup::Backups::new(engine.backup_dir()));
         Store {
             engine,
             transactions: Arc::new(batch::TransactionTokens::default()),
             global: None,
+            backups,
         }
+    }
+
+    pub fn backups(&self) -> &Arc<crate::backup::Backups> {
+        &self.backups
+    }
+
+    /// DescribeTable's shape of `meta` (CREATING while a restore fills it).
+    pub fn describe_table_json(&self, meta: &crate::catalog::TableMeta) -> Value {
+        tables::describe(self, meta, "ACTIVE")
     }
 
     /// A store that replicates global tables to its peers.
@@ -111,6 +132,7 @@ impl Store {
             "UntagResource" => tables::untag_resource(self, decode(body)?).await,
             "ListTagsOfResource" => tables::list_tags(self, decode(body)?),
             "UpdateTimeToLive" => tables::update_ttl(self, decode(body)?).await,
+            backup if crate::backup::OPERATIONS.contains(&backup) => crate::backup::handle(self, backup, body).await,
             "DescribeTimeToLive" => tables::describe_ttl(self, decode(body)?),
             "PutItem" => items::put_item(self, decode(body)?).await,
             "GetItem" => items::get_item(self, decode(body)?),

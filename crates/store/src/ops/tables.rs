@@ -13,11 +13,25 @@ use crate::catalog::{
 
 const TAGS_PER_RESOURCE_MAX: usize = 50;
 
+/// A table being restored from a backup is CREATING: DynamoDB refuses to change or delete it.
+fn refuse_restoring(meta: &TableMeta) -> Result<(), ApiError> {
+    if meta.restoring() {
+        return Err(ApiError::new(
+            ErrorKind::ResourceInUse,
+            format!(
+                "Attempt to change a resource which is still in use: Table is being restored: {}",
+                meta.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn not_found(name: &str) -> ApiError {
     ApiError::resource_not_found(format!("Requested resource not found: Table: {name} not found"))
 }
 
-fn describe(store: &Store, meta: &TableMeta, status: &str) -> Value {
+pub(crate) fn describe(store: &Store, meta: &TableMeta, status: &str) -> Value {
     let engine = store.engine();
     let mut description = meta.describe(engine.region(), status, engine.stats(meta.id, None), &|index| {
         engine.stats(meta.id, Some(index))
@@ -223,10 +237,12 @@ pub struct TableNameRequest {
 }
 
 pub async fn delete_table(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let meta = store
         .engine()
         .table(&request.table_name)
         .ok_or_else(|| not_found(&request.table_name))?;
+    refuse_restoring(&meta)?;
     if meta.deletion_protection {
         return Err(ApiError::validation(format!(
             "Resource cannot be deleted as it is currently protected against deletion. Disable deletion protection first. Table: {}",
@@ -247,6 +263,7 @@ pub async fn delete_table(store: &Store, request: TableNameRequest) -> Result<Va
 }
 
 pub fn describe_table(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let meta = store
         .engine()
         .table(&request.table_name)
@@ -331,10 +348,12 @@ pub struct UpdateTableRequest {
 }
 
 pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let meta = store
         .engine()
         .table(&request.table_name)
         .ok_or_else(|| not_found(&request.table_name))?;
+    refuse_restoring(&meta)?;
     if let Some(updates) = request.replica_updates {
         let others = request.billing_mode.is_some()
             || request.provisioned_throughput.is_some()
@@ -517,6 +536,7 @@ async fn change_table(
     meta: std::sync::Arc<TableMeta>,
     change: impl FnOnce(&mut TableMeta) + Send + 'static,
 ) -> Result<TableMeta, ApiError> {
+    refuse_restoring(&meta)?;
     store
         .engine()
         .write_exclusive(move |context| {
@@ -603,10 +623,12 @@ pub struct UpdateTtlRequest {
 }
 
 pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let meta = store
         .engine()
         .table(&request.table_name)
         .ok_or_else(|| not_found(&request.table_name))?;
+    refuse_restoring(&meta)?;
     let spec = request.time_to_live_specification;
     if spec.attribute_name.is_empty() || spec.attribute_name.len() > 255 {
         return Err(ApiError::validation(
@@ -649,6 +671,7 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
 }
 
 pub fn describe_ttl(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let meta = store
         .engine()
         .table(&request.table_name)

@@ -41,6 +41,7 @@ impl Disk {
         let options = EngineOptions {
             disk: settings,
             faults: Some(Arc::clone(&faults)),
+            backup_dir: None,
         };
         let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(SystemClock), options).expect("open engine");
         let disk = Disk {

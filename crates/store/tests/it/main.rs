@@ -646,6 +646,7 @@ mod decoder_fuzz {
     }
 }
 
+mod backups;
 mod disk;
 mod global;
 mod replication_fuzz;

@@ -153,8 +153,26 @@ async fn unknown_paths_and_methods_get_json_errors() {
     let store = edge(default_limits()).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    // `GET /` is DynamoDB's health line (and the API's answers carry CORS headers).
+    let request = hyper::Request::get(format!("http://{}/", store.address))
+        .body(http_body_util::Empty::new())
+        .expect("valid request");
+    let response = client.request(request).await.expect("store answers");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.as_bytes()),
+        Some(&b"*"[..])
+    );
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"healthy: dynamodb.us-east-1.amazonaws.com ");
     for (method, path, status) in [
-        ("GET", "/", 405),
+        ("PUT", "/", 405),
         ("DELETE", "/", 405),
         ("GET", "/nowhere", 404),
         ("POST", "/health", 405),

@@ -1,0 +1,1128 @@
+//! On-demand backups: CreateBackup, DescribeBackup, ListBackups, DeleteBackup,
+//! RestoreTableFromBackup, and the continuous-backup operations DynamoDB answers for every table.
+//!
+//! A backup is a consistent snapshot of one table's items: a redb read transaction, taken when
+//! CreateBackup is answered, so writers never wait for it. Its items are written in the
+//! background (the backup is CREATING meanwhile, AVAILABLE after) to `ID.items` in the backup
+//! directory (`--backup-dir`, `[store] backup_dir`, else `DATA_DIR/backups`), and its
+//! description, with the items file's SHA-256, to `ID.json`. Both are written under a `.partial`
+//! name, synced and renamed, the description last: a backup exists exactly when its `ID.json`
+//! does, and a crash mid-way leaves only `.partial` files, removed at the next start.
+//!
+//! A restore checks the file against its checksum before it answers, creates the target table
+//! CREATING (item operations on it get ResourceNotFoundException, as DynamoDB answers for a
+//! table that is not ACTIVE), copies the items in bounded batches through the writer, checks
+//! the checksum again over what it copied, then makes the table ACTIVE. A restore interrupted
+//! by a crash starts again at the next start (the copy is idempotent); one whose backup is gone
+//! or damaged is dropped, with the reason in the log.
+//!
+//! Point-in-time recovery is not offered: storage keeps only the current version of each item,
+//! and a window of every write to every table is a change log this store does not keep.
+//! DescribeContinuousBackups says so (PointInTimeRecoveryStatus DISABLED), enabling it answers
+//! ContinuousBackupsUnavailableException, and RestoreTableToPointInTime answers
+//! PointInTimeRecoveryUnavailableException, as DynamoDB does for a table without it.
+
+pub mod file;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::{Bound, ControlFlow};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use dynamo_protocol::{ApiError, ErrorKind, Item};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::catalog::{self, IndexKind, RestoreSummary, TableMeta};
+use crate::engine::{Engine, HEALTH_TABLE, RangeRequest};
+use crate::ops::{Store, decode};
+
+/// The operations this module serves.
+pub const OPERATIONS: &[&str] = &[
+    "CreateBackup",
+    "DeleteBackup",
+    "DescribeBackup",
+    "DescribeContinuousBackups",
+    "ListBackups",
+    "RestoreTableFromBackup",
+    "RestoreTableToPointInTime",
+    "UpdateContinuousBackups",
+];
+/// ListBackups answers at most this many backups per page (DynamoDB's Limit bound).
+pub const LIST_BACKUPS_LIMIT_MAX: usize = 100;
+/// A restore copies at most this many items per write batch...
+pub const RESTORE_BATCH_ITEMS_MAX: usize = 500;
+/// ...and at most this many item bytes.
+pub const RESTORE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Version of the description file's format.
+const FORMAT_VERSION: u32 = 1;
+/// Shortest and longest BackupArn botocore's model accepts.
+const BACKUP_ARN_LENGTH_MIN: usize = 37;
+const BACKUP_ARN_LENGTH_MAX: usize = 1024;
+
+/// A backup's description, stored as `ID.json` beside its items file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupMeta {
+    pub format: u32,
+    pub id: String,
+    pub arn: String,
+    pub name: String,
+    pub region: String,
+    /// The source table's definition at the snapshot.
+    pub table: TableMeta,
+    pub table_arn: String,
+    pub created_at_ms: u64,
+    pub item_count: u64,
+    pub size_bytes: u64,
+    pub file_bytes: u64,
+    pub sha256: String,
+}
+
+impl BackupMeta {
+    fn created_seconds(&self) -> f64 {
+        self.created_at_ms as f64 / 1000.0
+    }
+
+    fn details(&self, status: &str) -> Value {
+        let mut details = json!({
+            "BackupArn": self.arn,
+            "BackupName": self.name,
+            "BackupStatus": status,
+            "BackupType": "USER",
+            "BackupCreationDateTime": self.created_seconds(),
+        });
+        if status != "CREATING" {
+            details["BackupSizeBytes"] = json!(self.size_bytes);
+        }
+        details
+    }
+
+    fn summary(&self, status: &str) -> Value {
+        let mut summary = self.details(status);
+        summary["TableName"] = json!(self.table.name);
+        summary["TableId"] = json!(catalog::table_uuid(self.table.id, &self.table.name));
+        summary["TableArn"] = json!(self.table_arn);
+        summary
+    }
+
+    fn description(&self, status: &str) -> Value {
+        let table = &self.table;
+        let throughput = table.throughput.unwrap_or(catalog::Throughput { read: 0, write: 0 });
+        let mut source = json!({
+            "TableName": table.name,
+            "TableId": catalog::table_uuid(table.id, &table.name),
+            "TableArn": self.table_arn,
+            "KeySchema": table.key.to_json(),
+            "TableCreationDateTime": table.created_at_seconds,
+            "ProvisionedThroughput": {"ReadCapacityUnits": throughput.read, "WriteCapacityUnits": throughput.write},
+            "BillingMode": if table.throughput.is_some() { "PROVISIONED" } else { "PAY_PER_REQUEST" },
+        });
+        if status != "CREATING" {
+            source["ItemCount"] = json!(self.item_count);
+            source["TableSizeBytes"] = json!(self.size_bytes);
+        }
+        let index = |kind: IndexKind| -> Vec<Value> {
+            table
+                .indexes
+                .iter()
+                .filter(|i| i.kind == kind)
+                .map(|i| {
+                    let mut out = json!({
+                        "IndexName": i.name,
+                        "KeySchema": i.key.to_json(),
+                        "Projection": i.projection.to_json(),
+                    });
+                    if kind == IndexKind::Global {
+                        let t = i.throughput.unwrap_or(catalog::Throughput { read: 0, write: 0 });
+                        out["ProvisionedThroughput"] =
+                            json!({"ReadCapacityUnits": t.read, "WriteCapacityUnits": t.write});
+                    }
+                    out
+                })
+                .collect()
+        };
+        let mut features = serde_json::Map::new();
+        let (globals, locals) = (index(IndexKind::Global), index(IndexKind::Local));
+        if !globals.is_empty() {
+            features.insert("GlobalSecondaryIndexes".into(), Value::Array(globals));
+        }
+        if !locals.is_empty() {
+            features.insert("LocalSecondaryIndexes".into(), Value::Array(locals));
+        }
+        if let Some(stream) = &table.stream {
+            features.insert("StreamDescription".into(), stream.clone());
+        }
+        features.insert(
+            "TimeToLiveDescription".into(),
+            match &table.ttl {
+                Some(ttl) if ttl.enabled => json!({"TimeToLiveStatus": "ENABLED", "AttributeName": ttl.attribute}),
+                _ => json!({"TimeToLiveStatus": "DISABLED"}),
+            },
+        );
+        json!({
+            "BackupDetails": self.details(status),
+            "SourceTableDetails": source,
+            "SourceTableFeatureDetails": Value::Object(features),
+        })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Backups whose items are being written, by id.
+    creating: BTreeMap<String, BackupMeta>,
+    /// Restores reading a backup, by backup id.
+    in_use: HashMap<String, usize>,
+    /// Backups made since startup (part of each new backup id's hash).
+    sequence: u64,
+}
+
+/// The backup directory and the backups in flight.
+pub struct Backups {
+    dir: PathBuf,
+    state: Mutex<State>,
+}
+
+/// Marks a backup as read by a restore while alive.
+struct InUse {
+    backups: Arc<Backups>,
+    id: String,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let mut state = self.backups.state();
+        if let Some(count) = state.in_use.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                state.in_use.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Backups {
+    pub fn new(dir: PathBuf) -> Backups {
+        Backups {
+            dir,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("backup state lock is never poisoned: holders do not panic")
+    }
+
+    fn items_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.items"))
+    }
+
+    fn meta_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn use_backup(self: &Arc<Self>, id: &str) -> InUse {
+        *self.state().in_use.entry(id.to_string()).or_default() += 1;
+        InUse {
+            backups: Arc::clone(self),
+            id: id.to_string(),
+        }
+    }
+
+    /// Creates the directory, removes what a crash left half-written (`.partial` files, items
+    /// files without a description), and starts again the restores a crash interrupted.
+    pub fn recover(self: &Arc<Self>, store: &Store) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|error| {
+            std::io::Error::new(
+                error.kind(),
+                format!(
+                    "cannot create the backup directory {}: {error}; check the path and its permissions (--backup-dir)",
+                    self.dir.display()
+                ),
+            )
+        })?;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let orphan = name
+                .strip_suffix(".items")
+                .is_some_and(|id| !self.meta_path(id).exists());
+            if name.ends_with(".partial") || orphan {
+                tracing::warn!(path = %path.display(), "removing a backup file a crash left half-written");
+                std::fs::remove_file(&path)?;
+            }
+        }
+        for table in store.engine().tables().into_iter().filter(|t| t.restoring()) {
+            let arn = table
+                .restore
+                .as_ref()
+                .map(|r| r.source_backup_arn.clone())
+                .unwrap_or_default();
+            let backup = parse_backup_arn(&arn).ok().and_then(|id| self.load(&id).ok());
+            match backup {
+                Some(backup) => {
+                    tracing::info!(table = %table.name, backup = %arn, "resuming a restore interrupted by a restart");
+                    spawn_restore(store.clone(), Arc::clone(self), backup, (*table).clone());
+                }
+                None => {
+                    tracing::error!(table = %table.name, backup = %arn, "a restore was interrupted and its backup is gone; dropping the half-restored table");
+                    let store = store.clone();
+                    tokio::spawn(async move { drop_restoring(store.engine(), (*table).clone()).await });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the description of a finished backup.
+    fn load(&self, id: &str) -> Result<BackupMeta, ApiError> {
+        let path = self.meta_path(id);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(backup_not_found_id(id)),
+            Err(error) => {
+                return Err(ApiError::internal(format!(
+                    "Internal server error: cannot read backup description {}: {error}",
+                    path.display()
+                )));
+            }
+        };
+        serde_json::from_slice(&bytes).map_err(|error| {
+            ApiError::internal(format!(
+                "Internal server error: backup description {} is damaged ({error}); delete the backup",
+                path.display()
+            ))
+        })
+    }
+
+    /// Every backup, finished or being created, with its status, in creation order.
+    fn all(&self) -> Result<Vec<(BackupMeta, &'static str)>, ApiError> {
+        // Read before the directory: a backup finishing meanwhile is then seen on disk (and
+        // listed once, AVAILABLE) rather than missed.
+        let creating: Vec<BackupMeta> = self.state().creating.values().cloned().collect();
+        let mut out: Vec<(BackupMeta, &'static str)> = Vec::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(creating.into_iter().map(|meta| (meta, "CREATING")).collect());
+            }
+            Err(error) => {
+                return Err(ApiError::internal(format!(
+                    "Internal server error: cannot list the backup directory {}: {error}",
+                    self.dir.display()
+                )));
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            match self.load(id) {
+                Ok(meta) => out.push((meta, "AVAILABLE")),
+                Err(error) => tracing::warn!(%error, "skipping a backup whose description cannot be read"),
+            }
+        }
+        for meta in creating {
+            if !out.iter().any(|(done, _)| done.id == meta.id) {
+                out.push((meta, "CREATING"));
+            }
+        }
+        out.sort_by(|a, b| (a.0.created_at_ms, &a.0.id).cmp(&(b.0.created_at_ms, &b.0.id)));
+        Ok(out)
+    }
+
+    /// A backup and its status.
+    fn find(&self, id: &str) -> Result<(BackupMeta, &'static str), ApiError> {
+        if let Some(meta) = self.state().creating.get(id) {
+            return Ok((meta.clone(), "CREATING"));
+        }
+        Ok((self.load(id)?, "AVAILABLE"))
+    }
+}
+
+/// Runs one backup operation.
+pub async fn handle(store: &Store, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
+    match operation {
+        "CreateBackup" => create_backup(store, decode(body)?).await,
+        "DescribeBackup" => describe_backup(store, decode(body)?),
+        "ListBackups" => list_backups(store, decode(body)?),
+        "DeleteBackup" => delete_backup(store, decode(body)?),
+        "RestoreTableFromBackup" => restore_table(store, decode(body)?).await,
+        "DescribeContinuousBackups" => describe_continuous(store, decode(body)?),
+        "UpdateContinuousBackups" => update_continuous(store, decode(body)?),
+        "RestoreTableToPointInTime" => restore_to_point_in_time(store, decode(body)?),
+        other => Err(ApiError::new(
+            ErrorKind::UnknownOperation,
+            format!("Unknown operation {other}"),
+        )),
+    }
+}
+
+fn table_not_found(name: &str) -> ApiError {
+    ApiError::new(ErrorKind::TableNotFound, format!("Table not found: {name}"))
+}
+
+fn backup_not_found_id(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::BackupNotFound,
+        format!("Backup not found for the given BackupARN (backup {id}); ListBackups shows the backups there are"),
+    )
+}
+
+/// The backup id at the end of a BackupArn (`arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/backup/ID`).
+pub fn parse_backup_arn(arn: &str) -> Result<String, ApiError> {
+    let length = arn.len();
+    if !(BACKUP_ARN_LENGTH_MIN..=BACKUP_ARN_LENGTH_MAX).contains(&length) {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{arn}' at 'backupArn' failed to satisfy constraint: Member must have length {} {BACKUP_ARN_LENGTH_MAX}",
+            if length < BACKUP_ARN_LENGTH_MIN {
+                format!("greater than or equal to {BACKUP_ARN_LENGTH_MIN}, and less than or equal to")
+            } else {
+                "less than or equal to".to_string()
+            }
+        )));
+    }
+    let invalid = || {
+        ApiError::validation(format!(
+            "Invalid BackupArn provided as input: {arn}; expected arn:aws:dynamodb:REGION:ACCOUNT:table/TABLE/backup/ID as CreateBackup or ListBackups returns it"
+        ))
+    };
+    let (head, id) = arn.rsplit_once("/backup/").ok_or_else(invalid)?;
+    if !head.starts_with("arn:aws:dynamodb:") || !head.contains(":table/") || !valid_backup_id(id) {
+        return Err(invalid());
+    }
+    Ok(id.to_string())
+}
+
+/// Backup ids are 14 digits of creation milliseconds, a dash and 8 hex digits.
+fn valid_backup_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    bytes.len() == 23
+        && bytes[..14].iter().all(u8::is_ascii_digit)
+        && bytes[14] == b'-'
+        && bytes[15..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+fn new_backup_id(now_ms: u64, region: &str, table: &TableMeta, sequence: u64) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(region.as_bytes());
+    hasher.update(table.name.as_bytes());
+    hasher.update(table.id.to_be_bytes());
+    hasher.update(now_ms.to_be_bytes());
+    hasher.update(sequence.to_be_bytes());
+    let hash = hasher.finalize();
+    format!("{now_ms:014}-{}", hex::encode(&hash[..4]))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateBackupRequest {
+    table_name: String,
+    backup_name: String,
+}
+
+async fn create_backup(store: &Store, request: CreateBackupRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.table_name, "tableName")?;
+    catalog::validate_table_name(&request.backup_name, "backupName")?;
+    let engine = store.engine().clone();
+    let meta = engine
+        .table(&request.table_name)
+        .filter(|t| t.name != HEALTH_TABLE)
+        .ok_or_else(|| table_not_found(&request.table_name))?;
+    if meta.restoring() {
+        return Err(ApiError::new(
+            ErrorKind::TableInUse,
+            format!(
+                "Table {} is being restored (CREATING); back it up once it is ACTIVE",
+                meta.name
+            ),
+        ));
+    }
+    // The snapshot is the backup's point in time; the table is read again after it, so a table
+    // deleted (or deleted and created again) meanwhile is not backed up as empty.
+    let snapshot = engine.snapshot()?;
+    if engine.table(&meta.name).is_none_or(|now| now.id != meta.id) {
+        return Err(table_not_found(&request.table_name));
+    }
+    let backups = Arc::clone(store.backups());
+    let now_ms = engine.now_unix_ms();
+    let backup = {
+        let mut state = backups.state();
+        state.sequence += 1;
+        let id = new_backup_id(now_ms, engine.region(), &meta, state.sequence);
+        let backup = BackupMeta {
+            format: FORMAT_VERSION,
+            arn: format!("{}/backup/{id}", meta.arn(engine.region())),
+            id: id.clone(),
+            name: request.backup_name,
+            region: engine.region().to_string(),
+            table: (*meta).clone(),
+            table_arn: meta.arn(engine.region()),
+            created_at_ms: now_ms,
+            item_count: 0,
+            size_bytes: 0,
+            file_bytes: 0,
+            sha256: String::new(),
+        };
+        state.creating.insert(id, backup.clone());
+        backup
+    };
+    let details = backup.details("CREATING");
+    let writer = Arc::clone(&backups);
+    let pending = backup.clone();
+    tokio::task::spawn_blocking(move || {
+        let id = pending.id.clone();
+        match write_backup(&writer, snapshot, pending) {
+            Ok(done) => {
+                tracing::info!(backup = %done.arn, items = done.item_count, bytes = done.file_bytes, "backup available")
+            }
+            Err(error) => {
+                tracing::error!(backup = %id, %error, "backup failed; it is removed (its table is untouched)");
+                for path in [
+                    partial(&writer.items_path(&id)),
+                    partial(&writer.meta_path(&id)),
+                    writer.items_path(&id),
+                ] {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        writer.state().creating.remove(&id);
+    });
+    Ok(json!({"BackupDetails": details}))
+}
+
+fn partial(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// Writes a backup's items from `snapshot`, then its description; both synced, then renamed.
+fn write_backup(
+    backups: &Backups,
+    snapshot: crate::engine::Snapshot,
+    mut backup: BackupMeta,
+) -> Result<BackupMeta, String> {
+    std::fs::create_dir_all(&backups.dir).map_err(|e| format!("creating {}: {e}", backups.dir.display()))?;
+    let items_path = backups.items_path(&backup.id);
+    let items_partial = partial(&items_path);
+    let mut writer =
+        file::Writer::create(&items_partial).map_err(|e| format!("creating {}: {e}", items_partial.display()))?;
+    let mut failure: Option<std::io::Error> = None;
+    snapshot
+        .range(
+            &RangeRequest {
+                table: &backup.table,
+                index: None,
+                lower: Bound::Unbounded,
+                upper: Bound::Unbounded,
+                reverse: false,
+            },
+            |row| match writer.item(&row.item) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(error) => {
+                    failure = Some(error);
+                    ControlFlow::Break(())
+                }
+            },
+        )
+        .map_err(|e| e.message)?;
+    drop(snapshot);
+    if let Some(error) = failure {
+        return Err(format!("writing {}: {error}", items_partial.display()));
+    }
+    let summary = writer
+        .finish()
+        .map_err(|e| format!("syncing {}: {e}", items_partial.display()))?;
+    backup.item_count = summary.item_count;
+    backup.size_bytes = summary.size_bytes;
+    backup.file_bytes = summary.file_bytes;
+    backup.sha256 = summary.sha256;
+    std::fs::rename(&items_partial, &items_path).map_err(|e| format!("renaming {}: {e}", items_partial.display()))?;
+    let meta_path = backups.meta_path(&backup.id);
+    let meta_partial = partial(&meta_path);
+    let encoded = serde_json::to_vec_pretty(&backup).map_err(|e| e.to_string())?;
+    write_synced(&meta_partial, &encoded).map_err(|e| format!("writing {}: {e}", meta_partial.display()))?;
+    std::fs::rename(&meta_partial, &meta_path).map_err(|e| format!("renaming {}: {e}", meta_partial.display()))?;
+    sync_dir(&backups.dir).map_err(|e| format!("syncing {}: {e}", backups.dir.display()))?;
+    Ok(backup)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BackupArnRequest {
+    backup_arn: String,
+}
+
+fn describe_backup(store: &Store, request: BackupArnRequest) -> Result<Value, ApiError> {
+    let id = parse_backup_arn(&request.backup_arn)?;
+    let (backup, status) = store.backups().find(&id)?;
+    Ok(json!({"BackupDescription": backup.description(status)}))
+}
+
+fn delete_backup(store: &Store, request: BackupArnRequest) -> Result<Value, ApiError> {
+    let id = parse_backup_arn(&request.backup_arn)?;
+    let backups = store.backups();
+    let (backup, status) = backups.find(&id)?;
+    if status == "CREATING" {
+        return Err(ApiError::new(
+            ErrorKind::BackupInUse,
+            format!("Backup {} is being created; delete it once it is AVAILABLE", backup.arn),
+        ));
+    }
+    {
+        // Held across the removal, so no restore starts reading the backup meanwhile.
+        let state = backups.state();
+        if state.in_use.contains_key(&id) {
+            return Err(ApiError::new(
+                ErrorKind::BackupInUse,
+                format!(
+                    "Backup {} is being restored; delete it once the restored table is ACTIVE",
+                    backup.arn
+                ),
+            ));
+        }
+        // The description goes first: without it the backup no longer exists, and a crash
+        // before the items file is removed leaves an orphan the next start removes.
+        for path in [backups.meta_path(&id), backups.items_path(&id)] {
+            if let Err(error) = std::fs::remove_file(&path)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(ApiError::internal(format!(
+                    "Internal server error: cannot remove {}: {error}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    tracing::info!(backup = %backup.arn, "backup deleted");
+    Ok(json!({"BackupDescription": backup.description("DELETED")}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListBackupsRequest {
+    table_name: Option<String>,
+    limit: Option<i64>,
+    time_range_lower_bound: Option<f64>,
+    time_range_upper_bound: Option<f64>,
+    exclusive_start_backup_arn: Option<String>,
+    backup_type: Option<String>,
+}
+
+fn list_backups(store: &Store, request: ListBackupsRequest) -> Result<Value, ApiError> {
+    if let Some(name) = &request.table_name {
+        catalog::validate_table_name(name, "tableName")?;
+    }
+    let limit = match request.limit {
+        None => LIST_BACKUPS_LIMIT_MAX,
+        Some(limit) if (1..=LIST_BACKUPS_LIMIT_MAX as i64).contains(&limit) => limit as usize,
+        Some(limit) => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value {}",
+                if limit < 1 {
+                    "greater than or equal to 1".to_string()
+                } else {
+                    format!("less than or equal to {LIST_BACKUPS_LIMIT_MAX}")
+                }
+            )));
+        }
+    };
+    let user = match request.backup_type.as_deref() {
+        None | Some("USER" | "ALL") => true,
+        Some("SYSTEM" | "AWS_BACKUP") => false,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'backupType' failed to satisfy constraint: Member must satisfy enum value set: [USER, SYSTEM, AWS_BACKUP, ALL]"
+            )));
+        }
+    };
+    if let (Some(lower), Some(upper)) = (request.time_range_lower_bound, request.time_range_upper_bound)
+        && lower > upper
+    {
+        return Err(ApiError::validation(format!(
+            "TimeRangeLowerBound ({lower}) must not be after TimeRangeUpperBound ({upper})"
+        )));
+    }
+    let start = match &request.exclusive_start_backup_arn {
+        Some(arn) => Some(parse_backup_arn(arn)?),
+        None => None,
+    };
+    // Every backup this store makes is a USER backup.
+    let all = if user { store.backups().all()? } else { Vec::new() };
+    let matching: Vec<&(BackupMeta, &str)> = all
+        .iter()
+        .filter(|(b, _)| request.table_name.as_ref().is_none_or(|name| b.table.name == *name))
+        .filter(|(b, _)| {
+            request
+                .time_range_lower_bound
+                .is_none_or(|lower| b.created_seconds() >= lower)
+        })
+        .filter(|(b, _)| {
+            request
+                .time_range_upper_bound
+                .is_none_or(|upper| b.created_seconds() < upper)
+        })
+        .collect();
+    let from = match &start {
+        Some(id) => {
+            let position = matching.iter().position(|(b, _)| b.id == *id).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "ExclusiveStartBackupArn {} is not a backup this listing holds; pass the LastEvaluatedBackupArn of the previous page",
+                    request.exclusive_start_backup_arn.as_deref().unwrap_or_default()
+                ))
+            })?;
+            position + 1
+        }
+        None => 0,
+    };
+    let page: Vec<&&(BackupMeta, &str)> = matching[from..].iter().take(limit).collect();
+    let mut response = json!({
+        "BackupSummaries": page.iter().map(|(b, status)| b.summary(status)).collect::<Vec<_>>(),
+    });
+    if matching.len() > from + limit
+        && let Some((last, _)) = page.last()
+    {
+        response["LastEvaluatedBackupArn"] = json!(last.arn);
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RestoreRequest {
+    target_table_name: String,
+    backup_arn: String,
+    billing_mode_override: Option<String>,
+    global_secondary_index_override: Option<Vec<Value>>,
+    local_secondary_index_override: Option<Vec<Value>>,
+    provisioned_throughput_override: Option<Value>,
+    /// Accepted as CreateTable accepts SSESpecification: data at rest is the disk's business.
+    #[serde(rename = "SSESpecificationOverride")]
+    #[allow(dead_code)]
+    sse_specification_override: Option<Value>,
+    #[allow(dead_code)]
+    on_demand_throughput_override: Option<Value>,
+}
+
+/// The CreateTable request a restore amounts to: the backup's table with the overrides applied.
+/// What DynamoDB does not restore (tags, streams, TTL, deletion protection) is left out.
+fn restored_table_request(
+    backup: &BackupMeta,
+    request: &RestoreRequest,
+) -> Result<catalog::CreateTableRequest, ApiError> {
+    let table = &backup.table;
+    let billing = request.billing_mode_override.clone().unwrap_or_else(|| {
+        if table.throughput.is_some() {
+            "PROVISIONED"
+        } else {
+            "PAY_PER_REQUEST"
+        }
+        .to_string()
+    });
+    let provisioned = billing == "PROVISIONED";
+    let throughput_json = |t: catalog::Throughput| json!({"ReadCapacityUnits": t.read, "WriteCapacityUnits": t.write});
+    let table_throughput = match &request.provisioned_throughput_override {
+        Some(value) => Some(value.clone()),
+        None if provisioned => table.throughput.map(throughput_json),
+        None => None,
+    };
+    let index_json = |kind: IndexKind| -> Vec<Value> {
+        table
+            .indexes
+            .iter()
+            .filter(|i| i.kind == kind)
+            .map(|i| {
+                let mut out = json!({
+                    "IndexName": i.name,
+                    "KeySchema": i.key.to_json(),
+                    "Projection": i.projection.to_json(),
+                });
+                if kind == IndexKind::Global && provisioned {
+                    let source = i.throughput.or(table.throughput).map(throughput_json);
+                    if let Some(t) = source.or_else(|| table_throughput.clone()) {
+                        out["ProvisionedThroughput"] = t;
+                    }
+                }
+                out
+            })
+            .collect()
+    };
+    let mut globals = request
+        .global_secondary_index_override
+        .clone()
+        .unwrap_or_else(|| index_json(IndexKind::Global));
+    if !provisioned {
+        for index in &mut globals {
+            if let Some(index) = index.as_object_mut() {
+                index.remove("ProvisionedThroughput");
+            }
+        }
+    }
+    let locals = request
+        .local_secondary_index_override
+        .clone()
+        .unwrap_or_else(|| index_json(IndexKind::Local));
+    // The attribute definitions the key and the indexes use (an override may drop some).
+    let mut used: Vec<String> = table.key.attributes().map(|a| a.name.clone()).collect();
+    for index in globals.iter().chain(&locals) {
+        for element in index.get("KeySchema").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(name) = element.get("AttributeName").and_then(Value::as_str) {
+                used.push(name.to_string());
+            }
+        }
+    }
+    let definitions: Vec<Value> = table
+        .attribute_definitions
+        .iter()
+        .filter(|(name, _)| used.contains(name))
+        .map(|(name, t)| json!({"AttributeName": name, "AttributeType": t.descriptor()}))
+        .collect();
+    let mut create = json!({
+        "TableName": request.target_table_name,
+        "KeySchema": table.key.to_json(),
+        "AttributeDefinitions": definitions,
+        "BillingMode": billing,
+    });
+    if let Some(t) = table_throughput {
+        create["ProvisionedThroughput"] = t;
+    }
+    if !globals.is_empty() {
+        create["GlobalSecondaryIndexes"] = Value::Array(globals);
+    }
+    if !locals.is_empty() {
+        create["LocalSecondaryIndexes"] = Value::Array(locals);
+    }
+    if let Some(class) = &table.table_class {
+        create["TableClass"] = json!(class);
+    }
+    serde_json::from_value(create).map_err(|error| {
+        ApiError::validation(format!(
+            "One or more parameter values were invalid: an index or throughput override is malformed: {error}"
+        ))
+    })
+}
+
+async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.target_table_name, "targetTableName")?;
+    let id = parse_backup_arn(&request.backup_arn)?;
+    let backups = Arc::clone(store.backups());
+    let (backup, status) = backups.find(&id)?;
+    if status == "CREATING" {
+        return Err(ApiError::new(
+            ErrorKind::BackupInUse,
+            format!(
+                "Backup {} is still being created; restore it once it is AVAILABLE",
+                backup.arn
+            ),
+        ));
+    }
+    if store.engine().table(&request.target_table_name).is_some() {
+        return Err(ApiError::new(
+            ErrorKind::TableAlreadyExists,
+            format!("Table already exists: {}", request.target_table_name),
+        ));
+    }
+    let now = store.engine().now_unix_ms() as f64 / 1000.0;
+    let create = restored_table_request(&backup, &request)?;
+    catalog::table_from_request(&create, 0, now)?;
+    // The backup is checked whole before the table exists: a damaged backup is refused here.
+    let in_use = backups.use_backup(&id);
+    let items = backups.items_path(&id);
+    let summary = tokio::task::spawn_blocking(move || file::verify(&items))
+        .await
+        .map_err(|e| ApiError::internal(format!("Internal server error: the backup check stopped: {e}")))?;
+    check_summary(&backup, summary)?;
+    let restore = RestoreSummary {
+        source_backup_arn: backup.arn.clone(),
+        source_table_arn: backup.table_arn.clone(),
+        restore_date_time_seconds: now,
+        in_progress: true,
+    };
+    let meta = store
+        .engine()
+        .write_exclusive(move |context| {
+            if context.current_table_named(&create.table_name) {
+                return Err(ApiError::new(
+                    ErrorKind::TableAlreadyExists,
+                    format!("Table already exists: {}", create.table_name),
+                ));
+            }
+            let id = context.next_table_id()?;
+            let mut meta = catalog::table_from_request(&create, id, now)?;
+            meta.restore = Some(restore);
+            context.put_table(meta.clone())?;
+            Ok(meta)
+        })
+        .await?;
+    tracing::info!(table = %meta.name, backup = %backup.arn, items = backup.item_count, "restoring a backup");
+    let description = store.describe_table_json(&meta);
+    spawn_restore(store.clone(), backups, backup, meta);
+    // Released only now that the restore holds the backup itself.
+    drop(in_use);
+    Ok(json!({"TableDescription": description}))
+}
+
+/// Compares what was read from an items file with what its description promises.
+fn check_summary(backup: &BackupMeta, read: Result<file::Summary, file::ReadError>) -> Result<(), ApiError> {
+    let damaged = |detail: String| {
+        ApiError::validation(format!(
+            "Backup {} is damaged and cannot be restored: {detail}. Restore another backup of table {}",
+            backup.arn, backup.table.name
+        ))
+    };
+    let summary = read.map_err(|error| damaged(error.to_string()))?;
+    if summary.sha256 != backup.sha256 || summary.item_count != backup.item_count {
+        return Err(damaged(format!(
+            "its items file has SHA-256 {} and {} items where the backup recorded {} and {}",
+            summary.sha256, summary.item_count, backup.sha256, backup.item_count
+        )));
+    }
+    Ok(())
+}
+
+/// Copies a backup's items into the CREATING table `meta` in the background, then makes it
+/// ACTIVE; on failure drops the table.
+fn spawn_restore(store: Store, backups: Arc<Backups>, backup: BackupMeta, meta: TableMeta) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        tracing::error!(table = %meta.name, "a restore cannot start outside the server's runtime; it resumes at the next start");
+        return;
+    };
+    let in_use = backups.use_backup(&backup.id);
+    tokio::task::spawn_blocking(move || {
+        let engine = store.engine().clone();
+        let outcome = copy_items(&handle, &engine, &backups, &backup, &meta);
+        drop(in_use);
+        match outcome {
+            Ok(count) => {
+                tracing::info!(table = %meta.name, items = count, backup = %backup.arn, "restore finished; table ACTIVE")
+            }
+            Err(error) => {
+                tracing::error!(table = %meta.name, backup = %backup.arn, error = %error.message, "restore failed; dropping the half-restored table");
+                handle.block_on(drop_restoring(&engine, meta));
+            }
+        }
+    });
+}
+
+fn copy_items(
+    handle: &tokio::runtime::Handle,
+    engine: &Engine,
+    backups: &Backups,
+    backup: &BackupMeta,
+    meta: &TableMeta,
+) -> Result<u64, ApiError> {
+    let path = backups.items_path(&backup.id);
+    let mut reader =
+        file::Reader::open(&path).map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
+    let table = Arc::new(meta.clone());
+    let mut copied = 0u64;
+    loop {
+        let mut batch: Vec<(Vec<u8>, Item)> = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < RESTORE_BATCH_ITEMS_MAX && bytes < RESTORE_BATCH_BYTES_MAX {
+            let Some(item) = reader
+                .next_item()
+                .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?
+            else {
+                break;
+            };
+            bytes += dynamo_protocol::value::item_size_bytes(&item);
+            let key = crate::engine::key_of(table.key_hash, &table.key, &item)?;
+            batch.push((key, item));
+        }
+        if batch.is_empty() {
+            break;
+        }
+        copied += batch.len() as u64;
+        let target = Arc::clone(&table);
+        handle.block_on(engine.write(move |context| {
+            context.current_table(&target)?;
+            for (key, item) in &batch {
+                let old = context.get(&target, key)?;
+                context.put(&target, key, old.as_ref(), item)?;
+            }
+            Ok(())
+        }))?;
+    }
+    check_summary(backup, Ok(reader.finish()))?;
+    let current = Arc::clone(&table);
+    handle.block_on(engine.write_exclusive(move |context| {
+        context.current_table(&current)?;
+        let mut next = (*current).clone();
+        if let Some(restore) = &mut next.restore {
+            restore.in_progress = false;
+        }
+        context.put_table(next)
+    }))?;
+    Ok(copied)
+}
+
+async fn drop_restoring(engine: &Engine, meta: TableMeta) {
+    let name = meta.name.clone();
+    let result = engine
+        .write_exclusive(move |context| {
+            context.current_table(&meta)?;
+            context.drop_table(&meta)
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(table = %name, %error, "could not drop a half-restored table; it stays CREATING until the next start retries");
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TableNameRequest {
+    table_name: String,
+}
+
+fn continuous_description() -> Value {
+    json!({
+        "ContinuousBackupsStatus": "ENABLED",
+        "PointInTimeRecoveryDescription": {"PointInTimeRecoveryStatus": "DISABLED"},
+    })
+}
+
+fn require_backup_table(store: &Store, name: &str) -> Result<Arc<TableMeta>, ApiError> {
+    catalog::validate_table_name(name, "tableName")?;
+    store
+        .engine()
+        .table(name)
+        .filter(|t| t.name != HEALTH_TABLE)
+        .ok_or_else(|| table_not_found(name))
+}
+
+fn describe_continuous(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
+    require_backup_table(store, &request.table_name)?;
+    Ok(json!({"ContinuousBackupsDescription": continuous_description()}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PitrSpecification {
+    point_in_time_recovery_enabled: bool,
+    #[allow(dead_code)]
+    recovery_period_in_days: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateContinuousRequest {
+    table_name: String,
+    point_in_time_recovery_specification: PitrSpecification,
+}
+
+fn update_continuous(store: &Store, request: UpdateContinuousRequest) -> Result<Value, ApiError> {
+    require_backup_table(store, &request.table_name)?;
+    if request
+        .point_in_time_recovery_specification
+        .point_in_time_recovery_enabled
+    {
+        return Err(ApiError::new(
+            ErrorKind::ContinuousBackupsUnavailable,
+            "Point-in-time recovery is not available on this store: it keeps the current version of each item only. Take on-demand backups with CreateBackup instead",
+        ));
+    }
+    Ok(json!({"ContinuousBackupsDescription": continuous_description()}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PointInTimeRequest {
+    source_table_arn: Option<String>,
+    source_table_name: Option<String>,
+    target_table_name: String,
+}
+
+fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest) -> Result<Value, ApiError> {
+    catalog::validate_table_name(&request.target_table_name, "targetTableName")?;
+    let source = match (&request.source_table_name, &request.source_table_arn) {
+        (Some(name), None) => name.clone(),
+        (None, Some(arn)) => arn
+            .rsplit_once(":table/")
+            .map(|(_, name)| name.to_string())
+            .ok_or_else(|| ApiError::validation(format!("Invalid SourceTableArn provided as input: {arn}")))?,
+        _ => {
+            return Err(ApiError::validation(
+                "One or more parameter values were invalid: give exactly one of SourceTableName and SourceTableArn",
+            ));
+        }
+    };
+    require_backup_table(store, &source)?;
+    if store.engine().table(&request.target_table_name).is_some() {
+        return Err(ApiError::new(
+            ErrorKind::TableAlreadyExists,
+            format!("Table already exists: {}", request.target_table_name),
+        ));
+    }
+    Err(ApiError::new(
+        ErrorKind::PointInTimeRecoveryUnavailable,
+        format!(
+            "Point in time recovery is not enabled for table '{source}': this store does not offer it; restore an on-demand backup with RestoreTableFromBackup"
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_arns_parse_strictly() {
+        let arn = "arn:aws:dynamodb:us-east-1:000000000000:table/orders/backup/01700000000000-0a1b2c3d";
+        assert_eq!(parse_backup_arn(arn).expect("valid"), "01700000000000-0a1b2c3d");
+        for bad in [
+            "arn:aws:dynamodb:us-east-1:000000000000:table/orders/backup/../../etc/passwd",
+            "arn:aws:dynamodb:us-east-1:000000000000:table/orders/backup/01700000000000-0A1B2C3D",
+            "arn:aws:dynamodb:us-east-1:000000000000:table/orders/01700000000000-0a1b2c3d",
+            "arn:aws:s3:us-east-1:000000000000:table/orders/backup/01700000000000-0a1b2c3d",
+        ] {
+            let error = parse_backup_arn(bad).expect_err(bad);
+            assert_eq!(error.kind, ErrorKind::Validation, "{bad}");
+        }
+        assert!(parse_backup_arn("short").expect_err("short").message.contains("length"));
+    }
+
+    #[test]
+    fn backup_ids_are_distinct_and_valid() {
+        let request: catalog::CreateTableRequest = serde_json::from_value(json!({
+            "TableName": "orders",
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+            "BillingMode": "PAY_PER_REQUEST",
+        }))
+        .expect("request");
+        let table = catalog::table_from_request(&request, 7, 0.0).expect("table");
+        let a = new_backup_id(1_700_000_000_000, "r", &table, 1);
+        let b = new_backup_id(1_700_000_000_000, "r", &table, 2);
+        assert_ne!(a, b);
+        assert!(valid_backup_id(&a) && valid_backup_id(&b), "{a} {b}");
+    }
+}

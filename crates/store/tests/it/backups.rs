@@ -1,0 +1,171 @@
+//! Backups in process: a restore's CREATING table serves no item operation, and what the next
+//! start does with a restore a crash interrupted (resume it, or drop the table when its backup
+//! is gone).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamo_protocol::{ApiError, ErrorKind};
+use serde_json::{Value, json};
+use store::catalog::RestoreSummary;
+use store::{Engine, Store, SystemClock};
+
+/// Bound on waiting for a background backup or restore (never a timing assertion).
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn call(store: &Store, operation: &str, body: Value) -> Result<Value, ApiError> {
+    store.handle(operation, body.to_string().as_bytes()).await
+}
+
+async fn ok(store: &Store, operation: &str, body: Value) -> Value {
+    call(store, operation, body)
+        .await
+        .unwrap_or_else(|error| panic!("{operation} failed: {error}"))
+}
+
+async fn wait_until(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn backed_up_table(store: &Store, items: usize) -> String {
+    ok(
+        store,
+        "CreateTable",
+        json!({"TableName": "source", "BillingMode": "PAY_PER_REQUEST",
+               "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+               "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}]}),
+    )
+    .await;
+    for n in 0..items {
+        ok(
+            store,
+            "PutItem",
+            json!({"TableName": "source", "Item": {"pk": {"S": format!("k{n}")}, "n": {"N": n.to_string()}}}),
+        )
+        .await;
+    }
+    let created = ok(
+        store,
+        "CreateBackup",
+        json!({"TableName": "source", "BackupName": "first"}),
+    )
+    .await;
+    let arn = created["BackupDetails"]["BackupArn"].as_str().expect("arn").to_string();
+    wait_until("backup AVAILABLE", async || {
+        let described = ok(store, "DescribeBackup", json!({"BackupArn": arn})).await;
+        described["BackupDescription"]["BackupDetails"]["BackupStatus"] == "AVAILABLE"
+    })
+    .await;
+    arn
+}
+
+/// Puts `name` in the catalog as a restore of `arn` that a crash interrupted.
+async fn interrupted_restore(engine: &Engine, name: &str, arn: &str) {
+    let source = engine.table("source").expect("source table");
+    let name = name.to_string();
+    let arn = arn.to_string();
+    engine
+        .write_exclusive(move |context| {
+            let mut meta = (*source).clone();
+            meta.id = context.next_table_id()?;
+            meta.name = name;
+            meta.restore = Some(RestoreSummary {
+                source_backup_arn: arn,
+                source_table_arn: source.arn("us-east-1"),
+                restore_date_time_seconds: 0.0,
+                in_progress: true,
+            });
+            context.put_table(meta)
+        })
+        .await
+        .expect("catalog entry");
+}
+
+#[tokio::test]
+async fn an_interrupted_restore_is_resumed_and_its_table_refuses_items_until_active() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open engine");
+    let store = Store::new(engine.clone());
+    let arn = backed_up_table(&store, 20).await;
+    interrupted_restore(&engine, "copy", &arn).await;
+
+    let described = ok(&store, "DescribeTable", json!({"TableName": "copy"})).await;
+    assert_eq!(described["Table"]["TableStatus"], "CREATING");
+    assert_eq!(described["Table"]["RestoreSummary"]["RestoreInProgress"], true);
+    let refused = call(
+        &store,
+        "PutItem",
+        json!({"TableName": "copy", "Item": {"pk": {"S": "x"}}}),
+    )
+    .await
+    .expect_err("no writes to a CREATING table");
+    assert_eq!(refused.kind, ErrorKind::ResourceNotFound);
+    let refused = call(&store, "Scan", json!({"TableName": "copy"}))
+        .await
+        .expect_err("no reads of a CREATING table");
+    assert_eq!(refused.kind, ErrorKind::ResourceNotFound);
+    let refused = call(&store, "DeleteTable", json!({"TableName": "copy"}))
+        .await
+        .expect_err("no delete of a CREATING table");
+    assert_eq!(refused.kind, ErrorKind::ResourceInUse);
+    let refused = call(&store, "DeleteBackup", json!({"BackupArn": arn})).await;
+    assert!(
+        refused.is_ok(),
+        "nothing reads the backup before the recovery: {refused:?}"
+    );
+    // Deleting it is allowed while no restore runs; make a new one for the resume.
+    let arn = {
+        let created = ok(
+            &store,
+            "CreateBackup",
+            json!({"TableName": "source", "BackupName": "second"}),
+        )
+        .await;
+        let arn = created["BackupDetails"]["BackupArn"].as_str().expect("arn").to_string();
+        wait_until("backup AVAILABLE", async || {
+            ok(&store, "DescribeBackup", json!({"BackupArn": arn})).await["BackupDescription"]["BackupDetails"]["BackupStatus"]
+                == "AVAILABLE"
+        })
+        .await;
+        arn
+    };
+    interrupted_restore(&engine, "copy2", &arn).await;
+
+    Arc::clone(store.backups()).recover(&store).expect("recover");
+    wait_until("resumed restore ACTIVE", async || {
+        ok(&store, "DescribeTable", json!({"TableName": "copy2"})).await["Table"]["TableStatus"] == "ACTIVE"
+    })
+    .await;
+    let scanned = ok(&store, "Scan", json!({"TableName": "copy2"})).await;
+    assert_eq!(scanned["Count"], 20);
+    // The first one's backup was deleted: its half-restored table is dropped.
+    wait_until("orphaned restore dropped", async || {
+        call(&store, "DescribeTable", json!({"TableName": "copy"}))
+            .await
+            .is_err()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn recovery_removes_half_written_backup_files() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open engine");
+    let store = Store::new(engine);
+    let arn = backed_up_table(&store, 3).await;
+    let backups = store.backups().dir().to_path_buf();
+    std::fs::write(backups.join("01700000000000-00000000.items.partial"), b"half").expect("write");
+    std::fs::write(backups.join("01700000000000-00000001.items"), b"orphan").expect("write");
+    Arc::clone(store.backups()).recover(&store).expect("recover");
+    let mut left: Vec<String> = std::fs::read_dir(&backups)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let id = arn.rsplit('/').next().expect("id");
+    assert_eq!(left, vec![format!("{id}.items"), format!("{id}.json")]);
+}
