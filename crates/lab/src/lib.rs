@@ -13,6 +13,7 @@
 //! lines, ready files and addresses.
 
 pub mod exec;
+pub mod ha;
 pub mod netns;
 pub mod plan;
 pub mod providers;

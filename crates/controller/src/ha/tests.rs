@@ -14,6 +14,7 @@ fn info(name: &str) -> LeaderInfo {
     LeaderInfo {
         member: name.into(),
         address: format!("http://{name}:7400"),
+        vantage: Some(format!("{name}-probes")),
     }
 }
 
@@ -678,8 +679,15 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
         started: bool,
         next_step: usize,
     }
+    // Across seeds: an old leader's late steps that the world refused, and that landed before
+    // any newer generation (both paths must be exercised for the check to mean anything).
+    let (mut late_refused, mut late_landed) = (0u32, 0u32);
     for seed in 1..=30u64 {
         let mut rng = Rng(seed * 7919);
+        // Every step the world applied, as (generation, step): a generation applies each step
+        // at most once, and the generations applied never go back (at most one generation
+        // acts on the world at a time, whatever the leadership did).
+        let mut applied: Vec<(u64, usize)> = Vec::new();
         let mut state = SharedState::default();
         let mut term = 1u64;
         let mut leader: Option<usize> = Some(0);
@@ -725,13 +733,15 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
                 if !current {
                     // An old leader's step that passed its guard before the term ended may
                     // still land: the world refuses it once a newer generation was applied.
-                    if run.started
-                        && run.next_step < STEPS.len()
-                        && rng.below(4) == 0
-                        && generation.0 >= world_generation
-                    {
-                        world_generation = generation.0;
-                        world_active = Some(run.order.to.active.clone());
+                    if run.started && run.next_step < STEPS.len() && rng.below(4) == 0 {
+                        if generation.0 >= world_generation {
+                            world_generation = generation.0;
+                            world_active = Some(run.order.to.active.clone());
+                            applied.push((generation.0, run.next_step));
+                            late_landed += 1;
+                        } else {
+                            late_refused += 1;
+                        }
                     }
                     run.next_step = usize::MAX;
                     continue;
@@ -748,6 +758,12 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
                     );
                     world_generation = generation.0;
                     world_active = Some(run.order.to.active.clone());
+                    assert!(
+                        !applied.contains(&(generation.0, run.next_step)),
+                        "seed {seed}: generation {generation} applied step {} twice",
+                        STEPS[run.next_step]
+                    );
+                    applied.push((generation.0, run.next_step));
                     state = state
                         .step_done(generation, STEPS[run.next_step], "leader", now)
                         .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
@@ -810,5 +826,13 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
         assert_eq!(state.observed, Some(intent), "seed {seed}: etcd records it");
         assert_eq!(state.runbook, None, "seed {seed}: nothing left in progress");
         assert!(handovers > 3, "seed {seed}: leadership moved only {handovers} times");
+        assert!(
+            applied.windows(2).all(|w| w[0].0 <= w[1].0),
+            "seed {seed}: an older generation acted after a newer one: {applied:?}"
+        );
     }
+    assert!(
+        late_refused > 0 && late_landed > 0,
+        "late steps refused {late_refused}, landed {late_landed}: both paths must occur"
+    );
 }
