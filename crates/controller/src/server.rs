@@ -957,12 +957,17 @@ async fn probe_locally(shared: Arc<Shared>, runner: health::runner::Runner) {
         // from the leader's (`--vantage`): the leader's quorum then counts every member's
         // probes. Members sharing one name keep their views to themselves (the leader's own
         // would otherwise be overwritten by another place's).
+        // (With `[[tokens]]` but no control token it has no credential the leader would take.)
         let other_name = shared
             .ha
             .as_ref()
             .and_then(|ha| ha.leader())
             .is_some_and(|leader| leader.vantage.as_deref().is_some_and(|name| name != vantage));
-        if other_name && let Ok(body) = serde_json::to_vec(&report) {
+        let credential = shared.control_token.is_some() || shared.config.credentials.is_empty();
+        if other_name
+            && credential
+            && let Ok(body) = serde_json::to_vec(&report)
+        {
             forward_to_leader(&shared, shared.control_token.clone(), body);
         }
         shared.observe(report);
