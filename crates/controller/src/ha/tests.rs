@@ -678,6 +678,8 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
         order: RunbookOrder,
         started: bool,
         next_step: usize,
+        /// When an old leader's step (passed its guard before the term ended) lands, if ever.
+        late_at: Option<u64>,
     }
     // Across seeds: an old leader's late steps that the world refused, and that landed before
     // any newer generation (both paths must be exercised for the check to mean anything).
@@ -713,7 +715,9 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
             }
             // Leadership moves at arbitrary points (a dead or cut leader; another takes over
             // once the lease expired).
-            if !quiet && leader.is_some() && rng.below(150) == 0 {
+            // Often mid-runbook, at a step boundary, where losing the leader matters most.
+            let mid_runbook = runs.iter().any(|run| run.late_at.is_none() && run.started);
+            if !quiet && leader.is_some() && (rng.below(150) == 0 || (mid_runbook && rng.below(4) == 0)) {
                 leader = None;
                 engine = None;
                 handover_at = now + rng.below(3_000);
@@ -732,8 +736,23 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
                 let generation = run.order.generation;
                 if !current {
                     // An old leader's step that passed its guard before the term ended may
-                    // still land: the world refuses it once a newer generation was applied.
-                    if run.started && run.next_step < STEPS.len() && rng.below(4) == 0 {
+                    // still land, at any time later (a slow network, a paused process): the
+                    // world refuses it once a newer generation was applied.
+                    if run.started && run.next_step < STEPS.len() {
+                        let at = *run.late_at.get_or_insert_with(|| {
+                            if rng.below(2) == 0 {
+                                now + rng.below(8_000)
+                            } else {
+                                u64::MAX
+                            }
+                        });
+                        if at == u64::MAX {
+                            run.next_step = usize::MAX;
+                            continue;
+                        }
+                        if now < at {
+                            continue;
+                        }
                         if generation.0 >= world_generation {
                             world_generation = generation.0;
                             world_active = Some(run.order.to.active.clone());
@@ -806,6 +825,7 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
                         order,
                         started: false,
                         next_step: 0,
+                        late_at: None,
                     });
                 }
             }
