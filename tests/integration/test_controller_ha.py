@@ -114,10 +114,10 @@ class Etcd:
                 process.wait(timeout=10)
 
 
-def config_text(us, eu, workdir, member, etcd_urls, dns_admin):
+def config_text(us, eu, workdir, member, etcd_urls, dns_admin, vantages=("controller", "probe")):
     return f"""
 [controller]
-vantage = "controller"
+vantage = "{vantages[0]}"
 audit_log = "{workdir}/audit-{member}.jsonl"   # (--audit-log overrides it)
 tick_ms = 50
 
@@ -134,7 +134,7 @@ runbook_retry_ms = 200
 
 [quorum]
 # "probe" is an agent the test plays; one vote decides, so the controller's own checks suffice.
-vantages = ["controller", "probe"]
+vantages = {json.dumps(list(vantages))}
 quorum = 1
 report_interval_ms = 100
 
@@ -194,10 +194,11 @@ kind = "pointer"
 """
 
 
-def request(url, path, method="GET", body=None):
+def request(url, path, method="GET", body=None, headers=None):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url + path, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+                                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json",
+                                          **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=5) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -217,15 +218,16 @@ class Group:
         self.dns.start()
         self.members = {}
 
-    def start(self, member, etcd_url=None, shared=False):
+    def start(self, member, etcd_url=None, shared=False, vantages=("controller", "probe"), extra=()):
         """Starts `member` with a file of its own, or (`shared`) with one file for the whole
         group and `--member`/`--audit-log` on the command line."""
-        extra = []
+        extra = list(extra)
         if shared:
             config = self.tmp / "group.toml"
             if not config.exists():
-                config.write_text(config_text(self.us, self.eu, self.tmp, "group", self.etcd.urls, self.dns.admin))
-            extra = ["--member", member, "--audit-log", str(self.tmp / f"audit-{member}.jsonl")]
+                config.write_text(config_text(self.us, self.eu, self.tmp, "group", self.etcd.urls, self.dns.admin,
+                                              vantages))
+            extra += ["--member", member, "--audit-log", str(self.tmp / f"audit-{member}.jsonl")]
         else:
             config = self.tmp / f"{member}.toml"
             config.write_text(config_text(self.us, self.eu, self.tmp, member, [etcd_url or self.etcd.url],
@@ -313,12 +315,26 @@ def test_killing_the_leader_mid_runbook_hands_it_to_another_member(group):
     assert {m for _, _, m in group.record()} == {first}
     followers = [m for m in group.members if m != first]
 
-    # A follower refuses operator commands and names the leader.
+    # A follower passes operator commands on to the leader, with the caller's token.
     status, body = request(group.members[followers[0]][1], "/v1/pause", "POST")
+    assert status == 200 and body["accepted"], body
+    assert body["forwarded_to"]["member"] == first
+    assert group.status(first)["engine"]["paused"] is True
+    # ... once only: a command another member already passed on is refused, naming the leader.
+    status, body = request(group.members[followers[1]][1], "/v1/resume", "POST",
+                           headers={"X-Switchyard-Forwarded-By": followers[0]})
     assert status == 421, body
     assert body["code"] == "not_leader"
     assert body["leader"]["member"] == first
     assert group.members[first][1] in body["error"]
+    assert group.status(first)["engine"]["paused"] is True
+    # The CLI, pointed at a follower, gets its command to the leader and says so.
+    resumed = subprocess.run([str(BINARY), "resume", "--controller", group.members[followers[1]][1]],
+                             env=dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN), capture_output=True, text=True,
+                             timeout=30)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"passed on to the leader {first} at {group.members[first][1]}" in resumed.stderr, resumed.stderr
+    assert group.status(first)["engine"]["paused"] is False
     # An agent may report to any member: a follower passes the report on to the leader.
     report = {"vantage": "probe", "sent_at_ms": int(time.time() * 1000), "results": []}
     status, body = request(group.members[followers[1]][1], "/v1/agent/report", "POST", report)
@@ -492,3 +508,88 @@ def test_three_controllers_on_a_three_member_etcd_survive_losing_an_etcd_member_
         assert '"event":"leading"' in audit
     finally:
         group.stop()
+
+
+class RefusingMember:
+    """A stand-in for a member that could not pass a command on: it answers every POST with
+    421 naming `leader`, as a follower does when the leader did not answer it in time."""
+
+    def __init__(self, leader_member, leader_url):
+        import http.server
+        import threading
+
+        body = json.dumps({"accepted": False, "code": "not_leader", "error": "this controller does not lead",
+                           "reason": "this controller does not lead", "member": "stand-in",
+                           "leader": {"member": leader_member, "address": leader_url}}).encode()
+        self.posts = []
+        posts = self.posts
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                posts.append(self.path)
+                self.send_response(421)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_cli_follows_a_refusal_to_the_leader_and_members_with_own_vantages_share_their_views(group):
+    # One file; each member probes under a vantage name of its own (--vantage).
+    vantages = ("v-c1", "v-c2", "probe")
+    for member in ("c1", "c2"):
+        group.start(member, shared=True, vantages=vantages, extra=["--vantage", f"v-{member}"])
+    first = wait_until("one leader named by every member", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+    other = [m for m in group.members if m != first][0]
+
+    # The follower passes its own probes' reports on: the leader counts both members' views.
+    def both_fresh_at_leader():
+        vantages = {v["name"]: v["fresh"] for v in (group.status(first) or {}).get("vantages") or []}
+        return vantages.get("v-c1") and vantages.get("v-c2")
+
+    wait_until("both members' views fresh at the leader", both_fresh_at_leader, TAKEOVER_DEADLINE_S, group.logs())
+
+    # A member that answers 421 naming the leader: the CLI sends the command there, once.
+    stand_in = RefusingMember(first, group.members[first][1])
+    try:
+        paused = subprocess.run([str(BINARY), "pause", "--controller", stand_in.url],
+                                env=dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN), capture_output=True,
+                                text=True, timeout=30)
+        assert paused.returncode == 0, paused.stderr
+        assert f"sending the command to the leader {first} at {group.members[first][1]}" in paused.stderr
+        assert stand_in.posts == ["/v1/pause"]
+        assert group.status(first)["engine"]["paused"] is True
+        # A refusal naming itself (or nobody) is not followed: the CLI says why it was not taken.
+        stand_in_self = RefusingMember("stand-in", None)
+        try:
+            refused = subprocess.run([str(BINARY), "resume", "--controller", stand_in_self.url],
+                                     env=dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN), capture_output=True,
+                                     text=True, timeout=30)
+            assert refused.returncode != 0
+            assert "not taken: this controller does not lead" in refused.stderr, refused.stderr
+            assert stand_in_self.posts == ["/v1/resume"]
+        finally:
+            stand_in_self.stop()
+    finally:
+        stand_in.stop()
+    assert group.status(other)["ha"]["leader"]["vantage"] == f"v-{first}"
+
+    # A --vantage outside [quorum] vantages is refused with the fix.
+    bad = subprocess.run([str(BINARY), "controller", "--config", str(group.tmp / "group.toml"),
+                          "--listen", "127.0.0.1:0", "--member", "c9", "--vantage", "nowhere"],
+                         env=dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN), capture_output=True, text=True,
+                         timeout=30)
+    assert bad.returncode != 0
+    assert "--vantage nowhere is not in [quorum] vantages (v-c1, v-c2, probe)" in bad.stderr, bad.stderr

@@ -65,11 +65,28 @@ impl HttpClient {
         json: Option<Vec<u8>>,
         timeout_ms: u64,
     ) -> Result<Answer, ClientError> {
+        self.request_with_headers(method, url, token, json, &[], timeout_ms)
+            .await
+    }
+
+    /// `request` with extra headers (`(name, value)`).
+    pub async fn request_with_headers(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        token: Option<&str>,
+        json: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> Result<Answer, ClientError> {
         let uri: hyper::Uri = url.parse().map_err(|_| ClientError::BadUrl(url.to_string()))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(ClientError::BadUrl(url.to_string()));
         }
         let mut builder = hyper::Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         if let Some(token) = token {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }

@@ -52,6 +52,12 @@ pub const STUCK_FAILED_RUNBOOKS: u32 = 3;
 pub const STUCK_RUNBOOK_SLACK_MS: u64 = 10_000;
 /// How long a follower waits for the leader to take an agent report it passes on.
 pub const REPORT_FORWARD_TIMEOUT_MS: u64 = 5_000;
+/// How long a follower waits for the leader to answer an operator command it passes on; past
+/// it the follower answers 421 naming the leader, for the caller to retry there.
+pub const COMMAND_FORWARD_TIMEOUT_MS: u64 = 5_000;
+/// Header a follower sets on an operator command it passes on (its member name): the receiver
+/// never passes it on again, so a command makes at most one hop.
+pub const FORWARDED_BY_HEADER: &str = "x-switchyard-forwarded-by";
 /// Reports from the controller's own checks buffered at most.
 pub const LOCAL_REPORTS_QUEUE_MAX: usize = 64;
 /// Distinct (credential, claimed vantage) pairs of refused reports logged; each is logged once,
@@ -259,6 +265,9 @@ struct Shared {
     /// leads.
     ha: Option<Arc<Member>>,
     generation_floor: Generation,
+    /// The single control token, if any: a follower passes its own probes' reports on to the
+    /// leader with it.
+    control_token: Option<String>,
 }
 
 fn wall_ms() -> u64 {
@@ -864,12 +873,11 @@ pub async fn run(
     let alerts = providers::alerts::Alerts::start(config.alert_channels.clone(), &config.file.controller.vantage);
     let tick_ms = config.file.controller.tick_ms;
     #[cfg(feature = "etcd")]
-    let ha = config
-        .file
-        .controller
-        .ha
-        .clone()
-        .map(|section| Arc::new(Member::new(section, format!("http://{address}"))));
+    let ha = config.file.controller.ha.clone().map(|section| {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let vantage = config.file.controller.vantage.clone();
+        Arc::new(Member::new(section, format!("{scheme}://{address}"), vantage))
+    });
     // Without etcd support the config check refuses `[controller.ha]`.
     #[cfg(not(feature = "etcd"))]
     let ha: Option<Arc<Member>> = None;
@@ -895,6 +903,7 @@ pub async fn run(
         alerts,
         ha,
         generation_floor: Generation(options.generation_floor),
+        control_token: options.token.clone().filter(|t| !t.is_empty()),
     });
 
     let mut tasks = Vec::new();
@@ -970,7 +979,25 @@ async fn probe_locally(shared: Arc<Shared>, runner: health::runner::Runner) {
                 }
             }
         }
-        shared.observe(runner.report(&vantage));
+        let report = runner.report(&vantage);
+        // A member that does not lead passes its own view on too when its vantage name differs
+        // from the leader's (`--vantage`): the leader's quorum then counts every member's
+        // probes. Members sharing one name keep their views to themselves (the leader's own
+        // would otherwise be overwritten by another place's).
+        // (With `[[tokens]]` but no control token it has no credential the leader would take.)
+        let other_name = shared
+            .ha
+            .as_ref()
+            .and_then(|ha| ha.leader())
+            .is_some_and(|leader| leader.vantage.as_deref().is_some_and(|name| name != vantage));
+        let credential = shared.control_token.is_some() || shared.config.credentials.is_empty();
+        if other_name
+            && credential
+            && let Ok(body) = serde_json::to_vec(&report)
+        {
+            forward_to_leader(&shared, shared.control_token.clone(), body);
+        }
+        shared.observe(report);
     }
 }
 
@@ -1240,7 +1267,13 @@ async fn active_region(State(shared): State<Arc<Shared>>, headers: HeaderMap, ur
     json_response(StatusCode::OK, json!(value))
 }
 
-fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual) -> Response {
+/// An operator command as received: its path and body, for a follower to pass on unchanged.
+struct Received<'a> {
+    path: &'static str,
+    body: &'a [u8],
+}
+
+async fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual, received: Received<'_>) -> Response {
     let caller = match authorize(shared, headers, Role::Operator) {
         Ok(caller) => caller,
         Err(response) => return response,
@@ -1250,7 +1283,7 @@ fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual) -> Respons
         None => None,
         Some(ha) => match ha.acting() {
             Some(term) => Some(term),
-            None => return not_leader(ha),
+            None => return forward_command(shared, ha, headers, received).await,
         },
     };
     let mut core = shared.lock();
@@ -1279,18 +1312,88 @@ fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual) -> Respons
     }
 }
 
-/// A follower refuses operator commands and names the leader to send them to.
-fn not_leader(ha: &Member) -> Response {
+/// A member that does not act passes an (already authorized) operator command on to the
+/// leader it last saw in etcd, with the caller's own token, and answers with the leader's
+/// answer (plus `forwarded_to`). It refuses with 421 naming the leader instead when no leader
+/// is known, when the command was itself passed on by another member (one hop at most), or
+/// when the leader does not answer within `COMMAND_FORWARD_TIMEOUT_MS`.
+async fn forward_command(shared: &Arc<Shared>, ha: &Member, headers: &HeaderMap, received: Received<'_>) -> Response {
+    if let Some(from) = headers.get(FORWARDED_BY_HEADER) {
+        let from = String::from_utf8_lossy(from.as_bytes()).into_owned();
+        return not_leader(
+            ha,
+            Some(format!(
+                "member {from} passed this command on, believing this member leads; it no longer does"
+            )),
+        );
+    }
+    let Some(leader) = ha.leader().filter(|leader| leader.member != ha.name()) else {
+        return not_leader(ha, None);
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let url = format!("{}{}", leader.address.trim_end_matches('/'), received.path);
+    let body = (!received.body.is_empty()).then(|| received.body.to_vec());
+    let answer = shared
+        .step_context
+        .client
+        .request_with_headers(
+            hyper::Method::POST,
+            &url,
+            token,
+            body,
+            &[(FORWARDED_BY_HEADER, ha.name())],
+            COMMAND_FORWARD_TIMEOUT_MS,
+        )
+        .await;
+    match answer {
+        Ok(answer) => {
+            tracing::info!(leader = %leader.member, %url, status = answer.status.as_u16(), "passed an operator command on to the leader");
+            let status = StatusCode::from_u16(answer.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            match serde_json::from_slice::<serde_json::Value>(&answer.body) {
+                Ok(serde_json::Value::Object(mut body)) => {
+                    body.insert("forwarded_to".into(), json!(leader));
+                    json_response(status, serde_json::Value::Object(body))
+                }
+                _ => json_response(
+                    StatusCode::BAD_GATEWAY,
+                    json!({
+                        "accepted": false,
+                        "code": "bad_leader_answer",
+                        "error": format!("the leader {} at {} answered HTTP {} without a JSON object; the command may or may not have been taken: check `switchyard status` there", leader.member, leader.address, answer.status.as_u16()),
+                        "forwarded_to": leader,
+                    }),
+                ),
+            }
+        }
+        Err(error) => {
+            tracing::warn!(leader = %leader.member, %error, "could not pass an operator command on to the leader");
+            not_leader(
+                ha,
+                Some(format!(
+                    "passing it on to the leader failed ({error}); the command may or may not have reached it"
+                )),
+            )
+        }
+    }
+}
+
+/// A member that does not act refuses an operator command and names the leader to send it to
+/// (`why` says why it did not pass the command on itself).
+fn not_leader(ha: &Member, why: Option<String>) -> Response {
     let leader = ha.leader();
+    let why = why.map(|why| format!(" ({why})")).unwrap_or_default();
     let reason = match &leader {
         Some(leader) if leader.member != ha.name() => format!(
-            "this controller (member {}) does not lead; send the command to the leader {} at {}",
+            "this controller (member {}) does not lead{why}; send the command to the leader {} at {}",
             ha.name(),
             leader.member,
             leader.address
         ),
         _ => format!(
-            "this controller (member {}) does not lead and no leader is known yet (etcd unreachable or an election in progress); retry in a few seconds",
+            "this controller (member {}) does not lead and no leader is known yet (etcd unreachable or an election in progress){why}; retry in a few seconds",
             ha.name()
         ),
     };
@@ -1331,23 +1434,44 @@ async fn failover(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: a
         Manual::Failover {
             force_data_loss: request.force_data_loss,
         },
+        Received {
+            path: "/v1/failover",
+            body: &body,
+        },
     )
+    .await
 }
 
 async fn failback(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    manual(&shared, &headers, Manual::Failback)
+    let received = Received {
+        path: "/v1/failback",
+        body: &[],
+    };
+    manual(&shared, &headers, Manual::Failback, received).await
 }
 
 async fn pause(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    manual(&shared, &headers, Manual::Pause)
+    let received = Received {
+        path: "/v1/pause",
+        body: &[],
+    };
+    manual(&shared, &headers, Manual::Pause, received).await
 }
 
 async fn resume(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    manual(&shared, &headers, Manual::Resume)
+    let received = Received {
+        path: "/v1/resume",
+        body: &[],
+    };
+    manual(&shared, &headers, Manual::Resume, received).await
 }
 
 async fn acknowledge(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    manual(&shared, &headers, Manual::Acknowledge)
+    let received = Received {
+        path: "/v1/acknowledge",
+        body: &[],
+    };
+    manual(&shared, &headers, Manual::Acknowledge, received).await
 }
 
 #[derive(Deserialize)]
@@ -1375,7 +1499,12 @@ async fn switchover(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
         Manual::Switchover {
             to: RegionId::new(request.to),
         },
+        Received {
+            path: "/v1/switchover",
+            body: &body,
+        },
     )
+    .await
 }
 
 async fn agent_plan(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
@@ -1408,7 +1537,7 @@ async fn agent_plan(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: 
 /// passes the (already authenticated) report on to the leader, with the agent's own token, so
 /// the leader's quorum counts every agent. Best effort, bounded by `ALERT_TIMEOUT_MS`: the
 /// agent reports again within its interval anyway.
-fn forward_to_leader(shared: &Arc<Shared>, headers: &HeaderMap, body: &axum::body::Bytes) {
+fn forward_to_leader(shared: &Arc<Shared>, token: Option<String>, body: Vec<u8>) {
     let Some(ha) = &shared.ha else {
         return;
     };
@@ -1418,18 +1547,12 @@ fn forward_to_leader(shared: &Arc<Shared>, headers: &HeaderMap, body: &axum::bod
     let Some(leader) = ha.leader().filter(|leader| leader.member != ha.name()) else {
         return;
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
     let url = format!(
         "{}{}",
         leader.address.trim_end_matches('/'),
         health::report::REPORT_PATH
     );
     let client = shared.step_context.client.clone();
-    let body = body.to_vec();
     tokio::spawn(async move {
         match client
             .request(
@@ -1462,7 +1585,12 @@ async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
     if let Err(response) = authorize_vantage(&shared, &headers, &vantage) {
         return response;
     }
-    forward_to_leader(&shared, &headers, &body);
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    forward_to_leader(&shared, token, body.to_vec());
     match shared.observe(report) {
         health::quorum::Observed::UnknownVantage => error(
             StatusCode::FORBIDDEN,

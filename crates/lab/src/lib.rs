@@ -14,6 +14,7 @@
 
 pub mod disks;
 pub mod exec;
+pub mod ha;
 pub mod netns;
 pub mod plan;
 pub mod providers;

@@ -60,6 +60,11 @@ pub struct LabOptions {
     /// `--providers`: also BIND9 and HAProxy (those installed), driven by the runbook's
     /// `rfc2136` and `haproxy` steps.
     pub providers: Option<crate::providers::Programs>,
+    /// `--controllers`: 1 (one controller with its audit log) or 3 (in `[controller.ha]` on a
+    /// three-member etcd cluster, see [`crate::ha`]).
+    pub controllers: usize,
+    /// The etcd program, for `--controllers 3` (the binary looks it up; the plan stays pure).
+    pub etcd: Option<PathBuf>,
 }
 
 /// One region's network namespace (with `--netns`): the region's processes listen on
@@ -147,6 +152,8 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str], hosts: &
     if options.controller {
         let _ = writeln!(text, "controller_url = \"{}\"", url(ports.controller()));
     }
+    let sites = crate::ha::sites(regions);
+    let ha = options.controller && options.controllers == crate::ha::MEMBERS;
     for (i, region) in regions.iter().enumerate() {
         let apps: Vec<String> = (1..=APPS_PER_REGION).map(|n| format!("shop-{region}-{n}")).collect();
         let _ = write!(
@@ -158,9 +165,16 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str], hosts: &
     }
     if options.controller {
         let vantages: Vec<String> = (1..=AGENTS).map(|n| format!("agent-{n}")).collect();
+        // With several controllers, the first member's (a drill that kills "the controller"
+        // kills it; `switchyard status --lab` says which one leads).
+        let controller = if ha {
+            crate::ha::controller_name(&sites[0])
+        } else {
+            "controller".to_string()
+        };
         let _ = write!(
             text,
-            "\n[processes]\ncontroller = \"controller\"\nvantages = {vantages:?}\n"
+            "\n[processes]\ncontroller = \"{controller}\"\nvantages = {vantages:?}\n"
         );
     }
     text.push_str("\n[links]\n");
@@ -220,6 +234,14 @@ pub enum PlanError {
     BasePort(u16, u32, u32),
     #[error("--disk-mib {0}: give {min} to {max} MiB per region (the store's files and its watermark must fit)", min = crate::disks::DISK_MIB_MIN, max = crate::disks::DISK_MIB_MAX)]
     DiskMib(u64),
+    #[error("--controllers {0}: the lab runs 1 controller, or 3 on a three-member etcd cluster")]
+    Controllers(usize),
+    #[error("--controllers 3 needs the controller: drop --no-controller")]
+    ControllersWithout,
+    #[error(
+        "--controllers 3 needs etcd, which is not installed: `apt-get install etcd-server` (or ./scripts/install-test-deps.sh)"
+    )]
+    Etcd,
 }
 
 struct Ports {
@@ -375,11 +397,36 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     {
         return Err(PlanError::DiskMib(mib));
     }
+    if options.controllers != 1 && options.controllers != crate::ha::MEMBERS {
+        return Err(PlanError::Controllers(options.controllers));
+    }
+    let ha = options.controllers == crate::ha::MEMBERS;
+    if ha && !options.controller {
+        return Err(PlanError::ControllersWithout);
+    }
+    let etcd = match (&options.etcd, ha) {
+        (Some(etcd), true) => Some(etcd.clone()),
+        (None, true) => return Err(PlanError::Etcd),
+        (_, false) => None,
+    };
     let ports = Ports {
+        base: options.base_port,
+    };
+    let ha_ports = crate::ha::HaPorts {
         base: options.base_port,
     };
     let dir = &options.dir;
     let regions = &REGION_NAMES[..count];
+    let sites = crate::ha::sites(regions);
+    // Where region `i`'s pointer and agent `n`'s reports go: the member at the region's own
+    // site with `--controllers 3`, the one controller otherwise.
+    let controller_port = |member: usize| {
+        if ha {
+            ha_ports.api(member % crate::ha::MEMBERS)
+        } else {
+            ports.controller()
+        }
+    };
     let hosts = Hosts {
         nets: region_nets(options, regions),
     };
@@ -438,7 +485,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             link(
                 name,
                 hosts.link(i, ports.pointer(i)),
-                local(ports.controller()),
+                local(controller_port(i)),
                 &mut bound,
             );
         }
@@ -476,10 +523,16 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             link(
                 name,
                 local(ports.agent_link(agent)),
-                local(ports.controller()),
+                local(controller_port(agent)),
                 &mut bound,
             );
         }
+    }
+    if ha {
+        for (name, listen, upstream) in crate::ha::links(&ha_ports, &sites) {
+            link(name, listen, upstream, &mut bound);
+        }
+        bound.extend(crate::ha::bound(&ha_ports, &sites));
     }
     let faults_file = config.join("faults.toml");
     files.push(LabFile {
@@ -757,19 +810,29 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             url(ports.dns_admin())
         );
         text.push_str(&additions.runbook);
-        let path = config.join("controller.toml");
-        files.push(LabFile {
-            path: path.clone(),
-            contents: text,
-        });
         bound.push(("controller".to_string(), local(ports.controller())));
-        let mut controller = ComponentSpec::subcommand(
-            "controller",
-            "controller",
-            &["controller", "--config", &path.display().to_string()],
-        );
-        controller.env.extend(additions.controller_env.iter().cloned());
-        components.push(controller);
+        if let Some(etcd) = &etcd {
+            components.extend(crate::ha::etcd_components(dir, &ha_ports, &sites, etcd));
+            let (member_files, members) = crate::ha::controllers(&config, dir, &ha_ports, &sites, &text);
+            files.extend(member_files);
+            components.extend(members.into_iter().map(|mut member| {
+                member.env.extend(additions.controller_env.iter().cloned());
+                member
+            }));
+        } else {
+            let path = config.join("controller.toml");
+            files.push(LabFile {
+                path: path.clone(),
+                contents: text,
+            });
+            let mut controller = ComponentSpec::subcommand(
+                "controller",
+                "controller",
+                &["controller", "--config", &path.display().to_string()],
+            );
+            controller.env.extend(additions.controller_env.iter().cloned());
+            components.push(controller);
+        }
         for agent in 0..AGENTS {
             let token = agent_token_path(dir, agent + 1);
             secrets.push(token.clone());
@@ -871,7 +934,96 @@ mod tests {
             netns: false,
             disk_mib: None,
             providers: None,
+            controllers: 1,
+            etcd: None,
         }
+    }
+
+    #[test]
+    fn three_controllers_run_on_three_etcd_members_with_every_link_through_the_network() {
+        let mut three = options(2);
+        three.controllers = 3;
+        assert_eq!(plan(&three), Err(PlanError::Etcd));
+        three.etcd = Some(PathBuf::from("/usr/bin/etcd"));
+        let lab = plan(&three).expect("plan");
+        let names: Vec<&str> = lab.components.iter().map(|c| c.name.as_str()).collect();
+        let sites = ["us-east-1", "eu-west-1", crate::ha::TIE_BREAKER];
+        for site in sites {
+            assert!(names.contains(&format!("etcd-{site}").as_str()), "{names:?}");
+            assert!(names.contains(&format!("controller-{site}").as_str()), "{names:?}");
+        }
+        let last_etcd = names.iter().rposition(|n| n.starts_with("etcd-")).expect("etcd");
+        let first_member = names.iter().position(|n| n.starts_with("controller-")).expect("member");
+        assert!(
+            last_etcd < first_member,
+            "etcd starts before the controllers: {names:?}"
+        );
+        assert!(!names.contains(&"controller"), "no single controller: {names:?}");
+        let faults = &lab.files[0].contents;
+        for site in sites {
+            assert!(faults.contains(&format!("name = \"etcd-peer-{site}\"")), "{faults}");
+            assert!(faults.contains(&format!("name = \"controller-{site}\"")));
+            for other in sites {
+                assert!(faults.contains(&format!("name = \"etcd-{site}-to-{other}\"")));
+            }
+        }
+        // Each member's file lists its own links to the three etcd members and advertises its
+        // API link; the peers advertise their peer links.
+        let eu = lab
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("controller-eu-west-1.toml"))
+            .expect("member file");
+        assert!(eu.contents.contains("[controller.ha]\netcd = [\"http://127.0.0.1:17043\", \"http://127.0.0.1:17044\", \"http://127.0.0.1:17045\"]\nmember = \"eu-west-1\""), "{}", eu.contents);
+        assert!(eu.contents.contains("advertise = \"http://127.0.0.1:17037\""));
+        let etcd = lab
+            .components
+            .iter()
+            .find(|c| c.name == "etcd-eu-west-1")
+            .expect("etcd");
+        assert!(
+            etcd.args.contains(&"--arg=http://127.0.0.1:17029".to_string()),
+            "{:?}",
+            etcd.args
+        );
+        assert!(etcd.args.iter().any(|a| a.contains(
+            "us-east-1=http://127.0.0.1:17028,eu-west-1=http://127.0.0.1:17029,tie-breaker=http://127.0.0.1:17030"
+        )));
+        let member = lab
+            .components
+            .iter()
+            .find(|c| c.name == "controller-eu-west-1")
+            .expect("member");
+        assert!(
+            member
+                .args
+                .windows(2)
+                .any(|p| p[0] == "--listen" && p[1] == "127.0.0.1:17033")
+        );
+        // The second region's pointer is served by the member at its site.
+        assert!(
+            faults
+                .contains("name = \"pointer-eu-west-1\"\nlisten = \"127.0.0.1:17240\"\nupstream = \"127.0.0.1:17033\""),
+            "{faults}"
+        );
+        assert!(lab.drill_targets.contains("controller = \"controller-us-east-1\""));
+        let mut ports: Vec<&String> = lab.ports.iter().map(|(_, p)| p).collect();
+        let total = ports.len();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), total, "no port is used twice: {:?}", lab.ports);
+        // Three regions: the sites are the regions.
+        let mut regions3 = three.clone();
+        regions3.regions = 3;
+        let lab = plan(&regions3).expect("plan");
+        assert!(lab.components.iter().any(|c| c.name == "controller-ap-south-1"));
+        assert!(!lab.components.iter().any(|c| c.name.contains(crate::ha::TIE_BREAKER)));
+        let mut wrong = three.clone();
+        wrong.controllers = 2;
+        assert_eq!(plan(&wrong), Err(PlanError::Controllers(2)));
+        wrong.controllers = 3;
+        wrong.controller = false;
+        assert_eq!(plan(&wrong), Err(PlanError::ControllersWithout));
     }
 
     #[test]

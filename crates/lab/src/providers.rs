@@ -125,7 +125,7 @@ pub(crate) fn additions(layout: &Layout<'_>, programs: &Programs) -> Additions {
 
 /// A component running an outside program through `switchyard lab exec`, which waits until
 /// `ready` accepts TCP connections and takes the program down with it.
-fn external(name: &str, kind: &str, program: &Path, args: &[String], ready: &str) -> ComponentSpec {
+pub(crate) fn external(name: &str, kind: &str, program: &Path, args: &[String], ready: &str) -> ComponentSpec {
     let mut wrapper = vec![
         "lab".to_string(),
         "exec".to_string(),

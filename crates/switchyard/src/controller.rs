@@ -45,6 +45,11 @@ pub(crate) struct ControllerArgs {
     /// Overrides `[controller.ha] member`, so every controller of a group can share one file.
     #[arg(long)]
     member: Option<String>,
+    /// Overrides `[controller] vantage`, the name this controller's own probes report as (one of
+    /// `[quorum] vantages`): give each member of a group its own, so the leader counts each
+    /// member's view (followers pass theirs on).
+    #[arg(long)]
+    vantage: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -218,6 +223,26 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             bail!("--member: {message}; {fix}");
         }
     }
+    if let Some(vantage) = args.vantage {
+        let vantages = config.file.quorum.vantages.get_ref();
+        if !vantages.contains(&vantage) {
+            bail!(
+                "--vantage {vantage} is not in [quorum] vantages ({}) of {}; add it there (and count it in quorum) or pick one of them",
+                vantages.join(", "),
+                args.config.display()
+            );
+        }
+        if config
+            .credentials
+            .iter()
+            .any(|c| c.role == controller::auth::Role::Agent && c.name == vantage)
+        {
+            bail!(
+                "--vantage {vantage} is an agent's name ([[tokens]] gives it an agent token); give this controller a name of its own"
+            );
+        }
+        config.file.controller.vantage = vantage;
+    }
     let token = read_token(args.token_file.as_deref())?;
     let listen = config.file.controller.listen;
     controller::server::check_exposure(listen, &controller::server::access(&config, token.as_deref()))?;
@@ -330,14 +355,65 @@ async fn call(
     Ok((answer.status.as_u16(), value))
 }
 
+/// With several controllers in the lab, who leads: one line per member, as each sees it.
+async fn lab_controllers(dir: &std::path::Path) -> String {
+    use std::fmt::Write as _;
+    let Ok(state) = lab::LabState::read(dir) else {
+        return String::new();
+    };
+    let members: Vec<&lab::ComponentRecord> = state.components.iter().filter(|c| c.kind == "controller").collect();
+    if members.len() < 2 {
+        return String::new();
+    }
+    let mut out = String::from("\ncontrollers (etcd):\n");
+    for member in members {
+        let Some(address) = member.address.as_deref().and_then(|a| a.split_whitespace().next()) else {
+            let _ = writeln!(out, "  {:<28} {}", member.name, member.state);
+            continue;
+        };
+        let target = Target {
+            url: format!("http://{address}"),
+            token: None,
+        };
+        let line = match call(&target, Method::GET, "/v1/status", None).await {
+            Ok((200, value)) => {
+                let ha = &value["ha"];
+                let leader = match (ha["leader"]["member"].as_str(), ha["leader"]["address"].as_str()) {
+                    (Some(name), Some(address)) => format!("{name} at {address}"),
+                    _ => "none known".to_string(),
+                };
+                let mut line = format!(
+                    "{} ({}{})   leader: {leader}",
+                    ha["member"].as_str().unwrap_or("?"),
+                    ha["role"].as_str().unwrap_or("?"),
+                    if ha["acting"].as_bool() == Some(true) {
+                        ", acting"
+                    } else {
+                        ""
+                    }
+                );
+                if let Some(error) = ha["etcd_error"].as_str() {
+                    let _ = write!(line, "   etcd: {error}");
+                }
+                line
+            }
+            Ok((status, value)) => format!("HTTP {status}: {}", value["error"].as_str().unwrap_or("")),
+            Err(error) => format!("{} ({error:#})", member.state),
+        };
+        let _ = writeln!(out, "  {:<28} {line}", member.name);
+    }
+    out
+}
+
 pub(crate) async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.lab {
+        let controllers = lab_controllers(dir).await;
         return match lab::status(dir) {
             Ok(table) => {
-                print!("{table}");
+                print!("{table}{controllers}");
                 Ok(())
             }
-            Err(reason) => bail!("{reason}"),
+            Err(reason) => bail!("{reason}{controllers}"),
         };
     }
     let target = target(&args.client)?;
@@ -479,7 +555,32 @@ fn render_status(value: &serde_json::Value) -> String {
 
 async fn manual(client: &ControllerClientArgs, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<()> {
     let target = target(client)?;
-    let (status, value) = call(&target, Method::POST, path, body).await?;
+    let (mut status, mut value) = call(&target, Method::POST, path, body.clone()).await?;
+    // A member of a group of controllers that does not lead passes commands on to the leader;
+    // when it could not (421 naming the leader), the CLI follows once, to that address.
+    if status == 421
+        && let Some(address) = value["leader"]["address"].as_str()
+        && address.trim_end_matches('/') != target.url
+    {
+        let leader = Target {
+            url: address.trim_end_matches('/').to_string(),
+            token: target.token.clone(),
+        };
+        eprintln!(
+            "{} does not lead; sending the command to the leader {} at {}",
+            target.url,
+            value["leader"]["member"].as_str().unwrap_or("?"),
+            leader.url
+        );
+        (status, value) = call(&leader, Method::POST, path, body).await?;
+    }
+    if let Some(leader) = value["forwarded_to"].as_object() {
+        eprintln!(
+            "passed on to the leader {} at {}",
+            leader.get("member").and_then(|m| m.as_str()).unwrap_or("?"),
+            leader.get("address").and_then(|m| m.as_str()).unwrap_or("?")
+        );
+    }
     let reason = value["reason"]
         .as_str()
         .or(value["error"].as_str())
@@ -491,6 +592,7 @@ async fn manual(client: &ControllerClientArgs, path: &str, body: Option<serde_js
             Ok(())
         }
         409 => bail!("refused: {reason}"),
+        421 => bail!("not taken: {reason}"),
         other => bail!("the controller answered HTTP {other}: {reason}"),
     }
 }

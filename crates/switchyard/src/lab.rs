@@ -39,6 +39,12 @@ pub struct LabArgs {
     /// installs them.
     #[arg(long)]
     providers: bool,
+    /// Controllers to run: 1, or 3 — one per site (the first three regions, or two regions and
+    /// a tie-breaker site) in `[controller.ha]` on a three-member etcd cluster (Debian's
+    /// `etcd-server`), every etcd peer, etcd client and controller API link through the fault
+    /// proxy so drills can cut them. `switchyard status --lab` shows who leads.
+    #[arg(long, default_value_t = 1)]
+    controllers: usize,
     /// Do not start anything: check the lab in --dir, print its table, and exit 0 when every
     /// component is up, 1 with the reason otherwise.
     #[arg(long)]
@@ -160,6 +166,10 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         netns: args.netns,
         disk_mib: args.disk_mib,
         providers: args.providers.then(lab::providers::Programs::find),
+        controllers: args.controllers,
+        etcd: (args.controllers > 1)
+            .then(|| lab::providers::find_program("etcd"))
+            .flatten(),
     };
     lab::run(&options, crate::shutdown_signal(), &mut std::io::stdout()).await?;
     Ok(())

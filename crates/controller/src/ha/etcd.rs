@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp,
-    TxnOpResponse,
 };
 
 use super::leadership::{Action, Input, LeaderInfo, Leadership, LeadershipStatus, Role, Term};
@@ -168,29 +167,43 @@ impl Etcd {
         .map_err(|e| format!("etcd: {e}"))
     }
 
-    /// The leader key and the shared state (with its mod revision), read together.
+    /// One key's value and mod revision, read at `revision` (0: the latest); also the revision
+    /// the answer was read at.
+    ///
+    /// Plain range reads only: a transaction's `op_responses()` in etcd-client unwraps each
+    /// response op, so a malformed answer from the network would panic the controller.
+    async fn get(&self, key: &str, revision: i64) -> Result<(Option<(Vec<u8>, i64)>, i64), String> {
+        let options = etcd_client::GetOptions::new().with_revision(revision);
+        let answer = self
+            .retrying("read", |mut client| {
+                let options = options.clone();
+                async move { client.get(key, Some(options)).await }
+            })
+            .await
+            .map_err(|e| format!("etcd: {e}"))?;
+        let read_at = answer
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| format!("etcd answered the read of {key} without a header"))?;
+        let value = answer
+            .kvs()
+            .iter()
+            .find(|kv| kv.key() == key.as_bytes())
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision()));
+        Ok((value, read_at))
+    }
+
+    /// The leader key and the shared state (with its mod revision), read together: the state
+    /// is read at the very revision the leader key was read at, so both come from one snapshot.
     async fn read(&self) -> Result<(Option<LeaderInfo>, SharedState, i64), String> {
-        let txn = Txn::new().and_then([
-            TxnOp::get(self.leader_key.clone(), None),
-            TxnOp::get(self.state_key.clone(), None),
-        ]);
-        let answer = self.txn(txn).await?;
-        let mut leader = None;
-        let mut state = (SharedState::default(), 0);
-        for (index, response) in answer.op_responses().into_iter().enumerate() {
-            let TxnOpResponse::Get(get) = response else {
-                continue;
-            };
-            let Some(kv) = get.kvs().first() else {
-                continue;
-            };
-            if index == 0 {
-                leader = Some(parse_leader(kv.value())?);
-            } else {
-                state = (parse_state(kv.value())?, kv.mod_revision());
-            }
-        }
-        Ok((leader, state.0, state.1))
+        let (leader, read_at) = self.get(&self.leader_key, 0).await?;
+        let leader = leader.map(|(value, _)| parse_leader(&value)).transpose()?;
+        let (state, _) = self.get(&self.state_key, read_at).await?;
+        let (state, mod_revision) = match state {
+            Some((value, mod_revision)) => (parse_state(&value)?, mod_revision),
+            None => (SharedState::default(), 0),
+        };
+        Ok((leader, state, mod_revision))
     }
 
     /// Grants a lease and creates the leader key with it, if nobody holds the key.
@@ -209,8 +222,7 @@ impl Etcd {
                 self.leader_key.clone(),
                 value,
                 Some(PutOptions::new().with_lease(lease_id)),
-            )])
-            .or_else([TxnOp::get(self.leader_key.clone(), None)]);
+            )]);
         let answer = match self.txn(txn).await {
             Ok(answer) => answer,
             Err(error) => {
@@ -226,14 +238,10 @@ impl Etcd {
             return Ok(Ok(Term { revision, lease_id }));
         }
         self.revoke(lease_id).await;
-        for response in answer.op_responses() {
-            if let TxnOpResponse::Get(get) = response
-                && let Some(kv) = get.kvs().first()
-            {
-                return Ok(Err(parse_leader(kv.value())?));
-            }
+        match self.get(&self.leader_key, 0).await? {
+            (Some((value, _)), _) => Ok(Err(parse_leader(&value)?)),
+            (None, _) => Err("the leader key vanished during the campaign; trying again".into()),
         }
-        Err("the leader key vanished during the campaign; trying again".into())
     }
 
     /// One keep-alive: `Ok(false)` when etcd says the lease is gone.
@@ -304,11 +312,13 @@ pub struct Member {
 }
 
 impl Member {
-    /// `address` is this member's API URL (used when `advertise` is not set).
-    pub fn new(section: HaSection, address: String) -> Member {
+    /// `address` is this member's API URL (used when `advertise` is not set); `vantage` the
+    /// name its own probes report as.
+    pub fn new(section: HaSection, address: String, vantage: String) -> Member {
         let me = LeaderInfo {
             member: section.member.clone(),
             address: section.advertise.clone().unwrap_or(address),
+            vantage: Some(vantage),
         };
         let timeout = Duration::from_millis((section.lease_ms / 6).max(REQUEST_TIMEOUT_MS_MIN));
         Member {

@@ -32,6 +32,10 @@ pub struct LeaderInfo {
     pub member: String,
     /// The member's control API, for followers to name (and operators to call).
     pub address: String,
+    /// The vantage name its own probes report as (`[controller] vantage` or `--vantage`): a
+    /// follower with another name passes its own reports on to the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vantage: Option<String>,
 }
 
 /// One leadership term: the leader key's create revision and the lease that holds it.

@@ -14,6 +14,7 @@ fn info(name: &str) -> LeaderInfo {
     LeaderInfo {
         member: name.into(),
         address: format!("http://{name}:7400"),
+        vantage: Some(format!("{name}-probes")),
     }
 }
 
@@ -677,9 +678,18 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
         order: RunbookOrder,
         started: bool,
         next_step: usize,
+        /// When an old leader's step (passed its guard before the term ended) lands, if ever.
+        late_at: Option<u64>,
     }
+    // Across seeds: an old leader's late steps that the world refused, and that landed before
+    // any newer generation (both paths must be exercised for the check to mean anything).
+    let (mut late_refused, mut late_landed) = (0u32, 0u32);
     for seed in 1..=30u64 {
         let mut rng = Rng(seed * 7919);
+        // Every step the world applied, as (generation, step): a generation applies each step
+        // at most once, and the generations applied never go back (at most one generation
+        // acts on the world at a time, whatever the leadership did).
+        let mut applied: Vec<(u64, usize)> = Vec::new();
         let mut state = SharedState::default();
         let mut term = 1u64;
         let mut leader: Option<usize> = Some(0);
@@ -705,7 +715,9 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
             }
             // Leadership moves at arbitrary points (a dead or cut leader; another takes over
             // once the lease expired).
-            if !quiet && leader.is_some() && rng.below(150) == 0 {
+            // Often mid-runbook, at a step boundary, where losing the leader matters most.
+            let mid_runbook = runs.iter().any(|run| run.late_at.is_none() && run.started);
+            if !quiet && leader.is_some() && (rng.below(150) == 0 || (mid_runbook && rng.below(4) == 0)) {
                 leader = None;
                 engine = None;
                 handover_at = now + rng.below(3_000);
@@ -724,14 +736,31 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
                 let generation = run.order.generation;
                 if !current {
                     // An old leader's step that passed its guard before the term ended may
-                    // still land: the world refuses it once a newer generation was applied.
-                    if run.started
-                        && run.next_step < STEPS.len()
-                        && rng.below(4) == 0
-                        && generation.0 >= world_generation
-                    {
-                        world_generation = generation.0;
-                        world_active = Some(run.order.to.active.clone());
+                    // still land, at any time later (a slow network, a paused process): the
+                    // world refuses it once a newer generation was applied.
+                    if run.started && run.next_step < STEPS.len() {
+                        let at = *run.late_at.get_or_insert_with(|| {
+                            if rng.below(2) == 0 {
+                                now + rng.below(8_000)
+                            } else {
+                                u64::MAX
+                            }
+                        });
+                        if at == u64::MAX {
+                            run.next_step = usize::MAX;
+                            continue;
+                        }
+                        if now < at {
+                            continue;
+                        }
+                        if generation.0 >= world_generation {
+                            world_generation = generation.0;
+                            world_active = Some(run.order.to.active.clone());
+                            applied.push((generation.0, run.next_step));
+                            late_landed += 1;
+                        } else {
+                            late_refused += 1;
+                        }
                     }
                     run.next_step = usize::MAX;
                     continue;
@@ -748,6 +777,12 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
                     );
                     world_generation = generation.0;
                     world_active = Some(run.order.to.active.clone());
+                    assert!(
+                        !applied.contains(&(generation.0, run.next_step)),
+                        "seed {seed}: generation {generation} applied step {} twice",
+                        STEPS[run.next_step]
+                    );
+                    applied.push((generation.0, run.next_step));
                     state = state
                         .step_done(generation, STEPS[run.next_step], "leader", now)
                         .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
@@ -790,6 +825,7 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
                         order,
                         started: false,
                         next_step: 0,
+                        late_at: None,
                     });
                 }
             }
@@ -810,5 +846,13 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
         assert_eq!(state.observed, Some(intent), "seed {seed}: etcd records it");
         assert_eq!(state.runbook, None, "seed {seed}: nothing left in progress");
         assert!(handovers > 3, "seed {seed}: leadership moved only {handovers} times");
+        assert!(
+            applied.windows(2).all(|w| w[0].0 <= w[1].0),
+            "seed {seed}: an older generation acted after a newer one: {applied:?}"
+        );
     }
+    assert!(
+        late_refused > 0 && late_landed > 0,
+        "late steps refused {late_refused}, landed {late_landed}: both paths must occur"
+    );
 }

@@ -149,8 +149,11 @@ impl BackupMeta {
         if !locals.is_empty() {
             features.insert("LocalSecondaryIndexes".into(), Value::Array(locals));
         }
-        if let Some(stream) = &table.stream {
-            features.insert("StreamDescription".into(), stream.clone());
+        if let Some(stream) = table.stream.as_ref().filter(|s| s.enabled) {
+            features.insert(
+                "StreamDescription".into(),
+                json!({"StreamEnabled": true, "StreamViewType": stream.view_type.as_str()}),
+            );
         }
         features.insert(
             "TimeToLiveDescription".into(),

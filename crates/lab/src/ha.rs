@@ -1,0 +1,220 @@
+//! `switchyard lab --controllers 3`: the controller survives its own loss. Three controllers,
+//! one per site, in `[controller.ha]` on a three-member etcd cluster (Debian's `etcd`), all
+//! links through the lab's fault proxy:
+//! - `etcd-peer-S`: every connection to site S's etcd member's peer URL (its advertised peer
+//!   URL is this link). etcd members also send over streams they dial themselves, so cutting S
+//!   off the others entirely takes this link and S's streams to them (or killing the member);
+//! - `etcd-M-to-S`: controller M's client connection to site S's etcd member (each controller
+//!   lists all three), so a drill can cut one controller from etcd while it still sees the
+//!   regions;
+//! - `controller-M`: how the other members, the agents and the region's pointer reach
+//!   controller M's API (its `advertise` URL).
+//!
+//! Sites are the first three regions; a two-region lab puts the third etcd member and
+//! controller on a `tie-breaker` site (as a deployment with two regions should). Pure, like the
+//! plan.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::plan::LabFile;
+use crate::supervisor::ComponentSpec;
+
+/// Controllers (and etcd members) of a `--controllers 3` lab.
+pub const MEMBERS: usize = 3;
+/// The site name of the third member when the lab runs only two regions.
+pub const TIE_BREAKER: &str = "tie-breaker";
+/// The lab's leader lease (the default): a dead leader is replaced after at most this plus one
+/// renewal; drills measure it.
+pub const LAB_LEASE_MS: u64 = 5_000;
+/// etcd's cluster token for the lab.
+const CLUSTER_TOKEN: &str = "switchyard-lab";
+
+/// The sites of the members: the first three regions, or two plus the tie-breaker.
+pub fn sites(regions: &[&str]) -> Vec<String> {
+    regions
+        .iter()
+        .take(MEMBERS)
+        .map(|r| r.to_string())
+        .chain(std::iter::once(TIE_BREAKER.to_string()))
+        .take(MEMBERS)
+        .collect()
+}
+
+/// The component name of the controller at `site`.
+pub fn controller_name(site: &str) -> String {
+    format!("controller-{site}")
+}
+
+/// The component name of the etcd member at `site`.
+pub fn etcd_name(site: &str) -> String {
+    format!("etcd-{site}")
+}
+
+/// Ports of the HA pieces, in the lab's first block (`base + 20 ..= base + 48`, unused
+/// otherwise). Member 0's API keeps the single controller's port.
+pub(crate) struct HaPorts {
+    pub base: u16,
+}
+
+impl HaPorts {
+    fn etcd_client(&self, i: usize) -> u16 {
+        self.base + 20 + i as u16
+    }
+    fn etcd_peer(&self, i: usize) -> u16 {
+        self.base + 24 + i as u16
+    }
+    fn etcd_peer_link(&self, i: usize) -> u16 {
+        self.base + 28 + i as u16
+    }
+    /// Controller `k`'s own API port.
+    pub fn api(&self, k: usize) -> u16 {
+        if k == 0 {
+            self.base + 1
+        } else {
+            self.base + 32 + k as u16
+        }
+    }
+    /// The link to controller `k`'s API.
+    pub fn api_link(&self, k: usize) -> u16 {
+        self.base + 36 + k as u16
+    }
+    fn etcd_link(&self, k: usize, i: usize) -> u16 {
+        self.base + 40 + (MEMBERS * k + i) as u16
+    }
+}
+
+fn local(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// Every link of the HA pieces as (name, listen, upstream).
+pub(crate) fn links(ports: &HaPorts, sites: &[String]) -> Vec<(String, String, String)> {
+    let mut links = Vec::new();
+    for (i, site) in sites.iter().enumerate() {
+        links.push((
+            format!("etcd-peer-{site}"),
+            local(ports.etcd_peer_link(i)),
+            local(ports.etcd_peer(i)),
+        ));
+    }
+    for (k, member) in sites.iter().enumerate() {
+        for (i, site) in sites.iter().enumerate() {
+            links.push((
+                format!("etcd-{member}-to-{site}"),
+                local(ports.etcd_link(k, i)),
+                local(ports.etcd_client(i)),
+            ));
+        }
+        links.push((
+            format!("controller-{member}"),
+            local(ports.api_link(k)),
+            local(ports.api(k)),
+        ));
+    }
+    links
+}
+
+/// The etcd members, each run by `switchyard lab exec` (ready once its peer port accepts
+/// connections: a new cluster serves clients only once a quorum of members is up).
+pub(crate) fn etcd_components(dir: &Path, ports: &HaPorts, sites: &[String], etcd: &Path) -> Vec<ComponentSpec> {
+    let cluster: Vec<String> = sites
+        .iter()
+        .enumerate()
+        .map(|(i, site)| format!("{site}=http://{}", local(ports.etcd_peer_link(i))))
+        .collect();
+    let cluster = cluster.join(",");
+    sites
+        .iter()
+        .enumerate()
+        .map(|(i, site)| {
+            let client = format!("http://{}", local(ports.etcd_client(i)));
+            let data = dir.join("data").join(etcd_name(site)).display().to_string();
+            let peer = format!("http://{}", local(ports.etcd_peer(i)));
+            let advertised = format!("http://{}", local(ports.etcd_peer_link(i)));
+            let args: Vec<String> = [
+                "--name",
+                site.as_str(),
+                "--data-dir",
+                data.as_str(),
+                "--listen-client-urls",
+                client.as_str(),
+                "--advertise-client-urls",
+                client.as_str(),
+                "--listen-peer-urls",
+                peer.as_str(),
+                "--initial-advertise-peer-urls",
+                advertised.as_str(),
+                "--initial-cluster",
+                cluster.as_str(),
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                CLUSTER_TOKEN,
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+            crate::providers::external(&etcd_name(site), "etcd", etcd, &args, &local(ports.etcd_peer(i)))
+        })
+        .collect()
+}
+
+/// What every address the HA pieces bind is, for the plan's port check.
+pub(crate) fn bound(ports: &HaPorts, sites: &[String]) -> Vec<(String, String)> {
+    let mut bound = Vec::new();
+    for (i, site) in sites.iter().enumerate() {
+        bound.push((format!("etcd {site} client"), local(ports.etcd_client(i))));
+        bound.push((format!("etcd {site} peer"), local(ports.etcd_peer(i))));
+        if i > 0 {
+            bound.push((format!("controller {site}"), local(ports.api(i))));
+        }
+    }
+    bound
+}
+
+/// Each member's config file (the single controller's `text` plus its `[controller.ha]`) and
+/// component; member 0 listens where the single controller would.
+pub(crate) fn controllers(
+    config: &Path,
+    dir: &Path,
+    ports: &HaPorts,
+    sites: &[String],
+    text: &str,
+) -> (Vec<LabFile>, Vec<ComponentSpec>) {
+    let mut files = Vec::new();
+    let mut components = Vec::new();
+    for (k, member) in sites.iter().enumerate() {
+        let endpoints: Vec<String> = (0..sites.len())
+            .map(|i| format!("http://{}", local(ports.etcd_link(k, i))))
+            .collect();
+        let mut contents = text.to_string();
+        let _ = write!(
+            contents,
+            "\n# One of {MEMBERS} controllers (`switchyard lab --controllers 3`): each reaches every etcd member, and is reached by the others, through its own links.\n[controller.ha]\netcd = {endpoints:?}\nmember = \"{member}\"\nlease_ms = {LAB_LEASE_MS}\nadvertise = \"http://{}\"\n",
+            local(ports.api_link(k))
+        );
+        let path: PathBuf = config.join(format!("{}.toml", controller_name(member)));
+        files.push(LabFile {
+            path: path.clone(),
+            contents,
+        });
+        let audit = dir
+            .join("data")
+            .join(format!("{}-audit.jsonl", controller_name(member)));
+        components.push(ComponentSpec::subcommand(
+            &controller_name(member),
+            "controller",
+            &[
+                "controller",
+                "--config",
+                &path.display().to_string(),
+                "--listen",
+                &local(ports.api(k)),
+                "--audit-log",
+                &audit.display().to_string(),
+            ],
+        ));
+    }
+    (files, components)
+}
