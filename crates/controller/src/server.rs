@@ -956,6 +956,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/active-region", get(active_region))
+        .route("/v1/active-region/stream", get(active_region_stream))
         .route("/v1/failover", post(failover))
         .route("/v1/switchover", post(switchover))
         .route("/v1/failback", post(failback))
@@ -1196,6 +1197,27 @@ async fn active_region(State(shared): State<Arc<Shared>>, headers: HeaderMap, ur
         None => shared.pointer.get(),
     };
     json_response(StatusCode::OK, json!(value))
+}
+
+/// The pointer as Server-Sent Events (see `pointer::Pointer::event_stream`).
+async fn active_region_stream(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(response) = authorize(&shared, &headers, Role::Read) {
+        return response;
+    }
+    match shared.pointer.event_stream(shared.closing.clone()) {
+        Some(stream) => axum::response::sse::Sse::new(stream)
+            .keep_alive(
+                axum::response::sse::KeepAlive::new().interval(Duration::from_millis(crate::pointer::SSE_KEEPALIVE_MS)),
+            )
+            .into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} pointer streams are open already; use the long-poll GET /v1/active-region?wait_generation=N instead",
+                crate::pointer::SSE_STREAMS_MAX
+            ),
+        ),
+    }
 }
 
 fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual) -> Response {
