@@ -22,6 +22,7 @@ declare -A PACKAGES=(
   [ip]=iproute2
   [etcd]=etcd-server
   [protoc]=protobuf-compiler
+  [promtool]=prometheus
 )
 
 missing=()

@@ -345,7 +345,7 @@ def test_the_pointer_moving_stops_the_job_and_the_other_region_takes_over(deploy
 
     wait_until("the job to run in eu-west-1", eu_ran, logs=[tmp_path / "us.log"])
     assert set(codes) <= {NOT_ACTIVE, LEASE_HELD, 0}, codes
-    assert not overlap.exists(), "both regions ran the job at once"
+    assert not overlap.exists(), f"both regions ran the job at once: {codes} {(tmp_path / 'us.log').read_text()}"
     assert holder.wait(timeout=30) == STOPPED
     log = (tmp_path / "us.log").read_text()
     assert "the active region moved to eu-west-1" in log, log

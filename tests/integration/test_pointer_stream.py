@@ -49,7 +49,7 @@ class EventReader:
                 elif not line.startswith(":"):
                     name, _, value = line.partition(":")
                     fields[name] = value[1:] if value.startswith(" ") else value
-        except (OSError, http.client.HTTPException):
+        except (OSError, AttributeError, http.client.HTTPException):  # AttributeError: closed by close()
             pass
         self.ended.set()
 

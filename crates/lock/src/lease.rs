@@ -183,6 +183,27 @@ pub fn plan_acquire(
     }
 }
 
+/// How long a new holder waits after writing its lease before it confirms it and starts the
+/// command. When the record it replaced (or found missing) was taken under an older pointer
+/// generation, this is a hand-off between regions: the old region's holder may still run, its
+/// latest record not yet replicated here, and last-writer-wins would hide it. The wait then
+/// lasts one renewal period plus the kill grace and the clock margin, by which time such a
+/// holder has seen the pointer move (or its renewal failed on this new record) and stopped its
+/// command. Under the same generation only `settle_ms` applies.
+pub fn settle_ms(timing: &Timing, replaced: Option<&LeaseRecord>, generation: u64) -> u64 {
+    let handoff = replaced.is_none_or(|record| record.generation < generation);
+    if handoff {
+        timing.settle_ms.max(
+            timing
+                .renew_every_ms()
+                .saturating_add(timing.kill_grace_ms)
+                .saturating_add(CLOCK_SKEW_MARGIN_MS),
+        )
+    } else {
+        timing.settle_ms
+    }
+}
+
 /// Why a holder stops its command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -415,6 +436,24 @@ mod tests {
             }
             other => panic!("expected Take, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_handoff_between_generations_waits_out_the_old_holder() {
+        let t = timing();
+        let mut same = record(5, 0);
+        same.generation = 3;
+        assert_eq!(settle_ms(&t, Some(&same), 3), 1_000, "same generation: the plain settle");
+        let wait = settle_ms(&t, Some(&same), 4);
+        assert_eq!(wait, 10_000 + 5_000 + CLOCK_SKEW_MARGIN_MS);
+        assert_eq!(settle_ms(&t, None, 4), wait, "no record: maybe not replicated yet");
+        // The wait ends before the new lease (written just before it) could expire anywhere,
+        // so the confirmation after it renews a lease nobody else may have taken.
+        assert!(wait < t.ttl_ms);
+        let tight = Timing::new(5_000, 200, 1_000).expect("valid");
+        assert!(settle_ms(&tight, None, 1) < tight.ttl_ms);
+        let long_settle = Timing::new(60_000, 30_000, 1_000).expect("valid");
+        assert_eq!(settle_ms(&long_settle, None, 1), 30_000);
     }
 
     #[test]

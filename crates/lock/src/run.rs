@@ -212,53 +212,41 @@ pub async fn run(options: Options, clock: &dyn Clock) -> i32 {
         }
     }
     let token = record.token;
-    let holding = Holding::new(token, options.timing, now);
+    let mut holding = Holding::new(token, options.timing, now);
 
-    // Another region's lease written just before the pointer moved reaches this store within
-    // the replication lag: wait that long, then look at both again.
-    if options.timing.settle_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(options.timing.settle_ms)).await;
+    // Wait (longer on a hand-off between regions, see `lease::settle_ms`), then confirm: the
+    // pointer must still name this region and a conditional renewal must find this run's record.
+    let wait_ms = lease::settle_ms(&options.timing, existing.as_ref(), generation);
+    if wait_ms > options.timing.settle_ms {
+        say(format_args!(
+            "'{name}': the lease was last held under an older pointer generation (or never here); waiting {wait_ms} ms \
+             for a holder in the previous region to stop"
+        ));
     }
-    match ask_pointer(&client, &options).await {
-        PointerSays::Us(_) => {}
-        PointerSays::Other(active, generation) => {
+    if wait_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+    }
+    let started = clock.now_ms();
+    match renew(&client, &options, &holding, clock).await {
+        Renewal::Confirmed => {
+            holding.on_renewal(started, clock.now_ms(), Renewal::Confirmed);
+        }
+        Renewal::PointerMoved { region, generation } => {
             release(&options, token).await;
             say(format_args!(
-                "skipped '{name}': the active region moved to {active} (generation {generation}) while taking the lease"
+                "skipped '{name}': the active region moved to {region} (generation {generation}) while taking the lease"
             ));
             return EXIT_NOT_ACTIVE;
         }
-        PointerSays::Unknown(why) => {
-            release(&options, token).await;
-            say(format_args!("skipped '{name}': {why}"));
-            return EXIT_POINTER_UNKNOWN;
-        }
-    }
-    match options.table.read(name).await {
-        Ok(Some(current)) if current.holder == options.holder && current.token == token => {}
-        Ok(Some(current)) => {
-            say(format_args!(
-                "skipped '{name}': {} in {} (token {}) took the lease while it replicated",
-                current.holder, current.region, current.token
-            ));
+        Renewal::Lost { detail } => {
+            say(format_args!("skipped '{name}': {detail}"));
             return EXIT_LEASE_HELD;
         }
-        Ok(None) => {
-            say(format_args!(
-                "skipped '{name}': the lease record vanished while it replicated"
-            ));
-            return EXIT_LEASE_HELD;
-        }
-        Err(error) => {
+        Renewal::Failed { error } => {
             release(&options, token).await;
             say(format_args!("skipped '{name}': cannot confirm the lease: {error}"));
             return EXIT_STORE_UNAVAILABLE;
         }
-    }
-    if let Some(reason) = holding.check(clock.now_ms()) {
-        release(&options, token).await;
-        say(format_args!("skipped '{name}': {reason}"));
-        return EXIT_STOPPED;
     }
 
     hold_while_running(options, clock, &client, holding, generation).await
