@@ -363,6 +363,8 @@ pub fn document(config: &Config, file: &str) -> Vec<Block> {
         "{} have passed since the last transition (`min_hold_ms`).",
         ms(engine.min_hold_ms)
     ));
+    let intro = failback.remove(0);
+    blocks.push(Block::Paragraph(intro));
     blocks.push(Block::List {
         ordered: false,
         items: failback,
