@@ -137,11 +137,10 @@ fn labels_end(line: &str, name_end: usize) -> usize {
 fn series_key(line: &str) -> String {
     let name_end = line.find(['{', ' ']).unwrap_or(line.len());
     let end = labels_end(line, name_end);
-    let labels = &line[name_end..end];
-    if !labels.contains("le=\"") && !labels.contains("quantile=\"") {
-        return labels.to_string();
+    let inner = line[name_end..end].trim_start_matches('{').trim_end_matches('}');
+    if !inner.contains("le=\"") && !inner.contains("quantile=\"") {
+        return inner.to_string();
     }
-    let inner = labels.trim_start_matches('{').trim_end_matches('}');
     let mut pairs = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (offset, c) in inner.char_indices() {

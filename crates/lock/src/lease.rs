@@ -481,8 +481,8 @@ mod tests {
         assert_eq!(holding.renewed_expiry_ms(20_000), 50_000);
         assert_eq!(holding.stop_deadline_ms(), 34_000);
         assert_eq!(holding.check(33_999), None);
-        assert!(holding.may_write(49_999));
-        assert!(!holding.may_write(50_000));
+        assert!(holding.may_write(39_999), "the lease written at the 10 000 confirmation lives until 40 000");
+        assert!(!holding.may_write(40_000));
     }
 
     #[test]
