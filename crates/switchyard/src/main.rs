@@ -547,11 +547,19 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// ANSI colours only on a terminal, and never with `NO_COLOR` set to anything
+/// (<https://no-color.org>): logs redirected to a file or a journal stay plain text.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
