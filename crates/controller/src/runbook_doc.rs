@@ -16,8 +16,14 @@ use crate::runbook::STEP_BACKOFF_MS_MAX;
 pub enum Block {
     Heading(u8, String),
     Paragraph(String),
-    List { ordered: bool, items: Vec<String> },
-    Table { header: Vec<String>, rows: Vec<Vec<String>> },
+    List {
+        ordered: bool,
+        items: Vec<String>,
+    },
+    Table {
+        header: Vec<String>,
+        rows: Vec<Vec<String>>,
+    },
 }
 
 fn ms(value: u64) -> String {
@@ -52,9 +58,11 @@ fn describe_step(step: &Step, config: &Config) -> String {
                 .and_then(|dns| dns.txt_name.clone())
                 .map_or_else(|| "(no txt_name)".to_string(), |name| code(&name))
         ),
-        StepKind::Pointer => "publish the active-region pointer (`GET /v1/active-region` and its stream): applications, \
+        StepKind::Pointer => {
+            "publish the active-region pointer (`GET /v1/active-region` and its stream): applications, \
                               `pointer watch` and `lock run` follow it"
-            .to_string(),
+                .to_string()
+        }
         StepKind::Command => {
             let mut line = step.program.clone().unwrap_or_default();
             for arg in &step.args {
@@ -96,7 +104,12 @@ fn probe(kind: &health::ProbeKind) -> String {
     // Only what locates the target: never credentials.
     let target: Vec<String> = ["url", "address", "server", "name", "endpoint", "table"]
         .iter()
-        .filter_map(|key| value.get(*key).and_then(|v| v.as_str()).map(|v| format!("{key} {}", code(v))))
+        .filter_map(|key| {
+            value
+                .get(*key)
+                .and_then(|v| v.as_str())
+                .map(|v| format!("{key} {}", code(v)))
+        })
         .collect();
     if target.is_empty() {
         kind_name
@@ -133,8 +146,19 @@ fn steps_for(config: &Config, to: &str) -> Vec<String> {
     config
         .steps
         .iter()
-        .filter(|step| step.when_to.as_ref().is_none_or(|regions| regions.iter().any(|r| r == to)))
-        .map(|step| format!("**{}** — {}; {}.", step.name, describe_step(step, config), retries(step)))
+        .filter(|step| {
+            step.when_to
+                .as_ref()
+                .is_none_or(|regions| regions.iter().any(|r| r == to))
+        })
+        .map(|step| {
+            format!(
+                "**{}** — {}; {}.",
+                step.name,
+                describe_step(step, config),
+                retries(step)
+            )
+        })
         .collect()
 }
 
@@ -320,7 +344,10 @@ pub fn document(config: &Config, file: &str) -> Vec<Block> {
                 "No step runs for this move: nothing outside the controller changes. Add `[[runbook]]` steps.".into(),
             ));
         } else {
-            blocks.push(Block::List { ordered: true, items: steps });
+            blocks.push(Block::List {
+                ordered: true,
+                items: steps,
+            });
         }
     }
     blocks.push(Block::Paragraph(format!(
@@ -378,7 +405,8 @@ pub fn document(config: &Config, file: &str) -> Vec<Block> {
     blocks.push(Block::List {
         ordered: false,
         items: vec![
-            "`switchyard status --controller URL`: regions, votes, lag, generation, and why the controller waits.".into(),
+            "`switchyard status --controller URL`: regions, votes, lag, generation, and why the controller waits."
+                .into(),
             "`switchyard drill region-outage` / `failback` against a lab or staging: measured RTO and RPO.".into(),
             format!(
                 "The audit log {} records every verdict, decision, step attempt and alert.",
@@ -571,9 +599,17 @@ retries = 0
     #[test]
     fn the_document_names_checks_quorum_timers_and_steps_per_move() {
         let text = markdown(&blocks());
-        assert!(text.starts_with("# Failover and failback runbook: switchyard.toml\n"), "{text}");
+        assert!(
+            text.starts_with("# Failover and failback runbook: switchyard.toml\n"),
+            "{text}"
+        );
         assert!(text.contains("when 2 of 3 see it down"), "{text}");
-        assert!(text.contains("| `use1-app` | `us-east-1` | http: url `http://10.0.0.1/health` | 1 s / 250 ms / 500 ms | 2 / 3 |"), "{text}");
+        assert!(
+            text.contains(
+                "| `use1-app` | `us-east-1` | http: url `http://10.0.0.1/health` | 1 s / 250 ms / 500 ms | 2 / 3 |"
+            ),
+            "{text}"
+        );
         // Five probes to go down: interval + 4 fast intervals + one report interval.
         assert!(text.contains("| 2 / 5 | 2500 ms |"), "{text}");
         assert!(text.contains("### us-east-1 → eu-west-1 (failover)"));
@@ -581,10 +617,16 @@ retries = 0
         let failover = text.split("### us-east-1 → eu-west-1").nth(1).expect("section");
         let failover = failover.split("###").next().expect("section");
         assert!(failover.contains("1. **pointer**"), "{failover}");
-        assert!(failover.contains("2. **page-eu-team** — run `/usr/local/bin/page eu <team>`"), "{failover}");
+        assert!(
+            failover.contains("2. **page-eu-team** — run `/usr/local/bin/page eu <team>`"),
+            "{failover}"
+        );
         assert!(failover.contains("no retry"), "{failover}");
         let failback = text.split("### eu-west-1 → us-east-1").nth(1).expect("section");
-        assert!(!failback.split("##").next().unwrap_or("").contains("page-eu-team"), "when_to filters it out");
+        assert!(
+            !failback.split("##").next().unwrap_or("").contains("page-eu-team"),
+            "when_to filters it out"
+        );
         assert!(text.contains("healthy for 120 s"), "{text}");
         assert!(text.contains("at most 2 s (`failback_lag_max_ms`"), "{text}");
     }
@@ -594,7 +636,10 @@ retries = 0
         let page = html(&blocks());
         assert!(page.starts_with("<!doctype html>"));
         assert!(page.contains("<title>Failover and failback runbook: switchyard.toml</title>"));
-        assert!(page.contains("<code>/usr/local/bin/page eu &lt;team&gt;</code>"), "{page}");
+        assert!(
+            page.contains("<code>/usr/local/bin/page eu &lt;team&gt;</code>"),
+            "{page}"
+        );
         assert!(!page.contains("<team>"));
         assert!(page.contains("<ol>\n<li><strong>pointer</strong>"), "{page}");
         assert_eq!(page.matches("<table>").count(), 2);

@@ -443,7 +443,11 @@ mod tests {
         let t = timing();
         let mut same = record(5, 0);
         same.generation = 3;
-        assert_eq!(settle_ms(&t, Some(&same), 3), 1_000, "same generation: the plain settle");
+        assert_eq!(
+            settle_ms(&t, Some(&same), 3),
+            1_000,
+            "same generation: the plain settle"
+        );
         let wait = settle_ms(&t, Some(&same), 4);
         assert_eq!(wait, 10_000 + 5_000 + CLOCK_SKEW_MARGIN_MS);
         assert_eq!(settle_ms(&t, None, 4), wait, "no record: maybe not replicated yet");
@@ -481,7 +485,10 @@ mod tests {
         assert_eq!(holding.renewed_expiry_ms(20_000), 50_000);
         assert_eq!(holding.stop_deadline_ms(), 34_000);
         assert_eq!(holding.check(33_999), None);
-        assert!(holding.may_write(39_999), "the lease written at the 10 000 confirmation lives until 40 000");
+        assert!(
+            holding.may_write(39_999),
+            "the lease written at the 10 000 confirmation lives until 40 000"
+        );
         assert!(!holding.may_write(40_000));
     }
 

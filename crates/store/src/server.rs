@@ -1085,10 +1085,12 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::Header
         // milliseconds since 1970.
         state.metrics.tombstone_purge_lag_seconds.set(match below {
             0 => 0.0,
-            _ => engine
-                .now_unix_ms()
-                .saturating_sub(below >> replication::hlc::LOGICAL_BITS) as f64
-                / 1000.0,
+            _ => {
+                engine
+                    .now_unix_ms()
+                    .saturating_sub(below >> replication::hlc::LOGICAL_BITS) as f64
+                    / 1000.0
+            }
         });
         for (region, status) in &replication.status {
             let labels = PeerLabels {
