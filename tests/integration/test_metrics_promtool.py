@@ -2,11 +2,15 @@
 the two regional stores and the controller (with the lock deployment of test_lock.py), the DNS
 server (test_dns.py's zone) and the load balancer (test_proxy.py's stack). Also the content
 negotiation: the Prometheus text format 0.0.4 by default, OpenMetrics when the scraper's
-`Accept` prefers it (what Prometheus itself sends), and series in a stable order."""
+`Accept` prefers it (what Prometheus itself sends), series in a stable order, and every series
+the Grafana dashboard in docs/grafana/ queries exists."""
 
+import json
+import re
 import shutil
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +19,22 @@ from test_lock import Deployment
 from test_proxy import TOKEN as PROXY_TOKEN, Backend, Proxy
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "switchyard-dashboard.json"
+
+
+def dashboard_series(prefix):
+    """The series names the Grafana dashboard in docs/ queries, of one component."""
+    exprs = [target["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"] for target in panel["targets"]]
+    return {name for expr in exprs for name in re.findall(r"switchyard_[a-z_]+", expr) if name.startswith(prefix)}
+
+
+def assert_dashboard_uses_real_series(prefix, text):
+    names = dashboard_series(prefix)
+    assert names, f"the dashboard queries nothing of {prefix}"
+    served = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    missing = names - served
+    assert not missing, f"the dashboard queries series {prefix} does not serve: {missing}"
 
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
                      "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
@@ -64,8 +84,10 @@ def test_stores_and_controller(tmp_path):
             series = [line.split(" ")[0] for line in text.splitlines() if line.startswith("switchyard_store_requests")]
             assert series == [line.split(" ")[0] for line in again.splitlines()
                               if line.startswith("switchyard_store_requests")][:len(series)], "stable order"
+            assert_dashboard_uses_real_series("switchyard_store_", text)
         text = check("controller", f"{deployment.controller}/metrics")
         assert "# TYPE switchyard_controller_reports_total counter" in text
+        assert_dashboard_uses_real_series("switchyard_controller_", text)
     finally:
         deployment.close()
 
@@ -75,8 +97,12 @@ def test_dns(tmp_path):
     server.start()
     try:
         assert server.short("plain.shop.example") == ["192.0.2.1"]
+        status, body = server.put("/v1/health", {"generation": 1, "targets": {"us-east-1": "healthy",
+                                                                              "eu-west-1": "healthy"}})
+        assert status == 200, body
         text = check("dns", f"{server.admin}/metrics")
         assert "switchyard_dns_queries_total{" in text
+        assert_dashboard_uses_real_series("switchyard_dns_", text)
     finally:
         server.stop()
 
@@ -89,6 +115,7 @@ def test_proxy(tmp_path):
             assert response.status == 200
         text = check("proxy", f"{proxy.admin}/metrics", token=PROXY_TOKEN)
         assert 'switchyard_proxy_server_requests_total{server="web1"}' in text
+        assert_dashboard_uses_real_series("switchyard_proxy_", text)
     finally:
         proxy.stop()
         for backend in backends:
