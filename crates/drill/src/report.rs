@@ -131,6 +131,34 @@ fn figures(report: &Report) -> Vec<(&'static str, String)> {
 }
 
 /// The terminal table.
+/// The report as one line for CI logs (`drill --quiet`): verdict, RTO, RPO, false failovers
+/// and the failed expectations.
+pub fn render_line(report: &Report) -> String {
+    let seconds = |value: Option<u64>| value.map_or_else(|| "never".to_string(), |v| format!("{:.1} s", v as f64 / 1000.0));
+    let passed = report.expectations.iter().filter(|e| e.passed).count();
+    let failed: Vec<&str> = report
+        .expectations
+        .iter()
+        .filter(|e| !e.passed)
+        .map(|e| e.name.as_str())
+        .collect();
+    let mut line = format!(
+        "drill {}: {} — RTO (DNS) {}, RTO (99 % ok) {}, lost writes {}, false failovers {}, expectations {passed}/{} met",
+        report.scenario,
+        if report.passed { "PASS" } else { "FAIL" },
+        seconds(report.measurements.rto_dns_ms),
+        seconds(report.measurements.rto_99_ms),
+        report.check.lost,
+        report.measurements.false_failovers,
+        report.expectations.len()
+    );
+    if !failed.is_empty() {
+        line.push_str(&format!(" (failed: {})", failed.join(", ")));
+    }
+    line.push('\n');
+    line
+}
+
 pub fn render_text(report: &Report) -> String {
     let mut out = String::new();
     let verdict = if report.passed { "PASSED" } else { "FAILED" };

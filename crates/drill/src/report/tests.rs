@@ -144,3 +144,13 @@ fn json_round_trips() {
 fn escape_covers_markup() {
     assert_eq!(escape(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
 }
+
+#[test]
+fn the_quiet_line_is_one_line_with_the_verdict_and_the_failures() {
+    let report = report();
+    let line = render_line(&report);
+    assert_eq!(line.matches('\n').count(), 1, "{line}");
+    assert!(line.starts_with("drill store-crash: FAIL — "), "{line}");
+    assert!(line.contains("lost writes 1"), "{line}");
+    assert!(line.contains("(failed: RPO (acknowledged writes lost)"), "{line}");
+}
