@@ -27,7 +27,7 @@ pub enum Block {
 }
 
 fn ms(value: u64) -> String {
-    if value >= 1_000 && value % 1_000 == 0 {
+    if value >= 1_000 && value.is_multiple_of(1_000) {
         format!("{} s", value / 1_000)
     } else {
         format!("{value} ms")

@@ -134,7 +134,8 @@ fn figures(report: &Report) -> Vec<(&'static str, String)> {
 /// The report as one line for CI logs (`drill --quiet`): verdict, RTO, RPO, false failovers
 /// and the failed expectations.
 pub fn render_line(report: &Report) -> String {
-    let seconds = |value: Option<u64>| value.map_or_else(|| "never".to_string(), |v| format!("{:.1} s", v as f64 / 1000.0));
+    let seconds =
+        |value: Option<u64>| value.map_or_else(|| "never".to_string(), |v| format!("{:.1} s", v as f64 / 1000.0));
     let passed = report.expectations.iter().filter(|e| e.passed).count();
     let failed: Vec<&str> = report
         .expectations

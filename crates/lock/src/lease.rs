@@ -361,16 +361,16 @@ mod tests {
     fn timing_bounds_and_the_grace_rule() {
         assert!(
             Timing::new(4_000, 0, 0)
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("--ttl-s 4 is out of range")
         );
         assert!(Timing::new(TTL_MS_MAX + 1, 0, 0).is_err());
         assert!(
             Timing::new(30_000, SETTLE_MS_MAX + 1, 0)
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("--settle-ms")
         );
-        let error = Timing::new(10_000, 0, 10_000).unwrap_err();
+        let error = Timing::new(10_000, 0, 10_000).expect_err("refused");
         assert!(error.contains("too short for --kill-grace-s 10"), "{error}");
         assert!(error.contains("use --ttl-s 17 or more"), "{error}");
         // The suggested TTL works.

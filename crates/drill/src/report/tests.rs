@@ -158,7 +158,10 @@ fn the_quiet_line_is_one_line_with_the_verdict_and_the_failures() {
 #[test]
 fn marker_labels_never_share_a_row_where_they_overlap() {
     // "fault" and "DNS switched" 2 px apart, then one far to the right.
-    let rows = label_rows(&[100.0, 102.0, 104.0, 600.0], &["fault", "DNS switched", "gen 2: eu-west-1", "heal"]);
+    let rows = label_rows(
+        &[100.0, 102.0, 104.0, 600.0],
+        &["fault", "DNS switched", "gen 2: eu-west-1", "heal"],
+    );
     assert_eq!(rows, vec![0, 1, 2, 0]);
     let svg = render_svg(&report());
     assert!(svg.contains(">100%</text>"), "the y axis is labelled up to 100 %");
