@@ -25,6 +25,7 @@ declare -A PACKAGES=(
   [protoc]=protobuf-compiler
   [node]=nodejs
   [npm]=npm
+  [promtool]=prometheus
 )
 
 missing=()

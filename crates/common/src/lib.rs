@@ -6,5 +6,6 @@
 //! use (hyper, hyper-util, axum), tokio and tracing.
 
 pub mod http;
+pub mod metrics;
 pub mod tls_client;
 pub mod watchdog;

@@ -25,4 +25,5 @@ pub mod engine;
 pub mod ha;
 pub mod pointer;
 pub mod runbook;
+pub mod runbook_doc;
 pub mod server;

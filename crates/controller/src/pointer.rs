@@ -6,10 +6,21 @@
 //! (`AWS_REGION`, `SWITCHYARD_ACTIVE_REGION`, `SWITCHYARD_GENERATION`) and runs a reload command,
 //! never for a generation older than one it already applied (also across its own restarts: the
 //! env file records the generation).
+//!
+//! `GET /v1/active-region/stream` serves the same value as Server-Sent Events: the current
+//! value at once, then one event per change (`event: active-region`, `id:` the generation,
+//! `data:` the JSON document), keep-alive comments in between, and the end of the stream when
+//! the controller shuts down (clients reconnect after `retry:`).
 
+use std::convert::Infallible;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use axum::response::sse::Event;
+use futures_util::Stream;
 
 use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -59,16 +70,81 @@ pub struct PointerValue {
     pub generation: u64,
 }
 
+/// Most Server-Sent Events streams of the pointer open at once; more are answered 503.
+pub const SSE_STREAMS_MAX: usize = 1024;
+/// Time between keep-alive comments on an idle stream (proxies close silent connections).
+pub const SSE_KEEPALIVE_MS: u64 = 15_000;
+/// Reconnect delay a stream suggests to its client (`retry:`).
+pub const SSE_RETRY_MS: u64 = 1_000;
+/// The event name of a pointer value on the stream.
+pub const SSE_EVENT: &str = "active-region";
+
 /// The server-side cell.
 #[derive(Clone)]
 pub struct Pointer {
     sender: watch::Sender<PointerValue>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// One open stream, counted until dropped.
+pub struct StreamSlot {
+    streams: Arc<AtomicUsize>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.streams.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Pointer {
     pub fn new(initial: PointerValue) -> Pointer {
         let (sender, _) = watch::channel(initial);
-        Pointer { sender }
+        Pointer {
+            sender,
+            streams: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Streams open now.
+    pub fn streams_open(&self) -> usize {
+        self.streams.load(Ordering::Acquire)
+    }
+
+    /// The events of one stream: the current value, then every change, until `closing` turns
+    /// true or the pointer is dropped. `None` when [`SSE_STREAMS_MAX`] streams are open.
+    pub fn event_stream(
+        &self,
+        closing: watch::Receiver<bool>,
+    ) -> Option<impl Stream<Item = Result<Event, Infallible>> + Send + 'static> {
+        let previous = self.streams.fetch_add(1, Ordering::AcqRel);
+        let slot = StreamSlot {
+            streams: Arc::clone(&self.streams),
+        };
+        if previous >= SSE_STREAMS_MAX {
+            return None;
+        }
+        let receiver = self.sender.subscribe();
+        Some(futures_util::stream::unfold(
+            (receiver, closing, true, slot),
+            |(mut receiver, mut closing, first, slot)| async move {
+                if !first {
+                    tokio::select! {
+                        changed = receiver.changed() => changed.ok()?,
+                        _ = closing.wait_for(|closing| *closing) => return None,
+                    }
+                }
+                let value = receiver.borrow_and_update().clone();
+                let mut event = Event::default()
+                    .event(SSE_EVENT)
+                    .id(value.generation.to_string())
+                    .data(serde_json::json!(value).to_string());
+                if first {
+                    event = event.retry(Duration::from_millis(SSE_RETRY_MS));
+                }
+                Some((Ok(event), (receiver, closing, false, slot)))
+            },
+        ))
     }
 
     pub fn get(&self) -> PointerValue {
@@ -325,6 +401,46 @@ mod tests {
         assert_eq!(value.generation, 1);
         let value = pointer.wait_past(1, 10).await;
         assert_eq!(value.generation, 1, "times out with the current value");
+    }
+
+    #[tokio::test]
+    async fn the_event_stream_sends_the_value_then_each_change_and_ends_on_close() {
+        use futures_util::StreamExt;
+        let pointer = Pointer::new(PointerValue::default());
+        pointer.publish("us", 1).expect("publish");
+        let (close, closing) = watch::channel(false);
+        let stream = pointer.event_stream(closing).expect("a slot");
+        let mut stream = std::pin::pin!(stream);
+        assert!(stream.next().await.is_some(), "the current value at once");
+        assert_eq!(pointer.streams_open(), 1);
+        let next = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(next.is_err(), "nothing more until the pointer changes");
+        pointer.publish("eu", 2).expect("publish");
+        assert!(stream.next().await.is_some(), "the change");
+        close.send(true).expect("close");
+        assert!(
+            stream.next().await.is_none(),
+            "the stream ends when the controller closes"
+        );
+    }
+
+    #[test]
+    fn event_streams_are_capped_and_counted() {
+        let pointer = Pointer::new(PointerValue::default());
+        let (_close, closing) = watch::channel(false);
+        let streams: Vec<_> = (0..SSE_STREAMS_MAX)
+            .map(|_| pointer.event_stream(closing.clone()).expect("below the cap"))
+            .collect();
+        assert_eq!(pointer.streams_open(), SSE_STREAMS_MAX);
+        assert!(pointer.event_stream(closing.clone()).is_none(), "one more is refused");
+        assert_eq!(
+            pointer.streams_open(),
+            SSE_STREAMS_MAX,
+            "the refused one is not counted"
+        );
+        drop(streams);
+        assert_eq!(pointer.streams_open(), 0);
+        assert!(pointer.event_stream(closing).is_some());
     }
 
     #[test]

@@ -1010,6 +1010,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/active-region", get(active_region))
+        .route("/v1/active-region/stream", get(active_region_stream))
         .route("/v1/failover", post(failover))
         .route("/v1/switchover", post(switchover))
         .route("/v1/failback", post(failback))
@@ -1099,20 +1100,12 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     )
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &shared.metrics.registry).is_err() {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");
     }
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    common::metrics::response(&headers, text)
 }
 
 async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
@@ -1265,6 +1258,27 @@ async fn active_region(State(shared): State<Arc<Shared>>, headers: HeaderMap, ur
         None => shared.pointer.get(),
     };
     json_response(StatusCode::OK, json!(value))
+}
+
+/// The pointer as Server-Sent Events (see `pointer::Pointer::event_stream`).
+async fn active_region_stream(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(response) = authorize(&shared, &headers, Role::Read) {
+        return response;
+    }
+    match shared.pointer.event_stream(shared.closing.clone()) {
+        Some(stream) => axum::response::sse::Sse::new(stream)
+            .keep_alive(
+                axum::response::sse::KeepAlive::new().interval(Duration::from_millis(crate::pointer::SSE_KEEPALIVE_MS)),
+            )
+            .into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} pointer streams are open already; use the long-poll GET /v1/active-region?wait_generation=N instead",
+                crate::pointer::SSE_STREAMS_MAX
+            ),
+        ),
+    }
 }
 
 /// An operator command as received: its path and body, for a follower to pass on unchanged.

@@ -225,15 +225,8 @@ async fn get_view(Extract(state): Extract<Arc<State>>) -> Response {
     axum::Json(json!({"generation": view.generation, "targets": view.targets, "txt": view.txt})).into_response()
 }
 
-async fn metrics(Extract(state): Extract<Arc<State>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+async fn metrics(Extract(state): Extract<Arc<State>>, headers: axum::http::HeaderMap) -> Response {
+    common::metrics::response(&headers, state.metrics.encode())
 }
 
 async fn health(Extract(state): Extract<Arc<State>>) -> Response {

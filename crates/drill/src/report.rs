@@ -131,6 +131,35 @@ fn figures(report: &Report) -> Vec<(&'static str, String)> {
 }
 
 /// The terminal table.
+/// The report as one line for CI logs (`drill --quiet`): verdict, RTO, RPO, false failovers
+/// and the failed expectations.
+pub fn render_line(report: &Report) -> String {
+    let seconds =
+        |value: Option<u64>| value.map_or_else(|| "never".to_string(), |v| format!("{:.1} s", v as f64 / 1000.0));
+    let passed = report.expectations.iter().filter(|e| e.passed).count();
+    let failed: Vec<&str> = report
+        .expectations
+        .iter()
+        .filter(|e| !e.passed)
+        .map(|e| e.name.as_str())
+        .collect();
+    let mut line = format!(
+        "drill {}: {} — RTO (DNS) {}, RTO (99 % ok) {}, lost writes {}, false failovers {}, expectations {passed}/{} met",
+        report.scenario,
+        if report.passed { "PASS" } else { "FAIL" },
+        seconds(report.measurements.rto_dns_ms),
+        seconds(report.measurements.rto_99_ms),
+        report.check.lost,
+        report.measurements.false_failovers,
+        report.expectations.len()
+    );
+    if !failed.is_empty() {
+        line.push_str(&format!(" (failed: {})", failed.join(", ")));
+    }
+    line.push('\n');
+    line
+}
+
 pub fn render_text(report: &Report) -> String {
     let mut out = String::new();
     let verdict = if report.passed { "PASSED" } else { "FAILED" };
@@ -199,6 +228,31 @@ const MARGIN_RIGHT: f64 = 60.0;
 const MARGIN_TOP: f64 = 20.0;
 const MARGIN_BOTTOM: f64 = 40.0;
 
+/// Height of one row of marker labels.
+const LABEL_ROW_PX: f64 = 13.0;
+/// Width of one character of a marker label (11 px sans-serif), generously.
+const LABEL_CHAR_PX: f64 = 7.0;
+
+/// The row of each label (starting at `starts`, in order) so that no two labels of one row
+/// overlap: the first row whose last label ends left of this one's start.
+pub fn label_rows(starts: &[f64], labels: &[&str]) -> Vec<usize> {
+    let mut row_ends: Vec<f64> = Vec::new();
+    let mut rows = Vec::with_capacity(starts.len());
+    for (start, label) in starts.iter().zip(labels) {
+        let end = start + label.chars().count() as f64 * LABEL_CHAR_PX + 4.0;
+        let row = match row_ends.iter().position(|row_end| *row_end <= *start) {
+            Some(row) => row,
+            None => {
+                row_ends.push(f64::MIN);
+                row_ends.len() - 1
+            }
+        };
+        row_ends[row] = end;
+        rows.push(row);
+    }
+    rows
+}
+
 /// The timeline: success rate (left axis, %), replication lag (right axis, s), markers.
 pub fn render_svg(report: &Report) -> String {
     let m = &report.measurements;
@@ -229,8 +283,16 @@ pub fn render_svg(report: &Report) -> String {
             (x(heal) - x(fault as f64)).max(0.0)
         );
     }
-    // Axes: 0/50/99/100% on the left, lag on the right, seconds below.
-    for rate in [0.0, 0.5, 0.99] {
+    // Axes: 0/50/100% on the left (and the 99 % line the RTO uses, dashed), lag on the right,
+    // seconds below.
+    let _ = write!(
+        svg,
+        r##"<line class="threshold" x1="{MARGIN_LEFT}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#bbb" stroke-dasharray="3 3"/>"##,
+        MARGIN_LEFT + plot_w,
+        y_rate(0.99),
+        y_rate(0.99)
+    );
+    for rate in [0.0, 0.5, 1.0] {
         let yy = y_rate(rate);
         let _ = write!(
             svg,
@@ -319,14 +381,25 @@ pub fn render_svg(report: &Report) -> String {
             previous_generation = Some(*generation);
         }
     }
-    for (i, (at, color, label)) in markers.iter().enumerate() {
+    markers.sort_by_key(|(at, _, _)| *at);
+    for (at, color, _) in &markers {
         let xx = x(*at as f64);
         let _ = write!(
             svg,
-            r##"<line class="marker" x1="{xx:.1}" x2="{xx:.1}" y1="{MARGIN_TOP}" y2="{:.1}" stroke="{color}" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" fill="{color}">{}</text>"##,
+            r##"<line class="marker" x1="{xx:.1}" x2="{xx:.1}" y1="{MARGIN_TOP}" y2="{:.1}" stroke="{color}" stroke-width="1.5"/>"##,
             MARGIN_TOP + plot_h,
-            xx + 3.0,
-            MARGIN_TOP + 12.0 + (i % 4) as f64 * 12.0,
+        );
+    }
+    // Labels after every line, each on the first row where it does not run into the previous
+    // label of that row, with a white halo so no line crosses its text.
+    let starts: Vec<f64> = markers.iter().map(|(at, _, _)| x(*at as f64) + 3.0).collect();
+    let labels: Vec<&str> = markers.iter().map(|(_, _, label)| label.as_str()).collect();
+    for ((at, color, label), row) in markers.iter().zip(label_rows(&starts, &labels)) {
+        let _ = write!(
+            svg,
+            r##"<text class="marker-label" x="{:.1}" y="{:.1}" fill="{color}" stroke="#fff" stroke-width="3" paint-order="stroke">{}</text>"##,
+            x(*at as f64) + 3.0,
+            MARGIN_TOP + 12.0 + row as f64 * LABEL_ROW_PX,
             escape(label)
         );
     }

@@ -323,6 +323,37 @@ impl Durations {
     pub fn total_ms(&self) -> u64 {
         self.heal_at_ms() + self.settle_ms
     }
+
+    /// The phase a drill is in `elapsed_ms` after its start: `warmup`, `fault` or `settle`.
+    pub fn phase_at(&self, elapsed_ms: u64) -> &'static str {
+        if elapsed_ms < self.warmup_ms {
+            "warmup"
+        } else if elapsed_ms < self.heal_at_ms() {
+            "fault"
+        } else {
+            "settle"
+        }
+    }
+}
+
+#[cfg(test)]
+mod phase_tests {
+    use super::Durations;
+
+    #[test]
+    fn the_phase_follows_the_durations() {
+        let durations = Durations {
+            warmup_ms: 10_000,
+            fault_ms: 20_000,
+            settle_ms: 5_000,
+        };
+        assert_eq!(durations.phase_at(0), "warmup");
+        assert_eq!(durations.phase_at(9_999), "warmup");
+        assert_eq!(durations.phase_at(10_000), "fault");
+        assert_eq!(durations.phase_at(29_999), "fault");
+        assert_eq!(durations.phase_at(30_000), "settle");
+        assert_eq!(durations.phase_at(99_000), "settle");
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -487,15 +487,8 @@ pub fn render_metrics(shared: &Shared) -> String {
     text
 }
 
-async fn metrics(State(context): State<AdminContext>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        render_metrics(&context.shared),
-    )
-        .into_response()
+async fn metrics(State(context): State<AdminContext>, headers: axum::http::HeaderMap) -> Response {
+    common::metrics::response(&headers, render_metrics(&context.shared))
 }
 
 #[cfg(test)]

@@ -101,14 +101,14 @@ struct Metrics {
     items: Family<TableLabels, Gauge>,
     table_bytes: Family<TableLabels, Gauge>,
     storage_bytes: Gauge,
-    replication_lag_ms: Family<PeerLabels, Gauge>,
+    replication_lag_seconds: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     replication_pending_changes: Family<PeerLabels, Gauge>,
     replication_pending_bytes: Family<PeerLabels, Gauge>,
     replication_acked_seq: Family<PeerLabels, Gauge>,
     replication_log_head: Gauge,
-    tombstones_purged: Gauge,
+    tombstones_purged: Counter,
     tombstones_waiting: Gauge,
-    tombstone_purge_lag_ms: Gauge,
+    tombstone_purge_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     peer_clock_offset_seconds: Family<ClockLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     clock_offset_alarm: Gauge,
     disk_free_bytes: Gauge,
@@ -167,11 +167,11 @@ impl Metrics {
             "Bytes the database file takes on disk",
             storage_bytes.clone(),
         );
-        let replication_lag_ms = Family::<PeerLabels, Gauge>::default();
+        let replication_lag_seconds = Family::<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
-            "replication_lag_ms",
+            "replication_lag_seconds",
             "Age of the oldest change the destination region does not have yet (like DynamoDB's ReplicationLatency)",
-            replication_lag_ms.clone(),
+            replication_lag_seconds.clone(),
         );
         let replication_pending_changes = Family::<PeerLabels, Gauge>::default();
         registry.register(
@@ -209,7 +209,7 @@ impl Metrics {
             "1 while a peer's clock is further off than clock_offset_alarm_ms",
             clock_offset_alarm.clone(),
         );
-        let tombstones_purged = Gauge::default();
+        let tombstones_purged = Counter::default();
         registry.register(
             "tombstones_purged",
             "Tombstones purged since startup (every replica had them and no older write can arrive)",
@@ -221,11 +221,11 @@ impl Metrics {
             "Tombstone index entries not yet purged",
             tombstones_waiting.clone(),
         );
-        let tombstone_purge_lag_ms = Gauge::default();
+        let tombstone_purge_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
-            "tombstone_purge_lag_ms",
+            "tombstone_purge_lag_seconds",
             "How far the tombstone purge watermark trails this store's clock (grows while a peer is down; 0 before the first watermark)",
-            tombstone_purge_lag_ms.clone(),
+            tombstone_purge_lag_seconds.clone(),
         );
         let disk_free_bytes = Gauge::default();
         registry.register(
@@ -289,8 +289,8 @@ impl Metrics {
             tombstones_waiting,
             peer_clock_offset_seconds,
             clock_offset_alarm,
-            tombstone_purge_lag_ms,
-            replication_lag_ms,
+            tombstone_purge_lag_seconds,
+            replication_lag_seconds,
             replication_pending_changes,
             replication_pending_bytes,
             replication_acked_seq,
@@ -1058,7 +1058,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
     let engine = state.store.engine();
     state.metrics.items.clear();
     state.metrics.table_bytes.clear();
@@ -1106,10 +1106,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.replication_log_head.set(engine.log_head() as i64);
         let tombstones = &replication.tombstones;
         let below = tombstones.purge_below.load(Relaxed);
-        state
-            .metrics
-            .tombstones_purged
-            .set(tombstones.purged_total.load(Relaxed) as i64);
+        advance(&state.metrics.tombstones_purged, tombstones.purged_total.load(Relaxed));
         state.metrics.tombstones_waiting.set(engine.tombstone_entries() as i64);
         let clocks = replication.clock_status();
         state.metrics.clock_offset_alarm.set(i64::from(clocks.alarm()));
@@ -1124,11 +1121,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         }
         // No watermark yet (nothing purged since startup) is no lag figure: 0, not the
         // milliseconds since 1970.
-        state.metrics.tombstone_purge_lag_ms.set(match below {
-            0 => 0,
-            _ => engine
-                .now_unix_ms()
-                .saturating_sub(below >> replication::hlc::LOGICAL_BITS) as i64,
+        state.metrics.tombstone_purge_lag_seconds.set(match below {
+            0 => 0.0,
+            _ => {
+                engine
+                    .now_unix_ms()
+                    .saturating_sub(below >> replication::hlc::LOGICAL_BITS) as f64
+                    / 1000.0
+            }
         });
         for (region, status) in &replication.status {
             let labels = PeerLabels {
@@ -1137,9 +1137,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             };
             let metrics = &state.metrics;
             metrics
-                .replication_lag_ms
+                .replication_lag_seconds
                 .get_or_create(&labels)
-                .set(status.lag_ms.load(Relaxed) as i64);
+                .set(status.lag_ms.load(Relaxed) as f64 / 1000.0);
             metrics
                 .replication_pending_changes
                 .get_or_create(&labels)
@@ -1158,14 +1158,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry).is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response();
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    common::metrics::response(&headers, text)
 }
 
 /// A bare server on the same stack that answers `{}` to every request: the ceiling the store's

@@ -311,12 +311,12 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
     }
 }
 
-struct Target {
-    url: String,
-    token: Option<String>,
+pub(crate) struct Target {
+    pub(crate) url: String,
+    pub(crate) token: Option<String>,
 }
 
-fn target(args: &ControllerClientArgs) -> anyhow::Result<Target> {
+pub(crate) fn target(args: &ControllerClientArgs) -> anyhow::Result<Target> {
     let url = args
         .controller
         .clone()

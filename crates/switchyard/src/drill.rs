@@ -55,6 +55,10 @@ pub(crate) struct DrillArgs {
     /// No progress bar (it is hidden anyway when stderr is not a terminal).
     #[arg(long)]
     no_progress: bool,
+    /// One line for CI logs instead of the full report (verdict, RTO, RPO, false failovers,
+    /// failed expectations); no progress bar. `--json`/`--html` still write the full report.
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn phase_ms(flag: &str, seconds: u64, min: u64) -> anyhow::Result<u64> {
@@ -104,7 +108,7 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<()> {
     let options = DrillOptions {
         durations,
         clients: args.clients,
-        progress: !args.no_progress,
+        progress: !args.no_progress && !args.quiet,
     };
     match deployment.process_control.clone() {
         Some(commands) => {
@@ -129,26 +133,36 @@ async fn run_with<P: ProcessControl>(
     options: &DrillOptions,
 ) -> anyhow::Result<()> {
     let target = DeploymentTarget::new(deployment.clone(), processes);
-    eprintln!(
-        "drill {}: {} ({} s)",
-        scenario.name,
-        scenario.summary,
-        options.durations.total_ms() / 1000
-    );
+    if !args.quiet {
+        eprintln!(
+            "drill {}: {} ({} s)",
+            scenario.name,
+            scenario.summary,
+            options.durations.total_ms() / 1000
+        );
+    }
     let outcome = drill::runtime::run(scenario, &deployment, &target, options, crate::shutdown_signal())
         .await
         .context("run the drill")?;
     let report = &outcome.report;
-    print!("{}", drill::report::render_text(report));
+    if args.quiet {
+        print!("{}", drill::report::render_line(report));
+    } else {
+        print!("{}", drill::report::render_text(report));
+    }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(report).context("encode the report")?;
         std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
-        println!("  JSON report: {}", path.display());
+        if !args.quiet {
+            println!("  JSON report: {}", path.display());
+        }
     }
     if let Some(path) = &args.html {
         std::fs::write(path, drill::report::render_html(report))
             .with_context(|| format!("write {}", path.display()))?;
-        println!("  HTML report: {}", path.display());
+        if !args.quiet {
+            println!("  HTML report: {}", path.display());
+        }
     }
     if outcome.overflowed {
         eprintln!("warning: the history hit its record limit; the figures cover part of the drill");

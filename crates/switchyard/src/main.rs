@@ -11,6 +11,7 @@ use dynamo_protocol::sigv4::Credentials;
 use tokio::net::TcpListener;
 
 mod lab;
+mod lock;
 
 mod agent;
 #[cfg(feature = "aws")]
@@ -24,6 +25,7 @@ mod bench;
 mod dns;
 mod drill;
 mod proxy;
+mod runbook;
 mod ssm_pointer;
 
 #[derive(Parser)]
@@ -108,6 +110,8 @@ enum Command {
     Controller(controller::ControllerArgs),
     /// Work with the controller's configuration (`config check FILE`).
     Config(controller::ConfigArgs),
+    /// The failover and failback procedure as a document (`runbook show --config FILE [--html]`).
+    Runbook(runbook::RunbookArgs),
     /// Make credentials: `token new --role agent|operator|read|dns --name NAME` prints a new
     /// token and the config snippet (with its SHA-256) that accepts it.
     Token(controller::TokenArgs),
@@ -128,6 +132,9 @@ enum Command {
     Acknowledge(controller::ManualArgs),
     /// The active-region pointer (`pointer watch --write-env FILE --exec CMD`).
     Pointer(controller::PointerArgs),
+    /// Run a job (cron) only in the active region and under a fenced lease
+    /// (`lock run --name NAME -- CMD...`).
+    Lock(lock::LockArgs),
     /// Benchmarks that need Switchyard's own load generator (results go to BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Run a disaster-recovery drill: inject a scenario's faults into a running lab (--lab DIR)
@@ -497,6 +504,11 @@ fn replication_config(args: &StoreSettings) -> anyhow::Result<Option<store::glob
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Lock(args) = &cli.command
+        && let Some(status) = lock::exec_guard(args)
+    {
+        std::process::exit(status);
+    }
     init_logging(cli.log_format);
     if let Some(path) = &cli.ca_file {
         common::tls_client::set_process_ca(Some(path)).map_err(|message| anyhow::anyhow!("--ca-file: {message}"))?;
@@ -523,6 +535,7 @@ fn main() -> anyhow::Result<()> {
         Command::Drill(args) => runtime.block_on(drill::run(args)),
         Command::Controller(args) => runtime.block_on(controller::run_controller(args)),
         Command::Config(args) => controller::run_config(args),
+        Command::Runbook(args) => runbook::run(args),
         Command::Token(args) => controller::run_token(args),
         Command::Status(args) => runtime.block_on(controller::run_status(args)),
         Command::Switchover(args) => runtime.block_on(controller::run_switchover(args)),
@@ -532,7 +545,19 @@ fn main() -> anyhow::Result<()> {
         Command::Resume(args) => runtime.block_on(controller::run_manual(args, "/v1/resume")),
         Command::Acknowledge(args) => runtime.block_on(controller::run_manual(args, "/v1/acknowledge")),
         Command::Pointer(args) => runtime.block_on(controller::run_pointer(args)),
+        Command::Lock(args) => {
+            let status = runtime.block_on(lock::run(args))?;
+            drop(runtime);
+            std::process::exit(status)
+        }
     }
+}
+
+/// ANSI colours only on a terminal, and never with `NO_COLOR` set to anything
+/// (<https://no-color.org>): logs redirected to a file or a journal stay plain text.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
 fn init_logging(format: LogFormat) {
@@ -540,6 +565,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

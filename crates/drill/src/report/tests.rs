@@ -144,3 +144,27 @@ fn json_round_trips() {
 fn escape_covers_markup() {
     assert_eq!(escape(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
 }
+
+#[test]
+fn the_quiet_line_is_one_line_with_the_verdict_and_the_failures() {
+    let report = report();
+    let line = render_line(&report);
+    assert_eq!(line.matches('\n').count(), 1, "{line}");
+    assert!(line.starts_with("drill store-crash: FAIL — "), "{line}");
+    assert!(line.contains("lost writes 1"), "{line}");
+    assert!(line.contains("(failed: RPO (acknowledged writes lost)"), "{line}");
+}
+
+#[test]
+fn marker_labels_never_share_a_row_where_they_overlap() {
+    // "fault" and "DNS switched" 2 px apart, then one far to the right.
+    let rows = label_rows(
+        &[100.0, 102.0, 104.0, 600.0],
+        &["fault", "DNS switched", "gen 2: eu-west-1", "heal"],
+    );
+    assert_eq!(rows, vec![0, 1, 2, 0]);
+    let svg = render_svg(&report());
+    assert!(svg.contains(">100%</text>"), "the y axis is labelled up to 100 %");
+    assert!(!svg.contains(">99%</text>"), "no 99 % label crowding the 100 % one");
+    assert!(svg.contains("class=\"threshold\""), "the 99 % line stays, dashed");
+}

@@ -218,7 +218,7 @@ pub async fn run<T: FaultTarget>(
         for step in &plan {
             let due = start + Duration::from_millis(step.at_ms);
             while tokio::time::Instant::now() < due {
-                tick(&bar, &recorder, start);
+                tick(&bar, &recorder, start, &options.durations);
                 tokio::time::sleep_until(due.min(tokio::time::Instant::now() + Duration::from_millis(500))).await;
             }
             if step.phase == StepPhase::Fault && !fault_started {
@@ -252,7 +252,7 @@ pub async fn run<T: FaultTarget>(
         }
         let end = start + Duration::from_millis(options.durations.total_ms());
         while tokio::time::Instant::now() < end {
-            tick(&bar, &recorder, start);
+            tick(&bar, &recorder, start, &options.durations);
             tokio::time::sleep_until(end.min(tokio::time::Instant::now() + Duration::from_millis(500))).await;
         }
     };
@@ -317,17 +317,22 @@ pub async fn run<T: FaultTarget>(
     })
 }
 
-fn tick(bar: &ProgressBar, recorder: &Recorder, start: tokio::time::Instant) {
-    bar.set_position(start.elapsed().as_secs());
+fn tick(bar: &ProgressBar, recorder: &Recorder, start: tokio::time::Instant, durations: &crate::scenario::Durations) {
+    let elapsed = start.elapsed();
+    bar.set_position(elapsed.as_secs());
+    let phase = durations.phase_at(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
     let (ok, total) = recorder.recent_success(PROGRESS_WINDOW_MS);
     if total > 0 {
         bar.set_message(format!(
-            "{:.1}% of {total} requests ok (last {} s)",
+            "{phase}: {:.1}% of {total} requests ok (last {} s)",
             ok as f64 * 100.0 / total as f64,
             PROGRESS_WINDOW_MS / 1000
         ));
     } else {
-        bar.set_message("no requests completed (last 5 s)");
+        bar.set_message(format!(
+            "{phase}: no requests completed (last {} s)",
+            PROGRESS_WINDOW_MS / 1000
+        ));
     }
 }
 

@@ -1,0 +1,28 @@
+//! `switchyard lock run --name NAME -- CMD...`: runs a job (a cron run of Magento or WordPress)
+//! only in the active region and only while holding a fenced lease in a global table of the
+//! local store, so two regions never run the same job at once, not even while the pointer
+//! moves.
+//!
+//! [`lease`] holds the rules (sans-IO, injected clock); [`run`] reads the pointer, performs
+//! the conditional writes, starts and stops the command. [`guard`] makes the command die with
+//! its `lock run`, so a killed holder leaves no orphan running without a lease.
+
+pub mod guard;
+pub mod lease;
+pub mod run;
+pub mod store;
+
+/// Exit status when this host's region is not the active one (or the pointer moved during the
+/// settle pause before the command started).
+pub const EXIT_NOT_ACTIVE: i32 = 100;
+/// Exit status when another holder has the lease.
+pub const EXIT_LEASE_HELD: i32 = 101;
+/// Exit status when the pointer could not be read or names no region yet.
+pub const EXIT_POINTER_UNKNOWN: i32 = 102;
+/// Exit status when the local store could not be reached or refused the lease table.
+pub const EXIT_STORE_UNAVAILABLE: i32 = 103;
+/// Exit status when the command was stopped mid-run: the pointer moved, the lease was lost, or
+/// it could not be confirmed in time.
+pub const EXIT_STOPPED: i32 = 104;
+/// Exit status when the command could not be started (not found, not executable).
+pub const EXIT_CANNOT_START: i32 = 127;

@@ -1,0 +1,128 @@
+//! `switchyard lock run` (and the hidden `lock exec-guard`): argument parsing only; the logic
+//! is in the `lock` crate.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+#[derive(clap::Args)]
+pub(crate) struct LockArgs {
+    #[command(subcommand)]
+    command: LockCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum LockCommand {
+    /// Run CMD only if this host's region is the active one and this run holds the lease NAME
+    /// (a fenced lease in a global table of the local store); renew it while CMD runs, release
+    /// it at exit. Exit status: CMD's own when it ran; 100 not the active region, 101 lease held
+    /// elsewhere, 102 pointer unknown, 103 store unavailable, 104 CMD stopped mid-run (pointer
+    /// moved or lease lost), 127 CMD could not start.
+    Run(Box<RunArgs>),
+    /// Internal: replaces itself with the command after arming the parent-death signal.
+    #[command(name = "exec-guard", hide = true)]
+    ExecGuard {
+        #[arg(long)]
+        parent_pid: i32,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The lock's name, one per job (e.g. magento-cron).
+    #[arg(long)]
+    name: String,
+    /// This host's region, as the controller names it.
+    #[arg(long, env = "SWITCHYARD_REGION")]
+    region: String,
+    /// The local regional store (`switchyard store`).
+    #[arg(long, env = "SWITCHYARD_STORE", default_value = "http://127.0.0.1:8000")]
+    store: String,
+    /// The lease table: a global table with a string partition key `name`.
+    #[arg(long, default_value = lock::store::TABLE_DEFAULT)]
+    table: String,
+    /// Seconds a lease lives without renewal: how long a crashed holder blocks the job. It is
+    /// renewed every third of it while CMD runs.
+    #[arg(long, default_value_t = 60)]
+    ttl_s: u64,
+    /// Milliseconds to wait after taking the lease before starting CMD, so a lease another
+    /// region wrote just before the pointer moved has replicated here; keep it above the
+    /// replication lag between regions.
+    #[arg(long, default_value_t = 2_000)]
+    settle_ms: u64,
+    /// Seconds CMD gets between SIGTERM and SIGKILL when it must stop.
+    #[arg(long, default_value_t = 10)]
+    kill_grace_s: u64,
+    #[command(flatten)]
+    client: crate::controller::ControllerClientArgs,
+    /// Access key for SigV4-signed store requests (with --secret-access-key).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    access_key_id: Option<String>,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    secret_access_key: Option<String>,
+    /// The job: a program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// The command to exec when this process is `lock exec-guard`, before any runtime starts.
+pub(crate) fn exec_guard(args: &LockArgs) -> Option<i32> {
+    let LockCommand::ExecGuard { parent_pid, command } = &args.command else {
+        return None;
+    };
+    let error = lock::guard::exec(*parent_pid, command);
+    eprintln!("switchyard lock: {error}");
+    Some(lock::EXIT_CANNOT_START)
+}
+
+pub(crate) async fn run(args: LockArgs) -> anyhow::Result<i32> {
+    let LockCommand::Run(args) = args.command else {
+        bail!("lock exec-guard is internal to lock run");
+    };
+    lock::store::check_name(&args.name).map_err(anyhow::Error::msg)?;
+    store::global::check_region_name(&args.region).map_err(|message| anyhow::anyhow!("--region: {message}"))?;
+    let timing = lock::lease::Timing::new(
+        args.ttl_s.saturating_mul(1000),
+        args.settle_ms,
+        args.kill_grace_s.saturating_mul(1000),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let credentials = match (args.access_key_id, args.secret_access_key) {
+        (Some(access_key_id), Some(secret_access_key)) => Some(demoapp::AwsCredentials {
+            access_key_id,
+            secret_access_key,
+        }),
+        (None, None) => None,
+        _ => bail!("give both --access-key-id and --secret-access-key (or neither)"),
+    };
+    let client = demoapp::dynamo::Client::new(&args.store, &args.region, credentials)
+        .map_err(|message| anyhow::anyhow!("--store: {message}"))?;
+    let command: Vec<String> = args
+        .command
+        .into_iter()
+        .map(|part| {
+            part.into_string()
+                .map_err(|part| anyhow::anyhow!("the command part {part:?} is not UTF-8"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let target = crate::controller::target(&args.client)?;
+    let guard_program: PathBuf = std::env::current_exe().context("find this binary to start the command")?;
+    let options = lock::run::Options {
+        name: args.name,
+        region: args.region,
+        controller: target.url,
+        token: target.token,
+        table: lock::store::LeaseTable {
+            client,
+            table: args.table,
+        },
+        timing,
+        command,
+        guard_program,
+        holder: lock::run::holder_name(),
+    };
+    Ok(lock::run::run(options, &lock::run::SystemClock).await)
+}

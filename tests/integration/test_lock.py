@@ -1,0 +1,393 @@
+"""`switchyard lock run` with real processes: two regional stores with the lease table made
+global through boto3, the real controller (probing two local apps, moving the active-region
+pointer on `switchover`), and `lock run` holders racing in both regions. Covers the pointer path
+(only the active region runs), the lease path (a second holder is skipped; a frozen holder's
+lease expires and is taken by the other region, and the woken holder stops without touching the
+new lease), a holder killed mid-run (its command dies with it; the lease expires), the pointer
+moving mid-run (the command is stopped and the other region runs, never both at once), and the
+exit codes with their messages."""
+
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+KEY = "integration-test-replication-key-0123456789"
+TABLE = "switchyard_locks"
+DEADLINE_S = 30
+TTL_S = 5
+GRACE_S = 1
+# Exit statuses of `lock run` (README, "One region runs the cron").
+NOT_ACTIVE, LEASE_HELD, POINTER_UNKNOWN, STORE_UNAVAILABLE, STOPPED = 100, 101, 102, 103, 104
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what, condition, deadline_s=DEADLINE_S, logs=()):
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {log}:\n{Path(log).read_text()[-3000:]}" for log in logs if Path(log).exists())
+            raise AssertionError(f"timed out waiting for {what}\n{tails}")
+        time.sleep(0.05)
+
+
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+class App:
+    def __init__(self):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def controller_config(us, eu, audit):
+    checks = ""
+    for region, app in (("us-east-1", us), ("eu-west-1", eu)):
+        checks += f"""
+[[checks]]
+name = "{region}-app"
+region = "{region}"
+kind = {{ type = "http", url = "http://127.0.0.1:{app.port}/health" }}
+interval_ms = 200
+fast_interval_ms = 100
+timeout_ms = 300
+fall = 2
+rise = 1
+"""
+    return f"""
+[controller]
+vantage = "controller"
+audit_log = "{audit}"
+tick_ms = 50
+
+[policy]
+failback_lag_check = false
+min_hold_ms = 600000
+
+[quorum]
+vantages = ["controller"]
+report_interval_ms = 100
+
+[[regions]]
+name = "us-east-1"
+priority = 1
+
+[[regions]]
+name = "eu-west-1"
+priority = 2
+{checks}
+[[runbook]]
+name = "pointer"
+kind = "pointer"
+"""
+
+
+class Deployment:
+    """Two regional stores with the global lease table, and the controller."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.processes = []
+        self.apps = [App(), App()]
+        self.ports = {"us-east-1": free_port(), "eu-west-1": free_port()}
+        for region in self.ports:
+            data = tmp / region
+            data.mkdir()
+            ready = data / "ready"
+            command = [str(BINARY), "store", "--region", region, "--listen", f"127.0.0.1:{self.ports[region]}",
+                       "--data-dir", str(data), "--ready-file", str(ready)]
+            for peer, port in self.ports.items():
+                if peer != region:
+                    command += ["--peer", f"{peer}=http://127.0.0.1:{port}"]
+            self.start(command, data / "store.log", env={"SWITCHYARD_REPLICATION_KEY": KEY})
+            wait_until(f"store {region}", ready.exists, logs=[data / "store.log"])
+        us = self.client("us-east-1")
+        us.create_table(TableName=TABLE, KeySchema=[{"AttributeName": "name", "KeyType": "HASH"}],
+                        AttributeDefinitions=[{"AttributeName": "name", "AttributeType": "S"}],
+                        BillingMode="PAY_PER_REQUEST")
+        wait_until("the table", lambda: us.describe_table(TableName=TABLE)["Table"]["TableStatus"] == "ACTIVE")
+        us.update_table(TableName=TABLE, ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}}])
+        eu = self.client("eu-west-1")
+
+        def replica_ready():
+            try:
+                return eu.describe_table(TableName=TABLE)["Table"]["TableStatus"] == "ACTIVE"
+            except eu.exceptions.ResourceNotFoundException:
+                return False
+
+        wait_until("the eu-west-1 replica", replica_ready)
+        config = tmp / "switchyard.toml"
+        config.write_text(controller_config(self.apps[0], self.apps[1], tmp / "audit.jsonl"))
+        ready = tmp / "controller.ready"
+        self.controller_log = tmp / "controller.log"
+        self.start([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
+                    "--ready-file", str(ready)], self.controller_log)
+        wait_until("the controller", lambda: ready.exists() and ready.read_text().strip(), logs=[self.controller_log])
+        self.controller = f"http://{ready.read_text().strip()}"
+        wait_until("the pointer on us-east-1", lambda: self.pointer()["region"] == "us-east-1",
+                   logs=[self.controller_log])
+
+    def start(self, command, log, env=None):
+        process = subprocess.Popen(command, env=dict(os.environ, **(env or {})), stdout=subprocess.DEVNULL,
+                                   stderr=open(log, "ab"))
+        self.processes.append(process)
+        return process
+
+    def client(self, region):
+        return boto3.client("dynamodb", region_name=region, endpoint_url=f"http://127.0.0.1:{self.ports[region]}",
+                            aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+                            config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+
+    def pointer(self):
+        with urllib.request.urlopen(f"{self.controller}/v1/active-region", timeout=5) as answer:
+            return json.loads(answer.read())
+
+    def switchover(self, region):
+        result = subprocess.run([str(BINARY), "switchover", "--to", region, "--controller", self.controller],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        wait_until(f"the pointer on {region}", lambda: self.pointer()["region"] == region,
+                   logs=[self.controller_log])
+
+    def lease(self, region, name):
+        item = self.client(region).get_item(TableName=TABLE, Key={"name": {"S": name}},
+                                            ConsistentRead=True).get("Item")
+        return None if item is None else {k: list(v.values())[0] for k, v in item.items()}
+
+    def lock_command(self, region, name, command, ttl_s=TTL_S, controller=None):
+        return [str(BINARY), "lock", "run", "--name", name, "--region", region,
+                "--store", f"http://127.0.0.1:{self.ports[region]}", "--controller", controller or self.controller,
+                "--ttl-s", str(ttl_s), "--settle-ms", "200", "--kill-grace-s", str(GRACE_S), "--", *command]
+
+    def lock(self, region, name, command, **kwargs):
+        return subprocess.run(self.lock_command(region, name, command, **kwargs), capture_output=True, text=True,
+                              timeout=60)
+
+    def lock_background(self, region, name, command, log, **kwargs):
+        # Its own session: the test signals it alone, like cron's child.
+        process = subprocess.Popen(self.lock_command(region, name, command, **kwargs), stdout=subprocess.DEVNULL,
+                                   stderr=open(log, "ab"), start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def close(self):
+        for process in self.processes:
+            if process.poll() is None:
+                try:
+                    os.kill(process.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+                process.kill()
+                process.wait(timeout=10)
+        for app in self.apps:
+            app.stop()
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    deployment = Deployment(tmp_path)
+    yield deployment
+    deployment.close()
+
+
+def blocking_job(tmp, tag):
+    """A job that marks itself running, records its token, and runs until the test lets it go
+    (or it is stopped: SIGTERM removes the mark)."""
+    running, release, token = tmp / f"{tag}.running", tmp / f"{tag}.release", tmp / f"{tag}.token"
+    script = (f"trap 'rm -f {running}; exit 143' TERM; echo \"$SWITCHYARD_LOCK_TOKEN\" > {token}; "
+              f"echo $$ > {running}; while [ ! -e {release} ]; do sleep 0.05; done; rm -f {running}")
+    return ["sh", "-c", script], running, release, token
+
+
+def test_only_the_active_region_runs_and_exit_codes_say_why(deployment, tmp_path):
+    standby = deployment.lock("eu-west-1", "cron", ["true"])
+    assert standby.returncode == NOT_ACTIVE, standby.stderr
+    assert "eu-west-1 is not the active region (us-east-1" in standby.stderr, standby.stderr
+
+    out = tmp_path / "env"
+    active = deployment.lock("us-east-1", "cron", ["sh", "-c", f"env > {out}; exit 7"])
+    assert active.returncode == 7, active.stderr
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    generation = deployment.pointer()["generation"]
+    assert int(env["SWITCHYARD_LOCK_TOKEN"]) == generation << 32
+    assert env["SWITCHYARD_LOCK_NAME"] == "cron"
+    assert env["SWITCHYARD_ACTIVE_REGION"] == "us-east-1"
+    assert env["SWITCHYARD_GENERATION"] == str(generation)
+    # Released at exit: the next run takes it at once with the next token.
+    assert deployment.lease("us-east-1", "cron")["expires_at_ms"] == "0"
+    again = deployment.lock("us-east-1", "cron", ["sh", "-c", 'echo "$SWITCHYARD_LOCK_TOKEN"'])
+    assert again.returncode == 0, again.stderr
+    assert int(again.stdout) == (generation << 32) + 1
+
+    nowhere = deployment.lock("us-east-1", "cron", ["true"], controller=f"http://127.0.0.1:{free_port()}")
+    assert nowhere.returncode == POINTER_UNKNOWN, nowhere.stderr
+    assert "cannot read the active-region pointer" in nowhere.stderr
+
+    no_table = subprocess.run(deployment.lock_command("us-east-1", "cron", ["true"])[:-2] + ["--table", "missing",
+                                                                                               "--", "true"],
+                              capture_output=True, text=True, timeout=60)
+    assert no_table.returncode == STORE_UNAVAILABLE, no_table.stderr
+    assert "the lease table missing does not exist" in no_table.stderr
+
+    missing = deployment.lock("us-east-1", "cron", ["/nonexistent/program"])
+    assert missing.returncode == 127, missing.stderr
+    assert "/nonexistent/program" in missing.stderr
+
+    too_short = deployment.lock("us-east-1", "cron", ["true"], ttl_s=1)
+    assert too_short.returncode != 0 and "--ttl-s 1 is out of range" in too_short.stderr, too_short.stderr
+
+
+def test_a_second_holder_is_skipped_while_the_first_runs(deployment, tmp_path):
+    job, running, release, token = blocking_job(tmp_path, "first")
+    first = deployment.lock_background("us-east-1", "cron", job, tmp_path / "first.log")
+    wait_until("the first job to run", running.exists, logs=[tmp_path / "first.log"])
+
+    second = deployment.lock("us-east-1", "cron", ["true"])
+    assert second.returncode == LEASE_HELD, second.stderr
+    assert "held by" in second.stderr and "in us-east-1" in second.stderr, second.stderr
+    # The standby region is skipped by the pointer before it even looks at the lease, and the
+    # lease itself has replicated there.
+    assert deployment.lock("eu-west-1", "cron", ["true"]).returncode == NOT_ACTIVE
+    wait_until("the lease in eu-west-1", lambda: (deployment.lease("eu-west-1", "cron") or {}).get("token")
+               == token.read_text().strip())
+    # Another lock name is independent.
+    assert deployment.lock("us-east-1", "other", ["true"]).returncode == 0
+
+    release.touch()
+    assert first.wait(timeout=30) == 0
+    third = deployment.lock("us-east-1", "cron", ["sh", "-c", 'echo "$SWITCHYARD_LOCK_TOKEN"'])
+    assert third.returncode == 0, third.stderr
+    assert int(third.stdout) == int(token.read_text()) + 1
+
+
+def test_a_killed_holder_takes_its_job_along_and_its_lease_expires(deployment, tmp_path):
+    job, running, _release, _token = blocking_job(tmp_path, "killed")
+    holder = deployment.lock_background("us-east-1", "cron", job, tmp_path / "killed.log")
+    wait_until("the job to run", running.exists, logs=[tmp_path / "killed.log"])
+    job_pid = int(running.read_text())
+    holder.kill()
+    holder.wait(timeout=10)
+
+    def job_gone():
+        try:
+            os.kill(job_pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie (killed, not yet reaped by init) counts as gone.
+        return Path(f"/proc/{job_pid}/stat").read_text().split(") ")[1].startswith("Z")
+
+    wait_until("the job to die with its holder", job_gone)
+
+    skipped = deployment.lock("us-east-1", "cron", ["true"])
+    assert skipped.returncode == LEASE_HELD, skipped.stderr
+    codes = []
+
+    def taken():
+        result = deployment.lock("us-east-1", "cron", ["true"])
+        codes.append(result.returncode)
+        return result.returncode == 0
+
+    wait_until("the crashed holder's lease to expire", taken)
+    assert set(codes) <= {LEASE_HELD, 0}, codes
+
+
+def test_the_pointer_moving_stops_the_job_and_the_other_region_takes_over(deployment, tmp_path):
+    job, running, _release, _token = blocking_job(tmp_path, "us")
+    holder = deployment.lock_background("us-east-1", "cron", job, tmp_path / "us.log")
+    wait_until("the job to run in us-east-1", running.exists, logs=[tmp_path / "us.log"])
+
+    deployment.switchover("eu-west-1")
+    overlap = tmp_path / "overlap"
+    codes = []
+
+    def eu_ran():
+        # The eu-west-1 job records whether the us-east-1 job was still running.
+        result = deployment.lock("eu-west-1", "cron", ["sh", "-c", f"if [ -e {running} ]; then touch {overlap}; fi"])
+        codes.append(result.returncode)
+        return result.returncode == 0
+
+    wait_until("the job to run in eu-west-1", eu_ran, logs=[tmp_path / "us.log"])
+    assert set(codes) <= {NOT_ACTIVE, LEASE_HELD, 0}, codes
+    assert not overlap.exists(), f"both regions ran the job at once: {codes} {(tmp_path / 'us.log').read_text()}"
+    assert holder.wait(timeout=30) == STOPPED
+    log = (tmp_path / "us.log").read_text()
+    assert "the active region moved to eu-west-1" in log, log
+    assert not running.exists()
+
+    # Back in us-east-1 the pointer now skips it.
+    assert deployment.lock("us-east-1", "cron", ["true"]).returncode == NOT_ACTIVE
+
+
+def test_a_frozen_holder_loses_its_lease_to_the_other_region_and_is_fenced(deployment, tmp_path):
+    job, running, _release, token = blocking_job(tmp_path, "frozen")
+    holder = deployment.lock_background("us-east-1", "cron", job, tmp_path / "frozen.log")
+    wait_until("the job to run", running.exists, logs=[tmp_path / "frozen.log"])
+    job_pid = int(running.read_text())
+    wait_until("the lease in eu-west-1", lambda: (deployment.lease("eu-west-1", "cron") or {}).get("token")
+               == token.read_text().strip())
+    # Freeze the holder and its job (a VM pause): it can neither renew nor notice the move.
+    os.kill(holder.pid, signal.SIGSTOP)
+    os.killpg(job_pid, signal.SIGSTOP)
+    deployment.switchover("eu-west-1")
+
+    held = deployment.lock("eu-west-1", "cron", ["true"])
+    assert held.returncode == LEASE_HELD, held.stderr
+    assert "in us-east-1" in held.stderr, held.stderr
+    eu_token = tmp_path / "eu.token"
+    codes = []
+
+    def taken():
+        result = deployment.lock("eu-west-1", "cron", ["sh", "-c", f'echo "$SWITCHYARD_LOCK_TOKEN" > {eu_token}'])
+        codes.append(result.returncode)
+        return result.returncode == 0
+
+    wait_until("the frozen lease to expire", taken)
+    assert set(codes) <= {LEASE_HELD, 0}, codes
+    # The newer generation's token is above the old one.
+    assert int(eu_token.read_text()) > int(token.read_text())
+    lease = deployment.lease("eu-west-1", "cron")
+
+    # Woken up, the old holder finds the pointer moved, stops its job and leaves the lease alone.
+    os.killpg(job_pid, signal.SIGCONT)
+    os.kill(holder.pid, signal.SIGCONT)
+    assert holder.wait(timeout=30) == STOPPED
+    log = (tmp_path / "frozen.log").read_text()
+    assert "stopping 'cron'" in log, log
+    assert deployment.lease("eu-west-1", "cron")["token"] == lease["token"]
