@@ -396,7 +396,11 @@ fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observe
     // A promoted standby is on a newer timeline than the primary it left.
     let newest = |list: &[&&&(usize, &Observed)]| -> Option<usize> {
         let high = list.iter().map(|(_, o)| o.timeline).max()?;
-        let on_it: Vec<usize> = list.iter().filter(|(_, o)| o.timeline == high).map(|(i, _)| *i).collect();
+        let on_it: Vec<usize> = list
+            .iter()
+            .filter(|(_, o)| o.timeline == high)
+            .map(|(i, _)| *i)
+            .collect();
         (on_it.len() == 1).then(|| on_it[0])
     };
     match writable.as_slice() {
@@ -407,7 +411,11 @@ fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observe
                 Some(one) => Ok(Some(one)),
                 None => Err(Failure::Refused(format!(
                     "{} are writable primaries on the same timeline with the same promotion record ({top}): fence the stale one (ALTER SYSTEM SET default_transaction_read_only = on), then run again",
-                    several.iter().map(|(i, _)| members[*i].address.as_str()).collect::<Vec<_>>().join(" and ")
+                    several
+                        .iter()
+                        .map(|(i, _)| members[*i].address.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
                 ))),
             };
         }
@@ -422,13 +430,23 @@ fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observe
         Some(one) => Ok(Some(one)),
         None => Err(Failure::Refused(format!(
             "{} are fenced primaries on the same timeline: make one a standby of the other, then run again",
-            fenced.iter().map(|(i, _)| members[*i].address.as_str()).collect::<Vec<_>>().join(" and ")
+            fenced
+                .iter()
+                .map(|(i, _)| members[*i].address.as_str())
+                .collect::<Vec<_>>()
+                .join(" and ")
         ))),
     }
 }
 
 /// Whether to promote a candidate `missing_bytes` of WAL short of what is known to exist.
-pub fn judge_loss(missing_bytes: u64, force: bool, candidate: &str, target: Lsn, lag_max_ms: u64) -> Result<Option<String>, Failure> {
+pub fn judge_loss(
+    missing_bytes: u64,
+    force: bool,
+    candidate: &str,
+    target: Lsn,
+    lag_max_ms: u64,
+) -> Result<Option<String>, Failure> {
     if missing_bytes == 0 {
         return Ok(None);
     }
@@ -486,12 +504,15 @@ pub enum RejoinPath {
 }
 
 /// Decides from timelines whether `server` (on timeline `tli`, at `position`) can follow a
-/// primary on `primary_tli` whose history is `history`, and whether it needs `pg_rewind`.
-/// Pure.
+/// primary on `primary_tli` whose history is `history`, and whether it needs `pg_rewind`. A
+/// former primary (`restart`) always does once it forked: stopping it writes a shutdown
+/// checkpoint past the fork point. Pure.
+#[allow(clippy::too_many_arguments)]
 pub fn rejoin_path(
     server: &str,
     tli: u32,
     position: Lsn,
+    restart: bool,
     rewindable: &Result<(), String>,
     primary: &str,
     primary_tli: u32,
@@ -508,10 +529,14 @@ pub fn rejoin_path(
     let Some(fork) = history.iter().find(|f| f.tli == tli) else {
         return Err(format!(
             "{server}'s timeline {tli} is not in the history of {primary} (timeline {primary_tli}: {}); the two diverged before the last promotion — rebuild {server} with pg_basebackup",
-            history.iter().map(|f| format!("{} until {}", f.tli, f.switch)).collect::<Vec<_>>().join(", ")
+            history
+                .iter()
+                .map(|f| format!("{} until {}", f.tli, f.switch))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     };
-    if position <= fork.switch {
+    if position <= fork.switch && !restart {
         return Ok(RejoinPath::Follow);
     }
     let past_fork_bytes = fork.switch.bytes_to(position);
@@ -520,6 +545,10 @@ pub fn rejoin_path(
             past_fork_bytes,
             fork: fork.switch,
         }),
+        Err(why) if past_fork_bytes == 0 => Err(format!(
+            "{server} must restart as a standby, which writes a shutdown checkpoint past the fork point {} of timeline {tli}, and pg_rewind cannot repair that: {why}; rebuild it with pg_basebackup",
+            fork.switch
+        )),
         Err(why) => Err(format!(
             "{server} has {past_fork_bytes} byte(s) of WAL past the fork point {} of timeline {tli} that {primary} never saw, and pg_rewind cannot repair it: {why}; rebuild it with pg_basebackup",
             fork.switch
@@ -793,6 +822,7 @@ impl PostgresPromote {
                 &member.address,
                 o.timeline,
                 position,
+                !o.in_recovery,
                 &o.rewindable,
                 &primary_member.address,
                 primary_state.timeline,
@@ -800,7 +830,11 @@ impl PostgresPromote {
             ) {
                 Ok(path) => path,
                 Err(why) => {
-                    notes.push(format!("{} left {}, not rejoined: {why}", member.address, fenced_word(o)));
+                    notes.push(format!(
+                        "{} left {}, not rejoined: {why}",
+                        member.address,
+                        fenced_word(o)
+                    ));
                     continue;
                 }
             };
@@ -816,7 +850,7 @@ impl PostgresPromote {
             let why = match path {
                 RejoinPath::Follow => "restart as a standby".to_string(),
                 RejoinPath::Rewind { past_fork_bytes, fork } => {
-                    format!("pg_rewind ({past_fork_bytes} byte(s) of WAL past the fork point {fork} discarded)")
+                    format!("pg_rewind to the fork point {fork} ({past_fork_bytes} byte(s) of WAL past it discarded)")
                 }
             };
             let Some(rejoin) = &inner.rejoin else {
@@ -835,13 +869,28 @@ impl PostgresPromote {
                     .await?
                     .rows_within("CHECKPOINT", rejoin.timeout_ms)
                     .await?
-                    .map_err(|e| Failure::Retryable(format!("{}: CHECKPOINT: {}", primary_member.address, describe(&e))))?;
+                    .map_err(|e| {
+                        Failure::Retryable(format!("{}: CHECKPOINT: {}", primary_member.address, describe(&e)))
+                    })?;
                 checkpointed = true;
             }
-            match run_rejoin(inner, rejoin, order, i, primary, matches!(path, RejoinPath::Rewind { .. })).await {
+            match run_rejoin(
+                inner,
+                rejoin,
+                order,
+                i,
+                primary,
+                matches!(path, RejoinPath::Rewind { .. }),
+            )
+            .await
+            {
                 Ok(()) => {}
                 Err(error) => {
-                    notes.push(format!("{} left {}: rejoin command failed: {error}", member.address, fenced_word(o)));
+                    notes.push(format!(
+                        "{} left {}: rejoin command failed: {error}",
+                        member.address,
+                        fenced_word(o)
+                    ));
                     continue;
                 }
             }
@@ -890,11 +939,22 @@ impl PostgresPromote {
 }
 
 fn fenced_word(o: &Observed) -> &'static str {
-    if o.in_recovery { "a standby of its old upstream" } else { "fenced" }
+    if o.in_recovery {
+        "a standby of its old upstream"
+    } else {
+        "fenced"
+    }
 }
 
 /// Runs the rejoin command for `target` (bounded; killed at the bound).
-async fn run_rejoin(inner: &Inner, rejoin: &Rejoin, order: &Order, target: usize, primary: usize, rewind: bool) -> Result<(), String> {
+async fn run_rejoin(
+    inner: &Inner,
+    rejoin: &Rejoin,
+    order: &Order,
+    target: usize,
+    primary: usize,
+    rewind: bool,
+) -> Result<(), String> {
     let target = &inner.members[target];
     let source = &inner.members[primary];
     let mut command = tokio::process::Command::new(&rejoin.program);
@@ -931,7 +991,12 @@ async fn run_rejoin(inner: &Inner, rejoin: &Rejoin, order: &Order, target: usize
         .map_err(|e| format!("cannot start {}: {e}", rejoin.program))?;
     let output = tokio::time::timeout(Duration::from_millis(rejoin.timeout_ms), child.wait_with_output())
         .await
-        .map_err(|_| format!("{} did not finish within {} ms (killed)", rejoin.program, rejoin.timeout_ms))?
+        .map_err(|_| {
+            format!(
+                "{} did not finish within {} ms (killed)",
+                rejoin.program, rejoin.timeout_ms
+            )
+        })?
         .map_err(|e| format!("{}: {e}", rejoin.program))?;
     if output.status.success() {
         return Ok(());
@@ -942,8 +1007,15 @@ async fn run_rejoin(inner: &Inner, rejoin: &Rejoin, order: &Order, target: usize
     }
     let text = text.trim();
     let start = text.len().saturating_sub(REJOIN_OUTPUT_BYTES_MAX);
-    let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
-    Err(format!("{} exited with {}: {}", rejoin.program, output.status, &text[start..]))
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    Err(format!(
+        "{} exited with {}: {}",
+        rejoin.program,
+        output.status,
+        &text[start..]
+    ))
 }
 
 /// Inspects every member concurrently, each bounded.
@@ -984,7 +1056,8 @@ impl Inner {
             config.password(password.expose());
         }
         let connect = config.connect(tokio_postgres::NoTls);
-        let (client, connection) = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
+        let (client, connection) = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await
+        {
             Ok(Ok(pair)) => pair,
             Ok(Err(error)) => return Err(Failure::Retryable(format!("{}: {}", member.address, describe(&error)))),
             Err(_) => {
@@ -1027,7 +1100,11 @@ struct Session {
 type Rows = Vec<Vec<Option<String>>>;
 
 impl Session {
-    async fn rows_within(&mut self, statement: &str, timeout_ms: u64) -> Result<Result<Rows, tokio_postgres::Error>, Failure> {
+    async fn rows_within(
+        &mut self,
+        statement: &str,
+        timeout_ms: u64,
+    ) -> Result<Result<Rows, tokio_postgres::Error>, Failure> {
         match tokio::time::timeout(Duration::from_millis(timeout_ms), self.client.simple_query(statement)).await {
             Ok(Ok(messages)) => Ok(Ok(messages
                 .iter()
@@ -1077,7 +1154,7 @@ impl Session {
         let rows = self
             .rows(
                 "SELECT current_setting('server_version_num'), pg_is_in_recovery()::text, \
-                 current_setting('default_transaction_read_only'), \
+                 (SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only'), \
                  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
                  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
                  pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
@@ -1091,6 +1168,8 @@ impl Session {
             .await?;
         let row = rows.into_iter().next().unwrap_or_default();
         let get = |i: usize| row.get(i).cloned().flatten();
+        // Column 2 is the server's configured value (`reset_val`): our own session turned it
+        // off in `connect`.
         let version_num = get(0).and_then(|v| v.parse().ok()).unwrap_or(0);
         let in_recovery = get(1).as_deref() == Some("true");
         let current = self.lsn(get(3).as_ref())?;
@@ -1141,7 +1220,11 @@ impl Session {
             Err(e) if matches!(e.code(), Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME) => {
                 Ok(None)
             }
-            Err(e) => Err(Failure::Retryable(format!("{}: {statement}: {}", self.address, describe(&e)))),
+            Err(e) => Err(Failure::Retryable(format!(
+                "{}: {statement}: {}",
+                self.address,
+                describe(&e)
+            ))),
         }
     }
 
@@ -1273,7 +1356,11 @@ impl Session {
                     "{}: does not stream from {} within {FOLLOW_WAIT_MS} ms after repointing (WAL receiver: {} from {streaming_from}); see its log",
                     self.address,
                     primary.address,
-                    if get(0).is_empty() { "not running".to_string() } else { get(0) }
+                    if get(0).is_empty() {
+                        "not running".to_string()
+                    } else {
+                        get(0)
+                    }
                 )));
             }
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
@@ -1348,7 +1435,12 @@ mod tests {
         let lsn = Lsn::parse("16/B374D848").expect("lsn");
         assert_eq!(lsn.0, 0x16_B374_D848);
         assert_eq!(lsn.to_string(), "16/B374D848");
-        assert_eq!(Lsn::parse("0/3000148").expect("lsn").bytes_to(Lsn::parse("0/3000200").expect("lsn")), 0xB8);
+        assert_eq!(
+            Lsn::parse("0/3000148")
+                .expect("lsn")
+                .bytes_to(Lsn::parse("0/3000200").expect("lsn")),
+            0xB8
+        );
         assert_eq!(Lsn(10).bytes_to(Lsn(5)), 0);
         assert!(Lsn::parse("3000148").is_err());
         assert!(Lsn::parse("x/1").is_err());
@@ -1372,7 +1464,10 @@ mod tests {
         let observed = vec![None, Some(standby(990, 980)), Some(standby(990, 500))];
         assert_eq!(
             plan(&order(7, "us", false), &members(), &observed).expect("plan"),
-            Plan::Promote { old: None, candidate: 1 }
+            Plan::Promote {
+                old: None,
+                candidate: 1
+            }
         );
         assert!(matches!(
             plan(&order(7, "us", false), &members(), &[None, None, None]),
@@ -1400,11 +1495,7 @@ mod tests {
             }
         );
         // Both writable with the same record: the newer timeline wins.
-        let observed = vec![
-            Some(primary(1000, 1, Some(3))),
-            Some(primary(1200, 2, Some(3))),
-            None,
-        ];
+        let observed = vec![Some(primary(1000, 1, Some(3))), Some(primary(1200, 2, Some(3))), None];
         assert_eq!(
             plan(&order(7, "us", false), &members(), &observed).expect("plan"),
             Plan::Done {
@@ -1478,15 +1569,18 @@ mod tests {
         };
         assert!(message.contains("4096 byte(s) of WAL up to 0/3000000"), "{message}");
         assert!(message.contains("--force-data-loss"), "{message}");
-        let forced = judge_loss(4096, true, "b", Lsn(1), 300).expect("forced").expect("a note");
+        let forced = judge_loss(4096, true, "b", Lsn(1), 300)
+            .expect("forced")
+            .expect("a note");
         assert!(forced.contains("lost"), "{forced}");
         assert_eq!(judge_loss(0, false, "b", Lsn(1), 300), Ok(None));
     }
 
     #[test]
     fn timelines_decide_follow_rewind_or_refusal() {
-        let history = parse_history("1\t0/3000148\tno recovery target specified\n\n2\t0/5000000\tno recovery target specified\n")
-            .expect("history");
+        let history =
+            parse_history("1\t0/3000148\tno recovery target specified\n\n2\t0/5000000\tno recovery target specified\n")
+                .expect("history");
         assert_eq!(
             history,
             vec![
@@ -1502,26 +1596,40 @@ mod tests {
         );
         let ok = Ok(());
         assert_eq!(
-            rejoin_path("a", 1, Lsn(0x3000100), &ok, "b", 3, &history),
+            rejoin_path("a", 1, Lsn(0x3000100), false, &ok, "b", 3, &history),
             Ok(RejoinPath::Follow)
         );
+        // A former primary restarts, writing past the fork point: pg_rewind even so.
         assert_eq!(
-            rejoin_path("a", 1, Lsn(0x3000200), &ok, "b", 3, &history),
+            rejoin_path("a", 1, Lsn(0x3000100), true, &ok, "b", 3, &history),
+            Ok(RejoinPath::Rewind {
+                past_fork_bytes: 0,
+                fork: Lsn(0x3000148)
+            })
+        );
+        assert_eq!(
+            rejoin_path("a", 1, Lsn(0x3000200), false, &ok, "b", 3, &history),
             Ok(RejoinPath::Rewind {
                 past_fork_bytes: 0xB8,
                 fork: Lsn(0x3000148)
             })
         );
-        assert_eq!(rejoin_path("a", 3, Lsn(1), &ok, "b", 3, &history), Ok(RejoinPath::Follow));
+        assert_eq!(
+            rejoin_path("a", 3, Lsn(1), false, &ok, "b", 3, &history),
+            Ok(RejoinPath::Follow)
+        );
         let no_hints = Err("neither wal_log_hints nor data checksums are on".to_string());
-        let refused = rejoin_path("a", 2, Lsn(0x5000010), &no_hints, "b", 3, &history).expect_err("refused");
+        let refused = rejoin_path("a", 2, Lsn(0x5000010), false, &no_hints, "b", 3, &history).expect_err("refused");
         assert!(
-            refused.contains("16 byte(s) of WAL past the fork point 0/5000000 of timeline 2") && refused.contains("wal_log_hints"),
+            refused.contains("16 byte(s) of WAL past the fork point 0/5000000 of timeline 2")
+                && refused.contains("wal_log_hints"),
             "{refused}"
         );
-        let unrelated = rejoin_path("a", 4, Lsn(1), &ok, "b", 3, &history).expect_err("newer");
+        let restart = rejoin_path("a", 1, Lsn(1), true, &no_hints, "b", 3, &history).expect_err("refused");
+        assert!(restart.contains("shutdown checkpoint"), "{restart}");
+        let unrelated = rejoin_path("a", 4, Lsn(1), false, &ok, "b", 3, &history).expect_err("newer");
         assert!(unrelated.contains("newer"), "{unrelated}");
-        let missing = rejoin_path("a", 1, Lsn(1), &ok, "b", 3, &history[1..]).expect_err("not in history");
+        let missing = rejoin_path("a", 1, Lsn(1), false, &ok, "b", 3, &history[1..]).expect_err("not in history");
         assert!(missing.contains("not in the history"), "{missing}");
         assert!(parse_history("1").is_err());
     }
@@ -1579,7 +1687,10 @@ mod tests {
         assert_eq!(step.inner.database, "postgres");
         assert_eq!(
             step.timeout_needed_ms(),
-            super::super::PROMOTE_LAG_MS_DEFAULT + super::super::STEP_OVERHEAD_MS + PROMOTE_WAIT_S * 1000 + FOLLOW_WAIT_MS
+            super::super::PROMOTE_LAG_MS_DEFAULT
+                + super::super::STEP_OVERHEAD_MS
+                + PROMOTE_WAIT_S * 1000
+                + FOLLOW_WAIT_MS
         );
     }
 }
