@@ -296,6 +296,8 @@ pub struct StepSection {
     #[serde(default)]
     pub mysql_promote: Option<Spanned<providers::db::mysql::Settings>>,
     #[serde(default)]
+    pub postgres_promote: Option<Spanned<providers::db::postgres::Settings>>,
+    #[serde(default)]
     pub redis_promote: Option<Spanned<providers::db::redis::Settings>>,
     #[serde(default)]
     pub route53: Option<Spanned<providers::route53::Settings>>,
@@ -1512,6 +1514,13 @@ impl Checker<'_> {
                 self.check_step_time(step, action.timeout_needed_ms());
                 Some(providers::Action::MysqlPromote(action))
             }
+            "postgres_promote" => {
+                let action = self
+                    .settings(step, "postgres_promote", &step.postgres_promote)?
+                    .check(name, self)?;
+                self.check_step_time(step, action.timeout_needed_ms());
+                Some(providers::Action::PostgresPromote(action))
+            }
             "redis_promote" => {
                 let action = self
                     .settings(step, "redis_promote", &step.redis_promote)?
@@ -1559,10 +1568,9 @@ impl Checker<'_> {
             self.error(
                 step.timeout_ms.span(),
                 format!(
-                    "step '{}': timeout_ms = {} is shorter than this step needs ({needed_ms} ms: promote_lag_max_ms plus {} ms)",
+                    "step '{}': timeout_ms = {} is shorter than this step needs ({needed_ms} ms: promote_lag_max_ms plus the step's other bounded waits)",
                     step.name.get_ref(),
                     step.timeout_ms.get_ref(),
-                    providers::db::STEP_OVERHEAD_MS
                 ),
                 format!("set timeout_ms = {needed_ms} or more on the step, or lower promote_lag_max_ms"),
             );

@@ -39,6 +39,48 @@ pub struct CheckResult {
     /// Replication lag the last probe read (SQL and Redis probes that ask for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_lag_ms: Option<u64>,
+    /// Where the server stands in its replication stream (SQL and Redis probes that read lag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<ReplicationPosition>,
+}
+
+/// Where a database server stands in its replication stream, as an `sql` or `redis` check that
+/// reads lag saw it: compared between the servers of one database, it tells how much a
+/// promotion of a replica would lose before anyone confirms a failover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationPosition {
+    /// `primary` or `replica`.
+    pub role: String,
+    /// [`POSITION_GTID`], [`POSITION_LSN`] or [`POSITION_OFFSET`].
+    pub kind: String,
+    /// What the server holds: a primary's written position, a replica's received one.
+    pub received: String,
+    /// A replica's applied position (executed GTIDs, replayed LSN), when it reads one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<String>,
+}
+
+/// MariaDB `domain-server-seq` lists or MySQL GTID sets.
+pub const POSITION_GTID: &str = "gtid";
+/// PostgreSQL WAL positions (`X/Y`, bytes).
+pub const POSITION_LSN: &str = "lsn";
+/// Redis replication offsets (bytes).
+pub const POSITION_OFFSET: &str = "offset";
+
+/// Longest position text kept (a MySQL GTID set can be long); longer ones are not reported.
+pub const POSITION_CHARS_MAX: usize = 4096;
+
+impl ReplicationPosition {
+    /// A position, or `None` when the text is empty or longer than [`POSITION_CHARS_MAX`].
+    pub fn new(role: &str, kind: &str, received: &str, applied: Option<&str>) -> Option<ReplicationPosition> {
+        let fits = |t: &str| !t.trim().is_empty() && t.len() <= POSITION_CHARS_MAX;
+        fits(received).then(|| ReplicationPosition {
+            role: role.to_string(),
+            kind: kind.to_string(),
+            received: received.trim().to_string(),
+            applied: applied.filter(|a| fits(a)).map(|a| a.trim().to_string()),
+        })
+    }
 }
 
 /// Everything one vantage point currently knows, sent as a whole (not as deltas) so a lost
@@ -83,6 +125,7 @@ mod tests {
                 detail: "connect: refused".into(),
                 latency_ms: None,
                 replica_lag_ms: Some(1500),
+                position: None,
             }],
         };
         let json = serde_json::to_value(&report).expect("serialize");

@@ -196,6 +196,7 @@ async fn run_check(
             detail: outcome.detail,
             latency_ms: outcome.latency_ms,
             replica_lag_ms: outcome.replica_lag_ms,
+            position: outcome.position,
         };
         results
             .lock()

@@ -526,6 +526,7 @@ fn render_status(value: &serde_json::Value) -> String {
             );
         }
     }
+    out.push_str(&render_positions(value));
     let reasons: Vec<&str> = engine["reasons"]
         .as_array()
         .into_iter()
@@ -551,6 +552,122 @@ fn render_status(value: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+/// Characters of a position shown in `status` (the JSON has it whole).
+const POSITION_SHOWN_CHARS_MAX: usize = 32;
+
+/// The replication positions the `sql` and `redis` checks read (from the first fresh vantage
+/// that has each check), and for each replica what promoting it now would lose against the
+/// primary of the same kind: bytes of WAL or of the Redis stream, or GTIDs.
+fn render_positions(value: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut rows: Vec<(String, String, health::report::ReplicationPosition)> = Vec::new();
+    for vantage in value["vantages"].as_array().into_iter().flatten() {
+        if vantage["fresh"].as_bool() != Some(true) {
+            continue;
+        }
+        for check in vantage["checks"].as_array().into_iter().flatten() {
+            let name = check["check"].as_str().unwrap_or("?").to_string();
+            let Ok(position) = serde_json::from_value::<health::report::ReplicationPosition>(check["position"].clone())
+            else {
+                continue;
+            };
+            if !rows.iter().any(|(n, _, _)| *n == name) {
+                rows.push((name, check["region"].as_str().unwrap_or("?").to_string(), position));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "
+DATABASE CHECK        REGION           ROLE     KIND    RECEIVED                          PROMOTING IT LOSES"
+    );
+    for (name, region, position) in &rows {
+        let primaries: Vec<&health::report::ReplicationPosition> = rows
+            .iter()
+            .map(|(_, _, p)| p)
+            .filter(|p| p.role == "primary" && p.kind == position.kind)
+            .collect();
+        let loss = match (position.role.as_str(), primaries.as_slice()) {
+            ("primary", _) => "-".to_string(),
+            (_, [primary]) => expected_loss(primary, position),
+            (_, []) => format!("? (no {} primary answers)", position.kind),
+            (_, _) => format!("? (several {} primaries: compare by hand)", position.kind),
+        };
+        let shown: String = position.received.chars().take(POSITION_SHOWN_CHARS_MAX).collect();
+        let _ = writeln!(
+            out,
+            "{name:<21} {region:<16} {:<8} {:<7} {shown:<33} {loss}",
+            position.role, position.kind
+        );
+    }
+    out
+}
+
+/// What a replica at `replica` lacks of what `primary` holds, in words.
+fn expected_loss(
+    primary: &health::report::ReplicationPosition,
+    replica: &health::report::ReplicationPosition,
+) -> String {
+    use providers::db::gtid::{GtidSet, MariaState, Position};
+    let bytes = |behind: Option<u64>| match behind {
+        Some(0) => "nothing".to_string(),
+        Some(n) => format!("{n} byte(s)"),
+        None => "? (unreadable position)".to_string(),
+    };
+    match primary.kind.as_str() {
+        health::report::POSITION_LSN => {
+            let lsn = |t: &str| providers::db::postgres::Lsn::parse(t).ok();
+            bytes(
+                lsn(&primary.received)
+                    .zip(lsn(&replica.received))
+                    .map(|(p, r)| r.bytes_to(p)),
+            )
+        }
+        health::report::POSITION_OFFSET => {
+            let offset = |t: &str| t.parse::<u64>().ok();
+            bytes(
+                offset(&primary.received)
+                    .zip(offset(&replica.received))
+                    .map(|(p, r)| p.saturating_sub(r)),
+            )
+        }
+        health::report::POSITION_GTID => {
+            let parse = |t: &str| -> Option<Position> {
+                if t.contains(':') {
+                    GtidSet::parse(t).ok().map(Position::Mysql)
+                } else {
+                    MariaState::parse(t).ok().map(Position::Mariadb)
+                }
+            };
+            let Some(written) = parse(&primary.received) else {
+                return "? (unreadable position)".to_string();
+            };
+            // What the replica holds: what it received, and what it applied before that.
+            let mut held = written.empty_like();
+            for text in [Some(&replica.received), replica.applied.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                match parse(text) {
+                    Some(p) if std::mem::discriminant(&p) == std::mem::discriminant(&written) => held.merge(&p),
+                    _ => return "? (unreadable position)".to_string(),
+                }
+            }
+            let missing = written.missing_from(&held);
+            if missing.is_empty() {
+                "nothing".to_string()
+            } else {
+                format!("{} transaction(s): {missing}", missing.count)
+            }
+        }
+        other => format!("? (unknown kind {other})"),
+    }
 }
 
 async fn manual(client: &ControllerClientArgs, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<()> {
@@ -721,6 +838,39 @@ mod tests {
     use super::*;
 
     const CONFIG: &str = "[controller]\naudit_log = \"/dev/null\"\n\n[quorum]\nvantages = [\"controller\", \"eu-agent\"]\n\n[[regions]]\nname = \"a\"\npriority = 1\n\n[[checks]]\nname = \"a-app\"\nregion = \"a\"\nkind = { type = \"tcp\", address = \"127.0.0.1:1\" }\n";
+
+    #[test]
+    fn status_shows_each_replicas_expected_loss_against_its_primary() {
+        let check = |name: &str, region: &str, role: &str, kind: &str, received: &str, applied: Option<&str>| {
+            serde_json::json!({"check": name, "region": region, "status": "up", "since_ms": 0, "detail": "",
+                "position": {"role": role, "kind": kind, "received": received, "applied": applied}})
+        };
+        let value = serde_json::json!({"vantages": [
+            {"name": "stale", "fresh": false, "checks": [check("orders-us", "us", "replica", "gtid", "0-1-1", None)]},
+            {"name": "controller", "fresh": true, "checks": [
+                check("orders-eu", "eu", "primary", "gtid", "0-1-105", None),
+                check("orders-us", "us", "replica", "gtid", "0-1-102", Some("0-1-100")),
+                check("pg-eu", "eu", "primary", "lsn", "0/3000200", None),
+                check("pg-us", "us", "replica", "lsn", "0/3000148", Some("0/3000100")),
+                check("redis-us", "us", "replica", "offset", "4000", None),
+            ]},
+        ]});
+        let text = render_positions(&value);
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(
+            line("orders-us").ends_with("3 transaction(s): 0-1-103..0-1-105"),
+            "{text}"
+        );
+        assert!(line("orders-eu").ends_with(" -"), "{text}");
+        assert!(line("pg-us").ends_with("184 byte(s)"), "{text}");
+        assert!(line("redis-us").contains("no offset primary answers"), "{text}");
+        assert_eq!(render_positions(&serde_json::json!({"vantages": []})), "");
+    }
 
     #[test]
     fn an_agent_snippet_is_accepted_by_the_controller_config() {

@@ -180,6 +180,7 @@ impl Running {
             detail: format!("{status:?}"),
             latency_ms: Some(1),
             replica_lag_ms: None,
+            position: None,
         };
         let report = Report {
             vantage: vantage.into(),

@@ -226,6 +226,7 @@ impl World {
                         detail: String::new(),
                         latency_ms: None,
                         replica_lag_ms: None,
+                        position: None,
                     }
                 })
                 .collect();

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::report::ReplicationPosition;
 use crate::spec::{CheckSpec, ProbeKind, SqlDriver};
 
 pub use dynamodb::HEARTBEAT_TABLE;
@@ -36,6 +37,8 @@ pub struct ProbeOutcome {
     /// Replication lag read by SQL and Redis probes that ask for it, and by DynamoDB probes
     /// with `lag_sources` (the lag into the check's region).
     pub replica_lag_ms: Option<u64>,
+    /// The replication position SQL and Redis probes read with their lag.
+    pub position: Option<ReplicationPosition>,
 }
 
 /// What a probe found when it completed: success or a reason, and a lag if it read one.
@@ -43,6 +46,7 @@ pub(crate) struct Finding {
     pub(crate) success: bool,
     pub(crate) detail: String,
     pub(crate) replica_lag_ms: Option<u64>,
+    pub(crate) position: Option<ReplicationPosition>,
 }
 
 impl Finding {
@@ -51,6 +55,7 @@ impl Finding {
             success: true,
             detail: detail.into(),
             replica_lag_ms: None,
+            position: None,
         }
     }
     pub(crate) fn down(detail: impl Into<String>) -> Finding {
@@ -58,10 +63,15 @@ impl Finding {
             success: false,
             detail: detail.into(),
             replica_lag_ms: None,
+            position: None,
         }
     }
     pub(crate) fn with_lag(mut self, lag_ms: Option<u64>) -> Finding {
         self.replica_lag_ms = lag_ms;
+        self
+    }
+    pub(crate) fn with_position(mut self, position: Option<ReplicationPosition>) -> Finding {
+        self.position = position;
         self
     }
 }
@@ -76,12 +86,14 @@ pub async fn probe(spec: &CheckSpec) -> ProbeOutcome {
             detail: finding.detail,
             latency_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
             replica_lag_ms: finding.replica_lag_ms,
+            position: finding.position,
         },
         Err(_) => ProbeOutcome {
             success: false,
             detail: format!("timed out after {} ms", spec.timeout_ms),
             latency_ms: None,
             replica_lag_ms: None,
+            position: None,
         },
     }
 }
@@ -209,11 +221,13 @@ fn judge_lag(finding: Finding, max_replica_lag_ms: Option<u64>) -> Finding {
             success: false,
             detail: format!("{}; replica lag {lag} ms is above {max} ms", finding.detail),
             replica_lag_ms: Some(lag),
+            position: finding.position,
         },
         None => Finding {
             success: false,
             detail: format!("{}; replica lag unknown (not replicating?)", finding.detail),
             replica_lag_ms: None,
+            position: finding.position,
         },
     }
 }

@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 
 use super::wire::{Cursor, xor};
 use super::{Finding, REPLY_BYTES_MAX, SqlLogin, connect};
+use crate::report::{POSITION_GTID, ReplicationPosition};
 
 const CLIENT_LONG_PASSWORD: u32 = 1;
 const CLIENT_LONG_FLAG: u32 = 4;
@@ -102,10 +103,46 @@ async fn session(login: &SqlLogin<'_>, read_lag: bool) -> Result<Finding, String
         Ok(status) => status,
         Err(_) => query(&mut connection, "SHOW SLAVE STATUS").await?,
     };
-    let _ = connection.write_packet_fresh(&[0x01]).await;
     let Some(row) = status.rows.first() else {
-        return Ok(Finding::up(format!("SELECT 1 ok ({version}), not a replica")).with_lag(Some(0)));
+        // A primary: its GTID position is what every replica is compared with.
+        let statement = if version.contains("MariaDB") {
+            "SELECT @@GLOBAL.gtid_binlog_pos"
+        } else {
+            "SELECT @@GLOBAL.gtid_executed"
+        };
+        let written = query(&mut connection, statement)
+            .await
+            .ok()
+            .and_then(|set| set.rows.first().and_then(|row| row.first()).cloned().flatten());
+        let _ = connection.write_packet_fresh(&[0x01]).await;
+        let position = written
+            .as_deref()
+            .and_then(|w| ReplicationPosition::new("primary", POSITION_GTID, w, None));
+        let at = position
+            .as_ref()
+            .map(|p| format!(", GTID position {}", shown(&p.received)))
+            .unwrap_or_default();
+        return Ok(Finding::up(format!("SELECT 1 ok ({version}), not a replica{at}"))
+            .with_lag(Some(0))
+            .with_position(position));
     };
+    let _ = connection.write_packet_fresh(&[0x01]).await;
+    let cell = |names: [&str; 2]| {
+        status
+            .columns
+            .iter()
+            .position(|name| name == names[0] || name == names[1])
+            .and_then(|index| row.get(index))
+            .and_then(|value| value.as_deref())
+    };
+    let position = cell(["Gtid_IO_Pos", "Retrieved_Gtid_Set"]).and_then(|received| {
+        ReplicationPosition::new(
+            "replica",
+            POSITION_GTID,
+            received,
+            cell(["Gtid_Slave_Pos", "Executed_Gtid_Set"]),
+        )
+    });
     let column = status
         .columns
         .iter()
@@ -123,12 +160,7 @@ async fn session(login: &SqlLogin<'_>, read_lag: bool) -> Result<Finding, String
         .and_then(|index| row.get(index))
         .and_then(|value| value.as_deref())
         .filter(|text| !text.is_empty())
-        .map(|text| {
-            format!(
-                ", received GTIDs {}",
-                text.chars().take(GTID_SHOWN_CHARS_MAX).collect::<String>()
-            )
-        })
+        .map(|text| format!(", received GTIDs {}", shown(text)))
         .unwrap_or_default();
     Ok(match seconds {
         Some(seconds) => Finding::up(format!("SELECT 1 ok ({version}), replica {seconds} s behind{received}"))
@@ -136,7 +168,13 @@ async fn session(login: &SqlLogin<'_>, read_lag: bool) -> Result<Finding, String
         None => Finding::up(format!(
             "SELECT 1 ok ({version}), replica lag unknown (replication stopped?){received}"
         )),
-    })
+    }
+    .with_position(position))
+}
+
+/// A GTID position for the detail line, cut at [`GTID_SHOWN_CHARS_MAX`].
+fn shown(text: &str) -> String {
+    text.chars().take(GTID_SHOWN_CHARS_MAX).collect()
 }
 
 impl Connection {

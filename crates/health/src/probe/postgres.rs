@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use super::wire::{Cursor, hmac_sha256, xor};
 use super::{Finding, REPLY_BYTES_MAX, SqlLogin, connect, random_u64};
+use crate::report::{POSITION_LSN, ReplicationPosition};
 
 /// Messages read while waiting for one reply (notices, parameter statuses, rows).
 const MESSAGES_MAX: usize = 1024;
@@ -19,7 +20,9 @@ const SCRAM_ITERATIONS_MAX: u32 = 1_000_000;
 const LAG_QUERY: &str = "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0 \
      WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
      ELSE COALESCE(EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())) * 1000, -1) END::bigint, \
-     pg_is_in_recovery()";
+     pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END::text, \
+     pg_last_wal_replay_lsn()::text";
 
 struct Message {
     tag: u8,
@@ -99,6 +102,16 @@ async fn session(login: &SqlLogin<'_>, read_lag: bool) -> Result<Finding, String
         .and_then(|v| v.parse::<i64>().ok());
     let replica = row.get(1).and_then(|v| v.as_deref()) == Some("t");
     let role = if replica { "replica" } else { "primary" };
+    // A standby that has not received anything yet has no receive LSN: its replay LSN is what
+    // it holds.
+    let replayed = row.get(3).and_then(|v| v.as_deref());
+    let received = row.get(2).and_then(|v| v.as_deref()).or(replayed).unwrap_or("");
+    let position = ReplicationPosition::new(role, POSITION_LSN, received, replayed.filter(|_| replica));
+    let at = position
+        .as_ref()
+        .map(|p| format!(" at LSN {}", p.received))
+        .unwrap_or_default();
+    let role = format!("{role}{at}");
     Ok(match lag {
         Some(lag) if lag >= 0 => {
             Finding::up(format!("SELECT 1 ok (PostgreSQL {version}), {role}, lag {lag} ms")).with_lag(Some(lag as u64))
@@ -106,7 +119,8 @@ async fn session(login: &SqlLogin<'_>, read_lag: bool) -> Result<Finding, String
         _ => Finding::up(format!(
             "SELECT 1 ok (PostgreSQL {version}), {role}, lag unknown (nothing replayed yet?)"
         )),
-    })
+    }
+    .with_position(position))
 }
 
 /// Logs in; returns the server version.

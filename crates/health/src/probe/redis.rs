@@ -3,6 +3,7 @@
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::{Finding, REPLY_BYTES_MAX, connect};
+use crate::report::{POSITION_OFFSET, ReplicationPosition};
 
 pub(super) struct Options<'a> {
     pub(super) username: Option<&'a str>,
@@ -71,11 +72,17 @@ fn judge_info(info: &str, expect_role: Option<&str>) -> Finding {
     {
         return Finding::down(format!("PONG, role {role}, expected {expected}"));
     }
+    let position = field("master_repl_offset").and_then(|offset| {
+        let role = if role == "slave" { "replica" } else { "primary" };
+        ReplicationPosition::new(role, POSITION_OFFSET, offset, None)
+    });
     let offset = field("master_repl_offset")
         .map(|offset| format!(", offset {offset}"))
         .unwrap_or_default();
     if role != "slave" {
-        return Finding::up(format!("PONG, role {role}{offset}")).with_lag(Some(0));
+        return Finding::up(format!("PONG, role {role}{offset}"))
+            .with_lag(Some(0))
+            .with_position(position);
     }
     let link = field("master_link_status").unwrap_or("unknown");
     let lag = match (
@@ -85,7 +92,9 @@ fn judge_info(info: &str, expect_role: Option<&str>) -> Finding {
         ("up", Some(seconds)) if seconds >= 0 => Some(seconds as u64 * 1000),
         _ => None,
     };
-    Finding::up(format!("PONG, role slave, master link {link}{offset}")).with_lag(lag)
+    Finding::up(format!("PONG, role slave, master link {link}{offset}"))
+        .with_lag(lag)
+        .with_position(position)
 }
 
 async fn command<S>(stream: &mut BufReader<S>, args: &[&str]) -> Result<Reply, String>
@@ -159,6 +168,9 @@ mod tests {
         assert!(finding.success);
         assert_eq!(finding.replica_lag_ms, Some(2000));
         assert_eq!(finding.detail, "PONG, role slave, master link up, offset 4242");
+        let position = finding.position.clone().expect("a position");
+        assert_eq!((position.role.as_str(), position.kind.as_str()), ("replica", "offset"));
+        assert_eq!(position.received, "4242");
         let finding = judge_info(info, Some("master"));
         assert!(!finding.success);
         assert!(finding.detail.contains("expected master"), "{}", finding.detail);

@@ -10,6 +10,7 @@ fn result(check: &str, region: &str, status: CheckStatus) -> CheckResult {
         detail: format!("{status:?}"),
         latency_ms: Some(1),
         replica_lag_ms: None,
+        position: None,
     }
 }
 

@@ -113,6 +113,9 @@ async fn mariadb_select_one_login_and_replica_lag() {
     assert!(primary_lag.success, "{primary_lag:?}");
     assert!(primary_lag.detail.contains("not a replica"), "{}", primary_lag.detail);
     assert_eq!(primary_lag.replica_lag_ms, Some(0));
+    let written = primary_lag.position.clone().expect("the primary's GTID position");
+    assert_eq!((written.role.as_str(), written.kind.as_str()), ("primary", "gtid"));
+    assert!(written.received.starts_with("0-1-"), "{written:?}");
 
     let replica_port = free_port();
     let replica_init = format!(
@@ -138,6 +141,9 @@ async fn mariadb_select_one_login_and_replica_lag() {
     assert!(replica.detail.contains("s behind"), "{}", replica.detail);
     assert!(replica.detail.contains("received GTIDs 0-1-"), "{}", replica.detail);
     assert!(replica.replica_lag_ms.is_some());
+    let position = replica.position.clone().expect("the replica's position");
+    assert_eq!((position.role.as_str(), position.kind.as_str()), ("replica", "gtid"));
+    assert!(position.received.starts_with("0-1-"), "{position:?}");
 }
 
 #[tokio::test]
@@ -211,6 +217,12 @@ async fn postgres_select_one_with_scram_login() {
     assert!(lag.success, "{lag:?}");
     assert!(lag.detail.contains("primary"), "{}", lag.detail);
     assert_eq!(lag.replica_lag_ms, Some(0));
+    let primary_position = lag.position.clone().expect("the primary's position");
+    assert_eq!(
+        (primary_position.role.as_str(), primary_position.kind.as_str()),
+        ("primary", "lsn")
+    );
+    assert!(primary_position.received.contains('/'), "{primary_position:?}");
 
     let wrong = probe(&spec(sql(SqlDriver::Postgres, port, "postgres", Some("wrong"), false))).await;
     assert!(!wrong.success);
@@ -280,4 +292,10 @@ async fn postgres_select_one_with_scram_login() {
     let replica = probe_until(&spec(bounded), START_DEADLINE, |o| o.success).await;
     assert!(replica.detail.contains("replica"), "{}", replica.detail);
     assert!(replica.replica_lag_ms.is_some(), "{replica:?}");
+    let position = replica.position.clone().expect("the standby's position");
+    assert_eq!((position.role.as_str(), position.kind.as_str()), ("replica", "lsn"));
+    assert!(
+        position.applied.as_deref().is_some_and(|a| a.contains('/')),
+        "{position:?}"
+    );
 }

@@ -1,11 +1,11 @@
-//! Database promotion steps: `mysql_promote` (MariaDB 10.x and MySQL 8 with GTIDs) and
-//! `redis_promote`. Each step knows every server of one replicated database, grouped by
+//! Database promotion steps: `mysql_promote` (MariaDB 10.x and MySQL 8 with GTIDs),
+//! `postgres_promote` (PostgreSQL 13+ streaming replication) and `redis_promote`. Each step knows every server of one replicated database, grouped by
 //! region; an order moves the primary into the order's new active region, fences the old one
 //! and points every other server at the new primary.
 //!
 //! Which server is the primary is decided from what the servers say, and from a *promotion
-//! record* the step writes on the primary it promotes (MySQL: the row `switchyard.promotion`;
-//! Redis: the key `switchyard:promotion`), holding the order's generation. The record
+//! record* the step writes on the primary it promotes (MySQL and PostgreSQL: the row
+//! `switchyard.promotion`; Redis: the key `switchyard:promotion`), holding the order's generation. The record
 //! replicates, so a server that was cut off and comes back still writable shows an older
 //! record than the real primary: it is fenced on sight and never mistaken for the primary. The
 //! record is also the compare-and-set: a record newer than the order means a newer decision
@@ -14,13 +14,14 @@
 
 pub mod gtid;
 pub mod mysql;
+pub mod postgres;
 pub mod redis;
 
 use std::collections::BTreeMap;
 
 use toml::Spanned;
 
-use crate::Checker;
+use crate::{Checker, Failure};
 
 /// Servers one step may know (all regions together).
 pub const SERVERS_MAX: usize = 32;
@@ -179,6 +180,28 @@ pub(crate) fn check_lag(what: &str, lag: &Spanned<u64>, checker: &mut dyn Checke
 
 pub(crate) fn default_promote_lag_max_ms() -> Spanned<u64> {
     Spanned::new(0..0, PROMOTE_LAG_MS_DEFAULT)
+}
+
+/// Inspects every member concurrently (`inspect(i)` is bounded by its own timeouts); one
+/// result per member, in order, a failure as its text.
+pub(crate) async fn survey<T, F, Fut>(count: usize, inspect: F) -> Vec<Result<T, String>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..count {
+        let inspecting = inspect(index);
+        tasks.spawn(async move { (index, inspecting.await.map_err(|f| f.to_string())) });
+    }
+    let mut results: Vec<Result<T, String>> = (0..count).map(|_| Err("not inspected".to_string())).collect();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((index, result)) = joined {
+            results[index] = result;
+        }
+    }
+    results
 }
 
 /// What a run saw and did, joined into the outcome line.

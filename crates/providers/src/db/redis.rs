@@ -419,26 +419,11 @@ impl RedisPromote {
 }
 
 async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for index in 0..inner.members.len() {
+    super::survey(inner.members.len(), |index| {
         let inner = Arc::clone(inner);
-        tasks.spawn(async move {
-            let result = match inner.connect(index).await {
-                Ok(mut session) => session.observe().await.map_err(|f| f.to_string()),
-                Err(f) => Err(f.to_string()),
-            };
-            (index, result)
-        });
-    }
-    let mut results: Vec<Result<Observed, String>> = (0..inner.members.len())
-        .map(|_| Err("not inspected".to_string()))
-        .collect();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((index, result)) = joined {
-            results[index] = result;
-        }
-    }
-    results
+        async move { inner.connect(index).await?.observe().await }
+    })
+    .await
 }
 
 impl Inner {

@@ -16,7 +16,9 @@ mod haproxy;
 #[cfg(feature = "aws")]
 mod moto;
 mod rfc2136;
-// Databases: MariaDB primary + replica with GTIDs (`mysql`), three Redis servers (`redis`).
+// Databases: MariaDB primary + replica with GTIDs (`mysql`), a PostgreSQL primary and two
+// streaming standbys (`postgres`), three Redis servers (`redis`).
 mod mysql;
+mod postgres;
 mod redis;
 mod support;

@@ -16,13 +16,20 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Finds a server binary on PATH or in /usr/sbin.
+/// Finds a server binary on PATH, in /usr/sbin, or in PostgreSQL's versioned directories
+/// (newest first).
 pub fn find_binary(name: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     dirs.push("/usr/sbin".into());
     dirs.push("/usr/bin".into());
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        versions.reverse();
+        dirs.extend(versions);
+    }
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 

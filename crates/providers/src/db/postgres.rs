@@ -1,0 +1,1696 @@
+//! `postgres_promote`: moves the primary of a PostgreSQL (13 or newer) streaming-replication
+//! cluster into the order's active region (what Patroni does for one cluster, driven by the
+//! controller's decision instead of a DCS lock).
+//!
+//! One run: survey every server (`pg_is_in_recovery()`, WAL positions, timeline, upstream, the
+//! promotion record); [`plan`] (pure) names the last primary and the candidate — the standby of
+//! the region that received the most WAL; fence the old primary if it answers
+//! (`ALTER SYSTEM SET default_transaction_read_only = on` + `pg_reload_conf()`, verified from a
+//! new session, then its client backends terminated) and read its final LSN; let the candidate
+//! replay everything known to exist (replay resumed if paused), waiting at most
+//! `promote_lag_max_ms`; refuse if WAL is still missing, saying how many bytes, unless the order
+//! forces data loss (and then give the old primary its writes back, since the runbook stops);
+//! `pg_promote(wait => true)` with a bound, verified out of recovery, unfenced, the promotion
+//! record written. Then every other server: a standby that can follow the new timeline is
+//! repointed (`ALTER SYSTEM SET primary_conninfo` + reload, verified streaming); a former
+//! primary, or a standby that went past the fork point, is rejoined by the configured `rejoin`
+//! command (which runs `pg_rewind` when [`rejoin_path`] says the timelines need it) or left
+//! fenced with the reason.
+//!
+//! Requirements: PostgreSQL 13+ (`primary_conninfo` reloadable), `recovery_target_timeline =
+//! 'latest'` (the default) on standbys; the step's user is a superuser (ALTER SYSTEM,
+//! `pg_promote`, `pg_read_file` of the timeline history, `primary_conninfo`); for `pg_rewind`,
+//! `wal_log_hints = on` or data checksums on every server.
+//!
+//! Fencing is `default_transaction_read_only`: every new transaction is read-only unless a
+//! client explicitly asks for `READ WRITE`. Applications do not; one that does defeats it, so the
+//! load balancer is fenced too (the `haproxy` step) where that matters.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio_postgres::SimpleQueryMessage;
+use tokio_postgres::error::SqlState;
+use toml::Spanned;
+
+use super::{CONNECT_TIMEOUT_MS, Member, Notes, QUERY_TIMEOUT_MS};
+use crate::secret::{Secret, SecretSource};
+use crate::{Checker, Failure, Order, Outcome};
+
+/// Default PostgreSQL port.
+pub const POSTGRES_PORT_DEFAULT: u16 = 5432;
+/// Oldest server accepted (`server_version_num`): 13 reloads `primary_conninfo`.
+pub const VERSION_NUM_MIN: u32 = 130_000;
+/// `pg_promote(wait_seconds => ...)`: how long the step waits for the end of recovery.
+pub const PROMOTE_WAIT_S: u64 = 10;
+/// How often the catch-up and follow waits read positions.
+pub const POLL_MS: u64 = 20;
+/// How long a repointed or rejoined standby gets to stream from the new primary.
+pub const FOLLOW_WAIT_MS: u64 = 10_000;
+/// Client backends terminated at most when fencing (the rest are counted, not terminated).
+pub const TERMINATED_BACKENDS_MAX: usize = 10_000;
+/// The promotion record's table.
+pub const RECORD_TABLE: &str = "switchyard.promotion";
+/// `rejoin.timeout_ms` when left out, and its largest value.
+pub const REJOIN_TIMEOUT_MS_DEFAULT: u64 = 120_000;
+pub const REJOIN_TIMEOUT_MS_MAX: u64 = 600_000;
+/// Bytes of the rejoin command's output kept for the outcome line.
+pub const REJOIN_OUTPUT_BYTES_MAX: usize = 600;
+/// Longest name accepted for users and the database (PostgreSQL's NAMEDATALEN - 1).
+pub const NAME_CHARS_MAX: usize = 63;
+
+/// The `[runbook.postgres_promote]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Per region, its servers: `{ eu = ["pg1.eu:5432"], us = ["pg1.us", "pg2.us"] }`.
+    pub servers: Spanned<BTreeMap<String, Vec<Spanned<String>>>>,
+    /// The superuser the step logs in with.
+    pub user: Spanned<String>,
+    #[serde(default)]
+    pub password: Option<Spanned<SecretSource>>,
+    /// The database the step connects to and keeps its promotion record in.
+    #[serde(default = "default_database")]
+    pub database: Spanned<String>,
+    /// The role standbys stream with (`primary_conninfo`).
+    pub replication_user: Spanned<String>,
+    #[serde(default)]
+    pub replication_password: Option<Spanned<SecretSource>>,
+    /// How long the step waits for the candidate to replay every WAL record known to exist;
+    /// one still behind after that is refused unless the order forces data loss.
+    #[serde(default = "super::default_promote_lag_max_ms")]
+    pub promote_lag_max_ms: Spanned<u64>,
+    /// How a former primary (or a standby past the fork point) becomes a standby of the new
+    /// primary; without it such a server is left fenced and named.
+    #[serde(default)]
+    pub rejoin: Option<Spanned<RejoinSettings>>,
+}
+
+/// `rejoin = { program = "/usr/local/sbin/pg-rejoin", args = [], timeout_ms = 120000 }`: a
+/// program run on the controller's host (typically `ssh db-host sudo -u postgres ...`) with
+/// the environment described in the README: stop the server, `pg_rewind` when
+/// `SWITCHYARD_PG_REWIND=1`, write `standby.signal` and `primary_conninfo`, start it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejoinSettings {
+    pub program: Spanned<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default = "default_rejoin_timeout_ms")]
+    pub timeout_ms: Spanned<u64>,
+}
+
+fn default_database() -> Spanned<String> {
+    Spanned::new(0..0, "postgres".to_string())
+}
+
+fn default_rejoin_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, REJOIN_TIMEOUT_MS_DEFAULT)
+}
+
+impl Settings {
+    /// Checks the settings (every problem reported) and builds the actuator.
+    pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<PostgresPromote> {
+        let what = format!("postgres_promote step '{step}'");
+        let members = super::check_servers(&what, &self.servers, POSTGRES_PORT_DEFAULT, checker);
+        let mut ok = super::check_lag(&what, &self.promote_lag_max_ms, checker);
+        for (name, value) in [
+            ("user", &self.user),
+            ("replication_user", &self.replication_user),
+            ("database", &self.database),
+        ] {
+            let text = value.get_ref();
+            if text.is_empty() || text.chars().count() > NAME_CHARS_MAX || text.chars().any(char::is_control) {
+                checker.error(
+                    value.span(),
+                    format!("{what}: {name} '{text}' is empty, has control characters or is longer than {NAME_CHARS_MAX} characters"),
+                    "name an existing role or database".into(),
+                );
+                ok = false;
+            }
+        }
+        let rejoin = match &self.rejoin {
+            None => None,
+            Some(rejoin) => {
+                let r = rejoin.get_ref();
+                let program = std::path::Path::new(r.program.get_ref());
+                let program = if program.is_relative() {
+                    checker.folder().join(program)
+                } else {
+                    program.to_path_buf()
+                };
+                if !program.is_file() {
+                    checker.error(
+                        r.program.span(),
+                        format!("{what}: rejoin program {} does not exist", program.display()),
+                        "name an executable file (relative paths start at the config file's folder)".into(),
+                    );
+                    ok = false;
+                }
+                if *r.timeout_ms.get_ref() == 0 || *r.timeout_ms.get_ref() > REJOIN_TIMEOUT_MS_MAX {
+                    checker.error(
+                        r.timeout_ms.span(),
+                        format!(
+                            "{what}: rejoin timeout_ms = {} is not between 1 and {REJOIN_TIMEOUT_MS_MAX}",
+                            r.timeout_ms.get_ref()
+                        ),
+                        "a pg_rewind of a small divergence takes seconds; allow a few minutes at most".into(),
+                    );
+                    ok = false;
+                }
+                Some(Rejoin {
+                    program: program.display().to_string(),
+                    args: r.args.clone(),
+                    timeout_ms: *r.timeout_ms.get_ref(),
+                })
+            }
+        };
+        let mut secret = |source: &Option<Spanned<SecretSource>>, name: &str| match source {
+            None => Some(None),
+            Some(source) => source
+                .get_ref()
+                .resolve(source.span(), &format!("{what} {name}"), checker)
+                .map(Some),
+        };
+        let password = secret(&self.password, "password");
+        let replication_password = secret(&self.replication_password, "replication_password");
+        let (Some(members), Some(password), Some(replication_password), true) =
+            (members, password, replication_password, ok)
+        else {
+            return None;
+        };
+        Some(PostgresPromote {
+            inner: Arc::new(Inner {
+                members,
+                user: self.user.get_ref().clone(),
+                password,
+                database: self.database.get_ref().clone(),
+                replication_user: self.replication_user.get_ref().clone(),
+                replication_password,
+                promote_lag_max_ms: *self.promote_lag_max_ms.get_ref(),
+                rejoin,
+            }),
+        })
+    }
+}
+
+/// The ready `postgres_promote` step.
+#[derive(Clone, Debug)]
+pub struct PostgresPromote {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    members: Vec<Member>,
+    user: String,
+    password: Option<Secret>,
+    database: String,
+    replication_user: String,
+    replication_password: Option<Secret>,
+    promote_lag_max_ms: u64,
+    rejoin: Option<Rejoin>,
+}
+
+#[derive(Clone, Debug)]
+struct Rejoin {
+    program: String,
+    args: Vec<String>,
+    timeout_ms: u64,
+}
+
+/// A WAL position (`pg_lsn`): `X/Y` in hexadecimal, a byte offset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    pub fn parse(text: &str) -> Result<Lsn, String> {
+        let (high, low) = text
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("'{text}' is not an LSN (X/Y)"))?;
+        let high = u32::from_str_radix(high, 16).map_err(|_| format!("'{text}' is not an LSN (X/Y)"))?;
+        let low = u32::from_str_radix(low, 16).map_err(|_| format!("'{text}' is not an LSN (X/Y)"))?;
+        Ok(Lsn((u64::from(high) << 32) | u64::from(low)))
+    }
+
+    /// Bytes of WAL from `self` up to `later` (0 when `later` is not after it).
+    pub fn bytes_to(self, later: Lsn) -> u64 {
+        later.0.saturating_sub(self.0)
+    }
+}
+
+impl std::fmt::Display for Lsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+/// What one reachable server said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub version_num: u32,
+    pub in_recovery: bool,
+    /// New sessions start read-only (`default_transaction_read_only`): fenced.
+    pub read_only: bool,
+    /// A primary's `pg_current_wal_lsn()`.
+    pub current: Option<Lsn>,
+    /// A standby's `pg_last_wal_receive_lsn()` / `pg_last_wal_replay_lsn()`.
+    pub received: Option<Lsn>,
+    pub replayed: Option<Lsn>,
+    pub replay_paused: bool,
+    /// The timeline it writes (primary) or last received / checkpointed (standby).
+    pub timeline: u32,
+    /// A standby's configured upstream (`host:port` from `primary_conninfo`).
+    pub upstream: Option<String>,
+    /// Its WAL receiver streams (`pg_stat_wal_receiver.status`).
+    pub streaming: bool,
+    /// `pg_rewind` can use it as a target (`wal_log_hints` or data checksums, full page writes).
+    pub rewindable: Result<(), String>,
+    /// The promotion record's generation, if the table exists.
+    pub record: Option<u64>,
+}
+
+impl Observed {
+    fn writable_primary(&self) -> bool {
+        !self.in_recovery && !self.read_only
+    }
+
+    /// The furthest WAL position it holds: written (primary) or received or replayed (standby).
+    pub fn position(&self) -> Lsn {
+        [self.current, self.received, self.replayed]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// What a run does, decided from the survey.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The primary is already in the order's region (an earlier run of this or an older
+    /// generation promoted it): nothing is promoted again; `unfence` when a run stopped before
+    /// making it writable.
+    Done { primary: usize, unfence: bool },
+    Promote {
+        /// The last primary (reachable), fenced before the candidate takes over.
+        old: Option<usize>,
+        candidate: usize,
+    },
+}
+
+/// Decides the run from the survey (`observed[i]` is `None` for an unreachable member). Pure.
+pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) -> Result<Plan, Failure> {
+    let reachable: Vec<(usize, &Observed)> = observed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.as_ref().map(|o| (i, o)))
+        .collect();
+    if reachable.is_empty() {
+        return Err(Failure::Retryable("no server answered".into()));
+    }
+    if let Some((i, o)) = reachable.iter().find(|(_, o)| o.version_num < VERSION_NUM_MIN) {
+        return Err(Failure::Refused(format!(
+            "{} runs PostgreSQL {}.{}: postgres_promote needs 13 or newer (primary_conninfo reloads without a restart)",
+            members[*i].address,
+            o.version_num / 10_000,
+            o.version_num % 10_000
+        )));
+    }
+    if let Some((i, record)) = reachable
+        .iter()
+        .filter_map(|(i, o)| o.record.map(|r| (*i, r)))
+        .max_by_key(|(_, r)| *r)
+        && record > order.generation
+    {
+        return Err(Failure::Fenced(format!(
+            "{} holds a promotion record of generation {record}, newer than this order's {}",
+            members[i].address, order.generation
+        )));
+    }
+    let old = last_primary(order, members, &reachable)?;
+    if let Some(old) = old
+        && members[old].region == order.to
+    {
+        let unfence = observed[old].as_ref().is_some_and(|o| o.read_only);
+        return Ok(Plan::Done { primary: old, unfence });
+    }
+    let mut passed = Vec::new();
+    let mut best: Option<((Lsn, Lsn, std::cmp::Reverse<usize>), usize)> = None;
+    for (i, o) in reachable.iter().filter(|(i, _)| members[*i].region == order.to) {
+        if !o.in_recovery {
+            passed.push(format!(
+                "{} is a former primary, not a standby: it must rejoin first (configure rejoin, or rebuild it with pg_basebackup)",
+                members[*i].address
+            ));
+            continue;
+        }
+        let key = (o.position(), o.replayed.unwrap_or_default(), std::cmp::Reverse(*i));
+        if best.as_ref().is_none_or(|(k, _)| key > *k) {
+            best = Some((key, *i));
+        }
+    }
+    match best {
+        Some((_, candidate)) => Ok(Plan::Promote { old, candidate }),
+        None if passed.is_empty() => {
+            let unreachable: Vec<&str> = members
+                .iter()
+                .zip(observed)
+                .filter(|(m, o)| m.region == order.to && o.is_none())
+                .map(|(m, _)| m.address.as_str())
+                .collect();
+            if unreachable.is_empty() {
+                Err(Failure::Refused(format!(
+                    "no server is configured in region {}; add it under servers",
+                    order.to
+                )))
+            } else {
+                Err(Failure::Retryable(format!(
+                    "no server of region {} answered: {}",
+                    order.to,
+                    unreachable.join(", ")
+                )))
+            }
+        }
+        None => Err(Failure::Refused(format!(
+            "no server of region {} can be promoted: {}",
+            order.to,
+            passed.join("; ")
+        ))),
+    }
+}
+
+/// The last primary among the reachable servers out of recovery: the highest promotion
+/// record, a writable one before a fenced one, then the highest timeline; `None` if every
+/// reachable server is a standby (the primary is gone).
+fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observed)]) -> Result<Option<usize>, Failure> {
+    let roots: Vec<&(usize, &Observed)> = reachable.iter().filter(|(_, o)| !o.in_recovery).collect();
+    let Some(top) = roots.iter().map(|(_, o)| o.record.unwrap_or(0)).max() else {
+        return Ok(None);
+    };
+    let tied: Vec<&&(usize, &Observed)> = roots.iter().filter(|(_, o)| o.record.unwrap_or(0) == top).collect();
+    let writable: Vec<&&&(usize, &Observed)> = tied.iter().filter(|(_, o)| o.writable_primary()).collect();
+    // A promoted standby is on a newer timeline than the primary it left.
+    let newest = |list: &[&&&(usize, &Observed)]| -> Option<usize> {
+        let high = list.iter().map(|(_, o)| o.timeline).max()?;
+        let on_it: Vec<usize> = list
+            .iter()
+            .filter(|(_, o)| o.timeline == high)
+            .map(|(i, _)| *i)
+            .collect();
+        (on_it.len() == 1).then(|| on_it[0])
+    };
+    match writable.as_slice() {
+        [] => {}
+        [one] => return Ok(Some(one.0)),
+        several => {
+            return match newest(several) {
+                Some(one) => Ok(Some(one)),
+                None => Err(Failure::Refused(format!(
+                    "{} are writable primaries on the same timeline with the same promotion record ({top}): fence the stale one (ALTER SYSTEM SET default_transaction_read_only = on), then run again",
+                    several
+                        .iter()
+                        .map(|(i, _)| members[*i].address.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ))),
+            };
+        }
+    }
+    // Fenced primaries only: a run stopped between fencing and promoting, or between
+    // promoting and unfencing. Prefer one in the order's region, then the newest timeline.
+    let fenced: Vec<&&&(usize, &Observed)> = tied.iter().collect();
+    if let Some(here) = fenced.iter().find(|(i, _)| members[*i].region == order.to) {
+        return Ok(Some(here.0));
+    }
+    match newest(&fenced) {
+        Some(one) => Ok(Some(one)),
+        None => Err(Failure::Refused(format!(
+            "{} are fenced primaries on the same timeline: make one a standby of the other, then run again",
+            fenced
+                .iter()
+                .map(|(i, _)| members[*i].address.as_str())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ))),
+    }
+}
+
+/// Whether to promote a candidate `missing_bytes` of WAL short of what is known to exist.
+pub fn judge_loss(
+    missing_bytes: u64,
+    force: bool,
+    candidate: &str,
+    target: Lsn,
+    lag_max_ms: u64,
+) -> Result<Option<String>, Failure> {
+    if missing_bytes == 0 {
+        return Ok(None);
+    }
+    let what = format!(
+        "{candidate} still lacks {missing_bytes} byte(s) of WAL up to {target} after waiting promote_lag_max_ms = {lag_max_ms}"
+    );
+    if force {
+        Ok(Some(format!(
+            "{what}; promoted anyway (force_data_loss): the transactions in them are lost"
+        )))
+    } else {
+        Err(Failure::Refused(format!(
+            "{what}. Promoting it would lose the transactions in them; wait for it to catch up, or accept the loss with `switchyard failover --force-data-loss`"
+        )))
+    }
+}
+
+/// One line of a timeline history file: timeline `tli` was left at `switch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fork {
+    pub tli: u32,
+    pub switch: Lsn,
+}
+
+/// Parses a `0000000N.history` file (`parentTLI<TAB>switchpoint<TAB>reason`; `#` comments).
+pub fn parse_history(text: &str) -> Result<Vec<Fork>, String> {
+    let mut forks = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(tli), Some(switch)) = (fields.next(), fields.next()) else {
+            return Err(format!("timeline history line '{line}' has no switch point"));
+        };
+        forks.push(Fork {
+            tli: tli
+                .parse()
+                .map_err(|_| format!("timeline history line '{line}': '{tli}' is not a timeline"))?,
+            switch: Lsn::parse(switch)?,
+        });
+    }
+    Ok(forks)
+}
+
+/// How a server joins the new primary as a standby.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejoinPath {
+    /// It holds nothing past the fork point: streaming from the new primary is enough (a
+    /// standby is repointed; a former primary restarts as a standby).
+    Follow,
+    /// It has WAL past the fork point the new primary never saw: `pg_rewind` first.
+    Rewind { past_fork_bytes: u64, fork: Lsn },
+}
+
+/// Decides from timelines whether `server` (on timeline `tli`, at `position`) can follow a
+/// primary on `primary_tli` whose history is `history`, and whether it needs `pg_rewind`. A
+/// former primary (`restart`) always does once it forked: stopping it writes a shutdown
+/// checkpoint past the fork point. Pure.
+#[allow(clippy::too_many_arguments)]
+pub fn rejoin_path(
+    server: &str,
+    tli: u32,
+    position: Lsn,
+    restart: bool,
+    rewindable: &Result<(), String>,
+    primary: &str,
+    primary_tli: u32,
+    history: &[Fork],
+) -> Result<RejoinPath, String> {
+    if tli == primary_tli {
+        return Ok(RejoinPath::Follow);
+    }
+    if tli > primary_tli {
+        return Err(format!(
+            "{server} is on timeline {tli}, newer than {primary}'s {primary_tli}: it was promoted later; rebuild one of them with pg_basebackup"
+        ));
+    }
+    let Some(fork) = history.iter().find(|f| f.tli == tli) else {
+        return Err(format!(
+            "{server}'s timeline {tli} is not in the history of {primary} (timeline {primary_tli}: {}); the two diverged before the last promotion — rebuild {server} with pg_basebackup",
+            history
+                .iter()
+                .map(|f| format!("{} until {}", f.tli, f.switch))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    if position <= fork.switch && !restart {
+        return Ok(RejoinPath::Follow);
+    }
+    let past_fork_bytes = fork.switch.bytes_to(position);
+    match rewindable {
+        Ok(()) => Ok(RejoinPath::Rewind {
+            past_fork_bytes,
+            fork: fork.switch,
+        }),
+        Err(why) if past_fork_bytes == 0 => Err(format!(
+            "{server} must restart as a standby, which writes a shutdown checkpoint past the fork point {} of timeline {tli}, and pg_rewind cannot repair that: {why}; rebuild it with pg_basebackup",
+            fork.switch
+        )),
+        Err(why) => Err(format!(
+            "{server} has {past_fork_bytes} byte(s) of WAL past the fork point {} of timeline {tli} that {primary} never saw, and pg_rewind cannot repair it: {why}; rebuild it with pg_basebackup",
+            fork.switch
+        )),
+    }
+}
+
+/// Reads `host` and `port` from a libpq key/value connection string (`host=a port=5433`,
+/// values optionally single-quoted with backslash escapes).
+pub fn conninfo_address(conninfo: &str) -> Option<String> {
+    let mut fields = BTreeMap::new();
+    let mut chars = conninfo.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.is_empty() {
+            break;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') {
+            return None;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '\\' => value.push(chars.next()?),
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        fields.insert(key, value);
+    }
+    let host = fields.get("host").or_else(|| fields.get("hostaddr"))?;
+    let port = fields.get("port").map(String::as_str).unwrap_or("5432");
+    Some(format!("{host}:{port}"))
+}
+
+/// A libpq connection-string value, quoted.
+fn conninfo_value(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A SQL string literal (`standard_conforming_strings` is on in our sessions).
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+impl PostgresPromote {
+    pub fn members(&self) -> &[Member] {
+        &self.inner.members
+    }
+
+    /// The shortest step `timeout_ms` that never cuts a run short between fencing and
+    /// promoting: catch-up, promotion, a rejoin if configured, and the fixed overhead.
+    pub fn timeout_needed_ms(&self) -> u64 {
+        let inner = &self.inner;
+        inner
+            .promote_lag_max_ms
+            .saturating_add(super::STEP_OVERHEAD_MS)
+            .saturating_add(PROMOTE_WAIT_S * 1000)
+            .saturating_add(FOLLOW_WAIT_MS)
+            .saturating_add(inner.rejoin.as_ref().map_or(0, |r| r.timeout_ms))
+    }
+
+    pub async fn run(&self, order: &Order) -> Outcome {
+        let inner = &self.inner;
+        let observed = survey(inner).await;
+        let mut notes = Notes::default();
+        for (member, o) in inner.members.iter().zip(&observed) {
+            if let Err(error) = o {
+                notes.push(format!(
+                    "{} unreachable ({error}): not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins when it answers",
+                    member.address
+                ));
+            }
+        }
+        let observed: Vec<Option<Observed>> = observed.into_iter().map(Result::ok).collect();
+        let primary = match plan(order, &inner.members, &observed)? {
+            Plan::Done { primary, unfence } => {
+                let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
+                let member = &inner.members[primary];
+                notes.push(format!(
+                    "{} already primary (promotion record of generation {record}); nothing promoted",
+                    member.address
+                ));
+                let mut session = inner.connect(primary).await?;
+                if unfence {
+                    session.unfence(inner, primary).await?;
+                    notes.push(format!("{} made writable (a run had stopped before)", member.address));
+                }
+                if record < order.generation {
+                    session.write_record(order, member).await?;
+                }
+                primary
+            }
+            Plan::Promote { old, candidate } => {
+                self.promote(order, &observed, old, candidate, &mut notes).await?;
+                candidate
+            }
+        };
+        self.rejoin_others(order, primary, &mut notes).await?;
+        Ok(notes.join())
+    }
+
+    async fn promote(
+        &self,
+        order: &Order,
+        observed: &[Option<Observed>],
+        old: Option<usize>,
+        candidate: usize,
+        notes: &mut Notes,
+    ) -> Result<(), Failure> {
+        let inner = &self.inner;
+        let member = &inner.members[candidate];
+        let lag_max_ms = inner.promote_lag_max_ms;
+        let mut fenced_now = None;
+        let target = match old {
+            Some(old) => {
+                let mut session = inner.connect(old).await?;
+                let was_writable = observed[old].as_ref().is_some_and(|o| !o.read_only);
+                let (final_lsn, terminated) = session.fence(inner, old).await?;
+                notes.push(format!(
+                    "fenced old primary {} (default_transaction_read_only, {terminated} client backend(s) terminated, final LSN {final_lsn})",
+                    inner.members[old].address
+                ));
+                if was_writable {
+                    fenced_now = Some(old);
+                }
+                final_lsn
+            }
+            // Everything any standby received (the candidate's own included).
+            None => observed
+                .iter()
+                .flatten()
+                .filter(|o| o.in_recovery)
+                .map(Observed::position)
+                .max()
+                .unwrap_or_default(),
+        };
+        let mut session = inner.connect(candidate).await?;
+        if observed[candidate].as_ref().is_some_and(|o| o.replay_paused) {
+            session.run("SELECT pg_wal_replay_resume()").await?;
+            notes.push(format!("{} had replay paused: resumed", member.address));
+        }
+        let replayed = session.wait_for_replay(target, lag_max_ms).await?;
+        let missing = replayed.bytes_to(target);
+        let loss = match judge_loss(missing, order.force_data_loss, &member.address, target, lag_max_ms) {
+            Ok(loss) => loss,
+            Err(refusal) => {
+                if let Some(old) = fenced_now {
+                    let back = match inner.connect(old).await {
+                        Ok(mut s) => s.unfence(inner, old).await,
+                        Err(e) => Err(e),
+                    };
+                    match back {
+                        Ok(()) => notes.push(format!("{} is writable again", inner.members[old].address)),
+                        Err(e) => notes.push(format!(
+                            "could not make {} writable again: {e}",
+                            inner.members[old].address
+                        )),
+                    }
+                }
+                return Err(match refusal {
+                    Failure::Refused(message) => Failure::Refused(format!("{message} ({})", notes.join())),
+                    other => other,
+                });
+            }
+        };
+        let promoted = session
+            .value_within(
+                &format!("SELECT pg_promote(true, {PROMOTE_WAIT_S})"),
+                PROMOTE_WAIT_S * 1000 + QUERY_TIMEOUT_MS,
+            )
+            .await?;
+        if promoted.as_deref() != Some("t") {
+            return Err(Failure::Retryable(format!(
+                "{}: pg_promote did not finish within {PROMOTE_WAIT_S} s",
+                member.address
+            )));
+        }
+        let now = session.inspect().await?;
+        if now.in_recovery {
+            return Err(Failure::Retryable(format!(
+                "{}: still in recovery after pg_promote",
+                member.address
+            )));
+        }
+        session.unfence(inner, candidate).await?;
+        session.write_record(order, member).await?;
+        notes.push(format!(
+            "promoted {} in {} at LSN {replayed}, now timeline {}",
+            member.address, member.region, now.timeline
+        ));
+        if let Some(loss) = loss {
+            notes.push(loss);
+        }
+        if old.is_none() {
+            notes.push(
+                "the old primary did not answer: transactions it committed that no standby received are unknown"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Every other reachable server becomes a standby of `primary`: repointed when it can
+    /// follow, rejoined by the `rejoin` command when it needs a restart or `pg_rewind`, left
+    /// fenced and named otherwise.
+    async fn rejoin_others(&self, order: &Order, primary: usize, notes: &mut Notes) -> Result<(), Failure> {
+        let inner = &self.inner;
+        let observed = survey(inner).await;
+        let Some(Ok(primary_state)) = observed.get(primary) else {
+            return Err(Failure::Retryable(format!(
+                "the new primary {} stopped answering",
+                inner.members[primary].address
+            )));
+        };
+        let primary_member = &inner.members[primary];
+        let history = if primary_state.timeline > 1 {
+            inner.connect(primary).await?.history(primary_state.timeline).await?
+        } else {
+            Vec::new()
+        };
+        let mut checkpointed = false;
+        for (i, o) in observed.iter().enumerate() {
+            let Ok(o) = o else { continue };
+            if i == primary {
+                continue;
+            }
+            let member = &inner.members[i];
+            if o.in_recovery && o.upstream.as_deref() == Some(primary_member.address.as_str()) && o.streaming {
+                continue;
+            }
+            let mut session = inner.connect(i).await?;
+            if !o.in_recovery {
+                let (final_lsn, terminated) = session.fence(inner, i).await?;
+                if o.writable_primary() {
+                    notes.push(format!(
+                        "fenced stray primary {} ({terminated} client backend(s) terminated, final LSN {final_lsn})",
+                        member.address
+                    ));
+                }
+            }
+            let position = o.position();
+            let path = match rejoin_path(
+                &member.address,
+                o.timeline,
+                position,
+                !o.in_recovery,
+                &o.rewindable,
+                &primary_member.address,
+                primary_state.timeline,
+                &history,
+            ) {
+                Ok(path) => path,
+                Err(why) => {
+                    notes.push(format!(
+                        "{} left {}, not rejoined: {why}",
+                        member.address,
+                        fenced_word(o)
+                    ));
+                    continue;
+                }
+            };
+            if o.in_recovery && path == RejoinPath::Follow {
+                session.follow(inner, primary_member).await?;
+                notes.push(format!(
+                    "{} now streams from {}",
+                    member.address, primary_member.address
+                ));
+                continue;
+            }
+            drop(session);
+            let why = match path {
+                RejoinPath::Follow => "restart as a standby".to_string(),
+                RejoinPath::Rewind { past_fork_bytes, fork } => {
+                    format!("pg_rewind to the fork point {fork} ({past_fork_bytes} byte(s) of WAL past it discarded)")
+                }
+            };
+            let Some(rejoin) = &inner.rejoin else {
+                notes.push(format!(
+                    "{} left {}: rejoining it needs {why}; configure rejoin, or rebuild it with pg_basebackup",
+                    member.address,
+                    fenced_word(o)
+                ));
+                continue;
+            };
+            if !checkpointed {
+                // pg_rewind reads the source's timeline from its control file, which a
+                // promotion updates only at its next checkpoint.
+                inner
+                    .connect(primary)
+                    .await?
+                    .rows_within("CHECKPOINT", rejoin.timeout_ms)
+                    .await?
+                    .map_err(|e| {
+                        Failure::Retryable(format!("{}: CHECKPOINT: {}", primary_member.address, describe(&e)))
+                    })?;
+                checkpointed = true;
+            }
+            match run_rejoin(
+                inner,
+                rejoin,
+                order,
+                i,
+                primary,
+                matches!(path, RejoinPath::Rewind { .. }),
+            )
+            .await
+            {
+                Ok(()) => {}
+                Err(error) => {
+                    notes.push(format!(
+                        "{} left {}: rejoin command failed: {error}",
+                        member.address,
+                        fenced_word(o)
+                    ));
+                    continue;
+                }
+            }
+            // The rejoined server restarts: reconnect until it streams from the primary.
+            let until = Instant::now() + Duration::from_millis(FOLLOW_WAIT_MS);
+            let mut last = String::from("did not answer");
+            let streaming = loop {
+                match inner.connect(i).await {
+                    Ok(mut s) => match s.inspect().await {
+                        Ok(now)
+                            if now.in_recovery
+                                && now.streaming
+                                && now.upstream.as_deref() == Some(primary_member.address.as_str()) =>
+                        {
+                            break true;
+                        }
+                        Ok(now) => {
+                            last = format!(
+                                "in recovery: {}, upstream {:?}, streaming: {}",
+                                now.in_recovery, now.upstream, now.streaming
+                            );
+                        }
+                        Err(e) => last = e.to_string(),
+                    },
+                    Err(e) => last = e.to_string(),
+                }
+                if Instant::now() >= until {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+            };
+            if streaming {
+                notes.push(format!(
+                    "{} rejoined by {why} and streams from {}",
+                    member.address, primary_member.address
+                ));
+            } else {
+                notes.push(format!(
+                    "{} ran the rejoin command but does not stream from {} within {FOLLOW_WAIT_MS} ms ({last})",
+                    member.address, primary_member.address
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fenced_word(o: &Observed) -> &'static str {
+    if o.in_recovery {
+        "a standby of its old upstream"
+    } else {
+        "fenced"
+    }
+}
+
+/// Runs the rejoin command for `target` (bounded; killed at the bound).
+async fn run_rejoin(
+    inner: &Inner,
+    rejoin: &Rejoin,
+    order: &Order,
+    target: usize,
+    primary: usize,
+    rewind: bool,
+) -> Result<(), String> {
+    let target = &inner.members[target];
+    let source = &inner.members[primary];
+    let mut command = tokio::process::Command::new(&rejoin.program);
+    command
+        .args(&rejoin.args)
+        .env("SWITCHYARD_PG_TARGET", &target.address)
+        .env("SWITCHYARD_PG_TARGET_HOST", &target.host)
+        .env("SWITCHYARD_PG_TARGET_PORT", target.port.to_string())
+        .env("SWITCHYARD_PG_SOURCE", &source.address)
+        .env("SWITCHYARD_PG_SOURCE_HOST", &source.host)
+        .env("SWITCHYARD_PG_SOURCE_PORT", source.port.to_string())
+        .env("SWITCHYARD_PG_REWIND", if rewind { "1" } else { "0" })
+        .env(
+            "SWITCHYARD_PG_SOURCE_SERVER",
+            format!(
+                "host={} port={} user={} dbname={}",
+                conninfo_value(&source.host),
+                source.port,
+                conninfo_value(&inner.user),
+                conninfo_value(&inner.database)
+            ),
+        )
+        .env("SWITCHYARD_PG_PRIMARY_CONNINFO", inner.primary_conninfo(source))
+        .env("SWITCHYARD_GENERATION", order.generation.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(password) = &inner.password {
+        command.env("PGPASSWORD", password.expose());
+    }
+    let child = command
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", rejoin.program))?;
+    let output = tokio::time::timeout(Duration::from_millis(rejoin.timeout_ms), child.wait_with_output())
+        .await
+        .map_err(|_| {
+            format!(
+                "{} did not finish within {} ms (killed)",
+                rejoin.program, rejoin.timeout_ms
+            )
+        })?
+        .map_err(|e| format!("{}: {e}", rejoin.program))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+    if text.trim().is_empty() {
+        text = String::from_utf8_lossy(&output.stdout).into_owned();
+    }
+    let text = text.trim();
+    let start = text.len().saturating_sub(REJOIN_OUTPUT_BYTES_MAX);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    Err(format!(
+        "{} exited with {}: {}",
+        rejoin.program,
+        output.status,
+        &text[start..]
+    ))
+}
+
+/// Inspects every member concurrently, each bounded.
+async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
+    super::survey(inner.members.len(), |index| {
+        let inner = Arc::clone(inner);
+        async move { inner.connect(index).await?.inspect().await }
+    })
+    .await
+}
+
+impl Inner {
+    /// `primary_conninfo` for a standby of `source`.
+    fn primary_conninfo(&self, source: &Member) -> String {
+        let mut conninfo = format!(
+            "host={} port={} user={} application_name=switchyard",
+            conninfo_value(&source.host),
+            source.port,
+            conninfo_value(&self.replication_user)
+        );
+        if let Some(password) = &self.replication_password {
+            conninfo.push_str(&format!(" password={}", conninfo_value(password.expose())));
+        }
+        conninfo
+    }
+
+    async fn connect(&self, index: usize) -> Result<Session, Failure> {
+        let member = &self.members[index];
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&member.host)
+            .port(member.port)
+            .user(&self.user)
+            .dbname(&self.database)
+            .application_name("switchyard")
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS));
+        if let Some(password) = &self.password {
+            config.password(password.expose());
+        }
+        let connect = config.connect(tokio_postgres::NoTls);
+        let (client, connection) = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await
+        {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(error)) => return Err(Failure::Retryable(format!("{}: {}", member.address, describe(&error)))),
+            Err(_) => {
+                return Err(Failure::Retryable(format!(
+                    "{}: no login within {CONNECT_TIMEOUT_MS} ms",
+                    member.address
+                )));
+            }
+        };
+        // The connection's I/O runs beside the client; it ends when the client is dropped.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut session = Session {
+            client,
+            address: member.address.clone(),
+        };
+        // Our own statements quote one way, and write even on a fenced server.
+        session
+            .run("SET standard_conforming_strings = on; SET default_transaction_read_only = off")
+            .await?;
+        Ok(session)
+    }
+}
+
+/// The server's own error text (code and message) where there is one.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => error.to_string(),
+    }
+}
+
+/// One logged-in connection to one server.
+struct Session {
+    client: tokio_postgres::Client,
+    address: String,
+}
+
+type Rows = Vec<Vec<Option<String>>>;
+
+impl Session {
+    async fn rows_within(
+        &mut self,
+        statement: &str,
+        timeout_ms: u64,
+    ) -> Result<Result<Rows, tokio_postgres::Error>, Failure> {
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), self.client.simple_query(statement)).await {
+            Ok(Ok(messages)) => Ok(Ok(messages
+                .iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(row) => {
+                        Some((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect())
+                    }
+                    _ => None,
+                })
+                .collect())),
+            Ok(Err(error)) => Ok(Err(error)),
+            Err(_) => Err(Failure::Retryable(format!(
+                "{}: {statement}: no answer within {timeout_ms} ms",
+                self.address
+            ))),
+        }
+    }
+
+    async fn rows(&mut self, statement: &str) -> Result<Rows, Failure> {
+        self.rows_within(statement, QUERY_TIMEOUT_MS)
+            .await?
+            .map_err(|e| Failure::Retryable(format!("{}: {statement}: {}", self.address, describe(&e))))
+    }
+
+    async fn run(&mut self, statement: &str) -> Result<(), Failure> {
+        self.rows(statement).await.map(|_| ())
+    }
+
+    async fn value_within(&mut self, statement: &str, timeout_ms: u64) -> Result<Option<String>, Failure> {
+        let rows = self
+            .rows_within(statement, timeout_ms)
+            .await?
+            .map_err(|e| Failure::Retryable(format!("{}: {statement}: {}", self.address, describe(&e))))?;
+        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).flatten())
+    }
+
+    async fn value(&mut self, statement: &str) -> Result<Option<String>, Failure> {
+        self.value_within(statement, QUERY_TIMEOUT_MS).await
+    }
+
+    fn lsn(&self, text: Option<&String>) -> Result<Option<Lsn>, Failure> {
+        text.map(|t| Lsn::parse(t).map_err(|e| Failure::Retryable(format!("{}: {e}", self.address))))
+            .transpose()
+    }
+
+    async fn inspect(&mut self) -> Result<Observed, Failure> {
+        let rows = self
+            .rows(
+                "SELECT current_setting('server_version_num'), pg_is_in_recovery()::text, \
+                 (SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only'), \
+                 CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
+                 CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
+                 pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
+                 CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused()::text END, \
+                 current_setting('primary_conninfo'), current_setting('wal_log_hints'), \
+                 current_setting('data_checksums'), current_setting('full_page_writes'), \
+                 (SELECT timeline_id FROM pg_control_checkpoint())::text, \
+                 (SELECT received_tli FROM pg_stat_wal_receiver)::text, \
+                 (SELECT status FROM pg_stat_wal_receiver)",
+            )
+            .await?;
+        let row = rows.into_iter().next().unwrap_or_default();
+        let get = |i: usize| row.get(i).cloned().flatten();
+        // Column 2 is the server's configured value (`reset_val`): our own session turned it
+        // off in `connect`.
+        let version_num = get(0).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let in_recovery = get(1).as_deref() == Some("true");
+        let current = self.lsn(get(3).as_ref())?;
+        let timeline = match (get(4), get(13), get(12)) {
+            (Some(walfile), _, _) => walfile.get(..8).and_then(|t| u32::from_str_radix(t, 16).ok()),
+            (None, Some(received), _) => received.parse().ok(),
+            (None, None, checkpoint) => checkpoint.and_then(|t| t.parse().ok()),
+        }
+        .unwrap_or(0);
+        let rewindable = if get(11).as_deref() != Some("on") {
+            Err("full_page_writes is off".to_string())
+        } else if get(9).as_deref() != Some("on") && get(10).as_deref() != Some("on") {
+            Err("neither wal_log_hints nor data checksums are on (set wal_log_hints = on and restart)".to_string())
+        } else {
+            Ok(())
+        };
+        let record = self.record().await?;
+        Ok(Observed {
+            version_num,
+            in_recovery,
+            read_only: get(2).as_deref() == Some("on"),
+            current,
+            received: self.lsn(get(5).as_ref())?,
+            replayed: self.lsn(get(6).as_ref())?,
+            replay_paused: get(7).as_deref() == Some("true"),
+            timeline,
+            upstream: if in_recovery {
+                get(8).as_deref().and_then(conninfo_address)
+            } else {
+                None
+            },
+            streaming: get(14).as_deref() == Some("streaming"),
+            rewindable,
+            record,
+        })
+    }
+
+    async fn record(&mut self) -> Result<Option<u64>, Failure> {
+        let statement = format!("SELECT generation FROM {RECORD_TABLE} WHERE id = 1");
+        match self.rows_within(&statement, QUERY_TIMEOUT_MS).await? {
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next())
+                .flatten()
+                .and_then(|g| g.parse().ok())),
+            // Never promoted by Switchyard.
+            Err(e) if matches!(e.code(), Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME) => {
+                Ok(None)
+            }
+            Err(e) => Err(Failure::Retryable(format!(
+                "{}: {statement}: {}",
+                self.address,
+                describe(&e)
+            ))),
+        }
+    }
+
+    /// Raises the promotion record to the order's generation (never lowers it), then reads it
+    /// back: a newer generation there means a newer decision acted.
+    async fn write_record(&mut self, order: &Order, member: &Member) -> Result<(), Failure> {
+        if self.record().await?.is_none() {
+            self.run(&format!(
+                "CREATE SCHEMA IF NOT EXISTS switchyard; \
+                 CREATE TABLE IF NOT EXISTS {RECORD_TABLE} (id smallint PRIMARY KEY, generation bigint NOT NULL, \
+                 primary_address text NOT NULL, region text NOT NULL, promoted_at timestamptz NOT NULL DEFAULT now())"
+            ))
+            .await?;
+        }
+        let (generation, address, region) = (order.generation, literal(&member.address), literal(&member.region));
+        self.run(&format!(
+            "INSERT INTO {RECORD_TABLE} AS r (id, generation, primary_address, region) VALUES (1, {generation}, {address}, {region}) \
+             ON CONFLICT (id) DO UPDATE SET generation = EXCLUDED.generation, primary_address = EXCLUDED.primary_address, \
+             region = EXCLUDED.region, promoted_at = now() WHERE r.generation < EXCLUDED.generation"
+        ))
+        .await?;
+        match self.record().await? {
+            Some(g) if g == order.generation => Ok(()),
+            Some(g) if g > order.generation => Err(Failure::Fenced(format!(
+                "{}: the promotion record holds generation {g}, newer than this order's {}",
+                self.address, order.generation
+            ))),
+            other => Err(Failure::Retryable(format!(
+                "{}: the promotion record reads {other:?} after writing generation {}",
+                self.address, order.generation
+            ))),
+        }
+    }
+
+    /// Sets `default_transaction_read_only` in the server's configuration and reloads it,
+    /// waits until a new session sees it (bounded), terminates client backends, and returns
+    /// the final LSN.
+    async fn fence(&mut self, inner: &Inner, index: usize) -> Result<(Lsn, usize), Failure> {
+        self.run("ALTER SYSTEM SET default_transaction_read_only = on").await?;
+        self.run("SELECT pg_reload_conf()").await?;
+        self.wait_setting(inner, index, "on").await?;
+        let terminated = self
+            .value(&format!(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM (SELECT pid FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() LIMIT {TERMINATED_BACKENDS_MAX}) AS clients"
+            ))
+            .await?
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let lsn = self.value("SELECT pg_current_wal_lsn()::text").await?;
+        let lsn = self.lsn(lsn.as_ref())?.unwrap_or_default();
+        Ok((lsn, terminated))
+    }
+
+    async fn unfence(&mut self, inner: &Inner, index: usize) -> Result<(), Failure> {
+        self.run("ALTER SYSTEM RESET default_transaction_read_only").await?;
+        self.run("SELECT pg_reload_conf()").await?;
+        self.wait_setting(inner, index, "off").await
+    }
+
+    /// Waits (bounded) until a new session on the server starts with
+    /// `default_transaction_read_only` = `value` (the reload is asynchronous).
+    async fn wait_setting(&mut self, inner: &Inner, index: usize, value: &str) -> Result<(), Failure> {
+        let until = Instant::now() + Duration::from_millis(QUERY_TIMEOUT_MS);
+        loop {
+            // `connect` turns it off in its own session: read the server's value instead.
+            let seen = inner
+                .connect(index)
+                .await?
+                .value("SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only'")
+                .await?;
+            if seen.as_deref() == Some(value) {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(Failure::Retryable(format!(
+                    "{}: default_transaction_read_only reads {seen:?} in new sessions {QUERY_TIMEOUT_MS} ms after the reload, not {value}",
+                    self.address
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+    }
+
+    /// Waits at most `timeout_ms` until the standby replayed `target`; returns what it replayed.
+    async fn wait_for_replay(&mut self, target: Lsn, timeout_ms: u64) -> Result<Lsn, Failure> {
+        let until = Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            let replayed = self.value("SELECT pg_last_wal_replay_lsn()::text").await?;
+            let replayed = self.lsn(replayed.as_ref())?.unwrap_or_default();
+            if replayed >= target || Instant::now() >= until {
+                return Ok(replayed);
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+    }
+
+    /// The switch points of every timeline before `timeline` (`pg_read_file` of its history).
+    async fn history(&mut self, timeline: u32) -> Result<Vec<Fork>, Failure> {
+        let text = self
+            .value(&format!("SELECT pg_read_file('pg_wal/{timeline:08X}.history')"))
+            .await?
+            .unwrap_or_default();
+        parse_history(&text).map_err(|e| Failure::Retryable(format!("{}: {e}", self.address)))
+    }
+
+    /// Points a standby at `primary` (`primary_conninfo` + reload) and waits (bounded) until
+    /// its WAL receiver streams from it.
+    async fn follow(&mut self, inner: &Inner, primary: &Member) -> Result<(), Failure> {
+        self.run(&format!(
+            "ALTER SYSTEM SET primary_conninfo = {}",
+            literal(&inner.primary_conninfo(primary))
+        ))
+        .await?;
+        self.run("SELECT pg_reload_conf()").await?;
+        let until = Instant::now() + Duration::from_millis(FOLLOW_WAIT_MS);
+        loop {
+            let rows = self
+                .rows("SELECT status, sender_host, sender_port::text FROM pg_stat_wal_receiver")
+                .await?;
+            let row = rows.into_iter().next().unwrap_or_default();
+            let get = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+            let streaming_from = format!("{}:{}", get(1), get(2));
+            if get(0) == "streaming" && streaming_from == primary.address {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(Failure::Retryable(format!(
+                    "{}: does not stream from {} within {FOLLOW_WAIT_MS} ms after repointing (WAL receiver: {} from {streaming_from}); see its log",
+                    self.address,
+                    primary.address,
+                    if get(0).is_empty() {
+                        "not running".to_string()
+                    } else {
+                        get(0)
+                    }
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::test_support::Collect;
+
+    fn order(generation: u64, to: &str, force: bool) -> Order {
+        Order {
+            generation,
+            kind: "failover".into(),
+            from: Some("eu".into()),
+            to: to.into(),
+            serving: vec![to.into()],
+            reason: "test".into(),
+            force_data_loss: force,
+        }
+    }
+
+    fn members() -> Vec<Member> {
+        [("a:5432", "eu"), ("b:5432", "us"), ("c:5432", "us")]
+            .iter()
+            .map(|(address, region)| {
+                let (host, port) = crate::db::parse_address(address, 5432).expect("address");
+                Member {
+                    address: address.to_string(),
+                    host,
+                    port,
+                    region: region.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    fn primary(lsn: u64, timeline: u32, record: Option<u64>) -> Observed {
+        Observed {
+            version_num: 150_010,
+            in_recovery: false,
+            read_only: false,
+            current: Some(Lsn(lsn)),
+            received: None,
+            replayed: None,
+            replay_paused: false,
+            timeline,
+            upstream: None,
+            streaming: false,
+            rewindable: Ok(()),
+            record,
+        }
+    }
+
+    fn standby(received: u64, replayed: u64) -> Observed {
+        Observed {
+            in_recovery: true,
+            read_only: false,
+            current: None,
+            received: Some(Lsn(received)),
+            replayed: Some(Lsn(replayed)),
+            upstream: Some("a:5432".into()),
+            streaming: true,
+            ..primary(0, 1, None)
+        }
+    }
+
+    #[test]
+    fn lsns_parse_print_and_count_bytes() {
+        let lsn = Lsn::parse("16/B374D848").expect("lsn");
+        assert_eq!(lsn.0, 0x16_B374_D848);
+        assert_eq!(lsn.to_string(), "16/B374D848");
+        assert_eq!(
+            Lsn::parse("0/3000148")
+                .expect("lsn")
+                .bytes_to(Lsn::parse("0/3000200").expect("lsn")),
+            0xB8
+        );
+        assert_eq!(Lsn(10).bytes_to(Lsn(5)), 0);
+        assert!(Lsn::parse("3000148").is_err());
+        assert!(Lsn::parse("x/1").is_err());
+    }
+
+    #[test]
+    fn the_standby_of_the_region_that_received_most_is_the_candidate() {
+        let observed = vec![
+            Some(primary(1000, 1, None)),
+            Some(standby(900, 900)),
+            Some(standby(990, 500)),
+        ];
+        assert_eq!(
+            plan(&order(7, "us", false), &members(), &observed).expect("plan"),
+            Plan::Promote {
+                old: Some(0),
+                candidate: 2
+            }
+        );
+        // Equal received: the one that replayed more, then the first listed.
+        let observed = vec![None, Some(standby(990, 980)), Some(standby(990, 500))];
+        assert_eq!(
+            plan(&order(7, "us", false), &members(), &observed).expect("plan"),
+            Plan::Promote {
+                old: None,
+                candidate: 1
+            }
+        );
+        assert!(matches!(
+            plan(&order(7, "us", false), &members(), &[None, None, None]),
+            Err(Failure::Retryable(_))
+        ));
+    }
+
+    #[test]
+    fn a_promoted_standby_is_done_and_a_run_stopped_before_unfencing_finishes() {
+        // Crash after pg_promote, before the record: b is writable on timeline 2, a fenced.
+        let fenced_a = Observed {
+            read_only: true,
+            ..primary(1000, 1, Some(3))
+        };
+        let observed = vec![
+            Some(fenced_a.clone()),
+            Some(primary(1200, 2, Some(3))),
+            Some(standby(1000, 1000)),
+        ];
+        assert_eq!(
+            plan(&order(7, "us", false), &members(), &observed).expect("plan"),
+            Plan::Done {
+                primary: 1,
+                unfence: false
+            }
+        );
+        // Both writable with the same record: the newer timeline wins.
+        let observed = vec![Some(primary(1000, 1, Some(3))), Some(primary(1200, 2, Some(3))), None];
+        assert_eq!(
+            plan(&order(7, "us", false), &members(), &observed).expect("plan"),
+            Plan::Done {
+                primary: 1,
+                unfence: false
+            }
+        );
+        // Same timeline: refused, naming both.
+        let observed = vec![Some(primary(1000, 2, None)), Some(primary(1200, 2, None)), None];
+        let Err(Failure::Refused(message)) = plan(&order(7, "us", false), &members(), &observed) else {
+            panic!("refused");
+        };
+        assert!(message.contains("a:5432 and b:5432"), "{message}");
+        // Promoted but still fenced (it was a fenced ex-primary): unfence it.
+        let observed = vec![
+            Some(fenced_a),
+            Some(Observed {
+                read_only: true,
+                ..primary(1200, 2, Some(3))
+            }),
+            None,
+        ];
+        assert_eq!(
+            plan(&order(7, "us", false), &members(), &observed).expect("plan"),
+            Plan::Done {
+                primary: 1,
+                unfence: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_newer_record_fences_and_a_stale_primary_loses_to_it() {
+        let observed = vec![
+            Some(primary(1500, 1, Some(2))),
+            Some(primary(1200, 2, Some(7))),
+            Some(standby(1200, 1200)),
+        ];
+        assert!(matches!(
+            plan(&order(6, "eu", false), &members(), &observed),
+            Err(Failure::Fenced(_))
+        ));
+        // Failing back to eu: a is a former primary, not a standby; it must rejoin first.
+        let observed = vec![Some(primary(1500, 1, Some(2))), Some(primary(1200, 2, Some(7))), None];
+        let Err(Failure::Refused(message)) = plan(&order(8, "eu", false), &members(), &observed) else {
+            panic!("refused");
+        };
+        assert!(message.contains("a:5432 is a former primary"), "{message}");
+    }
+
+    #[test]
+    fn old_servers_are_refused() {
+        let observed = vec![
+            Some(Observed {
+                version_num: 120_004,
+                ..primary(1, 1, None)
+            }),
+            None,
+            None,
+        ];
+        let Err(Failure::Refused(message)) = plan(&order(2, "us", false), &members(), &observed) else {
+            panic!("refused");
+        };
+        assert!(message.contains("PostgreSQL 12.4"), "{message}");
+    }
+
+    #[test]
+    fn loss_is_refused_unless_forced_and_counted_in_bytes() {
+        let Err(Failure::Refused(message)) = judge_loss(4096, false, "b:5432", Lsn(0x3000000), 300) else {
+            panic!("refused");
+        };
+        assert!(message.contains("4096 byte(s) of WAL up to 0/3000000"), "{message}");
+        assert!(message.contains("--force-data-loss"), "{message}");
+        let forced = judge_loss(4096, true, "b", Lsn(1), 300)
+            .expect("forced")
+            .expect("a note");
+        assert!(forced.contains("lost"), "{forced}");
+        assert_eq!(judge_loss(0, false, "b", Lsn(1), 300), Ok(None));
+    }
+
+    #[test]
+    fn timelines_decide_follow_rewind_or_refusal() {
+        let history =
+            parse_history("1\t0/3000148\tno recovery target specified\n\n2\t0/5000000\tno recovery target specified\n")
+                .expect("history");
+        assert_eq!(
+            history,
+            vec![
+                Fork {
+                    tli: 1,
+                    switch: Lsn(0x3000148)
+                },
+                Fork {
+                    tli: 2,
+                    switch: Lsn(0x5000000)
+                }
+            ]
+        );
+        let ok = Ok(());
+        assert_eq!(
+            rejoin_path("a", 1, Lsn(0x3000100), false, &ok, "b", 3, &history),
+            Ok(RejoinPath::Follow)
+        );
+        // A former primary restarts, writing past the fork point: pg_rewind even so.
+        assert_eq!(
+            rejoin_path("a", 1, Lsn(0x3000100), true, &ok, "b", 3, &history),
+            Ok(RejoinPath::Rewind {
+                past_fork_bytes: 0,
+                fork: Lsn(0x3000148)
+            })
+        );
+        assert_eq!(
+            rejoin_path("a", 1, Lsn(0x3000200), false, &ok, "b", 3, &history),
+            Ok(RejoinPath::Rewind {
+                past_fork_bytes: 0xB8,
+                fork: Lsn(0x3000148)
+            })
+        );
+        assert_eq!(
+            rejoin_path("a", 3, Lsn(1), false, &ok, "b", 3, &history),
+            Ok(RejoinPath::Follow)
+        );
+        let no_hints = Err("neither wal_log_hints nor data checksums are on".to_string());
+        let refused = rejoin_path("a", 2, Lsn(0x5000010), false, &no_hints, "b", 3, &history).expect_err("refused");
+        assert!(
+            refused.contains("16 byte(s) of WAL past the fork point 0/5000000 of timeline 2")
+                && refused.contains("wal_log_hints"),
+            "{refused}"
+        );
+        let restart = rejoin_path("a", 1, Lsn(1), true, &no_hints, "b", 3, &history).expect_err("refused");
+        assert!(restart.contains("shutdown checkpoint"), "{restart}");
+        let unrelated = rejoin_path("a", 4, Lsn(1), false, &ok, "b", 3, &history).expect_err("newer");
+        assert!(unrelated.contains("newer"), "{unrelated}");
+        let missing = rejoin_path("a", 1, Lsn(1), false, &ok, "b", 3, &history[1..]).expect_err("not in history");
+        assert!(missing.contains("not in the history"), "{missing}");
+        assert!(parse_history("1").is_err());
+    }
+
+    #[test]
+    fn conninfo_addresses_are_read_with_quoting() {
+        assert_eq!(
+            conninfo_address("user=repl password='it''s' host=10.0.0.5 port=5433").as_deref(),
+            None,
+            "'' is not libpq quoting"
+        );
+        assert_eq!(
+            conninfo_address("user=repl password='it\\'s x' host=10.0.0.5 port=5433 sslmode=prefer").as_deref(),
+            Some("10.0.0.5:5433")
+        );
+        assert_eq!(conninfo_address("host = db1 ").as_deref(), Some("db1:5432"));
+        assert_eq!(conninfo_address("").as_deref(), None);
+        assert_eq!(conninfo_value("it's\\"), "'it\\'s\\\\'");
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn settings_name_every_problem() {
+        let text = r#"
+            servers = { eu = ["a:5432"], mars = ["b:99999"] }
+            user = ""
+            replication_user = "repl"
+            password = { env = "SWITCHYARD_TEST_UNSET_PG" }
+            promote_lag_max_ms = 900000
+            rejoin = { program = "/nonexistent/pg-rejoin", timeout_ms = 0 }
+        "#;
+        let settings: Settings = toml::from_str(text).expect("parses");
+        let mut checker = Collect::new(&["eu", "us"]);
+        assert!(settings.check("db", &mut checker).is_none());
+        let all = checker.errors.join("\n");
+        for expected in [
+            "region 'mars'",
+            "port '99999'",
+            "user ''",
+            "SWITCHYARD_TEST_UNSET_PG",
+            "promote_lag_max_ms = 900000",
+            "/nonexistent/pg-rejoin does not exist",
+            "rejoin timeout_ms = 0",
+        ] {
+            assert!(all.contains(expected), "{expected} missing in:\n{all}");
+        }
+        let good: Settings = toml::from_str(
+            "servers = { eu = [\"a\"], us = [\"b:5433\"] }\nuser = \"postgres\"\nreplication_user = \"repl\"\n",
+        )
+        .expect("parses");
+        let mut checker = Collect::new(&["eu", "us"]);
+        let step = good.check("db", &mut checker).expect("valid");
+        assert!(checker.errors.is_empty(), "{:?}", checker.errors);
+        assert_eq!(step.members()[0].address, "a:5432");
+        assert_eq!(step.inner.database, "postgres");
+        assert_eq!(
+            step.timeout_needed_ms(),
+            super::super::PROMOTE_LAG_MS_DEFAULT
+                + super::super::STEP_OVERHEAD_MS
+                + PROMOTE_WAIT_S * 1000
+                + FOLLOW_WAIT_MS
+        );
+    }
+}

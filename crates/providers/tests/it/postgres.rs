@@ -1,0 +1,561 @@
+//! `postgres_promote` against real PostgreSQL servers (the Debian `postgresql` package): a
+//! primary `a` in eu and two streaming standbys `b` and `c` in us, made by the test with
+//! `pg_basebackup -R`, `wal_log_hints = on` so `pg_rewind` can rejoin a former primary. The
+//! rejoin command is a shell script the test writes (stop, `pg_rewind` when asked, standby.signal
+//! and primary_conninfo, start), as an operator's would be. As root, the servers run as nobody.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use providers::Failure;
+use providers::db::postgres::{PostgresPromote, Settings};
+
+use crate::support::{DEADLINE, Strict, find_binary, free_port, order, running_as_root, skip};
+
+const NOBODY: u32 = 65534;
+const SUPER_PASSWORD: &str = "pg-pass";
+/// SQLSTATE read_only_sql_transaction: the server is fenced.
+const READ_ONLY: &str = "25006";
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// eu primary `a`, us standbys `b` and `c`.
+    ports: [u16; 3],
+}
+
+impl Cluster {
+    fn data(&self, i: usize) -> PathBuf {
+        self.dir.path().join(["a", "b", "c"][i])
+    }
+
+    fn address(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i])
+    }
+
+    /// A PostgreSQL tool, as nobody when the test runs as root.
+    fn tool(&self, name: &str) -> Command {
+        let mut command = Command::new(self.bin.join(name));
+        if running_as_root() {
+            command.uid(NOBODY).gid(NOBODY);
+        }
+        command
+    }
+
+    fn pg_ctl(&self, i: usize, args: &[&str]) -> std::process::Output {
+        let data = self.data(i);
+        let log = self.dir.path().join(format!("{}.log", ["a", "b", "c"][i]));
+        self.tool("pg_ctl")
+            .args(["-D", &data.display().to_string(), "-l", &log.display().to_string()])
+            .args(["-o", &format!("-p {}", self.ports[i])])
+            .args(args)
+            .output()
+            .expect("run pg_ctl")
+    }
+
+    fn start(&self, i: usize) {
+        let output = self.pg_ctl(i, &["-w", "-t", "60", "start"]);
+        assert!(
+            output.status.success(),
+            "pg_ctl start {}: {}{}",
+            self.address(i),
+            String::from_utf8_lossy(&output.stderr),
+            self.log(i)
+        );
+    }
+
+    /// Stops a server at once, as a crash would.
+    fn kill(&self, i: usize) {
+        let output = self.pg_ctl(i, &["-w", "-m", "immediate", "stop"]);
+        assert!(
+            output.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{}.log", ["a", "b", "c"][i]))).unwrap_or_default()
+    }
+
+    fn step(&self, promote_lag_max_ms: u64, rejoin: bool) -> PostgresPromote {
+        let rejoin = if rejoin {
+            format!(
+                "rejoin = {{ program = \"{}\", timeout_ms = 60000 }}\n",
+                self.dir.path().join("rejoin.sh").display()
+            )
+        } else {
+            String::new()
+        };
+        let settings = format!(
+            "servers = {{ eu = [\"{}\"], us = [\"{}\", \"{}\"] }}\n\
+             user = \"postgres\"\n\
+             password = {{ file = \"{}\" }}\n\
+             replication_user = \"repl\"\n\
+             replication_password = {{ file = \"{}\" }}\n\
+             promote_lag_max_ms = {promote_lag_max_ms}\n{rejoin}",
+            self.address(0),
+            self.address(1),
+            self.address(2),
+            self.dir.path().join("password").display(),
+            self.dir.path().join("repl.password").display(),
+        );
+        let settings: Settings = toml::from_str(&settings).expect("settings parse");
+        settings
+            .check("orders-db", &mut Strict::new(&["eu", "us"]))
+            .expect("settings check")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            let _ = self.pg_ctl(i, &["-w", "-m", "immediate", "stop"]);
+        }
+        if std::thread::panicking() {
+            for i in 0..3 {
+                eprintln!("--- {} ---\n{}", self.address(i), self.log(i));
+            }
+        }
+    }
+}
+
+async fn client(port: u16, user: &str, password: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(5))
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The first column of the first row, as the superuser.
+async fn text(port: u16, statement: &str) -> String {
+    let client = client(port, "postgres", SUPER_PASSWORD)
+        .await
+        .unwrap_or_else(|e| panic!("login on {port}: {e}"));
+    let messages = client
+        .simple_query(statement)
+        .await
+        .unwrap_or_else(|e| panic!("{statement} on {port}: {e}"));
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or_default().to_string()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// An order as the shop inserts it (its own role, no session settings).
+async fn insert(port: u16, id: u32) -> Result<(), String> {
+    let client = client(port, "app", "app-pass").await.map_err(|e| e.to_string())?;
+    client
+        .simple_query(&format!("INSERT INTO orders (id) VALUES ({id})"))
+        .await
+        .map(|_| ())
+        .map_err(|e| match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        })
+}
+
+async fn count(port: u16) -> u64 {
+    text(port, "SELECT count(*) FROM orders").await.parse().unwrap_or(0)
+}
+
+/// The timeline a primary writes.
+async fn timeline(port: u16) -> String {
+    text(port, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)").await
+}
+
+/// `status@host:port` of the standby's WAL receiver, or "" without one.
+async fn receiver(port: u16) -> String {
+    text(
+        port,
+        "SELECT status || '@' || sender_host || ':' || sender_port FROM pg_stat_wal_receiver",
+    )
+    .await
+}
+
+async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn streams_from(cluster: &Cluster, standby: usize, primary: usize) {
+    let (port, expected) = (
+        cluster.ports[standby],
+        format!("streaming@{}", cluster.address(primary)),
+    );
+    wait_until(
+        &format!(
+            "{} to stream from {}",
+            cluster.address(standby),
+            cluster.address(primary)
+        ),
+        || {
+            let expected = expected.clone();
+            async move { receiver(port).await == expected }
+        },
+    )
+    .await;
+}
+
+/// Cuts a standby's replication: its upstream becomes a port nobody listens on.
+async fn cut(cluster: &Cluster, standby: usize) {
+    let port = cluster.ports[standby];
+    let dead = free_port();
+    text(
+        port,
+        &format!("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={dead} user=repl password=repl-pass'"),
+    )
+    .await;
+    text(port, "SELECT pg_reload_conf()").await;
+    wait_until("the standby to stop streaming", || async move {
+        receiver(port).await.is_empty()
+    })
+    .await;
+}
+
+fn start_cluster() -> Option<Cluster> {
+    let Some(initdb) = find_binary("initdb") else {
+        skip("initdb", "postgresql");
+        return None;
+    };
+    // /usr/local/bin/initdb may be a link into /usr/lib/postgresql/N/bin, where the rest is.
+    let initdb = std::fs::canonicalize(&initdb).unwrap_or(initdb);
+    let bin = initdb.parent().expect("bin folder").to_path_buf();
+    for tool in ["pg_ctl", "pg_basebackup", "pg_rewind", "postgres"] {
+        if !bin.join(tool).is_file() {
+            skip(tool, "postgresql");
+            return None;
+        }
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    if running_as_root() {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let cluster = Cluster {
+        dir,
+        bin,
+        ports: [free_port(), free_port(), free_port()],
+    };
+    let root = cluster.dir.path();
+    for (name, secret) in [("password", SUPER_PASSWORD), ("repl.password", "repl-pass")] {
+        std::fs::write(root.join(name), format!("{secret}\n")).expect("write password");
+        std::fs::set_permissions(root.join(name), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let output = cluster
+        .tool("initdb")
+        .args(["-D", &cluster.data(0).display().to_string(), "-U", "postgres"])
+        .arg(format!("--pwfile={}", root.join("password").display()))
+        .args(["--auth=scram-sha-256", "--no-sync", "-E", "UTF8"])
+        .output()
+        .expect("run initdb");
+    assert!(
+        output.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let conf = cluster.data(0).join("postgresql.conf");
+    let mut settings = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+    settings.push_str(&format!(
+        "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n\
+         wal_log_hints = on\nwal_keep_size = 256MB\nshared_buffers = 16MB\n",
+        root.display()
+    ));
+    std::fs::write(&conf, settings).expect("write postgresql.conf");
+    // The rejoin command an operator would install (run as nobody, like the servers).
+    let script = format!(
+        "#!/bin/sh\nset -eu\n\
+         if [ \"$(id -u)\" = 0 ]; then exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups -- \"$0\" \"$@\"; fi\n\
+         case \"$SWITCHYARD_PG_TARGET_PORT\" in\n  {pa}) name=a;;\n  {pb}) name=b;;\n  {pc}) name=c;;\n  *) echo \"unknown target $SWITCHYARD_PG_TARGET\" >&2; exit 2;;\nesac\n\
+         data={root}/$name\n\
+         {bin}/pg_ctl -D \"$data\" -w -m fast stop || true\n\
+         if [ \"$SWITCHYARD_PG_REWIND\" = 1 ]; then {bin}/pg_rewind --target-pgdata=\"$data\" --source-server=\"$SWITCHYARD_PG_SOURCE_SERVER\"; fi\n\
+         touch \"$data/standby.signal\"\n\
+         printf \"primary_conninfo = '%s'\\n\" \"$(printf %s \"$SWITCHYARD_PG_PRIMARY_CONNINFO\" | sed \"s/'/''/g\")\" >> \"$data/postgresql.auto.conf\"\n\
+         {bin}/pg_ctl -D \"$data\" -l {root}/$name.log -o \"-p $SWITCHYARD_PG_TARGET_PORT\" -w -t 60 start\n",
+        pa = cluster.ports[0],
+        pb = cluster.ports[1],
+        pc = cluster.ports[2],
+        root = root.display(),
+        bin = cluster.bin.display(),
+    );
+    std::fs::write(root.join("rejoin.sh"), script).expect("write rejoin script");
+    std::fs::set_permissions(root.join("rejoin.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    cluster.start(0);
+    Some(cluster)
+}
+
+/// The schema, the roles, and the two standbys streaming.
+async fn populate(cluster: &Cluster) {
+    let a = cluster.ports[0];
+    text(
+        a,
+        "CREATE ROLE repl LOGIN REPLICATION PASSWORD 'repl-pass'; \
+         CREATE ROLE app LOGIN PASSWORD 'app-pass'; \
+         CREATE TABLE orders (id int PRIMARY KEY); GRANT ALL ON orders TO app",
+    )
+    .await;
+    for i in 1..3 {
+        let output = cluster
+            .tool("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &a.to_string(), "-U", "repl"])
+            .args([
+                "-D",
+                &cluster.data(i).display().to_string(),
+                "-R",
+                "--no-sync",
+                "-X",
+                "stream",
+            ])
+            .env("PGPASSWORD", "repl-pass")
+            .output()
+            .expect("run pg_basebackup");
+        assert!(
+            output.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        cluster.start(i);
+        streams_from(cluster, i, 0).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_failover_picks_the_most_advanced_standby_fences_repoints_rejoins_and_fails_back() {
+    let Some(cluster) = start_cluster() else { return };
+    populate(&cluster).await;
+    let [a, b, c] = cluster.ports;
+    for id in 1..=3 {
+        insert(a, id).await.expect("insert on the primary");
+    }
+    wait_until("both standbys to have 3 orders", || async move {
+        count(b).await == 3 && count(c).await == 3
+    })
+    .await;
+    // c loses its link; b keeps receiving but its replay is paused (apply lag).
+    cut(&cluster, 2).await;
+    text(b, "SELECT pg_wal_replay_pause()").await;
+    for id in 4..=6 {
+        insert(a, id).await.expect("insert on the primary");
+    }
+    let written = text(a, "SELECT pg_current_wal_lsn()::text").await;
+    wait_until("b to receive everything", || {
+        let written = written.clone();
+        async move { text(b, &format!("SELECT pg_last_wal_receive_lsn() >= '{written}'::pg_lsn")).await == "t" }
+    })
+    .await;
+    assert_eq!(count(b).await, 3, "b replayed nothing yet");
+    let shop = client(a, "app", "app-pass").await.expect("shop login");
+    shop.simple_query("SELECT 1").await.expect("shop session works");
+
+    let step = cluster.step(10_000, true);
+    let outcome = step.run(&order(5, "eu", "us", false)).await.expect("promoted");
+    for expected in [
+        format!("fenced old primary {}", cluster.address(0)),
+        "client backend(s) terminated".to_string(),
+        format!("{} had replay paused: resumed", cluster.address(1)),
+        format!("promoted {} in us", cluster.address(1)),
+        "now timeline 2".to_string(),
+        format!("{} now streams from {}", cluster.address(2), cluster.address(1)),
+        format!("{} rejoined by pg_rewind", cluster.address(0)),
+    ] {
+        assert!(outcome.contains(&expected), "{expected} missing in: {outcome}");
+    }
+    assert!(
+        !outcome.contains("stray"),
+        "a was fenced by this run, not found writable: {outcome}"
+    );
+    assert!(
+        shop.simple_query("SELECT 1").await.is_err(),
+        "the shop's session on a was terminated"
+    );
+    assert_eq!(count(b).await, 6, "b replayed every order before it was promoted");
+    insert(b, 7).await.expect("the new primary takes orders");
+    assert_eq!(timeline(b).await, "00000002");
+    assert_eq!(text(b, "SELECT generation FROM switchyard.promotion").await, "5");
+    streams_from(&cluster, 0, 1).await;
+    streams_from(&cluster, 2, 1).await;
+    wait_until("a and c to have all 7 orders", || async move {
+        count(a).await == 7 && count(c).await == 7
+    })
+    .await;
+    assert_eq!(
+        insert(a, 100).await.map_err(|e| e.starts_with(READ_ONLY)),
+        Err(true),
+        "a is a standby now"
+    );
+
+    // A retry, or a controller that restarted and rolls forward: nothing promoted twice.
+    let again = step.run(&order(5, "eu", "us", false)).await.expect("re-run");
+    assert!(again.contains("already primary"), "{again}");
+    assert!(!again.contains("promoted "), "{again}");
+    assert_eq!(timeline(b).await, "00000002", "no second promotion");
+
+    // Failback to eu: a (a standby again) takes over, b is fenced and rewound, c follows a.
+    let back = step.run(&order(6, "us", "eu", false)).await.expect("failed back");
+    for expected in [
+        format!("fenced old primary {}", cluster.address(1)),
+        format!("promoted {} in eu", cluster.address(0)),
+        "now timeline 3".to_string(),
+        format!("{} rejoined by", cluster.address(1)),
+    ] {
+        assert!(back.contains(&expected), "{expected} missing in: {back}");
+    }
+    // c follows a: repointed, or rewound if b's last WAL reached it after a's fork point.
+    assert!(
+        back.contains(&format!(
+            "{} now streams from {}",
+            cluster.address(2),
+            cluster.address(0)
+        )) || back.contains(&format!("{} rejoined by", cluster.address(2))),
+        "{back}"
+    );
+    insert(a, 8).await.expect("a takes orders again");
+    assert_eq!(count(a).await, 8, "no order lost in the failback");
+    streams_from(&cluster, 1, 0).await;
+    streams_from(&cluster, 2, 0).await;
+    wait_until("b and c to have 8 orders", || async move {
+        count(b).await == 8 && count(c).await == 8
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_refuses_beyond_the_lag_bound_until_forced_and_leaves_the_old_primary_fenced_without_rejoin() {
+    let Some(cluster) = start_cluster() else { return };
+    populate(&cluster).await;
+    let [a, b, c] = cluster.ports;
+    insert(a, 1).await.expect("insert");
+    wait_until("the standbys to have the order", || async move {
+        count(b).await == 1 && count(c).await == 1
+    })
+    .await;
+    cut(&cluster, 1).await;
+    cut(&cluster, 2).await;
+    for id in 2..=4 {
+        insert(a, id).await.expect("insert on the primary");
+    }
+    let step = cluster.step(300, false);
+    let Err(Failure::Refused(message)) = step.run(&order(5, "eu", "us", false)).await else {
+        panic!("refused");
+    };
+    assert!(message.contains("byte(s) of WAL up to"), "{message}");
+    assert!(message.contains("--force-data-loss"), "{message}");
+    assert!(
+        message.contains(&format!("{} is writable again", cluster.address(0))),
+        "{message}"
+    );
+    insert(a, 5).await.expect("the old primary got its writes back");
+    assert_eq!(text(b, "SELECT pg_is_in_recovery()").await, "t", "nothing promoted");
+
+    let forced = step.run(&order(5, "eu", "us", true)).await.expect("forced");
+    assert!(forced.contains("promoted anyway (force_data_loss)"), "{forced}");
+    assert!(
+        forced.contains(&format!("{} left fenced: rejoining it needs", cluster.address(0))),
+        "{forced}"
+    );
+    let promoted = if forced.contains(&format!("promoted {} in us", cluster.address(1))) {
+        b
+    } else {
+        c
+    };
+    insert(promoted, 6).await.expect("the new primary takes orders");
+    assert_eq!(
+        count(promoted).await,
+        2,
+        "orders 2-5 were never received: lost, as forced"
+    );
+    assert_eq!(
+        insert(a, 7).await.map_err(|e| e.starts_with(READ_ONLY)),
+        Err(true),
+        "the old primary is fenced"
+    );
+}
+
+#[tokio::test]
+async fn postgres_unreachable_primary_is_fenced_on_return_and_a_crashed_promotion_rolls_forward_once() {
+    let Some(cluster) = start_cluster() else { return };
+    populate(&cluster).await;
+    let [a, b, c] = cluster.ports;
+    insert(a, 1).await.expect("insert");
+    wait_until("the standbys to have the order", || async move {
+        count(b).await == 1 && count(c).await == 1
+    })
+    .await;
+    // The eu region dies: a is unreachable.
+    cluster.kill(0);
+    let step = cluster.step(2_000, true);
+    let outcome = step.run(&order(5, "eu", "us", false)).await.expect("promoted");
+    assert!(
+        outcome.contains(&format!("{} unreachable", cluster.address(0))),
+        "{outcome}"
+    );
+    assert!(outcome.contains("the old primary did not answer"), "{outcome}");
+    let promoted = if outcome.contains(&format!("promoted {} in us", cluster.address(1))) {
+        1
+    } else {
+        2
+    };
+    let other = 3 - promoted;
+    streams_from(&cluster, other, promoted).await;
+    // a comes back writable, with writes of its own nobody saw.
+    cluster.start(0);
+    insert(a, 50)
+        .await
+        .expect("the stray primary is writable before the step sees it");
+    let again = step.run(&order(5, "eu", "us", false)).await.expect("re-run");
+    assert!(
+        again.contains(&format!("fenced stray primary {}", cluster.address(0))),
+        "{again}"
+    );
+    assert!(
+        again.contains(&format!("{} rejoined by pg_rewind", cluster.address(0))),
+        "{again}"
+    );
+    streams_from(&cluster, 0, promoted).await;
+    wait_until("a to drop its stray order", || async move { count(a).await == 1 }).await;
+
+    // A failback whose controller crashed right after pg_promote (before the record and the
+    // rejoins): the re-run finds a promoted and finishes without promoting again.
+    let new = cluster.ports[promoted];
+    text(new, "ALTER SYSTEM SET default_transaction_read_only = on").await;
+    text(new, "SELECT pg_reload_conf()").await;
+    wait_until("a to replay everything", || async move {
+        text(new, "SELECT pg_current_wal_lsn()::text").await == text(a, "SELECT pg_last_wal_replay_lsn()::text").await
+    })
+    .await;
+    text(a, "SELECT pg_promote(true, 30)").await;
+    assert_eq!(timeline(a).await, "00000003");
+    let finished = step.run(&order(6, "us", "eu", false)).await.expect("rolled forward");
+    assert!(finished.contains("already primary"), "{finished}");
+    assert!(
+        !finished.contains(&format!("promoted {}", cluster.address(0))),
+        "{finished}"
+    );
+    assert_eq!(timeline(a).await, "00000003", "promoted once");
+    assert_eq!(text(a, "SELECT generation FROM switchyard.promotion").await, "6");
+    insert(a, 2).await.expect("a takes orders");
+    streams_from(&cluster, promoted, 0).await;
+    streams_from(&cluster, other, 0).await;
+}
