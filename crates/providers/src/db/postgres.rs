@@ -818,7 +818,7 @@ impl PostgresPromote {
                 }
             }
             let position = o.position();
-            let path = match rejoin_path(
+            let mut path = match rejoin_path(
                 &member.address,
                 o.timeline,
                 position,
@@ -839,12 +839,42 @@ impl PostgresPromote {
                 }
             };
             if o.in_recovery && path == RejoinPath::Follow {
-                session.follow(inner, primary_member).await?;
-                notes.push(format!(
-                    "{} now streams from {}",
-                    member.address, primary_member.address
-                ));
-                continue;
+                match session.follow(inner, primary_member).await {
+                    Ok(()) => {
+                        notes.push(format!(
+                            "{} now streams from {}",
+                            member.address, primary_member.address
+                        ));
+                        continue;
+                    }
+                    Err(not_streaming) => {
+                        // The old primary may have sent it WAL past the fork point after the
+                        // survey (a fenced primary still writes checkpoints and snapshots until
+                        // it stops): read its position again, and rewind it if so.
+                        let fresh = session.inspect().await?;
+                        match rejoin_path(
+                            &member.address,
+                            fresh.timeline,
+                            fresh.position(),
+                            false,
+                            &fresh.rewindable,
+                            &primary_member.address,
+                            primary_state.timeline,
+                            &history,
+                        ) {
+                            Ok(rewind @ RejoinPath::Rewind { .. }) => path = rewind,
+                            Ok(RejoinPath::Follow) => return Err(not_streaming),
+                            Err(why) => {
+                                notes.push(format!(
+                                    "{} left {}, not rejoined: {why}",
+                                    member.address,
+                                    fenced_word(o)
+                                ));
+                                continue;
+                            }
+                        }
+                    }
+                }
             }
             drop(session);
             let why = match path {

@@ -493,16 +493,7 @@ async fn postgres_refuses_beyond_the_lag_bound_until_forced_and_leaves_the_old_p
     );
 }
 
-// Ignored (run it with `cargo test -p providers --test it postgres -- --ignored`): under the
-// full suite's load it failed once in the roll-forward part. The standby that is not
-// promoted had received 120 bytes of timeline 2 past the point where the hand-promoted
-// server forked timeline 3. The step repointed it instead of sending it through the rejoin
-// (pg_rewind) path, and it never streamed ("new timeline 3 forked off ... before current
-// recovery point"). Two things must be fixed before this runs in CI: the test's hand
-// promotion races WAL the old primary still writes, and the step must re-survey right
-// before `follow`. See the stop-21 note on issue #13.
 #[tokio::test]
-#[ignore = "the roll-forward race described above; see issue #13's note"]
 async fn postgres_unreachable_primary_is_fenced_on_return_and_a_crashed_promotion_rolls_forward_once() {
     let Some(cluster) = start_cluster() else { return };
     populate(&cluster).await;
