@@ -292,7 +292,7 @@ async fn handle_requests(supervisor: &mut Supervisor, plan: &crate::plan::Plan, 
                         network_action(networks, &request.name, request.action == Action::HealNetwork)
                     }
                     Action::FillDisk | Action::FreeDisk => {
-                        disk_action(&plan.disks, &request.name, request.action == Action::FillDisk)
+                        disk_action(&plan.disks, &request.name, request.action == Action::FillDisk).await
                     }
                 };
                 tracing::info!(action = ?request.action, component = %request.name, ok = outcome.is_ok(), "control request");
@@ -356,7 +356,9 @@ fn network_action(
     Ok(None)
 }
 
-fn disk_action(
+/// Fills or frees a region's disk on a blocking thread: writing hundreds of MiB of ballast
+/// must not hold up the supervisor's runtime.
+async fn disk_action(
     disks: &[crate::disks::RegionDisk],
     region: &str,
     fill: bool,
@@ -371,11 +373,16 @@ fn disk_action(
             )
         }));
     };
-    let done = if fill {
-        crate::disks::fill(disk)
-    } else {
-        crate::disks::free(disk)
-    }
+    let disk = disk.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        if fill {
+            crate::disks::fill(&disk)
+        } else {
+            crate::disks::free(&disk)
+        }
+    })
+    .await
+    .map_err(|e| SupervisorError::BadSpec(format!("the disk task failed: {e}")))?
     .map_err(SupervisorError::BadSpec)?;
     tracing::warn!(region, fill, "{done}");
     Ok(Some(done))
