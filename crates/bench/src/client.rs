@@ -1,10 +1,11 @@
-//! A minimal DynamoDB JSON-1.0 caller for load generation: one pooled hyper client, raw JSON
-//! bodies, no signing (the benchmark stores run without credentials on loopback).
+//! A minimal DynamoDB JSON-1.0 caller for load generation: one pooled hyper client (`http://`
+//! or `https://`), raw JSON bodies, no signing (the benchmark stores run without credentials
+//! on loopback).
 
 use bytes::Bytes;
+use common::tls_client::Connector;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
@@ -13,7 +14,7 @@ const POOL_IDLE_PER_HOST_MAX: usize = 64;
 
 #[derive(Clone)]
 pub struct Client {
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: HyperClient<Connector, Full<Bytes>>,
 }
 
 impl Default for Client {
@@ -23,12 +24,22 @@ impl Default for Client {
 }
 
 impl Client {
+    /// For `http://` stores (and `https://` ones with a public certificate).
     pub fn new() -> Client {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        Client::with_tls(common::tls_client::process_config())
+    }
+
+    /// For `https://` stores whose certificates `ca_file` signed.
+    pub fn with_ca(ca_file: &std::path::Path) -> anyhow::Result<Client> {
+        Ok(Client::with_tls(
+            common::tls_client::client_config(Some(ca_file)).map_err(anyhow::Error::msg)?,
+        ))
+    }
+
+    fn with_tls(tls: std::sync::Arc<rustls::ClientConfig>) -> Client {
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX)
-            .build(connector);
+            .build(Connector::new(tls));
         Client { http }
     }
 

@@ -57,6 +57,9 @@ pub struct Config {
     pub sample_every: u64,
     /// Pin the writing region's store to this CPU and the others' to the remaining CPUs.
     pub origin_cpu: Option<usize>,
+    /// Also measure every rate on a second cluster serving HTTPS with mutual TLS between
+    /// regions (a CA made for the run), right after the plain one, for a side-by-side ratio.
+    pub tls: bool,
 }
 
 /// The `taskset -c` CPU list a store of `region` runs on, if pinning.
@@ -87,6 +90,8 @@ fn cpu_list(config: &Config, region: &str) -> anyhow::Result<Option<String>> {
 #[derive(Clone, Debug)]
 pub struct LagResult {
     pub regions: usize,
+    /// Measured on the HTTPS cluster (mutual TLS between regions).
+    pub tls: bool,
     pub target_rate: u64,
     pub achieved_rate: f64,
     pub writes: u64,
@@ -135,6 +140,7 @@ fn spawn_store(
     region: &str,
     port: u16,
     peers: &[(String, String)],
+    tls: Option<&common::devca::DevCaFiles>,
 ) -> anyhow::Result<Store> {
     let data = dir.join(region);
     std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
@@ -164,12 +170,26 @@ fn spawn_store(
     for (name, url) in peers {
         command.arg("--peer").arg(format!("{name}={url}"));
     }
+    if let Some(files) = tls {
+        // HTTPS for the API and replication; peers verified against the run's CA and mutual
+        // TLS: replication only from a certificate that CA signed.
+        for (flag, path) in [
+            ("--tls-cert", &files.cert),
+            ("--tls-key", &files.key),
+            ("--peer-ca", &files.ca_cert),
+            ("--peer-client-ca", &files.ca_cert),
+            ("--peer-client-cert", &files.cert),
+            ("--peer-client-key", &files.key),
+        ] {
+            command.arg(flag).arg(path);
+        }
+    }
     let child = command
         .spawn()
         .with_context(|| format!("start {}", config.binary.display()))?;
     let mut store = Store {
         region: region.to_string(),
-        url: format!("http://127.0.0.1:{port}"),
+        url: format!("{}://127.0.0.1:{port}", if tls.is_some() { "https" } else { "http" }),
         child,
     };
     let deadline = Instant::now() + Duration::from_millis(START_DEADLINE_MS);
@@ -224,18 +244,24 @@ fn signal_peers(stores: &[Store], signal: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_cluster(config: &Config, dir: &Path, regions: usize) -> anyhow::Result<Vec<Store>> {
+fn start_cluster(
+    config: &Config,
+    dir: &Path,
+    regions: usize,
+    tls: Option<&common::devca::DevCaFiles>,
+) -> anyhow::Result<Vec<Store>> {
     let ports = (0..regions).map(|_| free_port()).collect::<anyhow::Result<Vec<_>>>()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let urls: Vec<(String, String)> = REGION_NAMES[..regions]
         .iter()
         .zip(&ports)
-        .map(|(name, port)| (name.to_string(), format!("http://127.0.0.1:{port}")))
+        .map(|(name, port)| (name.to_string(), format!("{scheme}://127.0.0.1:{port}")))
         .collect();
     urls.iter()
         .zip(&ports)
         .map(|((name, _), port)| {
             let peers: Vec<_> = urls.iter().filter(|(peer, _)| peer != name).cloned().collect();
-            spawn_store(config, dir, name, *port, &peers)
+            spawn_store(config, dir, name, *port, &peers, tls)
         })
         .collect()
 }
@@ -398,7 +424,16 @@ pub async fn run(
     config: &Config,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<(Vec<LagResult>, Vec<ThroughputResult>)> {
-    let client = Client::new();
+    let ca = if config.tls {
+        let names = ["127.0.0.1".to_string(), "localhost".to_string()];
+        Some(common::devca::generate(&config.dir.join("tls"), &names).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+    let client = match &ca {
+        Some(files) => Client::with_ca(&files.ca_cert)?,
+        None => Client::new(),
+    };
     let mut lag_results = Vec::new();
     let mut throughput = Vec::new();
     for &regions in &config.region_counts {
@@ -407,16 +442,34 @@ pub async fn run(
         }
         let dir = config.dir.join(format!("regions-{regions}"));
         let _ = std::fs::remove_dir_all(&dir);
-        let stores = start_cluster(config, &dir, regions)?;
+        let stores = start_cluster(config, &dir, regions, None)?;
         create_table(&client, &stores[0].url).await?;
         make_global(&client, &stores).await?;
-        let destinations: Vec<String> = stores[1..].iter().map(|s| s.url.clone()).collect();
-        for &rate in &config.rates {
-            let prefix = format!("r{regions}-rate{rate}");
+        // The HTTPS cluster runs beside the plain one; each rate is measured on both in turn.
+        let secure = match &ca {
+            Some(files) => {
+                let secure = start_cluster(config, &dir.join("tls"), regions, Some(files))?;
+                create_table(&client, &secure[0].url).await?;
+                make_global(&client, &secure).await?;
+                Some(secure)
+            }
+            None => None,
+        };
+        let clusters: Vec<(bool, &Vec<Store>)> = std::iter::once((false, &stores))
+            .chain(secure.iter().map(|s| (true, s)))
+            .collect();
+        for (&rate, (tls, cluster)) in config
+            .rates
+            .iter()
+            .flat_map(|rate| clusters.iter().map(move |c| (rate, *c)))
+        {
+            let destinations: Vec<String> = cluster[1..].iter().map(|s| s.url.clone()).collect();
+            let prefix = format!("r{regions}-rate{rate}{}", if tls { "-tls" } else { "" });
             let (achieved, counters, mut lags) =
-                drive(&client, &stores[0].url, &destinations, &prefix, rate, config).await;
+                drive(&client, &cluster[0].url, &destinations, &prefix, rate, config).await;
             let result = LagResult {
                 regions,
+                tls,
                 target_rate: rate,
                 achieved_rate: achieved,
                 writes: counters.writes.load(Ordering::Relaxed),
@@ -431,11 +484,12 @@ pub async fn run(
             progress(&format!("{result:?}"));
             lag_results.push(result);
         }
+        drop(secure);
         // Local write throughput with replication on (the global table, no watching) and off
         // (a store alone, same table shape, same load), measured in alternating rounds while
         // both run, so a change in the machine's background load hits both sides alike.
         let alone_dir = dir.join("standalone");
-        let alone = spawn_store(config, &alone_dir, REGION_NAMES[0], free_port()?, &[])?;
+        let alone = spawn_store(config, &alone_dir, REGION_NAMES[0], free_port()?, &[], None)?;
         create_table(&client, &alone.url).await?;
         let (mut replicated_rates, mut standalone_rates, mut paused_rates) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..THROUGHPUT_ROUNDS {
@@ -483,7 +537,7 @@ pub fn report(command: &str, config: &Config, lags: &[LagResult], throughput: &[
     );
     out.push_str("| regions | target writes/s | achieved writes/s | errors | samples | unseen | lag p50 ms | lag p99 ms | lag max ms |\n");
     out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-    for r in lags {
+    for r in lags.iter().filter(|r| !r.tls) {
         let target = if r.target_rate == 0 {
             "max".to_string()
         } else {
@@ -519,6 +573,39 @@ pub fn report(command: &str, config: &Config, lags: &[LagResult], throughput: &[
             t.peers_paused_rate,
             cost(t.peers_paused_rate, t.standalone_rate)
         ));
+    }
+    if config.tls {
+        out.push_str(
+            "\nReplication over HTTPS with mutual TLS between regions (a CA made for the run), each rate measured right after plain HTTP on a cluster of its own:\n\n\
+             | regions | target writes/s | achieved writes/s, TLS | lag p50 ms plain / TLS | lag p99 ms plain / TLS | p99 ratio TLS / plain |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for secure in lags.iter().filter(|r| r.tls) {
+            let Some(plain) = lags
+                .iter()
+                .find(|r| !r.tls && r.regions == secure.regions && r.target_rate == secure.target_rate)
+            else {
+                continue;
+            };
+            let ratio = match (plain.lag_p99_ms, secure.lag_p99_ms) {
+                (Some(p), Some(t)) if p > 0.0 => format!("{:.2}×", t / p),
+                _ => "–".to_string(),
+            };
+            let target = if secure.target_rate == 0 {
+                "max".to_string()
+            } else {
+                secure.target_rate.to_string()
+            };
+            out.push_str(&format!(
+                "| {} | {target} | {:.0} | {} / {} | {} / {} | {ratio} |\n",
+                secure.regions,
+                secure.achieved_rate,
+                format_ms(plain.lag_p50_ms),
+                format_ms(secure.lag_p50_ms),
+                format_ms(plain.lag_p99_ms),
+                format_ms(secure.lag_p99_ms),
+            ));
+        }
     }
     out
 }

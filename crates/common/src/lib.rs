@@ -5,6 +5,7 @@
 //! Depends on no other Switchyard crate, and stays lean: the HTTP stack the listeners already
 //! use (hyper, hyper-util, axum), tokio and tracing.
 
+pub mod devca;
 pub mod http;
 pub mod metrics;
 pub mod tls_client;

@@ -190,11 +190,23 @@ impl Connection for Stream {
 #[derive(Clone)]
 pub struct Connector {
     tls: Arc<ClientConfig>,
+    connect_timeout_ms: u64,
 }
 
 impl Connector {
+    /// A connector whose TCP connect and TLS handshake take at most [`CONNECT_TIMEOUT_MS`].
     pub fn new(tls: Arc<ClientConfig>) -> Connector {
-        Connector { tls }
+        Connector {
+            tls,
+            connect_timeout_ms: CONNECT_TIMEOUT_MS,
+        }
+    }
+
+    /// The same with another bound on connect and handshake together (a drill's clients must
+    /// see a dead region fast).
+    pub fn with_connect_timeout_ms(mut self, timeout_ms: u64) -> Connector {
+        self.connect_timeout_ms = timeout_ms.max(1);
+        self
     }
 }
 
@@ -209,6 +221,7 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tls = Arc::clone(&self.tls);
+        let timeout_ms = self.connect_timeout_ms;
         Box::pin(async move {
             let https = match uri.scheme_str() {
                 Some("https") => true,
@@ -242,12 +255,12 @@ impl tower_service::Service<Uri> for Connector {
                     .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {host}:{port}: {e}")))?;
                 Ok(Stream::Tls(Box::new(TokioIo::new(stream))))
             };
-            tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect)
+            tokio::time::timeout(Duration::from_millis(timeout_ms), connect)
                 .await
                 .map_err(|_| {
                     io::Error::new(
                         io::ErrorKind::TimedOut,
-                        format!("{host}:{port}: no connection within {CONNECT_TIMEOUT_MS} ms"),
+                        format!("{host}:{port}: no connection within {timeout_ms} ms"),
                     )
                 })?
         })

@@ -4,10 +4,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use common::tls_client::Connector;
 use dynamo_protocol::sigv4::{self, RequestParts};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
@@ -64,7 +64,7 @@ pub struct Client {
     authority: String,
     region: String,
     credentials: Option<AwsCredentials>,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: HyperClient<Connector, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -77,17 +77,19 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// `endpoint` is `http://HOST:PORT` (HTTPS is not supported by this small client).
+    /// `endpoint` is `http://HOST:PORT` or `https://HOST:PORT` (verified against the process's
+    /// trust: the Mozilla roots and `--ca-file`).
     pub fn new(endpoint: &str, region: &str, credentials: Option<AwsCredentials>) -> Result<Client, String> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
         let authority = endpoint
             .strip_prefix("http://")
+            .or_else(|| endpoint.strip_prefix("https://"))
             .filter(|rest| !rest.is_empty() && !rest.contains('/'))
-            .ok_or_else(|| format!("store URL '{endpoint}' must look like http://127.0.0.1:8000"))?
+            .ok_or_else(|| {
+                format!("store URL '{endpoint}' must look like http://127.0.0.1:8000 or https://store.example:8000")
+            })?
             .to_string();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)));
-        connector.set_nodelay(true);
+        let connector = Connector::new(common::tls_client::process_config());
         let http = HyperClient::builder(TokioExecutor::new()).build(connector);
         Ok(Client {
             endpoint,
@@ -266,6 +268,8 @@ mod tests {
         assert!(Client::new("http://127.0.0.1:8000/", "r", None).is_ok());
         let error = Client::new("127.0.0.1:8000", "r", None).expect_err("no scheme");
         assert!(error.contains("127.0.0.1:8000"));
-        assert!(Client::new("https://example.com", "r", None).is_err());
+        assert!(Client::new("https://example.com", "r", None).is_ok());
+        assert!(Client::new("ftp://example.com", "r", None).is_err());
+        assert!(Client::new("https://example.com/path", "r", None).is_err());
     }
 }

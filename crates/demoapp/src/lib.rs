@@ -134,8 +134,9 @@ pub async fn serve(
     shop: Arc<Shop>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoAppError> {
-    axum::serve(listener, shop::router(shop))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    // The accept loop every listener uses: limits on connections, head and body read times and
+    // body size apply before any handler runs. The shop's requests are small JSON bodies.
+    let options = common::http::Options::new("demo-app", common::http::Limits::admin());
+    common::http::serve(listener, options, shop::router(shop), shutdown).await?;
     Ok(())
 }

@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::tls_client::Connector;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -127,12 +127,16 @@ impl PointerView {
     }
 }
 
-/// The resource URL: a bare `http://HOST:PORT` means `http://HOST:PORT/v1/active-region`.
+/// The resource URL: a bare `http://HOST:PORT` (or `https://`) means
+/// `http://HOST:PORT/v1/active-region`.
 pub fn resource_url(pointer: &str) -> Result<String, String> {
     let trimmed = pointer.trim_end_matches('/');
     let rest = trimmed
         .strip_prefix("http://")
-        .ok_or_else(|| format!("pointer URL '{pointer}' must look like http://127.0.0.1:7000/v1/active-region"))?;
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .ok_or_else(|| {
+            format!("pointer URL '{pointer}' must look like http://127.0.0.1:7000/v1/active-region (or https://)")
+        })?;
     if rest.is_empty() {
         return Err(format!("pointer URL '{pointer}' has no host"));
     }
@@ -153,9 +157,9 @@ struct PointerWire {
 /// Watches the pointer at `url` until the receiver side is gone; `token` is sent as
 /// `Authorization: Bearer` (the controller's `--token-file`).
 pub async fn watch(url: String, token: Option<String>, view: watch::Sender<PointerView>) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_millis(RETRY_MS * 4)));
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    // `http://` or `https://` (verified against the process's trust: `--ca-file`).
+    let connector = Connector::new(common::tls_client::process_config());
+    let client: Client<Connector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     loop {
         if view.is_closed() {
             return;
@@ -195,7 +199,7 @@ pub async fn watch(url: String, token: Option<String>, view: watch::Sender<Point
 }
 
 async fn fetch(
-    client: &Client<HttpConnector, Empty<Bytes>>,
+    client: &Client<Connector, Empty<Bytes>>,
     url: &str,
     token: Option<&str>,
 ) -> Result<Option<ActiveRegion>, String> {
@@ -296,6 +300,10 @@ mod tests {
         assert_eq!(
             resource_url("http://127.0.0.1:7000/custom/path").as_deref(),
             Ok("http://127.0.0.1:7000/custom/path")
+        );
+        assert_eq!(
+            resource_url("https://controller.example:7000").as_deref(),
+            Ok("https://controller.example:7000/v1/active-region")
         );
         assert!(resource_url("127.0.0.1:7000").is_err());
     }

@@ -65,6 +65,36 @@ pub struct LabOptions {
     pub controllers: usize,
     /// The etcd program, for `--controllers 3` (the binary looks it up; the plan stays pure).
     pub etcd: Option<PathBuf>,
+    /// `--tls`: every API between components over HTTPS with a CA the lab generates
+    /// (replication with mutual TLS); see [`TlsPlan`].
+    pub tls: bool,
+}
+
+/// What `--tls` needs made before anything starts: a private CA and one certificate for every
+/// address the lab's components listen on (see `common::devca`), in `dir`.
+///
+/// HTTPS then carries the stores' API and replication (mutual TLS: a store accepts replication
+/// only from a certificate the lab's CA signed), the apps' and checks' calls to the stores, the
+/// controller's API (agents, pointers, members, the CLI), the DNS admin API and the load
+/// balancers' admin APIs. What stays plain: the shop's front door (the load balancers and the
+/// shops behind them, which is where a deployment terminates its public TLS), the fault
+/// proxy's control API and etcd, both on loopback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPlan {
+    pub dir: PathBuf,
+    /// IP addresses (and `localhost`) the certificate is valid for.
+    pub names: Vec<String>,
+}
+
+impl TlsPlan {
+    pub fn files(&self) -> common::devca::DevCaFiles {
+        common::devca::DevCaFiles::in_dir(&self.dir)
+    }
+}
+
+/// Where `--tls` keeps the lab's CA and certificate.
+pub fn tls_dir(dir: &Path) -> PathBuf {
+    dir.join("config").join("tls")
 }
 
 /// One region's network namespace (with `--netns`): the region's processes listen on
@@ -136,6 +166,8 @@ pub struct Plan {
     pub stale: Vec<PathBuf>,
     /// What `--providers` could not start and how to fix it, printed at start.
     pub notes: Vec<String>,
+    /// With `--tls`: the CA and certificate `run` makes (afresh at every start).
+    pub tls: Option<TlsPlan>,
 }
 
 /// What `switchyard drill --lab DIR` reads to find and break the lab.
@@ -150,7 +182,11 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str], hosts: &
         url(ports.fault_api())
     );
     if options.controller {
-        let _ = writeln!(text, "controller_url = \"{}\"", url(ports.controller()));
+        let _ = writeln!(
+            text,
+            "controller_url = \"{}\"",
+            api_url(options.tls, ports.controller())
+        );
     }
     let sites = crate::ha::sites(regions);
     let ha = options.controller && options.controllers == crate::ha::MEMBERS;
@@ -351,10 +387,21 @@ fn url(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// A URL of an API that `--tls` serves over HTTPS.
+fn api_url(tls: bool, port: u16) -> String {
+    format!("{}://127.0.0.1:{port}", scheme(tls))
+}
+
+fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
+}
+
 /// Where region processes listen and where they reach the lab's links: loopback for both,
-/// or (with `--netns`) the region's address and its gateway.
+/// or (with `--netns`) the region's address and its gateway. Stores' URLs are `https://`
+/// with `--tls`.
 struct Hosts {
     nets: Vec<RegionNet>,
+    tls: bool,
 }
 
 impl Hosts {
@@ -373,10 +420,10 @@ impl Hosts {
         }
     }
     fn url(&self, region: usize, port: u16) -> String {
-        format!("http://{}", self.at(region, port))
+        format!("{}://{}", scheme(self.tls), self.at(region, port))
     }
     fn link_url(&self, region: usize, port: u16) -> String {
-        format!("http://{}", self.link(region, port))
+        format!("{}://{}", scheme(self.tls), self.link(region, port))
     }
     fn namespace(&self, region: usize) -> Option<String> {
         self.nets.get(region).map(|n| n.namespace.clone())
@@ -429,6 +476,29 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     };
     let hosts = Hosts {
         nets: region_nets(options, regions),
+        tls: options.tls,
+    };
+    let tls = options.tls.then(|| TlsPlan {
+        dir: tls_dir(dir),
+        names: tls_names(regions.len(), &hosts.nets),
+    });
+    // The arguments that serve an API over HTTPS, and the environment that makes every
+    // component trust the lab's CA (`--ca-file`).
+    let tls_args: Vec<String> = match &tls {
+        Some(tls) => vec![
+            "--tls-cert".to_string(),
+            tls.files().cert.display().to_string(),
+            "--tls-key".to_string(),
+            tls.files().key.display().to_string(),
+        ],
+        None => Vec::new(),
+    };
+    let trust: Vec<(String, String)> = match &tls {
+        Some(tls) => vec![(
+            "SWITCHYARD_CA_FILE".to_string(),
+            tls.files().ca_cert.display().to_string(),
+        )],
+        None => Vec::new(),
     };
     // Addresses inside a namespace cannot be checked before it exists (it starts empty).
     let checkable = |address: &str| {
@@ -588,6 +658,20 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         if let Some(reserve) = reserve {
             args.extend(["--disk-reserve-bytes".to_string(), reserve]);
         }
+        if let Some(tls) = &tls {
+            // HTTPS for the API and replication, peers verified against the lab's CA, and
+            // mutual TLS: replication only from a certificate the CA signed.
+            let files = tls.files();
+            args.extend(tls_args.iter().cloned());
+            for (flag, path) in [
+                ("--peer-ca", &files.ca_cert),
+                ("--peer-client-ca", &files.ca_cert),
+                ("--peer-client-cert", &files.cert),
+                ("--peer-client-key", &files.key),
+            ] {
+                args.extend([flag.to_string(), path.display().to_string()]);
+            }
+        }
         for (j, other) in regions.iter().enumerate() {
             if i != j {
                 args.push("--peer".to_string());
@@ -601,6 +685,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         bound.push((format!("store {region}"), hosts.at(i, ports.store(i))));
         let mut spec = owned_subcommand(&format!("store-{region}"), "store", args);
         spec.netns = hosts.namespace(i);
+        spec.env.extend(trust.iter().cloned());
         components.push(spec);
     }
 
@@ -631,6 +716,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             bound.push((format!("demo app {name}"), hosts.at(i, ports.app(i, app))));
             let mut spec = owned_subcommand(&name, "demo-app", args);
             spec.netns = hosts.namespace(i);
+            spec.env.extend(trust.iter().cloned());
             components.push(spec);
         }
     }
@@ -667,6 +753,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             "proxy",
             &["proxy", "--config", &path.display().to_string()],
         );
+        spec.args.extend(tls_args.iter().cloned());
         spec.netns = hosts.namespace(i);
         components.push(spec);
     }
@@ -698,7 +785,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     // The admin API takes pushes only with the DNS token, which only the controller holds.
     let dns_token = dns_token_path(dir);
     secrets.push(dns_token.clone());
-    components.push(ComponentSpec::subcommand(
+    let mut dns_spec = ComponentSpec::subcommand(
         "dns",
         "dns",
         &[
@@ -710,7 +797,9 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             "--token-file",
             &dns_token.display().to_string(),
         ],
-    ));
+    );
+    dns_spec.args.extend(tls_args.iter().cloned());
+    components.push(dns_spec);
 
     let additions = match &options.providers {
         Some(programs) => crate::providers::additions(
@@ -774,7 +863,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             let _ = write!(
                 text,
                 "\n[[checks]]\nname = \"{region}-store\"\nregion = \"{region}\"\nkind = {{ type = \"dynamodb\", endpoint = \"{}\", table = \"shop_orders\", write = true, lag_sources = {sources:?} }}\n",
-                url(ports.store_health(i, 0))
+                api_url(options.tls, ports.store_health(i, 0))
             );
         }
         // Each agent probes through its own links: the checks name the controller's.
@@ -807,16 +896,24 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         let _ = write!(
             text,
             "\n[dns]\nadmin_url = \"{}\"\ntoken_file = \"{DNS_TOKEN_FILE}\"\ntxt_name = \"_active-region.{ZONE}\"\n\n[[runbook]]\nname = \"dns\"\nkind = \"dns_health\"\n\n[[runbook]]\nname = \"txt\"\nkind = \"dns_txt\"\n\n[[runbook]]\nname = \"pointer\"\nkind = \"pointer\"\n",
-            url(ports.dns_admin())
+            api_url(options.tls, ports.dns_admin())
         );
         text.push_str(&additions.runbook);
         bound.push(("controller".to_string(), local(ports.controller())));
         if let Some(etcd) = &etcd {
             components.extend(crate::ha::etcd_components(dir, &ha_ports, &sites, etcd));
-            let (member_files, members) = crate::ha::controllers(&config, dir, &ha_ports, &sites, &text);
+            let (mut member_files, members) = crate::ha::controllers(&config, dir, &ha_ports, &sites, &text);
+            if options.tls {
+                // Members reach each other's API (forwarded commands) over HTTPS too.
+                for file in &mut member_files {
+                    file.contents = file.contents.replace("advertise = \"http://", "advertise = \"https://");
+                }
+            }
             files.extend(member_files);
             components.extend(members.into_iter().map(|mut member| {
                 member.env.extend(additions.controller_env.iter().cloned());
+                member.env.extend(trust.iter().cloned());
+                member.args.extend(tls_args.iter().cloned());
                 member
             }));
         } else {
@@ -831,6 +928,8 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 &["controller", "--config", &path.display().to_string()],
             );
             controller.env.extend(additions.controller_env.iter().cloned());
+            controller.env.extend(trust.iter().cloned());
+            controller.args.extend(tls_args.iter().cloned());
             components.push(controller);
         }
         for agent in 0..AGENTS {
@@ -842,7 +941,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 &[
                     "agent",
                     "--controller",
-                    &url(ports.agent_link(agent)),
+                    &api_url(options.tls, ports.agent_link(agent)),
                     "--name",
                     &format!("agent-{}", agent + 1),
                     "--token-file",
@@ -850,6 +949,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 ],
             );
             spec.ready_flag = None;
+            spec.env.extend(trust.iter().cloned());
             components.push(spec);
         }
     }
@@ -870,7 +970,14 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     if options.controller {
         try_lines.push(format!(
             "open {}/dashboard      # the controller's dashboard: regions, quorum, generation, audit events",
-            url(ports.controller())
+            api_url(options.tls, ports.controller())
+        ));
+    }
+    if let Some(tls) = &tls {
+        try_lines.push(format!(
+            "curl --cacert {} {}/health   # --tls: the lab's CA signs every API's certificate",
+            tls.files().ca_cert.display(),
+            hosts.url(0, ports.store(0))
         ));
     }
     bound.retain(|(_, address)| checkable(address));
@@ -886,7 +993,20 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         tsig_keys: additions.tsig_keys,
         stale: additions.stale,
         notes: additions.notes,
+        tls,
     })
+}
+
+/// The names the `--tls` certificate carries: loopback, each region's front address, and with
+/// `--netns` each namespace's address and gateway.
+fn tls_names(regions: usize, nets: &[RegionNet]) -> Vec<String> {
+    let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    names.extend((0..regions).map(region_ip));
+    for net in nets {
+        names.push(net.address.to_string());
+        names.push(net.gateway.to_string());
+    }
+    names
 }
 
 fn owned_subcommand(name: &str, kind: &str, args: Vec<String>) -> ComponentSpec {
@@ -936,6 +1056,7 @@ mod tests {
             providers: None,
             controllers: 1,
             etcd: None,
+            tls: false,
         }
     }
 
@@ -1054,6 +1175,96 @@ mod tests {
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), total, "no port is used twice: {:?}", plan.ports);
+    }
+
+    #[test]
+    fn with_tls_every_api_between_components_is_https_and_trusts_the_labs_ca() {
+        let plain = plan(&options(2)).expect("plan");
+        assert_eq!(plain.tls, None);
+        assert!(!plain.drill_targets.contains("https://"));
+        let mut three = options(2);
+        three.tls = true;
+        let with = plan(&three).expect("plan");
+        let tls = with.tls.clone().expect("a CA to make");
+        assert_eq!(tls.dir, PathBuf::from("/tmp/lab/config/tls"));
+        for name in ["127.0.0.1", "127.0.0.11", "127.0.0.12"] {
+            assert!(tls.names.iter().any(|n| n == name), "{name} in {:?}", tls.names);
+        }
+        let ca = "/tmp/lab/config/tls/ca.pem".to_string();
+        let component = |name: &str| {
+            with.components
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+        let has = |name: &str, flag: &str, value: &str| {
+            let args = &component(name).args;
+            args.windows(2).any(|w| w[0] == flag && w[1] == value)
+        };
+        // Stores: HTTPS, peers over https:// verified by the CA, and mutual TLS.
+        assert!(has("store-us-east-1", "--tls-cert", "/tmp/lab/config/tls/cert.pem"));
+        assert!(has("store-us-east-1", "--peer-client-ca", &ca));
+        assert!(has(
+            "store-us-east-1",
+            "--peer-client-key",
+            "/tmp/lab/config/tls/key.pem"
+        ));
+        let store = component("store-us-east-1");
+        assert!(
+            store.args.iter().any(|a| a.starts_with("eu-west-1=https://")),
+            "{:?}",
+            store.args
+        );
+        // Apps reach stores and the pointer over https://.
+        let shop = component("shop-us-east-1-1");
+        assert!(shop.args.iter().any(|a| a.starts_with("us-east-1=https://")));
+        assert!(
+            shop.args
+                .windows(2)
+                .any(|w| w[0] == "--pointer" && w[1].starts_with("https://"))
+        );
+        // The controller, DNS and load balancers serve their APIs over HTTPS; everything trusts
+        // the CA through the environment.
+        for name in ["controller", "dns", "lb-us-east-1"] {
+            assert!(has(name, "--tls-key", "/tmp/lab/config/tls/key.pem"), "{name}");
+        }
+        for name in ["store-eu-west-1", "shop-eu-west-1-2", "controller", "agent-1"] {
+            assert!(
+                component(name)
+                    .env
+                    .contains(&("SWITCHYARD_CA_FILE".to_string(), ca.clone())),
+                "{name}"
+            );
+        }
+        assert!(
+            component("agent-2")
+                .args
+                .windows(2)
+                .any(|w| w[0] == "--controller" && w[1].starts_with("https://"))
+        );
+        let controller = with
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("controller.toml"))
+            .expect("controller config");
+        assert!(controller.contents.contains("admin_url = \"https://127.0.0.1:"));
+        assert!(controller.contents.contains("endpoint = \"https://127.0.0.1:"));
+        assert!(with.drill_targets.contains("store_url = \"https://"));
+        assert!(with.drill_targets.contains("controller_url = \"https://"));
+        // The shop's front door and the fault proxy's API stay plain.
+        assert!(with.drill_targets.contains("fault_proxy_url = \"http://"));
+        assert!(controller.contents.contains("url = \"http://127.0.0.1:"));
+        // Several controllers reach each other over HTTPS too.
+        three.controllers = crate::ha::MEMBERS;
+        three.etcd = Some(PathBuf::from("/usr/bin/etcd"));
+        let ha = plan(&three).expect("plan");
+        let members: Vec<&LabFile> = ha
+            .files
+            .iter()
+            .filter(|f| f.contents.contains("[controller.ha]"))
+            .collect();
+        assert_eq!(members.len(), crate::ha::MEMBERS);
+        assert!(members.iter().all(|f| f.contents.contains("advertise = \"https://")));
     }
 
     #[test]

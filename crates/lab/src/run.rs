@@ -151,6 +151,25 @@ async fn run_plan(
             write_secret(secret, &random_hex())?;
         }
     }
+    match &plan.tls {
+        // A fresh CA at every start: its key is not kept, and the names follow the plan.
+        Some(tls) => common::devca::generate(&tls.dir, &tls.names)
+            .map(|_| ())
+            .map_err(|message| LabError::Io {
+                what: format!("make the lab's CA and certificate in {}", tls.dir.display()),
+                source: std::io::Error::other(message),
+            })?,
+        // A plain lab has no CA folder, so commands given `--lab DIR` speak plain HTTP to it.
+        None => match std::fs::remove_dir_all(crate::plan::tls_dir(&options.dir)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(LabError::Io {
+                    what: format!("remove {}", crate::plan::tls_dir(&options.dir).display()),
+                    source: error,
+                });
+            }
+            _ => {}
+        },
+    }
     for (path, name) in &plan.tsig_keys {
         if !path.exists() {
             write_secret(path, &tsig_key(name))?;

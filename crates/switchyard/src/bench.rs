@@ -55,6 +55,11 @@ struct ReplicationArgs {
     /// `taskset -c 1 switchyard bench replication --origin-cpu 0`.
     #[arg(long, value_name = "CPU")]
     origin_cpu: Option<usize>,
+    /// Also run every rate on a second cluster serving HTTPS with mutual TLS between regions
+    /// (a CA made for the run), right after the plain cluster, and report the lag side by side
+    /// with its ratio.
+    #[arg(long)]
+    tls: bool,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -75,6 +80,7 @@ async fn replication(args: ReplicationArgs) -> anyhow::Result<()> {
         connections: args.connections,
         sample_every: args.sample_every,
         origin_cpu: args.origin_cpu,
+        tls: args.tls,
     };
     let (lags, throughput) = bench::replication::run(&config, |line| eprintln!("{line}")).await?;
     let command = format!("switchyard {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));

@@ -113,6 +113,13 @@ pub(crate) struct StatusArgs {
     lab: Option<PathBuf>,
 }
 
+impl StatusArgs {
+    /// The lab this status is of, if any.
+    pub(crate) fn lab_dir(&self) -> Option<&std::path::Path> {
+        self.lab.as_deref()
+    }
+}
+
 #[derive(clap::Args)]
 pub(crate) struct SwitchoverArgs {
     /// The region to move to; it becomes the preferred region.
@@ -371,8 +378,14 @@ async fn lab_controllers(dir: &std::path::Path) -> String {
             let _ = writeln!(out, "  {:<28} {}", member.name, member.state);
             continue;
         };
+        // A `--tls` lab's controllers serve HTTPS (main trusts the lab's CA for `--lab`).
+        let scheme = if lab::plan::tls_dir(dir).is_dir() {
+            "https"
+        } else {
+            "http"
+        };
         let target = Target {
-            url: format!("http://{address}"),
+            url: format!("{scheme}://{address}"),
             token: None,
         };
         let line = match call(&target, Method::GET, "/v1/status", None).await {

@@ -54,9 +54,9 @@ fn parse_store(text: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("'{text}' is not REGION=URL; write it like us-east-1=http://127.0.0.1:8000"))?;
     store::global::check_region_name(region)?;
-    if !url.starts_with("http://") {
+    if !url.starts_with("http://") && !url.starts_with("https://") {
         return Err(format!(
-            "'{url}' is not an http:// URL: write it like http://127.0.0.1:8000"
+            "'{url}' is not an http:// or https:// URL: write it like http://127.0.0.1:8000 (https:// URLs are verified against --ca-file)"
         ));
     }
     Ok((region.to_string(), url.trim_end_matches('/').to_string()))

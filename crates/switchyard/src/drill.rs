@@ -61,6 +61,13 @@ pub(crate) struct DrillArgs {
     quiet: bool,
 }
 
+impl DrillArgs {
+    /// The lab this drill runs on, if any.
+    pub(crate) fn lab_dir(&self) -> Option<&std::path::Path> {
+        self.lab.as_deref()
+    }
+}
+
 fn phase_ms(flag: &str, seconds: u64, min: u64) -> anyhow::Result<u64> {
     if seconds < min || seconds > PHASE_S_MAX {
         bail!("--{flag} {seconds}: give {min} to {PHASE_S_MAX} seconds");

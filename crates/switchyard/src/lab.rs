@@ -45,6 +45,13 @@ pub struct LabArgs {
     /// proxy so drills can cut them. `switchyard status --lab` shows who leads.
     #[arg(long, default_value_t = 1)]
     controllers: usize,
+    /// Serve every API between components over HTTPS with a CA the lab generates at each start
+    /// (in DIR/config/tls: ca.pem, cert.pem, key.pem): the stores' API and replication (mutual
+    /// TLS between regions), the controller, the DNS and load balancers' admin APIs. The shop's
+    /// front door, the fault proxy's API and etcd stay plain HTTP on loopback. `switchyard
+    /// drill --lab DIR` and `status --lab DIR` trust the lab's CA by themselves.
+    #[arg(long)]
+    tls: bool,
     /// Do not start anything: check the lab in --dir, print its table, and exit 0 when every
     /// component is up, 1 with the reason otherwise.
     #[arg(long)]
@@ -170,6 +177,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         etcd: (args.controllers > 1)
             .then(|| lab::providers::find_program("etcd"))
             .flatten(),
+        tls: args.tls,
     };
     lab::run(&options, crate::shutdown_signal(), &mut std::io::stdout()).await?;
     Ok(())

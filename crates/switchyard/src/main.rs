@@ -502,6 +502,17 @@ fn replication_config(args: &StoreSettings) -> anyhow::Result<Option<store::glob
     }))
 }
 
+/// The CA of a `--tls` lab named by the command's `--lab DIR`, when it has one.
+fn lab_ca(command: &Command) -> Option<PathBuf> {
+    let dir = match command {
+        Command::Drill(args) => args.lab_dir()?,
+        Command::Status(args) => args.lab_dir()?,
+        _ => return None,
+    };
+    let ca = common::devca::DevCaFiles::in_dir(&::lab::plan::tls_dir(dir)).ca_cert;
+    ca.is_file().then_some(ca)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Lock(args) = &cli.command
@@ -512,6 +523,10 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     if let Some(path) = &cli.ca_file {
         common::tls_client::set_process_ca(Some(path)).map_err(|message| anyhow::anyhow!("--ca-file: {message}"))?;
+    } else if let Some(ca) = lab_ca(&cli.command) {
+        // A `--tls` lab's commands (drill --lab, status --lab) trust the lab's own CA.
+        common::tls_client::set_process_ca(Some(&ca))
+            .map_err(|message| anyhow::anyhow!("{}: {message}", ca.display()))?;
     }
     ::lab::supervisor::exit_with_supervisor();
     let runtime = tokio::runtime::Builder::new_multi_thread()

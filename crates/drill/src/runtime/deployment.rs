@@ -11,6 +11,8 @@
 //! dns_server = "127.0.0.1:5353"          # the authoritative switchyard dns (UDP)
 //! controller_url = "http://127.0.0.1:9000"   # optional: GET /v1/active-region
 //! fault_proxy_url = "http://127.0.0.1:8474"  # optional: Toxiproxy-style API
+//! fault_proxy_token_file = "fault-proxy.token" # the API's token, if it has one (relative to
+//!                                        # this file's folder)
 //! table = "switchyard-drill"             # the global table the writers use (created if missing)
 //!
 //! [[regions]]
@@ -41,7 +43,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +64,13 @@ pub struct Deployment {
     pub controller_url: Option<String>,
     #[serde(default)]
     pub fault_proxy_url: Option<String>,
+    /// The file holding the fault proxy API's token (`switchyard fault-proxy --token-file`),
+    /// sent as `Authorization: Bearer`. A relative path starts at the deployment file's folder.
+    #[serde(default)]
+    pub fault_proxy_token_file: Option<PathBuf>,
+    /// The token read from `fault_proxy_token_file` by [`Deployment::load`].
+    #[serde(skip)]
+    pub fault_proxy_token: Option<String>,
     #[serde(default = "table_default")]
     pub table: String,
     pub regions: Vec<RegionTargets>,
@@ -248,7 +257,7 @@ impl Deployment {
             source,
         })?;
         let json = path.extension().is_some_and(|e| e == "json");
-        Deployment::parse(&text, json).map_err(|e| match e {
+        let mut deployment = Deployment::parse(&text, json).map_err(|e| match e {
             DeploymentError::Parse { message, .. } => DeploymentError::Parse {
                 path: path.display().to_string(),
                 message,
@@ -258,7 +267,33 @@ impl Deployment {
                 message,
             },
             other => other,
-        })
+        })?;
+        if let Some(file) = &deployment.fault_proxy_token_file {
+            let file = match path.parent() {
+                Some(folder) if file.is_relative() => folder.join(file),
+                _ => file.clone(),
+            };
+            let token = std::fs::read_to_string(&file).map_err(|e| DeploymentError::Invalid {
+                path: path.display().to_string(),
+                message: format!(
+                    "fault_proxy_token_file {}: {e}; give the file the fault proxy reads with --token-file",
+                    file.display()
+                ),
+            })?;
+            let token = token.trim().to_string();
+            if token.is_empty() {
+                return Err(DeploymentError::Invalid {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "fault_proxy_token_file {} is empty; give the file the fault proxy reads with --token-file",
+                        file.display()
+                    ),
+                });
+            }
+            deployment.fault_proxy_token = Some(token);
+            deployment.fault_proxy_token_file = Some(file);
+        }
+        Ok(deployment)
     }
 
     pub fn parse(text: &str, json: bool) -> Result<Deployment, DeploymentError> {
@@ -500,6 +535,25 @@ shop_addresses = ["127.0.0.12"]
             Some("r2")
         );
         assert!(deployment.roles("r9").expect_err("unknown").contains("r1, r2"));
+    }
+
+    #[test]
+    fn the_fault_proxy_token_is_read_from_a_file_next_to_the_deployment() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("targets.toml");
+        std::fs::write(&path, format!("fault_proxy_token_file = \"fault.token\"\n{EXAMPLE}")).expect("write");
+        let error = Deployment::load(&path).expect_err("the token file is missing");
+        assert!(
+            error.to_string().contains("fault.token") && error.to_string().contains("--token-file"),
+            "{error}"
+        );
+        std::fs::write(dir.path().join("fault.token"), "\n").expect("write");
+        let error = Deployment::load(&path).expect_err("the token file is empty");
+        assert!(error.to_string().contains("empty"), "{error}");
+        std::fs::write(dir.path().join("fault.token"), "s3cret\n").expect("write");
+        let deployment = Deployment::load(&path).expect("loads");
+        assert_eq!(deployment.fault_proxy_token.as_deref(), Some("s3cret"));
+        assert_eq!(deployment.fault_proxy_token_file, Some(dir.path().join("fault.token")));
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! A small HTTP/1.1 client over hyper for the workload, the monitors and the fault-proxy API:
+//! A small HTTP/1.1 client (http:// and https://) over hyper for the workload, the monitors and the fault-proxy API:
 //! pooled connections, a deadline on every request, a bound on every body.
 
 use bytes::Bytes;
+use common::tls_client::Connector;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::HeaderMap;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 /// Largest response body read.
@@ -52,7 +52,7 @@ impl Response {
 
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
 }
 
 impl Default for HttpClient {
@@ -63,9 +63,10 @@ impl Default for HttpClient {
 
 impl HttpClient {
     pub fn new() -> HttpClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_millis(CONNECT_TIMEOUT_MS)));
+        // `http://` and `https://` (verified against the process's trust: `--ca-file`, or a
+        // `--tls` lab's own CA for `drill --lab`).
+        let connector =
+            Connector::new(common::tls_client::process_config()).with_connect_timeout_ms(CONNECT_TIMEOUT_MS);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX)
             .pool_idle_timeout(std::time::Duration::from_millis(POOL_IDLE_TIMEOUT_MS))

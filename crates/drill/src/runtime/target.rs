@@ -246,15 +246,18 @@ impl<P: ProcessControl> DeploymentTarget<P> {
             .ok_or("the deployment file has no fault_proxy_url, so links cannot be faulted")?;
         let url = format!("{}{path}", base.trim_end_matches('/'));
         let body = body.map(|b| b.to_string().into_bytes());
+        let authorization = self
+            .deployment
+            .fault_proxy_token
+            .as_ref()
+            .map(|token| format!("Bearer {token}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(value) = &authorization {
+            headers.push(("authorization", value.as_str()));
+        }
         let response = self
             .http
-            .send(
-                method,
-                &url,
-                &[("content-type", "application/json")],
-                body,
-                FAULT_API_TIMEOUT_MS,
-            )
+            .send(method, &url, &headers, body, FAULT_API_TIMEOUT_MS)
             .await
             .map_err(|e| e.to_string())?;
         if response.status >= 400 && response.status != 404 && response.status != 409 {

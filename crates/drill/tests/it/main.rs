@@ -229,6 +229,8 @@ async fn start_lab() -> Lab {
         dns_server,
         controller_url: Some(controller_url),
         fault_proxy_url: None,
+        fault_proxy_token_file: None,
+        fault_proxy_token: None,
         table: "drill-history".into(),
         regions,
         processes: Default::default(),
@@ -457,6 +459,8 @@ async fn the_checker_finds_a_write_removed_from_real_stores() {
         dns_server: "127.0.0.1:1".parse().expect("addr"),
         controller_url: None,
         fault_proxy_url: None,
+        fault_proxy_token_file: None,
+        fault_proxy_token: None,
         table: "checked".into(),
         regions: stores
             .iter()
@@ -518,9 +522,17 @@ async fn deployment_target_drives_the_real_fault_proxy() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fault API");
     let api = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(faultproxy::api::serve(listener, registry, async {
-        let _ = stopped.await;
-    }));
+    // With a token, as a fault proxy reachable beyond loopback must have: the drill sends it.
+    const TOKEN: &str = "drill-fault-token";
+    let bearer = format!("Bearer {TOKEN}");
+    tokio::spawn(faultproxy::api::serve_with_token(
+        listener,
+        registry,
+        Some(TOKEN.to_string()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let http = HttpClient::new();
     for name in ["v0-r1", "v1-r1", "repl-r1-r2", "repl-r2-r1"] {
         let body = json!({"name": name, "listen": "127.0.0.1:0", "upstream": "127.0.0.1:9"});
@@ -528,7 +540,7 @@ async fn deployment_target_drives_the_real_fault_proxy() {
             .send(
                 "POST",
                 &format!("{api}/proxies"),
-                &[("content-type", "application/json")],
+                &[("content-type", "application/json"), ("authorization", &bearer)],
                 Some(body.to_string().into_bytes()),
                 5_000,
             )
@@ -548,6 +560,8 @@ async fn deployment_target_drives_the_real_fault_proxy() {
         dns_server: "127.0.0.1:1".parse().expect("addr"),
         controller_url: None,
         fault_proxy_url: Some(api.clone()),
+        fault_proxy_token_file: None,
+        fault_proxy_token: Some(TOKEN.to_string()),
         table: "t".into(),
         regions: ["r1", "r2"]
             .into_iter()
@@ -565,6 +579,8 @@ async fn deployment_target_drives_the_real_fault_proxy() {
         process_control: None,
         providers: Vec::new(),
     };
+    let mut tokenless = deployment.clone();
+    tokenless.fault_proxy_token = None;
     let target = DeploymentTarget::new(deployment, NoProcessControl);
     let roles = Roles {
         primary: "r1".into(),
@@ -573,9 +589,16 @@ async fn deployment_target_drives_the_real_fault_proxy() {
     let toxics = |proxy: &'static str| {
         let http = http.clone();
         let api = api.clone();
+        let bearer = bearer.clone();
         async move {
             let response = http
-                .send("GET", &format!("{api}/proxies/{proxy}/toxics"), &[], None, 5_000)
+                .send(
+                    "GET",
+                    &format!("{api}/proxies/{proxy}/toxics"),
+                    &[("authorization", &bearer)],
+                    None,
+                    5_000,
+                )
                 .await
                 .expect("fault API answers");
             let mut names: Vec<String> = response
@@ -594,6 +617,15 @@ async fn deployment_target_drives_the_real_fault_proxy() {
     let plan = scenario::by_name("vantage-partition")
         .expect("exists")
         .plan(&Durations::default());
+    // Without the token the fault proxy refuses, and the drill says so.
+    let without = DeploymentTarget::new(tokenless, NoProcessControl);
+    let first = plan.iter().find(|s| s.phase == StepPhase::Fault).expect("a fault step");
+    let error = without
+        .apply(&roles, &first.action)
+        .await
+        .expect_err("refused without the token");
+    assert!(error.to_string().contains("401"), "{error}");
+    assert!(toxics("v0-r1").await.is_empty(), "nothing was added without the token");
     for step in plan.iter().filter(|s| s.phase == StepPhase::Fault) {
         target.apply(&roles, &step.action).await.expect("toxic added");
     }
@@ -676,6 +708,8 @@ async fn command_process_control_runs_the_commands() {
         dns_server: "127.0.0.1:1".parse().expect("addr"),
         controller_url: None,
         fault_proxy_url: None,
+        fault_proxy_token_file: None,
+        fault_proxy_token: None,
         table: "t".into(),
         regions: ["r1", "r2"]
             .into_iter()

@@ -1,7 +1,8 @@
 //! TLS for HTTPS and DynamoDB probes: rustls with the ring provider, verified against the
-//! Mozilla roots (webpki-roots) or a configured CA file.
+//! process's trust (the Mozilla roots plus `--ca-file`, see `common::tls_client`) or, for a
+//! check with a `ca_file`, that file's certificates only.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -21,18 +22,6 @@ fn config_with(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
-}
-
-/// The shared configuration trusting the Mozilla roots, built once.
-fn default_config() -> Result<Arc<ClientConfig>, String> {
-    static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let mut roots = RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            config_with(roots)
-        })
-        .clone()
 }
 
 /// A configuration trusting only the certificates of `ca_file` (read on every probe, so a
@@ -60,7 +49,7 @@ pub(super) async fn connect(
 ) -> Result<TlsStream<TcpStream>, String> {
     let config = match ca_file {
         Some(path) => file_config(path)?,
-        None => default_config()?,
+        None => common::tls_client::process_config(),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let name = ServerName::try_from(host.to_string()).map_err(|e| format!("TLS server name '{host}': {e}"))?;
