@@ -692,10 +692,11 @@ fn fault_then_heal(faults: Vec<FaultAction>, at: u64, heal: u64) -> Vec<Step> {
 /// `controller-crash` (`crash`) and `controller-isolation`: the leader's DNS pushes are held
 /// (its link to the DNS admin API blackholed, so the DNS step cannot finish), the primary region
 /// is killed, and once the leader's runbook is in flight the leader is killed (crash) or cut off
-/// from etcd and the other members (isolation). Crash: the hold is lifted at once (the dead
-/// leader sends nothing more), the next leader rolls the runbook forward. Isolation: the hold
-/// is lifted only after another member took over and finished, so the old leader's retries of
-/// its DNS step arrive late, with the old generation, and must be refused.
+/// from etcd and the other members (isolation). The hold is lifted only after another member
+/// took over and finished: what the old leader had sent (the fault proxy holds a held link's
+/// bytes, so even a dead leader's request is still delivered) or still retries arrives late,
+/// with the old generation, and must be refused; the DNS answer moves by the new leader's
+/// push alone.
 fn leader_plan(crash: bool, at: u64, heal: u64) -> Vec<Step> {
     use RegionRole::Primary;
     let hold = blackhole(Link::LeaderDns, "drill-hold-dns");
@@ -712,14 +713,13 @@ fn leader_plan(crash: bool, at: u64, heal: u64) -> Vec<Step> {
             target: Component::Leader,
         };
         fault.push(kill.clone());
-        fault.extend(hold.iter().rev().filter_map(FaultAction::undo));
         heals.extend(kill.undo());
     } else {
         fault.extend(isolate.iter().cloned());
-        fault.push(FaultAction::AwaitTakeover);
-        fault.extend(hold.iter().rev().filter_map(FaultAction::undo));
         heals.extend(isolate.iter().rev().filter_map(FaultAction::undo));
     }
+    fault.push(FaultAction::AwaitTakeover);
+    fault.extend(hold.iter().rev().filter_map(FaultAction::undo));
     heals.extend(region.undo());
     fault
         .into_iter()

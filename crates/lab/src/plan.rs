@@ -1041,9 +1041,17 @@ mod tests {
                 .contains("[[tokens]]\nname = \"controller-tie-breaker\"\nrole = \"member\"\ntoken_file = \"member-tie-breaker.token\"")
         );
         assert!(eu.contents.contains("token_file = \"member-eu-west-1.token\"\n"));
-        assert!(eu.contents.contains("admin_url = \"http://127.0.0.1:17057\""), "{}", eu.contents);
+        assert!(
+            eu.contents.contains("admin_url = \"http://127.0.0.1:17057\""),
+            "{}",
+            eu.contents
+        );
         assert!(!eu.contents.contains("admin_url = \"http://127.0.0.1:17003\""));
-        assert!(faults.contains("name = \"dns-admin-eu-west-1\"\nlisten = \"127.0.0.1:17057\"\nupstream = \"127.0.0.1:17003\""));
+        assert!(
+            faults.contains(
+                "name = \"dns-admin-eu-west-1\"\nlisten = \"127.0.0.1:17057\"\nupstream = \"127.0.0.1:17003\""
+            )
+        );
         assert!(
             member
                 .args
@@ -1055,7 +1063,10 @@ mod tests {
         let targets = lab.drill_targets.replace("{program}", "switchyard");
         assert!(targets.contains("[[controllers]]\nname = \"eu-west-1\"\nurl = \"http://127.0.0.1:17033\"\nsite = \"eu-west-1\"\nprocess = \"controller-eu-west-1\"\netcd_process = \"etcd-eu-west-1\""), "{targets}");
         assert!(targets.contains("isolation_links = [\"etcd-eu-west-1-to-us-east-1\", \"etcd-eu-west-1-to-eu-west-1\", \"etcd-eu-west-1-to-tie-breaker\", \"controller-eu-west-1\"]\ndns_links = [\"dns-admin-eu-west-1\"]"), "{targets}");
-        assert!(targets.contains("[[controllers]]\nname = \"tie-breaker\"\nurl = \"http://127.0.0.1:17034\"\nprocess"), "no site for the tie-breaker: {targets}");
+        assert!(
+            targets.contains("[[controllers]]\nname = \"tie-breaker\"\nurl = \"http://127.0.0.1:17034\"\nprocess"),
+            "no site for the tie-breaker: {targets}"
+        );
         let mut ports: Vec<&String> = lab.ports.iter().map(|(_, p)| p).collect();
         let total = ports.len();
         ports.sort_unstable();

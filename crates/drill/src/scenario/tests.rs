@@ -418,8 +418,9 @@ fn the_leader_scenarios_hold_the_dns_step_then_break_the_leader_mid_runbook() {
         target: Component::Leader,
     };
     let position = |a: &FaultAction| actions.iter().position(|b| *b == a).expect("in the plan");
-    // The hold comes first, the runbook is awaited before the kill, and the hold is lifted
-    // right after it (the dead leader sends nothing more); nothing restarts before the heal.
+    // The hold comes first, the runbook is awaited before the kill, and the hold is lifted only
+    // once another member took over (what the dead leader sent arrives late); nothing restarts
+    // before the heal.
     assert!(matches!(
         actions[0],
         AddToxic {
@@ -440,7 +441,7 @@ fn the_leader_scenarios_hold_the_dns_step_then_break_the_leader_mid_runbook() {
             )
         })
         .expect("lifted");
-    assert!(lifted > position(&kill_leader));
+    assert!(lifted > position(&AwaitTakeover) && position(&AwaitTakeover) > position(&kill_leader));
     assert!(crash[lifted].phase == StepPhase::Fault);
     assert!(
         crash
