@@ -143,18 +143,19 @@ pub fn check(events: &[Event], faulted: Option<&str>, logs: &[MemberLog], from_w
         EventKind::LeaderFault { .. } => Some(e.at_ms),
         _ => None,
     });
-    if let Some(fault_at) = fault_at {
-        if let Some((member, at)) = events
+    let next = fault_at.and_then(|fault_at| {
+        events
             .iter()
             .filter(|e| e.at_ms >= fault_at)
             .find_map(|e| match &e.kind {
                 EventKind::Leader { member: Some(m), .. } if Some(m.as_str()) != faulted => Some((m.clone(), e.at_ms)),
                 _ => None,
             })
-        {
-            result.next_leader = Some(member);
-            result.takeover_ms = Some(at - fault_at);
-        }
+            .map(|(member, at)| (member, at - fault_at))
+    });
+    if let Some((member, takeover_ms)) = next {
+        result.next_leader = Some(member);
+        result.takeover_ms = Some(takeover_ms);
     }
 
     let mut parsed: Vec<(String, Vec<Line>)> = Vec::new();
