@@ -6,7 +6,9 @@
 //!
 //! Roles: `agent` (report and fetch the plan, only under the credential's own vantage name),
 //! `operator` (the manual commands, and everything `read` may), `read` (status, events, the
-//! active-region pointer). The DNS admin token (role `dns`) is not accepted here: the
+//! active-region pointer), `member` (a controller of a `[controller.ha]` group: a follower
+//! passes its own probes' reports on to the leader with it, only under the member's own
+//! vantage name, like an agent). The DNS admin token (role `dns`) is not accepted here: the
 //! controller only sends it. The deprecated single control token (`--token-file`) holds
 //! `agent`, `operator` and `read`; it may report for any vantage point that has no credential
 //! of its own, as every token could before per-agent credentials existed.
@@ -34,16 +36,19 @@ pub enum Role {
     Agent,
     Operator,
     Read,
+    /// A controller member (`[controller.ha] token_file`): reports as its own vantage name.
+    Member,
 }
 
 impl Role {
-    pub const NAMES: [&'static str; 3] = ["agent", "operator", "read"];
+    pub const NAMES: [&'static str; 4] = ["agent", "operator", "read", "member"];
 
     pub fn parse(name: &str) -> Option<Role> {
         match name {
             "agent" => Some(Role::Agent),
             "operator" => Some(Role::Operator),
             "read" => Some(Role::Read),
+            "member" => Some(Role::Member),
             _ => None,
         }
     }
@@ -53,12 +58,16 @@ impl Role {
             Role::Agent => "agent",
             Role::Operator => "operator",
             Role::Read => "read",
+            Role::Member => "member",
         }
     }
 
-    /// Whether a holder of `self` may do what `needed` allows (an operator may read).
+    /// Whether a holder of `self` may do what `needed` allows (an operator may read; a
+    /// member may report, as an agent does).
     pub fn grants(self, needed: Role) -> bool {
-        self == needed || (self == Role::Operator && needed == Role::Read)
+        self == needed
+            || (self == Role::Operator && needed == Role::Read)
+            || (self == Role::Member && needed == Role::Agent)
     }
 }
 
@@ -241,7 +250,9 @@ impl Access {
     pub fn may_act_as(&self, caller: &Caller, vantage: &str) -> Result<(), Denied> {
         match caller {
             Caller::Anyone => Ok(()),
-            Caller::Credential { name, role } if *role == Role::Agent && name == vantage => Ok(()),
+            Caller::Credential { name, role } if matches!(role, Role::Agent | Role::Member) && name == vantage => {
+                Ok(())
+            }
             Caller::Credential { name, role } => Err(Denied::OtherVantage {
                 caller: format!("'{name}' (role {role})"),
                 claimed: vantage.to_string(),
@@ -252,7 +263,7 @@ impl Access {
                 if self
                     .credentials
                     .iter()
-                    .any(|c| c.role == Role::Agent && c.name == vantage) =>
+                    .any(|c| matches!(c.role, Role::Agent | Role::Member) && c.name == vantage) =>
             {
                 Err(Denied::OtherVantage {
                     caller: "the control token (it may not report for a vantage point that has its own token)".into(),
@@ -369,6 +380,25 @@ mod tests {
         let refused = access.may_act_as(&caller, "agent-b").expect_err("forged");
         assert!(refused.message().contains("not as 'agent-b'"), "{}", refused.message());
         assert!(access.may_act_as(&caller, "controller").is_err());
+    }
+
+    #[test]
+    fn a_member_token_reports_only_as_its_own_member_and_does_nothing_else() {
+        const MEMBER: &str = "member-eu-token-0123456789";
+        let mut credentials = vec![credential("controller-eu", Role::Member, MEMBER)];
+        credentials.extend(access(None).credentials);
+        let access = Access::new(credentials, Some(CONTROL));
+        let caller = access
+            .authorize(Some(&bearer(MEMBER)), Role::Agent)
+            .expect("a member reports");
+        assert_eq!(access.may_act_as(&caller, "controller-eu"), Ok(()));
+        assert!(access.may_act_as(&caller, "agent-a").is_err());
+        assert!(access.may_act_as(&caller, "controller-us").is_err());
+        assert!(access.authorize(Some(&bearer(MEMBER)), Role::Operator).is_err());
+        assert!(access.authorize(Some(&bearer(MEMBER)), Role::Read).is_err());
+        // Once a member has a token of its own, the shared control token cannot speak for it.
+        assert!(access.may_act_as(&Caller::ControlToken, "controller-eu").is_err());
+        assert_eq!(Role::parse("member"), Some(Role::Member));
     }
 
     #[test]

@@ -379,6 +379,9 @@ pub struct Config {
     pub credentials: Vec<Credential>,
     /// The token read from `[dns] token_file`.
     pub dns_token: Option<String>,
+    /// The token read from `[controller.ha] token_file`: what a follower sends with its own
+    /// reports to the leader.
+    pub member_token: Option<String>,
     /// `[[alerts]]`, checked and ready to start.
     pub alert_channels: Vec<providers::alerts::Channel>,
 }
@@ -703,6 +706,7 @@ impl Checker<'_> {
         let alert_channels = self.check_alerts(&file);
         let credentials = self.check_tokens(&file);
         let dns_token = self.read_dns_token(&file);
+        let member_token = self.read_member_token(&file, &credentials);
         let (policy, quorum) = (policy?, quorum?);
         let mut engine = EngineConfig::with_defaults(regions);
         let p = &file.policy;
@@ -724,6 +728,7 @@ impl Checker<'_> {
             warnings: Vec::new(),
             credentials,
             dns_token,
+            member_token,
             alert_channels,
         })
     }
@@ -832,6 +837,14 @@ impl Checker<'_> {
                     format!("agent token '{name}' names the controller's own vantage point"),
                     "the controller's own probes need no token; name the agent by its --name",
                 ),
+                Some(Role::Member) if !vantages.contains(name) => self.error(
+                    token.name.span(),
+                    format!("member token '{name}' names a vantage point not in [quorum] vantages"),
+                    format!(
+                        "use the member's vantage name (`switchyard controller --vantage`), one of {}",
+                        vantages.join(", ")
+                    ),
+                ),
                 Some(Role::Agent) if !vantages.contains(name) => self.error(
                     token.name.span(),
                     format!("agent token '{name}' names a vantage point not in [quorum] vantages"),
@@ -884,7 +897,7 @@ impl Checker<'_> {
         }
         let agents: BTreeSet<&str> = credentials
             .iter()
-            .filter(|c| c.role == Role::Agent)
+            .filter(|c| matches!(c.role, Role::Agent | Role::Member))
             .map(|c| c.name.as_str())
             .collect();
         if !agents.is_empty() {
@@ -899,6 +912,51 @@ impl Checker<'_> {
             }
         }
         credentials
+    }
+
+    /// `[controller.ha] token_file`: read, checked, and required to be a `member` credential
+    /// of `[[tokens]]` (the leader runs the same file, so it accepts only listed tokens).
+    fn read_member_token(&mut self, file: &ConfigFile, credentials: &[Credential]) -> Option<String> {
+        let path = file.controller.ha.as_ref()?.token_file.as_ref()?;
+        let shown = path.display().to_string();
+        let text = match std::fs::read(path) {
+            Ok(bytes) if bytes.len() as u64 <= TOKEN_FILE_BYTES_MAX => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(_) => {
+                self.error_at(
+                    "controller.ha",
+                    "token_file",
+                    format!("token_file {shown} has more than {TOKEN_FILE_BYTES_MAX} bytes"),
+                    "put only the member's token in the file",
+                );
+                return None;
+            }
+            // `problems()` already said it cannot be read.
+            Err(_) => return None,
+        };
+        let token = text.trim().to_string();
+        if let Err(problem) = crate::auth::check_token(&token) {
+            self.error_at(
+                "controller.ha",
+                "token_file",
+                format!("token_file {shown}: {problem}"),
+                "make one with `switchyard token new --role member --name VANTAGE`",
+            );
+            return None;
+        }
+        let digest = TokenDigest::of(&token);
+        if !credentials
+            .iter()
+            .any(|c| c.role == Role::Member && c.digest.same(&digest))
+        {
+            self.error_at(
+                "controller.ha",
+                "token_file",
+                format!("the token in {shown} is not a [[tokens]] entry with role \"member\""),
+                "list it in [[tokens]] with name = this member's vantage name and role = \"member\" (`switchyard token new --role member --name VANTAGE`), so the leader accepts the reports it passes on",
+            );
+            return None;
+        }
+        Some(token)
     }
 
     fn read_dns_token(&mut self, file: &ConfigFile) -> Option<String> {

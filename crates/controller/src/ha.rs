@@ -113,6 +113,11 @@ pub struct HaSection {
     pub user: Option<String>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// This member's token (a file holding it): a follower sends it with its own probes'
+    /// reports, which it passes on to the leader. The group's `[[tokens]]` lists it with
+    /// `role = "member"` and the member's vantage name (`--vantage`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl HaSection {
@@ -133,6 +138,7 @@ impl HaSection {
             &mut self.cert_file,
             &mut self.key_file,
             &mut self.password_file,
+            &mut self.token_file,
         ]
         .into_iter()
         .flatten()
@@ -249,6 +255,7 @@ impl HaSection {
             ("cert_file", &self.cert_file),
             ("key_file", &self.key_file),
             ("password_file", &self.password_file),
+            ("token_file", &self.token_file),
         ] {
             if let Some(path) = path
                 && !path.is_file()

@@ -984,18 +984,25 @@ async fn probe_locally(shared: Arc<Shared>, runner: health::runner::Runner) {
         // from the leader's (`--vantage`): the leader's quorum then counts every member's
         // probes. Members sharing one name keep their views to themselves (the leader's own
         // would otherwise be overwritten by another place's).
-        // (With `[[tokens]]` but no control token it has no credential the leader would take.)
+        // It sends its member token (`[controller.ha] token_file`, role member), else the
+        // control token; with `[[tokens]]` and neither it has no credential the leader would
+        // take and keeps its view to itself.
         let other_name = shared
             .ha
             .as_ref()
             .and_then(|ha| ha.leader())
             .is_some_and(|leader| leader.vantage.as_deref().is_some_and(|name| name != vantage));
-        let credential = shared.control_token.is_some() || shared.config.credentials.is_empty();
+        let token = shared
+            .config
+            .member_token
+            .clone()
+            .or_else(|| shared.control_token.clone());
+        let credential = token.is_some() || shared.config.credentials.is_empty();
         if other_name
             && credential
             && let Ok(body) = serde_json::to_vec(&report)
         {
-            forward_to_leader(&shared, shared.control_token.clone(), body);
+            forward_to_leader(&shared, token, body);
         }
         shared.observe(report);
     }

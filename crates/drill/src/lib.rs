@@ -8,6 +8,8 @@
 //! - [`measure`]: RTO(DNS), RTO(99%), false failovers, convergence and failback times;
 //! - [`scenario`]: the drills as data (fault steps over abstract targets, expectations) and
 //!   the [`scenario::FaultTarget`] trait through which faults are injected;
+//! - [`ha`]: with several controllers, the leader's takeover and the audit-log checks (no step
+//!   applied under two generations, late pushes refused);
 //! - [`report`]: JSON, the terminal table and the self-contained HTML report.
 //!
 //! The runtime layer ([`runtime`]) does the I/O: the caching DNS resolver, the shop clients,
@@ -18,6 +20,7 @@
 //! public network API (DNS, HTTP, the DynamoDB API), as an outside observer would.
 
 pub mod checker;
+pub mod ha;
 pub mod history;
 pub mod measure;
 pub mod report;

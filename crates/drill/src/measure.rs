@@ -50,6 +50,12 @@ pub enum EventKind {
         region: Option<String>,
         state: String,
     },
+    /// With several controllers: the member that acts (none while no member does), when it
+    /// changed (and the first reading), with its generation.
+    Leader { member: Option<String>, generation: u64 },
+    /// With several controllers: a fault step that names the leader is about to run against
+    /// this member.
+    LeaderFault { member: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

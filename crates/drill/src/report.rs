@@ -31,6 +31,9 @@ pub struct Report {
     pub events: Vec<Event>,
     /// Operations in the history (invocations and completions).
     pub history_ops: usize,
+    /// With several controllers: what the scenarios that break the leader found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<crate::ha::HaCheck>,
 }
 
 /// Everything a report is computed from.
@@ -43,13 +46,19 @@ pub struct Inputs<'a> {
     pub events: &'a [Event],
     pub final_state: &'a FinalState,
     pub isolation: Option<Isolation>,
+    /// The leader check, for the scenarios that expect one.
+    pub ha: Option<crate::ha::HaCheck>,
 }
 
 pub fn build(inputs: Inputs<'_>) -> Report {
     let params = MeasureParams::new(inputs.scenario.expectations.failover != FailoverExpectation::Forbidden);
     let measurements = measure::measure(inputs.history, inputs.events, &params);
     let check = checker::check(inputs.history, inputs.final_state, inputs.isolation.as_ref());
-    let expectations = scenario::evaluate(inputs.scenario, &measurements, &check, inputs.ttl_s);
+    let mut expectations = scenario::evaluate(inputs.scenario, &measurements, &check, inputs.ttl_s);
+    if let Some(expected) = inputs.scenario.expectations.ha {
+        let ha = inputs.ha.clone().unwrap_or_default();
+        expectations.extend(crate::ha::evaluate(expected, &ha));
+    }
     Report {
         scenario: inputs.scenario.name.to_string(),
         summary: inputs.scenario.summary.to_string(),
@@ -63,6 +72,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         isolation: inputs.isolation,
         events: inputs.events.to_vec(),
         history_ops: inputs.history.len(),
+        ha: inputs.ha,
     }
 }
 
@@ -485,6 +495,14 @@ pub fn render_html(report: &Report) -> String {
             }
             EventKind::Note { text } => text.clone(),
             EventKind::Provider { provider, state, .. } => format!("{provider}: {state}"),
+            EventKind::Leader {
+                member: Some(member),
+                generation,
+            } => {
+                format!("controller {member} acts (generation {generation})")
+            }
+            EventKind::Leader { member: None, .. } => "no controller acts".to_string(),
+            EventKind::LeaderFault { member } => format!("the fault hits the leader, {member}"),
         };
         let _ = write!(
             html,

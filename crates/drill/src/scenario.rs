@@ -56,6 +56,13 @@ pub enum Component {
     Region(RegionRole),
     Controller,
     Vantage(u32),
+    /// With several controllers: the member that leads when a step first names it (found at
+    /// run time and then pinned, so the heal restarts the member that was killed, not whoever
+    /// leads by then).
+    Leader,
+    /// Everything at a region's site: its processes and, with several controllers, the
+    /// controller member and the etcd member that run there.
+    Site(RegionRole),
 }
 
 /// A connection between components that runs through the fault proxy.
@@ -72,6 +79,12 @@ pub enum Link {
     Frontend { region: RegionRole },
     /// The region's app servers → its store.
     AppStore { region: RegionRole },
+    /// With several controllers: the (pinned) leader's links to every etcd member and the
+    /// other members' link to it. Cut, it still sees the regions but not etcd.
+    LeaderIsolation,
+    /// With several controllers: the (pinned) leader's link to the DNS server's admin API,
+    /// which its runbook's DNS step pushes through.
+    LeaderDns,
 }
 
 /// Direction of a toxic, as Toxiproxy names them: upstream is client → server.
@@ -148,7 +161,28 @@ pub enum FaultAction {
     FreeDisk {
         region: RegionRole,
     },
+    /// With several controllers: wait (at most [`AWAIT_MS_MAX`]) until the leader (pinned
+    /// here) has a runbook in progress recorded in etcd. Breaks nothing.
+    AwaitRunbook,
+    /// With several controllers: wait (at most [`AWAIT_MS_MAX`]) until a member other than
+    /// the pinned leader acts and no runbook is in progress any more (it rolled the
+    /// interrupted one forward). Breaks nothing.
+    AwaitTakeover,
+    /// With several controllers: make the member at the region's site the leader before the
+    /// fault (SIGSTOP the other members until it leads, then SIGCONT them) and pin it.
+    LeadFrom {
+        region: RegionRole,
+    },
 }
+
+/// Longest an `await` step waits for its condition before it fails.
+pub const AWAIT_MS_MAX: u64 = 60_000;
+/// The leader lease the HA scenarios assume (`[controller.ha] lease_ms`, the default and the
+/// lab's): a dead leader's region fails over at most this much later than a follower's.
+pub const HA_LEASE_MS: u64 = 5_000;
+/// A killed leader is replaced within the lease plus this (a follower polls etcd every 250 ms;
+/// the rest is the renewal cadence and scheduling on a busy machine).
+pub const TAKEOVER_SLACK_MS: u64 = 1_000;
 
 impl FaultAction {
     /// The action that undoes this one, if it needs undoing.
@@ -162,6 +196,7 @@ impl FaultAction {
             }),
             FaultAction::CutNetwork { region } => Some(FaultAction::HealNetwork { region: *region }),
             FaultAction::FillDisk { region } => Some(FaultAction::FreeDisk { region: *region }),
+            FaultAction::AwaitRunbook | FaultAction::AwaitTakeover | FaultAction::LeadFrom { .. } => None,
             FaultAction::Cont { .. }
             | FaultAction::Restart { .. }
             | FaultAction::RemoveToxic { .. }
@@ -185,6 +220,21 @@ impl FaultAction {
             FaultAction::HealNetwork { region } => format!("heal the {region:?} region's network").to_lowercase(),
             FaultAction::FillDisk { region } => format!("fill the {region:?} store's disk").to_lowercase(),
             FaultAction::FreeDisk { region } => format!("free the {region:?} store's disk").to_lowercase(),
+            FaultAction::AwaitRunbook => "wait for the leader's runbook in flight".into(),
+            FaultAction::AwaitTakeover => "wait for another member to lead and finish the runbook".into(),
+            FaultAction::LeadFrom { region } => format!("make the {} site's controller the leader", role(region)),
+        }
+    }
+
+    /// Whether the action breaks the leader itself (the drill records when, to time the
+    /// takeover): killing or stopping it, cutting it off, killing the site it leads from.
+    pub fn hits_leader(&self) -> bool {
+        match self {
+            FaultAction::Kill { target } | FaultAction::Stop { target } => {
+                matches!(target, Component::Leader | Component::Site(_))
+            }
+            FaultAction::AddToxic { link, .. } => *link == Link::LeaderIsolation,
+            _ => false,
         }
     }
 }
@@ -204,6 +254,8 @@ pub fn component_label(component: &Component) -> String {
         Component::Region(r) => format!("{} region", role(r)),
         Component::Controller => "controller".into(),
         Component::Vantage(v) => format!("vantage {v}"),
+        Component::Leader => "leader controller".into(),
+        Component::Site(r) => format!("{} site (region, controller, etcd)", role(r)),
     }
 }
 
@@ -218,6 +270,8 @@ pub fn link_label(link: &Link) -> String {
         Link::Controller { region } => format!("controller→{}", role(region)),
         Link::Frontend { region } => format!("clients→{}", role(region)),
         Link::AppStore { region } => format!("{} apps→store", role(region)),
+        Link::LeaderIsolation => "leader↔etcd and the other members".into(),
+        Link::LeaderDns => "leader→DNS admin".into(),
     }
 }
 
@@ -251,6 +305,12 @@ impl Roles {
 /// retried by a heal: removing a toxic that is gone, or continuing a running process, is Ok.
 pub trait FaultTarget: Send + Sync {
     fn apply(&self, roles: &Roles, action: &FaultAction) -> impl Future<Output = Result<(), FaultError>> + Send;
+
+    /// With several controllers: the member [`Component::Leader`] stands for, once a step
+    /// found it (it stays the same member for the rest of the drill).
+    fn leader(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The faults in force, so an interrupted drill can heal exactly what it broke.
@@ -286,6 +346,8 @@ impl Ledger {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepPhase {
+    /// Before the fault, at its time: sets the stage (which member leads); not a fault.
+    Prepare,
     Fault,
     Heal,
 }
@@ -381,6 +443,25 @@ pub struct Expectations {
     pub failback: bool,
     /// The primary is partitioned during the fault: its writes are reported separately.
     pub primary_isolated: bool,
+    /// With several controllers: what the audit logs and the members must show
+    /// ([`crate::ha`]).
+    #[serde(default)]
+    pub ha: Option<HaExpectation>,
+}
+
+/// What a scenario that breaks the leader of several controllers expects of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaExpectation {
+    /// The leader was killed mid-runbook: another member leads within the lease plus
+    /// [`TAKEOVER_SLACK_MS`] and finishes the failover with a higher generation, and no step is
+    /// applied under two generations.
+    Crash,
+    /// The leader was cut off from etcd and the other members: it stops acting, another member
+    /// leads and finishes the failover, and the old leader's late pushes are refused.
+    Isolation,
+    /// The leader's whole site was lost: another member leads and fails over.
+    SiteLoss,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -390,7 +471,7 @@ pub struct Scenario {
     pub expectations: Expectations,
 }
 
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 14] = [
     "region-outage",
     "region-partition",
     "vantage-partition",
@@ -402,6 +483,9 @@ pub const NAMES: [&str; 11] = [
     "controller-partition",
     "region-isolation",
     "disk-full",
+    "controller-crash",
+    "controller-isolation",
+    "leader-region-outage",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -418,6 +502,7 @@ fn expect(failover: FailoverExpectation) -> Expectations {
         region_changes_max: None,
         failback: false,
         primary_isolated: false,
+        ha: None,
     }
 }
 
@@ -475,6 +560,32 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
             "fill the primary store's data disk (a lab started with --disk-mib): writes are refused, traffic must move to the secondary, nothing acknowledged lost; free it at heal",
             Expectations {
                 rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
+                ..expect(Required)
+            },
+        ),
+        // The three below need several controllers (`switchyard lab --controllers 3`).
+        "controller-crash" => (
+            "with several controllers: hold the leader's DNS step, kill the primary region, and kill -9 the leader while its runbook is in flight; restart nothing: another member must finish the failover with a higher generation, no step applied under two generations",
+            Expectations {
+                ha: Some(HaExpectation::Crash),
+                ..expect(Required)
+            },
+        ),
+        "controller-isolation" => (
+            "with several controllers: hold the leader's DNS step, kill the primary region, and cut the leader off from etcd and the other members while its runbook is in flight (it still sees the regions): it must stop acting, another member finishes the failover, the old leader's late pushes are refused",
+            Expectations {
+                ha: Some(HaExpectation::Isolation),
+                ..expect(Required)
+            },
+        ),
+        // The leader's lease must run out before anyone acts: RTO(DNS) grows by at most it.
+        "leader-region-outage" => (
+            "with several controllers: make the primary site's controller the leader, then kill -9 the whole site (region, controller, etcd member): another member must lead and fail over, RTO(DNS) at most the lease longer than region-outage's",
+            Expectations {
+                rto_dns_ms_max: Some(RTO_DNS_MS_MAX + HA_LEASE_MS),
+                rto_99_ms_max_before_ttl: Some(RTO_99_MS_MAX_BEFORE_TTL + HA_LEASE_MS),
+                rto_99_plus_ttl: true,
+                ha: Some(HaExpectation::SiteLoss),
                 ..expect(Required)
             },
         ),
@@ -578,6 +689,53 @@ fn fault_then_heal(faults: Vec<FaultAction>, at: u64, heal: u64) -> Vec<Step> {
         .collect()
 }
 
+/// `controller-crash` (`crash`) and `controller-isolation`: the leader's DNS pushes are held
+/// (its link to the DNS admin API blackholed, so the DNS step cannot finish), the primary region
+/// is killed, and once the leader's runbook is in flight the leader is killed (crash) or cut off
+/// from etcd and the other members (isolation). The hold is lifted only after another member
+/// took over and finished: what the old leader had sent (the fault proxy holds a held link's
+/// bytes, so even a dead leader's request is still delivered) or still retries arrives late,
+/// with the old generation, and must be refused; the DNS answer moves by the new leader's
+/// push alone.
+fn leader_plan(crash: bool, at: u64, heal: u64) -> Vec<Step> {
+    use RegionRole::Primary;
+    let hold = blackhole(Link::LeaderDns, "drill-hold-dns");
+    let isolate = blackhole(Link::LeaderIsolation, "drill-isolate-leader");
+    let region = FaultAction::Kill {
+        target: Component::Region(Primary),
+    };
+    let mut fault: Vec<FaultAction> = hold.clone();
+    fault.push(region.clone());
+    fault.push(FaultAction::AwaitRunbook);
+    let mut heals: Vec<FaultAction> = Vec::new();
+    if crash {
+        let kill = FaultAction::Kill {
+            target: Component::Leader,
+        };
+        fault.push(kill.clone());
+        heals.extend(kill.undo());
+    } else {
+        fault.extend(isolate.iter().cloned());
+        heals.extend(isolate.iter().rev().filter_map(FaultAction::undo));
+    }
+    fault.push(FaultAction::AwaitTakeover);
+    fault.extend(hold.iter().rev().filter_map(FaultAction::undo));
+    heals.extend(region.undo());
+    fault
+        .into_iter()
+        .map(|action| Step {
+            at_ms: at,
+            phase: StepPhase::Fault,
+            action,
+        })
+        .chain(heals.into_iter().map(|action| Step {
+            at_ms: heal,
+            phase: StepPhase::Heal,
+            action,
+        }))
+        .collect()
+}
+
 impl Scenario {
     /// The fault steps, in time order.
     pub fn plan(&self, durations: &Durations) -> Vec<Step> {
@@ -655,6 +813,22 @@ impl Scenario {
                 heal,
             ),
             "region-isolation" => fault_then_heal(vec![FaultAction::CutNetwork { region: Primary }], at, heal),
+            "controller-crash" | "controller-isolation" => leader_plan(self.name == "controller-crash", at, heal),
+            "leader-region-outage" => {
+                let mut steps = vec![Step {
+                    at_ms: at,
+                    phase: StepPhase::Prepare,
+                    action: FaultAction::LeadFrom { region: Primary },
+                }];
+                steps.extend(fault_then_heal(
+                    vec![FaultAction::Kill {
+                        target: Component::Site(Primary),
+                    }],
+                    at,
+                    heal,
+                ));
+                steps
+            }
             "disk-full" => fault_then_heal(vec![FaultAction::FillDisk { region: Primary }], at, heal),
             "controller-partition" => fault_then_heal(
                 blackhole(Link::Controller { region: Primary }, "drill-cut-controller"),

@@ -8,7 +8,13 @@
 //!   lists all three), so a drill can cut one controller from etcd while it still sees the
 //!   regions;
 //! - `controller-M`: how the other members, the agents and the region's pointer reach
-//!   controller M's API (its `advertise` URL).
+//!   controller M's API (its `advertise` URL);
+//! - `dns-admin-M`: controller M's pushes to the DNS server's admin API (its runbook's DNS
+//!   steps), so a drill can hold one member's DNS step.
+//!
+//! Each member probes as a vantage point of its own (`controller-SITE`, `--vantage`) and has a
+//! token of its own (`role = "member"`, `[controller.ha] token_file`), with which a follower
+//! passes its own reports on to the leader: the leader's quorum counts every member's view.
 //!
 //! Sites are the first three regions; a two-region lab puts the third etcd member and
 //! controller on a `tie-breaker` site (as a deployment with two regions should). Pure, like the
@@ -51,8 +57,9 @@ pub fn etcd_name(site: &str) -> String {
     format!("etcd-{site}")
 }
 
-/// Ports of the HA pieces, in the lab's first block (`base + 20 ..= base + 48`, unused
-/// otherwise). Member 0's API keeps the single controller's port.
+/// Ports of the HA pieces, in the lab's first block (`base + 20 ..= base + 48` and
+/// `base + 56 ..= base + 58`, unused otherwise). Member 0's API keeps the single controller's
+/// port.
 pub(crate) struct HaPorts {
     pub base: u16,
 }
@@ -82,15 +89,86 @@ impl HaPorts {
     fn etcd_link(&self, k: usize, i: usize) -> u16 {
         self.base + 40 + (MEMBERS * k + i) as u16
     }
+    /// Controller `k`'s link to the DNS admin API.
+    fn dns_admin_link(&self, k: usize) -> u16 {
+        self.base + 56 + k as u16
+    }
+}
+
+/// Controller `k`'s vantage name: each member probes as a vantage point of its own.
+pub fn vantage_name(site: &str) -> String {
+    controller_name(site)
+}
+
+/// Member tokens' file name in the config folder (`{site}` is the member).
+const MEMBER_TOKEN_FILE: &str = "member-{site}.token";
+
+/// The member at `site`'s token file in a lab directory.
+pub fn member_token_path(dir: &Path, site: &str) -> PathBuf {
+    dir.join("config").join(MEMBER_TOKEN_FILE.replace("{site}", site))
+}
+
+/// The `[[tokens]]` entries of the members (role `member`, named by their vantage), for the
+/// config every member shares.
+pub(crate) fn member_tokens(sites: &[String]) -> String {
+    let mut text = String::new();
+    for site in sites {
+        let _ = write!(
+            text,
+            "\n[[tokens]]\nname = \"{}\"\nrole = \"member\"\ntoken_file = \"{}\"\n",
+            vantage_name(site),
+            MEMBER_TOKEN_FILE.replace("{site}", site)
+        );
+    }
+    text
+}
+
+/// The `[[controllers]]` of `drill-targets.toml`: how a drill finds the leader, its process,
+/// its audit log and the links that cut it off.
+pub(crate) fn drill_targets(dir: &Path, ports: &HaPorts, sites: &[String], regions: &[&str]) -> String {
+    let mut text = String::new();
+    for (k, site) in sites.iter().enumerate() {
+        let isolation: Vec<String> = sites
+            .iter()
+            .map(|other| format!("etcd-{site}-to-{other}"))
+            .chain(std::iter::once(controller_name(site)))
+            .collect();
+        let _ = write!(
+            text,
+            "\n[[controllers]]\nname = \"{site}\"\nurl = \"http://{}\"\n{}process = \"{}\"\netcd_process = \"{}\"\naudit_log = \"{}\"\nisolation_links = {isolation:?}\ndns_links = [\"dns-admin-{site}\"]\n",
+            local(ports.api(k)),
+            if regions.contains(&site.as_str()) {
+                format!("site = \"{site}\"\n")
+            } else {
+                String::new()
+            },
+            controller_name(site),
+            etcd_name(site),
+            audit_path(dir, site).display()
+        );
+    }
+    text
+}
+
+fn audit_path(dir: &Path, site: &str) -> PathBuf {
+    dir.join("data").join(format!("{}-audit.jsonl", controller_name(site)))
 }
 
 fn local(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
 
-/// Every link of the HA pieces as (name, listen, upstream).
-pub(crate) fn links(ports: &HaPorts, sites: &[String]) -> Vec<(String, String, String)> {
+/// Every link of the HA pieces as (name, listen, upstream); `dns_admin` is the DNS server's
+/// admin address.
+pub(crate) fn links(ports: &HaPorts, sites: &[String], dns_admin: &str) -> Vec<(String, String, String)> {
     let mut links = Vec::new();
+    for (k, member) in sites.iter().enumerate() {
+        links.push((
+            format!("dns-admin-{member}"),
+            local(ports.dns_admin_link(k)),
+            dns_admin.to_string(),
+        ));
+    }
     for (i, site) in sites.iter().enumerate() {
         links.push((
             format!("etcd-peer-{site}"),
@@ -173,14 +251,16 @@ pub(crate) fn bound(ports: &HaPorts, sites: &[String]) -> Vec<(String, String)> 
     bound
 }
 
-/// Each member's config file (the single controller's `text` plus its `[controller.ha]`) and
-/// component; member 0 listens where the single controller would.
+/// Each member's config file (the single controller's `text` plus its `[controller.ha]`, its
+/// DNS pushes through its own link: `dns_admin_url` becomes the link's URL) and component;
+/// member 0 listens where the single controller would.
 pub(crate) fn controllers(
     config: &Path,
     dir: &Path,
     ports: &HaPorts,
     sites: &[String],
     text: &str,
+    dns_admin_url: &str,
 ) -> (Vec<LabFile>, Vec<ComponentSpec>) {
     let mut files = Vec::new();
     let mut components = Vec::new();
@@ -188,20 +268,22 @@ pub(crate) fn controllers(
         let endpoints: Vec<String> = (0..sites.len())
             .map(|i| format!("http://{}", local(ports.etcd_link(k, i))))
             .collect();
-        let mut contents = text.to_string();
+        let mut contents = text.replace(
+            &format!("admin_url = \"{dns_admin_url}\""),
+            &format!("admin_url = \"http://{}\"", local(ports.dns_admin_link(k))),
+        );
         let _ = write!(
             contents,
-            "\n# One of {MEMBERS} controllers (`switchyard lab --controllers 3`): each reaches every etcd member, and is reached by the others, through its own links.\n[controller.ha]\netcd = {endpoints:?}\nmember = \"{member}\"\nlease_ms = {LAB_LEASE_MS}\nadvertise = \"http://{}\"\n",
-            local(ports.api_link(k))
+            "\n# One of {MEMBERS} controllers (`switchyard lab --controllers 3`): each reaches every etcd member, and is reached by the others, through its own links; it passes its own reports on to the leader with its member token.\n[controller.ha]\netcd = {endpoints:?}\nmember = \"{member}\"\nlease_ms = {LAB_LEASE_MS}\nadvertise = \"http://{}\"\ntoken_file = \"{}\"\n",
+            local(ports.api_link(k)),
+            MEMBER_TOKEN_FILE.replace("{site}", member)
         );
         let path: PathBuf = config.join(format!("{}.toml", controller_name(member)));
         files.push(LabFile {
             path: path.clone(),
             contents,
         });
-        let audit = dir
-            .join("data")
-            .join(format!("{}-audit.jsonl", controller_name(member)));
+        let audit = audit_path(dir, member);
         components.push(ComponentSpec::subcommand(
             &controller_name(member),
             "controller",
@@ -213,6 +295,8 @@ pub(crate) fn controllers(
                 &local(ports.api(k)),
                 "--audit-log",
                 &audit.display().to_string(),
+                "--vantage",
+                &vantage_name(member),
             ],
         ));
     }

@@ -239,6 +239,12 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str], hosts: &
             }
         }
     }
+    if ha {
+        let ha_ports = crate::ha::HaPorts {
+            base: options.base_port,
+        };
+        text.push_str(&crate::ha::drill_targets(&options.dir, &ha_ports, &sites, regions));
+    }
     let _ = write!(
         text,
         "\n[process_control]\nkill = \"{{program}} lab ctl --dir {dir} kill {{name}}\"\nstop = \"{{program}} lab ctl --dir {dir} stop {{name}}\"\ncont = \"{{program}} lab ctl --dir {dir} cont {{name}}\"\nrestart = \"{{program}} lab ctl --dir {dir} restart {{name}}\"\n"
@@ -599,7 +605,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         }
     }
     if ha {
-        for (name, listen, upstream) in crate::ha::links(&ha_ports, &sites) {
+        for (name, listen, upstream) in crate::ha::links(&ha_ports, &sites, &local(ports.dns_admin())) {
             link(name, listen, upstream, &mut bound);
         }
         bound.extend(crate::ha::bound(&ha_ports, &sites));
@@ -821,12 +827,22 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     bound.extend(additions.bound);
 
     if options.controller {
-        let vantages: Vec<String> = std::iter::once("controller".to_string())
+        // With several controllers each member is a vantage point of its own (`--vantage`; the
+        // file names the first).
+        let own: Vec<String> = if ha {
+            sites.iter().map(|site| crate::ha::vantage_name(site)).collect()
+        } else {
+            vec!["controller".to_string()]
+        };
+        let vantages: Vec<String> = own
+            .iter()
+            .cloned()
             .chain((1..=AGENTS).map(|n| format!("agent-{n}")))
             .collect();
         let mut text = format!(
-            "[controller]\nlisten = \"{}\"\nvantage = \"controller\"\naudit_log = \"{}\"\n\n[policy]\nmode = \"active-passive\"\n# A lab is for drills: holds short enough for a drill, no cap that back-to-back drills hit.\nmin_hold_ms = {LAB_HOLD_MS}\nstability_window_ms = {LAB_HOLD_MS}\nfailovers_per_hour_max = {LAB_FAILOVERS_PER_HOUR_MAX}\n# Failback waits until the replication lag into the preferred region (each store check's lag_sources) is at most this.\nfailback_lag_check = true\nfailback_lag_max_ms = {LAB_FAILBACK_LAG_MAX_MS}\n\n[quorum]\nvantages = {:?}\n",
+            "[controller]\nlisten = \"{}\"\nvantage = \"{}\"\naudit_log = \"{}\"\n\n[policy]\nmode = \"active-passive\"\n# A lab is for drills: holds short enough for a drill, no cap that back-to-back drills hit.\nmin_hold_ms = {LAB_HOLD_MS}\nstability_window_ms = {LAB_HOLD_MS}\nfailovers_per_hour_max = {LAB_FAILOVERS_PER_HOUR_MAX}\n# Failback waits until the replication lag into the preferred region (each store check's lag_sources) is at most this.\nfailback_lag_check = true\nfailback_lag_max_ms = {LAB_FAILBACK_LAG_MAX_MS}\n\n[quorum]\nvantages = {:?}\n",
             local(ports.controller()),
+            own[0],
             dir.join("data").join("controller-audit.jsonl").display(),
             vantages
         );
@@ -893,6 +909,10 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 AGENT_TOKEN_FILE.replace("{n}", &agent.to_string())
             );
         }
+        if ha {
+            text.push_str(&crate::ha::member_tokens(&sites));
+            secrets.extend(sites.iter().map(|site| crate::ha::member_token_path(dir, site)));
+        }
         let _ = write!(
             text,
             "\n[dns]\nadmin_url = \"{}\"\ntoken_file = \"{DNS_TOKEN_FILE}\"\ntxt_name = \"_active-region.{ZONE}\"\n\n[[runbook]]\nname = \"dns\"\nkind = \"dns_health\"\n\n[[runbook]]\nname = \"txt\"\nkind = \"dns_txt\"\n\n[[runbook]]\nname = \"pointer\"\nkind = \"pointer\"\n",
@@ -902,11 +922,22 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         bound.push(("controller".to_string(), local(ports.controller())));
         if let Some(etcd) = &etcd {
             components.extend(crate::ha::etcd_components(dir, &ha_ports, &sites, etcd));
-            let (mut member_files, members) = crate::ha::controllers(&config, dir, &ha_ports, &sites, &text);
+            let (mut member_files, members) = crate::ha::controllers(
+                &config,
+                dir,
+                &ha_ports,
+                &sites,
+                &text,
+                &api_url(options.tls, ports.dns_admin()),
+            );
             if options.tls {
-                // Members reach each other's API (forwarded commands) over HTTPS too.
+                // Members reach each other's API (forwarded commands) and the DNS admin API
+                // (each through its own link) over HTTPS too.
                 for file in &mut member_files {
-                    file.contents = file.contents.replace("advertise = \"http://", "advertise = \"https://");
+                    file.contents = file
+                        .contents
+                        .replace("advertise = \"http://", "advertise = \"https://")
+                        .replace("admin_url = \"http://", "admin_url = \"https://");
                 }
             }
             files.extend(member_files);
@@ -1128,6 +1159,45 @@ mod tests {
             "{faults}"
         );
         assert!(lab.drill_targets.contains("controller = \"controller-us-east-1\""));
+        // Each member probes as itself, passes its reports on with its own member token, and
+        // pushes to DNS through its own link.
+        assert!(
+            eu.contents
+                .contains("vantages = [\"controller-us-east-1\", \"controller-eu-west-1\", \"controller-tie-breaker\", \"agent-1\""),
+            "{}",
+            eu.contents
+        );
+        assert!(
+            eu.contents
+                .contains("[[tokens]]\nname = \"controller-tie-breaker\"\nrole = \"member\"\ntoken_file = \"member-tie-breaker.token\"")
+        );
+        assert!(eu.contents.contains("token_file = \"member-eu-west-1.token\"\n"));
+        assert!(
+            eu.contents.contains("admin_url = \"http://127.0.0.1:17057\""),
+            "{}",
+            eu.contents
+        );
+        assert!(!eu.contents.contains("admin_url = \"http://127.0.0.1:17003\""));
+        assert!(
+            faults.contains(
+                "name = \"dns-admin-eu-west-1\"\nlisten = \"127.0.0.1:17057\"\nupstream = \"127.0.0.1:17003\""
+            )
+        );
+        assert!(
+            member
+                .args
+                .windows(2)
+                .any(|p| p[0] == "--vantage" && p[1] == "controller-eu-west-1")
+        );
+        assert!(lab.secrets.iter().any(|p| p.ends_with("config/member-eu-west-1.token")));
+        // Drills find every member, its links and its audit log in the targets file.
+        let targets = lab.drill_targets.replace("{program}", "switchyard");
+        assert!(targets.contains("[[controllers]]\nname = \"eu-west-1\"\nurl = \"http://127.0.0.1:17033\"\nsite = \"eu-west-1\"\nprocess = \"controller-eu-west-1\"\netcd_process = \"etcd-eu-west-1\""), "{targets}");
+        assert!(targets.contains("isolation_links = [\"etcd-eu-west-1-to-us-east-1\", \"etcd-eu-west-1-to-eu-west-1\", \"etcd-eu-west-1-to-tie-breaker\", \"controller-eu-west-1\"]\ndns_links = [\"dns-admin-eu-west-1\"]"), "{targets}");
+        assert!(
+            targets.contains("[[controllers]]\nname = \"tie-breaker\"\nurl = \"http://127.0.0.1:17034\"\nprocess"),
+            "no site for the tie-breaker: {targets}"
+        );
         let mut ports: Vec<&String> = lab.ports.iter().map(|(_, p)| p).collect();
         let total = ports.len();
         ports.sort_unstable();

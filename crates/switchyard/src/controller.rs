@@ -80,8 +80,10 @@ enum TokenCommand {
     New {
         /// agent (reports and fetches the plan as --name), operator (switchover, failover,
         /// failback, pause, resume, acknowledge; also read), read (status, events, the
-        /// active-region pointer) or dns (the controller's pushes to `switchyard dns`).
-        #[arg(long, value_parser = ["agent", "operator", "read", "dns"])]
+        /// active-region pointer), member (a controller of a [controller.ha] group: a follower
+        /// passes its own reports on to the leader as --name, its vantage name) or dns (the
+        /// controller's pushes to `switchyard dns`).
+        #[arg(long, value_parser = ["agent", "operator", "read", "member", "dns"])]
         role: String,
         /// For an agent its vantage name (`switchyard agent --name`); otherwise who holds it.
         #[arg(long)]
@@ -249,6 +251,24 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             );
         }
         config.file.controller.vantage = vantage;
+    }
+    // The member token speaks for this member's vantage name only: the leader would refuse
+    // every report passed on with another's.
+    if let Some(token) = &config.member_token {
+        let vantage = &config.file.controller.vantage;
+        let digest = controller::auth::TokenDigest::of(token);
+        if let Some(other) = config
+            .credentials
+            .iter()
+            .find(|c| c.role == controller::auth::Role::Member && c.digest.same(&digest))
+            .filter(|c| &c.name != vantage)
+        {
+            bail!(
+                "[controller.ha] token_file holds the member token of '{}', but this controller reports as '{vantage}'; give it its own token, or start it with --vantage {}",
+                other.name,
+                other.name
+            );
+        }
     }
     let token = read_token(args.token_file.as_deref())?;
     let listen = config.file.controller.listen;
@@ -833,6 +853,10 @@ fn token_snippet(role: &str, name: &str, token: &str) -> String {
                 "agent" => format!(
                     "# On the agent's host only: write the token to a file (umask 077; printf %s TOKEN > {file}) and run\n\
                      # switchyard agent --name {name} --token-file {file} --controller URL\n"
+                ),
+                "member" => format!(
+                    "# On that controller's host only: write the token to a file (umask 077; printf %s TOKEN > {file}),\n\
+                     # give it as [controller.ha] token_file = \"{file}\" and run switchyard controller --vantage {name}\n"
                 ),
                 _ => format!("# Give the token to '{name}' (CLI: --token-file FILE or SWITCHYARD_CONTROL_TOKEN).\n"),
             };

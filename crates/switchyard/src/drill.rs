@@ -17,7 +17,10 @@ pub(crate) struct DrillArgs {
     /// The scenario: region-outage, region-hang (SIGSTOP the primary region, SIGCONT at
     /// heal), region-partition, vantage-partition, controller-partition (the controller's own
     /// view cut: must not fail over), region-isolation (cut the primary's network link; a lab
-    /// started with --netns), flapping-health, slow-region, store-crash or failback.
+    /// started with --netns), flapping-health, slow-region, store-crash or failback; with
+    /// several controllers (a lab started with --controllers 3): controller-crash (kill -9 the
+    /// leader mid-runbook), controller-isolation (cut it off etcd mid-runbook) or
+    /// leader-region-outage (lose the leader's whole site).
     scenario: String,
     /// A running lab's directory: the drill reads DIR/drill-targets.toml, which
     /// `switchyard lab --dir DIR` writes.

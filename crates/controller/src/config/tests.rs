@@ -522,3 +522,39 @@ fn database_promotion_steps_are_checked_with_lines_and_built() {
     assert_eq!(short.line, line_of("timeout_ms = 9000"));
     assert!(short.fix.contains("15000"), "{short:?}");
 }
+
+#[cfg(feature = "etcd")]
+#[test]
+fn a_member_token_must_be_a_listed_member_credential() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("member.token"), "member-eu-token-0123456789\n").expect("write");
+    let listed = |role: &str| {
+        format!(
+            "{MINIMAL}\n[quorum]\nvantages = [\"controller\", \"controller-eu\", \"agent-1\"]\n\n[controller.ha]\netcd = [\"http://127.0.0.1:2379\"]\nmember = \"eu\"\ntoken_file = \"member.token\"\n\n[[tokens]]\nname = \"controller-eu\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
+            TokenDigest::of("member-eu-token-0123456789").to_hex()
+        )
+    };
+    let path = dir.path().join("controller.toml");
+    std::fs::write(&path, listed("member")).expect("write");
+    let config = load(&path).expect("valid");
+    assert_eq!(config.member_token.as_deref(), Some("member-eu-token-0123456789"));
+    assert_eq!(config.credentials[0].role, Role::Member);
+
+    // Listed with another role, the leader would refuse what it passes on: said at load.
+    std::fs::write(&path, listed("read")).expect("write");
+    let error = load(&path).expect_err("not a member credential").to_string();
+    assert!(
+        error.contains("is not a [[tokens]] entry with role \"member\""),
+        "{error}"
+    );
+    assert!(error.contains("switchyard token new --role member"), "{error}");
+
+    // A member token names a vantage point the quorum counts.
+    let elsewhere = listed("member").replace("name = \"controller-eu\"", "name = \"controller-xx\"");
+    std::fs::write(&path, elsewhere).expect("write");
+    let error = load(&path).expect_err("unknown vantage").to_string();
+    assert!(
+        error.contains("member token 'controller-xx' names a vantage point not in [quorum] vantages"),
+        "{error}"
+    );
+}

@@ -498,9 +498,19 @@ fn the_section_names_each_mistake_with_a_fix() {
         key_file: None,
         user: Some("root".into()),
         password_file: None,
+        token_file: Some("/nonexistent/member.token".into()),
     };
     let keys: Vec<&str> = section.problems().iter().map(|(key, _, _)| *key).collect();
-    for key in ["etcd", "member", "lease_ms", "prefix", "advertise", "cert_file", "user"] {
+    for key in [
+        "etcd",
+        "member",
+        "lease_ms",
+        "prefix",
+        "advertise",
+        "cert_file",
+        "user",
+        "token_file",
+    ] {
         assert!(keys.contains(&key), "{key} not reported: {keys:?}");
     }
     let good = HaSection {
@@ -514,6 +524,7 @@ fn the_section_names_each_mistake_with_a_fix() {
         key_file: None,
         user: None,
         password_file: None,
+        token_file: None,
     };
     if cfg!(feature = "etcd") {
         assert!(good.problems().is_empty(), "{:?}", good.problems());

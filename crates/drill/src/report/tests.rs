@@ -91,6 +91,7 @@ fn report() -> Report {
         events: &events,
         final_state: &state,
         isolation: None,
+        ha: None,
     })
 }
 

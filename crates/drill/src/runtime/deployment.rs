@@ -34,6 +34,16 @@
 //! "frontend:us-east-1" = "frontend-us-east-1"
 //! "app-store:us-east-1" = "app-store-us-east-1"
 //!
+//! [[controllers]]   # with several controllers ([controller.ha]): each member
+//! name = "us-east-1"                     # its member name
+//! url = "http://127.0.0.1:9000"          # its API (GET /health says whether it acts)
+//! site = "us-east-1"                     # the region it runs in (leader-region-outage)
+//! process = "controller-us-east-1"       # for kill / restart
+//! etcd_process = "etcd-us-east-1"        # the etcd member at its site
+//! audit_log = "/srv/lab/data/controller-us-east-1-audit.jsonl"   # read after the drill
+//! isolation_links = ["etcd-us-east-1-to-us-east-1", "controller-us-east-1"]   # cut it off etcd and the others
+//! dns_links = ["dns-admin-us-east-1"]    # its pushes to the DNS admin API
+//!
 //! [process_control]   # shell commands; {name} becomes the process name
 //! kill = "switchyard lab ctl --dir lab kill {name}"
 //! stop = "switchyard lab ctl --dir lab stop {name}"
@@ -85,6 +95,39 @@ pub struct Deployment {
     /// watches each and reports when it switched (RTO per provider).
     #[serde(default)]
     pub providers: Vec<ProviderWatch>,
+    /// With several controllers (`[controller.ha]`): every member, so the drills that break the
+    /// leader find it at run time and read the audit logs.
+    #[serde(default)]
+    pub controllers: Vec<ControllerMember>,
+}
+
+/// One controller of a group (`[controller.ha]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerMember {
+    /// Its member name (`[controller.ha] member`).
+    pub name: String,
+    /// Its API, reached directly: `GET /health` says whether it acts.
+    pub url: String,
+    /// The region it runs in (a tie-breaker site is in none).
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Its process name, for the process-control commands.
+    #[serde(default)]
+    pub process: Option<String>,
+    /// The etcd member at its site, killed with the site.
+    #[serde(default)]
+    pub etcd_process: Option<String>,
+    /// Its audit log, read after the drill (the member's record of every runbook and step).
+    #[serde(default)]
+    pub audit_log: Option<std::path::PathBuf>,
+    /// Fault-proxy proxies that cut it off etcd and the other members (it still sees the
+    /// regions).
+    #[serde(default)]
+    pub isolation_links: Vec<String>,
+    /// Fault-proxy proxies its pushes to the DNS admin API go through.
+    #[serde(default)]
+    pub dns_links: Vec<String>,
 }
 
 /// One provider to watch, and how to tell which region it points at.
@@ -369,10 +412,32 @@ impl Deployment {
                 ));
             }
         }
+        for (i, member) in self.controllers.iter().enumerate() {
+            if self.controllers[..i].iter().any(|m| m.name == member.name) {
+                return Err(format!(
+                    "controller '{}' is listed twice in [[controllers]]; list each member once",
+                    member.name
+                ));
+            }
+            check_url(&format!("controllers.{}.url", member.name), &member.url)?;
+            if let Some(site) = &member.site
+                && self.region(site).is_none()
+            {
+                return Err(format!(
+                    "controller '{}' has site '{site}', which [[regions]] does not list; leave site out for a tie-breaker",
+                    member.name
+                ));
+            }
+        }
         if self.table.is_empty() || self.table.len() > 255 {
             return Err(format!("table '{}' must be 1 to 255 characters", self.table));
         }
         Ok(())
+    }
+
+    /// The member of `[[controllers]]` called `name`.
+    pub fn controller(&self, name: &str) -> Option<&ControllerMember> {
+        self.controllers.iter().find(|m| m.name == name)
     }
 
     pub fn region(&self, name: &str) -> Option<&RegionTargets> {
@@ -454,6 +519,8 @@ pub fn link_keys(roles: &Roles, link: &Link, vantages: usize) -> Vec<String> {
         Link::Controller { region } => vec![format!("controller:{}", r(region))],
         Link::Frontend { region } => vec![format!("frontend:{}", r(region))],
         Link::AppStore { region } => vec![format!("app-store:{}", r(region))],
+        // The leader's links are in [[controllers]], found at run time.
+        Link::LeaderIsolation | Link::LeaderDns => Vec::new(),
     }
 }
 
@@ -569,5 +636,56 @@ shop_addresses = ["127.0.0.12"]
         let bad_url = EXAMPLE.replace("http://127.0.0.1:8002", "127.0.0.1:8002");
         let error = Deployment::parse(&bad_url, false).expect_err("bad url");
         assert!(error.to_string().contains("regions.r2.store_url"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod controllers_tests {
+    use super::*;
+
+    const MEMBERS: &str = r#"
+shop_name = "shop.lab.test."
+shop_port = 8080
+dns_server = "127.0.0.1:5353"
+
+[[regions]]
+name = "r1"
+store_url = "http://127.0.0.1:8001"
+
+[[regions]]
+name = "r2"
+store_url = "http://127.0.0.1:8002"
+
+[[controllers]]
+name = "r1"
+url = "http://127.0.0.1:9001"
+site = "r1"
+process = "controller-r1"
+etcd_process = "etcd-r1"
+audit_log = "/lab/data/controller-r1-audit.jsonl"
+isolation_links = ["etcd-r1-to-r1", "controller-r1"]
+dns_links = ["dns-admin-r1"]
+
+[[controllers]]
+name = "tie-breaker"
+url = "http://127.0.0.1:9002"
+"#;
+
+    #[test]
+    fn controllers_parse_and_bad_ones_say_what_to_fix() {
+        let deployment = Deployment::parse(MEMBERS, false).expect("valid");
+        let member = deployment.controller("r1").expect("listed");
+        assert_eq!(member.isolation_links, vec!["etcd-r1-to-r1", "controller-r1"]);
+        assert_eq!(member.site.as_deref(), Some("r1"));
+        assert_eq!(deployment.controller("tie-breaker").and_then(|m| m.site.clone()), None);
+        let twice = format!("{MEMBERS}\n[[controllers]]\nname = \"r1\"\nurl = \"http://127.0.0.1:9003\"\n");
+        let error = Deployment::parse(&twice, false).expect_err("twice");
+        assert!(error.to_string().contains("'r1' is listed twice"), "{error}");
+        let elsewhere = MEMBERS.replace("site = \"r1\"", "site = \"r9\"");
+        let error = Deployment::parse(&elsewhere, false).expect_err("unknown site");
+        assert!(error.to_string().contains("site 'r9'"), "{error}");
+        let bad_url = MEMBERS.replace("http://127.0.0.1:9002", "127.0.0.1:9002");
+        let error = Deployment::parse(&bad_url, false).expect_err("bad url");
+        assert!(error.to_string().contains("controllers.tie-breaker.url"), "{error}");
     }
 }

@@ -9,6 +9,7 @@
 pub mod deployment;
 pub mod dynamo;
 pub mod http;
+pub mod members;
 pub mod providers;
 pub mod recorder;
 pub mod resolver;
@@ -180,9 +181,23 @@ pub async fn run<T: FaultTarget>(
     let mut tasks = JoinSet::new();
     tasks.spawn(workload::dns_watcher(Arc::clone(&ctx)));
     tasks.spawn(workload::lag_sampler(Arc::clone(&ctx)));
-    if let Some(url) = &deployment.controller_url {
-        tasks.spawn(workload::controller_watcher(Arc::clone(&ctx), url.clone()));
+    // With several controllers, every member's pointer (the highest generation wins: a dead
+    // or cut-off member answers nothing or an older one) and which member acts.
+    let mut controller_urls: Vec<String> = deployment.controller_url.iter().cloned().collect();
+    for member in &deployment.controllers {
+        if !controller_urls.contains(&member.url) {
+            controller_urls.push(member.url.clone());
+        }
     }
+    if !controller_urls.is_empty() {
+        tasks.spawn(workload::controller_watcher(Arc::clone(&ctx), controller_urls));
+    }
+    if !deployment.controllers.is_empty() {
+        tasks.spawn(members::leader_watcher(Arc::clone(&ctx)));
+    }
+    let start_wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     for provider in &deployment.providers {
         tasks.spawn(providers::watch(Arc::clone(&ctx), provider.clone()));
     }
@@ -213,6 +228,7 @@ pub async fn run<T: FaultTarget>(
     let mut heal_started = false;
     let mut isolation_from = None;
     let mut isolation_to = None;
+    let mut leader_hit = false;
     let mut interrupt = std::pin::pin!(interrupt);
     let schedule = async {
         for step in &plan {
@@ -234,7 +250,20 @@ pub async fn run<T: FaultTarget>(
             // Into the ledger first: an interrupt can cancel the action half-way (a region
             // half killed), and the heal must still undo it.
             ledger.applied(&step.action);
+            let hits_leader = step.action.hits_leader() && !leader_hit;
+            if hits_leader && let Some(member) = target.leader() {
+                leader_hit = true;
+                recorder.event(EventKind::LeaderFault { member });
+            }
             let result = target.apply(&roles, &step.action).await;
+            if hits_leader
+                && !leader_hit
+                && let Some(member) = target.leader()
+            {
+                // Found by this very step: recorded just after it.
+                leader_hit = true;
+                recorder.event(EventKind::LeaderFault { member });
+            }
             let label = step.action.label();
             if let Err(error) = &result {
                 tracing::warn!(%error, "fault step failed");
@@ -299,6 +328,14 @@ pub async fn run<T: FaultTarget>(
         from_ms: isolation_from.unwrap_or(0),
         to_ms: isolation_to.unwrap_or(u64::MAX),
     });
+    let ha = scenario.expectations.ha.map(|_| {
+        crate::ha::check(
+            &events,
+            target.leader().as_deref(),
+            &members::audit_logs(deployment),
+            start_wall_ms,
+        )
+    });
     let report = report::build(report::Inputs {
         scenario,
         durations: options.durations,
@@ -308,6 +345,7 @@ pub async fn run<T: FaultTarget>(
         events: &events,
         final_state: &final_state,
         isolation,
+        ha,
     });
     Ok(DrillOutcome {
         report,

@@ -7,9 +7,12 @@ use std::future::Future;
 
 use serde_json::json;
 
-use super::deployment::{Deployment, ProcessCommands};
+use super::deployment::{ControllerMember, Deployment, ProcessCommands};
 use super::http::HttpClient;
-use crate::scenario::{Component, FaultAction, FaultError, FaultTarget, RegionRole, Roles, Stream, Toxic, ToxicKind};
+use super::members;
+use crate::scenario::{
+    AWAIT_MS_MAX, Component, FaultAction, FaultError, FaultTarget, Link, RegionRole, Roles, Stream, Toxic, ToxicKind,
+};
 
 /// Deadline of one fault-proxy API call.
 pub const FAULT_API_TIMEOUT_MS: u64 = 5_000;
@@ -171,6 +174,8 @@ pub struct DeploymentTarget<P> {
     deployment: Deployment,
     processes: P,
     http: HttpClient,
+    /// The member [`Component::Leader`] stands for, once found.
+    pinned: std::sync::Mutex<Option<String>>,
 }
 
 impl<P: ProcessControl> DeploymentTarget<P> {
@@ -179,7 +184,150 @@ impl<P: ProcessControl> DeploymentTarget<P> {
             deployment,
             processes,
             http: HttpClient::new(),
+            pinned: std::sync::Mutex::new(None),
         }
+    }
+
+    fn pinned(&self) -> Option<String> {
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn pin(&self, member: &str) {
+        *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = Some(member.to_string());
+    }
+
+    fn no_controllers(&self) -> Result<(), String> {
+        if self.deployment.controllers.is_empty() {
+            Err("the deployment file lists no [[controllers]] (a lab started with --controllers 3 does)".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The pinned leader, or (the first time) the member acting now, waited for at most
+    /// [`AWAIT_MS_MAX`].
+    async fn leader_member(&self) -> Result<&ControllerMember, String> {
+        self.no_controllers()?;
+        let name = match self.pinned() {
+            Some(name) => name,
+            None => {
+                let name = self
+                    .wait(|| async { members::acting(&self.http, &self.deployment).await.map(|(m, _)| m) })
+                    .await
+                    .ok_or_else(|| format!("no controller member said it acts within {AWAIT_MS_MAX} ms"))?;
+                self.pin(&name);
+                name
+            }
+        };
+        self.deployment
+            .controller(&name)
+            .ok_or_else(|| format!("member {name} is not in [[controllers]]"))
+    }
+
+    /// Polls `probe` every [`members::MEMBER_POLL_MS`] until it gives a value, at most
+    /// [`AWAIT_MS_MAX`].
+    async fn wait<T, F, Fut>(&self, mut probe: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(AWAIT_MS_MAX);
+        loop {
+            if let Some(value) = probe().await {
+                return Some(value);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(members::MEMBER_POLL_MS)).await;
+        }
+    }
+
+    /// The fault-proxy proxies of the leader's links.
+    async fn leader_links(&self, link: &Link) -> Result<Vec<String>, String> {
+        let member = self.leader_member().await?;
+        let names = match link {
+            Link::LeaderIsolation => &member.isolation_links,
+            _ => &member.dns_links,
+        };
+        if names.is_empty() {
+            return Err(format!(
+                "[[controllers]] gives member {} no {}",
+                member.name,
+                if *link == Link::LeaderIsolation {
+                    "isolation_links"
+                } else {
+                    "dns_links"
+                }
+            ));
+        }
+        Ok(names.clone())
+    }
+
+    /// Makes the member at `site` the leader: when another member leads, SIGSTOP every other
+    /// member until it does (the leader's lease runs out), then SIGCONT them.
+    async fn lead_from(&self, site: &str) -> Result<(), String> {
+        self.no_controllers()?;
+        let wanted = self
+            .deployment
+            .controllers
+            .iter()
+            .find(|m| m.site.as_deref() == Some(site))
+            .ok_or_else(|| format!("no member of [[controllers]] has site {site}"))?
+            .name
+            .clone();
+        let now = self
+            .wait(|| async { members::acting(&self.http, &self.deployment).await.map(|(m, _)| m) })
+            .await;
+        if now.as_deref() == Some(wanted.as_str()) {
+            self.pin(&wanted);
+            return Ok(());
+        }
+        let others: Vec<String> = self
+            .deployment
+            .controllers
+            .iter()
+            .filter(|m| m.name != wanted)
+            .map(|m| {
+                m.process
+                    .clone()
+                    .ok_or_else(|| format!("[[controllers]] gives member {} no process", m.name))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut result = Ok(());
+        for process in &others {
+            if let Err(error) = self.processes.signal(process, ProcessSignal::Stop).await {
+                result = Err(error);
+                break;
+            }
+        }
+        if result.is_ok() {
+            let leads = self
+                .wait(|| async {
+                    match members::acting(&self.http, &self.deployment).await {
+                        Some((member, _)) if member == wanted => Some(()),
+                        _ => None,
+                    }
+                })
+                .await;
+            if leads.is_none() {
+                result = Err(format!(
+                    "member {wanted} did not lead within {AWAIT_MS_MAX} ms of the others being stopped"
+                ));
+            }
+        }
+        // Always let the others run again, whatever happened.
+        for process in &others {
+            if let Err(error) = self.processes.signal(process, ProcessSignal::Cont).await
+                && result.is_ok()
+            {
+                result = Err(error);
+            }
+        }
+        if result.is_ok() {
+            self.pin(&wanted);
+        }
+        result
     }
 
     /// The processes a component stands for, in the order to stop them (front to back);
@@ -234,6 +382,38 @@ impl<P: ProcessControl> DeploymentTarget<P> {
                     .cloned()
                     .ok_or_else(|| format!("the deployment file names no vantage {v}"))?,
             ],
+            Component::Leader => {
+                let name = self
+                    .pinned()
+                    .ok_or("no leader was found yet (a step that finds it runs first)")?;
+                let member = self
+                    .deployment
+                    .controller(&name)
+                    .ok_or_else(|| format!("member {name} is not in [[controllers]]"))?;
+                vec![
+                    member
+                        .process
+                        .clone()
+                        .ok_or_else(|| format!("[[controllers]] gives member {name} no process"))?,
+                ]
+            }
+            // The site's controller and etcd member first (the leader is gone before its
+            // region fails), then the region front to back.
+            Component::Site(role) => {
+                let mut all = Vec::new();
+                let name = roles.region(*role);
+                for member in self
+                    .deployment
+                    .controllers
+                    .iter()
+                    .filter(|m| m.site.as_deref() == Some(name))
+                {
+                    all.extend(member.process.iter().cloned());
+                    all.extend(member.etcd_process.iter().cloned());
+                }
+                all.extend(self.processes_of(roles, &Component::Region(*role))?);
+                all
+            }
         };
         Ok(names)
     }
@@ -288,6 +468,9 @@ impl<P: ProcessControl> FaultTarget for DeploymentTarget<P> {
                     FaultAction::Stop { .. } => ProcessSignal::Stop,
                     _ => ProcessSignal::Cont,
                 };
+                if *target == Component::Leader && signal != ProcessSignal::Cont {
+                    self.leader_member().await.map_err(unsupported)?;
+                }
                 let mut names = self.processes_of(roles, target).map_err(unsupported)?;
                 if signal == ProcessSignal::Cont {
                     names.reverse();
@@ -306,7 +489,11 @@ impl<P: ProcessControl> FaultTarget for DeploymentTarget<P> {
                 Ok(())
             }
             FaultAction::AddToxic { link, toxic } => {
-                let proxies = self.deployment.link_names(roles, link);
+                let proxies = if matches!(link, Link::LeaderIsolation | Link::LeaderDns) {
+                    self.leader_links(link).await.map_err(unsupported)?
+                } else {
+                    self.deployment.link_names(roles, link)
+                };
                 if proxies.is_empty() {
                     return Err(unsupported(format!(
                         "the deployment file's [links] has no entry for {}",
@@ -341,7 +528,12 @@ impl<P: ProcessControl> FaultTarget for DeploymentTarget<P> {
                     .map_err(|reason| if full { unsupported(reason) } else { failed(reason) })
             }
             FaultAction::RemoveToxic { link, name } => {
-                for proxy in self.deployment.link_names(roles, link) {
+                let proxies = if matches!(link, Link::LeaderIsolation | Link::LeaderDns) {
+                    self.leader_links(link).await.map_err(failed)?
+                } else {
+                    self.deployment.link_names(roles, link)
+                };
+                for proxy in proxies {
                     // 404: already gone, which is what a heal wants.
                     self.fault_api("DELETE", &format!("/proxies/{proxy}/toxics/{name}"), None)
                         .await
@@ -349,7 +541,44 @@ impl<P: ProcessControl> FaultTarget for DeploymentTarget<P> {
                 }
                 Ok(())
             }
+            FaultAction::AwaitRunbook => {
+                let member = self.leader_member().await.map_err(unsupported)?;
+                self.wait(|| async {
+                    members::health(&self.http, member)
+                        .await
+                        .ok()
+                        .filter(|h| h.acting && h.runbook_in_progress)
+                })
+                .await
+                .map(|_| ())
+                .ok_or_else(|| {
+                    failed(format!(
+                        "leader {} had no runbook in progress within {AWAIT_MS_MAX} ms",
+                        member.name
+                    ))
+                })
+            }
+            FaultAction::AwaitTakeover => {
+                let old = self.leader_member().await.map_err(unsupported)?.name.clone();
+                self.wait(|| async {
+                    match members::acting(&self.http, &self.deployment).await {
+                        Some((member, health)) if member != old && !health.runbook_in_progress => Some(()),
+                        _ => None,
+                    }
+                })
+                .await
+                .ok_or_else(|| {
+                    failed(format!(
+                        "no member other than {old} led with the runbook finished within {AWAIT_MS_MAX} ms"
+                    ))
+                })
+            }
+            FaultAction::LeadFrom { region } => self.lead_from(roles.region(*region)).await.map_err(failed),
         }
+    }
+
+    fn leader(&self) -> Option<String> {
+        self.pinned()
     }
 }
 

@@ -394,12 +394,24 @@ pub async fn active_region(http: &HttpClient, controller_url: &str) -> Result<(S
     Ok((region.to_string(), generation))
 }
 
-/// Records the controller's active region and generation whenever they change.
-pub async fn controller_watcher(ctx: Arc<Context>, controller_url: String) {
+/// Records the controller's active region and generation whenever they change. With several
+/// controllers, every member is asked and the answer with the highest generation counts (a
+/// dead member answers nothing, a cut-off one an older pointer).
+pub async fn controller_watcher(ctx: Arc<Context>, controller_urls: Vec<String>) {
     let mut last: Option<(String, u64)> = None;
     loop {
-        if let Ok(current) = active_region(&ctx.http, &controller_url).await
+        let mut best: Option<(String, u64)> = None;
+        for url in &controller_urls {
+            if let Ok(current) = active_region(&ctx.http, url).await
+                && best.as_ref().is_none_or(|b| current.1 > b.1)
+            {
+                best = Some(current);
+            }
+        }
+        if let Some(current) = best
             && last.as_ref() != Some(&current)
+            // A member that lags behind (its pointer is older) never moves the reading back.
+            && last.as_ref().is_none_or(|l| current.1 >= l.1)
         {
             ctx.recorder.event(EventKind::ActiveRegion {
                 region: current.0.clone(),

@@ -395,3 +395,126 @@ fn disk_full_fills_the_primary_disk_and_frees_it_at_heal() {
         "no failover fails the drill"
     );
 }
+
+#[test]
+fn the_leader_scenarios_hold_the_dns_step_then_break_the_leader_mid_runbook() {
+    use FaultAction::*;
+    let durations = Durations {
+        warmup_ms: 5_000,
+        fault_ms: 10_000,
+        settle_ms: 10_000,
+    };
+    let labels = |name: &str| -> Vec<(StepPhase, String)> {
+        by_name(name)
+            .expect("exists")
+            .plan(&durations)
+            .iter()
+            .map(|s| (s.phase, s.action.label()))
+            .collect()
+    };
+    let crash = by_name("controller-crash").expect("exists").plan(&durations);
+    let actions: Vec<&FaultAction> = crash.iter().map(|s| &s.action).collect();
+    let kill_leader = Kill {
+        target: Component::Leader,
+    };
+    let position = |a: &FaultAction| actions.iter().position(|b| *b == a).expect("in the plan");
+    // The hold comes first, the runbook is awaited before the kill, and the hold is lifted only
+    // once another member took over (what the dead leader sent arrives late); nothing restarts
+    // before the heal.
+    assert!(matches!(
+        actions[0],
+        AddToxic {
+            link: Link::LeaderDns,
+            ..
+        }
+    ));
+    assert!(position(&AwaitRunbook) < position(&kill_leader));
+    let lifted = actions
+        .iter()
+        .rposition(|a| {
+            matches!(
+                a,
+                RemoveToxic {
+                    link: Link::LeaderDns,
+                    ..
+                }
+            )
+        })
+        .expect("lifted");
+    assert!(lifted > position(&AwaitTakeover) && position(&AwaitTakeover) > position(&kill_leader));
+    assert!(crash[lifted].phase == StepPhase::Fault);
+    assert!(
+        crash
+            .iter()
+            .filter(|s| matches!(s.action, Restart { .. }))
+            .all(|s| s.phase == StepPhase::Heal && s.at_ms == durations.heal_at_ms())
+    );
+    assert!(kill_leader.hits_leader() && !AwaitRunbook.hits_leader());
+
+    let isolation = by_name("controller-isolation").expect("exists").plan(&durations);
+    let actions: Vec<&FaultAction> = isolation.iter().map(|s| &s.action).collect();
+    let cut = actions
+        .iter()
+        .position(|a| {
+            matches!(
+                a,
+                AddToxic {
+                    link: Link::LeaderIsolation,
+                    ..
+                }
+            )
+        })
+        .expect("cut");
+    let takeover = actions.iter().position(|a| **a == AwaitTakeover).expect("awaited");
+    let lifted = actions
+        .iter()
+        .position(|a| {
+            matches!(
+                a,
+                RemoveToxic {
+                    link: Link::LeaderDns,
+                    ..
+                }
+            )
+        })
+        .expect("lifted");
+    // The old leader's held DNS step is let through only once another member took over, so
+    // what it sends then is late; the cut lasts until the heal.
+    assert!(actions.iter().position(|a| **a == AwaitRunbook).expect("awaited") < cut);
+    assert!(cut < takeover && takeover < lifted);
+    assert!(
+        isolation
+            .iter()
+            .filter(|s| matches!(
+                s.action,
+                RemoveToxic {
+                    link: Link::LeaderIsolation,
+                    ..
+                }
+            ))
+            .all(|s| s.phase == StepPhase::Heal)
+    );
+    assert!(actions[cut].hits_leader());
+
+    assert_eq!(
+        labels("leader-region-outage"),
+        vec![
+            (
+                StepPhase::Prepare,
+                "make the primary site's controller the leader".to_string()
+            ),
+            (
+                StepPhase::Fault,
+                "kill -9 primary site (region, controller, etcd)".to_string()
+            ),
+            (
+                StepPhase::Heal,
+                "restart primary site (region, controller, etcd)".to_string()
+            ),
+        ]
+    );
+    let outage = by_name("leader-region-outage").expect("exists").expectations;
+    assert_eq!(outage.rto_dns_ms_max, Some(RTO_DNS_MS_MAX + HA_LEASE_MS));
+    assert_eq!(outage.ha, Some(HaExpectation::SiteLoss));
+    assert_eq!(by_name("region-outage").expect("exists").expectations.ha, None);
+}

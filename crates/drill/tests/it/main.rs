@@ -237,6 +237,7 @@ async fn start_lab() -> Lab {
         links: BTreeMap::new(),
         process_control: None,
         providers: Vec::new(),
+        controllers: Vec::new(),
     };
     Lab {
         deployment,
@@ -477,6 +478,7 @@ async fn the_checker_finds_a_write_removed_from_real_stores() {
         links: BTreeMap::new(),
         process_control: None,
         providers: Vec::new(),
+        controllers: Vec::new(),
     };
     let deployment = deployment_like(&stores);
     let state = drill::runtime::converge(&http, &deployment, "run-", DEADLINE_MS, &recorder).await;
@@ -578,6 +580,7 @@ async fn deployment_target_drives_the_real_fault_proxy() {
         links,
         process_control: None,
         providers: Vec::new(),
+        controllers: Vec::new(),
     };
     let mut tokenless = deployment.clone();
     tokenless.fault_proxy_token = None;
@@ -726,6 +729,7 @@ async fn command_process_control_runs_the_commands() {
         links: BTreeMap::new(),
         process_control: Some(commands.clone()),
         providers: Vec::new(),
+        controllers: Vec::new(),
     };
     let target = DeploymentTarget::new(deployment, CommandProcessControl { commands });
     let roles = Roles {
