@@ -37,10 +37,11 @@ use crate::rest::{Answer, Rest};
 use crate::secret::SecretSource;
 use crate::{Checker, Failure, Order, Outcome};
 
-/// Default and longest wait for a promoted replica to come online (a promotion restarts the
-/// nodes: minutes).
-pub const WAIT_MS_DEFAULT: u64 = 900_000;
-pub const WAIT_MS_MAX: u64 = 3_600_000;
+/// Default and longest wait for a promoted replica to come online within one attempt (a
+/// promotion restarts the nodes: minutes). The longest is a step's longest `timeout_ms`; a
+/// promotion slower than that is waited for again by the next attempt, not promoted twice.
+pub const WAIT_MS_DEFAULT: u64 = 540_000;
+pub const WAIT_MS_MAX: u64 = 600_000;
 /// Default and shortest interval between two polls.
 pub const POLL_MS_DEFAULT: u64 = 5_000;
 pub const POLL_MS_MIN: u64 = 10;
