@@ -287,6 +287,8 @@ pub struct StepSection {
     pub cloudflare: Option<Spanned<providers::cloudflare::Settings>>,
     #[serde(default)]
     pub digitalocean: Option<Spanned<providers::digitalocean::Settings>>,
+    #[serde(default)]
+    pub digitalocean_db_promote: Option<Spanned<providers::digitalocean_db::Settings>>,
     /// `haproxy`: its `[runbook.haproxy]` table.
     #[serde(default)]
     pub haproxy: Option<Spanned<providers::haproxy::Settings>>,
@@ -1556,6 +1558,20 @@ impl Checker<'_> {
                     );
                 }
                 Some(providers::Action::DigitalOcean(action))
+            }
+            "digitalocean_db_promote" => {
+                let action = self
+                    .settings(step, "digitalocean_db_promote", &step.digitalocean_db_promote)?
+                    .check(name, self)?;
+                let (timeout_ms, least) = (*step.timeout_ms.get_ref(), action.least_timeout_ms());
+                if timeout_ms <= least {
+                    self.warn(
+                        step.timeout_ms.span(),
+                        format!("step '{name}': timeout_ms = {timeout_ms} cuts the promotion off before wait_ms = {least} has passed"),
+                        format!("set timeout_ms above {least} (say {}) on the step", least + 30_000),
+                    );
+                }
+                Some(providers::Action::DigitalOceanDbPromote(action))
             }
             "haproxy" => self
                 .settings(step, "haproxy", &step.haproxy)?

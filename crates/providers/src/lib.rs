@@ -26,6 +26,7 @@ pub mod cloudflare;
 pub mod cloudwatch;
 pub mod db;
 pub mod digitalocean;
+pub mod digitalocean_db;
 pub mod haproxy;
 pub mod rest;
 pub mod rfc2136;
@@ -97,6 +98,7 @@ pub trait Checker {
 pub enum Action {
     Cloudflare(cloudflare::Cloudflare),
     DigitalOcean(digitalocean::DigitalOcean),
+    DigitalOceanDbPromote(digitalocean_db::DigitalOceanDbPromote),
     Haproxy(haproxy::Haproxy),
     Rfc2136(Box<rfc2136::Rfc2136>),
     MysqlPromote(db::mysql::MysqlPromote),
@@ -113,6 +115,7 @@ impl Action {
         match self {
             Action::Cloudflare(_) => "cloudflare",
             Action::DigitalOcean(_) => "digitalocean",
+            Action::DigitalOceanDbPromote(_) => "digitalocean_db_promote",
             Action::Haproxy(_) => haproxy::Haproxy::KIND,
             Action::Rfc2136(_) => rfc2136::Rfc2136::KIND,
             Action::MysqlPromote(_) => "mysql_promote",
@@ -129,6 +132,7 @@ impl Action {
         match self {
             Action::Cloudflare(step) => step.run(order).await,
             Action::DigitalOcean(step) => step.run(order).await,
+            Action::DigitalOceanDbPromote(step) => step.run(order).await,
             Action::Haproxy(step) => step.run(order).await,
             Action::Rfc2136(step) => step.run(order).await,
             Action::MysqlPromote(step) => step.run(order).await,
@@ -145,6 +149,7 @@ impl Action {
 pub const KINDS: &[&str] = &[
     "cloudflare",
     "digitalocean",
+    "digitalocean_db_promote",
     haproxy::Haproxy::KIND,
     rfc2136::Rfc2136::KIND,
     "mysql_promote",

@@ -104,6 +104,77 @@ impl std::fmt::Display for Position {
     }
 }
 
+/// One transaction's GTID, as a binlog's GTID event names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gtid {
+    /// `domain-server-sequence`.
+    Mariadb { domain: u32, server: u32, seq: u64 },
+    /// `uuid[:tag]:n` (`source` lower-case, tag included).
+    Mysql { source: String, n: u64 },
+}
+
+impl Gtid {
+    /// The GTID of a `SHOW BINLOG EVENTS` row of type `Gtid`: MariaDB writes `BEGIN GTID 0-1-5`
+    /// (`GTID 0-1-5` for DDL, sometimes followed by ` cid=N`), MySQL
+    /// `SET @@SESSION.GTID_NEXT= 'uuid:5'`. `None` for other rows.
+    pub fn from_event(event_type: &str, info: &str) -> Option<Gtid> {
+        if !event_type.eq_ignore_ascii_case("Gtid") && !event_type.eq_ignore_ascii_case("Gtid_tagged") {
+            return None;
+        }
+        if let Some((_, quoted)) = info.split_once('\'') {
+            let text = quoted.split('\'').next()?;
+            let (source, n) = text.rsplit_once(':')?;
+            let n = n.parse().ok()?;
+            let uuid = source.split(':').next()?;
+            if uuid.len() != 36 || n == 0 {
+                return None;
+            }
+            return Some(Gtid::Mysql {
+                source: source.to_ascii_lowercase(),
+                n,
+            });
+        }
+        let mut words = info.split_whitespace();
+        words.find(|w| w.eq_ignore_ascii_case("GTID"))?;
+        let mut parts = words.next()?.split('-');
+        let (Some(domain), Some(server), Some(seq), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        Some(Gtid::Mariadb {
+            domain: domain.parse().ok()?,
+            server: server.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Gtid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Gtid::Mariadb { domain, server, seq } => write!(f, "{domain}-{server}-{seq}"),
+            Gtid::Mysql { source, n } => write!(f, "{source}:{n}"),
+        }
+    }
+}
+
+impl Position {
+    /// Whether the position covers `gtid` (MariaDB: its (domain, server) entry reached the
+    /// sequence number; MySQL: an interval of its source holds it). Flavours that differ: no.
+    pub fn contains(&self, gtid: &Gtid) -> bool {
+        match (self, gtid) {
+            (Position::Mariadb(state), Gtid::Mariadb { domain, server, seq }) => {
+                state.0.get(&(*domain, *server)).is_some_and(|have| have >= seq)
+            }
+            (Position::Mysql(set), Gtid::Mysql { source, n }) => set
+                .0
+                .get(source)
+                .is_some_and(|intervals| intervals.iter().any(|&(a, b)| a <= *n && *n <= b)),
+            _ => false,
+        }
+    }
+}
+
 /// MariaDB: per (domain, server id) the highest sequence number.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MariaState(pub BTreeMap<(u32, u32), u64>);
@@ -377,6 +448,35 @@ mod tests {
         assert!(error.contains("nope:1-2"), "{error}");
         assert!(GtidSet::parse(&format!("{A}:5-2")).is_err());
         assert!(GtidSet::parse(&format!("{A}:0")).is_err());
+    }
+
+    #[test]
+    fn binlog_gtid_events_parse_and_positions_contain_them() {
+        let maria = Gtid::from_event("Gtid", "BEGIN GTID 0-1-96").expect("gtid");
+        assert_eq!(maria.to_string(), "0-1-96");
+        assert_eq!(
+            Gtid::from_event("Gtid", "GTID 2-3-7 cid=55"),
+            Some(Gtid::Mariadb {
+                domain: 2,
+                server: 3,
+                seq: 7
+            })
+        );
+        assert_eq!(Gtid::from_event("Query", "BEGIN GTID 0-1-96"), None);
+        assert_eq!(Gtid::from_event("Gtid", "BEGIN"), None);
+        let state = Position::Mariadb(MariaState::parse("0-1-95,0-2-150").expect("p"));
+        assert!(!state.contains(&maria));
+        assert!(state.contains(&Gtid::from_event("Gtid", "BEGIN GTID 0-1-95").expect("gtid")));
+        let mysql =
+            Gtid::from_event("Gtid", &format!("SET @@SESSION.GTID_NEXT= '{}:12'", A.to_uppercase())).expect("gtid");
+        assert_eq!(mysql.to_string(), format!("{A}:12"));
+        let tagged = Gtid::from_event("Gtid_tagged", &format!("SET @@SESSION.GTID_NEXT= '{A}:ops:3'")).expect("gtid");
+        assert_eq!(tagged.to_string(), format!("{A}:ops:3"));
+        let set = Position::Mysql(GtidSet::parse(&format!("{A}:1-10:13,{A}:ops:1-3")).expect("p"));
+        assert!(!set.contains(&mysql));
+        assert!(set.contains(&tagged));
+        assert!(!state.contains(&mysql), "flavours never match");
+        assert_eq!(Gtid::from_event("Gtid", "SET @@SESSION.GTID_NEXT= 'ANONYMOUS'"), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! already acted ([`crate::Failure::Fenced`]), and re-running an order whose promotion is done
 //! (a retry, a controller that crashed mid-runbook and rolls forward) promotes nothing twice.
 
+pub mod binlog;
 pub mod gtid;
 pub mod mysql;
 pub mod postgres;

@@ -25,6 +25,7 @@ use mysql_async::prelude::Queryable;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::binlog::ErrantScan;
 use super::gtid::{GtidSet, MariaState, Missing, Position};
 use super::{CONNECT_TIMEOUT_MS, Member, Notes, QUERY_TIMEOUT_MS};
 use crate::secret::{Secret, SecretSource};
@@ -38,6 +39,12 @@ pub const KILLED_CONNECTIONS_MAX: usize = 10_000;
 pub const RECORD_TABLE: &str = "switchyard.promotion";
 /// Longest user name accepted (MySQL allows 32 characters).
 pub const USER_CHARS_MAX: usize = 80;
+/// Reading errant transactions' tables from a binlog: newest files read at most, events read
+/// at most, events per `SHOW BINLOG EVENTS` page, and the whole scan's time bound.
+pub const BINLOG_FILES_SCANNED_MAX: usize = 8;
+pub const BINLOG_EVENTS_SCANNED_MAX: u64 = 200_000;
+pub const BINLOG_PAGE_EVENTS: u64 = 5_000;
+pub const BINLOG_SCAN_MS: u64 = 5_000;
 
 /// The `[runbook.mysql_promote]` table.
 #[derive(Clone, Debug, Deserialize)]
@@ -232,22 +239,7 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
             },
         });
     }
-    // Everything known to exist: the last primary's transactions, or else what any replica
-    // received.
-    let reference = match old {
-        Some(old) => reachable
-            .iter()
-            .find(|(i, _)| *i == old)
-            .map(|(_, o)| o.executed.clone())
-            .expect("the last primary is reachable"),
-        None => {
-            let mut all = reachable[0].1.executed.empty_like();
-            for (_, o) in reachable.iter().filter(|(_, o)| o.replication.is_some()) {
-                all.merge(&o.received());
-            }
-            all
-        }
-    };
+    let reference = reference(old, &reachable);
     let mut refusals = Vec::new();
     let mut best: Option<((u64, u64, usize), usize, bool)> = None;
     for (i, o) in reachable.iter().filter(|(i, _)| members[*i].region == order.to) {
@@ -320,6 +312,51 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
 /// The last primary among the reachable servers that replicate from nobody: the highest
 /// promotion record, a writable one before a fenced one; `None` if every reachable server is a
 /// replica (the primary is gone).
+/// Everything known to exist: the last primary's transactions, or else what any replica
+/// received. `reachable` is not empty.
+fn reference(old: Option<usize>, reachable: &[(usize, &Observed)]) -> Position {
+    match old.and_then(|old| reachable.iter().find(|(i, _)| *i == old)) {
+        Some((_, o)) => o.executed.clone(),
+        None => {
+            let mut all = reachable[0].1.executed.empty_like();
+            for (_, o) in reachable.iter().filter(|(_, o)| o.replication.is_some()) {
+                all.merge(&o.received());
+            }
+            all
+        }
+    }
+}
+
+/// The servers of the order's region that [`plan`] refuses as candidates because they
+/// replicate from nobody and hold transactions the reference never saw: each with that
+/// reference and how many. Pure.
+pub fn errant_rejoiners(
+    order: &Order,
+    members: &[Member],
+    observed: &[Option<Observed>],
+) -> Vec<(usize, Position, u64)> {
+    let reachable: Vec<(usize, &Observed)> = observed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.as_ref().map(|o| (i, o)))
+        .collect();
+    if reachable.is_empty() {
+        return Vec::new();
+    }
+    let Ok(old) = last_primary(order, members, &reachable) else {
+        return Vec::new();
+    };
+    let reference = reference(old, &reachable);
+    reachable
+        .iter()
+        .filter(|(i, o)| members[*i].region == order.to && Some(*i) != old && o.replication.is_none())
+        .filter_map(|(i, o)| {
+            let errant = o.executed.missing_from(&reference);
+            (!errant.is_empty()).then(|| (*i, reference.clone(), errant.count))
+        })
+        .collect()
+}
+
 fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observed)]) -> Result<Option<usize>, Failure> {
     let roots: Vec<&(usize, &Observed)> = reachable.iter().filter(|(_, o)| o.replication.is_none()).collect();
     let Some(top) = roots.iter().map(|(_, o)| o.record.unwrap_or(0)).max() else {
@@ -405,7 +442,14 @@ impl MysqlPromote {
             }
         }
         let observed: Vec<Option<Observed>> = observed.into_iter().map(Result::ok).collect();
-        let primary = match plan(order, &inner.members, &observed)? {
+        let planned = match plan(order, &inner.members, &observed) {
+            Err(Failure::Refused(message)) => {
+                let detail = self.errant_detail(order, &observed).await;
+                return Err(Failure::Refused(format!("{message}{detail}")));
+            }
+            other => other?,
+        };
+        let primary = match planned {
             Plan::Done { primary } => {
                 let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
                 notes.push(format!(
@@ -426,6 +470,24 @@ impl MysqlPromote {
         };
         self.rejoin_others(primary, &mut notes).await?;
         Ok(notes.join())
+    }
+
+    /// For a refusal: what the errant transactions of each server of the order's region that
+    /// cannot rejoin changed (read from its binlog), as `; a:3306's errant transactions: ...`.
+    async fn errant_detail(&self, order: &Order, observed: &[Option<Observed>]) -> String {
+        let inner = &self.inner;
+        let mut detail = String::new();
+        for (i, reference, count) in errant_rejoiners(order, &inner.members, observed) {
+            let tables = match inner.connect(i).await {
+                Ok(mut session) => session.errant_tables(&reference, count).await,
+                Err(e) => format!("their tables are unknown: {e}"),
+            };
+            detail.push_str(&format!(
+                "; {}'s errant transactions: {tables}",
+                inner.members[i].address
+            ));
+        }
+        detail
     }
 
     async fn promote(
@@ -562,8 +624,9 @@ impl MysqlPromote {
                 }
             }
             if !errant.is_empty() {
+                let tables = session.errant_tables(&primary_state.executed, errant.count).await;
                 notes.push(format!(
-                    "{} left fenced, not rejoined: {} errant transaction(s) {} never saw: {errant}",
+                    "{} left fenced, not rejoined: {} errant transaction(s) {} never saw: {errant}; {tables}",
                     member.address, errant.count, primary_member.address
                 ));
                 continue;
@@ -705,6 +768,57 @@ impl Session {
                 self.position(&text)
             }
         }
+    }
+
+    /// Reads the newest binlog files (bounded in files, events and time) for what the
+    /// transactions `reference` lacks changed; the summary, or why it is unknown. Needs
+    /// `SHOW BINLOG EVENTS` (MariaDB: BINLOG MONITOR; MySQL: REPLICATION SLAVE).
+    async fn errant_tables(&mut self, reference: &Position, errant_count: u64) -> String {
+        let until = std::time::Instant::now() + Duration::from_millis(BINLOG_SCAN_MS);
+        let mut scan = ErrantScan::new(reference);
+        let files: Vec<String> = match self.rows("SHOW BINARY LOGS").await {
+            Ok(rows) => rows.iter().filter_map(|r| cell(r, "Log_name")).collect(),
+            Err(e) => return format!("their tables are unknown: {e}"),
+        };
+        let mut complete = true;
+        'files: for (read, file) in files.iter().rev().enumerate() {
+            if scan.found >= errant_count {
+                break;
+            }
+            if read >= BINLOG_FILES_SCANNED_MAX {
+                complete = false;
+                break;
+            }
+            scan.next_file();
+            let mut offset = 0u64;
+            loop {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() || scan.events >= BINLOG_EVENTS_SCANNED_MAX {
+                    complete = false;
+                    break 'files;
+                }
+                let statement = format!(
+                    "SHOW BINLOG EVENTS IN {} LIMIT {offset}, {BINLOG_PAGE_EVENTS}",
+                    quote(file)
+                );
+                let left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+                let rows = match self.rows_within(&statement, left_ms.min(QUERY_TIMEOUT_MS)).await {
+                    Ok(rows) => rows,
+                    Err(e) => return format!("{} (then: {e})", scan.summary(errant_count, false)),
+                };
+                for row in &rows {
+                    scan.feed(
+                        &cell(row, "Event_type").unwrap_or_default(),
+                        &cell(row, "Info").unwrap_or_default(),
+                    );
+                }
+                if (rows.len() as u64) < BINLOG_PAGE_EVENTS {
+                    break;
+                }
+                offset += BINLOG_PAGE_EVENTS;
+            }
+        }
+        scan.summary(errant_count, complete)
     }
 
     async fn inspect(&mut self) -> Result<Observed, Failure> {

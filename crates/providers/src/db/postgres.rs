@@ -49,6 +49,8 @@ pub const PROMOTE_WAIT_S: u64 = 10;
 pub const POLL_MS: u64 = 20;
 /// How long a repointed or rejoined standby gets to stream from the new primary.
 pub const FOLLOW_WAIT_MS: u64 = 10_000;
+/// How long a detached standby's WAL receiver gets to stop (`primary_conninfo = ''`).
+pub const DETACH_WAIT_MS: u64 = 5_000;
 /// Client backends terminated at most when fencing (the rest are counted, not terminated).
 pub const TERMINATED_BACKENDS_MAX: usize = 10_000;
 /// The promotion record's table.
@@ -635,6 +637,7 @@ impl PostgresPromote {
             .saturating_add(super::STEP_OVERHEAD_MS)
             .saturating_add(PROMOTE_WAIT_S * 1000)
             .saturating_add(FOLLOW_WAIT_MS)
+            .saturating_add(DETACH_WAIT_MS)
             .saturating_add(inner.rejoin.as_ref().map_or(0, |r| r.timeout_ms))
     }
 
@@ -714,6 +717,18 @@ impl PostgresPromote {
                 .unwrap_or_default(),
         };
         let mut session = inner.connect(candidate).await?;
+        if let Some(old) = old
+            && observed[candidate]
+                .as_ref()
+                .is_some_and(|o| o.upstream.is_none() && !o.streaming)
+        {
+            // An earlier run detached it and stopped before promoting: it catches up first.
+            session.follow(inner, &inner.members[old]).await?;
+            notes.push(format!(
+                "{} streams from {} again to catch up",
+                member.address, inner.members[old].address
+            ));
+        }
         if observed[candidate].as_ref().is_some_and(|o| o.replay_paused) {
             session.run("SELECT pg_wal_replay_resume()").await?;
             notes.push(format!("{} had replay paused: resumed", member.address));
@@ -742,6 +757,19 @@ impl PostgresPromote {
                 });
             }
         };
+        // Freeze every standby before the fork: none receives more from the old primary (a
+        // fenced primary still writes checkpoints and snapshots), so the positions
+        // `rejoin_others` reads decide repoint or rewind against the real fork point.
+        let detach: Vec<usize> = observed
+            .iter()
+            .enumerate()
+            .filter(|(i, o)| {
+                o.as_ref()
+                    .is_some_and(|o| *i == candidate || needs_detach(o, &member.address))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        self.detach(&detach, notes).await?;
         let promoted = session
             .value_within(
                 &format!("SELECT pg_promote(true, {PROMOTE_WAIT_S})"),
@@ -784,7 +812,20 @@ impl PostgresPromote {
     /// fenced and named otherwise.
     async fn rejoin_others(&self, order: &Order, primary: usize, notes: &mut Notes) -> Result<(), Failure> {
         let inner = &self.inner;
-        let observed = survey(inner).await;
+        let primary_address = &inner.members[primary].address;
+        let mut observed = survey(inner).await;
+        // Standbys still receiving from elsewhere (a fenced old primary, a cascade) stop first,
+        // so their positions hold still while the path is decided.
+        let detach: Vec<usize> = observed
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.as_ref().is_ok_and(|o| needs_detach(o, primary_address)))
+            .map(|(i, _)| i)
+            .collect();
+        if !detach.is_empty() {
+            self.detach(&detach, notes).await?;
+            observed = survey(inner).await;
+        }
         let Some(Ok(primary_state)) = observed.get(primary) else {
             return Err(Failure::Retryable(format!(
                 "the new primary {} stopped answering",
@@ -966,6 +1007,34 @@ impl PostgresPromote {
         }
         Ok(())
     }
+}
+
+impl PostgresPromote {
+    /// Stops the WAL receivers of `standbys` (`primary_conninfo = ''` + reload, verified):
+    /// their received positions are final until they are repointed or rejoined.
+    async fn detach(&self, standbys: &[usize], notes: &mut Notes) -> Result<(), Failure> {
+        let inner = &self.inner;
+        for &i in standbys {
+            let mut session = inner.connect(i).await?;
+            session.detach().await?;
+        }
+        if !standbys.is_empty() {
+            notes.push(format!(
+                "detached {} from their upstream (primary_conninfo = '')",
+                standbys
+                    .iter()
+                    .map(|i| inner.members[*i].address.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A standby that streams, or is set to stream, from anything but `keep`.
+fn needs_detach(o: &Observed, keep: &str) -> bool {
+    o.in_recovery && (o.streaming || o.upstream.is_some()) && o.upstream.as_deref() != Some(keep)
 }
 
 fn fenced_word(o: &Observed) -> &'static str {
@@ -1361,6 +1430,27 @@ impl Session {
         parse_history(&text).map_err(|e| Failure::Retryable(format!("{}: {e}", self.address)))
     }
 
+    /// Empties `primary_conninfo` and reloads, then waits (bounded) until the WAL receiver is
+    /// gone: nothing more arrives from the old upstream.
+    async fn detach(&mut self) -> Result<(), Failure> {
+        self.run("ALTER SYSTEM SET primary_conninfo = ''").await?;
+        self.run("SELECT pg_reload_conf()").await?;
+        let until = Instant::now() + Duration::from_millis(DETACH_WAIT_MS);
+        loop {
+            let receivers = self.value("SELECT count(*) FROM pg_stat_wal_receiver").await?;
+            if receivers.as_deref() == Some("0") {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(Failure::Retryable(format!(
+                    "{}: its WAL receiver still runs {DETACH_WAIT_MS} ms after primary_conninfo = '' and a reload",
+                    self.address
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+    }
+
     /// Points a standby at `primary` (`primary_conninfo` + reload) and waits (bounded) until
     /// its WAL receiver streams from it.
     async fn follow(&mut self, inner: &Inner, primary: &Member) -> Result<(), Failure> {
@@ -1721,6 +1811,7 @@ mod tests {
                 + super::super::STEP_OVERHEAD_MS
                 + PROMOTE_WAIT_S * 1000
                 + FOLLOW_WAIT_MS
+                + DETACH_WAIT_MS
         );
     }
 }

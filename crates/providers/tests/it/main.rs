@@ -11,6 +11,7 @@ mod aws;
 mod cloudflare;
 mod common;
 mod digitalocean;
+mod digitalocean_db;
 mod fake;
 mod haproxy;
 #[cfg(feature = "aws")]

@@ -376,6 +376,11 @@ async fn mariadb_promotion_beyond_the_lag_bound_is_refused_forced_and_the_errant
         )),
         "{forced}"
     );
+    // Read from a's binlog: the four orders it took that b never saw.
+    assert!(
+        forced.contains("their rows changed shop.orders (4 transaction(s)) (all 4 found in the binlog)"),
+        "{forced}"
+    );
     assert_eq!(count(b).await, 2);
     insert(b, 3).await.expect("the new primary takes writes");
     assert_eq!(
@@ -393,6 +398,12 @@ async fn mariadb_promotion_beyond_the_lag_bound_is_refused_forced_and_the_errant
     assert!(message.contains(&format!("{a_address} cannot rejoin")), "{message}");
     assert!(
         message.contains("4 errant transaction(s)") && message.contains("0-1-"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!(
+            "{a_address}'s errant transactions: their rows changed shop.orders (4 transaction(s))"
+        )),
         "{message}"
     );
     assert_eq!(text(b, "SELECT @@GLOBAL.read_only").await, "0", "b stays the primary");

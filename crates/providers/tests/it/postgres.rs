@@ -341,13 +341,10 @@ async fn populate(cluster: &Cluster) {
     }
 }
 
-// Ignored in CI for the same reason as the roll-forward test below (run both with
-// `cargo test -p providers --test it postgres -- --ignored`): it passes alone, also with the
-// CPUs loaded, but under the full suite its failback part timed out waiting for the other
-// standby to stream from the new primary (a standby that received WAL past the fork point
-// from the fenced old primary). See the stop-21 note on issue #13.
+// Under load the other standby used to receive WAL past the fork point from the fenced old
+// primary and never stream from the new one: the step now detaches every standby
+// (`primary_conninfo = ''`) before promoting, so positions are frozen when it decides.
 #[tokio::test]
-#[ignore = "failback race under full-suite load; see the comment above and issue #13's note"]
 async fn postgres_failover_picks_the_most_advanced_standby_fences_repoints_rejoins_and_fails_back() {
     let Some(cluster) = start_cluster() else { return };
     populate(&cluster).await;
@@ -499,16 +496,10 @@ async fn postgres_refuses_beyond_the_lag_bound_until_forced_and_leaves_the_old_p
     );
 }
 
-// Ignored in CI (run it with `cargo test -p providers --test it postgres -- --ignored`): it
-// passes alone, also with the CPUs loaded, but under the full suite (every integration test
-// binary at once on two cores) its roll-forward part failed twice. The server the test
-// promotes by hand forks timeline 3 while the other standby already holds timeline-2 WAL past
-// that point, sent by the fenced old primary after the test's catch-up check. Then the other
-// standby never streams from the new primary within the test's wait. The step's repoint
-// fallback (re-read, then rewind) covers the failover test; this path still needs work: see
-// the stop-21 note on issue #13.
+// The server the test promotes by hand forks timeline 3 while the other standby may already
+// hold timeline-2 WAL past that point (the fenced primary keeps writing): the step detaches
+// it first, then decides from its frozen position whether it follows or is rewound.
 #[tokio::test]
-#[ignore = "roll-forward race under full-suite load; see the comment above and issue #13's note"]
 async fn postgres_unreachable_primary_is_fenced_on_return_and_a_crashed_promotion_rolls_forward_once() {
     let Some(cluster) = start_cluster() else { return };
     populate(&cluster).await;
