@@ -26,6 +26,9 @@ declare -A PACKAGES=(
   [node]=nodejs
   [npm]=npm
   [promtool]=prometheus
+  [rsync]=rsync
+  [chromium]=chromium
+  [php]=php-cli
 )
 
 missing=()
