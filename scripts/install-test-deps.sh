@@ -26,8 +26,6 @@ declare -A PACKAGES=(
   [node]=nodejs
   [npm]=npm
   [promtool]=prometheus
-  [rsync]=rsync
-  [chromium]=chromium
   [php]=php-cli
 )
 
