@@ -238,7 +238,6 @@ pub struct RepairOutcome {
 /// every replica joined here with a barrier at or below it, whoever asked for the join (a
 /// retried `UpdateTable` may have come from another region, or an old definition been
 /// replayed), and its last request ends their waits.
-
 pub fn receive_repair<S: ReplicaStorage>(
     storage: &mut S,
     source: &str,
