@@ -10,6 +10,9 @@
 //!   transaction;
 //! - applied positions, acknowledged positions, definition sequences and backfill waits are
 //!   settings written in the transaction of the change they describe.
+//!
+//! About 900 lines: `ReplicaWriter` (the `replication::receive` storage traits, ~300 lines)
+//! could move to a file of its own next; it stays beside the tables it reads for now.
 
 use super::*;
 
