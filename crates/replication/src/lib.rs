@@ -6,6 +6,9 @@
 //!   idempotent and convergent, so replicas that saw the same changes in any order agree;
 //! - [`shipper`]: per-peer shipping of the replication log, in order, batched, with
 //!   back-pressure (one batch in flight), retries with capped backoff, and the trim rule;
+//! - [`receive`]: every rule of the receiving side (apply or skip a change, repairs, the join
+//!   barrier and backfill waits, replica-definition sequences, tombstone purging), over a
+//!   storage trait the store implements with redb and the simulation in memory;
 //! - [`watermark`]: when a tombstone may be purged (marks exchanged between regions);
 //! - [`clock_offset`]: the peers' clock offsets, from the signing times of their requests;
 //! - [`digest`]: range digests for anti-entropy (which key ranges differ between replicas).
@@ -17,6 +20,7 @@ pub mod clock_offset;
 pub mod digest;
 pub mod hlc;
 pub mod merge;
+pub mod receive;
 pub mod shipper;
 pub mod watermark;
 

@@ -1,6 +1,11 @@
 //! Durable storage: redb tables, one writer thread with group commit, secondary indexes and the
 //! TTL index, all maintained in the same transaction as the item they describe.
 //!
+//! Over 800 lines on purpose: the writer loop, the job context (`WriteContext`) and the
+//! snapshot share private state (the transaction, the batch's log position, counters) that
+//! submodules reach as children; the replication log, tombstones and digests are in `replog`,
+//! recovery in `recovery`, streams in `streams`.
+//!
 //! Invariants:
 //! - every mutation goes through the single writer thread, so conditional writes are
 //!   serialised; a write is acknowledged only after the transaction holding it committed with
@@ -15,7 +20,13 @@
 //!   deletes still run.
 
 mod recovery;
+mod replog;
 mod streams;
+
+use replog::*;
+pub use replog::{
+    LOG_TRIM_CHANGES_PER_JOB_MAX, ReceivedChange, ReplicaWriter, TOMBSTONE_PURGES_PER_JOB_MAX, awaiting_backfill_key,
+};
 
 pub use recovery::{EngineOptions, WriterState, WriterStatus};
 pub(crate) use streams::stream_key as stream_key_of;
@@ -62,33 +73,6 @@ const HLC_LAST: &str = "hlc_last";
 /// The highest timestamp stored (observed or stamped), which the bounded clock may trail: after
 /// a restart a local write must still order after a future-stamped item.
 const HLC_CEILING: &str = "hlc_ceiling";
-/// The replication log of global tables: sequence number → encoded change.
-pub(crate) const REPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("replog");
-/// Bytes ever appended to the replication log; each entry carries the same count through
-/// itself (so the bytes between any two positions are a subtraction: pending bytes, the bound).
-const REPLOG_BYTES: &str = "replog_bytes";
-/// A log entry in this format starts with this byte and the byte count through the entry
-/// (`u64`, big-endian), then the change. Entries written before start with the change itself,
-/// whose first byte (the high byte of its table name length) is always 0.
-const LOG_ENTRY_COUNTED: u8 = 1;
-/// The byte count through the last trimmed entry.
-const REPLOG_TRIMMED_BYTES: &str = "replog_trimmed_bytes";
-/// Tombstones of global tables in HLC order: `(hlc, table id, stored key)`, no value. Entries
-/// are not removed when a newer write replaces the tombstone; the purge skips those.
-const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
-/// Set once the tombstones of a data directory from before the index have been indexed.
-const TOMBSTONE_INDEX_VERSION: &str = "tombstone_index_version";
-/// Tombstone index entries one purge job visits at most, so a purge never stalls the writer.
-pub const TOMBSTONE_PURGES_PER_JOB_MAX: usize = 1_000;
-
-fn tombstone_entry_key(hlc: u64, table_id: u64, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + key.len());
-    out.extend_from_slice(&hlc.to_be_bytes());
-    out.extend_from_slice(&table_id.to_be_bytes());
-    out.extend_from_slice(key);
-    out
-}
-
 fn data_table_name(id: u64) -> String {
     format!("d{id}")
 }
@@ -757,27 +741,6 @@ fn read_state(db: &Database) -> Result<Loaded, String> {
     })
 }
 
-/// Indexes the tombstones of a data directory written before the tombstone index existed.
-fn index_tombstones(txn: &WriteTransaction, catalog: &Catalog) -> Result<(), redb::Error> {
-    let mut tombstones = txn.open_table(TOMBSTONES)?;
-    for table in catalog.tables.values() {
-        let data = match txn.open_table(bytes_table(&data_table_name(table.id))) {
-            Ok(data) => data,
-            Err(TableError::TableDoesNotExist(_)) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        for entry in data.iter()? {
-            let (key, value) = entry?;
-            if record::is_tombstone(value.value()).unwrap_or(false) {
-                let hlc = record::hlc(value.value()).unwrap_or(0);
-                tombstones.insert(tombstone_entry_key(hlc, table.id, key.value()).as_slice(), &[][..])?;
-            }
-        }
-    }
-    txn.open_table(SETTINGS)?.insert(TOMBSTONE_INDEX_VERSION, 1)?;
-    Ok(())
-}
-
 fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
     let mut pending: Option<Job> = None;
     loop {
@@ -921,41 +884,6 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         completion(outcome.clone());
     }
     end
-}
-
-/// The log's head and byte count, saved once per batch rather than per change.
-fn save_log_position(txn: &WriteTransaction, log: LogPosition) -> Result<(), ApiError> {
-    let mut settings = txn
-        .open_table(SETTINGS)
-        .map_err(|e| storage_error("opening settings", e))?;
-    settings
-        .insert(REPLOG_HEAD, log.head)
-        .map_err(|e| storage_error("saving the log position", e))?;
-    settings
-        .insert(REPLOG_BYTES, log.bytes)
-        .map_err(|e| storage_error("saving the log position", e))?;
-    Ok(())
-}
-
-/// The encoded log entry for `change`, whose bytes through itself are `end`.
-fn log_entry(end: u64, change: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + change.len());
-    out.push(LOG_ENTRY_COUNTED);
-    out.extend_from_slice(&end.to_be_bytes());
-    out.extend_from_slice(change);
-    out
-}
-
-/// A log entry's byte count through itself (`None` for entries from before the count) and its
-/// change.
-fn split_log_entry(entry: &[u8]) -> (Option<u64>, &[u8]) {
-    match entry.first() {
-        Some(&LOG_ENTRY_COUNTED) if entry.len() >= 9 => {
-            let end = u64::from_be_bytes(entry[1..9].try_into().expect("8 bytes"));
-            (Some(end), &entry[9..])
-        }
-        _ => (None, entry),
-    }
 }
 
 fn save_hlc(txn: &WriteTransaction, last: u64, ceiling: u64) -> Result<(), ApiError> {
@@ -1139,7 +1067,10 @@ impl WriteContext<'_> {
     /// region's clock may go (the stored header is read only then).
     fn local_stamp(&mut self, table: &TableMeta, key: &[u8]) -> Result<u64, ApiError> {
         let (stamp, above_all) = self.shared.hlc.tick_above(self.shared.clock.now_unix_ms());
-        if above_all || !table.is_global() {
+        // A replica joined here orders its local writes after its join barrier too: the
+        // barrier counts writes this region vouched for without holding them (deletes among
+        // them may be purged everywhere), so an older local stamp would diverge.
+        if !table.is_global() || (above_all && stamp > table.joined_below) {
             return Ok(stamp);
         }
         let existing = {
@@ -1153,7 +1084,8 @@ impl WriteContext<'_> {
                 None => None,
             }
         };
-        Ok(self.shared.hlc.stamp_replacing(stamp, existing))
+        let floor = (table.joined_below != 0).then_some(table.joined_below);
+        Ok(self.shared.hlc.stamp_replacing(stamp, existing.max(floor)))
     }
 
     /// Deletes the item at `key` (`old`, as read in this batch; `None` if there is none). In a
@@ -1180,96 +1112,6 @@ impl WriteContext<'_> {
             Ok(())
         };
         result.map_err(|e| self.fail("deleting an item", e))
-    }
-
-    /// Applies a change replicated from another region if it is newer than what is stored
-    /// (last writer wins on `(hlc, origin)`); returns whether it was applied.
-    pub fn apply_replicated(&mut self, table: &TableMeta, key: &[u8], incoming: &[u8]) -> Result<bool, ApiError> {
-        let change = record::decode(incoming)
-            .map_err(|e| ApiError::validation(format!("replicated change for table {} is corrupt: {e}", table.name)))?;
-        self.apply_decoded(table, key, incoming, &change)
-    }
-
-    /// [`WriteContext::apply_replicated`] for a change the caller decoded (and so validated)
-    /// already: `change` is `incoming` decoded.
-    pub fn apply_decoded(
-        &mut self,
-        table: &TableMeta,
-        key: &[u8],
-        incoming: &[u8],
-        change: &Record,
-    ) -> Result<bool, ApiError> {
-        let name = data_table_name(table.id);
-        let existing = {
-            let data = self
-                .txn
-                .open_table(bytes_table(&name))
-                .map_err(|e| storage_error("opening a table", e))?;
-            let bytes = data.get(key).map_err(|e| storage_error("reading an item", e))?;
-            bytes.map(|b| b.value().to_vec())
-        };
-        // Compare versions on the header alone: a change that loses (a relayed duplicate, the
-        // common case) costs no item decoding.
-        // A stored record that does not decode is a storage fault: fail the whole batch, so a
-        // replicated batch never applies in part.
-        let existing_version = match &existing {
-            Some(existing) => {
-                let (hlc, origin) = record::version(existing).map_err(|e| self.fail("decoding an item", e))?;
-                Some(Version::new(Hlc(hlc), origin))
-            }
-            None => None,
-        };
-        let incoming_version = Version::new(Hlc(change.hlc), change.origin.clone());
-        // The durable per-table purge watermark is read only for an absent key.
-        let purged_below = match existing_version {
-            Some(_) => 0,
-            None => self.purged_below(table.id)?,
-        };
-        if !replication::applies(&incoming_version, existing_version.as_ref(), purged_below) {
-            return Ok(false);
-        }
-        if !change.tombstone {
-            // Replicated tombstones still apply below the watermark; new items wait.
-            self.check_room()?;
-        }
-        if existing.is_none()
-            && change.tombstone
-            && change.hlc < self.shared.purge_below.load(std::sync::atomic::Ordering::SeqCst)
-        {
-            // A tombstone this region may purge at once: storing it again would only re-log it.
-            return Ok(false);
-        }
-        let old = match &existing {
-            Some(bytes) => {
-                let record = record::decode(bytes).map_err(|e| self.fail("decoding an item", e))?;
-                (!record.tombstone).then_some(record.item)
-            }
-            None => None,
-        };
-        self.shared.hlc.observe(change.hlc, self.shared.clock.now_unix_ms());
-        let new = (!change.tombstone).then_some(&change.item);
-        let result = self
-            .store(table, key, old.as_ref(), new, Some(incoming))
-            .and_then(|()| self.log_change(table, key, incoming));
-        result.map_err(|e| self.fail("applying a replicated change", e))?;
-        Ok(true)
-    }
-
-    /// Appends a change of a global table to the replication log.
-    fn log_change(&mut self, table: &TableMeta, key: &[u8], record: &[u8]) -> Result<(), redb::Error> {
-        if !table.is_global() {
-            return Ok(());
-        }
-        let change = replication_log::encode_change(&table.name, key, record);
-        let position = self.log_position();
-        let next = LogPosition {
-            head: position.head + 1,
-            bytes: position.bytes + change.len() as u64,
-        };
-        let mut log = self.txn.open_table(REPLOG)?;
-        log.insert(next.head, log_entry(next.bytes, &change).as_slice())?;
-        self.log = Some(next);
-        Ok(())
     }
 
     fn store(
@@ -1659,35 +1501,6 @@ impl Snapshot {
     }
 }
 
-/// The stored-key bounds of a digest range (keys begin with their 32-bit partition hash).
-fn range_bounds(range: DigestRange) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-    let lower = Bound::Included(range.start().to_be_bytes().to_vec());
-    let upper = match range.end() {
-        Some(end) => Bound::Excluded(end.to_be_bytes().to_vec()),
-        None => Bound::Unbounded,
-    };
-    (lower, upper)
-}
-
-/// A record's contribution to a range digest: SHA-256 over its key and version header.
-fn record_digest(key: &[u8], header: &[u8]) -> u128 {
-    use sha2::Digest as _;
-    let mut hasher = sha2::Sha256::new();
-    hasher.update((key.len() as u32).to_be_bytes());
-    hasher.update(key);
-    hasher.update(header);
-    let hash = hasher.finalize();
-    u128::from_be_bytes(hash[..16].try_into().expect("SHA-256 has 32 bytes"))
-}
-
-fn as_slice_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match bound {
-        Bound::Included(v) => Bound::Included(v.as_slice()),
-        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
 impl WriteContext<'_> {
     pub fn current_table_named(&self, name: &str) -> bool {
         self.shared
@@ -1729,573 +1542,5 @@ impl Engine {
             .lock()
             .expect("status lock is never poisoned")
             .clone()
-    }
-}
-
-/// Replication-log entries removed per trim job at most, so a trim never stalls the writer.
-pub const LOG_TRIM_CHANGES_PER_JOB_MAX: u64 = 10_000;
-
-fn applied_key(source: &str) -> String {
-    format!("applied_from/{source}")
-}
-
-fn acked_key(peer: &str) -> String {
-    format!("acked/{peer}")
-}
-
-/// The setting holding a table's durable purge watermark: tombstones of the table were purged
-/// here below it, so a received change below it for an absent key is refused
-/// (`replication::applies`). Raised in the transaction that purges.
-fn purged_below_key(table_id: u64) -> String {
-    format!("purged_below/{table_id}")
-}
-
-const AWAITING_BACKFILL_PREFIX: &str = "awaiting_backfill/";
-
-/// The setting that records a replica this region joined (created at a peer's request) whose
-/// backfill from `source` has not completed; its value is the join barrier. While any is set,
-/// no tombstone is purged here: the backfill may still bring writes older than the watermark.
-pub fn awaiting_backfill_key(table_id: u64, source: &str) -> String {
-    format!("{AWAITING_BACKFILL_PREFIX}{table_id}/{source}")
-}
-
-/// `(table id, source region, barrier)` of an awaiting-backfill setting's key and value.
-fn parse_awaiting_backfill(key: &str, barrier: u64) -> Option<(u64, String, u64)> {
-    let rest = key.strip_prefix(AWAITING_BACKFILL_PREFIX)?;
-    let (id, source) = rest.split_once('/')?;
-    Some((id.parse().ok()?, source.to_string(), barrier))
-}
-
-/// Every awaiting-backfill setting in `settings` (see [`awaiting_backfill_key`]).
-fn awaiting_backfills(
-    settings: &impl ReadableTable<&'static str, u64>,
-) -> Result<Vec<(u64, String, u64)>, redb::StorageError> {
-    let mut out = Vec::new();
-    // '0' is the character after '/': the range holds exactly the prefixed keys.
-    for entry in settings.range(AWAITING_BACKFILL_PREFIX..AWAITING_BACKFILL_PREFIX.replace('/', "0").as_str())? {
-        let (key, value) = entry?;
-        if value.value() != 0
-            && let Some(parsed) = parse_awaiting_backfill(key.value(), value.value())
-        {
-            out.push(parsed);
-        }
-    }
-    Ok(out)
-}
-
-impl Engine {
-    /// Watches the replication log's head (the sequence number of its last change).
-    pub fn subscribe_log(&self) -> watch::Receiver<u64> {
-        self.shared.replog_head.subscribe()
-    }
-
-    pub fn log_head(&self) -> u64 {
-        *self.shared.replog_head.borrow()
-    }
-
-    fn setting(&self, name: &str) -> u64 {
-        let read = || -> Result<u64, Box<dyn std::error::Error>> {
-            let txn = self.shared.db()?.begin_read()?;
-            let settings = txn.open_table(SETTINGS)?;
-            Ok(settings.get(name)?.map(|v| v.value()).unwrap_or(0))
-        };
-        read().unwrap_or(0)
-    }
-
-    /// A durable setting's value (0 when absent).
-    pub fn setting_value(&self, name: &str) -> u64 {
-        self.setting(name)
-    }
-
-    /// The position `peer` last acknowledged, as recorded durably.
-    pub fn acked(&self, peer: &str) -> u64 {
-        self.setting(&acked_key(peer))
-    }
-
-    /// The position this region applied `source`'s log through, as recorded durably.
-    pub fn applied_from(&self, source: &str) -> u64 {
-        self.setting(&applied_key(source))
-    }
-
-    /// This region's watermark mark: its HLC (every later own write is newer) and its log head
-    /// (every own write at or below that HLC is at or before it), taken together in the writer.
-    pub async fn take_mark(&self) -> Result<(u64, u64), ApiError> {
-        self.write(|context| {
-            let clock = context.shared.hlc.tick(context.shared.clock.now_unix_ms());
-            Ok((clock, context.log_position().head))
-        })
-        .await
-    }
-
-    /// Removes tombstones with an HLC below `below` (at most [`TOMBSTONE_PURGES_PER_JOB_MAX`]
-    /// index entries per call); returns `(entries visited, tombstones removed)`.
-    pub async fn purge_tombstones(&self, below: u64) -> Result<(usize, usize), ApiError> {
-        self.write(move |context| {
-            let tables: HashMap<u64, Arc<TableMeta>> = context
-                .shared
-                .catalog
-                .read()
-                .expect("catalog lock is never poisoned")
-                .tables
-                .values()
-                .map(|t| (t.id, Arc::clone(t)))
-                .collect();
-            let result = (|| -> Result<(usize, usize), redb::Error> {
-                // A replica still waiting for its backfill may yet receive writes older than
-                // the watermark; a tombstone purged now could not stop them.
-                let waiting = awaiting_backfills(&context.txn.open_table(SETTINGS)?)?;
-                if waiting.iter().any(|(id, ..)| tables.contains_key(id)) {
-                    return Ok((0, 0));
-                }
-                let mut purged_tables = std::collections::BTreeSet::new();
-                let mut index = context.txn.open_table(TOMBSTONES)?;
-                let upper = below.to_be_bytes();
-                let mut due = Vec::new();
-                for entry in index.range::<&[u8]>(..upper.as_slice())? {
-                    due.push(entry?.0.value().to_vec());
-                    if due.len() >= TOMBSTONE_PURGES_PER_JOB_MAX {
-                        break;
-                    }
-                }
-                let mut removed = 0;
-                for entry in &due {
-                    index.remove(entry.as_slice())?;
-                    let (Some(hlc), Some(id)) = (entry.get(..8), entry.get(8..16)) else {
-                        continue;
-                    };
-                    let hlc = u64::from_be_bytes(hlc.try_into().expect("8 bytes"));
-                    let id = u64::from_be_bytes(id.try_into().expect("8 bytes"));
-                    let Some(table) = tables.get(&id) else { continue };
-                    let key = &entry[16..];
-                    let mut data = context.txn.open_table(bytes_table(&data_table_name(table.id)))?;
-                    let current = data.get(key)?.map(|v| v.value().to_vec());
-                    if let Some(current) = current
-                        && record::is_tombstone(&current).unwrap_or(false)
-                        && record::hlc(&current).ok() == Some(hlc)
-                    {
-                        data.remove(key)?;
-                        removed += 1;
-                        purged_tables.insert(table.id);
-                    }
-                }
-                // In the same transaction as the purge: a restart cannot forget the watermark
-                // that stands in for the tombstones removed.
-                let mut settings = context.txn.open_table(SETTINGS)?;
-                for id in purged_tables {
-                    let key = purged_below_key(id);
-                    let current = settings.get(key.as_str())?.map(|v| v.value()).unwrap_or(0);
-                    settings.insert(key.as_str(), current.max(below))?;
-                }
-                Ok((due.len(), removed))
-            })();
-            result.map_err(|e| context.fail("purging tombstones", e))
-        })
-        .await
-    }
-
-    /// Tombstones waiting in the purge index (including entries a newer write made stale).
-    pub fn tombstone_entries(&self) -> u64 {
-        let read = || -> Result<u64, Box<dyn std::error::Error>> {
-            let txn = self.shared.db()?.begin_read()?;
-            let index = match txn.open_table(TOMBSTONES) {
-                Ok(t) => t,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(0),
-                Err(e) => return Err(e.into()),
-            };
-            Ok(redb::ReadableTableMetadata::len(&index)?)
-        };
-        read().unwrap_or(0)
-    }
-
-    /// Replicas this region joined whose backfill has not completed: `(table id, source
-    /// region, barrier)`. Purging waits for them.
-    pub fn awaiting_backfills(&self) -> Vec<(u64, String, u64)> {
-        let read = || -> Result<Vec<(u64, String, u64)>, Box<dyn std::error::Error>> {
-            let txn = self.shared.db()?.begin_read()?;
-            let settings = match txn.open_table(SETTINGS) {
-                Ok(t) => t,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
-            Ok(awaiting_backfills(&settings)?)
-        };
-        read().unwrap_or_default()
-    }
-
-    /// A table's durable purge watermark (0: nothing purged), for status and tests.
-    pub fn table_purged_below(&self, table_id: u64) -> u64 {
-        self.setting(&purged_below_key(table_id))
-    }
-
-    /// Bounds how far ahead of the wall clock local stamps may run (`clock_offset_max_ms`).
-    pub fn set_clock_offset_max_ms(&self, max_ahead_ms: u64) {
-        self.shared
-            .hlc
-            .max_ahead_ms
-            .store(max_ahead_ms, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Moves this region's clock up to `stamp` (within the bound ahead of the wall clock) and
-    /// says whether it has passed it: every later local write is then newer than `stamp`.
-    pub fn advance_clock_past(&self, stamp: u64) -> bool {
-        self.shared.hlc.observe(stamp, self.shared.clock.now_unix_ms());
-        self.shared.hlc.last() >= stamp
-    }
-
-    /// This region's clock (the last HLC stamp issued or followed).
-    pub fn clock_last(&self) -> u64 {
-        self.shared.hlc.last()
-    }
-
-    /// Peer timestamps the clock bound kept this region's clock from following, since startup.
-    pub fn clock_capped_total(&self) -> u64 {
-        self.shared.hlc.capped_total()
-    }
-
-    /// Records the tombstone purge watermark (see [`Shared::purge_below`]).
-    pub fn set_purge_below(&self, below: u64) {
-        self.shared
-            .purge_below
-            .fetch_max(below, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// The HLC of the oldest entry in the tombstone index, if any (a read, so an idle purge
-    /// round costs no write).
-    pub fn oldest_tombstone_hlc(&self) -> Option<u64> {
-        let read = || -> Result<Option<u64>, Box<dyn std::error::Error>> {
-            let txn = self.shared.db()?.begin_read()?;
-            let index = match txn.open_table(TOMBSTONES) {
-                Ok(t) => t,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            Ok(index.first()?.and_then(|(key, _)| {
-                key.value()
-                    .get(..8)
-                    .map(|hlc| u64::from_be_bytes(hlc.try_into().expect("8 bytes")))
-            }))
-        };
-        read().unwrap_or(None)
-    }
-
-    /// Records that `peer` holds every change through `seq`.
-    pub async fn save_acked(&self, peer: &str, seq: u64) -> Result<(), ApiError> {
-        let key = acked_key(peer);
-        self.write(move |context| context.set_setting(&key, seq)).await
-    }
-
-    /// Drops log entries through `through` (at most [`LOG_TRIM_CHANGES_PER_JOB_MAX`] per call);
-    /// returns the first sequence number still in the log.
-    pub async fn trim_log(&self, through: u64) -> Result<u64, ApiError> {
-        self.write(move |context| {
-            let result = (|| -> Result<u64, redb::Error> {
-                let mut log = context.txn.open_table(REPLOG)?;
-                let first = log.first()?.map(|(k, _)| k.value());
-                let Some(first) = first else { return Ok(through + 1) };
-                let end = through.min(first + LOG_TRIM_CHANGES_PER_JOB_MAX - 1);
-                if end < first {
-                    return Ok(first);
-                }
-                let trimmed = log.get(end)?.and_then(|v| split_log_entry(v.value()).0);
-                log.retain_in(first..=end, |_, _| false)?;
-                if let Some(trimmed) = trimmed {
-                    context
-                        .txn
-                        .open_table(SETTINGS)?
-                        .insert(REPLOG_TRIMMED_BYTES, trimmed)?;
-                }
-                Ok(end + 1)
-            })();
-            result.map_err(|e| context.fail("trimming the replication log", e))
-        })
-        .await
-    }
-}
-
-impl WriteContext<'_> {
-    pub fn table_named(&self, name: &str) -> Option<Arc<TableMeta>> {
-        self.shared
-            .catalog
-            .read()
-            .expect("catalog lock is never poisoned")
-            .tables
-            .get(name)
-            .cloned()
-    }
-
-    pub fn setting(&self, name: &str) -> Result<u64, ApiError> {
-        let settings = self
-            .txn
-            .open_table(SETTINGS)
-            .map_err(|e| storage_error("opening settings", e))?;
-        let value = settings.get(name).map_err(|e| storage_error("reading settings", e))?;
-        Ok(value.map(|v| v.value()).unwrap_or(0))
-    }
-
-    pub fn set_setting(&mut self, name: &str, value: u64) -> Result<(), ApiError> {
-        self.mutations += 1;
-        let result = self
-            .txn
-            .open_table(SETTINGS)
-            .and_then(|mut s| s.insert(name, value).map(|_| ()).map_err(Into::into));
-        result.map_err(|e| self.fail("writing settings", e))
-    }
-
-    /// A fresh timestamp of this region's hybrid logical clock.
-    pub fn tick_clock(&self) -> u64 {
-        self.shared.hlc.tick(self.shared.clock.now_unix_ms())
-    }
-
-    /// The log's head and byte count including this batch's appends so far.
-    pub(crate) fn log_position(&self) -> LogPosition {
-        self.log.unwrap_or_else(|| LogPosition {
-            head: *self.shared.replog_head.borrow(),
-            bytes: self.shared.replog_bytes.load(std::sync::atomic::Ordering::SeqCst),
-        })
-    }
-
-    /// The highest sequence number from `source` applied here.
-    pub fn applied_from(&self, source: &str) -> Result<u64, ApiError> {
-        self.setting(&applied_key(source))
-    }
-
-    pub fn set_applied_from(&mut self, source: &str, seq: u64) -> Result<(), ApiError> {
-        self.set_setting(&applied_key(source), seq)
-    }
-
-    /// The table's durable purge watermark (0: nothing purged).
-    pub fn purged_below(&self, table_id: u64) -> Result<u64, ApiError> {
-        self.setting(&purged_below_key(table_id))
-    }
-
-    /// Records that this region joined `table_id` at `barrier` and waits for its backfill from
-    /// `source` (purging pauses until it completes).
-    pub fn await_backfill(&mut self, table_id: u64, source: &str, barrier: u64) -> Result<(), ApiError> {
-        self.set_setting(&awaiting_backfill_key(table_id, source), barrier)
-    }
-
-    /// A replica definition for `table_id`, which this region joined and still awaits the
-    /// backfill of, arrived again from `source` (an `UpdateTable` retried, perhaps by another
-    /// region after the first requester failed): the wait is now for `source`'s backfill, at
-    /// the highest barrier recorded. Returns that barrier, `None` when nothing is awaited.
-    pub fn hand_over_backfill(&mut self, table_id: u64, source: &str) -> Result<Option<u64>, ApiError> {
-        let result = (|| -> Result<Option<u64>, redb::Error> {
-            let mut settings = self.txn.open_table(SETTINGS)?;
-            let waiting: Vec<(u64, String, u64)> = awaiting_backfills(&settings)?
-                .into_iter()
-                .filter(|(id, ..)| *id == table_id)
-                .collect();
-            let Some(barrier) = waiting.iter().map(|(.., barrier)| *barrier).max() else {
-                return Ok(None);
-            };
-            for (id, from, _) in &waiting {
-                settings.remove(awaiting_backfill_key(*id, from).as_str())?;
-            }
-            settings.insert(awaiting_backfill_key(table_id, source).as_str(), barrier)?;
-            Ok(Some(barrier))
-        })();
-        result.map_err(|e| self.fail("handing over a backfill", e))
-    }
-
-    /// A repair from `source` that started at HLC `started_at` completed: every replica joined
-    /// from it at or below that point is backfilled. Returns the tables whose wait ended.
-    pub fn complete_backfills(&mut self, source: &str, started_at: u64) -> Result<Vec<u64>, ApiError> {
-        let result = (|| -> Result<Vec<u64>, redb::Error> {
-            let mut settings = self.txn.open_table(SETTINGS)?;
-            let done: Vec<(u64, String)> = awaiting_backfills(&settings)?
-                .into_iter()
-                .filter(|(_, from, barrier)| from == source && *barrier <= started_at)
-                .map(|(id, from, _)| (id, from))
-                .collect();
-            for (id, from) in &done {
-                settings.remove(awaiting_backfill_key(*id, from).as_str())?;
-            }
-            Ok(done.into_iter().map(|(id, _)| id).collect())
-        })();
-        result.map_err(|e| self.fail("completing a backfill", e))
-    }
-}
-
-impl Snapshot {
-    /// Up to `changes_max` log entries from `from_seq` on, stopping after `bytes_max` bytes
-    /// (at least one entry is returned if any exists).
-    pub fn read_log(
-        &self,
-        from_seq: u64,
-        changes_max: usize,
-        bytes_max: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, ApiError> {
-        let log = match self.txn.open_table(REPLOG) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(storage_error("opening the replication log", e)),
-        };
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for entry in log
-            .range(from_seq..)
-            .map_err(|e| storage_error("reading the replication log", e))?
-        {
-            let (seq, value) = entry.map_err(|e| storage_error("reading the replication log", e))?;
-            let change = split_log_entry(value.value()).1;
-            bytes += change.len();
-            out.push((seq.value(), change.to_vec()));
-            if out.len() >= changes_max || bytes >= bytes_max {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Bytes of log entries after `seq` (what a peer that acknowledged `seq` still needs).
-    /// Entries written before byte counts existed count as 0.
-    pub fn log_bytes_after(&self, seq: u64) -> Result<u64, ApiError> {
-        let (total, trimmed) = self.log_byte_settings()?;
-        let through = match seq {
-            0 => 0,
-            _ => self.log_end(seq)?.unwrap_or(trimmed),
-        };
-        Ok(total.saturating_sub(through))
-    }
-
-    fn log_byte_settings(&self) -> Result<(u64, u64), ApiError> {
-        let settings = match self.txn.open_table(SETTINGS) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok((0, 0)),
-            Err(e) => return Err(storage_error("opening settings", e)),
-        };
-        let setting = |name: &str| -> Result<u64, ApiError> {
-            Ok(settings
-                .get(name)
-                .map_err(|e| storage_error("reading settings", e))?
-                .map(|v| v.value())
-                .unwrap_or(0))
-        };
-        Ok((setting(REPLOG_BYTES)?, setting(REPLOG_TRIMMED_BYTES)?))
-    }
-
-    /// The byte count through log entry `seq`, if it is in the log and counted.
-    fn log_end(&self, seq: u64) -> Result<Option<u64>, ApiError> {
-        let log = match self.txn.open_table(REPLOG) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(storage_error("opening the replication log", e)),
-        };
-        let entry = log
-            .get(seq)
-            .map_err(|e| storage_error("reading the replication log", e))?;
-        Ok(entry.and_then(|v| split_log_entry(v.value()).0))
-    }
-
-    /// The lowest position to trim through so that at most `bytes_max` bytes of log remain
-    /// (0 when the log is within the bound already).
-    pub fn trim_point_for_bytes(&self, bytes_max: u64) -> Result<u64, ApiError> {
-        let (total, trimmed) = self.log_byte_settings()?;
-        if total.saturating_sub(trimmed) <= bytes_max {
-            return Ok(0);
-        }
-        let keep_from_bytes = total - bytes_max;
-        let log = match self.txn.open_table(REPLOG) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(e) => return Err(storage_error("opening the replication log", e)),
-        };
-        let bounds = (
-            log.first().map_err(|e| storage_error("reading the log", e))?,
-            log.last().map_err(|e| storage_error("reading the log", e))?,
-        );
-        let (Some(first), Some(last)) = bounds else {
-            return Ok(0);
-        };
-        let (mut low, mut high) = (first.0.value(), last.0.value());
-        drop((first, last));
-        // The first entry whose count reaches `keep_from_bytes`: trim through it. Counts grow
-        // with the sequence number; an uncounted (older) entry counts as not reaching it.
-        while low < high {
-            let middle = low + (high - low) / 2;
-            let end = log
-                .get(middle)
-                .map_err(|e| storage_error("reading the log", e))?
-                .and_then(|v| split_log_entry(v.value()).0)
-                .unwrap_or(0);
-            if end >= keep_from_bytes {
-                high = middle;
-            } else {
-                low = middle + 1;
-            }
-        }
-        Ok(low)
-    }
-
-    /// The first sequence number still in the log (`head + 1` when it is empty).
-    pub fn log_first(&self, head: u64) -> Result<u64, ApiError> {
-        let log = match self.txn.open_table(REPLOG) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(head + 1),
-            Err(e) => return Err(storage_error("opening the replication log", e)),
-        };
-        let first = log
-            .first()
-            .map_err(|e| storage_error("reading the replication log", e))?;
-        Ok(first.map(|(k, _)| k.value()).unwrap_or(head + 1))
-    }
-
-    /// Digests of a table's records in each of `ranges` (anti-entropy): the count and the sum
-    /// of a SHA-256 over each record's key and version header.
-    pub fn digests(&self, table: &TableMeta, ranges: &[DigestRange]) -> Result<Vec<Digest>, ApiError> {
-        let name = data_table_name(table.id);
-        let data = match self.txn.open_table(bytes_table(&name)) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(vec![Digest::default(); ranges.len()]),
-            Err(e) => return Err(storage_error("opening a table", e)),
-        };
-        let mut out = Vec::with_capacity(ranges.len());
-        for range in ranges {
-            let (lower, upper) = range_bounds(*range);
-            let mut digest = Digest::default();
-            for entry in data
-                .range::<&[u8]>((as_slice_bound(&lower), as_slice_bound(&upper)))
-                .map_err(|e| storage_error("reading a table", e))?
-            {
-                let (key, value) = entry.map_err(|e| storage_error("reading a table", e))?;
-                let header = record::header_bytes(value.value()).map_err(|e| storage_error("decoding an item", e))?;
-                digest.add(record_digest(key.value(), header));
-            }
-            out.push(digest);
-        }
-        Ok(out)
-    }
-
-    /// Up to `limit` stored records of a table inside `range`, after `after`.
-    pub fn records_in(
-        &self,
-        table: &TableMeta,
-        range: DigestRange,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ApiError> {
-        let name = data_table_name(table.id);
-        let data = match self.txn.open_table(bytes_table(&name)) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(storage_error("opening a table", e)),
-        };
-        let (lower, upper) = range_bounds(range);
-        let lower = match after {
-            Some(key) => Bound::Excluded(key.to_vec()),
-            None => lower,
-        };
-        let mut out = Vec::new();
-        for entry in data
-            .range::<&[u8]>((as_slice_bound(&lower), as_slice_bound(&upper)))
-            .map_err(|e| storage_error("reading a table", e))?
-        {
-            let (key, value) = entry.map_err(|e| storage_error("reading a table", e))?;
-            out.push((key.value().to_vec(), value.value().to_vec()));
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
     }
 }

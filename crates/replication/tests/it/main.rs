@@ -2,8 +2,9 @@
 //! partitions, message loss and reordering, crashes with restarts, clock skew and log trimming
 //! (repaired by range-digest anti-entropy).
 //!
-//! Every run is driven by one seed. A failing run prints its seed; replay it with
-//! `SIM_SEED=<seed> cargo test -p replication --test it`. After the faults heal, the test asserts
+//! Every run is driven by one seed (`SWITCHYARD_SEED` sets the first, printed). A failing run
+//! prints its seed; replay it with `SWITCHYARD_SEED=<seed> SIM_RUNS=1 cargo test -p replication
+//! --test it`. After the faults heal, the test asserts
 //! that every replica holds identical contents and that every acknowledged write is present or
 //! superseded by a newer write to the same key.
 //!
@@ -23,8 +24,10 @@
 use std::collections::BTreeMap;
 
 use replication::digest::{Digest, Range, Walk};
-use replication::shipper::{Acceptance, accept};
-use replication::{Command, Hlc, HlcClock, Mark, Shipper, ShipperConfig, Version, Watermarks, applies, stamp_after};
+use replication::receive::{
+    self, Awaited, BatchOutcome, DueTombstone, PurgeStorage, Received, Replica, ReplicaStorage,
+};
+use replication::{Command, Hlc, HlcClock, Mark, Shipper, ShipperConfig, Version, Watermarks, stamp_after};
 
 const REGIONS: [&str; 3] = ["ap-south-1", "eu-west-1", "us-east-1"];
 /// Steps of simulated time (1 ms each) with faults, then steps allowed for convergence.
@@ -40,10 +43,14 @@ const TABLES: usize = 2;
 const TABLE_KEYS_STRIDE: u64 = 1_000;
 const JOIN_STEP: u64 = 2_000;
 const LATE_REGION: usize = 2;
+/// A region retries the definition request that makes the late region join this often.
+const JOIN_RETRY_MS: u64 = 50;
 
 fn table_of(key: u64) -> usize {
     (key / TABLE_KEYS_STRIDE) as usize
 }
+
+const TABLE_NAMES: [&str; TABLES] = ["everywhere", "joined"];
 /// Each region sends its mark to its peers and purges tombstones this often.
 const MARK_INTERVAL_MS: u64 = 25;
 /// How far ahead of its wall clock a region stamps local writes at most (regions are skewed by
@@ -81,8 +88,44 @@ impl Rng {
 struct Change {
     seq: u64,
     key: u64,
+    /// `key` as the stored key the receiving rules see.
+    key_bytes: [u8; 8],
     version: Version,
     value: Option<u64>,
+}
+
+impl Change {
+    fn new(seq: u64, key: u64, version: Version, value: Option<u64>) -> Change {
+        Change {
+            seq,
+            key,
+            key_bytes: key.to_be_bytes(),
+            version,
+            value,
+        }
+    }
+}
+
+impl Received for Change {
+    fn table(&self) -> &str {
+        TABLE_NAMES[table_of(self.key)]
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.key_bytes
+    }
+
+    fn version(&self) -> Version {
+        self.version.clone()
+    }
+
+    fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+}
+
+fn key_of(bytes: &[u8]) -> u64 {
+    u64::from_be_bytes(bytes.try_into().expect("simulated keys are 8 bytes"))
 }
 
 #[derive(Clone, Debug)]
@@ -90,8 +133,8 @@ enum Message {
     Batch {
         batch: u64,
         from_seq: u64,
-        to_seq: u64,
-        changes: Vec<Change>,
+        /// As the store sends them: `None` for a change left out (it keeps the numbering).
+        changes: Vec<Option<Change>>,
     },
     Ack {
         batch: u64,
@@ -105,7 +148,7 @@ enum Message {
     Repair {
         batch: u64,
         head: u64,
-        state: Vec<(u64, Version, Option<u64>)>,
+        state: Vec<Option<Change>>,
         /// The receiver's join barrier this repair backfills (0: anti-entropy only).
         backfill_barrier: u64,
     },
@@ -116,6 +159,15 @@ enum Message {
         backfill_barrier: u64,
     },
     Mark(Mark),
+    /// A replica-definition request: the sender adds the receiver as a replica of table 1
+    /// and will backfill it (`UpdateTable` with `ReplicaUpdates`, retried until answered).
+    Definition {
+        sequence: u64,
+    },
+    /// The answer: the receiver's join barrier when it awaits the sender's backfill.
+    DefinitionDone {
+        joined_below: Option<u64>,
+    },
 }
 
 type Items = BTreeMap<u64, (Version, Option<u64>)>;
@@ -141,7 +193,7 @@ fn range_digest(items: &Items, range: Range) -> Digest {
 
 /// Anti-entropy as the store runs it: walk the range digests of `local` against `remote` and
 /// return this side's records in the ranges that differ.
-fn differences(local: &Items, remote: &Items) -> Vec<(u64, Version, Option<u64>)> {
+fn differences(local: &Items, remote: &Items) -> Vec<Option<Change>> {
     let mut walk = Walk::new(2);
     let mut out = Vec::new();
     while !walk.is_done() {
@@ -153,7 +205,7 @@ fn differences(local: &Items, remote: &Items) -> Vec<(u64, Version, Option<u64>)
                 local
                     .iter()
                     .filter(|(key, _)| range.contains(prefix(**key)))
-                    .map(|(key, (version, value))| (*key, version.clone(), *value)),
+                    .map(|(key, (version, value))| Some(Change::new(0, *key, version.clone(), *value))),
             );
         }
     }
@@ -176,17 +228,20 @@ struct Durable {
     log: Vec<Change>,
     head: u64,
     first_available: u64,
-    applied_from: BTreeMap<usize, u64>,
+    applied_from: BTreeMap<String, u64>,
     acked: BTreeMap<usize, u64>,
     last_hlc: Hlc,
-    /// Peers whose backfill was asked for and has not finished (the store keeps this durable
-    /// with the replica list, so a restart starts the backfill again).
-    backfill_pending: Vec<(usize, u64)>,
-    /// Tables joined here waiting for their backfill: `(table, source, barrier)`. Nothing is
-    /// purged while one waits.
-    awaiting_backfill: Vec<(usize, usize, u64)>,
+    /// Per peer, the join barrier of its backfill asked for and not finished (the store keeps
+    /// this durable with the replica list, so a restart starts the backfill again).
+    backfill_pending: BTreeMap<usize, u64>,
+    /// Tables joined here waiting for their backfill. Nothing is purged while one waits.
+    awaiting_backfill: Vec<Awaited>,
     /// Per table, the watermark below which its tombstones were purged here.
     purged_below: [u64; TABLES],
+    /// Per source, the highest replica-definition sequence applied here.
+    definition_received: BTreeMap<String, u64>,
+    /// This region's counter of replica-definition requests sent.
+    definition_sent: u64,
 }
 
 struct Region {
@@ -200,6 +255,8 @@ struct Region {
     watermarks: Watermarks,
     /// `received` as read at the previous mark (in memory only).
     received_before: u64,
+    /// The purge point of the last round (in memory only, as the store's).
+    purge_horizon: u64,
     purged: u64,
 }
 
@@ -212,9 +269,10 @@ impl Region {
         self.up = true;
         self.clock = HlcClock::resume(self.durable.last_hlc);
         self.received_before = 0;
+        self.purge_horizon = 0;
         self.watermarks = Watermarks::new((0..REGIONS.len()).filter(|peer| *peer != me).map(|peer| REGIONS[peer]));
         for (source, applied) in &self.durable.applied_from {
-            self.watermarks.on_applied(REGIONS[*source], *applied);
+            self.watermarks.on_applied(source, *applied);
         }
         self.shippers = (0..REGIONS.len())
             .filter(|peer| *peer != me)
@@ -228,7 +286,7 @@ impl Region {
                 };
                 let acked = self.durable.acked.get(&peer).copied().unwrap_or(0);
                 let mut shipper = Shipper::new(config, acked, self.durable.head, self.durable.first_available);
-                if self.durable.backfill_pending.iter().any(|(p, _)| *p == peer) {
+                if self.durable.backfill_pending.contains_key(&peer) {
                     shipper.request_repair();
                 }
                 (peer, shipper)
@@ -236,27 +294,18 @@ impl Region {
             .collect();
     }
 
-    /// Stores a change if it applies (the store's rule: last writer wins, and nothing below the
-    /// table's purge watermark for an absent key), logging it for the peers; returns whether
-    /// it applied.
-    fn merge(&mut self, key: u64, version: Version, value: Option<u64>) -> bool {
-        let purged_below = self.durable.purged_below[table_of(key)];
-        if !applies(&version, self.durable.items.get(&key).map(|(v, _)| v), purged_below) {
-            return false;
-        }
+    /// Stores a change and logs it for the peers (a local write, or a received change the
+    /// rules of `replication::receive` let through).
+    fn record(&mut self, key: u64, version: Version, value: Option<u64>) {
         self.durable.last_hlc = self.durable.last_hlc.max(version.hlc);
         self.durable.items.insert(key, (version.clone(), value));
         self.durable.head += 1;
-        self.durable.log.push(Change {
-            seq: self.durable.head,
-            key,
-            version,
-            value,
-        });
+        self.durable
+            .log
+            .push(Change::new(self.durable.head, key, version, value));
         for shipper in self.shippers.values_mut() {
             shipper.on_appended(self.durable.head);
         }
-        true
     }
 
     fn trim(&mut self) {
@@ -276,6 +325,146 @@ impl Region {
                 shipper.on_trimmed(keep_from);
             }
         }
+    }
+}
+
+/// A region's storage as `replication::receive` sees it: the store implements the same traits
+/// over redb. Which tables the region holds and its join barriers are kept by the simulation
+/// (the store keeps them in its table definitions).
+struct Storage<'a> {
+    region: &'a mut Region,
+    holds: [bool; TABLES],
+    joined_below: [u64; TABLES],
+    physical: u64,
+}
+
+fn table_index(name: &str) -> usize {
+    TABLE_NAMES.iter().position(|n| *n == name).expect("a simulated table")
+}
+
+impl ReplicaStorage for Storage<'_> {
+    type Error = std::convert::Infallible;
+    type Change = Change;
+
+    fn replica(&mut self, table: &str) -> Result<Option<Replica>, Self::Error> {
+        let table = table_index(table);
+        Ok(self.holds[table].then_some(Replica {
+            id: table as u64,
+            joined_below: self.joined_below[table],
+        }))
+    }
+
+    fn stored_version(&mut self, _replica: &Replica, key: &[u8]) -> Result<Option<Version>, Self::Error> {
+        Ok(self.region.durable.items.get(&key_of(key)).map(|(v, _)| v.clone()))
+    }
+
+    fn purged_below(&mut self, table_id: u64) -> Result<u64, Self::Error> {
+        Ok(self.region.durable.purged_below[table_id as usize])
+    }
+
+    fn set_purged_below(&mut self, table_id: u64, below: u64) -> Result<(), Self::Error> {
+        self.region.durable.purged_below[table_id as usize] = below;
+        Ok(())
+    }
+
+    fn purge_horizon(&self) -> u64 {
+        self.region.purge_horizon
+    }
+
+    fn store(&mut self, _replica: &Replica, change: &Change) -> Result<(), Self::Error> {
+        // As the store does: the clock observes an applied change (within the bound ahead).
+        self.region
+            .clock
+            .observe(change.version.hlc, self.physical, CLOCK_OFFSET_MAX_MS);
+        self.region.record(change.key, change.version.clone(), change.value);
+        Ok(())
+    }
+
+    fn applied_from(&mut self, source: &str) -> Result<u64, Self::Error> {
+        Ok(self.region.durable.applied_from.get(source).copied().unwrap_or(0))
+    }
+
+    fn set_applied_from(&mut self, source: &str, seq: u64) -> Result<(), Self::Error> {
+        self.region.durable.applied_from.insert(source.to_string(), seq);
+        Ok(())
+    }
+
+    fn awaited_backfills(&mut self) -> Result<Vec<Awaited>, Self::Error> {
+        Ok(self.region.durable.awaiting_backfill.clone())
+    }
+
+    fn set_awaited_backfill(&mut self, table_id: u64, source: &str, barrier: u64) -> Result<(), Self::Error> {
+        let waits = &mut self.region.durable.awaiting_backfill;
+        waits.retain(|a| !(a.table_id == table_id && a.source == source));
+        if barrier != 0 {
+            waits.push(Awaited {
+                table_id,
+                source: source.to_string(),
+                barrier,
+            });
+        }
+        Ok(())
+    }
+
+    fn definition_received(&mut self, source: &str) -> Result<u64, Self::Error> {
+        Ok(self
+            .region
+            .durable
+            .definition_received
+            .get(source)
+            .copied()
+            .unwrap_or(0))
+    }
+
+    fn set_definition_received(&mut self, source: &str, sequence: u64) -> Result<(), Self::Error> {
+        self.region
+            .durable
+            .definition_received
+            .insert(source.to_string(), sequence);
+        Ok(())
+    }
+}
+
+impl PurgeStorage for Storage<'_> {
+    fn table_exists(&mut self, table_id: u64) -> Result<bool, Self::Error> {
+        Ok(self.holds[table_id as usize])
+    }
+
+    fn tombstones_below(&mut self, below: u64, limit: usize) -> Result<Vec<DueTombstone>, Self::Error> {
+        Ok(self
+            .region
+            .durable
+            .items
+            .iter()
+            .filter(|(_, (version, value))| value.is_none() && version.hlc.0 < below)
+            .take(limit)
+            .map(|(key, (version, _))| DueTombstone {
+                table_id: table_of(*key) as u64,
+                key: key.to_be_bytes().to_vec(),
+                hlc: version.hlc.0,
+            })
+            .collect())
+    }
+
+    fn remove_tombstone(&mut self, due: &DueTombstone) -> Result<bool, Self::Error> {
+        let key = key_of(&due.key);
+        let items = &mut self.region.durable.items;
+        let still = items
+            .get(&key)
+            .is_some_and(|(version, value)| value.is_none() && version.hlc.0 == due.hlc);
+        if still {
+            items.remove(&key);
+            self.region.purged += 1;
+        }
+        Ok(still)
+    }
+}
+
+/// What the receiving rules return when their storage cannot fail.
+fn infallible<T>(result: Result<T, std::convert::Infallible>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(never) => match never {},
     }
 }
 
@@ -304,9 +493,29 @@ struct Simulation {
     /// Messages seen on the wire, for the attacker to replay: `(from, to, message)`.
     captured: Vec<(usize, usize, Message)>,
     replays: u64,
+    /// A region holding table 1 has had an answer to its definition request for the late
+    /// region (the client's `UpdateTable` succeeded).
+    join_answered: bool,
+    /// Definition requests refused as replayed (a replay of a captured one, or a retry that
+    /// arrived after a newer one).
+    refused_definitions: u64,
 }
 
 impl Simulation {
+    /// Region `index`'s storage for the receiving rules.
+    fn storage(&mut self, index: usize) -> Storage<'_> {
+        let holds = self.replicas.map(|r| r[index]);
+        let joined_below = self.joined_below.map(|b| b[index]);
+        let region = &mut self.regions[index];
+        let physical = region.physical(self.now);
+        Storage {
+            region,
+            holds,
+            joined_below,
+            physical,
+        }
+    }
+
     fn new(seed: u64) -> Simulation {
         let mut rng = Rng(seed);
         let regions = REGIONS
@@ -325,6 +534,7 @@ impl Simulation {
                     shippers: BTreeMap::new(),
                     watermarks: Watermarks::default(),
                     received_before: 0,
+                    purge_horizon: 0,
                     purged: 0,
                 };
                 region.restart(index);
@@ -342,6 +552,8 @@ impl Simulation {
             joined_below: [[0; 3]; TABLES],
             captured: Vec::new(),
             replays: 0,
+            join_answered: false,
+            refused_definitions: 0,
         }
     }
 
@@ -359,7 +571,7 @@ impl Simulation {
         let delay = 1 + self.rng.below(30);
         if !matches!(
             message,
-            Message::Ack { .. } | Message::Gap { .. } | Message::Repaired { .. }
+            Message::Ack { .. } | Message::Gap { .. } | Message::Repaired { .. } | Message::DefinitionDone { .. }
         ) {
             if self.captured.len() >= CAPTURED_MAX {
                 let index = self.rng.below(CAPTURED_MAX as u64) as usize;
@@ -409,12 +621,17 @@ impl Simulation {
         let physical = r.physical(self.now);
         // As the store does: the clock never follows a peer more than the bound ahead, and a
         // write replacing an item stamped further ahead still orders after it.
-        let hlc = stamp_after(r.clock.now(physical), r.durable.items.get(&key).map(|(v, _)| v.hlc));
+        // And, as the store does, a write to a table this region joined orders after its join
+        // barrier (which counts writes it vouched for without holding them).
+        let joined_below = Some(Hlc(self.joined_below[table as usize][region])).filter(|b| b.0 != 0);
+        let existing = r.durable.items.get(&key).map(|(v, _)| v.hlc).max(joined_below);
+        let hlc = stamp_after(r.clock.now(physical), existing);
         let version = Version::new(hlc, r.name);
         assert!(
-            r.merge(key, version.clone(), value),
+            replication::wins(&version, r.durable.items.get(&key).map(|(v, _)| v)),
             "a local write always wins: its HLC is the newest seen"
         );
+        r.record(key, version.clone(), value);
         self.acknowledged.push((key, version, value));
     }
 
@@ -448,35 +665,24 @@ impl Simulation {
     }
 
     fn handle(&mut self, from: usize, to: usize, message: Message, lossy: bool, replayed: bool) {
-        let physical = self.regions[to].physical(self.now);
         match message {
             Message::Batch {
                 batch,
                 from_seq,
-                to_seq,
                 changes,
             } => {
-                let applied = self.regions[to].durable.applied_from.get(&from).copied().unwrap_or(0);
-                let reply = match accept(applied, from_seq, to_seq) {
-                    Acceptance::Duplicate => Message::Ack { batch, through: to_seq },
-                    Acceptance::Gap { expected_from } => Message::Gap { batch, expected_from },
-                    Acceptance::Apply { skip_through } => {
-                        let holds = self.replicas.map(|r| r[to]);
-                        let barriers = self.joined_below.map(|b| b[to]);
-                        let region = &mut self.regions[to];
-                        for change in changes.into_iter().filter(|c| c.seq > skip_through) {
-                            // As the store does: a change of a table without a replica here
-                            // is skipped, and so is one at or below this region's join barrier
-                            // for its table (the backfill brings those).
-                            let table = table_of(change.key);
-                            if holds[table] && change.version.hlc.0 > barriers[table] {
-                                region.clock.observe(change.version.hlc, physical, CLOCK_OFFSET_MAX_MS);
-                                region.merge(change.key, change.version, change.value);
-                            }
-                        }
-                        region.durable.applied_from.insert(from, to_seq);
-                        region.watermarks.on_applied(REGIONS[from], to_seq);
-                        Message::Ack { batch, through: to_seq }
+                // The store's rules: sequence, join barrier, last writer wins, purge watermark.
+                let outcome = infallible(receive::receive_batch(
+                    &mut self.storage(to),
+                    REGIONS[from],
+                    from_seq,
+                    &changes,
+                ));
+                let reply = match outcome {
+                    BatchOutcome::Gap { expected_from } => Message::Gap { batch, expected_from },
+                    BatchOutcome::Duplicate { through } | BatchOutcome::Applied { through, .. } => {
+                        self.regions[to].watermarks.on_applied(REGIONS[from], through);
+                        Message::Ack { batch, through }
                     }
                 };
                 self.reply(to, from, reply, lossy, replayed);
@@ -499,22 +705,16 @@ impl Simulation {
                 state,
                 backfill_barrier,
             } => {
-                let holds = self.replicas.map(|r| r[to]);
-                let region = &mut self.regions[to];
-                for (key, version, value) in state.into_iter().filter(|(key, ..)| holds[table_of(*key)]) {
-                    region.clock.observe(version.hlc, physical, CLOCK_OFFSET_MAX_MS);
-                    region.merge(key, version, value);
-                }
                 // The repair covers the sender's log up to `head`: later batches continue from there.
-                let applied = region.durable.applied_from.entry(from).or_insert(0);
-                *applied = (*applied).max(head);
-                let applied = *applied;
-                region.watermarks.on_applied(REGIONS[from], applied);
-                if backfill_barrier != 0 {
-                    region
-                        .durable
-                        .awaiting_backfill
-                        .retain(|(_, source, barrier)| !(*source == from && *barrier <= backfill_barrier));
+                let outcome = infallible(receive::receive_repair(
+                    &mut self.storage(to),
+                    REGIONS[from],
+                    &state,
+                    Some(head),
+                    backfill_barrier,
+                ));
+                if let Some(through) = outcome.through {
+                    self.regions[to].watermarks.on_applied(REGIONS[from], through);
                 }
                 let repaired = Message::Repaired {
                     batch,
@@ -532,19 +732,63 @@ impl Simulation {
                 if let Some(shipper) = region.shippers.get_mut(&from) {
                     shipper.on_repaired(batch, through);
                     region.durable.acked.insert(from, shipper.acked());
-                    // As the store does: a repair ends only the backfills whose barrier it read
+                    // As the store does: a repair ends only the backfill whose barrier it read
                     // before it began; one asked for meanwhile needs another repair.
-                    region
-                        .durable
-                        .backfill_pending
-                        .retain(|(peer, barrier)| !(*peer == from && *barrier <= backfill_barrier));
-                    if region.durable.backfill_pending.iter().any(|(peer, _)| *peer == from) {
+                    if let Some(&pending) = region.durable.backfill_pending.get(&from)
+                        && backfill_barrier != 0
+                        && receive::backfill_cleared(pending, backfill_barrier)
+                    {
+                        region.durable.backfill_pending.remove(&from);
+                    }
+                    if region.durable.backfill_pending.contains_key(&from) {
                         shipper.request_repair();
                     }
                 }
             }
             Message::Mark(mark) => self.regions[to].watermarks.on_mark(REGIONS[from], mark),
-            // Replies are never captured for replay.
+            Message::Definition { sequence } => {
+                // The store's rules: a sequence not newer than the last applied from the sender
+                // is refused (durable: also after restarts); the first definition creates the
+                // replica with its join barrier, a retried one hands the backfill wait over.
+                let physical = self.regions[to].physical(self.now);
+                let vouched = self.regions[to].watermarks.max_direct();
+                let holds = self.replicas[1][to];
+                let mut storage = self.storage(to);
+                if infallible(receive::check_definition(&mut storage, REGIONS[from], sequence)).is_err() {
+                    self.refused_definitions += 1;
+                    return;
+                }
+                let joined_below = if holds {
+                    infallible(receive::hand_over_backfill(&mut storage, 1, REGIONS[from]))
+                } else {
+                    let clock = storage.region.clock.now(physical).0;
+                    storage.region.durable.last_hlc = storage.region.clock.last();
+                    Some(infallible(receive::join_replica(
+                        &mut storage,
+                        1,
+                        REGIONS[from],
+                        vouched,
+                        clock,
+                    )))
+                };
+                infallible(receive::record_definition(&mut storage, REGIONS[from], sequence));
+                if !holds {
+                    self.joined_below[1][to] = joined_below.expect("a new replica has a barrier");
+                    self.replicas[1][to] = true;
+                }
+                self.reply(to, from, Message::DefinitionDone { joined_below }, lossy, replayed);
+            }
+            Message::DefinitionDone { joined_below } => {
+                self.join_answered = true;
+                if let Some(barrier) = joined_below {
+                    let region = &mut self.regions[to];
+                    let pending = region.durable.backfill_pending.entry(from).or_insert(0);
+                    *pending = (*pending).max(barrier);
+                    if let Some(shipper) = region.shippers.get_mut(&from) {
+                        shipper.request_repair();
+                    }
+                }
+            } // Replies are never captured for replay.
         }
     }
 
@@ -558,30 +802,22 @@ impl Simulation {
             for peer in peers {
                 let mut command = self.regions[index].shippers.get_mut(&peer).and_then(|s| s.poll(now));
                 // As the store does, the pending backfill's barrier is read before the tables.
-                let barrier = self.regions[index]
-                    .durable
-                    .backfill_pending
-                    .iter()
-                    .filter(|(p, _)| *p == peer)
-                    .map(|(_, b)| *b)
-                    .max();
+                let barrier = self.regions[index].durable.backfill_pending.get(&peer).copied();
                 // A backfill waits until this region has received everything up to the joining
-                // region's barrier, and until its own clock has passed the barrier (its own
-                // later writes must be newer than the barrier, or the joining region would
-                // ignore them in the log while the backfill, taken earlier, lacks them), as the
-                // store's does.
+                // region's barrier and its own clock has passed it (the store's rule).
                 if let Some(Command::Repair { batch }) = command {
                     let region = &mut self.regions[index];
                     let physical = region.physical(now);
                     if let Some(b) = barrier {
                         region.clock.observe(Hlc(b), physical, CLOCK_OFFSET_MAX_MS);
                         region.durable.last_hlc = region.clock.last();
-                    }
-                    if barrier.is_some_and(|b| region.watermarks.received(u64::MAX) < b || region.clock.last().0 < b) {
-                        if let Some(shipper) = region.shippers.get_mut(&peer) {
-                            shipper.on_failed(batch, now);
+                        let received = region.watermarks.received(u64::MAX);
+                        if receive::backfill_ready(b, received, region.clock.last().0).is_err() {
+                            if let Some(shipper) = region.shippers.get_mut(&peer) {
+                                shipper.on_failed(batch, now);
+                            }
+                            command = None;
                         }
-                        command = None;
                     }
                 }
                 let region = &self.regions[index];
@@ -600,7 +836,6 @@ impl Simulation {
                             .take(changes_max)
                             .cloned()
                             .collect();
-                        let to_seq = changes.last().map_or(from_seq.saturating_sub(1), |c| c.seq);
                         assert!(
                             changes.first().is_none_or(|c| c.seq == from_seq),
                             "the shipper never asks for trimmed changes"
@@ -609,12 +844,13 @@ impl Simulation {
                         // table the peer holds no replica of, is left out.
                         let changes = changes
                             .into_iter()
-                            .filter(|c| c.version.origin != REGIONS[peer] && self.replicas[table_of(c.key)][peer])
+                            .map(|c| {
+                                (c.version.origin != REGIONS[peer] && self.replicas[table_of(c.key)][peer]).then_some(c)
+                            })
                             .collect();
                         Message::Batch {
                             batch,
                             from_seq,
-                            to_seq,
                             changes,
                         }
                     }
@@ -656,25 +892,11 @@ impl Simulation {
             };
             region.received_before = region.watermarks.received(u64::MAX);
             let below = region.watermarks.purge_below(clock);
-            // As the store does: nothing is purged while a joined table awaits its backfill,
-            // and each table that lost tombstones records the watermark durably.
+            // As the store does: nothing is purged while a joined table awaits its backfill;
+            // the purge itself is the store's (`replication::receive::purge_tombstones`).
             if region.durable.awaiting_backfill.is_empty() {
-                let before = region.durable.items.len();
-                let mut purged_tables = [false; TABLES];
-                region.durable.items.retain(|key, (version, value)| {
-                    let keep = value.is_some() || version.hlc.0 >= below;
-                    if !keep {
-                        purged_tables[table_of(*key)] = true;
-                    }
-                    keep
-                });
-                for (table, purged) in purged_tables.iter().enumerate() {
-                    if *purged {
-                        let watermark = &mut region.durable.purged_below[table];
-                        *watermark = (*watermark).max(below);
-                    }
-                }
-                region.purged += (before - region.durable.items.len()) as u64;
+                region.purge_horizon = region.purge_horizon.max(below);
+                infallible(receive::purge_tombstones(&mut self.storage(index), below, usize::MAX));
             }
             for peer in 0..REGIONS.len() {
                 if peer != index {
@@ -684,32 +906,19 @@ impl Simulation {
         }
     }
 
-    /// The late region joins table 1 once a region holding it is up to backfill it.
+    /// A region holding table 1 asks the late region to join it, as `UpdateTable` does, until
+    /// one request is answered; each request carries the sender's next durable sequence.
     fn join_late_region(&mut self) {
-        if self.replicas[1][LATE_REGION] {
+        if self.join_answered || !(self.now).is_multiple_of(JOIN_RETRY_MS) {
             return;
         }
-        // The joining region must answer (it creates its replica and sets its barrier).
         let Some(source) = (0..REGIONS.len()).find(|r| *r != LATE_REGION && self.regions[*r].up) else {
             return;
         };
-        if !self.regions[LATE_REGION].up {
-            return;
-        }
-        let late = &mut self.regions[LATE_REGION];
-        let physical = late.physical(self.now);
-        let barrier = late.watermarks.max_direct().max(late.clock.now(physical).0);
-        late.durable.last_hlc = late.clock.last();
-        self.joined_below[1][LATE_REGION] = barrier;
-        late.durable.awaiting_backfill.push((1, source, barrier));
-        self.replicas[1][LATE_REGION] = true;
-        self.regions[source]
-            .durable
-            .backfill_pending
-            .push((LATE_REGION, barrier));
-        if let Some(shipper) = self.regions[source].shippers.get_mut(&LATE_REGION) {
-            shipper.request_repair();
-        }
+        let region = &mut self.regions[source];
+        region.durable.definition_sent += 1;
+        let sequence = region.durable.definition_sent;
+        self.send(source, LATE_REGION, Message::Definition { sequence }, true);
     }
 
     fn inject_faults(&mut self) {
@@ -737,7 +946,8 @@ impl Simulation {
     }
 
     fn quiescent(&self) -> bool {
-        self.network.is_empty()
+        self.join_answered
+            && self.network.is_empty()
             && self
                 .regions
                 .iter()
@@ -767,9 +977,9 @@ impl Simulation {
                 self.regions[index].restart(index);
             }
         }
-        self.join_late_region();
         for step in 0..HEAL_STEPS_MAX {
             self.now += 1;
+            self.join_late_region();
             // Replays go on for a while after the writes stopped: a resurrection then stays
             // (no newer write would hide it) and the final check sees it.
             if step < REPLAY_AFTER_HEAL_STEPS {
@@ -841,6 +1051,15 @@ impl Simulation {
                 self.regions[0].name
             );
         }
+        // A backfill wait that never ends would stop purging in that region for good.
+        for region in &self.regions {
+            assert!(
+                region.durable.awaiting_backfill.is_empty(),
+                "{} still awaits backfills {:?} after convergence",
+                region.name,
+                region.durable.awaiting_backfill
+            );
+        }
         // The newest write ever made to each key is what every replica must show: its value,
         // or for a delete its tombstone or nothing (purged). Anything else is a lost write or
         // an item a too-early purge resurrected.
@@ -894,29 +1113,29 @@ fn run_seed(seed: u64) -> u64 {
         }
         Err(panic) => {
             eprintln!(
-                "simulation failed with seed {seed}; replay with SIM_SEED={seed} cargo test -p replication --test it"
+                "simulation failed with seed {seed}; replay with SWITCHYARD_SEED={seed} SIM_RUNS=1 cargo test -p replication --test it"
             );
             std::panic::resume_unwind(panic);
         }
     }
 }
 
+/// `SWITCHYARD_SEED` (the workspace's one seed variable) sets the first seed; `SIM_RUNS` how
+/// many consecutive seeds run (1 replays a failed one).
 #[test]
 fn three_regions_converge_under_partitions_crashes_and_skew() {
-    if let Ok(seed) = std::env::var("SIM_SEED") {
-        run_seed(seed.parse().expect("SIM_SEED is a number"));
-        return;
-    }
-    let base: u64 = std::env::var("SIM_BASE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed);
+    let base: u64 = match std::env::var("SWITCHYARD_SEED") {
+        Ok(seed) => seed.parse().expect("SWITCHYARD_SEED is a number"),
+        Err(_) => 0x5eed,
+    };
     let runs: u64 = std::env::var("SIM_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
-    eprintln!("simulating {runs} seeds from {base} (SIM_BASE_SEED, SIM_RUNS to change)");
+    eprintln!("simulating {runs} seeds from SWITCHYARD_SEED={base} (SIM_RUNS to change the count)");
     let purged: u64 = (base..base + runs).map(run_seed).sum();
     eprintln!("{purged} tombstones purged in all");
-    assert!(purged > 0, "the watermark never advanced: no tombstone was purged");
+    if runs >= 10 {
+        assert!(purged > 0, "the watermark never advanced: no tombstone was purged");
+    }
 }

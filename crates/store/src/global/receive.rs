@@ -1,0 +1,276 @@
+//! The replication endpoints peers call: each authenticates, decodes and checks the whole
+//! request, then runs the rules of `replication::receive` in one write job over
+//! `engine::ReplicaWriter`, and feeds the outcome to the watermarks.
+
+use super::*;
+
+/// Decodes and checks every change of a batch before anything is applied.
+/// An empty entry stands for a change left out because it originated at the receiver.
+pub(super) fn decode_changes(source: &str, encoded: &[String]) -> Result<Vec<Option<ReceivedChange>>, ApiError> {
+    encoded
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            if text.is_empty() {
+                return Ok(None);
+            }
+            let bytes = BASE64
+                .decode(text)
+                .map_err(|e| format!("change {index} is not base64: {e}"))?;
+            let change = replication_log::decode_change(&bytes).map_err(|e| format!("change {index}: {e}"))?;
+            let record = record::decode(&change.record)
+                .map_err(|e| format!("change {index} for table {}: {e}", change.table))?;
+            Ok(Some(ReceivedChange { change, record }))
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|message| {
+            tracing::warn!(%source, %message, "corrupt replication batch refused; nothing applied");
+            ApiError::validation(format!("corrupt replication batch: {message}"))
+        })
+}
+
+/// Received changes were skipped because this region holds no replica of their tables.
+pub(super) fn warn_no_replica(source: &str, tables: &std::collections::BTreeSet<String>) {
+    for table in tables {
+        tracing::warn!(%source, %table, "replicated change for a table that does not exist here skipped");
+    }
+}
+
+impl Replication {
+    /// `POST /replication/v1/digest`: this region's digests of key ranges of a table.
+    pub async fn receive_digest(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ApiError> {
+        self.authenticate(headers, "/replication/v1/digest", body)?;
+        let request: DigestRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::serialization(format!("corrupt digest request: {e}")))?;
+        if request.ranges.len() > DIGEST_RANGES_PER_REQUEST_MAX {
+            return Err(ApiError::validation(format!(
+                "digest request for {} ranges; at most {DIGEST_RANGES_PER_REQUEST_MAX}",
+                request.ranges.len()
+            )));
+        }
+        let ranges = request
+            .ranges
+            .iter()
+            .map(|(depth, index)| {
+                DigestRange::new(*depth, *index)
+                    .ok_or_else(|| ApiError::validation(format!("digest range {depth}/{index:#x} does not exist")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let digests = match self.engine.table(&request.table) {
+            // No replica here: nothing held, so the peer pushes and the changes are skipped.
+            None => vec![Digest::default(); ranges.len()],
+            Some(table) => {
+                let engine = self.engine.clone();
+                tokio::task::spawn_blocking(move || engine.snapshot()?.digests(&table, &ranges))
+                    .await
+                    .map_err(|e| ApiError::internal(format!("digest task failed: {e}")))??
+            }
+        };
+        Ok(serde_json::to_value(DigestResponse {
+            digests: digests.iter().map(|d| (d.count, format!("{:x}", d.hash))).collect(),
+        })
+        .expect("a digest response serialises"))
+    }
+
+    /// `POST /replication/v1/batch`: applies a batch of changes from a peer.
+    pub async fn receive_batch(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ApiError> {
+        let source = self.authenticate(headers, "/replication/v1/batch", body)?;
+        let request: BatchRequest = serde_json::from_slice(body).map_err(|e| {
+            tracing::warn!(%source, error = %e, "corrupt replication batch refused; nothing applied");
+            ApiError::serialization(format!("corrupt replication batch: {e}"))
+        })?;
+        let changes = decode_changes(&source, &request.changes)?;
+        let span = request
+            .to_seq
+            .checked_sub(request.from_seq)
+            .and_then(|d| d.checked_add(1));
+        if request.from_seq == 0 || span != Some(changes.len() as u64) {
+            tracing::warn!(%source, "replication batch whose sequence range does not match its changes refused; nothing applied");
+            return Err(ApiError::validation(
+                "replication batch sequence range does not match its changes",
+            ));
+        }
+        let (from_seq, to_seq) = (request.from_seq, request.to_seq);
+        let job_source = source.clone();
+        let outcome = self
+            .engine
+            .write(move |context| {
+                rules::receive_batch(&mut ReplicaWriter::new(context), &job_source, from_seq, &changes)
+            })
+            .await?;
+        let response = match outcome {
+            BatchOutcome::Duplicate { through } => {
+                tracing::info!(%source, from_seq, to_seq, "replayed or repeated replication batch (already applied through {through}): nothing applied");
+                BatchResponse {
+                    through: Some(through),
+                    ..BatchResponse::default()
+                }
+            }
+            BatchOutcome::Gap { expected_from } => BatchResponse {
+                expected_from: Some(expected_from),
+                ..BatchResponse::default()
+            },
+            BatchOutcome::Applied {
+                through,
+                applied,
+                no_replica,
+            } => {
+                warn_no_replica(&source, &no_replica);
+                BatchResponse {
+                    through: Some(through),
+                    applied,
+                    ..BatchResponse::default()
+                }
+            }
+        };
+        if let Some(through) = response.through {
+            self.applied(&source, through);
+        }
+        Ok(serde_json::to_value(response).expect("a batch response serialises"))
+    }
+
+    /// `POST /replication/v1/repair`: applies records of an anti-entropy transfer.
+    pub async fn receive_repair(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ApiError> {
+        let source = self.authenticate(headers, "/replication/v1/repair", body)?;
+        let request: RepairRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::serialization(format!("corrupt repair request: {e}")))?;
+        let changes = decode_changes(&source, &request.records)?;
+        let complete = request.complete_through;
+        let backfill_barrier = request.backfill_barrier;
+        let job_source = source.clone();
+        let outcome = self
+            .engine
+            .write(move |context| {
+                rules::receive_repair(
+                    &mut ReplicaWriter::new(context),
+                    &job_source,
+                    &changes,
+                    complete,
+                    backfill_barrier,
+                )
+            })
+            .await?;
+        warn_no_replica(&source, &outcome.no_replica);
+        if !outcome.backfilled.is_empty() {
+            tracing::info!(%source, tables = ?outcome.backfilled, "backfill of joined replicas complete; tombstone purging may resume");
+        }
+        if let Some(through) = outcome.through {
+            self.applied(&source, through);
+        }
+        Ok(serde_json::json!({"applied": outcome.applied}))
+    }
+
+    /// `POST /replication/v1/table`: creates, updates or deletes this region's replica.
+    pub async fn receive_table(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ApiError> {
+        let source = self.authenticate(headers, "/replication/v1/table", body)?;
+        let request: TableRequest =
+            serde_json::from_slice(body).map_err(|e| ApiError::serialization(format!("corrupt table request: {e}")))?;
+        let TableRequest {
+            table,
+            delete,
+            sequence,
+            joining,
+        } = request;
+        let job_source = source.clone();
+        let name = table.name.clone();
+        // Everything this region may have vouched for so far (see `TableMeta::joined_below`).
+        let vouched = self
+            .watermarks
+            .lock()
+            .expect("watermark lock is never poisoned")
+            .max_direct();
+        let joined_below = self
+            .engine
+            .write_exclusive(move |context| {
+                // Checked and recorded in the transaction that changes the replica: a request
+                // seen before (replayed, even after restarts) changes nothing.
+                if let Err(Replayed { last, .. }) =
+                    rules::check_definition(&mut ReplicaWriter::new(context), &job_source, sequence)?
+                {
+                    tracing::warn!(source = %job_source, sequence, last, "replica-definition request older than the last one applied refused (replayed)");
+                    return Err(unauthorized(format!(
+                        "replica-definition request {sequence} from {job_source} is not newer than the last one applied ({last}): a replayed request, or a peer running an older build"
+                    )));
+                }
+                // A refused request returns before its first mutation (a job's error does not
+                // roll its transaction back); the sequence is recorded only with a change.
+                let existing = context.table_named(&table.name);
+                let changed = match (existing, delete) {
+                    (Some(existing), true) => context.drop_table(&existing).map(|()| None),
+                    (None, true) => Ok(None),
+                    (Some(existing), false) => {
+                        if existing.key != table.key {
+                            return Err(ApiError::new(
+                                ErrorKind::ResourceInUse,
+                                format!(
+                                    "Table {} exists here with a different key schema; delete it first",
+                                    table.name
+                                ),
+                            ));
+                        }
+                        if existing.key_hash != table.key_hash {
+                            // Stored keys travel between replicas as they are: the same hash
+                            // on both sides, or changes would land under the wrong keys.
+                            return Err(ApiError::new(
+                                ErrorKind::ResourceInUse,
+                                format!(
+                                    "Table {} exists here with another key hash ({:?}, the peer's is {:?}); delete it here and let the peer backfill it",
+                                    table.name, existing.key_hash, table.key_hash
+                                ),
+                            ));
+                        }
+                        // Still waiting for this replica's backfill (an UpdateTable retried):
+                        // the requester backfills it now, up to the barrier set at the join.
+                        let awaited = if joining {
+                            rules::hand_over_backfill(&mut ReplicaWriter::new(context), existing.id, &job_source)?
+                        } else {
+                            None
+                        };
+                        let mut next = (*existing).clone();
+                        next.replicas = table.replicas.clone();
+                        // The replica gets the global table's stream where it has none.
+                        if next.stream.as_ref().is_none_or(|s| !s.enabled) {
+                            next.stream = table.stream.clone();
+                        }
+                        context.put_table(next).map(|()| awaited)
+                    }
+                    (None, false) => {
+                        let id = context.next_table_id()?;
+                        let mut created = table.clone();
+                        created.id = id;
+                        created.ttl = None;
+                        // Purging waits until the requester's backfill of this replica completes.
+                        let clock = context.tick_clock();
+                        let joined_below =
+                            rules::join_replica(&mut ReplicaWriter::new(context), id, &job_source, vouched, clock)?;
+                        created.joined_below = joined_below;
+                        context.put_table(created).map(|()| Some(joined_below))
+                    }
+                }?;
+                rules::record_definition(&mut ReplicaWriter::new(context), &job_source, sequence)?;
+                Ok(changed)
+            })
+            .await?;
+        tracing::info!(%source, table = %name, delete, "replica definition changed by a peer");
+        Ok(match joined_below {
+            Some(joined_below) => serde_json::json!({"joined_below": joined_below}),
+            None => serde_json::json!({}),
+        })
+    }
+}

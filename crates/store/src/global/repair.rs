@@ -1,0 +1,181 @@
+//! Anti-entropy (and the backfill of a new replica): range digests find where a peer differs,
+//! and this region's records there are pushed.
+
+use super::*;
+
+pub(super) struct RepairProgress {
+    logged_at: std::time::Instant,
+    total: u64,
+    /// The peer's join barrier this repair backfills (0: anti-entropy only).
+    barrier: u64,
+}
+
+impl Replication {
+    /// Anti-entropy with `peer` over every global table they share (also the backfill of a new
+    /// replica): range digests find where the peer differs (`replication::digest`), and this
+    /// region's records there are pushed; a peer with an empty table gets everything at once.
+    /// Returns the log head as of the start: the peer then holds everything through it.
+    /// `barrier`: the peer's join barrier this repair backfills (0 for anti-entropy only), read
+    /// before the tables so that every replica joined at or below it is among them.
+    pub(super) async fn repair(&self, peer: &Peer, status: &PeerStatus, barrier: u64) -> Result<u64, String> {
+        let head = self.engine.log_head();
+        status.repaired_records.store(0, Ordering::Relaxed);
+        let tables: Vec<Arc<TableMeta>> = self
+            .engine
+            .tables()
+            .into_iter()
+            .filter(|t| t.replicas.iter().any(|r| r == &peer.region))
+            .collect();
+        let total: u64 = tables.iter().map(|t| self.engine.stats(t.id, None).item_count).sum();
+        status.repair_total.store(total, Ordering::Relaxed);
+        let mut progress = RepairProgress {
+            logged_at: std::time::Instant::now(),
+            total,
+            barrier,
+        };
+        let mut compared = 0;
+        for table in tables {
+            let mut walk = Walk::new(REPAIR_LEAF_RECORDS_MAX);
+            while !walk.is_done() {
+                let ranges = walk.next_ranges(DIGEST_RANGES_PER_REQUEST_MAX);
+                let local = self.local_digests(&table, ranges.clone()).await?;
+                let remote = self.remote_digests(peer, &table.name, &ranges).await?;
+                for range in walk.on_digests(&ranges, &local, &remote) {
+                    self.push_range(peer, status, &table, range, &mut progress).await?;
+                }
+            }
+            compared += walk.compared;
+        }
+        self.send_repair(
+            peer,
+            RepairRequest {
+                records: Vec::new(),
+                complete_through: Some(head),
+                backfill_barrier: barrier,
+            },
+        )
+        .await?;
+        let pushed = status.repaired_records.load(Ordering::Relaxed);
+        status.repairs.fetch_add(1, Ordering::Relaxed);
+        status.last_repair_ranges_compared.store(compared, Ordering::Relaxed);
+        status.last_repair_records_pushed.store(pushed, Ordering::Relaxed);
+        tracing::info!(
+            peer = %peer.region,
+            ranges_compared = compared,
+            records_pushed = pushed,
+            items = total,
+            "anti-entropy compared range digests and pushed the differences"
+        );
+        Ok(head)
+    }
+
+    /// This region's digests of `ranges`, computed off the async threads (a range can be the
+    /// whole table).
+    pub(super) async fn local_digests(
+        &self,
+        table: &Arc<TableMeta>,
+        ranges: Vec<DigestRange>,
+    ) -> Result<Vec<Digest>, String> {
+        let engine = self.engine.clone();
+        let table = Arc::clone(table);
+        tokio::task::spawn_blocking(move || engine.snapshot()?.digests(&table, &ranges))
+            .await
+            .map_err(|e| format!("digest task failed: {e}"))?
+            .map_err(|e| e.message)
+    }
+
+    pub(super) async fn remote_digests(
+        &self,
+        peer: &Peer,
+        table: &str,
+        ranges: &[DigestRange],
+    ) -> Result<Vec<Digest>, String> {
+        let body = serde_json::to_vec(&DigestRequest {
+            table: table.to_string(),
+            ranges: ranges.iter().map(|r| (r.depth, r.index)).collect(),
+        })
+        .expect("a digest request serialises");
+        let response: DigestResponse = self.exchange(peer, "/replication/v1/digest", body).await?;
+        if response.digests.len() != ranges.len() {
+            return Err(format!(
+                "{}: {} digests for {} ranges",
+                peer.url,
+                response.digests.len(),
+                ranges.len()
+            ));
+        }
+        response
+            .digests
+            .iter()
+            .map(|(count, hash)| {
+                Ok(Digest {
+                    count: *count,
+                    hash: u128::from_str_radix(hash, 16)
+                        .map_err(|e| format!("{}: bad digest {hash}: {e}", peer.url))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sends every record of `table` in `range` to the peer, a page at a time.
+    pub(super) async fn push_range(
+        &self,
+        peer: &Peer,
+        status: &PeerStatus,
+        table: &TableMeta,
+        range: DigestRange,
+        progress: &mut RepairProgress,
+    ) -> Result<(), String> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let snapshot = self.engine.snapshot().map_err(|e| e.message)?;
+            let records = snapshot
+                .records_in(table, range, after.as_deref(), REPAIR_RECORDS_PER_REQUEST_MAX)
+                .map_err(|e| e.message)?;
+            let Some((last, _)) = records.last() else {
+                return Ok(());
+            };
+            after = Some(last.clone());
+            let encoded = records
+                .iter()
+                .map(|(key, record)| BASE64.encode(replication_log::encode_change(&table.name, key, record)))
+                .collect();
+            self.send_repair(
+                peer,
+                RepairRequest {
+                    records: encoded,
+                    complete_through: None,
+                    // Every request of a backfill says so: its records at or below the
+                    // receiver's join barrier apply only from a backfill.
+                    backfill_barrier: progress.barrier,
+                },
+            )
+            .await?;
+            let copied = status
+                .repaired_records
+                .fetch_add(records.len() as u64, Ordering::Relaxed)
+                + records.len() as u64;
+            if progress.logged_at.elapsed() >= Duration::from_millis(REPAIR_PROGRESS_LOG_MS) {
+                progress.logged_at = std::time::Instant::now();
+                tracing::info!(
+                    peer = %peer.region,
+                    table = %table.name,
+                    copied,
+                    total = progress.total,
+                    percent = repair_percent(copied, progress.total),
+                    "repair (backfill) in progress"
+                );
+            }
+            if records.len() < REPAIR_RECORDS_PER_REQUEST_MAX {
+                return Ok(());
+            }
+        }
+    }
+
+    pub(super) async fn send_repair(&self, peer: &Peer, request: RepairRequest) -> Result<(), String> {
+        let body = serde_json::to_vec(&request).expect("a repair request serialises");
+        self.exchange::<serde_json::Value>(peer, "/replication/v1/repair", body)
+            .await
+            .map(|_| ())
+    }
+}

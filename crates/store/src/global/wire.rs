@@ -1,0 +1,210 @@
+//! The wire between regions: request and answer types, the HMAC signature over region, path,
+//! signing time and body, the signed POST (`post`, here so that shipping, marks and repair
+//! share it without a module cycle) and the receiving side's authentication.
+
+use super::*;
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct MarkRequest {
+    pub(super) clock: u64,
+    pub(super) received: u64,
+    pub(super) head: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct BatchRequest {
+    pub(super) batch: u64,
+    pub(super) from_seq: u64,
+    pub(super) to_seq: u64,
+    /// Encoded changes (see `replication_log`), base64.
+    pub(super) changes: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+pub(super) struct BatchResponse {
+    pub(super) through: Option<u64>,
+    pub(super) expected_from: Option<u64>,
+    pub(super) applied: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct RepairRequest {
+    pub(super) records: Vec<String>,
+    /// Set on the last request of a repair: the source's log head when the repair began.
+    pub(super) complete_through: Option<u64>,
+    /// Set on every request of a repair that backfills replicas the receiver joined: the
+    /// receiver's join barrier it backfills (the source's pending backfill setting, read
+    /// before the tables; the source had received every write up to it). Records at or below
+    /// a replica's join barrier apply for an absent key only from such a repair, and the last
+    /// request ends the waits for the replicas joined at or below it.
+    #[serde(default)]
+    pub(super) backfill_barrier: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct DigestRequest {
+    pub(super) table: String,
+    /// `(depth, index)` of each range (see `replication::digest::Range`).
+    pub(super) ranges: Vec<(u8, u32)>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct DigestResponse {
+    /// `(count, hash as hex)` per requested range, in order.
+    pub(super) digests: Vec<(u64, String)>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct TableRequest {
+    pub table: TableMeta,
+    /// Delete this region's replica instead of creating or updating it.
+    pub delete: bool,
+    /// The sender's replica-definition sequence: strictly increasing per sender, durable on
+    /// both sides, so a replayed request is refused after any number of restarts.
+    #[serde(default)]
+    pub sequence: u64,
+    /// The sender adds the receiver as a replica and will backfill it. A receiver that holds
+    /// the replica already, still awaiting its backfill (an `UpdateTable` retried after a
+    /// failure), hands the wait over to the sender and answers with its join barrier.
+    #[serde(default)]
+    pub joining: bool,
+}
+
+/// The signature a peer sends with a replication request (`SIGNATURE_HEADER`): HMAC-SHA256,
+/// with the shared replication key, over the sending region, the request path, the signing
+/// time (`DATE_HEADER`, Unix ms) and the body.
+pub fn sign(key: &[u8], region: &str, path: &str, date_ms: u64, body: &[u8]) -> String {
+    hex::encode(mac(key, region, path, date_ms, body).finalize().into_bytes())
+}
+
+pub(super) fn mac(key: &[u8], region: &str, path: &str, date_ms: u64, body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(format!("switchyard-replication-v2\n{region}\n{path}\n{date_ms}\n").as_bytes());
+    mac.update(body);
+    mac
+}
+
+pub(super) fn verify(key: &[u8], region: &str, path: &str, date_ms: u64, body: &[u8], signature: &str) -> bool {
+    let Ok(signature) = hex::decode(signature) else {
+        return false;
+    };
+    mac(key, region, path, date_ms, body).verify_slice(&signature).is_ok()
+}
+
+pub(super) fn unauthorized(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::AccessDenied, message)
+}
+
+/// An error with its causes, so a failed TLS handshake says why ("invalid peer certificate:
+/// UnknownIssuer"), not only that the connection failed. At most a few levels deep.
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
+    const DEPTH_MAX: usize = 8;
+    let mut text = error.to_string();
+    let mut source = error.source();
+    for _ in 0..DEPTH_MAX {
+        let Some(cause) = source else { break };
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl Replication {
+    pub(super) async fn post(&self, peer: &Peer, path: &str, body: Vec<u8>) -> Result<(u16, Bytes), String> {
+        let date_ms = self.engine.now_unix_ms();
+        let signature = sign(&self.config.key, &self.region, path, date_ms, &body);
+        let request = hyper::Request::post(format!("{}{path}", peer.url.trim_end_matches('/')))
+            .header("content-type", "application/json")
+            .header(REGION_HEADER, &self.region)
+            .header(DATE_HEADER, date_ms.to_string())
+            .header(SIGNATURE_HEADER, signature)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("bad request to {}: {e}", peer.url))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("{}: {}", peer.url, error_chain(&e)))?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("{}: {e}", peer.url))?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        };
+        tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), exchange)
+            .await
+            .map_err(|_| format!("{}: no answer within {REQUEST_TIMEOUT_MS} ms", peer.url))?
+    }
+
+    /// POSTs a replication request and decodes its 200 answer; anything else is an error that
+    /// names the peer and the path.
+    pub(super) async fn exchange<T: serde::de::DeserializeOwned>(
+        &self,
+        peer: &Peer,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, String> {
+        let (status, body) = self.post(peer, path, body).await?;
+        if status != 200 {
+            return Err(format!(
+                "{} answered HTTP {status} to {path}: {}",
+                peer.url,
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("{}: bad answer to {path}: {e}", peer.url))
+    }
+
+    pub(super) fn authenticate(
+        &self,
+        headers: &axum::http::HeaderMap,
+        path: &str,
+        body: &[u8],
+    ) -> Result<String, ApiError> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let region = header(REGION_HEADER).to_string();
+        let signature = header(SIGNATURE_HEADER);
+        if self.peer(&region).is_none() {
+            tracing::warn!(%region, "replication request from a region that is not a peer refused");
+            return Err(unauthorized(format!(
+                "region '{region}' is not a peer of {}",
+                self.region
+            )));
+        }
+        let Ok(date_ms) = header(DATE_HEADER).parse::<u64>() else {
+            tracing::warn!(%region, "replication request without a signing date refused: is the peer an older build?");
+            return Err(unauthorized(format!(
+                "replication request without {DATE_HEADER}: the peer must run a build that signs its requests with a date"
+            )));
+        };
+        if !verify(&self.config.key, &region, path, date_ms, body, signature) {
+            tracing::warn!(%region, "replication request with a bad signature refused: check that both stores use the same replication key");
+            return Err(unauthorized(
+                "bad replication signature: the stores' replication keys differ",
+            ));
+        }
+        // The signing time is authentic now: a sample of the peer's clock (a replay carries an
+        // older time than the peer's last request and is no sample), also when it is refused.
+        let now = self.engine.now_unix_ms();
+        self.clocks
+            .lock()
+            .expect("clock lock is never poisoned")
+            .on_request(&region, date_ms, now);
+        let skew = now.abs_diff(date_ms);
+        if skew > REQUEST_SKEW_MS_MAX {
+            tracing::warn!(%region, skew_ms = skew, "replication request signed too far from this store's clock refused (replayed, or a clock is wrong)");
+            return Err(unauthorized(format!(
+                "replication request signed {skew} ms away from this store's clock (at most {REQUEST_SKEW_MS_MAX}): an old request replayed, or a region's clock is wrong; check NTP in both regions"
+            )));
+        }
+        Ok(region)
+    }
+}
