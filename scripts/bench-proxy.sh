@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): `switchyard proxy` vs HAProxy (Debian) in front of the same two
-# backends (`switchyard bench-ceiling`, a bare hyper server answering 200), measured with wrk at
-# the same concurrency and duration, one after the other in one run. Writes the "Proxy" section
-# of BENCHMARKS.md.
+# Benchmark (not a test): `switchyard proxy` vs HAProxy (Debian) in front of the same two nginx
+# backends (Debian nginx, one worker, `return 200`), measured with wrk at the same concurrency and
+# duration, alternating in one run. Each proxy runs with 1 and with 2 threads (HAProxy
+# `nbthread`, switchyard `threads`); the comparison is each side's best configuration, and the
+# same thread count side by side. Writes the "Proxy" section of BENCHMARKS.md.
 #
-#   scripts/bench-proxy.sh                 # 3 interleaved rounds of 10 s per side, wrk -t2 -c32
+#   scripts/bench-proxy.sh                 # 3 alternating rounds of 10 s per configuration
 #   DURATION=30s CONNECTIONS=64 scripts/bench-proxy.sh
 #   SWITCHYARD_BIN=target/release/switchyard scripts/bench-proxy.sh   # skip the build
+#   PROXY_THREADS="2" scripts/bench-proxy.sh                          # one thread count only
+#   NO_WRITE=1 scripts/bench-proxy.sh                                 # print, leave BENCHMARKS.md
 #
-# Both proxies run 2 threads (tokio's default here; HAProxy `nbthread 2`), keep-alive to clients
-# and to servers, X-Forwarded-For on, active HTTP checks every 2 s, retries 3 with redispatch.
+# Both proxies: keep-alive to clients and to servers, X-Forwarded-For on, active HTTP checks
+# every 2 s, retries 3 with redispatch, round robin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,14 +21,24 @@ ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-2}"
 WARMUP="${WARMUP:-3s}"
+PROXY_THREADS="${PROXY_THREADS:-1 2}"
 BIN="${SWITCHYARD_BIN:-}"
 if [ -z "$BIN" ]; then
   cargo build --release -p switchyard >&2
   BIN=target/release/switchyard
 fi
-for command in haproxy wrk; do
-  command -v "$command" >/dev/null || { echo "$command is missing: run scripts/install-test-deps.sh" >&2; exit 1; }
+# The peers come from Debian (nginx-light: the backends); installed when missing.
+declare -A packages=([haproxy]=haproxy [wrk]=wrk [nginx]=nginx-light)
+missing=()
+for command in "${!packages[@]}"; do
+  command -v "$command" >/dev/null || missing+=("${packages[$command]}")
 done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
 work="$(mktemp -d)"
 pids=()
@@ -45,21 +58,44 @@ wait_port() {
   echo "nothing listens on port $1" >&2; exit 1
 }
 
-backend_ports=()
-for i in 1 2; do
-  port="$(free_port)"
-  "$BIN" bench-ceiling --listen "127.0.0.1:$port" >"$work/backend$i.log" 2>&1 &
-  pids+=($!)
-  backend_ports+=("$port")
-done
+# The backends: one nginx (one worker process, so it takes no more than a core), two ports.
+backend_ports=("$(free_port)" "$(free_port)")
+mkdir -p "$work/nginx"
+cat >"$work/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx;
+  scgi_temp_path $work/nginx;
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  server {
+    listen 127.0.0.1:${backend_ports[0]};
+    listen 127.0.0.1:${backend_ports[1]};
+    location / { default_type text/plain; return 200 "ok\n"; }
+  }
+}
+EOF
+nginx -c "$work/nginx.conf" -p "$work" >"$work/nginx.log" 2>&1 &
+pids+=($!)
 for port in "${backend_ports[@]}"; do wait_port "$port"; done
 
-proxy_port="$(free_port)"
-admin_port="$(free_port)"
-cat >"$work/proxy.toml" <<EOF
+declare -A ports
+for threads in $PROXY_THREADS; do
+  proxy_port="$(free_port)"
+  admin_port="$(free_port)"
+  cat >"$work/proxy$threads.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$proxy_port"
 admin_listen = "127.0.0.1:$admin_port"
+threads = $threads
 balance = "roundrobin"
 retries = 3
 redispatch = true
@@ -76,13 +112,14 @@ address = "127.0.0.1:${backend_ports[0]}"
 name = "s2"
 address = "127.0.0.1:${backend_ports[1]}"
 EOF
-SWITCHYARD_LOG=warn "$BIN" proxy --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
-pids+=($!)
+  SWITCHYARD_LOG=warn "$BIN" proxy --config "$work/proxy$threads.toml" >"$work/proxy$threads.log" 2>&1 &
+  pids+=($!)
+  ports["switchyard-$threads"]="$proxy_port"
 
-haproxy_port="$(free_port)"
-cat >"$work/haproxy.cfg" <<EOF
+  haproxy_port="$(free_port)"
+  cat >"$work/haproxy$threads.cfg" <<EOF
 global
-  nbthread 2
+  nbthread $threads
   maxconn 4096
 defaults
   mode http
@@ -102,16 +139,16 @@ backend be
   server s1 127.0.0.1:${backend_ports[0]} check inter 2000
   server s2 127.0.0.1:${backend_ports[1]} check inter 2000
 EOF
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
-pids+=($!)
-wait_port "$proxy_port"
-wait_port "$haproxy_port"
+  haproxy -f "$work/haproxy$threads.cfg" -db >"$work/haproxy$threads.log" 2>&1 &
+  pids+=($!)
+  ports["haproxy-$threads"]="$haproxy_port"
+done
+for name in "${!ports[@]}"; do wait_port "${ports[$name]}"; done
 
 run_wrk() { # name port -> "req/s p99_ms"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$2/" >/dev/null
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/" >"$work/$1.wrk"
-  cat "$work/$1.wrk" >&2
-  python3 - "$work/$1.wrk" <<'EOF'
+  python3 - "$work/$1.wrk" "$1" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
@@ -120,47 +157,78 @@ p99_ms = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 socket_errors = re.search(r"Socket errors: (.*)", text)
 if errors or socket_errors:
-    print("warning:", (errors and errors.group(0)) or "", (socket_errors and socket_errors.group(0)) or "", file=sys.stderr)
+    print("warning:", sys.argv[2], (errors and errors.group(0)) or "", (socket_errors and socket_errors.group(0)) or "", file=sys.stderr)
 print(f"{rps:.0f} {p99_ms:.2f}")
 EOF
 }
 
-# Interleaved rounds, medians: neighbours' load on this shared machine changes from minute to
-# minute, and alternating spreads it over both sides.
-sy_all=(); ha_all=()
+# Alternating rounds, medians: neighbours' load on this shared machine changes from minute to
+# minute, and alternating spreads it over every configuration.
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+results="$work/results.txt"
+: >"$results"
 for round in $(seq "$ROUNDS"); do
-  sy_all+=("$(run_wrk switchyard "$proxy_port")")
-  ha_all+=("$(run_wrk haproxy "$haproxy_port")")
+  for threads in $PROXY_THREADS; do
+    for side in switchyard haproxy; do
+      name="$side-$threads"
+      echo "$round $name $(run_wrk "$name" "${ports[$name]}")" | tee -a "$results" >&2
+    done
+  done
 done
-median() { python3 -c 'import statistics,sys; print(f"{statistics.median(float(x) for x in sys.argv[2:]):.{sys.argv[1]}f}")' "$@"; }
-column() { local index="$1"; shift; for pair in "$@"; do echo "$pair" | awk -v i="$index" '{print $i}'; done; }
-sy_rps="$(median 0 $(column 1 "${sy_all[@]}"))"; sy_p99="$(median 2 $(column 2 "${sy_all[@]}"))"
-ha_rps="$(median 0 $(column 1 "${ha_all[@]}"))"; ha_p99="$(median 2 $(column 2 "${ha_all[@]}"))"
-rounds_text="$(for i in $(seq 0 $((ROUNDS - 1))); do echo "${sy_all[$i]} | ${ha_all[$i]}"; done | awk '{printf "%s%s req/s %s ms vs %s req/s %s ms", (NR>1?"; ":""), $1, $2, $4, $5}')"
-rps_ratio="$(python3 -c "print(f'{$sy_rps/$ha_rps:.2f}')")"
-p99_ratio="$(python3 -c "print(f'{$sy_p99/$ha_p99:.2f}')")"
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 haproxy_version="$(haproxy -v | head -1 | awk '{print $3}')"
+nginx_version="$(nginx -v 2>&1 | sed 's/.*nginx\///')"
 date="$(date -u +%Y-%m-%d)"
 
 section="$work/section.md"
-cat >"$section" <<EOF
-## Proxy
-
-\`switchyard proxy\` vs HAProxy $haproxy_version (Debian), both with 2 threads, round robin over the
-same two backends (\`switchyard bench-ceiling\`: a bare hyper server answering 200), keep-alive,
-X-Forwarded-For, HTTP checks every 2 s. wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (each after a
-$WARMUP warm-up), $ROUNDS rounds alternating the two proxies, medians shown; on a 2-core machine
-shared with the load generator, the backends and other work ($date).
-
-| proxy | req/s | p99 |
-| --- | ---: | ---: |
-| switchyard proxy | $sy_rps | $sy_p99 ms |
-| HAProxy $haproxy_version | $ha_rps | $ha_p99 ms |
-| ratio (switchyard / HAProxy) | **$rps_ratio×** | **$p99_ratio×** |
-
-Rounds (switchyard vs HAProxy): $rounds_text.
-
-Targets: ≥ 0.8× HAProxy's req/s, p99 ≤ 1.5×. Command: \`DURATION=$DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS scripts/bench-proxy.sh\`.
+python3 - "$results" "$section" "$haproxy_version" "$nginx_version" "$date" "$load_before" "$load_after" \
+  "$DURATION" "$ROUNDS" "$CONNECTIONS" "$THREADS" "$WARMUP" "$PROXY_THREADS" <<'EOF'
+import statistics, sys
+from collections import defaultdict
+(results, section, haproxy, nginx, date, load_before, load_after,
+ duration, rounds, connections, threads, warmup, proxy_threads) = sys.argv[1:]
+runs = defaultdict(list)
+for line in open(results):
+    round_, name, rps, p99 = line.split()
+    runs[name].append((float(rps), float(p99)))
+med = {name: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for name, v in runs.items()}
+def best(side):
+    return max(((name, m) for name, m in med.items() if name.startswith(side)), key=lambda x: x[1][0])
+sy_name, (sy_rps, sy_p99) = best("switchyard")
+ha_name, (ha_rps, ha_p99) = best("haproxy")
+lines = [
+    "## Proxy",
+    "",
+    f"`switchyard proxy` vs HAProxy {haproxy} (Debian), each with 1 and with 2 threads (`threads`,",
+    f"`nbthread`), round robin over the same two nginx {nginx} backends (Debian, one worker process,",
+    "`return 200`), keep-alive, X-Forwarded-For, HTTP checks every 2 s, retries 3 with redispatch.",
+    f"wrk -t{threads} -c{connections} -d{duration} --latency (each after a {warmup} warm-up), {rounds} rounds",
+    "alternating the four configurations, medians shown. One 2-core machine runs the proxies, the",
+    f"backends, wrk and other sessions' builds (load average {load_before} before, {load_after} after; {date}).",
+    "",
+    "| proxy | threads | req/s (median) | p99 (median) | rounds: req/s, p99 ms |",
+    "| --- | ---: | ---: | ---: | --- |",
+]
+for name in sorted(med):
+    side, t = name.rsplit("-", 1)
+    label = "switchyard proxy" if side == "switchyard" else f"HAProxy {haproxy}"
+    rounds_text = "; ".join(f"{r:.0f}, {p:.2f}" for r, p in runs[name])
+    lines.append(f"| {label} | {t} | {med[name][0]:.0f} | {med[name][1]:.2f} ms | {rounds_text} |")
+lines += [
+    "",
+    f"**Best of each: switchyard ({sy_name.rsplit('-', 1)[1]} threads) {sy_rps:.0f} req/s, p99 {sy_p99:.2f} ms; "
+    f"HAProxy (nbthread {ha_name.rsplit('-', 1)[1]}) {ha_rps:.0f} req/s, p99 {ha_p99:.2f} ms: "
+    f"ratio {sy_rps / ha_rps:.2f}× req/s, {sy_p99 / ha_p99:.2f}× p99** (target ≥ 1.0× req/s, p99 ≤ 1.0×).",
+]
+for t in proxy_threads.split():
+    s, h = med.get(f"switchyard-{t}"), med.get(f"haproxy-{t}")
+    if s and h:
+        lines.append(f"With {t} thread(s) each: {s[0] / h[0]:.2f}× req/s, {s[1] / h[1]:.2f}× p99.")
+lines += [
+    "",
+    f"Command: `DURATION={duration} ROUNDS={rounds} CONNECTIONS={connections} scripts/bench-proxy.sh`.",
+]
+open(section, "w").write("\n".join(lines) + "\n")
 EOF
 
 python3 - "$section" <<'EOF'
@@ -174,6 +242,7 @@ if pattern.search(text):
     text = pattern.sub(lambda _: section + "\n", text, count=1)
 else:
     text = text.rstrip("\n") + "\n\n" + section
-path.write_text(text.rstrip("\n") + "\n")
+if "NO_WRITE" not in __import__("os").environ:
+    path.write_text(text.rstrip("\n") + "\n")
 EOF
 cat "$section"

@@ -79,6 +79,11 @@ pub struct Response {
     /// Bounded metrics label of the queried name.
     pub name_label: Arc<str>,
     pub qtype: Option<RecordType>,
+    /// Whether the same query bytes (but the 2-byte id) always get the same bytes back (but the
+    /// id) while the zones and view stay the same: false when the answer used the per-query
+    /// `entropy` (weighted or multivalue choices) or the client's address (zone transfers).
+    /// The UDP workers reuse the wire of a cacheable answer (see [`crate::cache`]).
+    pub cacheable: bool,
 }
 
 impl Response {
@@ -89,6 +94,7 @@ impl Response {
             rcode: ResponseCode::NoError,
             name_label: Arc::from(name_label),
             qtype: None,
+            cacheable: false,
         }
     }
 }
@@ -136,6 +142,7 @@ pub fn handle_packet(
                 rcode: ResponseCode::FormErr,
                 name_label: fixed_label(LABEL_MALFORMED),
                 qtype: None,
+                cacheable: true,
             })
         }
     }
@@ -173,6 +180,7 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
     };
     let qtype = query.queries().first().map(Query::query_type);
     let mut label: Arc<str> = fixed_label(LABEL_MALFORMED);
+    let mut cacheable = true;
     let rcode = 'rcode: {
         if client_edns.is_some_and(|e| e.version() > 0) {
             break 'rcode ResponseCode::BADVERS;
@@ -193,18 +201,25 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
         }
         match question.query_type() {
             RecordType::AXFR | RecordType::IXFR => {
-                return transfer(zones, zone, view, request, question, response, limit);
+                // Depends on the client's address: never cacheable.
+                let mut transferred = transfer(zones, zone, view, request, question, response, limit);
+                transferred.cacheable = false;
+                return transferred;
             }
             RecordType::OPT => break 'rcode ResponseCode::FormErr,
             _ => {}
         }
         response.set_authoritative(true);
-        let (rcode, name_label) = resolve(zone, view, question, request.entropy, &mut response);
+        let mut random = false;
+        let (rcode, name_label) = resolve(zone, view, question, request.entropy, &mut random, &mut response);
         label = name_label;
+        cacheable = !random;
         rcode
     };
     response.set_response_code(rcode);
-    finish(response, limit, label, qtype)
+    let mut finished = finish(response, limit, label, qtype);
+    finished.cacheable &= cacheable;
+    finished
 }
 
 /// Fills the answer, authority and additional sections; returns the rcode and metrics label.
@@ -213,6 +228,7 @@ fn resolve(
     view: &HealthView,
     question: &Query,
     entropy: u64,
+    random: &mut bool,
     response: &mut Message,
 ) -> (ResponseCode, Arc<str>) {
     let qtype = question.query_type();
@@ -255,7 +271,7 @@ fn resolve(
             && let Some(cname) = node.rrset(RecordType::CNAME)
         {
             let before = answers.len();
-            push_set(cname, &owner, view, entropy, &mut answers);
+            push_set(cname, &owner, view, entropy, random, &mut answers);
             let target = answers[before..].iter().find_map(|r| match r.data() {
                 RData::CNAME(target) => Some(target.0.clone()),
                 _ => None,
@@ -277,11 +293,11 @@ fn resolve(
             };
             if wanted {
                 found = true;
-                push_set(set, &owner, view, entropy, &mut answers);
+                push_set(set, &owner, view, entropy, random, &mut answers);
             }
         }
         if found {
-            add_glue(zone, view, entropy, &answers, &mut additionals);
+            add_glue(zone, view, entropy, random, &answers, &mut additionals);
         } else {
             negative = true;
         }
@@ -308,8 +324,9 @@ fn dynamic_txt<'v>(view: &'v HealthView, name: &Name) -> Option<&'v String> {
     view.txt.get(&key)
 }
 
-/// Adds the records of `set` that answer now (policies resolved against `view`).
-fn push_set(set: &RrSet, owner: &Name, view: &HealthView, entropy: u64, out: &mut Vec<Record>) {
+/// Adds the records of `set` that answer now (policies resolved against `view`); sets `random`
+/// when the choice used `entropy`.
+fn push_set(set: &RrSet, owner: &Name, view: &HealthView, entropy: u64, random: &mut bool, out: &mut Vec<Record>) {
     match &set.data {
         RrData::Static { ttl, rdatas } => {
             out.extend(
@@ -319,6 +336,7 @@ fn push_set(set: &RrSet, owner: &Name, view: &HealthView, entropy: u64, out: &mu
             );
         }
         RrData::Routed(policy) => {
+            *random |= policy::uses_entropy(policy);
             for member in policy::select(policy, view, entropy) {
                 out.extend(
                     member
@@ -332,7 +350,14 @@ fn push_set(set: &RrSet, owner: &Name, view: &HealthView, entropy: u64, out: &mu
 }
 
 /// Addresses of in-zone MX, SRV and NS targets, so resolvers need no second query.
-fn add_glue(zone: &Zone, view: &HealthView, entropy: u64, answers: &[Record], out: &mut Vec<Record>) {
+fn add_glue(
+    zone: &Zone,
+    view: &HealthView,
+    entropy: u64,
+    random: &mut bool,
+    answers: &[Record],
+    out: &mut Vec<Record>,
+) {
     for record in answers {
         let target = match record.data() {
             RData::MX(mx) => mx.exchange(),
@@ -346,7 +371,7 @@ fn add_glue(zone: &Zone, view: &HealthView, entropy: u64, answers: &[Record], ou
         if let Lookup::Exact(node) = zone.find(target) {
             for rtype in [RecordType::A, RecordType::AAAA] {
                 if let Some(set) = node.rrset(rtype) {
-                    push_set(set, target, view, entropy, out);
+                    push_set(set, target, view, entropy, random, out);
                 }
             }
         }
@@ -387,6 +412,7 @@ fn finish(mut response: Message, limit: usize, label: Arc<str>, qtype: Option<Re
         wire: vec![wire],
         name_label: label,
         qtype,
+        cacheable: true,
     }
 }
 
@@ -495,6 +521,7 @@ fn transfer(
         rcode: ResponseCode::NoError,
         name_label: label,
         qtype,
+        cacheable: false,
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod answer;
+pub mod cache;
 pub mod config;
 pub mod metrics;
 pub mod policy;

@@ -170,10 +170,21 @@ impl CounterCache {
         rcode: ResponseCode,
         transport: Transport,
     ) {
+        self.counter(metrics, name, qtype, rcode, transport).inc();
+    }
+
+    /// The counter of these labels (a handle: incrementing a clone counts on it).
+    pub fn counter(
+        &mut self,
+        metrics: &Metrics,
+        name: &Arc<str>,
+        qtype: Option<RecordType>,
+        rcode: ResponseCode,
+        transport: Transport,
+    ) -> Counter {
         let key = (Arc::clone(name), qtype, rcode, transport);
         if let Some(counter) = self.counters.get(&key) {
-            counter.inc();
-            return;
+            return counter.clone();
         }
         if self.counters.len() >= COUNTER_CACHE_ENTRIES_MAX {
             self.counters.clear();
@@ -189,8 +200,8 @@ impl CounterCache {
                 },
             })
             .clone();
-        counter.inc();
-        self.counters.insert(key, counter);
+        self.counters.insert(key, counter.clone());
+        counter
     }
 }
 

@@ -67,6 +67,12 @@ impl SplitMix64 {
     }
 }
 
+/// Whether [`select`] may use its `entropy` for this policy (weighted and multivalue choices);
+/// a failover answer depends on the view alone.
+pub fn uses_entropy(policy: &Policy) -> bool {
+    !matches!(policy, Policy::Failover { .. })
+}
+
 /// The members that answer right now. `entropy` picks among weighted and multivalue members.
 pub fn select<'a>(policy: &'a Policy, view: &HealthView, entropy: u64) -> Vec<&'a Member> {
     match policy {

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 
 use crate::answer::{Response, Transport, handle_packet};
+use crate::cache::AnswerCache;
 use crate::config::Limits;
 use crate::metrics::{CounterCache, Metrics};
 use crate::policy::SplitMix64;
@@ -92,11 +93,13 @@ impl State {
         }
     }
 
-    /// Refreshes `snapshot` if the zones or view changed since it was taken.
-    pub fn refresh(&self, snapshot: &mut Snapshot) {
+    /// Refreshes `snapshot` if the zones or view changed since it was taken; says whether they did.
+    pub fn refresh(&self, snapshot: &mut Snapshot) -> bool {
         if self.epoch.load(Ordering::Acquire) != snapshot.epoch {
             *snapshot = self.snapshot();
+            return true;
         }
+        false
     }
 
     pub fn zones(&self) -> Arc<Zones> {
@@ -359,11 +362,34 @@ impl UdpLimiter<'_> {
         if !self.enabled {
             return Verdict::Send;
         }
-        let now_ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         let answers = response.messages.first().map_or(0, |m| m.answers().len());
+        self.judge_outline(
+            state,
+            response.rcode,
+            answers,
+            &response.name_label,
+            response.qtype,
+            peer,
+        )
+    }
+
+    /// [`judge`](Self::judge) from what the limiter reads of a response.
+    fn judge_outline(
+        &self,
+        state: &State,
+        rcode: hickory_proto::op::ResponseCode,
+        answers: usize,
+        name_label: &str,
+        qtype: Option<hickory_proto::rr::RecordType>,
+        peer: SocketAddr,
+    ) -> Verdict {
+        if !self.enabled {
+            return Verdict::Send;
+        }
+        let now_ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (verdict, evicted) = {
             let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
-            let class = classify(&limiter, response.rcode, answers, &response.name_label, response.qtype);
+            let class = classify(&limiter, rcode, answers, name_label, qtype);
             let before = limiter.counts().evicted;
             let verdict = limiter.check(peer.ip(), class, now_ms);
             (verdict, limiter.counts().evicted - before)
@@ -398,6 +424,7 @@ fn udp_worker(
     let mut buffer = vec![0u8; REQUEST_BYTES_MAX];
     let mut snapshot = state.snapshot();
     let mut counters = CounterCache::default();
+    let mut cache = AnswerCache::default();
     while !stop.load(Ordering::Relaxed) {
         let (length, peer) = match socket.recv_from(&mut buffer) {
             Ok(received) => received,
@@ -412,8 +439,48 @@ fn udp_worker(
                 continue;
             }
         };
-        state.refresh(&mut snapshot);
+        if state.refresh(&mut snapshot) {
+            cache.clear();
+        }
         let packet = &buffer[..length];
+        if let Some(cached) = cache.get(packet) {
+            match limiter.judge_outline(
+                state,
+                cached.rcode,
+                cached.answers,
+                &cached.name_label,
+                cached.qtype,
+                peer,
+            ) {
+                Verdict::Send => {
+                    cached.counter.inc();
+                    if let Err(e) = socket.send_to(cached.answer_to(packet), peer) {
+                        tracing::debug!(error = %e, %peer, "udp send failed");
+                    }
+                    continue;
+                }
+                Verdict::Drop => continue,
+                Verdict::Slip => {
+                    // Rare (only under rate limiting): the slipped form is built from the full
+                    // response, judged once already.
+                    let response = handle_packet(
+                        &snapshot.zones,
+                        &snapshot.view,
+                        packet,
+                        Transport::Udp,
+                        peer.ip(),
+                        rng.next_u64(),
+                    );
+                    let slipped = response.as_ref().and_then(|r| r.messages.first()).and_then(truncated);
+                    if let Some(wire) = slipped
+                        && let Err(e) = socket.send_to(&wire, peer)
+                    {
+                        tracing::debug!(error = %e, %peer, "udp send failed");
+                    }
+                    continue;
+                }
+            }
+        }
         match handle_packet(
             &snapshot.zones,
             &snapshot.view,
@@ -436,13 +503,15 @@ fn udp_worker(
                         continue;
                     }
                 }
-                counters.count(
+                let counter = counters.counter(
                     &state.metrics,
                     &response.name_label,
                     response.qtype,
                     response.rcode,
                     Transport::Udp,
                 );
+                counter.inc();
+                cache.insert(packet, &response, counter);
                 for wire in &response.wire {
                     if let Err(e) = socket.send_to(wire, peer) {
                         tracing::debug!(error = %e, %peer, "udp send failed");

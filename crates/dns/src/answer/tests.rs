@@ -583,6 +583,106 @@ fn answers_are_deterministic() {
     }
 }
 
+#[test]
+fn only_answers_that_depend_on_the_query_bytes_alone_are_cacheable() {
+    let zones = zones();
+    let view = HealthView::default();
+    let cacheable = |qname: &str, qtype| answer(&zones, &view, &request(qname, qtype)).cacheable;
+    assert!(cacheable("plain.shop.example.", RecordType::A));
+    assert!(
+        cacheable("app.shop.example.", RecordType::A),
+        "failover depends on the view only"
+    );
+    assert!(cacheable("nope.shop.example.", RecordType::A));
+    assert!(cacheable("other.example.", RecordType::A));
+    assert!(
+        !cacheable("api.shop.example.", RecordType::A),
+        "weighted uses the entropy"
+    );
+    assert!(
+        !cacheable("pool.shop.example.", RecordType::A),
+        "multivalue uses the entropy"
+    );
+    assert!(
+        !cacheable("shop.example.", RecordType::IXFR),
+        "transfers depend on the client"
+    );
+    assert!(!cacheable("shop.example.", RecordType::AXFR));
+}
+
+#[test]
+fn a_cached_answer_is_the_fresh_answer_with_the_query_id() {
+    use crate::cache::AnswerCache;
+    let zones = zones();
+    let view = down(&["us-east-1"], 2);
+    let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut cache = AnswerCache::default();
+    for (qname, qtype) in [
+        ("plain.shop.example.", RecordType::A),
+        ("WWW.shop.example.", RecordType::A),
+        ("app.shop.example.", RecordType::A),
+        ("shop.example.", RecordType::MX),
+        ("nope.shop.example.", RecordType::AAAA),
+        ("big.shop.example.", RecordType::TXT),
+    ] {
+        let first = request(qname, qtype).message.to_vec().expect("encodes");
+        let response = handle_packet(&zones, &view, &first, Transport::Udp, client, 1).expect("answered");
+        assert!(response.cacheable, "{qname} {qtype}");
+        cache.insert(
+            &first,
+            &response,
+            prometheus_client::metrics::counter::Counter::default(),
+        );
+        let mut again = request(qname, qtype);
+        again.message.set_id(999);
+        let again = again.message.to_vec().expect("encodes");
+        let fresh = handle_packet(&zones, &view, &again, Transport::Udp, client, 2).expect("answered");
+        let cached = cache.get(&again).expect("the same question hits the cache");
+        assert_eq!(cached.answer_to(&again), &fresh.wire[0][..], "{qname} {qtype}");
+        assert_eq!(cached.rcode, fresh.rcode);
+        assert_eq!(cached.answers, fresh.messages[0].answers().len());
+    }
+    // Other flags (here: no RD) are another key.
+    let mut other = request("plain.shop.example.", RecordType::A);
+    other.message.set_recursion_desired(false);
+    assert!(cache.get(&other.message.to_vec().expect("encodes")).is_none());
+    // Entropy-dependent answers are never kept.
+    let weighted = request("api.shop.example.", RecordType::A)
+        .message
+        .to_vec()
+        .expect("encodes");
+    let response = handle_packet(&zones, &view, &weighted, Transport::Udp, client, 1).expect("answered");
+    cache.insert(
+        &weighted,
+        &response,
+        prometheus_client::metrics::counter::Counter::default(),
+    );
+    assert!(cache.get(&weighted).is_none());
+}
+
+#[test]
+fn the_answer_cache_is_bounded() {
+    use crate::cache::{ANSWER_CACHE_ENTRIES_MAX, AnswerCache};
+    let zones = zones();
+    let view = HealthView::default();
+    let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut cache = AnswerCache::default();
+    for i in 0..ANSWER_CACHE_ENTRIES_MAX + 10 {
+        let packet = request(&format!("n{i}.shop.example."), RecordType::A)
+            .message
+            .to_vec()
+            .expect("encodes");
+        let response = handle_packet(&zones, &view, &packet, Transport::Udp, client, 1).expect("answered");
+        cache.insert(
+            &packet,
+            &response,
+            prometheus_client::metrics::counter::Counter::default(),
+        );
+        assert!(cache.len() <= ANSWER_CACHE_ENTRIES_MAX);
+    }
+    assert!(!cache.is_empty());
+}
+
 mod fuzz {
     use proptest::prelude::*;
 
@@ -656,6 +756,39 @@ mod fuzz {
             }
             check(&mutated, Transport::Udp, &zones, &view);
             check(&mutated[..cut.index(mutated.len() + 1)], Transport::Tcp, &zones, &view);
+        }
+
+        /// A cacheable answer is the same bytes (but the id) whatever the id, entropy and client.
+        #[test]
+        fn cacheable_answers_depend_on_the_query_bytes_alone(
+            packet in valid_query(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+            id in any::<u16>(),
+            entropy in any::<u64>(),
+        ) {
+            let zones = zones();
+            let view = down(&["eu-west-1"], 1);
+            let mut packet = packet;
+            for (index, byte) in flips {
+                let i = index.index(packet.len());
+                packet[i] = byte;
+            }
+            let near = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+            let far = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99));
+            if let Some(first) = handle_packet(&zones, &view, &packet, Transport::Udp, near, 1)
+                && first.cacheable
+                && packet.len() > 2
+            {
+                let mut other = packet.clone();
+                other[..2].copy_from_slice(&id.to_be_bytes());
+                let second = handle_packet(&zones, &view, &other, Transport::Udp, far, entropy).expect("answered");
+                prop_assert!(second.cacheable);
+                prop_assert_eq!(first.wire.len(), second.wire.len());
+                for (a, b) in first.wire.iter().zip(&second.wire) {
+                    prop_assert_eq!(&a[2..], &b[2..]);
+                    prop_assert_eq!(&b[..2], &id.to_be_bytes()[..]);
+                }
+            }
         }
     }
 }
