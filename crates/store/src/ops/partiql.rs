@@ -221,10 +221,13 @@ fn select_page(
             }
         }
     }
-    let mode = match (&select.projection, index) {
-        (Some(_), _) => SelectMode::Specific,
-        (None, Some(_)) => SelectMode::AllProjected,
-        (None, None) => SelectMode::AllAttributes,
+    // Items come back whole (or as the index holds them) and are projected here, flat: a
+    // projection inside read_page would compact lists (`l[3]` becomes `l[0]`). A projection
+    // from a local index reads the table's item, as DynamoDB fetches unprojected attributes.
+    let mode = match index {
+        Some(index) if index.kind == IndexKind::Local && select.projection.is_some() => SelectMode::AllAttributes,
+        Some(_) => SelectMode::AllProjected,
+        None => SelectMode::AllAttributes,
     };
     let continuation = options
         .next_token
@@ -285,7 +288,7 @@ fn select_page(
                 start,
                 limit: cap,
                 filter: filter.as_ref(),
-                projection: select.projection.as_deref(),
+                projection: None,
                 select: mode,
             },
         )?;
@@ -856,7 +859,7 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
             ));
         }
         if store.transactions.check(token, digest, now)? {
-            return Ok(json!({"Responses": vec![json!({}); count]}));
+            return Ok(json!({}));
         }
     }
     let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
@@ -874,7 +877,7 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
     if let Some(token) = request.client_request_token {
         store.transactions.remember(token, digest, now);
     }
-    let mut response = json!({"Responses": vec![json!({}); count]});
+    let mut response = json!({});
     if let Some(list) = capacity_list(mode, &capacity) {
         response["ConsumedCapacity"] = list;
     }

@@ -208,8 +208,19 @@ pub(crate) fn condition(expr: &Expr, parameters: &Parameters<'_>) -> Result<Node
         }
         Expr::IsMissing(subject) => Node::NotExists(path_argument("IS MISSING", subject)?),
         Expr::IsNull(subject) => Node::Type(Operand::Path(path_argument("IS NULL", subject)?), ValueType::Null),
-        Expr::And(left, right) => Node::And(vec![condition(left, parameters)?, condition(right, parameters)?]),
-        Expr::Or(left, right) => Node::Or(vec![condition(left, parameters)?, condition(right, parameters)?]),
+        // Chains of AND and OR are flattened without recursion: a long chain is deep as a tree.
+        Expr::And(..) => Node::And(
+            conjuncts(expr)
+                .into_iter()
+                .map(|part| condition(part, parameters))
+                .collect::<Result<_, _>>()?,
+        ),
+        Expr::Or(..) => Node::Or(
+            disjuncts(expr)
+                .into_iter()
+                .map(|part| condition(part, parameters))
+                .collect::<Result<_, _>>()?,
+        ),
         Expr::Not(inner) => Node::Not(Box::new(condition(inner, parameters)?)),
         Expr::Call(name, arguments) => function(name, arguments, parameters)?,
         _ => {
@@ -285,6 +296,22 @@ pub(crate) fn conjuncts(expr: &Expr) -> Vec<&Expr> {
     while let Some(expr) = stack.pop() {
         match expr {
             Expr::And(left, right) => {
+                stack.push(right);
+                stack.push(left);
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The top-level OR-ed parts of a condition.
+fn disjuncts(expr: &Expr) -> Vec<&Expr> {
+    let mut out = Vec::new();
+    let mut stack = vec![expr];
+    while let Some(expr) = stack.pop() {
+        match expr {
+            Expr::Or(left, right) => {
                 stack.push(right);
                 stack.push(left);
             }
@@ -569,4 +596,35 @@ pub(crate) fn project(item: &Item, paths: Option<&[Path]>) -> Item {
             .filter_map(|path| lookup(item, path).map(|value| (output_name(path), value.clone())))
             .collect(),
     }
+}
+
+/// Parses `text` and translates everything in it that does not need storage (conditions,
+/// keys against `schema`, update actions, values) the way ExecuteStatement does before it reads
+/// or writes: the entry point of the fuzz target and the property tests.
+pub fn check_statement(text: &str, parameters: &[AttributeValue], schema: &KeySchema) -> Result<(), ApiError> {
+    let parsed = parse_statement(text)?;
+    let parameters = Parameters(parameters);
+    parameters.check(&parsed)?;
+    match &parsed.statement {
+        Statement::Select(select) | Statement::Exists(select) => {
+            if let Some(paths) = &select.projection {
+                check_projection(paths)?;
+            }
+            where_condition(select.condition.as_ref(), &parameters)?;
+            partitions(select.condition.as_ref(), schema, &parameters)?;
+        }
+        Statement::Update {
+            assignments, condition, ..
+        } => {
+            keyed_where(condition, schema, &parameters)?;
+            update(assignments, schema, &parameters)?;
+        }
+        Statement::Delete { condition, .. } => {
+            keyed_where(condition, schema, &parameters)?;
+        }
+        Statement::Insert { value: v, .. } => {
+            value(v, &parameters, "root")?;
+        }
+    }
+    Ok(())
 }

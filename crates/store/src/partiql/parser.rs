@@ -639,18 +639,34 @@ impl Parser {
         }
     }
 
+    /// `a + b - c ...`: each operator nests the tree one level, so it counts toward the depth.
     fn sum(&mut self) -> Result<Expr, ApiError> {
         let mut left = self.primary()?;
-        loop {
-            if self.eat_symbol("+") {
-                left = Expr::Plus(Box::new(left), Box::new(self.primary()?));
-            } else if self.peek_symbol("-") {
-                self.at += 1;
-                left = Expr::Minus(Box::new(left), Box::new(self.primary()?));
+        let mut operators = 0;
+        let result = loop {
+            let plus = if self.eat_symbol("+") {
+                true
+            } else if self.eat_symbol("-") {
+                false
             } else {
-                return Ok(left);
+                break Ok(left);
+            };
+            if let Err(error) = self.enter() {
+                break Err(error);
             }
-        }
+            operators += 1;
+            let right = match self.primary() {
+                Ok(right) => right,
+                Err(error) => break Err(error),
+            };
+            left = if plus {
+                Expr::Plus(Box::new(left), Box::new(right))
+            } else {
+                Expr::Minus(Box::new(left), Box::new(right))
+            };
+        };
+        self.depth -= operators;
+        result
     }
 
     fn primary(&mut self) -> Result<Expr, ApiError> {

@@ -349,7 +349,7 @@ proptest! {
     /// Whatever the text, parsing answers (a statement or a ValidationException) and never panics.
     #[test]
     fn parsing_never_panics(text in "\\PC{0,200}") {
-        if let Err(error) = parse_statement(&text) {
+        if let Err(error) = check_statement(&text, &[], &schema()) {
             prop_assert_eq!(error.kind, ErrorKind::Validation);
         }
     }
@@ -357,29 +357,25 @@ proptest! {
     #[test]
     fn statements_of_fragments_never_panic(parts in proptest::collection::vec(proptest::sample::select(FRAGMENTS), 0..60)) {
         let text = parts.join(" ");
-        match parse_statement(&text) {
-            Ok(parsed) => {
-                // Translating what parsed must not panic either, with or without parameters.
-                let values = vec![AttributeValue::S("p".into()); parsed.parameters];
-                let parameters = Parameters(&values);
-                match &parsed.statement {
-                    Statement::Select(select) | Statement::Exists(select) => {
-                        let _ = where_condition(select.condition.as_ref(), &parameters);
-                        let _ = partitions(select.condition.as_ref(), &schema(), &parameters);
-                    }
-                    Statement::Update { assignments, condition, .. } => {
-                        let _ = update(assignments, &schema(), &parameters);
-                        let _ = keyed_where(condition, &schema(), &parameters);
-                    }
-                    Statement::Delete { condition, .. } => {
-                        let _ = keyed_where(condition, &schema(), &parameters);
-                    }
-                    Statement::Insert { value: v, .. } => {
-                        let _ = value(v, &parameters, "root");
-                    }
-                }
-            }
-            Err(error) => prop_assert_eq!(error.kind, ErrorKind::Validation),
+        let values = vec![AttributeValue::S("p".into()); 8];
+        if let Err(error) = check_statement(&text, &values, &schema()) {
+            prop_assert_eq!(error.kind, ErrorKind::Validation);
         }
     }
+}
+
+#[test]
+fn long_chains_translate_without_deep_recursion() {
+    let chain = vec!["a = 1"; 1000].join(" AND ");
+    let expr = where_of(&format!(
+        "SELECT * FROM t WHERE {chain} OR {}",
+        vec!["b = 2"; 500].join(" OR ")
+    ));
+    let condition = where_condition(Some(&expr), &Parameters(&[]))
+        .expect("translates")
+        .expect("a condition");
+    let item: Item = serde_json::from_value(serde_json::json!({"b": {"N": "2"}})).expect("item");
+    assert!(condition.evaluate(&item).expect("evaluates"));
+    let sums = format!("UPDATE t SET a = 1{} WHERE pk = 'a' AND sk = 1", " + 1".repeat(100));
+    assert!(message(&sums).contains("nests deeper"));
 }
