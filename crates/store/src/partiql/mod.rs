@@ -322,7 +322,7 @@ fn disjuncts(expr: &Expr) -> Vec<&Expr> {
 }
 
 /// `name = constant` (either way round) on a top-level attribute: the name and the constant.
-fn key_equality<'e>(expr: &'e Expr) -> Option<(&'e str, &'e Expr)> {
+fn key_equality(expr: &Expr) -> Option<(&str, &Expr)> {
     let Expr::Compare(CompareOp::Eq, left, right) = expr else {
         return None;
     };

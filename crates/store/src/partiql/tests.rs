@@ -226,8 +226,7 @@ fn updates_refuse_keys_and_overlaps() {
         &schema(),
         &Parameters(&[]),
     )
-    .err()
-    .expect("key");
+    .expect_err("key");
     assert!(
         error.message.contains("Cannot update attribute pk"),
         "{}",
@@ -238,8 +237,7 @@ fn updates_refuse_keys_and_overlaps() {
         &schema(),
         &Parameters(&[]),
     )
-    .err()
-    .expect("overlap");
+    .expect_err("overlap");
     assert!(
         error.message.starts_with("Two document paths overlap"),
         "{}",
