@@ -207,7 +207,13 @@ fn select_page(
         for (path, descending) in &select.order_by {
             match single_attribute(path) {
                 Some(name) if name == schema.partition.name => {
-                    values.sort_by_key(|v| keys::partition_prefix(meta.key_hash, v));
+                    // By the key's value (its order-preserving encoding), not by the stored
+                    // key, which starts with the partition's hash.
+                    values.sort_by_key(|v| {
+                        let mut encoded = Vec::new();
+                        keys::encode_key_value(v, &mut encoded);
+                        encoded
+                    });
                     if *descending {
                         values.reverse();
                     }
