@@ -21,6 +21,8 @@ VIEW_TYPES = ["KEYS_ONLY", "NEW_IMAGE", "OLD_IMAGE", "NEW_AND_OLD_IMAGES"]
 TTL_DEADLINE_S = 30
 TRIM_DEADLINE_S = 30
 REPLICATION_DEADLINE_S = 60
+# ENABLING/DISABLING last about a second (store::streams::STATUS_TRANSITION_MS).
+STATUS_DEADLINE_S = 30
 
 
 def streams_client(url, region=REGION):
@@ -147,7 +149,10 @@ def test_describe_table_list_streams_and_describe_stream(store):
     listed = streams.list_streams(TableName=name)["Streams"]
     assert listed == [{"StreamArn": arn, "TableName": name, "StreamLabel": label}]
     description = streams.describe_stream(StreamArn=arn)["StreamDescription"]
-    assert description["StreamStatus"] == "ENABLED"
+    # ENABLING first, as on DynamoDB, then ENABLED within the store's short transition.
+    assert description["StreamStatus"] in ("ENABLING", "ENABLED")
+    wait_for(lambda: streams.describe_stream(StreamArn=arn)["StreamDescription"]["StreamStatus"] == "ENABLED",
+             STATUS_DEADLINE_S, "the stream to be ENABLED")
     assert description["StreamViewType"] == "KEYS_ONLY"
     assert description["TableName"] == name
     assert description["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
@@ -243,7 +248,9 @@ def test_update_table_stream_rules(store):
     disabled = client.update_table(TableName=name, StreamSpecification={"StreamEnabled": False})["TableDescription"]
     assert "StreamSpecification" not in disabled
     assert disabled["LatestStreamArn"] == first
-    assert streams.describe_stream(StreamArn=first)["StreamDescription"]["StreamStatus"] == "DISABLED"
+    assert streams.describe_stream(StreamArn=first)["StreamDescription"]["StreamStatus"] in ("DISABLING", "DISABLED")
+    wait_for(lambda: streams.describe_stream(StreamArn=first)["StreamDescription"]["StreamStatus"] == "DISABLED",
+             STATUS_DEADLINE_S, "the disabled stream to be DISABLED")
     client.put_item(TableName=name, Item={"pk": {"S": "while-disabled"}})
     assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in read_all(streams, first)] == ["before-disable"]
     second = client.update_table(TableName=name, StreamSpecification={
@@ -252,7 +259,8 @@ def test_update_table_stream_rules(store):
     client.delete_table(TableName=name)
     listed = {s["StreamArn"] for s in streams.list_streams(TableName=name)["Streams"]}
     assert listed == {first, second}
-    assert streams.describe_stream(StreamArn=second)["StreamDescription"]["StreamStatus"] == "DISABLED"
+    wait_for(lambda: streams.describe_stream(StreamArn=second)["StreamDescription"]["StreamStatus"] == "DISABLED",
+             STATUS_DEADLINE_S, "the deleted table's stream to be DISABLED")
 
 
 def test_ttl_deletions_carry_the_service_identity(store):

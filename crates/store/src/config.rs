@@ -28,6 +28,9 @@
 //! clock_offset_max_ms = 1000              # local writes never stamped further ahead
 //! disk_free_bytes_min = "2GiB"            # below this, new writes are refused (deletes go on)
 //! disk_reserve_bytes = "64MiB"            # preallocated, released below the watermark
+//! stream_retention_ms = 86400000          # DynamoDB Streams: records kept (default 24 h)
+//! stream_shard_age_ms = 14400000          # a shard closes after this long (default 4 h)...
+//! stream_shard_records_max = 100000       # ...or this many records
 //!
 //! [store.peers]                           # the other regions' stores, for global tables
 //! eu-west-1 = "http://10.1.0.5:8000"
@@ -73,6 +76,8 @@ pub struct StoreFileConfig {
     pub clock_offset_max_ms: Option<u64>,
     pub disk_free_bytes_min: Option<u64>,
     pub disk_reserve_bytes: Option<u64>,
+    /// `stream_retention_ms`, `stream_shard_age_ms`, `stream_shard_records_max`.
+    pub stream_limits: crate::streams::StreamLimitKeys,
     pub peers: Vec<Peer>,
 }
 
@@ -178,6 +183,9 @@ struct RawStore {
     clock_offset_max_ms: Option<Spanned<i64>>,
     disk_free_bytes_min: Option<Spanned<toml::Value>>,
     disk_reserve_bytes: Option<Spanned<toml::Value>>,
+    stream_retention_ms: Option<Spanned<i64>>,
+    stream_shard_age_ms: Option<Spanned<i64>>,
+    stream_shard_records_max: Option<Spanned<i64>>,
     #[serde(default)]
     peers: BTreeMap<String, Spanned<String>>,
 }
@@ -358,6 +366,11 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
         tls_key: path(&raw.tls_key, "tls_key")?,
         peer_ca: path(&raw.peer_ca, "peer_ca")?,
         replication_key_file: path(&raw.replication_key_file, "replication_key_file")?,
+        stream_limits: crate::streams::StreamLimitKeys {
+            retention_ms: positive(&raw.stream_retention_ms, "stream_retention_ms")?,
+            shard_age_ms: positive(&raw.stream_shard_age_ms, "stream_shard_age_ms")?,
+            shard_records_max: positive(&raw.stream_shard_records_max, "stream_shard_records_max")?,
+        },
         peers,
     })
 }
@@ -392,6 +405,40 @@ replication_backlog_bytes_max = "512MiB"
 eu-west-1 = "http://127.0.0.1:8001/"
 ap-south-1 = "https://store.ap-south-1.example:8000"
 "#;
+
+    #[test]
+    fn stream_limits_are_read_and_checked_with_their_line() {
+        let config = parse(
+            "[store]\nstream_retention_ms = 3000\nstream_shard_age_ms = 60000\nstream_shard_records_max = 3\n",
+            Path::new("/srv"),
+        )
+        .expect("valid");
+        let keys = config.stream_limits;
+        assert_eq!(
+            (keys.retention_ms, keys.shard_age_ms, keys.shard_records_max),
+            (Some(3000), Some(60000), Some(3))
+        );
+        let limits = crate::streams::StreamLimits::from_file_and_lookup(&keys, |name| {
+            (name == crate::streams::ENV_SHARD_RECORDS_MAX).then(|| "7".to_string())
+        })
+        .expect("limits");
+        assert_eq!(
+            (limits.retention_ms, limits.shard_records_max),
+            (3000, 7),
+            "the variable wins"
+        );
+        let error = parse(
+            "[store]\nregion = \"us-east-1\"\nstream_shard_records_max = 0\n",
+            Path::new("/srv"),
+        )
+        .expect_err("zero");
+        assert!(
+            error.contains("line 3") && error.contains("stream_shard_records_max = 0 must be a positive whole number"),
+            "{error}"
+        );
+        let error = parse("[store]\nstream_retention_ms = \"1d\"\n", Path::new("/srv")).expect_err("a string");
+        assert!(error.contains("stream_retention_ms"), "{error}");
+    }
 
     #[test]
     fn tls_files_come_as_a_pair_relative_to_the_file() {

@@ -17,6 +17,7 @@ pub mod expr;
 pub mod global;
 pub mod keys;
 pub mod ops;
+pub mod partiql;
 pub mod record;
 pub mod replication_log;
 pub mod server;

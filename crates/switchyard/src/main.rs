@@ -362,6 +362,8 @@ impl ListenerLimitArgs {
 
 /// A store's settings: flags and environment over the config file over the defaults.
 struct StoreSettings {
+    /// `stream_*` keys of `[store]`; the SWITCHYARD_STREAM_* variables win over them.
+    stream_limits: store::streams::StreamLimitKeys,
     region: String,
     listen: SocketAddr,
     data_dir: PathBuf,
@@ -398,6 +400,7 @@ impl StoreArgs {
             .unwrap_or_else(|| STORE_REGION_DEFAULT.to_string());
         store::global::check_region_name(&region).map_err(|message| anyhow::anyhow!("--region: {message}"))?;
         Ok(StoreSettings {
+            stream_limits: file.stream_limits,
             limits,
             region,
             listen: match self.listen.or(file.listen) {
@@ -621,6 +624,11 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
             backup_dir: args.backup_dir.clone(),
         },
     )?;
+    // Engine::open_with read the SWITCHYARD_STREAM_* variables; the file's keys go under them.
+    engine.set_stream_limits(
+        store::streams::StreamLimits::from_file_and_lookup(&args.stream_limits, |name| std::env::var(name).ok())
+            .map_err(anyhow::Error::msg)?,
+    );
     let listener = TcpListener::bind(args.listen).await.with_context(|| {
         format!(
             "listen on {} (is the port in use? pick another with --listen)",

@@ -49,12 +49,9 @@ pub struct StreamMeta {
 }
 
 impl StreamMeta {
-    pub fn status(&self) -> &'static str {
-        if self.disabled_ms.is_some() {
-            "DISABLED"
-        } else {
-            "ENABLED"
-        }
+    /// StreamStatus at `now_ms`: ENABLING, then ENABLED; DISABLING, then DISABLED.
+    pub fn status(&self, now_ms: u64) -> &'static str {
+        streams::stream_status(self.created_ms, self.disabled_ms, now_ms)
     }
 }
 

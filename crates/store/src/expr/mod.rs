@@ -35,6 +35,9 @@ pub use ast::{
 pub use keycond::{KeyCondition, KeyOperator, parse_key_condition};
 pub use projection::{parse_projection, project};
 pub use update::{UpdateExpression, parse_update};
+// The trees PartiQL statements translate into (crate::partiql builds them directly).
+pub(crate) use ast::{Comparator, Node, Operand};
+pub(crate) use update::{Action, SetValue};
 
 use dynamo_protocol::ApiError;
 

@@ -37,7 +37,7 @@ pub struct TransactionTokens {
 impl TransactionTokens {
     /// `Some(true)` if this token already committed this same request; an error if the token
     /// was used for a different request.
-    fn check(&self, token: &str, digest: [u8; 32], now_ms: u64) -> Result<bool, ApiError> {
+    pub(super) fn check(&self, token: &str, digest: [u8; 32], now_ms: u64) -> Result<bool, ApiError> {
         let mut guard = self.seen.lock().expect("token lock is never poisoned");
         let (map, order) = &mut *guard;
         while let Some((oldest, at)) = order.front() {
@@ -58,7 +58,7 @@ impl TransactionTokens {
         }
     }
 
-    fn remember(&self, token: String, digest: [u8; 32], now_ms: u64) {
+    pub(super) fn remember(&self, token: String, digest: [u8; 32], now_ms: u64) {
         let mut guard = self.seen.lock().expect("token lock is never poisoned");
         let (map, order) = &mut *guard;
         map.insert(token.clone(), (digest, now_ms));

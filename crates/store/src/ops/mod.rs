@@ -6,6 +6,7 @@
 
 mod batch;
 mod items;
+mod partiql;
 mod query;
 mod tables;
 
@@ -35,6 +36,7 @@ pub const LIST_TABLES_LIMIT_MAX: usize = 100;
 /// The operations this store serves, in the order DynamoDB's API reference lists them.
 pub const OPERATIONS: &[&str] = &[
     "BatchGetItem",
+    "BatchExecuteStatement",
     "BatchWriteItem",
     "CreateBackup",
     "CreateGlobalTable",
@@ -50,6 +52,8 @@ pub const OPERATIONS: &[&str] = &[
     "DescribeLimits",
     "DescribeTable",
     "DescribeTimeToLive",
+    "ExecuteStatement",
+    "ExecuteTransaction",
     "GetItem",
     "ListBackups",
     "ListGlobalTables",
@@ -144,6 +148,9 @@ impl Store {
             "BatchWriteItem" => batch::batch_write(self, decode(body)?).await,
             "TransactWriteItems" => batch::transact_write(self, decode(body)?, body).await,
             "TransactGetItems" => batch::transact_get(self, decode(body)?),
+            "ExecuteStatement" => partiql::execute_statement(self, decode(body)?).await,
+            "BatchExecuteStatement" => partiql::batch_execute_statement(self, decode(body)?).await,
+            "ExecuteTransaction" => partiql::execute_transaction(self, decode(body)?).await,
             "DescribeGlobalTable" | "DescribeGlobalTableSettings" => Err(tables::legacy_global_table_not_found(body)),
             "ListGlobalTables" => Ok(serde_json::json!({"GlobalTables": []})),
             "CreateGlobalTable" | "UpdateGlobalTable" | "UpdateGlobalTableSettings" => Err(ApiError::validation(

@@ -22,7 +22,7 @@ use crate::keys::{self, KeyHash};
 pub const TOTAL_SEGMENTS_MAX: i64 = 1_000_000;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Select {
+pub(crate) enum Select {
     AllAttributes,
     AllProjected,
     Specific,
@@ -92,7 +92,7 @@ fn parse_limit(limit: Option<i64>) -> Result<Option<usize>, ApiError> {
 }
 
 /// The stored key an ExclusiveStartKey points at, for the table or an index.
-fn start_key(meta: &TableMeta, index: Option<&IndexMeta>, start: &Item) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn start_key(meta: &TableMeta, index: Option<&IndexMeta>, start: &Item) -> Result<Vec<u8>, ApiError> {
     let invalid = || {
         ApiError::validation("The provided starting key is invalid: The provided key element does not match the schema")
     };
@@ -128,30 +128,30 @@ fn last_evaluated_key(meta: &TableMeta, index: Option<&IndexMeta>, item: &Item) 
         .collect()
 }
 
-struct Page {
-    items: Vec<Item>,
-    count: usize,
-    scanned: usize,
-    last_key: Option<Item>,
-    bytes_read: usize,
+pub(crate) struct Page {
+    pub(crate) items: Vec<Item>,
+    pub(crate) count: usize,
+    pub(crate) scanned: usize,
+    pub(crate) last_key: Option<Item>,
+    pub(crate) bytes_read: usize,
 }
 
 /// What one page of a Query or Scan reads.
-struct PageRequest<'a> {
-    meta: &'a TableMeta,
-    index: Option<&'a IndexMeta>,
-    lower: Bound<Vec<u8>>,
-    upper: Bound<Vec<u8>>,
-    reverse: bool,
-    start: Option<Vec<u8>>,
-    limit: Option<usize>,
-    filter: Option<&'a Condition>,
-    projection: Option<&'a [Path]>,
-    select: Select,
+pub(crate) struct PageRequest<'a> {
+    pub(crate) meta: &'a TableMeta,
+    pub(crate) index: Option<&'a IndexMeta>,
+    pub(crate) lower: Bound<Vec<u8>>,
+    pub(crate) upper: Bound<Vec<u8>>,
+    pub(crate) reverse: bool,
+    pub(crate) start: Option<Vec<u8>>,
+    pub(crate) limit: Option<usize>,
+    pub(crate) filter: Option<&'a Condition>,
+    pub(crate) projection: Option<&'a [Path]>,
+    pub(crate) select: Select,
 }
 
 /// Reads a range with the page rules shared by Query and Scan.
-fn read_page(store: &Store, request: PageRequest<'_>) -> Result<Page, ApiError> {
+pub(crate) fn read_page(store: &Store, request: PageRequest<'_>) -> Result<Page, ApiError> {
     let PageRequest {
         meta,
         index,

@@ -152,7 +152,7 @@ fn describe_stream(engine: &Engine, request: DescribeStreamRequest) -> Result<Va
     let mut description = json!({
         "StreamArn": stream_arn(engine.region(), &stream.table, &stream.label),
         "StreamLabel": stream.label,
-        "StreamStatus": stream.status(),
+        "StreamStatus": stream.status(engine.now_unix_ms()),
         "StreamViewType": stream.view_type.as_str(),
         "CreationRequestDateTime": stream.created_ms as f64 / 1000.0,
         "TableName": stream.table,

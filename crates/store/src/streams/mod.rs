@@ -44,10 +44,37 @@ pub const STREAM_ARN_LENGTH_MAX: usize = 1024;
 /// The account the store puts in its ARNs (as in `TableMeta::arn`).
 const ACCOUNT: &str = "000000000000";
 
-/// The environment variables that override the stream limits (tests, tuning).
+/// How long a stream reports ENABLING after it was enabled, and DISABLING after it was
+/// disabled, before it reports ENABLED and DISABLED. DynamoDB takes a few seconds for each
+/// step; here the stream records from the first moment and stops at once, so only the reported
+/// status waits, for a short and bounded time.
+pub const STATUS_TRANSITION_MS: u64 = 1_000;
+
+/// The StreamStatus DescribeStream reports at `now_ms` for a stream enabled at `created_ms`
+/// and disabled at `disabled_ms`.
+pub fn stream_status(created_ms: u64, disabled_ms: Option<u64>, now_ms: u64) -> &'static str {
+    match disabled_ms {
+        Some(at) if now_ms.saturating_sub(at) < STATUS_TRANSITION_MS => "DISABLING",
+        Some(_) => "DISABLED",
+        None if now_ms.saturating_sub(created_ms) < STATUS_TRANSITION_MS => "ENABLING",
+        None => "ENABLED",
+    }
+}
+
+/// The environment variables that override the stream limits (tests, tuning); the `[store]`
+/// keys `stream_retention_ms`, `stream_shard_age_ms` and `stream_shard_records_max` set the
+/// same limits in the deployment file, and a variable that is set wins over its key.
 pub const ENV_RETENTION_MS: &str = "SWITCHYARD_STREAM_RETENTION_MS";
 pub const ENV_SHARD_AGE_MS: &str = "SWITCHYARD_STREAM_SHARD_AGE_MS";
 pub const ENV_SHARD_RECORDS_MAX: &str = "SWITCHYARD_STREAM_SHARD_RECORDS_MAX";
+
+/// The stream limits a `[store]` section sets (`None`: not in the file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamLimitKeys {
+    pub retention_ms: Option<u64>,
+    pub shard_age_ms: Option<u64>,
+    pub shard_records_max: Option<u64>,
+}
 
 /// Bounds of the stream's retention and shard rollover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +99,29 @@ impl Default for StreamLimits {
 impl StreamLimits {
     /// The defaults with the overrides of `lookup` (the environment in the binary).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<StreamLimits, String> {
+        StreamLimits::default().overridden_by(lookup)
+    }
+
+    /// The defaults, then the `[store]` file's keys, then the environment (`lookup`) over both.
+    pub fn from_file_and_lookup(
+        file: &StreamLimitKeys,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<StreamLimits, String> {
         let mut limits = StreamLimits::default();
+        if let Some(value) = file.retention_ms {
+            limits.retention_ms = value;
+        }
+        if let Some(value) = file.shard_age_ms {
+            limits.shard_age_ms = value;
+        }
+        if let Some(value) = file.shard_records_max {
+            limits.shard_records_max = value;
+        }
+        limits.overridden_by(lookup)
+    }
+
+    fn overridden_by(self, lookup: impl Fn(&str) -> Option<String>) -> Result<StreamLimits, String> {
+        let mut limits = self;
         let read = |name: &str| -> Result<Option<u64>, String> {
             match lookup(name) {
                 None => Ok(None),

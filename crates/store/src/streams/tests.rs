@@ -240,3 +240,29 @@ fn old_catalog_entries_read_as_no_stream() {
             .expect("current shape");
     assert_eq!(current.stream.map(|s| s.view_type), Some(ViewType::KeysOnly));
 }
+
+#[test]
+fn status_moves_from_enabling_to_enabled_and_disabling_to_disabled() {
+    let enabled_at = 1_000_000;
+    assert_eq!(stream_status(enabled_at, None, enabled_at), "ENABLING");
+    assert_eq!(
+        stream_status(enabled_at, None, enabled_at + STATUS_TRANSITION_MS - 1),
+        "ENABLING"
+    );
+    assert_eq!(
+        stream_status(enabled_at, None, enabled_at + STATUS_TRANSITION_MS),
+        "ENABLED"
+    );
+    // A clock that stepped back reads as the transition, never as a panic or a wrap.
+    assert_eq!(stream_status(enabled_at, None, enabled_at - 5), "ENABLING");
+    let disabled_at = enabled_at + 60_000;
+    assert_eq!(stream_status(enabled_at, Some(disabled_at), disabled_at), "DISABLING");
+    assert_eq!(
+        stream_status(enabled_at, Some(disabled_at), disabled_at + STATUS_TRANSITION_MS - 1),
+        "DISABLING"
+    );
+    assert_eq!(
+        stream_status(enabled_at, Some(disabled_at), disabled_at + STATUS_TRANSITION_MS),
+        "DISABLED"
+    );
+}

@@ -1,0 +1,1017 @@
+//! PartiQL operations: ExecuteStatement, BatchExecuteStatement, ExecuteTransaction.
+//!
+//! Statements are parsed and translated by [`crate::partiql`] (pure) and then run through the
+//! same paths as the item operations: reads on a snapshot with the Query/Scan page rules, writes
+//! as jobs of the one writer (`WriteContext::put`/`delete`), so Streams, global tables, indexes
+//! and TTL see a PartiQL write exactly as they see a PutItem or UpdateItem.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use dynamo_protocol::error::CancellationReason;
+use dynamo_protocol::{ApiError, AttributeValue, ErrorKind, Item};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::items::{condition_failed, parse_return_on_failure, updated_item, validate_key, validate_put};
+use super::query::{PageRequest, Select as SelectMode, read_page, start_key};
+use super::{
+    PAGE_BYTES_MAX, Store, TRANSACTION_ITEMS_MAX, consumed_capacity, item_json, read_units,
+    validate_return_consumed_capacity, write_units,
+};
+use crate::catalog::{IndexKind, IndexMeta, TableMeta};
+use crate::expr::{self, Condition, Path, PathElement, UpdateExpression};
+use crate::keys;
+use crate::partiql::{self, Parameters, Parsed, Returning, Select, Statement};
+
+/// Most statements in one BatchExecuteStatement (DynamoDB: 25).
+pub const BATCH_STATEMENTS_MAX: usize = 25;
+/// Longest NextToken accepted, in bytes (the API's constraint).
+pub const NEXT_TOKEN_BYTES_MAX: usize = 32_768;
+/// Most items one ExecuteStatement page holds when it reads several partitions (`IN`).
+pub const IN_PAGE_ITEMS_MAX: usize = 10;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExecuteStatementRequest {
+    statement: String,
+    parameters: Option<Vec<AttributeValue>>,
+    consistent_read: Option<bool>,
+    next_token: Option<String>,
+    return_consumed_capacity: Option<String>,
+    limit: Option<i64>,
+    return_values_on_condition_check_failure: Option<String>,
+}
+
+fn parameters_of(values: Option<&Vec<AttributeValue>>) -> Result<&[AttributeValue], ApiError> {
+    match values {
+        Some(values) if values.is_empty() => Err(ApiError::validation(
+            "1 validation error detected: Value '[]' at 'parameters' failed to satisfy constraint: Member must have length greater than or equal to 1",
+        )),
+        Some(values) => Ok(values),
+        None => Ok(&[]),
+    }
+}
+
+fn parse_checked(text: &str, parameters: &Parameters<'_>) -> Result<Parsed, ApiError> {
+    let parsed = partiql::parse_statement(text)?;
+    parameters.check(&parsed)?;
+    Ok(parsed)
+}
+
+pub async fn execute_statement(store: &Store, request: ExecuteStatementRequest) -> Result<Value, ApiError> {
+    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
+    let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
+    let limit = match request.limit {
+        None => None,
+        Some(limit) if limit >= 1 => Some(limit as usize),
+        Some(limit) => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value greater than or equal to 1"
+            )));
+        }
+    };
+    if request
+        .next_token
+        .as_ref()
+        .is_some_and(|t| t.is_empty() || t.len() > NEXT_TOKEN_BYTES_MAX)
+    {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value at 'nextToken' failed to satisfy constraint: Member must have length less than or equal to {NEXT_TOKEN_BYTES_MAX} and greater than or equal to 1"
+        )));
+    }
+    let values = parameters_of(request.parameters.as_ref())?;
+    let parameters = Parameters(values);
+    let parsed = parse_checked(&request.statement, &parameters)?;
+    let mode = request.return_consumed_capacity.as_deref();
+    match parsed.statement {
+        Statement::Select(select) => {
+            let digest = statement_digest(&request.statement, values);
+            select_page(
+                store,
+                &select,
+                &parameters,
+                SelectOptions {
+                    consistent: request.consistent_read.unwrap_or(false),
+                    limit,
+                    next_token: request.next_token.as_deref(),
+                    digest,
+                    mode,
+                },
+            )
+        }
+        Statement::Exists(_) => Err(ApiError::validation(
+            "EXISTS is a condition of ExecuteTransaction; ExecuteStatement runs SELECT, INSERT, UPDATE and DELETE",
+        )),
+        statement => {
+            let written = write_statement(store, statement, &parameters, return_old).await?;
+            let mut response = json!({"Items": written.items.iter().map(item_json).collect::<Vec<_>>()});
+            if let Some(capacity) = consumed_capacity(mode, &written.table, written.units) {
+                response["ConsumedCapacity"] = capacity;
+            }
+            Ok(response)
+        }
+    }
+}
+
+fn statement_digest(statement: &str, parameters: &[AttributeValue]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(statement.as_bytes());
+    hasher.update(serde_json::to_vec(parameters).unwrap_or_default());
+    hex::encode(&hasher.finalize()[..16])
+}
+
+struct SelectOptions<'a> {
+    consistent: bool,
+    limit: Option<usize>,
+    next_token: Option<&'a str>,
+    digest: String,
+    mode: Option<&'a str>,
+}
+
+/// Where a SELECT left off: the statement it belongs to, the partition (index into the
+/// statement's partition list; 0 for a scan) and the last key read there.
+#[derive(serde::Serialize, Deserialize)]
+struct Continuation {
+    statement: String,
+    partition: usize,
+    key: Option<Item>,
+}
+
+fn encode_token(continuation: &Continuation) -> String {
+    base64::engine::general_purpose::STANDARD
+        .encode(serde_json::to_vec(continuation).expect("a continuation always serialises"))
+}
+
+fn decode_token(token: &str, digest: &str) -> Result<Continuation, ApiError> {
+    let continuation: Continuation = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| ApiError::validation("Invalid NextToken"))?;
+    if continuation.statement != digest {
+        return Err(ApiError::validation(
+            "The provided starting key is invalid: the NextToken belongs to another statement or other parameters",
+        ));
+    }
+    Ok(continuation)
+}
+
+fn resolve_index<'m>(meta: &'m TableMeta, name: Option<&str>) -> Result<Option<&'m IndexMeta>, ApiError> {
+    match name {
+        None => Ok(None),
+        Some(name) => meta
+            .index(name)
+            .map(Some)
+            .ok_or_else(|| ApiError::validation(format!("The table does not have the specified index: {name}"))),
+    }
+}
+
+/// One attribute name, if the path is just that.
+fn single_attribute(path: &Path) -> Option<&str> {
+    match path.0.as_slice() {
+        [PathElement::Attribute(name)] => Some(name),
+        _ => None,
+    }
+}
+
+fn select_page(
+    store: &Store,
+    select: &Select,
+    parameters: &Parameters<'_>,
+    options: SelectOptions<'_>,
+) -> Result<Value, ApiError> {
+    let meta = store.engine().require_table(&select.table)?;
+    let index = resolve_index(&meta, select.index.as_deref())?;
+    if options.consistent && index.is_some_and(|i| i.kind == IndexKind::Global) {
+        return Err(ApiError::validation(
+            "Consistent reads are not supported on global secondary indexes",
+        ));
+    }
+    let schema = index.map_or(&meta.key, |i| &i.key);
+    if let Some(paths) = &select.projection {
+        partiql::check_projection(paths)?;
+    }
+    let filter = partiql::where_condition(select.condition.as_ref(), parameters)?;
+    let mut partitions = partiql::partitions(select.condition.as_ref(), schema, parameters)?;
+    let mut reverse = false;
+    if !select.order_by.is_empty() {
+        let Some(values) = partitions.as_mut() else {
+            return Err(ApiError::validation(
+                "Must have at least one non-optional hash key condition in WHERE clause when using ORDER BY clause.",
+            ));
+        };
+        for (path, descending) in &select.order_by {
+            match single_attribute(path) {
+                Some(name) if name == schema.partition.name => {
+                    // By the key's value (its order-preserving encoding), not by the stored
+                    // key, which starts with the partition's hash.
+                    values.sort_by_key(|v| {
+                        let mut encoded = Vec::new();
+                        keys::encode_key_value(v, &mut encoded);
+                        encoded
+                    });
+                    if *descending {
+                        values.reverse();
+                    }
+                }
+                Some(name) if schema.sort.as_ref().is_some_and(|s| s.name == name) => reverse = *descending,
+                _ => {
+                    return Err(ApiError::validation(format!(
+                        "Variable {path} in ORDER BY clause must be a key attribute (partition or sort key) of the table or index"
+                    )));
+                }
+            }
+        }
+    }
+    // Items come back whole (or as the index holds them) and are projected here, flat: a
+    // projection inside read_page would compact lists (`l[3]` becomes `l[0]`). A projection
+    // from a local index reads the table's item, as DynamoDB fetches unprojected attributes.
+    let mode = match index {
+        Some(index) if index.kind == IndexKind::Local && select.projection.is_some() => SelectMode::AllAttributes,
+        Some(_) => SelectMode::AllProjected,
+        None => SelectMode::AllAttributes,
+    };
+    let continuation = options
+        .next_token
+        .map(|token| decode_token(token, &options.digest))
+        .transpose()?;
+    let (mut position, mut start_item) = match continuation {
+        Some(c) => (c.partition, c.key),
+        None => (0, None),
+    };
+    let ranges: Vec<(Bound<Vec<u8>>, Bound<Vec<u8>>)> = match &partitions {
+        None => vec![(Bound::Unbounded, Bound::Unbounded)],
+        Some(values) => values
+            .iter()
+            .map(|value| {
+                let prefix = keys::partition_prefix(meta.key_hash, value);
+                let upper = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
+                (Bound::Included(prefix), upper)
+            })
+            .collect(),
+    };
+    if position > ranges.len() {
+        return Err(ApiError::validation("Invalid NextToken"));
+    }
+    let page_items_max = match &partitions {
+        Some(values) if values.len() > 1 => Some(IN_PAGE_ITEMS_MAX),
+        _ => None,
+    };
+    let mut items = Vec::new();
+    let mut bytes = 0usize;
+    let mut read = 0usize;
+    let mut next: Option<Continuation> = None;
+    let mut last_key = None;
+    while position < ranges.len() {
+        let remaining = options.limit.map(|l| l.saturating_sub(read));
+        let room = page_items_max.map(|m| m.saturating_sub(items.len()));
+        let cap = match (remaining, room) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if cap == Some(0) || bytes >= PAGE_BYTES_MAX {
+            next = Some(Continuation {
+                statement: options.digest.clone(),
+                partition: position,
+                key: None,
+            });
+            break;
+        }
+        let start = start_item.take().map(|key| start_key(&meta, index, &key)).transpose()?;
+        let (lower, upper) = ranges[position].clone();
+        let page = read_page(
+            store,
+            PageRequest {
+                meta: &meta,
+                index,
+                lower,
+                upper,
+                reverse,
+                start,
+                limit: cap,
+                filter: filter.as_ref(),
+                projection: None,
+                select: mode,
+            },
+        )?;
+        read += page.scanned;
+        bytes += page.bytes_read;
+        items.extend(
+            page.items
+                .iter()
+                .map(|item| partiql::project(item, select.projection.as_deref())),
+        );
+        if let Some(key) = page.last_key {
+            last_key = Some(key.clone());
+            next = Some(Continuation {
+                statement: options.digest.clone(),
+                partition: position,
+                key: Some(key),
+            });
+            break;
+        }
+        position += 1;
+    }
+    let mut response = json!({"Items": items.iter().map(item_json).collect::<Vec<_>>()});
+    if let Some(next) = &next {
+        response["NextToken"] = json!(encode_token(next));
+        if let (Some(_), Some(key)) = (options.limit, &last_key) {
+            response["LastEvaluatedKey"] = item_json(key);
+        }
+    }
+    if let Some(capacity) = consumed_capacity(options.mode, &meta.name, read_units(bytes, options.consistent)) {
+        response["ConsumedCapacity"] = capacity;
+    }
+    Ok(response)
+}
+
+/// What a write statement did: the items RETURNING asked for, its table and capacity.
+struct Written {
+    items: Vec<Item>,
+    table: String,
+    units: f64,
+}
+
+fn duplicate_item() -> ApiError {
+    ApiError::new(ErrorKind::DuplicateItem, "Duplicate primary key exists in table")
+}
+
+/// The item an INSERT's VALUE names.
+fn insert_item(value: &partiql::Expr, parameters: &Parameters<'_>) -> Result<Item, ApiError> {
+    match partiql::value(value, parameters, "root")? {
+        AttributeValue::M(map) => Ok(map.into_iter().collect()),
+        _ => Err(ApiError::validation(
+            "Unsupported value in INSERT: VALUE takes a map {'attribute': value, ...} or an M parameter",
+        )),
+    }
+}
+
+async fn write_statement(
+    store: &Store,
+    statement: Statement,
+    parameters: &Parameters<'_>,
+    return_old: bool,
+) -> Result<Written, ApiError> {
+    match statement {
+        Statement::Insert { table, value } => {
+            let meta = store.engine().require_table(&table)?;
+            let item = insert_item(&value, parameters)?;
+            let key = validate_put(&meta, &item)?;
+            let size = dynamo_protocol::value::item_size_bytes(&item);
+            let job_meta = Arc::clone(&meta);
+            store
+                .engine()
+                .write(move |context| {
+                    context.current_table(&job_meta)?;
+                    if context.get(&job_meta, &key)?.is_some() {
+                        return Err(duplicate_item());
+                    }
+                    context.put(&job_meta, &key, None, &item)
+                })
+                .await?;
+            Ok(Written {
+                items: Vec::new(),
+                table: meta.name.clone(),
+                units: write_units(size),
+            })
+        }
+        Statement::Update {
+            table,
+            assignments,
+            condition,
+            returning,
+        } => {
+            let meta = store.engine().require_table(&table)?;
+            let keyed = partiql::keyed_where(&condition, &meta.key, parameters)?;
+            let update = partiql::update(&assignments, &meta.key, parameters)?;
+            let key_bytes = validate_key(&meta, &keyed.key)?;
+            let condition = keyed.rest.map(|root| Condition { root });
+            let paths = update.target_paths();
+            let key = keyed.key;
+            let job_meta = Arc::clone(&meta);
+            let (old, new) = store
+                .engine()
+                .write(move |context| {
+                    context.current_table(&job_meta)?;
+                    let old = context.get(&job_meta, &key_bytes)?;
+                    let Some(old) = old else {
+                        return Err(condition_failed(None, return_old));
+                    };
+                    check(condition.as_ref(), Some(&old), return_old)?;
+                    let new = updated_item(&job_meta, &key, Some(&old), Some(&update))?;
+                    context.put(&job_meta, &key_bytes, Some(&old), &new)?;
+                    Ok((old, new))
+                })
+                .await?;
+            let returned = match returning {
+                None => None,
+                Some(Returning::AllOld) => Some(old.clone()),
+                Some(Returning::AllNew) => Some(new.clone()),
+                Some(Returning::ModifiedOld) => Some(expr::project(&old, &paths)),
+                Some(Returning::ModifiedNew) => Some(expr::project(&new, &paths)),
+            };
+            let size = dynamo_protocol::value::item_size_bytes(&old).max(dynamo_protocol::value::item_size_bytes(&new));
+            Ok(Written {
+                items: returned.into_iter().filter(|item| !item.is_empty()).collect(),
+                table: meta.name.clone(),
+                units: write_units(size),
+            })
+        }
+        Statement::Delete {
+            table,
+            condition,
+            returning,
+        } => {
+            match returning {
+                None | Some(Returning::AllOld) => {}
+                Some(other) => {
+                    return Err(ApiError::validation(format!(
+                        "Invalid returning clause: RETURNING {}. Only RETURNING ALL OLD * is allowed in DELETE statements.",
+                        match other {
+                            Returning::AllNew => "ALL NEW *",
+                            Returning::ModifiedOld => "MODIFIED OLD *",
+                            _ => "MODIFIED NEW *",
+                        }
+                    )));
+                }
+            }
+            let meta = store.engine().require_table(&table)?;
+            let keyed = partiql::keyed_where(&condition, &meta.key, parameters)?;
+            let key_bytes = validate_key(&meta, &keyed.key)?;
+            let condition = keyed.rest.map(|root| Condition { root });
+            let job_meta = Arc::clone(&meta);
+            let old = store
+                .engine()
+                .write(move |context| {
+                    context.current_table(&job_meta)?;
+                    let old = context.get(&job_meta, &key_bytes)?;
+                    check(condition.as_ref(), old.as_ref(), return_old)?;
+                    if old.is_some() {
+                        context.delete(&job_meta, &key_bytes, old.as_ref())?;
+                    }
+                    Ok(old)
+                })
+                .await?;
+            let size = old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
+            Ok(Written {
+                items: match returning {
+                    Some(Returning::AllOld) => old.into_iter().collect(),
+                    _ => Vec::new(),
+                },
+                table: meta.name.clone(),
+                units: write_units(size),
+            })
+        }
+        Statement::Select(_) | Statement::Exists(_) => Err(ApiError::internal(
+            "Internal server error: a read statement reached the write path",
+        )),
+    }
+}
+
+fn check(condition: Option<&Condition>, old: Option<&Item>, return_old: bool) -> Result<(), ApiError> {
+    super::items::check_condition(condition, old, return_old)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchStatementRequest {
+    statement: String,
+    parameters: Option<Vec<AttributeValue>>,
+    consistent_read: Option<bool>,
+    return_values_on_condition_check_failure: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchExecuteStatementRequest {
+    statements: Vec<BatchStatementRequest>,
+    return_consumed_capacity: Option<String>,
+}
+
+/// BatchStatementError's code for an error (botocore's BatchStatementErrorCodeEnum); `None`
+/// for faults that fail the whole request.
+fn batch_error_code(kind: ErrorKind) -> Option<&'static str> {
+    Some(match kind {
+        ErrorKind::Validation | ErrorKind::Serialization => "ValidationError",
+        ErrorKind::ConditionalCheckFailed => "ConditionalCheckFailed",
+        ErrorKind::ResourceNotFound => "ResourceNotFound",
+        ErrorKind::DuplicateItem => "DuplicateItem",
+        ErrorKind::TransactionConflict => "TransactionConflict",
+        ErrorKind::ProvisionedThroughputExceeded => "ProvisionedThroughputExceeded",
+        ErrorKind::RequestLimitExceeded => "RequestLimitExceeded",
+        ErrorKind::ItemCollectionSizeLimitExceeded => "ItemCollectionSizeLimitExceeded",
+        ErrorKind::AccessDenied => "AccessDenied",
+        _ => return None,
+    })
+}
+
+fn batch_error(error: ApiError, table: Option<&str>) -> Result<Value, ApiError> {
+    let Some(code) = batch_error_code(error.kind) else {
+        return Err(error);
+    };
+    let mut entry = json!({"Error": {"Code": code, "Message": error.message}});
+    if let Some(item) = error.item {
+        entry["Error"]["Item"] = item;
+    }
+    if let Some(table) = table {
+        entry["TableName"] = json!(table);
+    }
+    Ok(entry)
+}
+
+/// The table a statement names, for TableName in batch answers.
+fn table_of(statement: &Statement) -> &str {
+    match statement {
+        Statement::Select(select) | Statement::Exists(select) => &select.table,
+        Statement::Insert { table, .. } | Statement::Update { table, .. } | Statement::Delete { table, .. } => table,
+    }
+}
+
+/// A SELECT naming one item by its full primary key (batches and transactions read only so).
+struct KeyedRead {
+    meta: Arc<TableMeta>,
+    key: Vec<u8>,
+    filter: Option<Condition>,
+    projection: Option<Vec<Path>>,
+}
+
+fn keyed_read(store: &Store, select: &Select, parameters: &Parameters<'_>) -> Result<KeyedRead, ApiError> {
+    let meta = store.engine().require_table(&select.table)?;
+    if select.index.is_some() {
+        return Err(ApiError::validation(
+            "A read in a batch or transaction names one item by the table's key; it cannot read an index",
+        ));
+    }
+    if let Some(paths) = &select.projection {
+        partiql::check_projection(paths)?;
+    }
+    let condition = select.condition.as_ref().ok_or_else(|| {
+        ApiError::validation("Where clause does not contain a mandatory equality on all key attributes")
+    })?;
+    let keyed = partiql::keyed_where(condition, &meta.key, parameters)?;
+    let key = validate_key(&meta, &keyed.key)?;
+    Ok(KeyedRead {
+        meta,
+        key,
+        filter: keyed.rest.map(|root| Condition { root }),
+        projection: select.projection.clone(),
+    })
+}
+
+pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStatementRequest) -> Result<Value, ApiError> {
+    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
+    let count = request.statements.len();
+    if count == 0 || count > BATCH_STATEMENTS_MAX {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '[...]' at 'statements' failed to satisfy constraint: Member must have length less than or equal to {BATCH_STATEMENTS_MAX} and greater than or equal to 1"
+        )));
+    }
+    let mut parsed = Vec::with_capacity(count);
+    for entry in &request.statements {
+        let values = parameters_of(entry.parameters.as_ref())?;
+        parsed.push(parse_checked(&entry.statement, &Parameters(values)));
+    }
+    let reads = parsed
+        .iter()
+        .filter(|p| {
+            matches!(
+                p,
+                Ok(Parsed {
+                    statement: Statement::Select(_),
+                    ..
+                })
+            )
+        })
+        .count();
+    let writes = parsed
+        .iter()
+        .filter(|p| {
+            matches!(
+                p,
+                Ok(Parsed {
+                    statement: Statement::Insert { .. } | Statement::Update { .. } | Statement::Delete { .. },
+                    ..
+                })
+            )
+        })
+        .count();
+    if reads > 0 && writes > 0 {
+        return Err(ApiError::validation(
+            "Unsupported operation: A batch must contain either only read statements (SELECT) or only write statements (INSERT, UPDATE, DELETE)",
+        ));
+    }
+    let snapshot = if reads > 0 {
+        Some(store.engine().snapshot()?)
+    } else {
+        None
+    };
+    let mut responses = Vec::with_capacity(count);
+    let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
+    for (entry, parsed) in request.statements.iter().zip(parsed) {
+        let parameters = Parameters(parameters_of(entry.parameters.as_ref())?);
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                responses.push(batch_error(error, None)?);
+                continue;
+            }
+        };
+        let table = table_of(&parsed.statement).to_string();
+        let outcome = match parsed.statement {
+            Statement::Select(select) => {
+                let snapshot = snapshot.as_ref().expect("a batch with reads has a snapshot");
+                match keyed_read(store, &select, &parameters) {
+                    Ok(read) => match snapshot.get(&read.meta, &read.key) {
+                        Ok(found) => {
+                            let size = found.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
+                            *capacity.entry(read.meta.name.clone()).or_default() +=
+                                read_units(size, entry.consistent_read.unwrap_or(false));
+                            let found = found
+                                .filter(|item| read.filter.as_ref().is_none_or(|f| f.evaluate(item).unwrap_or(false)));
+                            let mut answer = json!({"TableName": read.meta.name});
+                            if let Some(item) = found {
+                                answer["Item"] = item_json(&partiql::project(&item, read.projection.as_deref()));
+                            }
+                            Ok(answer)
+                        }
+                        Err(error) => Err(error),
+                    },
+                    Err(error) => Err(error),
+                }
+            }
+            Statement::Exists(_) => Err(ApiError::validation(
+                "EXISTS is a condition of ExecuteTransaction; it cannot stand alone in a batch",
+            )),
+            statement => {
+                let return_old = parse_return_on_failure(entry.return_values_on_condition_check_failure.as_deref())?;
+                match write_statement(store, statement, &parameters, return_old).await {
+                    Ok(written) => {
+                        *capacity.entry(written.table.clone()).or_default() += written.units;
+                        Ok(json!({"TableName": written.table}))
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+        };
+        match outcome {
+            Ok(answer) => responses.push(answer),
+            Err(error) => responses.push(batch_error(error, Some(&table))?),
+        }
+    }
+    let mut response = json!({"Responses": responses});
+    if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
+        response["ConsumedCapacity"] = Value::Array(
+            capacity
+                .iter()
+                .map(|(table, units)| json!({"TableName": table, "CapacityUnits": units}))
+                .collect(),
+        );
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TransactStatement {
+    statement: String,
+    parameters: Option<Vec<AttributeValue>>,
+    return_values_on_condition_check_failure: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExecuteTransactionRequest {
+    transact_statements: Vec<TransactStatement>,
+    client_request_token: Option<String>,
+    return_consumed_capacity: Option<String>,
+}
+
+enum TxAction {
+    Check,
+    Insert(Item),
+    Update(Item, UpdateExpression),
+    Delete,
+}
+
+struct TxStep {
+    meta: Arc<TableMeta>,
+    key: Vec<u8>,
+    /// The item must exist (UPDATE, EXISTS).
+    must_exist: bool,
+    condition: Option<Condition>,
+    return_old: bool,
+    action: TxAction,
+}
+
+/// A statement's own error inside ExecuteTransaction, prefixed with its position as DynamoDB
+/// does (a missing table stays ResourceNotFoundException).
+fn in_transaction(position: usize, error: ApiError) -> ApiError {
+    if error.kind == ErrorKind::Validation {
+        ApiError::validation(format!(
+            "Validation failed in TransactStatements[{position}]: {}",
+            error.message
+        ))
+    } else {
+        error
+    }
+}
+
+fn plan_write(
+    store: &Store,
+    statement: Statement,
+    parameters: &Parameters<'_>,
+    return_old: bool,
+) -> Result<TxStep, ApiError> {
+    match statement {
+        Statement::Insert { table, value } => {
+            let meta = store.engine().require_table(&table)?;
+            let item = insert_item(&value, parameters)?;
+            let key = validate_put(&meta, &item)?;
+            Ok(TxStep {
+                meta,
+                key,
+                must_exist: false,
+                condition: None,
+                return_old,
+                action: TxAction::Insert(item),
+            })
+        }
+        Statement::Update {
+            table,
+            assignments,
+            condition,
+            returning,
+        } => {
+            if returning.is_some() {
+                return Err(ApiError::validation(
+                    "RETURNING clause is not supported in ExecuteTransaction.",
+                ));
+            }
+            let meta = store.engine().require_table(&table)?;
+            let keyed = partiql::keyed_where(&condition, &meta.key, parameters)?;
+            let update = partiql::update(&assignments, &meta.key, parameters)?;
+            let key = validate_key(&meta, &keyed.key)?;
+            Ok(TxStep {
+                meta,
+                key,
+                must_exist: true,
+                condition: keyed.rest.map(|root| Condition { root }),
+                return_old,
+                action: TxAction::Update(keyed.key, update),
+            })
+        }
+        Statement::Delete {
+            table,
+            condition,
+            returning,
+        } => {
+            if returning.is_some() {
+                return Err(ApiError::validation(
+                    "RETURNING clause is not supported in ExecuteTransaction.",
+                ));
+            }
+            let meta = store.engine().require_table(&table)?;
+            let keyed = partiql::keyed_where(&condition, &meta.key, parameters)?;
+            let key = validate_key(&meta, &keyed.key)?;
+            Ok(TxStep {
+                meta,
+                key,
+                must_exist: false,
+                condition: keyed.rest.map(|root| Condition { root }),
+                return_old,
+                action: TxAction::Delete,
+            })
+        }
+        Statement::Exists(select) => {
+            let read = keyed_read(store, &select, parameters)?;
+            Ok(TxStep {
+                meta: read.meta,
+                key: read.key,
+                must_exist: true,
+                condition: read.filter,
+                return_old,
+                action: TxAction::Check,
+            })
+        }
+        Statement::Select(_) => Err(ApiError::internal(
+            "Internal server error: a read statement reached the transaction's write plan",
+        )),
+    }
+}
+
+fn transaction_digest(statements: &[TransactStatement]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for statement in statements {
+        hasher.update((statement.statement.len() as u64).to_be_bytes());
+        hasher.update(statement.statement.as_bytes());
+        hasher.update(serde_json::to_vec(&statement.parameters).unwrap_or_default());
+        hasher.update([0]);
+    }
+    hasher.finalize().into()
+}
+
+pub async fn execute_transaction(store: &Store, request: ExecuteTransactionRequest) -> Result<Value, ApiError> {
+    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
+    let count = request.transact_statements.len();
+    if count == 0 || count > TRANSACTION_ITEMS_MAX {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '[...]' at 'transactStatements' failed to satisfy constraint: Member must have length less than or equal to {TRANSACTION_ITEMS_MAX} and greater than or equal to 1"
+        )));
+    }
+    let mut parsed = Vec::with_capacity(count);
+    for (position, entry) in request.transact_statements.iter().enumerate() {
+        let parameters = Parameters(parameters_of(entry.parameters.as_ref())?);
+        parsed.push(parse_checked(&entry.statement, &parameters).map_err(|e| in_transaction(position, e))?);
+    }
+    let reads = parsed
+        .iter()
+        .filter(|p| matches!(p.statement, Statement::Select(_)))
+        .count();
+    if reads > 0 && reads < count {
+        return Err(ApiError::validation(
+            "ExecuteTransaction API does not support both read and write operations in the same request.",
+        ));
+    }
+    let mode = request.return_consumed_capacity.as_deref();
+    if reads > 0 {
+        return transaction_reads(store, &request, parsed, mode);
+    }
+    let mut steps = Vec::with_capacity(count);
+    for (position, (entry, parsed)) in request.transact_statements.iter().zip(parsed).enumerate() {
+        let parameters = Parameters(parameters_of(entry.parameters.as_ref())?);
+        let return_old = parse_return_on_failure(entry.return_values_on_condition_check_failure.as_deref())?;
+        steps.push(
+            plan_write(store, parsed.statement, &parameters, return_old).map_err(|e| in_transaction(position, e))?,
+        );
+    }
+    let mut seen = HashSet::new();
+    for step in &steps {
+        if !seen.insert((step.meta.id, step.key.clone())) {
+            return Err(ApiError::validation(
+                "Transaction request cannot include multiple operations on one item",
+            ));
+        }
+    }
+    let digest = transaction_digest(&request.transact_statements);
+    let now = store.engine().now_unix_ms();
+    if let Some(token) = &request.client_request_token {
+        if token.is_empty() || token.len() > 36 {
+            return Err(ApiError::validation(
+                "ClientRequestToken must be 1 to 36 characters long",
+            ));
+        }
+        if store.transactions.check(token, digest, now)? {
+            return Ok(json!({}));
+        }
+    }
+    let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
+    for step in &steps {
+        let size = match &step.action {
+            TxAction::Insert(item) => dynamo_protocol::value::item_size_bytes(item),
+            _ => 1,
+        };
+        *capacity.entry(step.meta.name.clone()).or_default() += 2.0 * write_units(size);
+    }
+    store
+        .engine()
+        .write(move |context| run_transaction(context, &steps))
+        .await?;
+    if let Some(token) = request.client_request_token {
+        store.transactions.remember(token, digest, now);
+    }
+    let mut response = json!({});
+    if let Some(list) = capacity_list(mode, &capacity) {
+        response["ConsumedCapacity"] = list;
+    }
+    Ok(response)
+}
+
+fn capacity_list(mode: Option<&str>, capacity: &BTreeMap<String, f64>) -> Option<Value> {
+    matches!(mode, Some("TOTAL" | "INDEXES")).then(|| {
+        Value::Array(
+            capacity
+                .iter()
+                .map(|(table, units)| json!({"TableName": table, "CapacityUnits": units}))
+                .collect(),
+        )
+    })
+}
+
+/// One writer job: every condition against the current items first, every new item computed,
+/// and only then the writes — all in one durable batch, or nothing.
+fn run_transaction(context: &mut crate::engine::WriteContext<'_>, steps: &[TxStep]) -> Result<(), ApiError> {
+    let mut olds = Vec::with_capacity(steps.len());
+    let mut reasons = Vec::with_capacity(steps.len());
+    let mut failed = false;
+    for step in steps {
+        context.current_table(&step.meta)?;
+        let old = context.get(&step.meta, &step.key)?;
+        let reason = if matches!(step.action, TxAction::Insert(_)) && old.is_some() {
+            Some(CancellationReason {
+                code: "DuplicateItem".into(),
+                message: Some("Duplicate primary key exists in table".into()),
+                item: None,
+            })
+        } else if step.must_exist && old.is_none() {
+            Some(CancellationReason {
+                code: "ConditionalCheckFailed".into(),
+                message: Some("The conditional request failed".into()),
+                item: None,
+            })
+        } else {
+            match check(step.condition.as_ref(), old.as_ref(), step.return_old) {
+                Ok(()) => None,
+                Err(error) if error.kind == ErrorKind::ConditionalCheckFailed => Some(CancellationReason {
+                    code: "ConditionalCheckFailed".into(),
+                    message: Some("The conditional request failed".into()),
+                    item: error.item,
+                }),
+                Err(error) => return Err(error),
+            }
+        };
+        failed |= reason.is_some();
+        reasons.push(reason.unwrap_or_else(CancellationReason::none));
+        olds.push(old);
+    }
+    let mut news = Vec::with_capacity(steps.len());
+    for (position, (step, old)) in steps.iter().zip(&olds).enumerate() {
+        news.push(match &step.action {
+            TxAction::Update(key, update) if !failed => match updated_item(&step.meta, key, old.as_ref(), Some(update))
+            {
+                Ok(item) => Some(item),
+                Err(error) => {
+                    failed = true;
+                    reasons[position] = CancellationReason {
+                        code: "ValidationError".into(),
+                        message: Some(error.message),
+                        item: None,
+                    };
+                    None
+                }
+            },
+            TxAction::Insert(item) => Some(item.clone()),
+            _ => None,
+        });
+    }
+    if failed {
+        return Err(ApiError::transaction_canceled(reasons));
+    }
+    for ((step, old), new) in steps.iter().zip(&olds).zip(&news) {
+        match (&step.action, new) {
+            (TxAction::Insert(_) | TxAction::Update(..), Some(new)) => {
+                context.put(&step.meta, &step.key, old.as_ref(), new)?
+            }
+            (TxAction::Delete, _) if old.is_some() => context.delete(&step.meta, &step.key, old.as_ref())?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn transaction_reads(
+    store: &Store,
+    request: &ExecuteTransactionRequest,
+    parsed: Vec<Parsed>,
+    mode: Option<&str>,
+) -> Result<Value, ApiError> {
+    let mut reads = Vec::with_capacity(parsed.len());
+    let mut seen = HashSet::new();
+    for (position, (entry, parsed)) in request.transact_statements.iter().zip(parsed).enumerate() {
+        let parameters = Parameters(parameters_of(entry.parameters.as_ref())?);
+        let Statement::Select(select) = parsed.statement else {
+            return Err(ApiError::internal(
+                "Internal server error: a write statement among a transaction's reads",
+            ));
+        };
+        let read = keyed_read(store, &select, &parameters).map_err(|e| in_transaction(position, e))?;
+        if !seen.insert((read.meta.id, read.key.clone())) {
+            return Err(ApiError::validation(
+                "Transaction request cannot include multiple operations on one item",
+            ));
+        }
+        reads.push(read);
+    }
+    let snapshot = store.engine().snapshot()?;
+    let mut responses = Vec::with_capacity(reads.len());
+    let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
+    for read in &reads {
+        let found = snapshot.get(&read.meta, &read.key)?;
+        let size = found.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
+        *capacity.entry(read.meta.name.clone()).or_default() += 2.0 * read_units(size, true);
+        match found.filter(|item| read.filter.as_ref().is_none_or(|f| f.evaluate(item).unwrap_or(false))) {
+            Some(item) => {
+                responses.push(json!({"Item": item_json(&partiql::project(&item, read.projection.as_deref()))}))
+            }
+            None => responses.push(json!({})),
+        }
+    }
+    let mut response = json!({"Responses": responses});
+    if let Some(list) = capacity_list(mode, &capacity) {
+        response["ConsumedCapacity"] = list;
+    }
+    Ok(response)
+}

@@ -1,0 +1,630 @@
+//! PartiQL for DynamoDB: the statements `ExecuteStatement`, `BatchExecuteStatement` and
+//! `ExecuteTransaction` take (SELECT, INSERT, UPDATE, DELETE and, in transactions,
+//! `EXISTS(SELECT ...)`), parsed and translated into the store's own forms: conditions become
+//! [`crate::expr`] condition trees, updates become update actions, key equalities become the
+//! item key. Execution lives in `ops::partiql`; this module is pure (no storage, no I/O) and
+//! never panics on input: statements are at most [`STATEMENT_BYTES_MAX`] bytes and nesting is
+//! bounded by [`parser::NESTING_MAX`].
+
+pub(crate) mod lexer;
+pub(crate) mod parser;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use dynamo_protocol::value::{ValueType, number_set, string_set};
+use dynamo_protocol::{ApiError, AttributeValue, Item, Number};
+
+use crate::catalog::KeySchema;
+use crate::expr::{Action, Comparator, Condition, Node, Operand, Path, PathElement, SetValue, UpdateExpression};
+pub(crate) use parser::{Assignment, CompareOp, Expr, Literal, Parsed, Returning, Select, Statement, parse};
+
+/// Longest statement DynamoDB accepts, in characters (the API's `Statement` constraint).
+pub const STATEMENT_BYTES_MAX: usize = 8192;
+/// Most values in an `IN` list on the partition key (DynamoDB: 50 hash-key values).
+pub const IN_PARTITION_VALUES_MAX: usize = 50;
+
+/// A syntax error, in DynamoDB's words.
+pub(crate) fn malformed(detail: &str) -> ApiError {
+    ApiError::validation(format!("Statement wasn't well formed, can't be processed: {detail}"))
+}
+
+/// Checks the statement's length and parses it.
+pub(crate) fn parse_statement(text: &str) -> Result<Parsed, ApiError> {
+    if text.is_empty() || text.chars().count() > STATEMENT_BYTES_MAX {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value at 'statement' failed to satisfy constraint: Member must have length less than or equal to {STATEMENT_BYTES_MAX} and greater than or equal to 1"
+        )));
+    }
+    parse(text)
+}
+
+/// The values bound to a statement's `?` placeholders, in order.
+pub(crate) struct Parameters<'a>(pub &'a [AttributeValue]);
+
+impl Parameters<'_> {
+    /// DynamoDB refuses fewer values than placeholders (and ignores extra ones).
+    pub(crate) fn check(&self, parsed: &Parsed) -> Result<(), ApiError> {
+        if self.0.len() < parsed.parameters {
+            return Err(ApiError::validation(
+                "Number of parameters in request and statement don't match.",
+            ));
+        }
+        Ok(())
+    }
+
+    fn get(&self, index: usize) -> Result<&AttributeValue, ApiError> {
+        self.0
+            .get(index)
+            .ok_or_else(|| ApiError::validation("Number of parameters in request and statement don't match."))
+    }
+}
+
+/// The constant value of `expr` (a literal, a parameter or a constructed list, map or bag);
+/// `at` names the place inside the value for error messages (`root`, `root.a`, `root[1]`).
+pub(crate) fn value(expr: &Expr, parameters: &Parameters<'_>, at: &str) -> Result<AttributeValue, ApiError> {
+    match expr {
+        Expr::Literal(Literal::Text(text)) => Ok(AttributeValue::S(text.clone())),
+        Expr::Literal(Literal::Number(text)) => Number::parse(text)
+            .map(AttributeValue::N)
+            .map_err(|error| ApiError::validation(format!("{error} under {at}"))),
+        Expr::Literal(Literal::Bool(b)) => Ok(AttributeValue::Bool(*b)),
+        Expr::Literal(Literal::Null) => Ok(AttributeValue::Null),
+        Expr::Parameter(index) => parameters.get(*index).cloned(),
+        Expr::List(members) => members
+            .iter()
+            .enumerate()
+            .map(|(i, member)| value(member, parameters, &format!("{at}[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(AttributeValue::L),
+        Expr::Map(entries) => {
+            let mut map = BTreeMap::new();
+            for (key, member) in entries {
+                let member = value(member, parameters, &format!("{at}.{key}"))?;
+                if map.insert(key.clone(), member).is_some() {
+                    return Err(ApiError::validation(format!(
+                        "Duplicate key in a map: '{key}' appears twice"
+                    )));
+                }
+            }
+            Ok(AttributeValue::M(map.into_iter().collect()))
+        }
+        Expr::Bag(members) => bag(members),
+        _ => Err(ApiError::validation(
+            "Unsupported value: expected a literal, a parameter, a list [...], a map {...} or a set <<...>>",
+        )),
+    }
+}
+
+/// `<<...>>`: a string or number set of literals.
+fn bag(members: &[Expr]) -> Result<AttributeValue, ApiError> {
+    if members.is_empty() {
+        return Err(ApiError::validation("Empty bags are not supported"));
+    }
+    let mut strings = Vec::new();
+    let mut numbers = Vec::new();
+    for member in members {
+        match member {
+            Expr::Literal(Literal::Text(text)) => strings.push(text.clone()),
+            Expr::Literal(Literal::Number(text)) => {
+                numbers.push(Number::parse(text).map_err(|error| ApiError::validation(format!("{error} under root")))?)
+            }
+            _ => return Err(ApiError::validation("Unsupported data type in Bag")),
+        }
+    }
+    let duplicates = {
+        let distinct_strings: std::collections::BTreeSet<&String> = strings.iter().collect();
+        let distinct_numbers: std::collections::BTreeSet<&Number> = numbers.iter().collect();
+        distinct_strings.len() != strings.len() || distinct_numbers.len() != numbers.len()
+    };
+    if !strings.is_empty() && !numbers.is_empty() {
+        return Err(ApiError::validation(
+            "DynamoDB only supports either numbers or strings in bags",
+        ));
+    }
+    if duplicates {
+        return Err(ApiError::validation("Input collection contains duplicates"));
+    }
+    let set = if strings.is_empty() {
+        number_set(numbers)
+    } else {
+        string_set(strings)
+    };
+    let set = set.map_err(ApiError::validation)?;
+    Ok(set)
+}
+
+fn is_constant(expr: &Expr) -> bool {
+    matches!(
+        expr,
+        Expr::Literal(_) | Expr::Parameter(_) | Expr::List(_) | Expr::Map(_) | Expr::Bag(_)
+    )
+}
+
+fn operand(expr: &Expr, parameters: &Parameters<'_>) -> Result<Operand, ApiError> {
+    match expr {
+        Expr::Path(path) => Ok(Operand::Path(path.clone())),
+        Expr::Call(name, arguments) if name == "size" => match arguments.as_slice() {
+            [Expr::Path(path)] => Ok(Operand::Size(path.clone())),
+            _ => Err(ApiError::validation(
+                "Incorrect operand for function size: it takes one attribute name or document path",
+            )),
+        },
+        constant if is_constant(constant) => value(constant, parameters, "root").map(Operand::Value),
+        Expr::Plus(..) | Expr::Minus(..) => Err(ApiError::validation(
+            "Unsupported operation: arithmetic (+, -) is allowed only on the right of SET in UPDATE",
+        )),
+        _ => Err(ApiError::validation(
+            "Unsupported operand: compare attribute paths, size(path), literals or parameters",
+        )),
+    }
+}
+
+fn path_argument(name: &str, expr: &Expr) -> Result<Path, ApiError> {
+    match expr {
+        Expr::Path(path) => Ok(path.clone()),
+        _ => Err(ApiError::validation(format!(
+            "Incorrect operand for function {name}: the first argument must be an attribute name or document path"
+        ))),
+    }
+}
+
+/// Translates a WHERE clause (or a part of one) into a condition tree.
+pub(crate) fn condition(expr: &Expr, parameters: &Parameters<'_>) -> Result<Node, ApiError> {
+    Ok(match expr {
+        Expr::Compare(op, left, right) => {
+            let comparator = match op {
+                CompareOp::Eq => Comparator::Equal,
+                CompareOp::Ne => Comparator::NotEqual,
+                CompareOp::Lt => Comparator::Less,
+                CompareOp::Le => Comparator::LessOrEqual,
+                CompareOp::Gt => Comparator::Greater,
+                CompareOp::Ge => Comparator::GreaterOrEqual,
+            };
+            Node::Compare(comparator, operand(left, parameters)?, operand(right, parameters)?)
+        }
+        Expr::Between(subject, low, high) => Node::Between(
+            operand(subject, parameters)?,
+            operand(low, parameters)?,
+            operand(high, parameters)?,
+        ),
+        Expr::In(subject, members) => {
+            if members.is_empty() || members.len() > crate::expr::IN_OPERANDS_MAX {
+                return Err(ApiError::validation(format!(
+                    "IN takes 1 to {} values; this one has {}",
+                    crate::expr::IN_OPERANDS_MAX,
+                    members.len()
+                )));
+            }
+            Node::In(
+                operand(subject, parameters)?,
+                members
+                    .iter()
+                    .map(|member| operand(member, parameters))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        Expr::IsMissing(subject) => Node::NotExists(path_argument("IS MISSING", subject)?),
+        Expr::IsNull(subject) => Node::Type(Operand::Path(path_argument("IS NULL", subject)?), ValueType::Null),
+        // Chains of AND and OR are flattened without recursion: a long chain is deep as a tree.
+        Expr::And(..) => Node::And(
+            conjuncts(expr)
+                .into_iter()
+                .map(|part| condition(part, parameters))
+                .collect::<Result<_, _>>()?,
+        ),
+        Expr::Or(..) => Node::Or(
+            disjuncts(expr)
+                .into_iter()
+                .map(|part| condition(part, parameters))
+                .collect::<Result<_, _>>()?,
+        ),
+        Expr::Not(inner) => Node::Not(Box::new(condition(inner, parameters)?)),
+        Expr::Call(name, arguments) => function(name, arguments, parameters)?,
+        _ => {
+            return Err(ApiError::validation(
+                "Unsupported condition: a WHERE clause is made of comparisons, BETWEEN, IN, IS [NOT] MISSING, IS [NOT] NULL and the functions begins_with, contains, attribute_type, attribute_exists and attribute_not_exists",
+            ));
+        }
+    })
+}
+
+fn function(name: &str, arguments: &[Expr], parameters: &Parameters<'_>) -> Result<Node, ApiError> {
+    let count = |expected: usize| {
+        if arguments.len() == expected {
+            Ok(())
+        } else {
+            Err(ApiError::validation(format!(
+                "Incorrect number of arguments for function {name}: expected {expected}, got {}",
+                arguments.len()
+            )))
+        }
+    };
+    match name {
+        "attribute_exists" | "exists" => {
+            count(1)?;
+            Ok(Node::Exists(path_argument(name, &arguments[0])?))
+        }
+        "attribute_not_exists" | "missing" => {
+            count(1)?;
+            Ok(Node::NotExists(path_argument(name, &arguments[0])?))
+        }
+        "begins_with" => {
+            count(2)?;
+            Ok(Node::BeginsWith(
+                operand(&arguments[0], parameters)?,
+                operand(&arguments[1], parameters)?,
+            ))
+        }
+        "contains" => {
+            count(2)?;
+            Ok(Node::Contains(
+                operand(&arguments[0], parameters)?,
+                operand(&arguments[1], parameters)?,
+            ))
+        }
+        "attribute_type" => {
+            count(2)?;
+            let subject = operand(&arguments[0], parameters)?;
+            let type_name = match value(&arguments[1], parameters, "root") {
+                Ok(AttributeValue::S(text)) => text,
+                _ => {
+                    return Err(ApiError::validation(
+                        "The second argument of attribute_type is a type name: one of S, SS, N, NS, B, BS, BOOL, NULL, L, M",
+                    ));
+                }
+            };
+            let value_type = ValueType::from_descriptor(&type_name).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "Invalid attribute type name found; type: {type_name}, valid types: {{B,NULL,SS,BOOL,L,BS,N,NS,S,M}}"
+                ))
+            })?;
+            Ok(Node::Type(subject, value_type))
+        }
+        other => Err(ApiError::validation(format!(
+            "Unsupported function in condition: {other}; DynamoDB's PartiQL offers begins_with, contains, attribute_type, attribute_exists, attribute_not_exists, size and IS [NOT] MISSING"
+        ))),
+    }
+}
+
+/// The top-level AND-ed parts of a WHERE clause.
+pub(crate) fn conjuncts(expr: &Expr) -> Vec<&Expr> {
+    let mut out = Vec::new();
+    let mut stack = vec![expr];
+    while let Some(expr) = stack.pop() {
+        match expr {
+            Expr::And(left, right) => {
+                stack.push(right);
+                stack.push(left);
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The top-level OR-ed parts of a condition.
+fn disjuncts(expr: &Expr) -> Vec<&Expr> {
+    let mut out = Vec::new();
+    let mut stack = vec![expr];
+    while let Some(expr) = stack.pop() {
+        match expr {
+            Expr::Or(left, right) => {
+                stack.push(right);
+                stack.push(left);
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `name = constant` (either way round) on a top-level attribute: the name and the constant.
+fn key_equality(expr: &Expr) -> Option<(&str, &Expr)> {
+    let Expr::Compare(CompareOp::Eq, left, right) = expr else {
+        return None;
+    };
+    let (path, constant) = match (&**left, &**right) {
+        (Expr::Path(path), constant) if is_constant(constant) => (path, constant),
+        (constant, Expr::Path(path)) if is_constant(constant) => (path, constant),
+        _ => return None,
+    };
+    match path.0.as_slice() {
+        [PathElement::Attribute(name)] => Some((name.as_str(), constant)),
+        _ => None,
+    }
+}
+
+fn check_key_value(schema: &KeySchema, name: &str, value: &AttributeValue) -> Result<(), ApiError> {
+    if !matches!(
+        value,
+        AttributeValue::S(_) | AttributeValue::N(_) | AttributeValue::B(_)
+    ) {
+        return Err(ApiError::validation(format!(
+            "Key value must be of type S, N, or B. Key name: {name}, Key type: {}",
+            value.value_type().descriptor()
+        )));
+    }
+    let attribute = schema.attributes().find(|a| a.name == name);
+    if attribute.is_some_and(|a| !a.value_type.matches(value)) {
+        return Err(ApiError::validation(format!(
+            "Key attribute's data type should match its data type in table's schema: Key {name}"
+        )));
+    }
+    Ok(())
+}
+
+/// A WHERE clause that names one item: the key from its equalities on every key attribute,
+/// and the rest of it as a condition. UPDATE, DELETE, transactions and batches need one.
+pub(crate) struct KeyedWhere {
+    pub key: Item,
+    pub rest: Option<Node>,
+}
+
+pub(crate) fn keyed_where(
+    expr: &Expr,
+    schema: &KeySchema,
+    parameters: &Parameters<'_>,
+) -> Result<KeyedWhere, ApiError> {
+    let mut key = Item::new();
+    let mut rest = Vec::new();
+    for part in conjuncts(expr) {
+        match key_equality(part) {
+            Some((name, constant)) if schema.is_key_attribute(name) => {
+                let value = value(constant, parameters, "root")?;
+                check_key_value(schema, name, &value)?;
+                if key.insert(name.to_string(), value).is_some() {
+                    return Err(ApiError::validation(format!(
+                        "Multiple conditions on same key: {name}; name each key attribute once"
+                    )));
+                }
+            }
+            _ => rest.push(condition(part, parameters)?),
+        }
+    }
+    if schema.attributes().any(|a| !key.contains_key(&a.name)) {
+        return Err(ApiError::validation(
+            "Where clause does not contain a mandatory equality on all key attributes",
+        ));
+    }
+    let rest = match rest.len() {
+        0 => None,
+        1 => rest.pop(),
+        _ => Some(Node::And(rest)),
+    };
+    Ok(KeyedWhere { key, rest })
+}
+
+/// The partition-key values a SELECT's WHERE pins (`pk = v` or `pk IN [...]` at the top
+/// level), so it reads those partitions only; `None` means a scan.
+pub(crate) fn partitions(
+    expr: Option<&Expr>,
+    schema: &KeySchema,
+    parameters: &Parameters<'_>,
+) -> Result<Option<Vec<AttributeValue>>, ApiError> {
+    let Some(expr) = expr else { return Ok(None) };
+    let name = &schema.partition.name;
+    for part in conjuncts(expr) {
+        if let Some((found, constant)) = key_equality(part)
+            && found == name
+        {
+            let value = value(constant, parameters, "root")?;
+            check_key_value(schema, name, &value)?;
+            return Ok(Some(vec![value]));
+        }
+        if let Expr::In(subject, members) = part
+            && matches!(&**subject, Expr::Path(Path(p)) if p.as_slice() == [PathElement::Attribute(name.clone())])
+            && members.iter().all(is_constant)
+        {
+            if members.len() > IN_PARTITION_VALUES_MAX {
+                return Err(ApiError::validation(format!(
+                    "IN on the partition key takes at most {IN_PARTITION_VALUES_MAX} values; this one has {}",
+                    members.len()
+                )));
+            }
+            let mut values: Vec<AttributeValue> = Vec::with_capacity(members.len());
+            for member in members {
+                let value = value(member, parameters, "root")?;
+                check_key_value(schema, name, &value)?;
+                if !values.contains(&value) {
+                    values.push(value);
+                }
+            }
+            return Ok(Some(values));
+        }
+    }
+    Ok(None)
+}
+
+/// A whole WHERE clause as a condition.
+pub(crate) fn where_condition(expr: Option<&Expr>, parameters: &Parameters<'_>) -> Result<Option<Condition>, ApiError> {
+    expr.map(|expr| condition(expr, parameters).map(|root| Condition { root }))
+        .transpose()
+}
+
+fn set_value(expr: &Expr, parameters: &Parameters<'_>) -> Result<SetValue, ApiError> {
+    Ok(match expr {
+        Expr::Path(path) => SetValue::Path(path.clone()),
+        Expr::Plus(left, right) => SetValue::Plus(
+            Box::new(set_value(left, parameters)?),
+            Box::new(set_value(right, parameters)?),
+        ),
+        Expr::Minus(left, right) => SetValue::Minus(
+            Box::new(set_value(left, parameters)?),
+            Box::new(set_value(right, parameters)?),
+        ),
+        Expr::Call(name, arguments) if name == "list_append" && arguments.len() == 2 => SetValue::ListAppend(
+            Box::new(set_value(&arguments[0], parameters)?),
+            Box::new(set_value(&arguments[1], parameters)?),
+        ),
+        Expr::Call(name, arguments) if name == "if_not_exists" && arguments.len() == 2 => SetValue::IfNotExists(
+            path_argument(name, &arguments[0])?,
+            Box::new(set_value(&arguments[1], parameters)?),
+        ),
+        constant if is_constant(constant) => SetValue::Value(value(constant, parameters, "root")?),
+        Expr::Call(name, _) => {
+            return Err(ApiError::validation(format!(
+                "Unsupported function in SET: {name}; SET takes values, paths, +, -, list_append, if_not_exists, set_add and set_delete"
+            )));
+        }
+        _ => return Err(ApiError::validation("Unsupported value in SET")),
+    })
+}
+
+/// The update an UPDATE statement's SET and REMOVE clauses make, checked not to touch key
+/// attributes nor to name overlapping paths.
+pub(crate) fn update(
+    assignments: &[Assignment],
+    schema: &KeySchema,
+    parameters: &Parameters<'_>,
+) -> Result<UpdateExpression, ApiError> {
+    let mut actions = Vec::with_capacity(assignments.len());
+    for assignment in assignments {
+        actions.push(match assignment {
+            Assignment::Remove(path) => Action::Remove(path.clone()),
+            Assignment::Set(path, Expr::Call(name, arguments)) if name == "set_add" || name == "set_delete" => {
+                let [target, members] = arguments.as_slice() else {
+                    return Err(ApiError::validation(format!(
+                        "Incorrect number of arguments for function {name}: expected 2, got {}",
+                        arguments.len()
+                    )));
+                };
+                if path_argument(name, target)? != *path {
+                    return Err(ApiError::validation(format!(
+                        "The first argument of {name} must be the attribute being set ({path})"
+                    )));
+                }
+                let members = value(members, parameters, "root")?;
+                if !matches!(
+                    members,
+                    AttributeValue::Ss(_) | AttributeValue::Ns(_) | AttributeValue::Bs(_)
+                ) {
+                    return Err(ApiError::validation(format!(
+                        "The second argument of {name} must be a set (<<...>> or an SS, NS or BS parameter)"
+                    )));
+                }
+                if name == "set_add" {
+                    Action::Add(path.clone(), members)
+                } else {
+                    Action::Delete(path.clone(), members)
+                }
+            }
+            Assignment::Set(path, expr) => Action::Set(path.clone(), set_value(expr, parameters)?),
+        });
+    }
+    for action in &actions {
+        if let Some(name) = action.path().top_attribute()
+            && schema.is_key_attribute(name)
+        {
+            return Err(ApiError::validation(format!(
+                "One or more parameter values were invalid: Cannot update attribute {name}. This attribute is part of the key"
+            )));
+        }
+    }
+    for (i, first) in actions.iter().enumerate() {
+        for second in &actions[i + 1..] {
+            let (a, b) = (&first.path().0, &second.path().0);
+            let shorter = a.len().min(b.len());
+            if a[..shorter] == b[..shorter] {
+                return Err(ApiError::validation(format!(
+                    "Two document paths overlap with each other; must remove or rewrite one of these paths; path one: {}, path two: {}",
+                    first.path().bracketed(),
+                    second.path().bracketed()
+                )));
+            }
+        }
+    }
+    Ok(UpdateExpression { actions })
+}
+
+/// The name a projected path has in a SELECT's result: its last attribute name and any list
+/// indexes after it (`m.k[1]` → `k[1]`), as DynamoDB flattens projections.
+pub(crate) fn output_name(path: &Path) -> String {
+    let start = path
+        .0
+        .iter()
+        .rposition(|element| matches!(element, PathElement::Attribute(_)))
+        .unwrap_or(0);
+    let mut name = String::new();
+    for element in &path.0[start..] {
+        match element {
+            PathElement::Attribute(attribute) => name.push_str(attribute),
+            PathElement::Index(index) => name.push_str(&format!("[{index}]")),
+        }
+    }
+    name
+}
+
+/// Refuses two projected paths with one output name, as DynamoDB does.
+pub(crate) fn check_projection(paths: &[Path]) -> Result<(), ApiError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for path in paths {
+        let name = output_name(path);
+        if !seen.insert(name.clone()) {
+            return Err(ApiError::validation(format!(
+                "Duplicate identifiers in select clause: {name}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The value at `path` in `item`.
+pub(crate) fn lookup<'i>(item: &'i Item, path: &Path) -> Option<&'i AttributeValue> {
+    let (PathElement::Attribute(first), rest) = path.0.split_first()? else {
+        return None;
+    };
+    let mut value = item.get(first)?;
+    for element in rest {
+        value = match (value, element) {
+            (AttributeValue::M(map), PathElement::Attribute(key)) => map.get(key)?,
+            (AttributeValue::L(list), PathElement::Index(index)) => list.get(*index)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+/// A SELECT's projection applied to an item: flat, under each path's output name.
+pub(crate) fn project(item: &Item, paths: Option<&[Path]>) -> Item {
+    match paths {
+        None => item.clone(),
+        Some(paths) => paths
+            .iter()
+            .filter_map(|path| lookup(item, path).map(|value| (output_name(path), value.clone())))
+            .collect(),
+    }
+}
+
+/// Parses `text` and translates everything in it that does not need storage (conditions,
+/// keys against `schema`, update actions, values) the way ExecuteStatement does before it reads
+/// or writes: the entry point of the fuzz target and the property tests.
+pub fn check_statement(text: &str, parameters: &[AttributeValue], schema: &KeySchema) -> Result<(), ApiError> {
+    let parsed = parse_statement(text)?;
+    let parameters = Parameters(parameters);
+    parameters.check(&parsed)?;
+    match &parsed.statement {
+        Statement::Select(select) | Statement::Exists(select) => {
+            if let Some(paths) = &select.projection {
+                check_projection(paths)?;
+            }
+            where_condition(select.condition.as_ref(), &parameters)?;
+            partitions(select.condition.as_ref(), schema, &parameters)?;
+        }
+        Statement::Update {
+            assignments, condition, ..
+        } => {
+            keyed_where(condition, schema, &parameters)?;
+            update(assignments, schema, &parameters)?;
+        }
+        Statement::Delete { condition, .. } => {
+            keyed_where(condition, schema, &parameters)?;
+        }
+        Statement::Insert { value: v, .. } => {
+            value(v, &parameters, "root")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,379 @@
+use dynamo_protocol::{AttributeValue, ErrorKind, Item, Number};
+use proptest::prelude::*;
+
+use super::*;
+use crate::catalog::{KeyAttribute, KeySchema, KeyType};
+
+fn schema() -> KeySchema {
+    KeySchema {
+        partition: KeyAttribute {
+            name: "pk".into(),
+            value_type: KeyType::S,
+        },
+        sort: Some(KeyAttribute {
+            name: "sk".into(),
+            value_type: KeyType::N,
+        }),
+    }
+}
+
+fn message(text: &str) -> String {
+    let error = parse_statement(text).expect_err(text);
+    assert_eq!(error.kind, ErrorKind::Validation, "{text}");
+    error.message
+}
+
+const MALFORMED: &str = "Statement wasn't well formed, can't be processed: ";
+
+#[test]
+fn parses_each_statement_kind() {
+    let parsed = parse_statement(r#"SELECT a, "b c".d[2] FROM "t"."idx" WHERE pk = ? AND x > 3 ORDER BY sk DESC;"#)
+        .expect("select");
+    assert_eq!(parsed.parameters, 1);
+    let Statement::Select(select) = parsed.statement else {
+        panic!("a select")
+    };
+    assert_eq!(select.table, "t");
+    assert_eq!(select.index.as_deref(), Some("idx"));
+    let paths = select.projection.expect("a projection");
+    assert_eq!(paths[1].to_string(), "b c.d[2]");
+    assert_eq!(select.order_by.len(), 1);
+    assert!(select.order_by[0].1);
+
+    let parsed =
+        parse_statement("insert into t value {'pk': 'a', 'n': -1.5e3, 'l': [1, true, null], 's': <<'x', 'y'>>}")
+            .expect("insert");
+    assert!(matches!(parsed.statement, Statement::Insert { .. }));
+
+    let parsed = parse_statement("UPDATE t SET a = a + 1, b = list_append(b, [?]) REMOVE c.d SET e = 'x' WHERE pk = 'a' AND sk = 1 RETURNING ALL NEW *")
+        .expect("update");
+    let Statement::Update {
+        assignments, returning, ..
+    } = parsed.statement
+    else {
+        panic!("an update")
+    };
+    assert_eq!(assignments.len(), 4);
+    assert_eq!(returning, Some(Returning::AllNew));
+
+    let parsed =
+        parse_statement("DELETE FROM t WHERE pk = 'a' -- a comment\n AND sk = /* inline */ 2").expect("delete");
+    assert!(matches!(parsed.statement, Statement::Delete { .. }));
+
+    let parsed =
+        parse_statement("EXISTS(SELECT * FROM t WHERE pk = 'a' AND sk = 1 AND attribute_exists(x))").expect("exists");
+    assert!(matches!(parsed.statement, Statement::Exists(_)));
+}
+
+#[test]
+fn syntax_errors_read_as_dynamodb_writes_them() {
+    assert_eq!(
+        message("SELECT * FROM t WHERE pk = 1 foo"),
+        format!("{MALFORMED}Unexpected token after expression")
+    );
+    assert_eq!(message("SELECT * FROM t WHERE"), format!("{MALFORMED}Unexpected term"));
+    assert_eq!(
+        message("SELECT * FROM t WHERE pk = 'a' AND"),
+        format!("{MALFORMED}Missing right-hand side expression of infix operator")
+    );
+    assert_eq!(
+        message("SELECT * FROM t WHERE ORDER BY pk"),
+        format!("{MALFORMED}Unexpected keyword")
+    );
+    assert_eq!(
+        message("DELETE FROM"),
+        format!("{MALFORMED}Expected identifier for simple path")
+    );
+    assert_eq!(message("SELECT * FROM t x WHERE pk = 'a'"), "Aliasing is not supported");
+    assert_eq!(message("SELECT * FROM t LIMIT 3"), "Unsupported clause: LIMIT");
+    assert_eq!(
+        message("SLECT * FROM t"),
+        format!("{MALFORMED}Expected data manipulation")
+    );
+    assert_eq!(
+        message("INSERT INTO t VALUE {'pk': 'a'} RETURNING ALL OLD *"),
+        "RETURNING is not supported in INSERT"
+    );
+    assert!(message("SELECT * FROM t WHERE a = 'unterminated").starts_with(MALFORMED));
+    assert!(message("SELECT * FROM t WHERE a = 1 /* open").starts_with(MALFORMED));
+    assert!(message("").contains("'statement'"));
+    assert!(message(&"x".repeat(STATEMENT_BYTES_MAX + 1)).contains("8192"));
+}
+
+#[test]
+fn nesting_is_bounded() {
+    let deep = format!("SELECT * FROM t WHERE {}a = 1{}", "(".repeat(500), ")".repeat(500));
+    assert!(message(&deep).contains("nests deeper"));
+    let deep_not = format!("SELECT * FROM t WHERE {} a = 1", "NOT ".repeat(500));
+    assert!(message(&deep_not).contains("nests deeper"));
+    let deep_list = format!("INSERT INTO t VALUE {{'pk': {}1{}}}", "[".repeat(500), "]".repeat(500));
+    assert!(message(&deep_list).contains("nests deeper"));
+}
+
+fn where_of(text: &str) -> Expr {
+    match parse_statement(text).expect(text).statement {
+        Statement::Select(Select { condition: Some(c), .. })
+        | Statement::Update { condition: c, .. }
+        | Statement::Delete { condition: c, .. } => c,
+        other => panic!("no WHERE in {other:?}"),
+    }
+}
+
+#[test]
+fn key_equalities_name_the_item_and_the_rest_is_a_condition() {
+    let expr = where_of("DELETE FROM t WHERE ? = pk AND sk = 7 AND size(x) > 2");
+    let values = [AttributeValue::S("a".into())];
+    let keyed = keyed_where(&expr, &schema(), &Parameters(&values)).expect("keyed");
+    assert_eq!(keyed.key.get("pk"), Some(&AttributeValue::S("a".into())));
+    assert_eq!(keyed.key.get("sk"), Some(&AttributeValue::N(Number::from_i64(7))));
+    assert!(keyed.rest.is_some());
+
+    let expr = where_of("DELETE FROM t WHERE pk = 'a' OR sk = 7");
+    let error = keyed_where(&expr, &schema(), &Parameters(&[])).err().expect("no key");
+    assert_eq!(
+        error.message,
+        "Where clause does not contain a mandatory equality on all key attributes"
+    );
+
+    let expr = where_of("DELETE FROM t WHERE pk = 'a' AND sk = 'seven'");
+    let error = keyed_where(&expr, &schema(), &Parameters(&[]))
+        .err()
+        .expect("wrong type");
+    assert_eq!(
+        error.message,
+        "Key attribute's data type should match its data type in table's schema: Key sk"
+    );
+}
+
+#[test]
+fn partitions_come_from_equality_or_in() {
+    let expr = where_of("SELECT * FROM t WHERE pk IN ['a', 'b', 'a'] AND x = 1");
+    let found = partitions(Some(&expr), &schema(), &Parameters(&[])).expect("partitions");
+    assert_eq!(found.map(|v| v.len()), Some(2));
+    let expr = where_of("SELECT * FROM t WHERE pk = 'a' OR pk = 'b'");
+    assert_eq!(
+        partitions(Some(&expr), &schema(), &Parameters(&[])).expect("scan"),
+        None
+    );
+}
+
+#[test]
+fn conditions_evaluate_like_dynamodb() {
+    let item: Item = serde_json::from_value(serde_json::json!({
+        "pk": {"S": "a"}, "n": {"N": "5"}, "m": {"M": {"k": {"L": [{"S": "x"}, {"S": "yz"}]}}}, "z": {"NULL": true}
+    }))
+    .expect("item");
+    let holds = |text: &str| {
+        let expr = where_of(&format!("SELECT * FROM t WHERE {text}"));
+        where_condition(Some(&expr), &Parameters(&[]))
+            .expect(text)
+            .expect("a condition")
+            .evaluate(&item)
+            .expect("evaluates")
+    };
+    assert!(holds("n BETWEEN 1 AND 5"));
+    assert!(holds("n NOT IN [1, 2]"));
+    assert!(holds("m.k[1] = 'yz'"));
+    assert!(holds("begins_with(m.k[1], 'y')"));
+    assert!(holds("q IS MISSING AND n IS NOT MISSING"));
+    assert!(holds("z IS NULL AND NOT n IS NULL"));
+    assert!(holds("attribute_type(m, 'M') AND size(m.k) = 2"));
+    assert!(holds("contains(m.k, 'x') OR n < 0"));
+    assert!(!holds("n <> 5"));
+}
+
+#[test]
+fn values_are_checked_as_dynamodb_checks_them() {
+    let value_of = |text: &str| {
+        let Statement::Insert { value: v, .. } = parse_statement(&format!("INSERT INTO t VALUE {text}"))
+            .expect(text)
+            .statement
+        else {
+            panic!("an insert")
+        };
+        value(&v, &Parameters(&[]), "root")
+    };
+    assert_eq!(
+        value_of("<<>>").err().map(|e| e.message),
+        Some("Empty bags are not supported".into())
+    );
+    assert_eq!(
+        value_of("<<'a', 'a'>>").err().map(|e| e.message),
+        Some("Input collection contains duplicates".into())
+    );
+    assert_eq!(
+        value_of("<<'a', 1>>").err().map(|e| e.message),
+        Some("DynamoDB only supports either numbers or strings in bags".into())
+    );
+    assert_eq!(
+        value_of("{'pk': 'a', 'm': {'x': 1e126}}").err().map(|e| e.message),
+        Some(
+            "Number overflow. Attempting to store a number with magnitude larger than supported range under root.m.x"
+                .into()
+        )
+    );
+    assert!(matches!(value_of("<<1, 2>>"), Ok(AttributeValue::Ns(_))));
+}
+
+#[test]
+fn updates_refuse_keys_and_overlaps() {
+    let assignments_of = |text: &str| match parse_statement(text).expect(text).statement {
+        Statement::Update { assignments, .. } => assignments,
+        _ => panic!("an update"),
+    };
+    let error = update(
+        &assignments_of("UPDATE t SET pk = 'b' WHERE pk = 'a'"),
+        &schema(),
+        &Parameters(&[]),
+    )
+    .expect_err("key");
+    assert!(
+        error.message.contains("Cannot update attribute pk"),
+        "{}",
+        error.message
+    );
+    let error = update(
+        &assignments_of("UPDATE t SET a.b = 1 REMOVE a WHERE pk = 'a'"),
+        &schema(),
+        &Parameters(&[]),
+    )
+    .expect_err("overlap");
+    assert!(
+        error.message.starts_with("Two document paths overlap"),
+        "{}",
+        error.message
+    );
+    let mut item = Item::new();
+    let parameters = [AttributeValue::N(Number::from_i64(2))];
+    update(
+        &assignments_of("UPDATE t SET n = if_not_exists(n, ?) + 3, s = set_add(s, <<'x'>>) WHERE pk = 'a'"),
+        &schema(),
+        &Parameters(&parameters),
+    )
+    .expect("update")
+    .apply(&mut item)
+    .expect("applies");
+    assert_eq!(item.get("n"), Some(&AttributeValue::N(Number::from_i64(5))));
+}
+
+#[test]
+fn projections_flatten_to_the_last_name() {
+    let paths = match parse_statement("SELECT m.k[1], l[0], m.z FROM t")
+        .expect("select")
+        .statement
+    {
+        Statement::Select(select) => select.projection.expect("paths"),
+        _ => panic!("a select"),
+    };
+    let names: Vec<String> = paths.iter().map(output_name).collect();
+    assert_eq!(names, ["k[1]", "l[0]", "z"]);
+    let paths = match parse_statement("SELECT a.z, b.z FROM t").expect("select").statement {
+        Statement::Select(select) => select.projection.expect("paths"),
+        _ => panic!("a select"),
+    };
+    assert_eq!(
+        check_projection(&paths).err().map(|e| e.message),
+        Some("Duplicate identifiers in select clause: z".into())
+    );
+}
+
+/// Fragments that make up statements, so random sequences reach deep into the grammar.
+const FRAGMENTS: &[&str] = &[
+    "SELECT",
+    "*",
+    "FROM",
+    "\"t\"",
+    ".",
+    "\"i\"",
+    "WHERE",
+    "pk",
+    "=",
+    "?",
+    "'a'",
+    "1",
+    "-2.5e3",
+    "AND",
+    "OR",
+    "NOT",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    "<<",
+    ">>",
+    ",",
+    ":",
+    "IN",
+    "BETWEEN",
+    "IS",
+    "MISSING",
+    "NULL",
+    "INSERT",
+    "INTO",
+    "VALUE",
+    "UPDATE",
+    "SET",
+    "REMOVE",
+    "DELETE",
+    "RETURNING",
+    "ALL",
+    "OLD",
+    "NEW",
+    "EXISTS",
+    "size",
+    "begins_with",
+    "ORDER",
+    "BY",
+    "DESC",
+    "+",
+    "-",
+    "<>",
+    "<=",
+    ";",
+    "--",
+    "/*",
+    "*/",
+    "\"",
+    "'",
+    "é",
+    "\u{0}",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Whatever the text, parsing answers (a statement or a ValidationException) and never panics.
+    #[test]
+    fn parsing_never_panics(text in "\\PC{0,200}") {
+        if let Err(error) = check_statement(&text, &[], &schema()) {
+            prop_assert_eq!(error.kind, ErrorKind::Validation);
+        }
+    }
+
+    #[test]
+    fn statements_of_fragments_never_panic(parts in proptest::collection::vec(proptest::sample::select(FRAGMENTS), 0..60)) {
+        let text = parts.join(" ");
+        let values = vec![AttributeValue::S("p".into()); 8];
+        if let Err(error) = check_statement(&text, &values, &schema()) {
+            prop_assert_eq!(error.kind, ErrorKind::Validation);
+        }
+    }
+}
+
+#[test]
+fn long_chains_translate_without_deep_recursion() {
+    let chain = vec!["a = 1"; 600].join(" AND ");
+    let expr = where_of(&format!(
+        "SELECT * FROM t WHERE {chain} OR {}",
+        vec!["b = 2"; 150].join(" OR ")
+    ));
+    let condition = where_condition(Some(&expr), &Parameters(&[]))
+        .expect("translates")
+        .expect("a condition");
+    let item: Item = serde_json::from_value(serde_json::json!({"b": {"N": "2"}})).expect("item");
+    assert!(condition.evaluate(&item).expect("evaluates"));
+    let sums = format!("UPDATE t SET a = 1{} WHERE pk = 'a' AND sk = 1", " + 1".repeat(100));
+    assert!(message(&sums).contains("nests deeper"));
+}

@@ -1,0 +1,289 @@
+"""PartiQL for DynamoDB, black box: the real `switchyard store` driven with boto3's
+ExecuteStatement, BatchExecuteStatement and ExecuteTransaction — SELECT (key and non-key
+conditions, projections of nested paths, indexes, Limit/NextToken, ORDER BY), INSERT (refused
+on an existing item), UPDATE (SET/REMOVE, conditions, RETURNING), DELETE, `?` parameters,
+DynamoDB's error types and messages, ConsumedCapacity, ReturnValuesOnConditionCheckFailure,
+and a PartiQL write showing up in the table's stream like any other write."""
+
+import itertools
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from test_store_harness import REGION, ACCESS_KEY_ID, SECRET, create_table, error_of, started_store
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+names = (f"partiql-{i}" for i in itertools.count())
+MALFORMED = "Statement wasn't well formed, can't be processed: "
+NODE_DEADLINE_S = 120
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = started_store(tmp_path_factory)
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="module")
+def client(store):
+    return store.client()
+
+
+@pytest.fixture
+def table(client):
+    """A table keyed by (pk S, sk N) with a GSI on `g`, holding pk 'a' sk 1..5 and pk 'b' sk 1."""
+    name = create_table(
+        client, next(names), range_key=("sk", "N"), extra_attributes={"g": "S"},
+        GlobalSecondaryIndexes=[{
+            "IndexName": "by-g", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "ALL"},
+        }],
+    )
+    for sk in range(1, 6):
+        client.put_item(TableName=name, Item={
+            "pk": {"S": "a"}, "sk": {"N": str(sk)}, "g": {"S": "even" if sk % 2 == 0 else "odd"},
+            "m": {"M": {"k": {"L": [{"S": "x"}, {"N": str(sk * 10)}]}, "z": {"S": f"z{sk}"}}},
+        })
+    client.put_item(TableName=name, Item={"pk": {"S": "b"}, "sk": {"N": "1"}, "g": {"S": "odd"}})
+    return name
+
+
+def run(client, statement, **kwargs):
+    return client.execute_statement(Statement=statement, **kwargs)
+
+
+def failure(client, statement, **kwargs):
+    with pytest.raises(ClientError) as excinfo:
+        run(client, statement, **kwargs)
+    code, message, _ = error_of(excinfo)
+    return code, message
+
+
+def test_select_by_key_with_projection_of_nested_paths(client, table):
+    items = run(client, f'SELECT sk, m.k[1], m.z FROM "{table}" WHERE pk = ? AND sk >= 4',
+                Parameters=[{"S": "a"}])["Items"]
+    assert items == [
+        {"sk": {"N": "4"}, "k[1]": {"N": "40"}, "z": {"S": "z4"}},
+        {"sk": {"N": "5"}, "k[1]": {"N": "50"}, "z": {"S": "z5"}},
+    ]
+
+
+def test_select_non_key_conditions_scan_the_table(client, table):
+    items = run(client, f"SELECT pk, sk FROM \"{table}\" WHERE g = 'odd' AND (m IS MISSING OR sk BETWEEN 2 AND 3)")["Items"]
+    assert sorted((i["pk"]["S"], i["sk"]["N"]) for i in items) == [("a", "3"), ("b", "1")]
+    items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND begins_with(m.z, 'z') AND contains(m.k, 'x') "
+                        "AND size(m.k) = 2 AND attribute_type(m, 'M') AND sk <> 2")["Items"]
+    assert [i["sk"]["N"] for i in items] == ["1", "3", "4", "5"]
+
+
+def test_select_in_order_by_and_index(client, table):
+    items = run(client, f"SELECT pk, sk FROM \"{table}\" WHERE pk IN ['b', 'a'] AND sk < 3 ORDER BY pk DESC")["Items"]
+    assert [(i["pk"]["S"], i["sk"]["N"]) for i in items] == [("b", "1"), ("a", "1"), ("a", "2")]
+    items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' ORDER BY sk DESC")["Items"]
+    assert [i["sk"]["N"] for i in items] == ["5", "4", "3", "2", "1"]
+    items = run(client, f'SELECT pk, sk FROM "{table}"."by-g" WHERE g = \'even\'')["Items"]
+    assert sorted(i["sk"]["N"] for i in items) == ["2", "4"]
+    code, message = failure(client, f"SELECT * FROM \"{table}\" WHERE g = 'odd' ORDER BY sk")
+    assert code == "ValidationException" and "hash key condition" in message
+    code, message = failure(client, f'SELECT * FROM "{table}"."by-g" WHERE g = \'odd\'', ConsistentRead=True)
+    assert (code, message) == ("ValidationException", "Consistent reads are not supported on global secondary indexes")
+    code, message = failure(client, f'SELECT * FROM "{table}"."nope"')
+    assert (code, message) == ("ValidationException", "The table does not have the specified index: nope")
+
+
+def test_limit_and_next_token_page_through_everything(client, table):
+    seen, token, pages = [], None, 0
+    while True:
+        kwargs = {"Limit": 2}
+        if token:
+            kwargs["NextToken"] = token
+        page = run(client, f'SELECT sk FROM "{table}" WHERE pk = \'a\'', **kwargs)
+        seen += [i["sk"]["N"] for i in page["Items"]]
+        pages += 1
+        token = page.get("NextToken")
+        if not token:
+            break
+        assert pages < 10
+    assert seen == ["1", "2", "3", "4", "5"]
+    first = run(client, f'SELECT sk FROM "{table}" WHERE pk = \'a\'', Limit=1)["NextToken"]
+    code, message = failure(client, f'SELECT sk FROM "{table}" WHERE pk = \'b\'', NextToken=first)
+    assert code == "ValidationException" and message.startswith("The provided starting key is invalid")
+    code, message = failure(client, f'SELECT sk FROM "{table}"', NextToken="not-a-token")
+    assert (code, message) == ("ValidationException", "Invalid NextToken")
+
+
+def test_insert_update_delete_round_trip(client, table):
+    run(client, f"INSERT INTO \"{table}\" VALUE {{'pk': ?, 'sk': 9, 'tags': <<'x', 'y'>>, 'n': 1, 'l': [1, 'two']}}",
+        Parameters=[{"S": "c"}])
+    item = client.get_item(TableName=table, Key={"pk": {"S": "c"}, "sk": {"N": "9"}})["Item"]
+    assert item["tags"] == {"SS": ["x", "y"]} and item["l"] == {"L": [{"N": "1"}, {"S": "two"}]}
+
+    code, message = failure(client, f"INSERT INTO \"{table}\" VALUE {{'pk': 'c', 'sk': 9}}")
+    assert (code, message) == ("DuplicateItemException", "Duplicate primary key exists in table")
+
+    answer = run(client, f"UPDATE \"{table}\" SET n = n + 4 SET tags = set_add(tags, <<'z'>>) REMOVE l "
+                         f"WHERE pk = 'c' AND sk = 9 AND n = 1 RETURNING ALL NEW *")
+    assert answer["Items"][0]["n"] == {"N": "5"} and "l" not in answer["Items"][0]
+    assert answer["Items"][0]["tags"] == {"SS": ["x", "y", "z"]}
+
+    code, message = failure(client, f"UPDATE \"{table}\" SET n = 0 WHERE pk = 'c' AND sk = 9 AND n = 1",
+                            ReturnValuesOnConditionCheckFailure="ALL_OLD")
+    assert (code, message) == ("ConditionalCheckFailedException", "The conditional request failed")
+    with pytest.raises(ClientError) as excinfo:
+        run(client, f"UPDATE \"{table}\" SET n = 0 WHERE pk = 'c' AND sk = 9 AND n = 1",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD")
+    assert excinfo.value.response["Item"]["n"] == {"N": "5"}
+
+    code, _ = failure(client, f"UPDATE \"{table}\" SET n = 0 WHERE pk = 'missing' AND sk = 1")
+    assert code == "ConditionalCheckFailedException"
+    code, message = failure(client, f"UPDATE \"{table}\" SET n = 0 WHERE pk = 'c'")
+    assert (code, message) == ("ValidationException",
+                               "Where clause does not contain a mandatory equality on all key attributes")
+    code, message = failure(client, f"UPDATE \"{table}\" SET sk = 3 WHERE pk = 'c' AND sk = 9")
+    assert code == "ValidationException" and "part of the key" in message
+
+    answer = run(client, f"DELETE FROM \"{table}\" WHERE pk = 'c' AND sk = 9 RETURNING ALL OLD *")
+    assert answer["Items"][0]["n"] == {"N": "5"}
+    assert "Item" not in client.get_item(TableName=table, Key={"pk": {"S": "c"}, "sk": {"N": "9"}})
+    # DELETE of an item that is not there succeeds, as in DynamoDB.
+    assert run(client, f"DELETE FROM \"{table}\" WHERE pk = 'c' AND sk = 9")["Items"] == []
+
+
+def test_errors_read_as_dynamodb_writes_them(client, table, store):
+    assert failure(client, f'SELECT * FROM "{table}" WHERE pk = 1 foo') == (
+        "ValidationException", f"{MALFORMED}Unexpected token after expression")
+    assert failure(client, f'SELECT * FROM "{table}" WHERE') == ("ValidationException", f"{MALFORMED}Unexpected term")
+    assert failure(client, f'SELECT * FROM "{table}" t WHERE pk = \'a\'') == (
+        "ValidationException", "Aliasing is not supported")
+    assert failure(client, f'SELECT * FROM "{table}" WHERE pk = ?') == (
+        "ValidationException", "Number of parameters in request and statement don't match.")
+    code, message = failure(client, 'SELECT * FROM "no-such-table"')
+    assert code == "ResourceNotFoundException"
+    code, message = failure(client, f"SELECT * FROM \"{table}\" WHERE pk = 1")
+    assert (code, message) == ("ValidationException",
+                               "Key attribute's data type should match its data type in table's schema: Key pk")
+    # Limit below 1 is refused by the server too (boto3 validates it first, so send it raw).
+    status, body = store.raw("ExecuteStatement", {"Statement": f'SELECT * FROM "{table}"', "Limit": 0})
+    assert status == 400 and body["__type"].endswith("#ValidationException") and "'limit'" in body["message"]
+
+
+def test_consumed_capacity(client, table):
+    answer = run(client, f"SELECT * FROM \"{table}\" WHERE pk = 'b'", ReturnConsumedCapacity="TOTAL")
+    assert answer["ConsumedCapacity"]["TableName"] == table and answer["ConsumedCapacity"]["CapacityUnits"] > 0
+    answer = run(client, f"INSERT INTO \"{table}\" VALUE {{'pk': 'cap', 'sk': 1}}", ReturnConsumedCapacity="TOTAL")
+    assert answer["ConsumedCapacity"] == {"TableName": table, "CapacityUnits": 1.0}
+
+
+def test_batch_execute_statement(client, table):
+    answer = client.batch_execute_statement(Statements=[
+        {"Statement": f"INSERT INTO \"{table}\" VALUE {{'pk': 'batch', 'sk': 1, 'v': 1}}"},
+        {"Statement": f"INSERT INTO \"{table}\" VALUE {{'pk': 'a', 'sk': 1}}"},
+        {"Statement": f"UPDATE \"{table}\" SET v = 2 WHERE pk = 'b' AND sk = 1 AND v = 7",
+         "ReturnValuesOnConditionCheckFailure": "ALL_OLD"},
+        {"Statement": "SLECT nonsense"},
+    ], ReturnConsumedCapacity="TOTAL")["Responses"]
+    assert answer[0] == {"TableName": table}
+    assert answer[1]["Error"] == {"Code": "DuplicateItem", "Message": "Duplicate primary key exists in table"}
+    assert answer[2]["Error"]["Code"] == "ConditionalCheckFailed" and answer[2]["Error"]["Item"]["g"] == {"S": "odd"}
+    assert answer[3]["Error"]["Code"] == "ValidationError"
+    assert answer[3]["Error"]["Message"] == f"{MALFORMED}Expected data manipulation"
+
+    answer = client.batch_execute_statement(Statements=[
+        {"Statement": f"SELECT v FROM \"{table}\" WHERE pk = ? AND sk = ?", "Parameters": [{"S": "batch"}, {"N": "1"}]},
+        {"Statement": f"SELECT * FROM \"{table}\" WHERE pk = 'nobody' AND sk = 1"},
+        {"Statement": f"SELECT * FROM \"{table}\" WHERE pk = 'a'"},
+    ])["Responses"]
+    assert answer[0] == {"TableName": table, "Item": {"v": {"N": "1"}}}
+    assert answer[1] == {"TableName": table}
+    assert answer[2]["Error"]["Code"] == "ValidationError"
+
+
+def test_execute_transaction(client, table):
+    client.execute_transaction(TransactStatements=[
+        {"Statement": f"INSERT INTO \"{table}\" VALUE {{'pk': 'tx', 'sk': 1, 'n': 1}}"},
+        {"Statement": f"UPDATE \"{table}\" SET seen = true WHERE pk = 'a' AND sk = 1"},
+        {"Statement": f"EXISTS(SELECT * FROM \"{table}\" WHERE pk = 'b' AND sk = 1 AND g = 'odd')"},
+    ], ClientRequestToken="token-1")
+    assert client.get_item(TableName=table, Key={"pk": {"S": "a"}, "sk": {"N": "1"}})["Item"]["seen"] == {"BOOL": True}
+
+    # The same token and statements again: success, nothing runs twice (the INSERT would fail).
+    client.execute_transaction(TransactStatements=[
+        {"Statement": f"INSERT INTO \"{table}\" VALUE {{'pk': 'tx', 'sk': 1, 'n': 1}}"},
+        {"Statement": f"UPDATE \"{table}\" SET seen = true WHERE pk = 'a' AND sk = 1"},
+        {"Statement": f"EXISTS(SELECT * FROM \"{table}\" WHERE pk = 'b' AND sk = 1 AND g = 'odd')"},
+    ], ClientRequestToken="token-1")
+
+    with pytest.raises(ClientError) as excinfo:
+        client.execute_transaction(TransactStatements=[
+            {"Statement": f"INSERT INTO \"{table}\" VALUE {{'pk': 'tx2', 'sk': 1}}"},
+            {"Statement": f"UPDATE \"{table}\" SET n = 2 WHERE pk = 'nobody' AND sk = 1"},
+            {"Statement": f"INSERT INTO \"{table}\" VALUE {{'pk': 'tx', 'sk': 1}}"},
+        ])
+    assert excinfo.value.response["Error"]["Code"] == "TransactionCanceledException"
+    codes = [r["Code"] for r in excinfo.value.response["CancellationReasons"]]
+    assert codes == ["None", "ConditionalCheckFailed", "DuplicateItem"]
+    assert "Item" not in client.get_item(TableName=table, Key={"pk": {"S": "tx2"}, "sk": {"N": "1"}})
+
+    answer = client.execute_transaction(TransactStatements=[
+        {"Statement": f"SELECT n FROM \"{table}\" WHERE pk = 'tx' AND sk = 1"},
+        {"Statement": f"SELECT * FROM \"{table}\" WHERE pk = 'nobody' AND sk = 1"},
+    ])["Responses"]
+    assert answer == [{"Item": {"n": {"N": "1"}}}, {}]
+
+    with pytest.raises(ClientError) as excinfo:
+        client.execute_transaction(TransactStatements=[
+            {"Statement": f"SELECT * FROM \"{table}\" WHERE pk = 'tx' AND sk = 1"},
+            {"Statement": f"DELETE FROM \"{table}\" WHERE pk = 'tx' AND sk = 1"},
+        ])
+    assert error_of(excinfo)[:2] == (
+        "ValidationException",
+        "ExecuteTransaction API does not support both read and write operations in the same request.")
+    with pytest.raises(ClientError) as excinfo:
+        client.execute_transaction(TransactStatements=[{"Statement": f"SELECT * FROM \"{table}\" WHERE"}])
+    assert error_of(excinfo)[:2] == (
+        "ValidationException", f"Validation failed in TransactStatements[0]: {MALFORMED}Unexpected term")
+
+
+def test_partiql_writes_reach_the_stream(client, store):
+    name = create_table(client, next(names),
+                        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
+    arn = client.describe_table(TableName=name)["Table"]["LatestStreamArn"]
+    run(client, f"INSERT INTO \"{name}\" VALUE {{'pk': 'k', 'v': 1}}")
+    run(client, f"UPDATE \"{name}\" SET v = 2 WHERE pk = 'k'")
+    run(client, f"DELETE FROM \"{name}\" WHERE pk = 'k'")
+    streams = boto3.client(
+        "dynamodbstreams", region_name=REGION, endpoint_url=store.url,
+        aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET,
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard,
+                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    records = streams.get_records(ShardIterator=iterator)["Records"]
+    assert [r["eventName"] for r in records] == ["INSERT", "MODIFY", "REMOVE"]
+    assert records[1]["dynamodb"]["OldImage"]["v"] == {"N": "1"}
+    assert records[1]["dynamodb"]["NewImage"]["v"] == {"N": "2"}
+
+
+def test_js_sdk_runs_statements(store):
+    js = Path(__file__).resolve().parents[1] / "js"
+    if not shutil.which("node") or not (js / "node_modules" / "@aws-sdk" / "client-dynamodb").exists():
+        pytest.skip("node and tests/js/node_modules are needed (scripts/install-test-deps.sh installs them)")
+    result = subprocess.run(["node", str(js / "partiql.mjs"), store.url, "js-partiql"],
+                            capture_output=True, text=True, timeout=NODE_DEADLINE_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["selected"] == [{"l[2]": {"N": "3"}, "n": {"N": "1"}}]
+    assert seen["updated"] == [{"n": {"N": "2"}}]
+    assert seen["duplicate"] == {"name": "DuplicateItemException", "message": "Duplicate primary key exists in table"}
+    assert seen["batch"][0] == {"TableName": "js-partiql"}
+    assert seen["batch"][1]["Error"]["Code"] == "DuplicateItem"
+    assert seen["after"] == [{"Item": {"t": {"BOOL": True}}}, {}]
