@@ -368,6 +368,10 @@ async fn retention_trims_records_and_forgets_disabled_streams() {
         json!({"TableName": "items", "StreamSpecification": {"StreamEnabled": false}}),
     )
     .await;
+    // DISABLING for a moment, as DynamoDB reports it, then DISABLED.
+    let description = h.ok("DescribeStream", json!({"StreamArn": arn})).await;
+    assert_eq!(description["StreamDescription"]["StreamStatus"], "DISABLING");
+    h.advance(store::streams::STATUS_TRANSITION_MS);
     let description = h.ok("DescribeStream", json!({"StreamArn": arn})).await;
     assert_eq!(description["StreamDescription"]["StreamStatus"], "DISABLED");
     assert_eq!(h.all_records(&arn).await.len(), 1);
@@ -443,6 +447,7 @@ async fn update_table_follows_dynamodbs_stream_rules() {
     assert_eq!(rest["Streams"][0]["StreamArn"], json!(second_arn));
     assert!(rest.get("LastEvaluatedStreamArn").is_none());
     h.ok("DeleteTable", json!({"TableName": "items"})).await;
+    h.advance(store::streams::STATUS_TRANSITION_MS);
     let description = h.ok("DescribeStream", json!({"StreamArn": second_arn})).await;
     assert_eq!(description["StreamDescription"]["StreamStatus"], "DISABLED");
     assert_eq!(h.all_records(&second_arn).await.len(), 1);
