@@ -816,7 +816,7 @@ fn authenticate_body(
             })?
         }
     };
-    if READ_ONLY_OPERATIONS.contains(&operation) {
+    if READ_ONLY_OPERATIONS.contains(&operation) || crate::partiql::reads_only(operation, body) {
         return Ok(None);
     }
     state

@@ -41,6 +41,33 @@ pub(crate) fn parse_statement(text: &str) -> Result<Parsed, ApiError> {
     parse(text)
 }
 
+/// Whether a PartiQL request (`ExecuteStatement`, `BatchExecuteStatement`,
+/// `ExecuteTransaction`) only reads: every statement in it parses as a SELECT (or an `EXISTS`
+/// check). The replay guard lets such requests repeat, as it does GetItem and Query (a client
+/// polling with one SELECT sends the same signed body again). Anything unreadable counts as
+/// a write.
+pub(crate) fn reads_only(operation: &str, body: &[u8]) -> bool {
+    let Ok(request) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let reads = |statement: Option<&serde_json::Value>| {
+        statement
+            .and_then(serde_json::Value::as_str)
+            .and_then(|text| parse_statement(text).ok())
+            .is_some_and(|parsed| matches!(parsed.statement, Statement::Select(_) | Statement::Exists(_)))
+    };
+    let all = |list: Option<&serde_json::Value>| {
+        list.and_then(serde_json::Value::as_array)
+            .is_some_and(|items| !items.is_empty() && items.iter().all(|item| reads(item.get("Statement"))))
+    };
+    match operation {
+        "ExecuteStatement" => reads(request.get("Statement")),
+        "BatchExecuteStatement" => all(request.get("Statements")),
+        "ExecuteTransaction" => all(request.get("TransactStatements")),
+        _ => false,
+    }
+}
+
 /// The values bound to a statement's `?` placeholders, in order.
 pub(crate) struct Parameters<'a>(pub &'a [AttributeValue]);
 

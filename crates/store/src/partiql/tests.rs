@@ -377,3 +377,42 @@ fn long_chains_translate_without_deep_recursion() {
     let sums = format!("UPDATE t SET a = 1{} WHERE pk = 'a' AND sk = 1", " + 1".repeat(100));
     assert!(message(&sums).contains("nests deeper"));
 }
+
+#[test]
+fn only_requests_of_selects_count_as_reads_for_the_replay_guard() {
+    let body = |value: serde_json::Value| value.to_string().into_bytes();
+    let select = body(serde_json::json!({"Statement": "SELECT * FROM t WHERE pk = 'a'"}));
+    assert!(reads_only("ExecuteStatement", &select));
+    let delete = body(serde_json::json!({"Statement": "DELETE FROM t WHERE pk = 'a' AND sk = 1"}));
+    assert!(!reads_only("ExecuteStatement", &delete));
+    let batch = |second: &str| {
+        body(serde_json::json!({"Statements": [
+            {"Statement": "SELECT * FROM t WHERE pk = 'a'"},
+            {"Statement": second}
+        ]}))
+    };
+    assert!(reads_only(
+        "BatchExecuteStatement",
+        &batch("SELECT a FROM t WHERE pk = 'b'")
+    ));
+    assert!(!reads_only(
+        "BatchExecuteStatement",
+        &batch("INSERT INTO t VALUE {'pk': 'c', 'sk': 1}")
+    ));
+    let transaction = body(serde_json::json!({"TransactStatements": [
+        {"Statement": "EXISTS(SELECT * FROM t WHERE pk = 'a' AND sk = 1)"},
+        {"Statement": "UPDATE t SET a = 1 WHERE pk = 'a' AND sk = 1"}
+    ]}));
+    assert!(!reads_only("ExecuteTransaction", &transaction));
+    // Unreadable, empty or unparseable: a write, so its signature is remembered.
+    assert!(!reads_only("ExecuteStatement", b"not json"));
+    assert!(!reads_only(
+        "BatchExecuteStatement",
+        &body(serde_json::json!({"Statements": []}))
+    ));
+    assert!(!reads_only(
+        "ExecuteStatement",
+        &body(serde_json::json!({"Statement": "SELEC * FROM t"}))
+    ));
+    assert!(!reads_only("GetItem", &select));
+}
