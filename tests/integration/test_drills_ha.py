@@ -17,15 +17,15 @@ The figures (takeover, RTO) go in BENCHMARKS.md; here only what must hold whatev
 the expectations that are not timing bounds, and the audit-log facts behind them."""
 
 import json
-import random
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+
+from labrun import running_lab
 
 from test_lab import BINARY, get_json, lab_cli, status_cli, wait_until
 
@@ -65,30 +65,9 @@ def ha_lab(tmp_path_factory):
     if shutil.which("etcd") is None:
         pytest.skip("etcd is not installed (Debian package etcd-server; scripts/install-test-deps.sh installs it)")
     root = tmp_path_factory.mktemp("drills-ha")
-    directory = root / "lab"
-    log_path = root / "lab.log"
-    log = open(log_path, "w")
-    for _ in range(10):
-        base_port = random.randrange(20000, 32000, 500)
-        process = subprocess.Popen(
-            [str(BINARY), "lab", "--dir", str(directory), "--regions", "2", "--base-port", str(base_port),
-             "--controllers", "3"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until("switchyard status --lab saying up",
-                       lambda: process.poll() is not None or status_cli(directory).returncode == 0, START_DEADLINE_S)
-        except AssertionError:
-            process.kill()
-            raise AssertionError(log_path.read_text()[-5000:])
-        if process.poll() is None:
-            break
-        assert "not free" in log_path.read_text(), log_path.read_text()[-5000:]
-    else:
-        pytest.fail("no free port block for the lab")
-    yield directory, base_port, root
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0, log_path.read_text()[-5000:]
+    with running_lab(BINARY, root, "--regions", "2", "--controllers", "3",
+                     start_deadline_s=START_DEADLINE_S) as (directory, base_port):
+        yield directory, base_port, root
 
 
 def steady(lab):

@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import random
-import signal
 import ssl
 import subprocess
 import time
@@ -28,6 +27,8 @@ import boto3
 import botocore.config
 import botocore.exceptions
 import pytest
+
+from labrun import running_lab
 
 REPO = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
@@ -61,30 +62,8 @@ def lab(tmp_path_factory):
     if not BINARY.exists():
         pytest.skip(f"{BINARY} not built")
     root = tmp_path_factory.mktemp("tlslab")
-    directory = root / "lab"
-    log_path = root / "lab.log"
-    for _ in range(10):
-        # Below the kernel's ephemeral range (32768+), where outgoing connections take ports.
-        base_port = random.randrange(20000, 32000, 500)
-        log = open(log_path, "w")
-        process = subprocess.Popen(
-            [str(BINARY), "lab", "--tls", "--dir", str(directory), "--base-port", str(base_port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until("switchyard status --lab saying up",
-                       lambda: process.poll() is not None or status(directory).returncode == 0, START_DEADLINE_S)
-        except AssertionError:
-            process.kill()
-            raise AssertionError(log_path.read_text()[-5000:])
-        if process.poll() is None:
-            break
-        assert "not free" in log_path.read_text(), log_path.read_text()[-5000:]
-    else:
-        pytest.fail("no free port block for the lab")
-    yield directory, base_port, root
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0, log_path.read_text()[-5000:]
+    with running_lab(BINARY, root, "--tls", start_deadline_s=START_DEADLINE_S) as (directory, base_port):
+        yield directory, base_port, root
 
 
 def targets(directory):
