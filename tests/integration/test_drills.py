@@ -10,7 +10,6 @@ the lab is whole again (`switchyard status --lab`) and the primary region is act
 
 import json
 import os
-import random
 import signal
 import subprocess
 import time
@@ -19,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from labrun import running_lab
 
 REPO = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
@@ -60,30 +61,8 @@ def lab(tmp_path_factory):
     if not BINARY.exists():
         pytest.skip(f"{BINARY} not built")
     root = tmp_path_factory.mktemp("drills")
-    directory = root / "lab"
-    log_path = root / "lab.log"
-    log = open(log_path, "w")
-    for _ in range(10):
-        # Below the kernel's ephemeral range (32768+), where outgoing connections take ports.
-        base_port = random.randrange(20000, 32000, 500)
-        process = subprocess.Popen(
-            [str(BINARY), "lab", "--dir", str(directory), "--regions", "2", "--base-port", str(base_port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until("switchyard status --lab saying up",
-                       lambda: process.poll() is not None or status(directory).returncode == 0, START_DEADLINE_S)
-        except AssertionError:
-            process.kill()
-            raise AssertionError(log_path.read_text()[-5000:])
-        if process.poll() is None:
-            break
-        assert "not free" in log_path.read_text(), log_path.read_text()[-5000:]
-    else:
-        pytest.fail("no free port block for the lab")
-    yield directory, base_port, root
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0, log_path.read_text()[-5000:]
+    with running_lab(BINARY, root, "--regions", "2", start_deadline_s=START_DEADLINE_S) as running:
+        yield running.directory, running.base_port, root
 
 
 def drill(lab, scenario, *, duration_s, settle_s, during=None):

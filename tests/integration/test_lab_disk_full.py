@@ -8,8 +8,6 @@ does not allow mounting a tmpfs."""
 
 import json
 import os
-import random
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,6 +22,8 @@ import dns.exception
 import dns.message
 import dns.query
 import pytest
+
+from labrun import running_lab
 
 REPO = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
@@ -90,25 +90,9 @@ def test_a_full_disk_fails_the_region_over_and_heals_without_a_restart(tmp_path)
         pytest.skip(f"{BINARY} not built")
     if not mounts_allowed():
         pytest.skip("mounting a tmpfs needs root (or CAP_SYS_ADMIN) here")
-    directory = tmp_path / "lab"
-    log_path = tmp_path / "lab.log"
-    for _ in range(10):
-        base_port = random.randrange(20000, 32000, 500)
-        log = open(log_path, "w")
-        process = subprocess.Popen(
-            [str(BINARY), "lab", "--disk-mib", str(DISK_MIB), "--dir", str(directory), "--base-port", str(base_port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        wait_until("the lab up or ended", lambda: process.poll() is not None or subprocess.run(
-            [str(BINARY), "status", "--lab", str(directory)], capture_output=True, timeout=60).returncode == 0,
-            START_DEADLINE_S)
-        if process.poll() is None:
-            break
-        assert "not free" in log_path.read_text(), log_path.read_text()[-5000:]
-    else:
-        pytest.fail("no free port block for the lab")
-    data = directory / "data" / "us-east-1"
-    try:
+    with running_lab(BINARY, tmp_path, "--disk-mib", str(DISK_MIB),
+                     start_deadline_s=START_DEADLINE_S) as (directory, base_port):
+        data = directory / "data" / "us-east-1"
         assert is_mounted(data), "each store's data folder is a filesystem of its own"
         targets = (directory / "drill-targets.toml").read_text()
         store_url = next(line.split('"')[1] for line in targets.splitlines() if line.startswith("store_url"))
@@ -160,8 +144,4 @@ def test_a_full_disk_fails_the_region_over_and_heals_without_a_restart(tmp_path)
         assert len(steps) == 2 and all(e["ok"] for e in steps), steps
         assert report["measurements"]["failovers"] >= 1, report["measurements"]
         assert report["check"]["lost"] == 0 and report["check"]["acknowledged"] > 0, report["check"]
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0, log_path.read_text()[-5000:]
     assert not is_mounted(data), "the lab unmounts its disks when it stops"

@@ -6,8 +6,6 @@ skipped where the machine does not allow network namespaces."""
 
 import json
 import os
-import random
-import signal
 import subprocess
 import time
 import urllib.error
@@ -18,6 +16,8 @@ import dns.exception
 import dns.message
 import dns.query
 import pytest
+
+from labrun import running_lab
 
 REPO = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
@@ -76,26 +76,8 @@ def test_a_cut_network_link_fails_the_region_over(tmp_path):
         pytest.skip(f"{BINARY} not built")
     if not namespaces_allowed():
         pytest.skip("network namespaces need root and iproute2 here")
-    directory = tmp_path / "lab"
-    log_path = tmp_path / "lab.log"
-    for _ in range(10):
-        # Below the kernel's ephemeral range (32768+), where outgoing connections take ports.
-        base_port = random.randrange(20000, 32000, 500)
-        log = open(log_path, "w")
-        process = subprocess.Popen(
-            [str(BINARY), "lab", "--netns", "--dir", str(directory), "--base-port", str(base_port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        wait_until("the lab up or ended", lambda: process.poll() is not None or subprocess.run(
-            [str(BINARY), "status", "--lab", str(directory)], capture_output=True, timeout=60).returncode == 0,
-            START_DEADLINE_S)
-        if process.poll() is None:
-            break
-        assert "not free" in log_path.read_text(), log_path.read_text()[-5000:]
-    else:
-        pytest.fail("no free port block for the lab")
-    names = [f"sy{base_port}r0", f"sy{base_port}r1"]
-    try:
+    with running_lab(BINARY, tmp_path, "--netns", start_deadline_s=START_DEADLINE_S) as (directory, base_port):
+        names = [f"sy{base_port}r0", f"sy{base_port}r1"]
         assert all(name in netns_list() for name in names), netns_list()
         state = json.loads((directory / "lab.json").read_text())
         store = next(c for c in state["components"] if c["name"] == "store-us-east-1")
@@ -134,8 +116,4 @@ def test_a_cut_network_link_fails_the_region_over(tmp_path):
         assert len(steps) == 2 and all(e["ok"] for e in steps), steps
         assert report["measurements"]["failovers"] >= 1, report["measurements"]
         assert report["check"]["lost"] == 0 and report["check"]["acknowledged"] > 0, report["check"]
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0, (tmp_path / "lab.log").read_text()[-5000:]
     assert not any(name in netns_list() for name in names), "the lab removes its namespaces"

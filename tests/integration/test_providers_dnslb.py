@@ -8,7 +8,6 @@ crates/providers/tests/it.)"""
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -17,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from labrun import running_lab
 
 REPO = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
@@ -160,32 +161,13 @@ def lab(tmp_path_factory):
         pytest.skip("moto_server not installed: pip install 'moto[server]' (scripts/install-test-deps.sh)")
     env = dict(os.environ, PATH=f"{venv_bin}:{os.environ.get('PATH', '')}")
     root = tmp_path_factory.mktemp("providers")
-    directory = root / "lab"
-    log_path = root / "lab.log"
-    log = open(log_path, "w")
-    for _ in range(10):
-        base_port = random.randrange(20000, 32000, 500)
-        process = subprocess.Popen(
-            [str(BINARY), "lab", "--dir", str(directory), "--regions", "2", "--base-port", str(base_port),
-             "--providers"],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
-        wait_until("switchyard status --lab saying up",
-                   lambda: process.poll() is not None or run("status", "--lab", str(directory)).returncode == 0,
-                   START_DEADLINE_S)
-        if process.poll() is None:
-            break
-        assert "not free" in log_path.read_text(), log_path.read_text()[-5000:]
-    else:
-        pytest.fail("no free port block for the lab")
-    yield directory, base_port, root, process, log_path
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+    with running_lab(BINARY, root, "--regions", "2", "--providers", start_deadline_s=START_DEADLINE_S,
+                     env=env) as lab:
+        yield lab.directory, lab.base_port, root, lab
 
 
 def test_a_region_outage_moves_every_provider_and_the_drill_times_each(lab):
-    directory, base_port, root, process, log_path = lab
+    directory, base_port, root, _running = lab
     audit = directory / "data" / "controller-audit.jsonl"
 
     def first_runbook_done():
@@ -232,11 +214,13 @@ def test_a_region_outage_moves_every_provider_and_the_drill_times_each(lab):
 
 
 def test_a_killed_lab_takes_bind9_haproxy_and_moto_along(lab):
-    directory, base_port, _root, process, log_path = lab
+    directory, base_port, _root, running = lab
+    process, log_path = running.process, running.log_path
     named = pids_of(str(directory / "config" / "named.conf"))
     haproxy = pids_of(str(directory / "config" / "haproxy.cfg"))
     moto = pids_of(f"moto_server -H 127.0.0.1 -p {base_port + 6}")
     assert named and haproxy and moto, log_path.read_text()[-3000:]
+    running.killed()
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
     wait_until("BIND9, HAProxy and moto to exit with the lab",

@@ -201,3 +201,60 @@ def test_unauthenticated_upload_is_refused_before_its_body(tmp_path):
             connection.close()
     finally:
         store.stop()
+
+
+# A burst of large, authenticated requests: each body is read, parsed and refused (an item over
+# DynamoDB's 400 KB limit), so the store holds BURST_REQUESTS x BURST_ITEM_BYTES at its peak and
+# nothing of it afterwards. The allocator must give that memory back to the system once the burst
+# is over (glibc keeps freed heap for reuse; the binary uses an allocator that returns it).
+BURST_REQUESTS = 64
+BURST_ITEM_BYTES = 12 * 1024 * 1024
+BURST_BUFFERED_BODY_BYTES_MAX = "1GiB"
+# Resident memory may stay this far above where it started once the burst is over.
+BURST_RESIDENT_MARGIN_BYTES = 32 * 1024 * 1024
+BURST_RETURN_DEADLINE_S = 60
+
+
+def test_memory_is_returned_to_the_system_after_a_burst(tmp_path):
+    require_binary()
+    store = LimitedStore(tmp_path / "data", ["--buffered-body-bytes-max", BURST_BUFFERED_BODY_BYTES_MAX]).start()
+    try:
+        client = store.client()
+        create_table(client, "burst")
+        for index in range(50):
+            client.put_item(TableName="burst", Item={"pk": {"S": f"warm-{index}"}})
+        start_resident = resident_bytes(store.process)
+
+        barrier = threading.Barrier(BURST_REQUESTS)
+        errors = []
+
+        def oversized(index):
+            own = store.client()
+            barrier.wait()
+            try:
+                own.put_item(TableName="burst", Item={"pk": {"S": f"big-{index}"}, "blob": {"S": "x" * BURST_ITEM_BYTES}})
+                errors.append("an item over 400 KB was accepted")
+            except client.exceptions.ClientError as error:
+                errors.append(error.response["Error"]["Code"])
+
+        threads = [threading.Thread(target=oversized, args=(i,), daemon=True) for i in range(BURST_REQUESTS)]
+        peak = start_resident
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                peak = max(peak, resident_bytes(store.process))
+                thread.join(0.05)
+        assert errors == ["ValidationException"] * BURST_REQUESTS, errors
+        # The burst really used memory (else this test shows nothing about giving it back).
+        assert peak > start_resident + 3 * BURST_RESIDENT_MARGIN_BYTES, (start_resident, peak)
+
+        # Once idle again, the store goes back near where it started, and still serves.
+        wait_for(lambda: resident_bytes(store.process) < start_resident + BURST_RESIDENT_MARGIN_BYTES,
+                 BURST_RETURN_DEADLINE_S,
+                 f"resident memory back under {start_resident + BURST_RESIDENT_MARGIN_BYTES} bytes after the burst "
+                 f"(started at {start_resident}, peak {peak})", interval_s=POLL_S)
+        assert client.get_item(TableName="burst", Key={"pk": {"S": "warm-49"}}, ConsistentRead=True)["Item"]
+        assert "Item" not in client.get_item(TableName="burst", Key={"pk": {"S": "big-0"}}, ConsistentRead=True)
+    finally:
+        store.stop()

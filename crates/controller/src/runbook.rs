@@ -47,7 +47,7 @@ pub struct DnsAdmin {
 pub struct StepReport {
     pub step: String,
     pub attempt: u32,
-    /// `ok`, `skipped`, `error`, `fenced` or `refused`.
+    /// `ok`, `skipped`, `error`, `fenced`, `refused` or `stopped` (no longer allowed to act).
     pub outcome: &'static str,
     pub detail: String,
     pub duration_ms: u64,
@@ -91,6 +91,21 @@ pub async fn execute(
     steps: &[Step],
     order: &RunbookOrder,
     context: &StepContext,
+    report: impl FnMut(StepReport),
+) -> RunbookOutcome {
+    execute_guarded(steps, order, context, || Ok(()), report).await
+}
+
+/// [`execute`], with `may_act` asked before every attempt of every step (retries included):
+/// when it answers `Err(why)` the runbook stops there, before acting, with `why` in the
+/// outcome and an attempt reported as `stopped`. With `[controller.ha]` it is the member's
+/// lease as its own clock sees it, so a leader cut off from etcd stops retrying when its lease
+/// runs out instead of retrying a step under its old generation for the step's whole budget.
+pub async fn execute_guarded(
+    steps: &[Step],
+    order: &RunbookOrder,
+    context: &StepContext,
+    may_act: impl Fn() -> Result<(), String>,
     mut report: impl FnMut(StepReport),
 ) -> RunbookOutcome {
     for step in steps {
@@ -111,6 +126,19 @@ pub async fn execute(
         let mut last_error = String::new();
         let mut done = false;
         for attempt in 1..=attempts {
+            if let Err(why) = may_act() {
+                report(StepReport {
+                    step: step.name.clone(),
+                    attempt,
+                    outcome: "stopped",
+                    detail: why.clone(),
+                    duration_ms: 0,
+                });
+                return RunbookOutcome::Failed {
+                    step: step.name.clone(),
+                    error: format!("not run: {why}"),
+                };
+            }
             let started = Instant::now();
             let result = match tokio::time::timeout(
                 Duration::from_millis(step.timeout_ms),

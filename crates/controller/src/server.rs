@@ -472,10 +472,16 @@ impl Shared {
             if ha.acting() != Some(term) {
                 return stop(&step.name, crate::ha::GuardError::NotLeading(term));
             }
-            let outcome = runbook::execute(
+            // Each retry of the step asks again: a leader cut off from etcd stops when its
+            // lease runs out by its own clock, not after the step's whole retry budget.
+            let outcome = runbook::execute_guarded(
                 std::slice::from_ref(step),
                 order,
                 &self.step_context,
+                || match ha.acting() {
+                    Some(acting) if acting == term => Ok(()),
+                    _ => Err(crate::ha::GuardError::NotLeading(term).to_string()),
+                },
                 self.step_recorder(order.generation),
             )
             .await;

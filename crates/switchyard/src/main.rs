@@ -10,6 +10,23 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dynamo_protocol::sigv4::Credentials;
 use tokio::net::TcpListener;
 
+/// jemalloc instead of glibc's malloc: after a burst (many large request bodies at once) glibc
+/// keeps the freed memory in its arenas for good; jemalloc, with its background thread turned
+/// on at start (`return_memory_after_bursts`), gives freed pages back to the system on its decay
+/// schedule (about 10 s), idle or not. `test_store_limits.py` checks it against the real binary.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Turns on jemalloc's background purging thread; without it freed pages go back to the
+/// system only when the process allocates again, so an idle server would keep a burst's peak.
+fn return_memory_after_bursts() {
+    if let Err(error) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!(
+            "switchyard: could not start the allocator's background thread ({error}): memory freed after a burst returns to the system only as the process keeps allocating"
+        );
+    }
+}
+
 mod lab;
 mod lock;
 
@@ -517,6 +534,7 @@ fn lab_ca(command: &Command) -> Option<PathBuf> {
 }
 
 fn main() -> anyhow::Result<()> {
+    return_memory_after_bursts();
     let cli = Cli::parse();
     if let Command::Lock(args) = &cli.command
         && let Some(status) = lock::exec_guard(args)

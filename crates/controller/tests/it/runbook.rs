@@ -6,7 +6,7 @@ use controller::client::HttpClient;
 use controller::config::{Step, StepKind};
 use controller::engine::{Generation, Placement, RegionId, RunbookOrder, RunbookOutcome, TransitionKind};
 use controller::pointer::{Pointer, PointerValue};
-use controller::runbook::{DnsAdmin, StepContext, StepReport, execute};
+use controller::runbook::{DnsAdmin, StepContext, StepReport, execute, execute_guarded};
 
 use crate::fake::Fake;
 use crate::wait_for;
@@ -110,6 +110,49 @@ async fn failing_command_is_retried_then_reported_and_later_steps_do_not_run() {
         None,
         "the pointer step after a failed step never ran"
     );
+}
+
+#[tokio::test]
+async fn a_step_is_not_retried_once_the_runner_may_no_longer_act() {
+    // A leader whose lease ran out while its step failed stops before the next attempt,
+    // instead of retrying under its old generation for the step's whole budget.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = dir.path().join("count");
+    let mut failing = step("dns", StepKind::Command);
+    failing.program = Some("sh".into());
+    failing.args = vec!["-c".into(), format!("echo x >> {}; exit 3", count.display())];
+    failing.retries = 5;
+    let pointer_step = step("pointer", StepKind::Pointer);
+    let context = context(None);
+    let asked = std::sync::atomic::AtomicU32::new(0);
+    let mut reports = Vec::new();
+    let outcome = execute_guarded(
+        &[failing, pointer_step],
+        &order(9),
+        &context,
+        || {
+            // Allowed for the first attempt only, as when the lease lapses during it.
+            if asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                Ok(())
+            } else {
+                Err("the lease ran out".to_string())
+            }
+        },
+        |r| reports.push(r),
+    )
+    .await;
+    match outcome {
+        RunbookOutcome::Failed { step, error } => {
+            assert_eq!(step, "dns");
+            assert!(error.contains("not run: the lease ran out"), "{error}");
+        }
+        other => panic!("expected a stop, got {other:?}"),
+    }
+    let attempts = std::fs::read_to_string(&count).expect("ran").lines().count();
+    assert_eq!(attempts, 1, "no retry after the runner lost the right to act");
+    let outcomes: Vec<_> = reports.iter().map(|r| (r.attempt, r.outcome)).collect();
+    assert_eq!(outcomes, vec![(1, "error"), (2, "stopped")]);
+    assert_eq!(context.pointer.get().region, None, "the later step never ran");
 }
 
 #[tokio::test]
