@@ -87,6 +87,11 @@ def test_select_non_key_conditions_scan_the_table(client, table):
 def test_select_in_order_by_and_index(client, table):
     items = run(client, f"SELECT pk, sk FROM \"{table}\" WHERE pk IN ['b', 'a'] AND sk < 3 ORDER BY pk DESC")["Items"]
     assert [(i["pk"]["S"], i["sk"]["N"]) for i in items] == [("b", "1"), ("a", "1"), ("a", "2")]
+    # An OR of key equalities reads those partitions, as IN does (so ORDER BY on the key works).
+    items = run(client, f"SELECT pk, sk FROM \"{table}\" WHERE (pk = 'a' OR pk = 'b') AND sk < 3 ORDER BY pk DESC")["Items"]
+    assert [(i["pk"]["S"], i["sk"]["N"]) for i in items] == [("b", "1"), ("a", "1"), ("a", "2")]
+    items = run(client, f"SELECT pk, sk FROM \"{table}\" WHERE pk = 'b' OR pk IN ['a'] ORDER BY pk")["Items"]
+    assert [(i["pk"]["S"], i["sk"]["N"]) for i in items] == [("a", str(n)) for n in range(1, 6)] + [("b", "1")]
     items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' ORDER BY sk DESC")["Items"]
     assert [i["sk"]["N"] for i in items] == ["5", "4", "3", "2", "1"]
     items = run(client, f'SELECT pk, sk FROM "{table}"."by-g" WHERE g = \'even\'')["Items"]
