@@ -181,3 +181,37 @@ def test_dynamodb_errors(tmp_path):
         assert error_of(excinfo)[0] == "PointInTimeRecoveryUnavailableException"
     finally:
         store.stop()
+
+
+class ConfiguredStore(StoreProcess):
+    def __init__(self, data_dir, config):
+        super().__init__(data_dir)
+        self.config = config
+
+    def command(self):
+        command, ready = super().command()
+        return command + ["--config", str(self.config)], ready
+
+
+def test_store_keys_set_the_restorable_lag(tmp_path):
+    require_binary()
+    config = tmp_path / "switchyard.toml"
+    config.write_text('[store]\npitr_restorable_lag_ms = 600000\npitr_undo_bytes_max = "1MiB"\n')
+    store = ConfiguredStore(tmp_path / "data", config).start()
+    try:
+        client = store.client()
+        create_table(client, "lagged")
+        client.update_continuous_backups(TableName="lagged",
+                                         PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True})
+        before = datetime.datetime.now(datetime.timezone.utc)
+        latest = pitr_description(client, "lagged")["LatestRestorableDateTime"]
+        after = datetime.datetime.now(datetime.timezone.utc)
+        lag = datetime.timedelta(minutes=10)
+        assert before - lag - datetime.timedelta(seconds=1) <= latest <= after - lag + datetime.timedelta(seconds=1)
+        # Ten minutes back is before PITR was enabled: nothing is restorable yet.
+        with pytest.raises(ClientError) as excinfo:
+            client.restore_table_to_point_in_time(SourceTableName="lagged", TargetTableName="lagged-copy",
+                                                  UseLatestRestorableTime=True)
+        assert error_of(excinfo)[0] == "InvalidRestoreTimeException"
+    finally:
+        store.stop()

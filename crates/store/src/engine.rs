@@ -30,7 +30,8 @@ pub use replog::{
 };
 
 pub use pitr::{
-    ENV_PITR_RESTORABLE_LAG_MS, ENV_PITR_UNDO_BYTES_MAX, PITR_TRIM_ENTRIES_PER_SWEEP_MAX, PitrLimits, PitrView,
+    ENV_PITR_RESTORABLE_LAG_MS, ENV_PITR_UNDO_BYTES_MAX, PITR_TRIM_ENTRIES_PER_SWEEP_MAX, PitrLimitKeys, PitrLimits,
+    PitrView,
 };
 pub use recovery::{EngineOptions, WriterState, WriterStatus};
 pub(crate) use streams::stream_key as stream_key_of;

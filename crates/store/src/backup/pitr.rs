@@ -15,10 +15,11 @@
 //! longer reaches back far enough, the half-restored table is dropped, with the reason in the
 //! log.
 //!
-//! LatestRestorableDateTime is `now − SWITCHYARD_PITR_RESTORABLE_LAG_MS` (1 s by default; DynamoDB
-//! says "typically 5 minutes"): the barrier makes a restore exact up to its own arrival.
-//! A restore holds the before-images of the keys changed since the restore time in memory; the
-//! per-table undo log bound (`SWITCHYARD_PITR_UNDO_BYTES_MAX`, 256 MiB by default) bounds them.
+//! LatestRestorableDateTime is `now − pitr_restorable_lag_ms` (`[store]` key or
+//! `SWITCHYARD_PITR_RESTORABLE_LAG_MS`; 1 s by default, DynamoDB says "typically 5 minutes"):
+//! the barrier makes a restore exact up to its own arrival. A restore holds the before-images
+//! of the keys changed since the restore time in memory; the per-table undo log bound
+//! (`pitr_undo_bytes_max`, 256 MiB by default) bounds them.
 
 use std::collections::HashMap;
 use std::ops::{Bound, ControlFlow};

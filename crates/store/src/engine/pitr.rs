@@ -64,10 +64,36 @@ impl Default for PitrLimits {
     }
 }
 
+/// The undo log's bounds a `[store]` section sets (`None`: not in the file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PitrLimitKeys {
+    pub undo_bytes_max: Option<u64>,
+    pub restorable_lag_ms: Option<u64>,
+}
+
 impl PitrLimits {
     /// The defaults with the environment's overrides (`lookup`).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<PitrLimits, String> {
+        PitrLimits::default().overridden_by(lookup)
+    }
+
+    /// The defaults, then the `[store]` file's keys, then the environment (`lookup`) over both.
+    pub fn from_file_and_lookup(
+        file: &PitrLimitKeys,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<PitrLimits, String> {
         let mut limits = PitrLimits::default();
+        if let Some(value) = file.undo_bytes_max {
+            limits.undo_bytes_max = value;
+        }
+        if let Some(value) = file.restorable_lag_ms {
+            limits.restorable_lag_ms = value;
+        }
+        limits.overridden_by(lookup)
+    }
+
+    fn overridden_by(self, lookup: impl Fn(&str) -> Option<String>) -> Result<PitrLimits, String> {
+        let mut limits = self;
         let read = |name: &str| -> Result<Option<u64>, String> {
             match lookup(name) {
                 None => Ok(None),
