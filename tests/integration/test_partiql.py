@@ -212,19 +212,22 @@ def test_batch_execute_statement(client, table):
 
 
 def test_execute_transaction(client, table):
-    client.execute_transaction(TransactStatements=[
+    # A transaction of writes answers an empty Responses list, as DynamoDB does.
+    answer = client.execute_transaction(TransactStatements=[
         {"Statement": f"INSERT INTO \"{table}\" VALUE {{'pk': 'tx', 'sk': 1, 'n': 1}}"},
         {"Statement": f"UPDATE \"{table}\" SET seen = true WHERE pk = 'a' AND sk = 1"},
         {"Statement": f"EXISTS(SELECT * FROM \"{table}\" WHERE pk = 'b' AND sk = 1 AND g = 'odd')"},
     ], ClientRequestToken="token-1")
+    assert answer["Responses"] == [] and "ConsumedCapacity" not in answer
     assert client.get_item(TableName=table, Key={"pk": {"S": "a"}, "sk": {"N": "1"}})["Item"]["seen"] == {"BOOL": True}
 
     # The same token and statements again: success, nothing runs twice (the INSERT would fail).
-    client.execute_transaction(TransactStatements=[
+    again = client.execute_transaction(TransactStatements=[
         {"Statement": f"INSERT INTO \"{table}\" VALUE {{'pk': 'tx', 'sk': 1, 'n': 1}}"},
         {"Statement": f"UPDATE \"{table}\" SET seen = true WHERE pk = 'a' AND sk = 1"},
         {"Statement": f"EXISTS(SELECT * FROM \"{table}\" WHERE pk = 'b' AND sk = 1 AND g = 'odd')"},
     ], ClientRequestToken="token-1")
+    assert again["Responses"] == []
 
     with pytest.raises(ClientError) as excinfo:
         client.execute_transaction(TransactStatements=[
