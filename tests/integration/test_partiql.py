@@ -172,6 +172,14 @@ def test_errors_read_as_dynamodb_writes_them(client, table, store):
         "ValidationException", "Number of parameters in request and statement don't match.")
     code, message = failure(client, 'SELECT * FROM "no-such-table"')
     assert code == "ResourceNotFoundException"
+    # PartiQL's reserved keywords (SQL-92's and PartiQL's) are names only when quoted.
+    for word in ("date", "VALUE", "key", "user", "timestamp", "index", "size"):
+        assert failure(client, f'SELECT * FROM "{table}" WHERE pk = \'a\' AND {word} = 1') == (
+            "ValidationException", f"{MALFORMED}Unexpected keyword"), word
+        assert run(client, f'SELECT * FROM "{table}" WHERE pk = \'a\' AND "{word}" = 1')["Items"] == []
+    # ...and the keywords that are functions still call them.
+    items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND size(m.z) = 2")["Items"]
+    assert len(items) == 5
     code, message = failure(client, f"SELECT * FROM \"{table}\" WHERE pk = 1")
     assert (code, message) == ("ValidationException",
                                "Key attribute's data type should match its data type in table's schema: Key pk")
