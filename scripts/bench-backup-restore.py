@@ -12,6 +12,8 @@ times a RestoreTableToPointInTime to a moment inside the writes that went on dur
 the backup, to set beside a run without --pitr."""
 
 import argparse
+import datetime
+import math
 import concurrent.futures
 import threading
 import time
@@ -84,10 +86,10 @@ def main():
          == "AVAILABLE")
     backup_s = time.monotonic() - started
     if args.pitr:
-        # A moment with writes after it: the point-in-time restore undoes them.
-        import datetime
-        middle = datetime.datetime.now(datetime.timezone.utc)
-        wait("more writes", lambda: writes[0] > 0 and time.monotonic() - started > backup_s + 2)
+        # A moment with writes after it: the point-in-time restore undoes them. Whole seconds:
+        # botocore sends RestoreDateTime in seconds.
+        middle = datetime.datetime.fromtimestamp(math.ceil(time.time()), datetime.timezone.utc)
+        wait("more writes", lambda: time.time() > middle.timestamp() + 2)
     stop.set()
     background.join()
     writes_s = time.monotonic() - started
@@ -110,7 +112,9 @@ def main():
         c.restore_table_to_point_in_time(SourceTableName=table, TargetTableName=f"{table}-pitr",
                                          RestoreDateTime=middle)
         wait("PITR restore", lambda: c.describe_table(TableName=f"{table}-pitr")["Table"]["TableStatus"] == "ACTIVE")
-        print(f"point-in-time restore in {time.monotonic() - started:.1f}s")
+        restored = c.describe_table(TableName=f"{table}-pitr")["Table"]["ItemCount"]
+        print(f"point-in-time restore of {restored} items in {time.monotonic() - started:.1f}s "
+              f"(the source has {c.describe_table(TableName=table)['Table']['ItemCount']})")
 
 
 if __name__ == "__main__":
