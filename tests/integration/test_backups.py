@@ -239,10 +239,6 @@ def test_errors_as_dynamodb_answers(store):
     with pytest.raises(ClientError) as excinfo:
         client.describe_continuous_backups(TableName="no-such-table")
     assert error_of(excinfo)[0] == "TableNotFoundException"
-    with pytest.raises(ClientError) as excinfo:
-        client.update_continuous_backups(TableName="errs",
-                                         PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True})
-    assert error_of(excinfo)[0] == "ContinuousBackupsUnavailableException"
     off = client.update_continuous_backups(TableName="errs",
                                            PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": False})
     assert off["ContinuousBackupsDescription"]["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "DISABLED"

@@ -87,6 +87,11 @@ def test_select_non_key_conditions_scan_the_table(client, table):
 def test_select_in_order_by_and_index(client, table):
     items = run(client, f"SELECT pk, sk FROM \"{table}\" WHERE pk IN ['b', 'a'] AND sk < 3 ORDER BY pk DESC")["Items"]
     assert [(i["pk"]["S"], i["sk"]["N"]) for i in items] == [("b", "1"), ("a", "1"), ("a", "2")]
+    # An OR of key equalities reads those partitions, as IN does (so ORDER BY on the key works).
+    items = run(client, f"SELECT pk, sk FROM \"{table}\" WHERE (pk = 'a' OR pk = 'b') AND sk < 3 ORDER BY pk DESC")["Items"]
+    assert [(i["pk"]["S"], i["sk"]["N"]) for i in items] == [("b", "1"), ("a", "1"), ("a", "2")]
+    items = run(client, f"SELECT pk, sk FROM \"{table}\" WHERE pk = 'b' OR pk IN ['a'] ORDER BY pk")["Items"]
+    assert [(i["pk"]["S"], i["sk"]["N"]) for i in items] == [("a", str(n)) for n in range(1, 6)] + [("b", "1")]
     items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' ORDER BY sk DESC")["Items"]
     assert [i["sk"]["N"] for i in items] == ["5", "4", "3", "2", "1"]
     items = run(client, f'SELECT pk, sk FROM "{table}"."by-g" WHERE g = \'even\'')["Items"]
@@ -167,6 +172,14 @@ def test_errors_read_as_dynamodb_writes_them(client, table, store):
         "ValidationException", "Number of parameters in request and statement don't match.")
     code, message = failure(client, 'SELECT * FROM "no-such-table"')
     assert code == "ResourceNotFoundException"
+    # PartiQL's reserved keywords (SQL-92's and PartiQL's) are names only when quoted.
+    for word in ("date", "VALUE", "key", "user", "timestamp", "index", "size"):
+        assert failure(client, f'SELECT * FROM "{table}" WHERE pk = \'a\' AND {word} = 1') == (
+            "ValidationException", f"{MALFORMED}Unexpected keyword"), word
+        assert run(client, f'SELECT * FROM "{table}" WHERE pk = \'a\' AND "{word}" = 1')["Items"] == []
+    # ...and the keywords that are functions still call them.
+    items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND size(m.z) = 2")["Items"]
+    assert len(items) == 5
     code, message = failure(client, f"SELECT * FROM \"{table}\" WHERE pk = 1")
     assert (code, message) == ("ValidationException",
                                "Key attribute's data type should match its data type in table's schema: Key pk")
@@ -207,19 +220,22 @@ def test_batch_execute_statement(client, table):
 
 
 def test_execute_transaction(client, table):
-    client.execute_transaction(TransactStatements=[
+    # A transaction of writes answers an empty Responses list, as DynamoDB does.
+    answer = client.execute_transaction(TransactStatements=[
         {"Statement": f"INSERT INTO \"{table}\" VALUE {{'pk': 'tx', 'sk': 1, 'n': 1}}"},
         {"Statement": f"UPDATE \"{table}\" SET seen = true WHERE pk = 'a' AND sk = 1"},
         {"Statement": f"EXISTS(SELECT * FROM \"{table}\" WHERE pk = 'b' AND sk = 1 AND g = 'odd')"},
     ], ClientRequestToken="token-1")
+    assert answer["Responses"] == [] and "ConsumedCapacity" not in answer
     assert client.get_item(TableName=table, Key={"pk": {"S": "a"}, "sk": {"N": "1"}})["Item"]["seen"] == {"BOOL": True}
 
     # The same token and statements again: success, nothing runs twice (the INSERT would fail).
-    client.execute_transaction(TransactStatements=[
+    again = client.execute_transaction(TransactStatements=[
         {"Statement": f"INSERT INTO \"{table}\" VALUE {{'pk': 'tx', 'sk': 1, 'n': 1}}"},
         {"Statement": f"UPDATE \"{table}\" SET seen = true WHERE pk = 'a' AND sk = 1"},
         {"Statement": f"EXISTS(SELECT * FROM \"{table}\" WHERE pk = 'b' AND sk = 1 AND g = 'odd')"},
     ], ClientRequestToken="token-1")
+    assert again["Responses"] == []
 
     with pytest.raises(ClientError) as excinfo:
         client.execute_transaction(TransactStatements=[

@@ -41,6 +41,8 @@ pub enum ErrorKind {
     BackupInUse,
     ContinuousBackupsUnavailable,
     PointInTimeRecoveryUnavailable,
+    /// RestoreTableToPointInTime: a time outside EarliestRestorable..LatestRestorableDateTime.
+    InvalidRestoreTime,
     InternalServerError,
     ServiceUnavailable,
 }
@@ -81,6 +83,7 @@ impl ErrorKind {
             ErrorKind::BackupInUse => "BackupInUseException",
             ErrorKind::ContinuousBackupsUnavailable => "ContinuousBackupsUnavailableException",
             ErrorKind::PointInTimeRecoveryUnavailable => "PointInTimeRecoveryUnavailableException",
+            ErrorKind::InvalidRestoreTime => "InvalidRestoreTimeException",
             ErrorKind::InternalServerError => "InternalServerError",
             ErrorKind::ServiceUnavailable => "ServiceUnavailable",
         }

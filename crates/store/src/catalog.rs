@@ -195,15 +195,33 @@ pub struct TableMeta {
     /// are still being copied in (then the table is CREATING and serves no item operation).
     #[serde(default)]
     pub restore: Option<RestoreSummary>,
+    /// Point-in-time recovery, when enabled on this table (UpdateContinuousBackups): its
+    /// writes then also keep their before-images in the undo log (`engine::pitr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pitr: Option<PitrSpec>,
+}
+
+/// A table's point-in-time recovery settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PitrSpec {
+    /// When it was enabled: the earliest time a restore can go back to.
+    pub enabled_at_ms: u64,
+    /// RecoveryPeriodInDays (1 to 35): older changes are forgotten.
+    pub recovery_period_days: u32,
 }
 
 /// DynamoDB's RestoreSummary of a restored table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RestoreSummary {
+    /// Empty for a point-in-time restore (DescribeTable then shows no SourceBackupArn).
     pub source_backup_arn: String,
     pub source_table_arn: String,
     pub restore_date_time_seconds: f64,
     pub in_progress: bool,
+    /// A point-in-time restore: the source table's storage id and the restore time (ms), so
+    /// a restore a crash interrupted can be done again from the source's undo log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_in_time: Option<(u64, u64)>,
 }
 
 /// Counters kept exactly, updated in the same transaction as the data.
@@ -273,15 +291,15 @@ impl TableMeta {
             table.insert("TableClassSummary".into(), json!({"TableClass": class}));
         }
         if let Some(restore) = &self.restore {
-            table.insert(
-                "RestoreSummary".into(),
-                json!({
-                    "SourceBackupArn": restore.source_backup_arn,
-                    "SourceTableArn": restore.source_table_arn,
-                    "RestoreDateTime": restore.restore_date_time_seconds,
-                    "RestoreInProgress": restore.in_progress,
-                }),
-            );
+            let mut summary = json!({
+                "SourceTableArn": restore.source_table_arn,
+                "RestoreDateTime": restore.restore_date_time_seconds,
+                "RestoreInProgress": restore.in_progress,
+            });
+            if !restore.source_backup_arn.is_empty() {
+                summary["SourceBackupArn"] = json!(restore.source_backup_arn);
+            }
+            table.insert("RestoreSummary".into(), summary);
         }
         let describe_index = |index: &IndexMeta| {
             let stats = index_stats(&index.name);
@@ -713,6 +731,7 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
         key_hash: KeyHash::CURRENT,
         joined_below: 0,
         restore: None,
+        pitr: None,
     })
 }
 

@@ -31,6 +31,8 @@
 //! stream_retention_ms = 86400000          # DynamoDB Streams: records kept (default 24 h)
 //! stream_shard_age_ms = 14400000          # a shard closes after this long (default 4 h)...
 //! stream_shard_records_max = 100000       # ...or this many records
+//! pitr_undo_bytes_max = "256MiB"          # point-in-time recovery: undo log kept per table
+//! pitr_restorable_lag_ms = 1000           # LatestRestorableDateTime is this long before now
 //!
 //! [store.peers]                           # the other regions' stores, for global tables
 //! eu-west-1 = "http://10.1.0.5:8000"
@@ -78,6 +80,8 @@ pub struct StoreFileConfig {
     pub disk_reserve_bytes: Option<u64>,
     /// `stream_retention_ms`, `stream_shard_age_ms`, `stream_shard_records_max`.
     pub stream_limits: crate::streams::StreamLimitKeys,
+    /// `pitr_undo_bytes_max`, `pitr_restorable_lag_ms`.
+    pub pitr_limits: crate::engine::PitrLimitKeys,
     pub peers: Vec<Peer>,
 }
 
@@ -186,6 +190,8 @@ struct RawStore {
     stream_retention_ms: Option<Spanned<i64>>,
     stream_shard_age_ms: Option<Spanned<i64>>,
     stream_shard_records_max: Option<Spanned<i64>>,
+    pitr_undo_bytes_max: Option<Spanned<toml::Value>>,
+    pitr_restorable_lag_ms: Option<Spanned<i64>>,
     #[serde(default)]
     peers: BTreeMap<String, Spanned<String>>,
 }
@@ -371,6 +377,10 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
             shard_age_ms: positive(&raw.stream_shard_age_ms, "stream_shard_age_ms")?,
             shard_records_max: positive(&raw.stream_shard_records_max, "stream_shard_records_max")?,
         },
+        pitr_limits: crate::engine::PitrLimitKeys {
+            undo_bytes_max: bytes(&raw.pitr_undo_bytes_max, "pitr_undo_bytes_max", parse_bytes)?,
+            restorable_lag_ms: positive(&raw.pitr_restorable_lag_ms, "pitr_restorable_lag_ms")?,
+        },
         peers,
     })
 }
@@ -438,6 +448,29 @@ ap-south-1 = "https://store.ap-south-1.example:8000"
         );
         let error = parse("[store]\nstream_retention_ms = \"1d\"\n", Path::new("/srv")).expect_err("a string");
         assert!(error.contains("stream_retention_ms"), "{error}");
+    }
+
+    #[test]
+    fn pitr_limits_are_read_and_the_environment_wins() {
+        let config = parse(
+            "[store]\npitr_undo_bytes_max = \"1MiB\"\npitr_restorable_lag_ms = 5\n",
+            Path::new("/srv"),
+        )
+        .expect("valid");
+        let keys = config.pitr_limits;
+        assert_eq!((keys.undo_bytes_max, keys.restorable_lag_ms), (Some(1 << 20), Some(5)));
+        let limits = crate::engine::PitrLimits::from_file_and_lookup(&keys, |name| {
+            (name == crate::engine::ENV_PITR_RESTORABLE_LAG_MS).then(|| "7".to_string())
+        })
+        .expect("limits");
+        assert_eq!((limits.undo_bytes_max, limits.restorable_lag_ms), (1 << 20, 7));
+        let error = parse("[store]\npitr_restorable_lag_ms = 0\n", Path::new("/srv")).expect_err("zero");
+        assert!(
+            error.contains("line 2") && error.contains("pitr_restorable_lag_ms"),
+            "{error}"
+        );
+        let error = parse("[store]\npitr_undo_bytes_max = \"lots\"\n", Path::new("/srv")).expect_err("words");
+        assert!(error.contains("pitr_undo_bytes_max"), "{error}");
     }
 
     #[test]

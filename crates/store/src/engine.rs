@@ -19,6 +19,7 @@
 //!   it runs another batch; below the disk watermark (`crate::disk`) new items are refused and
 //!   deletes still run.
 
+mod pitr;
 mod recovery;
 mod replog;
 mod streams;
@@ -28,6 +29,10 @@ pub use replog::{
     LOG_TRIM_CHANGES_PER_JOB_MAX, ReceivedChange, ReplicaWriter, TOMBSTONE_PURGES_PER_JOB_MAX, awaiting_backfill_key,
 };
 
+pub use pitr::{
+    ENV_PITR_RESTORABLE_LAG_MS, ENV_PITR_UNDO_BYTES_MAX, PITR_TRIM_ENTRIES_PER_SWEEP_MAX, PitrLimitKeys, PitrLimits,
+    PitrView,
+};
 pub use recovery::{EngineOptions, WriterState, WriterStatus};
 pub(crate) use streams::stream_key as stream_key_of;
 pub use streams::{ShardMeta, ShardRead, StreamMeta};
@@ -319,6 +324,8 @@ struct Shared {
     stream_limits: RwLock<crate::streams::StreamLimits>,
     /// The time of the last stream label minted (labels are unique and increasing).
     stream_label_ms: std::sync::atomic::AtomicU64,
+    /// Bounds of the point-in-time recovery undo log.
+    pitr_limits: RwLock<PitrLimits>,
 }
 
 impl Shared {
@@ -414,6 +421,8 @@ impl Engine {
         let (replog_head, _) = watch::channel(loaded.replog_head);
         let stream_limits = crate::streams::StreamLimits::from_lookup(|name| std::env::var(name).ok())
             .map_err(|message| OpenError::Setting { message })?;
+        let pitr_limits = PitrLimits::from_lookup(|name| std::env::var(name).ok())
+            .map_err(|message| OpenError::Setting { message })?;
         let disk = DiskGuard::new(data_dir, options.disk, options.space_probe());
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(Arc::new(db))),
@@ -430,6 +439,7 @@ impl Engine {
             purge_below: std::sync::atomic::AtomicU64::new(0),
             stream_limits: RwLock::new(stream_limits),
             stream_label_ms: std::sync::atomic::AtomicU64::new(0),
+            pitr_limits: RwLock::new(pitr_limits),
         });
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_JOBS_MAX);
         let writer_shared = Arc::clone(&shared);
@@ -823,6 +833,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         job_mutations_from: 0,
         refused_for_space: false,
         ttl_delete: false,
+        pitr_ms: None,
     };
     let completions: Vec<Completion> = batch
         .into_iter()
@@ -942,6 +953,8 @@ pub struct WriteContext<'a> {
     refused_for_space: bool,
     /// Set while a TTL expiry deletes an item: its stream record names the TTL service.
     ttl_delete: bool,
+    /// The time of this batch's changes in the PITR undo log, once one was logged.
+    pitr_ms: Option<u64>,
 }
 
 /// The index entry key of an item, if the item has the index's key attributes.
@@ -1167,6 +1180,9 @@ impl WriteContext<'_> {
             stats.1 += size(projected_new.as_ref()) - size(projected_old.as_ref());
         }
         self.stream_append(table, old, new)?;
+        if table.pitr.is_some() {
+            self.pitr_append(table, key, old, new)?;
+        }
         if table.ttl.as_ref().is_some_and(|t| t.enabled) {
             let old_ttl = old.and_then(|i| ttl_seconds(table, i));
             let new_ttl = new.and_then(|i| ttl_seconds(table, i));

@@ -606,6 +606,11 @@ async fn ttl_sweeper(engine: Engine) {
             Ok(count) => tracing::debug!(count, "stream records past retention trimmed"),
             Err(error) => tracing::warn!(%error, "stream retention sweep failed; retrying next interval"),
         }
+        match engine.trim_pitr_once().await {
+            Ok(0) => {}
+            Ok(count) => tracing::debug!(count, "point-in-time recovery undo entries trimmed"),
+            Err(error) => tracing::warn!(%error, "undo log trim sweep failed; retrying next interval"),
+        }
     }
 }
 

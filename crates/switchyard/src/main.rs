@@ -381,6 +381,8 @@ impl ListenerLimitArgs {
 struct StoreSettings {
     /// `stream_*` keys of `[store]`; the SWITCHYARD_STREAM_* variables win over them.
     stream_limits: store::streams::StreamLimitKeys,
+    /// `pitr_*` keys of `[store]`; the SWITCHYARD_PITR_* variables win over them.
+    pitr_limits: store::engine::PitrLimitKeys,
     region: String,
     listen: SocketAddr,
     data_dir: PathBuf,
@@ -418,6 +420,7 @@ impl StoreArgs {
         store::global::check_region_name(&region).map_err(|message| anyhow::anyhow!("--region: {message}"))?;
         Ok(StoreSettings {
             stream_limits: file.stream_limits,
+            pitr_limits: file.pitr_limits,
             limits,
             region,
             listen: match self.listen.or(file.listen) {
@@ -645,6 +648,10 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     // Engine::open_with read the SWITCHYARD_STREAM_* variables; the file's keys go under them.
     engine.set_stream_limits(
         store::streams::StreamLimits::from_file_and_lookup(&args.stream_limits, |name| std::env::var(name).ok())
+            .map_err(anyhow::Error::msg)?,
+    );
+    engine.set_pitr_limits(
+        store::engine::PitrLimits::from_file_and_lookup(&args.pitr_limits, |name| std::env::var(name).ok())
             .map_err(anyhow::Error::msg)?,
     );
     let listener = TcpListener::bind(args.listen).await.with_context(|| {

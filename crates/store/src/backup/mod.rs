@@ -16,13 +16,11 @@
 //! by a crash starts again at the next start (the copy is idempotent); one whose backup is gone
 //! or damaged is dropped, with the reason in the log.
 //!
-//! Point-in-time recovery is not offered: storage keeps only the current version of each item,
-//! and a window of every write to every table is a change log this store does not keep.
-//! DescribeContinuousBackups says so (PointInTimeRecoveryStatus DISABLED), enabling it answers
-//! ContinuousBackupsUnavailableException, and RestoreTableToPointInTime answers
-//! PointInTimeRecoveryUnavailableException, as DynamoDB does for a table without it.
+//! Point-in-time recovery (UpdateContinuousBackups, DescribeContinuousBackups,
+//! RestoreTableToPointInTime) is in [`pitr`], on the undo log of `crate::engine::pitr`.
 
 pub mod file;
+mod pitr;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, ControlFlow};
@@ -266,6 +264,10 @@ impl Backups {
             }
         }
         for table in store.engine().tables().into_iter().filter(|t| t.restoring()) {
+            if table.restore.as_ref().is_some_and(|r| r.point_in_time.is_some()) {
+                pitr::resume(store, (*table).clone());
+                continue;
+            }
             let arn = table
                 .restore
                 .as_ref()
@@ -362,9 +364,9 @@ pub async fn handle(store: &Store, operation: &str, body: &[u8]) -> Result<Value
         "ListBackups" => list_backups(store, decode(body)?),
         "DeleteBackup" => delete_backup(store, decode(body)?),
         "RestoreTableFromBackup" => restore_table(store, decode(body)?).await,
-        "DescribeContinuousBackups" => describe_continuous(store, decode(body)?),
-        "UpdateContinuousBackups" => update_continuous(store, decode(body)?),
-        "RestoreTableToPointInTime" => restore_to_point_in_time(store, decode(body)?),
+        "DescribeContinuousBackups" => pitr::describe_continuous(store, decode(body)?),
+        "UpdateContinuousBackups" => pitr::update_continuous(store, decode(body)?).await,
+        "RestoreTableToPointInTime" => pitr::restore_to_point_in_time(store, decode(body)?).await,
         other => Err(ApiError::new(
             ErrorKind::UnknownOperation,
             format!("Unknown operation {other}"),
@@ -734,14 +736,35 @@ pub struct RestoreRequest {
     on_demand_throughput_override: Option<Value>,
 }
 
-/// The CreateTable request a restore amounts to: the backup's table with the overrides applied.
-/// What DynamoDB does not restore (tags, streams, TTL, deletion protection) is left out.
-fn restored_table_request(
-    backup: &BackupMeta,
-    request: &RestoreRequest,
+/// The overrides a restore (from a backup or to a point in time) may give.
+pub(crate) struct Overrides<'a> {
+    pub target_table_name: &'a str,
+    pub billing_mode_override: Option<&'a String>,
+    pub global_secondary_index_override: Option<&'a Vec<Value>>,
+    pub local_secondary_index_override: Option<&'a Vec<Value>>,
+    pub provisioned_throughput_override: Option<&'a Value>,
+}
+
+impl RestoreRequest {
+    fn overrides(&self) -> Overrides<'_> {
+        Overrides {
+            target_table_name: &self.target_table_name,
+            billing_mode_override: self.billing_mode_override.as_ref(),
+            global_secondary_index_override: self.global_secondary_index_override.as_ref(),
+            local_secondary_index_override: self.local_secondary_index_override.as_ref(),
+            provisioned_throughput_override: self.provisioned_throughput_override.as_ref(),
+        }
+    }
+}
+
+/// The CreateTable request a restore amounts to: the source table's definition (as backed up,
+/// or as it is now for a point-in-time restore) with the overrides applied. What DynamoDB does
+/// not restore (tags, streams, TTL, deletion protection, PITR) is left out.
+pub(crate) fn restored_table_request(
+    table: &TableMeta,
+    request: &Overrides<'_>,
 ) -> Result<catalog::CreateTableRequest, ApiError> {
-    let table = &backup.table;
-    let billing = request.billing_mode_override.clone().unwrap_or_else(|| {
+    let billing = request.billing_mode_override.cloned().unwrap_or_else(|| {
         if table.throughput.is_some() {
             "PROVISIONED"
         } else {
@@ -751,7 +774,7 @@ fn restored_table_request(
     });
     let provisioned = billing == "PROVISIONED";
     let throughput_json = |t: catalog::Throughput| json!({"ReadCapacityUnits": t.read, "WriteCapacityUnits": t.write});
-    let table_throughput = match &request.provisioned_throughput_override {
+    let table_throughput = match request.provisioned_throughput_override {
         Some(value) => Some(value.clone()),
         None if provisioned => table.throughput.map(throughput_json),
         None => None,
@@ -779,7 +802,7 @@ fn restored_table_request(
     };
     let mut globals = request
         .global_secondary_index_override
-        .clone()
+        .cloned()
         .unwrap_or_else(|| index_json(IndexKind::Global));
     if !provisioned {
         for index in &mut globals {
@@ -790,7 +813,7 @@ fn restored_table_request(
     }
     let locals = request
         .local_secondary_index_override
-        .clone()
+        .cloned()
         .unwrap_or_else(|| index_json(IndexKind::Local));
     // The attribute definitions the key and the indexes use (an override may drop some).
     let mut used: Vec<String> = table.key.attributes().map(|a| a.name.clone()).collect();
@@ -853,7 +876,7 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
         ));
     }
     let now = store.engine().now_unix_ms() as f64 / 1000.0;
-    let create = restored_table_request(&backup, &request)?;
+    let create = restored_table_request(&backup.table, &request.overrides())?;
     catalog::table_from_request(&create, 0, now)?;
     // The backup is checked whole before the table exists: a damaged backup is refused here.
     let in_use = backups.use_backup(&id);
@@ -867,6 +890,7 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
         source_table_arn: backup.table_arn.clone(),
         restore_date_time_seconds: now,
         in_progress: true,
+        point_in_time: None,
     };
     let meta = store
         .engine()
@@ -998,99 +1022,6 @@ async fn drop_restoring(engine: &Engine, meta: TableMeta) {
     if let Err(error) = result {
         tracing::error!(table = %name, %error, "could not drop a half-restored table; it stays CREATING until the next start retries");
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct TableNameRequest {
-    table_name: String,
-}
-
-fn continuous_description() -> Value {
-    json!({
-        "ContinuousBackupsStatus": "ENABLED",
-        "PointInTimeRecoveryDescription": {"PointInTimeRecoveryStatus": "DISABLED"},
-    })
-}
-
-fn require_backup_table(store: &Store, name: &str) -> Result<Arc<TableMeta>, ApiError> {
-    catalog::validate_table_name(name, "tableName")?;
-    store
-        .engine()
-        .table(name)
-        .filter(|t| t.name != HEALTH_TABLE)
-        .ok_or_else(|| table_not_found(name))
-}
-
-fn describe_continuous(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
-    require_backup_table(store, &request.table_name)?;
-    Ok(json!({"ContinuousBackupsDescription": continuous_description()}))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct PitrSpecification {
-    point_in_time_recovery_enabled: bool,
-    #[allow(dead_code)]
-    recovery_period_in_days: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct UpdateContinuousRequest {
-    table_name: String,
-    point_in_time_recovery_specification: PitrSpecification,
-}
-
-fn update_continuous(store: &Store, request: UpdateContinuousRequest) -> Result<Value, ApiError> {
-    require_backup_table(store, &request.table_name)?;
-    if request
-        .point_in_time_recovery_specification
-        .point_in_time_recovery_enabled
-    {
-        return Err(ApiError::new(
-            ErrorKind::ContinuousBackupsUnavailable,
-            "Point-in-time recovery is not available on this store: it keeps the current version of each item only. Take on-demand backups with CreateBackup instead",
-        ));
-    }
-    Ok(json!({"ContinuousBackupsDescription": continuous_description()}))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct PointInTimeRequest {
-    source_table_arn: Option<String>,
-    source_table_name: Option<String>,
-    target_table_name: String,
-}
-
-fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest) -> Result<Value, ApiError> {
-    catalog::validate_table_name(&request.target_table_name, "targetTableName")?;
-    let source = match (&request.source_table_name, &request.source_table_arn) {
-        (Some(name), None) => name.clone(),
-        (None, Some(arn)) => arn
-            .rsplit_once(":table/")
-            .map(|(_, name)| name.to_string())
-            .ok_or_else(|| ApiError::validation(format!("Invalid SourceTableArn provided as input: {arn}")))?,
-        _ => {
-            return Err(ApiError::validation(
-                "One or more parameter values were invalid: give exactly one of SourceTableName and SourceTableArn",
-            ));
-        }
-    };
-    require_backup_table(store, &source)?;
-    if store.engine().table(&request.target_table_name).is_some() {
-        return Err(ApiError::new(
-            ErrorKind::TableAlreadyExists,
-            format!("Table already exists: {}", request.target_table_name),
-        ));
-    }
-    Err(ApiError::new(
-        ErrorKind::PointInTimeRecoveryUnavailable,
-        format!(
-            "Point in time recovery is not enabled for table '{source}': this store does not offer it; restore an on-demand backup with RestoreTableFromBackup"
-        ),
-    ))
 }
 
 #[cfg(test)]

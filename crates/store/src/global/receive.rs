@@ -255,6 +255,8 @@ impl Replication {
                         let mut created = table.clone();
                         created.id = id;
                         created.ttl = None;
+                        // Point-in-time recovery is each replica's own setting, as in DynamoDB.
+                        created.pitr = None;
                         // Purging waits until the requester's backfill of this replica completes.
                         let clock = context.tick_clock();
                         let joined_below =

@@ -865,7 +865,7 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
             ));
         }
         if store.transactions.check(token, digest, now)? {
-            return Ok(json!({}));
+            return Ok(json!({"Responses": []}));
         }
     }
     let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
@@ -883,7 +883,9 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
     if let Some(token) = request.client_request_token {
         store.transactions.remember(token, digest, now);
     }
-    let mut response = json!({});
+    // DynamoDB answers a transaction of writes with an empty Responses list (as recorded
+    // against AWS by LocalStack's validated snapshot of two INSERTs).
+    let mut response = json!({"Responses": []});
     if let Some(list) = capacity_list(mode, &capacity) {
         response["ConsumedCapacity"] = list;
     }

@@ -424,43 +424,78 @@ pub(crate) fn keyed_where(
     Ok(KeyedWhere { key, rest })
 }
 
-/// The partition-key values a SELECT's WHERE pins (`pk = v` or `pk IN [...]` at the top
-/// level), so it reads those partitions only; `None` means a scan.
+/// The partition-key values a SELECT's WHERE pins (`pk = v`, `pk IN [...]`, or an OR of those,
+/// such as `pk = 1 OR pk = 2`, at the top level), so it reads those partitions only; `None`
+/// means a scan. The whole WHERE clause still filters what is read.
 pub(crate) fn partitions(
     expr: Option<&Expr>,
     schema: &KeySchema,
     parameters: &Parameters<'_>,
 ) -> Result<Option<Vec<AttributeValue>>, ApiError> {
     let Some(expr) = expr else { return Ok(None) };
-    let name = &schema.partition.name;
     for part in conjuncts(expr) {
-        if let Some((found, constant)) = key_equality(part)
-            && found == name
-        {
-            let value = value(constant, parameters, "root")?;
-            check_key_value(schema, name, &value)?;
-            return Ok(Some(vec![value]));
-        }
-        if let Expr::In(subject, members) = part
-            && matches!(&**subject, Expr::Path(Path(p)) if p.as_slice() == [PathElement::Attribute(name.clone())])
-            && members.iter().all(is_constant)
-        {
-            if members.len() > IN_PARTITION_VALUES_MAX {
-                return Err(ApiError::validation(format!(
-                    "IN on the partition key takes at most {IN_PARTITION_VALUES_MAX} values; this one has {}",
-                    members.len()
-                )));
-            }
-            let mut values: Vec<AttributeValue> = Vec::with_capacity(members.len());
-            for member in members {
-                let value = value(member, parameters, "root")?;
-                check_key_value(schema, name, &value)?;
-                if !values.contains(&value) {
-                    values.push(value);
+        let mut values: Vec<AttributeValue> = Vec::new();
+        let mut pinned = true;
+        for alternative in disjuncts(part) {
+            match pinned_values(alternative, schema, parameters)? {
+                Some(found) => {
+                    for value in found {
+                        if !values.contains(&value) {
+                            values.push(value);
+                        }
+                    }
+                }
+                None => {
+                    pinned = false;
+                    break;
                 }
             }
-            return Ok(Some(values));
         }
+        if !pinned {
+            continue;
+        }
+        if values.len() > IN_PARTITION_VALUES_MAX {
+            return Err(ApiError::validation(format!(
+                "IN or OR on the partition key takes at most {IN_PARTITION_VALUES_MAX} values; this one has {}",
+                values.len()
+            )));
+        }
+        return Ok(Some(values));
+    }
+    Ok(None)
+}
+
+/// The partition-key values one condition (`pk = v` or `pk IN [...]`) pins, if it is one.
+fn pinned_values(
+    part: &Expr,
+    schema: &KeySchema,
+    parameters: &Parameters<'_>,
+) -> Result<Option<Vec<AttributeValue>>, ApiError> {
+    let name = &schema.partition.name;
+    if let Some((found, constant)) = key_equality(part)
+        && found == name
+    {
+        let value = value(constant, parameters, "root")?;
+        check_key_value(schema, name, &value)?;
+        return Ok(Some(vec![value]));
+    }
+    if let Expr::In(subject, members) = part
+        && matches!(&**subject, Expr::Path(Path(p)) if p.as_slice() == [PathElement::Attribute(name.clone())])
+        && members.iter().all(is_constant)
+    {
+        if members.len() > IN_PARTITION_VALUES_MAX {
+            return Err(ApiError::validation(format!(
+                "IN on the partition key takes at most {IN_PARTITION_VALUES_MAX} values; this one has {}",
+                members.len()
+            )));
+        }
+        let mut values: Vec<AttributeValue> = Vec::with_capacity(members.len());
+        for member in members {
+            let value = value(member, parameters, "root")?;
+            check_key_value(schema, name, &value)?;
+            values.push(value);
+        }
+        return Ok(Some(values));
     }
     Ok(None)
 }

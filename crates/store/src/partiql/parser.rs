@@ -30,59 +30,271 @@ use crate::expr::{Path, PathElement};
 /// Deepest nesting of parentheses, NOT, and constructed values in one statement.
 pub const NESTING_MAX: usize = 64;
 
-/// Words that cannot be bare names (DynamoDB's PartiQL refuses them unquoted).
+/// Words that cannot be bare names: PartiQL's reserved keywords (SQL-92's and PartiQL's own, as
+/// the PartiQL reference implementation that DynamoDB's PartiQL follows lists them), which
+/// DynamoDB refuses unquoted ("Unexpected keyword"); quote them ("date") to use them as names.
+/// Sorted: looked up by binary search.
 const RESERVED: &[&str] = &[
-    "select",
-    "from",
-    "where",
+    "absolute",
+    "action",
+    "add",
+    "all",
+    "allocate",
+    "alter",
     "and",
-    "or",
-    "not",
-    "in",
-    "is",
-    "between",
-    "insert",
-    "into",
-    "value",
-    "values",
-    "update",
-    "set",
-    "remove",
-    "delete",
-    "returning",
-    "order",
-    "by",
-    "asc",
-    "desc",
-    "null",
-    "missing",
-    "true",
-    "false",
-    "exists",
-    "limit",
-    "group",
-    "having",
-    "union",
+    "any",
+    "are",
     "as",
+    "asc",
+    "assertion",
     "at",
-    "join",
-    "on",
-    "pad",
-    "like",
+    "authorization",
+    "avg",
+    "bag",
+    "begin",
+    "between",
+    "bigint",
+    "bit",
+    "bit_length",
+    "blob",
+    "bool",
+    "boolean",
+    "by",
+    "can_cast",
+    "can_lossless_cast",
+    "cascade",
+    "cascaded",
     "case",
-    "when",
-    "then",
+    "cast",
+    "catalog",
+    "char",
+    "char_length",
+    "character",
+    "character_length",
+    "check",
+    "clob",
+    "close",
+    "coalesce",
+    "collate",
+    "collation",
+    "column",
+    "commit",
+    "conflict",
+    "connect",
+    "connection",
+    "constraint",
+    "constraints",
+    "continue",
+    "convert",
+    "corresponding",
+    "count",
+    "create",
+    "cross",
+    "current",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "cursor",
+    "date",
+    "date_add",
+    "date_diff",
+    "deallocate",
+    "dec",
+    "decimal",
+    "declare",
+    "default",
+    "deferrable",
+    "deferred",
+    "delete",
+    "desc",
+    "describe",
+    "descriptor",
+    "diagnostics",
+    "disconnect",
+    "distinct",
+    "do",
+    "domain",
+    "double",
+    "drop",
     "else",
     "end",
-    "distinct",
-    "all",
-    "cast",
-    "upsert",
+    "escape",
+    "except",
+    "exception",
+    "exec",
+    "execute",
+    "exists",
+    "external",
+    "extract",
+    "false",
+    "fetch",
+    "first",
+    "float",
+    "for",
+    "foreign",
+    "found",
+    "from",
+    "full",
+    "get",
+    "global",
+    "go",
+    "goto",
+    "grant",
+    "group",
+    "having",
+    "identity",
+    "immediate",
+    "in",
+    "index",
+    "indicator",
+    "initially",
+    "inner",
+    "input",
+    "insensitive",
+    "insert",
+    "int",
+    "int2",
+    "int4",
+    "int8",
+    "integer",
+    "integer2",
+    "integer4",
+    "integer8",
+    "intersect",
+    "interval",
+    "into",
+    "is",
+    "isolation",
+    "join",
+    "key",
+    "language",
+    "last",
+    "left",
+    "let",
+    "level",
+    "like",
+    "limit",
+    "list",
+    "local",
+    "lower",
+    "match",
+    "max",
+    "min",
+    "missing",
+    "modified",
+    "module",
+    "names",
+    "national",
+    "natural",
+    "nchar",
+    "new",
+    "next",
+    "no",
+    "not",
+    "nothing",
+    "null",
+    "nullif",
+    "numeric",
+    "octet_length",
+    "of",
+    "offset",
+    "old",
+    "on",
+    "only",
+    "open",
+    "option",
+    "or",
+    "order",
+    "outer",
+    "output",
+    "overlaps",
+    "pad",
+    "partial",
+    "pivot",
+    "position",
+    "precision",
+    "prepare",
+    "preserve",
+    "primary",
+    "prior",
+    "privileges",
+    "procedure",
+    "public",
+    "read",
+    "real",
+    "references",
+    "relative",
+    "remove",
     "replace",
-    "create",
-    "drop",
+    "restrict",
+    "returning",
+    "revoke",
+    "right",
+    "rollback",
+    "rows",
+    "schema",
+    "scroll",
+    "section",
+    "select",
+    "session",
+    "session_user",
+    "set",
+    "sexp",
+    "size",
+    "smallint",
+    "some",
+    "space",
+    "sql",
+    "sqlcode",
+    "sqlerror",
+    "sqlstate",
+    "string",
+    "struct",
+    "substring",
+    "sum",
+    "symbol",
+    "system_user",
     "table",
+    "temporary",
+    "then",
+    "time",
+    "timestamp",
+    "to",
+    "transaction",
+    "translate",
+    "translation",
+    "trim",
+    "true",
+    "tuple",
+    "union",
+    "unique",
+    "unknown",
+    "unpivot",
+    "update",
+    "upper",
+    "upsert",
+    "usage",
+    "user",
+    "using",
+    "value",
+    "values",
+    "varchar",
+    "varying",
+    "view",
+    "when",
+    "whenever",
+    "where",
+    "with",
+    "work",
+    "write",
+    "zone",
 ];
+
+/// Whether `word` (any case) is reserved.
+fn reserved(word: &str) -> bool {
+    RESERVED.binary_search(&word.to_ascii_lowercase().as_str()).is_ok()
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Literal {
@@ -259,9 +471,7 @@ impl Parser {
     fn unexpected(&self, expected: &str) -> ApiError {
         match self.peek() {
             None => malformed("Unexpected term"),
-            Some(Token::Word(word)) if RESERVED.contains(&word.to_ascii_lowercase().as_str()) => {
-                malformed("Unexpected keyword")
-            }
+            Some(Token::Word(word)) if reserved(word) => malformed("Unexpected keyword"),
             Some(_) => malformed(&format!("Unexpected token: {expected}")),
         }
     }
@@ -373,9 +583,7 @@ impl Parser {
     /// A table alias (`t` or `AS t` after the table name) is refused as DynamoDB refuses it.
     fn refuse_alias(&mut self) -> Result<(), ApiError> {
         match self.peek() {
-            Some(Token::Word(word))
-                if word.eq_ignore_ascii_case("as") || !RESERVED.contains(&word.to_ascii_lowercase().as_str()) =>
-            {
+            Some(Token::Word(word)) if word.eq_ignore_ascii_case("as") || !reserved(word) => {
                 Err(ApiError::validation("Aliasing is not supported"))
             }
             Some(Token::Quoted(_)) => Err(ApiError::validation("Aliasing is not supported")),
@@ -489,7 +697,7 @@ impl Parser {
                 self.at += 1;
                 Ok(name)
             }
-            Some(Token::Word(word)) if !RESERVED.contains(&word.to_ascii_lowercase().as_str()) => {
+            Some(Token::Word(word)) if !reserved(word) => {
                 let word = word.clone();
                 self.at += 1;
                 Ok(word)
@@ -742,7 +950,7 @@ impl Parser {
                         self.leave();
                         Ok(Expr::Call(lower, arguments?))
                     }
-                    _ if RESERVED.contains(&lower.as_str()) => Err(self.unexpected("Expected an expression")),
+                    _ if reserved(&lower) => Err(self.unexpected("Expected an expression")),
                     _ => self.path().map(Expr::Path),
                 }
             }
@@ -768,6 +976,25 @@ impl Parser {
                 return Ok(entries);
             }
             self.expect_symbol(",")?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod reserved_tests {
+    use super::*;
+
+    #[test]
+    fn the_reserved_words_are_sorted_and_any_case() {
+        assert!(
+            RESERVED.windows(2).all(|w| w[0] < w[1]),
+            "RESERVED must stay sorted and unique"
+        );
+        for word in ["date", "VALUE", "Key", "user", "size", "count", "timestamp", "index"] {
+            assert!(reserved(word), "{word}");
+        }
+        for word in ["name", "status", "pk", "begins_with", "attribute_exists"] {
+            assert!(!reserved(word), "{word}");
         }
     }
 }

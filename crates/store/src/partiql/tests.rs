@@ -150,7 +150,14 @@ fn partitions_come_from_equality_or_in() {
     let expr = where_of("SELECT * FROM t WHERE pk IN ['a', 'b', 'a'] AND x = 1");
     let found = partitions(Some(&expr), &schema(), &Parameters(&[])).expect("partitions");
     assert_eq!(found.map(|v| v.len()), Some(2));
-    let expr = where_of("SELECT * FROM t WHERE pk = 'a' OR pk = 'b'");
+    let expr = where_of("SELECT * FROM t WHERE pk = 'a' OR pk = 'b' OR pk IN ['c', 'a']");
+    let found = partitions(Some(&expr), &schema(), &Parameters(&[])).expect("partitions");
+    assert_eq!(found.map(|v| v.len()), Some(3));
+    let expr = where_of("SELECT * FROM t WHERE x = 1 AND (pk = 'a' OR pk = 'b')");
+    let found = partitions(Some(&expr), &schema(), &Parameters(&[])).expect("partitions");
+    assert_eq!(found.map(|v| v.len()), Some(2));
+    // One alternative not on the key: every partition may hold a match, so it scans.
+    let expr = where_of("SELECT * FROM t WHERE pk = 'a' OR x = 1");
     assert_eq!(
         partitions(Some(&expr), &schema(), &Parameters(&[])).expect("scan"),
         None

@@ -78,6 +78,7 @@ async fn interrupted_restore(engine: &Engine, name: &str, arn: &str) {
                 source_table_arn: source.arn("us-east-1"),
                 restore_date_time_seconds: 0.0,
                 in_progress: true,
+                point_in_time: None,
             });
             context.put_table(meta)
         })

@@ -649,6 +649,7 @@ mod decoder_fuzz {
 mod backups;
 mod disk;
 mod global;
+mod pitr;
 mod replication_fuzz;
 mod server;
 mod streams;
