@@ -884,7 +884,7 @@ mod tests {
     use super::*;
 
     fn arn(region: &str, name: &str) -> Arn {
-        Arn::parse(&format!("arn:aws:rds:{region}:111122223333:db:{name}"), "db").unwrap()
+        Arn::parse(&format!("arn:aws:rds:{region}:111122223333:db:{name}"), "db").expect("a valid ARN")
     }
 
     fn order(generation: u64, kind: &str, force: bool) -> Order {
@@ -901,7 +901,8 @@ mod tests {
 
     #[test]
     fn arns_are_checked() {
-        let parsed = Arn::parse("arn:aws:rds:eu-west-1:111122223333:cluster:shop-euw1", "cluster").unwrap();
+        let parsed =
+            Arn::parse("arn:aws:rds:eu-west-1:111122223333:cluster:shop-euw1", "cluster").expect("a valid ARN");
         assert_eq!(
             (parsed.region.as_str(), parsed.name.as_str()),
             ("eu-west-1", "shop-euw1")
@@ -918,7 +919,7 @@ mod tests {
                 "not an RDS identifier",
             ),
         ] {
-            let problem = Arn::parse(bad, "cluster").unwrap_err();
+            let problem = Arn::parse(bad, "cluster").expect_err("refused");
             assert!(problem.contains(why), "{bad}: {problem}");
         }
     }
@@ -985,8 +986,8 @@ mod tests {
 
     #[test]
     fn aurora_switches_over_when_planned_and_fails_over_only_when_loss_is_allowed() {
-        let us = Arn::parse("arn:aws:rds:us-east-1:111122223333:cluster:use1", "cluster").unwrap();
-        let eu = Arn::parse("arn:aws:rds:eu-west-1:111122223333:cluster:euw1", "cluster").unwrap();
+        let us = Arn::parse("arn:aws:rds:us-east-1:111122223333:cluster:use1", "cluster").expect("a valid ARN");
+        let eu = Arn::parse("arn:aws:rds:eu-west-1:111122223333:cluster:euw1", "cluster").expect("a valid ARN");
         let global = Global {
             status: AVAILABLE.into(),
             writer: Some(us.text.clone()),

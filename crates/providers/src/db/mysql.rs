@@ -263,14 +263,12 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
             ));
             continue;
         }
-        if rejoin {
-            if old.is_none() {
-                refusals.push(format!(
-                    "{} replicates from nobody and no primary answered to rejoin it to",
-                    members[*i].address
-                ));
-                continue;
-            }
+        if rejoin && old.is_none() {
+            refusals.push(format!(
+                "{} replicates from nobody and no primary answered to rejoin it to",
+                members[*i].address
+            ));
+            continue;
         }
         let received = o.received();
         let key = (
