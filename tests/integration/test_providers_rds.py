@@ -248,3 +248,36 @@ def test_aurora_switches_over_fails_back_and_fails_over_only_when_loss_is_accept
         assert calls[0]["TargetDbClusterIdentifier"] == EU_CL
     finally:
         stop(processes, (fake, us, eu))
+
+
+def test_a_controller_killed_while_rds_promotes_rolls_forward_without_promoting_twice(tmp_path):
+    need_binary()
+    fake, us, eu, processes = FakeRds(delay_s=4.0), App(), App(), []
+    try:
+        fake.add_instance(US_DB)
+        fake.add_instance(EU_DB, source=US_DB)
+        config = tmp_path / "switchyard.toml"
+        config.write_text(config_text(tmp_path, us, eu, rds_step(fake.url)))
+        url, log = start_controller(tmp_path, config, processes)
+        audit = tmp_path / "audit.jsonl"
+        wait_until("the initial placement", lambda: active(url, "us-east-1"), logs=[log])
+        generation = generation_of(cli("failover", "--controller", url))
+        wait_until("the promotion call", lambda: fake.actions("PromoteReadReplica"), logs=[log])
+        processes[0].kill()
+        processes[0].wait(timeout=15)
+        assert fake.instance(EU_DB)["status"] == "modifying", "the promotion must still be under way"
+        assert not steps(audit, generation, "ok")
+
+        (tmp_path / "ready").unlink()
+        url, log = start_controller(tmp_path, config, processes)
+        done = wait_until("the roll-forward to finish the promotion", lambda: [
+            r for r in audit_records(audit) if r.get("kind") == "step" and r.get("step") == "orders-db"
+            and r.get("outcome") == "ok" and r["generation"] > generation], 60, [log])
+        assert "an earlier run promoted" in done[-1]["detail"], done
+        wait_until("eu-west-1 to be active", lambda: active(url, "eu-west-1"), logs=[log])
+        assert len(fake.actions("PromoteReadReplica")) == 1, "promoted twice"
+        promoted = fake.instance(EU_DB)
+        assert promoted["source"] is None and promoted["status"] == "available"
+        assert fake.tags(EU_DB) == {"switchyard:generation": str(done[-1]["generation"])}
+    finally:
+        stop(processes, (fake, us, eu))

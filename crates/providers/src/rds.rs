@@ -342,8 +342,13 @@ impl std::fmt::Debug for Common {
 pub enum Instance {
     /// `DBInstanceNotFound`.
     Missing,
-    /// A read replica of `source` (an identifier or ARN, as RDS reports it).
-    Replica { status: String, source: String },
+    /// A read replica of `source` (an identifier or ARN, as RDS reports it); `generation`: its
+    /// tag, written just before an earlier run's `PromoteReadReplica`.
+    Replica {
+        status: String,
+        source: String,
+        generation: Option<u64>,
+    },
     /// No source: a primary (the original source, or a promoted replica).
     Standalone { status: String, generation: Option<u64> },
 }
@@ -356,6 +361,9 @@ pub enum RdsDecision {
     /// Standalone already (the source while nothing was promoted, or an earlier run's
     /// promotion): wait until available.
     Done,
+    /// An earlier run tagged the replica and promoted it (it is no longer `available`; a
+    /// controller that died mid-wait rolls forward here): only wait, never promote twice.
+    Promoting,
 }
 
 /// Decides a `rds_promote` run (pure): the target region's instance and every other one's.
@@ -396,7 +404,17 @@ pub fn decide_rds(
                 None => Ok(RdsDecision::Done),
             }
         }
-        Instance::Replica { status, source } => {
+        Instance::Replica {
+            generation: Some(g), ..
+        } if *g > generation => Err(Failure::Fenced(format!(
+            "{} carries {GENERATION_TAG}={g}, newer than this order's {generation}",
+            arn.text
+        ))),
+        Instance::Replica {
+            status,
+            source,
+            generation: tag,
+        } => {
             let promoted = standalone_others
                 .iter()
                 .find(|(_, other_arn, _)| other_arn.text != *source && other_arn.name != *source);
@@ -405,6 +423,9 @@ pub fn decide_rds(
                     "{} of {other} is a standalone primary already and is not the source ({source}) of {} of {region}: promoting it too would make two primaries",
                     other_arn.text, arn.text
                 )));
+            }
+            if status != AVAILABLE && tag.is_some() {
+                return Ok(RdsDecision::Promoting);
             }
             if status != AVAILABLE {
                 return Err(Failure::Retryable(format!(
@@ -575,14 +596,7 @@ impl RdsPromote {
                 })
             })
             .await?;
-        let tag = if promoted_now
-            || matches!(
-                state,
-                Instance::Standalone {
-                    generation: Some(_),
-                    ..
-                }
-            ) {
+        let tag = if !matches!(state, Instance::Standalone { generation: None, .. }) {
             self.common.claim(arn, order.generation).await?;
             format!(", {GENERATION_TAG}={}", order.generation)
         } else {
@@ -598,7 +612,7 @@ impl RdsPromote {
                 arn.text, order.to
             ),
             (false, _) => format!(
-                "an earlier run promoted {} of {}; standalone and available{tag}",
+                "an earlier run promoted {} of {}; standalone and available after {waited} ms{tag}",
                 arn.text, order.to
             ),
         })
@@ -791,6 +805,7 @@ impl Common {
             Some(source) if !source.is_empty() => Instance::Replica {
                 status,
                 source: source.to_string(),
+                generation: self.generation(arn).await?,
             },
             _ => Instance::Standalone {
                 status,
@@ -938,7 +953,26 @@ mod tests {
         let replica = |status: &str| Instance::Replica {
             status: status.into(),
             source: us.text.clone(),
+            generation: None,
         };
+        let tagged = |status: &str, g| Instance::Replica {
+            status: status.into(),
+            source: us.text.clone(),
+            generation: Some(g),
+        };
+        // Promoted by an earlier run that died while waiting: only waited for.
+        assert_eq!(
+            decide_rds(6, ("eu", &eu, &tagged("modifying", 5)), &[("us", &us, &source)]),
+            Ok(RdsDecision::Promoting)
+        );
+        assert_eq!(
+            decide_rds(6, ("eu", &eu, &tagged("available", 5)), &[("us", &us, &source)]),
+            Ok(RdsDecision::Promote)
+        );
+        assert!(matches!(
+            decide_rds(4, ("eu", &eu, &tagged("modifying", 5)), &[("us", &us, &source)]),
+            Err(Failure::Fenced(_))
+        ));
         let promoted = |g| Instance::Standalone {
             status: AVAILABLE.into(),
             generation: Some(g),
