@@ -23,11 +23,14 @@ It follows AWS's documented API exactly for what it implements
   while another operation is in progress or when the target is the writer already;
   FailoverGlobalCluster refuses AllowDataLoss together with Switchover with
   InvalidParameterCombination, 400, as documented).
-- Asynchrony as AWS documents it: a promoted replica is `modifying` with its source still named
-  for `delay_s`, then `available` with no `ReadReplicaSourceDBInstanceIdentifier` (and gone from
-  the source's `ReadReplicaDBInstanceIdentifiers`); a global switchover or failover shows a
-  `FailoverState` (`pending`, then `switching-over` or `failing-over`) for `delay_s`, then the
-  target member `IsWriter` and the FailoverState empty.
+- Asynchrony: a promoted replica keeps its source for `delay_s`, then is `available` with no
+  `ReadReplicaSourceDBInstanceIdentifier` (and gone from the source's
+  `ReadReplicaDBInstanceIdentifiers`), as documented; which status AWS shows meanwhile is not
+  documented for PromoteReadReplica, so the fake guesses `modifying` (one of the documented DB
+  instance statuses). A global switchover or failover shows a `FailoverState` (`pending`, then
+  `switching-over` or `failing-over`, the documented values) for `delay_s`, then the target
+  member `IsWriter` and the FailoverState empty; the global cluster's own `Status` stays
+  `available` meanwhile (also not documented).
 
 Test control (not AWS): `GET /_fake/calls` lists the actions received, `POST /_fake/down` with a
 JSON list of AWS regions makes requests signed for them answer 503 ServiceUnavailable.
