@@ -246,6 +246,19 @@ def test_aurora_switches_over_fails_back_and_fails_over_only_when_loss_is_accept
         calls = fake.actions("FailoverGlobalCluster")
         assert len(calls) == 1 and calls[0]["AllowDataLoss"] == "true" and calls[0]["region"] == "eu-west-1", calls
         assert calls[0]["TargetDbClusterIdentifier"] == EU_CL
+        assert "the writer's switchyard:generation was unreadable" in steps(
+            audit, max(r["generation"] for r in audit_records(audit)), "ok")[-1]["detail"]
+
+        # A newer decision (another controller) tagged the writer: this one must not move it.
+        fake.down = set()
+        with fake.lock:
+            fake.clusters[EU_CL]["switchyard:generation"] = "1000"
+        stale = generation_of(cli("failback", "--controller", url))
+        fenced = wait_until("the failback to be fenced", lambda: [
+            r for r in steps(audit, stale) if r["outcome"] != "ok"], logs=[log])
+        assert fenced[-1]["outcome"] == "fenced" and "newer decision moved it there" in fenced[-1]["detail"], fenced
+        assert fake.writer("shop-global") == (EU_CL, None)
+        assert len(fake.actions("SwitchoverGlobalCluster")) == 2
     finally:
         stop(processes, (fake, us, eu))
 

@@ -657,6 +657,26 @@ impl AuroraGlobalFailover {
         let generation = self.common.generation(target).await?;
         let decision = decide_aurora(order, target, &global, generation, self.allow_data_loss)?;
         let was_writer = global.writer.as_deref() == Some(target.text.as_str()) && global.failover.is_none();
+        // The writer's tag too: a newer decision that moved the writer there fences this one (a
+        // stale controller must not move it back). In an unplanned failover the writer's
+        // region may not answer; then only the target's tag fences.
+        let mut unread = String::new();
+        if decision != AuroraDecision::Wait
+            && let Some(writer) = global.writer.as_deref()
+            && let Ok(writer_arn) = Arn::parse(writer, "cluster")
+        {
+            match self.common.generation(&writer_arn).await {
+                Ok(Some(g)) if g > order.generation => {
+                    return Err(Failure::Fenced(format!(
+                        "the writer {writer} carries {GENERATION_TAG}={g}, newer than this order's {}: a newer decision moved it there",
+                        order.generation
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if decision == AuroraDecision::Switchover => return Err(e),
+                Err(e) => unread = format!(" (the writer's {GENERATION_TAG} was unreadable: {e})"),
+            }
+        }
         let client = self.common.client(&target.region).await;
         let action = match decision {
             AuroraDecision::Wait => None,
@@ -699,7 +719,7 @@ impl AuroraGlobalFailover {
         }
         Ok(match action {
             Some(what) => format!(
-                "{what} global cluster {} to {} of {}; the writer after {waited} ms, {GENERATION_TAG}={}",
+                "{what} global cluster {} to {} of {}; the writer after {waited} ms, {GENERATION_TAG}={}{unread}",
                 self.global_cluster, target.text, order.to, order.generation
             ),
             None if was_writer => format!(
