@@ -22,7 +22,9 @@ It follows AWS's documented API exactly for what it implements
   DBClusterNotFoundFault when the target is not a member; InvalidGlobalClusterStateFault, 400,
   while another operation is in progress or when the target is the writer already;
   FailoverGlobalCluster refuses AllowDataLoss together with Switchover with
-  InvalidParameterCombination, 400, as documented).
+  InvalidParameterCombination, 400, as documented), RemoveFromGlobalCluster (GlobalClusterNotFoundFault;
+  DBClusterNotFoundFault when not a member; InvalidGlobalClusterStateFault for the writer while
+  secondaries remain) and DescribeDBClusters (by ARN or identifier; DBClusterNotFoundFault).
 - Asynchrony: a promoted replica keeps its source for `delay_s`, then is `available` with no
   `ReadReplicaSourceDBInstanceIdentifier` (and gone from the source's
   `ReadReplicaDBInstanceIdentifiers`), as documented; which status AWS shows meanwhile is not
@@ -30,7 +32,8 @@ It follows AWS's documented API exactly for what it implements
   instance statuses). A global switchover or failover shows a `FailoverState` (`pending`, then
   `switching-over` or `failing-over`, the documented values) for `delay_s`, then the target
   member `IsWriter` and the FailoverState empty; the global cluster's own `Status` stays
-  `available` meanwhile (also not documented).
+  `available` meanwhile (also not documented). A detached cluster leaves the member list at once
+  and is `modifying` for `delay_s`, then `available` (the status meanwhile is a guess too).
 
 Test control (not AWS): `GET /_fake/calls` lists the actions received, `POST /_fake/down` with a
 JSON list of AWS regions makes requests signed for them answer 503 ServiceUnavailable.
@@ -66,6 +69,7 @@ class FakeRds:
         self.lock = threading.Lock()
         self.instances = {}  # arn -> dict
         self.clusters = {}  # arn -> tags
+        self.detached_at = {}  # arn -> when RemoveFromGlobalCluster detached it
         self.globals = {}  # id -> dict
         self.calls = []
         self.down = set()
@@ -94,6 +98,10 @@ class FakeRds:
         with self.lock:
             self._settle()
             return dict(self.instances[arn])
+
+    def members(self, identifier):
+        with self.lock:
+            return list(self.globals[identifier]["members"])
 
     def writer(self, identifier):
         with self.lock:
@@ -220,6 +228,27 @@ class FakeRds:
                 items = [self._global(wanted)] if wanted else list(self.globals.values())
                 return "<GlobalClusters>" + "".join(
                     f"<GlobalClusterMember>{self._global_xml(g)}</GlobalClusterMember>" for g in items) + "</GlobalClusters>"
+            if action == "RemoveFromGlobalCluster":
+                g = self._global(params.get("GlobalClusterIdentifier", ""))
+                arn = params.get("DbClusterIdentifier", "")
+                if arn not in g["members"]:
+                    raise RdsError(404, "DBClusterNotFoundFault", f"DBCluster {arn} is not a member of {g['id']}.")
+                if arn == g["writer"] and len(g["members"]) > 1:
+                    raise RdsError(400, "InvalidGlobalClusterStateFault",
+                                   f"The primary cluster {arn} cannot be removed while secondaries remain.")
+                g["members"].remove(arn)
+                self.detached_at[arn] = time.monotonic()
+                return f"<GlobalCluster>{self._global_xml(g)}</GlobalCluster>"
+            if action == "DescribeDBClusters":
+                wanted = params.get("DBClusterIdentifier", "")
+                for arn in self.clusters:
+                    if arn_region(arn) == region and wanted in (arn, arn.split(":")[-1]):
+                        at = self.detached_at.get(arn)
+                        status = "modifying" if at is not None and time.monotonic() - at < self.delay_s else "available"
+                        return (f"<DBClusters><DBCluster><DBClusterIdentifier>{escape(arn.split(':')[-1])}</DBClusterIdentifier>"
+                                f"<DBClusterArn>{escape(arn)}</DBClusterArn><Status>{status}</Status>"
+                                f"<Engine>aurora-mysql</Engine></DBCluster></DBClusters>")
+                raise RdsError(404, "DBClusterNotFoundFault", f"DBCluster {wanted} not found.")
             if action == "SwitchoverGlobalCluster":
                 return self._move(params, loss=False)
             if action == "FailoverGlobalCluster":

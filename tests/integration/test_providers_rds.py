@@ -53,6 +53,7 @@ tick_ms = 50
 [policy]
 failback_lag_check = false
 min_hold_ms = 600000
+auto_failback = false
 
 [quorum]
 vantages = ["controller"]
@@ -97,7 +98,7 @@ poll_ms = 100
 {extra}"""
 
 
-def aurora_step(url):
+def aurora_step(url, extra=""):
     return f"""
 [[runbook]]
 name = "orders-db"
@@ -110,7 +111,7 @@ clusters = {{ us-east-1 = "{US_CL}", eu-west-1 = "{EU_CL}" }}
 endpoint_url = "{url}"
 wait_ms = 30000
 poll_ms = 100
-"""
+{extra}"""
 
 
 def start_controller(tmp, config, processes):
@@ -149,12 +150,12 @@ def stop(processes, things):
 
 
 @pytest.mark.parametrize("step,line,message", [
-    (rds_step("http://127.0.0.1:1").replace(EU_DB, "arn:aws:rds:eu-west-1:1111:db:shop-euw1"), 49,
+    (rds_step("http://127.0.0.1:1").replace(EU_DB, "arn:aws:rds:eu-west-1:1111:db:shop-euw1"), 50,
      "the ARN of region 'eu-west-1' has '1111' where the 12-digit account goes"),
-    (rds_step("http://127.0.0.1:1").replace(EU_DB, US_CL), 49, "the ARN of region 'eu-west-1' names a cluster, not a db"),
-    (rds_step("http://127.0.0.1:1").replace("poll_ms = 100", "poll_ms = 1"), 52, "poll_ms = 1 is outside"),
-    (aurora_step("http://127.0.0.1:1").replace('"shop-global"', '"1-global"'), 49, "global_cluster '1-global' is not"),
-    (aurora_step("http://127.0.0.1:1").replace("eu-west-1 = ", "ap-south-1 = "), 50, "'ap-south-1' is not a configured region"),
+    (rds_step("http://127.0.0.1:1").replace(EU_DB, US_CL), 50, "the ARN of region 'eu-west-1' names a cluster, not a db"),
+    (rds_step("http://127.0.0.1:1").replace("poll_ms = 100", "poll_ms = 1"), 53, "poll_ms = 1 is outside"),
+    (aurora_step("http://127.0.0.1:1").replace('"shop-global"', '"1-global"'), 50, "global_cluster '1-global' is not"),
+    (aurora_step("http://127.0.0.1:1").replace("eu-west-1 = ", "ap-south-1 = "), 51, "'ap-south-1' is not a configured region"),
 ])
 def test_config_check_points_at_bad_settings(tmp_path, step, line, message):
     need_binary()
@@ -292,5 +293,37 @@ def test_a_controller_killed_while_rds_promotes_rolls_forward_without_promoting_
         promoted = fake.instance(EU_DB)
         assert promoted["source"] is None and promoted["status"] == "available"
         assert fake.tags(EU_DB) == {"switchyard:generation": str(done[-1]["generation"])}
+    finally:
+        stop(processes, (fake, us, eu))
+
+
+def test_aurora_detach_when_configured_then_failback_is_refused(tmp_path):
+    need_binary()
+    fake, us, eu, processes = FakeRds(delay_s=1.0), App(), App(), []
+    try:
+        fake.add_global("shop-global", US_CL, [EU_CL])
+        config = tmp_path / "switchyard.toml"
+        config.write_text(config_text(tmp_path, us, eu, aurora_step(fake.url, 'unplanned = "detach"\nallow_data_loss = true')))
+        url, log = start_controller(tmp_path, config, processes)
+        audit = tmp_path / "audit.jsonl"
+        wait_until("the initial placement", lambda: active(url, "us-east-1"), logs=[log])
+        fake.down = {"us-east-1"}
+        generation = generation_of(cli("failover", "--controller", url))
+        wait_until("the failover", lambda: active(url, "eu-west-1"), logs=[log])
+        ok = steps(audit, generation, "ok")
+        assert ok and "detached from (RemoveFromGlobalCluster" in ok[-1]["detail"], audit.read_text()[-3000:]
+        assert fake.members("shop-global") == [US_CL]
+        calls = fake.actions("RemoveFromGlobalCluster")
+        assert len(calls) == 1 and calls[0]["DbClusterIdentifier"] == EU_CL and calls[0]["region"] == "eu-west-1"
+        assert not fake.actions("FailoverGlobalCluster")
+        assert fake.tags(EU_CL) == {"switchyard:generation": str(generation)}
+
+        fake.down = set()
+        back = generation_of(cli("failback", "--controller", url))
+        refused = wait_until("the failback to be refused", lambda: [
+            r for r in steps(audit, back) if r["outcome"] != "ok"], logs=[log])
+        assert "cannot make it a secondary again" in refused[-1]["detail"], refused
+        assert active(url, "eu-west-1")
+        assert not fake.actions("SwitchoverGlobalCluster")
     finally:
         stop(processes, (fake, us, eu))

@@ -261,6 +261,11 @@ pub struct AuroraSettings {
     /// failover --force-data-loss` allows that.
     #[serde(default)]
     pub allow_data_loss: bool,
+    /// How an unplanned move is made: `failover` (FailoverGlobalCluster, the default) or
+    /// `detach` (RemoveFromGlobalCluster: the target leaves the global database and writes on
+    /// its own — for when the global failover itself cannot run; no failback afterwards).
+    #[serde(default)]
+    pub unplanned: Option<Spanned<String>>,
     #[serde(default)]
     pub profile: Option<Spanned<String>>,
     #[serde(default)]
@@ -294,6 +299,23 @@ impl AuroraSettings {
             );
             ok = false;
         }
+        let detach = match &self.unplanned {
+            None => false,
+            Some(u) if u.get_ref() == "failover" => false,
+            Some(u) if u.get_ref() == "detach" => true,
+            Some(u) => {
+                checker.error(
+                    u.span(),
+                    format!(
+                        "{what}: unplanned = \"{}\" is neither \"failover\" nor \"detach\"",
+                        u.get_ref()
+                    ),
+                    "leave it out for FailoverGlobalCluster, or write \"detach\" for RemoveFromGlobalCluster".into(),
+                );
+                ok = false;
+                false
+            }
+        };
         let clusters = check_arns(&what, &self.clusters, "cluster", checker);
         let timing = check_timing(&what, &self.wait_ms, &self.poll_ms, checker);
         let access = aws_access(&what, self.clusters.span(), &self.profile, &self.endpoint_url, checker);
@@ -304,6 +326,7 @@ impl AuroraSettings {
             global_cluster: id.clone(),
             clusters,
             allow_data_loss: self.allow_data_loss,
+            detach,
             common: Common {
                 access,
                 wait_ms,
@@ -389,6 +412,25 @@ pub fn decide_rds(
             arn.text
         ))),
         Instance::Standalone { generation: tag, .. } => {
+            // A replica an earlier order tagged and that is no longer available is being
+            // promoted: RDS cannot stop that, so this region would end up beside a second
+            // primary.
+            let promoting = others.iter().find(
+                |(_, _, s)| matches!(s, Instance::Replica { status, generation: Some(_), .. } if status != AVAILABLE),
+            );
+            if let Some((
+                other,
+                other_arn,
+                Instance::Replica {
+                    generation: Some(g), ..
+                },
+            )) = promoting
+            {
+                return Err(Failure::Refused(format!(
+                    "the read replica {} of {other} is being promoted (tagged by generation {g}) and RDS cannot undo that: {} of {region} would be a second primary; move to {other} instead",
+                    other_arn.text, arn.text
+                )));
+            }
             let newer = standalone_others
                 .iter()
                 .find(|(_, _, s)| matches!(s, Instance::Standalone { generation: Some(g), .. } if Some(*g) > *tag));
@@ -453,6 +495,7 @@ pub struct AuroraGlobalFailover {
     global_cluster: String,
     clusters: BTreeMap<String, Arn>,
     allow_data_loss: bool,
+    detach: bool,
     common: Common,
 }
 
@@ -472,8 +515,12 @@ pub struct Global {
 pub enum AuroraDecision {
     Switchover,
     Failover,
+    /// `RemoveFromGlobalCluster` (`unplanned = "detach"`).
+    Detach,
     /// A move to the target is under way, or done: wait.
     Wait,
+    /// The target was detached by an earlier run: wait until it is an available cluster.
+    Detached,
 }
 
 /// Whether an order is planned (both regions up: no data loss) or not.
@@ -488,6 +535,8 @@ pub fn decide_aurora(
     global: &Global,
     target_generation: Option<u64>,
     allow_data_loss: bool,
+    detach: bool,
+    detached: &[&Arn],
 ) -> Result<AuroraDecision, Failure> {
     if let Some(g) = target_generation
         && g > order.generation
@@ -497,7 +546,16 @@ pub fn decide_aurora(
             target.text, order.generation
         )));
     }
+    if let Some(other) = detached.iter().find(|a| a.text != target.text) {
+        return Err(Failure::Refused(format!(
+            "{} was detached from the global cluster (RemoveFromGlobalCluster) by an earlier order and writes on its own; Aurora cannot make it a secondary again: create a new global database from it (or add {} to one), fix clusters, then switch over",
+            other.text, target.text
+        )));
+    }
     if !global.members.contains(&target.text) {
+        if detach && target_generation.is_some() {
+            return Ok(AuroraDecision::Detached);
+        }
         return Err(Failure::Refused(format!(
             "{} is not a member of the global cluster (members: {}); add it, or fix clusters",
             target.text,
@@ -520,7 +578,11 @@ pub fn decide_aurora(
     if planned(&order.kind) {
         Ok(AuroraDecision::Switchover)
     } else if allow_data_loss || order.force_data_loss {
-        Ok(AuroraDecision::Failover)
+        Ok(if detach {
+            AuroraDecision::Detach
+        } else {
+            AuroraDecision::Failover
+        })
     } else {
         Err(Failure::Refused(format!(
             "an unplanned move of the writer to {} (FailoverGlobalCluster with AllowDataLoss) loses what had not replicated yet; accept that with `switchyard failover --force-data-loss` or allow_data_loss = true, or switch over while {} still answers",
@@ -655,14 +717,34 @@ impl AuroraGlobalFailover {
         // not answer.
         let global = self.global(&target.region).await?;
         let generation = self.common.generation(target).await?;
-        let decision = decide_aurora(order, target, &global, generation, self.allow_data_loss)?;
+        // Configured clusters that left the global database with an order's tag: detached.
+        let mut detached = Vec::new();
+        for arn in self.clusters.values() {
+            if !global.members.contains(&arn.text)
+                && arn.text != target.text
+                && self.common.generation(arn).await?.is_some()
+            {
+                detached.push(arn);
+            }
+        }
+        let decision = decide_aurora(
+            order,
+            target,
+            &global,
+            generation,
+            self.allow_data_loss,
+            self.detach,
+            &detached,
+        )?;
         let was_writer = global.writer.as_deref() == Some(target.text.as_str()) && global.failover.is_none();
         // The writer's tag too: a newer decision that moved the writer there fences this one (a
         // stale controller must not move it back). In an unplanned failover the writer's
         // region may not answer; then only the target's tag fences.
         let mut unread = String::new();
-        if decision != AuroraDecision::Wait
-            && let Some(writer) = global.writer.as_deref()
+        if matches!(
+            decision,
+            AuroraDecision::Switchover | AuroraDecision::Failover | AuroraDecision::Detach
+        ) && let Some(writer) = global.writer.as_deref()
             && let Ok(writer_arn) = Arn::parse(writer, "cluster")
         {
             match self.common.generation(&writer_arn).await {
@@ -679,7 +761,20 @@ impl AuroraGlobalFailover {
         }
         let client = self.common.client(&target.region).await;
         let action = match decision {
-            AuroraDecision::Wait => None,
+            AuroraDecision::Wait | AuroraDecision::Detached => None,
+            AuroraDecision::Detach => {
+                self.common.claim(target, order.generation).await?;
+                client
+                    .remove_from_global_cluster()
+                    .global_cluster_identifier(&self.global_cluster)
+                    .db_cluster_identifier(&target.text)
+                    .send()
+                    .await
+                    .map_err(|e| aws::failure("RDS RemoveFromGlobalCluster", &e))?;
+                Some(
+                    "detached from (RemoveFromGlobalCluster; what had not replicated is lost, and the old writer must be fenced at the application)",
+                )
+            }
             AuroraDecision::Switchover => {
                 self.common.claim(target, order.generation).await?;
                 client
@@ -708,6 +803,13 @@ impl AuroraGlobalFailover {
             .common
             .wait(|| async {
                 let now = self.global(&target.region).await?;
+                if matches!(decision, AuroraDecision::Detach | AuroraDecision::Detached) {
+                    let status = self.common.cluster_status(target).await?;
+                    let done = !now.members.contains(&target.text) && status == AVAILABLE;
+                    return Ok(
+                        (!done).then(|| format!("member: {}, status {status}", now.members.contains(&target.text)))
+                    );
+                }
                 let done = now.writer.as_deref() == Some(target.text.as_str())
                     && now.failover.is_none()
                     && now.status == AVAILABLE;
@@ -721,6 +823,10 @@ impl AuroraGlobalFailover {
             Some(what) => format!(
                 "{what} global cluster {} to {} of {}; the writer after {waited} ms, {GENERATION_TAG}={}{unread}",
                 self.global_cluster, target.text, order.to, order.generation
+            ),
+            None if decision == AuroraDecision::Detached => format!(
+                "an earlier run detached {} of {} from global cluster {}; it writes on its own, available after {waited} ms",
+                target.text, order.to, self.global_cluster
             ),
             None if was_writer => format!(
                 "{} of {} is the writer of global cluster {} already; nothing moved",
@@ -832,6 +938,26 @@ impl Common {
                 generation: self.generation(arn).await?,
             },
         })
+    }
+
+    /// A DB cluster's `Status` (`DescribeDBClusters`).
+    async fn cluster_status(&self, arn: &Arn) -> Result<String, Failure> {
+        let client = self.client(&arn.region).await;
+        let answer = client
+            .describe_db_clusters()
+            .db_cluster_identifier(&arn.text)
+            .send()
+            .await
+            .map_err(|e| aws::failure("RDS DescribeDBClusters", &e))?;
+        Ok(answer
+            .db_clusters()
+            .iter()
+            .find(|c| {
+                c.db_cluster_arn() == Some(arn.text.as_str()) || c.db_cluster_identifier() == Some(arn.name.as_str())
+            })
+            .and_then(|c| c.status())
+            .unwrap_or("missing")
+            .to_string())
     }
 
     /// The generation tag of a resource, if any.
@@ -980,6 +1106,13 @@ mod tests {
             source: us.text.clone(),
             generation: Some(g),
         };
+        // Back to the source while a replica is being promoted: refused.
+        let Err(Failure::Refused(message)) =
+            decide_rds(6, ("us", &us, &source), &[("eu", &eu, &tagged("modifying", 5))])
+        else {
+            panic!("not refused")
+        };
+        assert!(message.contains("would be a second primary"), "{message}");
         // Promoted by an earlier run that died while waiting: only waited for.
         assert_eq!(
             decide_rds(6, ("eu", &eu, &tagged("modifying", 5)), &[("us", &us, &source)]),
@@ -1049,23 +1182,23 @@ mod tests {
             failover: None,
         };
         assert_eq!(
-            decide_aurora(&order(3, "switchover", false), &eu, &global, None, false),
+            decide_aurora(&order(3, "switchover", false), &eu, &global, None, false, false, &[]),
             Ok(AuroraDecision::Switchover)
         );
         assert!(matches!(
-            decide_aurora(&order(3, "failover", false), &eu, &global, None, false),
+            decide_aurora(&order(3, "failover", false), &eu, &global, None, false, false, &[]),
             Err(Failure::Refused(m)) if m.contains("--force-data-loss")
         ));
         assert_eq!(
-            decide_aurora(&order(3, "failover", true), &eu, &global, None, false),
+            decide_aurora(&order(3, "failover", true), &eu, &global, None, false, false, &[]),
             Ok(AuroraDecision::Failover)
         );
         assert_eq!(
-            decide_aurora(&order(3, "failover", false), &eu, &global, None, true),
+            decide_aurora(&order(3, "failover", false), &eu, &global, None, true, false, &[]),
             Ok(AuroraDecision::Failover)
         );
         assert!(matches!(
-            decide_aurora(&order(3, "switchover", false), &eu, &global, Some(4), false),
+            decide_aurora(&order(3, "switchover", false), &eu, &global, Some(4), false, false, &[]),
             Err(Failure::Fenced(_))
         ));
         let moving = Global {
@@ -1073,7 +1206,7 @@ mod tests {
             ..global.clone()
         };
         assert_eq!(
-            decide_aurora(&order(3, "failover", false), &eu, &moving, Some(3), false),
+            decide_aurora(&order(3, "failover", false), &eu, &moving, Some(3), false, false, &[]),
             Ok(AuroraDecision::Wait)
         );
         let done = Global {
@@ -1081,15 +1214,33 @@ mod tests {
             ..global.clone()
         };
         assert_eq!(
-            decide_aurora(&order(3, "failover", false), &eu, &done, Some(3), false),
+            decide_aurora(&order(3, "failover", false), &eu, &done, Some(3), false, false, &[]),
             Ok(AuroraDecision::Wait)
         );
+        // Detach instead of failover, then a roll-forward finds it detached.
+        assert_eq!(
+            decide_aurora(&order(3, "failover", true), &eu, &global, None, false, true, &[]),
+            Ok(AuroraDecision::Detach)
+        );
+        let gone = Global {
+            members: vec![us.text.clone()],
+            ..global.clone()
+        };
+        assert_eq!(
+            decide_aurora(&order(4, "failover", false), &eu, &gone, Some(3), false, true, &[]),
+            Ok(AuroraDecision::Detached)
+        );
+        // A failback after a detach is refused: Aurora cannot make it a secondary again.
+        assert!(matches!(
+            decide_aurora(&order(5, "failback", false), &us, &gone, None, false, true, &[&eu]),
+            Err(Failure::Refused(m)) if m.contains("cannot make it a secondary again")
+        ));
         let other = Global {
             members: vec![us.text.clone()],
             ..global
         };
         assert!(matches!(
-            decide_aurora(&order(3, "switchover", false), &eu, &other, None, false),
+            decide_aurora(&order(3, "switchover", false), &eu, &other, None, false, false, &[]),
             Err(Failure::Refused(_))
         ));
     }
