@@ -250,10 +250,12 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
             refusals.push(format!("{} has a replication error: {error}", members[*i].address));
             continue;
         }
-        // A replica too: one that kept receiving from a primary cut off from the step (the
-        // promote window) holds transactions the last primary never saw.
+        // A replica of another source too: one that kept receiving from a primary cut off from
+        // the step (the promote window) holds transactions the last primary never saw. (A
+        // replica of the last primary may be ahead of the survey's reading of it: the servers
+        // are read one after the other while it still takes writes.)
         let errant = o.executed.missing_from(&reference);
-        if !errant.is_empty() {
+        if !errant.is_empty() && !follows(o, old, members) {
             let why = if rejoin { "cannot rejoin" } else { "cannot be promoted" };
             refusals.push(format!(
                 "{} {why}: it has {} errant transaction(s) the primary{} never saw: {errant}",
@@ -328,6 +330,14 @@ fn reference(old: Option<usize>, reachable: &[(usize, &Observed)]) -> Position {
     }
 }
 
+/// Whether `o` replicates from the last primary `old`.
+fn follows(o: &Observed, old: Option<usize>, members: &[Member]) -> bool {
+    match (&o.replication, old) {
+        (Some(replication), Some(old)) => replication.source == members[old].address,
+        _ => false,
+    }
+}
+
 /// The servers of the order's region that [`plan`] refuses as candidates because they hold
 /// transactions the reference never saw: each with that reference and how many. Pure.
 pub fn errant_rejoiners(
@@ -349,7 +359,7 @@ pub fn errant_rejoiners(
     let reference = reference(old, &reachable);
     reachable
         .iter()
-        .filter(|(i, _)| members[*i].region == order.to && Some(*i) != old)
+        .filter(|(i, o)| members[*i].region == order.to && Some(*i) != old && !follows(o, old, members))
         .filter_map(|(i, o)| {
             let errant = o.executed.missing_from(&reference);
             (!errant.is_empty()).then(|| (*i, reference.clone(), errant.count))
@@ -1192,6 +1202,43 @@ mod tests {
             }),
             ..primary(executed, None)
         }
+    }
+
+    #[test]
+    fn a_replica_of_another_source_with_errant_transactions_is_never_the_candidate() {
+        // b follows a (the last primary) and is read after a took another write: still a
+        // candidate. c follows a cut-off server and holds what a never had: refused, named.
+        let mut stray = replica("0-1-100,0-2-7", "0-1-100,0-2-7");
+        if let Some(replication) = stray.replication.as_mut() {
+            replication.source = "d:3306".into();
+        }
+        let observed = vec![
+            Some(primary("0-1-100", Some(3))),
+            Some(replica("0-1-101", "0-1-101")),
+            Some(stray.clone()),
+        ];
+        let planned = plan(&order(7, "us", false), &members(), &observed).expect("plan");
+        assert_eq!(
+            planned,
+            Plan::Promote {
+                old: Some(0),
+                candidate: 1,
+                rejoin: false
+            }
+        );
+        let named = errant_rejoiners(&order(7, "us", false), &members(), &observed);
+        assert_eq!(named.iter().map(|(i, _, n)| (*i, *n)).collect::<Vec<_>>(), vec![(2, 7)]);
+        let Err(Failure::Refused(message)) = plan(
+            &order(7, "us", false),
+            &members(),
+            &[Some(primary("0-1-100", Some(3))), None, Some(stray)],
+        ) else {
+            panic!("not refused")
+        };
+        assert!(
+            message.contains("c:3306 cannot be promoted: it has 7 errant transaction(s)"),
+            "{message}"
+        );
     }
 
     #[test]
