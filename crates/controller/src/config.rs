@@ -302,6 +302,10 @@ pub struct StepSection {
     #[serde(default)]
     pub redis_promote: Option<Spanned<providers::db::redis::Settings>>,
     #[serde(default)]
+    pub rds_promote: Option<Spanned<providers::rds::RdsSettings>>,
+    #[serde(default)]
+    pub aurora_global_failover: Option<Spanned<providers::rds::AuroraSettings>>,
+    #[serde(default)]
     pub route53: Option<Spanned<providers::route53::Settings>>,
     #[serde(default)]
     pub route53_failover_health: Option<Spanned<providers::route53::FailoverHealthSettings>>,
@@ -1602,6 +1606,20 @@ impl Checker<'_> {
                 self.check_step_time(step, action.timeout_needed_ms());
                 Some(providers::Action::RedisPromote(action))
             }
+            "rds_promote" => {
+                let action = self
+                    .settings(step, "rds_promote", &step.rds_promote)?
+                    .check(name, self)?;
+                self.warn_wait(step, name, action.least_timeout_ms());
+                Some(providers::Action::RdsPromote(action))
+            }
+            "aurora_global_failover" => {
+                let action = self
+                    .settings(step, "aurora_global_failover", &step.aurora_global_failover)?
+                    .check(name, self)?;
+                self.warn_wait(step, name, action.least_timeout_ms());
+                Some(providers::Action::AuroraGlobalFailover(action))
+            }
             "route53" => {
                 let action = self.settings(step, "route53", &step.route53)?.check(name, self)?;
                 let timeout_ms = *step.timeout_ms.get_ref();
@@ -1647,6 +1665,24 @@ impl Checker<'_> {
                     step.timeout_ms.get_ref(),
                 ),
                 format!("set timeout_ms = {needed_ms} or more on the step, or lower promote_lag_max_ms"),
+            );
+        }
+    }
+
+    /// A step that waits up to `wait_ms` for a managed database should not be cut off first
+    /// (the next attempt would wait again, without acting twice, so only a warning).
+    fn warn_wait(&mut self, step: &StepSection, name: &str, wait_ms: u64) {
+        let timeout_ms = *step.timeout_ms.get_ref();
+        if timeout_ms <= wait_ms {
+            self.warn(
+                step.timeout_ms.span(),
+                format!(
+                    "step '{name}': timeout_ms = {timeout_ms} cuts the wait off before wait_ms = {wait_ms} has passed"
+                ),
+                format!(
+                    "set timeout_ms above {wait_ms} (say {}) on the step, or lower wait_ms",
+                    wait_ms + 30_000
+                ),
             );
         }
     }

@@ -28,6 +28,7 @@ pub mod db;
 pub mod digitalocean;
 pub mod digitalocean_db;
 pub mod haproxy;
+pub mod rds;
 pub mod rest;
 pub mod rfc2136;
 pub mod route53;
@@ -104,6 +105,8 @@ pub enum Action {
     MysqlPromote(db::mysql::MysqlPromote),
     PostgresPromote(db::postgres::PostgresPromote),
     RedisPromote(db::redis::RedisPromote),
+    RdsPromote(rds::RdsPromote),
+    AuroraGlobalFailover(rds::AuroraGlobalFailover),
     Route53(route53::Route53),
     Route53FailoverHealth(route53::FailoverHealth),
     SsmParameter(ssm::SsmParameter),
@@ -121,6 +124,8 @@ impl Action {
             Action::MysqlPromote(_) => "mysql_promote",
             Action::PostgresPromote(_) => "postgres_promote",
             Action::RedisPromote(_) => "redis_promote",
+            Action::RdsPromote(_) => "rds_promote",
+            Action::AuroraGlobalFailover(_) => "aurora_global_failover",
             Action::Route53(_) => "route53",
             Action::Route53FailoverHealth(_) => "route53_failover_health",
             Action::SsmParameter(_) => "ssm_parameter",
@@ -138,6 +143,8 @@ impl Action {
             Action::MysqlPromote(step) => step.run(order).await,
             Action::PostgresPromote(step) => step.run(order).await,
             Action::RedisPromote(step) => step.run(order).await,
+            Action::RdsPromote(step) => step.run(order).await,
+            Action::AuroraGlobalFailover(step) => step.run(order).await,
             Action::Route53(step) => step.run(order).await,
             Action::Route53FailoverHealth(step) => step.run(order).await,
             Action::SsmParameter(step) => step.run(order).await,
@@ -155,6 +162,8 @@ pub const KINDS: &[&str] = &[
     "mysql_promote",
     "postgres_promote",
     "redis_promote",
+    "rds_promote",
+    "aurora_global_failover",
     "route53",
     "route53_failover_health",
     "ssm_parameter",

@@ -250,24 +250,27 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
             refusals.push(format!("{} has a replication error: {error}", members[*i].address));
             continue;
         }
-        if rejoin {
-            let errant = o.executed.missing_from(&reference);
-            if !errant.is_empty() {
-                refusals.push(format!(
-                    "{} cannot rejoin: it has {} errant transaction(s) the primary{} never saw: {errant}",
-                    members[*i].address,
-                    errant.count,
-                    old.map(|o| format!(" {}", members[o].address)).unwrap_or_default(),
-                ));
-                continue;
-            }
-            if old.is_none() {
-                refusals.push(format!(
-                    "{} replicates from nobody and no primary answered to rejoin it to",
-                    members[*i].address
-                ));
-                continue;
-            }
+        // A replica of another source too: one that kept receiving from a primary cut off from
+        // the step (the promote window) holds transactions the last primary never saw. (A
+        // replica of the last primary may be ahead of the survey's reading of it: the servers
+        // are read one after the other while it still takes writes.)
+        let errant = o.executed.missing_from(&reference);
+        if !errant.is_empty() && !follows(o, old, members) {
+            let why = if rejoin { "cannot rejoin" } else { "cannot be promoted" };
+            refusals.push(format!(
+                "{} {why}: it has {} errant transaction(s) the primary{} never saw: {errant}",
+                members[*i].address,
+                errant.count,
+                old.map(|o| format!(" {}", members[o].address)).unwrap_or_default(),
+            ));
+            continue;
+        }
+        if rejoin && old.is_none() {
+            refusals.push(format!(
+                "{} replicates from nobody and no primary answered to rejoin it to",
+                members[*i].address
+            ));
+            continue;
         }
         let received = o.received();
         let key = (
@@ -327,9 +330,16 @@ fn reference(old: Option<usize>, reachable: &[(usize, &Observed)]) -> Position {
     }
 }
 
-/// The servers of the order's region that [`plan`] refuses as candidates because they
-/// replicate from nobody and hold transactions the reference never saw: each with that
-/// reference and how many. Pure.
+/// Whether `o` replicates from the last primary `old`.
+fn follows(o: &Observed, old: Option<usize>, members: &[Member]) -> bool {
+    match (&o.replication, old) {
+        (Some(replication), Some(old)) => replication.source == members[old].address,
+        _ => false,
+    }
+}
+
+/// The servers of the order's region that [`plan`] refuses as candidates because they hold
+/// transactions the reference never saw: each with that reference and how many. Pure.
 pub fn errant_rejoiners(
     order: &Order,
     members: &[Member],
@@ -349,7 +359,7 @@ pub fn errant_rejoiners(
     let reference = reference(old, &reachable);
     reachable
         .iter()
-        .filter(|(i, o)| members[*i].region == order.to && Some(*i) != old && o.replication.is_none())
+        .filter(|(i, o)| members[*i].region == order.to && Some(*i) != old && !follows(o, old, members))
         .filter_map(|(i, o)| {
             let errant = o.executed.missing_from(&reference);
             (!errant.is_empty()).then(|| (*i, reference.clone(), errant.count))
@@ -613,7 +623,21 @@ impl MysqlPromote {
                 continue;
             }
             let mut session = inner.connect(i).await?;
-            let errant = o.executed.missing_from(&primary_state.executed);
+            // Detach first, then judge: a server still receiving from a primary cut off from
+            // the step would otherwise gain transactions the new primary never saw between
+            // this check and the repoint (the promote window), and `replicate_from` would take
+            // them as its starting position.
+            let executed = if o.replication.is_some() {
+                session.stop_replication().await?;
+                session.executed().await?
+            } else {
+                o.executed.clone()
+            };
+            let primary_executed = match inner.connect(primary).await {
+                Ok(mut p) => p.executed().await?,
+                Err(_) => primary_state.executed.clone(),
+            };
+            let errant = executed.missing_from(&primary_executed);
             if o.writable_primary() || !errant.is_empty() {
                 let (position, killed) = session.fence().await?;
                 if o.writable_primary() {
@@ -624,9 +648,10 @@ impl MysqlPromote {
                 }
             }
             if !errant.is_empty() {
-                let tables = session.errant_tables(&primary_state.executed, errant.count).await;
+                let tables = session.errant_tables(&primary_executed, errant.count).await;
+                let detached = if o.replication.is_some() { " and detached" } else { "" };
                 notes.push(format!(
-                    "{} left fenced, not rejoined: {} errant transaction(s) {} never saw: {errant}; {tables}",
+                    "{} left fenced{detached}, not rejoined: {} errant transaction(s) {} never saw: {errant}; {tables}",
                     member.address, errant.count, primary_member.address
                 ));
                 continue;
@@ -963,6 +988,14 @@ impl Session {
         self.run("SET GLOBAL read_only = OFF").await
     }
 
+    /// Stops both replication threads (the configuration stays, for an operator to look at).
+    async fn stop_replication(&mut self) -> Result<(), Failure> {
+        match self.flavor {
+            Flavor::Mariadb => self.run("STOP SLAVE").await,
+            Flavor::Mysql => self.run("STOP REPLICA").await,
+        }
+    }
+
     /// Starts the SQL thread of a replica if it is stopped (its relay log must be applied).
     async fn ensure_applier(&mut self) -> Result<(), Failure> {
         let executed = self.executed().await?;
@@ -1169,6 +1202,43 @@ mod tests {
             }),
             ..primary(executed, None)
         }
+    }
+
+    #[test]
+    fn a_replica_of_another_source_with_errant_transactions_is_never_the_candidate() {
+        // b follows a (the last primary) and is read after a took another write: still a
+        // candidate. c follows a cut-off server and holds what a never had: refused, named.
+        let mut stray = replica("0-1-100,0-2-7", "0-1-100,0-2-7");
+        if let Some(replication) = stray.replication.as_mut() {
+            replication.source = "d:3306".into();
+        }
+        let observed = vec![
+            Some(primary("0-1-100", Some(3))),
+            Some(replica("0-1-101", "0-1-101")),
+            Some(stray.clone()),
+        ];
+        let planned = plan(&order(7, "us", false), &members(), &observed).expect("plan");
+        assert_eq!(
+            planned,
+            Plan::Promote {
+                old: Some(0),
+                candidate: 1,
+                rejoin: false
+            }
+        );
+        let named = errant_rejoiners(&order(7, "us", false), &members(), &observed);
+        assert_eq!(named.iter().map(|(i, _, n)| (*i, *n)).collect::<Vec<_>>(), vec![(2, 7)]);
+        let Err(Failure::Refused(message)) = plan(
+            &order(7, "us", false),
+            &members(),
+            &[Some(primary("0-1-100", Some(3))), None, Some(stray)],
+        ) else {
+            panic!("not refused")
+        };
+        assert!(
+            message.contains("c:3306 cannot be promoted: it has 7 errant transaction(s)"),
+            "{message}"
+        );
     }
 
     #[test]
