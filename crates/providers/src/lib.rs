@@ -1,5 +1,5 @@
 //! Actuators for the infrastructure users already run — DNS providers, load balancers,
-//! parameter stores, databases — and alert channels. Each is a runbook step kind the
+//! parameter stores, databases, media (rsync, S3) — and alert channels. Each is a runbook step kind the
 //! controller runs with the order's generation as fencing token.
 //!
 //! Must not depend on: `controller` (the controller depends on this crate), `store`, `lab`.
@@ -28,6 +28,7 @@ pub mod db;
 pub mod digitalocean;
 pub mod digitalocean_db;
 pub mod haproxy;
+pub mod media;
 pub mod rest;
 pub mod rfc2136;
 pub mod route53;
@@ -100,6 +101,7 @@ pub enum Action {
     DigitalOcean(digitalocean::DigitalOcean),
     DigitalOceanDbPromote(digitalocean_db::DigitalOceanDbPromote),
     Haproxy(haproxy::Haproxy),
+    MediaSync(media::MediaSync),
     Rfc2136(Box<rfc2136::Rfc2136>),
     MysqlPromote(db::mysql::MysqlPromote),
     PostgresPromote(db::postgres::PostgresPromote),
@@ -117,6 +119,7 @@ impl Action {
             Action::DigitalOcean(_) => "digitalocean",
             Action::DigitalOceanDbPromote(_) => "digitalocean_db_promote",
             Action::Haproxy(_) => haproxy::Haproxy::KIND,
+            Action::MediaSync(_) => media::KIND,
             Action::Rfc2136(_) => rfc2136::Rfc2136::KIND,
             Action::MysqlPromote(_) => "mysql_promote",
             Action::PostgresPromote(_) => "postgres_promote",
@@ -127,6 +130,14 @@ impl Action {
         }
     }
 
+    /// The media step's own settings (its lag is measured outside the runbook too).
+    pub fn media(&self) -> Option<&media::MediaSync> {
+        match self {
+            Action::MediaSync(step) => Some(step),
+            _ => None,
+        }
+    }
+
     /// Runs one attempt; the caller owns the timeout and the retries.
     pub async fn run(&self, order: &Order) -> Outcome {
         match self {
@@ -134,6 +145,7 @@ impl Action {
             Action::DigitalOcean(step) => step.run(order).await,
             Action::DigitalOceanDbPromote(step) => step.run(order).await,
             Action::Haproxy(step) => step.run(order).await,
+            Action::MediaSync(step) => step.run(order).await,
             Action::Rfc2136(step) => step.run(order).await,
             Action::MysqlPromote(step) => step.run(order).await,
             Action::PostgresPromote(step) => step.run(order).await,
@@ -151,6 +163,7 @@ pub const KINDS: &[&str] = &[
     "digitalocean",
     "digitalocean_db_promote",
     haproxy::Haproxy::KIND,
+    media::KIND,
     rfc2136::Rfc2136::KIND,
     "mysql_promote",
     "postgres_promote",
