@@ -108,6 +108,16 @@ priority = 1
 [[regions]]
 name = "eu"
 priority = 2
+
+[[checks]]
+name = "us-app"
+region = "us"
+kind = { type = "tcp", address = "127.0.0.1:2" }
+
+[[checks]]
+name = "eu-app"
+region = "eu"
+kind = { type = "tcp", address = "127.0.0.1:2" }
 """
 
 
@@ -235,14 +245,11 @@ def test_rsync_errors_name_the_exit_code_and_rsyncs_words(tmp_path, rsync_daemon
 
 def test_config_check_points_at_media_mistakes_with_line_numbers(tmp_path):
     config = tmp_path / "bad.toml"
-    lines = HEAD.strip("\n").splitlines() + [
-        "[policy]",                                      # 14 (after the 13 lines of HEAD)
-        "failback_media_objects_max = 5",                # 15
-    ]
+    lines = HEAD.strip("\n").splitlines() + ["[policy]", "failback_media_objects_max = 5"]
     config.write_text("\n".join(lines) + "\n")
     result = run_cli("config", "check", str(config))
     assert result.returncode == 1
-    assert f"{config}:15:" in result.stderr and "no runbook step has kind = \"media_sync\"" in result.stderr, \
+    assert f"{config}:{len(lines)}:" in result.stderr and "no runbook step has kind = \"media_sync\"" in result.stderr, \
         result.stderr
 
     config.write_text(HEAD + """
@@ -301,8 +308,8 @@ def moto_s3():
     process.wait(timeout=10)
 
 
-def s3_config(tmp_path, moto, extra=""):
-    config = tmp_path / "s3.toml"
+def s3_config(tmp_path, moto, extra="", name="s3.toml"):
+    config = tmp_path / name
     config.write_text(HEAD + f"""
 [[runbook]]
 name = "media"
@@ -313,6 +320,7 @@ timeout_ms = 60000
 mode = "s3"
 run_timeout_ms = 30000
 concurrency = 3
+list_page_keys = 7
 {extra}
 [runbook.media_sync.locations]
 us = {{ url = "s3://shop-media-us/pub/media/", region = "us-east-1", endpoint_url = "{moto}" }}
@@ -326,8 +334,8 @@ def test_s3_replication_against_moto_copies_verifies_and_keeps_extra_objects(tmp
     s3 = boto3.client("s3", region_name="us-east-1", **keys)
     s3.create_bucket(Bucket="shop-media-us")
     s3.create_bucket(Bucket="shop-media-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    # More than one ListObjectsV2 page (1000 keys) on the source.
-    objects = {f"pub/media/catalog/{i:04d}.jpg": f"image {i}".encode() for i in range(1003)}
+    # Several ListObjectsV2 pages (list_page_keys = 7 below) on the source.
+    objects = {f"pub/media/catalog/{i:04d}.jpg": f"image {i}".encode() for i in range(40)}
     for key, data in objects.items():
         s3.put_object(Bucket="shop-media-us", Key=key, Body=data, ContentType="image/jpeg")
     # A multipart object: its ETag is not the MD5 of its bytes.
@@ -355,15 +363,15 @@ def test_s3_replication_against_moto_copies_verifies_and_keeps_extra_objects(tmp
     assert lag["lag"]["oldest_age_seconds"] is not None, lag
 
     # Bounded: one run copies at most objects_per_run_max.
-    limited = s3_config(tmp_path, moto_s3, extra="objects_per_run_max = 100")
+    limited = s3_config(tmp_path, moto_s3, extra="objects_per_run_max = 10", name="limited.toml")
     result, [first] = media("sync", limited)
     assert result.returncode == 0, result.stderr + result.stdout
-    assert first["copied_objects"] == 100 and first["limited"] == "objects_per_run_max = 100", first
-    assert first["remaining"]["objects"] == total - 100, first
+    assert first["copied_objects"] == 10 and first["limited"] == "objects_per_run_max = 10", first
+    assert first["remaining"]["objects"] == total - 10, first
 
     result, [synced] = media("sync", config)
     assert result.returncode == 0, result.stderr + result.stdout
-    assert synced["copied_objects"] == total - 100 and synced["remaining"]["objects"] == 0, synced
+    assert synced["copied_objects"] == total - 10 and synced["remaining"]["objects"] == 0, synced
 
     for key, data in list(objects.items())[:20]:
         head = s3.head_object(Bucket="shop-media-eu", Key=key)

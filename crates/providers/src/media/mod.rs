@@ -65,6 +65,8 @@ pub const CONCURRENCY_DEFAULT: u32 = 4;
 pub const CONCURRENCY_MAX: u32 = 32;
 /// Default of `objects_listed_max` (objects one listing of one bucket may hold).
 pub const OBJECTS_LISTED_MAX_DEFAULT: u64 = 1_000_000;
+/// Most keys per ListObjectsV2 page (S3's own maximum), and the default.
+pub const LIST_PAGE_KEYS_MAX: u32 = 1000;
 /// Longest location URL, in bytes.
 pub const URL_BYTES_MAX: usize = 1024;
 /// Paths of a lag figure's sample of missing objects.
@@ -99,6 +101,10 @@ pub struct Settings {
     pub concurrency: Option<Spanned<u32>>,
     #[serde(default)]
     pub objects_listed_max: Option<Spanned<u64>>,
+    /// S3: keys per ListObjectsV2 page (S3's maximum and the default: 1000; some
+    /// S3-compatible services page smaller).
+    #[serde(default)]
+    pub list_page_keys: Option<Spanned<u32>>,
     /// rsync over SSH: the private key (`ssh -i`), relative to the config file's folder.
     #[serde(default)]
     pub ssh_identity_file: Option<Spanned<PathBuf>>,
@@ -166,6 +172,8 @@ pub struct Limits {
     pub object_bytes_max: u64,
     pub concurrency: u32,
     pub objects_listed_max: u64,
+    /// S3: keys per ListObjectsV2 page.
+    pub list_page_keys: u32,
 }
 
 /// The ready step.
@@ -379,6 +387,15 @@ impl Settings {
                     &self.objects_listed_max,
                     OBJECTS_LISTED_MAX_DEFAULT,
                     (1, 100_000_000),
+                    &table,
+                    checker,
+                )?,
+                list_page_keys: limit(
+                    &what,
+                    "list_page_keys",
+                    &self.list_page_keys,
+                    LIST_PAGE_KEYS_MAX,
+                    (1, LIST_PAGE_KEYS_MAX),
                     &table,
                     checker,
                 )?,

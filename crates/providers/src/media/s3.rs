@@ -2,7 +2,7 @@
 //! Spaces, MinIO), through the AWS SDK (credentials from its standard chain).
 //!
 //! Both buckets are listed under their prefixes with ListObjectsV2, page by page
-//! (`ContinuationToken`, at most `objects_listed_max` objects each). An object differs when
+//! (`ContinuationToken`, `list_page_keys` per page, at most `objects_listed_max` objects each). An object differs when
 //! the receiver lacks its key, or holds another size, or another ETag. A different ETag is
 //! looked at once more with HeadObject: a copy Switchyard made records the source's ETag in
 //! `x-amz-meta-switchyard-source-etag` (multipart ETags are not content hashes, so a copy
@@ -31,8 +31,6 @@ use crate::aws::failure;
 
 /// The user metadata key (`x-amz-meta-...`) recording the source's ETag on a copy.
 pub const SOURCE_ETAG_METADATA: &str = "switchyard-source-etag";
-/// ListObjectsV2 page size (S3's maximum).
-pub const LIST_PAGE_KEYS: i32 = 1000;
 /// One attempt of a GetObject or PutObject of a whole object, in milliseconds.
 pub const OBJECT_ATTEMPT_TIMEOUT_MS: u64 = 120_000;
 /// Connect (and TLS handshake) to the S3 endpoint.
@@ -93,7 +91,7 @@ impl Bucket {
     }
 
     /// Every object under the prefix, by key relative to the prefix.
-    pub async fn list(&self, objects_max: u64) -> Result<BTreeMap<String, Object>, Failure> {
+    pub async fn list(&self, objects_max: u64, page_keys: u32) -> Result<BTreeMap<String, Object>, Failure> {
         let mut objects = BTreeMap::new();
         let mut token: Option<String> = None;
         loop {
@@ -102,7 +100,7 @@ impl Bucket {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(&self.prefix)
-                .max_keys(LIST_PAGE_KEYS)
+                .max_keys(i32::try_from(page_keys).unwrap_or(1000))
                 .set_continuation_token(token.take())
                 .send()
                 .await
@@ -193,8 +191,8 @@ async fn differences(
     limits: &Limits,
 ) -> Result<(BTreeMap<String, Object>, Vec<String>, Vec<String>), Failure> {
     let (from, to) = tokio::join!(
-        source.list(limits.objects_listed_max),
-        target.list(limits.objects_listed_max)
+        source.list(limits.objects_listed_max, limits.list_page_keys),
+        target.list(limits.objects_listed_max, limits.list_page_keys)
     );
     let (from, to) = (from?, to?);
     let mut differ = Vec::new();

@@ -66,6 +66,7 @@ fn limits(objects: u64, bytes: u64) -> Limits {
         object_bytes_max: bytes,
         concurrency: 1,
         objects_listed_max: 100,
+        list_page_keys: 1000,
     }
 }
 
