@@ -494,8 +494,7 @@ impl Registry {
             entry.toxics_tx.subscribe(),
             self.limits,
             self.fork_rng(),
-            Arc::clone(&self.allowed),
-            self.metrics.clone(),
+            (Arc::clone(&self.allowed), self.metrics.clone()),
         )));
         Ok(())
     }
@@ -535,8 +534,8 @@ async fn accept_loop(
     toxics: watch::Receiver<Arc<Vec<Toxic>>>,
     limits: Limits,
     mut rng: Rng,
-    allowed: Arc<AllowList>,
-    metrics: crate::metrics::ProxyMetrics,
+    // What every connection of the proxy shares: the upstreams allowed, and the counters.
+    (allowed, metrics): (Arc<AllowList>, crate::metrics::ProxyMetrics),
 ) {
     let labels = crate::metrics::ProxyMetrics::labels(&name);
     let mut connections = JoinSet::new();

@@ -61,8 +61,7 @@ impl Endpoint {
             return Err("holds control characters".into());
         }
         let before_slash = url.split('/').next().unwrap_or_default();
-        let transport = if url.starts_with("rsync://") {
-            let rest = &url["rsync://".len()..];
+        let transport = if let Some(rest) = url.strip_prefix("rsync://") {
             let mut parts = rest.splitn(3, '/');
             let host = parts.next().unwrap_or_default();
             let module = parts.next().unwrap_or_default();
