@@ -4,7 +4,8 @@ a real rsync daemon (Debian's `rsync`, started here with its own rsyncd.conf) an
 AWS SDK). Asserts that objects arrive with the same sizes and ETags, that the lag goes to 0,
 that `--delete` stays off unless asked (extra files on the standby survive), the limits of a
 run, `config check`'s line numbers, and the controller's media_lag in `status`, `/metrics`
-(checked by promtool) and its runbook."""
+(checked by promtool), the dashboard (rendered by headless Chromium when installed) and its
+runbook."""
 
 import hashlib
 import json
@@ -520,6 +521,14 @@ eu = {{ url = "{daemon_url}" }}
             lint = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True,
                                   timeout=30)
             assert lint.returncode == 0, lint.stdout + lint.stderr
+
+        # The dashboard's Media table, as a browser renders it (when Chromium is installed).
+        from test_dashboard_chromium import chromium, chromium_binary, rows
+        if chromium_binary():
+            dom = chromium(tmp_path / "chromium-profile", "--virtual-time-budget=3000", "--dump-dom",
+                           base + "/dashboard")
+            media_rows = rows(dom, "media")
+            assert any("us → eu" in row and f" {len(files)} " in row for row in media_rows), media_rows
 
         # us fails: the failover's media step copies what us had to eu before the move ends.
         apps[0].shutdown()
