@@ -400,7 +400,7 @@ def test_s3_replication_against_moto_copies_verifies_and_keeps_extra_objects(tmp
         == b"a new photo, longer"
 
 
-def http_health_server():
+def http_health_server(port=0):
     import http.server
     import threading
 
@@ -414,15 +414,16 @@ def http_health_server():
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
 
 def test_the_controller_measures_media_lag_shows_it_and_runs_the_step_on_failover(tmp_path, rsync_daemon):
-    """The real controller: media_lag in /v1/status, `switchyard status` and /metrics (promtool
-    clean), then a failover runs the media_sync step (audited with its generation) and the
-    lag of the new standby is measured from the new active region."""
+    """The real controller: media_lag in /v1/status, `switchyard status`, /metrics (promtool
+    clean) and the dashboard; a failover runs the media_sync step (audited with its
+    generation) and the lag of the new standby is measured from the new active region; then
+    failback waits for an upload made during the outage until `media sync` copies it home."""
     daemon_url, eu = rsync_daemon
     us = tmp_path / "us"
     us.mkdir()
@@ -449,7 +450,8 @@ tick_ms = 50
 [policy]
 failback_lag_check = false
 failback_media_objects_max = 0
-min_hold_ms = 600000
+min_hold_ms = 1000
+stability_window_ms = 3000               # two media measurements (every 1 s) at least
 
 [quorum]
 vantages = ["controller"]
@@ -547,6 +549,28 @@ eu = {{ url = "{daemon_url}" }}
         # Now eu is active, and us (down, its folder still here) is measured from eu.
         wait_for("the media lag of us from eu",
                  lambda: any(f["from"] == "eu" and f["to"] == "us" and f["objects"] == 0 for f in status()["media"]))
+
+        # An upload lands in eu during the outage; us comes back. Failback waits for the media
+        # (failback_media_objects_max = 0) and says why, until `media sync` copies it home.
+        upload = eu / "2026/12/during-the-outage.jpg"
+        upload.parent.mkdir(parents=True, exist_ok=True)
+        upload.write_bytes(b"new photo")
+        apps[0] = http_health_server(port=apps[0].server_address[1])
+        wait_for("failback waiting for the media",
+                 lambda: any("us lacks 1 media objects, above failback_media_objects_max = 0" in reason
+                             for reason in status()["engine"]["reasons"]))
+
+        def active():
+            with urllib.request.urlopen(base + "/v1/active-region", timeout=5) as response:
+                return json.load(response)["region"]
+
+        assert active() == "eu"
+        result = subprocess.run([str(BINARY), "media", "sync", "--config", str(config), "--from", "eu", "--json"],
+                                capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["copied_objects"] == 1, result.stdout
+        assert (us / "2026/12/during-the-outage.jpg").read_bytes() == b"new photo"
+        wait_for("the failback to us once its media are complete", lambda: active() == "us")
     finally:
         controller.kill()
         controller.wait(timeout=10)
