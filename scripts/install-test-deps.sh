@@ -27,6 +27,8 @@ declare -A PACKAGES=(
   [npm]=npm
   [promtool]=prometheus
   [php]=php-cli
+  [rsync]=rsync
+  [chromium]=chromium
 )
 
 missing=()

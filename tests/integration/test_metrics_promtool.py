@@ -120,3 +120,39 @@ def test_proxy(tmp_path):
         proxy.stop()
         for backend in backends:
             backend.stop()
+
+
+def test_demo_shop_and_fault_proxy(tmp_path):
+    """The demo shop and the fault proxy serve /metrics too: a store, a fault proxy in front of
+    it and a shop through that link; an order counts on the shop, the connections on the proxy."""
+    from test_demo_app import Browser, Process, api
+
+    started = []
+    try:
+        store = Process(tmp_path, "store", ["store", "--region", "us-east-1", "--listen", "127.0.0.1:0",
+                                            "--data-dir", str(tmp_path / "data")])
+        started.append(store)
+        faults = Process(tmp_path, "fault-proxy", ["fault-proxy", "--listen", "127.0.0.1:0",
+                                                    "--proxy", f"store=127.0.0.1:0={store.address}"])
+        started.append(faults)
+        _, proxy = api(faults, "GET", "/proxies/store")
+        shop = Process(tmp_path, "shop", ["demo-app", "--region", "us-east-1", "--listen", "127.0.0.1:0",
+                                          "--store", f"us-east-1=http://{proxy['listen']}", "--tables-create"])
+        started.append(shop)
+        browser = Browser(shop.url)
+        browser.wait_health(lambda status, _: status == 200, "ok")
+        browser.json("POST", "/api/cart", {"product": "grinder", "quantity": 1})
+        browser.json("POST", "/api/orders", expect=201)
+
+        text = check("demo shop", f"{shop.url}/metrics")
+        assert "switchyard_demoapp_orders_placed_total 1" in text, text
+        assert 'switchyard_demoapp_responses_total{method="POST",code="2xx"}' in text, text
+
+        text = check("fault proxy", f"{faults.url}/metrics")
+        accepted = [line for line in text.splitlines()
+                    if line.startswith('switchyard_faultproxy_connections_accepted_total{proxy="store"}')]
+        assert accepted and int(float(accepted[0].split()[-1])) >= 1, text
+        assert 'switchyard_faultproxy_proxy_enabled{proxy="store"} 1' in text, text
+    finally:
+        for process in reversed(started):
+            process.stop()

@@ -590,7 +590,7 @@ def test_the_woocommerce_digitalocean_example_validates_with_its_secrets_in_the_
                "PAGERDUTY_ROUTING_KEY": "example-routing-key", "SMTP_PASSWORD": "example"}
     good = run_cli("config", "check", str(example), env=dict(os.environ, **secrets))
     assert good.returncode == 0, good.stderr
-    assert "ok (2 regions" in good.stdout and "4 runbook steps" in good.stdout, good.stdout
+    assert "ok (2 regions" in good.stdout and "5 runbook steps" in good.stdout, good.stdout
     # Without them, each missing secret is named with its line.
     bare = {k: v for k, v in os.environ.items() if k not in secrets}
     missing = run_cli("config", "check", str(example), env=bare)

@@ -139,6 +139,9 @@ pub struct PolicySection {
     pub failback_lag_check: bool,
     pub failback_lag_max_ms: u64,
     pub lag_stale_ms: u64,
+    /// Failback waits until the home region lacks at most this many media objects (the
+    /// `media_sync` steps' lag); absent: failback does not look at media.
+    pub failback_media_objects_max: Option<Spanned<u64>>,
     pub failovers_per_hour_max: Spanned<u32>,
     pub auto_failback: bool,
     pub runbook_retry_ms: u64,
@@ -156,6 +159,7 @@ impl Default for PolicySection {
             failback_lag_check: true,
             failback_lag_max_ms: engine.failback_lag_max_ms.unwrap_or(1_000),
             lag_stale_ms: engine.lag_stale_ms,
+            failback_media_objects_max: None,
             failovers_per_hour_max: Spanned::new(NOWHERE..NOWHERE, engine.failovers_per_hour_max),
             auto_failback: engine.auto_failback,
             runbook_retry_ms: engine.runbook_retry_ms,
@@ -311,6 +315,9 @@ pub struct StepSection {
     pub route53_failover_health: Option<Spanned<providers::route53::FailoverHealthSettings>>,
     #[serde(default)]
     pub ssm_parameter: Option<Spanned<providers::ssm::Settings>>,
+    /// `media_sync`: its `[runbook.media_sync]` table (rsync or S3).
+    #[serde(default)]
+    pub media_sync: Option<Spanned<providers::media::Settings>>,
 }
 
 fn default_step_timeout_ms() -> Spanned<u64> {
@@ -709,6 +716,17 @@ impl Checker<'_> {
         let quorum = self.check_quorum(&file);
         self.check_vantage_paths(&file);
         let steps = self.check_runbook(&file, &known);
+        if let Some(max) = &file.policy.failback_media_objects_max
+            && !steps
+                .iter()
+                .any(|step| step.action.as_ref().is_some_and(|a| a.media().is_some()))
+        {
+            self.error(
+                max.span(),
+                "[policy] failback_media_objects_max is set but no runbook step has kind = \"media_sync\": the media lag is never measured, so failback would wait forever",
+                "add a media_sync step (see README, Media sync), or remove failback_media_objects_max",
+            );
+        }
         let alert_channels = self.check_alerts(&file);
         let credentials = self.check_tokens(&file);
         let dns_token = self.read_dns_token(&file);
@@ -722,6 +740,18 @@ impl Checker<'_> {
         engine.stability_window_ms = p.stability_window_ms;
         engine.failback_lag_max_ms = p.failback_lag_check.then_some(p.failback_lag_max_ms);
         engine.lag_stale_ms = p.lag_stale_ms;
+        engine.failback_media_objects_max = p.failback_media_objects_max.as_ref().map(|m| *m.get_ref());
+        engine.media_stale_ms = steps
+            .iter()
+            .filter_map(|step| step.action.as_ref().and_then(|a| a.media()))
+            .map(|media| {
+                media
+                    .lag_interval_ms
+                    .saturating_mul(2)
+                    .saturating_add(media.limits.run_timeout_ms)
+            })
+            .max()
+            .unwrap_or(engine.media_stale_ms);
         engine.failovers_per_hour_max = *p.failovers_per_hour_max.get_ref();
         engine.auto_failback = p.auto_failback;
         engine.runbook_retry_ms = p.runbook_retry_ms;
@@ -1576,6 +1606,18 @@ impl Checker<'_> {
                     );
                 }
                 Some(providers::Action::DigitalOceanDbPromote(action))
+            }
+            "media_sync" => {
+                let action = self.settings(step, "media_sync", &step.media_sync)?.check(name, self)?;
+                let (timeout_ms, needed) = (*step.timeout_ms.get_ref(), action.limits.run_timeout_ms);
+                if timeout_ms < needed {
+                    self.error(
+                        step.timeout_ms.span(),
+                        format!("step '{name}': timeout_ms = {timeout_ms} cuts the copy off before its run_timeout_ms = {needed}"),
+                        format!("set timeout_ms = {needed} or more on the step, or lower run_timeout_ms under [runbook.media_sync]"),
+                    );
+                }
+                Some(providers::Action::MediaSync(action))
             }
             "haproxy" => self
                 .settings(step, "haproxy", &step.haproxy)?

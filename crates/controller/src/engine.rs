@@ -117,6 +117,13 @@ pub struct EngineConfig {
     pub failback_lag_max_ms: Option<u64>,
     /// A lag reading older than this counts as unknown.
     pub lag_stale_ms: u64,
+    /// Failback only when the region lacks at most this many media objects (`media_sync`);
+    /// `None` skips the check.
+    #[serde(default)]
+    pub failback_media_objects_max: Option<u64>,
+    /// A media lag reading older than this counts as unknown.
+    #[serde(default = "media_stale_ms_default")]
+    pub media_stale_ms: u64,
     /// Automatic transitions allowed per hour before a human must acknowledge; the first one
     /// is never blocked.
     pub failovers_per_hour_max: u32,
@@ -126,6 +133,11 @@ pub struct EngineConfig {
     /// Without a restored placement, wait this long (or until every region has a verdict)
     /// before choosing the first placement.
     pub startup_grace_ms: u64,
+}
+
+fn media_stale_ms_default() -> u64 {
+    // Two of the default lag intervals and the default run timeout of media_sync.
+    2 * 60_000 + 300_000
 }
 
 impl EngineConfig {
@@ -139,6 +151,8 @@ impl EngineConfig {
             stability_window_ms: 60_000,
             failback_lag_max_ms: Some(1_000),
             lag_stale_ms: 30_000,
+            failback_media_objects_max: None,
+            media_stale_ms: media_stale_ms_default(),
             failovers_per_hour_max: 3,
             auto_failback: true,
             runbook_retry_ms: 2_000,
@@ -238,6 +252,11 @@ pub enum Event {
     ReplicationLag {
         region: RegionId,
         lag_ms: u64,
+    },
+    /// Media objects `region` lacks of the active region's (`media_sync`).
+    MediaLag {
+        region: RegionId,
+        objects: u64,
     },
     /// Time passed: the engine decides. Send one after each round of verdicts.
     Tick,
@@ -364,6 +383,8 @@ struct Track {
     was_down: bool,
     reason: String,
     lag: Option<(u64, u64)>,
+    /// Media objects missing, and when measured.
+    media: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -426,6 +447,7 @@ impl Engine {
                 was_down: false,
                 reason: "no verdict yet".to_string(),
                 lag: None,
+                media: None,
             };
             if tracks.insert(spec.id.clone(), track).is_some() {
                 return Err(EngineConfigError::DuplicateRegion(spec.id.0.clone()));
@@ -520,7 +542,10 @@ impl Engine {
         self.started_ms.get_or_insert(now_ms);
         // Verdicts and lag readings only update the view: decisions are taken on the next tick,
         // over every region's latest verdict, never over half of a round of verdicts.
-        let decides = !matches!(event, Event::Verdict { .. } | Event::ReplicationLag { .. });
+        let decides = !matches!(
+            event,
+            Event::Verdict { .. } | Event::ReplicationLag { .. } | Event::MediaLag { .. }
+        );
         match event {
             Event::Verdict {
                 region,
@@ -530,6 +555,11 @@ impl Engine {
             Event::ReplicationLag { region, lag_ms } => {
                 if let Some(track) = self.tracks.get_mut(&region) {
                     track.lag = Some((lag_ms, now_ms));
+                }
+            }
+            Event::MediaLag { region, objects } => {
+                if let Some(track) = self.tracks.get_mut(&region) {
+                    track.media = Some((objects, now_ms));
                 }
             }
             Event::Tick => {}
@@ -876,6 +906,28 @@ impl Engine {
 
     /// Why a failback to `region` must wait for its data, if it must.
     fn lag_blocks(&self, region: &RegionId, now_ms: u64) -> Option<String> {
+        self.data_lag_blocks(region, now_ms)
+            .or_else(|| self.media_blocks(region, now_ms))
+    }
+
+    /// Why a failback to `region` must wait for its media, if it must.
+    fn media_blocks(&self, region: &RegionId, now_ms: u64) -> Option<String> {
+        let bound = self.config.failback_media_objects_max?;
+        let track = self.tracks.get(region)?;
+        match track.media {
+            None => Some(format!("media lag of {region} is unknown (no measurement yet)")),
+            Some((_, at)) if now_ms.saturating_sub(at) > self.config.media_stale_ms => Some(format!(
+                "media lag of {region} is unknown (last measurement {} ms old)",
+                now_ms.saturating_sub(at)
+            )),
+            Some((objects, _)) if objects > bound => Some(format!(
+                "{region} lacks {objects} media objects, above failback_media_objects_max = {bound}"
+            )),
+            Some(_) => None,
+        }
+    }
+
+    fn data_lag_blocks(&self, region: &RegionId, now_ms: u64) -> Option<String> {
         let bound = self.config.failback_lag_max_ms?;
         let track = self.tracks.get(region)?;
         match track.lag {

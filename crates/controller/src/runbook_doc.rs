@@ -79,6 +79,12 @@ fn describe_step(step: &Step, config: &Config) -> String {
             "POST the transition (generation, from, to) as JSON to {}",
             code(step.url.as_deref().unwrap_or(""))
         ),
+        StepKind::Provider if step.action.as_ref().is_some_and(|a| a.media().is_some()) => {
+            "copy the media (product images, uploads) the new active region lacks from the region that was \
+             active (`media_sync`; rsync never overwrites a newer file, nothing is deleted unless `delete = true`), \
+             and verify the copy by measuring the lag again"
+                .to_string()
+        }
         StepKind::Provider => format!(
             "provider step {}: re-reads the current state, writes only over what the controller wrote (else \
              fenced), reads it back (see the README's section on {})",
@@ -386,6 +392,13 @@ pub fn document(config: &Config, file: &str) -> Vec<Block> {
         ),
         None => "replication lag is not checked (`failback_lag_check = false`);".into(),
     });
+    if let Some(objects) = engine.failback_media_objects_max {
+        failback.push(format!(
+            "it lacks at most {objects} media objects of the active region's (`failback_media_objects_max`, \
+             measured by the media_sync steps; measurements older than {} count as unknown);",
+            ms(engine.media_stale_ms)
+        ));
+    }
     failback.push(format!(
         "{} have passed since the last transition (`min_hold_ms`).",
         ms(engine.min_hold_ms)

@@ -144,6 +144,13 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MediaLabels {
+    step: String,
+    /// The receiving region (the one that lacks the objects).
+    region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VantageLabels {
     vantage: String,
 }
@@ -160,6 +167,9 @@ struct Metrics {
     alerts_sent: Family<ChannelLabels, Counter>,
     alerts_failed: Family<ChannelLabels, Counter>,
     alerts_dropped: Family<ChannelLabels, Counter>,
+    media_objects: Family<MediaLabels, Gauge>,
+    media_bytes: Family<MediaLabels, Gauge>,
+    media_oldest: Family<MediaLabels, Gauge>,
 }
 
 impl Metrics {
@@ -205,7 +215,28 @@ impl Metrics {
             "Alerts dropped unsent from a full channel queue (oldest first), by channel",
             alerts_dropped.clone(),
         );
+        let media_objects = Family::<MediaLabels, Gauge>::default();
+        registry.register(
+            "media_missing_objects",
+            "Media objects the region lacks of the active region's, by media_sync step (last measurement)",
+            media_objects.clone(),
+        );
+        let media_bytes = Family::<MediaLabels, Gauge>::default();
+        registry.register(
+            "media_missing_bytes",
+            "Bytes of the media objects the region lacks, by media_sync step (last measurement)",
+            media_bytes.clone(),
+        );
+        let media_oldest = Family::<MediaLabels, Gauge>::default();
+        registry.register(
+            "media_oldest_missing_age_seconds",
+            "Age of the oldest media object the region lacks (0: none missing), by media_sync step",
+            media_oldest.clone(),
+        );
         Metrics {
+            media_objects,
+            media_bytes,
+            media_oldest,
             alerts_sent,
             alerts_failed,
             alerts_dropped,
@@ -232,6 +263,25 @@ struct Core {
     /// Per runbook step, its last attempt since this controller started: what each provider
     /// was last told and what it answered, for `status` and the dashboard.
     last_steps: BTreeMap<String, LastStep>,
+    /// Per (media_sync step, receiving region): its last media lag measurement.
+    media: BTreeMap<(String, String), MediaFigure>,
+}
+
+/// One `media_lag` measurement, as `status` and the dashboard show it.
+#[derive(Clone, Debug, serde::Serialize)]
+struct MediaFigure {
+    step: String,
+    /// The active region, whose media the receiver should hold.
+    from: String,
+    /// The receiving region.
+    to: String,
+    objects: Option<u64>,
+    bytes: Option<u64>,
+    oldest_age_seconds: Option<u64>,
+    sample: Vec<String>,
+    error: Option<String>,
+    #[serde(skip)]
+    at_ms: u64,
 }
 
 /// A step's last attempt, as `status` shows it.
@@ -897,6 +947,7 @@ pub async fn run(
             verdicts: BTreeMap::new(),
             runbooks_failed_in_row: 0,
             last_steps: BTreeMap::new(),
+            media: BTreeMap::new(),
         }),
         config,
         pointer,
@@ -941,6 +992,14 @@ pub async fn run(
             }
         }));
     }
+    for step in &shared.config.steps {
+        if let Some(action) = step.action.clone()
+            && action.media().is_some()
+        {
+            let (shared, name) = (Arc::clone(&shared), step.name.clone());
+            tasks.push(tokio::spawn(async move { measure_media(shared, name, action).await }));
+        }
+    }
     if options.probe_locally {
         let mut runner = health::runner::Runner::new(health::runner::RunnerOptions::default());
         runner.update(shared.config.checks_for(&shared.config.file.controller.vantage))?;
@@ -967,6 +1026,103 @@ pub async fn run(
         ha.resign().await;
     }
     result.map_err(ServerError::Io)
+}
+
+/// Measures a `media_sync` step's lag from the active region to every other region, every
+/// `lag_interval_ms`, one pair at a time (each bounded by the step's `run_timeout_ms`).
+async fn measure_media(shared: Arc<Shared>, step: String, action: Arc<providers::Action>) {
+    let Some(media) = action.media() else { return };
+    let mut interval = tokio::time::interval(Duration::from_millis(media.lag_interval_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(active) = shared.pointer.get().region else {
+            continue;
+        };
+        let others: Vec<String> = media.regions().filter(|r| **r != active).cloned().collect();
+        for region in others {
+            let result = media.lag(&active, &region).await;
+            shared.record_media(&step, &active, &region, result);
+        }
+    }
+}
+
+impl Shared {
+    /// Keeps one media lag measurement, updates its gauges and tells the engine the region's
+    /// total (over every media_sync step whose latest measurement from this active region
+    /// worked).
+    fn record_media(
+        self: &Arc<Self>,
+        step: &str,
+        from: &str,
+        to: &str,
+        result: Result<providers::media::Lag, providers::Failure>,
+    ) {
+        let now = self.now_ms();
+        let figure = match &result {
+            Ok(lag) => MediaFigure {
+                step: step.into(),
+                from: from.into(),
+                to: to.into(),
+                objects: Some(lag.objects),
+                bytes: Some(lag.bytes),
+                oldest_age_seconds: lag.oldest_age_seconds,
+                sample: lag.sample.clone(),
+                error: None,
+                at_ms: now,
+            },
+            Err(failure) => MediaFigure {
+                step: step.into(),
+                from: from.into(),
+                to: to.into(),
+                objects: None,
+                bytes: None,
+                oldest_age_seconds: None,
+                sample: Vec::new(),
+                error: Some(failure.to_string()),
+                at_ms: now,
+            },
+        };
+        if let Some(error) = &figure.error {
+            tracing::warn!(step, from, to, %error, "media lag not measured");
+        }
+        let labels = MediaLabels {
+            step: step.into(),
+            region: to.into(),
+        };
+        if let Ok(lag) = &result {
+            let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+            self.metrics
+                .media_objects
+                .get_or_create(&labels)
+                .set(gauge(lag.objects));
+            self.metrics.media_bytes.get_or_create(&labels).set(gauge(lag.bytes));
+            self.metrics
+                .media_oldest
+                .get_or_create(&labels)
+                .set(gauge(lag.oldest_age_seconds.unwrap_or(0)));
+        }
+        let mut core = self.lock();
+        core.media.insert((step.to_string(), to.to_string()), figure);
+        let figures: Vec<&MediaFigure> = core.media.values().filter(|f| f.to == to).collect();
+        let steps = self
+            .config
+            .steps
+            .iter()
+            .filter(|s| s.action.as_ref().is_some_and(|a| a.media().is_some()))
+            .count();
+        let complete = figures.len() == steps && figures.iter().all(|f| f.from == from && f.objects.is_some());
+        if complete {
+            let objects = figures.iter().filter_map(|f| f.objects).sum();
+            self.feed(
+                &mut core,
+                Event::MediaLag {
+                    region: RegionId::new(to),
+                    objects,
+                },
+            );
+        }
+    }
 }
 
 /// The controller's own vantage point: a report on every probe result change, and at least every
@@ -1186,6 +1342,11 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
             "vantages": vantages,
             "regions": regions,
             "engine": engine,
+            "media": core.media.values().map(|figure| {
+                let mut value = json!(figure);
+                value["measured_ms_ago"] = json!(now.saturating_sub(figure.at_ms));
+                value
+            }).collect::<Vec<_>>(),
             "ha": shared.ha_json(),
         }),
     )

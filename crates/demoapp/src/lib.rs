@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod dynamo;
+pub mod metrics;
 pub mod pointer;
 pub mod shop;
 pub mod tables;

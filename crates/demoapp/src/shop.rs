@@ -65,6 +65,7 @@ pub struct Shop {
     config: ShopConfig,
     stores: BTreeMap<String, Client>,
     pointer: watch::Receiver<PointerView>,
+    metrics: crate::metrics::ShopMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +106,7 @@ impl Shop {
             config,
             stores,
             pointer,
+            metrics: crate::metrics::ShopMetrics::new(),
         }
     }
 
@@ -649,12 +651,22 @@ pub fn router(shop: Arc<Shop>) -> Router {
         .route("/cart", post(form_add_to_cart))
         .route("/checkout", post(form_checkout))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/api/products", get(products))
         .route("/api/cart", get(cart).post(api_add_to_cart))
         .route("/api/cart/{product}", delete(api_remove_from_cart))
         .route("/api/orders", get(api_orders).post(api_place_order))
         .route("/api/orders/{order_id}", get(api_order))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shop),
+            |State(shop): Shared, request: axum::extract::Request, next: axum::middleware::Next| async move {
+                let method = request.method().clone();
+                let response = next.run(request).await;
+                shop.metrics.response(&method, response.status());
+                response
+            },
+        ))
         .layer(axum::middleware::map_response(move |mut response: Response| {
             let region = region.clone();
             let instance = instance.clone();
@@ -670,6 +682,13 @@ pub fn router(shop: Arc<Shop>) -> Router {
             }
         }))
         .with_state(shop)
+}
+
+async fn metrics(State(shop): Shared, headers: HeaderMap) -> Response {
+    match shop.metrics.encode() {
+        Some(text) => common::metrics::response(&headers, text),
+        None => (StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response(),
+    }
 }
 
 async fn health(State(shop): Shared) -> Response {
@@ -706,6 +725,9 @@ async fn api_remove_from_cart(State(shop): Shared, headers: HeaderMap, Path(prod
 
 async fn api_place_order(State(shop): Shared, headers: HeaderMap) -> ShopResult {
     let (order, created) = shop.place_order(&headers).await?;
+    if created {
+        shop.metrics.order_placed();
+    }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let location = format!("/api/orders/{}", order["order_id"].as_str().unwrap_or_default());
     Ok((status, [(header::LOCATION, location)], axum::Json(order)).into_response())
@@ -740,7 +762,10 @@ async fn form_add_to_cart(State(shop): Shared, headers: HeaderMap, body: Bytes) 
 }
 
 async fn form_checkout(State(shop): Shared, headers: HeaderMap) -> ShopResult {
-    shop.place_order(&headers).await?;
+    let (_, created) = shop.place_order(&headers).await?;
+    if created {
+        shop.metrics.order_placed();
+    }
     Ok(redirect_home())
 }
 

@@ -108,6 +108,7 @@ fn routes(registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/version", get(version))
         .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
         .route("/reset", post(reset))
         .route("/populate", post(populate))
         .route("/proxies", get(list).post(create))
@@ -119,6 +120,13 @@ fn routes(registry: Arc<Registry>) -> Router {
         )
         .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
         .with_state(registry)
+}
+
+async fn metrics(State(registry): Shared, headers: axum::http::HeaderMap) -> Response {
+    match registry.metrics().await.encode() {
+        Some(text) => common::metrics::response(&headers, text),
+        None => (StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response(),
+    }
 }
 
 /// Serves the control API on `listener` (which must be on loopback) until `shutdown` resolves.

@@ -14,6 +14,7 @@ pub mod access;
 pub mod api;
 pub mod config;
 pub mod link;
+pub mod metrics;
 pub mod proxy;
 pub mod rng;
 pub mod toxic;

@@ -174,6 +174,7 @@ pub struct Registry {
     limits: Limits,
     rng: std::sync::Mutex<Rng>,
     allowed: Arc<AllowList>,
+    metrics: crate::metrics::ProxyMetrics,
 }
 
 impl Registry {
@@ -189,7 +190,43 @@ impl Registry {
             limits,
             rng: std::sync::Mutex::new(Rng::new(seed)),
             allowed: Arc::new(allowed),
+            metrics: crate::metrics::ProxyMetrics::default(),
         }
+    }
+
+    /// The metrics, with the enabled and toxics gauges read from the proxies now.
+    pub async fn metrics(&self) -> crate::metrics::ProxyMetrics {
+        let proxies = self.list().await;
+        for (name, view) in &proxies {
+            let labels = crate::metrics::ProxyMetrics::labels(name);
+            self.metrics.enabled.get_or_create(&labels).set(i64::from(view.enabled));
+            self.metrics
+                .toxics
+                .get_or_create(&labels)
+                .set(i64::try_from(view.toxics.len()).unwrap_or(i64::MAX));
+            for family in [&self.metrics.accepted, &self.metrics.refused, &self.metrics.failed] {
+                let _ = family.get_or_create(&labels);
+            }
+            let _ = self.metrics.open.get_or_create(&labels);
+        }
+        // A deleted proxy's series go away.
+        let mut seen = self
+            .metrics
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for gone in seen.iter().filter(|name| !proxies.contains_key(*name)) {
+            let labels = crate::metrics::ProxyMetrics::labels(gone);
+            for family in [&self.metrics.enabled, &self.metrics.toxics, &self.metrics.open] {
+                family.remove(&labels);
+            }
+            for family in [&self.metrics.accepted, &self.metrics.refused, &self.metrics.failed] {
+                family.remove(&labels);
+            }
+        }
+        *seen = proxies.keys().cloned().collect();
+        drop(seen);
+        self.metrics.clone()
     }
 
     pub fn allowed(&self) -> &AllowList {
@@ -457,7 +494,7 @@ impl Registry {
             entry.toxics_tx.subscribe(),
             self.limits,
             self.fork_rng(),
-            Arc::clone(&self.allowed),
+            (Arc::clone(&self.allowed), self.metrics.clone()),
         )));
         Ok(())
     }
@@ -497,8 +534,10 @@ async fn accept_loop(
     toxics: watch::Receiver<Arc<Vec<Toxic>>>,
     limits: Limits,
     mut rng: Rng,
-    allowed: Arc<AllowList>,
+    // What every connection of the proxy shares: the upstreams allowed, and the counters.
+    (allowed, metrics): (Arc<AllowList>, crate::metrics::ProxyMetrics),
 ) {
+    let labels = crate::metrics::ProxyMetrics::labels(&name);
     let mut connections = JoinSet::new();
     let mut sequence = 0u64;
     loop {
@@ -515,18 +554,24 @@ async fn accept_loop(
                 if connections.len() >= limits.connections_max {
                     tracing::warn!(proxy = %name, %peer, connections_max = limits.connections_max, "connection refused: too many open connections");
                     drop(client);
+                    metrics.refused.get_or_create(&labels).inc();
                     continue;
                 }
+                metrics.accepted.get_or_create(&labels).inc();
                 sequence += 1;
                 let upstream = upstream.clone();
                 let toxics = toxics.clone();
                 let rng = rng.fork(sequence);
                 let name = name.clone();
                 let allowed = Arc::clone(&allowed);
+                let (metrics, labels) = (metrics.clone(), labels.clone());
+                metrics.open.get_or_create(&labels).inc();
                 connections.spawn(async move {
                     if let Err(error) = serve(client, &upstream, &allowed, toxics, rng, limits.buffer_bytes).await {
                         tracing::debug!(proxy = %name, %peer, %error, "connection ended with an error");
+                        metrics.failed.get_or_create(&labels).inc();
                     }
+                    metrics.open.get_or_create(&labels).dec();
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

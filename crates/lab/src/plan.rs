@@ -68,6 +68,8 @@ pub struct LabOptions {
     /// `--tls`: every API between components over HTTPS with a CA the lab generates
     /// (replication with mutual TLS); see [`TlsPlan`].
     pub tls: bool,
+    /// `--quiet`: one line once everything is up, instead of the table and the try-lines.
+    pub quiet: bool,
 }
 
 /// What `--tls` needs made before anything starts: a private CA and one certificate for every
@@ -1088,6 +1090,7 @@ mod tests {
             controllers: 1,
             etcd: None,
             tls: false,
+            quiet: false,
         }
     }
 

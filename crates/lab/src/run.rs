@@ -115,6 +115,30 @@ pub async fn run(
     result
 }
 
+/// `lab --quiet`: the lab in one line for CI logs — components up, regions, where its
+/// details are.
+pub fn summary_line(options: &LabOptions, table: &str) -> String {
+    let rows: Vec<&str> = table.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+    let running = rows
+        .iter()
+        .filter(|row| row.split_whitespace().last() == Some("running"))
+        .count();
+    format!(
+        "lab up: {running}/{} components running, {} regions{}{} in {} (switchyard status --lab {}; logs in {}/logs)\n",
+        rows.len(),
+        options.regions,
+        if options.controller {
+            format!(", {} controller(s)", options.controllers)
+        } else {
+            String::new()
+        },
+        if options.tls { ", TLS" } else { "" },
+        options.dir.display(),
+        options.dir.display(),
+        options.dir.display(),
+    )
+}
+
 async fn run_plan(
     options: &LabOptions,
     plan: &crate::plan::Plan,
@@ -208,18 +232,25 @@ async fn run_plan(
         }
     }
     let state = supervisor.state();
-    let mut text = format!(
-        "The lab runs in {} ({} regions):\n\n{}\nTry:\n",
-        options.dir.display(),
-        options.regions,
-        state.table()
-    );
-    for line in &plan.try_lines {
-        text.push_str("  ");
-        text.push_str(line);
-        text.push('\n');
+    let mut text = if options.quiet {
+        summary_line(options, &state.table())
+    } else {
+        String::new()
+    };
+    if !options.quiet {
+        text = format!(
+            "The lab runs in {} ({} regions):\n\n{}\nTry:\n",
+            options.dir.display(),
+            options.regions,
+            state.table()
+        );
+        for line in &plan.try_lines {
+            text.push_str("  ");
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str("\nLogs are in logs/; Ctrl-C stops everything.\n");
     }
-    text.push_str("\nLogs are in logs/; Ctrl-C stops everything.\n");
     out.write_all(text.as_bytes()).map_err(|source| LabError::Io {
         what: "print the table".to_string(),
         source,
@@ -519,6 +550,30 @@ fn random_bytes() -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quiet_summary_is_one_line_counting_running_components() {
+        let options = LabOptions {
+            dir: std::path::PathBuf::from("/tmp/lab"),
+            regions: 2,
+            base_port: crate::plan::BASE_PORT_DEFAULT,
+            controller: true,
+            netns: false,
+            disk_mib: None,
+            providers: None,
+            controllers: 1,
+            etcd: None,
+            tls: false,
+            quiet: true,
+        };
+        let table = "component  kind   address  pid  state\nstore-us   store  1.2.3.4  10   running\nshop-us    shop   -        -    exited 1\n";
+        let line = summary_line(&options, table);
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.starts_with("lab up: 1/2 components running, 2 regions, 1 controller(s) in /tmp/lab"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn status_of_a_directory_without_a_lab_says_how_to_start_one() {

@@ -1,5 +1,5 @@
 //! Actuators for the infrastructure users already run — DNS providers, load balancers,
-//! parameter stores, databases — and alert channels. Each is a runbook step kind the
+//! parameter stores, databases, media (rsync, S3) — and alert channels. Each is a runbook step kind the
 //! controller runs with the order's generation as fencing token.
 //!
 //! Must not depend on: `controller` (the controller depends on this crate), `store`, `lab`.
@@ -29,6 +29,7 @@ pub mod digitalocean;
 pub mod digitalocean_db;
 pub mod haproxy;
 pub mod rds;
+pub mod media;
 pub mod rest;
 pub mod rfc2136;
 pub mod route53;
@@ -101,6 +102,7 @@ pub enum Action {
     DigitalOcean(digitalocean::DigitalOcean),
     DigitalOceanDbPromote(digitalocean_db::DigitalOceanDbPromote),
     Haproxy(haproxy::Haproxy),
+    MediaSync(media::MediaSync),
     Rfc2136(Box<rfc2136::Rfc2136>),
     MysqlPromote(db::mysql::MysqlPromote),
     PostgresPromote(db::postgres::PostgresPromote),
@@ -120,6 +122,7 @@ impl Action {
             Action::DigitalOcean(_) => "digitalocean",
             Action::DigitalOceanDbPromote(_) => "digitalocean_db_promote",
             Action::Haproxy(_) => haproxy::Haproxy::KIND,
+            Action::MediaSync(_) => media::KIND,
             Action::Rfc2136(_) => rfc2136::Rfc2136::KIND,
             Action::MysqlPromote(_) => "mysql_promote",
             Action::PostgresPromote(_) => "postgres_promote",
@@ -132,6 +135,14 @@ impl Action {
         }
     }
 
+    /// The media step's own settings (its lag is measured outside the runbook too).
+    pub fn media(&self) -> Option<&media::MediaSync> {
+        match self {
+            Action::MediaSync(step) => Some(step),
+            _ => None,
+        }
+    }
+
     /// Runs one attempt; the caller owns the timeout and the retries.
     pub async fn run(&self, order: &Order) -> Outcome {
         match self {
@@ -139,6 +150,7 @@ impl Action {
             Action::DigitalOcean(step) => step.run(order).await,
             Action::DigitalOceanDbPromote(step) => step.run(order).await,
             Action::Haproxy(step) => step.run(order).await,
+            Action::MediaSync(step) => step.run(order).await,
             Action::Rfc2136(step) => step.run(order).await,
             Action::MysqlPromote(step) => step.run(order).await,
             Action::PostgresPromote(step) => step.run(order).await,
@@ -158,6 +170,7 @@ pub const KINDS: &[&str] = &[
     "digitalocean",
     "digitalocean_db_promote",
     haproxy::Haproxy::KIND,
+    media::KIND,
     rfc2136::Rfc2136::KIND,
     "mysql_promote",
     "postgres_promote",

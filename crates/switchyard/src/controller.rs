@@ -559,6 +559,39 @@ fn render_status(value: &serde_json::Value) -> String {
             );
         }
     }
+    let media: Vec<&serde_json::Value> = value["media"].as_array().into_iter().flatten().collect();
+    if !media.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nMEDIA (media_lag)    FROM -> TO                      OBJECTS      BYTES  OLDEST_S  MEASURED_MS_AGO"
+        );
+        for figure in media {
+            let number = |key: &str| {
+                figure[key]
+                    .as_u64()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            let _ = writeln!(
+                out,
+                "{:<20} {:<30} {:>8} {:>10} {:>9}  {}{}",
+                figure["step"].as_str().unwrap_or("?"),
+                format!(
+                    "{} -> {}",
+                    figure["from"].as_str().unwrap_or("?"),
+                    figure["to"].as_str().unwrap_or("?")
+                ),
+                number("objects"),
+                number("bytes"),
+                number("oldest_age_seconds"),
+                number("measured_ms_ago"),
+                figure["error"]
+                    .as_str()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     out.push_str(&render_positions(value));
     let reasons: Vec<&str> = engine["reasons"]
         .as_array()

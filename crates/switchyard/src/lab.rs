@@ -56,6 +56,10 @@ pub struct LabArgs {
     /// component is up, 1 with the reason otherwise.
     #[arg(long)]
     status: bool,
+    /// Once everything is up, print one line for CI logs (components running, regions, where
+    /// the details are) instead of the table and the commands to try.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -178,6 +182,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             .then(|| lab::providers::find_program("etcd"))
             .flatten(),
         tls: args.tls,
+        quiet: args.quiet,
     };
     lab::run(&options, crate::shutdown_signal(), &mut std::io::stdout()).await?;
     Ok(())

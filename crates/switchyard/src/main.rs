@@ -29,6 +29,7 @@ fn return_memory_after_bursts() {
 
 mod lab;
 mod lock;
+mod media;
 
 mod agent;
 #[cfg(feature = "aws")]
@@ -152,6 +153,9 @@ enum Command {
     /// Run a job (cron) only in the active region and under a fenced lease
     /// (`lock run --name NAME -- CMD...`).
     Lock(lock::LockArgs),
+    /// Copy product images and uploads to the standby regions, or measure what they lack
+    /// (`media sync|lag --config FILE`), with the config's `media_sync` steps (rsync or S3).
+    Media(media::MediaArgs),
     /// Benchmarks that need Switchyard's own load generator (results go to BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Run a disaster-recovery drill: inject a scenario's faults into a running lab (--lab DIR)
@@ -575,6 +579,7 @@ fn main() -> anyhow::Result<()> {
         Command::Controller(args) => runtime.block_on(controller::run_controller(args)),
         Command::Config(args) => controller::run_config(args),
         Command::Runbook(args) => runbook::run(args),
+        Command::Media(args) => runtime.block_on(media::run(args)),
         Command::Token(args) => controller::run_token(args),
         Command::Status(args) => runtime.block_on(controller::run_status(args)),
         Command::Switchover(args) => runtime.block_on(controller::run_switchover(args)),

@@ -242,6 +242,44 @@ fn failback_with_lagging_data_waits_and_says_why() {
 }
 
 #[test]
+fn failback_waits_for_the_media_the_home_region_lacks() {
+    let mut config = two_regions();
+    config.failback_media_objects_max = Some(10);
+    config.media_stale_ms = 300_000;
+    let mut h = Harness::started_up(config);
+    h.verdict(PRIMARY, Verdict::Down);
+    h.verdict(PRIMARY, Verdict::Up);
+    for _ in 0..10 {
+        h.lag(PRIMARY, 0);
+        h.advance(10_000);
+    }
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    assert!(
+        h.reasons().contains("media lag of us-east-1 is unknown"),
+        "{}",
+        h.reasons()
+    );
+    h.feed(Event::MediaLag {
+        region: r(PRIMARY),
+        objects: 250,
+    });
+    h.lag(PRIMARY, 0);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    assert!(
+        h.reasons()
+            .contains("us-east-1 lacks 250 media objects, above failback_media_objects_max = 10"),
+        "{}",
+        h.reasons()
+    );
+    h.feed(Event::MediaLag {
+        region: r(PRIMARY),
+        objects: 3,
+    });
+    h.lag(PRIMARY, 0);
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+}
+
+#[test]
 fn hold_time_delays_failback() {
     let mut config = two_regions();
     config.min_hold_ms = 120_000;

@@ -1,0 +1,401 @@
+//! `media_sync` with `mode = "rsync"`: the real `rsync` binary, between a local folder and a
+//! remote one (SSH or an rsync daemon).
+//!
+//! Every run is `rsync -rlptu`: recursive, symlinks as symlinks, permissions and times kept,
+//! and `--update`, so a file that is newer on the receiver is never overwritten (a stale
+//! controller's copy loses nothing). `--delete` only with `delete = true`. The lag is the same
+//! command with `--dry-run --itemize-changes --stats`; its `--out-format=%i|%l|%M|%n` lines name
+//! each file rsync would send, its size and its modification time (printed in UTC: the child
+//! runs with `TZ=UTC`). A run over `objects_per_run_max` or `bytes_per_run_max` copies the
+//! first files within the limits (`--files-from`), without deleting anything.
+//!
+//! Exit codes (rsync(1), "EXIT VALUES") decide the failure: 1–4 (syntax, protocol, paths,
+//! unsupported action) are mistakes no retry fixes (`Refused`); 24 (source files vanished
+//! during the copy, an upload deleted meanwhile) is success with a note; the rest (network,
+//! timeouts, SSH's 255, partial transfers) is `Retryable`. The message always carries the end
+//! of rsync's own stderr.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+use super::{Lag, Limits, SyncReport, now_s};
+use crate::Failure;
+
+/// rsync's I/O timeout (`--timeout`): no data for this long ends the run, in seconds.
+pub const IO_TIMEOUT_SECONDS: u64 = 60;
+/// Connecting to an rsync daemon (`--contimeout`), and SSH's `ConnectTimeout`, in seconds.
+pub const CONNECT_TIMEOUT_SECONDS: u64 = 10;
+/// Bytes of rsync's stderr kept for an error message (its end).
+pub const STDERR_BYTES_MAX: usize = 2048;
+
+/// Settings shared by both ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub ssh_identity_file: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// How rsync reaches a location.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Local,
+    Ssh,
+    Daemon,
+}
+
+/// One location, as rsync names it (always ending in `/`: the folder's contents).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub text: String,
+    pub transport: Transport,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        if url.starts_with('-') {
+            return Err("starts with '-' (rsync would read it as an option)".into());
+        }
+        if url.chars().any(|c| c.is_control()) {
+            return Err("holds control characters".into());
+        }
+        let before_slash = url.split('/').next().unwrap_or_default();
+        let transport = if let Some(rest) = url.strip_prefix("rsync://") {
+            let mut parts = rest.splitn(3, '/');
+            let host = parts.next().unwrap_or_default();
+            let module = parts.next().unwrap_or_default();
+            if host.is_empty() || module.is_empty() {
+                return Err("names no host or no module (rsync://host[:port]/module/path/)".into());
+            }
+            Transport::Daemon
+        } else if url.starts_with('/') {
+            Transport::Local
+        } else if before_slash.contains("::") {
+            Transport::Daemon
+        } else if let Some((host, _)) = before_slash.split_once(':') {
+            if host.is_empty() || host.ends_with('@') {
+                return Err("names no host before ':'".into());
+            }
+            Transport::Ssh
+        } else {
+            return Err("is a relative folder (rsync locations must be absolute: /srv/media/)".into());
+        };
+        let mut text = url.to_string();
+        if !text.ends_with('/') {
+            text.push('/');
+        }
+        Ok(Endpoint { text, transport })
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.transport != Transport::Local
+    }
+}
+
+/// One file rsync would send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub path: String,
+    pub bytes: u64,
+    pub modified_s: Option<u64>,
+}
+
+/// What an `--out-format=%i|%l|%M|%n` listing says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Files to send, in rsync's order.
+    pub files: Vec<Item>,
+    /// `*deleting` lines.
+    pub deletions: u64,
+    /// "Total transferred file size" of `--stats`, if printed.
+    pub stats_bytes: Option<u64>,
+}
+
+/// The `%M` time, `2026/12/02-20:40:00` (UTC), as Unix seconds.
+pub fn parse_time(text: &str) -> Option<u64> {
+    let (date, time) = text.split_once('-')?;
+    let mut d = date.split('/').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hour * 3_600 + minute * 60 + second).ok()
+}
+
+impl Listing {
+    /// Reads one line of rsync's stdout.
+    pub fn line(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("Total transferred file size:") {
+            let digits: String = rest
+                .chars()
+                .take_while(|c| *c != 'b')
+                .filter(char::is_ascii_digit)
+                .collect();
+            self.stats_bytes = digits.parse().ok();
+            return;
+        }
+        if line.starts_with("*deleting") {
+            self.deletions += 1;
+            return;
+        }
+        let mut parts = line.splitn(4, '|');
+        let (Some(item), Some(length), Some(time), Some(name)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        let mut flags = item.chars();
+        let (update, kind) = (flags.next(), flags.next());
+        if matches!(update, Some('<' | '>')) && kind == Some('f') {
+            self.files.push(Item {
+                path: name.to_string(),
+                bytes: length.trim().replace(',', "").parse().unwrap_or(0),
+                modified_s: parse_time(time.trim()),
+            });
+        }
+    }
+
+    pub fn lag(&self, now_s: u64) -> Lag {
+        let mut lag = Lag::default();
+        for file in &self.files {
+            lag.add(&file.path, file.bytes, file.modified_s, now_s);
+        }
+        if let Some(bytes) = self.stats_bytes {
+            lag.bytes = bytes;
+        }
+        lag
+    }
+}
+
+/// The files of `files` one run copies within the limits, and which limit stopped it.
+pub fn within_limits<'a>(files: &'a [Item], limits: &Limits) -> (Vec<&'a Item>, Option<String>) {
+    let mut chosen = Vec::new();
+    let mut bytes = 0u64;
+    let mut limited = None;
+    for file in files {
+        if chosen.len() as u64 >= limits.objects_per_run_max {
+            limited = Some(format!("objects_per_run_max = {}", limits.objects_per_run_max));
+            break;
+        }
+        if bytes.saturating_add(file.bytes) > limits.bytes_per_run_max {
+            limited = Some(format!("bytes_per_run_max = {}", limits.bytes_per_run_max));
+            if chosen.is_empty() {
+                continue;
+            }
+            break;
+        }
+        bytes += file.bytes;
+        chosen.push(file);
+    }
+    (chosen, limited)
+}
+
+/// What an rsync exit code means.
+pub fn exit_failure(code: Option<i32>, stderr: &str) -> Result<Option<String>, Failure> {
+    let said = stderr.trim();
+    let said = if said.is_empty() { "(rsync said nothing)" } else { said };
+    let meaning = match code {
+        Some(0) => return Ok(None),
+        Some(24) => {
+            return Ok(Some(
+                "some source files vanished during the copy (deleted meanwhile)".into(),
+            ));
+        }
+        Some(1) => "syntax or usage error",
+        Some(2) => "protocol incompatibility",
+        Some(3) => "errors selecting input/output files or folders (does the folder exist?)",
+        Some(4) => "requested action not supported",
+        Some(5) => "error starting the client-server protocol (unknown module, or the daemon refused the login)",
+        Some(10) => "error in socket I/O (is the rsync daemon running and reachable?)",
+        Some(11) => "error in file I/O (disk full, permissions?)",
+        Some(12) => "error in the rsync protocol data stream",
+        Some(23) => "partial transfer due to error",
+        Some(30) => "timeout in data send/receive",
+        Some(35) => "timeout waiting for the daemon connection",
+        Some(255) => "SSH failed (host unreachable, or the key not accepted: BatchMode is on)",
+        Some(_) => "rsync failed",
+        None => "rsync was killed by a signal",
+    };
+    let code = code.map_or("signal".to_string(), |c| c.to_string());
+    let text = format!("rsync exit {code} ({meaning}): {said}");
+    if matches!(code.as_str(), "1" | "2" | "3" | "4") {
+        Err(Failure::Refused(text))
+    } else {
+        Err(Failure::Retryable(text))
+    }
+}
+
+/// The arguments every run shares, before the paths.
+fn common_args(source: &Endpoint, target: &Endpoint, options: &Options) -> Vec<String> {
+    let mut args = vec![
+        "-rlptu".to_string(),
+        format!("--timeout={IO_TIMEOUT_SECONDS}"),
+        "--itemize-changes".to_string(),
+        "--out-format=%i|%l|%M|%n".to_string(),
+        "--stats".to_string(),
+    ];
+    let transports = [source.transport, target.transport];
+    if transports.contains(&Transport::Daemon) {
+        args.push(format!("--contimeout={CONNECT_TIMEOUT_SECONDS}"));
+        if let Some(file) = &options.password_file {
+            args.push(format!("--password-file={}", file.display()));
+        }
+    }
+    if transports.contains(&Transport::Ssh) {
+        let mut ssh = format!("ssh -o BatchMode=yes -o ConnectTimeout={CONNECT_TIMEOUT_SECONDS}");
+        if let Some(key) = &options.ssh_identity_file {
+            ssh.push_str(&format!(" -i '{}'", key.display()));
+        }
+        args.push("-e".into());
+        args.push(ssh);
+    }
+    args
+}
+
+/// Runs rsync with `args`; every stdout line goes into a listing (at most `lines_max`).
+async fn run(args: &[String], lines_max: u64) -> Result<(Listing, Option<String>), Failure> {
+    let mut child = tokio::process::Command::new("rsync")
+        .args(args)
+        .env("TZ", "UTC")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                Failure::Refused("rsync is not installed on this host (apt-get install rsync)".into())
+            } else {
+                Failure::Retryable(format!("cannot start rsync: {error}"))
+            }
+        })?;
+    let stderr = child.stderr.take();
+    let stderr_task = tokio::spawn(async move {
+        let mut tail = Vec::new();
+        if let Some(mut stderr) = stderr {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buffer).await {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buffer[..n]);
+                if tail.len() > STDERR_BYTES_MAX {
+                    tail.drain(..tail.len() - STDERR_BYTES_MAX);
+                }
+            }
+        }
+        String::from_utf8_lossy(&tail).into_owned()
+    });
+    let mut listing = Listing::default();
+    let mut lines_seen = 0u64;
+    if let Some(stdout) = child.stdout.take() {
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) => {
+                    lines_seen += 1;
+                    if lines_seen > lines_max {
+                        let _ = child.kill().await;
+                        return Err(Failure::Retryable(format!(
+                            "rsync listed more than {lines_max} entries (objects_listed_max); raise objects_listed_max or sync a smaller folder"
+                        )));
+                    }
+                    listing.line(&line);
+                }
+                Ok(None) => break,
+                Err(error) => return Err(Failure::Retryable(format!("reading rsync's output: {error}"))),
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|error| Failure::Retryable(format!("waiting for rsync: {error}")))?;
+    let stderr = stderr_task.await.unwrap_or_default();
+    let note = exit_failure(status.code(), &stderr)?;
+    Ok((listing, note))
+}
+
+/// The dry run: what `target` lacks of `source`.
+pub struct Measure {
+    pub lag: Lag,
+    pub listing: Listing,
+}
+
+pub async fn measure(
+    source: &Endpoint,
+    target: &Endpoint,
+    delete: bool,
+    options: &Options,
+    limits: &Limits,
+) -> Result<Measure, Failure> {
+    let mut args = common_args(source, target, options);
+    args.push("--dry-run".into());
+    if delete {
+        args.push("--delete".into());
+    }
+    args.push(source.text.clone());
+    args.push(target.text.clone());
+    let (listing, _) = run(&args, limits.objects_listed_max.saturating_add(64)).await?;
+    Ok(Measure {
+        lag: listing.lag(now_s()),
+        listing,
+    })
+}
+
+pub async fn sync(
+    source: &Endpoint,
+    target: &Endpoint,
+    delete: bool,
+    options: &Options,
+    limits: &Limits,
+) -> Result<SyncReport, Failure> {
+    let before = measure(source, target, delete, options, limits).await?;
+    let (chosen, limited) = within_limits(&before.listing.files, limits);
+    let mut args = common_args(source, target, options);
+    let mut list_file = None;
+    if limited.is_some() {
+        // Only the chosen files, and no deletion this time.
+        let path = std::env::temp_dir().join(format!("switchyard-media-{}-{}.list", std::process::id(), now_s()));
+        let text: String = chosen.iter().map(|item| format!("{}\n", item.path)).collect();
+        tokio::fs::write(&path, text)
+            .await
+            .map_err(|error| Failure::Retryable(format!("cannot write {}: {error}", path.display())))?;
+        args.push(format!("--files-from={}", path.display()));
+        list_file = Some(path);
+    } else if delete {
+        args.push("--delete".into());
+    }
+    args.push(source.text.clone());
+    args.push(target.text.clone());
+    let result = if limited.is_some() && chosen.is_empty() {
+        Ok((Listing::default(), None))
+    } else {
+        run(&args, limits.objects_listed_max.saturating_add(64)).await
+    };
+    if let Some(path) = list_file {
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    let (done, note) = result?;
+    let after = measure(source, target, false, options, limits).await?;
+    Ok(SyncReport {
+        copied_objects: done.files.len() as u64,
+        copied_bytes: done.files.iter().map(|f| f.bytes).sum(),
+        deleted_objects: done.deletions,
+        remaining: after.lag,
+        limited,
+        note,
+    })
+}

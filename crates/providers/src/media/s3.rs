@@ -1,0 +1,377 @@
+//! `media_sync` with `mode = "s3"`: S3-compatible object replication (AWS S3, DigitalOcean
+//! Spaces, MinIO), through the AWS SDK (credentials from its standard chain).
+//!
+//! Both buckets are listed under their prefixes with ListObjectsV2, page by page
+//! (`ContinuationToken`, `list_page_keys` per page, at most `objects_listed_max` objects each). An object differs when
+//! the receiver lacks its key, or holds another size, or another ETag. A different ETag is
+//! looked at once more with HeadObject: a copy Switchyard made records the source's ETag in
+//! `x-amz-meta-switchyard-source-etag` (multipart ETags are not content hashes, so a copy
+//! of a multipart object has another ETag for the same bytes), and an object the receiver
+//! wrote itself after the source's version (newer `LastModified`, no such metadata) is left
+//! alone, like rsync's `--update`.
+//!
+//! A copy is GetObject then PutObject (the two buckets may be on different endpoints and
+//! accounts, so no server-side CopyObject), keeping Content-Type, Cache-Control,
+//! Content-Disposition, Content-Encoding and the user metadata; then HeadObject verifies the
+//! size and the ETag (the MD5 of the bytes for a single-part source) or the recorded source
+//! ETag. At most `concurrency` copies are in flight, `objects_per_run_max` and
+//! `bytes_per_run_max` bound one run, and an object larger than `object_bytes_max` is not
+//! copied (it is held in memory) and stays in the lag.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+
+use super::{Lag, Limits, Location, SyncReport, now_s};
+use crate::Failure;
+use crate::aws::failure;
+
+/// The user metadata key (`x-amz-meta-...`) recording the source's ETag on a copy.
+pub const SOURCE_ETAG_METADATA: &str = "switchyard-source-etag";
+/// One attempt of a GetObject or PutObject of a whole object, in milliseconds.
+pub const OBJECT_ATTEMPT_TIMEOUT_MS: u64 = 120_000;
+/// Connect (and TLS handshake) to the S3 endpoint.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Attempts of one request (the first included).
+pub const ATTEMPTS_MAX: u32 = 3;
+
+/// An object as the listing shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    pub size: u64,
+    /// Without the quotes.
+    pub etag: String,
+    pub modified_s: Option<u64>,
+}
+
+/// One bucket and prefix, ready to call.
+#[derive(Clone)]
+pub struct Bucket {
+    pub client: Client,
+    pub bucket: String,
+    pub prefix: String,
+}
+
+fn unquote(etag: &str) -> String {
+    etag.trim().trim_matches('"').to_string()
+}
+
+impl Bucket {
+    pub async fn open(location: &Location) -> Result<Bucket, Failure> {
+        let Location::S3 {
+            bucket,
+            prefix,
+            access,
+            path_style,
+        } = location
+        else {
+            return Err(Failure::Refused("not an S3 location".into()));
+        };
+        let sdk = access.sdk_config(None).await;
+        let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .operation_attempt_timeout(Duration::from_millis(OBJECT_ATTEMPT_TIMEOUT_MS))
+            .operation_timeout(Duration::from_millis(
+                OBJECT_ATTEMPT_TIMEOUT_MS * u64::from(ATTEMPTS_MAX),
+            ))
+            .build();
+        let config = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(*path_style)
+            .timeout_config(timeouts)
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(ATTEMPTS_MAX))
+            .build();
+        Ok(Bucket {
+            client: Client::from_conf(config),
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+        })
+    }
+
+    /// Every object under the prefix, by key relative to the prefix.
+    pub async fn list(&self, objects_max: u64, page_keys: u32) -> Result<BTreeMap<String, Object>, Failure> {
+        let mut objects = BTreeMap::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&self.prefix)
+                .max_keys(i32::try_from(page_keys).unwrap_or(1000))
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|error| failure(&format!("S3 ListObjectsV2 of bucket {}", self.bucket), &error))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let Some(relative) = key.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                // "Folder" markers (keys ending in /) hold no media.
+                if relative.is_empty() || relative.ends_with('/') {
+                    continue;
+                }
+                objects.insert(
+                    relative.to_string(),
+                    Object {
+                        size: u64::try_from(object.size().unwrap_or(0)).unwrap_or(0),
+                        etag: unquote(object.e_tag().unwrap_or_default()),
+                        modified_s: object.last_modified().and_then(|t| u64::try_from(t.secs()).ok()),
+                    },
+                );
+                if objects.len() as u64 > objects_max {
+                    return Err(Failure::Retryable(format!(
+                        "bucket {} holds more than {objects_max} objects under '{}' (objects_listed_max); raise objects_listed_max",
+                        self.bucket, self.prefix
+                    )));
+                }
+            }
+            match (page.is_truncated(), page.next_continuation_token()) {
+                (Some(true), Some(next)) => token = Some(next.to_string()),
+                _ => return Ok(objects),
+            }
+        }
+    }
+
+    /// HeadObject: (size, ETag, the recorded source ETag, last modified).
+    async fn head(&self, key: &str) -> Result<(u64, String, Option<String>, Option<u64>), Failure> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(format!("{}{key}", self.prefix))
+            .send()
+            .await
+            .map_err(|error| failure(&format!("S3 HeadObject {}/{}{key}", self.bucket, self.prefix), &error))?;
+        Ok((
+            u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
+            unquote(head.e_tag().unwrap_or_default()),
+            head.metadata()
+                .and_then(|m| m.get(SOURCE_ETAG_METADATA))
+                .map(|s| unquote(s)),
+            head.last_modified().and_then(|t| u64::try_from(t.secs()).ok()),
+        ))
+    }
+}
+
+/// Whether the receiver's object counts as the source's (by the listing alone: `None` means
+/// "look closer with HeadObject").
+pub fn same_by_listing(source: &Object, target: Option<&Object>) -> Option<bool> {
+    let target = target?;
+    if target.size != source.size {
+        // A receiver's own newer object of another size is still left alone below.
+        return None;
+    }
+    if target.etag == source.etag {
+        return Some(true);
+    }
+    None
+}
+
+/// With HeadObject's answer: whether the receiver's object needs no copy.
+pub fn same_by_head(source: &Object, head: &(u64, String, Option<String>, Option<u64>)) -> bool {
+    let (size, etag, recorded, modified) = head;
+    if let Some(recorded) = recorded {
+        return *recorded == source.etag && *size == source.size;
+    }
+    if *size == source.size && *etag == source.etag {
+        return true;
+    }
+    // Written on the receiver itself, after the source's version: newer, keep it.
+    matches!((modified, source.modified_s), (Some(target), Some(source)) if *target > source)
+}
+
+/// The keys the receiver lacks or holds differently.
+async fn differences(
+    source: &Bucket,
+    target: &Bucket,
+    limits: &Limits,
+) -> Result<(BTreeMap<String, Object>, Vec<String>, Vec<String>), Failure> {
+    let (from, to) = tokio::join!(
+        source.list(limits.objects_listed_max, limits.list_page_keys),
+        target.list(limits.objects_listed_max, limits.list_page_keys)
+    );
+    let (from, to) = (from?, to?);
+    let mut differ = Vec::new();
+    let mut heads = 0u64;
+    for (key, object) in &from {
+        match same_by_listing(object, to.get(key)) {
+            Some(true) => {}
+            Some(false) => differ.push(key.clone()),
+            None if !to.contains_key(key) => differ.push(key.clone()),
+            None => {
+                heads += 1;
+                if heads > limits.objects_listed_max {
+                    differ.push(key.clone());
+                    continue;
+                }
+                if !same_by_head(object, &target.head(key).await?) {
+                    differ.push(key.clone());
+                }
+            }
+        }
+    }
+    let extra = to.keys().filter(|key| !from.contains_key(*key)).cloned().collect();
+    Ok((from, differ, extra))
+}
+
+pub async fn lag(source: &Location, target: &Location, limits: &Limits) -> Result<Lag, Failure> {
+    let (source, target) = (Bucket::open(source).await?, Bucket::open(target).await?);
+    let (objects, differ, _) = differences(&source, &target, limits).await?;
+    let now = now_s();
+    let mut lag = Lag::default();
+    for key in &differ {
+        if let Some(object) = objects.get(key) {
+            lag.add(key, object.size, object.modified_s, now);
+        }
+    }
+    Ok(lag)
+}
+
+/// Copies one object and verifies it; returns its size.
+async fn copy(source: Arc<Bucket>, target: Arc<Bucket>, key: String, expected: Object) -> Result<u64, Failure> {
+    let from_key = format!("{}{key}", source.prefix);
+    let to_key = format!("{}{key}", target.prefix);
+    let got = source
+        .client
+        .get_object()
+        .bucket(&source.bucket)
+        .key(&from_key)
+        .send()
+        .await
+        .map_err(|error| failure(&format!("S3 GetObject {}/{from_key}", source.bucket), &error))?;
+    let source_etag = unquote(got.e_tag().unwrap_or(expected.etag.as_str()));
+    let mut metadata: HashMap<String, String> = got.metadata().cloned().unwrap_or_default();
+    metadata.insert(SOURCE_ETAG_METADATA.into(), source_etag.clone());
+    let (content_type, cache_control, disposition, encoding) = (
+        got.content_type().map(String::from),
+        got.cache_control().map(String::from),
+        got.content_disposition().map(String::from),
+        got.content_encoding().map(String::from),
+    );
+    let bytes = got
+        .body
+        .collect()
+        .await
+        .map_err(|error| {
+            Failure::Retryable(format!(
+                "S3 GetObject {}/{from_key}: reading the body: {error}",
+                source.bucket
+            ))
+        })?
+        .into_bytes();
+    let size = bytes.len() as u64;
+    target
+        .client
+        .put_object()
+        .bucket(&target.bucket)
+        .key(&to_key)
+        .body(ByteStream::from(bytes))
+        .set_content_type(content_type)
+        .set_cache_control(cache_control)
+        .set_content_disposition(disposition)
+        .set_content_encoding(encoding)
+        .set_metadata(Some(metadata))
+        .send()
+        .await
+        .map_err(|error| failure(&format!("S3 PutObject {}/{to_key}", target.bucket), &error))?;
+    let head = target.head(&key).await?;
+    let single_part = !source_etag.contains('-');
+    let verified = head.0 == size && (!single_part || head.1 == source_etag) && head.2.as_deref() == Some(&source_etag);
+    if !verified {
+        return Err(Failure::Retryable(format!(
+            "S3 copy of {key} not verified: {}/{to_key} holds {} bytes, ETag {}, recorded source ETag {:?}; expected {size} bytes and ETag {source_etag}",
+            target.bucket, head.0, head.1, head.2
+        )));
+    }
+    Ok(size)
+}
+
+pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &Limits) -> Result<SyncReport, Failure> {
+    let (source, target) = (
+        Arc::new(Bucket::open(source).await?),
+        Arc::new(Bucket::open(target).await?),
+    );
+    let (objects, differ, extra) = differences(&source, &target, limits).await?;
+    let mut report = SyncReport::default();
+    let mut queue = Vec::new();
+    let mut bytes = 0u64;
+    let mut too_big = Vec::new();
+    for key in differ {
+        let Some(object) = objects.get(&key) else { continue };
+        if object.size > limits.object_bytes_max {
+            too_big.push(format!("{key} ({} bytes)", object.size));
+            continue;
+        }
+        if queue.len() as u64 >= limits.objects_per_run_max {
+            report.limited = Some(format!("objects_per_run_max = {}", limits.objects_per_run_max));
+            break;
+        }
+        if bytes.saturating_add(object.size) > limits.bytes_per_run_max {
+            report.limited = Some(format!("bytes_per_run_max = {}", limits.bytes_per_run_max));
+            break;
+        }
+        bytes += object.size;
+        queue.push((key, object.clone()));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut first_error = None;
+    let mut pending = queue.into_iter();
+    loop {
+        while tasks.len() < limits.concurrency as usize {
+            let Some((key, object)) = pending.next() else { break };
+            tasks.spawn(copy(Arc::clone(&source), Arc::clone(&target), key, object));
+        }
+        let Some(done) = tasks.join_next().await else { break };
+        match done {
+            Ok(Ok(size)) => {
+                report.copied_objects += 1;
+                report.copied_bytes += size;
+            }
+            Ok(Err(error)) => {
+                first_error.get_or_insert(error);
+            }
+            Err(error) => {
+                first_error.get_or_insert(Failure::Retryable(format!("an S3 copy task failed: {error}")));
+            }
+        }
+    }
+    if delete && report.limited.is_none() && first_error.is_none() {
+        for key in extra {
+            let full = format!("{}{key}", target.prefix);
+            target
+                .client
+                .delete_object()
+                .bucket(&target.bucket)
+                .key(&full)
+                .send()
+                .await
+                .map_err(|error| failure(&format!("S3 DeleteObject {}/{full}", target.bucket), &error))?;
+            report.deleted_objects += 1;
+        }
+    }
+    if let Some(error) = first_error {
+        return Err(match error {
+            Failure::Retryable(m) => Failure::Retryable(format!("copied {} objects, then: {m}", report.copied_objects)),
+            other => other,
+        });
+    }
+    if !too_big.is_empty() {
+        report.note = Some(format!(
+            "not copied, larger than object_bytes_max = {}: {}",
+            limits.object_bytes_max,
+            too_big.join(", ")
+        ));
+    }
+    let (objects, differ, _) = differences(&source, &target, limits).await?;
+    let now = now_s();
+    for key in &differ {
+        if let Some(object) = objects.get(key) {
+            report.remaining.add(key, object.size, object.modified_s, now);
+        }
+    }
+    Ok(report)
+}

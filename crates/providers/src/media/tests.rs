@@ -1,0 +1,157 @@
+use super::rsync::{Endpoint, Item, Listing, Transport, exit_failure, parse_time, within_limits};
+use super::*;
+
+#[test]
+fn rsync_locations() {
+    let local = Endpoint::parse("/srv/media").expect("local");
+    assert_eq!(local.text, "/srv/media/");
+    assert_eq!(local.transport, Transport::Local);
+    assert_eq!(
+        Endpoint::parse("deploy@web-eu:/var/www/pub/media/").map(|e| e.transport),
+        Ok(Transport::Ssh)
+    );
+    assert_eq!(
+        Endpoint::parse("rsync://10.0.0.5:8730/media/catalog").map(|e| e.transport),
+        Ok(Transport::Daemon)
+    );
+    assert_eq!(
+        Endpoint::parse("host::media/x").map(|e| e.transport),
+        Ok(Transport::Daemon)
+    );
+    for bad in ["media/", "-e sh", "rsync://host", "rsync:///module", ":/srv"] {
+        assert!(Endpoint::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn rsync_times_are_utc_unix_seconds() {
+    assert_eq!(parse_time("1970/01/01-00:00:00"), Some(0));
+    assert_eq!(parse_time("2000/03/01-00:00:01"), Some(951_868_801));
+    assert_eq!(parse_time("2026/12/02-20:40:00"), Some(1_796_244_000));
+    assert_eq!(parse_time("2026/13/02-20:40:00"), None);
+    assert_eq!(parse_time("garbage"), None);
+}
+
+#[test]
+fn the_listing_counts_files_to_send_and_their_bytes() {
+    let mut listing = Listing::default();
+    for line in [
+        "cd+++++++++|4096|2026/12/02-20:00:00|catalog/",
+        ">f+++++++++|1000|2026/12/02-20:00:00|catalog/a.jpg",
+        "<f.st......|2,500|2026/12/02-19:00:00|catalog/b|c.jpg",
+        ".f...p.....|10|2026/12/02-19:00:00|catalog/attrs-only.jpg",
+        "*deleting  |0|1970/01/01-00:00:00|old.jpg",
+        "",
+        "Number of files: 5 (reg: 4, dir: 1)",
+        "Total transferred file size: 3,500 bytes",
+    ] {
+        listing.line(line);
+    }
+    assert_eq!(listing.files.len(), 2);
+    assert_eq!(listing.files[1].path, "catalog/b|c.jpg");
+    assert_eq!(listing.files[1].bytes, 2500);
+    assert_eq!(listing.deletions, 1);
+    let lag = listing.lag(parse_time("2026/12/02-20:00:00").expect("time"));
+    assert_eq!(lag.objects, 2);
+    assert_eq!(lag.bytes, 3500);
+    assert_eq!(lag.oldest_age_seconds, Some(3600));
+    assert_eq!(lag.sample, vec!["catalog/a.jpg", "catalog/b|c.jpg"]);
+}
+
+fn limits(objects: u64, bytes: u64) -> Limits {
+    Limits {
+        run_timeout_ms: 1_000,
+        objects_per_run_max: objects,
+        bytes_per_run_max: bytes,
+        object_bytes_max: bytes,
+        concurrency: 1,
+        objects_listed_max: 100,
+        list_page_keys: 1000,
+    }
+}
+
+#[test]
+fn one_run_stays_within_its_limits() {
+    let files: Vec<Item> = (0..5)
+        .map(|i| Item {
+            path: format!("f{i}"),
+            bytes: 100,
+            modified_s: None,
+        })
+        .collect();
+    let (chosen, limited) = within_limits(&files, &limits(10, 1_000));
+    assert_eq!((chosen.len(), limited), (5, None));
+    let (chosen, limited) = within_limits(&files, &limits(2, 1_000));
+    assert_eq!(chosen.len(), 2);
+    assert_eq!(limited.as_deref(), Some("objects_per_run_max = 2"));
+    let (chosen, limited) = within_limits(&files, &limits(10, 250));
+    assert_eq!(chosen.len(), 2);
+    assert_eq!(limited.as_deref(), Some("bytes_per_run_max = 250"));
+}
+
+#[test]
+fn rsync_exit_codes() {
+    assert_eq!(exit_failure(Some(0), ""), Ok(None));
+    assert!(matches!(exit_failure(Some(24), ""), Ok(Some(_))));
+    assert!(matches!(exit_failure(Some(3), "x"), Err(Failure::Refused(m)) if m.contains("rsync exit 3")));
+    assert!(matches!(
+        exit_failure(Some(10), "@ERROR: connection refused"),
+        Err(Failure::Retryable(m)) if m.contains("socket I/O") && m.contains("connection refused")
+    ));
+    assert!(matches!(exit_failure(Some(255), ""), Err(Failure::Retryable(m)) if m.contains("SSH")));
+    assert!(matches!(exit_failure(None, ""), Err(Failure::Retryable(m)) if m.contains("signal")));
+}
+
+#[test]
+fn s3_urls() {
+    assert_eq!(
+        parse_s3_url("s3://shop-media"),
+        Some(("shop-media".into(), String::new()))
+    );
+    assert_eq!(
+        parse_s3_url("s3://shop-media/pub/media"),
+        Some(("shop-media".into(), "pub/media/".into()))
+    );
+    for bad in ["shop-media", "s3://Shop", "s3://ab", "s3://x-/a", "s3://bucket//a"] {
+        assert_eq!(parse_s3_url(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn lag_keeps_the_oldest_age_and_a_short_sample() {
+    let mut lag = Lag::default();
+    for i in 0..8 {
+        lag.add(&format!("f{i}"), 10, Some(1_000 - i * 10), 1_000);
+    }
+    assert_eq!(lag.objects, 8);
+    assert_eq!(lag.bytes, 80);
+    assert_eq!(lag.oldest_age_seconds, Some(70));
+    assert_eq!(lag.sample.len(), MISSING_SAMPLE_MAX);
+}
+
+#[cfg(feature = "aws")]
+#[test]
+fn s3_objects_compare_by_size_etag_and_the_recorded_source() {
+    use super::s3::{Object, same_by_head, same_by_listing};
+    let source = Object {
+        size: 10,
+        etag: "abc".into(),
+        modified_s: Some(100),
+    };
+    assert_eq!(same_by_listing(&source, None), None);
+    assert_eq!(same_by_listing(&source, Some(&source)), Some(true));
+    // A copy of a multipart source: another ETag, the source's recorded.
+    assert!(same_by_head(
+        &source,
+        &(10, "zzz-2".into(), Some("abc".into()), Some(50))
+    ));
+    // An older copy of another version: copy again.
+    assert!(!same_by_head(
+        &source,
+        &(10, "old".into(), Some("old".into()), Some(200))
+    ));
+    // The receiver's own newer object: keep it.
+    assert!(same_by_head(&source, &(7, "own".into(), None, Some(200))));
+    // The receiver's own older object: the source's is newer.
+    assert!(!same_by_head(&source, &(7, "own".into(), None, Some(50))));
+}

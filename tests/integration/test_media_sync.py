@@ -1,0 +1,577 @@
+"""Media sync (`kind = "media_sync"`, `switchyard media sync|lag`) against real servers:
+a real rsync daemon (Debian's `rsync`, started here with its own rsyncd.conf) and moto's S3
+(ListObjectsV2, GetObject, PutObject, HeadObject, multipart uploads, signed by the binary's
+AWS SDK). Asserts that objects arrive with the same sizes and ETags, that the lag goes to 0,
+that `--delete` stays off unless asked (extra files on the standby survive), the limits of a
+run, `config check`'s line numbers, and the controller's media_lag in `status`, `/metrics`
+(checked by promtool), the dashboard (rendered by headless Chromium when installed) and its
+runbook."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+MOTO_SERVER = Path(sys.executable).parent / "moto_server"
+START_DEADLINE_S = 30
+CHANGE_DEADLINE_S = 30
+
+pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def run_cli(*args, timeout=60):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    env = dict(os.environ, SWITCHYARD_LOG="warn", **AWS_ENV)
+    env.pop("SWITCHYARD_ACTIVE_REGION", None)
+    return subprocess.run([str(BINARY), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, condition, deadline_s=CHANGE_DEADLINE_S):
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def rsync_daemon(tmp_path):
+    """A real rsync daemon on loopback with one writable module, `eu`."""
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync missing: apt-get install rsync (scripts/install-test-deps.sh does)")
+    module = tmp_path / "eu"
+    module.mkdir()
+    port = free_port()
+    conf = tmp_path / "rsyncd.conf"
+    conf.write_text(f"""
+use chroot = no
+pid file = {tmp_path / 'rsyncd.pid'}
+uid = {os.getuid()}
+gid = {os.getgid()}
+[eu]
+path = {module}
+read only = false
+""")
+    daemon = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
+                               "--address=127.0.0.1", f"--log-file={tmp_path / 'rsyncd.log'}"])
+
+    def accepting():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return daemon.poll() is not None and pytest.fail("rsync --daemon exited")
+
+    wait_for("the rsync daemon", accepting, START_DEADLINE_S)
+    yield f"rsync://127.0.0.1:{port}/eu/", module
+    daemon.terminate()
+    daemon.wait(timeout=10)
+
+
+HEAD = """
+[controller]
+listen = "127.0.0.1:7400"
+
+[quorum]
+vantages = ["controller"]
+
+[[regions]]
+name = "us"
+priority = 1
+
+[[regions]]
+name = "eu"
+priority = 2
+
+[[checks]]
+name = "us-app"
+region = "us"
+kind = { type = "tcp", address = "127.0.0.1:2" }
+
+[[checks]]
+name = "eu-app"
+region = "eu"
+kind = { type = "tcp", address = "127.0.0.1:2" }
+"""
+
+
+def rsync_config(tmp_path, source, target, extra="", name="switchyard.toml"):
+    config = tmp_path / name
+    config.write_text(HEAD + f"""
+[[runbook]]
+name = "media"
+kind = "media_sync"
+timeout_ms = 60000
+
+[runbook.media_sync]
+mode = "rsync"
+run_timeout_ms = 30000
+{extra}
+[runbook.media_sync.locations]
+us = {{ url = "{source}" }}
+eu = {{ url = "{target}" }}
+""")
+    return config
+
+
+def media(kind, config, *extra):
+    result = run_cli("media", kind, "--config", str(config), "--json", *extra)
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return result, lines
+
+
+def shop_media(folder):
+    """A few product images and uploads; the oldest is a day old."""
+    files = {
+        "catalog/product/a/b/ab-shoe.jpg": os.urandom(3000),
+        "catalog/product/c/d/cd-hat.png": os.urandom(1500),
+        "wysiwyg/banner.webp": os.urandom(700),
+        "2026/12/upload with space.pdf": os.urandom(42),
+    }
+    for relative, data in files.items():
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    day_ago = time.time() - 86_400
+    os.utime(folder / "wysiwyg/banner.webp", (day_ago, day_ago))
+    return files
+
+
+def test_rsync_to_a_real_daemon_copies_what_the_standby_lacks_and_keeps_its_extra_files(tmp_path, rsync_daemon):
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    us.mkdir()
+    files = shop_media(us)
+    (eu / "only-on-the-standby.jpg").write_bytes(b"kept")
+    config = rsync_config(tmp_path, us, daemon_url)
+
+    result, [lag] = media("lag", config)
+    assert result.returncode == 0, result.stderr
+    assert (lag["from"], lag["to"], lag["ok"]) == ("us", "eu", True), lag
+    assert lag["lag"]["objects"] == len(files), lag
+    assert lag["lag"]["bytes"] == sum(len(d) for d in files.values()), lag
+    assert lag["lag"]["oldest_age_seconds"] >= 86_000, lag
+    assert not (eu / "catalog").exists(), "a lag measurement must copy nothing"
+
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0, result.stderr
+    assert synced["ok"] and synced["copied_objects"] == len(files), synced
+    assert synced["copied_bytes"] == sum(len(d) for d in files.values()), synced
+    assert synced["remaining"]["objects"] == 0 and synced["deleted_objects"] == 0, synced
+    for relative, data in files.items():
+        copied = eu / relative
+        assert copied.read_bytes() == data, relative
+        assert int(copied.stat().st_mtime) == int((us / relative).stat().st_mtime), relative
+    assert (eu / "only-on-the-standby.jpg").read_bytes() == b"kept", "delete is off by default"
+
+    result, [lag] = media("lag", config)
+    assert result.returncode == 0 and lag["lag"]["objects"] == 0 and lag["lag"]["bytes"] == 0, lag
+
+    # The other way round (pulling from the daemon): the standby's own file is what us lacks.
+    result, [back] = media("lag", config, "--from", "eu")
+    assert result.returncode == 0, result.stderr
+    assert back["lag"]["objects"] == 1 and back["lag"]["sample"] == ["only-on-the-standby.jpg"], back
+
+    # A newer file on the receiver is never overwritten (rsync --update).
+    newer = eu / "catalog/product/a/b/ab-shoe.jpg"
+    newer.write_bytes(b"edited on the standby")
+    future = time.time() + 3600
+    os.utime(newer, (future, future))
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0 and synced["copied_objects"] == 0, synced
+    assert newer.read_bytes() == b"edited on the standby"
+
+    # delete = true (opt-in) removes what the sender no longer has.
+    deleting = rsync_config(tmp_path, us, daemon_url, extra="delete = true", name="deleting.toml")
+    result, [synced] = media("sync", deleting)
+    assert result.returncode == 0 and synced["deleted_objects"] == 1, synced
+    assert not (eu / "only-on-the-standby.jpg").exists()
+
+
+def test_one_rsync_run_stays_within_objects_per_run_max(tmp_path, rsync_daemon):
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    us.mkdir()
+    files = shop_media(us)
+    config = rsync_config(tmp_path, us, daemon_url, extra="objects_per_run_max = 3")
+    result, [first] = media("sync", config)
+    assert result.returncode == 0, result.stderr
+    assert first["copied_objects"] == 3 and first["limited"] == "objects_per_run_max = 3", first
+    assert first["remaining"]["objects"] == len(files) - 3, first
+    result, [second] = media("sync", config)
+    assert second["copied_objects"] == len(files) - 3 and second["limited"] is None, second
+    assert second["remaining"]["objects"] == 0, second
+    assert sum(1 for p in eu.rglob("*") if p.is_file()) == len(files)
+
+
+def test_rsync_errors_name_the_exit_code_and_rsyncs_words(tmp_path, rsync_daemon):
+    daemon_url, _ = rsync_daemon
+    us = tmp_path / "us"
+    us.mkdir()
+    config = rsync_config(tmp_path, us, daemon_url.replace("/eu/", "/no-such-module/"))
+    result, [line] = media("lag", config)
+    assert result.returncode == 1
+    assert not line["ok"] and "rsync exit 5" in line["error"] and "Unknown module" in line["error"], line
+    closed = rsync_config(tmp_path, us, f"rsync://127.0.0.1:{free_port()}/eu/", name="closed.toml")
+    result, [line] = media("sync", closed)
+    assert result.returncode == 1 and "rsync exit 10" in line["error"], line
+
+
+def test_config_check_points_at_media_mistakes_with_line_numbers(tmp_path):
+    config = tmp_path / "bad.toml"
+    lines = HEAD.strip("\n").splitlines() + ["[policy]", "failback_media_objects_max = 5"]
+    config.write_text("\n".join(lines) + "\n")
+    result = run_cli("config", "check", str(config))
+    assert result.returncode == 1
+    assert f"{config}:{len(lines)}:" in result.stderr and "no runbook step has kind = \"media_sync\"" in result.stderr, \
+        result.stderr
+
+    config.write_text(HEAD + """
+[[runbook]]
+name = "media"
+kind = "media_sync"
+
+[runbook.media_sync]
+mode = "rsync"
+concurrency = 0
+
+[runbook.media_sync.locations]
+us = { url = "relative/media" }
+eu = { url = "rsync://10.0.0.9/media/", region = "us-east-1" }
+""")
+    text = config.read_text().splitlines()
+    line = {needle: text.index(next(t for t in text if t.startswith(needle))) + 1
+            for needle in ["kind = \"media_sync\"", "concurrency", "us = ", "eu = "]}
+    result = run_cli("config", "check", str(config))
+    assert result.returncode == 1
+    errors = result.stderr
+    assert f"{config}:{line['concurrency']}:" in errors and "concurrency = 0 is outside 1..=32" in errors, errors
+    assert f"{config}:{line['us = ']}:" in errors and "is a relative folder" in errors, errors
+    assert f"{config}:{line['eu = ']}:" in errors and "region of region 'eu' is an S3 setting" in errors, errors
+
+    both_remote = rsync_config(tmp_path, "deploy@web-us:/srv/media/", "rsync://10.0.0.9/media/", name="remote.toml")
+    result = run_cli("config", "check", str(both_remote))
+    assert result.returncode == 1 and "are all remote" in result.stderr, result.stderr
+
+    short = rsync_config(tmp_path, "/srv/media", "rsync://10.0.0.9/media/", name="short.toml")
+    short.write_text(short.read_text().replace("timeout_ms = 60000", "timeout_ms = 5000"))
+    result = run_cli("config", "check", str(short))
+    assert result.returncode == 1 and "cuts the copy off before its run_timeout_ms = 30000" in result.stderr, \
+        result.stderr
+
+
+@pytest.fixture
+def moto_s3():
+    assert MOTO_SERVER.exists(), f"{MOTO_SERVER} missing: run ./scripts/install-test-deps.sh (moto[server])"
+    # Small parts, so a multipart upload of a few KiB is legal (S3's own minimum is 5 MiB).
+    env = dict(os.environ, S3_UPLOAD_PART_MIN_SIZE="256")
+    process = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p0"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    url = None
+    deadline = time.monotonic() + 60
+    while url is None and time.monotonic() < deadline:
+        line = process.stderr.readline()
+        match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", line)
+        if match:
+            url = match.group(1)
+        elif not line and process.poll() is not None:
+            break
+    assert url, "moto_server did not print its address"
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def s3_config(tmp_path, moto, extra="", name="s3.toml"):
+    config = tmp_path / name
+    config.write_text(HEAD + f"""
+[[runbook]]
+name = "media"
+kind = "media_sync"
+timeout_ms = 60000
+
+[runbook.media_sync]
+mode = "s3"
+run_timeout_ms = 30000
+concurrency = 3
+list_page_keys = 7
+{extra}
+[runbook.media_sync.locations]
+us = {{ url = "s3://shop-media-us/pub/media/", region = "us-east-1", endpoint_url = "{moto}" }}
+eu = {{ url = "s3://shop-media-eu/pub/media/", region = "eu-west-1", endpoint_url = "{moto}" }}
+""")
+    return config
+
+
+def test_s3_replication_against_moto_copies_verifies_and_keeps_extra_objects(tmp_path, moto_s3):
+    keys = dict(endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client("s3", region_name="us-east-1", **keys)
+    s3.create_bucket(Bucket="shop-media-us")
+    s3.create_bucket(Bucket="shop-media-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    # Several ListObjectsV2 pages (list_page_keys = 7 below) on the source.
+    objects = {f"pub/media/catalog/{i:04d}.jpg": f"image {i}".encode() for i in range(40)}
+    for key, data in objects.items():
+        s3.put_object(Bucket="shop-media-us", Key=key, Body=data, ContentType="image/jpeg")
+    # A multipart object: its ETag is not the MD5 of its bytes.
+    upload = s3.create_multipart_upload(Bucket="shop-media-us", Key="pub/media/video/tour.mp4",
+                                        ContentType="video/mp4")
+    parts = []
+    for number, chunk in enumerate([b"a" * 1024, b"b" * 1024, b"c" * 100], start=1):
+        answer = s3.upload_part(Bucket="shop-media-us", Key="pub/media/video/tour.mp4", PartNumber=number,
+                                UploadId=upload["UploadId"], Body=chunk)
+        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+    s3.complete_multipart_upload(Bucket="shop-media-us", Key="pub/media/video/tour.mp4",
+                                 UploadId=upload["UploadId"], MultipartUpload={"Parts": parts})
+    multipart_etag = s3.head_object(Bucket="shop-media-us", Key="pub/media/video/tour.mp4")["ETag"]
+    assert "-" in multipart_etag
+    # Outside the prefix (not media), and an object only the standby has.
+    s3.put_object(Bucket="shop-media-us", Key="var/log/system.log", Body=b"not media")
+    s3.put_object(Bucket="shop-media-eu", Key="pub/media/only-on-the-standby.jpg", Body=b"kept")
+    total = len(objects) + 1
+    total_bytes = sum(len(d) for d in objects.values()) + 2148
+
+    config = s3_config(tmp_path, moto_s3)
+    result, [lag] = media("lag", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert lag["lag"]["objects"] == total and lag["lag"]["bytes"] == total_bytes, lag
+    assert lag["lag"]["oldest_age_seconds"] is not None, lag
+
+    # Bounded: one run copies at most objects_per_run_max.
+    limited = s3_config(tmp_path, moto_s3, extra="objects_per_run_max = 10", name="limited.toml")
+    result, [first] = media("sync", limited)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert first["copied_objects"] == 10 and first["limited"] == "objects_per_run_max = 10", first
+    assert first["remaining"]["objects"] == total - 10, first
+
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert synced["copied_objects"] == total - 10 and synced["remaining"]["objects"] == 0, synced
+
+    for key, data in list(objects.items())[:20]:
+        head = s3.head_object(Bucket="shop-media-eu", Key=key)
+        assert head["ContentLength"] == len(data), key
+        assert head["ETag"].strip('"') == hashlib.md5(data).hexdigest(), key
+        assert head["ContentType"] == "image/jpeg", key
+    copy = s3.get_object(Bucket="shop-media-eu", Key="pub/media/video/tour.mp4")
+    assert copy["Body"].read() == b"a" * 1024 + b"b" * 1024 + b"c" * 100
+    assert copy["Metadata"]["switchyard-source-etag"] == multipart_etag.strip('"'), copy["Metadata"]
+    assert copy["ContentType"] == "video/mp4"
+    listed = s3.list_objects_v2(Bucket="shop-media-eu", Prefix="pub/media/only")["KeyCount"]
+    assert listed == 1, "delete is off by default: the standby's own object stays"
+    assert "Contents" not in s3.list_objects_v2(Bucket="shop-media-eu", Prefix="var/")
+
+    result, [lag] = media("lag", config)
+    assert result.returncode == 0 and lag["lag"]["objects"] == 0 and lag["lag"]["bytes"] == 0, lag
+
+    # A changed object on the source (another size and ETag) is copied again.
+    s3.put_object(Bucket="shop-media-us", Key="pub/media/catalog/0007.jpg", Body=b"a new photo, longer")
+    result, [lag] = media("lag", config)
+    assert lag["lag"]["objects"] == 1 and lag["lag"]["sample"] == ["catalog/0007.jpg"], lag
+    result, [synced] = media("sync", config)
+    assert synced["copied_objects"] == 1, synced
+    assert s3.get_object(Bucket="shop-media-eu", Key="pub/media/catalog/0007.jpg")["Body"].read() \
+        == b"a new photo, longer"
+
+
+def http_health_server(port=0):
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_controller_measures_media_lag_shows_it_and_runs_the_step_on_failover(tmp_path, rsync_daemon):
+    """The real controller: media_lag in /v1/status, `switchyard status`, /metrics (promtool
+    clean) and the dashboard; a failover runs the media_sync step (audited with its
+    generation) and the lag of the new standby is measured from the new active region; then
+    failback waits for an upload made during the outage until `media sync` copies it home."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    us.mkdir()
+    files = shop_media(us)
+    apps = [http_health_server() for _ in range(2)]
+    check = """
+[[checks]]
+name = "{name}"
+region = "{region}"
+kind = {{ type = "http", url = "http://127.0.0.1:{port}/health" }}
+interval_ms = 200
+fast_interval_ms = 100
+timeout_ms = 300
+fall = 2
+rise = 1
+"""
+    audit = tmp_path / "audit.jsonl"
+    config = tmp_path / "controller.toml"
+    config.write_text(f"""
+[controller]
+audit_log = "{audit}"
+tick_ms = 50
+
+[policy]
+failback_lag_check = false
+failback_media_objects_max = 0
+min_hold_ms = 1000
+stability_window_ms = 3000               # two media measurements (every 1 s) at least
+
+[quorum]
+vantages = ["controller"]
+report_interval_ms = 100
+
+[[regions]]
+name = "us"
+priority = 1
+
+[[regions]]
+name = "eu"
+priority = 2
+{check.format(name="us-app", region="us", port=apps[0].server_address[1])}
+{check.format(name="eu-app", region="eu", port=apps[1].server_address[1])}
+[[runbook]]
+name = "pointer"
+kind = "pointer"
+
+[[runbook]]
+name = "media"
+kind = "media_sync"
+timeout_ms = 60000
+
+[runbook.media_sync]
+mode = "rsync"
+run_timeout_ms = 30000
+lag_interval_ms = 1000
+
+[runbook.media_sync.locations]
+us = {{ url = "{us}" }}
+eu = {{ url = "{daemon_url}" }}
+""")
+    ready = tmp_path / "ready"
+    log = tmp_path / "controller.log"
+    env = dict(os.environ, SWITCHYARD_LOG="info", NO_COLOR="1")
+    controller = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
+                                   "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=open(log, "ab"))
+    try:
+        address = wait_for("the controller's ready file", lambda: ready.exists() and ready.read_text().strip())
+        base = f"http://{address}"
+
+        def status():
+            with urllib.request.urlopen(base + "/v1/status", timeout=5) as response:
+                return json.load(response)
+
+        def eu_figure():
+            figures = [f for f in status()["media"] if f["to"] == "eu" and f["objects"] is not None]
+            return figures[0] if figures else None
+
+        figure = wait_for("the media lag of eu", eu_figure)
+        assert figure["from"] == "us" and figure["objects"] == len(files), figure
+        assert figure["bytes"] == sum(len(d) for d in files.values()), figure
+        assert figure["oldest_age_seconds"] >= 86_000, figure
+
+        shown = subprocess.run([str(BINARY), "status", "--controller", base], capture_output=True, text=True,
+                               timeout=30, env=env)
+        assert shown.returncode == 0, shown.stderr
+        row = next(line for line in shown.stdout.splitlines() if "us -> eu" in line)
+        assert "us -> eu" in row and f" {len(files)} " in row, shown.stdout
+
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert f'switchyard_controller_media_missing_objects{{step="media",region="eu"}} {len(files)}' in metrics, \
+            metrics
+        assert "switchyard_controller_media_missing_bytes" in metrics
+        assert "switchyard_controller_media_oldest_missing_age_seconds" in metrics
+        if shutil.which("promtool"):
+            lint = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True,
+                                  timeout=30)
+            assert lint.returncode == 0, lint.stdout + lint.stderr
+
+        # The dashboard's Media table, as a browser renders it (when Chromium is installed).
+        from test_dashboard_chromium import chromium, chromium_binary, rows
+        if chromium_binary():
+            dom = chromium(tmp_path / "chromium-profile", "--virtual-time-budget=3000", "--dump-dom",
+                           base + "/dashboard")
+            media_rows = rows(dom, "media")
+            assert any("us → eu" in row and f" {len(files)} " in row for row in media_rows), media_rows
+
+        # us fails: the failover's media step copies what us had to eu before the move ends.
+        apps[0].shutdown()
+        apps[0].server_close()
+
+        def steps():
+            lines = audit.read_text().splitlines() if audit.exists() else []
+            records = [json.loads(line) for line in lines if '"kind":"step"' in line and '"step":"media"' in line]
+            return [r for r in records if "us -> eu" in r["detail"]]
+
+        ran = wait_for("the media step's audit record", steps)
+        assert ran[-1]["outcome"] == "ok" and ran[-1]["generation"] >= 2, ran
+        assert f"us -> eu: copied {len(files)} objects" in ran[-1]["detail"], ran
+        for relative, data in files.items():
+            assert (eu / relative).read_bytes() == data
+        # Now eu is active, and us (down, its folder still here) is measured from eu.
+        wait_for("the media lag of us from eu",
+                 lambda: any(f["from"] == "eu" and f["to"] == "us" and f["objects"] == 0 for f in status()["media"]))
+
+        # An upload lands in eu during the outage; us comes back. Failback waits for the media
+        # (failback_media_objects_max = 0) and says why, until `media sync` copies it home.
+        upload = eu / "2026/12/during-the-outage.jpg"
+        upload.parent.mkdir(parents=True, exist_ok=True)
+        upload.write_bytes(b"new photo")
+        apps[0] = http_health_server(port=apps[0].server_address[1])
+        wait_for("failback waiting for the media",
+                 lambda: any("us lacks 1 media objects, above failback_media_objects_max = 0" in reason
+                             for reason in status()["engine"]["reasons"]))
+
+        def active():
+            with urllib.request.urlopen(base + "/v1/active-region", timeout=5) as response:
+                return json.load(response)["region"]
+
+        assert active() == "eu"
+        result = subprocess.run([str(BINARY), "media", "sync", "--config", str(config), "--from", "eu", "--json"],
+                                capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["copied_objects"] == 1, result.stdout
+        assert (us / "2026/12/during-the-outage.jpg").read_bytes() == b"new photo"
+        wait_for("the failback to us once its media are complete", lambda: active() == "us")
+    finally:
+        controller.kill()
+        controller.wait(timeout=10)
+        apps[1].shutdown()
