@@ -81,7 +81,7 @@ def moto():
 def test_the_magento_aws_example_passes_config_check():
     result = run_cli("config", "check", str(REPO / "docs" / "examples" / "magento-aws.toml"))
     assert result.returncode == 0, result.stderr
-    assert "ok (2 regions, 4 checks, 7 runbook steps" in result.stdout, result.stdout
+    assert "ok (2 regions, 4 checks, 8 runbook steps" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize(
