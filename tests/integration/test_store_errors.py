@@ -268,3 +268,92 @@ def test_oversize_request_body_gets_413_with_a_validation_exception(store):
     assert status == 413, response
     assert response["__type"] == "com.amazon.coral.validate#ValidationException", response
     assert "16777216" in response["message"], response
+
+
+SORTED = "errors-sorted"
+
+
+def sorted_table(store):
+    client = store.client(parameter_validation=False)
+    if SORTED not in client.list_tables()["TableNames"]:
+        create_table(client, SORTED, range_key=("sk", "N"))
+        client.put_item(TableName=SORTED, Item={"pk": {"S": "p"}, "sk": {"N": "1"}, "v": {"N": "1"}})
+    return client
+
+
+@pytest.mark.parametrize("request_, expected", [
+    # A Query filters on non-key attributes only.
+    (dict(KeyConditionExpression="pk = :p", FilterExpression="sk > :n",
+          ExpressionAttributeValues={":p": {"S": "p"}, ":n": {"N": "0"}}),
+     "Filter Expression can only contain non-primary key attributes: Primary key attribute: sk"),
+    (dict(KeyConditionExpression="pk = :p", FilterExpression="v = pk",
+          ExpressionAttributeValues={":p": {"S": "p"}}),
+     "Primary key attribute: pk"),
+    (dict(KeyConditions={"pk": {"AttributeValueList": [{"S": "p"}], "ComparisonOperator": "EQ"}},
+          QueryFilter={"sk": {"AttributeValueList": [{"N": "1"}], "ComparisonOperator": "EQ"}}),
+     "QueryFilter can only contain non-primary key attributes: Primary key attribute: sk"),
+    # Expression and legacy parameters do not mix, across kinds too.
+    (dict(KeyConditionExpression="pk = :p", FilterExpression="v = :p", AttributesToGet=["v"],
+          ExpressionAttributeValues={":p": {"S": "p"}}),
+     "Can not use both expression and non-expression parameters"),
+    (dict(KeyConditions={"pk": {"AttributeValueList": [{"S": "p"}], "ComparisonOperator": "EQ"}},
+          QueryFilter={"v": {"AttributeValueList": [{"N": "1"}], "ComparisonOperator": "EQ"}},
+          ProjectionExpression="v"),
+     "Can not use both expression and non-expression parameters"),
+    # ConditionalOperator joins two or more conditions.
+    (dict(KeyConditions={"pk": {"AttributeValueList": [{"S": "p"}], "ComparisonOperator": "EQ"}},
+          QueryFilter={"v": {"AttributeValueList": [{"N": "1"}], "ComparisonOperator": "EQ"}},
+          ConditionalOperator="OR"),
+     "ConditionalOperator can only be used when Filter or Expected has two or more elements"),
+    (dict(KeyConditions={"pk": {"AttributeValueList": [{"S": "p"}], "ComparisonOperator": "EQ"}},
+          AttributesToGet=[]),
+     "attributesToGet"),
+    (dict(KeyConditions={"pk": {"AttributeValueList": [{"S": "p"}], "ComparisonOperator": "EQ"}},
+          AttributesToGet=["v", "v"]),
+     "Duplicate value in attribute name: v"),
+])
+def test_query_parameters_are_checked_as_dynamodb_checks_them(store, request_, expected):
+    client = sorted_table(store)
+    with pytest.raises(ClientError) as excinfo:
+        client.query(TableName=SORTED, **request_)
+    code, message, _ = error_of(excinfo)
+    assert code == "ValidationException" and expected in message, message
+
+
+def test_key_conditions_go_with_a_projection_expression(store):
+    client = sorted_table(store)
+    items = client.query(TableName=SORTED, ProjectionExpression="v",
+                         KeyConditions={"pk": {"AttributeValueList": [{"S": "p"}], "ComparisonOperator": "EQ"}})
+    assert items["Items"] == [{"v": {"N": "1"}}]
+
+
+@pytest.mark.parametrize("request_, expected", [
+    (dict(UpdateExpression="SET v = :v", ExpressionAttributeValues={":v": {"N": "2"}},
+          Expected={"v": {"Value": {"N": "1"}}}),
+     "Can not use both expression and non-expression parameters"),
+    (dict(AttributeUpdates={"z": {"Value": {"N": "4"}, "Action": "PUT"}}, ConditionalOperator="OR"),
+     "ConditionalOperator can only be used"),
+    (dict(AttributeUpdates={"z": {"Value": {"N": "4"}, "Action": "PUT"}}, Expected={}, ConditionalOperator="AND"),
+     "ConditionalOperator can only be used"),
+    (dict(AttributeUpdates={"z": {"Value": {"N": "4"}, "Action": "PUT"}},
+          Expected={"v": {"Value": {"N": "1"}}}, ConditionalOperator="AND"),
+     "ConditionalOperator can only be used"),
+])
+def test_update_item_legacy_parameters_are_checked(store, request_, expected):
+    client = sorted_table(store)
+    with pytest.raises(ClientError) as excinfo:
+        client.update_item(TableName=SORTED, Key={"pk": {"S": "p"}, "sk": {"N": "1"}}, **request_)
+    code, message, _ = error_of(excinfo)
+    assert code == "ValidationException" and expected in message, message
+
+
+def test_document_paths_are_bounded_in_depth_and_list_index(store):
+    client = sorted_table(store)
+    key = {"pk": {"S": "p"}, "sk": {"N": "1"}}
+    client.get_item(TableName=SORTED, Key=key, ProjectionExpression="a" + ".b" * 31)
+    for projection, expected in [("a" + ".b" * 32, "too many nesting levels; nesting levels: 33"),
+                                 ("a[99999999999999]", "List index is not within the allowable range")]:
+        with pytest.raises(ClientError) as excinfo:
+            client.get_item(TableName=SORTED, Key=key, ProjectionExpression=projection)
+        code, message, _ = error_of(excinfo)
+        assert code == "ValidationException" and "ProjectionExpression" in message and expected in message, message

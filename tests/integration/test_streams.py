@@ -407,3 +407,52 @@ def _describe(region):
     except ClientError:
         return None
     return table if "LatestStreamArn" in table else None
+
+
+def describe_filtered(store, arn, shard_filter):
+    """DescribeStream with a ShardFilter, sent raw: older botocore models lack the parameter."""
+    return store.raw(None, {"StreamArn": arn, "ShardFilter": shard_filter},
+                     headers={"X-Amz-Target": "DynamoDBStreams_20120810.DescribeStream"})
+
+
+def test_shard_filter_lists_a_shards_children(small_store):
+    client, streams = small_store.client(), streams_client(small_store.url)
+    name, arn = streamed_table(client, "KEYS_ONLY")
+    for i in range(4):
+        client.put_item(TableName=name, Item={"pk": {"S": f"k{i}"}})
+    shards = shards_of(streams, arn)
+    first, second = shards[:2]
+    status, children = describe_filtered(small_store, arn, {"Type": "CHILD_SHARDS", "ShardId": first["ShardId"]})
+    assert status == 200, children
+    assert [s["ShardId"] for s in children["StreamDescription"]["Shards"]] == [second["ShardId"]]
+    assert children["StreamDescription"]["StreamViewType"] == "KEYS_ONLY"
+    assert children["StreamDescription"]["TableName"] == name
+    status, none = describe_filtered(small_store, arn, {"Type": "CHILD_SHARDS", "ShardId": shards[-1]["ShardId"]})
+    assert status == 200 and none["StreamDescription"]["Shards"] == [], none
+    for shard_filter, field in [
+        ({"Type": "PARENT_SHARDS", "ShardId": first["ShardId"]}, "shardFilter.type"),
+        ({"ShardId": first["ShardId"]}, "shardFilter.type"),
+        ({"Type": "CHILD_SHARDS", "ShardId": "qwerty"}, "shardFilter.shardId"),
+        ({"Type": "CHILD_SHARDS"}, "shardFilter.shardId"),
+    ]:
+        status, error = describe_filtered(small_store, arn, shard_filter)
+        assert status == 400 and error["__type"].endswith("ValidationException"), (shard_filter, error)
+        assert field in error["message"], (shard_filter, error)
+
+
+def test_an_empty_shard_takes_iterators_at_its_start_and_pages_continue_past_unknown_ids(store):
+    client, streams = store.client(), streams_client(store.url)
+    name, arn = streamed_table(client, "KEYS_ONLY")
+    wait_for(lambda: streams.describe_stream(StreamArn=arn)["StreamDescription"]["StreamStatus"] == "ENABLED",
+             STATUS_DEADLINE_S, "the stream to be enabled")
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
+    start = shard["SequenceNumberRange"]["StartingSequenceNumber"]
+    at = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"],
+                                    ShardIteratorType="AT_SEQUENCE_NUMBER", SequenceNumber=start)["ShardIterator"]
+    client.put_item(TableName=name, Item={"pk": {"S": "first"}})
+    records = streams.get_records(ShardIterator=at)["Records"]
+    assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in records] == ["first"]
+    # A start id past every shard (DynamoDB compares ids, it does not look them up) is an
+    # empty page, not an error.
+    page = streams.describe_stream(StreamArn=arn, ExclusiveStartShardId="shardId-" + "z" * 40)
+    assert page["StreamDescription"]["Shards"] == []

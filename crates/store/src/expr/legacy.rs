@@ -196,16 +196,27 @@ fn comparison_node(key: &str, operator: Operator, values: &[AttributeValue]) -> 
 
 /// Joins per-attribute conditions with `ConditionalOperator` (AND unless told otherwise).
 fn join(nodes: Vec<Node>, conditional_operator: Option<&str>) -> Result<Condition, ApiError> {
+    check_conditional_operator(conditional_operator, nodes.len())?;
     let root = match conditional_operator {
-        None | Some("AND") => Node::And(nodes),
         Some("OR") => Node::Or(nodes),
-        Some(other) => {
-            return Err(ApiError::validation(format!(
-                "1 validation error detected: Value '{other}' at 'conditionalOperator' failed to satisfy constraint: Member must satisfy enum value set: [OR, AND]"
-            )));
-        }
+        _ => Node::And(nodes),
     };
     Ok(Condition { root })
+}
+
+/// `ConditionalOperator` is `AND` or `OR`, and joins two or more conditions of `Expected`,
+/// `QueryFilter` or `ScanFilter` (`conditions`): with fewer (or none at all) DynamoDB refuses it.
+pub fn check_conditional_operator(conditional_operator: Option<&str>, conditions: usize) -> Result<(), ApiError> {
+    match conditional_operator {
+        None => Ok(()),
+        Some("AND" | "OR") if conditions >= 2 => Ok(()),
+        Some("AND" | "OR") => Err(ApiError::validation(
+            "ConditionalOperator can only be used when Filter or Expected has two or more elements",
+        )),
+        Some(other) => Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{other}' at 'conditionalOperator' failed to satisfy constraint: Member must satisfy enum value set: [OR, AND]"
+        ))),
+    }
 }
 
 /// Keys in a fixed order, so the first problem reported does not depend on hashing.
@@ -389,6 +400,17 @@ fn attribute_update(key: &str, update: &AttributeValueUpdate) -> Result<Action, 
 }
 
 /// Translates `AttributesToGet` into projection paths; names are taken literally.
-pub fn attributes_to_get_to_projection(names: &[String]) -> Vec<Path> {
-    names.iter().map(Path::attribute).collect()
+pub fn attributes_to_get_to_projection(names: &[String]) -> Result<Vec<Path>, ApiError> {
+    if names.is_empty() {
+        return Err(ApiError::validation(
+            "1 validation error detected: Value '[]' at 'attributesToGet' failed to satisfy constraint: Member must have length greater than or equal to 1",
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(duplicate) = names.iter().find(|name| !seen.insert(name.as_str())) {
+        return Err(invalid_parameter(format!(
+            "Duplicate value in attribute name: {duplicate}"
+        )));
+    }
+    Ok(names.iter().map(Path::attribute).collect())
 }

@@ -12,6 +12,11 @@ use dynamo_protocol::ApiError;
 use super::ast::{Comparator, EXPRESSION_SIZE_MAX_BYTES, ExpressionKind, OPERATORS_MAX, invalid};
 use super::lexer::{Token, TokenKind, tokenize};
 
+/// Most elements in a document path (attribute names and list indexes): DynamoDB's 32 levels.
+pub(crate) const PATH_DEPTH_MAX: usize = 32;
+/// Highest list index a path may name (a signed 32-bit integer, as DynamoDB).
+const LIST_INDEX_MAX: u32 = i32::MAX as u32;
+
 /// Deepest nesting of parentheses around parts of a SET value, e.g. `SET a = ((b))`.
 const SET_VALUE_PARENTHESES_MAX: usize = 32;
 
@@ -295,15 +300,34 @@ impl<'t> Parser<'t> {
                 TokenKind::LeftBracket => {
                     self.advance();
                     let token = self.peek();
-                    let index = match (token.kind, token.text.parse::<usize>()) {
-                        (TokenKind::Integer, Ok(index)) => index,
-                        _ => return Err(self.unexpected()),
+                    if token.kind != TokenKind::Integer {
+                        return Err(self.unexpected());
+                    }
+                    let index = match token.text.parse::<u32>() {
+                        Ok(index) if index <= LIST_INDEX_MAX => index as usize,
+                        _ => {
+                            return Err(invalid(
+                                self.kind,
+                                format!("List index is not within the allowable range; index: [{}]", token.text),
+                            ));
+                        }
                     };
                     self.advance();
                     self.expect(TokenKind::RightBracket)?;
                     elements.push(RawElement::Index(index));
                 }
-                _ => return Ok(RawPath(elements)),
+                _ => {
+                    if elements.len() > PATH_DEPTH_MAX {
+                        return Err(invalid(
+                            self.kind,
+                            format!(
+                                "The document path has too many nesting levels; nesting levels: {}",
+                                elements.len()
+                            ),
+                        ));
+                    }
+                    return Ok(RawPath(elements));
+                }
             }
         }
     }
@@ -629,7 +653,6 @@ mod tests {
             "and = :v",
             "a.or = :v",
             "a[x] = :v",
-            "a[99999999999999999999999] = :v",
             "f()",
             "a = 1",
             "#",
@@ -637,6 +660,26 @@ mod tests {
         ] {
             let message = syntax_message(parse_condition(text, ExpressionKind::Condition));
             assert!(message.contains("Syntax error"), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn paths_are_bounded_in_depth_and_index_as_dynamodb_bounds_them() {
+        let deepest = format!("a{} = :v", ".b".repeat(PATH_DEPTH_MAX - 1));
+        assert!(parse_condition(&deepest, ExpressionKind::Condition).is_ok());
+        let deeper = format!("a{} = :v", ".b".repeat(PATH_DEPTH_MAX));
+        let message = syntax_message(parse_condition(&deeper, ExpressionKind::Condition));
+        assert!(
+            message.contains("too many nesting levels; nesting levels: 33"),
+            "{message}"
+        );
+        assert!(parse_condition("a[2147483647] = :v", ExpressionKind::Condition).is_ok());
+        for text in ["a[2147483648] = :v", "a[99999999999999999999999] = :v"] {
+            let message = syntax_message(parse_condition(text, ExpressionKind::Condition));
+            assert!(
+                message.contains("List index is not within the allowable range"),
+                "{text}: {message}"
+            );
         }
     }
 

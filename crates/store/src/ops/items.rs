@@ -64,7 +64,10 @@ pub fn build_condition(
 ) -> Result<Option<Condition>, ApiError> {
     refuse_mixed(
         &[("ConditionExpression", expression.is_some())],
-        &[("Expected", expected.is_some())],
+        &[
+            ("ConditionalOperator", conditional_operator.is_some()),
+            ("Expected", expected.is_some()),
+        ],
     )?;
     if let Some(text) = expression {
         return expr::parse_condition(text, context, expr::ExpressionKind::Condition).map(Some);
@@ -73,7 +76,10 @@ pub fn build_condition(
         Some(expected) if !expected.is_empty() => {
             legacy::expected_to_condition(expected, conditional_operator).map(Some)
         }
-        _ => Ok(None),
+        _ => {
+            legacy::check_conditional_operator(conditional_operator, 0)?;
+            Ok(None)
+        }
     }
 }
 
@@ -89,7 +95,7 @@ pub fn build_projection(
     )?;
     match (expression, attributes_to_get) {
         (Some(text), _) => expr::parse_projection(text, context).map(Some),
-        (None, Some(names)) => Ok(Some(legacy::attributes_to_get_to_projection(names))),
+        (None, Some(names)) => legacy::attributes_to_get_to_projection(names).map(Some),
         (None, None) => Ok(None),
     }
 }
@@ -376,6 +382,17 @@ pub async fn update_item(store: &Store, request: UpdateItemRequest) -> Result<Va
     )?;
     let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
+    refuse_mixed(
+        &[
+            ("ConditionExpression", request.condition_expression.is_some()),
+            ("UpdateExpression", request.update_expression.is_some()),
+        ],
+        &[
+            ("AttributeUpdates", request.attribute_updates.is_some()),
+            ("ConditionalOperator", request.conditional_operator.is_some()),
+            ("Expected", request.expected.is_some()),
+        ],
+    )?;
     let inputs = ExpressionInputs {
         names: request.expression_attribute_names,
         values: request.expression_attribute_values,

@@ -301,7 +301,27 @@ fn build_filter(
     match (expression, legacy_filter) {
         (Some(text), _) => expr::parse_condition(text, context, expr::ExpressionKind::Filter).map(Some),
         (None, Some(filter)) if !filter.is_empty() => legacy::filter_to_condition(filter, operator).map(Some),
-        _ => Ok(None),
+        _ => {
+            legacy::check_conditional_operator(operator, 0)?;
+            Ok(None)
+        }
+    }
+}
+
+/// A Query filters on non-key attributes only: the key belongs in the key condition.
+fn refuse_key_in_filter(filter: &Condition, schema: &KeySchema, expression: bool) -> Result<(), ApiError> {
+    match filter
+        .top_attributes()
+        .into_iter()
+        .find(|name| schema.attributes().any(|key| key.name == *name))
+    {
+        Some(key) if expression => Err(ApiError::validation(format!(
+            "Filter Expression can only contain non-primary key attributes: Primary key attribute: {key}"
+        ))),
+        Some(key) => Err(ApiError::validation(format!(
+            "QueryFilter can only contain non-primary key attributes: Primary key attribute: {key}"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -477,6 +497,20 @@ pub fn query(store: &Store, request: QueryRequest) -> Result<Value, ApiError> {
         ));
     }
     refuse_mixed(
+        &[
+            ("FilterExpression", request.filter_expression.is_some()),
+            ("KeyConditionExpression", request.key_condition_expression.is_some()),
+            ("ProjectionExpression", request.projection_expression.is_some()),
+        ],
+        &[
+            ("AttributesToGet", request.attributes_to_get.is_some()),
+            ("ConditionalOperator", request.conditional_operator.is_some()),
+            ("QueryFilter", request.query_filter.is_some()),
+        ],
+    )?;
+    // KeyConditions go with ProjectionExpression and FilterExpression on DynamoDB; only the
+    // two forms of the key condition exclude each other.
+    refuse_mixed(
         &[("KeyConditionExpression", request.key_condition_expression.is_some())],
         &[("KeyConditions", request.key_conditions.is_some())],
     )?;
@@ -512,6 +546,9 @@ pub fn query(store: &Store, request: QueryRequest) -> Result<Value, ApiError> {
     };
     let select = parse_select(request.select.as_deref(), projection.is_some(), index)?;
     let schema = index.map_or(&meta.key, |i| &i.key);
+    if let Some(filter) = &filter {
+        refuse_key_in_filter(filter, schema, request.filter_expression.is_some())?;
+    }
     let (prefix, lower, upper) = query_bounds(meta.key_hash, schema, key_condition.conditions)?;
     let start = request
         .exclusive_start_key
@@ -614,6 +651,17 @@ pub fn scan(store: &Store, request: ScanRequest) -> Result<Value, ApiError> {
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
     let limit = parse_limit(request.limit)?;
     let (lower, upper) = scan_bounds(request.segment, request.total_segments)?;
+    refuse_mixed(
+        &[
+            ("FilterExpression", request.filter_expression.is_some()),
+            ("ProjectionExpression", request.projection_expression.is_some()),
+        ],
+        &[
+            ("AttributesToGet", request.attributes_to_get.is_some()),
+            ("ConditionalOperator", request.conditional_operator.is_some()),
+            ("ScanFilter", request.scan_filter.is_some()),
+        ],
+    )?;
     let inputs = ExpressionInputs {
         names: request.expression_attribute_names,
         values: request.expression_attribute_values,

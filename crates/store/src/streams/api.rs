@@ -115,6 +115,50 @@ struct DescribeStreamRequest {
     stream_arn: String,
     limit: Option<i64>,
     exclusive_start_shard_id: Option<String>,
+    shard_filter: Option<ShardFilter>,
+}
+
+/// DescribeStream's `ShardFilter`: only the children of one shard (`CHILD_SHARDS`, the one
+/// type DynamoDB defines), for a reader that finished a closed shard.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ShardFilter {
+    #[serde(rename = "Type")]
+    kind: Option<String>,
+    shard_id: Option<String>,
+}
+
+fn check_shard_id(id: &str, field: &str) -> Result<(), ApiError> {
+    if id.len() < 28 || id.len() > 65 {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{id}' at '{field}' failed to satisfy constraint: Member must have length between 28 and 65"
+        )));
+    }
+    Ok(())
+}
+
+/// The parent whose children the filter asks for.
+fn filter_parent(filter: &ShardFilter) -> Result<&str, ApiError> {
+    match filter.kind.as_deref() {
+        Some("CHILD_SHARDS") => {}
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'shardFilter.type' failed to satisfy constraint: Member must satisfy enum value set: [CHILD_SHARDS]"
+            )));
+        }
+        None => {
+            return Err(ApiError::validation(
+                "1 validation error detected: Value null at 'shardFilter.type' failed to satisfy constraint: Member must not be null",
+            ));
+        }
+    }
+    let id = filter.shard_id.as_deref().ok_or_else(|| {
+        ApiError::validation(
+            "1 validation error detected: Value null at 'shardFilter.shardId' failed to satisfy constraint: Member must not be null",
+        )
+    })?;
+    check_shard_id(id, "shardFilter.shardId")?;
+    Ok(id)
 }
 
 fn shard_json(shard: &ShardMeta) -> Value {
@@ -133,19 +177,23 @@ fn shard_json(shard: &ShardMeta) -> Value {
 
 fn describe_stream(engine: &Engine, request: DescribeStreamRequest) -> Result<Value, ApiError> {
     let limit = check_limit(request.limit, DESCRIBE_STREAM_LIMIT_MAX, "limit")?;
+    let parent = request.shard_filter.as_ref().map(filter_parent).transpose()?;
     let snapshot = engine.snapshot()?;
     let stream = find_stream(engine, &snapshot, &request.stream_arn)?;
-    let shards = snapshot.shards(stream.id)?;
+    let mut shards = snapshot.shards(stream.id)?;
+    if let Some(parent) = parent {
+        shards.retain(|s| s.parent.as_deref() == Some(parent));
+    }
+    // Shard ids sort by creation, as the shards are listed: a start id that is no (longer a)
+    // shard continues after where it would be, as DynamoDB does, instead of failing the page.
     let start = match &request.exclusive_start_shard_id {
         None => 0,
         Some(id) => match shards.iter().position(|s| s.id == *id) {
             Some(at) => at + 1,
-            None => {
-                return Err(ApiError::resource_not_found(format!(
-                    "Requested resource not found: Shard: {id} not found in stream {}",
-                    request.stream_arn
-                )));
-            }
+            None => shards
+                .iter()
+                .position(|s| s.id.as_str() > id.as_str())
+                .unwrap_or(shards.len()),
         },
     };
     let page: Vec<&ShardMeta> = shards.iter().skip(start).take(limit).collect();
@@ -195,12 +243,7 @@ fn find_shard<'a>(shards: &'a [ShardMeta], id: &str, arn: &str) -> Result<&'a Sh
 }
 
 fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Result<Value, ApiError> {
-    if request.shard_id.len() < 28 || request.shard_id.len() > 65 {
-        return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{}' at 'shardId' failed to satisfy constraint: Member must have length between 28 and 65",
-            request.shard_id
-        )));
-    }
+    check_shard_id(&request.shard_id, "shardId")?;
     let snapshot = engine.snapshot()?;
     let stream = find_stream(engine, &snapshot, &request.stream_arn)?;
     let shards = snapshot.shards(stream.id)?;
@@ -221,7 +264,9 @@ fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Resu
                 end.map_or_else(|| "open".to_string(), format_sequence)
             )));
         }
-        if seq > snapshot.stream_seq()? {
+        // The next number to be issued is valid: it starts an open shard that has no record yet
+        // (its StartingSequenceNumber).
+        if seq > snapshot.stream_seq()?.saturating_add(1) {
             return Err(ApiError::validation(format!(
                 "Invalid SequenceNumber for ShardIterator: {text} was never issued (the stream's records so far end before it)"
             )));
