@@ -387,14 +387,7 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
 
 /// `line N, column M: message` for a value's span.
 fn at(text: &str, span: Range<usize>, message: String) -> String {
-    let mut offset = span.start.min(text.len());
-    while offset > 0 && !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    format!("line {line}, column {column}: {message}")
+    format!("{}: {message}", common::text::describe(text, span.start))
 }
 
 #[cfg(test)]
