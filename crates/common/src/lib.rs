@@ -8,6 +8,7 @@
 //! use (hyper, hyper-util, axum), tokio and tracing.
 
 pub mod devca;
+pub mod dns_admin;
 pub mod http;
 pub mod metrics;
 pub mod rng;
