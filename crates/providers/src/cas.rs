@@ -84,6 +84,46 @@ impl crate::Checker for Counted<'_> {
     }
 }
 
+/// What a REST step (Cloudflare, DigitalOcean) checks first: its `token`, `api_url` (else
+/// `default_url`) and `request_timeout_ms`; then its target (`target`, through the same
+/// counting checker). The client and the target, or `None` after any error.
+pub(crate) fn check_rest_step<T>(
+    what: &str,
+    token: &toml::Spanned<crate::secret::SecretSource>,
+    api_url: &Option<toml::Spanned<String>>,
+    default_url: &str,
+    request_timeout_ms: &Option<toml::Spanned<u64>>,
+    checker: &mut dyn crate::Checker,
+    target: impl FnOnce(&mut Counted<'_>) -> Option<T>,
+) -> Option<(crate::rest::Rest, T)> {
+    let checker = &mut Counted::new(checker);
+    let secret = token.get_ref().resolve(token.span(), &format!("{what} token"), checker);
+    let (url, timeout_ms) = crate::cloudflare::check_api(what, api_url, default_url, request_timeout_ms, checker);
+    let target = target(checker);
+    if checker.errors > 0 {
+        return None;
+    }
+    let api = crate::rest::Rest::for_step(&url?, secret, timeout_ms, what, token.span(), checker)?;
+    Some((api, target?))
+}
+
+/// Which of a step's two modes its keys choose: `Some(true)` for the first, `Some(false)` for
+/// the second; both or neither is an error (`needs`: what each mode takes, `fix`).
+pub(crate) fn one_mode(
+    first: bool,
+    second: bool,
+    span: std::ops::Range<usize>,
+    needs: String,
+    fix: &str,
+    checker: &mut dyn crate::Checker,
+) -> Option<bool> {
+    if first != second {
+        return Some(first);
+    }
+    checker.error(span, needs, fix.into());
+    None
+}
+
 /// Checks a `{ region = value }` table of a step's settings: every key a configured region,
 /// every configured region present. Returns the entries as plain strings.
 pub fn region_map<T: Clone>(

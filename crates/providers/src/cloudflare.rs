@@ -194,32 +194,28 @@ impl Settings {
     /// Reports every problem through `checker` and returns the step ready to run.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<Cloudflare> {
         let what = format!("cloudflare step '{step}'");
-        let checker = &mut cas::Counted::new(checker);
-        let token = self
-            .token
-            .get_ref()
-            .resolve(self.token.span(), &format!("{what} token"), checker);
-        let (url, timeout_ms) = check_api(&what, &self.api_url, API_URL_DEFAULT, &self.request_timeout_ms, checker);
         let record_mode =
             self.zone_id.is_some() || self.record.is_some() || self.values.is_some() || self.record_type.is_some();
         let pool_mode = self.account_id.is_some() || self.pools.is_some();
-        let target = match (record_mode, pool_mode) {
-            (true, true) | (false, false) => {
-                checker.error(
-                    self.token.span(),
-                    format!("{what} needs either a record (zone_id, record, type, values) or pools (account_id, pools), not both or neither"),
-                    "use one cloudflare step per record and another per set of pools".into(),
+        let (api, target) = cas::check_rest_step(
+            &what,
+            &self.token,
+            &self.api_url,
+            API_URL_DEFAULT,
+            &self.request_timeout_ms,
+            checker,
+            |checker| {
+                let needs = format!(
+                    "{what} needs either a record (zone_id, record, type, values) or pools (account_id, pools), not both or neither"
                 );
-                None
-            }
-            (true, false) => self.check_record(&what, checker),
-            (false, true) => self.check_pools(&what, checker),
-        };
-        if checker.errors > 0 {
-            return None;
-        }
-        let api = Rest::for_step(&url?, token, timeout_ms, &what, self.token.span(), checker)?;
-        Some(Cloudflare { api, target: target? })
+                let fix = "use one cloudflare step per record and another per set of pools";
+                match cas::one_mode(record_mode, pool_mode, self.token.span(), needs, fix, checker)? {
+                    true => self.check_record(&what, checker),
+                    false => self.check_pools(&what, checker),
+                }
+            },
+        )?;
+        Some(Cloudflare { api, target })
     }
 
     fn check_record(&self, what: &str, checker: &mut dyn Checker) -> Option<Target> {

@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use crate::cas::{self, Verdict};
-use crate::cloudflare::{check_api, classify, transport};
+use crate::cloudflare::{classify, transport};
 use crate::rest::{self, Answer, Rest};
 use crate::secret::SecretSource;
 use crate::{Checker, Failure, Order, Outcome};
@@ -115,32 +115,28 @@ impl Settings {
     /// Reports every problem through `checker` and returns the step ready to run.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<DigitalOcean> {
         let what = format!("digitalocean step '{step}'");
-        let checker = &mut cas::Counted::new(checker);
-        let token = self
-            .token
-            .get_ref()
-            .resolve(self.token.span(), &format!("{what} token"), checker);
-        let (url, timeout_ms) = check_api(&what, &self.api_url, API_URL_DEFAULT, &self.request_timeout_ms, checker);
         let record_mode =
             self.domain.is_some() || self.record.is_some() || self.record_type.is_some() || self.values.is_some();
         let ip_mode = self.reserved_ip.is_some() || self.droplets.is_some();
-        let target = match (record_mode, ip_mode) {
-            (true, true) | (false, false) => {
-                checker.error(
-                    self.token.span(),
-                    format!("{what} needs either a record (domain, record, type, values) or a reserved IP (reserved_ip, droplets), not both or neither"),
-                    "use one digitalocean step per record and another per reserved IP".into(),
+        let (api, target) = cas::check_rest_step(
+            &what,
+            &self.token,
+            &self.api_url,
+            API_URL_DEFAULT,
+            &self.request_timeout_ms,
+            checker,
+            |checker| {
+                let needs = format!(
+                    "{what} needs either a record (domain, record, type, values) or a reserved IP (reserved_ip, droplets), not both or neither"
                 );
-                None
-            }
-            (true, false) => self.check_record(&what, checker),
-            (false, true) => self.check_reserved_ip(&what, checker),
-        };
-        if checker.errors > 0 {
-            return None;
-        }
-        let api = Rest::for_step(&url?, token, timeout_ms, &what, self.token.span(), checker)?;
-        Some(DigitalOcean { api, target: target? })
+                let fix = "use one digitalocean step per record and another per reserved IP";
+                match cas::one_mode(record_mode, ip_mode, self.token.span(), needs, fix, checker)? {
+                    true => self.check_record(&what, checker),
+                    false => self.check_reserved_ip(&what, checker),
+                }
+            },
+        )?;
+        Some(DigitalOcean { api, target })
     }
 
     fn check_record(&self, what: &str, checker: &mut dyn Checker) -> Option<Target> {
