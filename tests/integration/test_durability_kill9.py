@@ -5,7 +5,7 @@ dir. Every acknowledged write must be there, no transaction may be half applied,
 counter lies between the acknowledged and the attempted increments. A few cycles run on the
 same data, so recovery from a killed process is itself tested again.
 
-The seed is printed; set DURABILITY_SEED to replay a run's kill moments."""
+The seed is printed; set SWITCHYARD_SEED to replay a run's kill moments."""
 
 import os
 import random
@@ -19,7 +19,7 @@ from test_store_harness import create_table, started_store
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
-SEED = int(os.environ.get("DURABILITY_SEED", random.randrange(1 << 32)))
+SEED = int(os.environ.get("SWITCHYARD_SEED", random.randrange(1 << 32)))
 CYCLES = 4
 WRITERS = 4
 KILL_AFTER_S = (0.3, 2.0)
@@ -83,7 +83,7 @@ def all_items(client):
 
 
 def test_kill_9_loses_no_acknowledged_write(tmp_path_factory):
-    print(f"DURABILITY_SEED={SEED}")
+    print(f"SWITCHYARD_SEED={SEED}")
     rng = random.Random(SEED)
     store = started_store(tmp_path_factory, "durability")
     create_table(store.client(), TABLE)

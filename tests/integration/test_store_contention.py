@@ -18,12 +18,12 @@ INCREMENTS_PER_THREAD = 25
 TRANSFERS_PER_THREAD = 30
 ACCOUNTS = 4
 INITIAL_BALANCE = 50
-SEED = int(os.environ.get("CONTENTION_SEED", random.randrange(1 << 32)))
+SEED = int(os.environ.get("SWITCHYARD_SEED", random.randrange(1 << 32)))
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    print(f"CONTENTION_SEED={SEED}")
+    print(f"SWITCHYARD_SEED={SEED}")
     store = started_store(tmp_path_factory)
     yield store
     store.stop()

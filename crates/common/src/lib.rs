@@ -1,12 +1,17 @@
-//! Support shared by Switchyard's components: today the HTTP accept loop every listener uses,
-//! with its limits applied before any handler (and so before any authentication) runs, and the
-//! client connector for `http://` and verified `https://` URLs (`tls_client`).
+//! Support shared by Switchyard's components: the HTTP accept loop every listener uses, with its
+//! limits applied before any handler (and so before any authentication) runs, the client
+//! connector for `http://` and verified `https://` URLs (`tls_client`), the one seeded
+//! generator and seed variable (`rng`), and `line:column` positions in configuration files
+//! (`text`).
 //!
 //! Depends on no other Switchyard crate, and stays lean: the HTTP stack the listeners already
 //! use (hyper, hyper-util, axum), tokio and tracing.
 
 pub mod devca;
+pub mod dns_admin;
 pub mod http;
 pub mod metrics;
+pub mod rng;
+pub mod text;
 pub mod tls_client;
 pub mod watchdog;

@@ -529,7 +529,7 @@ pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
 
 /// The serde error of the whole file gives only its first mistake; deserializing each section
 /// on its own finds one per section.
-fn syntax_problems(text: &str, lines: &LineIndex, whole: toml::de::Error) -> Vec<Problem> {
+fn syntax_problems(text: &str, lines: &LineIndex<'_>, whole: toml::de::Error) -> Vec<Problem> {
     let mut errors: Vec<toml::de::Error> = Vec::new();
     if text.parse::<toml::Table>().is_ok() {
         macro_rules! section {
@@ -574,22 +574,23 @@ fn syntax_problems(text: &str, lines: &LineIndex, whole: toml::de::Error) -> Vec
 /// A span for a mistake that has no place in the file (a missing section): reported as line 0.
 const NOWHERE: usize = usize::MAX;
 
-struct LineIndex {
-    starts: Vec<usize>,
+/// The file's text with its line starts ([`common::text`]: columns in characters).
+struct LineIndex<'t> {
+    text: &'t str,
+    index: common::text::LineIndex,
 }
 
-impl LineIndex {
-    fn new(text: &str) -> LineIndex {
-        let mut starts = vec![0];
-        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        LineIndex { starts }
+impl<'t> LineIndex<'t> {
+    fn new(text: &'t str) -> LineIndex<'t> {
+        LineIndex {
+            text,
+            index: common::text::LineIndex::new(text),
+        }
     }
 
-    /// 1-based line and column of a byte offset.
+    /// 1-based line and column (in characters) of a byte offset.
     fn position(&self, offset: usize) -> (usize, usize) {
-        let line = self.starts.partition_point(|&start| start <= offset).max(1);
-        let column = offset - self.starts[line - 1] + 1;
-        (line, column)
+        self.index.position(self.text, offset)
     }
 
     fn problem(&self, span: std::ops::Range<usize>, message: impl Into<String>, fix: impl Into<String>) -> Problem {
@@ -628,7 +629,7 @@ impl LineIndex {
 }
 
 struct Checker<'a> {
-    lines: &'a LineIndex,
+    lines: &'a LineIndex<'a>,
     text: &'a str,
     /// The folder relative paths are resolved from.
     folder: &'a Path,

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::dns_admin::{HEALTH_PATH, Health, HealthPush, TXT_PATH, TxtPush};
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
@@ -262,24 +263,33 @@ fn judge(what: &str, answer: Result<crate::client::Answer, crate::client::Client
     }
 }
 
+/// The JSON body of a DNS admin push ([`common::dns_admin`], shared with the DNS server).
+fn push_body(push: &impl serde::Serialize) -> Result<Vec<u8>, Failure> {
+    serde_json::to_vec(push).map_err(|e| Failure::Retryable(format!("encoding the DNS push: {e}")))
+}
+
 async fn dns_health(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
     let dns = dns(context)?;
-    let mut targets = serde_json::Map::new();
+    let mut targets = BTreeMap::new();
     for (region, names) in &context.targets {
         let serving = order.to.serving.iter().any(|r| r.as_str() == region);
         for name in names {
-            targets.insert(name.clone(), json!(if serving { "healthy" } else { "unhealthy" }));
+            let health = if serving { Health::Healthy } else { Health::Unhealthy };
+            targets.insert(name.clone(), health);
         }
     }
-    let body = json!({"generation": order.generation.0, "targets": targets});
-    let url = format!("{}/v1/health", dns.admin_url.trim_end_matches('/'));
+    let body = HealthPush {
+        generation: order.generation.0,
+        targets,
+    };
+    let url = format!("{}{HEALTH_PATH}", dns.admin_url.trim_end_matches('/'));
     let answer = context
         .client
         .request(
             Method::PUT,
             &url,
             dns.token.as_deref(),
-            Some(body.to_string().into_bytes()),
+            Some(push_body(&body)?),
             step.timeout_ms,
         )
         .await;
@@ -292,15 +302,19 @@ async fn dns_txt(step: &Step, order: &RunbookOrder, context: &StepContext) -> Re
         .txt_name
         .as_ref()
         .ok_or_else(|| Failure::Retryable("[dns] txt_name is not set".into()))?;
-    let body = json!({"generation": order.generation.0, "name": name, "value": order.to.active.as_str()});
-    let url = format!("{}/v1/txt", dns.admin_url.trim_end_matches('/'));
+    let body = TxtPush {
+        generation: order.generation.0,
+        name: name.clone(),
+        value: Some(order.to.active.as_str().to_string()),
+    };
+    let url = format!("{}{TXT_PATH}", dns.admin_url.trim_end_matches('/'));
     let answer = context
         .client
         .request(
             Method::PUT,
             &url,
             dns.token.as_deref(),
-            Some(body.to_string().into_bytes()),
+            Some(push_body(&body)?),
             step.timeout_ms,
         )
         .await;

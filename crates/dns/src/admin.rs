@@ -5,7 +5,6 @@
 //! one more than `view::GENERATION_STEP_MAX` above it gets 400 and changes nothing; PUTs need
 //! the bearer token (the controller's DNS token, role `dns`) when one is configured.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -14,38 +13,23 @@ use axum::extract::{DefaultBodyLimit, State as Extract};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use common::dns_admin::{AdminError, HEALTH_PATH, HealthApplied, HealthPush, TXT_PATH, TxtApplied, TxtPush, View};
 use hickory_proto::rr::{Name, RecordType};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::metrics::OutcomeLabels;
 use crate::server::State;
-use crate::view::{Generation, Health, ViewError};
+use crate::view::{Generation, ViewError};
 use crate::zone::Lookup;
 
 /// Largest admin request body.
 pub const ADMIN_BODY_BYTES_MAX: usize = 1024 * 1024;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HealthPush {
-    generation: u64,
-    targets: BTreeMap<String, Health>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TxtPush {
-    generation: u64,
-    name: String,
-    /// `null` removes the record.
-    value: Option<String>,
-}
-
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
-        .route("/v1/health", get(get_view).put(put_health))
-        .route("/v1/txt", axum::routing::put(put_txt))
+        .route(HEALTH_PATH, get(get_view).put(put_health))
+        .route(TXT_PATH, axum::routing::put(put_txt))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
@@ -53,7 +37,16 @@ pub fn router(state: Arc<State>) -> Router {
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
-    (status, axum::Json(json!({"error": code, "message": message}))).into_response()
+    refusal(status, code, message, None)
+}
+
+fn refusal(status: StatusCode, code: &str, message: String, generation: Option<u64>) -> Response {
+    let body = AdminError {
+        error: code.to_string(),
+        generation,
+        message,
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 fn outcome(state: &State, outcome: &'static str) {
@@ -90,22 +83,17 @@ fn view_error(state: &State, e: ViewError) -> Response {
         ViewError::Stale { applied, .. } => {
             outcome(state, "stale");
             tracing::warn!("refused a stale push: {e}");
-            (
-                StatusCode::CONFLICT,
-                axum::Json(json!({"error": "stale_generation", "message": e.to_string(), "generation": applied})),
-            )
-                .into_response()
+            refusal(StatusCode::CONFLICT, "stale_generation", e.to_string(), Some(applied))
         }
         ViewError::TooFarAhead { applied, .. } => {
             outcome(state, "rejected");
             tracing::warn!("refused a push too far ahead: {e}");
-            (
+            refusal(
                 StatusCode::BAD_REQUEST,
-                axum::Json(
-                    json!({"error": "generation_too_far_ahead", "message": e.to_string(), "generation": applied}),
-                ),
+                "generation_too_far_ahead",
+                e.to_string(),
+                Some(applied),
             )
-                .into_response()
         }
         other => {
             outcome(state, "rejected");
@@ -145,11 +133,14 @@ async fn put_health(Extract(state): Extract<Arc<State>>, headers: HeaderMap, bod
             if changed {
                 tracing::info!(generation = push.generation, targets = ?push.targets, "applied a health push");
             }
-            let body = json!({"generation": next.generation, "targets": next.targets});
+            let (generation, targets) = (next.generation.0, next.targets.clone());
             let persisted = state.publish_view(next);
             outcome(&state, "applied");
-            let mut body = body;
-            body["persisted"] = json!(persisted);
+            let body = HealthApplied {
+                generation,
+                persisted,
+                targets,
+            };
             (StatusCode::OK, axum::Json(body)).into_response()
         }
         Err(e) => view_error(&state, e),
@@ -210,11 +201,13 @@ async fn put_txt(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: 
             let generation = next.generation;
             let persisted = state.publish_view(next);
             outcome(&state, "applied");
-            (
-                StatusCode::OK,
-                axum::Json(json!({"generation": generation, "name": key, "value": push.value, "persisted": persisted})),
-            )
-                .into_response()
+            let body = TxtApplied {
+                generation: generation.0,
+                name: key,
+                persisted,
+                value: push.value,
+            };
+            (StatusCode::OK, axum::Json(body)).into_response()
         }
         Err(e) => view_error(&state, e),
     }
@@ -222,7 +215,12 @@ async fn put_txt(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: 
 
 async fn get_view(Extract(state): Extract<Arc<State>>) -> Response {
     let view = state.view();
-    axum::Json(json!({"generation": view.generation, "targets": view.targets, "txt": view.txt})).into_response()
+    axum::Json(View {
+        generation: view.generation.0,
+        targets: view.targets.clone(),
+        txt: view.txt.clone(),
+    })
+    .into_response()
 }
 
 async fn metrics(Extract(state): Extract<Arc<State>>, headers: axum::http::HeaderMap) -> Response {

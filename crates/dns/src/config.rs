@@ -308,7 +308,7 @@ pub fn load(path: &Path) -> Result<DnsConfig, LoadError> {
 /// Validates the `[dns]` section of `text`; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<DnsConfig, ConfigError> {
     let at = |span: Range<usize>, message: String| {
-        let (line, column) = line_column(text, span.start);
+        let (line, column) = common::text::line_column(text, span.start);
         ConfigError {
             file: file.to_string(),
             line,
@@ -509,13 +509,6 @@ fn build_limits(section: &DnsSection, at: &At<'_>) -> Result<Limits, ConfigError
         },
         tcp_connections_per_client_max,
     })
-}
-
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text.as_bytes()[..offset.min(text.len())];
-    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
-    (line, column)
 }
 
 type At<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;

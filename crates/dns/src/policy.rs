@@ -4,6 +4,7 @@
 //! When no member is healthy every policy answers as if all were healthy (static stability, as
 //! Route 53 does): a broken health signal must not take a name off the air.
 
+use common::rng::Rng;
 use hickory_proto::rr::RData;
 
 use crate::view::HealthView;
@@ -48,25 +49,6 @@ pub enum Policy {
     Multivalue(Vec<Member>),
 }
 
-/// A small, fast, seedable generator (SplitMix64); good enough to spread answers, not for secrets.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..bound` (bound > 0), without modulo bias worth caring about here.
-    fn below(&mut self, bound: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
-    }
-}
-
 /// Whether [`select`] may use its `entropy` for this policy (weighted and multivalue choices);
 /// a failover answer depends on the view alone.
 pub fn uses_entropy(policy: &Policy) -> bool {
@@ -101,7 +83,7 @@ pub fn select<'a>(policy: &'a Policy, view: &HealthView, entropy: u64) -> Vec<&'
             };
             if pool.len() > MULTIVALUE_ANSWERS_MAX {
                 // Partial Fisher-Yates: a uniformly random subset of the allowed size.
-                let mut rng = SplitMix64(entropy);
+                let mut rng = Rng::new(entropy);
                 for i in 0..MULTIVALUE_ANSWERS_MAX {
                     let j = i + rng.below((pool.len() - i) as u64) as usize;
                     pool.swap(i, j);
@@ -131,7 +113,7 @@ pub fn in_service<'a>(policy: &'a Policy, view: &HealthView) -> Vec<&'a Member> 
 
 fn pick_weighted<'a>(pool: &[&'a Member], entropy: u64) -> Option<&'a Member> {
     let total: u64 = pool.iter().map(|m| u64::from(m.weight)).sum();
-    let mut rng = SplitMix64(entropy);
+    let mut rng = Rng::new(entropy);
     if total == 0 {
         // All weights zero: Route 53 then picks among them with equal probability.
         if pool.is_empty() {
@@ -181,19 +163,9 @@ mod tests {
         members.iter().map(|m| m.id.clone()).collect()
     }
 
-    /// Seed for randomized tests: printed, and taken from DNS_TEST_SEED to replay a run.
+    /// Seed for randomized tests: printed, and taken from `SWITCHYARD_SEED` to replay a run.
     fn seed() -> u64 {
-        let seed = std::env::var("DNS_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        println!("DNS_TEST_SEED={seed}");
-        seed
+        common::rng::seed_from_env("dns policy test")
     }
 
     #[test]
@@ -215,7 +187,7 @@ mod tests {
             member("b", [192, 0, 2, 2], 1),
             member("c", [192, 0, 2, 3], 0),
         ]);
-        let mut rng = SplitMix64(seed());
+        let mut rng = Rng::new(seed());
         let mut counts = BTreeMap::new();
         for _ in 0..4000 {
             let chosen = select(&policy, &view(&[]), rng.next_u64());
@@ -237,7 +209,7 @@ mod tests {
     #[test]
     fn weighted_all_unhealthy_answers_from_all() {
         let policy = Policy::Weighted(vec![member("a", [192, 0, 2, 1], 1), member("b", [192, 0, 2, 2], 1)]);
-        let mut rng = SplitMix64(seed());
+        let mut rng = Rng::new(seed());
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..200 {
             let chosen = select(&policy, &view(&["a", "b"]), rng.next_u64());
@@ -262,7 +234,7 @@ mod tests {
     fn multivalue_healthy_capped_at_eight_and_all_when_none_healthy() {
         let members: Vec<Member> = (0..12u8).map(|i| member(&format!("m{i}"), [192, 0, 2, i], 0)).collect();
         let policy = Policy::Multivalue(members);
-        let mut rng = SplitMix64(seed());
+        let mut rng = Rng::new(seed());
         let chosen = select(&policy, &view(&[]), rng.next_u64());
         assert_eq!(chosen.len(), MULTIVALUE_ANSWERS_MAX);
         let mut unique = ids(&chosen);

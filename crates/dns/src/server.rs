@@ -22,10 +22,10 @@ use crate::answer::{Response, Transport, handle_packet};
 use crate::cache::AnswerCache;
 use crate::config::Limits;
 use crate::metrics::{CounterCache, Metrics};
-use crate::policy::SplitMix64;
 use crate::rrl::{RateLimiter, Verdict, classify, truncated};
 use crate::view::HealthView;
 use crate::zone::Zones;
+use common::rng::Rng;
 
 /// Largest query accepted (UDP datagram or TCP message); real queries are far smaller.
 pub const REQUEST_BYTES_MAX: usize = 4_096;
@@ -266,7 +266,7 @@ pub async fn run_with_state(
         n => n,
     }
     .clamp(1, UDP_WORKERS_MAX);
-    let mut seeds = SplitMix64(options.seed);
+    let mut seeds = Rng::new(options.seed);
     let limiter = Arc::new(Mutex::new(RateLimiter::new(
         options.limits.rate_limit.clone(),
         seeds.next_u64(),
@@ -283,7 +283,7 @@ pub async fn run_with_state(
     for index in 0..workers {
         let socket = udp.try_clone()?;
         let state = Arc::clone(&state);
-        let rng = SplitMix64(seeds.next_u64());
+        let rng = Rng::new(seeds.next_u64());
         let stop = Arc::clone(&udp_stop);
         let limiter = Arc::clone(&limiter);
         let thread = std::thread::Builder::new()
@@ -302,7 +302,7 @@ pub async fn run_with_state(
     tasks.spawn(tcp_acceptor(
         sockets.tcp,
         Arc::clone(&state),
-        SplitMix64(seeds.next_u64()),
+        Rng::new(seeds.next_u64()),
         options.limits.tcp_connections_per_client_max,
         stop_rx.clone(),
     ));
@@ -414,13 +414,7 @@ impl UdpLimiter<'_> {
     }
 }
 
-fn udp_worker(
-    socket: std::net::UdpSocket,
-    state: &State,
-    mut rng: SplitMix64,
-    stop: &AtomicBool,
-    limiter: &UdpLimiter<'_>,
-) {
+fn udp_worker(socket: std::net::UdpSocket, state: &State, mut rng: Rng, stop: &AtomicBool, limiter: &UdpLimiter<'_>) {
     let mut buffer = vec![0u8; REQUEST_BYTES_MAX];
     let mut snapshot = state.snapshot();
     let mut counters = CounterCache::default();
@@ -574,7 +568,7 @@ impl Drop for ClientSlot {
 async fn tcp_acceptor(
     listener: TcpListener,
     state: Arc<State>,
-    mut rng: SplitMix64,
+    mut rng: Rng,
     per_client_max: usize,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -615,7 +609,7 @@ async fn tcp_acceptor(
         let stop = stop.clone();
         tokio::spawn(async move {
             state.metrics.tcp_connections.inc();
-            tcp_connection(stream, peer, &state, SplitMix64(seed), stop).await;
+            tcp_connection(stream, peer, &state, Rng::new(seed), stop).await;
             state.metrics.tcp_connections.dec();
             drop(slot);
             drop(permit);
@@ -627,7 +621,7 @@ async fn tcp_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     state: &State,
-    mut rng: SplitMix64,
+    mut rng: Rng,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);

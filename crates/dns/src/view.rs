@@ -15,13 +15,9 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct Generation(pub u64);
 
-/// What the controller says about one target (a region, a server, an endpoint).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    Healthy,
-    Unhealthy,
-}
+/// What the controller says about one target (a region, a server, an endpoint): the admin
+/// API's wire type.
+pub use common::dns_admin::Health;
 
 /// How far above the applied generation a push may be.
 pub const GENERATION_STEP_MAX: u64 = 1 << 32;

@@ -24,6 +24,5 @@ pub mod ha;
 pub mod history;
 pub mod measure;
 pub mod report;
-pub mod rng;
 pub mod runtime;
 pub mod scenario;

@@ -170,10 +170,7 @@ pub fn from_toml(text: &str, origin: &str) -> Result<FaultProxyConfig, ConfigErr
     match toml::from_str::<File>(text) {
         Ok(file) => Ok(file.fault_proxy.unwrap_or_default()),
         Err(error) => {
-            let offset = error.span().map_or(0, |span| span.start).min(text.len());
-            let before = &text[..offset];
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let (line, column) = common::text::line_column(text, error.span().map_or(0, |span| span.start));
             Err(ConfigError {
                 origin: origin.to_string(),
                 line,

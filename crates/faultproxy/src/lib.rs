@@ -16,7 +16,6 @@ pub mod config;
 pub mod link;
 pub mod metrics;
 pub mod proxy;
-pub mod rng;
 pub mod toxic;
 
 use std::sync::Arc;

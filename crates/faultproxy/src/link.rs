@@ -5,8 +5,8 @@
 //! from the [`Rng`] handed over at creation. The same seed, toxics and arrivals give the same
 //! schedule, so jitter and slicing are reproducible.
 
-use crate::rng::Rng;
 use crate::toxic::{Stream, Toxic, ToxicKind};
+use common::rng::Rng;
 
 /// Bandwidth-limited data is released in slices of at most this much transmission time, so a
 /// large read does not arrive as one late burst.
@@ -247,17 +247,7 @@ mod tests {
     }
 
     fn seed() -> u64 {
-        let seed = std::env::var("FAULTPROXY_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        eprintln!("seed {seed} (replay with FAULTPROXY_SEED={seed})");
-        seed
+        common::rng::seed_from_env("faultproxy link test")
     }
 
     #[test]

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 use crate::access::AllowList;
 use crate::link::{Deadline, Link};
-use crate::rng::Rng;
 use crate::toxic::{Stream, Toxic, ToxicError, ToxicUpdate, check_name};
+use common::rng::Rng;
 
 /// Most proxies one fault proxy holds.
 pub const PROXIES_MAX: usize = 1024;

@@ -12,9 +12,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use crate::Checker;
-#[cfg(feature = "aws")]
-use crate::Failure;
+use crate::{Checker, Failure};
 
 /// Whole operation, all retries included, in milliseconds.
 pub const OPERATION_TIMEOUT_MS: u64 = 15_000;
@@ -215,6 +213,129 @@ impl Access {
             ..self.clone()
         }
     }
+}
+
+/// One AWS SDK client of a step or a watcher, made on first use from its [`Access`] and the
+/// static credentials, if given (the credential chain otherwise).
+pub struct SdkClient<C> {
+    access: Access,
+    credentials: Option<StaticCredentials>,
+    #[cfg(feature = "aws")]
+    client: tokio::sync::OnceCell<C>,
+    #[cfg(not(feature = "aws"))]
+    client: std::marker::PhantomData<C>,
+}
+
+impl<C> SdkClient<C> {
+    pub fn new(access: Access) -> SdkClient<C> {
+        SdkClient {
+            access,
+            credentials: None,
+            client: Default::default(),
+        }
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// Calls AWS with these keys instead of the credential chain (tests, embedding); before
+    /// the first call.
+    pub fn set_static_credentials(&mut self, credentials: StaticCredentials) {
+        self.credentials = Some(credentials);
+    }
+
+    /// Reads keys from this shared credentials file (the access's `profile`, or `default`);
+    /// before the first call.
+    pub fn set_credentials_file(&mut self, file: std::path::PathBuf) {
+        self.access.credentials_file = Some(file);
+    }
+
+    /// The client, made by `make` (like `aws_sdk_ssm::Client::new`) the first time.
+    #[cfg(feature = "aws")]
+    pub async fn get(&self, make: impl FnOnce(&aws_config::SdkConfig) -> C) -> &C {
+        self.client
+            .get_or_init(|| async { make(&self.access.sdk_config(self.credentials.as_ref()).await) })
+            .await
+    }
+}
+
+impl<C> std::fmt::Debug for SdkClient<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.access.fmt(f)
+    }
+}
+
+/// The answer of a step run by a build without the `aws` feature.
+pub fn not_built() -> Failure {
+    Failure::Refused("this switchyard was built without AWS support".into())
+}
+
+/// The access settings every AWS step's table holds.
+pub struct AccessKeys<'a> {
+    pub region: &'a Option<Spanned<String>>,
+    pub profile: &'a Option<Spanned<String>>,
+    pub endpoint_url: &'a Option<Spanned<String>>,
+    pub access_key_id: &'a Option<Spanned<toml::Value>>,
+    pub secret_access_key: &'a Option<Spanned<toml::Value>>,
+    pub session_token: &'a Option<Spanned<toml::Value>>,
+}
+
+impl AccessKeys<'_> {
+    /// Refuses inline credentials ([`check_no_inline_credentials`], the `bool`) and checks the
+    /// access ([`Access::check`]).
+    pub fn check(
+        &self,
+        what: &str,
+        table: Range<usize>,
+        default_region: Option<&str>,
+        checker: &mut dyn Checker,
+    ) -> (bool, Option<Access>) {
+        let ok = check_no_inline_credentials(
+            what,
+            &inline_credential_keys(self.access_key_id, self.secret_access_key, self.session_token),
+            checker,
+        );
+        let access = Access::check(
+            what,
+            table,
+            self.region,
+            self.profile,
+            self.endpoint_url,
+            default_region,
+            checker,
+        );
+        (ok, access)
+    }
+}
+
+/// The [`AccessKeys`] of a step's settings struct (fields `region`, `profile`,
+/// `endpoint_url`, `access_key_id`, `secret_access_key`, `session_token`).
+macro_rules! access_keys {
+    ($settings:expr) => {
+        $crate::aws::AccessKeys {
+            region: &$settings.region,
+            profile: &$settings.profile,
+            endpoint_url: &$settings.endpoint_url,
+            access_key_id: &$settings.access_key_id,
+            secret_access_key: &$settings.secret_access_key,
+            session_token: &$settings.session_token,
+        }
+    };
+}
+pub(crate) use access_keys;
+
+/// False, with the error, when this build has no AWS support (`span`: the step's table).
+pub fn check_built(what: &str, span: Range<usize>, checker: &mut dyn Checker) -> bool {
+    if cfg!(feature = "aws") {
+        return true;
+    }
+    checker.error(
+        span,
+        format!("{what}: this switchyard was built without AWS support"),
+        "use a build with the `aws` feature (the default of the switchyard binary)".into(),
+    );
+    false
 }
 
 /// The smallest span holding both (a step's table, for problems of the table as a whole).

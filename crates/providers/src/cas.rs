@@ -84,6 +84,46 @@ impl crate::Checker for Counted<'_> {
     }
 }
 
+/// What a REST step (Cloudflare, DigitalOcean) checks first: its `token`, `api_url` (else
+/// `default_url`) and `request_timeout_ms`; then its target (`target`, through the same
+/// counting checker). The client and the target, or `None` after any error.
+pub(crate) fn check_rest_step<T>(
+    what: &str,
+    token: &toml::Spanned<crate::secret::SecretSource>,
+    api_url: &Option<toml::Spanned<String>>,
+    default_url: &str,
+    request_timeout_ms: &Option<toml::Spanned<u64>>,
+    checker: &mut dyn crate::Checker,
+    target: impl FnOnce(&mut Counted<'_>) -> Option<T>,
+) -> Option<(crate::rest::Rest, T)> {
+    let checker = &mut Counted::new(checker);
+    let secret = token.get_ref().resolve(token.span(), &format!("{what} token"), checker);
+    let (url, timeout_ms) = crate::cloudflare::check_api(what, api_url, default_url, request_timeout_ms, checker);
+    let target = target(checker);
+    if checker.errors > 0 {
+        return None;
+    }
+    let api = crate::rest::Rest::for_step(&url?, secret, timeout_ms, what, token.span(), checker)?;
+    Some((api, target?))
+}
+
+/// Which of a step's two modes its keys choose: `Some(true)` for the first, `Some(false)` for
+/// the second; both or neither is an error (`needs`: what each mode takes, `fix`).
+pub(crate) fn one_mode(
+    first: bool,
+    second: bool,
+    span: std::ops::Range<usize>,
+    needs: String,
+    fix: &str,
+    checker: &mut dyn crate::Checker,
+) -> Option<bool> {
+    if first != second {
+        return Some(first);
+    }
+    checker.error(span, needs, fix.into());
+    None
+}
+
 /// Checks a `{ region = value }` table of a step's settings: every key a configured region,
 /// every configured region present. Returns the entries as plain strings.
 pub fn region_map<T: Clone>(
@@ -123,6 +163,132 @@ pub fn region_map<T: Clone>(
         checker.error(span, format!("{what} is empty"), "name at least one region".into());
     }
     out
+}
+
+/// A record step's `values = { region = "content" }` as the settings hold it.
+pub(crate) type SpannedValues = toml::Spanned<std::collections::BTreeMap<toml::Spanned<String>, toml::Spanned<String>>>;
+
+/// Checks a DNS record step's `type` (one of `types`); a missing one is added to `missing`.
+pub(crate) fn check_record_type(
+    what: &str,
+    record_type: &Option<toml::Spanned<String>>,
+    types: &[&str],
+    missing: &mut Vec<&'static str>,
+    checker: &mut dyn crate::Checker,
+) -> Option<String> {
+    match record_type {
+        Some(t) if types.contains(&t.get_ref().as_str()) => Some(t.get_ref().clone()),
+        Some(t) => {
+            checker.error(
+                t.span(),
+                format!("{what} type '{}' is not supported", t.get_ref()),
+                format!("use one of {}", types.join(", ")),
+            );
+            None
+        }
+        None => {
+            missing.push("type");
+            None
+        }
+    }
+}
+
+/// Checks a DNS record step's `values` (every configured region, each a valid content of
+/// `record_type`; `content` names a value in the fix, like `record content`); a missing table
+/// is added to `missing`.
+pub(crate) fn check_record_values(
+    what: &str,
+    values: &Option<SpannedValues>,
+    record_type: Option<&String>,
+    content: &str,
+    missing: &mut Vec<&'static str>,
+    checker: &mut dyn crate::Checker,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let Some(table) = values else {
+        missing.push("values");
+        return None;
+    };
+    let values = region_map(&format!("{what} values"), table.get_ref(), table.span(), true, checker);
+    if let Some(record_type) = record_type {
+        for (region, value) in table.get_ref() {
+            if let Err(message) = crate::cloudflare::check_content(record_type, value.get_ref()) {
+                checker.error(
+                    value.span(),
+                    format!("{what} value of {}: {message}", region.get_ref()),
+                    format!("give {content}"),
+                );
+            }
+        }
+    }
+    Some(values)
+}
+
+/// The one record a lookup must find: refused when `found` holds none (create it in `place`
+/// first: `where_to` like `in Cloudflare `, may be empty) or several (delete the others).
+pub(crate) fn exactly_one<T>(
+    mut found: Vec<T>,
+    place: &str,
+    record_type: &str,
+    name: &str,
+    where_to: &str,
+) -> Result<T, crate::Failure> {
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(crate::Failure::Refused(format!(
+            "{place} has no {record_type} record named {name}: create it (with the active region's value) {where_to}first"
+        ))),
+        n => Err(crate::Failure::Refused(format!(
+            "{place} has {n} {record_type} records named {name}; the step drives exactly one: delete the others"
+        ))),
+    }
+}
+
+/// The order's value from a step's `values`.
+pub(crate) fn target_of<'v>(
+    values: &'v std::collections::BTreeMap<String, String>,
+    order: &crate::Order,
+) -> Result<&'v String, crate::Failure> {
+    values
+        .get(&order.to)
+        .ok_or_else(|| crate::Failure::Refused(format!("no value for region {} in the step's values", order.to)))
+}
+
+/// [`judge`] on the `current` value, read just before writing `target` ([`target_of`]):
+/// `Ok(Some(note))` when it is `target` already, `Ok(None)` to write.
+pub(crate) fn before_write(
+    what: &str,
+    current: &str,
+    target: &str,
+    values: &std::collections::BTreeMap<String, String>,
+    last_written: &std::sync::Mutex<Option<String>>,
+    order: &crate::Order,
+) -> Result<Option<String>, crate::Failure> {
+    let last = last_written.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let configured: Vec<&str> = values.values().map(String::as_str).collect();
+    let from_value = order.from.as_ref().and_then(|f| values.get(f)).map(String::as_str);
+    match judge(what, current, target, last.as_deref(), from_value, &configured) {
+        Verdict::Done => Ok(Some(format!("{what} already {target}; read back"))),
+        Verdict::Fenced(message) => Err(crate::Failure::Fenced(message)),
+        Verdict::Write => Ok(None),
+    }
+}
+
+/// The second half: the value read `back` after writing `target` over `was` must be `target`;
+/// then it is remembered as this actuator's last write.
+pub(crate) fn after_write(
+    what: &str,
+    was: &str,
+    target: &str,
+    back: &str,
+    last_written: &std::sync::Mutex<Option<String>>,
+) -> crate::Outcome {
+    if back != target {
+        return Err(crate::Failure::Retryable(format!(
+            "{what} reads back as '{back}' after setting '{target}'"
+        )));
+    }
+    *last_written.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.to_string());
+    Ok(format!("{what} set to {target} (was {was}); read back"))
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use toml::Spanned;
 
-use crate::cas::{self, Verdict};
+use crate::cas;
 use crate::rest::{self, Answer, Rest, RestError};
 use crate::secret::SecretSource;
 use crate::{Checker, Failure, Order, Outcome};
@@ -194,32 +194,28 @@ impl Settings {
     /// Reports every problem through `checker` and returns the step ready to run.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<Cloudflare> {
         let what = format!("cloudflare step '{step}'");
-        let checker = &mut cas::Counted::new(checker);
-        let token = self
-            .token
-            .get_ref()
-            .resolve(self.token.span(), &format!("{what} token"), checker);
-        let (url, timeout_ms) = check_api(&what, &self.api_url, API_URL_DEFAULT, &self.request_timeout_ms, checker);
         let record_mode =
             self.zone_id.is_some() || self.record.is_some() || self.values.is_some() || self.record_type.is_some();
         let pool_mode = self.account_id.is_some() || self.pools.is_some();
-        let target = match (record_mode, pool_mode) {
-            (true, true) | (false, false) => {
-                checker.error(
-                    self.token.span(),
-                    format!("{what} needs either a record (zone_id, record, type, values) or pools (account_id, pools), not both or neither"),
-                    "use one cloudflare step per record and another per set of pools".into(),
+        let (api, target) = cas::check_rest_step(
+            &what,
+            &self.token,
+            &self.api_url,
+            API_URL_DEFAULT,
+            &self.request_timeout_ms,
+            checker,
+            |checker| {
+                let needs = format!(
+                    "{what} needs either a record (zone_id, record, type, values) or pools (account_id, pools), not both or neither"
                 );
-                None
-            }
-            (true, false) => self.check_record(&what, checker),
-            (false, true) => self.check_pools(&what, checker),
-        };
-        if checker.errors > 0 {
-            return None;
-        }
-        let api = Rest::for_step(&url?, token, timeout_ms, &what, self.token.span(), checker)?;
-        Some(Cloudflare { api, target: target? })
+                let fix = "use one cloudflare step per record and another per set of pools";
+                match cas::one_mode(record_mode, pool_mode, self.token.span(), needs, fix, checker)? {
+                    true => self.check_record(&what, checker),
+                    false => self.check_pools(&what, checker),
+                }
+            },
+        )?;
+        Some(Cloudflare { api, target })
     }
 
     fn check_record(&self, what: &str, checker: &mut dyn Checker) -> Option<Target> {
@@ -248,42 +244,16 @@ impl Settings {
                 None
             }
         };
-        let record_type = match &self.record_type {
-            Some(t) if RECORD_TYPES.contains(&t.get_ref().as_str()) => Some(t.get_ref().clone()),
-            Some(t) => {
-                checker.error(
-                    t.span(),
-                    format!("{what} type '{}' is not supported", t.get_ref()),
-                    format!("use one of {}", RECORD_TYPES.join(", ")),
-                );
-                None
-            }
-            None => {
-                missing.push("type");
-                None
-            }
-        };
-        let values = match &self.values {
-            Some(table) => {
-                let values = cas::region_map(&format!("{what} values"), table.get_ref(), table.span(), true, checker);
-                if let Some(record_type) = &record_type {
-                    for (region, value) in table.get_ref() {
-                        if let Err(message) = check_content(record_type, value.get_ref()) {
-                            checker.error(
-                                value.span(),
-                                format!("{what} value of {}: {message}", region.get_ref()),
-                                format!("give a valid {record_type} record content"),
-                            );
-                        }
-                    }
-                }
-                Some(values)
-            }
-            None => {
-                missing.push("values");
-                None
-            }
-        };
+        let record_type = cas::check_record_type(what, &self.record_type, RECORD_TYPES, &mut missing, checker);
+        let content = format!("a valid {} record content", record_type.as_deref().unwrap_or_default());
+        let values = cas::check_record_values(
+            what,
+            &self.values,
+            record_type.as_ref(),
+            &content,
+            &mut missing,
+            checker,
+        );
         if !missing.is_empty() {
             checker.error(
                 self.token.span(),
@@ -482,15 +452,7 @@ impl Cloudflare {
             }
             page += 1;
         }
-        match found.len() {
-            1 => Ok(found.remove(0)),
-            0 => Err(Failure::Refused(format!(
-                "zone {zone_id} has no {record_type} record named {name}: create it (with the active region's value) in Cloudflare first"
-            ))),
-            n => Err(Failure::Refused(format!(
-                "zone {zone_id} has {n} {record_type} records named {name}; the step drives exactly one: delete the others"
-            ))),
-        }
+        cas::exactly_one(found, &format!("zone {zone_id}"), record_type, name, "in Cloudflare ")
     }
 
     async fn read(&self, zone_id: &str, id: &str, doing: &str) -> Result<Record, Failure> {
@@ -511,9 +473,7 @@ impl Cloudflare {
         else {
             return Err(Failure::Refused("not a record step".into()));
         };
-        let target = values
-            .get(&order.to)
-            .ok_or_else(|| Failure::Refused(format!("no value for region {} in the step's values", order.to)))?;
+        let target = cas::target_of(values, order)?;
         let listed = self.find(zone_id, name, record_type).await?;
         // Re-read just before writing: the list may be cached at Cloudflare's edge.
         let record = self
@@ -527,14 +487,9 @@ impl Cloudflare {
                 order.generation
             )));
         }
-        let last = last_written.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let configured: Vec<&str> = values.values().map(String::as_str).collect();
-        let from_value = order.from.as_ref().and_then(|f| values.get(f)).map(String::as_str);
         let what = format!("{name} {record_type}");
-        match cas::judge(&what, &record.content, target, last.as_deref(), from_value, &configured) {
-            Verdict::Done => return Ok(format!("{what} already {target}; read back")),
-            Verdict::Fenced(message) => return Err(Failure::Fenced(message)),
-            Verdict::Write => {}
+        if let Some(done) = cas::before_write(&what, &record.content, target, values, last_written, order)? {
+            return Ok(done);
         }
         let mut body = json!({ "content": target });
         if *comment_generation {
@@ -547,14 +502,7 @@ impl Cloudflare {
         )
         .await?;
         let back = self.read(zone_id, &record.id, "reading the record back").await?;
-        if back.content != *target {
-            return Err(Failure::Retryable(format!(
-                "{what} reads back as '{}' after setting '{target}'",
-                back.content
-            )));
-        }
-        *last_written.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.clone());
-        Ok(format!("{what} set to {target} (was {}); read back", record.content))
+        cas::after_write(&what, &record.content, target, &back.content, last_written)
     }
 
     async fn run_pools(&self, account_id: &str, pools: &BTreeMap<String, String>, order: &Order) -> Outcome {

@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use crate::cas::{self, Verdict};
-use crate::cloudflare::{check_api, check_content, classify, transport};
+use crate::cloudflare::{classify, transport};
 use crate::rest::{self, Answer, Rest};
 use crate::secret::SecretSource;
 use crate::{Checker, Failure, Order, Outcome};
@@ -115,32 +115,28 @@ impl Settings {
     /// Reports every problem through `checker` and returns the step ready to run.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<DigitalOcean> {
         let what = format!("digitalocean step '{step}'");
-        let checker = &mut cas::Counted::new(checker);
-        let token = self
-            .token
-            .get_ref()
-            .resolve(self.token.span(), &format!("{what} token"), checker);
-        let (url, timeout_ms) = check_api(&what, &self.api_url, API_URL_DEFAULT, &self.request_timeout_ms, checker);
         let record_mode =
             self.domain.is_some() || self.record.is_some() || self.record_type.is_some() || self.values.is_some();
         let ip_mode = self.reserved_ip.is_some() || self.droplets.is_some();
-        let target = match (record_mode, ip_mode) {
-            (true, true) | (false, false) => {
-                checker.error(
-                    self.token.span(),
-                    format!("{what} needs either a record (domain, record, type, values) or a reserved IP (reserved_ip, droplets), not both or neither"),
-                    "use one digitalocean step per record and another per reserved IP".into(),
+        let (api, target) = cas::check_rest_step(
+            &what,
+            &self.token,
+            &self.api_url,
+            API_URL_DEFAULT,
+            &self.request_timeout_ms,
+            checker,
+            |checker| {
+                let needs = format!(
+                    "{what} needs either a record (domain, record, type, values) or a reserved IP (reserved_ip, droplets), not both or neither"
                 );
-                None
-            }
-            (true, false) => self.check_record(&what, checker),
-            (false, true) => self.check_reserved_ip(&what, checker),
-        };
-        if checker.errors > 0 {
-            return None;
-        }
-        let api = Rest::for_step(&url?, token, timeout_ms, &what, self.token.span(), checker)?;
-        Some(DigitalOcean { api, target: target? })
+                let fix = "use one digitalocean step per record and another per reserved IP";
+                match cas::one_mode(record_mode, ip_mode, self.token.span(), needs, fix, checker)? {
+                    true => self.check_record(&what, checker),
+                    false => self.check_reserved_ip(&what, checker),
+                }
+            },
+        )?;
+        Some(DigitalOcean { api, target })
     }
 
     fn check_record(&self, what: &str, checker: &mut dyn Checker) -> Option<Target> {
@@ -186,42 +182,16 @@ impl Settings {
             }
             (Some(_), None) => None,
         };
-        let record_type = match &self.record_type {
-            Some(t) if RECORD_TYPES.contains(&t.get_ref().as_str()) => Some(t.get_ref().clone()),
-            Some(t) => {
-                checker.error(
-                    t.span(),
-                    format!("{what} type '{}' is not supported", t.get_ref()),
-                    format!("use one of {}", RECORD_TYPES.join(", ")),
-                );
-                None
-            }
-            None => {
-                missing.push("type");
-                None
-            }
-        };
-        let values = match &self.values {
-            Some(table) => {
-                let values = cas::region_map(&format!("{what} values"), table.get_ref(), table.span(), true, checker);
-                if let Some(record_type) = &record_type {
-                    for (region, value) in table.get_ref() {
-                        if let Err(message) = check_content(record_type, value.get_ref()) {
-                            checker.error(
-                                value.span(),
-                                format!("{what} value of {}: {message}", region.get_ref()),
-                                format!("give valid {record_type} record data"),
-                            );
-                        }
-                    }
-                }
-                Some(values)
-            }
-            None => {
-                missing.push("values");
-                None
-            }
-        };
+        let record_type = cas::check_record_type(what, &self.record_type, RECORD_TYPES, &mut missing, checker);
+        let content = format!("valid {} record data", record_type.as_deref().unwrap_or_default());
+        let values = cas::check_record_values(
+            what,
+            &self.values,
+            record_type.as_ref(),
+            &content,
+            &mut missing,
+            checker,
+        );
         if !missing.is_empty() {
             checker.error(
                 self.token.span(),
@@ -446,15 +416,7 @@ impl DigitalOcean {
             }
             page += 1;
         }
-        match found.len() {
-            1 => Ok(found.remove(0)),
-            0 => Err(Failure::Refused(format!(
-                "domain {domain} has no {record_type} record named {full_name}: create it (with the active region's value) first"
-            ))),
-            n => Err(Failure::Refused(format!(
-                "domain {domain} has {n} {record_type} records named {full_name}; the step drives exactly one: delete the others"
-            ))),
-        }
+        cas::exactly_one(found, &format!("domain {domain}"), record_type, full_name, "")
     }
 
     async fn read_record(&self, domain: &str, id: u64, doing: &str) -> Result<DomainRecord, Failure> {
@@ -476,21 +438,14 @@ impl DigitalOcean {
         else {
             return Err(Failure::Refused("not a record step".into()));
         };
-        let target = values
-            .get(&order.to)
-            .ok_or_else(|| Failure::Refused(format!("no value for region {} in the step's values", order.to)))?;
+        let target = cas::target_of(values, order)?;
         let listed = self.find(domain, full_name, relative_name, record_type).await?;
         let record = self
             .read_record(domain, listed.id, &format!("reading record {}", listed.id))
             .await?;
-        let last = last_written.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let configured: Vec<&str> = values.values().map(String::as_str).collect();
-        let from_value = order.from.as_ref().and_then(|f| values.get(f)).map(String::as_str);
         let what = format!("{full_name} {record_type}");
-        match cas::judge(&what, &record.data, target, last.as_deref(), from_value, &configured) {
-            Verdict::Done => return Ok(format!("{what} already {target}; read back")),
-            Verdict::Fenced(message) => return Err(Failure::Fenced(message)),
-            Verdict::Write => {}
+        if let Some(done) = cas::before_write(&what, &record.data, target, values, last_written, order)? {
+            return Ok(done);
         }
         self.call(
             Method::PUT,
@@ -500,14 +455,7 @@ impl DigitalOcean {
         )
         .await?;
         let back = self.read_record(domain, record.id, "reading the record back").await?;
-        if back.data != *target {
-            return Err(Failure::Retryable(format!(
-                "{what} reads back as '{}' after setting '{target}'",
-                back.data
-            )));
-        }
-        *last_written.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.clone());
-        Ok(format!("{what} set to {target} (was {}); read back", record.data))
+        cas::after_write(&what, &record.data, target, &back.data, last_written)
     }
 
     /// The droplet holding the IP (`None`: unassigned) and whether an action is in progress.

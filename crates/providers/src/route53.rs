@@ -33,8 +33,16 @@ use serde::Deserialize;
 use sha2::Digest as _;
 use toml::Spanned;
 
+#[cfg(feature = "aws")]
+use crate::Failure;
 use crate::aws::{self, Access, StaticCredentials};
-use crate::{Checker, Failure, Order, Outcome};
+use crate::{Checker, Order, Outcome};
+
+/// The SDK client (nothing in a build without AWS support).
+#[cfg(feature = "aws")]
+type SdkClient = aws_sdk_route53::Client;
+#[cfg(not(feature = "aws"))]
+type SdkClient = ();
 
 /// Default bound on waiting for `INSYNC` after a change, in milliseconds (Route 53 usually
 /// takes under a minute).
@@ -355,20 +363,8 @@ impl Settings {
             .or(self.zone.as_ref())
             .map_or(self.name.span(), Spanned::span);
         let table = aws::cover(zone_span.clone(), self.name.span());
-        let mut ok = aws::check_no_inline_credentials(
-            &what,
-            &aws::inline_credential_keys(&self.access_key_id, &self.secret_access_key, &self.session_token),
-            checker,
-        );
-        let access = Access::check(
-            &what,
-            table.clone(),
-            &self.region,
-            &self.profile,
-            &self.endpoint_url,
-            Some(SIGNING_REGION_DEFAULT),
-            checker,
-        );
+        let (mut ok, access) =
+            aws::access_keys!(self).check(&what, table.clone(), Some(SIGNING_REGION_DEFAULT), checker);
         let zone = match (&self.zone_id, &self.zone) {
             (Some(zone_id), None) => {
                 let id = bare_id(zone_id.get_ref()).to_string();
@@ -498,12 +494,7 @@ impl Settings {
         if desired.is_none() {
             ok = false;
         }
-        if !cfg!(feature = "aws") {
-            checker.error(
-                zone_span,
-                format!("{what}: this switchyard was built without AWS support"),
-                "use a build with the `aws` feature (the default of the switchyard binary)".into(),
-            );
+        if !aws::check_built(&what, zone_span, checker) {
             return None;
         }
         if !ok {
@@ -518,10 +509,7 @@ impl Settings {
             desired: desired?,
             fence_name,
             insync_timeout_ms,
-            access: access?,
-            credentials: None,
-            #[cfg(feature = "aws")]
-            client: tokio::sync::OnceCell::new(),
+            aws: aws::SdkClient::new(access?),
             pending: std::sync::Mutex::new(None),
         })
     }
@@ -718,10 +706,7 @@ pub struct Route53 {
     desired: BTreeMap<String, RecordData>,
     fence_name: String,
     insync_timeout_ms: u64,
-    access: Access,
-    credentials: Option<StaticCredentials>,
-    #[cfg(feature = "aws")]
-    client: tokio::sync::OnceCell<aws_sdk_route53::Client>,
+    aws: aws::SdkClient<SdkClient>,
     /// A change this step made and has not yet seen `INSYNC`: (generation, change id). A retry
     /// of the same order then waits for it instead of claiming success early.
     pending: std::sync::Mutex<Option<(u64, String)>>,
@@ -735,7 +720,7 @@ impl std::fmt::Debug for Route53 {
             .field("name", &self.name)
             .field("type", &self.record_type)
             .field("fence", &self.fence_name)
-            .field("access", &self.access)
+            .field("access", self.aws.access())
             .finish()
     }
 }
@@ -758,7 +743,7 @@ impl Route53 {
 
     /// Calls AWS with these keys instead of the credential chain (tests, embedding).
     pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> Route53 {
-        self.credentials = Some(credentials);
+        self.aws.set_static_credentials(credentials);
         self
     }
 
@@ -772,7 +757,7 @@ impl Route53 {
         #[cfg(not(feature = "aws"))]
         {
             let _ = order;
-            Err(Failure::Refused("this switchyard was built without AWS support".into()))
+            Err(aws::not_built())
         }
     }
 }
@@ -784,11 +769,8 @@ pub struct RecordReader {
     zone: Zone,
     name: String,
     record_type: String,
-    access: Access,
-    credentials: Option<StaticCredentials>,
     zone_id: tokio::sync::OnceCell<String>,
-    #[cfg(feature = "aws")]
-    client: tokio::sync::OnceCell<aws_sdk_route53::Client>,
+    aws: aws::SdkClient<SdkClient>,
 }
 
 impl RecordReader {
@@ -816,22 +798,19 @@ impl RecordReader {
             zone,
             name: normalize_name(name),
             record_type,
-            access,
-            credentials: None,
             zone_id: tokio::sync::OnceCell::new(),
-            #[cfg(feature = "aws")]
-            client: tokio::sync::OnceCell::new(),
+            aws: aws::SdkClient::new(access),
         })
     }
 
     pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> RecordReader {
-        self.credentials = Some(credentials);
+        self.aws.set_static_credentials(credentials);
         self
     }
 
     /// Reads keys from this shared credentials file (the access's `profile`, or `default`).
     pub fn with_credentials_file(mut self, file: std::path::PathBuf) -> RecordReader {
-        self.access.credentials_file = Some(file);
+        self.aws.set_credentials_file(file);
         self
     }
 
@@ -840,12 +819,7 @@ impl RecordReader {
         #[cfg(feature = "aws")]
         {
             use aws_sdk_route53::types::RrType;
-            let client = self
-                .client
-                .get_or_init(|| async {
-                    aws_sdk_route53::Client::new(&self.access.sdk_config(self.credentials.as_ref()).await)
-                })
-                .await;
+            let client = self.aws.get(aws_sdk_route53::Client::new).await;
             let zone_id = self
                 .zone_id
                 .get_or_try_init(|| async { resolve_zone(client, &self.zone).await })
@@ -930,11 +904,7 @@ mod live {
 
     impl Route53 {
         async fn client(&self) -> &aws_sdk_route53::Client {
-            self.client
-                .get_or_init(|| async {
-                    aws_sdk_route53::Client::new(&self.access.sdk_config(self.credentials.as_ref()).await)
-                })
-                .await
+            self.aws.get(aws_sdk_route53::Client::new).await
         }
 
         /// The hosted zone's id, looked up by name the first time when the step names it.
@@ -1317,20 +1287,7 @@ impl FailoverHealthSettings {
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<FailoverHealth> {
         let what = format!("route53_failover_health step '{step}'");
         let table = aws::cover(self.health_check_id.span(), self.primary.span());
-        let mut ok = aws::check_no_inline_credentials(
-            &what,
-            &aws::inline_credential_keys(&self.access_key_id, &self.secret_access_key, &self.session_token),
-            checker,
-        );
-        let access = Access::check(
-            &what,
-            table,
-            &self.region,
-            &self.profile,
-            &self.endpoint_url,
-            Some(SIGNING_REGION_DEFAULT),
-            checker,
-        );
+        let (mut ok, access) = aws::access_keys!(self).check(&what, table, Some(SIGNING_REGION_DEFAULT), checker);
         let id = self.health_check_id.get_ref().trim();
         let id_ok = !id.is_empty() && id.len() <= ID_BYTES_MAX && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
         if !id_ok {
@@ -1352,12 +1309,7 @@ impl FailoverHealthSettings {
             );
             ok = false;
         }
-        if !cfg!(feature = "aws") {
-            checker.error(
-                self.health_check_id.span(),
-                format!("{what}: this switchyard was built without AWS support"),
-                "use a build with the `aws` feature (the default of the switchyard binary)".into(),
-            );
+        if !aws::check_built(&what, self.health_check_id.span(), checker) {
             return None;
         }
         if !ok {
@@ -1367,10 +1319,7 @@ impl FailoverHealthSettings {
             health_check_id: id.to_string(),
             primary: self.primary.get_ref().clone(),
             force_primary_healthy: self.force_primary_healthy,
-            access: access?,
-            credentials: None,
-            #[cfg(feature = "aws")]
-            client: tokio::sync::OnceCell::new(),
+            aws: aws::SdkClient::new(access?),
         })
     }
 }
@@ -1380,10 +1329,7 @@ pub struct FailoverHealth {
     health_check_id: String,
     primary: String,
     force_primary_healthy: bool,
-    access: Access,
-    credentials: Option<StaticCredentials>,
-    #[cfg(feature = "aws")]
-    client: tokio::sync::OnceCell<aws_sdk_route53::Client>,
+    aws: aws::SdkClient<SdkClient>,
 }
 
 impl std::fmt::Debug for FailoverHealth {
@@ -1392,14 +1338,14 @@ impl std::fmt::Debug for FailoverHealth {
             .field("health_check_id", &self.health_check_id)
             .field("primary", &self.primary)
             .field("force_primary_healthy", &self.force_primary_healthy)
-            .field("access", &self.access)
+            .field("access", self.aws.access())
             .finish()
     }
 }
 
 impl FailoverHealth {
     pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> FailoverHealth {
-        self.credentials = Some(credentials);
+        self.aws.set_static_credentials(credentials);
         self
     }
 
@@ -1411,7 +1357,7 @@ impl FailoverHealth {
         #[cfg(not(feature = "aws"))]
         {
             let _ = order;
-            Err(Failure::Refused("this switchyard was built without AWS support".into()))
+            Err(aws::not_built())
         }
     }
 
@@ -1438,12 +1384,7 @@ impl FailoverHealth {
 
     #[cfg(feature = "aws")]
     async fn run_live(&self, order: &Order) -> Outcome {
-        let client = self
-            .client
-            .get_or_init(|| async {
-                aws_sdk_route53::Client::new(&self.access.sdk_config(self.credentials.as_ref()).await)
-            })
-            .await;
+        let client = self.aws.get(aws_sdk_route53::Client::new).await;
         let wanted = HealthSwitches::wanted(&order.to, &self.primary, self.force_primary_healthy);
         let (version, now) = self.read(client).await?;
         let id = &self.health_check_id;

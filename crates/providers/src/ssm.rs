@@ -15,8 +15,16 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+#[cfg(feature = "aws")]
+use crate::Failure;
 use crate::aws::{self, Access, StaticCredentials};
-use crate::{Checker, Failure, Order, Outcome};
+use crate::{Checker, Order, Outcome};
+
+/// The SDK client (nothing in a build without AWS support).
+#[cfg(feature = "aws")]
+type SdkClient = aws_sdk_ssm::Client;
+#[cfg(not(feature = "aws"))]
+type SdkClient = ();
 
 /// Longest parameter name SSM accepts, in bytes.
 pub const NAME_BYTES_MAX: usize = 1011;
@@ -166,20 +174,7 @@ impl Settings {
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<SsmParameter> {
         let what = format!("ssm_parameter step '{step}'");
         let table = self.name.span();
-        let mut ok = aws::check_no_inline_credentials(
-            &what,
-            &aws::inline_credential_keys(&self.access_key_id, &self.secret_access_key, &self.session_token),
-            checker,
-        );
-        let access = Access::check(
-            &what,
-            table.clone(),
-            &self.region,
-            &self.profile,
-            &self.endpoint_url,
-            None,
-            checker,
-        );
+        let (mut ok, access) = aws::access_keys!(self).check(&what, table.clone(), None, checker);
         if let Err(problem) = check_parameter_name(self.name.get_ref()) {
             checker.error(
                 self.name.span(),
@@ -214,12 +209,7 @@ impl Settings {
                 values.insert(region.clone(), text.clone());
             }
         }
-        if !cfg!(feature = "aws") {
-            checker.error(
-                table,
-                format!("{what}: this switchyard was built without AWS support"),
-                "use a build with the `aws` feature (the default of the switchyard binary)".into(),
-            );
+        if !aws::check_built(&what, table, checker) {
             return None;
         }
         if !ok {
@@ -229,10 +219,7 @@ impl Settings {
             step: step.to_string(),
             name: self.name.get_ref().clone(),
             values,
-            access: access?,
-            credentials: None,
-            #[cfg(feature = "aws")]
-            client: tokio::sync::OnceCell::new(),
+            aws: aws::SdkClient::new(access?),
         })
     }
 }
@@ -242,10 +229,7 @@ pub struct SsmParameter {
     step: String,
     name: String,
     values: BTreeMap<String, String>,
-    access: Access,
-    credentials: Option<StaticCredentials>,
-    #[cfg(feature = "aws")]
-    client: tokio::sync::OnceCell<aws_sdk_ssm::Client>,
+    aws: aws::SdkClient<SdkClient>,
 }
 
 impl std::fmt::Debug for SsmParameter {
@@ -254,14 +238,14 @@ impl std::fmt::Debug for SsmParameter {
             .field("step", &self.step)
             .field("name", &self.name)
             .field("values", &self.values)
-            .field("access", &self.access)
+            .field("access", self.aws.access())
             .finish()
     }
 }
 
 impl SsmParameter {
     pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> SsmParameter {
-        self.credentials = Some(credentials);
+        self.aws.set_static_credentials(credentials);
         self
     }
 
@@ -273,18 +257,13 @@ impl SsmParameter {
         #[cfg(not(feature = "aws"))]
         {
             let _ = order;
-            Err(Failure::Refused("this switchyard was built without AWS support".into()))
+            Err(aws::not_built())
         }
     }
 
     #[cfg(feature = "aws")]
     async fn run_live(&self, order: &Order) -> Outcome {
-        let client = self
-            .client
-            .get_or_init(|| async {
-                aws_sdk_ssm::Client::new(&self.access.sdk_config(self.credentials.as_ref()).await)
-            })
-            .await;
+        let client = self.aws.get(aws_sdk_ssm::Client::new).await;
         let name = &self.name;
         let view = read_view(client, name).await?;
         let Some(desired) = self.values.get(&order.to) else {
@@ -383,11 +362,8 @@ pub struct PointerReading {
 /// Reads one parameter for `pointer watch`, with the same credential chain as the steps.
 #[cfg_attr(not(feature = "aws"), allow(dead_code))]
 pub struct ParameterReader {
-    access: Access,
     name: String,
-    credentials: Option<StaticCredentials>,
-    #[cfg(feature = "aws")]
-    client: tokio::sync::OnceCell<aws_sdk_ssm::Client>,
+    aws: aws::SdkClient<SdkClient>,
 }
 
 impl ParameterReader {
@@ -411,27 +387,24 @@ impl ParameterReader {
             return Err("this switchyard was built without AWS support (feature `aws`)".into());
         }
         Ok(ParameterReader {
-            access: Access {
+            name: name.to_string(),
+            aws: aws::SdkClient::new(Access {
                 region: region.to_string(),
                 profile,
                 endpoint_url,
                 credentials_file: None,
-            },
-            name: name.to_string(),
-            credentials: None,
-            #[cfg(feature = "aws")]
-            client: tokio::sync::OnceCell::new(),
+            }),
         })
     }
 
     pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> ParameterReader {
-        self.credentials = Some(credentials);
+        self.aws.set_static_credentials(credentials);
         self
     }
 
     /// Reads keys from this shared credentials file (its `profile`, or `default`).
     pub fn with_credentials_file(mut self, file: std::path::PathBuf) -> ParameterReader {
-        self.access.credentials_file = Some(file);
+        self.aws.set_credentials_file(file);
         self
     }
 
@@ -443,12 +416,7 @@ impl ParameterReader {
     pub async fn read(&self) -> Result<PointerReading, String> {
         #[cfg(feature = "aws")]
         {
-            let client = self
-                .client
-                .get_or_init(|| async {
-                    aws_sdk_ssm::Client::new(&self.access.sdk_config(self.credentials.as_ref()).await)
-                })
-                .await;
+            let client = self.aws.get(aws_sdk_ssm::Client::new).await;
             let view = read_view(client, &self.name).await.map_err(|f| f.to_string())?;
             let value = view
                 .value

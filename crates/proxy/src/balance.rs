@@ -318,16 +318,7 @@ pub(crate) mod tests {
 
     use super::*;
 
-    /// xorshift64*: small, seedable, good enough to drive tests.
-    pub(crate) struct Rng(pub u64);
-    impl Rng {
-        pub(crate) fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-    }
+    use common::rng::Rng;
 
     fn server(name: &str, weight: u32, backup: bool) -> ServerConfig {
         let address: SocketAddr = "127.0.0.1:1".parse().expect("literal");
@@ -542,39 +533,31 @@ pub(crate) mod tests {
     }
 
     /// Seeded: random checks, admin changes and picks never route to an unusable server, and
-    /// backups only serve while no primary is usable. Replay with `BALANCE_SEED`.
+    /// backups only serve while no primary is usable. Replay with `SWITCHYARD_SEED`.
     #[test]
     fn randomized_events_keep_routing_invariants() {
-        let seed = std::env::var("BALANCE_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(7, |d| d.as_nanos() as u64)
-            });
-        println!("BALANCE_SEED={seed}");
-        let mut rng = Rng(seed | 1);
+        let seed = common::rng::seed_from_env("randomized_events_keep_routing_invariants");
+        let mut rng = Rng::new(seed);
         for algorithm in [Balance::Roundrobin, Balance::Leastconn] {
             let configs: Vec<ServerConfig> = (0..6)
-                .map(|i| server(&format!("s{i}"), (rng.next() % 5) as u32, i >= 4))
+                .map(|i| server(&format!("s{i}"), (rng.next_u64() % 5) as u32, i >= 4))
                 .collect();
             let mut b = balancer(&configs, algorithm, 500);
             let mut held: Vec<ServerId> = Vec::new();
             for step in 0..5000u64 {
                 let now = step * 10;
-                let id = ServerId((rng.next() % 6) as usize);
-                match rng.next() % 6 {
+                let id = ServerId((rng.next_u64() % 6) as usize);
+                match rng.next_u64() % 6 {
                     0 => {
-                        b.on_check(id, rng.next().is_multiple_of(2), String::new(), now);
+                        b.on_check(id, rng.next_u64().is_multiple_of(2), String::new(), now);
                     }
                     1 => {
                         let state =
-                            [AdminState::Ready, AdminState::Drain, AdminState::Maint][(rng.next() % 3) as usize];
+                            [AdminState::Ready, AdminState::Drain, AdminState::Maint][(rng.next_u64() % 3) as usize];
                         b.set_admin(id, state, now);
                     }
                     2 if !held.is_empty() => {
-                        let index = (rng.next() as usize) % held.len();
+                        let index = (rng.next_u64() as usize) % held.len();
                         b.finish(held.swap_remove(index));
                     }
                     _ => {

@@ -293,31 +293,23 @@ mod tests {
     }
 
     /// Seeded: any sequence of results keeps health in range and the transitions consistent
-    /// with `is_up`. Replay with `CHECK_SEED`.
+    /// with `is_up`. Replay with `SWITCHYARD_SEED`.
     #[test]
     fn randomized_results_keep_invariants() {
-        let seed = std::env::var("CHECK_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        println!("CHECK_SEED={seed}");
-        let mut rng = crate::balance::tests::Rng(seed | 1);
+        let seed = common::rng::seed_from_env("randomized_results_keep_invariants");
+        let mut rng = common::rng::Rng::new(seed);
         for _ in 0..200 {
             let p = CheckParams {
-                rise: 1 + (rng.next() % 5) as u32,
-                fall: 1 + (rng.next() % 5) as u32,
-                error_limit: Some(1 + (rng.next() % 5) as u32),
+                rise: 1 + (rng.next_u64() % 5) as u32,
+                fall: 1 + (rng.next_u64() % 5) as u32,
+                error_limit: Some(1 + (rng.next_u64() % 5) as u32),
                 ..params()
             };
             let mut state = CheckState::new(p);
             let mut successes_in_row = 0;
             for _ in 0..200 {
                 let was_up = state.is_up();
-                let transition = match rng.next() % 3 {
+                let transition = match rng.next_u64() % 3 {
                     0 => {
                         successes_in_row = 0;
                         state.on_check(false)

@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::ops::Range;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -307,33 +306,11 @@ struct DocumentOnlyProxy {
     proxy: Option<Spanned<RawProxy>>,
 }
 
-/// `line:column` (1-based) of a byte offset.
-fn position(text: &str, span: &Range<usize>) -> String {
-    let offset = span.start.min(text.len());
-    let before = &text[..text.floor_char_boundary_compat(offset)];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    format!("line {line}, column {column}")
-}
-
-trait FloorCharBoundary {
-    fn floor_char_boundary_compat(&self, index: usize) -> usize;
-}
-
-impl FloorCharBoundary for str {
-    fn floor_char_boundary_compat(&self, mut index: usize) -> usize {
-        while index > 0 && !self.is_char_boundary(index) {
-            index -= 1;
-        }
-        index
-    }
-}
-
 fn at<T>(text: &str, value: &Spanned<T>, message: String) -> String {
     if value.span().end == 0 {
         message
     } else {
-        format!("{}: {message}", position(text, &value.span()))
+        format!("{}: {message}", common::text::describe(text, value.span().start))
     }
 }
 

@@ -385,16 +385,30 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
     })
 }
 
+/// A positive whole number from the variable `name` of `lookup` (the environment in the
+/// binary), `None` when unset; zero or text is refused naming the variable and the fix.
+pub(crate) fn positive_from(lookup: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<u64>, String> {
+    match lookup(name) {
+        None => Ok(None),
+        Some(text) => match text.trim().parse::<u64>() {
+            Ok(0) | Err(_) => Err(format!(
+                "{name}={text:?} is not a positive whole number; set it to one (or unset it for the default)"
+            )),
+            Ok(value) => Ok(Some(value)),
+        },
+    }
+}
+
+/// Replaces `value` with `over` when there is one (a file's key, a variable).
+pub(crate) fn overlay(value: &mut u64, over: Option<u64>) {
+    if let Some(over) = over {
+        *value = over;
+    }
+}
+
 /// `line N, column M: message` for a value's span.
 fn at(text: &str, span: Range<usize>, message: String) -> String {
-    let mut offset = span.start.min(text.len());
-    while offset > 0 && !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    format!("line {line}, column {column}: {message}")
+    format!("{}: {message}", common::text::describe(text, span.start))
 }
 
 #[cfg(test)]

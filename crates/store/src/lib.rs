@@ -21,6 +21,7 @@ pub mod partiql;
 pub mod record;
 pub mod replication_log;
 pub mod server;
+pub mod settings;
 pub mod streams;
 
 pub use engine::{Engine, SystemClock};

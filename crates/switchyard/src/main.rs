@@ -334,199 +334,43 @@ struct ListenerLimitArgs {
 }
 
 impl ListenerLimitArgs {
-    /// These flags over the `[store]` file's keys over `defaults`, checked.
-    fn apply_over(
-        &self,
-        defaults: common::http::Limits,
-        file: &store::config::StoreFileConfig,
-    ) -> anyhow::Result<common::http::Limits> {
-        let count = |flag: Option<usize>, key: Option<u64>, default: usize| -> anyhow::Result<usize> {
-            match (flag, key) {
-                (Some(n), _) => Ok(n),
-                (None, Some(n)) => {
-                    usize::try_from(n).context("a connection limit is larger than this machine's address space")
-                }
-                (None, None) => Ok(default),
-            }
-        };
-        let limits = common::http::Limits {
-            connections_max: count(self.connections_max, file.connections_max, defaults.connections_max)?,
-            connections_per_client_max: count(
-                self.connections_per_client_max,
-                file.connections_per_client_max,
-                defaults.connections_per_client_max,
-            )?,
-            header_read_timeout_ms: self
-                .header_read_timeout_ms
-                .or(file.header_read_timeout_ms)
-                .unwrap_or(defaults.header_read_timeout_ms),
-            body_read_timeout_ms: self
-                .body_read_timeout_ms
-                .or(file.body_read_timeout_ms)
-                .unwrap_or(defaults.body_read_timeout_ms),
-            idle_timeout_ms: self
-                .idle_timeout_ms
-                .or(file.idle_timeout_ms)
-                .unwrap_or(defaults.idle_timeout_ms),
-            buffered_body_bytes_max: match self.buffered_body_bytes_max.or(file.buffered_body_bytes_max) {
-                Some(bytes) => usize::try_from(bytes).context("buffered_body_bytes_max is larger than memory")?,
-                None => defaults.buffered_body_bytes_max,
-            },
-            request_body_bytes_max: defaults.request_body_bytes_max,
-        };
-        limits
-            .check()
-            .map_err(|message| anyhow::anyhow!("--{}", message.replace('_', "-")))?;
-        Ok(limits)
+    fn overrides(self) -> store::settings::LimitOverrides {
+        store::settings::LimitOverrides {
+            connections_max: self.connections_max,
+            connections_per_client_max: self.connections_per_client_max,
+            header_read_timeout_ms: self.header_read_timeout_ms,
+            body_read_timeout_ms: self.body_read_timeout_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            buffered_body_bytes_max: self.buffered_body_bytes_max,
+        }
     }
 }
-
-/// A store's settings: flags and environment over the config file over the defaults.
-struct StoreSettings {
-    /// `stream_*` keys of `[store]`; the SWITCHYARD_STREAM_* variables win over them.
-    stream_limits: store::streams::StreamLimitKeys,
-    /// `pitr_*` keys of `[store]`; the SWITCHYARD_PITR_* variables win over them.
-    pitr_limits: store::engine::PitrLimitKeys,
-    region: String,
-    listen: SocketAddr,
-    data_dir: PathBuf,
-    backup_dir: Option<PathBuf>,
-    credentials: Option<PathBuf>,
-    ready_file: Option<PathBuf>,
-    peers: Vec<store::global::Peer>,
-    replication_key_file: Option<PathBuf>,
-    trusted_network: bool,
-    replication_backlog_bytes_max: u64,
-    clock_offset_alarm_ms: u64,
-    clock_offset_max_ms: u64,
-    disk: store::disk::DiskSettings,
-    limits: common::http::Limits,
-    tls: Option<common::http::TlsFiles>,
-    peer_ca: Option<PathBuf>,
-    peer_client: Option<common::tls_client::ClientIdentity>,
-}
-
-const STORE_REGION_DEFAULT: &str = "us-east-1";
-const STORE_LISTEN_DEFAULT: &str = "127.0.0.1:8000";
-const STORE_DATA_DIR_DEFAULT: &str = "./data";
 
 impl StoreArgs {
-    fn settings(self) -> anyhow::Result<StoreSettings> {
-        let file = match &self.config {
-            Some(path) => store::config::load(path)?,
-            None => store::config::StoreFileConfig::default(),
-        };
-        let limits = self.limits.apply_over(store::server::default_limits(), &file)?;
-        let region = self
-            .region
-            .or(file.region)
-            .unwrap_or_else(|| STORE_REGION_DEFAULT.to_string());
-        store::global::check_region_name(&region).map_err(|message| anyhow::anyhow!("--region: {message}"))?;
-        Ok(StoreSettings {
-            stream_limits: file.stream_limits,
-            pitr_limits: file.pitr_limits,
-            limits,
-            region,
-            listen: match self.listen.or(file.listen) {
-                Some(listen) => listen,
-                None => STORE_LISTEN_DEFAULT.parse().context("the default listen address")?,
-            },
-            data_dir: self
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(STORE_DATA_DIR_DEFAULT)),
-            backup_dir: self.backup_dir.or(file.backup_dir),
-            credentials: self.credentials.or(file.credentials),
-            ready_file: self.ready_file,
-            peers: if self.peers.is_empty() { file.peers } else { self.peers },
-            replication_key_file: self.replication_key_file.or(file.replication_key_file),
-            trusted_network: self.trusted_network,
-            replication_backlog_bytes_max: self
-                .replication_backlog_bytes_max
-                .or(file.replication_backlog_bytes_max)
-                .unwrap_or(store::global::LOG_BACKLOG_BYTES_DEFAULT),
-            clock_offset_alarm_ms: self
-                .clock_offset_alarm_ms
-                .or(file.clock_offset_alarm_ms)
-                .unwrap_or(store::global::CLOCK_OFFSET_ALARM_MS_DEFAULT),
-            clock_offset_max_ms: self
-                .clock_offset_max_ms
-                .or(file.clock_offset_max_ms)
-                .unwrap_or(store::global::CLOCK_OFFSET_MAX_MS_DEFAULT),
-            disk: store::disk::DiskSettings {
-                free_bytes_min: self.disk_free_bytes_min.or(file.disk_free_bytes_min),
-                reserve_bytes: self
-                    .disk_reserve_bytes
-                    .or(file.disk_reserve_bytes)
-                    .unwrap_or(store::disk::DISK_RESERVE_BYTES_DEFAULT),
-            },
-            tls: match (self.tls_cert, self.tls_key) {
-                (Some(cert), Some(key)) => Some((cert, key)),
-                _ => file.tls_cert.clone().zip(file.tls_key.clone()),
-            }
-            .map(|(cert, key)| common::http::TlsFiles {
-                cert,
-                key,
-                client_ca: self.peer_client_ca.or(file.peer_client_ca.clone()),
-            }),
-            peer_ca: self.peer_ca.or(file.peer_ca),
-            peer_client: match (self.peer_client_cert, self.peer_client_key) {
-                (Some(cert), Some(key)) => Some((cert, key)),
-                _ => file.peer_client_cert.zip(file.peer_client_key),
-            }
-            .map(|(cert, key)| common::tls_client::ClientIdentity { cert, key }),
-        })
-    }
-}
-
-/// Bytes a replication key has at least.
-const REPLICATION_KEY_BYTES_MIN: usize = 16;
-
-fn replication_config(args: &StoreSettings) -> anyhow::Result<Option<store::global::ReplicationConfig>> {
-    if args.peers.is_empty() {
-        return Ok(None);
-    }
-    let key = match (&args.replication_key_file, std::env::var("SWITCHYARD_REPLICATION_KEY")) {
-        (Some(path), _) => {
-            std::fs::read(path).with_context(|| format!("read replication key file {}", path.display()))?
-        }
-        (None, Ok(key)) => key.into_bytes(),
-        (None, Err(_)) => bail!(
-            "peers need a replication key shared by all regions: pass --replication-key-file FILE, set replication_key_file in [store], or set SWITCHYARD_REPLICATION_KEY"
-        ),
-    };
-    let key: Vec<u8> = key.trim_ascii().to_vec();
-    if key.len() < REPLICATION_KEY_BYTES_MIN {
-        bail!(
-            "the replication key has {} bytes; use at least {REPLICATION_KEY_BYTES_MIN} (e.g. `openssl rand -hex 32`)",
-            key.len()
-        );
-    }
-    for (index, peer) in args.peers.iter().enumerate() {
-        if peer.region == args.region {
-            bail!(
-                "peer {} is this store's own region; list the other regions only",
-                peer.region
-            );
-        }
-        if args.peers[..index].iter().any(|p| p.region == peer.region) {
-            bail!("peer {} is given twice; give each region once", peer.region);
+    /// The flags and environment variables, for `store::settings::Settings::merge`.
+    fn overrides(self) -> store::settings::Overrides {
+        store::settings::Overrides {
+            region: self.region,
+            listen: self.listen,
+            data_dir: self.data_dir,
+            backup_dir: self.backup_dir,
+            credentials: self.credentials,
+            peers: self.peers,
+            replication_key_file: self.replication_key_file,
+            replication_backlog_bytes_max: self.replication_backlog_bytes_max,
+            clock_offset_alarm_ms: self.clock_offset_alarm_ms,
+            clock_offset_max_ms: self.clock_offset_max_ms,
+            disk_free_bytes_min: self.disk_free_bytes_min,
+            disk_reserve_bytes: self.disk_reserve_bytes,
+            limits: self.limits.overrides(),
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            peer_ca: self.peer_ca,
+            peer_client_ca: self.peer_client_ca,
+            peer_client_cert: self.peer_client_cert,
+            peer_client_key: self.peer_client_key,
         }
     }
-    Ok(Some(store::global::ReplicationConfig {
-        peers: args.peers.clone(),
-        key,
-        backlog_bytes_max: args.replication_backlog_bytes_max,
-        clock_offset_alarm_ms: args.clock_offset_alarm_ms,
-        clock_offset_max_ms: args.clock_offset_max_ms,
-        peer_tls: match (&args.peer_ca, &args.peer_client) {
-            (None, None) => None,
-            (ca, identity) => Some(
-                common::tls_client::client_config_with_identity(ca.as_deref(), identity.as_ref())
-                    .map_err(|message| anyhow::anyhow!("--peer-ca / --peer-client-cert: {message}"))?,
-            ),
-        },
-    }))
 }
 
 /// The CA of a `--tls` lab named by the command's `--lab DIR`, when it has one.
@@ -618,7 +462,13 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
-    let args = args.settings()?;
+    let file = match &args.config {
+        Some(path) => store::config::load(path)?,
+        None => store::config::StoreFileConfig::default(),
+    };
+    let ready_file = args.ready_file.clone();
+    let trusted_network = args.trusted_network;
+    let args = store::settings::Settings::merge(file, args.overrides())?;
     let credentials = match &args.credentials {
         Some(path) => {
             let text =
@@ -634,12 +484,12 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    if args.trusted_network && credentials.is_none() && !args.listen.ip().is_loopback() {
+    if trusted_network && credentials.is_none() && !args.listen.ip().is_loopback() {
         tracing::warn!(address = %args.listen, "--trusted-network: unsigned requests accepted on a non-loopback address; the network must keep everyone else out");
     } else {
         store::server::check_exposure(args.listen, credentials.as_ref())?;
     }
-    let replication = replication_config(&args)?;
+    let replication = args.replication(std::env::var("SWITCHYARD_REPLICATION_KEY").ok())?;
     let engine = store::Engine::open_with(
         &args.data_dir,
         &args.region,
@@ -666,7 +516,7 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         )
     })?;
     let address = listener.local_addr().context("read the bound address")?;
-    if let Some(path) = &args.ready_file {
+    if let Some(path) = &ready_file {
         std::fs::write(path, address.to_string()).with_context(|| format!("write ready file {}", path.display()))?;
     }
     tracing::info!(%address, region = %args.region, data_dir = %args.data_dir.display(), authenticated = credentials.is_some(), "store listening");

@@ -1,7 +1,7 @@
 //! A deterministic simulation of the controller (aggregator + engine + runbooks), four vantage
 //! points and three regions under outages, partitions and report loss, in virtual time.
 //!
-//! The seed is printed; `CONTROLLER_SEED=N cargo test -p controller --test it sim` replays a
+//! The seed is printed; `SWITCHYARD_SEED=N cargo test -p controller --test it sim` replays a
 //! run exactly. Checked at every step:
 //! - no failover away from a region unless a quorum of vantage points truly could not reach it
 //!   (ground truth, not the reports) within the detection window;
@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use common::rng::Rng;
 use controller::engine::{
     Command, Engine, EngineConfig, Event, Generation, Note, Placement, RegionId, RegionSpec, Restored, RunbookOrder,
     RunbookOutcome, TransitionKind, Verdict,
@@ -25,33 +26,8 @@ const FALL: u32 = 3;
 const RISE: u32 = 2;
 const REPORT_STALE_MS: u64 = 3_000;
 
-/// splitmix64: small, seedable, good enough for schedules.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("CONTROLLER_SEED") {
-        Ok(text) => text.trim().parse().expect("CONTROLLER_SEED is a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1),
-    }
+fn seed(test: &str) -> u64 {
+    common::rng::seed_from_env(test)
 }
 
 /// One vantage point's rise/fall counter for one region.
@@ -125,7 +101,7 @@ impl World {
             since_ms: 0,
         };
         World {
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             now: 0,
             region_up: [true; 3],
             cut: [[false; 3]; 4],
@@ -146,7 +122,7 @@ impl World {
 
     fn perturb(&mut self) {
         // Roughly one fault change every 2 s of virtual time.
-        if !self.rng.chance(5) {
+        if !self.rng.chance_percent(5) {
             return;
         }
         match self.rng.below(4) {
@@ -166,7 +142,7 @@ impl World {
             }
             _ => {
                 // Heal everything partition-like, sometimes.
-                if self.rng.chance(30) {
+                if self.rng.chance_percent(30) {
                     self.cut = [[false; 3]; 4];
                     self.isolated = [false; 4];
                 }
@@ -211,7 +187,7 @@ impl World {
         #[allow(clippy::needless_range_loop)]
         for v in 0..4 {
             // Reports every 500 ms, 10% lost, none while isolated from the controller.
-            if !(self.now / STEP_MS + v as u64).is_multiple_of(5) || self.isolated[v] || self.rng.chance(10) {
+            if !(self.now / STEP_MS + v as u64).is_multiple_of(5) || self.isolated[v] || self.rng.chance_percent(10) {
                 continue;
             }
             self.sent[v] += 1;
@@ -306,7 +282,7 @@ impl World {
             return;
         }
         self.running = None;
-        let outcome = if self.rng.chance(15) {
+        let outcome = if self.rng.chance_percent(15) {
             RunbookOutcome::Failed {
                 step: "dns".into(),
                 error: "simulated failure".into(),
@@ -354,8 +330,7 @@ fn simulate(seed: u64, real_outages: bool, minutes: u64) -> World {
 
 #[test]
 fn simulation_with_outages_and_partitions_keeps_the_invariants() {
-    let seed = seed();
-    println!("simulation seed {seed} (replay with CONTROLLER_SEED={seed})");
+    let seed = seed("simulation_with_outages_and_partitions_keeps_the_invariants");
     let mut failovers = 0;
     for run in 0..4u64 {
         let world = simulate(seed.wrapping_add(run), true, 10);
@@ -374,8 +349,7 @@ fn simulation_with_outages_and_partitions_keeps_the_invariants() {
 
 #[test]
 fn a_single_misbehaving_vantage_point_never_causes_a_failover() {
-    let seed = seed();
-    println!("simulation seed {seed} (replay with CONTROLLER_SEED={seed})");
+    let seed = seed("a_single_misbehaving_vantage_point_never_causes_a_failover");
     for run in 0..4u64 {
         let world = simulate(seed.wrapping_add(run), false, 10);
         assert!(
@@ -394,8 +368,7 @@ fn a_single_misbehaving_vantage_point_never_causes_a_failover() {
 
 #[test]
 fn simulation_replays_exactly_from_its_seed() {
-    let seed = seed();
-    println!("simulation seed {seed} (replay with CONTROLLER_SEED={seed})");
+    let seed = seed("simulation_replays_exactly_from_its_seed");
     let a = simulate(seed, true, 3);
     let b = simulate(seed, true, 3);
     let describe = |w: &World| {

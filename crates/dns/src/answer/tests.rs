@@ -432,7 +432,7 @@ fn weighted_spreads_by_entropy_and_avoids_unhealthy() {
     let mut seen = std::collections::BTreeSet::new();
     for entropy in 0..64u64 {
         let mut req = request("api.shop.example.", RecordType::A);
-        req.entropy = crate::policy::SplitMix64(entropy).next_u64();
+        req.entropy = common::rng::Rng::new(entropy).next_u64();
         let response = ask(&req, &HealthView::default());
         assert_eq!(response.answers().len(), 1);
         assert_eq!(response.answers()[0].ttl(), crate::policy::ROUTED_TTL_SECS_DEFAULT);

@@ -1,5 +1,5 @@
 use super::*;
-use crate::rng::{Rng, seed_from_env};
+use common::rng::{Rng, seed_from_env};
 
 fn write(key: &str, value: &str, region: &str) -> Action {
     Action::Write {
@@ -174,7 +174,7 @@ fn generate(rng: &mut Rng) -> Run {
         let mut t = rng.below(20);
         for _ in 0..rng.below(30) {
             seq += 1;
-            let key = if rng.chance(400) {
+            let key = if rng.chance_per_mille(400) {
                 format!("hot-{}", rng.below(3))
             } else {
                 format!("unique-{seq}")
@@ -183,7 +183,7 @@ fn generate(rng: &mut Rng) -> Run {
             let effect = t + rng.below(duration + 1);
             let (phase, applied) = match rng.below(10) {
                 0 => (Phase::Fail, false),
-                1 => (Phase::Info, rng.chance(500)),
+                1 => (Phase::Info, rng.chance_per_mille(500)),
                 _ => (Phase::Ok, true),
             };
             pending.push(Pending {
@@ -223,7 +223,7 @@ fn generate(rng: &mut Rng) -> Run {
     let mut dropped = BTreeSet::new();
     let mut dropped_sole = BTreeSet::new();
     for p in &pending {
-        if p.phase == Phase::Ok && rng.chance(100) {
+        if p.phase == Phase::Ok && rng.chance_per_mille(100) {
             dropped.insert(p.value.clone());
             if pending.iter().filter(|q| q.key == p.key).count() == 1 {
                 dropped_sole.insert(p.value.clone());
@@ -250,7 +250,7 @@ fn generate(rng: &mut Rng) -> Run {
         .values()
         .filter(|&&(_, i)| pending[i].phase == Phase::Info)
         .count();
-    let regions = if rng.chance(500) {
+    let regions = if rng.chance_per_mille(500) {
         BTreeMap::from([("r1".to_string(), table)])
     } else {
         BTreeMap::from([("r1".to_string(), table.clone()), ("r2".to_string(), table)])

@@ -250,39 +250,12 @@ fn replica_lag_is_the_highest_fresh_one() {
     assert_eq!(aggregator.verdict("east", 5000).replica_lag_ms, None);
 }
 
-/// splitmix64: a tiny seeded generator, so a failing run replays from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-pub(crate) fn seed_from_env(name: &str) -> u64 {
-    match std::env::var(name) {
-        Ok(text) => text.parse().expect("the seed variable holds a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1),
-    }
-}
-
 /// Safety under random reports, staleness, rules and quorums: Down is never declared without
 /// at least `quorum` fresh reports whose checks, under the region's rule, say down; Up likewise.
 #[test]
 fn randomized_down_needs_a_fresh_down_quorum() {
-    let seed = seed_from_env("HEALTH_SEED");
-    println!("HEALTH_SEED={seed}");
-    let mut rng = Rng(seed);
+    let seed = common::rng::seed_from_env("randomized_down_needs_a_fresh_down_quorum");
+    let mut rng = common::rng::Rng::new(seed);
     for round in 0..300 {
         let vantage_count = 1 + rng.below(5) as usize;
         let vantages: Vec<String> = (0..vantage_count).map(|i| format!("v{i}")).collect();

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use toml::Spanned;
 
-use crate::{Checker, Failure};
+use crate::{Checker, Failure, Order};
 
 /// Servers one step may know (all regions together).
 pub const SERVERS_MAX: usize = 32;
@@ -205,6 +205,115 @@ where
     results
 }
 
+/// The survey's results as `Some` for the members that answered; a note for each one that did
+/// not: `ADDRESS unreachable (ERROR): CONSEQUENCE`.
+pub(crate) fn note_unreachable<T>(
+    members: &[Member],
+    surveyed: Vec<Result<T, String>>,
+    consequence: &str,
+    notes: &mut Notes,
+) -> Vec<Option<T>> {
+    for (member, result) in members.iter().zip(&surveyed) {
+        if let Err(error) = result {
+            notes.push(format!("{} unreachable ({error}): {consequence}", member.address));
+        }
+    }
+    surveyed.into_iter().map(Result::ok).collect()
+}
+
+/// The members that answered, with their index.
+pub(crate) fn reachable<T>(observed: &[Option<T>]) -> Vec<(usize, &T)> {
+    observed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.as_ref().map(|o| (i, o)))
+        .collect()
+}
+
+/// Fenced when any reachable member holds a promotion record (`record_of`) newer than the
+/// order: a newer decision already acted.
+pub(crate) fn refuse_newer_record<T>(
+    order: &Order,
+    members: &[Member],
+    reachable: &[(usize, &T)],
+    record_of: impl Fn(&T) -> Option<u64>,
+) -> Result<(), Failure> {
+    if let Some((i, record)) = reachable
+        .iter()
+        .filter_map(|(i, o)| record_of(o).map(|r| (*i, r)))
+        .max_by_key(|(_, r)| *r)
+        && record > order.generation
+    {
+        return Err(Failure::Fenced(format!(
+            "{} holds a promotion record of generation {record}, newer than this order's {}",
+            members[i].address, order.generation
+        )));
+    }
+    Ok(())
+}
+
+/// Why no member of the order's region can be promoted: the `refusals` of those that answered,
+/// else the ones that did not answer (retryable), else none is configured there.
+pub(crate) fn no_candidate<T>(
+    order: &Order,
+    members: &[Member],
+    observed: &[Option<T>],
+    refusals: &[String],
+) -> Failure {
+    if !refusals.is_empty() {
+        return Failure::Refused(format!(
+            "no server of region {} can be promoted: {}",
+            order.to,
+            refusals.join("; ")
+        ));
+    }
+    let unreachable: Vec<&str> = members
+        .iter()
+        .zip(observed)
+        .filter(|(m, o)| m.region == order.to && o.is_none())
+        .map(|(m, _)| m.address.as_str())
+        .collect();
+    if unreachable.is_empty() {
+        Failure::Refused(format!(
+            "no server is configured in region {}; add it under servers",
+            order.to
+        ))
+    } else {
+        Failure::Retryable(format!(
+            "no server of region {} answered: {}",
+            order.to,
+            unreachable.join(", ")
+        ))
+    }
+}
+
+/// How a step words a loss in [`judge_loss`].
+pub(crate) struct LossWords {
+    /// After "promoted anyway (force_data_loss): ", e.g. `they are lost`.
+    pub lost: &'static str,
+    /// After "Promoting it would lose ", e.g. `them`.
+    pub lose: &'static str,
+    /// Before ", or accept the loss", e.g. `wait for it to catch up`.
+    pub wait: &'static str,
+}
+
+/// Whether to promote a candidate that still lacks data (`what` says what, `None` when it
+/// lacks nothing): a note when the order forces the loss, refused otherwise.
+pub(crate) fn judge_loss(what: Option<String>, force: bool, words: LossWords) -> Result<Option<String>, Failure> {
+    let Some(what) = what else { return Ok(None) };
+    if force {
+        Ok(Some(format!(
+            "{what}; promoted anyway (force_data_loss): {}",
+            words.lost
+        )))
+    } else {
+        Err(Failure::Refused(format!(
+            "{what}. Promoting it would lose {}; {}, or accept the loss with `switchyard failover --force-data-loss`",
+            words.lose, words.wait
+        )))
+    }
+}
+
 /// What a run saw and did, joined into the outcome line.
 #[derive(Debug, Default)]
 pub(crate) struct Notes(Vec<String>);
@@ -230,7 +339,34 @@ pub(crate) mod test_support {
     use std::collections::BTreeSet;
     use std::path::{Path, PathBuf};
 
-    use crate::Checker;
+    use super::Member;
+    use crate::{Checker, Order};
+
+    /// An order of `generation` moving from `eu` to `to`.
+    pub fn order(generation: u64, to: &str, force_data_loss: bool) -> Order {
+        Order {
+            generation,
+            kind: "failover".into(),
+            from: Some("eu".into()),
+            to: to.into(),
+            serving: vec![to.into()],
+            reason: "test".into(),
+            force_data_loss,
+        }
+    }
+
+    /// `a` in `eu`, `b` and `c` in `us`, on `port`.
+    pub fn members(port: u16) -> Vec<Member> {
+        [("a", "eu"), ("b", "us"), ("c", "us")]
+            .iter()
+            .map(|(host, region)| Member {
+                address: format!("{host}:{port}"),
+                host: host.to_string(),
+                port,
+                region: region.to_string(),
+            })
+            .collect()
+    }
 
     /// A `Checker` that keeps messages, for settings tests.
     pub struct Collect {

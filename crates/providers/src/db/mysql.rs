@@ -195,11 +195,7 @@ pub enum Plan {
 
 /// Decides the run from the survey (`observed[i]` is `None` for an unreachable member). Pure.
 pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) -> Result<Plan, Failure> {
-    let reachable: Vec<(usize, &Observed)> = observed
-        .iter()
-        .enumerate()
-        .filter_map(|(i, o)| o.as_ref().map(|o| (i, o)))
-        .collect();
+    let reachable = super::reachable(observed);
     if reachable.is_empty() {
         return Err(Failure::Retryable("no server answered".into()));
     }
@@ -214,17 +210,7 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
             return Err(Failure::Refused(format!("{}: {why}", members[*i].address)));
         }
     }
-    if let Some((i, record)) = reachable
-        .iter()
-        .filter_map(|(i, o)| o.record.map(|r| (*i, r)))
-        .max_by_key(|(_, r)| *r)
-        && record > order.generation
-    {
-        return Err(Failure::Fenced(format!(
-            "{} holds a promotion record of generation {record}, newer than this order's {}",
-            members[i].address, order.generation
-        )));
-    }
+    super::refuse_newer_record(order, members, &reachable, |o| o.record)?;
     let old = last_primary(order, members, &reachable)?;
     if let Some(old) = old
         && members[old].region == order.to
@@ -284,31 +270,7 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
     }
     match best {
         Some((_, candidate, rejoin)) => Ok(Plan::Promote { old, candidate, rejoin }),
-        None if refusals.is_empty() => {
-            let unreachable: Vec<&str> = members
-                .iter()
-                .zip(observed)
-                .filter(|(m, o)| m.region == order.to && o.is_none())
-                .map(|(m, _)| m.address.as_str())
-                .collect();
-            if unreachable.is_empty() {
-                Err(Failure::Refused(format!(
-                    "no server is configured in region {}; add it under servers",
-                    order.to
-                )))
-            } else {
-                Err(Failure::Retryable(format!(
-                    "no server of region {} answered: {}",
-                    order.to,
-                    unreachable.join(", ")
-                )))
-            }
-        }
-        None => Err(Failure::Refused(format!(
-            "no server of region {} can be promoted: {}",
-            order.to,
-            refusals.join("; ")
-        ))),
+        None => Err(super::no_candidate(order, members, observed, &refusals)),
     }
 }
 
@@ -345,11 +307,7 @@ pub fn errant_rejoiners(
     members: &[Member],
     observed: &[Option<Observed>],
 ) -> Vec<(usize, Position, u64)> {
-    let reachable: Vec<(usize, &Observed)> = observed
-        .iter()
-        .enumerate()
-        .filter_map(|(i, o)| o.as_ref().map(|o| (i, o)))
-        .collect();
+    let reachable = super::reachable(observed);
     if reachable.is_empty() {
         return Vec::new();
     }
@@ -410,22 +368,18 @@ fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observe
 
 /// Whether to promote a candidate that still lacks `missing` after the wait.
 pub fn judge_loss(missing: &Missing, force: bool, candidate: &str, lag_max_ms: u64) -> Result<Option<String>, Failure> {
-    if missing.is_empty() {
-        return Ok(None);
-    }
-    let what = format!(
-        "{candidate} still lacks {} transaction(s) after waiting promote_lag_max_ms = {lag_max_ms}: {missing}",
-        missing.count
-    );
-    if force {
-        Ok(Some(format!(
-            "{what}; promoted anyway (force_data_loss): they are lost"
-        )))
-    } else {
-        Err(Failure::Refused(format!(
-            "{what}. Promoting it would lose them; wait for it to catch up, or accept the loss with `switchyard failover --force-data-loss`"
-        )))
-    }
+    let what = (!missing.is_empty()).then(|| {
+        format!(
+            "{candidate} still lacks {} transaction(s) after waiting promote_lag_max_ms = {lag_max_ms}: {missing}",
+            missing.count
+        )
+    });
+    let words = super::LossWords {
+        lost: "they are lost",
+        lose: "them",
+        wait: "wait for it to catch up",
+    };
+    super::judge_loss(what, force, words)
 }
 
 impl MysqlPromote {
@@ -441,17 +395,13 @@ impl MysqlPromote {
 
     pub async fn run(&self, order: &Order) -> Outcome {
         let inner = &self.inner;
-        let observed = survey(inner).await;
         let mut notes = Notes::default();
-        for (member, o) in inner.members.iter().zip(&observed) {
-            if let Err(error) = o {
-                notes.push(format!(
-                    "{} unreachable ({error}): not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins only without errant transactions",
-                    member.address
-                ));
-            }
-        }
-        let observed: Vec<Option<Observed>> = observed.into_iter().map(Result::ok).collect();
+        let observed = super::note_unreachable(
+            &inner.members,
+            survey(inner).await,
+            "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins only without errant transactions",
+            &mut notes,
+        );
         let planned = match plan(order, &inner.members, &observed) {
             Err(Failure::Refused(message)) => {
                 let detail = self.errant_detail(order, &observed).await;
@@ -1146,31 +1096,10 @@ mod tests {
     use super::*;
     use crate::db::test_support::Collect;
 
-    fn order(generation: u64, to: &str, force: bool) -> Order {
-        Order {
-            generation,
-            kind: "failover".into(),
-            from: Some("eu".into()),
-            to: to.into(),
-            serving: vec![to.into()],
-            reason: "test".into(),
-            force_data_loss: force,
-        }
-    }
+    use crate::db::test_support::order;
 
     fn members() -> Vec<Member> {
-        [("a:3306", "eu"), ("b:3306", "us"), ("c:3306", "us")]
-            .iter()
-            .map(|(address, region)| {
-                let (host, port) = crate::db::parse_address(address, 3306).expect("address");
-                Member {
-                    address: address.to_string(),
-                    host,
-                    port,
-                    region: region.to_string(),
-                }
-            })
-            .collect()
+        crate::db::test_support::members(3306)
     }
 
     fn maria(text: &str) -> Position {

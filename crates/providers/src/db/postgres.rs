@@ -306,11 +306,7 @@ pub enum Plan {
 
 /// Decides the run from the survey (`observed[i]` is `None` for an unreachable member). Pure.
 pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) -> Result<Plan, Failure> {
-    let reachable: Vec<(usize, &Observed)> = observed
-        .iter()
-        .enumerate()
-        .filter_map(|(i, o)| o.as_ref().map(|o| (i, o)))
-        .collect();
+    let reachable = super::reachable(observed);
     if reachable.is_empty() {
         return Err(Failure::Retryable("no server answered".into()));
     }
@@ -322,17 +318,7 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
             o.version_num % 10_000
         )));
     }
-    if let Some((i, record)) = reachable
-        .iter()
-        .filter_map(|(i, o)| o.record.map(|r| (*i, r)))
-        .max_by_key(|(_, r)| *r)
-        && record > order.generation
-    {
-        return Err(Failure::Fenced(format!(
-            "{} holds a promotion record of generation {record}, newer than this order's {}",
-            members[i].address, order.generation
-        )));
-    }
+    super::refuse_newer_record(order, members, &reachable, |o| o.record)?;
     let old = last_primary(order, members, &reachable)?;
     if let Some(old) = old
         && members[old].region == order.to
@@ -357,31 +343,7 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
     }
     match best {
         Some((_, candidate)) => Ok(Plan::Promote { old, candidate }),
-        None if passed.is_empty() => {
-            let unreachable: Vec<&str> = members
-                .iter()
-                .zip(observed)
-                .filter(|(m, o)| m.region == order.to && o.is_none())
-                .map(|(m, _)| m.address.as_str())
-                .collect();
-            if unreachable.is_empty() {
-                Err(Failure::Refused(format!(
-                    "no server is configured in region {}; add it under servers",
-                    order.to
-                )))
-            } else {
-                Err(Failure::Retryable(format!(
-                    "no server of region {} answered: {}",
-                    order.to,
-                    unreachable.join(", ")
-                )))
-            }
-        }
-        None => Err(Failure::Refused(format!(
-            "no server of region {} can be promoted: {}",
-            order.to,
-            passed.join("; ")
-        ))),
+        None => Err(super::no_candidate(order, members, observed, &passed)),
     }
 }
 
@@ -449,21 +411,17 @@ pub fn judge_loss(
     target: Lsn,
     lag_max_ms: u64,
 ) -> Result<Option<String>, Failure> {
-    if missing_bytes == 0 {
-        return Ok(None);
-    }
-    let what = format!(
-        "{candidate} still lacks {missing_bytes} byte(s) of WAL up to {target} after waiting promote_lag_max_ms = {lag_max_ms}"
-    );
-    if force {
-        Ok(Some(format!(
-            "{what}; promoted anyway (force_data_loss): the transactions in them are lost"
-        )))
-    } else {
-        Err(Failure::Refused(format!(
-            "{what}. Promoting it would lose the transactions in them; wait for it to catch up, or accept the loss with `switchyard failover --force-data-loss`"
-        )))
-    }
+    let what = (missing_bytes > 0).then(|| {
+        format!(
+            "{candidate} still lacks {missing_bytes} byte(s) of WAL up to {target} after waiting promote_lag_max_ms = {lag_max_ms}"
+        )
+    });
+    let words = super::LossWords {
+        lost: "the transactions in them are lost",
+        lose: "the transactions in them",
+        wait: "wait for it to catch up",
+    };
+    super::judge_loss(what, force, words)
 }
 
 /// One line of a timeline history file: timeline `tli` was left at `switch`.
@@ -643,17 +601,13 @@ impl PostgresPromote {
 
     pub async fn run(&self, order: &Order) -> Outcome {
         let inner = &self.inner;
-        let observed = survey(inner).await;
         let mut notes = Notes::default();
-        for (member, o) in inner.members.iter().zip(&observed) {
-            if let Err(error) = o {
-                notes.push(format!(
-                    "{} unreachable ({error}): not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins when it answers",
-                    member.address
-                ));
-            }
-        }
-        let observed: Vec<Option<Observed>> = observed.into_iter().map(Result::ok).collect();
+        let observed = super::note_unreachable(
+            &inner.members,
+            survey(inner).await,
+            "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins when it answers",
+            &mut notes,
+        );
         let primary = match plan(order, &inner.members, &observed)? {
             Plan::Done { primary, unfence } => {
                 let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
@@ -1493,31 +1447,10 @@ mod tests {
     use super::*;
     use crate::db::test_support::Collect;
 
-    fn order(generation: u64, to: &str, force: bool) -> Order {
-        Order {
-            generation,
-            kind: "failover".into(),
-            from: Some("eu".into()),
-            to: to.into(),
-            serving: vec![to.into()],
-            reason: "test".into(),
-            force_data_loss: force,
-        }
-    }
+    use crate::db::test_support::order;
 
     fn members() -> Vec<Member> {
-        [("a:5432", "eu"), ("b:5432", "us"), ("c:5432", "us")]
-            .iter()
-            .map(|(address, region)| {
-                let (host, port) = crate::db::parse_address(address, 5432).expect("address");
-                Member {
-                    address: address.to_string(),
-                    host,
-                    port,
-                    region: region.to_string(),
-                }
-            })
-            .collect()
+        crate::db::test_support::members(5432)
     }
 
     fn primary(lsn: u64, timeline: u32, record: Option<u64>) -> Observed {

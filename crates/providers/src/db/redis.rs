@@ -166,25 +166,11 @@ pub fn parse_info(text: &str) -> Result<Observed, String> {
 
 /// Decides the run from the survey (`None`: unreachable). Pure.
 pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) -> Result<Plan, Failure> {
-    let reachable: Vec<(usize, &Observed)> = observed
-        .iter()
-        .enumerate()
-        .filter_map(|(i, o)| o.as_ref().map(|o| (i, o)))
-        .collect();
+    let reachable = super::reachable(observed);
     if reachable.is_empty() {
         return Err(Failure::Retryable("no server answered".into()));
     }
-    if let Some((i, record)) = reachable
-        .iter()
-        .filter_map(|(i, o)| o.record.map(|r| (*i, r)))
-        .max_by_key(|(_, r)| *r)
-        && record > order.generation
-    {
-        return Err(Failure::Fenced(format!(
-            "{} holds a promotion record of generation {record}, newer than this order's {}",
-            members[i].address, order.generation
-        )));
-    }
+    super::refuse_newer_record(order, members, &reachable, |o| o.record)?;
     let masters: Vec<&(usize, &Observed)> = reachable.iter().filter(|(_, o)| o.replica_of.is_none()).collect();
     let top = masters.iter().map(|(_, o)| o.record.unwrap_or(0)).max();
     let tied: Vec<&&(usize, &Observed)> = masters
@@ -248,21 +234,17 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
 
 /// Whether to promote a candidate `behind_bytes` short of the old master.
 pub fn judge_loss(behind_bytes: u64, force: bool, candidate: &str, lag_max_ms: u64) -> Result<Option<String>, Failure> {
-    if behind_bytes == 0 {
-        return Ok(None);
-    }
-    let what = format!(
-        "{candidate} is still {behind_bytes} byte(s) of the replication stream behind the old master after waiting promote_lag_max_ms = {lag_max_ms}"
-    );
-    if force {
-        Ok(Some(format!(
-            "{what}; promoted anyway (force_data_loss): those writes are lost"
-        )))
-    } else {
-        Err(Failure::Refused(format!(
-            "{what}. Promoting it would lose those writes; wait, or accept the loss with `switchyard failover --force-data-loss`"
-        )))
-    }
+    let what = (behind_bytes > 0).then(|| {
+        format!(
+            "{candidate} is still {behind_bytes} byte(s) of the replication stream behind the old master after waiting promote_lag_max_ms = {lag_max_ms}"
+        )
+    });
+    let words = super::LossWords {
+        lost: "those writes are lost",
+        lose: "those writes",
+        wait: "wait",
+    };
+    super::judge_loss(what, force, words)
 }
 
 impl RedisPromote {
@@ -278,17 +260,13 @@ impl RedisPromote {
 
     pub async fn run(&self, order: &Order) -> Outcome {
         let inner = &self.inner;
-        let observed = survey(inner).await;
         let mut notes = Notes::default();
-        for (member, o) in inner.members.iter().zip(&observed) {
-            if let Err(error) = o {
-                notes.push(format!(
-                    "{} unreachable ({error}): not fenced — fence it at the load balancer; it is made a replica when it answers again",
-                    member.address
-                ));
-            }
-        }
-        let observed: Vec<Option<Observed>> = observed.into_iter().map(Result::ok).collect();
+        let observed = super::note_unreachable(
+            &inner.members,
+            survey(inner).await,
+            "not fenced — fence it at the load balancer; it is made a replica when it answers again",
+            &mut notes,
+        );
         let primary = match plan(order, &inner.members, &observed)? {
             Plan::Done { primary } => {
                 let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
@@ -563,27 +541,11 @@ mod tests {
     use crate::db::test_support::Collect;
 
     fn order(generation: u64, to: &str) -> Order {
-        Order {
-            generation,
-            kind: "failover".into(),
-            from: Some("eu".into()),
-            to: to.into(),
-            serving: vec![to.into()],
-            reason: "test".into(),
-            force_data_loss: false,
-        }
+        crate::db::test_support::order(generation, to, false)
     }
 
     fn members() -> Vec<Member> {
-        [("a:6379", "eu"), ("b:6379", "us"), ("c:6379", "us")]
-            .iter()
-            .map(|(address, region)| Member {
-                address: address.to_string(),
-                host: address.split(':').next().unwrap_or_default().into(),
-                port: 6379,
-                region: region.to_string(),
-            })
-            .collect()
+        crate::db::test_support::members(6379)
     }
 
     fn master(offset: u64, replid: &str, replid2: &str, record: Option<u64>) -> Observed {

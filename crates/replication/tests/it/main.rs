@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 
+use common::rng::Rng;
 use replication::digest::{Digest, Range, Walk};
 use replication::receive::{
     self, Awaited, BatchOutcome, DueTombstone, PurgeStorage, Received, Replica, ReplicaStorage,
@@ -62,27 +63,6 @@ const CAPTURED_MAX: usize = 400;
 const REPLAY_AFTER_HEAL_STEPS: u64 = 3_000;
 /// Per-thousand chance per step that a captured message is replayed.
 const REPLAY_PER_THOUSAND: u64 = 40;
-
-/// SplitMix64: small, seedable, good enough for schedules.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, per_thousand: u64) -> bool {
-        self.below(1000) < per_thousand
-    }
-}
 
 #[derive(Clone, Debug)]
 struct Change {
@@ -517,7 +497,7 @@ impl Simulation {
     }
 
     fn new(seed: u64) -> Simulation {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let regions = REGIONS
             .iter()
             .enumerate()
@@ -565,7 +545,7 @@ impl Simulation {
     }
 
     fn send(&mut self, from: usize, to: usize, message: Message, lossy: bool) {
-        if lossy && self.rng.chance(20) {
+        if lossy && self.rng.chance_per_mille(20) {
             return;
         }
         let delay = 1 + self.rng.below(30);
@@ -590,7 +570,7 @@ impl Simulation {
 
     /// The attacker sends a captured message again, to its original receiver.
     fn replay(&mut self) {
-        if self.captured.is_empty() || !self.rng.chance(REPLAY_PER_THOUSAND) {
+        if self.captured.is_empty() || !self.rng.chance_per_mille(REPLAY_PER_THOUSAND) {
             return;
         }
         let index = self.rng.below(self.captured.len() as u64) as usize;
@@ -606,16 +586,16 @@ impl Simulation {
     }
 
     fn client_write(&mut self, region: usize) {
-        let table = if self.replicas[1][region] && self.rng.chance(500) {
+        let table = if self.replicas[1][region] && self.rng.chance_per_mille(500) {
             1
         } else {
             0
         };
         let key = table * TABLE_KEYS_STRIDE + self.rng.below(KEYS);
-        let value = if self.rng.chance(150) {
+        let value = if self.rng.chance_per_mille(150) {
             None
         } else {
-            Some(self.rng.next() % 1000)
+            Some(self.rng.next_u64() % 1000)
         };
         let r = &mut self.regions[region];
         let physical = r.physical(self.now);
@@ -922,16 +902,16 @@ impl Simulation {
     }
 
     fn inject_faults(&mut self) {
-        if self.rng.chance(3) {
+        if self.rng.chance_per_mille(3) {
             let a = self.rng.below(3) as usize;
             let b = (a + 1 + self.rng.below(2) as usize) % 3;
             self.partitioned.push((a, b));
         }
-        if self.rng.chance(4) && !self.partitioned.is_empty() {
+        if self.rng.chance_per_mille(4) && !self.partitioned.is_empty() {
             let index = self.rng.below(self.partitioned.len() as u64) as usize;
             self.partitioned.swap_remove(index);
         }
-        if self.rng.chance(2) {
+        if self.rng.chance_per_mille(2) {
             let victim = self.rng.below(3) as usize;
             if self.regions[victim].up {
                 self.regions[victim].up = false;
@@ -939,7 +919,7 @@ impl Simulation {
             }
         }
         for index in 0..self.regions.len() {
-            if !self.regions[index].up && self.rng.chance(5) {
+            if !self.regions[index].up && self.rng.chance_per_mille(5) {
                 self.regions[index].restart(index);
             }
         }
@@ -959,7 +939,7 @@ impl Simulation {
             self.now += 1;
             self.inject_faults();
             for region in 0..self.regions.len() {
-                if self.regions[region].up && self.rng.chance(60) {
+                if self.regions[region].up && self.rng.chance_per_mille(60) {
                     self.client_write(region);
                 }
             }
@@ -1124,10 +1104,7 @@ fn run_seed(seed: u64) -> u64 {
 /// many consecutive seeds run (1 replays a failed one).
 #[test]
 fn three_regions_converge_under_partitions_crashes_and_skew() {
-    let base: u64 = match std::env::var("SWITCHYARD_SEED") {
-        Ok(seed) => seed.parse().expect("SWITCHYARD_SEED is a number"),
-        Err(_) => 0x5eed,
-    };
+    let base = common::rng::seed_from_env_or("three_regions_converge_under_partitions_crashes_and_skew", 0x5eed);
     let runs: u64 = std::env::var("SIM_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -28,6 +28,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
+use crate::config::{overlay, positive_from};
 
 pub(crate) const PITR_UNDO: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("pitr_undo");
 const PITR_SEQ: &str = "pitr_seq";
@@ -83,35 +84,21 @@ impl PitrLimits {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<PitrLimits, String> {
         let mut limits = PitrLimits::default();
-        if let Some(value) = file.undo_bytes_max {
-            limits.undo_bytes_max = value;
-        }
-        if let Some(value) = file.restorable_lag_ms {
-            limits.restorable_lag_ms = value;
-        }
+        overlay(&mut limits.undo_bytes_max, file.undo_bytes_max);
+        overlay(&mut limits.restorable_lag_ms, file.restorable_lag_ms);
         limits.overridden_by(lookup)
     }
 
-    fn overridden_by(self, lookup: impl Fn(&str) -> Option<String>) -> Result<PitrLimits, String> {
-        let mut limits = self;
-        let read = |name: &str| -> Result<Option<u64>, String> {
-            match lookup(name) {
-                None => Ok(None),
-                Some(text) => match text.trim().parse::<u64>() {
-                    Ok(0) | Err(_) => Err(format!(
-                        "{name}={text:?} is not a positive whole number; set it to one (or unset it for the default)"
-                    )),
-                    Ok(value) => Ok(Some(value)),
-                },
-            }
-        };
-        if let Some(value) = read(ENV_PITR_UNDO_BYTES_MAX)? {
-            limits.undo_bytes_max = value;
-        }
-        if let Some(value) = read(ENV_PITR_RESTORABLE_LAG_MS)? {
-            limits.restorable_lag_ms = value;
-        }
-        Ok(limits)
+    fn overridden_by(mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<PitrLimits, String> {
+        overlay(
+            &mut self.undo_bytes_max,
+            positive_from(&lookup, ENV_PITR_UNDO_BYTES_MAX)?,
+        );
+        overlay(
+            &mut self.restorable_lag_ms,
+            positive_from(&lookup, ENV_PITR_RESTORABLE_LAG_MS)?,
+        );
+        Ok(self)
     }
 }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
 use crate::catalog::KeySchema;
+use crate::config::{overlay, positive_from};
 
 /// How long a stream keeps its records (DynamoDB: 24 hours).
 pub const RETENTION_MS_DEFAULT: u64 = 24 * 3600 * 1000;
@@ -108,41 +109,20 @@ impl StreamLimits {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<StreamLimits, String> {
         let mut limits = StreamLimits::default();
-        if let Some(value) = file.retention_ms {
-            limits.retention_ms = value;
-        }
-        if let Some(value) = file.shard_age_ms {
-            limits.shard_age_ms = value;
-        }
-        if let Some(value) = file.shard_records_max {
-            limits.shard_records_max = value;
-        }
+        overlay(&mut limits.retention_ms, file.retention_ms);
+        overlay(&mut limits.shard_age_ms, file.shard_age_ms);
+        overlay(&mut limits.shard_records_max, file.shard_records_max);
         limits.overridden_by(lookup)
     }
 
-    fn overridden_by(self, lookup: impl Fn(&str) -> Option<String>) -> Result<StreamLimits, String> {
-        let mut limits = self;
-        let read = |name: &str| -> Result<Option<u64>, String> {
-            match lookup(name) {
-                None => Ok(None),
-                Some(text) => match text.trim().parse::<u64>() {
-                    Ok(0) | Err(_) => Err(format!(
-                        "{name}={text:?} is not a positive whole number; set it to one (or unset it for the default)"
-                    )),
-                    Ok(value) => Ok(Some(value)),
-                },
-            }
-        };
-        if let Some(value) = read(ENV_RETENTION_MS)? {
-            limits.retention_ms = value;
-        }
-        if let Some(value) = read(ENV_SHARD_AGE_MS)? {
-            limits.shard_age_ms = value;
-        }
-        if let Some(value) = read(ENV_SHARD_RECORDS_MAX)? {
-            limits.shard_records_max = value;
-        }
-        Ok(limits)
+    fn overridden_by(mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<StreamLimits, String> {
+        overlay(&mut self.retention_ms, positive_from(&lookup, ENV_RETENTION_MS)?);
+        overlay(&mut self.shard_age_ms, positive_from(&lookup, ENV_SHARD_AGE_MS)?);
+        overlay(
+            &mut self.shard_records_max,
+            positive_from(&lookup, ENV_SHARD_RECORDS_MAX)?,
+        );
+        Ok(self)
     }
 }
 

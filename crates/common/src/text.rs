@@ -1,0 +1,64 @@
+//! Positions in a configuration file, for errors that name `line:column`: one convention for
+//! every component — both 1-based, the column counted in characters (what an editor shows),
+//! from a byte offset such as a TOML span's start.
+
+/// 1-based line and column (in characters) of the byte `offset` in `text`. An offset past the
+/// end is the end; one inside a multi-byte character is that character.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    LineIndex::new(text).position(text, offset)
+}
+
+/// `line L, column C` of the byte `offset` in `text`.
+pub fn describe(text: &str, offset: usize) -> String {
+    let (line, column) = line_column(text, offset);
+    format!("line {line}, column {column}")
+}
+
+/// The start of every line of one text, for many lookups into it.
+#[derive(Clone, Debug)]
+pub struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub fn new(text: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    /// [`line_column`] of `offset` in `text` (the text this index was built from).
+    pub fn position(&self, text: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(text.len());
+        while offset > 0 && !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&start| start <= offset).max(1);
+        let start = self.starts.get(line - 1).copied().unwrap_or(0).min(offset);
+        let column = text.get(start..offset).map_or(0, |before| before.chars().count()) + 1;
+        (line, column)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_columns_are_one_based_and_count_characters() {
+        let text = "a = 1\nnamé = \"x\"\n\nlast";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 4), (1, 5));
+        assert_eq!(line_column(text, 6), (2, 1));
+        // After the two-byte é, the column counts it once.
+        let equals = text.find(" = \"").expect("in the text") + 1;
+        assert_eq!(line_column(text, equals), (2, 6));
+        assert_eq!(line_column(text, text.find("last").expect("in the text")), (4, 1));
+        assert_eq!(line_column(text, 10_000), (4, 5));
+        // Inside the é: the é itself.
+        let inside = text.find('é').expect("in the text") + 1;
+        assert_eq!(line_column(text, inside), (2, 4));
+        assert_eq!(describe(text, 6), "line 2, column 1");
+        assert_eq!(line_column("", 3), (1, 1));
+    }
+}
