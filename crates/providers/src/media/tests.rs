@@ -1,4 +1,7 @@
-use super::rsync::{Endpoint, Item, Listing, Transport, exit_failure, parse_time, within_limits};
+use super::rsync::{
+    Endpoint, Item, Listing, MAX_DELETE_NOTE, Options, Transport, exit_failure, parse_time, ssh_command, ssh_safe_path,
+    within_limits,
+};
 use super::*;
 
 #[test]
@@ -93,6 +96,7 @@ fn one_run_stays_within_its_limits() {
 fn rsync_exit_codes() {
     assert_eq!(exit_failure(Some(0), ""), Ok(None));
     assert!(matches!(exit_failure(Some(24), ""), Ok(Some(_))));
+    assert_eq!(exit_failure(Some(25), ""), Ok(Some(MAX_DELETE_NOTE.to_string())));
     assert!(matches!(exit_failure(Some(3), "x"), Err(Failure::Refused(m)) if m.contains("rsync exit 3")));
     assert!(matches!(
         exit_failure(Some(10), "@ERROR: connection refused"),
@@ -154,4 +158,26 @@ fn s3_objects_compare_by_size_etag_and_the_recorded_source() {
     assert!(same_by_head(&source, &(7, "own".into(), None, Some(200))));
     // The receiver's own older object: the source's is newer.
     assert!(!same_by_head(&source, &(7, "own".into(), None, Some(50))));
+}
+
+#[test]
+fn the_ssh_command_carries_the_port_key_and_known_hosts() {
+    assert_eq!(
+        ssh_command(&Options::default()),
+        "ssh -o BatchMode=yes -o ConnectTimeout=10"
+    );
+    let options = Options {
+        ssh_identity_file: Some("/etc/switchyard/media key".into()),
+        ssh_port: Some(2222),
+        ssh_known_hosts_file: Some("/etc/switchyard/known_hosts".into()),
+        password_file: None,
+    };
+    assert_eq!(
+        ssh_command(&options),
+        "ssh -o BatchMode=yes -o ConnectTimeout=10 -p 2222 -i '/etc/switchyard/media key' -o IdentitiesOnly=yes \
+         -o 'UserKnownHostsFile=/etc/switchyard/known_hosts' -o StrictHostKeyChecking=yes"
+    );
+    assert!(ssh_safe_path(std::path::Path::new("/etc/switchyard/media key")));
+    assert!(!ssh_safe_path(std::path::Path::new("/tmp/it's")));
+    assert!(!ssh_safe_path(std::path::Path::new("/tmp/a\nb")));
 }
