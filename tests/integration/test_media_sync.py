@@ -756,6 +756,9 @@ def test_on_failover_required_holds_the_failover_until_the_media_are_copied(tmp_
                                                            "required")
     daemon = None
     try:
+        shown = run_cli("runbook", "show", "--config", str(tmp_path / "controller.toml"))
+        assert shown.returncode == 0 and 'a failed copy stops the runbook before the steps after it' in shown.stdout, \
+            shown.stdout + shown.stderr
         generation = manual_failover(base)
         failed = wait_for("the media step to fail", lambda: [
             r for r in audit_records(audit, kind="step", step="media") if r["outcome"] != "ok"])
@@ -797,6 +800,9 @@ def test_on_failover_skip_moves_without_copying(tmp_path, rsync_daemon):
     eu.mkdir()
     base, audit, controller, apps = on_failover_controller(tmp_path, daemon_url, eu, "skip")
     try:
+        shown = run_cli("runbook", "show", "--config", str(tmp_path / "controller.toml"))
+        assert shown.returncode == 0 and 'on a failover nothing is copied; failbacks copy (`on_failover = "skip"`)' \
+            in shown.stdout, shown.stdout + shown.stderr
         generation = manual_failover(base)
         wait_for("the failover", lambda: active_region(base) == "eu")
         [step] = audit_records(audit, kind="step", step="media", generation=generation)
