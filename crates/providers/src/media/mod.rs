@@ -17,7 +17,9 @@
 //! As a runbook step it copies from the region that was active (`order.from`) to the new
 //! active region (`order.to`): on a failback that brings the uploads made during the outage
 //! home before traffic moves. On a failover the old region is usually unreachable, so by
-//! default (`on_failover = "best_effort"`) a failed copy is reported and the runbook goes on.
+//! default (`on_failover = "best_effort"`) a failed copy is reported and the runbook goes on
+//! (also on a retry or a roll-forward, which may be a failover's; only a switchover or a
+//! failback always copies strictly).
 //! A stale controller's copy cannot overwrite newer files: rsync runs with `--update`, and the
 //! S3 mode leaves an object alone that the receiver holds in a newer, different version it
 //! did not get from Switchyard.
@@ -759,7 +761,11 @@ impl MediaSync {
         if from == order.to {
             return Ok(format!("{from} stays active; nothing to copy"));
         }
-        let failover = order.kind == "failover";
+        // Like `rds::planned`: only a switchover or a failback is known to be planned. A retry
+        // or a roll-forward does not say what it retries (often a failover whose later step
+        // failed, the old region still down), so on_failover applies to it too; otherwise a
+        // best-effort copy would turn strict on the retry and hold the failover forever.
+        let failover = !matches!(order.kind.as_str(), "switchover" | "failback" | "initial");
         if failover && self.on_failover == OnFailover::Skip {
             return Ok(format!(
                 "not copied on a failover (on_failover = \"skip\"); {from}'s media reach {} when it returns",

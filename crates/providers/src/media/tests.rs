@@ -181,3 +181,72 @@ fn the_ssh_command_carries_the_port_key_and_known_hosts() {
     assert!(!ssh_safe_path(std::path::Path::new("/tmp/it's")));
     assert!(!ssh_safe_path(std::path::Path::new("/tmp/a\nb")));
 }
+
+fn step(on_failover: OnFailover) -> MediaSync {
+    let missing = std::env::temp_dir().join(format!("switchyard-no-such-media-{}", std::process::id()));
+    MediaSync {
+        name: "media".into(),
+        locations: [
+            (
+                "us".to_string(),
+                Location::Rsync(Endpoint::parse(&missing.display().to_string()).expect("local")),
+            ),
+            (
+                "eu".to_string(),
+                Location::Rsync(Endpoint::parse("rsync://127.0.0.1:1/eu/").expect("daemon")),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        delete: false,
+        on_failover,
+        lag_interval_ms: LAG_INTERVAL_MS_DEFAULT,
+        limits: limits(10, 1_000),
+        rsync: Options::default(),
+    }
+}
+
+fn media_order(kind: &str) -> Order {
+    Order {
+        generation: 7,
+        kind: kind.into(),
+        from: Some("us".into()),
+        to: "eu".into(),
+        serving: vec!["eu".into()],
+        reason: "test".into(),
+        force_data_loss: false,
+    }
+}
+
+#[tokio::test]
+async fn on_failover_covers_retries_and_roll_forwards_but_never_planned_moves() {
+    // The copy always fails here (no source folder, nothing listening on port 1).
+    for kind in ["failover", "retry", "roll_forward"] {
+        let outcome = step(OnFailover::BestEffort).run(&media_order(kind)).await;
+        assert!(
+            outcome
+                .as_ref()
+                .is_ok_and(|text| text.starts_with("NOT copied us -> eu")),
+            "{kind}: {outcome:?}"
+        );
+        let outcome = step(OnFailover::Skip).run(&media_order(kind)).await;
+        assert!(
+            outcome
+                .as_ref()
+                .is_ok_and(|text| text.contains("on_failover = \"skip\"")),
+            "{kind}: {outcome:?}"
+        );
+        assert!(
+            step(OnFailover::Required).run(&media_order(kind)).await.is_err(),
+            "{kind}"
+        );
+    }
+    for kind in ["switchover", "failback"] {
+        for on_failover in [OnFailover::BestEffort, OnFailover::Skip, OnFailover::Required] {
+            assert!(
+                step(on_failover).run(&media_order(kind)).await.is_err(),
+                "{kind} with {on_failover:?} must copy strictly"
+            );
+        }
+    }
+}
