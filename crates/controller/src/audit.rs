@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Generation, Manual, Note, Placement, RegionId, RunbookOutcome};
+use crate::engine::{
+    FAILOVER_WINDOW_MS, Generation, Manual, Note, Placement, RegionId, RunbookOutcome, TransitionKind,
+};
+use crate::ha::TRANSITION_TIMES_MAX;
 
 /// Records kept in memory for `GET /v1/events`.
 pub const RECENT_RECORDS_MAX: usize = 1000;
@@ -42,6 +45,14 @@ pub struct Checkpoint {
     pub interrupted: Option<Placement>,
     pub preferred: Option<RegionId>,
     pub paused: bool,
+    /// When the last transition was decided (wall-clock ms): a restart keeps `min_hold_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_at_ms: Option<u64>,
+    /// When the recent automatic transitions were decided (wall-clock ms, at most
+    /// `ha::TRANSITION_TIMES_MAX`, none older than an hour before the last): a restart keeps
+    /// `failovers_per_hour_max`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transitions_at_ms: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +245,18 @@ fn apply(state: &mut Checkpoint, record: &AuditRecord) {
             state.generation = generation;
         }
         Entry::Engine { note } => match note {
+            Note::Decision { kind, automatic, .. } if *kind != TransitionKind::Initial => {
+                let at = record.at_ms;
+                state.last_transition_at_ms = Some(state.last_transition_at_ms.map_or(at, |last| last.max(at)));
+                if *automatic {
+                    state.transitions_at_ms.push(at);
+                    state
+                        .transitions_at_ms
+                        .retain(|&t| at.saturating_sub(t) < FAILOVER_WINDOW_MS);
+                    let skip = state.transitions_at_ms.len().saturating_sub(TRANSITION_TIMES_MAX);
+                    state.transitions_at_ms.drain(..skip);
+                }
+            }
             Note::RunbookStarted(order) => {
                 state.generation = state.generation.max(order.generation);
                 state.interrupted = Some(order.to.clone());
@@ -393,5 +416,42 @@ mod tests {
         assert_eq!(log.checkpoint().generation, Generation(200));
         assert_eq!(log.checkpoint().interrupted, None);
         assert_eq!(log.checkpoint().preferred, Some(RegionId::new("b")));
+    }
+
+    fn decision(automatic: bool) -> Note {
+        Note::Decision {
+            kind: TransitionKind::Failover,
+            from: Some(Placement::single(RegionId::new("a"))),
+            to: Placement::single(RegionId::new("b")),
+            reason: "test".into(),
+            automatic,
+        }
+    }
+
+    #[test]
+    fn the_hold_timers_survive_a_restart_and_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let hour = FAILOVER_WINDOW_MS;
+        {
+            let mut log = AuditLog::open(&path, 4096, 2).expect("open");
+            // An automatic failover more than an hour before the last one: out of the window.
+            log.append(1_000, Generation(1), Entry::Engine { note: decision(true) })
+                .expect("append");
+            log.append(1_000 + hour, Generation(2), Entry::Engine { note: decision(true) })
+                .expect("append");
+            // An operator's decision: a transition for the hold, not for the hourly limit.
+            log.append(2_000 + hour, Generation(3), Entry::Engine { note: decision(false) })
+                .expect("append");
+            // Enough records to rotate: the checkpoint at the top of the new file keeps them.
+            for g in 4..60u64 {
+                log.append(3_000 + hour, Generation(g), Entry::Engine { note: finished(g, "b") })
+                    .expect("append");
+            }
+        }
+        assert!(rotated(&path, 1).exists(), "the log rotated");
+        let log = AuditLog::open(&path, 4096, 2).expect("reopen");
+        assert_eq!(log.checkpoint().last_transition_at_ms, Some(2_000 + hour));
+        assert_eq!(log.checkpoint().transitions_at_ms, vec![1_000 + hour]);
     }
 }

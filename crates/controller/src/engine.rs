@@ -282,6 +282,9 @@ pub enum Note {
         from: Option<Placement>,
         to: Placement,
         reason: String,
+        /// Decided by the policy, not by an operator: counts toward `failovers_per_hour_max`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        automatic: bool,
     },
     RunbookStarted(RunbookOrder),
     RunbookFinished {
@@ -459,17 +462,20 @@ impl Engine {
             .filter(|r| tracks.contains_key(r))
             .unwrap_or_else(|| by_priority[0].clone());
         let observed = restored.observed.filter(|p| placement_known(p, &tracks));
+        let dirty = restored.interrupted.is_some();
+        let interrupted = restored.interrupted.filter(|p| placement_known(p, &tracks));
         // After a restart, a region that was not serving must prove the stability window again
-        // before it regains traffic: its history before the restart is unknown.
-        if let Some(placement) = &observed {
+        // before it regains traffic: its history before the restart is unknown. With a runbook
+        // interrupted, a region the rolled-forward move takes traffic from counts as not
+        // serving too, or the restart would fail straight back over it.
+        for placement in [&observed, &interrupted].into_iter().flatten() {
             for (id, track) in tracks.iter_mut() {
                 if !placement.serving.contains(id) {
                     track.was_down = true;
                 }
             }
         }
-        let dirty = restored.interrupted.is_some();
-        let intent = match restored.interrupted.filter(|p| placement_known(p, &tracks)) {
+        let intent = match interrupted {
             Some(placement) if Some(&placement) != observed.as_ref() => Some(Intent {
                 placement,
                 kind: TransitionKind::RollForward,
@@ -1284,6 +1290,7 @@ impl Engine {
                 from: self.current(),
                 to: placement.clone(),
                 reason: reason.clone(),
+                automatic,
             },
         });
         self.intent = Some(Intent {

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Generation, Placement, RegionId, Restored, RunbookOrder, RunbookOutcome};
+use crate::engine::{FAILOVER_WINDOW_MS, Generation, Placement, RegionId, Restored, RunbookOrder, RunbookOutcome};
 
 #[cfg(feature = "etcd")]
 pub use etcd::Member;
@@ -335,23 +335,47 @@ impl HoldTimers {
     }
 }
 
+impl HoldTimers {
+    /// To the engine's clock at `now_ms`, with the wall clock at `wall_now_ms`: what
+    /// `Restored` takes. Times that no longer matter are dropped (a last transition at least
+    /// `hold_ms` old, transitions outside the hourly window). Of the rest, a time before the
+    /// engine started counts as its start and a time in the future (clocks apart) as now: a
+    /// restart may lengthen a hold, never shorten it.
+    pub fn to_engine(&self, now_ms: u64, wall_now_ms: u64, hold_ms: u64) -> (Option<u64>, Vec<u64>) {
+        let age = |t: u64| wall_now_ms.saturating_sub(t);
+        let engine = |t: u64| now_ms.saturating_sub(age(t));
+        (
+            self.last_transition_at_ms.filter(|&t| age(t) < hold_ms).map(engine),
+            self.transitions_at_ms
+                .iter()
+                .filter(|&&t| age(t) < FAILOVER_WINDOW_MS)
+                .map(|&t| engine(t))
+                .collect(),
+        )
+    }
+}
+
 impl SharedState {
     /// What the engine restores from this state, with the engine's clock at `now_ms` and the
     /// wall clock at `wall_now_ms`; `floor` lifts the generation (the `--generation-floor` of a
     /// migration from a single controller). A time in the future (clocks apart) counts as now,
     /// so the hold is never shortened.
-    pub fn restored(&self, floor: Generation, now_ms: u64, wall_now_ms: u64) -> Restored {
-        let engine = |t: u64| now_ms.saturating_sub(wall_now_ms.saturating_sub(t));
+    pub fn restored(&self, floor: Generation, now_ms: u64, wall_now_ms: u64, hold_ms: u64) -> Restored {
         // A runbook still recorded never succeeded (interrupted or failed): roll it forward.
         let interrupted = self.runbook.as_ref().map(|progress| progress.order.to.clone());
+        let timers = HoldTimers {
+            last_transition_at_ms: self.last_transition_at_ms,
+            transitions_at_ms: self.transitions_at_ms.clone(),
+        };
+        let (last_transition_ms, transitions_ms) = timers.to_engine(now_ms, wall_now_ms, hold_ms);
         Restored {
             generation: self.generation.max(floor),
             observed: self.observed.clone(),
             interrupted,
             preferred: self.preferred.clone(),
             paused: self.paused,
-            last_transition_ms: self.last_transition_at_ms.map(engine),
-            transitions_ms: self.transitions_at_ms.iter().map(|&t| engine(t)).collect(),
+            last_transition_ms,
+            transitions_ms,
         }
     }
 

@@ -661,7 +661,8 @@ impl Shared {
                 if let Some(state) = ha.take_over() {
                     // A new term: the engine restarts from the shared state (rolling forward a
                     // runbook in progress with a new generation), never from this member's past.
-                    let restored = state.restored(self.generation_floor, now, wall_ms());
+                    let restored =
+                        state.restored(self.generation_floor, now, wall_ms(), self.config.engine.min_hold_ms);
                     match Engine::new(self.config.engine.clone(), restored) {
                         Ok(engine) => core.engine = engine,
                         Err(error) => tracing::error!(%error, "cannot restore the engine from etcd"),
@@ -870,13 +871,21 @@ pub async fn run(
         controller.audit_files_kept,
     )?;
     let checkpoint = audit.checkpoint().clone();
+    // The engine's clock starts now (at 1 ms, see `Shared::now_ms`): the hold after the last
+    // transition and the hourly limit run on from the audit log, never shortened by a restart.
+    let (last_transition_ms, transitions_ms) = crate::ha::HoldTimers {
+        last_transition_at_ms: checkpoint.last_transition_at_ms,
+        transitions_at_ms: checkpoint.transitions_at_ms.clone(),
+    }
+    .to_engine(1, wall_ms(), config.engine.min_hold_ms);
     let restored = Restored {
         generation: checkpoint.generation.max(Generation(options.generation_floor)),
         observed: checkpoint.observed.clone(),
         interrupted: checkpoint.interrupted.clone(),
         preferred: checkpoint.preferred.clone(),
         paused: checkpoint.paused,
-        ..Restored::default()
+        last_transition_ms,
+        transitions_ms,
     };
     let engine = Engine::new(config.engine.clone(), restored)?;
     let aggregator = health::Aggregator::new(config.quorum.clone())?;

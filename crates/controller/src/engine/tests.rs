@@ -665,3 +665,66 @@ fn force_data_loss_reaches_the_order_and_retries_a_refused_move_without_choosing
     assert!(accepted);
     assert!(!h.started.last().expect("runbook").force_data_loss);
 }
+
+/// A controller killed in the middle of a manual failover (primary healthy, runbook to the
+/// secondary started, never finished): the restart rolls the move forward and does not fail
+/// straight back over the primary. The primary must prove the stability window, and the hold
+/// after the operator's decision (restored from the audit log) still runs.
+#[test]
+fn restart_in_the_middle_of_a_manual_failover_rolls_forward_without_failing_back_at_once() {
+    let mut config = two_regions();
+    config.stability_window_ms = 10_000;
+    config.min_hold_ms = 30_000;
+    config.failback_lag_max_ms = None;
+    let restored = Restored {
+        generation: Generation(5),
+        observed: Some(Placement::single(r(PRIMARY))),
+        interrupted: Some(Placement::single(r(SECONDARY))),
+        // The manual failover was decided just before the crash (engine clock, restored).
+        last_transition_ms: Some(900),
+        ..Restored::default()
+    };
+    let mut h = Harness::restored(config, restored);
+    h.verdict(PRIMARY, Verdict::Up);
+    h.verdict(SECONDARY, Verdict::Up);
+    h.advance(5_000);
+    assert_eq!(h.active(), Some(r(SECONDARY)), "the interrupted move is rolled forward");
+    assert_eq!(h.started.len(), 1, "{:?}", h.started);
+    assert_eq!(
+        h.engine.region_state(&r(PRIMARY)),
+        Some(RegionState::Recovering),
+        "the region the move took traffic from proves the stability window again"
+    );
+    // Past the stability window, the hold after the decision still runs.
+    h.advance(10_000);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    assert!(h.reasons().contains("holding"), "{}", h.reasons());
+    // Once both have run out, the automatic failback happens (the failover was not a
+    // switchover: the primary is still preferred).
+    h.advance(20_000);
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+    assert_eq!(h.started.len(), 2);
+}
+
+/// Without the restored hold (an audit log from before it was recorded), the stability window
+/// alone still keeps the restart from failing back at once.
+#[test]
+fn restart_in_the_middle_of_a_failover_keeps_the_stability_window_without_a_restored_hold() {
+    let mut config = two_regions();
+    config.stability_window_ms = 10_000;
+    config.min_hold_ms = 0;
+    config.failback_lag_max_ms = None;
+    let restored = Restored {
+        generation: Generation(5),
+        observed: Some(Placement::single(r(PRIMARY))),
+        interrupted: Some(Placement::single(r(SECONDARY))),
+        ..Restored::default()
+    };
+    let mut h = Harness::restored(config, restored);
+    h.verdict(PRIMARY, Verdict::Up);
+    h.verdict(SECONDARY, Verdict::Up);
+    h.advance(9_000);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    h.advance(2_000);
+    assert_eq!(h.active(), Some(r(PRIMARY)), "after the stability window, failback");
+}

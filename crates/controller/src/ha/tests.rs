@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use super::leadership::{Action, Input, LeaderInfo, Leadership, Role, Term};
 use super::{HaSection, HoldTimers, SharedState, StateError};
-use crate::engine::{Generation, Placement, RegionId, RunbookOrder, RunbookOutcome, TransitionKind};
+use crate::engine::{
+    FAILOVER_WINDOW_MS, Generation, Placement, RegionId, RunbookOrder, RunbookOutcome, TransitionKind,
+};
 
 const LEASE_MS: u64 = 3_000;
 
@@ -274,7 +276,7 @@ fn the_shared_state_records_a_runbook_before_its_steps_and_rolls_it_forward() {
     );
     // The leader dies here: the next one restores the interrupted runbook and rolls it forward
     // with a generation above 4.
-    let restored = again.restored(Generation(0), 0, 0);
+    let restored = again.restored(Generation(0), 0, 0, 60_000);
     assert_eq!(restored.generation, Generation(4));
     assert_eq!(restored.interrupted, Some(Placement::single(RegionId::new("eu"))));
     let mut engine = crate::engine::Engine::new(
@@ -319,9 +321,9 @@ fn the_shared_state_records_a_runbook_before_its_steps_and_rolls_it_forward() {
     assert_eq!(done.observed, Some(Placement::single(RegionId::new("eu"))));
     assert_eq!(done.observed_generation, Generation(5));
     assert_eq!(done.runbook, None);
-    assert_eq!(done.restored(Generation(0), 0, 0).interrupted, None);
+    assert_eq!(done.restored(Generation(0), 0, 0, 60_000).interrupted, None);
     // A floor lifts the generation (migrating from a single controller).
-    assert_eq!(done.restored(Generation(40), 0, 0).generation, Generation(40));
+    assert_eq!(done.restored(Generation(40), 0, 0, 60_000).generation, Generation(40));
 }
 
 #[test]
@@ -345,7 +347,7 @@ fn a_failed_runbook_stays_recorded_for_the_next_leader() {
         Some("step 'dns': HTTP 503".to_string())
     );
     assert_eq!(
-        failed.restored(Generation(0), 0, 0).interrupted,
+        failed.restored(Generation(0), 0, 0, 60_000).interrupted,
         Some(Placement::single(RegionId::new("eu")))
     );
 }
@@ -623,7 +625,7 @@ fn a_new_leader_keeps_the_hold_and_the_hourly_count_of_the_old_one() {
     };
     // A new leader takes over 30 s later, its engine clock at 100 000: the transition was at
     // 70 000 on that clock, so the 60 s hold ends at 130 000.
-    let restored = state.restored(Generation(0), 100_000, 1_030_000);
+    let restored = state.restored(Generation(0), 100_000, 1_030_000, 60_000);
     assert_eq!(restored.last_transition_ms, Some(70_000));
     let mut engine = Engine::new(config, restored).expect("engine");
     let up = |region: &str| Event::Verdict {
@@ -649,7 +651,9 @@ fn a_new_leader_keeps_the_hold_and_the_hourly_count_of_the_old_one() {
         ..state
     };
     assert_eq!(
-        ahead.restored(Generation(0), 100_000, 1_030_000).last_transition_ms,
+        ahead
+            .restored(Generation(0), 100_000, 1_030_000, 60_000)
+            .last_transition_ms,
         Some(100_000)
     );
 }
@@ -705,7 +709,8 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
         let mut term = 1u64;
         let mut leader: Option<usize> = Some(0);
         let mut handover_at = 0u64;
-        let mut engine = Some(Engine::new(config.clone(), state.restored(Generation(0), 0, 0)).expect("engine"));
+        let mut engine =
+            Some(Engine::new(config.clone(), state.restored(Generation(0), 0, 0, config.min_hold_ms)).expect("engine"));
         let mut runs: Vec<Run> = Vec::new();
         // The world: the highest generation applied and the placement it holds.
         let (mut world_generation, mut world_active) = (0u64, None::<RegionId>);
@@ -738,7 +743,11 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
                 handovers += 1;
                 leader = Some(rng.below(3) as usize);
                 engine = Some(
-                    Engine::new(config.clone(), state.restored(Generation(0), now, now)).expect("engine from etcd"),
+                    Engine::new(
+                        config.clone(),
+                        state.restored(Generation(0), now, now, config.min_hold_ms),
+                    )
+                    .expect("engine from etcd"),
                 );
             }
             // Runbooks: one step per tick; guarded writes only succeed in the current term.
@@ -866,4 +875,22 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
         late_refused > 0 && late_landed > 0,
         "late steps refused {late_refused}, landed {late_landed}: both paths must occur"
     );
+}
+
+#[test]
+fn hold_timers_drop_what_no_longer_matters_and_never_shorten_the_rest() {
+    let wall_now = 10 * FAILOVER_WINDOW_MS;
+    let timers = HoldTimers {
+        last_transition_at_ms: Some(wall_now - 120_000),
+        transitions_at_ms: vec![wall_now - FAILOVER_WINDOW_MS - 1, wall_now - 30_000, wall_now + 5_000],
+    };
+    // A hold of 60 s ended a minute ago: nothing to restore; the transition an hour and a
+    // millisecond old is outside the hourly window.
+    let (last, transitions) = timers.to_engine(500_000, wall_now, 60_000);
+    assert_eq!(last, None);
+    assert_eq!(transitions, vec![470_000, 500_000], "a future time counts as now");
+    // A hold of 5 min still runs: 2 min ago on the engine's clock.
+    assert_eq!(timers.to_engine(500_000, wall_now, 300_000).0, Some(380_000));
+    // An engine that just started: earlier times count as its start (the hold runs longer).
+    assert_eq!(timers.to_engine(1, wall_now, 300_000).0, Some(0));
 }

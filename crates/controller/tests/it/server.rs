@@ -907,3 +907,58 @@ async fn failover_takes_an_optional_force_data_loss_body() {
     }
     controller.stop().await;
 }
+
+/// Found by the database promote tests: a controller restarted in the middle of a manual
+/// failover rolled it forward and then failed straight back. The hold after the operator's
+/// decision now comes back from the audit log.
+#[tokio::test]
+async fn a_restart_in_the_middle_of_a_manual_failover_keeps_the_hold() {
+    let dns = Fake::start().await;
+    dns.set_fence(true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let config = config_text(&dns.url, &audit).replace(
+        "startup_grace_ms = 60000",
+        "startup_grace_ms = 60000\nstability_window_ms = 0\nmin_hold_ms = 600000",
+    );
+    let mut controller = Running::start(&config).await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Up, Up).await;
+    }
+    controller.wait_active("us-east-1").await;
+    // The operator fails over while DNS hangs: the runbook cannot finish before the crash.
+    dns.set_hang(true);
+    let (code, answer) = controller.call(Method::POST, "/v1/failover", None).await;
+    assert_eq!(code, 200, "{answer}");
+    wait_for("the hanging DNS request", 5_000, || {
+        dns.seen_on("/v1/health")
+            .iter()
+            .any(|s| s.body["targets"]["euw1-web"] == "healthy")
+    })
+    .await;
+    controller.stop().await;
+
+    dns.set_hang(false);
+    let mut controller = Running::start(&config).await;
+    controller.wait_active("eu-west-1").await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Up, Up).await;
+    }
+    // Both regions healthy, the stability window 0: only the restored hold keeps the primary
+    // (still the preferred region after a failover) from taking traffic back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = controller.status().await;
+        assert_eq!(status["engine"]["observed"]["active"], "eu-west-1", "{status:#}");
+        let reasons = status["engine"]["reasons"].to_string();
+        if reasons.contains("holding after the last transition") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no hold after the restart: {status:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    controller.stop().await;
+}
