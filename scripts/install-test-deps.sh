@@ -28,6 +28,8 @@ declare -A PACKAGES=(
   [promtool]=prometheus
   [php]=php-cli
   [rsync]=rsync
+  [sshd]=openssh-server
+  [ssh]=openssh-client
   [chromium]=chromium
 )
 

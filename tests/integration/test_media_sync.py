@@ -231,6 +231,27 @@ def test_one_rsync_run_stays_within_objects_per_run_max(tmp_path, rsync_daemon):
     assert sum(1 for p in eu.rglob("*") if p.is_file()) == len(files)
 
 
+def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemon):
+    """delete = true with rsync: --max-delete gets what objects_per_run_max leaves after the
+    copies; rsync's exit 25 (deletions stopped) is a limited run, not a failure."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    us.mkdir()
+    (us / "new.jpg").write_bytes(b"new")
+    for i in range(3):
+        (eu / f"removed-{i}.jpg").write_bytes(b"old")
+    config = rsync_config(tmp_path, us, daemon_url, extra="delete = true\nobjects_per_run_max = 2")
+    result, [first] = media("sync", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert (first["copied_objects"], first["deleted_objects"]) == (1, 1), first
+    assert first["limited"] == "objects_per_run_max = 2", first
+    assert len(list(eu.glob("removed-*"))) == 2
+    result, [second] = media("sync", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert (second["copied_objects"], second["deleted_objects"], second["limited"]) == (0, 2, None), second
+    assert sorted(p.name for p in eu.iterdir()) == ["new.jpg"]
+
+
 def test_rsync_errors_name_the_exit_code_and_rsyncs_words(tmp_path, rsync_daemon):
     daemon_url, _ = rsync_daemon
     us = tmp_path / "us"
@@ -400,6 +421,48 @@ def test_s3_replication_against_moto_copies_verifies_and_keeps_extra_objects(tmp
         == b"a new photo, longer"
 
 
+def test_s3_delete_removes_only_what_the_standby_alone_holds_within_objects_per_run_max(tmp_path, moto_s3):
+    """delete = true: objects under the standby's prefix that the active bucket lacks are
+    deleted (DeleteObject), counted against the same objects_per_run_max as the copies; objects
+    outside the prefix and everything in the active bucket stay."""
+    keys = dict(endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client("s3", region_name="us-east-1", **keys)
+    s3.create_bucket(Bucket="shop-media-us")
+    s3.create_bucket(Bucket="shop-media-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    source = {f"pub/media/new-{i}.jpg": f"new {i}".encode() for i in range(2)}
+    for key, data in source.items():
+        s3.put_object(Bucket="shop-media-us", Key=key, Body=data)
+    extras = [f"pub/media/removed-{i}.jpg" for i in range(4)]
+    for key in extras:
+        s3.put_object(Bucket="shop-media-eu", Key=key, Body=b"gone on the active side")
+    s3.put_object(Bucket="shop-media-eu", Key="var/backup.tgz", Body=b"not media")
+
+    def listed(bucket, prefix=""):
+        return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])}
+
+    # Without delete, nothing goes.
+    result, [kept] = media("sync", s3_config(tmp_path, moto_s3, extra="objects_per_run_max = 4", name="keep.toml"))
+    assert result.returncode == 0 and kept["copied_objects"] == 2 and kept["deleted_objects"] == 0, kept
+    assert set(extras) <= listed("shop-media-eu")
+    for key in source:
+        s3.delete_object(Bucket="shop-media-eu", Key=key)
+
+    config = s3_config(tmp_path, moto_s3, extra="delete = true\nobjects_per_run_max = 4", name="delete.toml")
+    result, [first] = media("sync", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    # 2 copies + 2 deletions = objects_per_run_max; the other 2 wait for the next run.
+    assert (first["copied_objects"], first["deleted_objects"]) == (2, 2), first
+    assert first["limited"] == "objects_per_run_max = 4", first
+    assert len(listed("shop-media-eu", "pub/media/removed-")) == 2
+    result, [second] = media("sync", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert (second["copied_objects"], second["deleted_objects"], second["limited"]) == (0, 2, None), second
+    assert listed("shop-media-eu") == set(source) | {"var/backup.tgz"}, "only the prefix's extra objects go"
+    assert listed("shop-media-us") == set(source), "the active bucket is never touched"
+    result, [third] = media("sync", config)
+    assert (third["copied_objects"], third["deleted_objects"]) == (0, 0), third
+
+
 def http_health_server(port=0):
     import http.server
     import threading
@@ -519,6 +582,12 @@ eu = {{ url = "{daemon_url}" }}
             metrics
         assert "switchyard_controller_media_missing_bytes" in metrics
         assert "switchyard_controller_media_oldest_missing_age_seconds" in metrics
+        # The Grafana dashboard in docs/ has media panels, and queries only series served here.
+        from test_metrics_promtool import assert_dashboard_uses_real_series, dashboard_series
+        assert {"switchyard_controller_media_missing_objects", "switchyard_controller_media_missing_bytes",
+                "switchyard_controller_media_oldest_missing_age_seconds"} <= dashboard_series(
+                    "switchyard_controller_media_")
+        assert_dashboard_uses_real_series("switchyard_controller_", metrics)
         if shutil.which("promtool"):
             lint = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True,
                                   timeout=30)
@@ -575,3 +644,173 @@ eu = {{ url = "{daemon_url}" }}
         controller.kill()
         controller.wait(timeout=10)
         apps[1].shutdown()
+
+
+CONTROL_TOKEN = "media-control-token-0123456789abcdef"
+
+
+def on_failover_controller(tmp_path, us_url, eu_folder, on_failover):
+    """A controller with two healthy regions, us active, whose runbook is the media step
+    (us -> eu, `on_failover` as given) before the pointer: the pointer moves only once the
+    media step passed. Returns (base URL, audit log, the process, the health servers)."""
+    apps = [http_health_server() for _ in range(2)]
+    check = """
+[[checks]]
+name = "{name}"
+region = "{region}"
+kind = {{ type = "http", url = "http://127.0.0.1:{port}/health" }}
+interval_ms = 200
+timeout_ms = 300
+"""
+    audit = tmp_path / "audit.jsonl"
+    config = tmp_path / "controller.toml"
+    config.write_text(f"""
+[controller]
+audit_log = "{audit}"
+tick_ms = 50
+
+[policy]
+failback_lag_check = false
+min_hold_ms = 600000
+runbook_retry_ms = 500
+
+[quorum]
+vantages = ["controller"]
+report_interval_ms = 100
+
+[[regions]]
+name = "us"
+priority = 1
+
+[[regions]]
+name = "eu"
+priority = 2
+{check.format(name="us-app", region="us", port=apps[0].server_address[1])}
+{check.format(name="eu-app", region="eu", port=apps[1].server_address[1])}
+[[runbook]]
+name = "media"
+kind = "media_sync"
+timeout_ms = 20000
+retries = 0
+
+[runbook.media_sync]
+mode = "rsync"
+run_timeout_ms = 15000
+on_failover = "{on_failover}"
+
+[runbook.media_sync.locations]
+us = {{ url = "{us_url}" }}
+eu = {{ url = "{eu_folder}" }}
+
+[[runbook]]
+name = "pointer"
+kind = "pointer"
+""")
+    checked = run_cli("config", "check", str(config))
+    assert checked.returncode == 0, checked.stderr
+    ready = tmp_path / "ready"
+    env = dict(os.environ, SWITCHYARD_LOG="info", NO_COLOR="1", SWITCHYARD_CONTROL_TOKEN=CONTROL_TOKEN)
+    controller = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
+                                   "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=open(tmp_path / "controller.log", "ab"))
+    address = wait_for("the controller's ready file", lambda: ready.exists() and ready.read_text().strip())
+    base = f"http://{address}"
+    wait_for("us to be active", lambda: active_region(base) == "us")
+    return base, audit, controller, apps
+
+
+def active_region(base):
+    request = urllib.request.Request(base + "/v1/active-region",
+                                     headers={"Authorization": f"Bearer {CONTROL_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)["region"]
+
+
+def audit_records(audit, **fields):
+    lines = audit.read_text().splitlines() if audit.exists() else []
+    records = [json.loads(line) for line in lines]
+    return [r for r in records if all(r.get(k) == v for k, v in fields.items())]
+
+
+def manual_failover(base):
+    env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=CONTROL_TOKEN)
+    result = subprocess.run([str(BINARY), "failover", "--controller", base], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.rsplit("(generation ", 1)[1].split(")")[0])
+
+
+def test_on_failover_required_holds_the_failover_until_the_media_are_copied(tmp_path):
+    """`on_failover = "required"`: the old region's rsync daemon is unreachable, so the
+    failover's media step fails, the runbook stops before the pointer and us stays active;
+    the controller retries, and once the daemon answers the retry copies the media and the
+    move completes."""
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync missing: apt-get install rsync (scripts/install-test-deps.sh does)")
+    us_module, eu = tmp_path / "us-module", tmp_path / "eu"
+    us_module.mkdir()
+    eu.mkdir()
+    files = shop_media(us_module)
+    port = free_port()
+    base, audit, controller, apps = on_failover_controller(tmp_path, f"rsync://127.0.0.1:{port}/us/", eu,
+                                                           "required")
+    daemon = None
+    try:
+        shown = run_cli("runbook", "show", "--config", str(tmp_path / "controller.toml"))
+        assert shown.returncode == 0 and 'a failed copy stops the runbook before the steps after it' in shown.stdout, \
+            shown.stdout + shown.stderr
+        generation = manual_failover(base)
+        failed = wait_for("the media step to fail", lambda: [
+            r for r in audit_records(audit, kind="step", step="media") if r["outcome"] != "ok"])
+        assert failed[0]["generation"] == generation, failed
+        assert "rsync exit 10" in failed[0]["detail"], failed
+        assert not audit_records(audit, kind="step", step="pointer", generation=generation), \
+            "the pointer must not move past a failed required media step"
+        assert active_region(base) == "us"
+        assert not any(p.is_file() for p in eu.rglob("*"))
+
+        # The old region's daemon comes up: a retry copies and the move completes.
+        conf = tmp_path / "rsyncd.conf"
+        conf.write_text(f"use chroot = no\npid file = {tmp_path / 'rsyncd.pid'}\n[us]\npath = {us_module}\n"
+                        "read only = true\n")
+        daemon = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
+                                   "--address=127.0.0.1", f"--log-file={tmp_path / 'rsyncd.log'}"])
+        wait_for("the failover to complete once the media copy works", lambda: active_region(base) == "eu")
+        copied = [r for r in audit_records(audit, kind="step", step="media", outcome="ok")
+                  if r["generation"] > generation]
+        assert copied and f"us -> eu: copied {len(files)} objects" in copied[-1]["detail"], copied
+        for relative, data in files.items():
+            assert (eu / relative).read_bytes() == data, relative
+    finally:
+        controller.kill()
+        controller.wait(timeout=10)
+        if daemon:
+            daemon.terminate()
+            daemon.wait(timeout=10)
+        for app in apps:
+            app.shutdown()
+
+
+def test_on_failover_skip_moves_without_copying(tmp_path, rsync_daemon):
+    """`on_failover = "skip"`: the failover does not copy at all (even with the old region
+    reachable), says so in the audit log, and the pointer moves."""
+    daemon_url, us_module = rsync_daemon
+    shop_media(us_module)
+    eu = tmp_path / "eu-local"
+    eu.mkdir()
+    base, audit, controller, apps = on_failover_controller(tmp_path, daemon_url, eu, "skip")
+    try:
+        shown = run_cli("runbook", "show", "--config", str(tmp_path / "controller.toml"))
+        assert shown.returncode == 0 and 'on a failover nothing is copied; failbacks copy (`on_failover = "skip"`)' \
+            in shown.stdout, shown.stdout + shown.stderr
+        generation = manual_failover(base)
+        wait_for("the failover", lambda: active_region(base) == "eu")
+        [step] = audit_records(audit, kind="step", step="media", generation=generation)
+        assert step["outcome"] == "ok", step
+        assert 'not copied on a failover (on_failover = "skip")' in step["detail"], step
+        assert not any(p.is_file() for p in eu.rglob("*")), "skip must copy nothing"
+    finally:
+        controller.kill()
+        controller.wait(timeout=10)
+        for app in apps:
+            app.shutdown()

@@ -80,10 +80,24 @@ fn describe_step(step: &Step, config: &Config) -> String {
             code(step.url.as_deref().unwrap_or(""))
         ),
         StepKind::Provider if step.action.as_ref().is_some_and(|a| a.media().is_some()) => {
-            "copy the media (product images, uploads) the new active region lacks from the region that was \
-             active (`media_sync`; rsync never overwrites a newer file, nothing is deleted unless `delete = true`), \
-             and verify the copy by measuring the lag again"
-                .to_string()
+            let on_failover = match step.action.as_ref().and_then(|a| a.media()).map(|m| m.on_failover) {
+                Some(providers::media::OnFailover::BestEffort) | None => {
+                    "on a failover a failed copy is reported and the runbook goes on (`on_failover = \"best_effort\"`: \
+                     the old region is likely down)"
+                }
+                Some(providers::media::OnFailover::Required) => {
+                    "on a failover too, a failed copy stops the runbook before the steps after it, and the \
+                     controller retries it (`on_failover = \"required\"`)"
+                }
+                Some(providers::media::OnFailover::Skip) => {
+                    "on a failover nothing is copied; failbacks copy (`on_failover = \"skip\"`)"
+                }
+            };
+            format!(
+                "copy the media (product images, uploads) the new active region lacks from the region that was \
+                 active (`media_sync`; rsync never overwrites a newer file, nothing is deleted unless `delete = true`), \
+                 and verify the copy by measuring the lag again; {on_failover}"
+            )
         }
         StepKind::Provider => format!(
             "provider step {}: re-reads the current state, writes only over what the controller wrote (else \

@@ -243,24 +243,41 @@ const LABEL_ROW_PX: f64 = 13.0;
 /// Width of one character of a marker label (11 px sans-serif), generously.
 const LABEL_CHAR_PX: f64 = 7.0;
 
-/// The row of each label (starting at `starts`, in order) so that no two labels of one row
-/// overlap: the first row whose last label ends left of this one's start.
+/// The row of each label (starting at `starts`) so that no two labels of one row overlap.
+/// Each label takes the first row where its box meets no box already placed there (any order of
+/// starts works: a label moved left to stay inside the plot may start before its predecessor).
 pub fn label_rows(starts: &[f64], labels: &[&str]) -> Vec<usize> {
-    let mut row_ends: Vec<f64> = Vec::new();
+    let mut rows_taken: Vec<Vec<(f64, f64)>> = Vec::new();
     let mut rows = Vec::with_capacity(starts.len());
     for (start, label) in starts.iter().zip(labels) {
-        let end = start + label.chars().count() as f64 * LABEL_CHAR_PX + 4.0;
-        let row = match row_ends.iter().position(|row_end| *row_end <= *start) {
+        let end = start + label_width_px(label);
+        let free = |row: &Vec<(f64, f64)>| row.iter().all(|(s, e)| end <= *s || *start >= *e);
+        let row = match rows_taken.iter().position(free) {
             Some(row) => row,
             None => {
-                row_ends.push(f64::MIN);
-                row_ends.len() - 1
+                rows_taken.push(Vec::new());
+                rows_taken.len() - 1
             }
         };
-        row_ends[row] = end;
+        rows_taken[row].push((*start, end));
         rows.push(row);
     }
     rows
+}
+
+/// The width a marker label is given (a generous estimate of 11 px sans-serif), with a gap.
+pub fn label_width_px(label: &str) -> f64 {
+    label.chars().count() as f64 * LABEL_CHAR_PX + 4.0
+}
+
+/// Where each marker's label starts: just right of its line (`line_xs`), or further left so it
+/// ends inside the plot (`right_edge`).
+pub fn label_starts(line_xs: &[f64], labels: &[&str], right_edge: f64) -> Vec<f64> {
+    line_xs
+        .iter()
+        .zip(labels)
+        .map(|(x, label)| (x + 3.0).min(right_edge - label_width_px(label)).max(0.0))
+        .collect()
 }
 
 /// The timeline: success rate (left axis, %), replication lag (right axis, s), markers.
@@ -402,13 +419,15 @@ pub fn render_svg(report: &Report) -> String {
     }
     // Labels after every line, each on the first row where it does not run into the previous
     // label of that row, with a white halo so no line crosses its text.
-    let starts: Vec<f64> = markers.iter().map(|(at, _, _)| x(*at as f64) + 3.0).collect();
+    let line_xs: Vec<f64> = markers.iter().map(|(at, _, _)| x(*at as f64)).collect();
     let labels: Vec<&str> = markers.iter().map(|(_, _, label)| label.as_str()).collect();
-    for ((at, color, label), row) in markers.iter().zip(label_rows(&starts, &labels)) {
+    let starts = label_starts(&line_xs, &labels, MARGIN_LEFT + plot_w);
+    let rows = label_rows(&starts, &labels);
+    for (((_, color, label), row), start) in markers.iter().zip(rows).zip(starts) {
         let _ = write!(
             svg,
             r##"<text class="marker-label" x="{:.1}" y="{:.1}" fill="{color}" stroke="#fff" stroke-width="3" paint-order="stroke">{}</text>"##,
-            x(*at as f64) + 3.0,
+            start,
             MARGIN_TOP + 12.0 + row as f64 * LABEL_ROW_PX,
             escape(label)
         );

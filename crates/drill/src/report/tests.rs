@@ -169,3 +169,66 @@ fn marker_labels_never_share_a_row_where_they_overlap() {
     assert!(!svg.contains(">99%</text>"), "no 99 % label crowding the 100 % one");
     assert!(svg.contains("class=\"threshold\""), "the 99 % line stays, dashed");
 }
+
+/// The boxes of the chart's marker labels, read back from the SVG: (left, top, right, bottom).
+fn label_boxes(svg: &str) -> Vec<(String, f64, f64, f64, f64)> {
+    let mut boxes = Vec::new();
+    for piece in svg.split("<text class=\"marker-label\"").skip(1) {
+        let attribute = |name: &str| -> f64 {
+            let rest = &piece[piece.find(&format!(" {name}=\"")).expect(name) + name.len() + 3..];
+            rest[..rest.find('"').expect("quote")].parse().expect("number")
+        };
+        let text = &piece[piece.find('>').expect(">") + 1..piece.find("</text>").expect("</text>")];
+        let (x, y) = (attribute("x"), attribute("y"));
+        // The baseline is at y; 11 px text reaches about 10 px above it.
+        boxes.push((text.to_string(), x, y - 10.0, x + label_width_px(text), y + 2.0));
+    }
+    boxes
+}
+
+#[test]
+fn close_markers_get_label_boxes_that_do_not_overlap_and_stay_in_the_plot() {
+    let mut report = report();
+    // The fault, DNS switched 40 ms later, a new generation 80 ms later (all within a pixel or
+    // two on a 20 s chart), and the heal at the very end of the chart.
+    report.measurements.fault_ms = Some(10_000);
+    report.measurements.rto_dns_ms = Some(40);
+    report.measurements.heal_ms = Some(report.measurements.end_ms);
+    report.events.push(Event {
+        at_ms: 10_080,
+        kind: EventKind::ActiveRegion {
+            region: "r2".into(),
+            generation: 2,
+        },
+    });
+    report.events.sort_by_key(|e| e.at_ms);
+    let svg = render_svg(&report);
+    let boxes = label_boxes(&svg);
+    let names: Vec<&str> = boxes.iter().map(|b| b.0.as_str()).collect();
+    for wanted in ["fault", "DNS switched", "gen 2: r2", "heal"] {
+        assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+    }
+    for (i, a) in boxes.iter().enumerate() {
+        assert!(
+            a.1 >= MARGIN_LEFT && a.3 <= CHART_WIDTH - MARGIN_RIGHT,
+            "{a:?} leaves the plot"
+        );
+        for b in &boxes[i + 1..] {
+            let apart = a.3 <= b.1 || b.3 <= a.1 || a.4 <= b.2 || b.4 <= a.2;
+            assert!(apart, "labels overlap: {a:?} and {b:?}");
+        }
+    }
+    // "fault" and "DNS switched" are stacked, not side by side on one row.
+    let row = |name: &str| boxes.iter().find(|b| b.0 == name).map(|b| b.2).expect(name);
+    assert_ne!(row("fault"), row("DNS switched"));
+}
+
+#[test]
+fn label_rows_handle_labels_moved_left_of_their_predecessor() {
+    // The second label starts left of the first (pushed in from the right edge): a row search
+    // by the last end only would put it on row 0 over the first.
+    let rows = label_rows(&[800.0, 760.0, 100.0], &["heal", "gen 3: r1", "fault"]);
+    assert_eq!(rows, vec![0, 1, 0]);
+    let starts = label_starts(&[895.0], &["heal"], 900.0);
+    assert!(starts[0] + label_width_px("heal") <= 900.0);
+}

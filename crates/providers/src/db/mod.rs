@@ -17,6 +17,7 @@ pub mod gtid;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
+pub mod tls;
 
 use std::collections::BTreeMap;
 

@@ -64,12 +64,29 @@ pub struct Settings {
     /// one still behind after that is refused unless the order forces data loss.
     #[serde(default = "super::default_promote_lag_max_ms")]
     pub promote_lag_max_ms: Spanned<u64>,
+    /// TLS to the servers (`tls = true`, `ca_file`, `cert_file` + `key_file`): see
+    /// [`super::tls`].
+    #[serde(default)]
+    pub tls: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub ca_file: Option<Spanned<std::path::PathBuf>>,
+    #[serde(default)]
+    pub cert_file: Option<Spanned<std::path::PathBuf>>,
+    #[serde(default)]
+    pub key_file: Option<Spanned<std::path::PathBuf>>,
 }
 
 impl Settings {
     /// Checks the settings (every problem reported) and builds the actuator.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<MysqlPromote> {
         let what = format!("mysql_promote step '{step}'");
+        let tls = super::tls::TlsSettings {
+            tls: self.tls.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+        .check(&what, checker);
         let members = super::check_servers(&what, &self.servers, MYSQL_PORT_DEFAULT, checker);
         let mut ok = super::check_lag(&what, &self.promote_lag_max_ms, checker);
         for (name, user) in [("user", &self.user), ("replication_user", &self.replication_user)] {
@@ -94,8 +111,8 @@ impl Settings {
         };
         let password = secret(&self.password, "password");
         let replication_password = secret(&self.replication_password, "replication_password");
-        let (Some(members), Some(password), Some(replication_password), true) =
-            (members, password, replication_password, ok)
+        let (Some(members), Some(password), Some(replication_password), Some(tls), true) =
+            (members, password, replication_password, tls, ok)
         else {
             return None;
         };
@@ -107,6 +124,7 @@ impl Settings {
                 replication_user: self.replication_user.get_ref().clone(),
                 replication_password,
                 promote_lag_max_ms: *self.promote_lag_max_ms.get_ref(),
+                tls,
             }),
         })
     }
@@ -126,6 +144,7 @@ struct Inner {
     replication_user: String,
     replication_password: Option<Secret>,
     promote_lag_max_ms: u64,
+    tls: Option<super::tls::Tls>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -633,7 +652,8 @@ impl Inner {
             .tcp_port(member.port)
             .user(Some(self.user.clone()))
             .pass(self.password.as_ref().map(|p| p.expose().to_string()))
-            .prefer_socket(false);
+            .prefer_socket(false)
+            .ssl_opts(self.tls.as_ref().map(super::tls::Tls::mysql));
         let connect = mysql_async::Conn::new(options);
         let conn = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
             Ok(Ok(conn)) => conn,

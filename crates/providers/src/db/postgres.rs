@@ -88,6 +88,16 @@ pub struct Settings {
     /// primary; without it such a server is left fenced and named.
     #[serde(default)]
     pub rejoin: Option<Spanned<RejoinSettings>>,
+    /// TLS to the servers (`tls = true`, `ca_file`, `cert_file` + `key_file`): see
+    /// [`super::tls`].
+    #[serde(default)]
+    pub tls: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub ca_file: Option<Spanned<std::path::PathBuf>>,
+    #[serde(default)]
+    pub cert_file: Option<Spanned<std::path::PathBuf>>,
+    #[serde(default)]
+    pub key_file: Option<Spanned<std::path::PathBuf>>,
 }
 
 /// `rejoin = { program = "/usr/local/sbin/pg-rejoin", args = [], timeout_ms = 120000 }`: a
@@ -116,6 +126,13 @@ impl Settings {
     /// Checks the settings (every problem reported) and builds the actuator.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<PostgresPromote> {
         let what = format!("postgres_promote step '{step}'");
+        let tls = super::tls::TlsSettings {
+            tls: self.tls.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+        .check(&what, checker);
         let members = super::check_servers(&what, &self.servers, POSTGRES_PORT_DEFAULT, checker);
         let mut ok = super::check_lag(&what, &self.promote_lag_max_ms, checker);
         for (name, value) in [
@@ -178,8 +195,8 @@ impl Settings {
         };
         let password = secret(&self.password, "password");
         let replication_password = secret(&self.replication_password, "replication_password");
-        let (Some(members), Some(password), Some(replication_password), true) =
-            (members, password, replication_password, ok)
+        let (Some(members), Some(password), Some(replication_password), Some(tls), true) =
+            (members, password, replication_password, tls, ok)
         else {
             return None;
         };
@@ -193,6 +210,7 @@ impl Settings {
                 replication_password,
                 promote_lag_max_ms: *self.promote_lag_max_ms.get_ref(),
                 rejoin,
+                tls,
             }),
         })
     }
@@ -214,6 +232,7 @@ struct Inner {
     replication_password: Option<Secret>,
     promote_lag_max_ms: u64,
     rejoin: Option<Rejoin>,
+    tls: Option<super::tls::Tls>,
 }
 
 #[derive(Clone, Debug)]
@@ -1108,22 +1127,37 @@ impl Inner {
         if let Some(password) = &self.password {
             config.password(password.expose());
         }
-        let connect = config.connect(tokio_postgres::NoTls);
-        let (client, connection) = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await
-        {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(error)) => return Err(Failure::Retryable(format!("{}: {}", member.address, describe(&error)))),
-            Err(_) => {
-                return Err(Failure::Retryable(format!(
-                    "{}: no login within {CONNECT_TIMEOUT_MS} ms",
-                    member.address
-                )));
+        let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+        let client = match &self.tls {
+            None => {
+                let (client, connection) =
+                    match tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls)).await {
+                        Ok(result) => result.map_err(|error| login_failure(member, &error))?,
+                        Err(_) => return Err(no_login(member)),
+                    };
+                // The connection's I/O runs beside the client; it ends when the client is dropped.
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                client
+            }
+            Some(tls) => {
+                // TLS required: a server that refuses it is an error, never a plain fallback.
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let make = super::tls::PostgresMakeTls::new(
+                    tls.client_config()
+                        .map_err(|problem| Failure::Refused(format!("{}: {problem}", member.address)))?,
+                );
+                let (client, connection) = match tokio::time::timeout(timeout, config.connect(make)).await {
+                    Ok(result) => result.map_err(|error| login_failure(member, &error))?,
+                    Err(_) => return Err(no_login(member)),
+                };
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                client
             }
         };
-        // The connection's I/O runs beside the client; it ends when the client is dropped.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
         let mut session = Session {
             client,
             address: member.address.clone(),
@@ -1134,6 +1168,14 @@ impl Inner {
             .await?;
         Ok(session)
     }
+}
+
+fn login_failure(member: &Member, error: &tokio_postgres::Error) -> Failure {
+    Failure::Retryable(format!("{}: {}", member.address, describe(error)))
+}
+
+fn no_login(member: &Member) -> Failure {
+    Failure::Retryable(format!("{}: no login within {CONNECT_TIMEOUT_MS} ms", member.address))
 }
 
 /// The server's own error text (code and message) where there is one.

@@ -54,11 +54,28 @@ pub struct Settings {
     /// How long the step waits for the candidate to reach the old master's offset.
     #[serde(default = "super::default_promote_lag_max_ms")]
     pub promote_lag_max_ms: Spanned<u64>,
+    /// TLS to the servers (`tls = true`, `ca_file`, `cert_file` + `key_file`): see
+    /// [`super::tls`].
+    #[serde(default)]
+    pub tls: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub ca_file: Option<Spanned<std::path::PathBuf>>,
+    #[serde(default)]
+    pub cert_file: Option<Spanned<std::path::PathBuf>>,
+    #[serde(default)]
+    pub key_file: Option<Spanned<std::path::PathBuf>>,
 }
 
 impl Settings {
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<RedisPromote> {
         let what = format!("redis_promote step '{step}'");
+        let tls = super::tls::TlsSettings {
+            tls: self.tls.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+        .check(&what, checker);
         let members = super::check_servers(&what, &self.servers, REDIS_PORT_DEFAULT, checker);
         let mut ok = super::check_lag(&what, &self.promote_lag_max_ms, checker);
         if let Some(user) = &self.username
@@ -78,7 +95,7 @@ impl Settings {
                 .resolve(source.span(), &format!("{what} password"), checker)
                 .map(Some),
         };
-        let (Some(members), Some(password), true) = (members, password, ok) else {
+        let (Some(members), Some(password), Some(tls), true) = (members, password, tls, ok) else {
             return None;
         };
         Some(RedisPromote {
@@ -87,6 +104,7 @@ impl Settings {
                 username: self.username.as_ref().map(|u| u.get_ref().clone()),
                 password,
                 promote_lag_max_ms: *self.promote_lag_max_ms.get_ref(),
+                tls,
             }),
         })
     }
@@ -103,6 +121,7 @@ struct Inner {
     username: Option<String>,
     password: Option<Secret>,
     promote_lag_max_ms: u64,
+    tls: Option<super::tls::Tls>,
 }
 
 /// What one reachable server said.
@@ -407,8 +426,17 @@ async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
 impl Inner {
     async fn connect(&self, index: usize) -> Result<Session, Failure> {
         let member = &self.members[index];
+        let addr = match &self.tls {
+            None => redis::ConnectionAddr::Tcp(member.host.clone(), member.port),
+            Some(_) => redis::ConnectionAddr::TcpTls {
+                host: member.host.clone(),
+                port: member.port,
+                insecure: false,
+                tls_params: None,
+            },
+        };
         let info = redis::ConnectionInfo {
-            addr: redis::ConnectionAddr::Tcp(member.host.clone(), member.port),
+            addr,
             redis: redis::RedisConnectionInfo {
                 db: 0,
                 username: self.username.clone(),
@@ -416,7 +444,16 @@ impl Inner {
                 protocol: redis::ProtocolVersion::RESP2,
             },
         };
-        let client = redis::Client::open(info).map_err(|e| Failure::Retryable(format!("{}: {e}", member.address)))?;
+        let client = match &self.tls {
+            None => redis::Client::open(info),
+            Some(tls) => {
+                let certificates = tls
+                    .redis()
+                    .map_err(|problem| Failure::Refused(format!("{}: {problem}", member.address)))?;
+                redis::Client::build_with_tls(info, certificates)
+            }
+        }
+        .map_err(|e| Failure::Retryable(format!("{}: {e}", member.address)))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .set_response_timeout(Duration::from_millis(QUERY_TIMEOUT_MS));

@@ -17,7 +17,9 @@
 //! As a runbook step it copies from the region that was active (`order.from`) to the new
 //! active region (`order.to`): on a failback that brings the uploads made during the outage
 //! home before traffic moves. On a failover the old region is usually unreachable, so by
-//! default (`on_failover = "best_effort"`) a failed copy is reported and the runbook goes on.
+//! default (`on_failover = "best_effort"`) a failed copy is reported and the runbook goes on
+//! (also on a retry or a roll-forward, which may be a failover's; only a switchover or a
+//! failback always copies strictly).
 //! A stale controller's copy cannot overwrite newer files: rsync runs with `--update`, and the
 //! S3 mode leaves an object alone that the receiver holds in a newer, different version it
 //! did not get from Switchyard.
@@ -108,6 +110,15 @@ pub struct Settings {
     /// rsync over SSH: the private key (`ssh -i`), relative to the config file's folder.
     #[serde(default)]
     pub ssh_identity_file: Option<Spanned<PathBuf>>,
+    /// rsync over SSH: the SSH server's port (`ssh -p`; default: ssh's own, 22 or
+    /// `~/.ssh/config`).
+    #[serde(default)]
+    pub ssh_port: Option<Spanned<u32>>,
+    /// rsync over SSH: a known_hosts file with the SSH servers' host keys (`ssh -o
+    /// UserKnownHostsFile=FILE -o StrictHostKeyChecking=yes`), relative to the config file's
+    /// folder; default: ssh's own (`~/.ssh/known_hosts`).
+    #[serde(default)]
+    pub ssh_known_hosts_file: Option<Spanned<PathBuf>>,
     /// rsync daemon: the file holding the module's password (`--password-file`).
     #[serde(default)]
     pub password_file: Option<Spanned<PathBuf>>,
@@ -413,6 +424,11 @@ impl Settings {
         if mode == "s3" {
             for (key, value) in [
                 ("ssh_identity_file", self.ssh_identity_file.as_ref().map(|v| v.span())),
+                ("ssh_port", self.ssh_port.as_ref().map(|v| v.span())),
+                (
+                    "ssh_known_hosts_file",
+                    self.ssh_known_hosts_file.as_ref().map(|v| v.span()),
+                ),
                 ("password_file", self.password_file.as_ref().map(|v| v.span())),
             ] {
                 if let Some(span) = value {
@@ -430,21 +446,48 @@ impl Settings {
             let p = path.get_ref();
             if p.is_absolute() { p.clone() } else { folder.join(p) }
         };
+        let ssh_port = match &self.ssh_port {
+            Some(port) if !(1..=65_535).contains(port.get_ref()) => {
+                checker.error(
+                    port.span(),
+                    format!("{what}: ssh_port = {} is outside 1..=65535", port.get_ref()),
+                    "set ssh_port to the SSH server's TCP port (default: ssh's own, 22)".into(),
+                );
+                ok = false;
+                None
+            }
+            Some(port) => u16::try_from(*port.get_ref()).ok(),
+            None => None,
+        };
         let rsync_options = rsync::Options {
             ssh_identity_file: self.ssh_identity_file.as_ref().map(resolve),
+            ssh_port,
+            ssh_known_hosts_file: self.ssh_known_hosts_file.as_ref().map(resolve),
             password_file: self.password_file.as_ref().map(resolve),
         };
         for (key, path) in [
             ("ssh_identity_file", &self.ssh_identity_file),
+            ("ssh_known_hosts_file", &self.ssh_known_hosts_file),
             ("password_file", &self.password_file),
         ] {
-            if let Some(path) = path
-                && !resolve(path).is_file()
-            {
+            let Some(path) = path else { continue };
+            let resolved = resolve(path);
+            if !resolved.is_file() {
                 checker.error(
                     path.span(),
-                    format!("{what}: {key} {} does not exist", resolve(path).display()),
+                    format!("{what}: {key} {} does not exist", resolved.display()),
                     format!("point {key} at a readable file (relative paths start at the config file's folder)"),
+                );
+                ok = false;
+            } else if key.starts_with("ssh_") && !rsync::ssh_safe_path(&resolved) {
+                // rsync splits its `-e` command on whitespace, honouring quotes.
+                checker.error(
+                    path.span(),
+                    format!(
+                        "{what}: {key} {} holds a quote or a control character, which the ssh command rsync runs cannot carry",
+                        resolved.display()
+                    ),
+                    format!("move the file to a path without quotes and name it in {key}"),
                 );
                 ok = false;
             }
@@ -562,6 +605,30 @@ impl Settings {
                     "give every region its media location under [runbook.media_sync.locations]".into(),
                 );
                 ok = false;
+            }
+        }
+        if ok
+            && mode == "rsync"
+            && !locations
+                .values()
+                .any(|l| matches!(l, Location::Rsync(e) if e.transport == rsync::Transport::Ssh))
+        {
+            for (key, span) in [
+                ("ssh_identity_file", self.ssh_identity_file.as_ref().map(|v| v.span())),
+                ("ssh_port", self.ssh_port.as_ref().map(|v| v.span())),
+                (
+                    "ssh_known_hosts_file",
+                    self.ssh_known_hosts_file.as_ref().map(|v| v.span()),
+                ),
+            ] {
+                if let Some(span) = span {
+                    checker.error(
+                        span,
+                        format!("{what}: {key} is set, but no location is reached over SSH (user@host:/path)"),
+                        format!("remove {key}, or write the remote location as user@host:/path/"),
+                    );
+                    ok = false;
+                }
             }
         }
         if ok && mode == "rsync" {
@@ -694,7 +761,11 @@ impl MediaSync {
         if from == order.to {
             return Ok(format!("{from} stays active; nothing to copy"));
         }
-        let failover = order.kind == "failover";
+        // Like `rds::planned`: only a switchover or a failback is known to be planned. A retry
+        // or a roll-forward does not say what it retries (often a failover whose later step
+        // failed, the old region still down), so on_failover applies to it too; otherwise a
+        // best-effort copy would turn strict on the retry and hold the failover forever.
+        let failover = !matches!(order.kind.as_str(), "switchover" | "failback" | "initial");
         if failover && self.on_failover == OnFailover::Skip {
             return Ok(format!(
                 "not copied on a failover (on_failover = \"skip\"); {from}'s media reach {} when it returns",

@@ -7,7 +7,10 @@
 //! command with `--dry-run --itemize-changes --stats`; its `--out-format=%i|%l|%M|%n` lines name
 //! each file rsync would send, its size and its modification time (printed in UTC: the child
 //! runs with `TZ=UTC`). A run over `objects_per_run_max` or `bytes_per_run_max` copies the
-//! first files within the limits (`--files-from`), without deleting anything.
+//! first files within the limits (`--files-from`), without deleting anything; with
+//! `delete = true` the deletions count against the same `objects_per_run_max`
+//! (`--max-delete`; the dry run's `*deleting` lines tell whether it cuts the run short, since an
+//! rsync daemon on the receiving side keeps its exit code 25 to itself).
 //!
 //! Exit codes (rsync(1), "EXIT VALUES") decide the failure: 1–4 (syntax, protocol, paths,
 //! unsupported action) are mistakes no retry fixes (`Refused`); 24 (source files vanished
@@ -27,6 +30,9 @@ use crate::Failure;
 pub const IO_TIMEOUT_SECONDS: u64 = 60;
 /// Connecting to an rsync daemon (`--contimeout`), and SSH's `ConnectTimeout`, in seconds.
 pub const CONNECT_TIMEOUT_SECONDS: u64 = 10;
+/// The note of exit code 25: `--max-delete` (the rest of `objects_per_run_max`) stopped the
+/// deletions.
+pub const MAX_DELETE_NOTE: &str = "deletions stopped at objects_per_run_max (rsync --max-delete)";
 /// Bytes of rsync's stderr kept for an error message (its end).
 pub const STDERR_BYTES_MAX: usize = 2048;
 
@@ -34,7 +40,37 @@ pub const STDERR_BYTES_MAX: usize = 2048;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options {
     pub ssh_identity_file: Option<PathBuf>,
+    /// `ssh -p`.
+    pub ssh_port: Option<u16>,
+    /// `ssh -o UserKnownHostsFile=FILE -o StrictHostKeyChecking=yes`.
+    pub ssh_known_hosts_file: Option<PathBuf>,
     pub password_file: Option<PathBuf>,
+}
+
+/// Whether a path can go into the `-e` command in single quotes (rsync splits that command on
+/// whitespace and honours quotes; a single quote or a control character would break it).
+pub fn ssh_safe_path(path: &std::path::Path) -> bool {
+    path.to_str()
+        .is_some_and(|text| !text.chars().any(|c| c == '\'' || c.is_control()))
+}
+
+/// The remote shell rsync runs for SSH locations (`rsync -e`): keys only (`BatchMode`), a
+/// bounded connect, and the configured key, port and known_hosts file.
+pub fn ssh_command(options: &Options) -> String {
+    let mut ssh = format!("ssh -o BatchMode=yes -o ConnectTimeout={CONNECT_TIMEOUT_SECONDS}");
+    if let Some(port) = options.ssh_port {
+        ssh.push_str(&format!(" -p {port}"));
+    }
+    if let Some(key) = &options.ssh_identity_file {
+        ssh.push_str(&format!(" -i '{}' -o IdentitiesOnly=yes", key.display()));
+    }
+    if let Some(file) = &options.ssh_known_hosts_file {
+        ssh.push_str(&format!(
+            " -o 'UserKnownHostsFile={}' -o StrictHostKeyChecking=yes",
+            file.display()
+        ));
+    }
+    ssh
 }
 
 /// How rsync reaches a location.
@@ -207,6 +243,7 @@ pub fn exit_failure(code: Option<i32>, stderr: &str) -> Result<Option<String>, F
     let said = if said.is_empty() { "(rsync said nothing)" } else { said };
     let meaning = match code {
         Some(0) => return Ok(None),
+        Some(25) => return Ok(Some(MAX_DELETE_NOTE.into())),
         Some(24) => {
             return Ok(Some(
                 "some source files vanished during the copy (deleted meanwhile)".into(),
@@ -223,7 +260,9 @@ pub fn exit_failure(code: Option<i32>, stderr: &str) -> Result<Option<String>, F
         Some(23) => "partial transfer due to error",
         Some(30) => "timeout in data send/receive",
         Some(35) => "timeout waiting for the daemon connection",
-        Some(255) => "SSH failed (host unreachable, or the key not accepted: BatchMode is on)",
+        Some(255) => {
+            "SSH failed (host unreachable, the key not accepted: BatchMode is on, or the host key not in known_hosts: ssh_known_hosts_file)"
+        }
         Some(_) => "rsync failed",
         None => "rsync was killed by a signal",
     };
@@ -253,12 +292,8 @@ fn common_args(source: &Endpoint, target: &Endpoint, options: &Options) -> Vec<S
         }
     }
     if transports.contains(&Transport::Ssh) {
-        let mut ssh = format!("ssh -o BatchMode=yes -o ConnectTimeout={CONNECT_TIMEOUT_SECONDS}");
-        if let Some(key) = &options.ssh_identity_file {
-            ssh.push_str(&format!(" -i '{}'", key.display()));
-        }
         args.push("-e".into());
-        args.push(ssh);
+        args.push(ssh_command(options));
     }
     args
 }
@@ -364,6 +399,7 @@ pub async fn sync(
 ) -> Result<SyncReport, Failure> {
     let before = measure(source, target, delete, options, limits).await?;
     let (chosen, limited) = within_limits(&before.listing.files, limits);
+    let mut deletions_limited = false;
     let mut args = common_args(source, target, options);
     let mut list_file = None;
     if limited.is_some() {
@@ -376,7 +412,12 @@ pub async fn sync(
         args.push(format!("--files-from={}", path.display()));
         list_file = Some(path);
     } else if delete {
+        // Deletions count against the same objects_per_run_max as the copies. The dry run
+        // counted them: an rsync daemon receiving keeps its exit code 25 to itself.
+        let budget = limits.objects_per_run_max.saturating_sub(chosen.len() as u64);
         args.push("--delete".into());
+        args.push(format!("--max-delete={budget}"));
+        deletions_limited = before.listing.deletions > budget;
     }
     args.push(source.text.clone());
     args.push(target.text.clone());
@@ -388,7 +429,14 @@ pub async fn sync(
     if let Some(path) = list_file {
         let _ = tokio::fs::remove_file(path).await;
     }
-    let (done, note) = result?;
+    let (done, mut note) = result?;
+    let mut limited = limited;
+    if deletions_limited || note.as_deref() == Some(MAX_DELETE_NOTE) {
+        limited = Some(format!("objects_per_run_max = {}", limits.objects_per_run_max));
+    }
+    if note.as_deref() == Some(MAX_DELETE_NOTE) {
+        note = None;
+    }
     let after = measure(source, target, false, options, limits).await?;
     Ok(SyncReport {
         copied_objects: done.files.len() as u64,

@@ -339,8 +339,14 @@ pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &L
             }
         }
     }
+    // Deleting what only the receiver holds: after every copy worked, never in a run a limit
+    // cut short, and within the same objects_per_run_max as the copies.
     if delete && report.limited.is_none() && first_error.is_none() {
-        for key in extra {
+        let budget = limits.objects_per_run_max.saturating_sub(report.copied_objects);
+        if extra.len() as u64 > budget {
+            report.limited = Some(format!("objects_per_run_max = {}", limits.objects_per_run_max));
+        }
+        for key in extra.into_iter().take(usize::try_from(budget).unwrap_or(usize::MAX)) {
             let full = format!("{}{key}", target.prefix);
             target
                 .client

@@ -1,4 +1,7 @@
-use super::rsync::{Endpoint, Item, Listing, Transport, exit_failure, parse_time, within_limits};
+use super::rsync::{
+    Endpoint, Item, Listing, MAX_DELETE_NOTE, Options, Transport, exit_failure, parse_time, ssh_command, ssh_safe_path,
+    within_limits,
+};
 use super::*;
 
 #[test]
@@ -93,6 +96,7 @@ fn one_run_stays_within_its_limits() {
 fn rsync_exit_codes() {
     assert_eq!(exit_failure(Some(0), ""), Ok(None));
     assert!(matches!(exit_failure(Some(24), ""), Ok(Some(_))));
+    assert_eq!(exit_failure(Some(25), ""), Ok(Some(MAX_DELETE_NOTE.to_string())));
     assert!(matches!(exit_failure(Some(3), "x"), Err(Failure::Refused(m)) if m.contains("rsync exit 3")));
     assert!(matches!(
         exit_failure(Some(10), "@ERROR: connection refused"),
@@ -154,4 +158,95 @@ fn s3_objects_compare_by_size_etag_and_the_recorded_source() {
     assert!(same_by_head(&source, &(7, "own".into(), None, Some(200))));
     // The receiver's own older object: the source's is newer.
     assert!(!same_by_head(&source, &(7, "own".into(), None, Some(50))));
+}
+
+#[test]
+fn the_ssh_command_carries_the_port_key_and_known_hosts() {
+    assert_eq!(
+        ssh_command(&Options::default()),
+        "ssh -o BatchMode=yes -o ConnectTimeout=10"
+    );
+    let options = Options {
+        ssh_identity_file: Some("/etc/switchyard/media key".into()),
+        ssh_port: Some(2222),
+        ssh_known_hosts_file: Some("/etc/switchyard/known_hosts".into()),
+        password_file: None,
+    };
+    assert_eq!(
+        ssh_command(&options),
+        "ssh -o BatchMode=yes -o ConnectTimeout=10 -p 2222 -i '/etc/switchyard/media key' -o IdentitiesOnly=yes \
+         -o 'UserKnownHostsFile=/etc/switchyard/known_hosts' -o StrictHostKeyChecking=yes"
+    );
+    assert!(ssh_safe_path(std::path::Path::new("/etc/switchyard/media key")));
+    assert!(!ssh_safe_path(std::path::Path::new("/tmp/it's")));
+    assert!(!ssh_safe_path(std::path::Path::new("/tmp/a\nb")));
+}
+
+fn step(on_failover: OnFailover) -> MediaSync {
+    let missing = std::env::temp_dir().join(format!("switchyard-no-such-media-{}", std::process::id()));
+    MediaSync {
+        name: "media".into(),
+        locations: [
+            (
+                "us".to_string(),
+                Location::Rsync(Endpoint::parse(&missing.display().to_string()).expect("local")),
+            ),
+            (
+                "eu".to_string(),
+                Location::Rsync(Endpoint::parse("rsync://127.0.0.1:1/eu/").expect("daemon")),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        delete: false,
+        on_failover,
+        lag_interval_ms: LAG_INTERVAL_MS_DEFAULT,
+        limits: limits(10, 1_000),
+        rsync: Options::default(),
+    }
+}
+
+fn media_order(kind: &str) -> Order {
+    Order {
+        generation: 7,
+        kind: kind.into(),
+        from: Some("us".into()),
+        to: "eu".into(),
+        serving: vec!["eu".into()],
+        reason: "test".into(),
+        force_data_loss: false,
+    }
+}
+
+#[tokio::test]
+async fn on_failover_covers_retries_and_roll_forwards_but_never_planned_moves() {
+    // The copy always fails here (no source folder, nothing listening on port 1).
+    for kind in ["failover", "retry", "roll_forward"] {
+        let outcome = step(OnFailover::BestEffort).run(&media_order(kind)).await;
+        assert!(
+            outcome
+                .as_ref()
+                .is_ok_and(|text| text.starts_with("NOT copied us -> eu")),
+            "{kind}: {outcome:?}"
+        );
+        let outcome = step(OnFailover::Skip).run(&media_order(kind)).await;
+        assert!(
+            outcome
+                .as_ref()
+                .is_ok_and(|text| text.contains("on_failover = \"skip\"")),
+            "{kind}: {outcome:?}"
+        );
+        assert!(
+            step(OnFailover::Required).run(&media_order(kind)).await.is_err(),
+            "{kind}"
+        );
+    }
+    for kind in ["switchover", "failback"] {
+        for on_failover in [OnFailover::BestEffort, OnFailover::Skip, OnFailover::Required] {
+            assert!(
+                step(on_failover).run(&media_order(kind)).await.is_err(),
+                "{kind} with {on_failover:?} must copy strictly"
+            );
+        }
+    }
 }

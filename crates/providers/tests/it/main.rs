@@ -10,6 +10,7 @@
 mod aws;
 mod cloudflare;
 mod common;
+mod db_tls;
 mod digitalocean;
 mod digitalocean_db;
 mod fake;

@@ -13,7 +13,7 @@ use crate::support::{DEADLINE, Server, Strict, find_binary, free_port, order, ru
 
 /// Accounts: the step's (all privileges), replication's, and the shop's (no privilege past
 /// read_only). Not binlogged: each server creates its own.
-const USERS: &str = "SET sql_log_bin = 0;\n\
+pub(crate) const USERS: &str = "SET sql_log_bin = 0;\n\
     DROP USER IF EXISTS ''@'localhost';\n\
     CREATE USER IF NOT EXISTS 'switchyard'@'%' IDENTIFIED BY 'sw-pass';\n\
     GRANT ALL PRIVILEGES ON *.* TO 'switchyard'@'%' WITH GRANT OPTION;\n\
@@ -33,6 +33,19 @@ struct Pair {
 }
 
 fn start_mariadb(mariadbd: &Path, dir: &Path, name: &str, port: u16, server_id: u32, read_only: bool) -> Server {
+    start_mariadb_with(mariadbd, dir, name, port, server_id, read_only, &[])
+}
+
+/// [`start_mariadb`] with more server options (the TLS test's `--ssl-*`).
+pub(crate) fn start_mariadb_with(
+    mariadbd: &Path,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    server_id: u32,
+    read_only: bool,
+    extra: &[String],
+) -> Server {
     let data = dir.join(name);
     let install_db = find_binary("mariadb-install-db").expect("mariadb-install-db ships with mariadbd");
     // Its own temporary folder: bootstraps running side by side collide in a shared /tmp.
@@ -76,13 +89,14 @@ fn start_mariadb(mariadbd: &Path, dir: &Path, name: &str, port: u16, server_id: 
         "--gtid-strict-mode=1".into(),
         format!("--read-only={}", if read_only { 1 } else { 0 }),
     ]);
+    command.args(extra);
     if running_as_root() {
         command.arg("--user=root");
     }
     Server::start(&mut command, dir.join(format!("{name}.log")))
 }
 
-async fn connect(port: u16, user: &str, password: &str) -> Result<mysql_async::Conn, mysql_async::Error> {
+pub(crate) async fn connect(port: u16, user: &str, password: &str) -> Result<mysql_async::Conn, mysql_async::Error> {
     let options = mysql_async::OptsBuilder::default()
         .ip_or_hostname("127.0.0.1")
         .tcp_port(port)
@@ -92,14 +106,14 @@ async fn connect(port: u16, user: &str, password: &str) -> Result<mysql_async::C
     mysql_async::Conn::new(options).await
 }
 
-async fn admin(port: u16, statement: &str) -> Vec<mysql_async::Row> {
+pub(crate) async fn admin(port: u16, statement: &str) -> Vec<mysql_async::Row> {
     let mut conn = connect(port, "switchyard", "sw-pass").await.expect("admin login");
     conn.query(statement)
         .await
         .unwrap_or_else(|e| panic!("{statement} on {port}: {e}"))
 }
 
-async fn text(port: u16, statement: &str) -> String {
+pub(crate) async fn text(port: u16, statement: &str) -> String {
     admin(port, statement)
         .await
         .first()
@@ -109,7 +123,7 @@ async fn text(port: u16, statement: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn insert(port: u16, id: u32) -> Result<(), mysql_async::Error> {
+pub(crate) async fn insert(port: u16, id: u32) -> Result<(), mysql_async::Error> {
     let mut conn = connect(port, "app", "app-pass").await?;
     conn.query_drop(format!("INSERT INTO shop.orders (id) VALUES ({id})"))
         .await
@@ -122,7 +136,7 @@ fn server_code(result: Result<(), mysql_async::Error>) -> Option<u16> {
     }
 }
 
-async fn count(port: u16) -> u64 {
+pub(crate) async fn count(port: u16) -> u64 {
     text(port, "SELECT COUNT(*) FROM shop.orders")
         .await
         .parse()
@@ -152,7 +166,7 @@ async fn source(port: u16) -> String {
     }
 }
 
-async fn wait_until<F, Fut>(what: &str, mut condition: F)
+pub(crate) async fn wait_until<F, Fut>(what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

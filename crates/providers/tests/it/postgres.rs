@@ -565,3 +565,69 @@ async fn postgres_unreachable_primary_is_fenced_on_return_and_a_crashed_promotio
     streams_from(&cluster, promoted, 0).await;
     streams_from(&cluster, other, 0).await;
 }
+
+/// `tls = true`: the primary accepts TLS connections only (`ssl = on`, `hostnossl ... reject`
+/// first in pg_hba.conf), with a certificate from `common::devca` for 127.0.0.1. The step
+/// surveys and writes its record over TLS (a placement already in place: nothing to promote);
+/// without TLS, or trusting another CA, it reaches no server.
+#[tokio::test]
+async fn postgres_promote_connects_over_tls_and_verifies_the_certificate() {
+    let Some(cluster) = start_cluster() else { return };
+    let root = cluster.dir.path();
+    let tls = common::devca::generate(&root.join("tls"), &["127.0.0.1".to_string()]).expect("dev CA");
+    let other = common::devca::generate(&root.join("other"), &["127.0.0.1".to_string()]).expect("dev CA");
+    // The server reads its key as its own user (nobody when the test runs as root), mode 0600.
+    let data = cluster.data(0);
+    for (from, to) in [(&tls.cert, "server.crt"), (&tls.key, "server.key")] {
+        std::fs::copy(from, data.join(to)).expect("copy");
+        std::fs::set_permissions(data.join(to), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        if running_as_root() {
+            std::os::unix::fs::chown(data.join(to), Some(NOBODY), Some(NOBODY)).expect("chown");
+        }
+    }
+    let conf = data.join("postgresql.conf");
+    let mut settings = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+    settings.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+    std::fs::write(&conf, settings).expect("write postgresql.conf");
+    let hba = data.join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    std::fs::write(
+        &hba,
+        format!("hostnossl all all 127.0.0.1/32 reject\nhostssl all all 127.0.0.1/32 scram-sha-256\n{rules}"),
+    )
+    .expect("write pg_hba.conf");
+    let output = cluster.pg_ctl(0, &["-w", "-t", "60", "restart"]);
+    assert!(output.status.success(), "pg_ctl restart: {}", cluster.log(0));
+    assert!(
+        client(cluster.ports[0], "postgres", SUPER_PASSWORD).await.is_err(),
+        "a plain connection must be rejected now"
+    );
+
+    let step = |keys: &str| -> PostgresPromote {
+        let settings = format!(
+            "servers = {{ eu = [\"{}\"] }}\n\
+             user = \"postgres\"\n\
+             password = {{ file = \"{}\" }}\n\
+             replication_user = \"repl\"\n\
+             replication_password = {{ file = \"{}\" }}\n{keys}",
+            cluster.address(0),
+            root.join("password").display(),
+            root.join("repl.password").display(),
+        );
+        let settings: Settings = toml::from_str(&settings).expect("settings parse");
+        settings
+            .check("orders-db", &mut Strict::new(&["eu", "us"]))
+            .expect("settings check")
+    };
+    let plain = step("").run(&order(2, "us", "eu", false)).await;
+    assert!(plain.is_err(), "without TLS: {plain:?}");
+    let wrong = step(&format!("tls = true\nca_file = \"{}\"\n", other.ca_cert.display()))
+        .run(&order(2, "us", "eu", false))
+        .await;
+    assert!(wrong.is_err(), "a certificate from another CA: {wrong:?}");
+    let outcome = step(&format!("tls = true\nca_file = \"{}\"\n", tls.ca_cert.display()))
+        .run(&order(2, "us", "eu", false))
+        .await
+        .expect("over TLS");
+    assert!(outcome.contains(&cluster.address(0)), "{outcome}");
+}

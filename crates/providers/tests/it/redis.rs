@@ -72,7 +72,7 @@ async fn info(port: u16) -> String {
         .unwrap_or_default()
 }
 
-fn field(info: &str, key: &str) -> String {
+pub(crate) fn field(info: &str, key: &str) -> String {
     info.lines()
         .filter_map(|l| l.trim_end().split_once(':'))
         .find(|(k, _)| *k == key)
@@ -80,7 +80,7 @@ fn field(info: &str, key: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn wait_until<F, Fut>(what: &str, mut condition: F)
+pub(crate) async fn wait_until<F, Fut>(what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
