@@ -66,6 +66,8 @@ pub struct Shop {
     stores: BTreeMap<String, Client>,
     pointer: watch::Receiver<PointerView>,
     metrics: crate::metrics::ShopMetrics,
+    /// Orders in MariaDB and sessions in Redis, when configured.
+    databases: crate::databases::ShopDatabases,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +109,14 @@ impl Shop {
             stores,
             pointer,
             metrics: crate::metrics::ShopMetrics::new(),
+            databases: crate::databases::ShopDatabases::default(),
         }
+    }
+
+    /// Keeps orders (and sessions) in these databases too.
+    pub fn with_databases(mut self, databases: crate::databases::ShopDatabases) -> Shop {
+        self.databases = databases;
+        self
     }
 
     fn local(&self) -> Result<&Client, ShopError> {
@@ -176,6 +185,14 @@ impl Shop {
 
     async fn create_session(&self, store: &Client, active: &ActiveRegion) -> Result<String, ShopError> {
         let session = new_id();
+        self.databases
+            .put_session(
+                &session,
+                &json!({"region": active.region, "instance": self.config.instance, "created_at_ms": now_ms()})
+                    .to_string(),
+            )
+            .await
+            .map_err(ShopError::Unavailable)?;
         store
             .call(
                 "PutItem",
@@ -321,7 +338,21 @@ impl Shop {
                 "price_cents": {"N": found.price_cents.to_string()}
             }}));
         }
-        let item = json!({
+        // The orders database first, as the record of the order (Magento's sales_order): an
+        // order is acknowledged only once its row is committed there.
+        let lines_text = serde_json::to_string(
+            &lines
+                .iter()
+                .map(|(p, q)| json!({"product": p, "quantity": q}))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
+        let stored = self
+            .databases
+            .insert_order(&order_id, &self.config.region, &session, &lines_text, total_cents)
+            .await
+            .map_err(ShopError::Unavailable)?;
+        let mut item = json!({
             "session": {"S": session},
             "order_id": {"S": order_id},
             "status": {"S": "placed"},
@@ -332,6 +363,10 @@ impl Shop {
             "instance": {"S": self.config.instance},
             "created_at_ms": {"N": now_ms().to_string()}
         });
+        if let Some(stored) = &stored {
+            item["increment_id"] = json!({"S": stored.increment_id});
+            item["database_region"] = json!({"S": self.config.region});
+        }
         let put = store
             .call(
                 "PutItem",
@@ -458,6 +493,9 @@ impl Shop {
                 }
             }
         }
+        for (name, role) in self.databases.roles().await {
+            details.insert(name.to_string(), json!(role));
+        }
         let healthy = reasons.is_empty();
         let body = json!({
             "status": if healthy { "ok" } else { "unavailable" },
@@ -583,6 +621,9 @@ fn order_view(item: &Value) -> Value {
         "generation": number(&item["generation"]),
         "instance": item["instance"]["S"],
         "created_at_ms": number(&item["created_at_ms"]),
+        // With an orders database: Magento's order number and whose database took the row.
+        "increment_id": item["increment_id"]["S"],
+        "database_region": item["database_region"]["S"],
     })
 }
 

@@ -362,6 +362,7 @@ impl<P: ProcessControl> DeploymentTarget<P> {
                 let mut all: Vec<String> = r.proxy_process.iter().cloned().collect();
                 all.extend(r.app_processes.iter().cloned());
                 all.extend(r.store_process.iter().cloned());
+                all.extend(r.database_processes.iter().cloned());
                 if all.is_empty() {
                     return Err(missing("", &r.name));
                 }
