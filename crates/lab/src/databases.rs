@@ -277,7 +277,7 @@ pub(crate) fn additions(
             let data = dir.join("data").join(&name);
             out.files.push(LabFile {
                 path: data.join("README"),
-                contents: "Redis's folder (`switchyard lab --databases`; nothing is saved).\n".into(),
+                contents: "Redis's folder (`switchyard lab --databases`): its append-only file.\n".into(),
             });
             let mut args: Vec<String> = [
                 "--port",
@@ -286,8 +286,13 @@ pub(crate) fn additions(
                 "127.0.0.1",
                 "--save",
                 "",
+                // Persistence, as Redis's replication docs require of a master that restarts on
+                // its own: without it a killed master comes back empty and its replicas
+                // resync to empty.
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "everysec",
                 "--dir",
                 &data.display().to_string(),
                 "--repl-diskless-sync",

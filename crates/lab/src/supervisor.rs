@@ -381,7 +381,10 @@ impl Supervisor {
             .and_then(|pid| i32::try_from(pid).ok())
             .and_then(Pid::from_raw)
             .ok_or_else(|| SupervisorError::NotRunning(component.spec.name.clone()))?;
-        rustix::process::kill_process(pid, signal).map_err(|errno| SupervisorError::Io {
+        // Each component leads its own process group (spawned with `process_group(0)`): the
+        // signal goes to the group, so a program a component runs (`lab exec`'s MariaDB,
+        // Redis, BIND9) is killed, stopped and continued with it, as on a real host.
+        rustix::process::kill_process_group(pid, signal).map_err(|errno| SupervisorError::Io {
             what: format!("signal {} ({signal:?})", component.spec.name),
             source: errno.into(),
         })

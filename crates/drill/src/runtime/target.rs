@@ -575,6 +575,16 @@ impl<P: ProcessControl> FaultTarget for DeploymentTarget<P> {
                 })
             }
             FaultAction::LeadFrom { region } => self.lead_from(roles.region(*region)).await.map_err(failed),
+            FaultAction::DelayReplication { region, delay_s } => {
+                super::databases::set_replication_delay(&self.deployment, roles.region(*region), *delay_s)
+                    .await
+                    .map_err(unsupported)
+            }
+            FaultAction::UndelayReplication { region } => {
+                super::databases::set_replication_delay(&self.deployment, roles.region(*region), 0)
+                    .await
+                    .map_err(failed)
+            }
         }
     }
 
