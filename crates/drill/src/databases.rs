@@ -156,9 +156,23 @@ pub fn figures(
         .map(|d| numbers_before(d, "errant transaction(s)"))
         .sum();
     if let Some(promoted_at) = promoted_at {
+        // While the standby is the primary: until a later run of the step moves the primary
+        // back into the old region (a failback), which makes its writes legitimate again.
+        let back = format!(" in {primary_region} ");
+        let until = records
+            .iter()
+            .filter(|r| r["outcome"] == "ok" && r["at_ms"].as_u64().unwrap_or(0) > promoted_at)
+            .filter(|r| {
+                r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("promoted ") && d.contains(&back))
+            })
+            .filter_map(|r| r["at_ms"].as_u64())
+            .next()
+            .unwrap_or(u64::MAX);
         out.split_brain_writes = acked
             .iter()
-            .filter(|a| a.region.as_deref() == Some(primary_region) && a.at_ms > promoted_at)
+            .filter(|a| a.region.as_deref() == Some(primary_region) && a.at_ms > promoted_at && a.at_ms < until)
             .count() as u64;
     }
     match present {
@@ -347,6 +361,28 @@ mod tests {
             Ok(("eu:1".into(), present)),
         );
         assert_eq!(f.split_brain_writes, 1);
+    }
+
+    #[test]
+    fn writes_after_a_failback_into_the_old_region_are_not_split_brain() {
+        let mut audit = audit();
+        audit.push(json!({"kind": "step", "step": "orders-db", "outcome": "ok", "at_ms": 9_000,
+            "detail": "fenced old primary 127.0.0.1:2 (read_only); promoted 127.0.0.1:1 in us at GTID position 0-2-40"}));
+        let writes = vec![acked("k-8", "us", 3_600), acked("k-9", "us", 9_500)];
+        let present = ["k-8", "k-9"].iter().map(|k| k.to_string()).collect();
+        let f = figures(
+            "mariadb",
+            "orders-db",
+            &audit,
+            "us",
+            1_000,
+            &writes,
+            Ok(("us:1".into(), present)),
+        );
+        assert_eq!(
+            f.split_brain_writes, 1,
+            "only the write between the promotion and the failback"
+        );
     }
 
     #[test]

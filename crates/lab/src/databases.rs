@@ -524,6 +524,73 @@ mod tests {
     }
 
     #[test]
+    fn the_plan_runs_the_databases_before_the_shops_and_promotes_them_before_the_traffic() {
+        let options = crate::plan::LabOptions {
+            dir: PathBuf::from("/tmp/lab"),
+            regions: 2,
+            base_port: 17_000,
+            controller: true,
+            netns: false,
+            disk_mib: None,
+            providers: None,
+            controllers: 1,
+            etcd: None,
+            tls: false,
+            quiet: false,
+            databases: Some(DatabaseOptions {
+                programs: programs(),
+                semi_sync: false,
+            }),
+        };
+        let plan = crate::plan::plan(&options).expect("plan");
+        let names: Vec<&str> = plan.components.iter().map(|c| c.name.as_str()).collect();
+        let position = |name: &str| names.iter().position(|n| *n == name).expect(name);
+        assert!(
+            position("mariadb-eu-west-1") < position("shop-us-east-1-1"),
+            "{names:?}"
+        );
+        let controller = plan
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("controller.toml"))
+            .expect("controller.toml");
+        let text = &controller.contents;
+        let orders = text.find("name = \"orders-db\"").expect("mysql step");
+        let sessions = text.find("name = \"sessions\"").expect("redis step");
+        let dns = text.find("name = \"dns\"").expect("dns step");
+        assert!(orders < sessions && sessions < dns, "{text}");
+        assert!(text.contains("name = \"us-east-1-orders-db\""), "{text}");
+        let faults = plan
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("faults.toml"))
+            .expect("faults.toml");
+        assert!(
+            faults.contents.contains("name = \"mariadb-us-east-1\""),
+            "{}",
+            faults.contents
+        );
+        let shop = plan
+            .components
+            .iter()
+            .find(|c| c.name == "shop-eu-west-1-1")
+            .expect("shop");
+        assert!(
+            shop.args.windows(2).any(|w| w == ["--orders-mysql", "127.0.0.1:17260"]),
+            "{:?}",
+            shop.args
+        );
+        assert!(
+            plan.drill_targets
+                .contains("database_processes = [\"mariadb-us-east-1\", \"redis-us-east-1\"]")
+        );
+        assert!(plan.ports.iter().any(|(what, _)| what == "link mariadb-eu-west-1"));
+        let mut netns = options.clone();
+        netns.netns = true;
+        assert_eq!(crate::plan::plan(&netns), Err(crate::plan::PlanError::DatabasesNetns));
+    }
+
+    #[test]
     fn missing_servers_are_left_out_with_the_command_that_installs_them() {
         let options = DatabaseOptions::default();
         let out = additions(
