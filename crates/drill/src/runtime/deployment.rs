@@ -22,6 +22,24 @@
 //! store_process = "store-us-east-1"
 //! app_processes = ["app-us-east-1-a", "app-us-east-1-b"]
 //! proxy_process = "proxy-us-east-1"
+//! database_processes = ["mariadb-us-east-1", "redis-us-east-1"]   # killed with the region
+//!
+//! [[databases]]     # with databases (`switchyard lab --databases`): each region's servers
+//! region = "us-east-1"
+//! mariadb = "127.0.0.1:17160"            # the server itself (the orders are checked here)
+//! mariadb_link = "127.0.0.1:17162"       # the address the runbook and the replicas use
+//! mariadb_process = "mariadb-us-east-1"
+//! redis = "127.0.0.1:17161"
+//! redis_link = "127.0.0.1:17163"
+//! redis_process = "redis-us-east-1"
+//!
+//! [database_accounts]   # how the drill reads them, and the runbook's bound
+//! mariadb_user = "switchyard"
+//! mariadb_password = "..."
+//! redis_user = "switchyard"
+//! redis_password = "..."
+//! promote_lag_max_ms = 1000
+//! semi_sync = true
 //!
 //! [processes]
 //! controller = "controller"
