@@ -17,6 +17,8 @@ use mysql_async::prelude::Queryable;
 pub const DB_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Longest wait for one statement or command.
 pub const DB_QUERY_TIMEOUT_MS: u64 = 2_000;
+/// `/health` waits this long at most for the databases' roles (a detail, never a failure).
+pub const DB_ROLE_PROBE_MS: u64 = 300;
 /// A session key's lifetime in Redis (Magento's default cookie lifetime, one hour).
 pub const SESSION_TTL_S: u64 = 3_600;
 /// Longest order reference stored (the `quote_ref` column).

@@ -478,8 +478,16 @@ impl Shop {
                 Err(error) => Err(error.to_string()),
             })
         };
-        // Both at once: the answer takes as long as the local store, at most.
-        let (local, write) = tokio::join!(local, write);
+        // The databases' roles are details, bounded so a slow database never slows the answer.
+        let roles = async {
+            tokio::time::timeout(
+                std::time::Duration::from_millis(crate::databases::DB_ROLE_PROBE_MS),
+                self.databases.roles(),
+            )
+            .await
+        };
+        // All at once: the answer takes as long as the local store, at most.
+        let (local, write, roles) = tokio::join!(local, write, roles);
         record(&mut checks, &mut reasons, "local_store", local);
         record(&mut checks, &mut reasons, "pointer", reachable);
         if let Some(write) = write {
@@ -493,8 +501,18 @@ impl Shop {
                 }
             }
         }
-        for (name, role) in self.databases.roles().await {
-            details.insert(name.to_string(), json!(role));
+        match roles {
+            Ok(roles) => {
+                for (name, role) in roles {
+                    details.insert(name.to_string(), json!(role));
+                }
+            }
+            Err(_) => {
+                details.insert(
+                    "databases".to_string(),
+                    json!(format!("no answer within {} ms", crate::databases::DB_ROLE_PROBE_MS)),
+                );
+            }
         }
         let healthy = reasons.is_empty();
         let body = json!({
