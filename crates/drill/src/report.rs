@@ -473,6 +473,23 @@ pub fn render_html(report: &Report) -> String {
         let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", escape(label), escape(&value));
     }
     html.push_str("</table>");
+    if let Some(databases) = &report.databases {
+        html.push_str("<h2>Databases</h2><table>");
+        for (label, value) in crate::databases::rows(databases) {
+            let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", escape(&label), escape(&value));
+        }
+        for db in &databases.databases {
+            if !db.lost_listed.is_empty() {
+                let _ = write!(
+                    html,
+                    "<tr><th>{}: acknowledged, missing</th><td>{}</td></tr>",
+                    escape(&db.kind),
+                    escape(&db.lost_listed.join(", "))
+                );
+            }
+        }
+        html.push_str("</table>");
+    }
     if !report.check.listed.is_empty() {
         html.push_str("<h2>Writes not present</h2><table><tr><th>class</th><th>key</th><th>value</th><th>written via</th><th>acked at</th><th>found</th><th>in</th><th>isolated</th></tr>");
         for w in &report.check.listed {

@@ -169,3 +169,34 @@ fn marker_labels_never_share_a_row_where_they_overlap() {
     assert!(!svg.contains(">99%</text>"), "no 99 % label crowding the 100 % one");
     assert!(svg.contains("class=\"threshold\""), "the 99 % line stays, dashed");
 }
+
+#[test]
+fn the_database_figures_appear_in_the_text_and_html_reports() {
+    let mut report = report();
+    report.databases = Some(crate::databases::DatabaseReport {
+        expectation: crate::databases::DbExpectation::Promote,
+        semi_sync: true,
+        promote_lag_max_ms: 1_000,
+        databases: vec![crate::databases::DatabaseFigures {
+            kind: "mariadb".into(),
+            step: "orders-db".into(),
+            promoted: true,
+            detection_to_writable_ms: Some(1_200),
+            acknowledged: 10,
+            acknowledged_lost: 1,
+            lost_listed: vec!["k-lost-order".into()],
+            ..Default::default()
+        }],
+    });
+    let text = render_text(&report);
+    assert!(
+        text.contains("mariadb: detection → writable standby") && text.contains("1.2 s"),
+        "{text}"
+    );
+    assert!(text.contains("1 of 10"), "{text}");
+    let html = render_html(&report);
+    assert!(
+        html.contains("<h2>Databases</h2>") && html.contains("k-lost-order"),
+        "{html}"
+    );
+}
