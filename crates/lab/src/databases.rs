@@ -132,6 +132,20 @@ pub(crate) struct DbAdditions {
     pub regions: Vec<RegionDatabases>,
 }
 
+/// Longest Unix socket path (`sun_path` holds 108 bytes with its terminating NUL).
+pub const SOCKET_PATH_BYTES_MAX: usize = 107;
+
+/// MariaDB's Unix socket (the lab speaks TCP; mariadbd makes one anyway): in the lab's `run`
+/// folder, or under /tmp, named by its port, when that path would be too long for a socket.
+fn socket_path(run: &Path, name: &str, port: u16) -> PathBuf {
+    let path = run.join(format!("{name}.sock"));
+    if path.as_os_str().len() <= SOCKET_PATH_BYTES_MAX {
+        path
+    } else {
+        PathBuf::from(format!("/tmp/switchyard-lab-mariadb-{port}.sock"))
+    }
+}
+
 /// The password files the runbook and the shops read, in the config folder.
 pub fn password_file(dir: &Path, user: &str, kind: &str) -> PathBuf {
     dir.join("config").join(format!("{kind}-{user}.password"))
@@ -216,7 +230,10 @@ pub(crate) fn additions(
                 format!("--datadir={}", data.display()),
                 format!("--port={}", port(base_port, i, MARIADB_PORT_OFFSET)),
                 "--bind-address=127.0.0.1".to_string(),
-                format!("--socket={}", run.join(format!("{name}.sock")).display()),
+                format!(
+                    "--socket={}",
+                    socket_path(&run, &name, port(base_port, i, MARIADB_PORT_OFFSET)).display()
+                ),
                 format!("--pid-file={}", run.join(format!("{name}.pid")).display()),
                 format!("--tmpdir={}", scratch.display()),
                 format!("--init-file={}", init.display()),
@@ -588,6 +605,15 @@ mod tests {
         let mut netns = options.clone();
         netns.netns = true;
         assert_eq!(crate::plan::plan(&netns), Err(crate::plan::PlanError::DatabasesNetns));
+    }
+
+    #[test]
+    fn a_socket_path_too_long_for_unix_sockets_moves_under_tmp() {
+        let short = socket_path(Path::new("/tmp/lab/run"), "mariadb-us-east-1", 17_160);
+        assert_eq!(short, PathBuf::from("/tmp/lab/run/mariadb-us-east-1.sock"));
+        let deep = PathBuf::from(format!("/tmp/{}/run", "x".repeat(120)));
+        let moved = socket_path(&deep, "mariadb-us-east-1", 17_160);
+        assert_eq!(moved, PathBuf::from("/tmp/switchyard-lab-mariadb-17160.sock"));
     }
 
     #[test]
