@@ -7,12 +7,16 @@
 //! active region's store is reported as a detail only: a standby must stay healthy when the
 //! active region dies, or the controller would see every region down and never fail over.
 //!
+//! With `databases` configured the shop also keeps its orders in MariaDB (Magento's
+//! `sales_order`) and its sessions in Redis, on its own region's servers.
+//!
 //! `dynamo` is a small DynamoDB JSON client (SigV4 with `dynamo-protocol`'s pieces),
 //! `pointer` follows the controller's active-region pointer, `tables` creates the tables,
 //! `shop` is the HTTP side. Must not depend on the store, controller or proxy crates: it talks
 //! to them over HTTP like any application would.
 
 pub mod catalog;
+pub mod databases;
 pub mod dynamo;
 pub mod metrics;
 pub mod pointer;
@@ -48,6 +52,8 @@ pub struct DemoAppConfig {
     /// Create missing tables (global ones when several stores are given) before serving.
     pub tables_create: bool,
     pub pointer_stale_ms: u64,
+    /// Orders in MariaDB/MySQL and sessions in Redis besides the store (none: the store only).
+    pub databases: databases::ShopDatabases,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +79,7 @@ impl DemoAppConfig {
             table_prefix: "shop_".to_string(),
             tables_create: true,
             pointer_stale_ms: pointer::STALE_MS_DEFAULT,
+            databases: databases::ShopDatabases::default(),
         }
     }
 }
@@ -106,16 +113,19 @@ pub async fn build(config: &DemoAppConfig) -> Result<Arc<Shop>, DemoAppError> {
         // A fixed pointer never changes: the receiver keeps the value after the sender is gone.
         None => watch::channel(PointerView::fixed(&config.region)).1,
     };
-    let shop = Arc::new(Shop::new(
-        ShopConfig {
-            region: config.region.clone(),
-            instance: config.instance.clone(),
-            tables,
-            pointer_stale_ms: config.pointer_stale_ms,
-        },
-        stores,
-        receiver,
-    ));
+    let shop = Arc::new(
+        Shop::new(
+            ShopConfig {
+                region: config.region.clone(),
+                instance: config.instance.clone(),
+                tables,
+                pointer_stale_ms: config.pointer_stale_ms,
+            },
+            stores,
+            receiver,
+        )
+        .with_databases(config.databases.clone()),
+    );
     Ok(shop)
 }
 

@@ -66,6 +66,8 @@ pub struct Shop {
     stores: BTreeMap<String, Client>,
     pointer: watch::Receiver<PointerView>,
     metrics: crate::metrics::ShopMetrics,
+    /// Orders in MariaDB and sessions in Redis, when configured.
+    databases: crate::databases::ShopDatabases,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +109,14 @@ impl Shop {
             stores,
             pointer,
             metrics: crate::metrics::ShopMetrics::new(),
+            databases: crate::databases::ShopDatabases::default(),
         }
+    }
+
+    /// Keeps orders (and sessions) in these databases too.
+    pub fn with_databases(mut self, databases: crate::databases::ShopDatabases) -> Shop {
+        self.databases = databases;
+        self
     }
 
     fn local(&self) -> Result<&Client, ShopError> {
@@ -176,6 +185,14 @@ impl Shop {
 
     async fn create_session(&self, store: &Client, active: &ActiveRegion) -> Result<String, ShopError> {
         let session = new_id();
+        self.databases
+            .put_session(
+                &session,
+                &json!({"region": active.region, "instance": self.config.instance, "created_at_ms": now_ms()})
+                    .to_string(),
+            )
+            .await
+            .map_err(ShopError::Unavailable)?;
         store
             .call(
                 "PutItem",
@@ -321,7 +338,21 @@ impl Shop {
                 "price_cents": {"N": found.price_cents.to_string()}
             }}));
         }
-        let item = json!({
+        // The orders database first, as the record of the order (Magento's sales_order): an
+        // order is acknowledged only once its row is committed there.
+        let lines_text = serde_json::to_string(
+            &lines
+                .iter()
+                .map(|(p, q)| json!({"product": p, "quantity": q}))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
+        let stored = self
+            .databases
+            .insert_order(&order_id, &self.config.region, &session, &lines_text, total_cents)
+            .await
+            .map_err(ShopError::Unavailable)?;
+        let mut item = json!({
             "session": {"S": session},
             "order_id": {"S": order_id},
             "status": {"S": "placed"},
@@ -332,6 +363,10 @@ impl Shop {
             "instance": {"S": self.config.instance},
             "created_at_ms": {"N": now_ms().to_string()}
         });
+        if let Some(stored) = &stored {
+            item["increment_id"] = json!({"S": stored.increment_id});
+            item["database_region"] = json!({"S": self.config.region});
+        }
         let put = store
             .call(
                 "PutItem",
@@ -443,8 +478,16 @@ impl Shop {
                 Err(error) => Err(error.to_string()),
             })
         };
-        // Both at once: the answer takes as long as the local store, at most.
-        let (local, write) = tokio::join!(local, write);
+        // The databases' roles are details, bounded so a slow database never slows the answer.
+        let roles = async {
+            tokio::time::timeout(
+                std::time::Duration::from_millis(crate::databases::DB_ROLE_PROBE_MS),
+                self.databases.roles(),
+            )
+            .await
+        };
+        // All at once: the answer takes as long as the local store, at most.
+        let (local, write, roles) = tokio::join!(local, write, roles);
         record(&mut checks, &mut reasons, "local_store", local);
         record(&mut checks, &mut reasons, "pointer", reachable);
         if let Some(write) = write {
@@ -456,6 +499,19 @@ impl Shop {
                     details.insert("active_store".to_string(), json!("unreachable"));
                     details.insert("active_store_error".to_string(), json!(reason));
                 }
+            }
+        }
+        match roles {
+            Ok(roles) => {
+                for (name, role) in roles {
+                    details.insert(name.to_string(), json!(role));
+                }
+            }
+            Err(_) => {
+                details.insert(
+                    "databases".to_string(),
+                    json!(format!("no answer within {} ms", crate::databases::DB_ROLE_PROBE_MS)),
+                );
             }
         }
         let healthy = reasons.is_empty();
@@ -583,6 +639,9 @@ fn order_view(item: &Value) -> Value {
         "generation": number(&item["generation"]),
         "instance": item["instance"]["S"],
         "created_at_ms": number(&item["created_at_ms"]),
+        // With an orders database: Magento's order number and whose database took the row.
+        "increment_id": item["increment_id"]["S"],
+        "database_region": item["database_region"]["S"],
     })
 }
 

@@ -10,6 +10,8 @@
 //!   the [`scenario::FaultTarget`] trait through which faults are injected;
 //! - [`ha`]: with several controllers, the leader's takeover and the audit-log checks (no step
 //!   applied under two generations, late pushes refused);
+//! - [`databases`]: with `switchyard lab --databases`, per database the promotion time,
+//!   acknowledged orders lost, errant transactions at rejoin, split-brain writes, refusals;
 //! - [`report`]: JSON, the terminal table and the self-contained HTML report.
 //!
 //! The runtime layer ([`runtime`]) does the I/O: the caching DNS resolver, the shop clients,
@@ -20,6 +22,7 @@
 //! public network API (DNS, HTTP, the DynamoDB API), as an outside observer would.
 
 pub mod checker;
+pub mod databases;
 pub mod ha;
 pub mod history;
 pub mod measure;

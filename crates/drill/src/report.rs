@@ -34,6 +34,10 @@ pub struct Report {
     /// With several controllers: what the scenarios that break the leader found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<crate::ha::HaCheck>,
+    /// With databases (`switchyard lab --databases`): per database what its step did and
+    /// what was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub databases: Option<crate::databases::DatabaseReport>,
 }
 
 /// Everything a report is computed from.
@@ -73,6 +77,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         events: inputs.events.to_vec(),
         history_ops: inputs.history.len(),
         ha: inputs.ha,
+        databases: None,
     }
 }
 
@@ -179,7 +184,10 @@ pub fn render_text(report: &Report) -> String {
         let _ = writeln!(out, "  regions: {} (primary first)", report.regions.join(", "));
     }
     let _ = writeln!(out);
-    let rows = figures(report);
+    let mut rows: Vec<(String, String)> = figures(report).into_iter().map(|(l, v)| (l.to_string(), v)).collect();
+    if let Some(databases) = &report.databases {
+        rows.extend(crate::databases::rows(databases));
+    }
     let width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0);
     for (label, value) in rows {
         let _ = writeln!(out, "  {label:<width$}  {value}");
@@ -484,6 +492,23 @@ pub fn render_html(report: &Report) -> String {
         let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", escape(label), escape(&value));
     }
     html.push_str("</table>");
+    if let Some(databases) = &report.databases {
+        html.push_str("<h2>Databases</h2><table>");
+        for (label, value) in crate::databases::rows(databases) {
+            let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", escape(&label), escape(&value));
+        }
+        for db in &databases.databases {
+            if !db.lost_listed.is_empty() {
+                let _ = write!(
+                    html,
+                    "<tr><th>{}: acknowledged, missing</th><td>{}</td></tr>",
+                    escape(&db.kind),
+                    escape(&db.lost_listed.join(", "))
+                );
+            }
+        }
+        html.push_str("</table>");
+    }
     if !report.check.listed.is_empty() {
         html.push_str("<h2>Writes not present</h2><table><tr><th>class</th><th>key</th><th>value</th><th>written via</th><th>acked at</th><th>found</th><th>in</th><th>isolated</th></tr>");
         for w in &report.check.listed {

@@ -34,6 +34,9 @@ pub const SLOW_LATENCY_MS: u64 = 50;
 pub const SLOW_JITTER_MS: u64 = 10;
 /// A slow region must keep serving: RTO(99%) may cover the second the fault lands in, no more.
 pub const SLOW_RTO_99_MS_MAX: u64 = 1_000;
+/// `db-lag`: the standby's replica is delayed this long (at most half the fault) before the
+/// primary region dies, so the orders of that window are received and not yet applied.
+pub const DB_LAG_LEAD_MS: u64 = 3_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -173,6 +176,16 @@ pub enum FaultAction {
     LeadFrom {
         region: RegionRole,
     },
+    /// `switchyard lab --databases`: the region's MariaDB replica applies what it receives
+    /// `delay_s` late (`MASTER_DELAY`): it lags behind the primary by that much.
+    DelayReplication {
+        region: RegionRole,
+        delay_s: u64,
+    },
+    /// Its applier back in step (`MASTER_DELAY = 0`).
+    UndelayReplication {
+        region: RegionRole,
+    },
 }
 
 /// Longest an `await` step waits for its condition before it fails.
@@ -196,12 +209,14 @@ impl FaultAction {
             }),
             FaultAction::CutNetwork { region } => Some(FaultAction::HealNetwork { region: *region }),
             FaultAction::FillDisk { region } => Some(FaultAction::FreeDisk { region: *region }),
+            FaultAction::DelayReplication { region, .. } => Some(FaultAction::UndelayReplication { region: *region }),
             FaultAction::AwaitRunbook | FaultAction::AwaitTakeover | FaultAction::LeadFrom { .. } => None,
             FaultAction::Cont { .. }
             | FaultAction::Restart { .. }
             | FaultAction::RemoveToxic { .. }
             | FaultAction::HealNetwork { .. }
-            | FaultAction::FreeDisk { .. } => None,
+            | FaultAction::FreeDisk { .. }
+            | FaultAction::UndelayReplication { .. } => None,
         }
     }
 
@@ -223,6 +238,12 @@ impl FaultAction {
             FaultAction::AwaitRunbook => "wait for the leader's runbook in flight".into(),
             FaultAction::AwaitTakeover => "wait for another member to lead and finish the runbook".into(),
             FaultAction::LeadFrom { region } => format!("make the {} site's controller the leader", role(region)),
+            FaultAction::DelayReplication { region, delay_s } => {
+                format!("delay the {} database's replica by {delay_s} s", role(region))
+            }
+            FaultAction::UndelayReplication { region } => {
+                format!("end the {} database's replica delay", role(region))
+            }
         }
     }
 
@@ -447,6 +468,9 @@ pub struct Expectations {
     /// ([`crate::ha`]).
     #[serde(default)]
     pub ha: Option<HaExpectation>,
+    /// With databases (`switchyard lab --databases`): what their steps must do.
+    #[serde(default)]
+    pub database: crate::databases::DbExpectation,
 }
 
 /// What a scenario that breaks the leader of several controllers expects of them.
@@ -471,7 +495,7 @@ pub struct Scenario {
     pub expectations: Expectations,
 }
 
-pub const NAMES: [&str; 14] = [
+pub const NAMES: [&str; 15] = [
     "region-outage",
     "region-partition",
     "vantage-partition",
@@ -486,6 +510,7 @@ pub const NAMES: [&str; 14] = [
     "controller-crash",
     "controller-isolation",
     "leader-region-outage",
+    "db-lag",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -503,6 +528,7 @@ fn expect(failover: FailoverExpectation) -> Expectations {
         failback: false,
         primary_isolated: false,
         ha: None,
+        database: crate::databases::DbExpectation::None,
     }
 }
 
@@ -515,6 +541,7 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
                 rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
                 rto_99_ms_max_before_ttl: Some(RTO_99_MS_MAX_BEFORE_TTL),
                 rto_99_plus_ttl: true,
+                database: crate::databases::DbExpectation::Promote,
                 ..expect(Required)
             },
         ),
@@ -527,12 +554,16 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
                 rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
                 rto_99_ms_max_before_ttl: Some(RTO_99_MS_MAX_BEFORE_TTL),
                 rto_99_plus_ttl: true,
+                database: crate::databases::DbExpectation::Promote,
                 ..expect(Required)
             },
         ),
         "region-partition" => (
             "cut the primary off from the other regions, the controller and the vantage points while its clients still reach it (split brain)",
             Expectations {
+                // Its databases stay reachable by the controller (their links are not cut), so
+                // the old primary is fenced before the standby is promoted.
+                database: crate::databases::DbExpectation::Promote,
                 primary_isolated: true,
                 ..expect(Required)
             },
@@ -619,7 +650,17 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
             "kill the primary region, let traffic fail over, restore it and check traffic returns with nothing lost",
             Expectations {
                 failback: true,
+                database: crate::databases::DbExpectation::Promote,
                 ..expect(Required)
+            },
+        ),
+        // A lab with --databases: the standby's MariaDB applies DB_LAG_DELAY_S late when the
+        // primary region dies, so the mysql_promote step must refuse and name the loss.
+        "db-lag" => (
+            "with --databases: delay the secondary's MariaDB replica far beyond promote_lag_max_ms, then kill -9 the primary region: promotion must be refused, naming the transactions it would lose",
+            Expectations {
+                database: crate::databases::DbExpectation::Refuse,
+                ..expect(Any)
             },
         ),
         other => return Err(UnknownScenario(other.to_string())),
@@ -830,6 +871,37 @@ impl Scenario {
                 steps
             }
             "disk-full" => fault_then_heal(vec![FaultAction::FillDisk { region: Primary }], at, heal),
+            // The delay first, the region's death DB_LAG_LEAD_MS later (writes in between are
+            // received and not yet applied); healed in reverse.
+            "db-lag" => {
+                let delay = FaultAction::DelayReplication {
+                    region: Secondary,
+                    delay_s: crate::runtime::databases::DB_LAG_DELAY_S,
+                };
+                let kill = FaultAction::Kill {
+                    target: Component::Region(Primary),
+                };
+                let kill_at = at + DB_LAG_LEAD_MS.min(durations.fault_ms / 2);
+                vec![
+                    Step {
+                        at_ms: at,
+                        phase: StepPhase::Fault,
+                        action: delay.clone(),
+                    },
+                    Step {
+                        at_ms: kill_at,
+                        phase: StepPhase::Fault,
+                        action: kill.clone(),
+                    },
+                ]
+                .into_iter()
+                .chain([kill, delay].iter().filter_map(FaultAction::undo).map(|action| Step {
+                    at_ms: heal,
+                    phase: StepPhase::Heal,
+                    action,
+                }))
+                .collect()
+            }
             "controller-partition" => fault_then_heal(
                 blackhole(Link::Controller { region: Primary }, "drill-cut-controller"),
                 at,

@@ -29,6 +29,19 @@ pub const SETUP_REQUESTS_MAX: usize = 64;
 pub const SETUP_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Most bytes of a refused setup answer quoted in the error.
 pub const SETUP_ANSWER_QUOTE_BYTES_MAX: usize = 400;
+/// How long a one-time preparation (`--init-program`) may take.
+pub const INIT_WAIT_MS: u64 = 120_000;
+/// Most bytes of a failed preparation's output quoted in the error.
+pub const INIT_OUTPUT_QUOTE_BYTES_MAX: usize = 2_000;
+
+/// A one-time preparation run before the program: skipped when `creates` exists (it made it
+/// on an earlier start).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitStep {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub creates: PathBuf,
+}
 
 /// One HTTP request sent to the program once it listens, before it counts as ready. The
 /// setup file is a JSON array of these.
@@ -55,11 +68,52 @@ pub struct ExecOptions {
     pub ready_file: Option<PathBuf>,
     /// A JSON file of [`SetupRequest`]s sent once the program listens.
     pub setup: Option<PathBuf>,
+    /// Run first, unless what it creates exists.
+    pub init: Option<InitStep>,
+}
+
+/// Runs the preparation unless its file exists; bounded by [`INIT_WAIT_MS`].
+async fn prepare(init: &InitStep) -> Result<(), String> {
+    if init.creates.exists() {
+        return Ok(());
+    }
+    let program = init.program.display().to_string();
+    let run = tokio::process::Command::new(&init.program)
+        .args(&init.args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_millis(INIT_WAIT_MS), run)
+        .await
+        .map_err(|_| format!("{program} did not finish within {INIT_WAIT_MS} ms"))?
+        .map_err(|e| format!("start {program}: {e}"))?;
+    if !output.status.success() {
+        let text = String::from_utf8_lossy(&output.stderr).to_string() + &String::from_utf8_lossy(&output.stdout);
+        let tail: String = text
+            .chars()
+            .rev()
+            .take(INIT_OUTPUT_QUOTE_BYTES_MAX)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(format!("{program} failed ({}): {tail}", output.status));
+    }
+    if !init.creates.exists() {
+        return Err(format!(
+            "{program} succeeded but did not create {}",
+            init.creates.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Runs the program until it exits or `shutdown` resolves; returns its exit code.
 pub async fn exec(options: &ExecOptions, shutdown: impl Future<Output = ()>) -> Result<i32, String> {
     let program = options.program.display().to_string();
+    if let Some(init) = &options.init {
+        prepare(init).await?;
+    }
     let mut child = tokio::process::Command::new(&options.program)
         .args(&options.args)
         .stdin(Stdio::null())
@@ -195,6 +249,7 @@ mod tests {
             ready_tcp: address,
             ready_file: None,
             setup: None,
+            init: None,
         };
         let error = exec(&options, std::future::pending()).await.expect_err("exits early");
         assert!(
@@ -214,6 +269,7 @@ mod tests {
             ready_tcp: listener.local_addr().expect("address"),
             ready_file: Some(ready.clone()),
             setup: None,
+            init: None,
         };
         let file = ready.clone();
         let shutdown = async move {

@@ -70,6 +70,9 @@ pub struct LabOptions {
     pub tls: bool,
     /// `--quiet`: one line once everything is up, instead of the table and the try-lines.
     pub quiet: bool,
+    /// `--databases`: a MariaDB and a Redis per region, replicating from the active region's
+    /// (see [`crate::databases`]).
+    pub databases: Option<crate::databases::DatabaseOptions>,
 }
 
 /// What `--tls` needs made before anything starts: a private CA and one certificate for every
@@ -175,7 +178,13 @@ pub struct Plan {
 /// What `switchyard drill --lab DIR` reads to find and break the lab.
 pub const DRILL_TARGETS_FILE: &str = "drill-targets.toml";
 
-fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str], hosts: &Hosts) -> String {
+fn drill_targets(
+    options: &LabOptions,
+    ports: &Ports,
+    regions: &[&str],
+    hosts: &Hosts,
+    db_processes: &[Vec<String>],
+) -> String {
     let dir = options.dir.display();
     let mut text = format!(
         "# Written by `switchyard lab`: what drills need to find and break this lab.\nshop_name = \"{SHOP_NAME}\"\nshop_port = {}\ndns_server = \"{}\"\nfault_proxy_url = \"{}\"\n",
@@ -200,6 +209,9 @@ fn drill_targets(options: &LabOptions, ports: &Ports, regions: &[&str], hosts: &
             hosts.url(i, ports.store(i)),
             region_ip(i)
         );
+        if let Some(databases) = db_processes.get(i).filter(|d| !d.is_empty()) {
+            let _ = writeln!(text, "database_processes = {databases:?}");
+        }
     }
     if options.controller {
         let vantages: Vec<String> = (1..=AGENTS).map(|n| format!("agent-{n}")).collect();
@@ -286,6 +298,10 @@ pub enum PlanError {
         "--controllers 3 needs etcd, which is not installed: `apt-get install etcd-server` (or ./scripts/install-test-deps.sh)"
     )]
     Etcd,
+    #[error(
+        "--databases runs the databases on the lab's loopback, which --netns regions cannot reach: drop one of them"
+    )]
+    DatabasesNetns,
 }
 
 struct Ports {
@@ -456,6 +472,9 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         return Err(PlanError::Controllers(options.controllers));
     }
     let ha = options.controllers == crate::ha::MEMBERS;
+    if options.databases.is_some() && options.netns {
+        return Err(PlanError::DatabasesNetns);
+    }
     if ha && !options.controller {
         return Err(PlanError::ControllersWithout);
     }
@@ -519,6 +538,10 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     let mut files = Vec::new();
     let mut components = Vec::new();
     let mut bound = vec![("fault-proxy API".to_string(), local(ports.fault_api()))];
+    let databases = match &options.databases {
+        Some(databases) => crate::databases::additions(dir, options.base_port, regions, options.controller, databases),
+        None => crate::databases::DbAdditions::default(),
+    };
 
     // The network: every link, as named proxies of one fault proxy.
     let mut links = String::from("# The lab's network: every link between components, breakable by drills.\n");
@@ -605,6 +628,9 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 &mut bound,
             );
         }
+    }
+    for (name, listen, upstream) in &databases.links {
+        link(name.clone(), listen.clone(), upstream.clone(), &mut bound);
     }
     if ha {
         for (name, listen, upstream) in crate::ha::links(&ha_ports, &sites, &local(ports.dns_admin())) {
@@ -697,6 +723,11 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         components.push(spec);
     }
 
+    // The databases, before the shops that use them.
+    files.extend(databases.files.iter().cloned());
+    components.extend(databases.components.iter().cloned());
+    bound.extend(databases.bound.iter().cloned());
+
     // Demo apps; the very first creates the global tables.
     for (i, region) in regions.iter().enumerate() {
         for app in 0..APPS_PER_REGION {
@@ -720,6 +751,9 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             }
             if i == 0 && app == 0 {
                 args.push("--tables-create".to_string());
+            }
+            if let Some(db_args) = databases.shop_args.get(i) {
+                args.extend(db_args.iter().cloned());
             }
             bound.push((format!("demo app {name}"), hosts.at(i, ports.app(i, app))));
             let mut spec = owned_subcommand(&name, "demo-app", args);
@@ -884,6 +918,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 api_url(options.tls, ports.store_health(i, 0))
             );
         }
+        text.push_str(&databases.checks);
         // Each agent probes through its own links: the checks name the controller's.
         for agent in 1..=AGENTS {
             let _ = writeln!(text, "\n[vantage_paths.agent-{agent}]");
@@ -920,6 +955,14 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             "\n[dns]\nadmin_url = \"{}\"\ntoken_file = \"{DNS_TOKEN_FILE}\"\ntxt_name = \"_active-region.{ZONE}\"\n\n[[runbook]]\nname = \"dns\"\nkind = \"dns_health\"\n\n[[runbook]]\nname = \"txt\"\nkind = \"dns_txt\"\n\n[[runbook]]\nname = \"pointer\"\nkind = \"pointer\"\n",
             api_url(options.tls, ports.dns_admin())
         );
+        // The databases move before the traffic: their steps go first.
+        if !databases.runbook.is_empty() {
+            text = text.replacen(
+                "\n[[runbook]]\nname = \"dns\"",
+                &format!("{}\n[[runbook]]\nname = \"dns\"", databases.runbook),
+                1,
+            );
+        }
         text.push_str(&additions.runbook);
         bound.push(("controller".to_string(), local(ports.controller())));
         if let Some(etcd) = &etcd {
@@ -1013,9 +1056,14 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             hosts.url(0, ports.store(0))
         ));
     }
+    try_lines.extend(databases.try_lines.iter().cloned());
     bound.retain(|(_, address)| checkable(address));
+    let mut notes = additions.notes;
+    notes.extend(databases.notes.iter().cloned());
     Ok(Plan {
-        drill_targets: drill_targets(options, &ports, regions, &hosts) + &additions.drill_targets,
+        drill_targets: drill_targets(options, &ports, regions, &hosts, &databases.processes)
+            + &additions.drill_targets
+            + &databases.drill_targets,
         files,
         components,
         ports: bound,
@@ -1025,7 +1073,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         secrets,
         tsig_keys: additions.tsig_keys,
         stale: additions.stale,
-        notes: additions.notes,
+        notes,
         tls,
     })
 }
@@ -1091,6 +1139,7 @@ mod tests {
             etcd: None,
             tls: false,
             quiet: false,
+            databases: None,
         }
     }
 

@@ -565,6 +565,7 @@ mod tests {
             etcd: None,
             tls: false,
             quiet: true,
+            databases: None,
         };
         let table = "component  kind   address  pid  state\nstore-us   store  1.2.3.4  10   running\nshop-us    shop   -        -    exited 1\n";
         let line = summary_line(&options, table);

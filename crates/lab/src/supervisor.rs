@@ -381,7 +381,17 @@ impl Supervisor {
             .and_then(|pid| i32::try_from(pid).ok())
             .and_then(Pid::from_raw)
             .ok_or_else(|| SupervisorError::NotRunning(component.spec.name.clone()))?;
-        rustix::process::kill_process(pid, signal).map_err(|errno| SupervisorError::Io {
+        // Each component leads its own process group (spawned with `process_group(0)`): a
+        // fault (SIGKILL, SIGSTOP, SIGCONT) goes to the group, so a program a component runs
+        // (`lab exec`'s MariaDB, Redis, BIND9) dies, freezes and resumes with it, as on a
+        // real host. SIGTERM goes to the component alone: an orderly stop is its own to
+        // carry out (`lab exec` passes it on to its program).
+        let sent = if signal == Signal::TERM {
+            rustix::process::kill_process(pid, signal)
+        } else {
+            rustix::process::kill_process_group(pid, signal)
+        };
+        sent.map_err(|errno| SupervisorError::Io {
             what: format!("signal {} ({signal:?})", component.spec.name),
             source: errno.into(),
         })

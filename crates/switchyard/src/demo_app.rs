@@ -44,9 +44,41 @@ pub struct DemoAppArgs {
     access_key_id: Option<String>,
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
     secret_access_key: Option<String>,
+    /// Keep orders in this MariaDB/MySQL server too (`HOST:PORT`, database `shop`, table
+    /// `sales_order` as `switchyard lab --databases` makes it): an order is acknowledged once
+    /// its row is committed there. Without it the shop keeps orders in the store only.
+    #[arg(long, value_name = "HOST:PORT")]
+    orders_mysql: Option<String>,
+    /// The account for --orders-mysql.
+    #[arg(long, default_value = "shop")]
+    orders_mysql_user: String,
+    /// File holding --orders-mysql-user's password.
+    #[arg(long)]
+    orders_mysql_password_file: Option<PathBuf>,
+    /// Keep sessions in this Redis server too (`HOST:PORT`; keys `session:ID`).
+    #[arg(long, value_name = "HOST:PORT")]
+    sessions_redis: Option<String>,
+    /// The Redis ACL user for --sessions-redis (none: the default user).
+    #[arg(long)]
+    sessions_redis_user: Option<String>,
+    /// File holding the Redis password.
+    #[arg(long)]
+    sessions_redis_password_file: Option<PathBuf>,
     /// Once accepting connections, write the bound address (`IP:PORT`) to this file.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+}
+
+fn read_secret(path: &Option<PathBuf>, what: &str) -> anyhow::Result<Option<String>> {
+    match path {
+        Some(path) => Ok(Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("read {what} {}", path.display()))?
+                .trim()
+                .to_string(),
+        )),
+        None => Ok(None),
+    }
 }
 
 fn parse_store(text: &str) -> Result<(String, String), String> {
@@ -92,7 +124,31 @@ pub async fn run(args: DemoAppArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let mut databases = demoapp::databases::ShopDatabases::default();
+    if let Some(address) = &args.orders_mysql {
+        let (host, port) = demoapp::databases::split_address(address)
+            .map_err(|e| anyhow::anyhow!("--orders-mysql {e}: write it like 127.0.0.1:3306"))?;
+        databases.orders = Some(demoapp::databases::SqlTarget {
+            host,
+            port,
+            user: args.orders_mysql_user.clone(),
+            password: read_secret(&args.orders_mysql_password_file, "--orders-mysql-password-file")?
+                .unwrap_or_default(),
+            database: "shop".to_string(),
+        });
+    }
+    if let Some(address) = &args.sessions_redis {
+        let (host, port) = demoapp::databases::split_address(address)
+            .map_err(|e| anyhow::anyhow!("--sessions-redis {e}: write it like 127.0.0.1:6379"))?;
+        databases.sessions = Some(demoapp::databases::RedisTarget {
+            host,
+            port,
+            user: args.sessions_redis_user.clone(),
+            password: read_secret(&args.sessions_redis_password_file, "--sessions-redis-password-file")?,
+        });
+    }
     let config = DemoAppConfig {
+        databases,
         instance: args.instance.unwrap_or_else(|| format!("shop-{}", args.region)),
         region: args.region,
         stores,

@@ -20,7 +20,9 @@ pub(crate) struct DrillArgs {
     /// started with --netns), flapping-health, slow-region, store-crash or failback; with
     /// several controllers (a lab started with --controllers 3): controller-crash (kill -9 the
     /// leader mid-runbook), controller-isolation (cut it off etcd mid-runbook) or
-    /// leader-region-outage (lose the leader's whole site).
+    /// leader-region-outage (lose the leader's whole site); with databases (a lab started with
+    /// --databases): db-lag (the standby's MariaDB applier delayed, then the primary region
+    /// killed: promotion must be refused, naming the would-be loss).
     scenario: String,
     /// A running lab's directory: the drill reads DIR/drill-targets.toml, which
     /// `switchyard lab --dir DIR` writes.

@@ -52,6 +52,18 @@ pub struct LabArgs {
     /// drill --lab DIR` and `status --lab DIR` trust the lab's CA by themselves.
     #[arg(long)]
     tls: bool,
+    /// Also run, per region, a MariaDB and a Redis from Debian (`mariadb-server`,
+    /// `redis-server`): the active region's are the primaries, the others replicate from them
+    /// through the fault proxy (MariaDB with GTIDs), the controller's runbook promotes, fences
+    /// and rejoins them (`mysql_promote`, `redis_promote`) before it moves the traffic, and the
+    /// demo shop keeps its orders in MariaDB and its sessions in Redis. Those not installed are
+    /// left out, with the command that installs them.
+    #[arg(long)]
+    databases: bool,
+    /// With --databases: MariaDB semi-synchronous replication (a commit is acknowledged once a
+    /// replica has it), so a region outage loses no acknowledged order.
+    #[arg(long, requires = "databases")]
+    semi_sync: bool,
     /// Do not start anything: check the lab in --dir, print its table, and exit 0 when every
     /// component is up, 1 with the reason otherwise.
     #[arg(long)]
@@ -92,6 +104,16 @@ struct ExecArgs {
     /// address once the program listens; ready only when each answered 2xx.
     #[arg(long)]
     setup: Option<PathBuf>,
+    /// A preparation run once before the program (MariaDB's `mariadb-install-db`), skipped
+    /// when the file named by --init-creates exists.
+    #[arg(long, requires = "init_creates")]
+    init_program: Option<PathBuf>,
+    /// One argument of the preparation (repeat, in order).
+    #[arg(long = "init-arg", allow_hyphen_values = true)]
+    init_args: Vec<String>,
+    /// The file the preparation makes: when it exists, the preparation is skipped.
+    #[arg(long)]
+    init_creates: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -134,6 +156,14 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             ready_tcp: exec.ready_tcp,
             ready_file: exec.ready_file,
             setup: exec.setup,
+            init: exec
+                .init_program
+                .zip(exec.init_creates)
+                .map(|(program, creates)| lab::exec::InitStep {
+                    program,
+                    args: exec.init_args,
+                    creates,
+                }),
         };
         return match lab::exec::exec(&options, crate::shutdown_signal()).await {
             Ok(0) => Ok(()),
@@ -183,6 +213,10 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             .flatten(),
         tls: args.tls,
         quiet: args.quiet,
+        databases: args.databases.then(|| lab::databases::DatabaseOptions {
+            programs: lab::databases::DbPrograms::find(),
+            semi_sync: args.semi_sync,
+        }),
     };
     lab::run(&options, crate::shutdown_signal(), &mut std::io::stdout()).await?;
     Ok(())

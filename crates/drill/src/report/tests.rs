@@ -232,3 +232,34 @@ fn label_rows_handle_labels_moved_left_of_their_predecessor() {
     let starts = label_starts(&[895.0], &["heal"], 900.0);
     assert!(starts[0] + label_width_px("heal") <= 900.0);
 }
+
+#[test]
+fn the_database_figures_appear_in_the_text_and_html_reports() {
+    let mut report = report();
+    report.databases = Some(crate::databases::DatabaseReport {
+        expectation: crate::databases::DbExpectation::Promote,
+        semi_sync: true,
+        promote_lag_max_ms: 1_000,
+        databases: vec![crate::databases::DatabaseFigures {
+            kind: "mariadb".into(),
+            step: "orders-db".into(),
+            promoted: true,
+            detection_to_writable_ms: Some(1_200),
+            acknowledged: 10,
+            acknowledged_lost: 1,
+            lost_listed: vec!["k-lost-order".into()],
+            ..Default::default()
+        }],
+    });
+    let text = render_text(&report);
+    assert!(
+        text.contains("mariadb: detection → writable standby") && text.contains("1.2 s"),
+        "{text}"
+    );
+    assert!(text.contains("1 of 10"), "{text}");
+    let html = render_html(&report);
+    assert!(
+        html.contains("<h2>Databases</h2>") && html.contains("k-lost-order"),
+        "{html}"
+    );
+}

@@ -22,6 +22,24 @@
 //! store_process = "store-us-east-1"
 //! app_processes = ["app-us-east-1-a", "app-us-east-1-b"]
 //! proxy_process = "proxy-us-east-1"
+//! database_processes = ["mariadb-us-east-1", "redis-us-east-1"]   # killed with the region
+//!
+//! [[databases]]     # with databases (`switchyard lab --databases`): each region's servers
+//! region = "us-east-1"
+//! mariadb = "127.0.0.1:17160"            # the server itself (the orders are checked here)
+//! mariadb_link = "127.0.0.1:17162"       # the address the runbook and the replicas use
+//! mariadb_process = "mariadb-us-east-1"
+//! redis = "127.0.0.1:17161"
+//! redis_link = "127.0.0.1:17163"
+//! redis_process = "redis-us-east-1"
+//!
+//! [database_accounts]   # how the drill reads them, and the runbook's bound
+//! mariadb_user = "switchyard"
+//! mariadb_password = "..."
+//! redis_user = "switchyard"
+//! redis_password = "..."
+//! promote_lag_max_ms = 1000
+//! semi_sync = true
 //!
 //! [processes]
 //! controller = "controller"
@@ -99,6 +117,47 @@ pub struct Deployment {
     /// leader find it at run time and read the audit logs.
     #[serde(default)]
     pub controllers: Vec<ControllerMember>,
+    /// `switchyard lab --databases`: each region's MariaDB and Redis, which the drills write
+    /// numbered orders and sessions to and check after convergence ([`crate::runtime::databases`]).
+    #[serde(default)]
+    pub databases: Vec<DatabaseTargets>,
+    #[serde(default)]
+    pub database_accounts: Option<DatabaseAccounts>,
+}
+
+/// One region's databases: the servers themselves (as the region's shops reach them) and the
+/// fault-proxy links the controller and the replicas reach them through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseTargets {
+    pub region: String,
+    #[serde(default)]
+    pub mariadb: Option<String>,
+    #[serde(default)]
+    pub mariadb_link: Option<String>,
+    #[serde(default)]
+    pub mariadb_process: Option<String>,
+    #[serde(default)]
+    pub redis: Option<String>,
+    #[serde(default)]
+    pub redis_link: Option<String>,
+    #[serde(default)]
+    pub redis_process: Option<String>,
+}
+
+/// The accounts the drill checks the databases with, and the bounds the runbook promotes under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseAccounts {
+    pub mariadb_user: String,
+    pub mariadb_password: String,
+    pub redis_user: String,
+    pub redis_password: String,
+    /// The steps' `promote_lag_max_ms`.
+    pub promote_lag_max_ms: u64,
+    /// MariaDB replicates semi-synchronously.
+    #[serde(default)]
+    pub semi_sync: bool,
 }
 
 /// One controller of a group (`[controller.ha]`).
@@ -245,6 +304,9 @@ pub struct RegionTargets {
     pub app_processes: Vec<String>,
     #[serde(default)]
     pub proxy_process: Option<String>,
+    /// Its database servers (`switchyard lab --databases`): a region outage kills them too.
+    #[serde(default)]
+    pub database_processes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! every region's copy of the table and hands everything to the pure core for the report.
 //! An interrupt (Ctrl-C) heals every fault still in force before returning.
 
+pub mod databases;
 pub mod deployment;
 pub mod dynamo;
 pub mod http;
@@ -177,6 +178,7 @@ pub async fn run<T: FaultTarget>(
         http: http.clone(),
         key_prefix: format!("drill-{}-", run_id()),
         stop: stop_rx,
+        acked: std::sync::Mutex::new(databases::AckedWrites::default()),
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(workload::dns_watcher(Arc::clone(&ctx)));
@@ -336,7 +338,22 @@ pub async fn run<T: FaultTarget>(
             start_wall_ms,
         )
     });
-    let report = report::build(report::Inputs {
+    let acked = std::mem::take(&mut *ctx.acked.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let database_report = if deployment.databases.is_empty() {
+        None
+    } else {
+        databases::report(
+            &http,
+            deployment,
+            scenario.expectations.database,
+            &roles.primary,
+            start_wall_ms + options.durations.warmup_ms,
+            &ctx.key_prefix,
+            &acked,
+        )
+        .await
+    };
+    let mut report = report::build(report::Inputs {
         scenario,
         durations: options.durations,
         ttl_s,
@@ -347,6 +364,11 @@ pub async fn run<T: FaultTarget>(
         isolation,
         ha,
     });
+    if let Some(databases) = database_report {
+        report.expectations.extend(crate::databases::evaluate(&databases));
+        report.passed = report.expectations.iter().all(|e| e.passed);
+        report.databases = Some(databases);
+    }
     Ok(DrillOutcome {
         report,
         interrupted,

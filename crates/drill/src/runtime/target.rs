@@ -362,6 +362,7 @@ impl<P: ProcessControl> DeploymentTarget<P> {
                 let mut all: Vec<String> = r.proxy_process.iter().cloned().collect();
                 all.extend(r.app_processes.iter().cloned());
                 all.extend(r.store_process.iter().cloned());
+                all.extend(r.database_processes.iter().cloned());
                 if all.is_empty() {
                     return Err(missing("", &r.name));
                 }
@@ -574,6 +575,16 @@ impl<P: ProcessControl> FaultTarget for DeploymentTarget<P> {
                 })
             }
             FaultAction::LeadFrom { region } => self.lead_from(roles.region(*region)).await.map_err(failed),
+            FaultAction::DelayReplication { region, delay_s } => {
+                super::databases::set_replication_delay(&self.deployment, roles.region(*region), *delay_s)
+                    .await
+                    .map_err(unsupported)
+            }
+            FaultAction::UndelayReplication { region } => {
+                super::databases::set_replication_delay(&self.deployment, roles.region(*region), 0)
+                    .await
+                    .map_err(failed)
+            }
         }
     }
 

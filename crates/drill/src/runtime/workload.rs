@@ -54,6 +54,14 @@ pub struct Context {
     /// Keys of this run start with it; values are unique across the run.
     pub key_prefix: String,
     pub stop: watch::Receiver<bool>,
+    /// Orders and sessions the shop acknowledged (checked in its databases afterwards).
+    pub acked: std::sync::Mutex<super::databases::AckedWrites>,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Context {
@@ -238,6 +246,14 @@ impl ShopClient {
             return;
         };
         if let Some(session) = session_from(&response.headers) {
+            // A new session the shop acknowledged (kept in Redis with --databases).
+            if let Ok(mut acked) = ctx.acked.lock() {
+                acked.sessions.push(crate::databases::Acked {
+                    key: session.clone(),
+                    region: region.clone(),
+                    at_ms: wall_ms(),
+                });
+            }
             self.session = Some(session);
         }
         self.orders += 1;
@@ -258,9 +274,20 @@ impl ShopClient {
         else {
             return;
         };
-        let Some(order_id) = order.json().and_then(|v| v["order_id"].as_str().map(str::to_string)) else {
+        let Some(order_json) = order.json() else { return };
+        let Some(order_id) = order_json["order_id"].as_str().map(str::to_string) else {
             return;
         };
+        // An order the shop's database took (it names its number and region).
+        if order_json["increment_id"].is_string()
+            && let Ok(mut acked) = ctx.acked.lock()
+        {
+            acked.orders.push(crate::databases::Acked {
+                key: order_id.clone(),
+                region: order_json["database_region"].as_str().map(str::to_string),
+                at_ms: wall_ms(),
+            });
+        }
         self.request(
             ctx,
             ShopRequest {

@@ -518,3 +518,50 @@ fn the_leader_scenarios_hold_the_dns_step_then_break_the_leader_mid_runbook() {
     assert_eq!(outage.ha, Some(HaExpectation::SiteLoss));
     assert_eq!(by_name("region-outage").expect("exists").expectations.ha, None);
 }
+
+#[test]
+fn db_lag_delays_the_standby_then_kills_the_primary_and_expects_a_refusal() {
+    let scenario = by_name("db-lag").expect("exists");
+    assert_eq!(scenario.expectations.database, crate::databases::DbExpectation::Refuse);
+    let durations = Durations {
+        warmup_ms: 5_000,
+        fault_ms: 12_000,
+        settle_ms: 3_000,
+    };
+    let plan = scenario.plan(&durations);
+    let delay = FaultAction::DelayReplication {
+        region: RegionRole::Secondary,
+        delay_s: crate::runtime::databases::DB_LAG_DELAY_S,
+    };
+    let kill = FaultAction::Kill {
+        target: Component::Region(RegionRole::Primary),
+    };
+    let actions: Vec<(u64, &FaultAction)> = plan.iter().map(|s| (s.at_ms, &s.action)).collect();
+    assert_eq!(
+        actions,
+        [
+            (5_000, &delay),
+            (5_000 + DB_LAG_LEAD_MS, &kill),
+            (
+                17_000,
+                &FaultAction::Restart {
+                    target: Component::Region(RegionRole::Primary)
+                }
+            ),
+            (
+                17_000,
+                &FaultAction::UndelayReplication {
+                    region: RegionRole::Secondary
+                }
+            ),
+        ]
+    );
+    // The region-death scenarios expect the databases promoted.
+    for name in ["region-outage", "region-hang", "region-partition", "failback"] {
+        assert_eq!(
+            by_name(name).expect("exists").expectations.database,
+            crate::databases::DbExpectation::Promote,
+            "{name}"
+        );
+    }
+}

@@ -106,6 +106,7 @@ async fn start_shops(stores: &[(String, String)]) -> (u16, Vec<tokio::sync::ones
                 table_prefix: "shop".into(),
                 tables_create: true,
                 pointer_stale_ms: 10_000,
+                databases: demoapp::databases::ShopDatabases::default(),
             };
             // One after the other: the first creates the global tables, the second finds them.
             let shop = demoapp::build(&config).await.expect("shop builds");
@@ -221,6 +222,7 @@ async fn start_lab() -> Lab {
             store_process: Some(format!("store-{name}")),
             app_processes: vec![format!("app-{name}")],
             proxy_process: None,
+            database_processes: Vec::new(),
         })
         .collect();
     let deployment = Deployment {
@@ -238,6 +240,8 @@ async fn start_lab() -> Lab {
         process_control: None,
         providers: Vec::new(),
         controllers: Vec::new(),
+        databases: Vec::new(),
+        database_accounts: None,
     };
     Lab {
         deployment,
@@ -472,6 +476,7 @@ async fn the_checker_finds_a_write_removed_from_real_stores() {
                 store_process: None,
                 app_processes: Vec::new(),
                 proxy_process: None,
+                database_processes: Vec::new(),
             })
             .collect(),
         processes: Default::default(),
@@ -479,6 +484,8 @@ async fn the_checker_finds_a_write_removed_from_real_stores() {
         process_control: None,
         providers: Vec::new(),
         controllers: Vec::new(),
+        databases: Vec::new(),
+        database_accounts: None,
     };
     let deployment = deployment_like(&stores);
     let state = drill::runtime::converge(&http, &deployment, "run-", DEADLINE_MS, &recorder).await;
@@ -574,6 +581,7 @@ async fn deployment_target_drives_the_real_fault_proxy() {
                 store_process: None,
                 app_processes: Vec::new(),
                 proxy_process: None,
+                database_processes: Vec::new(),
             })
             .collect(),
         processes: Default::default(),
@@ -581,6 +589,8 @@ async fn deployment_target_drives_the_real_fault_proxy() {
         process_control: None,
         providers: Vec::new(),
         controllers: Vec::new(),
+        databases: Vec::new(),
+        database_accounts: None,
     };
     let mut tokenless = deployment.clone();
     tokenless.fault_proxy_token = None;
@@ -723,6 +733,7 @@ async fn command_process_control_runs_the_commands() {
                 store_process: Some(format!("store {name}")),
                 app_processes: vec![format!("app-{name}-1"), format!("app-{name}-2")],
                 proxy_process: Some(format!("lb-{name}")),
+                database_processes: Vec::new(),
             })
             .collect(),
         processes: Default::default(),
@@ -730,6 +741,8 @@ async fn command_process_control_runs_the_commands() {
         process_control: Some(commands.clone()),
         providers: Vec::new(),
         controllers: Vec::new(),
+        databases: Vec::new(),
+        database_accounts: None,
     };
     let target = DeploymentTarget::new(deployment, CommandProcessControl { commands });
     let roles = Roles {

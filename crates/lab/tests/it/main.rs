@@ -239,3 +239,37 @@ async fn a_directory_held_by_a_live_supervisor_is_refused() {
     // Its supervisor is gone: the directory can be taken over.
     Supervisor::new(dir.path(), "/bin/false".into()).expect("stale state is replaced");
 }
+
+#[tokio::test]
+async fn kill_takes_what_the_component_runs_down_with_it() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut supervisor = Supervisor::new(dir.path(), "/bin/false".into()).expect("supervisor");
+    let child_file = dir.path().join("child.pid");
+    // Like `lab exec`: the component runs a program as its child (here `sleep`).
+    supervisor
+        .start(script(
+            "wrapper",
+            &format!(
+                "sleep 600 & echo $! > {}; echo \"127.0.0.1:$$\" > \"$2\"; wait",
+                child_file.display()
+            ),
+        ))
+        .await
+        .expect("starts");
+    wait_for("the child's pid", || {
+        std::fs::read_to_string(&child_file).is_ok_and(|t| t.trim().parse::<u32>().is_ok())
+    })
+    .await;
+    let child: u32 = std::fs::read_to_string(&child_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(process_state(child).is_some(), "the child runs");
+    supervisor.kill("wrapper").await.expect("kill");
+    // The child is gone too (or a zombie until init reaps it), not left running.
+    wait_for("the child to die with its component", || {
+        process_state(child).is_none_or(|state| state == 'Z')
+    })
+    .await;
+}
