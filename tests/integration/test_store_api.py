@@ -64,6 +64,11 @@ def test_table_lifecycle_create_describe_update_delete(client):
     client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 5})
     deleted = client.delete_table(TableName=name)["TableDescription"]
     assert deleted["TableName"] == name
+    assert deleted["TableStatus"] == "DELETING" and deleted["TableArn"].endswith(f"table/{name}")
+    # DynamoDB's DeleteTable description leaves out the schema and the creation time.
+    for left_out in ["KeySchema", "AttributeDefinitions", "CreationDateTime", "GlobalSecondaryIndexes"]:
+        assert left_out not in deleted, left_out
+    assert "ProvisionedThroughput" in deleted and "BillingModeSummary" in deleted
     with pytest.raises(ClientError) as excinfo:
         client.describe_table(TableName=name)
     code, message, status = error_of(excinfo)

@@ -357,3 +357,73 @@ def test_document_paths_are_bounded_in_depth_and_list_index(store):
             client.get_item(TableName=SORTED, Key=key, ProjectionExpression=projection)
         code, message, _ = error_of(excinfo)
         assert code == "ValidationException" and "ProjectionExpression" in message and expected in message, message
+
+
+def test_a_global_index_refuses_attributes_it_does_not_project(store):
+    client = store.client()
+    name = "errors-keys-only-gsi"
+    create_table(client, name, extra_attributes={"g": "S"},
+                 GlobalSecondaryIndexes=[{"IndexName": "by_g",
+                                          "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                                          "Projection": {"ProjectionType": "KEYS_ONLY"}}])
+    client.put_item(TableName=name, Item={"pk": {"S": "a"}, "g": {"S": "x"}, "v": {"N": "1"}})
+    values = {":g": {"S": "x"}}
+    with pytest.raises(ClientError) as excinfo:
+        client.query(TableName=name, IndexName="by_g", KeyConditionExpression="g = :g",
+                     ExpressionAttributeValues=values, ProjectionExpression="pk, v")
+    code, message, _ = error_of(excinfo)
+    assert code == "ValidationException" and "Global secondary index by_g does not project [v]" in message, message
+    # What the index holds (its key and the table's) can be asked for.
+    items = client.query(TableName=name, IndexName="by_g", KeyConditionExpression="g = :g",
+                         ExpressionAttributeValues=values, ProjectionExpression="pk, g")["Items"]
+    assert items == [{"pk": {"S": "a"}, "g": {"S": "x"}}]
+
+
+def test_attribute_names_are_bounded_everywhere_they_appear(store):
+    client = sorted_table(store)
+    key = {"pk": {"S": "p"}, "sk": {"N": "1"}}
+    too_long = "n" * 65_536
+    for name, expected in [(too_long, "65536 bytes long"), ("", "Empty attribute name")]:
+        attempts = [
+            lambda: client.put_item(TableName=SORTED, Item={**key, name: {"N": "1"}}),
+            lambda: client.get_item(TableName=SORTED, Key=key, ProjectionExpression="#n",
+                                    ExpressionAttributeNames={"#n": name}),
+            lambda: client.get_item(TableName=SORTED, Key=key, AttributesToGet=[name]),
+            lambda: client.update_item(TableName=SORTED, Key=key,
+                                       AttributeUpdates={name: {"Value": {"N": "2"}, "Action": "PUT"}}),
+            lambda: client.update_item(TableName=SORTED, Key=key, UpdateExpression="SET #n = :v",
+                                       ExpressionAttributeNames={"#n": name},
+                                       ExpressionAttributeValues={":v": {"N": "3"}}),
+        ]
+        for attempt in attempts:
+            with pytest.raises(ClientError) as excinfo:
+                attempt()
+            code, message, _ = error_of(excinfo)
+            assert code == "ValidationException" and expected in message, message
+
+
+def test_key_attribute_names_are_at_most_255_bytes(store):
+    client = store.client()
+    long_name = "k" * 256
+    for schema, definitions in [
+        ([{"AttributeName": long_name, "KeyType": "HASH"}], [{"AttributeName": long_name, "AttributeType": "S"}]),
+        ([{"AttributeName": "short", "KeyType": "HASH"}], [{"AttributeName": long_name, "AttributeType": "S"}]),
+        ([{"AttributeName": long_name, "KeyType": "HASH"}], [{"AttributeName": "short", "AttributeType": "S"}]),
+    ]:
+        with pytest.raises(ClientError) as excinfo:
+            client.create_table(TableName="errors-long-key", BillingMode="PAY_PER_REQUEST",
+                                KeySchema=schema, AttributeDefinitions=definitions)
+        code, message, _ = error_of(excinfo)
+        assert code == "ValidationException" and "less than or equal to 255" in message, message
+
+
+@pytest.mark.parametrize("expression", [
+    "SET v = :a + :a + :a", "SET v = if_not_exists(v, :a + :a)", "SET _v = :a", "SET v = _f(:a)",
+])
+def test_update_expressions_follow_dynamodbs_grammar(store, expression):
+    client = sorted_table(store)
+    with pytest.raises(ClientError) as excinfo:
+        client.update_item(TableName=SORTED, Key={"pk": {"S": "p"}, "sk": {"N": "1"}},
+                           UpdateExpression=expression, ExpressionAttributeValues={":a": {"N": "1"}})
+    code, message, _ = error_of(excinfo)
+    assert code == "ValidationException" and "Syntax error" in message, message

@@ -26,6 +26,8 @@ STALL_DEADLINE_S = 120
 CLOSE_DEADLINE_S = 60
 SETTLE_POLLS = 5
 POLL_S = 0.2
+# jemalloc returns freed memory over its decay time; the bound is checked again within this.
+SETTLE_DEADLINE_S = 60
 
 
 class LimitedStore(StoreProcess):
@@ -157,10 +159,11 @@ def test_stalled_uploads_stay_under_the_memory_bound_and_are_closed(limited):
     assert answered, [a[:60] for a in answers]
     assert all(a.startswith(b"HTTP/1.1 408") and b"RequestTimeoutException" in a for a in answered), answered
 
-    # The store serves as before, still within the bound (the allocator keeps what it freed
-    # for reuse rather than returning it to the system; see the README's security model).
+    # The store serves as before and settles within the bound: jemalloc returns the freed
+    # upload buffers to the system over its decay time (a few seconds), so poll for it.
     client.put_item(TableName="limits", Item={"pk": {"S": "after"}})
-    assert resident_bytes(limited.process) < RESIDENT_BYTES_MAX
+    wait_for(lambda: resident_bytes(limited.process) < RESIDENT_BYTES_MAX, SETTLE_DEADLINE_S,
+             f"resident memory under {RESIDENT_BYTES_MAX} bytes after the uploads closed", interval_s=POLL_S)
 
 
 def test_idle_and_slow_head_connections_are_closed(limited):

@@ -36,7 +36,7 @@ pub struct Number {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NumberError {
-    #[error("A value provided cannot be converted into a number")]
+    #[error("The parameter cannot be converted to a numeric value")]
     NotANumber,
     #[error("Attempting to store more than 38 significant digits in a Number")]
     TooManyDigits,

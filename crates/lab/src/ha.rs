@@ -33,6 +33,8 @@ pub const TIE_BREAKER: &str = "tie-breaker";
 /// The lab's leader lease (the default): a dead leader is replaced after at most this plus one
 /// renewal; drills measure it.
 pub const LAB_LEASE_MS: u64 = 5_000;
+/// The DNS step's timeout with several controllers: three leases, beyond a takeover.
+pub const HA_DNS_STEP_TIMEOUT_MS: u64 = 3 * LAB_LEASE_MS;
 /// etcd's cluster token for the lab.
 const CLUSTER_TOKEN: &str = "switchyard-lab";
 

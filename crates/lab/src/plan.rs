@@ -950,9 +950,17 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             text.push_str(&crate::ha::member_tokens(&sites));
             secrets.extend(sites.iter().map(|site| crate::ha::member_token_path(dir, site)));
         }
+        // With several controllers, a DNS push in flight when its leader is cut off waits out
+        // the takeover (lease plus slack), so the late push reaches the DNS server and its
+        // refusal is what the leader's audit log records (`controller-isolation` checks it).
+        let dns_timeout = if ha {
+            format!("timeout_ms = {}\n", crate::ha::HA_DNS_STEP_TIMEOUT_MS)
+        } else {
+            String::new()
+        };
         let _ = write!(
             text,
-            "\n[dns]\nadmin_url = \"{}\"\ntoken_file = \"{DNS_TOKEN_FILE}\"\ntxt_name = \"_active-region.{ZONE}\"\n\n[[runbook]]\nname = \"dns\"\nkind = \"dns_health\"\n\n[[runbook]]\nname = \"txt\"\nkind = \"dns_txt\"\n\n[[runbook]]\nname = \"pointer\"\nkind = \"pointer\"\n",
+            "\n[dns]\nadmin_url = \"{}\"\ntoken_file = \"{DNS_TOKEN_FILE}\"\ntxt_name = \"_active-region.{ZONE}\"\n\n[[runbook]]\nname = \"dns\"\nkind = \"dns_health\"\n{dns_timeout}\n[[runbook]]\nname = \"txt\"\nkind = \"dns_txt\"\n\n[[runbook]]\nname = \"pointer\"\nkind = \"pointer\"\n",
             api_url(options.tls, ports.dns_admin())
         );
         // The databases move before the traffic: their steps go first.

@@ -491,6 +491,12 @@ pub fn parse_key_schema(
             "1 validation error detected: Value '[...]' at '{what}' failed to satisfy constraint: Member must have length less than or equal to 2 and greater than or equal to 1"
         )));
     }
+    for (at, element) in elements.iter().enumerate() {
+        check_key_name_length(
+            &element.attribute_name,
+            &format!("{what}.{}.member.attributeName", at + 1),
+        )?;
+    }
     if elements[0].key_type != "HASH" {
         return Err(invalid(
             "Invalid KeySchema: The first KeySchemaElement is not a HASH key type",
@@ -579,9 +585,30 @@ pub fn parse_billing_mode(mode: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
+/// Longest name of a key attribute (tables and indexes), in bytes: DynamoDB's model bound.
+pub const KEY_ATTRIBUTE_NAME_BYTES_MAX: usize = 255;
+
+fn check_key_name_length(name: &str, field: &str) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '' at '{field}' failed to satisfy constraint: Member must have length greater than or equal to 1"
+        )));
+    }
+    if name.len() > KEY_ATTRIBUTE_NAME_BYTES_MAX {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{name}' at '{field}' failed to satisfy constraint: Member must have length less than or equal to {KEY_ATTRIBUTE_NAME_BYTES_MAX}"
+        )));
+    }
+    Ok(())
+}
+
 pub fn parse_attribute_definitions(definitions: &[AttributeDefinition]) -> Result<Vec<(String, KeyType)>, ApiError> {
     let mut out: Vec<(String, KeyType)> = Vec::new();
-    for definition in definitions {
+    for (at, definition) in definitions.iter().enumerate() {
+        check_key_name_length(
+            &definition.attribute_name,
+            &format!("attributeDefinitions.{}.member.attributeName", at + 1),
+        )?;
         let value_type = match definition.attribute_type.as_str() {
             "S" => KeyType::S,
             "N" => KeyType::N,

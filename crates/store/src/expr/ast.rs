@@ -17,8 +17,9 @@ pub const OPERATORS_MAX: usize = 300;
 /// Most operands of `IN`, counting the one on its left.
 pub const IN_OPERANDS_MAX: usize = 100;
 
-/// Most elements in a document path: a top-level attribute and one per nesting level.
-pub const PATH_ELEMENTS_MAX: usize = NESTING_DEPTH_MAX + 1;
+/// Most elements in a document path, the top-level attribute included: DynamoDB's 32 levels
+/// (`a.b…` with 33 elements is "too many nesting levels; nesting levels: 33").
+pub const PATH_ELEMENTS_MAX: usize = NESTING_DEPTH_MAX;
 
 /// Which request parameter an expression came from; error messages start with its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -152,6 +153,17 @@ impl<'a> Context<'a> {
     /// are not placeholders, and placeholders that no expression used.
     pub fn check_all_used(&self) -> Result<(), ApiError> {
         check_keys("ExpressionAttributeNames", self.names.map(|names| names.keys()), '#')?;
+        if let Some(names) = self.names {
+            let mut names: Vec<(&String, &String)> = names.iter().collect();
+            names.sort();
+            for (key, name) in names {
+                if let Some(problem) = attribute_name_problem(name) {
+                    return Err(ApiError::validation(format!(
+                        "ExpressionAttributeNames contains invalid value: {problem} for key {key}"
+                    )));
+                }
+            }
+        }
         check_keys(
             "ExpressionAttributeValues",
             self.values.map(|values| values.keys()),
@@ -166,6 +178,22 @@ impl<'a> Context<'a> {
             &used,
         )
     }
+}
+
+/// Longest attribute name, in bytes (DynamoDB: under 64 KB).
+pub const ATTRIBUTE_NAME_BYTES_MAX: usize = 65_535;
+
+/// Why `name` cannot name an attribute, in DynamoDB's words, or `None`.
+pub fn attribute_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("Empty attribute name".to_string());
+    }
+    (name.len() > ATTRIBUTE_NAME_BYTES_MAX).then(|| {
+        format!(
+            "Attribute name is {} bytes long, above the limit of {ATTRIBUTE_NAME_BYTES_MAX} bytes",
+            name.len()
+        )
+    })
 }
 
 fn check_keys<'k>(

@@ -359,6 +359,9 @@ pub fn attribute_updates_to_update(
 }
 
 fn attribute_update(key: &str, update: &AttributeValueUpdate) -> Result<Action, ApiError> {
+    if let Some(problem) = crate::expr::attribute_name_problem(key) {
+        return Err(invalid_parameter(format!("AttributeUpdates: {problem}")));
+    }
     let path = Path::attribute(key);
     let action = update.action.as_deref().unwrap_or("PUT");
     if !matches!(action, "PUT" | "DELETE" | "ADD") {
@@ -405,6 +408,9 @@ pub fn attributes_to_get_to_projection(names: &[String]) -> Result<Vec<Path>, Ap
         return Err(ApiError::validation(
             "1 validation error detected: Value '[]' at 'attributesToGet' failed to satisfy constraint: Member must have length greater than or equal to 1",
         ));
+    }
+    if let Some(problem) = names.iter().find_map(|name| crate::expr::attribute_name_problem(name)) {
+        return Err(invalid_parameter(format!("AttributesToGet: {problem}")));
     }
     let mut seen = std::collections::BTreeSet::new();
     if let Some(duplicate) = names.iter().find(|name| !seen.insert(name.as_str())) {

@@ -74,7 +74,9 @@ pub(crate) fn tokenize(text: &str) -> Vec<Token<'_>> {
                 .unwrap_or(bytes.len())
         };
         let (kind, end) = match byte {
-            b'a'..=b'z' | b'A'..=b'Z' | b'_' => (TokenKind::Identifier, word_end(start)),
+            // Names start with a letter (DynamoDB: `Syntax error; token: "_"` for `_a`); an
+            // underscore or digit may follow.
+            b'a'..=b'z' | b'A'..=b'Z' => (TokenKind::Identifier, word_end(start)),
             b'0'..=b'9' => {
                 let end = (start..bytes.len())
                     .find(|&i| !bytes[i].is_ascii_digit())

@@ -29,8 +29,8 @@ mod update;
 mod tests;
 
 pub use ast::{
-    Condition, Context, EXPRESSION_SIZE_MAX_BYTES, ExpressionKind, IN_OPERANDS_MAX, OPERATORS_MAX, PATH_ELEMENTS_MAX,
-    Path, PathElement,
+    ATTRIBUTE_NAME_BYTES_MAX, Condition, Context, EXPRESSION_SIZE_MAX_BYTES, ExpressionKind, IN_OPERANDS_MAX,
+    OPERATORS_MAX, PATH_ELEMENTS_MAX, Path, PathElement, attribute_name_problem,
 };
 pub use keycond::{KeyCondition, KeyOperator, parse_key_condition};
 pub use projection::{parse_projection, project};

@@ -12,8 +12,6 @@ use dynamo_protocol::ApiError;
 use super::ast::{Comparator, EXPRESSION_SIZE_MAX_BYTES, ExpressionKind, OPERATORS_MAX, invalid};
 use super::lexer::{Token, TokenKind, tokenize};
 
-/// Most elements in a document path (attribute names and list indexes): DynamoDB's 32 levels.
-pub(crate) const PATH_DEPTH_MAX: usize = 32;
 /// Highest list index a path may name (a signed 32-bit integer, as DynamoDB).
 const LIST_INDEX_MAX: u32 = i32::MAX as u32;
 
@@ -316,18 +314,7 @@ impl<'t> Parser<'t> {
                     self.expect(TokenKind::RightBracket)?;
                     elements.push(RawElement::Index(index));
                 }
-                _ => {
-                    if elements.len() > PATH_DEPTH_MAX {
-                        return Err(invalid(
-                            self.kind,
-                            format!(
-                                "The document path has too many nesting levels; nesting levels: {}",
-                                elements.len()
-                            ),
-                        ));
-                    }
-                    return Ok(RawPath(elements));
-                }
+                _ => return Ok(RawPath(elements)),
             }
         }
     }
@@ -529,22 +516,22 @@ impl<'t> Parser<'t> {
         }
     }
 
+    /// `operand`, or `operand + operand` / `operand - operand`: DynamoDB's grammar adds or
+    /// subtracts exactly two operands (`:a + :b + :c` is a syntax error).
     fn set_value(&mut self, parentheses: usize) -> Result<RawSetValue<'t>, ApiError> {
-        let mut value = self.set_term(parentheses)?;
-        loop {
-            let kind = self.peek().kind;
-            if kind != TokenKind::Plus && kind != TokenKind::Minus {
-                return Ok(value);
-            }
-            self.advance();
-            self.count_operator()?;
-            let right = Box::new(self.set_term(parentheses)?);
-            value = if kind == TokenKind::Plus {
-                RawSetValue::Plus(Box::new(value), right)
-            } else {
-                RawSetValue::Minus(Box::new(value), right)
-            };
+        let value = self.set_term(parentheses)?;
+        let kind = self.peek().kind;
+        if kind != TokenKind::Plus && kind != TokenKind::Minus {
+            return Ok(value);
         }
+        self.advance();
+        self.count_operator()?;
+        let right = Box::new(self.set_term(parentheses)?);
+        Ok(if kind == TokenKind::Plus {
+            RawSetValue::Plus(Box::new(value), right)
+        } else {
+            RawSetValue::Minus(Box::new(value), right)
+        })
     }
 
     fn set_term(&mut self, parentheses: usize) -> Result<RawSetValue<'t>, ApiError> {
@@ -567,10 +554,12 @@ impl<'t> Parser<'t> {
                 let name = self.advance().text;
                 self.count_operator()?;
                 self.expect(TokenKind::LeftParen)?;
-                let mut arguments = vec![self.set_value(parentheses)?];
+                // A function's arguments are operands: `f(:a + :b)` is a syntax error, as on
+                // DynamoDB (`f(:a) + :b` is fine).
+                let mut arguments = vec![self.set_term(parentheses)?];
                 while self.peek().kind == TokenKind::Comma {
                     self.advance();
-                    arguments.push(self.set_value(parentheses)?);
+                    arguments.push(self.set_term(parentheses)?);
                 }
                 self.expect(TokenKind::RightParen)?;
                 Ok(RawSetValue::Call(name, arguments))
@@ -664,15 +653,28 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_bounded_in_depth_and_index_as_dynamodb_bounds_them() {
-        let deepest = format!("a{} = :v", ".b".repeat(PATH_DEPTH_MAX - 1));
-        assert!(parse_condition(&deepest, ExpressionKind::Condition).is_ok());
-        let deeper = format!("a{} = :v", ".b".repeat(PATH_DEPTH_MAX));
-        let message = syntax_message(parse_condition(&deeper, ExpressionKind::Condition));
-        assert!(
-            message.contains("too many nesting levels; nesting levels: 33"),
-            "{message}"
-        );
+    fn update_values_follow_dynamodbs_grammar() {
+        for text in [
+            "SET a = :x + :y",
+            "SET a = if_not_exists(a, :x) + :y",
+            "SET a = list_append(if_not_exists(a, :l), :m)",
+            "SET a1_ = :x",
+        ] {
+            assert!(parse_update(text).is_ok(), "{text}");
+        }
+        for text in [
+            "SET a = :x + :y + :z",
+            "SET a = if_not_exists(a, :x + :y)",
+            "SET _a = :x",
+            "SET a = _f(:x)",
+        ] {
+            let message = syntax_message(parse_update(text));
+            assert!(message.contains("Syntax error"), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn list_indexes_are_bounded_as_dynamodb_bounds_them() {
         assert!(parse_condition("a[2147483647] = :v", ExpressionKind::Condition).is_ok());
         for text in ["a[2147483648] = :v", "a[99999999999999999999999] = :v"] {
             let message = syntax_message(parse_condition(text, ExpressionKind::Condition));

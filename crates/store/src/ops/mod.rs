@@ -205,19 +205,15 @@ pub fn item_json(item: &Item) -> Value {
 }
 
 /// Longest attribute name DynamoDB accepts, in bytes (names are under 64 KB).
-pub const ATTRIBUTE_NAME_BYTES_MAX: usize = 65_535;
+pub use crate::expr::ATTRIBUTE_NAME_BYTES_MAX;
 
 /// Checks an item for the limits DynamoDB enforces on every stored item.
 pub fn validate_item_limits(item: &Item) -> Result<(), ApiError> {
-    if item.keys().any(|name| name.is_empty()) {
-        return Err(ApiError::validation(
-            "One or more parameter values were invalid: An attribute name is empty; attribute names must be at least one character long",
-        ));
-    }
-    if let Some(name) = item.keys().find(|name| name.len() > ATTRIBUTE_NAME_BYTES_MAX) {
+    let mut names: Vec<&String> = item.keys().collect();
+    names.sort();
+    if let Some(problem) = names.into_iter().find_map(|name| expr::attribute_name_problem(name)) {
         return Err(ApiError::validation(format!(
-            "One or more parameter values were invalid: An attribute name is {} bytes long; attribute names must be under 64 KB",
-            name.len()
+            "One or more parameter values were invalid: {problem}"
         )));
     }
     if item_size_bytes(item) > ITEM_BYTES_MAX {

@@ -171,6 +171,26 @@ pub(crate) fn read_page(store: &Store, request: PageRequest<'_>) -> Result<Page,
             lower = tighter_lower(lower, start);
         }
     }
+    if let Some(index) = index
+        && index.kind == IndexKind::Global
+        && select == Select::Specific
+        && let Some(paths) = projection
+    {
+        // A global index cannot read the table: asking for what it does not hold is an error,
+        // as on DynamoDB (a local index fetches it instead).
+        let missing: Vec<&str> = paths
+            .iter()
+            .filter_map(|path| path.top_attribute())
+            .filter(|name| !index.projects(&meta.key, name))
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::validation(format!(
+                "One or more parameter values were invalid: Global secondary index {} does not project [{}]",
+                index.name,
+                missing.join(", ")
+            )));
+        }
+    }
     let snapshot = store.engine().snapshot()?;
     let fetch_from_table =
         index.is_some_and(|i| i.kind == IndexKind::Local && needs_table_fetch(meta, i, select, projection));

@@ -236,6 +236,15 @@ pub struct TableNameRequest {
     pub table_name: String,
 }
 
+/// What DescribeTable shows and DeleteTable's description leaves out.
+const DELETE_TABLE_OMITS: &[&str] = &[
+    "AttributeDefinitions",
+    "CreationDateTime",
+    "GlobalSecondaryIndexes",
+    "KeySchema",
+    "LocalSecondaryIndexes",
+];
+
 pub async fn delete_table(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
     catalog::validate_table_name(&request.table_name, "tableName")?;
     let meta = store
@@ -249,7 +258,14 @@ pub async fn delete_table(store: &Store, request: TableNameRequest) -> Result<Va
             meta.name
         )));
     }
-    let description = describe(store, &meta, "DELETING");
+    let mut description = describe(store, &meta, "DELETING");
+    // DeleteTable answers a shorter description than DescribeTable: no schema, indexes or
+    // creation time, as DynamoDB's does.
+    if let Some(fields) = description.as_object_mut() {
+        for field in DELETE_TABLE_OMITS {
+            fields.remove(*field);
+        }
+    }
     let target = meta.clone();
     store
         .engine()
