@@ -43,6 +43,9 @@ pub struct Checkpoint {
     #[serde(default)]
     pub observed_generation: Generation,
     pub interrupted: Option<Placement>,
+    /// The move the interrupted runbook made (rolled forward as that kind of move).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_kind: Option<TransitionKind>,
     pub preferred: Option<RegionId>,
     pub paused: bool,
     /// When the last transition was decided (wall-clock ms): a restart keeps `min_hold_ms`.
@@ -260,6 +263,7 @@ fn apply(state: &mut Checkpoint, record: &AuditRecord) {
             Note::RunbookStarted(order) => {
                 state.generation = state.generation.max(order.generation);
                 state.interrupted = Some(order.to.clone());
+                state.interrupted_kind = Some(order.move_kind());
             }
             Note::RunbookFinished {
                 to,
@@ -270,8 +274,10 @@ fn apply(state: &mut Checkpoint, record: &AuditRecord) {
                     state.observed = Some(to.clone());
                     state.observed_generation = *generation;
                     state.interrupted = None;
+                    state.interrupted_kind = None;
                 } else if let RunbookOutcome::Fenced { .. } = outcome {
                     state.interrupted = None;
+                    state.interrupted_kind = None;
                 }
                 // A failed runbook stays the intent: it is rolled forward.
             }
@@ -345,6 +351,7 @@ mod tests {
             to: Placement::single(RegionId::new(to)),
             reason: "test".into(),
             force_data_loss: false,
+            continues: None,
         })
     }
 
@@ -378,7 +385,36 @@ mod tests {
         assert_eq!(state.generation, Generation(2));
         assert_eq!(state.observed, Some(Placement::single(RegionId::new("a"))));
         assert_eq!(state.interrupted, Some(Placement::single(RegionId::new("b"))));
+        assert_eq!(state.interrupted_kind, Some(TransitionKind::Failover));
         assert_eq!(log.recent(10).len(), 3);
+    }
+
+    #[test]
+    fn an_interrupted_retry_of_a_failback_is_restored_as_a_failback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        {
+            let mut log = AuditLog::open(&path, 1 << 20, 3).expect("open");
+            let retry = Note::RunbookStarted(RunbookOrder {
+                generation: Generation(4),
+                kind: TransitionKind::Retry,
+                from: None,
+                to: Placement::single(RegionId::new("a")),
+                reason: "test".into(),
+                force_data_loss: false,
+                continues: Some(TransitionKind::Failback),
+            });
+            log.append(1, Generation(4), Entry::Engine { note: retry })
+                .expect("append");
+        }
+        let log = AuditLog::open(&path, 1 << 20, 3).expect("reopen");
+        assert_eq!(log.checkpoint().interrupted_kind, Some(TransitionKind::Failback));
+        drop(log);
+        // Finishing the move clears it.
+        let mut log = AuditLog::open(&path, 1 << 20, 3).expect("reopen");
+        log.append(2, Generation(4), Entry::Engine { note: finished(4, "a") })
+            .expect("append");
+        assert_eq!(log.checkpoint().interrupted_kind, None);
     }
 
     #[test]

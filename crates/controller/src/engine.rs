@@ -205,6 +205,18 @@ pub struct RunbookOrder {
     /// database steps promote a replica that is behind instead of refusing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force_data_loss: bool,
+    /// For a `retry` or `roll_forward`: the move it continues (`failover`, `failback`, ...),
+    /// when known. Steps that act differently on planned and unplanned moves read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues: Option<TransitionKind>,
+}
+
+impl RunbookOrder {
+    /// The move this order makes: its own kind, or for a retry or roll-forward the kind of the
+    /// move it continues (itself when that is unknown).
+    pub fn move_kind(&self) -> TransitionKind {
+        self.continues.unwrap_or(self.kind)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +378,8 @@ pub struct Restored {
     pub observed: Option<Placement>,
     /// The target of a runbook that started but never finished: rolled forward.
     pub interrupted: Option<Placement>,
+    /// The move that runbook made (its `move_kind`), when recorded.
+    pub interrupted_kind: Option<TransitionKind>,
     pub preferred: Option<RegionId>,
     pub paused: bool,
     /// When the last transition was decided, on the engine's clock (earlier than its start
@@ -397,6 +411,8 @@ struct Intent {
     reason: String,
     /// Carried by every attempt of this intent; a restart's roll-forward starts without it.
     force_data_loss: bool,
+    /// For a roll-forward: the move the interrupted runbook made, when the restore knows it.
+    continues: Option<TransitionKind>,
 }
 
 pub struct Engine {
@@ -481,6 +497,7 @@ impl Engine {
                 kind: TransitionKind::RollForward,
                 reason: "a runbook was interrupted by a restart; rolling it forward with a new generation".into(),
                 force_data_loss: false,
+                continues: restored.interrupted_kind,
             }),
             _ => observed.clone().map(|placement| Intent {
                 placement,
@@ -495,6 +512,7 @@ impl Engine {
                     "restored".into()
                 },
                 force_data_loss: false,
+                continues: restored.interrupted_kind.filter(|_| dirty),
             }),
         };
         Ok(Engine {
@@ -1298,6 +1316,7 @@ impl Engine {
             kind,
             reason,
             force_data_loss: false,
+            continues: None,
         });
         // A new decision may run at once even after failures.
         self.next_attempt_ms = now_ms;
@@ -1328,6 +1347,14 @@ impl Engine {
         } else {
             intent.kind
         };
+        // A retry or roll-forward says which move it continues.
+        let continues = match kind {
+            TransitionKind::Retry | TransitionKind::RollForward => intent.continues.or(match intent.kind {
+                TransitionKind::Retry | TransitionKind::RollForward => None,
+                moved => Some(moved),
+            }),
+            _ => None,
+        };
         let order = RunbookOrder {
             generation: self.generation,
             kind,
@@ -1335,6 +1362,7 @@ impl Engine {
             to: intent.placement.clone(),
             reason: intent.reason.clone(),
             force_data_loss: intent.force_data_loss,
+            continues,
         };
         out.push(Command::Record {
             generation: self.generation,

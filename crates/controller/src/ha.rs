@@ -363,6 +363,7 @@ impl SharedState {
     pub fn restored(&self, floor: Generation, now_ms: u64, wall_now_ms: u64, hold_ms: u64) -> Restored {
         // A runbook still recorded never succeeded (interrupted or failed): roll it forward.
         let interrupted = self.runbook.as_ref().map(|progress| progress.order.to.clone());
+        let interrupted_kind = self.runbook.as_ref().map(|progress| progress.order.move_kind());
         let timers = HoldTimers {
             last_transition_at_ms: self.last_transition_at_ms,
             transitions_at_ms: self.transitions_at_ms.clone(),
@@ -372,6 +373,7 @@ impl SharedState {
             generation: self.generation.max(floor),
             observed: self.observed.clone(),
             interrupted,
+            interrupted_kind,
             preferred: self.preferred.clone(),
             paused: self.paused,
             last_transition_ms,

@@ -75,7 +75,8 @@ impl From<providers::Failure> for Failure {
 pub fn provider_order(order: &RunbookOrder) -> providers::Order {
     providers::Order {
         generation: order.generation.0,
-        kind: serde_json::to_value(order.kind)
+        // Steps act on the move: a retried failback is a failback to them.
+        kind: serde_json::to_value(order.move_kind())
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default(),

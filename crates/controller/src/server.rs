@@ -882,6 +882,7 @@ pub async fn run(
         generation: checkpoint.generation.max(Generation(options.generation_floor)),
         observed: checkpoint.observed.clone(),
         interrupted: checkpoint.interrupted.clone(),
+        interrupted_kind: checkpoint.interrupted_kind,
         preferred: checkpoint.preferred.clone(),
         paused: checkpoint.paused,
         last_transition_ms,

@@ -373,6 +373,58 @@ fn runbook_failure_never_claims_the_failover_and_retries_with_a_new_generation()
 }
 
 #[test]
+fn a_retried_or_rolled_forward_failback_says_it_continues_a_failback() {
+    let mut h = Harness::started_up(two_regions());
+    h.verdict(PRIMARY, Verdict::Down);
+    h.advance(5_000);
+    h.verdict(PRIMARY, Verdict::Up);
+    h.auto_succeed = false;
+    for _ in 0..62 {
+        h.lag(PRIMARY, 10);
+        h.advance(1_000);
+        if h.running.is_some() {
+            break;
+        }
+    }
+    let failback = h.running.clone().expect("failback started");
+    assert_eq!(failback.kind, TransitionKind::Failback);
+    assert_eq!(failback.continues, None);
+    assert_eq!(failback.move_kind(), TransitionKind::Failback);
+    h.finish(RunbookOutcome::Failed {
+        step: "media".into(),
+        error: "rsync exited 23".into(),
+    });
+    h.advance(2_000);
+    let retry = h.running.clone().expect("retried");
+    assert_eq!(retry.kind, TransitionKind::Retry);
+    assert_eq!(retry.continues, Some(TransitionKind::Failback));
+    assert_eq!(retry.move_kind(), TransitionKind::Failback);
+    // A second failure keeps what the retries continue.
+    h.finish(RunbookOutcome::Failed {
+        step: "media".into(),
+        error: "rsync exited 23".into(),
+    });
+    h.advance(10_000);
+    let again = h.running.clone().expect("retried again");
+    assert!(again.generation > retry.generation);
+    assert_eq!(again.continues, Some(TransitionKind::Failback));
+
+    // After a restart the audit's interrupted kind carries over to the roll-forward.
+    let restored = Restored {
+        generation: Generation(7),
+        observed: Some(Placement::single(r(SECONDARY))),
+        interrupted: Some(Placement::single(r(PRIMARY))),
+        interrupted_kind: Some(TransitionKind::Failback),
+        ..Restored::default()
+    };
+    let mut h = Harness::restored(two_regions(), restored);
+    h.feed(Event::Tick);
+    let order = h.started.first().expect("rolled forward at once");
+    assert_eq!(order.kind, TransitionKind::RollForward);
+    assert_eq!(order.move_kind(), TransitionKind::Failback);
+}
+
+#[test]
 fn stale_runbook_reports_are_ignored() {
     let mut h = Harness::started_up(two_regions());
     h.auto_succeed = false;

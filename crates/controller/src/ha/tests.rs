@@ -258,6 +258,7 @@ fn order(generation: u64, to: &str) -> RunbookOrder {
         to: Placement::single(RegionId::new(to)),
         reason: "test".into(),
         force_data_loss: false,
+        continues: None,
     }
 }
 

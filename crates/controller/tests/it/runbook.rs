@@ -34,6 +34,7 @@ fn order(generation: u64) -> RunbookOrder {
         to: Placement::single(RegionId::new("eu-west-1")),
         reason: "us-east-1 is down".into(),
         force_data_loss: false,
+        continues: None,
     }
 }
 

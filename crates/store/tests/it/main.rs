@@ -125,7 +125,7 @@ async fn attribute_names_are_at_least_one_character_and_under_64_kb() {
     item[""] = json!({"S": "no name"});
     let error = h.err("PutItem", json!({"TableName": "orders", "Item": item})).await;
     assert_eq!(error.kind, ErrorKind::Validation);
-    assert!(error.message.contains("attribute name is empty"), "{}", error.message);
+    assert!(error.message.contains("Empty attribute name"), "{}", error.message);
     let error = h
         .err(
             "UpdateItem",
@@ -141,7 +141,11 @@ async fn attribute_names_are_at_least_one_character_and_under_64_kb() {
     let mut item = key.clone();
     item["n".repeat(70_000)] = json!({"S": "long name"});
     let error = h.err("PutItem", json!({"TableName": "orders", "Item": item})).await;
-    assert!(error.message.contains("under 64 KB"), "{}", error.message);
+    assert!(
+        error.message.contains("above the limit of 65535 bytes"),
+        "{}",
+        error.message
+    );
     let found = h
         .ok(
             "GetItem",
