@@ -152,11 +152,19 @@ pub struct ProviderMeasure {
     pub before: Option<String>,
     pub switched_to: Option<String>,
     pub rto_ms: Option<u64>,
+    /// Heal → the first reading, after the switch, that points at `before` again (the
+    /// provider followed the failback).
+    #[serde(default)]
+    pub back_ms: Option<u64>,
+    /// The region of the last reading.
+    #[serde(default)]
+    pub last: Option<String>,
 }
 
 /// Per provider (in order of first reading): the region it pointed at when the fault began,
-/// and the first reading after it that points at another region.
-pub fn provider_switches(events: &[Event], fault_ms: Option<u64>) -> Vec<ProviderMeasure> {
+/// the first reading after it that points at another region, and (after `heal_ms`) the first
+/// reading that points back at the first region.
+pub fn provider_switches(events: &[Event], fault_ms: Option<u64>, heal_ms: Option<u64>) -> Vec<ProviderMeasure> {
     let mut order: Vec<&str> = Vec::new();
     for event in events {
         if let EventKind::Provider { provider, .. } = &event.kind
@@ -181,6 +189,7 @@ pub fn provider_switches(events: &[Event], fault_ms: Option<u64>) -> Vec<Provide
                 provider: name.to_string(),
                 ..ProviderMeasure::default()
             };
+            measure.last = readings.iter().rev().find_map(|(_, region)| region.cloned());
             let Some(fault) = fault_ms else { return measure };
             measure.before = readings
                 .iter()
@@ -193,6 +202,13 @@ pub fn provider_switches(events: &[Event], fault_ms: Option<u64>) -> Vec<Provide
             {
                 measure.rto_ms = Some(at - fault);
                 measure.switched_to = region.cloned();
+                if let (Some(heal), Some(before)) = (heal_ms, &measure.before) {
+                    let from = (*at).max(heal);
+                    measure.back_ms = readings
+                        .iter()
+                        .find(|(back_at, region)| *back_at >= from && *region == Some(before))
+                        .map(|(back_at, _)| back_at - heal);
+                }
             }
             measure
         })
@@ -396,7 +412,7 @@ pub fn measure(history: &History, events: &[Event], params: &MeasureParams) -> M
         m.false_failovers = m.failovers;
     }
 
-    m.providers = provider_switches(events, m.fault_ms);
+    m.providers = provider_switches(events, m.fault_ms, m.heal_ms);
 
     // Replication.
     m.lag_max_ms = events

@@ -17,6 +17,9 @@ use crate::measure::Measurements;
 pub const WARMUP_MS_DEFAULT: u64 = 10_000;
 /// Default seconds the fault lasts (`--duration-s`).
 pub const FAULT_MS_DEFAULT: u64 = 20_000;
+/// After DNS answers the original region again, how long the providers (later steps of the
+/// failback runbook, polled by the drill) have to follow before the drill asks that they did.
+pub const PROVIDER_FAILBACK_GRACE_MS: u64 = 5_000;
 /// Default seconds after healing (convergence, failback, the RTO window).
 pub const SETTLE_MS_DEFAULT: u64 = 30_000;
 /// Flapping-health toggles the region's health this often.
@@ -1055,6 +1058,27 @@ pub fn evaluate(
             ms(measured.failback_ms),
             measured.failback_ms.is_some(),
         );
+    }
+    let failback_seen_at = measured
+        .failback_ms
+        .zip(measured.heal_ms)
+        .map(|(back, heal)| heal + back);
+    if failback_seen_at.is_some_and(|at| measured.end_ms >= at + PROVIDER_FAILBACK_GRACE_MS) {
+        // The controller failed back: every provider that followed the failover must follow
+        // the failback too (a step refused at failback leaves it, and the controller, stuck).
+        // Only asked when the drill watched long enough after DNS moved back.
+        for provider in measured.providers.iter().filter(|p| p.switched_to.is_some()) {
+            let before = provider.before.as_deref().unwrap_or("the original region");
+            push(
+                &format!("failback({})", provider.provider),
+                format!("{} points at {before} again after the failback", provider.provider),
+                match provider.back_ms {
+                    Some(back) => format!("{} after heal", ms(Some(back))),
+                    None => format!("still at {}", provider.last.as_deref().unwrap_or("no region")),
+                },
+                provider.back_ms.is_some(),
+            );
+        }
     }
     push(
         "RPO (acknowledged writes lost)",

@@ -1692,6 +1692,7 @@ mod tests {
             named: Some(PathBuf::from("/usr/sbin/named")),
             haproxy: Some(PathBuf::from("/usr/sbin/haproxy")),
             moto_server: Some(PathBuf::from("/venv/bin/moto_server")),
+            moto_python: Some(PathBuf::from("/venv/bin/python3")),
         };
         let with = plan(&LabOptions {
             providers: Some(programs),
@@ -1732,6 +1733,19 @@ mod tests {
             .iter()
             .find(|f| f.path.to_str() == Some(setup))
             .expect("setup file planned");
+        // moto runs under its own Python with the lab's Route 53 batch correction.
+        assert!(moto.args.contains(&"/venv/bin/python3".to_string()), "{:?}", moto.args);
+        let script = moto
+            .args
+            .iter()
+            .find_map(|a| a.strip_prefix("--arg=").filter(|a| a.ends_with("moto_lab.py")))
+            .expect("moto_lab.py is moto's first argument");
+        assert!(
+            with.files
+                .iter()
+                .any(|f| f.path.to_str() == Some(script) && f.contents.contains("Route53Backend")),
+            "the script is planned"
+        );
         let requests: Vec<crate::exec::SetupRequest> = serde_json::from_str(&setup.contents).expect("setup parses");
         assert_eq!(requests.len(), 2);
         assert!(requests[0].body.contains("<Name>shop.example.</Name>"));
@@ -1798,6 +1812,7 @@ mod tests {
                 named: Some(PathBuf::from("/usr/sbin/named")),
                 haproxy: None,
                 moto_server: None,
+                moto_python: None,
             }),
             ..options(2)
         })

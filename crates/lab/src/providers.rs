@@ -46,26 +46,49 @@ pub struct Programs {
     pub haproxy: Option<PathBuf>,
     /// moto's `moto_server` (PyPI `moto[server]`).
     pub moto_server: Option<PathBuf>,
+    /// The Python that runs `moto_server` (its `#!` line), which runs [`MOTO_LAB_SCRIPT`].
+    pub moto_python: Option<PathBuf>,
 }
+
+/// moto's server with one correction to its Route 53 batches (see the script's docstring),
+/// written to the lab's config folder and run by moto's own Python.
+pub const MOTO_LAB_SCRIPT: &str = include_str!("moto_lab.py");
 
 impl Programs {
     /// Looks the programs up on `PATH` and in the sbin folders (where Debian installs servers).
     pub fn find() -> Programs {
+        let moto_server = find_program("moto_server").or_else(|| {
+            // An active virtualenv, or the project's own (./scripts/install-test-deps.sh).
+            std::env::var_os("VIRTUAL_ENV")
+                .map(|venv| PathBuf::from(venv).join("bin"))
+                .into_iter()
+                .chain(std::iter::once(PathBuf::from(".venv/bin")))
+                .map(|dir| dir.join("moto_server"))
+                .find(|candidate| candidate.is_file())
+                .and_then(|found| std::path::absolute(found).ok())
+        });
         Programs {
             named: find_program("named"),
             haproxy: find_program("haproxy"),
-            moto_server: find_program("moto_server").or_else(|| {
-                // An active virtualenv, or the project's own (./scripts/install-test-deps.sh).
-                std::env::var_os("VIRTUAL_ENV")
-                    .map(|venv| PathBuf::from(venv).join("bin"))
-                    .into_iter()
-                    .chain(std::iter::once(PathBuf::from(".venv/bin")))
-                    .map(|dir| dir.join("moto_server"))
-                    .find(|candidate| candidate.is_file())
-                    .and_then(|found| std::path::absolute(found).ok())
-            }),
+            moto_python: moto_server.as_deref().and_then(interpreter),
+            moto_server,
         }
     }
+}
+
+/// The interpreter a script's `#!` line names (`#!/usr/bin/env python3` is looked up on PATH).
+fn interpreter(script: &Path) -> Option<PathBuf> {
+    use std::io::{BufRead, Read};
+    let file = std::fs::File::open(script).ok()?;
+    let mut first = String::new();
+    std::io::BufReader::new(file.take(4096)).read_line(&mut first).ok()?;
+    let line = first.strip_prefix("#!")?.trim();
+    let mut words = line.split_whitespace();
+    let program = PathBuf::from(words.next()?);
+    if program.file_name().is_some_and(|name| name == "env") {
+        return words.find(|w| !w.starts_with('-')).and_then(find_program);
+    }
+    program.is_file().then_some(program)
 }
 
 pub fn find_program(name: &str) -> Option<PathBuf> {
@@ -337,7 +360,20 @@ fn moto(layout: &Layout<'_>, programs: &Programs, additions: &mut Additions) {
         "-p".to_string(),
         layout.moto_port.to_string(),
     ];
-    let mut spec = external("moto", "moto", moto_server, &args, &address);
+    // moto's own Python runs moto with the lab's correction when it is known; else moto_server.
+    let mut spec = match &programs.moto_python {
+        Some(python) => {
+            let script = config.join("moto_lab.py");
+            additions.files.push(LabFile {
+                path: script.clone(),
+                contents: MOTO_LAB_SCRIPT.to_string(),
+            });
+            let mut with_script = vec![script.display().to_string()];
+            with_script.extend(args);
+            external("moto", "moto", python, &with_script, &address)
+        }
+        None => external("moto", "moto", moto_server, &args, &address),
+    };
     spec.args.push(format!("--setup={}", setup_file.display()));
     additions.components.push(spec);
     if !layout.controller {
@@ -376,4 +412,31 @@ fn moto(layout: &Layout<'_>, programs: &Programs, additions: &mut Additions) {
         credentials.display(),
         parameter_values.join("\n")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scripts_interpreter_comes_from_its_first_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let python = dir.path().join("python3");
+        std::fs::write(&python, "").expect("write");
+        let direct = dir.path().join("moto_server");
+        std::fs::write(&direct, format!("#!{}\nimport re\n", python.display())).expect("write");
+        assert_eq!(interpreter(&direct), Some(python.clone()));
+        // `env` looks the program up on PATH (sh is on every PATH here).
+        let via_env = dir.path().join("via-env");
+        std::fs::write(&via_env, "#!/usr/bin/env -S sh\n").expect("write");
+        assert!(interpreter(&via_env).is_some_and(|p| p.ends_with("sh")));
+        // No `#!`, an interpreter that is not there, or no file: none.
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "import re\n").expect("write");
+        assert_eq!(interpreter(&plain), None);
+        let gone = dir.path().join("gone");
+        std::fs::write(&gone, "#!/nonexistent/python3\n").expect("write");
+        assert_eq!(interpreter(&gone), None);
+        assert_eq!(interpreter(&dir.path().join("missing")), None);
+    }
 }

@@ -448,9 +448,14 @@ fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
+/// The log filter without `SWITCHYARD_LOG`: info, but the AWS SDK's credential chain says at
+/// info level which profile it read each time a client is built (every step, every drill
+/// reading), which buries what Switchyard says; its warnings and errors stay.
+const DEFAULT_LOG_FILTER: &str = "info,aws_config=warn";
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour_on_stderr())

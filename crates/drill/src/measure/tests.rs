@@ -240,11 +240,18 @@ fn a_provider_switch_is_timed_from_the_fault() {
         provider(2_300, Some("eu")),
         provider(9_000, Some("us")),
     ];
-    let switches = provider_switches(&events, Some(1_000));
+    let switches = provider_switches(&events, Some(1_000), Some(5_000));
     assert_eq!(switches.len(), 1);
     assert_eq!(switches[0].before.as_deref(), Some("us"));
     assert_eq!(switches[0].switched_to.as_deref(), Some("eu"));
     assert_eq!(switches[0].rto_ms, Some(1_300));
-    let unchanged = provider_switches(&events[..3], Some(1_000));
+    assert_eq!(switches[0].back_ms, Some(4_000), "heal at 5 s, back at 9 s");
+    assert_eq!(switches[0].last.as_deref(), Some("us"));
+    let unchanged = provider_switches(&events[..3], Some(1_000), None);
     assert_eq!(unchanged[0].rto_ms, None);
+    // Switched and never back: the provider did not follow the failback.
+    let stuck = provider_switches(&events[..4], Some(1_000), Some(5_000));
+    assert_eq!(stuck[0].switched_to.as_deref(), Some("eu"));
+    assert_eq!(stuck[0].back_ms, None);
+    assert_eq!(stuck[0].last.as_deref(), Some("eu"));
 }

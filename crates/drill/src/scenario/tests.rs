@@ -335,12 +335,14 @@ fn region_outage_fails_when_a_provider_did_not_switch() {
             before: Some("us".into()),
             switched_to: Some("eu".into()),
             rto_ms: Some(1_200),
+            ..Default::default()
         },
         crate::measure::ProviderMeasure {
             provider: "haproxy".into(),
             before: Some("us".into()),
             switched_to: None,
             rto_ms: None,
+            ..Default::default()
         },
     ];
     let results = evaluate(&scenario, &m, &clean, 5);
@@ -352,6 +354,29 @@ fn region_outage_fails_when_a_provider_did_not_switch() {
     };
     assert!(found("RTO(rfc2136)").passed && found("RTO(rfc2136)").actual.contains("eu"));
     assert!(!found("RTO(haproxy)").passed && found("RTO(haproxy)").actual.contains("unchanged (us)"));
+    // Without a failback the providers are not asked to come back.
+    assert!(results.iter().all(|r| !r.name.starts_with("failback(")));
+    // After a failback, a provider that followed the failover must follow it back.
+    m.failback_ms = Some(6_000);
+    m.heal_ms = Some(20_000);
+    m.end_ms = 26_000 + PROVIDER_FAILBACK_GRACE_MS - 1;
+    m.providers[0].last = Some("eu".into());
+    let too_soon = evaluate(&scenario, &m, &clean, 5);
+    assert!(
+        too_soon.iter().all(|r| !r.name.starts_with("failback(")),
+        "a failback seen at the very end leaves the providers no time to follow"
+    );
+    m.end_ms = 26_000 + PROVIDER_FAILBACK_GRACE_MS;
+    let stuck = evaluate(&scenario, &m, &clean, 5);
+    let back = stuck
+        .iter()
+        .find(|r| r.name == "failback(rfc2136)")
+        .expect("a failback expectation per switched provider");
+    assert!(!back.passed && back.actual.contains("still at eu"), "{back:?}");
+    assert!(stuck.iter().all(|r| r.name != "failback(haproxy)"), "never switched");
+    m.providers[0].back_ms = Some(7_000);
+    let followed = evaluate(&scenario, &m, &clean, 5);
+    assert!(followed.iter().any(|r| r.name == "failback(rfc2136)" && r.passed));
     // A scenario that forbids failover does not ask the providers to move.
     let quiet = by_name("vantage-partition").expect("exists");
     assert!(
