@@ -185,7 +185,17 @@ impl Number {
         }
     }
 
+    /// The exact sum. A sum that needs more than 38 significant digits is refused with
+    /// DynamoDB's overflow error (DynamoDB reports `1E50 + 1` as "Number overflow", not as too
+    /// many digits), as is one beyond the magnitude range.
     pub fn checked_add(&self, other: &Number) -> Result<Number, NumberError> {
+        self.exact_add(other).map_err(|error| match error {
+            NumberError::TooManyDigits => NumberError::Overflow,
+            other => other,
+        })
+    }
+
+    fn exact_add(&self, other: &Number) -> Result<Number, NumberError> {
         if self.is_zero() {
             return Ok(*other);
         }
@@ -464,7 +474,9 @@ mod tests {
             n("99999999999999999999999999999999999999").checked_add(&n("1")),
             Ok(n("1E38"))
         );
-        assert_eq!(n("1E100").checked_add(&n("1")), Err(NumberError::TooManyDigits));
+        assert_eq!(n("1E100").checked_add(&n("1")), Err(NumberError::Overflow));
+        assert_eq!(n("1E50").checked_sub(&n("1")), Err(NumberError::Overflow));
+        assert_eq!(n("1E37").checked_add(&n("1E-1")), Err(NumberError::Overflow));
         assert_eq!(n("9.9E125").checked_add(&n("1E125")), Err(NumberError::Overflow));
     }
 

@@ -1,7 +1,12 @@
 //! What DynamoDB's endpoint does over HTTP besides the operations: compressed request bodies
 //! (`Content-Encoding: gzip` or `deflate`, which boto3's request compression sends), the
 //! `GET /` health answer, and CORS for browser SDKs (the preflight `OPTIONS /` and the
-//! `Access-Control-*` headers on every answer).
+//! `Access-Control-*` headers on answers to requests that carry an `Origin`).
+//!
+//! As DynamoDB answers: a body that does not inflate (an unknown encoding, broken or empty
+//! gzip/deflate data) is a 500 InternalServerError, with a message naming the problem; CORS
+//! headers only answer a request with an `Origin` header (a browser's); a preflight allows the
+//! method and headers it asked for; `GET /` says `healthy: <the Host the client reached>`.
 //!
 //! Invariant: a compressed body is inflated after its signature was checked (SigV4 signs the
 //! bytes sent) and never past [`crate::server::REQUEST_BODY_BYTES_MAX`] bytes: a body inflating
@@ -38,6 +43,11 @@ pub fn inflate(headers: &HeaderMap, body: Bytes, limit_bytes: usize) -> Result<B
         return Ok(body);
     };
     let encoding = encoding.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    if body.is_empty() && matches!(encoding.as_str(), "gzip" | "x-gzip" | "deflate") {
+        return Err(Inflate::Invalid(ApiError::internal(format!(
+            "The request body is empty but Content-Encoding says {encoding}: send the compressed body, or drop the header"
+        ))));
+    }
     let too_large = || {
         Inflate::TooLarge(Refusal::BodyTooLarge {
             declared_bytes: None,
@@ -65,13 +75,13 @@ pub fn inflate(headers: &HeaderMap, body: Bytes, limit_bytes: usize) -> Result<B
             }
         }
         other => {
-            return Err(Inflate::Invalid(ApiError::serialization(format!(
+            return Err(Inflate::Invalid(ApiError::internal(format!(
                 "Content-Encoding '{other}' is not supported: send the body uncompressed, or compressed with gzip or deflate"
             ))));
         }
     }
     .map_err(|error| {
-        Inflate::Invalid(ApiError::serialization(format!(
+        Inflate::Invalid(ApiError::internal(format!(
             "The request body is not valid {encoding} data ({error}); compress it with {encoding} or drop the Content-Encoding header"
         )))
     })?;
@@ -92,22 +102,39 @@ pub fn describe_endpoints(headers: &HeaderMap) -> serde_json::Value {
     serde_json::json!({"Endpoints": [{"Address": address, "CachePeriodInMinutes": 1440}]})
 }
 
-/// `GET /`: DynamoDB's endpoint answers a plain-text health line.
-pub fn root_health(region: &str) -> Response {
+/// `GET /`: DynamoDB's endpoint answers a plain-text health line naming the host the client
+/// reached (`healthy: dynamodb.us-east-1.amazonaws.com `); here the request's `Host` (with its
+/// port), or DynamoDB's name for the region without a usable one.
+pub fn root_health(headers: &HeaderMap, region: &str) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.len() <= 255)
+        .map_or_else(|| format!("dynamodb.{region}.amazonaws.com"), str::to_string);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain")],
-        format!("healthy: dynamodb.{region}.amazonaws.com "),
+        format!("healthy: {host} "),
     )
         .into_response()
 }
 
-/// The answer to a CORS preflight (`OPTIONS`): every origin, the endpoint's methods, the headers
-/// the browser asked for (or an SDK's), cached for [`CORS_MAX_AGE_SECONDS`].
+/// The answer to a CORS preflight (`OPTIONS`): every origin, the method and headers the browser
+/// asked for (the endpoint's methods and an SDK's headers when it named none), cached for
+/// [`CORS_MAX_AGE_SECONDS`]. Without an `Origin` it is not a preflight: a bare 200.
 pub fn preflight(headers: &HeaderMap) -> Response {
     let mut response = StatusCode::OK.into_response();
     let out = response.headers_mut();
-    out.insert("access-control-allow-methods", HeaderValue::from_static(CORS_METHODS));
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    if !headers.contains_key(header::ORIGIN) {
+        return response;
+    }
+    let method = headers
+        .get("access-control-request-method")
+        .filter(|value| value.to_str().is_ok_and(|v| !v.trim().is_empty()))
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(CORS_METHODS));
+    out.insert("access-control-allow-methods", method);
     let requested = headers
         .get("access-control-request-headers")
         .filter(|value| value.to_str().is_ok_and(|v| !v.trim().is_empty()))
@@ -115,15 +142,18 @@ pub fn preflight(headers: &HeaderMap) -> Response {
         .unwrap_or(HeaderValue::from_static(CORS_HEADERS));
     out.insert("access-control-allow-headers", requested);
     out.insert("access-control-max-age", HeaderValue::from(CORS_MAX_AGE_SECONDS));
-    out.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     response
 }
 
-/// Adds the CORS headers every answer carries.
-pub fn with_cors(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
-    headers.insert("access-control-expose-headers", HeaderValue::from_static(CORS_EXPOSE));
+/// Adds the CORS headers to the answer of a request that carries an `Origin` (a browser's).
+pub async fn with_cors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let cross_origin = request.headers().contains_key(header::ORIGIN);
+    let mut response = next.run(request).await;
+    if cross_origin {
+        let headers = response.headers_mut();
+        headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+        headers.insert("access-control-expose-headers", HeaderValue::from_static(CORS_EXPOSE));
+    }
     response
 }
 
