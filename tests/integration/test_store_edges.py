@@ -479,6 +479,27 @@ def test_http_extras_as_dynamodb_answers(store):
         assert response.headers["Access-Control-Allow-Origin"] == "*"
         assert "x-amzn-requestid" in response.headers["Access-Control-Expose-Headers"]
 
+    # A response over 4096 bytes is compressed when the client accepts gzip or deflate.
+    client.put_item(TableName=name, Item={"pk": {"S": "big"}, "v": {"S": "y" * 8000}})
+    get = json.dumps({"TableName": name, "Key": {"pk": {"S": "big"}}}).encode()
+    for accept, encoding, inflate in [("gzip", "gzip", gzip.decompress), ("br, deflate;q=0.5", "deflate", zlib.decompress),
+                                      ("identity", None, None)]:
+        request = urllib.request.Request(store.url + "/", data=get, headers={
+            "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "DynamoDB_20120810.GetItem",
+            "Accept-Encoding": accept})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers["Content-Encoding"] == encoding, accept
+            data = response.read()
+            item = json.loads(inflate(data) if inflate else data)["Item"]
+            assert item["v"]["S"] == "y" * 8000, accept
+            if inflate:
+                assert len(data) < 1000, accept
+    small = urllib.request.Request(store.url + "/", data=json.dumps({"TableName": name}).encode(), headers={
+        "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "DynamoDB_20120810.DescribeTable",
+        "Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(small, timeout=10) as response:
+        assert response.headers["Content-Encoding"] is None
+
     endpoint = client.describe_endpoints()["Endpoints"][0]["Address"]
     assert endpoint.endswith(":" + store.url.rsplit(":", 1)[1]), endpoint
 

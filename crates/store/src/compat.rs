@@ -91,6 +91,114 @@ pub fn inflate(headers: &HeaderMap, body: Bytes, limit_bytes: usize) -> Result<B
     Ok(Bytes::from(inflated))
 }
 
+/// Responses larger than this many bytes are compressed when the client accepts gzip or
+/// deflate, as DynamoDB compresses them (smaller ones are sent as they are).
+pub const RESPONSE_COMPRESSION_THRESHOLD_BYTES: usize = 4096;
+
+/// A response body encoding the endpoint can send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseEncoding {
+    Gzip,
+    /// zlib-wrapped deflate (RFC 9110's `deflate`).
+    Deflate,
+}
+
+impl ResponseEncoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            ResponseEncoding::Gzip => "gzip",
+            ResponseEncoding::Deflate => "deflate",
+        }
+    }
+}
+
+/// The encoding to answer in, from every `Accept-Encoding` header (RFC 9110 §12.5.3): the
+/// acceptable (`q` > 0) of gzip and deflate with the highest quality, the one listed first on a
+/// tie; `*` stands for those not listed, gzip first. `identity`, other codings and malformed
+/// entries choose nothing; the first `q` parameter (`;q=`, white space allowed before the `q`,
+/// not between it and `=`) is the quality; one that does not parse counts as 1, above 1 as 1.
+pub fn response_encoding(headers: &HeaderMap) -> Option<ResponseEncoding> {
+    let mut explicit: Vec<(ResponseEncoding, f32, usize)> = Vec::new();
+    let mut wildcard: Option<f32> = None;
+    let entries = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','));
+    for (position, entry) in entries.enumerate() {
+        let mut parts = entry.split(';');
+        let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let quality = parts
+            .find_map(|parameter| {
+                let (name, value) = parameter.split_once('=')?;
+                (name.trim_start().eq_ignore_ascii_case("q")).then(|| value.trim().parse::<f32>().unwrap_or(1.0))
+            })
+            .unwrap_or(1.0)
+            .clamp(0.0, 1.0);
+        match coding.as_str() {
+            "gzip" => explicit.push((ResponseEncoding::Gzip, quality, position)),
+            "deflate" => explicit.push((ResponseEncoding::Deflate, quality, position)),
+            "*" => wildcard = Some(wildcard.map_or(quality, |q: f32| q.max(quality))),
+            _ => {}
+        }
+    }
+    let mut candidates: Vec<(ResponseEncoding, f32, usize)> = Vec::new();
+    for encoding in [ResponseEncoding::Gzip, ResponseEncoding::Deflate] {
+        // A coding listed more than once has its best quality (at that entry's place).
+        let best = explicit
+            .iter()
+            .filter(|(e, _, _)| *e == encoding)
+            .copied()
+            .reduce(|best, next| if next.1 > best.1 { next } else { best });
+        match best {
+            Some(found) => candidates.push(found),
+            None => {
+                if let Some(quality) = wildcard {
+                    // `*` ranks after every explicit entry, gzip before deflate.
+                    candidates.push((encoding, quality, usize::MAX - 1 + encoding as usize));
+                }
+            }
+        }
+    }
+    candidates
+        .into_iter()
+        .filter(|(_, quality, _)| *quality > 0.0)
+        .min_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)))
+        .map(|(encoding, _, _)| encoding)
+}
+
+/// `body` compressed with `encoding` (flate2's default level).
+pub fn compress(encoding: ResponseEncoding, body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let result = match encoding {
+        ResponseEncoding::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(body).and_then(|()| encoder.finish())
+        }
+        ResponseEncoding::Deflate => {
+            let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(body).and_then(|()| encoder.finish())
+        }
+    };
+    // Writing into a Vec cannot fail.
+    result.unwrap_or_else(|_| body.to_vec())
+}
+
+/// Compresses a response body larger than [`RESPONSE_COMPRESSION_THRESHOLD_BYTES`] when the
+/// request accepts gzip or deflate, setting `Content-Encoding`; always adds
+/// `Vary: Accept-Encoding` (the answer depends on it).
+pub fn encode_response(request: &HeaderMap, body: Vec<u8>, response_headers: &mut HeaderMap) -> Vec<u8> {
+    response_headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if body.len() <= RESPONSE_COMPRESSION_THRESHOLD_BYTES {
+        return body;
+    }
+    let Some(encoding) = response_encoding(request) else {
+        return body;
+    };
+    response_headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding.name()));
+    compress(encoding, &body)
+}
+
 /// DescribeEndpoints: the address the client reached, with its port (the `Host` header), as
 /// DynamoDB Local answers; without a usable `Host`, `localhost`.
 pub fn describe_endpoints(headers: &HeaderMap) -> serde_json::Value {
@@ -175,6 +283,68 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(bytes).expect("compress");
         Bytes::from(encoder.finish().expect("finish"))
+    }
+
+    fn accepting(values: &[&str]) -> Option<ResponseEncoding> {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::ACCEPT_ENCODING, HeaderValue::from_str(value).expect("header"));
+        }
+        response_encoding(&headers)
+    }
+
+    #[test]
+    fn the_response_encoding_follows_accept_encoding() {
+        use ResponseEncoding::{Deflate, Gzip};
+        for (value, expected) in [
+            ("", None),
+            ("identity", None),
+            ("br", None),
+            ("x-gzip", None),
+            ("gzip", Some(Gzip)),
+            ("deflate", Some(Deflate)),
+            ("gzip, deflate", Some(Gzip)),
+            ("br, identity, deflate, gzip", Some(Deflate)),
+            ("GZIP, identity", Some(Gzip)),
+            ("dog, gzip ,, cat", Some(Gzip)),
+            ("gzip;q=0.8, deflate;q=0.5", Some(Gzip)),
+            ("br, gzip;q=0, deflate; q = 0.5 , identity;q=0", Some(Deflate)),
+            ("*", Some(Gzip)),
+            ("*, deflate", Some(Deflate)),
+            ("*, deflate;q=0.5", Some(Gzip)),
+            ("*, gzip;q=0.5", Some(Deflate)),
+            ("gzip ;q=0", None),
+            ("*;q=0", None),
+            ("\"gzip\"", None),
+            ("gzip br", None),
+            ("deflate;q=0.5, gzip;q=31", Some(Gzip)),
+            ("br,identity;q=0.5,gzip;q=0.0001", Some(Gzip)),
+            ("gzip; q=0;q=1", None),
+            ("gzip;q =0;q=1", Some(Gzip)),
+            ("gzip;q=0, gzip;q=1, gzip;q=0", Some(Gzip)),
+        ] {
+            assert_eq!(accepting(&[value]), expected, "{value}");
+        }
+        // Several headers are one list.
+        assert_eq!(accepting(&["identity", "deflate"]), Some(Deflate));
+    }
+
+    #[test]
+    fn only_large_responses_are_compressed() {
+        let mut request = HeaderMap::new();
+        request.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        let mut out = HeaderMap::new();
+        let small = encode_response(&request, vec![b'x'; RESPONSE_COMPRESSION_THRESHOLD_BYTES], &mut out);
+        assert_eq!(small.len(), RESPONSE_COMPRESSION_THRESHOLD_BYTES);
+        assert!(!out.contains_key(header::CONTENT_ENCODING));
+        let body = vec![b'x'; RESPONSE_COMPRESSION_THRESHOLD_BYTES + 1];
+        let large = encode_response(&request, body.clone(), &mut out);
+        assert_eq!(out[header::CONTENT_ENCODING], "gzip");
+        let mut inflated = Vec::new();
+        flate2::read::GzDecoder::new(&large[..])
+            .read_to_end(&mut inflated)
+            .expect("gzip");
+        assert_eq!(inflated, body);
     }
 
     #[test]

@@ -925,10 +925,13 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             } else {
                 serde_json::to_vec(&value).unwrap_or_default()
             };
+            let mut out = HeaderMap::new();
+            let body = crate::compat::encode_response(&headers, body, &mut out);
             let mut response = (StatusCode::OK, body).into_response();
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            response.headers_mut().extend(out);
             response
         }
         Err(error) => {
