@@ -212,9 +212,13 @@ def test_ttl_expired_item_disappears_in_the_background(client):
     client.put_item(TableName=name, Item={"pk": {"S": "later"}, "expires": {"N": str(now + 3600)}})
     client.put_item(TableName=name, Item={"pk": {"S": "no-ttl"}})
     client.put_item(TableName=name, Item={"pk": {"S": "text-ttl"}, "expires": {"S": "not a number"}})
+    # Fractional seconds expire too, as on DynamoDB.
+    client.put_item(TableName=name, Item={"pk": {"S": "fractional"}, "expires": {"N": f"{time.time() - 10:.6f}"}})
+    client.put_item(TableName=name, Item={"pk": {"S": "exponent"}, "expires": {"N": f"{(now - 60) // 10}e1"}})
 
     def expired_gone():
-        return "Item" not in client.get_item(TableName=name, Key={"pk": {"S": "gone"}}, ConsistentRead=True)
+        return all("Item" not in client.get_item(TableName=name, Key={"pk": {"S": key}}, ConsistentRead=True)
+                   for key in ["gone", "fractional", "exponent"])
 
     wait_for(expired_gone, TTL_DEADLINE_S, "expired item removed by the TTL sweep", interval_s=0.2)
     remaining = sorted(i["pk"]["S"] for i in client.scan(TableName=name, ConsistentRead=True)["Items"])

@@ -1001,7 +1001,8 @@ pub fn key_of(hash: KeyHash, schema: &KeySchema, item: &Item) -> Result<Vec<u8>,
 fn ttl_seconds(table: &TableMeta, item: &Item) -> Option<u64> {
     let spec = table.ttl.as_ref().filter(|t| t.enabled)?;
     match item.get(&spec.attribute)? {
-        AttributeValue::N(n) => n.to_i64().and_then(|v| u64::try_from(v).ok()),
+        // Fractional seconds count from their whole second, as on DynamoDB.
+        AttributeValue::N(n) => n.floor_i64().and_then(|v| u64::try_from(v).ok()),
         _ => None,
     }
 }
