@@ -233,9 +233,10 @@ pub fn validate_item_limits(item: &Item) -> Result<(), ApiError> {
 
 pub fn validate_nesting(item: &Item) -> Result<(), ApiError> {
     if item.values().any(|v| v.nesting_depth() > NESTING_DEPTH_MAX) {
-        return Err(ApiError::validation(format!(
-            "Nesting Levels have exceeded supported limits: The maximum nesting level of {NESTING_DEPTH_MAX} has been exceeded"
-        )));
+        // DynamoDB's words (the limit, 32 levels, is in its documentation, not its message).
+        return Err(ApiError::validation(
+            "Nesting Levels have exceeded supported limits: Attributes in the item have nested levels beyond supported limit",
+        ));
     }
     Ok(())
 }
