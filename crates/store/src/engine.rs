@@ -1048,6 +1048,29 @@ impl WriteContext<'_> {
         })
     }
 
+    /// The newest definition of `table` (same name and storage id): one this job put and has
+    /// not committed yet, else the committed one; `None` when there is neither (a table this
+    /// job is still creating, or one deleted meanwhile).
+    fn effective_table(&self, table: &TableMeta) -> Option<Arc<TableMeta>> {
+        let pending = self.catalog_changes.iter().rev().find_map(|change| match change {
+            CatalogChange::Put(meta) if meta.name == table.name => Some(Some(Arc::clone(meta))),
+            CatalogChange::Remove(name) if *name == table.name => Some(None),
+            _ => None,
+        });
+        let found = match pending {
+            Some(found) => found,
+            None => self
+                .shared
+                .catalog
+                .read()
+                .expect("catalog lock is never poisoned")
+                .tables
+                .get(&table.name)
+                .cloned(),
+        };
+        found.filter(|meta| meta.id == table.id)
+    }
+
     /// Refuses a write that adds data while the disk is below the watermark. Before the job's
     /// first mutation only the job fails; after it, the whole batch (nothing half-done commits).
     fn check_room(&mut self) -> Result<(), ApiError> {
@@ -1164,6 +1187,11 @@ impl WriteContext<'_> {
         record: Option<&[u8]>,
     ) -> Result<(), redb::Error> {
         self.mutations += 1;
+        // Maintain the indexes, stream, TTL and undo log of the table as defined now, not as the
+        // request read it before its job was queued: an index created meanwhile (UpdateTable
+        // runs alone, between batches) must get this write, and one deleted must not.
+        let latest = self.effective_table(table);
+        let table: &TableMeta = latest.as_deref().unwrap_or(table);
         {
             let name = data_table_name(table.id);
             let mut data = self.txn.open_table(bytes_table(&name))?;

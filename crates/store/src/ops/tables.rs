@@ -676,29 +676,15 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
             "1 validation error detected: Value '' at 'timeToLiveSpecification.attributeName' failed to satisfy constraint: Member must have length greater than or equal to 1",
         ));
     }
-    match &meta.ttl {
-        Some(current) if current.enabled && spec.enabled => {
-            return Err(ApiError::validation("TimeToLive is already enabled"));
-        }
-        Some(current) if !current.enabled && !spec.enabled => {
-            return Err(ApiError::validation("TimeToLive is already disabled"));
-        }
-        None if !spec.enabled => return Err(ApiError::validation("TimeToLive is already disabled")),
-        Some(current) if !spec.enabled && current.attribute != spec.attribute_name => {
-            return Err(ApiError::validation(format!(
-                "TimeToLive is active on a different AttributeName: current AttributeName is {}",
-                current.attribute
-            )));
-        }
-        _ => {}
-    }
     let enabled = spec.enabled;
     let attribute = spec.attribute_name.clone();
     store
         .engine()
         .write_exclusive(move |context| {
-            context.current_table(&meta)?;
-            let mut next = (*meta).clone();
+            // Checked and changed on the definition as committed now, so a concurrent change
+            // (tags, another TTL call) is neither lost nor misjudged.
+            let mut next = (*context.latest_table(&meta)?).clone();
+            check_ttl_change(next.ttl.as_ref(), enabled, &attribute)?;
             next.ttl = Some(TtlSpec { attribute, enabled });
             if enabled {
                 context.backfill(&next, None)?;
@@ -709,6 +695,21 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
         })
         .await?;
     Ok(json!({"TimeToLiveSpecification": {"Enabled": spec.enabled, "AttributeName": spec.attribute_name}}))
+}
+
+/// Refuses a TTL change DynamoDB refuses: enabling an enabled TTL, disabling a disabled one, or
+/// disabling it by another attribute name.
+fn check_ttl_change(current: Option<&TtlSpec>, enabled: bool, attribute: &str) -> Result<(), ApiError> {
+    match current {
+        Some(current) if current.enabled && enabled => Err(ApiError::validation("TimeToLive is already enabled")),
+        Some(current) if !current.enabled && !enabled => Err(ApiError::validation("TimeToLive is already disabled")),
+        None if !enabled => Err(ApiError::validation("TimeToLive is already disabled")),
+        Some(current) if !enabled && current.attribute != attribute => Err(ApiError::validation(format!(
+            "TimeToLive is active on a different AttributeName: current AttributeName is {}",
+            current.attribute
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub fn describe_ttl(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
