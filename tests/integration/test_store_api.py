@@ -99,6 +99,64 @@ def test_update_table_adds_and_removes_a_global_secondary_index(client):
              "index by_color deleted")
 
 
+def test_an_index_backfill_skips_items_that_violate_its_key(client):
+    """DynamoDB's backfill leaves out items whose value for the new index's key has the wrong
+    type, is empty or is too long (an "index key violation"); the items stay in the table."""
+    name = new_table(client)
+    good = [{"pk": {"S": f"good{i}"}, "x": {"S": f"v{i}"}} for i in range(3)]
+    violating = [
+        {"pk": {"S": "number"}, "x": {"N": "7"}},
+        {"pk": {"S": "missing"}, "y": {"S": "no x"}},
+        {"pk": {"S": "too-long"}, "x": {"S": "a" * 2049}},
+    ]
+    for item in good + violating:
+        client.put_item(TableName=name, Item=item)
+    client.update_table(
+        TableName=name, AttributeDefinitions=[{"AttributeName": "x", "AttributeType": "S"}],
+        GlobalSecondaryIndexUpdates=[{"Create": {
+            "IndexName": "by_x", "KeySchema": [{"AttributeName": "x", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "ALL"}}}],
+    )
+    wait_for(lambda: client.describe_table(TableName=name)["Table"]["GlobalSecondaryIndexes"][0]["IndexStatus"]
+             == "ACTIVE", 10, "index by_x active")
+    indexed = client.scan(TableName=name, IndexName="by_x")["Items"]
+    assert sorted(i["pk"]["S"] for i in indexed) == ["good0", "good1", "good2"]
+    index = client.describe_table(TableName=name)["Table"]["GlobalSecondaryIndexes"][0]
+    assert index["ItemCount"] == 3
+    assert client.scan(TableName=name, Select="COUNT")["Count"] == 6
+    # Deleting a violating item leaves the index (and its count) alone.
+    client.delete_item(TableName=name, Key={"pk": {"S": "number"}})
+    assert client.describe_table(TableName=name)["Table"]["GlobalSecondaryIndexes"][0]["ItemCount"] == 3
+
+
+def test_concurrent_tag_changes_all_land(store):
+    """TagResource and UntagResource change the tags as committed when they run: two clients
+    tagging one table at once both keep their tags."""
+    import threading
+
+    client = store.client()
+    name = new_table(client)
+    arn = client.describe_table(TableName=name)["Table"]["TableArn"]
+    failures = []
+
+    def tag(prefix):
+        own = store.client()
+        try:
+            for i in range(20):
+                own.tag_resource(ResourceArn=arn, Tags=[{"Key": f"{prefix}{i}", "Value": "v"}])
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            failures.append(error)
+
+    threads = [threading.Thread(target=tag, args=(prefix,)) for prefix in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    keys = sorted(t["Key"] for t in client.list_tags_of_resource(ResourceArn=arn)["Tags"])
+    assert keys == sorted(f"{p}{i}" for p in "ab" for i in range(20))
+
+
 def test_list_tables_pages_with_limit_and_paginator(client):
     created = sorted(new_table(client) for _ in range(7))
     seen, start = [], None
@@ -154,9 +212,13 @@ def test_ttl_expired_item_disappears_in_the_background(client):
     client.put_item(TableName=name, Item={"pk": {"S": "later"}, "expires": {"N": str(now + 3600)}})
     client.put_item(TableName=name, Item={"pk": {"S": "no-ttl"}})
     client.put_item(TableName=name, Item={"pk": {"S": "text-ttl"}, "expires": {"S": "not a number"}})
+    # Fractional seconds expire too, as on DynamoDB.
+    client.put_item(TableName=name, Item={"pk": {"S": "fractional"}, "expires": {"N": f"{time.time() - 10:.6f}"}})
+    client.put_item(TableName=name, Item={"pk": {"S": "exponent"}, "expires": {"N": f"{(now - 60) // 10}e1"}})
 
     def expired_gone():
-        return "Item" not in client.get_item(TableName=name, Key={"pk": {"S": "gone"}}, ConsistentRead=True)
+        return all("Item" not in client.get_item(TableName=name, Key={"pk": {"S": key}}, ConsistentRead=True)
+                   for key in ["gone", "fractional", "exponent"])
 
     wait_for(expired_gone, TTL_DEADLINE_S, "expired item removed by the TTL sweep", interval_s=0.2)
     remaining = sorted(i["pk"]["S"] for i in client.scan(TableName=name, ConsistentRead=True)["Items"])

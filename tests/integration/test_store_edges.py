@@ -438,8 +438,14 @@ def test_http_extras_as_dynamodb_answers(store):
         status, answer = store.raw("PutItem", data, {"Content-Encoding": encoding})
         assert status == 200, (encoding, answer)
     assert client.get_item(TableName=name, Key={"pk": {"S": "zipped"}})["Item"]["v"]["S"] == "x" * 500
+    # DynamoDB answers a body that does not inflate with a 500 InternalServerError.
     status, answer = store.raw("PutItem", b"not gzip at all", {"Content-Encoding": "gzip"})
-    assert status == 400 and "gzip" in answer.get("message", answer.get("Message", "")), answer
+    assert status == 500 and "gzip" in answer.get("message", answer.get("Message", "")), answer
+    for encoding in ["gzip", "deflate"]:
+        status, answer = store.raw("PutItem", b"", {"Content-Encoding": encoding})
+        assert status == 500 and "empty" in answer.get("message", ""), (encoding, answer)
+    status, answer = store.raw("PutItem", gzip.compress(body), {"Content-Encoding": "garbage"})
+    assert status == 500 and "'garbage' is not supported" in answer.get("message", ""), answer
     # 17 MiB of spaces gzip to a few KB: inflating past the request limit is a 413.
     bomb = gzip.compress(b" " * (17 * 1024 * 1024))
     status, answer = store.raw("PutItem", bomb, {"Content-Encoding": "gzip"})
@@ -447,7 +453,8 @@ def test_http_extras_as_dynamodb_answers(store):
 
     with urllib.request.urlopen(store.url + "/", timeout=10) as response:
         assert response.status == 200
-        assert response.read().decode().startswith("healthy: dynamodb.")
+        assert response.read().decode().strip() == "healthy: " + store.url.split("://", 1)[1]
+        assert response.headers["Access-Control-Allow-Origin"] is None
 
     preflight = urllib.request.Request(store.url + "/", method="OPTIONS", headers={
         "Origin": "http://app.example", "Access-Control-Request-Method": "POST",
@@ -455,10 +462,43 @@ def test_http_extras_as_dynamodb_answers(store):
     with urllib.request.urlopen(preflight, timeout=10) as response:
         assert response.status == 200
         assert response.headers["Access-Control-Allow-Origin"] == "*"
-        assert "POST" in response.headers["Access-Control-Allow-Methods"]
-        assert "x-amz-target" in response.headers["Access-Control-Allow-Headers"].lower()
+        assert response.headers["Access-Control-Allow-Methods"] == "POST"
+        assert response.headers["Access-Control-Allow-Headers"] == "content-type,x-amz-target,authorization"
+        assert response.headers["Access-Control-Max-Age"]
+    # Without an Origin an OPTIONS is no preflight and no answer carries CORS headers.
+    bare = urllib.request.Request(store.url + "/", method="OPTIONS")
+    with urllib.request.urlopen(bare, timeout=10) as response:
+        assert response.status == 200 and response.headers["Access-Control-Allow-Methods"] is None
     answered = client.describe_table(TableName=name)["ResponseMetadata"]["HTTPHeaders"]
-    assert answered.get("access-control-allow-origin") == "*"
+    assert "access-control-allow-origin" not in answered
+    browser = urllib.request.Request(store.url + "/", data=json.dumps({"TableName": name}).encode(), headers={
+        "Origin": "http://app.example", "Content-Type": "application/x-amz-json-1.0",
+        "X-Amz-Target": "DynamoDB_20120810.DescribeTable"})
+    with urllib.request.urlopen(browser, timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert "x-amzn-requestid" in response.headers["Access-Control-Expose-Headers"]
+
+    # A response over 4096 bytes is compressed when the client accepts gzip or deflate.
+    client.put_item(TableName=name, Item={"pk": {"S": "big"}, "v": {"S": "y" * 8000}})
+    get = json.dumps({"TableName": name, "Key": {"pk": {"S": "big"}}}).encode()
+    for accept, encoding, inflate in [("gzip", "gzip", gzip.decompress), ("br, deflate;q=0.5", "deflate", zlib.decompress),
+                                      ("identity", None, None)]:
+        request = urllib.request.Request(store.url + "/", data=get, headers={
+            "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "DynamoDB_20120810.GetItem",
+            "Accept-Encoding": accept})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers["Content-Encoding"] == encoding, accept
+            data = response.read()
+            item = json.loads(inflate(data) if inflate else data)["Item"]
+            assert item["v"]["S"] == "y" * 8000, accept
+            if inflate:
+                assert len(data) < 1000, accept
+    small = urllib.request.Request(store.url + "/", data=json.dumps({"TableName": name}).encode(), headers={
+        "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "DynamoDB_20120810.DescribeTable",
+        "Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(small, timeout=10) as response:
+        assert response.headers["Content-Encoding"] is None
 
     endpoint = client.describe_endpoints()["Endpoints"][0]["Address"]
     assert endpoint.endswith(":" + store.url.rsplit(":", 1)[1]), endpoint

@@ -185,7 +185,42 @@ impl Number {
         }
     }
 
+    /// The greatest integer not above the number, if it fits (a TTL timestamp in fractional
+    /// seconds expires at its whole second, as on DynamoDB).
+    pub fn floor_i64(&self) -> Option<i64> {
+        if self.exponent >= 0 {
+            return self.to_i64();
+        }
+        let shift = u32::try_from(-i64::from(self.exponent)).ok()?;
+        // 10^39 exceeds every mantissa (at most 38 digits): the integer part is then zero.
+        let (whole, fraction) = match 10u128.checked_pow(shift) {
+            Some(scale) => (self.mantissa / scale, self.mantissa % scale),
+            None => (0, self.mantissa),
+        };
+        let whole = i64::try_from(whole).ok()?;
+        if self.negative {
+            let whole = -whole;
+            if fraction == 0 {
+                Some(whole)
+            } else {
+                whole.checked_sub(1)
+            }
+        } else {
+            Some(whole)
+        }
+    }
+
+    /// The exact sum. A sum that needs more than 38 significant digits is refused with
+    /// DynamoDB's overflow error (DynamoDB reports `1E50 + 1` as "Number overflow", not as too
+    /// many digits), as is one beyond the magnitude range.
     pub fn checked_add(&self, other: &Number) -> Result<Number, NumberError> {
+        self.exact_add(other).map_err(|error| match error {
+            NumberError::TooManyDigits => NumberError::Overflow,
+            other => other,
+        })
+    }
+
+    fn exact_add(&self, other: &Number) -> Result<Number, NumberError> {
         if self.is_zero() {
             return Ok(*other);
         }
@@ -464,7 +499,16 @@ mod tests {
             n("99999999999999999999999999999999999999").checked_add(&n("1")),
             Ok(n("1E38"))
         );
-        assert_eq!(n("1E100").checked_add(&n("1")), Err(NumberError::TooManyDigits));
+        assert_eq!(n("1E100").checked_add(&n("1")), Err(NumberError::Overflow));
+        assert_eq!(n("1796280030.987654").floor_i64(), Some(1_796_280_030));
+        assert_eq!(n("-2.5").floor_i64(), Some(-3));
+        assert_eq!(n("-2").floor_i64(), Some(-2));
+        assert_eq!(n("0.5").floor_i64(), Some(0));
+        assert_eq!(n("1E-100").floor_i64(), Some(0));
+        assert_eq!(n("17962800e2").floor_i64(), Some(1_796_280_000));
+        assert_eq!(n("1E30").floor_i64(), None);
+        assert_eq!(n("1E50").checked_sub(&n("1")), Err(NumberError::Overflow));
+        assert_eq!(n("1E37").checked_add(&n("1E-1")), Err(NumberError::Overflow));
         assert_eq!(n("9.9E125").checked_add(&n("1E125")), Err(NumberError::Overflow));
     }
 

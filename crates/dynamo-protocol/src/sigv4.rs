@@ -604,7 +604,9 @@ fn claim_from_header(parts: &RequestParts<'_>, authorization: &str) -> Result<Cl
     let mut credential = None;
     let mut signed_headers = None;
     let mut signature = None;
-    for field in rest.split(',') {
+    // Components are separated by commas (SDKs add a space after each); DynamoDB also takes
+    // white space alone between them.
+    for field in rest.split(|c: char| c == ',' || c.is_ascii_whitespace()) {
         let field = field.trim();
         if let Some((name, value)) = field.split_once('=') {
             match name.trim() {
@@ -972,6 +974,21 @@ mod tests {
             body,
         };
         verify(credentials, &parts, now)
+    }
+
+    #[test]
+    fn authorization_components_may_be_separated_by_white_space_alone() {
+        let mut credentials = Credentials::new();
+        credentials.insert("local", "s3cret");
+        let (mut headers, now) = dynamodb_request("s3cret", b"{}");
+        for (name, value) in headers.iter_mut() {
+            if *name == "authorization" {
+                let text = String::from_utf8(value.clone()).expect("ascii");
+                *value = text.replace(", ", " ").replace(' ', "  ").into_bytes();
+            }
+        }
+        let verified = check(&credentials, &headers, b"{}", now).expect("valid signature");
+        assert_eq!(verified.access_key_id, "local");
     }
 
     #[test]

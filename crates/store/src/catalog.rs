@@ -722,12 +722,16 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
             "Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions",
         ));
     }
-    let tags = request
+    for tag in request.tags.iter().flatten() {
+        validate_tag(&tag.key, &tag.value)?;
+    }
+    let tags: BTreeMap<String, String> = request
         .tags
         .iter()
         .flatten()
         .map(|t| (t.key.clone(), t.value.clone()))
         .collect();
+    validate_tag_count(tags.len())?;
     Ok(TableMeta {
         id,
         name: request.table_name.clone(),
@@ -760,6 +764,53 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
         restore: None,
         pitr: None,
     })
+}
+
+/// Tags a resource may carry (DynamoDB's tagging restrictions).
+pub const TAGS_PER_RESOURCE_MAX: usize = 50;
+/// Longest tag key, in Unicode characters.
+pub const TAG_KEY_CHARS_MAX: usize = 128;
+/// Longest tag value, in Unicode characters.
+pub const TAG_VALUE_CHARS_MAX: usize = 256;
+
+/// Checks a tag against DynamoDB's tagging restrictions: a key of 1 to 128 characters and a
+/// value of at most 256, both of letters, digits, white space and `+ - = . _ : /` only, and
+/// no key in the `aws:` prefix AWS reserves for itself.
+pub fn validate_tag(key: &str, value: &str) -> Result<(), ApiError> {
+    let allowed = |c: char| c.is_alphanumeric() || c.is_whitespace() || "+-=._:/".contains(c);
+    let key_chars = key.chars().count();
+    if key_chars == 0 || key_chars > TAG_KEY_CHARS_MAX {
+        return Err(invalid(format!(
+            "A tag key must be 1 to {TAG_KEY_CHARS_MAX} characters long; got {key_chars}"
+        )));
+    }
+    if value.chars().count() > TAG_VALUE_CHARS_MAX {
+        return Err(invalid(format!(
+            "The value of tag '{key}' is longer than {TAG_VALUE_CHARS_MAX} characters"
+        )));
+    }
+    if let Some(bad) = key.chars().chain(value.chars()).find(|&c| !allowed(c)) {
+        return Err(invalid(format!(
+            "Tag '{key}' holds the character '{}': tag keys and values may hold letters, digits, white space and + - = . _ : / only",
+            bad.escape_default()
+        )));
+    }
+    if key.to_ascii_lowercase().starts_with("aws:") {
+        return Err(invalid(format!(
+            "Tag key '{key}' uses the prefix 'aws:', which is reserved for AWS"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses more than [`TAGS_PER_RESOURCE_MAX`] tags on one resource.
+pub fn validate_tag_count(count: usize) -> Result<(), ApiError> {
+    if count > TAGS_PER_RESOURCE_MAX {
+        return Err(invalid(format!(
+            "The number of tags exceeds the limit of {TAGS_PER_RESOURCE_MAX} per resource ({count} given)"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that an item carries the table's key attributes with the right types and sizes.

@@ -1,7 +1,12 @@
 //! What DynamoDB's endpoint does over HTTP besides the operations: compressed request bodies
 //! (`Content-Encoding: gzip` or `deflate`, which boto3's request compression sends), the
 //! `GET /` health answer, and CORS for browser SDKs (the preflight `OPTIONS /` and the
-//! `Access-Control-*` headers on every answer).
+//! `Access-Control-*` headers on answers to requests that carry an `Origin`).
+//!
+//! As DynamoDB answers: a body that does not inflate (an unknown encoding, broken or empty
+//! gzip/deflate data) is a 500 InternalServerError, with a message naming the problem; CORS
+//! headers only answer a request with an `Origin` header (a browser's); a preflight allows the
+//! method and headers it asked for; `GET /` says `healthy: <the Host the client reached>`.
 //!
 //! Invariant: a compressed body is inflated after its signature was checked (SigV4 signs the
 //! bytes sent) and never past [`crate::server::REQUEST_BODY_BYTES_MAX`] bytes: a body inflating
@@ -38,6 +43,11 @@ pub fn inflate(headers: &HeaderMap, body: Bytes, limit_bytes: usize) -> Result<B
         return Ok(body);
     };
     let encoding = encoding.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    if body.is_empty() && matches!(encoding.as_str(), "gzip" | "x-gzip" | "deflate") {
+        return Err(Inflate::Invalid(ApiError::internal(format!(
+            "The request body is empty but Content-Encoding says {encoding}: send the compressed body, or drop the header"
+        ))));
+    }
     let too_large = || {
         Inflate::TooLarge(Refusal::BodyTooLarge {
             declared_bytes: None,
@@ -65,13 +75,13 @@ pub fn inflate(headers: &HeaderMap, body: Bytes, limit_bytes: usize) -> Result<B
             }
         }
         other => {
-            return Err(Inflate::Invalid(ApiError::serialization(format!(
+            return Err(Inflate::Invalid(ApiError::internal(format!(
                 "Content-Encoding '{other}' is not supported: send the body uncompressed, or compressed with gzip or deflate"
             ))));
         }
     }
     .map_err(|error| {
-        Inflate::Invalid(ApiError::serialization(format!(
+        Inflate::Invalid(ApiError::internal(format!(
             "The request body is not valid {encoding} data ({error}); compress it with {encoding} or drop the Content-Encoding header"
         )))
     })?;
@@ -79,6 +89,114 @@ pub fn inflate(headers: &HeaderMap, body: Bytes, limit_bytes: usize) -> Result<B
         return Err(too_large());
     }
     Ok(Bytes::from(inflated))
+}
+
+/// Responses larger than this many bytes are compressed when the client accepts gzip or
+/// deflate, as DynamoDB compresses them (smaller ones are sent as they are).
+pub const RESPONSE_COMPRESSION_THRESHOLD_BYTES: usize = 4096;
+
+/// A response body encoding the endpoint can send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseEncoding {
+    Gzip,
+    /// zlib-wrapped deflate (RFC 9110's `deflate`).
+    Deflate,
+}
+
+impl ResponseEncoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            ResponseEncoding::Gzip => "gzip",
+            ResponseEncoding::Deflate => "deflate",
+        }
+    }
+}
+
+/// The encoding to answer in, from every `Accept-Encoding` header (RFC 9110 §12.5.3): the
+/// acceptable (`q` > 0) of gzip and deflate with the highest quality, the one listed first on a
+/// tie; `*` stands for those not listed, gzip first. `identity`, other codings and malformed
+/// entries choose nothing; the first `q` parameter (`;q=`, white space allowed before the `q`,
+/// not between it and `=`) is the quality; one that does not parse counts as 1, above 1 as 1.
+pub fn response_encoding(headers: &HeaderMap) -> Option<ResponseEncoding> {
+    let mut explicit: Vec<(ResponseEncoding, f32, usize)> = Vec::new();
+    let mut wildcard: Option<f32> = None;
+    let entries = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','));
+    for (position, entry) in entries.enumerate() {
+        let mut parts = entry.split(';');
+        let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let quality = parts
+            .find_map(|parameter| {
+                let (name, value) = parameter.split_once('=')?;
+                (name.trim_start().eq_ignore_ascii_case("q")).then(|| value.trim().parse::<f32>().unwrap_or(1.0))
+            })
+            .unwrap_or(1.0)
+            .clamp(0.0, 1.0);
+        match coding.as_str() {
+            "gzip" => explicit.push((ResponseEncoding::Gzip, quality, position)),
+            "deflate" => explicit.push((ResponseEncoding::Deflate, quality, position)),
+            "*" => wildcard = Some(wildcard.map_or(quality, |q: f32| q.max(quality))),
+            _ => {}
+        }
+    }
+    let mut candidates: Vec<(ResponseEncoding, f32, usize)> = Vec::new();
+    for encoding in [ResponseEncoding::Gzip, ResponseEncoding::Deflate] {
+        // A coding listed more than once has its best quality (at that entry's place).
+        let best = explicit
+            .iter()
+            .filter(|(e, _, _)| *e == encoding)
+            .copied()
+            .reduce(|best, next| if next.1 > best.1 { next } else { best });
+        match best {
+            Some(found) => candidates.push(found),
+            None => {
+                if let Some(quality) = wildcard {
+                    // `*` ranks after every explicit entry, gzip before deflate.
+                    candidates.push((encoding, quality, usize::MAX - 1 + encoding as usize));
+                }
+            }
+        }
+    }
+    candidates
+        .into_iter()
+        .filter(|(_, quality, _)| *quality > 0.0)
+        .min_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)))
+        .map(|(encoding, _, _)| encoding)
+}
+
+/// `body` compressed with `encoding` (flate2's default level).
+pub fn compress(encoding: ResponseEncoding, body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let result = match encoding {
+        ResponseEncoding::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(body).and_then(|()| encoder.finish())
+        }
+        ResponseEncoding::Deflate => {
+            let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(body).and_then(|()| encoder.finish())
+        }
+    };
+    // Writing into a Vec cannot fail.
+    result.unwrap_or_else(|_| body.to_vec())
+}
+
+/// Compresses a response body larger than [`RESPONSE_COMPRESSION_THRESHOLD_BYTES`] when the
+/// request accepts gzip or deflate, setting `Content-Encoding`; always adds
+/// `Vary: Accept-Encoding` (the answer depends on it).
+pub fn encode_response(request: &HeaderMap, body: Vec<u8>, response_headers: &mut HeaderMap) -> Vec<u8> {
+    response_headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if body.len() <= RESPONSE_COMPRESSION_THRESHOLD_BYTES {
+        return body;
+    }
+    let Some(encoding) = response_encoding(request) else {
+        return body;
+    };
+    response_headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding.name()));
+    compress(encoding, &body)
 }
 
 /// DescribeEndpoints: the address the client reached, with its port (the `Host` header), as
@@ -92,22 +210,39 @@ pub fn describe_endpoints(headers: &HeaderMap) -> serde_json::Value {
     serde_json::json!({"Endpoints": [{"Address": address, "CachePeriodInMinutes": 1440}]})
 }
 
-/// `GET /`: DynamoDB's endpoint answers a plain-text health line.
-pub fn root_health(region: &str) -> Response {
+/// `GET /`: DynamoDB's endpoint answers a plain-text health line naming the host the client
+/// reached (`healthy: dynamodb.us-east-1.amazonaws.com `); here the request's `Host` (with its
+/// port), or DynamoDB's name for the region without a usable one.
+pub fn root_health(headers: &HeaderMap, region: &str) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.len() <= 255)
+        .map_or_else(|| format!("dynamodb.{region}.amazonaws.com"), str::to_string);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain")],
-        format!("healthy: dynamodb.{region}.amazonaws.com "),
+        format!("healthy: {host} "),
     )
         .into_response()
 }
 
-/// The answer to a CORS preflight (`OPTIONS`): every origin, the endpoint's methods, the headers
-/// the browser asked for (or an SDK's), cached for [`CORS_MAX_AGE_SECONDS`].
+/// The answer to a CORS preflight (`OPTIONS`): every origin, the method and headers the browser
+/// asked for (the endpoint's methods and an SDK's headers when it named none), cached for
+/// [`CORS_MAX_AGE_SECONDS`]. Without an `Origin` it is not a preflight: a bare 200.
 pub fn preflight(headers: &HeaderMap) -> Response {
     let mut response = StatusCode::OK.into_response();
     let out = response.headers_mut();
-    out.insert("access-control-allow-methods", HeaderValue::from_static(CORS_METHODS));
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    if !headers.contains_key(header::ORIGIN) {
+        return response;
+    }
+    let method = headers
+        .get("access-control-request-method")
+        .filter(|value| value.to_str().is_ok_and(|v| !v.trim().is_empty()))
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(CORS_METHODS));
+    out.insert("access-control-allow-methods", method);
     let requested = headers
         .get("access-control-request-headers")
         .filter(|value| value.to_str().is_ok_and(|v| !v.trim().is_empty()))
@@ -115,15 +250,18 @@ pub fn preflight(headers: &HeaderMap) -> Response {
         .unwrap_or(HeaderValue::from_static(CORS_HEADERS));
     out.insert("access-control-allow-headers", requested);
     out.insert("access-control-max-age", HeaderValue::from(CORS_MAX_AGE_SECONDS));
-    out.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     response
 }
 
-/// Adds the CORS headers every answer carries.
-pub fn with_cors(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
-    headers.insert("access-control-expose-headers", HeaderValue::from_static(CORS_EXPOSE));
+/// Adds the CORS headers to the answer of a request that carries an `Origin` (a browser's).
+pub async fn with_cors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let cross_origin = request.headers().contains_key(header::ORIGIN);
+    let mut response = next.run(request).await;
+    if cross_origin {
+        let headers = response.headers_mut();
+        headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+        headers.insert("access-control-expose-headers", HeaderValue::from_static(CORS_EXPOSE));
+    }
     response
 }
 
@@ -145,6 +283,68 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(bytes).expect("compress");
         Bytes::from(encoder.finish().expect("finish"))
+    }
+
+    fn accepting(values: &[&str]) -> Option<ResponseEncoding> {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::ACCEPT_ENCODING, HeaderValue::from_str(value).expect("header"));
+        }
+        response_encoding(&headers)
+    }
+
+    #[test]
+    fn the_response_encoding_follows_accept_encoding() {
+        use ResponseEncoding::{Deflate, Gzip};
+        for (value, expected) in [
+            ("", None),
+            ("identity", None),
+            ("br", None),
+            ("x-gzip", None),
+            ("gzip", Some(Gzip)),
+            ("deflate", Some(Deflate)),
+            ("gzip, deflate", Some(Gzip)),
+            ("br, identity, deflate, gzip", Some(Deflate)),
+            ("GZIP, identity", Some(Gzip)),
+            ("dog, gzip ,, cat", Some(Gzip)),
+            ("gzip;q=0.8, deflate;q=0.5", Some(Gzip)),
+            ("br, gzip;q=0, deflate; q = 0.5 , identity;q=0", Some(Deflate)),
+            ("*", Some(Gzip)),
+            ("*, deflate", Some(Deflate)),
+            ("*, deflate;q=0.5", Some(Gzip)),
+            ("*, gzip;q=0.5", Some(Deflate)),
+            ("gzip ;q=0", None),
+            ("*;q=0", None),
+            ("\"gzip\"", None),
+            ("gzip br", None),
+            ("deflate;q=0.5, gzip;q=31", Some(Gzip)),
+            ("br,identity;q=0.5,gzip;q=0.0001", Some(Gzip)),
+            ("gzip; q=0;q=1", None),
+            ("gzip;q =0;q=1", Some(Gzip)),
+            ("gzip;q=0, gzip;q=1, gzip;q=0", Some(Gzip)),
+        ] {
+            assert_eq!(accepting(&[value]), expected, "{value}");
+        }
+        // Several headers are one list.
+        assert_eq!(accepting(&["identity", "deflate"]), Some(Deflate));
+    }
+
+    #[test]
+    fn only_large_responses_are_compressed() {
+        let mut request = HeaderMap::new();
+        request.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        let mut out = HeaderMap::new();
+        let small = encode_response(&request, vec![b'x'; RESPONSE_COMPRESSION_THRESHOLD_BYTES], &mut out);
+        assert_eq!(small.len(), RESPONSE_COMPRESSION_THRESHOLD_BYTES);
+        assert!(!out.contains_key(header::CONTENT_ENCODING));
+        let body = vec![b'x'; RESPONSE_COMPRESSION_THRESHOLD_BYTES + 1];
+        let large = encode_response(&request, body.clone(), &mut out);
+        assert_eq!(out[header::CONTENT_ENCODING], "gzip");
+        let mut inflated = Vec::new();
+        flate2::read::GzDecoder::new(&large[..])
+            .read_to_end(&mut inflated)
+            .expect("gzip");
+        assert_eq!(inflated, body);
     }
 
     #[test]

@@ -50,7 +50,7 @@ use replication::digest::{Digest, Range as DigestRange};
 use replication::{Hlc, HlcClock, Version};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::catalog::{IndexMeta, KeySchema, TableMeta, TableStats};
+use crate::catalog::{self, IndexMeta, KeySchema, TableMeta, TableStats};
 use crate::disk::{DiskGuard, DiskStatus, Verdict};
 use crate::keys::{self, KeyHash};
 use crate::record::{self, Record};
@@ -959,13 +959,28 @@ pub struct WriteContext<'a> {
 
 /// The index entry key of an item, if the item has the index's key attributes.
 pub fn index_entry_key(hash: KeyHash, index: &IndexMeta, item: &Item, item_key: &[u8]) -> Option<Vec<u8>> {
-    let partition = item.get(&index.key.partition.name)?;
+    let partition = index_key_value(item, &index.key.partition, catalog::PARTITION_KEY_BYTES_MAX)?;
     let mut out = keys::partition_prefix(hash, partition);
     if let Some(sort) = &index.key.sort {
-        keys::encode_key_value(item.get(&sort.name)?, &mut out);
+        keys::encode_key_value(index_key_value(item, sort, catalog::SORT_KEY_BYTES_MAX)?, &mut out);
     }
     out.extend_from_slice(item_key);
     Some(out)
+}
+
+/// The item's value for an index key attribute, or `None` when the item has no entry in the
+/// index: the attribute is missing, or is an *index key violation* (DynamoDB's term: the wrong
+/// type, an empty string or binary, or over `limit_bytes`). Writes refuse violations once the
+/// index exists, so only items older than the index (skipped by the backfill, as DynamoDB skips
+/// them) or replicated from elsewhere carry one.
+fn index_key_value<'i>(
+    item: &'i Item,
+    attribute: &catalog::KeyAttribute,
+    limit_bytes: usize,
+) -> Option<&'i AttributeValue> {
+    let value = item.get(&attribute.name)?;
+    let size = value.size_bytes();
+    (attribute.value_type.matches(value) && size > 0 && size <= limit_bytes).then_some(value)
 }
 
 /// The stored key of an item under `schema` (the item must carry the key attributes).
@@ -986,7 +1001,8 @@ pub fn key_of(hash: KeyHash, schema: &KeySchema, item: &Item) -> Result<Vec<u8>,
 fn ttl_seconds(table: &TableMeta, item: &Item) -> Option<u64> {
     let spec = table.ttl.as_ref().filter(|t| t.enabled)?;
     match item.get(&spec.attribute)? {
-        AttributeValue::N(n) => n.to_i64().and_then(|v| u64::try_from(v).ok()),
+        // Fractional seconds count from their whole second, as on DynamoDB.
+        AttributeValue::N(n) => n.floor_i64().and_then(|v| u64::try_from(v).ok()),
         _ => None,
     }
 }
@@ -1018,6 +1034,41 @@ impl WriteContext<'_> {
                 meta.name
             ))),
         }
+    }
+
+    /// The table's definition as committed now (an exclusive job runs alone, after every earlier
+    /// commit): the base for a change read-modify-written by a catalog job, so concurrent
+    /// changes (two TagResource calls, say) do not overwrite each other. Fails as
+    /// [`WriteContext::current_table`] does when the table was deleted or recreated.
+    pub fn latest_table(&self, meta: &TableMeta) -> Result<Arc<TableMeta>, ApiError> {
+        self.current_table(meta)?;
+        let catalog = self.shared.catalog.read().expect("catalog lock is never poisoned");
+        catalog.tables.get(&meta.name).cloned().ok_or_else(|| {
+            ApiError::resource_not_found(format!("Requested resource not found: Table: {} not found", meta.name))
+        })
+    }
+
+    /// The newest definition of `table` (same name and storage id): one this job put and has
+    /// not committed yet, else the committed one; `None` when there is neither (a table this
+    /// job is still creating, or one deleted meanwhile).
+    fn effective_table(&self, table: &TableMeta) -> Option<Arc<TableMeta>> {
+        let pending = self.catalog_changes.iter().rev().find_map(|change| match change {
+            CatalogChange::Put(meta) if meta.name == table.name => Some(Some(Arc::clone(meta))),
+            CatalogChange::Remove(name) if *name == table.name => Some(None),
+            _ => None,
+        });
+        let found = match pending {
+            Some(found) => found,
+            None => self
+                .shared
+                .catalog
+                .read()
+                .expect("catalog lock is never poisoned")
+                .tables
+                .get(&table.name)
+                .cloned(),
+        };
+        found.filter(|meta| meta.id == table.id)
     }
 
     /// Refuses a write that adds data while the disk is below the watermark. Before the job's
@@ -1136,6 +1187,11 @@ impl WriteContext<'_> {
         record: Option<&[u8]>,
     ) -> Result<(), redb::Error> {
         self.mutations += 1;
+        // Maintain the indexes, stream, TTL and undo log of the table as defined now, not as the
+        // request read it before its job was queued: an index created meanwhile (UpdateTable
+        // runs alone, between batches) must get this write, and one deleted must not.
+        let latest = self.effective_table(table);
+        let table: &TableMeta = latest.as_deref().unwrap_or(table);
         {
             let name = data_table_name(table.id);
             let mut data = self.txn.open_table(bytes_table(&name))?;

@@ -386,14 +386,12 @@ pub async fn run_with_limits(
         .route(
             "/",
             post(api)
-                .get(|State(state): State<Arc<AppState>>| async move {
-                    crate::compat::root_health(state.store.engine().region())
+                .get(|State(state): State<Arc<AppState>>, headers: HeaderMap| async move {
+                    crate::compat::root_health(&headers, state.store.engine().region())
                 })
                 .options(|headers: HeaderMap| async move { crate::compat::preflight(&headers) }),
         )
-        .layer(axum::middleware::map_response(|response: Response| async move {
-            crate::compat::with_cors(response)
-        }))
+        .layer(axum::middleware::from_fn(crate::compat::with_cors))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(replication_routes)
@@ -918,11 +916,22 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(value) => {
-            let body = serde_json::to_vec(&value).unwrap_or_default();
+            // Operations without an output shape (TagResource, UntagResource) answer with an
+            // empty body, as DynamoDB does.
+            let empty = matches!(label.as_str(), "TagResource" | "UntagResource")
+                && value.as_object().is_some_and(serde_json::Map::is_empty);
+            let body = if empty {
+                Vec::new()
+            } else {
+                serde_json::to_vec(&value).unwrap_or_default()
+            };
+            let mut out = HeaderMap::new();
+            let body = crate::compat::encode_response(&headers, body, &mut out);
             let mut response = (StatusCode::OK, body).into_response();
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            response.headers_mut().extend(out);
             response
         }
         Err(error) => {

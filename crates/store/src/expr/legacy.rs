@@ -380,7 +380,7 @@ fn attribute_update(key: &str, update: &AttributeValueUpdate) -> Result<Action, 
     let value_type = value.value_type();
     match action {
         "DELETE" if matches!(value_type, ValueType::Ss | ValueType::Ns | ValueType::Bs) => {
-            Ok(Action::Delete(path, value.clone()))
+            Ok(Action::LegacyDelete(path, value.clone()))
         }
         "DELETE" => Err(invalid_parameter(format!(
             "DELETE action with value is not supported for the type {}",

@@ -118,7 +118,8 @@ pub(crate) fn parse_projection(text: &str) -> Result<Vec<RawPath<'_>>, ApiError>
 /// Operators waiting on the condition parser's stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pending {
-    Group,
+    /// An opening parenthesis, at this token index.
+    Group(usize),
     Not,
     And,
     Or,
@@ -127,7 +128,7 @@ enum Pending {
 impl Pending {
     fn precedence(self) -> u8 {
         match self {
-            Pending::Group => 0,
+            Pending::Group(_) => 0,
             Pending::Or => 1,
             Pending::And => 2,
             Pending::Not => 3,
@@ -139,7 +140,7 @@ impl Pending {
 /// operator after its left operand and reduces it after its right one, so the operands exist.
 fn reduce<'t>(operator: Pending, output: &mut Vec<RawCondition<'t>>) {
     match operator {
-        Pending::Group => {}
+        Pending::Group(_) => {}
         Pending::Not => {
             if let Some(operand) = output.pop() {
                 output.push(RawCondition::Not(Box::new(operand)));
@@ -369,13 +370,18 @@ impl<'t> Parser<'t> {
     fn condition(&mut self) -> Result<RawCondition<'t>, ApiError> {
         let mut pending: Vec<Pending> = Vec::new();
         let mut output: Vec<RawCondition<'t>> = Vec::new();
+        // The token indexes of the last group closed, and whether a group held nothing but
+        // another group (`((a < b))`): DynamoDB's "redundant parentheses", reported once the
+        // syntax is known to be right (syntax errors win).
+        let mut last_group: Option<(usize, usize)> = None;
+        let mut redundant = false;
         loop {
             // A condition may start with any number of opening parentheses and NOTs.
             loop {
                 let token = self.peek();
                 if token.kind == TokenKind::LeftParen {
+                    pending.push(Pending::Group(self.position));
                     self.advance();
-                    pending.push(Pending::Group);
                 } else if token.is_keyword("NOT") {
                     self.advance();
                     self.count_operator()?;
@@ -389,7 +395,12 @@ impl<'t> Parser<'t> {
             while self.peek().kind == TokenKind::RightParen {
                 loop {
                     match pending.pop() {
-                        Some(Pending::Group) => break,
+                        Some(Pending::Group(open)) => {
+                            let close = self.position;
+                            redundant |= last_group == Some((open + 1, close - 1));
+                            last_group = Some((open, close));
+                            break;
+                        }
                         Some(operator) => reduce(operator, &mut output),
                         None => return Err(self.unexpected()),
                     }
@@ -418,12 +429,13 @@ impl<'t> Parser<'t> {
             pending.push(operator);
         }
         while let Some(operator) = pending.pop() {
-            if operator == Pending::Group {
+            if matches!(operator, Pending::Group(_)) {
                 return Err(self.unexpected());
             }
             reduce(operator, &mut output);
         }
         match (output.pop(), output.is_empty()) {
+            (Some(_), true) if redundant => Err(invalid(self.kind, "The expression has redundant parentheses;")),
             (Some(condition), true) => Ok(condition),
             _ => Err(self.unexpected()),
         }
@@ -592,7 +604,7 @@ mod tests {
 
     #[test]
     fn parentheses_override_precedence() {
-        let parsed = parse_condition("(a = :a OR b = :b) AND ((c = :c))", ExpressionKind::Condition).expect("parses");
+        let parsed = parse_condition("(a = :a OR b = :b) AND (c = :c)", ExpressionKind::Condition).expect("parses");
         let RawCondition::And(left, _) = parsed else {
             panic!("AND at the top: {parsed:?}")
         };
@@ -717,7 +729,35 @@ mod tests {
     #[test]
     fn deep_parentheses_do_not_recurse() {
         let text = format!("{}a = :v{}", "(".repeat(2000), ")".repeat(2000));
-        assert!(parse_condition(&text, ExpressionKind::Condition).is_ok());
+        let message = syntax_message(parse_condition(&text, ExpressionKind::Condition));
+        assert_eq!(
+            message,
+            "Invalid ConditionExpression: The expression has redundant parentheses;"
+        );
+    }
+
+    #[test]
+    fn one_pair_of_parentheses_per_level_is_allowed() {
+        for text in [
+            "(a = :v)",
+            "((a = :v) AND b = :v)",
+            "((a = :v) AND (b = :v))",
+            "(NOT (a = :v))",
+            "NOT (a = :v)",
+            "(a = :v) OR ((b = :v) AND c = :v)",
+        ] {
+            assert!(parse_condition(text, ExpressionKind::Condition).is_ok(), "{text}");
+        }
+        for text in ["((a = :v))", "((c = :v) AND ((p = :v)))", "(a = :v) OR (((b = :v)))"] {
+            let message = syntax_message(parse_condition(text, ExpressionKind::KeyCondition));
+            assert_eq!(
+                message, "Invalid KeyConditionExpression: The expression has redundant parentheses;",
+                "{text}"
+            );
+        }
+        // A syntax error wins.
+        let message = syntax_message(parse_condition("((a = :v)) AND", ExpressionKind::Condition));
+        assert!(message.contains("Syntax error"), "{message}");
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub(crate) enum Action {
     /// The legacy `AttributeUpdates` ADD, which also appends lists and reports type mismatches
     /// in its own words.
     LegacyAdd(Path, AttributeValue),
+    /// The legacy `AttributeUpdates` DELETE with a set value, which reports type mismatches in
+    /// the legacy API's words.
+    LegacyDelete(Path, AttributeValue),
 }
 
 impl Action {
@@ -46,7 +49,8 @@ impl Action {
             | Action::Remove(path)
             | Action::Add(path, _)
             | Action::Delete(path, _)
-            | Action::LegacyAdd(path, _) => path,
+            | Action::LegacyAdd(path, _)
+            | Action::LegacyDelete(path, _) => path,
         }
     }
 }
@@ -62,10 +66,12 @@ impl UpdateExpression {
     /// item such an update creates nothing (DynamoDB does not create the item).
     pub fn only_removes(&self) -> bool {
         !self.actions.is_empty()
-            && self
-                .actions
-                .iter()
-                .all(|action| matches!(action, Action::Remove(_) | Action::Delete(..)))
+            && self.actions.iter().all(|action| {
+                matches!(
+                    action,
+                    Action::Remove(_) | Action::Delete(..) | Action::LegacyDelete(..)
+                )
+            })
     }
 }
 
@@ -108,7 +114,8 @@ impl UpdateExpression {
                 (Action::Set(path, _), Some(value)) => write(&mut updated, path, value)?,
                 (Action::Add(path, value), _) => add(&mut updated, path, value, false)?,
                 (Action::LegacyAdd(path, value), _) => add(&mut updated, path, value, true)?,
-                (Action::Delete(path, value), _) => delete(&mut updated, path, value)?,
+                (Action::Delete(path, value), _) => delete(&mut updated, path, value, false)?,
+                (Action::LegacyDelete(path, value), _) => delete(&mut updated, path, value, true)?,
                 _ => {}
             }
         }
@@ -240,14 +247,17 @@ fn set_error(message: String) -> ApiError {
     ApiError::validation(message)
 }
 
+/// A set operand whose type does not match the attribute's: the expression API's message, or
+/// with `legacy` (`AttributeUpdates`) the legacy API's.
+fn mismatch(legacy: bool) -> ApiError {
+    if legacy {
+        ApiError::validation("Type mismatch for attribute to update")
+    } else {
+        incorrect_type()
+    }
+}
+
 fn add(item: &mut Item, path: &Path, addition: &AttributeValue, legacy: bool) -> Result<(), ApiError> {
-    let mismatch = || {
-        if legacy {
-            ApiError::validation("Type mismatch for attribute to update")
-        } else {
-            incorrect_type()
-        }
-    };
     let result = match (existing(item, path)?, addition) {
         (None, addition) => addition.clone(),
         (Some(AttributeValue::N(current)), AttributeValue::N(addition)) => AttributeValue::N(
@@ -269,12 +279,12 @@ fn add(item: &mut Item, path: &Path, addition: &AttributeValue, legacy: bool) ->
             list.extend(addition.iter().cloned());
             AttributeValue::L(list)
         }
-        _ => return Err(mismatch()),
+        _ => return Err(mismatch(legacy)),
     };
     write(item, path, result)
 }
 
-fn delete(item: &mut Item, path: &Path, removal: &AttributeValue) -> Result<(), ApiError> {
+fn delete(item: &mut Item, path: &Path, removal: &AttributeValue, legacy: bool) -> Result<(), ApiError> {
     let remaining = match (existing(item, path)?, removal) {
         (None, _) => return Ok(()),
         (Some(AttributeValue::Ss(current)), AttributeValue::Ss(removal)) => {
@@ -289,7 +299,7 @@ fn delete(item: &mut Item, path: &Path, removal: &AttributeValue) -> Result<(), 
             let members = difference(current, removal);
             (!members.is_empty()).then(|| binary_set(members)).transpose()
         }
-        _ => return Err(incorrect_type()),
+        _ => return Err(mismatch(legacy)),
     };
     match remaining.map_err(set_error)? {
         Some(value) => write(item, path, value),

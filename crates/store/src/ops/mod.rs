@@ -184,12 +184,21 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
                 .unwrap_or_default();
             ApiError::validation(format!(
                 "1 validation error detected: Value null at '{}' failed to satisfy constraint: Member must not be null",
-                lower_first(field)
+                member_path(field)
             ))
         } else {
             ApiError::serialization(strip_marker(&message).to_string())
         }
     })
+}
+
+/// Where DynamoDB says a missing member is: its camel-case name, under the structure that holds
+/// it where serde's error names only the field (the capacity units of a ProvisionedThroughput).
+fn member_path(field: &str) -> String {
+    match field {
+        "ReadCapacityUnits" | "WriteCapacityUnits" => format!("provisionedThroughput.{}", lower_first(field)),
+        _ => lower_first(field),
+    }
 }
 
 fn lower_first(text: &str) -> String {
@@ -224,9 +233,10 @@ pub fn validate_item_limits(item: &Item) -> Result<(), ApiError> {
 
 pub fn validate_nesting(item: &Item) -> Result<(), ApiError> {
     if item.values().any(|v| v.nesting_depth() > NESTING_DEPTH_MAX) {
-        return Err(ApiError::validation(format!(
-            "Nesting Levels have exceeded supported limits: The maximum nesting level of {NESTING_DEPTH_MAX} has been exceeded"
-        )));
+        // DynamoDB's words (the limit, 32 levels, is in its documentation, not its message).
+        return Err(ApiError::validation(
+            "Nesting Levels have exceeded supported limits: Attributes in the item have nested levels beyond supported limit",
+        ));
     }
     Ok(())
 }

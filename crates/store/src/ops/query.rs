@@ -670,6 +670,11 @@ pub fn scan(store: &Store, request: ScanRequest) -> Result<Value, ApiError> {
     let index = resolve_index(&meta, request.index_name.as_deref())?;
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
     let limit = parse_limit(request.limit)?;
+    if request.consistent_read == Some(true) && index.is_some_and(|i| i.kind == IndexKind::Global) {
+        return Err(ApiError::validation(
+            "Consistent reads are not supported on global secondary indexes",
+        ));
+    }
     let (lower, upper) = scan_bounds(request.segment, request.total_segments)?;
     refuse_mixed(
         &[

@@ -11,8 +11,6 @@ use crate::catalog::{
     self, CreateTableRequest, IndexKind, IndexRequest, TableMeta, TagRequest, ThroughputRequest, TtlSpec,
 };
 
-const TAGS_PER_RESOURCE_MAX: usize = 50;
-
 /// A table being restored from a backup is CREATING: DynamoDB refuses to change or delete it.
 fn refuse_restoring(meta: &TableMeta) -> Result<(), ApiError> {
     if meta.restoring() {
@@ -436,18 +434,37 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
         changed = true;
     }
     let mut definitions = next.attribute_definitions.clone();
-    if let Some(extra) = &request.attribute_definitions {
-        for (name, value_type) in catalog::parse_attribute_definitions(extra)? {
-            match definitions.iter().find(|(n, _)| *n == name) {
-                Some((_, existing)) if *existing != value_type => {
-                    return Err(ApiError::validation(format!(
-                        "One or more parameter values were invalid: Cannot change the type of attribute {name} that is already defined"
-                    )));
-                }
-                Some(_) => {}
-                None => definitions.push((name, value_type)),
+    // A new index's key attributes must be defined in this request, even those the table
+    // already defines (DynamoDB refuses the Create otherwise).
+    let requested = match &request.attribute_definitions {
+        Some(extra) => catalog::parse_attribute_definitions(extra)?,
+        None => Vec::new(),
+    };
+    for (name, value_type) in &requested {
+        match definitions.iter().find(|(n, _)| n == name) {
+            Some((_, existing)) if existing != value_type => {
+                return Err(ApiError::validation(format!(
+                    "One or more parameter values were invalid: Attributes cannot be redefined. Please check that your attribute has the same type as previously defined. Attribute: {name}, existing type: {}, new type: {}",
+                    existing.descriptor(),
+                    value_type.descriptor()
+                )));
             }
+            Some(_) => {}
+            None => definitions.push((name.clone(), *value_type)),
         }
+    }
+    // DynamoDB creates or deletes one global index per UpdateTable call.
+    let online_changes = request
+        .global_secondary_index_updates
+        .iter()
+        .flatten()
+        .filter(|update| update.create.is_some() || update.delete.is_some())
+        .count();
+    if online_changes > 1 {
+        return Err(ApiError::new(
+            ErrorKind::LimitExceeded,
+            "Subscriber limit exceeded: Only 1 online index can be created or deleted simultaneously per table",
+        ));
     }
     let mut created = Vec::new();
     let mut deleted = Vec::new();
@@ -460,7 +477,7 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
                         create.index_name
                     )));
                 }
-                let index = catalog::parse_global_index(create, &definitions, next.throughput.is_none())?;
+                let index = catalog::parse_global_index(create, &requested, next.throughput.is_none())?;
                 created.push(index.name.clone());
                 next.indexes.push(index);
             }
@@ -539,6 +556,11 @@ pub fn describe_limits() -> Value {
 }
 
 fn table_from_arn(store: &Store, arn: &str) -> Result<std::sync::Arc<TableMeta>, ApiError> {
+    if !arn.starts_with("arn:") {
+        return Err(ApiError::validation(format!(
+            "Invalid TableArn: ARNs must start with 'arn:': {arn}"
+        )));
+    }
     let name = arn.rsplit_once(":table/").map(|(_, name)| name).filter(|name| !name.contains('/')).ok_or_else(|| {
         ApiError::validation(format!("Invalid TableArn: Invalid ResourceArn provided as input {arn}: expected arn:aws:dynamodb:REGION:ACCOUNT:table/NAME"))
     })?;
@@ -547,18 +569,19 @@ fn table_from_arn(store: &Store, arn: &str) -> Result<std::sync::Arc<TableMeta>,
     })
 }
 
+/// Applies `change` to the table's definition as committed when the change runs (not as read
+/// before), so concurrent changes compose.
 async fn change_table(
     store: &Store,
     meta: std::sync::Arc<TableMeta>,
-    change: impl FnOnce(&mut TableMeta) + Send + 'static,
+    change: impl FnOnce(&mut TableMeta) -> Result<(), ApiError> + Send + 'static,
 ) -> Result<TableMeta, ApiError> {
     refuse_restoring(&meta)?;
     store
         .engine()
         .write_exclusive(move |context| {
-            context.current_table(&meta)?;
-            let mut next = (*meta).clone();
-            change(&mut next);
+            let mut next = (*context.latest_table(&meta)?).clone();
+            change(&mut next)?;
             context.put_table(next.clone())?;
             Ok(next)
         })
@@ -574,23 +597,24 @@ pub struct TagResourceRequest {
 
 pub async fn tag_resource(store: &Store, request: TagResourceRequest) -> Result<Value, ApiError> {
     let meta = table_from_arn(store, &request.resource_arn)?;
-    let mut merged = meta.tags.clone();
-    for tag in &request.tags {
-        if tag.key.is_empty() || tag.key.len() > 128 || tag.value.len() > 256 {
-            return Err(ApiError::validation(format!(
-                "One or more parameter values were invalid: tag keys are 1 to 128 characters and values at most 256; got key '{}'",
-                tag.key
-            )));
-        }
-        merged.insert(tag.key.clone(), tag.value.clone());
-    }
-    if merged.len() > TAGS_PER_RESOURCE_MAX {
-        return Err(ApiError::new(
-            ErrorKind::LimitExceeded,
-            format!("Too many tags: a resource has at most {TAGS_PER_RESOURCE_MAX}"),
+    if request.tags.is_empty() {
+        return Err(ApiError::validation(
+            "1 validation error detected: Value '[]' at 'tags' failed to satisfy constraint: Member must have length greater than or equal to 1",
         ));
     }
-    change_table(store, meta, move |next| next.tags = merged).await?;
+    for tag in &request.tags {
+        catalog::validate_tag(&tag.key, &tag.value)?;
+    }
+    change_table(store, meta, move |next| {
+        let mut merged = next.tags.clone();
+        for tag in request.tags {
+            merged.insert(tag.key, tag.value);
+        }
+        catalog::validate_tag_count(merged.len())?;
+        next.tags = merged;
+        Ok(())
+    })
+    .await?;
     Ok(json!({}))
 }
 
@@ -607,6 +631,7 @@ pub async fn untag_resource(store: &Store, request: UntagResourceRequest) -> Res
         for key in &request.tag_keys {
             next.tags.remove(key);
         }
+        Ok(())
     })
     .await?;
     Ok(json!({}))
@@ -651,29 +676,15 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
             "1 validation error detected: Value '' at 'timeToLiveSpecification.attributeName' failed to satisfy constraint: Member must have length greater than or equal to 1",
         ));
     }
-    match &meta.ttl {
-        Some(current) if current.enabled && spec.enabled => {
-            return Err(ApiError::validation("TimeToLive is already enabled"));
-        }
-        Some(current) if !current.enabled && !spec.enabled => {
-            return Err(ApiError::validation("TimeToLive is already disabled"));
-        }
-        None if !spec.enabled => return Err(ApiError::validation("TimeToLive is already disabled")),
-        Some(current) if !spec.enabled && current.attribute != spec.attribute_name => {
-            return Err(ApiError::validation(format!(
-                "TimeToLive attribute name does not match the enabled one ({}); disable it by that name",
-                current.attribute
-            )));
-        }
-        _ => {}
-    }
     let enabled = spec.enabled;
     let attribute = spec.attribute_name.clone();
     store
         .engine()
         .write_exclusive(move |context| {
-            context.current_table(&meta)?;
-            let mut next = (*meta).clone();
+            // Checked and changed on the definition as committed now, so a concurrent change
+            // (tags, another TTL call) is neither lost nor misjudged.
+            let mut next = (*context.latest_table(&meta)?).clone();
+            check_ttl_change(next.ttl.as_ref(), enabled, &attribute)?;
             next.ttl = Some(TtlSpec { attribute, enabled });
             if enabled {
                 context.backfill(&next, None)?;
@@ -684,6 +695,21 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
         })
         .await?;
     Ok(json!({"TimeToLiveSpecification": {"Enabled": spec.enabled, "AttributeName": spec.attribute_name}}))
+}
+
+/// Refuses a TTL change DynamoDB refuses: enabling an enabled TTL, disabling a disabled one, or
+/// disabling it by another attribute name.
+fn check_ttl_change(current: Option<&TtlSpec>, enabled: bool, attribute: &str) -> Result<(), ApiError> {
+    match current {
+        Some(current) if current.enabled && enabled => Err(ApiError::validation("TimeToLive is already enabled")),
+        Some(current) if !current.enabled && !enabled => Err(ApiError::validation("TimeToLive is already disabled")),
+        None if !enabled => Err(ApiError::validation("TimeToLive is already disabled")),
+        Some(current) if !enabled && current.attribute != attribute => Err(ApiError::validation(format!(
+            "TimeToLive is active on a different AttributeName: current AttributeName is {}",
+            current.attribute
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub fn describe_ttl(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {

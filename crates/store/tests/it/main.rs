@@ -522,6 +522,60 @@ async fn writes_survive_reopening_the_database() {
     assert_eq!(described["Table"]["ItemCount"], 1);
 }
 
+/// A write whose request read the table before an index was created, and whose job runs after
+/// the index's backfill committed, still lands in the index (and a delete leaves it).
+#[tokio::test]
+async fn a_write_queued_before_an_index_was_created_is_indexed() {
+    let h = Harness::new();
+    h.ok(
+        "CreateTable",
+        json!({
+            "TableName": "late",
+            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "BillingMode": "PAY_PER_REQUEST"
+        }),
+    )
+    .await;
+    let engine = h.store.engine().clone();
+    let stale = engine.table("late").expect("table");
+    h.ok(
+        "UpdateTable",
+        json!({
+            "TableName": "late",
+            "AttributeDefinitions": [{"AttributeName": "g", "AttributeType": "S"}],
+            "GlobalSecondaryIndexUpdates": [{"Create": {
+                "IndexName": "by_g",
+                "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"}
+            }}]
+        }),
+    )
+    .await;
+    assert!(
+        stale.indexes.is_empty(),
+        "the definition read before the index has none"
+    );
+    let item: dynamo_protocol::Item = serde_json::from_value(json!({"pk": {"S": "a"}, "g": {"S": "x"}})).expect("item");
+    let key = store::engine::key_of(stale.key_hash, &stale.key, &item).expect("key");
+    let (meta, written_key) = (Arc::clone(&stale), key.clone());
+    engine
+        .write(move |context| context.put(&meta, &written_key, None, &item))
+        .await
+        .expect("put");
+    let query = json!({
+        "TableName": "late", "IndexName": "by_g",
+        "KeyConditionExpression": "g = :g", "ExpressionAttributeValues": {":g": {"S": "x"}}
+    });
+    assert_eq!(h.ok("Query", query.clone()).await["Count"], 1);
+    let old: dynamo_protocol::Item = serde_json::from_value(json!({"pk": {"S": "a"}, "g": {"S": "x"}})).expect("item");
+    engine
+        .write(move |context| context.delete(&stale, &key, Some(&old)))
+        .await
+        .expect("delete");
+    assert_eq!(h.ok("Query", query).await["Count"], 0);
+}
+
 mod decoder_fuzz {
     //! Arbitrary request bodies for every operation: the store answers with a DynamoDB error or
     //! a result, never a panic, and what was stored before stays readable.

@@ -153,8 +153,10 @@ async fn unknown_paths_and_methods_get_json_errors() {
     let store = edge(default_limits()).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    // `GET /` is DynamoDB's health line (and the API's answers carry CORS headers).
+    // `GET /` is DynamoDB's health line naming the host reached (and an answer to a browser,
+    // which sends an Origin, carries CORS headers).
     let request = hyper::Request::get(format!("http://{}/", store.address))
+        .header("origin", "http://app.example")
         .body(http_body_util::Empty::new())
         .expect("valid request");
     let response = client.request(request).await.expect("store answers");
@@ -170,7 +172,16 @@ async fn unknown_paths_and_methods_get_json_errors() {
         .await
         .expect("body")
         .to_bytes();
-    assert_eq!(&body[..], b"healthy: dynamodb.us-east-1.amazonaws.com ");
+    assert_eq!(body, format!("healthy: {} ", store.address).as_bytes());
+    let request = hyper::Request::get(format!("http://{}/", store.address))
+        .body(http_body_util::Empty::new())
+        .expect("valid request");
+    let response = client.request(request).await.expect("store answers");
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(
+        !response.headers().contains_key("access-control-allow-origin"),
+        "no CORS headers without an Origin, as DynamoDB"
+    );
     for (method, path, status) in [
         ("PUT", "/", 405),
         ("DELETE", "/", 405),
