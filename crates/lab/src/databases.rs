@@ -20,6 +20,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::configs::{
+    Check, CheckKind, DatabaseAccounts, DatabaseTargets, MysqlPromote, PerRegion, RedisPromote, SecretFile, Step,
+};
 use crate::plan::{LabFile, REGION_PORT_BLOCK};
 use crate::supervisor::ComponentSpec;
 
@@ -118,11 +121,13 @@ pub(crate) struct DbAdditions {
     /// Fault-proxy links (name, listen, upstream).
     pub links: Vec<(String, String, String)>,
     /// `[[runbook]]` steps, before the DNS steps (the database moves before the traffic).
-    pub runbook: String,
+    pub runbook: Vec<Step>,
     /// `[[checks]]` of the servers.
-    pub checks: String,
+    pub checks: Vec<Check>,
     /// `[[databases]]` of `drill-targets.toml`.
-    pub drill_targets: String,
+    pub drill_targets: Vec<DatabaseTargets>,
+    /// `[database_accounts]` of `drill-targets.toml`.
+    pub accounts: Option<DatabaseAccounts>,
     /// Per region, the database processes a region outage kills.
     pub processes: Vec<Vec<String>>,
     /// Per region, the arguments of its shops.
@@ -381,28 +386,45 @@ pub(crate) fn additions(
             contents: format!("{password}\n"),
         });
     }
-    let servers = |link: &dyn Fn(usize) -> String| {
-        let list: Vec<String> = regions
+    let servers = |link: &dyn Fn(usize) -> String| -> PerRegion {
+        regions
             .iter()
             .enumerate()
-            .map(|(i, region)| format!("\"{region}\" = [\"{}\"]", link(i)))
-            .collect();
-        format!("{{ {} }}", list.join(", "))
+            .map(|(i, region)| (region.to_string(), vec![link(i)]))
+            .collect()
     };
     if mariadb.is_some() {
-        let _ = write!(
-            out.runbook,
-            "\n# `switchyard lab --databases`: the shop's orders database moves first (MariaDB, GTID), then its sessions (Redis), then the traffic.\n[[runbook]]\nname = \"orders-db\"\nkind = \"mysql_promote\"\ntimeout_ms = {LAB_DB_STEP_TIMEOUT_MS}\nretries = 0\n\n[runbook.mysql_promote]\nservers = {}\nuser = \"{MARIADB_ADMIN_USER}\"\npassword = {{ file = \"{}\" }}\nreplication_user = \"{MARIADB_REPL_USER}\"\nreplication_password = {{ file = \"{}\" }}\npromote_lag_max_ms = {LAB_PROMOTE_LAG_MAX_MS}\n",
-            servers(&mariadb_link),
-            password_file(dir, MARIADB_ADMIN_USER, "mariadb").display(),
-            password_file(dir, MARIADB_REPL_USER, "mariadb").display(),
-        );
+        // The shop's orders database moves first (MariaDB, GTID), then its sessions (Redis),
+        // then the traffic.
+        out.runbook.push(Step {
+            timeout_ms: Some(LAB_DB_STEP_TIMEOUT_MS),
+            retries: Some(0),
+            mysql_promote: Some(MysqlPromote {
+                servers: servers(&mariadb_link),
+                user: MARIADB_ADMIN_USER.to_string(),
+                password: SecretFile {
+                    file: password_file(dir, MARIADB_ADMIN_USER, "mariadb"),
+                },
+                replication_user: MARIADB_REPL_USER.to_string(),
+                replication_password: SecretFile {
+                    file: password_file(dir, MARIADB_REPL_USER, "mariadb"),
+                },
+                promote_lag_max_ms: LAB_PROMOTE_LAG_MAX_MS,
+            }),
+            ..Step::new("orders-db", "mysql_promote")
+        });
         for (i, region) in regions.iter().enumerate() {
-            let _ = write!(
-                out.checks,
-                "\n[[checks]]\nname = \"{region}-orders-db\"\nregion = \"{region}\"\nkind = {{ type = \"sql\", driver = \"mysql\", address = \"{}\", user = \"{MARIADB_ADMIN_USER}\", password = \"{MARIADB_PASSWORD}\", replica_lag = true }}\n",
-                mariadb_link(i)
-            );
+            out.checks.push(Check {
+                name: format!("{region}-orders-db"),
+                region: region.to_string(),
+                kind: CheckKind::Sql {
+                    driver: "mysql".to_string(),
+                    address: mariadb_link(i),
+                    user: MARIADB_ADMIN_USER.to_string(),
+                    password: MARIADB_PASSWORD.to_string(),
+                    replica_lag: true,
+                },
+            });
         }
         out.try_lines.push(format!(
             "mariadb -h127.0.0.1 -P{} -u{MARIADB_SHOP_USER} -p{MARIADB_SHOP_PASSWORD} {SHOP_DATABASE} -e 'SELECT LPAD(entity_id, 9, 0) AS increment_id, quote_ref, grand_total FROM {ORDERS_TABLE}'   # the shop's orders",
@@ -410,18 +432,30 @@ pub(crate) fn additions(
         ));
     }
     if programs.redis_server.is_some() {
-        let _ = write!(
-            out.runbook,
-            "\n[[runbook]]\nname = \"sessions\"\nkind = \"redis_promote\"\ntimeout_ms = {LAB_DB_STEP_TIMEOUT_MS}\nretries = 0\n\n[runbook.redis_promote]\nservers = {}\nusername = \"{REDIS_ADMIN_USER}\"\npassword = {{ file = \"{}\" }}\npromote_lag_max_ms = {LAB_PROMOTE_LAG_MAX_MS}\n",
-            servers(&redis_link),
-            password_file(dir, REDIS_ADMIN_USER, "redis").display(),
-        );
+        out.runbook.push(Step {
+            timeout_ms: Some(LAB_DB_STEP_TIMEOUT_MS),
+            retries: Some(0),
+            redis_promote: Some(RedisPromote {
+                servers: servers(&redis_link),
+                username: REDIS_ADMIN_USER.to_string(),
+                password: SecretFile {
+                    file: password_file(dir, REDIS_ADMIN_USER, "redis"),
+                },
+                promote_lag_max_ms: LAB_PROMOTE_LAG_MAX_MS,
+            }),
+            ..Step::new("sessions", "redis_promote")
+        });
         for (i, region) in regions.iter().enumerate() {
-            let _ = write!(
-                out.checks,
-                "\n[[checks]]\nname = \"{region}-sessions\"\nregion = \"{region}\"\nkind = {{ type = \"redis\", address = \"{}\", username = \"{REDIS_ADMIN_USER}\", password = \"{REDIS_PASSWORD}\", replication = true }}\n",
-                redis_link(i)
-            );
+            out.checks.push(Check {
+                name: format!("{region}-sessions"),
+                region: region.to_string(),
+                kind: CheckKind::Redis {
+                    address: redis_link(i),
+                    username: REDIS_ADMIN_USER.to_string(),
+                    password: REDIS_PASSWORD.to_string(),
+                    replication: true,
+                },
+            });
         }
         out.try_lines.push(format!(
             "redis-cli -p {} --user {REDIS_SHOP_USER} --pass {REDIS_SHOP_PASSWORD} --no-auth-warning --scan --pattern 'session:*'   # the shop's sessions",
@@ -429,28 +463,27 @@ pub(crate) fn additions(
         ));
     }
     for record in &out.regions {
-        let _ = write!(out.drill_targets, "\n[[databases]]\nregion = \"{}\"\n", record.region);
-        if let (Some(server), Some(link)) = (&record.mariadb, &record.mariadb_link) {
-            let _ = write!(
-                out.drill_targets,
-                "mariadb = \"{server}\"\nmariadb_link = \"{link}\"\nmariadb_process = \"mariadb-{}\"\n",
-                record.region
-            );
-        }
-        if let (Some(server), Some(link)) = (&record.redis, &record.redis_link) {
-            let _ = write!(
-                out.drill_targets,
-                "redis = \"{server}\"\nredis_link = \"{link}\"\nredis_process = \"redis-{}\"\n",
-                record.region
-            );
-        }
+        let mariadb = record.mariadb.as_ref().zip(record.mariadb_link.as_ref());
+        let redis = record.redis.as_ref().zip(record.redis_link.as_ref());
+        out.drill_targets.push(DatabaseTargets {
+            region: record.region.clone(),
+            mariadb: mariadb.map(|(server, _)| server.clone()),
+            mariadb_link: mariadb.map(|(_, link)| link.clone()),
+            mariadb_process: mariadb.map(|_| format!("mariadb-{}", record.region)),
+            redis: redis.map(|(server, _)| server.clone()),
+            redis_link: redis.map(|(_, link)| link.clone()),
+            redis_process: redis.map(|_| format!("redis-{}", record.region)),
+        });
     }
     if !out.regions.is_empty() && (mariadb.is_some() || programs.redis_server.is_some()) {
-        let _ = write!(
-            out.drill_targets,
-            "\n[database_accounts]\nmariadb_user = \"{MARIADB_ADMIN_USER}\"\nmariadb_password = \"{MARIADB_PASSWORD}\"\nredis_user = \"{REDIS_ADMIN_USER}\"\nredis_password = \"{REDIS_PASSWORD}\"\npromote_lag_max_ms = {LAB_PROMOTE_LAG_MAX_MS}\nsemi_sync = {}\n",
-            options.semi_sync
-        );
+        out.accounts = Some(DatabaseAccounts {
+            mariadb_user: MARIADB_ADMIN_USER.to_string(),
+            mariadb_password: MARIADB_PASSWORD.to_string(),
+            redis_user: REDIS_ADMIN_USER.to_string(),
+            redis_password: REDIS_PASSWORD.to_string(),
+            promote_lag_max_ms: LAB_PROMOTE_LAG_MAX_MS,
+            semi_sync: options.semi_sync,
+        });
     }
     out
 }
@@ -528,14 +561,16 @@ mod tests {
                 .windows(3)
                 .any(|w| w == ["--arg=--replicaof", "--arg=127.0.0.1", "--arg=17163"])
         );
-        assert!(out.runbook.contains("kind = \"mysql_promote\""), "{}", out.runbook);
-        assert!(out.runbook.contains("kind = \"redis_promote\""));
-        assert!(
-            out.runbook
-                .contains("servers = { \"us-east-1\" = [\"127.0.0.1:17162\"], \"eu-west-1\" = [\"127.0.0.1:17262\"] }")
+        let kinds: Vec<&str> = out.runbook.iter().map(|step| step.kind.as_str()).collect();
+        assert_eq!(kinds, ["mysql_promote", "redis_promote"]);
+        let servers = &out.runbook[0].mysql_promote.as_ref().expect("mysql_promote").servers;
+        assert_eq!(servers["us-east-1"], ["127.0.0.1:17162"]);
+        assert_eq!(servers["eu-west-1"], ["127.0.0.1:17262"]);
+        assert!(out.checks.iter().any(|check| check.name == "eu-west-1-orders-db"));
+        assert_eq!(
+            out.drill_targets[0].mariadb_process.as_deref(),
+            Some("mariadb-us-east-1")
         );
-        assert!(out.checks.contains("name = \"eu-west-1-orders-db\""));
-        assert!(out.drill_targets.contains("mariadb_process = \"mariadb-us-east-1\""));
         assert_eq!(out.processes[1], ["mariadb-eu-west-1", "redis-eu-west-1"]);
         assert!(out.shop_args[0].contains(&"127.0.0.1:17160".to_string()));
     }
@@ -666,6 +701,6 @@ mod tests {
             .find(|f| f.path.ends_with("mariadb-eu-west-1-init.sql"))
             .expect("init file");
         assert!(init.contents.contains("MASTER_PORT = 17162"), "{}", init.contents);
-        assert!(out.runbook.is_empty() || out.runbook.contains("mysql_promote"));
+        assert!(out.runbook.is_empty() || out.runbook.iter().any(|step| step.kind == "mysql_promote"));
     }
 }
