@@ -485,10 +485,6 @@ mod tests {
     fn options(dir: &Path, controllers: usize, tls: bool, moto: bool) -> LabOptions {
         LabOptions {
             dir: dir.to_path_buf(),
-            regions: 3,
-            base_port: 17_000,
-            controller: true,
-            netns: false,
             disk_mib: Some(crate::disks::DISK_MIB_MIN),
             providers: Some(crate::providers::Programs {
                 named: Some(PathBuf::from("/usr/sbin/named")),
@@ -508,6 +504,7 @@ mod tests {
                 },
                 semi_sync: true,
             }),
+            ..crate::plan::tests::options(3)
         }
     }
 

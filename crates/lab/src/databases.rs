@@ -178,6 +178,69 @@ fn mariadb_init(replicate_from: Option<&str>) -> String {
     text
 }
 
+/// One database server of a region, as the rest of the lab sees it.
+struct Server {
+    /// `mariadb` or `redis` (also the kind of its password files).
+    kind: &'static str,
+    /// Its component name, `KIND-REGION`.
+    name: String,
+    address: String,
+    /// Its fault-proxy link (the controller, the checks and the replicas connect here).
+    link: String,
+    /// The shops' flag for it (`--orders-mysql`, `--sessions-redis`) and their account.
+    shop_flag: &'static str,
+    shop_user: &'static str,
+}
+
+impl Server {
+    /// Its port in the plan's port check, its link, the shops' `FLAG`, `FLAG-user` and
+    /// `FLAG-password-file` arguments, and its process among those a region outage kills.
+    fn wire(
+        &self,
+        dir: &Path,
+        region: &str,
+        out: &mut DbAdditions,
+        shop: &mut Vec<String>,
+        processes: &mut Vec<String>,
+    ) {
+        out.bound
+            .push((format!("{} {region}", self.kind), self.address.clone()));
+        out.links
+            .push((self.name.clone(), self.link.clone(), self.address.clone()));
+        shop.extend([
+            self.shop_flag.to_string(),
+            self.address.clone(),
+            format!("{}-user", self.shop_flag),
+            self.shop_user.to_string(),
+            format!("{}-password-file", self.shop_flag),
+            password_file(dir, self.shop_user, self.kind).display().to_string(),
+        ]);
+        processes.push(self.name.clone());
+    }
+}
+
+/// A database's promote step: one attempt (`retries = 0`) within the lab's step timeout.
+fn promote_step(name: &str, kind: &str) -> Step {
+    Step {
+        timeout_ms: Some(LAB_DB_STEP_TIMEOUT_MS),
+        retries: Some(0),
+        ..Step::new(name, kind)
+    }
+}
+
+/// One check per region, `REGION-SUFFIX`, of the kind `kind(region index)` gives.
+fn region_checks(regions: &[&str], suffix: &str, kind: impl Fn(usize) -> CheckKind) -> Vec<Check> {
+    regions
+        .iter()
+        .enumerate()
+        .map(|(i, region)| Check {
+            name: format!("{region}-{suffix}"),
+            region: region.to_string(),
+            kind: kind(i),
+        })
+        .collect()
+}
+
 /// The lab's databases: per region a MariaDB (if installed) and a Redis (if installed).
 pub(crate) fn additions(
     dir: &Path,
@@ -279,19 +342,17 @@ pub(crate) fn additions(
                 .push(format!("--init-creates={}", data.join("mysql").display()));
             spec.env.push(("TMPDIR".to_string(), scratch.display().to_string()));
             out.components.push(spec);
-            out.bound.push((format!("mariadb {region}"), address.clone()));
-            out.links.push((name.clone(), mariadb_link(i), address.clone()));
-            shop.extend([
-                "--orders-mysql".to_string(),
-                address.clone(),
-                "--orders-mysql-user".to_string(),
-                MARIADB_SHOP_USER.to_string(),
-                "--orders-mysql-password-file".to_string(),
-                password_file(dir, MARIADB_SHOP_USER, "mariadb").display().to_string(),
-            ]);
-            processes.push(name);
-            record.mariadb = Some(address);
-            record.mariadb_link = Some(mariadb_link(i));
+            let server = Server {
+                kind: "mariadb",
+                name,
+                address,
+                link: mariadb_link(i),
+                shop_flag: "--orders-mysql",
+                shop_user: MARIADB_SHOP_USER,
+            };
+            server.wire(dir, region, &mut out, &mut shop, &mut processes);
+            record.mariadb = Some(server.address);
+            record.mariadb_link = Some(server.link);
         }
         if let Some(server) = &programs.redis_server {
             let name = format!("redis-{region}");
@@ -356,19 +417,17 @@ pub(crate) fn additions(
             }
             out.components
                 .push(crate::providers::external(&name, "redis", server, &args, &address));
-            out.bound.push((format!("redis {region}"), address.clone()));
-            out.links.push((name.clone(), redis_link(i), address.clone()));
-            shop.extend([
-                "--sessions-redis".to_string(),
-                address.clone(),
-                "--sessions-redis-user".to_string(),
-                REDIS_SHOP_USER.to_string(),
-                "--sessions-redis-password-file".to_string(),
-                password_file(dir, REDIS_SHOP_USER, "redis").display().to_string(),
-            ]);
-            processes.push(name);
-            record.redis = Some(address);
-            record.redis_link = Some(redis_link(i));
+            let server = Server {
+                kind: "redis",
+                name,
+                address,
+                link: redis_link(i),
+                shop_flag: "--sessions-redis",
+                shop_user: REDIS_SHOP_USER,
+            };
+            server.wire(dir, region, &mut out, &mut shop, &mut processes);
+            record.redis = Some(server.address);
+            record.redis_link = Some(server.link);
         }
         out.processes.push(processes);
         out.shop_args.push(shop);
@@ -397,8 +456,6 @@ pub(crate) fn additions(
         // The shop's orders database moves first (MariaDB, GTID), then its sessions (Redis),
         // then the traffic.
         out.runbook.push(Step {
-            timeout_ms: Some(LAB_DB_STEP_TIMEOUT_MS),
-            retries: Some(0),
             mysql_promote: Some(MysqlPromote {
                 servers: servers(&mariadb_link),
                 user: MARIADB_ADMIN_USER.to_string(),
@@ -411,21 +468,16 @@ pub(crate) fn additions(
                 },
                 promote_lag_max_ms: LAB_PROMOTE_LAG_MAX_MS,
             }),
-            ..Step::new("orders-db", "mysql_promote")
+            ..promote_step("orders-db", "mysql_promote")
         });
-        for (i, region) in regions.iter().enumerate() {
-            out.checks.push(Check {
-                name: format!("{region}-orders-db"),
-                region: region.to_string(),
-                kind: CheckKind::Sql {
-                    driver: "mysql".to_string(),
-                    address: mariadb_link(i),
-                    user: MARIADB_ADMIN_USER.to_string(),
-                    password: MARIADB_PASSWORD.to_string(),
-                    replica_lag: true,
-                },
-            });
-        }
+        out.checks
+            .extend(region_checks(regions, "orders-db", |i| CheckKind::Sql {
+                driver: "mysql".to_string(),
+                address: mariadb_link(i),
+                user: MARIADB_ADMIN_USER.to_string(),
+                password: MARIADB_PASSWORD.to_string(),
+                replica_lag: true,
+            }));
         out.try_lines.push(format!(
             "mariadb -h127.0.0.1 -P{} -u{MARIADB_SHOP_USER} -p{MARIADB_SHOP_PASSWORD} {SHOP_DATABASE} -e 'SELECT LPAD(entity_id, 9, 0) AS increment_id, quote_ref, grand_total FROM {ORDERS_TABLE}'   # the shop's orders",
             port(base_port, 0, MARIADB_PORT_OFFSET)
@@ -433,8 +485,6 @@ pub(crate) fn additions(
     }
     if programs.redis_server.is_some() {
         out.runbook.push(Step {
-            timeout_ms: Some(LAB_DB_STEP_TIMEOUT_MS),
-            retries: Some(0),
             redis_promote: Some(RedisPromote {
                 servers: servers(&redis_link),
                 username: REDIS_ADMIN_USER.to_string(),
@@ -443,20 +493,15 @@ pub(crate) fn additions(
                 },
                 promote_lag_max_ms: LAB_PROMOTE_LAG_MAX_MS,
             }),
-            ..Step::new("sessions", "redis_promote")
+            ..promote_step("sessions", "redis_promote")
         });
-        for (i, region) in regions.iter().enumerate() {
-            out.checks.push(Check {
-                name: format!("{region}-sessions"),
-                region: region.to_string(),
-                kind: CheckKind::Redis {
-                    address: redis_link(i),
-                    username: REDIS_ADMIN_USER.to_string(),
-                    password: REDIS_PASSWORD.to_string(),
-                    replication: true,
-                },
-            });
-        }
+        out.checks
+            .extend(region_checks(regions, "sessions", |i| CheckKind::Redis {
+                address: redis_link(i),
+                username: REDIS_ADMIN_USER.to_string(),
+                password: REDIS_PASSWORD.to_string(),
+                replication: true,
+            }));
         out.try_lines.push(format!(
             "redis-cli -p {} --user {REDIS_SHOP_USER} --pass {REDIS_SHOP_PASSWORD} --no-auth-warning --scan --pattern 'session:*'   # the shop's sessions",
             port(base_port, 0, REDIS_PORT_OFFSET)
@@ -578,21 +623,11 @@ mod tests {
     #[test]
     fn the_plan_runs_the_databases_before_the_shops_and_promotes_them_before_the_traffic() {
         let options = crate::plan::LabOptions {
-            dir: PathBuf::from("/tmp/lab"),
-            regions: 2,
-            base_port: 17_000,
-            controller: true,
-            netns: false,
-            disk_mib: None,
-            providers: None,
-            controllers: 1,
-            etcd: None,
-            tls: false,
-            quiet: false,
             databases: Some(DatabaseOptions {
                 programs: programs(),
                 semi_sync: false,
             }),
+            ..crate::plan::tests::options(2)
         };
         let plan = crate::plan::plan(&options).expect("plan");
         let names: Vec<&str> = plan.components.iter().map(|c| c.name.as_str()).collect();

@@ -1191,10 +1191,12 @@ pub fn dns_token_path(dir: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn options(regions: usize) -> LabOptions {
+    /// A plain lab's options (in /tmp/lab, at the default base port, one controller), for the
+    /// crate's tests to adjust.
+    pub(crate) fn options(regions: usize) -> LabOptions {
         LabOptions {
             dir: PathBuf::from("/tmp/lab"),
             regions,
