@@ -496,12 +496,7 @@ mod tests {
             tls,
             quiet: true,
             databases: Some(crate::databases::DatabaseOptions {
-                programs: crate::databases::DbPrograms {
-                    mariadbd: Some(PathBuf::from("/usr/sbin/mariadbd")),
-                    install_db: Some(PathBuf::from("/usr/bin/mariadb-install-db")),
-                    redis_server: Some(PathBuf::from("/usr/bin/redis-server")),
-                    root: false,
-                },
+                programs: crate::databases::tests::programs(),
                 semi_sync: true,
             }),
             ..crate::plan::tests::options(3)

@@ -534,10 +534,11 @@ pub(crate) fn additions(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn programs() -> DbPrograms {
+    /// Every database server installed where Debian puts them.
+    pub(crate) fn programs() -> DbPrograms {
         DbPrograms {
             mariadbd: Some(PathBuf::from("/usr/sbin/mariadbd")),
             install_db: Some(PathBuf::from("/usr/bin/mariadb-install-db")),
@@ -546,19 +547,24 @@ mod tests {
         }
     }
 
+    /// The additions for a two-region lab in /tmp/lab at base port 17000.
+    fn two_regions(controller: bool, options: &DatabaseOptions) -> DbAdditions {
+        additions(
+            Path::new("/tmp/lab"),
+            17_000,
+            &["us-east-1", "eu-west-1"],
+            controller,
+            options,
+        )
+    }
+
     #[test]
     fn each_region_gets_a_mariadb_and_a_redis_behind_links_of_their_own() {
         let options = DatabaseOptions {
             programs: programs(),
             semi_sync: true,
         };
-        let out = additions(
-            Path::new("/tmp/lab"),
-            17_000,
-            &["us-east-1", "eu-west-1"],
-            true,
-            &options,
-        );
+        let out = two_regions(true, &options);
         assert!(out.notes.is_empty(), "{:?}", out.notes);
         let names: Vec<&str> = out.components.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
@@ -689,13 +695,7 @@ mod tests {
     #[test]
     fn missing_servers_are_left_out_with_the_command_that_installs_them() {
         let options = DatabaseOptions::default();
-        let out = additions(
-            Path::new("/tmp/lab"),
-            17_000,
-            &["us-east-1", "eu-west-1"],
-            true,
-            &options,
-        );
+        let out = two_regions(true, &options);
         assert!(out.components.is_empty());
         assert!(out.runbook.is_empty());
         assert_eq!(out.notes.len(), 2);
@@ -717,13 +717,7 @@ mod tests {
             programs: programs(),
             semi_sync: false,
         };
-        let out = additions(
-            Path::new("/tmp/lab"),
-            17_000,
-            &["us-east-1", "eu-west-1"],
-            false,
-            &options,
-        );
+        let out = two_regions(false, &options);
         let first = out
             .components
             .iter()
