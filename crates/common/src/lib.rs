@@ -7,6 +7,7 @@
 //! Depends on no other Switchyard crate, and stays lean: the HTTP stack the listeners already
 //! use (hyper, hyper-util, axum), tokio and tracing.
 
+pub mod deadline;
 pub mod devca;
 pub mod dns_admin;
 pub mod http;

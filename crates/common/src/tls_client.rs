@@ -63,7 +63,9 @@ pub fn process_config() -> Arc<ClientConfig> {
     }))
 }
 
-fn config_with_roots(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
+/// A client configuration (ring, the safe default protocol versions, no client certificate)
+/// trusting `roots`.
+pub fn config_with_roots(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

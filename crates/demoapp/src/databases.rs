@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use common::deadline::bounded;
 use mysql_async::prelude::Queryable;
 
 /// Longest wait for a connection and login.
@@ -70,18 +71,6 @@ pub struct StoredOrder {
 pub struct ShopDatabases {
     pub orders: Option<SqlTarget>,
     pub sessions: Option<RedisTarget>,
-}
-
-async fn bounded<T, E: std::fmt::Display>(
-    what: &str,
-    ms: u64,
-    work: impl Future<Output = Result<T, E>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(Duration::from_millis(ms), work).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(format!("{what}: {error}")),
-        Err(_) => Err(format!("{what}: no answer within {ms} ms")),
-    }
 }
 
 impl SqlTarget {

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::tls_client::Connector;
-use dynamo_protocol::sigv4::{self, RequestParts};
+use dynamo_protocol::sigv4;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
@@ -16,7 +16,7 @@ pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
 /// Largest response body read (DynamoDB caps a response at 16 MB; the shop's are far smaller).
 pub const RESPONSE_BYTES_MAX: usize = 16 << 20;
 /// JSON protocol version of DynamoDB.
-pub const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
+pub const CONTENT_TYPE: &str = sigv4::JSON_CONTENT_TYPE;
 /// The `X-Amz-Target` prefix of DynamoDB's 2012-08-10 API.
 pub const TARGET_PREFIX: &str = "DynamoDB_20120810.";
 
@@ -200,25 +200,14 @@ pub fn sign(
     target: &str,
     body: &[u8],
 ) -> String {
-    let headers: [(&str, &[u8]); 4] = [
-        ("content-type", CONTENT_TYPE.as_bytes()),
-        ("host", host.as_bytes()),
-        ("x-amz-date", amz_date.as_bytes()),
-        ("x-amz-target", target.as_bytes()),
-    ];
-    let parts = RequestParts {
-        method: "POST",
-        path: "/",
-        query: "",
-        headers: &headers,
-        body,
-    };
-    sigv4::authorization_header(
+    sigv4::sign_request(
         &credentials.access_key_id,
         &credentials.secret_access_key,
         region,
+        host,
         amz_date,
-        &parts,
+        target,
+        body,
     )
     .expect("the request being signed carries its own x-amz-date")
 }
@@ -226,7 +215,7 @@ pub fn sign(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dynamo_protocol::sigv4::Credentials;
+    use dynamo_protocol::sigv4::{Credentials, RequestParts};
 
     #[test]
     fn signatures_verify_with_the_stores_verifier() {

@@ -289,6 +289,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The `orders-db` step's figures for a MariaDB whose primary was in `us`, faulted at 1 s.
+    fn orders_db(
+        audit: &[Value],
+        writes: &[Acked],
+        present: Result<(String, std::collections::BTreeSet<String>), String>,
+    ) -> DatabaseFigures {
+        figures("mariadb", "orders-db", audit, "us", 1_000, writes, present)
+    }
+
     fn audit() -> Vec<Value> {
         vec![
             json!({"kind": "verdict", "region": "us", "verdict": "down", "at_ms": 900}),
@@ -315,15 +324,7 @@ mod tests {
             acked("k-3", "eu", 4_000),
         ];
         let present = ["k-1", "k-3"].iter().map(|k| k.to_string()).collect();
-        let f = figures(
-            "mariadb",
-            "orders-db",
-            &audit(),
-            "us",
-            1_000,
-            &writes,
-            Ok(("eu:1".into(), present)),
-        );
+        let f = orders_db(&audit(), &writes, Ok(("eu:1".into(), present)));
         assert!(f.promoted);
         assert_eq!(f.fault_to_writable_ms, Some(2_500));
         assert_eq!(f.detection_to_writable_ms, Some(1_500));
@@ -351,15 +352,7 @@ mod tests {
     fn a_write_acknowledged_by_the_old_side_after_the_promotion_is_a_split_brain_write() {
         let writes = vec![acked("k-9", "us", 3_600)];
         let present = ["k-9"].iter().map(|k| k.to_string()).collect();
-        let f = figures(
-            "mariadb",
-            "orders-db",
-            &audit(),
-            "us",
-            1_000,
-            &writes,
-            Ok(("eu:1".into(), present)),
-        );
+        let f = orders_db(&audit(), &writes, Ok(("eu:1".into(), present)));
         assert_eq!(f.split_brain_writes, 1);
     }
 
@@ -370,15 +363,7 @@ mod tests {
             "detail": "fenced old primary 127.0.0.1:2 (read_only); promoted 127.0.0.1:1 in us at GTID position 0-2-40"}));
         let writes = vec![acked("k-8", "us", 3_600), acked("k-9", "us", 9_500)];
         let present = ["k-8", "k-9"].iter().map(|k| k.to_string()).collect();
-        let f = figures(
-            "mariadb",
-            "orders-db",
-            &audit,
-            "us",
-            1_000,
-            &writes,
-            Ok(("us:1".into(), present)),
-        );
+        let f = orders_db(&audit, &writes, Ok(("us:1".into(), present)));
         assert_eq!(
             f.split_brain_writes, 1,
             "only the write between the promotion and the failback"
@@ -391,15 +376,7 @@ mod tests {
             json!({"kind": "step", "step": "orders-db", "outcome": "refused", "at_ms": 5_000,
             "detail": "127.0.0.1:2 still lacks 42 transaction(s) after waiting promote_lag_max_ms = 1000: 0-1-10..51"}),
         ];
-        let f = figures(
-            "mariadb",
-            "orders-db",
-            &audit,
-            "us",
-            1_000,
-            &[],
-            Err("no primary".into()),
-        );
+        let f = orders_db(&audit, &[], Err("no primary".into()));
         assert!(!f.promoted);
         assert_eq!(f.would_be_lost, Some(42));
         assert_eq!(f.check_error.as_deref(), Some("no primary"));

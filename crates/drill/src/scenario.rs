@@ -679,7 +679,8 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
     })
 }
 
-fn blackhole(link: Link, prefix: &str) -> Vec<FaultAction> {
+/// The toxic `kind` on both directions of `link`, named `PREFIX-up` and `PREFIX-down`.
+fn both_ways(link: Link, prefix: &str, kind: ToxicKind) -> Vec<FaultAction> {
     [Stream::Upstream, Stream::Downstream]
         .into_iter()
         .map(|stream| FaultAction::AddToxic {
@@ -687,27 +688,25 @@ fn blackhole(link: Link, prefix: &str) -> Vec<FaultAction> {
             toxic: Toxic {
                 name: format!("{prefix}-{}", if stream == Stream::Upstream { "up" } else { "down" }),
                 stream,
-                kind: ToxicKind::Blackhole,
+                kind: kind.clone(),
             },
         })
         .collect()
 }
 
+fn blackhole(link: Link, prefix: &str) -> Vec<FaultAction> {
+    both_ways(link, prefix, ToxicKind::Blackhole)
+}
+
 fn latency(link: Link) -> Vec<FaultAction> {
-    [Stream::Upstream, Stream::Downstream]
-        .into_iter()
-        .map(|stream| FaultAction::AddToxic {
-            link: link.clone(),
-            toxic: Toxic {
-                name: format!("drill-slow-{}", if stream == Stream::Upstream { "up" } else { "down" }),
-                stream,
-                kind: ToxicKind::Latency {
-                    latency_ms: SLOW_LATENCY_MS,
-                    jitter_ms: SLOW_JITTER_MS,
-                },
-            },
-        })
-        .collect()
+    both_ways(
+        link,
+        "drill-slow",
+        ToxicKind::Latency {
+            latency_ms: SLOW_LATENCY_MS,
+            jitter_ms: SLOW_JITTER_MS,
+        },
+    )
 }
 
 /// Faults at `at`, and at `heal` their undoing in reverse order.

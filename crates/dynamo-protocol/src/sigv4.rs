@@ -524,6 +524,38 @@ pub fn authorization_header(
     ))
 }
 
+/// The content type of DynamoDB's JSON API.
+pub const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.0";
+
+/// The `Authorization` header of a DynamoDB call as Switchyard's clients (the demo shop, health
+/// probes) send it: a POST to `/` whose signed headers are `content-type`
+/// ([`JSON_CONTENT_TYPE`]), `host`, `x-amz-date` (`amz_date`) and `x-amz-target` (`target`,
+/// like `DynamoDB_20120810.PutItem`), each of which the request must carry with these values.
+pub fn sign_request(
+    access_key_id: &str,
+    secret: &str,
+    region: &str,
+    host: &str,
+    amz_date: &str,
+    target: &str,
+    body: &[u8],
+) -> Result<String, ApiError> {
+    let headers: [(&str, &[u8]); 4] = [
+        ("content-type", JSON_CONTENT_TYPE.as_bytes()),
+        ("host", host.as_bytes()),
+        ("x-amz-date", amz_date.as_bytes()),
+        ("x-amz-target", target.as_bytes()),
+    ];
+    let parts = RequestParts {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &headers,
+        body,
+    };
+    authorization_header(access_key_id, secret, region, amz_date, &parts)
+}
+
 /// The SigV4 signing key: HMAC chain over date, region, service and the terminator.
 pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Vec<u8> {
     let k_date = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());

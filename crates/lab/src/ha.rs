@@ -20,10 +20,9 @@
 //! controller on a `tie-breaker` site (as a deployment with two regions should). Pure, like the
 //! plan.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::plan::LabFile;
+use crate::configs::{ControllerFile, ControllerMember, HaSection, Token};
 use crate::supervisor::ComponentSpec;
 
 /// Controllers (and etcd members) of a `--controllers 3` lab.
@@ -112,44 +111,38 @@ pub fn member_token_path(dir: &Path, site: &str) -> PathBuf {
 
 /// The `[[tokens]]` entries of the members (role `member`, named by their vantage), for the
 /// config every member shares.
-pub(crate) fn member_tokens(sites: &[String]) -> String {
-    let mut text = String::new();
-    for site in sites {
-        let _ = write!(
-            text,
-            "\n[[tokens]]\nname = \"{}\"\nrole = \"member\"\ntoken_file = \"{}\"\n",
-            vantage_name(site),
-            MEMBER_TOKEN_FILE.replace("{site}", site)
-        );
-    }
-    text
+pub(crate) fn member_tokens(sites: &[String]) -> Vec<Token> {
+    sites
+        .iter()
+        .map(|site| Token {
+            name: vantage_name(site),
+            role: "member".to_string(),
+            token_file: PathBuf::from(MEMBER_TOKEN_FILE.replace("{site}", site)),
+        })
+        .collect()
 }
 
 /// The `[[controllers]]` of `drill-targets.toml`: how a drill finds the leader, its process,
 /// its audit log and the links that cut it off.
-pub(crate) fn drill_targets(dir: &Path, ports: &HaPorts, sites: &[String], regions: &[&str]) -> String {
-    let mut text = String::new();
-    for (k, site) in sites.iter().enumerate() {
-        let isolation: Vec<String> = sites
-            .iter()
-            .map(|other| format!("etcd-{site}-to-{other}"))
-            .chain(std::iter::once(controller_name(site)))
-            .collect();
-        let _ = write!(
-            text,
-            "\n[[controllers]]\nname = \"{site}\"\nurl = \"http://{}\"\n{}process = \"{}\"\netcd_process = \"{}\"\naudit_log = \"{}\"\nisolation_links = {isolation:?}\ndns_links = [\"dns-admin-{site}\"]\n",
-            local(ports.api(k)),
-            if regions.contains(&site.as_str()) {
-                format!("site = \"{site}\"\n")
-            } else {
-                String::new()
-            },
-            controller_name(site),
-            etcd_name(site),
-            audit_path(dir, site).display()
-        );
-    }
-    text
+pub(crate) fn drill_targets(dir: &Path, ports: &HaPorts, sites: &[String], regions: &[&str]) -> Vec<ControllerMember> {
+    sites
+        .iter()
+        .enumerate()
+        .map(|(k, site)| ControllerMember {
+            name: site.clone(),
+            url: format!("http://{}", local(ports.api(k))),
+            site: regions.contains(&site.as_str()).then(|| site.clone()),
+            process: controller_name(site),
+            etcd_process: etcd_name(site),
+            audit_log: audit_path(dir, site),
+            isolation_links: sites
+                .iter()
+                .map(|other| format!("etcd-{site}-to-{other}"))
+                .chain(std::iter::once(controller_name(site)))
+                .collect(),
+            dns_links: vec![format!("dns-admin-{site}")],
+        })
+        .collect()
 }
 
 fn audit_path(dir: &Path, site: &str) -> PathBuf {
@@ -253,38 +246,38 @@ pub(crate) fn bound(ports: &HaPorts, sites: &[String]) -> Vec<(String, String)> 
     bound
 }
 
-/// Each member's config file (the single controller's `text` plus its `[controller.ha]`, its
-/// DNS pushes through its own link: `dns_admin_url` becomes the link's URL) and component;
-/// member 0 listens where the single controller would.
+/// Each member's config file (the single controller's `base` plus its `[controller.ha]`, its
+/// DNS pushes through its own link: `[dns] admin_url` becomes the link's URL) and component;
+/// member 0 listens where the single controller would. With `tls`, the members' API links and
+/// DNS pushes are HTTPS (etcd stays plain, on loopback).
 pub(crate) fn controllers(
     config: &Path,
     dir: &Path,
     ports: &HaPorts,
     sites: &[String],
-    text: &str,
-    dns_admin_url: &str,
-) -> (Vec<LabFile>, Vec<ComponentSpec>) {
+    base: &ControllerFile,
+    tls: bool,
+) -> (Vec<(PathBuf, ControllerFile)>, Vec<ComponentSpec>) {
+    let scheme = if tls { "https" } else { "http" };
     let mut files = Vec::new();
     let mut components = Vec::new();
     for (k, member) in sites.iter().enumerate() {
-        let endpoints: Vec<String> = (0..sites.len())
-            .map(|i| format!("http://{}", local(ports.etcd_link(k, i))))
-            .collect();
-        let mut contents = text.replace(
-            &format!("admin_url = \"{dns_admin_url}\""),
-            &format!("admin_url = \"http://{}\"", local(ports.dns_admin_link(k))),
-        );
-        let _ = write!(
-            contents,
-            "\n# One of {MEMBERS} controllers (`switchyard lab --controllers 3`): each reaches every etcd member, and is reached by the others, through its own links; it passes its own reports on to the leader with its member token.\n[controller.ha]\netcd = {endpoints:?}\nmember = \"{member}\"\nlease_ms = {LAB_LEASE_MS}\nadvertise = \"http://{}\"\ntoken_file = \"{}\"\n",
-            local(ports.api_link(k)),
-            MEMBER_TOKEN_FILE.replace("{site}", member)
-        );
-        let path: PathBuf = config.join(format!("{}.toml", controller_name(member)));
-        files.push(LabFile {
-            path: path.clone(),
-            contents,
+        // One of the controllers: each reaches every etcd member, and is reached by the
+        // others, through its own links; it passes its own reports on to the leader with its
+        // member token.
+        let mut file = base.clone();
+        file.dns.admin_url = format!("{scheme}://{}", local(ports.dns_admin_link(k)));
+        file.controller.ha = Some(HaSection {
+            etcd: (0..sites.len())
+                .map(|i| format!("http://{}", local(ports.etcd_link(k, i))))
+                .collect(),
+            member: member.clone(),
+            lease_ms: LAB_LEASE_MS,
+            advertise: format!("{scheme}://{}", local(ports.api_link(k))),
+            token_file: PathBuf::from(MEMBER_TOKEN_FILE.replace("{site}", member)),
         });
+        let path: PathBuf = config.join(format!("{}.toml", controller_name(member)));
+        files.push((path.clone(), file));
         let audit = audit_path(dir, member);
         components.push(ComponentSpec::subcommand(
             &controller_name(member),

@@ -12,6 +12,7 @@
 //! Must not depend on the crates of the components it runs: it knows them only as command
 //! lines, ready files and addresses.
 
+mod configs;
 pub mod databases;
 pub mod disks;
 pub mod exec;

@@ -17,9 +17,14 @@
 //!   agent's own with `[vantage_paths.agent-N]`;
 //! - `health-store-V-A`: vantage point V's checks of region A's store, likewise one per vantage.
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::configs::{
+    Check, CheckKind, ControllerDns, ControllerFile, ControllerSection, DnsFile, DnsServerSection, DrillTargets,
+    FaultProxyFile, FaultProxySection, Link, LinkNames, Policy, ProcessControl, Processes, ProxyCheck, ProxyFile,
+    ProxySection, ProxyServer, Quorum, Record, RecordMember, Region, RegionTargets, Soa, Step, Token, Zone,
+};
 use crate::supervisor::ComponentSpec;
 
 /// Region names, in order.
@@ -184,98 +189,96 @@ fn drill_targets(
     regions: &[&str],
     hosts: &Hosts,
     db_processes: &[Vec<String>],
-) -> String {
-    let dir = options.dir.display();
-    let mut text = format!(
-        "# Written by `switchyard lab`: what drills need to find and break this lab.\nshop_name = \"{SHOP_NAME}\"\nshop_port = {}\ndns_server = \"{}\"\nfault_proxy_url = \"{}\"\n",
-        ports.shop(),
-        local(ports.dns()),
-        url(ports.fault_api())
-    );
-    if options.controller {
-        let _ = writeln!(
-            text,
-            "controller_url = \"{}\"",
-            api_url(options.tls, ports.controller())
-        );
-    }
+) -> DrillTargets {
     let sites = crate::ha::sites(regions);
     let ha = options.controller && options.controllers == crate::ha::MEMBERS;
-    for (i, region) in regions.iter().enumerate() {
-        let apps: Vec<String> = (1..=APPS_PER_REGION).map(|n| format!("shop-{region}-{n}")).collect();
-        let _ = write!(
-            text,
-            "\n[[regions]]\nname = \"{region}\"\nstore_url = \"{}\"\nshop_addresses = [\"{}\"]\nstore_process = \"store-{region}\"\napp_processes = {apps:?}\nproxy_process = \"lb-{region}\"\n",
-            hosts.url(i, ports.store(i)),
-            region_ip(i)
-        );
-        if let Some(databases) = db_processes.get(i).filter(|d| !d.is_empty()) {
-            let _ = writeln!(text, "database_processes = {databases:?}");
-        }
-    }
-    if options.controller {
-        let vantages: Vec<String> = (1..=AGENTS).map(|n| format!("agent-{n}")).collect();
+    let regions_targets = regions
+        .iter()
+        .enumerate()
+        .map(|(i, region)| RegionTargets {
+            name: region.to_string(),
+            store_url: hosts.url(i, ports.store(i)),
+            shop_addresses: vec![region_ip(i)],
+            store_process: format!("store-{region}"),
+            app_processes: (1..=APPS_PER_REGION).map(|n| format!("shop-{region}-{n}")).collect(),
+            proxy_process: format!("lb-{region}"),
+            database_processes: db_processes.get(i).cloned().unwrap_or_default(),
+        })
+        .collect();
+    let processes = options.controller.then(|| Processes {
         // With several controllers, the first member's (a drill that kills "the controller"
         // kills it; `switchyard status --lab` says which one leads).
-        let controller = if ha {
+        controller: if ha {
             crate::ha::controller_name(&sites[0])
         } else {
             "controller".to_string()
-        };
-        let _ = write!(
-            text,
-            "\n[processes]\ncontroller = \"{controller}\"\nvantages = {vantages:?}\n"
-        );
-    }
-    text.push_str("\n[links]\n");
+        },
+        vantages: (1..=AGENTS).map(|n| format!("agent-{n}")).collect(),
+    });
+    let mut links = BTreeMap::new();
     for region in regions {
         for other in regions.iter().filter(|o| *o != region) {
-            let _ = writeln!(text, "\"replication:{region}:{other}\" = \"repl-{region}-to-{other}\"");
+            links.insert(
+                format!("replication:{region}:{other}"),
+                LinkNames::One(format!("repl-{region}-to-{other}")),
+            );
         }
-        let _ = writeln!(text, "\"frontend:{region}\" = \"frontend-{region}\"");
-        let _ = writeln!(text, "\"app-store:{region}\" = \"app-{region}-to-store-{region}\"");
+        links.insert(
+            format!("frontend:{region}"),
+            LinkNames::One(format!("frontend-{region}")),
+        );
+        links.insert(
+            format!("app-store:{region}"),
+            LinkNames::One(format!("app-{region}-to-store-{region}")),
+        );
         if options.controller {
             // A vantage point's view of a region: its checks of the shop and of the store.
-            let _ = writeln!(
-                text,
-                "\"controller:{region}\" = [\"{}\", \"{}\"]",
-                health_link(0, region),
-                store_health_link(0, region)
+            links.insert(
+                format!("controller:{region}"),
+                LinkNames::Many(vec![health_link(0, region), store_health_link(0, region)]),
             );
             for agent in 1..=AGENTS {
-                let _ = writeln!(
-                    text,
-                    "\"health:{}:{region}\" = [\"{}\", \"{}\"]",
-                    agent - 1,
-                    health_link(agent, region),
-                    store_health_link(agent, region)
+                links.insert(
+                    format!("health:{}:{region}", agent - 1),
+                    LinkNames::Many(vec![health_link(agent, region), store_health_link(agent, region)]),
                 );
             }
         }
     }
-    if ha {
+    let controllers = if ha {
         let ha_ports = crate::ha::HaPorts {
             base: options.base_port,
         };
-        text.push_str(&crate::ha::drill_targets(&options.dir, &ha_ports, &sites, regions));
+        crate::ha::drill_targets(&options.dir, &ha_ports, &sites, regions)
+    } else {
+        Vec::new()
+    };
+    let dir = options.dir.display();
+    let command = |action: &str| format!("{{program}} lab ctl --dir {dir} {action} {{name}}");
+    DrillTargets {
+        shop_name: SHOP_NAME.to_string(),
+        shop_port: ports.shop(),
+        dns_server: local(ports.dns()),
+        fault_proxy_url: url(ports.fault_api()),
+        controller_url: options.controller.then(|| api_url(options.tls, ports.controller())),
+        regions: regions_targets,
+        processes,
+        links,
+        controllers,
+        process_control: ProcessControl {
+            kill: command("kill"),
+            stop: command("stop"),
+            cont: command("cont"),
+            restart: command("restart"),
+            cut_network: options.netns.then(|| command("cut-network")),
+            heal_network: options.netns.then(|| command("heal-network")),
+            fill_disk: options.disk_mib.map(|_| command("fill-disk")),
+            free_disk: options.disk_mib.map(|_| command("free-disk")),
+        },
+        providers: Vec::new(),
+        databases: Vec::new(),
+        database_accounts: None,
     }
-    let _ = write!(
-        text,
-        "\n[process_control]\nkill = \"{{program}} lab ctl --dir {dir} kill {{name}}\"\nstop = \"{{program}} lab ctl --dir {dir} stop {{name}}\"\ncont = \"{{program}} lab ctl --dir {dir} cont {{name}}\"\nrestart = \"{{program}} lab ctl --dir {dir} restart {{name}}\"\n"
-    );
-    if options.netns {
-        let _ = write!(
-            text,
-            "cut_network = \"{{program}} lab ctl --dir {dir} cut-network {{name}}\"\nheal_network = \"{{program}} lab ctl --dir {dir} heal-network {{name}}\"\n"
-        );
-    }
-    if options.disk_mib.is_some() {
-        let _ = write!(
-            text,
-            "fill_disk = \"{{program}} lab ctl --dir {dir} fill-disk {{name}}\"\nfree_disk = \"{{program}} lab ctl --dir {dir} free-disk {{name}}\"\n"
-        );
-    }
-    text
 }
 
 /// The lab's stores refuse new writes below this much free disk (see `switchyard store
@@ -302,6 +305,17 @@ pub enum PlanError {
         "--databases runs the databases on the lab's loopback, which --netns regions cannot reach: drop one of them"
     )]
     DatabasesNetns,
+    #[error("cannot write the lab's {file}: {message}; pick a lab directory whose path is valid UTF-8")]
+    Config { file: String, message: String },
+}
+
+/// `value` as the TOML file `path` (with `header` comment lines first).
+fn config_file<T: serde::Serialize>(path: PathBuf, header: &str, value: &T) -> Result<LabFile, PlanError> {
+    let contents = crate::configs::to_toml(header, value).map_err(|error| PlanError::Config {
+        file: path.display().to_string(),
+        message: error.to_string(),
+    })?;
+    Ok(LabFile { path, contents })
 }
 
 struct Ports {
@@ -544,14 +558,10 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     };
 
     // The network: every link, as named proxies of one fault proxy.
-    let mut links = String::from("# The lab's network: every link between components, breakable by drills.\n");
-    let _ = writeln!(links, "[fault_proxy]\nlisten = \"{}\"\n", local(ports.fault_api()));
+    let mut links = Vec::new();
     let mut link = |name: String, listen: String, upstream: String, bound: &mut Vec<(String, String)>| {
-        let _ = writeln!(
-            links,
-            "[[fault_proxy.proxies]]\nname = \"{name}\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"
-        );
-        bound.push((format!("link {name}"), listen));
+        bound.push((format!("link {name}"), listen.clone()));
+        links.push(Link { name, listen, upstream });
     };
     for (i, region) in regions.iter().enumerate() {
         for (j, other) in regions.iter().enumerate() {
@@ -639,10 +649,16 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         bound.extend(crate::ha::bound(&ha_ports, &sites));
     }
     let faults_file = config.join("faults.toml");
-    files.push(LabFile {
-        path: faults_file.clone(),
-        contents: links,
-    });
+    files.push(config_file(
+        faults_file.clone(),
+        "# The lab's network: every link between components, breakable by drills.\n",
+        &FaultProxyFile {
+            fault_proxy: FaultProxySection {
+                listen: local(ports.fault_api()),
+                proxies: links,
+            },
+        },
+    )?);
     // The fault proxy relays to loopback only unless told; with namespaces it also relays to
     // each region's address.
     let mut fault_args = vec![
@@ -765,29 +781,40 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
 
     // A load balancer per region, on the region's own loopback address.
     for (i, region) in regions.iter().enumerate() {
-        let mut text = format!(
-            "[proxy]\nlisten = \"{}\"\nadmin_listen = \"{}\"\nbalance = \"roundrobin\"\nretries = 2\nredispatch = true\nslowstart_ms = 0\n\n[proxy.check]\ntype = \"http\"\ninter_ms = 500\nfastinter_ms = 250\ndowninter_ms = 500\ntimeout_ms = 400\nrise = 2\nfall = 2\npath = \"/health\"\nexpect_status = [200]\n",
-            hosts.at(i, ports.lb(i)),
-            // In a namespace, the admin API stays on the namespace's own loopback.
-            if hosts.namespace(i).is_some() {
-                local(ports.lb_admin(i))
-            } else {
-                hosts.at(i, ports.lb_admin(i))
-            }
-        );
-        for app in 0..APPS_PER_REGION {
-            let _ = write!(
-                text,
-                "\n[[proxy.servers]]\nname = \"app{}\"\naddress = \"{}\"\n",
-                app + 1,
-                hosts.link(i, ports.lb_to_app(i, app))
-            );
-        }
+        let proxy = ProxyFile {
+            proxy: ProxySection {
+                listen: hosts.at(i, ports.lb(i)),
+                // In a namespace, the admin API stays on the namespace's own loopback.
+                admin_listen: if hosts.namespace(i).is_some() {
+                    local(ports.lb_admin(i))
+                } else {
+                    hosts.at(i, ports.lb_admin(i))
+                },
+                balance: "roundrobin".to_string(),
+                retries: 2,
+                redispatch: true,
+                slowstart_ms: 0,
+                check: ProxyCheck {
+                    kind: "http".to_string(),
+                    inter_ms: 500,
+                    fastinter_ms: 250,
+                    downinter_ms: 500,
+                    timeout_ms: 400,
+                    rise: 2,
+                    fall: 2,
+                    path: "/health".to_string(),
+                    expect_status: vec![200],
+                },
+                servers: (0..APPS_PER_REGION)
+                    .map(|app| ProxyServer {
+                        name: format!("app{}", app + 1),
+                        address: hosts.link(i, ports.lb_to_app(i, app)),
+                    })
+                    .collect(),
+            },
+        };
         let path = config.join(format!("proxy-{region}.toml"));
-        files.push(LabFile {
-            path: path.clone(),
-            contents: text,
-        });
+        files.push(config_file(path.clone(), "", &proxy)?);
         bound.push((format!("load balancer {region} admin"), hosts.at(i, ports.lb_admin(i))));
         bound.push((format!("load balancer {region}"), hosts.at(i, ports.lb(i))));
         let mut spec = ComponentSpec::subcommand(
@@ -804,24 +831,47 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
 
     // Authoritative DNS with a failover record for the shop: primary in the first region,
     // secondary in the second.
-    let mut dns = format!(
-        "[dns]\nlisten = \"{}\"\nadmin_listen = \"{}\"\nreload_interval_ms = 0\n\n[[dns.zones]]\norigin = \"{ZONE}\"\nttl = 60\nns = [\"ns1\"]\n\n[dns.zones.soa]\nrname = \"hostmaster.{ZONE}\"\nserial = 1\n\n[[dns.zones.records]]\nname = \"ns1\"\ntype = \"A\"\nvalues = [\"127.0.0.1\"]\n\n[[dns.zones.records]]\nname = \"www\"\ntype = \"A\"\npolicy = \"failover\"\n",
-        local(ports.dns()),
-        local(ports.dns_admin())
-    );
-    for (role, i) in [("primary", 0), ("secondary", 1)] {
-        let _ = write!(
-            dns,
-            "\n[[dns.zones.records.members]]\nrole = \"{role}\"\nvalues = [\"{}\"]\nhealth = \"{}\"\n",
-            region_ip(i),
-            regions[i]
-        );
-    }
+    let dns = DnsFile {
+        dns: DnsServerSection {
+            listen: local(ports.dns()),
+            admin_listen: local(ports.dns_admin()),
+            reload_interval_ms: 0,
+            zones: vec![Zone {
+                origin: ZONE.to_string(),
+                ttl: 60,
+                ns: vec!["ns1".to_string()],
+                soa: Soa {
+                    rname: format!("hostmaster.{ZONE}"),
+                    serial: 1,
+                },
+                records: vec![
+                    Record {
+                        name: "ns1".to_string(),
+                        kind: "A".to_string(),
+                        values: vec!["127.0.0.1".to_string()],
+                        policy: None,
+                        members: Vec::new(),
+                    },
+                    Record {
+                        name: "www".to_string(),
+                        kind: "A".to_string(),
+                        values: Vec::new(),
+                        policy: Some("failover".to_string()),
+                        members: [("primary", 0), ("secondary", 1)]
+                            .into_iter()
+                            .map(|(role, i)| RecordMember {
+                                role: role.to_string(),
+                                values: vec![region_ip(i)],
+                                health: regions[i].to_string(),
+                            })
+                            .collect(),
+                    },
+                ],
+            }],
+        },
+    };
     let dns_file = config.join("dns.toml");
-    files.push(LabFile {
-        path: dns_file.clone(),
-        contents: dns,
-    });
+    files.push(config_file(dns_file.clone(), "", &dns)?);
     bound.push(("dns".to_string(), local(ports.dns())));
     bound.push(("dns admin".to_string(), local(ports.dns_admin())));
     // The admin API takes pushes only with the DNS token, which only the controller holds.
@@ -875,125 +925,125 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             .cloned()
             .chain((1..=AGENTS).map(|n| format!("agent-{n}")))
             .collect();
-        let mut text = format!(
-            "[controller]\nlisten = \"{}\"\nvantage = \"{}\"\naudit_log = \"{}\"\n\n[policy]\nmode = \"active-passive\"\n# A lab is for drills: holds short enough for a drill, no cap that back-to-back drills hit.\nmin_hold_ms = {LAB_HOLD_MS}\nstability_window_ms = {LAB_HOLD_MS}\nfailovers_per_hour_max = {LAB_FAILOVERS_PER_HOUR_MAX}\n# Failback waits until the replication lag into the preferred region (each store check's lag_sources) is at most this.\nfailback_lag_check = true\nfailback_lag_max_ms = {LAB_FAILBACK_LAG_MAX_MS}\n\n[quorum]\nvantages = {:?}\n",
-            local(ports.controller()),
-            own[0],
-            dir.join("data").join("controller-audit.jsonl").display(),
-            vantages
-        );
-        for (i, region) in regions.iter().enumerate() {
-            let _ = write!(
-                text,
-                "\n[[regions]]\nname = \"{region}\"\npriority = {}\nendpoints = [\"http://{}:{}\"]\n",
-                i + 1,
-                region_ip(i),
-                ports.shop()
-            );
-        }
-        // Every check keeps the default timings (inter 1 s, fastinter 250 ms, timeout 500 ms,
-        // rise 2, fall 3), so the drills measure what a deployment gets without tuning.
-        text.push_str(
-            "\n# Checks use the default timings: inter 1 s, fastinter 250 ms, timeout 500 ms, rise 2, fall 3.\n",
-        );
-        for (i, region) in regions.iter().enumerate() {
-            let _ = write!(
-                text,
-                "\n[[checks]]\nname = \"{region}-shop\"\nregion = \"{region}\"\nkind = {{ type = \"http\", url = \"{}/health\", expect_status = 200 }}\n",
-                url(ports.health(i, 0))
-            );
-        }
+        let mut checks: Vec<Check> = regions
+            .iter()
+            .enumerate()
+            .map(|(i, region)| Check {
+                name: format!("{region}-shop"),
+                region: region.to_string(),
+                kind: CheckKind::Http {
+                    url: format!("{}/health", url(ports.health(i, 0))),
+                    expect_status: 200,
+                },
+            })
+            .collect();
         // The region's store, read like the shop reads it and written (a heartbeat in the
         // store's reserved table, so a region whose store cannot write — a full disk — is
         // down and fails over); its lag_sources (the other regions' stores) give the
         // replication lag into the region, which failback waits on.
-        for (i, region) in regions.iter().enumerate() {
-            let sources: Vec<String> = (0..regions.len())
-                .filter(|j| *j != i)
-                .map(|j| hosts.url(j, ports.store(j)))
-                .collect();
-            let _ = write!(
-                text,
-                "\n[[checks]]\nname = \"{region}-store\"\nregion = \"{region}\"\nkind = {{ type = \"dynamodb\", endpoint = \"{}\", table = \"shop_orders\", write = true, lag_sources = {sources:?} }}\n",
-                api_url(options.tls, ports.store_health(i, 0))
-            );
-        }
-        text.push_str(&databases.checks);
-        // Each agent probes through its own links: the checks name the controller's.
-        for agent in 1..=AGENTS {
-            let _ = writeln!(text, "\n[vantage_paths.agent-{agent}]");
-            for i in 0..regions.len() {
-                let _ = writeln!(
-                    text,
-                    "\"{}\" = \"{}\"",
-                    local(ports.health(i, 0)),
-                    local(ports.health(i, agent))
-                );
-                let _ = writeln!(
-                    text,
-                    "\"{}\" = \"{}\"",
-                    local(ports.store_health(i, 0)),
-                    local(ports.store_health(i, agent))
-                );
+        checks.extend(regions.iter().enumerate().map(|(i, region)| {
+            Check {
+                name: format!("{region}-store"),
+                region: region.to_string(),
+                kind: CheckKind::Dynamodb {
+                    endpoint: api_url(options.tls, ports.store_health(i, 0)),
+                    table: "shop_orders".to_string(),
+                    write: true,
+                    lag_sources: (0..regions.len())
+                        .filter(|j| *j != i)
+                        .map(|j| hosts.url(j, ports.store(j)))
+                        .collect(),
+                },
             }
-        }
+        }));
+        checks.extend(databases.checks.iter().cloned());
+        // Each agent probes through its own links: the checks name the controller's.
+        let vantage_paths = (1..=AGENTS)
+            .map(|agent| {
+                let paths = (0..regions.len())
+                    .flat_map(|i| {
+                        [
+                            (local(ports.health(i, 0)), local(ports.health(i, agent))),
+                            (local(ports.store_health(i, 0)), local(ports.store_health(i, agent))),
+                        ]
+                    })
+                    .collect();
+                (format!("agent-{agent}"), paths)
+            })
+            .collect();
         // Each agent reports with a token of its own, which is good for its own name only (the
         // files sit next to this config; relative paths start at its folder).
-        for agent in 1..=AGENTS {
-            let _ = write!(
-                text,
-                "\n[[tokens]]\nname = \"agent-{agent}\"\nrole = \"agent\"\ntoken_file = \"{}\"\n",
-                AGENT_TOKEN_FILE.replace("{n}", &agent.to_string())
-            );
-        }
+        let mut tokens: Vec<Token> = (1..=AGENTS)
+            .map(|agent| Token {
+                name: format!("agent-{agent}"),
+                role: "agent".to_string(),
+                token_file: PathBuf::from(AGENT_TOKEN_FILE.replace("{n}", &agent.to_string())),
+            })
+            .collect();
         if ha {
-            text.push_str(&crate::ha::member_tokens(&sites));
+            tokens.extend(crate::ha::member_tokens(&sites));
             secrets.extend(sites.iter().map(|site| crate::ha::member_token_path(dir, site)));
         }
-        // With several controllers, a DNS push in flight when its leader is cut off waits out
-        // the takeover (lease plus slack), so the late push reaches the DNS server and its
-        // refusal is what the leader's audit log records (`controller-isolation` checks it).
-        let dns_timeout = if ha {
-            format!("timeout_ms = {}\n", crate::ha::HA_DNS_STEP_TIMEOUT_MS)
-        } else {
-            String::new()
+        // The databases move before the traffic: their steps go first. With several
+        // controllers, a DNS push in flight when its leader is cut off waits out the takeover
+        // (lease plus slack), so the late push reaches the DNS server and its refusal is what
+        // the leader's audit log records (`controller-isolation` checks it).
+        let mut runbook = databases.runbook.clone();
+        runbook.push(Step {
+            timeout_ms: ha.then_some(crate::ha::HA_DNS_STEP_TIMEOUT_MS),
+            ..Step::new("dns", "dns_health")
+        });
+        runbook.push(Step::new("txt", "dns_txt"));
+        runbook.push(Step::new("pointer", "pointer"));
+        runbook.extend(additions.runbook.iter().cloned());
+        let controller_file = ControllerFile {
+            controller: ControllerSection {
+                listen: local(ports.controller()),
+                vantage: own[0].clone(),
+                audit_log: dir.join("data").join("controller-audit.jsonl"),
+                ha: None,
+            },
+            // A lab is for drills: holds short enough for a drill, no cap that back-to-back
+            // drills hit; failback waits until the replication lag into the preferred region
+            // (each store check's lag_sources) is at most `failback_lag_max_ms`.
+            policy: Policy {
+                mode: "active-passive".to_string(),
+                min_hold_ms: LAB_HOLD_MS,
+                stability_window_ms: LAB_HOLD_MS,
+                failovers_per_hour_max: LAB_FAILOVERS_PER_HOUR_MAX,
+                failback_lag_check: true,
+                failback_lag_max_ms: LAB_FAILBACK_LAG_MAX_MS,
+            },
+            quorum: Quorum { vantages },
+            regions: regions
+                .iter()
+                .enumerate()
+                .map(|(i, region)| Region {
+                    name: region.to_string(),
+                    priority: i as u32 + 1,
+                    endpoints: vec![format!("http://{}:{}", region_ip(i), ports.shop())],
+                })
+                .collect(),
+            checks,
+            vantage_paths,
+            tokens,
+            dns: ControllerDns {
+                admin_url: api_url(options.tls, ports.dns_admin()),
+                token_file: PathBuf::from(DNS_TOKEN_FILE),
+                txt_name: format!("_active-region.{ZONE}"),
+            },
+            runbook,
         };
-        let _ = write!(
-            text,
-            "\n[dns]\nadmin_url = \"{}\"\ntoken_file = \"{DNS_TOKEN_FILE}\"\ntxt_name = \"_active-region.{ZONE}\"\n\n[[runbook]]\nname = \"dns\"\nkind = \"dns_health\"\n{dns_timeout}\n[[runbook]]\nname = \"txt\"\nkind = \"dns_txt\"\n\n[[runbook]]\nname = \"pointer\"\nkind = \"pointer\"\n",
-            api_url(options.tls, ports.dns_admin())
-        );
-        // The databases move before the traffic: their steps go first.
-        if !databases.runbook.is_empty() {
-            text = text.replacen(
-                "\n[[runbook]]\nname = \"dns\"",
-                &format!("{}\n[[runbook]]\nname = \"dns\"", databases.runbook),
-                1,
-            );
-        }
-        text.push_str(&additions.runbook);
         bound.push(("controller".to_string(), local(ports.controller())));
         if let Some(etcd) = &etcd {
             components.extend(crate::ha::etcd_components(dir, &ha_ports, &sites, etcd));
-            let (mut member_files, members) = crate::ha::controllers(
-                &config,
-                dir,
-                &ha_ports,
-                &sites,
-                &text,
-                &api_url(options.tls, ports.dns_admin()),
-            );
-            if options.tls {
-                // Members reach each other's API (forwarded commands) and the DNS admin API
-                // (each through its own link) over HTTPS too.
-                for file in &mut member_files {
-                    file.contents = file
-                        .contents
-                        .replace("advertise = \"http://", "advertise = \"https://")
-                        .replace("admin_url = \"http://", "admin_url = \"https://");
-                }
+            // Members reach each other's API (forwarded commands) and the DNS admin API (each
+            // through its own link) over HTTPS too with `--tls`.
+            let (member_files, members) =
+                crate::ha::controllers(&config, dir, &ha_ports, &sites, &controller_file, options.tls);
+            for (path, member) in member_files {
+                files.push(config_file(path, CONTROLLER_HEADER, &member)?);
             }
-            files.extend(member_files);
             components.extend(members.into_iter().map(|mut member| {
                 member.env.extend(additions.controller_env.iter().cloned());
                 member.env.extend(trust.iter().cloned());
@@ -1002,10 +1052,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             }));
         } else {
             let path = config.join("controller.toml");
-            files.push(LabFile {
-                path: path.clone(),
-                contents: text,
-            });
+            files.push(config_file(path.clone(), CONTROLLER_HEADER, &controller_file)?);
             let mut controller = ComponentSpec::subcommand(
                 "controller",
                 "controller",
@@ -1068,10 +1115,20 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     bound.retain(|(_, address)| checkable(address));
     let mut notes = additions.notes;
     notes.extend(databases.notes.iter().cloned());
+    let mut targets = drill_targets(options, &ports, regions, &hosts, &databases.processes);
+    targets.providers = additions.drill_targets;
+    targets.databases = databases.drill_targets.clone();
+    targets.database_accounts = databases.accounts.clone();
+    let drill_targets = crate::configs::to_toml(
+        "# Written by `switchyard lab`: what drills need to find and break this lab.\n",
+        &targets,
+    )
+    .map_err(|error| PlanError::Config {
+        file: DRILL_TARGETS_FILE.to_string(),
+        message: error.to_string(),
+    })?;
     Ok(Plan {
-        drill_targets: drill_targets(options, &ports, regions, &hosts, &databases.processes)
-            + &additions.drill_targets
-            + &databases.drill_targets,
+        drill_targets,
         files,
         components,
         ports: bound,
@@ -1115,6 +1172,9 @@ pub fn replication_key_path(dir: &Path) -> PathBuf {
     dir.join("config").join("replication.key")
 }
 
+/// The first lines of the controllers' config files.
+const CONTROLLER_HEADER: &str = "# Written by `switchyard lab`. Checks use the default timings: inter 1 s, fastinter 250 ms, timeout 500 ms, rise 2, fall 3.\n";
+
 /// Agent N's token file, in the config folder (`{n}` stands for N).
 const AGENT_TOKEN_FILE: &str = "agent-{n}.token";
 /// The DNS admin token file, in the config folder.
@@ -1131,10 +1191,12 @@ pub fn dns_token_path(dir: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn options(regions: usize) -> LabOptions {
+    /// A plain lab's options (in /tmp/lab, at the default base port, one controller), for the
+    /// crate's tests to adjust.
+    pub(crate) fn options(regions: usize) -> LabOptions {
         LabOptions {
             dir: PathBuf::from("/tmp/lab"),
             regions,
@@ -1525,7 +1587,7 @@ mod tests {
         // Failback waits on the replication lag into the region, read from the other stores.
         assert!(controller.contents.contains("failback_lag_check = true"));
         assert!(controller.contents.contains(
-            "name = \"us-east-1-store\"\nregion = \"us-east-1\"\nkind = { type = \"dynamodb\", endpoint = \"http://127.0.0.1:17150\", table = \"shop_orders\", write = true, lag_sources = [\"http://127.0.0.1:17200\"] }"
+            "name = \"us-east-1-store\"\nregion = \"us-east-1\"\n\n[checks.kind]\ntype = \"dynamodb\"\nendpoint = \"http://127.0.0.1:17150\"\ntable = \"shop_orders\"\nwrite = true\nlag_sources = [\"http://127.0.0.1:17200\"]"
         ));
         // The store checks too: one link per vantage, to the region's store.
         assert!(faults.contains(
@@ -1717,7 +1779,7 @@ mod tests {
         assert!(
             controller_toml
                 .contents
-                .contains("\"eu-west-1\" = [\"shop/eu-west-1\"]")
+                .contains("[runbook.haproxy.regions]\neu-west-1 = [\"shop/eu-west-1\"]")
         );
         assert!(with.drill_targets.contains("[[providers]]\nname = \"rfc2136\""));
         assert!(with.drill_targets.contains("kind = \"haproxy\""));

@@ -18,6 +18,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::configs::{Haproxy, PerRegion, ProviderWatch, Rfc2136, Route53, SecretFile, SsmParameter, Step};
 use crate::plan::{LabFile, SHOP_NAME, ZONE, region_ip};
 use crate::supervisor::ComponentSpec;
 
@@ -118,9 +119,9 @@ pub(crate) struct Additions {
     pub components: Vec<ComponentSpec>,
     pub bound: Vec<(String, String)>,
     /// `[[runbook]]` steps for the controller's file.
-    pub runbook: String,
+    pub runbook: Vec<Step>,
     /// `[[providers]]` for `drill-targets.toml`.
-    pub drill_targets: String,
+    pub drill_targets: Vec<ProviderWatch>,
     /// TSIG key files to make (path, key name).
     pub tsig_keys: Vec<(PathBuf, String)>,
     /// Files from an earlier run to remove before starting.
@@ -216,26 +217,42 @@ fn bind(layout: &Layout<'_>, programs: &Programs, additions: &mut Additions) {
     additions
         .components
         .push(external("bind9", "bind9", named, &args, &address));
-    let values: Vec<String> = layout
-        .regions
-        .iter()
-        .enumerate()
-        .map(|(i, region)| format!("\"{region}\" = [\"{}\"]", region_ip(i)))
-        .collect();
     // Without the controller nothing moves the record: nothing for a drill to watch.
     if !layout.controller {
         return;
     }
-    let _ = write!(
-        additions.runbook,
-        "\n# RFC 2136: the same record on the lab's BIND9 primary (`switchyard lab --providers`).\n[[runbook]]\nname = \"bind9\"\nkind = \"rfc2136\"\n\n[runbook.rfc2136]\nserver = \"{address}\"\nzone = \"{ZONE}\"\nname = \"{SHOP_NAME}\"\nttl = 5\nkey = {{ file = \"{TSIG_KEY_FILE}\" }}\n\n[runbook.rfc2136.values]\n{}\n",
-        values.join("\n")
-    );
-    let _ = write!(
-        additions.drill_targets,
-        "\n[[providers]]\nname = \"rfc2136\"\nkind = \"dns\"\ndns_server = \"{address}\"\nrecord = \"{SHOP_NAME}\"\n\n[providers.regions]\n{}\n",
-        values.join("\n")
-    );
+    let values = region_ips(layout.regions);
+    // RFC 2136: the same record on the lab's BIND9 primary.
+    additions.runbook.push(Step {
+        rfc2136: Some(Rfc2136 {
+            server: address.clone(),
+            zone: ZONE.to_string(),
+            name: SHOP_NAME.to_string(),
+            ttl: 5,
+            key: SecretFile {
+                file: PathBuf::from(TSIG_KEY_FILE),
+            },
+            values: values.clone(),
+        }),
+        ..Step::new("bind9", "rfc2136")
+    });
+    additions.drill_targets.push(ProviderWatch {
+        name: "rfc2136".to_string(),
+        kind: "dns".to_string(),
+        dns_server: Some(address),
+        record: Some(SHOP_NAME.to_string()),
+        regions: values,
+        ..ProviderWatch::default()
+    });
+}
+
+/// Per region, its front address (what the DNS providers' records hold for it).
+fn region_ips(regions: &[&str]) -> PerRegion {
+    regions
+        .iter()
+        .enumerate()
+        .map(|(i, region)| (region.to_string(), vec![region_ip(i)]))
+        .collect()
 }
 
 /// HAProxy in front of every region's shops, its runtime API on a unix socket.
@@ -265,26 +282,30 @@ fn haproxy(layout: &Layout<'_>, programs: &Programs, additions: &mut Additions) 
     additions
         .components
         .push(external("haproxy", "haproxy", haproxy, &args, &address));
-    let servers: Vec<String> = layout
-        .regions
-        .iter()
-        .map(|region| format!("\"{region}\" = [\"{HAPROXY_BACKEND}/{region}\"]"))
-        .collect();
     if !layout.controller {
         return;
     }
-    let _ = write!(
-        additions.runbook,
-        "\n# HAProxy's runtime API: the serving region's server ready, the others in maintenance.\n[[runbook]]\nname = \"haproxy\"\nkind = \"haproxy\"\n\n[runbook.haproxy]\nsocket = \"{}\"\nstandby = \"maint\"\n\n[runbook.haproxy.regions]\n{}\n",
-        socket.display(),
-        servers.join("\n")
-    );
-    let _ = write!(
-        additions.drill_targets,
-        "\n[[providers]]\nname = \"haproxy\"\nkind = \"haproxy\"\nsocket = \"{}\"\n\n[providers.regions]\n{}\n",
-        socket.display(),
-        servers.join("\n")
-    );
+    let servers: PerRegion = layout
+        .regions
+        .iter()
+        .map(|region| (region.to_string(), vec![format!("{HAPROXY_BACKEND}/{region}")]))
+        .collect();
+    // HAProxy's runtime API: the serving region's server ready, the others in maintenance.
+    additions.runbook.push(Step {
+        haproxy: Some(Haproxy {
+            socket: socket.clone(),
+            standby: "maint".to_string(),
+            regions: servers.clone(),
+        }),
+        ..Step::new("haproxy", "haproxy")
+    });
+    additions.drill_targets.push(ProviderWatch {
+        name: "haproxy".to_string(),
+        kind: "haproxy".to_string(),
+        socket: Some(socket),
+        regions: servers,
+        ..ProviderWatch::default()
+    });
 }
 
 /// moto's server as the AWS API: the lab's zone as a Route 53 hosted zone and the apps'
@@ -388,30 +409,60 @@ fn moto(layout: &Layout<'_>, programs: &Programs, additions: &mut Additions) {
         // moto is on loopback; the SDK must not send it through a proxy of the environment.
         ("NO_PROXY".to_string(), "127.0.0.1,localhost".to_string()),
     ]);
-    let values: Vec<String> = layout
+    // Route 53 (moto's server in the lab): the same record in a hosted zone found by its name;
+    // SSM Parameter Store (moto): the parameter the apps read AWS_REGION from.
+    let values = region_ips(layout.regions);
+    let parameter_values: PerRegion = layout
         .regions
         .iter()
-        .enumerate()
-        .map(|(i, region)| format!("\"{region}\" = [\"{}\"]", region_ip(i)))
+        .map(|region| (region.to_string(), vec![region.to_string()]))
         .collect();
-    let parameter_values: Vec<String> = layout
-        .regions
-        .iter()
-        .map(|region| format!("\"{region}\" = [\"{region}\"]"))
-        .collect();
-    let _ = write!(
-        additions.runbook,
-        "\n# Route 53 (moto's server in the lab): the same record in a hosted zone found by its name.\n[[runbook]]\nname = \"route53\"\nkind = \"route53\"\ntimeout_ms = 15000\n\n[runbook.route53]\nzone = \"{ZONE}\"\nname = \"{SHOP_NAME}\"\ntype = \"A\"\nttl = 5\ninsync_timeout_ms = 10000\nendpoint_url = \"{endpoint}\"\nprofile = \"{AWS_PROFILE}\"\n\n[runbook.route53.values]\n{}\n\n# SSM Parameter Store (moto): the parameter the apps read AWS_REGION from.\n[[runbook]]\nname = \"ssm\"\nkind = \"ssm_parameter\"\ntimeout_ms = 15000\n\n[runbook.ssm_parameter]\nname = \"{SSM_PARAMETER}\"\nregion = \"{SSM_REGION}\"\nendpoint_url = \"{endpoint}\"\nprofile = \"{AWS_PROFILE}\"\n",
-        values.join("\n")
-    );
-    let _ = write!(
-        additions.drill_targets,
-        "\n[[providers]]\nname = \"route53\"\nkind = \"route53\"\nzone = \"{ZONE}\"\nrecord = \"{SHOP_NAME}\"\nendpoint_url = \"{endpoint}\"\nprofile = \"{AWS_PROFILE}\"\ncredentials_file = \"{}\"\n\n[providers.regions]\n{}\n\n[[providers]]\nname = \"ssm\"\nkind = \"ssm\"\nparameter = \"{SSM_PARAMETER}\"\naws_region = \"{SSM_REGION}\"\nendpoint_url = \"{endpoint}\"\nprofile = \"{AWS_PROFILE}\"\ncredentials_file = \"{}\"\n\n[providers.regions]\n{}\n",
-        credentials.display(),
-        values.join("\n"),
-        credentials.display(),
-        parameter_values.join("\n")
-    );
+    additions.runbook.push(Step {
+        timeout_ms: Some(15_000),
+        route53: Some(Route53 {
+            zone: ZONE.to_string(),
+            name: SHOP_NAME.to_string(),
+            kind: "A".to_string(),
+            ttl: 5,
+            insync_timeout_ms: 10_000,
+            endpoint_url: endpoint.clone(),
+            profile: AWS_PROFILE.to_string(),
+            values: values.clone(),
+        }),
+        ..Step::new("route53", "route53")
+    });
+    additions.runbook.push(Step {
+        timeout_ms: Some(15_000),
+        ssm_parameter: Some(SsmParameter {
+            name: SSM_PARAMETER.to_string(),
+            region: SSM_REGION.to_string(),
+            endpoint_url: endpoint.clone(),
+            profile: AWS_PROFILE.to_string(),
+        }),
+        ..Step::new("ssm", "ssm_parameter")
+    });
+    additions.drill_targets.push(ProviderWatch {
+        name: "route53".to_string(),
+        kind: "route53".to_string(),
+        zone: Some(ZONE.to_string()),
+        record: Some(SHOP_NAME.to_string()),
+        endpoint_url: Some(endpoint.clone()),
+        profile: Some(AWS_PROFILE.to_string()),
+        credentials_file: Some(credentials.clone()),
+        regions: values,
+        ..ProviderWatch::default()
+    });
+    additions.drill_targets.push(ProviderWatch {
+        name: "ssm".to_string(),
+        kind: "ssm".to_string(),
+        parameter: Some(SSM_PARAMETER.to_string()),
+        aws_region: Some(SSM_REGION.to_string()),
+        endpoint_url: Some(endpoint),
+        profile: Some(AWS_PROFILE.to_string()),
+        credentials_file: Some(credentials),
+        regions: parameter_values,
+        ..ProviderWatch::default()
+    });
 }
 
 #[cfg(test)]

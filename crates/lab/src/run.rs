@@ -554,18 +554,8 @@ mod tests {
     #[test]
     fn the_quiet_summary_is_one_line_counting_running_components() {
         let options = LabOptions {
-            dir: std::path::PathBuf::from("/tmp/lab"),
-            regions: 2,
-            base_port: crate::plan::BASE_PORT_DEFAULT,
-            controller: true,
-            netns: false,
-            disk_mib: None,
-            providers: None,
-            controllers: 1,
-            etcd: None,
-            tls: false,
             quiet: true,
-            databases: None,
+            ..crate::plan::tests::options(2)
         };
         let table = "component  kind   address  pid  state\nstore-us   store  1.2.3.4  10   running\nshop-us    shop   -        -    exited 1\n";
         let line = summary_line(&options, table);

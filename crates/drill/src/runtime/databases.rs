@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::deadline::bounded;
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
 
@@ -28,18 +29,6 @@ pub const ACKED_CHECKED_MAX: usize = 100_000;
 /// The `db-lag` drill's `MASTER_DELAY` on the standby: far beyond the lab's
 /// `promote_lag_max_ms`, and beyond the time from the fault to the promotion attempt.
 pub const DB_LAG_DELAY_S: u64 = 60;
-
-async fn bounded<T, E: std::fmt::Display>(
-    what: &str,
-    ms: u64,
-    work: impl Future<Output = Result<T, E>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(Duration::from_millis(ms), work).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(format!("{what}: {error}")),
-        Err(_) => Err(format!("{what}: no answer within {ms} ms")),
-    }
-}
 
 fn split(address: &str) -> Result<(String, u16), String> {
     let (host, port) = address

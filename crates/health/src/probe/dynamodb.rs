@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
 
-use dynamo_protocol::sigv4::{RequestParts, authorization_header, format_amz_date};
+use dynamo_protocol::sigv4::{JSON_CONTENT_TYPE, format_amz_date, sign_request};
 
 use super::{Finding, http::exchange};
 
@@ -140,7 +140,7 @@ fn build_request(
 ) -> Result<Request<Full<Bytes>>, String> {
     let amz_date = format_amz_date(now_secs);
     let target = format!("DynamoDB_20120810.{operation}");
-    let content_type = "application/x-amz-json-1.0";
+    let content_type = JSON_CONTENT_TYPE;
     let mut builder = Request::builder()
         .method("POST")
         .uri("/")
@@ -150,20 +150,7 @@ fn build_request(
         .header("x-amz-target", &target)
         .header("user-agent", "switchyard-health/1");
     if let Some((access_key_id, secret)) = credentials {
-        let headers: [(&str, &[u8]); 4] = [
-            ("content-type", content_type.as_bytes()),
-            ("host", authority.as_bytes()),
-            ("x-amz-date", amz_date.as_bytes()),
-            ("x-amz-target", target.as_bytes()),
-        ];
-        let parts = RequestParts {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            body: &body,
-        };
-        let authorization = authorization_header(access_key_id, secret, region, &amz_date, &parts)
+        let authorization = sign_request(access_key_id, secret, region, authority, &amz_date, &target, &body)
             .map_err(|e| format!("sign request: {e}"))?;
         builder = builder.header("authorization", authorization);
     }
@@ -370,7 +357,7 @@ fn judge(operation: &str, table: &str, status: u16, body: &[u8]) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dynamo_protocol::sigv4::{Credentials, verify};
+    use dynamo_protocol::sigv4::{Credentials, RequestParts, verify};
 
     #[test]
     fn signed_requests_verify() {

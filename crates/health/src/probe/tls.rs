@@ -14,16 +14,6 @@ use tokio_rustls::client::TlsStream;
 /// Certificates read from a `ca_file` at most.
 const CA_CERTIFICATES_MAX: usize = 1000;
 
-fn config_with(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
 /// A configuration trusting only the certificates of `ca_file` (read on every probe, so a
 /// rotated file is picked up).
 fn file_config(ca_file: &str) -> Result<Arc<ClientConfig>, String> {
@@ -38,7 +28,7 @@ fn file_config(ca_file: &str) -> Result<Arc<ClientConfig>, String> {
     if roots.is_empty() {
         return Err(format!("ca_file '{ca_file}' holds no PEM certificate"));
     }
-    config_with(roots)
+    common::tls_client::config_with_roots(roots)
 }
 
 /// Runs the TLS handshake over `stream`, verifying the certificate for `host`.

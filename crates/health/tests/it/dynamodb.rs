@@ -25,16 +25,13 @@ fn dynamodb(endpoint: &str, table: &str, key: Option<serde_json::Value>, secret:
     }
 }
 
-#[tokio::test]
-async fn dynamodb_probe_reads_a_signed_store() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let engine = store::Engine::open(dir.path(), "east", Arc::new(store::SystemClock)).expect("open engine");
-    let admin = store::Store::new(engine.clone());
-    admin
+/// Creates `table` (hash key `pk`, a string) in `engine`.
+async fn create_table(engine: &store::Engine, table: &str) {
+    store::Store::new(engine.clone())
         .handle(
             "CreateTable",
             json!({
-                "TableName": "health",
+                "TableName": table,
                 "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
                 "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
                 "BillingMode": "PAY_PER_REQUEST"
@@ -44,7 +41,47 @@ async fn dynamodb_probe_reads_a_signed_store() {
         )
         .await
         .expect("create table");
-    admin
+}
+
+/// A store serving an engine on a loopback port (signed requests only with `credentials`).
+struct Served {
+    endpoint: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    async fn start(engine: store::Engine, credentials: Option<Credentials>) -> Served {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(store::server::run(
+            listener,
+            engine,
+            store::server::ServerConfig {
+                credentials,
+                replication: None,
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Served { endpoint, stop, server }
+    }
+
+    /// Stops the server and waits until it has.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.expect("server task").expect("server stops cleanly");
+    }
+}
+
+#[tokio::test]
+async fn dynamodb_probe_reads_a_signed_store() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = store::Engine::open(dir.path(), "east", Arc::new(store::SystemClock)).expect("open engine");
+    create_table(&engine, "health").await;
+    store::Store::new(engine.clone())
         .handle(
             "PutItem",
             json!({"TableName": "health", "Item": {"pk": {"S": "canary"}}})
@@ -55,20 +92,8 @@ async fn dynamodb_probe_reads_a_signed_store() {
         .expect("put item");
     let mut credentials = Credentials::new();
     credentials.insert("AKIDHEALTH", "health-secret");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(store::server::run(
-        listener,
-        engine,
-        store::server::ServerConfig {
-            credentials: Some(credentials),
-            replication: None,
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let served = Served::start(engine, Some(credentials)).await;
+    let endpoint = served.endpoint.clone();
 
     let scan = probe(&spec(dynamodb(&endpoint, "health", None, Some("health-secret")))).await;
     assert!(scan.success, "{scan:?}");
@@ -91,8 +116,7 @@ async fn dynamodb_probe_reads_a_signed_store() {
     assert!(!wrong.success);
     assert!(wrong.detail.contains("HTTP 400"), "{}", wrong.detail);
 
-    let _ = stop.send(());
-    server.await.expect("server task").expect("server stops cleanly");
+    served.stop().await;
     let gone = probe(&spec(dynamodb(&endpoint, "health", None, Some("health-secret")))).await;
     assert!(!gone.success);
 }
@@ -283,35 +307,9 @@ async fn the_write_probe_fails_against_a_store_that_cannot_write() {
     };
     let engine =
         store::Engine::open_with(dir.path(), "east", Arc::new(store::SystemClock), options).expect("open engine");
-    let admin = store::Store::new(engine.clone());
-    admin
-        .handle(
-            "CreateTable",
-            json!({
-                "TableName": "health",
-                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
-                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
-                "BillingMode": "PAY_PER_REQUEST"
-            })
-            .to_string()
-            .as_bytes(),
-        )
-        .await
-        .expect("create table");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(store::server::run(
-        listener,
-        engine,
-        store::server::ServerConfig {
-            credentials: None,
-            replication: None,
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    create_table(&engine, "health").await;
+    let served = Served::start(engine, None).await;
+    let endpoint = served.endpoint.clone();
     let writing = |write| {
         let mut kind = dynamodb(&endpoint, "health", None, None);
         if let ProbeKind::Dynamodb { write: w, .. } = &mut kind {
@@ -344,8 +342,7 @@ async fn the_write_probe_fails_against_a_store_that_cannot_write() {
     faults.set_capacity_bytes(u64::MAX);
     let again = probe(&writing(true)).await;
     assert!(again.success, "up again once space returns: {again:?}");
-    let _ = stop.send(());
-    server.await.expect("server task").expect("server stops cleanly");
+    served.stop().await;
 }
 
 /// Stands in for the binary's CloudWatch reader (the AWS SDK lives in `providers`; its reader is
@@ -371,34 +368,9 @@ impl health::probe::cloudwatch::CloudwatchReader for FakeCloudwatch {
 async fn dynamodb_probe_reads_the_lag_of_an_aws_global_table_from_cloudwatch() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let engine = store::Engine::open(dir.path(), "eu", Arc::new(store::SystemClock)).expect("open engine");
-    store::Store::new(engine.clone())
-        .handle(
-            "CreateTable",
-            json!({
-                "TableName": "sessions",
-                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
-                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
-                "BillingMode": "PAY_PER_REQUEST"
-            })
-            .to_string()
-            .as_bytes(),
-        )
-        .await
-        .expect("create table");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(store::server::run(
-        listener,
-        engine,
-        store::server::ServerConfig {
-            credentials: None,
-            replication: None,
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    create_table(&engine, "sessions").await;
+    let served = Served::start(engine, None).await;
+    let endpoint = served.endpoint.clone();
     let fake = Arc::new(FakeCloudwatch {
         asked: std::sync::Mutex::new(Vec::new()),
     });
@@ -430,6 +402,5 @@ async fn dynamodb_probe_reads_the_lag_of_an_aws_global_table_from_cloudwatch() {
             .all(|q| q.receiving_region == "eu-west-1" && q.table == "sessions" && q.window_s == 300)
     );
 
-    let _ = stop.send(());
-    server.await.expect("server task").expect("server stops cleanly");
+    served.stop().await;
 }

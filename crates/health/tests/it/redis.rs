@@ -1,5 +1,6 @@
 //! Redis probe against real redis-server processes: a password-protected primary and a replica.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,6 +20,27 @@ fn redis(address: &str, password: Option<&str>, expect_role: Option<&str>, max_l
     }
 }
 
+/// Starts `redis-server` on loopback at `port` without persistence (its folder `dir`, its log
+/// `dir/log`), with `extra` arguments.
+fn start_redis(binary: &Path, dir: &Path, port: u16, log: &str, extra: &[&str]) -> Server {
+    let port = port.to_string();
+    let folder = dir.display().to_string();
+    let mut args = vec![
+        "--port",
+        port.as_str(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        folder.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    Server::start(Command::new(binary).args(args), dir.join(log))
+}
+
 #[tokio::test]
 async fn redis_ping_auth_and_replication() {
     let Some(binary) = find_binary("redis-server") else {
@@ -27,22 +49,12 @@ async fn redis_ping_auth_and_replication() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let primary_port = free_port();
     let primary_address = format!("127.0.0.1:{primary_port}");
-    let _primary = Server::start(
-        Command::new(&binary).args([
-            "--port",
-            &primary_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--requirepass",
-            "s3cret",
-            "--dir",
-            &dir.path().display().to_string(),
-        ]),
-        dir.path().join("primary.log"),
+    let _primary = start_redis(
+        &binary,
+        dir.path(),
+        primary_port,
+        "primary.log",
+        &["--requirepass", "s3cret"],
     );
     let ping = spec(redis(&primary_address, Some("s3cret"), None, None));
     let up = probe_until(&ping, START_DEADLINE, |o| o.success).await;
@@ -64,25 +76,18 @@ async fn redis_ping_auth_and_replication() {
 
     let replica_port = free_port();
     let replica_address = format!("127.0.0.1:{replica_port}");
-    let _replica = Server::start(
-        Command::new(&binary).args([
-            "--port",
-            &replica_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
+    let _replica = start_redis(
+        &binary,
+        dir.path(),
+        replica_port,
+        "replica.log",
+        &[
             "--replicaof",
             "127.0.0.1",
             &primary_port.to_string(),
             "--masterauth",
             "s3cret",
-            "--dir",
-            &dir.path().display().to_string(),
-        ]),
-        dir.path().join("replica.log"),
+        ],
     );
     // Once the link is up the replica reports a lag within the bound.
     let replica = spec(redis(&replica_address, None, Some("slave"), Some(10_000)));

@@ -146,6 +146,28 @@ async fn mariadb_select_one_login_and_replica_lag() {
     assert!(position.received.starts_with("0-1-"), "{position:?}");
 }
 
+/// Starts `postgres` on `data` at `port` (its socket in `dir`, its log `dir/log`), as nobody when
+/// the tests run as root.
+fn start_postgres(postgres: &Path, data: &Path, port: u16, dir: &Path, as_root: bool, log: &str) -> Server {
+    let mut command = Command::new(postgres);
+    command.args([
+        "-D",
+        &data.display().to_string(),
+        "-p",
+        &port.to_string(),
+        "-k",
+        &dir.display().to_string(),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "fsync=off",
+    ]);
+    if as_root {
+        command.uid(NOBODY).gid(NOBODY);
+    }
+    Server::start(&mut command, dir.join(log))
+}
+
 #[tokio::test]
 async fn postgres_select_one_with_scram_login() {
     let (Some(initdb), Some(postgres)) = (find_binary("initdb"), find_binary("postgres")) else {
@@ -184,23 +206,7 @@ async fn postgres_select_one_with_scram_login() {
         String::from_utf8_lossy(&output.stderr)
     );
     let port = free_port();
-    let mut command = Command::new(&postgres);
-    command.args([
-        "-D",
-        &data.display().to_string(),
-        "-p",
-        &port.to_string(),
-        "-k",
-        &dir.path().display().to_string(),
-        "-c",
-        "listen_addresses=127.0.0.1",
-        "-c",
-        "fsync=off",
-    ]);
-    if as_root {
-        command.uid(NOBODY).gid(NOBODY);
-    }
-    let _server = Server::start(&mut command, dir.path().join("postgres.log"));
+    let _server = start_postgres(&postgres, &data, port, dir.path(), as_root, "postgres.log");
 
     let check = spec(sql(SqlDriver::Postgres, port, "postgres", Some("pg-s3cret"), false));
     let up = probe_until(&check, START_DEADLINE, |o| o.success).await;
@@ -268,23 +274,14 @@ async fn postgres_select_one_with_scram_login() {
         String::from_utf8_lossy(&output.stderr)
     );
     let replica_port = free_port();
-    let mut command = Command::new(&postgres);
-    command.args([
-        "-D",
-        &replica_data.display().to_string(),
-        "-p",
-        &replica_port.to_string(),
-        "-k",
-        &dir.path().display().to_string(),
-        "-c",
-        "listen_addresses=127.0.0.1",
-        "-c",
-        "fsync=off",
-    ]);
-    if as_root {
-        command.uid(NOBODY).gid(NOBODY);
-    }
-    let _replica = Server::start(&mut command, dir.path().join("replica.log"));
+    let _replica = start_postgres(
+        &postgres,
+        &replica_data,
+        replica_port,
+        dir.path(),
+        as_root,
+        "replica.log",
+    );
     let mut bounded = sql(SqlDriver::Postgres, replica_port, "postgres", Some("pg-s3cret"), true);
     if let ProbeKind::Sql { max_replica_lag_ms, .. } = &mut bounded {
         *max_replica_lag_ms = Some(60_000);
