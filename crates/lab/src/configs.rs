@@ -490,6 +490,7 @@ mod tests {
                 named: Some(PathBuf::from("/usr/sbin/named")),
                 haproxy: Some(PathBuf::from("/usr/sbin/haproxy")),
                 moto_server: moto.then(|| PathBuf::from("/venv/bin/moto_server")),
+                moto_python: moto.then(|| PathBuf::from("/venv/bin/python3")),
             }),
             controllers,
             etcd: Some(PathBuf::from("/usr/bin/etcd")),

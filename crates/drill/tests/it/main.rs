@@ -20,6 +20,9 @@ use store::server::{ServerConfig, run as run_store};
 use store::{Engine, SystemClock};
 use tokio::net::{TcpListener, UdpSocket};
 
+/// Ports tried for a DNS server that needs the same port for UDP and TCP.
+const UDP_TCP_PORT_ATTEMPTS: usize = 20;
+
 const KEY: &[u8] = b"drill-integration-replication-key";
 const TTL_S: u32 = 1;
 const DEADLINE_MS: u64 = 20_000;
@@ -152,9 +155,18 @@ health = "r2"
 "#
     );
     let parsed = dns::parse(&config, "drill-test.toml").expect("valid DNS config");
-    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
-    let address = udp.local_addr().expect("addr");
-    let tcp = TcpListener::bind(address).await.expect("bind tcp");
+    // DNS listens on one port for UDP and TCP: the kernel's free UDP port may be taken for
+    // TCP by another test running at the same time, so try a few.
+    let mut bound = None;
+    for _ in 0..UDP_TCP_PORT_ATTEMPTS {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
+        let address = udp.local_addr().expect("addr");
+        if let Ok(tcp) = TcpListener::bind(address).await {
+            bound = Some((udp, address, tcp));
+            break;
+        }
+    }
+    let (udp, address, tcp) = bound.expect("a port free for both UDP and TCP");
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
     let admin_address = admin.local_addr().expect("addr");
     let options = dns::Options {

@@ -11,13 +11,15 @@ use tokio::time::Instant;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A component that writes its ready file, logs, and on SIGTERM appends its name to
-/// `order.txt` in the lab directory and exits 0.
+/// `order.txt` in the lab directory and exits 0. Once ready it forks nothing: a shell caught
+/// by SIGSTOP in the middle of a `vfork` shows `D`, not `T`, until its child runs again, so a
+/// looping `sleep` made the pause test see a stopped group as running.
 fn polite(name: &str, dir: &Path) -> ComponentSpec {
     let order = dir.join("order.txt");
     script(
         name,
         &format!(
-            "trap 'echo {name} >> {order}; echo bye; exit 0' TERM; echo \"127.0.0.1:$$\" > \"$2\"; echo started; while :; do sleep 0.05; done",
+            "trap 'kill $child 2>/dev/null; echo {name} >> {order}; echo bye; exit 0' TERM; sleep 3600 & child=$!; echo \"127.0.0.1:$$\" > \"$2\"; echo started; wait",
             order = order.display()
         ),
     )
