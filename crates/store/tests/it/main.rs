@@ -576,6 +576,71 @@ async fn a_write_queued_before_an_index_was_created_is_indexed() {
     assert_eq!(h.ok("Query", query).await["Count"], 0);
 }
 
+/// Waits (with a deadline) until the engine's write queue has `free` free slots.
+async fn wait_for_queue_free(engine: &Engine, free: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.write_queue_free() != free {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write queue never reached {free} free slots (now {})",
+            engine.write_queue_free()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// An UpdateTable that read the table before a TagResource committed applies its change to
+/// the definition with the tags (it used to write back the one it read, losing them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_table_keeps_a_tag_committed_after_it_read_the_table() {
+    let h = Harness::new();
+    h.create_orders().await;
+    let arn = h.ok("DescribeTable", json!({"TableName": "orders"})).await["Table"]["TableArn"]
+        .as_str()
+        .expect("TableArn")
+        .to_string();
+    let engine = h.store.engine().clone();
+    // Hold the writer inside a job so the next two queue up in a known order.
+    let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let blocker = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .write_exclusive(move |_| {
+                    let _ = inside_tx.send(());
+                    let _ = release_rx.recv();
+                    Ok(())
+                })
+                .await
+        }
+    });
+    inside_rx.await.expect("the blocking job ran");
+    let idle = engine.write_queue_free();
+    let tag = tokio::spawn({
+        let store = h.store.clone();
+        let body = json!({"ResourceArn": arn, "Tags": [{"Key": "team", "Value": "billing"}]});
+        async move { store.handle("TagResource", body.to_string().as_bytes()).await }
+    });
+    wait_for_queue_free(&engine, idle - 1).await;
+    // UpdateTable reads the table (without the tag, still queued) and queues its write.
+    let update = tokio::spawn({
+        let store = h.store.clone();
+        let body = json!({"TableName": "orders", "DeletionProtectionEnabled": true});
+        async move { store.handle("UpdateTable", body.to_string().as_bytes()).await }
+    });
+    wait_for_queue_free(&engine, idle - 2).await;
+    release_tx.send(()).expect("the blocking job waits");
+    blocker.await.expect("blocker task").expect("blocking job");
+    tag.await.expect("tag task").expect("TagResource");
+    let updated = update.await.expect("update task").expect("UpdateTable");
+    assert_eq!(updated["TableDescription"]["DeletionProtectionEnabled"], json!(true));
+    let tags = h.ok("ListTagsOfResource", json!({"ResourceArn": arn})).await;
+    assert_eq!(tags["Tags"], json!([{"Key": "team", "Value": "billing"}]), "{tags}");
+    let described = h.ok("DescribeTable", json!({"TableName": "orders"})).await;
+    assert_eq!(described["Table"]["DeletionProtectionEnabled"], json!(true));
+}
+
 mod decoder_fuzz {
     //! Arbitrary request bodies for every operation: the store answers with a DynamoDB error or
     //! a result, never a panic, and what was stored before stays readable.
