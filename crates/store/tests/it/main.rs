@@ -589,18 +589,15 @@ async fn wait_for_queue_free(engine: &Engine, free: usize) {
     }
 }
 
-/// An UpdateTable that read the table before a TagResource committed applies its change to
-/// the definition with the tags (it used to write back the one it read, losing them).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn update_table_keeps_a_tag_committed_after_it_read_the_table() {
-    let h = Harness::new();
-    h.create_orders().await;
+/// Runs `operation` so that it reads the `orders` table before a TagResource commits and
+/// writes after it: the writer is held inside a job while TagResource and then `operation`
+/// queue up. Returns the operation's answer and the tags the table has afterwards.
+async fn run_behind_a_queued_tag(h: &Harness, operation: &'static str, body: Value) -> (Value, Value) {
     let arn = h.ok("DescribeTable", json!({"TableName": "orders"})).await["Table"]["TableArn"]
         .as_str()
         .expect("TableArn")
         .to_string();
     let engine = h.store.engine().clone();
-    // Hold the writer inside a job so the next two queue up in a known order.
     let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let blocker = tokio::spawn({
@@ -623,22 +620,51 @@ async fn update_table_keeps_a_tag_committed_after_it_read_the_table() {
         async move { store.handle("TagResource", body.to_string().as_bytes()).await }
     });
     wait_for_queue_free(&engine, idle - 1).await;
-    // UpdateTable reads the table (without the tag, still queued) and queues its write.
-    let update = tokio::spawn({
+    // The operation reads the table (without the tag, still queued) and queues its write.
+    let change = tokio::spawn({
         let store = h.store.clone();
-        let body = json!({"TableName": "orders", "DeletionProtectionEnabled": true});
-        async move { store.handle("UpdateTable", body.to_string().as_bytes()).await }
+        async move { store.handle(operation, body.to_string().as_bytes()).await }
     });
     wait_for_queue_free(&engine, idle - 2).await;
     release_tx.send(()).expect("the blocking job waits");
     blocker.await.expect("blocker task").expect("blocking job");
     tag.await.expect("tag task").expect("TagResource");
-    let updated = update.await.expect("update task").expect("UpdateTable");
-    assert_eq!(updated["TableDescription"]["DeletionProtectionEnabled"], json!(true));
+    let answer = match change.await.expect("operation task") {
+        Ok(answer) => answer,
+        Err(error) => panic!("{operation} failed: {error}"),
+    };
     let tags = h.ok("ListTagsOfResource", json!({"ResourceArn": arn})).await;
-    assert_eq!(tags["Tags"], json!([{"Key": "team", "Value": "billing"}]), "{tags}");
+    (answer, tags["Tags"].clone())
+}
+
+/// An UpdateTable that read the table before a TagResource committed applies its change to
+/// the definition with the tags (it used to write back the one it read, losing them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_table_keeps_a_tag_committed_after_it_read_the_table() {
+    let h = Harness::new();
+    h.create_orders().await;
+    let body = json!({"TableName": "orders", "DeletionProtectionEnabled": true});
+    let (updated, tags) = run_behind_a_queued_tag(&h, "UpdateTable", body).await;
+    assert_eq!(updated["TableDescription"]["DeletionProtectionEnabled"], json!(true));
+    assert_eq!(tags, json!([{"Key": "team", "Value": "billing"}]));
     let described = h.ok("DescribeTable", json!({"TableName": "orders"})).await;
     assert_eq!(described["Table"]["DeletionProtectionEnabled"], json!(true));
+}
+
+/// The same for UpdateContinuousBackups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_continuous_backups_keeps_a_tag_committed_after_it_read_the_table() {
+    let h = Harness::new();
+    h.create_orders().await;
+    let body = json!({"TableName": "orders", "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": true}});
+    let (_, tags) = run_behind_a_queued_tag(&h, "UpdateContinuousBackups", body).await;
+    assert_eq!(tags, json!([{"Key": "team", "Value": "billing"}]));
+    let described = h.ok("DescribeContinuousBackups", json!({"TableName": "orders"})).await;
+    assert_eq!(
+        described["ContinuousBackupsDescription"]["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"],
+        json!("ENABLED"),
+        "{described}"
+    );
 }
 
 mod decoder_fuzz {
