@@ -436,6 +436,93 @@ def test_return_consumed_capacity_is_plausible(client):
     assert get["ConsumedCapacity"]["CapacityUnits"] == 0.5
 
 
+def test_return_consumed_capacity_indexes_splits_table_and_index_units(client):
+    """ReturnConsumedCapacity=INDEXES as DynamoDB documents it: `Table` and each index touched
+    (GlobalSecondaryIndexes / LocalSecondaryIndexes), the total their sum. A write consumes an
+    index's capacity only when it puts, changes or deletes the item's entry there (twice when
+    the entry's index key changes); a read of an index consumes only the index's."""
+    name = new_table(
+        client, range_key=("sk", "S"), extra_attributes={"x": "S"},
+        GlobalSecondaryIndexes=[{"IndexName": "by-x", "KeySchema": [{"AttributeName": "x", "KeyType": "HASH"}],
+                                 "Projection": {"ProjectionType": "ALL"}}],
+        LocalSecondaryIndexes=[{"IndexName": "local-x",
+                                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"},
+                                              {"AttributeName": "x", "KeyType": "RANGE"}],
+                                "Projection": {"ProjectionType": "KEYS_ONLY"}}])
+    key = {"pk": {"S": "p"}, "sk": {"S": "s"}}
+
+    def units(total, table=None, gsi=None, lsi=None):
+        expected = {"TableName": name, "CapacityUnits": total}
+        if table is not None:
+            expected["Table"] = {"CapacityUnits": table}
+        if gsi is not None:
+            expected["GlobalSecondaryIndexes"] = {"by-x": {"CapacityUnits": gsi}}
+        if lsi is not None:
+            expected["LocalSecondaryIndexes"] = {"local-x": {"CapacityUnits": lsi}}
+        return expected
+
+    put = client.put_item(TableName=name, Item={**key, "x": {"S": "one"}, "a": {"S": "v"}},
+                          ReturnConsumedCapacity="INDEXES")
+    assert put["ConsumedCapacity"] == units(3.0, table=1.0, gsi=1.0, lsi=1.0)
+    # "a" is in the GSI's entry (ALL) but not in the KEYS_ONLY local index's.
+    update = client.update_item(TableName=name, Key=key, UpdateExpression="SET a = :a",
+                                ExpressionAttributeValues={":a": {"S": "w"}}, ReturnConsumedCapacity="INDEXES")
+    assert update["ConsumedCapacity"] == units(2.0, table=1.0, gsi=1.0)
+    # A new index key: the old entry is deleted and a new one put, in both indexes.
+    moved = client.update_item(TableName=name, Key=key, UpdateExpression="SET x = :x",
+                               ExpressionAttributeValues={":x": {"S": "two"}}, ReturnConsumedCapacity="INDEXES")
+    assert moved["ConsumedCapacity"] == units(5.0, table=1.0, gsi=2.0, lsi=2.0)
+    total = client.update_item(TableName=name, Key=key, UpdateExpression="SET a = :a",
+                               ExpressionAttributeValues={":a": {"S": "z"}}, ReturnConsumedCapacity="TOTAL")
+    assert total["ConsumedCapacity"] == {"TableName": name, "CapacityUnits": 2.0}
+
+    get = client.get_item(TableName=name, Key=key, ReturnConsumedCapacity="INDEXES")
+    assert get["ConsumedCapacity"] == units(0.5, table=0.5)
+    on_gsi = client.query(TableName=name, IndexName="by-x", KeyConditionExpression="x = :x",
+                          ExpressionAttributeValues={":x": {"S": "two"}}, ReturnConsumedCapacity="INDEXES")
+    assert on_gsi["Count"] == 1 and on_gsi["ConsumedCapacity"] == units(0.5, gsi=0.5)
+    on_lsi = client.query(TableName=name, IndexName="local-x", ConsistentRead=True,
+                          KeyConditionExpression="pk = :p AND x = :x",
+                          ExpressionAttributeValues={":p": {"S": "p"}, ":x": {"S": "two"}},
+                          ReturnConsumedCapacity="INDEXES")
+    assert on_lsi["Count"] == 1 and on_lsi["ConsumedCapacity"] == units(1.0, lsi=1.0)
+
+    deleted = client.delete_item(TableName=name, Key=key, ReturnConsumedCapacity="INDEXES")
+    assert deleted["ConsumedCapacity"] == units(3.0, table=1.0, gsi=1.0, lsi=1.0)
+    # No index key before or after: the indexes are not touched.
+    plain = client.put_item(TableName=name, Item={**key, "a": {"S": "v"}}, ReturnConsumedCapacity="INDEXES")
+    assert plain["ConsumedCapacity"] == units(1.0, table=1.0)
+
+    batch = client.batch_write_item(RequestItems={name: [
+        {"PutRequest": {"Item": {"pk": {"S": "b"}, "sk": {"S": "1"}, "x": {"S": "one"}}}},
+        {"PutRequest": {"Item": {"pk": {"S": "b"}, "sk": {"S": "2"}}}},
+    ]}, ReturnConsumedCapacity="INDEXES")
+    assert batch["ConsumedCapacity"] == [units(4.0, table=2.0, gsi=1.0, lsi=1.0)]
+    # A transaction writes twice (prepare and commit).
+    transaction = client.transact_write_items(TransactItems=[
+        {"Put": {"TableName": name, "Item": {"pk": {"S": "t"}, "sk": {"S": "1"}, "x": {"S": "one"}}}},
+    ], ReturnConsumedCapacity="INDEXES")
+    assert transaction["ConsumedCapacity"] == [units(6.0, table=2.0, gsi=2.0, lsi=2.0)]
+    inserted = client.execute_statement(
+        Statement=f"INSERT INTO \"{name}\" VALUE {{'pk': 'q', 'sk': 'q', 'x': 'one'}}",
+        ReturnConsumedCapacity="INDEXES")
+    assert inserted["ConsumedCapacity"] == units(3.0, table=1.0, gsi=1.0, lsi=1.0)
+
+
+def test_transact_get_items_reports_capacity_per_table(client):
+    first, second = new_table(client), new_table(client)
+    client.put_item(TableName=first, Item={"pk": {"S": "a"}})
+    answer = client.transact_get_items(TransactItems=[
+        {"Get": {"TableName": first, "Key": {"pk": {"S": "a"}}}},
+        {"Get": {"TableName": second, "Key": {"pk": {"S": "missing"}}}},
+        {"Get": {"TableName": second, "Key": {"pk": {"S": "also-missing"}}}},
+    ], ReturnConsumedCapacity="TOTAL")
+    assert sorted(answer["ConsumedCapacity"], key=lambda c: c["TableName"]) == sorted([
+        {"TableName": first, "CapacityUnits": 2.0},
+        {"TableName": second, "CapacityUnits": 4.0},
+    ], key=lambda c: c["TableName"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Query and Scan
 

@@ -1,6 +1,7 @@
 """SigV4 against the real binary started with `--credentials FILE`: boto3 with the right key is
 served; a wrong secret gets InvalidSignatureException, an unknown key
 UnrecognizedClientException, an unsigned request MissingAuthenticationTokenException. Requests
+signed too long ago or too far ahead are refused for their time, with AWS's messages. Requests
 signed by botocore and tampered with afterwards are refused: X-Amz-Target left out of the
 signed headers or changed, another region, a replayed PutItem, a presigned URL, a body that is
 not the one its declared hash names. Without credentials the store refuses to listen on a
@@ -77,6 +78,21 @@ def test_malformed_authorization_header_gets_incomplete_signature(secured):
         "X-Amz-Date": "20240101T000000Z"})
     assert status == 400
     assert response["__type"].split("#")[-1] in ("IncompleteSignatureException", "InvalidSignatureException")
+
+
+@pytest.mark.parametrize("amz_date, message", [
+    ("20170101T010101Z", "Signature expired: 20170101T010101Z is now earlier than "),
+    ("30200101T010101Z", "Signature not yet current: 30200101T010101Z is still later than "),
+])
+def test_signature_too_far_from_now_is_refused_for_its_time_first(secured, amz_date, message):
+    # As DynamoDB answers: the time is judged before the (here malformed) credential scope.
+    status, response = secured.raw("DescribeEndpoints", {}, headers={
+        "Authorization": "AWS4-HMAC-SHA256 Credential=someone/2/3/4/aws4_request "
+                         "SignedHeaders=x-amz-date;host Signature=123",
+        "X-Amz-Date": amz_date})
+    assert status == 400, response
+    assert response["__type"] == "com.amazon.coral.service#InvalidSignatureException", response
+    assert response["message"].startswith(message), response
 
 
 def test_tampered_body_fails_verification(secured):

@@ -172,6 +172,16 @@ struct Claim {
     amz_date: String,
 }
 
+/// A claim as the Authorization header states it, its credential scope not parsed yet (the
+/// signing time is checked first).
+#[derive(Clone, Debug)]
+struct UncheckedClaim {
+    credential: String,
+    signed_headers: Vec<String>,
+    signature: String,
+    amz_date: String,
+}
+
 /// A verified request's identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
@@ -269,7 +279,22 @@ fn checked_claim<'c>(
     region: Option<&str>,
     now_secs: i64,
 ) -> Result<(Claim, &'c str, i64), ApiError> {
-    let claim = claim(parts)?;
+    let unchecked = claim(parts)?;
+    // As DynamoDB does, a request signed too far from now is refused for its time before its
+    // credential scope is looked at (a stale request names the problem the client can fix).
+    let request_secs = parse_amz_date(&unchecked.amz_date).ok_or_else(|| {
+        incomplete(format!(
+            "X-Amz-Date '{}' must be in the ISO 8601 basic format YYYYMMDD'T'HHMMSS'Z'.",
+            unchecked.amz_date
+        ))
+    })?;
+    check_time(&unchecked.amz_date, request_secs, now_secs)?;
+    let claim = Claim {
+        scope: Scope::parse(&unchecked.credential)?,
+        signed_headers: unchecked.signed_headers,
+        signature: unchecked.signature,
+        amz_date: unchecked.amz_date,
+    };
     if claim.scope.service != SERVICE {
         return Err(incomplete(format!(
             "Credential should be scoped to correct service: '{SERVICE}', not '{}'.",
@@ -296,12 +321,6 @@ fn checked_claim<'c>(
             ));
         }
     }
-    let request_secs = parse_amz_date(&claim.amz_date).ok_or_else(|| {
-        incomplete(format!(
-            "X-Amz-Date '{}' must be in the ISO 8601 basic format YYYYMMDD'T'HHMMSS'Z'.",
-            claim.amz_date
-        ))
-    })?;
     if !claim.amz_date.starts_with(&claim.scope.date) {
         return Err(ApiError::new(
             ErrorKind::InvalidSignature,
@@ -312,7 +331,6 @@ fn checked_claim<'c>(
             ),
         ));
     }
-    check_time(&claim, request_secs, now_secs)?;
     let secret = credentials.secret(&claim.scope.access_key_id).ok_or_else(|| {
         ApiError::new(
             ErrorKind::UnrecognizedClient,
@@ -345,17 +363,26 @@ fn check_signature(
     })
 }
 
-fn check_time(claim: &Claim, request_secs: i64, now_secs: i64) -> Result<(), ApiError> {
-    if (now_secs - request_secs).abs() > CLOCK_SKEW_MAX_SECS {
+/// Refuses a request signed more than [`CLOCK_SKEW_MAX_SECS`] before or after `now_secs`, with
+/// AWS's messages ("Signature expired" for the past, "Signature not yet current" for the
+/// future).
+fn check_time(amz_date: &str, request_secs: i64, now_secs: i64) -> Result<(), ApiError> {
+    let now = format_amz_date(now_secs);
+    if request_secs < now_secs - CLOCK_SKEW_MAX_SECS {
         return Err(ApiError::new(
             ErrorKind::InvalidSignature,
             format!(
-                "Signature expired: {} is now earlier than {} ({} - 5 min.) or later than {} ({} + 5 min.); check the client's clock",
-                claim.amz_date,
+                "Signature expired: {amz_date} is now earlier than {} ({now} - 5 min.)",
                 format_amz_date(now_secs - CLOCK_SKEW_MAX_SECS),
-                format_amz_date(now_secs),
+            ),
+        ));
+    }
+    if request_secs > now_secs + CLOCK_SKEW_MAX_SECS {
+        return Err(ApiError::new(
+            ErrorKind::InvalidSignature,
+            format!(
+                "Signature not yet current: {amz_date} is still later than {} ({now} + 5 min.)",
                 format_amz_date(now_secs + CLOCK_SKEW_MAX_SECS),
-                format_amz_date(now_secs),
             ),
         ));
     }
@@ -607,7 +634,7 @@ const QUERY_AUTH_PARAMETERS: [&str; 5] = [
 /// Query-string (presigned) authentication is refused: DynamoDB documents only the header
 /// form for its JSON API, and a presigned URL signs no body (`UNSIGNED-PAYLOAD`), so anyone
 /// holding one could send any operation's body under it until it expires.
-fn claim(parts: &RequestParts<'_>) -> Result<Claim, ApiError> {
+fn claim(parts: &RequestParts<'_>) -> Result<UncheckedClaim, ApiError> {
     let query = parse_query(parts.query);
     if let Some((name, _)) = query
         .iter()
@@ -627,7 +654,7 @@ fn claim(parts: &RequestParts<'_>) -> Result<Claim, ApiError> {
     ))
 }
 
-fn claim_from_header(parts: &RequestParts<'_>, authorization: &str) -> Result<Claim, ApiError> {
+fn claim_from_header(parts: &RequestParts<'_>, authorization: &str) -> Result<UncheckedClaim, ApiError> {
     let Some(rest) = authorization.strip_prefix(ALGORITHM) else {
         return Err(incomplete(format!(
             "Authorization header must start with '{ALGORITHM} ' (only Signature Version 4 is supported)"
@@ -675,8 +702,8 @@ fn claim_from_header(parts: &RequestParts<'_>, authorization: &str) -> Result<Cl
         unreachable!("each is checked above")
     };
     let signed_headers = split_signed_headers(&signed_headers)?;
-    Ok(Claim {
-        scope: Scope::parse(&credential)?,
+    Ok(UncheckedClaim {
+        credential,
         signed_headers,
         signature,
         amz_date,
@@ -1006,6 +1033,47 @@ mod tests {
             body,
         };
         verify(credentials, &parts, now)
+    }
+
+    /// A request signed too long ago or too far ahead is refused for its time first, with AWS's
+    /// messages, even when its credential scope is malformed (DynamoDB answers so too).
+    #[test]
+    fn a_stale_or_future_signature_is_refused_for_its_time_before_its_scope() {
+        let mut credentials = Credentials::new();
+        credentials.insert("local", "s3cret");
+        let now = parse_amz_date("20260101T000000Z").expect("valid date");
+        let request = |amz_date: &str| -> Vec<(&'static str, Vec<u8>)> {
+            vec![
+                ("host", b"127.0.0.1:8000".to_vec()),
+                ("x-amz-date", amz_date.as_bytes().to_vec()),
+                ("x-amz-target", b"DynamoDB_20120810.DescribeEndpoints".to_vec()),
+                (
+                    "authorization",
+                    b"AWS4-HMAC-SHA256 Credential=local/2/3/4/aws4_request SignedHeaders=x-amz-date;host Signature=123"
+                        .to_vec(),
+                ),
+            ]
+        };
+        let expired = check(&credentials, &request("20170101T010101Z"), b"{}", now).expect_err("expired");
+        assert_eq!(expired.kind, ErrorKind::InvalidSignature);
+        assert_eq!(
+            expired.message,
+            "Signature expired: 20170101T010101Z is now earlier than 20251231T235500Z (20260101T000000Z - 5 min.)"
+        );
+        let future = check(&credentials, &request("30200101T010101Z"), b"{}", now).expect_err("future");
+        assert_eq!(future.kind, ErrorKind::InvalidSignature);
+        assert_eq!(
+            future.message,
+            "Signature not yet current: 30200101T010101Z is still later than 20260101T000500Z (20260101T000000Z + 5 min.)"
+        );
+        // Within the window, the malformed scope is what is wrong.
+        let current = check(&credentials, &request("20260101T000100Z"), b"{}", now).expect_err("bad scope");
+        assert_eq!(current.kind, ErrorKind::IncompleteSignature);
+        assert!(
+            current.message.contains("Credential date '2' must be YYYYMMDD."),
+            "{}",
+            current.message
+        );
     }
 
     #[test]

@@ -1001,8 +1001,7 @@ fn copy_items(
     check_summary(backup, Ok(reader.finish()))?;
     let current = Arc::clone(&table);
     handle.block_on(engine.write_exclusive(move |context| {
-        context.current_table(&current)?;
-        let mut next = (*current).clone();
+        let mut next = (*context.latest_table(&current)?).clone();
         if let Some(restore) = &mut next.restore {
             restore.in_progress = false;
         }

@@ -146,7 +146,9 @@ pub async fn update_continuous(store: &Store, request: UpdateContinuousRequest) 
     let updated = store
         .engine()
         .write_exclusive(move |context| {
-            context.current_table(&table)?;
+            // The definition as committed now: a change committed since the request read the
+            // table (tags, TTL, UpdateTable) is kept.
+            let table = context.latest_table(&table)?;
             let now_ms = context.now_unix_ms();
             let pitr = match (wanted, table.pitr) {
                 (None, _) => None,
@@ -455,8 +457,7 @@ fn copy(
     flush(&mut batch, &mut bytes)?;
     let current = Arc::clone(&target);
     handle.block_on(engine.write_exclusive(move |context| {
-        context.current_table(&current)?;
-        let mut next = (*current).clone();
+        let mut next = (*context.latest_table(&current)?).clone();
         if let Some(restore) = &mut next.restore {
             restore.in_progress = false;
         }

@@ -18,8 +18,8 @@ use super::items::{
     validate_key, validate_put,
 };
 use super::{
-    BATCH_GET_KEYS_MAX, BATCH_GET_RESPONSE_BYTES_MAX, BATCH_WRITE_ITEMS_MAX, ExpressionInputs, Store,
-    TRANSACTION_ITEMS_MAX, item_json, read_units, write_units,
+    BATCH_GET_KEYS_MAX, BATCH_GET_RESPONSE_BYTES_MAX, BATCH_WRITE_ITEMS_MAX, Capacity, ExpressionInputs, Store,
+    TRANSACTION_ITEMS_MAX, capacity_wanted, item_json, read_units,
 };
 use crate::catalog::TableMeta;
 use crate::expr::{self, Condition, Path, UpdateExpression};
@@ -176,10 +176,10 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
         if units == 0.0 {
             units = read_units(0, plan.consistent);
         }
-        capacity.push(json!({"TableName": name, "CapacityUnits": units}));
+        capacity.extend(Capacity::table(units).json(request.return_consumed_capacity.as_deref(), &name));
     }
     let mut response = json!({"Responses": responses, "UnprocessedKeys": unprocessed});
-    if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
+    if capacity_wanted(request.return_consumed_capacity.as_deref()) {
         response["ConsumedCapacity"] = Value::Array(capacity);
     }
     Ok(response)
@@ -230,7 +230,6 @@ pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Va
     }
     let mut writes: Vec<(Arc<TableMeta>, Vec<u8>, Mutation)> = Vec::new();
     let mut seen = HashSet::new();
-    let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
     for (name, requests) in request.request_items {
         let meta = store.engine().require_table(&name)?;
         for write in requests {
@@ -246,36 +245,46 @@ pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Va
             if !seen.insert((meta.id, key.clone())) {
                 return Err(ApiError::validation("Provided list of item keys contains duplicates"));
             }
-            let size = match &mutation {
-                Mutation::Put(item) => dynamo_protocol::value::item_size_bytes(item),
-                Mutation::Delete => 1,
-            };
-            *capacity.entry(name.clone()).or_default() += write_units(size);
             writes.push((Arc::clone(&meta), key, mutation));
         }
     }
-    store
+    let mode = request.return_consumed_capacity;
+    let wants_capacity = capacity_wanted(mode.as_deref());
+    // Each write consumes what the same PutItem or DeleteItem would (old and new item, with
+    // the index entries it changes), summed per table.
+    let capacity = store
         .engine()
         .write(move |context| {
             for (meta, _, _) in &writes {
                 context.current_table(meta)?;
             }
+            let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
             for (meta, key, mutation) in &writes {
                 let old = context.get(meta, key)?;
-                match mutation {
-                    Mutation::Put(item) => context.put(meta, key, old.as_ref(), item)?,
-                    Mutation::Delete => context.delete(meta, key, old.as_ref())?,
+                let new = match mutation {
+                    Mutation::Put(item) => {
+                        context.put(meta, key, old.as_ref(), item)?;
+                        Some(item)
+                    }
+                    Mutation::Delete => {
+                        context.delete(meta, key, old.as_ref())?;
+                        None
+                    }
+                };
+                if wants_capacity {
+                    let consumed = Capacity::write(meta, old.as_ref(), new);
+                    capacity.entry(meta.name.clone()).or_default().add(&consumed);
                 }
             }
-            Ok(())
+            Ok(capacity)
         })
         .await?;
     let mut response = json!({"UnprocessedItems": {}});
-    if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
+    if wants_capacity {
         response["ConsumedCapacity"] = Value::Array(
             capacity
                 .iter()
-                .map(|(t, u)| json!({"TableName": t, "CapacityUnits": u}))
+                .filter_map(|(table, consumed)| consumed.json(mode.as_deref(), table))
                 .collect(),
         );
     }
@@ -427,14 +436,8 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
             ));
         }
     }
-    let capacity_units: f64 = steps
-        .iter()
-        .map(|s| match &s.action {
-            Action::Put(item) => 2.0 * write_units(dynamo_protocol::value::item_size_bytes(item)),
-            _ => 2.0,
-        })
-        .sum();
-    let tables: BTreeMap<String, ()> = steps.iter().map(|s| (s.meta.name.clone(), ())).collect();
+    let mode = request.return_consumed_capacity;
+    let wants_capacity = capacity_wanted(mode.as_deref());
     let digest = request_digest(body);
     let now = store.engine().now_unix_ms();
     if let Some(token) = &request.client_request_token {
@@ -447,7 +450,7 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
             return Ok(json!({}));
         }
     }
-    store
+    let capacity = store
         .engine()
         .write(move |context| {
             let mut olds = Vec::with_capacity(steps.len());
@@ -498,28 +501,40 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
             if failed {
                 return Err(ApiError::transaction_canceled(reasons));
             }
+            // A transaction writes each item twice (prepare and commit): twice what the same
+            // PutItem, UpdateItem or DeleteItem consumes; a ConditionCheck costs two units.
+            let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
             for ((step, old), new) in steps.iter().zip(&olds).zip(&news) {
-                match (&step.action, new) {
+                let consumed = match (&step.action, new) {
                     (Action::Put(_) | Action::Update(..), Some(new)) => {
-                        context.put(&step.meta, &step.key, old.as_ref(), new)?
+                        context.put(&step.meta, &step.key, old.as_ref(), new)?;
+                        Capacity::write(&step.meta, old.as_ref(), Some(new))
                     }
-                    (Action::Delete, _) => context.delete(&step.meta, &step.key, old.as_ref())?,
-                    _ => {}
+                    (Action::Delete, _) => {
+                        context.delete(&step.meta, &step.key, old.as_ref())?;
+                        Capacity::write(&step.meta, old.as_ref(), None)
+                    }
+                    (Action::Update(..), None) => Capacity::write(&step.meta, old.as_ref(), None),
+                    _ => Capacity::table(1.0),
+                };
+                if wants_capacity {
+                    let entry = capacity.entry(step.meta.name.clone()).or_default();
+                    entry.add(&consumed);
+                    entry.add(&consumed);
                 }
             }
-            Ok(())
+            Ok(capacity)
         })
         .await?;
     if let Some(token) = request.client_request_token {
         store.transactions.remember(token, digest, now);
     }
     let mut response = json!({});
-    if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
-        let per_table = capacity_units / tables.len().max(1) as f64;
+    if wants_capacity {
         response["ConsumedCapacity"] = Value::Array(
-            tables
-                .keys()
-                .map(|t| json!({"TableName": t, "CapacityUnits": per_table}))
+            capacity
+                .iter()
+                .filter_map(|(table, consumed)| consumed.json(mode.as_deref(), table))
                 .collect(),
         );
     }
@@ -577,11 +592,14 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
     }
     let snapshot = store.engine().snapshot()?;
     let mut responses = Vec::with_capacity(count);
-    let mut units = 0.0;
+    // Each item read twice (prepare and commit), in strongly consistent 4 KB units, per table.
+    let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
     for (meta, key, projection) in &plans {
-        match snapshot.get(meta, key)? {
+        let item = snapshot.get(meta, key)?;
+        let size = item.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
+        *capacity.entry(meta.name.clone()).or_default() += 2.0 * read_units(size, true);
+        match item {
             Some(item) => {
-                units += 2.0 * read_units(dynamo_protocol::value::item_size_bytes(&item), true);
                 let item = match projection {
                     Some(paths) => expr::project(&item, paths),
                     None => item,
@@ -592,8 +610,14 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
         }
     }
     let mut response = json!({"Responses": responses});
-    if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
-        response["ConsumedCapacity"] = json!([{"TableName": plans[0].0.name, "CapacityUnits": units}]);
+    let mode = request.return_consumed_capacity.as_deref();
+    if capacity_wanted(mode) {
+        response["ConsumedCapacity"] = Value::Array(
+            capacity
+                .iter()
+                .filter_map(|(table, units)| Capacity::table(*units).json(mode, table))
+                .collect(),
+        );
     }
     Ok(response)
 }

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    ExpressionInputs, Store, consumed_capacity, item_json, read_units, refuse_mixed, validate_item_limits,
-    validate_return_consumed_capacity, write_units,
+    Capacity, ExpressionInputs, Store, capacity_wanted, item_json, read_units, refuse_mixed, validate_item_limits,
+    validate_return_consumed_capacity, write_capacity_json,
 };
 use crate::catalog::{self, TableMeta};
 use crate::engine;
@@ -169,28 +169,25 @@ pub async fn put_item(store: &Store, request: PutItemRequest) -> Result<Value, A
     };
     let item = request.item;
     let key = validate_put(&meta, &item)?;
-    let size = dynamo_protocol::value::item_size_bytes(&item);
     let job_meta = Arc::clone(&meta);
-    let old = store
+    let mode = request.return_consumed_capacity;
+    let wants_capacity = capacity_wanted(mode.as_deref());
+    let (old, capacity) = store
         .engine()
         .write(move |context| {
             context.current_table(&job_meta)?;
             let old = context.get(&job_meta, &key)?;
             check_condition(condition.as_ref(), old.as_ref(), return_old)?;
             context.put(&job_meta, &key, old.as_ref(), &item)?;
-            Ok(old)
+            let capacity = wants_capacity.then(|| Capacity::write(&job_meta, old.as_ref(), Some(&item)));
+            Ok((old, capacity))
         })
         .await?;
     let mut response = json!({});
     if let (ReturnValues::AllOld, Some(old)) = (return_values, &old) {
         response["Attributes"] = item_json(old);
     }
-    let old_size = old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
-    if let Some(capacity) = consumed_capacity(
-        request.return_consumed_capacity.as_deref(),
-        &meta.name,
-        write_units(size.max(old_size)),
-    ) {
+    if let Some(capacity) = capacity.and_then(|c| c.json(mode.as_deref(), &meta.name)) {
         response["ConsumedCapacity"] = capacity;
     }
     Ok(response)
@@ -237,7 +234,7 @@ pub fn get_item(store: &Store, request: GetItemRequest) -> Result<Value, ApiErro
         response["Item"] = item_json(&item);
     }
     let units = read_units(size, request.consistent_read.unwrap_or(false));
-    if let Some(capacity) = consumed_capacity(request.return_consumed_capacity.as_deref(), &meta.name, units) {
+    if let Some(capacity) = Capacity::table(units).json(request.return_consumed_capacity.as_deref(), &meta.name) {
         response["ConsumedCapacity"] = capacity;
     }
     Ok(response)
@@ -294,12 +291,8 @@ pub async fn delete_item(store: &Store, request: DeleteItemRequest) -> Result<Va
     if let (ReturnValues::AllOld, Some(old)) = (return_values, &old) {
         response["Attributes"] = item_json(old);
     }
-    let size = old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
-    if let Some(capacity) = consumed_capacity(
-        request.return_consumed_capacity.as_deref(),
-        &meta.name,
-        write_units(size),
-    ) {
+    let mode = request.return_consumed_capacity.as_deref();
+    if let Some(capacity) = write_capacity_json(mode, &meta, old.as_ref(), None) {
         response["ConsumedCapacity"] = capacity;
     }
     Ok(response)
@@ -444,16 +437,8 @@ pub async fn update_item(store: &Store, request: UpdateItemRequest) -> Result<Va
     if let Some(attributes) = attributes.filter(|a| !a.is_empty()) {
         response["Attributes"] = item_json(&attributes);
     }
-    let size = new
-        .as_ref()
-        .map(dynamo_protocol::value::item_size_bytes)
-        .unwrap_or(0)
-        .max(old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0));
-    if let Some(capacity) = consumed_capacity(
-        request.return_consumed_capacity.as_deref(),
-        &meta.name,
-        write_units(size),
-    ) {
+    let mode = request.return_consumed_capacity.as_deref();
+    if let Some(capacity) = write_capacity_json(mode, &meta, old.as_ref(), new.as_ref()) {
         response["ConsumedCapacity"] = capacity;
     }
     Ok(response)

@@ -283,12 +283,137 @@ pub fn write_units(size_bytes: usize) -> f64 {
     (size_bytes.max(1)).div_ceil(1024) as f64
 }
 
-pub fn consumed_capacity(mode: Option<&str>, table: &str, units: f64) -> Option<Value> {
-    match mode {
-        Some("TOTAL") => Some(json!({"TableName": table, "CapacityUnits": units})),
-        Some("INDEXES") => Some(json!({"TableName": table, "CapacityUnits": units, "Table": {"CapacityUnits": units}})),
-        _ => None,
+/// Capacity units an operation consumed, split as ReturnConsumedCapacity=INDEXES reports
+/// them: on the table and on each index it touched.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Capacity {
+    pub table: f64,
+    pub global: std::collections::BTreeMap<String, f64>,
+    pub local: std::collections::BTreeMap<String, f64>,
+}
+
+impl Capacity {
+    /// Capacity consumed on the table alone (reads of the table, writes to a table without
+    /// indexes).
+    pub fn table(units: f64) -> Capacity {
+        Capacity {
+            table: units,
+            ..Capacity::default()
+        }
     }
+
+    /// Capacity consumed on one index alone (a Query or Scan of the index).
+    pub fn index(index: &crate::catalog::IndexMeta, units: f64) -> Capacity {
+        let mut capacity = Capacity::default();
+        capacity.add_index(index, units);
+        capacity
+    }
+
+    fn add_index(&mut self, index: &crate::catalog::IndexMeta, units: f64) {
+        let map = match index.kind {
+            crate::catalog::IndexKind::Global => &mut self.global,
+            crate::catalog::IndexKind::Local => &mut self.local,
+        };
+        *map.entry(index.name.clone()).or_default() += units;
+    }
+
+    /// What a write of an item from `old` to `new` (either absent) consumes, by DynamoDB's
+    /// rules: the table one unit per KB of the larger of the two items; each index one unit per
+    /// KB of its entry when the write puts, changes or deletes the entry, twice (a delete and
+    /// a put) when it changes the entry's index key, nothing when the item has no entry in the
+    /// index before or after or the entry stays the same.
+    pub fn write(meta: &crate::catalog::TableMeta, old: Option<&Item>, new: Option<&Item>) -> Capacity {
+        let size = old
+            .map(item_size_bytes)
+            .unwrap_or(0)
+            .max(new.map(item_size_bytes).unwrap_or(0));
+        let mut capacity = Capacity::table(write_units(size));
+        for index in &meta.indexes {
+            // The entry's index key, and the entry, of an item that has one in the index.
+            let entry = |item: Option<&Item>| {
+                let item = item?;
+                let key = crate::engine::index_entry_key(meta.key_hash, index, item, &[])?;
+                Some((key, index.project(&meta.key, item)))
+            };
+            let units = match (entry(old), entry(new)) {
+                (None, None) => 0.0,
+                (Some((_, entry)), None) | (None, Some((_, entry))) => write_units(item_size_bytes(&entry)),
+                (Some((old_key, old_entry)), Some((new_key, new_entry))) if old_key != new_key => {
+                    write_units(item_size_bytes(&old_entry)) + write_units(item_size_bytes(&new_entry))
+                }
+                (Some((_, old_entry)), Some((_, new_entry))) if old_entry != new_entry => {
+                    write_units(item_size_bytes(&old_entry).max(item_size_bytes(&new_entry)))
+                }
+                (Some(_), Some(_)) => 0.0,
+            };
+            if units > 0.0 {
+                capacity.add_index(index, units);
+            }
+        }
+        capacity
+    }
+
+    /// Adds `other` (another item of the same request) to this.
+    pub fn add(&mut self, other: &Capacity) {
+        self.table += other.table;
+        for (name, units) in &other.global {
+            *self.global.entry(name.clone()).or_default() += units;
+        }
+        for (name, units) in &other.local {
+            *self.local.entry(name.clone()).or_default() += units;
+        }
+    }
+
+    /// Every unit consumed (the table's and its indexes').
+    pub fn total(&self) -> f64 {
+        self.table + self.global.values().sum::<f64>() + self.local.values().sum::<f64>()
+    }
+
+    /// The ConsumedCapacity object for `mode` (TOTAL or INDEXES; `None` otherwise). INDEXES adds
+    /// `Table` when the table itself was used and `GlobalSecondaryIndexes` /
+    /// `LocalSecondaryIndexes` for the indexes that were, each `{"CapacityUnits": n}`.
+    pub fn json(&self, mode: Option<&str>, table: &str) -> Option<Value> {
+        let mut value = match mode {
+            Some("TOTAL" | "INDEXES") => json!({"TableName": table, "CapacityUnits": self.total()}),
+            _ => return None,
+        };
+        if mode == Some("INDEXES") {
+            let units = |map: &std::collections::BTreeMap<String, f64>| -> Value {
+                map.iter()
+                    .map(|(name, units)| (name.clone(), json!({"CapacityUnits": units})))
+                    .collect::<serde_json::Map<String, Value>>()
+                    .into()
+            };
+            if self.table > 0.0 || (self.global.is_empty() && self.local.is_empty()) {
+                value["Table"] = json!({"CapacityUnits": self.table});
+            }
+            if !self.global.is_empty() {
+                value["GlobalSecondaryIndexes"] = units(&self.global);
+            }
+            if !self.local.is_empty() {
+                value["LocalSecondaryIndexes"] = units(&self.local);
+            }
+        }
+        Some(value)
+    }
+}
+
+/// The ConsumedCapacity of a write from `old` to `new` when `mode` asks for it.
+pub fn write_capacity_json(
+    mode: Option<&str>,
+    meta: &crate::catalog::TableMeta,
+    old: Option<&Item>,
+    new: Option<&Item>,
+) -> Option<Value> {
+    if !capacity_wanted(mode) {
+        return None;
+    }
+    Capacity::write(meta, old, new).json(mode, &meta.name)
+}
+
+/// Whether ReturnConsumedCapacity asks for the consumed capacity.
+pub fn capacity_wanted(mode: Option<&str>) -> bool {
+    matches!(mode, Some("TOTAL" | "INDEXES"))
 }
 
 pub fn validate_return_consumed_capacity(mode: Option<&str>) -> Result<(), ApiError> {

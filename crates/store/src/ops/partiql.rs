@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::items::{condition_failed, parse_return_on_failure, updated_item, validate_key, validate_put};
 use super::query::{PageRequest, Select as SelectMode, read_page, start_key};
 use super::{
-    PAGE_BYTES_MAX, Store, TRANSACTION_ITEMS_MAX, consumed_capacity, item_json, read_units,
+    Capacity, PAGE_BYTES_MAX, Store, TRANSACTION_ITEMS_MAX, capacity_wanted, item_json, read_units,
     validate_return_consumed_capacity, write_units,
 };
 use crate::catalog::{IndexKind, IndexMeta, TableMeta};
@@ -109,7 +109,7 @@ pub async fn execute_statement(store: &Store, request: ExecuteStatementRequest) 
         statement => {
             let written = write_statement(store, statement, &parameters, return_old).await?;
             let mut response = json!({"Items": written.items.iter().map(item_json).collect::<Vec<_>>()});
-            if let Some(capacity) = consumed_capacity(mode, &written.table, written.units) {
+            if let Some(capacity) = written.capacity.json(mode, &written.table) {
                 response["ConsumedCapacity"] = capacity;
             }
             Ok(response)
@@ -323,7 +323,7 @@ fn select_page(
             response["LastEvaluatedKey"] = item_json(key);
         }
     }
-    if let Some(capacity) = consumed_capacity(options.mode, &meta.name, read_units(bytes, options.consistent)) {
+    if let Some(capacity) = Capacity::table(read_units(bytes, options.consistent)).json(options.mode, &meta.name) {
         response["ConsumedCapacity"] = capacity;
     }
     Ok(response)
@@ -333,7 +333,7 @@ fn select_page(
 struct Written {
     items: Vec<Item>,
     table: String,
-    units: f64,
+    capacity: Capacity,
 }
 
 fn duplicate_item() -> ApiError {
@@ -361,7 +361,8 @@ async fn write_statement(
             let meta = store.engine().require_table(&table)?;
             let item = insert_item(&value, parameters)?;
             let key = validate_put(&meta, &item)?;
-            let size = dynamo_protocol::value::item_size_bytes(&item);
+            // An INSERT only ever creates the item.
+            let capacity = Capacity::write(&meta, None, Some(&item));
             let job_meta = Arc::clone(&meta);
             store
                 .engine()
@@ -376,7 +377,7 @@ async fn write_statement(
             Ok(Written {
                 items: Vec::new(),
                 table: meta.name.clone(),
-                units: write_units(size),
+                capacity,
             })
         }
         Statement::Update {
@@ -414,11 +415,10 @@ async fn write_statement(
                 Some(Returning::ModifiedOld) => Some(expr::project(&old, &paths)),
                 Some(Returning::ModifiedNew) => Some(expr::project(&new, &paths)),
             };
-            let size = dynamo_protocol::value::item_size_bytes(&old).max(dynamo_protocol::value::item_size_bytes(&new));
             Ok(Written {
                 items: returned.into_iter().filter(|item| !item.is_empty()).collect(),
                 table: meta.name.clone(),
-                units: write_units(size),
+                capacity: Capacity::write(&meta, Some(&old), Some(&new)),
             })
         }
         Statement::Delete {
@@ -456,14 +456,14 @@ async fn write_statement(
                     Ok(old)
                 })
                 .await?;
-            let size = old.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
+            let capacity = Capacity::write(&meta, old.as_ref(), None);
             Ok(Written {
                 items: match returning {
                     Some(Returning::AllOld) => old.into_iter().collect(),
                     _ => Vec::new(),
                 },
                 table: meta.name.clone(),
-                units: write_units(size),
+                capacity,
             })
         }
         Statement::Select(_) | Statement::Exists(_) => Err(ApiError::internal(
@@ -610,7 +610,7 @@ pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStateme
         None
     };
     let mut responses = Vec::with_capacity(count);
-    let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
+    let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
     for (entry, parsed) in request.statements.iter().zip(parsed) {
         let parameters = Parameters(parameters_of(entry.parameters.as_ref())?);
         let parsed = match parsed {
@@ -628,8 +628,11 @@ pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStateme
                     Ok(read) => match snapshot.get(&read.meta, &read.key) {
                         Ok(found) => {
                             let size = found.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
-                            *capacity.entry(read.meta.name.clone()).or_default() +=
-                                read_units(size, entry.consistent_read.unwrap_or(false));
+                            let units = read_units(size, entry.consistent_read.unwrap_or(false));
+                            capacity
+                                .entry(read.meta.name.clone())
+                                .or_default()
+                                .add(&Capacity::table(units));
                             let found = found
                                 .filter(|item| read.filter.as_ref().is_none_or(|f| f.evaluate(item).unwrap_or(false)));
                             let mut answer = json!({"TableName": read.meta.name});
@@ -650,7 +653,10 @@ pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStateme
                 let return_old = parse_return_on_failure(entry.return_values_on_condition_check_failure.as_deref())?;
                 match write_statement(store, statement, &parameters, return_old).await {
                     Ok(written) => {
-                        *capacity.entry(written.table.clone()).or_default() += written.units;
+                        capacity
+                            .entry(written.table.clone())
+                            .or_default()
+                            .add(&written.capacity);
                         Ok(json!({"TableName": written.table}))
                     }
                     Err(error) => Err(error),
@@ -663,11 +669,12 @@ pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStateme
         }
     }
     let mut response = json!({"Responses": responses});
-    if matches!(request.return_consumed_capacity.as_deref(), Some("TOTAL" | "INDEXES")) {
+    let mode = request.return_consumed_capacity.as_deref();
+    if capacity_wanted(mode) {
         response["ConsumedCapacity"] = Value::Array(
             capacity
                 .iter()
-                .map(|(table, units)| json!({"TableName": table, "CapacityUnits": units}))
+                .filter_map(|(table, consumed)| consumed.json(mode, table))
                 .collect(),
         );
     }
@@ -893,11 +900,11 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
 }
 
 fn capacity_list(mode: Option<&str>, capacity: &BTreeMap<String, f64>) -> Option<Value> {
-    matches!(mode, Some("TOTAL" | "INDEXES")).then(|| {
+    capacity_wanted(mode).then(|| {
         Value::Array(
             capacity
                 .iter()
-                .map(|(table, units)| json!({"TableName": table, "CapacityUnits": units}))
+                .filter_map(|(table, units)| Capacity::table(*units).json(mode, table))
                 .collect(),
         )
     })

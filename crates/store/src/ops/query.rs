@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::items::build_projection;
 use super::{
-    ExpressionInputs, PAGE_BYTES_MAX, Store, consumed_capacity, item_json, read_units, refuse_mixed,
+    Capacity, ExpressionInputs, PAGE_BYTES_MAX, Store, item_json, read_units, refuse_mixed,
     validate_return_consumed_capacity,
 };
 use crate::catalog::{self, IndexKind, IndexMeta, KeySchema, Projection, TableMeta};
@@ -293,7 +293,15 @@ fn tighter_upper(bound: Bound<Vec<u8>>, start: Vec<u8>) -> Bound<Vec<u8>> {
     }
 }
 
-fn page_response(meta: &TableMeta, page: Page, select: Select, capacity_mode: Option<&str>, consistent: bool) -> Value {
+/// A page's response; a read of an index consumes capacity on the index, not the table.
+fn page_response(
+    meta: &TableMeta,
+    index: Option<&IndexMeta>,
+    page: Page,
+    select: Select,
+    capacity_mode: Option<&str>,
+    consistent: bool,
+) -> Value {
     let mut response = json!({"Count": page.count, "ScannedCount": page.scanned});
     if select != Select::Count {
         response["Items"] = Value::Array(page.items.iter().map(item_json).collect());
@@ -301,7 +309,12 @@ fn page_response(meta: &TableMeta, page: Page, select: Select, capacity_mode: Op
     if let Some(last) = &page.last_key {
         response["LastEvaluatedKey"] = item_json(last);
     }
-    if let Some(capacity) = consumed_capacity(capacity_mode, &meta.name, read_units(page.bytes_read, consistent)) {
+    let units = read_units(page.bytes_read, consistent);
+    let capacity = match index {
+        Some(index) => Capacity::index(index, units),
+        None => Capacity::table(units),
+    };
+    if let Some(capacity) = capacity.json(capacity_mode, &meta.name) {
         response["ConsumedCapacity"] = capacity;
     }
     response
@@ -596,6 +609,7 @@ pub fn query(store: &Store, request: QueryRequest) -> Result<Value, ApiError> {
     )?;
     Ok(page_response(
         &meta,
+        index,
         page,
         select,
         request.return_consumed_capacity.as_deref(),
@@ -741,6 +755,7 @@ pub fn scan(store: &Store, request: ScanRequest) -> Result<Value, ApiError> {
     )?;
     Ok(page_response(
         &meta,
+        index,
         page,
         select,
         request.return_consumed_capacity.as_deref(),

@@ -179,25 +179,32 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
             (crate::global::backfill_setting(peer), barrier)
         })
         .collect();
-    store
+    let committed = store
         .engine()
         .write_exclusive(move |context| {
-            context.current_table(&meta)?;
-            context.put_table(published)?;
+            // The replica list (and the stream it needs) goes onto the definition as committed
+            // now, so a change committed since this request read the table (tags, TTL, an
+            // index) is kept.
+            let mut latest = (*context.latest_table(&meta)?).clone();
+            latest.replicas = published.replicas;
+            if latest.stream.as_ref().is_none_or(|s| !s.enabled) && published.stream != meta.stream {
+                latest.stream = published.stream;
+            }
+            context.put_table(latest.clone())?;
             // Durable with the new replica list: a restart before the backfill finishes
             // starts it again.
             for (setting, barrier) in &backfills {
                 let pending = context.setting(setting)?;
                 context.set_setting(setting, pending.max(*barrier))?;
             }
-            Ok(())
+            Ok(latest)
         })
         .await?;
     for peer in &created {
         tracing::info!(table = %next.name, replica = %peer, "replica created; backfilling it");
         replication.request_repair(peer);
     }
-    Ok(json!({"TableDescription": describe(store, &next, "ACTIVE")}))
+    Ok(json!({"TableDescription": describe(store, &committed, "ACTIVE")}))
 }
 
 pub async fn create_table(store: &Store, request: CreateTableRequest) -> Result<Value, ApiError> {
@@ -380,7 +387,48 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
         }
         return update_replicas(store, meta, updates).await;
     }
-    let mut next = (*meta).clone();
+    // The change is worked out inside the write, on the definition as committed then: a
+    // TagResource, UpdateTimeToLive or another UpdateTable committed after this request read
+    // the table is kept, and the checks (an index that exists, a stream already enabled) judge
+    // the table as it is.
+    let engine = store.engine().clone();
+    let result = store
+        .engine()
+        .write_exclusive(move |context| {
+            let current = context.latest_table(&meta)?;
+            refuse_restoring(&current)?;
+            let planned = plan_update(&current, &request, || engine.new_stream_label())?;
+            for name in &planned.deleted {
+                context.drop_index(&current, name)?;
+            }
+            let next = planned.next;
+            context.put_table(next.clone())?;
+            for name in &planned.created {
+                let index = next.index(name).expect("the index was just added");
+                context.backfill(&next, Some(index))?;
+            }
+            Ok(next)
+        })
+        .await?;
+    Ok(json!({"TableDescription": describe(store, &result, "ACTIVE")}))
+}
+
+/// The definition an UpdateTable makes of `base`, with the global indexes it creates and
+/// deletes.
+struct PlannedUpdate {
+    next: TableMeta,
+    created: Vec<String>,
+    deleted: Vec<String>,
+}
+
+/// Applies UpdateTable's changes (all but ReplicaUpdates) to `base`, refusing what DynamoDB
+/// refuses.
+fn plan_update(
+    base: &TableMeta,
+    request: &UpdateTableRequest,
+    new_stream_label: impl FnOnce() -> String,
+) -> Result<PlannedUpdate, ApiError> {
+    let mut next = base.clone();
     let mut changed = false;
     if request.billing_mode.is_some() || request.provisioned_throughput.is_some() {
         let pay_per_request = match request.billing_mode.as_deref() {
@@ -420,13 +468,13 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
             next.stream.as_ref(),
             next.is_global(),
             specification,
-            || store.engine().new_stream_label(),
+            new_stream_label,
         )?;
         next.stream = Some(stream);
         changed = true;
     }
-    if let Some(class) = request.table_class {
-        next.table_class = Some(class);
+    if let Some(class) = &request.table_class {
+        next.table_class = Some(class.clone());
         changed = true;
     }
     if let Some(protection) = request.deletion_protection_enabled {
@@ -526,24 +574,7 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
         |name: &str| next.key.is_key_attribute(name) || next.indexes.iter().any(|i| i.key.is_key_attribute(name));
     definitions.retain(|(name, _)| used(name));
     next.attribute_definitions = definitions;
-    let current = meta.clone();
-    let result = next.clone();
-    store
-        .engine()
-        .write_exclusive(move |context| {
-            context.current_table(&current)?;
-            for name in &deleted {
-                context.drop_index(&current, name)?;
-            }
-            context.put_table(next.clone())?;
-            for name in &created {
-                let index = next.index(name).expect("the index was just added");
-                context.backfill(&next, Some(index))?;
-            }
-            Ok(())
-        })
-        .await?;
-    Ok(json!({"TableDescription": describe(store, &result, "ACTIVE")}))
+    Ok(PlannedUpdate { next, created, deleted })
 }
 
 pub fn describe_endpoints() -> Value {

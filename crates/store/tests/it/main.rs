@@ -576,6 +576,97 @@ async fn a_write_queued_before_an_index_was_created_is_indexed() {
     assert_eq!(h.ok("Query", query).await["Count"], 0);
 }
 
+/// Waits (with a deadline) until the engine's write queue has `free` free slots.
+async fn wait_for_queue_free(engine: &Engine, free: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.write_queue_free() != free {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write queue never reached {free} free slots (now {})",
+            engine.write_queue_free()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs `operation` so that it reads the `orders` table before a TagResource commits and
+/// writes after it: the writer is held inside a job while TagResource and then `operation`
+/// queue up. Returns the operation's answer and the tags the table has afterwards.
+async fn run_behind_a_queued_tag(h: &Harness, operation: &'static str, body: Value) -> (Value, Value) {
+    let arn = h.ok("DescribeTable", json!({"TableName": "orders"})).await["Table"]["TableArn"]
+        .as_str()
+        .expect("TableArn")
+        .to_string();
+    let engine = h.store.engine().clone();
+    let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let blocker = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .write_exclusive(move |_| {
+                    let _ = inside_tx.send(());
+                    let _ = release_rx.recv();
+                    Ok(())
+                })
+                .await
+        }
+    });
+    inside_rx.await.expect("the blocking job ran");
+    let idle = engine.write_queue_free();
+    let tag = tokio::spawn({
+        let store = h.store.clone();
+        let body = json!({"ResourceArn": arn, "Tags": [{"Key": "team", "Value": "billing"}]});
+        async move { store.handle("TagResource", body.to_string().as_bytes()).await }
+    });
+    wait_for_queue_free(&engine, idle - 1).await;
+    // The operation reads the table (without the tag, still queued) and queues its write.
+    let change = tokio::spawn({
+        let store = h.store.clone();
+        async move { store.handle(operation, body.to_string().as_bytes()).await }
+    });
+    wait_for_queue_free(&engine, idle - 2).await;
+    release_tx.send(()).expect("the blocking job waits");
+    blocker.await.expect("blocker task").expect("blocking job");
+    tag.await.expect("tag task").expect("TagResource");
+    let answer = match change.await.expect("operation task") {
+        Ok(answer) => answer,
+        Err(error) => panic!("{operation} failed: {error}"),
+    };
+    let tags = h.ok("ListTagsOfResource", json!({"ResourceArn": arn})).await;
+    (answer, tags["Tags"].clone())
+}
+
+/// An UpdateTable that read the table before a TagResource committed applies its change to
+/// the definition with the tags (it used to write back the one it read, losing them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_table_keeps_a_tag_committed_after_it_read_the_table() {
+    let h = Harness::new();
+    h.create_orders().await;
+    let body = json!({"TableName": "orders", "DeletionProtectionEnabled": true});
+    let (updated, tags) = run_behind_a_queued_tag(&h, "UpdateTable", body).await;
+    assert_eq!(updated["TableDescription"]["DeletionProtectionEnabled"], json!(true));
+    assert_eq!(tags, json!([{"Key": "team", "Value": "billing"}]));
+    let described = h.ok("DescribeTable", json!({"TableName": "orders"})).await;
+    assert_eq!(described["Table"]["DeletionProtectionEnabled"], json!(true));
+}
+
+/// The same for UpdateContinuousBackups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_continuous_backups_keeps_a_tag_committed_after_it_read_the_table() {
+    let h = Harness::new();
+    h.create_orders().await;
+    let body = json!({"TableName": "orders", "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": true}});
+    let (_, tags) = run_behind_a_queued_tag(&h, "UpdateContinuousBackups", body).await;
+    assert_eq!(tags, json!([{"Key": "team", "Value": "billing"}]));
+    let described = h.ok("DescribeContinuousBackups", json!({"TableName": "orders"})).await;
+    assert_eq!(
+        described["ContinuousBackupsDescription"]["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"],
+        json!("ENABLED"),
+        "{described}"
+    );
+}
+
 mod decoder_fuzz {
     //! Arbitrary request bodies for every operation: the store answers with a DynamoDB error or
     //! a result, never a panic, and what was stored before stays readable.
