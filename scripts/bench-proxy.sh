@@ -176,7 +176,7 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
-haproxy_version="$(haproxy -v | head -1 | awk '{print $3}')"
+haproxy_version="$(haproxy -v | awk 'NR == 1 {print $3}')"
 nginx_version="$(nginx -v 2>&1 | sed 's/.*nginx\///')"
 date="$(date -u +%Y-%m-%d)"
 
