@@ -16,6 +16,7 @@ pub mod check;
 pub mod config;
 pub mod ctl;
 pub mod health;
+pub mod pool;
 pub mod proxy;
 mod ratelog;
 

@@ -22,8 +22,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -31,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use crate::balance::{Balancer, ServerId};
 use crate::check::{CheckParams, Observation, Transition};
 use crate::config::ProxyConfig;
+use crate::pool::{self, Pool};
 use crate::ratelog::RateLimitedLog;
 
 /// How long shutdown waits for requests in flight before it gives up on them.
@@ -136,16 +135,13 @@ impl Shared {
 
     /// A pool of connections to the servers. Each worker thread has its own, so a request and
     /// its server connection stay on one thread.
-    fn new_client(&self) -> UpstreamClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(self.config.timeouts.connect_ms)));
-        connector.set_nodelay(true);
-        Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_millis(self.config.timeouts.idle_ms))
-            .pool_max_idle_per_host(self.config.limits.pool_idle_per_server_max)
-            .build(connector)
+    fn new_pool(&self) -> Arc<Pool> {
+        Arc::new(Pool::new(
+            self.config.servers.iter().map(|s| s.address).collect(),
+            self.config.limits.pool_idle_per_server_max,
+            self.config.timeouts.idle_ms,
+            self.config.timeouts.connect_ms,
+        ))
     }
 
     /// What clients saw so far.
@@ -176,22 +172,62 @@ impl Shared {
     }
 }
 
-/// Decrements the server's active count when the response (body included) is done.
+/// Decrements the server's active count when the response (body included) is done, and
+/// records a good response as a passive-check success under the same lock.
 pub struct ActiveGuard {
     shared: Arc<Shared>,
     id: ServerId,
+    success: bool,
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.shared.balancer().finish(self.id);
+        let now = if self.success { self.shared.now_ms() } else { 0 };
+        let mut balancer = self.shared.balancer();
+        balancer.finish(self.id);
+        if self.success {
+            // A success never changes a server's state, so there is no transition to log.
+            let _ = balancer.observe(self.id, Observation::Success, now);
+        }
     }
 }
 
-/// The response body: a server's streamed body (holding its active slot), or one made here.
+/// The server connection a response came on, given back to its worker's pool once the
+/// response body was read to the end.
+pub struct Connection {
+    pool: Arc<Pool>,
+    server: usize,
+    sender: pool::Sender,
+}
+
+/// The response body: a server's streamed body (holding its active slot and its connection), or
+/// one made here.
 pub enum ProxyBody {
-    Upstream { inner: Incoming, _guard: ActiveGuard },
+    Upstream {
+        inner: Incoming,
+        connection: Option<Connection>,
+        _guard: ActiveGuard,
+    },
     Local(Full<Bytes>),
+}
+
+impl ProxyBody {
+    /// Gives the connection back for the next request once the body is complete. A body not read
+    /// to the end keeps it, and dropping it closes the connection.
+    fn release_if_done(&mut self) {
+        if let ProxyBody::Upstream { inner, connection, .. } = self
+            && inner.is_end_stream()
+            && let Some(done) = connection.take()
+        {
+            done.pool.give_back(done.server, done.sender);
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        self.release_if_done();
+    }
 }
 
 impl Body for ProxyBody {
@@ -199,10 +235,15 @@ impl Body for ProxyBody {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        let polled = match this {
             ProxyBody::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
-            ProxyBody::Local(full) => Pin::new(full).poll_frame(cx).map_err(|never| match never {}),
+            ProxyBody::Local(full) => return Pin::new(full).poll_frame(cx).map_err(|never| match never {}),
+        };
+        if let Poll::Ready(None | Some(Ok(_))) = &polled {
+            this.release_if_done();
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -261,31 +302,63 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Appends this hop to `X-Forwarded-For` and `Forwarded` and sets `X-Forwarded-Proto`.
+///
+/// On the hot path: each header value is built in one buffer and moved into the header, without
+/// `format!` (which cost more than the rest of the request's header handling together).
 pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
     let ip = client.ip();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip.to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+    let mut xff = Vec::with_capacity(64);
+    if let Some(previous) = headers.get("x-forwarded-for") {
+        xff.extend_from_slice(previous.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    push_ip(&mut xff, ip);
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
         headers.insert("x-forwarded-for", value);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    let node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto=http");
-    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b';')) {
-        element.push_str(";host=");
-        element.push_str(host);
+    let mut forwarded = Vec::with_capacity(96);
+    if let Some(previous) = headers.get(header::FORWARDED) {
+        forwarded.extend_from_slice(previous.as_bytes());
+        forwarded.extend_from_slice(b", ");
     }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {element}"),
-        None => element,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    forwarded.extend_from_slice(b"for=");
+    match ip {
+        std::net::IpAddr::V4(_) => push_ip(&mut forwarded, ip),
+        std::net::IpAddr::V6(_) => {
+            forwarded.extend_from_slice(b"\"[");
+            push_ip(&mut forwarded, ip);
+            forwarded.extend_from_slice(b"]\"");
+        }
+    }
+    forwarded.extend_from_slice(b";proto=http");
+    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b';')) {
+        forwarded.extend_from_slice(b";host=");
+        forwarded.extend_from_slice(host.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
         headers.insert(header::FORWARDED, value);
+    }
+}
+
+/// Writes an address as text: IPv4 digit by digit, IPv6 (rare) through `Display`.
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (index, octet) in v4.octets().into_iter().enumerate() {
+                if index > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + (octet / 10) % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
     }
 }
 
@@ -397,19 +470,19 @@ impl Shared {
     /// Handles one client request end to end.
     pub async fn handle(
         self: Arc<Self>,
-        upstream: &UpstreamClient,
+        pool: &Arc<Pool>,
         request: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<ProxyBody> {
         self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
-        let response = self.clone().forward(upstream, request, client).await;
+        let response = self.clone().forward(pool, request, client).await;
         self.stats.count_response(response.status());
         response
     }
 
     async fn forward(
         self: Arc<Self>,
-        upstream_client: &UpstreamClient,
+        pool: &Arc<Pool>,
         request: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<ProxyBody> {
@@ -505,41 +578,55 @@ impl Shared {
                     "no server is available to handle this request",
                 );
             };
-            let guard = ActiveGuard {
+            let mut guard = ActiveGuard {
                 shared: self.clone(),
                 id,
-            };
-            let mut uri_parts = hyper::http::uri::Parts::default();
-            uri_parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
-            uri_parts.authority = Some(self.authorities[id.0].clone());
-            uri_parts.path_and_query = Some(path_and_query.clone());
-            let Ok(uri) = Uri::from_parts(uri_parts) else {
-                return local_response(StatusCode::BAD_REQUEST, "the request target is not valid");
+                success: false,
             };
             let mut upstream = Request::new(Full::new(body.clone()));
             *upstream.method_mut() = method.clone();
-            *upstream.uri_mut() = uri;
+            *upstream.uri_mut() = Uri::from(path_and_query.clone());
             *upstream.version_mut() = Version::HTTP_11;
-            *upstream.headers_mut() = headers.clone();
+            // The last attempt takes the headers; earlier ones need them again for a retry.
+            *upstream.headers_mut() = if attempt + 1 < attempts {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+            if !upstream.headers().contains_key(header::HOST) {
+                // HTTP/1.0 without Host: HTTP/1.1 to the server needs one; name the server.
+                if let Ok(value) = HeaderValue::from_str(self.authorities[id.0].as_str()) {
+                    upstream.headers_mut().insert(header::HOST, value);
+                }
+            }
 
-            match tokio::time::timeout(response_timeout, upstream_client.request(upstream)).await {
-                Ok(Ok(response)) => {
+            match tokio::time::timeout(response_timeout, pool.send(id.0, upstream)).await {
+                Ok(Ok((response, sender))) => {
                     let status = response.status();
-                    let observation = if is_server_error(status) {
-                        Observation::Error
+                    if is_server_error(status) {
+                        self.observe(id, Observation::Error);
                     } else {
-                        Observation::Success
-                    };
-                    self.observe(id, observation);
+                        // Counted when the response is done, under the same lock as `finish`.
+                        guard.success = true;
+                    }
                     let (mut parts, inner) = response.into_parts();
                     remove_hop_by_hop(&mut parts.headers);
                     parts.version = Version::HTTP_11;
-                    return Response::from_parts(parts, ProxyBody::Upstream { inner, _guard: guard });
+                    let body = ProxyBody::Upstream {
+                        inner,
+                        connection: Some(Connection {
+                            pool: pool.clone(),
+                            server: id.0,
+                            sender,
+                        }),
+                        _guard: guard,
+                    };
+                    return Response::from_parts(parts, body);
                 }
                 Ok(Err(error)) => {
                     drop(guard);
                     self.observe(id, Observation::Error);
-                    let safe = error.is_connect() || retryable_method;
+                    let safe = error.unsent() || retryable_method;
                     let name = &self.config.servers[id.0].name;
                     let more = attempt + 1 < attempts;
                     if safe && more {
@@ -641,9 +728,6 @@ impl Shared {
         response
     }
 }
-
-/// The pooled client to the servers.
-pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
 /// A client connection handed from the accept loop to a worker thread.
 struct Accepted {
@@ -756,7 +840,19 @@ async fn run_worker(
     stop: watch::Receiver<bool>,
     mut finished: watch::Receiver<bool>,
 ) {
-    let upstream = Arc::new(shared.new_client());
+    let upstream = shared.new_pool();
+    let sweeper = {
+        let pool = upstream.clone();
+        let every = Duration::from_millis(shared.config.timeouts.idle_ms.div_ceil(2).max(1));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                pool.sweep();
+            }
+        })
+    };
     while let Some(accepted) = receiver.recv().await {
         let Ok(stream) = tokio::net::TcpStream::from_std(accepted.stream) else {
             continue;
@@ -794,6 +890,7 @@ async fn run_worker(
         });
     }
     let _ = finished.wait_for(|done| *done).await;
+    sweeper.abort();
 }
 
 impl Shared {
@@ -845,6 +942,16 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 192.0.2.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["forwarded"], "for=192.0.2.1;proto=http;host=shop.example");
+    }
+
+    #[test]
+    fn ipv4_addresses_are_written_like_display_does() {
+        for text in ["0.0.0.0", "9.10.99.100", "192.0.2.1", "255.255.255.255", "10.0.200.7"] {
+            let ip: std::net::IpAddr = text.parse().expect("literal");
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).expect("ascii"), ip.to_string());
+        }
     }
 
     #[test]

@@ -768,3 +768,163 @@ async fn runtime_api_needs_the_token_and_reports_errors() {
     );
     proxy.stop().await;
 }
+
+/// How the raw backend answers each request.
+#[derive(Clone, Copy)]
+enum RawMode {
+    /// `200 ok`, keep-alive.
+    KeepAlive,
+    /// `200 ok`, then closes the connection without saying so (its keep-alive timeout was 0).
+    CloseSilently,
+    /// The backend's first request gets a 1 MB body of which only 4 KB ever come (the
+    /// connection then only waits to be closed); every later request gets `200 fresh`.
+    StallFirst,
+}
+
+/// A backend written on TCP directly, counting the connections it accepted.
+async fn raw_backend(mode: RawMode) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
+    let address = listener.local_addr().expect("address");
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    let served = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let served = served.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                loop {
+                    // One request head (these tests send no bodies), then its answer.
+                    let end = loop {
+                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    buffer.drain(..end);
+                    let first = served.fetch_add(1, Ordering::SeqCst) == 0;
+                    match mode {
+                        RawMode::KeepAlive => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                                .await;
+                        }
+                        RawMode::CloseSilently => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                                .await;
+                            return;
+                        }
+                        RawMode::StallFirst if first => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n")
+                                .await;
+                            let _ = stream.write_all(&[b'x'; 4096]).await;
+                            // Hold the connection until the proxy closes it.
+                            let mut rest = [0u8; 1024];
+                            while let Ok(n) = stream.read(&mut rest).await {
+                                if n == 0 {
+                                    return;
+                                }
+                            }
+                            return;
+                        }
+                        RawMode::StallFirst => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nfresh\n")
+                                .await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (address, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_connections_are_kept_alive_and_reused() {
+    let (address, connections) = raw_backend(RawMode::KeepAlive).await;
+    let proxy = TestProxy::start(
+        "threads = 1\n[proxy.check]\nenabled = false\n",
+        &[("s", address, 1, false)],
+        None,
+    )
+    .await;
+    let client = client();
+    for _ in 0..20 {
+        let (status, body) = get(&client, &proxy.url("/")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "20 requests one after another share one server connection"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_after_the_server_closed_an_idle_connection_is_not_lost() {
+    let (address, connections) = raw_backend(RawMode::CloseSilently).await;
+    let proxy = TestProxy::start(
+        "threads = 1\nretries = 0\n[proxy.check]\nenabled = false\n",
+        &[("s", address, 1, false)],
+        None,
+    )
+    .await;
+    let client = client();
+    for round in 0..10 {
+        let (status, body) = send(&client, "POST", &proxy.url("/order"), b"", &[]).await;
+        assert_eq!(status, StatusCode::OK, "POST {round}: {body}");
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        10,
+        "each POST needed a new connection"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_response_was_abandoned_is_never_reused() {
+    let (address, connections) = raw_backend(RawMode::StallFirst).await;
+    let proxy = TestProxy::start(
+        "threads = 1\n[proxy.check]\nenabled = false\n",
+        &[("s", address, 1, false)],
+        None,
+    )
+    .await;
+    // A client reads the head and the start of the body, then goes away.
+    let mut stream = TcpStream::connect(proxy.address).await.expect("connect");
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nhost: shop.example\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = vec![0u8; 1024];
+    let read = tokio::time::timeout(DEADLINE, stream.read(&mut head))
+        .await
+        .expect("the head arrives")
+        .expect("read");
+    assert!(
+        String::from_utf8_lossy(&head[..read]).starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..read])
+    );
+    drop(stream);
+    // The next request must get a new connection: the old one is mid-body.
+    let client = client();
+    let (status, body) = get(&client, &proxy.url("/next")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "fresh\n"));
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "the abandoned connection was not reused"
+    );
+    proxy.stop().await;
+}
