@@ -1325,6 +1325,7 @@ impl FailoverHealthSettings {
 }
 
 /// The `route53_failover_health` step, ready to run.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 #[derive(Debug)]
 pub struct FailoverHealth {
     health_check_id: String,

@@ -225,6 +225,7 @@ impl Settings {
 }
 
 /// The `ssm_parameter` step, ready to run.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 #[derive(Debug)]
 pub struct SsmParameter {
     step: String,
