@@ -104,7 +104,7 @@ impl HttpClient {
         let work = async {
             let response = self.inner.request(request).await.map_err(|e| ClientError::Transport {
                 url: url.to_string(),
-                message: describe(&e),
+                message: common::error::chain(&e),
             })?;
             let status = response.status();
             let body = Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
@@ -125,16 +125,4 @@ impl HttpClient {
             }),
         }
     }
-}
-
-fn describe(error: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error;
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    message
 }

@@ -244,7 +244,21 @@ pub fn write_env_values(path: &Path, aws_region: &str, region: &str, generation:
     Ok(())
 }
 
-async fn fetch(client: &HttpClient, options: &WatchOptions, seen: u64, wait_ms: u64) -> Result<PointerValue, String> {
+/// Why reading the pointer failed: a refused token ends the watch, anything else is retried.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("HTTP {0}: the token was refused")]
+    Unauthorized(u16),
+    #[error("{0}")]
+    Other(String),
+}
+
+async fn fetch(
+    client: &HttpClient,
+    options: &WatchOptions,
+    seen: u64,
+    wait_ms: u64,
+) -> Result<PointerValue, FetchError> {
     let url = format!(
         "{}/v1/active-region?wait_generation={seen}&timeout_ms={wait_ms}",
         options.controller.trim_end_matches('/')
@@ -252,18 +266,18 @@ async fn fetch(client: &HttpClient, options: &WatchOptions, seen: u64, wait_ms: 
     let answer = client
         .request(Method::GET, &url, options.token.as_deref(), None, wait_ms + 5_000)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| FetchError::Other(e.to_string()))?;
     if answer.status == StatusCode::UNAUTHORIZED || answer.status == StatusCode::FORBIDDEN {
-        return Err(format!("unauthorized:{}", answer.status.as_u16()));
+        return Err(FetchError::Unauthorized(answer.status.as_u16()));
     }
     if !answer.status.is_success() {
-        return Err(format!("HTTP {}: {}", answer.status.as_u16(), answer.text()));
+        return Err(FetchError::Other(format!(
+            "HTTP {}: {}",
+            answer.status.as_u16(),
+            answer.text()
+        )));
     }
-    serde_json::from_slice(&answer.body).map_err(|e| format!("bad pointer JSON: {e}"))
-}
-
-async fn run_exec(command: &str, value: &PointerValue, region: &str) -> Result<(), String> {
-    run_exec_values(command, value.generation, region, region).await
+    serde_json::from_slice(&answer.body).map_err(|e| FetchError::Other(format!("bad pointer JSON: {e}")))
 }
 
 /// Runs the reload command once with the pointer's variables in its environment (the same
@@ -302,10 +316,8 @@ pub async fn watch(options: WatchOptions, shutdown: impl Future<Output = ()>) ->
                 backoff_ms = 250;
                 value
             }
-            Err(error) => {
-                if let Some(code) = error.strip_prefix("unauthorized:") {
-                    return Err(WatchError::Unauthorized(code.parse().unwrap_or(401)));
-                }
+            Err(FetchError::Unauthorized(code)) => return Err(WatchError::Unauthorized(code)),
+            Err(FetchError::Other(error)) => {
                 tracing::warn!(%error, backoff_ms, "cannot read the active-region pointer; retrying");
                 tokio::select! {
                     _ = &mut shutdown => return Ok(()),
@@ -347,21 +359,40 @@ pub async fn watch(options: WatchOptions, shutdown: impl Future<Output = ()>) ->
 /// Runs the reload command with bounded retries, giving up as soon as a newer generation exists
 /// (the next loop round applies that one instead).
 async fn apply_exec(client: &HttpClient, options: &WatchOptions, command: &str, value: &PointerValue, region: &str) {
-    for attempt in 1..=EXEC_ATTEMPTS_MAX {
-        if attempt > 1 {
-            match fetch(client, options, value.generation, 0).await {
-                Ok(latest) if latest.generation > value.generation => {
-                    tracing::info!(
-                        generation = value.generation,
-                        newer = latest.generation,
-                        "a newer generation exists; not retrying the command for the old one"
-                    );
-                    return;
-                }
-                _ => {}
+    let superseded = || async {
+        match fetch(client, options, value.generation, 0).await {
+            Ok(latest) if latest.generation > value.generation => {
+                tracing::info!(
+                    generation = value.generation,
+                    newer = latest.generation,
+                    "a newer generation exists; not retrying the command for the old one"
+                );
+                true
             }
+            _ => false,
         }
-        match run_exec(command, value, region).await {
+    };
+    run_exec_retrying(command, value.generation, region, region, superseded).await;
+}
+
+/// Runs the reload command ([`run_exec_values`]) at most [`EXEC_ATTEMPTS_MAX`] times, waiting
+/// 200 ms × the attempt between tries; before each retry, `superseded` says whether a newer
+/// generation made this one moot. A command that keeps failing is logged, not fatal.
+pub async fn run_exec_retrying<F, Fut>(
+    command: &str,
+    generation: u64,
+    aws_region: &str,
+    region: &str,
+    mut superseded: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for attempt in 1..=EXEC_ATTEMPTS_MAX {
+        if attempt > 1 && superseded().await {
+            return;
+        }
+        match run_exec_values(command, generation, aws_region, region).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(%error, attempt, "reload command failed");
@@ -371,7 +402,7 @@ async fn apply_exec(client: &HttpClient, options: &WatchOptions, command: &str, 
     }
     tracing::error!(
         command,
-        generation = value.generation,
+        generation,
         "reload command failed {EXEC_ATTEMPTS_MAX} times; waiting for the next change"
     );
 }

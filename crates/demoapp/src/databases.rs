@@ -9,8 +9,6 @@
 //! Each operation opens its own connection, bounded by [`DB_CONNECT_TIMEOUT_MS`] and
 //! [`DB_QUERY_TIMEOUT_MS`]: after a failover no pooled connection to a fenced primary lingers.
 
-use std::time::Duration;
-
 use common::deadline::bounded;
 use mysql_async::prelude::Queryable;
 
@@ -25,38 +23,7 @@ pub const SESSION_TTL_S: u64 = 3_600;
 /// Longest order reference stored (the `quote_ref` column).
 pub const QUOTE_REF_CHARS_MAX: usize = 64;
 
-/// A MariaDB/MySQL server and the shop's account on it.
-#[derive(Clone, Debug)]
-pub struct SqlTarget {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: String,
-    pub database: String,
-}
-
-/// A Redis server and the shop's ACL user on it.
-#[derive(Clone, Debug)]
-pub struct RedisTarget {
-    pub host: String,
-    pub port: u16,
-    pub user: Option<String>,
-    pub password: Option<String>,
-}
-
-/// `host:port` → (host, port).
-pub fn split_address(address: &str) -> Result<(String, u16), String> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| format!("'{address}' is not host:port"))?;
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| format!("'{address}': the port is not a number from 1 to 65535"))?;
-    if host.is_empty() || port == 0 {
-        return Err(format!("'{address}' is not host:port"));
-    }
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
-}
+pub use common::db::{RedisTarget, SqlTarget, split_address};
 
 /// What was stored for an order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,22 +40,16 @@ pub struct ShopDatabases {
     pub sessions: Option<RedisTarget>,
 }
 
-impl SqlTarget {
-    async fn connect(&self) -> Result<mysql_async::Conn, String> {
-        let options = mysql_async::OptsBuilder::default()
-            .ip_or_hostname(self.host.clone())
-            .tcp_port(self.port)
-            .user(Some(self.user.clone()))
-            .pass(Some(self.password.clone()))
-            .db_name(Some(self.database.clone()))
-            .prefer_socket(false);
-        bounded(
-            &format!("orders database {}:{}", self.host, self.port),
-            DB_CONNECT_TIMEOUT_MS,
-            mysql_async::Conn::new(options),
-        )
-        .await
-    }
+/// A connection to the orders database.
+async fn orders(target: &SqlTarget) -> Result<mysql_async::Conn, String> {
+    let what = format!("orders database {}:{}", target.host, target.port);
+    target.connect(&what, DB_CONNECT_TIMEOUT_MS).await
+}
+
+/// A connection to the sessions database.
+async fn sessions(target: &RedisTarget) -> Result<redis::aio::MultiplexedConnection, String> {
+    let what = format!("sessions database {}:{}", target.host, target.port);
+    target.connect(&what, DB_CONNECT_TIMEOUT_MS, DB_QUERY_TIMEOUT_MS).await
 }
 
 impl ShopDatabases {
@@ -114,7 +75,7 @@ impl ShopDatabases {
                 "order reference '{quote_ref}' is longer than {QUOTE_REF_CHARS_MAX} characters"
             ));
         }
-        let mut conn = target.connect().await?;
+        let mut conn = orders(target).await?;
         let total = format!("{}.{:02}", total_cents / 100, total_cents % 100);
         let work = async {
             conn.exec_drop(
@@ -139,7 +100,7 @@ impl ShopDatabases {
         let Some(target) = &self.sessions else {
             return Ok(false);
         };
-        let mut conn = target.connect().await?;
+        let mut conn = sessions(target).await?;
         let mut command = redis::cmd("SET");
         command
             .arg(format!("session:{session}"))
@@ -155,95 +116,35 @@ impl ShopDatabases {
     /// `read-only` or `unreachable: why`). Details only: a standby's replicas are read-only by
     /// design and must not make the region unhealthy.
     pub async fn roles(&self) -> Vec<(&'static str, String)> {
+        let writable = |writable: bool| if writable { "writable" } else { "read-only" };
         let mut roles = Vec::new();
         if let Some(target) = &self.orders {
             let role = async {
-                let mut conn = target.connect().await?;
-                let read_only = bounded(
-                    "read @@read_only",
-                    DB_QUERY_TIMEOUT_MS,
-                    conn.query_first::<u8, _>("SELECT @@GLOBAL.read_only"),
-                )
-                .await?;
-                let _ = conn.disconnect().await;
-                Ok::<_, String>(if read_only == Some(0) { "writable" } else { "read-only" })
+                let conn = orders(target).await?;
+                common::db::mysql_writable(conn, DB_QUERY_TIMEOUT_MS).await
             };
-            roles.push((
-                "orders_db",
-                match role.await {
-                    Ok(role) => role.to_string(),
-                    Err(error) => format!("unreachable: {error}"),
-                },
-            ));
+            roles.push(("orders_db", role.await));
         }
         if let Some(target) = &self.sessions {
             let role = async {
-                let mut conn = target.connect().await?;
-                let command = redis::cmd("ROLE");
-                let info = bounded(
-                    "ROLE",
-                    DB_QUERY_TIMEOUT_MS,
-                    command.query_async::<redis::Value>(&mut conn),
-                )
-                .await?;
-                Ok::<_, String>(match info {
-                    redis::Value::Array(items) if matches!(items.first(), Some(redis::Value::BulkString(b)) if b.as_slice() == b"master") => {
-                        "writable"
-                    }
-                    _ => "read-only",
-                })
+                let mut conn = sessions(target).await?;
+                common::db::redis_is_master(&mut conn, DB_QUERY_TIMEOUT_MS).await
             };
-            roles.push((
-                "sessions_db",
-                match role.await {
-                    Ok(role) => role.to_string(),
-                    Err(error) => format!("unreachable: {error}"),
-                },
-            ));
+            roles.push(("sessions_db", role.await));
         }
         roles
-    }
-}
-
-impl RedisTarget {
-    async fn connect(&self) -> Result<redis::aio::MultiplexedConnection, String> {
-        let info = redis::ConnectionInfo {
-            addr: redis::ConnectionAddr::Tcp(self.host.clone(), self.port),
-            redis: redis::RedisConnectionInfo {
-                db: 0,
-                username: self.user.clone(),
-                password: self.password.clone(),
-                protocol: redis::ProtocolVersion::RESP2,
-            },
-        };
-        let what = format!("sessions database {}:{}", self.host, self.port);
-        let client = redis::Client::open(info).map_err(|e| format!("{what}: {e}"))?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Duration::from_millis(DB_CONNECT_TIMEOUT_MS))
-            .set_response_timeout(Duration::from_millis(DB_QUERY_TIMEOUT_MS));
-        bounded(
-            &what,
-            DB_CONNECT_TIMEOUT_MS,
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
+            .into_iter()
+            .map(|(name, role)| match role {
+                Ok(role) => (name, writable(role).to_string()),
+                Err(error) => (name, format!("unreachable: {error}")),
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_split_into_host_and_port() {
-        assert_eq!(
-            split_address("127.0.0.1:3306").expect("ok"),
-            ("127.0.0.1".to_string(), 3306)
-        );
-        assert!(split_address("db").is_err());
-        assert!(split_address("db:0").is_err());
-        assert!(split_address("db:http").is_err());
-    }
 
     #[tokio::test]
     async fn without_databases_nothing_is_written_and_nothing_fails() {

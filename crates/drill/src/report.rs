@@ -145,19 +145,24 @@ fn figures(report: &Report) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The terminal table.
+impl Report {
+    /// The names of the expectations that were not met, in the report's order.
+    pub fn failed_expectations(&self) -> Vec<&str> {
+        self.expectations
+            .iter()
+            .filter(|e| !e.passed)
+            .map(|e| e.name.as_str())
+            .collect()
+    }
+}
+
 /// The report as one line for CI logs (`drill --quiet`): verdict, RTO, RPO, false failovers
 /// and the failed expectations.
 pub fn render_line(report: &Report) -> String {
     let seconds =
         |value: Option<u64>| value.map_or_else(|| "never".to_string(), |v| format!("{:.1} s", v as f64 / 1000.0));
     let passed = report.expectations.iter().filter(|e| e.passed).count();
-    let failed: Vec<&str> = report
-        .expectations
-        .iter()
-        .filter(|e| !e.passed)
-        .map(|e| e.name.as_str())
-        .collect();
+    let failed = report.failed_expectations();
     let mut line = format!(
         "drill {}: {} — RTO (DNS) {}, RTO (99 % ok) {}, lost writes {}, false failovers {}, expectations {passed}/{} met",
         report.scenario,

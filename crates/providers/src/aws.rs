@@ -266,6 +266,9 @@ impl<C> std::fmt::Debug for SdkClient<C> {
     }
 }
 
+/// What a reader or watcher of a build without the `aws` feature answers.
+pub const NOT_BUILT: &str = "this switchyard was built without AWS support (feature `aws`)";
+
 /// The answer of a step run by a build without the `aws` feature.
 pub fn not_built() -> Failure {
     Failure::Refused("this switchyard was built without AWS support".into())

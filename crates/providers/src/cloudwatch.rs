@@ -78,7 +78,7 @@ impl LagReader {
         #[cfg(not(feature = "aws"))]
         {
             let _ = (access, table, receiving_region, window_s, now_s);
-            Err("this switchyard was built without AWS support (feature `aws`)".into())
+            Err(crate::aws::NOT_BUILT.into())
         }
     }
 

@@ -267,7 +267,7 @@ impl Rest {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| transport(describe(&e)))?;
+                .map_err(|e| transport(common::error::chain(&e)))?;
             let status = response.status().as_u16();
             let retry_after_ms = response
                 .headers()
@@ -293,18 +293,6 @@ impl Rest {
             }),
         }
     }
-}
-
-fn describe(error: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error;
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    message
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters stay).

@@ -350,7 +350,8 @@ impl Settings {
             match Key::parse(secret.expose(), self.key_name.as_ref().map(|n| n.get_ref().as_str())) {
                 Ok(key) => Some(key),
                 Err(why) => {
-                    let span = self.key_name.as_ref().filter(|_| why.contains("no key named")).map_or(self.key.span(), Spanned::span);
+                    // The key file is fine but holds no key of that name: point at key_name.
+                    let span = self.key_name.as_ref().filter(|_| matches!(why, tsig::KeyError::NoKeyNamed(_))).map_or(self.key.span(), Spanned::span);
                     error(checker, span, format!("rfc2136 step '{step}' key: {why}"), "generate a key with `tsig-keygen -a hmac-sha256 NAME > NAME.key` and give the server the same key statement");
                     None
                 }
@@ -871,6 +872,7 @@ fn prerequisite(message: &mut Message, name: &Name, record_type: RecordType, rea
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::test_support::Collect;
 
     fn a(ip: &str) -> RData {
         parse_value(RecordType::A, ip).expect("an address")
@@ -1052,24 +1054,5 @@ mod tests {
         assert_eq!(canonical_set(&values), canonical_set(&[a("192.0.2.2")]));
         assert_eq!(seen.recv().await, Some("udp"));
         assert_eq!(seen.recv().await, Some("tcp"));
-    }
-
-    struct Collect {
-        folder: std::path::PathBuf,
-        regions: BTreeSet<String>,
-        errors: Vec<String>,
-    }
-
-    impl Checker for Collect {
-        fn error(&mut self, _span: std::ops::Range<usize>, message: String, _fix: String) {
-            self.errors.push(message);
-        }
-        fn warn(&mut self, _span: std::ops::Range<usize>, _message: String, _fix: String) {}
-        fn folder(&self) -> &std::path::Path {
-            &self.folder
-        }
-        fn regions(&self) -> &BTreeSet<String> {
-            &self.regions
-        }
     }
 }

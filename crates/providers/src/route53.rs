@@ -792,7 +792,7 @@ impl RecordReader {
             Zone::Name(normalize_name(zone))
         };
         if !cfg!(feature = "aws") {
-            return Err("this switchyard was built without AWS support (feature `aws`)".into());
+            return Err(crate::aws::NOT_BUILT.into());
         }
         Ok(RecordReader {
             zone,
@@ -840,7 +840,7 @@ impl RecordReader {
         }
         #[cfg(not(feature = "aws"))]
         {
-            Err("this switchyard was built without AWS support (feature `aws`)".into())
+            Err(crate::aws::NOT_BUILT.into())
         }
     }
 }
@@ -1325,22 +1325,13 @@ impl FailoverHealthSettings {
 }
 
 /// The `route53_failover_health` step, ready to run.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
+#[derive(Debug)]
 pub struct FailoverHealth {
     health_check_id: String,
     primary: String,
     force_primary_healthy: bool,
     aws: aws::SdkClient<SdkClient>,
-}
-
-impl std::fmt::Debug for FailoverHealth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FailoverHealth")
-            .field("health_check_id", &self.health_check_id)
-            .field("primary", &self.primary)
-            .field("force_primary_healthy", &self.force_primary_healthy)
-            .field("access", self.aws.access())
-            .finish()
-    }
 }
 
 impl FailoverHealth {

@@ -175,27 +175,9 @@ impl SecretSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::test_support::Collect;
     use std::collections::BTreeSet;
     use std::path::Path;
-
-    struct Collect {
-        folder: PathBuf,
-        regions: BTreeSet<String>,
-        errors: Vec<String>,
-    }
-
-    impl Checker for Collect {
-        fn error(&mut self, _span: std::ops::Range<usize>, message: String, _fix: String) {
-            self.errors.push(message);
-        }
-        fn warn(&mut self, _span: std::ops::Range<usize>, _message: String, _fix: String) {}
-        fn folder(&self) -> &Path {
-            &self.folder
-        }
-        fn regions(&self) -> &BTreeSet<String> {
-            &self.regions
-        }
-    }
 
     #[derive(Deserialize)]
     struct Holder {

@@ -225,22 +225,13 @@ impl Settings {
 }
 
 /// The `ssm_parameter` step, ready to run.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
+#[derive(Debug)]
 pub struct SsmParameter {
     step: String,
     name: String,
     values: BTreeMap<String, String>,
     aws: aws::SdkClient<SdkClient>,
-}
-
-impl std::fmt::Debug for SsmParameter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SsmParameter")
-            .field("step", &self.step)
-            .field("name", &self.name)
-            .field("values", &self.values)
-            .field("access", self.aws.access())
-            .finish()
-    }
 }
 
 impl SsmParameter {
@@ -384,7 +375,7 @@ impl ParameterReader {
             aws::check_endpoint_url(url).map_err(|problem| format!("--ssm-endpoint-url '{url}' {problem}"))?;
         }
         if !cfg!(feature = "aws") {
-            return Err("this switchyard was built without AWS support (feature `aws`)".into());
+            return Err(crate::aws::NOT_BUILT.into());
         }
         Ok(ParameterReader {
             name: name.to_string(),
@@ -428,7 +419,7 @@ impl ParameterReader {
         }
         #[cfg(not(feature = "aws"))]
         {
-            Err("this switchyard was built without AWS support (feature `aws`)".into())
+            Err(crate::aws::NOT_BUILT.into())
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 #[derive(clap::Args)]
 pub(crate) struct AgentArgs {
@@ -27,19 +27,11 @@ pub(crate) struct AgentArgs {
 }
 
 pub(crate) async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let token = match (&args.token_file, std::env::var("SWITCHYARD_CONTROL_TOKEN")) {
-        (Some(path), _) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("read token file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
-        (None, Ok(token)) => Some(token.trim().to_string()),
-        (None, Err(_)) => None,
-    };
-    if token.as_deref() == Some("") {
-        bail!("the control token is empty: put the controller's token in --token-file or SWITCHYARD_CONTROL_TOKEN");
-    }
+    let token = crate::read_token(
+        args.token_file.as_deref(),
+        "SWITCHYARD_CONTROL_TOKEN",
+        "the control token is empty: put the controller's token in --token-file or SWITCHYARD_CONTROL_TOKEN",
+    )?;
     let mut config = health::agent::AgentConfig::new(args.controller, args.name);
     config.token = token;
     config.plan_refresh_ms = args.plan_refresh_ms;

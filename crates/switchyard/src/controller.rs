@@ -3,7 +3,7 @@
 //! the `controller` crate.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use controller::client::HttpClient;
@@ -185,26 +185,6 @@ enum PointerCommand {
     },
 }
 
-fn read_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
-    let token = match file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("read token file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => std::env::var("SWITCHYARD_CONTROL_TOKEN")
-            .ok()
-            .map(|t| t.trim().to_string()),
-    };
-    match token {
-        Some(token) if token.is_empty() => {
-            bail!("the control token is empty: put a secret in it (e.g. `openssl rand -hex 32`)")
-        }
-        other => Ok(other),
-    }
-}
-
 pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let mut config = match controller::config::load(&args.config) {
         Ok(config) => config,
@@ -270,7 +250,7 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let token = read_token(args.token_file.as_deref())?;
+    let token = crate::read_token(args.token_file.as_deref(), "SWITCHYARD_CONTROL_TOKEN", EMPTY_TOKEN)?;
     let listen = config.file.controller.listen;
     controller::server::check_exposure(listen, &controller::server::access(&config, token.as_deref()))?;
     let listener = TcpListener::bind(listen)
@@ -352,7 +332,7 @@ pub(crate) fn target(args: &ControllerClientArgs) -> anyhow::Result<Target> {
         .to_string();
     Ok(Target {
         url,
-        token: read_token(args.token_file.as_deref())?,
+        token: crate::read_token(args.token_file.as_deref(), "SWITCHYARD_CONTROL_TOKEN", EMPTY_TOKEN)?,
     })
 }
 
@@ -848,6 +828,9 @@ pub(crate) async fn run_pointer(args: PointerArgs) -> anyhow::Result<()> {
         }
     }
 }
+
+/// What an empty control token is told.
+const EMPTY_TOKEN: &str = "the control token is empty: put a secret in it (e.g. `openssl rand -hex 32`)";
 
 pub(crate) fn run_token(args: TokenArgs) -> anyhow::Result<()> {
     match args.command {

@@ -134,7 +134,7 @@ pub async fn run(args: DemoAppArgs) -> anyhow::Result<()> {
             user: args.orders_mysql_user.clone(),
             password: read_secret(&args.orders_mysql_password_file, "--orders-mysql-password-file")?
                 .unwrap_or_default(),
-            database: "shop".to_string(),
+            database: Some("shop".to_string()),
         });
     }
     if let Some(address) = &args.sessions_redis {

@@ -42,21 +42,6 @@ pub(crate) struct DnsArgs {
     tls: crate::TlsArgs,
 }
 
-fn read_token(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
-    let token = match file {
-        Some(path) => {
-            Some(std::fs::read_to_string(path).with_context(|| format!("read token file {}", path.display()))?)
-        }
-        None => std::env::var("SWITCHYARD_CONTROL_TOKEN").ok(),
-    };
-    match token.map(|t| t.trim().to_owned()) {
-        Some(t) if t.is_empty() => {
-            bail!("the control token is empty; put a secret in the token file (e.g. `openssl rand -hex 32`)")
-        }
-        other => Ok(other),
-    }
-}
-
 async fn bind_dns(address: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
     let hint = || format!("listen on {address} (is the port in use? pick another with --listen)");
     for _ in 0..SAME_PORT_ATTEMPTS_MAX {
@@ -73,7 +58,11 @@ async fn bind_dns(address: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener
 
 pub(crate) async fn run_dns(args: DnsArgs) -> anyhow::Result<()> {
     let config = dns::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let token = read_token(args.token_file.as_ref())?;
+    let token = crate::read_token(
+        args.token_file.as_deref(),
+        "SWITCHYARD_CONTROL_TOKEN",
+        crate::EMPTY_CONTROL_TOKEN,
+    )?;
     let listen = args.listen.unwrap_or(config.listen);
     let admin_listen = args.admin_listen.unwrap_or(config.admin_listen);
     dns::server::check_exposure(admin_listen, token.as_deref())?;

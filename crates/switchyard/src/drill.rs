@@ -189,13 +189,11 @@ async fn run_with<P: ProcessControl>(
         bail!("interrupted: the faults this drill injected were healed; the report covers the part that ran");
     }
     if !report.passed {
-        let failed: Vec<&str> = report
-            .expectations
-            .iter()
-            .filter(|e| !e.passed)
-            .map(|e| e.name.as_str())
-            .collect();
-        bail!("drill {} failed: {}", scenario.name, failed.join(", "));
+        bail!(
+            "drill {} failed: {}",
+            scenario.name,
+            report.failed_expectations().join(", ")
+        );
     }
     Ok(())
 }

@@ -59,23 +59,12 @@ fn parse_proxy(text: &str) -> Result<ProxyConfig, String> {
     })
 }
 
-fn read_token(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
-    let token = match file {
-        Some(path) => {
-            Some(std::fs::read_to_string(path).with_context(|| format!("read token file {}", path.display()))?)
-        }
-        None => std::env::var(faultproxy::access::TOKEN_ENV).ok(),
-    };
-    match token.map(|t| t.trim().to_owned()) {
-        Some(t) if t.is_empty() => {
-            bail!("the fault proxy's token is empty; put a secret in the token file (e.g. `openssl rand -hex 32`)")
-        }
-        other => Ok(other),
-    }
-}
-
 pub async fn run(args: FaultProxyArgs) -> anyhow::Result<()> {
-    let token = read_token(args.token_file.as_ref())?;
+    let token = crate::read_token(
+        args.token_file.as_deref(),
+        faultproxy::access::TOKEN_ENV,
+        "the fault proxy's token is empty; put a secret in the token file (e.g. `openssl rand -hex 32`)",
+    )?;
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;

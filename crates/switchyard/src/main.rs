@@ -584,3 +584,22 @@ pub(crate) async fn shutdown_signal() {
     }
     tracing::info!("shutting down: finishing in-flight requests");
 }
+
+/// What an empty admin token (DNS server, load balancer) is told.
+pub(crate) const EMPTY_CONTROL_TOKEN: &str =
+    "the control token is empty; put a secret in the token file (e.g. `openssl rand -hex 32`)";
+
+/// The bearer token from `file` (trimmed), or else from the environment variable `env`;
+/// `None` without either. An empty token is refused with `empty`, which names the fix.
+pub(crate) fn read_token(file: Option<&std::path::Path>, env: &str, empty: &str) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(path) => {
+            Some(std::fs::read_to_string(path).with_context(|| format!("read token file {}", path.display()))?)
+        }
+        None => std::env::var(env).ok(),
+    };
+    match token.map(|t| t.trim().to_owned()) {
+        Some(t) if t.is_empty() => bail!("{empty}"),
+        other => Ok(other),
+    }
+}

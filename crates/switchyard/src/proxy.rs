@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::net::TcpListener;
 
 #[derive(clap::Args)]
@@ -54,24 +54,13 @@ enum CtlAction {
     SetWeight { name: String, weight: u32 },
 }
 
-fn read_token(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
-    let token = match file {
-        Some(path) => {
-            Some(std::fs::read_to_string(path).with_context(|| format!("read token file {}", path.display()))?)
-        }
-        None => std::env::var("SWITCHYARD_CONTROL_TOKEN").ok(),
-    };
-    match token.map(|t| t.trim().to_owned()) {
-        Some(t) if t.is_empty() => {
-            bail!("the control token is empty; put a secret in the token file (e.g. `openssl rand -hex 32`)")
-        }
-        other => Ok(other),
-    }
-}
-
 pub(crate) async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let config = proxy::config::load(&args.config)?;
-    let token = read_token(args.token_file.as_ref())?;
+    let token = crate::read_token(
+        args.token_file.as_deref(),
+        "SWITCHYARD_CONTROL_TOKEN",
+        crate::EMPTY_CONTROL_TOKEN,
+    )?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| {
         format!(
             "listen on {} (is the port in use? change [proxy] listen)",
@@ -109,7 +98,11 @@ pub(crate) async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run_proxy_ctl(args: ProxyCtlArgs) -> anyhow::Result<()> {
-    let token = read_token(args.token_file.as_ref())?;
+    let token = crate::read_token(
+        args.token_file.as_deref(),
+        "SWITCHYARD_CONTROL_TOKEN",
+        crate::EMPTY_CONTROL_TOKEN,
+    )?;
     match args.action {
         CtlAction::Servers => {
             let servers = proxy::ctl::servers(&args.admin, token.as_deref()).await?;

@@ -13,8 +13,6 @@ use providers::ssm::{ParameterReader, PointerReading};
 /// by default, shared by every host that polls.
 pub const POLL_MS_MIN: u64 = 500;
 pub const POLL_MS_MAX: u64 = 600_000;
-/// Attempts of the reload command per change.
-const EXEC_ATTEMPTS_MAX: u32 = 3;
 
 pub(crate) struct SsmWatch {
     pub reader: ParameterReader,
@@ -73,7 +71,14 @@ pub(crate) async fn watch(options: SsmWatch, shutdown: impl Future<Output = ()>)
                     applied = generation;
                     tracing::info!(%region, aws_region = %reading.value, generation, file = %options.env_file.display(), "active region changed");
                     if let Some(command) = &options.exec {
-                        run_command(command, generation, &reading.value, &region).await;
+                        controller::pointer::run_exec_retrying(
+                            command,
+                            generation,
+                            &reading.value,
+                            &region,
+                            || async { false },
+                        )
+                        .await;
                     }
                 }
             }
@@ -83,23 +88,6 @@ pub(crate) async fn watch(options: SsmWatch, shutdown: impl Future<Output = ()>)
             _ = tokio::time::sleep(Duration::from_millis(options.poll_ms)) => {}
         }
     }
-}
-
-async fn run_command(command: &str, generation: u64, aws_region: &str, region: &str) {
-    for attempt in 1..=EXEC_ATTEMPTS_MAX {
-        match controller::pointer::run_exec_values(command, generation, aws_region, region).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, attempt, "reload command failed");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-            }
-        }
-    }
-    tracing::error!(
-        command,
-        generation,
-        "reload command failed {EXEC_ATTEMPTS_MAX} times; waiting for the next change"
-    );
 }
 
 #[cfg(test)]

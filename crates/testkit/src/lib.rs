@@ -1,9 +1,10 @@
 //! Support for the integration tests (`crates/*/tests/it`) that start real servers (MariaDB,
 //! PostgreSQL, Redis, ...): free ports, finding the servers' binaries, child processes stopped
-//! and reaped on drop, skipping with the package to install. A dev-dependency only; nothing in
+//! and reaped on drop, skipping with the package to install, and an unsigned DynamoDB JSON call
+//! for tests that talk to a store over HTTP. A dev-dependency only; nothing in
 //! a product crate uses it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,102 @@ pub fn running_as_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// A `redis-server` command on loopback at `port` (0: no plain TCP port, for a TLS-only
+/// server) without persistence, its working folder `dir`; the caller adds its own arguments
+/// and starts it with [`Server::start`].
+pub fn redis_server(binary: &Path, dir: &Path, port: u16) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir);
+    command
+}
+
+/// Starts a throwaway MariaDB server `name`: `mariadb-install-db` into `dir/name` unless it
+/// exists (a restart keeps its data), then `mariadbd` on loopback at `port` running the SQL
+/// `init` at start, with `extra` arguments; its socket, pid file, temporary folder and log
+/// (`dir/name.log`) are in `dir`.
+pub fn start_mariadb(mariadbd: &Path, dir: &Path, name: &str, port: u16, init: &str, extra: &[String]) -> Server {
+    let data = dir.join(name);
+    // Its own temporary folder: bootstraps running side by side collide in a shared /tmp.
+    let tmp = dir.join(format!("{name}-tmp"));
+    std::fs::create_dir_all(&tmp).expect("create tmpdir");
+    if !data.exists() {
+        let install_db = find_binary("mariadb-install-db").expect("mariadb-install-db ships with mariadbd");
+        let mut install = Command::new(install_db);
+        install.env("TMPDIR", &tmp).args([
+            "--no-defaults",
+            &format!("--datadir={}", data.display()),
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ]);
+        if running_as_root() {
+            install.arg("--user=root");
+        }
+        let output = install.output().expect("run mariadb-install-db");
+        let log = dir.join(format!("{name}-install.log"));
+        std::fs::write(&log, [output.stdout, output.stderr].concat()).expect("write log");
+        assert!(
+            output.status.success(),
+            "mariadb-install-db failed; see {}",
+            log.display()
+        );
+    }
+    let init_file = dir.join(format!("{name}-init.sql"));
+    std::fs::write(&init_file, init).expect("write init file");
+    let mut command = Command::new(mariadbd);
+    command.env("TMPDIR", &tmp).args([
+        "--no-defaults".to_string(),
+        format!("--datadir={}", data.display()),
+        format!("--port={port}"),
+        "--bind-address=127.0.0.1".into(),
+        format!("--socket={}", dir.join(format!("{name}.sock")).display()),
+        format!("--pid-file={}", dir.join(format!("{name}.pid")).display()),
+        format!("--init-file={}", init_file.display()),
+        "--skip-name-resolve".into(),
+        "--innodb-buffer-pool-size=16M".into(),
+    ]);
+    command.args(extra);
+    if running_as_root() {
+        command.arg("--user=root");
+    }
+    Server::start(&mut command, dir.join(format!("{name}.log")))
+}
+
+/// POSTs `body` to `url` with these headers over plain HTTP: the status and the body.
+/// Panics when nothing answers (a test's server must).
+pub async fn http_post(url: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, bytes::Bytes) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut request = hyper::Request::post(url);
+    for (name, value) in headers {
+        request = request.header(*name, value.as_str());
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("valid request");
+    let response = client.request(request).await.expect("the server answers");
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
+
+/// An unsigned DynamoDB JSON call (`X-Amz-Target: DynamoDB_20120810.<operation>`) to the store
+/// at `url`: the status and the JSON answer (`Null` when the answer is not JSON).
+pub async fn dynamodb_call(url: &str, operation: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let headers = [
+        ("x-amz-target", format!("DynamoDB_20120810.{operation}")),
+        ("content-type", "application/x-amz-json-1.0".to_string()),
+    ];
+    let (status, body) = http_post(&format!("{url}/"), &headers, body).await;
+    (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
 }
 
 /// A child process stopped (SIGTERM, then SIGKILL after [`STOP_GRACE`]) and reaped on drop;

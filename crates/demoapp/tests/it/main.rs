@@ -370,14 +370,11 @@ async fn health_turns_503_when_the_store_is_gone() {
 async fn health_turns_503_when_the_store_cannot_write() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let faults = store::disk::FaultyDisk::new();
-    let options = store::engine::EngineOptions {
-        disk: store::disk::DiskSettings {
-            free_bytes_min: Some(1 << 20),
-            reserve_bytes: 0,
-        },
-        faults: Some(faults.clone()),
-        backup_dir: None,
+    let disk = store::disk::DiskSettings {
+        free_bytes_min: Some(1 << 20),
+        reserve_bytes: 0,
     };
+    let options = store::engine::EngineOptions::on_faulty_disk(&faults, disk);
     let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(SystemClock), options).expect("open engine");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
@@ -492,17 +489,13 @@ async fn tables_create_makes_global_tables_and_orders_replicate() {
     let west_url = format!("http://{}", west_listener.local_addr().expect("address"));
     let replication = |peer: &str, url: &str| ServerConfig {
         credentials: None,
-        replication: Some(ReplicationConfig {
-            peers: vec![Peer {
+        replication: Some(ReplicationConfig::new(
+            vec![Peer {
                 region: peer.to_string(),
                 url: url.to_string(),
             }],
-            key: KEY.to_vec(),
-            backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
-            clock_offset_alarm_ms: store::global::CLOCK_OFFSET_ALARM_MS_DEFAULT,
-            clock_offset_max_ms: store::global::CLOCK_OFFSET_MAX_MS_DEFAULT,
-            peer_tls: None,
-        }),
+            KEY.to_vec(),
+        )),
     };
     let _east = start_store("us-east-1", east_listener, replication("eu-west-1", &west_url)).await;
     let _west = start_store("eu-west-1", west_listener, replication("us-east-1", &east_url)).await;

@@ -30,53 +30,31 @@ pub const ACKED_CHECKED_MAX: usize = 100_000;
 /// `promote_lag_max_ms`, and beyond the time from the fault to the promotion attempt.
 pub const DB_LAG_DELAY_S: u64 = 60;
 
-fn split(address: &str) -> Result<(String, u16), String> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| format!("'{address}' is not host:port"))?;
-    Ok((
-        host.to_string(),
-        port.parse().map_err(|_| format!("'{address}': bad port"))?,
-    ))
-}
-
 async fn mariadb(address: &str, accounts: &DatabaseAccounts) -> Result<mysql_async::Conn, String> {
-    let (host, port) = split(address)?;
-    let options = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(host)
-        .tcp_port(port)
-        .user(Some(accounts.mariadb_user.clone()))
-        .pass(Some(accounts.mariadb_password.clone()))
-        .prefer_socket(false);
-    bounded(
-        &format!("MariaDB {address}"),
-        DB_CONNECT_TIMEOUT_MS,
-        mysql_async::Conn::new(options),
-    )
-    .await
+    let (host, port) = common::db::split_address(address)?;
+    let target = common::db::SqlTarget {
+        host,
+        port,
+        user: accounts.mariadb_user.clone(),
+        password: accounts.mariadb_password.clone(),
+        database: None,
+    };
+    target
+        .connect(&format!("MariaDB {address}"), DB_CONNECT_TIMEOUT_MS)
+        .await
 }
 
 async fn redis_conn(address: &str, accounts: &DatabaseAccounts) -> Result<redis::aio::MultiplexedConnection, String> {
-    let (host, port) = split(address)?;
-    let info = redis::ConnectionInfo {
-        addr: redis::ConnectionAddr::Tcp(host, port),
-        redis: redis::RedisConnectionInfo {
-            db: 0,
-            username: Some(accounts.redis_user.clone()),
-            password: Some(accounts.redis_password.clone()),
-            protocol: redis::ProtocolVersion::RESP2,
-        },
+    let (host, port) = common::db::split_address(address)?;
+    let target = common::db::RedisTarget {
+        host,
+        port,
+        user: Some(accounts.redis_user.clone()),
+        password: Some(accounts.redis_password.clone()),
     };
-    let client = redis::Client::open(info).map_err(|e| format!("Redis {address}: {e}"))?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Duration::from_millis(DB_CONNECT_TIMEOUT_MS))
-        .set_response_timeout(Duration::from_millis(DB_QUERY_TIMEOUT_MS));
-    bounded(
-        &format!("Redis {address}"),
-        DB_CONNECT_TIMEOUT_MS,
-        client.get_multiplexed_async_connection_with_config(&config),
-    )
-    .await
+    target
+        .connect(&format!("Redis {address}"), DB_CONNECT_TIMEOUT_MS, DB_QUERY_TIMEOUT_MS)
+        .await
 }
 
 /// The controller's recent audit records (`GET /v1/events`).
@@ -106,15 +84,8 @@ async fn mariadb_primary(deployment: &Deployment, accounts: &DatabaseAccounts) -
     for region in &deployment.databases {
         let Some(address) = &region.mariadb else { continue };
         let state = async {
-            let mut conn = mariadb(address, accounts).await?;
-            let read_only = bounded(
-                "read @@read_only",
-                DB_QUERY_TIMEOUT_MS,
-                conn.query_first::<u8, _>("SELECT @@GLOBAL.read_only"),
-            )
-            .await?;
-            let _ = conn.disconnect().await;
-            Ok::<_, String>(read_only == Some(0))
+            let conn = mariadb(address, accounts).await?;
+            common::db::mysql_writable(conn, DB_QUERY_TIMEOUT_MS).await
         };
         match state.await {
             Ok(true) => return Ok((region.region.clone(), address.clone())),
@@ -134,15 +105,7 @@ async fn redis_primary(deployment: &Deployment, accounts: &DatabaseAccounts) -> 
         let Some(address) = &region.redis else { continue };
         let role = async {
             let mut conn = redis_conn(address, accounts).await?;
-            let command = redis::cmd("ROLE");
-            let value = bounded(
-                "ROLE",
-                DB_QUERY_TIMEOUT_MS,
-                command.query_async::<redis::Value>(&mut conn),
-            )
-            .await?;
-            let master = matches!(value, redis::Value::Array(items)
-                if matches!(items.first(), Some(redis::Value::BulkString(b)) if b.as_slice() == b"master"));
+            let master = common::db::redis_is_master(&mut conn, DB_QUERY_TIMEOUT_MS).await?;
             let mut get = redis::cmd("GET");
             get.arg("switchyard:promotion");
             let record = bounded(

@@ -66,14 +66,7 @@ async fn start_stores() -> (
             .collect();
         let config = ServerConfig {
             credentials: None,
-            replication: Some(ReplicationConfig {
-                peers,
-                key: KEY.to_vec(),
-                backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
-                clock_offset_alarm_ms: store::global::CLOCK_OFFSET_ALARM_MS_DEFAULT,
-                clock_offset_max_ms: store::global::CLOCK_OFFSET_MAX_MS_DEFAULT,
-                peer_tls: None,
-            }),
+            replication: Some(ReplicationConfig::new(peers, KEY.to_vec())),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {

@@ -128,20 +128,7 @@ const CATCH_UP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30
 const CAUGHT_UP_LAG_MS_MAX: u64 = 5_000;
 
 async fn call(url: &str, operation: &str, body: serde_json::Value) -> serde_json::Value {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let request = hyper::Request::post(format!("{url}/"))
-        .header("x-amz-target", format!("DynamoDB_20120810.{operation}"))
-        .header("content-type", "application/x-amz-json-1.0")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
-        .expect("valid request");
-    let response = client.request(request).await.expect("store answers");
-    let status = response.status().as_u16();
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body).expect("JSON answer");
+    let (status, value) = testkit::dynamodb_call(url, operation, body.to_string().into_bytes()).await;
     assert_eq!(status, 200, "{operation}: {value}");
     value
 }
@@ -180,17 +167,13 @@ async fn replicating_pair() -> (ReplicatingStore, ReplicatingStore) {
         let other = 1 - index;
         let config = store::server::ServerConfig {
             credentials: None,
-            replication: Some(store::global::ReplicationConfig {
-                peers: vec![store::global::Peer {
+            replication: Some(store::global::ReplicationConfig::new(
+                vec![store::global::Peer {
                     region: names[other].to_string(),
                     url: urls[other].clone(),
                 }],
-                key: REPLICATION_KEY.to_vec(),
-                backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
-                clock_offset_alarm_ms: store::global::CLOCK_OFFSET_ALARM_MS_DEFAULT,
-                clock_offset_max_ms: store::global::CLOCK_OFFSET_MAX_MS_DEFAULT,
-                peer_tls: None,
-            }),
+                REPLICATION_KEY.to_vec(),
+            )),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -297,14 +280,11 @@ async fn the_write_probe_fails_against_a_store_that_cannot_write() {
     );
     let dir = tempfile::tempdir().expect("temporary directory");
     let faults = store::disk::FaultyDisk::new();
-    let options = store::engine::EngineOptions {
-        disk: store::disk::DiskSettings {
-            free_bytes_min: Some(1 << 20),
-            reserve_bytes: 0,
-        },
-        faults: Some(faults.clone()),
-        backup_dir: None,
+    let disk = store::disk::DiskSettings {
+        free_bytes_min: Some(1 << 20),
+        reserve_bytes: 0,
     };
+    let options = store::engine::EngineOptions::on_faulty_disk(&faults, disk);
     let engine =
         store::Engine::open_with(dir.path(), "east", Arc::new(store::SystemClock), options).expect("open engine");
     create_table(&engine, "health").await;

@@ -1,7 +1,6 @@
 //! Redis probe against real redis-server processes: a password-protected primary and a replica.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use health::ProbeKind;
@@ -23,22 +22,7 @@ fn redis(address: &str, password: Option<&str>, expect_role: Option<&str>, max_l
 /// Starts `redis-server` on loopback at `port` without persistence (its folder `dir`, its log
 /// `dir/log`), with `extra` arguments.
 fn start_redis(binary: &Path, dir: &Path, port: u16, log: &str, extra: &[&str]) -> Server {
-    let port = port.to_string();
-    let folder = dir.display().to_string();
-    let mut args = vec![
-        "--port",
-        port.as_str(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        folder.as_str(),
-    ];
-    args.extend_from_slice(extra);
-    Server::start(Command::new(binary).args(args), dir.join(log))
+    Server::start(testkit::redis_server(binary, dir, port).args(extra), dir.join(log))
 }
 
 #[tokio::test]

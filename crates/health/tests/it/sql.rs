@@ -25,49 +25,8 @@ fn sql(driver: SqlDriver, port: u16, user: &str, password: Option<&str>, replica
     }
 }
 
-fn install_mariadb(install_db: &Path, data: &Path, log: &Path) {
-    let mut command = Command::new(install_db);
-    command.args([
-        "--no-defaults",
-        &format!("--datadir={}", data.display()),
-        "--auth-root-authentication-method=normal",
-        "--skip-test-db",
-    ]);
-    if running_as_root() {
-        command.arg("--user=root");
-    }
-    let output = command.output().expect("run mariadb-install-db");
-    std::fs::write(log, [output.stdout, output.stderr].concat()).expect("write log");
-    assert!(
-        output.status.success(),
-        "mariadb-install-db failed; see {}",
-        log.display()
-    );
-}
-
 fn start_mariadb(mariadbd: &Path, dir: &Path, name: &str, port: u16, extra: &[String], init: &str) -> Server {
-    let data = dir.join(name);
-    let install_db = find_binary("mariadb-install-db").expect("mariadb-install-db ships with mariadbd");
-    install_mariadb(&install_db, &data, &dir.join(format!("{name}-install.log")));
-    let init_file = dir.join(format!("{name}-init.sql"));
-    std::fs::write(&init_file, init).expect("write init file");
-    let mut command = Command::new(mariadbd);
-    command.args([
-        "--no-defaults".to_string(),
-        format!("--datadir={}", data.display()),
-        format!("--port={port}"),
-        "--bind-address=127.0.0.1".into(),
-        format!("--socket={}", dir.join(format!("{name}.sock")).display()),
-        format!("--pid-file={}", dir.join(format!("{name}.pid")).display()),
-        format!("--init-file={}", init_file.display()),
-        "--skip-name-resolve".into(),
-        "--innodb-buffer-pool-size=16M".into(),
-    ]);
-    command.args(extra);
-    if running_as_root() {
-        command.arg("--user=root");
-    }
-    Server::start(&mut command, dir.join(format!("{name}.log")))
+    testkit::start_mariadb(mariadbd, dir, name, port, init, extra)
 }
 
 #[tokio::test]

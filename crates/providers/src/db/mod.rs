@@ -12,13 +12,6 @@
 //! already acted ([`crate::Failure::Fenced`]), and re-running an order whose promotion is done
 //! (a retry, a controller that crashed mid-runbook and rolls forward) promotes nothing twice.
 
-pub mod binlog;
-pub mod gtid;
-pub mod mysql;
-pub mod postgres;
-pub mod redis;
-pub mod tls;
-
 use std::collections::BTreeMap;
 
 use toml::Spanned;
@@ -40,6 +33,96 @@ pub const PROMOTE_LAG_MS_MAX: u64 = 300_000;
 pub const STEP_OVERHEAD_MS: u64 = 10_000;
 /// Notes kept in one outcome line; the rest are counted.
 pub const NOTES_MAX: usize = 16;
+
+/// Declares a promote step's `[runbook.<kind>]` table, `Settings`: the keys every database step
+/// has (`servers`, `password`, `promote_lag_max_ms`, and `tls`, `ca_file`, `cert_file`,
+/// `key_file`: see [`tls`]), then the step's own fields, with [`Shared`]'s checks. A macro
+/// because unknown keys are refused (`deny_unknown_fields`), which serde cannot combine with a
+/// flattened shared struct, and `toml::Spanned` keeps no position inside one.
+macro_rules! promote_settings {
+    ($(#[$meta:meta])* pub struct Settings { $($own:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            /// Per region, its servers: `{ eu = ["db1.eu"], us = ["db1.us:5432", "db2.us"] }`
+            /// (the port defaults to the database's usual one).
+            pub servers: ::toml::Spanned<::std::collections::BTreeMap<String, Vec<::toml::Spanned<String>>>>,
+            /// The step's password (its user is the step's own key).
+            #[serde(default)]
+            pub password: Option<::toml::Spanned<$crate::secret::SecretSource>>,
+            /// How long the step waits for the candidate to catch up with everything known to
+            /// exist; one still behind after that is refused unless the order forces data loss.
+            #[serde(default = "super::default_promote_lag_max_ms")]
+            pub promote_lag_max_ms: ::toml::Spanned<u64>,
+            /// TLS to the servers (`tls = true`, `ca_file`, `cert_file` + `key_file`): see
+            /// [`super::tls`].
+            #[serde(default)]
+            pub tls: Option<::toml::Spanned<bool>>,
+            #[serde(default)]
+            pub ca_file: Option<::toml::Spanned<::std::path::PathBuf>>,
+            #[serde(default)]
+            pub cert_file: Option<::toml::Spanned<::std::path::PathBuf>>,
+            #[serde(default)]
+            pub key_file: Option<::toml::Spanned<::std::path::PathBuf>>,
+            $($own)*
+        }
+
+        impl Settings {
+            /// Checks the keys every database step has.
+            fn check_shared(&self, what: &str, default_port: u16, checker: &mut dyn $crate::Checker) -> super::Shared {
+                let tls = super::tls::TlsSettings {
+                    tls: self.tls.clone(),
+                    ca_file: self.ca_file.clone(),
+                    cert_file: self.cert_file.clone(),
+                    key_file: self.key_file.clone(),
+                }
+                .check(what, checker);
+                let members = super::check_servers(what, &self.servers, default_port, checker);
+                let lag_ok = super::check_lag(what, &self.promote_lag_max_ms, checker);
+                let password = super::resolve_secret(what, "password", &self.password, checker);
+                super::Shared {
+                    members,
+                    tls,
+                    lag_ok,
+                    password,
+                }
+            }
+        }
+    };
+}
+
+/// The keys every database step has, checked: `None` where a problem was reported.
+pub(crate) struct Shared {
+    pub members: Option<Vec<Member>>,
+    pub tls: Option<Option<tls::Tls>>,
+    pub lag_ok: bool,
+    pub password: Option<Option<crate::secret::Secret>>,
+}
+
+/// Resolves an optional secret setting (`name`): `Some(None)` when it is left out, `None`
+/// when it was reported.
+pub(crate) fn resolve_secret(
+    what: &str,
+    name: &str,
+    source: &Option<Spanned<crate::secret::SecretSource>>,
+    checker: &mut dyn Checker,
+) -> Option<Option<crate::secret::Secret>> {
+    match source {
+        None => Some(None),
+        Some(source) => source
+            .get_ref()
+            .resolve(source.span(), &format!("{what} {name}"), checker)
+            .map(Some),
+    }
+}
+
+pub mod binlog;
+pub mod gtid;
+pub mod mysql;
+pub mod postgres;
+pub mod redis;
+pub mod tls;
 
 /// One configured server.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,12 +17,10 @@
 //! SLAVE ADMIN, CONNECTION ADMIN, BINLOG MONITOR, SLAVE MONITOR) and CREATE, SELECT, INSERT,
 //! UPDATE on `switchyard.*`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use serde::Deserialize;
 use toml::Spanned;
 
 use super::binlog::ErrantScan;
@@ -46,49 +44,28 @@ pub const BINLOG_EVENTS_SCANNED_MAX: u64 = 200_000;
 pub const BINLOG_PAGE_EVENTS: u64 = 5_000;
 pub const BINLOG_SCAN_MS: u64 = 5_000;
 
-/// The `[runbook.mysql_promote]` table.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// Per region, its servers: `{ eu = ["db1.eu:3306"], us = ["db1.us:3306", "db2.us"] }`.
-    pub servers: Spanned<BTreeMap<String, Vec<Spanned<String>>>>,
-    /// The account the step logs in with.
-    pub user: Spanned<String>,
-    #[serde(default)]
-    pub password: Option<Spanned<SecretSource>>,
-    /// The account replicas use to replicate from the new primary (`CHANGE MASTER TO`).
-    pub replication_user: Spanned<String>,
-    #[serde(default)]
-    pub replication_password: Option<Spanned<SecretSource>>,
-    /// How long the step waits for the candidate to apply every transaction known to exist;
-    /// one still behind after that is refused unless the order forces data loss.
-    #[serde(default = "super::default_promote_lag_max_ms")]
-    pub promote_lag_max_ms: Spanned<u64>,
-    /// TLS to the servers (`tls = true`, `ca_file`, `cert_file` + `key_file`): see
-    /// [`super::tls`].
-    #[serde(default)]
-    pub tls: Option<Spanned<bool>>,
-    #[serde(default)]
-    pub ca_file: Option<Spanned<std::path::PathBuf>>,
-    #[serde(default)]
-    pub cert_file: Option<Spanned<std::path::PathBuf>>,
-    #[serde(default)]
-    pub key_file: Option<Spanned<std::path::PathBuf>>,
+promote_settings! {
+    /// The `[runbook.mysql_promote]` table.
+    pub struct Settings {
+        /// The account the step logs in with.
+        pub user: Spanned<String>,
+        /// The account replicas use to replicate from the new primary (`CHANGE MASTER TO`).
+        pub replication_user: Spanned<String>,
+        #[serde(default)]
+        pub replication_password: Option<Spanned<SecretSource>>,
+    }
 }
 
 impl Settings {
     /// Checks the settings (every problem reported) and builds the actuator.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<MysqlPromote> {
         let what = format!("mysql_promote step '{step}'");
-        let tls = super::tls::TlsSettings {
-            tls: self.tls.clone(),
-            ca_file: self.ca_file.clone(),
-            cert_file: self.cert_file.clone(),
-            key_file: self.key_file.clone(),
-        }
-        .check(&what, checker);
-        let members = super::check_servers(&what, &self.servers, MYSQL_PORT_DEFAULT, checker);
-        let mut ok = super::check_lag(&what, &self.promote_lag_max_ms, checker);
+        let super::Shared {
+            members,
+            tls,
+            lag_ok: mut ok,
+            password,
+        } = self.check_shared(&what, MYSQL_PORT_DEFAULT, checker);
         for (name, user) in [("user", &self.user), ("replication_user", &self.replication_user)] {
             if user.get_ref().is_empty() || user.get_ref().chars().count() > USER_CHARS_MAX {
                 checker.error(
@@ -102,15 +79,8 @@ impl Settings {
                 ok = false;
             }
         }
-        let mut secret = |source: &Option<Spanned<SecretSource>>, name: &str| match source {
-            None => Some(None),
-            Some(source) => source
-                .get_ref()
-                .resolve(source.span(), &format!("{what} {name}"), checker)
-                .map(Some),
-        };
-        let password = secret(&self.password, "password");
-        let replication_password = secret(&self.replication_password, "replication_password");
+        let replication_password =
+            super::resolve_secret(&what, "replication_password", &self.replication_password, checker);
         let (Some(members), Some(password), Some(replication_password), Some(tls), true) =
             (members, password, replication_password, tls, ok)
         else {

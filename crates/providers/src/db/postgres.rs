@@ -63,41 +63,23 @@ pub const REJOIN_OUTPUT_BYTES_MAX: usize = 600;
 /// Longest name accepted for users and the database (PostgreSQL's NAMEDATALEN - 1).
 pub const NAME_CHARS_MAX: usize = 63;
 
-/// The `[runbook.postgres_promote]` table.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// Per region, its servers: `{ eu = ["pg1.eu:5432"], us = ["pg1.us", "pg2.us"] }`.
-    pub servers: Spanned<BTreeMap<String, Vec<Spanned<String>>>>,
-    /// The superuser the step logs in with.
-    pub user: Spanned<String>,
-    #[serde(default)]
-    pub password: Option<Spanned<SecretSource>>,
-    /// The database the step connects to and keeps its promotion record in.
-    #[serde(default = "default_database")]
-    pub database: Spanned<String>,
-    /// The role standbys stream with (`primary_conninfo`).
-    pub replication_user: Spanned<String>,
-    #[serde(default)]
-    pub replication_password: Option<Spanned<SecretSource>>,
-    /// How long the step waits for the candidate to replay every WAL record known to exist;
-    /// one still behind after that is refused unless the order forces data loss.
-    #[serde(default = "super::default_promote_lag_max_ms")]
-    pub promote_lag_max_ms: Spanned<u64>,
-    /// How a former primary (or a standby past the fork point) becomes a standby of the new
-    /// primary; without it such a server is left fenced and named.
-    #[serde(default)]
-    pub rejoin: Option<Spanned<RejoinSettings>>,
-    /// TLS to the servers (`tls = true`, `ca_file`, `cert_file` + `key_file`): see
-    /// [`super::tls`].
-    #[serde(default)]
-    pub tls: Option<Spanned<bool>>,
-    #[serde(default)]
-    pub ca_file: Option<Spanned<std::path::PathBuf>>,
-    #[serde(default)]
-    pub cert_file: Option<Spanned<std::path::PathBuf>>,
-    #[serde(default)]
-    pub key_file: Option<Spanned<std::path::PathBuf>>,
+promote_settings! {
+    /// The `[runbook.postgres_promote]` table.
+    pub struct Settings {
+        /// The superuser the step logs in with.
+        pub user: Spanned<String>,
+        /// The database the step connects to and keeps its promotion record in.
+        #[serde(default = "default_database")]
+        pub database: Spanned<String>,
+        /// The role standbys stream with (`primary_conninfo`).
+        pub replication_user: Spanned<String>,
+        #[serde(default)]
+        pub replication_password: Option<Spanned<SecretSource>>,
+        /// How a former primary (or a standby past the fork point) becomes a standby of the new
+        /// primary; without it such a server is left fenced and named.
+        #[serde(default)]
+        pub rejoin: Option<Spanned<RejoinSettings>>,
+    }
 }
 
 /// `rejoin = { program = "/usr/local/sbin/pg-rejoin", args = [], timeout_ms = 120000 }`: a
@@ -126,15 +108,12 @@ impl Settings {
     /// Checks the settings (every problem reported) and builds the actuator.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<PostgresPromote> {
         let what = format!("postgres_promote step '{step}'");
-        let tls = super::tls::TlsSettings {
-            tls: self.tls.clone(),
-            ca_file: self.ca_file.clone(),
-            cert_file: self.cert_file.clone(),
-            key_file: self.key_file.clone(),
-        }
-        .check(&what, checker);
-        let members = super::check_servers(&what, &self.servers, POSTGRES_PORT_DEFAULT, checker);
-        let mut ok = super::check_lag(&what, &self.promote_lag_max_ms, checker);
+        let super::Shared {
+            members,
+            tls,
+            lag_ok: mut ok,
+            password,
+        } = self.check_shared(&what, POSTGRES_PORT_DEFAULT, checker);
         for (name, value) in [
             ("user", &self.user),
             ("replication_user", &self.replication_user),
@@ -186,15 +165,8 @@ impl Settings {
                 })
             }
         };
-        let mut secret = |source: &Option<Spanned<SecretSource>>, name: &str| match source {
-            None => Some(None),
-            Some(source) => source
-                .get_ref()
-                .resolve(source.span(), &format!("{what} {name}"), checker)
-                .map(Some),
-        };
-        let password = secret(&self.password, "password");
-        let replication_password = secret(&self.replication_password, "replication_password");
+        let replication_password =
+            super::resolve_secret(&what, "replication_password", &self.replication_password, checker);
         let (Some(members), Some(password), Some(replication_password), Some(tls), true) =
             (members, password, replication_password, tls, ok)
         else {

@@ -16,11 +16,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use toml::Spanned;
 
 use super::{CONNECT_TIMEOUT_MS, Member, Notes, QUERY_TIMEOUT_MS};
-use crate::secret::{Secret, SecretSource};
+use crate::secret::Secret;
 use crate::{Checker, Failure, Order, Outcome};
 
 /// Default Redis port.
@@ -40,44 +39,24 @@ const RECORD_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
     if g and g > tonumber(ARGV[1]) then return v end end \
     redis.call('SET', KEYS[1], ARGV[2]) return ARGV[2]";
 
-/// The `[runbook.redis_promote]` table.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// Per region, its servers: `{ eu = ["redis.eu:6379"], us = ["redis.us"] }`.
-    pub servers: Spanned<BTreeMap<String, Vec<Spanned<String>>>>,
-    /// An ACL user (Redis 6+); without it the password is the `default` user's.
-    #[serde(default)]
-    pub username: Option<Spanned<String>>,
-    #[serde(default)]
-    pub password: Option<Spanned<SecretSource>>,
-    /// How long the step waits for the candidate to reach the old master's offset.
-    #[serde(default = "super::default_promote_lag_max_ms")]
-    pub promote_lag_max_ms: Spanned<u64>,
-    /// TLS to the servers (`tls = true`, `ca_file`, `cert_file` + `key_file`): see
-    /// [`super::tls`].
-    #[serde(default)]
-    pub tls: Option<Spanned<bool>>,
-    #[serde(default)]
-    pub ca_file: Option<Spanned<std::path::PathBuf>>,
-    #[serde(default)]
-    pub cert_file: Option<Spanned<std::path::PathBuf>>,
-    #[serde(default)]
-    pub key_file: Option<Spanned<std::path::PathBuf>>,
+promote_settings! {
+    /// The `[runbook.redis_promote]` table.
+    pub struct Settings {
+        /// An ACL user (Redis 6+); without it the password is the `default` user's.
+        #[serde(default)]
+        pub username: Option<Spanned<String>>,
+    }
 }
 
 impl Settings {
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<RedisPromote> {
         let what = format!("redis_promote step '{step}'");
-        let tls = super::tls::TlsSettings {
-            tls: self.tls.clone(),
-            ca_file: self.ca_file.clone(),
-            cert_file: self.cert_file.clone(),
-            key_file: self.key_file.clone(),
-        }
-        .check(&what, checker);
-        let members = super::check_servers(&what, &self.servers, REDIS_PORT_DEFAULT, checker);
-        let mut ok = super::check_lag(&what, &self.promote_lag_max_ms, checker);
+        let super::Shared {
+            members,
+            tls,
+            lag_ok: mut ok,
+            password,
+        } = self.check_shared(&what, REDIS_PORT_DEFAULT, checker);
         if let Some(user) = &self.username
             && (user.get_ref().is_empty() || user.get_ref().chars().any(char::is_whitespace))
         {
@@ -88,13 +67,6 @@ impl Settings {
             );
             ok = false;
         }
-        let password = match &self.password {
-            None => Some(None),
-            Some(source) => source
-                .get_ref()
-                .resolve(source.span(), &format!("{what} password"), checker)
-                .map(Some),
-        };
         let (Some(members), Some(password), Some(tls), true) = (members, password, tls, ok) else {
             return None;
         };

@@ -41,6 +41,25 @@ pub struct Key {
     secret: Vec<u8>,
 }
 
+/// Why a key file (or a bare secret) was refused; the step's check points at `key_name` for
+/// [`KeyError::NoKeyNamed`], at the key file otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("the file holds only a secret, so the key's name is needed: set key_name")]
+    NameNeeded,
+    #[error("the file has no key named '{0}'")]
+    NoKeyNamed(String),
+    #[error("the file has {0} keys: set key_name to pick one")]
+    SeveralKeys(usize),
+    #[error(
+        "key '{name}' uses algorithm {algorithm}; only {ALGORITHM} is supported (tsig-keygen -a {ALGORITHM} {name})"
+    )]
+    Algorithm { name: String, algorithm: String },
+    /// The file's text, the key's name or its secret is malformed: what is wrong.
+    #[error("{0}")]
+    Malformed(String),
+}
+
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Key({}, ..)", self.name)
@@ -49,16 +68,16 @@ impl std::fmt::Debug for Key {
 
 impl Key {
     /// A key from its name and base64 secret.
-    pub fn new(name: &str, secret_base64: &str) -> Result<Key, String> {
-        let wire_name = wire_name(name)?;
+    pub fn new(name: &str, secret_base64: &str) -> Result<Key, KeyError> {
+        let wire_name = wire_name(name).map_err(KeyError::Malformed)?;
         let secret = base64::engine::general_purpose::STANDARD
             .decode(secret_base64.trim())
-            .map_err(|e| format!("the secret is not base64 ({e})"))?;
+            .map_err(|e| KeyError::Malformed(format!("the secret is not base64 ({e})")))?;
         if secret.len() < SECRET_BYTES_MIN {
-            return Err(format!(
+            return Err(KeyError::Malformed(format!(
                 "the secret has {} bytes; at least {SECRET_BYTES_MIN} are needed",
                 secret.len()
-            ));
+            )));
         }
         Ok(Key {
             name: name.trim_end_matches('.').to_string(),
@@ -70,19 +89,19 @@ impl Key {
     /// Reads a key file: BIND's `tsig-keygen` output (`key "NAME" { algorithm hmac-sha256;
     /// secret "..."; };`), or just the base64 secret (then `name` is needed). `name`, when
     /// given, picks the key of that name and must match the file's.
-    pub fn parse(text: &str, name: Option<&str>) -> Result<Key, String> {
+    pub fn parse(text: &str, name: Option<&str>) -> Result<Key, KeyError> {
         if !text.contains('{') {
             let secret: String = text.split_whitespace().collect();
             return match name {
                 Some(name) => Key::new(name, &secret),
-                None => Err("the file holds only a secret, so the key's name is needed: set key_name".into()),
+                None => Err(KeyError::NameNeeded),
             };
         }
-        let tokens = tokenize(text)?;
+        let tokens = tokenize(text).map_err(KeyError::Malformed)?;
         let mut keys = Vec::new();
         let mut rest = tokens.as_slice();
         while let Some(position) = rest.iter().position(|t| t == "key") {
-            let (key, after) = key_clause(&rest[position + 1..])?;
+            let (key, after) = key_clause(&rest[position + 1..]).map_err(KeyError::Malformed)?;
             keys.push(key);
             rest = after;
         }
@@ -91,15 +110,16 @@ impl Key {
             Some(wanted) => keys
                 .into_iter()
                 .find(|(n, _, _)| n.trim_end_matches('.').eq_ignore_ascii_case(wanted))
-                .ok_or_else(|| format!("the file has no key named '{wanted}'"))?,
+                .ok_or_else(|| KeyError::NoKeyNamed(wanted.clone()))?,
             None if keys.len() == 1 => keys.remove(0),
-            None => return Err(format!("the file has {} keys: set key_name to pick one", keys.len())),
+            None => return Err(KeyError::SeveralKeys(keys.len())),
         };
         let (key_name, algorithm, secret) = key;
         if !algorithm.eq_ignore_ascii_case(ALGORITHM) {
-            return Err(format!(
-                "key '{key_name}' uses algorithm {algorithm}; only {ALGORITHM} is supported (tsig-keygen -a {ALGORITHM} {key_name})"
-            ));
+            return Err(KeyError::Algorithm {
+                name: key_name,
+                algorithm,
+            });
         }
         Key::new(&key_name, &secret)
     }
@@ -724,24 +744,29 @@ mod tests {
         );
         assert_eq!(parsed.name, "Switchyard-Test");
         assert!(Key::parse(&file, Some("switchyard-test.")).is_ok());
-        assert!(
-            Key::parse(&file, Some("other"))
-                .expect_err("no such key")
-                .contains("no key named")
+        assert_eq!(
+            Key::parse(&file, Some("other")),
+            Err(KeyError::NoKeyNamed("other".into()))
         );
         assert!(Key::parse(SECRET, Some("k")).is_ok());
-        assert!(Key::parse(SECRET, None).expect_err("needs a name").contains("key_name"));
+        let needs_name = Key::parse(SECRET, None).expect_err("needs a name");
+        assert_eq!(needs_name, KeyError::NameNeeded);
+        assert!(needs_name.to_string().contains("key_name"));
         let md5 = file.replace("hmac-sha256", "hmac-md5");
-        assert!(Key::parse(&md5, None).expect_err("md5").contains("only hmac-sha256"));
+        let md5 = Key::parse(&md5, None).expect_err("md5");
+        assert!(matches!(&md5, KeyError::Algorithm { algorithm, .. } if algorithm == "hmac-md5"));
+        assert!(md5.to_string().contains("only hmac-sha256"), "{md5}");
         assert!(Key::parse("key \"k\" { algorithm hmac-sha256; };", None).is_err());
         assert!(
             Key::parse("c2hvcnQ=", Some("k"))
                 .expect_err("short")
+                .to_string()
                 .contains("at least")
         );
         assert!(
             Key::parse("not base64!", Some("k"))
                 .expect_err("base64")
+                .to_string()
                 .contains("base64")
         );
     }

@@ -1,41 +1,15 @@
 //! `route53`, `route53_failover_health`, `ssm_parameter` and the CloudWatch lag reader against
 //! moto's server.
 
-use std::collections::BTreeSet;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-
 use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
 use providers::aws::{Access, StaticCredentials};
-use providers::{Checker, Failure, Order};
+use providers::{Failure, Order};
 
+use crate::common::Collect;
 use crate::moto::Moto;
 
-struct Collect {
-    folder: PathBuf,
-    regions: BTreeSet<String>,
-    errors: Vec<String>,
-}
-
-impl Checker for Collect {
-    fn error(&mut self, _span: Range<usize>, message: String, _fix: String) {
-        self.errors.push(message);
-    }
-    fn warn(&mut self, _span: Range<usize>, _message: String, _fix: String) {}
-    fn folder(&self) -> &Path {
-        &self.folder
-    }
-    fn regions(&self) -> &BTreeSet<String> {
-        &self.regions
-    }
-}
-
 fn checker() -> Collect {
-    Collect {
-        folder: PathBuf::from("."),
-        regions: ["us", "eu"].into_iter().map(String::from).collect(),
-        errors: Vec::new(),
-    }
+    Collect::new(&["us", "eu"])
 }
 
 fn credentials() -> StaticCredentials {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::fake::{self, Collect, Request, answer, order};
+use crate::fake::{self, Collect, Request, answer, order, token_file};
 use providers::Failure;
 
 const TOKEN: &str = "cf-scoped-token-for-tests";
@@ -156,12 +156,6 @@ values = {{ us-east-1 = "{US}", eu-west-1 = "{EU}" }}
 "#,
         token_file.display()
     )
-}
-
-fn token_file(token: &str) -> tempfile::NamedTempFile {
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(file.path(), token).expect("write token");
-    file
 }
 
 #[tokio::test]

@@ -1,23 +1,33 @@
-//! What the provider tests share: a config checker that keeps problems, free ports, waiting.
+//! What the provider tests share: a config checker that keeps problems, free ports, waiting;
+//! servers and finding their binaries come from `testkit`.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Keeps what `Settings::check` reports.
+/// Keeps what `Settings::check` reports, like the controller's config check: each error with
+/// its fix (`message (fix: fix)`), and the warnings' messages.
 pub struct Collect {
     pub folder: PathBuf,
     pub regions: BTreeSet<String>,
     pub errors: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
 impl Collect {
-    pub fn new(folder: &Path, regions: &[&str]) -> Collect {
+    /// Relative paths start at the working folder.
+    pub fn new(regions: &[&str]) -> Collect {
+        Collect::in_folder(Path::new("."), regions)
+    }
+
+    /// Relative paths start at `folder`, the config file's folder.
+    pub fn in_folder(folder: &Path, regions: &[&str]) -> Collect {
         Collect {
             folder: folder.to_path_buf(),
             regions: regions.iter().map(|r| r.to_string()).collect(),
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -26,7 +36,9 @@ impl providers::Checker for Collect {
     fn error(&mut self, _span: Range<usize>, message: String, fix: String) {
         self.errors.push(format!("{message} (fix: {fix})"));
     }
-    fn warn(&mut self, _span: Range<usize>, _message: String, _fix: String) {}
+    fn warn(&mut self, _span: Range<usize>, message: String, _fix: String) {
+        self.warnings.push(message);
+    }
     fn folder(&self) -> &Path {
         &self.folder
     }
@@ -35,14 +47,8 @@ impl providers::Checker for Collect {
     }
 }
 
-/// Where a program is installed, if it is.
-pub fn installed(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
+pub use testkit::Server;
+pub use testkit::find_binary as installed;
 
 /// Tries at finding a port free for both TCP and UDP.
 const FREE_PORT_TRIES_MAX: usize = 100;
@@ -65,24 +71,5 @@ pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bo
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process killed when the test ends.
-pub struct Server {
-    pub child: std::process::Child,
-    pub log: PathBuf,
-}
-
-impl Server {
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

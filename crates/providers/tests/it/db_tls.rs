@@ -6,7 +6,6 @@
 //! come from `common::devca`. The same steps without TLS are refused by the servers.
 
 use std::path::Path;
-use std::process::Command;
 
 use common::devca::DevCaFiles;
 use providers::db::mysql::{MysqlPromote, Settings as MysqlSettings};
@@ -22,15 +21,11 @@ fn dev_ca(dir: &Path) -> DevCaFiles {
 }
 
 fn start_redis(binary: &Path, dir: &Path, name: &str, port: u16, master: Option<u16>, tls: &DevCaFiles) -> Server {
-    let mut command = Command::new(binary);
     let path = |p: &Path| p.display().to_string();
+    let mut command = crate::support::redis_server(binary, dir, name, 0, master, (USER, PASSWORD));
     command.args([
-        "--port",
-        "0",
         "--tls-port",
         &port.to_string(),
-        "--bind",
-        "127.0.0.1",
         "--tls-cert-file",
         &path(&tls.cert),
         "--tls-key-file",
@@ -41,32 +36,7 @@ fn start_redis(binary: &Path, dir: &Path, name: &str, port: u16, master: Option<
         "yes",
         "--tls-replication",
         "yes",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        &path(dir),
-        "--dbfilename",
-        &format!("{name}.rdb"),
-        "--user",
-        "default",
-        "off",
-        "--user",
-        USER,
-        "on",
-        &format!(">{PASSWORD}"),
-        "~*",
-        "&*",
-        "+@all",
-        "--masteruser",
-        USER,
-        "--masterauth",
-        PASSWORD,
     ]);
-    if let Some(master) = master {
-        command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
-    }
     Server::start(&mut command, dir.join(format!("{name}.log")))
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::fake::{self, Collect, Request, answer, order};
+use crate::fake::{self, Collect, Request, answer, order, token_file};
 use providers::Failure;
 
 const TOKEN: &str = "dop_v1_token_for_tests";
@@ -191,12 +191,6 @@ async fn start(account: Account) -> (Shared, String) {
     .await;
     *base_cell.lock().expect("base") = base.clone();
     (shared, base)
-}
-
-fn token_file(token: &str) -> tempfile::NamedTempFile {
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(file.path(), token).expect("write token");
-    file
 }
 
 fn step(settings: &str) -> providers::digitalocean::DigitalOcean {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::fake::{self, Collect, Request, answer, order};
+use crate::fake::{self, Collect, Request, answer, order, token_file};
 use providers::Failure;
 
 const TOKEN: &str = "dop_v1_db_token_for_tests";
@@ -159,12 +159,6 @@ poll_ms = 10
     let step = settings.check("orders-db", &mut checker);
     assert!(checker.errors.is_empty(), "{:?}", checker.errors);
     step.expect("a checked step")
-}
-
-fn token_file(token: &str) -> tempfile::NamedTempFile {
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(file.path(), token).expect("write token");
-    file
 }
 
 #[tokio::test]

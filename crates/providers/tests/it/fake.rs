@@ -1,9 +1,7 @@
 //! What the fakes share: an HTTP server on loopback that hands every request to one closure,
 //! and a checker that collects problems as the controller's config check would.
 
-use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -108,38 +106,13 @@ pub async fn serve(handler: impl Fn(Request) -> Response + Send + Sync + 'static
     format!("http://{address}")
 }
 
-/// Collects problems like the controller's config check (spans as byte offsets).
-pub struct Collect {
-    pub folder: PathBuf,
-    pub regions: BTreeSet<String>,
-    pub errors: Vec<String>,
-    pub warnings: Vec<String>,
-}
+pub use crate::common::Collect;
 
-impl Collect {
-    pub fn new(regions: &[&str]) -> Collect {
-        Collect {
-            folder: PathBuf::from("."),
-            regions: regions.iter().map(|r| r.to_string()).collect(),
-            errors: Vec::new(),
-            warnings: Vec::new(),
-        }
-    }
-}
-
-impl providers::Checker for Collect {
-    fn error(&mut self, _span: std::ops::Range<usize>, message: String, _fix: String) {
-        self.errors.push(message);
-    }
-    fn warn(&mut self, _span: std::ops::Range<usize>, message: String, _fix: String) {
-        self.warnings.push(message);
-    }
-    fn folder(&self) -> &Path {
-        &self.folder
-    }
-    fn regions(&self) -> &BTreeSet<String> {
-        &self.regions
-    }
+/// A file holding an API token, removed when dropped.
+pub fn token_file(token: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), token).expect("write token");
+    file
 }
 
 /// An order moving the active region from `from` to `to` at `generation`.

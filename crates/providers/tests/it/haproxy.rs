@@ -61,7 +61,7 @@ fn step(folder: &std::path::Path, endpoint: &str, extra: &str) -> Haproxy {
         "{endpoint}\n{extra}\n[regions]\n\"us-east-1\" = [\"shop/us1\", \"shop/us2\"]\n\"eu-west-1\" = [\"shop/eu1\", \"shop/eu2\"]\n"
     );
     let settings: Settings = toml::from_str(&text).expect("the test's TOML parses");
-    let mut checker = Collect::new(folder, &REGIONS);
+    let mut checker = Collect::in_folder(folder, &REGIONS);
     settings
         .check("lb", &mut checker)
         .unwrap_or_else(|| panic!("checks: {:?}", checker.errors))
@@ -144,7 +144,7 @@ async fn a_socket_below_admin_level_and_unknown_servers_are_refused() {
     );
     let text = "socket = \"admin.sock\"\n[regions]\n\"us-east-1\" = [\"shop/us9\"]\n";
     let settings: Settings = toml::from_str(text).expect("parses");
-    let mut checker = Collect::new(lb.dir.path(), &REGIONS);
+    let mut checker = Collect::in_folder(lb.dir.path(), &REGIONS);
     let missing = settings.check("lb", &mut checker).expect("checks");
     let outcome = missing.run(&order(1, &["us-east-1"])).await;
     assert!(
@@ -170,7 +170,7 @@ fn settings_problems_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = "socket = \"a.sock\"\naddress = \"127.0.0.1:1\"\nstandby = \"off\"\n[regions]\n\"mars-1\" = [\"shop/m1\"]\n\"us-east-1\" = [\"shop/u1\", \"bad name\"]\n\"eu-west-1\" = [\"shop/u1\"]\n";
     let settings: Settings = toml::from_str(text).expect("parses");
-    let mut checker = Collect::new(dir.path(), &REGIONS);
+    let mut checker = Collect::in_folder(dir.path(), &REGIONS);
     assert!(settings.check("lb", &mut checker).is_none());
     let all = checker.errors.join("\n");
     for expected in [

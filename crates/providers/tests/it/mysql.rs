@@ -2,14 +2,13 @@
 //! GTID replication set up by the test with `log_slave_updates` and `gtid_strict_mode`).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use providers::Failure;
 use providers::db::mysql::{MysqlPromote, Settings};
 
-use crate::support::{DEADLINE, Server, Strict, find_binary, free_port, order, running_as_root, skip};
+use crate::support::{DEADLINE, Server, Strict, find_binary, free_port, order, skip};
 
 /// Accounts: the step's (all privileges), replication's, and the shop's (no privilege past
 /// read_only). Not binlogged: each server creates its own.
@@ -46,54 +45,15 @@ pub(crate) fn start_mariadb_with(
     read_only: bool,
     extra: &[String],
 ) -> Server {
-    let data = dir.join(name);
-    let install_db = find_binary("mariadb-install-db").expect("mariadb-install-db ships with mariadbd");
-    // Its own temporary folder: bootstraps running side by side collide in a shared /tmp.
-    let tmp = dir.join(format!("{name}-tmp"));
-    std::fs::create_dir_all(&tmp).expect("create tmpdir");
-    // A restart keeps its data directory.
-    if !data.exists() {
-        let mut install = Command::new(install_db);
-        install.env("TMPDIR", &tmp).args([
-            "--no-defaults",
-            &format!("--datadir={}", data.display()),
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-        ]);
-        if running_as_root() {
-            install.arg("--user=root");
-        }
-        let output = install.output().expect("run mariadb-install-db");
-        assert!(
-            output.status.success(),
-            "mariadb-install-db failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let init = dir.join(format!("{name}-init.sql"));
-    std::fs::write(&init, USERS).expect("write init file");
-    let mut command = Command::new(mariadbd);
-    command.env("TMPDIR", &tmp).args([
-        "--no-defaults".to_string(),
-        format!("--datadir={}", data.display()),
-        format!("--port={port}"),
-        "--bind-address=127.0.0.1".into(),
-        format!("--socket={}", dir.join(format!("{name}.sock")).display()),
-        format!("--pid-file={}", dir.join(format!("{name}.pid")).display()),
-        format!("--init-file={}", init.display()),
-        "--skip-name-resolve".into(),
-        "--innodb-buffer-pool-size=16M".into(),
+    let mut args = vec![
         format!("--server-id={server_id}"),
         format!("--log-bin={name}-bin"),
         "--log-slave-updates".into(),
         "--gtid-strict-mode=1".into(),
         format!("--read-only={}", if read_only { 1 } else { 0 }),
-    ]);
-    command.args(extra);
-    if running_as_root() {
-        command.arg("--user=root");
-    }
-    Server::start(&mut command, dir.join(format!("{name}.log")))
+    ];
+    args.extend_from_slice(extra);
+    testkit::start_mariadb(mariadbd, dir, name, port, USERS, &args)
 }
 
 pub(crate) async fn connect(port: u16, user: &str, password: &str) -> Result<mysql_async::Conn, mysql_async::Error> {

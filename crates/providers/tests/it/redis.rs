@@ -1,7 +1,6 @@
 //! `redis_promote` against three real redis-server processes (master `a` in eu, replicas `b`
 //! in us and `c` in ap), logged in as an ACL user.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use providers::Failure;
@@ -13,38 +12,7 @@ const USER: &str = "switchyard";
 const PASSWORD: &str = "sw-s3cret";
 
 fn start(binary: &std::path::Path, dir: &std::path::Path, name: &str, port: u16, master: Option<u16>) -> Server {
-    let mut command = Command::new(binary);
-    command.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        &dir.display().to_string(),
-        "--dbfilename",
-        &format!("{name}.rdb"),
-        "--user",
-        "default",
-        "off",
-        "--user",
-        USER,
-        "on",
-        &format!(">{PASSWORD}"),
-        "~*",
-        "&*",
-        "+@all",
-        "--masteruser",
-        USER,
-        "--masterauth",
-        PASSWORD,
-    ]);
-    if let Some(master) = master {
-        command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
-    }
+    let mut command = crate::support::redis_server(binary, dir, name, port, master, (USER, PASSWORD));
     Server::start(&mut command, dir.join(format!("{name}.log")))
 }
 

@@ -114,7 +114,7 @@ impl Bind {
 
 fn step_in(folder: &Path, toml_text: &str) -> Result<Rfc2136, Vec<String>> {
     let settings: Settings = toml::from_str(toml_text).expect("the test's TOML parses");
-    let mut checker = Collect::new(folder, &REGIONS);
+    let mut checker = Collect::in_folder(folder, &REGIONS);
     settings.check("dns", &mut checker).ok_or(checker.errors)
 }
 

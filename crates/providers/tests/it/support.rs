@@ -49,3 +49,26 @@ pub fn order(generation: u64, from: &str, to: &str, force_data_loss: bool) -> pr
         force_data_loss,
     }
 }
+
+/// A `redis-server` of the promotion tests at `port` (0: TLS only, the caller adds
+/// `--tls-port`): the `default` user off, the step's ACL user `user` with every right, which
+/// replicas also use to reach their master (`master`, when it is one).
+pub fn redis_server(
+    binary: &Path,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    master: Option<u16>,
+    (user, password): (&str, &str),
+) -> std::process::Command {
+    let mut command = testkit::redis_server(binary, dir, port);
+    command
+        .args(["--dbfilename", &format!("{name}.rdb")])
+        .args(["--user", "default", "off"])
+        .args(["--user", user, "on", &format!(">{password}"), "~*", "&*", "+@all"])
+        .args(["--masteruser", user, "--masterauth", password]);
+    if let Some(master) = master {
+        command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+    }
+    command
+}

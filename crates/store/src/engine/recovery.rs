@@ -36,6 +36,15 @@ pub struct EngineOptions {
 }
 
 impl EngineOptions {
+    /// Tests: the database on the fault-injecting disk `faults`, with these disk settings.
+    pub fn on_faulty_disk(faults: &Arc<FaultyDisk>, disk: DiskSettings) -> EngineOptions {
+        EngineOptions {
+            disk,
+            faults: Some(Arc::clone(faults)),
+            backup_dir: None,
+        }
+    }
+
     pub(super) fn space_probe(&self) -> Arc<dyn SpaceProbe> {
         match &self.faults {
             Some(disk) => Arc::clone(disk) as Arc<dyn SpaceProbe>,

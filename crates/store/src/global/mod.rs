@@ -146,6 +146,21 @@ pub struct ReplicationConfig {
     pub peer_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+impl ReplicationConfig {
+    /// Replication with these peers and key, every limit at its default, peers verified
+    /// against the Mozilla roots.
+    pub fn new(peers: Vec<Peer>, key: Vec<u8>) -> ReplicationConfig {
+        ReplicationConfig {
+            peers,
+            key,
+            backlog_bytes_max: LOG_BACKLOG_BYTES_DEFAULT,
+            clock_offset_alarm_ms: CLOCK_OFFSET_ALARM_MS_DEFAULT,
+            clock_offset_max_ms: CLOCK_OFFSET_MAX_MS_DEFAULT,
+            peer_tls: None,
+        }
+    }
+}
+
 pub use replication::clock_offset::CLOCK_OFFSET_ALARM_MS_DEFAULT;
 pub use replication::hlc::CLOCK_OFFSET_MAX_MS_DEFAULT;
 

@@ -95,24 +95,6 @@ pub(super) fn unauthorized(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::AccessDenied, message)
 }
 
-/// An error with its causes, so a failed TLS handshake says why ("invalid peer certificate:
-/// UnknownIssuer"), not only that the connection failed. At most a few levels deep.
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    const DEPTH_MAX: usize = 8;
-    let mut text = error.to_string();
-    let mut source = error.source();
-    for _ in 0..DEPTH_MAX {
-        let Some(cause) = source else { break };
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 impl Replication {
     pub(super) async fn post(&self, peer: &Peer, path: &str, body: Vec<u8>) -> Result<(u16, Bytes), String> {
         let date_ms = self.engine.now_unix_ms();
@@ -129,7 +111,7 @@ impl Replication {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("{}: {}", peer.url, error_chain(&e)))?;
+                .map_err(|e| format!("{}: {}", peer.url, common::error::chain(&e)))?;
             let status = response.status().as_u16();
             let body = response
                 .into_body()

@@ -38,11 +38,7 @@ impl Disk {
     async fn open_with(settings: DiskSettings) -> Disk {
         let dir = tempfile::tempdir().expect("temporary directory");
         let faults = FaultyDisk::new();
-        let options = EngineOptions {
-            disk: settings,
-            faults: Some(Arc::clone(&faults)),
-            backup_dir: None,
-        };
+        let options = EngineOptions::on_faulty_disk(&faults, settings);
         let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(SystemClock), options).expect("open engine");
         let disk = Disk {
             store: Store::new(engine),

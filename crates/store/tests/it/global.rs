@@ -24,30 +24,12 @@ struct Region {
 
 /// POSTs `body` to `url` with `headers`; the status and the JSON answer (`Null` if not JSON).
 async fn send(url: String, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let mut request = hyper::Request::post(url);
-    for (name, value) in headers {
-        request = request.header(*name, value);
-    }
-    let request = request
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .expect("valid request");
-    let response = client.request(request).await.expect("store answers");
-    let status = response.status().as_u16();
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, body) = testkit::http_post(&url, headers, body).await;
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 async fn call(url: &str, operation: &str, body: Value) -> (u16, Value) {
-    let headers = [
-        ("x-amz-target", format!("DynamoDB_20120810.{operation}")),
-        ("content-type", "application/x-amz-json-1.0".to_string()),
-    ];
-    send(format!("{url}/"), &headers, body.to_string().into_bytes()).await
+    testkit::dynamodb_call(url, operation, body.to_string().into_bytes()).await
 }
 
 async fn ok(url: &str, operation: &str, body: Value) -> Value {
@@ -88,14 +70,7 @@ async fn start(region: &mut Region, listener: TcpListener, urls: &[(String, Stri
         .collect();
     let config = ServerConfig {
         credentials: None,
-        replication: Some(ReplicationConfig {
-            peers,
-            key: KEY.to_vec(),
-            backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
-            clock_offset_alarm_ms: store::global::CLOCK_OFFSET_ALARM_MS_DEFAULT,
-            clock_offset_max_ms: store::global::CLOCK_OFFSET_MAX_MS_DEFAULT,
-            peer_tls: None,
-        }),
+        replication: Some(ReplicationConfig::new(peers, KEY.to_vec())),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     region.stop = Some(stop);

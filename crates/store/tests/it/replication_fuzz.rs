@@ -38,17 +38,13 @@ fn target() -> Target {
         .expect("runtime");
     let replication = Replication::new(
         engine.clone(),
-        ReplicationConfig {
-            peers: vec![Peer {
+        ReplicationConfig::new(
+            vec![Peer {
                 region: "eu-west-1".into(),
                 url: "http://127.0.0.1:1".into(),
             }],
-            key: KEY.to_vec(),
-            backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
-            clock_offset_alarm_ms: store::global::CLOCK_OFFSET_ALARM_MS_DEFAULT,
-            clock_offset_max_ms: store::global::CLOCK_OFFSET_MAX_MS_DEFAULT,
-            peer_tls: None,
-        },
+            KEY.to_vec(),
+        ),
     );
     let store = Store::new(engine);
     runtime.block_on(async {

@@ -15,23 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 const WAIT_SECS: u64 = 20;
 
 async fn post(url: &str, operation: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let request = hyper::Request::post(format!("{url}/"))
-        .header("x-amz-target", format!("DynamoDB_20120810.{operation}"))
-        .header("content-type", "application/x-amz-json-1.0")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .expect("valid request");
-    let response = client.request(request).await.expect("store answers");
-    let status = response.status().as_u16();
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    (
-        status,
-        serde_json::from_slice(&body).expect("a JSON answer, not plain text"),
-    )
+    let (status, value) = testkit::dynamodb_call(url, operation, body).await;
+    assert!(!value.is_null(), "{operation}: a JSON answer, not plain text");
+    (status, value)
 }
 
 #[tokio::test]
