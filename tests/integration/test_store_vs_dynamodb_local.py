@@ -219,6 +219,19 @@ LOCAL_MESSAGES = {
     "One or more parameter values were invalid: Limit should be less than or equal to 1000":
         r"^1 validation error detected: Value '1001' at 'limit' failed to satisfy constraint: "
         r"Member must have value less than or equal to 1000$",
+    # An ExclusiveStartKey without the sort key: DynamoDB's starting-key answer.
+    "Exclusive Start Key must have same size as table's key schema":
+        r"^The provided starting key is invalid: The provided key element does not match the schema$",
+    # CreateTable's key not in AttributeDefinitions: DynamoDB lists both.
+    "Hash Key not specified in Attribute Definitions.  Type unknown.":
+        r"^One or more parameter values were invalid: Some index key attributes are not defined in "
+        r"AttributeDefinitions\. Keys: \[pk\], AttributeDefinitions: \[x\]$",
+    # More than 38 digits: DynamoDB's words.
+    "DynamoDB only supports precision up to 38 digits":
+        r"^Attempting to store more than 38 significant digits in a Number$",
+    # A string set with a repeated member: DynamoDB ends its sentence with a full stop.
+    "One or more parameter values were invalid: Input collection [a, a] contains duplicates":
+        r"^One or more parameter values were invalid: Input collection \[a, a\] contains duplicates\.$",
     "Invalid table/index name.  Table/index names must be between 3 and 255 characters long, and may contain "
     "only the characters a-z, A-Z, 0-9, '_', '-', and '.'": r"^1 validation error detected: Value '.*' at 'tableName'",
 }
@@ -794,4 +807,45 @@ def test_stream_paging_and_disabling(pair):
     pair.same("disable disabled stream", "update_table", TableName=name, StreamSpecification={"StreamEnabled": False})
     pair.same("limit over 1000", "get_records", service="dynamodbstreams", ShardIterator=iterator, Limit=1001)
     pair.same("list tables page", "list_tables", Limit=2)
+    pair.verify()
+
+
+def test_more_error_cases(pair):
+    name = keyed_table(pair)
+    key = {"pk": {"S": "a"}, "sk": {"N": "1"}}
+    pair.both("put_item", TableName=name, Item={**key, "m": {"M": {"x": {"N": "1"}}}, "l": {"L": [{"S": "a"}]}})
+    cases = {
+        "unused name": ("get_item", dict(TableName=name, Key=key, ProjectionExpression="pk",
+                                         ExpressionAttributeNames={"#u": "u"})),
+        "undefined value": ("update_item", dict(TableName=name, Key=key, UpdateExpression="SET v = :nope")),
+        "put with UPDATED_NEW": ("put_item", dict(TableName=name, Item=key, ReturnValues="UPDATED_NEW")),
+        "too many digits": ("put_item", dict(TableName=name, Item={**key, "n": {"N": "1" * 39}})),
+        "number out of range": ("put_item", dict(TableName=name, Item={**key, "n": {"N": "1e126"}})),
+        "item too large": ("put_item", dict(TableName=name, Item={**key, "big": {"S": "x" * (400 * 1024)}})),
+        "empty set": ("put_item", dict(TableName=name, Item={**key, "s": {"SS": []}})),
+        "duplicate set member": ("put_item", dict(TableName=name, Item={**key, "s": {"SS": ["a", "a"]}})),
+        "overlapping paths": ("update_item", dict(TableName=name, Key=key, UpdateExpression="SET m.x = :v, m = :m",
+                                                   ExpressionAttributeValues={":v": {"N": "2"}, ":m": {"M": {}}})),
+        "index into a non-list": ("update_item", dict(TableName=name, Key=key, UpdateExpression="SET m[0] = :v",
+                                                       ExpressionAttributeValues={":v": {"N": "2"}})),
+        "add to a map": ("update_item", dict(TableName=name, Key=key, UpdateExpression="ADD m :v",
+                                              ExpressionAttributeValues={":v": {"N": "2"}})),
+        "list_append to a non-list": ("update_item", dict(
+            TableName=name, Key=key, UpdateExpression="SET m = list_append(m, :l)",
+            ExpressionAttributeValues={":l": {"L": [{"N": "1"}]}})),
+        "transact missing table": ("transact_get_items", dict(TransactItems=[
+            {"Get": {"TableName": "no-such-table", "Key": key}}])),
+        "query on missing index": ("query", dict(TableName=name, IndexName="nope", KeyConditionExpression="pk = :p",
+                                                 ExpressionAttributeValues={":p": {"S": "a"}})),
+        "scan with bad limit": ("scan", dict(TableName=name, Limit=1, ExclusiveStartKey={"pk": {"S": "a"}})),
+        "create without key in definitions": ("create_table", dict(
+            TableName=next(names), BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "x", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])),
+        "create provisioned without throughput": ("create_table", dict(
+            TableName=next(names), AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])),
+    }
+    for step, (operation, kwargs) in cases.items():
+        pair.same(step, operation, **kwargs)
     pair.verify()

@@ -558,6 +558,11 @@ fn parse_throughput(
         (Some(_), true) => Err(invalid(format!(
             "Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST{what}"
         ))),
+        // The table's own: DynamoDB's words (as real DynamoDB answers a CreateTable that names
+        // neither BillingMode nor ProvisionedThroughput).
+        (None, false) if what.is_empty() => Err(ApiError::validation(
+            "No provisioned throughput specified for the table",
+        )),
         (None, false) => Err(invalid(format!(
             "ProvisionedThroughput must be specified when BillingMode is PROVISIONED{what}"
         ))),
