@@ -31,6 +31,8 @@ declare -A PACKAGES=(
   [sshd]=openssh-server
   [ssh]=openssh-client
   [chromium]=chromium
+  # DynamoDB Local (its jar comes from npm, tests/js) for test_store_vs_dynamodb_local.py.
+  [java]=default-jre-headless
 )
 
 missing=()

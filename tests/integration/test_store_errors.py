@@ -35,8 +35,18 @@ def raw_error(store, operation, body):
     kind = response.get("__type", "")
     assert kind.startswith(NS) or kind.startswith("com.amazon.coral."), response
     message = response.get("message") or response.get("Message") or ""
+    if body in NOT_JSON:
+        # DynamoDB answers a body that is not JSON with the bare type, no message.
+        assert response == {"__type": "com.amazon.coral.service#SerializationException"}, response
+        return "SerializationException", ""
     assert message, f"error without a message: {response}"
+    if kind.endswith("#SerializationException"):
+        # DynamoDB spells this one's key "Message".
+        assert "Message" in response and "message" not in response, response
     return kind.split("#")[-1], message
+
+
+NOT_JSON = (b"{not json", b"\xff\xfe\x00garbage", b"")
 
 
 @pytest.mark.parametrize("body, expected", [
@@ -52,6 +62,7 @@ def raw_error(store, operation, body):
     (b'{"TableName": "errors-table", "Key": {"pk": {"N": "1"}}}', "ValidationException"),
     (b'{"TableName": "no-such-table", "Key": {"pk": {"S": "a"}}}', "ResourceNotFoundException"),
     (b"\xff\xfe\x00garbage", "SerializationException"),
+    (b"", "SerializationException"),
 ])
 def test_malformed_and_wrong_type_get_item_requests(store, body, expected):
     kind, message = raw_error(store, "GetItem", body)

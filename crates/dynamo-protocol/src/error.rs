@@ -201,9 +201,18 @@ impl ApiError {
     pub fn to_json(&self) -> Value {
         let mut body = serde_json::Map::new();
         body.insert("__type".into(), Value::String(self.type_name()));
-        // DynamoDB spells the key "message" for most errors and "Message" for a few; botocore
-        // reads both, so the common one is used.
-        body.insert("message".into(), Value::String(self.message.clone()));
+        // DynamoDB spells the key "message" for most errors and "Message" for a
+        // SerializationException; botocore reads both. A body that is not JSON at all gets
+        // DynamoDB's bare `{"__type": "...#SerializationException"}`: no message.
+        match self.kind {
+            ErrorKind::Serialization if self.message.is_empty() => {}
+            ErrorKind::Serialization => {
+                body.insert("Message".into(), Value::String(self.message.clone()));
+            }
+            _ => {
+                body.insert("message".into(), Value::String(self.message.clone()));
+            }
+        }
         if let Some(item) = &self.item {
             body.insert("Item".into(), item.clone());
         }
@@ -243,5 +252,23 @@ mod tests {
         let body = ApiError::transaction_canceled(vec![CancellationReason::none()]).to_json();
         assert_eq!(body["CancellationReasons"][0]["Code"], "None");
         assert!(body["message"].as_str().unwrap_or_default().contains("[None]"));
+    }
+
+    #[test]
+    fn serialization_errors_are_shaped_as_dynamodb_sends_them() {
+        // A value of the wrong type: the message under "Message".
+        let body = ApiError::serialization("NUMBER_VALUE cannot be converted to String").to_json();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "__type": "com.amazon.coral.service#SerializationException",
+                "Message": "NUMBER_VALUE cannot be converted to String",
+            })
+        );
+        // A body that is not JSON: the type alone.
+        assert_eq!(
+            ApiError::serialization("").to_json(),
+            serde_json::json!({"__type": "com.amazon.coral.service#SerializationException"})
+        );
     }
 }

@@ -268,6 +268,11 @@ impl Number {
 
     /// Bytes DynamoDB charges for this number: about one byte per two significant digits, plus one.
     pub fn size_bytes(&self) -> usize {
+        // Zero has no significant digits: one byte (DynamoDB Local, AWS's own size code, counts
+        // it so; a stream record's SizeBytes and TableSizeBytes show it).
+        if self.is_zero() {
+            return 1;
+        }
         (self.digit_count() as usize).div_ceil(2) + 1
     }
 
@@ -524,6 +529,8 @@ mod tests {
 
     #[test]
     fn sizes_follow_dynamodb() {
+        assert_eq!(n("0").size_bytes(), 1);
+        assert_eq!(n("-0.000").size_bytes(), 1);
         assert_eq!(n("1").size_bytes(), 2);
         assert_eq!(n("12").size_bytes(), 2);
         assert_eq!(n("123").size_bytes(), 3);

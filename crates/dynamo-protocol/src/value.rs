@@ -143,37 +143,50 @@ pub fn item_size_bytes(item: &Item) -> usize {
     item.iter().map(|(k, v)| k.len() + v.size_bytes()).sum()
 }
 
-/// Sorts and checks a set for duplicates; DynamoDB rejects sets with repeated members.
-fn canonical_set<T: Ord, E: de::Error>(mut members: Vec<T>, kind: &str) -> Result<Vec<T>, E> {
+/// Sorts and checks a set for duplicates; DynamoDB rejects sets with repeated members, in its
+/// words for each kind: a string set's members are listed ("Input collection [a, a] contains
+/// duplicates."), a number set's message has no prefix ("Input collection contains duplicates").
+fn canonical_set<T: Ord, E: de::Error>(
+    mut members: Vec<T>,
+    kind: &str,
+    listed: impl FnOnce(&[T]) -> Option<String>,
+) -> Result<Vec<T>, E> {
     if members.is_empty() {
         return Err(E::custom(format!(
             "{VALIDATION_MARKER}One or more parameter values were invalid: An {kind} set  may not be empty"
         )));
     }
+    let as_sent = listed(&members);
     members.sort();
     if members.windows(2).any(|w| w[0] == w[1]) {
-        return Err(E::custom(format!(
-            "{VALIDATION_MARKER}One or more parameter values were invalid: Input collection contains duplicates"
-        )));
+        return Err(E::custom(match (kind, as_sent) {
+            (_, Some(listed)) => format!(
+                "{VALIDATION_MARKER}One or more parameter values were invalid: Input collection [{listed}] contains duplicates."
+            ),
+            ("number", None) => format!("{VALIDATION_MARKER}Input collection contains duplicates"),
+            _ => format!(
+                "{VALIDATION_MARKER}One or more parameter values were invalid: Input collection contains duplicates"
+            ),
+        }));
     }
     Ok(members)
 }
 
 /// Builds a set value after checking it, for code that assembles sets (ADD, DELETE).
 pub fn string_set(members: Vec<String>) -> Result<AttributeValue, String> {
-    canonical_set::<_, serde_json::Error>(members, "string")
+    canonical_set::<_, serde_json::Error>(members, "string", |m: &[String]| Some(m.join(", ")))
         .map(AttributeValue::Ss)
         .map_err(|e| strip_marker(&e.to_string()).to_string())
 }
 
 pub fn number_set(members: Vec<Number>) -> Result<AttributeValue, String> {
-    canonical_set::<_, serde_json::Error>(members, "number")
+    canonical_set::<_, serde_json::Error>(members, "number", |_| None)
         .map(AttributeValue::Ns)
         .map_err(|e| strip_marker(&e.to_string()).to_string())
 }
 
 pub fn binary_set(members: Vec<Vec<u8>>) -> Result<AttributeValue, String> {
-    canonical_set::<_, serde_json::Error>(members, "binary")
+    canonical_set::<_, serde_json::Error>(members, "binary", |_| None)
         .map(AttributeValue::Bs)
         .map_err(|e| strip_marker(&e.to_string()).to_string())
 }
@@ -321,14 +334,16 @@ impl<'de> Visitor<'de> for ValueVisitor {
                 }
                 "M" => AttributeValue::M(map.next_value()?),
                 "L" => AttributeValue::L(map.next_value()?),
-                "SS" => AttributeValue::Ss(canonical_set(map.next_value()?, "string")?),
+                "SS" => AttributeValue::Ss(canonical_set(map.next_value()?, "string", |members: &[String]| {
+                    Some(members.join(", "))
+                })?),
                 "NS" => {
                     let NumberStrings(numbers) = map.next_value()?;
-                    AttributeValue::Ns(canonical_set(numbers, "number")?)
+                    AttributeValue::Ns(canonical_set(numbers, "number", |_| None)?)
                 }
                 "BS" => {
                     let BinaryStrings(blobs) = map.next_value()?;
-                    AttributeValue::Bs(canonical_set(blobs, "binary")?)
+                    AttributeValue::Bs(canonical_set(blobs, "binary", |_| None)?)
                 }
                 other => {
                     return Err(de::Error::custom(format!(
@@ -383,9 +398,22 @@ mod tests {
     fn sets_are_sorted_and_reject_duplicates() {
         let value = parse(r#"{"SS":["b","a"]}"#).expect("valid set");
         assert_eq!(value, AttributeValue::Ss(vec!["a".into(), "b".into()]));
-        let error = parse(r#"{"SS":["a","a"]}"#).expect_err("duplicates");
+        let error = parse(r#"{"SS":["b","a","b"]}"#).expect_err("duplicates");
         assert!(error.to_string().starts_with(VALIDATION_MARKER));
-        assert!(error.to_string().contains("duplicates"));
+        // DynamoDB's words: a string set's members as sent; a number set's without a prefix.
+        assert!(
+            error
+                .to_string()
+                .contains("One or more parameter values were invalid: Input collection [b, a, b] contains duplicates."),
+            "{error}"
+        );
+        let error = parse(r#"{"NS":["1","1.0"]}"#).expect_err("duplicates");
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("{VALIDATION_MARKER}Input collection contains duplicates")),
+            "{error}"
+        );
         let error = parse(r#"{"NS":[]}"#).expect_err("empty set");
         assert!(error.to_string().contains("may not be empty"));
     }

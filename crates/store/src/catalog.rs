@@ -558,6 +558,11 @@ fn parse_throughput(
         (Some(_), true) => Err(invalid(format!(
             "Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST{what}"
         ))),
+        // The table's own: DynamoDB's words (as real DynamoDB answers a CreateTable that names
+        // neither BillingMode nor ProvisionedThroughput).
+        (None, false) if what.is_empty() => Err(ApiError::validation(
+            "No provisioned throughput specified for the table",
+        )),
         (None, false) => Err(invalid(format!(
             "ProvisionedThroughput must be specified when BillingMode is PROVISIONED{what}"
         ))),
@@ -827,16 +832,23 @@ pub fn validate_key_attributes(schema: &KeySchema, item: &Item, missing_message:
             });
         };
         if !attribute.value_type.matches(value) {
-            return Err(invalid(format!(
-                "Type mismatch for key {} expected: {} actual: {}",
-                attribute.name,
-                attribute.value_type.descriptor(),
-                value.value_type().descriptor()
-            )));
+            // An item names the attribute and both types; a Key parameter gets DynamoDB's
+            // generic answer, as for a missing key attribute.
+            return Err(if missing_message {
+                invalid(format!(
+                    "Type mismatch for key {} expected: {} actual: {}",
+                    attribute.name,
+                    attribute.value_type.descriptor(),
+                    value.value_type().descriptor()
+                ))
+            } else {
+                ApiError::validation("The provided key element does not match the schema")
+            });
         }
         let size = value.size_bytes();
         if size == 0 {
-            return Err(invalid(format!(
+            // DynamoDB's words, without the "were invalid:" prefix of its other key errors.
+            return Err(ApiError::validation(format!(
                 "One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain an empty {} value. Key: {}",
                 if attribute.value_type == KeyType::S {
                     "string"

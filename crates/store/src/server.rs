@@ -652,7 +652,12 @@ fn render_refusal(refusal: &Refusal) -> Rendered {
     Rendered {
         status: refusal.status(),
         content_type: CONTENT_TYPE,
-        body: Bytes::from(json!({"__type": type_name, "message": message}).to_string()),
+        // DynamoDB spells the key "Message" in a SerializationException, "message" elsewhere.
+        body: Bytes::from(if type_name.ends_with("#SerializationException") {
+            json!({"__type": type_name, "Message": message}).to_string()
+        } else {
+            json!({"__type": type_name, "message": message}).to_string()
+        }),
     }
 }
 

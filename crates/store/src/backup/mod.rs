@@ -779,6 +779,11 @@ pub(crate) fn restored_table_request(
         None if provisioned => table.throughput.map(throughput_json),
         None => None,
     };
+    if provisioned && table_throughput.is_none() {
+        return Err(ApiError::validation(
+            "One or more parameter values were invalid: ProvisionedThroughputOverride must be specified when BillingModeOverride is PROVISIONED and the source table is on demand",
+        ));
+    }
     let index_json = |kind: IndexKind| -> Vec<Value> {
         table
             .indexes

@@ -166,16 +166,24 @@ impl Store {
 
 /// Decodes a request body, telling shape errors (SerializationException) from values DynamoDB
 /// refuses (ValidationException).
+///
+/// A body that is not JSON (an empty one included) gets what DynamoDB answers: a
+/// SerializationException with no message at all, `{"__type":
+/// "com.amazon.coral.service#SerializationException"}`; what the parser found is logged at
+/// debug level for whoever runs the store.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body = if body.is_empty() { b"{}".as_slice() } else { body };
     serde_json::from_slice(body).map_err(|error| {
         let message = error.to_string();
         if message.starts_with(VALIDATION_MARKER) {
             ApiError::validation(strip_marker(&message))
-        } else if error.is_syntax() || error.is_eof() {
+        } else if message.starts_with("recursion limit exceeded") {
+            // JSON, but nested past what the decoder follows (DynamoDB allows 32 levels in an item).
             ApiError::serialization(format!(
-                "Start of structure or map found where not expected, or the body is not valid JSON: {message}"
+                "The request's JSON is nested too deeply to decode ({message}); an item may nest 32 levels"
             ))
+        } else if error.is_syntax() || error.is_eof() {
+            tracing::debug!(%error, "request body is not JSON: SerializationException");
+            ApiError::serialization("")
         } else if message.starts_with("missing field") {
             let field = message
                 .trim_start_matches("missing field `")
@@ -441,6 +449,20 @@ mod tests {
     fn decode_separates_shape_from_validation_errors() {
         let error = decode::<Sample>(b"{not json").expect_err("syntax");
         assert_eq!(error.kind, ErrorKind::Serialization);
+        // DynamoDB's answer to a body that is not JSON carries no message.
+        assert_eq!(error.message, "");
+        let error = decode::<Sample>(b"").expect_err("empty body");
+        assert_eq!(error.kind, ErrorKind::Serialization);
+        assert_eq!(error.message, "");
+        // JSON nested past the decoder's depth is JSON: its error says what is wrong.
+        let deep = format!(
+            r#"{{"TableName": "t", "Item": {{"a": {}{{"S": "x"}}{}}}}}"#,
+            r#"{"L": ["#.repeat(200),
+            "]}".repeat(200)
+        );
+        let error = decode::<Sample>(deep.as_bytes()).expect_err("too deep");
+        assert_eq!(error.kind, ErrorKind::Serialization);
+        assert!(error.message.contains("nested too deeply"), "{}", error.message);
         let error = decode::<Sample>(br#"{"TableName": 5}"#).expect_err("wrong type");
         assert_eq!(error.kind, ErrorKind::Serialization);
         let error = decode::<Sample>(br#"{"TableName": "t", "Item": {"a": {}}}"#).expect_err("empty value");

@@ -20,7 +20,7 @@ use super::items::{condition_failed, parse_return_on_failure, updated_item, vali
 use super::query::{PageRequest, Select as SelectMode, read_page, start_key};
 use super::{
     Capacity, PAGE_BYTES_MAX, Store, TRANSACTION_ITEMS_MAX, capacity_wanted, item_json, read_units,
-    validate_return_consumed_capacity, write_units,
+    validate_return_consumed_capacity,
 };
 use crate::catalog::{IndexKind, IndexMeta, TableMeta};
 use crate::expr::{self, Condition, Path, PathElement, UpdateExpression};
@@ -600,8 +600,9 @@ pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStateme
         })
         .count();
     if reads > 0 && writes > 0 {
+        // DynamoDB's words, as DynamoDB Local (AWS's own PartiQL front end) sends them.
         return Err(ApiError::validation(
-            "Unsupported operation: A batch must contain either only read statements (SELECT) or only write statements (INSERT, UPDATE, DELETE)",
+            "Read and write requests together in the same batch is not supported.",
         ));
     }
     let snapshot = if reads > 0 {
@@ -875,15 +876,7 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
             return Ok(json!({"Responses": []}));
         }
     }
-    let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
-    for step in &steps {
-        let size = match &step.action {
-            TxAction::Insert(item) => dynamo_protocol::value::item_size_bytes(item),
-            _ => 1,
-        };
-        *capacity.entry(step.meta.name.clone()).or_default() += 2.0 * write_units(size);
-    }
-    store
+    let capacity = store
         .engine()
         .write(move |context| run_transaction(context, &steps))
         .await?;
@@ -893,8 +886,13 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
     // DynamoDB answers a transaction of writes with an empty Responses list (as recorded
     // against AWS by LocalStack's validated snapshot of two INSERTs).
     let mut response = json!({"Responses": []});
-    if let Some(list) = capacity_list(mode, &capacity) {
-        response["ConsumedCapacity"] = list;
+    if capacity_wanted(mode) {
+        response["ConsumedCapacity"] = Value::Array(
+            capacity
+                .iter()
+                .filter_map(|(table, consumed)| consumed.json(mode, table))
+                .collect(),
+        );
     }
     Ok(response)
 }
@@ -911,8 +909,14 @@ fn capacity_list(mode: Option<&str>, capacity: &BTreeMap<String, f64>) -> Option
 }
 
 /// One writer job: every condition against the current items first, every new item computed,
-/// and only then the writes — all in one durable batch, or nothing.
-fn run_transaction(context: &mut crate::engine::WriteContext<'_>, steps: &[TxStep]) -> Result<(), ApiError> {
+/// and only then the writes — all in one durable batch, or nothing. Returns the capacity each
+/// table consumed, split by index as TransactWriteItems reports it: a transaction writes each
+/// item twice (prepare and commit), twice what the same single write consumes on the table and
+/// on every index whose entry it changes; an EXISTS check costs two units.
+fn run_transaction(
+    context: &mut crate::engine::WriteContext<'_>,
+    steps: &[TxStep],
+) -> Result<BTreeMap<String, Capacity>, ApiError> {
     let mut olds = Vec::with_capacity(steps.len());
     let mut reasons = Vec::with_capacity(steps.len());
     let mut failed = false;
@@ -969,16 +973,26 @@ fn run_transaction(context: &mut crate::engine::WriteContext<'_>, steps: &[TxSte
     if failed {
         return Err(ApiError::transaction_canceled(reasons));
     }
+    let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
     for ((step, old), new) in steps.iter().zip(&olds).zip(&news) {
-        match (&step.action, new) {
+        let consumed = match (&step.action, new) {
             (TxAction::Insert(_) | TxAction::Update(..), Some(new)) => {
-                context.put(&step.meta, &step.key, old.as_ref(), new)?
+                context.put(&step.meta, &step.key, old.as_ref(), new)?;
+                Capacity::write(&step.meta, old.as_ref(), Some(new))
             }
-            (TxAction::Delete, _) if old.is_some() => context.delete(&step.meta, &step.key, old.as_ref())?,
-            _ => {}
-        }
+            (TxAction::Delete, _) => {
+                if old.is_some() {
+                    context.delete(&step.meta, &step.key, old.as_ref())?;
+                }
+                Capacity::write(&step.meta, old.as_ref(), None)
+            }
+            _ => Capacity::table(1.0),
+        };
+        let entry = capacity.entry(step.meta.name.clone()).or_default();
+        entry.add(&consumed);
+        entry.add(&consumed);
     }
-    Ok(())
+    Ok(capacity)
 }
 
 fn transaction_reads(

@@ -134,6 +134,9 @@ pub(crate) struct Page {
     pub(crate) scanned: usize,
     pub(crate) last_key: Option<Item>,
     pub(crate) bytes_read: usize,
+    /// Bytes of the items a local index query fetched from the table (attributes the index
+    /// does not project): read from the table, on top of the index.
+    pub(crate) bytes_fetched: usize,
 }
 
 /// What one page of a Query or Scan reads.
@@ -200,6 +203,7 @@ pub(crate) fn read_page(store: &Store, request: PageRequest<'_>) -> Result<Page,
         scanned: 0,
         last_key: None,
         bytes_read: 0,
+        bytes_fetched: 0,
     };
     let mut failure = None;
     let request = RangeRequest {
@@ -214,7 +218,10 @@ pub(crate) fn read_page(store: &Store, request: PageRequest<'_>) -> Result<Page,
         if fetch_from_table {
             let item_key = &row.key[row.key.len() - table_key_len(meta, &item)..];
             match snapshot.get(meta, item_key) {
-                Ok(Some(full)) => item = full,
+                Ok(Some(full)) => {
+                    page.bytes_fetched += dynamo_protocol::value::item_size_bytes(&full);
+                    item = full
+                }
                 Ok(None) => return ControlFlow::Continue(()),
                 Err(error) => {
                     failure = Some(error);
@@ -310,10 +317,15 @@ fn page_response(
         response["LastEvaluatedKey"] = item_json(last);
     }
     let units = read_units(page.bytes_read, consistent);
-    let capacity = match index {
+    let mut capacity = match index {
         Some(index) => Capacity::index(index, units),
         None => Capacity::table(units),
     };
+    // A local index query that fetches unprojected attributes also reads those items from the
+    // table, and DynamoDB charges the table for them (as DynamoDB Local reports it).
+    if page.bytes_fetched > 0 {
+        capacity.add(&Capacity::table(read_units(page.bytes_fetched, consistent)));
+    }
     if let Some(capacity) = capacity.json(capacity_mode, &meta.name) {
         response["ConsumedCapacity"] = capacity;
     }

@@ -36,8 +36,10 @@ pub async fn handle(engine: &Engine, operation: &str, body: &[u8]) -> Result<Val
     }
 }
 
+/// As the DynamoDB endpoint decodes (SerializationException for a body that is not JSON or a
+/// value of the wrong type, ValidationException for a missing member).
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::serialization(format!("The request body is not valid: {e}")))
+    crate::ops::decode(body)
 }
 
 fn check_limit(limit: Option<i64>, max: i64, field: &str) -> Result<usize, ApiError> {

@@ -1057,3 +1057,143 @@ async fn a_replica_restores_replicated_changes_to_a_point_in_time() {
         stop(region).await;
     }
 }
+
+/// Waits (with a deadline) until `engine`'s write queue has `free` free slots.
+async fn wait_for_queue_free(engine: &Engine, free: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.write_queue_free() != free {
+        assert!(
+            Instant::now() < deadline,
+            "the write queue never reached {free} free slots (now {})",
+            engine.write_queue_free()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An UpdateTable with ReplicaUpdates that read the table before a TagResource committed puts
+/// the new replica list on the definition as committed, with the tag (it used to write back the
+/// definition it read, losing the tag). Region us-east-1 is a `Store` driven in-process (no
+/// background tasks, so its write queue holds only this test's jobs); eu-west-1 is a real
+/// server that receives the replica over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_updates_keep_a_tag_committed_after_they_read_the_table() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let mut europe = Region {
+        name: "eu-west-1",
+        url: format!("http://{}", listener.local_addr().expect("address")),
+        dir: tempfile::tempdir().expect("temp dir"),
+        stop: None,
+        task: None,
+    };
+    let urls = [
+        ("us-east-1".to_string(), "http://127.0.0.1:1".to_string()),
+        ("eu-west-1".to_string(), europe.url.clone()),
+    ];
+    start(&mut europe, listener, &urls).await;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open engine");
+    let replication = store::global::Replication::new(
+        engine.clone(),
+        ReplicationConfig {
+            peers: vec![Peer {
+                region: "eu-west-1".to_string(),
+                url: europe.url.clone(),
+            }],
+            key: KEY.to_vec(),
+            backlog_bytes_max: store::global::LOG_BACKLOG_BYTES_DEFAULT,
+            clock_offset_alarm_ms: store::global::CLOCK_OFFSET_ALARM_MS_DEFAULT,
+            clock_offset_max_ms: store::global::CLOCK_OFFSET_MAX_MS_DEFAULT,
+            peer_tls: None,
+        },
+    );
+    let us = store::Store::with_replication(engine.clone(), replication);
+    let handle = |operation: &'static str, body: Value| {
+        let us = us.clone();
+        async move { us.handle(operation, body.to_string().as_bytes()).await }
+    };
+    let created = handle(
+        "CreateTable",
+        json!({
+            "TableName": "carts",
+            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+            "BillingMode": "PAY_PER_REQUEST"
+        }),
+    )
+    .await
+    .expect("CreateTable");
+    let arn = created["TableDescription"]["TableArn"]
+        .as_str()
+        .expect("TableArn")
+        .to_string();
+
+    // Hold the writer inside a job so the next ones queue up in a known order.
+    let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let blocker = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .write_exclusive(move |_| {
+                    let _ = inside_tx.send(());
+                    let _ = release_rx.recv();
+                    Ok(())
+                })
+                .await
+        }
+    });
+    inside_rx.await.expect("the blocking job ran");
+    let idle = engine.write_queue_free();
+    let tag = tokio::spawn(handle(
+        "TagResource",
+        json!({"ResourceArn": arn, "Tags": [{"Key": "team", "Value": "billing"}]}),
+    ));
+    wait_for_queue_free(&engine, idle - 1).await;
+    // UpdateTable reads the table (without the tag, still queued) and queues its first write.
+    let update = tokio::spawn(handle(
+        "UpdateTable",
+        json!({"TableName": "carts", "ReplicaUpdates": [{"Create": {"RegionName": "eu-west-1"}}]}),
+    ));
+    wait_for_queue_free(&engine, idle - 2).await;
+    release_tx.send(()).expect("the blocking job waits");
+    blocker.await.expect("blocker task").expect("blocking job");
+    tag.await.expect("tag task").expect("TagResource");
+    let updated = update.await.expect("update task").expect("UpdateTable");
+
+    let regions = |description: &Value| -> Vec<String> {
+        description["Replicas"]
+            .as_array()
+            .map(|replicas| {
+                let mut names: Vec<String> = replicas
+                    .iter()
+                    .filter_map(|r| r["RegionName"].as_str().map(str::to_string))
+                    .collect();
+                names.sort();
+                names
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        regions(&updated["TableDescription"]),
+        ["eu-west-1", "us-east-1"],
+        "{updated}"
+    );
+    let tags = handle("ListTagsOfResource", json!({"ResourceArn": arn}))
+        .await
+        .expect("ListTagsOfResource");
+    assert_eq!(
+        tags["Tags"],
+        json!([{"Key": "team", "Value": "billing"}]),
+        "the tag committed while ReplicaUpdates ran was lost: {tags}"
+    );
+    let described = handle("DescribeTable", json!({"TableName": "carts"}))
+        .await
+        .expect("DescribeTable");
+    assert_eq!(regions(&described["Table"]), ["eu-west-1", "us-east-1"], "{described}");
+    // The replica exists in eu-west-1.
+    let remote = ok(&europe.url, "DescribeTable", json!({"TableName": "carts"})).await;
+    assert_eq!(remote["Table"]["TableName"], "carts", "{remote}");
+    stop(&mut europe).await;
+}
