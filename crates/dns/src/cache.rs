@@ -47,6 +47,14 @@ impl Cached {
         self.wire[..ID_BYTES].copy_from_slice(&packet[..ID_BYTES]);
         &self.wire
     }
+
+    /// Replaces `out` with the answer to `packet` (as [`answer_to`](Self::answer_to), without
+    /// touching the entry); `out` keeps its capacity, so a reused buffer allocates nothing.
+    pub fn write_answer_to(&self, packet: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.wire);
+        out[..ID_BYTES].copy_from_slice(&packet[..ID_BYTES]);
+    }
 }
 
 #[derive(Default)]

@@ -8,12 +8,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::errno::Errno;
+use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
@@ -42,6 +46,11 @@ pub const TCP_WRITE_TIMEOUT_MS: u64 = 10_000;
 pub const DROP_LOG_INTERVAL_MS: u64 = 1_000;
 /// UDP worker threads at most (one per core is plenty).
 pub const UDP_WORKERS_MAX: usize = 16;
+/// Datagrams a UDP worker takes from the kernel in one `recvmmsg` (and answers with one
+/// `sendmmsg`) when that many are queued; one system call each way per batch instead of per query.
+pub const UDP_BATCH_DATAGRAMS_MAX: usize = 32;
+/// Capacity each reused UDP answer buffer starts with (larger answers grow it once).
+const ANSWER_BUFFER_BYTES: usize = 512;
 /// How often a blocked UDP worker wakes to check for shutdown.
 pub const UDP_STOP_CHECK_MS: u64 = 200;
 /// File in `--state-dir` that keeps the last applied health view.
@@ -273,8 +282,8 @@ pub async fn run_with_state(
     )));
     let rate_limit_enabled = options.limits.rate_limit.enabled;
     let origin = Instant::now();
-    // UDP is served by blocking threads: one recvfrom/sendto pair per query and no readiness
-    // polling; the kernel wakes one waiting thread per datagram.
+    // UDP is served by blocking threads, no readiness polling: each waits in recvmmsg for a
+    // datagram, takes whatever else is queued with it and answers the batch with one sendmmsg.
     let udp = sockets.udp.into_std()?;
     udp.set_nonblocking(false)?;
     udp.set_read_timeout(Some(Duration::from_millis(UDP_STOP_CHECK_MS)))?;
@@ -414,112 +423,248 @@ impl UdpLimiter<'_> {
     }
 }
 
+/// What a UDP worker keeps between batches: the buffers of one batch of datagrams in and answers
+/// out, and the kernel's message headers for them. Sized once; serving allocates nothing more
+/// (but for answers not yet in the cache).
+struct UdpBatch {
+    /// `UDP_BATCH_DATAGRAMS_MAX` receive buffers of `REQUEST_BYTES_MAX` bytes, back to back.
+    received: Vec<u8>,
+    /// Length and sender of each datagram of the current batch.
+    datagrams: Vec<(usize, Option<SockaddrStorage>)>,
+    /// One answer buffer per datagram, reused (cleared, capacity kept).
+    answers: Vec<Vec<u8>>,
+    /// Where each answer of `answers[..pending]` goes.
+    answer_peers: [Option<SockaddrStorage>; UDP_BATCH_DATAGRAMS_MAX],
+    pending: usize,
+    receive_headers: MultiHeaders<SockaddrStorage>,
+    send_headers: MultiHeaders<SockaddrStorage>,
+}
+
+impl UdpBatch {
+    fn new() -> UdpBatch {
+        UdpBatch {
+            received: vec![0; UDP_BATCH_DATAGRAMS_MAX * REQUEST_BYTES_MAX],
+            datagrams: Vec::with_capacity(UDP_BATCH_DATAGRAMS_MAX),
+            answers: (0..UDP_BATCH_DATAGRAMS_MAX)
+                .map(|_| Vec::with_capacity(ANSWER_BUFFER_BYTES))
+                .collect(),
+            answer_peers: [None; UDP_BATCH_DATAGRAMS_MAX],
+            pending: 0,
+            receive_headers: MultiHeaders::preallocate(UDP_BATCH_DATAGRAMS_MAX, None),
+            send_headers: MultiHeaders::preallocate(UDP_BATCH_DATAGRAMS_MAX, None),
+        }
+    }
+
+    /// Waits for at least one datagram (up to the socket's read timeout), then takes every one
+    /// already queued, up to `UDP_BATCH_DATAGRAMS_MAX`, in one `recvmmsg`.
+    fn receive(&mut self, socket: &std::net::UdpSocket) -> Result<(), Errno> {
+        self.datagrams.clear();
+        let mut buffers = self.received.chunks_exact_mut(REQUEST_BYTES_MAX);
+        let mut slices: [[IoSliceMut<'_>; 1]; UDP_BATCH_DATAGRAMS_MAX] =
+            std::array::from_fn(|_| [IoSliceMut::new(buffers.next().unwrap_or_default())]);
+        let messages = recvmmsg(
+            socket.as_raw_fd(),
+            &mut self.receive_headers,
+            &mut slices,
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        )?;
+        // A datagram longer than REQUEST_BYTES_MAX arrives cut to that length (as recv_from
+        // does); no real query is that long, and the cut one fails to parse or is answered.
+        self.datagrams
+            .extend(messages.map(|message| (message.bytes, message.address)));
+        Ok(())
+    }
+
+    /// Sends `answers[..pending]` with as few `sendmmsg` calls as the kernel allows. A message
+    /// the kernel refuses (an unreachable peer, say) is skipped, as `send_to` would have been.
+    fn send(&mut self, socket: &std::net::UdpSocket) {
+        let pending = std::mem::take(&mut self.pending);
+        let slices: [[IoSlice<'_>; 1]; UDP_BATCH_DATAGRAMS_MAX] =
+            std::array::from_fn(|index| [IoSlice::new(self.answers.get(index).map_or(&[][..], Vec::as_slice))]);
+        let mut start = 0;
+        // Each round sends at least one message or skips one, so this ends.
+        while start < pending {
+            let sent = sendmmsg(
+                socket.as_raw_fd(),
+                &mut self.send_headers,
+                &slices[start..pending],
+                &self.answer_peers[start..pending],
+                [] as [ControlMessage<'_>; 0],
+                MsgFlags::empty(),
+            );
+            match sent {
+                Ok(results) => start += results.count().max(1),
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp send failed");
+                    start += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The standard library's address of a received datagram's sender.
+fn socket_address(address: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    address.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
 fn udp_worker(socket: std::net::UdpSocket, state: &State, mut rng: Rng, stop: &AtomicBool, limiter: &UdpLimiter<'_>) {
-    let mut buffer = vec![0u8; REQUEST_BYTES_MAX];
+    let mut batch = UdpBatch::new();
     let mut snapshot = state.snapshot();
     let mut counters = CounterCache::default();
     let mut cache = AnswerCache::default();
     while !stop.load(Ordering::Relaxed) {
-        let (length, peer) = match socket.recv_from(&mut buffer) {
-            Ok(received) => received,
-            Err(e) => {
-                // Timeouts let us check `stop`; ICMP errors from earlier sends surface here too.
-                if !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
-                ) {
-                    tracing::debug!(error = %e, "udp receive failed");
-                }
-                continue;
+        if let Err(e) = batch.receive(&socket) {
+            // Timeouts let us check `stop`; ICMP errors from earlier sends surface here too.
+            if !matches!(e, Errno::EAGAIN | Errno::EINTR) {
+                tracing::debug!(error = %e, "udp receive failed");
             }
-        };
+            continue;
+        }
         if state.refresh(&mut snapshot) {
             cache.clear();
         }
-        let packet = &buffer[..length];
-        if let Some(cached) = cache.get(packet) {
-            match limiter.judge_outline(
-                state,
-                cached.rcode,
-                cached.answers,
-                &cached.name_label,
-                cached.qtype,
+        for index in 0..batch.datagrams.len() {
+            let Some(&(length, Some(address))) = batch.datagrams.get(index) else {
+                continue;
+            };
+            let Some(peer) = socket_address(&address) else {
+                continue;
+            };
+            let start = index * REQUEST_BYTES_MAX;
+            let Some(packet) = batch.received.get(start..start + length.min(REQUEST_BYTES_MAX)) else {
+                continue;
+            };
+            // Answers go to a buffer of the batch (sent together below) or, in rare cases
+            // (slipped, several messages), straight to the socket.
+            let pending = batch.pending;
+            let Some(answer) = batch.answers.get_mut(pending) else {
+                continue;
+            };
+            let queued = serve_datagram(
+                &socket,
+                packet,
                 peer,
-            ) {
-                Verdict::Send => {
-                    cached.counter.inc();
-                    if let Err(e) = socket.send_to(cached.answer_to(packet), peer) {
-                        tracing::debug!(error = %e, %peer, "udp send failed");
-                    }
-                    continue;
-                }
-                Verdict::Drop => continue,
-                Verdict::Slip => {
-                    // Rare (only under rate limiting): the slipped form is built from the full
-                    // response, judged once already.
-                    let response = handle_packet(
-                        &snapshot.zones,
-                        &snapshot.view,
-                        packet,
-                        Transport::Udp,
-                        peer.ip(),
-                        rng.next_u64(),
-                    );
-                    let slipped = response.as_ref().and_then(|r| r.messages.first()).and_then(truncated);
-                    if let Some(wire) = slipped
-                        && let Err(e) = socket.send_to(&wire, peer)
-                    {
-                        tracing::debug!(error = %e, %peer, "udp send failed");
-                    }
-                    continue;
-                }
+                answer,
+                state,
+                &snapshot,
+                &mut rng,
+                limiter,
+                &mut cache,
+                &mut counters,
+            );
+            if queued {
+                batch.answer_peers[pending] = Some(address);
+                batch.pending += 1;
             }
         }
-        match handle_packet(
-            &snapshot.zones,
-            &snapshot.view,
-            packet,
-            Transport::Udp,
-            peer.ip(),
-            rng.next_u64(),
+        batch.send(&socket);
+    }
+}
+
+/// Answers one datagram: writes the answer into `answer` and returns true, or sends it (or
+/// nothing: rate limited, malformed) itself and returns false.
+#[allow(clippy::too_many_arguments)]
+fn serve_datagram(
+    socket: &std::net::UdpSocket,
+    packet: &[u8],
+    peer: SocketAddr,
+    answer: &mut Vec<u8>,
+    state: &State,
+    snapshot: &Snapshot,
+    rng: &mut Rng,
+    limiter: &UdpLimiter<'_>,
+    cache: &mut AnswerCache,
+    counters: &mut CounterCache,
+) -> bool {
+    if let Some(cached) = cache.get(packet) {
+        match limiter.judge_outline(
+            state,
+            cached.rcode,
+            cached.answers,
+            &cached.name_label,
+            cached.qtype,
+            peer,
         ) {
-            Some(response) => {
-                match limiter.judge(state, &response, peer) {
-                    Verdict::Send => {}
-                    Verdict::Drop => continue,
-                    Verdict::Slip => {
-                        let slipped = response.messages.first().and_then(truncated);
-                        if let Some(wire) = slipped
-                            && let Err(e) = socket.send_to(&wire, peer)
-                        {
-                            tracing::debug!(error = %e, %peer, "udp send failed");
-                        }
-                        continue;
-                    }
-                }
-                let counter = counters.counter(
-                    &state.metrics,
-                    &response.name_label,
-                    response.qtype,
-                    response.rcode,
-                    Transport::Udp,
-                );
-                counter.inc();
-                cache.insert(packet, &response, counter);
-                for wire in &response.wire {
-                    if let Err(e) = socket.send_to(wire, peer) {
-                        tracing::debug!(error = %e, %peer, "udp send failed");
-                    }
-                }
+            Verdict::Send => {
+                cached.counter.inc();
+                cached.write_answer_to(packet, answer);
+                return true;
             }
-            None => {
-                state.metrics.count_drop("malformed");
-                state
-                    .drop_log
-                    .warn("dropped a UDP packet that is not a parseable DNS query", peer);
+            Verdict::Drop => return false,
+            Verdict::Slip => {
+                // Rare (only under rate limiting): the slipped form is built from the full
+                // response, judged once already.
+                let response = handle_packet(
+                    &snapshot.zones,
+                    &snapshot.view,
+                    packet,
+                    Transport::Udp,
+                    peer.ip(),
+                    rng.next_u64(),
+                );
+                let slipped = response.as_ref().and_then(|r| r.messages.first()).and_then(truncated);
+                if let Some(wire) = slipped
+                    && let Err(e) = socket.send_to(&wire, peer)
+                {
+                    tracing::debug!(error = %e, %peer, "udp send failed");
+                }
+                return false;
             }
         }
     }
+    let Some(response) = handle_packet(
+        &snapshot.zones,
+        &snapshot.view,
+        packet,
+        Transport::Udp,
+        peer.ip(),
+        rng.next_u64(),
+    ) else {
+        state.metrics.count_drop("malformed");
+        state
+            .drop_log
+            .warn("dropped a UDP packet that is not a parseable DNS query", peer);
+        return false;
+    };
+    match limiter.judge(state, &response, peer) {
+        Verdict::Send => {}
+        Verdict::Drop => return false,
+        Verdict::Slip => {
+            let slipped = response.messages.first().and_then(truncated);
+            if let Some(wire) = slipped
+                && let Err(e) = socket.send_to(&wire, peer)
+            {
+                tracing::debug!(error = %e, %peer, "udp send failed");
+            }
+            return false;
+        }
+    }
+    let counter = counters.counter(
+        &state.metrics,
+        &response.name_label,
+        response.qtype,
+        response.rcode,
+        Transport::Udp,
+    );
+    counter.inc();
+    cache.insert(packet, &response, counter);
+    if let [wire] = &response.wire[..] {
+        answer.clear();
+        answer.extend_from_slice(wire);
+        return true;
+    }
+    for wire in &response.wire {
+        if let Err(e) = socket.send_to(wire, peer) {
+            tracing::debug!(error = %e, %peer, "udp send failed");
+        }
+    }
+    false
 }
 
 /// Open TCP connections per client address; an address leaves the map with its last one.
