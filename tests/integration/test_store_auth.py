@@ -210,9 +210,20 @@ def test_signature_for_another_region_is_refused(secured):
     assert "'eu-west-1'" in message and f"'{REGION}'" in message, message
 
 
+def sign_a_call_id(client):
+    """Makes botocore sign a per-call `amz-sdk-invocation-id`, as the JavaScript, Go and Java SDKs
+    do (botocore itself adds the header after signing)."""
+    def add(request, **_):
+        # The id botocore sends with this call (it sets the header again after signing).
+        request.headers["amz-sdk-invocation-id"] = request.context["retries"]["invocation-id"]
+
+    client.meta.events.register("before-sign.dynamodb", add)
+
+
 def test_replayed_put_item_is_refused_and_changes_nothing(secured):
     client = secured.client()
     create_table(client, "replay-table")
+    sign_a_call_id(client)
     captured = capture(client, "PutItem")
     client.put_item(TableName="replay-table", Item={"pk": {"S": "k"}, "v": {"N": "1"}})
     client.put_item(TableName="replay-table", Item={"pk": {"S": "k"}, "v": {"N": "2"}})
@@ -226,6 +237,25 @@ def test_replayed_put_item_is_refused_and_changes_nothing(secured):
     reads = capture(client, "GetItem")
     client.get_item(TableName="replay-table", Key={"pk": {"S": "k"}})
     assert send_prepared(reads[0])[0] == 200
+
+
+def test_identical_writes_signed_without_a_call_id_are_each_applied(secured):
+    # The PHP SDK (Magento, WooCommerce) and botocore leave amz-sdk-invocation-id out of the
+    # signature: two identical calls in one second carry one signature, and both are calls of
+    # their own.
+    client = secured.client()
+    create_table(client, "php-counter")
+    body = json.dumps({"TableName": "php-counter", "Key": {"pk": {"S": "page"}},
+                       "UpdateExpression": "ADD hits :one", "ExpressionAttributeValues": {":one": {"N": "1"}}})
+    request = AWSRequest(method="POST", url=secured.url + "/", data=body.encode(), headers={
+        "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "DynamoDB_20120810.UpdateItem"})
+    SigV4Auth(Credentials(ACCESS_KEY_ID, SECRET), "dynamodb", REGION).add_auth(request)
+    signed = request.prepare()
+    assert "amz-sdk-invocation-id" not in signed.headers["Authorization"]
+    assert send_prepared(signed) == (200, {})
+    assert send_prepared(signed) == (200, {})
+    item = client.get_item(TableName="php-counter", Key={"pk": {"S": "page"}}, ConsistentRead=True)["Item"]
+    assert item["hits"] == {"N": "2"}
 
 
 def test_presigned_url_is_refused_for_any_body(secured):

@@ -191,7 +191,16 @@ pub struct Verified {
     pub signature: String,
     /// When the client signed it (Unix seconds).
     pub signed_at_secs: i64,
+    /// The signature covers [`CALL_ID_HEADER`]: the client gave this call an id of its own, so
+    /// a second request with the same signature is the same call sent again, never a new one.
+    pub call_id_signed: bool,
 }
+
+/// The header AWS SDKs set to a new UUID for every call. The JavaScript SDK v3, Go, Java and
+/// Rust SDKs sign it; botocore (boto3, the AWS CLI) adds it after signing and the PHP SDK and
+/// async-aws leave it out of the signature, so two identical calls they sign in the same
+/// second carry one signature.
+pub const CALL_ID_HEADER: &str = "amz-sdk-invocation-id";
 
 /// What [`verify_head`] could tell before the body arrived.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -348,6 +357,7 @@ fn check_signature(
     signed_at_secs: i64,
 ) -> Result<Verified, ApiError> {
     let expected = signature(secret, parts, &claim, payload_sha256)?;
+    let call_id_signed = claim.signed_headers.iter().any(|name| name == CALL_ID_HEADER);
     if !constant_time_eq(expected.as_bytes(), claim.signature.as_bytes()) {
         return Err(ApiError::new(
             ErrorKind::InvalidSignature,
@@ -360,6 +370,7 @@ fn check_signature(
         region: claim.scope.region,
         signature: claim.signature,
         signed_at_secs,
+        call_id_signed,
     })
 }
 
@@ -407,8 +418,9 @@ fn signature(secret: &str, parts: &RequestParts<'_>, claim: &Claim, payload_sha2
 /// window shrinks instead of letting a replay through.
 pub const REPLAY_SIGNATURES_MAX: usize = 100_000;
 
-/// Bounds replays of signed requests inside the [`CLOCK_SKEW_MAX_SECS`] window: a signature is
-/// accepted once. Signatures older than the window are forgotten (the clock check refuses
+/// Bounds replays of signed requests inside the [`CLOCK_SKEW_MAX_SECS`] window: a signature that
+/// covers a call id ([`CALL_ID_HEADER`]) is accepted once; one that does not is not remembered,
+/// since two calls can then share it. Signatures older than the window are forgotten (the clock check refuses
 /// them); when full, the oldest is forgotten and every request signed at or before it is
 /// refused from then on, so forgetting never lets a replay through. Pure: the caller passes the
 /// time.
@@ -442,6 +454,12 @@ impl ReplayGuard {
     /// Admits a verified request once: refuses its signature if seen before (a replay), or
     /// if it was signed at or before the horizon of forgotten signatures.
     pub fn admit(&mut self, verified: &Verified, now_secs: i64) -> Result<(), ApiError> {
+        if !verified.call_id_signed {
+            // Without a signed call id two different calls can carry one signature (boto3 and
+            // the PHP SDK sign the same UpdateItem twice in one second alike), so a repeat may be a new
+            // call: it is served, as DynamoDB serves it, and HTTPS is what stops a capture.
+            return Ok(());
+        }
         while let Some(&(signed_at, key)) = self.by_time.first() {
             if signed_at.saturating_add(CLOCK_SKEW_MAX_SECS) >= now_secs {
                 break;
@@ -1329,6 +1347,7 @@ mod tests {
             region: "us-east-1".into(),
             signature: signature.into(),
             signed_at_secs,
+            call_id_signed: true,
         }
     }
 
@@ -1347,6 +1366,60 @@ mod tests {
         // Past the window the entry is forgotten (the clock check refuses the request anyway).
         guard.admit(&verified(&"ef".repeat(32), 1_400), 1_400).expect("later");
         assert_eq!(guard.len(), 1);
+    }
+
+    #[test]
+    fn a_signature_without_a_call_id_is_not_remembered() {
+        // Two identical UpdateItem calls signed by the PHP SDK in one second share a signature;
+        // both are calls of their own and both are served.
+        let mut guard = ReplayGuard::new(10);
+        let repeated = Verified {
+            call_id_signed: false,
+            ..verified(&"ab".repeat(32), 1_000)
+        };
+        guard.admit(&repeated, 1_000).expect("first call");
+        guard.admit(&repeated, 1_000).expect("second call, same signature");
+        // The same signature with a signed call id is the same call: once.
+        guard.admit(&verified(&"ab".repeat(32), 1_000), 1_000).expect("first");
+        assert!(guard.admit(&verified(&"ab".repeat(32), 1_000), 1_001).is_err());
+    }
+
+    #[test]
+    fn the_call_id_is_seen_among_the_signed_headers() {
+        let mut known = Credentials::new();
+        known.insert("AKIDEXAMPLE", "secret");
+        let now = 1_700_000_000;
+        let amz_date = format_amz_date(now);
+        for (extra, signed) in [
+            (
+                Some(("amz-sdk-invocation-id", "5d3f1c9e-0000-4000-8000-000000000001")),
+                true,
+            ),
+            (None, false),
+        ] {
+            let mut headers: Vec<(&str, &[u8])> = vec![
+                ("host", b"127.0.0.1:8000"),
+                ("x-amz-date", amz_date.as_bytes()),
+                ("x-amz-target", b"DynamoDB_20120810.PutItem"),
+            ];
+            if let Some((name, value)) = extra {
+                headers.push((name, value.as_bytes()));
+            }
+            let parts = |headers| RequestParts {
+                method: "POST",
+                path: "/",
+                query: "",
+                headers,
+                body: b"{}",
+            };
+            let authorization =
+                authorization_header("AKIDEXAMPLE", "secret", "us-east-1", &amz_date, &parts(&headers)).expect("signs");
+            let mut with_authorization = headers.clone();
+            with_authorization.push(("authorization", authorization.as_bytes()));
+            let parts = parts(&with_authorization);
+            let verified = verify(&known, &parts, now).expect("valid");
+            assert_eq!(verified.call_id_signed, signed, "{extra:?}");
+        }
     }
 
     #[test]

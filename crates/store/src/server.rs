@@ -7,7 +7,7 @@
 //! body's declared size are checked by `common::http` before a handler runs, and a request's
 //! signature head (key, scope, region, time, signed headers; the whole signature when
 //! `x-amz-content-sha256` carries the body's hash) before its body is read. A signed request
-//! that changes data is accepted once (`sigv4::ReplayGuard`).
+//! that changes data and signs a call id is accepted once (`sigv4::ReplayGuard`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
