@@ -1,12 +1,16 @@
 """What the black-box tests share: the binary under test, polling with a deadline, free ports, a
-stand-in region application, the pieces of a controller's TOML, and starting a controller.
+stand-in region application, the pieces of a controller's TOML, starting a controller, and
+starting a `switchyard lab` (`running_lab`).
 
-One place for helpers that more than one test file needs (labs start through `labrun`); a
-test file keeps only what is its own."""
+One place for helpers that more than one test file needs; a test file keeps only what is its
+own."""
 
+import contextlib
 import http.server
 import json
 import os
+import random
+import signal
 import socket
 import subprocess
 import tempfile
@@ -60,6 +64,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def lab_resolve(base_port, name="www.shop.example."):
+    """The addresses in the A answer for `name` from the lab's DNS server (UDP, `base_port` + 2),
+    sorted."""
+    import dns.message
+    import dns.query
+
+    query = dns.message.make_query(name, "A")
+    answer = dns.query.udp(query, "127.0.0.1", port=base_port + 2, timeout=2)
+    return sorted(item.address for rrset in answer.answer for item in rrset)
+
+
 def mounts_allowed():
     """Whether this process may mount a tmpfs (root, and not in a container that forbids it)."""
     if os.geteuid() != 0:
@@ -107,13 +122,13 @@ INTERVALS_ONLY = {"interval_ms": 200, "fast_interval_ms": 100}
 
 
 def controller_toml(audit, vantages=("controller",), policy="min_hold_ms = 600000", quorum=""):
-    """`[controller]` (vantage "controller", `audit_log = audit`, 50 ms ticks), `[policy]` (no
-    failback lag check, then the lines in `policy`) and `[quorum]` (`vantages`, then the lines
-    in `quorum`, reports every 100 ms)."""
+    """`[controller]` (its own vantage the first of `vantages`, `audit_log = audit`, 50 ms
+    ticks), `[policy]` (no failback lag check, then the lines in `policy`) and `[quorum]`
+    (`vantages`, then the lines in `quorum`, reports every 100 ms)."""
     quorum = f"{quorum}\n" if quorum else ""
     return f"""
 [controller]
-vantage = "controller"
+vantage = "{vantages[0]}"
 audit_log = "{audit}"
 tick_ms = 50
 
@@ -186,14 +201,61 @@ def two_regions_toml(us_port, eu_port, names=("use1-app", "euw1-app"), timing=FA
             + http_check_toml(names[1], "eu-west-1", eu_port, timing))
 
 
-def start_controller(config, workdir, processes=None, env=None, args=(), deadline_s=START_DEADLINE_S):
-    """Starts `switchyard controller --config CONFIG --listen 127.0.0.1:0` with its ready file and
-    log (stderr, appended) in `workdir`, appends it to `processes` (when given) and waits for it
-    to listen (killing it if it does not).
+def dns_records_toml(*records):
+    """One `[[dns.zones.records]]` table a `(name, type, values)` record (values: a list of strings)."""
+    return "".join(f"""
+[[dns.zones.records]]
+name = "{name}"
+type = "{kind}"
+values = {json.dumps(values)}
+""" for name, kind, values in records)
+
+
+def failover_zone_toml(soa, records=()):
+    """`[[dns.zones]]` shop.example. (name server ns1 at 192.0.2.53, the SOA fields in `soa`), the
+    `records` (see `dns_records_toml`), and `app`: a failover A record answering 192.0.2.10 while
+    us-east-1 is healthy, else 198.51.100.10 (eu-west-1)."""
+    return f"""
+[[dns.zones]]
+origin = "shop.example."
+ns = ["ns1"]
+
+[dns.zones.soa]
+{soa}
+""" + dns_records_toml(("ns1", "A", ["192.0.2.53"]), *records) + """
+[[dns.zones.records]]
+name = "app"
+type = "A"
+policy = "failover"
+
+[[dns.zones.records.members]]
+role = "primary"
+values = ["192.0.2.10"]
+health = "us-east-1"
+
+[[dns.zones.records.members]]
+role = "secondary"
+values = ["198.51.100.10"]
+health = "eu-west-1"
+"""
+
+
+def assert_config_ok(config, env=None):
+    """`switchyard config check CONFIG` passes (exit 0)."""
+    checked = subprocess.run([str(BINARY), "config", "check", str(config)], env=env, capture_output=True, text=True,
+                             timeout=30)
+    assert checked.returncode == 0, checked.stderr
+
+
+def start_controller(config, workdir, processes=None, env=None, args=(), deadline_s=START_DEADLINE_S,
+                     name="controller"):
+    """Starts `switchyard controller --config CONFIG --listen 127.0.0.1:0 ARGS` with its ready
+    file `NAME.ready` and its log `NAME.log` (stderr, appended) in `workdir`, appends it to
+    `processes` (when given) and waits for it to listen (killing it if it does not).
 
     `env` defaults to this environment plus the admin token `TOKEN`. Returns
     `(process, url, log)`."""
-    ready, log = workdir / "ready", workdir / "controller.log"
+    ready, log = workdir / f"{name}.ready", workdir / f"{name}.log"
     if env is None:
         env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN)
     process = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
@@ -202,10 +264,86 @@ def start_controller(config, workdir, processes=None, env=None, args=(), deadlin
     if processes is not None:
         processes.append(process)
     try:
-        address = wait_until("the controller to listen", lambda: ready.exists() and ready.read_text().strip(),
+        address = wait_until(f"{name} to listen", lambda: ready.exists() and ready.read_text().strip(),
                              deadline_s, [log])
     except AssertionError:
         process.kill()
         process.wait(timeout=10)
         raise
     return process, f"http://{address}", log
+
+
+# Starting a `switchyard lab` for a test: a free port block below the ephemeral range, up when
+# `switchyard status --lab` says so, stopped with SIGTERM (and a clean exit asserted). Every test
+# that starts a lab goes through `running_lab`: the port-block retry, the readiness wait and the
+# clean stop live here once.
+
+PORT_BLOCK_TRIES = 10
+LAB_POLL_S = 0.3
+LAB_STOP_DEADLINE_S = 60
+
+
+def lab_status(directory, binary=BINARY, env=None):
+    """`switchyard status --lab DIRECTORY` (exit 0 once the lab is up)."""
+    return subprocess.run([str(binary), "status", "--lab", str(directory)], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+class RunningLab:
+    """A started lab. Unpacks as `(directory, base_port)`; `process` and `log_path` are there for
+    tests that signal the lab themselves (call `killed()` after killing it on purpose)."""
+
+    def __init__(self, directory, base_port, process, log_path):
+        self.directory = directory
+        self.base_port = base_port
+        self.process = process
+        self.log_path = log_path
+        self.killed_on_purpose = False
+
+    def __iter__(self):
+        return iter((self.directory, self.base_port))
+
+    def log_tail(self, chars=5000):
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def killed(self):
+        self.killed_on_purpose = True
+
+
+@contextlib.contextmanager
+def running_lab(binary, root, *args, start_deadline_s=90, env=None):
+    """Yields a `RunningLab` started with `args` under `root` (its directory is `root/lab`)."""
+    directory = root / "lab"
+    log_path = root / "lab.log"
+    env = dict(env) if env is not None else dict(os.environ)
+    for _ in range(PORT_BLOCK_TRIES):
+        # Below the kernel's ephemeral range (32768+), where outgoing connections take ports.
+        base_port = random.randrange(20000, 32000, 500)
+        log = open(log_path, "w")
+        process = subprocess.Popen(
+            [str(binary), "lab", "--dir", str(directory), "--base-port", str(base_port), *args],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.monotonic() + start_deadline_s
+        while process.poll() is None and lab_status(directory, binary, env).returncode != 0:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"the lab was not up within {start_deadline_s}s:\n"
+                                     + log_path.read_text()[-5000:])
+            time.sleep(LAB_POLL_S)
+        if process.poll() is None:
+            break
+        assert "not free" in log_path.read_text(), log_path.read_text()[-5000:]
+    else:
+        raise AssertionError(f"no free port block for the lab in {PORT_BLOCK_TRIES} tries")
+    lab = RunningLab(directory, base_port, process, log_path)
+    try:
+        yield lab
+    finally:
+        if lab.killed_on_purpose:
+            process.wait(timeout=LAB_STOP_DEADLINE_S)
+        else:
+            assert process.poll() is None, f"the lab ended during the test:\n{lab.log_tail()}"
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=LAB_STOP_DEADLINE_S)
+            assert code == 0, lab.log_tail()

@@ -7,21 +7,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from test_controller import App, TOKEN, wait_until
+from harness import BINARY, TOKEN, App, controller_toml, failover_zone_toml, free_port, start_controller
+from harness import two_regions_toml, wait_until
 from test_dns import DnsServer
 from test_fault_proxy import FaultProxy
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
 ETCD = shutil.which("etcd")
 LEASE_MS = 2000
 START_DEADLINE_S = 30
@@ -30,42 +27,7 @@ TAKEOVER_DEADLINE_S = 30
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
-DNS_CONFIG = """
-[dns]
-[[dns.zones]]
-origin = "shop.example."
-ns = ["ns1"]
-
-[dns.zones.soa]
-serial = 2026112401
-minimum = 30
-
-[[dns.zones.records]]
-name = "ns1"
-type = "A"
-values = ["192.0.2.53"]
-
-[[dns.zones.records]]
-name = "app"
-type = "A"
-policy = "failover"
-
-[[dns.zones.records.members]]
-role = "primary"
-values = ["192.0.2.10"]
-health = "us-east-1"
-
-[[dns.zones.records.members]]
-role = "secondary"
-values = ["198.51.100.10"]
-health = "eu-west-1"
-"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+DNS_CONFIG = "\n[dns]" + failover_zone_toml("serial = 2026112401\nminimum = 30")
 
 
 class Etcd:
@@ -115,57 +77,16 @@ class Etcd:
 
 
 def config_text(us, eu, workdir, member, etcd_urls, dns_admin, vantages=("controller", "probe")):
-    return f"""
-[controller]
-vantage = "{vantages[0]}"
-audit_log = "{workdir}/audit-{member}.jsonl"   # (--audit-log overrides it)
-tick_ms = 50
-
+    # The audit log in the file is overridden by --audit-log where given. "probe" is an agent the
+    # test plays; one vote decides, so the controller's own checks suffice.
+    return controller_toml(f"{workdir}/audit-{member}.jsonl", vantages,
+                           policy="min_hold_ms = 600000\nrunbook_retry_ms = 200", quorum="quorum = 1") + f"""
 [controller.ha]
 etcd = {json.dumps(etcd_urls)}
 member = "{member}"
 lease_ms = {LEASE_MS}
 prefix = "/switchyard/test"
-
-[policy]
-failback_lag_check = false
-min_hold_ms = 600000
-runbook_retry_ms = 200
-
-[quorum]
-# "probe" is an agent the test plays; one vote decides, so the controller's own checks suffice.
-vantages = {json.dumps(list(vantages))}
-quorum = 1
-report_interval_ms = 100
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-
-[[checks]]
-name = "use1-app"
-region = "us-east-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{us.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-
-[[checks]]
-name = "euw1-app"
-region = "eu-west-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{eu.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-
+""" + two_regions_toml(us.port, eu.port) + f"""
 [dns]
 admin_url = "{dns_admin}"
 
@@ -232,14 +153,9 @@ class Group:
             config = self.tmp / f"{member}.toml"
             config.write_text(config_text(self.us, self.eu, self.tmp, member, [etcd_url or self.etcd.url],
                                           self.dns.admin))
-        ready = self.tmp / f"{member}.ready"
-        log = self.tmp / f"{member}.log"
         env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, SWITCHYARD_LOG="info")
-        process = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
-                                    "--ready-file", str(ready), *extra], env=env, stdout=subprocess.DEVNULL,
-                                   stderr=open(log, "ab"))
-        wait_until(f"{member} to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
-        self.members[member] = (process, f"http://{ready.read_text().strip()}", log)
+        self.members[member] = start_controller(config, self.tmp, env=env, args=extra, deadline_s=START_DEADLINE_S,
+                                                name=member)
 
     def logs(self):
         return [log for _, _, log in self.members.values()] + [self.etcd.log]

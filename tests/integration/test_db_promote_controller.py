@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from test_controller import App, BINARY, START_DEADLINE_S, TOKEN, free_port, run_cli, wait_until
+import harness
+from harness import BINARY, TOKEN, App, assert_config_ok, controller_toml, free_port, two_regions_toml, wait_until
+from test_controller import run_cli
 from test_providers_databases import audit_records, find, sql, start_mariadb
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
@@ -157,38 +159,7 @@ username = "{REDIS_USER}"
 password = {{ file = "{tmp / 'redis.password'}" }}
 promote_lag_max_ms = 5000
 """
-    return f"""
-[controller]
-vantage = "controller"
-audit_log = "{tmp / 'audit.jsonl'}"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-min_hold_ms = 600000
-
-[quorum]
-vantages = ["controller"]
-report_interval_ms = 100
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-""" + "".join(f"""
-[[checks]]
-name = "{name}-app"
-region = "{region}"
-kind = {{ type = "http", url = "http://127.0.0.1:{app.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-""" for name, region, app in (("use1", "us-east-1", us), ("euw1", "eu-west-1", eu))) + f"""
+    return controller_toml(tmp / "audit.jsonl") + two_regions_toml(us.port, eu.port) + f"""
 [[runbook]]
 name = "orders-db"
 kind = "mysql_promote"
@@ -209,15 +180,10 @@ kind = "pointer"
 
 
 def start_controller(tmp, config, processes):
-    checked = run_cli("config", "check", str(config))
-    assert checked.returncode == 0, checked.stderr
-    ready, log = tmp / "ready", tmp / "controller.log"
     env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN)
-    processes.append(subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
-                                       "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=open(log, "ab")))
-    wait_until("the controller to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
-    return f"http://{ready.read_text().strip()}", log
+    assert_config_ok(config, env)
+    _, url, log = harness.start_controller(config, tmp, processes, env=env)
+    return url, log
 
 
 def active(url, region):

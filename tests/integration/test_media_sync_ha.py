@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from test_controller import TOKEN, wait_until
+from harness import TOKEN, assert_config_ok, start_controller, wait_until
 from test_controller_ha import BINARY, ETCD, START_DEADLINE_S, Group, config_text
 from test_media_sync import shop_media
 
@@ -31,16 +31,9 @@ def group(tmp_path):
 def start_member(group, member, media):
     config = group.tmp / f"{member}.toml"
     config.write_text(config_text(group.us, group.eu, group.tmp, member, [group.etcd.url], group.dns.admin) + media)
-    checked = subprocess.run([str(BINARY), "config", "check", str(config)], capture_output=True, text=True,
-                             timeout=30)
-    assert checked.returncode == 0, checked.stderr
-    ready, log = group.tmp / f"{member}.ready", group.tmp / f"{member}.log"
+    assert_config_ok(config)
     env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, SWITCHYARD_LOG="info")
-    process = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
-                                "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
-                               stderr=open(log, "ab"))
-    wait_until(f"{member} to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
-    group.members[member] = (process, f"http://{ready.read_text().strip()}", log)
+    group.members[member] = start_controller(config, group.tmp, env=env, deadline_s=START_DEADLINE_S, name=member)
 
 
 def test_every_member_measures_the_media_lag_itself(group):

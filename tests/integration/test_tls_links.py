@@ -13,7 +13,6 @@
 
 import json
 import os
-import signal
 import ssl
 import subprocess
 import urllib.error
@@ -23,8 +22,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from test_controller import App, BINARY, START_DEADLINE_S, wait_until
-from test_global_tables import Region, free_port
+from harness import BINARY, INTERVALS_ONLY, START_DEADLINE_S, App, controller_toml, free_port, two_regions_toml
+from harness import failover_zone_toml, wait_until
+from test_global_tables import Region
 from test_store_tls import make_ca, make_server_cert, openssl
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
@@ -73,36 +73,7 @@ def processes(tmp_path):
             process.wait(timeout=10)
 
 
-DNS_CONFIG = """
-[dns]
-[[dns.zones]]
-origin = "shop.example."
-ns = ["ns1"]
-
-[dns.zones.soa]
-rname = "hostmaster.shop.example."
-serial = 1
-
-[[dns.zones.records]]
-name = "ns1"
-type = "A"
-values = ["192.0.2.53"]
-
-[[dns.zones.records]]
-name = "app"
-type = "A"
-policy = "failover"
-
-[[dns.zones.records.members]]
-role = "primary"
-values = ["192.0.2.10"]
-health = "us-east-1"
-
-[[dns.zones.records.members]]
-role = "secondary"
-values = ["198.51.100.10"]
-health = "eu-west-1"
-"""
+DNS_CONFIG = "\n[dns]" + failover_zone_toml('rname = "hostmaster.shop.example."\nserial = 1')
 
 
 def test_controller_agent_cli_and_dns_admin_over_verified_https(tmp_path, processes):
@@ -124,45 +95,11 @@ def test_controller_agent_cli_and_dns_admin_over_verified_https(tmp_path, proces
         dns_admin = f"https://{admin_address}"
 
         config = tmp_path / "switchyard.toml"
-        config.write_text(f"""
-[controller]
-vantage = "controller"
-audit_log = "audit.jsonl"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-down_confirm_ms = 0
-
-[quorum]
-vantages = ["controller", "agent-1"]
-report_stale_ms = 600000
-report_interval_ms = 100
-
+        config.write_text(controller_toml("audit.jsonl", vantages=("controller", "agent-1"),
+                                          policy="down_confirm_ms = 0", quorum="report_stale_ms = 600000")
+                          + two_regions_toml(us.port, eu.port, timing=INTERVALS_ONLY) + f"""
 [dns]
 admin_url = "{dns_admin}"
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-
-[[checks]]
-name = "use1-app"
-region = "us-east-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{us.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-
-[[checks]]
-name = "euw1-app"
-region = "eu-west-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{eu.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
 
 [[runbook]]
 name = "dns"
