@@ -10,9 +10,11 @@ import http.server
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,6 +30,33 @@ TOKEN = "integration-control-token-0123456789"
 START_DEADLINE_S = 20
 POLL_S = 0.05
 LOG_TAIL_CHARS = 3000
+
+
+MOTO_SERVER = Path(sys.executable).parent / "moto_server"
+
+
+@contextlib.contextmanager
+def running_moto(env=None, deadline_s=60):
+    """Yields the URL of a moto server (moto[server] from PyPI, next to this Python) on a free
+    port of 127.0.0.1, started with `env`; stops it afterwards."""
+    assert MOTO_SERVER.exists(), f"{MOTO_SERVER} missing: run ./scripts/install-test-deps.sh (moto[server])"
+    process = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p0"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    url = None
+    deadline = time.monotonic() + deadline_s
+    while url is None and time.monotonic() < deadline:
+        line = process.stderr.readline()
+        match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", line)
+        if match:
+            url = match.group(1)
+        elif not line and process.poll() is not None:
+            break
+    assert url, "moto_server did not print its address"
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def require_binary():
@@ -64,6 +93,52 @@ def free_port():
         return s.getsockname()[1]
 
 
+# A private CA and its certificates, made by openssl for a test (EC P-256, valid two days).
+OPENSSL_DEADLINE_S = 60
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=OPENSSL_DEADLINE_S)
+
+
+def make_ca(folder):
+    """A CA in `folder` (ca.pem, ca.key); returns ca.pem."""
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=switchyard-test-ca", cwd=folder)
+    return folder / "ca.pem"
+
+
+def signed_cert(folder, name, extensions):
+    """A key and certificate `name`.pem/.key with CN `name` and the X.509 `extensions` (openssl
+    extfile lines), signed by the CA in `folder`."""
+    (folder / f"{name}.ext").write_text(extensions)
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=folder)
+    return folder / f"{name}.pem", folder / f"{name}.key"
+
+
+def make_server_cert(folder, name):
+    """A server certificate for 127.0.0.1 signed by the CA in `folder`: (cert, key)."""
+    return signed_cert(folder, name, "subjectAltName=IP:127.0.0.1\n")
+
+
+def make_client_cert(folder, name):
+    """A client certificate (extendedKeyUsage clientAuth) signed by the CA in `folder`: (cert, key)."""
+    return signed_cert(folder, name, "extendedKeyUsage=clientAuth\n")
+
+
+def make_pki(tmp_path, server_name):
+    """`tmp_path`/pki with a CA and a server certificate `server_name` for 127.0.0.1:
+    (folder, ca, cert, key)."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = make_ca(pki)
+    cert, key = make_server_cert(pki, server_name)
+    return pki, ca, cert, key
+
+
 def lab_resolve(base_port, name="www.shop.example."):
     """The addresses in the A answer for `name` from the lab's DNS server (UDP, `base_port` + 2),
     sorted."""
@@ -73,6 +148,31 @@ def lab_resolve(base_port, name="www.shop.example."):
     query = dns.message.make_query(name, "A")
     answer = dns.query.udp(query, "127.0.0.1", port=base_port + 2, timeout=2)
     return sorted(item.address for rrset in answer.answer for item in rrset)
+
+
+def lab_ctl(directory, *args):
+    """`switchyard lab ctl --dir DIRECTORY ARGS`: a fault injected into (or healed in) a running lab."""
+    return subprocess.run([str(BINARY), "lab", "ctl", "--dir", str(directory), *args],
+                          capture_output=True, text=True, timeout=90)
+
+
+def assert_fault_drill(directory, report_path, scenario, duration_s):
+    """Runs `switchyard drill SCENARIO` on the lab in `directory` (3 s warm-up, `duration_s` of
+    fault, 10 s settle) with its JSON report at `report_path`, and asserts what holds on any
+    machine: the fault's two steps (inject, heal) went through, the controller failed over at
+    least once, and no acknowledged write was lost. RTO bounds are not asserted (a loaded machine
+    may miss them). Returns the report."""
+    drill = subprocess.run(
+        [str(BINARY), "drill", scenario, "--lab", str(directory), "--warmup-s", "3",
+         "--duration-s", str(duration_s), "--settle-s", "10", "--no-progress", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=180)
+    assert report_path.exists(), drill.stdout[-3000:] + drill.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    steps = [e for e in report["events"] if e["kind"] == "step"]
+    assert len(steps) == 2 and all(e["ok"] for e in steps), steps
+    assert report["measurements"]["failovers"] >= 1, report["measurements"]
+    assert report["check"]["lost"] == 0 and report["check"]["acknowledged"] > 0, report["check"]
+    return report
 
 
 def mounts_allowed():
@@ -87,32 +187,53 @@ def mounts_allowed():
     return True
 
 
-class Ok(http.server.BaseHTTPRequestHandler):
-    """Answers every GET with 200 `ok`."""
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler that logs nothing, with `answer` to send a whole response."""
 
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
+    def answer(self, status, body, headers=None):
+        """Sends `status` with `body` (bytes as they are; anything else as JSON) and `headers`."""
+        if not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(b"ok")
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
 
 
-class App:
-    """A region's application on 127.0.0.1:`port` (any free one by default; a given one to come
-    back where a stopped app was): answers 200 until stopped; then the port refuses connections."""
+class Served:
+    """`handler` (a request handler class) served on 127.0.0.1:`port` (any free one by default)
+    from a daemon thread, at `url`, until `stop()`."""
 
-    def __init__(self, port=0):
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok)
+    def __init__(self, handler, port=0):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+class Ok(QuietHandler):
+    """Answers every GET with 200 `ok`."""
+
+    def do_GET(self):
+        self.answer(200, b"ok")
+
+
+class App(Served):
+    """A region's application on 127.0.0.1:`port` (any free one by default; a given one to come
+    back where a stopped app was): answers 200 until stopped; then the port refuses connections."""
+
+    def __init__(self, port=0):
+        super().__init__(Ok, port)
 
 
 # A check's timing as most tests want it: down after two failures 100 ms apart, up after one.
@@ -201,6 +322,25 @@ def two_regions_toml(us_port, eu_port, names=("use1-app", "euw1-app"), timing=FA
             + http_check_toml(names[1], "eu-west-1", eu_port, timing))
 
 
+def media_sync_toml(mode, locations, settings="run_timeout_ms = 30000", step="timeout_ms = 60000"):
+    """A `[[runbook]]` step "media" of kind media_sync: the step's own lines `step`, `mode`, the
+    lines in `settings`, and `locations` (region -> {field: value}, e.g. {"us": {"url": ...}})."""
+    places = "".join(f"{region} = {{ {', '.join(f'{key} = {json.dumps(str(value))}' for key, value in fields.items())} }}\n"
+                     for region, fields in locations.items())
+    return f"""
+[[runbook]]
+name = "media"
+kind = "media_sync"
+{step}
+
+[runbook.media_sync]
+mode = "{mode}"
+{settings}
+
+[runbook.media_sync.locations]
+{places}"""
+
+
 def dns_records_toml(*records):
     """One `[[dns.zones.records]]` table a `(name, type, values)` record (values: a list of strings)."""
     return "".join(f"""
@@ -247,6 +387,38 @@ def assert_config_ok(config, env=None):
     assert checked.returncode == 0, checked.stderr
 
 
+def spawn(args, log, processes=None, env=None):
+    """Starts `switchyard ARGS` (stdout dropped, stderr appended to `log`), adds it to
+    `processes` when given, and returns it."""
+    process = subprocess.Popen([str(BINARY), *args], env=env, stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+    if processes is not None:
+        processes.append(process)
+    return process
+
+
+def stop_all(processes, servers=(), terminate_s=None):
+    """Ends each process still running: SIGKILL, or with `terminate_s` SIGTERM and that long for
+    it to exit before SIGKILL. Then stops each of `servers` (a server the test stopped already
+    may complain; that is ignored)."""
+    for process in processes:
+        if process.poll() is not None:
+            continue
+        if terminate_s is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=terminate_s)
+                continue
+            except subprocess.TimeoutExpired:
+                pass
+        process.kill()
+        process.wait(timeout=10)
+    for server in servers:
+        try:
+            server.stop()
+        except Exception:
+            pass
+
+
 def start_controller(config, workdir, processes=None, env=None, args=(), deadline_s=START_DEADLINE_S,
                      name="controller"):
     """Starts `switchyard controller --config CONFIG --listen 127.0.0.1:0 ARGS` with its ready
@@ -258,11 +430,8 @@ def start_controller(config, workdir, processes=None, env=None, args=(), deadlin
     ready, log = workdir / f"{name}.ready", workdir / f"{name}.log"
     if env is None:
         env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN)
-    process = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
-                                "--ready-file", str(ready), *args], env=env, stdout=subprocess.DEVNULL,
-                               stderr=open(log, "ab"))
-    if processes is not None:
-        processes.append(process)
+    process = spawn(["controller", "--config", str(config), "--listen", "127.0.0.1:0", "--ready-file", str(ready),
+                     *args], log, processes, env)
     try:
         address = wait_until(f"{name} to listen", lambda: ready.exists() and ready.read_text().strip(),
                              deadline_s, [log])

@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from harness import BINARY, REPO, START_DEADLINE_S, TOKEN, App, free_port, wait_until
-from harness import INTERVALS_ONLY, controller_toml, http_check_toml, regions_toml, two_regions_toml
+from harness import (BINARY, INTERVALS_ONLY, REPO, START_DEADLINE_S, TOKEN, App, controller_toml, free_port,
+                     http_check_toml, regions_toml, spawn, stop_all, two_regions_toml, wait_until)
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -45,22 +45,10 @@ def setup(tmp_path):
     processes = []
 
     def start(args, log):
-        env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN)
-        process = subprocess.Popen([str(BINARY), *args], env=env, stdout=subprocess.DEVNULL,
-                                   stderr=open(log, "ab"))
-        processes.append(process)
-        return process
+        return spawn(args, log, processes, dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN))
 
     yield tmp_path, us, eu, start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    for app in (us, eu):
-        try:
-            app.stop()
-        except Exception:
-            pass
+    stop_all(processes, (us, eu))
 
 
 def test_controller_fails_over_and_pointer_watch_follows(setup):

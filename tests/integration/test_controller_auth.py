@@ -11,7 +11,8 @@ import urllib.request
 
 import pytest
 
-from harness import BINARY, INTERVALS_ONLY, START_DEADLINE_S, App, controller_toml, two_regions_toml, wait_until
+from harness import (BINARY, INTERVALS_ONLY, START_DEADLINE_S, App, controller_toml, spawn, stop_all, two_regions_toml,
+                     wait_until)
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -62,19 +63,11 @@ def deployment(tmp_path):
     processes = []
 
     def start(args, log):
-        process = subprocess.Popen([str(BINARY), *args], stdout=subprocess.DEVNULL, stderr=open(log, "ab"),
-                                   env={k: v for k, v in os.environ.items()
-                                        if not k.startswith("SWITCHYARD_CONTROL_TOKEN")})
-        processes.append(process)
-        return process
+        return spawn(args, log, processes,
+                     {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_CONTROL_TOKEN")})
 
     yield tmp_path, us, eu, start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    for app in (us, eu):
-        app.stop()
+    stop_all(processes, (us, eu))
 
 
 def test_a_forged_agent_cannot_fail_over_and_each_role_keeps_to_its_endpoints(deployment):

@@ -14,8 +14,8 @@ import urllib.request
 
 import pytest
 
-from harness import BINARY, TOKEN, App, controller_toml, failover_zone_toml, free_port, start_controller
-from harness import two_regions_toml, wait_until
+from harness import (BINARY, TOKEN, App, QuietHandler, Served, controller_toml, failover_zone_toml, free_port, start_controller, stop_all,
+                     two_regions_toml, wait_until)
 from test_dns import DnsServer
 from test_fault_proxy import FaultProxy
 
@@ -70,10 +70,7 @@ class Etcd:
         self.processes[index].wait(timeout=10)
 
     def stop(self):
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=10)
+        stop_all(self.processes)
 
 
 def config_text(us, eu, workdir, member, etcd_urls, dns_admin, vantages=("controller", "probe")):
@@ -426,40 +423,23 @@ def test_three_controllers_on_a_three_member_etcd_survive_losing_an_etcd_member_
         group.stop()
 
 
-class RefusingMember:
+class RefusingMember(Served):
     """A stand-in for a member that could not pass a command on: it answers every POST with
     421 naming `leader`, as a follower does when the leader did not answer it in time."""
 
     def __init__(self, leader_member, leader_url):
-        import http.server
-        import threading
-
         body = json.dumps({"accepted": False, "code": "not_leader", "error": "this controller does not lead",
                            "reason": "this controller does not lead", "member": "stand-in",
                            "leader": {"member": leader_member, "address": leader_url}}).encode()
         self.posts = []
         posts = self.posts
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
                 posts.append(self.path)
-                self.send_response(421)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer(421, body, {"Content-Type": "application/json"})
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def test_the_cli_follows_a_refusal_to_the_leader_and_members_with_own_vantages_share_their_views(group):

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import BINARY, TOKEN, App, assert_config_ok, controller_toml, free_port, two_regions_toml, wait_until
+from harness import (BINARY, TOKEN, App, assert_config_ok, controller_toml, free_port, stop_all, two_regions_toml,
+                     wait_until)
 from test_controller import run_cli
 from test_providers_databases import audit_records, find, sql, start_mariadb
 
@@ -221,22 +222,6 @@ def redis_keys(port):
     return {int(k.split(":")[1]) for k in redis_cli(port, "--scan", "--pattern", "session:*").stdout.split()}
 
 
-def stop_all(processes, apps):
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-    for app in apps:
-        try:
-            app.stop()
-        except Exception:
-            pass
-
-
 def test_failover_fences_promotes_keeps_every_acknowledged_write_and_fails_back(tmp_path):
     need("mariadbd", "mariadb-install-db", "mariadb", "redis-server", "redis-cli")
     processes, us, eu = [], App(), App()
@@ -304,7 +289,7 @@ def test_failover_fences_promotes_keeps_every_acknowledged_write_and_fails_back(
         assert redis_set(r_master, 8) == "ok"
         wait_until("a new session to replicate to eu", lambda: redis_cli(r_replica, "GET", "session:8").stdout.strip() == "8")
     finally:
-        stop_all(processes, (us, eu))
+        stop_all(processes, (us, eu), terminate_s=15)
 
 
 def test_a_primary_cut_off_from_the_controller_keeps_writing_and_its_followers_never_rejoin_with_its_writes(tmp_path):
@@ -383,4 +368,4 @@ def test_a_primary_cut_off_from_the_controller_keeps_writing_and_its_followers_n
             assert sql(replica, "SELECT @@GLOBAL.read_only") == "0", "the new primary stays writable"
             assert active(url, "eu-west-1")
     finally:
-        stop_all(processes, (us, eu))
+        stop_all(processes, (us, eu), terminate_s=15)

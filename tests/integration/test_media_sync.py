@@ -10,22 +10,18 @@ runbook."""
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import boto3
 import pytest
 
-from harness import BINARY, CHECKED_HEAD, App, controller_toml, free_port, http_check_toml, regions_toml
-from harness import start_controller, wait_until
+from harness import (BINARY, CHECKED_HEAD, App, controller_toml, free_port, http_check_toml, media_sync_toml,
+                     regions_toml, running_moto, start_controller, wait_until)
 
-MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 START_DEADLINE_S = 30
 CHANGE_DEADLINE_S = 30
 
@@ -101,20 +97,8 @@ kind = { type = "tcp", address = "127.0.0.1:2" }
 
 def rsync_config(tmp_path, source, target, extra="", name="switchyard.toml"):
     config = tmp_path / name
-    config.write_text(HEAD + f"""
-[[runbook]]
-name = "media"
-kind = "media_sync"
-timeout_ms = 60000
-
-[runbook.media_sync]
-mode = "rsync"
-run_timeout_ms = 30000
-{extra}
-[runbook.media_sync.locations]
-us = {{ url = "{source}" }}
-eu = {{ url = "{target}" }}
-""")
+    config.write_text(HEAD + media_sync_toml("rsync", {"us": {"url": source}, "eu": {"url": target}},
+                                             "run_timeout_ms = 30000\n" + extra))
     return config
 
 
@@ -287,44 +271,17 @@ eu = { url = "rsync://10.0.0.9/media/", region = "us-east-1" }
 
 @pytest.fixture
 def moto_s3():
-    assert MOTO_SERVER.exists(), f"{MOTO_SERVER} missing: run ./scripts/install-test-deps.sh (moto[server])"
     # Small parts, so a multipart upload of a few KiB is legal (S3's own minimum is 5 MiB).
-    env = dict(os.environ, S3_UPLOAD_PART_MIN_SIZE="256")
-    process = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p0"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=env)
-    url = None
-    deadline = time.monotonic() + 60
-    while url is None and time.monotonic() < deadline:
-        line = process.stderr.readline()
-        match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", line)
-        if match:
-            url = match.group(1)
-        elif not line and process.poll() is not None:
-            break
-    assert url, "moto_server did not print its address"
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_moto(env=dict(os.environ, S3_UPLOAD_PART_MIN_SIZE="256")) as url:
+        yield url
 
 
 def s3_config(tmp_path, moto, extra="", name="s3.toml"):
     config = tmp_path / name
-    config.write_text(HEAD + f"""
-[[runbook]]
-name = "media"
-kind = "media_sync"
-timeout_ms = 60000
-
-[runbook.media_sync]
-mode = "s3"
-run_timeout_ms = 30000
-concurrency = 3
-list_page_keys = 7
-{extra}
-[runbook.media_sync.locations]
-us = {{ url = "s3://shop-media-us/pub/media/", region = "us-east-1", endpoint_url = "{moto}" }}
-eu = {{ url = "s3://shop-media-eu/pub/media/", region = "eu-west-1", endpoint_url = "{moto}" }}
-""")
+    config.write_text(HEAD + media_sync_toml(
+        "s3", {"us": {"url": "s3://shop-media-us/pub/media/", "region": "us-east-1", "endpoint_url": moto},
+               "eu": {"url": "s3://shop-media-eu/pub/media/", "region": "eu-west-1", "endpoint_url": moto}},
+        "run_timeout_ms = 30000\nconcurrency = 3\nlist_page_keys = 7\n" + extra))
     return config
 
 
@@ -456,25 +413,12 @@ def test_the_controller_measures_media_lag_shows_it_and_runs_the_step_on_failove
 min_hold_ms = 1000
 stability_window_ms = 3000               # two media measurements (every 1 s) at least""")
                       + regions_toml("us", "eu") + http_check_toml("us-app", "us", apps[0].port)
-                      + http_check_toml("eu-app", "eu", apps[1].port) + f"""
+                      + http_check_toml("eu-app", "eu", apps[1].port) + """
 [[runbook]]
 name = "pointer"
 kind = "pointer"
-
-[[runbook]]
-name = "media"
-kind = "media_sync"
-timeout_ms = 60000
-
-[runbook.media_sync]
-mode = "rsync"
-run_timeout_ms = 30000
-lag_interval_ms = 1000
-
-[runbook.media_sync.locations]
-us = {{ url = "{us}" }}
-eu = {{ url = "{daemon_url}" }}
-""")
+""" + media_sync_toml("rsync", {"us": {"url": us}, "eu": {"url": daemon_url}},
+                      "run_timeout_ms = 30000\nlag_interval_ms = 1000"))
     env = dict(os.environ, SWITCHYARD_LOG="info", NO_COLOR="1")
     controller, base, log = start_controller(config, tmp_path, env=env, deadline_s=CHANGE_DEADLINE_S)
     try:
@@ -579,22 +523,10 @@ def on_failover_controller(tmp_path, us_url, eu_folder, on_failover):
     config.write_text(controller_toml(audit, policy="min_hold_ms = 600000\nrunbook_retry_ms = 500")
                       + regions_toml("us", "eu")
                       + "".join(http_check_toml(f"{region}-app", region, app.port, {"interval_ms": 200, "timeout_ms": 300})
-                                for region, app in (("us", apps[0]), ("eu", apps[1]))) + f"""
-[[runbook]]
-name = "media"
-kind = "media_sync"
-timeout_ms = 20000
-retries = 0
-
-[runbook.media_sync]
-mode = "rsync"
-run_timeout_ms = 15000
-on_failover = "{on_failover}"
-
-[runbook.media_sync.locations]
-us = {{ url = "{us_url}" }}
-eu = {{ url = "{eu_folder}" }}
-
+                                for region, app in (("us", apps[0]), ("eu", apps[1])))
+                      + media_sync_toml("rsync", {"us": {"url": us_url}, "eu": {"url": eu_folder}},
+                                        f'run_timeout_ms = 15000\non_failover = "{on_failover}"',
+                                        "timeout_ms = 20000\nretries = 0") + """
 [[runbook]]
 name = "pointer"
 kind = "pointer"

@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
-from harness import TOKEN, assert_config_ok, start_controller, wait_until
-from test_controller_ha import BINARY, ETCD, START_DEADLINE_S, Group, config_text
+from harness import TOKEN, assert_config_ok, media_sync_toml, start_controller, wait_until
+import test_controller_ha
+from test_controller_ha import START_DEADLINE_S, config_text
 from test_media_sync import shop_media
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
@@ -17,15 +18,8 @@ pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 MEMBERS = ["m1", "m2"]
 
 
-@pytest.fixture
-def group(tmp_path):
-    if not BINARY.exists():
-        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
-    if ETCD is None:
-        pytest.skip("etcd is not installed (Debian package etcd-server; scripts/install-test-deps.sh installs it)")
-    group = Group(tmp_path)
-    yield group
-    group.stop()
+# The HA tests' fixture: a group (etcd, the apps, DNS) for members to join.
+group = test_controller_ha.group
 
 
 def start_member(group, member, media):
@@ -43,21 +37,8 @@ def test_every_member_measures_the_media_lag_itself(group):
     us.mkdir()
     eu.mkdir()
     files = shop_media(us)
-    media = f"""
-[[runbook]]
-name = "media"
-kind = "media_sync"
-timeout_ms = 60000
-
-[runbook.media_sync]
-mode = "rsync"
-run_timeout_ms = 30000
-lag_interval_ms = 1000
-
-[runbook.media_sync.locations]
-us-east-1 = {{ url = "{us}" }}
-eu-west-1 = {{ url = "{eu}" }}
-"""
+    media = media_sync_toml("rsync", {"us-east-1": {"url": us}, "eu-west-1": {"url": eu}},
+                            "run_timeout_ms = 30000\nlag_interval_ms = 1000")
     for member in MEMBERS:
         start_member(group, member, media)
     leader = wait_until("a leader named by every member", group.leader, START_DEADLINE_S, group.logs())

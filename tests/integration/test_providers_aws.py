@@ -5,18 +5,14 @@ The steps themselves run against moto in crates/providers/tests/it/aws.rs."""
 
 import json
 import os
-import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import boto3
 import pytest
 
-from harness import BINARY, CHECKED_HEAD, REPO, App, controller_toml, two_regions_toml, wait_until
+from harness import BINARY, CHECKED_HEAD, REPO, App, controller_toml, running_moto, two_regions_toml, wait_until
 
-MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 START_DEADLINE_S = 60
 CHANGE_DEADLINE_S = 20
 PARAMETER = "/magento/prod/AWS_REGION"
@@ -46,22 +42,8 @@ def run_cli(*args):
 
 @pytest.fixture
 def moto():
-    assert MOTO_SERVER.exists(), f"{MOTO_SERVER} missing: run ./scripts/install-test-deps.sh (moto[server])"
-    process = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p0"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    url = None
-    deadline = time.monotonic() + START_DEADLINE_S
-    while url is None and time.monotonic() < deadline:
-        line = process.stderr.readline()
-        match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", line)
-        if match:
-            url = match.group(1)
-        elif not line and process.poll() is not None:
-            break
-    assert url, "moto_server did not print its address"
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_moto(deadline_s=START_DEADLINE_S) as url:
+        yield url
 
 
 def test_the_magento_aws_example_passes_config_check():

@@ -9,7 +9,6 @@ the test. `switchyard config check` reports provider and alert mistakes with lin
 and the WooCommerce-on-DigitalOcean example validates.
 """
 
-import http.server
 import json
 import os
 import signal
@@ -21,8 +20,8 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import BINARY, NUMBERED_HEAD_LINES, REPO, TOKEN, App, controller_toml, free_port, start_controller
-from harness import two_regions_toml
+from harness import (BINARY, NUMBERED_HEAD_LINES, REPO, TOKEN, App, QuietHandler, Served, controller_toml, free_port,
+                     start_controller, stop_all, two_regions_toml)
 
 ROUTING_KEY = "R0UT1NGKEY0123456789abcdefabcdef"
 DEADLINE_S = 30
@@ -34,7 +33,7 @@ def wait_until(what, condition, deadline_s=DEADLINE_S, logs=()):
     return harness.wait_until(what, condition, deadline_s, logs)
 
 
-class Receivers:
+class Receivers(Served):
     """The HTTP alert receivers on one port: /hook, /slack and /pagerduty/v2/enqueue."""
 
     def __init__(self):
@@ -43,7 +42,7 @@ class Receivers:
         self.slack_throttle = 1
         receivers = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"null")
@@ -67,28 +66,11 @@ class Receivers:
                 else:
                     self.answer(200, b"{}")
 
-            def answer(self, status, body, headers=None):
-                self.send_response(status)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     def bodies(self, path):
         with self.lock:
             return [body for p, _, body in self.requests if p == path]
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def make_certificates(folder):
@@ -215,15 +197,7 @@ def setup(tmp_path):
         return start_controller(path, tmp_path, processes, deadline_s=DEADLINE_S)
 
     yield tmp_path, us, eu, receivers, start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    for server in (us, eu, receivers):
-        try:
-            server.stop()
-        except Exception:
-            pass
+    stop_all(processes, (us, eu, receivers))
 
 
 def test_a_decision_and_every_region_down_reach_webhook_slack_pagerduty_and_email(setup):
@@ -319,7 +293,7 @@ def test_failing_runbooks_raise_step_failed_then_stuck_and_a_channel_gets_only_i
         logs=[log])
 
 
-class FakeDigitalOcean:
+class FakeDigitalOcean(Served):
     """DigitalOcean's API v2 for domain records, in the documented shapes: Bearer token (401
     `{"id": "unauthorized"}` otherwise), `GET /v2/domains/{domain}/records?name=FULL&type=T`
     with `links.pages`, records named relative to the domain, `GET`/`PUT .../records/{id}`
@@ -330,7 +304,7 @@ class FakeDigitalOcean:
         self.puts = []
         fake = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 self.route("GET", None)
 
@@ -363,20 +337,7 @@ class FakeDigitalOcean:
                     return self.answer(200, {"domain_record": record})
                 return self.answer(404, {"id": "not_found", "message": "The resource you were accessing could not be found."})
 
-            def answer(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     def stop(self):
         self.server.shutdown()

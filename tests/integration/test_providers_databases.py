@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import BINARY, TOKEN, App, assert_config_ok, controller_toml, free_port, start_controller
-from harness import two_regions_toml, wait_until
+from harness import (BINARY, TOKEN, App, assert_config_ok, controller_toml, free_port, start_controller, stop_all,
+                     two_regions_toml, wait_until)
 from test_controller import run_cli
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
@@ -155,16 +155,4 @@ def test_a_refused_promotion_stops_the_failover_until_the_operator_forces_it(tmp
         assert [n.get("force_data_loss", False) for n in started][-1] is True, started
         assert not started[0].get("force_data_loss", False), "only the forced attempt carries it"
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
-        for app in (us, eu):
-            try:
-                app.stop()
-            except Exception:
-                pass
+        stop_all(processes, (us, eu), terminate_s=15)

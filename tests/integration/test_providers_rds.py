@@ -21,7 +21,7 @@ import pytest
 
 from fake_rds import FakeRds
 import harness
-from harness import BINARY, TOKEN, App, assert_config_ok, controller_toml, two_regions_toml, wait_until
+from harness import BINARY, TOKEN, App, assert_config_ok, controller_toml, stop_all, two_regions_toml, wait_until
 from test_providers_databases import audit_records
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
@@ -114,15 +114,6 @@ def steps(audit, generation, outcome=None):
             and r.get("generation") == generation and (outcome is None or r.get("outcome") == outcome)]
 
 
-def stop(processes, things):
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=15)
-    for thing in things:
-        thing.stop()
-
-
 @pytest.mark.parametrize("step,line,message", [
     (rds_step("http://127.0.0.1:1").replace(EU_DB, "arn:aws:rds:eu-west-1:1111:db:shop-euw1"), 50,
      "the ARN of region 'eu-west-1' has '1111' where the 12-digit account goes"),
@@ -174,7 +165,7 @@ def test_rds_promote_promotes_the_replica_once_and_refuses_to_fail_back(tmp_path
         assert active(url, "eu-west-1")
         assert len(fake.actions("PromoteReadReplica")) == 1, "nothing promoted twice"
     finally:
-        stop(processes, (fake, us, eu))
+        stop_all(processes, (fake, us, eu), terminate_s=15)
 
 
 def test_aurora_switches_over_fails_back_and_fails_over_only_when_loss_is_accepted(tmp_path):
@@ -227,7 +218,7 @@ def test_aurora_switches_over_fails_back_and_fails_over_only_when_loss_is_accept
         assert fake.writer("shop-global") == (EU_CL, None)
         assert len(fake.actions("SwitchoverGlobalCluster")) == 2
     finally:
-        stop(processes, (fake, us, eu))
+        stop_all(processes, (fake, us, eu), terminate_s=15)
 
 
 def test_a_controller_killed_while_rds_promotes_rolls_forward_without_promoting_twice(tmp_path):
@@ -256,7 +247,7 @@ def test_a_controller_killed_while_rds_promotes_rolls_forward_without_promoting_
         assert promoted["source"] is None and promoted["status"] == "available"
         assert fake.tags(EU_DB) == {"switchyard:generation": str(done[-1]["generation"])}
     finally:
-        stop(processes, (fake, us, eu))
+        stop_all(processes, (fake, us, eu), terminate_s=15)
 
 
 def test_aurora_detach_when_configured_then_failback_is_refused(tmp_path):
@@ -285,4 +276,4 @@ def test_aurora_detach_when_configured_then_failback_is_refused(tmp_path):
         assert active(url, "eu-west-1")
         assert not fake.actions("SwitchoverGlobalCluster")
     finally:
-        stop(processes, (fake, us, eu))
+        stop_all(processes, (fake, us, eu), terminate_s=15)
