@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from test_store_harness import StoreProcess, create_table, error_of, require_binary, scan_all, started_store, wait_for
+from test_store_harness import (StoreProcess, create_table, error_of, require_binary, scan_all, store_fixture,
+                                wait_for)
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -17,11 +18,7 @@ ARN = re.compile(r"^arn:aws:dynamodb:us-east-1:\d{12}:table/([A-Za-z0-9_.-]+)/ba
 DEADLINE_S = 60
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    store = started_store(tmp_path_factory, "backups")
-    yield store
-    store.stop()
+store = store_fixture("backups")
 
 
 def put_items(client, table, count, prefix="item", sort=True):

@@ -163,6 +163,18 @@ def started_store(tmp_path_factory, name="store", **kwargs):
     return store
 
 
+def store_fixture(name="store", **kwargs):
+    """A module-scoped pytest fixture: a store from `started_store(name, **kwargs)`, stopped
+    after the module. Use as `store = store_fixture()` in a test module."""
+    @pytest.fixture(scope="module")
+    def store(tmp_path_factory):
+        started = started_store(tmp_path_factory, name, **kwargs)
+        yield started
+        started.stop()
+
+    return store
+
+
 def wait_for(condition, deadline_s, what, interval_s=0.1):
     """Polls `condition` until it returns a truthy value; fails after `deadline_s` naming `what`."""
     return wait_until(what, condition, deadline_s, poll_s=interval_s)
