@@ -98,6 +98,7 @@ OPENSSL_DEADLINE_S = 60
 
 
 def openssl(*args, cwd):
+    """Runs `openssl ARGS` in `cwd`; a failure fails the test."""
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=OPENSSL_DEADLINE_S)
 
 
