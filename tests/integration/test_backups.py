@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from test_store_harness import StoreProcess, create_table, error_of, require_binary, started_store, wait_for
+from test_store_harness import (StoreProcess, create_table, error_of, require_binary, scan_all, store_fixture,
+                                wait_for)
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -17,11 +18,7 @@ ARN = re.compile(r"^arn:aws:dynamodb:us-east-1:\d{12}:table/([A-Za-z0-9_.-]+)/ba
 DEADLINE_S = 60
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    store = started_store(tmp_path_factory, "backups")
-    yield store
-    store.stop()
+store = store_fixture("backups")
 
 
 def put_items(client, table, count, prefix="item", sort=True):
@@ -34,19 +31,6 @@ def put_items(client, table, count, prefix="item", sort=True):
                 item["sk"] = {"N": str(n)}
             requests.append({"PutRequest": {"Item": item}})
         client.batch_write_item(RequestItems={table: requests})
-
-
-def scan_all(client, table):
-    items, start = [], None
-    while True:
-        kwargs = {"TableName": table, "ConsistentRead": True}
-        if start:
-            kwargs["ExclusiveStartKey"] = start
-        page = client.scan(**kwargs)
-        items += page["Items"]
-        start = page.get("LastEvaluatedKey")
-        if not start:
-            return items
 
 
 def wait_available(client, arn):
@@ -266,20 +250,10 @@ def test_damaged_backup_is_refused(store):
     assert "fragile-restored" not in client.list_tables()["TableNames"]
 
 
-class BackupDirStore(StoreProcess):
-    def __init__(self, data_dir, backup_dir):
-        super().__init__(data_dir)
-        self.backup_dir = backup_dir
-
-    def command(self):
-        command, ready = super().command()
-        return command + ["--backup-dir", str(self.backup_dir)], ready
-
-
 def test_backup_dir_flag_and_kill_9_mid_backup_and_restore(tmp_path):
     require_binary()
     backup_dir = tmp_path / "elsewhere"
-    store = BackupDirStore(tmp_path / "data", backup_dir).start()
+    store = StoreProcess(tmp_path / "data", args=["--backup-dir", str(backup_dir)]).start()
     try:
         client = store.client()
         create_table(client, "big", range_key=("sk", "N"))

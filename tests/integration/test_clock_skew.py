@@ -4,6 +4,7 @@ offsets reported in /health and /metrics, the alarm at its threshold, a peer's f
 not inherited (bounded stamps), and a split past the 5-minute signing window alarmed and healed
 with nothing lost."""
 
+import functools
 import json
 import time
 import urllib.error
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from test_global_tables import BINARY, KEY, Region, contents, create_orders, free_port
+from harness import BINARY, free_port, wait_until
+from test_global_tables import KEY, Region, contents, create_orders
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 WAIT_S = 60
@@ -70,14 +72,7 @@ def metrics_of(region):
         return response.read().decode()
 
 
-def wait_for(what, check):
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+wait_for = functools.partial(wait_until, deadline_s=WAIT_S, poll_s=0.2)
 
 
 @pytest.fixture

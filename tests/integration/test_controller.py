@@ -4,63 +4,18 @@ when the primary's app dies, runs a real command step, moves the active-region p
 (`status`, `switchover`, `pause`, `config check`), and a real agent probing through its own
 `[vantage_paths]`."""
 
-import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
-import threading
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
-TOKEN = "integration-control-token-0123456789"
-START_DEADLINE_S = 20
-CHANGE_DEADLINE_S = 20
+from harness import (BINARY, INTERVALS_ONLY, REPO, START_DEADLINE_S, TOKEN, App, controller_toml, free_port,
+                     http_check_toml, regions_toml, spawn, stop_all, two_regions_toml, wait_until)
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
-
-
-class Ok(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args):
-        pass
-
-
-class App:
-    """A region's application: answers 200 until stopped; then the port refuses connections."""
-
-    def __init__(self):
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def wait_until(what, condition, deadline_s=CHANGE_DEADLINE_S, logs=()):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {log}:\n{Path(log).read_text()[-3000:]}" for log in logs if Path(log).exists())
-            raise AssertionError(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.05)
 
 
 def run_cli(*args):
@@ -69,48 +24,7 @@ def run_cli(*args):
 
 
 def config_text(us, eu, audit, marker):
-    return f"""
-[controller]
-vantage = "controller"
-audit_log = "{audit}"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-min_hold_ms = 600000
-
-[quorum]
-vantages = ["controller"]
-report_interval_ms = 100
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-
-[[checks]]
-name = "use1-app"
-region = "us-east-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{us.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-
-[[checks]]
-name = "euw1-app"
-region = "eu-west-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{eu.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-
+    return controller_toml(audit) + two_regions_toml(us.port, eu.port) + f"""
 [[runbook]]
 name = "record"
 kind = "command"
@@ -131,22 +45,10 @@ def setup(tmp_path):
     processes = []
 
     def start(args, log):
-        env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN)
-        process = subprocess.Popen([str(BINARY), *args], env=env, stdout=subprocess.DEVNULL,
-                                   stderr=open(log, "ab"))
-        processes.append(process)
-        return process
+        return spawn(args, log, processes, dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN))
 
     yield tmp_path, us, eu, start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    for app in (us, eu):
-        try:
-            app.stop()
-        except Exception:
-            pass
+    stop_all(processes, (us, eu))
 
 
 def test_controller_fails_over_and_pointer_watch_follows(setup):
@@ -228,12 +130,6 @@ def test_config_check_reports_every_mistake_and_the_controller_refuses_to_start(
     assert "does not start" in started.stderr, started.stderr
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get_json(url, path):
     request = urllib.request.Request(f"{url}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -246,30 +142,9 @@ def test_each_vantage_point_probes_through_its_own_path(setup):
     tmp, us, _eu, start = setup
     dead = free_port()
     config = tmp / "switchyard.toml"
-    config.write_text(f"""
-[controller]
-vantage = "controller"
-audit_log = "{tmp / 'audit.jsonl'}"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-
-[quorum]
-vantages = ["controller", "agent-1"]
-report_interval_ms = 100
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[checks]]
-name = "use1-app"
-region = "us-east-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{dead}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-
+    config.write_text(controller_toml(tmp / "audit.jsonl", vantages=("controller", "agent-1"), policy="")
+                      + regions_toml("us-east-1") + http_check_toml("use1-app", "us-east-1", dead, INTERVALS_ONLY)
+                      + f"""
 [vantage_paths.agent-1]
 "127.0.0.1:{dead}" = "127.0.0.1:{us.port}"
 """)

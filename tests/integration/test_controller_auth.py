@@ -6,14 +6,13 @@ the CLI, relative token files, and `config check` on URLs and durations."""
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from test_controller import App, BINARY, START_DEADLINE_S, wait_until
+from harness import (BINARY, INTERVALS_ONLY, START_DEADLINE_S, App, controller_toml, spawn, stop_all, two_regions_toml,
+                     wait_until)
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -64,19 +63,11 @@ def deployment(tmp_path):
     processes = []
 
     def start(args, log):
-        process = subprocess.Popen([str(BINARY), *args], stdout=subprocess.DEVNULL, stderr=open(log, "ab"),
-                                   env={k: v for k, v in os.environ.items()
-                                        if not k.startswith("SWITCHYARD_CONTROL_TOKEN")})
-        processes.append(process)
-        return process
+        return spawn(args, log, processes,
+                     {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_CONTROL_TOKEN")})
 
     yield tmp_path, us, eu, start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    for app in (us, eu):
-        app.stop()
+    stop_all(processes, (us, eu))
 
 
 def test_a_forged_agent_cannot_fail_over_and_each_role_keeps_to_its_endpoints(deployment):
@@ -94,43 +85,9 @@ def test_a_forged_agent_cannot_fail_over_and_each_role_keeps_to_its_endpoints(de
     # Each snippet from its [[tokens]] table on (the comments before it say where the token goes).
     snippets = "\n".join(s[s.index("[[tokens]]"):] for s in (agent_b_snippet, operator_snippet, reader_snippet))
     config = etc / "switchyard.toml"
-    config.write_text(f"""
-[controller]
-vantage = "controller"
-audit_log = "audit.jsonl"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-down_confirm_ms = 0
-
-[quorum]
-vantages = ["controller", "agent-a", "agent-b"]
-report_stale_ms = 600000
-report_interval_ms = 100
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-
-[[checks]]
-name = "use1-app"
-region = "us-east-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{us.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-
-[[checks]]
-name = "euw1-app"
-region = "eu-west-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{eu.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-
+    config.write_text(controller_toml("audit.jsonl", vantages=("controller", "agent-a", "agent-b"),
+                                      policy="down_confirm_ms = 0", quorum="report_stale_ms = 600000")
+                      + two_regions_toml(us.port, eu.port, timing=INTERVALS_ONLY) + f"""
 [[runbook]]
 name = "pointer"
 kind = "pointer"

@@ -7,21 +7,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from test_controller import App, TOKEN, wait_until
+from harness import (BINARY, TOKEN, App, QuietHandler, Served, controller_toml, failover_zone_toml, free_port, start_controller, stop_all,
+                     two_regions_toml, wait_until)
 from test_dns import DnsServer
 from test_fault_proxy import FaultProxy
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
 ETCD = shutil.which("etcd")
 LEASE_MS = 2000
 START_DEADLINE_S = 30
@@ -30,42 +27,7 @@ TAKEOVER_DEADLINE_S = 30
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
-DNS_CONFIG = """
-[dns]
-[[dns.zones]]
-origin = "shop.example."
-ns = ["ns1"]
-
-[dns.zones.soa]
-serial = 2026112401
-minimum = 30
-
-[[dns.zones.records]]
-name = "ns1"
-type = "A"
-values = ["192.0.2.53"]
-
-[[dns.zones.records]]
-name = "app"
-type = "A"
-policy = "failover"
-
-[[dns.zones.records.members]]
-role = "primary"
-values = ["192.0.2.10"]
-health = "us-east-1"
-
-[[dns.zones.records.members]]
-role = "secondary"
-values = ["198.51.100.10"]
-health = "eu-west-1"
-"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+DNS_CONFIG = "\n[dns]" + failover_zone_toml("serial = 2026112401\nminimum = 30")
 
 
 class Etcd:
@@ -108,64 +70,20 @@ class Etcd:
         self.processes[index].wait(timeout=10)
 
     def stop(self):
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=10)
+        stop_all(self.processes)
 
 
 def config_text(us, eu, workdir, member, etcd_urls, dns_admin, vantages=("controller", "probe")):
-    return f"""
-[controller]
-vantage = "{vantages[0]}"
-audit_log = "{workdir}/audit-{member}.jsonl"   # (--audit-log overrides it)
-tick_ms = 50
-
+    # The audit log in the file is overridden by --audit-log where given. "probe" is an agent the
+    # test plays; one vote decides, so the controller's own checks suffice.
+    return controller_toml(f"{workdir}/audit-{member}.jsonl", vantages,
+                           policy="min_hold_ms = 600000\nrunbook_retry_ms = 200", quorum="quorum = 1") + f"""
 [controller.ha]
 etcd = {json.dumps(etcd_urls)}
 member = "{member}"
 lease_ms = {LEASE_MS}
 prefix = "/switchyard/test"
-
-[policy]
-failback_lag_check = false
-min_hold_ms = 600000
-runbook_retry_ms = 200
-
-[quorum]
-# "probe" is an agent the test plays; one vote decides, so the controller's own checks suffice.
-vantages = {json.dumps(list(vantages))}
-quorum = 1
-report_interval_ms = 100
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-
-[[checks]]
-name = "use1-app"
-region = "us-east-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{us.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-
-[[checks]]
-name = "euw1-app"
-region = "eu-west-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{eu.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-
+""" + two_regions_toml(us.port, eu.port) + f"""
 [dns]
 admin_url = "{dns_admin}"
 
@@ -232,14 +150,9 @@ class Group:
             config = self.tmp / f"{member}.toml"
             config.write_text(config_text(self.us, self.eu, self.tmp, member, [etcd_url or self.etcd.url],
                                           self.dns.admin))
-        ready = self.tmp / f"{member}.ready"
-        log = self.tmp / f"{member}.log"
         env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, SWITCHYARD_LOG="info")
-        process = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
-                                    "--ready-file", str(ready), *extra], env=env, stdout=subprocess.DEVNULL,
-                                   stderr=open(log, "ab"))
-        wait_until(f"{member} to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
-        self.members[member] = (process, f"http://{ready.read_text().strip()}", log)
+        self.members[member] = start_controller(config, self.tmp, env=env, args=extra, deadline_s=START_DEADLINE_S,
+                                                name=member)
 
     def logs(self):
         return [log for _, _, log in self.members.values()] + [self.etcd.log]
@@ -510,40 +423,23 @@ def test_three_controllers_on_a_three_member_etcd_survive_losing_an_etcd_member_
         group.stop()
 
 
-class RefusingMember:
+class RefusingMember(Served):
     """A stand-in for a member that could not pass a command on: it answers every POST with
     421 naming `leader`, as a follower does when the leader did not answer it in time."""
 
     def __init__(self, leader_member, leader_url):
-        import http.server
-        import threading
-
         body = json.dumps({"accepted": False, "code": "not_leader", "error": "this controller does not lead",
                            "reason": "this controller does not lead", "member": "stand-in",
                            "leader": {"member": leader_member, "address": leader_url}}).encode()
         self.posts = []
         posts = self.posts
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
                 posts.append(self.path)
-                self.send_response(421)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer(421, body, {"Content-Type": "application/json"})
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def test_the_cli_follows_a_refusal_to_the_leader_and_members_with_own_vantages_share_their_views(group):

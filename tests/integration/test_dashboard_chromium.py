@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from labrun import running_lab
+from harness import running_lab
 
 REPO = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))

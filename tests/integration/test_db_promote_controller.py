@@ -23,7 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from test_controller import App, BINARY, START_DEADLINE_S, TOKEN, free_port, run_cli, wait_until
+import harness
+from harness import (BINARY, TOKEN, App, assert_config_ok, controller_toml, free_port, stop_all, two_regions_toml,
+                     wait_until)
+from test_controller import run_cli
 from test_providers_databases import audit_records, find, sql, start_mariadb
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
@@ -157,38 +160,7 @@ username = "{REDIS_USER}"
 password = {{ file = "{tmp / 'redis.password'}" }}
 promote_lag_max_ms = 5000
 """
-    return f"""
-[controller]
-vantage = "controller"
-audit_log = "{tmp / 'audit.jsonl'}"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-min_hold_ms = 600000
-
-[quorum]
-vantages = ["controller"]
-report_interval_ms = 100
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-""" + "".join(f"""
-[[checks]]
-name = "{name}-app"
-region = "{region}"
-kind = {{ type = "http", url = "http://127.0.0.1:{app.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-""" for name, region, app in (("use1", "us-east-1", us), ("euw1", "eu-west-1", eu))) + f"""
+    return controller_toml(tmp / "audit.jsonl") + two_regions_toml(us.port, eu.port) + f"""
 [[runbook]]
 name = "orders-db"
 kind = "mysql_promote"
@@ -209,15 +181,10 @@ kind = "pointer"
 
 
 def start_controller(tmp, config, processes):
-    checked = run_cli("config", "check", str(config))
-    assert checked.returncode == 0, checked.stderr
-    ready, log = tmp / "ready", tmp / "controller.log"
     env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN)
-    processes.append(subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
-                                       "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=open(log, "ab")))
-    wait_until("the controller to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
-    return f"http://{ready.read_text().strip()}", log
+    assert_config_ok(config, env)
+    _, url, log = harness.start_controller(config, tmp, processes, env=env)
+    return url, log
 
 
 def active(url, region):
@@ -253,22 +220,6 @@ def order_ids(port):
 
 def redis_keys(port):
     return {int(k.split(":")[1]) for k in redis_cli(port, "--scan", "--pattern", "session:*").stdout.split()}
-
-
-def stop_all(processes, apps):
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-    for app in apps:
-        try:
-            app.stop()
-        except Exception:
-            pass
 
 
 def test_failover_fences_promotes_keeps_every_acknowledged_write_and_fails_back(tmp_path):
@@ -338,7 +289,7 @@ def test_failover_fences_promotes_keeps_every_acknowledged_write_and_fails_back(
         assert redis_set(r_master, 8) == "ok"
         wait_until("a new session to replicate to eu", lambda: redis_cli(r_replica, "GET", "session:8").stdout.strip() == "8")
     finally:
-        stop_all(processes, (us, eu))
+        stop_all(processes, (us, eu), terminate_s=15)
 
 
 def test_a_primary_cut_off_from_the_controller_keeps_writing_and_its_followers_never_rejoin_with_its_writes(tmp_path):
@@ -417,4 +368,4 @@ def test_a_primary_cut_off_from_the_controller_keeps_writing_and_its_followers_n
             assert sql(replica, "SELECT @@GLOBAL.read_only") == "0", "the new primary stays writable"
             assert active(url, "eu-west-1")
     finally:
-        stop_all(processes, (us, eu))
+        stop_all(processes, (us, eu), terminate_s=15)

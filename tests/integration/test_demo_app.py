@@ -5,23 +5,18 @@ healing it is a real fault the shop's /health has to notice."""
 
 import http.cookiejar
 import json
-import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+from harness import BINARY, QuietHandler, Served
 START_DEADLINE_S = 30
 WAIT_S = 20
 
@@ -158,28 +153,18 @@ def test_shop_orders_live_in_the_store_and_health_follows_the_link(processes, tm
     assert browser.json("GET", "/api/orders")["orders"] == [order]
 
 
-class Pointer:
+class Pointer(Served):
     """An active-region pointer served like the controller's (plain polling is enough here)."""
 
     def __init__(self, region):
         self.value = {"region": region, "generation": 1}
         pointer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
-                body = json.dumps(pointer.value).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer(200, pointer.value)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     def flip(self, region):
         self.value = {"region": region, "generation": self.value["generation"] + 1}

@@ -21,6 +21,8 @@ import dns.xfr
 import dns.zone
 import pytest
 
+from harness import failover_zone_toml
+
 REPO = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
 START_DEADLINE_S = 20
@@ -29,9 +31,7 @@ TOKEN = "dns-integration-token-0123456789"
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
-BIG_TXT = ", ".join(f'"{str(i) * 200}"' for i in range(6))
-
-CONFIG = f"""
+CONFIG = """
 [store]
 listen = "127.0.0.1:1"   # another part's section: ignored by `switchyard dns`
 
@@ -39,74 +39,16 @@ listen = "127.0.0.1:1"   # another part's section: ignored by `switchyard dns`
 axfr_allow = ["127.0.0.2"]
 reload_interval_ms = 100
 
-[[dns.zones]]
-origin = "shop.example."
-ns = ["ns1"]
-
-[dns.zones.soa]
-serial = 2026112401
-minimum = 30
-
-[[dns.zones.records]]
-name = "ns1"
-type = "A"
-values = ["192.0.2.53"]
-
-[[dns.zones.records]]
-name = "plain"
-type = "A"
-values = ["192.0.2.1"]
-
-[[dns.zones.records]]
-name = "plain"
-type = "AAAA"
-values = ["2001:db8::1"]
-
-[[dns.zones.records]]
-name = "www"
-type = "CNAME"
-values = ["plain"]
-
-[[dns.zones.records]]
-name = "@"
-type = "MX"
-values = ["10 mail.shop.example."]
-
-[[dns.zones.records]]
-name = "mail"
-type = "A"
-values = ["192.0.2.25"]
-
-[[dns.zones.records]]
-name = "@"
-type = "TXT"
-values = ["v=spf1 mx -all"]
-
-[[dns.zones.records]]
-name = "_https._tcp"
-type = "SRV"
-values = ["10 5 443 plain.shop.example."]
-
-[[dns.zones.records]]
-name = "big"
-type = "TXT"
-values = [{BIG_TXT}]
-
-[[dns.zones.records]]
-name = "app"
-type = "A"
-policy = "failover"
-
-[[dns.zones.records.members]]
-role = "primary"
-values = ["192.0.2.10"]
-health = "us-east-1"
-
-[[dns.zones.records.members]]
-role = "secondary"
-values = ["198.51.100.10"]
-health = "eu-west-1"
-"""
+""" + failover_zone_toml("serial = 2026112401\nminimum = 30", [
+    ("plain", "A", ["192.0.2.1"]),
+    ("plain", "AAAA", ["2001:db8::1"]),
+    ("www", "CNAME", ["plain"]),
+    ("@", "MX", ["10 mail.shop.example."]),
+    ("mail", "A", ["192.0.2.25"]),
+    ("@", "TXT", ["v=spf1 mx -all"]),
+    ("_https._tcp", "SRV", ["10 5 443 plain.shop.example."]),
+    ("big", "TXT", [str(i) * 200 for i in range(6)]),
+])
 
 
 class DnsServer:

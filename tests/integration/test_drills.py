@@ -8,21 +8,19 @@ of an isolated region are reported apart), convergence after healing.
 The drills share one lab (started once for the module); before each drill the test waits until
 the lab is whole again (`switchyard status --lab`) and the primary region is active."""
 
+import functools
 import json
-import os
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from labrun import running_lab
+import harness
+from harness import BINARY, lab_status, running_lab
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
 START_DEADLINE_S = 60
 # Longer than the lab's hold (10 s) plus its stability window and a restart.
 STEADY_DEADLINE_S = 90
@@ -33,22 +31,11 @@ SECONDARY = "eu-west-1"
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
 
-def wait_until(what, condition, deadline_s):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (OSError, urllib.error.URLError, ValueError, KeyError):
-            pass
-        assert time.monotonic() < deadline, f"{what} did not happen within {deadline_s}s"
-        time.sleep(0.3)
+wait_until = functools.partial(
+    harness.wait_until, ignore=(OSError, urllib.error.URLError, ValueError, KeyError), poll_s=0.3)
 
 
-def status(directory):
-    return subprocess.run([str(BINARY), "status", "--lab", str(directory)], capture_output=True, text=True,
-                          timeout=60)
+status = lab_status
 
 
 def active_region(base_port):

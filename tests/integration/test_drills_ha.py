@@ -19,13 +19,12 @@ the expectations that are not timing bounds, and the audit-log facts behind them
 import json
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from labrun import running_lab
+from harness import running_lab
 
 from test_lab import BINARY, get_json, lab_cli, status_cli, wait_until
 

@@ -10,28 +10,20 @@ import signal
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+from harness import BINARY, free_port
+from test_store_harness import scan_all
+
 REGIONS = ["us-east-1", "eu-west-1", "ap-south-1"]
 KEY = "integration-test-replication-key-0123456789"
 START_DEADLINE_S = 20
 CONVERGENCE_DEADLINE_S = 60
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Region:
@@ -126,17 +118,7 @@ def small_log_regions(tmp_path):
 
 
 def contents(region):
-    client = region.client()
-    items, start = [], None
-    while True:
-        kwargs = {"TableName": "orders", "ConsistentRead": True}
-        if start:
-            kwargs["ExclusiveStartKey"] = start
-        page = client.scan(**kwargs)
-        items += page["Items"]
-        start = page.get("LastEvaluatedKey")
-        if not start:
-            return sorted(items, key=lambda i: i["id"]["S"])
+    return sorted(scan_all(region.client(), "orders"), key=lambda i: i["id"]["S"])
 
 
 def create_orders(client):

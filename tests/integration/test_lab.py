@@ -4,24 +4,22 @@ fault-proxy network); the shop is used through DNS like a client would; a region
 is cut through the fault proxy's Toxiproxy API and the lab fails over; `lab ctl` kills and
 restarts a component; SIGTERM stops everything."""
 
+import functools
 import http.cookiejar
 import json
-import os
 import random
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import boto3
-import dns.message
-import dns.query
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+import harness
+from harness import BINARY, lab_resolve
+
 START_DEADLINE_S = 60
 FAILOVER_DEADLINE_S = 30
 
@@ -33,23 +31,10 @@ def get_json(url, timeout=5):
         return json.loads(response.read())
 
 
-def wait_until(what, condition, deadline_s):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (OSError, urllib.error.URLError, ValueError):
-            pass
-        assert time.monotonic() < deadline, f"{what} did not happen within {deadline_s}s"
-        time.sleep(0.2)
+wait_until = functools.partial(harness.wait_until, ignore=(OSError, urllib.error.URLError, ValueError), poll_s=0.2)
 
 
-def resolve(base_port):
-    query = dns.message.make_query("www.shop.example.", "A")
-    answer = dns.query.udp(query, "127.0.0.1", port=base_port + 2, timeout=2)
-    return sorted(item.address for rrset in answer.answer for item in rrset)
+resolve = lab_resolve
 
 
 def lab_cli(*args):

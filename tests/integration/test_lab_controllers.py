@@ -3,15 +3,13 @@
 leader; kill -9 the leader and another member takes over and fails the shop over."""
 
 import json
-import random
 import re
 import shutil
-import signal
-import subprocess
 import urllib.request
 
 import pytest
 
+from harness import running_lab
 from test_lab import BINARY, get_json, lab_cli, resolve, running_components, status_cli, wait_until
 
 START_DEADLINE_S = 90
@@ -52,34 +50,9 @@ def ha_lab(tmp_path):
         pytest.skip(f"{BINARY} not built")
     if shutil.which("etcd") is None:
         pytest.skip("etcd is not installed (Debian package etcd-server; scripts/install-test-deps.sh installs it)")
-    directory = tmp_path / "lab"
-    log = open(tmp_path / "lab.log", "w")
-    for _ in range(10):
-        base_port = random.randrange(20000, 32000, 500)
-        process = subprocess.Popen(
-            [str(BINARY), "lab", "--dir", str(directory), "--base-port", str(base_port), "--controllers", "3"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-
-        def up():
-            if process.poll() is not None:
-                return True
-            return status_cli(directory).returncode == 0
-
-        try:
-            wait_until("switchyard status --lab saying up", up, START_DEADLINE_S)
-        except AssertionError:
-            process.kill()
-            raise AssertionError((tmp_path / "lab.log").read_text()[-5000:])
-        if process.poll() is None:
-            break
-        assert "not free" in (tmp_path / "lab.log").read_text(), (tmp_path / "lab.log").read_text()[-5000:]
-    else:
-        pytest.fail("no free port block for the lab")
-    yield directory, base_port, process
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0, (tmp_path / "lab.log").read_text()[-5000:]
+    with running_lab(BINARY, tmp_path, "--controllers", "3", start_deadline_s=START_DEADLINE_S) as lab:
+        yield lab.directory, lab.base_port, lab.process
+    directory = lab.directory
     for component in running_components(directory):
         raise AssertionError(f"{component['name']} (pid {component['pid']}) still runs")
 

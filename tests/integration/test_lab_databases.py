@@ -12,20 +12,18 @@ traffic, and the demo shop keeping its orders in MariaDB and its sessions in Red
 Skipped only when the MariaDB or Redis binaries are absent (scripts/install-test-deps.sh
 installs mariadb-server and redis-server)."""
 
+import functools
 import json
-import os
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from labrun import running_lab
+import harness
+from harness import BINARY, running_lab
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
 # MariaDB's first start (mariadb-install-db) takes a few seconds per region.
 START_DEADLINE_S = 120
 STEADY_DEADLINE_S = 60
@@ -48,17 +46,7 @@ def need_servers():
                     "and redis-server")
 
 
-def wait_until(what, condition, deadline_s):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (OSError, ValueError, KeyError):
-            pass
-        assert time.monotonic() < deadline, f"{what} did not happen within {deadline_s}s"
-        time.sleep(0.3)
+wait_until = functools.partial(harness.wait_until, ignore=(OSError, ValueError, KeyError), poll_s=0.3)
 
 
 def active_region(base_port):

@@ -6,11 +6,8 @@ room back and the store takes writes again without a restart. The drill does the
 and checks that nothing acknowledged was lost. Needs root (mount); skipped where the machine
 does not allow mounting a tmpfs."""
 
+import functools
 import json
-import os
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,10 +20,9 @@ import dns.message
 import dns.query
 import pytest
 
-from labrun import running_lab
+import harness
+from harness import BINARY, assert_fault_drill, lab_ctl, lab_resolve, mounts_allowed, running_lab
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
 START_DEADLINE_S = 90
 FAILOVER_DEADLINE_S = 45
 DISK_MIB = 128
@@ -34,39 +30,14 @@ DISK_MIB = 128
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
 
-def mounts_allowed():
-    if os.geteuid() != 0:
-        return False
-    with tempfile.TemporaryDirectory() as probe:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", probe], capture_output=True)
-        if mounted.returncode != 0:
-            return False
-        subprocess.run(["umount", probe], capture_output=True)
-    return True
+wait_until = functools.partial(
+    harness.wait_until, ignore=(OSError, urllib.error.URLError, ValueError, dns.exception.DNSException), poll_s=0.2)
 
 
-def wait_until(what, condition, deadline_s):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (OSError, urllib.error.URLError, ValueError, dns.exception.DNSException):
-            pass
-        assert time.monotonic() < deadline, f"{what} did not happen within {deadline_s}s"
-        time.sleep(0.2)
+resolve = lab_resolve
 
 
-def resolve(base_port):
-    query = dns.message.make_query("www.shop.example.", "A")
-    answer = dns.query.udp(query, "127.0.0.1", port=base_port + 2, timeout=2)
-    return sorted(item.address for rrset in answer.answer for item in rrset)
-
-
-def ctl(directory, *args):
-    return subprocess.run([str(BINARY), "lab", "ctl", "--dir", str(directory), *args],
-                          capture_output=True, text=True, timeout=90)
+ctl = lab_ctl
 
 
 def health(store_url):
@@ -133,15 +104,5 @@ def test_a_full_disk_fails_the_region_over_and_heals_without_a_restart(tmp_path)
         # after its hold). RTO bounds are not asserted here (a loaded machine may miss them):
         # the disk was filled and freed, the controller failed over, nothing was lost.
         wait_until("failback to us-east-1", lambda: resolve(base_port) == ["127.0.0.11"], 90)
-        report_path = tmp_path / "disk-full.json"
-        drill = subprocess.run(
-            [str(BINARY), "drill", "disk-full", "--lab", str(directory), "--warmup-s", "3",
-             "--duration-s", "12", "--settle-s", "10", "--no-progress", "--json", str(report_path)],
-            capture_output=True, text=True, timeout=180)
-        assert report_path.exists(), drill.stdout[-3000:] + drill.stderr[-3000:]
-        report = json.loads(report_path.read_text())
-        steps = [e for e in report["events"] if e["kind"] == "step"]
-        assert len(steps) == 2 and all(e["ok"] for e in steps), steps
-        assert report["measurements"]["failovers"] >= 1, report["measurements"]
-        assert report["check"]["lost"] == 0 and report["check"]["acknowledged"] > 0, report["check"]
+        assert_fault_drill(directory, tmp_path / "disk-full.json", "disk-full", 12)
     assert not is_mounted(data), "the lab unmounts its disks when it stops"

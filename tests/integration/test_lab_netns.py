@@ -4,23 +4,21 @@ The lab fails over when the primary's network is cut, serves the shop from the s
 back after heal-network, and removes its namespaces when it stops. Needs root and iproute2;
 skipped where the machine does not allow network namespaces."""
 
+import functools
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import dns.exception
 import dns.message
 import dns.query
 import pytest
 
-from labrun import running_lab
+import harness
+from harness import BINARY, assert_fault_drill, lab_ctl, lab_resolve, running_lab
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
 START_DEADLINE_S = 60
 FAILOVER_DEADLINE_S = 30
 
@@ -38,23 +36,11 @@ def namespaces_allowed():
     return True
 
 
-def wait_until(what, condition, deadline_s):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (OSError, urllib.error.URLError, ValueError, dns.exception.DNSException):
-            pass
-        assert time.monotonic() < deadline, f"{what} did not happen within {deadline_s}s"
-        time.sleep(0.2)
+wait_until = functools.partial(
+    harness.wait_until, ignore=(OSError, urllib.error.URLError, ValueError, dns.exception.DNSException), poll_s=0.2)
 
 
-def resolve(base_port):
-    query = dns.message.make_query("www.shop.example.", "A")
-    answer = dns.query.udp(query, "127.0.0.1", port=base_port + 2, timeout=2)
-    return sorted(item.address for rrset in answer.answer for item in rrset)
+resolve = lab_resolve
 
 
 def products(address, base_port):
@@ -62,9 +48,7 @@ def products(address, base_port):
         return json.loads(response.read())["products"]
 
 
-def ctl(directory, *args):
-    return subprocess.run([str(BINARY), "lab", "ctl", "--dir", str(directory), *args],
-                          capture_output=True, text=True, timeout=90)
+ctl = lab_ctl
 
 
 def netns_list():
@@ -105,15 +89,5 @@ def test_a_cut_network_link_fails_the_region_over(tmp_path):
         # its hold). Its RTO bounds are not asserted here (a loaded machine may miss them):
         # the cut was made and healed, the controller failed over, nothing was lost.
         wait_until("failback to us-east-1", lambda: resolve(base_port) == ["127.0.0.11"], 90)
-        report_path = tmp_path / "isolation.json"
-        drill = subprocess.run(
-            [str(BINARY), "drill", "region-isolation", "--lab", str(directory), "--warmup-s", "3",
-             "--duration-s", "10", "--settle-s", "10", "--no-progress", "--json", str(report_path)],
-            capture_output=True, text=True, timeout=180)
-        assert report_path.exists(), drill.stdout[-3000:] + drill.stderr[-3000:]
-        report = json.loads(report_path.read_text())
-        steps = [e for e in report["events"] if e["kind"] == "step"]
-        assert len(steps) == 2 and all(e["ok"] for e in steps), steps
-        assert report["measurements"]["failovers"] >= 1, report["measurements"]
-        assert report["check"]["lost"] == 0 and report["check"]["acknowledged"] > 0, report["check"]
+        assert_fault_drill(directory, tmp_path / "isolation.json", "region-isolation", 10)
     assert not any(name in netns_list() for name in names), "the lab removes its namespaces"

@@ -12,26 +12,23 @@ checks, from outside, as a user would:
 - the region-outage drill (`drill --lab`, which trusts the lab's CA by itself) fails over with
   nothing acknowledged lost."""
 
+import functools
 import http.client
 import json
-import os
 import random
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import boto3
 import botocore.config
 import botocore.exceptions
 import pytest
 
-from labrun import running_lab
+import harness
+from harness import BINARY, lab_status, running_lab
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
 START_DEADLINE_S = 90
 REPLICATION_DEADLINE_S = 30
 DRILL_TIMEOUT_S = 180
@@ -39,22 +36,12 @@ DRILL_TIMEOUT_S = 180
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
 
-def wait_until(what, condition, deadline_s):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (OSError, urllib.error.URLError, ValueError, KeyError, botocore.exceptions.ClientError):
-            pass
-        assert time.monotonic() < deadline, f"{what} did not happen within {deadline_s}s"
-        time.sleep(0.3)
+wait_until = functools.partial(
+    harness.wait_until, ignore=(OSError, urllib.error.URLError, ValueError, KeyError, botocore.exceptions.ClientError),
+    poll_s=0.3)
 
 
-def status(directory):
-    return subprocess.run([str(BINARY), "status", "--lab", str(directory)], capture_output=True, text=True,
-                          timeout=60)
+status = lab_status
 
 
 @pytest.fixture(scope="module")

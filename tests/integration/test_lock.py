@@ -7,13 +7,9 @@ new lease), a holder killed mid-run (its command dies with it; the lease expires
 moving mid-run (the command is stopped and the other region runs, never both at once), and the
 exit codes with their messages."""
 
-import http.server
 import os
 import signal
-import socket
 import subprocess
-import threading
-import time
 import urllib.request
 import json
 from pathlib import Path
@@ -22,8 +18,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+import harness
+from harness import BINARY, App, controller_toml, free_port, two_regions_toml
+
 KEY = "integration-test-replication-key-0123456789"
 TABLE = "switchyard_locks"
 DEADLINE_S = 30
@@ -35,82 +32,12 @@ NOT_ACTIVE, LEASE_HELD, POINTER_UNKNOWN, STORE_UNAVAILABLE, STOPPED = 100, 101, 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(what, condition, deadline_s=DEADLINE_S, logs=()):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {log}:\n{Path(log).read_text()[-3000:]}" for log in logs if Path(log).exists())
-            raise AssertionError(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.05)
-
-
-class Ok(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args):
-        pass
-
-
-class App:
-    def __init__(self):
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+    return harness.wait_until(what, condition, deadline_s, logs)
 
 
 def controller_config(us, eu, audit):
-    checks = ""
-    for region, app in (("us-east-1", us), ("eu-west-1", eu)):
-        checks += f"""
-[[checks]]
-name = "{region}-app"
-region = "{region}"
-kind = {{ type = "http", url = "http://127.0.0.1:{app.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-"""
-    return f"""
-[controller]
-vantage = "controller"
-audit_log = "{audit}"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-min_hold_ms = 600000
-
-[quorum]
-vantages = ["controller"]
-report_interval_ms = 100
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-{checks}
+    return controller_toml(audit) + two_regions_toml(us.port, eu.port, names=("us-east-1-app", "eu-west-1-app")) + """
 [[runbook]]
 name = "pointer"
 kind = "pointer"

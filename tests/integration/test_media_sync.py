@@ -10,21 +10,18 @@ runbook."""
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import boto3
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
-MOTO_SERVER = Path(sys.executable).parent / "moto_server"
+from harness import (BINARY, CHECKED_HEAD, App, controller_toml, free_port, http_check_toml, media_sync_toml,
+                     regions_toml, running_moto, start_controller, wait_until)
+
 START_DEADLINE_S = 30
 CHANGE_DEADLINE_S = 30
 
@@ -45,20 +42,10 @@ def run_cli(*args, timeout=60):
     return subprocess.run([str(BINARY), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what, condition, deadline_s=CHANGE_DEADLINE_S):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return wait_until(what, condition, deadline_s)
 
 
 @pytest.fixture
@@ -95,21 +82,7 @@ read only = false
     daemon.wait(timeout=10)
 
 
-HEAD = """
-[controller]
-listen = "127.0.0.1:7400"
-
-[quorum]
-vantages = ["controller"]
-
-[[regions]]
-name = "us"
-priority = 1
-
-[[regions]]
-name = "eu"
-priority = 2
-
+HEAD = CHECKED_HEAD + """
 [[checks]]
 name = "us-app"
 region = "us"
@@ -124,20 +97,8 @@ kind = { type = "tcp", address = "127.0.0.1:2" }
 
 def rsync_config(tmp_path, source, target, extra="", name="switchyard.toml"):
     config = tmp_path / name
-    config.write_text(HEAD + f"""
-[[runbook]]
-name = "media"
-kind = "media_sync"
-timeout_ms = 60000
-
-[runbook.media_sync]
-mode = "rsync"
-run_timeout_ms = 30000
-{extra}
-[runbook.media_sync.locations]
-us = {{ url = "{source}" }}
-eu = {{ url = "{target}" }}
-""")
+    config.write_text(HEAD + media_sync_toml("rsync", {"us": {"url": source}, "eu": {"url": target}},
+                                             "run_timeout_ms = 30000\n" + extra))
     return config
 
 
@@ -310,44 +271,17 @@ eu = { url = "rsync://10.0.0.9/media/", region = "us-east-1" }
 
 @pytest.fixture
 def moto_s3():
-    assert MOTO_SERVER.exists(), f"{MOTO_SERVER} missing: run ./scripts/install-test-deps.sh (moto[server])"
     # Small parts, so a multipart upload of a few KiB is legal (S3's own minimum is 5 MiB).
-    env = dict(os.environ, S3_UPLOAD_PART_MIN_SIZE="256")
-    process = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p0"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=env)
-    url = None
-    deadline = time.monotonic() + 60
-    while url is None and time.monotonic() < deadline:
-        line = process.stderr.readline()
-        match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", line)
-        if match:
-            url = match.group(1)
-        elif not line and process.poll() is not None:
-            break
-    assert url, "moto_server did not print its address"
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_moto(env=dict(os.environ, S3_UPLOAD_PART_MIN_SIZE="256")) as url:
+        yield url
 
 
 def s3_config(tmp_path, moto, extra="", name="s3.toml"):
     config = tmp_path / name
-    config.write_text(HEAD + f"""
-[[runbook]]
-name = "media"
-kind = "media_sync"
-timeout_ms = 60000
-
-[runbook.media_sync]
-mode = "s3"
-run_timeout_ms = 30000
-concurrency = 3
-list_page_keys = 7
-{extra}
-[runbook.media_sync.locations]
-us = {{ url = "s3://shop-media-us/pub/media/", region = "us-east-1", endpoint_url = "{moto}" }}
-eu = {{ url = "s3://shop-media-eu/pub/media/", region = "eu-west-1", endpoint_url = "{moto}" }}
-""")
+    config.write_text(HEAD + media_sync_toml(
+        "s3", {"us": {"url": "s3://shop-media-us/pub/media/", "region": "us-east-1", "endpoint_url": moto},
+               "eu": {"url": "s3://shop-media-eu/pub/media/", "region": "eu-west-1", "endpoint_url": moto}},
+        "run_timeout_ms = 30000\nconcurrency = 3\nlist_page_keys = 7\n" + extra))
     return config
 
 
@@ -463,25 +397,6 @@ def test_s3_delete_removes_only_what_the_standby_alone_holds_within_objects_per_
     assert (third["copied_objects"], third["deleted_objects"]) == (0, 0), third
 
 
-def http_health_server(port=0):
-    import http.server
-    import threading
-
-    class Ok(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Ok)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def test_the_controller_measures_media_lag_shows_it_and_runs_the_step_on_failover(tmp_path, rsync_daemon):
     """The real controller: media_lag in /v1/status, `switchyard status`, /metrics (promtool
     clean) and the dashboard; a failover runs the media_sync step (audited with its
@@ -491,72 +406,22 @@ def test_the_controller_measures_media_lag_shows_it_and_runs_the_step_on_failove
     us = tmp_path / "us"
     us.mkdir()
     files = shop_media(us)
-    apps = [http_health_server() for _ in range(2)]
-    check = """
-[[checks]]
-name = "{name}"
-region = "{region}"
-kind = {{ type = "http", url = "http://127.0.0.1:{port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-"""
+    apps = [App(), App()]
     audit = tmp_path / "audit.jsonl"
     config = tmp_path / "controller.toml"
-    config.write_text(f"""
-[controller]
-audit_log = "{audit}"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-failback_media_objects_max = 0
+    config.write_text(controller_toml(audit, policy="""failback_media_objects_max = 0
 min_hold_ms = 1000
-stability_window_ms = 3000               # two media measurements (every 1 s) at least
-
-[quorum]
-vantages = ["controller"]
-report_interval_ms = 100
-
-[[regions]]
-name = "us"
-priority = 1
-
-[[regions]]
-name = "eu"
-priority = 2
-{check.format(name="us-app", region="us", port=apps[0].server_address[1])}
-{check.format(name="eu-app", region="eu", port=apps[1].server_address[1])}
+stability_window_ms = 3000               # two media measurements (every 1 s) at least""")
+                      + regions_toml("us", "eu") + http_check_toml("us-app", "us", apps[0].port)
+                      + http_check_toml("eu-app", "eu", apps[1].port) + """
 [[runbook]]
 name = "pointer"
 kind = "pointer"
-
-[[runbook]]
-name = "media"
-kind = "media_sync"
-timeout_ms = 60000
-
-[runbook.media_sync]
-mode = "rsync"
-run_timeout_ms = 30000
-lag_interval_ms = 1000
-
-[runbook.media_sync.locations]
-us = {{ url = "{us}" }}
-eu = {{ url = "{daemon_url}" }}
-""")
-    ready = tmp_path / "ready"
-    log = tmp_path / "controller.log"
+""" + media_sync_toml("rsync", {"us": {"url": us}, "eu": {"url": daemon_url}},
+                      "run_timeout_ms = 30000\nlag_interval_ms = 1000"))
     env = dict(os.environ, SWITCHYARD_LOG="info", NO_COLOR="1")
-    controller = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
-                                   "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=open(log, "ab"))
+    controller, base, log = start_controller(config, tmp_path, env=env, deadline_s=CHANGE_DEADLINE_S)
     try:
-        address = wait_for("the controller's ready file", lambda: ready.exists() and ready.read_text().strip())
-        base = f"http://{address}"
-
         def status():
             with urllib.request.urlopen(base + "/v1/status", timeout=5) as response:
                 return json.load(response)
@@ -602,8 +467,7 @@ eu = {{ url = "{daemon_url}" }}
             assert any("us → eu" in row and f" {len(files)} " in row for row in media_rows), media_rows
 
         # us fails: the failover's media step copies what us had to eu before the move ends.
-        apps[0].shutdown()
-        apps[0].server_close()
+        apps[0].stop()
 
         def steps():
             lines = audit.read_text().splitlines() if audit.exists() else []
@@ -624,7 +488,7 @@ eu = {{ url = "{daemon_url}" }}
         upload = eu / "2026/12/during-the-outage.jpg"
         upload.parent.mkdir(parents=True, exist_ok=True)
         upload.write_bytes(b"new photo")
-        apps[0] = http_health_server(port=apps[0].server_address[1])
+        apps[0] = App(port=apps[0].port)
         wait_for("failback waiting for the media",
                  lambda: any("us lacks 1 media objects, above failback_media_objects_max = 0" in reason
                              for reason in status()["engine"]["reasons"]))
@@ -643,7 +507,7 @@ eu = {{ url = "{daemon_url}" }}
     finally:
         controller.kill()
         controller.wait(timeout=10)
-        apps[1].shutdown()
+        apps[1].stop()
 
 
 CONTROL_TOKEN = "media-control-token-0123456789abcdef"
@@ -653,68 +517,24 @@ def on_failover_controller(tmp_path, us_url, eu_folder, on_failover):
     """A controller with two healthy regions, us active, whose runbook is the media step
     (us -> eu, `on_failover` as given) before the pointer: the pointer moves only once the
     media step passed. Returns (base URL, audit log, the process, the health servers)."""
-    apps = [http_health_server() for _ in range(2)]
-    check = """
-[[checks]]
-name = "{name}"
-region = "{region}"
-kind = {{ type = "http", url = "http://127.0.0.1:{port}/health" }}
-interval_ms = 200
-timeout_ms = 300
-"""
+    apps = [App(), App()]
     audit = tmp_path / "audit.jsonl"
     config = tmp_path / "controller.toml"
-    config.write_text(f"""
-[controller]
-audit_log = "{audit}"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-min_hold_ms = 600000
-runbook_retry_ms = 500
-
-[quorum]
-vantages = ["controller"]
-report_interval_ms = 100
-
-[[regions]]
-name = "us"
-priority = 1
-
-[[regions]]
-name = "eu"
-priority = 2
-{check.format(name="us-app", region="us", port=apps[0].server_address[1])}
-{check.format(name="eu-app", region="eu", port=apps[1].server_address[1])}
-[[runbook]]
-name = "media"
-kind = "media_sync"
-timeout_ms = 20000
-retries = 0
-
-[runbook.media_sync]
-mode = "rsync"
-run_timeout_ms = 15000
-on_failover = "{on_failover}"
-
-[runbook.media_sync.locations]
-us = {{ url = "{us_url}" }}
-eu = {{ url = "{eu_folder}" }}
-
+    config.write_text(controller_toml(audit, policy="min_hold_ms = 600000\nrunbook_retry_ms = 500")
+                      + regions_toml("us", "eu")
+                      + "".join(http_check_toml(f"{region}-app", region, app.port, {"interval_ms": 200, "timeout_ms": 300})
+                                for region, app in (("us", apps[0]), ("eu", apps[1])))
+                      + media_sync_toml("rsync", {"us": {"url": us_url}, "eu": {"url": eu_folder}},
+                                        f'run_timeout_ms = 15000\non_failover = "{on_failover}"',
+                                        "timeout_ms = 20000\nretries = 0") + """
 [[runbook]]
 name = "pointer"
 kind = "pointer"
 """)
     checked = run_cli("config", "check", str(config))
     assert checked.returncode == 0, checked.stderr
-    ready = tmp_path / "ready"
     env = dict(os.environ, SWITCHYARD_LOG="info", NO_COLOR="1", SWITCHYARD_CONTROL_TOKEN=CONTROL_TOKEN)
-    controller = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
-                                   "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=open(tmp_path / "controller.log", "ab"))
-    address = wait_for("the controller's ready file", lambda: ready.exists() and ready.read_text().strip())
-    base = f"http://{address}"
+    controller, base, _log = start_controller(config, tmp_path, env=env, deadline_s=CHANGE_DEADLINE_S)
     wait_for("us to be active", lambda: active_region(base) == "us")
     return base, audit, controller, apps
 
@@ -788,7 +608,7 @@ def test_on_failover_required_holds_the_failover_until_the_media_are_copied(tmp_
             daemon.terminate()
             daemon.wait(timeout=10)
         for app in apps:
-            app.shutdown()
+            app.stop()
 
 
 def test_on_failover_skip_moves_without_copying(tmp_path, rsync_daemon):
@@ -813,4 +633,4 @@ def test_on_failover_skip_moves_without_copying(tmp_path, rsync_daemon):
         controller.kill()
         controller.wait(timeout=10)
         for app in apps:
-            app.shutdown()
+            app.stop()

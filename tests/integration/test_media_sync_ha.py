@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
-from test_controller import TOKEN, wait_until
-from test_controller_ha import BINARY, ETCD, START_DEADLINE_S, Group, config_text
+from harness import TOKEN, assert_config_ok, media_sync_toml, start_controller, wait_until
+import test_controller_ha
+from test_controller_ha import START_DEADLINE_S, config_text
 from test_media_sync import shop_media
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
@@ -17,30 +18,16 @@ pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 MEMBERS = ["m1", "m2"]
 
 
-@pytest.fixture
-def group(tmp_path):
-    if not BINARY.exists():
-        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
-    if ETCD is None:
-        pytest.skip("etcd is not installed (Debian package etcd-server; scripts/install-test-deps.sh installs it)")
-    group = Group(tmp_path)
-    yield group
-    group.stop()
+# The HA tests' fixture: a group (etcd, the apps, DNS) for members to join.
+group = test_controller_ha.group
 
 
 def start_member(group, member, media):
     config = group.tmp / f"{member}.toml"
     config.write_text(config_text(group.us, group.eu, group.tmp, member, [group.etcd.url], group.dns.admin) + media)
-    checked = subprocess.run([str(BINARY), "config", "check", str(config)], capture_output=True, text=True,
-                             timeout=30)
-    assert checked.returncode == 0, checked.stderr
-    ready, log = group.tmp / f"{member}.ready", group.tmp / f"{member}.log"
+    assert_config_ok(config)
     env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, SWITCHYARD_LOG="info")
-    process = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
-                                "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
-                               stderr=open(log, "ab"))
-    wait_until(f"{member} to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
-    group.members[member] = (process, f"http://{ready.read_text().strip()}", log)
+    group.members[member] = start_controller(config, group.tmp, env=env, deadline_s=START_DEADLINE_S, name=member)
 
 
 def test_every_member_measures_the_media_lag_itself(group):
@@ -50,21 +37,8 @@ def test_every_member_measures_the_media_lag_itself(group):
     us.mkdir()
     eu.mkdir()
     files = shop_media(us)
-    media = f"""
-[[runbook]]
-name = "media"
-kind = "media_sync"
-timeout_ms = 60000
-
-[runbook.media_sync]
-mode = "rsync"
-run_timeout_ms = 30000
-lag_interval_ms = 1000
-
-[runbook.media_sync.locations]
-us-east-1 = {{ url = "{us}" }}
-eu-west-1 = {{ url = "{eu}" }}
-"""
+    media = media_sync_toml("rsync", {"us-east-1": {"url": us}, "eu-west-1": {"url": eu}},
+                            "run_timeout_ms = 30000\nlag_interval_ms = 1000")
     for member in MEMBERS:
         start_member(group, member, media)
     leader = wait_until("a leader named by every member", group.leader, START_DEADLINE_S, group.logs())

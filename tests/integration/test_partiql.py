@@ -16,7 +16,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from test_store_harness import REGION, ACCESS_KEY_ID, SECRET, create_table, error_of, started_store
+from test_store_harness import ACCESS_KEY_ID, REGION, SECRET, create_table, error_of, store_fixture
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -25,11 +25,7 @@ MALFORMED = "Statement wasn't well formed, can't be processed: "
 NODE_DEADLINE_S = 120
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    store = started_store(tmp_path_factory)
-    yield store
-    store.stop()
+store = store_fixture()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from test_store_harness import StoreProcess, create_table, error_of, require_binary, wait_for
+from test_store_harness import StoreProcess, create_table, error_of, require_binary, scan_all, wait_for
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -18,16 +18,7 @@ DEADLINE_S = 60
 
 
 def scan_items(client, table):
-    items, start = [], None
-    while True:
-        kwargs = {"TableName": table, "ConsistentRead": True}
-        if start:
-            kwargs["ExclusiveStartKey"] = start
-        page = client.scan(**kwargs)
-        items += page["Items"]
-        start = page.get("LastEvaluatedKey")
-        if not start:
-            return sorted(((i["pk"]["S"], i["n"]["N"]) for i in items))
+    return sorted(((i["pk"]["S"], i["n"]["N"]) for i in scan_all(client, table)))
 
 
 def wait_active(client, table):
@@ -183,21 +174,11 @@ def test_dynamodb_errors(tmp_path):
         store.stop()
 
 
-class ConfiguredStore(StoreProcess):
-    def __init__(self, data_dir, config):
-        super().__init__(data_dir)
-        self.config = config
-
-    def command(self):
-        command, ready = super().command()
-        return command + ["--config", str(self.config)], ready
-
-
 def test_store_keys_set_the_restorable_lag(tmp_path):
     require_binary()
     config = tmp_path / "switchyard.toml"
     config.write_text('[store]\npitr_restorable_lag_ms = 600000\npitr_undo_bytes_max = "1MiB"\n')
-    store = ConfiguredStore(tmp_path / "data", config).start()
+    store = StoreProcess(tmp_path / "data", args=["--config", str(config)]).start()
     try:
         client = store.client()
         create_table(client, "lagged")

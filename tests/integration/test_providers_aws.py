@@ -5,18 +5,14 @@ The steps themselves run against moto in crates/providers/tests/it/aws.rs."""
 
 import json
 import os
-import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import boto3
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
-MOTO_SERVER = Path(sys.executable).parent / "moto_server"
+from harness import BINARY, CHECKED_HEAD, REPO, App, controller_toml, running_moto, two_regions_toml, wait_until
+
 START_DEADLINE_S = 60
 CHANGE_DEADLINE_S = 20
 PARAMETER = "/magento/prod/AWS_REGION"
@@ -29,21 +25,7 @@ AWS_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 
-HEAD = """
-[controller]
-listen = "127.0.0.1:7400"
-
-[quorum]
-vantages = ["controller"]
-
-[[regions]]
-name = "us"
-priority = 1
-
-[[regions]]
-name = "eu"
-priority = 2
-
+HEAD = CHECKED_HEAD + """
 [[runbook]]
 name = "dns"
 kind = "route53"
@@ -60,22 +42,8 @@ def run_cli(*args):
 
 @pytest.fixture
 def moto():
-    assert MOTO_SERVER.exists(), f"{MOTO_SERVER} missing: run ./scripts/install-test-deps.sh (moto[server])"
-    process = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p0"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    url = None
-    deadline = time.monotonic() + START_DEADLINE_S
-    while url is None and time.monotonic() < deadline:
-        line = process.stderr.readline()
-        match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", line)
-        if match:
-            url = match.group(1)
-        elif not line and process.poll() is not None:
-            break
-    assert url, "moto_server did not print its address"
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_moto(deadline_s=START_DEADLINE_S) as url:
+        yield url
 
 
 def test_the_magento_aws_example_passes_config_check():
@@ -173,40 +141,7 @@ def test_pointer_watch_follows_the_ssm_parameter(moto, tmp_path):
 
 
 def controller_config(us_port, eu_port, audit, moto, zone_id):
-    app_check = """
-[[checks]]
-name = "{name}"
-region = "{region}"
-kind = {{ type = "http", url = "http://127.0.0.1:{port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-"""
-    return f"""
-[controller]
-vantage = "controller"
-audit_log = "{audit}"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-min_hold_ms = 600000
-
-[quorum]
-vantages = ["controller"]
-report_interval_ms = 100
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-{app_check.format(name="use1-app", region="us-east-1", port=us_port)}
-{app_check.format(name="euw1-app", region="eu-west-1", port=eu_port)}
+    return controller_toml(audit) + two_regions_toml(us_port, eu_port) + f"""
 [[runbook]]
 name = "route53-shop"
 kind = "route53"
@@ -237,22 +172,7 @@ def test_the_controller_runs_the_aws_steps_on_failover_and_audits_them(moto, tmp
     when the primary's app dies, and the audit log has each step's verified result."""
     if not BINARY.exists():
         pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
-    import http.server
-    import threading
-
-    class Ok(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    apps = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok) for _ in range(2)]
-    for app in apps:
-        threading.Thread(target=app.serve_forever, daemon=True).start()
+    apps = [App(), App()]
     keys = dict(endpoint_url=moto, aws_access_key_id="testing", aws_secret_access_key="testing")
     route53 = boto3.client("route53", region_name="us-east-1", **keys)
     ssm = boto3.client("ssm", region_name="eu-west-1", **keys)
@@ -260,7 +180,7 @@ def test_the_controller_runs_the_aws_steps_on_failover_and_audits_them(moto, tmp
     zone_id = zone_id.split("/")[-1]
     audit = tmp_path / "audit.jsonl"
     config = tmp_path / "switchyard.toml"
-    config.write_text(controller_config(apps[0].server_address[1], apps[1].server_address[1], audit, moto, zone_id))
+    config.write_text(controller_config(apps[0].port, apps[1].port, audit, moto, zone_id))
     ready = tmp_path / "ready"
     log = tmp_path / "controller.log"
     env = dict(os.environ, SWITCHYARD_LOG="info", **AWS_ENV)
@@ -280,16 +200,12 @@ def test_the_controller_runs_the_aws_steps_on_failover_and_audits_them(moto, tmp
             return None
 
     def wait(what, condition):
-        deadline = time.monotonic() + CHANGE_DEADLINE_S
-        while not condition():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log.read_text()[-3000:]}"
-            time.sleep(0.05)
+        wait_until(what, condition, CHANGE_DEADLINE_S, [log])
 
     try:
         wait("the initial placement in Route 53 and SSM",
              lambda: record() == ["203.0.113.10"] and parameter() == "us-east-1")
-        apps[0].shutdown()
-        apps[0].server_close()
+        apps[0].stop()
         wait("the failover in Route 53 and SSM", lambda: record() == ["198.51.100.7"] and parameter() == "eu-west-1")
 
         def steps():
@@ -307,4 +223,4 @@ def test_the_controller_runs_the_aws_steps_on_failover_and_audits_them(moto, tmp
     finally:
         controller.kill()
         controller.wait(timeout=10)
-        apps[1].shutdown()
+        apps[1].stop()

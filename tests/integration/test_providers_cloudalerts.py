@@ -9,22 +9,20 @@ the test. `switchyard config check` reports provider and alert mistakes with lin
 and the WooCommerce-on-DigitalOcean example validates.
 """
 
-import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
-TOKEN = "integration-control-token-0123456789"
+import harness
+from harness import (BINARY, NUMBERED_HEAD_LINES, REPO, TOKEN, App, QuietHandler, Served, controller_toml, free_port,
+                     start_controller, stop_all, two_regions_toml)
+
 ROUTING_KEY = "R0UT1NGKEY0123456789abcdefabcdef"
 DEADLINE_S = 30
 
@@ -32,48 +30,10 @@ pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
 
 def wait_until(what, condition, deadline_s=DEADLINE_S, logs=()):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {log}:\n{Path(log).read_text()[-3000:]}" for log in logs if Path(log).exists())
-            raise AssertionError(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.05)
+    return harness.wait_until(what, condition, deadline_s, logs)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Ok(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args):
-        pass
-
-
-class App:
-    """A region's application: answers 200 until stopped."""
-
-    def __init__(self):
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class Receivers:
+class Receivers(Served):
     """The HTTP alert receivers on one port: /hook, /slack and /pagerduty/v2/enqueue."""
 
     def __init__(self):
@@ -82,7 +42,7 @@ class Receivers:
         self.slack_throttle = 1
         receivers = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"null")
@@ -106,28 +66,11 @@ class Receivers:
                 else:
                     self.answer(200, b"{}")
 
-            def answer(self, status, body, headers=None):
-                self.send_response(status)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     def bodies(self, path):
         with self.lock:
             return [body for p, _, body in self.requests if p == path]
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def make_certificates(folder):
@@ -216,50 +159,9 @@ def controller_config(tmp, us, eu, receivers, mailbox, runbook, hook_events=None
     (tmp / "smtp.password").write_text("mail-s3cret")
     hook_filter = f"events = {json.dumps(hook_events)}\n" if hook_events else ""
     email = email_alert(mailbox, "starttls") if mailbox is not None else ""
-    return f"""
-[controller]
-vantage = "controller"
-audit_log = "{tmp / 'audit.jsonl'}"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-min_hold_ms = 600000
+    return controller_toml(tmp / "audit.jsonl", policy="""min_hold_ms = 600000
 runbook_retry_ms = 100
-startup_grace_ms = 0
-
-[quorum]
-vantages = ["controller"]
-report_interval_ms = 100
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-
-[[checks]]
-name = "use1-app"
-region = "us-east-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{us.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-
-[[checks]]
-name = "euw1-app"
-region = "eu-west-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{eu.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-
+startup_grace_ms = 0""") + two_regions_toml(us.port, eu.port) + f"""
 {runbook}
 
 [[alerts]]
@@ -292,25 +194,10 @@ def setup(tmp_path):
     def start(config):
         path = tmp_path / "switchyard.toml"
         path.write_text(config)
-        ready, log = tmp_path / "ready", tmp_path / "controller.log"
-        env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN)
-        process = subprocess.Popen([str(BINARY), "controller", "--config", str(path), "--listen", "127.0.0.1:0",
-                                    "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
-                                   stderr=open(log, "ab"))
-        processes.append(process)
-        wait_until("the controller to listen", lambda: ready.exists() and ready.read_text(), logs=[log])
-        return process, f"http://{ready.read_text().strip()}", log
+        return start_controller(path, tmp_path, processes, deadline_s=DEADLINE_S)
 
     yield tmp_path, us, eu, receivers, start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    for server in (us, eu, receivers):
-        try:
-            server.stop()
-        except Exception:
-            pass
+    stop_all(processes, (us, eu, receivers))
 
 
 def test_a_decision_and_every_region_down_reach_webhook_slack_pagerduty_and_email(setup):
@@ -406,7 +293,7 @@ def test_failing_runbooks_raise_step_failed_then_stuck_and_a_channel_gets_only_i
         logs=[log])
 
 
-class FakeDigitalOcean:
+class FakeDigitalOcean(Served):
     """DigitalOcean's API v2 for domain records, in the documented shapes: Bearer token (401
     `{"id": "unauthorized"}` otherwise), `GET /v2/domains/{domain}/records?name=FULL&type=T`
     with `links.pages`, records named relative to the domain, `GET`/`PUT .../records/{id}`
@@ -417,7 +304,7 @@ class FakeDigitalOcean:
         self.puts = []
         fake = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 self.route("GET", None)
 
@@ -450,20 +337,7 @@ class FakeDigitalOcean:
                     return self.answer(200, {"domain_record": record})
                 return self.answer(404, {"id": "not_found", "message": "The resource you were accessing could not be found."})
 
-            def answer(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     def stop(self):
         self.server.shutdown()
@@ -525,22 +399,7 @@ def test_config_check_points_at_provider_and_alert_mistakes(tmp_path):
     (tmp_path / "cf.token").write_text("token\n")
     config = tmp_path / "bad.toml"
     lines = [
-        "[quorum]",                                         # 1
-        'vantages = ["controller"]',                       # 2
-        "[[regions]]",                                      # 3
-        'name = "nyc3"',                                    # 4
-        "priority = 1",                                     # 5
-        "[[regions]]",                                      # 6
-        'name = "ams3"',                                    # 7
-        "priority = 2",                                     # 8
-        "[[checks]]",                                       # 9
-        'name = "a"',                                       # 10
-        'region = "nyc3"',                                  # 11
-        'kind = { type = "tcp", address = "127.0.0.1:1" }',  # 12
-        "[[checks]]",                                       # 13
-        'name = "b"',                                       # 14
-        'region = "ams3"',                                  # 15
-        'kind = { type = "tcp", address = "127.0.0.1:2" }',  # 16
+        *NUMBERED_HEAD_LINES,                               # 1-16
         "[[runbook]]",                                      # 17
         'name = "cf"',                                      # 18
         'kind = "cloudflare"',                              # 19

@@ -7,12 +7,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from test_controller import App, BINARY, START_DEADLINE_S, TOKEN, free_port, run_cli, wait_until
+from harness import (BINARY, TOKEN, App, assert_config_ok, controller_toml, free_port, start_controller, stop_all,
+                     two_regions_toml, wait_until)
+from test_controller import run_cli
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -64,48 +65,7 @@ def start_mariadb(tmp, name, port, server_id, read_only, processes):
 
 
 def config_text(us, eu, audit, primary, replica, password):
-    return f"""
-[controller]
-vantage = "controller"
-audit_log = "{audit}"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-min_hold_ms = 600000
-
-[quorum]
-vantages = ["controller"]
-report_interval_ms = 100
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-
-[[checks]]
-name = "use1-app"
-region = "us-east-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{us.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-
-[[checks]]
-name = "euw1-app"
-region = "eu-west-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{eu.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-
+    return controller_toml(audit) + two_regions_toml(us.port, eu.port) + f"""
 [[runbook]]
 name = "orders-db"
 kind = "mysql_promote"
@@ -156,16 +116,9 @@ def test_a_refused_promotion_stops_the_failover_until_the_operator_forces_it(tmp
         audit = tmp_path / "audit.jsonl"
         config = tmp_path / "switchyard.toml"
         config.write_text(config_text(us, eu, audit, primary, replica, password))
-        checked = run_cli("config", "check", str(config))
-        assert checked.returncode == 0, checked.stderr
-        ready, log = tmp_path / "ready", tmp_path / "controller.log"
         env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN)
-        controller = subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
-                                       "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=open(log, "ab"))
-        processes.append(controller)
-        wait_until("the controller to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
-        url = f"http://{ready.read_text().strip()}"
+        assert_config_ok(config, env)
+        _, url, log = start_controller(config, tmp_path, processes, env=env)
         # The initial placement (us-east-1) runs the step too: the primary is already there, and
         # its promotion record replicates.
         wait_until("the initial placement", lambda: "active region: us-east-1" in run_cli(
@@ -202,16 +155,4 @@ def test_a_refused_promotion_stops_the_failover_until_the_operator_forces_it(tmp
         assert [n.get("force_data_loss", False) for n in started][-1] is True, started
         assert not started[0].get("force_data_loss", False), "only the forced attempt carries it"
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
-        for app in (us, eu):
-            try:
-                app.stop()
-            except Exception:
-                pass
+        stop_all(processes, (us, eu), terminate_s=15)

@@ -6,21 +6,20 @@ lab's controller drives, so `switchyard drill region-outage` reports an RTO per 
 Killing the lab with SIGKILL takes BIND9, HAProxy and moto down too. (The steps against BIND9 and HAProxy alone are tested in
 crates/providers/tests/it.)"""
 
+import functools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from labrun import running_lab
+import harness
+from harness import BINARY, running_lab
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
 START_DEADLINE_S = 90
 STEADY_DEADLINE_S = 90
 DRILL_TIMEOUT_S = 180
@@ -31,14 +30,7 @@ FAILBACK_DEADLINE_S = 90
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
 
-def wait_until(what, condition, deadline_s):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {deadline_s}s"
-        time.sleep(0.3)
+wait_until = functools.partial(harness.wait_until, poll_s=0.3)
 
 
 def run(*args, timeout=60):

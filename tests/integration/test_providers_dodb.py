@@ -6,12 +6,10 @@ no local server). The self-hosted Magento example (MariaDB, Redis, the store) va
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+from harness import BINARY, NUMBERED_HEAD_LINES, REPO
 
 
 def run_cli(*args, env=None):
@@ -37,22 +35,7 @@ def test_config_check_names_bad_promote_settings_with_their_lines(tmp_path):
     (tmp_path / "do.token").write_text("dop_v1_x\n")
     config = tmp_path / "dodb.toml"
     config.write_text("\n".join([
-        "[quorum]",                                                        # 1
-        'vantages = ["controller"]',                                      # 2
-        "[[regions]]",                                                     # 3
-        'name = "nyc3"',                                                   # 4
-        "priority = 1",                                                    # 5
-        "[[regions]]",                                                     # 6
-        'name = "ams3"',                                                   # 7
-        "priority = 2",                                                    # 8
-        "[[checks]]",                                                      # 9
-        'name = "a"',                                                      # 10
-        'region = "nyc3"',                                                 # 11
-        'kind = { type = "tcp", address = "127.0.0.1:1" }',                # 12
-        "[[checks]]",                                                      # 13
-        'name = "b"',                                                      # 14
-        'region = "ams3"',                                                 # 15
-        'kind = { type = "tcp", address = "127.0.0.1:2" }',                # 16
+        *NUMBERED_HEAD_LINES,                                              # 1-16
         "[[runbook]]",                                                     # 17
         'name = "db"',                                                     # 18
         'kind = "digitalocean_db_promote"',                                # 19

@@ -16,12 +16,12 @@ call, so the requests and XML answers are the real ones.
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from fake_rds import FakeRds
-from test_controller import App, BINARY, START_DEADLINE_S, TOKEN, wait_until
+import harness
+from harness import BINARY, TOKEN, App, assert_config_ok, controller_toml, stop_all, two_regions_toml, wait_until
 from test_providers_databases import audit_records
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
@@ -44,43 +44,12 @@ def need_binary():
 
 
 def config_text(tmp, us, eu, step):
-    return f"""
-[controller]
-vantage = "controller"
-audit_log = "{tmp / 'audit.jsonl'}"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-min_hold_ms = 600000
-auto_failback = false
-
-[quorum]
-vantages = ["controller"]
-report_interval_ms = 100
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-""" + "".join(f"""
-[[checks]]
-name = "{region}-app"
-region = "{region}"
-kind = {{ type = "http", url = "http://127.0.0.1:{app.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-timeout_ms = 300
-fall = 2
-rise = 1
-""" for region, app in (("us-east-1", us), ("eu-west-1", eu))) + step + """
+    return (controller_toml(tmp / "audit.jsonl", policy="min_hold_ms = 600000\nauto_failback = false")
+            + two_regions_toml(us.port, eu.port, names=("us-east-1-app", "eu-west-1-app")) + step + """
 [[runbook]]
 name = "pointer"
 kind = "pointer"
-"""
+""")
 
 
 def rds_step(url, extra=""):
@@ -115,15 +84,20 @@ poll_ms = 100
 
 
 def start_controller(tmp, config, processes):
-    checked = cli("config", "check", str(config))
-    assert checked.returncode == 0, checked.stderr
-    ready, log = tmp / "ready", tmp / "controller.log"
     env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, **AWS_ENV)
-    processes.append(subprocess.Popen([str(BINARY), "controller", "--config", str(config), "--listen", "127.0.0.1:0",
-                                       "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=open(log, "ab")))
-    wait_until("the controller to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
-    return f"http://{ready.read_text().strip()}", log
+    assert_config_ok(config, env)
+    _, url, log = harness.start_controller(config, tmp, processes, env=env)
+    return url, log
+
+
+def placed_controller(tmp, us, eu, step, processes):
+    """A controller whose runbook has `step`, started and done with the initial placement
+    (us-east-1). Returns (url, log, audit log)."""
+    config = tmp / "switchyard.toml"
+    config.write_text(config_text(tmp, us, eu, step))
+    url, log = start_controller(tmp, config, processes)
+    wait_until("the initial placement", lambda: active(url, "us-east-1"), logs=[log])
+    return url, log, tmp / "audit.jsonl"
 
 
 def active(url, region):
@@ -138,15 +112,6 @@ def generation_of(accepted):
 def steps(audit, generation, outcome=None):
     return [r for r in audit_records(audit) if r.get("kind") == "step" and r.get("step") == "orders-db"
             and r.get("generation") == generation and (outcome is None or r.get("outcome") == outcome)]
-
-
-def stop(processes, things):
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=15)
-    for thing in things:
-        thing.stop()
 
 
 @pytest.mark.parametrize("step,line,message", [
@@ -177,11 +142,7 @@ def test_rds_promote_promotes_the_replica_once_and_refuses_to_fail_back(tmp_path
     try:
         fake.add_instance(US_DB)
         fake.add_instance(EU_DB, source=US_DB)
-        config = tmp_path / "switchyard.toml"
-        config.write_text(config_text(tmp_path, us, eu, rds_step(fake.url)))
-        url, log = start_controller(tmp_path, config, processes)
-        audit = tmp_path / "audit.jsonl"
-        wait_until("the initial placement", lambda: active(url, "us-east-1"), logs=[log])
+        url, log, audit = placed_controller(tmp_path, us, eu, rds_step(fake.url), processes)
         first = [r for r in audit_records(audit) if r.get("kind") == "step" and r.get("step") == "orders-db"]
         assert "is the primary (no source); nothing promoted" in first[-1]["detail"], first
         assert not fake.actions("PromoteReadReplica")
@@ -204,7 +165,7 @@ def test_rds_promote_promotes_the_replica_once_and_refuses_to_fail_back(tmp_path
         assert active(url, "eu-west-1")
         assert len(fake.actions("PromoteReadReplica")) == 1, "nothing promoted twice"
     finally:
-        stop(processes, (fake, us, eu))
+        stop_all(processes, (fake, us, eu), terminate_s=15)
 
 
 def test_aurora_switches_over_fails_back_and_fails_over_only_when_loss_is_accepted(tmp_path):
@@ -212,11 +173,7 @@ def test_aurora_switches_over_fails_back_and_fails_over_only_when_loss_is_accept
     fake, us, eu, processes = FakeRds(delay_s=1.0), App(), App(), []
     try:
         fake.add_global("shop-global", US_CL, [EU_CL])
-        config = tmp_path / "switchyard.toml"
-        config.write_text(config_text(tmp_path, us, eu, aurora_step(fake.url)))
-        url, log = start_controller(tmp_path, config, processes)
-        audit = tmp_path / "audit.jsonl"
-        wait_until("the initial placement", lambda: active(url, "us-east-1"), logs=[log])
+        url, log, audit = placed_controller(tmp_path, us, eu, aurora_step(fake.url), processes)
 
         # Planned: both regions answer.
         generation = generation_of(cli("switchover", "--to", "eu-west-1", "--controller", url))
@@ -261,7 +218,7 @@ def test_aurora_switches_over_fails_back_and_fails_over_only_when_loss_is_accept
         assert fake.writer("shop-global") == (EU_CL, None)
         assert len(fake.actions("SwitchoverGlobalCluster")) == 2
     finally:
-        stop(processes, (fake, us, eu))
+        stop_all(processes, (fake, us, eu), terminate_s=15)
 
 
 def test_a_controller_killed_while_rds_promotes_rolls_forward_without_promoting_twice(tmp_path):
@@ -270,11 +227,7 @@ def test_a_controller_killed_while_rds_promotes_rolls_forward_without_promoting_
     try:
         fake.add_instance(US_DB)
         fake.add_instance(EU_DB, source=US_DB)
-        config = tmp_path / "switchyard.toml"
-        config.write_text(config_text(tmp_path, us, eu, rds_step(fake.url)))
-        url, log = start_controller(tmp_path, config, processes)
-        audit = tmp_path / "audit.jsonl"
-        wait_until("the initial placement", lambda: active(url, "us-east-1"), logs=[log])
+        url, log, audit = placed_controller(tmp_path, us, eu, rds_step(fake.url), processes)
         generation = generation_of(cli("failover", "--controller", url))
         wait_until("the promotion call", lambda: fake.actions("PromoteReadReplica"), logs=[log])
         processes[0].kill()
@@ -282,8 +235,8 @@ def test_a_controller_killed_while_rds_promotes_rolls_forward_without_promoting_
         assert fake.instance(EU_DB)["status"] == "modifying", "the promotion must still be under way"
         assert not steps(audit, generation, "ok")
 
-        (tmp_path / "ready").unlink()
-        url, log = start_controller(tmp_path, config, processes)
+        (tmp_path / "controller.ready").unlink()
+        url, log = start_controller(tmp_path, tmp_path / "switchyard.toml", processes)
         done = wait_until("the roll-forward to finish the promotion", lambda: [
             r for r in audit_records(audit) if r.get("kind") == "step" and r.get("step") == "orders-db"
             and r.get("outcome") == "ok" and r["generation"] > generation], 60, [log])
@@ -294,7 +247,7 @@ def test_a_controller_killed_while_rds_promotes_rolls_forward_without_promoting_
         assert promoted["source"] is None and promoted["status"] == "available"
         assert fake.tags(EU_DB) == {"switchyard:generation": str(done[-1]["generation"])}
     finally:
-        stop(processes, (fake, us, eu))
+        stop_all(processes, (fake, us, eu), terminate_s=15)
 
 
 def test_aurora_detach_when_configured_then_failback_is_refused(tmp_path):
@@ -302,11 +255,8 @@ def test_aurora_detach_when_configured_then_failback_is_refused(tmp_path):
     fake, us, eu, processes = FakeRds(delay_s=1.0), App(), App(), []
     try:
         fake.add_global("shop-global", US_CL, [EU_CL])
-        config = tmp_path / "switchyard.toml"
-        config.write_text(config_text(tmp_path, us, eu, aurora_step(fake.url, 'unplanned = "detach"\nallow_data_loss = true')))
-        url, log = start_controller(tmp_path, config, processes)
-        audit = tmp_path / "audit.jsonl"
-        wait_until("the initial placement", lambda: active(url, "us-east-1"), logs=[log])
+        url, log, audit = placed_controller(
+            tmp_path, us, eu, aurora_step(fake.url, 'unplanned = "detach"\nallow_data_loss = true'), processes)
         fake.down = {"us-east-1"}
         generation = generation_of(cli("failover", "--controller", url))
         wait_until("the failover", lambda: active(url, "eu-west-1"), logs=[log])
@@ -326,4 +276,4 @@ def test_aurora_detach_when_configured_then_failback_is_refused(tmp_path):
         assert active(url, "eu-west-1")
         assert not fake.actions("SwitchoverGlobalCluster")
     finally:
-        stop(processes, (fake, us, eu))
+        stop_all(processes, (fake, us, eu), terminate_s=15)

@@ -3,8 +3,8 @@ with certificates of a private CA made by openssl in the test, reach each other 
 peers and verify them against `--peer-ca`; a global table replicates both ways. A region that
 does not trust that CA refuses the connection and says why in its /health."""
 
+import functools
 import json
-import time
 import urllib.error
 import urllib.request
 
@@ -12,8 +12,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from test_global_tables import BINARY, Region, free_port
-from test_store_tls import make_ca, make_server_cert
+from harness import BINARY, free_port, make_pki, wait_until
+from test_global_tables import Region
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -21,6 +21,9 @@ WAIT_S = 60
 
 
 class TlsRegion(Region):
+    """A region (see test_global_tables) whose flags make it serve HTTPS; clients verify it
+    against the test's CA."""
+
     @property
     def url(self):
         return f"https://127.0.0.1:{self.port}"
@@ -42,43 +45,48 @@ class TlsRegion(Region):
         except urllib.error.HTTPError as error:
             return json.loads(error.read())
 
-
-def wait_for(what, check):
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+    def peer_error(self, ca, peer):
+        """The last replication error this region reports for `peer` (None while there is none)."""
+        return self.health(ca)["replication"]["peers"][peer].get("last_error")
 
 
-def test_regions_replicate_over_verified_tls(tmp_path):
-    if not BINARY.exists():
-        pytest.skip(f"{BINARY} not built")
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    ca = make_ca(pki)
-    cert, key = make_server_cert(pki, "store")
-    tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
-    trusting = tls + ["--peer-ca", str(ca)]
-    us = TlsRegion("us-east-1", free_port(), tmp_path / "us-east-1", [], trusting)
-    ap = TlsRegion("ap-south-1", free_port(), tmp_path / "ap-south-1", [], trusting)
+def started_pair(tmp_path, us_args, ap_args):
+    """TLS regions us-east-1 and ap-south-1, each the other's peer, started with their flags."""
+    us = TlsRegion("us-east-1", free_port(), tmp_path / "us-east-1", [], us_args)
+    ap = TlsRegion("ap-south-1", free_port(), tmp_path / "ap-south-1", [], ap_args)
     for region, peer in ((us, ap), (ap, us)):
         region.data_dir.mkdir()
         region.peers = [peer]
     us.start()
     ap.start()
+    return us, ap
+
+
+def create_global_orders(client):
+    """Table "orders" (hash key `id`), made global with a replica in ap-south-1."""
+    client.create_table(
+        TableName="orders", BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+    )
+    client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": "ap-south-1"}}])
+
+
+wait_for = functools.partial(wait_until, deadline_s=WAIT_S, poll_s=0.2)
+
+
+def test_regions_replicate_over_verified_tls(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    _, ca, cert, key = make_pki(tmp_path, "store")
+    tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    trusting = tls + ["--peer-ca", str(ca)]
+    us, ap = started_pair(tmp_path, trusting, trusting)
     try:
         client = us.tls_client(ca)
-        client.create_table(
-            TableName="orders", BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        )
         # Each region verifies the other's certificate against the CA: the replica is created
         # and writes flow both ways.
-        client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": "ap-south-1"}}])
+        create_global_orders(client)
         client.put_item(TableName="orders", Item={"id": {"S": "from-us"}})
         ap_client = ap.tls_client(ca)
         wait_for("us-east-1's write in ap-south-1 over TLS",
@@ -93,8 +101,7 @@ def test_regions_replicate_over_verified_tls(tmp_path):
         ap.extra_args = tls
         ap.start()
         ap_client.put_item(TableName="orders", Item={"id": {"S": "unverified"}})
-        error = wait_for("ap-south-1 to report the certificate failure",
-                         lambda: ap.health(ca)["replication"]["peers"]["us-east-1"].get("last_error"))
+        error = wait_for("ap-south-1 to report the certificate failure", lambda: ap.peer_error(ca, "us-east-1"))
         assert "certificate" in error.lower() or "issuer" in error.lower(), error
         assert "Item" not in client.get_item(TableName="orders", Key={"id": {"S": "unverified"}})
     finally:

@@ -11,7 +11,7 @@ import pytest
 from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
-from test_store_harness import create_table, error_of, started_store, wait_for
+from test_store_harness import create_table, error_of, store_fixture, wait_for
 
 pytestmark = [pytest.mark.process]
 
@@ -19,11 +19,7 @@ TTL_DEADLINE_S = 30
 names = (f"table-{i}" for i in itertools.count())
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    store = started_store(tmp_path_factory)
-    yield store
-    store.stop()
+store = store_fixture()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from test_store_harness import create_table, error_of, started_store, wait_for
+from test_store_harness import create_table, error_of, store_fixture, wait_for
 
 pytestmark = [pytest.mark.process]
 
@@ -16,11 +16,7 @@ TTL_DEADLINE_S = 30
 names = (f"edge-{i}" for i in itertools.count())
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    store = started_store(tmp_path_factory, "edges")
-    yield store
-    store.stop()
+store = store_fixture("edges")
 
 
 @pytest.fixture

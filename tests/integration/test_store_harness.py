@@ -6,7 +6,6 @@ test_durability_* files import from this module."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -17,8 +16,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+from harness import BINARY, REPO, require_binary, wait_until
+
 AWS_CLI = REPO / ".venv" / "bin" / "aws"
 REGION = "us-east-1"
 START_DEADLINE_S = 20
@@ -27,17 +26,13 @@ ACCESS_KEY_ID = "AKIDEXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class StoreProcess:
     """One `switchyard store` process; restartable on the same data dir."""
 
-    def __init__(self, data_dir, credentials_file=None, listen="127.0.0.1:0", env=None):
+    def __init__(self, data_dir, credentials_file=None, listen="127.0.0.1:0", env=None, args=()):
         self.data_dir = Path(data_dir)
+        # Flags after the harness's own (`--backup-dir`, `--config`, limits...).
+        self.args = list(args)
         # SWITCHYARD_* variables the test sets on purpose (the rest of the suite's are dropped).
         self.env = dict(env or {})
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +54,7 @@ class StoreProcess:
             command += ["--credentials", str(self.credentials_file)]
         # The environment is not passed on (see start): the suite's disk watermark goes as a flag.
         command += ["--disk-free-bytes-min", os.environ.get("SWITCHYARD_DISK_FREE_BYTES_MIN", "64MiB")]
-        return command, ready
+        return command + self.args, ready
 
     def start(self):
         command, ready = self.command()
@@ -157,11 +152,6 @@ class ExternalStore(StoreProcess):
         return super().raw(operation, body, {**fake, **(headers or {})})
 
 
-def require_binary():
-    if not BINARY.exists():
-        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
-
-
 def started_store(tmp_path_factory, name="store", **kwargs):
     """A started store: the real binary, or with STORE_ENDPOINT set, that server (run only the
     files not marked switchyard_only against it: test_store_api, _errors, _edges, test_cli_aws)."""
@@ -173,15 +163,35 @@ def started_store(tmp_path_factory, name="store", **kwargs):
     return store
 
 
+def store_fixture(name="store", **kwargs):
+    """A module-scoped pytest fixture: a store from `started_store(name, **kwargs)`, stopped
+    after the module. Use as `store = store_fixture()` in a test module."""
+    @pytest.fixture(scope="module")
+    def store(tmp_path_factory):
+        started = started_store(tmp_path_factory, name, **kwargs)
+        yield started
+        started.stop()
+
+    return store
+
+
 def wait_for(condition, deadline_s, what, interval_s=0.1):
     """Polls `condition` until it returns a truthy value; fails after `deadline_s` naming `what`."""
-    deadline = time.monotonic() + deadline_s
+    return wait_until(what, condition, deadline_s, poll_s=interval_s)
+
+
+def scan_all(client, table):
+    """Every item of `table` (strongly consistent scan, all pages)."""
+    items, start = [], None
     while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {deadline_s}s"
-        time.sleep(interval_s)
+        kwargs = {"TableName": table, "ConsistentRead": True}
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        page = client.scan(**kwargs)
+        items += page["Items"]
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return items
 
 
 def create_table(client, name, hash_key=("pk", "S"), range_key=None, **extra):

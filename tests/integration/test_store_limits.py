@@ -30,16 +30,6 @@ POLL_S = 0.2
 SETTLE_DEADLINE_S = 60
 
 
-class LimitedStore(StoreProcess):
-    def __init__(self, data_dir, extra, **kwargs):
-        super().__init__(data_dir, **kwargs)
-        self.extra = extra
-
-    def command(self):
-        command, ready = super().command()
-        return command + self.extra, ready
-
-
 def resident_bytes(process):
     with open(f"/proc/{process.pid}/status") as status:
         for line in status:
@@ -105,7 +95,7 @@ class StalledUpload(threading.Thread):
 @pytest.fixture()
 def limited(tmp_path):
     require_binary()
-    store = LimitedStore(tmp_path / "data", [
+    store = StoreProcess(tmp_path / "data", args=[
         "--body-read-timeout-ms", str(BODY_READ_TIMEOUT_MS),
         "--idle-timeout-ms", str(IDLE_TIMEOUT_MS),
         "--header-read-timeout-ms", str(HEADER_READ_TIMEOUT_MS),
@@ -220,7 +210,7 @@ BURST_RETURN_DEADLINE_S = 60
 
 def test_memory_is_returned_to_the_system_after_a_burst(tmp_path):
     require_binary()
-    store = LimitedStore(tmp_path / "data", ["--buffered-body-bytes-max", BURST_BUFFERED_BODY_BYTES_MAX]).start()
+    store = StoreProcess(tmp_path / "data", args=["--buffered-body-bytes-max", BURST_BUFFERED_BODY_BYTES_MAX]).start()
     try:
         client = store.client()
         create_table(client, "burst")

@@ -6,48 +6,23 @@ import os
 import signal
 import socket
 import ssl
-import subprocess
 
 import boto3
 import pytest
 from botocore.config import Config
 
+from harness import make_pki, make_server_cert
 from test_store_harness import ACCESS_KEY_ID, REGION, SECRET, StoreProcess, require_binary, wait_for
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
 RELOAD_DEADLINE_S = 20
-OPENSSL_DEADLINE_S = 60
-
-
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=OPENSSL_DEADLINE_S)
-
-
-def make_ca(folder):
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=switchyard-test-ca", cwd=folder)
-    return folder / "ca.pem"
-
-
-def make_server_cert(folder, name):
-    """A certificate for 127.0.0.1 signed by the CA in `folder`, named `name` (its CN)."""
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext", cwd=folder)
-    return folder / f"{name}.pem", folder / f"{name}.key"
 
 
 class TlsStore(StoreProcess):
     def __init__(self, data_dir, cert, key):
-        super().__init__(data_dir)
+        super().__init__(data_dir, args=["--tls-cert", str(cert), "--tls-key", str(key)])
         self.cert, self.key = cert, key
-
-    def command(self):
-        command, ready = super().command()
-        return command + ["--tls-cert", str(self.cert), "--tls-key", str(self.key)], ready
 
     @property
     def url(self):
@@ -67,10 +42,7 @@ def served_name(store, ca):
 @pytest.fixture()
 def tls_store(tmp_path):
     require_binary()
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    ca = make_ca(pki)
-    cert, key = make_server_cert(pki, "first")
+    pki, ca, cert, key = make_pki(tmp_path, "first")
     # The store reads fixed paths; a reload replaces their contents.
     live_cert, live_key = pki / "server.pem", pki / "server.key"
     live_cert.write_bytes(cert.read_bytes())

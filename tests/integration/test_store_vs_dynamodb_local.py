@@ -28,7 +28,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from test_store_harness import ACCESS_KEY_ID, REGION, REPO, SECRET, free_port, started_store, wait_for
+from harness import REPO, free_port
+from test_store_harness import ACCESS_KEY_ID, REGION, SECRET, started_store, wait_for
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 

@@ -12,7 +12,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from test_store_harness import REGION, ACCESS_KEY_ID, SECRET, create_table, started_store, wait_for
+from test_store_harness import ACCESS_KEY_ID, REGION, SECRET, create_table, started_store, store_fixture, wait_for
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -33,11 +33,7 @@ def streams_client(url, region=REGION):
     )
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    store = started_store(tmp_path_factory)
-    yield store
-    store.stop()
+store = store_fixture()
 
 
 @pytest.fixture(scope="module")

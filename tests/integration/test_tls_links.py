@@ -13,31 +13,18 @@
 
 import json
 import os
-import signal
 import ssl
 import subprocess
 import urllib.error
 import urllib.request
 
-import boto3
 import pytest
-from botocore.config import Config
 
-from test_controller import App, BINARY, START_DEADLINE_S, wait_until
-from test_global_tables import Region, free_port
-from test_store_tls import make_ca, make_server_cert, openssl
+from harness import (BINARY, INTERVALS_ONLY, START_DEADLINE_S, App, controller_toml, failover_zone_toml,
+                     make_client_cert, make_pki, spawn, stop_all, two_regions_toml, wait_until)
+from test_replication_tls import create_global_orders, started_pair
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
-
-
-def make_client_cert(folder, name):
-    """A client certificate (extendedKeyUsage clientAuth) signed by the CA in `folder`."""
-    (folder / f"{name}.ext").write_text("extendedKeyUsage=clientAuth\n")
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=folder)
-    return folder / f"{name}.pem", folder / f"{name}.key"
 
 
 def get_json(url, ca):
@@ -61,55 +48,17 @@ def processes(tmp_path):
     started = []
 
     def start(args, log):
-        process = subprocess.Popen([str(BINARY), *args], stdout=subprocess.DEVNULL, stderr=open(log, "ab"),
-                                   env=clean_env())
-        started.append(process)
-        return process
+        return spawn(args, log, started, clean_env())
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+    stop_all(started)
 
 
-DNS_CONFIG = """
-[dns]
-[[dns.zones]]
-origin = "shop.example."
-ns = ["ns1"]
-
-[dns.zones.soa]
-rname = "hostmaster.shop.example."
-serial = 1
-
-[[dns.zones.records]]
-name = "ns1"
-type = "A"
-values = ["192.0.2.53"]
-
-[[dns.zones.records]]
-name = "app"
-type = "A"
-policy = "failover"
-
-[[dns.zones.records.members]]
-role = "primary"
-values = ["192.0.2.10"]
-health = "us-east-1"
-
-[[dns.zones.records.members]]
-role = "secondary"
-values = ["198.51.100.10"]
-health = "eu-west-1"
-"""
+DNS_CONFIG = "\n[dns]" + failover_zone_toml('rname = "hostmaster.shop.example."\nserial = 1')
 
 
 def test_controller_agent_cli_and_dns_admin_over_verified_https(tmp_path, processes):
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    ca = make_ca(pki)
-    cert, key = make_server_cert(pki, "node")
+    _, ca, cert, key = make_pki(tmp_path, "node")
     tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
     us, eu = App(), App()
     try:
@@ -124,45 +73,11 @@ def test_controller_agent_cli_and_dns_admin_over_verified_https(tmp_path, proces
         dns_admin = f"https://{admin_address}"
 
         config = tmp_path / "switchyard.toml"
-        config.write_text(f"""
-[controller]
-vantage = "controller"
-audit_log = "audit.jsonl"
-tick_ms = 50
-
-[policy]
-failback_lag_check = false
-down_confirm_ms = 0
-
-[quorum]
-vantages = ["controller", "agent-1"]
-report_stale_ms = 600000
-report_interval_ms = 100
-
+        config.write_text(controller_toml("audit.jsonl", vantages=("controller", "agent-1"),
+                                          policy="down_confirm_ms = 0", quorum="report_stale_ms = 600000")
+                          + two_regions_toml(us.port, eu.port, timing=INTERVALS_ONLY) + f"""
 [dns]
 admin_url = "{dns_admin}"
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-
-[[checks]]
-name = "use1-app"
-region = "us-east-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{us.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
-
-[[checks]]
-name = "euw1-app"
-region = "eu-west-1"
-kind = {{ type = "http", url = "http://127.0.0.1:{eu.port}/health" }}
-interval_ms = 200
-fast_interval_ms = 100
 
 [[runbook]]
 name = "dns"
@@ -222,10 +137,7 @@ kind = "dns_health"
 
 
 def test_proxy_admin_api_over_https(tmp_path, processes):
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    ca = make_ca(pki)
-    cert, key = make_server_cert(pki, "proxy")
+    _, ca, cert, key = make_pki(tmp_path, "proxy")
     app = App()
     try:
         (tmp_path / "proxy.toml").write_text(f"""
@@ -252,51 +164,20 @@ address = "127.0.0.1:{app.port}"
         app.stop()
 
 
-class MutualRegion(Region):
-    @property
-    def url(self):
-        return f"https://127.0.0.1:{self.port}"
-
-    def client(self, ca):
-        return boto3.client(
-            "dynamodb", region_name=self.name, endpoint_url=self.url, verify=str(ca),
-            aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
-            config=Config(retries={"max_attempts": 1, "mode": "standard"}),
-        )
-
-    def peer_error(self, ca, peer):
-        status, body = get_json(f"{self.url}/health", ca)
-        return body["replication"]["peers"][peer].get("last_error")
-
-
 def test_mutual_tls_between_regions(tmp_path):
     if not BINARY.exists():
         pytest.skip(f"{BINARY} not built")
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    ca = make_ca(pki)
-    cert, key = make_server_cert(pki, "store")
+    pki, ca, cert, key = make_pki(tmp_path, "store")
     client_cert, client_key = make_client_cert(pki, "region-client")
     server = ["--tls-cert", str(cert), "--tls-key", str(key), "--peer-ca", str(ca), "--peer-client-ca", str(ca)]
     identity = ["--peer-client-cert", str(client_cert), "--peer-client-key", str(client_key)]
-    us = MutualRegion("us-east-1", free_port(), tmp_path / "us-east-1", [], server + identity)
-    ap = MutualRegion("ap-south-1", free_port(), tmp_path / "ap-south-1", [], server)
-    for region, peer in ((us, ap), (ap, us)):
-        region.data_dir.mkdir()
-        region.peers = [peer]
-    us.start()
-    ap.start()
+    us, ap = started_pair(tmp_path, server + identity, server)
     try:
         # A DynamoDB client presents no certificate and is served.
-        client = us.client(ca)
-        client.create_table(
-            TableName="orders", BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        )
-        client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": "ap-south-1"}}])
+        client = us.tls_client(ca)
+        create_global_orders(client)
         client.put_item(TableName="orders", Item={"id": {"S": "from-us"}})
-        ap_client = ap.client(ca)
+        ap_client = ap.tls_client(ca)
         ap_client.put_item(TableName="orders", Item={"id": {"S": "from-ap"}})
         # ap-south-1 has no client certificate: us-east-1 refuses everything it sends, and ap
         # says why in its /health.
@@ -309,7 +190,7 @@ def test_mutual_tls_between_regions(tmp_path):
         ap.stop()
         ap.extra_args = server + identity
         ap.start()
-        ap_client = ap.client(ca)
+        ap_client = ap.tls_client(ca)
         wait_until("ap-south-1's write in us-east-1 once it presents a certificate",
                    lambda: client.get_item(TableName="orders", Key={"id": {"S": "from-ap"}}).get("Item"), 60,
                    [us.log, ap.log])
