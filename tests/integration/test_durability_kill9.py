@@ -13,7 +13,6 @@ import threading
 import time
 
 import pytest
-from botocore.config import Config
 
 from test_store_harness import create_table, started_store
 
