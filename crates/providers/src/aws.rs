@@ -274,6 +274,57 @@ pub fn not_built() -> Failure {
     Failure::Refused("this switchyard was built without AWS support".into())
 }
 
+/// The entry points every AWS step has: `with_static_credentials`, handed to its client
+/// `self.$client` (which has `set_static_credentials`), and `run`, which is the step's
+/// `run_live` in a build with `feature = $feature` and `Err($not_built)` in one without.
+macro_rules! step_entry_points {
+    ($step:ident, $client:ident, $feature:tt, $not_built:expr) => {
+        impl $step {
+            /// Calls AWS with these keys instead of the credential chain (tests, embedding).
+            pub fn with_static_credentials(mut self, credentials: $crate::aws::StaticCredentials) -> $step {
+                self.$client.set_static_credentials(credentials);
+                self
+            }
+
+            /// Runs one attempt; see the module's documentation.
+            pub async fn run(&self, order: &$crate::Order) -> $crate::Outcome {
+                #[cfg(feature = $feature)]
+                {
+                    self.run_live(order).await
+                }
+                #[cfg(not(feature = $feature))]
+                {
+                    let _ = order;
+                    Err($not_built)
+                }
+            }
+        }
+    };
+}
+pub(crate) use step_entry_points;
+
+/// The credential setters of a watcher's reader whose client is `self.aws`
+/// ([`SdkClient`]): static keys, or a shared credentials file.
+macro_rules! reader_credentials {
+    ($reader:ident) => {
+        impl $reader {
+            /// Calls AWS with these keys instead of the credential chain (tests, embedding).
+            pub fn with_static_credentials(mut self, credentials: $crate::aws::StaticCredentials) -> $reader {
+                self.aws.set_static_credentials(credentials);
+                self
+            }
+
+            /// Reads keys from this shared credentials file (the access's `profile`, or
+            /// `default`).
+            pub fn with_credentials_file(mut self, file: std::path::PathBuf) -> $reader {
+                self.aws.set_credentials_file(file);
+                self
+            }
+        }
+    };
+}
+pub(crate) use reader_credentials;
+
 /// The access settings every AWS step's table holds.
 pub struct AccessKeys<'a> {
     pub region: &'a Option<Spanned<String>>,
@@ -312,21 +363,53 @@ impl AccessKeys<'_> {
     }
 }
 
-/// The [`AccessKeys`] of a step's settings struct (fields `region`, `profile`,
-/// `endpoint_url`, `access_key_id`, `secret_access_key`, `session_token`).
-macro_rules! access_keys {
-    ($settings:expr) => {
-        $crate::aws::AccessKeys {
-            region: &$settings.region,
-            profile: &$settings.profile,
-            endpoint_url: &$settings.endpoint_url,
-            access_key_id: &$settings.access_key_id,
-            secret_access_key: &$settings.secret_access_key,
-            session_token: &$settings.session_token,
+/// Declares a settings table of the AWS steps (`deny_unknown_fields`): its own fields, then the
+/// keys of [`AccessKeys`] (`region`, `profile`, `endpoint_url`, and the refused
+/// `access_key_id`, `secret_access_key`, `session_token`), with `access_keys()`. A macro for
+/// the reason `promote_settings!` is one: serde cannot combine `deny_unknown_fields` with a
+/// flattened shared struct.
+macro_rules! aws_settings {
+    ($(#[$meta:meta])* pub struct $name:ident { $($own:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($own)*
+            /// The AWS region the step signs for.
+            #[serde(default)]
+            pub region: Option<::toml::Spanned<String>>,
+            /// A profile of the shared config and credentials files.
+            #[serde(default)]
+            pub profile: Option<::toml::Spanned<String>>,
+            /// Another endpoint than AWS's (moto in tests, a VPC endpoint, an S3-compatible
+            /// service).
+            #[serde(default)]
+            pub endpoint_url: Option<::toml::Spanned<String>>,
+            /// Refused with an explanation: credentials come from the AWS chain.
+            #[serde(default)]
+            pub access_key_id: Option<::toml::Spanned<::toml::Value>>,
+            #[serde(default)]
+            pub secret_access_key: Option<::toml::Spanned<::toml::Value>>,
+            #[serde(default)]
+            pub session_token: Option<::toml::Spanned<::toml::Value>>,
+        }
+
+        impl $name {
+            /// This table's AWS access keys.
+            pub fn access_keys(&self) -> $crate::aws::AccessKeys<'_> {
+                $crate::aws::AccessKeys {
+                    region: &self.region,
+                    profile: &self.profile,
+                    endpoint_url: &self.endpoint_url,
+                    access_key_id: &self.access_key_id,
+                    secret_access_key: &self.secret_access_key,
+                    session_token: &self.session_token,
+                }
+            }
         }
     };
 }
-pub(crate) use access_keys;
+pub(crate) use aws_settings;
 
 /// False, with the error, when this build has no AWS support (`span`: the step's table).
 pub fn check_built(what: &str, span: Range<usize>, checker: &mut dyn Checker) -> bool {

@@ -84,44 +84,94 @@ impl crate::Checker for Counted<'_> {
     }
 }
 
+/// Declares a REST step's settings table (`deny_unknown_fields`): the keys every REST step has
+/// (`token`, `api_url`, `request_timeout_ms`), then its own fields; with `rest_keys()`. A macro
+/// for the reason `promote_settings!` is one: serde cannot combine `deny_unknown_fields` with
+/// a flattened shared struct.
+macro_rules! rest_settings {
+    ($(#[$meta:meta])* pub struct $name:ident { $($own:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// The API token (sent as `Authorization: Bearer`), from a file or an environment
+            /// variable.
+            pub token: ::toml::Spanned<$crate::secret::SecretSource>,
+            /// Another API base URL than the provider's (tests).
+            #[serde(default)]
+            pub api_url: Option<::toml::Spanned<String>>,
+            #[serde(default)]
+            pub request_timeout_ms: Option<::toml::Spanned<u64>>,
+            $($own)*
+        }
+
+        impl $name {
+            /// This table's REST keys; `default_url` is the provider's API.
+            pub(crate) fn rest_keys<'a>(&'a self, default_url: &'a str) -> $crate::cas::RestKeys<'a> {
+                $crate::cas::RestKeys {
+                    token: &self.token,
+                    api_url: &self.api_url,
+                    default_url,
+                    request_timeout_ms: &self.request_timeout_ms,
+                }
+            }
+        }
+    };
+}
+pub(crate) use rest_settings;
+
+/// The keys every REST step's table has.
+pub(crate) struct RestKeys<'a> {
+    pub token: &'a toml::Spanned<crate::secret::SecretSource>,
+    pub api_url: &'a Option<toml::Spanned<String>>,
+    /// The provider's API when `api_url` is left out.
+    pub default_url: &'a str,
+    pub request_timeout_ms: &'a Option<toml::Spanned<u64>>,
+}
+
+/// A REST step's two modes: what each takes (like `a record (zone_id, record, type, values)`)
+/// and whether the table has any of its keys; exactly one must be chosen (`fix` says how to
+/// have both).
+pub(crate) struct Modes<'a> {
+    pub first: (&'a str, bool),
+    pub second: (&'a str, bool),
+    pub fix: &'a str,
+}
+
 /// What a REST step (Cloudflare, DigitalOcean) checks first: its `token`, `api_url` (else
-/// `default_url`) and `request_timeout_ms`; then its target (`target`, through the same
-/// counting checker). The client and the target, or `None` after any error.
+/// `default_url`) and `request_timeout_ms`; then which of its `modes` its keys choose, and
+/// that mode's target (`target(true)` for the first, through the same counting checker). The
+/// client and the target, or `None` after any error.
 pub(crate) fn check_rest_step<T>(
     what: &str,
-    token: &toml::Spanned<crate::secret::SecretSource>,
-    api_url: &Option<toml::Spanned<String>>,
-    default_url: &str,
-    request_timeout_ms: &Option<toml::Spanned<u64>>,
+    keys: RestKeys<'_>,
+    modes: Modes<'_>,
     checker: &mut dyn crate::Checker,
-    target: impl FnOnce(&mut Counted<'_>) -> Option<T>,
+    target: impl FnOnce(bool, &mut Counted<'_>) -> Option<T>,
 ) -> Option<(crate::rest::Rest, T)> {
+    let token = keys.token;
     let checker = &mut Counted::new(checker);
     let secret = token.get_ref().resolve(token.span(), &format!("{what} token"), checker);
-    let (url, timeout_ms) = crate::cloudflare::check_api(what, api_url, default_url, request_timeout_ms, checker);
-    let target = target(checker);
+    let (url, timeout_ms) = crate::rest::check_api(what, &keys, checker);
+    let target = if modes.first.1 != modes.second.1 {
+        target(modes.first.1, checker)
+    } else {
+        crate::Checker::error(
+            &mut *checker,
+            token.span(),
+            format!(
+                "{what} needs either {} or {}, not both or neither",
+                modes.first.0, modes.second.0
+            ),
+            modes.fix.into(),
+        );
+        None
+    };
     if checker.errors > 0 {
         return None;
     }
     let api = crate::rest::Rest::for_step(&url?, secret, timeout_ms, what, token.span(), checker)?;
     Some((api, target?))
-}
-
-/// Which of a step's two modes its keys choose: `Some(true)` for the first, `Some(false)` for
-/// the second; both or neither is an error (`needs`: what each mode takes, `fix`).
-pub(crate) fn one_mode(
-    first: bool,
-    second: bool,
-    span: std::ops::Range<usize>,
-    needs: String,
-    fix: &str,
-    checker: &mut dyn crate::Checker,
-) -> Option<bool> {
-    if first != second {
-        return Some(first);
-    }
-    checker.error(span, needs, fix.into());
-    None
 }
 
 /// Checks a `{ region = value }` table of a step's settings: every key a configured region,
@@ -221,6 +271,31 @@ pub(crate) fn check_record_values(
         }
     }
     Some(values)
+}
+
+/// Reads a paginated listing: `page(n)` gives page `n`'s items (from 1) and whether another
+/// page follows; at most `pages_max` pages are read, a longer listing is refused, naming
+/// `listing` (like `A records named shop.example in zone Z`).
+pub(crate) async fn read_pages<T, F, Fut>(pages_max: u32, listing: &str, mut page: F) -> Result<Vec<T>, crate::Failure>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, bool), crate::Failure>>,
+{
+    let mut found = Vec::new();
+    let mut number = 1;
+    loop {
+        let (items, more) = page(number).await?;
+        found.extend(items);
+        if !more {
+            return Ok(found);
+        }
+        if number >= pages_max {
+            return Err(crate::Failure::Refused(format!(
+                "more than {pages_max} pages of {listing}"
+            )));
+        }
+        number += 1;
+    }
 }
 
 /// The one record a lookup must find: refused when `found` holds none (create it in `place`

@@ -32,8 +32,7 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use crate::cas;
-use crate::rest::{self, Answer, Rest, RestError};
-use crate::secret::SecretSource;
+use crate::rest::{self, Answer, Rest, classify, transport};
 use crate::{Checker, Failure, Order, Outcome};
 
 /// Where the API is; `api_url` overrides it (tests).
@@ -49,34 +48,28 @@ pub const RECORD_TYPES: &[&str] = &["A", "AAAA", "CNAME", "TXT"];
 /// What the step writes into a record's comment, followed by the generation.
 pub const COMMENT_PREFIX: &str = "switchyard generation ";
 
-/// The `[runbook.cloudflare]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// A scoped API token (DNS:Edit for records, Load Balancing: Monitors and Pools Write for
-    /// pools), from a file or an environment variable.
-    pub token: Spanned<SecretSource>,
-    #[serde(default)]
-    pub api_url: Option<Spanned<String>>,
-    #[serde(default)]
-    pub request_timeout_ms: Option<Spanned<u64>>,
-    #[serde(default)]
-    pub zone_id: Option<Spanned<String>>,
-    /// The record's full name, like `shop.example.com`.
-    #[serde(default)]
-    pub record: Option<Spanned<String>>,
-    #[serde(default, rename = "type")]
-    pub record_type: Option<Spanned<String>>,
-    /// Per region, the record's content while that region is active.
-    #[serde(default)]
-    pub values: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
-    #[serde(default = "yes")]
-    pub comment_generation: bool,
-    #[serde(default)]
-    pub account_id: Option<Spanned<String>>,
-    /// Per region, its Load Balancing pool id.
-    #[serde(default)]
-    pub pools: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+cas::rest_settings! {
+    /// The `[runbook.cloudflare]` table. Its `token` is a scoped API token (DNS:Edit for
+    /// records, Load Balancing: Monitors and Pools Write for pools).
+    pub struct Settings {
+        #[serde(default)]
+        pub zone_id: Option<Spanned<String>>,
+        /// The record's full name, like `shop.example.com`.
+        #[serde(default)]
+        pub record: Option<Spanned<String>>,
+        #[serde(default, rename = "type")]
+        pub record_type: Option<Spanned<String>>,
+        /// Per region, the record's content while that region is active.
+        #[serde(default)]
+        pub values: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+        #[serde(default = "yes")]
+        pub comment_generation: bool,
+        #[serde(default)]
+        pub account_id: Option<Spanned<String>>,
+        /// Per region, its Load Balancing pool id.
+        #[serde(default)]
+        pub pools: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+    }
 }
 
 fn yes() -> bool {
@@ -149,72 +142,25 @@ pub(crate) fn check_content(record_type: &str, content: &str) -> Result<(), Stri
     }
 }
 
-/// The API base URL and request timeout shared by the REST providers' settings.
-pub(crate) fn check_api(
-    what: &str,
-    api_url: &Option<Spanned<String>>,
-    default: &str,
-    timeout: &Option<Spanned<u64>>,
-    checker: &mut dyn Checker,
-) -> (Option<String>, u64) {
-    let url = match api_url {
-        None => Some(default.to_string()),
-        Some(url) => match rest::check_base_url(url.get_ref()) {
-            Ok(url) => Some(url),
-            Err(message) => {
-                checker.error(
-                    url.span(),
-                    format!("{what} api_url: {message}"),
-                    format!("remove api_url to use {default}"),
-                );
-                None
-            }
-        },
-    };
-    let timeout_ms = match timeout {
-        None => rest::REQUEST_TIMEOUT_MS_DEFAULT,
-        Some(t) if (1..=rest::REQUEST_TIMEOUT_MS_MAX).contains(t.get_ref()) => *t.get_ref(),
-        Some(t) => {
-            checker.error(
-                t.span(),
-                format!("{what} request_timeout_ms = {} is out of range", t.get_ref()),
-                format!(
-                    "use 1..={} (default {})",
-                    rest::REQUEST_TIMEOUT_MS_MAX,
-                    rest::REQUEST_TIMEOUT_MS_DEFAULT
-                ),
-            );
-            rest::REQUEST_TIMEOUT_MS_DEFAULT
-        }
-    };
-    (url, timeout_ms)
-}
-
 impl Settings {
     /// Reports every problem through `checker` and returns the step ready to run.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<Cloudflare> {
         let what = format!("cloudflare step '{step}'");
-        let record_mode =
+        let keys = self.rest_keys(API_URL_DEFAULT);
+        let record_keys =
             self.zone_id.is_some() || self.record.is_some() || self.values.is_some() || self.record_type.is_some();
-        let pool_mode = self.account_id.is_some() || self.pools.is_some();
-        let (api, target) = cas::check_rest_step(
-            &what,
-            &self.token,
-            &self.api_url,
-            API_URL_DEFAULT,
-            &self.request_timeout_ms,
-            checker,
-            |checker| {
-                let needs = format!(
-                    "{what} needs either a record (zone_id, record, type, values) or pools (account_id, pools), not both or neither"
-                );
-                let fix = "use one cloudflare step per record and another per set of pools";
-                match cas::one_mode(record_mode, pool_mode, self.token.span(), needs, fix, checker)? {
-                    true => self.check_record(&what, checker),
-                    false => self.check_pools(&what, checker),
-                }
-            },
-        )?;
+        let modes = cas::Modes {
+            first: ("a record (zone_id, record, type, values)", record_keys),
+            second: (
+                "pools (account_id, pools)",
+                self.account_id.is_some() || self.pools.is_some(),
+            ),
+            fix: "use one cloudflare step per record and another per set of pools",
+        };
+        let (api, target) = cas::check_rest_step(&what, keys, modes, checker, |record, checker| match record {
+            true => self.check_record(&what, checker),
+            false => self.check_pools(&what, checker),
+        })?;
         Some(Cloudflare { api, target })
     }
 
@@ -344,11 +290,6 @@ impl Record {
     }
 }
 
-/// Turns a transport error into a retryable failure.
-pub(crate) fn transport(error: RestError) -> Failure {
-    Failure::Retryable(error.to_string())
-}
-
 /// Unwraps Cloudflare's envelope `{success, errors, messages, result}`: the `result` of a
 /// success, or a failure carrying every `errors[].code` and `message`.
 fn envelope(answer: &Answer, doing: &str) -> Result<Value, Failure> {
@@ -384,15 +325,6 @@ fn envelope(answer: &Answer, doing: &str) -> Result<Value, Failure> {
     Err(classify(answer.status, message))
 }
 
-/// 429, 5xx and 408/409 are worth another attempt; other client errors are not.
-pub(crate) fn classify(status: u16, message: String) -> Failure {
-    match status {
-        408 | 409 | 429 | 500..=599 => Failure::Retryable(message),
-        400..=499 => Failure::Refused(message),
-        _ => Failure::Retryable(message),
-    }
-}
-
 impl Cloudflare {
     /// Runs one attempt (see the module documentation).
     pub async fn run(&self, order: &Order) -> Outcome {
@@ -418,9 +350,8 @@ impl Cloudflare {
 
     /// Finds the one record with the configured name and type, reading every page.
     async fn find(&self, zone_id: &str, name: &str, record_type: &str) -> Result<Record, Failure> {
-        let mut found = Vec::new();
-        let mut page = 1;
-        loop {
+        let listing = format!("{record_type} records named {name} in zone {zone_id}");
+        let found = cas::read_pages(RECORD_PAGES_MAX, &listing, |page| async move {
             let path = format!(
                 "/zones/{zone_id}/dns_records?type={}&name.exact={}&page={page}&per_page={RECORDS_PER_PAGE}",
                 rest::query_value(record_type),
@@ -432,26 +363,17 @@ impl Cloudflare {
             let records: Vec<Record> = serde_json::from_value(result).map_err(|e| {
                 Failure::Retryable(format!("Cloudflare's record list is not in the documented shape: {e}"))
             })?;
-            found.extend(
-                records.into_iter().filter(|r| {
-                    r.record_type == record_type && r.name.trim_end_matches('.').eq_ignore_ascii_case(name)
-                }),
-            );
             let total_pages = body
                 .as_ref()
                 .and_then(|b| b.pointer("/result_info/total_pages"))
                 .and_then(Value::as_u64)
                 .unwrap_or(1);
-            if u64::from(page) >= total_pages {
-                break;
-            }
-            if page >= RECORD_PAGES_MAX {
-                return Err(Failure::Refused(format!(
-                    "more than {RECORD_PAGES_MAX} pages of {record_type} records named {name} in zone {zone_id}"
-                )));
-            }
-            page += 1;
-        }
+            let matching = records
+                .into_iter()
+                .filter(|r| r.record_type == record_type && r.name.trim_end_matches('.').eq_ignore_ascii_case(name));
+            Ok((matching.collect(), u64::from(page) < total_pages))
+        })
+        .await?;
         cas::exactly_one(found, &format!("zone {zone_id}"), record_type, name, "in Cloudflare ")
     }
 

@@ -30,9 +30,7 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use crate::cas::{self, Verdict};
-use crate::cloudflare::{classify, transport};
-use crate::rest::{self, Answer, Rest};
-use crate::secret::SecretSource;
+use crate::rest::{self, Answer, Rest, classify, transport};
 use crate::{Checker, Failure, Order, Outcome};
 
 /// Where the API is; `api_url` overrides it (tests).
@@ -50,37 +48,31 @@ pub const ACTION_WAIT_MS_MAX: u64 = 600_000;
 pub const ACTION_POLL_MS_DEFAULT: u64 = 1_000;
 pub const ACTION_POLL_MS_MIN: u64 = 10;
 
-/// The `[runbook.digitalocean]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// A personal access token with write scope (domain, reserved_ip), from a file or an
-    /// environment variable.
-    pub token: Spanned<SecretSource>,
-    #[serde(default)]
-    pub api_url: Option<Spanned<String>>,
-    #[serde(default)]
-    pub request_timeout_ms: Option<Spanned<u64>>,
-    /// The domain as DigitalOcean holds it, like `example.com`.
-    #[serde(default)]
-    pub domain: Option<Spanned<String>>,
-    /// The record's full name, like `shop.example.com` (or the domain itself for its apex).
-    #[serde(default)]
-    pub record: Option<Spanned<String>>,
-    #[serde(default, rename = "type")]
-    pub record_type: Option<Spanned<String>>,
-    /// Per region, the record's data while that region is active.
-    #[serde(default)]
-    pub values: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
-    #[serde(default)]
-    pub reserved_ip: Option<Spanned<String>>,
-    /// Per region, the droplet that holds the reserved IP while that region is active.
-    #[serde(default)]
-    pub droplets: Option<Spanned<BTreeMap<Spanned<String>, Spanned<u64>>>>,
-    #[serde(default)]
-    pub action_wait_ms: Option<Spanned<u64>>,
-    #[serde(default)]
-    pub action_poll_ms: Option<Spanned<u64>>,
+cas::rest_settings! {
+    /// The `[runbook.digitalocean]` table. Its `token` is a personal access token with write
+    /// scope (domain, reserved_ip).
+    pub struct Settings {
+        /// The domain as DigitalOcean holds it, like `example.com`.
+        #[serde(default)]
+        pub domain: Option<Spanned<String>>,
+        /// The record's full name, like `shop.example.com` (or the domain itself for its apex).
+        #[serde(default)]
+        pub record: Option<Spanned<String>>,
+        #[serde(default, rename = "type")]
+        pub record_type: Option<Spanned<String>>,
+        /// Per region, the record's data while that region is active.
+        #[serde(default)]
+        pub values: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
+        #[serde(default)]
+        pub reserved_ip: Option<Spanned<String>>,
+        /// Per region, the droplet that holds the reserved IP while that region is active.
+        #[serde(default)]
+        pub droplets: Option<Spanned<BTreeMap<Spanned<String>, Spanned<u64>>>>,
+        #[serde(default)]
+        pub action_wait_ms: Option<Spanned<u64>>,
+        #[serde(default)]
+        pub action_poll_ms: Option<Spanned<u64>>,
+    }
 }
 
 /// The checked step, ready to run.
@@ -115,27 +107,21 @@ impl Settings {
     /// Reports every problem through `checker` and returns the step ready to run.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<DigitalOcean> {
         let what = format!("digitalocean step '{step}'");
-        let record_mode =
+        let keys = self.rest_keys(API_URL_DEFAULT);
+        let record_keys =
             self.domain.is_some() || self.record.is_some() || self.record_type.is_some() || self.values.is_some();
-        let ip_mode = self.reserved_ip.is_some() || self.droplets.is_some();
-        let (api, target) = cas::check_rest_step(
-            &what,
-            &self.token,
-            &self.api_url,
-            API_URL_DEFAULT,
-            &self.request_timeout_ms,
-            checker,
-            |checker| {
-                let needs = format!(
-                    "{what} needs either a record (domain, record, type, values) or a reserved IP (reserved_ip, droplets), not both or neither"
-                );
-                let fix = "use one digitalocean step per record and another per reserved IP";
-                match cas::one_mode(record_mode, ip_mode, self.token.span(), needs, fix, checker)? {
-                    true => self.check_record(&what, checker),
-                    false => self.check_reserved_ip(&what, checker),
-                }
-            },
-        )?;
+        let modes = cas::Modes {
+            first: ("a record (domain, record, type, values)", record_keys),
+            second: (
+                "a reserved IP (reserved_ip, droplets)",
+                self.reserved_ip.is_some() || self.droplets.is_some(),
+            ),
+            fix: "use one digitalocean step per record and another per reserved IP",
+        };
+        let (api, target) = cas::check_rest_step(&what, keys, modes, checker, |record, checker| match record {
+            true => self.check_record(&what, checker),
+            false => self.check_reserved_ip(&what, checker),
+        })?;
         Some(DigitalOcean { api, target })
     }
 
@@ -258,34 +244,19 @@ impl Settings {
                 None
             }
         };
-        let bounded =
-            |value: &Option<Spanned<u64>>, key: &str, min: u64, max: u64, default: u64, checker: &mut dyn Checker| {
-                match value {
-                    None => default,
-                    Some(v) if (min..=max).contains(v.get_ref()) => *v.get_ref(),
-                    Some(v) => {
-                        checker.error(
-                            v.span(),
-                            format!("{what} {key} = {} is out of range", v.get_ref()),
-                            format!("use {min}..={max} (default {default})"),
-                        );
-                        default
-                    }
-                }
-            };
-        let wait_ms = bounded(
-            &self.action_wait_ms,
+        let wait_ms = rest::check_bounded(
+            what,
             "action_wait_ms",
-            1,
-            ACTION_WAIT_MS_MAX,
+            &self.action_wait_ms,
+            (1, ACTION_WAIT_MS_MAX),
             ACTION_WAIT_MS_DEFAULT,
             checker,
         );
-        let poll_ms = bounded(
-            &self.action_poll_ms,
+        let poll_ms = rest::check_bounded(
+            what,
             "action_poll_ms",
-            ACTION_POLL_MS_MIN,
-            ACTION_WAIT_MS_MAX,
+            &self.action_poll_ms,
+            (ACTION_POLL_MS_MIN, ACTION_WAIT_MS_MAX),
             ACTION_POLL_MS_DEFAULT,
             checker,
         );
@@ -318,19 +289,24 @@ struct DomainRecord {
     data: String,
 }
 
-/// A DigitalOcean answer's JSON, or a failure carrying its `id` and `message`.
-fn checked(answer: &Answer, doing: &str) -> Result<Value, Failure> {
-    let body = answer.json();
-    if answer.is_success() {
-        return body.ok_or_else(|| {
-            Failure::Retryable(format!(
-                "DigitalOcean's answer to {doing} is not JSON: {}",
-                answer.shown()
-            ))
-        });
+/// A DigitalOcean answer's JSON, or a failure carrying its `id` and `message` ([`failure`]).
+pub(crate) fn checked(answer: &Answer, doing: &str) -> Result<Value, Failure> {
+    if !answer.is_success() {
+        return Err(failure(answer, doing));
     }
-    let text = body
-        .as_ref()
+    answer.json().ok_or_else(|| {
+        Failure::Retryable(format!(
+            "DigitalOcean's answer to {doing} is not JSON: {}",
+            answer.shown()
+        ))
+    })
+}
+
+/// The failure of an unsuccessful answer, carrying DigitalOcean's `id` and `message` (else the
+/// body), retryable or not by its status ([`classify`]).
+pub(crate) fn failure(answer: &Answer, doing: &str) -> Failure {
+    let text = answer
+        .json()
         .map(|b| {
             format!(
                 "{} {}",
@@ -342,10 +318,10 @@ fn checked(answer: &Answer, doing: &str) -> Result<Value, Failure> {
         })
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| answer.shown());
-    Err(classify(
+    classify(
         answer.status,
         format!("DigitalOcean answered {} to {doing}: {text}", answer.status),
-    ))
+    )
 }
 
 fn shape(what: &str) -> impl FnOnce(serde_json::Error) -> Failure + '_ {
@@ -382,9 +358,8 @@ impl DigitalOcean {
         relative_name: &str,
         record_type: &str,
     ) -> Result<DomainRecord, Failure> {
-        let mut found = Vec::new();
-        let mut page = 1;
-        loop {
+        let listing = format!("{record_type} records named {full_name}");
+        let found = cas::read_pages(RECORD_PAGES_MAX, &listing, |page| async move {
             let path = format!(
                 "/v2/domains/{domain}/records?name={}&type={}&page={page}&per_page={RECORDS_PER_PAGE}",
                 rest::query_value(full_name),
@@ -401,21 +376,14 @@ impl DigitalOcean {
             let records: Vec<DomainRecord> =
                 serde_json::from_value(body.get("domain_records").cloned().unwrap_or(Value::Null))
                     .map_err(shape("record list"))?;
-            found.extend(records.into_iter().filter(|r| {
+            let next = body.pointer("/links/pages/next").and_then(Value::as_str).is_some();
+            let matching = records.into_iter().filter(|r| {
                 r.record_type == record_type
                     && (r.name.eq_ignore_ascii_case(relative_name) || r.name.eq_ignore_ascii_case(full_name))
-            }));
-            let next = body.pointer("/links/pages/next").and_then(Value::as_str).is_some();
-            if !next {
-                break;
-            }
-            if page >= RECORD_PAGES_MAX {
-                return Err(Failure::Refused(format!(
-                    "more than {RECORD_PAGES_MAX} pages of {record_type} records named {full_name}"
-                )));
-            }
-            page += 1;
-        }
+            });
+            Ok((matching.collect(), next))
+        })
+        .await?;
         cas::exactly_one(found, &format!("domain {domain}"), record_type, full_name, "")
     }
 

@@ -32,9 +32,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
 
-use crate::cloudflare::{check_api, classify, transport};
-use crate::rest::{Answer, Rest};
-use crate::secret::SecretSource;
+use crate::digitalocean::{checked, failure};
+use crate::rest::{Rest, check_api, transport};
 use crate::{Checker, Failure, Order, Outcome};
 
 /// Default and longest wait for a promoted replica to come online within one attempt (a
@@ -50,27 +49,22 @@ pub const READY_STATUSES: &[&str] = &["online", "active"];
 /// Longest replica name accepted (DigitalOcean names are short slugs).
 pub const NAME_BYTES_MAX: usize = 63;
 
-/// The `[runbook.digitalocean_db_promote]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// A personal access token with write scope on databases, from a file or the environment.
-    pub token: Spanned<SecretSource>,
-    #[serde(default)]
-    pub api_url: Option<Spanned<String>>,
-    #[serde(default)]
-    pub request_timeout_ms: Option<Spanned<u64>>,
-    /// The source (primary) cluster's UUID.
-    pub cluster: Spanned<String>,
-    /// The region the source cluster serves; optional.
-    #[serde(default)]
-    pub primary_region: Option<Spanned<String>>,
-    /// Per region, the read-only replica promoted when that region becomes active.
-    pub replicas: Spanned<BTreeMap<String, Spanned<ReplicaSettings>>>,
-    #[serde(default)]
-    pub wait_ms: Option<Spanned<u64>>,
-    #[serde(default)]
-    pub poll_ms: Option<Spanned<u64>>,
+crate::cas::rest_settings! {
+    /// The `[runbook.digitalocean_db_promote]` table. Its `token` is a personal access token
+    /// with write scope on databases.
+    pub struct Settings {
+        /// The source (primary) cluster's UUID.
+        pub cluster: Spanned<String>,
+        /// The region the source cluster serves; optional.
+        #[serde(default)]
+        pub primary_region: Option<Spanned<String>>,
+        /// Per region, the read-only replica promoted when that region becomes active.
+        pub replicas: Spanned<BTreeMap<String, Spanned<ReplicaSettings>>>,
+        #[serde(default)]
+        pub wait_ms: Option<Spanned<u64>>,
+        #[serde(default)]
+        pub poll_ms: Option<Spanned<u64>>,
+    }
 }
 
 /// `{ name = "shop-db-nyc3", id = "5e8c2a7b-..." }`.
@@ -121,13 +115,7 @@ impl Settings {
             .token
             .get_ref()
             .resolve(self.token.span(), &format!("{what} token"), checker);
-        let (url, timeout_ms) = check_api(
-            &what,
-            &self.api_url,
-            crate::digitalocean::API_URL_DEFAULT,
-            &self.request_timeout_ms,
-            checker,
-        );
+        let (url, timeout_ms) = check_api(&what, &self.rest_keys(crate::digitalocean::API_URL_DEFAULT), checker);
         if !valid_uuid(self.cluster.get_ref()) {
             checker.error(
                 self.cluster.span(),
@@ -295,27 +283,6 @@ pub enum Decision {
     Done,
 }
 
-/// A failure carrying DigitalOcean's `id` and `message`.
-fn failure(answer: &Answer, doing: &str) -> Failure {
-    let text = answer
-        .json()
-        .map(|b| {
-            format!(
-                "{} {}",
-                b.get("id").and_then(Value::as_str).unwrap_or(""),
-                b.get("message").and_then(Value::as_str).unwrap_or("")
-            )
-            .trim()
-            .to_string()
-        })
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| answer.shown());
-    classify(
-        answer.status,
-        format!("DigitalOcean answered {} to {doing}: {text}", answer.status),
-    )
-}
-
 impl DigitalOceanDbPromote {
     /// The shortest step timeout that lets an attempt see a promotion through.
     pub fn least_timeout_ms(&self) -> u64 {
@@ -328,15 +295,7 @@ impl DigitalOceanDbPromote {
         if answer.status == 404 {
             return Ok(None);
         }
-        if !answer.is_success() {
-            return Err(failure(&answer, doing));
-        }
-        let body = answer.json().ok_or_else(|| {
-            Failure::Retryable(format!(
-                "DigitalOcean's answer to {doing} is not JSON: {}",
-                answer.shown()
-            ))
-        })?;
+        let body = checked(&answer, doing)?;
         let object = body
             .get(key)
             .cloned()

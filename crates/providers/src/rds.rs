@@ -30,7 +30,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::aws::{self, Access, StaticCredentials};
-use crate::{Checker, Failure, Order, Outcome};
+use crate::{Checker, Failure, Order};
 
 /// Default and longest wait within one attempt for a promotion or a global switchover to
 /// finish (RDS takes minutes; the longest is a step's longest `timeout_ms`).
@@ -210,70 +210,86 @@ fn aws_access(
     access
 }
 
-/// The `[runbook.rds_promote]` table.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RdsSettings {
-    /// Per region, the DB instance that serves it: the source in the primary's region, a
-    /// cross-region read replica of it in each other region.
-    pub instances: Spanned<BTreeMap<String, Spanned<String>>>,
-    #[serde(default)]
-    pub profile: Option<Spanned<String>>,
-    #[serde(default)]
-    pub endpoint_url: Option<Spanned<String>>,
-    #[serde(default)]
-    pub wait_ms: Option<Spanned<u64>>,
-    #[serde(default)]
-    pub poll_ms: Option<Spanned<u64>>,
+/// Declares the table of an RDS step (`deny_unknown_fields`): its own fields, then the keys
+/// both steps have (`profile`, `endpoint_url`, `wait_ms`, `poll_ms`), with `check_common`. A
+/// macro for the reason `promote_settings!` is one: serde cannot combine
+/// `deny_unknown_fields` with a flattened shared struct.
+macro_rules! rds_settings {
+    ($(#[$meta:meta])* pub struct $name:ident { $($own:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($own)*
+            #[serde(default)]
+            pub profile: Option<Spanned<String>>,
+            #[serde(default)]
+            pub endpoint_url: Option<Spanned<String>>,
+            #[serde(default)]
+            pub wait_ms: Option<Spanned<u64>>,
+            #[serde(default)]
+            pub poll_ms: Option<Spanned<u64>>,
+        }
+
+        impl $name {
+            /// Checks the keys both steps have (the table at `table`).
+            fn check_common(&self, what: &str, table: Range<usize>, checker: &mut dyn Checker) -> Option<Common> {
+                let timing = check_timing(what, &self.wait_ms, &self.poll_ms, checker);
+                let access = aws_access(what, table, &self.profile, &self.endpoint_url, checker);
+                let ((wait_ms, poll_ms), access) = (timing?, access?);
+                Some(Common {
+                    access,
+                    wait_ms,
+                    poll_ms,
+                    credentials: None,
+                    #[cfg(feature = "rds")]
+                    clients: Default::default(),
+                })
+            }
+        }
+    };
+}
+
+rds_settings! {
+    /// The `[runbook.rds_promote]` table.
+    pub struct RdsSettings {
+        /// Per region, the DB instance that serves it: the source in the primary's region, a
+        /// cross-region read replica of it in each other region.
+        pub instances: Spanned<BTreeMap<String, Spanned<String>>>,
+    }
 }
 
 impl RdsSettings {
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<RdsPromote> {
         let what = format!("rds_promote step '{step}'");
         let instances = check_arns(&what, &self.instances, "db", checker);
-        let timing = check_timing(&what, &self.wait_ms, &self.poll_ms, checker);
-        let access = aws_access(&what, self.instances.span(), &self.profile, &self.endpoint_url, checker);
-        let (instances, (wait_ms, poll_ms), access) = (instances?, timing?, access?);
+        let common = self.check_common(&what, self.instances.span(), checker);
         Some(RdsPromote {
-            instances,
-            common: Common {
-                access,
-                wait_ms,
-                poll_ms,
-                credentials: None,
-                #[cfg(feature = "rds")]
-                clients: Default::default(),
-            },
+            instances: instances?,
+            common: common?,
         })
     }
 }
 
-/// The `[runbook.aurora_global_failover]` table.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuroraSettings {
-    /// The global database's identifier.
-    pub global_cluster: Spanned<String>,
-    /// Per region, its member DB cluster.
-    pub clusters: Spanned<BTreeMap<String, Spanned<String>>>,
-    /// Let an unplanned failover (the writer's region lost) use `FailoverGlobalCluster` with
-    /// `AllowDataLoss`: what had not replicated yet is lost. Without it only `switchyard
-    /// failover --force-data-loss` allows that.
-    #[serde(default)]
-    pub allow_data_loss: bool,
-    /// How an unplanned move is made: `failover` (FailoverGlobalCluster, the default) or
-    /// `detach` (RemoveFromGlobalCluster: the target leaves the global database and writes on
-    /// its own — for when the global failover itself cannot run; no failback afterwards).
-    #[serde(default)]
-    pub unplanned: Option<Spanned<String>>,
-    #[serde(default)]
-    pub profile: Option<Spanned<String>>,
-    #[serde(default)]
-    pub endpoint_url: Option<Spanned<String>>,
-    #[serde(default)]
-    pub wait_ms: Option<Spanned<u64>>,
-    #[serde(default)]
-    pub poll_ms: Option<Spanned<u64>>,
+rds_settings! {
+    /// The `[runbook.aurora_global_failover]` table.
+    pub struct AuroraSettings {
+        /// The global database's identifier.
+        pub global_cluster: Spanned<String>,
+        /// Per region, its member DB cluster.
+        pub clusters: Spanned<BTreeMap<String, Spanned<String>>>,
+        /// Let an unplanned failover (the writer's region lost) use `FailoverGlobalCluster` with
+        /// `AllowDataLoss`: what had not replicated yet is lost. Without it only `switchyard
+        /// failover --force-data-loss` allows that.
+        #[serde(default)]
+        pub allow_data_loss: bool,
+        /// How an unplanned move is made: `failover` (FailoverGlobalCluster, the default) or
+        /// `detach` (RemoveFromGlobalCluster: the target leaves the global database and writes
+        /// on its own — for when the global failover itself cannot run; no failback
+        /// afterwards).
+        #[serde(default)]
+        pub unplanned: Option<Spanned<String>>,
+    }
 }
 
 impl AuroraSettings {
@@ -317,9 +333,8 @@ impl AuroraSettings {
             }
         };
         let clusters = check_arns(&what, &self.clusters, "cluster", checker);
-        let timing = check_timing(&what, &self.wait_ms, &self.poll_ms, checker);
-        let access = aws_access(&what, self.clusters.span(), &self.profile, &self.endpoint_url, checker);
-        let (clusters, (wait_ms, poll_ms), access, true) = (clusters?, timing?, access?, ok) else {
+        let common = self.check_common(&what, self.clusters.span(), checker);
+        let (clusters, common, true) = (clusters?, common?, ok) else {
             return None;
         };
         Some(AuroraGlobalFailover {
@@ -327,14 +342,7 @@ impl AuroraSettings {
             clusters,
             allow_data_loss: self.allow_data_loss,
             detach,
-            common: Common {
-                access,
-                wait_ms,
-                poll_ms,
-                credentials: None,
-                #[cfg(feature = "rds")]
-                clients: Default::default(),
-            },
+            common,
         })
     }
 }
@@ -348,6 +356,12 @@ struct Common {
     credentials: Option<StaticCredentials>,
     #[cfg(feature = "rds")]
     clients: tokio::sync::Mutex<BTreeMap<String, aws_sdk_rds::Client>>,
+}
+
+impl Common {
+    fn set_static_credentials(&mut self, credentials: StaticCredentials) {
+        self.credentials = Some(credentials);
+    }
 }
 
 impl std::fmt::Debug for Common {
@@ -592,32 +606,22 @@ pub fn decide_aurora(
     }
 }
 
+aws::step_entry_points!(RdsPromote, common, "rds", not_built());
+aws::step_entry_points!(AuroraGlobalFailover, common, "rds", not_built());
+
+/// The answer of a step run by a build without the `rds` feature.
+#[cfg(not(feature = "rds"))]
+fn not_built() -> Failure {
+    Failure::Refused("this switchyard was built without RDS support (feature `rds`)".into())
+}
+
 impl RdsPromote {
     pub fn least_timeout_ms(&self) -> u64 {
         self.common.wait_ms
     }
 
-    pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> RdsPromote {
-        self.common.credentials = Some(credentials);
-        self
-    }
-
-    pub async fn run(&self, order: &Order) -> Outcome {
-        #[cfg(feature = "rds")]
-        {
-            self.run_live(order).await
-        }
-        #[cfg(not(feature = "rds"))]
-        {
-            let _ = order;
-            Err(Failure::Refused(
-                "this switchyard was built without RDS support (feature `rds`)".into(),
-            ))
-        }
-    }
-
     #[cfg(feature = "rds")]
-    async fn run_live(&self, order: &Order) -> Outcome {
+    async fn run_live(&self, order: &Order) -> crate::Outcome {
         let Some(arn) = self.instances.get(&order.to) else {
             return Err(Failure::Refused(format!(
                 "no DB instance is configured for region {}; add it under instances",
@@ -686,27 +690,8 @@ impl AuroraGlobalFailover {
         self.common.wait_ms
     }
 
-    pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> AuroraGlobalFailover {
-        self.common.credentials = Some(credentials);
-        self
-    }
-
-    pub async fn run(&self, order: &Order) -> Outcome {
-        #[cfg(feature = "rds")]
-        {
-            self.run_live(order).await
-        }
-        #[cfg(not(feature = "rds"))]
-        {
-            let _ = order;
-            Err(Failure::Refused(
-                "this switchyard was built without RDS support (feature `rds`)".into(),
-            ))
-        }
-    }
-
     #[cfg(feature = "rds")]
-    async fn run_live(&self, order: &Order) -> Outcome {
+    async fn run_live(&self, order: &Order) -> crate::Outcome {
         let Some(target) = self.clusters.get(&order.to) else {
             return Err(Failure::Refused(format!(
                 "no DB cluster is configured for region {}; add it under clusters",

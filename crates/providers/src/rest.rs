@@ -12,6 +12,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use toml::Spanned;
+
+use crate::Failure;
 use crate::secret::Secret;
 
 /// Largest response body read, in bytes.
@@ -292,6 +295,76 @@ impl Rest {
                 timeout_ms: self.timeout_ms,
             }),
         }
+    }
+}
+
+/// The API base URL and request timeout shared by the REST providers' settings.
+pub(crate) fn check_api(
+    what: &str,
+    keys: &crate::cas::RestKeys<'_>,
+    checker: &mut dyn crate::Checker,
+) -> (Option<String>, u64) {
+    let default = keys.default_url;
+    let url = match keys.api_url {
+        None => Some(default.to_string()),
+        Some(url) => match check_base_url(url.get_ref()) {
+            Ok(url) => Some(url),
+            Err(message) => {
+                checker.error(
+                    url.span(),
+                    format!("{what} api_url: {message}"),
+                    format!("remove api_url to use {default}"),
+                );
+                None
+            }
+        },
+    };
+    let timeout_ms = check_bounded(
+        what,
+        "request_timeout_ms",
+        keys.request_timeout_ms,
+        (1, REQUEST_TIMEOUT_MS_MAX),
+        REQUEST_TIMEOUT_MS_DEFAULT,
+        checker,
+    );
+    (url, timeout_ms)
+}
+
+/// A whole-number setting `key` of `what` within `min..=max` (`range`): its value, or
+/// `default` when it is left out or (reported) out of range.
+pub(crate) fn check_bounded(
+    what: &str,
+    key: &str,
+    value: &Option<Spanned<u64>>,
+    (min, max): (u64, u64),
+    default: u64,
+    checker: &mut dyn crate::Checker,
+) -> u64 {
+    match value {
+        None => default,
+        Some(v) if (min..=max).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => {
+            checker.error(
+                v.span(),
+                format!("{what} {key} = {} is out of range", v.get_ref()),
+                format!("use {min}..={max} (default {default})"),
+            );
+            default
+        }
+    }
+}
+
+/// Turns a transport error into a retryable failure.
+pub(crate) fn transport(error: RestError) -> Failure {
+    Failure::Retryable(error.to_string())
+}
+
+/// 429, 5xx and 408/409 are worth another attempt; other client errors are not.
+pub(crate) fn classify(status: u16, message: String) -> Failure {
+    match status {
+        408 | 409 | 429 | 500..=599 => Failure::Retryable(message),
+        400..=499 => Failure::Refused(message),
+        _ => Failure::Retryable(message),
     }
 }
 

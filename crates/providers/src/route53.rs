@@ -33,10 +33,12 @@ use serde::Deserialize;
 use sha2::Digest as _;
 use toml::Spanned;
 
+use crate::Checker;
 #[cfg(feature = "aws")]
 use crate::Failure;
-use crate::aws::{self, Access, StaticCredentials};
-use crate::{Checker, Order, Outcome};
+use crate::aws::{self, Access};
+#[cfg(feature = "aws")]
+use crate::{Order, Outcome};
 
 /// The SDK client (nothing in a build without AWS support).
 #[cfg(feature = "aws")]
@@ -72,49 +74,36 @@ pub const RECORD_TYPES: &[&str] = &["A", "AAAA", "CNAME"];
 /// The AWS region Route 53's API is signed for (it is a global service).
 pub const SIGNING_REGION_DEFAULT: &str = "us-east-1";
 
-/// `[runbook.route53]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// The hosted zone, like `Z0123456789ABCDEFGHIJ` (or `/hostedzone/Z...`).
-    #[serde(default)]
-    pub zone_id: Option<Spanned<String>>,
-    /// Or the hosted zone's name, like `example.com`, looked up once with
-    /// `ListHostedZonesByName` (exactly one zone of that name must exist).
-    #[serde(default)]
-    pub zone: Option<Spanned<String>>,
-    /// The record's name, like `shop.example.com` (a final dot is added).
-    pub name: Spanned<String>,
-    /// `A`, `AAAA` or `CNAME`.
-    #[serde(rename = "type")]
-    pub record_type: Spanned<String>,
-    /// Seconds; not for aliases.
-    #[serde(default)]
-    pub ttl: Option<Spanned<i64>>,
-    /// Per region the record's value (a string) or values (a list).
-    #[serde(default)]
-    pub values: Option<Spanned<BTreeMap<String, Spanned<Values>>>>,
-    /// Per region an alias target instead of values.
-    #[serde(default)]
-    pub alias: Option<Spanned<BTreeMap<String, Spanned<AliasSettings>>>>,
-    /// The TXT record holding the fence; default `_switchyard.<name>`.
-    #[serde(default)]
-    pub fence_record: Option<Spanned<String>>,
-    #[serde(default)]
-    pub insync_timeout_ms: Option<Spanned<u64>>,
-    #[serde(default)]
-    pub region: Option<Spanned<String>>,
-    #[serde(default)]
-    pub profile: Option<Spanned<String>>,
-    #[serde(default)]
-    pub endpoint_url: Option<Spanned<String>>,
-    /// Refused with an explanation: credentials come from the AWS chain.
-    #[serde(default)]
-    pub access_key_id: Option<Spanned<toml::Value>>,
-    #[serde(default)]
-    pub secret_access_key: Option<Spanned<toml::Value>>,
-    #[serde(default)]
-    pub session_token: Option<Spanned<toml::Value>>,
+aws::aws_settings! {
+    /// `[runbook.route53]`.
+    pub struct Settings {
+        /// The hosted zone, like `Z0123456789ABCDEFGHIJ` (or `/hostedzone/Z...`).
+        #[serde(default)]
+        pub zone_id: Option<Spanned<String>>,
+        /// Or the hosted zone's name, like `example.com`, looked up once with
+        /// `ListHostedZonesByName` (exactly one zone of that name must exist).
+        #[serde(default)]
+        pub zone: Option<Spanned<String>>,
+        /// The record's name, like `shop.example.com` (a final dot is added).
+        pub name: Spanned<String>,
+        /// `A`, `AAAA` or `CNAME`.
+        #[serde(rename = "type")]
+        pub record_type: Spanned<String>,
+        /// Seconds; not for aliases.
+        #[serde(default)]
+        pub ttl: Option<Spanned<i64>>,
+        /// Per region the record's value (a string) or values (a list).
+        #[serde(default)]
+        pub values: Option<Spanned<BTreeMap<String, Spanned<Values>>>>,
+        /// Per region an alias target instead of values.
+        #[serde(default)]
+        pub alias: Option<Spanned<BTreeMap<String, Spanned<AliasSettings>>>>,
+        /// The TXT record holding the fence; default `_switchyard.<name>`.
+        #[serde(default)]
+        pub fence_record: Option<Spanned<String>>,
+        #[serde(default)]
+        pub insync_timeout_ms: Option<Spanned<u64>>,
+    }
 }
 
 /// One value or a list of values.
@@ -363,8 +352,9 @@ impl Settings {
             .or(self.zone.as_ref())
             .map_or(self.name.span(), Spanned::span);
         let table = aws::cover(zone_span.clone(), self.name.span());
-        let (mut ok, access) =
-            aws::access_keys!(self).check(&what, table.clone(), Some(SIGNING_REGION_DEFAULT), checker);
+        let (mut ok, access) = self
+            .access_keys()
+            .check(&what, table.clone(), Some(SIGNING_REGION_DEFAULT), checker);
         let zone = match (&self.zone_id, &self.zone) {
             (Some(zone_id), None) => {
                 let id = bare_id(zone_id.get_ref()).to_string();
@@ -741,26 +731,15 @@ impl Route53 {
         self.insync_timeout_ms
     }
 
-    /// Calls AWS with these keys instead of the credential chain (tests, embedding).
-    pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> Route53 {
-        self.aws.set_static_credentials(credentials);
-        self
-    }
-
-    /// Reads, decides, writes and verifies; see the module's documentation.
-    pub async fn run(&self, order: &Order) -> Outcome {
-        #[cfg(feature = "aws")]
-        {
-            let observed = self.observe().await?;
-            self.apply(&observed, order).await
-        }
-        #[cfg(not(feature = "aws"))]
-        {
-            let _ = order;
-            Err(aws::not_built())
-        }
+    /// Reads, decides, writes and verifies.
+    #[cfg(feature = "aws")]
+    async fn run_live(&self, order: &Order) -> Outcome {
+        let observed = self.observe().await?;
+        self.apply(&observed, order).await
     }
 }
+
+aws::step_entry_points!(Route53, aws, "aws", aws::not_built());
 
 /// Reads one record set for a watcher (`switchyard drill` following where the record points):
 /// its values, or the alias target's DNS name.
@@ -772,6 +751,8 @@ pub struct RecordReader {
     zone_id: tokio::sync::OnceCell<String>,
     aws: aws::SdkClient<SdkClient>,
 }
+
+aws::reader_credentials!(RecordReader);
 
 impl RecordReader {
     /// `zone` is a hosted zone id or name (a name ends with a dot or holds one), `name` the
@@ -801,17 +782,6 @@ impl RecordReader {
             zone_id: tokio::sync::OnceCell::new(),
             aws: aws::SdkClient::new(access),
         })
-    }
-
-    pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> RecordReader {
-        self.aws.set_static_credentials(credentials);
-        self
-    }
-
-    /// Reads keys from this shared credentials file (the access's `profile`, or `default`).
-    pub fn with_credentials_file(mut self, file: std::path::PathBuf) -> RecordReader {
-        self.aws.set_credentials_file(file);
-        self
     }
 
     /// The record's values (sorted), or its alias target; empty when there is no such record.
@@ -1227,30 +1197,18 @@ mod live {
     }
 }
 
-/// `[runbook.route53_failover_health]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FailoverHealthSettings {
-    /// The health check the PRIMARY failover record uses.
-    pub health_check_id: Spanned<String>,
-    /// The region the PRIMARY record points at.
-    pub primary: Spanned<String>,
-    /// While the primary is active, also set `Disabled` (Route 53 treats the check as healthy,
-    /// like an ARC routing control that is On).
-    #[serde(default)]
-    pub force_primary_healthy: bool,
-    #[serde(default)]
-    pub region: Option<Spanned<String>>,
-    #[serde(default)]
-    pub profile: Option<Spanned<String>>,
-    #[serde(default)]
-    pub endpoint_url: Option<Spanned<String>>,
-    #[serde(default)]
-    pub access_key_id: Option<Spanned<toml::Value>>,
-    #[serde(default)]
-    pub secret_access_key: Option<Spanned<toml::Value>>,
-    #[serde(default)]
-    pub session_token: Option<Spanned<toml::Value>>,
+aws::aws_settings! {
+    /// `[runbook.route53_failover_health]`.
+    pub struct FailoverHealthSettings {
+        /// The health check the PRIMARY failover record uses.
+        pub health_check_id: Spanned<String>,
+        /// The region the PRIMARY record points at.
+        pub primary: Spanned<String>,
+        /// While the primary is active, also set `Disabled` (Route 53 treats the check as healthy,
+        /// like an ARC routing control that is On).
+        #[serde(default)]
+        pub force_primary_healthy: bool,
+    }
 }
 
 /// The health check's two switches.
@@ -1287,7 +1245,9 @@ impl FailoverHealthSettings {
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<FailoverHealth> {
         let what = format!("route53_failover_health step '{step}'");
         let table = aws::cover(self.health_check_id.span(), self.primary.span());
-        let (mut ok, access) = aws::access_keys!(self).check(&what, table, Some(SIGNING_REGION_DEFAULT), checker);
+        let (mut ok, access) = self
+            .access_keys()
+            .check(&what, table, Some(SIGNING_REGION_DEFAULT), checker);
         let id = self.health_check_id.get_ref().trim();
         let id_ok = !id.is_empty() && id.len() <= ID_BYTES_MAX && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
         if !id_ok {
@@ -1334,24 +1294,9 @@ pub struct FailoverHealth {
     aws: aws::SdkClient<SdkClient>,
 }
 
+aws::step_entry_points!(FailoverHealth, aws, "aws", aws::not_built());
+
 impl FailoverHealth {
-    pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> FailoverHealth {
-        self.aws.set_static_credentials(credentials);
-        self
-    }
-
-    pub async fn run(&self, order: &Order) -> Outcome {
-        #[cfg(feature = "aws")]
-        {
-            self.run_live(order).await
-        }
-        #[cfg(not(feature = "aws"))]
-        {
-            let _ = order;
-            Err(aws::not_built())
-        }
-    }
-
     #[cfg(feature = "aws")]
     async fn read(&self, client: &aws_sdk_route53::Client) -> Result<(i64, HealthSwitches), Failure> {
         let answer = client

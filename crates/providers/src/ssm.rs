@@ -12,13 +12,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use toml::Spanned;
 
+use crate::Checker;
 #[cfg(feature = "aws")]
 use crate::Failure;
-use crate::aws::{self, Access, StaticCredentials};
-use crate::{Checker, Order, Outcome};
+use crate::aws::{self, Access};
+#[cfg(feature = "aws")]
+use crate::{Order, Outcome};
 
 /// The SDK client (nothing in a build without AWS support).
 #[cfg(feature = "aws")]
@@ -33,28 +34,15 @@ pub const VALUE_BYTES_MAX: usize = 256;
 /// Longest description SSM accepts, in bytes.
 pub const DESCRIPTION_BYTES_MAX: usize = 1024;
 
-/// `[runbook.ssm_parameter]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// The parameter, like `/shop/prod/AWS_REGION`.
-    pub name: Spanned<String>,
-    /// Per region the value to write; default: the region's name.
-    #[serde(default)]
-    pub values: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
-    /// The AWS region that holds the parameter.
-    #[serde(default)]
-    pub region: Option<Spanned<String>>,
-    #[serde(default)]
-    pub profile: Option<Spanned<String>>,
-    #[serde(default)]
-    pub endpoint_url: Option<Spanned<String>>,
-    #[serde(default)]
-    pub access_key_id: Option<Spanned<toml::Value>>,
-    #[serde(default)]
-    pub secret_access_key: Option<Spanned<toml::Value>>,
-    #[serde(default)]
-    pub session_token: Option<Spanned<toml::Value>>,
+aws::aws_settings! {
+    /// `[runbook.ssm_parameter]`; its `region` is the AWS region that holds the parameter.
+    pub struct Settings {
+        /// The parameter, like `/shop/prod/AWS_REGION`.
+        pub name: Spanned<String>,
+        /// Per region the value to write; default: the region's name.
+        #[serde(default)]
+        pub values: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    }
 }
 
 /// Why `name` is not an SSM parameter name, if it is not.
@@ -174,7 +162,7 @@ impl Settings {
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<SsmParameter> {
         let what = format!("ssm_parameter step '{step}'");
         let table = self.name.span();
-        let (mut ok, access) = aws::access_keys!(self).check(&what, table.clone(), None, checker);
+        let (mut ok, access) = self.access_keys().check(&what, table.clone(), None, checker);
         if let Err(problem) = check_parameter_name(self.name.get_ref()) {
             checker.error(
                 self.name.span(),
@@ -234,24 +222,9 @@ pub struct SsmParameter {
     aws: aws::SdkClient<SdkClient>,
 }
 
+aws::step_entry_points!(SsmParameter, aws, "aws", aws::not_built());
+
 impl SsmParameter {
-    pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> SsmParameter {
-        self.aws.set_static_credentials(credentials);
-        self
-    }
-
-    pub async fn run(&self, order: &Order) -> Outcome {
-        #[cfg(feature = "aws")]
-        {
-            self.run_live(order).await
-        }
-        #[cfg(not(feature = "aws"))]
-        {
-            let _ = order;
-            Err(aws::not_built())
-        }
-    }
-
     #[cfg(feature = "aws")]
     async fn run_live(&self, order: &Order) -> Outcome {
         let client = self.aws.get(aws_sdk_ssm::Client::new).await;
@@ -357,6 +330,8 @@ pub struct ParameterReader {
     aws: aws::SdkClient<SdkClient>,
 }
 
+aws::reader_credentials!(ParameterReader);
+
 impl ParameterReader {
     /// `region` is the AWS region that holds the parameter; `endpoint_url` overrides AWS's.
     pub fn new(
@@ -386,17 +361,6 @@ impl ParameterReader {
                 credentials_file: None,
             }),
         })
-    }
-
-    pub fn with_static_credentials(mut self, credentials: StaticCredentials) -> ParameterReader {
-        self.aws.set_static_credentials(credentials);
-        self
-    }
-
-    /// Reads keys from this shared credentials file (its `profile`, or `default`).
-    pub fn with_credentials_file(mut self, file: std::path::PathBuf) -> ParameterReader {
-        self.aws.set_credentials_file(file);
-        self
     }
 
     pub fn name(&self) -> &str {

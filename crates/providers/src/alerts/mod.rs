@@ -508,17 +508,7 @@ impl AlertSection {
 }
 
 fn client(what: &str, timeout_ms: u64, span: std::ops::Range<usize>, checker: &mut dyn Checker) -> Option<Rest> {
-    match Rest::new("", None, timeout_ms) {
-        Ok(client) => Some(client),
-        Err(message) => {
-            checker.error(
-                span,
-                format!("{what}: {message}"),
-                "this is a bug in switchyard; please report it".into(),
-            );
-            None
-        }
-    }
+    Rest::for_step("", None, timeout_ms, what, span, checker)
 }
 
 fn split_host_port(text: &str, default_port: u16) -> Option<(String, u16)> {

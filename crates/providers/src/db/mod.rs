@@ -398,6 +398,106 @@ pub(crate) fn judge_loss(what: Option<String>, force: bool, words: LossWords) ->
     }
 }
 
+/// `connect` (a login), bounded by [`CONNECT_TIMEOUT_MS`]: its error (`describe`d) or no login
+/// in time is retryable and names `address`.
+pub(crate) async fn login<C, E>(
+    address: &str,
+    connect: impl std::future::Future<Output = Result<C, E>>,
+    describe: impl FnOnce(E) -> String,
+) -> Result<C, Failure> {
+    match tokio::time::timeout(std::time::Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => Err(Failure::Retryable(format!("{address}: {}", describe(error)))),
+        Err(_) => Err(Failure::Retryable(format!(
+            "{address}: no login within {CONNECT_TIMEOUT_MS} ms"
+        ))),
+    }
+}
+
+/// The note of a run whose plan finds the order's region served already by `address`, with
+/// the promotion record of `record` (`role`: `primary`, `master`).
+pub(crate) fn already_note(address: &str, role: &str, record: u64) -> String {
+    format!("{address} already {role} (promotion record of generation {record}); nothing promoted")
+}
+
+/// The loss note of [`judge_loss`]'s verdict `judged`, or its refusal — after making the old
+/// primary this run fenced writable again (`unfence`: its address and what does it), noted,
+/// with every note so far in the refusal's message.
+pub(crate) async fn loss_or_unfence(
+    judged: Result<Option<String>, Failure>,
+    unfence: Option<(&str, impl std::future::Future<Output = Result<(), Failure>>)>,
+    notes: &mut Notes,
+) -> Result<Option<String>, Failure> {
+    let refusal = match judged {
+        Ok(loss) => return Ok(loss),
+        Err(refusal) => refusal,
+    };
+    if let Some((address, unfencing)) = unfence {
+        match unfencing.await {
+            Ok(()) => notes.push(format!("{address} is writable again")),
+            Err(e) => notes.push(format!("could not make {address} writable again: {e}")),
+        }
+    }
+    Err(match refusal {
+        Failure::Refused(message) => Failure::Refused(format!("{message} ({})", notes.join())),
+        other => other,
+    })
+}
+
+/// Notes a promotion done (`promoted`), the `loss` accepted, and when the old primary did not
+/// answer (`old_answered` false), that what only it had is unknown (`others`: what the other
+/// servers are, `replica` or `standby`).
+pub(crate) fn note_promoted(
+    notes: &mut Notes,
+    promoted: String,
+    loss: Option<String>,
+    old_answered: bool,
+    others: &str,
+) {
+    notes.push(promoted);
+    if let Some(loss) = loss {
+        notes.push(loss);
+    }
+    if !old_answered {
+        notes.push(format!(
+            "the old primary did not answer: transactions it committed that no {others} received are unknown"
+        ));
+    }
+}
+
+/// What the new `primary` said in the survey after its promotion; retryable when it no longer
+/// answers.
+pub(crate) fn new_primary_state<'a, T>(
+    members: &[Member],
+    surveyed: &'a [Result<T, String>],
+    primary: usize,
+) -> Result<&'a T, Failure> {
+    match surveyed.get(primary) {
+        Some(Ok(state)) => Ok(state),
+        _ => Err(Failure::Retryable(format!(
+            "the new primary {} stopped answering",
+            members[primary].address
+        ))),
+    }
+}
+
+/// Checks the promotion record read back after writing `order`'s: its generation, or fenced
+/// when it holds a newer one (a newer decision acted), retryable otherwise; `address` is the
+/// server's.
+pub(crate) fn check_record_written(address: &str, order: &Order, read: Option<u64>) -> Result<(), Failure> {
+    match read {
+        Some(g) if g == order.generation => Ok(()),
+        Some(g) if g > order.generation => Err(Failure::Fenced(format!(
+            "{address}: the promotion record holds generation {g}, newer than this order's {}",
+            order.generation
+        ))),
+        other => Err(Failure::Retryable(format!(
+            "{address}: the promotion record reads {other:?} after writing generation {}",
+            order.generation
+        ))),
+    }
+}
+
 /// What a run saw and did, joined into the outcome line.
 #[derive(Debug, Default)]
 pub(crate) struct Notes(Vec<String>);
@@ -467,6 +567,43 @@ pub(crate) mod test_support {
                 errors: Vec::new(),
             }
         }
+    }
+
+    /// Checks the settings `text` (regions `eu` and `us`) with `check`: the step and the
+    /// errors reported.
+    fn check_text<S: serde::de::DeserializeOwned, T>(
+        text: &str,
+        check: impl FnOnce(&S, &mut Collect) -> Option<T>,
+    ) -> (Option<T>, Vec<String>) {
+        let settings: S = toml::from_str(text).expect("parses");
+        let mut checker = Collect::new(&["eu", "us"]);
+        let step = check(&settings, &mut checker);
+        (step, checker.errors)
+    }
+
+    /// `check` refuses the settings `text` (regions `eu` and `us`), reporting each of
+    /// `expected` in some error.
+    pub fn assert_refused<S: serde::de::DeserializeOwned, T>(
+        text: &str,
+        check: impl FnOnce(&S, &mut Collect) -> Option<T>,
+        expected: &[&str],
+    ) {
+        let (step, errors) = check_text(text, check);
+        assert!(step.is_none(), "accepted: {text}");
+        let all = errors.join("\n");
+        for expected in expected {
+            assert!(all.contains(expected), "{expected} missing in:\n{all}");
+        }
+    }
+
+    /// The step `check` makes of the settings `text` (regions `eu` and `us`), with no error.
+    pub fn accepted<S: serde::de::DeserializeOwned, T>(
+        text: &str,
+        check: impl FnOnce(&S, &mut Collect) -> Option<T>,
+    ) -> T {
+        let (step, errors) = check_text(text, check);
+        assert!(errors.is_empty(), "{errors:?}");
+        step.expect("valid")
     }
 
     impl Checker for Collect {

@@ -25,7 +25,7 @@ use toml::Spanned;
 
 use super::binlog::ErrantScan;
 use super::gtid::{GtidSet, MariaState, Missing, Position};
-use super::{CONNECT_TIMEOUT_MS, Member, Notes, QUERY_TIMEOUT_MS};
+use super::{Member, Notes, QUERY_TIMEOUT_MS};
 use crate::secret::{Secret, SecretSource};
 use crate::{Checker, Failure, Order, Outcome};
 
@@ -401,10 +401,7 @@ impl MysqlPromote {
         let primary = match planned {
             Plan::Done { primary } => {
                 let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
-                notes.push(format!(
-                    "{} already primary (promotion record of generation {record}); nothing promoted",
-                    inner.members[primary].address
-                ));
+                notes.push(super::already_note(&inner.members[primary].address, "primary", record));
                 let mut session = inner.connect(primary).await?;
                 if record < order.generation {
                     session.write_record(order, &inner.members[primary]).await?;
@@ -495,44 +492,19 @@ impl MysqlPromote {
         session.ensure_applier().await?;
         let applied = session.wait_for(&target, lag_max_ms).await?;
         let missing = target.missing_from(&applied);
-        let loss = match judge_loss(&missing, order.force_data_loss, &member.address, lag_max_ms) {
-            Ok(loss) => loss,
-            Err(refusal) => {
-                if let Some(old) = fenced_now {
-                    match inner.connect(old).await {
-                        Ok(mut s) => match s.unfence().await {
-                            Ok(()) => notes.push(format!("{} is writable again", inner.members[old].address)),
-                            Err(e) => notes.push(format!(
-                                "could not make {} writable again: {e}",
-                                inner.members[old].address
-                            )),
-                        },
-                        Err(e) => notes.push(format!(
-                            "could not make {} writable again: {e}",
-                            inner.members[old].address
-                        )),
-                    }
-                }
-                return Err(match refusal {
-                    Failure::Refused(message) => Failure::Refused(format!("{message} ({})", notes.join())),
-                    other => other,
-                });
-            }
-        };
+        let judged = judge_loss(&missing, order.force_data_loss, &member.address, lag_max_ms);
+        let unfence = fenced_now.map(|old| {
+            (inner.members[old].address.as_str(), async move {
+                inner.connect(old).await?.unfence().await
+            })
+        });
+        let loss = super::loss_or_unfence(judged, unfence, notes).await?;
         session.make_primary(order, member).await?;
-        notes.push(format!(
+        let promoted = format!(
             "promoted {} in {} at GTID position {applied}",
             member.address, member.region
-        ));
-        if let Some(loss) = loss {
-            notes.push(loss);
-        }
-        if old.is_none() {
-            notes.push(
-                "the old primary did not answer: transactions it committed that no replica received are unknown"
-                    .to_string(),
-            );
-        }
+        );
+        super::note_promoted(notes, promoted, loss, old.is_some(), "replica");
         Ok(())
     }
 
@@ -541,12 +513,7 @@ impl MysqlPromote {
     async fn rejoin_others(&self, primary: usize, notes: &mut Notes) -> Result<(), Failure> {
         let inner = &self.inner;
         let observed = survey(inner).await;
-        let Some(Ok(primary_state)) = observed.get(primary) else {
-            return Err(Failure::Retryable(format!(
-                "the new primary {} stopped answering",
-                inner.members[primary].address
-            )));
-        };
+        let primary_state = super::new_primary_state(&inner.members, &observed, primary)?;
         let primary_member = &inner.members[primary];
         for (i, o) in observed.iter().enumerate() {
             let Ok(o) = o else { continue };
@@ -624,17 +591,7 @@ impl Inner {
             .pass(self.password.as_ref().map(|p| p.expose().to_string()))
             .prefer_socket(false)
             .ssl_opts(self.tls.as_ref().map(super::tls::Tls::mysql));
-        let connect = mysql_async::Conn::new(options);
-        let conn = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(error)) => return Err(Failure::Retryable(format!("{}: {error}", member.address))),
-            Err(_) => {
-                return Err(Failure::Retryable(format!(
-                    "{}: no login within {CONNECT_TIMEOUT_MS} ms",
-                    member.address
-                )));
-            }
-        };
+        let conn = super::login(&member.address, mysql_async::Conn::new(options), |e| e.to_string()).await?;
         let mut session = Session {
             conn,
             address: member.address.clone(),
@@ -1067,24 +1024,15 @@ impl Session {
              generation = GREATEST(generation, {generation})"
         ))
         .await?;
-        match self.record().await? {
-            Some(g) if g == order.generation => Ok(()),
-            Some(g) if g > order.generation => Err(Failure::Fenced(format!(
-                "{}: the promotion record holds generation {g}, newer than this order's {}",
-                self.address, order.generation
-            ))),
-            other => Err(Failure::Retryable(format!(
-                "{}: the promotion record reads {other:?} after writing generation {}",
-                self.address, order.generation
-            ))),
-        }
+        let record = self.record().await?;
+        super::check_record_written(&self.address, order, record)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::test_support::Collect;
+    use crate::db::test_support::{Collect, accepted, assert_refused};
 
     use crate::db::test_support::order;
 
@@ -1341,26 +1289,22 @@ mod tests {
             password = { env = "SWITCHYARD_TEST_UNSET_MYSQL" }
             promote_lag_max_ms = 900000
         "#;
-        let settings: Settings = toml::from_str(text).expect("parses");
-        let mut checker = Collect::new(&["eu", "us"]);
-        assert!(settings.check("db", &mut checker).is_none());
-        let all = checker.errors.join("\n");
-        for expected in [
-            "region 'mars'",
-            "port '99999'",
-            "user ''",
-            "SWITCHYARD_TEST_UNSET_MYSQL",
-            "promote_lag_max_ms = 900000",
-        ] {
-            assert!(all.contains(expected), "{expected} missing in:\n{all}");
-        }
-        let good: Settings = toml::from_str(
+        let check = |settings: &Settings, checker: &mut Collect| settings.check("db", checker);
+        assert_refused(
+            text,
+            check,
+            &[
+                "region 'mars'",
+                "port '99999'",
+                "user ''",
+                "SWITCHYARD_TEST_UNSET_MYSQL",
+                "promote_lag_max_ms = 900000",
+            ],
+        );
+        let step = accepted(
             "servers = { eu = [\"a\"], us = [\"b:3307\"] }\nuser = \"sw\"\nreplication_user = \"repl\"\n",
-        )
-        .expect("parses");
-        let mut checker = Collect::new(&["eu", "us"]);
-        let step = good.check("db", &mut checker).expect("valid");
-        assert!(checker.errors.is_empty(), "{:?}", checker.errors);
+            check,
+        );
         assert_eq!(step.members()[0].address, "a:3306");
         assert_eq!(step.inner.promote_lag_max_ms, super::super::PROMOTE_LAG_MS_DEFAULT);
     }

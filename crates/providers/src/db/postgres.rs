@@ -603,10 +603,7 @@ impl PostgresPromote {
             Plan::Done { primary, unfence } => {
                 let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
                 let member = &inner.members[primary];
-                notes.push(format!(
-                    "{} already primary (promotion record of generation {record}); nothing promoted",
-                    member.address
-                ));
+                notes.push(super::already_note(&member.address, "primary", record));
                 let mut session = inner.connect(primary).await?;
                 if unfence {
                     session.unfence(inner, primary).await?;
@@ -680,28 +677,13 @@ impl PostgresPromote {
         }
         let replayed = session.wait_for_replay(target, lag_max_ms).await?;
         let missing = replayed.bytes_to(target);
-        let loss = match judge_loss(missing, order.force_data_loss, &member.address, target, lag_max_ms) {
-            Ok(loss) => loss,
-            Err(refusal) => {
-                if let Some(old) = fenced_now {
-                    let back = match inner.connect(old).await {
-                        Ok(mut s) => s.unfence(inner, old).await,
-                        Err(e) => Err(e),
-                    };
-                    match back {
-                        Ok(()) => notes.push(format!("{} is writable again", inner.members[old].address)),
-                        Err(e) => notes.push(format!(
-                            "could not make {} writable again: {e}",
-                            inner.members[old].address
-                        )),
-                    }
-                }
-                return Err(match refusal {
-                    Failure::Refused(message) => Failure::Refused(format!("{message} ({})", notes.join())),
-                    other => other,
-                });
-            }
-        };
+        let judged = judge_loss(missing, order.force_data_loss, &member.address, target, lag_max_ms);
+        let unfence = fenced_now.map(|old| {
+            (inner.members[old].address.as_str(), async move {
+                inner.connect(old).await?.unfence(inner, old).await
+            })
+        });
+        let loss = super::loss_or_unfence(judged, unfence, notes).await?;
         // Freeze every standby before the fork: none receives more from the old primary (a
         // fenced primary still writes checkpoints and snapshots), so the positions
         // `rejoin_others` reads decide repoint or rewind against the real fork point.
@@ -736,19 +718,11 @@ impl PostgresPromote {
         }
         session.unfence(inner, candidate).await?;
         session.write_record(order, member).await?;
-        notes.push(format!(
+        let promoted = format!(
             "promoted {} in {} at LSN {replayed}, now timeline {}",
             member.address, member.region, now.timeline
-        ));
-        if let Some(loss) = loss {
-            notes.push(loss);
-        }
-        if old.is_none() {
-            notes.push(
-                "the old primary did not answer: transactions it committed that no standby received are unknown"
-                    .to_string(),
-            );
-        }
+        );
+        super::note_promoted(notes, promoted, loss, old.is_some(), "standby");
         Ok(())
     }
 
@@ -771,12 +745,7 @@ impl PostgresPromote {
             self.detach(&detach, notes).await?;
             observed = survey(inner).await;
         }
-        let Some(Ok(primary_state)) = observed.get(primary) else {
-            return Err(Failure::Retryable(format!(
-                "the new primary {} stopped answering",
-                inner.members[primary].address
-            )));
-        };
+        let primary_state = super::new_primary_state(&inner.members, &observed, primary)?;
         let primary_member = &inner.members[primary];
         let history = if primary_state.timeline > 1 {
             inner.connect(primary).await?.history(primary_state.timeline).await?
@@ -1099,14 +1068,10 @@ impl Inner {
         if let Some(password) = &self.password {
             config.password(password.expose());
         }
-        let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
         let client = match &self.tls {
             None => {
                 let (client, connection) =
-                    match tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls)).await {
-                        Ok(result) => result.map_err(|error| login_failure(member, &error))?,
-                        Err(_) => return Err(no_login(member)),
-                    };
+                    super::login(&member.address, config.connect(tokio_postgres::NoTls), |e| describe(&e)).await?;
                 // The connection's I/O runs beside the client; it ends when the client is dropped.
                 tokio::spawn(async move {
                     let _ = connection.await;
@@ -1120,10 +1085,8 @@ impl Inner {
                     tls.client_config()
                         .map_err(|problem| Failure::Refused(format!("{}: {problem}", member.address)))?,
                 );
-                let (client, connection) = match tokio::time::timeout(timeout, config.connect(make)).await {
-                    Ok(result) => result.map_err(|error| login_failure(member, &error))?,
-                    Err(_) => return Err(no_login(member)),
-                };
+                let (client, connection) =
+                    super::login(&member.address, config.connect(make), |e| describe(&e)).await?;
                 tokio::spawn(async move {
                     let _ = connection.await;
                 });
@@ -1140,14 +1103,6 @@ impl Inner {
             .await?;
         Ok(session)
     }
-}
-
-fn login_failure(member: &Member, error: &tokio_postgres::Error) -> Failure {
-    Failure::Retryable(format!("{}: {}", member.address, describe(error)))
-}
-
-fn no_login(member: &Member) -> Failure {
-    Failure::Retryable(format!("{}: no login within {CONNECT_TIMEOUT_MS} ms", member.address))
 }
 
 /// The server's own error text (code and message) where there is one.
@@ -1313,17 +1268,8 @@ impl Session {
              region = EXCLUDED.region, promoted_at = now() WHERE r.generation < EXCLUDED.generation"
         ))
         .await?;
-        match self.record().await? {
-            Some(g) if g == order.generation => Ok(()),
-            Some(g) if g > order.generation => Err(Failure::Fenced(format!(
-                "{}: the promotion record holds generation {g}, newer than this order's {}",
-                self.address, order.generation
-            ))),
-            other => Err(Failure::Retryable(format!(
-                "{}: the promotion record reads {other:?} after writing generation {}",
-                self.address, order.generation
-            ))),
-        }
+        let record = self.record().await?;
+        super::check_record_written(&self.address, order, record)
     }
 
     /// Sets `default_transaction_read_only` in the server's configuration and reloads it,
@@ -1459,7 +1405,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::test_support::Collect;
+    use crate::db::test_support::{Collect, accepted, assert_refused};
 
     use crate::db::test_support::order;
 
@@ -1728,28 +1674,24 @@ mod tests {
             promote_lag_max_ms = 900000
             rejoin = { program = "/nonexistent/pg-rejoin", timeout_ms = 0 }
         "#;
-        let settings: Settings = toml::from_str(text).expect("parses");
-        let mut checker = Collect::new(&["eu", "us"]);
-        assert!(settings.check("db", &mut checker).is_none());
-        let all = checker.errors.join("\n");
-        for expected in [
-            "region 'mars'",
-            "port '99999'",
-            "user ''",
-            "SWITCHYARD_TEST_UNSET_PG",
-            "promote_lag_max_ms = 900000",
-            "/nonexistent/pg-rejoin does not exist",
-            "rejoin timeout_ms = 0",
-        ] {
-            assert!(all.contains(expected), "{expected} missing in:\n{all}");
-        }
-        let good: Settings = toml::from_str(
+        let check = |settings: &Settings, checker: &mut Collect| settings.check("db", checker);
+        assert_refused(
+            text,
+            check,
+            &[
+                "region 'mars'",
+                "port '99999'",
+                "user ''",
+                "SWITCHYARD_TEST_UNSET_PG",
+                "promote_lag_max_ms = 900000",
+                "/nonexistent/pg-rejoin does not exist",
+                "rejoin timeout_ms = 0",
+            ],
+        );
+        let step = accepted(
             "servers = { eu = [\"a\"], us = [\"b:5433\"] }\nuser = \"postgres\"\nreplication_user = \"repl\"\n",
-        )
-        .expect("parses");
-        let mut checker = Collect::new(&["eu", "us"]);
-        let step = good.check("db", &mut checker).expect("valid");
-        assert!(checker.errors.is_empty(), "{:?}", checker.errors);
+            check,
+        );
         assert_eq!(step.members()[0].address, "a:5432");
         assert_eq!(step.inner.database, "postgres");
         assert_eq!(

@@ -261,10 +261,7 @@ impl RedisPromote {
         let primary = match plan(order, &inner.members, &observed)? {
             Plan::Done { primary } => {
                 let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
-                notes.push(format!(
-                    "{} already master (promotion record of generation {record}); nothing promoted",
-                    inner.members[primary].address
-                ));
+                notes.push(super::already_note(&inner.members[primary].address, "master", record));
                 if record < order.generation {
                     inner
                         .connect(primary)
@@ -430,16 +427,7 @@ impl Inner {
             .set_connection_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .set_response_timeout(Duration::from_millis(QUERY_TIMEOUT_MS));
         let connect = client.get_multiplexed_async_connection_with_config(&config);
-        let conn = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(Failure::Retryable(format!("{}: {e}", member.address))),
-            Err(_) => {
-                return Err(Failure::Retryable(format!(
-                    "{}: no login within {CONNECT_TIMEOUT_MS} ms",
-                    member.address
-                )));
-            }
-        };
+        let conn = super::login(&member.address, connect, |e| e.to_string()).await?;
         Ok(Session {
             conn,
             address: member.address.clone(),
@@ -547,7 +535,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::test_support::Collect;
+    use crate::db::test_support::assert_refused;
 
     fn order(generation: u64, to: &str) -> Order {
         crate::db::test_support::order(generation, to, false)
@@ -675,15 +663,10 @@ mod tests {
 
     #[test]
     fn settings_name_every_problem() {
-        let settings: Settings = toml::from_str(
+        assert_refused(
             "servers = { eu = [\"a\"], us = [\"b:0\"] }\nusername = \"\"\npromote_lag_max_ms = 700000\n",
-        )
-        .expect("parses");
-        let mut checker = Collect::new(&["eu", "us"]);
-        assert!(settings.check("cache", &mut checker).is_none());
-        let all = checker.errors.join("\n");
-        for expected in ["port '0'", "username ''", "promote_lag_max_ms = 700000"] {
-            assert!(all.contains(expected), "{expected} missing in:\n{all}");
-        }
+            |settings: &Settings, checker| settings.check("cache", checker),
+            &["port '0'", "username ''", "promote_lag_max_ms = 700000"],
+        );
     }
 }

@@ -124,30 +124,18 @@ pub struct Settings {
     pub password_file: Option<Spanned<PathBuf>>,
 }
 
-/// One region's `locations.REGION` table.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LocationSettings {
-    /// rsync: `/srv/media/`, `user@host:/srv/media/` or `rsync://host[:port]/module/path/`;
-    /// s3: `s3://bucket/prefix/`.
-    pub url: Spanned<String>,
-    /// S3: the signing region (DigitalOcean Spaces and MinIO: `us-east-1`).
-    #[serde(default)]
-    pub region: Option<Spanned<String>>,
-    #[serde(default)]
-    pub profile: Option<Spanned<String>>,
-    /// S3: another endpoint than AWS's (`https://fra1.digitaloceanspaces.com`, MinIO's).
-    #[serde(default)]
-    pub endpoint_url: Option<Spanned<String>>,
-    /// S3: path-style addressing (`endpoint/bucket/key`); default: on with `endpoint_url`.
-    #[serde(default)]
-    pub path_style: Option<bool>,
-    #[serde(default)]
-    pub access_key_id: Option<Spanned<toml::Value>>,
-    #[serde(default)]
-    pub secret_access_key: Option<Spanned<toml::Value>>,
-    #[serde(default)]
-    pub session_token: Option<Spanned<toml::Value>>,
+aws::aws_settings! {
+    /// One region's `locations.REGION` table. S3 only: `region` (the signing region;
+    /// DigitalOcean Spaces and MinIO: `us-east-1`), `profile`, `endpoint_url`
+    /// (`https://fra1.digitaloceanspaces.com`, MinIO's).
+    pub struct LocationSettings {
+        /// rsync: `/srv/media/`, `user@host:/srv/media/` or `rsync://host[:port]/module/path/`;
+        /// s3: `s3://bucket/prefix/`.
+        pub url: Spanned<String>,
+        /// S3: path-style addressing (`endpoint/bucket/key`); default: on with `endpoint_url`.
+        #[serde(default)]
+        pub path_style: Option<bool>,
+    }
 }
 
 /// What a failed copy does on a failover.

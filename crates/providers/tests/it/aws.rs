@@ -5,11 +5,12 @@ use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, 
 use providers::aws::{Access, StaticCredentials};
 use providers::{Failure, Order};
 
-use crate::common::Collect;
+use crate::common::{Collect, check_settings};
 use crate::moto::Moto;
 
-fn checker() -> Collect {
-    Collect::new(&["us", "eu"])
+/// A step checked from its settings `text` for the regions `us` and `eu`, with the test's keys.
+fn checked<S: serde::de::DeserializeOwned, T>(text: &str, check: impl FnOnce(&S, &mut Collect) -> Option<T>) -> T {
+    check_settings(text, Collect::new(&["us", "eu"]), check).expect("settings check")
 }
 
 fn credentials() -> StaticCredentials {
@@ -20,15 +21,7 @@ fn credentials() -> StaticCredentials {
 }
 
 fn order(generation: u64, to: &str) -> Order {
-    Order {
-        generation,
-        kind: "failover".into(),
-        from: None,
-        to: to.into(),
-        serving: vec![to.into()],
-        reason: "test".into(),
-        force_data_loss: false,
-    }
+    crate::support::order_from(generation, None, to, false)
 }
 
 async fn sdk(moto: &Moto, region: &str) -> aws_config::SdkConfig {
@@ -45,20 +38,25 @@ async fn sdk(moto: &Moto, region: &str) -> aws_config::SdkConfig {
 /// A hosted zone `shop.example.com.` and a Route 53 client for the test's own reads and writes.
 async fn zone(moto: &Moto) -> (aws_sdk_route53::Client, String) {
     let client = aws_sdk_route53::Client::new(&sdk(moto, "us-east-1").await);
+    let id = create_zone(&client, "shop.example.com.", "switchyard-test").await;
+    (client, id)
+}
+
+/// Creates a hosted zone named `name`; its id without `/hostedzone/`.
+async fn create_zone(client: &aws_sdk_route53::Client, name: &str, caller_reference: &str) -> String {
     let created = client
         .create_hosted_zone()
-        .name("shop.example.com.")
-        .caller_reference("switchyard-test")
+        .name(name)
+        .caller_reference(caller_reference)
         .send()
         .await
-        .expect("create the hosted zone");
-    let id = created
+        .unwrap_or_else(|e| panic!("create the hosted zone {name} ({caller_reference}): {e}"));
+    created
         .hosted_zone()
         .expect("zone")
         .id()
         .trim_start_matches("/hostedzone/")
-        .to_string();
-    (client, id)
+        .to_string()
 }
 
 fn route53_step(moto: &Moto, zone_id: &str) -> providers::route53::Route53 {
@@ -74,11 +72,7 @@ endpoint_url = "{}"
 "#,
         moto.url
     );
-    let settings: providers::route53::Settings = toml::from_str(&text).expect("settings parse");
-    let mut checker = checker();
-    let step = settings.check("dns", &mut checker).expect("settings check");
-    assert!(checker.errors.is_empty(), "{:?}", checker.errors);
-    step.with_static_credentials(credentials())
+    checked(&text, |s: &providers::route53::Settings, c| s.check("dns", c)).with_static_credentials(credentials())
 }
 
 /// The A values and the fence TXT as Route 53 holds them.
@@ -172,23 +166,13 @@ async fn route53_finds_its_zone_by_name_and_refuses_an_ambiguous_name() {
     let moto = Moto::start();
     let (client, zone_id) = zone(&moto).await;
     // A zone whose name only starts the same: not a match.
-    client
-        .create_hosted_zone()
-        .name("shop.example.com.au.")
-        .caller_reference("decoy")
-        .send()
-        .await
-        .expect("decoy zone");
+    create_zone(&client, "shop.example.com.au.", "decoy").await;
     let by_name = |zone: &str| {
         let text = format!(
             "zone = \"{zone}\"\nname = \"www.shop.example.com\"\ntype = \"A\"\nvalues = {{ us = \"203.0.113.10\", eu = \"198.51.100.7\" }}\ninsync_timeout_ms = 10000\nendpoint_url = \"{}\"\n",
             moto.url
         );
-        let settings: providers::route53::Settings = toml::from_str(&text).expect("settings parse");
-        let mut checker = checker();
-        let step = settings.check("dns", &mut checker).expect("settings check");
-        assert!(checker.errors.is_empty(), "{:?}", checker.errors);
-        step.with_static_credentials(credentials())
+        checked(&text, |s: &providers::route53::Settings, c| s.check("dns", c)).with_static_credentials(credentials())
     };
     let written = by_name("shop.example.com")
         .run(&order(1, "us"))
@@ -197,19 +181,7 @@ async fn route53_finds_its_zone_by_name_and_refuses_an_ambiguous_name() {
     assert!(written.contains("INSYNC"), "{written}");
     assert_eq!(records(&client, &zone_id).await.0, ["203.0.113.10"]);
 
-    let twin = client
-        .create_hosted_zone()
-        .name("shop.example.com.")
-        .caller_reference("twin")
-        .send()
-        .await
-        .expect("second zone of the same name");
-    let twin_id = twin
-        .hosted_zone()
-        .expect("zone")
-        .id()
-        .trim_start_matches("/hostedzone/")
-        .to_string();
+    let twin_id = create_zone(&client, "shop.example.com.", "twin").await;
     let refused = by_name("shop.example.com.")
         .run(&order(2, "eu"))
         .await
@@ -301,12 +273,10 @@ async fn route53_failover_health_inverts_the_primary_check_and_reads_it_back() {
         "health_check_id = \"{id}\"\nprimary = \"us\"\nendpoint_url = \"{}\"\n",
         moto.url
     );
-    let settings: providers::route53::FailoverHealthSettings = toml::from_str(&text).expect("parse");
-    let mut checker = checker();
-    let step = settings
-        .check("primary-health", &mut checker)
-        .expect("check")
-        .with_static_credentials(credentials());
+    let step = checked(&text, |s: &providers::route53::FailoverHealthSettings, c| {
+        s.check("primary-health", c)
+    })
+    .with_static_credentials(credentials());
     let inverted = |client: aws_sdk_route53::Client, id: String| async move {
         let read = client.get_health_check().health_check_id(id).send().await.expect("get");
         let config = read
@@ -331,11 +301,18 @@ fn ssm_step(moto: &Moto) -> providers::ssm::SsmParameter {
         "name = \"/shop/prod/AWS_REGION\"\nvalues = {{ us = \"us-east-1\", eu = \"eu-west-1\" }}\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
         moto.url
     );
-    let settings: providers::ssm::Settings = toml::from_str(&text).expect("parse");
-    let mut checker = checker();
-    let step = settings.check("app-region", &mut checker).expect("check");
-    assert!(checker.errors.is_empty(), "{:?}", checker.errors);
-    step.with_static_credentials(credentials())
+    checked(&text, |s: &providers::ssm::Settings, c| s.check("app-region", c)).with_static_credentials(credentials())
+}
+
+/// The value of the test's parameter as SSM holds it.
+async fn parameter(client: &aws_sdk_ssm::Client) -> Option<String> {
+    let read = client
+        .get_parameter()
+        .name("/shop/prod/AWS_REGION")
+        .send()
+        .await
+        .expect("get");
+    read.parameter().and_then(|p| p.value()).map(str::to_string)
 }
 
 #[tokio::test]
@@ -348,13 +325,7 @@ async fn ssm_parameter_puts_reads_back_and_fences() {
     assert!(created.contains("set to us-east-1"), "{created}");
     let moved = step.run(&order(2, "eu")).await.expect("overwrite");
     assert!(moved.contains("set to eu-west-1"), "{moved}");
-    let read = client
-        .get_parameter()
-        .name("/shop/prod/AWS_REGION")
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(read.parameter().and_then(|p| p.value()), Some("eu-west-1"));
+    assert_eq!(parameter(&client).await.as_deref(), Some("eu-west-1"));
 
     let reader =
         providers::ssm::ParameterReader::new("/shop/prod/AWS_REGION", "us-east-1", None, Some(moto.url.clone()))
@@ -380,14 +351,8 @@ async fn ssm_parameter_puts_reads_back_and_fences() {
         .expect("someone else's put");
     let fenced = step.run(&order(3, "us")).await.expect_err("someone else changed it");
     assert!(matches!(&fenced, Failure::Fenced(_)), "{fenced:?}");
-    let read = client
-        .get_parameter()
-        .name("/shop/prod/AWS_REGION")
-        .send()
-        .await
-        .expect("get");
     assert_eq!(
-        read.parameter().and_then(|p| p.value()),
+        parameter(&client).await.as_deref(),
         Some("ap-south-1"),
         "nothing overwritten"
     );
@@ -455,12 +420,8 @@ endpoint_url = "{}"
 "#,
         moto.url
     );
-    let settings: providers::route53::Settings = toml::from_str(&text).expect("settings parse");
-    let mut checker = checker();
-    let step = settings
-        .check("shop", &mut checker)
-        .expect("settings check")
-        .with_static_credentials(credentials());
+    let step =
+        checked(&text, |s: &providers::route53::Settings, c| s.check("shop", c)).with_static_credentials(credentials());
     step.run(&order(1, "us")).await.expect("first write");
     let moved = step.run(&order(2, "eu")).await.expect("failover");
     assert!(

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
+use crate::common::{assert_refused, check_settings};
 use crate::fake::{self, Collect, Request, answer, order, token_file};
 use providers::Failure;
 
@@ -136,12 +137,15 @@ async fn start(zone: Zone) -> (Shared, String) {
     (shared, format!("{base}/client/v4"))
 }
 
+fn check(
+    settings: &providers::cloudflare::Settings,
+    checker: &mut Collect,
+) -> Option<providers::cloudflare::Cloudflare> {
+    settings.check("dns", checker)
+}
+
 fn step(settings: &str) -> providers::cloudflare::Cloudflare {
-    let settings: providers::cloudflare::Settings = toml::from_str(settings).expect("settings parse");
-    let mut checker = Collect::new(&["us-east-1", "eu-west-1"]);
-    let step = settings.check("dns", &mut checker);
-    assert!(checker.errors.is_empty(), "{:?}", checker.errors);
-    step.expect("a checked step")
+    check_settings(settings, Collect::new(&["us-east-1", "eu-west-1"]), check).expect("a checked step")
 }
 
 fn record_settings(base: &str, token_file: &std::path::Path) -> String {
@@ -319,7 +323,7 @@ pools = {{ us-east-1 = "{POOL_US}", eu-west-1 = "{POOL_EU}" }}
 
 #[test]
 fn settings_problems_are_each_reported() {
-    let settings: providers::cloudflare::Settings = toml::from_str(
+    assert_refused(
         r#"
 token = { env = "SWITCHYARD_TEST_CF_UNSET" }
 api_url = "http://api.cloudflare.com/client/v4"
@@ -328,19 +332,15 @@ record = "shop.example"
 type = "MX"
 values = { us-east-1 = "192.0.2.1", mars-1 = "192.0.2.2" }
 "#,
-    )
-    .expect("parses");
-    let mut checker = Collect::new(&["us-east-1", "eu-west-1"]);
-    assert!(settings.check("dns", &mut checker).is_none());
-    let all = checker.errors.join("\n");
-    for expected in [
-        "SWITCHYARD_TEST_CF_UNSET is not set",
-        "plain http to a non-loopback host",
-        "'not-an-id' is not a Cloudflare identifier",
-        "type 'MX' is not supported",
-        "unknown region 'mars-1'",
-        "no value for region(s) eu-west-1",
-    ] {
-        assert!(all.contains(expected), "missing '{expected}' in:\n{all}");
-    }
+        Collect::new(&["us-east-1", "eu-west-1"]),
+        check,
+        &[
+            "SWITCHYARD_TEST_CF_UNSET is not set",
+            "plain http to a non-loopback host",
+            "'not-an-id' is not a Cloudflare identifier",
+            "type 'MX' is not supported",
+            "unknown region 'mars-1'",
+            "no value for region(s) eu-west-1",
+        ],
+    );
 }

@@ -47,6 +47,39 @@ impl providers::Checker for Collect {
     }
 }
 
+/// Parses `text` as a step's settings `S` and checks them with `check` against `checker`: the
+/// ready step, or the errors reported when `check` gives none.
+pub fn check_settings<S: serde::de::DeserializeOwned, T>(
+    text: &str,
+    mut checker: Collect,
+    check: impl FnOnce(&S, &mut Collect) -> Option<T>,
+) -> Result<T, Vec<String>> {
+    let settings: S = toml::from_str(text).expect("the test's settings parse");
+    match check(&settings, &mut checker) {
+        Some(step) => {
+            assert!(checker.errors.is_empty(), "a step despite errors: {:?}", checker.errors);
+            Ok(step)
+        }
+        None => Err(checker.errors),
+    }
+}
+
+/// [`check_settings`] refuses `text`, and each of `expected` is part of a reported error.
+pub fn assert_refused<S: serde::de::DeserializeOwned, T>(
+    text: &str,
+    checker: Collect,
+    check: impl FnOnce(&S, &mut Collect) -> Option<T>,
+    expected: &[&str],
+) {
+    let Err(errors) = check_settings(text, checker, check) else {
+        panic!("settings accepted: {text}");
+    };
+    let all = errors.join("\n");
+    for expected in expected {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+}
+
 pub use testkit::Server;
 pub use testkit::find_binary as installed;
 

@@ -105,7 +105,7 @@ async fn redis_promote_over_tls_with_a_client_certificate() {
         start_redis(&binary, dir.path(), "b", b, Some(a), &tls),
     ];
     let (tls_ref, field) = (&tls, crate::redis::field);
-    crate::redis::wait_until("b to replicate from a over TLS", || async move {
+    crate::support::wait_until("b to replicate from a over TLS", || async move {
         field(&redis_info(b, tls_ref).await, "master_link_status") == "up"
     })
     .await;
@@ -134,7 +134,7 @@ async fn redis_promote_over_tls_with_a_client_certificate() {
     let outcome = step.run(&order(3, "eu", "us", false)).await.expect("promoted over TLS");
     assert!(outcome.contains(&format!("promoted 127.0.0.1:{b} in us")), "{outcome}");
     assert_eq!(field(&redis_info(b, &tls).await, "role"), "master");
-    crate::redis::wait_until("a to replicate from b over TLS", || async move {
+    crate::support::wait_until("a to replicate from b over TLS", || async move {
         let info = redis_info(a, tls_ref).await;
         field(&info, "master_port") == b.to_string() && field(&info, "master_link_status") == "up"
     })
@@ -161,7 +161,7 @@ async fn mysql_promote_over_tls_to_an_account_that_requires_ssl() {
         crate::mysql::start_mariadb_with(&mariadbd, dir.path(), "b", b, 2, true, &ssl),
     ];
     for port in [a, b] {
-        crate::mysql::wait_until("the server to accept logins", || async move {
+        crate::support::wait_until("the server to accept logins", || async move {
             crate::mysql::connect(port, "switchyard", "sw-pass").await.is_ok()
         })
         .await;
@@ -177,7 +177,7 @@ async fn mysql_promote_over_tls_to_an_account_that_requires_ssl() {
     )
     .await;
     crate::mysql::admin(b, "START SLAVE").await;
-    crate::mysql::wait_until("the replica to have the table", || async move {
+    crate::support::wait_until("the replica to have the table", || async move {
         crate::mysql::text(
             b,
             "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_NAME = 'orders'",
@@ -187,7 +187,7 @@ async fn mysql_promote_over_tls_to_an_account_that_requires_ssl() {
     })
     .await;
     crate::mysql::insert(a, 1).await.expect("insert on the primary");
-    crate::mysql::wait_until("the replica to apply the order", || async move {
+    crate::support::wait_until("the replica to apply the order", || async move {
         crate::mysql::count(b).await == 1
     })
     .await;

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::fake::{self, Collect, Request, answer, order, token_file};
+use crate::common::{assert_refused, check_settings};
+use crate::fake::{self, Collect, Request, answer, digitalocean_error as error, order, token_file};
 use providers::Failure;
 
 const TOKEN: &str = "dop_v1_token_for_tests";
@@ -37,14 +38,6 @@ struct Account {
 }
 
 type Shared = Arc<Mutex<Account>>;
-
-fn error(status: u16, id: &str, message: &str) -> axum::response::Response {
-    answer(
-        status,
-        json!({"id": id, "message": message, "request_id": "4d9d8375-3c56-4925-a3e7-eed06f8fa9c6"}),
-        &[],
-    )
-}
 
 fn droplet(id: u64) -> Value {
     json!({"id": id, "name": format!("shop-{id}"), "status": "active", "region": {"slug": "fra1"}})
@@ -193,12 +186,15 @@ async fn start(account: Account) -> (Shared, String) {
     (shared, base)
 }
 
+fn check(
+    settings: &providers::digitalocean::Settings,
+    checker: &mut Collect,
+) -> Option<providers::digitalocean::DigitalOcean> {
+    settings.check("do", checker)
+}
+
 fn step(settings: &str) -> providers::digitalocean::DigitalOcean {
-    let settings: providers::digitalocean::Settings = toml::from_str(settings).expect("settings parse");
-    let mut checker = Collect::new(&["us-east-1", "eu-west-1"]);
-    let step = settings.check("do", &mut checker);
-    assert!(checker.errors.is_empty(), "{:?}", checker.errors);
-    step.expect("a checked step")
+    check_settings(settings, Collect::new(&["us-east-1", "eu-west-1"]), check).expect("a checked step")
 }
 
 fn record(id: u64, name: &str, data: &str) -> Value {
@@ -364,24 +360,20 @@ async fn an_errored_action_is_retryable_and_an_ip_on_a_foreign_droplet_is_fenced
 
 #[test]
 fn settings_problems_are_each_reported() {
-    let settings: providers::digitalocean::Settings = toml::from_str(
+    assert_refused(
         r#"
 token = { file = "/nonexistent/do.token" }
 reserved_ip = "not-an-ip"
 droplets = { us-east-1 = 0 }
 action_wait_ms = 0
 "#,
-    )
-    .expect("parses");
-    let mut checker = Collect::new(&["us-east-1", "eu-west-1"]);
-    assert!(settings.check("do", &mut checker).is_none());
-    let all = checker.errors.join("\n");
-    for expected in [
-        "cannot read /nonexistent/do.token",
-        "'not-an-ip' is not an IPv4 address",
-        "droplet id 0",
-        "action_wait_ms = 0 is out of range",
-    ] {
-        assert!(all.contains(expected), "missing '{expected}' in:\n{all}");
-    }
+        Collect::new(&["us-east-1", "eu-west-1"]),
+        check,
+        &[
+            "cannot read /nonexistent/do.token",
+            "'not-an-ip' is not an IPv4 address",
+            "droplet id 0",
+            "action_wait_ms = 0 is out of range",
+        ],
+    );
 }

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::fake::{self, Collect, Request, answer, order, token_file};
+use crate::common::{assert_refused, check_settings};
+use crate::fake::{self, Collect, Request, answer, digitalocean_error as error, order, token_file};
 use providers::Failure;
 
 const TOKEN: &str = "dop_v1_db_token_for_tests";
@@ -41,14 +42,6 @@ struct Account {
 }
 
 type Shared = Arc<Mutex<Account>>;
-
-fn error(status: u16, id: &str, message: &str) -> axum::response::Response {
-    answer(
-        status,
-        json!({"id": id, "message": message, "request_id": "4d9d8375-3c56-4925-a3e7-eed06f8fa9c6"}),
-        &[],
-    )
-}
 
 fn not_found() -> axum::response::Response {
     error(404, "not_found", "The resource you were accessing could not be found.")
@@ -154,11 +147,14 @@ poll_ms = 10
 "#,
         token.display()
     );
-    let settings: providers::digitalocean_db::Settings = toml::from_str(&text).expect("settings parse");
-    let mut checker = Collect::new(&["eu", "us", "ap"]);
-    let step = settings.check("orders-db", &mut checker);
-    assert!(checker.errors.is_empty(), "{:?}", checker.errors);
-    step.expect("a checked step")
+    check_settings(&text, Collect::new(&["eu", "us", "ap"]), check).expect("a checked step")
+}
+
+fn check(
+    settings: &providers::digitalocean_db::Settings,
+    checker: &mut Collect,
+) -> Option<providers::digitalocean_db::DigitalOceanDbPromote> {
+    settings.check("orders-db", checker)
 }
 
 #[tokio::test]
@@ -257,17 +253,16 @@ wait_ms = 0
 "#,
         token.path().display()
     );
-    let settings: providers::digitalocean_db::Settings = toml::from_str(&text).expect("settings parse");
-    let mut checker = Collect::new(&["eu", "us"]);
-    assert!(settings.check("orders-db", &mut checker).is_none());
-    let all = checker.errors.join("\n");
-    for expected in [
-        "cluster 'not-a-uuid' is not a cluster UUID",
-        "primary_region 'mars'",
-        "replica name 'bad name'",
-        "replica id '123' is not a UUID",
-        "wait_ms = 0",
-    ] {
-        assert!(all.contains(expected), "{expected} missing in:\n{all}");
-    }
+    assert_refused(
+        &text,
+        Collect::new(&["eu", "us"]),
+        check,
+        &[
+            "cluster 'not-a-uuid' is not a cluster UUID",
+            "primary_region 'mars'",
+            "replica name 'bad name'",
+            "replica id '123' is not a UUID",
+            "wait_ms = 0",
+        ],
+    );
 }

@@ -52,6 +52,15 @@ pub fn answer(status: u16, body: serde_json::Value, headers: &[(&str, &str)]) ->
     response
 }
 
+/// DigitalOcean's error body (`id`, `message`, `request_id`) with `status`.
+pub fn digitalocean_error(status: u16, id: &str, message: &str) -> Response {
+    answer(
+        status,
+        serde_json::json!({"id": id, "message": message, "request_id": "4d9d8375-3c56-4925-a3e7-eed06f8fa9c6"}),
+        &[],
+    )
+}
+
 fn decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
@@ -117,13 +126,5 @@ pub fn token_file(token: &str) -> tempfile::NamedTempFile {
 
 /// An order moving the active region from `from` to `to` at `generation`.
 pub fn order(generation: u64, from: Option<&str>, to: &str) -> providers::Order {
-    providers::Order {
-        generation,
-        kind: "failover".into(),
-        from: from.map(str::to_string),
-        to: to.into(),
-        serving: vec![to.into()],
-        reason: "test".into(),
-        force_data_loss: false,
-    }
+    crate::support::order_from(generation, from, to, false)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use providers::haproxy::{Admin, Haproxy, Settings};
 use providers::{Failure, Order};
 
-use crate::common::{Collect, Server, free_port, installed, wait_until};
+use crate::common::{Collect, Server, assert_refused, check_settings, free_port, installed, wait_until};
 
 const REGIONS: [&str; 2] = ["eu-west-1", "us-east-1"];
 
@@ -60,11 +60,12 @@ fn step(folder: &std::path::Path, endpoint: &str, extra: &str) -> Haproxy {
     let text = format!(
         "{endpoint}\n{extra}\n[regions]\n\"us-east-1\" = [\"shop/us1\", \"shop/us2\"]\n\"eu-west-1\" = [\"shop/eu1\", \"shop/eu2\"]\n"
     );
-    let settings: Settings = toml::from_str(&text).expect("the test's TOML parses");
-    let mut checker = Collect::in_folder(folder, &REGIONS);
-    settings
-        .check("lb", &mut checker)
-        .unwrap_or_else(|| panic!("checks: {:?}", checker.errors))
+    check_settings(
+        &text,
+        Collect::in_folder(folder, &REGIONS),
+        |settings: &Settings, checker| settings.check("lb", checker),
+    )
+    .unwrap_or_else(|errors| panic!("checks: {errors:?}"))
 }
 
 fn order(generation: u64, serving: &[&str]) -> Order {
@@ -169,17 +170,16 @@ async fn a_missing_socket_is_a_retryable_error() {
 fn settings_problems_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = "socket = \"a.sock\"\naddress = \"127.0.0.1:1\"\nstandby = \"off\"\n[regions]\n\"mars-1\" = [\"shop/m1\"]\n\"us-east-1\" = [\"shop/u1\", \"bad name\"]\n\"eu-west-1\" = [\"shop/u1\"]\n";
-    let settings: Settings = toml::from_str(text).expect("parses");
-    let mut checker = Collect::in_folder(dir.path(), &REGIONS);
-    assert!(settings.check("lb", &mut checker).is_none());
-    let all = checker.errors.join("\n");
-    for expected in [
-        "exactly one of socket and address",
-        "standby = 'off'",
-        "'mars-1'",
-        "'bad name'",
-        "listed for regions",
-    ] {
-        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
-    }
+    assert_refused(
+        text,
+        Collect::in_folder(dir.path(), &REGIONS),
+        |settings: &Settings, checker| settings.check("lb", checker),
+        &[
+            "exactly one of socket and address",
+            "standby = 'off'",
+            "'mars-1'",
+            "'bad name'",
+            "listed for regions",
+        ],
+    );
 }

@@ -2,13 +2,12 @@
 //! GTID replication set up by the test with `log_slave_updates` and `gtid_strict_mode`).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use providers::Failure;
 use providers::db::mysql::{MysqlPromote, Settings};
 
-use crate::support::{DEADLINE, Server, Strict, find_binary, free_port, order, skip};
+use crate::support::{Server, Strict, find_binary, free_port, order, skip, wait_until};
 
 /// Accounts: the step's (all privileges), replication's, and the shop's (no privilege past
 /// read_only). Not binlogged: each server creates its own.
@@ -123,18 +122,6 @@ async fn source(port: u16) -> String {
         format!("{}:{}", get("Master_Host"), get("Master_Port"))
     } else {
         format!("(stopped) {}:{}", get("Master_Host"), get("Master_Port"))
-    }
-}
-
-pub(crate) async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -8,12 +8,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use providers::Failure;
 use providers::db::postgres::{PostgresPromote, Settings};
 
-use crate::support::{DEADLINE, Strict, find_binary, free_port, order, running_as_root, skip};
+use crate::support::{Strict, find_binary, free_port, order, running_as_root, skip, wait_until};
 
 const NOBODY: u32 = 65534;
 const SUPER_PASSWORD: &str = "pg-pass";
@@ -188,18 +188,6 @@ async fn receiver(port: u16) -> String {
     .await
 }
 
-async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn streams_from(cluster: &Cluster, standby: usize, primary: usize) {
     let (port, expected) = (
         cluster.ports[standby],
@@ -307,6 +295,21 @@ fn start_cluster() -> Option<Cluster> {
 }
 
 /// The schema, the roles, and the two standbys streaming.
+/// [`populate`], then orders 1 to `orders` on the primary, waited for on both standbys.
+async fn populate_and_replicate(cluster: &Cluster, orders: u32) {
+    populate(cluster).await;
+    let [a, b, c] = cluster.ports;
+    for id in 1..=orders {
+        insert(a, id).await.expect("insert on the primary");
+    }
+    let what = format!("both standbys to have {orders} order(s)");
+    let expected = u64::from(orders);
+    wait_until(&what, || async move {
+        count(b).await == expected && count(c).await == expected
+    })
+    .await;
+}
+
 async fn populate(cluster: &Cluster) {
     let a = cluster.ports[0];
     text(
@@ -347,15 +350,8 @@ async fn populate(cluster: &Cluster) {
 #[tokio::test]
 async fn postgres_failover_picks_the_most_advanced_standby_fences_repoints_rejoins_and_fails_back() {
     let Some(cluster) = start_cluster() else { return };
-    populate(&cluster).await;
     let [a, b, c] = cluster.ports;
-    for id in 1..=3 {
-        insert(a, id).await.expect("insert on the primary");
-    }
-    wait_until("both standbys to have 3 orders", || async move {
-        count(b).await == 3 && count(c).await == 3
-    })
-    .await;
+    populate_and_replicate(&cluster, 3).await;
     // c loses its link; b keeps receiving but its replay is paused (apply lag).
     cut(&cluster, 2).await;
     text(b, "SELECT pg_wal_replay_pause()").await;
@@ -447,13 +443,8 @@ async fn postgres_failover_picks_the_most_advanced_standby_fences_repoints_rejoi
 #[tokio::test]
 async fn postgres_refuses_beyond_the_lag_bound_until_forced_and_leaves_the_old_primary_fenced_without_rejoin() {
     let Some(cluster) = start_cluster() else { return };
-    populate(&cluster).await;
     let [a, b, c] = cluster.ports;
-    insert(a, 1).await.expect("insert");
-    wait_until("the standbys to have the order", || async move {
-        count(b).await == 1 && count(c).await == 1
-    })
-    .await;
+    populate_and_replicate(&cluster, 1).await;
     cut(&cluster, 1).await;
     cut(&cluster, 2).await;
     for id in 2..=4 {
@@ -502,13 +493,8 @@ async fn postgres_refuses_beyond_the_lag_bound_until_forced_and_leaves_the_old_p
 #[tokio::test]
 async fn postgres_unreachable_primary_is_fenced_on_return_and_a_crashed_promotion_rolls_forward_once() {
     let Some(cluster) = start_cluster() else { return };
-    populate(&cluster).await;
-    let [a, b, c] = cluster.ports;
-    insert(a, 1).await.expect("insert");
-    wait_until("the standbys to have the order", || async move {
-        count(b).await == 1 && count(c).await == 1
-    })
-    .await;
+    let [a, _, _] = cluster.ports;
+    populate_and_replicate(&cluster, 1).await;
     // The eu region dies: a is unreachable.
     cluster.kill(0);
     let step = cluster.step(2_000, true);

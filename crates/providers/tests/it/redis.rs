@@ -1,12 +1,10 @@
 //! `redis_promote` against three real redis-server processes (master `a` in eu, replicas `b`
 //! in us and `c` in ap), logged in as an ACL user.
 
-use std::time::{Duration, Instant};
-
 use providers::Failure;
 use providers::db::redis::{RECORD_KEY, RedisPromote, Settings};
 
-use crate::support::{DEADLINE, Server, Strict, find_binary, free_port, order, skip};
+use crate::support::{Server, Strict, find_binary, free_port, order, skip, wait_until};
 
 const USER: &str = "switchyard";
 const PASSWORD: &str = "sw-s3cret";
@@ -46,18 +44,6 @@ pub(crate) fn field(info: &str, key: &str) -> String {
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v.to_string())
         .unwrap_or_default()
-}
-
-pub(crate) async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Linked to `master` and caught up with it.

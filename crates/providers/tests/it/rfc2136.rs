@@ -7,7 +7,7 @@ use std::time::Duration;
 use providers::rfc2136::{Rfc2136, Settings};
 use providers::{Failure, Order};
 
-use crate::common::{Collect, Server, free_port, installed, wait_until};
+use crate::common::{Collect, Server, check_settings, free_port, installed, wait_until};
 
 const REGIONS: [&str; 3] = ["ap-south-1", "eu-west-1", "us-east-1"];
 const EU: &str = "192.0.2.1";
@@ -113,21 +113,15 @@ impl Bind {
 }
 
 fn step_in(folder: &Path, toml_text: &str) -> Result<Rfc2136, Vec<String>> {
-    let settings: Settings = toml::from_str(toml_text).expect("the test's TOML parses");
-    let mut checker = Collect::in_folder(folder, &REGIONS);
-    settings.check("dns", &mut checker).ok_or(checker.errors)
+    check_settings(
+        toml_text,
+        Collect::in_folder(folder, &REGIONS),
+        |settings: &Settings, checker| settings.check("dns", checker),
+    )
 }
 
 fn order(generation: u64, from: &str, to: &str) -> Order {
-    Order {
-        generation,
-        kind: "failover".into(),
-        from: Some(from.into()),
-        to: to.into(),
-        serving: vec![to.into()],
-        reason: "test".into(),
-        force_data_loss: false,
-    }
+    crate::support::order(generation, from, to, false)
 }
 
 #[tokio::test]

@@ -38,15 +38,35 @@ impl providers::Checker for Strict {
     }
 }
 
+/// An order moving the active region from `from` to `to` at `generation`.
 pub fn order(generation: u64, from: &str, to: &str, force_data_loss: bool) -> providers::Order {
+    order_from(generation, Some(from), to, force_data_loss)
+}
+
+/// An order to `to` at `generation`, from `from` when one is known; only `to` serves.
+pub fn order_from(generation: u64, from: Option<&str>, to: &str, force_data_loss: bool) -> providers::Order {
     providers::Order {
         generation,
         kind: "failover".into(),
-        from: Some(from.into()),
+        from: from.map(str::to_string),
         to: to.into(),
         serving: vec![to.into()],
         reason: "test".into(),
         force_data_loss,
+    }
+}
+
+/// Polls the async `condition` every 50 ms until it holds, at most [`DEADLINE`]; panics with
+/// `what` when it never does.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(std::time::Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
