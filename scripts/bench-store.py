@@ -10,7 +10,6 @@ target/bench/venv), builds the release binary, prints a Markdown table and rewri
 """
 
 import argparse
-import os
 import re
 import shutil
 import socket
@@ -113,11 +112,16 @@ def to_ms(text):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(port, workload, duration, connections):
+def wrk(port, workload, duration, connections, *script_args):
     output = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(LUA),
-         f"http://127.0.0.1:{port}/", "--", workload],
+         f"http://127.0.0.1:{port}/", "--", workload, *script_args],
         check=True, capture_output=True, text=True).stdout
+    return parse_wrk(output)
+
+
+def parse_wrk(output):
+    """Rate, p50/p99 in ms, non-2xx count and total from `wrk --latency` output."""
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     p50 = to_ms(re.search(r"\s50%\s+(\S+)", output).group(1))
     p99 = to_ms(re.search(r"\s99%\s+(\S+)", output).group(1))

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""What a DynamoDB stream costs the store, in one run on one machine (release build):
+
+    scripts/bench-streams.py [--duration 20] [--rounds 3] [--connections 16] [--binary PATH]
+
+1. PutItem throughput to two tables of the same store, one without a stream and one with a
+   NEW_AND_OLD_IMAGES stream, in rounds that alternate the two (wrk, benches/dynamodb.lua's
+   "Change" workload: every write changes the item, so every write makes a stream record).
+   The issue's target: a stream costs at most 10 % of PutItem throughput.
+2. GetRecords with Limit 1000 over the records those writes made, timed from the request's
+   first byte to the response's last on a kept-alive connection (no SDK parsing in the figure).
+   The issue's target: at most 5 ms.
+
+Prints a Markdown section and rewrites the "Streams" section of BENCHMARKS.md (--no-write
+leaves it alone). Not a test: nothing here asserts a timing.
+"""
+
+import argparse
+import http.client
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# bench-store.py's helpers (its name has a dash, so it is loaded by path).
+_spec = importlib.util.spec_from_file_location("bench_store", Path(__file__).resolve().parent / "bench-store.py")
+bench_store = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_store)
+
+REPO = bench_store.REPO
+SECTION_BEGIN = "<!-- bench-streams:begin -->"
+SECTION_END = "<!-- bench-streams:end -->"
+STREAM_TABLE = "bench-stream"
+GET_RECORDS_SAMPLES = 200
+# A static, well-formed SigV4 header: a store without configured credentials accepts it.
+HEADERS = {
+    "Content-Type": "application/x-amz-json-1.0",
+    "X-Amz-Date": "20261122T000000Z",
+    "Authorization": "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261122/us-east-1/dynamodb/aws4_request, "
+                     "SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=" + "0123456789abcdef" * 4,
+}
+
+
+class Api:
+    """One kept-alive connection; `call` returns (seconds from send to last byte, parsed body)."""
+
+    def __init__(self, port):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def call(self, target, body):
+        headers = dict(HEADERS, **{"X-Amz-Target": target})
+        payload = json.dumps(body).encode()
+        started = time.perf_counter()
+        self.connection.request("POST", "/", payload, headers)
+        response = self.connection.getresponse()
+        data = response.read()
+        elapsed = time.perf_counter() - started
+        if response.status != 200:
+            raise RuntimeError(f"{target}: HTTP {response.status}: {data[:300]!r}")
+        return elapsed, json.loads(data), len(data)
+
+    def dynamodb(self, operation, body):
+        return self.call(f"DynamoDB_20120810.{operation}", body)[1]
+
+    def streams(self, operation, body):
+        return self.call(f"DynamoDBStreams_20120810.{operation}", body)
+
+
+def create_stream_table(api):
+    api.dynamodb("CreateTable", {
+        "TableName": STREAM_TABLE, "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+        "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    })
+    deadline = time.monotonic() + 60
+    while api.dynamodb("DescribeTable", {"TableName": STREAM_TABLE})["Table"]["TableStatus"] != "ACTIVE":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{STREAM_TABLE} not ACTIVE within 60 s")
+        time.sleep(0.1)
+    # The same 10k items as `bench`, so both tables start equal.
+    for first in range(0, bench_store.ITEMS, 25):
+        items = [{"PutRequest": {"Item": {"id": {"S": f"k{n}"}, "v": {"S": "x" * 100}}}}
+                 for n in range(first, min(first + 25, bench_store.ITEMS))]
+        request = {STREAM_TABLE: items}
+        while request:
+            request = api.dynamodb("BatchWriteItem", {"RequestItems": request}).get("UnprocessedItems") or None
+
+
+def put_rounds(port, args):
+    """Alternating rounds of the Change workload on `bench` and on the stream table."""
+    rounds = {"no stream": [], "NEW_AND_OLD_IMAGES stream": []}
+    for index in range(args.rounds):
+        for name, table in (("no stream", "bench"), ("NEW_AND_OLD_IMAGES stream", STREAM_TABLE)):
+            result = bench_store.wrk(port, "Change", args.duration, args.connections, table)
+            rounds[name].append(result)
+            print(f"{name:26} round {index + 1}: {result['rate']:8.0f}/s p50 {result['p50']:.2f} ms "
+                  f"p99 {result['p99']:.2f} ms non-2xx {result['errors']}/{result['total']}", file=sys.stderr)
+    return {name: sorted(results, key=lambda r: r["rate"])[len(results) // 2] for name, results in rounds.items()}
+
+
+def get_records(port):
+    """GetRecords(Limit=1000) over the stream's shards, oldest first; only full pages count."""
+    api = Api(port)
+    arn = api.dynamodb("DescribeTable", {"TableName": STREAM_TABLE})["Table"]["LatestStreamArn"]
+    shards, start = [], None
+    while True:
+        body = {"StreamArn": arn}
+        if start:
+            body["ExclusiveStartShardId"] = start
+        description = api.streams("DescribeStream", body)[1]["StreamDescription"]
+        shards += description["Shards"]
+        start = description.get("LastEvaluatedShardId")
+        if not start:
+            break
+    samples, sizes, records_total = [], [], 0
+    for shard in shards:
+        iterator = api.streams("GetShardIterator", {"StreamArn": arn, "ShardId": shard["ShardId"],
+                                                    "ShardIteratorType": "TRIM_HORIZON"})[1]["ShardIterator"]
+        while iterator and len(samples) < GET_RECORDS_SAMPLES:
+            elapsed, page, size = api.streams("GetRecords", {"ShardIterator": iterator, "Limit": 1000})
+            records_total += len(page["Records"])
+            if len(page["Records"]) == 1000:
+                samples.append(elapsed * 1000)
+                sizes.append(size)
+            elif not page["Records"]:
+                break
+            iterator = page.get("NextShardIterator")
+        if len(samples) >= GET_RECORDS_SAMPLES:
+            break
+    return {"shards": len(shards), "samples": samples, "bytes": statistics.median(sizes) if sizes else 0,
+            "records": records_total}
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def section(puts, records, args, command_line, build):
+    plain, streamed = puts["no stream"], puts["NEW_AND_OLD_IMAGES stream"]
+    cost = 1 - streamed["rate"] / plain["rate"]
+    lines = [
+        f"Command: `{command_line}` ({build} build; wrk -t2 -c{args.connections} -d{args.duration}s, median of "
+        f"{args.rounds} rounds alternating the two tables of one store, every PutItem a real change of one of "
+        f"{bench_store.ITEMS} items; 2 cores shared by the store and wrk; {time.strftime('%Y-%m-%d')}).",
+        "",
+        "| table | PutItem/s | p50 ms | p99 ms | non-2xx |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in puts.items():
+        lines.append(f"| {name} | {r['rate']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} |")
+    lines += ["", f"The stream costs **{cost * 100:.1f} %** of PutItem throughput (target: at most 10 %)."]
+    samples = records["samples"]
+    if samples:
+        lines += [
+            "",
+            f"GetRecords with Limit 1000 (full pages only, {len(samples)} calls over {records['shards']} shards, "
+            f"median response {records['bytes'] / 1024:.0f} KiB, request to last byte on a kept-alive "
+            f"connection): p50 **{statistics.median(samples):.2f} ms**, p99 {percentile(samples, 0.99):.2f} ms, "
+            f"max {max(samples):.2f} ms (target: at most 5 ms).",
+        ]
+    else:
+        lines += ["", f"GetRecords: no full page of 1000 records found ({records['records']} records read)."]
+    return "\n".join(lines)
+
+
+def update_benchmarks(text_of_section):
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text()
+    block = f"{SECTION_BEGIN}\n{text_of_section}\n{SECTION_END}"
+    if SECTION_BEGIN in text:
+        start, end = text.index(SECTION_BEGIN), text.index(SECTION_END) + len(SECTION_END)
+        text = text[:start] + block + text[end:]
+    else:
+        text += f"\n## Streams: what a stream costs PutItem, and GetRecords of 1000 records\n\n{block}\n"
+    path.write_text(text)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=20, help="seconds per round and table (default 20)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is kept (default 3)")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent connections (default 16)")
+    parser.add_argument("--binary", type=Path, help="use this switchyard binary instead of building target/release")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+    bench_store.ensure_tools(build=args.binary is None)
+    binary = args.binary or REPO / "target" / "release" / "switchyard"
+    with tempfile.TemporaryDirectory(prefix="bench-streams-") as root:
+        root = Path(root)
+        (root / "switchyard").mkdir()
+        port, process = bench_store.start_system("switchyard", bench_store.systems(root, binary)["switchyard"], root)
+        try:
+            create_stream_table(Api(port))
+            puts = put_rounds(port, args)
+            records = get_records(port)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    text = section(puts, records, args, "scripts/bench-streams.py " + " ".join(sys.argv[1:]), binary.parent.name)
+    print(text)
+    if not args.no_write:
+        update_benchmarks(text)
+
+
+if __name__ == "__main__":
+    main()
