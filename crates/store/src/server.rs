@@ -848,6 +848,13 @@ fn retried_by_clients(kind: ErrorKind) -> bool {
         )
 }
 
+/// An operation's successful answer: a JSON value to serialise, or a body already serialised
+/// (GetRecords splices stored records into its body).
+enum Answer {
+    Json(serde_json::Value),
+    Body(Vec<u8>),
+}
+
 async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
@@ -865,7 +872,9 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             Ok(body) => match authenticate_body(&state, admitted, &operation, &method, &uri, &headers, &body) {
                 Err(error) => Err(error),
                 Ok(_) if target.starts_with(crate::streams::api::TARGET_PREFIX) => {
-                    crate::streams::api::handle(state.store.engine(), &operation, &body).await
+                    crate::streams::api::handle(state.store.engine(), &operation, &body)
+                        .await
+                        .map(Answer::Body)
                 }
                 Ok(_) if !target.starts_with(TARGET_PREFIX) => Err(ApiError::new(
                     ErrorKind::UnknownOperation,
@@ -887,7 +896,7 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
                             .expect("replay guard lock is never poisoned")
                             .forget(verified);
                     }
-                    result
+                    result.map(Answer::Json)
                 }
             },
         },
@@ -920,15 +929,18 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
         })
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(value) => {
-            // Operations without an output shape (TagResource, UntagResource) answer with an
-            // empty body, as DynamoDB does.
-            let empty = matches!(label.as_str(), "TagResource" | "UntagResource")
-                && value.as_object().is_some_and(serde_json::Map::is_empty);
-            let body = if empty {
-                Vec::new()
-            } else {
-                serde_json::to_vec(&value).unwrap_or_default()
+        Ok(answer) => {
+            let body = match answer {
+                Answer::Body(body) => body,
+                // Operations without an output shape (TagResource, UntagResource) answer with
+                // an empty body, as DynamoDB does.
+                Answer::Json(value)
+                    if matches!(label.as_str(), "TagResource" | "UntagResource")
+                        && value.as_object().is_some_and(serde_json::Map::is_empty) =>
+                {
+                    Vec::new()
+                }
+                Answer::Json(value) => serde_json::to_vec(&value).unwrap_or_default(),
             };
             let mut out = HeaderMap::new();
             let body = crate::compat::encode_response(&headers, body, &mut out);

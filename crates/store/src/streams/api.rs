@@ -19,13 +19,13 @@ pub const TARGET_PREFIX: &str = "DynamoDBStreams_20120810.";
 /// The operations of the Streams API, as its reference lists them.
 pub const OPERATIONS: &[&str] = &["DescribeStream", "GetRecords", "GetShardIterator", "ListStreams"];
 
-/// Runs one Streams operation on a JSON request body.
-pub async fn handle(engine: &Engine, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
-    match operation {
+/// Runs one Streams operation on a JSON request body; the answer is the response body (JSON).
+pub async fn handle(engine: &Engine, operation: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let value = match operation {
         "ListStreams" => list_streams(engine, decode(body)?),
         "DescribeStream" => describe_stream(engine, decode(body)?),
         "GetShardIterator" => get_shard_iterator(engine, decode(body)?),
-        "GetRecords" => get_records(engine, decode(body)?),
+        "GetRecords" => return get_records(engine, decode(body)?),
         other => Err(ApiError::new(
             ErrorKind::UnknownOperation,
             format!(
@@ -33,7 +33,8 @@ pub async fn handle(engine: &Engine, operation: &str, body: &[u8]) -> Result<Val
                 OPERATIONS.join(", ")
             ),
         )),
-    }
+    }?;
+    Ok(serde_json::to_vec(&value).expect("a JSON value serialises"))
 }
 
 /// As the DynamoDB endpoint decodes (SerializationException for a body that is not JSON or a
@@ -322,7 +323,7 @@ struct GetRecordsRequest {
     limit: Option<i64>,
 }
 
-fn get_records(engine: &Engine, request: GetRecordsRequest) -> Result<Value, ApiError> {
+fn get_records(engine: &Engine, request: GetRecordsRequest) -> Result<Vec<u8>, ApiError> {
     let limit = check_limit(request.limit, GET_RECORDS_LIMIT_MAX, "limit")?;
     let iterator = ShardIterator::decode(&request.shard_iterator)?;
     let now_ms = engine.now_unix_ms();
@@ -338,14 +339,26 @@ fn get_records(engine: &Engine, request: GetRecordsRequest) -> Result<Value, Api
         return Err(trimmed(&iterator.arn, iterator.position));
     }
     let read = snapshot.read_shard(stream.id, shard, iterator.position, limit, GET_RECORDS_BYTES_MAX)?;
-    let mut response = json!({"Records": read.records});
+    // {"Records":[...],"NextShardIterator":"..."} with the stored records spliced in as they are.
+    let records_bytes: usize = read.records.iter().map(|r| r.len() + 1).sum();
+    let mut body = Vec::with_capacity(records_bytes + 64 + super::SHARD_ITERATOR_LENGTH_MAX);
+    body.extend_from_slice(b"{\"Records\":[");
+    for (index, record) in read.records.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(record);
+    }
+    body.push(b']');
     if !read.ended {
         let next = ShardIterator {
             position: read.next,
             issued_ms: now_ms,
             ..iterator
         };
-        response["NextShardIterator"] = json!(next.encode());
+        body.extend_from_slice(b",\"NextShardIterator\":");
+        serde_json::to_writer(&mut body, &next.encode()).expect("a string serialises");
     }
-    Ok(response)
+    body.push(b'}');
+    Ok(body)
 }

@@ -48,7 +48,9 @@ impl Harness {
     async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
         match operation {
             "ListStreams" | "DescribeStream" | "GetShardIterator" | "GetRecords" => {
-                store::streams::api::handle(&self.engine, operation, body.to_string().as_bytes()).await
+                store::streams::api::handle(&self.engine, operation, body.to_string().as_bytes())
+                    .await
+                    .map(|answer| serde_json::from_slice(&answer).expect("a Streams answer is JSON"))
             }
             _ => self.store.handle(operation, body.to_string().as_bytes()).await,
         }
