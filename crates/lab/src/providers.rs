@@ -58,23 +58,55 @@ pub const MOTO_LAB_SCRIPT: &str = include_str!("moto_lab.py");
 impl Programs {
     /// Looks the programs up on `PATH` and in the sbin folders (where Debian installs servers).
     pub fn find() -> Programs {
-        let moto_server = find_program("moto_server").or_else(|| {
-            // An active virtualenv, or the project's own (./scripts/install-test-deps.sh).
-            std::env::var_os("VIRTUAL_ENV")
-                .map(|venv| PathBuf::from(venv).join("bin"))
-                .into_iter()
-                .chain(std::iter::once(PathBuf::from(".venv/bin")))
-                .map(|dir| dir.join("moto_server"))
-                .find(|candidate| candidate.is_file())
-                .and_then(|found| std::path::absolute(found).ok())
-        });
+        // moto_server on PATH, in an active virtualenv, or in the project's own venv
+        // (./scripts/install-test-deps.sh). The Python that runs moto with the lab's correction
+        // is the one its `#!` names, or, for a wrapper such as pyenv's shim (`#!/usr/bin/env
+        // bash`), the `python3` beside it (pyenv's shim of it). Without one, moto_server runs
+        // as it is.
+        let candidates: Vec<PathBuf> = find_program("moto_server")
+            .into_iter()
+            .chain(
+                std::env::var_os("VIRTUAL_ENV")
+                    .map(|venv| PathBuf::from(venv).join("bin"))
+                    .into_iter()
+                    .chain(std::iter::once(PathBuf::from(".venv/bin")))
+                    .map(|dir| dir.join("moto_server"))
+                    .filter(|candidate| candidate.is_file())
+                    .filter_map(|found| std::path::absolute(found).ok()),
+            )
+            .collect();
+        let with_python = candidates
+            .iter()
+            .find_map(|server| moto_python(server).map(|python| (server.clone(), python)));
+        let (moto_server, moto_python) = match with_python {
+            Some((server, python)) => (Some(server), Some(python)),
+            None => (candidates.into_iter().next(), None),
+        };
         Programs {
             named: find_program("named"),
             haproxy: find_program("haproxy"),
-            moto_python: moto_server.as_deref().and_then(interpreter),
+            moto_python,
             moto_server,
         }
     }
+}
+
+/// The Python that has moto_server's moto: the one its `#!` names, else a `python3` beside it.
+fn moto_python(server: &Path) -> Option<PathBuf> {
+    python_interpreter(server).or_else(|| {
+        let beside = server.parent()?.join("python3");
+        beside.is_file().then_some(beside)
+    })
+}
+
+/// The interpreter of a Python script: its `#!` program, when that is a Python.
+fn python_interpreter(script: &Path) -> Option<PathBuf> {
+    interpreter(script).filter(|program| {
+        program
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("python"))
+    })
 }
 
 /// The interpreter a script's `#!` line names (`#!/usr/bin/env python3` is looked up on PATH).
@@ -481,6 +513,21 @@ mod tests {
         let via_env = dir.path().join("via-env");
         std::fs::write(&via_env, "#!/usr/bin/env -S sh\n").expect("write");
         assert!(interpreter(&via_env).is_some_and(|p| p.ends_with("sh")));
+        // Only a Python runs the lab's moto script: pyenv's shim is a bash script.
+        assert_eq!(python_interpreter(&direct), Some(python.clone()));
+        assert_eq!(python_interpreter(&via_env), None);
+        // A wrapper's moto comes from the python3 beside it (pyenv's shims directory).
+        let shim = dir.path().join("shims");
+        std::fs::create_dir(&shim).expect("mkdir");
+        std::fs::write(
+            shim.join("moto_server"),
+            "#!/usr/bin/env sh\nexec pyenv exec moto_server\n",
+        )
+        .expect("write");
+        assert_eq!(moto_python(&shim.join("moto_server")), None);
+        std::fs::write(shim.join("python3"), "#!/usr/bin/env sh\n").expect("write");
+        assert_eq!(moto_python(&shim.join("moto_server")), Some(shim.join("python3")));
+        assert_eq!(moto_python(&direct), Some(python.clone()));
         // No `#!`, an interpreter that is not there, or no file: none.
         let plain = dir.path().join("plain");
         std::fs::write(&plain, "import re\n").expect("write");
