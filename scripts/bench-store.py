@@ -179,14 +179,17 @@ def table(all_results, args, command_line):
     return "\n".join(lines)
 
 
-def update_benchmarks(section):
+def update_benchmarks(section, begin=SECTION_BEGIN, end=SECTION_END,
+                      heading="Store: Switchyard vs DynamoDB Local vs moto"):
+    """Replaces the text between the `begin` and `end` markers of BENCHMARKS.md with `section`,
+    or appends it under `heading` when the markers are not there yet."""
     path = REPO / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n\nRatios hold across machines; absolute numbers on shared 2-core machines are noise.\n"
-    block = f"{SECTION_BEGIN}\n{section}\n{SECTION_END}"
-    if SECTION_BEGIN in text:
-        text = re.sub(re.escape(SECTION_BEGIN) + ".*?" + re.escape(SECTION_END), lambda _: block, text, flags=re.S)
+    block = f"{begin}\n{section}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
-        text += f"\n## Store: Switchyard vs DynamoDB Local vs moto\n\n{block}\n"
+        text += f"\n## {heading}\n\n{block}\n"
     path.write_text(text)
 
 

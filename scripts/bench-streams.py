@@ -169,18 +169,6 @@ def section(puts, records, args, command_line, build):
     return "\n".join(lines)
 
 
-def update_benchmarks(text_of_section):
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text()
-    block = f"{SECTION_BEGIN}\n{text_of_section}\n{SECTION_END}"
-    if SECTION_BEGIN in text:
-        start, end = text.index(SECTION_BEGIN), text.index(SECTION_END) + len(SECTION_END)
-        text = text[:start] + block + text[end:]
-    else:
-        text += f"\n## Streams: what a stream costs PutItem, and GetRecords of 1000 records\n\n{block}\n"
-    path.write_text(text)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=20, help="seconds per round and table (default 20)")
@@ -208,7 +196,8 @@ def main():
     text = section(puts, records, args, "scripts/bench-streams.py " + " ".join(sys.argv[1:]), binary.parent.name)
     print(text)
     if not args.no_write:
-        update_benchmarks(text)
+        bench_store.update_benchmarks(text, SECTION_BEGIN, SECTION_END,
+                                      "Streams: what a stream costs PutItem, and GetRecords of 1000 records")
 
 
 if __name__ == "__main__":
