@@ -86,6 +86,28 @@ fn shard_range(stream_id: u64) -> std::ops::RangeInclusive<(u64, u64)> {
     (stream_id, 0)..=(stream_id, u64::MAX)
 }
 
+/// What a batch knows of the streams it appends to: the sequence counter and each stream's
+/// open shard are read once per batch, kept here while its jobs append, and written back once,
+/// before the batch commits (`WriteContext::flush_streams`). A change then costs its record's
+/// insert and nothing else: re-reading and rewriting the stream's metadata, the sequence and
+/// the shard's counters per change halved PutItem throughput (BENCHMARKS.md, Streams).
+/// Dropped with the batch, so a batch that fails leaves nothing behind.
+#[derive(Default)]
+pub(super) struct StreamBatch {
+    /// The last sequence number handed out, once read; and whether it moved.
+    seq: Option<u64>,
+    seq_dirty: bool,
+    /// Per stream key: the stream's open shard (`None`: the stream is disabled or gone).
+    open: HashMap<String, Option<OpenShard>>,
+}
+
+struct OpenShard {
+    stream_id: u64,
+    view_type: ViewType,
+    shard: ShardMeta,
+    dirty: bool,
+}
+
 impl WriteContext<'_> {
     /// Records the change of one item in the table's stream, if it has an enabled one and the
     /// change changed anything.
@@ -102,30 +124,19 @@ impl WriteContext<'_> {
             return Ok(());
         }
         let now_ms = self.shared.clock.now_unix_ms();
-        let limits = *self.shared.stream_limits.read().expect("limits lock is never poisoned");
         let key = stream_key(&table.name, &stream.label);
-        let meta = {
-            let streams = self.txn.open_table(STREAMS)?;
-            let found = streams.get(key.as_str())?;
-            found
-                .map(|bytes| decode_json::<StreamMeta>(bytes.value()))
-                .transpose()?
-        };
-        let meta = match meta {
-            Some(meta) if meta.disabled_ms.is_none() => meta,
-            Some(_) => return Ok(()),
-            None => self.create_stream(table, stream, now_ms)?,
-        };
-        let seq = {
-            let mut settings = self.txn.open_table(SETTINGS)?;
-            let seq = settings.get(STREAM_SEQ)?.map(|v| v.value()).unwrap_or(0) + 1;
-            settings.insert(STREAM_SEQ, seq)?;
-            seq
+        if !self.streams.open.contains_key(&key) {
+            let open = self.load_open_shard(table, stream, now_ms)?;
+            self.streams.open.insert(key.clone(), open);
+        }
+        let seq = self.last_stream_seq()? + 1;
+        let Some(open) = self.streams.open.get(&key).and_then(Option::as_ref) else {
+            return Ok(());
         };
         let Some(record) = streams::shape_record(&streams::Change {
-            stream_id: meta.id,
+            stream_id: open.stream_id,
             seq,
-            view_type: meta.view_type,
+            view_type: open.view_type,
             key: &table.key,
             region: &self.shared.region,
             old,
@@ -137,31 +148,115 @@ impl WriteContext<'_> {
         };
         let mut value = now_ms.to_be_bytes().to_vec();
         serde_json::to_writer(&mut value, &record).expect("serialising a record into a Vec cannot fail");
-        let mut shards = self.txn.open_table(STREAM_SHARDS)?;
-        let open = {
-            let last = shards.range(shard_range(meta.id))?.next_back().transpose()?;
-            last.map(|(k, v)| Ok::<_, redb::Error>((k.value().1, decode_json::<ShardMeta>(v.value())?)))
-                .transpose()?
-        };
-        let mut shard = match open {
-            Some((_, shard)) if !shard.closed && !due_for_rollover(&shard, &limits, now_ms) => shard,
-            Some((first, mut parent)) => {
-                let parent_id = parent.id.clone();
-                if !parent.closed {
-                    parent.closed = true;
-                    shards.insert((meta.id, first), encode_json(&parent).as_slice())?;
-                }
-                new_shard(meta.id, Some(parent_id), now_ms, seq)
-            }
-            None => new_shard(meta.id, None, now_ms, seq),
-        };
-        shard.records += 1;
-        shard.bytes += value.len() as u64;
-        shard.last_seq = Some(seq);
-        shards.insert((meta.id, shard.first_seq), encode_json(&shard).as_slice())?;
+        let stream_id = open.stream_id;
+        let limits = *self.shared.stream_limits.read().expect("limits lock is never poisoned");
+        if due_for_rollover(&open.shard, &limits, now_ms) {
+            self.roll_over(&key, now_ms, seq)?;
+        }
+        self.streams.seq = Some(seq);
+        self.streams.seq_dirty = true;
+        let open = self
+            .streams
+            .open
+            .get_mut(&key)
+            .and_then(Option::as_mut)
+            .expect("the open shard was loaded above");
+        open.shard.records += 1;
+        open.shard.bytes += value.len() as u64;
+        open.shard.last_seq = Some(seq);
+        open.dirty = true;
         self.txn
             .open_table(STREAM_RECORDS)?
-            .insert((meta.id, seq), value.as_slice())?;
+            .insert((stream_id, seq), value.as_slice())?;
+        Ok(())
+    }
+
+    /// The last sequence number handed out (read once per batch).
+    fn last_stream_seq(&mut self) -> Result<u64, redb::Error> {
+        if let Some(seq) = self.streams.seq {
+            return Ok(seq);
+        }
+        let seq = self
+            .txn
+            .open_table(SETTINGS)?
+            .get(STREAM_SEQ)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        self.streams.seq = Some(seq);
+        Ok(seq)
+    }
+
+    /// The open shard of a table's enabled stream, registering the stream if storage has none
+    /// yet; `None` when the stored stream is disabled.
+    fn load_open_shard(
+        &mut self,
+        table: &TableMeta,
+        stream: &TableStream,
+        now_ms: u64,
+    ) -> Result<Option<OpenShard>, redb::Error> {
+        let key = stream_key(&table.name, &stream.label);
+        let meta = {
+            let streams = self.txn.open_table(STREAMS)?;
+            let found = streams.get(key.as_str())?;
+            found
+                .map(|bytes| decode_json::<StreamMeta>(bytes.value()))
+                .transpose()?
+        };
+        let meta = match meta {
+            Some(meta) if meta.disabled_ms.is_none() => meta,
+            Some(_) => return Ok(None),
+            None => self.create_stream(table, stream, now_ms)?,
+        };
+        let last = {
+            let shards = self.txn.open_table(STREAM_SHARDS)?;
+            let last = shards.range(shard_range(meta.id))?.next_back().transpose()?;
+            last.map(|(_, v)| decode_json::<ShardMeta>(v.value())).transpose()?
+        };
+        let shard = match last {
+            Some(shard) if !shard.closed => shard,
+            // A stream whose last shard closed (only `sync_streams` closes one, and it disables
+            // the stream too) gets a child, so appends always have an open shard.
+            Some(parent) => new_shard(meta.id, Some(parent.id), now_ms, self.last_stream_seq()? + 1),
+            None => new_shard(meta.id, None, now_ms, self.last_stream_seq()? + 1),
+        };
+        Ok(Some(OpenShard {
+            stream_id: meta.id,
+            view_type: meta.view_type,
+            shard,
+            dirty: false,
+        }))
+    }
+
+    /// Closes the open shard of stream `key` (writing it back now) and opens its child, whose
+    /// first record is `first_seq`.
+    fn roll_over(&mut self, key: &str, now_ms: u64, first_seq: u64) -> Result<(), redb::Error> {
+        let Some(Some(open)) = self.streams.open.get_mut(key) else {
+            return Ok(());
+        };
+        open.shard.closed = true;
+        self.txn.open_table(STREAM_SHARDS)?.insert(
+            (open.stream_id, open.shard.first_seq),
+            encode_json(&open.shard).as_slice(),
+        )?;
+        open.shard = new_shard(open.stream_id, Some(open.shard.id.clone()), now_ms, first_seq);
+        open.dirty = true;
+        Ok(())
+    }
+
+    /// Writes back what this batch's appends changed: the open shards' counters and the
+    /// sequence. Runs before the batch commits, and before anything else in the batch reads or
+    /// changes stream metadata (which then reads it from storage again).
+    pub(super) fn flush_streams(&mut self) -> Result<(), redb::Error> {
+        let batch = std::mem::take(&mut self.streams);
+        for open in batch.open.into_values().flatten().filter(|open| open.dirty) {
+            self.txn.open_table(STREAM_SHARDS)?.insert(
+                (open.stream_id, open.shard.first_seq),
+                encode_json(&open.shard).as_slice(),
+            )?;
+        }
+        if let (Some(seq), true) = (batch.seq, batch.seq_dirty) {
+            self.txn.open_table(SETTINGS)?.insert(STREAM_SEQ, seq)?;
+        }
         Ok(())
     }
 
@@ -172,13 +267,13 @@ impl WriteContext<'_> {
         stream: &TableStream,
         now_ms: u64,
     ) -> Result<StreamMeta, redb::Error> {
-        let (id, next_seq) = {
+        let id = {
             let mut settings = self.txn.open_table(SETTINGS)?;
             let id = settings.get(NEXT_STREAM_ID)?.map(|v| v.value()).unwrap_or(1);
             settings.insert(NEXT_STREAM_ID, id + 1)?;
-            let seq = settings.get(STREAM_SEQ)?.map(|v| v.value()).unwrap_or(0);
-            (id, seq + 1)
+            id
         };
+        let next_seq = self.last_stream_seq()? + 1;
         let meta = StreamMeta {
             id,
             table: table.name.clone(),
@@ -203,6 +298,7 @@ impl WriteContext<'_> {
     /// Brings the stored streams of `table` in line with its definition: the enabled stream
     /// exists, every other stream of the table is disabled (all of them when `dropped`).
     pub(super) fn sync_streams(&mut self, table: &TableMeta, dropped: bool) -> Result<(), redb::Error> {
+        self.flush_streams()?;
         let now_ms = self.shared.clock.now_unix_ms();
         let current = table.stream.as_ref().filter(|s| s.enabled && !dropped);
         let prefix = format!("{}/", table.name);
@@ -262,6 +358,7 @@ impl WriteContext<'_> {
     /// closed shards left without records, and forgets disabled streams whose retention ended.
     /// Returns the records deleted.
     fn trim_streams(&mut self, now_ms: u64, limits: StreamLimits) -> Result<usize, redb::Error> {
+        self.flush_streams()?;
         let horizon = now_ms.saturating_sub(limits.retention_ms);
         let metas: Vec<StreamMeta> = {
             let streams = self.txn.open_table(STREAMS)?;
