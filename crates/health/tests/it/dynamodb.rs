@@ -206,17 +206,7 @@ fn lag_check(endpoint: &str, sources: &[&str]) -> health::CheckSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_probe_reads_inbound_replication_lag_from_the_other_region() {
     let (east, west) = replicating_pair().await;
-    call(
-        &west.url,
-        "CreateTable",
-        json!({
-            "TableName": "orders",
-            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-            "BillingMode": "PAY_PER_REQUEST"
-        }),
-    )
-    .await;
+    call(&west.url, "CreateTable", testkit::create_table_body("orders")).await;
     call(
         &west.url,
         "UpdateTable",
