@@ -43,6 +43,10 @@ pub const BINLOG_FILES_SCANNED_MAX: usize = 8;
 pub const BINLOG_EVENTS_SCANNED_MAX: u64 = 200_000;
 pub const BINLOG_PAGE_EVENTS: u64 = 5_000;
 pub const BINLOG_SCAN_MS: u64 = 5_000;
+/// How a loss is worded ([`judge_loss`]).
+const LOSS: super::LossWords = super::LossWords::new("they are lost", "them", "wait for it to catch up");
+/// What happens to a server the first survey of a run cannot reach.
+const UNREACHABLE: &str = "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins only without errant transactions";
 
 promote_settings! {
     /// The `[runbook.mysql_promote]` table.
@@ -59,13 +63,7 @@ promote_settings! {
 impl Settings {
     /// Checks the settings (every problem reported) and builds the actuator.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<MysqlPromote> {
-        let what = format!("mysql_promote step '{step}'");
-        let super::Shared {
-            members,
-            tls,
-            lag_ok: mut ok,
-            password,
-        } = self.check_shared(&what, MYSQL_PORT_DEFAULT, checker);
+        let (what, mut shared) = self.check_shared(("mysql_promote", step), MYSQL_PORT_DEFAULT, checker);
         for (name, user) in [("user", &self.user), ("replication_user", &self.replication_user)] {
             if user.get_ref().is_empty() || user.get_ref().chars().count() > USER_CHARS_MAX {
                 checker.error(
@@ -76,14 +74,18 @@ impl Settings {
                     ),
                     "name an existing account".into(),
                 );
-                ok = false;
+                shared.ok = false;
             }
         }
         let replication_password =
             super::resolve_secret(&what, "replication_password", &self.replication_password, checker);
-        let (Some(members), Some(password), Some(replication_password), Some(tls), true) =
-            (members, password, replication_password, tls, ok)
-        else {
+        let (Some(members), Some(password), Some(replication_password), Some(tls), true) = (
+            shared.members,
+            shared.password,
+            replication_password,
+            shared.tls,
+            shared.ok,
+        ) else {
             return None;
         };
         Some(MysqlPromote {
@@ -116,6 +118,10 @@ struct Inner {
     promote_lag_max_ms: u64,
     tls: Option<super::tls::Tls>,
 }
+
+// No waits beyond the catch-up: a run cut between fencing and promoting would leave the old
+// primary read-only with nobody writable.
+promote_step!(MysqlPromote, survey by inspect, waits |_inner| 0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
@@ -363,34 +369,13 @@ pub fn judge_loss(missing: &Missing, force: bool, candidate: &str, lag_max_ms: u
             missing.count
         )
     });
-    let words = super::LossWords {
-        lost: "they are lost",
-        lose: "them",
-        wait: "wait for it to catch up",
-    };
-    super::judge_loss(what, force, words)
+    super::judge_loss(what, force, LOSS)
 }
 
 impl MysqlPromote {
-    pub fn members(&self) -> &[Member] {
-        &self.inner.members
-    }
-
-    /// The shortest step `timeout_ms` that never cuts a run short: a run cut between fencing
-    /// and promoting would leave the old primary read-only with nobody writable.
-    pub fn timeout_needed_ms(&self) -> u64 {
-        self.inner.promote_lag_max_ms.saturating_add(super::STEP_OVERHEAD_MS)
-    }
-
     pub async fn run(&self, order: &Order) -> Outcome {
         let inner = &self.inner;
-        let mut notes = Notes::default();
-        let observed = super::note_unreachable(
-            &inner.members,
-            survey(inner).await,
-            "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins only without errant transactions",
-            &mut notes,
-        );
+        let (observed, mut notes) = super::first_survey(&inner.members, survey(inner).await, UNREACHABLE);
         let planned = match plan(order, &inner.members, &observed) {
             Err(Failure::Refused(message)) => {
                 let detail = self.errant_detail(order, &observed).await;
@@ -563,22 +548,10 @@ impl MysqlPromote {
                 continue;
             }
             session.replicate_from(primary_member, inner).await?;
-            notes.push(format!(
-                "{} now replicates from {}",
-                member.address, primary_member.address
-            ));
+            notes.push(super::now_replicates(member, primary_member));
         }
         Ok(())
     }
-}
-
-/// Inspects every member concurrently, each bounded.
-async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
-    super::survey(inner.members.len(), |index| {
-        let inner = Arc::clone(inner);
-        async move { inner.connect(index).await?.inspect().await }
-    })
-    .await
 }
 
 impl Inner {

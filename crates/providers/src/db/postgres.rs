@@ -62,6 +62,14 @@ pub const REJOIN_TIMEOUT_MS_MAX: u64 = 600_000;
 pub const REJOIN_OUTPUT_BYTES_MAX: usize = 600;
 /// Longest name accepted for users and the database (PostgreSQL's NAMEDATALEN - 1).
 pub const NAME_CHARS_MAX: usize = 63;
+/// How a loss is worded ([`judge_loss`]).
+const LOSS: super::LossWords = super::LossWords::new(
+    "the transactions in them are lost",
+    "the transactions in them",
+    "wait for it to catch up",
+);
+/// What happens to a server the first survey of a run cannot reach.
+const UNREACHABLE: &str = "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins when it answers";
 
 promote_settings! {
     /// The `[runbook.postgres_promote]` table.
@@ -107,13 +115,7 @@ fn default_rejoin_timeout_ms() -> Spanned<u64> {
 impl Settings {
     /// Checks the settings (every problem reported) and builds the actuator.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<PostgresPromote> {
-        let what = format!("postgres_promote step '{step}'");
-        let super::Shared {
-            members,
-            tls,
-            lag_ok: mut ok,
-            password,
-        } = self.check_shared(&what, POSTGRES_PORT_DEFAULT, checker);
+        let (what, mut shared) = self.check_shared(("postgres_promote", step), POSTGRES_PORT_DEFAULT, checker);
         for (name, value) in [
             ("user", &self.user),
             ("replication_user", &self.replication_user),
@@ -126,7 +128,7 @@ impl Settings {
                     format!("{what}: {name} '{text}' is empty, has control characters or is longer than {NAME_CHARS_MAX} characters"),
                     "name an existing role or database".into(),
                 );
-                ok = false;
+                shared.ok = false;
             }
         }
         let rejoin = match &self.rejoin {
@@ -145,7 +147,7 @@ impl Settings {
                         format!("{what}: rejoin program {} does not exist", program.display()),
                         "name an executable file (relative paths start at the config file's folder)".into(),
                     );
-                    ok = false;
+                    shared.ok = false;
                 }
                 if *r.timeout_ms.get_ref() == 0 || *r.timeout_ms.get_ref() > REJOIN_TIMEOUT_MS_MAX {
                     checker.error(
@@ -156,7 +158,7 @@ impl Settings {
                         ),
                         "a pg_rewind of a small divergence takes seconds; allow a few minutes at most".into(),
                     );
-                    ok = false;
+                    shared.ok = false;
                 }
                 Some(Rejoin {
                     program: program.display().to_string(),
@@ -167,9 +169,13 @@ impl Settings {
         };
         let replication_password =
             super::resolve_secret(&what, "replication_password", &self.replication_password, checker);
-        let (Some(members), Some(password), Some(replication_password), Some(tls), true) =
-            (members, password, replication_password, tls, ok)
-        else {
+        let (Some(members), Some(password), Some(replication_password), Some(tls), true) = (
+            shared.members,
+            shared.password,
+            replication_password,
+            shared.tls,
+            shared.ok,
+        ) else {
             return None;
         };
         Some(PostgresPromote {
@@ -206,6 +212,12 @@ struct Inner {
     rejoin: Option<Rejoin>,
     tls: Option<super::tls::Tls>,
 }
+
+// Beyond the catch-up: the promotion, a detach and a follow, and a rejoin if configured.
+promote_step!(PostgresPromote, survey by inspect, waits |inner| (PROMOTE_WAIT_S * 1000)
+    .saturating_add(FOLLOW_WAIT_MS)
+    .saturating_add(DETACH_WAIT_MS)
+    .saturating_add(inner.rejoin.as_ref().map_or(0, |r| r.timeout_ms)));
 
 #[derive(Clone, Debug)]
 struct Rejoin {
@@ -366,11 +378,7 @@ fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observe
                 Some(one) => Ok(Some(one)),
                 None => Err(Failure::Refused(format!(
                     "{} are writable primaries on the same timeline with the same promotion record ({top}): fence the stale one (ALTER SYSTEM SET default_transaction_read_only = on), then run again",
-                    several
-                        .iter()
-                        .map(|(i, _)| members[*i].address.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" and ")
+                    addresses(members, several.iter().map(|(i, _)| *i))
                 ))),
             };
         }
@@ -385,13 +393,27 @@ fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observe
         Some(one) => Ok(Some(one)),
         None => Err(Failure::Refused(format!(
             "{} are fenced primaries on the same timeline: make one a standby of the other, then run again",
-            fenced
-                .iter()
-                .map(|(i, _)| members[*i].address.as_str())
-                .collect::<Vec<_>>()
-                .join(" and ")
+            addresses(members, fenced.iter().map(|(i, _)| *i))
         ))),
     }
+}
+
+/// After a poll that did not see what it waits for: retryable with `message` once `until` has
+/// passed, otherwise a pause of [`POLL_MS`] before the next poll.
+async fn poll_again(until: Instant, message: impl FnOnce() -> String) -> Result<(), Failure> {
+    if Instant::now() >= until {
+        return Err(Failure::Retryable(message()));
+    }
+    tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    Ok(())
+}
+
+/// The addresses of the members at `indexes`, joined with "and".
+fn addresses(members: &[Member], indexes: impl Iterator<Item = usize>) -> String {
+    indexes
+        .map(|i| members[i].address.as_str())
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// Whether to promote a candidate `missing_bytes` of WAL short of what is known to exist.
@@ -407,12 +429,7 @@ pub fn judge_loss(
             "{candidate} still lacks {missing_bytes} byte(s) of WAL up to {target} after waiting promote_lag_max_ms = {lag_max_ms}"
         )
     });
-    let words = super::LossWords {
-        lost: "the transactions in them are lost",
-        lose: "the transactions in them",
-        wait: "wait for it to catch up",
-    };
-    super::judge_loss(what, force, words)
+    super::judge_loss(what, force, LOSS)
 }
 
 /// One line of a timeline history file: timeline `tli` was left at `switch`.
@@ -573,32 +590,9 @@ fn literal(text: &str) -> String {
 }
 
 impl PostgresPromote {
-    pub fn members(&self) -> &[Member] {
-        &self.inner.members
-    }
-
-    /// The shortest step `timeout_ms` that never cuts a run short between fencing and
-    /// promoting: catch-up, promotion, a rejoin if configured, and the fixed overhead.
-    pub fn timeout_needed_ms(&self) -> u64 {
-        let inner = &self.inner;
-        inner
-            .promote_lag_max_ms
-            .saturating_add(super::STEP_OVERHEAD_MS)
-            .saturating_add(PROMOTE_WAIT_S * 1000)
-            .saturating_add(FOLLOW_WAIT_MS)
-            .saturating_add(DETACH_WAIT_MS)
-            .saturating_add(inner.rejoin.as_ref().map_or(0, |r| r.timeout_ms))
-    }
-
     pub async fn run(&self, order: &Order) -> Outcome {
         let inner = &self.inner;
-        let mut notes = Notes::default();
-        let observed = super::note_unreachable(
-            &inner.members,
-            survey(inner).await,
-            "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins when it answers",
-            &mut notes,
-        );
+        let (observed, mut notes) = super::first_survey(&inner.members, survey(inner).await, UNREACHABLE);
         let primary = match plan(order, &inner.members, &observed)? {
             Plan::Done { primary, unfence } => {
                 let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
@@ -762,6 +756,7 @@ impl PostgresPromote {
             if o.in_recovery && o.upstream.as_deref() == Some(primary_member.address.as_str()) && o.streaming {
                 continue;
             }
+            let not_rejoined = |why: String| format!("{} left {}, not rejoined: {why}", member.address, fenced_word(o));
             let mut session = inner.connect(i).await?;
             if !o.in_recovery {
                 let (final_lsn, terminated) = session.fence(inner, i).await?;
@@ -785,11 +780,7 @@ impl PostgresPromote {
             ) {
                 Ok(path) => path,
                 Err(why) => {
-                    notes.push(format!(
-                        "{} left {}, not rejoined: {why}",
-                        member.address,
-                        fenced_word(o)
-                    ));
+                    notes.push(not_rejoined(why));
                     continue;
                 }
             };
@@ -820,11 +811,7 @@ impl PostgresPromote {
                             Ok(rewind @ RejoinPath::Rewind { .. }) => path = rewind,
                             Ok(RejoinPath::Follow) => return Err(not_streaming),
                             Err(why) => {
-                                notes.push(format!(
-                                    "{} left {}, not rejoined: {why}",
-                                    member.address,
-                                    fenced_word(o)
-                                ));
+                                notes.push(not_rejoined(why));
                                 continue;
                             }
                         }
@@ -1029,15 +1016,6 @@ async fn run_rejoin(
         output.status,
         &text[start..]
     ))
-}
-
-/// Inspects every member concurrently, each bounded.
-async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
-    super::survey(inner.members.len(), |index| {
-        let inner = Arc::clone(inner);
-        async move { inner.connect(index).await?.inspect().await }
-    })
-    .await
 }
 
 impl Inner {
@@ -1312,13 +1290,13 @@ impl Session {
             if seen.as_deref() == Some(value) {
                 return Ok(());
             }
-            if Instant::now() >= until {
-                return Err(Failure::Retryable(format!(
+            poll_again(until, || {
+                format!(
                     "{}: default_transaction_read_only reads {seen:?} in new sessions {QUERY_TIMEOUT_MS} ms after the reload, not {value}",
                     self.address
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+                )
+            })
+            .await?;
         }
     }
 
@@ -1355,13 +1333,13 @@ impl Session {
             if receivers.as_deref() == Some("0") {
                 return Ok(());
             }
-            if Instant::now() >= until {
-                return Err(Failure::Retryable(format!(
+            poll_again(until, || {
+                format!(
                     "{}: its WAL receiver still runs {DETACH_WAIT_MS} ms after primary_conninfo = '' and a reload",
                     self.address
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+                )
+            })
+            .await?;
         }
     }
 
@@ -1385,8 +1363,8 @@ impl Session {
             if get(0) == "streaming" && streaming_from == primary.address {
                 return Ok(());
             }
-            if Instant::now() >= until {
-                return Err(Failure::Retryable(format!(
+            poll_again(until, || {
+                format!(
                     "{}: does not stream from {} within {FOLLOW_WAIT_MS} ms after repointing (WAL receiver: {} from {streaming_from}); see its log",
                     self.address,
                     primary.address,
@@ -1395,9 +1373,9 @@ impl Session {
                     } else {
                         get(0)
                     }
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+                )
+            })
+            .await?;
         }
     }
 }
