@@ -40,6 +40,52 @@ pub const NOTES_MAX: usize = 16;
 /// because unknown keys are refused (`deny_unknown_fields`), which serde cannot combine with a
 /// flattened shared struct, and `toml::Spanned` keeps no position inside one.
 macro_rules! promote_settings {
+    // A step whose servers replicate with an account of their own (MySQL, PostgreSQL): its
+    // `user`, `replication_user` and `replication_password`, and `check_accounts`.
+    (replicating $(#[$meta:meta])* pub struct Settings { $($own:tt)* }) => {
+        promote_settings! {
+            $(#[$meta])*
+            pub struct Settings {
+                /// The account the step logs in with (PostgreSQL: a superuser).
+                pub user: ::toml::Spanned<String>,
+                /// The account replicas use to replicate from the new primary.
+                pub replication_user: ::toml::Spanned<String>,
+                #[serde(default)]
+                pub replication_password: Option<::toml::Spanned<$crate::secret::SecretSource>>,
+                $($own)*
+            }
+        }
+
+        impl Settings {
+            /// The keys `check_shared` checked (`shared`) with the step's accounts, or `None`
+            /// when any problem was reported.
+            fn check_accounts(
+                &self,
+                what: &str,
+                shared: super::Shared,
+                checker: &mut dyn $crate::Checker,
+            ) -> Option<(Vec<super::Member>, Option<super::tls::Tls>, super::Accounts)> {
+                let replication_password =
+                    super::resolve_secret(what, "replication_password", &self.replication_password, checker);
+                let (Some(members), Some(password), Some(replication_password), Some(tls), true) = (
+                    shared.members,
+                    shared.password,
+                    replication_password,
+                    shared.tls,
+                    shared.ok,
+                ) else {
+                    return None;
+                };
+                let accounts = super::Accounts {
+                    user: self.user.get_ref().clone(),
+                    password,
+                    replication_user: self.replication_user.get_ref().clone(),
+                    replication_password,
+                };
+                Some((members, tls, accounts))
+            }
+        }
+    };
     ($(#[$meta:meta])* pub struct Settings { $($own:tt)* }) => {
         $(#[$meta])*
         #[derive(Clone, Debug, serde::Deserialize)]
@@ -161,6 +207,16 @@ pub(crate) struct Shared {
     /// set it too).
     pub ok: bool,
     pub password: Option<Option<crate::secret::Secret>>,
+}
+
+/// The accounts of a step whose servers replicate with an account of their own (MySQL,
+/// PostgreSQL): the one the step logs in with, and the one replicas use.
+#[derive(Debug)]
+pub(crate) struct Accounts {
+    pub user: String,
+    pub password: Option<crate::secret::Secret>,
+    pub replication_user: String,
+    pub replication_password: Option<crate::secret::Secret>,
 }
 
 /// Resolves an optional secret setting (`name`): `Some(None)` when it is left out, `None`

@@ -21,12 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use toml::Spanned;
 
 use super::binlog::ErrantScan;
 use super::gtid::{GtidSet, MariaState, Missing, Position};
 use super::{Member, Notes, QUERY_TIMEOUT_MS};
-use crate::secret::{Secret, SecretSource};
 use crate::{Checker, Failure, Order, Outcome};
 
 /// Default MySQL port.
@@ -49,15 +47,10 @@ const LOSS: super::LossWords = super::LossWords::new("they are lost", "them", "w
 const UNREACHABLE: &str = "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins only without errant transactions";
 
 promote_settings! {
-    /// The `[runbook.mysql_promote]` table.
-    pub struct Settings {
-        /// The account the step logs in with.
-        pub user: Spanned<String>,
-        /// The account replicas use to replicate from the new primary (`CHANGE MASTER TO`).
-        pub replication_user: Spanned<String>,
-        #[serde(default)]
-        pub replication_password: Option<Spanned<SecretSource>>,
-    }
+    replicating
+    /// The `[runbook.mysql_promote]` table: the replication account is what `CHANGE MASTER TO`
+    /// names.
+    pub struct Settings {}
 }
 
 impl Settings {
@@ -77,24 +70,11 @@ impl Settings {
                 shared.ok = false;
             }
         }
-        let replication_password =
-            super::resolve_secret(&what, "replication_password", &self.replication_password, checker);
-        let (Some(members), Some(password), Some(replication_password), Some(tls), true) = (
-            shared.members,
-            shared.password,
-            replication_password,
-            shared.tls,
-            shared.ok,
-        ) else {
-            return None;
-        };
+        let (members, tls, accounts) = self.check_accounts(&what, shared, checker)?;
         Some(MysqlPromote {
             inner: Arc::new(Inner {
                 members,
-                user: self.user.get_ref().clone(),
-                password,
-                replication_user: self.replication_user.get_ref().clone(),
-                replication_password,
+                accounts,
                 promote_lag_max_ms: *self.promote_lag_max_ms.get_ref(),
                 tls,
             }),
@@ -111,10 +91,7 @@ pub struct MysqlPromote {
 #[derive(Debug)]
 struct Inner {
     members: Vec<Member>,
-    user: String,
-    password: Option<Secret>,
-    replication_user: String,
-    replication_password: Option<Secret>,
+    accounts: super::Accounts,
     promote_lag_max_ms: u64,
     tls: Option<super::tls::Tls>,
 }
@@ -560,8 +537,8 @@ impl Inner {
         let options = mysql_async::OptsBuilder::default()
             .ip_or_hostname(member.host.clone())
             .tcp_port(member.port)
-            .user(Some(self.user.clone()))
-            .pass(self.password.as_ref().map(|p| p.expose().to_string()))
+            .user(Some(self.accounts.user.clone()))
+            .pass(self.accounts.password.as_ref().map(|p| p.expose().to_string()))
             .prefer_socket(false)
             .ssl_opts(self.tls.as_ref().map(super::tls::Tls::mysql));
         let conn = super::login(&member.address, mysql_async::Conn::new(options), |e| e.to_string()).await?;
@@ -902,6 +879,7 @@ impl Session {
     /// Replicates from `source` by GTID (a running replication is stopped first).
     async fn replicate_from(&mut self, source: &Member, inner: &Inner) -> Result<(), Failure> {
         let password = inner
+            .accounts
             .replication_password
             .as_ref()
             .map(|p| p.expose().to_string())
@@ -916,7 +894,7 @@ impl Session {
                     "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos",
                     quote(&source.host),
                     source.port,
-                    quote(&inner.replication_user),
+                    quote(&inner.accounts.replication_user),
                     quote(&password)
                 ))
                 .await?;
@@ -928,7 +906,7 @@ impl Session {
                     "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {}, SOURCE_PORT = {}, SOURCE_USER = {}, SOURCE_PASSWORD = {}, SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1",
                     quote(&source.host),
                     source.port,
-                    quote(&inner.replication_user),
+                    quote(&inner.accounts.replication_user),
                     quote(&password)
                 ))
                 .await?;

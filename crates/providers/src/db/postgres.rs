@@ -36,7 +36,6 @@ use tokio_postgres::error::SqlState;
 use toml::Spanned;
 
 use super::{CONNECT_TIMEOUT_MS, Member, Notes, QUERY_TIMEOUT_MS};
-use crate::secret::{Secret, SecretSource};
 use crate::{Checker, Failure, Order, Outcome};
 
 /// Default PostgreSQL port.
@@ -72,17 +71,13 @@ const LOSS: super::LossWords = super::LossWords::new(
 const UNREACHABLE: &str = "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins when it answers";
 
 promote_settings! {
-    /// The `[runbook.postgres_promote]` table.
+    replicating
+    /// The `[runbook.postgres_promote]` table: the replication account is the role standbys
+    /// stream with (`primary_conninfo`).
     pub struct Settings {
-        /// The superuser the step logs in with.
-        pub user: Spanned<String>,
         /// The database the step connects to and keeps its promotion record in.
         #[serde(default = "default_database")]
         pub database: Spanned<String>,
-        /// The role standbys stream with (`primary_conninfo`).
-        pub replication_user: Spanned<String>,
-        #[serde(default)]
-        pub replication_password: Option<Spanned<SecretSource>>,
         /// How a former primary (or a standby past the fork point) becomes a standby of the new
         /// primary; without it such a server is left fenced and named.
         #[serde(default)]
@@ -167,25 +162,12 @@ impl Settings {
                 })
             }
         };
-        let replication_password =
-            super::resolve_secret(&what, "replication_password", &self.replication_password, checker);
-        let (Some(members), Some(password), Some(replication_password), Some(tls), true) = (
-            shared.members,
-            shared.password,
-            replication_password,
-            shared.tls,
-            shared.ok,
-        ) else {
-            return None;
-        };
+        let (members, tls, accounts) = self.check_accounts(&what, shared, checker)?;
         Some(PostgresPromote {
             inner: Arc::new(Inner {
-                members,
-                user: self.user.get_ref().clone(),
-                password,
                 database: self.database.get_ref().clone(),
-                replication_user: self.replication_user.get_ref().clone(),
-                replication_password,
+                members,
+                accounts,
                 promote_lag_max_ms: *self.promote_lag_max_ms.get_ref(),
                 rejoin,
                 tls,
@@ -202,12 +184,9 @@ pub struct PostgresPromote {
 
 #[derive(Debug)]
 struct Inner {
-    members: Vec<Member>,
-    user: String,
-    password: Option<Secret>,
     database: String,
-    replication_user: String,
-    replication_password: Option<Secret>,
+    members: Vec<Member>,
+    accounts: super::Accounts,
     promote_lag_max_ms: u64,
     rejoin: Option<Rejoin>,
     tls: Option<super::tls::Tls>,
@@ -973,7 +952,7 @@ async fn run_rejoin(
                 "host={} port={} user={} dbname={}",
                 conninfo_value(&source.host),
                 source.port,
-                conninfo_value(&inner.user),
+                conninfo_value(&inner.accounts.user),
                 conninfo_value(&inner.database)
             ),
         )
@@ -983,7 +962,7 @@ async fn run_rejoin(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    if let Some(password) = &inner.password {
+    if let Some(password) = &inner.accounts.password {
         command.env("PGPASSWORD", password.expose());
     }
     let child = command
@@ -1025,9 +1004,9 @@ impl Inner {
             "host={} port={} user={} application_name=switchyard",
             conninfo_value(&source.host),
             source.port,
-            conninfo_value(&self.replication_user)
+            conninfo_value(&self.accounts.replication_user)
         );
-        if let Some(password) = &self.replication_password {
+        if let Some(password) = &self.accounts.replication_password {
             conninfo.push_str(&format!(" password={}", conninfo_value(password.expose())));
         }
         conninfo
@@ -1039,11 +1018,11 @@ impl Inner {
         config
             .host(&member.host)
             .port(member.port)
-            .user(&self.user)
+            .user(&self.accounts.user)
             .dbname(&self.database)
             .application_name("switchyard")
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS));
-        if let Some(password) = &self.password {
+        if let Some(password) = &self.accounts.password {
             config.password(password.expose());
         }
         let client = match &self.tls {
