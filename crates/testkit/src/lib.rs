@@ -146,13 +146,12 @@ pub async fn dynamodb_call(url: &str, operation: &str, body: Vec<u8>) -> (u16, s
     (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
 }
 
-/// The body of a `CreateTable` of `table` as most tests want it: one string hash key `id`,
-/// on-demand billing.
-pub fn create_table_body(table: &str) -> serde_json::Value {
+/// The CreateTable body of an on-demand table keyed by one string attribute `hash_key`.
+pub fn on_demand_table(name: &str, hash_key: &str) -> serde_json::Value {
     serde_json::json!({
-        "TableName": table,
-        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+        "TableName": name,
+        "AttributeDefinitions": [{"AttributeName": hash_key, "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"}],
         "BillingMode": "PAY_PER_REQUEST"
     })
 }

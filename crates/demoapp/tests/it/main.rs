@@ -74,8 +74,6 @@ async fn plain_store(region: &str) -> StoreProcess {
     .await
 }
 
-/// An active-region pointer like the controller's: `?wait_generation=N&timeout_ms=T` waits
-/// until the generation differs from N or the time is up.
 /// Serves `app` (a pointer) on a free loopback port until the test ends; its URL.
 async fn serve_pointer(app: axum::Router) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind pointer");
@@ -84,6 +82,8 @@ async fn serve_pointer(app: axum::Router) -> String {
     url
 }
 
+/// An active-region pointer like the controller's: `?wait_generation=N&timeout_ms=T` waits
+/// until the generation differs from N or the time is up.
 async fn pointer_server(initial: ActiveRegion) -> (String, watch::Sender<ActiveRegion>) {
     let (sender, receiver) = watch::channel(initial);
     async fn handler(
@@ -382,13 +382,7 @@ async fn health_turns_503_when_the_store_is_gone() {
 #[tokio::test]
 async fn health_turns_503_when_the_store_cannot_write() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let faults = store::disk::FaultyDisk::new();
-    let disk = store::disk::DiskSettings {
-        free_bytes_min: Some(1 << 20),
-        reserve_bytes: 0,
-    };
-    let options = store::engine::EngineOptions::on_faulty_disk(&faults, disk);
-    let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(SystemClock), options).expect("open engine");
+    let (engine, faults) = store::testing::faulty_engine(dir.path(), "us-east-1");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(async move {
@@ -408,12 +402,7 @@ async fn health_turns_503_when_the_store_cannot_write() {
     shop.wait_health("ok", |status, body| status == 200 && body["status"] == json!("ok"))
         .await;
     // The store's disk falls below its watermark: it still reads, but cannot take an order.
-    let used: u64 = std::fs::read_dir(dir.path())
-        .expect("data dir")
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum();
-    faults.set_capacity_bytes(used + (512 << 10));
+    store::testing::leave_free(&faults, dir.path(), 512 << 10);
     let body = shop.wait_health("503", |status, _| status == 503).await;
     let reason = body["reason"].as_str().expect("reason");
     assert!(
