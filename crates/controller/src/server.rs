@@ -86,13 +86,13 @@ pub enum ServerError {
 /// listens on loopback only.
 pub fn check_exposure(address: SocketAddr, access: &Access) -> Result<(), ServerError> {
     let open = access.open_roles();
-    if open.is_empty() || address.ip().is_loopback() {
-        Ok(())
-    } else {
+    if common::secret::open_to_network(address, open.is_empty()) {
         Err(ServerError::OpenToNetwork {
             address,
             roles: open.iter().map(|r| r.name()).collect::<Vec<_>>().join(", "),
         })
+    } else {
+        Ok(())
     }
 }
 
@@ -1528,10 +1528,7 @@ async fn forward_command(shared: &Arc<Shared>, ha: &Member, headers: &HeaderMap,
     let Some(leader) = ha.leader().filter(|leader| leader.member != ha.name()) else {
         return not_leader(ha, None);
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = common::secret::bearer(headers);
     let url = format!("{}{}", leader.address.trim_end_matches('/'), received.path);
     let body = (!received.body.is_empty()).then(|| received.body.to_vec());
     let answer = shared
@@ -1783,11 +1780,7 @@ async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
     if let Err(response) = authorize_vantage(&shared, &headers, &vantage) {
         return response;
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
+    let token = common::secret::bearer(&headers).map(str::to_string);
     forward_to_leader(&shared, token, body.to_vec());
     match shared.observe(report) {
         health::quorum::Observed::UnknownVantage => error(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State as Extract};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use common::dns_admin::{AdminError, HEALTH_PATH, HealthApplied, HealthPush, TXT_PATH, TxtApplied, TxtPush, View};
@@ -53,20 +53,10 @@ fn outcome(state: &State, outcome: &'static str) {
     state.metrics.pushes.get_or_create(&OutcomeLabels { outcome }).inc();
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn authorize(state: &State, headers: &HeaderMap) -> Result<(), Response> {
     let Some(token) = &state.token else { return Ok(()) };
-    let offered = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match offered {
-        Some(offered) if same(offered.as_bytes(), token.as_bytes()) => Ok(()),
+    match common::secret::bearer(headers) {
+        Some(offered) if common::secret::same_secret(token.as_bytes(), offered.as_bytes()) => Ok(()),
         _ => {
             outcome(state, "unauthorized");
             Err(error(

@@ -250,10 +250,10 @@ pub enum ExposureError {
 
 /// Security by default: an admin API without a token listens on loopback only.
 pub fn check_exposure(admin: SocketAddr, token: Option<&str>) -> Result<(), ExposureError> {
-    if token.is_some_and(|t| !t.is_empty()) || admin.ip().is_loopback() {
-        Ok(())
-    } else {
+    if common::secret::open_to_network(admin, token.is_some_and(|t| !t.is_empty())) {
         Err(ExposureError::OpenToNetwork(admin))
+    } else {
+        Ok(())
     }
 }
 

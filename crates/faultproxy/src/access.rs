@@ -116,22 +116,11 @@ pub enum ExposureError {
 
 /// A control API without a token listens on loopback only.
 pub fn check_exposure(listen: SocketAddr, token: Option<&str>) -> Result<(), ExposureError> {
-    if token.is_some_and(|t| !t.is_empty()) || listen.ip().is_loopback() {
-        Ok(())
-    } else {
+    if common::secret::open_to_network(listen, token.is_some_and(|t| !t.is_empty())) {
         Err(ExposureError::OpenToNetwork(listen))
+    } else {
+        Ok(())
     }
-}
-
-/// Compares a presented token with the expected one in time that depends only on the expected
-/// token's length, so response times do not reveal how much of a guess was right.
-pub fn token_matches(expected: &[u8], given: &[u8]) -> bool {
-    let mut difference = expected.len() ^ given.len();
-    for (index, byte) in expected.iter().enumerate() {
-        let other = given.get(index).copied().unwrap_or(!byte);
-        difference |= usize::from(byte ^ other);
-    }
-    std::hint::black_box(difference) == 0
 }
 
 #[cfg(test)]
@@ -183,14 +172,5 @@ mod tests {
         assert!(check_exposure(open, Some("secret")).is_ok());
         assert!(check_exposure(local, None).is_ok());
         assert!(check_exposure("[::1]:1".parse().expect("literal"), None).is_ok());
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(token_matches(b"secret", b"secret"));
-        assert!(!token_matches(b"secret", b"secreT"));
-        assert!(!token_matches(b"secret", b"secret2"));
-        assert!(!token_matches(b"secret", b"secre"));
-        assert!(!token_matches(b"secret", b""));
     }
 }

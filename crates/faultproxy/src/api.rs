@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::access::{check_exposure, token_matches};
+use crate::access::check_exposure;
 use crate::proxy::{ProxySpec, ProxyUpdate, Registry, RegistryError};
 use crate::toxic::{Toxic, ToxicUpdate};
 
@@ -89,12 +89,8 @@ async fn authorize(token: &str, request: Request, next: Next) -> Response {
     if request.uri().path() == "/health" {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .unwrap_or_default();
-    if token_matches(token.as_bytes(), presented) {
+    let presented = common::secret::bearer(request.headers()).unwrap_or_default();
+    if common::secret::same_secret(token.as_bytes(), presented.as_bytes()) {
         return next.run(request).await;
     }
     ApiError {

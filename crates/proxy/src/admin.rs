@@ -34,7 +34,7 @@ const ADMIN_BODY_BYTES_MAX: usize = 4096;
 
 /// Refuses to expose an unauthenticated admin API beyond loopback.
 pub fn check_exposure(address: SocketAddr, token: Option<&str>) -> Result<(), String> {
-    if token.is_none() && !address.ip().is_loopback() {
+    if common::secret::open_to_network(address, token.is_some()) {
         return Err(format!(
             "admin_listen {address} is not loopback and no token is set: pass --token-file FILE or set SWITCHYARD_CONTROL_TOKEN, or listen on 127.0.0.1"
         ));
@@ -137,19 +137,10 @@ pub async fn serve(
     common::http::serve(listener, options, router, shutdown).await
 }
 
-/// Compares without an early exit, so the time taken does not reveal the token's prefix.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn authenticate(State(context): State<AdminContext>, request: Request, next: Next) -> Response {
     if let Some(token) = &context.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same_secret(g.trim().as_bytes(), token.as_bytes())) {
+        let given = common::secret::bearer(request.headers());
+        if !given.is_some_and(|g| common::secret::same_secret(token.as_bytes(), g.as_bytes())) {
             return (
                 StatusCode::UNAUTHORIZED,
                 axum::Json(json!({
@@ -498,12 +489,5 @@ mod tests {
         assert!(check_exposure(public, None).is_err());
         assert!(check_exposure(public, Some("t")).is_ok());
         assert!(check_exposure(local, None).is_ok());
-    }
-
-    #[test]
-    fn secrets_compare_by_content() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"abc", b"ab"));
     }
 }
