@@ -7,10 +7,17 @@ use std::sync::Arc;
 use dynamo_protocol::{ApiError, ErrorKind};
 use serde_json::{Value, json};
 use store::{Engine, Store, SystemClock};
+use support::{Calls, on_demand_table};
 
 struct Harness {
     store: Store,
     _dir: tempfile::TempDir,
+}
+
+impl Calls for Harness {
+    async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
+        self.store.handle(operation, body.to_string().as_bytes()).await
+    }
 }
 
 impl Harness {
@@ -20,24 +27,6 @@ impl Harness {
         Harness {
             store: Store::new(engine),
             _dir: dir,
-        }
-    }
-
-    async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
-        self.store.handle(operation, body.to_string().as_bytes()).await
-    }
-
-    async fn ok(&self, operation: &str, body: Value) -> Value {
-        match self.call(operation, body).await {
-            Ok(value) => value,
-            Err(error) => panic!("{operation} failed: {error}"),
-        }
-    }
-
-    async fn err(&self, operation: &str, body: Value) -> ApiError {
-        match self.call(operation, body).await {
-            Ok(value) => panic!("{operation} succeeded unexpectedly: {value}"),
-            Err(error) => error,
         }
     }
 
@@ -97,17 +86,7 @@ async fn create_describe_list_and_delete_tables() {
         described["Table"]["GlobalSecondaryIndexes"][0]["IndexName"],
         "by-status"
     );
-    let again = h
-        .err(
-            "CreateTable",
-            json!({
-                "TableName": "orders",
-                "AttributeDefinitions": [{"AttributeName": "customer", "AttributeType": "S"}],
-                "KeySchema": [{"AttributeName": "customer", "KeyType": "HASH"}],
-                "BillingMode": "PAY_PER_REQUEST"
-            }),
-        )
-        .await;
+    let again = h.err("CreateTable", on_demand_table("orders", "customer")).await;
     assert_eq!(again.kind, ErrorKind::ResourceInUse);
     let listed = h.ok("ListTables", json!({})).await;
     assert_eq!(listed["TableNames"], json!(["orders"]));
@@ -527,16 +506,7 @@ async fn writes_survive_reopening_the_database() {
 #[tokio::test]
 async fn a_write_queued_before_an_index_was_created_is_indexed() {
     let h = Harness::new();
-    h.ok(
-        "CreateTable",
-        json!({
-            "TableName": "late",
-            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
-            "BillingMode": "PAY_PER_REQUEST"
-        }),
-    )
-    .await;
+    h.ok("CreateTable", on_demand_table("late", "pk")).await;
     let engine = h.store.engine().clone();
     let stale = engine.table("late").expect("table");
     h.ok(
@@ -576,65 +546,13 @@ async fn a_write_queued_before_an_index_was_created_is_indexed() {
     assert_eq!(h.ok("Query", query).await["Count"], 0);
 }
 
-/// Waits (with a deadline) until the engine's write queue has `free` free slots.
-async fn wait_for_queue_free(engine: &Engine, free: usize) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while engine.write_queue_free() != free {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the write queue never reached {free} free slots (now {})",
-            engine.write_queue_free()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-}
-
-/// Runs `operation` so that it reads the `orders` table before a TagResource commits and
-/// writes after it: the writer is held inside a job while TagResource and then `operation`
-/// queue up. Returns the operation's answer and the tags the table has afterwards.
+/// [`support::run_behind_a_queued_tag`] on the `orders` table.
 async fn run_behind_a_queued_tag(h: &Harness, operation: &'static str, body: Value) -> (Value, Value) {
     let arn = h.ok("DescribeTable", json!({"TableName": "orders"})).await["Table"]["TableArn"]
         .as_str()
         .expect("TableArn")
         .to_string();
-    let engine = h.store.engine().clone();
-    let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let blocker = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .write_exclusive(move |_| {
-                    let _ = inside_tx.send(());
-                    let _ = release_rx.recv();
-                    Ok(())
-                })
-                .await
-        }
-    });
-    inside_rx.await.expect("the blocking job ran");
-    let idle = engine.write_queue_free();
-    let tag = tokio::spawn({
-        let store = h.store.clone();
-        let body = json!({"ResourceArn": arn, "Tags": [{"Key": "team", "Value": "billing"}]});
-        async move { store.handle("TagResource", body.to_string().as_bytes()).await }
-    });
-    wait_for_queue_free(&engine, idle - 1).await;
-    // The operation reads the table (without the tag, still queued) and queues its write.
-    let change = tokio::spawn({
-        let store = h.store.clone();
-        async move { store.handle(operation, body.to_string().as_bytes()).await }
-    });
-    wait_for_queue_free(&engine, idle - 2).await;
-    release_tx.send(()).expect("the blocking job waits");
-    blocker.await.expect("blocker task").expect("blocking job");
-    tag.await.expect("tag task").expect("TagResource");
-    let answer = match change.await.expect("operation task") {
-        Ok(answer) => answer,
-        Err(error) => panic!("{operation} failed: {error}"),
-    };
-    let tags = h.ok("ListTagsOfResource", json!({"ResourceArn": arn})).await;
-    (answer, tags["Tags"].clone())
+    support::run_behind_a_queued_tag(&h.store, &arn, operation, body).await
 }
 
 /// An UpdateTable that read the table before a TagResource committed applies its change to
@@ -802,4 +720,5 @@ mod pitr;
 mod replication_fuzz;
 mod server;
 mod streams;
+mod support;
 mod tombstones;
