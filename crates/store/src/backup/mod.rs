@@ -724,6 +724,14 @@ fn list_backups(store: &Store, request: ListBackupsRequest) -> Result<Value, Api
 pub struct RestoreRequest {
     target_table_name: String,
     backup_arn: String,
+    #[serde(flatten)]
+    overrides: Overrides,
+}
+
+/// The overrides a restore (from a backup or to a point in time) may give.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Overrides {
     billing_mode_override: Option<String>,
     global_secondary_index_override: Option<Vec<Value>>,
     local_secondary_index_override: Option<Vec<Value>>,
@@ -736,35 +744,15 @@ pub struct RestoreRequest {
     on_demand_throughput_override: Option<Value>,
 }
 
-/// The overrides a restore (from a backup or to a point in time) may give.
-pub(crate) struct Overrides<'a> {
-    pub target_table_name: &'a str,
-    pub billing_mode_override: Option<&'a String>,
-    pub global_secondary_index_override: Option<&'a Vec<Value>>,
-    pub local_secondary_index_override: Option<&'a Vec<Value>>,
-    pub provisioned_throughput_override: Option<&'a Value>,
-}
-
-impl RestoreRequest {
-    fn overrides(&self) -> Overrides<'_> {
-        Overrides {
-            target_table_name: &self.target_table_name,
-            billing_mode_override: self.billing_mode_override.as_ref(),
-            global_secondary_index_override: self.global_secondary_index_override.as_ref(),
-            local_secondary_index_override: self.local_secondary_index_override.as_ref(),
-            provisioned_throughput_override: self.provisioned_throughput_override.as_ref(),
-        }
-    }
-}
-
 /// The CreateTable request a restore amounts to: the source table's definition (as backed up,
 /// or as it is now for a point-in-time restore) with the overrides applied. What DynamoDB does
 /// not restore (tags, streams, TTL, deletion protection, PITR) is left out.
 pub(crate) fn restored_table_request(
     table: &TableMeta,
-    request: &Overrides<'_>,
+    target_table_name: &str,
+    request: &Overrides,
 ) -> Result<catalog::CreateTableRequest, ApiError> {
-    let billing = request.billing_mode_override.cloned().unwrap_or_else(|| {
+    let billing = request.billing_mode_override.clone().unwrap_or_else(|| {
         if table.throughput.is_some() {
             "PROVISIONED"
         } else {
@@ -774,7 +762,7 @@ pub(crate) fn restored_table_request(
     });
     let provisioned = billing == "PROVISIONED";
     let throughput_json = |t: catalog::Throughput| json!({"ReadCapacityUnits": t.read, "WriteCapacityUnits": t.write});
-    let table_throughput = match request.provisioned_throughput_override {
+    let table_throughput = match &request.provisioned_throughput_override {
         Some(value) => Some(value.clone()),
         None if provisioned => table.throughput.map(throughput_json),
         None => None,
@@ -807,7 +795,7 @@ pub(crate) fn restored_table_request(
     };
     let mut globals = request
         .global_secondary_index_override
-        .cloned()
+        .clone()
         .unwrap_or_else(|| index_json(IndexKind::Global));
     if !provisioned {
         for index in &mut globals {
@@ -818,7 +806,7 @@ pub(crate) fn restored_table_request(
     }
     let locals = request
         .local_secondary_index_override
-        .cloned()
+        .clone()
         .unwrap_or_else(|| index_json(IndexKind::Local));
     // The attribute definitions the key and the indexes use (an override may drop some).
     let mut used: Vec<String> = table.key.attributes().map(|a| a.name.clone()).collect();
@@ -836,7 +824,7 @@ pub(crate) fn restored_table_request(
         .map(|(name, t)| json!({"AttributeName": name, "AttributeType": t.descriptor()}))
         .collect();
     let mut create = json!({
-        "TableName": request.target_table_name,
+        "TableName": target_table_name,
         "KeySchema": table.key.to_json(),
         "AttributeDefinitions": definitions,
         "BillingMode": billing,
@@ -881,7 +869,7 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
         ));
     }
     let now = store.engine().now_unix_ms() as f64 / 1000.0;
-    let create = restored_table_request(&backup.table, &request.overrides())?;
+    let create = restored_table_request(&backup.table, &request.target_table_name, &request.overrides)?;
     catalog::table_from_request(&create, 0, now)?;
     // The backup is checked whole before the table exists: a damaged backup is refused here.
     let in_use = backups.use_backup(&id);
@@ -1031,6 +1019,29 @@ async fn drop_restoring(engine: &Engine, meta: TableMeta) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restore_requests_carry_their_overrides() {
+        let request: RestoreRequest = decode(
+            br#"{"TargetTableName": "copy", "BackupArn": "b", "BillingModeOverride": "PROVISIONED",
+                "ProvisionedThroughputOverride": {"ReadCapacityUnits": 7, "WriteCapacityUnits": 3},
+                "LocalSecondaryIndexOverride": [], "SSESpecificationOverride": {"Enabled": true}}"#,
+        )
+        .expect("valid request");
+        assert_eq!(request.target_table_name, "copy");
+        assert_eq!(request.overrides.billing_mode_override.as_deref(), Some("PROVISIONED"));
+        assert_eq!(request.overrides.local_secondary_index_override, Some(vec![]));
+        assert_eq!(request.overrides.global_secondary_index_override, None);
+        let Err(missing) = decode::<RestoreRequest>(br#"{"BackupArn": "b"}"#) else {
+            panic!("a request without TargetTableName decodes");
+        };
+        assert!(missing.message.contains("'targetTableName'"), "{}", missing.message);
+        let Err(wrong) = decode::<pitr::PointInTimeRequest>(br#"{"TargetTableName": "t", "BillingModeOverride": 5}"#)
+        else {
+            panic!("a number as BillingModeOverride decodes");
+        };
+        assert_eq!(wrong.kind, ErrorKind::Serialization, "{}", wrong.message);
+    }
 
     #[test]
     fn backup_arns_parse_strictly() {

@@ -187,16 +187,8 @@ pub struct PointInTimeRequest {
     target_table_name: String,
     restore_date_time: Option<f64>,
     use_latest_restorable_time: Option<bool>,
-    billing_mode_override: Option<String>,
-    global_secondary_index_override: Option<Vec<Value>>,
-    local_secondary_index_override: Option<Vec<Value>>,
-    provisioned_throughput_override: Option<Value>,
-    /// Accepted as CreateTable accepts SSESpecification: data at rest is the disk's business.
-    #[serde(rename = "SSESpecificationOverride")]
-    #[allow(dead_code)]
-    sse_specification_override: Option<Value>,
-    #[allow(dead_code)]
-    on_demand_throughput_override: Option<Value>,
+    #[serde(flatten)]
+    overrides: Overrides,
 }
 
 fn invalid_restore_time(at_ms: u64, earliest_ms: u64, latest_ms: u64) -> ApiError {
@@ -267,16 +259,7 @@ pub async fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest
             format!("Point in time recovery is not enabled for table '{source_name}'"),
         ));
     }
-    let create = restored_table_request(
-        &source,
-        &Overrides {
-            target_table_name: &request.target_table_name,
-            billing_mode_override: request.billing_mode_override.as_ref(),
-            global_secondary_index_override: request.global_secondary_index_override.as_ref(),
-            local_secondary_index_override: request.local_secondary_index_override.as_ref(),
-            provisioned_throughput_override: request.provisioned_throughput_override.as_ref(),
-        },
-    )?;
+    let create = restored_table_request(&source, &request.target_table_name, &request.overrides)?;
     let now_ms = engine.now_unix_ms();
     catalog::table_from_request(&create, 0, seconds(now_ms))?;
     let latest_ms = now_ms.saturating_sub(engine.pitr_limits().restorable_lag_ms.max(1));
