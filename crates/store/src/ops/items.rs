@@ -137,6 +137,15 @@ pub fn validate_key(meta: &TableMeta, key: &Item) -> Result<Vec<u8>, ApiError> {
 pub struct PutItemRequest {
     table_name: String,
     item: Item,
+    #[serde(flatten)]
+    write: ConditionalWrite,
+}
+
+/// The members PutItem, DeleteItem and UpdateItem share: the condition (an expression or the
+/// legacy Expected map), the expressions' names and values, and what to answer.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConditionalWrite {
     condition_expression: Option<String>,
     expected: Option<HashMap<String, ExpectedAttributeValue>>,
     conditional_operator: Option<String>,
@@ -147,30 +156,52 @@ pub struct PutItemRequest {
     return_values_on_condition_check_failure: Option<String>,
 }
 
-pub async fn put_item(store: &Store, request: PutItemRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().require_table(&request.table_name)?;
-    let return_values = parse_return_values(request.return_values.as_deref(), &[ReturnValues::AllOld])?;
-    let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
-    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
-    let inputs = ExpressionInputs {
-        names: request.expression_attribute_names,
-        values: request.expression_attribute_values,
-    };
-    let condition = {
+impl ConditionalWrite {
+    /// Checks ReturnValues (NONE or one of `allowed`), ReturnValuesOnConditionCheckFailure and
+    /// ReturnConsumedCapacity; what to return, and whether a failed condition carries the old item.
+    fn returns(&self, allowed: &[ReturnValues]) -> Result<(ReturnValues, bool), ApiError> {
+        let return_values = parse_return_values(self.return_values.as_deref(), allowed)?;
+        let return_old = parse_return_on_failure(self.return_values_on_condition_check_failure.as_deref())?;
+        validate_return_consumed_capacity(self.return_consumed_capacity.as_deref())?;
+        Ok((return_values, return_old))
+    }
+
+    /// The names and values the expressions may use, taken out of the request.
+    fn inputs(&mut self) -> ExpressionInputs {
+        ExpressionInputs {
+            names: self.expression_attribute_names.take(),
+            values: self.expression_attribute_values.take(),
+        }
+    }
+
+    fn condition(&self, context: &expr::Context<'_>) -> Result<Option<Condition>, ApiError> {
+        build_condition(
+            context,
+            self.condition_expression.as_deref(),
+            self.expected.as_ref(),
+            self.conditional_operator.as_deref(),
+        )
+    }
+
+    /// The condition of a write that has no other expression: every name and value given
+    /// must be used by it.
+    fn condition_alone(&mut self) -> Result<Option<Condition>, ApiError> {
+        let inputs = self.inputs();
         let context = inputs.context();
-        let condition = build_condition(
-            &context,
-            request.condition_expression.as_deref(),
-            request.expected.as_ref(),
-            request.conditional_operator.as_deref(),
-        )?;
+        let condition = self.condition(&context)?;
         context.check_all_used()?;
-        condition
-    };
+        Ok(condition)
+    }
+}
+
+pub async fn put_item(store: &Store, mut request: PutItemRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().require_table(&request.table_name)?;
+    let (return_values, return_old) = request.write.returns(&[ReturnValues::AllOld])?;
+    let condition = request.write.condition_alone()?;
     let item = request.item;
     let key = validate_put(&meta, &item)?;
     let job_meta = Arc::clone(&meta);
-    let mode = request.return_consumed_capacity;
+    let mode = request.write.return_consumed_capacity;
     let wants_capacity = capacity_wanted(mode.as_deref());
     let (old, capacity) = store
         .engine()
@@ -245,36 +276,14 @@ pub fn get_item(store: &Store, request: GetItemRequest) -> Result<Value, ApiErro
 pub struct DeleteItemRequest {
     table_name: String,
     key: Item,
-    condition_expression: Option<String>,
-    expected: Option<HashMap<String, ExpectedAttributeValue>>,
-    conditional_operator: Option<String>,
-    expression_attribute_names: Option<HashMap<String, String>>,
-    expression_attribute_values: Option<HashMap<String, AttributeValue>>,
-    return_values: Option<String>,
-    return_consumed_capacity: Option<String>,
-    return_values_on_condition_check_failure: Option<String>,
+    #[serde(flatten)]
+    write: ConditionalWrite,
 }
 
-pub async fn delete_item(store: &Store, request: DeleteItemRequest) -> Result<Value, ApiError> {
+pub async fn delete_item(store: &Store, mut request: DeleteItemRequest) -> Result<Value, ApiError> {
     let meta = store.engine().require_table(&request.table_name)?;
-    let return_values = parse_return_values(request.return_values.as_deref(), &[ReturnValues::AllOld])?;
-    let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
-    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
-    let inputs = ExpressionInputs {
-        names: request.expression_attribute_names,
-        values: request.expression_attribute_values,
-    };
-    let condition = {
-        let context = inputs.context();
-        let condition = build_condition(
-            &context,
-            request.condition_expression.as_deref(),
-            request.expected.as_ref(),
-            request.conditional_operator.as_deref(),
-        )?;
-        context.check_all_used()?;
-        condition
-    };
+    let (return_values, return_old) = request.write.returns(&[ReturnValues::AllOld])?;
+    let condition = request.write.condition_alone()?;
     let key = validate_key(&meta, &request.key)?;
     let job_meta = Arc::clone(&meta);
     let old = store
@@ -291,7 +300,7 @@ pub async fn delete_item(store: &Store, request: DeleteItemRequest) -> Result<Va
     if let (ReturnValues::AllOld, Some(old)) = (return_values, &old) {
         response["Attributes"] = item_json(old);
     }
-    let mode = request.return_consumed_capacity.as_deref();
+    let mode = request.write.return_consumed_capacity.as_deref();
     if let Some(capacity) = write_capacity_json(mode, &meta, old.as_ref(), None) {
         response["ConsumedCapacity"] = capacity;
     }
@@ -305,14 +314,8 @@ pub struct UpdateItemRequest {
     key: Item,
     update_expression: Option<String>,
     attribute_updates: Option<HashMap<String, AttributeValueUpdate>>,
-    condition_expression: Option<String>,
-    expected: Option<HashMap<String, ExpectedAttributeValue>>,
-    conditional_operator: Option<String>,
-    expression_attribute_names: Option<HashMap<String, String>>,
-    expression_attribute_values: Option<HashMap<String, AttributeValue>>,
-    return_values: Option<String>,
-    return_consumed_capacity: Option<String>,
-    return_values_on_condition_check_failure: Option<String>,
+    #[serde(flatten)]
+    write: ConditionalWrite,
 }
 
 /// An update from either UpdateExpression or the legacy AttributeUpdates, checked not to touch
@@ -362,34 +365,27 @@ pub fn updated_item(
     Ok(new)
 }
 
-pub async fn update_item(store: &Store, request: UpdateItemRequest) -> Result<Value, ApiError> {
+pub async fn update_item(store: &Store, mut request: UpdateItemRequest) -> Result<Value, ApiError> {
     let meta = store.engine().require_table(&request.table_name)?;
-    let return_values = parse_return_values(
-        request.return_values.as_deref(),
-        &[
-            ReturnValues::AllOld,
-            ReturnValues::AllNew,
-            ReturnValues::UpdatedOld,
-            ReturnValues::UpdatedNew,
-        ],
-    )?;
-    let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
-    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
+    let write = &mut request.write;
+    let (return_values, return_old) = write.returns(&[
+        ReturnValues::AllOld,
+        ReturnValues::AllNew,
+        ReturnValues::UpdatedOld,
+        ReturnValues::UpdatedNew,
+    ])?;
     refuse_mixed(
         &[
-            ("ConditionExpression", request.condition_expression.is_some()),
+            ("ConditionExpression", write.condition_expression.is_some()),
             ("UpdateExpression", request.update_expression.is_some()),
         ],
         &[
             ("AttributeUpdates", request.attribute_updates.is_some()),
-            ("ConditionalOperator", request.conditional_operator.is_some()),
-            ("Expected", request.expected.is_some()),
+            ("ConditionalOperator", write.conditional_operator.is_some()),
+            ("Expected", write.expected.is_some()),
         ],
     )?;
-    let inputs = ExpressionInputs {
-        names: request.expression_attribute_names,
-        values: request.expression_attribute_values,
-    };
+    let inputs = write.inputs();
     let (condition, update) = {
         let context = inputs.context();
         let update = build_update(
@@ -398,12 +394,7 @@ pub async fn update_item(store: &Store, request: UpdateItemRequest) -> Result<Va
             request.update_expression.as_deref(),
             request.attribute_updates.as_ref(),
         )?;
-        let condition = build_condition(
-            &context,
-            request.condition_expression.as_deref(),
-            request.expected.as_ref(),
-            request.conditional_operator.as_deref(),
-        )?;
+        let condition = request.write.condition(&context)?;
         context.check_all_used()?;
         (condition, update)
     };
@@ -437,7 +428,7 @@ pub async fn update_item(store: &Store, request: UpdateItemRequest) -> Result<Va
     if let Some(attributes) = attributes.filter(|a| !a.is_empty()) {
         response["Attributes"] = item_json(&attributes);
     }
-    let mode = request.return_consumed_capacity.as_deref();
+    let mode = request.write.return_consumed_capacity.as_deref();
     if let Some(capacity) = write_capacity_json(mode, &meta, old.as_ref(), new.as_ref()) {
         response["ConsumedCapacity"] = capacity;
     }

@@ -17,12 +17,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::items::{condition_failed, parse_return_on_failure, updated_item, validate_key, validate_put};
-use super::query::{PageRequest, Select as SelectMode, read_page, start_key};
+use super::query::{PageRequest, Select as SelectMode, read_page, resolve_index, start_key};
 use super::{
     Capacity, PAGE_BYTES_MAX, Store, TRANSACTION_ITEMS_MAX, capacity_wanted, item_json, read_units,
     validate_return_consumed_capacity,
 };
-use crate::catalog::{IndexKind, IndexMeta, TableMeta};
+use crate::catalog::{IndexKind, TableMeta};
 use crate::expr::{self, Condition, Path, PathElement, UpdateExpression};
 use crate::keys;
 use crate::partiql::{self, Parameters, Parsed, Returning, Select, Statement};
@@ -158,16 +158,6 @@ fn decode_token(token: &str, digest: &str) -> Result<Continuation, ApiError> {
         ));
     }
     Ok(continuation)
-}
-
-fn resolve_index<'m>(meta: &'m TableMeta, name: Option<&str>) -> Result<Option<&'m IndexMeta>, ApiError> {
-    match name {
-        None => Ok(None),
-        Some(name) => meta
-            .index(name)
-            .map(Some)
-            .ok_or_else(|| ApiError::validation(format!("The table does not have the specified index: {name}"))),
-    }
 }
 
 /// One attribute name, if the path is just that.
