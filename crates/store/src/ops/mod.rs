@@ -9,6 +9,7 @@ mod items;
 mod partiql;
 mod query;
 mod tables;
+mod transaction;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -93,6 +93,15 @@ impl Disk {
         }
     }
 
+    /// Retries a put (with a deadline) until it succeeds.
+    async fn put_once_writes_resume(&mut self, id: &str, value: &str) {
+        let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+        while let Err(error) = self.put(id, value).await {
+            assert!(Instant::now() < deadline, "writes never resumed: {error}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn wait_for_writer(&self, state: WriterState) {
         let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
         while self.store.engine().writer_status().state != state {
@@ -197,16 +206,7 @@ async fn an_io_error_fails_its_batch_and_the_database_is_reopened_without_a_rest
 
     // ...and once it works again the writer has reopened the database by itself.
     disk.faults.set_fail_syncs(false);
-    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
-    loop {
-        match disk.put("after", "v").await {
-            Ok(()) => break,
-            Err(error) => {
-                assert!(Instant::now() < deadline, "writes never resumed: {error}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    disk.put_once_writes_resume("after", "v").await;
     disk.wait_for_writer(WriterState::Ok).await;
     let status = disk.store.engine().writer_status();
     assert!(status.reopens_total >= 1, "{status:?}");
@@ -252,16 +252,7 @@ async fn a_disk_that_fills_up_under_the_engine_heals_when_it_grows() {
     );
     // The disk grows.
     disk.faults.set_capacity_bytes(u64::MAX);
-    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
-    loop {
-        match disk.put("after", "v").await {
-            Ok(()) => break,
-            Err(error) => {
-                assert!(Instant::now() < deadline, "writes never resumed: {error}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    disk.put_once_writes_resume("after", "v").await;
     disk.delete("first").await.expect("deletes work again");
     disk.wait_for_writer(WriterState::Ok).await;
     assert!(

@@ -272,7 +272,6 @@ async fn lone_region_with_carts() -> (Region, store::catalog::TableMeta) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_definition_with_another_key_hash_is_refused() {
-    use store::global::TableRequest;
     use store::keys::KeyHash;
 
     let (mut region, mut table) = lone_region_with_carts().await;
@@ -280,13 +279,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
 
     // A peer whose replica hashes keys differently would ship keys this region cannot use.
     table.key_hash = KeyHash::Fnv1a;
-    let body = serde_json::to_vec(&TableRequest {
-        table: table.clone(),
-        delete: false,
-        sequence: 1,
-        joining: true,
-    })
-    .expect("serialize");
+    let body = table_body(&table, false, 1, true);
     let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", body).await;
     assert_eq!(status, 400, "{answer}");
     let message = answer["message"]
@@ -299,13 +292,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
     // does not use up its sequence number).
     table.key_hash = KeyHash::CURRENT;
     let path = "/replication/v1/table";
-    let body = serde_json::to_vec(&TableRequest {
-        table: table.clone(),
-        delete: false,
-        sequence: 1,
-        joining: true,
-    })
-    .expect("serialize");
+    let body = table_body(&table, false, 1, true);
     let date_ms = now_ms();
     let signature = store::global::sign(KEY, "eu-west-1", path, date_ms, &body);
     let (status, answer) = call_raw(&region.url, path, "eu-west-1", date_ms, signature.clone(), body.clone()).await;
@@ -331,13 +318,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
     );
 
     // The peer deletes its replica here (sequence 2); the captured request...
-    let delete = serde_json::to_vec(&TableRequest {
-        table: table.clone(),
-        delete: true,
-        sequence: 2,
-        joining: false,
-    })
-    .expect("serialize");
+    let delete = table_body(&table, true, 2, false);
     let date_ms = now_ms();
     let delete_signature = store::global::sign(KEY, "eu-west-1", path, date_ms, &delete);
     let (status, answer) = call_raw(
@@ -351,13 +332,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
     .await;
     assert_eq!(status, 200, "{answer}");
     // ...then it joins again (sequence 3), and the region restarts: the in-memory state is gone.
-    let join = serde_json::to_vec(&TableRequest {
-        table,
-        delete: false,
-        sequence: 3,
-        joining: true,
-    })
-    .expect("serialize");
+    let join = table_body(&table, false, 3, true);
     let (status, answer) = post_signed(&region.url, path, "eu-west-1", join.clone()).await;
     assert_eq!(status, 200, "{answer}");
     ok(
@@ -423,26 +398,18 @@ async fn corrupt_and_replayed_batches_apply_nothing() {
     };
     let hlc = |ms: u64| replication::Hlc::from_parts(ms, 0).0;
     let path = "/replication/v1/batch";
+    // Batch `seq` from eu-west-1 holding the one change to `note` at `ms`.
+    let send_change = |seq: u64, note: &'static str, ms: u64| {
+        post_signed(&region.url, path, "eu-west-1", batch(seq, vec![change(note, hlc(ms))]))
+    };
 
-    let (status, answer) = post_signed(
-        &region.url,
-        path,
-        "eu-west-1",
-        batch(1, vec![change("first", hlc(1_000))]),
-    )
-    .await;
+    let (status, answer) = send_change(1, "first", 1_000).await;
     assert_eq!((status, answer["applied"].as_u64()), (200, Some(1)), "{answer}");
     assert_eq!(note().await.as_deref(), Some("first"));
 
     // Sequence 1 again, now carrying a newer write that last-writer-wins alone would take:
     // the sequence says it was applied already, so nothing is.
-    let (status, answer) = post_signed(
-        &region.url,
-        path,
-        "eu-west-1",
-        batch(1, vec![change("replayed", hlc(9_000))]),
-    )
-    .await;
+    let (status, answer) = send_change(1, "replayed", 9_000).await;
     assert_eq!((status, answer["applied"].as_u64()), (200, Some(0)), "{answer}");
     assert_eq!(
         note().await.as_deref(),
@@ -474,16 +441,21 @@ async fn corrupt_and_replayed_batches_apply_nothing() {
     );
 
     // The stream carries on where it was: sequence 2 is next.
-    let (status, answer) = post_signed(
-        &region.url,
-        path,
-        "eu-west-1",
-        batch(2, vec![change("second", hlc(2_000))]),
-    )
-    .await;
+    let (status, answer) = send_change(2, "second", 2_000).await;
     assert_eq!((status, answer["applied"].as_u64()), (200, Some(1)), "{answer}");
     assert_eq!(note().await.as_deref(), Some("second"));
     stop(&mut region).await;
+}
+
+/// A peer's TableRequest for `table`, serialised.
+fn table_body(table: &store::catalog::TableMeta, delete: bool, sequence: u64, joining: bool) -> Vec<u8> {
+    let request = store::global::TableRequest {
+        table: table.clone(),
+        delete,
+        sequence,
+        joining,
+    };
+    serde_json::to_vec(&request).expect("serialize")
 }
 
 /// POSTs with a given signature header (to send a wrong one).
@@ -633,18 +605,10 @@ async fn a_backfill_unfinished_before_a_restart_starts_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_error_carries_its_time_and_no_lag_figure_counts_from_1970() {
-    use store::global::TableRequest;
-
     let started_ms = now_ms();
     let (mut region, mut table) = lone_region_with_carts().await;
     table.replicas = vec!["us-east-1".into(), "eu-west-1".into()];
-    let body = serde_json::to_vec(&TableRequest {
-        table,
-        delete: false,
-        sequence: 1,
-        joining: false,
-    })
-    .expect("serialize");
+    let body = table_body(&table, false, 1, false);
     let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", body).await;
     assert_eq!(status, 200, "{answer}");
     ok(
@@ -682,7 +646,6 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use dynamo_protocol::AttributeValue;
-    use store::global::TableRequest;
     use store::record::{Record, encode};
 
     let mut region = start_lone_region(tempfile::tempdir().expect("temp dir")).await;
@@ -692,13 +655,7 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
     table.replicas = vec!["eu-west-1".into(), "us-east-1".into()];
 
     // eu-west-1 makes this region join its global table...
-    let join = serde_json::to_vec(&TableRequest {
-        table: table.clone(),
-        delete: false,
-        sequence: 1,
-        joining: true,
-    })
-    .expect("serialize");
+    let join = table_body(&table, false, 1, true);
     let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", join).await;
     assert_eq!(status, 200, "{answer}");
     let barrier = answer["joined_below"].as_u64().expect("a join barrier");
@@ -706,13 +663,7 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
     // the wait for its backfill is handed to the requester with the same barrier; a plain
     // update of the definition (another replica added) answers no barrier.
     for (sequence, joining, expected) in [(2, true, Some(barrier)), (3, false, None)] {
-        let retry = serde_json::to_vec(&TableRequest {
-            table: table.clone(),
-            delete: false,
-            sequence,
-            joining,
-        })
-        .expect("serialize");
+        let retry = table_body(&table, false, sequence, joining);
         let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", retry).await;
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["joined_below"].as_u64(), expected, "{answer}");

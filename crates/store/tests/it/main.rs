@@ -30,6 +30,20 @@ impl Harness {
         }
     }
 
+    /// A harness with the `orders` table.
+    async fn with_orders() -> Harness {
+        let h = Harness::new();
+        h.create_orders().await;
+        h
+    }
+
+    /// A harness with the `orders` table holding ann's order 1, open.
+    async fn with_an_order() -> Harness {
+        let h = Harness::with_orders().await;
+        h.put_order("ann", 1, "open").await;
+        h
+    }
+
     async fn create_orders(&self) {
         self.ok(
             "CreateTable",
@@ -77,8 +91,7 @@ fn numbers(items: &Value, attribute: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn create_describe_list_and_delete_tables() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     let described = h.ok("DescribeTable", json!({"TableName": "orders"})).await;
     assert_eq!(described["Table"]["TableStatus"], "ACTIVE");
     assert_eq!(described["Table"]["KeySchema"][1]["AttributeName"], "order");
@@ -97,8 +110,7 @@ async fn create_describe_list_and_delete_tables() {
 
 #[tokio::test]
 async fn attribute_names_are_at_least_one_character_and_under_64_kb() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     let key = json!({"customer": {"S": "c1"}, "order": {"N": "1"}});
     let mut item = key.clone();
     item[""] = json!({"S": "no name"});
@@ -136,23 +148,25 @@ async fn attribute_names_are_at_least_one_character_and_under_64_kb() {
 
 #[tokio::test]
 async fn query_orders_numbers_and_pages() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     for order in [20, -10, 3, 0, -2] {
         h.put_order("ann", order, if order > 0 { "open" } else { "shipped" })
             .await;
     }
     h.put_order("bob", 1, "open").await;
-    let all = h
-        .ok(
-            "Query",
-            json!({
-                "TableName": "orders",
-                "KeyConditionExpression": "customer = :c",
-                "ExpressionAttributeValues": {":c": {"S": "ann"}}
-            }),
-        )
-        .await;
+    // A Query of ann's orders, with `extra` members.
+    let ann = |extra: Value| {
+        let mut query = json!({
+            "TableName": "orders",
+            "KeyConditionExpression": "customer = :c",
+            "ExpressionAttributeValues": {":c": {"S": "ann"}}
+        });
+        for (member, value) in extra.as_object().expect("members") {
+            query[member] = value.clone();
+        }
+        query
+    };
+    let all = h.ok("Query", ann(json!({}))).await;
     assert_eq!(numbers(&all["Items"], "order"), ["-10", "-2", "0", "3", "20"]);
     let backwards = h
         .ok(
@@ -167,28 +181,10 @@ async fn query_orders_numbers_and_pages() {
         )
         .await;
     assert_eq!(numbers(&backwards["Items"], "order"), ["3", "0", "-2"]);
-    let first = h
-        .ok(
-            "Query",
-            json!({
-                "TableName": "orders",
-                "KeyConditionExpression": "customer = :c",
-                "ExpressionAttributeValues": {":c": {"S": "ann"}},
-                "Limit": 2
-            }),
-        )
-        .await;
+    let first = h.ok("Query", ann(json!({"Limit": 2}))).await;
     assert_eq!(numbers(&first["Items"], "order"), ["-10", "-2"]);
     let rest = h
-        .ok(
-            "Query",
-            json!({
-                "TableName": "orders",
-                "KeyConditionExpression": "customer = :c",
-                "ExpressionAttributeValues": {":c": {"S": "ann"}},
-                "ExclusiveStartKey": first["LastEvaluatedKey"]
-            }),
-        )
+        .ok("Query", ann(json!({"ExclusiveStartKey": first["LastEvaluatedKey"]})))
         .await;
     assert_eq!(numbers(&rest["Items"], "order"), ["0", "3", "20"]);
     assert!(rest.get("LastEvaluatedKey").is_none());
@@ -213,9 +209,7 @@ async fn query_orders_numbers_and_pages() {
 
 #[tokio::test]
 async fn conditions_updates_and_return_values() {
-    let h = Harness::new();
-    h.create_orders().await;
-    h.put_order("ann", 1, "open").await;
+    let h = Harness::with_an_order().await;
     let failed = h
         .err(
             "PutItem",
@@ -274,9 +268,7 @@ async fn conditions_updates_and_return_values() {
 
 #[tokio::test]
 async fn transactions_are_all_or_nothing() {
-    let h = Harness::new();
-    h.create_orders().await;
-    h.put_order("ann", 1, "open").await;
+    let h = Harness::with_an_order().await;
     let canceled = h
         .err(
             "TransactWriteItems",
@@ -324,8 +316,7 @@ async fn transactions_are_all_or_nothing() {
 
 #[tokio::test]
 async fn a_reused_client_request_token_needs_the_identical_request() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     let request = |amount: &str| {
         json!({"ClientRequestToken": "token-1", "TransactItems": [
             {"Update": {"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}},
@@ -349,8 +340,7 @@ async fn a_reused_client_request_token_needs_the_identical_request() {
 
 #[tokio::test]
 async fn a_query_start_key_must_lie_within_the_key_condition() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     for order in 1..=5 {
         h.put_order("ann", order, "open").await;
         h.put_order("bob", order, "open").await;
@@ -399,8 +389,7 @@ async fn a_query_start_key_must_lie_within_the_key_condition() {
 
 #[tokio::test]
 async fn parallel_scan_segments_cover_every_item_once() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     for order in 0..60 {
         h.put_order(&format!("c{order}"), order, "open").await;
     }
@@ -559,8 +548,7 @@ async fn run_behind_a_queued_tag(h: &Harness, operation: &'static str, body: Val
 /// the definition with the tags (it used to write back the one it read, losing them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_table_keeps_a_tag_committed_after_it_read_the_table() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     let body = json!({"TableName": "orders", "DeletionProtectionEnabled": true});
     let (updated, tags) = run_behind_a_queued_tag(&h, "UpdateTable", body).await;
     assert_eq!(updated["TableDescription"]["DeletionProtectionEnabled"], json!(true));
@@ -572,8 +560,7 @@ async fn update_table_keeps_a_tag_committed_after_it_read_the_table() {
 /// The same for UpdateContinuousBackups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_continuous_backups_keeps_a_tag_committed_after_it_read_the_table() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     let body = json!({"TableName": "orders", "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": true}});
     let (_, tags) = run_behind_a_queued_tag(&h, "UpdateContinuousBackups", body).await;
     assert_eq!(tags, json!([{"Key": "team", "Value": "billing"}]));
