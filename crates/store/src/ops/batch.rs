@@ -18,7 +18,7 @@ use super::items::{
 use super::transaction::{self, TxAction, TxStep};
 use super::{
     BATCH_GET_KEYS_MAX, BATCH_GET_RESPONSE_BYTES_MAX, BATCH_WRITE_ITEMS_MAX, Capacity, ExpressionInputs, Store,
-    TRANSACTION_ITEMS_MAX, capacity_wanted, item_json, read_units,
+    TRANSACTION_ITEMS_MAX, capacity_list, capacity_wanted, item_json, read_units,
 };
 use crate::catalog::TableMeta;
 use crate::expr::{self, Path};
@@ -279,13 +279,8 @@ pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Va
         })
         .await?;
     let mut response = json!({"UnprocessedItems": {}});
-    if wants_capacity {
-        response["ConsumedCapacity"] = Value::Array(
-            capacity
-                .iter()
-                .filter_map(|(table, consumed)| consumed.json(mode.as_deref(), table))
-                .collect(),
-        );
+    if let Some(list) = capacity_list(mode.as_deref(), &capacity) {
+        response["ConsumedCapacity"] = list;
     }
     Ok(response)
 }
@@ -419,8 +414,8 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
         return Ok(json!({}));
     };
     let mut response = json!({});
-    if capacity_wanted(mode.as_deref()) {
-        response["ConsumedCapacity"] = transaction::capacity_json(mode.as_deref(), &capacity);
+    if let Some(list) = capacity_list(mode.as_deref(), &capacity) {
+        response["ConsumedCapacity"] = list;
     }
     Ok(response)
 }
@@ -477,11 +472,15 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
     let snapshot = store.engine().snapshot()?;
     let mut responses = Vec::with_capacity(count);
     // Each item read twice (prepare and commit), in strongly consistent 4 KB units, per table.
-    let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
+    let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
     for (meta, key, projection) in &plans {
         let item = snapshot.get(meta, key)?;
         let size = item.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
-        *capacity.entry(meta.name.clone()).or_default() += 2.0 * read_units(size, true);
+        let units = 2.0 * read_units(size, true);
+        capacity
+            .entry(meta.name.clone())
+            .or_default()
+            .add(&Capacity::table(units));
         match item {
             Some(item) => {
                 let item = match projection {
@@ -494,14 +493,8 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
         }
     }
     let mut response = json!({"Responses": responses});
-    let mode = request.return_consumed_capacity.as_deref();
-    if capacity_wanted(mode) {
-        response["ConsumedCapacity"] = Value::Array(
-            capacity
-                .iter()
-                .filter_map(|(table, units)| Capacity::table(*units).json(mode, table))
-                .collect(),
-        );
+    if let Some(list) = capacity_list(request.return_consumed_capacity.as_deref(), &capacity) {
+        response["ConsumedCapacity"] = list;
     }
     Ok(response)
 }

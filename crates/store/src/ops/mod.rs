@@ -420,6 +420,19 @@ pub fn write_capacity_json(
     Capacity::write(meta, old, new).json(mode, &meta.name)
 }
 
+/// The ConsumedCapacity list of an operation over several tables (one entry a table) when
+/// `mode` asks for it.
+pub fn capacity_list(mode: Option<&str>, capacity: &std::collections::BTreeMap<String, Capacity>) -> Option<Value> {
+    capacity_wanted(mode).then(|| {
+        Value::Array(
+            capacity
+                .iter()
+                .filter_map(|(table, consumed)| consumed.json(mode, table))
+                .collect(),
+        )
+    })
+}
+
 /// Whether ReturnConsumedCapacity asks for the consumed capacity.
 pub fn capacity_wanted(mode: Option<&str>) -> bool {
     matches!(mode, Some("TOTAL" | "INDEXES"))

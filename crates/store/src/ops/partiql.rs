@@ -19,7 +19,7 @@ use super::items::{condition_failed, parse_return_on_failure, updated_item, vali
 use super::query::{PageRequest, Select as SelectMode, read_page, resolve_index, start_key};
 use super::transaction::{self, TxAction, TxStep};
 use super::{
-    Capacity, PAGE_BYTES_MAX, Store, TRANSACTION_ITEMS_MAX, capacity_wanted, item_json, read_units,
+    Capacity, PAGE_BYTES_MAX, Store, TRANSACTION_ITEMS_MAX, capacity_list, item_json, read_units,
     validate_return_consumed_capacity,
 };
 use crate::catalog::{IndexKind, TableMeta};
@@ -683,14 +683,8 @@ pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStateme
         }
     }
     let mut response = json!({"Responses": responses});
-    let mode = request.return_consumed_capacity.as_deref();
-    if capacity_wanted(mode) {
-        response["ConsumedCapacity"] = Value::Array(
-            capacity
-                .iter()
-                .filter_map(|(table, consumed)| consumed.json(mode, table))
-                .collect(),
-        );
+    if let Some(list) = capacity_list(request.return_consumed_capacity.as_deref(), &capacity) {
+        response["ConsumedCapacity"] = list;
     }
     Ok(response)
 }
@@ -884,21 +878,10 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
     // DynamoDB answers a transaction of writes with an empty Responses list (as recorded
     // against AWS by LocalStack's validated snapshot of two INSERTs).
     let mut response = json!({"Responses": []});
-    if capacity_wanted(mode) {
-        response["ConsumedCapacity"] = transaction::capacity_json(mode, &capacity);
+    if let Some(list) = capacity_list(mode, &capacity) {
+        response["ConsumedCapacity"] = list;
     }
     Ok(response)
-}
-
-fn capacity_list(mode: Option<&str>, capacity: &BTreeMap<String, f64>) -> Option<Value> {
-    capacity_wanted(mode).then(|| {
-        Value::Array(
-            capacity
-                .iter()
-                .filter_map(|(table, units)| Capacity::table(*units).json(mode, table))
-                .collect(),
-        )
-    })
 }
 
 fn transaction_reads(
@@ -926,11 +909,15 @@ fn transaction_reads(
     }
     let snapshot = store.engine().snapshot()?;
     let mut responses = Vec::with_capacity(reads.len());
-    let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
+    let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
     for read in &reads {
         let found = snapshot.get(&read.meta, &read.key)?;
         let size = found.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
-        *capacity.entry(read.meta.name.clone()).or_default() += 2.0 * read_units(size, true);
+        let units = 2.0 * read_units(size, true);
+        capacity
+            .entry(read.meta.name.clone())
+            .or_default()
+            .add(&Capacity::table(units));
         match found.filter(|item| read.filter.as_ref().is_none_or(|f| f.evaluate(item).unwrap_or(false))) {
             Some(item) => {
                 responses.push(json!({"Item": item_json(&partiql::project(&item, read.projection.as_deref()))}))

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use dynamo_protocol::error::CancellationReason;
 use dynamo_protocol::{ApiError, ErrorKind, Item};
-use serde_json::Value;
 
 use super::items::{check_condition, updated_item};
 use super::{Capacity, Store};
@@ -75,16 +74,6 @@ pub(super) async fn commit(
         store.transactions.remember(token, digest, now);
     }
     Ok(Some(capacity))
-}
-
-/// The ConsumedCapacity list of a transaction for `mode` (TOTAL or INDEXES).
-pub(super) fn capacity_json(mode: Option<&str>, capacity: &BTreeMap<String, Capacity>) -> Value {
-    Value::Array(
-        capacity
-            .iter()
-            .filter_map(|(table, consumed)| consumed.json(mode, table))
-            .collect(),
-    )
 }
 
 /// Why a step cannot go ahead against `old`, the item there now; `None` if it can.
