@@ -31,7 +31,7 @@ use dynamo_protocol::{ApiError, ErrorKind, Item};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::catalog::{self, IndexKind, RestoreSummary, TableMeta};
+use crate::catalog::{self, IndexKind, IndexMeta, RestoreSummary, TableMeta};
 use crate::engine::{Engine, HEALTH_TABLE, RangeRequest};
 use crate::ops::{Store, decode};
 
@@ -119,25 +119,11 @@ impl BackupMeta {
             source["ItemCount"] = json!(self.item_count);
             source["TableSizeBytes"] = json!(self.size_bytes);
         }
-        let index = |kind: IndexKind| -> Vec<Value> {
-            table
-                .indexes
-                .iter()
-                .filter(|i| i.kind == kind)
-                .map(|i| {
-                    let mut out = json!({
-                        "IndexName": i.name,
-                        "KeySchema": i.key.to_json(),
-                        "Projection": i.projection.to_json(),
-                    });
-                    if kind == IndexKind::Global {
-                        let t = i.throughput.unwrap_or(catalog::Throughput { read: 0, write: 0 });
-                        out["ProvisionedThroughput"] =
-                            json!({"ReadCapacityUnits": t.read, "WriteCapacityUnits": t.write});
-                    }
-                    out
-                })
-                .collect()
+        let index = |kind: IndexKind| {
+            indexes_json(table, kind, |i| {
+                let t = i.throughput.unwrap_or(catalog::Throughput { read: 0, write: 0 });
+                (kind == IndexKind::Global).then(|| json!({"ReadCapacityUnits": t.read, "WriteCapacityUnits": t.write}))
+            })
         };
         let mut features = serde_json::Map::new();
         let (globals, locals) = (index(IndexKind::Global), index(IndexKind::Local));
@@ -744,6 +730,27 @@ pub(crate) struct Overrides {
     on_demand_throughput_override: Option<Value>,
 }
 
+/// The table's indexes of `kind` as CreateTable and DescribeBackup show them (name, key schema,
+/// projection), each with the ProvisionedThroughput `throughput` gives it, if any.
+fn indexes_json(table: &TableMeta, kind: IndexKind, throughput: impl Fn(&IndexMeta) -> Option<Value>) -> Vec<Value> {
+    table
+        .indexes
+        .iter()
+        .filter(|i| i.kind == kind)
+        .map(|i| {
+            let mut out = json!({
+                "IndexName": i.name,
+                "KeySchema": i.key.to_json(),
+                "Projection": i.projection.to_json(),
+            });
+            if let Some(t) = throughput(i) {
+                out["ProvisionedThroughput"] = t;
+            }
+            out
+        })
+        .collect()
+}
+
 /// The CreateTable request a restore amounts to: the source table's definition (as backed up,
 /// or as it is now for a point-in-time restore) with the overrides applied. What DynamoDB does
 /// not restore (tags, streams, TTL, deletion protection, PITR) is left out.
@@ -772,26 +779,15 @@ pub(crate) fn restored_table_request(
             "One or more parameter values were invalid: ProvisionedThroughputOverride must be specified when BillingModeOverride is PROVISIONED and the source table is on demand",
         ));
     }
-    let index_json = |kind: IndexKind| -> Vec<Value> {
-        table
-            .indexes
-            .iter()
-            .filter(|i| i.kind == kind)
-            .map(|i| {
-                let mut out = json!({
-                    "IndexName": i.name,
-                    "KeySchema": i.key.to_json(),
-                    "Projection": i.projection.to_json(),
-                });
-                if kind == IndexKind::Global && provisioned {
-                    let source = i.throughput.or(table.throughput).map(throughput_json);
-                    if let Some(t) = source.or_else(|| table_throughput.clone()) {
-                        out["ProvisionedThroughput"] = t;
-                    }
-                }
-                out
-            })
-            .collect()
+    let index_json = |kind: IndexKind| {
+        indexes_json(table, kind, |i| {
+            if kind == IndexKind::Global && provisioned {
+                let source = i.throughput.or(table.throughput).map(throughput_json);
+                source.or_else(|| table_throughput.clone())
+            } else {
+                None
+            }
+        })
     };
     let mut globals = request
         .global_secondary_index_override
@@ -964,7 +960,7 @@ fn copy_items(
     let table = Arc::new(meta.clone());
     let mut copied = 0u64;
     loop {
-        let mut batch: Vec<(Vec<u8>, Item)> = Vec::new();
+        let mut batch: Vec<Item> = Vec::new();
         let mut bytes = 0;
         while batch.len() < RESTORE_BATCH_ITEMS_MAX && bytes < RESTORE_BATCH_BYTES_MAX {
             let Some(item) = reader
@@ -974,33 +970,52 @@ fn copy_items(
                 break;
             };
             bytes += dynamo_protocol::value::item_size_bytes(&item);
-            let key = crate::engine::key_of(table.key_hash, &table.key, &item)?;
-            batch.push((key, item));
+            batch.push(item);
         }
         if batch.is_empty() {
             break;
         }
         copied += batch.len() as u64;
-        let target = Arc::clone(&table);
-        handle.block_on(engine.write(move |context| {
-            context.current_table(&target)?;
-            for (key, item) in &batch {
-                let old = context.get(&target, key)?;
-                context.put(&target, key, old.as_ref(), item)?;
-            }
-            Ok(())
-        }))?;
+        write_restored(handle, engine, &table, batch)?;
     }
     check_summary(backup, Ok(reader.finish()))?;
-    let current = Arc::clone(&table);
+    finish_restore(handle, engine, &table)?;
+    Ok(copied)
+}
+
+/// Puts restored items into the table being restored, in one writer job.
+fn write_restored(
+    handle: &tokio::runtime::Handle,
+    engine: &Engine,
+    target: &Arc<TableMeta>,
+    batch: Vec<Item>,
+) -> Result<(), ApiError> {
+    let keyed = batch
+        .into_iter()
+        .map(|item| Ok((crate::engine::key_of(target.key_hash, &target.key, &item)?, item)))
+        .collect::<Result<Vec<(Vec<u8>, Item)>, ApiError>>()?;
+    let target = Arc::clone(target);
+    handle.block_on(engine.write(move |context| {
+        context.current_table(&target)?;
+        for (key, item) in &keyed {
+            let old = context.get(&target, key)?;
+            context.put(&target, key, old.as_ref(), item)?;
+        }
+        Ok(())
+    }))
+}
+
+/// Ends a restore that copied every item: the table's definition as committed now loses its
+/// in-progress mark, and the table is ACTIVE.
+fn finish_restore(handle: &tokio::runtime::Handle, engine: &Engine, table: &Arc<TableMeta>) -> Result<(), ApiError> {
+    let current = Arc::clone(table);
     handle.block_on(engine.write_exclusive(move |context| {
         let mut next = (*context.latest_table(&current)?).clone();
         if let Some(restore) = &mut next.restore {
             restore.in_progress = false;
         }
         context.put_table(next)
-    }))?;
-    Ok(copied)
+    }))
 }
 
 async fn drop_restoring(engine: &Engine, meta: TableMeta) {

@@ -29,7 +29,7 @@ use dynamo_protocol::{ApiError, ErrorKind, Item};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Overrides, drop_restoring, restored_table_request, table_not_found};
+use super::{Overrides, drop_restoring, finish_restore, restored_table_request, table_not_found, write_restored};
 use crate::catalog::{self, PitrSpec, RestoreSummary, TableMeta};
 use crate::engine::{Engine, HEALTH_TABLE, PitrView, RangeRequest, Snapshot};
 use crate::ops::Store;
@@ -362,24 +362,6 @@ fn spawn_copy(store: Store, snapshot: Snapshot, source: TableMeta, view: PitrVie
     });
 }
 
-fn write_batch(
-    handle: &tokio::runtime::Handle,
-    engine: &Engine,
-    target: &Arc<TableMeta>,
-    batch: Vec<Item>,
-) -> Result<(), ApiError> {
-    let target = Arc::clone(target);
-    handle.block_on(engine.write(move |context| {
-        context.current_table(&target)?;
-        for item in &batch {
-            let key = crate::engine::key_of(target.key_hash, &target.key, item)?;
-            let old = context.get(&target, &key)?;
-            context.put(&target, &key, old.as_ref(), item)?;
-        }
-        Ok(())
-    }))
-}
-
 fn copy(
     handle: &tokio::runtime::Handle,
     engine: &Engine,
@@ -399,7 +381,7 @@ fn copy(
         }
         copied += batch.len() as u64;
         *bytes = 0;
-        write_batch(handle, engine, &target, std::mem::take(batch))
+        write_restored(handle, engine, &target, std::mem::take(batch))
     };
     snapshot.range(
         &RangeRequest {
@@ -438,14 +420,7 @@ fn copy(
         }
     }
     flush(&mut batch, &mut bytes)?;
-    let current = Arc::clone(&target);
-    handle.block_on(engine.write_exclusive(move |context| {
-        let mut next = (*context.latest_table(&current)?).clone();
-        if let Some(restore) = &mut next.restore {
-            restore.in_progress = false;
-        }
-        context.put_table(next)
-    }))?;
+    finish_restore(handle, engine, &target)?;
     Ok(copied)
 }
 
