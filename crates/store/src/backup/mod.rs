@@ -360,6 +360,32 @@ pub async fn handle(store: &Store, operation: &str, body: &[u8]) -> Result<Value
     }
 }
 
+fn table_already_exists(name: &str) -> ApiError {
+    ApiError::new(ErrorKind::TableAlreadyExists, format!("Table already exists: {name}"))
+}
+
+/// Creates the table a restore fills, CREATING (with `restore` in progress) until it is full;
+/// `created` is its creation time in seconds.
+async fn create_restoring(
+    engine: &Engine,
+    create: catalog::CreateTableRequest,
+    created: f64,
+    restore: RestoreSummary,
+) -> Result<TableMeta, ApiError> {
+    engine
+        .write_exclusive(move |context| {
+            if context.current_table_named(&create.table_name) {
+                return Err(table_already_exists(&create.table_name));
+            }
+            let id = context.next_table_id()?;
+            let mut meta = catalog::table_from_request(&create, id, created)?;
+            meta.restore = Some(restore);
+            context.put_table(meta.clone())?;
+            Ok(meta)
+        })
+        .await
+}
+
 fn table_not_found(name: &str) -> ApiError {
     ApiError::new(ErrorKind::TableNotFound, format!("Table not found: {name}"))
 }
@@ -859,10 +885,7 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
         ));
     }
     if store.engine().table(&request.target_table_name).is_some() {
-        return Err(ApiError::new(
-            ErrorKind::TableAlreadyExists,
-            format!("Table already exists: {}", request.target_table_name),
-        ));
+        return Err(table_already_exists(&request.target_table_name));
     }
     let now = store.engine().now_unix_ms() as f64 / 1000.0;
     let create = restored_table_request(&backup.table, &request.target_table_name, &request.overrides)?;
@@ -881,22 +904,7 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
         in_progress: true,
         point_in_time: None,
     };
-    let meta = store
-        .engine()
-        .write_exclusive(move |context| {
-            if context.current_table_named(&create.table_name) {
-                return Err(ApiError::new(
-                    ErrorKind::TableAlreadyExists,
-                    format!("Table already exists: {}", create.table_name),
-                ));
-            }
-            let id = context.next_table_id()?;
-            let mut meta = catalog::table_from_request(&create, id, now)?;
-            meta.restore = Some(restore);
-            context.put_table(meta.clone())?;
-            Ok(meta)
-        })
-        .await?;
+    let meta = create_restoring(store.engine(), create, now, restore).await?;
     tracing::info!(table = %meta.name, backup = %backup.arn, items = backup.item_count, "restoring a backup");
     let description = store.describe_table_json(&meta);
     spawn_restore(store.clone(), backups, backup, meta);
@@ -926,22 +934,38 @@ fn check_summary(backup: &BackupMeta, read: Result<file::Summary, file::ReadErro
 /// Copies a backup's items into the CREATING table `meta` in the background, then makes it
 /// ACTIVE; on failure drops the table.
 fn spawn_restore(store: Store, backups: Arc<Backups>, backup: BackupMeta, meta: TableMeta) {
+    let source = format!("backup {}", backup.arn);
+    let in_use = backups.use_backup(&backup.id);
+    spawn_fill("restore", source, store, meta, move |handle, engine, meta| {
+        let outcome = copy_items(handle, engine, &backups, &backup, meta);
+        drop(in_use);
+        outcome
+    });
+}
+
+/// Runs `fill` (copying a restore's items into the CREATING table `target`, `source` telling
+/// from where) on a blocking thread of the server's runtime, then makes the table ACTIVE; on
+/// failure drops the half-restored table. `kind` names the restore in the log.
+pub(crate) fn spawn_fill(
+    kind: &'static str,
+    source: String,
+    store: Store,
+    target: TableMeta,
+    fill: impl FnOnce(&tokio::runtime::Handle, &Engine, &TableMeta) -> Result<u64, ApiError> + Send + 'static,
+) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        tracing::error!(table = %meta.name, "a restore cannot start outside the server's runtime; it resumes at the next start");
+        tracing::error!(table = %target.name, "a restore cannot start outside the server's runtime; it resumes at the next start");
         return;
     };
-    let in_use = backups.use_backup(&backup.id);
     tokio::task::spawn_blocking(move || {
         let engine = store.engine().clone();
-        let outcome = copy_items(&handle, &engine, &backups, &backup, &meta);
-        drop(in_use);
-        match outcome {
+        match fill(&handle, &engine, &target) {
             Ok(count) => {
-                tracing::info!(table = %meta.name, items = count, backup = %backup.arn, "restore finished; table ACTIVE")
+                tracing::info!(table = %target.name, items = count, %source, "{kind} finished; table ACTIVE")
             }
             Err(error) => {
-                tracing::error!(table = %meta.name, backup = %backup.arn, error = %error.message, "restore failed; dropping the half-restored table");
-                handle.block_on(drop_restoring(&engine, meta));
+                tracing::error!(table = %target.name, %source, error = %error.message, "{kind} failed; dropping the half-restored table");
+                handle.block_on(drop_restoring(&engine, target));
             }
         }
     });

@@ -29,7 +29,10 @@ use dynamo_protocol::{ApiError, ErrorKind, Item};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Overrides, drop_restoring, finish_restore, restored_table_request, table_not_found, write_restored};
+use super::{
+    Overrides, create_restoring, drop_restoring, finish_restore, restored_table_request, spawn_fill,
+    table_already_exists, table_not_found, write_restored,
+};
 use crate::catalog::{self, PitrSpec, RestoreSummary, TableMeta};
 use crate::engine::{Engine, HEALTH_TABLE, PitrView, RangeRequest, Snapshot};
 use crate::ops::Store;
@@ -248,10 +251,7 @@ pub async fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest
     };
     let source = require_table(store, &source_name)?;
     if engine.table(&request.target_table_name).is_some() {
-        return Err(ApiError::new(
-            ErrorKind::TableAlreadyExists,
-            format!("Table already exists: {}", request.target_table_name),
-        ));
+        return Err(table_already_exists(&request.target_table_name));
     }
     if source.pitr.is_none() || source.restoring() {
         return Err(ApiError::new(
@@ -284,21 +284,7 @@ pub async fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest
         in_progress: true,
         point_in_time: Some((source.id, at_ms)),
     };
-    let meta = engine
-        .write_exclusive(move |context| {
-            if context.current_table_named(&create.table_name) {
-                return Err(ApiError::new(
-                    ErrorKind::TableAlreadyExists,
-                    format!("Table already exists: {}", create.table_name),
-                ));
-            }
-            let id = context.next_table_id()?;
-            let mut meta = catalog::table_from_request(&create, id, seconds(now_ms))?;
-            meta.restore = Some(restore);
-            context.put_table(meta.clone())?;
-            Ok(meta)
-        })
-        .await?;
+    let meta = create_restoring(&engine, create, seconds(now_ms), restore).await?;
     tracing::info!(table = %meta.name, source = %source.name, at_ms, changed_keys = view.overrides.len(), "restoring a table to a point in time");
     let description = store.describe_table_json(&meta);
     spawn_copy(store.clone(), snapshot, (*source).clone(), view, meta);
@@ -344,22 +330,14 @@ pub fn resume(store: &Store, target: TableMeta) {
 /// Copies the restored state into the CREATING table `target` in the background, then makes
 /// it ACTIVE; on failure drops the table.
 fn spawn_copy(store: Store, snapshot: Snapshot, source: TableMeta, view: PitrView, target: TableMeta) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        tracing::error!(table = %target.name, "a restore cannot start outside the server's runtime; it resumes at the next start");
-        return;
-    };
-    tokio::task::spawn_blocking(move || {
-        let engine = store.engine().clone();
-        match copy(&handle, &engine, &snapshot, &source, view.overrides, &target) {
-            Ok(count) => {
-                tracing::info!(table = %target.name, items = count, "point-in-time restore finished; table ACTIVE")
-            }
-            Err(error) => {
-                tracing::error!(table = %target.name, error = %error.message, "point-in-time restore failed; dropping the half-restored table");
-                handle.block_on(drop_restoring(&engine, target));
-            }
-        }
-    });
+    let from = format!("table {}", source.name);
+    spawn_fill(
+        "point-in-time restore",
+        from,
+        store,
+        target,
+        move |handle, engine, target| copy(handle, engine, &snapshot, &source, view.overrides, target),
+    );
 }
 
 fn copy(
