@@ -119,6 +119,30 @@ pub fn check_condition(condition: Option<&Condition>, old: Option<&Item>, return
     }
 }
 
+/// One single-item write as a job of the writer: reads the item stored at `key` as committed,
+/// checks `condition` against it (a failure carrying it when `return_old`), then `apply`s the
+/// write to it.
+pub async fn write_checked<T: Send + 'static>(
+    store: &Store,
+    meta: &Arc<TableMeta>,
+    key: Vec<u8>,
+    (condition, return_old): (Option<Condition>, bool),
+    apply: impl FnOnce(&mut engine::WriteContext<'_>, &TableMeta, &[u8], Option<Item>) -> Result<T, ApiError>
+    + Send
+    + 'static,
+) -> Result<T, ApiError> {
+    let meta = Arc::clone(meta);
+    store
+        .engine()
+        .write(move |context| {
+            context.current_table(&meta)?;
+            let old = context.get(&meta, &key)?;
+            check_condition(condition.as_ref(), old.as_ref(), return_old)?;
+            apply(context, &meta, &key, old)
+        })
+        .await
+}
+
 /// Validates an item for PutItem and returns its stored key.
 pub fn validate_put(meta: &TableMeta, item: &Item) -> Result<Vec<u8>, ApiError> {
     catalog::validate_key_attributes(&meta.key, item, true)?;
@@ -200,20 +224,20 @@ pub async fn put_item(store: &Store, mut request: PutItemRequest) -> Result<Valu
     let condition = request.write.condition_alone()?;
     let item = request.item;
     let key = validate_put(&meta, &item)?;
-    let job_meta = Arc::clone(&meta);
     let mode = request.write.return_consumed_capacity;
     let wants_capacity = capacity_wanted(mode.as_deref());
-    let (old, capacity) = store
-        .engine()
-        .write(move |context| {
-            context.current_table(&job_meta)?;
-            let old = context.get(&job_meta, &key)?;
-            check_condition(condition.as_ref(), old.as_ref(), return_old)?;
-            context.put(&job_meta, &key, old.as_ref(), &item)?;
-            let capacity = wants_capacity.then(|| Capacity::write(&job_meta, old.as_ref(), Some(&item)));
+    let (old, capacity) = write_checked(
+        store,
+        &meta,
+        key,
+        (condition, return_old),
+        move |context, meta, key, old| {
+            context.put(meta, key, old.as_ref(), &item)?;
+            let capacity = wants_capacity.then(|| Capacity::write(meta, old.as_ref(), Some(&item)));
             Ok((old, capacity))
-        })
-        .await?;
+        },
+    )
+    .await?;
     let mut response = json!({});
     if let (ReturnValues::AllOld, Some(old)) = (return_values, &old) {
         response["Attributes"] = item_json(old);
@@ -285,17 +309,11 @@ pub async fn delete_item(store: &Store, mut request: DeleteItemRequest) -> Resul
     let (return_values, return_old) = request.write.returns(&[ReturnValues::AllOld])?;
     let condition = request.write.condition_alone()?;
     let key = validate_key(&meta, &request.key)?;
-    let job_meta = Arc::clone(&meta);
-    let old = store
-        .engine()
-        .write(move |context| {
-            context.current_table(&job_meta)?;
-            let old = context.get(&job_meta, &key)?;
-            check_condition(condition.as_ref(), old.as_ref(), return_old)?;
-            context.delete(&job_meta, &key, old.as_ref())?;
-            Ok(old)
-        })
-        .await?;
+    let old = write_checked(store, &meta, key, (condition, return_old), |context, meta, key, old| {
+        context.delete(meta, key, old.as_ref())?;
+        Ok(old)
+    })
+    .await?;
     let mut response = json!({});
     if let (ReturnValues::AllOld, Some(old)) = (return_values, &old) {
         response["Attributes"] = item_json(old);
@@ -400,23 +418,24 @@ pub async fn update_item(store: &Store, mut request: UpdateItemRequest) -> Resul
     };
     let key_bytes = validate_key(&meta, &request.key)?;
     let key = request.key;
-    let job_meta = Arc::clone(&meta);
     let paths = update.as_ref().map(UpdateExpression::target_paths).unwrap_or_default();
-    let (old, new) = store
-        .engine()
-        .write(move |context| {
-            context.current_table(&job_meta)?;
-            let old = context.get(&job_meta, &key_bytes)?;
-            check_condition(condition.as_ref(), old.as_ref(), return_old)?;
+    let checked = (condition, return_old);
+    let (old, new) = write_checked(
+        store,
+        &meta,
+        key_bytes,
+        checked,
+        move |context, meta, key_bytes, old| {
             if old.is_none() && update.as_ref().is_some_and(UpdateExpression::only_removes) {
                 // Nothing to take away from: DynamoDB leaves the item absent.
                 return Ok((None, None));
             }
-            let new = updated_item(&job_meta, &key, old.as_ref(), update.as_ref())?;
-            context.put(&job_meta, &key_bytes, old.as_ref(), &new)?;
+            let new = updated_item(meta, &key, old.as_ref(), update.as_ref())?;
+            context.put(meta, key_bytes, old.as_ref(), &new)?;
             Ok((old, Some(new)))
-        })
-        .await?;
+        },
+    )
+    .await?;
     let attributes = match return_values {
         ReturnValues::None => None,
         ReturnValues::AllOld => old.clone(),

@@ -15,7 +15,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::items::{condition_failed, parse_return_on_failure, updated_item, validate_key, validate_put};
+use super::items::{
+    condition_failed, parse_return_on_failure, updated_item, validate_key, validate_put, write_checked,
+};
 use super::query::{PageRequest, Select as SelectMode, read_page, resolve_index, start_key};
 use super::transaction::{self, TxAction, TxStep};
 use super::{
@@ -23,7 +25,7 @@ use super::{
     validate_return_consumed_capacity,
 };
 use crate::catalog::{IndexKind, TableMeta};
-use crate::expr::{self, Condition, Path, PathElement};
+use crate::expr::{self, Condition, Path, PathElement, UpdateExpression};
 use crate::keys;
 use crate::partiql::{self, Expr, Parameters, Parsed, Returning, Select, Statement};
 
@@ -359,59 +361,65 @@ async fn write_statement(
     parameters: &Parameters<'_>,
     return_old: bool,
 ) -> Result<Written, ApiError> {
-    match statement {
-        Statement::Insert { table, value } => {
-            let (meta, item, key) = insert_target(store, &table, &value, parameters)?;
+    let returning = returning_of(&statement);
+    match &statement {
+        Statement::Select(_) | Statement::Exists(_) => {
+            return Err(ApiError::internal(
+                "Internal server error: a read statement reached the write path",
+            ));
+        }
+        Statement::Delete { .. } => refuse_returning_in_delete(returning)?,
+        Statement::Insert { .. } | Statement::Update { .. } => {}
+    }
+    let TxStep {
+        meta,
+        key: key_bytes,
+        condition,
+        action,
+        ..
+    } = plan_write(store, statement, parameters, return_old)?;
+    match action {
+        TxAction::Insert(item) => {
             // An INSERT only ever creates the item.
             let capacity = Capacity::write(&meta, None, Some(&item));
-            let job_meta = Arc::clone(&meta);
-            store
-                .engine()
-                .write(move |context| {
-                    context.current_table(&job_meta)?;
-                    if context.get(&job_meta, &key)?.is_some() {
+            write_checked(
+                store,
+                &meta,
+                key_bytes,
+                (None, return_old),
+                move |context, meta, key, old| {
+                    if old.is_some() {
                         return Err(duplicate_item());
                     }
-                    context.put(&job_meta, &key, None, &item)
-                })
-                .await?;
+                    context.put(meta, key, None, &item)
+                },
+            )
+            .await?;
             Ok(Written {
                 items: Vec::new(),
                 table: meta.name.clone(),
                 capacity,
             })
         }
-        Statement::Update {
-            table,
-            assignments,
-            condition,
-            returning,
-        } => {
-            let (target, update) = KeyedTarget::find(store, &table, &condition, parameters, |meta| {
-                partiql::update(&assignments, &meta.key, parameters)
-            })?;
-            let KeyedTarget {
-                meta,
-                key,
+        TxAction::Update(key, update) => {
+            let paths = update.as_ref().map(UpdateExpression::target_paths).unwrap_or_default();
+            let checked = (condition, return_old);
+            let (old, new) = write_checked(
+                store,
+                &meta,
                 key_bytes,
-                condition,
-            } = target;
-            let paths = update.target_paths();
-            let job_meta = Arc::clone(&meta);
-            let (old, new) = store
-                .engine()
-                .write(move |context| {
-                    context.current_table(&job_meta)?;
-                    let old = context.get(&job_meta, &key_bytes)?;
+                checked,
+                move |context, meta, key_bytes, old| {
+                    // UPDATE changes an item that is there, whatever its WHERE clause says besides.
                     let Some(old) = old else {
                         return Err(condition_failed(None, return_old));
                     };
-                    check(condition.as_ref(), Some(&old), return_old)?;
-                    let new = updated_item(&job_meta, &key, Some(&old), Some(&update))?;
-                    context.put(&job_meta, &key_bytes, Some(&old), &new)?;
+                    let new = updated_item(meta, &key, Some(&old), update.as_ref())?;
+                    context.put(meta, key_bytes, Some(&old), &new)?;
                     Ok((old, new))
-                })
-                .await?;
+                },
+            )
+            .await?;
             let returned = match returning {
                 None => None,
                 Some(Returning::AllOld) => Some(old.clone()),
@@ -425,44 +433,18 @@ async fn write_statement(
                 capacity: Capacity::write(&meta, Some(&old), Some(&new)),
             })
         }
-        Statement::Delete {
-            table,
-            condition,
-            returning,
-        } => {
-            match returning {
-                None | Some(Returning::AllOld) => {}
-                Some(other) => {
-                    return Err(ApiError::validation(format!(
-                        "Invalid returning clause: RETURNING {}. Only RETURNING ALL OLD * is allowed in DELETE statements.",
-                        match other {
-                            Returning::AllNew => "ALL NEW *",
-                            Returning::ModifiedOld => "MODIFIED OLD *",
-                            _ => "MODIFIED NEW *",
-                        }
-                    )));
+        TxAction::Check | TxAction::Put(_) | TxAction::Delete => Err(ApiError::internal(
+            "Internal server error: a statement planned as no PartiQL write reached the write path",
+        )),
+        TxAction::DeleteExisting => {
+            let checked = (condition, return_old);
+            let old = write_checked(store, &meta, key_bytes, checked, |context, meta, key, old| {
+                if old.is_some() {
+                    context.delete(meta, key, old.as_ref())?;
                 }
-            }
-            let (target, ()) = KeyedTarget::find(store, &table, &condition, parameters, |_| Ok(()))?;
-            let KeyedTarget {
-                meta,
-                key_bytes,
-                condition,
-                ..
-            } = target;
-            let job_meta = Arc::clone(&meta);
-            let old = store
-                .engine()
-                .write(move |context| {
-                    context.current_table(&job_meta)?;
-                    let old = context.get(&job_meta, &key_bytes)?;
-                    check(condition.as_ref(), old.as_ref(), return_old)?;
-                    if old.is_some() {
-                        context.delete(&job_meta, &key_bytes, old.as_ref())?;
-                    }
-                    Ok(old)
-                })
-                .await?;
+                Ok(old)
+            })
+            .await?;
             let capacity = Capacity::write(&meta, old.as_ref(), None);
             Ok(Written {
                 items: match returning {
@@ -473,14 +455,30 @@ async fn write_statement(
                 capacity,
             })
         }
-        Statement::Select(_) | Statement::Exists(_) => Err(ApiError::internal(
-            "Internal server error: a read statement reached the write path",
-        )),
     }
 }
 
-fn check(condition: Option<&Condition>, old: Option<&Item>, return_old: bool) -> Result<(), ApiError> {
-    super::items::check_condition(condition, old, return_old)
+/// The RETURNING clause of an UPDATE or DELETE.
+fn returning_of(statement: &Statement) -> Option<Returning> {
+    match statement {
+        Statement::Update { returning, .. } | Statement::Delete { returning, .. } => *returning,
+        _ => None,
+    }
+}
+
+/// A DELETE may return the old item only.
+fn refuse_returning_in_delete(returning: Option<Returning>) -> Result<(), ApiError> {
+    match returning {
+        None | Some(Returning::AllOld) => Ok(()),
+        Some(other) => Err(ApiError::validation(format!(
+            "Invalid returning clause: RETURNING {}. Only RETURNING ALL OLD * is allowed in DELETE statements.",
+            match other {
+                Returning::AllNew => "ALL NEW *",
+                Returning::ModifiedOld => "MODIFIED OLD *",
+                _ => "MODIFIED NEW *",
+            }
+        ))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -718,7 +716,8 @@ fn in_transaction(position: usize, error: ApiError) -> ApiError {
     }
 }
 
-fn refuse_returning(returning: Option<&Returning>) -> Result<(), ApiError> {
+/// A transaction's statements return nothing.
+fn refuse_returning(returning: Option<Returning>) -> Result<(), ApiError> {
     match returning {
         Some(_) => Err(ApiError::validation(
             "RETURNING clause is not supported in ExecuteTransaction.",
@@ -772,6 +771,8 @@ impl KeyedTarget {
     }
 }
 
+/// A write statement's step: the item it writes and how (its RETURNING is the caller's
+/// business).
 fn plan_write(
     store: &Store,
     statement: Statement,
@@ -794,21 +795,15 @@ fn plan_write(
             table,
             assignments,
             condition,
-            returning,
+            ..
         } => {
-            refuse_returning(returning.as_ref())?;
             let (target, update) = KeyedTarget::find(store, &table, &condition, parameters, |meta| {
                 partiql::update(&assignments, &meta.key, parameters)
             })?;
             let action = TxAction::Update(target.key.clone(), Some(update));
             Ok(target.step(true, return_old, action))
         }
-        Statement::Delete {
-            table,
-            condition,
-            returning,
-        } => {
-            refuse_returning(returning.as_ref())?;
+        Statement::Delete { table, condition, .. } => {
             let (target, ()) = KeyedTarget::find(store, &table, &condition, parameters, |_| Ok(()))?;
             Ok(target.step(false, return_old, TxAction::DeleteExisting))
         }
@@ -867,7 +862,9 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
         let parameters = Parameters(parameters_of(entry.parameters.as_ref())?);
         let return_old = parse_return_on_failure(entry.return_values_on_condition_check_failure.as_deref())?;
         steps.push(
-            plan_write(store, parsed.statement, &parameters, return_old).map_err(|e| in_transaction(position, e))?,
+            refuse_returning(returning_of(&parsed.statement))
+                .and_then(|()| plan_write(store, parsed.statement, &parameters, return_old))
+                .map_err(|e| in_transaction(position, e))?,
         );
     }
     let digest = transaction_digest(&request.transact_statements);
