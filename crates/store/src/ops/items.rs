@@ -383,6 +383,65 @@ pub fn updated_item(
     Ok(new)
 }
 
+/// The item an update writes: by its key, as an item and as stored.
+pub struct UpdateTarget<'m> {
+    pub meta: &'m Arc<TableMeta>,
+    pub key: Item,
+    pub key_bytes: Vec<u8>,
+    /// A missing item fails the condition (PartiQL UPDATE); otherwise it is made of the key.
+    pub must_exist: bool,
+}
+
+impl UpdateTarget<'_> {
+    /// Applies `update` where `checked` (the condition, whether a failure returns the old item)
+    /// holds; the item before and after, and the paths the update sets or removes.
+    pub async fn update(
+        self,
+        store: &Store,
+        checked: (Option<Condition>, bool),
+        update: Option<UpdateExpression>,
+    ) -> Result<(Option<Item>, Option<Item>, Vec<Path>), ApiError> {
+        let paths = update.as_ref().map(UpdateExpression::target_paths).unwrap_or_default();
+        let (key, must_exist, return_old) = (self.key, self.must_exist, checked.1);
+        let (old, new) = write_checked(
+            store,
+            self.meta,
+            self.key_bytes,
+            checked,
+            move |context, meta, key_bytes, old| {
+                match &old {
+                    None if must_exist => return Err(condition_failed(None, return_old)),
+                    // Nothing to take away from: DynamoDB leaves the item absent.
+                    None if update.as_ref().is_some_and(UpdateExpression::only_removes) => return Ok((None, None)),
+                    _ => {}
+                }
+                let new = updated_item(meta, &key, old.as_ref(), update.as_ref())?;
+                context.put(meta, key_bytes, old.as_ref(), &new)?;
+                Ok((old, Some(new)))
+            },
+        )
+        .await?;
+        Ok((old, new, paths))
+    }
+}
+
+/// What ReturnValues (or PartiQL's RETURNING) returns of a write from `old` to `new`; `paths`
+/// are the ones an update set or removed.
+pub fn returned_attributes(
+    return_values: ReturnValues,
+    old: Option<&Item>,
+    new: Option<&Item>,
+    paths: &[Path],
+) -> Option<Item> {
+    match return_values {
+        ReturnValues::None => None,
+        ReturnValues::AllOld => old.cloned(),
+        ReturnValues::AllNew => new.cloned(),
+        ReturnValues::UpdatedOld => old.map(|o| expr::project(o, paths)),
+        ReturnValues::UpdatedNew => new.map(|n| expr::project(n, paths)),
+    }
+}
+
 pub async fn update_item(store: &Store, mut request: UpdateItemRequest) -> Result<Value, ApiError> {
     let meta = store.engine().require_table(&request.table_name)?;
     let write = &mut request.write;
@@ -418,31 +477,14 @@ pub async fn update_item(store: &Store, mut request: UpdateItemRequest) -> Resul
     };
     let key_bytes = validate_key(&meta, &request.key)?;
     let key = request.key;
-    let paths = update.as_ref().map(UpdateExpression::target_paths).unwrap_or_default();
-    let checked = (condition, return_old);
-    let (old, new) = write_checked(
-        store,
-        &meta,
+    let target = UpdateTarget {
+        meta: &meta,
+        key,
         key_bytes,
-        checked,
-        move |context, meta, key_bytes, old| {
-            if old.is_none() && update.as_ref().is_some_and(UpdateExpression::only_removes) {
-                // Nothing to take away from: DynamoDB leaves the item absent.
-                return Ok((None, None));
-            }
-            let new = updated_item(meta, &key, old.as_ref(), update.as_ref())?;
-            context.put(meta, key_bytes, old.as_ref(), &new)?;
-            Ok((old, Some(new)))
-        },
-    )
-    .await?;
-    let attributes = match return_values {
-        ReturnValues::None => None,
-        ReturnValues::AllOld => old.clone(),
-        ReturnValues::AllNew => new.clone(),
-        ReturnValues::UpdatedOld => old.as_ref().map(|o| expr::project(o, &paths)),
-        ReturnValues::UpdatedNew => new.as_ref().map(|n| expr::project(n, &paths)),
+        must_exist: false,
     };
+    let (old, new, paths) = target.update(store, (condition, return_old), update).await?;
+    let attributes = returned_attributes(return_values, old.as_ref(), new.as_ref(), &paths);
     let mut response = json!({});
     if let Some(attributes) = attributes.filter(|a| !a.is_empty()) {
         response["Attributes"] = item_json(&attributes);

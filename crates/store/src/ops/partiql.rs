@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::items::{
-    condition_failed, parse_return_on_failure, updated_item, validate_key, validate_put, write_checked,
+    ReturnValues, UpdateTarget, parse_return_on_failure, returned_attributes, validate_key, validate_put, write_checked,
 };
 use super::query::{PageRequest, Select as SelectMode, read_page, resolve_index, start_key};
 use super::transaction::{self, TxAction, TxStep};
@@ -25,7 +25,7 @@ use super::{
     validate_return_consumed_capacity,
 };
 use crate::catalog::{IndexKind, TableMeta};
-use crate::expr::{self, Condition, Path, PathElement, UpdateExpression};
+use crate::expr::{Condition, Path, PathElement};
 use crate::keys;
 use crate::partiql::{self, Expr, Parameters, Parsed, Returning, Select, Statement};
 
@@ -402,35 +402,25 @@ async fn write_statement(
             })
         }
         TxAction::Update(key, update) => {
-            let paths = update.as_ref().map(UpdateExpression::target_paths).unwrap_or_default();
-            let checked = (condition, return_old);
-            let (old, new) = write_checked(
-                store,
-                &meta,
+            let target = UpdateTarget {
+                meta: &meta,
+                key,
                 key_bytes,
-                checked,
-                move |context, meta, key_bytes, old| {
-                    // UPDATE changes an item that is there, whatever its WHERE clause says besides.
-                    let Some(old) = old else {
-                        return Err(condition_failed(None, return_old));
-                    };
-                    let new = updated_item(meta, &key, Some(&old), update.as_ref())?;
-                    context.put(meta, key_bytes, Some(&old), &new)?;
-                    Ok((old, new))
-                },
-            )
-            .await?;
-            let returned = match returning {
-                None => None,
-                Some(Returning::AllOld) => Some(old.clone()),
-                Some(Returning::AllNew) => Some(new.clone()),
-                Some(Returning::ModifiedOld) => Some(expr::project(&old, &paths)),
-                Some(Returning::ModifiedNew) => Some(expr::project(&new, &paths)),
+                must_exist: true,
             };
+            let (old, new, paths) = target.update(store, (condition, return_old), update).await?;
+            let return_values = match returning {
+                None => ReturnValues::None,
+                Some(Returning::AllOld) => ReturnValues::AllOld,
+                Some(Returning::AllNew) => ReturnValues::AllNew,
+                Some(Returning::ModifiedOld) => ReturnValues::UpdatedOld,
+                Some(Returning::ModifiedNew) => ReturnValues::UpdatedNew,
+            };
+            let returned = returned_attributes(return_values, old.as_ref(), new.as_ref(), &paths);
             Ok(Written {
                 items: returned.into_iter().filter(|item| !item.is_empty()).collect(),
                 table: meta.name.clone(),
-                capacity: Capacity::write(&meta, Some(&old), Some(&new)),
+                capacity: Capacity::write(&meta, old.as_ref(), new.as_ref()),
             })
         }
         TxAction::Check | TxAction::Put(_) | TxAction::Delete => Err(ApiError::internal(
