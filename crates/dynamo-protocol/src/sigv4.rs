@@ -125,6 +125,20 @@ pub struct RequestParts<'a> {
     pub body: &'a [u8],
 }
 
+impl<'a> RequestParts<'a> {
+    /// A POST of `body` to `/` with no query string, as DynamoDB's JSON protocol sends every
+    /// request.
+    pub fn post(headers: &'a [(&'a str, &'a [u8])], body: &'a [u8]) -> RequestParts<'a> {
+        RequestParts {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers,
+            body,
+        }
+    }
+}
+
 /// The credential scope: `AKID/20150830/us-east-1/dynamodb/aws4_request`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scope {
@@ -591,14 +605,13 @@ pub fn sign_request(
         ("x-amz-date", amz_date.as_bytes()),
         ("x-amz-target", target.as_bytes()),
     ];
-    let parts = RequestParts {
-        method: "POST",
-        path: "/",
-        query: "",
-        headers: &headers,
-        body,
-    };
-    authorization_header(access_key_id, secret, region, amz_date, &parts)
+    authorization_header(
+        access_key_id,
+        secret,
+        region,
+        amz_date,
+        &RequestParts::post(&headers, body),
+    )
 }
 
 /// The SigV4 signing key: HMAC chain over date, region, service and the terminator.
@@ -1164,11 +1177,8 @@ mod tests {
 
     fn parts_of<'a>(headers: &'a [(&'a str, &'a [u8])], query: &'a str, body: &'a [u8]) -> RequestParts<'a> {
         RequestParts {
-            method: "POST",
-            path: "/",
             query,
-            headers,
-            body,
+            ..RequestParts::post(headers, body)
         }
     }
 
@@ -1360,13 +1370,7 @@ mod tests {
             if let Some((name, value)) = extra {
                 headers.push((name, value.as_bytes()));
             }
-            let parts = |headers| RequestParts {
-                method: "POST",
-                path: "/",
-                query: "",
-                headers,
-                body: b"{}",
-            };
+            let parts = |headers| RequestParts::post(headers, b"{}");
             let authorization =
                 authorization_header("AKIDEXAMPLE", "secret", "us-east-1", &amz_date, &parts(&headers)).expect("signs");
             let mut with_authorization = headers.clone();
@@ -1509,7 +1513,7 @@ mod fuzz {
             if let Some(authorization) = &authorization {
                 headers.push(("Authorization", authorization.as_bytes()));
             }
-            let parts = RequestParts { method: "POST", path: "/", query: &query, headers: &headers, body: &body };
+            let parts = RequestParts { query: &query, ..RequestParts::post(&headers, &body) };
             let error = verify(&credentials, &parts, 1_700_000_000).expect_err("random input never carries a valid signature");
             prop_assert!(
                 matches!(
