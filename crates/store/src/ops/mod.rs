@@ -492,6 +492,36 @@ mod tests {
     }
 
     #[test]
+    fn shared_request_members_keep_their_errors() {
+        // Members PutItem shares with DeleteItem and UpdateItem, and Query with Scan, decode
+        // with the same kinds of errors as the request's own members.
+        let error = decode::<items::PutItemRequest>(br#"{"TableName": "t", "Item": {}, "ConditionExpression": 5}"#)
+            .err()
+            .expect("a number as ConditionExpression");
+        assert_eq!(error.kind, ErrorKind::Serialization);
+        assert!(
+            error
+                .message
+                .starts_with("invalid type: integer `5`, expected a string"),
+            "{}",
+            error.message
+        );
+        let error = decode::<query::ScanRequest>(br#"{"TableName": "t", "ExpressionAttributeValues": {":v": {}}}"#)
+            .err()
+            .expect("an empty AttributeValue");
+        assert_eq!(error.kind, ErrorKind::Validation);
+        assert!(
+            error.message.contains("Supplied AttributeValue is empty"),
+            "{}",
+            error.message
+        );
+        let error = decode::<query::QueryRequest>(br#"{"Limit": 1}"#)
+            .err()
+            .expect("no TableName");
+        assert!(error.message.contains("'tableName'"), "{}", error.message);
+    }
+
+    #[test]
     fn capacity_units_round_up() {
         assert_eq!(write_units(1), 1.0);
         assert_eq!(write_units(1025), 2.0);
