@@ -203,7 +203,7 @@ def main():
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     ensure_tools(build=args.binary is None)
-    binary = args.binary or REPO / "target" / "release" / "switchyard"
+    binary = (args.binary or REPO / "target" / "release" / "switchyard").resolve()
     running = {}
     with tempfile.TemporaryDirectory(prefix="bench-store-") as root:
         root = Path(root)

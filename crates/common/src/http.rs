@@ -836,6 +836,16 @@ impl LimitedBody {
         Poll::Ready(Some(Err(refusal)))
     }
 
+    /// Nothing to give yet: pending, or refused once the body's deadline has passed.
+    fn pending(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Refusal>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let timeout_ms = self.timeout_ms;
+            self.fail(Refusal::BodyTimeout { timeout_ms })
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Bytes of a frame of `len` that must come from the budget.
     fn budgeted(&self, len: usize) -> usize {
         let before = self.received_bytes - len;
@@ -863,14 +873,7 @@ impl HttpBody for LimitedBody {
                 Poll::Ready(None) => this.fail(Refusal::BodyIncomplete {
                     reason: "the server is shutting down".into(),
                 }),
-                Poll::Pending => {
-                    if this.deadline.as_mut().poll(cx).is_ready() {
-                        let timeout_ms = this.timeout_ms;
-                        this.fail(Refusal::BodyTimeout { timeout_ms })
-                    } else {
-                        Poll::Pending
-                    }
-                }
+                Poll::Pending => this.pending(cx),
             };
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -910,14 +913,7 @@ impl HttpBody for LimitedBody {
                 reason: error.to_string(),
             }),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
-                    let timeout_ms = this.timeout_ms;
-                    this.fail(Refusal::BodyTimeout { timeout_ms })
-                } else {
-                    Poll::Pending
-                }
-            }
+            Poll::Pending => this.pending(cx),
         }
     }
 

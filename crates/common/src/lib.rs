@@ -1,8 +1,8 @@
 //! Support shared by Switchyard's components: the HTTP accept loop every listener uses, with its
 //! limits applied before any handler (and so before any authentication) runs, the client
 //! connector for `http://` and verified `https://` URLs (`tls_client`), the one seeded
-//! generator and seed variable (`rng`), `line:column` positions in configuration files
-//! (`text`), and (feature `db`) the shop's MariaDB and Redis connections (`db`).
+//! generator and seed variable (`rng`), address prefixes (`net`), `line:column` positions and
+//! HTML escaping (`text`), and (feature `db`) the shop's MariaDB and Redis connections (`db`).
 //!
 //! Depends on no other Switchyard crate, and stays lean: the HTTP stack the listeners already
 //! use (hyper, hyper-util, axum), tokio and tracing; the database clients only with `db`.
@@ -15,6 +15,7 @@ pub mod dns_admin;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod rng;
 pub mod text;
 pub mod tls_client;

@@ -14,6 +14,15 @@ pub fn describe(text: &str, offset: usize) -> String {
     format!("line {line}, column {column}")
 }
 
+/// `text` safe in HTML element content and in a double-quoted attribute: `&`, `<`, `>` and `"`
+/// as character references.
+pub fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 /// The start of every line of one text, for many lookups into it.
 #[derive(Clone, Debug)]
 pub struct LineIndex {

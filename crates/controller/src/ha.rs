@@ -418,11 +418,7 @@ impl SharedState {
         at_ms: u64,
     ) -> Result<SharedState, StateError> {
         let mut next = self.stamped(member, at_ms);
-        let progress = next
-            .runbook
-            .as_mut()
-            .filter(|p| p.order.generation == generation && generation == self.generation)
-            .ok_or(StateError::NotInProgress(generation.0))?;
+        let progress = self.in_progress(&mut next.runbook, generation)?;
         if !progress.steps_done.iter().any(|s| s == step) {
             progress.steps_done.push(step.to_string());
         }
@@ -439,11 +435,7 @@ impl SharedState {
         at_ms: u64,
     ) -> Result<SharedState, StateError> {
         let mut next = self.stamped(member, at_ms);
-        let progress = next
-            .runbook
-            .as_mut()
-            .filter(|p| p.order.generation == generation && generation == self.generation)
-            .ok_or(StateError::NotInProgress(generation.0))?;
+        let progress = self.in_progress(&mut next.runbook, generation)?;
         match outcome {
             RunbookOutcome::Succeeded => {
                 next.observed = Some(progress.order.to.clone());
@@ -463,6 +455,19 @@ impl SharedState {
         next.preferred = Some(preferred.clone());
         next.paused = paused;
         next
+    }
+
+    /// `runbook` (of a copy of this state), when it is the runbook of `generation` and that
+    /// is this state's generation.
+    fn in_progress<'a>(
+        &self,
+        runbook: &'a mut Option<RunbookProgress>,
+        generation: Generation,
+    ) -> Result<&'a mut RunbookProgress, StateError> {
+        runbook
+            .as_mut()
+            .filter(|p| p.order.generation == generation && generation == self.generation)
+            .ok_or(StateError::NotInProgress(generation.0))
     }
 
     fn stamped(&self, member: &str, at_ms: u64) -> SharedState {

@@ -269,8 +269,25 @@ fn push_body(push: &impl serde::Serialize) -> Result<Vec<u8>, Failure> {
     serde_json::to_vec(push).map_err(|e| Failure::Retryable(format!("encoding the DNS push: {e}")))
 }
 
-async fn dns_health(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
+/// PUTs `push` to the DNS server's admin API at `path`, judged by [`judge`].
+async fn push_to_dns(
+    step: &Step,
+    context: &StepContext,
+    path: &str,
+    push: &impl serde::Serialize,
+) -> Result<String, Failure> {
     let dns = dns(context)?;
+    let url = format!("{}{path}", dns.admin_url.trim_end_matches('/'));
+    let body = Some(push_body(push)?);
+    let token = dns.token.as_deref();
+    let answer = context
+        .client
+        .request(Method::PUT, &url, token, body, step.timeout_ms)
+        .await;
+    judge(&format!("PUT {url}"), answer)
+}
+
+async fn dns_health(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
     let mut targets = BTreeMap::new();
     for (region, names) in &context.targets {
         let serving = order.to.serving.iter().any(|r| r.as_str() == region);
@@ -283,18 +300,7 @@ async fn dns_health(step: &Step, order: &RunbookOrder, context: &StepContext) ->
         generation: order.generation.0,
         targets,
     };
-    let url = format!("{}{HEALTH_PATH}", dns.admin_url.trim_end_matches('/'));
-    let answer = context
-        .client
-        .request(
-            Method::PUT,
-            &url,
-            dns.token.as_deref(),
-            Some(push_body(&body)?),
-            step.timeout_ms,
-        )
-        .await;
-    judge(&format!("PUT {url}"), answer)
+    push_to_dns(step, context, HEALTH_PATH, &body).await
 }
 
 async fn dns_txt(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
@@ -308,18 +314,7 @@ async fn dns_txt(step: &Step, order: &RunbookOrder, context: &StepContext) -> Re
         name: name.clone(),
         value: Some(order.to.active.as_str().to_string()),
     };
-    let url = format!("{}{TXT_PATH}", dns.admin_url.trim_end_matches('/'));
-    let answer = context
-        .client
-        .request(
-            Method::PUT,
-            &url,
-            dns.token.as_deref(),
-            Some(push_body(&body)?),
-            step.timeout_ms,
-        )
-        .await;
-    judge(&format!("PUT {url}"), answer)
+    push_to_dns(step, context, TXT_PATH, &body).await
 }
 
 fn order_json(order: &RunbookOrder) -> serde_json::Value {

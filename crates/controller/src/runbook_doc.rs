@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use crate::config::{Config, Step, StepKind};
 use crate::engine::Policy;
 use crate::runbook::STEP_BACKOFF_MS_MAX;
+use common::text::escape_html as escape;
 
 /// One block of the document. Text may hold `code` and **strong** spans (Markdown syntax).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -490,13 +491,6 @@ pub fn markdown(blocks: &[Block]) -> String {
     out
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// Escapes `text` and turns its `code` and **strong** spans into HTML.
 fn inline_html(text: &str) -> String {
     let escaped = escape(text);
@@ -575,48 +569,7 @@ pub fn html(blocks: &[Block]) -> String {
 mod tests {
     use super::*;
 
-    const FILE: &str = r#"
-[controller]
-audit_log = "audit.jsonl"
-
-[policy]
-stability_window_ms = 120000
-failback_lag_max_ms = 2000
-
-[quorum]
-vantages = ["controller", "agent-a", "agent-b"]
-
-[[regions]]
-name = "us-east-1"
-priority = 1
-
-[[regions]]
-name = "eu-west-1"
-priority = 2
-
-[[checks]]
-name = "use1-app"
-region = "us-east-1"
-kind = { type = "http", url = "http://10.0.0.1/health" }
-
-[[checks]]
-name = "euw1-app"
-region = "eu-west-1"
-kind = { type = "tcp", address = "10.1.0.1:443" }
-fall = 5
-
-[[runbook]]
-name = "pointer"
-kind = "pointer"
-
-[[runbook]]
-name = "page-eu-team"
-kind = "command"
-program = "/usr/local/bin/page"
-args = ["eu <team>"]
-when_to = ["eu-west-1"]
-retries = 0
-"#;
+    const FILE: &str = include_str!("../tests/data/runbook_doc.toml");
 
     fn blocks() -> Vec<Block> {
         let config = crate::config::parse("switchyard.toml", FILE).expect("valid config");

@@ -235,10 +235,12 @@ mod tests {
             ("X-Amz-Target", target.as_bytes()),
             ("Authorization", authorization.as_bytes()),
         ];
+        // What the store's server sees of the shop's call: a POST to `/`.
+        let (method, path, query) = ("POST", "/", "");
         let parts = RequestParts {
-            method: "POST",
-            path: "/",
-            query: "",
+            method,
+            path,
+            query,
             headers: &headers,
             body,
         };

@@ -26,6 +26,7 @@ use crate::catalog::{self, PRODUCTS};
 use crate::dynamo::{Client, DynamoError};
 use crate::pointer::{ActiveRegion, PointerView};
 use crate::tables::TableNames;
+use common::text::escape_html as escape;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "shop_session";
@@ -145,20 +146,18 @@ impl Shop {
         Ok((store, active))
     }
 
+    /// Removes `product` from the cart of `session`.
+    async fn delete_cart_line(&self, store: &Client, session: &str, product: &str) -> Result<(), ShopError> {
+        let key = json!({"session": {"S": session}, "product": {"S": product}});
+        let request = json!({"TableName": self.config.tables.carts, "Key": key});
+        store.call("DeleteItem", &request).await?;
+        Ok(())
+    }
+
     async fn cart_lines(&self, store: &Client, session: &str) -> Result<Vec<(String, u64)>, ShopError> {
-        let answer = store
-            .call(
-                "Query",
-                &json!({
-                    "TableName": self.config.tables.carts,
-                    "KeyConditionExpression": "#s = :s",
-                    "ExpressionAttributeNames": {"#s": "session"},
-                    "ExpressionAttributeValues": {":s": {"S": session}},
-                    "ConsistentRead": true,
-                    "Limit": CART_LINES_MAX
-                }),
-            )
-            .await?;
+        let mut query = session_query(&self.config.tables.carts, session, CART_LINES_MAX);
+        query["ConsistentRead"] = json!(true);
+        let answer = store.call("Query", &query).await?;
         Ok(answer["Items"]
             .as_array()
             .map(|items| {
@@ -281,15 +280,7 @@ impl Shop {
             return Ok(axum::Json(cart_view(None, &[])).into_response());
         };
         let (store, _) = self.writer()?;
-        store
-            .call(
-                "DeleteItem",
-                &json!({
-                    "TableName": self.config.tables.carts,
-                    "Key": {"session": {"S": session}, "product": {"S": product}}
-                }),
-            )
-            .await?;
+        self.delete_cart_line(store, &session, product).await?;
         Ok(axum::Json(self.cart_json(store, Some(&session)).await?).into_response())
     }
 
@@ -388,15 +379,7 @@ impl Shop {
             Err(error) => return Err(error.into()),
         }
         for (product, _) in &lines {
-            store
-                .call(
-                    "DeleteItem",
-                    &json!({
-                        "TableName": self.config.tables.carts,
-                        "Key": {"session": {"S": session}, "product": {"S": product}}
-                    }),
-                )
-                .await?;
+            self.delete_cart_line(store, &session, product).await?;
         }
         Ok((order_view(&item), true))
     }
@@ -417,20 +400,9 @@ impl Shop {
 
     async fn orders(&self, session: Option<&str>) -> Result<Vec<Value>, ShopError> {
         let Some(session) = session else { return Ok(Vec::new()) };
-        let answer = self
-            .local()?
-            .call(
-                "Query",
-                &json!({
-                    "TableName": self.config.tables.orders,
-                    "KeyConditionExpression": "#s = :s",
-                    "ExpressionAttributeNames": {"#s": "session"},
-                    "ExpressionAttributeValues": {":s": {"S": session}},
-                    "ScanIndexForward": false,
-                    "Limit": ORDERS_LISTED_MAX
-                }),
-            )
-            .await?;
+        let mut query = session_query(&self.config.tables.orders, session, ORDERS_LISTED_MAX);
+        query["ScanIndexForward"] = json!(false);
+        let answer = self.local()?.call("Query", &query).await?;
         Ok(answer["Items"]
             .as_array()
             .map(|items| items.iter().map(order_view).collect())
@@ -932,11 +904,16 @@ fn render_page(
     html
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// A `Query` of `table`'s items of one `session` (the partition key of the carts and orders
+/// tables), at most `limit` of them.
+fn session_query(table: &str, session: &str, limit: usize) -> Value {
+    json!({
+        "TableName": table,
+        "KeyConditionExpression": "#s = :s",
+        "ExpressionAttributeNames": {"#s": "session"},
+        "ExpressionAttributeValues": {":s": {"S": session}},
+        "Limit": limit
+    })
 }
 
 /// Parses an `application/x-www-form-urlencoded` body.

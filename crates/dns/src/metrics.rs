@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::answer::Transport;
 
@@ -57,74 +58,68 @@ pub struct ActionLabels {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("switchyard_dns");
-        let queries = Family::<QueryLabels, Counter>::default();
-        registry.register(
-            "queries",
-            "Queries answered, by name (configured names; <outside>, <nonexistent>, <dynamic>, <malformed> otherwise), type, rcode and transport",
-            queries.clone(),
-        );
-        let dropped = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "dropped_packets",
-            "Packets dropped without an answer, by reason",
-            dropped.clone(),
-        );
-        let reloads = Family::<OutcomeLabels, Counter>::default();
-        registry.register("config_reloads", "Zone reloads by outcome (ok, error)", reloads.clone());
-        let pushes = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "view_pushes",
-            "Health and TXT pushes from the controller by outcome (applied, stale, rejected, unauthorized)",
-            pushes.clone(),
-        );
-        let generation = Gauge::default();
-        registry.register(
-            "view_generation",
-            "Generation of the applied health view",
-            generation.clone(),
-        );
-        let tcp_connections = Gauge::default();
-        registry.register(
-            "tcp_connections",
-            "Open DNS-over-TCP connections",
-            tcp_connections.clone(),
-        );
-        let rate_limited = Family::<ActionLabels, Counter>::default();
-        registry.register(
-            "rate_limited_responses",
-            "UDP responses held back by response rate limiting, by action (dropped; slipped: sent empty with TC set)",
-            rate_limited.clone(),
-        );
-        let rate_limit_evictions = Counter::default();
-        registry.register(
-            "rate_limit_evictions",
-            "Rate-limit accounts forgotten before their window ended because the table was full (raise rate_limit.table_entries if this grows)",
-            rate_limit_evictions.clone(),
-        );
-        Metrics {
-            registry,
-            rate_limited,
-            rate_limit_evictions,
-            queries,
-            dropped,
-            reloads,
-            pushes,
-            generation,
-            tcp_connections,
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("switchyard_dns"),
+            queries: Family::<QueryLabels, Counter>::default(),
+            dropped: Family::<ReasonLabels, Counter>::default(),
+            reloads: Family::<OutcomeLabels, Counter>::default(),
+            pushes: Family::<OutcomeLabels, Counter>::default(),
+            generation: Gauge::default(),
+            tcp_connections: Gauge::default(),
+            rate_limited: Family::<ActionLabels, Counter>::default(),
+            rate_limit_evictions: Counter::default(),
+        };
+        let table: [(&str, &str, Box<dyn Metric>); 8] = [
+            (
+                "queries",
+                "Queries answered, by name (configured names; <outside>, <nonexistent>, <dynamic>, <malformed> otherwise), type, rcode and transport",
+                Box::new(metrics.queries.clone()),
+            ),
+            (
+                "dropped_packets",
+                "Packets dropped without an answer, by reason",
+                Box::new(metrics.dropped.clone()),
+            ),
+            (
+                "config_reloads",
+                "Zone reloads by outcome (ok, error)",
+                Box::new(metrics.reloads.clone()),
+            ),
+            (
+                "view_pushes",
+                "Health and TXT pushes from the controller by outcome (applied, stale, rejected, unauthorized)",
+                Box::new(metrics.pushes.clone()),
+            ),
+            (
+                "view_generation",
+                "Generation of the applied health view",
+                Box::new(metrics.generation.clone()),
+            ),
+            (
+                "tcp_connections",
+                "Open DNS-over-TCP connections",
+                Box::new(metrics.tcp_connections.clone()),
+            ),
+            (
+                "rate_limited_responses",
+                "UDP responses held back by response rate limiting, by action (dropped; slipped: sent empty with TC set)",
+                Box::new(metrics.rate_limited.clone()),
+            ),
+            (
+                "rate_limit_evictions",
+                "Rate-limit accounts forgotten before their window ended because the table was full (raise rate_limit.table_entries if this grows)",
+                Box::new(metrics.rate_limit_evictions.clone()),
+            ),
+        ];
+        for (name, help, metric) in table {
+            metrics.registry.register(name, help, AnyMetric(metric));
         }
+        metrics
     }
 
     pub fn count_query(&self, name: &str, qtype: Option<RecordType>, rcode: ResponseCode, transport: Transport) {
         self.queries
-            .get_or_create(&QueryLabels {
-                name: name.to_string(),
-                kind: KindLabels {
-                    r#type: type_label(qtype),
-                    rcode: rcode_label(rcode),
-                    transport: transport_label(transport),
-                },
-            })
+            .get_or_create(&query_labels(name, qtype, rcode, transport))
             .inc();
     }
 
@@ -145,6 +140,20 @@ impl Metrics {
     }
 }
 
+/// A metric of any type, so that one table registers them all.
+#[derive(Debug)]
+struct AnyMetric(Box<dyn Metric>);
+
+impl EncodeMetric for AnyMetric {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics::new()
@@ -162,17 +171,6 @@ pub struct CounterCache {
 }
 
 impl CounterCache {
-    pub fn count(
-        &mut self,
-        metrics: &Metrics,
-        name: &Arc<str>,
-        qtype: Option<RecordType>,
-        rcode: ResponseCode,
-        transport: Transport,
-    ) {
-        self.counter(metrics, name, qtype, rcode, transport).inc();
-    }
-
     /// The counter of these labels (a handle: incrementing a clone counts on it).
     pub fn counter(
         &mut self,
@@ -191,17 +189,22 @@ impl CounterCache {
         }
         let counter = metrics
             .queries
-            .get_or_create(&QueryLabels {
-                name: name.to_string(),
-                kind: KindLabels {
-                    r#type: type_label(qtype),
-                    rcode: rcode_label(rcode),
-                    transport: transport_label(transport),
-                },
-            })
+            .get_or_create(&query_labels(name, qtype, rcode, transport))
             .clone();
         self.counters.insert(key, counter.clone());
         counter
+    }
+}
+
+/// The labels of a query's counter.
+fn query_labels(name: &str, qtype: Option<RecordType>, rcode: ResponseCode, transport: Transport) -> QueryLabels {
+    QueryLabels {
+        name: name.to_string(),
+        kind: KindLabels {
+            r#type: type_label(qtype),
+            rcode: rcode_label(rcode),
+            transport: transport_label(transport),
+        },
     }
 }
 

@@ -111,6 +111,29 @@ impl State {
         false
     }
 
+    /// The answer to `packet` from `peer` with `snapshot`'s zones and view. A packet that is
+    /// not a parseable DNS message has none: it is counted as `malformed` and logged (rate
+    /// limited), to be dropped (UDP) or its connection closed (TCP).
+    fn answer(
+        &self,
+        snapshot: &Snapshot,
+        packet: &[u8],
+        transport: Transport,
+        peer: SocketAddr,
+        entropy: u64,
+    ) -> Option<Response> {
+        let response = handle_packet(&snapshot.zones, &snapshot.view, packet, transport, peer.ip(), entropy);
+        if response.is_none() {
+            self.metrics.count_drop("malformed");
+            let dropped = match transport {
+                Transport::Udp => "dropped a UDP packet that is not a parseable DNS query",
+                Transport::Tcp => "closed a TCP connection that sent an unparseable DNS message",
+            };
+            self.drop_log.warn(dropped, peer);
+        }
+        response
+    }
+
     pub fn zones(&self) -> Arc<Zones> {
         Arc::clone(&self.zones.read().unwrap_or_else(|e| e.into_inner()))
     }
@@ -618,18 +641,7 @@ fn serve_datagram(
             }
         }
     }
-    let Some(response) = handle_packet(
-        &snapshot.zones,
-        &snapshot.view,
-        packet,
-        Transport::Udp,
-        peer.ip(),
-        rng.next_u64(),
-    ) else {
-        state.metrics.count_drop("malformed");
-        state
-            .drop_log
-            .warn("dropped a UDP packet that is not a parseable DNS query", peer);
+    let Some(response) = state.answer(snapshot, packet, Transport::Udp, peer, rng.next_u64()) else {
         return false;
     };
     match limiter.judge(state, &response, peer) {
@@ -798,20 +810,8 @@ async fn tcp_connection(
             },
             _ = stop.wait_for(|stop| *stop) => return,
         };
-        let zones = state.zones();
-        let view = state.view();
-        let Some(response) = handle_packet(
-            &zones,
-            &view,
-            &buffer[..length],
-            Transport::Tcp,
-            peer.ip(),
-            rng.next_u64(),
-        ) else {
-            state.metrics.count_drop("malformed");
-            state
-                .drop_log
-                .warn("closed a TCP connection that sent an unparseable DNS message", peer);
+        let snapshot = state.snapshot();
+        let Some(response) = state.answer(&snapshot, &buffer[..length], Transport::Tcp, peer, rng.next_u64()) else {
             return;
         };
         state

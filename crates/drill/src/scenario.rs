@@ -535,17 +535,25 @@ fn expect(failover: FailoverExpectation) -> Expectations {
     }
 }
 
+/// A failover within the RTO bounds of a region lost: [`RTO_DNS_MS_MAX`], and
+/// [`RTO_99_MS_MAX_BEFORE_TTL`] plus the TTL.
+fn moved_within_rto() -> Expectations {
+    Expectations {
+        rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
+        rto_99_ms_max_before_ttl: Some(RTO_99_MS_MAX_BEFORE_TTL),
+        rto_99_plus_ttl: true,
+        ..expect(FailoverExpectation::Required)
+    }
+}
+
 pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
     use FailoverExpectation::*;
     let (summary, expectations) = match name {
         "region-outage" => (
             "kill -9 every process of the primary region: traffic must move to the secondary",
             Expectations {
-                rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
-                rto_99_ms_max_before_ttl: Some(RTO_99_MS_MAX_BEFORE_TTL),
-                rto_99_plus_ttl: true,
                 database: crate::databases::DbExpectation::Promote,
-                ..expect(Required)
+                ..moved_within_rto()
             },
         ),
         // A hang fails health checks by timeout (the check timeout, 500 ms by default) instead
@@ -554,11 +562,8 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
         "region-hang" => (
             "SIGSTOP every process of the primary region (hung, not dead: timeouts, not refusals), SIGCONT at heal: traffic must move to the secondary",
             Expectations {
-                rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
-                rto_99_ms_max_before_ttl: Some(RTO_99_MS_MAX_BEFORE_TTL),
-                rto_99_plus_ttl: true,
                 database: crate::databases::DbExpectation::Promote,
-                ..expect(Required)
+                ..moved_within_rto()
             },
         ),
         "region-partition" => (
@@ -581,12 +586,7 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
         // Packets vanish: like a hang, each check runs to its timeout.
         "region-isolation" => (
             "cut the primary region's network link (a lab started with --netns): traffic must move to the secondary, nothing acknowledged lost",
-            Expectations {
-                rto_dns_ms_max: Some(RTO_DNS_MS_MAX),
-                rto_99_ms_max_before_ttl: Some(RTO_99_MS_MAX_BEFORE_TTL),
-                rto_99_plus_ttl: true,
-                ..expect(Required)
-            },
+            moved_within_rto(),
         ),
         // Reads still work, so only the write probe (the store check's `write = true`) sees
         // it: each failed round ends at once (a refusal), like an outage.

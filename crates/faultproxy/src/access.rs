@@ -23,17 +23,7 @@ pub struct Cidr {
 
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.address, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.length)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.length)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        common::net::prefix_contains(self.address, self.length, ip)
     }
 }
 
@@ -52,7 +42,7 @@ impl FromStr for Cidr {
             Some((address, length)) => (address, Some(length)),
             None => (text.trim(), None),
         };
-        let address = canonical(address.parse::<IpAddr>().map_err(|_| bad())?);
+        let address = common::net::canonical(address.parse::<IpAddr>().map_err(|_| bad())?);
         let max = if address.is_ipv4() { 32 } else { 128 };
         let length = match length {
             Some(length) => length.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(bad)?,
@@ -66,14 +56,6 @@ impl TryFrom<String> for Cidr {
     type Error = String;
     fn try_from(text: String) -> Result<Cidr, String> {
         text.parse()
-    }
-}
-
-/// IPv4-mapped IPv6 addresses are their IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
     }
 }
 

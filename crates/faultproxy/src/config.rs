@@ -23,7 +23,6 @@ use serde::Deserialize;
 
 use crate::access::{AllowList, Cidr};
 use crate::proxy::{Limits, ProxySpec};
-use crate::toxic::Toxic;
 
 /// Toxiproxy's control port.
 pub const API_LISTEN_DEFAULT: &str = "127.0.0.1:8474";
@@ -77,29 +76,8 @@ impl FaultProxyConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProxyConfig {
-    pub name: String,
-    pub listen: String,
-    pub upstream: String,
-    #[serde(default = "enabled_default")]
-    pub enabled: bool,
-    #[serde(default)]
-    pub toxics: Vec<Toxic>,
-}
-
-impl From<ProxyConfig> for ProxySpec {
-    fn from(config: ProxyConfig) -> ProxySpec {
-        ProxySpec {
-            name: config.name,
-            listen: config.listen,
-            upstream: config.upstream,
-            enabled: config.enabled,
-            toxics: config.toxics,
-        }
-    }
-}
+/// A proxy of the configuration file: what creating one through the API takes.
+pub type ProxyConfig = ProxySpec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "u64")]
@@ -143,9 +121,6 @@ fn connections_max_default() -> ConnectionsMax {
 }
 fn buffer_bytes_default() -> BufferBytes {
     BufferBytes(Limits::default().buffer_bytes as u64)
-}
-fn enabled_default() -> bool {
-    true
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -62,7 +62,7 @@ pub async fn start(config: &FaultProxyConfig, seed: u64) -> Result<Arc<Registry>
         config.allow_list(),
     ));
     for proxy in &config.proxies {
-        registry.create(proxy.clone().into()).await?;
+        registry.create(proxy.clone()).await?;
     }
     Ok(registry)
 }

@@ -246,6 +246,13 @@ mod tests {
         }
     }
 
+    /// A link of `stream` seeded with `seed`, with the one toxic `kind` on it since time 0.
+    fn link_with(stream: Stream, seed: u64, kind: ToxicKind) -> Link {
+        let mut link = Link::new(stream, Rng::new(seed));
+        link.set_toxics(0, &[toxic("t", stream, 1.0, kind)]);
+        link
+    }
+
     fn seed() -> u64 {
         common::rng::seed_from_env("faultproxy link test")
     }
@@ -287,18 +294,13 @@ mod tests {
     fn latency_with_jitter_is_reproducible_ordered_and_bounded() {
         let seed = seed();
         let schedule = |seed| {
-            let mut link = Link::new(Stream::Downstream, Rng::new(seed));
-            link.set_toxics(
-                0,
-                &[toxic(
-                    "slow",
-                    Stream::Downstream,
-                    1.0,
-                    ToxicKind::Latency {
-                        latency_ms: 100,
-                        jitter_ms: 30,
-                    },
-                )],
+            let mut link = link_with(
+                Stream::Downstream,
+                seed,
+                ToxicKind::Latency {
+                    latency_ms: 100,
+                    jitter_ms: 30,
+                },
             );
             (0..200u64)
                 .map(|i| link.on_data(i * 1000, 1).pieces[0].at_us)
@@ -321,16 +323,7 @@ mod tests {
 
     #[test]
     fn bandwidth_spreads_bytes_over_time() {
-        let mut link = Link::new(Stream::Upstream, Rng::new(3));
-        link.set_toxics(
-            0,
-            &[toxic(
-                "bw",
-                Stream::Upstream,
-                1.0,
-                ToxicKind::Bandwidth { rate_kbps: 10 },
-            )],
-        );
+        let mut link = link_with(Stream::Upstream, 3, ToxicKind::Bandwidth { rate_kbps: 10 });
         // 10 KB/s: 5000 bytes take half a second, released in 100 ms slices of 1000 bytes.
         let plan = link.on_data(0, 5000);
         assert_eq!(plan.pieces.len(), 5);
@@ -343,19 +336,14 @@ mod tests {
     #[test]
     fn slicer_cuts_into_small_delayed_pieces() {
         let seed = seed();
-        let mut link = Link::new(Stream::Downstream, Rng::new(seed));
-        link.set_toxics(
-            0,
-            &[toxic(
-                "slice",
-                Stream::Downstream,
-                1.0,
-                ToxicKind::Slicer {
-                    average_size: 10,
-                    size_variation: 4,
-                    delay_us: 500,
-                },
-            )],
+        let mut link = link_with(
+            Stream::Downstream,
+            seed,
+            ToxicKind::Slicer {
+                average_size: 10,
+                size_variation: 4,
+                delay_us: 500,
+            },
         );
         let plan = link.on_data(0, 1000);
         assert_eq!(plan.pieces.iter().map(|p| p.len).sum::<usize>(), 1000);
@@ -366,16 +354,7 @@ mod tests {
 
     #[test]
     fn limit_data_truncates_then_closes() {
-        let mut link = Link::new(Stream::Downstream, Rng::new(1));
-        link.set_toxics(
-            0,
-            &[toxic(
-                "limit",
-                Stream::Downstream,
-                1.0,
-                ToxicKind::LimitData { bytes: 15 },
-            )],
-        );
+        let mut link = link_with(Stream::Downstream, 1, ToxicKind::LimitData { bytes: 15 });
         let plan = link.on_data(0, 10);
         assert_eq!((plan.pieces[0].len, plan.close_after), (10, false));
         let plan = link.on_data(0, 10);

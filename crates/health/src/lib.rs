@@ -13,6 +13,8 @@ pub mod report;
 pub mod runner;
 pub mod spec;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use quorum::{Aggregator, QuorumConfig, RegionRule, RegionState, RegionVerdict};
 pub use report::{AgentPlan, CheckResult, CheckStatus, Report};

@@ -89,6 +89,45 @@ impl crate::Checker for Counted<'_> {
 /// for the reason `promote_settings!` is one: serde cannot combine `deny_unknown_fields` with
 /// a flattened shared struct.
 macro_rules! rest_settings {
+    // A DNS record step (Cloudflare, DigitalOcean): the keys of its record mode follow the
+    // provider's own scope key (a zone, a domain), and `record_keys_given()` says whether any
+    // of them is set.
+    (records { $($scope:tt)* } $(#[$meta:meta])* pub struct $name:ident { $($own:tt)* }) => {
+        $crate::cas::rest_settings! {
+            $(#[$meta])*
+            pub struct $name {
+                $($scope)*
+                /// The record's full name, like `shop.example.com`.
+                #[serde(default)]
+                pub record: Option<::toml::Spanned<String>>,
+                #[serde(default, rename = "type")]
+                pub record_type: Option<::toml::Spanned<String>>,
+                /// Per region, the record's content (data) while that region is active.
+                #[serde(default)]
+                pub values: Option<$crate::cas::SpannedValues>,
+                $($own)*
+            }
+        }
+
+        impl $name {
+            /// Whether the table has `record`, `type` or `values`.
+            fn record_keys_given(&self) -> bool {
+                self.record.is_some() || self.record_type.is_some() || self.values.is_some()
+            }
+
+            /// [`$crate::cas::check_record_mode`] on this table's `type` and `values`.
+            fn check_record_mode(
+                &self,
+                what: &str,
+                wording: $crate::cas::RecordWording,
+                missing: Vec<&'static str>,
+                checker: &mut dyn $crate::Checker,
+            ) -> (Option<String>, Option<std::collections::BTreeMap<String, String>>) {
+                let keys = (&self.record_type, &self.values);
+                $crate::cas::check_record_mode(what, keys, wording, missing, self.token.span(), checker)
+            }
+        }
+    };
     ($(#[$meta:meta])* pub struct $name:ident { $($own:tt)* }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, serde::Deserialize)]
@@ -215,6 +254,40 @@ pub fn region_map<T: Clone>(
     out
 }
 
+/// Reports a key of a step's mode missing while the mode's other key (`partner`) is set; `fix`
+/// says how to add it.
+pub(crate) fn missing_key(
+    what: &str,
+    (key, partner, fix): (&str, &str, &str),
+    span: std::ops::Range<usize>,
+    checker: &mut dyn crate::Checker,
+) {
+    checker.error(span, format!("{what} has {partner} but no {key}"), fix.into());
+}
+
+/// A `{ region = value }` table of a step's mode (`names`: the key, its partner key and how to
+/// add it, as for [`missing_key`]): checked by `each` (its limits, its values), then as a
+/// [`region_map`] of some regions; missing, an error.
+pub(crate) fn mode_table<T: Clone>(
+    what: &str,
+    names: (&str, &str, &str),
+    table: &Option<toml::Spanned<std::collections::BTreeMap<toml::Spanned<String>, toml::Spanned<T>>>>,
+    span: std::ops::Range<usize>,
+    checker: &mut dyn crate::Checker,
+    each: impl FnOnce(
+        &toml::Spanned<std::collections::BTreeMap<toml::Spanned<String>, toml::Spanned<T>>>,
+        &mut dyn crate::Checker,
+    ),
+) -> Option<std::collections::BTreeMap<String, T>> {
+    let Some(table) = table else {
+        missing_key(what, names, span, checker);
+        return None;
+    };
+    each(table, checker);
+    let what = format!("{what} {}", names.0);
+    Some(region_map(&what, table.get_ref(), table.span(), false, checker))
+}
+
 /// A record step's `values = { region = "content" }` as the settings hold it.
 pub(crate) type SpannedValues = toml::Spanned<std::collections::BTreeMap<toml::Spanned<String>, toml::Spanned<String>>>;
 
@@ -271,6 +344,41 @@ pub(crate) fn check_record_values(
         }
     }
     Some(values)
+}
+
+/// How a record step names its values in errors.
+#[derive(Clone, Copy)]
+pub(crate) struct RecordWording {
+    /// The record types the step may point at a region.
+    pub types: &'static [&'static str],
+    /// A valid value of a type, like `a valid A record content` (the fix of a bad value).
+    pub content: fn(&str) -> String,
+    /// The fix when keys of the mode are missing: what a record step needs.
+    pub needs: &'static str,
+}
+
+/// Checks a record step's `type` ([`check_record_type`]) and `values`
+/// ([`check_record_values`]), then reports in one error every key of the mode that is missing:
+/// those in `missing` (the step's own keys, checked before) and these two.
+pub(crate) fn check_record_mode(
+    what: &str,
+    (record_type, values): (&Option<toml::Spanned<String>>, &Option<SpannedValues>),
+    wording: RecordWording,
+    mut missing: Vec<&'static str>,
+    span: std::ops::Range<usize>,
+    checker: &mut dyn crate::Checker,
+) -> (Option<String>, Option<std::collections::BTreeMap<String, String>>) {
+    let record_type = check_record_type(what, record_type, wording.types, &mut missing, checker);
+    let content = (wording.content)(record_type.as_deref().unwrap_or_default());
+    let values = check_record_values(what, values, record_type.as_ref(), &content, &mut missing, checker);
+    if !missing.is_empty() {
+        checker.error(
+            span,
+            format!("{what} has no {}", missing.join(", ")),
+            wording.needs.into(),
+        );
+    }
+    (record_type, values)
 }
 
 /// Reads a paginated listing: `page(n)` gives page `n`'s items (from 1) and whether another

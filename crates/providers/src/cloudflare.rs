@@ -49,19 +49,13 @@ pub const RECORD_TYPES: &[&str] = &["A", "AAAA", "CNAME", "TXT"];
 pub const COMMENT_PREFIX: &str = "switchyard generation ";
 
 cas::rest_settings! {
+    records {
+        #[serde(default)]
+        pub zone_id: Option<Spanned<String>>,
+    }
     /// The `[runbook.cloudflare]` table. Its `token` is a scoped API token (DNS:Edit for
     /// records, Load Balancing: Monitors and Pools Write for pools).
     pub struct Settings {
-        #[serde(default)]
-        pub zone_id: Option<Spanned<String>>,
-        /// The record's full name, like `shop.example.com`.
-        #[serde(default)]
-        pub record: Option<Spanned<String>>,
-        #[serde(default, rename = "type")]
-        pub record_type: Option<Spanned<String>>,
-        /// Per region, the record's content while that region is active.
-        #[serde(default)]
-        pub values: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
         #[serde(default = "yes")]
         pub comment_generation: bool,
         #[serde(default)]
@@ -85,19 +79,30 @@ pub struct Cloudflare {
 
 #[derive(Debug)]
 enum Target {
-    Record {
-        zone_id: String,
-        name: String,
-        record_type: String,
-        values: BTreeMap<String, String>,
-        comment_generation: bool,
-        last_written: Mutex<Option<String>>,
-    },
+    Record(RecordTarget),
     Pools {
         account_id: String,
         pools: BTreeMap<String, String>,
     },
 }
+
+/// The record a record step drives.
+#[derive(Debug)]
+struct RecordTarget {
+    zone_id: String,
+    name: String,
+    record_type: String,
+    values: BTreeMap<String, String>,
+    comment_generation: bool,
+    last_written: Mutex<Option<String>>,
+}
+
+/// How record steps name their values in errors.
+const WORDING: cas::RecordWording = cas::RecordWording {
+    types: RECORD_TYPES,
+    content: |record_type| format!("a valid {record_type} record content"),
+    needs: "a record step needs zone_id, record, type and values = { region = \"content\", ... }",
+};
 
 /// Cloudflare identifiers (zones, accounts, pools) are 32 hexadecimal characters.
 fn check_id(what: &str, id: &Spanned<String>, checker: &mut dyn Checker) -> String {
@@ -146,25 +151,26 @@ impl Settings {
     /// Reports every problem through `checker` and returns the step ready to run.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<Cloudflare> {
         let what = format!("cloudflare step '{step}'");
-        let keys = self.rest_keys(API_URL_DEFAULT);
-        let record_keys =
-            self.zone_id.is_some() || self.record.is_some() || self.values.is_some() || self.record_type.is_some();
         let modes = cas::Modes {
-            first: ("a record (zone_id, record, type, values)", record_keys),
+            first: (
+                "a record (zone_id, record, type, values)",
+                self.zone_id.is_some() || self.record_keys_given(),
+            ),
             second: (
                 "pools (account_id, pools)",
                 self.account_id.is_some() || self.pools.is_some(),
             ),
             fix: "use one cloudflare step per record and another per set of pools",
         };
+        let keys = self.rest_keys(API_URL_DEFAULT);
         let (api, target) = cas::check_rest_step(&what, keys, modes, checker, |record, checker| match record {
-            true => self.check_record(&what, checker),
+            true => self.check_record(&what, checker).map(Target::Record),
             false => self.check_pools(&what, checker),
         })?;
         Some(Cloudflare { api, target })
     }
 
-    fn check_record(&self, what: &str, checker: &mut dyn Checker) -> Option<Target> {
+    fn check_record(&self, what: &str, checker: &mut dyn Checker) -> Option<RecordTarget> {
         let mut missing = Vec::new();
         let zone_id = match &self.zone_id {
             Some(id) => Some(check_id(&format!("{what} zone_id"), id, checker)),
@@ -190,24 +196,8 @@ impl Settings {
                 None
             }
         };
-        let record_type = cas::check_record_type(what, &self.record_type, RECORD_TYPES, &mut missing, checker);
-        let content = format!("a valid {} record content", record_type.as_deref().unwrap_or_default());
-        let values = cas::check_record_values(
-            what,
-            &self.values,
-            record_type.as_ref(),
-            &content,
-            &mut missing,
-            checker,
-        );
-        if !missing.is_empty() {
-            checker.error(
-                self.token.span(),
-                format!("{what} has no {}", missing.join(", ")),
-                "a record step needs zone_id, record, type and values = { region = \"content\", ... }".into(),
-            );
-        }
-        Some(Target::Record {
+        let (record_type, values) = self.check_record_mode(what, WORDING, missing, checker);
+        Some(RecordTarget {
             zone_id: zone_id?,
             name: name?,
             record_type: record_type?,
@@ -218,19 +208,26 @@ impl Settings {
     }
 
     fn check_pools(&self, what: &str, checker: &mut dyn Checker) -> Option<Target> {
-        let account_id = match &self.account_id {
-            Some(id) => Some(check_id(&format!("{what} account_id"), id, checker)),
-            None => {
-                checker.error(
-                    self.token.span(),
-                    format!("{what} has pools but no account_id"),
-                    "add account_id = \"...\" (32 hexadecimal characters)".into(),
-                );
-                None
-            }
-        };
-        let pools = match &self.pools {
-            Some(table) => {
+        let account_id = self
+            .account_id
+            .as_ref()
+            .map(|id| check_id(&format!("{what} account_id"), id, checker));
+        if account_id.is_none() {
+            let names = (
+                "account_id",
+                "pools",
+                "add account_id = \"...\" (32 hexadecimal characters)",
+            );
+            cas::missing_key(what, names, self.token.span(), checker);
+        }
+        let names = ("pools", "account_id", "add pools = { region = \"pool id\", ... }");
+        let pools = cas::mode_table(
+            what,
+            names,
+            &self.pools,
+            self.token.span(),
+            checker,
+            |table, checker| {
                 if table.get_ref().len() > POOLS_MAX {
                     checker.error(
                         table.span(),
@@ -241,23 +238,8 @@ impl Settings {
                 for id in table.get_ref().values() {
                     check_id(&format!("{what} pool id"), id, checker);
                 }
-                Some(cas::region_map(
-                    &format!("{what} pools"),
-                    table.get_ref(),
-                    table.span(),
-                    false,
-                    checker,
-                ))
-            }
-            None => {
-                checker.error(
-                    self.token.span(),
-                    format!("{what} has account_id but no pools"),
-                    "add pools = { region = \"pool id\", ... }".into(),
-                );
-                None
-            }
-        };
+            },
+        );
         Some(Target::Pools {
             account_id: account_id?,
             pools: pools?,
@@ -329,7 +311,7 @@ impl Cloudflare {
     /// Runs one attempt (see the module documentation).
     pub async fn run(&self, order: &Order) -> Outcome {
         match &self.target {
-            Target::Record { .. } => self.run_record(order).await,
+            Target::Record(record) => self.run_record(record, order).await,
             Target::Pools { account_id, pools } => self.run_pools(account_id, pools, order).await,
         }
     }
@@ -383,18 +365,15 @@ impl Cloudflare {
             .map_err(|e| Failure::Retryable(format!("Cloudflare's record is not in the documented shape: {e}")))
     }
 
-    async fn run_record(&self, order: &Order) -> Outcome {
-        let Target::Record {
+    async fn run_record(&self, record: &RecordTarget, order: &Order) -> Outcome {
+        let RecordTarget {
             zone_id,
             name,
             record_type,
             values,
             comment_generation,
             last_written,
-        } = &self.target
-        else {
-            return Err(Failure::Refused("not a record step".into()));
-        };
+        } = record;
         let target = cas::target_of(values, order)?;
         let listed = self.find(zone_id, name, record_type).await?;
         // Re-read just before writing: the list may be cached at Cloudflare's edge.

@@ -73,7 +73,7 @@ impl LagReader {
     ) -> Result<u64, String> {
         #[cfg(feature = "aws")]
         {
-            self.read(access, table, receiving_region, window_s, now_s).await
+            self.read(access, (table, receiving_region), (window_s, now_s)).await
         }
         #[cfg(not(feature = "aws"))]
         {
@@ -101,14 +101,13 @@ impl LagReader {
         client
     }
 
+    /// [`Self::replication_lag`] of `(table, receiving_region)` over `(window_s, now_s)`.
     #[cfg(feature = "aws")]
     async fn read(
         &self,
         access: &Access,
-        table: &str,
-        receiving_region: &str,
-        window_s: u64,
-        now_s: i64,
+        (table, receiving_region): (&str, &str),
+        (window_s, now_s): (u64, i64),
     ) -> Result<u64, String> {
         use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
         use aws_smithy_types::DateTime;

@@ -49,20 +49,15 @@ pub const ACTION_POLL_MS_DEFAULT: u64 = 1_000;
 pub const ACTION_POLL_MS_MIN: u64 = 10;
 
 cas::rest_settings! {
+    records {
+        /// The domain as DigitalOcean holds it, like `example.com`; `record` may be the domain
+        /// itself (its apex).
+        #[serde(default)]
+        pub domain: Option<Spanned<String>>,
+    }
     /// The `[runbook.digitalocean]` table. Its `token` is a personal access token with write
     /// scope (domain, reserved_ip).
     pub struct Settings {
-        /// The domain as DigitalOcean holds it, like `example.com`.
-        #[serde(default)]
-        pub domain: Option<Spanned<String>>,
-        /// The record's full name, like `shop.example.com` (or the domain itself for its apex).
-        #[serde(default)]
-        pub record: Option<Spanned<String>>,
-        #[serde(default, rename = "type")]
-        pub record_type: Option<Spanned<String>>,
-        /// Per region, the record's data while that region is active.
-        #[serde(default)]
-        pub values: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
         #[serde(default)]
         pub reserved_ip: Option<Spanned<String>>,
         /// Per region, the droplet that holds the reserved IP while that region is active.
@@ -84,16 +79,7 @@ pub struct DigitalOcean {
 
 #[derive(Debug)]
 enum Target {
-    Record {
-        domain: String,
-        /// The full name (the `name` filter of the list wants it) and the name relative to
-        /// the domain (what records carry: `shop`, or `@` for the apex).
-        full_name: String,
-        relative_name: String,
-        record_type: String,
-        values: BTreeMap<String, String>,
-        last_written: Mutex<Option<String>>,
-    },
+    Record(RecordTarget),
     ReservedIp {
         ip: String,
         droplets: BTreeMap<String, u64>,
@@ -103,29 +89,50 @@ enum Target {
     },
 }
 
+/// The record a record step drives.
+#[derive(Debug)]
+struct RecordTarget {
+    domain: String,
+    /// The full name (the `name` filter of the list wants it) and the name relative to
+    /// the domain (what records carry: `shop`, or `@` for the apex).
+    full_name: String,
+    relative_name: String,
+    record_type: String,
+    values: BTreeMap<String, String>,
+    last_written: Mutex<Option<String>>,
+}
+
+/// How record steps name their values in errors.
+const WORDING: cas::RecordWording = cas::RecordWording {
+    types: RECORD_TYPES,
+    content: |record_type| format!("valid {record_type} record data"),
+    needs: "a record step needs domain, record, type and values = { region = \"data\", ... }",
+};
+
 impl Settings {
     /// Reports every problem through `checker` and returns the step ready to run.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<DigitalOcean> {
         let what = format!("digitalocean step '{step}'");
-        let keys = self.rest_keys(API_URL_DEFAULT);
-        let record_keys =
-            self.domain.is_some() || self.record.is_some() || self.record_type.is_some() || self.values.is_some();
         let modes = cas::Modes {
-            first: ("a record (domain, record, type, values)", record_keys),
+            first: (
+                "a record (domain, record, type, values)",
+                self.domain.is_some() || self.record_keys_given(),
+            ),
             second: (
                 "a reserved IP (reserved_ip, droplets)",
                 self.reserved_ip.is_some() || self.droplets.is_some(),
             ),
             fix: "use one digitalocean step per record and another per reserved IP",
         };
+        let keys = self.rest_keys(API_URL_DEFAULT);
         let (api, target) = cas::check_rest_step(&what, keys, modes, checker, |record, checker| match record {
-            true => self.check_record(&what, checker),
+            true => self.check_record(&what, checker).map(Target::Record),
             false => self.check_reserved_ip(&what, checker),
         })?;
         Some(DigitalOcean { api, target })
     }
 
-    fn check_record(&self, what: &str, checker: &mut dyn Checker) -> Option<Target> {
+    fn check_record(&self, what: &str, checker: &mut dyn Checker) -> Option<RecordTarget> {
         let mut missing = Vec::new();
         let domain = match &self.domain {
             Some(d) if valid_domain(d.get_ref()) => Some(d.get_ref().trim_end_matches('.').to_ascii_lowercase()),
@@ -168,25 +175,9 @@ impl Settings {
             }
             (Some(_), None) => None,
         };
-        let record_type = cas::check_record_type(what, &self.record_type, RECORD_TYPES, &mut missing, checker);
-        let content = format!("valid {} record data", record_type.as_deref().unwrap_or_default());
-        let values = cas::check_record_values(
-            what,
-            &self.values,
-            record_type.as_ref(),
-            &content,
-            &mut missing,
-            checker,
-        );
-        if !missing.is_empty() {
-            checker.error(
-                self.token.span(),
-                format!("{what} has no {}", missing.join(", ")),
-                "a record step needs domain, record, type and values = { region = \"data\", ... }".into(),
-            );
-        }
+        let (record_type, values) = self.check_record_mode(what, WORDING, missing, checker);
         let (full_name, relative_name) = names?;
-        Some(Target::Record {
+        Some(RecordTarget {
             domain: domain?,
             full_name,
             relative_name,
@@ -208,42 +199,28 @@ impl Settings {
                 None
             }
             None => {
-                checker.error(
-                    self.token.span(),
-                    format!("{what} has droplets but no reserved_ip"),
-                    "add reserved_ip = \"203.0.113.7\"".into(),
-                );
+                let names = ("reserved_ip", "droplets", "add reserved_ip = \"203.0.113.7\"");
+                cas::missing_key(what, names, self.token.span(), checker);
                 None
             }
         };
-        let droplets = match &self.droplets {
-            Some(table) => {
-                for id in table.get_ref().values() {
-                    if *id.get_ref() == 0 {
-                        checker.error(
-                            id.span(),
-                            format!("{what} droplet id 0 is not a droplet"),
-                            "copy the droplet's id from its page or `doctl compute droplet list`".into(),
-                        );
-                    }
+        let names = ("droplets", "reserved_ip", "add droplets = { region = droplet id, ... }");
+        let droplets = cas::mode_table(
+            what,
+            names,
+            &self.droplets,
+            self.token.span(),
+            checker,
+            |table, checker| {
+                for id in table.get_ref().values().filter(|id| *id.get_ref() == 0) {
+                    checker.error(
+                        id.span(),
+                        format!("{what} droplet id 0 is not a droplet"),
+                        "copy the droplet's id from its page or `doctl compute droplet list`".into(),
+                    );
                 }
-                Some(cas::region_map(
-                    &format!("{what} droplets"),
-                    table.get_ref(),
-                    table.span(),
-                    false,
-                    checker,
-                ))
-            }
-            None => {
-                checker.error(
-                    self.token.span(),
-                    format!("{what} has reserved_ip but no droplets"),
-                    "add droplets = { region = droplet id, ... }".into(),
-                );
-                None
-            }
-        };
+            },
+        );
         let wait_ms = rest::check_bounded(
             what,
             "action_wait_ms",
@@ -341,7 +318,7 @@ impl DigitalOcean {
     /// Runs one attempt (see the module documentation).
     pub async fn run(&self, order: &Order) -> Outcome {
         match &self.target {
-            Target::Record { .. } => self.run_record(order).await,
+            Target::Record(record) => self.run_record(record, order).await,
             Target::ReservedIp { .. } => self.run_reserved_ip(order).await,
         }
     }
@@ -394,18 +371,15 @@ impl DigitalOcean {
         serde_json::from_value(body.get("domain_record").cloned().unwrap_or(Value::Null)).map_err(shape("record"))
     }
 
-    async fn run_record(&self, order: &Order) -> Outcome {
-        let Target::Record {
+    async fn run_record(&self, record: &RecordTarget, order: &Order) -> Outcome {
+        let RecordTarget {
             domain,
             full_name,
             relative_name,
             record_type,
             values,
             last_written,
-        } = &self.target
-        else {
-            return Err(Failure::Refused("not a record step".into()));
-        };
+        } = record;
         let target = cas::target_of(values, order)?;
         let listed = self.find(domain, full_name, relative_name, record_type).await?;
         let record = self

@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use crate::balance::{AdminState, ServerId};
 use crate::config::WEIGHT_MAX;
 use crate::proxy::Shared;
+use common::text::escape_html as escape;
 
 /// Largest admin request body (a state change is a few bytes).
 const ADMIN_BODY_BYTES_MAX: usize = 4096;
@@ -91,9 +92,9 @@ pub fn snapshot(shared: &Shared) -> Vec<ServerView> {
                 requests: server.requests,
                 errors: server.errors,
                 retries: server.retries,
-                checks_passed: server.checks_passed,
-                checks_failed: server.checks_failed,
-                last_check: server.last_check.clone(),
+                checks_passed: server.checks.passed,
+                checks_failed: server.checks.failed,
+                last_check: server.checks.last.clone(),
                 last_change_seconds: now.saturating_sub(server.last_change_ms) / 1000,
             }
         })
@@ -196,17 +197,11 @@ async fn set_state(
         Ok(state) => state,
         Err(message) => return bad_request(message),
     };
-    let shared = &context.shared;
-    let now = shared.now_ms();
-    let previous = {
-        let mut balancer = shared.balancer();
-        let Some(id) = balancer.find(&name) else {
-            return unknown_server(&balancer, &name);
-        };
-        balancer.set_admin(id, state, now)
+    let (previous, view) = match change_server(&context.shared, &name, |b, id, now| b.set_admin(id, state, now)) {
+        Ok(changed) => changed,
+        Err(unknown) => return unknown,
     };
     tracing::info!(server = %name, ?previous, ?state, "server state set by the runtime API");
-    let view = snapshot(shared).into_iter().find(|v| v.name == name);
     axum::Json(json!({ "name": name, "previous": previous, "state": state, "server": view })).into_response()
 }
 
@@ -230,18 +225,30 @@ async fn set_weight(
         }
         Err(error) => return bad_request(format!("the body is not {{\"weight\": 0..{WEIGHT_MAX}}}: {error}")),
     };
-    let shared = &context.shared;
+    let (previous, view) = match change_server(&context.shared, &name, |b, id, now| b.set_weight(id, weight, now)) {
+        Ok(changed) => changed,
+        Err(unknown) => return unknown,
+    };
+    tracing::info!(server = %name, previous, weight, "server weight set by the runtime API");
+    axum::Json(json!({ "name": name, "previous": previous, "weight": weight, "server": view })).into_response()
+}
+
+/// Applies `change` to the server `name` at the time now: what it returns (the previous state
+/// or weight) and the server as it is then; an unknown server is answered 404.
+fn change_server<T>(
+    shared: &Shared,
+    name: &str,
+    change: impl FnOnce(&mut crate::balance::Balancer, ServerId, u64) -> T,
+) -> Result<(T, Option<ServerView>), Response> {
     let now = shared.now_ms();
     let previous = {
         let mut balancer = shared.balancer();
-        let Some(id) = balancer.find(&name) else {
-            return unknown_server(&balancer, &name);
+        let Some(id) = balancer.find(name) else {
+            return Err(unknown_server(&balancer, name));
         };
-        balancer.set_weight(id, weight, now)
+        change(&mut balancer, id, now)
     };
-    tracing::info!(server = %name, previous, weight, "server weight set by the runtime API");
-    let view = snapshot(shared).into_iter().find(|v| v.name == name);
-    axum::Json(json!({ "name": name, "previous": previous, "weight": weight, "server": view })).into_response()
+    Ok((previous, snapshot(shared).into_iter().find(|v| v.name == name)))
 }
 
 fn unknown_server(balancer: &crate::balance::Balancer, name: &str) -> Response {
@@ -293,13 +300,6 @@ async fn stats_json(State(context): State<AdminContext>) -> Response {
         "servers": snapshot(&context.shared),
     }))
     .into_response()
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 async fn stats_html(State(context): State<AdminContext>) -> Html<String> {
@@ -445,38 +445,34 @@ pub fn render_metrics(shared: &Shared) -> String {
         c.inc_by(value.load(Ordering::Relaxed));
         c
     };
-    registry.register("requests", "Client requests received", counter(&s.requests_total));
-    registry.register(
-        "connections",
-        "Client connections accepted",
-        counter(&s.connections_total),
-    );
-    registry.register("retries", "Retries on another server", counter(&s.retries_total));
-    registry.register(
-        "body_too_large",
-        "Requests refused with 413",
-        counter(&s.body_too_large_total),
-    );
-    registry.register(
-        "bad_host",
-        "Requests refused with 400: no Host, several, or an invalid one (RFC 9112 section 3.2)",
-        counter(&s.bad_host_total),
-    );
-    registry.register(
-        "no_server",
-        "Requests refused with 503: no server available",
-        counter(&s.no_server_total),
-    );
-    registry.register(
-        "server_timeouts",
-        "Requests answered 504: no response headers in time",
-        counter(&s.server_timeouts_total),
-    );
-    registry.register(
-        "client_errors",
-        "Client connection errors (header timeouts, oversize heads, bad bodies)",
-        counter(&s.client_errors_total),
-    );
+    for (name, help, total) in [
+        ("requests", "Client requests received", &s.requests_total),
+        ("connections", "Client connections accepted", &s.connections_total),
+        ("retries", "Retries on another server", &s.retries_total),
+        ("body_too_large", "Requests refused with 413", &s.body_too_large_total),
+        (
+            "bad_host",
+            "Requests refused with 400: no Host, several, or an invalid one (RFC 9112 section 3.2)",
+            &s.bad_host_total,
+        ),
+        (
+            "no_server",
+            "Requests refused with 503: no server available",
+            &s.no_server_total,
+        ),
+        (
+            "server_timeouts",
+            "Requests answered 504: no response headers in time",
+            &s.server_timeouts_total,
+        ),
+        (
+            "client_errors",
+            "Client connection errors (header timeouts, oversize heads, bad bodies)",
+            &s.client_errors_total,
+        ),
+    ] {
+        registry.register(name, help, counter(total));
+    }
     let active_connections = Gauge::<i64>::default();
     active_connections.set(i64::try_from(s.connections_active.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     registry.register("connections_active", "Client connections open", active_connections);

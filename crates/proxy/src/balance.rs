@@ -38,6 +38,36 @@ impl std::str::FromStr for AdminState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerId(pub usize);
 
+/// The active health checks run on a server: how many passed, how many failed, and what the
+/// last one saw (for the stats page).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckCounts {
+    pub passed: u64,
+    pub failed: u64,
+    pub last: String,
+}
+
+impl Default for CheckCounts {
+    fn default() -> CheckCounts {
+        CheckCounts {
+            passed: 0,
+            failed: 0,
+            last: "none yet".into(),
+        }
+    }
+}
+
+impl CheckCounts {
+    fn record(&mut self, success: bool, detail: String) {
+        if success {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+        }
+        self.last = detail;
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ServerState {
     pub config: ServerConfig,
@@ -48,9 +78,7 @@ pub struct ServerState {
     pub requests: u64,
     pub errors: u64,
     pub retries: u64,
-    pub checks_passed: u64,
-    pub checks_failed: u64,
-    pub last_check: String,
+    pub checks: CheckCounts,
     /// When the server last started taking traffic again (slow start counts from here).
     ramp_from_ms: Option<u64>,
     pub last_change_ms: u64,
@@ -101,9 +129,7 @@ impl Balancer {
                     requests: 0,
                     errors: 0,
                     retries: 0,
-                    checks_passed: 0,
-                    checks_failed: 0,
-                    last_check: "none yet".into(),
+                    checks: CheckCounts::default(),
                     ramp_from_ms: None,
                     last_change_ms: now_ms,
                     current: 0,
@@ -252,12 +278,7 @@ impl Balancer {
     /// Applies an active check result; `detail` is shown on the stats page.
     pub fn on_check(&mut self, id: ServerId, success: bool, detail: String, now_ms: u64) -> Option<Transition> {
         let server = &mut self.servers[id.0];
-        if success {
-            server.checks_passed += 1;
-        } else {
-            server.checks_failed += 1;
-        }
-        server.last_check = detail;
+        server.checks.record(success, detail);
         let transition = server.check.on_check(success);
         self.apply(id, transition, now_ms);
         transition

@@ -136,23 +136,38 @@ pub fn servers_json(servers: &[ServerView]) -> String {
 
 /// A fixed-width table like `show servers state`.
 pub fn format_servers(servers: &[ServerView]) -> String {
-    let mut out = format!(
-        "{:<16} {:<22} {:<14} {:>6} {:>6} {:>10} {:>8} {:<6} {}\n",
-        "NAME", "ADDRESS", "STATUS", "WEIGHT", "ACTIVE", "REQUESTS", "ERRORS", "BACKUP", "LAST CHECK"
-    );
-    for s in servers {
-        out.push_str(&format!(
+    // One format for the header and the rows.
+    let row = |c: [&dyn std::fmt::Display; 9]| {
+        format!(
             "{:<16} {:<22} {:<14} {:>6} {:>6} {:>10} {:>8} {:<6} {}\n",
-            s.name,
-            s.address,
-            s.status,
-            format!("{}/{}", s.effective_weight, s.weight),
-            s.active,
-            s.requests,
-            s.errors,
-            if s.backup { "yes" } else { "no" },
-            s.last_check
-        ));
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+        )
+    };
+    let mut out = row([
+        &"NAME",
+        &"ADDRESS",
+        &"STATUS",
+        &"WEIGHT",
+        &"ACTIVE",
+        &"REQUESTS",
+        &"ERRORS",
+        &"BACKUP",
+        &"LAST CHECK",
+    ]);
+    for s in servers {
+        let weight = format!("{}/{}", s.effective_weight, s.weight);
+        let backup = if s.backup { "yes" } else { "no" };
+        out.push_str(&row([
+            &s.name,
+            &s.address,
+            &s.status,
+            &weight,
+            &s.active,
+            &s.requests,
+            &s.errors,
+            &backup,
+            &s.last_check,
+        ]));
     }
     out
 }

@@ -829,6 +829,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         refused_for_space: false,
         ttl_delete: false,
         pitr_ms: None,
+        streams: streams::StreamBatch::default(),
     };
     let completions: Vec<Completion> = batch
         .into_iter()
@@ -837,6 +838,11 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
             job.body.run(&mut context)
         })
         .collect();
+    if context.failed.is_none()
+        && let Err(error) = context.flush_streams()
+    {
+        context.fail("writing stream metadata", error);
+    }
     let WriteContext {
         stats,
         catalog_changes,
@@ -950,6 +956,8 @@ pub struct WriteContext<'a> {
     ttl_delete: bool,
     /// The time of this batch's changes in the PITR undo log, once one was logged.
     pitr_ms: Option<u64>,
+    /// The streams this batch appends to, written back before it commits.
+    streams: streams::StreamBatch,
 }
 
 /// The index entry key of an item, if the item has the index's key attributes.

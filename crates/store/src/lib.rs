@@ -23,6 +23,8 @@ pub mod replication_log;
 pub mod server;
 pub mod settings;
 pub mod streams;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use engine::{Engine, SystemClock};
 pub use ops::Store;

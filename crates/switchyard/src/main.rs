@@ -384,7 +384,34 @@ fn lab_ca(command: &Command) -> Option<PathBuf> {
     ca.is_file().then_some(ca)
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors are printed as anyhow prints them (the message, then its causes), without the
+/// backtrace anyhow adds when `RUST_BACKTRACE` is set: a user who keeps that set for panics
+/// gets a page of frames under every wrong flag or unreachable address otherwise.
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("{}", error_report(&error));
+        std::process::exit(1);
+    }
+}
+
+/// `Error: message`, then `Caused by:` and the causes (numbered when there are several).
+fn error_report(error: &anyhow::Error) -> String {
+    let mut out = format!("Error: {error}");
+    let causes: Vec<String> = error.chain().skip(1).map(ToString::to_string).collect();
+    if !causes.is_empty() {
+        out.push_str("\n\nCaused by:");
+        for (index, cause) in causes.iter().enumerate() {
+            if causes.len() == 1 {
+                out.push_str(&format!("\n    {cause}"));
+            } else {
+                out.push_str(&format!("\n    {index}: {cause}"));
+            }
+        }
+    }
+    out
+}
+
+fn run() -> anyhow::Result<()> {
     return_memory_after_bursts();
     let cli = Cli::parse();
     if let Command::Lock(args) = &cli.command
@@ -601,5 +628,28 @@ pub(crate) fn read_token(file: Option<&std::path::Path>, env: &str, empty: &str)
     match token.map(|t| t.trim().to_owned()) {
         Some(t) if t.is_empty() => bail!("{empty}"),
         other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+    use anyhow::Context as _;
+
+    #[test]
+    fn errors_print_their_causes_as_anyhow_does_without_a_backtrace() {
+        let alone = anyhow::anyhow!("--ca-file: not found");
+        assert_eq!(error_report(&alone), "Error: --ca-file: not found");
+        let one: anyhow::Result<()> = Err(std::io::Error::other("disk full")).context("write the lab's state");
+        let one = one.expect_err("an error");
+        assert_eq!(
+            error_report(&one),
+            "Error: write the lab's state\n\nCaused by:\n    disk full"
+        );
+        let two = one.context("start the lab");
+        assert_eq!(
+            error_report(&two),
+            "Error: start the lab\n\nCaused by:\n    0: write the lab's state\n    1: disk full"
+        );
     }
 }

@@ -124,6 +124,20 @@ fn pairs<'a>(config: &'a controller::config::Config, which: &Which) -> anyhow::R
     Ok(out)
 }
 
+/// The line of a pair that failed (`what` says how, like `FAILED`): JSON with `--json`.
+fn failure_line(
+    json: bool,
+    (step, from, to): (&str, &str, &str),
+    what: &str,
+    failure: &impl std::fmt::Display,
+) -> String {
+    if json {
+        serde_json::json!({"step": step, "from": from, "to": to, "ok": false, "error": failure.to_string()}).to_string()
+    } else {
+        format!("{step}: {from} -> {to}: {what}: {failure}")
+    }
+}
+
 pub(crate) async fn run(args: MediaArgs) -> anyhow::Result<()> {
     let (which, sync) = match &args.command {
         MediaCommand::Sync(which) => (which, true),
@@ -153,12 +167,7 @@ pub(crate) async fn run(args: MediaArgs) -> anyhow::Result<()> {
                 }
                 Err(failure) => {
                     failed += 1;
-                    if which.json {
-                        serde_json::json!({"step": step, "from": from, "to": to, "ok": false, "error": failure.to_string()})
-                            .to_string()
-                    } else {
-                        format!("{step}: {from} -> {to}: FAILED: {failure}")
-                    }
+                    failure_line(which.json, (step, from, to), "FAILED", &failure)
                 }
             }
         } else {
@@ -172,12 +181,7 @@ pub(crate) async fn run(args: MediaArgs) -> anyhow::Result<()> {
                 }
                 Err(failure) => {
                     failed += 1;
-                    if which.json {
-                        serde_json::json!({"step": step, "from": from, "to": to, "ok": false, "error": failure.to_string()})
-                            .to_string()
-                    } else {
-                        format!("{step}: {from} -> {to}: NOT MEASURED: {failure}")
-                    }
+                    failure_line(which.json, (step, from, to), "NOT MEASURED", &failure)
                 }
             }
         };

@@ -1,7 +1,7 @@
 //! Support for the integration tests (`crates/*/tests/it`) that start real servers (MariaDB,
 //! PostgreSQL, Redis, ...): free ports, finding the servers' binaries, child processes stopped
 //! and reaped on drop, skipping with the package to install, and an unsigned DynamoDB JSON call
-//! for tests that talk to a store over HTTP. A dev-dependency only; nothing in
+//! (and the usual `CreateTable` body) for tests that talk to a store over HTTP. A dev-dependency only; nothing in
 //! a product crate uses it.
 
 use std::path::{Path, PathBuf};
@@ -144,6 +144,16 @@ pub async fn dynamodb_call(url: &str, operation: &str, body: Vec<u8>) -> (u16, s
     ];
     let (status, body) = http_post(&format!("{url}/"), &headers, body).await;
     (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+}
+
+/// The CreateTable body of an on-demand table keyed by one string attribute `hash_key`.
+pub fn on_demand_table(name: &str, hash_key: &str) -> serde_json::Value {
+    serde_json::json!({
+        "TableName": name,
+        "AttributeDefinitions": [{"AttributeName": hash_key, "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST"
+    })
 }
 
 /// A child process stopped (SIGTERM, then SIGKILL after [`STOP_GRACE`]) and reaped on drop;

@@ -13,25 +13,7 @@ fn the_example_validates() {
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }
 
-const MINIMAL: &str = r#"
-[[regions]]
-name = "a"
-priority = 1
-
-[[regions]]
-name = "b"
-priority = 2
-
-[[checks]]
-name = "a-app"
-region = "a"
-kind = { type = "tcp", address = "127.0.0.1:1" }
-
-[[checks]]
-name = "b-app"
-region = "b"
-kind = { type = "tcp", address = "127.0.0.1:2" }
-"#;
+const MINIMAL: &str = include_str!("../../tests/data/minimal.toml");
 
 #[test]
 fn minimal_config_uses_defaults_and_warns() {
@@ -172,35 +154,7 @@ fn range_mistakes_point_at_their_key_and_missing_sections_at_line_zero() {
     );
 }
 
-const WITH_PATHS: &str = r#"
-[quorum]
-vantages = ["controller", "agent-1", "agent-2"]
-
-[[regions]]
-name = "a"
-priority = 1
-
-[[regions]]
-name = "b"
-priority = 2
-
-[[checks]]
-name = "a-app"
-region = "a"
-kind = { type = "http", url = "http://127.0.0.1:18000/health" }
-
-[[checks]]
-name = "b-store"
-region = "b"
-kind = { type = "dynamodb", endpoint = "http://127.0.0.1:28000", table = "t", lag_sources = ["http://127.0.0.1:18000"] }
-
-[vantage_paths.agent-1]
-"127.0.0.1:18000" = "127.0.0.1:19000"
-"127.0.0.1:28000" = "127.0.0.1:29000"
-
-[vantage_paths.controller]
-"127.0.0.1:28000" = "10.0.0.2:8000"
-"#;
+const WITH_PATHS: &str = include_str!("../../tests/data/with_paths.toml");
 
 #[test]
 fn vantage_paths_map_each_vantage_points_checks() {

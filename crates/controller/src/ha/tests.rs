@@ -527,28 +527,7 @@ fn the_section_names_each_mistake_with_a_fix() {
 }
 
 #[cfg(feature = "etcd")]
-const CONFIG: &str = r#"
-[controller]
-vantage = "controller"
-
-[controller.ha]
-etcd = ["http://127.0.0.1:2379"]
-member = "us-east-1"
-password_file = "etcd-password"
-user = "switchyard"
-
-[quorum]
-vantages = ["controller"]
-
-[[regions]]
-name = "a"
-priority = 1
-
-[[checks]]
-name = "a-app"
-region = "a"
-kind = { type = "tcp", address = "127.0.0.1:1" }
-"#;
+const CONFIG: &str = include_str!("../../tests/data/ha.toml");
 
 #[cfg(feature = "etcd")]
 #[test]
@@ -583,10 +562,10 @@ fn the_config_file_takes_an_ha_section_with_paths_from_its_folder() {
     assert_eq!(config.file.controller.ha, None);
 }
 
-#[test]
-fn a_new_leader_keeps_the_hold_and_the_hourly_count_of_the_old_one() {
-    use crate::engine::{Command, Engine, EngineConfig, Event, RegionSpec, Verdict};
-    let regions = vec![
+/// The engine's defaults for regions `us` (priority 1) and `eu` (2).
+fn us_then_eu() -> crate::engine::EngineConfig {
+    use crate::engine::{EngineConfig, RegionSpec};
+    EngineConfig::with_defaults(vec![
         RegionSpec {
             id: RegionId::new("us"),
             priority: 1,
@@ -595,8 +574,13 @@ fn a_new_leader_keeps_the_hold_and_the_hourly_count_of_the_old_one() {
             id: RegionId::new("eu"),
             priority: 2,
         },
-    ];
-    let mut config = EngineConfig::with_defaults(regions);
+    ])
+}
+
+#[test]
+fn a_new_leader_keeps_the_hold_and_the_hourly_count_of_the_old_one() {
+    use crate::engine::{Command, Engine, Event, Verdict};
+    let mut config = us_then_eu();
     config.stability_window_ms = 0;
     config.failback_lag_max_ms = None;
     // The old leader failed over at wall time 1 000 000 (its engine clock: 40 000).
@@ -654,21 +638,12 @@ fn a_new_leader_keeps_the_hold_and_the_hourly_count_of_the_old_one() {
 /// observed placement).
 #[test]
 fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_generation() {
-    use crate::engine::{Command, Engine, EngineConfig, Event, RegionSpec, Verdict};
+    use crate::engine::{Command, Engine, Event, Verdict};
     const STEPS: [&str; 2] = ["dns", "pointer"];
     const TICK_MS: u64 = 50;
     const END_MS: u64 = 240_000;
     const QUIET_MS: u64 = 60_000;
-    let mut config = EngineConfig::with_defaults(vec![
-        RegionSpec {
-            id: RegionId::new("us"),
-            priority: 1,
-        },
-        RegionSpec {
-            id: RegionId::new("eu"),
-            priority: 2,
-        },
-    ]);
+    let mut config = us_then_eu();
     config.min_hold_ms = 2_000;
     config.stability_window_ms = 2_000;
     config.failback_lag_max_ms = None;

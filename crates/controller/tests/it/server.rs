@@ -5,7 +5,7 @@ use std::path::Path;
 
 use controller::client::HttpClient;
 use controller::server::{RunOptions, run};
-use health::{CheckResult, CheckStatus, Report};
+use health::{CheckStatus, Report};
 use hyper::Method;
 use tokio::net::TcpListener;
 
@@ -172,16 +172,7 @@ impl Running {
         eu: CheckStatus,
     ) -> (u16, serde_json::Value) {
         self.sent += 1;
-        let result = |check: &str, region: &str, status| CheckResult {
-            check: check.into(),
-            region: region.into(),
-            status,
-            since_ms: 0,
-            detail: format!("{status:?}"),
-            latency_ms: Some(1),
-            replica_lag_ms: None,
-            position: None,
-        };
+        let result = health::testing::check_result;
         let report = Report {
             vantage: vantage.into(),
             sent_at_ms: self.sent,

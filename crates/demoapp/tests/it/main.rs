@@ -74,6 +74,14 @@ async fn plain_store(region: &str) -> StoreProcess {
     .await
 }
 
+/// Serves `app` (a pointer) on a free loopback port until the test ends; its URL.
+async fn serve_pointer(app: axum::Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind pointer");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    url
+}
+
 /// An active-region pointer like the controller's: `?wait_generation=N&timeout_ms=T` waits
 /// until the generation differs from N or the time is up.
 async fn pointer_server(initial: ActiveRegion) -> (String, watch::Sender<ActiveRegion>) {
@@ -95,9 +103,7 @@ async fn pointer_server(initial: ActiveRegion) -> (String, watch::Sender<ActiveR
     let app = axum::Router::new()
         .route("/v1/active-region", axum::routing::get(handler))
         .with_state(receiver);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind pointer");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    let url = serve_pointer(app).await;
     (url, sender)
 }
 
@@ -198,6 +204,29 @@ async fn items(url: &str, region: &str, table: &str, session: &str) -> Vec<Value
     answer["Items"].as_array().cloned().unwrap_or_default()
 }
 
+/// Stores in us-east-1 and eu-west-1 with the shop's tables (prefix `shop_`), a pointer server
+/// naming `active` (generation 1), and a shop in us-east-1 that follows the pointer to either
+/// store.
+async fn two_region_shop(active: &str) -> (StoreProcess, StoreProcess, watch::Sender<ActiveRegion>, ShopUnderTest) {
+    let east = plain_store("us-east-1").await;
+    let west = plain_store("eu-west-1").await;
+    let names = TableNames::with_prefix("shop_");
+    for (url, region) in [(&east.url, "us-east-1"), (&west.url, "eu-west-1")] {
+        let client = Client::new(url, region, None).expect("client");
+        demoapp::tables::ensure(&client, &names, &[]).await.expect("tables");
+    }
+    let (pointer_url, pointer) = pointer_server(ActiveRegion {
+        region: active.to_string(),
+        generation: 1,
+    })
+    .await;
+    let mut config = DemoAppConfig::single("us-east-1", &east.url);
+    config.stores.insert("eu-west-1".to_string(), west.url.clone());
+    config.pointer = Some(pointer_url);
+    config.tables_create = false;
+    (east, west, pointer, ShopUnderTest::start(config).await)
+}
+
 #[tokio::test]
 async fn place_an_order_and_read_it_back() {
     let store = plain_store("us-east-1").await;
@@ -283,23 +312,7 @@ async fn idempotency_key_places_one_order() {
 
 #[tokio::test]
 async fn pointer_flip_moves_writes_to_the_new_active_region() {
-    let east = plain_store("us-east-1").await;
-    let west = plain_store("eu-west-1").await;
-    let names = TableNames::with_prefix("shop_");
-    for (url, region) in [(&east.url, "us-east-1"), (&west.url, "eu-west-1")] {
-        let client = Client::new(url, region, None).expect("client");
-        demoapp::tables::ensure(&client, &names, &[]).await.expect("tables");
-    }
-    let (pointer_url, pointer) = pointer_server(ActiveRegion {
-        region: "us-east-1".to_string(),
-        generation: 1,
-    })
-    .await;
-    let mut config = DemoAppConfig::single("us-east-1", &east.url);
-    config.stores.insert("eu-west-1".to_string(), west.url.clone());
-    config.pointer = Some(pointer_url);
-    config.tables_create = false;
-    let mut shop = ShopUnderTest::start(config).await;
+    let (east, west, pointer, mut shop) = two_region_shop("us-east-1").await;
     shop.wait_health("ok on us-east-1", |status, body| {
         status == 200 && body["active_region"] == json!("us-east-1")
     })
@@ -369,13 +382,7 @@ async fn health_turns_503_when_the_store_is_gone() {
 #[tokio::test]
 async fn health_turns_503_when_the_store_cannot_write() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let faults = store::disk::FaultyDisk::new();
-    let disk = store::disk::DiskSettings {
-        free_bytes_min: Some(1 << 20),
-        reserve_bytes: 0,
-    };
-    let options = store::engine::EngineOptions::on_faulty_disk(&faults, disk);
-    let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(SystemClock), options).expect("open engine");
+    let (engine, faults) = store::testing::faulty_engine(dir.path(), "us-east-1");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(async move {
@@ -395,12 +402,7 @@ async fn health_turns_503_when_the_store_cannot_write() {
     shop.wait_health("ok", |status, body| status == 200 && body["status"] == json!("ok"))
         .await;
     // The store's disk falls below its watermark: it still reads, but cannot take an order.
-    let used: u64 = std::fs::read_dir(dir.path())
-        .expect("data dir")
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum();
-    faults.set_capacity_bytes(used + (512 << 10));
+    store::testing::leave_free(&faults, dir.path(), 512 << 10);
     let body = shop.wait_health("503", |status, _| status == 503).await;
     let reason = body["reason"].as_str().expect("reason");
     assert!(
@@ -415,23 +417,7 @@ async fn health_turns_503_when_the_store_cannot_write() {
 async fn health_stays_ok_when_only_the_active_regions_store_is_gone() {
     // A standby's health is about its own region: when the active region dies, the standby
     // must stay healthy or the controller sees every region down and cannot fail over.
-    let east = plain_store("us-east-1").await;
-    let mut west = plain_store("eu-west-1").await;
-    let names = TableNames::with_prefix("shop_");
-    for (url, region) in [(&east.url, "us-east-1"), (&west.url, "eu-west-1")] {
-        let client = Client::new(url, region, None).expect("client");
-        demoapp::tables::ensure(&client, &names, &[]).await.expect("tables");
-    }
-    let (pointer_url, _pointer) = pointer_server(ActiveRegion {
-        region: "eu-west-1".to_string(),
-        generation: 1,
-    })
-    .await;
-    let mut config = DemoAppConfig::single("us-east-1", &east.url);
-    config.stores.insert("eu-west-1".to_string(), west.url.clone());
-    config.pointer = Some(pointer_url);
-    config.tables_create = false;
-    let mut shop = ShopUnderTest::start(config).await;
+    let (_east, mut west, _pointer, mut shop) = two_region_shop("eu-west-1").await;
     shop.wait_health("ok with eu-west-1 reachable", |status, body| {
         status == 200 && body["details"]["active_store"] == json!("ok")
     })
@@ -577,9 +563,7 @@ async fn pointer_token_is_sent_and_an_unchosen_region_blocks_writes() {
     let app = axum::Router::new()
         .route("/v1/active-region", axum::routing::get(handler))
         .with_state(receiver);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind pointer");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    let url = serve_pointer(app).await;
 
     let mut config = DemoAppConfig::single("us-east-1", &store.url);
     config.pointer = Some(url);

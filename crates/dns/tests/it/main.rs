@@ -15,41 +15,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
 const DEADLINE_MS: u64 = 10_000;
 
-const CONFIG: &str = r#"
-[dns]
-[[dns.zones]]
-origin = "shop.example."
-ns = ["ns1"]
-
-[[dns.zones.records]]
-name = "ns1"
-type = "A"
-values = ["192.0.2.53"]
-
-[[dns.zones.records]]
-name = "big"
-type = "TXT"
-values = [
-  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-  "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
-  "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc",
-]
-
-[[dns.zones.records]]
-name = "app"
-type = "A"
-policy = "failover"
-
-[[dns.zones.records.members]]
-role = "primary"
-values = ["192.0.2.10"]
-health = "us-east-1"
-
-[[dns.zones.records.members]]
-role = "secondary"
-values = ["198.51.100.10"]
-health = "eu-west-1"
-"#;
+const CONFIG: &str = include_str!("../data/shop.toml");
 
 /// Attempts at finding a port free for both UDP and TCP.
 const PORT_ATTEMPTS_MAX: usize = 50;

@@ -289,15 +289,21 @@ fn controller_partition_cuts_only_the_controllers_view_and_forbids_failover() {
     );
 }
 
-#[test]
-fn region_isolation_cuts_the_primary_network_and_heals_it() {
-    let scenario = by_name("region-isolation").expect("exists");
-    let durations = Durations::default();
-    let actions: Vec<(u64, FaultAction)> = scenario
-        .plan(&durations)
+/// The scenario `name` and its plan's actions with their times.
+fn timed_actions(name: &str, durations: &Durations) -> (Scenario, Vec<(u64, FaultAction)>) {
+    let scenario = by_name(name).expect("exists");
+    let actions = scenario
+        .plan(durations)
         .into_iter()
         .map(|s| (s.at_ms, s.action))
         .collect();
+    (scenario, actions)
+}
+
+#[test]
+fn region_isolation_cuts_the_primary_network_and_heals_it() {
+    let durations = Durations::default();
+    let (scenario, actions) = timed_actions("region-isolation", &durations);
     assert_eq!(
         actions,
         [
@@ -388,13 +394,8 @@ fn region_outage_fails_when_a_provider_did_not_switch() {
 
 #[test]
 fn disk_full_fills_the_primary_disk_and_frees_it_at_heal() {
-    let scenario = by_name("disk-full").expect("exists");
     let durations = Durations::default();
-    let actions: Vec<(u64, FaultAction)> = scenario
-        .plan(&durations)
-        .into_iter()
-        .map(|s| (s.at_ms, s.action))
-        .collect();
+    let (scenario, actions) = timed_actions("disk-full", &durations);
     assert_eq!(
         actions,
         [

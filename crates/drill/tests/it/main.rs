@@ -27,6 +27,61 @@ const KEY: &[u8] = b"drill-integration-replication-key";
 const TTL_S: u32 = 1;
 const DEADLINE_MS: u64 = 20_000;
 
+/// A deployment of `regions` keeping its history in `table`, with nothing else (no DNS
+/// server, controller, fault proxy, process control or databases): tests set what they use.
+fn deployment_of(table: &str, regions: Vec<RegionTargets>) -> Deployment {
+    Deployment {
+        shop_name: "shop.lab.test.".into(),
+        shop_port: 1,
+        dns_server: "127.0.0.1:1".parse().expect("addr"),
+        controller_url: None,
+        fault_proxy_url: None,
+        fault_proxy_token_file: None,
+        fault_proxy_token: None,
+        table: table.into(),
+        regions,
+        processes: Default::default(),
+        links: BTreeMap::new(),
+        process_control: None,
+        providers: Vec::new(),
+        controllers: Vec::new(),
+        databases: Vec::new(),
+        database_accounts: None,
+    }
+}
+
+/// Region `name` with its store at `store_url` and nothing else (no shop, no processes).
+fn store_region(name: &str, store_url: &str) -> RegionTargets {
+    RegionTargets {
+        name: name.into(),
+        store_url: store_url.into(),
+        shop_addresses: Vec::new(),
+        store_process: None,
+        app_processes: Vec::new(),
+        proxy_process: None,
+        database_processes: Vec::new(),
+    }
+}
+
+/// Stops the servers a test started.
+fn stop_all(stops: Vec<tokio::sync::oneshot::Sender<()>>) {
+    for stop in stops {
+        // A server that already ended has dropped its receiver: nothing to stop.
+        let _ = stop.send(());
+    }
+}
+
+/// What the recording target sees of a region outage: the primary killed, then restarted.
+fn primary_killed_then_restarted() -> Vec<FaultAction> {
+    let primary = Component::Region(RegionRole::Primary);
+    vec![
+        FaultAction::Kill {
+            target: primary.clone(),
+        },
+        FaultAction::Restart { target: primary },
+    ]
+}
+
 struct Lab {
     deployment: Deployment,
     dns_admin: SocketAddr,
@@ -40,33 +95,28 @@ async fn start_stores() -> (
     Vec<tempfile::TempDir>,
     Vec<tokio::sync::oneshot::Sender<()>>,
 ) {
-    let names = ["r1", "r2"];
+    // Every store, as its peers see it.
+    let mut stores = Vec::new();
     let mut listeners = Vec::new();
-    let mut urls = Vec::new();
-    for name in names {
+    for region in ["r1", "r2"] {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind store");
-        urls.push((
-            name.to_string(),
-            format!("http://{}", listener.local_addr().expect("addr")),
-        ));
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        stores.push(Peer {
+            region: region.to_string(),
+            url,
+        });
         listeners.push(listener);
     }
     let mut dirs = Vec::new();
     let mut stops = Vec::new();
-    for ((name, _), listener) in urls.iter().zip(listeners) {
+    for (store, listener) in stores.iter().zip(listeners) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let engine = Engine::open(dir.path(), name, Arc::new(SystemClock)).expect("open engine");
-        let peers = urls
-            .iter()
-            .filter(|(other, _)| other != name)
-            .map(|(region, url)| Peer {
-                region: region.clone(),
-                url: url.clone(),
-            })
-            .collect();
+        let engine = Engine::open(dir.path(), &store.region, Arc::new(SystemClock)).expect("open engine");
+        let others = stores.iter().filter(|other| other.region != store.region);
+        let replication = ReplicationConfig::new(others.cloned().collect(), KEY.to_vec());
         let config = ServerConfig {
             credentials: None,
-            replication: Some(ReplicationConfig::new(peers, KEY.to_vec())),
+            replication: Some(replication),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -78,6 +128,7 @@ async fn start_stores() -> (
         dirs.push(dir);
         stops.push(stop);
     }
+    let urls = stores.into_iter().map(|store| (store.region, store.url)).collect();
     (urls, dirs, stops)
 }
 
@@ -221,33 +272,16 @@ async fn start_lab() -> Lab {
         .iter()
         .zip(["127.0.0.11", "127.0.0.12"])
         .map(|((name, url), address)| RegionTargets {
-            name: name.clone(),
-            store_url: url.clone(),
             shop_addresses: vec![address.parse().expect("ip")],
             store_process: Some(format!("store-{name}")),
             app_processes: vec![format!("app-{name}")],
-            proxy_process: None,
-            database_processes: Vec::new(),
+            ..store_region(name, url)
         })
         .collect();
-    let deployment = Deployment {
-        shop_name: "shop.lab.test.".into(),
-        shop_port: port,
-        dns_server,
-        controller_url: Some(controller_url),
-        fault_proxy_url: None,
-        fault_proxy_token_file: None,
-        fault_proxy_token: None,
-        table: "drill-history".into(),
-        regions,
-        processes: Default::default(),
-        links: BTreeMap::new(),
-        process_control: None,
-        providers: Vec::new(),
-        controllers: Vec::new(),
-        databases: Vec::new(),
-        database_accounts: None,
-    };
+    let mut deployment = deployment_of("drill-history", regions);
+    deployment.shop_port = port;
+    deployment.dns_server = dns_server;
+    deployment.controller_url = Some(controller_url);
     Lab {
         deployment,
         dns_admin,
@@ -267,6 +301,16 @@ struct RecordingTarget {
 }
 
 impl RecordingTarget {
+    /// A target moving `lab`'s pointer and DNS health, with no call recorded yet.
+    fn of(lab: &Lab) -> RecordingTarget {
+        RecordingTarget {
+            calls: Mutex::new(Vec::new()),
+            controller: Arc::clone(&lab.controller),
+            dns_admin: lab.dns_admin,
+            http: HttpClient::new(),
+        }
+    }
+
     async fn push_health(&self, generation: u64, r1: &str) -> Result<(), FaultError> {
         let body = json!({"generation": generation, "targets": {"r1": r1, "r2": "healthy"}});
         let response = self
@@ -329,12 +373,7 @@ fn short() -> DrillOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failback_drill_against_real_stores_shops_and_dns() {
     let lab = start_lab().await;
-    let target = RecordingTarget {
-        calls: Mutex::new(Vec::new()),
-        controller: Arc::clone(&lab.controller),
-        dns_admin: lab.dns_admin,
-        http: HttpClient::new(),
-    };
+    let target = RecordingTarget::of(&lab);
     let scenario = scenario::by_name("failback").expect("exists");
     let outcome = tokio::time::timeout(
         Duration::from_millis(DEADLINE_MS * 6),
@@ -347,17 +386,7 @@ async fn failback_drill_against_real_stores_shops_and_dns() {
     let text = drill::report::render_text(report);
     println!("{text}");
     assert!(!outcome.interrupted);
-    assert_eq!(
-        *target.calls.lock().expect("lock"),
-        vec![
-            FaultAction::Kill {
-                target: Component::Region(RegionRole::Primary)
-            },
-            FaultAction::Restart {
-                target: Component::Region(RegionRole::Primary)
-            },
-        ]
-    );
+    assert_eq!(*target.calls.lock().expect("lock"), primary_killed_then_restarted());
     let m = &report.measurements;
     assert!(m.requests_ok > 0, "the shop served orders through DNS");
     assert!(report.check.acknowledged > 20, "the writers wrote: {:?}", report.check);
@@ -381,20 +410,13 @@ async fn failback_drill_against_real_stores_shops_and_dns() {
         let json = serde_json::to_string_pretty(report).expect("encode");
         std::fs::write(dir.join("failback.json"), json).expect("write the JSON report");
     }
-    for stop in lab.stop {
-        let _ = stop.send(());
-    }
+    stop_all(lab.stop);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_interrupted_drill_heals_what_it_broke() {
     let lab = start_lab().await;
-    let target = RecordingTarget {
-        calls: Mutex::new(Vec::new()),
-        controller: Arc::clone(&lab.controller),
-        dns_admin: lab.dns_admin,
-        http: HttpClient::new(),
-    };
+    let target = RecordingTarget::of(&lab);
     let scenario = scenario::by_name("region-outage").expect("exists");
     let mut options = short();
     options.durations.fault_ms = 60_000;
@@ -418,20 +440,11 @@ async fn an_interrupted_drill_heals_what_it_broke() {
     assert!(outcome.heal_errors.is_empty());
     assert_eq!(
         *target.calls.lock().expect("lock"),
-        vec![
-            FaultAction::Kill {
-                target: Component::Region(RegionRole::Primary)
-            },
-            FaultAction::Restart {
-                target: Component::Region(RegionRole::Primary)
-            },
-        ],
+        primary_killed_then_restarted(),
         "the kill was undone by a restart"
     );
     assert_eq!(lab.controller.lock().expect("lock").0, "r1");
-    for stop in lab.stop {
-        let _ = stop.send(());
-    }
+    stop_all(lab.stop);
 }
 
 /// The writer's history and the set check against real replicating stores: a write deleted
@@ -463,36 +476,8 @@ async fn the_checker_finds_a_write_removed_from_real_stores() {
     }
     // Wait for replication, then delete one item (the delete replicates too).
     let recorder = drill::runtime::recorder::Recorder::new();
-    let deployment_like = |stores: &[(String, String)]| Deployment {
-        shop_name: "unused.".into(),
-        shop_port: 1,
-        dns_server: "127.0.0.1:1".parse().expect("addr"),
-        controller_url: None,
-        fault_proxy_url: None,
-        fault_proxy_token_file: None,
-        fault_proxy_token: None,
-        table: "checked".into(),
-        regions: stores
-            .iter()
-            .map(|(name, url)| RegionTargets {
-                name: name.clone(),
-                store_url: url.clone(),
-                shop_addresses: Vec::new(),
-                store_process: None,
-                app_processes: Vec::new(),
-                proxy_process: None,
-                database_processes: Vec::new(),
-            })
-            .collect(),
-        processes: Default::default(),
-        links: BTreeMap::new(),
-        process_control: None,
-        providers: Vec::new(),
-        controllers: Vec::new(),
-        databases: Vec::new(),
-        database_accounts: None,
-    };
-    let deployment = deployment_like(&stores);
+    let regions = stores.iter().map(|(name, url)| store_region(name, url)).collect();
+    let deployment = deployment_of("checked", regions);
     let state = drill::runtime::converge(&http, &deployment, "run-", DEADLINE_MS, &recorder).await;
     assert_eq!(drill::checker::check(&history, &state, None).present, 20);
     dynamo::call(
@@ -519,9 +504,7 @@ async fn the_checker_finds_a_write_removed_from_real_stores() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for stop in stops {
-        let _ = stop.send(());
-    }
+    stop_all(stops);
 }
 
 /// The deployment target against the real fault proxy's control API: a scenario's toxics land
@@ -568,35 +551,11 @@ async fn deployment_target_drives_the_real_fault_proxy() {
     links.insert("replication:r1:r2".to_string(), LinkNames::One("repl-r1-r2".into()));
     links.insert("replication:r2:r1".to_string(), LinkNames::One("repl-r2-r1".into()));
     links.insert("controller:r1".to_string(), LinkNames::One("missing-proxy".into()));
-    let deployment = Deployment {
-        shop_name: "shop.lab.test.".into(),
-        shop_port: 1,
-        dns_server: "127.0.0.1:1".parse().expect("addr"),
-        controller_url: None,
-        fault_proxy_url: Some(api.clone()),
-        fault_proxy_token_file: None,
-        fault_proxy_token: Some(TOKEN.to_string()),
-        table: "t".into(),
-        regions: ["r1", "r2"]
-            .into_iter()
-            .map(|name| RegionTargets {
-                name: name.into(),
-                store_url: "http://127.0.0.1:1".into(),
-                shop_addresses: Vec::new(),
-                store_process: None,
-                app_processes: Vec::new(),
-                proxy_process: None,
-                database_processes: Vec::new(),
-            })
-            .collect(),
-        processes: Default::default(),
-        links,
-        process_control: None,
-        providers: Vec::new(),
-        controllers: Vec::new(),
-        databases: Vec::new(),
-        database_accounts: None,
-    };
+    let regions = ["r1", "r2"].map(|name| store_region(name, "http://127.0.0.1:1"));
+    let mut deployment = deployment_of("t", regions.into());
+    deployment.fault_proxy_url = Some(api.clone());
+    deployment.fault_proxy_token = Some(TOKEN.to_string());
+    deployment.links = links;
     let mut tokenless = deployment.clone();
     tokenless.fault_proxy_token = None;
     let target = DeploymentTarget::new(deployment, NoProcessControl);
@@ -669,28 +628,19 @@ async fn deployment_target_drives_the_real_fault_proxy() {
 
     // A link mapped to a proxy the fault proxy does not have, a link not mapped at all, and a
     // process fault without process control: each a clear error.
-    let cut_controller = FaultAction::AddToxic {
-        link: Link::Controller {
-            region: RegionRole::Primary,
-        },
+    let blackhole = |link| FaultAction::AddToxic {
+        link,
         toxic: drill::scenario::Toxic {
             name: "x".into(),
             stream: drill::scenario::Stream::Upstream,
             kind: drill::scenario::ToxicKind::Blackhole,
         },
     };
+    let primary = RegionRole::Primary;
+    let cut_controller = blackhole(Link::Controller { region: primary });
     let error = target.apply(&roles, &cut_controller).await.expect_err("no such proxy");
     assert!(error.to_string().contains("missing-proxy"), "{error}");
-    let cut_frontend = FaultAction::AddToxic {
-        link: Link::Frontend {
-            region: RegionRole::Primary,
-        },
-        toxic: drill::scenario::Toxic {
-            name: "x".into(),
-            stream: drill::scenario::Stream::Upstream,
-            kind: drill::scenario::ToxicKind::Blackhole,
-        },
-    };
+    let cut_frontend = blackhole(Link::Frontend { region: primary });
     let error = target.apply(&roles, &cut_frontend).await.expect_err("not mapped");
     assert!(matches!(error, FaultError::Unsupported { .. }), "{error}");
     let kill = FaultAction::Kill {
@@ -720,35 +670,14 @@ async fn command_process_control_runs_the_commands() {
         fill_disk: Some(format!("echo fill-disk {{name}} >> {log}")),
         free_disk: None,
     };
-    let deployment = Deployment {
-        shop_name: "shop.lab.test.".into(),
-        shop_port: 1,
-        dns_server: "127.0.0.1:1".parse().expect("addr"),
-        controller_url: None,
-        fault_proxy_url: None,
-        fault_proxy_token_file: None,
-        fault_proxy_token: None,
-        table: "t".into(),
-        regions: ["r1", "r2"]
-            .into_iter()
-            .map(|name| RegionTargets {
-                name: name.into(),
-                store_url: "http://127.0.0.1:1".into(),
-                shop_addresses: Vec::new(),
-                store_process: Some(format!("store {name}")),
-                app_processes: vec![format!("app-{name}-1"), format!("app-{name}-2")],
-                proxy_process: Some(format!("lb-{name}")),
-                database_processes: Vec::new(),
-            })
-            .collect(),
-        processes: Default::default(),
-        links: BTreeMap::new(),
-        process_control: Some(commands.clone()),
-        providers: Vec::new(),
-        controllers: Vec::new(),
-        databases: Vec::new(),
-        database_accounts: None,
-    };
+    let regions = ["r1", "r2"].map(|name| RegionTargets {
+        store_process: Some(format!("store {name}")),
+        app_processes: vec![format!("app-{name}-1"), format!("app-{name}-2")],
+        proxy_process: Some(format!("lb-{name}")),
+        ..store_region(name, "http://127.0.0.1:1")
+    });
+    let mut deployment = deployment_of("t", regions.into());
+    deployment.process_control = Some(commands.clone());
     let target = DeploymentTarget::new(deployment, CommandProcessControl { commands });
     let roles = Roles {
         primary: "r2".into(),

@@ -1,18 +1,7 @@
 use super::*;
 use crate::report::CheckResult;
 
-fn result(check: &str, region: &str, status: CheckStatus) -> CheckResult {
-    CheckResult {
-        check: check.into(),
-        region: region.into(),
-        status,
-        since_ms: 0,
-        detail: format!("{status:?}"),
-        latency_ms: Some(1),
-        replica_lag_ms: None,
-        position: None,
-    }
-}
+use crate::testing::check_result as result;
 
 fn report(vantage: &str, sent_at_ms: u64, results: Vec<CheckResult>) -> Report {
     Report {

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use health::agent::{AgentConfig, run};
 use health::{AgentPlan, CheckSpec, CheckStatus, ProbeKind, Report};
 
-use crate::support::{free_port, wait_for};
+use crate::support::{accept_each, free_port, wait_for};
 
 #[derive(Default)]
 struct Seen {
@@ -27,59 +27,54 @@ struct Seen {
 /// Serves `plan` at /v1/agent/plan and takes reports at /v1/agent/report, demanding the token.
 async fn start_controller(listener: TcpListener, plan: AgentPlan, seen: Arc<Mutex<Seen>>) {
     let plan = Arc::new(serde_json::to_vec(&plan).expect("encode plan"));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (plan, seen) = (plan.clone(), seen.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let (plan, seen) = (plan.clone(), seen.clone());
-                    async move {
-                        let authorization = request
-                            .headers()
-                            .get("authorization")
-                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                            .unwrap_or_default();
-                        let path = request.uri().path().to_string();
-                        let query = request.uri().query().unwrap_or("").to_string();
-                        let body = request
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let mut seen = seen.lock().expect("lock");
-                        seen.authorizations.push(authorization.clone());
-                        let (status, body) = if authorization != "Bearer t0ken" {
-                            (401, Bytes::new())
-                        } else if path == "/v1/agent/plan" {
-                            seen.plan_requests.push(query);
-                            (200, Bytes::from(plan.as_ref().clone()))
-                        } else if path == "/v1/agent/report" {
-                            match serde_json::from_slice::<Report>(&body) {
-                                Ok(report) => {
-                                    seen.reports.push(report);
-                                    (204, Bytes::new())
-                                }
-                                Err(_) => (400, Bytes::new()),
+    accept_each(listener, move |stream| {
+        let (plan, seen) = (plan.clone(), seen.clone());
+        async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let (plan, seen) = (plan.clone(), seen.clone());
+                async move {
+                    let authorization = request
+                        .headers()
+                        .get("authorization")
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .unwrap_or_default();
+                    let path = request.uri().path().to_string();
+                    let query = request.uri().query().unwrap_or("").to_string();
+                    let body = request
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let mut seen = seen.lock().expect("lock");
+                    seen.authorizations.push(authorization.clone());
+                    let (status, body) = if authorization != "Bearer t0ken" {
+                        (401, Bytes::new())
+                    } else if path == "/v1/agent/plan" {
+                        seen.plan_requests.push(query);
+                        (200, Bytes::from(plan.as_ref().clone()))
+                    } else if path == "/v1/agent/report" {
+                        match serde_json::from_slice::<Report>(&body) {
+                            Ok(report) => {
+                                seen.reports.push(report);
+                                (204, Bytes::new())
                             }
-                        } else {
-                            (404, Bytes::new())
-                        };
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .status(status)
-                                .body(Full::new(body))
-                                .expect("response"),
-                        )
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                            Err(_) => (400, Bytes::new()),
+                        }
+                    } else {
+                        (404, Bytes::new())
+                    };
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(status)
+                            .body(Full::new(body))
+                            .expect("response"),
+                    )
+                }
             });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         }
     });
 }

@@ -206,17 +206,7 @@ fn lag_check(endpoint: &str, sources: &[&str]) -> health::CheckSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_probe_reads_inbound_replication_lag_from_the_other_region() {
     let (east, west) = replicating_pair().await;
-    call(
-        &west.url,
-        "CreateTable",
-        json!({
-            "TableName": "orders",
-            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-            "BillingMode": "PAY_PER_REQUEST"
-        }),
-    )
-    .await;
+    call(&west.url, "CreateTable", testkit::on_demand_table("orders", "id")).await;
     call(
         &west.url,
         "UpdateTable",
@@ -279,14 +269,7 @@ async fn the_write_probe_fails_against_a_store_that_cannot_write() {
         "one reserved table"
     );
     let dir = tempfile::tempdir().expect("temporary directory");
-    let faults = store::disk::FaultyDisk::new();
-    let disk = store::disk::DiskSettings {
-        free_bytes_min: Some(1 << 20),
-        reserve_bytes: 0,
-    };
-    let options = store::engine::EngineOptions::on_faulty_disk(&faults, disk);
-    let engine =
-        store::Engine::open_with(dir.path(), "east", Arc::new(store::SystemClock), options).expect("open engine");
+    let (engine, faults) = store::testing::faulty_engine(dir.path(), "east");
     create_table(&engine, "health").await;
     let served = Served::start(engine, None).await;
     let endpoint = served.endpoint.clone();
@@ -303,12 +286,7 @@ async fn the_write_probe_fails_against_a_store_that_cannot_write() {
     assert!(up.detail.contains("heartbeat written"), "{}", up.detail);
 
     // The disk falls below the store's watermark: reads go on, the write probe is down.
-    let used: u64 = std::fs::read_dir(dir.path())
-        .expect("data dir")
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum();
-    faults.set_capacity_bytes(used + (512 << 10));
+    store::testing::leave_free(&faults, dir.path(), 512 << 10);
     let read_only = probe(&writing(false)).await;
     assert!(read_only.success, "a read-only probe sees nothing wrong: {read_only:?}");
     let down = probe(&writing(true)).await;

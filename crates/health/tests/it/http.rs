@@ -14,50 +14,42 @@ use tokio::net::TcpListener;
 use health::ProbeKind;
 use health::probe::probe;
 
-use crate::support::spec;
+use crate::support::{accept_each, loopback_listener, spec};
 
 /// Answers `/ok` with 200 "all good", `/fail` with 503, `/slow` never; anything else 404.
 async fn start_app() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
+    let (listener, address) = loopback_listener().await;
+    accept_each(listener, |stream| async move {
+        let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
+            let (status, body) = match request.uri().path() {
+                "/ok" => (200, "status: all good"),
+                "/fail" => (503, "maintenance"),
+                "/slow" => {
+                    std::future::pending::<()>().await;
+                    (200, "")
+                }
+                "/host" => {
+                    let check = request.headers().get("x-check").map(|v| v.as_bytes().to_vec());
+                    let hosts: Vec<_> = request.headers().get_all("host").iter().collect();
+                    let shop = hosts.len() == 1 && hosts[0].as_bytes() == b"shop.example";
+                    if check.as_deref() == Some(b"yes") && shop {
+                        (200, "header seen")
+                    } else {
+                        (400, "no header")
+                    }
+                }
+                _ => (404, "not found"),
             };
-            tokio::spawn(async move {
-                let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
-                    let (status, body) = match request.uri().path() {
-                        "/ok" => (200, "status: all good"),
-                        "/fail" => (503, "maintenance"),
-                        "/slow" => {
-                            std::future::pending::<()>().await;
-                            (200, "")
-                        }
-                        "/host" => {
-                            let check = request.headers().get("x-check").map(|v| v.as_bytes().to_vec());
-                            let hosts: Vec<_> = request.headers().get_all("host").iter().collect();
-                            let shop = hosts.len() == 1 && hosts[0].as_bytes() == b"shop.example";
-                            if check.as_deref() == Some(b"yes") && shop {
-                                (200, "header seen")
-                            } else {
-                                (400, "no header")
-                            }
-                        }
-                        _ => (404, "not found"),
-                    };
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .status(status)
-                            .body(Full::new(Bytes::from(body)))
-                            .expect("response"),
-                    )
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("response"),
+            )
+        });
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
     });
     address
 }
@@ -71,6 +63,15 @@ fn http(url: String, expect_status: Option<u16>, body_contains: Option<&str>) ->
         headers: BTreeMap::new(),
         ca_file: None,
     }
+}
+
+/// A TCP listener that accepts but never answers HTTP, and an HTTP check of it with a
+/// timeout of 200 ms.
+async fn silent_check() -> (TcpListener, health::CheckSpec) {
+    let (silent, address) = loopback_listener().await;
+    let mut check = spec(http(format!("http://{address}/"), None, None));
+    check.timeout_ms = 200;
+    (silent, check)
 }
 
 #[tokio::test]
@@ -116,14 +117,7 @@ async fn a_hanging_server_is_cut_at_the_timeout() {
     assert!(!outcome.success);
     assert_eq!(outcome.detail, "timed out after 200 ms");
     assert_eq!(outcome.latency_ms, None);
-    // A TCP listener that accepts but never answers HTTP.
-    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let mut check = spec(http(
-        format!("http://{}/", silent.local_addr().expect("address")),
-        None,
-        None,
-    ));
-    check.timeout_ms = 200;
+    let (_silent, check) = silent_check().await;
     assert_eq!(probe(&check).await.detail, "timed out after 200 ms");
 }
 
@@ -155,13 +149,7 @@ async fn tcp_probe_connects_or_reports_the_refusal() {
 #[tokio::test]
 async fn a_probe_cut_at_its_timeout_closes_its_connection() {
     use tokio::io::AsyncReadExt;
-    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let mut check = spec(http(
-        format!("http://{}/", silent.local_addr().expect("address")),
-        None,
-        None,
-    ));
-    check.timeout_ms = 200;
+    let (silent, check) = silent_check().await;
     let probing = tokio::spawn(async move { probe(&check).await });
     let (mut stream, _) = silent.accept().await.expect("the probe connects");
     assert_eq!(probing.await.expect("probe task").detail, "timed out after 200 ms");

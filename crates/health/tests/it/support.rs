@@ -1,12 +1,37 @@
 //! Helpers: free ports, child processes stopped on drop (from `testkit`), probing and waiting
 //! for conditions with deadlines.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
 
 pub use testkit::{Server, find_binary, free_port, running_as_root, skip};
 
 use health::probe::{ProbeOutcome, probe};
 use health::{CheckSpec, ProbeKind};
+
+/// A listener on a free loopback port, and its address.
+pub async fn loopback_listener() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    (listener, address)
+}
+
+/// Runs `serve` on each connection `listener` accepts, each in a task of its own, until
+/// accepting fails.
+pub fn accept_each<F, Fut>(listener: TcpListener, serve: F)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+}
 
 /// How long a server gets to start.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);

@@ -40,6 +40,52 @@ pub const NOTES_MAX: usize = 16;
 /// because unknown keys are refused (`deny_unknown_fields`), which serde cannot combine with a
 /// flattened shared struct, and `toml::Spanned` keeps no position inside one.
 macro_rules! promote_settings {
+    // A step whose servers replicate with an account of their own (MySQL, PostgreSQL): its
+    // `user`, `replication_user` and `replication_password`, and `check_accounts`.
+    (replicating $(#[$meta:meta])* pub struct Settings { $($own:tt)* }) => {
+        promote_settings! {
+            $(#[$meta])*
+            pub struct Settings {
+                /// The account the step logs in with (PostgreSQL: a superuser).
+                pub user: ::toml::Spanned<String>,
+                /// The account replicas use to replicate from the new primary.
+                pub replication_user: ::toml::Spanned<String>,
+                #[serde(default)]
+                pub replication_password: Option<::toml::Spanned<$crate::secret::SecretSource>>,
+                $($own)*
+            }
+        }
+
+        impl Settings {
+            /// The keys `check_shared` checked (`shared`) with the step's accounts, or `None`
+            /// when any problem was reported.
+            fn check_accounts(
+                &self,
+                what: &str,
+                shared: super::Shared,
+                checker: &mut dyn $crate::Checker,
+            ) -> Option<(Vec<super::Member>, Option<super::tls::Tls>, super::Accounts)> {
+                let replication_password =
+                    super::resolve_secret(what, "replication_password", &self.replication_password, checker);
+                let (Some(members), Some(password), Some(replication_password), Some(tls), true) = (
+                    shared.members,
+                    shared.password,
+                    replication_password,
+                    shared.tls,
+                    shared.ok,
+                ) else {
+                    return None;
+                };
+                let accounts = super::Accounts {
+                    user: self.user.get_ref().clone(),
+                    password,
+                    replication_user: self.replication_user.get_ref().clone(),
+                    replication_password,
+                };
+                Some((members, tls, accounts))
+            }
+        }
+    };
     ($(#[$meta:meta])* pub struct Settings { $($own:tt)* }) => {
         $(#[$meta])*
         #[derive(Clone, Debug, serde::Deserialize)]
@@ -69,8 +115,16 @@ macro_rules! promote_settings {
         }
 
         impl Settings {
-            /// Checks the keys every database step has.
-            fn check_shared(&self, what: &str, default_port: u16, checker: &mut dyn $crate::Checker) -> super::Shared {
+            /// Checks the keys every database step has: how errors name the step (`kind`
+            /// step 'step'), and the checked keys.
+            fn check_shared(
+                &self,
+                (kind, step): (&str, &str),
+                default_port: u16,
+                checker: &mut dyn $crate::Checker,
+            ) -> (String, super::Shared) {
+                let what = format!("{kind} step '{step}'");
+                let what = what.as_str();
                 let tls = super::tls::TlsSettings {
                     tls: self.tls.clone(),
                     ca_file: self.ca_file.clone(),
@@ -79,25 +133,90 @@ macro_rules! promote_settings {
                 }
                 .check(what, checker);
                 let members = super::check_servers(what, &self.servers, default_port, checker);
-                let lag_ok = super::check_lag(what, &self.promote_lag_max_ms, checker);
+                let ok = super::check_lag(what, &self.promote_lag_max_ms, checker);
                 let password = super::resolve_secret(what, "password", &self.password, checker);
-                super::Shared {
+                let shared = super::Shared {
                     members,
                     tls,
-                    lag_ok,
+                    ok,
                     password,
-                }
+                };
+                (what.to_string(), shared)
             }
         }
     };
+}
+
+/// Declares a module's `survey(inner)`: every member inspected concurrently through
+/// `Inner::connect(index)` and the session's `$read()` ([`survey`]).
+macro_rules! survey_by {
+    ($read:ident) => {
+        /// Inspects every member concurrently, each bounded.
+        async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
+            super::survey(inner.members.len(), |index| {
+                let inner = Arc::clone(inner);
+                async move { inner.connect(index).await?.$read().await }
+            })
+            .await
+        }
+    };
+}
+
+/// The methods every promote step has (`$step` holds `inner: Arc<Inner>`, whose `members` and
+/// `promote_lag_max_ms` they read): its servers, and the shortest step `timeout_ms` that never
+/// cuts a run short between fencing and promoting — the catch-up bound, [`STEP_OVERHEAD_MS`]
+/// and `$waits_ms`, the step's own bounded waits (an expression of `$inner`, the `Inner`); and
+/// the module's `survey` ([`survey_by`]).
+macro_rules! promote_step {
+    ($step:ident, survey by $read:ident, waits |$inner:ident| $waits_ms:expr) => {
+        survey_by!($read);
+
+        impl $step {
+            pub fn members(&self) -> &[super::Member] {
+                &self.inner.members
+            }
+
+            pub fn timeout_needed_ms(&self) -> u64 {
+                let $inner = &self.inner;
+                $inner
+                    .promote_lag_max_ms
+                    .saturating_add(super::STEP_OVERHEAD_MS)
+                    .saturating_add($waits_ms)
+            }
+        }
+    };
+}
+
+/// Surveys `members` (`surveyed`, from [`survey`]) at the start of a run: what each reachable
+/// one said, and the run's notes, naming the unreachable ones and the `consequence`.
+pub(crate) fn first_survey<T>(
+    members: &[Member],
+    surveyed: Vec<Result<T, String>>,
+    consequence: &str,
+) -> (Vec<Option<T>>, Notes) {
+    let mut notes = Notes::default();
+    let observed = note_unreachable(members, surveyed, consequence, &mut notes);
+    (observed, notes)
 }
 
 /// The keys every database step has, checked: `None` where a problem was reported.
 pub(crate) struct Shared {
     pub members: Option<Vec<Member>>,
     pub tls: Option<Option<tls::Tls>>,
-    pub lag_ok: bool,
+    /// False once a problem was reported that no `None` here shows (the step's own keys
+    /// set it too).
+    pub ok: bool,
     pub password: Option<Option<crate::secret::Secret>>,
+}
+
+/// The accounts of a step whose servers replicate with an account of their own (MySQL,
+/// PostgreSQL): the one the step logs in with, and the one replicas use.
+#[derive(Debug)]
+pub(crate) struct Accounts {
+    pub user: String,
+    pub password: Option<crate::secret::Secret>,
+    pub replication_user: String,
+    pub replication_password: Option<crate::secret::Secret>,
 }
 
 /// Resolves an optional secret setting (`name`): `Some(None)` when it is left out, `None`
@@ -381,6 +500,13 @@ pub(crate) struct LossWords {
     pub wait: &'static str,
 }
 
+impl LossWords {
+    /// The words in the order of the fields: `lost`, `lose`, `wait`.
+    pub(crate) const fn new(lost: &'static str, lose: &'static str, wait: &'static str) -> LossWords {
+        LossWords { lost, lose, wait }
+    }
+}
+
 /// Whether to promote a candidate that still lacks data (`what` says what, `None` when it
 /// lacks nothing): a note when the order forces the loss, refused otherwise.
 pub(crate) fn judge_loss(what: Option<String>, force: bool, words: LossWords) -> Result<Option<String>, Failure> {
@@ -496,6 +622,11 @@ pub(crate) fn check_record_written(address: &str, order: &Order, read: Option<u6
             order.generation
         ))),
     }
+}
+
+/// The note of a `replica` that now replicates from `primary`.
+pub(crate) fn now_replicates(replica: &Member, primary: &Member) -> String {
+    format!("{} now replicates from {}", replica.address, primary.address)
 }
 
 /// What a run saw and did, joined into the outcome line.

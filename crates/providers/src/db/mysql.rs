@@ -21,12 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use toml::Spanned;
 
 use super::binlog::ErrantScan;
 use super::gtid::{GtidSet, MariaState, Missing, Position};
 use super::{Member, Notes, QUERY_TIMEOUT_MS};
-use crate::secret::{Secret, SecretSource};
 use crate::{Checker, Failure, Order, Outcome};
 
 /// Default MySQL port.
@@ -43,29 +41,22 @@ pub const BINLOG_FILES_SCANNED_MAX: usize = 8;
 pub const BINLOG_EVENTS_SCANNED_MAX: u64 = 200_000;
 pub const BINLOG_PAGE_EVENTS: u64 = 5_000;
 pub const BINLOG_SCAN_MS: u64 = 5_000;
+/// How a loss is worded ([`judge_loss`]).
+const LOSS: super::LossWords = super::LossWords::new("they are lost", "them", "wait for it to catch up");
+/// What happens to a server the first survey of a run cannot reach.
+const UNREACHABLE: &str = "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins only without errant transactions";
 
 promote_settings! {
-    /// The `[runbook.mysql_promote]` table.
-    pub struct Settings {
-        /// The account the step logs in with.
-        pub user: Spanned<String>,
-        /// The account replicas use to replicate from the new primary (`CHANGE MASTER TO`).
-        pub replication_user: Spanned<String>,
-        #[serde(default)]
-        pub replication_password: Option<Spanned<SecretSource>>,
-    }
+    replicating
+    /// The `[runbook.mysql_promote]` table: the replication account is what `CHANGE MASTER TO`
+    /// names.
+    pub struct Settings {}
 }
 
 impl Settings {
     /// Checks the settings (every problem reported) and builds the actuator.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<MysqlPromote> {
-        let what = format!("mysql_promote step '{step}'");
-        let super::Shared {
-            members,
-            tls,
-            lag_ok: mut ok,
-            password,
-        } = self.check_shared(&what, MYSQL_PORT_DEFAULT, checker);
+        let (what, mut shared) = self.check_shared(("mysql_promote", step), MYSQL_PORT_DEFAULT, checker);
         for (name, user) in [("user", &self.user), ("replication_user", &self.replication_user)] {
             if user.get_ref().is_empty() || user.get_ref().chars().count() > USER_CHARS_MAX {
                 checker.error(
@@ -76,23 +67,14 @@ impl Settings {
                     ),
                     "name an existing account".into(),
                 );
-                ok = false;
+                shared.ok = false;
             }
         }
-        let replication_password =
-            super::resolve_secret(&what, "replication_password", &self.replication_password, checker);
-        let (Some(members), Some(password), Some(replication_password), Some(tls), true) =
-            (members, password, replication_password, tls, ok)
-        else {
-            return None;
-        };
+        let (members, tls, accounts) = self.check_accounts(&what, shared, checker)?;
         Some(MysqlPromote {
             inner: Arc::new(Inner {
                 members,
-                user: self.user.get_ref().clone(),
-                password,
-                replication_user: self.replication_user.get_ref().clone(),
-                replication_password,
+                accounts,
                 promote_lag_max_ms: *self.promote_lag_max_ms.get_ref(),
                 tls,
             }),
@@ -109,13 +91,14 @@ pub struct MysqlPromote {
 #[derive(Debug)]
 struct Inner {
     members: Vec<Member>,
-    user: String,
-    password: Option<Secret>,
-    replication_user: String,
-    replication_password: Option<Secret>,
+    accounts: super::Accounts,
     promote_lag_max_ms: u64,
     tls: Option<super::tls::Tls>,
 }
+
+// No waits beyond the catch-up: a run cut between fencing and promoting would leave the old
+// primary read-only with nobody writable.
+promote_step!(MysqlPromote, survey by inspect, waits |_inner| 0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
@@ -363,34 +346,13 @@ pub fn judge_loss(missing: &Missing, force: bool, candidate: &str, lag_max_ms: u
             missing.count
         )
     });
-    let words = super::LossWords {
-        lost: "they are lost",
-        lose: "them",
-        wait: "wait for it to catch up",
-    };
-    super::judge_loss(what, force, words)
+    super::judge_loss(what, force, LOSS)
 }
 
 impl MysqlPromote {
-    pub fn members(&self) -> &[Member] {
-        &self.inner.members
-    }
-
-    /// The shortest step `timeout_ms` that never cuts a run short: a run cut between fencing
-    /// and promoting would leave the old primary read-only with nobody writable.
-    pub fn timeout_needed_ms(&self) -> u64 {
-        self.inner.promote_lag_max_ms.saturating_add(super::STEP_OVERHEAD_MS)
-    }
-
     pub async fn run(&self, order: &Order) -> Outcome {
         let inner = &self.inner;
-        let mut notes = Notes::default();
-        let observed = super::note_unreachable(
-            &inner.members,
-            survey(inner).await,
-            "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins only without errant transactions",
-            &mut notes,
-        );
+        let (observed, mut notes) = super::first_survey(&inner.members, survey(inner).await, UNREACHABLE);
         let planned = match plan(order, &inner.members, &observed) {
             Err(Failure::Refused(message)) => {
                 let detail = self.errant_detail(order, &observed).await;
@@ -563,22 +525,10 @@ impl MysqlPromote {
                 continue;
             }
             session.replicate_from(primary_member, inner).await?;
-            notes.push(format!(
-                "{} now replicates from {}",
-                member.address, primary_member.address
-            ));
+            notes.push(super::now_replicates(member, primary_member));
         }
         Ok(())
     }
-}
-
-/// Inspects every member concurrently, each bounded.
-async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
-    super::survey(inner.members.len(), |index| {
-        let inner = Arc::clone(inner);
-        async move { inner.connect(index).await?.inspect().await }
-    })
-    .await
 }
 
 impl Inner {
@@ -587,8 +537,8 @@ impl Inner {
         let options = mysql_async::OptsBuilder::default()
             .ip_or_hostname(member.host.clone())
             .tcp_port(member.port)
-            .user(Some(self.user.clone()))
-            .pass(self.password.as_ref().map(|p| p.expose().to_string()))
+            .user(Some(self.accounts.user.clone()))
+            .pass(self.accounts.password.as_ref().map(|p| p.expose().to_string()))
             .prefer_socket(false)
             .ssl_opts(self.tls.as_ref().map(super::tls::Tls::mysql));
         let conn = super::login(&member.address, mysql_async::Conn::new(options), |e| e.to_string()).await?;
@@ -929,6 +879,7 @@ impl Session {
     /// Replicates from `source` by GTID (a running replication is stopped first).
     async fn replicate_from(&mut self, source: &Member, inner: &Inner) -> Result<(), Failure> {
         let password = inner
+            .accounts
             .replication_password
             .as_ref()
             .map(|p| p.expose().to_string())
@@ -943,7 +894,7 @@ impl Session {
                     "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos",
                     quote(&source.host),
                     source.port,
-                    quote(&inner.replication_user),
+                    quote(&inner.accounts.replication_user),
                     quote(&password)
                 ))
                 .await?;
@@ -955,7 +906,7 @@ impl Session {
                     "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {}, SOURCE_PORT = {}, SOURCE_USER = {}, SOURCE_PASSWORD = {}, SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1",
                     quote(&source.host),
                     source.port,
-                    quote(&inner.replication_user),
+                    quote(&inner.accounts.replication_user),
                     quote(&password)
                 ))
                 .await?;

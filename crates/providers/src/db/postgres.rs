@@ -36,7 +36,6 @@ use tokio_postgres::error::SqlState;
 use toml::Spanned;
 
 use super::{CONNECT_TIMEOUT_MS, Member, Notes, QUERY_TIMEOUT_MS};
-use crate::secret::{Secret, SecretSource};
 use crate::{Checker, Failure, Order, Outcome};
 
 /// Default PostgreSQL port.
@@ -62,19 +61,23 @@ pub const REJOIN_TIMEOUT_MS_MAX: u64 = 600_000;
 pub const REJOIN_OUTPUT_BYTES_MAX: usize = 600;
 /// Longest name accepted for users and the database (PostgreSQL's NAMEDATALEN - 1).
 pub const NAME_CHARS_MAX: usize = 63;
+/// How a loss is worded ([`judge_loss`]).
+const LOSS: super::LossWords = super::LossWords::new(
+    "the transactions in them are lost",
+    "the transactions in them",
+    "wait for it to catch up",
+);
+/// What happens to a server the first survey of a run cannot reach.
+const UNREACHABLE: &str = "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins when it answers";
 
 promote_settings! {
-    /// The `[runbook.postgres_promote]` table.
+    replicating
+    /// The `[runbook.postgres_promote]` table: the replication account is the role standbys
+    /// stream with (`primary_conninfo`).
     pub struct Settings {
-        /// The superuser the step logs in with.
-        pub user: Spanned<String>,
         /// The database the step connects to and keeps its promotion record in.
         #[serde(default = "default_database")]
         pub database: Spanned<String>,
-        /// The role standbys stream with (`primary_conninfo`).
-        pub replication_user: Spanned<String>,
-        #[serde(default)]
-        pub replication_password: Option<Spanned<SecretSource>>,
         /// How a former primary (or a standby past the fork point) becomes a standby of the new
         /// primary; without it such a server is left fenced and named.
         #[serde(default)]
@@ -107,13 +110,7 @@ fn default_rejoin_timeout_ms() -> Spanned<u64> {
 impl Settings {
     /// Checks the settings (every problem reported) and builds the actuator.
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<PostgresPromote> {
-        let what = format!("postgres_promote step '{step}'");
-        let super::Shared {
-            members,
-            tls,
-            lag_ok: mut ok,
-            password,
-        } = self.check_shared(&what, POSTGRES_PORT_DEFAULT, checker);
+        let (what, mut shared) = self.check_shared(("postgres_promote", step), POSTGRES_PORT_DEFAULT, checker);
         for (name, value) in [
             ("user", &self.user),
             ("replication_user", &self.replication_user),
@@ -126,7 +123,7 @@ impl Settings {
                     format!("{what}: {name} '{text}' is empty, has control characters or is longer than {NAME_CHARS_MAX} characters"),
                     "name an existing role or database".into(),
                 );
-                ok = false;
+                shared.ok = false;
             }
         }
         let rejoin = match &self.rejoin {
@@ -145,7 +142,7 @@ impl Settings {
                         format!("{what}: rejoin program {} does not exist", program.display()),
                         "name an executable file (relative paths start at the config file's folder)".into(),
                     );
-                    ok = false;
+                    shared.ok = false;
                 }
                 if *r.timeout_ms.get_ref() == 0 || *r.timeout_ms.get_ref() > REJOIN_TIMEOUT_MS_MAX {
                     checker.error(
@@ -156,7 +153,7 @@ impl Settings {
                         ),
                         "a pg_rewind of a small divergence takes seconds; allow a few minutes at most".into(),
                     );
-                    ok = false;
+                    shared.ok = false;
                 }
                 Some(Rejoin {
                     program: program.display().to_string(),
@@ -165,21 +162,12 @@ impl Settings {
                 })
             }
         };
-        let replication_password =
-            super::resolve_secret(&what, "replication_password", &self.replication_password, checker);
-        let (Some(members), Some(password), Some(replication_password), Some(tls), true) =
-            (members, password, replication_password, tls, ok)
-        else {
-            return None;
-        };
+        let (members, tls, accounts) = self.check_accounts(&what, shared, checker)?;
         Some(PostgresPromote {
             inner: Arc::new(Inner {
-                members,
-                user: self.user.get_ref().clone(),
-                password,
                 database: self.database.get_ref().clone(),
-                replication_user: self.replication_user.get_ref().clone(),
-                replication_password,
+                members,
+                accounts,
                 promote_lag_max_ms: *self.promote_lag_max_ms.get_ref(),
                 rejoin,
                 tls,
@@ -196,16 +184,19 @@ pub struct PostgresPromote {
 
 #[derive(Debug)]
 struct Inner {
-    members: Vec<Member>,
-    user: String,
-    password: Option<Secret>,
     database: String,
-    replication_user: String,
-    replication_password: Option<Secret>,
+    members: Vec<Member>,
+    accounts: super::Accounts,
     promote_lag_max_ms: u64,
     rejoin: Option<Rejoin>,
     tls: Option<super::tls::Tls>,
 }
+
+// Beyond the catch-up: the promotion, a detach and a follow, and a rejoin if configured.
+promote_step!(PostgresPromote, survey by inspect, waits |inner| (PROMOTE_WAIT_S * 1000)
+    .saturating_add(FOLLOW_WAIT_MS)
+    .saturating_add(DETACH_WAIT_MS)
+    .saturating_add(inner.rejoin.as_ref().map_or(0, |r| r.timeout_ms)));
 
 #[derive(Clone, Debug)]
 struct Rejoin {
@@ -366,11 +357,7 @@ fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observe
                 Some(one) => Ok(Some(one)),
                 None => Err(Failure::Refused(format!(
                     "{} are writable primaries on the same timeline with the same promotion record ({top}): fence the stale one (ALTER SYSTEM SET default_transaction_read_only = on), then run again",
-                    several
-                        .iter()
-                        .map(|(i, _)| members[*i].address.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" and ")
+                    addresses(members, several.iter().map(|(i, _)| *i))
                 ))),
             };
         }
@@ -385,13 +372,27 @@ fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observe
         Some(one) => Ok(Some(one)),
         None => Err(Failure::Refused(format!(
             "{} are fenced primaries on the same timeline: make one a standby of the other, then run again",
-            fenced
-                .iter()
-                .map(|(i, _)| members[*i].address.as_str())
-                .collect::<Vec<_>>()
-                .join(" and ")
+            addresses(members, fenced.iter().map(|(i, _)| *i))
         ))),
     }
+}
+
+/// After a poll that did not see what it waits for: retryable with `message` once `until` has
+/// passed, otherwise a pause of [`POLL_MS`] before the next poll.
+async fn poll_again(until: Instant, message: impl FnOnce() -> String) -> Result<(), Failure> {
+    if Instant::now() >= until {
+        return Err(Failure::Retryable(message()));
+    }
+    tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    Ok(())
+}
+
+/// The addresses of the members at `indexes`, joined with "and".
+fn addresses(members: &[Member], indexes: impl Iterator<Item = usize>) -> String {
+    indexes
+        .map(|i| members[i].address.as_str())
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// Whether to promote a candidate `missing_bytes` of WAL short of what is known to exist.
@@ -407,12 +408,7 @@ pub fn judge_loss(
             "{candidate} still lacks {missing_bytes} byte(s) of WAL up to {target} after waiting promote_lag_max_ms = {lag_max_ms}"
         )
     });
-    let words = super::LossWords {
-        lost: "the transactions in them are lost",
-        lose: "the transactions in them",
-        wait: "wait for it to catch up",
-    };
-    super::judge_loss(what, force, words)
+    super::judge_loss(what, force, LOSS)
 }
 
 /// One line of a timeline history file: timeline `tli` was left at `switch`.
@@ -573,32 +569,9 @@ fn literal(text: &str) -> String {
 }
 
 impl PostgresPromote {
-    pub fn members(&self) -> &[Member] {
-        &self.inner.members
-    }
-
-    /// The shortest step `timeout_ms` that never cuts a run short between fencing and
-    /// promoting: catch-up, promotion, a rejoin if configured, and the fixed overhead.
-    pub fn timeout_needed_ms(&self) -> u64 {
-        let inner = &self.inner;
-        inner
-            .promote_lag_max_ms
-            .saturating_add(super::STEP_OVERHEAD_MS)
-            .saturating_add(PROMOTE_WAIT_S * 1000)
-            .saturating_add(FOLLOW_WAIT_MS)
-            .saturating_add(DETACH_WAIT_MS)
-            .saturating_add(inner.rejoin.as_ref().map_or(0, |r| r.timeout_ms))
-    }
-
     pub async fn run(&self, order: &Order) -> Outcome {
         let inner = &self.inner;
-        let mut notes = Notes::default();
-        let observed = super::note_unreachable(
-            &inner.members,
-            survey(inner).await,
-            "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins when it answers",
-            &mut notes,
-        );
+        let (observed, mut notes) = super::first_survey(&inner.members, survey(inner).await, UNREACHABLE);
         let primary = match plan(order, &inner.members, &observed)? {
             Plan::Done { primary, unfence } => {
                 let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
@@ -762,6 +735,7 @@ impl PostgresPromote {
             if o.in_recovery && o.upstream.as_deref() == Some(primary_member.address.as_str()) && o.streaming {
                 continue;
             }
+            let not_rejoined = |why: String| format!("{} left {}, not rejoined: {why}", member.address, fenced_word(o));
             let mut session = inner.connect(i).await?;
             if !o.in_recovery {
                 let (final_lsn, terminated) = session.fence(inner, i).await?;
@@ -785,11 +759,7 @@ impl PostgresPromote {
             ) {
                 Ok(path) => path,
                 Err(why) => {
-                    notes.push(format!(
-                        "{} left {}, not rejoined: {why}",
-                        member.address,
-                        fenced_word(o)
-                    ));
+                    notes.push(not_rejoined(why));
                     continue;
                 }
             };
@@ -820,11 +790,7 @@ impl PostgresPromote {
                             Ok(rewind @ RejoinPath::Rewind { .. }) => path = rewind,
                             Ok(RejoinPath::Follow) => return Err(not_streaming),
                             Err(why) => {
-                                notes.push(format!(
-                                    "{} left {}, not rejoined: {why}",
-                                    member.address,
-                                    fenced_word(o)
-                                ));
+                                notes.push(not_rejoined(why));
                                 continue;
                             }
                         }
@@ -986,7 +952,7 @@ async fn run_rejoin(
                 "host={} port={} user={} dbname={}",
                 conninfo_value(&source.host),
                 source.port,
-                conninfo_value(&inner.user),
+                conninfo_value(&inner.accounts.user),
                 conninfo_value(&inner.database)
             ),
         )
@@ -996,7 +962,7 @@ async fn run_rejoin(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    if let Some(password) = &inner.password {
+    if let Some(password) = &inner.accounts.password {
         command.env("PGPASSWORD", password.expose());
     }
     let child = command
@@ -1031,15 +997,6 @@ async fn run_rejoin(
     ))
 }
 
-/// Inspects every member concurrently, each bounded.
-async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
-    super::survey(inner.members.len(), |index| {
-        let inner = Arc::clone(inner);
-        async move { inner.connect(index).await?.inspect().await }
-    })
-    .await
-}
-
 impl Inner {
     /// `primary_conninfo` for a standby of `source`.
     fn primary_conninfo(&self, source: &Member) -> String {
@@ -1047,9 +1004,9 @@ impl Inner {
             "host={} port={} user={} application_name=switchyard",
             conninfo_value(&source.host),
             source.port,
-            conninfo_value(&self.replication_user)
+            conninfo_value(&self.accounts.replication_user)
         );
-        if let Some(password) = &self.replication_password {
+        if let Some(password) = &self.accounts.replication_password {
             conninfo.push_str(&format!(" password={}", conninfo_value(password.expose())));
         }
         conninfo
@@ -1061,11 +1018,11 @@ impl Inner {
         config
             .host(&member.host)
             .port(member.port)
-            .user(&self.user)
+            .user(&self.accounts.user)
             .dbname(&self.database)
             .application_name("switchyard")
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS));
-        if let Some(password) = &self.password {
+        if let Some(password) = &self.accounts.password {
             config.password(password.expose());
         }
         let client = match &self.tls {
@@ -1312,13 +1269,13 @@ impl Session {
             if seen.as_deref() == Some(value) {
                 return Ok(());
             }
-            if Instant::now() >= until {
-                return Err(Failure::Retryable(format!(
+            poll_again(until, || {
+                format!(
                     "{}: default_transaction_read_only reads {seen:?} in new sessions {QUERY_TIMEOUT_MS} ms after the reload, not {value}",
                     self.address
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+                )
+            })
+            .await?;
         }
     }
 
@@ -1355,13 +1312,13 @@ impl Session {
             if receivers.as_deref() == Some("0") {
                 return Ok(());
             }
-            if Instant::now() >= until {
-                return Err(Failure::Retryable(format!(
+            poll_again(until, || {
+                format!(
                     "{}: its WAL receiver still runs {DETACH_WAIT_MS} ms after primary_conninfo = '' and a reload",
                     self.address
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+                )
+            })
+            .await?;
         }
     }
 
@@ -1385,8 +1342,8 @@ impl Session {
             if get(0) == "streaming" && streaming_from == primary.address {
                 return Ok(());
             }
-            if Instant::now() >= until {
-                return Err(Failure::Retryable(format!(
+            poll_again(until, || {
+                format!(
                     "{}: does not stream from {} within {FOLLOW_WAIT_MS} ms after repointing (WAL receiver: {} from {streaming_from}); see its log",
                     self.address,
                     primary.address,
@@ -1395,9 +1352,9 @@ impl Session {
                     } else {
                         get(0)
                     }
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+                )
+            })
+            .await?;
         }
     }
 }

@@ -32,6 +32,10 @@ pub const CATCH_UP_POLL_MS: u64 = 20;
 pub const INFO_BYTES_MAX: usize = 64 * 1024;
 /// Extra pause beyond the catch-up wait, so the old master stays paused until it is a replica.
 pub const PAUSE_MARGIN_MS: u64 = 10_000;
+/// How a loss is worded ([`judge_loss`]).
+const LOSS: super::LossWords = super::LossWords::new("those writes are lost", "those writes", "wait");
+/// What happens to a server the first survey of a run cannot reach.
+const UNREACHABLE: &str = "not fenced — fence it at the load balancer; it is made a replica when it answers again";
 
 /// Sets the record unless it holds a newer generation; returns what it holds afterwards.
 const RECORD_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
@@ -50,13 +54,7 @@ promote_settings! {
 
 impl Settings {
     pub fn check(&self, step: &str, checker: &mut dyn Checker) -> Option<RedisPromote> {
-        let what = format!("redis_promote step '{step}'");
-        let super::Shared {
-            members,
-            tls,
-            lag_ok: mut ok,
-            password,
-        } = self.check_shared(&what, REDIS_PORT_DEFAULT, checker);
+        let (what, mut shared) = self.check_shared(("redis_promote", step), REDIS_PORT_DEFAULT, checker);
         if let Some(user) = &self.username
             && (user.get_ref().is_empty() || user.get_ref().chars().any(char::is_whitespace))
         {
@@ -65,9 +63,10 @@ impl Settings {
                 format!("{what}: username '{}' is empty or has spaces", user.get_ref()),
                 "name an ACL user, or leave username out to use the default user".into(),
             );
-            ok = false;
+            shared.ok = false;
         }
-        let (Some(members), Some(password), Some(tls), true) = (members, password, tls, ok) else {
+        let (Some(members), Some(password), Some(tls), true) = (shared.members, shared.password, shared.tls, shared.ok)
+        else {
             return None;
         };
         Some(RedisPromote {
@@ -82,6 +81,7 @@ impl Settings {
     }
 }
 
+/// The ready `redis_promote` step.
 #[derive(Clone, Debug)]
 pub struct RedisPromote {
     inner: Arc<Inner>,
@@ -95,6 +95,10 @@ struct Inner {
     promote_lag_max_ms: u64,
     tls: Option<super::tls::Tls>,
 }
+
+// No waits beyond the catch-up: a cut run's pause expires by itself after
+// `promote_lag_max_ms` + [`PAUSE_MARGIN_MS`].
+promote_step!(RedisPromote, survey by observe, waits |_inner| 0);
 
 /// What one reachable server said.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -230,34 +234,13 @@ pub fn judge_loss(behind_bytes: u64, force: bool, candidate: &str, lag_max_ms: u
             "{candidate} is still {behind_bytes} byte(s) of the replication stream behind the old master after waiting promote_lag_max_ms = {lag_max_ms}"
         )
     });
-    let words = super::LossWords {
-        lost: "those writes are lost",
-        lose: "those writes",
-        wait: "wait",
-    };
-    super::judge_loss(what, force, words)
+    super::judge_loss(what, force, LOSS)
 }
 
 impl RedisPromote {
-    pub fn members(&self) -> &[Member] {
-        &self.inner.members
-    }
-
-    /// The shortest step `timeout_ms` that never cuts a run short (a cut run's pause expires
-    /// by itself after `promote_lag_max_ms` + [`PAUSE_MARGIN_MS`]).
-    pub fn timeout_needed_ms(&self) -> u64 {
-        self.inner.promote_lag_max_ms.saturating_add(super::STEP_OVERHEAD_MS)
-    }
-
     pub async fn run(&self, order: &Order) -> Outcome {
         let inner = &self.inner;
-        let mut notes = Notes::default();
-        let observed = super::note_unreachable(
-            &inner.members,
-            survey(inner).await,
-            "not fenced — fence it at the load balancer; it is made a replica when it answers again",
-            &mut notes,
-        );
+        let (observed, mut notes) = super::first_survey(&inner.members, survey(inner).await, UNREACHABLE);
         let primary = match plan(order, &inner.members, &observed)? {
             Plan::Done { primary } => {
                 let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
@@ -288,7 +271,7 @@ impl RedisPromote {
         rejoin: bool,
         notes: &mut Notes,
     ) -> Result<(), Failure> {
-        let inner = &self.inner;
+        let Self { inner } = self;
         let member = &inner.members[candidate];
         let lag_max_ms = inner.promote_lag_max_ms;
         let mut session = inner.connect(candidate).await?;
@@ -374,22 +357,11 @@ impl RedisPromote {
                     member.address, primary_member.address
                 ));
             } else {
-                notes.push(format!(
-                    "{} now replicates from {}",
-                    member.address, primary_member.address
-                ));
+                notes.push(super::now_replicates(member, primary_member));
             }
         }
         Ok(())
     }
-}
-
-async fn survey(inner: &Arc<Inner>) -> Vec<Result<Observed, String>> {
-    super::survey(inner.members.len(), |index| {
-        let inner = Arc::clone(inner);
-        async move { inner.connect(index).await?.observe().await }
-    })
-    .await
 }
 
 impl Inner {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 
 use crate::common::{assert_refused, check_settings};
-use crate::fake::{self, Collect, Request, answer, order, token_file};
+use crate::fake::{self, Collect, Request, answer, failover, order, token_file};
 use providers::Failure;
 
 const TOKEN: &str = "cf-scoped-token-for-tests";
@@ -27,9 +27,7 @@ const EU: &str = "198.51.100.20";
 struct Zone {
     records: Vec<Value>,
     pools: Vec<Value>,
-    /// Answer the next this-many requests with 429.
-    throttle: u32,
-    throttled: u32,
+    throttle: fake::Throttle,
     patches: Vec<(String, Value)>,
 }
 
@@ -52,9 +50,7 @@ fn handle(zone: &Shared, request: Request) -> axum::response::Response {
     if request.bearer() != Some(TOKEN) {
         return failure(403, 10000, "Authentication error");
     }
-    if zone.throttle > 0 {
-        zone.throttle -= 1;
-        zone.throttled += 1;
+    if zone.throttle.take() {
         return answer(
             429,
             json!({"success": false, "errors": [{"code": 971, "message": "Please wait and consider throttling your request speed"}], "messages": [], "result": null}),
@@ -64,24 +60,15 @@ fn handle(zone: &Shared, request: Request) -> axum::response::Response {
     let parts: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
     match (request.method.as_str(), parts.as_slice()) {
         ("GET", ["client", "v4", "zones", zone_id, "dns_records"]) if *zone_id == ZONE => {
-            let per_page: usize = request.query("per_page").and_then(|p| p.parse().ok()).unwrap_or(100);
-            let page: usize = request.query("page").and_then(|p| p.parse().ok()).unwrap_or(1);
             let matching: Vec<&Value> = zone
                 .records
                 .iter()
                 .filter(|r| request.query("type").is_none_or(|t| r["type"] == t))
                 .filter(|r| request.query("name.exact").is_none_or(|n| r["name"] == n))
                 .collect();
-            let total = matching.len();
-            let pages = total.div_ceil(per_page).max(1);
-            let slice: Vec<Value> = matching
-                .into_iter()
-                .skip((page - 1) * per_page)
-                .take(per_page)
-                .cloned()
-                .collect();
-            let mut body = envelope(json!(slice));
-            body["result_info"] = json!({"page": page, "per_page": per_page, "count": slice.len(), "total_count": total, "total_pages": pages});
+            let page = fake::page_of(&request, 100, matching);
+            let mut body = envelope(json!(page.items));
+            body["result_info"] = json!({"page": page.page, "per_page": page.per_page, "count": page.items.len(), "total_count": page.total, "total_pages": page.pages});
             answer(200, body, &[])
         }
         (method @ ("GET" | "PATCH"), ["client", "v4", "zones", zone_id, "dns_records", id]) if *zone_id == ZONE => {
@@ -173,12 +160,10 @@ async fn a_failover_points_the_record_at_the_new_region_with_its_generation_and_
     })
     .await;
     let token = token_file(TOKEN);
-    let step = step(&record_settings(&base, token.path()));
-    let done = step
-        .run(&order(5, Some("us-east-1"), "eu-west-1"))
-        .await
-        .expect("moved");
-    assert!(done.contains(EU) && done.contains("read back"), "{done}");
+    let step = &step(&record_settings(&base, token.path()));
+    // Then the same order again (a retry): nothing to write.
+    let patches = || zone.lock().expect("state").patches.len();
+    fake::moves_then_stays(|order| async move { step.run(&order).await }, 5, EU, patches).await;
     {
         let zone = zone.lock().expect("state");
         assert_eq!(zone.records[0]["content"], EU);
@@ -186,13 +171,6 @@ async fn a_failover_points_the_record_at_the_new_region_with_its_generation_and_
         assert_eq!(zone.records[1]["content"], US, "only the named record changes");
         assert_eq!(zone.patches.len(), 1);
     }
-    // The same order again (a retry): nothing to write.
-    let again = step
-        .run(&order(5, Some("us-east-1"), "eu-west-1"))
-        .await
-        .expect("idempotent");
-    assert!(again.contains("already"), "{again}");
-    assert_eq!(zone.lock().expect("state").patches.len(), 1);
     // And back: the value this controller wrote is overwritten.
     step.run(&order(6, Some("eu-west-1"), "us-east-1"))
         .await
@@ -209,13 +187,13 @@ async fn a_record_changed_by_someone_else_or_by_a_newer_generation_is_fenced_and
     .await;
     let token = token_file(TOKEN);
     let step = step(&record_settings(&base, token.path()));
-    let fenced = step.run(&order(5, Some("us-east-1"), "eu-west-1")).await;
+    let fenced = step.run(&failover(5)).await;
     assert!(
         matches!(&fenced, Err(Failure::Fenced(m)) if m.contains("203.0.113.99") && m.contains("someone else")),
         "{fenced:?}"
     );
     zone.lock().expect("state").records[0] = record("r1", "shop.example", US, Some("switchyard generation 9"));
-    let stale = step.run(&order(5, Some("us-east-1"), "eu-west-1")).await;
+    let stale = step.run(&failover(5)).await;
     assert!(
         matches!(&stale, Err(Failure::Fenced(m)) if m.contains("generation 9")),
         "{stale:?}"
@@ -229,16 +207,16 @@ async fn a_record_changed_by_someone_else_or_by_a_newer_generation_is_fenced_and
 async fn throttling_is_waited_out_and_a_bad_token_is_refused_with_cloudflares_text() {
     let (zone, base) = start(Zone {
         records: vec![record("r1", "shop.example", US, None)],
-        throttle: 1,
+        throttle: fake::Throttle { left: 1, seen: 0 },
         ..Zone::default()
     })
     .await;
     let token = token_file(TOKEN);
     step(&record_settings(&base, token.path()))
-        .run(&order(3, Some("us-east-1"), "eu-west-1"))
+        .run(&failover(3))
         .await
         .expect("moved after the 429");
-    assert_eq!(zone.lock().expect("state").throttled, 1);
+    assert_eq!(zone.lock().expect("state").throttle.seen, 1);
     assert_eq!(zone.lock().expect("state").records[0]["content"], EU);
 
     let wrong = token_file("not-the-token");
@@ -266,9 +244,7 @@ async fn every_page_of_the_listing_is_read() {
     })
     .await;
     let token = token_file(TOKEN);
-    let refused = step(&record_settings(&base, token.path()))
-        .run(&order(2, Some("us-east-1"), "eu-west-1"))
-        .await;
+    let refused = step(&record_settings(&base, token.path())).run(&failover(2)).await;
     assert!(
         matches!(&refused, Err(Failure::Refused(m)) if m.contains("has 120 A records")),
         "{refused:?}"
@@ -294,10 +270,7 @@ pools = {{ us-east-1 = "{POOL_US}", eu-west-1 = "{POOL_EU}" }}
         token.path().display()
     );
     let step = step(&settings);
-    let done = step
-        .run(&order(7, Some("us-east-1"), "eu-west-1"))
-        .await
-        .expect("pools moved");
+    let done = step.run(&failover(7)).await.expect("pools moved");
     assert!(
         done.contains("eu-west-1 enabled") && done.contains("us-east-1 disabled"),
         "{done}"
@@ -313,10 +286,7 @@ pools = {{ us-east-1 = "{POOL_US}", eu-west-1 = "{POOL_EU}" }}
             "the new pool is enabled before the old one is disabled"
         );
     }
-    let again = step
-        .run(&order(7, Some("us-east-1"), "eu-west-1"))
-        .await
-        .expect("idempotent");
+    let again = step.run(&failover(7)).await.expect("idempotent");
     assert!(again.contains("already"), "{again}");
     assert_eq!(zone.lock().expect("state").patches.len(), 2);
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 
 use crate::common::{assert_refused, check_settings};
-use crate::fake::{self, Collect, Request, answer, digitalocean_error as error, order, token_file};
+use crate::fake::{self, Collect, Request, answer, digitalocean_error as error, failover, token_file};
 use providers::Failure;
 
 const TOKEN: &str = "dop_v1_token_for_tests";
@@ -32,8 +32,7 @@ struct Account {
     action: Option<(u64, u64, u32, bool)>,
     polls: u32,
     fail_actions: bool,
-    throttle: u32,
-    throttled: u32,
+    throttle: fake::Throttle,
     writes: u32,
 }
 
@@ -56,9 +55,7 @@ fn handle(account: &Shared, request: Request, base: &str) -> axum::response::Res
     if request.bearer() != Some(TOKEN) {
         return error(401, "unauthorized", "Unable to authenticate you.");
     }
-    if account.throttle > 0 {
-        account.throttle -= 1;
-        account.throttled += 1;
+    if account.throttle.take() {
         return answer(
             429,
             json!({"id": "too_many_requests", "message": "API Rate limit exceeded."}),
@@ -68,8 +65,6 @@ fn handle(account: &Shared, request: Request, base: &str) -> axum::response::Res
     let parts: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
     match (request.method.as_str(), parts.as_slice()) {
         ("GET", ["v2", "domains", domain, "records"]) => {
-            let per_page: usize = request.query("per_page").and_then(|p| p.parse().ok()).unwrap_or(20);
-            let page: usize = request.query("page").and_then(|p| p.parse().ok()).unwrap_or(1);
             let name = request.query("name").map(|full| {
                 // The filter takes the full name; records carry it relative to the domain.
                 if full == *domain {
@@ -84,14 +79,13 @@ fn handle(account: &Shared, request: Request, base: &str) -> axum::response::Res
                 .filter(|r| request.query("type").is_none_or(|t| r["type"] == t))
                 .filter(|r| name.as_ref().is_none_or(|n| r["name"] == n.as_str()))
                 .collect();
-            let total = matching.len();
-            let pages = total.div_ceil(per_page).max(1);
-            let slice: Vec<Value> = matching
-                .into_iter()
-                .skip((page - 1) * per_page)
-                .take(per_page)
-                .cloned()
-                .collect();
+            let fake::Page {
+                items,
+                page,
+                per_page,
+                total,
+                pages,
+            } = fake::page_of(&request, 20, matching);
             let mut links = json!({});
             if page < pages {
                 links = json!({"pages": {
@@ -101,7 +95,7 @@ fn handle(account: &Shared, request: Request, base: &str) -> axum::response::Res
             }
             answer(
                 200,
-                json!({"domain_records": slice, "links": links, "meta": {"total": total}}),
+                json!({"domain_records": items, "links": links, "meta": {"total": total}}),
                 &[],
             )
         }
@@ -237,24 +231,13 @@ async fn a_failover_updates_the_domain_record_and_reads_it_back() {
     })
     .await;
     let token = token_file(TOKEN);
-    let step = step(&record_settings(&base, token.path()));
-    let done = step
-        .run(&order(5, Some("us-east-1"), "eu-west-1"))
-        .await
-        .expect("moved");
-    assert!(done.contains(EU) && done.contains("read back"), "{done}");
-    {
-        let account = account.lock().expect("state");
-        assert_eq!(account.records[1]["data"], EU);
-        assert_eq!(account.records[0]["data"], US, "the apex stays");
-        assert_eq!(account.writes, 1);
-    }
-    let again = step
-        .run(&order(5, Some("us-east-1"), "eu-west-1"))
-        .await
-        .expect("idempotent");
-    assert!(again.contains("already"), "{again}");
-    assert_eq!(account.lock().expect("state").writes, 1);
+    let step = &step(&record_settings(&base, token.path()));
+    let writes = || account.lock().expect("state").writes as usize;
+    fake::moves_then_stays(|order| async move { step.run(&order).await }, 5, EU, writes).await;
+    let account = account.lock().expect("state");
+    assert_eq!(account.records[1]["data"], EU);
+    assert_eq!(account.records[0]["data"], US, "the apex stays");
+    assert_eq!(account.writes, 1);
 }
 
 #[tokio::test]
@@ -265,18 +248,14 @@ async fn a_record_someone_else_changed_is_fenced_and_a_bad_token_refused_with_di
     })
     .await;
     let token = token_file(TOKEN);
-    let fenced = step(&record_settings(&base, token.path()))
-        .run(&order(5, Some("us-east-1"), "eu-west-1"))
-        .await;
+    let fenced = step(&record_settings(&base, token.path())).run(&failover(5)).await;
     assert!(
         matches!(&fenced, Err(Failure::Fenced(m)) if m.contains("203.0.113.99")),
         "{fenced:?}"
     );
     assert_eq!(account.lock().expect("state").writes, 0);
     let wrong = token_file("dop_v1_wrong");
-    let refused = step(&record_settings(&base, wrong.path()))
-        .run(&order(5, Some("us-east-1"), "eu-west-1"))
-        .await;
+    let refused = step(&record_settings(&base, wrong.path())).run(&failover(5)).await;
     assert_eq!(
         refused,
         Err(Failure::Refused(
@@ -291,19 +270,17 @@ async fn every_page_is_read_and_throttling_is_waited_out() {
     let records = (0..250).map(|i| record(1000 + i, "www", US)).collect();
     let (account, base) = start(Account {
         records,
-        throttle: 1,
+        throttle: fake::Throttle { left: 1, seen: 0 },
         ..Account::default()
     })
     .await;
     let token = token_file(TOKEN);
-    let refused = step(&record_settings(&base, token.path()))
-        .run(&order(2, Some("us-east-1"), "eu-west-1"))
-        .await;
+    let refused = step(&record_settings(&base, token.path())).run(&failover(2)).await;
     assert!(
         matches!(&refused, Err(Failure::Refused(m)) if m.contains("has 250 A records")),
         "{refused:?}"
     );
-    assert_eq!(account.lock().expect("state").throttled, 1);
+    assert_eq!(account.lock().expect("state").throttle.seen, 1);
 }
 
 #[tokio::test]
@@ -314,23 +291,15 @@ async fn the_reserved_ip_moves_to_the_new_regions_droplet_after_its_action_compl
     })
     .await;
     let token = token_file(TOKEN);
-    let step = step(&ip_settings(&base, token.path()));
-    let done = step
-        .run(&order(8, Some("us-east-1"), "eu-west-1"))
-        .await
-        .expect("assigned");
-    assert!(done.contains("droplet 222") && done.contains("completed"), "{done}");
-    {
-        let account = account.lock().expect("state");
-        assert_eq!(account.droplet, Some(222));
-        assert!(account.polls >= 3, "polled until completed: {}", account.polls);
-    }
-    let again = step
-        .run(&order(8, Some("us-east-1"), "eu-west-1"))
-        .await
-        .expect("idempotent");
-    assert!(again.contains("already"), "{again}");
-    assert_eq!(account.lock().expect("state").writes, 1);
+    let step = &step(&ip_settings(&base, token.path()));
+    let writes = || account.lock().expect("state").writes as usize;
+    let run = |order| async move { step.run(&order).await };
+    let done = fake::moves_then_stays(run, 8, "droplet 222", writes).await;
+    assert!(done.contains("completed"), "{done}");
+    let account = account.lock().expect("state");
+    assert_eq!(account.droplet, Some(222));
+    assert!(account.polls >= 3, "polled until completed: {}", account.polls);
+    assert_eq!(account.writes, 1);
 }
 
 #[tokio::test]
@@ -343,14 +312,14 @@ async fn an_errored_action_is_retryable_and_an_ip_on_a_foreign_droplet_is_fenced
     .await;
     let token = token_file(TOKEN);
     let step = step(&ip_settings(&base, token.path()));
-    let errored = step.run(&order(8, Some("us-east-1"), "eu-west-1")).await;
+    let errored = step.run(&failover(8)).await;
     assert!(
         matches!(&errored, Err(Failure::Retryable(m)) if m.contains("errored")),
         "{errored:?}"
     );
     assert_eq!(account.lock().expect("state").droplet, Some(111));
     account.lock().expect("state").droplet = Some(999);
-    let fenced = step.run(&order(9, Some("us-east-1"), "eu-west-1")).await;
+    let fenced = step.run(&failover(9)).await;
     assert!(
         matches!(&fenced, Err(Failure::Fenced(m)) if m.contains("'999'")),
         "{fenced:?}"

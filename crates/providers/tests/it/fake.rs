@@ -128,3 +128,76 @@ pub fn token_file(token: &str) -> tempfile::NamedTempFile {
 pub fn order(generation: u64, from: Option<&str>, to: &str) -> providers::Order {
     crate::support::order_from(generation, from, to, false)
 }
+
+/// The failover every REST test orders: from us-east-1 to eu-west-1 at `generation`.
+pub fn failover(generation: u64) -> providers::Order {
+    order(generation, Some("us-east-1"), "eu-west-1")
+}
+
+/// A fake's throttling: the next `left` requests are answered 429 and counted in `seen`.
+#[derive(Default)]
+pub struct Throttle {
+    pub left: u32,
+    pub seen: u32,
+}
+
+impl Throttle {
+    /// Whether this request is to be throttled (then counted).
+    pub fn take(&mut self) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        self.seen += 1;
+        true
+    }
+}
+
+/// One page of a listing as the request's `page` and `per_page` ask (`per_page_default` when
+/// left out; pages count from 1).
+pub struct Page {
+    pub items: Vec<serde_json::Value>,
+    pub page: usize,
+    pub per_page: usize,
+    pub total: usize,
+    pub pages: usize,
+}
+
+pub fn page_of(request: &Request, per_page_default: usize, matching: Vec<&serde_json::Value>) -> Page {
+    let per_page: usize = request
+        .query("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(per_page_default);
+    let page: usize = request.query("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+    let total = matching.len();
+    let items = matching
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .cloned()
+        .collect();
+    Page {
+        items,
+        page,
+        per_page,
+        total,
+        pages: total.div_ceil(per_page).max(1),
+    }
+}
+
+/// What every record or address step must do with the [`failover`] of `generation`: move
+/// (its outcome names `moved_to` and says it read the value back), then, ordered again,
+/// write nothing (`writes` counts the fake's writes before and after).
+pub async fn moves_then_stays<F, Fut>(run: F, generation: u64, moved_to: &str, writes: impl Fn() -> usize) -> String
+where
+    F: Fn(providers::Order) -> Fut,
+    Fut: Future<Output = providers::Outcome>,
+{
+    let done = run(failover(generation)).await.expect("moved");
+    assert!(done.contains(moved_to) && done.contains("read back"), "{done}");
+    let written = writes();
+    let again = run(failover(generation)).await.expect("idempotent");
+    assert!(again.contains("already"), "{again}");
+    assert_eq!(writes(), written, "nothing written the second time");
+    done
+}

@@ -338,17 +338,16 @@ fn get_records(engine: &Engine, request: GetRecordsRequest) -> Result<Vec<u8>, A
     if iterator.position <= stream.trimmed_through {
         return Err(trimmed(&iterator.arn, iterator.position));
     }
-    let read = snapshot.read_shard(stream.id, shard, iterator.position, limit, GET_RECORDS_BYTES_MAX)?;
     // {"Records":[...],"NextShardIterator":"..."} with the stored records spliced in as they are.
-    let records_bytes: usize = read.records.iter().map(|r| r.len() + 1).sum();
-    let mut body = Vec::with_capacity(records_bytes + 64 + super::SHARD_ITERATOR_LENGTH_MAX);
+    let mut body = Vec::with_capacity(limit.saturating_mul(512).min(GET_RECORDS_BYTES_MAX) + 1024);
     body.extend_from_slice(b"{\"Records\":[");
-    for (index, record) in read.records.iter().enumerate() {
-        if index > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(record);
-    }
+    let read = snapshot.read_shard(
+        stream.id,
+        shard,
+        iterator.position,
+        (limit, GET_RECORDS_BYTES_MAX),
+        &mut body,
+    )?;
     body.push(b']');
     if !read.ended {
         let next = ShardIterator {

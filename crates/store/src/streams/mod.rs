@@ -391,9 +391,53 @@ pub struct Change<'a> {
     pub now_ms: u64,
 }
 
+/// A stream record as GetRecords returns it, serialised straight from the change's items (no
+/// intermediate `serde_json::Value`: shaping runs once per write). Fields are declared in the
+/// order in which they are written (alphabetical, as a `serde_json::Map` would order them).
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    #[serde(rename = "awsRegion")]
+    aws_region: &'a str,
+    dynamodb: RecordChange<'a>,
+    #[serde(rename = "eventID")]
+    event_id: String,
+    #[serde(rename = "eventName")]
+    event_name: &'static str,
+    #[serde(rename = "eventSource")]
+    event_source: &'static str,
+    #[serde(rename = "eventVersion")]
+    event_version: &'static str,
+    #[serde(rename = "userIdentity", skip_serializing_if = "Option::is_none")]
+    user_identity: Option<UserIdentity>,
+}
+
+/// A record's `dynamodb` member.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RecordChange<'a> {
+    approximate_creation_date_time: u64,
+    keys: Item,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_image: Option<&'a Item>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_image: Option<&'a Item>,
+    sequence_number: String,
+    size_bytes: usize,
+    stream_view_type: &'static str,
+}
+
+/// Who made a change that no client made: DynamoDB's TTL service.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct UserIdentity {
+    principal_id: &'static str,
+    #[serde(rename = "Type")]
+    kind: &'static str,
+}
+
 /// The stream record of `change` as GetRecords returns it, or `None` when the write changed
 /// nothing (DynamoDB writes no record then).
-pub fn shape_record(change: &Change<'_>) -> Option<Value> {
+pub fn shape_record<'a>(change: &Change<'a>) -> Option<Record<'a>> {
     let event_name = match (change.old, change.new) {
         (None, None) => return None,
         (Some(old), Some(new)) if old == new => return None,
@@ -402,33 +446,31 @@ pub fn shape_record(change: &Change<'_>) -> Option<Value> {
         (Some(_), None) => "REMOVE",
     };
     let keys = change.key.extract(change.new.or(change.old)?)?;
-    let mut size = item_size_bytes(&keys);
-    let mut dynamodb = serde_json::Map::new();
-    dynamodb.insert("ApproximateCreationDateTime".into(), json!(change.now_ms / 1000));
-    dynamodb.insert("Keys".into(), json!(keys));
-    if let Some(new) = change.new.filter(|_| change.view_type.new_image()) {
-        size += item_size_bytes(new);
-        dynamodb.insert("NewImage".into(), json!(new));
-    }
-    if let Some(old) = change.old.filter(|_| change.view_type.old_image()) {
-        size += item_size_bytes(old);
-        dynamodb.insert("OldImage".into(), json!(old));
-    }
-    dynamodb.insert("SequenceNumber".into(), json!(format_sequence(change.seq)));
-    dynamodb.insert("SizeBytes".into(), json!(size));
-    dynamodb.insert("StreamViewType".into(), json!(change.view_type.as_str()));
-    let mut record = json!({
-        "eventID": event_id(change.stream_id, change.seq),
-        "eventName": event_name,
-        "eventVersion": "1.1",
-        "eventSource": "aws:dynamodb",
-        "awsRegion": change.region,
-        "dynamodb": Value::Object(dynamodb),
-    });
-    if change.ttl {
-        record["userIdentity"] = json!({"Type": "Service", "PrincipalId": "dynamodb.amazonaws.com"});
-    }
-    Some(record)
+    let new_image = change.new.filter(|_| change.view_type.new_image());
+    let old_image = change.old.filter(|_| change.view_type.old_image());
+    let size_bytes = item_size_bytes(&keys)
+        + new_image.map(item_size_bytes).unwrap_or(0)
+        + old_image.map(item_size_bytes).unwrap_or(0);
+    Some(Record {
+        aws_region: change.region,
+        dynamodb: RecordChange {
+            approximate_creation_date_time: change.now_ms / 1000,
+            keys,
+            new_image,
+            old_image,
+            sequence_number: format_sequence(change.seq),
+            size_bytes,
+            stream_view_type: change.view_type.as_str(),
+        },
+        event_id: event_id(change.stream_id, change.seq),
+        event_name,
+        event_source: "aws:dynamodb",
+        event_version: "1.1",
+        user_identity: change.ttl.then_some(UserIdentity {
+            principal_id: "dynamodb.amazonaws.com",
+            kind: "Service",
+        }),
+    })
 }
 
 /// A shard iterator: where in which shard of which stream the next GetRecords reads, and when

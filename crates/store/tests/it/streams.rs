@@ -274,6 +274,95 @@ async fn shards_roll_over_by_count_and_age_with_lineage() {
     assert!(rest["StreamDescription"].get("LastEvaluatedShardId").is_none());
 }
 
+/// Checks what DescribeStream and GetRecords say of a stream against each other: every record
+/// once, sequence numbers increasing across shards, each shard's range holding exactly its
+/// records, every shard but the last closed, and each child naming its parent.
+async fn check_lineage(h: &Harness, arn: &str) -> (Vec<Value>, Vec<Value>) {
+    let shards = h.shards(arn).await;
+    let mut records = Vec::new();
+    let mut previous_end = String::new();
+    for (index, shard) in shards.iter().enumerate() {
+        let id = shard["ShardId"].as_str().expect("shard id");
+        let range = &shard["SequenceNumberRange"];
+        let start = range["StartingSequenceNumber"].as_str().expect("start").to_string();
+        let end = range.get("EndingSequenceNumber").and_then(Value::as_str);
+        assert_eq!(
+            end.is_none(),
+            index + 1 == shards.len(),
+            "only the last shard is open: {shards:?}"
+        );
+        if index > 0 {
+            assert_eq!(shard["ParentShardId"], shards[index - 1]["ShardId"]);
+        }
+        let mut iterator = Some(h.iterator(arn, id, "TRIM_HORIZON", None).await);
+        let mut own = Vec::new();
+        while let Some(current) = iterator {
+            let page = h.ok("GetRecords", json!({"ShardIterator": current})).await;
+            let page_records = page["Records"].as_array().expect("records").clone();
+            let empty = page_records.is_empty();
+            own.extend(page_records);
+            iterator = page["NextShardIterator"].as_str().map(String::from);
+            if empty && end.is_none() {
+                break;
+            }
+        }
+        for record in &own {
+            let sequence = record["dynamodb"]["SequenceNumber"]
+                .as_str()
+                .expect("sequence")
+                .to_string();
+            assert!(sequence > previous_end, "{sequence} after {previous_end}");
+            assert!(sequence >= start, "{sequence} before its shard's start {start}");
+            if let Some(end) = end {
+                assert!(sequence.as_str() <= end, "{sequence} after its shard's end {end}");
+            }
+            previous_end = sequence;
+        }
+        if let (Some(end), Some(last)) = (end, own.last()) {
+            assert_eq!(
+                last["dynamodb"]["SequenceNumber"], end,
+                "a closed shard ends at its last record"
+            );
+        }
+        records.extend(own);
+    }
+    (shards, records)
+}
+
+#[tokio::test]
+async fn appends_in_one_batch_roll_shards_over_and_keep_their_order() {
+    let h = Harness::new();
+    h.engine.set_stream_limits(StreamLimits {
+        shard_records_max: 4,
+        ..StreamLimits::default()
+    });
+    h.create("items", Some("KEYS_ONLY")).await;
+    let arn = h.stream_arn("items").await;
+    // One job of 25 puts: one batch, six rollovers inside it.
+    let puts: Vec<Value> = (0..25)
+        .map(|i| json!({"PutRequest": {"Item": {"id": {"S": format!("b{i:02}")}}}}))
+        .collect();
+    h.ok("BatchWriteItem", json!({"RequestItems": {"items": puts}})).await;
+    let (shards, records) = check_lineage(&h, &arn).await;
+    assert_eq!(records.len(), 25);
+    assert_eq!(shards.len(), 7, "25 records, 4 a shard: {shards:?}");
+    // Concurrent jobs, which the writer groups into batches: eight keys written five times
+    // each with the same item, so only each key's first write changes anything (and records).
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let store = h.store.clone();
+        let request = json!({"TableName": "items", "Item": {"id": {"S": format!("c{}", i % 8)}, "v": {"N": "7"}}});
+        tasks.spawn(async move { store.handle("PutItem", request.to_string().as_bytes()).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("the task ran").expect("PutItem succeeded");
+    }
+    let (shards, records) = check_lineage(&h, &arn).await;
+    let inserts = records.iter().filter(|r| r["eventName"] == "INSERT").count();
+    assert_eq!((records.len(), inserts), (33, 33));
+    assert_eq!(shards.len(), records.len().div_ceil(4), "{shards:?}");
+}
+
 #[tokio::test]
 async fn retention_trims_records_and_forgets_disabled_streams() {
     let h = Harness::new();

@@ -1,6 +1,6 @@
 //! What the integration test modules share: a clock the tests move, the `call`/`ok`/`err`
-//! trio over an operation entry point, the CreateTable body most tests start from, and a
-//! writer held inside a job so later jobs queue up in a known order.
+//! trio over an operation entry point, the CreateTable body most tests start from (testkit's),
+//! and a writer held inside a job so later jobs queue up in a known order.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use dynamo_protocol::ApiError;
 use serde_json::{Value, json};
 use store::engine::Clock;
 use store::{Engine, Store};
+pub use testkit::on_demand_table;
 
 /// Where a [`ManualClock`] starts: a fixed time in 2027.
 pub const START_MS: u64 = 1_800_000_000_000;
@@ -102,16 +103,6 @@ pub trait Calls {
             Err(error) => error,
         }
     }
-}
-
-/// The CreateTable body of an on-demand table keyed by one string attribute `hash_key`.
-pub fn on_demand_table(name: &str, hash_key: &str) -> Value {
-    json!({
-        "TableName": name,
-        "AttributeDefinitions": [{"AttributeName": hash_key, "AttributeType": "S"}],
-        "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"}],
-        "BillingMode": "PAY_PER_REQUEST"
-    })
 }
 
 /// Waits (with a deadline) until `engine`'s write queue has `free` free slots.
