@@ -46,6 +46,17 @@ pub enum NumberError {
     Underflow,
 }
 
+/// Steps over an optional `-` or `+` at `position`; whether it was `-`.
+fn take_sign(bytes: &[u8], position: &mut usize) -> bool {
+    match bytes.get(*position) {
+        Some(sign @ (b'-' | b'+')) => {
+            *position += 1;
+            *sign == b'-'
+        }
+        _ => false,
+    }
+}
+
 impl Number {
     pub const ZERO: Number = Number {
         negative: false,
@@ -60,17 +71,7 @@ impl Number {
         }
         let bytes = text.as_bytes();
         let mut position = 0;
-        let negative = match bytes.first() {
-            Some(b'-') => {
-                position += 1;
-                true
-            }
-            Some(b'+') => {
-                position += 1;
-                false
-            }
-            _ => false,
-        };
+        let negative = take_sign(bytes, &mut position);
         let mut digits: Vec<u8> = Vec::with_capacity(bytes.len());
         let mut fraction_digits: i64 = 0;
         let mut seen_point = false;
@@ -95,17 +96,7 @@ impl Number {
         let mut exponent: i64 = 0;
         if let Some(&(b'e' | b'E')) = bytes.get(position) {
             position += 1;
-            let exponent_negative = match bytes.get(position) {
-                Some(b'-') => {
-                    position += 1;
-                    true
-                }
-                Some(b'+') => {
-                    position += 1;
-                    false
-                }
-                _ => false,
-            };
+            let exponent_negative = take_sign(bytes, &mut position);
             let start = position;
             while let Some(&byte @ b'0'..=b'9') = bytes.get(position) {
                 // Saturate: an exponent this large is out of range whatever the digits are.

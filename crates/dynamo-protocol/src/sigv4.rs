@@ -125,6 +125,20 @@ pub struct RequestParts<'a> {
     pub body: &'a [u8],
 }
 
+impl<'a> RequestParts<'a> {
+    /// A POST of `body` to `/` with no query string, as DynamoDB's JSON protocol sends every
+    /// request.
+    pub fn post(headers: &'a [(&'a str, &'a [u8])], body: &'a [u8]) -> RequestParts<'a> {
+        RequestParts {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers,
+            body,
+        }
+    }
+}
+
 /// The credential scope: `AKID/20150830/us-east-1/dynamodb/aws4_request`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scope {
@@ -591,14 +605,13 @@ pub fn sign_request(
         ("x-amz-date", amz_date.as_bytes()),
         ("x-amz-target", target.as_bytes()),
     ];
-    let parts = RequestParts {
-        method: "POST",
-        path: "/",
-        query: "",
-        headers: &headers,
-        body,
-    };
-    authorization_header(access_key_id, secret, region, amz_date, &parts)
+    authorization_header(
+        access_key_id,
+        secret,
+        region,
+        amz_date,
+        &RequestParts::post(&headers, body),
+    )
 }
 
 /// The SigV4 signing key: HMAC chain over date, region, service and the terminator.
@@ -945,26 +958,22 @@ mod tests {
         }
     }
 
+    /// The signature, with [`SECRET`], of a GET of `/` to `service` in us-east-1 at
+    /// 2015-08-30T12:36:00Z, as the examples of AWS's documentation and test suite sign it.
+    fn sign_aws_example(service: &str, headers: &[(&str, &[u8])], query: &str, signed: &[&str]) -> String {
+        let parts = RequestParts {
+            method: "GET",
+            ..parts_of(headers, query, b"")
+        };
+        sign(SECRET, &scope(service, "us-east-1"), "20150830T123600Z", &parts, signed)
+    }
+
     /// `get-vanilla` from the AWS SigV4 test suite.
     #[test]
     fn aws_test_suite_get_vanilla() {
         let headers: [(&str, &[u8]); 2] = [("Host", b"example.amazonaws.com"), ("X-Amz-Date", b"20150830T123600Z")];
-        let parts = RequestParts {
-            method: "GET",
-            path: "/",
-            query: "",
-            headers: &headers,
-            body: b"",
-        };
-        let signature = sign(
-            SECRET,
-            &scope("service", "us-east-1"),
-            "20150830T123600Z",
-            &parts,
-            &["host", "x-amz-date"],
-        );
         assert_eq!(
-            signature,
+            sign_aws_example("service", &headers, "", &["host", "x-amz-date"]),
             "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
         );
     }
@@ -977,22 +986,9 @@ mod tests {
             ("Content-Type", b"application/x-www-form-urlencoded; charset=utf-8"),
             ("X-Amz-Date", b"20150830T123600Z"),
         ];
-        let parts = RequestParts {
-            method: "GET",
-            path: "/",
-            query: "Action=ListUsers&Version=2010-05-08",
-            headers: &headers,
-            body: b"",
-        };
-        let signature = sign(
-            SECRET,
-            &scope("iam", "us-east-1"),
-            "20150830T123600Z",
-            &parts,
-            &["content-type", "host", "x-amz-date"],
-        );
+        let query = "Action=ListUsers&Version=2010-05-08";
         assert_eq!(
-            signature,
+            sign_aws_example("iam", &headers, query, &["content-type", "host", "x-amz-date"]),
             "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
         );
     }
@@ -1006,13 +1002,7 @@ mod tests {
             ("x-amz-target", b"DynamoDB_20120810.ListTables".to_vec()),
         ];
         let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-        let parts = RequestParts {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &borrowed,
-            body,
-        };
+        let parts = parts_of(&borrowed, "", body);
         let scope = Scope {
             access_key_id: "local".into(),
             date: "20260101".into(),
@@ -1043,13 +1033,7 @@ mod tests {
         now: i64,
     ) -> Result<Verified, ApiError> {
         let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-        let parts = RequestParts {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &borrowed,
-            body,
-        };
+        let parts = parts_of(&borrowed, "", body);
         verify(credentials, &parts, now)
     }
 
@@ -1057,8 +1041,7 @@ mod tests {
     /// messages, even when its credential scope is malformed (DynamoDB answers so too).
     #[test]
     fn a_stale_or_future_signature_is_refused_for_its_time_before_its_scope() {
-        let mut credentials = Credentials::new();
-        credentials.insert("local", "s3cret");
+        let credentials = local();
         let now = parse_amz_date("20260101T000000Z").expect("valid date");
         let request = |amz_date: &str| -> Vec<(&'static str, Vec<u8>)> {
             vec![
@@ -1096,8 +1079,7 @@ mod tests {
 
     #[test]
     fn authorization_components_may_be_separated_by_white_space_alone() {
-        let mut credentials = Credentials::new();
-        credentials.insert("local", "s3cret");
+        let credentials = local();
         let (mut headers, now) = dynamodb_request("s3cret", b"{}");
         for (name, value) in headers.iter_mut() {
             if *name == "authorization" {
@@ -1111,8 +1093,7 @@ mod tests {
 
     #[test]
     fn verifies_and_rejects() {
-        let mut credentials = Credentials::new();
-        credentials.insert("local", "s3cret");
+        let credentials = local();
         let body: &[u8] = b"{}";
         let (headers, now) = dynamodb_request("s3cret", b"{}");
         let verified = check(&credentials, &headers, body, now).expect("valid signature");
@@ -1154,13 +1135,7 @@ mod tests {
             ("X-Amz-Date", amz_date.as_bytes()),
             ("X-Amz-Target", b"DynamoDB_20120810.GetItem"),
         ];
-        let unsigned = RequestParts {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            body: b"{}",
-        };
+        let unsigned = parts_of(&headers, "", b"{}");
         let authorization =
             authorization_header("local", "s3cret", "eu-west-1", amz_date, &unsigned).expect("signable request");
         let mut signed_headers = headers.to_vec();
@@ -1169,8 +1144,7 @@ mod tests {
             headers: &signed_headers,
             ..unsigned
         };
-        let mut credentials = Credentials::new();
-        credentials.insert("local", "s3cret");
+        let credentials = local();
         let now = parse_amz_date(amz_date).expect("valid date");
         let verified = verify(&credentials, &parts, now).expect("our own signature verifies");
         assert_eq!(verified.region, "eu-west-1");
@@ -1194,13 +1168,7 @@ mod tests {
         let amz_date = "20260101T000000Z";
         let mut all: Vec<(&str, &[u8])> = vec![("host", b"127.0.0.1:8000"), ("x-amz-date", amz_date.as_bytes())];
         all.extend_from_slice(headers);
-        let parts = RequestParts {
-            method: "POST",
-            path: "/",
-            query,
-            headers: &all,
-            body,
-        };
+        let parts = parts_of(&all, query, body);
         let authorization = authorization_header("local", "s3cret", region, amz_date, &parts).expect("signable");
         let mut owned: Vec<(String, Vec<u8>)> = all.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
         owned.push(("authorization".into(), authorization.into_bytes()));
@@ -1209,11 +1177,8 @@ mod tests {
 
     fn parts_of<'a>(headers: &'a [(&'a str, &'a [u8])], query: &'a str, body: &'a [u8]) -> RequestParts<'a> {
         RequestParts {
-            method: "POST",
-            path: "/",
             query,
-            headers,
-            body,
+            ..RequestParts::post(headers, body)
         }
     }
 
@@ -1405,13 +1370,7 @@ mod tests {
             if let Some((name, value)) = extra {
                 headers.push((name, value.as_bytes()));
             }
-            let parts = |headers| RequestParts {
-                method: "POST",
-                path: "/",
-                query: "",
-                headers,
-                body: b"{}",
-            };
+            let parts = |headers| RequestParts::post(headers, b"{}");
             let authorization =
                 authorization_header("AKIDEXAMPLE", "secret", "us-east-1", &amz_date, &parts(&headers)).expect("signs");
             let mut with_authorization = headers.clone();
@@ -1490,19 +1449,30 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
+    /// One of the `fixed` texts or a string matching one of the `patterns`, all equally likely.
+    fn piece(fixed: &[&'static str], patterns: &[&'static str]) -> BoxedStrategy<String> {
+        let arms: Vec<BoxedStrategy<String>> = fixed
+            .iter()
+            .map(|text| Just(text.to_string()).boxed())
+            .chain(patterns.iter().map(|&pattern| pattern.boxed()))
+            .collect();
+        proptest::strategy::Union::new(arms).boxed()
+    }
+
     fn authorization() -> impl Strategy<Value = String> {
-        let part = prop_oneof![
-            Just("AWS4-HMAC-SHA256".to_string()),
-            Just(" Credential=AKIDEXAMPLE/20231114/us-east-1/dynamodb/aws4_request".to_string()),
-            Just(" SignedHeaders=host;x-amz-date".to_string()),
-            Just(" Signature=00ff".to_string()),
-            Just(",".to_string()),
-            Just("=".to_string()),
-            Just("/".to_string()),
-            Just(";".to_string()),
-            "[A-Za-z0-9=/;, -]{0,12}",
-            "\\PC{0,8}",
-        ];
+        let part = piece(
+            &[
+                "AWS4-HMAC-SHA256",
+                " Credential=AKIDEXAMPLE/20231114/us-east-1/dynamodb/aws4_request",
+                " SignedHeaders=host;x-amz-date",
+                " Signature=00ff",
+                ",",
+                "=",
+                "/",
+                ";",
+            ],
+            &["[A-Za-z0-9=/;, -]{0,12}", "\\PC{0,8}"],
+        );
         proptest::collection::vec(part, 0..10).prop_map(|parts| parts.concat())
     }
 
@@ -1516,15 +1486,16 @@ mod fuzz {
     }
 
     fn query() -> impl Strategy<Value = String> {
-        let part = prop_oneof![
-            Just("X-Amz-Algorithm=AWS4-HMAC-SHA256".to_string()),
-            Just("X-Amz-Credential=AKIDEXAMPLE%2F20231114%2Fus-east-1%2Fdynamodb%2Faws4_request".to_string()),
-            Just("X-Amz-SignedHeaders=host".to_string()),
-            Just("X-Amz-Signature=00".to_string()),
-            Just("X-Amz-Date=20231114T221320Z".to_string()),
-            "X-Amz-Expires=-?[0-9]{0,20}",
-            "[A-Za-z0-9=%&-]{0,12}",
-        ];
+        let part = piece(
+            &[
+                "X-Amz-Algorithm=AWS4-HMAC-SHA256",
+                "X-Amz-Credential=AKIDEXAMPLE%2F20231114%2Fus-east-1%2Fdynamodb%2Faws4_request",
+                "X-Amz-SignedHeaders=host",
+                "X-Amz-Signature=00",
+                "X-Amz-Date=20231114T221320Z",
+            ],
+            &["X-Amz-Expires=-?[0-9]{0,20}", "[A-Za-z0-9=%&-]{0,12}"],
+        );
         proptest::collection::vec(part, 0..7).prop_map(|parts| parts.join("&"))
     }
 
@@ -1542,7 +1513,7 @@ mod fuzz {
             if let Some(authorization) = &authorization {
                 headers.push(("Authorization", authorization.as_bytes()));
             }
-            let parts = RequestParts { method: "POST", path: "/", query: &query, headers: &headers, body: &body };
+            let parts = RequestParts { query: &query, ..RequestParts::post(&headers, &body) };
             let error = verify(&credentials, &parts, 1_700_000_000).expect_err("random input never carries a valid signature");
             prop_assert!(
                 matches!(

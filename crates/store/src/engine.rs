@@ -649,28 +649,36 @@ struct Loaded {
     replog_bytes: u64,
 }
 
+/// Every table definition the catalog table holds.
+fn read_catalog(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Catalog, String> {
+    let mut catalog = Catalog::default();
+    for entry in table.iter().map_err(|e| e.to_string())? {
+        let (name, bytes) = entry.map_err(|e| e.to_string())?;
+        let meta: TableMeta =
+            serde_json::from_slice(bytes.value()).map_err(|e| format!("table {}: {e}", name.value()))?;
+        catalog.tables.insert(meta.name.clone(), Arc::new(meta));
+    }
+    Ok(catalog)
+}
+
+/// A counter of the settings table; 0 when it was never written.
+fn setting_or_zero(settings: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, String> {
+    Ok(settings
+        .get(name)
+        .map_err(|e| e.to_string())?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}
+
 fn load_catalog(db: &Database, now_ms: u64) -> Result<Loaded, String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
-    let mut catalog = Catalog::default();
+    let mut catalog = read_catalog(&txn.open_table(CATALOG).map_err(|e| e.to_string())?)?;
     let (hlc_last, hlc_ceiling, replog_head, replog_bytes);
     {
-        let table = txn.open_table(CATALOG).map_err(|e| e.to_string())?;
-        for entry in table.iter().map_err(|e| e.to_string())? {
-            let (name, bytes) = entry.map_err(|e| e.to_string())?;
-            let meta: TableMeta =
-                serde_json::from_slice(bytes.value()).map_err(|e| format!("table {}: {e}", name.value()))?;
-            catalog.tables.insert(meta.name.clone(), Arc::new(meta));
-        }
         txn.open_table(STATS).map_err(|e| e.to_string())?;
         txn.open_table(REPLOG).map_err(|e| e.to_string())?;
         let settings = txn.open_table(SETTINGS).map_err(|e| e.to_string())?;
-        let read = |name: &str| -> Result<u64, String> {
-            Ok(settings
-                .get(name)
-                .map_err(|e| e.to_string())?
-                .map(|v| v.value())
-                .unwrap_or(0))
-        };
+        let read = |name: &str| setting_or_zero(&settings, name);
         hlc_last = read(HLC_LAST)?;
         hlc_ceiling = read(HLC_CEILING)?;
         replog_head = read(REPLOG_HEAD)?;
@@ -726,22 +734,9 @@ fn create_health_table(txn: &WriteTransaction, now_ms: u64) -> Result<TableMeta,
 /// reopen, when the disk may be full).
 fn read_state(db: &Database) -> Result<Loaded, String> {
     let txn = db.begin_read().map_err(|e| e.to_string())?;
-    let mut catalog = Catalog::default();
-    let table = txn.open_table(CATALOG).map_err(|e| e.to_string())?;
-    for entry in table.iter().map_err(|e| e.to_string())? {
-        let (name, bytes) = entry.map_err(|e| e.to_string())?;
-        let meta: TableMeta =
-            serde_json::from_slice(bytes.value()).map_err(|e| format!("table {}: {e}", name.value()))?;
-        catalog.tables.insert(meta.name.clone(), Arc::new(meta));
-    }
+    let catalog = read_catalog(&txn.open_table(CATALOG).map_err(|e| e.to_string())?)?;
     let settings = txn.open_table(SETTINGS).map_err(|e| e.to_string())?;
-    let read = |name: &str| -> Result<u64, String> {
-        Ok(settings
-            .get(name)
-            .map_err(|e| e.to_string())?
-            .map(|v| v.value())
-            .unwrap_or(0))
-    };
+    let read = |name: &str| setting_or_zero(&settings, name);
     Ok(Loaded {
         hlc_last: read(HLC_LAST)?,
         hlc_ceiling: read(HLC_CEILING)?,

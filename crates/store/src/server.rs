@@ -41,32 +41,21 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
 const TARGET_PREFIX: &str = "DynamoDB_20120810.";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
 
-/// Operations that only read. A replay of one changes nothing, so their signatures are not
-/// remembered; every other target (unknown ones included) counts as changing data.
-const READ_ONLY_OPERATIONS: &[&str] = &[
-    // DynamoDB Streams (a consumer polls GetRecords with the same iterator until records come).
-    "DescribeStream",
-    "GetRecords",
-    "GetShardIterator",
-    "ListStreams",
-    "BatchGetItem",
-    "DescribeBackup",
-    "DescribeContinuousBackups",
-    "DescribeEndpoints",
-    "DescribeGlobalTable",
-    "DescribeGlobalTableSettings",
-    "DescribeLimits",
-    "DescribeTable",
-    "DescribeTimeToLive",
-    "GetItem",
-    "ListBackups",
-    "ListGlobalTables",
-    "ListTables",
-    "ListTagsOfResource",
-    "Query",
-    "Scan",
-    "TransactGetItems",
-];
+/// Whether `operation` only reads. A replay of one changes nothing, so their signatures are
+/// not remembered; every other target (unknown ones included) counts as changing data. The
+/// readers are the DynamoDB Streams operations (a consumer polls GetRecords with the same
+/// iterator until records come) and, of the DynamoDB operations, the Describe and List ones
+/// and the item reads.
+fn read_only_operation(operation: &str) -> bool {
+    crate::streams::api::OPERATIONS.contains(&operation)
+        || (crate::ops::OPERATIONS.contains(&operation)
+            && (operation.starts_with("Describe")
+                || operation.starts_with("List")
+                || matches!(
+                    operation,
+                    "GetItem" | "BatchGetItem" | "TransactGetItems" | "Query" | "Scan"
+                )))
+}
 
 /// The store listener's limits: the defaults of `common::http` with DynamoDB's body limit.
 pub fn default_limits() -> Limits {
@@ -824,7 +813,7 @@ fn authenticate_body(
             })?
         }
     };
-    if READ_ONLY_OPERATIONS.contains(&operation) || crate::partiql::reads_only(operation, body) {
+    if read_only_operation(operation) || crate::partiql::reads_only(operation, body) {
         return Ok(None);
     }
     state
@@ -1201,4 +1190,26 @@ pub async fn run_ceiling(
     let app = Router::new().fallback(|| async { ([(header::CONTENT_TYPE, CONTENT_TYPE)], "{}") });
     let options = common::http::Options::new("bench-ceiling", default_limits());
     common::http::serve(listener, options, app, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_operations_are_the_readers_and_nothing_else() {
+        let mut readers: Vec<&str> = crate::ops::OPERATIONS
+            .iter()
+            .chain(crate::streams::api::OPERATIONS)
+            .copied()
+            .filter(|operation| read_only_operation(operation))
+            .collect();
+        readers.sort_unstable();
+        let expected = "BatchGetItem DescribeBackup DescribeContinuousBackups DescribeEndpoints DescribeGlobalTable DescribeGlobalTableSettings DescribeLimits DescribeStream DescribeTable DescribeTimeToLive GetItem GetRecords GetShardIterator ListBackups ListGlobalTables ListStreams ListTables ListTagsOfResource Query Scan TransactGetItems";
+        assert_eq!(readers, expected.split(' ').collect::<Vec<_>>());
+        assert!(
+            !read_only_operation("DescribeNothing"),
+            "an unknown target counts as a write"
+        );
+    }
 }

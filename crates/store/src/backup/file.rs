@@ -21,7 +21,7 @@ pub const RECORD_BYTES_MAX: usize = 4 * 1024 * 1024;
 const IO_BUFFER_BYTES: usize = 256 * 1024;
 
 /// What a finished items file holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     pub sha256: String,
     pub file_bytes: u64,
@@ -30,10 +30,35 @@ pub struct Summary {
     pub size_bytes: u64,
 }
 
-pub struct Writer {
-    file: BufWriter<File>,
+/// The checksum and counts of the bytes and items written or read so far.
+#[derive(Default)]
+struct Tally {
     hasher: Sha256,
     summary: Summary,
+}
+
+impl Tally {
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.summary.file_bytes += bytes.len() as u64;
+    }
+
+    fn item(&mut self, item: &Item) {
+        self.summary.item_count += 1;
+        self.summary.size_bytes += item_size_bytes(item) as u64;
+    }
+
+    fn finish(self) -> Summary {
+        Summary {
+            sha256: hex::encode(self.hasher.finalize()),
+            ..self.summary
+        }
+    }
+}
+
+pub struct Writer {
+    file: BufWriter<File>,
+    tally: Tally,
 }
 
 impl Writer {
@@ -41,13 +66,7 @@ impl Writer {
         let file = File::create(path)?;
         let mut writer = Writer {
             file: BufWriter::with_capacity(IO_BUFFER_BYTES, file),
-            hasher: Sha256::new(),
-            summary: Summary {
-                sha256: String::new(),
-                file_bytes: 0,
-                item_count: 0,
-                size_bytes: 0,
-            },
+            tally: Tally::default(),
         };
         writer.write(MAGIC)?;
         Ok(writer)
@@ -55,8 +74,7 @@ impl Writer {
 
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.file.write_all(bytes)?;
-        self.hasher.update(bytes);
-        self.summary.file_bytes += bytes.len() as u64;
+        self.tally.bytes(bytes);
         Ok(())
     }
 
@@ -68,8 +86,7 @@ impl Writer {
             .ok_or_else(|| std::io::Error::other("an item encodes to more than the record limit"))?;
         self.write(&length.to_be_bytes())?;
         self.write(&encoded)?;
-        self.summary.item_count += 1;
-        self.summary.size_bytes += item_size_bytes(item) as u64;
+        self.tally.item(item);
         Ok(())
     }
 
@@ -77,8 +94,7 @@ impl Writer {
     pub fn finish(mut self) -> std::io::Result<Summary> {
         self.file.flush()?;
         self.file.get_ref().sync_all()?;
-        self.summary.sha256 = hex::encode(self.hasher.finalize());
-        Ok(self.summary)
+        Ok(self.tally.finish())
     }
 }
 
@@ -99,8 +115,7 @@ pub enum ReadError {
 
 pub struct Reader {
     file: BufReader<File>,
-    hasher: Sha256,
-    summary: Summary,
+    tally: Tally,
 }
 
 impl Reader {
@@ -108,13 +123,7 @@ impl Reader {
         let file = File::open(path)?;
         let mut reader = Reader {
             file: BufReader::with_capacity(IO_BUFFER_BYTES, file),
-            hasher: Sha256::new(),
-            summary: Summary {
-                sha256: String::new(),
-                file_bytes: 0,
-                item_count: 0,
-                size_bytes: 0,
-            },
+            tally: Tally::default(),
         };
         let mut magic = [0u8; MAGIC.len()];
         match reader.read_exact(&mut magic) {
@@ -127,8 +136,7 @@ impl Reader {
 
     fn read_exact(&mut self, buffer: &mut [u8]) -> std::io::Result<()> {
         self.file.read_exact(buffer)?;
-        self.hasher.update(&*buffer);
-        self.summary.file_bytes += buffer.len() as u64;
+        self.tally.bytes(buffer);
         Ok(())
     }
 
@@ -140,8 +148,7 @@ impl Reader {
         if first == 0 {
             return Ok(None);
         }
-        self.hasher.update(&length[..1]);
-        self.summary.file_bytes += 1;
+        self.tally.bytes(&length[..1]);
         self.read_exact(&mut length[1..]).map_err(truncated)?;
         let length = u32::from_be_bytes(length) as usize;
         if length > RECORD_BYTES_MAX {
@@ -149,22 +156,18 @@ impl Reader {
         }
         let mut encoded = vec![0u8; length];
         self.read_exact(&mut encoded).map_err(truncated)?;
-        let index = self.summary.item_count;
+        let index = self.tally.summary.item_count;
         let item: Item = serde_json::from_slice(&encoded).map_err(|error| ReadError::BadItem {
             index,
             message: dynamo_protocol::value::strip_marker(&error.to_string()).to_string(),
         })?;
-        self.summary.item_count += 1;
-        self.summary.size_bytes += item_size_bytes(&item) as u64;
+        self.tally.item(&item);
         Ok(Some(item))
     }
 
     /// What was read so far, with the checksum of every byte read.
     pub fn finish(self) -> Summary {
-        Summary {
-            sha256: hex::encode(self.hasher.finalize()),
-            ..self.summary
-        }
+        self.tally.finish()
     }
 }
 

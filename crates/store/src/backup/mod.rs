@@ -31,7 +31,7 @@ use dynamo_protocol::{ApiError, ErrorKind, Item};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::catalog::{self, IndexKind, RestoreSummary, TableMeta};
+use crate::catalog::{self, IndexKind, IndexMeta, RestoreSummary, TableMeta};
 use crate::engine::{Engine, HEALTH_TABLE, RangeRequest};
 use crate::ops::{Store, decode};
 
@@ -119,25 +119,11 @@ impl BackupMeta {
             source["ItemCount"] = json!(self.item_count);
             source["TableSizeBytes"] = json!(self.size_bytes);
         }
-        let index = |kind: IndexKind| -> Vec<Value> {
-            table
-                .indexes
-                .iter()
-                .filter(|i| i.kind == kind)
-                .map(|i| {
-                    let mut out = json!({
-                        "IndexName": i.name,
-                        "KeySchema": i.key.to_json(),
-                        "Projection": i.projection.to_json(),
-                    });
-                    if kind == IndexKind::Global {
-                        let t = i.throughput.unwrap_or(catalog::Throughput { read: 0, write: 0 });
-                        out["ProvisionedThroughput"] =
-                            json!({"ReadCapacityUnits": t.read, "WriteCapacityUnits": t.write});
-                    }
-                    out
-                })
-                .collect()
+        let index = |kind: IndexKind| {
+            indexes_json(table, kind, |i| {
+                let t = i.throughput.unwrap_or(catalog::Throughput { read: 0, write: 0 });
+                (kind == IndexKind::Global).then(|| json!({"ReadCapacityUnits": t.read, "WriteCapacityUnits": t.write}))
+            })
         };
         let mut features = serde_json::Map::new();
         let (globals, locals) = (index(IndexKind::Global), index(IndexKind::Local));
@@ -372,6 +358,32 @@ pub async fn handle(store: &Store, operation: &str, body: &[u8]) -> Result<Value
             format!("Unknown operation {other}"),
         )),
     }
+}
+
+fn table_already_exists(name: &str) -> ApiError {
+    ApiError::new(ErrorKind::TableAlreadyExists, format!("Table already exists: {name}"))
+}
+
+/// Creates the table a restore fills, CREATING (with `restore` in progress) until it is full;
+/// `created` is its creation time in seconds.
+async fn create_restoring(
+    engine: &Engine,
+    create: catalog::CreateTableRequest,
+    created: f64,
+    restore: RestoreSummary,
+) -> Result<TableMeta, ApiError> {
+    engine
+        .write_exclusive(move |context| {
+            if context.current_table_named(&create.table_name) {
+                return Err(table_already_exists(&create.table_name));
+            }
+            let id = context.next_table_id()?;
+            let mut meta = catalog::table_from_request(&create, id, created)?;
+            meta.restore = Some(restore);
+            context.put_table(meta.clone())?;
+            Ok(meta)
+        })
+        .await
 }
 
 fn table_not_found(name: &str) -> ApiError {
@@ -724,6 +736,14 @@ fn list_backups(store: &Store, request: ListBackupsRequest) -> Result<Value, Api
 pub struct RestoreRequest {
     target_table_name: String,
     backup_arn: String,
+    #[serde(flatten)]
+    overrides: Overrides,
+}
+
+/// The overrides a restore (from a backup or to a point in time) may give.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Overrides {
     billing_mode_override: Option<String>,
     global_secondary_index_override: Option<Vec<Value>>,
     local_secondary_index_override: Option<Vec<Value>>,
@@ -736,25 +756,25 @@ pub struct RestoreRequest {
     on_demand_throughput_override: Option<Value>,
 }
 
-/// The overrides a restore (from a backup or to a point in time) may give.
-pub(crate) struct Overrides<'a> {
-    pub target_table_name: &'a str,
-    pub billing_mode_override: Option<&'a String>,
-    pub global_secondary_index_override: Option<&'a Vec<Value>>,
-    pub local_secondary_index_override: Option<&'a Vec<Value>>,
-    pub provisioned_throughput_override: Option<&'a Value>,
-}
-
-impl RestoreRequest {
-    fn overrides(&self) -> Overrides<'_> {
-        Overrides {
-            target_table_name: &self.target_table_name,
-            billing_mode_override: self.billing_mode_override.as_ref(),
-            global_secondary_index_override: self.global_secondary_index_override.as_ref(),
-            local_secondary_index_override: self.local_secondary_index_override.as_ref(),
-            provisioned_throughput_override: self.provisioned_throughput_override.as_ref(),
-        }
-    }
+/// The table's indexes of `kind` as CreateTable and DescribeBackup show them (name, key schema,
+/// projection), each with the ProvisionedThroughput `throughput` gives it, if any.
+fn indexes_json(table: &TableMeta, kind: IndexKind, throughput: impl Fn(&IndexMeta) -> Option<Value>) -> Vec<Value> {
+    table
+        .indexes
+        .iter()
+        .filter(|i| i.kind == kind)
+        .map(|i| {
+            let mut out = json!({
+                "IndexName": i.name,
+                "KeySchema": i.key.to_json(),
+                "Projection": i.projection.to_json(),
+            });
+            if let Some(t) = throughput(i) {
+                out["ProvisionedThroughput"] = t;
+            }
+            out
+        })
+        .collect()
 }
 
 /// The CreateTable request a restore amounts to: the source table's definition (as backed up,
@@ -762,9 +782,10 @@ impl RestoreRequest {
 /// not restore (tags, streams, TTL, deletion protection, PITR) is left out.
 pub(crate) fn restored_table_request(
     table: &TableMeta,
-    request: &Overrides<'_>,
+    target_table_name: &str,
+    request: &Overrides,
 ) -> Result<catalog::CreateTableRequest, ApiError> {
-    let billing = request.billing_mode_override.cloned().unwrap_or_else(|| {
+    let billing = request.billing_mode_override.clone().unwrap_or_else(|| {
         if table.throughput.is_some() {
             "PROVISIONED"
         } else {
@@ -774,7 +795,7 @@ pub(crate) fn restored_table_request(
     });
     let provisioned = billing == "PROVISIONED";
     let throughput_json = |t: catalog::Throughput| json!({"ReadCapacityUnits": t.read, "WriteCapacityUnits": t.write});
-    let table_throughput = match request.provisioned_throughput_override {
+    let table_throughput = match &request.provisioned_throughput_override {
         Some(value) => Some(value.clone()),
         None if provisioned => table.throughput.map(throughput_json),
         None => None,
@@ -784,30 +805,19 @@ pub(crate) fn restored_table_request(
             "One or more parameter values were invalid: ProvisionedThroughputOverride must be specified when BillingModeOverride is PROVISIONED and the source table is on demand",
         ));
     }
-    let index_json = |kind: IndexKind| -> Vec<Value> {
-        table
-            .indexes
-            .iter()
-            .filter(|i| i.kind == kind)
-            .map(|i| {
-                let mut out = json!({
-                    "IndexName": i.name,
-                    "KeySchema": i.key.to_json(),
-                    "Projection": i.projection.to_json(),
-                });
-                if kind == IndexKind::Global && provisioned {
-                    let source = i.throughput.or(table.throughput).map(throughput_json);
-                    if let Some(t) = source.or_else(|| table_throughput.clone()) {
-                        out["ProvisionedThroughput"] = t;
-                    }
-                }
-                out
-            })
-            .collect()
+    let index_json = |kind: IndexKind| {
+        indexes_json(table, kind, |i| {
+            if kind == IndexKind::Global && provisioned {
+                let source = i.throughput.or(table.throughput).map(throughput_json);
+                source.or_else(|| table_throughput.clone())
+            } else {
+                None
+            }
+        })
     };
     let mut globals = request
         .global_secondary_index_override
-        .cloned()
+        .clone()
         .unwrap_or_else(|| index_json(IndexKind::Global));
     if !provisioned {
         for index in &mut globals {
@@ -818,7 +828,7 @@ pub(crate) fn restored_table_request(
     }
     let locals = request
         .local_secondary_index_override
-        .cloned()
+        .clone()
         .unwrap_or_else(|| index_json(IndexKind::Local));
     // The attribute definitions the key and the indexes use (an override may drop some).
     let mut used: Vec<String> = table.key.attributes().map(|a| a.name.clone()).collect();
@@ -836,7 +846,7 @@ pub(crate) fn restored_table_request(
         .map(|(name, t)| json!({"AttributeName": name, "AttributeType": t.descriptor()}))
         .collect();
     let mut create = json!({
-        "TableName": request.target_table_name,
+        "TableName": target_table_name,
         "KeySchema": table.key.to_json(),
         "AttributeDefinitions": definitions,
         "BillingMode": billing,
@@ -875,13 +885,10 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
         ));
     }
     if store.engine().table(&request.target_table_name).is_some() {
-        return Err(ApiError::new(
-            ErrorKind::TableAlreadyExists,
-            format!("Table already exists: {}", request.target_table_name),
-        ));
+        return Err(table_already_exists(&request.target_table_name));
     }
     let now = store.engine().now_unix_ms() as f64 / 1000.0;
-    let create = restored_table_request(&backup.table, &request.overrides())?;
+    let create = restored_table_request(&backup.table, &request.target_table_name, &request.overrides)?;
     catalog::table_from_request(&create, 0, now)?;
     // The backup is checked whole before the table exists: a damaged backup is refused here.
     let in_use = backups.use_backup(&id);
@@ -897,22 +904,7 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
         in_progress: true,
         point_in_time: None,
     };
-    let meta = store
-        .engine()
-        .write_exclusive(move |context| {
-            if context.current_table_named(&create.table_name) {
-                return Err(ApiError::new(
-                    ErrorKind::TableAlreadyExists,
-                    format!("Table already exists: {}", create.table_name),
-                ));
-            }
-            let id = context.next_table_id()?;
-            let mut meta = catalog::table_from_request(&create, id, now)?;
-            meta.restore = Some(restore);
-            context.put_table(meta.clone())?;
-            Ok(meta)
-        })
-        .await?;
+    let meta = create_restoring(store.engine(), create, now, restore).await?;
     tracing::info!(table = %meta.name, backup = %backup.arn, items = backup.item_count, "restoring a backup");
     let description = store.describe_table_json(&meta);
     spawn_restore(store.clone(), backups, backup, meta);
@@ -942,22 +934,38 @@ fn check_summary(backup: &BackupMeta, read: Result<file::Summary, file::ReadErro
 /// Copies a backup's items into the CREATING table `meta` in the background, then makes it
 /// ACTIVE; on failure drops the table.
 fn spawn_restore(store: Store, backups: Arc<Backups>, backup: BackupMeta, meta: TableMeta) {
+    let source = format!("backup {}", backup.arn);
+    let in_use = backups.use_backup(&backup.id);
+    spawn_fill("restore", source, store, meta, move |handle, engine, meta| {
+        let outcome = copy_items(handle, engine, &backups, &backup, meta);
+        drop(in_use);
+        outcome
+    });
+}
+
+/// Runs `fill` (copying a restore's items into the CREATING table `target`, `source` telling
+/// from where) on a blocking thread of the server's runtime, then makes the table ACTIVE; on
+/// failure drops the half-restored table. `kind` names the restore in the log.
+pub(crate) fn spawn_fill(
+    kind: &'static str,
+    source: String,
+    store: Store,
+    target: TableMeta,
+    fill: impl FnOnce(&tokio::runtime::Handle, &Engine, &TableMeta) -> Result<u64, ApiError> + Send + 'static,
+) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        tracing::error!(table = %meta.name, "a restore cannot start outside the server's runtime; it resumes at the next start");
+        tracing::error!(table = %target.name, "a restore cannot start outside the server's runtime; it resumes at the next start");
         return;
     };
-    let in_use = backups.use_backup(&backup.id);
     tokio::task::spawn_blocking(move || {
         let engine = store.engine().clone();
-        let outcome = copy_items(&handle, &engine, &backups, &backup, &meta);
-        drop(in_use);
-        match outcome {
+        match fill(&handle, &engine, &target) {
             Ok(count) => {
-                tracing::info!(table = %meta.name, items = count, backup = %backup.arn, "restore finished; table ACTIVE")
+                tracing::info!(table = %target.name, items = count, %source, "{kind} finished; table ACTIVE")
             }
             Err(error) => {
-                tracing::error!(table = %meta.name, backup = %backup.arn, error = %error.message, "restore failed; dropping the half-restored table");
-                handle.block_on(drop_restoring(&engine, meta));
+                tracing::error!(table = %target.name, %source, error = %error.message, "{kind} failed; dropping the half-restored table");
+                handle.block_on(drop_restoring(&engine, target));
             }
         }
     });
@@ -976,7 +984,7 @@ fn copy_items(
     let table = Arc::new(meta.clone());
     let mut copied = 0u64;
     loop {
-        let mut batch: Vec<(Vec<u8>, Item)> = Vec::new();
+        let mut batch: Vec<Item> = Vec::new();
         let mut bytes = 0;
         while batch.len() < RESTORE_BATCH_ITEMS_MAX && bytes < RESTORE_BATCH_BYTES_MAX {
             let Some(item) = reader
@@ -986,33 +994,52 @@ fn copy_items(
                 break;
             };
             bytes += dynamo_protocol::value::item_size_bytes(&item);
-            let key = crate::engine::key_of(table.key_hash, &table.key, &item)?;
-            batch.push((key, item));
+            batch.push(item);
         }
         if batch.is_empty() {
             break;
         }
         copied += batch.len() as u64;
-        let target = Arc::clone(&table);
-        handle.block_on(engine.write(move |context| {
-            context.current_table(&target)?;
-            for (key, item) in &batch {
-                let old = context.get(&target, key)?;
-                context.put(&target, key, old.as_ref(), item)?;
-            }
-            Ok(())
-        }))?;
+        write_restored(handle, engine, &table, batch)?;
     }
     check_summary(backup, Ok(reader.finish()))?;
-    let current = Arc::clone(&table);
+    finish_restore(handle, engine, &table)?;
+    Ok(copied)
+}
+
+/// Puts restored items into the table being restored, in one writer job.
+fn write_restored(
+    handle: &tokio::runtime::Handle,
+    engine: &Engine,
+    target: &Arc<TableMeta>,
+    batch: Vec<Item>,
+) -> Result<(), ApiError> {
+    let keyed = batch
+        .into_iter()
+        .map(|item| Ok((crate::engine::key_of(target.key_hash, &target.key, &item)?, item)))
+        .collect::<Result<Vec<(Vec<u8>, Item)>, ApiError>>()?;
+    let target = Arc::clone(target);
+    handle.block_on(engine.write(move |context| {
+        context.current_table(&target)?;
+        for (key, item) in &keyed {
+            let old = context.get(&target, key)?;
+            context.put(&target, key, old.as_ref(), item)?;
+        }
+        Ok(())
+    }))
+}
+
+/// Ends a restore that copied every item: the table's definition as committed now loses its
+/// in-progress mark, and the table is ACTIVE.
+fn finish_restore(handle: &tokio::runtime::Handle, engine: &Engine, table: &Arc<TableMeta>) -> Result<(), ApiError> {
+    let current = Arc::clone(table);
     handle.block_on(engine.write_exclusive(move |context| {
         let mut next = (*context.latest_table(&current)?).clone();
         if let Some(restore) = &mut next.restore {
             restore.in_progress = false;
         }
         context.put_table(next)
-    }))?;
-    Ok(copied)
+    }))
 }
 
 async fn drop_restoring(engine: &Engine, meta: TableMeta) {
@@ -1031,6 +1058,29 @@ async fn drop_restoring(engine: &Engine, meta: TableMeta) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restore_requests_carry_their_overrides() {
+        let request: RestoreRequest = decode(
+            br#"{"TargetTableName": "copy", "BackupArn": "b", "BillingModeOverride": "PROVISIONED",
+                "ProvisionedThroughputOverride": {"ReadCapacityUnits": 7, "WriteCapacityUnits": 3},
+                "LocalSecondaryIndexOverride": [], "SSESpecificationOverride": {"Enabled": true}}"#,
+        )
+        .expect("valid request");
+        assert_eq!(request.target_table_name, "copy");
+        assert_eq!(request.overrides.billing_mode_override.as_deref(), Some("PROVISIONED"));
+        assert_eq!(request.overrides.local_secondary_index_override, Some(vec![]));
+        assert_eq!(request.overrides.global_secondary_index_override, None);
+        let Err(missing) = decode::<RestoreRequest>(br#"{"BackupArn": "b"}"#) else {
+            panic!("a request without TargetTableName decodes");
+        };
+        assert!(missing.message.contains("'targetTableName'"), "{}", missing.message);
+        let Err(wrong) = decode::<pitr::PointInTimeRequest>(br#"{"TargetTableName": "t", "BillingModeOverride": 5}"#)
+        else {
+            panic!("a number as BillingModeOverride decodes");
+        };
+        assert_eq!(wrong.kind, ErrorKind::Serialization, "{}", wrong.message);
+    }
 
     #[test]
     fn backup_arns_parse_strictly() {

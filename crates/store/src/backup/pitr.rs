@@ -29,7 +29,10 @@ use dynamo_protocol::{ApiError, ErrorKind, Item};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Overrides, drop_restoring, restored_table_request, table_not_found};
+use super::{
+    Overrides, create_restoring, drop_restoring, finish_restore, restored_table_request, spawn_fill,
+    table_already_exists, table_not_found, write_restored,
+};
 use crate::catalog::{self, PitrSpec, RestoreSummary, TableMeta};
 use crate::engine::{Engine, HEALTH_TABLE, PitrView, RangeRequest, Snapshot};
 use crate::ops::Store;
@@ -187,16 +190,8 @@ pub struct PointInTimeRequest {
     target_table_name: String,
     restore_date_time: Option<f64>,
     use_latest_restorable_time: Option<bool>,
-    billing_mode_override: Option<String>,
-    global_secondary_index_override: Option<Vec<Value>>,
-    local_secondary_index_override: Option<Vec<Value>>,
-    provisioned_throughput_override: Option<Value>,
-    /// Accepted as CreateTable accepts SSESpecification: data at rest is the disk's business.
-    #[serde(rename = "SSESpecificationOverride")]
-    #[allow(dead_code)]
-    sse_specification_override: Option<Value>,
-    #[allow(dead_code)]
-    on_demand_throughput_override: Option<Value>,
+    #[serde(flatten)]
+    overrides: Overrides,
 }
 
 fn invalid_restore_time(at_ms: u64, earliest_ms: u64, latest_ms: u64) -> ApiError {
@@ -256,10 +251,7 @@ pub async fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest
     };
     let source = require_table(store, &source_name)?;
     if engine.table(&request.target_table_name).is_some() {
-        return Err(ApiError::new(
-            ErrorKind::TableAlreadyExists,
-            format!("Table already exists: {}", request.target_table_name),
-        ));
+        return Err(table_already_exists(&request.target_table_name));
     }
     if source.pitr.is_none() || source.restoring() {
         return Err(ApiError::new(
@@ -267,16 +259,7 @@ pub async fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest
             format!("Point in time recovery is not enabled for table '{source_name}'"),
         ));
     }
-    let create = restored_table_request(
-        &source,
-        &Overrides {
-            target_table_name: &request.target_table_name,
-            billing_mode_override: request.billing_mode_override.as_ref(),
-            global_secondary_index_override: request.global_secondary_index_override.as_ref(),
-            local_secondary_index_override: request.local_secondary_index_override.as_ref(),
-            provisioned_throughput_override: request.provisioned_throughput_override.as_ref(),
-        },
-    )?;
+    let create = restored_table_request(&source, &request.target_table_name, &request.overrides)?;
     let now_ms = engine.now_unix_ms();
     catalog::table_from_request(&create, 0, seconds(now_ms))?;
     let latest_ms = now_ms.saturating_sub(engine.pitr_limits().restorable_lag_ms.max(1));
@@ -301,21 +284,7 @@ pub async fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest
         in_progress: true,
         point_in_time: Some((source.id, at_ms)),
     };
-    let meta = engine
-        .write_exclusive(move |context| {
-            if context.current_table_named(&create.table_name) {
-                return Err(ApiError::new(
-                    ErrorKind::TableAlreadyExists,
-                    format!("Table already exists: {}", create.table_name),
-                ));
-            }
-            let id = context.next_table_id()?;
-            let mut meta = catalog::table_from_request(&create, id, seconds(now_ms))?;
-            meta.restore = Some(restore);
-            context.put_table(meta.clone())?;
-            Ok(meta)
-        })
-        .await?;
+    let meta = create_restoring(&engine, create, seconds(now_ms), restore).await?;
     tracing::info!(table = %meta.name, source = %source.name, at_ms, changed_keys = view.overrides.len(), "restoring a table to a point in time");
     let description = store.describe_table_json(&meta);
     spawn_copy(store.clone(), snapshot, (*source).clone(), view, meta);
@@ -361,40 +330,14 @@ pub fn resume(store: &Store, target: TableMeta) {
 /// Copies the restored state into the CREATING table `target` in the background, then makes
 /// it ACTIVE; on failure drops the table.
 fn spawn_copy(store: Store, snapshot: Snapshot, source: TableMeta, view: PitrView, target: TableMeta) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        tracing::error!(table = %target.name, "a restore cannot start outside the server's runtime; it resumes at the next start");
-        return;
-    };
-    tokio::task::spawn_blocking(move || {
-        let engine = store.engine().clone();
-        match copy(&handle, &engine, &snapshot, &source, view.overrides, &target) {
-            Ok(count) => {
-                tracing::info!(table = %target.name, items = count, "point-in-time restore finished; table ACTIVE")
-            }
-            Err(error) => {
-                tracing::error!(table = %target.name, error = %error.message, "point-in-time restore failed; dropping the half-restored table");
-                handle.block_on(drop_restoring(&engine, target));
-            }
-        }
-    });
-}
-
-fn write_batch(
-    handle: &tokio::runtime::Handle,
-    engine: &Engine,
-    target: &Arc<TableMeta>,
-    batch: Vec<Item>,
-) -> Result<(), ApiError> {
-    let target = Arc::clone(target);
-    handle.block_on(engine.write(move |context| {
-        context.current_table(&target)?;
-        for item in &batch {
-            let key = crate::engine::key_of(target.key_hash, &target.key, item)?;
-            let old = context.get(&target, &key)?;
-            context.put(&target, &key, old.as_ref(), item)?;
-        }
-        Ok(())
-    }))
+    let from = format!("table {}", source.name);
+    spawn_fill(
+        "point-in-time restore",
+        from,
+        store,
+        target,
+        move |handle, engine, target| copy(handle, engine, &snapshot, &source, view.overrides, target),
+    );
 }
 
 fn copy(
@@ -416,7 +359,7 @@ fn copy(
         }
         copied += batch.len() as u64;
         *bytes = 0;
-        write_batch(handle, engine, &target, std::mem::take(batch))
+        write_restored(handle, engine, &target, std::mem::take(batch))
     };
     snapshot.range(
         &RangeRequest {
@@ -455,14 +398,7 @@ fn copy(
         }
     }
     flush(&mut batch, &mut bytes)?;
-    let current = Arc::clone(&target);
-    handle.block_on(engine.write_exclusive(move |context| {
-        let mut next = (*context.latest_table(&current)?).clone();
-        if let Some(restore) = &mut next.restore {
-            restore.in_progress = false;
-        }
-        context.put_table(next)
-    }))?;
+    finish_restore(handle, engine, &target)?;
     Ok(copied)
 }
 

@@ -2,6 +2,8 @@
 //! one-character `Unknown` token), so the parser can report any mistake as DynamoDB does:
 //! `Syntax error; token: "<token>", near: "<neighbourhood>"`.
 
+use super::ast::Comparator;
+
 /// The kinds of tokens; keywords are identifiers the parser recognises by their text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TokenKind {
@@ -19,12 +21,8 @@ pub(crate) enum TokenKind {
     RightBracket,
     Comma,
     Dot,
-    Equal,
-    NotEqual,
-    Less,
-    LessOrEqual,
-    Greater,
-    GreaterOrEqual,
+    /// `=`, `<>`, `<`, `<=`, `>`, `>=`.
+    Compare(Comparator),
     Plus,
     Minus,
     /// A character that starts no token.
@@ -99,17 +97,17 @@ pub(crate) fn tokenize(text: &str) -> Vec<Token<'_>> {
             b']' => (TokenKind::RightBracket, start + 1),
             b',' => (TokenKind::Comma, start + 1),
             b'.' => (TokenKind::Dot, start + 1),
-            b'=' => (TokenKind::Equal, start + 1),
+            b'=' => (TokenKind::Compare(Comparator::Equal), start + 1),
             b'+' => (TokenKind::Plus, start + 1),
             b'-' => (TokenKind::Minus, start + 1),
             b'<' => match bytes.get(start + 1) {
-                Some(b'=') => (TokenKind::LessOrEqual, start + 2),
-                Some(b'>') => (TokenKind::NotEqual, start + 2),
-                _ => (TokenKind::Less, start + 1),
+                Some(b'=') => (TokenKind::Compare(Comparator::LessOrEqual), start + 2),
+                Some(b'>') => (TokenKind::Compare(Comparator::NotEqual), start + 2),
+                _ => (TokenKind::Compare(Comparator::Less), start + 1),
             },
             b'>' => match bytes.get(start + 1) {
-                Some(b'=') => (TokenKind::GreaterOrEqual, start + 2),
-                _ => (TokenKind::Greater, start + 1),
+                Some(b'=') => (TokenKind::Compare(Comparator::GreaterOrEqual), start + 2),
+                _ => (TokenKind::Compare(Comparator::Greater), start + 1),
             },
             _ => {
                 // One whole (possibly multi-byte) character.
@@ -152,13 +150,13 @@ mod tests {
                 (LeftBracket, "["),
                 (Integer, "10"),
                 (RightBracket, "]"),
-                (NotEqual, "<>"),
+                (Compare(Comparator::NotEqual), "<>"),
                 (Value, ":v_1"),
                 (Comma, ","),
                 (LeftParen, "("),
-                (LessOrEqual, "<="),
-                (GreaterOrEqual, ">="),
-                (NotEqual, "<>"),
+                (Compare(Comparator::LessOrEqual), "<="),
+                (Compare(Comparator::GreaterOrEqual), ">="),
+                (Compare(Comparator::NotEqual), "<>"),
                 (RightParen, ")"),
                 (Plus, "+"),
                 (Minus, "-"),

@@ -37,6 +37,8 @@ pub use projection::{parse_projection, project};
 pub use update::{UpdateExpression, parse_update};
 // The trees PartiQL statements translate into (crate::partiql builds them directly).
 pub(crate) use ast::{Comparator, Node, Operand};
+/// The value at a path in an item, if every step exists and has the right type.
+pub(crate) use eval::get as value_at;
 pub(crate) use update::{Action, SetValue};
 
 use dynamo_protocol::ApiError;

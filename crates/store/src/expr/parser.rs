@@ -161,15 +161,10 @@ fn reduce<'t>(operator: Pending, output: &mut Vec<RawCondition<'t>>) {
 }
 
 fn comparator_of(kind: TokenKind) -> Option<Comparator> {
-    Some(match kind {
-        TokenKind::Equal => Comparator::Equal,
-        TokenKind::NotEqual => Comparator::NotEqual,
-        TokenKind::Less => Comparator::Less,
-        TokenKind::LessOrEqual => Comparator::LessOrEqual,
-        TokenKind::Greater => Comparator::Greater,
-        TokenKind::GreaterOrEqual => Comparator::GreaterOrEqual,
-        _ => return None,
-    })
+    match kind {
+        TokenKind::Compare(comparator) => Some(comparator),
+        _ => None,
+    }
 }
 
 struct Parser<'t> {
@@ -519,7 +514,7 @@ impl<'t> Parser<'t> {
         let path = self.path()?;
         match section {
             Section::Set => {
-                self.expect(TokenKind::Equal)?;
+                self.expect(TokenKind::Compare(Comparator::Equal))?;
                 Ok(RawAction::Set(path, self.set_value(0)?))
             }
             Section::Remove => Ok(RawAction::Remove(path)),

@@ -438,62 +438,16 @@ mod tests {
 
     #[test]
     fn signatures_bind_region_path_date_and_body() {
-        let signature = sign(b"key", "us-east-1", "/replication/v1/table", 1_000, b"body");
-        assert!(verify(
-            b"key",
-            "us-east-1",
-            "/replication/v1/table",
-            1_000,
-            b"body",
-            &signature
-        ));
-        assert!(!verify(
-            b"other",
-            "us-east-1",
-            "/replication/v1/table",
-            1_000,
-            b"body",
-            &signature
-        ));
-        assert!(!verify(
-            b"key",
-            "eu-west-1",
-            "/replication/v1/table",
-            1_000,
-            b"body",
-            &signature
-        ));
-        assert!(!verify(
-            b"key",
-            "us-east-1",
-            "/replication/v1/batch",
-            1_000,
-            b"body",
-            &signature
-        ));
-        assert!(!verify(
-            b"key",
-            "us-east-1",
-            "/replication/v1/table",
-            1_001,
-            b"body",
-            &signature
-        ));
-        assert!(!verify(
-            b"key",
-            "us-east-1",
-            "/replication/v1/table",
-            1_000,
-            b"bodY",
-            &signature
-        ));
-        assert!(!verify(
-            b"key",
-            "us-east-1",
-            "/replication/v1/table",
-            1_000,
-            b"body",
-            "not hex"
-        ));
+        let (key, region, path, date_ms, body): (&[u8], &str, &str, u64, &[u8]) =
+            (b"key", "us-east-1", "/replication/v1/table", 1_000, b"body");
+        let signature = sign(key, region, path, date_ms, body);
+        assert!(verify(key, region, path, date_ms, body, &signature));
+        // Any one part changed, the signature no longer verifies.
+        assert!(!verify(b"other", region, path, date_ms, body, &signature));
+        assert!(!verify(key, "eu-west-1", path, date_ms, body, &signature));
+        assert!(!verify(key, region, "/replication/v1/batch", date_ms, body, &signature));
+        assert!(!verify(key, region, path, 1_001, body, &signature));
+        assert!(!verify(key, region, path, date_ms, b"bodY", &signature));
+        assert!(!verify(key, region, path, date_ms, body, "not hex"));
     }
 }

@@ -7,22 +7,21 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use dynamo_protocol::error::CancellationReason;
 use dynamo_protocol::{ApiError, AttributeValue, ErrorKind, Item};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::items::{
-    build_condition, build_projection, build_update, check_condition, parse_return_on_failure, updated_item,
-    validate_key, validate_put,
+    build_condition, build_projection, build_update, parse_return_on_failure, validate_key, validate_put,
 };
+use super::transaction::{self, TxAction, TxStep};
 use super::{
     BATCH_GET_KEYS_MAX, BATCH_GET_RESPONSE_BYTES_MAX, BATCH_WRITE_ITEMS_MAX, Capacity, ExpressionInputs, Store,
-    TRANSACTION_ITEMS_MAX, capacity_wanted, item_json, read_units,
+    TRANSACTION_ITEMS_MAX, capacity_list, capacity_wanted, item_json, read_units,
 };
 use crate::catalog::TableMeta;
-use crate::expr::{self, Condition, Path, UpdateExpression};
+use crate::expr::{self, Path};
 
 /// How long a ClientRequestToken makes a TransactWriteItems idempotent (DynamoDB: 10 minutes).
 pub const TRANSACTION_TOKEN_TTL_MS: u64 = 10 * 60 * 1000;
@@ -280,13 +279,8 @@ pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Va
         })
         .await?;
     let mut response = json!({"UnprocessedItems": {}});
-    if wants_capacity {
-        response["ConsumedCapacity"] = Value::Array(
-            capacity
-                .iter()
-                .filter_map(|(table, consumed)| consumed.json(mode.as_deref(), table))
-                .collect(),
-        );
+    if let Some(list) = capacity_list(mode.as_deref(), &capacity) {
+        response["ConsumedCapacity"] = list;
     }
     Ok(response)
 }
@@ -321,22 +315,7 @@ pub struct TransactWriteRequest {
     return_consumed_capacity: Option<String>,
 }
 
-enum Action {
-    Check,
-    Put(Item),
-    Delete,
-    Update(Item, Option<UpdateExpression>),
-}
-
-struct Step {
-    meta: Arc<TableMeta>,
-    key: Vec<u8>,
-    condition: Option<Condition>,
-    return_old: bool,
-    action: Action,
-}
-
-fn plan_step(store: &Store, item: TransactWriteItem) -> Result<Step, ApiError> {
+fn plan_step(store: &Store, item: TransactWriteItem) -> Result<TxStep, ApiError> {
     let (kind, operation) = match (item.condition_check, item.put, item.delete, item.update) {
         (Some(o), None, None, None) => ("ConditionCheck", o),
         (None, Some(o), None, None) => ("Put", o),
@@ -364,7 +343,7 @@ fn plan_step(store: &Store, item: TransactWriteItem) -> Result<Step, ApiError> {
     let (key, action) = match kind {
         "Put" => {
             let item = operation.item.ok_or_else(|| missing("item"))?;
-            (validate_put(&meta, &item)?, Action::Put(item))
+            (validate_put(&meta, &item)?, TxAction::Put(item))
         }
         "Update" => {
             let key_item = operation.key.ok_or_else(|| missing("key"))?;
@@ -379,11 +358,11 @@ fn plan_step(store: &Store, item: TransactWriteItem) -> Result<Step, ApiError> {
                 ),
                 None,
             )?;
-            (validate_key(&meta, &key_item)?, Action::Update(key_item, update))
+            (validate_key(&meta, &key_item)?, TxAction::Update(key_item, update))
         }
         "Delete" => (
             validate_key(&meta, &operation.key.ok_or_else(|| missing("key"))?)?,
-            Action::Delete,
+            TxAction::Delete,
         ),
         _ => {
             if condition.is_none() {
@@ -391,14 +370,15 @@ fn plan_step(store: &Store, item: TransactWriteItem) -> Result<Step, ApiError> {
             }
             (
                 validate_key(&meta, &operation.key.ok_or_else(|| missing("key"))?)?,
-                Action::Check,
+                TxAction::Check,
             )
         }
     };
     context.check_all_used()?;
-    Ok(Step {
+    Ok(TxStep {
         meta,
         key,
+        must_exist: false,
         condition,
         return_old,
         action,
@@ -428,115 +408,14 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
         .into_iter()
         .map(|item| plan_step(store, item))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut seen = HashSet::new();
-    for step in &steps {
-        if !seen.insert((step.meta.id, step.key.clone())) {
-            return Err(ApiError::validation(
-                "Transaction request cannot include multiple operations on one item",
-            ));
-        }
-    }
     let mode = request.return_consumed_capacity;
-    let wants_capacity = capacity_wanted(mode.as_deref());
     let digest = request_digest(body);
-    let now = store.engine().now_unix_ms();
-    if let Some(token) = &request.client_request_token {
-        if token.is_empty() || token.len() > 36 {
-            return Err(ApiError::validation(
-                "ClientRequestToken must be 1 to 36 characters long",
-            ));
-        }
-        if store.transactions.check(token, digest, now)? {
-            return Ok(json!({}));
-        }
-    }
-    let capacity = store
-        .engine()
-        .write(move |context| {
-            let mut olds = Vec::with_capacity(steps.len());
-            let mut reasons = Vec::with_capacity(steps.len());
-            let mut failed = false;
-            for step in &steps {
-                context.current_table(&step.meta)?;
-                let old = context.get(&step.meta, &step.key)?;
-                let reason = match check_condition(step.condition.as_ref(), old.as_ref(), step.return_old) {
-                    Ok(()) => CancellationReason::none(),
-                    Err(error) if error.kind == ErrorKind::ConditionalCheckFailed => {
-                        failed = true;
-                        CancellationReason {
-                            code: "ConditionalCheckFailed".into(),
-                            message: Some("The conditional request failed".into()),
-                            item: error.item,
-                        }
-                    }
-                    Err(error) => return Err(error),
-                };
-                reasons.push(reason);
-                olds.push(old);
-            }
-            // Compute every new item before the first write, so a failing update writes nothing.
-            let mut news = Vec::with_capacity(steps.len());
-            for (step, old) in steps.iter().zip(&olds) {
-                news.push(match &step.action {
-                    // Only REMOVE/DELETE on a missing item: nothing is created (as UpdateItem).
-                    Action::Update(_, Some(update)) if !failed && old.is_none() && update.only_removes() => None,
-                    Action::Update(key, update) if !failed => {
-                        match updated_item(&step.meta, key, old.as_ref(), update.as_ref()) {
-                            Ok(item) => Some(item),
-                            Err(error) => {
-                                failed = true;
-                                reasons[news.len()] = CancellationReason {
-                                    code: "ValidationError".into(),
-                                    message: Some(error.message),
-                                    item: None,
-                                };
-                                None
-                            }
-                        }
-                    }
-                    Action::Put(item) => Some(item.clone()),
-                    _ => None,
-                });
-            }
-            if failed {
-                return Err(ApiError::transaction_canceled(reasons));
-            }
-            // A transaction writes each item twice (prepare and commit): twice what the same
-            // PutItem, UpdateItem or DeleteItem consumes; a ConditionCheck costs two units.
-            let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
-            for ((step, old), new) in steps.iter().zip(&olds).zip(&news) {
-                let consumed = match (&step.action, new) {
-                    (Action::Put(_) | Action::Update(..), Some(new)) => {
-                        context.put(&step.meta, &step.key, old.as_ref(), new)?;
-                        Capacity::write(&step.meta, old.as_ref(), Some(new))
-                    }
-                    (Action::Delete, _) => {
-                        context.delete(&step.meta, &step.key, old.as_ref())?;
-                        Capacity::write(&step.meta, old.as_ref(), None)
-                    }
-                    (Action::Update(..), None) => Capacity::write(&step.meta, old.as_ref(), None),
-                    _ => Capacity::table(1.0),
-                };
-                if wants_capacity {
-                    let entry = capacity.entry(step.meta.name.clone()).or_default();
-                    entry.add(&consumed);
-                    entry.add(&consumed);
-                }
-            }
-            Ok(capacity)
-        })
-        .await?;
-    if let Some(token) = request.client_request_token {
-        store.transactions.remember(token, digest, now);
-    }
+    let Some(capacity) = transaction::commit(store, steps, request.client_request_token, digest).await? else {
+        return Ok(json!({}));
+    };
     let mut response = json!({});
-    if wants_capacity {
-        response["ConsumedCapacity"] = Value::Array(
-            capacity
-                .iter()
-                .filter_map(|(table, consumed)| consumed.json(mode.as_deref(), table))
-                .collect(),
-        );
+    if let Some(list) = capacity_list(mode.as_deref(), &capacity) {
+        response["ConsumedCapacity"] = list;
     }
     Ok(response)
 }
@@ -593,11 +472,15 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
     let snapshot = store.engine().snapshot()?;
     let mut responses = Vec::with_capacity(count);
     // Each item read twice (prepare and commit), in strongly consistent 4 KB units, per table.
-    let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
+    let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
     for (meta, key, projection) in &plans {
         let item = snapshot.get(meta, key)?;
         let size = item.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
-        *capacity.entry(meta.name.clone()).or_default() += 2.0 * read_units(size, true);
+        let units = 2.0 * read_units(size, true);
+        capacity
+            .entry(meta.name.clone())
+            .or_default()
+            .add(&Capacity::table(units));
         match item {
             Some(item) => {
                 let item = match projection {
@@ -610,14 +493,8 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
         }
     }
     let mut response = json!({"Responses": responses});
-    let mode = request.return_consumed_capacity.as_deref();
-    if capacity_wanted(mode) {
-        response["ConsumedCapacity"] = Value::Array(
-            capacity
-                .iter()
-                .filter_map(|(table, units)| Capacity::table(*units).json(mode, table))
-                .collect(),
-        );
+    if let Some(list) = capacity_list(request.return_consumed_capacity.as_deref(), &capacity) {
+        response["ConsumedCapacity"] = list;
     }
     Ok(response)
 }

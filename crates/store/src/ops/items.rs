@@ -119,6 +119,30 @@ pub fn check_condition(condition: Option<&Condition>, old: Option<&Item>, return
     }
 }
 
+/// One single-item write as a job of the writer: reads the item stored at `key` as committed,
+/// checks `condition` against it (a failure carrying it when `return_old`), then `apply`s the
+/// write to it.
+pub async fn write_checked<T: Send + 'static>(
+    store: &Store,
+    meta: &Arc<TableMeta>,
+    key: Vec<u8>,
+    (condition, return_old): (Option<Condition>, bool),
+    apply: impl FnOnce(&mut engine::WriteContext<'_>, &TableMeta, &[u8], Option<Item>) -> Result<T, ApiError>
+    + Send
+    + 'static,
+) -> Result<T, ApiError> {
+    let meta = Arc::clone(meta);
+    store
+        .engine()
+        .write(move |context| {
+            context.current_table(&meta)?;
+            let old = context.get(&meta, &key)?;
+            check_condition(condition.as_ref(), old.as_ref(), return_old)?;
+            apply(context, &meta, &key, old)
+        })
+        .await
+}
+
 /// Validates an item for PutItem and returns its stored key.
 pub fn validate_put(meta: &TableMeta, item: &Item) -> Result<Vec<u8>, ApiError> {
     catalog::validate_key_attributes(&meta.key, item, true)?;
@@ -137,6 +161,15 @@ pub fn validate_key(meta: &TableMeta, key: &Item) -> Result<Vec<u8>, ApiError> {
 pub struct PutItemRequest {
     table_name: String,
     item: Item,
+    #[serde(flatten)]
+    write: ConditionalWrite,
+}
+
+/// The members PutItem, DeleteItem and UpdateItem share: the condition (an expression or the
+/// legacy Expected map), the expressions' names and values, and what to answer.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConditionalWrite {
     condition_expression: Option<String>,
     expected: Option<HashMap<String, ExpectedAttributeValue>>,
     conditional_operator: Option<String>,
@@ -147,42 +180,64 @@ pub struct PutItemRequest {
     return_values_on_condition_check_failure: Option<String>,
 }
 
-pub async fn put_item(store: &Store, request: PutItemRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().require_table(&request.table_name)?;
-    let return_values = parse_return_values(request.return_values.as_deref(), &[ReturnValues::AllOld])?;
-    let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
-    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
-    let inputs = ExpressionInputs {
-        names: request.expression_attribute_names,
-        values: request.expression_attribute_values,
-    };
-    let condition = {
+impl ConditionalWrite {
+    /// Checks ReturnValues (NONE or one of `allowed`), ReturnValuesOnConditionCheckFailure and
+    /// ReturnConsumedCapacity; what to return, and whether a failed condition carries the old item.
+    fn returns(&self, allowed: &[ReturnValues]) -> Result<(ReturnValues, bool), ApiError> {
+        let return_values = parse_return_values(self.return_values.as_deref(), allowed)?;
+        let return_old = parse_return_on_failure(self.return_values_on_condition_check_failure.as_deref())?;
+        validate_return_consumed_capacity(self.return_consumed_capacity.as_deref())?;
+        Ok((return_values, return_old))
+    }
+
+    /// The names and values the expressions may use, taken out of the request.
+    fn inputs(&mut self) -> ExpressionInputs {
+        ExpressionInputs {
+            names: self.expression_attribute_names.take(),
+            values: self.expression_attribute_values.take(),
+        }
+    }
+
+    fn condition(&self, context: &expr::Context<'_>) -> Result<Option<Condition>, ApiError> {
+        build_condition(
+            context,
+            self.condition_expression.as_deref(),
+            self.expected.as_ref(),
+            self.conditional_operator.as_deref(),
+        )
+    }
+
+    /// The condition of a write that has no other expression: every name and value given
+    /// must be used by it.
+    fn condition_alone(&mut self) -> Result<Option<Condition>, ApiError> {
+        let inputs = self.inputs();
         let context = inputs.context();
-        let condition = build_condition(
-            &context,
-            request.condition_expression.as_deref(),
-            request.expected.as_ref(),
-            request.conditional_operator.as_deref(),
-        )?;
+        let condition = self.condition(&context)?;
         context.check_all_used()?;
-        condition
-    };
+        Ok(condition)
+    }
+}
+
+pub async fn put_item(store: &Store, mut request: PutItemRequest) -> Result<Value, ApiError> {
+    let meta = store.engine().require_table(&request.table_name)?;
+    let (return_values, return_old) = request.write.returns(&[ReturnValues::AllOld])?;
+    let condition = request.write.condition_alone()?;
     let item = request.item;
     let key = validate_put(&meta, &item)?;
-    let job_meta = Arc::clone(&meta);
-    let mode = request.return_consumed_capacity;
+    let mode = request.write.return_consumed_capacity;
     let wants_capacity = capacity_wanted(mode.as_deref());
-    let (old, capacity) = store
-        .engine()
-        .write(move |context| {
-            context.current_table(&job_meta)?;
-            let old = context.get(&job_meta, &key)?;
-            check_condition(condition.as_ref(), old.as_ref(), return_old)?;
-            context.put(&job_meta, &key, old.as_ref(), &item)?;
-            let capacity = wants_capacity.then(|| Capacity::write(&job_meta, old.as_ref(), Some(&item)));
+    let (old, capacity) = write_checked(
+        store,
+        &meta,
+        key,
+        (condition, return_old),
+        move |context, meta, key, old| {
+            context.put(meta, key, old.as_ref(), &item)?;
+            let capacity = wants_capacity.then(|| Capacity::write(meta, old.as_ref(), Some(&item)));
             Ok((old, capacity))
-        })
-        .await?;
+        },
+    )
+    .await?;
     let mut response = json!({});
     if let (ReturnValues::AllOld, Some(old)) = (return_values, &old) {
         response["Attributes"] = item_json(old);
@@ -245,53 +300,25 @@ pub fn get_item(store: &Store, request: GetItemRequest) -> Result<Value, ApiErro
 pub struct DeleteItemRequest {
     table_name: String,
     key: Item,
-    condition_expression: Option<String>,
-    expected: Option<HashMap<String, ExpectedAttributeValue>>,
-    conditional_operator: Option<String>,
-    expression_attribute_names: Option<HashMap<String, String>>,
-    expression_attribute_values: Option<HashMap<String, AttributeValue>>,
-    return_values: Option<String>,
-    return_consumed_capacity: Option<String>,
-    return_values_on_condition_check_failure: Option<String>,
+    #[serde(flatten)]
+    write: ConditionalWrite,
 }
 
-pub async fn delete_item(store: &Store, request: DeleteItemRequest) -> Result<Value, ApiError> {
+pub async fn delete_item(store: &Store, mut request: DeleteItemRequest) -> Result<Value, ApiError> {
     let meta = store.engine().require_table(&request.table_name)?;
-    let return_values = parse_return_values(request.return_values.as_deref(), &[ReturnValues::AllOld])?;
-    let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
-    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
-    let inputs = ExpressionInputs {
-        names: request.expression_attribute_names,
-        values: request.expression_attribute_values,
-    };
-    let condition = {
-        let context = inputs.context();
-        let condition = build_condition(
-            &context,
-            request.condition_expression.as_deref(),
-            request.expected.as_ref(),
-            request.conditional_operator.as_deref(),
-        )?;
-        context.check_all_used()?;
-        condition
-    };
+    let (return_values, return_old) = request.write.returns(&[ReturnValues::AllOld])?;
+    let condition = request.write.condition_alone()?;
     let key = validate_key(&meta, &request.key)?;
-    let job_meta = Arc::clone(&meta);
-    let old = store
-        .engine()
-        .write(move |context| {
-            context.current_table(&job_meta)?;
-            let old = context.get(&job_meta, &key)?;
-            check_condition(condition.as_ref(), old.as_ref(), return_old)?;
-            context.delete(&job_meta, &key, old.as_ref())?;
-            Ok(old)
-        })
-        .await?;
+    let old = write_checked(store, &meta, key, (condition, return_old), |context, meta, key, old| {
+        context.delete(meta, key, old.as_ref())?;
+        Ok(old)
+    })
+    .await?;
     let mut response = json!({});
     if let (ReturnValues::AllOld, Some(old)) = (return_values, &old) {
         response["Attributes"] = item_json(old);
     }
-    let mode = request.return_consumed_capacity.as_deref();
+    let mode = request.write.return_consumed_capacity.as_deref();
     if let Some(capacity) = write_capacity_json(mode, &meta, old.as_ref(), None) {
         response["ConsumedCapacity"] = capacity;
     }
@@ -305,14 +332,8 @@ pub struct UpdateItemRequest {
     key: Item,
     update_expression: Option<String>,
     attribute_updates: Option<HashMap<String, AttributeValueUpdate>>,
-    condition_expression: Option<String>,
-    expected: Option<HashMap<String, ExpectedAttributeValue>>,
-    conditional_operator: Option<String>,
-    expression_attribute_names: Option<HashMap<String, String>>,
-    expression_attribute_values: Option<HashMap<String, AttributeValue>>,
-    return_values: Option<String>,
-    return_consumed_capacity: Option<String>,
-    return_values_on_condition_check_failure: Option<String>,
+    #[serde(flatten)]
+    write: ConditionalWrite,
 }
 
 /// An update from either UpdateExpression or the legacy AttributeUpdates, checked not to touch
@@ -362,34 +383,86 @@ pub fn updated_item(
     Ok(new)
 }
 
-pub async fn update_item(store: &Store, request: UpdateItemRequest) -> Result<Value, ApiError> {
+/// The item an update writes: by its key, as an item and as stored.
+pub struct UpdateTarget<'m> {
+    pub meta: &'m Arc<TableMeta>,
+    pub key: Item,
+    pub key_bytes: Vec<u8>,
+    /// A missing item fails the condition (PartiQL UPDATE); otherwise it is made of the key.
+    pub must_exist: bool,
+}
+
+impl UpdateTarget<'_> {
+    /// Applies `update` where `checked` (the condition, whether a failure returns the old item)
+    /// holds; the item before and after, and the paths the update sets or removes.
+    pub async fn update(
+        self,
+        store: &Store,
+        checked: (Option<Condition>, bool),
+        update: Option<UpdateExpression>,
+    ) -> Result<(Option<Item>, Option<Item>, Vec<Path>), ApiError> {
+        let paths = update.as_ref().map(UpdateExpression::target_paths).unwrap_or_default();
+        let (key, must_exist, return_old) = (self.key, self.must_exist, checked.1);
+        let (old, new) = write_checked(
+            store,
+            self.meta,
+            self.key_bytes,
+            checked,
+            move |context, meta, key_bytes, old| {
+                match &old {
+                    None if must_exist => return Err(condition_failed(None, return_old)),
+                    // Nothing to take away from: DynamoDB leaves the item absent.
+                    None if update.as_ref().is_some_and(UpdateExpression::only_removes) => return Ok((None, None)),
+                    _ => {}
+                }
+                let new = updated_item(meta, &key, old.as_ref(), update.as_ref())?;
+                context.put(meta, key_bytes, old.as_ref(), &new)?;
+                Ok((old, Some(new)))
+            },
+        )
+        .await?;
+        Ok((old, new, paths))
+    }
+}
+
+/// What ReturnValues (or PartiQL's RETURNING) returns of a write from `old` to `new`; `paths`
+/// are the ones an update set or removed.
+pub fn returned_attributes(
+    return_values: ReturnValues,
+    old: Option<&Item>,
+    new: Option<&Item>,
+    paths: &[Path],
+) -> Option<Item> {
+    match return_values {
+        ReturnValues::None => None,
+        ReturnValues::AllOld => old.cloned(),
+        ReturnValues::AllNew => new.cloned(),
+        ReturnValues::UpdatedOld => old.map(|o| expr::project(o, paths)),
+        ReturnValues::UpdatedNew => new.map(|n| expr::project(n, paths)),
+    }
+}
+
+pub async fn update_item(store: &Store, mut request: UpdateItemRequest) -> Result<Value, ApiError> {
     let meta = store.engine().require_table(&request.table_name)?;
-    let return_values = parse_return_values(
-        request.return_values.as_deref(),
-        &[
-            ReturnValues::AllOld,
-            ReturnValues::AllNew,
-            ReturnValues::UpdatedOld,
-            ReturnValues::UpdatedNew,
-        ],
-    )?;
-    let return_old = parse_return_on_failure(request.return_values_on_condition_check_failure.as_deref())?;
-    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
+    let write = &mut request.write;
+    let (return_values, return_old) = write.returns(&[
+        ReturnValues::AllOld,
+        ReturnValues::AllNew,
+        ReturnValues::UpdatedOld,
+        ReturnValues::UpdatedNew,
+    ])?;
     refuse_mixed(
         &[
-            ("ConditionExpression", request.condition_expression.is_some()),
+            ("ConditionExpression", write.condition_expression.is_some()),
             ("UpdateExpression", request.update_expression.is_some()),
         ],
         &[
             ("AttributeUpdates", request.attribute_updates.is_some()),
-            ("ConditionalOperator", request.conditional_operator.is_some()),
-            ("Expected", request.expected.is_some()),
+            ("ConditionalOperator", write.conditional_operator.is_some()),
+            ("Expected", write.expected.is_some()),
         ],
     )?;
-    let inputs = ExpressionInputs {
-        names: request.expression_attribute_names,
-        values: request.expression_attribute_values,
-    };
+    let inputs = write.inputs();
     let (condition, update) = {
         let context = inputs.context();
         let update = build_update(
@@ -398,46 +471,25 @@ pub async fn update_item(store: &Store, request: UpdateItemRequest) -> Result<Va
             request.update_expression.as_deref(),
             request.attribute_updates.as_ref(),
         )?;
-        let condition = build_condition(
-            &context,
-            request.condition_expression.as_deref(),
-            request.expected.as_ref(),
-            request.conditional_operator.as_deref(),
-        )?;
+        let condition = request.write.condition(&context)?;
         context.check_all_used()?;
         (condition, update)
     };
     let key_bytes = validate_key(&meta, &request.key)?;
     let key = request.key;
-    let job_meta = Arc::clone(&meta);
-    let paths = update.as_ref().map(UpdateExpression::target_paths).unwrap_or_default();
-    let (old, new) = store
-        .engine()
-        .write(move |context| {
-            context.current_table(&job_meta)?;
-            let old = context.get(&job_meta, &key_bytes)?;
-            check_condition(condition.as_ref(), old.as_ref(), return_old)?;
-            if old.is_none() && update.as_ref().is_some_and(UpdateExpression::only_removes) {
-                // Nothing to take away from: DynamoDB leaves the item absent.
-                return Ok((None, None));
-            }
-            let new = updated_item(&job_meta, &key, old.as_ref(), update.as_ref())?;
-            context.put(&job_meta, &key_bytes, old.as_ref(), &new)?;
-            Ok((old, Some(new)))
-        })
-        .await?;
-    let attributes = match return_values {
-        ReturnValues::None => None,
-        ReturnValues::AllOld => old.clone(),
-        ReturnValues::AllNew => new.clone(),
-        ReturnValues::UpdatedOld => old.as_ref().map(|o| expr::project(o, &paths)),
-        ReturnValues::UpdatedNew => new.as_ref().map(|n| expr::project(n, &paths)),
+    let target = UpdateTarget {
+        meta: &meta,
+        key,
+        key_bytes,
+        must_exist: false,
     };
+    let (old, new, paths) = target.update(store, (condition, return_old), update).await?;
+    let attributes = returned_attributes(return_values, old.as_ref(), new.as_ref(), &paths);
     let mut response = json!({});
     if let Some(attributes) = attributes.filter(|a| !a.is_empty()) {
         response["Attributes"] = item_json(&attributes);
     }
-    let mode = request.return_consumed_capacity.as_deref();
+    let mode = request.write.return_consumed_capacity.as_deref();
     if let Some(capacity) = write_capacity_json(mode, &meta, old.as_ref(), new.as_ref()) {
         response["ConsumedCapacity"] = capacity;
     }

@@ -9,6 +9,7 @@ mod items;
 mod partiql;
 mod query;
 mod tables;
+mod transaction;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -419,6 +420,19 @@ pub fn write_capacity_json(
     Capacity::write(meta, old, new).json(mode, &meta.name)
 }
 
+/// The ConsumedCapacity list of an operation over several tables (one entry a table) when
+/// `mode` asks for it.
+pub fn capacity_list(mode: Option<&str>, capacity: &std::collections::BTreeMap<String, Capacity>) -> Option<Value> {
+    capacity_wanted(mode).then(|| {
+        Value::Array(
+            capacity
+                .iter()
+                .filter_map(|(table, consumed)| consumed.json(mode, table))
+                .collect(),
+        )
+    })
+}
+
 /// Whether ReturnConsumedCapacity asks for the consumed capacity.
 pub fn capacity_wanted(mode: Option<&str>) -> bool {
     matches!(mode, Some("TOTAL" | "INDEXES"))
@@ -474,6 +488,36 @@ mod tests {
         );
         let error = decode::<Sample>(br#"{}"#).expect_err("missing field");
         assert_eq!(error.kind, ErrorKind::Validation);
+        assert!(error.message.contains("'tableName'"), "{}", error.message);
+    }
+
+    #[test]
+    fn shared_request_members_keep_their_errors() {
+        // Members PutItem shares with DeleteItem and UpdateItem, and Query with Scan, decode
+        // with the same kinds of errors as the request's own members.
+        let error = decode::<items::PutItemRequest>(br#"{"TableName": "t", "Item": {}, "ConditionExpression": 5}"#)
+            .err()
+            .expect("a number as ConditionExpression");
+        assert_eq!(error.kind, ErrorKind::Serialization);
+        assert!(
+            error
+                .message
+                .starts_with("invalid type: integer `5`, expected a string"),
+            "{}",
+            error.message
+        );
+        let error = decode::<query::ScanRequest>(br#"{"TableName": "t", "ExpressionAttributeValues": {":v": {}}}"#)
+            .err()
+            .expect("an empty AttributeValue");
+        assert_eq!(error.kind, ErrorKind::Validation);
+        assert!(
+            error.message.contains("Supplied AttributeValue is empty"),
+            "{}",
+            error.message
+        );
+        let error = decode::<query::QueryRequest>(br#"{"Limit": 1}"#)
+            .err()
+            .expect("no TableName");
         assert!(error.message.contains("'tableName'"), "{}", error.message);
     }
 

@@ -10,22 +10,24 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use dynamo_protocol::error::CancellationReason;
 use dynamo_protocol::{ApiError, AttributeValue, ErrorKind, Item};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::items::{condition_failed, parse_return_on_failure, updated_item, validate_key, validate_put};
-use super::query::{PageRequest, Select as SelectMode, read_page, start_key};
+use super::items::{
+    ReturnValues, UpdateTarget, parse_return_on_failure, returned_attributes, validate_key, validate_put, write_checked,
+};
+use super::query::{PageRequest, Select as SelectMode, read_page, resolve_index, start_key};
+use super::transaction::{self, TxAction, TxStep};
 use super::{
-    Capacity, PAGE_BYTES_MAX, Store, TRANSACTION_ITEMS_MAX, capacity_wanted, item_json, read_units,
+    Capacity, PAGE_BYTES_MAX, Store, TRANSACTION_ITEMS_MAX, capacity_list, item_json, read_units,
     validate_return_consumed_capacity,
 };
-use crate::catalog::{IndexKind, IndexMeta, TableMeta};
-use crate::expr::{self, Condition, Path, PathElement, UpdateExpression};
+use crate::catalog::{IndexKind, TableMeta};
+use crate::expr::{Condition, Path, PathElement};
 use crate::keys;
-use crate::partiql::{self, Parameters, Parsed, Returning, Select, Statement};
+use crate::partiql::{self, Expr, Parameters, Parsed, Returning, Select, Statement};
 
 /// Most statements in one BatchExecuteStatement (DynamoDB: 25).
 pub const BATCH_STATEMENTS_MAX: usize = 25;
@@ -158,16 +160,6 @@ fn decode_token(token: &str, digest: &str) -> Result<Continuation, ApiError> {
         ));
     }
     Ok(continuation)
-}
-
-fn resolve_index<'m>(meta: &'m TableMeta, name: Option<&str>) -> Result<Option<&'m IndexMeta>, ApiError> {
-    match name {
-        None => Ok(None),
-        Some(name) => meta
-            .index(name)
-            .map(Some)
-            .ok_or_else(|| ApiError::validation(format!("The table does not have the specified index: {name}"))),
-    }
 }
 
 /// One attribute name, if the path is just that.
@@ -350,112 +342,99 @@ fn insert_item(value: &partiql::Expr, parameters: &Parameters<'_>) -> Result<Ite
     }
 }
 
+/// The table an INSERT writes to, the item, and its stored key.
+fn insert_target(
+    store: &Store,
+    table: &str,
+    value: &Expr,
+    parameters: &Parameters<'_>,
+) -> Result<(Arc<TableMeta>, Item, Vec<u8>), ApiError> {
+    let meta = store.engine().require_table(table)?;
+    let item = insert_item(value, parameters)?;
+    let key = validate_put(&meta, &item)?;
+    Ok((meta, item, key))
+}
+
 async fn write_statement(
     store: &Store,
     statement: Statement,
     parameters: &Parameters<'_>,
     return_old: bool,
 ) -> Result<Written, ApiError> {
-    match statement {
-        Statement::Insert { table, value } => {
-            let meta = store.engine().require_table(&table)?;
-            let item = insert_item(&value, parameters)?;
-            let key = validate_put(&meta, &item)?;
+    let returning = returning_of(&statement);
+    match &statement {
+        Statement::Select(_) | Statement::Exists(_) => {
+            return Err(ApiError::internal(
+                "Internal server error: a read statement reached the write path",
+            ));
+        }
+        Statement::Delete { .. } => refuse_returning_in_delete(returning)?,
+        Statement::Insert { .. } | Statement::Update { .. } => {}
+    }
+    let TxStep {
+        meta,
+        key: key_bytes,
+        condition,
+        action,
+        ..
+    } = plan_write(store, statement, parameters, return_old)?;
+    match action {
+        TxAction::Insert(item) => {
             // An INSERT only ever creates the item.
             let capacity = Capacity::write(&meta, None, Some(&item));
-            let job_meta = Arc::clone(&meta);
-            store
-                .engine()
-                .write(move |context| {
-                    context.current_table(&job_meta)?;
-                    if context.get(&job_meta, &key)?.is_some() {
+            write_checked(
+                store,
+                &meta,
+                key_bytes,
+                (None, return_old),
+                move |context, meta, key, old| {
+                    if old.is_some() {
                         return Err(duplicate_item());
                     }
-                    context.put(&job_meta, &key, None, &item)
-                })
-                .await?;
+                    context.put(meta, key, None, &item)
+                },
+            )
+            .await?;
             Ok(Written {
                 items: Vec::new(),
                 table: meta.name.clone(),
                 capacity,
             })
         }
-        Statement::Update {
-            table,
-            assignments,
-            condition,
-            returning,
-        } => {
-            let meta = store.engine().require_table(&table)?;
-            let keyed = partiql::keyed_where(&condition, &meta.key, parameters)?;
-            let update = partiql::update(&assignments, &meta.key, parameters)?;
-            let key_bytes = validate_key(&meta, &keyed.key)?;
-            let condition = keyed.rest.map(|root| Condition { root });
-            let paths = update.target_paths();
-            let key = keyed.key;
-            let job_meta = Arc::clone(&meta);
-            let (old, new) = store
-                .engine()
-                .write(move |context| {
-                    context.current_table(&job_meta)?;
-                    let old = context.get(&job_meta, &key_bytes)?;
-                    let Some(old) = old else {
-                        return Err(condition_failed(None, return_old));
-                    };
-                    check(condition.as_ref(), Some(&old), return_old)?;
-                    let new = updated_item(&job_meta, &key, Some(&old), Some(&update))?;
-                    context.put(&job_meta, &key_bytes, Some(&old), &new)?;
-                    Ok((old, new))
-                })
-                .await?;
-            let returned = match returning {
-                None => None,
-                Some(Returning::AllOld) => Some(old.clone()),
-                Some(Returning::AllNew) => Some(new.clone()),
-                Some(Returning::ModifiedOld) => Some(expr::project(&old, &paths)),
-                Some(Returning::ModifiedNew) => Some(expr::project(&new, &paths)),
+        TxAction::Update(key, update) => {
+            let target = UpdateTarget {
+                meta: &meta,
+                key,
+                key_bytes,
+                must_exist: true,
             };
+            let (old, new, paths) = target.update(store, (condition, return_old), update).await?;
+            let return_values = match returning {
+                None => ReturnValues::None,
+                Some(Returning::AllOld) => ReturnValues::AllOld,
+                Some(Returning::AllNew) => ReturnValues::AllNew,
+                Some(Returning::ModifiedOld) => ReturnValues::UpdatedOld,
+                Some(Returning::ModifiedNew) => ReturnValues::UpdatedNew,
+            };
+            let returned = returned_attributes(return_values, old.as_ref(), new.as_ref(), &paths);
             Ok(Written {
                 items: returned.into_iter().filter(|item| !item.is_empty()).collect(),
                 table: meta.name.clone(),
-                capacity: Capacity::write(&meta, Some(&old), Some(&new)),
+                capacity: Capacity::write(&meta, old.as_ref(), new.as_ref()),
             })
         }
-        Statement::Delete {
-            table,
-            condition,
-            returning,
-        } => {
-            match returning {
-                None | Some(Returning::AllOld) => {}
-                Some(other) => {
-                    return Err(ApiError::validation(format!(
-                        "Invalid returning clause: RETURNING {}. Only RETURNING ALL OLD * is allowed in DELETE statements.",
-                        match other {
-                            Returning::AllNew => "ALL NEW *",
-                            Returning::ModifiedOld => "MODIFIED OLD *",
-                            _ => "MODIFIED NEW *",
-                        }
-                    )));
+        TxAction::Check | TxAction::Put(_) | TxAction::Delete => Err(ApiError::internal(
+            "Internal server error: a statement planned as no PartiQL write reached the write path",
+        )),
+        TxAction::DeleteExisting => {
+            let checked = (condition, return_old);
+            let old = write_checked(store, &meta, key_bytes, checked, |context, meta, key, old| {
+                if old.is_some() {
+                    context.delete(meta, key, old.as_ref())?;
                 }
-            }
-            let meta = store.engine().require_table(&table)?;
-            let keyed = partiql::keyed_where(&condition, &meta.key, parameters)?;
-            let key_bytes = validate_key(&meta, &keyed.key)?;
-            let condition = keyed.rest.map(|root| Condition { root });
-            let job_meta = Arc::clone(&meta);
-            let old = store
-                .engine()
-                .write(move |context| {
-                    context.current_table(&job_meta)?;
-                    let old = context.get(&job_meta, &key_bytes)?;
-                    check(condition.as_ref(), old.as_ref(), return_old)?;
-                    if old.is_some() {
-                        context.delete(&job_meta, &key_bytes, old.as_ref())?;
-                    }
-                    Ok(old)
-                })
-                .await?;
+                Ok(old)
+            })
+            .await?;
             let capacity = Capacity::write(&meta, old.as_ref(), None);
             Ok(Written {
                 items: match returning {
@@ -466,14 +445,30 @@ async fn write_statement(
                 capacity,
             })
         }
-        Statement::Select(_) | Statement::Exists(_) => Err(ApiError::internal(
-            "Internal server error: a read statement reached the write path",
-        )),
     }
 }
 
-fn check(condition: Option<&Condition>, old: Option<&Item>, return_old: bool) -> Result<(), ApiError> {
-    super::items::check_condition(condition, old, return_old)
+/// The RETURNING clause of an UPDATE or DELETE.
+fn returning_of(statement: &Statement) -> Option<Returning> {
+    match statement {
+        Statement::Update { returning, .. } | Statement::Delete { returning, .. } => *returning,
+        _ => None,
+    }
+}
+
+/// A DELETE may return the old item only.
+fn refuse_returning_in_delete(returning: Option<Returning>) -> Result<(), ApiError> {
+    match returning {
+        None | Some(Returning::AllOld) => Ok(()),
+        Some(other) => Err(ApiError::validation(format!(
+            "Invalid returning clause: RETURNING {}. Only RETURNING ALL OLD * is allowed in DELETE statements.",
+            match other {
+                Returning::AllNew => "ALL NEW *",
+                Returning::ModifiedOld => "MODIFIED OLD *",
+                _ => "MODIFIED NEW *",
+            }
+        ))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -562,14 +557,20 @@ fn keyed_read(store: &Store, select: &Select, parameters: &Parameters<'_>) -> Re
     })
 }
 
+/// Refuses a list of `count` statements (the request's member `member`) outside 1..=`max`.
+fn check_statement_count(count: usize, max: usize, member: &str) -> Result<(), ApiError> {
+    if count == 0 || count > max {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '[...]' at '{member}' failed to satisfy constraint: Member must have length less than or equal to {max} and greater than or equal to 1"
+        )));
+    }
+    Ok(())
+}
+
 pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStatementRequest) -> Result<Value, ApiError> {
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
     let count = request.statements.len();
-    if count == 0 || count > BATCH_STATEMENTS_MAX {
-        return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '[...]' at 'statements' failed to satisfy constraint: Member must have length less than or equal to {BATCH_STATEMENTS_MAX} and greater than or equal to 1"
-        )));
-    }
+    check_statement_count(count, BATCH_STATEMENTS_MAX, "statements")?;
     let mut parsed = Vec::with_capacity(count);
     for entry in &request.statements {
         let values = parameters_of(entry.parameters.as_ref())?;
@@ -670,14 +671,8 @@ pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStateme
         }
     }
     let mut response = json!({"Responses": responses});
-    let mode = request.return_consumed_capacity.as_deref();
-    if capacity_wanted(mode) {
-        response["ConsumedCapacity"] = Value::Array(
-            capacity
-                .iter()
-                .filter_map(|(table, consumed)| consumed.json(mode, table))
-                .collect(),
-        );
+    if let Some(list) = capacity_list(request.return_consumed_capacity.as_deref(), &capacity) {
+        response["ConsumedCapacity"] = list;
     }
     Ok(response)
 }
@@ -698,23 +693,6 @@ pub struct ExecuteTransactionRequest {
     return_consumed_capacity: Option<String>,
 }
 
-enum TxAction {
-    Check,
-    Insert(Item),
-    Update(Item, UpdateExpression),
-    Delete,
-}
-
-struct TxStep {
-    meta: Arc<TableMeta>,
-    key: Vec<u8>,
-    /// The item must exist (UPDATE, EXISTS).
-    must_exist: bool,
-    condition: Option<Condition>,
-    return_old: bool,
-    action: TxAction,
-}
-
 /// A statement's own error inside ExecuteTransaction, prefixed with its position as DynamoDB
 /// does (a missing table stays ResourceNotFoundException).
 fn in_transaction(position: usize, error: ApiError) -> ApiError {
@@ -728,6 +706,63 @@ fn in_transaction(position: usize, error: ApiError) -> ApiError {
     }
 }
 
+/// A transaction's statements return nothing.
+fn refuse_returning(returning: Option<Returning>) -> Result<(), ApiError> {
+    match returning {
+        Some(_) => Err(ApiError::validation(
+            "RETURNING clause is not supported in ExecuteTransaction.",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// What the WHERE clause of an UPDATE or DELETE names: the table, the one item it keys (as an
+/// item and as stored), and what else the clause says, as a condition on the item.
+struct KeyedTarget {
+    meta: Arc<TableMeta>,
+    key: Item,
+    key_bytes: Vec<u8>,
+    condition: Option<Condition>,
+}
+
+impl KeyedTarget {
+    /// The target of `condition` in `table`, and what `then` makes of the table (the UPDATE's
+    /// changes) once the clause is read and before the key is checked.
+    fn find<T>(
+        store: &Store,
+        table: &str,
+        condition: &Expr,
+        parameters: &Parameters<'_>,
+        then: impl FnOnce(&TableMeta) -> Result<T, ApiError>,
+    ) -> Result<(KeyedTarget, T), ApiError> {
+        let meta = store.engine().require_table(table)?;
+        let keyed = partiql::keyed_where(condition, &meta.key, parameters)?;
+        let made = then(&meta)?;
+        let key_bytes = validate_key(&meta, &keyed.key)?;
+        let target = KeyedTarget {
+            meta,
+            key: keyed.key,
+            key_bytes,
+            condition: keyed.rest.map(|root| Condition { root }),
+        };
+        Ok((target, made))
+    }
+
+    /// The transaction step doing `action` to the target.
+    fn step(self, must_exist: bool, return_old: bool, action: TxAction) -> TxStep {
+        TxStep {
+            meta: self.meta,
+            key: self.key_bytes,
+            must_exist,
+            condition: self.condition,
+            return_old,
+            action,
+        }
+    }
+}
+
+/// A write statement's step: the item it writes and how (its RETURNING is the caller's
+/// business).
 fn plan_write(
     store: &Store,
     statement: Statement,
@@ -736,9 +771,7 @@ fn plan_write(
 ) -> Result<TxStep, ApiError> {
     match statement {
         Statement::Insert { table, value } => {
-            let meta = store.engine().require_table(&table)?;
-            let item = insert_item(&value, parameters)?;
-            let key = validate_put(&meta, &item)?;
+            let (meta, item, key) = insert_target(store, &table, &value, parameters)?;
             Ok(TxStep {
                 meta,
                 key,
@@ -752,47 +785,17 @@ fn plan_write(
             table,
             assignments,
             condition,
-            returning,
+            ..
         } => {
-            if returning.is_some() {
-                return Err(ApiError::validation(
-                    "RETURNING clause is not supported in ExecuteTransaction.",
-                ));
-            }
-            let meta = store.engine().require_table(&table)?;
-            let keyed = partiql::keyed_where(&condition, &meta.key, parameters)?;
-            let update = partiql::update(&assignments, &meta.key, parameters)?;
-            let key = validate_key(&meta, &keyed.key)?;
-            Ok(TxStep {
-                meta,
-                key,
-                must_exist: true,
-                condition: keyed.rest.map(|root| Condition { root }),
-                return_old,
-                action: TxAction::Update(keyed.key, update),
-            })
+            let (target, update) = KeyedTarget::find(store, &table, &condition, parameters, |meta| {
+                partiql::update(&assignments, &meta.key, parameters)
+            })?;
+            let action = TxAction::Update(target.key.clone(), Some(update));
+            Ok(target.step(true, return_old, action))
         }
-        Statement::Delete {
-            table,
-            condition,
-            returning,
-        } => {
-            if returning.is_some() {
-                return Err(ApiError::validation(
-                    "RETURNING clause is not supported in ExecuteTransaction.",
-                ));
-            }
-            let meta = store.engine().require_table(&table)?;
-            let keyed = partiql::keyed_where(&condition, &meta.key, parameters)?;
-            let key = validate_key(&meta, &keyed.key)?;
-            Ok(TxStep {
-                meta,
-                key,
-                must_exist: false,
-                condition: keyed.rest.map(|root| Condition { root }),
-                return_old,
-                action: TxAction::Delete,
-            })
+        Statement::Delete { table, condition, .. } => {
+            let (target, ()) = KeyedTarget::find(store, &table, &condition, parameters, |_| Ok(()))?;
+            Ok(target.step(false, return_old, TxAction::DeleteExisting))
         }
         Statement::Exists(select) => {
             let read = keyed_read(store, &select, parameters)?;
@@ -825,11 +828,7 @@ fn transaction_digest(statements: &[TransactStatement]) -> [u8; 32] {
 pub async fn execute_transaction(store: &Store, request: ExecuteTransactionRequest) -> Result<Value, ApiError> {
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
     let count = request.transact_statements.len();
-    if count == 0 || count > TRANSACTION_ITEMS_MAX {
-        return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '[...]' at 'transactStatements' failed to satisfy constraint: Member must have length less than or equal to {TRANSACTION_ITEMS_MAX} and greater than or equal to 1"
-        )));
-    }
+    check_statement_count(count, TRANSACTION_ITEMS_MAX, "transactStatements")?;
     let mut parsed = Vec::with_capacity(count);
     for (position, entry) in request.transact_statements.iter().enumerate() {
         let parameters = Parameters(parameters_of(entry.parameters.as_ref())?);
@@ -853,146 +852,23 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
         let parameters = Parameters(parameters_of(entry.parameters.as_ref())?);
         let return_old = parse_return_on_failure(entry.return_values_on_condition_check_failure.as_deref())?;
         steps.push(
-            plan_write(store, parsed.statement, &parameters, return_old).map_err(|e| in_transaction(position, e))?,
+            refuse_returning(returning_of(&parsed.statement))
+                .and_then(|()| plan_write(store, parsed.statement, &parameters, return_old))
+                .map_err(|e| in_transaction(position, e))?,
         );
     }
-    let mut seen = HashSet::new();
-    for step in &steps {
-        if !seen.insert((step.meta.id, step.key.clone())) {
-            return Err(ApiError::validation(
-                "Transaction request cannot include multiple operations on one item",
-            ));
-        }
-    }
     let digest = transaction_digest(&request.transact_statements);
-    let now = store.engine().now_unix_ms();
-    if let Some(token) = &request.client_request_token {
-        if token.is_empty() || token.len() > 36 {
-            return Err(ApiError::validation(
-                "ClientRequestToken must be 1 to 36 characters long",
-            ));
-        }
-        if store.transactions.check(token, digest, now)? {
-            return Ok(json!({"Responses": []}));
-        }
-    }
-    let capacity = store
-        .engine()
-        .write(move |context| run_transaction(context, &steps))
-        .await?;
-    if let Some(token) = request.client_request_token {
-        store.transactions.remember(token, digest, now);
-    }
+    let token = request.client_request_token;
+    let Some(capacity) = transaction::commit(store, steps, token, digest).await? else {
+        return Ok(json!({"Responses": []}));
+    };
     // DynamoDB answers a transaction of writes with an empty Responses list (as recorded
     // against AWS by LocalStack's validated snapshot of two INSERTs).
     let mut response = json!({"Responses": []});
-    if capacity_wanted(mode) {
-        response["ConsumedCapacity"] = Value::Array(
-            capacity
-                .iter()
-                .filter_map(|(table, consumed)| consumed.json(mode, table))
-                .collect(),
-        );
+    if let Some(list) = capacity_list(mode, &capacity) {
+        response["ConsumedCapacity"] = list;
     }
     Ok(response)
-}
-
-fn capacity_list(mode: Option<&str>, capacity: &BTreeMap<String, f64>) -> Option<Value> {
-    capacity_wanted(mode).then(|| {
-        Value::Array(
-            capacity
-                .iter()
-                .filter_map(|(table, units)| Capacity::table(*units).json(mode, table))
-                .collect(),
-        )
-    })
-}
-
-/// One writer job: every condition against the current items first, every new item computed,
-/// and only then the writes — all in one durable batch, or nothing. Returns the capacity each
-/// table consumed, split by index as TransactWriteItems reports it: a transaction writes each
-/// item twice (prepare and commit), twice what the same single write consumes on the table and
-/// on every index whose entry it changes; an EXISTS check costs two units.
-fn run_transaction(
-    context: &mut crate::engine::WriteContext<'_>,
-    steps: &[TxStep],
-) -> Result<BTreeMap<String, Capacity>, ApiError> {
-    let mut olds = Vec::with_capacity(steps.len());
-    let mut reasons = Vec::with_capacity(steps.len());
-    let mut failed = false;
-    for step in steps {
-        context.current_table(&step.meta)?;
-        let old = context.get(&step.meta, &step.key)?;
-        let reason = if matches!(step.action, TxAction::Insert(_)) && old.is_some() {
-            Some(CancellationReason {
-                code: "DuplicateItem".into(),
-                message: Some("Duplicate primary key exists in table".into()),
-                item: None,
-            })
-        } else if step.must_exist && old.is_none() {
-            Some(CancellationReason {
-                code: "ConditionalCheckFailed".into(),
-                message: Some("The conditional request failed".into()),
-                item: None,
-            })
-        } else {
-            match check(step.condition.as_ref(), old.as_ref(), step.return_old) {
-                Ok(()) => None,
-                Err(error) if error.kind == ErrorKind::ConditionalCheckFailed => Some(CancellationReason {
-                    code: "ConditionalCheckFailed".into(),
-                    message: Some("The conditional request failed".into()),
-                    item: error.item,
-                }),
-                Err(error) => return Err(error),
-            }
-        };
-        failed |= reason.is_some();
-        reasons.push(reason.unwrap_or_else(CancellationReason::none));
-        olds.push(old);
-    }
-    let mut news = Vec::with_capacity(steps.len());
-    for (position, (step, old)) in steps.iter().zip(&olds).enumerate() {
-        news.push(match &step.action {
-            TxAction::Update(key, update) if !failed => match updated_item(&step.meta, key, old.as_ref(), Some(update))
-            {
-                Ok(item) => Some(item),
-                Err(error) => {
-                    failed = true;
-                    reasons[position] = CancellationReason {
-                        code: "ValidationError".into(),
-                        message: Some(error.message),
-                        item: None,
-                    };
-                    None
-                }
-            },
-            TxAction::Insert(item) => Some(item.clone()),
-            _ => None,
-        });
-    }
-    if failed {
-        return Err(ApiError::transaction_canceled(reasons));
-    }
-    let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
-    for ((step, old), new) in steps.iter().zip(&olds).zip(&news) {
-        let consumed = match (&step.action, new) {
-            (TxAction::Insert(_) | TxAction::Update(..), Some(new)) => {
-                context.put(&step.meta, &step.key, old.as_ref(), new)?;
-                Capacity::write(&step.meta, old.as_ref(), Some(new))
-            }
-            (TxAction::Delete, _) => {
-                if old.is_some() {
-                    context.delete(&step.meta, &step.key, old.as_ref())?;
-                }
-                Capacity::write(&step.meta, old.as_ref(), None)
-            }
-            _ => Capacity::table(1.0),
-        };
-        let entry = capacity.entry(step.meta.name.clone()).or_default();
-        entry.add(&consumed);
-        entry.add(&consumed);
-    }
-    Ok(capacity)
 }
 
 fn transaction_reads(
@@ -1020,11 +896,15 @@ fn transaction_reads(
     }
     let snapshot = store.engine().snapshot()?;
     let mut responses = Vec::with_capacity(reads.len());
-    let mut capacity: BTreeMap<String, f64> = BTreeMap::new();
+    let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
     for read in &reads {
         let found = snapshot.get(&read.meta, &read.key)?;
         let size = found.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
-        *capacity.entry(read.meta.name.clone()).or_default() += 2.0 * read_units(size, true);
+        let units = 2.0 * read_units(size, true);
+        capacity
+            .entry(read.meta.name.clone())
+            .or_default()
+            .add(&Capacity::table(units));
         match found.filter(|item| read.filter.as_ref().is_none_or(|f| f.evaluate(item).unwrap_or(false))) {
             Some(item) => {
                 responses.push(json!({"Item": item_json(&partiql::project(&item, read.projection.as_deref()))}))

@@ -71,7 +71,8 @@ fn parse_select(text: Option<&str>, has_projection: bool, index: Option<&IndexMe
     Ok(select)
 }
 
-fn resolve_index<'a>(meta: &'a TableMeta, name: Option<&str>) -> Result<Option<&'a IndexMeta>, ApiError> {
+/// The index `name` of the table (none without a name).
+pub(crate) fn resolve_index<'a>(meta: &'a TableMeta, name: Option<&str>) -> Result<Option<&'a IndexMeta>, ApiError> {
     match name {
         None => Ok(None),
         Some(name) => meta
@@ -374,11 +375,21 @@ fn refuse_key_in_filter(filter: &Condition, schema: &KeySchema, expression: bool
 #[serde(rename_all = "PascalCase")]
 pub struct QueryRequest {
     table_name: String,
-    index_name: Option<String>,
     key_condition_expression: Option<String>,
     key_conditions: Option<HashMap<String, LegacyCondition>>,
-    filter_expression: Option<String>,
     query_filter: Option<HashMap<String, LegacyCondition>>,
+    scan_index_forward: Option<bool>,
+    #[serde(flatten)]
+    read: Read,
+}
+
+/// The members Query and Scan share: the index to read, the filter and the projection (as
+/// expressions or in the legacy form), the page and what to answer.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Read {
+    index_name: Option<String>,
+    filter_expression: Option<String>,
     conditional_operator: Option<String>,
     projection_expression: Option<String>,
     attributes_to_get: Option<Vec<String>>,
@@ -387,9 +398,141 @@ pub struct QueryRequest {
     select: Option<String>,
     limit: Option<i64>,
     exclusive_start_key: Option<Item>,
-    scan_index_forward: Option<bool>,
     consistent_read: Option<bool>,
     return_consumed_capacity: Option<String>,
+}
+
+impl Read {
+    /// The index read (if any) and the Limit, after the checks Query and Scan make first.
+    fn check<'m>(&self, meta: &'m TableMeta) -> Result<(Option<&'m IndexMeta>, Option<usize>), ApiError> {
+        let index = resolve_index(meta, self.index_name.as_deref())?;
+        validate_return_consumed_capacity(self.return_consumed_capacity.as_deref())?;
+        let limit = parse_limit(self.limit)?;
+        if self.consistent_read == Some(true) && index.is_some_and(|i| i.kind == IndexKind::Global) {
+            return Err(ApiError::validation(
+                "Consistent reads are not supported on global secondary indexes",
+            ));
+        }
+        Ok((index, limit))
+    }
+
+    /// Refuses expression parameters (KeyConditionExpression when `key_condition` says it is
+    /// there) mixed with legacy ones (the legacy filter `legacy_filter` names).
+    fn refuse_mixed(&self, key_condition: Option<bool>, legacy_filter: (&str, bool)) -> Result<(), ApiError> {
+        let mut expressions = vec![("FilterExpression", self.filter_expression.is_some())];
+        expressions.extend(key_condition.map(|given| ("KeyConditionExpression", given)));
+        expressions.push(("ProjectionExpression", self.projection_expression.is_some()));
+        refuse_mixed(
+            &expressions,
+            &[
+                ("AttributesToGet", self.attributes_to_get.is_some()),
+                ("ConditionalOperator", self.conditional_operator.is_some()),
+                legacy_filter,
+            ],
+        )
+    }
+
+    /// Parses `first` (Query's key condition), then the filter (the legacy one is
+    /// `legacy_filter`, named `legacy_name`) and the projection, in one context whose names
+    /// and values must all be used.
+    fn parse<T>(
+        &mut self,
+        legacy_filter: Option<&HashMap<String, LegacyCondition>>,
+        legacy_name: &str,
+        first: impl FnOnce(&expr::Context<'_>) -> Result<T, ApiError>,
+    ) -> Result<(T, Option<Condition>, Option<Vec<Path>>), ApiError> {
+        let inputs = ExpressionInputs {
+            names: self.expression_attribute_names.take(),
+            values: self.expression_attribute_values.take(),
+        };
+        let context = inputs.context();
+        let first = first(&context)?;
+        let filter = build_filter(
+            &context,
+            self.filter_expression.as_deref(),
+            legacy_filter,
+            legacy_name,
+            self.conditional_operator.as_deref(),
+        )?;
+        let projection = build_projection(
+            &context,
+            self.projection_expression.as_deref(),
+            self.attributes_to_get.as_deref(),
+        )?;
+        context.check_all_used()?;
+        Ok((first, filter, projection))
+    }
+
+    /// The stored key ExclusiveStartKey points at.
+    fn start(&self, meta: &TableMeta, index: Option<&IndexMeta>) -> Result<Option<Vec<u8>>, ApiError> {
+        self.exclusive_start_key
+            .as_ref()
+            .map(|s| start_key(meta, index, s))
+            .transpose()
+    }
+}
+
+/// A Query or Scan parsed: what it reads and how it shapes the answer.
+struct Reading<'m> {
+    meta: &'m TableMeta,
+    index: Option<&'m IndexMeta>,
+    limit: Option<usize>,
+    filter: Option<Condition>,
+    projection: Option<Vec<Path>>,
+    select: Select,
+}
+
+impl<'m> Reading<'m> {
+    fn new(
+        meta: &'m TableMeta,
+        index: Option<&'m IndexMeta>,
+        limit: Option<usize>,
+        (filter, projection): (Option<Condition>, Option<Vec<Path>>),
+        select: Select,
+    ) -> Reading<'m> {
+        Reading {
+            meta,
+            index,
+            limit,
+            filter,
+            projection,
+            select,
+        }
+    }
+
+    /// Reads the page of `lower..upper` from `start` and answers as Query and Scan do.
+    fn answer(
+        &self,
+        store: &Store,
+        read: &Read,
+        (lower, upper): (Bound<Vec<u8>>, Bound<Vec<u8>>),
+        reverse: bool,
+        start: Option<Vec<u8>>,
+    ) -> Result<Value, ApiError> {
+        let page = read_page(
+            store,
+            PageRequest {
+                meta: self.meta,
+                index: self.index,
+                lower,
+                upper,
+                reverse,
+                start,
+                limit: self.limit,
+                filter: self.filter.as_ref(),
+                projection: self.projection.as_deref(),
+                select: self.select,
+            },
+        )?;
+        Ok(page_response(
+            self.meta,
+            self.index,
+            page,
+            self.select,
+            read.return_consumed_capacity.as_deref(),
+            read.consistent_read.unwrap_or(false),
+        ))
+    }
 }
 
 /// DynamoDB refuses an ExclusiveStartKey the query itself could not have returned: one from
@@ -531,27 +674,12 @@ fn query_bounds(
     Ok((prefix, lower, upper))
 }
 
-pub fn query(store: &Store, request: QueryRequest) -> Result<Value, ApiError> {
+pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError> {
     let meta = store.engine().require_table(&request.table_name)?;
-    let index = resolve_index(&meta, request.index_name.as_deref())?;
-    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
-    let limit = parse_limit(request.limit)?;
-    if request.consistent_read == Some(true) && index.is_some_and(|i| i.kind == IndexKind::Global) {
-        return Err(ApiError::validation(
-            "Consistent reads are not supported on global secondary indexes",
-        ));
-    }
-    refuse_mixed(
-        &[
-            ("FilterExpression", request.filter_expression.is_some()),
-            ("KeyConditionExpression", request.key_condition_expression.is_some()),
-            ("ProjectionExpression", request.projection_expression.is_some()),
-        ],
-        &[
-            ("AttributesToGet", request.attributes_to_get.is_some()),
-            ("ConditionalOperator", request.conditional_operator.is_some()),
-            ("QueryFilter", request.query_filter.is_some()),
-        ],
+    let (index, limit) = request.read.check(&meta)?;
+    request.read.refuse_mixed(
+        Some(request.key_condition_expression.is_some()),
+        ("QueryFilter", request.query_filter.is_some()),
     )?;
     // KeyConditions go with ProjectionExpression and FilterExpression on DynamoDB; only the
     // two forms of the key condition exclude each other.
@@ -559,95 +687,41 @@ pub fn query(store: &Store, request: QueryRequest) -> Result<Value, ApiError> {
         &[("KeyConditionExpression", request.key_condition_expression.is_some())],
         &[("KeyConditions", request.key_conditions.is_some())],
     )?;
-    let inputs = ExpressionInputs {
-        names: request.expression_attribute_names,
-        values: request.expression_attribute_values,
-    };
-    let (key_condition, filter, projection) = {
-        let context = inputs.context();
-        let key_condition = match (&request.key_condition_expression, &request.key_conditions) {
-            (Some(text), _) => expr::parse_key_condition(text, &context)?,
-            (None, Some(conditions)) => legacy::key_conditions_to_key_condition(conditions)?,
-            (None, None) => {
-                return Err(ApiError::validation(
-                    "Either the KeyConditions or KeyConditionExpression parameter must be specified in the request.",
-                ));
-            }
-        };
-        let filter = build_filter(
-            &context,
-            request.filter_expression.as_deref(),
-            request.query_filter.as_ref(),
-            "QueryFilter",
-            request.conditional_operator.as_deref(),
-        )?;
-        let projection = build_projection(
-            &context,
-            request.projection_expression.as_deref(),
-            request.attributes_to_get.as_deref(),
-        )?;
-        context.check_all_used()?;
-        (key_condition, filter, projection)
-    };
-    let select = parse_select(request.select.as_deref(), projection.is_some(), index)?;
+    let (key_condition, filter, projection) = request.read.parse(
+        request.query_filter.as_ref(),
+        "QueryFilter",
+        |context| match (&request.key_condition_expression, &request.key_conditions) {
+            (Some(text), _) => expr::parse_key_condition(text, context),
+            (None, Some(conditions)) => legacy::key_conditions_to_key_condition(conditions),
+            (None, None) => Err(ApiError::validation(
+                "Either the KeyConditions or KeyConditionExpression parameter must be specified in the request.",
+            )),
+        },
+    )?;
+    let select = parse_select(request.read.select.as_deref(), projection.is_some(), index)?;
     let schema = index.map_or(&meta.key, |i| &i.key);
     if let Some(filter) = &filter {
-        refuse_key_in_filter(filter, schema, request.filter_expression.is_some())?;
+        refuse_key_in_filter(filter, schema, request.read.filter_expression.is_some())?;
     }
     let (prefix, lower, upper) = query_bounds(meta.key_hash, schema, key_condition.conditions)?;
-    let start = request
-        .exclusive_start_key
-        .as_ref()
-        .map(|s| start_key(&meta, index, s))
-        .transpose()?;
+    let start = request.read.start(&meta, index)?;
     if let Some(start) = &start {
         check_start_within(start, &prefix, &lower, &upper)?;
     }
     let reverse = !request.scan_index_forward.unwrap_or(true);
-    let page = read_page(
-        store,
-        PageRequest {
-            meta: &meta,
-            index,
-            lower,
-            upper,
-            reverse,
-            start,
-            limit,
-            filter: filter.as_ref(),
-            projection: projection.as_deref(),
-            select,
-        },
-    )?;
-    Ok(page_response(
-        &meta,
-        index,
-        page,
-        select,
-        request.return_consumed_capacity.as_deref(),
-        request.consistent_read.unwrap_or(false),
-    ))
+    let reading = Reading::new(&meta, index, limit, (filter, projection), select);
+    reading.answer(store, &request.read, (lower, upper), reverse, start)
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ScanRequest {
     table_name: String,
-    index_name: Option<String>,
-    filter_expression: Option<String>,
     scan_filter: Option<HashMap<String, LegacyCondition>>,
-    conditional_operator: Option<String>,
-    projection_expression: Option<String>,
-    attributes_to_get: Option<Vec<String>>,
-    expression_attribute_names: Option<HashMap<String, String>>,
-    expression_attribute_values: Option<HashMap<String, AttributeValue>>,
-    select: Option<String>,
-    limit: Option<i64>,
-    exclusive_start_key: Option<Item>,
     segment: Option<i64>,
     total_segments: Option<i64>,
-    consistent_read: Option<bool>,
-    return_consumed_capacity: Option<String>,
+    #[serde(flatten)]
+    read: Read,
 }
 
 fn scan_bounds(segment: Option<i64>, total: Option<i64>) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
@@ -691,55 +765,18 @@ fn in_bounds(key: &[u8], lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool
     above && below
 }
 
-pub fn scan(store: &Store, request: ScanRequest) -> Result<Value, ApiError> {
+pub fn scan(store: &Store, mut request: ScanRequest) -> Result<Value, ApiError> {
     let meta = store.engine().require_table(&request.table_name)?;
-    let index = resolve_index(&meta, request.index_name.as_deref())?;
-    validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
-    let limit = parse_limit(request.limit)?;
-    if request.consistent_read == Some(true) && index.is_some_and(|i| i.kind == IndexKind::Global) {
-        return Err(ApiError::validation(
-            "Consistent reads are not supported on global secondary indexes",
-        ));
-    }
+    let (index, limit) = request.read.check(&meta)?;
     let (lower, upper) = scan_bounds(request.segment, request.total_segments)?;
-    refuse_mixed(
-        &[
-            ("FilterExpression", request.filter_expression.is_some()),
-            ("ProjectionExpression", request.projection_expression.is_some()),
-        ],
-        &[
-            ("AttributesToGet", request.attributes_to_get.is_some()),
-            ("ConditionalOperator", request.conditional_operator.is_some()),
-            ("ScanFilter", request.scan_filter.is_some()),
-        ],
-    )?;
-    let inputs = ExpressionInputs {
-        names: request.expression_attribute_names,
-        values: request.expression_attribute_values,
-    };
-    let (filter, projection) = {
-        let context = inputs.context();
-        let filter = build_filter(
-            &context,
-            request.filter_expression.as_deref(),
-            request.scan_filter.as_ref(),
-            "ScanFilter",
-            request.conditional_operator.as_deref(),
-        )?;
-        let projection = build_projection(
-            &context,
-            request.projection_expression.as_deref(),
-            request.attributes_to_get.as_deref(),
-        )?;
-        context.check_all_used()?;
-        (filter, projection)
-    };
-    let select = parse_select(request.select.as_deref(), projection.is_some(), index)?;
-    let start = request
-        .exclusive_start_key
-        .as_ref()
-        .map(|s| start_key(&meta, index, s))
-        .transpose()?;
+    request
+        .read
+        .refuse_mixed(None, ("ScanFilter", request.scan_filter.is_some()))?;
+    let ((), filter, projection) = request
+        .read
+        .parse(request.scan_filter.as_ref(), "ScanFilter", |_| Ok(()))?;
+    let select = parse_select(request.read.select.as_deref(), projection.is_some(), index)?;
+    let start = request.read.start(&meta, index)?;
     if let Some(start) = &start
         && request.segment.is_some()
         && !in_bounds(start, &lower, &upper)
@@ -750,27 +787,6 @@ pub fn scan(store: &Store, request: ScanRequest) -> Result<Value, ApiError> {
             "The provided Exclusive start key does not map to the provided Segment and TotalSegments values.",
         ));
     }
-    let page = read_page(
-        store,
-        PageRequest {
-            meta: &meta,
-            index,
-            lower,
-            upper,
-            reverse: false,
-            start,
-            limit,
-            filter: filter.as_ref(),
-            projection: projection.as_deref(),
-            select,
-        },
-    )?;
-    Ok(page_response(
-        &meta,
-        index,
-        page,
-        select,
-        request.return_consumed_capacity.as_deref(),
-        request.consistent_read.unwrap_or(false),
-    ))
+    let reading = Reading::new(&meta, index, limit, (filter, projection), select);
+    reading.answer(store, &request.read, (lower, upper), false, start)
 }

@@ -25,6 +25,12 @@ fn refuse_restoring(meta: &TableMeta) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The table a request's TableName names, checked to be a valid name first.
+fn named_table(store: &Store, name: &str) -> Result<std::sync::Arc<TableMeta>, ApiError> {
+    catalog::validate_table_name(name, "tableName")?;
+    store.engine().table(name).ok_or_else(|| not_found(name))
+}
+
 fn not_found(name: &str) -> ApiError {
     ApiError::resource_not_found(format!("Requested resource not found: Table: {name} not found"))
 }
@@ -251,11 +257,7 @@ const DELETE_TABLE_OMITS: &[&str] = &[
 ];
 
 pub async fn delete_table(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
-    catalog::validate_table_name(&request.table_name, "tableName")?;
-    let meta = store
-        .engine()
-        .table(&request.table_name)
-        .ok_or_else(|| not_found(&request.table_name))?;
+    let meta = named_table(store, &request.table_name)?;
     refuse_restoring(&meta)?;
     if meta.deletion_protection {
         return Err(ApiError::validation(format!(
@@ -284,11 +286,7 @@ pub async fn delete_table(store: &Store, request: TableNameRequest) -> Result<Va
 }
 
 pub fn describe_table(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
-    catalog::validate_table_name(&request.table_name, "tableName")?;
-    let meta = store
-        .engine()
-        .table(&request.table_name)
-        .ok_or_else(|| not_found(&request.table_name))?;
+    let meta = named_table(store, &request.table_name)?;
     Ok(json!({"Table": describe(store, &meta, "ACTIVE")}))
 }
 
@@ -369,11 +367,7 @@ pub struct UpdateTableRequest {
 }
 
 pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<Value, ApiError> {
-    catalog::validate_table_name(&request.table_name, "tableName")?;
-    let meta = store
-        .engine()
-        .table(&request.table_name)
-        .ok_or_else(|| not_found(&request.table_name))?;
+    let meta = named_table(store, &request.table_name)?;
     refuse_restoring(&meta)?;
     if let Some(updates) = request.replica_updates {
         let others = request.billing_mode.is_some()
@@ -627,22 +621,43 @@ pub struct TagResourceRequest {
 }
 
 pub async fn tag_resource(store: &Store, request: TagResourceRequest) -> Result<Value, ApiError> {
-    let meta = table_from_arn(store, &request.resource_arn)?;
-    if request.tags.is_empty() {
-        return Err(ApiError::validation(
-            "1 validation error detected: Value '[]' at 'tags' failed to satisfy constraint: Member must have length greater than or equal to 1",
-        ));
-    }
-    for tag in &request.tags {
-        catalog::validate_tag(&tag.key, &tag.value)?;
+    change_tags(store, &request.resource_arn, TagChange::Add(request.tags)).await
+}
+
+/// What TagResource and UntagResource do to a table's tags.
+enum TagChange {
+    Add(Vec<TagRequest>),
+    Remove(Vec<String>),
+}
+
+async fn change_tags(store: &Store, arn: &str, change: TagChange) -> Result<Value, ApiError> {
+    let meta = table_from_arn(store, arn)?;
+    if let TagChange::Add(tags) = &change {
+        if tags.is_empty() {
+            return Err(ApiError::validation(
+                "1 validation error detected: Value '[]' at 'tags' failed to satisfy constraint: Member must have length greater than or equal to 1",
+            ));
+        }
+        for tag in tags {
+            catalog::validate_tag(&tag.key, &tag.value)?;
+        }
     }
     change_table(store, meta, move |next| {
-        let mut merged = next.tags.clone();
-        for tag in request.tags {
-            merged.insert(tag.key, tag.value);
+        match change {
+            TagChange::Add(tags) => {
+                let mut merged = next.tags.clone();
+                for tag in tags {
+                    merged.insert(tag.key, tag.value);
+                }
+                catalog::validate_tag_count(merged.len())?;
+                next.tags = merged;
+            }
+            TagChange::Remove(keys) => {
+                for key in &keys {
+                    next.tags.remove(key);
+                }
+            }
         }
-        catalog::validate_tag_count(merged.len())?;
-        next.tags = merged;
         Ok(())
     })
     .await?;
@@ -657,15 +672,7 @@ pub struct UntagResourceRequest {
 }
 
 pub async fn untag_resource(store: &Store, request: UntagResourceRequest) -> Result<Value, ApiError> {
-    let meta = table_from_arn(store, &request.resource_arn)?;
-    change_table(store, meta, move |next| {
-        for key in &request.tag_keys {
-            next.tags.remove(key);
-        }
-        Ok(())
-    })
-    .await?;
-    Ok(json!({}))
+    change_tags(store, &request.resource_arn, TagChange::Remove(request.tag_keys)).await
 }
 
 #[derive(Deserialize)]
@@ -695,11 +702,7 @@ pub struct UpdateTtlRequest {
 }
 
 pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Value, ApiError> {
-    catalog::validate_table_name(&request.table_name, "tableName")?;
-    let meta = store
-        .engine()
-        .table(&request.table_name)
-        .ok_or_else(|| not_found(&request.table_name))?;
+    let meta = named_table(store, &request.table_name)?;
     refuse_restoring(&meta)?;
     let spec = request.time_to_live_specification;
     if spec.attribute_name.is_empty() || spec.attribute_name.len() > 255 {
@@ -744,11 +747,7 @@ fn check_ttl_change(current: Option<&TtlSpec>, enabled: bool, attribute: &str) -
 }
 
 pub fn describe_ttl(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
-    catalog::validate_table_name(&request.table_name, "tableName")?;
-    let meta = store
-        .engine()
-        .table(&request.table_name)
-        .ok_or_else(|| not_found(&request.table_name))?;
+    let meta = named_table(store, &request.table_name)?;
     let description = match &meta.ttl {
         Some(TtlSpec {
             attribute,

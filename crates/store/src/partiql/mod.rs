@@ -633,29 +633,13 @@ pub(crate) fn check_projection(paths: &[Path]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The value at `path` in `item`.
-pub(crate) fn lookup<'i>(item: &'i Item, path: &Path) -> Option<&'i AttributeValue> {
-    let (PathElement::Attribute(first), rest) = path.0.split_first()? else {
-        return None;
-    };
-    let mut value = item.get(first)?;
-    for element in rest {
-        value = match (value, element) {
-            (AttributeValue::M(map), PathElement::Attribute(key)) => map.get(key)?,
-            (AttributeValue::L(list), PathElement::Index(index)) => list.get(*index)?,
-            _ => return None,
-        };
-    }
-    Some(value)
-}
-
 /// A SELECT's projection applied to an item: flat, under each path's output name.
 pub(crate) fn project(item: &Item, paths: Option<&[Path]>) -> Item {
     match paths {
         None => item.clone(),
         Some(paths) => paths
             .iter()
-            .filter_map(|path| lookup(item, path).map(|value| (output_name(path), value.clone())))
+            .filter_map(|path| crate::expr::value_at(item, path).map(|value| (output_name(path), value.clone())))
             .collect(),
     }
 }

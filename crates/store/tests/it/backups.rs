@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 use store::catalog::RestoreSummary;
 use store::{Engine, Store, SystemClock};
 
+use crate::support::on_demand_table;
+
 /// Bound on waiting for a background backup or restore (never a timing assertion).
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -32,14 +34,7 @@ async fn wait_until(what: &str, mut condition: impl AsyncFnMut() -> bool) {
 }
 
 async fn backed_up_table(store: &Store, items: usize) -> String {
-    ok(
-        store,
-        "CreateTable",
-        json!({"TableName": "source", "BillingMode": "PAY_PER_REQUEST",
-               "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
-               "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}]}),
-    )
-    .await;
+    ok(store, "CreateTable", on_demand_table("source", "pk")).await;
     for n in 0..items {
         ok(
             store,

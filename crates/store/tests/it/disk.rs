@@ -14,6 +14,8 @@ use store::disk::{DiskSettings, FaultyDisk, RESERVE_FILE_NAME};
 use store::engine::{EngineOptions, HEALTH_TABLE, WriterState};
 use store::{Engine, Store, SystemClock};
 
+use crate::support::on_demand_table;
+
 const WATERMARK_BYTES: u64 = 2 << 20;
 const RESERVE_BYTES: u64 = 512 << 10;
 const WAIT_MS: u64 = 20_000;
@@ -46,17 +48,9 @@ impl Disk {
             dir,
             acknowledged: BTreeMap::new(),
         };
-        disk.call(
-            "CreateTable",
-            json!({
-                "TableName": "orders",
-                "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-                "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-                "BillingMode": "PAY_PER_REQUEST"
-            }),
-        )
-        .await
-        .expect("create table");
+        disk.call("CreateTable", on_demand_table("orders", "id"))
+            .await
+            .expect("create table");
         disk
     }
 
@@ -96,6 +90,15 @@ impl Disk {
     async fn assert_nothing_acknowledged_lost(&self) {
         for (id, value) in &self.acknowledged {
             assert_eq!(&self.get(id).await.expect("read"), value, "item {id}");
+        }
+    }
+
+    /// Retries a put (with a deadline) until it succeeds.
+    async fn put_once_writes_resume(&mut self, id: &str, value: &str) {
+        let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+        while let Err(error) = self.put(id, value).await {
+            assert!(Instant::now() < deadline, "writes never resumed: {error}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -152,11 +155,7 @@ async fn below_the_watermark_writes_are_refused_deletes_go_on_and_writes_resume_
         .expect_err("an update adds data too");
     assert_eq!(update.kind, ErrorKind::ServiceUnavailable);
     let created = disk
-        .call(
-            "CreateTable",
-            json!({"TableName": "more", "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-                   "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}], "BillingMode": "PAY_PER_REQUEST"}),
-        )
+        .call("CreateTable", on_demand_table("more", "id"))
         .await
         .expect_err("no new tables either");
     assert_eq!(created.kind, ErrorKind::ServiceUnavailable);
@@ -207,16 +206,7 @@ async fn an_io_error_fails_its_batch_and_the_database_is_reopened_without_a_rest
 
     // ...and once it works again the writer has reopened the database by itself.
     disk.faults.set_fail_syncs(false);
-    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
-    loop {
-        match disk.put("after", "v").await {
-            Ok(()) => break,
-            Err(error) => {
-                assert!(Instant::now() < deadline, "writes never resumed: {error}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    disk.put_once_writes_resume("after", "v").await;
     disk.wait_for_writer(WriterState::Ok).await;
     let status = disk.store.engine().writer_status();
     assert!(status.reopens_total >= 1, "{status:?}");
@@ -262,16 +252,7 @@ async fn a_disk_that_fills_up_under_the_engine_heals_when_it_grows() {
     );
     // The disk grows.
     disk.faults.set_capacity_bytes(u64::MAX);
-    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
-    loop {
-        match disk.put("after", "v").await {
-            Ok(()) => break,
-            Err(error) => {
-                assert!(Instant::now() < deadline, "writes never resumed: {error}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    disk.put_once_writes_resume("after", "v").await;
     disk.delete("first").await.expect("deletes work again");
     disk.wait_for_writer(WriterState::Ok).await;
     assert!(
@@ -300,11 +281,7 @@ async fn the_health_table_is_reserved_and_hidden() {
         .expect_err("reserved");
     assert!(error.message.contains("reserved"), "{error}");
     let error = disk
-        .call(
-            "CreateTable",
-            json!({"TableName": HEALTH_TABLE, "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-                   "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}], "BillingMode": "PAY_PER_REQUEST"}),
-        )
+        .call("CreateTable", on_demand_table(HEALTH_TABLE, "id"))
         .await
         .expect_err("exists");
     assert_eq!(error.kind, ErrorKind::ResourceInUse);
@@ -328,6 +305,34 @@ mod http {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// The HTTP server on a loopback port, serving a [`Disk`]'s engine.
+    struct Server {
+        url: String,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    impl Server {
+        async fn start(disk: &Disk) -> Server {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let url = format!("http://{}", listener.local_addr().expect("address"));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let config = ServerConfig {
+                credentials: None,
+                replication: None,
+            };
+            let task = tokio::spawn(run(listener, disk.store.engine().clone(), config, async {
+                let _ = stopped.await;
+            }));
+            Server { url, stop, task }
+        }
+
+        async fn stop(self) {
+            let _ = self.stop.send(());
+            self.task.await.expect("server task").expect("server ran");
+        }
+    }
+
     async fn health(url: &str) -> (u16, Value) {
         let (status, body) = get(&format!("{url}/health")).await;
         (status, serde_json::from_str(&body).expect("JSON health"))
@@ -336,20 +341,8 @@ mod http {
     #[tokio::test]
     async fn health_goes_read_only_below_the_watermark_and_back_to_ready() {
         let mut disk = Disk::open().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(run(
-            listener,
-            disk.store.engine().clone(),
-            ServerConfig {
-                credentials: None,
-                replication: None,
-            },
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let server = Server::start(&disk).await;
+        let url = server.url.clone();
         let (status, body) = health(&url).await;
         assert_eq!((status, body["status"].as_str()), (200, Some("ready")), "{body}");
         assert_eq!(body["writer"]["state"], "ok");
@@ -380,27 +373,14 @@ mod http {
         disk.faults.set_capacity_bytes(u64::MAX);
         let (status, body) = health(&url).await;
         assert_eq!((status, body["status"].as_str()), (200, Some("ready")), "{body}");
-        let _ = stop.send(());
-        server.await.expect("server task").expect("server ran");
+        server.stop().await;
     }
 
     #[tokio::test]
     async fn health_is_degraded_while_the_writer_reopens_the_database() {
         let mut disk = Disk::open().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(run(
-            listener,
-            disk.store.engine().clone(),
-            ServerConfig {
-                credentials: None,
-                replication: None,
-            },
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let server = Server::start(&disk).await;
+        let url = server.url.clone();
         disk.put("before", "v").await.expect("healthy");
         // Every write fails, so the reopen (whose repair writes) keeps failing too.
         disk.faults.set_fail_writes(true);
@@ -430,7 +410,6 @@ mod http {
         );
         assert_eq!(body["writer"]["reopens_total"], 1);
         disk.assert_nothing_acknowledged_lost().await;
-        let _ = stop.send(());
-        server.await.expect("server task").expect("server ran");
+        server.stop().await;
     }
 }

@@ -9,6 +9,8 @@ use store::server::{ServerConfig, run};
 use store::{Engine, SystemClock};
 use tokio::net::TcpListener;
 
+use crate::support::{on_demand_table, run_behind_a_queued_tag};
+
 const REGIONS: [&str; 3] = ["ap-south-1", "eu-west-1", "us-east-1"];
 const KEY: &[u8] = b"a-test-replication-key-of-32-bytes";
 /// Generous bound for convergence on a loaded 2-core machine.
@@ -38,12 +40,34 @@ async fn ok(url: &str, operation: &str, body: Value) -> Value {
     value
 }
 
-/// Binds every region's listener first so each knows its peers' addresses.
-async fn start_all(regions: &mut [Region], listeners: Vec<TcpListener>) {
+/// A region on a fresh loopback port and `dir`, not started yet, and the port's listener.
+async fn bind_region(name: &'static str, dir: tempfile::TempDir) -> (TcpListener, Region) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let region = Region {
+        name,
+        url: format!("http://{}", listener.local_addr().expect("address")),
+        dir,
+        stop: None,
+        task: None,
+    };
+    (listener, region)
+}
+
+/// Starts the three [`REGIONS`], each with the others as its peers; every listener is bound
+/// first so each knows its peers' addresses.
+async fn start_regions() -> Vec<Region> {
+    let mut listeners = Vec::new();
+    let mut regions = Vec::new();
+    for name in REGIONS {
+        let (listener, region) = bind_region(name, tempfile::tempdir().expect("temp dir")).await;
+        listeners.push(listener);
+        regions.push(region);
+    }
     let urls: Vec<(String, String)> = regions.iter().map(|r| (r.name.to_string(), r.url.clone())).collect();
     for (region, listener) in regions.iter_mut().zip(listeners) {
         start(region, listener, &urls).await;
     }
+    regions
 }
 
 /// How long a restarted region waits for its previous engine to release the database file.
@@ -128,33 +152,9 @@ async fn wait_converged(regions: &[Region], expected: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_regions_replicate_a_global_table_and_survive_a_restart() {
-    let mut listeners = Vec::new();
-    let mut regions = Vec::new();
-    for name in REGIONS {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        listeners.push(listener);
-        regions.push(Region {
-            name,
-            url,
-            dir: tempfile::tempdir().expect("temp dir"),
-            stop: None,
-            task: None,
-        });
-    }
-    start_all(&mut regions, listeners).await;
+    let mut regions = start_regions().await;
     let first = regions[2].url.clone();
-    ok(
-        &first,
-        "CreateTable",
-        json!({
-            "TableName": "carts",
-            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-            "BillingMode": "PAY_PER_REQUEST"
-        }),
-    )
-    .await;
+    ok(&first, "CreateTable", on_demand_table("carts", "id")).await;
     // Data written before the table becomes global must be backfilled to the new replicas.
     for i in 0..20 {
         ok(
@@ -234,14 +234,7 @@ fn now_ms() -> u64 {
 
 /// Starts `us-east-1` on `dir` with one peer, `eu-west-1`, that never answers.
 async fn start_lone_region(dir: tempfile::TempDir) -> Region {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-    let mut region = Region {
-        name: "us-east-1",
-        url: format!("http://{}", listener.local_addr().expect("address")),
-        dir,
-        stop: None,
-        task: None,
-    };
+    let (listener, mut region) = bind_region("us-east-1", dir).await;
     let peers = lone_peers(&region.url);
     start(&mut region, listener, &peers).await;
     region
@@ -270,12 +263,7 @@ async fn restart_lone_region(region: &mut Region) {
 /// matter), holding a table `carts`; returns it and the table's definition.
 async fn lone_region_with_carts() -> (Region, store::catalog::TableMeta) {
     let region = start_lone_region(tempfile::tempdir().expect("temp dir")).await;
-    let create = json!({
-        "TableName": "carts",
-        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-        "BillingMode": "PAY_PER_REQUEST"
-    });
+    let create = on_demand_table("carts", "id");
     ok(&region.url, "CreateTable", create.clone()).await;
     let request: store::catalog::CreateTableRequest = serde_json::from_value(create).expect("request");
     let table = store::catalog::table_from_request(&request, 1, 0.0).expect("table");
@@ -284,7 +272,6 @@ async fn lone_region_with_carts() -> (Region, store::catalog::TableMeta) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_definition_with_another_key_hash_is_refused() {
-    use store::global::TableRequest;
     use store::keys::KeyHash;
 
     let (mut region, mut table) = lone_region_with_carts().await;
@@ -292,13 +279,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
 
     // A peer whose replica hashes keys differently would ship keys this region cannot use.
     table.key_hash = KeyHash::Fnv1a;
-    let body = serde_json::to_vec(&TableRequest {
-        table: table.clone(),
-        delete: false,
-        sequence: 1,
-        joining: true,
-    })
-    .expect("serialize");
+    let body = table_body(&table, false, 1, true);
     let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", body).await;
     assert_eq!(status, 400, "{answer}");
     let message = answer["message"]
@@ -311,13 +292,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
     // does not use up its sequence number).
     table.key_hash = KeyHash::CURRENT;
     let path = "/replication/v1/table";
-    let body = serde_json::to_vec(&TableRequest {
-        table: table.clone(),
-        delete: false,
-        sequence: 1,
-        joining: true,
-    })
-    .expect("serialize");
+    let body = table_body(&table, false, 1, true);
     let date_ms = now_ms();
     let signature = store::global::sign(KEY, "eu-west-1", path, date_ms, &body);
     let (status, answer) = call_raw(&region.url, path, "eu-west-1", date_ms, signature.clone(), body.clone()).await;
@@ -343,13 +318,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
     );
 
     // The peer deletes its replica here (sequence 2); the captured request...
-    let delete = serde_json::to_vec(&TableRequest {
-        table: table.clone(),
-        delete: true,
-        sequence: 2,
-        joining: false,
-    })
-    .expect("serialize");
+    let delete = table_body(&table, true, 2, false);
     let date_ms = now_ms();
     let delete_signature = store::global::sign(KEY, "eu-west-1", path, date_ms, &delete);
     let (status, answer) = call_raw(
@@ -363,13 +332,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
     .await;
     assert_eq!(status, 200, "{answer}");
     // ...then it joins again (sequence 3), and the region restarts: the in-memory state is gone.
-    let join = serde_json::to_vec(&TableRequest {
-        table,
-        delete: false,
-        sequence: 3,
-        joining: true,
-    })
-    .expect("serialize");
+    let join = table_body(&table, false, 3, true);
     let (status, answer) = post_signed(&region.url, path, "eu-west-1", join.clone()).await;
     assert_eq!(status, 200, "{answer}");
     ok(
@@ -435,26 +398,18 @@ async fn corrupt_and_replayed_batches_apply_nothing() {
     };
     let hlc = |ms: u64| replication::Hlc::from_parts(ms, 0).0;
     let path = "/replication/v1/batch";
+    // Batch `seq` from eu-west-1 holding the one change to `note` at `ms`.
+    let send_change = |seq: u64, note: &'static str, ms: u64| {
+        post_signed(&region.url, path, "eu-west-1", batch(seq, vec![change(note, hlc(ms))]))
+    };
 
-    let (status, answer) = post_signed(
-        &region.url,
-        path,
-        "eu-west-1",
-        batch(1, vec![change("first", hlc(1_000))]),
-    )
-    .await;
+    let (status, answer) = send_change(1, "first", 1_000).await;
     assert_eq!((status, answer["applied"].as_u64()), (200, Some(1)), "{answer}");
     assert_eq!(note().await.as_deref(), Some("first"));
 
     // Sequence 1 again, now carrying a newer write that last-writer-wins alone would take:
     // the sequence says it was applied already, so nothing is.
-    let (status, answer) = post_signed(
-        &region.url,
-        path,
-        "eu-west-1",
-        batch(1, vec![change("replayed", hlc(9_000))]),
-    )
-    .await;
+    let (status, answer) = send_change(1, "replayed", 9_000).await;
     assert_eq!((status, answer["applied"].as_u64()), (200, Some(0)), "{answer}");
     assert_eq!(
         note().await.as_deref(),
@@ -486,16 +441,21 @@ async fn corrupt_and_replayed_batches_apply_nothing() {
     );
 
     // The stream carries on where it was: sequence 2 is next.
-    let (status, answer) = post_signed(
-        &region.url,
-        path,
-        "eu-west-1",
-        batch(2, vec![change("second", hlc(2_000))]),
-    )
-    .await;
+    let (status, answer) = send_change(2, "second", 2_000).await;
     assert_eq!((status, answer["applied"].as_u64()), (200, Some(1)), "{answer}");
     assert_eq!(note().await.as_deref(), Some("second"));
     stop(&mut region).await;
+}
+
+/// A peer's TableRequest for `table`, serialised.
+fn table_body(table: &store::catalog::TableMeta, delete: bool, sequence: u64, joining: bool) -> Vec<u8> {
+    let request = store::global::TableRequest {
+        table: table.clone(),
+        delete,
+        sequence,
+        joining,
+    };
+    serde_json::to_vec(&request).expect("serialize")
 }
 
 /// POSTs with a given signature header (to send a wrong one).
@@ -587,12 +547,7 @@ async fn replica_status_after_restart(backfill_pending: bool) -> String {
     {
         let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open");
         let store = store::Store::new(engine.clone());
-        let create = json!({
-            "TableName": "carts",
-            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-            "BillingMode": "PAY_PER_REQUEST"
-        });
+        let create = on_demand_table("carts", "id");
         store
             .handle("CreateTable", create.to_string().as_bytes())
             .await
@@ -650,18 +605,10 @@ async fn a_backfill_unfinished_before_a_restart_starts_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_error_carries_its_time_and_no_lag_figure_counts_from_1970() {
-    use store::global::TableRequest;
-
     let started_ms = now_ms();
     let (mut region, mut table) = lone_region_with_carts().await;
     table.replicas = vec!["us-east-1".into(), "eu-west-1".into()];
-    let body = serde_json::to_vec(&TableRequest {
-        table,
-        delete: false,
-        sequence: 1,
-        joining: false,
-    })
-    .expect("serialize");
+    let body = table_body(&table, false, 1, false);
     let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", body).await;
     assert_eq!(status, 200, "{answer}");
     ok(
@@ -699,28 +646,16 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use dynamo_protocol::AttributeValue;
-    use store::global::TableRequest;
     use store::record::{Record, encode};
 
     let mut region = start_lone_region(tempfile::tempdir().expect("temp dir")).await;
-    let create = json!({
-        "TableName": "carts",
-        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-        "BillingMode": "PAY_PER_REQUEST"
-    });
+    let create = on_demand_table("carts", "id");
     let request: store::catalog::CreateTableRequest = serde_json::from_value(create).expect("request");
     let mut table = store::catalog::table_from_request(&request, 1, 0.0).expect("table");
     table.replicas = vec!["eu-west-1".into(), "us-east-1".into()];
 
     // eu-west-1 makes this region join its global table...
-    let join = serde_json::to_vec(&TableRequest {
-        table: table.clone(),
-        delete: false,
-        sequence: 1,
-        joining: true,
-    })
-    .expect("serialize");
+    let join = table_body(&table, false, 1, true);
     let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", join).await;
     assert_eq!(status, 200, "{answer}");
     let barrier = answer["joined_below"].as_u64().expect("a join barrier");
@@ -728,13 +663,7 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
     // the wait for its backfill is handed to the requester with the same barrier; a plain
     // update of the definition (another replica added) answers no barrier.
     for (sequence, joining, expected) in [(2, true, Some(barrier)), (3, false, None)] {
-        let retry = serde_json::to_vec(&TableRequest {
-            table: table.clone(),
-            delete: false,
-            sequence,
-            joining,
-        })
-        .expect("serialize");
+        let retry = table_body(&table, false, sequence, joining);
         let (status, answer) = post_signed(&region.url, "/replication/v1/table", "eu-west-1", retry).await;
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["joined_below"].as_u64(), expected, "{answer}");
@@ -939,30 +868,9 @@ async fn wait_until(what: &str, mut condition: impl AsyncFnMut() -> bool) {
 /// changes applied there, replicated ones included, and a restore makes a regional table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_restores_replicated_changes_to_a_point_in_time() {
-    let mut listeners = Vec::new();
-    let mut regions = Vec::new();
-    for name in REGIONS {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        listeners.push(listener);
-        regions.push(Region {
-            name,
-            url,
-            dir: tempfile::tempdir().expect("temp dir"),
-            stop: None,
-            task: None,
-        });
-    }
-    start_all(&mut regions, listeners).await;
+    let mut regions = start_regions().await;
     let (writer, replica) = (regions[2].url.clone(), regions[1].url.clone());
-    ok(
-        &writer,
-        "CreateTable",
-        json!({"TableName": "carts", "BillingMode": "PAY_PER_REQUEST",
-               "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-               "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}]}),
-    )
-    .await;
+    ok(&writer, "CreateTable", on_demand_table("carts", "id")).await;
     ok(
         &writer,
         "UpdateTable",
@@ -1058,19 +966,6 @@ async fn a_replica_restores_replicated_changes_to_a_point_in_time() {
     }
 }
 
-/// Waits (with a deadline) until `engine`'s write queue has `free` free slots.
-async fn wait_for_queue_free(engine: &Engine, free: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while engine.write_queue_free() != free {
-        assert!(
-            Instant::now() < deadline,
-            "the write queue never reached {free} free slots (now {})",
-            engine.write_queue_free()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// An UpdateTable with ReplicaUpdates that read the table before a TagResource committed puts
 /// the new replica list on the definition as committed, with the tag (it used to write back the
 /// definition it read, losing the tag). Region us-east-1 is a `Store` driven in-process (no
@@ -1078,14 +973,7 @@ async fn wait_for_queue_free(engine: &Engine, free: usize) {
 /// server that receives the replica over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_updates_keep_a_tag_committed_after_they_read_the_table() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-    let mut europe = Region {
-        name: "eu-west-1",
-        url: format!("http://{}", listener.local_addr().expect("address")),
-        dir: tempfile::tempdir().expect("temp dir"),
-        stop: None,
-        task: None,
-    };
+    let (listener, mut europe) = bind_region("eu-west-1", tempfile::tempdir().expect("temp dir")).await;
     let urls = [
         ("us-east-1".to_string(), "http://127.0.0.1:1".to_string()),
         ("eu-west-1".to_string(), europe.url.clone()),
@@ -1113,54 +1001,16 @@ async fn replica_updates_keep_a_tag_committed_after_they_read_the_table() {
         let us = us.clone();
         async move { us.handle(operation, body.to_string().as_bytes()).await }
     };
-    let created = handle(
-        "CreateTable",
-        json!({
-            "TableName": "carts",
-            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-            "BillingMode": "PAY_PER_REQUEST"
-        }),
-    )
-    .await
-    .expect("CreateTable");
+    let created = handle("CreateTable", on_demand_table("carts", "id"))
+        .await
+        .expect("CreateTable");
     let arn = created["TableDescription"]["TableArn"]
         .as_str()
         .expect("TableArn")
         .to_string();
 
-    // Hold the writer inside a job so the next ones queue up in a known order.
-    let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let blocker = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .write_exclusive(move |_| {
-                    let _ = inside_tx.send(());
-                    let _ = release_rx.recv();
-                    Ok(())
-                })
-                .await
-        }
-    });
-    inside_rx.await.expect("the blocking job ran");
-    let idle = engine.write_queue_free();
-    let tag = tokio::spawn(handle(
-        "TagResource",
-        json!({"ResourceArn": arn, "Tags": [{"Key": "team", "Value": "billing"}]}),
-    ));
-    wait_for_queue_free(&engine, idle - 1).await;
-    // UpdateTable reads the table (without the tag, still queued) and queues its first write.
-    let update = tokio::spawn(handle(
-        "UpdateTable",
-        json!({"TableName": "carts", "ReplicaUpdates": [{"Create": {"RegionName": "eu-west-1"}}]}),
-    ));
-    wait_for_queue_free(&engine, idle - 2).await;
-    release_tx.send(()).expect("the blocking job waits");
-    blocker.await.expect("blocker task").expect("blocking job");
-    tag.await.expect("tag task").expect("TagResource");
-    let updated = update.await.expect("update task").expect("UpdateTable");
+    let body = json!({"TableName": "carts", "ReplicaUpdates": [{"Create": {"RegionName": "eu-west-1"}}]});
+    let (updated, tags) = run_behind_a_queued_tag(&us, &arn, "UpdateTable", body).await;
 
     let regions = |description: &Value| -> Vec<String> {
         description["Replicas"]
@@ -1180,11 +1030,8 @@ async fn replica_updates_keep_a_tag_committed_after_they_read_the_table() {
         ["eu-west-1", "us-east-1"],
         "{updated}"
     );
-    let tags = handle("ListTagsOfResource", json!({"ResourceArn": arn}))
-        .await
-        .expect("ListTagsOfResource");
     assert_eq!(
-        tags["Tags"],
+        tags,
         json!([{"Key": "team", "Value": "billing"}]),
         "the tag committed while ReplicaUpdates ran was lost: {tags}"
     );

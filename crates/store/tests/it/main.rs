@@ -7,10 +7,17 @@ use std::sync::Arc;
 use dynamo_protocol::{ApiError, ErrorKind};
 use serde_json::{Value, json};
 use store::{Engine, Store, SystemClock};
+use support::{Calls, on_demand_table};
 
 struct Harness {
     store: Store,
     _dir: tempfile::TempDir,
+}
+
+impl Calls for Harness {
+    async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
+        self.store.handle(operation, body.to_string().as_bytes()).await
+    }
 }
 
 impl Harness {
@@ -23,22 +30,18 @@ impl Harness {
         }
     }
 
-    async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
-        self.store.handle(operation, body.to_string().as_bytes()).await
+    /// A harness with the `orders` table.
+    async fn with_orders() -> Harness {
+        let h = Harness::new();
+        h.create_orders().await;
+        h
     }
 
-    async fn ok(&self, operation: &str, body: Value) -> Value {
-        match self.call(operation, body).await {
-            Ok(value) => value,
-            Err(error) => panic!("{operation} failed: {error}"),
-        }
-    }
-
-    async fn err(&self, operation: &str, body: Value) -> ApiError {
-        match self.call(operation, body).await {
-            Ok(value) => panic!("{operation} succeeded unexpectedly: {value}"),
-            Err(error) => error,
-        }
+    /// A harness with the `orders` table holding ann's order 1, open.
+    async fn with_an_order() -> Harness {
+        let h = Harness::with_orders().await;
+        h.put_order("ann", 1, "open").await;
+        h
     }
 
     async fn create_orders(&self) {
@@ -88,8 +91,7 @@ fn numbers(items: &Value, attribute: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn create_describe_list_and_delete_tables() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     let described = h.ok("DescribeTable", json!({"TableName": "orders"})).await;
     assert_eq!(described["Table"]["TableStatus"], "ACTIVE");
     assert_eq!(described["Table"]["KeySchema"][1]["AttributeName"], "order");
@@ -97,17 +99,7 @@ async fn create_describe_list_and_delete_tables() {
         described["Table"]["GlobalSecondaryIndexes"][0]["IndexName"],
         "by-status"
     );
-    let again = h
-        .err(
-            "CreateTable",
-            json!({
-                "TableName": "orders",
-                "AttributeDefinitions": [{"AttributeName": "customer", "AttributeType": "S"}],
-                "KeySchema": [{"AttributeName": "customer", "KeyType": "HASH"}],
-                "BillingMode": "PAY_PER_REQUEST"
-            }),
-        )
-        .await;
+    let again = h.err("CreateTable", on_demand_table("orders", "customer")).await;
     assert_eq!(again.kind, ErrorKind::ResourceInUse);
     let listed = h.ok("ListTables", json!({})).await;
     assert_eq!(listed["TableNames"], json!(["orders"]));
@@ -118,8 +110,7 @@ async fn create_describe_list_and_delete_tables() {
 
 #[tokio::test]
 async fn attribute_names_are_at_least_one_character_and_under_64_kb() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     let key = json!({"customer": {"S": "c1"}, "order": {"N": "1"}});
     let mut item = key.clone();
     item[""] = json!({"S": "no name"});
@@ -157,23 +148,25 @@ async fn attribute_names_are_at_least_one_character_and_under_64_kb() {
 
 #[tokio::test]
 async fn query_orders_numbers_and_pages() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     for order in [20, -10, 3, 0, -2] {
         h.put_order("ann", order, if order > 0 { "open" } else { "shipped" })
             .await;
     }
     h.put_order("bob", 1, "open").await;
-    let all = h
-        .ok(
-            "Query",
-            json!({
-                "TableName": "orders",
-                "KeyConditionExpression": "customer = :c",
-                "ExpressionAttributeValues": {":c": {"S": "ann"}}
-            }),
-        )
-        .await;
+    // A Query of ann's orders, with `extra` members.
+    let ann = |extra: Value| {
+        let mut query = json!({
+            "TableName": "orders",
+            "KeyConditionExpression": "customer = :c",
+            "ExpressionAttributeValues": {":c": {"S": "ann"}}
+        });
+        for (member, value) in extra.as_object().expect("members") {
+            query[member] = value.clone();
+        }
+        query
+    };
+    let all = h.ok("Query", ann(json!({}))).await;
     assert_eq!(numbers(&all["Items"], "order"), ["-10", "-2", "0", "3", "20"]);
     let backwards = h
         .ok(
@@ -188,28 +181,10 @@ async fn query_orders_numbers_and_pages() {
         )
         .await;
     assert_eq!(numbers(&backwards["Items"], "order"), ["3", "0", "-2"]);
-    let first = h
-        .ok(
-            "Query",
-            json!({
-                "TableName": "orders",
-                "KeyConditionExpression": "customer = :c",
-                "ExpressionAttributeValues": {":c": {"S": "ann"}},
-                "Limit": 2
-            }),
-        )
-        .await;
+    let first = h.ok("Query", ann(json!({"Limit": 2}))).await;
     assert_eq!(numbers(&first["Items"], "order"), ["-10", "-2"]);
     let rest = h
-        .ok(
-            "Query",
-            json!({
-                "TableName": "orders",
-                "KeyConditionExpression": "customer = :c",
-                "ExpressionAttributeValues": {":c": {"S": "ann"}},
-                "ExclusiveStartKey": first["LastEvaluatedKey"]
-            }),
-        )
+        .ok("Query", ann(json!({"ExclusiveStartKey": first["LastEvaluatedKey"]})))
         .await;
     assert_eq!(numbers(&rest["Items"], "order"), ["0", "3", "20"]);
     assert!(rest.get("LastEvaluatedKey").is_none());
@@ -234,9 +209,7 @@ async fn query_orders_numbers_and_pages() {
 
 #[tokio::test]
 async fn conditions_updates_and_return_values() {
-    let h = Harness::new();
-    h.create_orders().await;
-    h.put_order("ann", 1, "open").await;
+    let h = Harness::with_an_order().await;
     let failed = h
         .err(
             "PutItem",
@@ -295,9 +268,7 @@ async fn conditions_updates_and_return_values() {
 
 #[tokio::test]
 async fn transactions_are_all_or_nothing() {
-    let h = Harness::new();
-    h.create_orders().await;
-    h.put_order("ann", 1, "open").await;
+    let h = Harness::with_an_order().await;
     let canceled = h
         .err(
             "TransactWriteItems",
@@ -345,8 +316,7 @@ async fn transactions_are_all_or_nothing() {
 
 #[tokio::test]
 async fn a_reused_client_request_token_needs_the_identical_request() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     let request = |amount: &str| {
         json!({"ClientRequestToken": "token-1", "TransactItems": [
             {"Update": {"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}},
@@ -370,8 +340,7 @@ async fn a_reused_client_request_token_needs_the_identical_request() {
 
 #[tokio::test]
 async fn a_query_start_key_must_lie_within_the_key_condition() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     for order in 1..=5 {
         h.put_order("ann", order, "open").await;
         h.put_order("bob", order, "open").await;
@@ -420,8 +389,7 @@ async fn a_query_start_key_must_lie_within_the_key_condition() {
 
 #[tokio::test]
 async fn parallel_scan_segments_cover_every_item_once() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     for order in 0..60 {
         h.put_order(&format!("c{order}"), order, "open").await;
     }
@@ -527,16 +495,7 @@ async fn writes_survive_reopening_the_database() {
 #[tokio::test]
 async fn a_write_queued_before_an_index_was_created_is_indexed() {
     let h = Harness::new();
-    h.ok(
-        "CreateTable",
-        json!({
-            "TableName": "late",
-            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
-            "BillingMode": "PAY_PER_REQUEST"
-        }),
-    )
-    .await;
+    h.ok("CreateTable", on_demand_table("late", "pk")).await;
     let engine = h.store.engine().clone();
     let stale = engine.table("late").expect("table");
     h.ok(
@@ -576,73 +535,20 @@ async fn a_write_queued_before_an_index_was_created_is_indexed() {
     assert_eq!(h.ok("Query", query).await["Count"], 0);
 }
 
-/// Waits (with a deadline) until the engine's write queue has `free` free slots.
-async fn wait_for_queue_free(engine: &Engine, free: usize) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while engine.write_queue_free() != free {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the write queue never reached {free} free slots (now {})",
-            engine.write_queue_free()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-}
-
-/// Runs `operation` so that it reads the `orders` table before a TagResource commits and
-/// writes after it: the writer is held inside a job while TagResource and then `operation`
-/// queue up. Returns the operation's answer and the tags the table has afterwards.
+/// [`support::run_behind_a_queued_tag`] on the `orders` table.
 async fn run_behind_a_queued_tag(h: &Harness, operation: &'static str, body: Value) -> (Value, Value) {
     let arn = h.ok("DescribeTable", json!({"TableName": "orders"})).await["Table"]["TableArn"]
         .as_str()
         .expect("TableArn")
         .to_string();
-    let engine = h.store.engine().clone();
-    let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let blocker = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .write_exclusive(move |_| {
-                    let _ = inside_tx.send(());
-                    let _ = release_rx.recv();
-                    Ok(())
-                })
-                .await
-        }
-    });
-    inside_rx.await.expect("the blocking job ran");
-    let idle = engine.write_queue_free();
-    let tag = tokio::spawn({
-        let store = h.store.clone();
-        let body = json!({"ResourceArn": arn, "Tags": [{"Key": "team", "Value": "billing"}]});
-        async move { store.handle("TagResource", body.to_string().as_bytes()).await }
-    });
-    wait_for_queue_free(&engine, idle - 1).await;
-    // The operation reads the table (without the tag, still queued) and queues its write.
-    let change = tokio::spawn({
-        let store = h.store.clone();
-        async move { store.handle(operation, body.to_string().as_bytes()).await }
-    });
-    wait_for_queue_free(&engine, idle - 2).await;
-    release_tx.send(()).expect("the blocking job waits");
-    blocker.await.expect("blocker task").expect("blocking job");
-    tag.await.expect("tag task").expect("TagResource");
-    let answer = match change.await.expect("operation task") {
-        Ok(answer) => answer,
-        Err(error) => panic!("{operation} failed: {error}"),
-    };
-    let tags = h.ok("ListTagsOfResource", json!({"ResourceArn": arn})).await;
-    (answer, tags["Tags"].clone())
+    support::run_behind_a_queued_tag(&h.store, &arn, operation, body).await
 }
 
 /// An UpdateTable that read the table before a TagResource committed applies its change to
 /// the definition with the tags (it used to write back the one it read, losing them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_table_keeps_a_tag_committed_after_it_read_the_table() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     let body = json!({"TableName": "orders", "DeletionProtectionEnabled": true});
     let (updated, tags) = run_behind_a_queued_tag(&h, "UpdateTable", body).await;
     assert_eq!(updated["TableDescription"]["DeletionProtectionEnabled"], json!(true));
@@ -654,8 +560,7 @@ async fn update_table_keeps_a_tag_committed_after_it_read_the_table() {
 /// The same for UpdateContinuousBackups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_continuous_backups_keeps_a_tag_committed_after_it_read_the_table() {
-    let h = Harness::new();
-    h.create_orders().await;
+    let h = Harness::with_orders().await;
     let body = json!({"TableName": "orders", "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": true}});
     let (_, tags) = run_behind_a_queued_tag(&h, "UpdateContinuousBackups", body).await;
     assert_eq!(tags, json!([{"Key": "team", "Value": "billing"}]));
@@ -802,4 +707,5 @@ mod pitr;
 mod replication_fuzz;
 mod server;
 mod streams;
+mod support;
 mod tombstones;

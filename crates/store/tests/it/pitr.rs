@@ -4,74 +4,25 @@
 //! interrupted done again at the next start.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dynamo_protocol::{ApiError, ErrorKind};
 use serde_json::{Value, json};
 use store::catalog::RestoreSummary;
-use store::engine::{Clock, PitrLimits};
-use store::{Engine, Store};
+use store::engine::PitrLimits;
 
-struct ManualClock(AtomicU64);
+use crate::support::{Calls, ClockedStore};
 
-impl Clock for ManualClock {
-    fn now_unix_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-const START_MS: u64 = 1_800_000_000_000;
 const DAY_MS: u64 = 24 * 3600 * 1000;
 /// Bound on waiting for a background restore (never a timing assertion).
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Harness {
-    store: Store,
-    engine: Engine,
-    clock: Arc<ManualClock>,
-    _dir: tempfile::TempDir,
-}
+/// This module's helpers on a [`ClockedStore`].
+struct Pitr;
+
+type Harness = ClockedStore<Pitr>;
 
 impl Harness {
-    fn new() -> Harness {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let clock = Arc::new(ManualClock(AtomicU64::new(START_MS)));
-        let engine = Engine::open(dir.path(), "us-east-1", clock.clone()).expect("open engine");
-        Harness {
-            store: Store::new(engine.clone()),
-            engine,
-            clock,
-            _dir: dir,
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.clock.0.load(Ordering::SeqCst)
-    }
-
-    fn advance(&self, ms: u64) {
-        self.clock.0.fetch_add(ms, Ordering::SeqCst);
-    }
-
-    async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
-        self.store.handle(operation, body.to_string().as_bytes()).await
-    }
-
-    async fn ok(&self, operation: &str, body: Value) -> Value {
-        match self.call(operation, body).await {
-            Ok(value) => value,
-            Err(error) => panic!("{operation} failed: {error}"),
-        }
-    }
-
-    async fn err(&self, operation: &str, body: Value) -> ApiError {
-        match self.call(operation, body).await {
-            Ok(value) => panic!("{operation} succeeded unexpectedly: {value}"),
-            Err(error) => error,
-        }
-    }
-
     async fn create(&self, name: &str) {
         self.ok(
             "CreateTable",

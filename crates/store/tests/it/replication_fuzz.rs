@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 use store::global::{Peer, Replication, ReplicationConfig};
 use store::{Engine, Store, SystemClock};
 
+use crate::support::on_demand_table;
+
 const KEY: &[u8] = b"a-test-replication-key-of-32-bytes";
 const PATHS: [&str; 5] = [
     "/replication/v1/batch",
@@ -49,17 +51,7 @@ fn target() -> Target {
     let store = Store::new(engine);
     runtime.block_on(async {
         store
-            .handle(
-                "CreateTable",
-                json!({
-                    "TableName": "carts",
-                    "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-                    "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-                    "BillingMode": "PAY_PER_REQUEST"
-                })
-                .to_string()
-                .as_bytes(),
-            )
+            .handle("CreateTable", on_demand_table("carts", "id").to_string().as_bytes())
             .await
             .expect("create");
         store

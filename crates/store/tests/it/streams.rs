@@ -2,81 +2,20 @@
 //! written with the items (single, batch, transactional, TTL), iterators of every type,
 //! expiry, shard rollover, retention, and the stream's life across UpdateTable/DeleteTable.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use dynamo_protocol::{ApiError, ErrorKind};
+use dynamo_protocol::ErrorKind;
 use serde_json::{Value, json};
-use store::engine::Clock;
 use store::streams::{ITERATOR_LIFETIME_MS, StreamLimits};
-use store::{Engine, Store};
 
-struct ManualClock(AtomicU64);
+use crate::support::{Calls, ClockedStore, START_MS, on_demand_table};
 
-impl Clock for ManualClock {
-    fn now_unix_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+/// This module's helpers on a [`ClockedStore`].
+struct Streams;
 
-struct Harness {
-    store: Store,
-    engine: Engine,
-    clock: Arc<ManualClock>,
-    _dir: tempfile::TempDir,
-}
-
-const START_MS: u64 = 1_800_000_000_000;
+type Harness = ClockedStore<Streams>;
 
 impl Harness {
-    fn new() -> Harness {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let clock = Arc::new(ManualClock(AtomicU64::new(START_MS)));
-        let engine = Engine::open(dir.path(), "us-east-1", clock.clone()).expect("open engine");
-        Harness {
-            store: Store::new(engine.clone()),
-            engine,
-            clock,
-            _dir: dir,
-        }
-    }
-
-    fn advance(&self, ms: u64) {
-        self.clock.0.fetch_add(ms, Ordering::SeqCst);
-    }
-
-    async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
-        match operation {
-            "ListStreams" | "DescribeStream" | "GetShardIterator" | "GetRecords" => {
-                store::streams::api::handle(&self.engine, operation, body.to_string().as_bytes())
-                    .await
-                    .map(|answer| serde_json::from_slice(&answer).expect("a Streams answer is JSON"))
-            }
-            _ => self.store.handle(operation, body.to_string().as_bytes()).await,
-        }
-    }
-
-    async fn ok(&self, operation: &str, body: Value) -> Value {
-        match self.call(operation, body).await {
-            Ok(value) => value,
-            Err(error) => panic!("{operation} failed: {error}"),
-        }
-    }
-
-    async fn err(&self, operation: &str, body: Value) -> ApiError {
-        match self.call(operation, body).await {
-            Ok(value) => panic!("{operation} succeeded unexpectedly: {value}"),
-            Err(error) => error,
-        }
-    }
-
     async fn create(&self, name: &str, view_type: Option<&str>) -> Value {
-        let mut request = json!({
-            "TableName": name,
-            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-            "BillingMode": "PAY_PER_REQUEST",
-        });
+        let mut request = on_demand_table(name, "id");
         if let Some(view_type) = view_type {
             request["StreamSpecification"] = json!({"StreamEnabled": true, "StreamViewType": view_type});
         }

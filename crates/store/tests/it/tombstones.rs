@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use store::{Engine, Store, SystemClock};
 
+use crate::support::on_demand_table;
+
 const REOPEN_DEADLINE: Duration = Duration::from_secs(10);
 
 fn open(dir: &std::path::Path) -> Engine {
@@ -44,17 +46,7 @@ async fn ok(store: &Store, operation: &str, body: Value) -> Value {
 /// A table made global by giving it a second replica (no peer needed to write to it).
 async fn global_table(engine: &Engine) -> Store {
     let store = Store::new(engine.clone());
-    ok(
-        &store,
-        "CreateTable",
-        json!({
-            "TableName": "carts",
-            "BillingMode": "PAY_PER_REQUEST",
-            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-        }),
-    )
-    .await;
+    ok(&store, "CreateTable", on_demand_table("carts", "id")).await;
     let mut meta = (*engine.table("carts").expect("created")).clone();
     meta.replicas = vec!["us-east-1".into(), "eu-west-1".into()];
     engine
