@@ -319,10 +319,10 @@ pub enum ExposureError {
 
 /// Security by default: an unauthenticated store listens on loopback only.
 pub fn check_exposure(address: SocketAddr, credentials: Option<&Credentials>) -> Result<(), ExposureError> {
-    if credentials.is_some_and(|c| !c.is_empty()) || address.ip().is_loopback() {
-        Ok(())
-    } else {
+    if common::secret::open_to_network(address, credentials.is_some_and(|c| !c.is_empty())) {
         Err(ExposureError::OpenToNetwork(address))
+    } else {
+        Ok(())
     }
 }
 
