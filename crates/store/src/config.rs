@@ -28,6 +28,7 @@
 //! clock_offset_max_ms = 1000              # local writes never stamped further ahead
 //! disk_free_bytes_min = "2GiB"            # below this, new writes are refused (deletes go on)
 //! disk_reserve_bytes = "64MiB"            # preallocated, released below the watermark
+//! cache_bytes = "256MiB"                  # the page cache in memory (default 1GiB)
 //! stream_retention_ms = 86400000          # DynamoDB Streams: records kept (default 24 h)
 //! stream_shard_age_ms = 14400000          # a shard closes after this long (default 4 h)...
 //! stream_shard_records_max = 100000       # ...or this many records
@@ -78,6 +79,7 @@ pub struct StoreFileConfig {
     pub clock_offset_max_ms: Option<u64>,
     pub disk_free_bytes_min: Option<u64>,
     pub disk_reserve_bytes: Option<u64>,
+    pub cache_bytes: Option<u64>,
     /// `stream_retention_ms`, `stream_shard_age_ms`, `stream_shard_records_max`.
     pub stream_limits: crate::streams::StreamLimitKeys,
     /// `pitr_undo_bytes_max`, `pitr_restorable_lag_ms`.
@@ -108,6 +110,25 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 /// The disk watermark: a byte size like [`parse_bytes`]; 0 turns the watermark off.
 pub fn parse_disk_free_bytes_min(text: &str) -> Result<u64, String> {
     parse_byte_size(text)
+}
+
+/// The smallest page cache accepted: a few pages of every B-tree a write touches.
+pub const CACHE_BYTES_MIN: u64 = 4 * 1024 * 1024;
+/// The page cache when nothing sets it (redb's default).
+pub const CACHE_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;
+
+/// The page cache's size: a byte size of at least [`CACHE_BYTES_MIN`].
+pub fn parse_cache_bytes(text: &str) -> Result<u64, String> {
+    let bytes = parse_byte_size(text)?;
+    if bytes < CACHE_BYTES_MIN {
+        return Err(format!(
+            "'{text}' is below the smallest page cache, {CACHE_BYTES_MIN} bytes (4MiB); a small machine still wants tens of MiB"
+        ));
+    }
+    if usize::try_from(bytes).is_err() {
+        return Err(format!("'{text}' is more memory than this machine can address"));
+    }
+    Ok(bytes)
 }
 
 /// The reserve file's size: a byte size up to [`crate::disk::DISK_RESERVE_BYTES_MAX`]; 0 keeps
@@ -187,6 +208,7 @@ struct RawStore {
     clock_offset_max_ms: Option<Spanned<i64>>,
     disk_free_bytes_min: Option<Spanned<toml::Value>>,
     disk_reserve_bytes: Option<Spanned<toml::Value>>,
+    cache_bytes: Option<Spanned<toml::Value>>,
     stream_retention_ms: Option<Spanned<i64>>,
     stream_shard_age_ms: Option<Spanned<i64>>,
     stream_shard_records_max: Option<Spanned<i64>>,
@@ -365,6 +387,7 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
             parse_disk_free_bytes_min,
         )?,
         disk_reserve_bytes: bytes(&raw.disk_reserve_bytes, "disk_reserve_bytes", parse_disk_reserve_bytes)?,
+        cache_bytes: bytes(&raw.cache_bytes, "cache_bytes", parse_cache_bytes)?,
         data_dir: path(&raw.data_dir, "data_dir")?,
         backup_dir: path(&raw.backup_dir, "backup_dir")?,
         credentials: path(&raw.credentials, "credentials")?,
@@ -650,5 +673,18 @@ ap-south-1 = "https://store.ap-south-1.example:8000"
         );
         let error = parse("[store]\nregion = \"us east\"\n", Path::new(".")).expect_err("region");
         assert!(error.starts_with("line 2") && error.contains("eu-west-1"), "{error}");
+    }
+
+    #[test]
+    fn the_page_cache_is_a_byte_size_of_at_least_4_mib() {
+        let cache = parse("[store]\ncache_bytes = \"256MiB\"\n", Path::new(".")).expect("valid");
+        assert_eq!(cache.cache_bytes, Some(256 << 20));
+        let error = parse("[store]\n\ncache_bytes = \"1MiB\"\n", Path::new(".")).expect_err("too small");
+        assert!(
+            error.starts_with("line 3") && error.contains("cache_bytes") && error.contains("4MiB"),
+            "{error}"
+        );
+        assert!(parse_cache_bytes("4MiB").is_ok());
+        assert!(parse_cache_bytes("lots").is_err());
     }
 }

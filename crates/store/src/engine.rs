@@ -394,6 +394,7 @@ impl Engine {
             },
             faults: None,
             backup_dir: None,
+            cache_bytes: None,
         };
         Engine::open_with(data_dir, region, clock, unguarded)
     }

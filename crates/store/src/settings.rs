@@ -35,6 +35,7 @@ pub struct Overrides {
     pub clock_offset_max_ms: Option<u64>,
     pub disk_free_bytes_min: Option<u64>,
     pub disk_reserve_bytes: Option<u64>,
+    pub cache_bytes: Option<u64>,
     pub limits: LimitOverrides,
     /// Used only with `tls_key` (both or the file's pair).
     pub tls_cert: Option<PathBuf>,
@@ -75,6 +76,8 @@ pub struct Settings {
     pub clock_offset_alarm_ms: u64,
     pub clock_offset_max_ms: u64,
     pub disk: crate::disk::DiskSettings,
+    /// redb's page cache (`cache_bytes`, `--cache-bytes`) [default: 1GiB].
+    pub cache_bytes: u64,
     pub limits: common::http::Limits,
     pub tls: Option<common::http::TlsFiles>,
     pub peer_ca: Option<PathBuf>,
@@ -214,6 +217,10 @@ impl Settings {
                     .or(file.disk_reserve_bytes)
                     .unwrap_or(crate::disk::DISK_RESERVE_BYTES_DEFAULT),
             },
+            cache_bytes: overrides
+                .cache_bytes
+                .or(file.cache_bytes)
+                .unwrap_or(crate::config::CACHE_BYTES_DEFAULT),
             tls: match (overrides.tls_cert, overrides.tls_key) {
                 (Some(cert), Some(key)) => Some((cert, key)),
                 _ => file.tls_cert.clone().zip(file.tls_key.clone()),

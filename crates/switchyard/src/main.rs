@@ -179,7 +179,7 @@ struct StoreArgs {
     /// A deployment file whose `[store]` section sets any of the options below (`region`,
     /// `listen`, `data_dir`, `backup_dir`, `credentials`, `replication_key_file`,
     /// `replication_backlog_bytes_max`, `clock_offset_alarm_ms`, `clock_offset_max_ms`,
-    /// `disk_free_bytes_min`, `disk_reserve_bytes`, and `[store.peers]` as
+    /// `disk_free_bytes_min`, `disk_reserve_bytes`, `cache_bytes`, and `[store.peers]` as
     /// REGION = "URL" lines); flags and environment variables override it. See the README.
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
@@ -239,6 +239,10 @@ struct StoreArgs {
     /// can commit on a full disk; 0 keeps none [default: 64MiB].
     #[arg(long, value_name = "BYTES", env = "SWITCHYARD_DISK_RESERVE_BYTES", value_parser = store::config::parse_disk_reserve_bytes)]
     disk_reserve_bytes: Option<u64>,
+    /// Memory for the database's page cache: the store's resident memory grows to about this
+    /// much beyond its working set; a small machine wants less (at least 4MiB) [default: 1GiB].
+    #[arg(long, value_name = "BYTES", env = "SWITCHYARD_CACHE_BYTES", value_parser = store::config::parse_cache_bytes)]
+    cache_bytes: Option<u64>,
     #[command(flatten)]
     limits: ListenerLimitArgs,
     /// PEM certificate chain: with --tls-key, the API and replication are served over HTTPS.
@@ -362,6 +366,7 @@ impl StoreArgs {
             clock_offset_max_ms: self.clock_offset_max_ms,
             disk_free_bytes_min: self.disk_free_bytes_min,
             disk_reserve_bytes: self.disk_reserve_bytes,
+            cache_bytes: self.cache_bytes,
             limits: self.limits.overrides(),
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
@@ -530,6 +535,8 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
             disk: args.disk,
             faults: None,
             backup_dir: args.backup_dir.clone(),
+            // `parse_cache_bytes` refused anything this machine cannot address.
+            cache_bytes: usize::try_from(args.cache_bytes).ok(),
         },
     )?;
     // Engine::open_with read the SWITCHYARD_STREAM_* variables; the file's keys go under them.

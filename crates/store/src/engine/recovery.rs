@@ -33,6 +33,8 @@ pub struct EngineOptions {
     pub faults: Option<Arc<FaultyDisk>>,
     /// Where on-demand backups are kept (`--backup-dir`); `None`: `DATA_DIR/backups`.
     pub backup_dir: Option<std::path::PathBuf>,
+    /// redb's page cache in bytes (`--cache-bytes`); `None`: redb's default (1 GiB).
+    pub cache_bytes: Option<usize>,
 }
 
 impl EngineOptions {
@@ -42,6 +44,7 @@ impl EngineOptions {
             disk,
             faults: Some(Arc::clone(faults)),
             backup_dir: None,
+            cache_bytes: None,
         }
     }
 
@@ -54,9 +57,13 @@ impl EngineOptions {
 }
 
 pub(super) fn open_database(path: &std::path::Path, options: &EngineOptions) -> Result<Database, DatabaseError> {
+    let mut builder = Database::builder();
+    if let Some(bytes) = options.cache_bytes {
+        builder.set_cache_size(bytes);
+    }
     match &options.faults {
-        Some(disk) => Database::builder().create_with_backend(FaultyBackend::open(path, Arc::clone(disk))?),
-        None => Database::create(path),
+        Some(disk) => builder.create_with_backend(FaultyBackend::open(path, Arc::clone(disk))?),
+        None => builder.create(path),
     }
 }
 
