@@ -1,15 +1,17 @@
 //! The rise/fall state machine of one check, with HAProxy's semantics. Sans-IO: feed it probe
 //! outcomes with the time, it says the state and how long to wait before the next probe.
 //!
-//! Like HAProxy, the state is a health counter `h` in `0..=rise + fall - 1`; the check is up
-//! while `h >= rise`. A success raises `h` by one, a failure lowers it by one. Crossing the
-//! threshold flips the state and snaps `h` to the far end (full health when going up, zero
-//! when going down), so a check that just came up needs `fall` failures to go down again and
-//! one that just went down needs `rise` successes to come back. Between the ends the counter
-//! gives hysteresis: an up check that alternates failures and successes never goes down.
+//! The health counter is `common::rise_fall::RiseFall`, the one the proxy's server checks use:
+//! `h` in `0..=rise + fall - 1`, up while `h >= rise`. A success raises `h` by one and snaps it
+//! to full health once it reaches `rise`; a failure lowers it by one and snaps it to zero once
+//! it falls below `rise`. So a fully up check goes down after `fall` consecutive failures, a
+//! down one comes up after `rise` consecutive successes, and an up check that alternates
+//! failures and successes never goes down.
 //!
 //! Probe spacing: `inter` while fully up, `fastinter` while transitioning (up with `h` below
 //! full, or down with `h` above zero), `downinter` while fully down.
+
+use common::rise_fall::RiseFall;
 
 use crate::report::CheckStatus;
 use crate::spec::CheckSpec;
@@ -67,7 +69,7 @@ pub struct Step {
 pub struct CheckState {
     timing: Timing,
     status: Option<CheckStatus>,
-    health: u32,
+    counter: RiseFall,
     since_ms: u64,
 }
 
@@ -87,9 +89,9 @@ impl CheckState {
             InitialState::FullyDown => (Some(CheckStatus::Down), 0),
         };
         CheckState {
+            counter: RiseFall::new(timing.rise, timing.fall, health),
             timing,
             status,
-            health,
             since_ms: now_ms,
         }
     }
@@ -106,34 +108,34 @@ impl CheckState {
 
     /// HAProxy's health counter, `0..=rise + fall - 1`.
     pub fn health(&self) -> u32 {
-        self.health
-    }
-
-    fn full(&self) -> u32 {
-        self.timing.rise + self.timing.fall - 1
+        self.counter.health()
     }
 
     /// Records one probe outcome observed at `now_ms`.
     pub fn record(&mut self, success: bool, now_ms: u64) -> Step {
-        let full = self.full();
-        let changed = match (self.status, success) {
-            (None, true) => Some(self.flip(CheckStatus::Up, full, now_ms)),
-            (None, false) => Some(self.flip(CheckStatus::Down, 0, now_ms)),
-            (Some(CheckStatus::Up), true) => {
-                self.health = (self.health + 1).min(full);
-                None
+        let changed = match self.status {
+            // The first probe decides, at full health or at zero.
+            None => {
+                let (status, health) = if success {
+                    (CheckStatus::Up, self.counter.top())
+                } else {
+                    (CheckStatus::Down, 0)
+                };
+                self.counter = RiseFall::new(self.timing.rise, self.timing.fall, health);
+                Some(self.flip(status, now_ms))
             }
-            (Some(CheckStatus::Up), false) => {
-                self.health = self.health.saturating_sub(1);
-                (self.health < self.timing.rise).then(|| self.flip(CheckStatus::Down, 0, now_ms))
-            }
-            (Some(CheckStatus::Down), true) => {
-                self.health = (self.health + 1).min(full);
-                (self.health >= self.timing.rise).then(|| self.flip(CheckStatus::Up, full, now_ms))
-            }
-            (Some(CheckStatus::Down), false) => {
-                self.health = self.health.saturating_sub(1);
-                None
+            Some(before) => {
+                if success {
+                    self.counter.success();
+                } else {
+                    self.counter.failure();
+                }
+                let after = if self.counter.is_up() {
+                    CheckStatus::Up
+                } else {
+                    CheckStatus::Down
+                };
+                (after != before).then(|| self.flip(after, now_ms))
             }
         };
         Step {
@@ -142,9 +144,8 @@ impl CheckState {
         }
     }
 
-    fn flip(&mut self, status: CheckStatus, health: u32, now_ms: u64) -> CheckStatus {
+    fn flip(&mut self, status: CheckStatus, now_ms: u64) -> CheckStatus {
         self.status = Some(status);
-        self.health = health;
         self.since_ms = now_ms;
         status
     }
@@ -153,8 +154,8 @@ impl CheckState {
     pub fn next_delay_ms(&self) -> u64 {
         match self.status {
             None => 0,
-            Some(CheckStatus::Up) if self.health >= self.full() => self.timing.interval_ms,
-            Some(CheckStatus::Down) if self.health == 0 => self.timing.down_interval_ms,
+            Some(CheckStatus::Up) if self.counter.health() >= self.counter.top() => self.timing.interval_ms,
+            Some(CheckStatus::Down) if self.counter.health() == 0 => self.timing.down_interval_ms,
             Some(_) => self.timing.fast_interval_ms,
         }
     }
@@ -263,6 +264,28 @@ mod tests {
             assert_eq!(state.record(t % 2 == 0, t).changed, None);
         }
         assert_eq!(state.status(), Some(Up));
+    }
+
+    #[test]
+    fn counts_are_consecutive_as_in_haproxy() {
+        // Rising: a failure sends the count back to zero, so `rise` successes in a row are needed.
+        let mut state = CheckState::new(timing(3, 2), InitialState::FullyDown, 0);
+        state.record(true, 1);
+        state.record(true, 2);
+        assert_eq!(state.record(false, 3).changed, None);
+        assert_eq!(state.health(), 0);
+        assert_eq!(state.record(true, 4).changed, None);
+        assert_eq!(state.record(true, 5).changed, None);
+        assert_eq!(state.record(true, 6).changed, Some(Up));
+        // Falling: a success restores full health, so `fall` failures in a row are needed.
+        let mut state = CheckState::new(timing(2, 3), InitialState::FullyUp, 0);
+        state.record(false, 1);
+        state.record(false, 2);
+        state.record(true, 3);
+        assert_eq!(state.health(), 4);
+        assert_eq!(state.record(false, 4).changed, None);
+        assert_eq!(state.record(false, 5).changed, None);
+        assert_eq!(state.record(false, 6).changed, Some(Down));
     }
 
     #[test]

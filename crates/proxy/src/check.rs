@@ -1,6 +1,7 @@
 //! The health state machine of one server, with HAProxy's semantics (sans-IO: results in,
 //! transitions and the next check interval out; no clock, no sockets).
 //!
+//! The counter is `common::rise_fall::RiseFall`, the one the controller's checks use too.
 //! As in HAProxy, `health` counts from 0 to `rise + fall - 1`; the server is up while
 //! `health >= rise`. A success raises it by one and, on reaching `rise`, jumps it to the top; a
 //! failure lowers it by one while above `rise` and otherwise drops it to 0 (down). A server
@@ -9,6 +10,7 @@
 //! Passive observation (`observe layer7`, `on-error mark-down`) drops health to 0 after
 //! `error_limit` consecutive errors on live traffic.
 
+use common::rise_fall::RiseFall;
 use serde::Serialize;
 
 /// The parameters, with HAProxy's names (intervals in milliseconds).
@@ -55,7 +57,8 @@ pub enum Observation {
 #[derive(Clone, Debug)]
 pub struct CheckState {
     params: CheckParams,
-    health: u32,
+    /// HAProxy's health counter (`common::rise_fall`, shared with the controller's checks).
+    counter: RiseFall,
     consecutive_errors: u32,
 }
 
@@ -67,23 +70,19 @@ impl CheckState {
             ..params
         };
         CheckState {
-            health: params.rise,
+            counter: RiseFall::new(params.rise, params.fall, params.rise),
             params,
             consecutive_errors: 0,
         }
     }
 
-    fn top(&self) -> u32 {
-        self.params.rise + self.params.fall - 1
-    }
-
     pub fn is_up(&self) -> bool {
-        self.health >= self.params.rise
+        self.counter.is_up()
     }
 
     /// `0..=rise+fall-1`; for status lines such as HAProxy's "UP 2/3".
     pub fn health(&self) -> u32 {
-        self.health
+        self.counter.health()
     }
 
     pub fn params(&self) -> &CheckParams {
@@ -92,17 +91,17 @@ impl CheckState {
 
     /// A human status like HAProxy's stats page: "UP", "UP 2/3" (failing), "DOWN", "DOWN 1/2" (rising).
     pub fn status(&self) -> String {
-        let (rise, fall) = (self.params.rise, self.params.fall);
+        let (rise, fall, health) = (self.params.rise, self.params.fall, self.counter.health());
         if self.is_up() {
-            if self.health == self.top() {
+            if health == self.counter.top() {
                 "UP".into()
             } else {
-                format!("UP {}/{}", self.health - rise + 1, fall)
+                format!("UP {}/{}", health - rise + 1, fall)
             }
-        } else if self.health == 0 {
+        } else if health == 0 {
             "DOWN".into()
         } else {
-            format!("DOWN {}/{}", self.health, rise)
+            format!("DOWN {health}/{rise}")
         }
     }
 
@@ -110,19 +109,12 @@ impl CheckState {
     pub fn on_check(&mut self, success: bool) -> Option<Transition> {
         let was_up = self.is_up();
         if success {
-            if self.health < self.top() {
-                self.health += 1;
-            }
-            if self.health >= self.params.rise {
-                self.health = self.top();
-            }
+            self.counter.success();
             if self.is_up() {
                 self.consecutive_errors = 0;
             }
-        } else if self.health > self.params.rise {
-            self.health -= 1;
         } else {
-            self.health = 0;
+            self.counter.failure();
         }
         self.transition_from(was_up)
     }
@@ -138,7 +130,7 @@ impl CheckState {
                 self.consecutive_errors = self.consecutive_errors.saturating_add(1);
                 let limit = self.params.error_limit?;
                 if self.is_up() && self.consecutive_errors >= limit {
-                    self.health = 0;
+                    self.counter.mark_down();
                     self.consecutive_errors = 0;
                     return Some(Transition::Down);
                 }
@@ -150,9 +142,9 @@ impl CheckState {
     /// When the next active check is due: `inter` when fully up, `downinter` when fully down,
     /// `fastinter` while changing state (HAProxy's `srv_getinter`).
     pub fn next_interval_ms(&self) -> u64 {
-        if self.health == self.top() {
+        if self.counter.health() == self.counter.top() {
             self.params.inter_ms
-        } else if self.health == 0 {
+        } else if self.counter.health() == 0 {
             self.params.downinter_ms
         } else {
             self.params.fastinter_ms
