@@ -10,7 +10,6 @@ asserts a timing or a size.
 """
 
 import argparse
-import os
 import shutil
 import socket
 import subprocess
