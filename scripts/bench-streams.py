@@ -21,7 +21,6 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -206,11 +205,7 @@ def main():
             puts = put_rounds(port, process.pid, args)
             records = get_records(port)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            bench_store.stop(process)
     text = section(puts, records, args, "scripts/bench-streams.py " + " ".join(sys.argv[1:]), binary.parent.name)
     print(text)
     if not args.no_write:
