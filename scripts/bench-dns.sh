@@ -151,38 +151,56 @@ wait_answering() {
   return 1
 }
 
+# CPU time (user + system, clock ticks) a process has used so far.
+cpu_ticks() {
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+# Runs dnsperf against the server on `port` (process `pid`); prints its q/s, the queries lost
+# and the server's CPU time per answered query in microseconds (robust to the neighbours' load,
+# which moves q/s much more).
 run_dnsperf() {
-  local port=$1
+  local port=$1 pid=$2
+  local before after
+  before=$(cpu_ticks "$pid")
   dnsperf -s 127.0.0.1 -p "$port" -d "$work/queries.txt" -l "$SECONDS_PER_RUN" -c "$CLIENTS" -q "$OUTSTANDING" \
     > "$work/dnsperf.out" 2>&1
-  local qps lost
+  after=$(cpu_ticks "$pid")
+  local qps lost completed
   qps=$(awk '/Queries per second:/ {printf "%d", $4}' "$work/dnsperf.out")
   lost=$(awk '/Queries lost:/ {print $3}' "$work/dnsperf.out")
-  echo "$qps $lost"
+  completed=$(awk '/Queries completed:/ {print $3}' "$work/dnsperf.out")
+  local us
+  us=$(python3 -c "print(f'{($after - $before) / $(getconf CLK_TCK) * 1e6 / max($completed, 1):.1f}')")
+  echo "$qps $lost $us"
 }
 
 named -g -c "$work/named.conf" > "$work/named.log" 2>&1 &
-pids+=($!)
+named_pid=$!
+pids+=("$named_pid")
 knotd -c "$work/knot.conf" > "$work/knot.log" 2>&1 &
-pids+=($!)
+knot_pid=$!
+pids+=("$knot_pid")
 SWITCHYARD_LOG=warn "$BIN" dns --config "$work/dns.toml" --listen "127.0.0.1:$dns_port" \
   --admin-listen "127.0.0.1:$admin_port" > "$work/switchyard.log" 2>&1 &
-pids+=($!)
+sy_pid=$!
+pids+=("$sy_pid")
 wait_answering "$named_port"
 wait_answering "$knot_port"
 wait_answering "$dns_port"
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-sy_all=(); knot_all=(); bind_all=()
+sy_all=(); knot_all=(); bind_all=(); sy_cpu=(); knot_cpu=(); bind_cpu=()
 rows=""
 for round in $(seq 1 "$ROUNDS"); do
-  read -r sy_qps sy_lost < <(run_dnsperf "$dns_port")
-  read -r knot_qps knot_lost < <(run_dnsperf "$knot_port")
-  read -r bind_qps bind_lost < <(run_dnsperf "$named_port")
-  echo "round $round: switchyard $sy_qps, knot $knot_qps, bind $bind_qps" >&2
+  read -r sy_qps sy_lost sy_us < <(run_dnsperf "$dns_port" "$sy_pid")
+  read -r knot_qps knot_lost knot_us < <(run_dnsperf "$knot_port" "$knot_pid")
+  read -r bind_qps bind_lost bind_us < <(run_dnsperf "$named_port" "$named_pid")
+  echo "round $round: switchyard $sy_qps ($sy_us us/query), knot $knot_qps ($knot_us), bind $bind_qps ($bind_us)" >&2
   ratios=$(python3 -c "print(f'{$sy_qps / $knot_qps:.2f}× / {$sy_qps / $bind_qps:.2f}×')")
-  rows+="| $round | $sy_qps (lost $sy_lost) | $knot_qps (lost $knot_lost) | $bind_qps (lost $bind_lost) | $ratios |"$'\n'
+  rows+="| $round | $sy_qps (lost $sy_lost) | $knot_qps (lost $knot_lost) | $bind_qps (lost $bind_lost) | $ratios | $sy_us / $knot_us / $bind_us |"$'\n'
   sy_all+=("$sy_qps"); knot_all+=("$knot_qps"); bind_all+=("$bind_qps")
+  sy_cpu+=("$sy_us"); knot_cpu+=("$knot_us"); bind_cpu+=("$bind_us")
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 median() { python3 -c 'import statistics,sys; print(f"{statistics.median(float(x) for x in sys.argv[1:]):.0f}")' "$@"; }
@@ -191,6 +209,12 @@ knot_median=$(median "${knot_all[@]}")
 bind_median=$(median "${bind_all[@]}")
 knot_ratio=$(python3 -c "print(f'{$sy_median / $knot_median:.2f}')")
 bind_ratio=$(python3 -c "print(f'{$sy_median / $bind_median:.2f}')")
+median1() { python3 -c 'import statistics,sys; print(f"{statistics.median(float(x) for x in sys.argv[1:]):.1f}")' "$@"; }
+sy_cpu_median=$(median1 "${sy_cpu[@]}")
+knot_cpu_median=$(median1 "${knot_cpu[@]}")
+bind_cpu_median=$(median1 "${bind_cpu[@]}")
+knot_cpu_ratio=$(python3 -c "print(f'{$knot_cpu_median / $sy_cpu_median:.2f}')")
+bind_cpu_ratio=$(python3 -c "print(f'{$bind_cpu_median / $sy_cpu_median:.2f}')")
 named_version=$(dpkg-query -W -f='${Version}' bind9 2>/dev/null || named -v | head -1)
 knot_version=$(dpkg-query -W -f='${Version}' knot 2>/dev/null || knotd -V | head -1)
 dnsperf_version=$(dpkg-query -W -f='${Version}' dnsperf 2>/dev/null || echo unknown)
@@ -205,18 +229,25 @@ NXDOMAIN), $SECONDS_PER_RUN s per run, $CLIENTS clients, $OUTSTANDING queries ou
 servers alternating for $ROUNDS rounds. The servers and dnsperf share the machine's 2 cores with
 other sessions' builds (load average $load_before before, $load_after after), so absolute
 numbers are low and noisy; the ratios within a round hold better. switchyard serves UDP with one
-blocking thread per core and reuses the encoded answer of a repeated question (per worker, until
-the zones or the health view change); Knot and named run with their defaults (one UDP worker per
-core), response rate limiting off on all three.
+blocking thread per core, each on a socket of its own (\`SO_REUSEPORT\`), taking up to 32 queued
+queries per \`recvmmsg\` and answering them with one \`sendmmsg\`, and reuses the encoded answer of
+a repeated question (per worker, until the zones or the health view change); Knot and named run
+with their defaults (one UDP worker per core), response rate limiting off on all three.
 
-| round | switchyard dns (q/s) | Knot (q/s) | BIND9 named (q/s) | switchyard ÷ Knot / ÷ BIND |
-| --- | --- | --- | --- | --- |
+| round | switchyard dns (q/s) | Knot (q/s) | BIND9 named (q/s) | switchyard ÷ Knot / ÷ BIND | server CPU µs per query: switchyard / Knot / BIND |
+| --- | --- | --- | --- | --- | --- |
 ${rows}
 "Lost" counts queries dnsperf never got an answer to: the kernel dropped them when a socket receive
 buffer overflowed during a burst (\`netstat -su\`: receive buffer errors).
 
 **Medians: switchyard $sy_median q/s, Knot $knot_median q/s, BIND9 $bind_median q/s: ${knot_ratio}× Knot
 (target ≥ 1.25×), ${bind_ratio}× BIND (target ≥ 2×).**
+
+**Server CPU per answered query (medians): switchyard $sy_cpu_median µs, Knot $knot_cpu_median µs,
+BIND9 $bind_cpu_median µs: Knot spends ${knot_cpu_ratio}× and BIND ${bind_cpu_ratio}× switchyard's CPU per
+query.** This is the capacity each server would have with the cores to itself (user plus system time
+from \`/proc/PID/stat\` around each dnsperf run, divided by the queries answered); it moves much
+less with the neighbours' load than q/s does.
 
 Command: \`scripts/bench-dns.sh\` (DNS_BENCH_SECONDS=$SECONDS_PER_RUN DNS_BENCH_ROUNDS=$ROUNDS
 DNS_BENCH_CLIENTS=$CLIENTS DNS_BENCH_OUTSTANDING=$OUTSTANDING), run on $(date -u +%Y-%m-%d).

@@ -20,6 +20,6 @@ pub mod zone;
 
 pub use answer::{Request, Response, Transport, answer, handle_packet};
 pub use config::{DnsConfig, Limits, load, parse};
-pub use server::{Options, Sockets, State, run};
+pub use server::{Options, Sockets, State, bind_udp, run};
 pub use view::{Generation, Health, HealthView};
 pub use zone::Zones;

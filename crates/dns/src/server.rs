@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
-use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, MultiHeaders, SockFlag, SockType, SockaddrStorage, getsockopt, recvmmsg,
+    sendmmsg, setsockopt, sockopt,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
@@ -53,6 +56,56 @@ pub const UDP_BATCH_DATAGRAMS_MAX: usize = 32;
 const ANSWER_BUFFER_BYTES: usize = 512;
 /// How often a blocked UDP worker wakes to check for shutdown.
 pub const UDP_STOP_CHECK_MS: u64 = 200;
+/// Binds the UDP socket for [`Sockets::udp`] so that each UDP worker can get a socket of its
+/// own on the same address (`SO_REUSEPORT`, as Knot does): the kernel then spreads queries over
+/// the workers by their source address and port, and no two workers contend for one socket's
+/// receive queue. `port` 0 picks a free port.
+///
+/// A port that any socket holds already (another server's, or a reuse-port group's) is an
+/// error, as a plain bind would be: the plain bind that finds the port is made first, so a second
+/// server never silently takes a share of another's queries.
+pub fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let probe = std::net::UdpSocket::bind(address)?;
+    let bound = probe.local_addr()?;
+    drop(probe);
+    reuse_port_udp(bound)
+}
+
+/// A UDP socket with `SO_REUSEPORT` bound to `address`.
+fn reuse_port_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let family = if address.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let socket = nix::sys::socket::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&socket, sockopt::ReusePort, &true)?;
+    nix::sys::socket::bind(socket.as_raw_fd(), &SockaddrStorage::from(address))?;
+    Ok(std::net::UdpSocket::from(socket))
+}
+
+/// The UDP socket of each of `workers` workers: `udp` itself for the first, and when `udp` was
+/// bound with `SO_REUSEPORT` ([`bind_udp`]) a new socket on its address for each other one;
+/// otherwise they share `udp`.
+fn worker_sockets(udp: std::net::UdpSocket, workers: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    let reuse_port = getsockopt(&udp, sockopt::ReusePort).unwrap_or(false);
+    let address = udp.local_addr()?;
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 1..workers {
+        sockets.push(if reuse_port {
+            reuse_port_udp(address)?
+        } else {
+            udp.try_clone()?
+        });
+    }
+    sockets.insert(0, udp);
+    for socket in &sockets {
+        socket.set_nonblocking(false)?;
+        socket.set_read_timeout(Some(Duration::from_millis(UDP_STOP_CHECK_MS)))?;
+    }
+    Ok(sockets)
+}
+
 /// File in `--state-dir` that keeps the last applied health view.
 pub const VIEW_FILE_NAME: &str = "dns-view.json";
 
@@ -307,13 +360,10 @@ pub async fn run_with_state(
     let origin = Instant::now();
     // UDP is served by blocking threads, no readiness polling: each waits in recvmmsg for a
     // datagram, takes whatever else is queued with it and answers the batch with one sendmmsg.
-    let udp = sockets.udp.into_std()?;
-    udp.set_nonblocking(false)?;
-    udp.set_read_timeout(Some(Duration::from_millis(UDP_STOP_CHECK_MS)))?;
+    let udp_sockets = worker_sockets(sockets.udp.into_std()?, workers)?;
     let udp_stop = Arc::new(AtomicBool::new(false));
     let mut udp_threads = Vec::new();
-    for index in 0..workers {
-        let socket = udp.try_clone()?;
+    for (index, socket) in udp_sockets.into_iter().enumerate() {
         let state = Arc::clone(&state);
         let rng = Rng::new(seeds.next_u64());
         let stop = Arc::clone(&udp_stop);

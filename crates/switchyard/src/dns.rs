@@ -45,7 +45,13 @@ pub(crate) struct DnsArgs {
 async fn bind_dns(address: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
     let hint = || format!("listen on {address} (is the port in use? pick another with --listen)");
     for _ in 0..SAME_PORT_ATTEMPTS_MAX {
-        let udp = UdpSocket::bind(address).await.with_context(hint)?;
+        // One socket per UDP worker on this address (SO_REUSEPORT); the port must be free.
+        let udp = dns::bind_udp(address)
+            .and_then(|socket| {
+                socket.set_nonblocking(true)?;
+                UdpSocket::from_std(socket)
+            })
+            .with_context(hint)?;
         let bound = udp.local_addr().context("read the bound UDP address")?;
         match TcpListener::bind(bound).await {
             Ok(tcp) => return Ok((udp, tcp)),

@@ -25,7 +25,10 @@ const PORT_ATTEMPTS_MAX: usize = 50;
 /// connection): then try another.
 async fn udp_and_tcp_on_one_port() -> (UdpSocket, TcpListener) {
     for _ in 0..PORT_ATTEMPTS_MAX {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
+        // As `switchyard dns` binds it: each UDP worker then gets a socket of its own.
+        let udp = dns::bind_udp("127.0.0.1:0".parse().expect("address")).expect("bind udp");
+        udp.set_nonblocking(true).expect("non-blocking");
+        let udp = UdpSocket::from_std(udp).expect("tokio socket");
         let address = udp.local_addr().expect("addr");
         match TcpListener::bind(address).await {
             Ok(tcp) => return (udp, tcp),
@@ -612,4 +615,59 @@ async fn arbitrary_admin_bodies_are_answered_and_never_move_the_generation_back(
     let app = query("app.shop.example.", RecordType::A, None);
     assert_eq!(addresses(&udp(server.dns, &app).await).len(), 1, "DNS still answers");
     server.stop().await;
+}
+
+/// The UDP sockets bound to `port` on this machine (Linux: `/proc/net/udp`).
+fn udp_sockets_on(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/udp").expect("read /proc/net/udp");
+    let suffix = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            line.split_whitespace()
+                .nth(1)
+                .is_some_and(|local| local.ends_with(&suffix))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn each_udp_worker_has_its_own_socket_and_all_of_them_answer() {
+    let server = Server::start_with(None, Limits::default(), 2).await;
+    let port = server.dns.port();
+    // The workers bind their sockets as the server task starts: wait for them.
+    let deadline = std::time::Instant::now() + Duration::from_millis(DEADLINE_MS);
+    while udp_sockets_on(port) < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        udp_sockets_on(port),
+        2,
+        "two workers, two SO_REUSEPORT sockets on the port"
+    );
+    // The kernel spreads clients over the sockets by source port: 32 clients reach both.
+    for client in 0..32 {
+        let answer = udp(server.dns, &query("ns1.shop.example.", RecordType::A, None)).await;
+        assert_eq!(answer.response_code(), ResponseCode::NoError, "client {client}");
+        assert_eq!(answer.answers().len(), 1, "client {client} gets its answer");
+    }
+    server.stop().await;
+    assert_eq!(udp_sockets_on(port), 0, "every worker's socket is closed at shutdown");
+}
+
+#[test]
+fn bind_udp_refuses_a_port_held_by_any_socket() {
+    let plain = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let held = plain.local_addr().expect("address");
+    let error = dns::bind_udp(held).expect_err("the port is in use");
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+
+    // A second server on a port served with SO_REUSEPORT is refused too, not given a share.
+    let first = dns::bind_udp("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let address = first.local_addr().expect("address");
+    let error = dns::bind_udp(address).expect_err("the port is in use");
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+    drop(first);
+    dns::bind_udp(address).expect("free again once closed");
 }
