@@ -114,6 +114,45 @@ pub struct ThroughputResult {
     /// ships, but the peers' apply work no longer competes for this machine's cores, as it
     /// would not with regions on separate machines.
     pub peers_paused_rate: f64,
+    /// CPU time (user + system) per write, in microseconds, medians of the rounds: of the store
+    /// alone; of the origin while replicating; of all its peers together, from the round's start
+    /// until they have applied all of it.
+    pub standalone_cpu_us: f64,
+    pub origin_cpu_us: f64,
+    pub peers_cpu_us: f64,
+}
+
+/// Clock ticks per second of `/proc/PID/stat`'s times (`USER_HZ`, 100 on Linux).
+const PROC_TICKS_PER_S: f64 = 100.0;
+
+/// CPU time a process has used (user + system, all threads), in seconds; 0 where `/proc` is
+/// not there to tell.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses: utime and stime
+    // are the 14th and 15th fields of the line, the 12th and 13th after it.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / PROC_TICKS_PER_S
+}
+
+/// CPU time of several stores together, in seconds.
+fn stores_cpu_seconds(stores: &[Store]) -> f64 {
+    stores.iter().map(|s| cpu_seconds(s.child.id())).sum()
+}
+
+/// Microseconds of CPU per write.
+fn per_write_us(seconds: f64, writes: u64) -> f64 {
+    if writes == 0 {
+        0.0
+    } else {
+        seconds * 1e6 / writes as f64
+    }
 }
 
 struct Store {
@@ -492,12 +531,25 @@ pub async fn run(
         let alone = spawn_store(config, &alone_dir, REGION_NAMES[0], free_port()?, &[], None)?;
         create_table(&client, &alone.url).await?;
         let (mut replicated_rates, mut standalone_rates, mut paused_rates) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut standalone_cpu, mut origin_cpu, mut peers_cpu) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..THROUGHPUT_ROUNDS {
             let prefix = format!("r{regions}-max{round}");
             wait_caught_up(&client, &stores[0].url).await?;
-            replicated_rates.push(drive(&client, &stores[0].url, &[], &prefix, 0, config).await.0);
+            let (origin_before, peers_before) = (stores_cpu_seconds(&stores[..1]), stores_cpu_seconds(&stores[1..]));
+            let (rate, counters, _) = drive(&client, &stores[0].url, &[], &prefix, 0, config).await;
+            let origin_after = stores_cpu_seconds(&stores[..1]);
+            replicated_rates.push(rate);
             wait_caught_up(&client, &stores[0].url).await?;
-            standalone_rates.push(drive(&client, &alone.url, &[], &prefix, 0, config).await.0);
+            let writes = counters.writes.load(Ordering::Relaxed);
+            origin_cpu.push(per_write_us(origin_after - origin_before, writes));
+            peers_cpu.push(per_write_us(stores_cpu_seconds(&stores[1..]) - peers_before, writes));
+            let alone_before = stores_cpu_seconds(std::slice::from_ref(&alone));
+            let (rate, counters, _) = drive(&client, &alone.url, &[], &prefix, 0, config).await;
+            standalone_rates.push(rate);
+            standalone_cpu.push(per_write_us(
+                stores_cpu_seconds(std::slice::from_ref(&alone)) - alone_before,
+                counters.writes.load(Ordering::Relaxed),
+            ));
             signal_peers(&stores[1..], "-STOP")?;
             let paused = drive(&client, &stores[0].url, &[], &format!("{prefix}-paused"), 0, config)
                 .await
@@ -515,6 +567,9 @@ pub async fn run(
             standalone_rate: standalone,
             replicated_rate: replicated,
             peers_paused_rate: peers_paused,
+            standalone_cpu_us: quantile(&mut standalone_cpu, 0.5).unwrap_or(0.0),
+            origin_cpu_us: quantile(&mut origin_cpu, 0.5).unwrap_or(0.0),
+            peers_cpu_us: quantile(&mut peers_cpu, 0.5).unwrap_or(0.0),
         };
         progress(&format!("{result:?}"));
         throughput.push(result);
@@ -572,6 +627,31 @@ pub fn report(command: &str, config: &Config, lags: &[LagResult], throughput: &[
             cost(t.replicated_rate, t.standalone_rate),
             t.peers_paused_rate,
             cost(t.peers_paused_rate, t.standalone_rate)
+        ));
+    }
+    out.push_str(
+        "\nStore CPU time (user + system, from `/proc/PID/stat`) per write in the same rounds, medians: \
+         the peers' is counted from the round's start until they have applied all of it. It moves much \
+         less with the machine's other load than writes/s does.\n\n\
+         | regions | CPU µs per write, alone | origin, replicating | origin's extra | all peers, applying | peers ÷ alone |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for t in throughput {
+        let ratio = |x: f64| {
+            if t.standalone_cpu_us > 0.0 {
+                x / t.standalone_cpu_us
+            } else {
+                0.0
+            }
+        };
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:+.0}% | {:.0} | {:.2}× |\n",
+            t.regions,
+            t.standalone_cpu_us,
+            t.origin_cpu_us,
+            (ratio(t.origin_cpu_us) - 1.0) * 100.0,
+            t.peers_cpu_us,
+            ratio(t.peers_cpu_us)
         ));
     }
     if config.tls {
