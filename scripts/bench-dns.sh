@@ -203,18 +203,17 @@ for round in $(seq 1 "$ROUNDS"); do
   sy_cpu+=("$sy_us"); knot_cpu+=("$knot_us"); bind_cpu+=("$bind_us")
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-median() { python3 -c 'import statistics,sys; print(f"{statistics.median(float(x) for x in sys.argv[1:]):.0f}")' "$@"; }
-sy_median=$(median "${sy_all[@]}")
-knot_median=$(median "${knot_all[@]}")
-bind_median=$(median "${bind_all[@]}")
-knot_ratio=$(python3 -c "print(f'{$sy_median / $knot_median:.2f}')")
-bind_ratio=$(python3 -c "print(f'{$sy_median / $bind_median:.2f}')")
-median1() { python3 -c 'import statistics,sys; print(f"{statistics.median(float(x) for x in sys.argv[1:]):.1f}")' "$@"; }
-sy_cpu_median=$(median1 "${sy_cpu[@]}")
-knot_cpu_median=$(median1 "${knot_cpu[@]}")
-bind_cpu_median=$(median1 "${bind_cpu[@]}")
-knot_cpu_ratio=$(python3 -c "print(f'{$knot_cpu_median / $sy_cpu_median:.2f}')")
-bind_cpu_ratio=$(python3 -c "print(f'{$bind_cpu_median / $sy_cpu_median:.2f}')")
+# Medians of the rounds (q/s, and CPU µs per query) and the ratios between the servers.
+eval "$(python3 - "${sy_all[*]}" "${knot_all[*]}" "${bind_all[*]}" "${sy_cpu[*]}" "${knot_cpu[*]}" "${bind_cpu[*]}" <<'PY'
+import statistics, sys
+qps = [statistics.median(float(x) for x in arg.split()) for arg in sys.argv[1:4]]
+cpu = [statistics.median(float(x) for x in arg.split()) for arg in sys.argv[4:7]]
+print(f"sy_median={qps[0]:.0f} knot_median={qps[1]:.0f} bind_median={qps[2]:.0f}")
+print(f"knot_ratio={qps[0] / qps[1]:.2f} bind_ratio={qps[0] / qps[2]:.2f}")
+print(f"sy_cpu_median={cpu[0]:.1f} knot_cpu_median={cpu[1]:.1f} bind_cpu_median={cpu[2]:.1f}")
+print(f"knot_cpu_ratio={cpu[1] / cpu[0]:.2f} bind_cpu_ratio={cpu[2] / cpu[0]:.2f}")
+PY
+)"
 named_version=$(dpkg-query -W -f='${Version}' bind9 2>/dev/null || named -v | head -1)
 knot_version=$(dpkg-query -W -f='${Version}' knot 2>/dev/null || knotd -V | head -1)
 dnsperf_version=$(dpkg-query -W -f='${Version}' dnsperf 2>/dev/null || echo unknown)
