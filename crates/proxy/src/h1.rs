@@ -117,7 +117,10 @@ fn lower_eq(name: &str, lower: &[u8]) -> bool {
 
 /// Comma-separated list elements (RFC 9110 §5.6.1), trimmed, empty ones skipped.
 fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|b| *b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
+    value
+        .split(|b| *b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether `name` is listed in any of the `Connection` header values.
@@ -196,16 +199,23 @@ fn split_target(target: &[u8]) -> Result<(&[u8], Option<&[u8]>), RequestError> {
     } else if target.len() > 8 && target[..8].eq_ignore_ascii_case(b"https://") {
         &target[8..]
     } else {
-        return Err(RequestError::Bad("the request target is not origin-form or absolute-form http(s)"));
+        return Err(RequestError::Bad(
+            "the request target is not origin-form or absolute-form http(s)",
+        ));
     };
-    let end = rest.iter().position(|b| *b == b'/' || *b == b'?' || *b == b'#').unwrap_or(rest.len());
+    let end = rest
+        .iter()
+        .position(|b| *b == b'/' || *b == b'?' || *b == b'#')
+        .unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
     if authority.is_empty() || !proxy::valid_host(authority) {
         return Err(RequestError::Host(HostError::Invalid));
     }
     let path: &[u8] = if path.is_empty() { b"/" } else { path };
     if path[0] != b'/' {
-        return Err(RequestError::Bad("the request target has a query or fragment but no path"));
+        return Err(RequestError::Bad(
+            "the request target has a query or fragment but no path",
+        ));
     }
     Ok((path, Some(authority)))
 }
@@ -220,12 +230,18 @@ pub fn parse_request(buf: &[u8], client: SocketAddr, out: &mut Vec<u8>) -> Resul
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyHeaders),
-        Err(_) => return Err(RequestError::Bad("the request head is malformed (RFC 9112 sections 2 to 5)")),
+        Err(_) => {
+            return Err(RequestError::Bad(
+                "the request head is malformed (RFC 9112 sections 2 to 5)",
+            ));
+        }
     };
     // A request may follow empty lines (RFC 9112 §2.2), which httparse skips.
     let head = &buf[..head_len];
     if bare_lf(head.trim_ascii_start()) {
-        return Err(RequestError::Bad("a line of the request head ends in a bare LF, not CRLF"));
+        return Err(RequestError::Bad(
+            "a line of the request head ends in a bare LF, not CRLF",
+        ));
     }
     let (Some(method), Some(target), Some(version)) = (request.method, request.path, request.version) else {
         return Err(RequestError::Bad("the request line is incomplete"));
@@ -247,7 +263,9 @@ pub fn parse_request(buf: &[u8], client: SocketAddr, out: &mut Vec<u8>) -> Resul
             ));
         }
         _ if has_te && http10 => {
-            return Err(RequestError::Bad("an HTTP/1.0 request cannot use Transfer-Encoding (RFC 9112 section 6.1)"));
+            return Err(RequestError::Bad(
+                "an HTTP/1.0 request cannot use Transfer-Encoding (RFC 9112 section 6.1)",
+            ));
         }
         Ok(true) => Framing::Chunked,
         Ok(false) => match length {
@@ -440,7 +458,9 @@ pub fn parse_response(buf: &[u8], client: ClientSide, out: &mut Vec<u8>) -> Resu
         server_keep_alive: server_keep_alive
             && !(has_te && values(b"content-length").next().is_some())
             && framing != Framing::UntilClose,
-        client_close: !client.keep_alive || matches!(framing, Framing::UntilClose) || (framing == Framing::Chunked && client.http10),
+        client_close: !client.keep_alive
+            || matches!(framing, Framing::UntilClose)
+            || (framing == Framing::Chunked && client.http10),
     };
     if informational {
         return Ok(Some(head));
@@ -737,7 +757,11 @@ fn write_local(out: &mut Vec<u8>, status: u16, message: &str, close: bool, head_
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
     push_decimal(out, message.len() as u64 + 1);
-    out.extend_from_slice(if close { b"\r\nconnection: close\r\n\r\n" as &[u8] } else { b"\r\n\r\n" });
+    out.extend_from_slice(if close {
+        b"\r\nconnection: close\r\n\r\n" as &[u8]
+    } else {
+        b"\r\n\r\n"
+    });
     if !head_method {
         out.extend_from_slice(message.as_bytes());
         out.push(b'\n');
@@ -847,7 +871,11 @@ impl Exchange for H1Exchange<'_> {
                 }
                 match stream.read_buf(self.response).await {
                     Ok(0) | Err(_) if reused && received_before == 0 && self.idempotent => break,
-                    Ok(0) => return Err(failed("the server closed the connection before a complete response head")),
+                    Ok(0) => {
+                        return Err(failed(
+                            "the server closed the connection before a complete response head",
+                        ));
+                    }
                     Ok(_) => {}
                     Err(error) => return Err(UpstreamError::Failed(Box::new(error))),
                 }
@@ -922,7 +950,16 @@ pub(crate) async fn serve_connection(
     };
     let mut first_deadline = Some(header_deadline);
     loop {
-        let next = serve_request(&shared, &pool, &mut stream, client, &mut buffers, first_deadline.take(), &mut stop).await;
+        let next = serve_request(
+            &shared,
+            &pool,
+            &mut stream,
+            client,
+            &mut buffers,
+            first_deadline.take(),
+            &mut stop,
+        )
+        .await;
         if matches!(next, Next::Close) {
             break;
         }
@@ -1000,16 +1037,34 @@ async fn serve_request(
             }
             Err(RequestError::Host(problem)) => {
                 shared.note_bad_host(client, problem);
-                shared.stats().requests_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return answer_local(shared, stream, out, 400, proxy::host_error_message(problem), true, false).await;
+                shared
+                    .stats()
+                    .requests_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return answer_local(
+                    shared,
+                    stream,
+                    out,
+                    400,
+                    proxy::host_error_message(problem),
+                    true,
+                    false,
+                )
+                .await;
             }
             Err(RequestError::Bad(message)) => {
-                shared.stats().requests_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared
+                    .stats()
+                    .requests_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 shared.note_client_problem(client, ClientProblem::Other(&message));
                 return answer_local(shared, stream, out, 400, message, true, false).await;
             }
             Err(RequestError::UnknownCoding) => {
-                shared.stats().requests_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared
+                    .stats()
+                    .requests_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let message = "the request uses a transfer coding other than chunked";
                 shared.note_client_problem(client, ClientProblem::Other(&message));
                 return answer_local(shared, stream, out, 501, message, true, false).await;
@@ -1021,13 +1076,24 @@ async fn serve_request(
             Ok(_) => {}
             Err(error) if error.kind() == io::ErrorKind::TimedOut => {
                 shared.note_client_problem(client, ClientProblem::Timeout);
-                return answer_local(shared, stream, out, 408, "the request head arrived too slowly", true, false)
-                    .await;
+                return answer_local(
+                    shared,
+                    stream,
+                    out,
+                    408,
+                    "the request head arrived too slowly",
+                    true,
+                    false,
+                )
+                .await;
             }
             Err(_) => return Next::Close,
         }
     };
-    shared.stats().requests_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .stats()
+        .requests_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let stopping = *stop.borrow();
     let client_side = ClientSide {
         http10: head.http10,
@@ -1216,7 +1282,10 @@ async fn stream_body(
                 client.write_all(out).await.map_err(|_| ())?;
             } else {
                 client.write_all(out).await.map_err(|_| ())?;
-                client.write_all(&response[head.head_len..head.head_len + have]).await.map_err(|_| ())?;
+                client
+                    .write_all(&response[head.head_len..head.head_len + have])
+                    .await
+                    .map_err(|_| ())?;
             }
             let mut extra = extra;
             while remaining > 0 {

@@ -28,8 +28,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::balance::{Balancer, ServerId};
 use crate::check::{CheckParams, Observation, Transition};
-use crate::h1;
 use crate::config::ProxyConfig;
+use crate::h1;
 use crate::pool::{self, Pool, UpstreamError};
 use crate::ratelog::RateLimitedLog;
 
@@ -329,7 +329,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// `format!` (which cost more than the rest of the request's header handling together).
 pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
     let mut xff = Vec::with_capacity(64);
-    push_x_forwarded_for(&mut xff, headers.get("x-forwarded-for").map(HeaderValue::as_bytes), client);
+    push_x_forwarded_for(
+        &mut xff,
+        headers.get("x-forwarded-for").map(HeaderValue::as_bytes),
+        client,
+    );
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
         headers.insert("x-forwarded-for", value);
     }
@@ -536,7 +540,11 @@ fn is_server_error_code(status: u16) -> bool {
 pub(crate) trait Exchange {
     type Answer;
     /// Sends the request to server `server` (its index); `last` is true on the last attempt.
-    fn attempt(&mut self, server: usize, last: bool) -> impl Future<Output = Result<Self::Answer, UpstreamError>> + Send;
+    fn attempt(
+        &mut self,
+        server: usize,
+        last: bool,
+    ) -> impl Future<Output = Result<Self::Answer, UpstreamError>> + Send;
     /// The response's status code.
     fn status(answer: &Self::Answer) -> u16;
 }
@@ -634,7 +642,12 @@ impl Shared {
             path_and_query: &path_and_query,
         };
         let dispatched = self
-            .dispatch(&mut exchange, retryable_method, method.as_str(), path_and_query.as_str())
+            .dispatch(
+                &mut exchange,
+                retryable_method,
+                method.as_str(),
+                path_and_query.as_str(),
+            )
             .await;
         match dispatched {
             Dispatched::Answered((response, sender, server), guard) => {
@@ -999,8 +1012,13 @@ async fn run_worker(
         let Ok(stream) = tokio::net::TcpStream::from_std(accepted.stream) else {
             continue;
         };
-        let (shared, builder, upstream, raw, stop) =
-            (shared.clone(), builder.clone(), upstream.clone(), raw.clone(), stop.clone());
+        let (shared, builder, upstream, raw, stop) = (
+            shared.clone(),
+            builder.clone(),
+            upstream.clone(),
+            raw.clone(),
+            stop.clone(),
+        );
         let (client, permit) = (accepted.client, accepted.permit);
         shared.stats.connections_active.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
@@ -1104,10 +1122,14 @@ impl Shared {
             return;
         };
         match problem {
-            ClientProblem::Timeout => tracing::warn!(%client, client_header_ms = self.config.timeouts.client_header_ms, suppressed,
-                "closed a client connection that sent no complete request head in time (slowloris, or idle keep-alive)"),
-            ClientProblem::TooLarge => tracing::warn!(%client, request_header_bytes_max = self.config.limits.request_header_bytes_max, suppressed,
-                "client sent a request head over the limit; answered 431"),
+            ClientProblem::Timeout => {
+                tracing::warn!(%client, client_header_ms = self.config.timeouts.client_header_ms, suppressed,
+                "closed a client connection that sent no complete request head in time (slowloris, or idle keep-alive)")
+            }
+            ClientProblem::TooLarge => {
+                tracing::warn!(%client, request_header_bytes_max = self.config.limits.request_header_bytes_max, suppressed,
+                "client sent a request head over the limit; answered 431")
+            }
             ClientProblem::Gone(_) => {}
             ClientProblem::Other(error) => tracing::info!(%client, %error, suppressed, "client connection error"),
         }

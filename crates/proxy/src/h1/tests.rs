@@ -47,7 +47,10 @@ fn a_request_head_is_rewritten_with_only_the_proxys_changes() {
 #[test]
 fn an_absolute_target_replaces_host() {
     let (head, out) = head_of("GET http://shop.example:8080/a HTTP/1.1\r\nHost: other.example\r\n\r\n");
-    assert!(out.starts_with("GET /a HTTP/1.1\r\nhost: shop.example:8080\r\n"), "{out}");
+    assert!(
+        out.starts_with("GET /a HTTP/1.1\r\nhost: shop.example:8080\r\n"),
+        "{out}"
+    );
     assert_eq!(head.host_missing_at, None);
     let (_, out) = head_of("GET http://shop.example HTTP/1.1\r\nHost: shop.example\r\n\r\n");
     assert!(out.starts_with("GET / HTTP/1.1\r\n"), "{out}");
@@ -55,7 +58,10 @@ fn an_absolute_target_replaces_host() {
         bad("GET http://user@shop.example/ HTTP/1.1\r\nHost: a\r\n\r\n"),
         RequestError::Host(HostError::Invalid)
     );
-    assert!(matches!(bad("CONNECT shop.example:443 HTTP/1.1\r\nHost: a\r\n\r\n"), RequestError::Bad(_)));
+    assert!(matches!(
+        bad("CONNECT shop.example:443 HTTP/1.1\r\nHost: a\r\n\r\n"),
+        RequestError::Bad(_)
+    ));
 }
 
 #[test]
@@ -79,7 +85,11 @@ fn host_rules_match_the_hyper_path() {
 fn http10_keeps_alive_only_when_asked() {
     assert!(head_of("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").0.keep_alive);
     assert!(!head_of("GET / HTTP/1.0\r\n\r\n").0.keep_alive);
-    assert!(!head_of("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").0.keep_alive);
+    assert!(
+        !head_of("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .0
+            .keep_alive
+    );
 }
 
 #[test]
@@ -181,12 +191,23 @@ fn bad_chunk_framing_is_refused() {
         (b"1000000000000000\r\n", ChunkError::SizeTooLarge),
         (b"ffffffffffffffffff\r\n", ChunkError::SizeTooLarge),
     ] {
-        assert_eq!(decode(input).map(|_| ()), Err(expected), "{:?}", String::from_utf8_lossy(input));
+        assert_eq!(
+            decode(input).map(|_| ()),
+            Err(expected),
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
     }
     let long_extension = format!("1;{}\r\n", "a".repeat(CHUNK_EXTENSION_BYTES_MAX + 1));
-    assert_eq!(decode(long_extension.as_bytes()).map(|_| ()), Err(ChunkError::ExtensionTooLong));
+    assert_eq!(
+        decode(long_extension.as_bytes()).map(|_| ()),
+        Err(ChunkError::ExtensionTooLong)
+    );
     let long_trailer = format!("0\r\nX: {}\r\n\r\n", "a".repeat(TRAILER_BYTES_MAX));
-    assert_eq!(decode(long_trailer.as_bytes()).map(|_| ()), Err(ChunkError::TrailerTooLong));
+    assert_eq!(
+        decode(long_trailer.as_bytes()).map(|_| ()),
+        Err(ChunkError::TrailerTooLong)
+    );
 }
 
 fn response(text: &str, client: ClientSide) -> (ResponseHead, String) {
@@ -215,7 +236,11 @@ fn response_framing_follows_rfc_9112_section_6_3() {
     let (head, out) = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", H11);
     assert_eq!(head.body, ClientBody::Chunked);
     assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
-    let http10 = ClientSide { http10: true, keep_alive: true, head_method: false };
+    let http10 = ClientSide {
+        http10: true,
+        keep_alive: true,
+        head_method: false,
+    };
     let (head, out) = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", http10);
     assert_eq!(head.body, ClientBody::Dechunk);
     assert!(head.client_close && out.contains("connection: close\r\n"), "{out}");
@@ -226,13 +251,22 @@ fn response_framing_follows_rfc_9112_section_6_3() {
         let (head, _) = response(&format!("HTTP/1.1 {status}\r\nContent-Length: 10\r\n\r\n"), H11);
         assert_eq!(head.body, ClientBody::None, "{status}");
     }
-    let head_request = ClientSide { head_method: true, ..H11 };
+    let head_request = ClientSide {
+        head_method: true,
+        ..H11
+    };
     let (head, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", head_request);
     assert_eq!(head.body, ClientBody::None);
     assert!(out.contains("content-length: 10\r\n"), "{out}");
-    let (head, _) = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", H11);
+    let (head, _) = response(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        H11,
+    );
     assert_eq!(head.body, ClientBody::Chunked);
-    assert!(!head.server_keep_alive, "a response with both framings closes its connection");
+    assert!(
+        !head.server_keep_alive,
+        "a response with both framings closes its connection"
+    );
     let (head, _) = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", H11);
     assert_eq!(head.body, ClientBody::UntilClose);
     let (head, _) = response("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", H11);
@@ -247,7 +281,10 @@ fn response_framing_follows_rfc_9112_section_6_3() {
         "HTTP/1.1 2000 OK\r\n\r\n",
         "SMTP ready\r\n\r\n",
     ] {
-        assert!(parse_response(bad_response.as_bytes(), H11, &mut out).is_err(), "{bad_response:?}");
+        assert!(
+            parse_response(bad_response.as_bytes(), H11, &mut out).is_err(),
+            "{bad_response:?}"
+        );
     }
 }
 
