@@ -51,6 +51,9 @@ const CLOSE_LINGER_MS: u64 = 1000;
 /// At most this many bytes are read (and dropped) while closing.
 const CLOSE_LINGER_BYTES_MAX: usize = 256 * 1024;
 
+/// The interim answer to `Expect: 100-continue` (RFC 9110 §10.1.1).
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -1115,10 +1118,12 @@ async fn serve_request(
                 return answer_local(shared, stream, out, 413, proxy::BODY_TOO_LARGE, true, head.head_method).await;
             }
             let length = length as usize;
-            if head.expect_continue && !head.http10 && !continue_sent(input) {
-                if stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-                    return Next::Close;
-                }
+            if head.expect_continue
+                && !head.http10
+                && !continue_sent(input)
+                && stream.write_all(CONTINUE).await.is_err()
+            {
+                return Next::Close;
             }
             _budget = shared.reserve_body(length).await;
             while input.len() < head.head_len + length {
@@ -1145,10 +1150,12 @@ async fn serve_request(
             consumed += length;
         }
         Framing::Chunked => {
-            if head.expect_continue && !continue_sent(input) {
-                if stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-                    return Next::Close;
-                }
+            if head.expect_continue
+                && !head.http10
+                && !continue_sent(input)
+                && stream.write_all(CONTINUE).await.is_err()
+            {
+                return Next::Close;
             }
             body.clear();
             let mut decoder = ChunkedDecoder::default();
