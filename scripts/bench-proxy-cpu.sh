@@ -6,7 +6,6 @@
 # req/s and p99 are not. Prints one line per proxy and round.
 #
 #   BIN=target/release/switchyard ROUNDS=2 nice -n -15 scripts/bench-proxy-cpu.sh
-# proxy process during wrk -t2 -c32 -d${DURATION}. Usage: BIN=... ROUNDS=2 /tmp/proxy-cpu.sh
 set -euo pipefail
 BIN="${BIN:?}"; ROUNDS="${ROUNDS:-2}"; DURATION="${DURATION:-10}"; T="${T:-2}"
 work="$(mktemp -d)"; pids=()
