@@ -1127,26 +1127,11 @@ async fn serve_request(
             }
             _budget = shared.reserve_body(length).await;
             while input.len() < head.head_len + length {
-                match read_more(stream, input, Some(body_deadline)).await {
-                    Ok(0) => {
-                        shared.note_body_failed(client, Some(&"the client closed the connection mid-body"));
-                        return Next::Close;
-                    }
-                    Ok(_) => {}
-                    Err(error) if error.kind() == io::ErrorKind::TimedOut => {
-                        shared.note_body_failed(client, None);
-                        return answer_local(shared, stream, out, 408, proxy::BODY_TOO_SLOW, true, false).await;
-                    }
-                    Err(error) => {
-                        shared.note_body_failed(client, Some(&error));
-                        return Next::Close;
-                    }
+                if let Err(next) = read_body_more(shared, stream, client, input, out, body_deadline).await {
+                    return next;
                 }
             }
-            request.extend_from_slice(b"content-length: ");
-            push_decimal(request, length as u64);
-            request.extend_from_slice(b"\r\n\r\n");
-            request.extend_from_slice(&input[head.head_len..head.head_len + length]);
+            push_body(request, &input[head.head_len..head.head_len + length]);
             consumed += length;
         }
         Framing::Chunked => {
@@ -1185,27 +1170,12 @@ async fn serve_request(
                 // Keep the buffer small: drop what was decoded.
                 input.drain(head.head_len..consumed);
                 consumed = head.head_len;
-                match read_more(stream, input, Some(body_deadline)).await {
-                    Ok(0) => {
-                        shared.note_body_failed(client, Some(&"the client closed the connection mid-body"));
-                        return Next::Close;
-                    }
-                    Ok(_) => {}
-                    Err(error) if error.kind() == io::ErrorKind::TimedOut => {
-                        shared.note_body_failed(client, None);
-                        return answer_local(shared, stream, out, 408, proxy::BODY_TOO_SLOW, true, false).await;
-                    }
-                    Err(error) => {
-                        shared.note_body_failed(client, Some(&error));
-                        return Next::Close;
-                    }
+                if let Err(next) = read_body_more(shared, stream, client, input, out, body_deadline).await {
+                    return next;
                 }
             }
             _budget = shared.reserve_body(body.len()).await;
-            request.extend_from_slice(b"content-length: ");
-            push_decimal(request, body.len() as u64);
-            request.extend_from_slice(b"\r\n\r\n");
-            request.extend_from_slice(body);
+            push_body(request, body);
         }
     }
     // The request's bytes are copied; keep only pipelined ones.
@@ -1262,6 +1232,41 @@ async fn serve_request(
             }
         }
         Err(()) => Next::Close,
+    }
+}
+
+/// Ends the server's request head with the body's length, then the body.
+fn push_body(request: &mut Vec<u8>, body: &[u8]) {
+    request.extend_from_slice(b"content-length: ");
+    push_decimal(request, body.len() as u64);
+    request.extend_from_slice(b"\r\n\r\n");
+    request.extend_from_slice(body);
+}
+
+/// Reads more of a request body within `deadline`; on failure, how the connection goes on (408
+/// when too slow, closed when the client went away).
+async fn read_body_more(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    client: SocketAddr,
+    input: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<(), Next> {
+    match read_more(stream, input, Some(deadline)).await {
+        Ok(0) => {
+            shared.note_body_failed(client, Some(&"the client closed the connection mid-body"));
+            Err(Next::Close)
+        }
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+            shared.note_body_failed(client, None);
+            Err(answer_local(shared, stream, out, 408, proxy::BODY_TOO_SLOW, true, false).await)
+        }
+        Err(error) => {
+            shared.note_body_failed(client, Some(&error));
+            Err(Next::Close)
+        }
     }
 }
 
