@@ -1270,6 +1270,26 @@ async fn read_body_more(
     }
 }
 
+/// Reads the next bytes of a response body into `response` (cleared first), unless the client
+/// goes away first: then a stalled server cannot hold the connection's task.
+async fn read_upstream(upstream: &mut TcpStream, client: &TcpStream, response: &mut Vec<u8>) -> io::Result<usize> {
+    response.clear();
+    tokio::select! {
+        read = upstream.read_buf(response) => read,
+        () = client_gone(client) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the client went away")),
+    }
+}
+
+/// Resolves when the client closed its side or its connection failed; never when it sends
+/// (a pipelined request waits in the socket for its turn).
+async fn client_gone(client: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match client.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
 /// Forwards the response body. `Ok(true)`: complete, with no byte after it (the server
 /// connection may be reused); `Err`: the client connection must close (a side failed).
 async fn stream_body(
@@ -1301,8 +1321,7 @@ async fn stream_body(
             }
             let mut extra = extra;
             while remaining > 0 {
-                response.clear();
-                match upstream.read_buf(response).await {
+                match read_upstream(upstream, client, response).await {
                     Ok(0) | Err(_) => return Err(()),
                     Ok(n) => {
                         let take = n.min(usize::try_from(remaining).unwrap_or(usize::MAX));
@@ -1350,9 +1369,8 @@ async fn stream_body(
                 if decoder.is_done() {
                     return Ok(start + used == response.len());
                 }
-                response.clear();
                 start = 0;
-                match upstream.read_buf(response).await {
+                match read_upstream(upstream, client, response).await {
                     Ok(0) | Err(_) => return Err(()),
                     Ok(_) => {}
                 }
@@ -1362,8 +1380,7 @@ async fn stream_body(
             out.extend_from_slice(after_head);
             client.write_all(out).await.map_err(|_| ())?;
             loop {
-                response.clear();
-                match upstream.read_buf(response).await {
+                match read_upstream(upstream, client, response).await {
                     Ok(0) => return Ok(false),
                     Err(_) => return Err(()),
                     Ok(_) => client.write_all(response).await.map_err(|_| ())?,
