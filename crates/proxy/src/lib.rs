@@ -4,7 +4,10 @@
 //! - [`config`]: the `[proxy]` section of the deployment TOML.
 //! - [`check`] and [`balance`]: the sans-IO core — HAProxy's rise/fall health machine and the
 //!   balancer (round robin, least connections, weights, backups, slow start, drain).
-//! - [`proxy`]: the data plane on hyper (HTTP/1.1 and h2c), retries, limits, timeouts.
+//! - [`proxy`]: the data plane: accept loop, worker threads, retries and the books (shared by
+//!   both paths), hyper for HTTP/2 with prior knowledge.
+//! - [`h1`]: the HTTP/1.1 forwarding core (one task per client connection, raw pooled server
+//!   connections, `httparse`).
 //! - [`health`]: active checks. [`admin`]: runtime API, stats page, metrics. [`ctl`]: its client.
 //!
 //! Must not depend on other Switchyard crates: the controller drives it through the runtime
@@ -15,6 +18,7 @@ pub mod balance;
 pub mod check;
 pub mod config;
 pub mod ctl;
+pub mod h1;
 pub mod health;
 pub mod pool;
 pub mod proxy;

@@ -29,13 +29,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use crate::balance::{Balancer, ServerId};
 use crate::check::{CheckParams, Observation, Transition};
 use crate::config::ProxyConfig;
-use crate::pool::{self, Pool};
+use crate::h1;
+use crate::pool::{self, Pool, UpstreamError};
 use crate::ratelog::RateLimitedLog;
 
 /// How long shutdown waits for requests in flight before it gives up on them.
 pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
 /// Requests one HTTP/2 client connection may have open at once (HAProxy's default is 100).
 pub const H2_STREAMS_PER_CONNECTION_MAX: u32 = 100;
+/// Messages of the answers made here, shared by both data paths.
+pub(crate) const BODY_TOO_LARGE: &str = "the request body is larger than limits.request_body_bytes_max";
+pub(crate) const BODY_UNREADABLE: &str = "the request body could not be read";
+pub(crate) const BODY_TOO_SLOW: &str = "the request body arrived too slowly";
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
 
@@ -79,7 +84,11 @@ pub struct FrontendStats {
 
 impl FrontendStats {
     fn count_response(&self, status: StatusCode) {
-        let counter = match status.as_u16() {
+        self.count_status(status.as_u16());
+    }
+
+    pub(crate) fn count_status(&self, status: u16) {
+        let counter = match status {
             100..=199 => &self.responses_1xx,
             200..=299 => &self.responses_2xx,
             300..=399 => &self.responses_3xx,
@@ -133,15 +142,28 @@ impl Shared {
         })
     }
 
-    /// A pool of connections to the servers. Each worker thread has its own, so a request and
-    /// its server connection stay on one thread.
-    fn new_pool(&self) -> Arc<Pool> {
+    /// A pool of connections to the servers (hyper's, or raw ones for the HTTP/1.1 core). Each
+    /// worker thread has its own, so a request and its server connection stay on one thread.
+    fn new_pool<C: pool::Reusable>(&self) -> Arc<Pool<C>> {
         Arc::new(Pool::new(
             self.config.servers.iter().map(|s| s.address).collect(),
             self.config.limits.pool_idle_per_server_max,
             self.config.timeouts.idle_ms,
             self.config.timeouts.connect_ms,
         ))
+    }
+
+    /// Each server's address as a URI authority (the `Host` for requests that had none).
+    pub(crate) fn authorities(&self) -> &[hyper::http::uri::Authority] {
+        &self.authorities
+    }
+
+    /// Takes `bytes` of a buffered request body from the shared budget
+    /// (`buffered_body_bytes_max`), waiting while it is spent.
+    pub(crate) async fn reserve_body(&self, bytes: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let budget = self.config.limits.buffered_body_bytes_max.min(Semaphore::MAX_PERMITS);
+        let wanted = u32::try_from(bytes.min(budget)).ok().filter(|n| *n > 0)?;
+        self.body_budget.acquire_many(wanted).await.ok()
     }
 
     /// What clients saw so far.
@@ -219,7 +241,7 @@ impl ProxyBody {
             && inner.is_end_stream()
             && let Some(done) = connection.take()
         {
-            done.pool.give_back(done.server, done.sender);
+            done.pool.give_back_sender(done.server, done.sender);
         }
     }
 }
@@ -306,38 +328,58 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// On the hot path: each header value is built in one buffer and moved into the header, without
 /// `format!` (which cost more than the rest of the request's header handling together).
 pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
-    let ip = client.ip();
     let mut xff = Vec::with_capacity(64);
-    if let Some(previous) = headers.get("x-forwarded-for") {
-        xff.extend_from_slice(previous.as_bytes());
-        xff.extend_from_slice(b", ");
-    }
-    push_ip(&mut xff, ip);
+    push_x_forwarded_for(
+        &mut xff,
+        headers.get("x-forwarded-for").map(HeaderValue::as_bytes),
+        client,
+    );
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
         headers.insert("x-forwarded-for", value);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     let mut forwarded = Vec::with_capacity(96);
-    if let Some(previous) = headers.get(header::FORWARDED) {
-        forwarded.extend_from_slice(previous.as_bytes());
-        forwarded.extend_from_slice(b", ");
-    }
-    forwarded.extend_from_slice(b"for=");
-    match ip {
-        std::net::IpAddr::V4(_) => push_ip(&mut forwarded, ip),
-        std::net::IpAddr::V6(_) => {
-            forwarded.extend_from_slice(b"\"[");
-            push_ip(&mut forwarded, ip);
-            forwarded.extend_from_slice(b"]\"");
-        }
-    }
-    forwarded.extend_from_slice(b";proto=http");
-    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b';')) {
-        forwarded.extend_from_slice(b";host=");
-        forwarded.extend_from_slice(host.as_bytes());
-    }
+    push_forwarded(
+        &mut forwarded,
+        headers.get(header::FORWARDED).map(HeaderValue::as_bytes),
+        client,
+        host.map(str::as_bytes),
+    );
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
         headers.insert(header::FORWARDED, value);
+    }
+}
+
+/// The `X-Forwarded-For` value: the previous one (if any), then this hop's client address.
+pub(crate) fn push_x_forwarded_for(out: &mut Vec<u8>, previous: Option<&[u8]>, client: SocketAddr) {
+    if let Some(previous) = previous {
+        out.extend_from_slice(previous);
+        out.extend_from_slice(b", ");
+    }
+    push_ip(out, client.ip());
+}
+
+/// The `Forwarded` value (RFC 7239): the previous one (if any), then `for=...;proto=http` and
+/// the host when it needs no quoting.
+pub(crate) fn push_forwarded(out: &mut Vec<u8>, previous: Option<&[u8]>, client: SocketAddr, host: Option<&[u8]>) {
+    let ip = client.ip();
+    if let Some(previous) = previous {
+        out.extend_from_slice(previous);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(b"for=");
+    match ip {
+        std::net::IpAddr::V4(_) => push_ip(out, ip),
+        std::net::IpAddr::V6(_) => {
+            out.extend_from_slice(b"\"[");
+            push_ip(out, ip);
+            out.extend_from_slice(b"]\"");
+        }
+    }
+    out.extend_from_slice(b";proto=http");
+    if let Some(host) = host.filter(|h| h.iter().all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b';')) {
+        out.extend_from_slice(b";host=");
+        out.extend_from_slice(host);
     }
 }
 
@@ -370,6 +412,11 @@ pub enum HostError {
     Invalid,
     /// HTTP/2: `Host` names another authority than `:authority`.
     Mismatch,
+}
+
+/// The 400 message for a `Host` problem.
+pub(crate) fn host_error_message(problem: HostError) -> &'static str {
+    problem.message()
 }
 
 impl HostError {
@@ -423,8 +470,30 @@ pub fn forwarded_host(version: Version, uri: &Uri, headers: &HeaderMap) -> Resul
     Ok(authority.or_else(|| host.cloned()))
 }
 
+/// [`forwarded_host`] for the HTTP/1 core, on bytes: `hosts` are the request's `Host` values,
+/// `authority` the absolute-form target's (already checked with [`valid_host`]).
+pub(crate) fn forwarded_host_h1<'a>(
+    http10: bool,
+    authority: Option<&'a [u8]>,
+    mut hosts: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<&'a [u8]>, HostError> {
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HostError::Repeated);
+    }
+    if let Some(value) = host
+        && !valid_host(value)
+    {
+        return Err(HostError::Invalid);
+    }
+    if host.is_none() && !http10 {
+        return Err(HostError::Missing);
+    }
+    Ok(authority.or(host))
+}
+
 /// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2), or empty.
-fn valid_host(value: &[u8]) -> bool {
+pub(crate) fn valid_host(value: &[u8]) -> bool {
     let (host, port) = match value.strip_prefix(b"[") {
         Some(rest) => {
             let Some(end) = rest.iter().position(|b| *b == b']') else {
@@ -453,17 +522,38 @@ fn valid_host(value: &[u8]) -> bool {
 }
 
 fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
-    )
+    idempotent_method(method.as_str().as_bytes())
+}
+
+/// RFC 9110 §9.2.2: a method whose request may be sent twice with the effect of once.
+pub(crate) fn idempotent_method(method: &[u8]) -> bool {
+    matches!(method, b"GET" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"TRACE")
 }
 
 /// A 5xx that says the server is unwell (HAProxy's `observe layer7` ignores 501 and 505).
-fn is_server_error(status: StatusCode) -> bool {
-    status.is_server_error()
-        && status != StatusCode::NOT_IMPLEMENTED
-        && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED
+fn is_server_error_code(status: u16) -> bool {
+    (500..600).contains(&status) && status != 501 && status != 505
+}
+
+/// One data path's way to send a request to a chosen server and wait for the response head;
+/// [`Shared::dispatch`] picks the servers, retries and keeps the books around it.
+pub(crate) trait Exchange {
+    type Answer;
+    /// Sends the request to server `server` (its index); `last` is true on the last attempt.
+    fn attempt(
+        &mut self,
+        server: usize,
+        last: bool,
+    ) -> impl Future<Output = Result<Self::Answer, UpstreamError>> + Send;
+    /// The response's status code.
+    fn status(answer: &Self::Answer) -> u16;
+}
+
+/// What [`Shared::dispatch`] got: a server's response head (with the server's active slot, to
+/// be held until the body is done), or the status and message to answer with from here.
+pub(crate) enum Dispatched<A> {
+    Answered(A, ActiveGuard),
+    Refused(StatusCode, &'static str),
 }
 
 impl Shared {
@@ -513,21 +603,12 @@ impl Shared {
                 }
                 Ok(Err(BodyError::TooLarge)) => return self.body_too_large(client, None),
                 Ok(Err(BodyError::Read(error))) => {
-                    self.stats.client_errors_total.fetch_add(1, Ordering::Relaxed);
-                    let now = self.now_ms();
-                    if let Some(suppressed) = self.logs.client_connection.allow(now) {
-                        tracing::info!(%client, %error, suppressed, "client request body could not be read");
-                    }
-                    return local_response(StatusCode::BAD_REQUEST, "the request body could not be read");
+                    self.note_body_failed(client, Some(&error));
+                    return local_response(StatusCode::BAD_REQUEST, BODY_UNREADABLE);
                 }
                 Err(_) => {
-                    self.stats.client_errors_total.fetch_add(1, Ordering::Relaxed);
-                    let now = self.now_ms();
-                    if let Some(suppressed) = self.logs.client_connection.allow(now) {
-                        tracing::warn!(%client, client_body_ms = self.config.timeouts.client_body_ms, suppressed,
-                            "client sent its request body too slowly; answered 408");
-                    }
-                    return local_response(StatusCode::REQUEST_TIMEOUT, "the request body arrived too slowly");
+                    self.note_body_failed(client, None);
+                    return local_response(StatusCode::REQUEST_TIMEOUT, BODY_TOO_SLOW);
                 }
             }
         };
@@ -551,8 +632,54 @@ impl Shared {
             .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
         let method = parts.method;
         let retryable_method = idempotent(&method);
-        let response_timeout = Duration::from_millis(self.config.timeouts.response_header_ms);
 
+        let mut exchange = HyperExchange {
+            pool,
+            authorities: &self.authorities,
+            body,
+            headers,
+            method: &method,
+            path_and_query: &path_and_query,
+        };
+        let dispatched = self
+            .dispatch(
+                &mut exchange,
+                retryable_method,
+                method.as_str(),
+                path_and_query.as_str(),
+            )
+            .await;
+        match dispatched {
+            Dispatched::Answered((response, sender, server), guard) => {
+                let (mut parts, inner) = response.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                parts.version = Version::HTTP_11;
+                let body = ProxyBody::Upstream {
+                    inner,
+                    connection: Some(Connection {
+                        pool: pool.clone(),
+                        server,
+                        sender,
+                    }),
+                    _guard: guard,
+                };
+                Response::from_parts(parts, body)
+            }
+            Dispatched::Refused(status, message) => local_response(status, message),
+        }
+    }
+
+    /// Sends a request to a server the balancer picks, retrying on another one when that is
+    /// safe (`retryable_method`, or the request never left), at most `retries` times; feeds
+    /// what it saw to the passive checks. `method` and `path` are for the log.
+    pub(crate) async fn dispatch<E: Exchange>(
+        self: &Arc<Self>,
+        exchange: &mut E,
+        retryable_method: bool,
+        method: &str,
+        path: &str,
+    ) -> Dispatched<E::Answer> {
+        let response_timeout = Duration::from_millis(self.config.timeouts.response_header_ms);
         let mut tried: Vec<ServerId> = Vec::new();
         let mut last: Option<ServerId> = None;
         let attempts = self.config.retries + 1;
@@ -570,10 +697,10 @@ impl Shared {
             let Some(id) = picked else {
                 self.stats.no_server_total.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = self.logs.no_server.allow(now) {
-                    tracing::warn!(%method, path = %path_and_query, suppressed,
+                    tracing::warn!(%method, %path, suppressed,
                         "no server available (all down, drained or in maintenance); answered 503");
                 }
-                return local_response(
+                return Dispatched::Refused(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no server is available to handle this request",
                 );
@@ -583,52 +710,22 @@ impl Shared {
                 id,
                 success: false,
             };
-            let mut upstream = Request::new(Full::new(body.clone()));
-            *upstream.method_mut() = method.clone();
-            *upstream.uri_mut() = Uri::from(path_and_query.clone());
-            *upstream.version_mut() = Version::HTTP_11;
-            // The last attempt takes the headers; earlier ones need them again for a retry.
-            *upstream.headers_mut() = if attempt + 1 < attempts {
-                headers.clone()
-            } else {
-                std::mem::take(&mut headers)
-            };
-            if !upstream.headers().contains_key(header::HOST) {
-                // HTTP/1.0 without Host: HTTP/1.1 to the server needs one; name the server.
-                if let Ok(value) = HeaderValue::from_str(self.authorities[id.0].as_str()) {
-                    upstream.headers_mut().insert(header::HOST, value);
-                }
-            }
-
-            match tokio::time::timeout(response_timeout, pool.send(id.0, upstream)).await {
-                Ok(Ok((response, sender))) => {
-                    let status = response.status();
-                    if is_server_error(status) {
+            let more = attempt + 1 < attempts;
+            match tokio::time::timeout(response_timeout, exchange.attempt(id.0, !more)).await {
+                Ok(Ok(answer)) => {
+                    if is_server_error_code(E::status(&answer)) {
                         self.observe(id, Observation::Error);
                     } else {
                         // Counted when the response is done, under the same lock as `finish`.
                         guard.success = true;
                     }
-                    let (mut parts, inner) = response.into_parts();
-                    remove_hop_by_hop(&mut parts.headers);
-                    parts.version = Version::HTTP_11;
-                    let body = ProxyBody::Upstream {
-                        inner,
-                        connection: Some(Connection {
-                            pool: pool.clone(),
-                            server: id.0,
-                            sender,
-                        }),
-                        _guard: guard,
-                    };
-                    return Response::from_parts(parts, body);
+                    return Dispatched::Answered(answer, guard);
                 }
                 Ok(Err(error)) => {
                     drop(guard);
                     self.observe(id, Observation::Error);
                     let safe = error.unsent() || retryable_method;
                     let name = &self.config.servers[id.0].name;
-                    let more = attempt + 1 < attempts;
                     if safe && more {
                         self.stats.retries_total.fetch_add(1, Ordering::Relaxed);
                         self.balancer().note_retry(id);
@@ -641,7 +738,7 @@ impl Shared {
                         tracing::warn!(server = %name, %error, attempts = attempt + 1, retried = safe, suppressed,
                             "request to server failed; answered 502");
                     }
-                    return local_response(StatusCode::BAD_GATEWAY, "the server failed to answer");
+                    return Dispatched::Refused(StatusCode::BAD_GATEWAY, "the server failed to answer");
                 }
                 Err(_) => {
                     drop(guard);
@@ -652,11 +749,11 @@ impl Shared {
                             response_header_ms = self.config.timeouts.response_header_ms, suppressed,
                             "server sent no response headers in time (hanging?); answered 504");
                     }
-                    return local_response(StatusCode::GATEWAY_TIMEOUT, "the server did not answer in time");
+                    return Dispatched::Refused(StatusCode::GATEWAY_TIMEOUT, "the server did not answer in time");
                 }
             }
         }
-        local_response(StatusCode::BAD_GATEWAY, "every attempt failed")
+        Dispatched::Refused(StatusCode::BAD_GATEWAY, "every attempt failed")
     }
 
     /// Reads a request body up to `limit` bytes, taking its size from the shared budget
@@ -695,11 +792,38 @@ impl Shared {
         Ok((buffer.freeze(), budget))
     }
 
-    fn bad_host(&self, client: SocketAddr, problem: HostError) -> Response<ProxyBody> {
+    /// Counts and logs a request refused for its `Host`.
+    pub(crate) fn note_bad_host(&self, client: SocketAddr, problem: HostError) {
         self.stats.bad_host_total.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = self.logs.bad_host.allow(self.now_ms()) {
             tracing::warn!(%client, ?problem, suppressed, "request with a missing, repeated or invalid Host; answered 400");
         }
+    }
+
+    /// Counts and logs a request refused for its body's size.
+    pub(crate) fn note_body_too_large(&self, client: SocketAddr, declared: Option<u64>) {
+        self.stats.body_too_large_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.logs.body_too_large.allow(self.now_ms()) {
+            tracing::warn!(%client, declared_bytes = declared, request_body_bytes_max = self.config.limits.request_body_bytes_max,
+                suppressed, "request body over the limit; answered 413 (raise limits.request_body_bytes_max to allow it)");
+        }
+    }
+
+    /// Counts and logs a client whose request body broke off or came too slowly.
+    pub(crate) fn note_body_failed(&self, client: SocketAddr, error: Option<&dyn std::fmt::Display>) {
+        self.stats.client_errors_total.fetch_add(1, Ordering::Relaxed);
+        let Some(suppressed) = self.logs.client_connection.allow(self.now_ms()) else {
+            return;
+        };
+        match error {
+            Some(error) => tracing::info!(%client, %error, suppressed, "client request body could not be read"),
+            None => tracing::warn!(%client, client_body_ms = self.config.timeouts.client_body_ms, suppressed,
+                "client sent its request body too slowly; answered 408"),
+        }
+    }
+
+    fn bad_host(&self, client: SocketAddr, problem: HostError) -> Response<ProxyBody> {
+        self.note_bad_host(client, problem);
         let mut response = local_response(StatusCode::BAD_REQUEST, problem.message());
         // The body (if any) is not read; make the client open a new connection.
         response
@@ -709,23 +833,52 @@ impl Shared {
     }
 
     fn body_too_large(&self, client: SocketAddr, declared: Option<u64>) -> Response<ProxyBody> {
-        self.stats.body_too_large_total.fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = self.logs.body_too_large.allow(self.now_ms()) {
-            tracing::warn!(%client, declared_bytes = declared, request_body_bytes_max = self.config.limits.request_body_bytes_max,
-                suppressed, "request body over the limit; answered 413 (raise limits.request_body_bytes_max to allow it)");
-        }
-        let mut response = local_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "the request body is larger than {} bytes",
-                self.config.limits.request_body_bytes_max
-            ),
-        );
+        self.note_body_too_large(client, declared);
+        let mut response = local_response(StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE);
         // The rest of the body is not read; make the client open a new connection.
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         response
+    }
+}
+
+/// The hyper data path's request, sent to one server per attempt.
+struct HyperExchange<'a> {
+    pool: &'a Arc<Pool>,
+    authorities: &'a [hyper::http::uri::Authority],
+    body: Bytes,
+    headers: HeaderMap,
+    method: &'a Method,
+    path_and_query: &'a hyper::http::uri::PathAndQuery,
+}
+
+impl Exchange for HyperExchange<'_> {
+    type Answer = (Response<Incoming>, pool::Sender, usize);
+
+    async fn attempt(&mut self, server: usize, last: bool) -> Result<Self::Answer, UpstreamError> {
+        let mut upstream = Request::new(Full::new(self.body.clone()));
+        *upstream.method_mut() = self.method.clone();
+        *upstream.uri_mut() = Uri::from(self.path_and_query.clone());
+        *upstream.version_mut() = Version::HTTP_11;
+        // The last attempt takes the headers; earlier ones need them again for a retry.
+        *upstream.headers_mut() = if last {
+            std::mem::take(&mut self.headers)
+        } else {
+            self.headers.clone()
+        };
+        if !upstream.headers().contains_key(header::HOST) {
+            // HTTP/1.0 without Host: HTTP/1.1 to the server needs one; name the server.
+            if let Ok(value) = HeaderValue::from_str(self.authorities[server].as_str()) {
+                upstream.headers_mut().insert(header::HOST, value);
+            }
+        }
+        let (response, sender) = self.pool.send(server, upstream).await?;
+        Ok((response, sender, server))
+    }
+
+    fn status(answer: &Self::Answer) -> u16 {
+        answer.0.status().as_u16()
     }
 }
 
@@ -840,9 +993,10 @@ async fn run_worker(
     stop: watch::Receiver<bool>,
     mut finished: watch::Receiver<bool>,
 ) {
-    let upstream = shared.new_pool();
+    let upstream: Arc<Pool> = shared.new_pool();
+    let raw: Arc<Pool<tokio::net::TcpStream>> = shared.new_pool();
     let sweeper = {
-        let pool = upstream.clone();
+        let (pool, raw) = (upstream.clone(), raw.clone());
         let every = Duration::from_millis(shared.config.timeouts.idle_ms.div_ceil(2).max(1));
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
@@ -850,6 +1004,7 @@ async fn run_worker(
             loop {
                 ticks.tick().await;
                 pool.sweep();
+                raw.sweep();
             }
         })
     };
@@ -857,34 +1012,33 @@ async fn run_worker(
         let Ok(stream) = tokio::net::TcpStream::from_std(accepted.stream) else {
             continue;
         };
-        let (shared, builder, upstream, mut stop) = (shared.clone(), builder.clone(), upstream.clone(), stop.clone());
+        let (shared, builder, upstream, raw, stop) = (
+            shared.clone(),
+            builder.clone(),
+            upstream.clone(),
+            raw.clone(),
+            stop.clone(),
+        );
         let (client, permit) = (accepted.client, accepted.permit);
         shared.stats.connections_active.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let _permit = permit;
-            let service_shared = shared.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let (shared, upstream) = (service_shared.clone(), upstream.clone());
-                async move { Ok::<_, Infallible>(shared.handle(&upstream, request, client).await) }
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            // A connection handed over after shutdown began sees no change; stop it at once.
-            let mut stopping = *stop.borrow_and_update();
-            if stopping {
-                connection.as_mut().graceful_shutdown();
-            }
-            let result = loop {
-                tokio::select! {
-                    result = connection.as_mut() => break result,
-                    _ = stop.changed(), if !stopping => {
-                        stopping = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
+            let mut stream = stream;
+            let header_ms = Duration::from_millis(shared.config.timeouts.client_header_ms);
+            let deadline = tokio::time::Instant::now() + header_ms;
+            let mut input = Vec::with_capacity(h1::REQUEST_BUFFER_BYTES);
+            match h1::sniff_h2(&mut stream, &mut input, deadline).await {
+                Ok(false) => {
+                    h1::serve_connection(shared.clone(), raw, stream, client, input, deadline, stop).await;
                 }
-            };
-            if let Err(error) = result {
-                shared.log_connection_error(client, error.as_ref());
+                Ok(true) => {
+                    let stream = h1::Rewind::new(input, stream);
+                    serve_hyper(shared.clone(), builder, upstream, stream, client, stop).await;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                    shared.note_client_problem(client, ClientProblem::Timeout);
+                }
+                Err(_) => {}
             }
             shared.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
         });
@@ -893,23 +1047,91 @@ async fn run_worker(
     sweeper.abort();
 }
 
+/// One HTTP/2 client connection (prior knowledge), served by hyper; the first bytes were
+/// already read into `stream`'s rewind buffer.
+async fn serve_hyper(
+    shared: Arc<Shared>,
+    builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
+    upstream: Arc<Pool>,
+    stream: h1::Rewind,
+    client: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service_shared = shared.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let (shared, upstream) = (service_shared.clone(), upstream.clone());
+        async move { Ok::<_, Infallible>(shared.handle(&upstream, request, client).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    // A connection handed over after shutdown began sees no change; stop it at once.
+    let mut stopping = *stop.borrow_and_update();
+    if stopping {
+        connection.as_mut().graceful_shutdown();
+    }
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(error) = result {
+        shared.log_connection_error(client, error.as_ref());
+    }
+}
+
+/// What was wrong with a client connection (for the count and the rate-limited log).
+#[derive(Clone, Copy)]
+pub(crate) enum ClientProblem<'a> {
+    /// No complete request head within `client_header_ms`.
+    Timeout,
+    /// A request head over `request_header_bytes_max` (431).
+    TooLarge,
+    /// Gone mid-request: counted, logged at debug.
+    Gone(&'a dyn std::fmt::Display),
+    /// Anything else (a malformed request, 400).
+    Other(&'a dyn std::fmt::Display),
+}
+
 impl Shared {
     fn log_connection_error(&self, client: SocketAddr, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        let hyper_error = error.downcast_ref::<hyper::Error>();
+        let problem = if hyper_error.is_some_and(|e| e.is_timeout()) {
+            ClientProblem::Timeout
+        } else if hyper_error.is_some_and(|e| e.is_parse_too_large()) {
+            ClientProblem::TooLarge
+        } else if hyper_error.is_some_and(|e| e.is_incomplete_message() || e.is_canceled()) {
+            ClientProblem::Gone(&error)
+        } else {
+            ClientProblem::Other(&error)
+        };
+        self.note_client_problem(client, problem);
+    }
+
+    /// Counts and logs (rate-limited) a client connection's trouble.
+    pub(crate) fn note_client_problem(&self, client: SocketAddr, problem: ClientProblem<'_>) {
         self.stats.client_errors_total.fetch_add(1, Ordering::Relaxed);
+        if let ClientProblem::Gone(error) = problem {
+            tracing::debug!(%client, %error, "client connection closed mid-request");
+            return;
+        }
         let Some(suppressed) = self.logs.client_connection.allow(self.now_ms()) else {
             return;
         };
-        let hyper_error = error.downcast_ref::<hyper::Error>();
-        if hyper_error.is_some_and(|e| e.is_timeout()) {
-            tracing::warn!(%client, client_header_ms = self.config.timeouts.client_header_ms, suppressed,
-                "closed a client connection that sent no complete request head in time (slowloris, or idle keep-alive)");
-        } else if hyper_error.is_some_and(|e| e.is_parse_too_large()) {
-            tracing::warn!(%client, request_header_bytes_max = self.config.limits.request_header_bytes_max, suppressed,
-                "client sent a request head over the limit; answered 431");
-        } else if hyper_error.is_some_and(|e| e.is_incomplete_message() || e.is_canceled()) {
-            tracing::debug!(%client, %error, "client connection closed mid-request");
-        } else {
-            tracing::info!(%client, %error, suppressed, "client connection error");
+        match problem {
+            ClientProblem::Timeout => {
+                tracing::warn!(%client, client_header_ms = self.config.timeouts.client_header_ms, suppressed,
+                "closed a client connection that sent no complete request head in time (slowloris, or idle keep-alive)")
+            }
+            ClientProblem::TooLarge => {
+                tracing::warn!(%client, request_header_bytes_max = self.config.limits.request_header_bytes_max, suppressed,
+                "client sent a request head over the limit; answered 431")
+            }
+            ClientProblem::Gone(_) => {}
+            ClientProblem::Other(error) => tracing::info!(%client, %error, suppressed, "client connection error"),
         }
     }
 }
@@ -1053,10 +1275,10 @@ mod tests {
 
     #[test]
     fn passive_checks_ignore_501_and_505() {
-        assert!(is_server_error(StatusCode::INTERNAL_SERVER_ERROR));
-        assert!(is_server_error(StatusCode::SERVICE_UNAVAILABLE));
-        assert!(!is_server_error(StatusCode::NOT_IMPLEMENTED));
-        assert!(!is_server_error(StatusCode::HTTP_VERSION_NOT_SUPPORTED));
-        assert!(!is_server_error(StatusCode::NOT_FOUND));
+        assert!(is_server_error_code(500));
+        assert!(is_server_error_code(503));
+        assert!(!is_server_error_code(501));
+        assert!(!is_server_error_code(505));
+        assert!(!is_server_error_code(404));
     }
 }

@@ -928,3 +928,381 @@ async fn a_connection_whose_response_was_abandoned_is_never_reused() {
     );
     proxy.stop().await;
 }
+
+/// What a scripted backend does with a request: the bytes to answer, and whether to close after.
+type Script = fn(&str) -> (Vec<u8>, bool);
+
+/// A backend on raw TCP that records each request (head and body as received) and answers what
+/// `script` says for it.
+async fn scripted_backend(script: Script) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
+    let address = listener.local_addr().expect("address");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_owned)
+                        })
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while buffer.len() < end + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let request = String::from_utf8_lossy(&buffer[..end + length]).into_owned();
+                    buffer.drain(..end + length);
+                    let (answer, close) = script(&request);
+                    log.lock().expect("log").push(request);
+                    if stream.write_all(&answer).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, seen)
+}
+
+fn ok_script(_: &str) -> (Vec<u8>, bool) {
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_vec(), false)
+}
+
+async fn proxy_for(address: SocketAddr, extra: &str) -> TestProxy {
+    TestProxy::start(
+        &format!("threads = 1\n{extra}\n[proxy.check]\nenabled = false\n"),
+        &[("s", address, 1, false)],
+        None,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_request_framing_is_refused_and_never_forwarded() {
+    let (address, seen) = scripted_backend(ok_script).await;
+    let proxy = proxy_for(address, "").await;
+    for (request, status) in [
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\nabc",
+            "400",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "501",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            "400",
+        ),
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -3\r\n\r\nabc", "400"),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+            "400",
+        ),
+        ("GET / HTTP/1.1\nHost: a\n\n", "400"),
+    ] {
+        // Followed by a request that must never be reached (the connection closes).
+        let smuggled = format!("{request}GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n");
+        let answer = raw_exchange(proxy.address, smuggled.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{request:?}: {answer}"
+        );
+        assert_eq!(
+            answer.matches("HTTP/1.1").count(),
+            1,
+            "one answer, then close: {answer}"
+        );
+        assert!(answer.contains("connection: close"), "{answer}");
+    }
+    assert!(seen.lock().expect("log").is_empty(), "nothing reached the server");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_and_chunked_bodies_forwarded_with_a_length() {
+    let (address, seen) = scripted_backend(|request| {
+        let path = request.split(' ').nth(1).unwrap_or("?").to_owned();
+        let body = format!("{path}\n");
+        (
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes(),
+            false,
+        )
+    })
+    .await;
+    let proxy = proxy_for(address, "").await;
+    let answer = raw_exchange(
+        proxy.address,
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /two HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n\
+          GET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let bodies: Vec<&str> = answer.lines().filter(|l| l.starts_with('/')).collect();
+    assert_eq!(bodies, ["/one", "/two", "/three"], "{answer}");
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(seen.len(), 3);
+    assert!(seen[1].contains("content-length: 5\r\n\r\nabcde"), "{}", seen[1]);
+    assert!(
+        !seen[1].to_ascii_lowercase().contains("transfer-encoding"),
+        "{}",
+        seen[1]
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_without_keep_alive_is_closed_after_its_answer_and_gets_a_host() {
+    let (address, seen) = scripted_backend(ok_script).await;
+    let proxy = proxy_for(address, "").await;
+    let answer = raw_exchange(proxy.address, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("connection: close\r\n") && answer.ends_with("ok\n"),
+        "{answer}"
+    );
+    let answer = raw_exchange(
+        proxy.address,
+        b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+    assert!(answer.contains("connection: keep-alive\r\n"), "{answer}");
+    let first = seen.lock().expect("log")[0].clone();
+    assert!(
+        first.contains(&format!("host: {address}\r\n")),
+        "the server's name as Host: {first}"
+    );
+    assert!(first.starts_with("GET /old HTTP/1.1\r\n"), "{first}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_responses_keep_the_connection_in_step() {
+    let (address, _) = scripted_backend(|request| {
+        let answer: &[u8] = if request.starts_with("HEAD") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"
+        } else if request.contains("/nocontent") {
+            b"HTTP/1.1 204 No Content\r\n\r\n"
+        } else if request.contains("/same") {
+            b"HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlast\n"
+        };
+        (answer.to_vec(), false)
+    })
+    .await;
+    let proxy = proxy_for(address, "").await;
+    let answer = raw_exchange(
+        proxy.address,
+        b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\nGET /nocontent HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /same HTTP/1.1\r\nHost: a\r\n\r\nGET /end HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let statuses: Vec<&str> = answer.lines().filter(|l| l.starts_with("HTTP/1.1")).collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 204 No Content",
+            "HTTP/1.1 304 Not Modified",
+            "HTTP/1.1 200 OK"
+        ],
+        "{answer}"
+    );
+    assert!(
+        answer.contains("content-length: 1000\r\n"),
+        "HEAD keeps its length: {answer}"
+    );
+    assert!(answer.ends_with("last\n"), "{answer}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_responses_pass_as_is_and_close_delimited_ones_close_the_client() {
+    let (address, _) = scripted_backend(|request| {
+        if request.contains("/chunked") {
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4;e=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-T: 1\r\n\r\n".to_vec(), false)
+        } else if request.contains("/bad-chunks") {
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nWikiXX\r\n".to_vec(), true)
+        } else {
+            (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end\n".to_vec(), true)
+        }
+    })
+    .await;
+    let proxy = proxy_for(address, "").await;
+    let answer = raw_exchange(
+        proxy.address,
+        b"GET /chunked HTTP/1.1\r\nHost: a\r\n\r\nGET /close HTTP/1.1\r\nHost: a\r\n\r\nGET /never HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.contains("transfer-encoding: chunked\r\n\r\n4;e=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-T: 1\r\n\r\n"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("connection: close\r\n\r\nuntil the end\n"), "{answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 200").count(),
+        2,
+        "the third request is never answered: {answer}"
+    );
+    // HTTP/1.0 clients get the chunked body decoded, then the close.
+    let answer = raw_exchange(proxy.address, b"GET /chunked HTTP/1.0\r\n\r\n").await;
+    assert!(answer.ends_with("\r\n\r\nWikipedia"), "{answer}");
+    assert!(!answer.contains("transfer-encoding"), "{answer}");
+    // Broken framing from the server: the client sees the connection close mid-body.
+    let answer = raw_exchange(proxy.address, b"GET /bad-chunks HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(!answer.contains("0\r\n\r\n"), "never a complete body: {answer}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_or_oversized_server_heads_get_502() {
+    let (address, _) = scripted_backend(|request| {
+        if request.contains("/huge") {
+            let mut answer = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for index in 0..2000 {
+                answer.extend_from_slice(format!("x-filler-{index}: {}\r\n", "v".repeat(40)).as_bytes());
+            }
+            answer.extend_from_slice(b"\r\n");
+            (answer, true)
+        } else if request.contains("/upgrade") {
+            (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n".to_vec(), true)
+        } else {
+            (b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(), true)
+        }
+    })
+    .await;
+    let proxy = proxy_for(address, "retries = 0").await;
+    for path in ["/garbage", "/huge", "/upgrade"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(proxy.address, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 502"), "{path}: {answer}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_gets_100_and_the_server_sees_the_body_without_expect() {
+    let (address, seen) = scripted_backend(ok_script).await;
+    let proxy = proxy_for(address, "").await;
+    let mut stream = TcpStream::connect(proxy.address).await.expect("connect");
+    stream
+        .write_all(b"PUT /doc HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .expect("head");
+    let mut interim = vec![0u8; 64];
+    let read = tokio::time::timeout(DEADLINE, stream.read(&mut interim))
+        .await
+        .expect("an interim answer")
+        .expect("read");
+    assert_eq!(&interim[..read], b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"hello").await.expect("body");
+    let mut answer = vec![0u8; 1024];
+    let read = tokio::time::timeout(DEADLINE, stream.read(&mut answer))
+        .await
+        .expect("the answer")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 200"));
+    let request = seen.lock().expect("log")[0].clone();
+    assert!(request.ends_with("\r\n\r\nhello"), "{request}");
+    assert!(!request.to_ascii_lowercase().contains("expect"), "{request}");
+    // Over the limit: 413 at once, no 100.
+    drop(stream);
+    let proxy_small = proxy_for(address, "[proxy.limits]\nrequest_body_bytes_max = 4").await;
+    let answer = raw_exchange(
+        proxy_small.address,
+        b"PUT /doc HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    proxy_small.stop().await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_body_gets_408() {
+    let (address, seen) = scripted_backend(ok_script).await;
+    let proxy = proxy_for(address, "[proxy.timeouts]\nclient_body_ms = 200").await;
+    let answer = raw_exchange_open(
+        proxy.address,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(seen.lock().expect("log").is_empty());
+    proxy.stop().await;
+}
+
+/// As [`raw_exchange`], but keeps its side open (a client that stalls mid-request).
+async fn raw_exchange_open(address: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    let _ = stream.write_all(request).await;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut received)).await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_body_streams_through() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let (address, _) = scripted_backend(|_| {
+        let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\n\r\n").into_bytes();
+        answer.extend((0..SIZE).map(|i| b'a' + (i % 26) as u8));
+        (answer, false)
+    })
+    .await;
+    let proxy = proxy_for(address, "").await;
+    let (status, body) = get(&client(), &proxy.url("/big")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), SIZE);
+    assert!(body.bytes().enumerate().all(|(i, b)| b == b'a' + (i % 26) as u8));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_after_the_server_closed_an_idle_connection_is_retried_on_a_new_one() {
+    let (address, connections) = raw_backend(RawMode::CloseSilently).await;
+    let proxy = proxy_for(address, "retries = 0").await;
+    let client = client();
+    for round in 0..10 {
+        let (status, body) = get(&client, &proxy.url("/again")).await;
+        assert_eq!(status, StatusCode::OK, "GET {round}: {body}");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 10);
+    proxy.stop().await;
+}
