@@ -574,6 +574,9 @@ fn query_bounds(
             }
         } else if schema.sort.as_ref().is_some_and(|s| s.name == name) && sort.is_none() {
             sort = Some(operator);
+        } else if !schema.is_key_attribute(&name) {
+            // A condition on an attribute that is no key of the table or index queried.
+            return Err(ApiError::validation("Query key condition not supported"));
         } else {
             return Err(ApiError::validation(format!(
                 "Query condition missed key schema element: {}",

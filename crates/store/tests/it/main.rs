@@ -338,6 +338,43 @@ async fn a_reused_client_request_token_needs_the_identical_request() {
     assert_eq!(mismatch.kind, ErrorKind::IdempotentParameterMismatch);
 }
 
+/// A condition on an attribute that is no key of the index queried is "Query key condition not
+/// supported" (with KeyConditionExpression and with the legacy KeyConditions), not a complaint
+/// about a key element that was given.
+#[tokio::test]
+async fn a_key_condition_on_a_non_key_attribute_is_not_supported() {
+    let h = Harness::with_an_order().await;
+    let error = h
+        .err(
+            "Query",
+            json!({"TableName": "orders", "IndexName": "by-status",
+                "KeyConditionExpression": "#s = :s AND customer = :c",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": {":s": {"S": "open"}, ":c": {"S": "ann"}}}),
+        )
+        .await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert_eq!(error.message, "Query key condition not supported");
+    let error = h
+        .err(
+            "Query",
+            json!({"TableName": "orders", "KeyConditions": {
+                "total": {"AttributeValueList": [{"N": "9.99"}], "ComparisonOperator": "EQ"},
+                "customer": {"AttributeValueList": [{"S": "ann"}], "ComparisonOperator": "EQ"}}}),
+        )
+        .await;
+    assert_eq!(error.message, "Query key condition not supported");
+    // A missing partition key is still named.
+    let error = h
+        .err(
+            "Query",
+            json!({"TableName": "orders", "KeyConditionExpression": "#o = :o",
+                "ExpressionAttributeNames": {"#o": "order"}, "ExpressionAttributeValues": {":o": {"N": "1"}}}),
+        )
+        .await;
+    assert_eq!(error.message, "Query condition missed key schema element: customer");
+}
+
 #[tokio::test]
 async fn a_query_start_key_must_lie_within_the_key_condition() {
     let h = Harness::with_orders().await;
