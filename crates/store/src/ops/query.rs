@@ -108,6 +108,13 @@ pub(crate) fn start_key(meta: &TableMeta, index: Option<&IndexMeta>, start: &Ite
             Ok(item_key)
         }
         Some(index) => {
+            // Only the table's and the index's key attributes, as LastEvaluatedKey carries.
+            if start
+                .keys()
+                .any(|name| !meta.key.is_key_attribute(name) && !index.key.is_key_attribute(name))
+            {
+                return Err(invalid());
+            }
             for attribute in index.key.attributes() {
                 if !start
                     .get(&attribute.name)

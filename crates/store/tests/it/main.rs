@@ -375,6 +375,30 @@ async fn a_key_condition_on_a_non_key_attribute_is_not_supported() {
     assert_eq!(error.message, "Query condition missed key schema element: customer");
 }
 
+/// An ExclusiveStartKey on an index carries the table's and the index's key attributes and
+/// nothing else.
+#[tokio::test]
+async fn an_index_start_key_with_another_attribute_is_invalid() {
+    let h = Harness::with_an_order().await;
+    let query = |start: Value| {
+        json!({"TableName": "orders", "IndexName": "by-status", "KeyConditionExpression": "#s = :s",
+            "ExpressionAttributeNames": {"#s": "status"}, "ExpressionAttributeValues": {":s": {"S": "open"}},
+            "ExclusiveStartKey": start})
+    };
+    let start = json!({"customer": {"S": "ann"}, "order": {"N": "0"}, "status": {"S": "open"}});
+    let page = h.ok("Query", query(start.clone())).await;
+    assert_eq!(page["Count"], 1);
+    let mut spurious = start;
+    spurious["total"] = json!({"N": "9.99"});
+    let error = h.err("Query", query(spurious)).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert!(
+        error.message.starts_with("The provided starting key is invalid"),
+        "{}",
+        error.message
+    );
+}
+
 #[tokio::test]
 async fn a_query_start_key_must_lie_within_the_key_condition() {
     let h = Harness::with_orders().await;
