@@ -17,6 +17,8 @@ pub const TABLE_NAME_LENGTH_MAX: usize = 255;
 pub const GLOBAL_INDEXES_MAX: usize = 20;
 pub const LOCAL_INDEXES_MAX: usize = 5;
 pub const PROJECTED_ATTRIBUTES_MAX: usize = 100;
+/// Length of one name in an index's NonKeyAttributes (the API's NonKeyAttributeName).
+pub const NON_KEY_ATTRIBUTE_NAME_BYTES_MAX: usize = 255;
 pub const PARTITION_KEY_BYTES_MAX: usize = 2048;
 pub const SORT_KEY_BYTES_MAX: usize = 1024;
 
@@ -533,6 +535,14 @@ fn parse_projection(request: &ProjectionRequest, index: &str) -> Result<Projecti
         (Some("ALL"), None) => Ok(Projection::All),
         (Some("KEYS_ONLY"), None) => Ok(Projection::KeysOnly),
         (Some("INCLUDE"), Some(names)) if !names.is_empty() && names.len() <= PROJECTED_ATTRIBUTES_MAX => {
+            if let Some(name) = names
+                .iter()
+                .find(|n| n.is_empty() || n.len() > NON_KEY_ATTRIBUTE_NAME_BYTES_MAX)
+            {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value '{name}' at 'projection.nonKeyAttributes' failed to satisfy constraint: Member must have length less than or equal to {NON_KEY_ATTRIBUTE_NAME_BYTES_MAX} and greater than or equal to 1 (index: {index})"
+                )));
+            }
             Ok(Projection::Include(names.clone()))
         }
         (Some("INCLUDE"), _) => Err(invalid(format!(

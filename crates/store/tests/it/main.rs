@@ -399,6 +399,25 @@ async fn an_index_start_key_with_another_attribute_is_invalid() {
     );
 }
 
+/// NonKeyAttributes names are 1 to 255 characters long (the API's NonKeyAttributeName).
+#[tokio::test]
+async fn projected_attribute_names_are_at_most_255_characters() {
+    let h = Harness::new();
+    let table = |name: String| {
+        json!({"TableName": "projected", "BillingMode": "PAY_PER_REQUEST",
+            "AttributeDefinitions": [{"AttributeName": "a", "AttributeType": "S"}, {"AttributeName": "c", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"}],
+            "GlobalSecondaryIndexes": [{"IndexName": "gsi", "KeySchema": [{"AttributeName": "c", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": [name]}}]})
+    };
+    let error = h.err("CreateTable", table("x".repeat(256))).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert!(error.message.contains("255"), "{}", error.message);
+    let error = h.err("CreateTable", table(String::new())).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    h.ok("CreateTable", table("x".repeat(255))).await;
+}
+
 #[tokio::test]
 async fn a_query_start_key_must_lie_within_the_key_condition() {
     let h = Harness::with_orders().await;
