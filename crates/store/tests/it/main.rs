@@ -314,6 +314,43 @@ async fn transactions_are_all_or_nothing() {
     assert_eq!(got["Responses"][1]["Item"]["order"]["N"], "2");
 }
 
+/// A Put whose item has a key attribute of the wrong type cancels the transaction with a
+/// ValidationError reason for that action and "None" for the others; nothing is written.
+#[tokio::test]
+async fn a_put_with_a_mistyped_key_cancels_the_transaction() {
+    let h = Harness::with_orders().await;
+    let put =
+        |order: Value| json!({"Put": {"TableName": "orders", "Item": {"customer": {"S": "ann"}, "order": order}}});
+    let canceled = h
+        .err(
+            "TransactWriteItems",
+            json!({"TransactItems": [put(json!({"N": "1"})), put(json!({"S": "two"})), put(json!({"S": "three"}))]}),
+        )
+        .await;
+    assert_eq!(canceled.kind, ErrorKind::TransactionCanceled, "{}", canceled.message);
+    let codes: Vec<&str> = canceled.cancellation_reasons.iter().map(|r| r.code.as_str()).collect();
+    assert_eq!(codes, ["None", "ValidationError", "None"]);
+    let message = canceled.cancellation_reasons[1].message.as_deref().expect("a message");
+    assert!(message.contains("Type mismatch for key order"), "{message}");
+    let absent = h
+        .ok(
+            "GetItem",
+            json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}}}),
+        )
+        .await;
+    assert!(absent.get("Item").is_none(), "a canceled transaction writes nothing");
+    // A mistake in another action is still a ValidationException for the whole request.
+    let mut bad = put(json!({"N": "1"}));
+    bad["Put"]["ConditionExpression"] = json!("attribute_exists(#unused)");
+    let refused = h
+        .err(
+            "TransactWriteItems",
+            json!({"TransactItems": [put(json!({"S": "two"})), bad]}),
+        )
+        .await;
+    assert_eq!(refused.kind, ErrorKind::Validation, "{}", refused.message);
+}
+
 #[tokio::test]
 async fn a_reused_client_request_token_needs_the_identical_request() {
     let h = Harness::with_orders().await;
