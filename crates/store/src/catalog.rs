@@ -889,11 +889,14 @@ pub fn validate_key(schema: &KeySchema, key: &Item) -> Result<(), ApiError> {
     validate_key_attributes(schema, key, false)
 }
 
-/// Index key attributes present on an item must have the declared type (DynamoDB rejects the
-/// write otherwise); absent ones leave the item out of that (sparse) index.
+/// Index key attributes present on an item must have the declared type, not be empty and be
+/// within the key size bounds (DynamoDB rejects the write otherwise); absent ones leave the
+/// item out of that (sparse) index.
 pub fn validate_index_key_types(table: &TableMeta, item: &Item) -> Result<(), ApiError> {
     for index in &table.indexes {
-        for attribute in index.key.attributes() {
+        let partition = std::iter::once((&index.key.partition, PARTITION_KEY_BYTES_MAX, "partition"));
+        let sort = index.key.sort.as_ref().map(|s| (s, SORT_KEY_BYTES_MAX, "sort"));
+        for (attribute, limit_bytes, role) in partition.chain(sort) {
             if let Some(value) = item.get(&attribute.name) {
                 if !attribute.value_type.matches(value) {
                     return Err(invalid(format!(
@@ -908,6 +911,15 @@ pub fn validate_index_key_types(table: &TableMeta, item: &Item) -> Result<(), Ap
                     return Err(invalid(format!(
                         "One or more parameter values are not valid. A value specified for a secondary index key is not supported. The AttributeValue for a key attribute cannot contain an empty string value. IndexName: {}, IndexKey: {}",
                         index.name, attribute.name
+                    )));
+                }
+                // The same bounds as the table's keys: an index key over them is refused, not
+                // silently left out of the index.
+                let size = value.size_bytes();
+                if size > limit_bytes {
+                    return Err(invalid(format!(
+                        "Size of {role} key attribute {} of index {} is {size} bytes, which exceeds the limit of {limit_bytes} bytes",
+                        attribute.name, index.name
                     )));
                 }
             }

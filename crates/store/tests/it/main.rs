@@ -436,6 +436,38 @@ async fn an_index_start_key_with_another_attribute_is_invalid() {
     );
 }
 
+/// An index key value over the key size bounds (2048 bytes for a partition key, 1024 for a
+/// sort key) is refused, as for the table's keys, rather than left out of the index.
+#[tokio::test]
+async fn an_index_key_over_the_key_size_limit_is_refused() {
+    let h = Harness::with_orders().await;
+    let put = |status: String| json!({"TableName": "orders", "Item": {"customer": {"S": "ann"}, "order": {"N": "1"}, "status": {"S": status}}});
+    h.ok("PutItem", put("s".repeat(2048))).await;
+    let error = h.err("PutItem", put("s".repeat(2049))).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert!(
+        error.message.contains("exceeds the limit of 2048 bytes"),
+        "{}",
+        error.message
+    );
+    let error = h
+        .err(
+            "UpdateItem",
+            json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}},
+                "UpdateExpression": "SET #s = :s", "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": {":s": {"S": "s".repeat(70_000)}}}),
+        )
+        .await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    let kept = h
+        .ok(
+            "GetItem",
+            json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}}}),
+        )
+        .await;
+    assert_eq!(kept["Item"]["status"]["S"].as_str().map(str::len), Some(2048));
+}
+
 /// NonKeyAttributes names are 1 to 255 characters long (the API's NonKeyAttributeName).
 #[tokio::test]
 async fn projected_attribute_names_are_at_most_255_characters() {
