@@ -535,6 +535,12 @@ fn parse_projection(request: &ProjectionRequest, index: &str) -> Result<Projecti
         (Some("ALL"), None) => Ok(Projection::All),
         (Some("KEYS_ONLY"), None) => Ok(Projection::KeysOnly),
         (Some("INCLUDE"), Some(names)) if !names.is_empty() && names.len() <= PROJECTED_ATTRIBUTES_MAX => {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(name) = names.iter().find(|n| !seen.insert(n.as_str())) {
+                return Err(invalid(format!(
+                    "Duplicate attribute name {name} in NonKeyAttributes for index: {index}"
+                )));
+            }
             if let Some(name) = names
                 .iter()
                 .find(|n| n.is_empty() || n.len() > NON_KEY_ATTRIBUTE_NAME_BYTES_MAX)

@@ -487,6 +487,30 @@ async fn projected_attribute_names_are_at_most_255_characters() {
     h.ok("CreateTable", table("x".repeat(255))).await;
 }
 
+/// A name given twice in NonKeyAttributes is refused.
+#[tokio::test]
+async fn projected_attribute_names_are_not_repeated() {
+    let h = Harness::new();
+    let error = h
+        .err(
+            "CreateTable",
+            json!({"TableName": "projected", "BillingMode": "PAY_PER_REQUEST",
+                "AttributeDefinitions": [{"AttributeName": "a", "AttributeType": "S"}, {"AttributeName": "c", "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"}],
+                "GlobalSecondaryIndexes": [{"IndexName": "gsi", "KeySchema": [{"AttributeName": "c", "KeyType": "HASH"}],
+                    "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["x", "y", "x"]}}]}),
+        )
+        .await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert!(
+        error.message.contains("Duplicate attribute name x"),
+        "{}",
+        error.message
+    );
+    let missing = h.err("DescribeTable", json!({"TableName": "projected"})).await;
+    assert_eq!(missing.kind, ErrorKind::ResourceNotFound);
+}
+
 #[tokio::test]
 async fn a_query_start_key_must_lie_within_the_key_condition() {
     let h = Harness::with_orders().await;
