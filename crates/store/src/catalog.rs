@@ -17,6 +17,8 @@ pub const TABLE_NAME_LENGTH_MAX: usize = 255;
 pub const GLOBAL_INDEXES_MAX: usize = 20;
 pub const LOCAL_INDEXES_MAX: usize = 5;
 pub const PROJECTED_ATTRIBUTES_MAX: usize = 100;
+/// Length of one name in an index's NonKeyAttributes (the API's NonKeyAttributeName).
+pub const NON_KEY_ATTRIBUTE_NAME_BYTES_MAX: usize = 255;
 pub const PARTITION_KEY_BYTES_MAX: usize = 2048;
 pub const SORT_KEY_BYTES_MAX: usize = 1024;
 
@@ -533,6 +535,20 @@ fn parse_projection(request: &ProjectionRequest, index: &str) -> Result<Projecti
         (Some("ALL"), None) => Ok(Projection::All),
         (Some("KEYS_ONLY"), None) => Ok(Projection::KeysOnly),
         (Some("INCLUDE"), Some(names)) if !names.is_empty() && names.len() <= PROJECTED_ATTRIBUTES_MAX => {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(name) = names.iter().find(|n| !seen.insert(n.as_str())) {
+                return Err(invalid(format!(
+                    "Duplicate attribute name {name} in NonKeyAttributes for index: {index}"
+                )));
+            }
+            if let Some(name) = names
+                .iter()
+                .find(|n| n.is_empty() || n.len() > NON_KEY_ATTRIBUTE_NAME_BYTES_MAX)
+            {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value '{name}' at 'projection.nonKeyAttributes' failed to satisfy constraint: Member must have length less than or equal to {NON_KEY_ATTRIBUTE_NAME_BYTES_MAX} and greater than or equal to 1 (index: {index})"
+                )));
+            }
             Ok(Projection::Include(names.clone()))
         }
         (Some("INCLUDE"), _) => Err(invalid(format!(
@@ -879,11 +895,14 @@ pub fn validate_key(schema: &KeySchema, key: &Item) -> Result<(), ApiError> {
     validate_key_attributes(schema, key, false)
 }
 
-/// Index key attributes present on an item must have the declared type (DynamoDB rejects the
-/// write otherwise); absent ones leave the item out of that (sparse) index.
+/// Index key attributes present on an item must have the declared type, not be empty and be
+/// within the key size bounds (DynamoDB rejects the write otherwise); absent ones leave the
+/// item out of that (sparse) index.
 pub fn validate_index_key_types(table: &TableMeta, item: &Item) -> Result<(), ApiError> {
     for index in &table.indexes {
-        for attribute in index.key.attributes() {
+        let partition = std::iter::once((&index.key.partition, PARTITION_KEY_BYTES_MAX, "partition"));
+        let sort = index.key.sort.as_ref().map(|s| (s, SORT_KEY_BYTES_MAX, "sort"));
+        for (attribute, limit_bytes, role) in partition.chain(sort) {
             if let Some(value) = item.get(&attribute.name) {
                 if !attribute.value_type.matches(value) {
                     return Err(invalid(format!(
@@ -898,6 +917,15 @@ pub fn validate_index_key_types(table: &TableMeta, item: &Item) -> Result<(), Ap
                     return Err(invalid(format!(
                         "One or more parameter values are not valid. A value specified for a secondary index key is not supported. The AttributeValue for a key attribute cannot contain an empty string value. IndexName: {}, IndexKey: {}",
                         index.name, attribute.name
+                    )));
+                }
+                // The same bounds as the table's keys: an index key over them is refused, not
+                // silently left out of the index.
+                let size = value.size_bytes();
+                if size > limit_bytes {
+                    return Err(invalid(format!(
+                        "Size of {role} key attribute {} of index {} is {size} bytes, which exceeds the limit of {limit_bytes} bytes",
+                        attribute.name, index.name
                     )));
                 }
             }

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use dynamo_protocol::error::CancellationReason;
 use dynamo_protocol::{ApiError, AttributeValue, ErrorKind, Item};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -385,6 +386,33 @@ fn plan_step(store: &Store, item: TransactWriteItem) -> Result<TxStep, ApiError>
     })
 }
 
+/// DynamoDB's message when `item` is a Put alone whose item carries a key attribute of its
+/// table with the wrong type.
+fn put_key_type_mismatch(store: &Store, item: &TransactWriteItem) -> Option<String> {
+    let put = match item {
+        TransactWriteItem {
+            put: Some(put),
+            condition_check: None,
+            delete: None,
+            update: None,
+        } => put,
+        _ => return None,
+    };
+    let meta = store.engine().require_table(&put.table_name).ok()?;
+    let values = put.item.as_ref()?;
+    meta.key.attributes().find_map(|attribute| {
+        let value = values.get(&attribute.name)?;
+        (!attribute.value_type.matches(value)).then(|| {
+            format!(
+                "One or more parameter values were invalid: Type mismatch for key {} expected: {} actual: {}",
+                attribute.name,
+                attribute.value_type.descriptor(),
+                value.value_type().descriptor()
+            )
+        })
+    })
+}
+
 /// Digest of everything a TransactWriteItems request asks for (its `TransactItems`, with map
 /// keys in canonical order): a reused ClientRequestToken must come with an identical request.
 fn request_digest(body: &[u8]) -> [u8; 32] {
@@ -403,11 +431,29 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
             "1 validation error detected: Value '[...]' at 'transactItems' failed to satisfy constraint: Member must have length less than or equal to {TRANSACTION_ITEMS_MAX} and greater than or equal to 1"
         )));
     }
-    let steps = request
-        .transact_items
-        .into_iter()
-        .map(|item| plan_step(store, item))
-        .collect::<Result<Vec<_>, _>>()?;
+    // A Put whose item has a key attribute of the wrong type is a "user error, such as an
+    // invalid data format": DynamoDB cancels the transaction with a ValidationError reason for
+    // that action (the first one, the others "None") instead of refusing the request. Errors
+    // in the request itself (expressions, missing members) still win, as they come first.
+    let mut invalid_put: Option<(usize, String)> = None;
+    let mut steps = Vec::with_capacity(count);
+    for (position, item) in request.transact_items.into_iter().enumerate() {
+        match put_key_type_mismatch(store, &item) {
+            Some(message) => {
+                invalid_put.get_or_insert((position, message));
+            }
+            None => steps.push(plan_step(store, item)?),
+        }
+    }
+    if let Some((position, message)) = invalid_put {
+        let mut reasons = vec![CancellationReason::none(); count];
+        reasons[position] = CancellationReason {
+            code: "ValidationError".into(),
+            message: Some(message),
+            item: None,
+        };
+        return Err(ApiError::transaction_canceled(reasons));
+    }
     let mode = request.return_consumed_capacity;
     let digest = request_digest(body);
     let Some(capacity) = transaction::commit(store, steps, request.client_request_token, digest).await? else {

@@ -108,6 +108,13 @@ pub(crate) fn start_key(meta: &TableMeta, index: Option<&IndexMeta>, start: &Ite
             Ok(item_key)
         }
         Some(index) => {
+            // Only the table's and the index's key attributes, as LastEvaluatedKey carries.
+            if start
+                .keys()
+                .any(|name| !meta.key.is_key_attribute(name) && !index.key.is_key_attribute(name))
+            {
+                return Err(invalid());
+            }
             for attribute in index.key.attributes() {
                 if !start
                     .get(&attribute.name)
@@ -574,6 +581,9 @@ fn query_bounds(
             }
         } else if schema.sort.as_ref().is_some_and(|s| s.name == name) && sort.is_none() {
             sort = Some(operator);
+        } else if !schema.is_key_attribute(&name) {
+            // A condition on an attribute that is no key of the table or index queried.
+            return Err(ApiError::validation("Query key condition not supported"));
         } else {
             return Err(ApiError::validation(format!(
                 "Query condition missed key schema element: {}",

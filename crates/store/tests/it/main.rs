@@ -314,6 +314,43 @@ async fn transactions_are_all_or_nothing() {
     assert_eq!(got["Responses"][1]["Item"]["order"]["N"], "2");
 }
 
+/// A Put whose item has a key attribute of the wrong type cancels the transaction with a
+/// ValidationError reason for that action and "None" for the others; nothing is written.
+#[tokio::test]
+async fn a_put_with_a_mistyped_key_cancels_the_transaction() {
+    let h = Harness::with_orders().await;
+    let put =
+        |order: Value| json!({"Put": {"TableName": "orders", "Item": {"customer": {"S": "ann"}, "order": order}}});
+    let canceled = h
+        .err(
+            "TransactWriteItems",
+            json!({"TransactItems": [put(json!({"N": "1"})), put(json!({"S": "two"})), put(json!({"S": "three"}))]}),
+        )
+        .await;
+    assert_eq!(canceled.kind, ErrorKind::TransactionCanceled, "{}", canceled.message);
+    let codes: Vec<&str> = canceled.cancellation_reasons.iter().map(|r| r.code.as_str()).collect();
+    assert_eq!(codes, ["None", "ValidationError", "None"]);
+    let message = canceled.cancellation_reasons[1].message.as_deref().expect("a message");
+    assert!(message.contains("Type mismatch for key order"), "{message}");
+    let absent = h
+        .ok(
+            "GetItem",
+            json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}}}),
+        )
+        .await;
+    assert!(absent.get("Item").is_none(), "a canceled transaction writes nothing");
+    // A mistake in another action is still a ValidationException for the whole request.
+    let mut bad = put(json!({"N": "1"}));
+    bad["Put"]["ConditionExpression"] = json!("attribute_exists(#unused)");
+    let refused = h
+        .err(
+            "TransactWriteItems",
+            json!({"TransactItems": [put(json!({"S": "two"})), bad]}),
+        )
+        .await;
+    assert_eq!(refused.kind, ErrorKind::Validation, "{}", refused.message);
+}
+
 #[tokio::test]
 async fn a_reused_client_request_token_needs_the_identical_request() {
     let h = Harness::with_orders().await;
@@ -336,6 +373,142 @@ async fn a_reused_client_request_token_needs_the_identical_request() {
     // Same token and key, different values: DynamoDB refuses it rather than replaying.
     let mismatch = h.err("TransactWriteItems", request("2")).await;
     assert_eq!(mismatch.kind, ErrorKind::IdempotentParameterMismatch);
+}
+
+/// A condition on an attribute that is no key of the index queried is "Query key condition not
+/// supported" (with KeyConditionExpression and with the legacy KeyConditions), not a complaint
+/// about a key element that was given.
+#[tokio::test]
+async fn a_key_condition_on_a_non_key_attribute_is_not_supported() {
+    let h = Harness::with_an_order().await;
+    let error = h
+        .err(
+            "Query",
+            json!({"TableName": "orders", "IndexName": "by-status",
+                "KeyConditionExpression": "#s = :s AND customer = :c",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": {":s": {"S": "open"}, ":c": {"S": "ann"}}}),
+        )
+        .await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert_eq!(error.message, "Query key condition not supported");
+    let error = h
+        .err(
+            "Query",
+            json!({"TableName": "orders", "KeyConditions": {
+                "total": {"AttributeValueList": [{"N": "9.99"}], "ComparisonOperator": "EQ"},
+                "customer": {"AttributeValueList": [{"S": "ann"}], "ComparisonOperator": "EQ"}}}),
+        )
+        .await;
+    assert_eq!(error.message, "Query key condition not supported");
+    // A missing partition key is still named.
+    let error = h
+        .err(
+            "Query",
+            json!({"TableName": "orders", "KeyConditionExpression": "#o = :o",
+                "ExpressionAttributeNames": {"#o": "order"}, "ExpressionAttributeValues": {":o": {"N": "1"}}}),
+        )
+        .await;
+    assert_eq!(error.message, "Query condition missed key schema element: customer");
+}
+
+/// An ExclusiveStartKey on an index carries the table's and the index's key attributes and
+/// nothing else.
+#[tokio::test]
+async fn an_index_start_key_with_another_attribute_is_invalid() {
+    let h = Harness::with_an_order().await;
+    let query = |start: Value| {
+        json!({"TableName": "orders", "IndexName": "by-status", "KeyConditionExpression": "#s = :s",
+            "ExpressionAttributeNames": {"#s": "status"}, "ExpressionAttributeValues": {":s": {"S": "open"}},
+            "ExclusiveStartKey": start})
+    };
+    let start = json!({"customer": {"S": "ann"}, "order": {"N": "0"}, "status": {"S": "open"}});
+    let page = h.ok("Query", query(start.clone())).await;
+    assert_eq!(page["Count"], 1);
+    let mut spurious = start;
+    spurious["total"] = json!({"N": "9.99"});
+    let error = h.err("Query", query(spurious)).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert!(
+        error.message.starts_with("The provided starting key is invalid"),
+        "{}",
+        error.message
+    );
+}
+
+/// An index key value over the key size bounds (2048 bytes for a partition key, 1024 for a
+/// sort key) is refused, as for the table's keys, rather than left out of the index.
+#[tokio::test]
+async fn an_index_key_over_the_key_size_limit_is_refused() {
+    let h = Harness::with_orders().await;
+    let put = |status: String| json!({"TableName": "orders", "Item": {"customer": {"S": "ann"}, "order": {"N": "1"}, "status": {"S": status}}});
+    h.ok("PutItem", put("s".repeat(2048))).await;
+    let error = h.err("PutItem", put("s".repeat(2049))).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert!(
+        error.message.contains("exceeds the limit of 2048 bytes"),
+        "{}",
+        error.message
+    );
+    let error = h
+        .err(
+            "UpdateItem",
+            json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}},
+                "UpdateExpression": "SET #s = :s", "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": {":s": {"S": "s".repeat(70_000)}}}),
+        )
+        .await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    let kept = h
+        .ok(
+            "GetItem",
+            json!({"TableName": "orders", "Key": {"customer": {"S": "ann"}, "order": {"N": "1"}}}),
+        )
+        .await;
+    assert_eq!(kept["Item"]["status"]["S"].as_str().map(str::len), Some(2048));
+}
+
+/// NonKeyAttributes names are 1 to 255 characters long (the API's NonKeyAttributeName).
+#[tokio::test]
+async fn projected_attribute_names_are_at_most_255_characters() {
+    let h = Harness::new();
+    let table = |name: String| {
+        json!({"TableName": "projected", "BillingMode": "PAY_PER_REQUEST",
+            "AttributeDefinitions": [{"AttributeName": "a", "AttributeType": "S"}, {"AttributeName": "c", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"}],
+            "GlobalSecondaryIndexes": [{"IndexName": "gsi", "KeySchema": [{"AttributeName": "c", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": [name]}}]})
+    };
+    let error = h.err("CreateTable", table("x".repeat(256))).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert!(error.message.contains("255"), "{}", error.message);
+    let error = h.err("CreateTable", table(String::new())).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    h.ok("CreateTable", table("x".repeat(255))).await;
+}
+
+/// A name given twice in NonKeyAttributes is refused.
+#[tokio::test]
+async fn projected_attribute_names_are_not_repeated() {
+    let h = Harness::new();
+    let error = h
+        .err(
+            "CreateTable",
+            json!({"TableName": "projected", "BillingMode": "PAY_PER_REQUEST",
+                "AttributeDefinitions": [{"AttributeName": "a", "AttributeType": "S"}, {"AttributeName": "c", "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"}],
+                "GlobalSecondaryIndexes": [{"IndexName": "gsi", "KeySchema": [{"AttributeName": "c", "KeyType": "HASH"}],
+                    "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["x", "y", "x"]}}]}),
+        )
+        .await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert!(
+        error.message.contains("Duplicate attribute name x"),
+        "{}",
+        error.message
+    );
+    let missing = h.err("DescribeTable", json!({"TableName": "projected"})).await;
+    assert_eq!(missing.kind, ErrorKind::ResourceNotFound);
 }
 
 #[tokio::test]
