@@ -1,6 +1,7 @@
 """Limits before authentication, against the real binary: stalled uploads cannot eat the store's
 memory (the issue's figure: 60 stalled 16 MiB uploads, the store under 100 MB resident and still
-serving), stalled and idle connections are closed by the timeouts, and a request whose head
+serving; checked as what the uploads add to the store's resident memory, so it holds for debug
+builds too), stalled and idle connections are closed by the timeouts, and a request whose head
 cannot be authenticated is refused before its body is read."""
 
 import socket
@@ -15,7 +16,11 @@ pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
 UPLOADS = 60
 UPLOAD_BYTES = 16 * 1024 * 1024
-RESIDENT_BYTES_MAX = 100 * 1000 * 1000
+# The issue's figure is 100 MB resident for a release store, which idles at ~22 MB; a debug build
+# idles at ~45 MB. So the bound is on what the uploads add: 70 MB (measured: ~50 MB in both
+# builds, for the 32 MiB body budget plus connection buffers), against the ~960 MB they would
+# take unbounded.
+RESIDENT_GROWTH_BYTES_MAX = 70 * 1000 * 1000
 CHUNK_BYTES = 256 * 1024
 # Long enough to measure while the uploads stall, short enough that the test sees them closed.
 BODY_READ_TIMEOUT_MS = 30_000
@@ -138,7 +143,9 @@ def test_stalled_uploads_stay_under_the_memory_bound_and_are_closed(limited):
         peak = max(peak, resident_bytes(limited.process))
     assert client.get_item(TableName="limits", Key={"pk": {"S": "during-19"}}, ConsistentRead=True)["Item"]
     peak = max(peak, resident_bytes(limited.process))
-    assert peak < RESIDENT_BYTES_MAX, f"resident {peak} bytes with {UPLOADS} stalled uploads"
+    assert peak - start_resident < RESIDENT_GROWTH_BYTES_MAX, (
+        f"resident {peak} bytes with {UPLOADS} stalled uploads, {start_resident} before them"
+    )
 
     # The body read timeout closes every stalled upload, each with a 408.
     for upload in uploads:
@@ -152,8 +159,9 @@ def test_stalled_uploads_stay_under_the_memory_bound_and_are_closed(limited):
     # The store serves as before and settles within the bound: jemalloc returns the freed
     # upload buffers to the system over its decay time (a few seconds), so poll for it.
     client.put_item(TableName="limits", Item={"pk": {"S": "after"}})
-    wait_for(lambda: resident_bytes(limited.process) < RESIDENT_BYTES_MAX, SETTLE_DEADLINE_S,
-             f"resident memory under {RESIDENT_BYTES_MAX} bytes after the uploads closed", interval_s=POLL_S)
+    settled = start_resident + RESIDENT_GROWTH_BYTES_MAX
+    wait_for(lambda: resident_bytes(limited.process) < settled, SETTLE_DEADLINE_S,
+             f"resident memory under {settled} bytes after the uploads closed", interval_s=POLL_S)
 
 
 def test_idle_and_slow_head_connections_are_closed(limited):
