@@ -88,6 +88,7 @@ pids+=($!)
 for port in "${backend_ports[@]}"; do wait_port "$port"; done
 
 declare -A ports
+declare -A proxy_pids
 for threads in $PROXY_THREADS; do
   proxy_port="$(free_port)"
   admin_port="$(free_port)"
@@ -114,6 +115,7 @@ address = "127.0.0.1:${backend_ports[1]}"
 EOF
   SWITCHYARD_LOG=warn "$BIN" proxy --config "$work/proxy$threads.toml" >"$work/proxy$threads.log" 2>&1 &
   pids+=($!)
+  proxy_pids["switchyard-$threads"]=$!
   ports["switchyard-$threads"]="$proxy_port"
 
   haproxy_port="$(free_port)"
@@ -141,16 +143,28 @@ backend be
 EOF
   haproxy -f "$work/haproxy$threads.cfg" -db >"$work/haproxy$threads.log" 2>&1 &
   pids+=($!)
+  proxy_pids["haproxy-$threads"]=$!
   ports["haproxy-$threads"]="$haproxy_port"
 done
 for name in "${!ports[@]}"; do wait_port "${ports[$name]}"; done
 
-run_wrk() { # name port -> "req/s p99_ms"
+# CPU time (user + system, clock ticks) a process has used so far: the proxy's CPU per request
+# moves much less with the neighbours' load than its req/s does.
+cpu_ticks() {
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+run_wrk() { # name port pid -> "req/s p99_ms cpu_us_per_request"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$2/" >/dev/null
+  local before after
+  before=$(cpu_ticks "$3")
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/" >"$work/$1.wrk"
-  python3 - "$work/$1.wrk" "$1" <<'EOF'
+  after=$(cpu_ticks "$3")
+  python3 - "$work/$1.wrk" "$1" "$((after - before))" "$(getconf CLK_TCK)" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
+requests = int(re.search(r"(\d+) requests in", text).group(1))
+cpu_us = int(sys.argv[3]) / int(sys.argv[4]) * 1e6 / max(requests, 1)
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", text).groups()
 p99_ms = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -158,7 +172,7 @@ errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 socket_errors = re.search(r"Socket errors: (.*)", text)
 if errors or socket_errors:
     print("warning:", sys.argv[2], (errors and errors.group(0)) or "", (socket_errors and socket_errors.group(0)) or "", file=sys.stderr)
-print(f"{rps:.0f} {p99_ms:.2f}")
+print(f"{rps:.0f} {p99_ms:.2f} {cpu_us:.1f}")
 EOF
 }
 
@@ -171,7 +185,7 @@ for round in $(seq "$ROUNDS"); do
   for threads in $PROXY_THREADS; do
     for side in switchyard haproxy; do
       name="$side-$threads"
-      echo "$round $name $(run_wrk "$name" "${ports[$name]}")" | tee -a "$results" >&2
+      echo "$round $name $(run_wrk "$name" "${ports[$name]}" "${proxy_pids[$name]}")" | tee -a "$results" >&2
     done
   done
 done
@@ -189,13 +203,13 @@ from collections import defaultdict
  duration, rounds, connections, threads, warmup, proxy_threads) = sys.argv[1:]
 runs = defaultdict(list)
 for line in open(results):
-    round_, name, rps, p99 = line.split()
-    runs[name].append((float(rps), float(p99)))
-med = {name: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for name, v in runs.items()}
+    round_, name, rps, p99, cpu = line.split()
+    runs[name].append((float(rps), float(p99), float(cpu)))
+med = {name: tuple(statistics.median(run[i] for run in v) for i in range(3)) for name, v in runs.items()}
 def best(side):
     return max(((name, m) for name, m in med.items() if name.startswith(side)), key=lambda x: x[1][0])
-sy_name, (sy_rps, sy_p99) = best("switchyard")
-ha_name, (ha_rps, ha_p99) = best("haproxy")
+sy_name, (sy_rps, sy_p99, _) = best("switchyard")
+ha_name, (ha_rps, ha_p99, _) = best("haproxy")
 lines = [
     "## Proxy",
     "",
@@ -206,14 +220,14 @@ lines = [
     "alternating the four configurations, medians shown. One 2-core machine runs the proxies, the",
     f"backends, wrk and other sessions' builds (load average {load_before} before, {load_after} after; {date}).",
     "",
-    "| proxy | threads | req/s (median) | p99 (median) | rounds: req/s, p99 ms |",
-    "| --- | ---: | ---: | ---: | --- |",
+    "| proxy | threads | req/s (median) | p99 (median) | CPU µs per request (median) | rounds: req/s, p99 ms, CPU µs |",
+    "| --- | ---: | ---: | ---: | ---: | --- |",
 ]
 for name in sorted(med):
     side, t = name.rsplit("-", 1)
     label = "switchyard proxy" if side == "switchyard" else f"HAProxy {haproxy}"
-    rounds_text = "; ".join(f"{r:.0f}, {p:.2f}" for r, p in runs[name])
-    lines.append(f"| {label} | {t} | {med[name][0]:.0f} | {med[name][1]:.2f} ms | {rounds_text} |")
+    rounds_text = "; ".join(f"{r:.0f}, {p:.2f}, {c:.1f}" for r, p, c in runs[name])
+    lines.append(f"| {label} | {t} | {med[name][0]:.0f} | {med[name][1]:.2f} ms | {med[name][2]:.1f} | {rounds_text} |")
 lines += [
     "",
     f"**Best of each: switchyard ({sy_name.rsplit('-', 1)[1]} threads) {sy_rps:.0f} req/s, p99 {sy_p99:.2f} ms; "
@@ -223,8 +237,12 @@ lines += [
 for t in proxy_threads.split():
     s, h = med.get(f"switchyard-{t}"), med.get(f"haproxy-{t}")
     if s and h:
-        lines.append(f"With {t} thread(s) each: {s[0] / h[0]:.2f}× req/s, {s[1] / h[1]:.2f}× p99.")
+        lines.append(f"With {t} thread(s) each: {s[0] / h[0]:.2f}× req/s, {s[1] / h[1]:.2f}× p99, "
+                     f"{s[2] / h[2]:.2f}× the CPU per request.")
 lines += [
+    "",
+    "CPU per request is each proxy's user plus system time (`/proc/PID/stat`) over its measured",
+    "wrk run, divided by the requests wrk completed: what each would cost with the cores to itself.",
     "",
     f"Command: `DURATION={duration} ROUNDS={rounds} CONNECTIONS={connections} scripts/bench-proxy.sh`.",
 ]

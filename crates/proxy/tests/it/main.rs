@@ -781,6 +781,21 @@ enum RawMode {
     StallFirst,
 }
 
+/// Reads from `stream` into `buffer` until it holds a whole head; the head's length, or `None`
+/// once the peer closes.
+async fn read_head(stream: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(end + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// A backend written on TCP directly, counting the connections it accepted.
 async fn raw_backend(mode: RawMode) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
@@ -796,15 +811,8 @@ async fn raw_backend(mode: RawMode) -> (SocketAddr, Arc<AtomicU64>) {
                 let mut buffer = Vec::new();
                 loop {
                     // One request head (these tests send no bodies), then its answer.
-                    let end = loop {
-                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break end + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                        }
+                    let Some(end) = read_head(&mut stream, &mut buffer).await else {
+                        return;
                     };
                     buffer.drain(..end);
                     let first = served.fetch_add(1, Ordering::SeqCst) == 0;
@@ -945,15 +953,8 @@ async fn scripted_backend(script: Script) -> (SocketAddr, Arc<std::sync::Mutex<V
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 loop {
-                    let end = loop {
-                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break end + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                        }
+                    let Some(end) = read_head(&mut stream, &mut buffer).await else {
+                        return;
                     };
                     let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
                     let length = head
