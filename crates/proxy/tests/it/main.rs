@@ -781,6 +781,17 @@ enum RawMode {
     StallFirst,
 }
 
+/// One read of at most `capacity` bytes from `stream`, within the deadline: what arrived.
+async fn read_some(stream: &mut TcpStream, capacity: usize, what: &str) -> Vec<u8> {
+    let mut buffer = vec![0u8; capacity];
+    let read = tokio::time::timeout(DEADLINE, stream.read(&mut buffer))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within the deadline"))
+        .expect("read");
+    buffer.truncate(read);
+    buffer
+}
+
 /// Reads from `stream` into `buffer` until it holds a whole head; the head's length, or `None`
 /// once the peer closes.
 async fn read_head(stream: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> Option<usize> {
@@ -914,15 +925,11 @@ async fn a_connection_whose_response_was_abandoned_is_never_reused() {
         .write_all(b"GET /big HTTP/1.1\r\nhost: shop.example\r\n\r\n")
         .await
         .expect("write");
-    let mut head = vec![0u8; 1024];
-    let read = tokio::time::timeout(DEADLINE, stream.read(&mut head))
-        .await
-        .expect("the head arrives")
-        .expect("read");
+    let head = read_some(&mut stream, 1024, "the head arrives").await;
     assert!(
-        String::from_utf8_lossy(&head[..read]).starts_with("HTTP/1.1 200"),
+        String::from_utf8_lossy(&head[..]).starts_with("HTTP/1.1 200"),
         "{:?}",
-        String::from_utf8_lossy(&head[..read])
+        String::from_utf8_lossy(&head[..])
     );
     drop(stream);
     // The next request must get a new connection: the old one is mid-body.
@@ -1226,19 +1233,11 @@ async fn expect_continue_gets_100_and_the_server_sees_the_body_without_expect() 
         .write_all(b"PUT /doc HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
         .await
         .expect("head");
-    let mut interim = vec![0u8; 64];
-    let read = tokio::time::timeout(DEADLINE, stream.read(&mut interim))
-        .await
-        .expect("an interim answer")
-        .expect("read");
-    assert_eq!(&interim[..read], b"HTTP/1.1 100 Continue\r\n\r\n");
+    let interim = read_some(&mut stream, 64, "an interim answer").await;
+    assert_eq!(&interim[..], b"HTTP/1.1 100 Continue\r\n\r\n");
     stream.write_all(b"hello").await.expect("body");
-    let mut answer = vec![0u8; 1024];
-    let read = tokio::time::timeout(DEADLINE, stream.read(&mut answer))
-        .await
-        .expect("the answer")
-        .expect("read");
-    assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 200"));
+    let answer = read_some(&mut stream, 1024, "the answer").await;
+    assert!(String::from_utf8_lossy(&answer[..]).starts_with("HTTP/1.1 200"));
     let request = seen.lock().expect("log")[0].clone();
     assert!(request.ends_with("\r\n\r\nhello"), "{request}");
     assert!(!request.to_ascii_lowercase().contains("expect"), "{request}");
