@@ -246,8 +246,8 @@ fn first_line(body: &str) -> &str {
     body.lines().next().unwrap_or_default()
 }
 
-/// Raw HTTP/1.1 exchange: writes `request`, returns what the proxy sent until it closed or
-/// `DEADLINE` passed.
+/// Raw HTTP/1.1 exchange: writes `request` (and keeps the write side open, as a client that
+/// stalls mid-request does), returns what the proxy sent until it closed or `DEADLINE` passed.
 async fn raw_exchange(address: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(address).await.expect("connect");
     let _ = stream.write_all(request).await;
@@ -1258,7 +1258,7 @@ async fn expect_continue_gets_100_and_the_server_sees_the_body_without_expect() 
 async fn a_slow_request_body_gets_408() {
     let (address, seen) = scripted_backend(ok_script).await;
     let proxy = proxy_for(address, "[proxy.timeouts]\nclient_body_ms = 200").await;
-    let answer = raw_exchange_open(
+    let answer = raw_exchange(
         proxy.address,
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
     )
@@ -1266,15 +1266,6 @@ async fn a_slow_request_body_gets_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(seen.lock().expect("log").is_empty());
     proxy.stop().await;
-}
-
-/// As [`raw_exchange`], but keeps its side open (a client that stalls mid-request).
-async fn raw_exchange_open(address: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(address).await.expect("connect");
-    let _ = stream.write_all(request).await;
-    let mut received = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut received)).await;
-    String::from_utf8_lossy(&received).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
