@@ -1204,7 +1204,8 @@ async fn serve_request(
             let close = !client_side.keep_alive;
             write_local(out, status.as_u16(), message, close, head.head_method);
             shared.stats().count_status(status.as_u16());
-            if stream.write_all(out).await.is_err() || close {
+            let idle = Duration::from_millis(config.timeouts.idle_ms);
+            if send(stream, out, idle).await.is_err() || close {
                 return Next::Close;
             }
             return Next::KeepAlive;
@@ -1218,7 +1219,8 @@ async fn serve_request(
         server,
         head: response_head,
     } = answer;
-    let streamed = stream_body(&mut upstream, stream, response, out, response_head).await;
+    let idle = Duration::from_millis(config.timeouts.idle_ms);
+    let streamed = stream_body(&mut upstream, stream, response, out, response_head, idle).await;
     drop(guard);
     match streamed {
         Ok(clean) => {
@@ -1272,11 +1274,28 @@ async fn read_body_more(
 
 /// Reads the next bytes of a response body into `response` (cleared first), unless the client
 /// goes away first: then a stalled server cannot hold the connection's task.
-async fn read_upstream(upstream: &mut TcpStream, client: &TcpStream, response: &mut Vec<u8>) -> io::Result<usize> {
+async fn read_upstream(
+    upstream: &mut TcpStream,
+    client: &TcpStream,
+    response: &mut Vec<u8>,
+    idle: Duration,
+) -> io::Result<usize> {
     response.clear();
     tokio::select! {
-        read = upstream.read_buf(response) => read,
+        read = tokio::time::timeout(idle, upstream.read_buf(response)) => {
+            read.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "the server sent nothing for idle_ms")))
+        }
         () = client_gone(client) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the client went away")),
+    }
+}
+
+/// Writes `bytes` to the client. A client that takes none of them within `idle` (`idle_ms`, as
+/// HAProxy's `timeout client`) is given up on, so a client that stops reading cannot hold a
+/// server connection and its task for ever.
+async fn send(client: &mut TcpStream, bytes: &[u8], idle: Duration) -> Result<(), ()> {
+    match tokio::time::timeout(idle, client.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
     }
 }
 
@@ -1298,11 +1317,12 @@ async fn stream_body(
     response: &mut Vec<u8>,
     out: &mut Vec<u8>,
     head: ResponseHead,
+    idle: Duration,
 ) -> Result<bool, ()> {
     let after_head = &response[head.head_len..];
     match head.body {
         ClientBody::None => {
-            client.write_all(out).await.map_err(|_| ())?;
+            send(client, out, idle).await?;
             Ok(after_head.is_empty())
         }
         ClientBody::Length(length) => {
@@ -1311,22 +1331,19 @@ async fn stream_body(
             let mut remaining = length - have as u64;
             if have <= FIRST_WRITE_BODY_BYTES_MAX {
                 out.extend_from_slice(&after_head[..have]);
-                client.write_all(out).await.map_err(|_| ())?;
+                send(client, out, idle).await?;
             } else {
-                client.write_all(out).await.map_err(|_| ())?;
-                client
-                    .write_all(&response[head.head_len..head.head_len + have])
-                    .await
-                    .map_err(|_| ())?;
+                send(client, out, idle).await?;
+                send(client, &response[head.head_len..head.head_len + have], idle).await?;
             }
             let mut extra = extra;
             while remaining > 0 {
-                match read_upstream(upstream, client, response).await {
+                match read_upstream(upstream, client, response, idle).await {
                     Ok(0) | Err(_) => return Err(()),
                     Ok(n) => {
                         let take = n.min(usize::try_from(remaining).unwrap_or(usize::MAX));
                         extra |= n > take;
-                        client.write_all(&response[..take]).await.map_err(|_| ())?;
+                        send(client, &response[..take], idle).await?;
                         remaining -= take as u64;
                     }
                 }
@@ -1352,7 +1369,7 @@ async fn stream_body(
                 let Ok(used) = fed else {
                     // The framing broke: the client can only be told by closing.
                     if first {
-                        let _ = client.write_all(out).await;
+                        let _ = send(client, out, idle).await;
                     }
                     return Err(());
                 };
@@ -1361,16 +1378,16 @@ async fn stream_body(
                     if !dechunk {
                         out.extend_from_slice(forwarded);
                     }
-                    client.write_all(out).await.map_err(|_| ())?;
+                    send(client, out, idle).await?;
                 } else {
-                    client.write_all(forwarded).await.map_err(|_| ())?;
+                    send(client, forwarded, idle).await?;
                 }
                 first = false;
                 if decoder.is_done() {
                     return Ok(start + used == response.len());
                 }
                 start = 0;
-                match read_upstream(upstream, client, response).await {
+                match read_upstream(upstream, client, response, idle).await {
                     Ok(0) | Err(_) => return Err(()),
                     Ok(_) => {}
                 }
@@ -1378,12 +1395,12 @@ async fn stream_body(
         }
         ClientBody::UntilClose => {
             out.extend_from_slice(after_head);
-            client.write_all(out).await.map_err(|_| ())?;
+            send(client, out, idle).await?;
             loop {
-                match read_upstream(upstream, client, response).await {
+                match read_upstream(upstream, client, response, idle).await {
                     Ok(0) => return Ok(false),
                     Err(_) => return Err(()),
-                    Ok(_) => client.write_all(response).await.map_err(|_| ())?,
+                    Ok(_) => send(client, response, idle).await?,
                 }
             }
         }
@@ -1409,7 +1426,8 @@ async fn answer_local(
 ) -> Next {
     write_local(out, status, message, close, head_method);
     shared.stats().count_status(status);
-    if stream.write_all(out).await.is_err() || close {
+    let idle = Duration::from_millis(shared.config.timeouts.idle_ms);
+    if send(stream, out, idle).await.is_err() || close {
         return Next::Close;
     }
     Next::KeepAlive

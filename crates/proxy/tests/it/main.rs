@@ -1286,6 +1286,39 @@ async fn a_large_response_body_streams_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_response_is_given_up_after_idle_ms() {
+    // Far more than the socket buffers between the proxy and the client hold.
+    const SIZE: usize = 32 * 1024 * 1024;
+    let (address, _) = scripted_backend(|_| {
+        let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\n\r\n").into_bytes();
+        answer.resize(answer.len() + SIZE, b'x');
+        (answer, false)
+    })
+    .await;
+    let proxy = proxy_for(address, "[proxy.timeouts]\nidle_ms = 300\n").await;
+    let active = || proxy.shared.stats().connections_active.load(Ordering::SeqCst);
+    let mut stream = TcpStream::connect(proxy.address).await.expect("connect");
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("write");
+    // The client reads nothing: the proxy must give the connection up, not wait for ever.
+    let deadline = Instant::now() + DEADLINE;
+    while active() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(active(), 1, "the client's connection is being served");
+    while active() != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(active(), 0, "a client that stopped reading still holds its connection");
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut received)).await;
+    assert!(received.len() < SIZE, "the proxy closed before sending the whole body");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_after_the_server_closed_an_idle_connection_is_retried_on_a_new_one() {
     let (address, connections) = raw_backend(RawMode::CloseSilently).await;
     let proxy = proxy_for(address, "retries = 0").await;
