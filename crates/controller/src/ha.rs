@@ -21,11 +21,14 @@ pub mod leadership;
 #[cfg(not(feature = "etcd"))]
 mod without_etcd;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{FAILOVER_WINDOW_MS, Generation, Placement, RegionId, Restored, RunbookOrder, RunbookOutcome};
+use crate::engine::{
+    FAILOVER_WINDOW_MS, Generation, Placement, RegionId, Restored, RunbookOrder, RunbookOutcome, TransitionKind,
+};
 
 #[cfg(feature = "etcd")]
 pub use etcd::Member;
@@ -279,6 +282,10 @@ pub struct RunbookProgress {
     pub member: String,
     /// Steps that succeeded with `order.generation`, in order.
     pub steps_done: Vec<String>,
+    /// Steps an earlier generation of the same decision applied (a roll-forward or retry
+    /// continues that runbook), with that generation: the runbook does not apply them again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub applied_earlier: BTreeMap<String, u64>,
     /// Why it stopped, when it failed (the next leader, or the next attempt, rolls it forward).
     #[serde(default)]
     pub failed: Option<String>,
@@ -404,9 +411,26 @@ impl SharedState {
             order: order.clone(),
             member: member.to_string(),
             steps_done: Vec::new(),
+            applied_earlier: self.applied_by_the_same_decision(order),
             failed: None,
         });
         Ok(next)
+    }
+
+    /// What the recorded runbook (interrupted or failed) applied, when `order` continues it: a
+    /// roll-forward or retry to the same placement. Any other order starts afresh.
+    fn applied_by_the_same_decision(&self, order: &RunbookOrder) -> BTreeMap<String, u64> {
+        let continues = matches!(order.kind, TransitionKind::RollForward | TransitionKind::Retry);
+        match &self.runbook {
+            Some(previous) if continues && previous.order.to == order.to => {
+                let mut applied = previous.applied_earlier.clone();
+                for step in &previous.steps_done {
+                    applied.entry(step.clone()).or_insert(previous.order.generation.0);
+                }
+                applied
+            }
+            _ => BTreeMap::new(),
+        }
     }
 
     /// Step `step` of the runbook of `generation` succeeded.

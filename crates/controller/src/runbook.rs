@@ -4,6 +4,8 @@
 //!
 //! Every step's effect is idempotent (it sets a state, it does not toggle one), so running a
 //! step again — a retry, or a roll-forward after a crash with a newer generation — is safe.
+//! A roll-forward or retry still does not repeat a step whose target it can read and finds
+//! already in the state the step sets (`already_in_place`).
 //! A receiver that has already applied a newer generation answers 409: the step is *fenced*,
 //! the runbook stops at once and is never retried with the old generation.
 
@@ -11,14 +13,14 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::dns_admin::{HEALTH_PATH, Health, HealthPush, TXT_PATH, TxtPush};
+use common::dns_admin::{HEALTH_PATH, Health, HealthPush, TXT_PATH, TxtPush, View};
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use crate::client::HttpClient;
 use crate::config::{Step, StepKind};
-use crate::engine::{RunbookOrder, RunbookOutcome};
+use crate::engine::{RunbookOrder, RunbookOutcome, TransitionKind};
 use crate::pointer::Pointer;
 
 /// Longest wait between two attempts of a step.
@@ -119,6 +121,22 @@ pub async fn execute_guarded(
                 attempt: 0,
                 outcome: "skipped",
                 detail: format!("runs only when the new active region is one of {}", only.join(", ")),
+                duration_ms: 0,
+            });
+            continue;
+        }
+        // A roll-forward or retry continues a runbook whose earlier generation may have applied
+        // this step before it was cut off (its record in etcd lost with it): where the target
+        // can be read, a state already in place is not applied again.
+        if continues_a_decision(order)
+            && may_act().is_ok()
+            && let Some(detail) = already_in_place(step, order, context).await
+        {
+            report(StepReport {
+                step: step.name.clone(),
+                attempt: 0,
+                outcome: "skipped",
+                detail,
                 duration_ms: 0,
             });
             continue;
@@ -239,6 +257,63 @@ async fn run_step(step: &Step, order: &RunbookOrder, context: &StepContext) -> R
     }
 }
 
+/// Whether `order` continues an earlier generation's runbook to the same placement.
+pub fn continues_a_decision(order: &RunbookOrder) -> bool {
+    matches!(order.kind, TransitionKind::RollForward | TransitionKind::Retry)
+}
+
+/// When the target of `step` can be read and already holds what `step` would set for `order`:
+/// what it holds, for the audit log. Steps whose target cannot be read (commands, webhooks,
+/// providers), and any failure to read, answer `None`: the step runs.
+async fn already_in_place(step: &Step, order: &RunbookOrder, context: &StepContext) -> Option<String> {
+    match step.kind {
+        StepKind::DnsHealth | StepKind::DnsTxt => {
+            let dns = context.dns.as_ref()?;
+            let url = format!("{}{HEALTH_PATH}", dns.admin_url.trim_end_matches('/'));
+            let answer = context
+                .client
+                .request(Method::GET, &url, dns.token.as_deref(), None, step.timeout_ms)
+                .await
+                .ok()?;
+            if !answer.status.is_success() {
+                return None;
+            }
+            let view: View = serde_json::from_slice(&answer.body).ok()?;
+            let holds = if step.kind == StepKind::DnsHealth {
+                health_targets(order, context).iter().all(|(target, health)| {
+                    let now = view.targets.get(target).copied().unwrap_or(Health::Healthy);
+                    now == *health
+                })
+            } else {
+                let name = dns.txt_name.as_ref()?;
+                view.txt.get(&txt_key(name)).map(String::as_str) == Some(order.to.active.as_str())
+            };
+            holds.then(|| {
+                format!(
+                    "already in place at the DNS server (applied under generation {}): not pushed again",
+                    view.generation
+                )
+            })
+        }
+        StepKind::Pointer => {
+            let now = context.pointer.get();
+            (now.region.as_deref() == Some(order.to.active.as_str())).then(|| {
+                format!(
+                    "the pointer already names {} (generation {}): not published again",
+                    order.to.active, now.generation
+                )
+            })
+        }
+        StepKind::Command | StepKind::Webhook | StepKind::Provider => None,
+    }
+}
+
+/// The key the DNS server files a TXT record under: lower case, fully qualified.
+fn txt_key(name: &str) -> String {
+    let name = name.trim().to_ascii_lowercase();
+    if name.ends_with('.') { name } else { format!("{name}.") }
+}
+
 fn dns(context: &StepContext) -> Result<&DnsAdmin, Failure> {
     context
         .dns
@@ -287,7 +362,8 @@ async fn push_to_dns(
     judge(&format!("PUT {url}"), answer)
 }
 
-async fn dns_health(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
+/// The health of every DNS target once `order` is applied: healthy in the serving regions.
+fn health_targets(order: &RunbookOrder, context: &StepContext) -> BTreeMap<String, Health> {
     let mut targets = BTreeMap::new();
     for (region, names) in &context.targets {
         let serving = order.to.serving.iter().any(|r| r.as_str() == region);
@@ -296,9 +372,13 @@ async fn dns_health(step: &Step, order: &RunbookOrder, context: &StepContext) ->
             targets.insert(name.clone(), health);
         }
     }
+    targets
+}
+
+async fn dns_health(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
     let body = HealthPush {
         generation: order.generation.0,
-        targets,
+        targets: health_targets(order, context),
     };
     push_to_dns(step, context, HEALTH_PATH, &body).await
 }

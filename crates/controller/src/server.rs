@@ -508,13 +508,34 @@ impl Shared {
             step: step.to_string(),
             error: format!("not run: {error}"),
         };
-        if let Err(error) = ha.start_runbook(term, order, timers).await {
-            return stop("etcd", error);
-        }
+        let applied_earlier = match ha.start_runbook(term, order, timers).await {
+            Ok(applied) => applied,
+            Err(error) => return stop("etcd", error),
+        };
         let mut done: Option<String> = None;
         for step in &self.config.steps {
             if let Err(error) = ha.before_step(term, order, done.as_deref()).await {
                 return stop(&step.name, error);
+            }
+            // An earlier generation of this decision applied the step and etcd recorded it: it
+            // is not applied again. The pointer is this member's own: it takes the value that
+            // generation published (as a follower takes what etcd records).
+            if let Some(&generation) = applied_earlier.get(&step.name) {
+                let mut detail = format!("applied under generation {generation} of this decision (recorded in etcd)");
+                if step.kind == crate::config::StepKind::Pointer
+                    && let Err(error) = self.pointer.publish(order.to.active.as_str(), generation)
+                {
+                    detail = format!("{detail}; this member's pointer kept its newer value ({error})");
+                }
+                (self.step_recorder(order.generation))(runbook::StepReport {
+                    step: step.name.clone(),
+                    attempt: 0,
+                    outcome: "skipped",
+                    detail,
+                    duration_ms: 0,
+                });
+                done = None;
+                continue;
             }
             // The guard's answer may come late (a pause of this process): look at the clock
             // again. What still slips through carries an older generation, which DNS, the

@@ -8,6 +8,7 @@
 //! between); a write whose answer was lost is not guessed at: the state is read back before the
 //! next write.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -596,10 +597,21 @@ impl Member {
     }
 
     /// Records the start of `order` (its generation becomes the counter) before any step runs.
-    pub async fn start_runbook(&self, term: Term, order: &RunbookOrder, timers: &HoldTimers) -> Result<(), GuardError> {
-        self.guarded(term, |state, me, at| state.start(order, timers, me, at))
-            .await
-            .map(|_| ())
+    /// Answers the steps an earlier generation of the same decision applied (see
+    /// [`RunbookProgress::applied_earlier`](crate::ha::RunbookProgress)), with that generation.
+    pub async fn start_runbook(
+        &self,
+        term: Term,
+        order: &RunbookOrder,
+        timers: &HoldTimers,
+    ) -> Result<BTreeMap<String, u64>, GuardError> {
+        let state = self
+            .guarded(term, |state, me, at| state.start(order, timers, me, at))
+            .await?;
+        Ok(state
+            .runbook
+            .map(|progress| progress.applied_earlier)
+            .unwrap_or_default())
     }
 
     /// Checks the term is still held (in etcd, not only locally) before a step runs, and

@@ -312,6 +312,11 @@ fn the_shared_state_records_a_runbook_before_its_steps_and_rolls_it_forward() {
         next.step_done(Generation(4), "dns", "a", 5),
         Err(StateError::NotInProgress(4))
     );
+    // The roll-forward knows generation 4 applied "dns": it is not applied again.
+    assert_eq!(
+        next.runbook.as_ref().map(|p| p.applied_earlier.clone()),
+        Some(BTreeMap::from([("dns".to_string(), 4)]))
+    );
     assert_eq!(
         next.start(&order(5, "eu"), &HoldTimers::default(), "a", 6),
         Err(StateError::GenerationNotAbove { order: 5, recorded: 5 })
@@ -861,4 +866,65 @@ fn hold_timers_drop_what_no_longer_matters_and_never_shorten_the_rest() {
     assert_eq!(timers.to_engine(500_000, wall_now, 300_000).0, Some(380_000));
     // An engine that just started: earlier times count as its start (the hold runs longer).
     assert_eq!(timers.to_engine(1, wall_now, 300_000).0, Some(0));
+}
+
+#[test]
+fn a_roll_forward_carries_what_earlier_generations_of_its_decision_applied() {
+    let four = SharedState::default()
+        .start(&order(4, "eu"), &HoldTimers::default(), "a", 1)
+        .and_then(|s| s.step_done(Generation(4), "db", "a", 2))
+        .and_then(|s| s.step_done(Generation(4), "dns", "a", 3))
+        .expect("generation 4 applied db and dns");
+    let continuing = |generation: u64, to: &str, kind: TransitionKind| RunbookOrder {
+        kind,
+        continues: Some(TransitionKind::Failover),
+        ..order(generation, to)
+    };
+    // Generation 5 rolls forward, applies "txt", and is cut off in turn.
+    let five = four
+        .start(
+            &continuing(5, "eu", TransitionKind::RollForward),
+            &HoldTimers::default(),
+            "b",
+            4,
+        )
+        .and_then(|s| s.step_done(Generation(5), "txt", "b", 5))
+        .expect("generation 5 applied txt");
+    // Generation 6 (a retry) knows all three, each with the generation that applied it.
+    let six = five
+        .start(
+            &continuing(6, "eu", TransitionKind::Retry),
+            &HoldTimers::default(),
+            "c",
+            6,
+        )
+        .expect("6 is above 5");
+    assert_eq!(
+        six.runbook.as_ref().map(|p| p.applied_earlier.clone()),
+        Some(BTreeMap::from([
+            ("db".to_string(), 4),
+            ("dns".to_string(), 4),
+            ("txt".to_string(), 5)
+        ]))
+    );
+    // Another placement, or a new decision to the same one, starts afresh.
+    let elsewhere = five
+        .start(
+            &continuing(6, "us", TransitionKind::RollForward),
+            &HoldTimers::default(),
+            "c",
+            6,
+        )
+        .expect("6 is above 5");
+    assert_eq!(elsewhere.runbook.map(|p| p.applied_earlier), Some(BTreeMap::new()));
+    let fresh = five
+        .start(&order(6, "eu"), &HoldTimers::default(), "c", 6)
+        .expect("6 is above 5");
+    assert_eq!(fresh.runbook.map(|p| p.applied_earlier), Some(BTreeMap::new()));
+    // The state a version without the field wrote still reads, with nothing carried.
+    let mut json = serde_json::to_value(&four).expect("serializable");
+    assert!(json["runbook"].get("applied_earlier").is_none(), "empty is not written");
+    json["runbook"]["steps_done"] = serde_json::json!(["dns"]);
+    let read: SharedState = serde_json::from_value(json).expect("reads");
+    assert_eq!(read.runbook.map(|p| p.applied_earlier), Some(BTreeMap::new()));
 }

@@ -40,7 +40,12 @@ impl Member {
     pub async fn resign(&self) {
         match *self {}
     }
-    pub async fn start_runbook(&self, _: Term, _: &RunbookOrder, _: &HoldTimers) -> Result<(), GuardError> {
+    pub async fn start_runbook(
+        &self,
+        _: Term,
+        _: &RunbookOrder,
+        _: &HoldTimers,
+    ) -> Result<std::collections::BTreeMap<String, u64>, GuardError> {
         match *self {}
     }
     pub async fn before_step(&self, _: Term, _: &RunbookOrder, _: Option<&str>) -> Result<(), GuardError> {

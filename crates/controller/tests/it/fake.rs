@@ -26,6 +26,9 @@ struct Inner {
     /// Like the DNS admin API: refuse generations older than the highest applied (per path).
     fence: bool,
     applied: std::collections::BTreeMap<String, u64>,
+    /// Like the DNS admin API: what `PUT /v1/health` and `PUT /v1/txt` set, answered to
+    /// `GET /v1/health` (`{"generation", "targets", "txt"}`).
+    view: serde_json::Value,
 }
 
 #[derive(Clone)]
@@ -63,6 +66,15 @@ async fn handle(
             body: body.clone(),
         });
         let mut status = inner.status;
+        if method == Method::GET && uri.path() == "/v1/health" && status == 200 {
+            let view = if inner.view.is_null() {
+                serde_json::json!({"generation": 0, "targets": {}, "txt": {}})
+            } else {
+                inner.view.clone()
+            };
+            drop(inner);
+            return (StatusCode::OK, axum::Json(view)).into_response();
+        }
         if inner.fence
             && let Some(generation) = body["generation"].as_u64()
         {
@@ -71,6 +83,28 @@ async fn handle(
                 status = 409;
             } else {
                 *applied = generation;
+            }
+        }
+        // A hanging request is not applied (the roll-forward tests push again).
+        if method == Method::PUT && status == 200 && !inner.hang {
+            if inner.view.is_null() {
+                inner.view = serde_json::json!({"generation": 0, "targets": {}, "txt": {}});
+            }
+            let generation = body["generation"].as_u64().unwrap_or(0);
+            let view = &mut inner.view;
+            view["generation"] = generation.max(view["generation"].as_u64().unwrap_or(0)).into();
+            match uri.path() {
+                "/v1/health" => {
+                    for (target, health) in body["targets"].as_object().into_iter().flatten() {
+                        view["targets"][target] = health.clone();
+                    }
+                }
+                "/v1/txt" => {
+                    if let Some(name) = body["name"].as_str() {
+                        view["txt"][name.to_ascii_lowercase()] = body["value"].clone();
+                    }
+                }
+                _ => {}
             }
         }
         (status, inner.hang)

@@ -39,6 +39,10 @@ fn order(generation: u64) -> RunbookOrder {
 }
 
 fn context(dns: Option<&Fake>) -> StepContext {
+    context_with_pointer(dns, Pointer::new(PointerValue::default()))
+}
+
+fn context_with_pointer(dns: Option<&Fake>, pointer: Pointer) -> StepContext {
     let mut targets = BTreeMap::new();
     targets.insert("us-east-1".to_string(), vec!["use1-web".to_string()]);
     targets.insert("eu-west-1".to_string(), vec!["euw1-web".to_string()]);
@@ -50,7 +54,7 @@ fn context(dns: Option<&Fake>) -> StepContext {
             txt_name: Some("_active-region.shop.example.".into()),
         }),
         targets,
-        pointer: Pointer::new(PointerValue::default()),
+        pointer,
     }
 }
 
@@ -221,6 +225,58 @@ async fn dns_steps_send_the_generation_and_token() {
             generation: 5
         }
     );
+}
+
+#[tokio::test]
+async fn a_roll_forward_does_not_apply_again_what_is_already_in_place() {
+    let dns = Fake::start().await;
+    let context = context(Some(&dns));
+    let steps = [
+        step("dns", StepKind::DnsHealth),
+        step("txt", StepKind::DnsTxt),
+        step("pointer", StepKind::Pointer),
+    ];
+    // Generation 5 applies all three; its leader is cut off before etcd records them.
+    let (outcome, _) = run(&steps, &order(5), &context).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded);
+    let puts = |fake: &Fake| fake.seen().iter().filter(|s| s.method == "PUT").count();
+    assert_eq!(puts(&dns), 2);
+    // Generation 6 rolls the same decision forward: it reads the targets and finds each in place.
+    let rolled = RunbookOrder {
+        kind: TransitionKind::RollForward,
+        continues: Some(TransitionKind::Failover),
+        ..order(6)
+    };
+    let (outcome, reports) = run(&steps, &rolled, &context).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded);
+    assert_eq!(puts(&dns), 2, "nothing pushed again: {reports:?}");
+    assert_eq!(
+        reports.iter().map(|r| (r.step.as_str(), r.outcome)).collect::<Vec<_>>(),
+        vec![("dns", "skipped"), ("txt", "skipped"), ("pointer", "skipped")]
+    );
+    assert!(reports[0].detail.contains("generation 5"), "{}", reports[0].detail);
+    assert_eq!(context.pointer.get().generation, 5);
+    // A new decision to the same placement pushes (its generation fences older ones).
+    let (outcome, reports) = run(&steps, &order(7), &context).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded);
+    assert!(reports.iter().all(|r| r.outcome == "ok"), "{reports:?}");
+    assert_eq!(puts(&dns), 4);
+    // A roll-forward whose targets do not hold the state applies it.
+    let fresh = Fake::start().await;
+    let other = context_with_pointer(Some(&fresh), Pointer::new(PointerValue::default()));
+    let (outcome, reports) = run(
+        &steps,
+        &RunbookOrder {
+            generation: Generation(8),
+            ..rolled
+        },
+        &other,
+    )
+    .await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded);
+    assert!(reports.iter().all(|r| r.outcome == "ok"), "{reports:?}");
+    assert_eq!(puts(&fresh), 2);
+    assert_eq!(other.pointer.get().generation, 8);
 }
 
 #[tokio::test]
