@@ -13,10 +13,17 @@
 //! - `stream_shards`: `(stream id, first sequence number)` → [`ShardMeta`] (JSON); the last
 //!   shard of a stream is its open one until it rolls over (age, records or bytes) or the
 //!   stream is disabled;
-//! - `stream_records`: `(stream id, sequence number)` → creation time (`u64` ms, big-endian),
-//!   the format tag 1, the CRC-32 of the record (4 bytes, little-endian), and the record as
-//!   GetRecords returns it (JSON). Records written before the tag existed have the JSON right
-//!   after the time (it starts with `{`); they are checked by parsing instead.
+//! - `stream_records`: `(stream id, sequence number)` → a *block*: the records one write batch
+//!   appended to one shard, keyed by the first one's sequence number. The creation time of its
+//!   newest record (`u64` ms, big-endian; retention trims whole blocks), the format tag 2, the
+//!   CRC-32 of the body (4 bytes, little-endian), then the body: per record its sequence number
+//!   (`u64`, little-endian), its length (`u32`, little-endian) and the record as GetRecords
+//!   returns it (JSON). A block holds at most `STREAM_BLOCK_BYTES_MAX` of records (a change
+//!   bigger than that is a block of its own). One B-tree entry per batch instead of one per
+//!   change is most of what a stream costs PutItem (BENCHMARKS.md, Streams).
+//!   Earlier versions stored one record per entry, still read: the time, the tag 1 and the
+//!   record's CRC-32 before its JSON; or, before the tag existed, the JSON right after the time
+//!   (it starts with `{`), checked by parsing.
 //!
 //! Sequence numbers come from one counter (`settings.stream_seq`), so they increase within a
 //! shard, across a shard and its child, and across streams.
@@ -88,21 +95,94 @@ fn shard_range(stream_id: u64) -> std::ops::RangeInclusive<(u64, u64)> {
     (stream_id, 0)..=(stream_id, u64::MAX)
 }
 
-/// The format tag of a stored record that carries its CRC-32.
+/// The format tag of a stored record that carries its CRC-32 (one record per entry).
 const RECORD_WITH_CRC32: u8 = 1;
-/// Creation time, tag and CRC-32 before a stored record's JSON.
+/// The format tag of a block of records.
+const RECORD_BLOCK: u8 = 2;
+/// Creation time, tag and CRC-32 before a stored record's JSON, or before a block's body.
 const RECORD_HEADER_BYTES: usize = 8 + 1 + 4;
+/// Sequence number and length before each record in a block's body.
+const BLOCK_RECORD_HEADER_BYTES: usize = 8 + 4;
+/// Bytes of records a block collects before it is stored and the next one starts: enough that
+/// a batch's changes share one B-tree entry, small enough that reading one record of a block
+/// (an iterator in its middle) stays cheap. A record bigger than this is a block of its own.
+pub(crate) const STREAM_BLOCK_BYTES_MAX: usize = 64 * 1024;
 
-/// A stream record as `stream_records` stores it.
-fn encode_record(now_ms: u64, record: &streams::Record<'_>) -> Vec<u8> {
-    let mut value = Vec::with_capacity(512);
-    value.extend_from_slice(&now_ms.to_be_bytes());
-    value.push(RECORD_WITH_CRC32);
-    value.extend_from_slice(&[0; 4]);
-    serde_json::to_writer(&mut value, record).expect("serialising a record into a Vec cannot fail");
-    let crc = crc32fast::hash(&value[RECORD_HEADER_BYTES..]);
-    value[9..RECORD_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+/// Appends one record to a block's body.
+fn append_to_block(body: &mut Vec<u8>, seq: u64, record: &streams::Record<'_>) {
+    body.extend_from_slice(&seq.to_le_bytes());
+    let at = body.len();
+    body.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut *body, record).expect("serialising a record into a Vec cannot fail");
+    // A record is at most a few item images (400 KB each), far below 4 GiB.
+    let len = u32::try_from(body.len() - at - 4).unwrap_or(u32::MAX);
+    body[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// A block as `stream_records` stores it: header, then `body`.
+fn encode_block(newest_ms: u64, body: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(RECORD_HEADER_BYTES + body.len());
+    value.extend_from_slice(&newest_ms.to_be_bytes());
+    value.push(RECORD_BLOCK);
+    value.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    value.extend_from_slice(body);
     value
+}
+
+/// The records of one stored entry, keyed `first_seq`, each with its sequence number, checked:
+/// a block against its CRC-32 and its structure (sequence numbers from `first_seq` up, lengths
+/// inside the block), a single record against its CRC-32 or by parsing. A damaged entry is an
+/// error, never bad JSON to a client.
+fn stored_records(first_seq: u64, value: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
+    if value.get(8) != Some(&RECORD_BLOCK) {
+        return stored_record_json(value).map(|json| vec![(first_seq, json)]);
+    }
+    let (Some(crc), Some(body)) = (value.get(9..RECORD_HEADER_BYTES), value.get(RECORD_HEADER_BYTES..)) else {
+        return Err(format!(
+            "a block of stream records of {} bytes is shorter than its header",
+            value.len()
+        ));
+    };
+    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    let actual = crc32fast::hash(body);
+    if stored != actual {
+        return Err(format!(
+            "a block of stream records has CRC-32 {actual:08x}, not the {stored:08x} stored with it (damaged on disk)"
+        ));
+    }
+    let mut records = Vec::new();
+    let mut rest = body;
+    let mut expected_at_least = first_seq;
+    while !rest.is_empty() {
+        let (Some(seq), Some(len)) = (rest.get(..8), rest.get(8..BLOCK_RECORD_HEADER_BYTES)) else {
+            return Err("a block of stream records ends inside a record's header".to_string());
+        };
+        let seq = u64::from_le_bytes(seq.try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let Some(json) = rest.get(BLOCK_RECORD_HEADER_BYTES..BLOCK_RECORD_HEADER_BYTES.saturating_add(len)) else {
+            return Err(format!("a record of {len} bytes runs past the end of its block"));
+        };
+        if seq < expected_at_least || (records.is_empty() && seq != first_seq) {
+            return Err(format!(
+                "a block of stream records keyed {first_seq} holds sequence number {seq} out of order"
+            ));
+        }
+        expected_at_least = seq.saturating_add(1);
+        records.push((seq, json));
+        rest = &rest[BLOCK_RECORD_HEADER_BYTES + len..];
+    }
+    if records.is_empty() {
+        return Err("a block of stream records is empty".to_string());
+    }
+    Ok(records)
+}
+
+/// The creation time a stored entry carries (its newest record's, for a block).
+fn stored_created_ms(value: &[u8]) -> u64 {
+    value
+        .get(..8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        .unwrap_or(0)
 }
 
 /// The JSON of a stored record, checked: against its CRC-32, or (a record written before
@@ -155,6 +235,25 @@ struct OpenShard {
     view_type: ViewType,
     shard: ShardMeta,
     dirty: bool,
+    /// The block this batch is filling: its records' bytes (see the module's format), its first
+    /// sequence number and its newest record's time.
+    block: Vec<u8>,
+    block_first_seq: u64,
+    block_newest_ms: u64,
+}
+
+impl OpenShard {
+    /// Stores the block being filled, if it holds anything, and starts an empty one.
+    fn store_block(&mut self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let value = encode_block(self.block_newest_ms, &self.block);
+        txn.open_table(STREAM_RECORDS)?
+            .insert((self.stream_id, self.block_first_seq), value.as_slice())?;
+        self.block.clear();
+        Ok(())
+    }
 }
 
 impl WriteContext<'_> {
@@ -195,8 +294,6 @@ impl WriteContext<'_> {
         }) else {
             return Ok(());
         };
-        let value = encode_record(now_ms, &record);
-        let stream_id = open.stream_id;
         let limits = *self.shared.stream_limits.read().expect("limits lock is never poisoned");
         if due_for_rollover(&open.shard, &limits, now_ms) {
             self.roll_over(&key, now_ms, seq)?;
@@ -209,13 +306,19 @@ impl WriteContext<'_> {
             .get_mut(&key)
             .and_then(Option::as_mut)
             .expect("the open shard was loaded above");
+        if open.block.is_empty() {
+            open.block_first_seq = seq;
+        }
+        let before = open.block.len();
+        append_to_block(&mut open.block, seq, &record);
+        open.block_newest_ms = open.block_newest_ms.max(now_ms);
         open.shard.records += 1;
-        open.shard.bytes += value.len() as u64;
+        open.shard.bytes += (open.block.len() - before) as u64;
         open.shard.last_seq = Some(seq);
         open.dirty = true;
-        self.txn
-            .open_table(STREAM_RECORDS)?
-            .insert((stream_id, seq), value.as_slice())?;
+        if open.block.len() >= STREAM_BLOCK_BYTES_MAX {
+            open.store_block(self.txn)?;
+        }
         Ok(())
     }
 
@@ -272,6 +375,9 @@ impl WriteContext<'_> {
             view_type: meta.view_type,
             shard,
             dirty: false,
+            block: Vec::new(),
+            block_first_seq: 0,
+            block_newest_ms: 0,
         }))
     }
 
@@ -281,6 +387,8 @@ impl WriteContext<'_> {
         let Some(Some(open)) = self.streams.open.get_mut(key) else {
             return Ok(());
         };
+        // A block belongs to one shard: the closing shard's records are stored now.
+        open.store_block(self.txn)?;
         open.shard.closed = true;
         self.txn.open_table(STREAM_SHARDS)?.insert(
             (open.stream_id, open.shard.first_seq),
@@ -296,7 +404,8 @@ impl WriteContext<'_> {
     /// changes stream metadata (which then reads it from storage again).
     pub(super) fn flush_streams(&mut self) -> Result<(), redb::Error> {
         let batch = std::mem::take(&mut self.streams);
-        for open in batch.open.into_values().flatten().filter(|open| open.dirty) {
+        for mut open in batch.open.into_values().flatten().filter(|open| open.dirty) {
+            open.store_block(self.txn)?;
             self.txn.open_table(STREAM_SHARDS)?.insert(
                 (open.stream_id, open.shard.first_seq),
                 encode_json(&open.shard).as_slice(),
@@ -424,24 +533,29 @@ impl WriteContext<'_> {
                 break;
             }
             let forget = meta.disabled_ms.is_some_and(|at| at <= horizon);
+            // Whole entries go (a block once its newest record is past retention); `through`
+            // is the last sequence number they held.
             let mut trimmed = Vec::new();
+            let mut through = None;
+            let mut count = 0;
             {
                 let records = self.txn.open_table(STREAM_RECORDS)?;
                 for entry in records.range(shard_range(meta.id))? {
                     let (key, value) = entry?;
-                    let created = value
-                        .value()
-                        .get(..8)
-                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-                        .unwrap_or(0);
-                    if (!forget && created > horizon) || trimmed.len() >= budget {
+                    let value = value.value();
+                    if (!forget && stored_created_ms(value) > horizon) || count >= budget {
                         break;
                     }
-                    trimmed.push(key.value().1);
+                    let first = key.value().1;
+                    // A damaged entry past retention goes too; it counts as one record.
+                    let held = stored_records(first, value).unwrap_or_default();
+                    count += held.len().max(1);
+                    through = Some(held.last().map_or(first, |(seq, _)| *seq));
+                    trimmed.push(first);
                 }
             }
-            budget -= trimmed.len();
-            deleted += trimmed.len();
+            budget = budget.saturating_sub(count);
+            deleted += count;
             let mut records = self.txn.open_table(STREAM_RECORDS)?;
             for seq in &trimmed {
                 records.remove((meta.id, *seq))?;
@@ -457,7 +571,7 @@ impl WriteContext<'_> {
                     .remove(stream_key(&meta.table, &meta.label).as_str())?;
                 continue;
             }
-            let Some(&through) = trimmed.last() else {
+            let Some(through) = through else {
                 continue;
             };
             meta.trimmed_through = meta.trimmed_through.max(through);
@@ -630,25 +744,39 @@ impl Snapshot {
             read.ended = shard.closed;
             return Ok(read);
         };
+        // The entry holding `position` may start before it (a block): read from that entry's key.
+        let from = records
+            .range((stream_id, 0)..=(stream_id, position))
+            .map_err(|e| storage_error("reading stream records", e))?
+            .next_back()
+            .transpose()
+            .map_err(|e| storage_error("reading stream records", e))?
+            .map_or(position, |(key, _)| key.value().1);
         let mut bytes = 0;
         let mut exhausted = true;
-        for entry in records
-            .range((stream_id, position)..=(stream_id, end))
+        'entries: for entry in records
+            .range((stream_id, from)..=(stream_id, end))
             .map_err(|e| storage_error("reading stream records", e))?
         {
             let (key, value) = entry.map_err(|e| storage_error("reading stream records", e))?;
-            let json = stored_record_json(value.value()).map_err(|e| storage_error("reading stream records", e))?;
-            if read.count >= limit || (read.count > 0 && bytes + json.len() > bytes_max) {
-                exhausted = false;
-                break;
+            let held =
+                stored_records(key.value().1, value.value()).map_err(|e| storage_error("reading stream records", e))?;
+            for (seq, json) in held {
+                if seq < position || seq > end {
+                    continue;
+                }
+                if read.count >= limit || (read.count > 0 && bytes + json.len() > bytes_max) {
+                    exhausted = false;
+                    break 'entries;
+                }
+                if read.count > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(json);
+                bytes += json.len();
+                read.count += 1;
+                read.next = seq + 1;
             }
-            if read.count > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(json);
-            bytes += json.len();
-            read.count += 1;
-            read.next = key.value().1 + 1;
         }
         read.ended = shard.closed && exhausted;
         Ok(read)
@@ -712,12 +840,7 @@ impl Engine {
                     .transpose()
                     .map_err(|e| storage_error("reading stream records", e))?;
                 if let Some((_, value)) = first {
-                    let created = value
-                        .value()
-                        .get(..8)
-                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-                        .unwrap_or(0);
-                    if created <= horizon {
+                    if stored_created_ms(value.value()) <= horizon {
                         due = true;
                         break;
                     }
@@ -759,6 +882,65 @@ mod tests {
         let error = stored_record_json(&damaged).expect_err("a damaged record is refused");
         assert!(error.contains("CRC-32"), "{error}");
         assert!(stored_record_json(&value[..11]).is_err(), "a cut header");
+    }
+
+    /// A block of `records` (sequence number, JSON) as the writer stores it.
+    fn block_of(records: &[(u64, &str)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (seq, json) in records {
+            body.extend_from_slice(&seq.to_le_bytes());
+            body.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            body.extend_from_slice(json.as_bytes());
+        }
+        encode_block(1_800_000_000_000, &body)
+    }
+
+    #[test]
+    fn blocks_hold_a_batchs_records_and_are_checked() {
+        let block = block_of(&[(7, r#"{"a":1}"#), (8, r#"{"b":2}"#), (11, r#"{"c":3}"#)]);
+        assert_eq!(stored_created_ms(&block), 1_800_000_000_000);
+        assert_eq!(
+            stored_records(7, &block),
+            Ok(vec![(7, &br#"{"a":1}"#[..]), (8, &br#"{"b":2}"#[..]), (11, &br#"{"c":3}"#[..])])
+        );
+        // Entries of the formats before blocks read as one record at their key.
+        let single = record_of(r#"{"eventName":"INSERT"}"#);
+        assert_eq!(stored_records(5, &single), Ok(vec![(5, &br#"{"eventName":"INSERT"}"#[..])]));
+        // Every damage is an error naming it, never a panic.
+        let mut flipped = block.clone();
+        let last = flipped.len() - 2;
+        flipped[last] ^= 0x01;
+        assert!(stored_records(7, &flipped).expect_err("crc").contains("CRC-32"));
+        assert!(stored_records(6, &block).expect_err("key").contains("out of order"));
+        let backwards = block_of(&[(7, "{}"), (7, "{}")]);
+        assert!(stored_records(7, &backwards).expect_err("repeat").contains("out of order"));
+        let long = {
+            let mut body = 9u64.to_le_bytes().to_vec();
+            body.extend_from_slice(&u32::MAX.to_le_bytes());
+            body.extend_from_slice(b"{}");
+            encode_block(0, &body)
+        };
+        assert!(stored_records(9, &long).expect_err("length").contains("past the end"));
+        let cut = encode_block(0, &9u64.to_le_bytes());
+        assert!(stored_records(9, &cut).expect_err("cut").contains("header"));
+        assert!(stored_records(9, &encode_block(0, &[])).expect_err("empty").contains("empty"));
+        assert!(stored_records(9, &block[..10]).is_err(), "a cut block header");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_stored_bytes_read_as_records_or_an_error(
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            tag in 0u8..4,
+            first in 0u64..4,
+        ) {
+            let mut value = value;
+            if value.len() > 8 {
+                value[8] = tag;
+            }
+            let _ = stored_records(first, &value);
+            let _ = stored_created_ms(&value);
+        }
     }
 
     #[test]

@@ -364,6 +364,47 @@ async fn appends_in_one_batch_roll_shards_over_and_keep_their_order() {
 }
 
 #[tokio::test]
+async fn iterators_and_limits_reach_into_the_middle_of_a_batchs_block() {
+    let h = Harness::new();
+    h.create("items", Some("KEYS_ONLY")).await;
+    let arn = h.stream_arn("items").await;
+    // One job of 25 puts: one batch, so one stored block of 25 records.
+    let puts: Vec<Value> = (0..25)
+        .map(|i| json!({"PutRequest": {"Item": {"id": {"S": format!("b{i:02}")}}}}))
+        .collect();
+    h.ok("BatchWriteItem", json!({"RequestItems": {"items": puts}})).await;
+    let shards = h.shards(&arn).await;
+    assert_eq!(shards.len(), 1);
+    let shard = shards[0]["ShardId"].as_str().expect("shard").to_string();
+    let all = h.all_records(&arn).await;
+    let seqs: Vec<String> = all
+        .iter()
+        .map(|r| r["dynamodb"]["SequenceNumber"].as_str().expect("seq").to_string())
+        .collect();
+    assert_eq!(seqs.len(), 25);
+    let key = |r: &Value| r["dynamodb"]["Keys"]["id"]["S"].as_str().expect("key").to_string();
+    // AT and AFTER a sequence number inside the block.
+    let at = h.iterator(&arn, &shard, "AT_SEQUENCE_NUMBER", Some(&seqs[10])).await;
+    let page = h.ok("GetRecords", json!({"ShardIterator": at, "Limit": 3})).await;
+    let got: Vec<String> = page["Records"].as_array().expect("records").iter().map(key).collect();
+    assert_eq!(got, ["b10", "b11", "b12"]);
+    // The next page starts where the limit stopped, still inside the block.
+    let next = page["NextShardIterator"].as_str().expect("open shard").to_string();
+    let page = h.ok("GetRecords", json!({"ShardIterator": next, "Limit": 2})).await;
+    let got: Vec<String> = page["Records"].as_array().expect("records").iter().map(key).collect();
+    assert_eq!(got, ["b13", "b14"]);
+    let after = h.iterator(&arn, &shard, "AFTER_SEQUENCE_NUMBER", Some(&seqs[23])).await;
+    let page = h.ok("GetRecords", json!({"ShardIterator": after})).await;
+    let got: Vec<String> = page["Records"].as_array().expect("records").iter().map(key).collect();
+    assert_eq!(got, ["b24"]);
+    // Later writes (other batches) follow the block, in order.
+    h.put("items", "later", 1).await;
+    let page = h.ok("GetRecords", json!({"ShardIterator": page["NextShardIterator"]})).await;
+    let got: Vec<String> = page["Records"].as_array().expect("records").iter().map(key).collect();
+    assert_eq!(got, ["later"]);
+}
+
+#[tokio::test]
 async fn retention_trims_records_and_forgets_disabled_streams() {
     let h = Harness::new();
     h.engine.set_stream_limits(StreamLimits {
