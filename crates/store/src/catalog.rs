@@ -21,6 +21,12 @@ pub const PROJECTED_ATTRIBUTES_MAX: usize = 100;
 pub const NON_KEY_ATTRIBUTE_NAME_BYTES_MAX: usize = 255;
 pub const PARTITION_KEY_BYTES_MAX: usize = 2048;
 pub const SORT_KEY_BYTES_MAX: usize = 1024;
+/// Partition (HASH) attributes of a global index's multi-attribute key; a table's key and a
+/// local index's have one.
+pub const INDEX_PARTITION_ATTRIBUTES_MAX: usize = 4;
+/// Sort (RANGE) attributes of a global index's multi-attribute key; a table's key and a local
+/// index's have at most one.
+pub const INDEX_SORT_ATTRIBUTES_MAX: usize = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyAttribute {
@@ -54,15 +60,51 @@ impl KeyType {
     }
 }
 
+/// A key schema: a table's or a local index's is one partition attribute and at most one sort
+/// attribute; a global index's may have up to [`INDEX_PARTITION_ATTRIBUTES_MAX`] partition
+/// attributes and up to [`INDEX_SORT_ATTRIBUTES_MAX`] sort attributes (DynamoDB's
+/// multi-attribute keys). `partition` and `sort` are the first of each; `extra_partition` and
+/// `extra_sort` the others, in KeySchema order (`extra_sort` is empty when `sort` is `None`).
+/// Persisted in the catalog: the extra fields are left out when empty, so definitions without
+/// multi-attribute keys keep the form they had before these existed, and that form still reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeySchema {
     pub partition: KeyAttribute,
     pub sort: Option<KeyAttribute>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_partition: Vec<KeyAttribute>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_sort: Vec<KeyAttribute>,
 }
 
 impl KeySchema {
+    /// One partition attribute and an optional sort attribute (every table's key).
+    pub fn simple(partition: KeyAttribute, sort: Option<KeyAttribute>) -> KeySchema {
+        KeySchema {
+            partition,
+            sort,
+            extra_partition: Vec::new(),
+            extra_sort: Vec::new(),
+        }
+    }
+
+    /// The partition (HASH) attributes, in KeySchema order.
+    pub fn partition_attributes(&self) -> impl Iterator<Item = &KeyAttribute> {
+        std::iter::once(&self.partition).chain(&self.extra_partition)
+    }
+
+    /// The sort (RANGE) attributes, in KeySchema order.
+    pub fn sort_attributes(&self) -> impl Iterator<Item = &KeyAttribute> {
+        self.sort.iter().chain(&self.extra_sort)
+    }
+
+    /// More than one partition or sort attribute (only a global index's key can be).
+    pub fn is_multi_attribute(&self) -> bool {
+        !self.extra_partition.is_empty() || !self.extra_sort.is_empty()
+    }
+
     pub fn attributes(&self) -> impl Iterator<Item = &KeyAttribute> {
-        std::iter::once(&self.partition).chain(self.sort.as_ref())
+        self.partition_attributes().chain(self.sort_attributes())
     }
 
     pub fn is_key_attribute(&self, name: &str) -> bool {
@@ -76,12 +118,15 @@ impl KeySchema {
             .collect()
     }
 
+    /// The KeySchema as DynamoDB shows it: the HASH elements, then the RANGE elements.
     pub fn to_json(&self) -> Value {
-        let mut schema = vec![json!({"AttributeName": self.partition.name, "KeyType": "HASH"})];
-        if let Some(sort) = &self.sort {
-            schema.push(json!({"AttributeName": sort.name, "KeyType": "RANGE"}));
-        }
-        Value::Array(schema)
+        let hash = self
+            .partition_attributes()
+            .map(|a| json!({"AttributeName": a.name, "KeyType": "HASH"}));
+        let range = self
+            .sort_attributes()
+            .map(|a| json!({"AttributeName": a.name, "KeyType": "RANGE"}));
+        Value::Array(hash.chain(range).collect())
     }
 }
 
@@ -527,7 +572,90 @@ pub fn parse_key_schema(
             ));
         }
     };
-    Ok(KeySchema { partition, sort })
+    Ok(KeySchema::simple(partition, sort))
+}
+
+/// A global index's KeySchema: one HASH and at most one RANGE element as for a table, or a
+/// multi-attribute key: 1 to [`INDEX_PARTITION_ATTRIBUTES_MAX`] HASH elements, then up to
+/// [`INDEX_SORT_ATTRIBUTES_MAX`] RANGE elements, each a distinct attribute declared in
+/// AttributeDefinitions.
+pub fn parse_global_key_schema(
+    elements: &[KeySchemaElement],
+    definitions: &[(String, KeyType)],
+    what: &str,
+) -> Result<KeySchema, ApiError> {
+    let multi = elements.len() > 2 || elements.get(1).is_some_and(|e| e.key_type == "HASH");
+    if !multi {
+        return parse_key_schema(elements, definitions, what);
+    }
+    for (at, element) in elements.iter().enumerate() {
+        check_key_name_length(
+            &element.attribute_name,
+            &format!("{what}.{}.member.attributeName", at + 1),
+        )?;
+        if element.key_type != "HASH" && element.key_type != "RANGE" {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{}' at '{what}.{}.member.keyType' failed to satisfy constraint: Member must satisfy enum value set: [HASH, RANGE]",
+                element.key_type,
+                at + 1
+            )));
+        }
+    }
+    let hashes = elements.iter().filter(|e| e.key_type == "HASH").count();
+    let ranges = elements.len() - hashes;
+    if hashes > INDEX_PARTITION_ATTRIBUTES_MAX {
+        return Err(invalid(format!(
+            "Too many partition keys. GSI can have at most {INDEX_PARTITION_ATTRIBUTES_MAX} partition keys (HASH key elements); the KeySchema has {hashes}"
+        )));
+    }
+    if ranges > INDEX_SORT_ATTRIBUTES_MAX {
+        return Err(invalid(format!(
+            "Too many sort keys. GSI can have at most {INDEX_SORT_ATTRIBUTES_MAX} sort keys (RANGE key elements); the KeySchema has {ranges}"
+        )));
+    }
+    if elements[0].key_type != "HASH" {
+        return Err(invalid(
+            "Invalid KeySchema: The first KeySchemaElement is not a HASH key type",
+        ));
+    }
+    if elements[..hashes].iter().any(|e| e.key_type != "HASH") {
+        return Err(invalid(
+            "Invalid key order: in a KeySchema, every HASH key element must precede the RANGE key elements",
+        ));
+    }
+    for (at, element) in elements.iter().enumerate() {
+        if elements[..at]
+            .iter()
+            .any(|e| e.attribute_name == element.attribute_name)
+        {
+            return Err(invalid(format!(
+                "Two keys can not have the same name: {}",
+                element.attribute_name
+            )));
+        }
+    }
+    let attribute = |element: &KeySchemaElement| -> Result<KeyAttribute, ApiError> {
+        Ok(KeyAttribute {
+            name: element.attribute_name.clone(),
+            value_type: key_type_of(definitions, &element.attribute_name)?,
+        })
+    };
+    let mut partition = elements[..hashes]
+        .iter()
+        .map(attribute)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut sort = elements[hashes..]
+        .iter()
+        .map(attribute)
+        .collect::<Result<Vec<_>, _>>()?;
+    let first_partition = partition.remove(0);
+    let first_sort = (!sort.is_empty()).then(|| sort.remove(0));
+    Ok(KeySchema {
+        partition: first_partition,
+        sort: first_sort,
+        extra_partition: partition,
+        extra_sort: sort,
+    })
 }
 
 fn parse_projection(request: &ProjectionRequest, index: &str) -> Result<Projection, ApiError> {
@@ -660,7 +788,7 @@ pub fn parse_global_index(
     Ok(IndexMeta {
         name: request.index_name.clone(),
         kind: IndexKind::Global,
-        key: parse_key_schema(
+        key: parse_global_key_schema(
             &request.key_schema,
             definitions,
             "globalSecondaryIndexes.member.keySchema",
@@ -897,13 +1025,31 @@ pub fn validate_key(schema: &KeySchema, key: &Item) -> Result<(), ApiError> {
 
 /// Index key attributes present on an item must have the declared type, not be empty and be
 /// within the key size bounds (DynamoDB rejects the write otherwise); absent ones leave the
-/// item out of that (sparse) index.
+/// item out of that (sparse) index. The bounds hold per attribute and, for a multi-attribute
+/// key, for the partition attributes together and the sort attributes together.
 pub fn validate_index_key_types(table: &TableMeta, item: &Item) -> Result<(), ApiError> {
     for index in &table.indexes {
-        let partition = std::iter::once((&index.key.partition, PARTITION_KEY_BYTES_MAX, "partition"));
-        let sort = index.key.sort.as_ref().map(|s| (s, SORT_KEY_BYTES_MAX, "sort"));
-        for (attribute, limit_bytes, role) in partition.chain(sort) {
-            if let Some(value) = item.get(&attribute.name) {
+        let groups = [
+            (
+                index.key.partition_attributes().collect::<Vec<_>>(),
+                PARTITION_KEY_BYTES_MAX,
+                "partition",
+                "HASH",
+            ),
+            (
+                index.key.sort_attributes().collect::<Vec<_>>(),
+                SORT_KEY_BYTES_MAX,
+                "sort",
+                "RANGE",
+            ),
+        ];
+        for (attributes, limit_bytes, role, key_type) in groups {
+            let mut present = Vec::new();
+            let mut total_bytes = 0;
+            for attribute in &attributes {
+                let Some(value) = item.get(&attribute.name) else {
+                    continue;
+                };
                 if !attribute.value_type.matches(value) {
                     return Err(invalid(format!(
                         "Type mismatch for Index Key {} Expected: {} Actual: {} IndexName: {}",
@@ -928,6 +1074,16 @@ pub fn validate_index_key_types(table: &TableMeta, item: &Item) -> Result<(), Ap
                         attribute.name, index.name
                     )));
                 }
+                present.push(attribute.name.as_str());
+                total_bytes += size;
+            }
+            if total_bytes > limit_bytes {
+                // DynamoDB's words.
+                return Err(ApiError::validation(format!(
+                    "Aggregate size for {key_type} key attributes {} of index {} has exceeded limit {limit_bytes} bytes, with actual size {total_bytes} bytes",
+                    present.join(", "),
+                    index.name
+                )));
             }
         }
     }

@@ -54,15 +54,42 @@ pub fn partition_hash(hash: KeyHash, value: &AttributeValue) -> u32 {
     }
 }
 
+/// The partition hash of a multi-attribute partition key (a global index's key with several
+/// HASH attributes): FNV-1a over each value's type tag and self-delimiting encoding, in
+/// KeySchema order, finished as `hash` finishes. One value hashes as [`partition_hash`] does.
+/// Stable across versions for each [`KeyHash`].
+pub fn partition_hash_of(hash: KeyHash, values: &[&AttributeValue]) -> u32 {
+    if let [value] = values {
+        return partition_hash(hash, value);
+    }
+    let mut fnv = FNV1A_OFFSET;
+    let mut encoded = Vec::new();
+    for value in values {
+        encoded.clear();
+        encoded.extend_from_slice(value.value_type().descriptor().as_bytes());
+        encode_key_value(value, &mut encoded);
+        fnv = fnv1a_feed(fnv, &encoded);
+    }
+    match hash {
+        KeyHash::Fnv1a => fnv,
+        KeyHash::Fnv1aFmix32 => fmix32(fnv),
+    }
+}
+
+const FNV1A_OFFSET: u32 = 0x811c_9dc5;
+
+fn fnv1a_feed(mut hash: u32, bytes: &[u8]) -> u32 {
+    for byte in bytes {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
 /// FNV-1a over the type tag and canonical bytes of a partition key.
 fn fnv1a(value: &AttributeValue) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    let mut feed = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u32::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0193);
-        }
-    };
+    let mut hash: u32 = FNV1A_OFFSET;
+    let mut feed = |bytes: &[u8]| hash = fnv1a_feed(hash, bytes);
     match value {
         AttributeValue::S(s) => {
             feed(b"S");
@@ -116,6 +143,19 @@ pub fn partition_prefix(hash: KeyHash, partition: &AttributeValue) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     out.extend_from_slice(&partition_hash(hash, partition).to_be_bytes());
     encode_key_value(partition, &mut out);
+    out
+}
+
+/// The key prefix of one partition of a multi-attribute partition key: its hash
+/// ([`partition_hash_of`]), then each value's encoding in KeySchema order. Equal to
+/// [`partition_prefix`] for one value. The sort values' encodings follow it in an index entry
+/// key, so entries of a partition are ordered by their sort values compared left to right.
+pub fn partition_prefix_of(hash: KeyHash, values: &[&AttributeValue]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 * values.len().max(1));
+    out.extend_from_slice(&partition_hash_of(hash, values).to_be_bytes());
+    for value in values {
+        encode_key_value(value, &mut out);
+    }
     out
 }
 
