@@ -1117,4 +1117,210 @@ mod tests {
         let old: TableMeta = serde_json::from_value(stored).expect("old metadata");
         assert_eq!(old.key_hash, KeyHash::Fnv1a);
     }
+
+    fn elements(schema: &[(&str, &str)]) -> Vec<KeySchemaElement> {
+        schema
+            .iter()
+            .map(|(name, key_type)| KeySchemaElement {
+                attribute_name: (*name).to_string(),
+                key_type: (*key_type).to_string(),
+            })
+            .collect()
+    }
+
+    fn definitions(names: &[&str]) -> Vec<(String, KeyType)> {
+        names.iter().map(|n| ((*n).to_string(), KeyType::S)).collect()
+    }
+
+    fn global_key(schema: &[(&str, &str)], defined: &[&str]) -> Result<KeySchema, ApiError> {
+        parse_global_key_schema(
+            &elements(schema),
+            &definitions(defined),
+            "globalSecondaryIndexes.member.keySchema",
+        )
+    }
+
+    #[test]
+    fn a_global_index_key_has_up_to_four_hash_then_up_to_four_range_attributes() {
+        let names = ["h1", "h2", "h3", "h4", "r1", "r2", "r3", "r4"];
+        let schema: Vec<(&str, &str)> = names
+            .iter()
+            .map(|n| (*n, if n.starts_with('h') { "HASH" } else { "RANGE" }))
+            .collect();
+        let key = global_key(&schema, &names).expect("4 HASH + 4 RANGE");
+        assert!(key.is_multi_attribute());
+        let partition: Vec<&str> = key.partition_attributes().map(|a| a.name.as_str()).collect();
+        let sort: Vec<&str> = key.sort_attributes().map(|a| a.name.as_str()).collect();
+        assert_eq!(partition, ["h1", "h2", "h3", "h4"]);
+        assert_eq!(sort, ["r1", "r2", "r3", "r4"]);
+        // DescribeTable shows the KeySchema as given.
+        let shown: Vec<(String, String)> = key
+            .to_json()
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|e| {
+                (
+                    e["AttributeName"].as_str().unwrap_or_default().to_string(),
+                    e["KeyType"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let given: Vec<(String, String)> = schema.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+        assert_eq!(shown, given);
+        // Two HASH attributes and none RANGE; one HASH and several RANGE.
+        let two = global_key(&[("a", "HASH"), ("b", "HASH")], &["a", "b"]).expect("2 HASH");
+        assert_eq!((two.extra_partition.len(), two.sort.is_none()), (1, true));
+        let ranges = global_key(&[("a", "HASH"), ("b", "RANGE"), ("c", "RANGE")], &["a", "b", "c"]).expect("1 + 2");
+        assert_eq!((ranges.extra_partition.len(), ranges.extra_sort.len()), (0, 1));
+        // A plain key stays plain.
+        let plain = global_key(&[("a", "HASH"), ("b", "RANGE")], &["a", "b"]).expect("plain");
+        assert!(!plain.is_multi_attribute());
+    }
+
+    #[test]
+    fn multi_attribute_key_schemas_are_validated_with_dynamodb_messages() {
+        let message =
+            |schema: &[(&str, &str)], defined: &[&str]| global_key(schema, defined).expect_err("invalid").message;
+        let five_hash: Vec<(&str, &str)> = ["a", "b", "c", "d", "e"].iter().map(|n| (*n, "HASH")).collect();
+        assert!(
+            message(&five_hash, &["a", "b", "c", "d", "e"])
+                .contains("Too many partition keys. GSI can have at most 4 partition keys")
+        );
+        let five_range: Vec<(&str, &str)> = std::iter::once(("h", "HASH"))
+            .chain(["a", "b", "c", "d", "e"].iter().map(|n| (*n, "RANGE")))
+            .collect();
+        assert!(
+            message(&five_range, &["h", "a", "b", "c", "d", "e"])
+                .contains("Too many sort keys. GSI can have at most 4 sort keys")
+        );
+        assert!(
+            message(&[("a", "HASH"), ("b", "RANGE"), ("c", "HASH")], &["a", "b", "c"])
+                .contains("every HASH key element must precede the RANGE key elements")
+        );
+        assert!(
+            message(&[("b", "RANGE"), ("a", "HASH")], &["a", "b"])
+                .contains("The first KeySchemaElement is not a HASH key type")
+        );
+        assert!(message(&[("a", "HASH"), ("a", "HASH")], &["a"]).contains("Two keys can not have the same name: a"));
+        assert!(
+            message(&[("a", "HASH"), ("b", "HASH"), ("a", "RANGE")], &["a", "b"])
+                .contains("Two keys can not have the same name: a")
+        );
+        assert!(
+            message(&[("a", "HASH"), ("b", "HASH")], &["a"])
+                .contains("Some index key attributes are not defined in AttributeDefinitions. Keys: [b]")
+        );
+        assert!(
+            message(&[("a", "HASH"), ("b", "HASH"), ("c", "PARTITION")], &["a", "b", "c"])
+                .contains("Member must satisfy enum value set: [HASH, RANGE]")
+        );
+        // Tables and local indexes keep one HASH and at most one RANGE attribute.
+        let table = parse_key_schema(
+            &elements(&[("a", "HASH"), ("b", "HASH")]),
+            &definitions(&["a", "b"]),
+            "keySchema",
+        );
+        assert!(
+            table
+                .expect_err("two HASH")
+                .message
+                .contains("The second KeySchemaElement is not a RANGE key type")
+        );
+        let table = parse_key_schema(
+            &elements(&[("a", "HASH"), ("b", "RANGE"), ("c", "RANGE")]),
+            &definitions(&["a", "b", "c"]),
+            "keySchema",
+        );
+        assert!(
+            table
+                .expect_err("three")
+                .message
+                .contains("Member must have length less than or equal to 2")
+        );
+    }
+
+    #[test]
+    fn index_key_values_are_bounded_per_attribute_and_together() {
+        let request: CreateTableRequest = serde_json::from_value(json!({
+            "TableName": "matches",
+            "AttributeDefinitions": [
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "h1", "AttributeType": "S"},
+                {"AttributeName": "h2", "AttributeType": "N"},
+                {"AttributeName": "r1", "AttributeType": "S"},
+                {"AttributeName": "r2", "AttributeType": "S"}
+            ],
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "GlobalSecondaryIndexes": [{
+                "IndexName": "by-round",
+                "KeySchema": [
+                    {"AttributeName": "h1", "KeyType": "HASH"}, {"AttributeName": "h2", "KeyType": "HASH"},
+                    {"AttributeName": "r1", "KeyType": "RANGE"}, {"AttributeName": "r2", "KeyType": "RANGE"}
+                ],
+                "Projection": {"ProjectionType": "ALL"}
+            }],
+            "BillingMode": "PAY_PER_REQUEST"
+        }))
+        .expect("request");
+        let table = table_from_request(&request, 9, 0.0).expect("valid table");
+        let item = |pairs: &[(&str, AttributeValue)]| -> Item {
+            pairs.iter().map(|(n, v)| ((*n).to_string(), v.clone())).collect()
+        };
+        let text = |len: usize| AttributeValue::S("x".repeat(len));
+        // Missing attributes leave the item out of the index; they are no error.
+        validate_index_key_types(&table, &item(&[("pk", text(1)), ("h1", text(3))])).expect("sparse");
+        let wrong = validate_index_key_types(&table, &item(&[("h2", text(1))])).expect_err("h2 is N");
+        assert!(
+            wrong
+                .message
+                .contains("Type mismatch for Index Key h2 Expected: N Actual: S IndexName: by-round"),
+            "{}",
+            wrong.message
+        );
+        // Each sort value may have 1024 bytes, but the sort values together too.
+        validate_index_key_types(&table, &item(&[("r1", text(SORT_KEY_BYTES_MAX))])).expect("one at the bound");
+        let together = validate_index_key_types(&table, &item(&[("r1", text(600)), ("r2", text(600))]))
+            .expect_err("1200 bytes of sort key");
+        assert_eq!(
+            together.message,
+            "Aggregate size for RANGE key attributes r1, r2 of index by-round has exceeded limit 1024 bytes, with actual size 1200 bytes"
+        );
+        let one =
+            validate_index_key_types(&table, &item(&[("h1", text(PARTITION_KEY_BYTES_MAX + 1))])).expect_err("over");
+        assert!(
+            one.message
+                .contains("Size of partition key attribute h1 of index by-round is 2049 bytes"),
+            "{}",
+            one.message
+        );
+    }
+
+    /// A table definition as the catalog held it before multi-attribute keys existed (a GSI
+    /// with a HASH and a RANGE attribute): it still reads, and is written back unchanged.
+    const OLD_CATALOG_ENTRY: &str = r#"{"id":3,"name":"orders","key":{"partition":{"name":"customer","value_type":"S"},"sort":{"name":"order","value_type":"N"}},"attribute_definitions":[["customer","S"],["order","N"],["status","S"]],"indexes":[{"name":"by-status","kind":"Global","key":{"partition":{"name":"status","value_type":"S"},"sort":{"name":"order","value_type":"N"}},"projection":"KeysOnly","throughput":null,"backfilling":false}],"throughput":null,"created_at_seconds":1700000000.0,"ttl":null,"tags":{},"deletion_protection":false,"stream":null,"table_class":null,"replicas":[],"key_hash":"fnv1a-fmix32","joined_below":0,"restore":null}"#;
+
+    #[test]
+    fn catalog_entries_from_before_multi_attribute_keys_still_read() {
+        let old: TableMeta = serde_json::from_str(OLD_CATALOG_ENTRY).expect("old catalog entry");
+        let index = old.index("by-status").expect("index");
+        assert!(!index.key.is_multi_attribute());
+        assert_eq!(index.key.partition.name, "status");
+        assert_eq!(index.key.sort.as_ref().map(|s| s.name.as_str()), Some("order"));
+        // Written back in the same form: an older build can still read it.
+        let again: Value = serde_json::to_value(&old).expect("serialize");
+        let original: Value = serde_json::from_str(OLD_CATALOG_ENTRY).expect("json");
+        assert_eq!(again, original);
+        // A multi-attribute key carries its other attributes, and round-trips.
+        let mut multi = old.clone();
+        multi.indexes[0].key = global_key(
+            &[("status", "HASH"), ("customer", "HASH"), ("order", "RANGE")],
+            &["status", "customer", "order"],
+        )
+        .expect("multi");
+        let stored = serde_json::to_string(&multi).expect("serialize");
+        assert!(stored.contains("extra_partition"), "{stored}");
+        let read: TableMeta = serde_json::from_str(&stored).expect("read back");
+        assert_eq!(read.indexes[0].key, multi.indexes[0].key);
+    }
 }

@@ -281,6 +281,61 @@ mod tests {
     }
 
     #[test]
+    fn multi_attribute_partition_hashes_are_pinned() {
+        // One value hashes as a single-attribute partition key; several as pinned here (both
+        // are persisted in index entry keys).
+        let s1 = AttributeValue::S("s1".into());
+        let n7 = AttributeValue::N(dynamo_protocol::Number::from_i64(7));
+        for hash in [KeyHash::Fnv1a, KeyHash::Fnv1aFmix32] {
+            assert_eq!(partition_hash_of(hash, &[&s1]), partition_hash(hash, &s1));
+            assert_eq!(partition_prefix_of(hash, &[&s1]), partition_prefix(hash, &s1));
+        }
+        let pair = partition_hash_of(KeyHash::Fnv1aFmix32, &[&s1, &n7]);
+        assert_eq!(pair, PINNED_PAIR_HASH);
+        assert_ne!(
+            pair,
+            partition_hash_of(KeyHash::Fnv1aFmix32, &[&n7, &s1]),
+            "order matters"
+        );
+        // The values' boundaries count: ("ab", "c") and ("a", "bc") are other partitions.
+        let (ab, c) = (AttributeValue::S("ab".into()), AttributeValue::S("c".into()));
+        let (a, bc) = (AttributeValue::S("a".into()), AttributeValue::S("bc".into()));
+        assert_ne!(
+            partition_prefix_of(KeyHash::CURRENT, &[&ab, &c]),
+            partition_prefix_of(KeyHash::CURRENT, &[&a, &bc])
+        );
+    }
+
+    const PINNED_PAIR_HASH: u32 = 0x6776_01ce;
+
+    /// The encoding of several sort values, as an index entry key carries them.
+    fn encoded_tuple(values: &[AttributeValue]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for value in values {
+            encode_key_value(value, &mut out);
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn multi_attribute_sort_values_order_left_to_right_by_type(
+            a in (any::<i32>(), proptest::collection::vec(any::<u8>(), 0..6), "[a-c\\x00]{0,4}"),
+            b in (any::<i32>(), proptest::collection::vec(any::<u8>(), 0..6), "[a-c\\x00]{0,4}"),
+        ) {
+            // (N, B, S): numbers numerically, binaries and strings bytewise, the first
+            // difference deciding.
+            let tuple = |(n, bytes, text): &(i32, Vec<u8>, String)| vec![
+                AttributeValue::N(dynamo_protocol::Number::from_i64(i64::from(*n))),
+                AttributeValue::B(bytes.clone()),
+                AttributeValue::S(text.clone()),
+            ];
+            let expected = a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.as_bytes().cmp(b.2.as_bytes()));
+            prop_assert_eq!(encoded_tuple(&tuple(&a)).cmp(&encoded_tuple(&tuple(&b))), expected);
+        }
+    }
+
+    #[test]
     fn successors_bound_prefixes() {
         assert_eq!(prefix_successor(&[1, 0xFF]), Some(vec![2]));
         assert_eq!(prefix_successor(&[0xFF, 0xFF]), None);
