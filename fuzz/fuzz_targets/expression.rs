@@ -43,7 +43,7 @@ fuzz_target!(|input: (u8, &str)| {
         3 => expr::parse_projection(text, &context).map(|paths| {
             let _ = expr::project(&item, &paths);
         }),
-        _ => expr::parse_key_condition(text, &context).map(|_| ()),
+        _ => expr::parse_key_condition(text, &context, 8).map(|_| ()),
     };
     if let Err(error) = outcome {
         assert_eq!(error.kind, ErrorKind::Validation, "{text:?}: {error}");

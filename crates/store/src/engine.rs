@@ -961,30 +961,43 @@ pub struct WriteContext<'a> {
     streams: streams::StreamBatch,
 }
 
-/// The index entry key of an item, if the item has the index's key attributes.
+/// The index entry key of an item, if the item has the index's key attributes: the partition
+/// prefix of its partition values (`keys::partition_prefix_of`), its sort values' encodings in
+/// KeySchema order, then the item's stored key.
 pub fn index_entry_key(hash: KeyHash, index: &IndexMeta, item: &Item, item_key: &[u8]) -> Option<Vec<u8>> {
-    let partition = index_key_value(item, &index.key.partition, catalog::PARTITION_KEY_BYTES_MAX)?;
-    let mut out = keys::partition_prefix(hash, partition);
-    if let Some(sort) = &index.key.sort {
-        keys::encode_key_value(index_key_value(item, sort, catalog::SORT_KEY_BYTES_MAX)?, &mut out);
+    let partition = index_key_values(item, index.key.partition_attributes(), catalog::PARTITION_KEY_BYTES_MAX)?;
+    let sort = index_key_values(item, index.key.sort_attributes(), catalog::SORT_KEY_BYTES_MAX)?;
+    let mut out = keys::partition_prefix_of(hash, &partition);
+    for value in sort {
+        keys::encode_key_value(value, &mut out);
     }
     out.extend_from_slice(item_key);
     Some(out)
 }
 
-/// The item's value for an index key attribute, or `None` when the item has no entry in the
-/// index: the attribute is missing, or is an *index key violation* (DynamoDB's term: the wrong
-/// type, an empty string or binary, or over `limit_bytes`). Writes refuse violations once the
-/// index exists, so only items older than the index (skipped by the backfill, as DynamoDB skips
-/// them) or replicated from elsewhere carry one.
-fn index_key_value<'i>(
+/// The item's values for a group of index key attributes (the partition's or the sort's), or
+/// `None` when the item has no entry in the index: an attribute is missing, or is an *index key
+/// violation* (DynamoDB's term: the wrong type, an empty string or binary, or over
+/// `limit_bytes`, alone or together with the group's other values). Writes refuse violations
+/// once the index exists, so only items older than the index (skipped by the backfill, as
+/// DynamoDB skips them) or replicated from elsewhere carry one.
+fn index_key_values<'i, 'a>(
     item: &'i Item,
-    attribute: &catalog::KeyAttribute,
+    attributes: impl Iterator<Item = &'a catalog::KeyAttribute>,
     limit_bytes: usize,
-) -> Option<&'i AttributeValue> {
-    let value = item.get(&attribute.name)?;
-    let size = value.size_bytes();
-    (attribute.value_type.matches(value) && size > 0 && size <= limit_bytes).then_some(value)
+) -> Option<Vec<&'i AttributeValue>> {
+    let mut values = Vec::new();
+    let mut total_bytes = 0;
+    for attribute in attributes {
+        let value = item.get(&attribute.name)?;
+        let size = value.size_bytes();
+        if !attribute.value_type.matches(value) || size == 0 {
+            return None;
+        }
+        total_bytes += size;
+        values.push(value);
+    }
+    (total_bytes <= limit_bytes).then_some(values)
 }
 
 /// The stored key of an item under `schema` (the item must carry the key attributes).

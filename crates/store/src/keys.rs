@@ -54,15 +54,42 @@ pub fn partition_hash(hash: KeyHash, value: &AttributeValue) -> u32 {
     }
 }
 
+/// The partition hash of a multi-attribute partition key (a global index's key with several
+/// HASH attributes): FNV-1a over each value's type tag and self-delimiting encoding, in
+/// KeySchema order, finished as `hash` finishes. One value hashes as [`partition_hash`] does.
+/// Stable across versions for each [`KeyHash`].
+pub fn partition_hash_of(hash: KeyHash, values: &[&AttributeValue]) -> u32 {
+    if let [value] = values {
+        return partition_hash(hash, value);
+    }
+    let mut fnv = FNV1A_OFFSET;
+    let mut encoded = Vec::new();
+    for value in values {
+        encoded.clear();
+        encoded.extend_from_slice(value.value_type().descriptor().as_bytes());
+        encode_key_value(value, &mut encoded);
+        fnv = fnv1a_feed(fnv, &encoded);
+    }
+    match hash {
+        KeyHash::Fnv1a => fnv,
+        KeyHash::Fnv1aFmix32 => fmix32(fnv),
+    }
+}
+
+const FNV1A_OFFSET: u32 = 0x811c_9dc5;
+
+fn fnv1a_feed(mut hash: u32, bytes: &[u8]) -> u32 {
+    for byte in bytes {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
 /// FNV-1a over the type tag and canonical bytes of a partition key.
 fn fnv1a(value: &AttributeValue) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    let mut feed = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u32::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0193);
-        }
-    };
+    let mut hash: u32 = FNV1A_OFFSET;
+    let mut feed = |bytes: &[u8]| hash = fnv1a_feed(hash, bytes);
     match value {
         AttributeValue::S(s) => {
             feed(b"S");
@@ -116,6 +143,19 @@ pub fn partition_prefix(hash: KeyHash, partition: &AttributeValue) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     out.extend_from_slice(&partition_hash(hash, partition).to_be_bytes());
     encode_key_value(partition, &mut out);
+    out
+}
+
+/// The key prefix of one partition of a multi-attribute partition key: its hash
+/// ([`partition_hash_of`]), then each value's encoding in KeySchema order. Equal to
+/// [`partition_prefix`] for one value. The sort values' encodings follow it in an index entry
+/// key, so entries of a partition are ordered by their sort values compared left to right.
+pub fn partition_prefix_of(hash: KeyHash, values: &[&AttributeValue]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 * values.len().max(1));
+    out.extend_from_slice(&partition_hash_of(hash, values).to_be_bytes());
+    for value in values {
+        encode_key_value(value, &mut out);
+    }
     out
 }
 
@@ -237,6 +277,61 @@ mod tests {
                 key.as_slice() >= lower.as_slice() && upper.as_ref().is_none_or(|u| key.as_slice() < u.as_slice())
             }).count();
             prop_assert_eq!(owners, 1);
+        }
+    }
+
+    #[test]
+    fn multi_attribute_partition_hashes_are_pinned() {
+        // One value hashes as a single-attribute partition key; several as pinned here (both
+        // are persisted in index entry keys).
+        let s1 = AttributeValue::S("s1".into());
+        let n7 = AttributeValue::N(dynamo_protocol::Number::from_i64(7));
+        for hash in [KeyHash::Fnv1a, KeyHash::Fnv1aFmix32] {
+            assert_eq!(partition_hash_of(hash, &[&s1]), partition_hash(hash, &s1));
+            assert_eq!(partition_prefix_of(hash, &[&s1]), partition_prefix(hash, &s1));
+        }
+        let pair = partition_hash_of(KeyHash::Fnv1aFmix32, &[&s1, &n7]);
+        assert_eq!(pair, PINNED_PAIR_HASH);
+        assert_ne!(
+            pair,
+            partition_hash_of(KeyHash::Fnv1aFmix32, &[&n7, &s1]),
+            "order matters"
+        );
+        // The values' boundaries count: ("ab", "c") and ("a", "bc") are other partitions.
+        let (ab, c) = (AttributeValue::S("ab".into()), AttributeValue::S("c".into()));
+        let (a, bc) = (AttributeValue::S("a".into()), AttributeValue::S("bc".into()));
+        assert_ne!(
+            partition_prefix_of(KeyHash::CURRENT, &[&ab, &c]),
+            partition_prefix_of(KeyHash::CURRENT, &[&a, &bc])
+        );
+    }
+
+    const PINNED_PAIR_HASH: u32 = 0x6776_01ce;
+
+    /// The encoding of several sort values, as an index entry key carries them.
+    fn encoded_tuple(values: &[AttributeValue]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for value in values {
+            encode_key_value(value, &mut out);
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn multi_attribute_sort_values_order_left_to_right_by_type(
+            a in (any::<i32>(), proptest::collection::vec(any::<u8>(), 0..6), "[a-c\\x00]{0,4}"),
+            b in (any::<i32>(), proptest::collection::vec(any::<u8>(), 0..6), "[a-c\\x00]{0,4}"),
+        ) {
+            // (N, B, S): numbers numerically, binaries and strings bytewise, the first
+            // difference deciding.
+            let tuple = |(n, bytes, text): &(i32, Vec<u8>, String)| vec![
+                AttributeValue::N(dynamo_protocol::Number::from_i64(i64::from(*n))),
+                AttributeValue::B(bytes.clone()),
+                AttributeValue::S(text.clone()),
+            ];
+            let expected = a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.as_bytes().cmp(b.2.as_bytes()));
+            prop_assert_eq!(encoded_tuple(&tuple(&a)).cmp(&encoded_tuple(&tuple(&b))), expected);
         }
     }
 

@@ -1,5 +1,6 @@
-//! Key condition expressions: one condition on the partition key and optionally one on the sort
-//! key, joined by AND. Parsed with the condition grammar, then narrowed to what a query can use.
+//! Key condition expressions: one condition per key attribute (one partition and optionally one
+//! sort attribute; up to eight for a global index's multi-attribute key), joined by AND. Parsed
+//! with the condition grammar, then narrowed to what a query can use.
 
 use dynamo_protocol::{ApiError, AttributeValue};
 
@@ -18,19 +19,20 @@ pub enum KeyOperator {
     BeginsWith(AttributeValue),
 }
 
-/// One or two conditions, each on a distinct top-level attribute; the caller matches the
-/// attribute names against the table's or index's key schema.
+/// Conditions, each on a distinct top-level attribute; the caller matches the attribute names
+/// against the table's or index's key schema.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyCondition {
     pub conditions: Vec<(String, KeyOperator)>,
 }
 
-/// Parses a KeyConditionExpression against the request's names and values.
-pub fn parse_key_condition(text: &str, context: &Context) -> Result<KeyCondition, ApiError> {
+/// Parses a KeyConditionExpression against the request's names and values; more than
+/// `conditions_max` conditions (the key's attribute count, at least 2) are refused.
+pub fn parse_key_condition(text: &str, context: &Context, conditions_max: usize) -> Result<KeyCondition, ApiError> {
     let raw = parser::parse_condition(text, ExpressionKind::KeyCondition)?;
     let root = resolve::condition(&raw, context, ExpressionKind::KeyCondition)?;
     let mut conditions = Vec::new();
-    collect(&root, &mut conditions)?;
+    collect(&root, &mut conditions, conditions_max.max(2))?;
     Ok(KeyCondition { conditions })
 }
 
@@ -39,10 +41,10 @@ fn unsupported(operator: &str) -> ApiError {
 }
 
 /// Collects the conjuncts of `node`, refusing anything a query cannot evaluate on keys.
-fn collect(node: &Node, conditions: &mut Vec<(String, KeyOperator)>) -> Result<(), ApiError> {
+fn collect(node: &Node, conditions: &mut Vec<(String, KeyOperator)>, max: usize) -> Result<(), ApiError> {
     let (name, operator) = match node {
         Node::And(children) => {
-            return children.iter().try_for_each(|child| collect(child, conditions));
+            return children.iter().try_for_each(|child| collect(child, conditions, max));
         }
         Node::Or(_) => return Err(unsupported("OR")),
         Node::Not(_) => return Err(unsupported("NOT")),
@@ -73,7 +75,7 @@ fn collect(node: &Node, conditions: &mut Vec<(String, KeyOperator)>) -> Result<(
             "KeyConditionExpressions must only contain one condition per key",
         ));
     }
-    if conditions.len() == 2 {
+    if conditions.len() >= max {
         return Err(ApiError::validation(
             "KeyConditionExpressions must only contain one condition per key",
         ));

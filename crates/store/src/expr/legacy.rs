@@ -313,10 +313,19 @@ pub fn filter_to_condition(
     join(nodes, conditional_operator)
 }
 
-/// Translates `KeyConditions` into a key condition.
-pub fn key_conditions_to_key_condition(map: &HashMap<String, LegacyCondition>) -> Result<KeyCondition, ApiError> {
-    if map.is_empty() || map.len() > 2 {
-        return Err(ApiError::validation("Conditions can be of length 1 or 2 only"));
+/// Translates `KeyConditions` into a key condition; more than `conditions_max` conditions (the
+/// key's attribute count, at least 2) are refused.
+pub fn key_conditions_to_key_condition(
+    map: &HashMap<String, LegacyCondition>,
+    conditions_max: usize,
+) -> Result<KeyCondition, ApiError> {
+    let max = conditions_max.max(2);
+    if map.is_empty() || map.len() > max {
+        return Err(ApiError::validation(if max == 2 {
+            "Conditions can be of length 1 or 2 only".to_string()
+        } else {
+            format!("Conditions can be of length 1 to {max} only")
+        }));
     }
     let conditions = sorted_keys(map)
         .into_iter()

@@ -55,7 +55,7 @@ fn exercise(kind: u8, text: &str) -> Result<(), ApiError> {
         3 => parse_projection(text, &context).map(|paths| {
             let _ = project(&item, &paths);
         }),
-        _ => parse_key_condition(text, &context).map(|_| ()),
+        _ => parse_key_condition(text, &context, 2).map(|_| ()),
     }
 }
 

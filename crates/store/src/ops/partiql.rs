@@ -188,7 +188,13 @@ fn select_page(
         partiql::check_projection(paths)?;
     }
     let filter = partiql::where_condition(select.condition.as_ref(), parameters)?;
-    let mut partitions = partiql::partitions(select.condition.as_ref(), schema, parameters)?;
+    // A global index with a multi-attribute key is read whole, its WHERE clause a filter: the
+    // partitions a SELECT pins are values of a single partition attribute.
+    let mut partitions = if schema.is_multi_attribute() {
+        None
+    } else {
+        partiql::partitions(select.condition.as_ref(), schema, parameters)?
+    };
     let mut reverse = false;
     if !select.order_by.is_empty() {
         let Some(values) = partitions.as_mut() else {

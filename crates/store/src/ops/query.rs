@@ -571,6 +571,9 @@ fn query_bounds(
     schema: &KeySchema,
     conditions: Vec<(String, KeyOperator)>,
 ) -> Result<(Vec<u8>, Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
+    if schema.is_multi_attribute() {
+        return multi_attribute_query_bounds(hash, schema, conditions);
+    }
     let mut partition = None;
     let mut sort = None;
     for (name, operator) in conditions {
@@ -607,23 +610,25 @@ fn query_bounds(
         ));
     }
     let prefix = keys::partition_prefix(hash, &partition);
-    let end_of_partition = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
-    let Some(operator) = sort else {
+    let (Some(operator), Some(sort_attribute)) = (sort, schema.sort.as_ref()) else {
+        let end_of_partition = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
         return Ok((prefix.clone(), Bound::Included(prefix), end_of_partition));
     };
-    let sort_attribute = schema
-        .sort
-        .as_ref()
-        .expect("a sort condition was matched against the sort key");
-    let check = |value: &AttributeValue| -> Result<(), ApiError> {
-        if sort_attribute.value_type.matches(value) {
-            Ok(())
-        } else {
-            Err(ApiError::validation(
-                "One or more parameter values were invalid: Condition parameter type does not match schema type",
-            ))
-        }
-    };
+    let (lower, upper) = sort_bounds(&prefix, sort_attribute, operator)?;
+    Ok((prefix, lower, upper))
+}
+
+/// The bounds of the entries under `base` (a partition prefix, followed for a multi-attribute
+/// key by the encodings of the sort values given with `=`) whose next sort value, of
+/// `sort_attribute`, meets `operator`.
+fn sort_bounds(
+    base: &[u8],
+    sort_attribute: &catalog::KeyAttribute,
+    operator: KeyOperator,
+) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
+    let prefix = base.to_vec();
+    let end_of_partition = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
+    let check = |value: &AttributeValue| check_condition_type(sort_attribute, value);
     let with = |value: &AttributeValue| {
         let mut out = prefix.clone();
         keys::encode_key_value(value, &mut out);
@@ -681,6 +686,95 @@ fn query_bounds(
             (Bound::Included(lower), upper)
         }
     };
+    Ok((lower, upper))
+}
+
+/// Refuses a key condition value whose type is not the key attribute's.
+fn check_condition_type(attribute: &catalog::KeyAttribute, value: &AttributeValue) -> Result<(), ApiError> {
+    if attribute.value_type.matches(value) {
+        Ok(())
+    } else {
+        Err(ApiError::validation(
+            "One or more parameter values were invalid: Condition parameter type does not match schema type",
+        ))
+    }
+}
+
+/// [`query_bounds`] for a global index's multi-attribute key: `=` on every partition
+/// attribute; on the sort attributes, `=` on a left-to-right prefix of them, optionally followed
+/// by one condition of any kind on the next one. The range read is the partition's entries
+/// whose sort values start with the equal ones, narrowed by that last condition.
+fn multi_attribute_query_bounds(
+    hash: KeyHash,
+    schema: &KeySchema,
+    mut conditions: Vec<(String, KeyOperator)>,
+) -> Result<(Vec<u8>, Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
+    if conditions.iter().any(|(name, _)| !schema.is_key_attribute(name)) {
+        // A condition on an attribute that is no key of the index queried.
+        return Err(ApiError::validation("Query key condition not supported"));
+    }
+    let mut take = |name: &str| {
+        conditions
+            .iter()
+            .position(|(n, _)| n == name)
+            .map(|at| conditions.swap_remove(at).1)
+    };
+    let mut partition = Vec::new();
+    let mut missing = Vec::new();
+    for attribute in schema.partition_attributes() {
+        match take(&attribute.name) {
+            Some(KeyOperator::Eq(value)) => partition.push((attribute, value)),
+            _ => missing.push(attribute.name.as_str()),
+        }
+    }
+    if !missing.is_empty() {
+        // DynamoDB's words.
+        return Err(ApiError::validation(format!(
+            "HASH key attributes {} must have equality conditions specified in the query",
+            missing.join(", ")
+        )));
+    }
+    let sort: Vec<(&catalog::KeyAttribute, Option<KeyOperator>)> = schema
+        .sort_attributes()
+        .map(|attribute| (attribute, take(&attribute.name)))
+        .collect();
+    // The last sort attribute with a condition: every one before it needs `=`.
+    let last = sort.iter().rposition(|(_, operator)| operator.is_some());
+    if let Some(last) = last {
+        let missing: Vec<&str> = sort[..last]
+            .iter()
+            .filter(|(_, operator)| !matches!(operator, Some(KeyOperator::Eq(_))))
+            .map(|(attribute, _)| attribute.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::validation(format!(
+                "RANGE key attributes {} must have equality conditions specified in the query because a condition is present on key attribute {}",
+                missing.join(", "),
+                sort[last].0.name
+            )));
+        }
+    }
+    for (attribute, value) in &partition {
+        check_condition_type(attribute, value)?;
+    }
+    let values: Vec<&AttributeValue> = partition.iter().map(|(_, value)| value).collect();
+    let prefix = keys::partition_prefix_of(hash, &values);
+    let Some(last) = last else {
+        let end_of_partition = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
+        return Ok((prefix.clone(), Bound::Included(prefix), end_of_partition));
+    };
+    let mut base = prefix.clone();
+    let mut sort = sort.into_iter();
+    for (attribute, operator) in sort.by_ref().take(last) {
+        if let Some(KeyOperator::Eq(value)) = operator {
+            check_condition_type(attribute, &value)?;
+            keys::encode_key_value(&value, &mut base);
+        }
+    }
+    let Some((attribute, Some(operator))) = sort.next() else {
+        return Err(ApiError::internal("the last sort condition vanished"));
+    };
+    let (lower, upper) = sort_bounds(&base, attribute, operator)?;
     Ok((prefix, lower, upper))
 }
 
@@ -697,19 +791,26 @@ pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError
         &[("KeyConditionExpression", request.key_condition_expression.is_some())],
         &[("KeyConditions", request.key_conditions.is_some())],
     )?;
+    let schema = index.map_or(&meta.key, |i| &i.key);
+    // A multi-attribute key's query may name any of its attributes (conditions on other
+    // attributes are refused with the others, once the schema is matched).
+    let conditions_max = if schema.is_multi_attribute() {
+        catalog::INDEX_PARTITION_ATTRIBUTES_MAX + catalog::INDEX_SORT_ATTRIBUTES_MAX
+    } else {
+        schema.attributes().count()
+    };
     let (key_condition, filter, projection) = request.read.parse(
         request.query_filter.as_ref(),
         "QueryFilter",
         |context| match (&request.key_condition_expression, &request.key_conditions) {
-            (Some(text), _) => expr::parse_key_condition(text, context),
-            (None, Some(conditions)) => legacy::key_conditions_to_key_condition(conditions),
+            (Some(text), _) => expr::parse_key_condition(text, context, conditions_max),
+            (None, Some(conditions)) => legacy::key_conditions_to_key_condition(conditions, conditions_max),
             (None, None) => Err(ApiError::validation(
                 "Either the KeyConditions or KeyConditionExpression parameter must be specified in the request.",
             )),
         },
     )?;
     let select = parse_select(request.read.select.as_deref(), projection.is_some(), index)?;
-    let schema = index.map_or(&meta.key, |i| &i.key);
     if let Some(filter) = &filter {
         refuse_key_in_filter(filter, schema, request.read.filter_expression.is_some())?;
     }

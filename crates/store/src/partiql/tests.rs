@@ -14,6 +14,8 @@ fn schema() -> KeySchema {
             name: "sk".into(),
             value_type: KeyType::N,
         }),
+        extra_partition: Vec::new(),
+        extra_sort: Vec::new(),
     }
 }
 

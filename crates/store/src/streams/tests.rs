@@ -9,6 +9,8 @@ fn schema() -> KeySchema {
             value_type: KeyType::S,
         },
         sort: None,
+        extra_partition: Vec::new(),
+        extra_sort: Vec::new(),
     }
 }
 

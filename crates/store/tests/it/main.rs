@@ -876,6 +876,7 @@ mod decoder_fuzz {
 mod backups;
 mod disk;
 mod global;
+mod multi_key;
 mod pitr;
 mod replication_fuzz;
 mod server;
