@@ -277,3 +277,57 @@ def test_a_region_behind_a_trimmed_log_is_repaired_by_range_digests(small_log_re
     assert sum(r["records_pushed"] for r in repairs) > 0, f"no repair moved anything: {repairs}"
     for repair in repairs:
         assert repair["records_pushed"] < items // 10, f"anti-entropy moved most of the table: {repairs}"
+
+
+def test_a_multi_attribute_index_is_served_by_every_replica(regions):
+    """A global secondary index keyed by several attributes (DynamoDB's multi-attribute keys)
+    reaches every replica with its whole KeySchema, and each replica indexes the items written
+    in any region by all of them."""
+    us, eu, ap = regions
+    client = us.client()
+    schema = [
+        {"AttributeName": "store", "KeyType": "HASH"},
+        {"AttributeName": "day", "KeyType": "HASH"},
+        {"AttributeName": "status", "KeyType": "RANGE"},
+        {"AttributeName": "total", "KeyType": "RANGE"},
+    ]
+    client.create_table(
+        TableName="orders", BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "id", "AttributeType": "S"},
+            {"AttributeName": "store", "AttributeType": "S"},
+            {"AttributeName": "day", "AttributeType": "S"},
+            {"AttributeName": "status", "AttributeType": "S"},
+            {"AttributeName": "total", "AttributeType": "N"},
+        ],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[{"IndexName": "by_store_day", "KeySchema": schema,
+                                 "Projection": {"ProjectionType": "ALL"}}],
+    )
+    client.update_table(
+        TableName="orders",
+        ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}}, {"Create": {"RegionName": "ap-south-1"}}],
+    )
+    for i, region in enumerate(regions):
+        c = region.client()
+        for n in range(4):
+            c.put_item(TableName="orders", Item={
+                "id": {"S": f"{region.name}-{n}"}, "store": {"S": "lyon"}, "day": {"S": "2026-12-03"},
+                "status": {"S": "paid" if n % 2 else "open"}, "total": {"N": str(10 * i + n)}})
+        # Without every key attribute an item stays out of the index, in every region.
+        c.put_item(TableName="orders", Item={
+            "id": {"S": f"{region.name}-sparse"}, "store": {"S": "lyon"}, "day": {"S": "2026-12-03"}})
+    wait_converged(regions)
+    for region in regions:
+        c = region.client()
+        index = c.describe_table(TableName="orders")["Table"]["GlobalSecondaryIndexes"][0]
+        assert index["KeySchema"] == schema, region.name
+        paid = c.query(
+            TableName="orders", IndexName="by_store_day",
+            KeyConditionExpression="#s = :s AND #d = :d AND #st = :st AND #t > :t",
+            ExpressionAttributeNames={"#s": "store", "#d": "day", "#st": "status", "#t": "total"},
+            ExpressionAttributeValues={":s": {"S": "lyon"}, ":d": {"S": "2026-12-03"},
+                                       ":st": {"S": "paid"}, ":t": {"N": "2"}},
+        )["Items"]
+        # Paid orders have n = 1, 3: totals 1, 3, 11, 13, 21, 23; above 2, in order.
+        assert [int(item["total"]["N"]) for item in paid] == [3, 11, 13, 21, 23], region.name
