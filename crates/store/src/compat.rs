@@ -253,6 +253,18 @@ pub fn preflight(headers: &HeaderMap) -> Response {
     response
 }
 
+/// What DynamoDB's endpoints answer in the `Server` header, on every response.
+pub const SERVER_HEADER: &str = "Server";
+
+/// Adds `Server: Server` to every answer (errors included), as DynamoDB's endpoints do.
+pub async fn with_server_header(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static(SERVER_HEADER));
+    response
+}
+
 /// Adds the CORS headers to the answer of a request that carries an `Origin` (a browser's).
 pub async fn with_cors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let cross_origin = request.headers().contains_key(header::ORIGIN);

@@ -901,11 +901,18 @@ mod tests {
         assert_eq!(stored_created_ms(&block), 1_800_000_000_000);
         assert_eq!(
             stored_records(7, &block),
-            Ok(vec![(7, &br#"{"a":1}"#[..]), (8, &br#"{"b":2}"#[..]), (11, &br#"{"c":3}"#[..])])
+            Ok(vec![
+                (7, &br#"{"a":1}"#[..]),
+                (8, &br#"{"b":2}"#[..]),
+                (11, &br#"{"c":3}"#[..])
+            ])
         );
         // Entries of the formats before blocks read as one record at their key.
         let single = record_of(r#"{"eventName":"INSERT"}"#);
-        assert_eq!(stored_records(5, &single), Ok(vec![(5, &br#"{"eventName":"INSERT"}"#[..])]));
+        assert_eq!(
+            stored_records(5, &single),
+            Ok(vec![(5, &br#"{"eventName":"INSERT"}"#[..])])
+        );
         // Every damage is an error naming it, never a panic.
         let mut flipped = block.clone();
         let last = flipped.len() - 2;
@@ -913,7 +920,11 @@ mod tests {
         assert!(stored_records(7, &flipped).expect_err("crc").contains("CRC-32"));
         assert!(stored_records(6, &block).expect_err("key").contains("out of order"));
         let backwards = block_of(&[(7, "{}"), (7, "{}")]);
-        assert!(stored_records(7, &backwards).expect_err("repeat").contains("out of order"));
+        assert!(
+            stored_records(7, &backwards)
+                .expect_err("repeat")
+                .contains("out of order")
+        );
         let long = {
             let mut body = 9u64.to_le_bytes().to_vec();
             body.extend_from_slice(&u32::MAX.to_le_bytes());
@@ -923,7 +934,11 @@ mod tests {
         assert!(stored_records(9, &long).expect_err("length").contains("past the end"));
         let cut = encode_block(0, &9u64.to_le_bytes());
         assert!(stored_records(9, &cut).expect_err("cut").contains("header"));
-        assert!(stored_records(9, &encode_block(0, &[])).expect_err("empty").contains("empty"));
+        assert!(
+            stored_records(9, &encode_block(0, &[]))
+                .expect_err("empty")
+                .contains("empty")
+        );
         assert!(stored_records(9, &block[..10]).is_err(), "a cut block header");
     }
 

@@ -168,6 +168,11 @@ async fn unknown_paths_and_methods_get_json_errors() {
         !response.headers().contains_key("access-control-allow-origin"),
         "no CORS headers without an Origin, as DynamoDB"
     );
+    assert_eq!(
+        response.headers().get("server").map(|v| v.as_bytes()),
+        Some(&b"Server"[..]),
+        "DynamoDB's Server header"
+    );
     for (method, path, status) in [
         ("PUT", "/", 405),
         ("DELETE", "/", 405),
@@ -181,6 +186,11 @@ async fn unknown_paths_and_methods_get_json_errors() {
             .expect("valid request");
         let response = client.request(request).await.expect("store answers");
         assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        assert_eq!(
+            response.headers().get("server").map(|v| v.as_bytes()),
+            Some(&b"Server"[..]),
+            "errors carry it too"
+        );
         let body = http_body_util::BodyExt::collect(response.into_body())
             .await
             .expect("body")

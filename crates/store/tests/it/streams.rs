@@ -399,7 +399,9 @@ async fn iterators_and_limits_reach_into_the_middle_of_a_batchs_block() {
     assert_eq!(got, ["b24"]);
     // Later writes (other batches) follow the block, in order.
     h.put("items", "later", 1).await;
-    let page = h.ok("GetRecords", json!({"ShardIterator": page["NextShardIterator"]})).await;
+    let page = h
+        .ok("GetRecords", json!({"ShardIterator": page["NextShardIterator"]}))
+        .await;
     let got: Vec<String> = page["Records"].as_array().expect("records").iter().map(key).collect();
     assert_eq!(got, ["later"]);
 }
