@@ -123,6 +123,20 @@ def test_unused_expression_values_and_bad_update_expressions(store):
                            ExpressionAttributeValues={":s": {"S": "text"}})
     code, message, _ = error_of(excinfo)
     assert code == "ValidationException" and "operand type" in message.lower()
+    # list_append inside list_append is refused (DynamoDB's words); inside if_not_exists it is not.
+    lists = {":a": {"L": [{"S": "a"}]}, ":b": {"L": [{"S": "b"}]}, ":c": {"L": [{"S": "c"}]}}
+    with pytest.raises(ClientError) as excinfo:
+        client.update_item(TableName=TABLE, Key={"pk": {"S": "survivor"}},
+                           UpdateExpression="SET l = list_append(list_append(:a, :b), :c)",
+                           ExpressionAttributeValues=lists)
+    code, message, _ = error_of(excinfo)
+    assert code == "ValidationException", message
+    assert "The function is not allowed to be used this way in an expression; function: list_append" in message
+    client.update_item(TableName=TABLE, Key={"pk": {"S": "nested-ok"}},
+                       UpdateExpression="SET l = list_append(if_not_exists(l, :a), :b)",
+                       ExpressionAttributeValues={":a": lists[":a"], ":b": lists[":b"]})
+    item = client.get_item(TableName=TABLE, Key={"pk": {"S": "nested-ok"}}, ConsistentRead=True)["Item"]
+    assert item["l"] == {"L": [{"S": "a"}, {"S": "b"}]}
 
 
 def test_expression_too_long(store):

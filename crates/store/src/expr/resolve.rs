@@ -651,6 +651,15 @@ impl<'c, 'a> Resolver<'c, 'a> {
                 }
             };
         }
+        // DynamoDB refuses list_append as an operand of list_append (if_not_exists is fine):
+        // "The function is not allowed to be used this way in an expression".
+        if [&first, &second]
+            .iter()
+            .any(|operand| matches!(operand, SetValue::ListAppend(..)))
+        {
+            self.report(Problem::MisusedFunction, misused(name));
+            return invalid_value;
+        }
         for operand in [&first, &second] {
             if let SetValue::Value(value) = operand
                 && value.value_type() != ValueType::L
