@@ -272,6 +272,10 @@ def test_killing_the_leader_mid_runbook_hands_it_to_another_member(group):
     started = [g for g, to, m in group.record() if to == "eu-west-1"]
     assert len(started) == 1
     old_generation = started[0]
+    # The leader records the step in etcd before the next one (the held one) starts.
+    wait_until("etcd to record the first step as done", lambda: "record" in (
+        ((group.status(first) or {}).get("ha", {}).get("shared") or {}).get("runbook") or {}).get("steps_done", []),
+        logs=group.logs())
     process = group.members[first][0]
     process.kill()
     process.wait(timeout=10)
@@ -279,15 +283,21 @@ def test_killing_the_leader_mid_runbook_hands_it_to_another_member(group):
 
     second = wait_until("another member to lead", lambda: group.leader(followers), TAKEOVER_DEADLINE_S, group.logs())
     assert second != first
-    # The new leader rolls the runbook forward with a higher generation and completes it.
+    # The new leader rolls the runbook forward with a higher generation and completes it. The
+    # first step, which the old leader applied and etcd recorded, is not applied again.
     wait_until("the roll-forward to reach DNS", lambda: dns_generation(group) > old_generation, logs=group.logs())
-    rolled = [(g, m) for g, to, m in group.record() if to == "eu-west-1" and g != old_generation]
-    assert rolled and all(g > old_generation and m == second for g, m in rolled), group.record()
+    rolled_generation = dns_generation(group)
+    assert [g for g, to, _ in group.record() if to == "eu-west-1"] == [old_generation], group.record()
+    second_audit = [json.loads(line) for line in (group.tmp / f"audit-{second}.jsonl").read_text().splitlines()]
+    steps = {(r["step"], r["outcome"]): r for r in second_audit
+             if r.get("kind") == "step" and r["generation"] == rolled_generation}
+    assert f"applied under generation {old_generation}" in steps[("record", "skipped")]["detail"], steps
+    assert ("dns", "ok") in steps and ("pointer", "ok") in steps, steps
     status = group.status(second)
     wait_until("the pointer on every member", lambda: all(
         (group.status(m) or {}).get("pointer", {}).get("region") == "eu-west-1" for m in followers),
         logs=group.logs())
-    assert status["ha"]["shared"]["generation"] >= rolled[-1][0]
+    assert status["ha"]["shared"]["generation"] >= rolled_generation
     # Generations never went back: each record line is above the one before.
     generations = [g for g, _, _ in group.record()]
     assert generations == sorted(generations) and len(set(generations)) == len(generations), generations
