@@ -276,7 +276,8 @@ def test_a_region_behind_a_trimmed_log_is_repaired_by_range_digests(small_log_re
     repairs = [health_of(r)["replication"]["peers"]["eu-west-1"]["last_repair"] for r in (us, ap)]
     assert sum(r["records_pushed"] for r in repairs) > 0, f"no repair moved anything: {repairs}"
     for repair in repairs:
-        assert repair["records_pushed"] < items // 10, f"anti-entropy moved most of the table: {repairs}"
+        # Inside a differing leaf only the records whose version differs move: the hot keys.
+        assert repair["records_pushed"] <= len(hot), f"anti-entropy moved more than the differences: {repairs}"
 
 
 def test_a_multi_attribute_index_is_served_by_every_replica(regions):

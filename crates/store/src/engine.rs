@@ -27,6 +27,7 @@ mod streams;
 use replog::*;
 pub use replog::{
     LOG_TRIM_CHANGES_PER_JOB_MAX, ReceivedChange, ReplicaWriter, TOMBSTONE_PURGES_PER_JOB_MAX, awaiting_backfill_key,
+    stored_record_hash,
 };
 
 pub use pitr::{

@@ -161,6 +161,13 @@ pub(super) fn record_digest(key: &[u8], header: &[u8]) -> u128 {
     u128::from_be_bytes(hash[..16].try_into().expect("SHA-256 has 32 bytes"))
 }
 
+/// The hash of one stored record (key and version) that range digests sum, from its stored
+/// bytes; anti-entropy compares it with the peer's to push only the records that differ.
+pub fn stored_record_hash(key: &[u8], value: &[u8]) -> Result<u128, String> {
+    let header = record::header_bytes(value).map_err(|e| format!("decoding an item: {e}"))?;
+    Ok(record_digest(key, header))
+}
+
 pub(super) fn as_slice_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     match bound {
         Bound::Included(v) => Bound::Included(v.as_slice()),
@@ -594,6 +601,50 @@ impl Snapshot {
                 digest.add(record_digest(key.value(), header));
             }
             out.push(digest);
+        }
+        Ok(out)
+    }
+
+    /// Per range, the key and record hash (the one [`Snapshot::digests`] sums) of each stored
+    /// record — `None` for a range holding more than `per_range_max` records, or once the
+    /// answer holds `total_max` of them: the peer then pushes that range whole.
+    pub fn record_hashes(
+        &self,
+        table: &TableMeta,
+        ranges: &[DigestRange],
+        per_range_max: usize,
+        total_max: usize,
+    ) -> Result<Vec<Option<Vec<(Vec<u8>, u128)>>>, ApiError> {
+        let name = data_table_name(table.id);
+        let data = match self.txn.open_table(bytes_table(&name)) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(vec![Some(Vec::new()); ranges.len()]),
+            Err(e) => return Err(storage_error("opening a table", e)),
+        };
+        let mut out = Vec::with_capacity(ranges.len());
+        let mut total = 0;
+        for range in ranges {
+            let (lower, upper) = range_bounds(*range);
+            let mut hashes = Vec::new();
+            let mut whole = true;
+            for entry in data
+                .range::<&[u8]>((as_slice_bound(&lower), as_slice_bound(&upper)))
+                .map_err(|e| storage_error("reading a table", e))?
+            {
+                if hashes.len() >= per_range_max || total + hashes.len() >= total_max {
+                    whole = false;
+                    break;
+                }
+                let (key, value) = entry.map_err(|e| storage_error("reading a table", e))?;
+                let header = record::header_bytes(value.value()).map_err(|e| storage_error("decoding an item", e))?;
+                hashes.push((key.value().to_vec(), record_digest(key.value(), header)));
+            }
+            if whole {
+                total += hashes.len();
+                out.push(Some(hashes));
+            } else {
+                out.push(None);
+            }
         }
         Ok(out)
     }

@@ -65,6 +65,11 @@ pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const REPAIR_RECORDS_PER_REQUEST_MAX: usize = 1_000;
 /// Key ranges per digest request at most (one level of the tree under 16 parents).
 pub const DIGEST_RANGES_PER_REQUEST_MAX: usize = 256;
+/// Records of one range whose hashes a peer lists for a repair (a differing leaf holds at most
+/// `REPAIR_LEAF_RECORDS_MAX` on the repairing side; the peer may hold more).
+pub const REPAIR_HASHES_PER_RANGE_MAX: usize = 512;
+/// Record hashes in one digest answer (about 100 bytes each in JSON).
+pub const REPAIR_HASHES_PER_RESPONSE_MAX: usize = 16_384;
 /// A differing key range with at most this many records here is pushed whole instead of
 /// being split further.
 pub const REPAIR_LEAF_RECORDS_MAX: u64 = 128;

@@ -60,18 +60,50 @@ impl Replication {
                     .ok_or_else(|| ApiError::validation(format!("digest range {depth}/{index:#x} does not exist")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let digests = match self.engine.table(&request.table) {
+        let with_hashes = request.hashes;
+        let (digests, hashes) = match self.engine.table(&request.table) {
             // No replica here: nothing held, so the peer pushes and the changes are skipped.
-            None => vec![Digest::default(); ranges.len()],
+            None => (
+                vec![Digest::default(); ranges.len()],
+                with_hashes.then(|| vec![Some(Vec::new()); ranges.len()]),
+            ),
             Some(table) => {
                 let engine = self.engine.clone();
-                tokio::task::spawn_blocking(move || engine.snapshot()?.digests(&table, &ranges))
-                    .await
-                    .map_err(|e| ApiError::internal(format!("digest task failed: {e}")))??
+                tokio::task::spawn_blocking(move || {
+                    let snapshot = engine.snapshot()?;
+                    let digests = snapshot.digests(&table, &ranges)?;
+                    let hashes = if with_hashes {
+                        Some(snapshot.record_hashes(
+                            &table,
+                            &ranges,
+                            REPAIR_HASHES_PER_RANGE_MAX,
+                            REPAIR_HASHES_PER_RESPONSE_MAX,
+                        )?)
+                    } else {
+                        None
+                    };
+                    Ok::<_, ApiError>((digests, hashes))
+                })
+                .await
+                .map_err(|e| ApiError::internal(format!("digest task failed: {e}")))??
             }
         };
+        let hashes = hashes.map(|ranges| {
+            ranges
+                .into_iter()
+                .map(|range| {
+                    range.map(|records| {
+                        records
+                            .into_iter()
+                            .map(|(key, hash)| (BASE64.encode(key), format!("{hash:x}")))
+                            .collect()
+                    })
+                })
+                .collect()
+        });
         Ok(serde_json::to_value(DigestResponse {
             digests: digests.iter().map(|d| (d.count, format!("{:x}", d.hash))).collect(),
+            hashes,
         })
         .expect("a digest response serialises"))
     }

@@ -1,6 +1,8 @@
 //! Anti-entropy (and the backfill of a new replica): range digests find where a peer differs,
 //! and this region's records there are pushed.
 
+use std::collections::HashMap;
+
 use super::*;
 
 pub(super) struct RepairProgress {
@@ -40,8 +42,24 @@ impl Replication {
                 let ranges = walk.next_ranges(DIGEST_RANGES_PER_REQUEST_MAX);
                 let local = self.local_digests(&table, ranges.clone()).await?;
                 let remote = self.remote_digests(peer, &table.name, &ranges).await?;
-                for range in walk.on_digests(&ranges, &local, &remote) {
+                let held: HashMap<DigestRange, u64> =
+                    ranges.iter().copied().zip(remote.iter().map(|d| d.count)).collect();
+                // Where the peer holds records too, only the records that differ are pushed
+                // (a leaf of 128 records with one stale key moves one record); where it holds
+                // none, or too many to list, the range goes whole.
+                let (listed, whole): (Vec<DigestRange>, Vec<DigestRange>) = walk
+                    .on_digests(&ranges, &local, &remote)
+                    .into_iter()
+                    .partition(|range| {
+                        held.get(range)
+                            .is_some_and(|&count| count > 0 && count <= REPAIR_HASHES_PER_RANGE_MAX as u64)
+                    });
+                for range in whole {
                     self.push_range(peer, status, &table, range, &mut progress).await?;
+                }
+                if !listed.is_empty() {
+                    self.push_differing(peer, status, &table, &listed, &mut progress)
+                        .await?;
                 }
             }
             compared += walk.compared;
@@ -93,6 +111,7 @@ impl Replication {
         let body = serde_json::to_vec(&DigestRequest {
             table: table.to_string(),
             ranges: ranges.iter().map(|r| (r.depth, r.index)).collect(),
+            hashes: false,
         })
         .expect("a digest request serialises");
         let response: DigestResponse = self.exchange(peer, "/replication/v1/digest", body).await?;
@@ -117,6 +136,103 @@ impl Replication {
             .collect()
     }
 
+    /// The peer's record hashes in `ranges` (`None` for a range it holds too many records in,
+    /// or when the peer is of a version that does not list them).
+    async fn remote_hashes(
+        &self,
+        peer: &Peer,
+        table: &str,
+        ranges: &[DigestRange],
+    ) -> Result<Vec<Option<HashMap<Vec<u8>, u128>>>, String> {
+        let body = serde_json::to_vec(&DigestRequest {
+            table: table.to_string(),
+            ranges: ranges.iter().map(|r| (r.depth, r.index)).collect(),
+            hashes: true,
+        })
+        .expect("a digest request serialises");
+        let response: DigestResponse = self.exchange(peer, "/replication/v1/digest", body).await?;
+        let Some(listed) = response.hashes else {
+            return Ok(vec![None; ranges.len()]);
+        };
+        if listed.len() != ranges.len() {
+            return Err(format!(
+                "{}: record hashes of {} ranges for {} asked",
+                peer.url,
+                listed.len(),
+                ranges.len()
+            ));
+        }
+        listed
+            .into_iter()
+            .map(|range| {
+                range
+                    .map(|records| {
+                        records
+                            .into_iter()
+                            .map(|(key, hash)| {
+                                let key = BASE64
+                                    .decode(key.as_bytes())
+                                    .map_err(|e| format!("{}: bad key in record hashes: {e}", peer.url))?;
+                                let hash = u128::from_str_radix(&hash, 16)
+                                    .map_err(|e| format!("{}: bad record hash {hash}: {e}", peer.url))?;
+                                Ok((key, hash))
+                            })
+                            .collect::<Result<HashMap<_, _>, String>>()
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Sends the records of `table` in `ranges` whose key and version the peer does not hold
+    /// (its record hashes differ or it has no such key); a range the peer cannot list goes whole.
+    async fn push_differing(
+        &self,
+        peer: &Peer,
+        status: &PeerStatus,
+        table: &TableMeta,
+        ranges: &[DigestRange],
+        progress: &mut RepairProgress,
+    ) -> Result<(), String> {
+        let theirs = self.remote_hashes(peer, &table.name, ranges).await?;
+        let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for (range, theirs) in ranges.iter().zip(theirs) {
+            let Some(theirs) = theirs else {
+                self.push_range(peer, status, table, *range, progress).await?;
+                continue;
+            };
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let snapshot = self.engine.snapshot().map_err(|e| e.message)?;
+                let records = snapshot
+                    .records_in(table, *range, after.as_deref(), REPAIR_RECORDS_PER_REQUEST_MAX)
+                    .map_err(|e| e.message)?;
+                let Some((last, _)) = records.last() else {
+                    break;
+                };
+                after = Some(last.clone());
+                let full = records.len() >= REPAIR_RECORDS_PER_REQUEST_MAX;
+                for (key, record) in records {
+                    let ours = crate::engine::stored_record_hash(&key, &record)?;
+                    if theirs.get(&key) != Some(&ours) {
+                        pending.push((key, record));
+                    }
+                }
+                if pending.len() >= REPAIR_RECORDS_PER_REQUEST_MAX {
+                    self.send_records(peer, status, table, std::mem::take(&mut pending), progress)
+                        .await?;
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            self.send_records(peer, status, table, pending, progress).await?;
+        }
+        Ok(())
+    }
+
     /// Sends every record of `table` in `range` to the peer, a page at a time.
     pub(super) async fn push_range(
         &self,
@@ -136,40 +252,54 @@ impl Replication {
                 return Ok(());
             };
             after = Some(last.clone());
-            let encoded = records
-                .iter()
-                .map(|(key, record)| BASE64.encode(replication_log::encode_change(&table.name, key, record)))
-                .collect();
-            self.send_repair(
-                peer,
-                RepairRequest {
-                    records: encoded,
-                    complete_through: None,
-                    // Every request of a backfill says so: its records at or below the
-                    // receiver's join barrier apply only from a backfill.
-                    backfill_barrier: progress.barrier,
-                },
-            )
-            .await?;
-            let copied = status
-                .repaired_records
-                .fetch_add(records.len() as u64, Ordering::Relaxed)
-                + records.len() as u64;
-            if progress.logged_at.elapsed() >= Duration::from_millis(REPAIR_PROGRESS_LOG_MS) {
-                progress.logged_at = std::time::Instant::now();
-                tracing::info!(
-                    peer = %peer.region,
-                    table = %table.name,
-                    copied,
-                    total = progress.total,
-                    percent = repair_percent(copied, progress.total),
-                    "repair (backfill) in progress"
-                );
-            }
-            if records.len() < REPAIR_RECORDS_PER_REQUEST_MAX {
+            let full = records.len() >= REPAIR_RECORDS_PER_REQUEST_MAX;
+            self.send_records(peer, status, table, records, progress).await?;
+            if !full {
                 return Ok(());
             }
         }
+    }
+
+    /// One repair request carrying `records` (stored key and bytes) of `table`.
+    async fn send_records(
+        &self,
+        peer: &Peer,
+        status: &PeerStatus,
+        table: &TableMeta,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        progress: &mut RepairProgress,
+    ) -> Result<(), String> {
+        let encoded = records
+            .iter()
+            .map(|(key, record)| BASE64.encode(replication_log::encode_change(&table.name, key, record)))
+            .collect();
+        self.send_repair(
+            peer,
+            RepairRequest {
+                records: encoded,
+                complete_through: None,
+                // Every request of a backfill says so: its records at or below the
+                // receiver's join barrier apply only from a backfill.
+                backfill_barrier: progress.barrier,
+            },
+        )
+        .await?;
+        let copied = status
+            .repaired_records
+            .fetch_add(records.len() as u64, Ordering::Relaxed)
+            + records.len() as u64;
+        if progress.logged_at.elapsed() >= Duration::from_millis(REPAIR_PROGRESS_LOG_MS) {
+            progress.logged_at = std::time::Instant::now();
+            tracing::info!(
+                peer = %peer.region,
+                table = %table.name,
+                copied,
+                total = progress.total,
+                percent = repair_percent(copied, progress.total),
+                "repair (backfill) in progress"
+            );
+        }
+        Ok(())
     }
 
     pub(super) async fn send_repair(&self, peer: &Peer, request: RepairRequest) -> Result<(), String> {

@@ -46,12 +46,21 @@ pub(super) struct DigestRequest {
     pub(super) table: String,
     /// `(depth, index)` of each range (see `replication::digest::Range`).
     pub(super) ranges: Vec<(u8, u32)>,
+    /// Also answer each range's per-record hashes (`DigestResponse::hashes`), so the repairing
+    /// side pushes only the records that differ. A peer of an earlier version ignores it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) hashes: bool,
 }
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct DigestResponse {
     /// `(count, hash as hex)` per requested range, in order.
     pub(super) digests: Vec<(u64, String)>,
+    /// With `DigestRequest::hashes`: per range, `(stored key as base64, record hash as hex)` of
+    /// each record, or `null` for a range too big to list (`REPAIR_HASHES_PER_RANGE_MAX`, or the
+    /// answer's `REPAIR_HASHES_PER_RESPONSE_MAX`), which is pushed whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) hashes: Option<Vec<Option<Vec<(String, String)>>>>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -538,6 +538,42 @@ async fn range_digests_count_and_fingerprint_the_records_of_each_range() {
     stop(&mut region).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_hashes_list_what_each_range_digest_sums() {
+    let (mut region, _) = lone_region_with_carts().await;
+    for i in 0..40 {
+        ok(
+            &region.url,
+            "PutItem",
+            json!({"TableName": "carts", "Item": {"id": {"S": format!("cart-{i}")}}}),
+        )
+        .await;
+    }
+    let children: Vec<(u8, u32)> = (0..16).map(|i| (4, i)).collect();
+    let body = json!({"table": "carts", "ranges": children, "hashes": true})
+        .to_string()
+        .into_bytes();
+    let (status, answer) = post_signed(&region.url, "/replication/v1/digest", "eu-west-1", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut listed = 0;
+    for i in 0..16 {
+        let digest = &answer["digests"][i];
+        let hashes = answer["hashes"][i].as_array().expect("a range of 40 items is listed");
+        assert_eq!(hashes.len() as u64, digest[0].as_u64().expect("count"), "{answer}");
+        // The range digest is the wrapping sum of the listed record hashes.
+        let sum = hashes.iter().fold(0u128, |sum, entry| {
+            sum.wrapping_add(u128::from_str_radix(entry[1].as_str().expect("hex"), 16).expect("a hash"))
+        });
+        assert_eq!(format!("{sum:x}"), digest[1].as_str().expect("hex"), "{answer}");
+        listed += hashes.len();
+    }
+    assert_eq!(listed, 40);
+    // Without the flag (and from peers of earlier versions) no hashes are answered.
+    let (_, plain) = digests(&region.url, &[(0, 0)]).await;
+    assert!(plain.get("hashes").is_none(), "{plain}");
+    stop(&mut region).await;
+}
+
 /// The status DescribeTable gives the replica of `carts` in eu-west-1 on a store whose data
 /// directory was prepared with a global `carts` table, with or without a backfill of
 /// eu-west-1 still pending from before a restart. The peer never answers, so a pending
