@@ -839,11 +839,11 @@ impl Engine {
                     .next()
                     .transpose()
                     .map_err(|e| storage_error("reading stream records", e))?;
-                if let Some((_, value)) = first {
-                    if stored_created_ms(value.value()) <= horizon {
-                        due = true;
-                        break;
-                    }
+                if let Some((_, value)) = first
+                    && stored_created_ms(value.value()) <= horizon
+                {
+                    due = true;
+                    break;
                 }
             }
             due
