@@ -87,6 +87,12 @@ class Store:
             return json.loads(response.read())
 
 
+def cpu_s(process):
+    """User plus system CPU seconds of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def replica_status(store, region):
     table = scale.call(store.port, "DescribeTable", {"TableName": "scale"})["Table"]
     for replica in table.get("Replicas", []):
@@ -159,6 +165,7 @@ def run(args):
 
         log("making the table global: backfill of eu-west-1")
         started = time.monotonic()
+        cpu_before = (cpu_s(us.process), cpu_s(eu.process))
         scale.call(us.port, "UpdateTable", {"TableName": "scale",
                                             "ReplicaUpdates": [{"Create": {"RegionName": "eu-west-1"}}]})
         seen_creating = False
@@ -175,6 +182,8 @@ def run(args):
                 raise RuntimeError("the backfill did not finish")
             time.sleep(0.05)
         result["backfill_s"] = time.monotonic() - started
+        result["backfill_cpu_us"] = tuple(
+            (cpu_s(store.process) - before) * 1e6 / args.items for store, before in zip((us, eu), cpu_before))
         result["backfilled"] = count_items(eu)
         if result["backfilled"] != args.items:
             raise RuntimeError(f"eu-west-1 holds {result['backfilled']} items after the backfill, not {args.items}")
@@ -225,11 +234,12 @@ def section(args, result, command_line):
         f"replication log bounded at {args.backlog_bytes_max}; load average "
         f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} after; {today}).",
         "",
-        "| items | load items/s | backfill of a new replica | backfill items/s | differing keys | "
-        "repair, from the replica answering to all keys equal | ranges compared | records pushed |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| items | load items/s | backfill of a new replica | backfill items/s | CPU per item: origin / new replica | "
+        "differing keys | repair, from the replica answering to all keys equal | ranges compared | records pushed |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {args.items:,} | {result['load_rate']:.0f} | {result['backfill_s']:.1f} s | "
-        f"{args.items / result['backfill_s']:.0f} | {args.diffs:,} | {result['repair_s']:.2f} s | "
+        f"{args.items / result['backfill_s']:.0f} | {result['backfill_cpu_us'][0]:.0f} µs / "
+        f"{result['backfill_cpu_us'][1]:.0f} µs | {args.diffs:,} | {result['repair_s']:.2f} s | "
         f"{repair.get('ranges_compared', '?')} | {repair.get('records_pushed', '?')} |",
         SECTION_END,
     ]

@@ -70,6 +70,10 @@ pub const DIGEST_RANGES_PER_REQUEST_MAX: usize = 256;
 pub const REPAIR_HASHES_PER_RANGE_MAX: usize = 512;
 /// Record hashes in one digest answer (about 100 bytes each in JSON).
 pub const REPAIR_HASHES_PER_RESPONSE_MAX: usize = 16_384;
+/// Repair requests of one range a region keeps in flight to a peer: the next page is read and
+/// sent while the peer commits the previous ones (a backfill is otherwise one round trip and
+/// one commit at a time).
+pub const REPAIR_REQUESTS_IN_FLIGHT_MAX: usize = 4;
 /// A differing key range with at most this many records here is pushed whole instead of
 /// being split further.
 pub const REPAIR_LEAF_RECORDS_MAX: u64 = 128;

@@ -233,7 +233,9 @@ impl Replication {
         Ok(())
     }
 
-    /// Sends every record of `table` in `range` to the peer, a page at a time.
+    /// Sends every record of `table` in `range` to the peer, a page at a time, with up to
+    /// `REPAIR_REQUESTS_IN_FLIGHT_MAX` pages in flight (records apply by last writer wins, so
+    /// their order across pages does not matter; the repair's closing request waits for all).
     pub(super) async fn push_range(
         &self,
         peer: &Peer,
@@ -242,20 +244,27 @@ impl Replication {
         range: DigestRange,
         progress: &mut RepairProgress,
     ) -> Result<(), String> {
+        use futures_util::StreamExt as _;
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
         let mut after: Option<Vec<u8>> = None;
+        let mut exhausted = false;
         loop {
-            let snapshot = self.engine.snapshot().map_err(|e| e.message)?;
-            let records = snapshot
-                .records_in(table, range, after.as_deref(), REPAIR_RECORDS_PER_REQUEST_MAX)
-                .map_err(|e| e.message)?;
-            let Some((last, _)) = records.last() else {
-                return Ok(());
-            };
-            after = Some(last.clone());
-            let full = records.len() >= REPAIR_RECORDS_PER_REQUEST_MAX;
-            self.send_records(peer, status, table, records, progress).await?;
-            if !full {
-                return Ok(());
+            while !exhausted && in_flight.len() < REPAIR_REQUESTS_IN_FLIGHT_MAX {
+                let snapshot = self.engine.snapshot().map_err(|e| e.message)?;
+                let records = snapshot
+                    .records_in(table, range, after.as_deref(), REPAIR_RECORDS_PER_REQUEST_MAX)
+                    .map_err(|e| e.message)?;
+                let Some((last, _)) = records.last() else {
+                    exhausted = true;
+                    break;
+                };
+                after = Some(last.clone());
+                exhausted = records.len() < REPAIR_RECORDS_PER_REQUEST_MAX;
+                in_flight.push(self.send_page(peer, table, records, progress.barrier));
+            }
+            match in_flight.next().await {
+                None => return Ok(()),
+                Some(sent) => self.count_pushed(peer, status, table, sent?, progress),
             }
         }
     }
@@ -269,6 +278,19 @@ impl Replication {
         records: Vec<(Vec<u8>, Vec<u8>)>,
         progress: &mut RepairProgress,
     ) -> Result<(), String> {
+        let sent = self.send_page(peer, table, records, progress.barrier).await?;
+        self.count_pushed(peer, status, table, sent, progress);
+        Ok(())
+    }
+
+    /// Sends `records` of `table` in one repair request; answers how many.
+    async fn send_page(
+        &self,
+        peer: &Peer,
+        table: &TableMeta,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        barrier: u64,
+    ) -> Result<u64, String> {
         let encoded = records
             .iter()
             .map(|(key, record)| BASE64.encode(replication_log::encode_change(&table.name, key, record)))
@@ -280,14 +302,23 @@ impl Replication {
                 complete_through: None,
                 // Every request of a backfill says so: its records at or below the
                 // receiver's join barrier apply only from a backfill.
-                backfill_barrier: progress.barrier,
+                backfill_barrier: barrier,
             },
         )
         .await?;
-        let copied = status
-            .repaired_records
-            .fetch_add(records.len() as u64, Ordering::Relaxed)
-            + records.len() as u64;
+        Ok(records.len() as u64)
+    }
+
+    /// Counts `sent` records pushed, and logs the progress now and then.
+    fn count_pushed(
+        &self,
+        peer: &Peer,
+        status: &PeerStatus,
+        table: &TableMeta,
+        sent: u64,
+        progress: &mut RepairProgress,
+    ) {
+        let copied = status.repaired_records.fetch_add(sent, Ordering::Relaxed) + sent;
         if progress.logged_at.elapsed() >= Duration::from_millis(REPAIR_PROGRESS_LOG_MS) {
             progress.logged_at = std::time::Instant::now();
             tracing::info!(
@@ -299,7 +330,6 @@ impl Replication {
                 "repair (backfill) in progress"
             );
         }
-        Ok(())
     }
 
     pub(super) async fn send_repair(&self, peer: &Peer, request: RepairRequest) -> Result<(), String> {
