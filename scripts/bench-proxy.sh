@@ -14,19 +14,28 @@
 # Both proxies: keep-alive to clients and to servers, X-Forwarded-For on, active HTTP checks
 # every 2 s, retries 3 with redispatch, round robin.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 # With autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled = 1, as here) the kernel
 # shares the CPUs between sessions first and applies nice only inside a session: `nice -n -15`
 # alone left other sessions' builds half of the cores, halving req/s and putting their time
 # slices into the p99. So the run moves to a session of its own (one autogroup: the proxies,
 # nginx and wrk together, as on a quiet machine) and raises that group's priority
-# (AUTOGROUP_NICE, -20 by default; needs root, else a warning and the run goes on).
+# (AUTOGROUP_NICE, -20 by default; needs root, else a warning and the run goes on). Ctrl-C or
+# TERM stops the whole session.
 if [ -z "${BENCH_PROXY_SESSION:-}" ] && [ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null)" = 1 ] \
   && command -v setsid >/dev/null; then
   export BENCH_PROXY_SESSION=1
-  exec setsid --wait "$0" "$@"
+  # A background job is not a process group leader, so setsid execs in place: $! leads the
+  # new session and its process group.
+  setsid "$(realpath "$0")" "$@" &
+  session=$!
+  trap 'kill -TERM -- "-$session" 2>/dev/null || true' INT TERM
+  status=0
+  wait "$session" || status=$?
+  while kill -0 "$session" 2>/dev/null; do wait "$session" || status=$?; done
+  exit "$status"
 fi
+cd "$(dirname "$0")/.."
 AUTOGROUP_NICE="${AUTOGROUP_NICE:--20}"
 autogroup="none"
 if [ -w /proc/self/autogroup ] && echo "$AUTOGROUP_NICE" 2>/dev/null >/proc/self/autogroup; then
