@@ -3,7 +3,8 @@
 # backends (Debian nginx, one worker, `return 200`), measured with wrk at the same concurrency and
 # duration, alternating in one run. Each proxy runs with 1 and with 2 threads (HAProxy
 # `nbthread`, switchyard `threads`); the comparison is each side's best configuration, and the
-# same thread count side by side. Writes the "Proxy" section of BENCHMARKS.md.
+# same thread count side by side. Writes the "Proxy" section of BENCHMARKS.md up to its first
+# "### " subsection (the analysis below it is kept).
 #
 #   scripts/bench-proxy.sh                 # 5 alternating rounds of 10 s per configuration
 #   DURATION=30s CONNECTIONS=64 scripts/bench-proxy.sh
@@ -309,7 +310,8 @@ from pathlib import Path
 section = Path(sys.argv[1]).read_text()
 path = Path("BENCHMARKS.md")
 text = path.read_text() if path.exists() else "# Benchmarks\n"
-pattern = re.compile(r"^## Proxy\n.*?(?=^## |\Z)", re.S | re.M)
+# Only the generated part: hand-written "### " subsections after it stay.
+pattern = re.compile(r"^## Proxy\n.*?(?=^## |^### |\Z)", re.S | re.M)
 if pattern.search(text):
     text = pattern.sub(lambda _: section + "\n", text, count=1)
 else:
