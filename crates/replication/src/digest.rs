@@ -15,6 +15,10 @@
 
 /// Bits a child range adds to its parent's prefix (16 children).
 pub const FANOUT_BITS: u8 = 4;
+/// Most bits one descent adds: a large differing range goes straight to the depth where its
+/// ranges hold about a leaf's records each (every level of the walk reads the whole range
+/// again), at most 2^16 ranges at once (the walk's frontier).
+pub const DESCENT_BITS_MAX: u8 = 16;
 /// Bits of the stored keys' hash prefix: the deepest range is one partition hash.
 pub const PREFIX_BITS: u8 = 32;
 
@@ -60,7 +64,12 @@ impl Range {
     }
 
     pub fn children(self) -> impl Iterator<Item = Range> {
-        let depth = (self.depth + FANOUT_BITS).min(PREFIX_BITS);
+        self.descendants(FANOUT_BITS)
+    }
+
+    /// The ranges `bits` deeper (fewer at the deepest level), in key order.
+    pub fn descendants(self, bits: u8) -> impl Iterator<Item = Range> {
+        let depth = (self.depth + bits.min(DESCENT_BITS_MAX)).min(PREFIX_BITS);
         let added = depth - self.depth;
         (0..(1u32 << added)).map(move |child| Range {
             depth,
@@ -113,6 +122,17 @@ pub fn compare(range: Range, local: Digest, remote: Digest, leaf_records_max: u6
     }
 }
 
+/// Bits to descend from a differing range of `count` records: whole fan-out levels until a
+/// range holds about `leaf_records_max` records (keys spread evenly over the hash prefix), at
+/// least one level and at most [`DESCENT_BITS_MAX`].
+pub fn descent_bits(count: u64, leaf_records_max: u64) -> u8 {
+    let mut bits = FANOUT_BITS;
+    while bits < DESCENT_BITS_MAX && (count >> bits) > leaf_records_max.max(1) {
+        bits += FANOUT_BITS;
+    }
+    bits
+}
+
 /// The repairing side's walk over one table's ranges, depth first so the frontier stays small
 /// (at most `FANOUT` ranges per level).
 #[derive(Clone, Debug)]
@@ -151,7 +171,9 @@ impl Walk {
             match compare(*range, *local, *remote, self.leaf_records_max) {
                 Step::Done => {}
                 Step::Push => push.push(*range),
-                Step::Descend => self.frontier.extend(range.children()),
+                Step::Descend => self
+                    .frontier
+                    .extend(range.descendants(descent_bits(local.count, self.leaf_records_max))),
             }
         }
         push
@@ -193,9 +215,17 @@ mod tests {
         x.wrapping_mul(0xbf58_476d_1ce4_e5b9_94d0_49bb_1331_11eb)
     }
 
+    /// The records of `replica` inside `range`.
+    fn inside(replica: &Replica, range: Range) -> impl Iterator<Item = (&u32, &u64)> {
+        match range.end() {
+            Some(end) => replica.range(range.start()..end),
+            None => replica.range(range.start()..),
+        }
+    }
+
     fn digest(replica: &Replica, range: Range) -> Digest {
         let mut digest = Digest::default();
-        for (key, version) in replica.iter().filter(|(k, _)| range.contains(**k)) {
+        for (key, version) in inside(replica, range) {
             digest.add(record_hash(*key, *version));
         }
         digest
@@ -210,7 +240,7 @@ mod tests {
             let ours: Vec<Digest> = ranges.iter().map(|r| digest(local, *r)).collect();
             let theirs: Vec<Digest> = ranges.iter().map(|r| digest(remote, *r)).collect();
             for range in walk.on_digests(&ranges, &ours, &theirs) {
-                for (key, version) in local.iter().filter(|(k, _)| range.contains(**k)) {
+                for (key, version) in inside(local, range) {
                     pushed += 1;
                     let held = remote.entry(*key).or_insert(*version);
                     *held = (*held).max(*version);
@@ -237,6 +267,54 @@ mod tests {
                 prop_assert!(remote.get(key).is_some_and(|held| held >= version), "key {key:#x} left behind");
             }
         }
+    }
+
+    #[test]
+    fn a_large_range_descends_to_about_a_leaf_per_range_at_once() {
+        assert_eq!(descent_bits(200, 128), 4);
+        assert_eq!(descent_bits(1_000_000, 128), 16, "1M / 2^16 = 15 records a range");
+        assert_eq!(descent_bits(5_000, 128), 8, "5,000 / 2^8 = 19");
+        assert_eq!(descent_bits(u64::MAX, 128), DESCENT_BITS_MAX);
+        assert_eq!(descent_bits(10, 0), 4);
+        let root: Vec<Range> = Range::ROOT.descendants(8).collect();
+        assert_eq!(root.len(), 256);
+        assert_eq!(root[255].end(), None);
+        let deep = Range::new(28, 5).expect("valid");
+        assert_eq!(deep.descendants(16).count(), 16, "no deeper than one partition hash");
+    }
+
+    /// The records a walk reads (both sides), and those it pushes.
+    fn walk_cost(local: &Replica, remote: &Replica) -> (usize, usize) {
+        let mut walk = Walk::new(8);
+        let (mut read, mut pushed) = (0, 0);
+        while !walk.is_done() {
+            let ranges = walk.next_ranges(64);
+            let ours: Vec<Digest> = ranges.iter().map(|r| digest(local, *r)).collect();
+            let theirs: Vec<Digest> = ranges.iter().map(|r| digest(remote, *r)).collect();
+            read += ours.iter().chain(&theirs).map(|d| d.count as usize).sum::<usize>();
+            for range in walk.on_digests(&ranges, &ours, &theirs) {
+                pushed += inside(local, range).count();
+            }
+        }
+        (read, pushed)
+    }
+
+    #[test]
+    fn many_spread_differences_read_the_table_a_few_times_not_once_a_level() {
+        let local: Replica = (0..50_000u32).map(|i| (i.wrapping_mul(0x9e37_79b9), 1)).collect();
+        let mut remote = local.clone();
+        for key in local.keys().copied().step_by(100) {
+            remote.insert(key, 0);
+        }
+        let (read, pushed) = walk_cost(&local, &remote);
+        // One level at a time reads both replicas once per level (4 levels here); descending
+        // to about a leaf per range at once reads them about twice.
+        assert!(
+            read <= 3 * 2 * local.len(),
+            "{read} records read for {} items",
+            local.len()
+        );
+        assert!(pushed <= 500 * 8, "{pushed} records pushed for 500 differences");
     }
 
     #[test]
