@@ -180,6 +180,18 @@ impl Shipper {
         }
     }
 
+    /// The peer was heard from (it sent an authenticated request): a batch or repair waiting
+    /// out its backoff is due now. The failure count stays, so another failure backs off
+    /// further; a peer is heard at most as often as it sends marks (about once a second).
+    pub fn on_peer_heard(&mut self, now_ms: u64) {
+        match &mut self.state {
+            State::Backoff { until_ms } | State::RepairBackoff { until_ms } => {
+                *until_ms = (*until_ms).min(now_ms);
+            }
+            _ => {}
+        }
+    }
+
     /// Anti-entropy finished: the peer holds everything through `through_seq`.
     pub fn on_repaired(&mut self, batch: u64, through_seq: u64) {
         if matches!(self.state, State::Repairing { batch: b, .. } if b == batch) {
@@ -385,6 +397,40 @@ mod tests {
         shipper.on_repaired(2, 50);
         assert!(!shipper.needs_repair());
         assert_eq!(shipper.pending(), 0);
+    }
+
+    #[test]
+    fn a_peer_heard_from_is_retried_at_once_not_after_its_backoff() {
+        let config = ShipperConfig {
+            retry_initial_ms: 1_000,
+            retry_max_ms: 5_000,
+            ..ShipperConfig::default()
+        };
+        let mut shipper = Shipper::new(config, 0, 10, 1);
+        let mut now = 0;
+        // The peer is down: failures back off up to 5 s.
+        for _ in 0..5 {
+            let Some(Command::Send { batch, .. }) = shipper.poll(now) else {
+                panic!("a batch is due at {now}");
+            };
+            shipper.on_failed(batch, now);
+            now += 1;
+            assert_eq!(shipper.poll(now), None, "backing off");
+            now += 5_000;
+        }
+        let Some(Command::Send { batch, .. }) = shipper.poll(now) else {
+            panic!("a batch is due");
+        };
+        shipper.on_failed(batch, now);
+        assert_eq!(shipper.poll(now + 100), None, "5 s of backoff left");
+        // It comes back and sends a mark: the batch goes now, not in 5 s.
+        shipper.on_peer_heard(now + 100);
+        assert!(matches!(shipper.poll(now + 100), Some(Command::Send { .. })));
+        assert_eq!(shipper.consecutive_failures(), 6, "another failure backs off further");
+        // Heard while nothing waits: nothing changes.
+        let before = shipper.clone();
+        shipper.on_peer_heard(now + 200);
+        assert_eq!(format!("{before:?}"), format!("{shipper:?}"));
     }
 
     #[test]

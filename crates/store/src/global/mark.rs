@@ -111,6 +111,14 @@ impl Replication {
         let source = self.authenticate(headers, "/replication/v1/mark", body)?;
         let request: MarkRequest =
             serde_json::from_slice(body).map_err(|e| ApiError::serialization(format!("corrupt mark: {e}")))?;
+        // The peer is up (back from an outage, say): shipping to it need not wait out a backoff
+        // that grew while it was down. Marks come about once a second.
+        if let Some(status) = self.status.get(&source)
+            && status.consecutive_failures.load(Ordering::Relaxed) > 0
+        {
+            status.heard.store(true, Ordering::SeqCst);
+            status.wake.notify_one();
+        }
         self.watermarks
             .lock()
             .expect("watermark lock is never poisoned")

@@ -197,6 +197,8 @@ pub struct PeerStatus {
     pub last_repair_ranges_compared: AtomicU64,
     pub last_repair_records_pushed: AtomicU64,
     repair_requested: AtomicBool,
+    /// The peer sent an authenticated request: a retry to it waiting out its backoff runs now.
+    heard: AtomicBool,
     wake: tokio::sync::Notify,
 }
 

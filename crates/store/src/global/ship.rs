@@ -100,6 +100,9 @@ impl Replication {
             if status.repair_requested.swap(false, Ordering::SeqCst) {
                 shipper.request_repair();
             }
+            if status.heard.swap(false, Ordering::SeqCst) {
+                shipper.on_peer_heard(self.engine.now_unix_ms());
+            }
             shipper.on_appended(*head.borrow_and_update());
             let now = self.engine.now_unix_ms();
             match shipper.poll(now) {
