@@ -58,6 +58,15 @@ fn context_with_pointer(dns: Option<&Fake>, pointer: Pointer) -> StepContext {
     }
 }
 
+/// The DNS health, TXT and pointer steps, in that order.
+fn dns_txt_pointer() -> [Step; 3] {
+    [
+        step("dns", StepKind::DnsHealth),
+        step("txt", StepKind::DnsTxt),
+        step("pointer", StepKind::Pointer),
+    ]
+}
+
 async fn run(steps: &[Step], order: &RunbookOrder, context: &StepContext) -> (RunbookOutcome, Vec<StepReport>) {
     let mut reports = Vec::new();
     let outcome = execute(steps, order, context, |r| reports.push(r)).await;
@@ -198,11 +207,7 @@ async fn when_to_skips_steps_for_other_targets() {
 async fn dns_steps_send_the_generation_and_token() {
     let dns = Fake::start().await;
     let context = context(Some(&dns));
-    let steps = [
-        step("dns", StepKind::DnsHealth),
-        step("txt", StepKind::DnsTxt),
-        step("pointer", StepKind::Pointer),
-    ];
+    let steps = dns_txt_pointer();
     let (outcome, _) = run(&steps, &order(5), &context).await;
     assert_eq!(outcome, RunbookOutcome::Succeeded);
     let health = dns.seen_on("/v1/health");
@@ -231,11 +236,7 @@ async fn dns_steps_send_the_generation_and_token() {
 async fn a_roll_forward_does_not_apply_again_what_is_already_in_place() {
     let dns = Fake::start().await;
     let context = context(Some(&dns));
-    let steps = [
-        step("dns", StepKind::DnsHealth),
-        step("txt", StepKind::DnsTxt),
-        step("pointer", StepKind::Pointer),
-    ];
+    let steps = dns_txt_pointer();
     // Generation 5 applies all three; its leader is cut off before etcd records them.
     let (outcome, _) = run(&steps, &order(5), &context).await;
     assert_eq!(outcome, RunbookOutcome::Succeeded);

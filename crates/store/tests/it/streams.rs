@@ -30,6 +30,14 @@ impl Harness {
         .await;
     }
 
+    /// Items b00..b24 in one BatchWriteItem: one job, so one batch of the writer.
+    async fn put_25_in_one_batch(&self, table: &str) {
+        let puts: Vec<Value> = (0..25)
+            .map(|i| json!({"PutRequest": {"Item": {"id": {"S": format!("b{i:02}")}}}}))
+            .collect();
+        self.ok("BatchWriteItem", json!({"RequestItems": {table: puts}})).await;
+    }
+
     async fn stream_arn(&self, table: &str) -> String {
         let table = self.ok("DescribeTable", json!({"TableName": table})).await;
         table["Table"]["LatestStreamArn"]
@@ -339,10 +347,7 @@ async fn appends_in_one_batch_roll_shards_over_and_keep_their_order() {
     h.create("items", Some("KEYS_ONLY")).await;
     let arn = h.stream_arn("items").await;
     // One job of 25 puts: one batch, six rollovers inside it.
-    let puts: Vec<Value> = (0..25)
-        .map(|i| json!({"PutRequest": {"Item": {"id": {"S": format!("b{i:02}")}}}}))
-        .collect();
-    h.ok("BatchWriteItem", json!({"RequestItems": {"items": puts}})).await;
+    h.put_25_in_one_batch("items").await;
     let (shards, records) = check_lineage(&h, &arn).await;
     assert_eq!(records.len(), 25);
     assert_eq!(shards.len(), 7, "25 records, 4 a shard: {shards:?}");
@@ -369,10 +374,7 @@ async fn iterators_and_limits_reach_into_the_middle_of_a_batchs_block() {
     h.create("items", Some("KEYS_ONLY")).await;
     let arn = h.stream_arn("items").await;
     // One job of 25 puts: one batch, so one stored block of 25 records.
-    let puts: Vec<Value> = (0..25)
-        .map(|i| json!({"PutRequest": {"Item": {"id": {"S": format!("b{i:02}")}}}}))
-        .collect();
-    h.ok("BatchWriteItem", json!({"RequestItems": {"items": puts}})).await;
+    h.put_25_in_one_batch("items").await;
     let shards = h.shards(&arn).await;
     assert_eq!(shards.len(), 1);
     let shard = shards[0]["ShardId"].as_str().expect("shard").to_string();
