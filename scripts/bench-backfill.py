@@ -255,6 +255,7 @@ def main():
                         help="the origin's replication log bound (default 1MiB), small so an outage outgrows it")
     parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
     args = parser.parse_args()
+    scale.own_autogroup()
     if args.items < args.diffs or args.diffs < 1:
         parser.error("--diffs must be between 1 and --items")
     result = run(args)

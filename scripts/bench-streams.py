@@ -187,6 +187,10 @@ def section(puts, records, args, command_line, build):
 
 
 def main():
+    spec = importlib.util.spec_from_file_location("bench_scale", Path(__file__).resolve().parent / "bench-scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    scale.own_autogroup()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=20, help="seconds per round and table (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is kept (default 3)")
