@@ -468,6 +468,23 @@ async fn call_raw(url: &str, path: &str, from: &str, date_ms: u64, signature: St
     send(format!("{url}{path}"), &headers, body).await
 }
 
+/// Items cart-0 .. cart-{count-1} in `carts`.
+async fn put_carts(url: &str, count: usize) {
+    for i in 0..count {
+        ok(
+            url,
+            "PutItem",
+            json!({"TableName": "carts", "Item": {"id": {"S": format!("cart-{i}")}}}),
+        )
+        .await;
+    }
+}
+
+/// The root range's 16 children, as `(depth, index)`.
+fn sixteen_ranges() -> Vec<(u8, u32)> {
+    (0..16).map(|i| (4, i)).collect()
+}
+
 /// Digests of `ranges` (as `(depth, index)`) of `carts`, asked as peer eu-west-1 would.
 async fn digests(url: &str, ranges: &[(u8, u32)]) -> (u16, Value) {
     let body = json!({"table": "carts", "ranges": ranges}).to_string().into_bytes();
@@ -477,15 +494,8 @@ async fn digests(url: &str, ranges: &[(u8, u32)]) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn range_digests_count_and_fingerprint_the_records_of_each_range() {
     let (mut region, _) = lone_region_with_carts().await;
-    for i in 0..200 {
-        ok(
-            &region.url,
-            "PutItem",
-            json!({"TableName": "carts", "Item": {"id": {"S": format!("cart-{i}")}}}),
-        )
-        .await;
-    }
-    let children: Vec<(u8, u32)> = (0..16).map(|i| (4, i)).collect();
+    put_carts(&region.url, 200).await;
+    let children = sixteen_ranges();
     let (status, answer) = digests(&region.url, &[(0, 0)]).await;
     assert_eq!(status, 200, "{answer}");
     let root = answer["digests"][0].clone();
@@ -541,15 +551,8 @@ async fn range_digests_count_and_fingerprint_the_records_of_each_range() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_hashes_list_what_each_range_digest_sums() {
     let (mut region, _) = lone_region_with_carts().await;
-    for i in 0..40 {
-        ok(
-            &region.url,
-            "PutItem",
-            json!({"TableName": "carts", "Item": {"id": {"S": format!("cart-{i}")}}}),
-        )
-        .await;
-    }
-    let children: Vec<(u8, u32)> = (0..16).map(|i| (4, i)).collect();
+    put_carts(&region.url, 40).await;
+    let children = sixteen_ranges();
     let body = json!({"table": "carts", "ranges": children, "hashes": true})
         .to_string()
         .into_bytes();
