@@ -139,16 +139,37 @@ pub fn descent_bits(count: u64, leaf_records_max: u64) -> u8 {
 pub struct Walk {
     frontier: Vec<Range>,
     leaf_records_max: u64,
+    /// Ranges at most this deep have digests both sides keep up to date (cheap to read): the
+    /// walk descends one level at a time down to it, comparing few ranges when few differ.
+    kept_depth: u8,
     /// Ranges compared and records found to push, for the log.
     pub compared: u64,
 }
 
 impl Walk {
+    /// A walk for digests computed from the records: a differing range descends straight to
+    /// about a leaf per range (each level would read the range again).
     pub fn new(leaf_records_max: u64) -> Walk {
+        Walk::with_kept_depth(leaf_records_max, 0)
+    }
+
+    /// A walk for digests kept by the writer down to ranges of `kept_depth` bits: above that
+    /// it descends a level ([`FANOUT_BITS`]) at a time, below it as [`Walk::new`] does.
+    pub fn with_kept_depth(leaf_records_max: u64, kept_depth: u8) -> Walk {
         Walk {
             frontier: vec![Range::ROOT],
             leaf_records_max,
+            kept_depth,
             compared: 0,
+        }
+    }
+
+    /// Bits a differing range of `count` records descends.
+    fn descent(&self, range: Range, count: u64) -> u8 {
+        if range.depth < self.kept_depth {
+            FANOUT_BITS.min(self.kept_depth - range.depth)
+        } else {
+            descent_bits(count, self.leaf_records_max)
         }
     }
 
@@ -171,9 +192,10 @@ impl Walk {
             match compare(*range, *local, *remote, self.leaf_records_max) {
                 Step::Done => {}
                 Step::Push => push.push(*range),
-                Step::Descend => self
-                    .frontier
-                    .extend(range.descendants(descent_bits(local.count, self.leaf_records_max))),
+                Step::Descend => {
+                    let bits = self.descent(*range, local.count);
+                    self.frontier.extend(range.descendants(bits));
+                }
             }
         }
         push
@@ -233,7 +255,10 @@ mod tests {
 
     /// Repairs `remote` from `local`; returns the records pushed.
     fn repair(local: &Replica, remote: &mut Replica) -> usize {
-        let mut walk = Walk::new(8);
+        repair_with(Walk::new(8), local, remote)
+    }
+
+    fn repair_with(mut walk: Walk, local: &Replica, remote: &mut Replica) -> usize {
         let mut pushed = 0;
         while !walk.is_done() {
             let ranges = walk.next_ranges(64);
@@ -262,9 +287,12 @@ mod tests {
             local.extend(only_local);
             let mut remote = shared;
             remote.extend(newer_remote);
+            let mut kept = remote.clone();
             repair(&local, &mut remote);
+            repair_with(Walk::with_kept_depth(8, 16), &local, &mut kept);
             for (key, version) in &local {
                 prop_assert!(remote.get(key).is_some_and(|held| held >= version), "key {key:#x} left behind");
+                prop_assert!(kept.get(key).is_some_and(|held| held >= version), "key {key:#x} left behind (kept digests)");
             }
         }
     }
@@ -315,6 +343,57 @@ mod tests {
             local.len()
         );
         assert!(pushed <= 500 * 8, "{pushed} records pushed for 500 differences");
+    }
+
+    /// Ranges compared by a walk with digests kept down to `kept_depth`.
+    fn ranges_compared(local: &Replica, remote: &Replica, kept_depth: u8) -> u64 {
+        let mut walk = Walk::with_kept_depth(8, kept_depth);
+        while !walk.is_done() {
+            let ranges = walk.next_ranges(64);
+            let ours: Vec<Digest> = ranges.iter().map(|r| digest(local, *r)).collect();
+            let theirs: Vec<Digest> = ranges.iter().map(|r| digest(remote, *r)).collect();
+            walk.on_digests(&ranges, &ours, &theirs);
+        }
+        walk.compared
+    }
+
+    #[test]
+    fn with_kept_digests_a_few_differences_compare_a_few_ranges() {
+        let local: Replica = (0..200_000u32).map(|i| (i.wrapping_mul(0x9e37_79b9), 1)).collect();
+        let mut remote = local.clone();
+        for key in local.keys().copied().step_by(40_000) {
+            remote.insert(key, 0);
+        }
+        // Straight to ~8 records a range: 2^16 ranges, then 2^4 more under each that differs.
+        let straight = ranges_compared(&local, &remote, 0);
+        assert!(straight > 65_536, "{straight}");
+        // A level at a time down to 16 bits: 1 + 16 + 256 + 4096 + 16 per differing range below.
+        let levels = ranges_compared(&local, &remote, 16);
+        assert!(
+            levels < 4_369 + 5 * 16 * 3,
+            "{levels} ranges compared for 5 differences"
+        );
+        let mut walk = Walk::with_kept_depth(8, 16);
+        walk.frontier = vec![Range::new(14, 3).expect("valid")];
+        let ranges = walk.next_ranges(1);
+        walk.on_digests(
+            &ranges,
+            &[Digest { count: 50, hash: 1 }],
+            &[Digest { count: 50, hash: 2 }],
+        );
+        assert_eq!(walk.frontier.len(), 4, "two bits down to the kept depth, not four");
+        let empty = Replica::new();
+        let mut walk = Walk::with_kept_depth(8, 16);
+        let mut pushed = 0;
+        while !walk.is_done() {
+            let ranges = walk.next_ranges(64);
+            let ours: Vec<Digest> = ranges.iter().map(|r| digest(&local, *r)).collect();
+            let theirs: Vec<Digest> = ranges.iter().map(|r| digest(&empty, *r)).collect();
+            for range in walk.on_digests(&ranges, &ours, &theirs) {
+                pushed += inside(&local, range).count();
+            }
+        }
+        assert_eq!(pushed, local.len(), "an empty peer gets everything once");
     }
 
     #[test]

@@ -19,11 +19,13 @@
 //!   it runs another batch; below the disk watermark (`crate::disk`) new items are refused and
 //!   deletes still run.
 
+mod digests;
 mod pitr;
 mod recovery;
 mod replog;
 mod streams;
 
+pub use digests::{DIGEST_BUCKET_BITS, DigestCursor, ScrubReport};
 use replog::*;
 pub use replog::{
     LOG_TRIM_CHANGES_PER_JOB_MAX, ReceivedChange, ReplicaWriter, TOMBSTONE_PURGES_PER_JOB_MAX, awaiting_backfill_key,
@@ -327,6 +329,10 @@ struct Shared {
     stream_label_ms: std::sync::atomic::AtomicU64,
     /// Bounds of the point-in-time recovery undo log.
     pitr_limits: RwLock<PitrLimits>,
+    /// Range digest buckets the scrub found different from their records (a bug if ever > 0).
+    digest_mismatches: std::sync::atomic::AtomicU64,
+    /// The range digest delta log's shape as of the last commit (`None`: read it again).
+    digest_log: Mutex<Option<digests::DeltaLog>>,
 }
 
 impl Shared {
@@ -442,6 +448,8 @@ impl Engine {
             stream_limits: RwLock::new(stream_limits),
             stream_label_ms: std::sync::atomic::AtomicU64::new(0),
             pitr_limits: RwLock::new(pitr_limits),
+            digest_mismatches: std::sync::atomic::AtomicU64::new(0),
+            digest_log: Mutex::new(None),
         });
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_JOBS_MAX);
         let writer_shared = Arc::clone(&shared);
@@ -832,6 +840,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         ttl_delete: false,
         pitr_ms: None,
         streams: streams::StreamBatch::default(),
+        digests: digests::DigestBatch::default(),
     };
     let completions: Vec<Completion> = batch
         .into_iter()
@@ -845,6 +854,12 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
     {
         context.fail("writing stream metadata", error);
     }
+    if context.failed.is_none()
+        && let Err(error) = context.flush_digests()
+    {
+        context.fail("writing range digests", error);
+    }
+    let digest_log = context.digests.log;
     let WriteContext {
         stats,
         catalog_changes,
@@ -880,6 +895,15 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
             .replog_bytes
             .store(log.bytes, std::sync::atomic::Ordering::SeqCst);
         shared.replog_head.send_replace(log.head);
+    }
+    {
+        // The delta log as this batch left it, or read again after a batch that did not commit.
+        let mut known = shared.digest_log.lock().expect("digest log lock is never poisoned");
+        match &outcome {
+            Ok(()) if digest_log.is_some() => *known = digest_log,
+            Ok(()) => {}
+            Err(_) => *known = None,
+        }
     }
     if outcome.is_ok() {
         let mut catalog = shared.catalog.write().expect("catalog lock is never poisoned");
@@ -960,6 +984,8 @@ pub struct WriteContext<'a> {
     pitr_ms: Option<u64>,
     /// The streams this batch appends to, written back before it commits.
     streams: streams::StreamBatch,
+    /// The batch's changes to the range digests, written before it commits.
+    digests: digests::DigestBatch,
 }
 
 /// The index entry key of an item, if the item has the index's key attributes: the partition
@@ -1212,11 +1238,19 @@ impl WriteContext<'_> {
         let table: &TableMeta = latest.as_deref().unwrap_or(table);
         {
             let name = data_table_name(table.id);
-            let mut data = self.txn.open_table(bytes_table(&name))?;
-            match record {
+            // The range digests move by the new record's hash minus the one it replaces.
+            let digested = self.digests_cover(table.id, key)?;
+            let txn = self.txn;
+            let mut data = txn.open_table(bytes_table(&name))?;
+            let previous = match record {
                 Some(record) => data.insert(key, record)?,
                 None => data.remove(key)?,
             };
+            if digested {
+                let old_hash = previous.map(|v| digests::hash_of(key, v.value())).transpose()?;
+                let new_hash = record.map(|r| digests::hash_of(key, r)).transpose()?;
+                self.note_hashes(table.id, key, old_hash, new_hash);
+            }
         }
         if let (None, Some(record)) = (new, record) {
             // A record without an item is a tombstone: index it for the purge.
@@ -1335,6 +1369,7 @@ impl WriteContext<'_> {
                     .open_table(bytes_table(&index_table_name(meta.id, &index.name)))?;
             }
             self.sync_streams(&meta, false)?;
+            self.start_digests(meta.id)?;
             Ok(())
         })();
         result.map_err(|e| self.fail("saving a table definition", e))?;
@@ -1370,6 +1405,7 @@ impl WriteContext<'_> {
             drop(settings);
             drop(stats);
             self.sync_streams(meta, true)?;
+            self.drop_digests(meta.id)?;
             Ok(())
         })();
         result.map_err(|e| self.fail("deleting a table", e))?;

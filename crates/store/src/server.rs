@@ -108,6 +108,7 @@ struct Metrics {
     storage_failures: Counter,
     reopens: Counter,
     writes_refused: Counter,
+    range_digest_mismatches: Counter,
     /// Held while the counters above catch up with the engine's totals (one scrape at a time).
     mirror: std::sync::Mutex<()>,
 }
@@ -264,7 +265,14 @@ impl Metrics {
             "Writes refused because the disk was below the watermark",
             writes_refused.clone(),
         );
+        let range_digest_mismatches = Counter::default();
+        registry.register(
+            "range_digest_mismatches",
+            "Range digest buckets (anti-entropy) the scrub found different from their records and rewrote; any is a bug",
+            range_digest_mismatches.clone(),
+        );
         Metrics {
+            range_digest_mismatches,
             disk_free_bytes,
             disk_free_bytes_min,
             disk_below_watermark,
@@ -582,8 +590,12 @@ fn replication_health(store: &Store) -> serde_json::Value {
 async fn ttl_sweeper(engine: Engine) {
     let mut interval = tokio::time::interval(Duration::from_millis(TTL_SWEEP_INTERVAL_MS));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut digest_cursor = crate::engine::DigestCursor::default();
     loop {
         interval.tick().await;
+        if let Err(error) = engine.maintain_digests_once(&mut digest_cursor).await {
+            tracing::warn!(%error, "range digest upkeep failed; retrying next interval");
+        }
         match engine.expire_once().await {
             Ok(0) => {}
             Ok(count) => tracing::debug!(count, "expired items deleted"),
@@ -1120,6 +1132,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::Header
         }
     };
     advance(&metrics.storage_failures, writer.storage_failures_total);
+    advance(&metrics.range_digest_mismatches, engine.digest_mismatches_total());
     advance(&metrics.reopens, writer.reopens_total);
     advance(&metrics.writes_refused, writer.writes_refused_total);
     if let Some(replication) = state.store.replication() {

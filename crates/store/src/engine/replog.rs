@@ -579,32 +579,6 @@ impl Snapshot {
         Ok(first.map(|(k, _)| k.value()).unwrap_or(head + 1))
     }
 
-    /// Digests of a table's records in each of `ranges` (anti-entropy): the count and the sum
-    /// of a SHA-256 over each record's key and version header.
-    pub fn digests(&self, table: &TableMeta, ranges: &[DigestRange]) -> Result<Vec<Digest>, ApiError> {
-        let name = data_table_name(table.id);
-        let data = match self.txn.open_table(bytes_table(&name)) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(vec![Digest::default(); ranges.len()]),
-            Err(e) => return Err(storage_error("opening a table", e)),
-        };
-        let mut out = Vec::with_capacity(ranges.len());
-        for range in ranges {
-            let (lower, upper) = range_bounds(*range);
-            let mut digest = Digest::default();
-            for entry in data
-                .range::<&[u8]>((as_slice_bound(&lower), as_slice_bound(&upper)))
-                .map_err(|e| storage_error("reading a table", e))?
-            {
-                let (key, value) = entry.map_err(|e| storage_error("reading a table", e))?;
-                let header = record::header_bytes(value.value()).map_err(|e| storage_error("decoding an item", e))?;
-                digest.add(record_digest(key.value(), header));
-            }
-            out.push(digest);
-        }
-        Ok(out)
-    }
-
     /// Per range, the key and record hash (the one [`Snapshot::digests`] sums) of each stored
     /// record — `None` for a range holding more than `per_range_max` records, or once the
     /// answer holds `total_max` of them: the peer then pushes that range whole.
@@ -936,11 +910,13 @@ impl replication::receive::PurgeStorage for ReplicaWriter<'_, '_> {
             }
             let mut data = context.txn.open_table(bytes_table(&data_table_name(due.table_id)))?;
             let current = data.get(due.key.as_slice())?.map(|v| v.value().to_vec());
-            let still = current.is_some_and(|current| {
-                record::is_tombstone(&current).unwrap_or(false) && record::hlc(&current).ok() == Some(due.hlc)
+            let still = current.as_ref().is_some_and(|current| {
+                record::is_tombstone(current).unwrap_or(false) && record::hlc(current).ok() == Some(due.hlc)
             });
             if still {
                 data.remove(due.key.as_slice())?;
+                drop(data);
+                context.note_record(due.table_id, &due.key, current.as_deref(), None)?;
             }
             Ok(still)
         })();

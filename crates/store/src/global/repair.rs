@@ -37,7 +37,18 @@ impl Replication {
         };
         let mut compared = 0;
         for table in tables {
-            let mut walk = Walk::new(REPAIR_LEAF_RECORDS_MAX);
+            // Where this side keeps its range digests, they are cheap to read a level at a
+            // time (the peer keeps them too, unless it runs an earlier version).
+            let kept = self
+                .engine
+                .snapshot()
+                .and_then(|s| s.digests_complete(table.id))
+                .map_err(|e| e.message)?;
+            let mut walk = if kept {
+                Walk::with_kept_depth(REPAIR_LEAF_RECORDS_MAX, crate::engine::DIGEST_BUCKET_BITS)
+            } else {
+                Walk::new(REPAIR_LEAF_RECORDS_MAX)
+            };
             while !walk.is_done() {
                 let ranges = walk.next_ranges(DIGEST_RANGES_PER_REQUEST_MAX);
                 let local = self.local_digests(&table, ranges.clone()).await?;
