@@ -4,8 +4,11 @@
 //!
 //! `PUT /v1/health` takes a [`HealthPush`] and answers [`HealthApplied`]; `PUT /v1/txt` takes a
 //! [`TxtPush`] and answers [`TxtApplied`]; `GET /v1/health` answers [`View`]; a refusal is an
-//! [`AdminError`] (409 `stale_generation` and 400 `generation_too_far_ahead` carry the applied
-//! generation). Bodies are JSON; fields are declared in alphabetical order so the bytes match
+//! [`AdminError`] (409 `stale_generation`, 412 `generation_moved` and 400
+//! `generation_too_far_ahead` carry the applied generation). A push with `if_generation` is
+//! applied only while the view is still at that generation (a compare-and-set: the controller
+//! read the view, found the state missing, and must not push over a push that landed since).
+//! Bodies are JSON; fields are declared in alphabetical order so the bytes match
 //! what the hand-built JSON of earlier versions sent.
 
 use std::collections::BTreeMap;
@@ -30,6 +33,9 @@ pub enum Health {
 #[serde(deny_unknown_fields)]
 pub struct HealthPush {
     pub generation: u64,
+    /// Apply only if the view's generation is still this one (else 412 `generation_moved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_generation: Option<u64>,
     pub targets: BTreeMap<String, Health>,
 }
 
@@ -38,6 +44,9 @@ pub struct HealthPush {
 #[serde(deny_unknown_fields)]
 pub struct TxtPush {
     pub generation: u64,
+    /// Apply only if the view's generation is still this one (else 412 `generation_moved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_generation: Option<u64>,
     pub name: String,
     /// `null` removes the record.
     pub value: Option<String>,
@@ -74,11 +83,12 @@ pub struct View {
 }
 
 /// A refused request. `error` is a stable code (`unauthorized`, `invalid`, `stale_generation`,
-/// `generation_too_far_ahead`), `message` says what to fix.
+/// `generation_moved`, `generation_too_far_ahead`), `message` says what to fix.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminError {
     pub error: String,
-    /// The applied generation, on `stale_generation` and `generation_too_far_ahead`.
+    /// The applied generation, on `stale_generation`, `generation_moved` and
+    /// `generation_too_far_ahead`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
     pub message: String,
@@ -92,14 +102,24 @@ mod tests {
     fn the_wire_format_is_the_documented_json() {
         let push = HealthPush {
             generation: 7,
+            if_generation: None,
             targets: BTreeMap::from([("us-east-1".to_string(), Health::Unhealthy)]),
         };
         assert_eq!(
             serde_json::to_string(&push).expect("serializable"),
             r#"{"generation":7,"targets":{"us-east-1":"unhealthy"}}"#
         );
+        let conditional = HealthPush {
+            if_generation: Some(6),
+            ..push
+        };
+        assert_eq!(
+            serde_json::to_string(&conditional).expect("serializable"),
+            r#"{"generation":7,"if_generation":6,"targets":{"us-east-1":"unhealthy"}}"#
+        );
         let txt = TxtPush {
             generation: 7,
+            if_generation: None,
             name: "_active-region.shop.example.".into(),
             value: Some("eu-west-1".into()),
         };

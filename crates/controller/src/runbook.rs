@@ -5,7 +5,7 @@
 //! Every step's effect is idempotent (it sets a state, it does not toggle one), so running a
 //! step again — a retry, or a roll-forward after a crash with a newer generation — is safe.
 //! A roll-forward or retry still does not repeat a step whose target it can read and finds
-//! already in the state the step sets (`already_in_place`).
+//! already in the state the step sets (`read_target`).
 //! A receiver that has already applied a newer generation answers 409: the step is *fenced*,
 //! the runbook stops at once and is never retried with the old generation.
 
@@ -61,6 +61,8 @@ enum Failure {
     Fenced(String),
     /// Unsafe to act (a provider step said so): stop without retrying; an operator decides.
     Refused(String),
+    /// A conditional push found its target changed since it was read (HTTP 412): read again.
+    Moved(String),
 }
 
 impl From<providers::Failure> for Failure {
@@ -128,18 +130,24 @@ pub async fn execute_guarded(
         // A roll-forward or retry continues a runbook whose earlier generation may have applied
         // this step before it was cut off (its record in etcd lost with it): where the target
         // can be read, a state already in place is not applied again.
-        if continues_a_decision(order)
-            && may_act().is_ok()
-            && let Some(detail) = already_in_place(step, order, context).await
-        {
-            report(StepReport {
-                step: step.name.clone(),
-                attempt: 0,
-                outcome: "skipped",
-                detail,
-                duration_ms: 0,
-            });
-            continue;
+        // The generation the target was read at: the push is then conditional on it, so a push
+        // of the earlier generation landing between the read and this push is not applied over.
+        let mut read_at = None;
+        if continues_a_decision(order) && may_act().is_ok() {
+            match read_target(step, order, context).await {
+                Target::InPlace(detail) => {
+                    report(StepReport {
+                        step: step.name.clone(),
+                        attempt: 0,
+                        outcome: "skipped",
+                        detail,
+                        duration_ms: 0,
+                    });
+                    continue;
+                }
+                Target::Holds(generation) => read_at = Some(generation),
+                Target::Unread => {}
+            }
         }
         let attempts = step.retries.saturating_add(1);
         let mut backoff_ms = step.backoff_ms;
@@ -162,7 +170,7 @@ pub async fn execute_guarded(
             let started = Instant::now();
             let result = match tokio::time::timeout(
                 Duration::from_millis(step.timeout_ms),
-                run_step(step, order, context),
+                run_step(step, order, context, read_at),
             )
             .await
             {
@@ -208,6 +216,34 @@ pub async fn execute_guarded(
                         error: format!("refused: {error}"),
                     };
                 }
+                Err(Failure::Moved(error)) => {
+                    // Something was pushed since the read (the earlier generation's push, still
+                    // in flight when its leader was cut off): read again, and push only if the
+                    // state is still missing.
+                    match read_target(step, order, context).await {
+                        Target::InPlace(detail) => {
+                            report(StepReport {
+                                step: step.name.clone(),
+                                attempt,
+                                outcome: "skipped",
+                                detail: format!("{error}; read again: {detail}"),
+                                duration_ms,
+                            });
+                            done = true;
+                            break;
+                        }
+                        Target::Holds(generation) => read_at = Some(generation),
+                        Target::Unread => read_at = None,
+                    }
+                    report(StepReport {
+                        step: step.name.clone(),
+                        attempt,
+                        outcome: "moved",
+                        detail: error.clone(),
+                        duration_ms,
+                    });
+                    last_error = error;
+                }
                 Err(Failure::Retryable(error)) => {
                     report(StepReport {
                         step: step.name.clone(),
@@ -234,10 +270,17 @@ pub async fn execute_guarded(
     RunbookOutcome::Succeeded
 }
 
-async fn run_step(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
+/// Runs one attempt of `step`; `read_at`: the generation its target was read at (a DNS push
+/// is then applied only if the view is still there).
+async fn run_step(
+    step: &Step,
+    order: &RunbookOrder,
+    context: &StepContext,
+    read_at: Option<u64>,
+) -> Result<String, Failure> {
     match step.kind {
-        StepKind::DnsHealth => dns_health(step, order, context).await,
-        StepKind::DnsTxt => dns_txt(step, order, context).await,
+        StepKind::DnsHealth => dns_health(step, order, context, read_at).await,
+        StepKind::DnsTxt => dns_txt(step, order, context, read_at).await,
         StepKind::Pointer => {
             context
                 .pointer
@@ -262,50 +305,65 @@ pub fn continues_a_decision(order: &RunbookOrder) -> bool {
     matches!(order.kind, TransitionKind::RollForward | TransitionKind::Retry)
 }
 
-/// When the target of `step` can be read and already holds what `step` would set for `order`:
-/// what it holds, for the audit log. Steps whose target cannot be read (commands, webhooks,
-/// providers), and any failure to read, answer `None`: the step runs.
-async fn already_in_place(step: &Step, order: &RunbookOrder, context: &StepContext) -> Option<String> {
+/// What reading the target of a step found.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// It already holds what the step would set: what it holds, for the audit log.
+    InPlace(String),
+    /// It does not, as of this generation of the DNS view.
+    Holds(u64),
+    /// It cannot be read (commands, webhooks, providers, or the read failed): the step runs.
+    Unread,
+}
+
+/// Reads the target of `step` and compares it with what `step` would set for `order`.
+async fn read_target(step: &Step, order: &RunbookOrder, context: &StepContext) -> Target {
     match step.kind {
-        StepKind::DnsHealth | StepKind::DnsTxt => {
-            let dns = context.dns.as_ref()?;
-            let url = format!("{}{HEALTH_PATH}", dns.admin_url.trim_end_matches('/'));
-            let answer = context
-                .client
-                .request(Method::GET, &url, dns.token.as_deref(), None, step.timeout_ms)
-                .await
-                .ok()?;
-            if !answer.status.is_success() {
-                return None;
-            }
-            let view: View = serde_json::from_slice(&answer.body).ok()?;
-            let holds = if step.kind == StepKind::DnsHealth {
-                health_targets(order, context).iter().all(|(target, health)| {
-                    let now = view.targets.get(target).copied().unwrap_or(Health::Healthy);
-                    now == *health
-                })
-            } else {
-                let name = dns.txt_name.as_ref()?;
-                view.txt.get(&txt_key(name)).map(String::as_str) == Some(order.to.active.as_str())
-            };
-            holds.then(|| {
-                format!(
-                    "already in place at the DNS server (applied under generation {}): not pushed again",
-                    view.generation
-                )
-            })
-        }
+        StepKind::DnsHealth | StepKind::DnsTxt => read_dns(step, order, context).await.unwrap_or(Target::Unread),
         StepKind::Pointer => {
             let now = context.pointer.get();
-            (now.region.as_deref() == Some(order.to.active.as_str())).then(|| {
-                format!(
+            if now.region.as_deref() == Some(order.to.active.as_str()) {
+                Target::InPlace(format!(
                     "the pointer already names {} (generation {}): not published again",
                     order.to.active, now.generation
-                )
-            })
+                ))
+            } else {
+                Target::Unread
+            }
         }
-        StepKind::Command | StepKind::Webhook | StepKind::Provider => None,
+        StepKind::Command | StepKind::Webhook | StepKind::Provider => Target::Unread,
     }
+}
+
+async fn read_dns(step: &Step, order: &RunbookOrder, context: &StepContext) -> Option<Target> {
+    let dns = context.dns.as_ref()?;
+    let url = format!("{}{HEALTH_PATH}", dns.admin_url.trim_end_matches('/'));
+    let answer = context
+        .client
+        .request(Method::GET, &url, dns.token.as_deref(), None, step.timeout_ms)
+        .await
+        .ok()?;
+    if !answer.status.is_success() {
+        return None;
+    }
+    let view: View = serde_json::from_slice(&answer.body).ok()?;
+    let holds = if step.kind == StepKind::DnsHealth {
+        health_targets(order, context).iter().all(|(target, health)| {
+            let now = view.targets.get(target).copied().unwrap_or(Health::Healthy);
+            now == *health
+        })
+    } else {
+        let name = dns.txt_name.as_ref()?;
+        view.txt.get(&txt_key(name)).map(String::as_str) == Some(order.to.active.as_str())
+    };
+    Some(if holds {
+        Target::InPlace(format!(
+            "already in place at the DNS server (applied under generation {}): not pushed again",
+            view.generation
+        ))
+    } else {
+        Target::Holds(view.generation)
+    })
 }
 
 /// The key the DNS server files a TXT record under: lower case, fully qualified.
@@ -327,6 +385,10 @@ fn judge(what: &str, answer: Result<crate::client::Answer, crate::client::Client
     let text: String = answer.text().chars().take(512).collect();
     if answer.status.is_success() {
         Ok(format!("{what}: HTTP {}", answer.status.as_u16()))
+    } else if answer.status == StatusCode::PRECONDITION_FAILED {
+        Err(Failure::Moved(format!(
+            "{what}: HTTP 412 (pushed to since it was read): {text}"
+        )))
     } else if answer.status == StatusCode::CONFLICT {
         Err(Failure::Fenced(format!(
             "{what}: HTTP 409 (a newer generation was applied): {text}"
@@ -353,12 +415,27 @@ async fn push_to_dns(
 ) -> Result<String, Failure> {
     let dns = dns(context)?;
     let url = format!("{}{path}", dns.admin_url.trim_end_matches('/'));
-    let body = Some(push_body(push)?);
+    let body = push_body(push)?;
     let token = dns.token.as_deref();
     let answer = context
         .client
-        .request(Method::PUT, &url, token, body, step.timeout_ms)
+        .request(Method::PUT, &url, token, Some(body.clone()), step.timeout_ms)
         .await;
+    // A DNS server of an earlier version refuses the condition as an unknown field: push
+    // without it (as earlier controllers did).
+    if let Ok(refused) = &answer
+        && refused.status == StatusCode::BAD_REQUEST
+        && refused.text().contains("if_generation")
+        && let Ok(mut plain) = serde_json::from_slice::<serde_json::Value>(&body)
+        && plain.as_object_mut().and_then(|o| o.remove("if_generation")).is_some()
+    {
+        let plain = push_body(&plain)?;
+        let answer = context
+            .client
+            .request(Method::PUT, &url, token, Some(plain), step.timeout_ms)
+            .await;
+        return judge(&format!("PUT {url}"), answer);
+    }
     judge(&format!("PUT {url}"), answer)
 }
 
@@ -375,15 +452,26 @@ fn health_targets(order: &RunbookOrder, context: &StepContext) -> BTreeMap<Strin
     targets
 }
 
-async fn dns_health(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
+async fn dns_health(
+    step: &Step,
+    order: &RunbookOrder,
+    context: &StepContext,
+    read_at: Option<u64>,
+) -> Result<String, Failure> {
     let body = HealthPush {
         generation: order.generation.0,
+        if_generation: read_at,
         targets: health_targets(order, context),
     };
     push_to_dns(step, context, HEALTH_PATH, &body).await
 }
 
-async fn dns_txt(step: &Step, order: &RunbookOrder, context: &StepContext) -> Result<String, Failure> {
+async fn dns_txt(
+    step: &Step,
+    order: &RunbookOrder,
+    context: &StepContext,
+    read_at: Option<u64>,
+) -> Result<String, Failure> {
     let dns = dns(context)?;
     let name = dns
         .txt_name
@@ -391,6 +479,7 @@ async fn dns_txt(step: &Step, order: &RunbookOrder, context: &StepContext) -> Re
         .ok_or_else(|| Failure::Retryable("[dns] txt_name is not set".into()))?;
     let body = TxtPush {
         generation: order.generation.0,
+        if_generation: read_at,
         name: name.clone(),
         value: Some(order.to.active.as_str().to_string()),
     };

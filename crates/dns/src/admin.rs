@@ -92,6 +92,20 @@ fn view_error(state: &State, e: ViewError) -> Response {
     }
 }
 
+/// 412 `generation_moved` when a conditional push's expected generation is not the view's.
+fn moved(state: &State, expected: Option<u64>, applied: u64) -> Option<Response> {
+    let expected = expected.filter(|&expected| expected != applied)?;
+    outcome(state, "moved");
+    Some(refusal(
+        StatusCode::PRECONDITION_FAILED,
+        "generation_moved",
+        format!(
+            "the view is at generation {applied}, not {expected} as the push expected: read it again (GET {HEALTH_PATH}) and push only what is still missing"
+        ),
+        Some(applied),
+    ))
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(state: &State, body: &Bytes, example: &str) -> Result<T, Response> {
     serde_json::from_slice(body).map_err(|e| {
         outcome(state, "rejected");
@@ -117,6 +131,9 @@ async fn put_health(Extract(state): Extract<Arc<State>>, headers: HeaderMap, bod
     };
     let _writer = state.view_writer.lock().unwrap_or_else(|e| e.into_inner());
     let current = state.view();
+    if let Some(response) = moved(&state, push.if_generation, current.generation.0) {
+        return response;
+    }
     match current.apply_health(Generation(push.generation), &push.targets) {
         Ok(next) => {
             let changed = next.targets != current.targets || next.generation != current.generation;
@@ -185,6 +202,9 @@ async fn put_txt(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: 
     let key = name.to_lowercase().to_ascii();
     let _writer = state.view_writer.lock().unwrap_or_else(|e| e.into_inner());
     let current = state.view();
+    if let Some(response) = moved(&state, push.if_generation, current.generation.0) {
+        return response;
+    }
     match current.apply_txt(Generation(push.generation), &key, push.value.as_deref()) {
         Ok(next) => {
             tracing::info!(generation = push.generation, name = %key, value = ?push.value, "applied a TXT push");

@@ -87,7 +87,7 @@ impl Metrics {
             ),
             (
                 "view_pushes",
-                "Health and TXT pushes from the controller by outcome (applied, stale, rejected, unauthorized)",
+                "Health and TXT pushes from the controller by outcome (applied, stale, moved, rejected, unauthorized)",
                 Box::new(metrics.pushes.clone()),
             ),
             (

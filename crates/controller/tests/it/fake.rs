@@ -27,8 +27,34 @@ struct Inner {
     fence: bool,
     applied: std::collections::BTreeMap<String, u64>,
     /// Like the DNS admin API: what `PUT /v1/health` and `PUT /v1/txt` set, answered to
-    /// `GET /v1/health` (`{"generation", "targets", "txt"}`).
+    /// `GET /v1/health` (`{"generation", "targets", "txt"}`). A push with `if_generation`
+    /// other than the view's generation is refused with 412, as the DNS admin API does.
     view: serde_json::Value,
+    /// A push (path, body) that lands right after the next read of the view: another
+    /// leader's push arriving between a read and the push that follows it.
+    land_after_read: Option<(String, serde_json::Value)>,
+}
+
+/// Applies a push to the modelled view (without checks).
+fn apply(view: &mut serde_json::Value, path: &str, body: &serde_json::Value) {
+    if view.is_null() {
+        *view = serde_json::json!({"generation": 0, "targets": {}, "txt": {}});
+    }
+    let generation = body["generation"].as_u64().unwrap_or(0);
+    view["generation"] = generation.max(view["generation"].as_u64().unwrap_or(0)).into();
+    match path {
+        "/v1/health" => {
+            for (target, health) in body["targets"].as_object().into_iter().flatten() {
+                view["targets"][target] = health.clone();
+            }
+        }
+        "/v1/txt" => {
+            if let Some(name) = body["name"].as_str() {
+                view["txt"][name.to_ascii_lowercase()] = body["value"].clone();
+            }
+        }
+        _ => {}
+    }
 }
 
 #[derive(Clone)]
@@ -72,6 +98,9 @@ async fn handle(
             } else {
                 inner.view.clone()
             };
+            if let Some((path, push)) = inner.land_after_read.take() {
+                apply(&mut inner.view, &path, &push);
+            }
             drop(inner);
             return (StatusCode::OK, axum::Json(view)).into_response();
         }
@@ -85,27 +114,15 @@ async fn handle(
                 *applied = generation;
             }
         }
+        if let Some(expected) = body["if_generation"].as_u64()
+            && status == 200
+            && inner.view["generation"].as_u64().unwrap_or(0) != expected
+        {
+            status = 412;
+        }
         // A hanging request is not applied (the roll-forward tests push again).
         if method == Method::PUT && status == 200 && !inner.hang {
-            if inner.view.is_null() {
-                inner.view = serde_json::json!({"generation": 0, "targets": {}, "txt": {}});
-            }
-            let generation = body["generation"].as_u64().unwrap_or(0);
-            let view = &mut inner.view;
-            view["generation"] = generation.max(view["generation"].as_u64().unwrap_or(0)).into();
-            match uri.path() {
-                "/v1/health" => {
-                    for (target, health) in body["targets"].as_object().into_iter().flatten() {
-                        view["targets"][target] = health.clone();
-                    }
-                }
-                "/v1/txt" => {
-                    if let Some(name) = body["name"].as_str() {
-                        view["txt"][name.to_ascii_lowercase()] = body["value"].clone();
-                    }
-                }
-                _ => {}
-            }
+            apply(&mut inner.view, uri.path(), &body);
         }
         (status, inner.hang)
     };
@@ -144,6 +161,11 @@ impl Fake {
 
     pub fn set_fence(&self, fence: bool) {
         self.inner.lock().expect("lock").fence = fence;
+    }
+
+    /// Lands `push` at `path` right after the next read of the view.
+    pub fn land_after_read(&self, path: &str, push: serde_json::Value) {
+        self.inner.lock().expect("lock").land_after_read = Some((path.to_string(), push));
     }
 
     pub fn seen(&self) -> Vec<Seen> {

@@ -280,6 +280,63 @@ async fn a_roll_forward_does_not_apply_again_what_is_already_in_place() {
     assert_eq!(other.pointer.get().generation, 8);
 }
 
+/// The window between a roll-forward's read of the DNS view and its push: the earlier
+/// generation's push, still in flight when its leader was cut off, lands there. The push is
+/// conditional on the generation read (412 when the view moved), so the state is read again and
+/// found in place, and the step is applied once, not under both generations.
+#[tokio::test]
+async fn a_push_landing_between_the_read_and_the_push_is_not_pushed_over() {
+    let dns = Fake::start().await;
+    let context = context(Some(&dns));
+    let steps = [step("dns", StepKind::DnsHealth)];
+    let rolled = RunbookOrder {
+        kind: TransitionKind::RollForward,
+        continues: Some(TransitionKind::Failover),
+        ..order(6)
+    };
+    // What generation 5 pushes for the same decision, landing after generation 6 read the view.
+    let earlier = {
+        let (_, _) = run(&steps, &order(5), &context).await;
+        let pushed = dns.seen_on("/v1/health").pop().expect("generation 5 pushed");
+        pushed.body
+    };
+    let fresh = Fake::start().await;
+    let context = context_with_pointer(Some(&fresh), Pointer::new(PointerValue::default()));
+    fresh.land_after_read("/v1/health", earlier);
+    let (outcome, reports) = run(&steps, &rolled, &context).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded, "{reports:?}");
+    let puts: Vec<_> = fresh
+        .seen_on("/v1/health")
+        .into_iter()
+        .filter(|s| s.method == "PUT")
+        .collect();
+    assert_eq!(puts.len(), 1, "one conditional push, refused: {reports:?}");
+    assert_eq!(puts[0].body["if_generation"], 0, "conditional on the generation read");
+    assert_eq!(
+        reports.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+        vec!["skipped"],
+        "{reports:?}"
+    );
+    assert!(
+        reports[0].detail.contains("HTTP 412") && reports[0].detail.contains("generation 5"),
+        "{}",
+        reports[0].detail
+    );
+    // Without a landing push the conditional push applies.
+    let quiet = Fake::start().await;
+    let context = context_with_pointer(Some(&quiet), Pointer::new(PointerValue::default()));
+    let (outcome, reports) = run(&steps, &rolled, &context).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded);
+    assert_eq!(reports.iter().map(|r| r.outcome).collect::<Vec<_>>(), vec!["ok"]);
+    let put = quiet.seen_on("/v1/health").pop().expect("pushed");
+    assert_eq!(put.body["if_generation"], 0);
+    assert_eq!(put.body["generation"], 6);
+    // A first runbook (not continuing a decision) pushes unconditionally.
+    let (_, _) = run(&steps, &order(7), &context).await;
+    let put = quiet.seen_on("/v1/health").pop().expect("pushed");
+    assert!(put.body.get("if_generation").is_none(), "{}", put.body);
+}
+
 #[tokio::test]
 async fn a_409_fences_the_runbook_without_retrying() {
     let dns = Fake::start().await;

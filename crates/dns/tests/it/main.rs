@@ -231,6 +231,42 @@ async fn health_pushes_flip_failover_and_stale_generations_get_409() {
     server.stop().await;
 }
 
+/// A push with `if_generation` applies only while the view is still at that generation: a
+/// controller that read the view pushes nothing over a push that landed since its read.
+#[tokio::test]
+async fn a_conditional_push_is_refused_with_412_once_the_view_moved() {
+    let token = "secret-token-for-tests";
+    let server = Server::start(Some(token)).await;
+    let app = || query("app.shop.example.", RecordType::A, None);
+    let first = r#"{"generation": 4, "targets": {"us-east-1": "unhealthy"}}"#;
+    assert_eq!(http(server.admin, "PUT", "/v1/health", Some(token), first).await.0, 200);
+    // Read at generation 4; another push (generation 5) lands; the conditional one is refused.
+    let landed = r#"{"generation": 5, "name": "_active-region.shop.example.", "value": "eu-west-1"}"#;
+    assert_eq!(http(server.admin, "PUT", "/v1/txt", Some(token), landed).await.0, 200);
+    let conditional = r#"{"generation": 6, "if_generation": 4, "targets": {"us-east-1": "healthy"}}"#;
+    let (status, body) = http(server.admin, "PUT", "/v1/health", Some(token), conditional).await;
+    assert_eq!(status, 412, "{body}");
+    assert!(
+        body.contains("generation_moved") && body.contains(r#""generation":5"#),
+        "{body}"
+    );
+    let txt = r#"{"generation": 6, "if_generation": 4, "name": "_active-region.shop.example.", "value": "us-east-1"}"#;
+    assert_eq!(http(server.admin, "PUT", "/v1/txt", Some(token), txt).await.0, 412);
+    assert_eq!(
+        addresses(&udp(server.dns, &app()).await),
+        ["198.51.100.10"],
+        "nothing applied"
+    );
+    // At the generation it names, the conditional push applies.
+    let current = r#"{"generation": 6, "if_generation": 5, "targets": {"us-east-1": "healthy"}}"#;
+    let (status, body) = http(server.admin, "PUT", "/v1/health", Some(token), current).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(addresses(&udp(server.dns, &app()).await), ["192.0.2.10"]);
+    let (_, metrics) = http(server.admin, "GET", "/metrics", None, "").await;
+    assert!(metrics.contains(r#"outcome="moved"} 2"#), "{metrics}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_generation_far_ahead_is_refused_and_later_pushes_still_apply() {
     let token = "secret-token-for-tests";
