@@ -26,8 +26,8 @@ mod streams;
 
 use replog::*;
 pub use replog::{
-    LOG_TRIM_CHANGES_PER_JOB_MAX, ReceivedChange, ReplicaWriter, TOMBSTONE_PURGES_PER_JOB_MAX, awaiting_backfill_key,
-    stored_record_hash,
+    LOG_BLOCK_BYTES_MAX, LOG_TRIM_CHANGES_PER_JOB_MAX, ReceivedChange, ReplicaWriter, TOMBSTONE_PURGES_PER_JOB_MAX,
+    awaiting_backfill_key, stored_record_hash,
 };
 
 pub use pitr::{
@@ -832,6 +832,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         ttl_delete: false,
         pitr_ms: None,
         streams: streams::StreamBatch::default(),
+        log_block: LogBlock::default(),
     };
     let completions: Vec<Completion> = batch
         .into_iter()
@@ -844,6 +845,11 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         && let Err(error) = context.flush_streams()
     {
         context.fail("writing stream metadata", error);
+    }
+    if context.failed.is_none()
+        && let Err(error) = context.flush_log()
+    {
+        context.fail("appending to the replication log", error);
     }
     let WriteContext {
         stats,
@@ -960,6 +966,8 @@ pub struct WriteContext<'a> {
     pitr_ms: Option<u64>,
     /// The streams this batch appends to, written back before it commits.
     streams: streams::StreamBatch,
+    /// The changes this batch appends to the replication log, stored as one block.
+    log_block: LogBlock,
 }
 
 /// The index entry key of an item, if the item has the index's key attributes: the partition
