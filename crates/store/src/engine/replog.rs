@@ -4,15 +4,19 @@
 //!
 //! Invariants:
 //! - a change of a global table is appended to the log in the transaction that stores it, so
-//!   the log holds exactly what this region applied, in commit order;
+//!   the log holds exactly what this region applied, in commit order; a batch's changes are
+//!   one block (see [`REPLOG`]), stored before the batch commits;
+//! - the log is trimmed in whole blocks: a block goes only when every change in it is at or
+//!   below the trim point;
 //! - a tombstone is indexed in the transaction that writes it; a purge removes it only while it
 //!   is still the key's record, and raises the table's purged watermark in the same
 //!   transaction;
 //! - applied positions, acknowledged positions, definition sequences and backfill waits are
 //!   settings written in the transaction of the change they describe.
 //!
-//! About 900 lines: `ReplicaWriter` (the `replication::receive` storage traits, ~300 lines)
-//! could move to a file of its own next; it stays beside the tables it reads for now.
+//! About 1,300 lines (a third of them tests): `ReplicaWriter` (the `replication::receive`
+//! storage traits, ~300 lines) could move to a file of its own next; it stays beside the
+//! tables it reads for now.
 
 use super::*;
 
