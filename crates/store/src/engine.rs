@@ -28,8 +28,8 @@ mod streams;
 pub use digests::{DIGEST_BUCKET_BITS, DigestCursor, ScrubReport};
 use replog::*;
 pub use replog::{
-    LOG_TRIM_CHANGES_PER_JOB_MAX, ReceivedChange, ReplicaWriter, TOMBSTONE_PURGES_PER_JOB_MAX, awaiting_backfill_key,
-    stored_record_hash,
+    LOG_BLOCK_BYTES_MAX, LOG_TRIM_CHANGES_PER_JOB_MAX, ReceivedChange, ReplicaWriter, TOMBSTONE_PURGES_PER_JOB_MAX,
+    awaiting_backfill_key, stored_record_hash,
 };
 
 pub use pitr::{
@@ -841,6 +841,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         pitr_ms: None,
         streams: streams::StreamBatch::default(),
         digests: digests::DigestBatch::default(),
+        log_block: LogBlock::default(),
     };
     let completions: Vec<Completion> = batch
         .into_iter()
@@ -858,6 +859,11 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         && let Err(error) = context.flush_digests()
     {
         context.fail("writing range digests", error);
+    }
+    if context.failed.is_none()
+        && let Err(error) = context.flush_log()
+    {
+        context.fail("appending to the replication log", error);
     }
     let digest_log = context.digests.log;
     let WriteContext {
@@ -986,6 +992,8 @@ pub struct WriteContext<'a> {
     streams: streams::StreamBatch,
     /// The batch's changes to the range digests, written before it commits.
     digests: digests::DigestBatch,
+    /// The changes this batch appends to the replication log, stored as one block.
+    log_block: LogBlock,
 }
 
 /// The index entry key of an item, if the item has the index's key attributes: the partition

@@ -4,27 +4,53 @@
 //!
 //! Invariants:
 //! - a change of a global table is appended to the log in the transaction that stores it, so
-//!   the log holds exactly what this region applied, in commit order;
+//!   the log holds exactly what this region applied, in commit order; a batch's changes are
+//!   one block (see [`REPLOG`]), stored before the batch commits;
+//! - the log is trimmed in whole blocks: a block goes only when every change in it is at or
+//!   below the trim point;
 //! - a tombstone is indexed in the transaction that writes it; a purge removes it only while it
 //!   is still the key's record, and raises the table's purged watermark in the same
 //!   transaction;
 //! - applied positions, acknowledged positions, definition sequences and backfill waits are
 //!   settings written in the transaction of the change they describe.
 //!
-//! About 900 lines: `ReplicaWriter` (the `replication::receive` storage traits, ~300 lines)
-//! could move to a file of its own next; it stays beside the tables it reads for now.
+//! About 1,300 lines (a third of them tests): `ReplicaWriter` (the `replication::receive`
+//! storage traits, ~300 lines) could move to a file of its own next; it stays beside the
+//! tables it reads for now.
 
 use super::*;
 
-/// The replication log of global tables: sequence number → encoded change.
+/// The replication log of global tables: a *block* of the changes one write batch appended,
+/// keyed by the sequence number of its last change, so the entry holding change `n` is the
+/// first one keyed at or after `n` (one range lookup). A block is the tag [`LOG_BLOCK`], the
+/// CRC-32 (`u32`, little-endian) of everything after it, the byte count before its first
+/// change (`u64`, little-endian), then per change its sequence number (`u64`, little-endian;
+/// consecutive, the last one equal to the key), its length (`u32`, little-endian) and the
+/// encoded change. A block holds at most [`LOG_BLOCK_BYTES_MAX`] of changes (a change bigger
+/// than that is a block of its own). One B-tree entry per batch instead of one per change is
+/// what the log costs a write (BENCHMARKS.md, Global tables).
+///
+/// Entries written before blocks hold one change each, keyed by its sequence number, and are
+/// still read: [`LOG_ENTRY_COUNTED`] and the byte count through the change (`u64`,
+/// big-endian) before the change, or (earlier still) the change alone.
 pub(crate) const REPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("replog");
-/// Bytes ever appended to the replication log; each entry carries the same count through
-/// itself (so the bytes between any two positions are a subtraction: pending bytes, the bound).
+/// Bytes ever appended to the replication log; the log carries the count through each change
+/// (so the bytes between any two positions are a subtraction: pending bytes, the bound).
 pub(super) const REPLOG_BYTES: &str = "replog_bytes";
-/// A log entry in this format starts with this byte and the byte count through the entry
-/// (`u64`, big-endian), then the change. Entries written before start with the change itself,
-/// whose first byte (the high byte of its table name length) is always 0.
+/// A log entry of one change with its byte count starts with this byte and the byte count
+/// through the entry (`u64`, big-endian), then the change. Entries written before start with
+/// the change itself, whose first byte (the high byte of its table name length) is always 0.
 pub(super) const LOG_ENTRY_COUNTED: u8 = 1;
+/// The format tag of a block of changes (see [`REPLOG`]).
+pub(super) const LOG_BLOCK: u8 = 2;
+/// Tag, CRC-32 and the byte count before the first change, at the start of a block.
+const LOG_BLOCK_HEADER_BYTES: usize = 1 + 4 + 8;
+/// Sequence number and length before each change in a block.
+const LOG_BLOCK_CHANGE_HEADER_BYTES: usize = 8 + 4;
+/// Bytes of changes a block collects before it is stored and the next one starts: enough that
+/// a batch's changes share one B-tree entry, small enough that reading one change of a block
+/// (the shipper starting in its middle, a byte count) stays cheap.
+pub const LOG_BLOCK_BYTES_MAX: usize = 64 * 1024;
 /// The byte count through the last trimmed entry.
 pub(super) const REPLOG_TRIMMED_BYTES: &str = "replog_trimmed_bytes";
 /// Tombstones of global tables in HLC order: `(hlc, table id, stored key)`, no value. Entries
@@ -78,7 +104,9 @@ pub(super) fn save_log_position(txn: &WriteTransaction, log: LogPosition) -> Res
     Ok(())
 }
 
-/// The encoded log entry for `change`, whose bytes through itself are `end`.
+/// The log entry of one change, whose bytes through itself are `end`, as stored before blocks
+/// (tests write it to check that such entries still read).
+#[cfg(test)]
 pub(super) fn log_entry(end: u64, change: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(9 + change.len());
     out.push(LOG_ENTRY_COUNTED);
@@ -97,6 +125,160 @@ pub(super) fn split_log_entry(entry: &[u8]) -> (Option<u64>, &[u8]) {
         }
         _ => (None, entry),
     }
+}
+
+/// One change as the log holds it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct LoggedChange<'a> {
+    pub seq: u64,
+    /// The log's byte count through this change (`None` for entries from before the count).
+    pub end: Option<u64>,
+    pub change: &'a [u8],
+}
+
+/// The changes of one stored log entry keyed `key`, checked: a block against its CRC-32 and
+/// its structure (consecutive sequence numbers ending at `key`, lengths inside the block), an
+/// entry of one change (the formats before blocks) as it is. Damage is an error, never a panic.
+pub(super) fn stored_changes(key: u64, value: &[u8]) -> Result<Vec<LoggedChange<'_>>, String> {
+    if value.first() != Some(&LOG_BLOCK) {
+        let (end, change) = split_log_entry(value);
+        return Ok(vec![LoggedChange { seq: key, end, change }]);
+    }
+    let (Some(crc), Some(checked)) = (value.get(1..5), value.get(5..)) else {
+        return Err(format!(
+            "a block of the replication log keyed {key} ({} bytes) is shorter than its header",
+            value.len()
+        ));
+    };
+    let Some(before) = checked.get(..8) else {
+        return Err(format!(
+            "a block of the replication log keyed {key} ({} bytes) is shorter than its header",
+            value.len()
+        ));
+    };
+    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    let actual = crc32fast::hash(checked);
+    if stored != actual {
+        return Err(format!(
+            "a block of the replication log keyed {key} has CRC-32 {actual:08x}, not the {stored:08x} stored with it (damaged on disk)"
+        ));
+    }
+    let mut end = u64::from_le_bytes(before.try_into().expect("8 bytes"));
+    let mut rest = &value[LOG_BLOCK_HEADER_BYTES..];
+    let mut changes: Vec<LoggedChange<'_>> = Vec::new();
+    while !rest.is_empty() {
+        let (Some(seq), Some(len)) = (rest.get(..8), rest.get(8..LOG_BLOCK_CHANGE_HEADER_BYTES)) else {
+            return Err(format!(
+                "a block of the replication log keyed {key} ends inside a change's header"
+            ));
+        };
+        let seq = u64::from_le_bytes(seq.try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let Some(change) = rest.get(LOG_BLOCK_CHANGE_HEADER_BYTES..LOG_BLOCK_CHANGE_HEADER_BYTES.saturating_add(len))
+        else {
+            return Err(format!(
+                "a change of {len} bytes runs past the end of its block of the replication log (keyed {key})"
+            ));
+        };
+        if let Some(previous) = changes.last()
+            && previous.seq.checked_add(1) != Some(seq)
+        {
+            return Err(format!(
+                "a block of the replication log keyed {key} holds sequence number {seq} after {}",
+                previous.seq
+            ));
+        }
+        end = end
+            .checked_add(len as u64)
+            .ok_or_else(|| format!("a block of the replication log keyed {key} counts more bytes than a u64 holds"))?;
+        changes.push(LoggedChange {
+            seq,
+            end: Some(end),
+            change,
+        });
+        rest = &rest[LOG_BLOCK_CHANGE_HEADER_BYTES + len..];
+    }
+    match changes.last() {
+        None => Err(format!("a block of the replication log keyed {key} is empty")),
+        Some(last) if last.seq != key => Err(format!(
+            "a block of the replication log keyed {key} ends with sequence number {}",
+            last.seq
+        )),
+        Some(_) => Ok(changes),
+    }
+}
+
+/// The changes a write batch appends to the log, stored as one block (see [`REPLOG`]) when
+/// the batch ends or the block reaches [`LOG_BLOCK_BYTES_MAX`]. Dropped with the batch, so a
+/// batch that fails leaves nothing behind.
+#[derive(Default)]
+pub(super) struct LogBlock {
+    /// The block as it will be stored: room for the header, then the changes.
+    value: Vec<u8>,
+    /// The sequence number of its last change (its key).
+    last_seq: u64,
+}
+
+impl LogBlock {
+    /// Appends change `seq`, with the log's byte count before it `before`.
+    fn push(&mut self, seq: u64, before: u64, change: &[u8]) {
+        if self.value.is_empty() {
+            self.value
+                .reserve(LOG_BLOCK_HEADER_BYTES + LOG_BLOCK_CHANGE_HEADER_BYTES + change.len());
+            self.value.push(LOG_BLOCK);
+            self.value.extend_from_slice(&[0; 4]);
+            self.value.extend_from_slice(&before.to_le_bytes());
+        }
+        self.value.extend_from_slice(&seq.to_le_bytes());
+        // A change is an item of at most 400 KB and its key, far below 4 GiB.
+        let len = u32::try_from(change.len()).unwrap_or(u32::MAX);
+        self.value.extend_from_slice(&len.to_le_bytes());
+        self.value.extend_from_slice(change);
+        self.last_seq = seq;
+    }
+
+    fn is_full(&self) -> bool {
+        self.value.len() >= LOG_BLOCK_HEADER_BYTES + LOG_BLOCK_BYTES_MAX
+    }
+
+    /// The finished block and its key, if it holds anything; the block is empty after.
+    fn take(&mut self) -> Option<(u64, Vec<u8>)> {
+        if self.value.is_empty() {
+            return None;
+        }
+        let mut value = std::mem::take(&mut self.value);
+        let crc = crc32fast::hash(&value[5..]);
+        value[1..5].copy_from_slice(&crc.to_le_bytes());
+        Some((self.last_seq, value))
+    }
+}
+
+/// The changes of the log entry that holds change `seq` (the first keyed at or after it), or
+/// `None` when no entry does (trimmed, or past the head).
+fn entry_holding<T: ReadableTable<u64, &'static [u8]>>(
+    log: &T,
+    seq: u64,
+) -> Result<Option<(u64, redb::AccessGuard<'_, &'static [u8]>)>, redb::Error> {
+    let Some(entry) = log.range(seq..)?.next() else {
+        return Ok(None);
+    };
+    let (key, value) = entry?;
+    Ok(Some((key.value(), value)))
+}
+
+/// The first sequence number an entry holds.
+fn first_seq_of(key: u64, value: &[u8]) -> Result<u64, redb::Error> {
+    let changes = stored_changes(key, value).map_err(redb::Error::Corrupted)?;
+    Ok(changes.first().map_or(key, |c| c.seq))
+}
+
+/// The byte count through change `seq`, if the log holds it and it is counted.
+fn end_of<T: ReadableTable<u64, &'static [u8]>>(log: &T, seq: u64) -> Result<Option<u64>, redb::Error> {
+    let Some((key, value)) = entry_holding(log, seq)? else {
+        return Ok(None);
+    };
+    let changes = stored_changes(key, value.value()).map_err(redb::Error::Corrupted)?;
+    Ok(changes.iter().find(|c| c.seq == seq).and_then(|c| c.end))
 }
 
 impl WriteContext<'_> {
@@ -133,9 +315,20 @@ impl WriteContext<'_> {
             head: position.head + 1,
             bytes: position.bytes + change.len() as u64,
         };
-        let mut log = self.txn.open_table(REPLOG)?;
-        log.insert(next.head, log_entry(next.bytes, &change).as_slice())?;
+        self.log_block.push(next.head, position.bytes, &change);
         self.log = Some(next);
+        if self.log_block.is_full() {
+            self.flush_log()?;
+        }
+        Ok(())
+    }
+
+    /// Stores the block of changes this batch appended, if any (before the batch commits, and
+    /// before a job of the batch reads the log).
+    pub(super) fn flush_log(&mut self) -> Result<(), redb::Error> {
+        if let Some((key, value)) = self.log_block.take() {
+            self.txn.open_table(REPLOG)?.insert(key, value.as_slice())?;
+        }
         Ok(())
     }
 }
@@ -375,27 +568,44 @@ impl Engine {
         self.write(move |context| context.set_setting(&key, seq)).await
     }
 
-    /// Drops log entries through `through` (at most [`LOG_TRIM_CHANGES_PER_JOB_MAX`] per call);
-    /// returns the first sequence number still in the log.
+    /// Drops the log's changes through `through` (at most [`LOG_TRIM_CHANGES_PER_JOB_MAX`] per
+    /// call), in whole blocks: a block that also holds a later change stays until a later call
+    /// can drop it whole, so no change after `through` is ever dropped. Returns the first
+    /// sequence number still in the log.
     pub async fn trim_log(&self, through: u64) -> Result<u64, ApiError> {
         self.write(move |context| {
             let result = (|| -> Result<u64, redb::Error> {
+                context.flush_log()?;
                 let mut log = context.txn.open_table(REPLOG)?;
-                let first = log.first()?.map(|(k, _)| k.value());
-                let Some(first) = first else { return Ok(through + 1) };
-                let end = through.min(first + LOG_TRIM_CHANGES_PER_JOB_MAX - 1);
+                let first = match log.first()? {
+                    Some((key, value)) => first_seq_of(key.value(), value.value())?,
+                    None => return Ok(through + 1),
+                };
+                let end = through.min(first.saturating_add(LOG_TRIM_CHANGES_PER_JOB_MAX - 1));
                 if end < first {
                     return Ok(first);
                 }
-                let trimmed = log.get(end)?.and_then(|v| split_log_entry(v.value()).0);
-                log.retain_in(first..=end, |_, _| false)?;
+                // Whole entries only: those keyed at or below `end` hold nothing after it (an
+                // entry is keyed by its last change). A block `end` falls inside stays whole.
+                let last_trimmed = match log.range(..=end)?.next_back() {
+                    Some(entry) => {
+                        let (key, value) = entry?;
+                        let changes = stored_changes(key.value(), value.value()).map_err(redb::Error::Corrupted)?;
+                        Some((key.value(), changes.last().and_then(|c| c.end)))
+                    }
+                    None => None,
+                };
+                let Some((last_key, trimmed)) = last_trimmed else {
+                    return Ok(first);
+                };
+                log.retain_in(..=last_key, |_, _| false)?;
                 if let Some(trimmed) = trimmed {
                     context
                         .txn
                         .open_table(SETTINGS)?
                         .insert(REPLOG_TRIMMED_BYTES, trimmed)?;
                 }
-                Ok(end + 1)
+                Ok(last_key + 1)
             })();
             result.map_err(|e| context.fail("trimming the replication log", e))
         })
@@ -471,16 +681,20 @@ impl Snapshot {
         };
         let mut out = Vec::new();
         let mut bytes = 0;
-        for entry in log
+        // An entry is keyed by its last change: the first keyed at or after `from_seq` holds it.
+        'entries: for entry in log
             .range(from_seq..)
             .map_err(|e| storage_error("reading the replication log", e))?
         {
-            let (seq, value) = entry.map_err(|e| storage_error("reading the replication log", e))?;
-            let change = split_log_entry(value.value()).1;
-            bytes += change.len();
-            out.push((seq.value(), change.to_vec()));
-            if out.len() >= changes_max || bytes >= bytes_max {
-                break;
+            let (key, value) = entry.map_err(|e| storage_error("reading the replication log", e))?;
+            let changes = stored_changes(key.value(), value.value())
+                .map_err(|e| storage_error("reading the replication log", e))?;
+            for logged in changes.into_iter().filter(|c| c.seq >= from_seq) {
+                bytes += logged.change.len();
+                out.push((logged.seq, logged.change.to_vec()));
+                if out.len() >= changes_max || bytes >= bytes_max {
+                    break 'entries;
+                }
             }
         }
         Ok(out)
@@ -520,10 +734,7 @@ impl Snapshot {
             Err(TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(storage_error("opening the replication log", e)),
         };
-        let entry = log
-            .get(seq)
-            .map_err(|e| storage_error("reading the replication log", e))?;
-        Ok(entry.and_then(|v| split_log_entry(v.value()).0))
+        end_of(&log, seq).map_err(|e| storage_error("reading the replication log", e))
     }
 
     /// The lowest position to trim through so that at most `bytes_max` bytes of log remain
@@ -539,23 +750,24 @@ impl Snapshot {
             Err(TableError::TableDoesNotExist(_)) => return Ok(0),
             Err(e) => return Err(storage_error("opening the replication log", e)),
         };
-        let bounds = (
-            log.first().map_err(|e| storage_error("reading the log", e))?,
-            log.last().map_err(|e| storage_error("reading the log", e))?,
-        );
-        let (Some(first), Some(last)) = bounds else {
+        let first = match log.first().map_err(|e| storage_error("reading the log", e))? {
+            Some((key, value)) => {
+                first_seq_of(key.value(), value.value()).map_err(|e| storage_error("reading the log", e))?
+            }
+            None => return Ok(0),
+        };
+        let Some(last) = log.last().map_err(|e| storage_error("reading the log", e))? else {
             return Ok(0);
         };
-        let (mut low, mut high) = (first.0.value(), last.0.value());
-        drop((first, last));
-        // The first entry whose count reaches `keep_from_bytes`: trim through it. Counts grow
-        // with the sequence number; an uncounted (older) entry counts as not reaching it.
+        let (mut low, mut high) = (first, last.0.value());
+        drop(last);
+        // The first change whose count reaches `keep_from_bytes`: trim through it. Counts grow
+        // with the sequence number; an uncounted (older) entry counts as not reaching it. (The
+        // trim drops whole blocks, so up to one block more than the bound may stay.)
         while low < high {
             let middle = low + (high - low) / 2;
-            let end = log
-                .get(middle)
+            let end = end_of(&log, middle)
                 .map_err(|e| storage_error("reading the log", e))?
-                .and_then(|v| split_log_entry(v.value()).0)
                 .unwrap_or(0);
             if end >= keep_from_bytes {
                 high = middle;
@@ -576,7 +788,12 @@ impl Snapshot {
         let first = log
             .first()
             .map_err(|e| storage_error("reading the replication log", e))?;
-        Ok(first.map(|(k, _)| k.value()).unwrap_or(head + 1))
+        match first {
+            Some((key, value)) => {
+                first_seq_of(key.value(), value.value()).map_err(|e| storage_error("reading the replication log", e))
+            }
+            None => Ok(head + 1),
+        }
     }
 
     /// Per range, the key and record hash (the one [`Snapshot::digests`] sums) of each stored
@@ -927,4 +1144,158 @@ impl replication::receive::PurgeStorage for ReplicaWriter<'_, '_> {
 /// The receiver's durable record of the highest replica-definition sequence from `source`.
 fn definition_received_key(source: &str) -> String {
     format!("definition_received/{source}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The block `changes` (sequence number, change) make, the log holding `before` bytes
+    /// before them.
+    fn block_of(before: u64, changes: &[(u64, &[u8])]) -> (u64, Vec<u8>) {
+        let mut block = LogBlock::default();
+        let mut bytes = before;
+        for (seq, change) in changes {
+            block.push(*seq, bytes, change);
+            bytes += change.len() as u64;
+        }
+        block.take().expect("a block holding changes")
+    }
+
+    /// A block with `body` as its changes, sealed with the right CRC-32.
+    fn sealed(before: u64, body: &[u8]) -> Vec<u8> {
+        let mut value = vec![LOG_BLOCK, 0, 0, 0, 0];
+        value.extend_from_slice(&before.to_le_bytes());
+        value.extend_from_slice(body);
+        let crc = crc32fast::hash(&value[5..]);
+        value[1..5].copy_from_slice(&crc.to_le_bytes());
+        value
+    }
+
+    #[test]
+    fn a_block_holds_a_batchs_changes_with_their_byte_counts() {
+        let (key, value) = block_of(100, &[(5, b"abc"), (6, b""), (7, b"defgh")]);
+        assert_eq!(key, 7, "a block is keyed by its last change");
+        assert_eq!(
+            stored_changes(key, &value),
+            Ok(vec![
+                LoggedChange {
+                    seq: 5,
+                    end: Some(103),
+                    change: b"abc"
+                },
+                LoggedChange {
+                    seq: 6,
+                    end: Some(103),
+                    change: b""
+                },
+                LoggedChange {
+                    seq: 7,
+                    end: Some(108),
+                    change: b"defgh"
+                },
+            ])
+        );
+        let mut block = LogBlock::default();
+        assert!(block.take().is_none(), "an empty batch stores nothing");
+        // A change counts with its sequence number and length.
+        let almost = LOG_BLOCK_BYTES_MAX - LOG_BLOCK_CHANGE_HEADER_BYTES - 1;
+        block.push(1, 0, &vec![0; almost]);
+        assert!(!block.is_full());
+        block.push(2, almost as u64, b"x");
+        assert!(block.is_full(), "full once it holds LOG_BLOCK_BYTES_MAX of changes");
+        let (key, value) = block.take().expect("block");
+        assert_eq!(key, 2);
+        assert_eq!(stored_changes(key, &value).expect("block").len(), 2);
+        assert!(block.take().is_none(), "taking a block leaves an empty one");
+    }
+
+    #[test]
+    fn entries_of_one_change_from_before_blocks_still_read() {
+        let change = replication_log::encode_change("carts", b"k", b"record");
+        let counted = log_entry(4_242, &change);
+        assert_eq!(
+            stored_changes(9, &counted),
+            Ok(vec![LoggedChange {
+                seq: 9,
+                end: Some(4_242),
+                change: &change
+            }])
+        );
+        assert_eq!(
+            stored_changes(3, &change),
+            Ok(vec![LoggedChange {
+                seq: 3,
+                end: None,
+                change: &change
+            }]),
+            "a bare change, from before byte counts"
+        );
+    }
+
+    #[test]
+    fn a_damaged_block_is_an_error_naming_the_damage() {
+        let (key, value) = block_of(0, &[(5, b"abc"), (6, b"def")]);
+        let mut flipped = value.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        assert!(stored_changes(key, &flipped).expect_err("crc").contains("CRC-32"));
+        assert!(stored_changes(7, &value).expect_err("key").contains("ends with"));
+        let mut gap = Vec::new();
+        for seq in [5u64, 7] {
+            gap.extend_from_slice(&seq.to_le_bytes());
+            gap.extend_from_slice(&1u32.to_le_bytes());
+            gap.push(b'x');
+        }
+        assert!(
+            stored_changes(7, &sealed(0, &gap))
+                .expect_err("gap")
+                .contains("after 5")
+        );
+        let mut long = 9u64.to_le_bytes().to_vec();
+        long.extend_from_slice(&u32::MAX.to_le_bytes());
+        long.extend_from_slice(b"xy");
+        assert!(
+            stored_changes(9, &sealed(0, &long))
+                .expect_err("length")
+                .contains("past the end")
+        );
+        let cut = sealed(0, &9u64.to_le_bytes());
+        assert!(stored_changes(9, &cut).expect_err("cut").contains("header"));
+        assert!(stored_changes(9, &sealed(0, &[])).expect_err("empty").contains("empty"));
+        let mut counted_past_u64 = 9u64.to_le_bytes().to_vec();
+        counted_past_u64.extend_from_slice(&2u32.to_le_bytes());
+        counted_past_u64.extend_from_slice(b"xy");
+        assert!(
+            stored_changes(9, &sealed(u64::MAX - 1, &counted_past_u64))
+                .expect_err("overflow")
+                .contains("u64")
+        );
+        for cut in 1..LOG_BLOCK_HEADER_BYTES {
+            assert!(stored_changes(key, &value[..cut]).is_err(), "header cut at {cut}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_stored_bytes_read_as_changes_or_an_error(
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96),
+            tag in 0u8..4,
+            key in 0u64..4,
+            seal in proptest::prelude::any::<bool>(),
+        ) {
+            let mut value = value;
+            if let Some(first) = value.first_mut() {
+                *first = tag;
+            }
+            if seal && tag == LOG_BLOCK && value.len() >= 5 {
+                let crc = crc32fast::hash(&value[5..]);
+                value[1..5].copy_from_slice(&crc.to_le_bytes());
+            }
+            if let Ok(changes) = stored_changes(key, &value) {
+                proptest::prop_assert!(!changes.is_empty());
+                proptest::prop_assert_eq!(changes.last().map(|c| c.seq), Some(key));
+            }
+        }
+    }
 }

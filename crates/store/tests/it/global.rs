@@ -1083,3 +1083,112 @@ async fn replica_updates_keep_a_tag_committed_after_they_read_the_table() {
     assert_eq!(remote["Table"]["TableName"], "carts", "{remote}");
     stop(&mut europe).await;
 }
+
+/// Rewrites the replication log in `dir` the way the build before log blocks stored it: one
+/// entry per change, keyed by its sequence number, holding tag 1, the byte count through it
+/// (`u64`, big-endian) and the change.
+async fn rewrite_log_one_change_per_entry(dir: &std::path::Path, region: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_millis(REOPEN_DEADLINE_MS);
+    let engine = loop {
+        match Engine::open(dir, region, Arc::new(SystemClock)) {
+            Ok(engine) => break engine,
+            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let (changes, ends) = {
+        let snapshot = engine.snapshot().expect("snapshot");
+        let first = snapshot.log_first(engine.log_head()).expect("first");
+        let changes = snapshot.read_log(first, usize::MAX, usize::MAX).expect("log");
+        let total = snapshot.log_bytes_after(0).expect("bytes");
+        let ends: Vec<u64> = changes
+            .iter()
+            .map(|(seq, _)| total - snapshot.log_bytes_after(*seq).expect("bytes"))
+            .collect();
+        (changes, ends)
+    };
+    drop(engine);
+    let database = loop {
+        match redb::Database::open(dir.join("store.redb")) {
+            Ok(database) => break database,
+            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let txn = database.begin_write().expect("write");
+    {
+        let mut log = txn
+            .open_table(redb::TableDefinition::<u64, &[u8]>::new("replog"))
+            .expect("log");
+        log.retain(|_, _| false).expect("clear the log");
+        for ((seq, change), end) in changes.iter().zip(ends) {
+            let mut entry = vec![1u8];
+            entry.extend_from_slice(&end.to_be_bytes());
+            entry.extend_from_slice(change);
+            log.insert(*seq, entry.as_slice()).expect("rewrite");
+        }
+    }
+    txn.commit().expect("commit");
+    changes.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_stored_one_change_per_entry_still_ships_after_the_upgrade() {
+    let mut regions = start_regions().await;
+    let origin = regions[0].url.clone();
+    ok(&origin, "CreateTable", on_demand_table("carts", "id")).await;
+    ok(
+        &origin,
+        "UpdateTable",
+        json!({
+            "TableName": "carts",
+            "ReplicaUpdates": [{"Create": {"RegionName": "eu-west-1"}}, {"Create": {"RegionName": "us-east-1"}}]
+        }),
+    )
+    .await;
+    put_carts(&origin, 5).await;
+    wait_converged(&regions, 5).await;
+
+    // eu-west-1 misses a batch of 25 and a few single writes; then the origin stops, and its
+    // log is stored as the previous build stored it.
+    stop(&mut regions[1]).await;
+    let requests: Vec<Value> = (0..25)
+        .map(|i| json!({"PutRequest": {"Item": {"id": {"S": format!("missed-{i:02}")}}}}))
+        .collect();
+    ok(&origin, "BatchWriteItem", json!({"RequestItems": {"carts": requests}})).await;
+    for i in 0..3 {
+        ok(
+            &origin,
+            "PutItem",
+            json!({"TableName": "carts", "Item": {"id": {"S": format!("single-{i}")}}}),
+        )
+        .await;
+    }
+    stop(&mut regions[0]).await;
+    let rewritten = rewrite_log_one_change_per_entry(regions[0].dir.path(), regions[0].name).await;
+    assert!(
+        rewritten >= 28,
+        "the changes eu-west-1 missed are in the log ({rewritten})"
+    );
+
+    let urls: Vec<(String, String)> = regions.iter().map(|r| (r.name.to_string(), r.url.clone())).collect();
+    for index in [0, 1] {
+        let listener = TcpListener::bind(regions[index].url.trim_start_matches("http://"))
+            .await
+            .expect("rebind the same port");
+        start(&mut regions[index], listener, &urls).await;
+    }
+    // More writes after the upgrade land in blocks behind the old entries.
+    put_carts(&regions[0].url, 8).await;
+    wait_converged(&regions, 8 + 25 + 3).await;
+    // Through the log, not only by repair: eu-west-1 acknowledged every change logged.
+    let health_url = format!("{}/health", regions[0].url);
+    wait_until("eu-west-1 acknowledging the origin's whole log", || async {
+        let health = get_json(&health_url).await["replication"].clone();
+        health["log_head"].as_u64().is_some() && health["peers"]["eu-west-1"]["acked_seq"] == health["log_head"]
+    })
+    .await;
+    for region in &mut regions {
+        stop(region).await;
+    }
+}

@@ -349,3 +349,217 @@ async fn a_peer_clock_far_ahead_does_not_drag_local_stamps_into_its_future() {
     );
     assert!(present(&store, "ahead").await);
 }
+
+/// Puts items `{prefix}-00 ..` of about `size` bytes each in one BatchWriteItem: one write
+/// job, so one batch.
+async fn put_batch(store: &Store, prefix: &str, count: usize, size: usize) {
+    let requests: Vec<Value> = (0..count)
+        .map(|i| json!({"PutRequest": {"Item": {"id": {"S": format!("{prefix}-{i:02}")}, "pad": {"S": "p".repeat(size)}}}}))
+        .collect();
+    ok(store, "BatchWriteItem", json!({"RequestItems": {"carts": requests}})).await;
+}
+
+/// The replication log's stored entries: each key (the entry's last sequence number) and size.
+fn log_entries(dir: &std::path::Path) -> Vec<(u64, usize)> {
+    let database = open_raw(dir);
+    let txn = database.begin_read().expect("read");
+    let log = txn
+        .open_table(redb::TableDefinition::<u64, &[u8]>::new("replog"))
+        .expect("log");
+    redb::ReadableTable::iter(&log)
+        .expect("entries")
+        .map(|entry| {
+            let (key, value) = entry.expect("entry");
+            (key.value(), value.value().len())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batchs_changes_share_one_log_block_read_from_any_change_and_trimmed_whole() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let sizes: Vec<u64> = {
+        let engine = open(dir.path());
+        let store = global_table(&engine).await;
+        put(&store, "first").await;
+        put_batch(&store, "batch", 25, 10).await;
+        put(&store, "last").await;
+        assert_eq!(engine.log_head(), 27);
+        let read = engine
+            .snapshot()
+            .expect("snapshot")
+            .read_log(1, 1_000, usize::MAX)
+            .expect("log");
+        assert_eq!(
+            read.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            (1..=27).collect::<Vec<u64>>()
+        );
+        read.iter().map(|(_, change)| change.len() as u64).collect()
+    };
+    let entries = log_entries(dir.path());
+    assert_eq!(
+        entries.iter().map(|(key, _)| *key).collect::<Vec<_>>(),
+        vec![1, 26, 27],
+        "one entry per batch, keyed by its last change"
+    );
+
+    let engine = open(dir.path());
+    let snapshot = engine.snapshot().expect("snapshot");
+    let all = snapshot.read_log(1, 1_000, usize::MAX).expect("log");
+    // From the middle of the block, bounded by count and by bytes, as the shipper reads.
+    let middle = snapshot.read_log(10, 5, usize::MAX).expect("log");
+    assert_eq!(middle, all[9..14].to_vec(), "five changes from the block's tenth");
+    let across = snapshot.read_log(25, 10, usize::MAX).expect("log");
+    assert_eq!(across, all[24..].to_vec(), "from the block into the next entry");
+    let two = (sizes[11] + sizes[12]) as usize;
+    assert_eq!(snapshot.read_log(12, 1_000, two).expect("log"), all[11..13].to_vec());
+    assert!(snapshot.read_log(28, 10, usize::MAX).expect("log").is_empty());
+    assert_eq!(snapshot.log_first(27).expect("first"), 1);
+    for acked in 0..=27u64 {
+        assert_eq!(
+            snapshot.log_bytes_after(acked).expect("bytes"),
+            sizes[acked as usize..].iter().sum::<u64>(),
+            "bytes pending after {acked}"
+        );
+    }
+    let bound: u64 = sizes[13..].iter().sum::<u64>() + 1;
+    assert_eq!(
+        snapshot.trim_point_for_bytes(bound).expect("trim point"),
+        13,
+        "the trim point is a change, even inside a block"
+    );
+    drop(snapshot);
+
+    // A trim point inside the block drops what is before the block and keeps the block whole.
+    assert_eq!(engine.trim_log(13).await.expect("trim"), 2);
+    let snapshot = engine.snapshot().expect("snapshot");
+    assert_eq!(snapshot.log_first(27).expect("first"), 2);
+    assert_eq!(snapshot.read_log(2, 1_000, usize::MAX).expect("log"), all[1..].to_vec());
+    assert_eq!(
+        snapshot.read_log(1, 1, usize::MAX).expect("log")[0].0,
+        2,
+        "a trimmed position reads from the first change held"
+    );
+    for acked in [1u64, 13, 26] {
+        assert_eq!(
+            snapshot.log_bytes_after(acked).expect("bytes"),
+            sizes[acked as usize..].iter().sum::<u64>(),
+            "bytes pending after {acked} once the block's predecessor is trimmed"
+        );
+    }
+    drop(snapshot);
+    assert_eq!(engine.trim_log(25).await.expect("trim"), 2, "the block still holds 26");
+    assert_eq!(engine.trim_log(26).await.expect("trim"), 27, "now the block goes whole");
+    let snapshot = engine.snapshot().expect("snapshot");
+    assert_eq!(snapshot.log_first(27).expect("first"), 27);
+    assert_eq!(snapshot.log_bytes_after(26).expect("bytes"), sizes[26]);
+    assert_eq!(
+        snapshot.log_bytes_after(5).expect("bytes"),
+        sizes[26],
+        "a trimmed position needs everything still held"
+    );
+    assert_eq!(snapshot.read_log(5, 10, usize::MAX).expect("log"), all[26..].to_vec());
+    drop(snapshot);
+    assert_eq!(engine.trim_log(27).await.expect("trim"), 28);
+    let snapshot = engine.snapshot().expect("snapshot");
+    assert_eq!(
+        snapshot.log_first(27).expect("first"),
+        28,
+        "empty: the head's successor"
+    );
+    assert_eq!(snapshot.log_bytes_after(27).expect("bytes"), 0);
+}
+
+#[tokio::test]
+async fn a_batch_bigger_than_a_block_fills_several() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let count = 8;
+    let size = store::engine::LOG_BLOCK_BYTES_MAX / 3;
+    {
+        let engine = open(dir.path());
+        let store = global_table(&engine).await;
+        put_batch(&store, "big", count, size).await;
+        let read = engine
+            .snapshot()
+            .expect("snapshot")
+            .read_log(1, 1_000, usize::MAX)
+            .expect("log");
+        assert_eq!(read.len(), count);
+    }
+    let entries = log_entries(dir.path());
+    assert!(entries.len() >= 2, "one batch, several blocks: {entries:?}");
+    assert_eq!(entries.last().map(|(key, _)| *key), Some(count as u64));
+    for (key, bytes) in &entries {
+        assert!(
+            *bytes < store::engine::LOG_BLOCK_BYTES_MAX + 2 * size,
+            "block {key} of {bytes} bytes: at most one change past the bound"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_log_of_one_change_per_entry_reads_trims_and_grows_in_blocks() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (changes, total) = {
+        let engine = open(dir.path());
+        let store = global_table(&engine).await;
+        put_batch(&store, "old", 6, 10).await;
+        let snapshot = engine.snapshot().expect("snapshot");
+        let changes = snapshot.read_log(1, 10, usize::MAX).expect("log");
+        (changes, snapshot.log_bytes_after(0).expect("bytes"))
+    };
+    // Store the changes the way the build before blocks did: one entry per change, keyed by
+    // its sequence number, holding tag 1, the byte count through it (big-endian), the change.
+    let database = open_raw(dir.path());
+    let txn = database.begin_write().expect("write");
+    {
+        let mut log = txn
+            .open_table(redb::TableDefinition::<u64, &[u8]>::new("replog"))
+            .expect("log");
+        log.retain(|_, _| false).expect("clear");
+        let mut end = total - changes.iter().map(|(_, c)| c.len() as u64).sum::<u64>();
+        for (seq, change) in &changes {
+            end += change.len() as u64;
+            let mut entry = vec![1u8];
+            entry.extend_from_slice(&end.to_be_bytes());
+            entry.extend_from_slice(change);
+            log.insert(*seq, entry.as_slice()).expect("rewrite");
+        }
+    }
+    txn.commit().expect("commit");
+    drop(database);
+    assert_eq!(log_entries(dir.path()).len(), 6);
+
+    let engine = open(dir.path());
+    let store = Store::new(engine.clone());
+    put_batch(&store, "new", 4, 10).await;
+    let snapshot = engine.snapshot().expect("snapshot");
+    let read = snapshot.read_log(1, 100, usize::MAX).expect("log");
+    assert_eq!(read.len(), 10);
+    assert_eq!(&read[..6], &changes[..], "old entries read back as the same changes");
+    let sizes: Vec<u64> = read.iter().map(|(_, c)| c.len() as u64).collect();
+    for acked in 0..=10u64 {
+        assert_eq!(
+            snapshot.log_bytes_after(acked).expect("bytes"),
+            sizes[acked as usize..].iter().sum::<u64>(),
+            "bytes pending after {acked}"
+        );
+    }
+    assert_eq!(snapshot.read_log(4, 4, usize::MAX).expect("log"), read[3..7].to_vec());
+    let bound: u64 = sizes[3..].iter().sum::<u64>() + 1;
+    assert_eq!(snapshot.trim_point_for_bytes(bound).expect("trim point"), 3);
+    drop(snapshot);
+    assert_eq!(
+        engine.trim_log(3).await.expect("trim"),
+        4,
+        "old entries trim one by one"
+    );
+    assert_eq!(engine.trim_log(8).await.expect("trim"), 7, "the new block stays whole");
+    let snapshot = engine.snapshot().expect("snapshot");
+    assert_eq!(snapshot.log_first(10).expect("first"), 7);
+    assert_eq!(snapshot.read_log(7, 100, usize::MAX).expect("log"), read[6..].to_vec());
+    assert_eq!(
+        snapshot.log_bytes_after(3).expect("bytes"),
+        sizes[6..].iter().sum::<u64>()
+    );
+}
