@@ -324,8 +324,7 @@ impl WriteContext<'_> {
             .streams
             .limits
             .get_or_insert_with(|| *self.shared.stream_limits.read().expect("limits lock is never poisoned"));
-        let (key, open) = &mut self.streams.open[at];
-        let open = open.as_mut().expect("checked above");
+        let open = self.streams.open[at].1.as_mut().expect("checked above");
         if due_for_rollover(&open.shard, &limits, now_ms) {
             roll_over(self.txn, open, now_ms, seq)?;
         }
@@ -349,7 +348,7 @@ impl WriteContext<'_> {
             .and(stored)
             .and_then(|stored| local_item_json(stored, &self.shared.region));
         if !append_to_block(&mut open.block, &change, new_json) {
-            debug_assert!(false, "a change without a record in stream {key}");
+            // Only an item without its key attributes (never stored) has no record.
             return Ok(());
         }
         open.block_newest_ms = open.block_newest_ms.max(now_ms);
