@@ -11,7 +11,7 @@
    store's user+system time per PutItem, /proc/PID/stat); the medians and their spread
    (min-max over the pairs) are reported. The issue's target: a stream costs at most 10 % of
    PutItem throughput.
-   On a machine with two or more CPUs the store is pinned to CPU 0 and wrk to CPU 1
+   On a machine with two or more CPUs the store is pinned to one CPU and wrk to another
    (`taskset`; --no-pin leaves them to the scheduler), so wrk does not take the store's CPU
    and a store that is CPU-bound on its core shows a throughput cost that tracks its CPU
    cost. The whole run is in a scheduler autogroup of its own at nice -20
@@ -48,8 +48,6 @@ SECTION_BEGIN = "<!-- bench-streams:begin -->"
 SECTION_END = "<!-- bench-streams:end -->"
 STREAM_TABLE = "bench-stream"
 GET_RECORDS_SAMPLES = 200
-STORE_CPU = 0
-WRK_CPU = 1
 TABLES = (("no stream", "bench"), ("NEW_AND_OLD_IMAGES stream", STREAM_TABLE))
 # A static, well-formed SigV4 header: a store without configured credentials accepts it.
 HEADERS = {
@@ -113,11 +111,21 @@ def cpu_seconds(pid):
 
 
 def pinning(pin):
-    """`taskset` prefixes for the store and for wrk: one CPU each when `pin` and the machine
-    has two; none otherwise."""
-    if pin and len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset"):
-        return ["taskset", "-c", str(STORE_CPU)], ["taskset", "-c", str(WRK_CPU)]
+    """`taskset` prefixes for the store and for wrk: the first and the second CPU this process
+    may run on, when `pin` and there are two; none otherwise."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin and len(cpus) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpus[0])], ["taskset", "-c", str(cpus[1])]
     return [], []
+
+
+def autogroup():
+    """This process's scheduler autogroup as the kernel shows it ("/autogroup-N nice -20"), or
+    a note that there is none."""
+    try:
+        return Path("/proc/self/autogroup").read_text().strip()
+    except OSError:
+        return "no autogroup"
 
 
 def wrk(port, table, args, prefix):
@@ -141,7 +149,7 @@ def put_rounds(port, pid, args, wrk_prefix):
         order = TABLES if index % 2 == 0 else TABLES[::-1]
         for name, table in order:
             profiler = None
-            if args.perf and index < 2:
+            if args.perf and index == 0:
                 args.perf.mkdir(parents=True, exist_ok=True)
                 profiler = subprocess.Popen(
                     ["perf", "record", "-q", "-g", "-F", "999", "-p", str(pid), "-o", str(args.perf / f"{table}.data")],
@@ -218,12 +226,12 @@ def percentile(values, fraction):
 
 def section(puts, records, args, command_line, build, pinned):
     tables, cost, cpu = puts["tables"], puts["throughput_cost"], puts["cpu_cost"]
-    placement = (f"store pinned to CPU {STORE_CPU}, wrk -t1 to CPU {WRK_CPU}" if pinned
+    placement = (f"store pinned to CPU {pinned[0][-1]}, wrk -t1 to CPU {pinned[1][-1]}" if pinned[0]
                  else "store and wrk -t2 sharing the CPUs")
     lines = [
         f"Command: `{command_line}` ({build} build; wrk -c{args.connections} -d{args.duration}s per round, "
         f"{args.rounds} rounds alternating the two tables of one store, every PutItem a real change of one of "
-        f"{bench_store.ITEMS} items; {placement}; in an autogroup of its own at nice -20; "
+        f"{bench_store.ITEMS} items; {placement}; scheduler group {args.autogroup!r}; "
         f"{time.strftime('%Y-%m-%d')}; load average before the run {args.load:.2f}).",
         "",
         "| table | PutItem/s | p50 ms | p99 ms | non-2xx | store CPU per PutItem |",
@@ -268,6 +276,7 @@ def main():
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     args.load = os.getloadavg()[0]
+    args.autogroup = autogroup()
     bench_store.ensure_tools(build=args.binary is None)
     store_prefix, wrk_prefix = pinning(args.pin)
     binary = (args.binary or REPO / "target" / "release" / "switchyard").resolve()
@@ -286,7 +295,7 @@ def main():
         args.json.write_text(json.dumps({"binary": str(binary), "load": args.load, **puts,
                                          "get_records_ms": records["samples"]}, indent=1))
     text = section(puts, records, args, "scripts/bench-streams.py " + " ".join(sys.argv[1:]), binary.parent.name,
-                   bool(store_prefix))
+                   (store_prefix, wrk_prefix))
     print(text)
     if not args.no_write:
         bench_store.update_benchmarks(text, SECTION_BEGIN, SECTION_END,
