@@ -1,12 +1,21 @@
 #!/usr/bin/env python3
 """What a DynamoDB stream costs the store, in one run on one machine (release build):
 
-    scripts/bench-streams.py [--duration 20] [--rounds 3] [--connections 16] [--binary PATH]
+    scripts/bench-streams.py [--duration 8] [--rounds 9] [--connections 16] [--binary PATH]
+        [--no-pin] [--perf DIR] [--json PATH] [--no-write]
 
 1. PutItem throughput to two tables of the same store, one without a stream and one with a
-   NEW_AND_OLD_IMAGES stream, in rounds that alternate the two (wrk, benches/dynamodb.lua's
-   "Change" workload: every write changes the item, so every write makes a stream record).
-   The issue's target: a stream costs at most 10 % of PutItem throughput.
+   NEW_AND_OLD_IMAGES stream, in many short rounds that alternate the two (wrk,
+   benches/dynamodb.lua's "Change" workload: every write changes the item, so every write
+   makes a stream record). Each pair of rounds gives a throughput cost and a CPU cost (the
+   store's user+system time per PutItem, /proc/PID/stat); the medians and their spread
+   (min-max over the pairs) are reported. The issue's target: a stream costs at most 10 % of
+   PutItem throughput.
+   On a machine with two or more CPUs the store is pinned to one CPU and wrk to another
+   (`taskset`; --no-pin leaves them to the scheduler), so wrk does not take the store's CPU
+   and a store that is CPU-bound on its core shows a throughput cost that tracks its CPU
+   cost. The whole run is in a scheduler autogroup of its own at nice -20
+   (`own_autogroup` of bench-scale.py), so other sessions' builds weigh less on it.
 2. GetRecords with Limit 1000 over the records those writes made, timed from the request's
    first byte to the response's last on a kept-alive connection (no SDK parsing in the figure).
    The issue's target: at most 5 ms.
@@ -20,7 +29,10 @@ import http.client
 import importlib.util
 import json
 import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +48,7 @@ SECTION_BEGIN = "<!-- bench-streams:begin -->"
 SECTION_END = "<!-- bench-streams:end -->"
 STREAM_TABLE = "bench-stream"
 GET_RECORDS_SAMPLES = 200
+TABLES = (("no stream", "bench"), ("NEW_AND_OLD_IMAGES stream", STREAM_TABLE))
 # A static, well-formed SigV4 header: a store without configured credentials accepts it.
 HEADERS = {
     "Content-Type": "application/x-amz-json-1.0",
@@ -97,24 +110,80 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def put_rounds(port, pid, args):
+def pinning(pin):
+    """`taskset` prefixes for the store and for wrk: the first and the second CPU this process
+    may run on, when `pin` and there are two; none otherwise."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin and len(cpus) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpus[0])], ["taskset", "-c", str(cpus[1])]
+    return [], []
+
+
+def autogroup():
+    """This process's scheduler autogroup as the kernel shows it ("/autogroup-N nice -20"), or
+    a note that there is none."""
+    try:
+        return Path("/proc/self/autogroup").read_text().strip()
+    except OSError:
+        return "no autogroup"
+
+
+def wrk(port, table, args, prefix):
+    """One round of the Change workload on `table` (bench-store.py's wrk, optionally pinned)."""
+    threads = 1 if prefix else 2
+    output = subprocess.run(
+        prefix + ["wrk", f"-t{threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+                  "-s", str(bench_store.LUA), f"http://127.0.0.1:{port}/", "--", "Change", table],
+        check=True, capture_output=True, text=True).stdout
+    return bench_store.parse_wrk(output)
+
+
+def put_rounds(port, pid, args, wrk_prefix):
     """Alternating rounds of the Change workload on `bench` and on the stream table. Besides
     throughput, each round measures the store's CPU time per PutItem: other sessions' load on a
-    shared machine moves throughput a lot and CPU per request much less."""
-    rounds = {"no stream": [], "NEW_AND_OLD_IMAGES stream": []}
+    shared machine moves throughput a lot and CPU per request much less. With --perf, the
+    first round on each table also runs `perf record -g` on the store."""
+    rounds = {name: [] for name, _ in TABLES}
     for index in range(args.rounds):
-        for name, table in (("no stream", "bench"), ("NEW_AND_OLD_IMAGES stream", STREAM_TABLE)):
+        # Alternate which table goes first, so a trend over the run hits both alike.
+        order = TABLES if index % 2 == 0 else TABLES[::-1]
+        for name, table in order:
+            profiler = None
+            if args.perf and index == 0:
+                args.perf.mkdir(parents=True, exist_ok=True)
+                profiler = subprocess.Popen(
+                    ["perf", "record", "-q", "-g", "-F", "999", "-p", str(pid), "-o", str(args.perf / f"{table}.data")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             before = cpu_seconds(pid)
-            result = bench_store.wrk(port, "Change", args.duration, args.connections, table)
+            result = wrk(port, table, args, wrk_prefix)
             result["cpu_us"] = (cpu_seconds(pid) - before) * 1e6 / max(result["total"], 1)
+            if profiler:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait()
             rounds[name].append(result)
             print(f"{name:26} round {index + 1}: {result['rate']:8.0f}/s p50 {result['p50']:.2f} ms "
                   f"p99 {result['p99']:.2f} ms non-2xx {result['errors']}/{result['total']} "
-                  f"CPU {result['cpu_us']:.0f} us/request", file=sys.stderr)
-    medians = {name: sorted(results, key=lambda r: r["rate"])[len(results) // 2] for name, results in rounds.items()}
+                  f"CPU {result['cpu_us']:.1f} us/request", file=sys.stderr, flush=True)
+    return rounds
+
+
+def summary(rounds):
+    """Medians per table, and per pair of rounds (round i of each table) the throughput cost
+    and the CPU a stream adds, as median and min-max."""
+    plain, streamed = rounds["no stream"], rounds["NEW_AND_OLD_IMAGES stream"]
+    medians = {}
     for name, results in rounds.items():
-        medians[name]["cpu_us"] = statistics.median(r["cpu_us"] for r in results)
-    return medians
+        medians[name] = {field: statistics.median(r[field] for r in results)
+                         for field in ("rate", "p50", "p99", "cpu_us")}
+        medians[name]["errors"] = sum(r["errors"] for r in results)
+    costs = [1 - s["rate"] / p["rate"] for p, s in zip(plain, streamed)]
+    cpu_costs = [s["cpu_us"] / p["cpu_us"] - 1 for p, s in zip(plain, streamed)]
+    return {
+        "tables": medians,
+        "throughput_cost": {"median": statistics.median(costs), "min": min(costs), "max": max(costs)},
+        "cpu_cost": {"median": statistics.median(cpu_costs), "min": min(cpu_costs), "max": max(cpu_costs)},
+        "rounds": rounds,
+    }
 
 
 def get_records(port):
@@ -155,23 +224,26 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def section(puts, records, args, command_line, build):
-    plain, streamed = puts["no stream"], puts["NEW_AND_OLD_IMAGES stream"]
-    cost = 1 - streamed["rate"] / plain["rate"]
+def section(puts, records, args, command_line, build, pinned):
+    tables, cost, cpu = puts["tables"], puts["throughput_cost"], puts["cpu_cost"]
+    placement = (f"store pinned to CPU {pinned[0][-1]}, wrk -t1 to CPU {pinned[1][-1]}" if pinned[0]
+                 else "store and wrk -t2 sharing the CPUs")
     lines = [
-        f"Command: `{command_line}` ({build} build; wrk -t2 -c{args.connections} -d{args.duration}s, median of "
+        f"Command: `{command_line}` ({build} build; wrk -c{args.connections} -d{args.duration}s per round, "
         f"{args.rounds} rounds alternating the two tables of one store, every PutItem a real change of one of "
-        f"{bench_store.ITEMS} items; 2 cores shared by the store and wrk; {time.strftime('%Y-%m-%d')}).",
+        f"{bench_store.ITEMS} items; {placement}; scheduler group {args.autogroup!r}; "
+        f"{time.strftime('%Y-%m-%d')}; load average before the run {args.load:.2f}).",
         "",
         "| table | PutItem/s | p50 ms | p99 ms | non-2xx | store CPU per PutItem |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, r in puts.items():
+    for name, r in tables.items():
         lines.append(f"| {name} | {r['rate']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} "
-                     f"| {r['cpu_us']:.0f} µs |")
-    cpu_cost = streamed["cpu_us"] / plain["cpu_us"] - 1
-    lines += ["", f"The stream costs **{cost * 100:.1f} %** of PutItem throughput (target: at most 10 %) and adds "
-                  f"{cpu_cost * 100:.1f} % to the store's CPU time per PutItem (median of the rounds)."]
+                     f"| {r['cpu_us']:.1f} µs |")
+    lines += ["", f"The stream costs **{cost['median'] * 100:.1f} %** of PutItem throughput (target: at most 10 %; "
+                  f"{cost['min'] * 100:.1f}–{cost['max'] * 100:.1f} % over the {args.rounds} pairs of rounds) and "
+                  f"adds **{cpu['median'] * 100:.1f} %** to the store's CPU time per PutItem "
+                  f"({cpu['min'] * 100:.1f}–{cpu['max'] * 100:.1f} %); medians of the pairs, table medians above."]
     samples = records["samples"]
     if samples:
         lines += [
@@ -192,25 +264,38 @@ def main():
     spec.loader.exec_module(scale)
     scale.own_autogroup()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=20, help="seconds per round and table (default 20)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is kept (default 3)")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per round and table (default 8)")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds; medians are kept (default 9)")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections (default 16)")
     parser.add_argument("--binary", type=Path, help="use this switchyard binary instead of building target/release")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="do not pin the store and wrk to a CPU each")
+    parser.add_argument("--perf", type=Path, help="perf record -g the store during the first round on each table, "
+                                                  "into DIR/bench.data and DIR/bench-stream.data")
+    parser.add_argument("--json", type=Path, help="also write every round's figures here")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
+    args.load = os.getloadavg()[0]
+    args.autogroup = autogroup()
     bench_store.ensure_tools(build=args.binary is None)
+    store_prefix, wrk_prefix = pinning(args.pin)
     binary = (args.binary or REPO / "target" / "release" / "switchyard").resolve()
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as root:
         root = Path(root)
         (root / "switchyard").mkdir()
-        port, process = bench_store.start_system("switchyard", bench_store.systems(root, binary)["switchyard"], root)
+        command = bench_store.systems(root, binary)["switchyard"]
+        port, process = bench_store.start_system("switchyard", lambda port: store_prefix + command(port), root)
         try:
             create_stream_table(Api(port))
-            puts = put_rounds(port, process.pid, args)
+            puts = summary(put_rounds(port, process.pid, args, wrk_prefix))
             records = get_records(port)
         finally:
             bench_store.stop(process)
-    text = section(puts, records, args, "scripts/bench-streams.py " + " ".join(sys.argv[1:]), binary.parent.name)
+    if args.json:
+        args.json.write_text(json.dumps({"binary": str(binary), "load": args.load, **puts,
+                                         "get_records_ms": records["samples"]}, indent=1))
+    text = section(puts, records, args, "scripts/bench-streams.py " + " ".join(sys.argv[1:]), binary.parent.name,
+                   (store_prefix, wrk_prefix))
     print(text)
     if not args.no_write:
         bench_store.update_benchmarks(text, SECTION_BEGIN, SECTION_END,

@@ -1295,7 +1295,7 @@ impl WriteContext<'_> {
             stats.0 += i64::from(projected_new.is_some()) - i64::from(projected_old.is_some());
             stats.1 += size(projected_new.as_ref()) - size(projected_old.as_ref());
         }
-        self.stream_append(table, old, new)?;
+        self.stream_append(table, old, new, record)?;
         if table.pitr.is_some() {
             self.pitr_append(table, key, old, new)?;
         }

@@ -108,15 +108,34 @@ const BLOCK_RECORD_HEADER_BYTES: usize = 8 + 4;
 /// (an iterator in its middle) stays cheap. A record bigger than this is a block of its own.
 pub(crate) const STREAM_BLOCK_BYTES_MAX: usize = 64 * 1024;
 
-/// Appends one record to a block's body.
-fn append_to_block(body: &mut Vec<u8>, seq: u64, record: &streams::Record<'_>) {
-    body.extend_from_slice(&seq.to_le_bytes());
+/// Appends the record of `change` to a block's body, shaped straight into it (no record is
+/// built and copied); returns whether there was one (a change that changed nothing has none,
+/// and leaves the body as it was).
+fn append_to_block(body: &mut Vec<u8>, change: &streams::Change<'_>, new_json: Option<&[u8]>) -> bool {
+    let start = body.len();
+    body.extend_from_slice(&change.seq.to_le_bytes());
     let at = body.len();
     body.extend_from_slice(&[0; 4]);
-    serde_json::to_writer(&mut *body, record).expect("serialising a record into a Vec cannot fail");
+    if !streams::write_record(change, new_json, body) {
+        body.truncate(start);
+        return false;
+    }
     // A record is at most a few item images (400 KB each), far below 4 GiB.
     let len = u32::try_from(body.len() - at - 4).unwrap_or(u32::MAX);
     body[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    true
+}
+
+/// The item JSON of a stored form this region wrote (`record::encode` of the item the change
+/// stores): the record's NewImage is then these bytes, copied instead of serialised a second
+/// time. A replicated change's stored form was serialised by its origin region, possibly by
+/// another build; its image is serialised here, so that records are written one way.
+fn local_item_json<'r>(stored: &'r [u8], region: &str) -> Option<&'r [u8]> {
+    if record::is_tombstone(stored).ok()? || record::origin(stored).ok()? != region {
+        return None;
+    }
+    let header = record::header_bytes(stored).ok()?;
+    stored.get(header.len()..)
 }
 
 /// A block as `stream_records` stores it: header, then `body`.
@@ -226,8 +245,24 @@ pub(super) struct StreamBatch {
     /// The last sequence number handed out, once read; and whether it moved.
     seq: Option<u64>,
     seq_dirty: bool,
-    /// Per stream key: the stream's open shard (`None`: the stream is disabled or gone).
-    open: HashMap<String, Option<OpenShard>>,
+    /// Per stream key (`TABLE/LABEL`): the stream's open shard (`None`: the stream is disabled
+    /// or gone). A batch appends to one or a few streams: a list, searched without building
+    /// the key.
+    open: Vec<(String, Option<OpenShard>)>,
+    /// The limits in force, read once per batch.
+    limits: Option<StreamLimits>,
+}
+
+impl StreamBatch {
+    /// Where stream `table/label` is in `open`.
+    fn position(&self, table: &str, label: &str) -> Option<usize> {
+        self.open.iter().position(|(key, _)| {
+            key.len() == table.len() + 1 + label.len()
+                && key.starts_with(table)
+                && key.as_bytes()[table.len()] == b'/'
+                && key.ends_with(label)
+        })
+    }
 }
 
 struct OpenShard {
@@ -258,12 +293,13 @@ impl OpenShard {
 
 impl WriteContext<'_> {
     /// Records the change of one item in the table's stream, if it has an enabled one and the
-    /// change changed anything.
+    /// change changed anything. `stored` is what `store` wrote for `new` (its stored form).
     pub(super) fn stream_append(
         &mut self,
         table: &TableMeta,
         old: Option<&Item>,
         new: Option<&Item>,
+        stored: Option<&[u8]>,
     ) -> Result<(), redb::Error> {
         let Some(stream) = table.stream.as_ref().filter(|s| s.enabled) else {
             return Ok(());
@@ -272,16 +308,32 @@ impl WriteContext<'_> {
             return Ok(());
         }
         let now_ms = self.shared.clock.now_unix_ms();
-        let key = stream_key(&table.name, &stream.label);
-        if !self.streams.open.contains_key(&key) {
-            let open = self.load_open_shard(table, stream, now_ms)?;
-            self.streams.open.insert(key.clone(), open);
+        let at = match self.streams.position(&table.name, &stream.label) {
+            Some(at) => at,
+            None => {
+                let open = self.load_open_shard(table, stream, now_ms)?;
+                self.streams.open.push((stream_key(&table.name, &stream.label), open));
+                self.streams.open.len() - 1
+            }
+        };
+        if self.streams.open[at].1.is_none() {
+            return Ok(());
         }
         let seq = self.last_stream_seq()? + 1;
-        let Some(open) = self.streams.open.get(&key).and_then(Option::as_ref) else {
-            return Ok(());
-        };
-        let Some(record) = streams::shape_record(&streams::Change {
+        let limits = *self
+            .streams
+            .limits
+            .get_or_insert_with(|| *self.shared.stream_limits.read().expect("limits lock is never poisoned"));
+        let open = self.streams.open[at].1.as_mut().expect("checked above");
+        if due_for_rollover(&open.shard, &limits, now_ms) {
+            roll_over(self.txn, open, now_ms, seq)?;
+        }
+        if open.block.is_empty() {
+            open.block_first_seq = seq;
+            open.block.reserve(STREAM_BLOCK_BYTES_MAX / 4);
+        }
+        let before = open.block.len();
+        let change = streams::Change {
             stream_id: open.stream_id,
             seq,
             view_type: open.view_type,
@@ -291,26 +343,14 @@ impl WriteContext<'_> {
             new,
             ttl: self.ttl_delete,
             now_ms,
-        }) else {
-            return Ok(());
         };
-        let limits = *self.shared.stream_limits.read().expect("limits lock is never poisoned");
-        if due_for_rollover(&open.shard, &limits, now_ms) {
-            self.roll_over(&key, now_ms, seq)?;
+        let new_json = new
+            .and(stored)
+            .and_then(|stored| local_item_json(stored, &self.shared.region));
+        if !append_to_block(&mut open.block, &change, new_json) {
+            // Only an item without its key attributes (never stored) has no record.
+            return Ok(());
         }
-        self.streams.seq = Some(seq);
-        self.streams.seq_dirty = true;
-        let open = self
-            .streams
-            .open
-            .get_mut(&key)
-            .and_then(Option::as_mut)
-            .expect("the open shard was loaded above");
-        if open.block.is_empty() {
-            open.block_first_seq = seq;
-        }
-        let before = open.block.len();
-        append_to_block(&mut open.block, seq, &record);
         open.block_newest_ms = open.block_newest_ms.max(now_ms);
         open.shard.records += 1;
         open.shard.bytes += (open.block.len() - before) as u64;
@@ -319,6 +359,8 @@ impl WriteContext<'_> {
         if open.block.len() >= STREAM_BLOCK_BYTES_MAX {
             open.store_block(self.txn)?;
         }
+        self.streams.seq = Some(seq);
+        self.streams.seq_dirty = true;
         Ok(())
     }
 
@@ -381,30 +423,17 @@ impl WriteContext<'_> {
         }))
     }
 
-    /// Closes the open shard of stream `key` (writing it back now) and opens its child, whose
-    /// first record is `first_seq`.
-    fn roll_over(&mut self, key: &str, now_ms: u64, first_seq: u64) -> Result<(), redb::Error> {
-        let Some(Some(open)) = self.streams.open.get_mut(key) else {
-            return Ok(());
-        };
-        // A block belongs to one shard: the closing shard's records are stored now.
-        open.store_block(self.txn)?;
-        open.shard.closed = true;
-        self.txn.open_table(STREAM_SHARDS)?.insert(
-            (open.stream_id, open.shard.first_seq),
-            encode_json(&open.shard).as_slice(),
-        )?;
-        open.shard = new_shard(open.stream_id, Some(open.shard.id.clone()), now_ms, first_seq);
-        open.dirty = true;
-        Ok(())
-    }
-
     /// Writes back what this batch's appends changed: the open shards' counters and the
     /// sequence. Runs before the batch commits, and before anything else in the batch reads or
     /// changes stream metadata (which then reads it from storage again).
     pub(super) fn flush_streams(&mut self) -> Result<(), redb::Error> {
         let batch = std::mem::take(&mut self.streams);
-        for mut open in batch.open.into_values().flatten().filter(|open| open.dirty) {
+        for mut open in batch
+            .open
+            .into_iter()
+            .filter_map(|(_, open)| open)
+            .filter(|open| open.dirty)
+        {
             open.store_block(self.txn)?;
             self.txn.open_table(STREAM_SHARDS)?.insert(
                 (open.stream_id, open.shard.first_seq),
@@ -596,6 +625,26 @@ impl WriteContext<'_> {
         }
         Ok(deleted)
     }
+}
+
+/// Closes an open shard (writing it back now) and opens its child, whose first record is
+/// `first_seq`.
+fn roll_over(
+    txn: &redb::WriteTransaction,
+    open: &mut OpenShard,
+    now_ms: u64,
+    first_seq: u64,
+) -> Result<(), redb::Error> {
+    // A block belongs to one shard: the closing shard's records are stored now.
+    open.store_block(txn)?;
+    open.shard.closed = true;
+    txn.open_table(STREAM_SHARDS)?.insert(
+        (open.stream_id, open.shard.first_seq),
+        encode_json(&open.shard).as_slice(),
+    )?;
+    open.shard = new_shard(open.stream_id, Some(open.shard.id.clone()), now_ms, first_seq);
+    open.dirty = true;
+    Ok(())
 }
 
 fn due_for_rollover(shard: &ShardMeta, limits: &StreamLimits, now_ms: u64) -> bool {

@@ -368,13 +368,30 @@ pub fn shard_id(created_ms: u64, stream_id: u64, first_seq: u64) -> String {
 }
 
 /// An event id: 32 hex digits, unique per stream and sequence number.
+#[cfg(test)]
 fn event_id(stream_id: u64, seq: u64) -> String {
+    let mut out = [0u8; EVENT_ID_DIGITS];
+    write_event_id(stream_id, seq, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Hex digits of an event id.
+const EVENT_ID_DIGITS: usize = 32;
+
+/// Writes the event id of `(stream_id, seq)` into `out` (no allocation: a record's id is
+/// written once per change).
+fn write_event_id(stream_id: u64, seq: u64, out: &mut [u8; EVENT_ID_DIGITS]) {
     use sha2::Digest as _;
     let mut hasher = sha2::Sha256::new();
     hasher.update(b"event");
     hasher.update(stream_id.to_be_bytes());
     hasher.update(seq.to_be_bytes());
-    hex::encode(&hasher.finalize()[..16])
+    let digest = hasher.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(&digest[..EVENT_ID_DIGITS / 2]) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
+    }
 }
 
 /// One change of an item as the stream records it.
@@ -391,9 +408,10 @@ pub struct Change<'a> {
     pub now_ms: u64,
 }
 
-/// A stream record as GetRecords returns it, serialised straight from the change's items (no
-/// intermediate `serde_json::Value`: shaping runs once per write). Fields are declared in the
-/// order in which they are written (alphabetical, as a `serde_json::Map` would order them).
+/// A stream record as GetRecords returns it: the reference shape [`write_record`]'s bytes are
+/// checked against (tests). Fields are declared in the order in which they are written
+/// (alphabetical, as a `serde_json::Map` would order them).
+#[cfg(test)]
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
     #[serde(rename = "awsRegion")]
@@ -412,6 +430,7 @@ pub struct Record<'a> {
 }
 
 /// A record's `dynamodb` member.
+#[cfg(test)]
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct RecordChange<'a> {
@@ -427,6 +446,7 @@ struct RecordChange<'a> {
 }
 
 /// Who made a change that no client made: DynamoDB's TTL service.
+#[cfg(test)]
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct UserIdentity {
@@ -437,6 +457,7 @@ struct UserIdentity {
 
 /// The stream record of `change` as GetRecords returns it, or `None` when the write changed
 /// nothing (DynamoDB writes no record then).
+#[cfg(test)]
 pub fn shape_record<'a>(change: &Change<'a>) -> Option<Record<'a>> {
     let event_name = match (change.old, change.new) {
         (None, None) => return None,
@@ -471,6 +492,110 @@ pub fn shape_record<'a>(change: &Change<'a>) -> Option<Record<'a>> {
             kind: "Service",
         }),
     })
+}
+
+/// Writes the stream record of `change` into `out` as GetRecords returns it, byte for byte
+/// what serialising [`shape_record`]'s record gives (the fields in sorted order, as a
+/// `serde_json::Value` would write them), and returns whether there was one. This is the
+/// writer's path: no intermediate record, keys item, sequence or event id strings are built
+/// (one change, one record, written straight into the block being filled).
+///
+/// `new_json`, when given, is `change.new` already serialised (the body of the item's stored
+/// form, written just before): it is copied instead of serialising the item a second time.
+pub fn write_record(change: &Change<'_>, new_json: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
+    let event_name = match (change.old, change.new) {
+        (None, None) => return false,
+        (Some(old), Some(new)) if old == new => return false,
+        (None, Some(_)) => "INSERT",
+        (Some(_), Some(_)) => "MODIFY",
+        (Some(_), None) => "REMOVE",
+    };
+    let Some(item) = change.new.or(change.old) else {
+        return false;
+    };
+    // The key attributes in name order (an item's order); a table key has one or two.
+    let mut keys: Vec<(&str, &dynamo_protocol::AttributeValue)> = Vec::with_capacity(2);
+    for attribute in change.key.attributes() {
+        let Some(value) = item.get(&attribute.name) else {
+            return false;
+        };
+        keys.push((attribute.name.as_str(), value));
+    }
+    keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    keys.dedup_by(|a, b| a.0 == b.0);
+    let new_image = change.new.filter(|_| change.view_type.new_image());
+    let old_image = change.old.filter(|_| change.view_type.old_image());
+    let size_bytes = keys.iter().map(|(k, v)| k.len() + v.size_bytes()).sum::<usize>()
+        + new_image.map(item_size_bytes).unwrap_or(0)
+        + old_image.map(item_size_bytes).unwrap_or(0);
+    out.extend_from_slice(b"{\"awsRegion\":");
+    write_json(out, change.region);
+    out.extend_from_slice(b",\"dynamodb\":{\"ApproximateCreationDateTime\":");
+    out.extend_from_slice(itoa_u64(change.now_ms / 1000, &mut [0; 20]));
+    out.extend_from_slice(b",\"Keys\":{");
+    for (at, (name, value)) in keys.iter().enumerate() {
+        if at > 0 {
+            out.push(b',');
+        }
+        write_json(out, *name);
+        out.push(b':');
+        write_json(out, *value);
+    }
+    out.push(b'}');
+    if let Some(new) = new_image {
+        out.extend_from_slice(b",\"NewImage\":");
+        match new_json {
+            Some(json) => out.extend_from_slice(json),
+            None => write_json(out, new),
+        }
+    }
+    if let Some(old) = old_image {
+        out.extend_from_slice(b",\"OldImage\":");
+        write_json(out, old);
+    }
+    out.extend_from_slice(b",\"SequenceNumber\":\"");
+    let digits = itoa_u64(change.seq, &mut [0; 20]).to_vec();
+    // Zero-padded to 21 digits, as `format_sequence` writes it.
+    out.extend(std::iter::repeat_n(b'0', SEQUENCE_DIGITS.saturating_sub(digits.len())));
+    out.extend_from_slice(&digits);
+    out.extend_from_slice(b"\",\"SizeBytes\":");
+    out.extend_from_slice(itoa_u64(size_bytes as u64, &mut [0; 20]));
+    out.extend_from_slice(b",\"StreamViewType\":\"");
+    out.extend_from_slice(change.view_type.as_str().as_bytes());
+    out.extend_from_slice(b"\"},\"eventID\":\"");
+    let mut id = [0u8; EVENT_ID_DIGITS];
+    write_event_id(change.stream_id, change.seq, &mut id);
+    out.extend_from_slice(&id);
+    out.extend_from_slice(b"\",\"eventName\":\"");
+    out.extend_from_slice(event_name.as_bytes());
+    out.extend_from_slice(b"\",\"eventSource\":\"aws:dynamodb\",\"eventVersion\":\"1.1\"");
+    if change.ttl {
+        out.extend_from_slice(b",\"userIdentity\":{\"PrincipalId\":\"dynamodb.amazonaws.com\",\"Type\":\"Service\"}");
+    }
+    out.push(b'}');
+    true
+}
+
+/// Digits of a sequence number as records show it.
+const SEQUENCE_DIGITS: usize = 21;
+
+/// The decimal digits of `n`, written into `buffer`.
+fn itoa_u64(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut at = buffer.len();
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buffer[at..]
+}
+
+/// Serialises a string (escaped) or an attribute value or item into `out`.
+fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("serialising into a Vec cannot fail");
 }
 
 /// A shard iterator: where in which shard of which stream the next GetRecords reads, and when

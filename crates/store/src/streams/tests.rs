@@ -35,24 +35,88 @@ fn change<'a>(key: &'a KeySchema, view_type: ViewType, old: Option<&'a Item>, ne
     }
 }
 
-/// A record as a JSON value (what a client parses).
+/// A record as the writer stores it (`write_record`), as a JSON value (what a client parses).
 fn shaped(change: &Change<'_>) -> Option<serde_json::Value> {
-    shape_record(change).map(|record| serde_json::to_value(record).expect("a record serialises"))
+    let mut out = b"prefix".to_vec();
+    if !write_record(change, None, &mut out) {
+        assert_eq!(out, b"prefix", "no record, no bytes");
+        return None;
+    }
+    Some(serde_json::from_slice(&out[6..]).expect("a record is JSON"))
+}
+
+/// A table keyed `pk` (HASH) and `a` (RANGE): the sort key's name sorts first.
+fn schema_with_sort() -> KeySchema {
+    let mut key = schema();
+    key.partition.name = "pk".into();
+    key.sort = Some(KeyAttribute {
+        name: "a".into(),
+        value_type: KeyType::N,
+    });
+    key
 }
 
 #[test]
 fn records_are_written_with_their_fields_in_order() {
     // Stored records are spliced into GetRecords answers as written: their bytes must be what
-    // serialising the same record through a `serde_json::Value` (sorted keys) gives.
-    let key = schema();
-    let (a, b) = (item("k", "a"), item("k", "b"));
-    for ttl in [false, true] {
-        let mut modify = change(&key, ViewType::NewAndOldImages, Some(&a), Some(&b));
-        modify.ttl = ttl;
-        let direct = serde_json::to_vec(&shape_record(&modify).expect("a change")).expect("serialises");
-        let value: serde_json::Value = serde_json::from_slice(&direct).expect("valid JSON");
-        assert_eq!(direct, serde_json::to_vec(&value).expect("serialises"));
+    // serialising the same record through a `serde_json::Value` (sorted keys) gives, and what
+    // the reference shape (`shape_record`) serialises to.
+    let simple = schema();
+    let with_sort = schema_with_sort();
+    let mut a = item("k", "a\"quoted\" \u{e9}\n");
+    let mut b = item("k", "b");
+    for it in [&mut a, &mut b] {
+        it.insert("pk".into(), AttributeValue::S("p/1".into()));
+        it.insert(
+            "a".into(),
+            AttributeValue::N(dynamo_protocol::number::Number::parse("12.5").expect("a number")),
+        );
+        it.insert("m".into(), AttributeValue::M(item("x", "y")));
     }
+    let views = [
+        ViewType::KeysOnly,
+        ViewType::NewImage,
+        ViewType::OldImage,
+        ViewType::NewAndOldImages,
+    ];
+    let mut checked = 0;
+    for key in [&simple, &with_sort] {
+        for view_type in views {
+            for (old, new) in [(Some(&a), Some(&b)), (None, Some(&b)), (Some(&a), None)] {
+                for ttl in [false, true] {
+                    let mut c = change(key, view_type, old, new);
+                    c.ttl = ttl;
+                    c.seq = 1_234_567_890_123;
+                    let reference = serde_json::to_vec(&shape_record(&c).expect("a change")).expect("serialises");
+                    let value: serde_json::Value = serde_json::from_slice(&reference).expect("valid JSON");
+                    assert_eq!(reference, serde_json::to_vec(&value).expect("serialises"));
+                    let mut direct = Vec::new();
+                    assert!(write_record(&c, None, &mut direct));
+                    assert_eq!(String::from_utf8_lossy(&direct), String::from_utf8_lossy(&reference));
+                    // The new item's stored JSON, when given, is what its image is.
+                    let stored = new.map(|n| serde_json::to_vec(n).expect("serialises"));
+                    let mut reused = Vec::new();
+                    assert!(write_record(&c, stored.as_deref(), &mut reused));
+                    assert_eq!(reused, reference);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 4 * 3 * 2);
+    let mut none = Vec::new();
+    assert!(!write_record(
+        &change(&simple, ViewType::NewAndOldImages, Some(&a), Some(&a)),
+        None,
+        &mut none
+    ));
+    let keyless = Item::new();
+    assert!(!write_record(
+        &change(&simple, ViewType::NewAndOldImages, None, Some(&keyless)),
+        None,
+        &mut none
+    ));
+    assert!(none.is_empty());
 }
 
 #[test]
