@@ -719,7 +719,10 @@ impl Engine {
             .into_iter()
             .find(|(_, complete)| !complete)
             .map(|(id, _)| id);
-        if let Some(table_id) = unbuilt {
+        // Below the disk watermark the store only takes what frees space: the build (which adds
+        // entries) waits, and tables not built yet are compared from their records meanwhile.
+        let disk_low = self.disk_status().low;
+        if let Some(table_id) = unbuilt.filter(|_| !disk_low) {
             self.write(move |context| context.build_digests(table_id, DIGEST_BUILD_RECORDS_PER_JOB_MAX))
                 .await?;
         }
