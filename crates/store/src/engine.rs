@@ -1165,13 +1165,7 @@ impl WriteContext<'_> {
     pub fn put(&mut self, table: &TableMeta, key: &[u8], old: Option<&Item>, new: &Item) -> Result<(), ApiError> {
         self.check_room()?;
         let hlc = self.local_stamp(table, key)?;
-        let record = Record {
-            hlc,
-            origin: self.shared.region.clone(),
-            tombstone: false,
-            item: new.clone(),
-        };
-        let bytes = record::encode(&record);
+        let bytes = record::encode_parts(hlc, &self.shared.region, false, new);
         let result = self
             .store(table, key, old, Some(new), Some(&bytes))
             .and_then(|()| self.log_change(table, key, &bytes));
@@ -1213,13 +1207,7 @@ impl WriteContext<'_> {
             // A global table keeps the delete as a tombstone so it can win over older writes
             // that other regions have not shipped yet.
             let hlc = self.local_stamp(table, key)?;
-            let record = Record {
-                hlc,
-                origin: self.shared.region.clone(),
-                tombstone: true,
-                item: Item::new(),
-            };
-            let bytes = record::encode(&record);
+            let bytes = record::encode_parts(hlc, &self.shared.region, true, &Item::new());
             self.store(table, key, old, None, Some(&bytes))
                 .and_then(|()| self.log_change(table, key, &bytes))
         } else if old.is_some() {

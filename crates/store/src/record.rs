@@ -32,15 +32,21 @@ pub enum RecordError {
 }
 
 pub fn encode(record: &Record) -> Vec<u8> {
-    let origin = record.origin.as_bytes();
+    encode_parts(record.hlc, &record.origin, record.tombstone, &record.item)
+}
+
+/// [`encode`] from the parts of a record, for a writer that holds them borrowed (no copy of
+/// the item to build a [`Record`]).
+pub fn encode_parts(hlc: u64, origin: &str, tombstone: bool, item: &Item) -> Vec<u8> {
+    let origin = origin.as_bytes();
     let origin = &origin[..origin.len().min(ORIGIN_BYTES_MAX)];
     let mut out = Vec::with_capacity(16 + origin.len() + 64);
     out.push(FORMAT_VERSION);
-    out.push(if record.tombstone { FLAG_TOMBSTONE } else { 0 });
-    out.extend_from_slice(&record.hlc.to_be_bytes());
+    out.push(if tombstone { FLAG_TOMBSTONE } else { 0 });
+    out.extend_from_slice(&hlc.to_be_bytes());
     out.push(origin.len() as u8);
     out.extend_from_slice(origin);
-    serde_json::to_writer(&mut out, &record.item).expect("serialising an item into a Vec cannot fail");
+    serde_json::to_writer(&mut out, item).expect("serialising an item into a Vec cannot fail");
     out
 }
 
@@ -118,6 +124,9 @@ mod tests {
         };
         let bytes = encode(&record);
         assert_eq!(decode(&bytes).expect("valid record"), record);
+        let tombstone = encode_parts(43, "eu-west-1", true, &Item::new());
+        let decoded = decode(&tombstone).expect("valid record");
+        assert!(decoded.tombstone && decoded.item.is_empty() && decoded.hlc == 43 && decoded.origin == "eu-west-1");
         assert!(decode(&bytes[..5]).is_err());
         let mut wrong_version = bytes.clone();
         wrong_version[0] = 9;
