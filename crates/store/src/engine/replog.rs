@@ -762,8 +762,7 @@ impl Snapshot {
         let (mut low, mut high) = (first, last.0.value());
         drop(last);
         // The first change whose count reaches `keep_from_bytes`: trim through it. Counts grow
-        // with the sequence number; an uncounted (older) entry counts as not reaching it. (The
-        // trim drops whole blocks, so up to one block more than the bound may stay.)
+        // with the sequence number; an uncounted (older) entry counts as not reaching it.
         while low < high {
             let middle = low + (high - low) / 2;
             let end = end_of(&log, middle)
@@ -775,7 +774,17 @@ impl Snapshot {
                 low = middle + 1;
             }
         }
-        Ok(low)
+        // The trim drops whole blocks: through the end of the block holding that change, so
+        // the log keeps at most the bound (the rest of the block goes too: past the bound the
+        // log is trimmed regardless, and anti-entropy repairs a peer that missed it).
+        let block_end = log
+            .range(low..)
+            .map_err(|e| storage_error("reading the log", e))?
+            .next()
+            .transpose()
+            .map_err(|e| storage_error("reading the log", e))?
+            .map(|(key, _)| key.value());
+        Ok(block_end.unwrap_or(low))
     }
 
     /// The first sequence number still in the log (`head + 1` when it is empty).
