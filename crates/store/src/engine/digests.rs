@@ -166,6 +166,30 @@ fn corrupt(error: impl std::fmt::Display) -> redb::Error {
     redb::Error::Corrupted(error.to_string())
 }
 
+/// Adds `part` (wrapping) to a stored bucket; a bucket that comes to nothing loses its entry.
+fn add_to_bucket(
+    buckets: &mut redb::Table<&'static [u8], &'static [u8]>,
+    table_id: u64,
+    bucket: u16,
+    part: Digest,
+) -> Result<(), redb::Error> {
+    let key = bucket_key(table_id, bucket);
+    let held = match buckets.get(key.as_slice())? {
+        Some(value) => decode_bucket(value.value()).map_err(corrupt)?,
+        None => Digest::default(),
+    };
+    let sum = Digest {
+        count: held.count.wrapping_add(part.count),
+        hash: held.hash.wrapping_add(part.hash),
+    };
+    if sum == Digest::default() {
+        buckets.remove(key.as_slice())?;
+    } else {
+        buckets.insert(key.as_slice(), encode_bucket(sum).as_slice())?;
+    }
+    Ok(())
+}
+
 /// The hash a stored record adds to its bucket.
 pub(super) fn hash_of(key: &[u8], value: &[u8]) -> Result<u128, redb::Error> {
     stored_record_hash(key, value).map_err(corrupt)
@@ -357,20 +381,7 @@ impl WriteContext<'_> {
         all.sort_unstable_by_key(|(key, _)| *key);
         let mut buckets = self.txn.open_table(RANGE_DIGESTS)?;
         for ((table_id, bucket), (count, hash)) in all {
-            let key = bucket_key(table_id, bucket);
-            let held = match buckets.get(key.as_slice())? {
-                Some(value) => decode_bucket(value.value()).map_err(corrupt)?,
-                None => Digest::default(),
-            };
-            let next = Digest {
-                count: held.count.wrapping_add(count),
-                hash: held.hash.wrapping_add(hash),
-            };
-            if next == Digest::default() {
-                buckets.remove(key.as_slice())?;
-            } else {
-                buckets.insert(key.as_slice(), encode_bucket(next).as_slice())?;
-            }
+            add_to_bucket(&mut buckets, table_id, bucket, Digest { count, hash })?;
         }
         self.digests.log = Some(DeltaLog {
             pending: 0,
@@ -444,16 +455,7 @@ impl WriteContext<'_> {
             // The first bucket may be part built already (a bound inside it): add to it.
             let mut buckets = self.txn.open_table(RANGE_DIGESTS)?;
             for (bucket, part) in added {
-                let key = bucket_key(table_id, bucket);
-                let held = match buckets.get(key.as_slice())? {
-                    Some(value) => decode_bucket(value.value()).map_err(corrupt)?,
-                    None => Digest::default(),
-                };
-                let sum = Digest {
-                    count: held.count.wrapping_add(part.count),
-                    hash: held.hash.wrapping_add(part.hash),
-                };
-                buckets.insert(key.as_slice(), encode_bucket(sum).as_slice())?;
+                add_to_bucket(&mut buckets, table_id, bucket, part)?;
             }
             drop(buckets);
             let complete = next.is_none();
