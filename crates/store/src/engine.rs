@@ -63,6 +63,15 @@ use crate::replication_log;
 pub const WRITE_QUEUE_JOBS_MAX: usize = 4096;
 /// Jobs committed together in one transaction (one fsync) at most.
 pub const BATCH_JOBS_MAX: usize = 512;
+/// redb's page: the unit it reads, writes and checksums (its default, which the store keeps).
+pub const REDB_PAGE_BYTES: usize = 4096;
+/// The most value bytes an entry appended to a log table every batch may hold (replication log
+/// blocks, stream blocks, range digest deltas) so that its leaf fits one page. redb writes a
+/// leaf at the next power-of-two number of pages, and rewrites the leaf holding the last entry
+/// when the next batch appends beside it: an entry of 64 KiB and a few bytes was written as
+/// 128 KiB, and its 16–32 KiB leaf written again by the next batch. The margin covers the
+/// leaf's header, the entry's lengths and a key of up to 32 bytes.
+pub const APPEND_ENTRY_BYTES_MAX: usize = REDB_PAGE_BYTES - 64;
 /// TTL sweeps run this often.
 pub const TTL_SWEEP_INTERVAL_MS: u64 = 1000;
 /// Expired items deleted per table per sweep at most.

@@ -56,6 +56,9 @@ pub const DIGEST_SCRUB_RECORDS_PER_SWEEP_MAX: usize = 2_000;
 /// readers add up to this many to what they read, and a fold rewrites each bucket page once
 /// for this many changes instead of once per commit.
 pub const DIGEST_DELTAS_PENDING_MAX: u64 = 4096;
+/// Bucket changes one entry of the delta log holds at most: one page's worth (see
+/// [`APPEND_ENTRY_BYTES_MAX`]); a batch changing more buckets appends several entries.
+const DELTA_ENTRY_RECORDS_MAX: usize = APPEND_ENTRY_BYTES_MAX / DELTA_RECORD_BYTES;
 
 const BUCKET_VALUE_BYTES: usize = 24;
 /// A delta log record: table id (`u64`, big-endian), bucket (`u16`, big-endian), count delta
@@ -349,16 +352,21 @@ impl WriteContext<'_> {
         }
         let mut deltas: Vec<_> = self.digests.deltas.drain().collect();
         deltas.sort_unstable_by_key(|(key, _)| *key);
-        let mut entry = Vec::with_capacity(deltas.len() * DELTA_RECORD_BYTES);
-        for (key, delta) in &deltas {
-            encode_delta(&mut entry, *key, *delta);
+        // Entries of one page each (see `APPEND_ENTRY_BYTES_MAX`).
+        let mut table = self.txn.open_table(RANGE_DIGEST_DELTAS)?;
+        let mut next = log.next;
+        let mut entry = Vec::with_capacity(DELTA_ENTRY_RECORDS_MAX * DELTA_RECORD_BYTES);
+        for chunk in deltas.chunks(DELTA_ENTRY_RECORDS_MAX) {
+            entry.clear();
+            for (key, delta) in chunk {
+                encode_delta(&mut entry, *key, *delta);
+            }
+            table.insert(next, entry.as_slice())?;
+            next += 1;
         }
-        self.txn
-            .open_table(RANGE_DIGEST_DELTAS)?
-            .insert(log.next, entry.as_slice())?;
         self.digests.log = Some(DeltaLog {
             pending: log.pending + deltas.len() as u64,
-            next: log.next + 1,
+            next,
         });
         Ok(())
     }
@@ -1156,6 +1164,38 @@ mod tests {
         assert_eq!(found, 1);
         assert_eq!(engine.digest_mismatches_total(), 1);
         assert_buckets_match_records(&engine, 3);
+    }
+
+    /// A batch that changes more buckets than one page of the delta log holds appends several
+    /// entries, each within a page, and readers count every change.
+    #[tokio::test]
+    async fn a_batch_changing_many_buckets_appends_page_sized_entries() {
+        let (store, _dir) = store_with_table(false).await;
+        let engine = store.engine().clone();
+        let id = engine.table("tab").expect("table").id;
+        let buckets = 3 * DELTA_ENTRY_RECORDS_MAX + 7;
+        engine
+            .write(move |context| {
+                for bucket in 0..buckets {
+                    let key = ((bucket as u32) << 16).to_be_bytes();
+                    context.note_hashes(id, &key, None, Some(bucket as u128 + 1));
+                }
+                Ok(())
+            })
+            .await
+            .expect("written");
+        let snapshot = engine.snapshot().expect("snapshot");
+        let log = snapshot.txn.open_table(RANGE_DIGEST_DELTAS).expect("log");
+        let sizes: Vec<usize> = log
+            .iter()
+            .expect("entries")
+            .map(|entry| entry.expect("entry").1.value().len())
+            .collect();
+        assert_eq!(sizes.len(), 4, "three full entries and one of 7 changes: {sizes:?}");
+        assert!(sizes.iter().all(|size| *size <= APPEND_ENTRY_BYTES_MAX), "{sizes:?}");
+        let pending = snapshot.pending_deltas(id).expect("deltas");
+        assert_eq!(pending.len(), buckets);
+        assert_eq!(pending.get(&5), Some(&(1, 6)));
     }
 
     /// Past [`DIGEST_DELTAS_PENDING_MAX`] logged changes a batch folds the log into the

@@ -27,8 +27,9 @@ use super::*;
 /// change (`u64`, little-endian), then per change its sequence number (`u64`, little-endian;
 /// consecutive, the last one equal to the key), its length (`u32`, little-endian) and the
 /// encoded change. A block holds at most [`LOG_BLOCK_BYTES_MAX`] of changes (a change bigger
-/// than that is a block of its own). One B-tree entry per batch instead of one per change is
-/// what the log costs a write (BENCHMARKS.md, Global tables).
+/// than that is a block of its own), so that it fits one page (see
+/// [`APPEND_ENTRY_BYTES_MAX`]): a batch writes a few page-sized entries instead of one per
+/// change (BENCHMARKS.md, Global tables), and no bigger leaf is written twice.
 ///
 /// Entries written before blocks hold one change each, keyed by its sequence number, and are
 /// still read: [`LOG_ENTRY_COUNTED`] and the byte count through the change (`u64`,
@@ -47,10 +48,10 @@ pub(super) const LOG_BLOCK: u8 = 2;
 const LOG_BLOCK_HEADER_BYTES: usize = 1 + 4 + 8;
 /// Sequence number and length before each change in a block.
 const LOG_BLOCK_CHANGE_HEADER_BYTES: usize = 8 + 4;
-/// Bytes of changes a block collects before it is stored and the next one starts: enough that
-/// a batch's changes share one B-tree entry, small enough that reading one change of a block
-/// (the shipper starting in its middle, a byte count) stays cheap.
-pub const LOG_BLOCK_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of changes (each with its sequence number and length) a block holds at most: with
+/// its header, one page (see [`APPEND_ENTRY_BYTES_MAX`]). A change that does not fit what is
+/// left starts the next block; a change bigger than this is a block of its own.
+pub const LOG_BLOCK_BYTES_MAX: usize = APPEND_ENTRY_BYTES_MAX - LOG_BLOCK_HEADER_BYTES;
 /// The byte count through the last trimmed entry.
 pub(super) const REPLOG_TRIMMED_BYTES: &str = "replog_trimmed_bytes";
 /// Tombstones of global tables in HLC order: `(hlc, table id, stored key)`, no value. Entries
@@ -237,8 +238,16 @@ impl LogBlock {
         self.last_seq = seq;
     }
 
+    /// Whether a change of `len` bytes fits what is left of the block (an empty block takes
+    /// any change).
+    fn fits(&self, len: usize) -> bool {
+        self.value.is_empty()
+            || self.value.len() + LOG_BLOCK_CHANGE_HEADER_BYTES + len <= LOG_BLOCK_HEADER_BYTES + LOG_BLOCK_BYTES_MAX
+    }
+
+    /// Whether no further change fits.
     fn is_full(&self) -> bool {
-        self.value.len() >= LOG_BLOCK_HEADER_BYTES + LOG_BLOCK_BYTES_MAX
+        self.value.len() + LOG_BLOCK_CHANGE_HEADER_BYTES >= LOG_BLOCK_HEADER_BYTES + LOG_BLOCK_BYTES_MAX
     }
 
     /// The finished block and its key, if it holds anything; the block is empty after.
@@ -310,6 +319,9 @@ impl WriteContext<'_> {
             return Ok(());
         }
         let change = replication_log::encode_change(&table.name, key, record);
+        if !self.log_block.fits(change.len()) {
+            self.flush_log()?;
+        }
         let position = self.log_position();
         let next = LogPosition {
             head: position.head + 1,
@@ -1208,15 +1220,26 @@ mod tests {
         let mut block = LogBlock::default();
         assert!(block.take().is_none(), "an empty batch stores nothing");
         // A change counts with its sequence number and length.
-        let almost = LOG_BLOCK_BYTES_MAX - LOG_BLOCK_CHANGE_HEADER_BYTES - 1;
+        assert!(block.fits(10 * LOG_BLOCK_BYTES_MAX), "an empty block takes any change");
+        let almost = LOG_BLOCK_BYTES_MAX - 2 * LOG_BLOCK_CHANGE_HEADER_BYTES - 1;
         block.push(1, 0, &vec![0; almost]);
         assert!(!block.is_full());
+        assert!(block.fits(1), "one byte of change is left");
+        assert!(!block.fits(2), "two bytes are not");
         block.push(2, almost as u64, b"x");
-        assert!(block.is_full(), "full once it holds LOG_BLOCK_BYTES_MAX of changes");
+        assert!(block.is_full(), "full once no change fits");
         let (key, value) = block.take().expect("block");
         assert_eq!(key, 2);
+        assert_eq!(
+            value.len(),
+            APPEND_ENTRY_BYTES_MAX,
+            "a full block is one page's entry exactly"
+        );
         assert_eq!(stored_changes(key, &value).expect("block").len(), 2);
         assert!(block.take().is_none(), "taking a block leaves an empty one");
+        // A change bigger than a block is a block of its own.
+        block.push(3, 0, &vec![0; 2 * LOG_BLOCK_BYTES_MAX]);
+        assert!(block.is_full());
     }
 
     #[test]

@@ -18,9 +18,9 @@
 //!   newest record (`u64` ms, big-endian; retention trims whole blocks), the format tag 2, the
 //!   CRC-32 of the body (4 bytes, little-endian), then the body: per record its sequence number
 //!   (`u64`, little-endian), its length (`u32`, little-endian) and the record as GetRecords
-//!   returns it (JSON). A block holds at most `STREAM_BLOCK_BYTES_MAX` of records (a change
-//!   bigger than that is a block of its own). One B-tree entry per batch instead of one per
-//!   change is most of what a stream costs PutItem (BENCHMARKS.md, Streams).
+//!   returns it (JSON). A block holds at most `STREAM_BLOCK_BYTES_MAX` of records, one page (a change
+//!   bigger than that is a block of its own). A few page-sized entries per batch instead of one
+//!   per change is most of what a stream costs PutItem (BENCHMARKS.md, Streams).
 //!   Earlier versions stored one record per entry, still read: the time, the tag 1 and the
 //!   record's CRC-32 before its JSON; or, before the tag existed, the JSON right after the time
 //!   (it starts with `{`), checked by parsing.
@@ -103,10 +103,11 @@ const RECORD_BLOCK: u8 = 2;
 const RECORD_HEADER_BYTES: usize = 8 + 1 + 4;
 /// Sequence number and length before each record in a block's body.
 const BLOCK_RECORD_HEADER_BYTES: usize = 8 + 4;
-/// Bytes of records a block collects before it is stored and the next one starts: enough that
-/// a batch's changes share one B-tree entry, small enough that reading one record of a block
-/// (an iterator in its middle) stays cheap. A record bigger than this is a block of its own.
-pub(crate) const STREAM_BLOCK_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of records (each with its sequence number and length) a block holds at most: with
+/// its header, one page (see [`APPEND_ENTRY_BYTES_MAX`]), so a batch writes a few page-sized
+/// entries and no bigger leaf is written twice. A record that does not fit what is left starts
+/// the next block; a record bigger than this is a block of its own.
+pub(crate) const STREAM_BLOCK_BYTES_MAX: usize = APPEND_ENTRY_BYTES_MAX - RECORD_HEADER_BYTES;
 
 /// Appends the record of `change` to a block's body, shaped straight into it (no record is
 /// built and copied); returns whether there was one (a change that changed nothing has none,
@@ -351,9 +352,19 @@ impl WriteContext<'_> {
             // Only an item without its key attributes (never stored) has no record.
             return Ok(());
         }
+        let record_bytes = (open.block.len() - before) as u64;
+        if before > 0 && open.block.len() > STREAM_BLOCK_BYTES_MAX {
+            // The record does not fit what was left: the block is stored without it, and the
+            // record starts the next one.
+            let record = open.block.split_off(before);
+            open.store_block(self.txn)?;
+            open.block = record;
+            open.block_first_seq = seq;
+            open.block_newest_ms = now_ms;
+        }
         open.block_newest_ms = open.block_newest_ms.max(now_ms);
         open.shard.records += 1;
-        open.shard.bytes += (open.block.len() - before) as u64;
+        open.shard.bytes += record_bytes;
         open.shard.last_seq = Some(seq);
         open.dirty = true;
         if open.block.len() >= STREAM_BLOCK_BYTES_MAX {
@@ -1022,5 +1033,116 @@ mod tests {
                 .contains("unknown format")
         );
         assert!(stored_record_json(&[1, 2, 3]).is_err(), "shorter than a time");
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::ops::Store;
+
+    async fn call(store: &Store, operation: &str, body: Value) -> Value {
+        let answer = match operation {
+            "DescribeStream" | "GetShardIterator" | "GetRecords" => {
+                crate::streams::api::handle(store.engine(), operation, body.to_string().as_bytes())
+                    .await
+                    .map(|answer| serde_json::from_slice(&answer).expect("a Streams answer is JSON"))
+            }
+            _ => store.handle(operation, body.to_string().as_bytes()).await,
+        };
+        answer.unwrap_or_else(|e| panic!("{operation}: {e}"))
+    }
+
+    /// Every record of the table's one shard, from the trim horizon.
+    async fn records(store: &Store, table: &str) -> Vec<Value> {
+        let described = call(store, "DescribeTable", json!({"TableName": table})).await;
+        let arn = described["Table"]["LatestStreamArn"]
+            .as_str()
+            .expect("stream")
+            .to_string();
+        let stream = call(store, "DescribeStream", json!({"StreamArn": arn})).await;
+        let shard = stream["StreamDescription"]["Shards"][0]["ShardId"]
+            .as_str()
+            .expect("shard")
+            .to_string();
+        let iterator = call(
+            store,
+            "GetShardIterator",
+            json!({"StreamArn": arn, "ShardId": shard, "ShardIteratorType": "TRIM_HORIZON"}),
+        )
+        .await;
+        let page = call(store, "GetRecords", json!({"ShardIterator": iterator["ShardIterator"]})).await;
+        page["Records"].as_array().expect("records").clone()
+    }
+
+    /// A batch whose records pass one page's worth stores them as several blocks, each within a
+    /// page (a record bigger than that as a block of its own), and every record reads back once,
+    /// in order.
+    #[tokio::test]
+    async fn a_batchs_records_are_stored_in_page_sized_blocks() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let engine = Engine::open(dir.path(), "us-east-1", Arc::new(crate::engine::SystemClock)).expect("open engine");
+        let store = Store::new(engine.clone());
+        call(
+            &store,
+            "CreateTable",
+            json!({
+                "TableName": "tab",
+                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+                "BillingMode": "PAY_PER_REQUEST",
+                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+            }),
+        )
+        .await;
+        // One BatchWriteItem is one job, so one batch of the writer: 24 records of ~700 bytes
+        // and one of ~20 KB.
+        let puts: Vec<Value> = (0..25)
+            .map(|i| {
+                let size = if i == 12 { 20_000 } else { 600 };
+                json!({"PutRequest": {"Item": {"pk": {"S": format!("k{i:02}")}, "pad": {"S": "p".repeat(size)}}}})
+            })
+            .collect();
+        call(&store, "BatchWriteItem", json!({"RequestItems": {"tab": puts}})).await;
+        let sizes: Vec<usize> = {
+            let snapshot = engine.snapshot().expect("snapshot");
+            let blocks = snapshot.txn.open_table(STREAM_RECORDS).expect("records");
+            blocks
+                .iter()
+                .expect("blocks")
+                .map(|entry| entry.expect("block").1.value().len())
+                .collect()
+        };
+        let big: Vec<&usize> = sizes.iter().filter(|size| **size > APPEND_ENTRY_BYTES_MAX).collect();
+        assert_eq!(big.len(), 1, "only the 20 KB record is a block past a page: {sizes:?}");
+        assert!(
+            sizes.len() >= 5,
+            "24 records of ~700 bytes need several pages: {sizes:?}"
+        );
+        let records = records(&store, "tab").await;
+        let seqs: Vec<u128> = records
+            .iter()
+            .map(|r| {
+                r["dynamodb"]["SequenceNumber"]
+                    .as_str()
+                    .expect("seq")
+                    .parse()
+                    .expect("number")
+            })
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+        let keys: Vec<String> = records
+            .iter()
+            .map(|r| r["dynamodb"]["Keys"]["pk"]["S"].as_str().expect("key").to_string())
+            .collect();
+        let expected: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(sorted, expected, "every record once");
+        assert_eq!(keys.len(), 25);
     }
 }

@@ -373,7 +373,7 @@ async fn iterators_and_limits_reach_into_the_middle_of_a_batchs_block() {
     let h = Harness::new();
     h.create("items", Some("KEYS_ONLY")).await;
     let arn = h.stream_arn("items").await;
-    // One job of 25 puts: one batch, so one stored block of 25 records.
+    // One job of 25 puts: one batch, its records stored in a block or a few page-sized ones.
     h.put_25_in_one_batch("items").await;
     let shards = h.shards(&arn).await;
     assert_eq!(shards.len(), 1);
