@@ -163,6 +163,9 @@ pub(super) fn recover(shared: &Shared, receiver: &mut mpsc::Receiver<Job>) -> bo
                     *head = loaded.replog_head;
                     changed
                 });
+                // The delta log's shape is read again from the reopened file: a batch that
+                // panicked after its commit reached the disk did not publish what it wrote.
+                *shared.digest_log.lock().expect("digest log lock is never poisoned") = None;
                 *shared.db.write().expect("database lock is never poisoned") = Some(Arc::new(db));
                 let now = shared.clock.now_unix_ms();
                 let mut status = shared.writer_status.lock().expect("status lock is never poisoned");
