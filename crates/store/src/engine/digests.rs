@@ -1275,17 +1275,13 @@ mod tests {
         let engine = store.engine().clone();
         let id = engine.table("tab").expect("table").id;
         let buckets = 3 * DELTA_ENTRY_RECORDS_MAX + 7;
-        engine
-            .write(move |context| {
-                // Buckets of the last fold chunk: the step this batch takes folds the first.
-                for bucket in 0..buckets {
-                    let key = ((0xF000 | bucket as u32) << 16).to_be_bytes();
-                    context.note_hashes(id, &key, None, Some(bucket as u128 + 1));
-                }
-                Ok(())
-            })
-            .await
-            .expect("written");
+        // Buckets of the last fold chunk: the step this batch takes folds the first.
+        add_in_one_batch(
+            &engine,
+            id,
+            (0..buckets as u32).map(|n| (0xF000 | n, u128::from(n) + 1)),
+        )
+        .await;
         let snapshot = engine.snapshot().expect("snapshot");
         let log = snapshot.txn.open_table(RANGE_DIGEST_DELTAS).expect("log");
         let sizes: Vec<usize> = log
@@ -1302,6 +1298,33 @@ mod tests {
             read_folded(&snapshot.txn.open_table(RANGE_DIGEST_FOLDED).expect("marks")).expect("marks")[0],
             4
         );
+    }
+
+    /// Reopens the store in `dir` once the previous engine's writer has let go of the file.
+    async fn reopen(dir: &std::path::Path) -> Engine {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Engine::open(dir, "us-east-1", Arc::new(SystemClock)) {
+                Ok(engine) => return engine,
+                Err(error) if std::time::Instant::now() > deadline => panic!("still locked: {error}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Notes, in one write batch, a new record of hash `hash` in each bucket `bucket` of table
+    /// `table_id` (no record is stored).
+    async fn add_in_one_batch(engine: &Engine, table_id: u64, buckets: impl Iterator<Item = (u32, u128)>) {
+        let buckets: Vec<(u32, u128)> = buckets.collect();
+        engine
+            .write(move |context| {
+                for (bucket, hash) in buckets {
+                    context.note_hashes(table_id, &(bucket << 16).to_be_bytes(), None, Some(hash));
+                }
+                Ok(())
+            })
+            .await
+            .expect("written");
     }
 
     /// The delta records the log holds, counted from storage.
@@ -1410,14 +1433,7 @@ mod tests {
             "mid-cycle: some folded, some logged"
         );
         drop((store, engine));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let engine = loop {
-            match Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)) {
-                Ok(engine) => break engine,
-                Err(error) if std::time::Instant::now() > deadline => panic!("still locked: {error}"),
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        };
+        let engine = reopen(dir.path()).await;
         let store = Store::new(engine.clone());
         assert_eq!(held_deltas(&engine), held);
         assert_buckets_match_records(&engine, 2);
@@ -1432,14 +1448,7 @@ mod tests {
         fold(&engine).await;
         assert_eq!(held_deltas(&engine), 0);
         drop((store, engine));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let engine = loop {
-            match Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)) {
-                Ok(engine) => break engine,
-                Err(error) if std::time::Instant::now() > deadline => panic!("still locked: {error}"),
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        };
+        let engine = reopen(dir.path()).await;
         let store = Store::new(engine.clone());
         put_many(&store, 0, 100, 4).await;
         assert!(
@@ -1477,16 +1486,7 @@ mod tests {
         // digests are what this batch added: 768 records).
         let other = 9_999;
         let many = 3 * DIGEST_FOLD_STEP_RECORDS as u32;
-        engine
-            .write(move |context| {
-                for n in 0..many {
-                    let key = ((n * 83) << 16).to_be_bytes();
-                    context.note_hashes(other, &key, None, Some(u128::from(n) + 1));
-                }
-                Ok(())
-            })
-            .await
-            .expect("written");
+        add_in_one_batch(&engine, other, (0..many).map(|n| (n * 83, u128::from(n) + 1))).await;
         let snapshot = engine.snapshot().expect("snapshot");
         let mut total = Digest::default();
         let buckets = snapshot.txn.open_table(RANGE_DIGESTS).expect("buckets");
