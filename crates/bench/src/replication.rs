@@ -60,7 +60,13 @@ pub struct Config {
     /// Also measure every rate on a second cluster serving HTTPS with mutual TLS between
     /// regions (a CA made for the run), right after the plain one, for a side-by-side ratio.
     pub tls: bool,
+    /// Write every watched write's lag, with when it was acknowledged, to this CSV file: a
+    /// tail that comes in clusters at fixed points (a periodic stall) shows there.
+    pub samples: Option<PathBuf>,
 }
+
+/// The header of the `--samples` CSV file.
+pub const SAMPLES_HEADER: &str = "regions,tls,target_rate,acked_ms,lag_ms";
 
 /// The `taskset -c` CPU list a store of `region` runs on, if pinning.
 fn cpu_list(config: &Config, region: &str) -> anyhow::Result<Option<String>> {
@@ -381,8 +387,20 @@ struct Counters {
     unseen: AtomicU64,
 }
 
+/// Writes the watched writes' lags as CSV ([`SAMPLES_HEADER`]), one line per sample.
+fn write_samples(path: &Path, samples: &[(usize, bool, u64, f64, f64)]) -> anyhow::Result<()> {
+    let mut text = String::with_capacity(32 * (samples.len() + 1));
+    text.push_str(SAMPLES_HEADER);
+    text.push('\n');
+    for (regions, tls, rate, at, lag) in samples {
+        text.push_str(&format!("{regions},{tls},{rate},{at:.3},{lag:.3}\n"));
+    }
+    std::fs::write(path, text).with_context(|| format!("write the samples to {}", path.display()))
+}
+
 /// Writes to `origin` at `rate` per second (0: as fast as possible) for `duration`, watching
-/// every `sample_every`-th write in `destinations` when `destinations` is not empty.
+/// every `sample_every`-th write in `destinations` when `destinations` is not empty. The lags
+/// come with when each write was acknowledged (ms since the round's start), in that order.
 async fn drive(
     client: &Client,
     origin: &str,
@@ -390,7 +408,7 @@ async fn drive(
     prefix: &str,
     rate: u64,
     config: &Config,
-) -> (f64, Arc<Counters>, Vec<f64>) {
+) -> (f64, Arc<Counters>, Vec<(f64, f64)>) {
     let counters = Arc::new(Counters {
         writes: AtomicU64::new(0),
         errors: AtomicU64::new(0),
@@ -441,7 +459,10 @@ async fn drive(
                 return;
             };
             match watch(&client, &destinations, &id, acked).await {
-                Some(lag) => lags.lock().await.push(lag),
+                Some(lag) => {
+                    let at = acked.duration_since(started).as_secs_f64() * 1000.0;
+                    lags.lock().await.push((at, lag));
+                }
                 None => {
                     counters.unseen.fetch_add(1, Ordering::Relaxed);
                 }
@@ -454,7 +475,8 @@ async fn drive(
     let elapsed = started.elapsed().as_secs_f64();
     while tasks.join_next().await.is_some() {}
     let writes = counters.writes.load(Ordering::Relaxed);
-    let lags = std::mem::take(&mut *lags.lock().await);
+    let mut lags = std::mem::take(&mut *lags.lock().await);
+    lags.sort_by(|a, b| a.0.total_cmp(&b.0));
     (writes as f64 / elapsed, counters, lags)
 }
 
@@ -475,6 +497,7 @@ pub async fn run(
     };
     let mut lag_results = Vec::new();
     let mut throughput = Vec::new();
+    let mut samples: Vec<(usize, bool, u64, f64, f64)> = Vec::new();
     for &regions in &config.region_counts {
         if !(2..=REGIONS_MAX).contains(&regions) {
             bail!("--regions {regions}: measure between 2 and {REGIONS_MAX} regions");
@@ -504,8 +527,10 @@ pub async fn run(
         {
             let destinations: Vec<String> = cluster[1..].iter().map(|s| s.url.clone()).collect();
             let prefix = format!("r{regions}-rate{rate}{}", if tls { "-tls" } else { "" });
-            let (achieved, counters, mut lags) =
+            let (achieved, counters, timed) =
                 drive(&client, &cluster[0].url, &destinations, &prefix, rate, config).await;
+            samples.extend(timed.iter().map(|(at, lag)| (regions, tls, rate, *at, *lag)));
+            let mut lags: Vec<f64> = timed.into_iter().map(|(_, lag)| lag).collect();
             let result = LagResult {
                 regions,
                 tls,
@@ -573,6 +598,9 @@ pub async fn run(
         };
         progress(&format!("{result:?}"));
         throughput.push(result);
+    }
+    if let Some(path) = &config.samples {
+        write_samples(path, &samples)?;
     }
     Ok((lag_results, throughput))
 }
@@ -704,6 +732,26 @@ pub fn replace_section(document: &str, heading: &str, begin: &str, end: &str, bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_are_written_as_csv_one_line_each() {
+        let path = std::env::temp_dir().join(format!("switchyard-samples-{}.csv", std::process::id()));
+        let samples = [(2, false, 1000, 4182.5, 52.91), (3, true, 0, 0.25, 1.0)];
+        write_samples(&path, &samples).expect("written");
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::remove_file(&path).expect("removed");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [SAMPLES_HEADER, "2,false,1000,4182.500,52.910", "3,true,0,0.250,1.000"]
+        );
+        let missing = Path::new("/nonexistent-dir/samples.csv");
+        let error = write_samples(missing, &samples).expect_err("no such folder");
+        assert!(
+            format!("{error:#}").contains("/nonexistent-dir/samples.csv"),
+            "{error:#}"
+        );
+    }
 
     #[test]
     fn section_is_replaced_in_place_or_appended() {

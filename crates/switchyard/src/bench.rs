@@ -60,6 +60,11 @@ struct ReplicationArgs {
     /// with its ratio.
     #[arg(long)]
     tls: bool,
+    /// Write every watched write's lag to this CSV file (regions, tls, target_rate, acked_ms
+    /// since the round's start, lag_ms): a tail that comes in clusters at fixed times is a
+    /// periodic stall, one spread out is the machine.
+    #[arg(long, value_name = "FILE")]
+    samples: Option<PathBuf>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -81,6 +86,7 @@ async fn replication(args: ReplicationArgs) -> anyhow::Result<()> {
         sample_every: args.sample_every,
         origin_cpu: args.origin_cpu,
         tls: args.tls,
+        samples: args.samples.clone(),
     };
     let (lags, throughput) = bench::replication::run(&config, |line| eprintln!("{line}")).await?;
     let command = format!("switchyard {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
