@@ -440,7 +440,14 @@ impl WriteContext<'_> {
         for &chunk in chunks {
             folding[chunk] = true;
         }
-        let from = chunks.iter().map(|&chunk| marks[chunk]).min().unwrap_or(log.next);
+        // (A mark is never above `next`: `delta_log` starts it above them all. `min` keeps a
+        // damaged mark from making the range run backwards.)
+        let from = chunks
+            .iter()
+            .map(|&chunk| marks[chunk])
+            .min()
+            .unwrap_or(log.next)
+            .min(log.next);
         let mut all = batch;
         let mut entries = self.txn.open_table(RANGE_DIGEST_DELTAS)?;
         for entry in entries.range(from..log.next)? {
