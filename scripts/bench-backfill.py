@@ -210,7 +210,7 @@ def run(args):
             replication = us.health()["replication"]
             peer = replication["peers"]["eu-west-1"]
             if replication["log_bytes"] > peer["backlog_limit_bytes"]:
-                # Past its bound the log is trimmed at the trimmer's next round (every 2 s).
+                # Past its bound the log is trimmed at the trimmer's next round (every 250 ms).
                 replication = wait_trimmed_past(us, peer["acked_seq"])
             if replication["peers"]["eu-west-1"]["acked_seq"] + 1 < replication["log_first"]:
                 break
