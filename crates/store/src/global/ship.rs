@@ -308,6 +308,9 @@ impl Replication {
         let mut alarmed = false;
         // Logged once per episode of trimming what a peer still needs, not every round.
         let mut trimmed_needed_before = false;
+        // The log holds nothing below this (what the last trim answered): a trim through less
+        // is skipped, so an idle store does not commit four times a second.
+        let mut held_from = 0;
         loop {
             tokio::time::sleep(Duration::from_millis(TRIM_INTERVAL_MS)).await;
             let head = self.engine.log_head();
@@ -345,10 +348,11 @@ impl Replication {
             }
             trimmed_needed_before = trimming_needed;
             let through = slowest.max(bound);
-            if through > 0
-                && let Err(error) = self.engine.trim_log(through).await
-            {
-                tracing::warn!(%error, "trimming the replication log failed; retrying later");
+            if through > 0 && through >= held_from {
+                match self.engine.trim_log(through).await {
+                    Ok(from) => held_from = from,
+                    Err(error) => tracing::warn!(%error, "trimming the replication log failed; retrying later"),
+                }
             }
         }
     }
