@@ -420,24 +420,22 @@ impl WriteContext<'_> {
             },
         });
         if steps > 0 {
-            let marks = read_folded(&self.txn.open_table(RANGE_DIGEST_FOLDED)?)?;
-            // The chunks folded longest ago (the lowest marks; ties: the lowest chunk).
-            let mut order: Vec<usize> = (0..marks.len()).collect();
-            order.sort_by_key(|&chunk| (marks[chunk], chunk));
-            order.truncate(steps as usize);
-            self.fold_chunks(&order, HashMap::new())?;
+            self.fold_oldest_chunks(steps as usize, HashMap::new())?;
         }
         Ok(())
     }
 
-    /// Folds the logged changes of `chunks` (and `batch`, changes not logged) into the buckets,
-    /// marks those chunks folded through the whole log, and removes the entries every chunk has
-    /// folded.
-    fn fold_chunks(&mut self, chunks: &[usize], batch: HashMap<(u64, u16), (u64, u128)>) -> Result<(), redb::Error> {
+    /// Folds the logged changes of the `count` chunks folded longest ago (the lowest marks;
+    /// ties: the lowest chunk), and `batch` (changes not logged), into the buckets, marks those
+    /// chunks folded through the whole log, and removes the entries every chunk has folded.
+    fn fold_oldest_chunks(&mut self, count: usize, batch: HashMap<(u64, u16), (u64, u128)>) -> Result<(), redb::Error> {
         let log = self.delta_log()?;
         let mut marks = read_folded(&self.txn.open_table(RANGE_DIGEST_FOLDED)?)?;
+        let mut chunks: Vec<usize> = (0..marks.len()).collect();
+        chunks.sort_by_key(|&chunk| (marks[chunk], chunk));
+        chunks.truncate(count);
         let mut folding = [false; DIGEST_FOLD_CHUNKS as usize];
-        for &chunk in chunks {
+        for &chunk in &chunks {
             folding[chunk] = true;
         }
         // (A mark is never above `next`: `delta_log` starts it above them all. `min` keeps a
@@ -468,7 +466,7 @@ impl WriteContext<'_> {
             }
         }
         let mut folded = self.txn.open_table(RANGE_DIGEST_FOLDED)?;
-        for &chunk in chunks {
+        for &chunk in &chunks {
             marks[chunk] = log.next;
             folded.insert(chunk as u64, log.next)?;
         }
@@ -489,8 +487,7 @@ impl WriteContext<'_> {
     /// Folds the whole delta log and the batch's changes into the buckets and empties the log.
     pub(super) fn fold_digests(&mut self) -> Result<(), redb::Error> {
         let batch = std::mem::take(&mut self.digests.deltas);
-        let all: Vec<usize> = (0..usize::from(DIGEST_FOLD_CHUNKS)).collect();
-        self.fold_chunks(&all, batch)?;
+        self.fold_oldest_chunks(usize::from(DIGEST_FOLD_CHUNKS), batch)?;
         let log = self.delta_log()?;
         self.digests.log = Some(DeltaLog { since_step: 0, ..log });
         Ok(())
