@@ -7,10 +7,12 @@ same data, so recovery from a killed process is itself tested again.
 
 The seed is printed; set SWITCHYARD_SEED to replay a run's kill moments."""
 
+import json
 import os
 import random
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -24,6 +26,7 @@ WRITERS = 4
 KILL_AFTER_S = (0.3, 2.0)
 WRITER_STOP_DEADLINE_S = 30
 TABLE = "durable"
+CHECKPOINT_DEADLINE_S = 20
 
 
 class Writer(threading.Thread):
@@ -127,5 +130,38 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path_factory):
         assert acked_items and acked_pairs and acked_deletes and acked_increments, "nothing acknowledged"
         described = store.client().describe_table(TableName=TABLE)["Table"]
         assert described["ItemCount"] == len(all_items(store.client())), "the item counter survived the kills"
+    finally:
+        store.stop()
+
+
+def health(store):
+    with urllib.request.urlopen(store.url + "/health", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_kill_9_of_an_idle_store_opens_without_a_repair(tmp_path_factory):
+    """An idle store commits a checkpoint (redb's allocator state with the commit): killed after
+    it, the store opens at once instead of walking its whole file, and says so in /health."""
+    store = started_store(tmp_path_factory, "idle-kill")
+    try:
+        client = store.client()
+        create_table(client, TABLE)
+        for i in range(50):
+            client.put_item(TableName=TABLE, Item={"pk": {"S": f"idle-{i}"}})
+        deadline = time.monotonic() + CHECKPOINT_DEADLINE_S
+        while health(store)["writer"]["checkpoints_total"] < 1:
+            assert time.monotonic() < deadline, f"no checkpoint while idle: {health(store)['writer']}"
+            time.sleep(0.02)
+        assert health(store)["writer"]["opened_after_repair"] is False
+        store.kill()
+        store.start()
+        writer = health(store)["writer"]
+        assert writer["opened_after_repair"] is False, writer
+        assert writer["open_repair_ms"] == 0, writer
+        items = all_items(store.client())
+        assert {f"idle-{i}" for i in range(50)} <= items.keys()
+        with urllib.request.urlopen(store.url + "/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert "open_repair_seconds 0.0" in metrics, metrics[:2000]
     finally:
         store.stop()

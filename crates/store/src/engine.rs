@@ -36,7 +36,7 @@ pub use pitr::{
     ENV_PITR_RESTORABLE_LAG_MS, ENV_PITR_UNDO_BYTES_MAX, PITR_TRIM_ENTRIES_PER_SWEEP_MAX, PitrLimitKeys, PitrLimits,
     PitrView,
 };
-pub use recovery::{EngineOptions, WriterState, WriterStatus};
+pub use recovery::{EngineOptions, OpenReport, REPAIR_CACHE_BYTES, WriterState, WriterStatus};
 pub(crate) use streams::stream_key as stream_key_of;
 pub use streams::{ShardMeta, ShardRead, StreamMeta};
 
@@ -63,6 +63,14 @@ use crate::replication_log;
 pub const WRITE_QUEUE_JOBS_MAX: usize = 4096;
 /// Jobs committed together in one transaction (one fsync) at most.
 pub const BATCH_JOBS_MAX: usize = 512;
+/// After this long without a batch the writer commits a checkpoint: an empty transaction that
+/// also saves redb's allocator state. A store killed while its last commit is a checkpoint
+/// opens at once; otherwise redb walks the whole file to rebuild that state (BENCHMARKS,
+/// "Store at scale": seconds per GB). Saving it with every batch instead would cost every
+/// write a second fsync and the state's bytes (~64 KiB per GiB of file).
+pub const CHECKPOINT_IDLE_MS: u64 = 200;
+/// ...and at most this often, so a slow trickle of writes does not double the commits.
+pub const CHECKPOINT_INTERVAL_MIN_MS: u64 = 1_000;
 /// redb's page: the unit it reads, writes and checksums (its default, which the store keeps).
 pub const REDB_PAGE_BYTES: usize = 4096;
 /// The most value bytes an entry appended to a log table every batch may hold (replication log
@@ -411,6 +419,7 @@ impl Engine {
             faults: None,
             backup_dir: None,
             cache_bytes: None,
+            no_idle_checkpoints: false,
         };
         Engine::open_with(data_dir, region, clock, unguarded)
     }
@@ -427,7 +436,7 @@ impl Engine {
             source,
         })?;
         let path = data_dir.join("store.redb");
-        let db = recovery::open_database(&path, &options).map_err(|source| OpenError::Database {
+        let (db, opened) = recovery::open_database(&path, &options).map_err(|source| OpenError::Database {
             path: path.clone(),
             source: Box::new(source),
         })?;
@@ -444,7 +453,10 @@ impl Engine {
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(Arc::new(db))),
             disk: Mutex::new(disk),
-            writer_status: Mutex::new(WriterStatus::default()),
+            writer_status: Mutex::new(WriterStatus {
+                opened,
+                ..WriterStatus::default()
+            }),
             options,
             region: region.to_string(),
             catalog: RwLock::new(loaded.catalog),
@@ -767,12 +779,20 @@ fn read_state(db: &Database) -> Result<Loaded, String> {
 
 fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
     let mut pending: Option<Job> = None;
+    let mut checkpoints = Checkpoints::new(!shared.options.no_idle_checkpoints);
     loop {
         let first = match pending.take() {
             Some(job) => job,
-            None => match receiver.blocking_recv() {
-                Some(job) => job,
-                None => return,
+            None => match checkpoints.next_job(&mut receiver) {
+                NextJob::Job(job) => job,
+                NextJob::Idle => {
+                    if checkpoint(&shared) == BatchEnd::Poisoned && !recovery::recover(&shared, &mut receiver) {
+                        return;
+                    }
+                    checkpoints.done();
+                    continue;
+                }
+                NextJob::Closed => return,
             },
         };
         let mut batch = vec![first];
@@ -796,8 +816,148 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
                 shared.note_storage_failure(&ApiError::internal("the storage engine panicked while writing a batch"));
                 BatchEnd::Poisoned
             });
+        checkpoints.wrote();
         if end == BatchEnd::Poisoned && !recovery::recover(&shared, &mut receiver) {
             return;
+        }
+    }
+}
+
+/// When the writer next commits a checkpoint (see [`CHECKPOINT_IDLE_MS`]).
+struct Checkpoints {
+    /// A timer for the idle wait; `None` if it could not be built (then no checkpoints).
+    timer: Option<tokio::runtime::Runtime>,
+    /// A batch ran since the last checkpoint.
+    dirty: bool,
+    last: Option<std::time::Instant>,
+}
+
+enum NextJob {
+    Job(Job),
+    /// Nothing arrived for the idle time and a checkpoint is due.
+    Idle,
+    /// Every sender is gone.
+    Closed,
+}
+
+impl Checkpoints {
+    fn new(enabled: bool) -> Checkpoints {
+        let timer = enabled
+            .then(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .map_err(|error| tracing::warn!(%error, "no idle checkpoints: building the writer's timer failed"))
+                    .ok()
+            })
+            .flatten();
+        Checkpoints {
+            timer,
+            dirty: false,
+            last: None,
+        }
+    }
+
+    fn wrote(&mut self) {
+        self.dirty = true;
+    }
+
+    fn done(&mut self) {
+        self.dirty = false;
+        self.last = Some(std::time::Instant::now());
+    }
+
+    /// How long to wait for a job before a checkpoint; `None`: none is due.
+    fn wait(&self) -> Option<std::time::Duration> {
+        if !self.dirty {
+            return None;
+        }
+        let idle = std::time::Duration::from_millis(CHECKPOINT_IDLE_MS);
+        let spacing = self.last.map_or(std::time::Duration::ZERO, |last| {
+            std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MIN_MS).saturating_sub(last.elapsed())
+        });
+        Some(idle.max(spacing))
+    }
+
+    fn next_job(&self, receiver: &mut mpsc::Receiver<Job>) -> NextJob {
+        let received = match (self.wait(), &self.timer) {
+            (Some(wait), Some(timer)) => {
+                match timer.block_on(async { tokio::time::timeout(wait, receiver.recv()).await }) {
+                    Ok(received) => received,
+                    Err(_) => return NextJob::Idle,
+                }
+            }
+            _ => receiver.blocking_recv(),
+        };
+        received.map_or(NextJob::Closed, NextJob::Job)
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_checkpoint_is_due_only_after_a_write_and_not_more_often_than_the_interval() {
+        let mut checkpoints = Checkpoints::new(true);
+        assert_eq!(checkpoints.wait(), None, "nothing written: no checkpoint due");
+        checkpoints.wrote();
+        assert_eq!(checkpoints.wait(), Some(Duration::from_millis(CHECKPOINT_IDLE_MS)));
+        checkpoints.done();
+        assert_eq!(checkpoints.wait(), None, "an idle writer checkpoints once");
+        checkpoints.wrote();
+        let wait = checkpoints.wait().expect("due after the next write");
+        assert!(
+            wait > Duration::from_millis(CHECKPOINT_IDLE_MS)
+                && wait <= Duration::from_millis(CHECKPOINT_INTERVAL_MIN_MS),
+            "spaced by the interval from the last one: {wait:?}"
+        );
+    }
+
+    #[test]
+    fn without_checkpoints_the_writer_just_waits() {
+        let mut checkpoints = Checkpoints::new(false);
+        checkpoints.wrote();
+        assert!(checkpoints.timer.is_none());
+        let (sender, mut receiver) = mpsc::channel::<Job>(1);
+        drop(sender);
+        assert!(matches!(checkpoints.next_job(&mut receiver), NextJob::Closed));
+    }
+}
+
+/// Commits a checkpoint: an empty transaction with redb's quick repair, which saves the
+/// allocator state with the commit (and commits in two phases), so that an open after a crash
+/// that follows it needs no repair. Skipped below the disk watermark (it allocates pages).
+fn checkpoint(shared: &Shared) -> BatchEnd {
+    if shared.refresh_disk().is_some() {
+        return BatchEnd::Done;
+    }
+    let Ok(db) = shared.db() else {
+        return BatchEnd::Poisoned;
+    };
+    let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        txn.set_quick_repair(true);
+        txn.commit().map_err(redb::Error::from)
+    }));
+    match committed {
+        Ok(Ok(())) => {
+            let mut status = shared.writer_status.lock().expect("status lock is never poisoned");
+            status.checkpoints_total += 1;
+            status.last_checkpoint_unix_ms = Some(shared.clock.now_unix_ms());
+            BatchEnd::Done
+        }
+        Ok(Err(error)) => {
+            shared.note_storage_failure(&storage_error("committing a checkpoint", error));
+            recovery::end_of_failed_batch(&db)
+        }
+        Err(_) => {
+            shared.note_storage_failure(&ApiError::internal(
+                "the storage engine panicked while committing a checkpoint",
+            ));
+            BatchEnd::Poisoned
         }
     }
 }

@@ -107,6 +107,8 @@ struct Metrics {
     writer_state: Family<WriterStateLabels, Gauge>,
     storage_failures: Counter,
     reopens: Counter,
+    checkpoints: Counter,
+    open_repair_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     writes_refused: Counter,
     range_digest_mismatches: Counter,
     /// Held while the counters above catch up with the engine's totals (one scrape at a time).
@@ -259,6 +261,18 @@ impl Metrics {
             "Times the database was closed and reopened after an I/O error",
             reopens.clone(),
         );
+        let checkpoints = Counter::default();
+        registry.register(
+            "checkpoints",
+            "Idle checkpoints committed (after one, a crash needs no repair at the next open)",
+            checkpoints.clone(),
+        );
+        let open_repair_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "open_repair_seconds",
+            "How long redb's repair took at the last open (0: the database opened without one)",
+            open_repair_seconds.clone(),
+        );
         let writes_refused = Counter::default();
         registry.register(
             "writes_refused_disk_low",
@@ -280,6 +294,8 @@ impl Metrics {
             writer_state,
             storage_failures,
             reopens,
+            checkpoints,
+            open_repair_seconds,
             writes_refused,
             mirror: std::sync::Mutex::new(()),
             tombstones_purged,
@@ -1062,6 +1078,10 @@ fn writer_json(writer: &WriterStatus) -> serde_json::Value {
         "last_error": writer.last_error,
         "last_error_at_unix_ms": writer.last_error_at_unix_ms,
         "recovered_at_unix_ms": writer.recovered_at_unix_ms,
+        "opened_after_repair": writer.opened.repaired,
+        "open_repair_ms": writer.opened.repair_ms,
+        "checkpoints_total": writer.checkpoints_total,
+        "last_checkpoint_unix_ms": writer.last_checkpoint_unix_ms,
     })
 }
 
@@ -1134,6 +1154,8 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::Header
     advance(&metrics.storage_failures, writer.storage_failures_total);
     advance(&metrics.range_digest_mismatches, engine.digest_mismatches_total());
     advance(&metrics.reopens, writer.reopens_total);
+    advance(&metrics.checkpoints, writer.checkpoints_total);
+    metrics.open_repair_seconds.set(writer.opened.repair_ms as f64 / 1000.0);
     advance(&metrics.writes_refused, writer.writes_refused_total);
     if let Some(replication) = state.store.replication() {
         use std::sync::atomic::Ordering::Relaxed;

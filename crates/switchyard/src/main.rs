@@ -537,6 +537,7 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
             backup_dir: args.backup_dir.clone(),
             // `parse_cache_bytes` refused anything this machine cannot address.
             cache_bytes: usize::try_from(args.cache_bytes).ok(),
+            no_idle_checkpoints: false,
         },
     )?;
     // Engine::open_with read the SWITCHYARD_STREAM_* variables; the file's keys go under them.
