@@ -853,7 +853,8 @@ impl Checkpoints {
             .flatten();
         Checkpoints {
             timer,
-            dirty: false,
+            // Opening commits (the catalog's load), so the first idle moment checkpoints too.
+            dirty: true,
             last: None,
         }
     }
@@ -901,9 +902,16 @@ mod checkpoint_tests {
     #[test]
     fn a_checkpoint_is_due_only_after_a_write_and_not_more_often_than_the_interval() {
         let mut checkpoints = Checkpoints::new(true);
-        assert_eq!(checkpoints.wait(), None, "nothing written: no checkpoint due");
+        assert_eq!(
+            checkpoints.wait(),
+            Some(Duration::from_millis(CHECKPOINT_IDLE_MS)),
+            "opening commits: the first idle moment checkpoints"
+        );
+        checkpoints.done();
+        assert_eq!(checkpoints.wait(), None, "nothing written since: no checkpoint due");
         checkpoints.wrote();
-        assert_eq!(checkpoints.wait(), Some(Duration::from_millis(CHECKPOINT_IDLE_MS)));
+        let wait = checkpoints.wait().expect("due after a write");
+        assert!(wait >= Duration::from_millis(CHECKPOINT_IDLE_MS), "{wait:?}");
         checkpoints.done();
         assert_eq!(checkpoints.wait(), None, "an idle writer checkpoints once");
         checkpoints.wrote();

@@ -96,7 +96,11 @@ pub(super) fn open_database(
     let repair_cache = options
         .cache_bytes
         .map_or(REPAIR_CACHE_BYTES, |bytes| bytes.min(REPAIR_CACHE_BYTES));
-    let repaired = open_with_cache(path, options, Some(repair_cache), RepairPolicy::Log)?;
+    let prefetch = Prefetch::start(path);
+    let repaired = open_with_cache(path, options, Some(repair_cache), RepairPolicy::Log);
+    let prefetched = prefetch.stop();
+    tracing::info!(prefetched_bytes = prefetched, "read ahead of the repair");
+    let repaired = repaired?;
     // Dropping closes it cleanly (redb saves its allocator state), so this open is quick.
     drop(repaired);
     let db = open_with_cache(path, options, options.cache_bytes, RepairPolicy::Log)?;
@@ -106,6 +110,72 @@ pub(super) fn open_database(
     };
     tracing::info!(took_ms = report.repair_ms, "database repaired");
     Ok((db, report))
+}
+
+/// The read-ahead of a repair: redb walks the file in B-tree order, one page at a time, which
+/// on a file outside the page cache is a random read per page. A thread reading the file in
+/// order beside it brings the pages in at the disk's sequential speed (1M items, cold cache:
+/// 4.6–4.7 s to open; read first, 1.2 s + 1.7 s). Only when the file fits in the memory the
+/// kernel could give the page cache (`MemAvailable`), else it would evict the walk's pages.
+struct Prefetch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+/// The read-ahead's reads.
+const PREFETCH_CHUNK_BYTES: usize = 8 << 20;
+
+impl Prefetch {
+    fn start(path: &std::path::Path) -> Prefetch {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fits = match (std::fs::metadata(path), mem_available_bytes()) {
+            (Ok(meta), Some(available)) => meta.len() <= available,
+            _ => false,
+        };
+        if !fits {
+            tracing::info!("no read-ahead of the repair: the file is larger than the memory available to cache it");
+            return Prefetch { stop, thread: None };
+        }
+        let (flag, path) = (Arc::clone(&stop), path.to_path_buf());
+        let thread = std::thread::Builder::new()
+            .name("store-prefetch".into())
+            .spawn(move || read_ahead(&path, &flag))
+            .map_err(|error| tracing::warn!(%error, "no read-ahead of the repair"))
+            .ok();
+        Prefetch { stop, thread }
+    }
+
+    /// Stops the read-ahead; returns the bytes it read.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.map_or(0, |thread| thread.join().unwrap_or(0))
+    }
+}
+
+/// Reads `path` from start to end (or until `stop`), discarding what it reads; returns the
+/// bytes read. A read error ends it: the repair reads for itself and reports errors.
+fn read_ahead(path: &std::path::Path, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    use std::io::Read as _;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let mut buffer = vec![0u8; PREFETCH_CHUNK_BYTES];
+    let mut total = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match file.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => total += read as u64,
+        }
+    }
+    total
+}
+
+/// `MemAvailable` from `/proc/meminfo`: what the kernel could give the page cache.
+fn mem_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|line| line.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// What a repair callback does.
@@ -309,6 +379,19 @@ fn wait_refusing(shared: &Shared, receiver: &mut mpsc::Receiver<Job>, wait_ms: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_read_ahead_reads_the_whole_file_and_stops_when_told() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("file");
+        std::fs::write(&path, vec![7u8; 3 * PREFETCH_CHUNK_BYTES + 5]).expect("write");
+        let running = std::sync::atomic::AtomicBool::new(false);
+        assert_eq!(read_ahead(&path, &running), 3 * PREFETCH_CHUNK_BYTES as u64 + 5);
+        let stopped = std::sync::atomic::AtomicBool::new(true);
+        assert_eq!(read_ahead(&path, &stopped), 0);
+        assert_eq!(read_ahead(&dir.path().join("missing"), &running), 0);
+        assert!(mem_available_bytes().is_some_and(|bytes| bytes > 0));
+    }
 
     #[test]
     fn reopen_backoff_doubles_and_is_capped() {
