@@ -69,8 +69,12 @@ pub const BATCH_JOBS_MAX: usize = 512;
 /// "Store at scale": seconds per GB). Saving it with every batch instead would cost every
 /// write a second fsync and the state's bytes (~64 KiB per GiB of file).
 pub const CHECKPOINT_IDLE_MS: u64 = 200;
-/// ...and at most this often, so a slow trickle of writes does not double the commits.
+/// ...and at most this often, so a slow trickle of writes does not double the commits...
 pub const CHECKPOINT_INTERVAL_MIN_MS: u64 = 1_000;
+/// ...nor, per GiB of file, more often than this: a checkpoint rewrites the allocator state
+/// (~64–128 KiB per GiB), and a replicated store commits a watermark mark every second, so
+/// without this bound a 20 GiB store would rewrite ~2 MB a second for as long as it runs.
+pub const CHECKPOINT_INTERVAL_PER_GIB_MS: u64 = 2_000;
 /// redb's page: the unit it reads, writes and checksums (its default, which the store keeps).
 pub const REDB_PAGE_BYTES: usize = 4096;
 /// The most value bytes an entry appended to a log table every batch may hold (replication log
@@ -786,10 +790,16 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
             None => match checkpoints.next_job(&mut receiver) {
                 NextJob::Job(job) => job,
                 NextJob::Idle => {
-                    if checkpoint(&shared) == BatchEnd::Poisoned && !recovery::recover(&shared, &mut receiver) {
-                        return;
+                    match checkpoint(&shared) {
+                        Checkpointed::Yes => checkpoints.done(file_bytes(&shared)),
+                        // Tried again after the interval (the writer stays "dirty").
+                        Checkpointed::No(end) => {
+                            checkpoints.postpone(file_bytes(&shared));
+                            if end == BatchEnd::Poisoned && !recovery::recover(&shared, &mut receiver) {
+                                return;
+                            }
+                        }
                     }
-                    checkpoints.done();
                     continue;
                 }
                 NextJob::Closed => return,
@@ -808,6 +818,13 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
                 }
             }
         }
+        // From here until the next checkpoint a crash needs redb's repair (set before the
+        // batch's submitters hear back, so /health never shows a stale "checkpointed").
+        shared
+            .writer_status
+            .lock()
+            .expect("status lock is never poisoned")
+            .checkpointed = false;
         // A panic inside the storage engine (an assertion of redb's after an I/O error) must
         // not stop the writer: the batch's submitters get an error (their replies drop) and
         // the database is reopened like after any other storage failure.
@@ -830,6 +847,8 @@ struct Checkpoints {
     /// A batch ran since the last checkpoint.
     dirty: bool,
     last: Option<std::time::Instant>,
+    /// The least time between checkpoints (see [`CHECKPOINT_INTERVAL_PER_GIB_MS`]).
+    interval: std::time::Duration,
 }
 
 enum NextJob {
@@ -856,6 +875,7 @@ impl Checkpoints {
             // Opening commits (the catalog's load), so the first idle moment checkpoints too.
             dirty: true,
             last: None,
+            interval: std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MIN_MS),
         }
     }
 
@@ -863,9 +883,16 @@ impl Checkpoints {
         self.dirty = true;
     }
 
-    fn done(&mut self) {
+    /// A checkpoint committed; `file_bytes`: the file's size now.
+    fn done(&mut self, file_bytes: u64) {
         self.dirty = false;
+        self.postpone(file_bytes);
+    }
+
+    /// The next checkpoint waits the interval from now (after one, or one that did not commit).
+    fn postpone(&mut self, file_bytes: u64) {
         self.last = Some(std::time::Instant::now());
+        self.interval = checkpoint_interval(file_bytes);
     }
 
     /// How long to wait for a job before a checkpoint; `None`: none is due.
@@ -875,7 +902,7 @@ impl Checkpoints {
         }
         let idle = std::time::Duration::from_millis(CHECKPOINT_IDLE_MS);
         let spacing = self.last.map_or(std::time::Duration::ZERO, |last| {
-            std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MIN_MS).saturating_sub(last.elapsed())
+            self.interval.saturating_sub(last.elapsed())
         });
         Some(idle.max(spacing))
     }
@@ -894,6 +921,24 @@ impl Checkpoints {
     }
 }
 
+/// The least time between checkpoints for a file of `file_bytes`.
+fn checkpoint_interval(file_bytes: u64) -> std::time::Duration {
+    let per_gib = (file_bytes >> 30).saturating_mul(CHECKPOINT_INTERVAL_PER_GIB_MS);
+    std::time::Duration::from_millis(per_gib.max(CHECKPOINT_INTERVAL_MIN_MS))
+}
+
+fn file_bytes(shared: &Shared) -> u64 {
+    std::fs::metadata(&shared.path).map_or(0, |meta| meta.len())
+}
+
+/// Whether a checkpoint committed.
+#[derive(Debug, PartialEq, Eq)]
+enum Checkpointed {
+    Yes,
+    /// Skipped (disk below the watermark) or failed; with what the writer does next.
+    No(BatchEnd),
+}
+
 #[cfg(test)]
 mod checkpoint_tests {
     use super::*;
@@ -907,12 +952,12 @@ mod checkpoint_tests {
             Some(Duration::from_millis(CHECKPOINT_IDLE_MS)),
             "opening commits: the first idle moment checkpoints"
         );
-        checkpoints.done();
+        checkpoints.done(0);
         assert_eq!(checkpoints.wait(), None, "nothing written since: no checkpoint due");
         checkpoints.wrote();
         let wait = checkpoints.wait().expect("due after a write");
         assert!(wait >= Duration::from_millis(CHECKPOINT_IDLE_MS), "{wait:?}");
-        checkpoints.done();
+        checkpoints.done(0);
         assert_eq!(checkpoints.wait(), None, "an idle writer checkpoints once");
         checkpoints.wrote();
         let wait = checkpoints.wait().expect("due after the next write");
@@ -921,6 +966,37 @@ mod checkpoint_tests {
                 && wait <= Duration::from_millis(CHECKPOINT_INTERVAL_MIN_MS),
             "spaced by the interval from the last one: {wait:?}"
         );
+    }
+
+    #[test]
+    fn a_checkpoint_that_did_not_commit_is_tried_again_after_the_interval() {
+        let mut checkpoints = Checkpoints::new(true);
+        checkpoints.postpone(0);
+        let wait = checkpoints.wait().expect("still due");
+        assert!(wait > Duration::from_millis(CHECKPOINT_IDLE_MS), "{wait:?}");
+    }
+
+    #[test]
+    fn big_files_checkpoint_less_often() {
+        let gib = 1u64 << 30;
+        assert_eq!(
+            checkpoint_interval(0),
+            Duration::from_millis(CHECKPOINT_INTERVAL_MIN_MS)
+        );
+        assert_eq!(
+            checkpoint_interval(gib - 1),
+            Duration::from_millis(CHECKPOINT_INTERVAL_MIN_MS)
+        );
+        assert_eq!(
+            checkpoint_interval(20 * gib),
+            Duration::from_millis(20 * CHECKPOINT_INTERVAL_PER_GIB_MS)
+        );
+        assert!(checkpoint_interval(u64::MAX) > checkpoint_interval(20 * gib));
+        let mut checkpoints = Checkpoints::new(true);
+        checkpoints.done(20 * gib);
+        checkpoints.wrote();
+        let wait = checkpoints.wait().expect("due");
+        assert!(wait > Duration::from_millis(CHECKPOINT_INTERVAL_MIN_MS), "{wait:?}");
     }
 
     #[test]
@@ -937,12 +1013,12 @@ mod checkpoint_tests {
 /// Commits a checkpoint: an empty transaction with redb's quick repair, which saves the
 /// allocator state with the commit (and commits in two phases), so that an open after a crash
 /// that follows it needs no repair. Skipped below the disk watermark (it allocates pages).
-fn checkpoint(shared: &Shared) -> BatchEnd {
+fn checkpoint(shared: &Shared) -> Checkpointed {
     if shared.refresh_disk().is_some() {
-        return BatchEnd::Done;
+        return Checkpointed::No(BatchEnd::Done);
     }
     let Ok(db) = shared.db() else {
-        return BatchEnd::Poisoned;
+        return Checkpointed::No(BatchEnd::Poisoned);
     };
     let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut txn = db.begin_write()?;
@@ -955,17 +1031,18 @@ fn checkpoint(shared: &Shared) -> BatchEnd {
             let mut status = shared.writer_status.lock().expect("status lock is never poisoned");
             status.checkpoints_total += 1;
             status.last_checkpoint_unix_ms = Some(shared.clock.now_unix_ms());
-            BatchEnd::Done
+            status.checkpointed = true;
+            Checkpointed::Yes
         }
         Ok(Err(error)) => {
             shared.note_storage_failure(&storage_error("committing a checkpoint", error));
-            recovery::end_of_failed_batch(&db)
+            Checkpointed::No(recovery::end_of_failed_batch(&db))
         }
         Err(_) => {
             shared.note_storage_failure(&ApiError::internal(
                 "the storage engine panicked while committing a checkpoint",
             ));
-            BatchEnd::Poisoned
+            Checkpointed::No(BatchEnd::Poisoned)
         }
     }
 }

@@ -1082,6 +1082,7 @@ fn writer_json(writer: &WriterStatus) -> serde_json::Value {
         "open_repair_ms": writer.opened.repair_ms,
         "checkpoints_total": writer.checkpoints_total,
         "last_checkpoint_unix_ms": writer.last_checkpoint_unix_ms,
+        "checkpointed": writer.checkpointed,
     })
 }
 
