@@ -121,3 +121,29 @@ def test_a_bad_config_file_is_refused_with_its_line_and_the_fix(tmp_path):
     assert str(config) in result.stderr and "line 5" in result.stderr, result.stderr
     assert "http://127.0.0.1:8001" in result.stderr, "the message shows how to write it"
     assert not (tmp_path / "data").exists(), "nothing is created before the config is valid"
+
+
+def test_a_damaged_store_file_is_refused_with_the_fix_not_a_panic(tmp_path_factory, tmp_path):
+    """A store file cut short (a partial copy, a disk that lost its tail) or overwritten: the
+    store exits with a message naming the file, that it is damaged and what to do, and leaves
+    the file as it was."""
+    import subprocess
+
+    from test_store_harness import BINARY
+
+    store = started_store(tmp_path_factory, "to-damage")
+    create_table(store.client(), "orders")
+    for i in range(200):
+        store.client().put_item(TableName="orders", Item={"pk": {"S": f"k{i}"}, "pad": {"S": "x" * 400}})
+    store.stop()
+    path = store.data_dir / "store.redb"
+    whole = path.read_bytes()
+    for name, damaged in [("cut short", whole[: len(whole) // 2]), ("overwritten", b"\x00" * 4096)]:
+        path.write_bytes(damaged)
+        result = subprocess.run([str(BINARY), "store", "--listen", "127.0.0.1:0", "--data-dir", str(store.data_dir)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0, name
+        assert "panicked" not in result.stderr, f"{name}: {result.stderr[-2000:]}"
+        assert str(path) in result.stderr and "damaged" in result.stderr, f"{name}: {result.stderr[-2000:]}"
+        assert "Move store.redb aside" in result.stderr, result.stderr[-2000:]
+        assert path.read_bytes() == damaged, f"{name}: the damaged file was changed"

@@ -664,7 +664,7 @@ impl Engine {
 pub enum OpenError {
     #[error("cannot create data directory {path}: {source}; check the path and its permissions")]
     Directory { path: PathBuf, source: std::io::Error },
-    #[error("cannot open database {path}: {source}; is another store running on this --data-dir?")]
+    #[error("cannot open database {path}: {source}; {}", recovery::open_hint(source))]
     Database {
         path: PathBuf,
         source: Box<redb::DatabaseError>,

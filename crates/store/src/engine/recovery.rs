@@ -244,9 +244,65 @@ fn open_with_cache(
             )
         }
     });
-    match &options.faults {
+    // redb asserts on some damaged files (one shorter than its header says, for one) instead
+    // of returning an error: that is input from the disk, so it becomes an error here.
+    quiet_panics_on_this_thread(|| match &options.faults {
         Some(disk) => builder.create_with_backend(FaultyBackend::open(path, Arc::clone(disk))?),
         None => builder.create(path),
+    })
+    .unwrap_or_else(|message| {
+        Err(DatabaseError::Storage(redb::StorageError::Corrupted(format!(
+            "redb could not read the file: {message}"
+        ))))
+    })
+}
+
+thread_local! {
+    /// Set while this thread runs [`quiet_panics_on_this_thread`]: the panic hook stays silent.
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `Err(its message)` without the panic hook's report (other
+/// threads' panics are reported as before). Only for code that reads input, never for our own
+/// invariants.
+fn quiet_panics_on_this_thread<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET_PANICS.with(|quiet| quiet.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|quiet| quiet.set(false));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string())
+    })
+}
+
+/// What to do about an error opening the database, for the message.
+pub fn open_hint(error: &DatabaseError) -> &'static str {
+    match error {
+        DatabaseError::DatabaseAlreadyOpen => "another process holds it: is another store running on this --data-dir?",
+        DatabaseError::Storage(redb::StorageError::Corrupted(_)) | DatabaseError::UpgradeRequired(_) => {
+            "the file is damaged or not a Switchyard store, and nothing was changed. Move store.redb aside (keep it for diagnosis) and start again: a region whose tables are global-table replicas gets their items back from its peers, and on-demand backups in the backup directory can be restored with RestoreTableFromBackup"
+        }
+        DatabaseError::Storage(redb::StorageError::Io(io))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            "the file is damaged or not a Switchyard store, and nothing was changed. Move store.redb aside (keep it for diagnosis) and start again: a region whose tables are global-table replicas gets their items back from its peers, and on-demand backups in the backup directory can be restored with RestoreTableFromBackup"
+        }
+        _ => "check the disk, the file's permissions and the kernel log",
     }
 }
 
@@ -433,6 +489,39 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(mem_available_bytes().is_some_and(|bytes| bytes > 0));
         }
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_that_says_what_to_do_not_a_panic() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("store.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("write");
+            {
+                let mut table = txn
+                    .open_table(redb::TableDefinition::<u64, &[u8]>::new("t"))
+                    .expect("table");
+                for i in 0..2_000u64 {
+                    table.insert(i, [7u8; 512].as_slice()).expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+        let error = open_database(&path, &EngineOptions::default()).expect_err("a truncated file");
+        let hint = open_hint(&error);
+        assert!(hint.contains("damaged"), "{error}: {hint}");
+        // Garbage with redb's magic number, and garbage without it.
+        std::fs::write(&path, b"redb\x1a\x0a\xa9\x0d\x0a and then nothing a header should hold").expect("write");
+        let error = open_database(&path, &EngineOptions::default()).expect_err("garbage");
+        assert!(open_hint(&error).contains("damaged"), "{error}");
+        // The file was left as it was.
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            b"redb\x1a\x0a\xa9\x0d\x0a and then nothing a header should hold"
+        );
     }
 
     #[test]
