@@ -315,6 +315,8 @@ where
 struct Job {
     exclusive: bool,
     body: Box<dyn JobBody>,
+    /// [`Engine::close`]: the writer checkpoints, answers here whether it committed, and stops.
+    close: Option<oneshot::Sender<bool>>,
 }
 
 /// The replication log's head and the bytes ever appended to it.
@@ -587,6 +589,7 @@ impl Engine {
         let job = Job {
             exclusive,
             body: Box::new(JobFn { job, reply }),
+            close: None,
         };
         self.sender.send(job).await.map_err(|_| {
             ApiError::new(
@@ -597,6 +600,27 @@ impl Engine {
         result
             .await
             .map_err(|_| ApiError::internal("Internal server error: the writer stopped before answering"))?
+    }
+
+    /// Stops the writer after a last checkpoint (a graceful shutdown, once nothing else
+    /// writes): the file then opens without redb's repair even though other handles keep it
+    /// open until the process exits. Writes after it fail with `ServiceUnavailable`. Returns
+    /// whether the checkpoint committed (not below the disk watermark, no I/O error).
+    pub async fn close(&self) -> bool {
+        let (done, committed) = oneshot::channel();
+        let (reply, _) = oneshot::channel::<Result<(), ApiError>>();
+        let job = Job {
+            exclusive: true,
+            body: Box::new(JobFn {
+                job: |_: &mut WriteContext<'_>| Ok(()),
+                reply,
+            }),
+            close: Some(done),
+        };
+        if self.sender.send(job).await.is_err() {
+            return false;
+        }
+        committed.await.unwrap_or(false)
     }
 
     /// A consistent snapshot for reads.
@@ -785,7 +809,7 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
     let mut pending: Option<Job> = None;
     let mut checkpoints = Checkpoints::new(!shared.options.no_idle_checkpoints);
     loop {
-        let first = match pending.take() {
+        let mut first = match pending.take() {
             Some(job) => job,
             None => match checkpoints.next_job(&mut receiver) {
                 NextJob::Job(job) => job,
@@ -805,6 +829,13 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
                 NextJob::Closed => return,
             },
         };
+        if let Some(done) = first.close.take() {
+            let committed = checkpoint(&shared) == Checkpointed::Yes;
+            // Later writes are refused at once ("shutting down"), before the closer hears back.
+            receiver.close();
+            let _ = done.send(committed);
+            return;
+        }
         let mut batch = vec![first];
         if !batch[0].exclusive {
             while batch.len() < BATCH_JOBS_MAX {

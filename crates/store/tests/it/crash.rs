@@ -143,3 +143,29 @@ async fn wait_checkpointed(store: &Store) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn a_closed_engine_leaves_a_file_that_opens_without_a_repair() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    // No idle checkpoints: the one that counts is close's.
+    let store = open(dir.path(), true);
+    write_items(&store).await;
+    assert!(store.engine().close().await, "the last checkpoint committed");
+    assert!(store.engine().writer_status().checkpointed);
+    let refused = store
+        .handle(
+            "PutItem",
+            json!({"TableName": "orders", "Item": {"id": {"S": "late"}}})
+                .to_string()
+                .as_bytes(),
+        )
+        .await
+        .expect_err("no writes after close");
+    assert!(refused.message.contains("shutting down"), "{refused}");
+    // The store still holds the file (as a process does until it exits): a copy is what the
+    // disk holds after the exit.
+    let image = crash_image(dir.path());
+    let reopened = open(image.path(), false);
+    assert!(!reopened.engine().writer_status().opened.repaired);
+    assert_items(&reopened).await;
+}
