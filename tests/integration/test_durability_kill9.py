@@ -139,15 +139,21 @@ def health(store):
         return json.loads(response.read())
 
 
+def store_with_items(tmp_path_factory, name, prefix, count):
+    """A started store whose table holds items PREFIX-0..COUNT-1."""
+    store = started_store(tmp_path_factory, name)
+    client = store.client()
+    create_table(client, TABLE)
+    for i in range(count):
+        client.put_item(TableName=TABLE, Item={"pk": {"S": f"{prefix}-{i}"}})
+    return store
+
+
 def test_kill_9_of_an_idle_store_opens_without_a_repair(tmp_path_factory):
     """An idle store commits a checkpoint (redb's allocator state with the commit): killed after
     it, the store opens at once instead of walking its whole file, and says so in /health."""
-    store = started_store(tmp_path_factory, "idle-kill")
+    store = store_with_items(tmp_path_factory, "idle-kill", "idle", 50)
     try:
-        client = store.client()
-        create_table(client, TABLE)
-        for i in range(50):
-            client.put_item(TableName=TABLE, Item={"pk": {"S": f"idle-{i}"}})
         # Nothing else writes to this store: once checkpointed, its last commit stays the checkpoint.
         deadline = time.monotonic() + CHECKPOINT_DEADLINE_S
         while not health(store)["writer"]["checkpointed"]:
@@ -169,12 +175,8 @@ def test_kill_9_of_an_idle_store_opens_without_a_repair(tmp_path_factory):
 def test_sigterm_leaves_a_file_that_opens_without_a_repair(tmp_path_factory):
     """A graceful stop (SIGTERM) checkpoints last, right after the last write (well inside the
     idle checkpoint's 200 ms): the next start opens without redb's repair."""
-    store = started_store(tmp_path_factory, "sigterm-clean")
+    store = store_with_items(tmp_path_factory, "sigterm-clean", "t", 20)
     try:
-        client = store.client()
-        create_table(client, TABLE)
-        for i in range(20):
-            client.put_item(TableName=TABLE, Item={"pk": {"S": f"t-{i}"}})
         store.stop()
         store.start()
         writer = health(store)["writer"]

@@ -561,7 +561,7 @@ impl Engine {
 
     /// Bytes the database file takes on disk.
     pub fn storage_bytes(&self) -> u64 {
-        std::fs::metadata(&self.shared.path).map(|m| m.len()).unwrap_or(0)
+        file_bytes(&self.shared)
     }
 
     /// Runs `job` on the writer thread inside the next batch; resolves after the batch is durable.
@@ -958,6 +958,7 @@ fn checkpoint_interval(file_bytes: u64) -> std::time::Duration {
     std::time::Duration::from_millis(per_gib.max(CHECKPOINT_INTERVAL_MIN_MS))
 }
 
+/// The database file's size (0 if it cannot be read).
 fn file_bytes(shared: &Shared) -> u64 {
     std::fs::metadata(&shared.path).map_or(0, |meta| meta.len())
 }
@@ -1041,9 +1042,8 @@ mod checkpoint_tests {
     }
 }
 
-/// Commits a checkpoint: an empty transaction with redb's quick repair, which saves the
-/// allocator state with the commit (and commits in two phases), so that an open after a crash
-/// that follows it needs no repair. Skipped below the disk watermark (it allocates pages).
+/// The writer's checkpoint (`recovery::commit_checkpoint`), counted in the status. Skipped
+/// below the disk watermark (it allocates pages).
 fn checkpoint(shared: &Shared) -> Checkpointed {
     if shared.refresh_disk().is_some() {
         return Checkpointed::No(BatchEnd::Done);
@@ -1051,12 +1051,7 @@ fn checkpoint(shared: &Shared) -> Checkpointed {
     let Ok(db) = shared.db() else {
         return Checkpointed::No(BatchEnd::Poisoned);
     };
-    let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate);
-        txn.set_quick_repair(true);
-        txn.commit().map_err(redb::Error::from)
-    }));
+    let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recovery::commit_checkpoint(&db)));
     match committed {
         Ok(Ok(())) => {
             let mut status = shared.writer_status.lock().expect("status lock is never poisoned");

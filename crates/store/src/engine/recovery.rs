@@ -123,12 +123,7 @@ fn reopen_with_own_cache(
     path: &std::path::Path,
     options: &EngineOptions,
 ) -> Result<Database, DatabaseError> {
-    let saved = (|| -> Result<(), redb::Error> {
-        let mut txn = repaired.begin_write()?;
-        txn.set_quick_repair(true);
-        txn.commit()?;
-        Ok(())
-    })();
+    let saved = commit_checkpoint(&repaired);
     drop(repaired);
     if let Err(error) = saved {
         tracing::warn!(%error, "saving the repaired database's state failed: repairing it again, to keep the repair's 16 MiB page cache until the next restart");
@@ -141,6 +136,17 @@ fn reopen_with_own_cache(
         }
         other => other,
     }
+}
+
+/// A checkpoint: an empty, durable commit with redb's quick repair, which saves the allocator
+/// state with it (and commits in two phases), so that an open after a crash that follows it
+/// needs no repair.
+pub(super) fn commit_checkpoint(db: &Database) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(redb::Durability::Immediate);
+    txn.set_quick_repair(true);
+    txn.commit()?;
+    Ok(())
 }
 
 /// The read-ahead of a repair: redb walks the file in B-tree order, one page at a time, which
@@ -287,20 +293,21 @@ fn quiet_panics_on_this_thread<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// What to do about a damaged database file.
+const DAMAGED_HINT: &str = "the file is damaged or not a Switchyard store, and nothing was changed. Move store.redb aside (keep it for diagnosis) and start again: a region whose tables are global-table replicas gets their items back from its peers, and on-demand backups in the backup directory can be restored with RestoreTableFromBackup";
+
 /// What to do about an error opening the database, for the message.
 pub fn open_hint(error: &DatabaseError) -> &'static str {
     match error {
         DatabaseError::DatabaseAlreadyOpen => "another process holds it: is another store running on this --data-dir?",
-        DatabaseError::Storage(redb::StorageError::Corrupted(_)) | DatabaseError::UpgradeRequired(_) => {
-            "the file is damaged or not a Switchyard store, and nothing was changed. Move store.redb aside (keep it for diagnosis) and start again: a region whose tables are global-table replicas gets their items back from its peers, and on-demand backups in the backup directory can be restored with RestoreTableFromBackup"
-        }
+        DatabaseError::Storage(redb::StorageError::Corrupted(_)) | DatabaseError::UpgradeRequired(_) => DAMAGED_HINT,
         DatabaseError::Storage(redb::StorageError::Io(io))
             if matches!(
                 io.kind(),
                 std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
             ) =>
         {
-            "the file is damaged or not a Switchyard store, and nothing was changed. Move store.redb aside (keep it for diagnosis) and start again: a region whose tables are global-table replicas gets their items back from its peers, and on-demand backups in the backup directory can be restored with RestoreTableFromBackup"
+            DAMAGED_HINT
         }
         _ => "check the disk, the file's permissions and the kernel log",
     }
