@@ -15,6 +15,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::ops::Bound;
+use redb::BackendError;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The watermark's floor when none is configured: 1 GiB...
@@ -344,8 +346,8 @@ impl redb::StorageBackend for FaultyBackend {
         self.inner.len()
     }
 
-    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, io::Error> {
-        self.inner.read(offset, len)
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.inner.read(offset, out)
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
@@ -355,11 +357,11 @@ impl redb::StorageBackend for FaultyBackend {
         self.inner.set_len(len)
     }
 
-    fn sync_data(&self, eventual: bool) -> Result<(), io::Error> {
+    fn sync_data(&self) -> Result<(), io::Error> {
         if self.disk.fail_syncs.load(Ordering::SeqCst) {
             return Err(self.disk.injected(io::Error::from_raw_os_error(5))); // EIO
         }
-        self.inner.sync_data(eventual)
+        self.inner.sync_data()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
@@ -370,6 +372,35 @@ impl redb::StorageBackend for FaultyBackend {
             return Err(self.disk.injected(no_space()));
         }
         self.inner.write(offset, data)
+    }
+
+    // The file lock that keeps a second store off this file is the inner backend's.
+    fn close(&self) -> Result<(), io::Error> {
+        self.inner.close()
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.query_lock_range(start, end)
     }
 }
 

@@ -48,7 +48,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dynamo_protocol::value::item_size_bytes;
 use dynamo_protocol::{ApiError, AttributeValue, Item};
-use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction};
 use replication::digest::{Digest, Range as DigestRange};
 use replication::{Hlc, HlcClock, Version};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -1093,7 +1093,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
             return BatchEnd::Poisoned;
         }
     };
-    let mut txn = match db.begin_write() {
+    let txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(error) => {
             // The jobs never ran, so they mutated nothing.
@@ -1105,7 +1105,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
             return recovery::end_of_failed_batch(&db);
         }
     };
-    txn.set_durability(Durability::Immediate);
+    // Every batch commits with redb's default durability, `Durability::Immediate` (fsync).
     let mut context = WriteContext {
         txn: &txn,
         shared,

@@ -84,14 +84,31 @@ pub(super) fn open_database(
     path: &std::path::Path,
     options: &EngineOptions,
 ) -> Result<(Database, OpenReport), DatabaseError> {
-    match open_with_cache(path, options, options.cache_bytes, RepairPolicy::Refuse) {
+    let mut upgraded = false;
+    let first = match open_with_cache(path, options, options.cache_bytes, RepairPolicy::Refuse) {
+        Err(DatabaseError::UpgradeRequired(version)) => {
+            upgrade_file_format(path, version)?;
+            upgraded = true;
+            open_with_cache(path, options, options.cache_bytes, RepairPolicy::Refuse)
+        }
+        other => other,
+    };
+    match first {
         Err(DatabaseError::RepairAborted) => {}
         other => return other.map(|db| (db, OpenReport::default())),
     }
-    tracing::warn!(
-        path = %path.display(),
-        "the database was not shut down cleanly and its last commit was not a checkpoint: repairing it (reads the whole file once or twice; nothing committed is lost)"
-    );
+    if upgraded {
+        // redb 4 keeps its allocator state in a form redb 2 does not write.
+        tracing::warn!(
+            path = %path.display(),
+            "rebuilding the allocator state of the upgraded file (once: reads the whole file once or twice)"
+        );
+    } else {
+        tracing::warn!(
+            path = %path.display(),
+            "the database was not shut down cleanly and its last commit was not a checkpoint: repairing it (reads the whole file once or twice; nothing committed is lost)"
+        );
+    }
     let started = Instant::now();
     let repair_cache = options
         .cache_bytes
@@ -112,6 +129,46 @@ pub(super) fn open_database(
     };
     tracing::info!(took_ms = report.repair_ms, "database repaired");
     Ok((db, report))
+}
+
+/// redb's file format before redb 3: data directories written by Switchyard before it moved to
+/// redb 4 (2026-12). redb 4 refuses such a file (`UpgradeRequired`); redb 2.6 upgrades it in
+/// place: it repairs the file first if it was not shut down cleanly, commits twice in two
+/// phases, and then rewrites both header slots with the new version; no item is rewritten. redb
+/// 4 then rebuilds its allocator state once (the walk of a repair: ~30 s at 10M items), since
+/// redb 2 does not leave it in the form redb 4 reads.
+pub const OLD_FILE_FORMAT: u8 = 2;
+
+/// Upgrades a file in redb's format v2 (see [`OLD_FILE_FORMAT`]) to the format redb 4 reads.
+fn upgrade_file_format(path: &std::path::Path, version: u8) -> Result<(), DatabaseError> {
+    let failed = |what: &str, error: String| {
+        DatabaseError::Storage(redb::StorageError::Io(std::io::Error::other(format!(
+            "upgrading {} from redb's file format v{version} to v3 failed while {what}: {error}. An upgrade rewrites no item; a Switchyard release from before 2026-12-04 (redb 2) opens a file still in format v2",
+            path.display()
+        ))))
+    };
+    if version != OLD_FILE_FORMAT {
+        return Err(failed(
+            "checking its version",
+            format!("only format v{OLD_FILE_FORMAT} can be upgraded"),
+        ));
+    }
+    tracing::warn!(
+        path = %path.display(),
+        "the store file was written by an earlier Switchyard (redb file format v2): upgrading it in place to v3 (a header rewrite; a repair first if it was not shut down cleanly)"
+    );
+    let started = Instant::now();
+    let mut old = quiet_panics_on_this_thread(|| redb2::Database::builder().create(path))
+        .unwrap_or_else(|message| {
+            Err(redb2::DatabaseError::Storage(redb2::StorageError::Corrupted(format!(
+                "redb 2 could not read the file: {message}"
+            ))))
+        })
+        .map_err(|error| failed("opening it", error.to_string()))?;
+    old.upgrade().map_err(|error| failed("upgrading it", error.to_string()))?;
+    drop(old);
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "store file upgraded to redb's format v3");
+    Ok(())
 }
 
 /// Swaps the repaired handle (small cache) for one with the configured cache. A checkpoint
@@ -143,7 +200,7 @@ fn reopen_with_own_cache(
 /// needs no repair.
 pub(super) fn commit_checkpoint(db: &Database) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(redb::Durability::Immediate);
+    txn.set_durability(redb::Durability::Immediate)?;
     txn.set_quick_repair(true);
     txn.commit()?;
     Ok(())

@@ -884,6 +884,7 @@ mod server;
 mod streams;
 mod support;
 mod tombstones;
+mod upgrade;
 
 /// A page cache far smaller than the data (`--cache-bytes 4MiB` under 8 MB of items) evicts
 /// and reads back pages without losing or mixing up anything.

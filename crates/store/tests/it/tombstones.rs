@@ -362,7 +362,7 @@ async fn put_batch(store: &Store, prefix: &str, count: usize, size: usize) {
 /// The replication log's stored entries: each key (the entry's last sequence number) and size.
 fn log_entries(dir: &std::path::Path) -> Vec<(u64, usize)> {
     let database = open_raw(dir);
-    let txn = database.begin_read().expect("read");
+    let txn = redb::ReadableDatabase::begin_read(&database).expect("read");
     let log = txn
         .open_table(redb::TableDefinition::<u64, &[u8]>::new("replog"))
         .expect("log");
