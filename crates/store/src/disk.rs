@@ -11,12 +11,12 @@
 //! [`judge`] is the decision, pure; [`DiskGuard`] does the I/O around it (statvfs, the
 //! reserve file) and publishes what it saw. Depends on nothing else in the store.
 
+use redb::BackendError;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::ops::Bound;
-use redb::BackendError;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The watermark's floor when none is configured: 1 GiB...

@@ -165,9 +165,13 @@ fn upgrade_file_format(path: &std::path::Path, version: u8) -> Result<(), Databa
             ))))
         })
         .map_err(|error| failed("opening it", error.to_string()))?;
-    old.upgrade().map_err(|error| failed("upgrading it", error.to_string()))?;
+    old.upgrade()
+        .map_err(|error| failed("upgrading it", error.to_string()))?;
     drop(old);
-    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "store file upgraded to redb's format v3");
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "store file upgraded to redb's format v3"
+    );
     Ok(())
 }
 

@@ -13,7 +13,9 @@ use store::{Engine, Store, SystemClock};
 
 /// A data directory holding the (gunzipped) fixture as its `store.redb`.
 fn data_dir_from(fixture: &str) -> tempfile::TempDir {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
     let compressed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut file = Vec::new();
     flate2::read::GzDecoder::new(compressed.as_slice())
@@ -78,8 +80,14 @@ async fn plain_ids(store: &Store) -> Vec<String> {
 async fn assert_the_old_data(store: &Store) {
     let table = call(store, "DescribeTable", json!({"TableName": "orders"})).await;
     assert_eq!(table["Table"]["ItemCount"], json!(60));
-    assert_eq!(table["Table"]["GlobalSecondaryIndexes"][0]["IndexName"], json!("by-status"));
-    assert_eq!(table["Table"]["StreamSpecification"]["StreamViewType"], json!("NEW_AND_OLD_IMAGES"));
+    assert_eq!(
+        table["Table"]["GlobalSecondaryIndexes"][0]["IndexName"],
+        json!("by-status")
+    );
+    assert_eq!(
+        table["Table"]["StreamSpecification"]["StreamViewType"],
+        json!("NEW_AND_OLD_IMAGES")
+    );
 
     let shipped = call(
         store,
@@ -113,7 +121,11 @@ async fn assert_the_old_data(store: &Store) {
             if records.is_empty() {
                 break;
             }
-            names.extend(records.iter().map(|r| r["eventName"].as_str().expect("eventName").to_string()));
+            names.extend(
+                records
+                    .iter()
+                    .map(|r| r["eventName"].as_str().expect("eventName").to_string()),
+            );
             iterator = page["NextShardIterator"].clone();
         }
     }
@@ -197,7 +209,10 @@ async fn a_crashed_store_file_of_the_previous_release_is_repaired_then_upgraded(
         .filter_map(|id| id.strip_prefix('w'))
         .map(|n| n.parse().expect("w number"))
         .collect();
-    assert!(!written.is_empty(), "the crash image holds no acknowledged write: {ids:?}");
+    assert!(
+        !written.is_empty(),
+        "the crash image holds no acknowledged write: {ids:?}"
+    );
     let mut sorted = written.clone();
     sorted.sort_unstable();
     let prefix: Vec<u64> = (0..sorted.len() as u64).collect();
