@@ -147,3 +147,47 @@ def test_a_damaged_store_file_is_refused_with_the_fix_not_a_panic(tmp_path_facto
         assert str(path) in result.stderr and "damaged" in result.stderr, f"{name}: {result.stderr[-2000:]}"
         assert "Move store.redb aside" in result.stderr, result.stderr[-2000:]
         assert path.read_bytes() == damaged, f"{name}: the damaged file was changed"
+
+
+def test_a_store_file_of_an_earlier_release_is_upgraded_at_start(tmp_path_factory):
+    """A data directory of the release before the move to redb 4 (its file in redb's format v2,
+    left by a kill -9 during writes: crates/store/tests/fixtures) starts: the binary upgrades the
+    file in place, says so in its log, serves what was there, and starts again without any
+    upgrade or repair."""
+    import gzip
+    from pathlib import Path
+
+    from test_store_harness import StoreProcess
+
+    fixture = Path(__file__).resolve().parents[2] / "crates/store/tests/fixtures/redb2-crashed.redb.gz"
+    data_dir = tmp_path_factory.mktemp("old-release") / "data"
+    data_dir.mkdir()
+    (data_dir / "store.redb").write_bytes(gzip.decompress(fixture.read_bytes()))
+    store = StoreProcess(data_dir)
+    store.start()
+    try:
+        assert "upgrading it in place to v3" in store.tail(), store.tail()
+        health = json.loads(fetch(store, "/health")[2])
+        assert health["status"] == "ready", health
+        assert health["writer"]["opened_after_repair"] is True, health["writer"]
+        client = store.client()
+        assert client.describe_table(TableName="orders")["Table"]["ItemCount"] == 60
+        shipped = client.query(TableName="orders", IndexName="by-status", KeyConditionExpression="#s = :s",
+                               ExpressionAttributeNames={"#s": "status"},
+                               ExpressionAttributeValues={":s": {"S": "shipped"}})
+        assert shipped["Count"] == 21
+        assert client.get_item(TableName="plain", Key={"id": {"S": "p19"}}, ConsistentRead=True)["Item"]["n"] == {"N": "19"}
+        client.put_item(TableName="plain", Item={"id": {"S": "after-upgrade"}})
+    finally:
+        store.stop()
+    log_before = store.log.read_text(errors="replace")
+    store.start()
+    try:
+        again = store.log.read_text(errors="replace")[len(log_before):]
+        assert "upgrading" not in again and "repairing" not in again, again
+        health = json.loads(fetch(store, "/health")[2])
+        assert health["writer"]["opened_after_repair"] is False, health["writer"]
+        item = store.client().get_item(TableName="plain", Key={"id": {"S": "after-upgrade"}}, ConsistentRead=True)
+        assert "Item" in item
+    finally:
+        store.stop()
