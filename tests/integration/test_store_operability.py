@@ -169,6 +169,7 @@ def test_a_store_file_of_an_earlier_release_is_upgraded_at_start(tmp_path_factor
         assert "upgrading it in place to v3" in store.tail(), store.tail()
         health = json.loads(fetch(store, "/health")[2])
         assert health["status"] == "ready", health
+        assert health["writer"]["opened_after_upgrade"] is True, health["writer"]
         assert health["writer"]["opened_after_repair"] is True, health["writer"]
         client = store.client()
         assert client.describe_table(TableName="orders")["Table"]["ItemCount"] == 60
@@ -187,6 +188,7 @@ def test_a_store_file_of_an_earlier_release_is_upgraded_at_start(tmp_path_factor
         assert "upgrading" not in again and "repairing" not in again, again
         health = json.loads(fetch(store, "/health")[2])
         assert health["writer"]["opened_after_repair"] is False, health["writer"]
+        assert health["writer"]["opened_after_upgrade"] is False, health["writer"]
         item = store.client().get_item(TableName="plain", Key={"id": {"S": "after-upgrade"}}, ConsistentRead=True)
         assert "Item" in item
     finally:

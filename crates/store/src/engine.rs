@@ -131,6 +131,18 @@ fn bytes_table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> 
 pub const HEALTH_TABLE: &str = "__switchyard_health";
 
 fn storage_error(context: &str, error: impl std::fmt::Display) -> ApiError {
+    let text = error.to_string();
+    // A snapshot taken before the writer closed the database to reopen it after an I/O error
+    // (redb 4 ends every read of a closed database so): the same answer as a read that starts
+    // while it reopens.
+    if text == redb::StorageError::DatabaseClosed.to_string() {
+        return ApiError::new(
+            dynamo_protocol::ErrorKind::ServiceUnavailable,
+            format!(
+                "The store closed its database while {context}, to reopen it after a storage I/O error; retry shortly (its /health says when it is back)"
+            ),
+        );
+    }
     tracing::error!(%error, "storage failure while {context}");
     // The cause (such as "No space left on device") helps the operator and tells the client
     // nothing about the data.

@@ -1089,6 +1089,7 @@ fn writer_json(writer: &WriterStatus) -> serde_json::Value {
         "last_error_at_unix_ms": writer.last_error_at_unix_ms,
         "recovered_at_unix_ms": writer.recovered_at_unix_ms,
         "opened_after_repair": writer.opened.repaired,
+        "opened_after_upgrade": writer.opened.upgraded,
         "open_repair_ms": writer.opened.repair_ms,
         "checkpoints_total": writer.checkpoints_total,
         "last_checkpoint_unix_ms": writer.last_checkpoint_unix_ms,

@@ -74,6 +74,9 @@ pub struct OpenReport {
     pub repaired: bool,
     /// How long the repair took.
     pub repair_ms: u64,
+    /// The file was in the format of a release before redb 4 and was upgraded in place (redb 4
+    /// then rebuilds its allocator state once: `repaired` is set too).
+    pub upgraded: bool,
 }
 
 /// Opens the database. A file left by a clean shutdown, or by a crash right after a checkpoint
@@ -95,7 +98,13 @@ pub(super) fn open_database(
     };
     match first {
         Err(DatabaseError::RepairAborted) => {}
-        other => return other.map(|db| (db, OpenReport::default())),
+        other => {
+            let report = OpenReport {
+                upgraded,
+                ..OpenReport::default()
+            };
+            return other.map(|db| (db, report));
+        }
     }
     if upgraded {
         // redb 4 keeps its allocator state in a form redb 2 does not write.
@@ -125,6 +134,7 @@ pub(super) fn open_database(
     };
     let report = OpenReport {
         repaired: true,
+        upgraded,
         repair_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
     tracing::info!(took_ms = report.repair_ms, "database repaired");
@@ -140,39 +150,76 @@ pub(super) fn open_database(
 pub const OLD_FILE_FORMAT: u8 = 2;
 
 /// Upgrades a file in redb's format v2 (see [`OLD_FILE_FORMAT`]) to the format redb 4 reads.
+/// redb 2 runs with the repair's small page cache, logging a repair's progress, while the
+/// read-ahead thread reads the file; a panic inside redb 2 (a damaged file) becomes
+/// `Corrupted`, and its errors keep their kind, so `open_hint` names the right fix.
 fn upgrade_file_format(path: &std::path::Path, version: u8) -> Result<(), DatabaseError> {
-    let failed = |what: &str, error: String| {
-        DatabaseError::Storage(redb::StorageError::Io(std::io::Error::other(format!(
-            "upgrading {} from redb's file format v{version} to v3 failed while {what}: {error}. An upgrade rewrites no item; a Switchyard release from before 2026-12-04 (redb 2) opens a file still in format v2",
-            path.display()
-        ))))
-    };
     if version != OLD_FILE_FORMAT {
-        return Err(failed(
-            "checking its version",
-            format!("only format v{OLD_FILE_FORMAT} can be upgraded"),
-        ));
+        return Err(DatabaseError::Storage(redb::StorageError::Corrupted(format!(
+            "the file says redb file format v{version}, which no Switchyard release wrote (v{OLD_FILE_FORMAT} is upgraded)"
+        ))));
     }
     tracing::warn!(
         path = %path.display(),
-        "the store file was written by an earlier Switchyard (redb file format v2): upgrading it in place to v3 (a header rewrite; a repair first if it was not shut down cleanly)"
+        "the store file was written by an earlier Switchyard (redb file format v2): upgrading it in place to v3 (redb 2 repairs it first if it was not shut down cleanly, then rewrites its header)"
     );
     let started = Instant::now();
-    let mut old = quiet_panics_on_this_thread(|| redb2::Database::builder().create(path))
-        .unwrap_or_else(|message| {
-            Err(redb2::DatabaseError::Storage(redb2::StorageError::Corrupted(format!(
-                "redb 2 could not read the file: {message}"
-            ))))
-        })
-        .map_err(|error| failed("opening it", error.to_string()))?;
-    old.upgrade()
-        .map_err(|error| failed("upgrading it", error.to_string()))?;
-    drop(old);
+    let prefetch = Prefetch::start(path);
+    let outcome = quiet_panics_on_this_thread(|| {
+        let mut builder = redb2::Database::builder();
+        builder.set_cache_size(REPAIR_CACHE_BYTES);
+        builder.set_repair_callback(|session| {
+            tracing::info!(
+                progress_percent = (session.progress() * 100.0).round() as u32,
+                "repairing the database (redb 2, before the upgrade)"
+            )
+        });
+        let mut old = builder.create(path).map_err(|error| from_redb2_open(error, path))?;
+        old.upgrade().map_err(|error| match error {
+            redb2::UpgradeError::Storage(error) => DatabaseError::Storage(from_redb2_storage(error, path)),
+            other => DatabaseError::Storage(redb::StorageError::Io(std::io::Error::other(format!(
+                "upgrading {} to redb's file format v3: {other}",
+                path.display()
+            )))),
+        })?;
+        drop(old);
+        Ok(())
+    });
+    prefetch.stop();
+    outcome.unwrap_or_else(|message| {
+        Err(DatabaseError::Storage(redb::StorageError::Corrupted(format!(
+            "redb 2 could not read the file to upgrade it: {message}"
+        ))))
+    })?;
     tracing::info!(
         took_ms = started.elapsed().as_millis() as u64,
         "store file upgraded to redb's format v3"
     );
     Ok(())
+}
+
+/// redb 2's open error as redb 4's, of the same kind.
+fn from_redb2_open(error: redb2::DatabaseError, path: &std::path::Path) -> DatabaseError {
+    match error {
+        redb2::DatabaseError::DatabaseAlreadyOpen => DatabaseError::DatabaseAlreadyOpen,
+        redb2::DatabaseError::Storage(error) => DatabaseError::Storage(from_redb2_storage(error, path)),
+        other => DatabaseError::Storage(redb::StorageError::Io(std::io::Error::other(format!(
+            "opening {} with redb 2 to upgrade it: {other}",
+            path.display()
+        )))),
+    }
+}
+
+/// redb 2's storage error as redb 4's, of the same kind (an I/O error keeps its `ErrorKind`).
+fn from_redb2_storage(error: redb2::StorageError, path: &std::path::Path) -> redb::StorageError {
+    let context = format!("upgrading {} from redb's file format v2", path.display());
+    match error {
+        redb2::StorageError::Corrupted(message) => redb::StorageError::Corrupted(format!("{context}: {message}")),
+        redb2::StorageError::Io(io) => {
+            redb::StorageError::Io(std::io::Error::new(io.kind(), format!("{context}: {io}")))
+        }
+        other => redb::StorageError::Io(std::io::Error::other(format!("{context}: {other}"))),
+    }
 }
 
 /// Swaps the repaired handle (small cache) for one with the configured cache. A checkpoint
@@ -360,7 +407,9 @@ const DAMAGED_HINT: &str = "the file is damaged or not a Switchyard store, and n
 /// What to do about an error opening the database, for the message.
 pub fn open_hint(error: &DatabaseError) -> &'static str {
     match error {
-        DatabaseError::DatabaseAlreadyOpen => "another process holds it: is another store running on this --data-dir?",
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            "another process holds it: is another store running on this --data-dir?"
+        }
         DatabaseError::Storage(redb::StorageError::Corrupted(_)) | DatabaseError::UpgradeRequired(_) => DAMAGED_HINT,
         DatabaseError::Storage(redb::StorageError::Io(io))
             if matches!(
@@ -449,8 +498,10 @@ pub(super) fn recover(shared: &Shared, receiver: &mut mpsc::Receiver<Job>) -> bo
         status.reopen_attempts = 0;
     }
     tracing::error!(path = %shared.path.display(), "storage I/O error: closing and reopening the database; reads and writes fail until it is back");
-    // Our handle goes now; open snapshots keep the old file (and its lock) until they end,
-    // which a reopen attempt meets as "already open" and retries after its backoff.
+    // Our handle goes now. A reader still holding the database keeps the file (and its lock)
+    // until it ends, which a reopen attempt meets as "already open" and retries after its
+    // backoff; a read transaction that outlives the last handle fails with redb 4's
+    // `DatabaseClosed`, answered `ServiceUnavailable` (`storage_error`).
     let closed = shared.db.write().expect("database lock is never poisoned").take();
     drop(closed);
     let mut attempt: u32 = 0;
