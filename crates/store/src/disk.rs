@@ -271,6 +271,33 @@ impl FaultyDisk {
         self.faults_injected.fetch_add(1, Ordering::SeqCst);
         error
     }
+
+    /// The fault, if any, of a write that makes the file at `path` `end` bytes long (for files
+    /// the store writes itself, such as the write-ahead log).
+    pub(crate) fn write_fault(&self, path: &Path, end: u64) -> io::Result<()> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(self.injected(io::Error::from_raw_os_error(5))); // EIO
+        }
+        let capacity = self.capacity_bytes.load(Ordering::SeqCst);
+        if capacity == u64::MAX {
+            return Ok(());
+        }
+        let own = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let others = used_bytes(dir).saturating_sub(own);
+        if others.saturating_add(end.max(own)) > capacity {
+            return Err(self.injected(no_space()));
+        }
+        Ok(())
+    }
+
+    /// The fault, if any, of a sync.
+    pub(crate) fn sync_fault(&self) -> io::Result<()> {
+        if self.fail_syncs.load(Ordering::SeqCst) {
+            return Err(self.injected(io::Error::from_raw_os_error(5)));
+        }
+        Ok(())
+    }
 }
 
 /// Bytes the files directly inside `dir` take (their lengths).

@@ -24,6 +24,7 @@ mod pitr;
 mod recovery;
 mod replog;
 mod streams;
+mod wal;
 
 pub use digests::{DIGEST_BUCKET_BITS, DigestCursor, ScrubReport};
 use replog::*;
@@ -39,6 +40,11 @@ pub use pitr::{
 pub use recovery::{EngineOptions, OpenReport, REPAIR_CACHE_BYTES, WriterState, WriterStatus};
 pub(crate) use streams::stream_key as stream_key_of;
 pub use streams::{ShardMeta, ShardRead, StreamMeta};
+use wal::{Appended, LoggedTable, LoggedTxn, Wal};
+pub use wal::{
+    ReplayReport, WAL_CHECKPOINT_BYTES, WAL_FILE_BYTES_MAX, WAL_FILE_NAME, WAL_GROW_BYTES, WalError,
+    parse as parse_wal_payload, scan as scan_wal,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, ControlFlow};
@@ -48,7 +54,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dynamo_protocol::value::item_size_bytes;
 use dynamo_protocol::{ApiError, AttributeValue, Item};
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use replication::digest::{Digest, Range as DigestRange};
 use replication::{Hlc, HlcClock, Version};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -368,6 +374,9 @@ struct Shared {
     digest_mismatches: std::sync::atomic::AtomicU64,
     /// The range digest delta log's shape as of the last commit (`None`: read it again).
     digest_log: Mutex<Option<digests::DeltaLog>>,
+    /// The write-ahead log (`wal`); `None` while the writer reopens the database. Only the
+    /// writer thread locks it.
+    wal: Mutex<Option<Wal>>,
 }
 
 impl Shared {
@@ -454,10 +463,12 @@ impl Engine {
             source,
         })?;
         let path = data_dir.join("store.redb");
-        let (db, opened) = recovery::open_database(&path, &options).map_err(|source| OpenError::Database {
+        let (db, mut opened) = recovery::open_database(&path, &options).map_err(|source| OpenError::Database {
             path: path.clone(),
             source: Box::new(source),
         })?;
+        let (wal, replayed) = Wal::open_and_replay(data_dir, &db, options.faults.clone())?;
+        opened.replayed = replayed;
         let loaded = load_catalog(&db, clock.now_unix_ms()).map_err(|message| OpenError::Catalog {
             path: path.clone(),
             message,
@@ -489,6 +500,7 @@ impl Engine {
             pitr_limits: RwLock::new(pitr_limits),
             digest_mismatches: std::sync::atomic::AtomicU64::new(0),
             digest_log: Mutex::new(None),
+            wal: Mutex::new(Some(wal)),
         });
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_JOBS_MAX);
         let writer_shared = Arc::clone(&shared);
@@ -707,6 +719,8 @@ pub enum OpenError {
     },
     #[error("cannot read the table catalog in {path}: {message}")]
     Catalog { path: PathBuf, message: String },
+    #[error("cannot open the write-ahead log: {0}")]
+    Log(#[from] WalError),
     #[error("{message}")]
     Setting { message: String },
 }
@@ -741,15 +755,17 @@ fn setting_or_zero(settings: &impl ReadableTable<&'static str, u64>, name: &str)
         .unwrap_or(0))
 }
 
+/// Reads the catalog and positions, creating what a new store lacks, in a durable quick-repair
+/// commit (after the write-ahead log's replay, which it does not log).
 fn load_catalog(db: &Database, now_ms: u64) -> Result<Loaded, String> {
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
-    let mut catalog = read_catalog(&txn.open_table(CATALOG).map_err(|e| e.to_string())?)?;
+    let txn = LoggedTxn::new(db.begin_write().map_err(|e| e.to_string())?);
+    let mut catalog = read_catalog(&*txn.open_table(CATALOG).map_err(|e| e.to_string())?)?;
     let (hlc_last, hlc_ceiling, replog_head, replog_bytes);
     {
         txn.open_table(STATS).map_err(|e| e.to_string())?;
         txn.open_table(REPLOG).map_err(|e| e.to_string())?;
         let settings = txn.open_table(SETTINGS).map_err(|e| e.to_string())?;
-        let read = |name: &str| setting_or_zero(&settings, name);
+        let read = |name: &str| setting_or_zero(&*settings, name);
         hlc_last = read(HLC_LAST)?;
         hlc_ceiling = read(HLC_CEILING)?;
         replog_head = read(REPLOG_HEAD)?;
@@ -764,6 +780,8 @@ fn load_catalog(db: &Database, now_ms: u64) -> Result<Loaded, String> {
         let meta = create_health_table(&txn, now_ms).map_err(|e| format!("creating {HEALTH_TABLE}: {e}"))?;
         catalog.tables.insert(meta.name.clone(), Arc::new(meta));
     }
+    let (mut txn, _) = txn.finish();
+    txn.set_quick_repair(true);
     txn.commit().map_err(|e| e.to_string())?;
     Ok(Loaded {
         catalog,
@@ -775,7 +793,7 @@ fn load_catalog(db: &Database, now_ms: u64) -> Result<Loaded, String> {
 }
 
 /// Creates the reserved [`HEALTH_TABLE`]: regional, key `pk` (string).
-fn create_health_table(txn: &WriteTransaction, now_ms: u64) -> Result<TableMeta, String> {
+fn create_health_table(txn: &LoggedTxn, now_ms: u64) -> Result<TableMeta, String> {
     let request: crate::catalog::CreateTableRequest = serde_json::from_value(serde_json::json!({
         "TableName": HEALTH_TABLE,
         "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
@@ -879,6 +897,29 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
         checkpoints.wrote();
         if end == BatchEnd::Poisoned && !recovery::recover(&shared, &mut receiver) {
             return;
+        }
+        // A long log is checkpointed at once, busy or not: it bounds the replay after a crash.
+        let log_bytes = shared
+            .wal
+            .lock()
+            .expect("wal lock is never poisoned")
+            .as_ref()
+            .map_or(0, Wal::used_bytes);
+        shared
+            .writer_status
+            .lock()
+            .expect("status lock is never poisoned")
+            .log_bytes = log_bytes;
+        if log_bytes >= WAL_CHECKPOINT_BYTES {
+            match checkpoint(&shared) {
+                Checkpointed::Yes => checkpoints.done(file_bytes(&shared)),
+                Checkpointed::No(end) => {
+                    checkpoints.postpone(file_bytes(&shared));
+                    if end == BatchEnd::Poisoned && !recovery::recover(&shared, &mut receiver) {
+                        return;
+                    }
+                }
+            }
         }
     }
 }
@@ -1063,12 +1104,21 @@ fn checkpoint(shared: &Shared) -> Checkpointed {
     let Ok(db) = shared.db() else {
         return Checkpointed::No(BatchEnd::Poisoned);
     };
+    let started = std::time::Instant::now();
     let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recovery::commit_checkpoint(&db)));
     match committed {
         Ok(Ok(())) => {
+            let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            tracing::debug!(took_us, "checkpoint committed");
+            // Everything logged so far is durable in redb now: the log starts again.
+            if let Some(wal) = shared.wal.lock().expect("wal lock is never poisoned").as_mut() {
+                wal.restart();
+            }
             let mut status = shared.writer_status.lock().expect("status lock is never poisoned");
             status.checkpoints_total += 1;
             status.last_checkpoint_unix_ms = Some(shared.clock.now_unix_ms());
+            status.last_checkpoint_us = took_us;
+            status.log_bytes = 0;
             status.checkpointed = true;
             Checkpointed::Yes
         }
@@ -1106,7 +1156,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         }
     };
     let txn = match db.begin_write() {
-        Ok(txn) => txn,
+        Ok(txn) => LoggedTxn::new(txn),
         Err(error) => {
             // The jobs never ran, so they mutated nothing.
             let error = storage_error("starting a write", error);
@@ -1117,7 +1167,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
             return recovery::end_of_failed_batch(&db);
         }
     };
-    // Every batch commits with redb's default durability, `Durability::Immediate` (fsync).
+    // Every change goes through `txn`, which records it for the write-ahead log (`commit`).
     let mut context = WriteContext {
         txn: &txn,
         shared,
@@ -1172,8 +1222,12 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
             .and_then(|()| save_hlc(&txn, shared.hlc.last(), shared.hlc.ceiling()))
             .and_then(|()| log.map_or(Ok(()), |log| save_log_position(&txn, log))),
     };
+    let mut reopen = false;
     let outcome = match outcome {
-        Ok(()) => txn.commit().map_err(|e| storage_error("committing", e)),
+        Ok(()) => commit(shared, txn).map_err(|(error, after_logging)| {
+            reopen = after_logging;
+            error
+        }),
         Err(error) => {
             // Dropping aborts; unlike `abort()` it also copes with a transaction whose storage
             // failed (redb asserts on an explicit abort then, and the writer would die).
@@ -1184,7 +1238,11 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
     let end = match &outcome {
         Err(error) if !refused_for_space => {
             shared.note_storage_failure(error);
-            recovery::end_of_failed_batch(&db)
+            if reopen {
+                BatchEnd::Poisoned
+            } else {
+                recovery::end_of_failed_batch(&db)
+            }
         }
         _ => BatchEnd::Done,
     };
@@ -1222,7 +1280,54 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
     end
 }
 
-fn save_hlc(txn: &WriteTransaction, last: u64, ceiling: u64) -> Result<(), ApiError> {
+/// Commits a batch: its record appended to the write-ahead log and synced, then the transaction
+/// committed without redb's own sync (`Durability::None`). A batch too big for the log commits
+/// durably instead, with quick repair (a checkpoint holding it). The error's flag: the record
+/// may be in the log (the append failed partway, or the commit after it), so the database must
+/// be reopened, which replays the log, before anything else is logged.
+fn commit(shared: &Shared, txn: LoggedTxn) -> Result<(), (ApiError, bool)> {
+    let mut guard = shared.wal.lock().expect("wal lock is never poisoned");
+    let Some(wal) = guard.as_mut() else {
+        return Err((
+            ApiError::new(
+                dynamo_protocol::ErrorKind::ServiceUnavailable,
+                "The store is reopening its database; retry shortly",
+            ),
+            true,
+        ));
+    };
+    let seq = wal.next_seq();
+    txn.open_table(SETTINGS)
+        .and_then(|mut settings| {
+            settings.insert(wal::WAL_APPLIED, seq).map_err(TableError::Storage)?;
+            Ok(())
+        })
+        .map_err(|e| (storage_error("numbering the batch", e), false))?;
+    let (mut txn, redo) = txn.finish();
+    let appended = match &redo {
+        Some(redo) => wal.append(redo),
+        None => Ok(Appended::TooBig),
+    };
+    match appended {
+        Ok(Appended::Logged) => {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| (storage_error("committing", e), true))?;
+            txn.commit().map_err(|e| (storage_error("committing", e), true))
+        }
+        Ok(Appended::TooBig) => {
+            txn.set_quick_repair(true);
+            txn.commit().map_err(|e| (storage_error("committing", e), false))?;
+            wal.skip_committed();
+            Ok(())
+        }
+        Err(error) => {
+            drop(txn);
+            Err((storage_error("appending to the write-ahead log", error), true))
+        }
+    }
+}
+
+fn save_hlc(txn: &LoggedTxn, last: u64, ceiling: u64) -> Result<(), ApiError> {
     let mut settings = txn
         .open_table(SETTINGS)
         .map_err(|e| storage_error("opening settings", e))?;
@@ -1235,7 +1340,7 @@ fn save_hlc(txn: &WriteTransaction, last: u64, ceiling: u64) -> Result<(), ApiEr
     Ok(())
 }
 
-fn flush_stats(txn: &WriteTransaction, deltas: HashMap<String, (i64, i64)>) -> Result<(), ApiError> {
+fn flush_stats(txn: &LoggedTxn, deltas: HashMap<String, (i64, i64)>) -> Result<(), ApiError> {
     if deltas.is_empty() {
         return Ok(());
     }
@@ -1259,7 +1364,7 @@ fn flush_stats(txn: &WriteTransaction, deltas: HashMap<String, (i64, i64)>) -> R
 
 /// What a write job sees: the open write transaction of its batch.
 pub struct WriteContext<'a> {
-    txn: &'a WriteTransaction,
+    txn: &'a LoggedTxn,
     shared: &'a Shared,
     stats: HashMap<String, (i64, i64)>,
     catalog_changes: Vec<CatalogChange>,
@@ -1682,7 +1787,7 @@ impl WriteContext<'_> {
             }
             let mut settings = self.txn.open_table(SETTINGS)?;
             settings.remove(purged_below_key(meta.id).as_str())?;
-            let awaiting: Vec<String> = awaiting_backfills(&settings)?
+            let awaiting: Vec<String> = awaiting_backfills(&*settings)?
                 .into_iter()
                 .filter(|(id, ..)| *id == meta.id)
                 .map(|(id, source, _)| awaiting_backfill_key(id, &source))

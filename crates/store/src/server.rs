@@ -109,6 +109,7 @@ struct Metrics {
     reopens: Counter,
     checkpoints: Counter,
     open_repair_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    write_ahead_log_bytes: Gauge,
     writes_refused: Counter,
     range_digest_mismatches: Counter,
     /// Held while the counters above catch up with the engine's totals (one scrape at a time).
@@ -264,7 +265,7 @@ impl Metrics {
         let checkpoints = Counter::default();
         registry.register(
             "checkpoints",
-            "Idle checkpoints committed (after one, a crash needs no repair at the next open)",
+            "Checkpoints committed: when idle, and whenever the write-ahead log reaches its checkpoint size (after one, an open after a crash has nothing to replay)",
             checkpoints.clone(),
         );
         let open_repair_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
@@ -272,6 +273,12 @@ impl Metrics {
             "open_repair_seconds",
             "How long redb's repair took at the last open (0: the database opened without one)",
             open_repair_seconds.clone(),
+        );
+        let write_ahead_log_bytes = Gauge::default();
+        registry.register(
+            "write_ahead_log_bytes",
+            "Bytes of write-ahead log since the last checkpoint: what an open after a crash would replay",
+            write_ahead_log_bytes.clone(),
         );
         let writes_refused = Counter::default();
         registry.register(
@@ -296,6 +303,7 @@ impl Metrics {
             reopens,
             checkpoints,
             open_repair_seconds,
+            write_ahead_log_bytes,
             writes_refused,
             mirror: std::sync::Mutex::new(()),
             tombstones_purged,
@@ -1091,6 +1099,11 @@ fn writer_json(writer: &WriterStatus) -> serde_json::Value {
         "opened_after_repair": writer.opened.repaired,
         "opened_after_upgrade": writer.opened.upgraded,
         "open_repair_ms": writer.opened.repair_ms,
+        "open_replayed_batches": writer.opened.replayed.records,
+        "open_replayed_bytes": writer.opened.replayed.bytes,
+        "open_replay_ms": writer.opened.replayed.took_ms,
+        "log_bytes": writer.log_bytes,
+        "last_checkpoint_us": writer.last_checkpoint_us,
         "checkpoints_total": writer.checkpoints_total,
         "last_checkpoint_unix_ms": writer.last_checkpoint_unix_ms,
         "checkpointed": writer.checkpointed,
@@ -1168,6 +1181,9 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::Header
     advance(&metrics.reopens, writer.reopens_total);
     advance(&metrics.checkpoints, writer.checkpoints_total);
     metrics.open_repair_seconds.set(writer.opened.repair_ms as f64 / 1000.0);
+    metrics
+        .write_ahead_log_bytes
+        .set(i64::try_from(writer.log_bytes).unwrap_or(i64::MAX));
     advance(&metrics.writes_refused, writer.writes_refused_total);
     if let Some(replication) = state.store.replication() {
         use std::sync::atomic::Ordering::Relaxed;

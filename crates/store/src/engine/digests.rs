@@ -205,7 +205,7 @@ fn corrupt(error: impl std::fmt::Display) -> redb::Error {
 
 /// Adds `part` (wrapping) to a stored bucket; a bucket that comes to nothing loses its entry.
 fn add_to_bucket(
-    buckets: &mut redb::Table<&'static [u8], &'static [u8]>,
+    buckets: &mut LoggedTable<'_, &'static [u8], &'static [u8]>,
     table_id: u64,
     bucket: u16,
     part: Digest,
@@ -362,7 +362,7 @@ impl WriteContext<'_> {
             None => {
                 let table = self.txn.open_table(RANGE_DIGEST_DELTAS)?;
                 let mut log = DeltaLog {
-                    next: read_folded(&self.txn.open_table(RANGE_DIGEST_FOLDED)?)?
+                    next: read_folded(&*self.txn.open_table(RANGE_DIGEST_FOLDED)?)?
                         .into_iter()
                         .max()
                         .unwrap_or(0),
@@ -430,7 +430,7 @@ impl WriteContext<'_> {
     /// chunks folded through the whole log, and removes the entries every chunk has folded.
     fn fold_oldest_chunks(&mut self, count: usize, batch: HashMap<(u64, u16), (u64, u128)>) -> Result<(), redb::Error> {
         let log = self.delta_log()?;
-        let mut marks = read_folded(&self.txn.open_table(RANGE_DIGEST_FOLDED)?)?;
+        let mut marks = read_folded(&*self.txn.open_table(RANGE_DIGEST_FOLDED)?)?;
         let mut chunks: Vec<usize> = (0..marks.len()).collect();
         chunks.sort_by_key(|&chunk| (marks[chunk], chunk));
         chunks.truncate(count);

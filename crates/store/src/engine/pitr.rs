@@ -172,7 +172,7 @@ impl WriteContext<'_> {
         let at = match self.pitr_ms {
             Some(at) => at,
             None => {
-                let last = read_setting(&settings, PITR_LAST_MS)?;
+                let last = read_setting(&*settings, PITR_LAST_MS)?;
                 let at = self.shared.clock.now_unix_ms().max(last);
                 if at != last {
                     settings.insert(PITR_LAST_MS, at)?;
@@ -182,10 +182,10 @@ impl WriteContext<'_> {
             }
         };
         let value = encode_entry(at, key, old);
-        let seq = read_setting(&settings, PITR_SEQ)? + 1;
+        let seq = read_setting(&*settings, PITR_SEQ)? + 1;
         settings.insert(PITR_SEQ, seq)?;
         let bytes = bytes_key(table.id);
-        let total = read_setting(&settings, &bytes)? + value.len() as u64;
+        let total = read_setting(&*settings, &bytes)? + value.len() as u64;
         settings.insert(bytes.as_str(), total)?;
         drop(settings);
         self.txn
@@ -204,8 +204,8 @@ impl WriteContext<'_> {
             }
             let mut undo = self.txn.open_table(PITR_UNDO)?;
             let mut settings = self.txn.open_table(SETTINGS)?;
-            let mut bytes = read_setting(&settings, &bytes_key(plan.table_id))?;
-            let mut trimmed_ms = read_setting(&settings, &trimmed_key(plan.table_id))?;
+            let mut bytes = read_setting(&*settings, &bytes_key(plan.table_id))?;
+            let mut trimmed_ms = read_setting(&*settings, &trimmed_key(plan.table_id))?;
             let mut gone = Vec::new();
             for entry in undo.range(table_range(plan.table_id))? {
                 if gone.len() >= budget {

@@ -71,7 +71,7 @@ pub(super) fn tombstone_entry_key(hlc: u64, table_id: u64, key: &[u8]) -> Vec<u8
 }
 
 /// Indexes the tombstones of a data directory written before the tombstone index existed.
-pub(super) fn index_tombstones(txn: &WriteTransaction, catalog: &Catalog) -> Result<(), redb::Error> {
+pub(super) fn index_tombstones(txn: &LoggedTxn, catalog: &Catalog) -> Result<(), redb::Error> {
     let mut tombstones = txn.open_table(TOMBSTONES)?;
     for table in catalog.tables.values() {
         let data = match txn.open_table(bytes_table(&data_table_name(table.id))) {
@@ -92,7 +92,7 @@ pub(super) fn index_tombstones(txn: &WriteTransaction, catalog: &Catalog) -> Res
 }
 
 /// The log's head and byte count, saved once per batch rather than per change.
-pub(super) fn save_log_position(txn: &WriteTransaction, log: LogPosition) -> Result<(), ApiError> {
+pub(super) fn save_log_position(txn: &LoggedTxn, log: LogPosition) -> Result<(), ApiError> {
     let mut settings = txn
         .open_table(SETTINGS)
         .map_err(|e| storage_error("opening settings", e))?;
@@ -1053,7 +1053,7 @@ impl replication::receive::ReplicaStorage for ReplicaWriter<'_, '_> {
             .txn
             .open_table(SETTINGS)
             .map_err(|e| storage_error("opening settings", e))?;
-        let waiting = awaiting_backfills(&settings).map_err(|e| storage_error("reading settings", e))?;
+        let waiting = awaiting_backfills(&*settings).map_err(|e| storage_error("reading settings", e))?;
         Ok(waiting
             .into_iter()
             .map(|(table_id, source, barrier)| replication::receive::Awaited {

@@ -280,7 +280,7 @@ struct OpenShard {
 
 impl OpenShard {
     /// Stores the block being filled, if it holds anything, and starts an empty one.
-    fn store_block(&mut self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    fn store_block(&mut self, txn: &LoggedTxn) -> Result<(), redb::Error> {
         if self.block.is_empty() {
             return Ok(());
         }
@@ -640,12 +640,7 @@ impl WriteContext<'_> {
 
 /// Closes an open shard (writing it back now) and opens its child, whose first record is
 /// `first_seq`.
-fn roll_over(
-    txn: &redb::WriteTransaction,
-    open: &mut OpenShard,
-    now_ms: u64,
-    first_seq: u64,
-) -> Result<(), redb::Error> {
+fn roll_over(txn: &LoggedTxn, open: &mut OpenShard, now_ms: u64, first_seq: u64) -> Result<(), redb::Error> {
     // A block belongs to one shard: the closing shard's records are stored now.
     open.store_block(txn)?;
     open.shard.closed = true;

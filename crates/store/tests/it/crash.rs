@@ -1,8 +1,8 @@
-//! What a crash leaves, and how the store opens it. A copy of `store.redb` taken while the
-//! engine has it open is the image a `kill -9` (or a power cut after the last fsync) leaves:
-//! redb's header still says the file is in use. Opened again, such a file needs redb's full
-//! repair, unless its last commit is an idle checkpoint, which saved the allocator state.
-//! Either way nothing acknowledged is lost.
+//! What a crash leaves, and how the store opens it. A copy of `store.redb`, then of
+//! `store.wal`, taken while the engine has them open is the image a `kill -9` (or a power cut
+//! after the last fsync) leaves: redb's file holds its last durable commit, a checkpoint with
+//! its allocator state, so it opens without a repair, and the write-ahead log holds every batch
+//! acknowledged since, which the open replays. Nothing acknowledged is lost.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -69,39 +69,85 @@ async fn assert_items(store: &Store) {
     }
 }
 
-/// The image of a crash of the store open on `from`, as a new data directory.
+/// The image of a crash of the store open on `from`, as a new data directory: the database,
+/// then the log (so the log is at least as new as the database, as on a disk at any instant).
 fn crash_image(from: &Path) -> tempfile::TempDir {
     let image = tempfile::tempdir().expect("temporary directory");
     std::fs::copy(from.join("store.redb"), image.path().join("store.redb")).expect("copy the open file");
+    std::fs::copy(from.join("store.wal"), image.path().join("store.wal")).expect("copy the open log");
     image
 }
 
 #[tokio::test]
-async fn a_crash_after_ordinary_commits_is_repaired_and_loses_nothing() {
+async fn a_crash_after_ordinary_commits_replays_the_log_and_loses_nothing() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let store = open(dir.path(), true);
     write_items(&store).await;
     assert_eq!(store.engine().writer_status().checkpoints_total, 0);
     let image = crash_image(dir.path());
 
+    // redb's file alone holds none of it: every batch since the open is durable in the log only.
+    let without_log = tempfile::tempdir().expect("temporary directory");
+    std::fs::copy(image.path().join("store.redb"), without_log.path().join("store.redb")).expect("copy");
+    let bare = open(without_log.path(), false);
+    let tables = call(&bare, "ListTables", json!({})).await;
+    assert!(
+        !tables["TableNames"]
+            .as_array()
+            .expect("names")
+            .contains(&json!("orders")),
+        "the batches were committed durably in redb, not through the log: {tables}"
+    );
+    drop(bare);
+
     let reopened = open(image.path(), false);
     let opened = reopened.engine().writer_status().opened;
+    assert!(!opened.repaired, "the last durable commit is a checkpoint: {opened:?}");
     assert!(
-        opened.repaired,
-        "a file in use whose last commit is not a checkpoint needs a repair"
+        opened.replayed.records >= ITEMS as u64,
+        "every acknowledged batch is replayed from the log: {opened:?}"
     );
     assert_items(&reopened).await;
-    // The repaired file takes writes, and a clean close leaves nothing to repair.
+    // The replayed store takes writes, and a clean close leaves nothing to replay.
     call(
         &reopened,
         "PutItem",
         json!({"TableName": "orders", "Item": {"id": {"S": "after"}}}),
     )
     .await;
+    assert!(reopened.engine().close().await);
     drop(reopened);
     let again = open(image.path(), false);
-    assert!(!again.engine().writer_status().opened.repaired);
+    let opened = again.engine().writer_status().opened;
+    assert!(!opened.repaired && opened.replayed.records == 0, "{opened:?}");
     assert_items(&again).await;
+    let after = call(
+        &again,
+        "GetItem",
+        json!({"TableName": "orders", "Key": {"id": {"S": "after"}}, "ConsistentRead": true}),
+    )
+    .await;
+    assert!(after.get("Item").is_some(), "the write after the replay: {after}");
+}
+
+#[tokio::test]
+async fn a_crash_right_after_a_replay_opens_with_nothing_left_to_replay() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), true);
+    write_items(&store).await;
+    let image = crash_image(dir.path());
+    // The replay commits durably, with its records' numbers: a crash right after it (before
+    // any checkpoint) finds the records in the log already held by the database.
+    let first = open(image.path(), true);
+    let replayed = first.engine().writer_status().opened.replayed;
+    assert!(replayed.records >= ITEMS as u64, "{replayed:?}");
+    let second_image = crash_image(image.path());
+    drop(first);
+    let second = open(second_image.path(), false);
+    let opened = second.engine().writer_status().opened;
+    assert_eq!(opened.replayed.records, 0, "the replay committed durably: {opened:?}");
+    assert!(!opened.repaired, "{opened:?}");
+    assert_items(&second).await;
 }
 
 #[tokio::test]

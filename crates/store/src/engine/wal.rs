@@ -1,0 +1,1075 @@
+//! The write-ahead log (`store.wal`, beside `store.redb`): how a batch becomes durable with one
+//! sequential append and one `fdatasync`, instead of redb's copy-on-write pages.
+//!
+//! A durable redb commit writes every page the batch touched, at its place in the file, and
+//! syncs them: about 11 KB for a ~130-byte PutItem (BENCHMARKS, "Streams"), and a stream's
+//! pages on top. Instead each batch's changes are recorded as they are made — (table, key,
+//! value) for every insert, the key of every remove, each table opened or deleted — appended to
+//! this log as one checksummed record and synced, and only then committed to redb with
+//! `Durability::None` (visible to readers at once, written to the file by the kernel later). A
+//! *checkpoint* (`recovery::commit_checkpoint`: a durable commit with redb's quick repair) then
+//! makes everything before it durable in redb itself, after which the log starts again.
+//!
+//! Invariants:
+//! - every change of a logged batch goes through [`LoggedTxn`] (the writer never holds redb's
+//!   transaction itself), so the record holds all of it;
+//! - a batch is visible (committed to redb) only after its record is durable, so no reader ever
+//!   sees a write a crash could take back;
+//! - each logged batch stores its sequence number in the settings table ([`WAL_APPLIED`]) in the
+//!   same transaction, so redb's durable state says which records it already holds: an open
+//!   replays exactly the records after it, in order, and replay is idempotent (each change
+//!   sets a key to a value or removes it);
+//! - the log is reused from its start only after a durable commit that holds every record in
+//!   it; records are numbered without gaps, so a stale record from an earlier pass (lower
+//!   number) ends a scan like a torn one;
+//! - a damaged record followed by the next expected one, or a log whose first new record does
+//!   not follow the store's, refuses the open (acknowledged writes would be lost silently):
+//!   nothing is changed and the error says what to do;
+//! - every durable commit the writer makes is a quick-repair one, so an open after kill -9
+//!   never walks the file: it loads the last checkpoint and replays at most
+//!   [`WAL_CHECKPOINT_BYTES`] (plus one batch) of log.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    AccessGuard, Database, ReadableDatabase, StorageError, Table, TableDefinition, TableError, TableHandle,
+    WriteTransaction,
+};
+
+use crate::disk::FaultyDisk;
+
+/// The log's file name in the data directory.
+pub const WAL_FILE_NAME: &str = "store.wal";
+/// The file's header: magic and format version (the rest of the block is zero).
+pub const WAL_HEADER_BYTES: u64 = 4096;
+/// The file grows (zero-filled and synced once, so that an append's `fdatasync` never has to
+/// write the file's size) in steps of this.
+pub const WAL_GROW_BYTES: u64 = 4 << 20;
+/// The file never grows past this; a batch whose record would not fit commits durably in redb
+/// instead (a checkpoint that includes it).
+pub const WAL_FILE_BYTES_MAX: u64 = 64 << 20;
+/// Once this much log is in use, the writer checkpoints after the batch: it bounds the replay
+/// at an open after a crash, and the dirty pages a checkpoint syncs.
+pub const WAL_CHECKPOINT_BYTES: u64 = 8 << 20;
+/// The settings entry holding the sequence number of the last logged batch in redb's state.
+pub const WAL_APPLIED: &str = "wal_applied";
+
+const FILE_MAGIC: &[u8; 16] = b"SWITCHYARD-WAL\0\0";
+const FILE_VERSION: u32 = 1;
+const RECORD_MAGIC: u32 = 0x4c57_5953; // "SYWL"
+/// magic u32, payload length u32, sequence u64, crc32 u32 (of the file's salt, the length, the
+/// sequence and the payload), reserved u32.
+const RECORD_HEADER_BYTES: usize = 24;
+const RECORD_ALIGN: u64 = 8;
+
+const OP_OPEN: u8 = 1;
+const OP_INSERT: u8 = 2;
+const OP_REMOVE: u8 = 3;
+const OP_DELETE_TABLE: u8 = 4;
+
+/// A key or value type the log can carry: its code in a record, and how its bytes are checked
+/// before redb decodes them (redb's decoders assume well-formed bytes).
+pub trait LogType: redb::Value + 'static {
+    const CODE: u8;
+}
+impl LogType for &'static str {
+    const CODE: u8 = 1;
+}
+impl LogType for &'static [u8] {
+    const CODE: u8 = 2;
+}
+impl LogType for u64 {
+    const CODE: u8 = 3;
+}
+impl LogType for (u64, u64) {
+    const CODE: u8 = 4;
+}
+
+/// Whether `bytes` decode as the type of `code` without redb panicking.
+fn well_formed(code: u8, bytes: &[u8]) -> bool {
+    match code {
+        1 => std::str::from_utf8(bytes).is_ok(),
+        2 => true,
+        3 => bytes.len() == 8,
+        4 => bytes.len() == 16,
+        _ => false,
+    }
+}
+
+/// A batch's record holds at most this much: past it the batch stops recording (and frees what
+/// it recorded) and commits durably in redb instead.
+const RECORD_PAYLOAD_BYTES_MAX: usize = (WAL_FILE_BYTES_MAX - WAL_HEADER_BYTES) as usize - RECORD_HEADER_BYTES;
+
+/// The changes of one batch, in the order they were made.
+#[derive(Default)]
+struct Redo {
+    bytes: Vec<u8>,
+    /// The record outgrew [`RECORD_PAYLOAD_BYTES_MAX`]: nothing more is recorded.
+    overflowed: bool,
+    /// Tables opened in this batch, and their number in the record.
+    tables: HashMap<String, u32>,
+    next_table: u32,
+}
+
+impl Redo {
+    fn table(&mut self, name: &str, key: u8, value: u8) -> u32 {
+        if let Some(&id) = self.tables.get(name) {
+            return id;
+        }
+        let id = self.next_table;
+        self.next_table += 1;
+        self.tables.insert(name.to_string(), id);
+        if !self.overflowed {
+            self.bytes.push(OP_OPEN);
+            self.bytes.push(key);
+            self.bytes.push(value);
+            put_bytes16(&mut self.bytes, name.as_bytes());
+            self.check_size();
+        }
+        id
+    }
+
+    fn insert(&mut self, table: u32, key: &[u8], value: &[u8]) {
+        if !self.overflowed {
+            self.bytes.push(OP_INSERT);
+            self.bytes.extend_from_slice(&table.to_le_bytes());
+            put_bytes32(&mut self.bytes, key);
+            put_bytes32(&mut self.bytes, value);
+            self.check_size();
+        }
+    }
+
+    fn remove(&mut self, table: u32, key: &[u8]) {
+        if !self.overflowed {
+            self.bytes.push(OP_REMOVE);
+            self.bytes.extend_from_slice(&table.to_le_bytes());
+            put_bytes32(&mut self.bytes, key);
+            self.check_size();
+        }
+    }
+
+    fn delete_table(&mut self, name: &str) {
+        // Opened again later in the batch, it is created again: log that open too.
+        self.tables.remove(name);
+        if !self.overflowed {
+            self.bytes.push(OP_DELETE_TABLE);
+            put_bytes16(&mut self.bytes, name.as_bytes());
+            self.check_size();
+        }
+    }
+
+    fn check_size(&mut self) {
+        if self.bytes.len() > RECORD_PAYLOAD_BYTES_MAX {
+            self.overflowed = true;
+            self.bytes = Vec::new();
+        }
+    }
+
+    /// The record's payload; `None` when it outgrew the log.
+    fn into_payload(self) -> Option<Vec<u8>> {
+        (!self.overflowed).then_some(self.bytes)
+    }
+}
+
+fn put_bytes16(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Table names are short (ours are at most a few hundred bytes): longer is a bug.
+    let len = u16::try_from(bytes.len()).expect("table names are shorter than 64 KiB");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn put_bytes32(out: &mut Vec<u8>, bytes: &[u8]) {
+    // redb refuses keys and values of 3 GiB and more, so this never truncates.
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// A batch's write transaction that records every change it makes (see the module's docs).
+pub struct LoggedTxn {
+    inner: WriteTransaction,
+    redo: RefCell<Redo>,
+}
+
+impl LoggedTxn {
+    pub fn new(inner: WriteTransaction) -> LoggedTxn {
+        LoggedTxn {
+            inner,
+            redo: RefCell::new(Redo::default()),
+        }
+    }
+
+    /// Opens (creating) a table whose changes are logged; reads go to redb's table as they are.
+    pub fn open_table<K: redb::Key + LogType, V: LogType>(
+        &self,
+        definition: TableDefinition<'_, K, V>,
+    ) -> Result<LoggedTable<'_, K, V>, TableError> {
+        let table = self.inner.open_table(definition)?;
+        let id = self.redo.borrow_mut().table(definition.name(), K::CODE, V::CODE);
+        Ok(LoggedTable {
+            table,
+            id,
+            redo: &self.redo,
+        })
+    }
+
+    /// Deletes a table (logged); `true` if it existed.
+    pub fn delete_table<K: redb::Key + LogType, V: LogType>(
+        &self,
+        definition: TableDefinition<'_, K, V>,
+    ) -> Result<bool, TableError> {
+        let deleted = self.inner.delete_table(definition)?;
+        self.redo.borrow_mut().delete_table(definition.name());
+        Ok(deleted)
+    }
+
+    /// The transaction and the record of its changes (`None`: too big for the log), to commit.
+    pub fn finish(self) -> (WriteTransaction, Option<Vec<u8>>) {
+        (self.inner, self.redo.into_inner().into_payload())
+    }
+}
+
+/// A table of a [`LoggedTxn`]: its mutations are logged; reads deref to redb's table.
+pub struct LoggedTable<'t, K: redb::Key + LogType, V: LogType> {
+    table: Table<'t, K, V>,
+    id: u32,
+    redo: &'t RefCell<Redo>,
+}
+
+impl<'t, K: redb::Key + LogType, V: LogType> std::ops::Deref for LoggedTable<'t, K, V> {
+    type Target = Table<'t, K, V>;
+
+    fn deref(&self) -> &Table<'t, K, V> {
+        &self.table
+    }
+}
+
+impl<K: redb::Key + LogType, V: LogType> LoggedTable<'_, K, V> {
+    pub fn insert<'k, 'v>(
+        &mut self,
+        key: impl std::borrow::Borrow<K::SelfType<'k>>,
+        value: impl std::borrow::Borrow<V::SelfType<'v>>,
+    ) -> Result<Option<AccessGuard<'_, V>>, StorageError> {
+        self.redo.borrow_mut().insert(
+            self.id,
+            K::as_bytes(key.borrow()).as_ref(),
+            V::as_bytes(value.borrow()).as_ref(),
+        );
+        self.table.insert(key, value)
+    }
+
+    pub fn remove<'a>(
+        &mut self,
+        key: impl std::borrow::Borrow<K::SelfType<'a>>,
+    ) -> Result<Option<AccessGuard<'_, V>>, StorageError> {
+        self.redo
+            .borrow_mut()
+            .remove(self.id, K::as_bytes(key.borrow()).as_ref());
+        self.table.remove(key)
+    }
+
+    /// redb's `retain_in`: removes the entries of `range` that `predicate` refuses (logged).
+    pub fn retain_in<'a, KR, F: for<'f> FnMut(K::SelfType<'f>, V::SelfType<'f>) -> bool>(
+        &mut self,
+        range: impl std::ops::RangeBounds<KR> + 'a,
+        mut predicate: F,
+    ) -> Result<(), StorageError>
+    where
+        KR: std::borrow::Borrow<K::SelfType<'a>> + 'a,
+    {
+        let (redo, id) = (self.redo, self.id);
+        self.table.retain_in(range, |key, value| {
+            let removed_key = K::as_bytes(&key).as_ref().to_vec();
+            let keep = predicate(key, value);
+            if !keep {
+                redo.borrow_mut().remove(id, &removed_key);
+            }
+            keep
+        })
+    }
+}
+
+/// A problem with the log that stops an open: nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("{path}: {source}; check the disk, the file's permissions and the kernel log")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {problem}; {hint}")]
+    Damaged {
+        path: PathBuf,
+        problem: String,
+        hint: &'static str,
+    },
+    #[error("replaying {path} into the database: {source}")]
+    Replay { path: PathBuf, source: Box<redb::Error> },
+}
+
+const DAMAGED_LOG_HINT: &str = "nothing was changed. The log holds acknowledged writes that store.redb does not have yet: keep both files for diagnosis. To open the store as store.redb has it, losing those writes, move store.wal aside; a region whose tables are global-table replicas gets them back from its peers";
+const FOREIGN_LOG_HINT: &str = "nothing was changed. store.wal belongs with the store.redb it was written beside (was one of them replaced, or restored from a different copy?). Put the matching file back, or move store.wal aside to open store.redb as it is";
+
+/// How an open found the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Records (batches) replayed into the database.
+    pub records: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    pub took_ms: u64,
+}
+
+/// What [`Wal::append`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// The record is durable.
+    Logged,
+    /// The record would not fit in the log: commit this batch durably in redb instead.
+    TooBig,
+}
+
+/// The open log file and where its next record goes.
+pub struct Wal {
+    file: File,
+    path: PathBuf,
+    /// The file's length (zero-filled up to here).
+    len: u64,
+    /// Where the next record goes.
+    used: u64,
+    /// The sequence number of the next record.
+    next_seq: u64,
+    /// Mixed into every record's checksum, so that no bytes but the log's own pass for a record.
+    salt: u64,
+    faults: Option<Arc<FaultyDisk>>,
+    buffer: Vec<u8>,
+}
+
+impl Wal {
+    /// Opens (creating) the log of the database `db` in `dir`, replays into `db` every record
+    /// its durable state lacks (one durable quick-repair commit), and starts the log again.
+    pub fn open_and_replay(
+        dir: &Path,
+        db: &Database,
+        faults: Option<Arc<FaultyDisk>>,
+    ) -> Result<(Wal, ReplayReport), WalError> {
+        let path = dir.join(WAL_FILE_NAME);
+        let io_error = |source| WalError::Io {
+            path: path.clone(),
+            source,
+        };
+        let applied = applied_seq(db).map_err(|source| WalError::Replay {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        if !path.exists() {
+            if applied > 0 {
+                tracing::warn!(path = %path.display(), "the write-ahead log is missing, though this store was written with one: writes acknowledged after its last checkpoint, if it crashed, are lost");
+            }
+            create(dir, &path).map_err(io_error)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_error)?;
+        let len = file.metadata().map_err(io_error)?.len();
+        let image = read_image(&file, len).map_err(io_error)?;
+        let damaged = |problem: String, hint: &'static str| WalError::Damaged {
+            path: path.clone(),
+            problem,
+            hint,
+        };
+        let salt = check_header(&image).map_err(|problem| damaged(problem, FOREIGN_LOG_HINT))?;
+        let started = std::time::Instant::now();
+        let records = scan(&image, applied).map_err(|problem| {
+            damaged(
+                problem.message,
+                if problem.foreign {
+                    FOREIGN_LOG_HINT
+                } else {
+                    DAMAGED_LOG_HINT
+                },
+            )
+        })?;
+        let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
+        if !records.is_empty() {
+            tracing::info!(records = records.len(), bytes, path = %path.display(), "replaying the write-ahead log");
+            replay(db, &records).map_err(|failure| match failure {
+                ReplayFailure::Damaged(problem) => damaged(problem, DAMAGED_LOG_HINT),
+                ReplayFailure::Storage(source) => WalError::Replay {
+                    path: path.clone(),
+                    source: Box::new(source),
+                },
+            })?;
+        }
+        let report = ReplayReport {
+            records: records.len() as u64,
+            bytes,
+            took_ms: started.elapsed().as_millis() as u64,
+        };
+        let next_seq = applied + report.records + 1;
+        Ok((
+            Wal {
+                file,
+                path,
+                len,
+                used: WAL_HEADER_BYTES,
+                next_seq,
+                salt,
+                faults,
+                buffer: Vec::new(),
+            },
+            report,
+        ))
+    }
+
+    /// The sequence number the next logged batch must store as [`WAL_APPLIED`].
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Bytes of log in use (records since the last durable commit).
+    pub fn used_bytes(&self) -> u64 {
+        self.used - WAL_HEADER_BYTES
+    }
+
+    /// Appends the record of batch [`Wal::next_seq`] and syncs it. After an error the record
+    /// may or may not be in the file: the writer reopens (and replays) before logging again.
+    pub fn append(&mut self, payload: &[u8]) -> io::Result<Appended> {
+        let Ok(payload_len) = u32::try_from(payload.len()) else {
+            return Ok(Appended::TooBig);
+        };
+        let record_bytes = (RECORD_HEADER_BYTES as u64 + payload.len() as u64).next_multiple_of(RECORD_ALIGN);
+        let end = self.used + record_bytes;
+        if end > WAL_FILE_BYTES_MAX {
+            return Ok(Appended::TooBig);
+        }
+        if end > self.len
+            && let Err(error) = self.grow(end)
+        {
+            // The log could not grow (a full disk, say): this batch commits durably in redb,
+            // which reports the disk's state its own way.
+            tracing::warn!(%error, path = %self.path.display(), "the write-ahead log could not grow: committing the batch directly");
+            return Ok(Appended::TooBig);
+        }
+        self.buffer.clear();
+        encode_record(&mut self.buffer, self.salt, self.next_seq, payload_len, payload);
+        if let Some(disk) = &self.faults {
+            disk.write_fault(&self.path, end.min(self.len))?;
+        }
+        self.file.write_all_at(&self.buffer, self.used)?;
+        if let Some(disk) = &self.faults {
+            disk.sync_fault()?;
+        }
+        self.file.sync_data()?;
+        self.used = end;
+        self.next_seq += 1;
+        Ok(Appended::Logged)
+    }
+
+    /// Zero-fills the file to at least `end` (a step of [`WAL_GROW_BYTES`]) and syncs it with
+    /// its new size, so that appends within it never change the file's metadata.
+    fn grow(&mut self, end: u64) -> io::Result<()> {
+        let new_len = end.next_multiple_of(WAL_GROW_BYTES).min(WAL_FILE_BYTES_MAX).max(end);
+        if let Some(disk) = &self.faults {
+            disk.write_fault(&self.path, new_len)?;
+        }
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = self.len;
+        while at < new_len {
+            let n = (new_len - at).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        self.file.sync_all()?;
+        self.len = new_len;
+        Ok(())
+    }
+
+    /// A durable commit now holds every record (the last one's number is `next_seq - 1`): the
+    /// log starts again from its beginning.
+    pub fn restart(&mut self) {
+        self.used = WAL_HEADER_BYTES;
+    }
+
+    /// A batch that was not logged committed durably with [`WAL_APPLIED`] = `next_seq`: the
+    /// numbers go on after it.
+    pub fn skip_committed(&mut self) {
+        self.next_seq += 1;
+        self.restart();
+    }
+}
+
+/// Writes a new, empty log at `path`: complete under a temporary name, then renamed, so that a
+/// crash leaves either no log or a whole one.
+fn create(dir: &Path, path: &Path) -> io::Result<()> {
+    let mut header = vec![0u8; WAL_HEADER_BYTES as usize];
+    header[..16].copy_from_slice(FILE_MAGIC);
+    header[16..20].copy_from_slice(&FILE_VERSION.to_le_bytes());
+    header[20..28].copy_from_slice(&new_salt().to_le_bytes());
+    let temporary = path.with_extension("wal.new");
+    let file = File::create(&temporary)?;
+    file.write_all_at(&header, 0)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    File::open(dir)?.sync_all()
+}
+
+/// 64 unpredictable bits (the standard library's hasher keys come from the OS's randomness).
+fn new_salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// The sequence number of the last logged batch the database holds (0: none).
+fn applied_seq(db: &Database) -> Result<u64, redb::Error> {
+    let txn = db.begin_read()?;
+    let settings = match txn.open_table(super::SETTINGS) {
+        Ok(settings) => settings,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(redb::ReadableTable::get(&settings, WAL_APPLIED)?.map_or(0, |v| v.value()))
+}
+
+fn read_image(file: &File, len: u64) -> io::Result<Vec<u8>> {
+    if len > WAL_FILE_BYTES_MAX + WAL_GROW_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the log is {len} bytes, more than it ever grows to ({WAL_FILE_BYTES_MAX}): not a Switchyard log"),
+        ));
+    }
+    let mut image = vec![0u8; len as usize];
+    file.read_exact_at(&mut image, 0)?;
+    Ok(image)
+}
+
+/// The file's salt, if its header is one of this release.
+fn check_header(image: &[u8]) -> Result<u64, String> {
+    if image.len() < 28 || &image[..16] != FILE_MAGIC {
+        return Err("not a Switchyard write-ahead log (its header is not one)".to_string());
+    }
+    let version = u32::from_le_bytes(image[16..20].try_into().expect("4 bytes"));
+    if version != FILE_VERSION {
+        return Err(format!(
+            "a write-ahead log of format {version}, which this release does not read (it reads {FILE_VERSION}): open it with the release that wrote it"
+        ));
+    }
+    Ok(u64::from_le_bytes(image[20..28].try_into().expect("8 bytes")))
+}
+
+/// A record's checksum: CRC-32 of the file's salt, the length, the number and the payload.
+fn checksum(salt: u64, payload_len: u32, seq: u64, payload: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&salt.to_le_bytes());
+    crc.update(&payload_len.to_le_bytes());
+    crc.update(&seq.to_le_bytes());
+    crc.update(payload);
+    crc.finalize()
+}
+
+fn encode_record(out: &mut Vec<u8>, salt: u64, seq: u64, payload_len: u32, payload: &[u8]) {
+    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&checksum(salt, payload_len, seq, payload).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(payload);
+    while !(out.len() as u64).is_multiple_of(RECORD_ALIGN) {
+        out.push(0);
+    }
+}
+
+/// A whole, checksummed record of the log.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub seq: u64,
+    pub payload: &'a [u8],
+    /// Where the next record would start.
+    end: usize,
+}
+
+/// The record at `at`, if one is there whole with a good checksum.
+fn record_at(image: &[u8], salt: u64, at: usize) -> Option<Record<'_>> {
+    let header = image.get(at..at.checked_add(RECORD_HEADER_BYTES)?)?;
+    let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
+    if word(0) != RECORD_MAGIC {
+        return None;
+    }
+    let payload_len = word(4);
+    let seq = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    let start = at + RECORD_HEADER_BYTES;
+    let payload = image.get(start..start.checked_add(payload_len as usize)?)?;
+    if checksum(salt, payload_len, seq, payload) != word(16) {
+        return None;
+    }
+    let end = ((start + payload.len()) as u64).next_multiple_of(RECORD_ALIGN) as usize;
+    Some(Record { seq, payload, end })
+}
+
+/// Why a scan refuses the log.
+#[derive(Debug)]
+pub struct ScanProblem {
+    pub message: String,
+    /// The log does not belong to this database (rather than being damaged).
+    pub foreign: bool,
+}
+
+/// The records of the log image `image` that a database holding every batch through `applied`
+/// lacks, in order. The log ends at the first place without a whole record that continues the
+/// numbering (a torn last append, zeros, or a record of an earlier pass).
+pub fn scan(image: &[u8], applied: u64) -> Result<Vec<Record<'_>>, ScanProblem> {
+    let salt = check_header(image).map_err(|message| ScanProblem { message, foreign: true })?;
+    let mut at = WAL_HEADER_BYTES as usize;
+    let mut previous: Option<u64> = None;
+    let mut out = Vec::new();
+    while let Some(record) = record_at(image, salt, at) {
+        if previous.is_some_and(|previous| previous.checked_add(1) != Some(record.seq)) {
+            break;
+        }
+        if record.seq > applied {
+            let expected = applied + 1 + out.len() as u64;
+            if record.seq != expected {
+                return Err(ScanProblem {
+                    message: format!(
+                        "its record {} at byte {at} follows batch {} but the database holds only through batch {applied}",
+                        record.seq,
+                        record.seq - 1
+                    ),
+                    foreign: true,
+                });
+            }
+        }
+        previous = Some(record.seq);
+        at = record.end;
+        if record.seq > applied {
+            out.push(record);
+        }
+    }
+    // Past the end: a record numbered after every one read means the end is damage, not a torn
+    // append (appends are sequential and each is synced before the next; records of earlier
+    // passes are numbered lower). The salt keeps an item's bytes from passing for a record.
+    let next = previous.map_or(applied, |p| p.max(applied)) + 1;
+    let mut probe = (at as u64).next_multiple_of(RECORD_ALIGN) as usize + RECORD_ALIGN as usize;
+    while probe + RECORD_HEADER_BYTES <= image.len() {
+        if let Some(record) = record_at(image, salt, probe)
+            && record.seq >= next
+        {
+            return Err(ScanProblem {
+                message: format!(
+                    "the record at byte {at} is damaged, and record {} at byte {probe} follows it: the writes in between would be lost",
+                    record.seq
+                ),
+                foreign: false,
+            });
+        }
+        probe += RECORD_ALIGN as usize;
+    }
+    Ok(out)
+}
+
+/// One change of a record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Op<'a> {
+    Open {
+        table: u32,
+        name: &'a str,
+        key: u8,
+        value: u8,
+    },
+    Insert {
+        table: u32,
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Remove {
+        table: u32,
+        key: &'a [u8],
+    },
+    DeleteTable {
+        name: &'a str,
+    },
+}
+
+/// The changes of a record's payload; an error names the first malformed byte.
+pub fn parse(payload: &[u8]) -> Result<Vec<Op<'_>>, String> {
+    let mut reader = Reader { bytes: payload, at: 0 };
+    let mut ops = Vec::new();
+    let mut tables: Vec<(u8, u8)> = Vec::new();
+    while reader.at < payload.len() {
+        let at = reader.at;
+        let op = match reader.u8()? {
+            OP_OPEN => {
+                let key = reader.u8()?;
+                let value = reader.u8()?;
+                let name = reader.str16()?;
+                if !known_type(key) || !known_type(value) {
+                    return Err(format!("byte {at}: table {name:?} has an unknown key or value type"));
+                }
+                let table = tables.len() as u32;
+                tables.push((key, value));
+                Op::Open {
+                    table,
+                    name,
+                    key,
+                    value,
+                }
+            }
+            OP_INSERT => {
+                let table = reader.u32()?;
+                let (key_type, value_type) = *tables
+                    .get(table as usize)
+                    .ok_or_else(|| format!("byte {at}: an insert into table {table}, which was not opened"))?;
+                let key = reader.bytes32()?;
+                let value = reader.bytes32()?;
+                if !well_formed(key_type, key) || !well_formed(value_type, value) {
+                    return Err(format!(
+                        "byte {at}: an insert whose key or value is not of its table's type"
+                    ));
+                }
+                Op::Insert { table, key, value }
+            }
+            OP_REMOVE => {
+                let table = reader.u32()?;
+                let (key_type, _) = *tables
+                    .get(table as usize)
+                    .ok_or_else(|| format!("byte {at}: a removal from table {table}, which was not opened"))?;
+                let key = reader.bytes32()?;
+                if !well_formed(key_type, key) {
+                    return Err(format!("byte {at}: a removal whose key is not of its table's type"));
+                }
+                Op::Remove { table, key }
+            }
+            OP_DELETE_TABLE => Op::DeleteTable { name: reader.str16()? },
+            other => return Err(format!("byte {at}: unknown change {other}")),
+        };
+        ops.push(op);
+    }
+    Ok(ops)
+}
+
+fn known_type(code: u8) -> bool {
+    (1..=4).contains(&code)
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or_else(|| format!("byte {}: the record ends inside a change", self.at))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn bytes32(&mut self) -> Result<&'a [u8], String> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+
+    fn str16(&mut self) -> Result<&'a str, String> {
+        let len = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize;
+        let at = self.at;
+        std::str::from_utf8(self.take(len)?).map_err(|_| format!("byte {at}: a table name that is not UTF-8"))
+    }
+}
+
+enum ReplayFailure {
+    Damaged(String),
+    Storage(redb::Error),
+}
+
+macro_rules! storage_failure_from {
+    ($($error:ty),*) => {
+        $(impl From<$error> for ReplayFailure {
+            fn from(error: $error) -> ReplayFailure {
+                ReplayFailure::Storage(error.into())
+            }
+        })*
+    };
+}
+storage_failure_from!(
+    redb::Error,
+    redb::TableError,
+    redb::StorageError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Applies `records` (in order) in one transaction, committed durably with quick repair.
+fn replay(db: &Database, records: &[Record<'_>]) -> Result<(), ReplayFailure> {
+    let mut txn = db.begin_write()?;
+    for record in records {
+        let ops = parse(record.payload)
+            .map_err(|problem| ReplayFailure::Damaged(format!("record {}: {problem}", record.seq)))?;
+        let mut tables: Vec<(&str, u8, u8)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Open { name, key, value, .. } => {
+                    tables.push((name, key, value));
+                    dispatch(&txn, name, key, value, Change::Open)?;
+                }
+                Op::Insert { table, key, value } => {
+                    let (name, k, v) = tables[table as usize];
+                    dispatch(&txn, name, k, v, Change::Insert(key, value))?;
+                }
+                Op::Remove { table, key } => {
+                    let (name, k, v) = tables[table as usize];
+                    dispatch(&txn, name, k, v, Change::Remove(key))?;
+                }
+                Op::DeleteTable { name } => {
+                    txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(name))?;
+                }
+            }
+        }
+        txn.open_table(super::SETTINGS)?.insert(WAL_APPLIED, record.seq)?;
+    }
+    txn.set_durability(redb::Durability::Immediate)?;
+    txn.set_quick_repair(true);
+    txn.commit()?;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Change<'a> {
+    Open,
+    Insert(&'a [u8], &'a [u8]),
+    Remove(&'a [u8]),
+}
+
+fn apply<K: redb::Key + LogType, V: LogType>(
+    txn: &WriteTransaction,
+    name: &str,
+    change: Change<'_>,
+) -> Result<(), redb::Error> {
+    let mut table = txn.open_table(TableDefinition::<K, V>::new(name))?;
+    match change {
+        Change::Open => {}
+        Change::Insert(key, value) => {
+            table.insert(K::from_bytes(key), V::from_bytes(value))?;
+        }
+        Change::Remove(key) => {
+            table.remove(K::from_bytes(key))?;
+        }
+    }
+    Ok(())
+}
+
+/// [`apply`] with the key and value types of the codes (checked by [`parse`]).
+fn dispatch(txn: &WriteTransaction, name: &str, key: u8, value: u8, change: Change<'_>) -> Result<(), ReplayFailure> {
+    macro_rules! by_value {
+        ($k:ty) => {
+            match value {
+                1 => apply::<$k, &'static str>(txn, name, change),
+                2 => apply::<$k, &'static [u8]>(txn, name, change),
+                3 => apply::<$k, u64>(txn, name, change),
+                4 => apply::<$k, (u64, u64)>(txn, name, change),
+                other => return Err(ReplayFailure::Damaged(format!("unknown value type {other}"))),
+            }
+        };
+    }
+    let applied = match key {
+        1 => by_value!(&'static str),
+        2 => by_value!(&'static [u8]),
+        3 => by_value!(u64),
+        4 => by_value!((u64, u64)),
+        other => return Err(ReplayFailure::Damaged(format!("unknown key type {other}"))),
+    };
+    applied.map_err(ReplayFailure::Storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SALT: u64 = 0x5eed;
+
+    fn image(records: &[(u64, &[u8])]) -> Vec<u8> {
+        let mut out = vec![0u8; WAL_HEADER_BYTES as usize];
+        out[..16].copy_from_slice(FILE_MAGIC);
+        out[16..20].copy_from_slice(&FILE_VERSION.to_le_bytes());
+        out[20..28].copy_from_slice(&SALT.to_le_bytes());
+        for (seq, payload) in records {
+            encode_record(&mut out, SALT, *seq, payload.len() as u32, payload);
+        }
+        out.extend_from_slice(&[0u8; 64]);
+        out
+    }
+
+    fn seqs(records: &[Record<'_>]) -> Vec<u64> {
+        records.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn a_scan_returns_the_records_after_the_applied_one_and_stops_at_a_torn_one() {
+        let log = image(&[(5, b"a"), (6, b"bb"), (7, b"ccc")]);
+        assert_eq!(seqs(&scan(&log, 4).expect("scan")), vec![5, 6, 7]);
+        assert_eq!(seqs(&scan(&log, 6).expect("scan")), vec![7]);
+        assert_eq!(seqs(&scan(&log, 7).expect("scan")), Vec::<u64>::new());
+        // The last append torn: its checksum fails, and the log ends before it.
+        let mut torn = log.clone();
+        let last = WAL_HEADER_BYTES as usize + 32 + 32 + RECORD_HEADER_BYTES;
+        torn[last] ^= 0xff;
+        assert_eq!(seqs(&scan(&torn, 4).expect("scan")), vec![5, 6]);
+    }
+
+    #[test]
+    fn records_of_an_earlier_pass_after_the_new_ones_end_the_log() {
+        // The log restarted after batch 9: 10 and 11 overwrote the start of 3..=8.
+        let mut log = image(&[(10, b"x"), (11, b"y")]);
+        let stale = image(&[(5, b"old"), (6, b"old"), (7, b"old")]);
+        log.truncate(log.len() - 64);
+        log.extend_from_slice(&stale[WAL_HEADER_BYTES as usize..]);
+        assert_eq!(seqs(&scan(&log, 9).expect("scan")), vec![10, 11]);
+        // Nothing new since the restart: every record is one the database holds.
+        let only_stale = image(&[(5, b"old"), (6, b"old")]);
+        assert!(scan(&only_stale, 9).expect("scan").is_empty());
+    }
+
+    #[test]
+    fn a_damaged_record_followed_by_the_next_one_refuses_the_open() {
+        let mut log = image(&[(1, b"first"), (2, b"second"), (3, b"third")]);
+        let second = WAL_HEADER_BYTES as usize + 32 + RECORD_HEADER_BYTES;
+        log[second] ^= 0x01;
+        let problem = scan(&log, 0).expect_err("damage in the middle");
+        assert!(!problem.foreign);
+        assert!(problem.message.contains("record 3"), "{}", problem.message);
+    }
+
+    #[test]
+    fn a_log_that_does_not_continue_the_database_is_refused() {
+        let log = image(&[(7, b"a"), (8, b"b")]);
+        let problem = scan(&log, 3).expect_err("a gap");
+        assert!(problem.foreign, "{}", problem.message);
+        let mut foreign = log.clone();
+        foreign[0] = b'X';
+        assert!(scan(&foreign, 0).expect_err("no header").foreign);
+        let mut newer = log;
+        newer[16] = 2;
+        assert!(scan(&newer, 0).expect_err("newer format").message.contains("format 2"));
+    }
+
+    #[test]
+    fn a_batch_parses_back_to_its_changes() {
+        let mut redo = Redo::default();
+        let a = redo.table("d7", 2, 2);
+        redo.insert(a, b"k1", b"v1");
+        let s = redo.table("settings", 1, 3);
+        redo.insert(s, b"hlc_last", &9u64.to_le_bytes());
+        assert_eq!(redo.table("d7", 2, 2), a, "a table is opened once per batch");
+        redo.remove(a, b"k0");
+        redo.delete_table("d7");
+        let again = redo.table("d7", 2, 2);
+        assert_ne!(again, a, "a table deleted and opened again is logged as opened again");
+        let ops = parse(&redo.bytes).expect("parse");
+        assert_eq!(
+            ops,
+            vec![
+                Op::Open {
+                    table: 0,
+                    name: "d7",
+                    key: 2,
+                    value: 2
+                },
+                Op::Insert {
+                    table: 0,
+                    key: b"k1",
+                    value: b"v1"
+                },
+                Op::Open {
+                    table: 1,
+                    name: "settings",
+                    key: 1,
+                    value: 3
+                },
+                Op::Insert {
+                    table: 1,
+                    key: b"hlc_last",
+                    value: &9u64.to_le_bytes()
+                },
+                Op::Remove { table: 0, key: b"k0" },
+                Op::DeleteTable { name: "d7" },
+                Op::Open {
+                    table: 2,
+                    name: "d7",
+                    key: 2,
+                    value: 2
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors_not_panics() {
+        let mut redo = Redo::default();
+        let t = redo.table("stats", 1, 4);
+        redo.insert(t, b"k", &[0u8; 16]);
+        let good = redo.bytes.clone();
+        let open_bytes = 1 + 2 + 2 + "stats".len();
+        for cut in (1..good.len()).filter(|&cut| cut != open_bytes) {
+            assert!(parse(&good[..cut]).is_err(), "a payload cut at {cut}, inside a change");
+        }
+        assert_eq!(parse(&good[..open_bytes]).expect("whole changes").len(), 1);
+        let mut wrong_width = Redo::default();
+        let t = wrong_width.table("stats", 1, 4);
+        wrong_width.insert(t, b"k", &[0u8; 15]);
+        assert!(parse(&wrong_width.bytes).is_err(), "a (u64, u64) of 15 bytes");
+        let mut bad_str = Redo::default();
+        let t = bad_str.table("settings", 1, 3);
+        bad_str.insert(t, &[0xff, 0xfe], &[0u8; 8]);
+        assert!(parse(&bad_str.bytes).is_err(), "a &str key that is not UTF-8");
+        assert!(
+            parse(&[OP_INSERT, 0, 0, 0, 0]).is_err(),
+            "an insert into a table never opened"
+        );
+        assert!(parse(&[OP_OPEN, 9, 2, 0, 0]).is_err(), "an unknown key type");
+        assert!(parse(&[77]).is_err(), "an unknown change");
+        // Seeded noise: never a panic, whatever the bytes.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let len = (state % 64) as usize;
+            let mut bytes = Vec::with_capacity(len);
+            for _ in 0..len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                bytes.push(if state.is_multiple_of(3) {
+                    (state % 5) as u8
+                } else {
+                    (state >> 8) as u8
+                });
+            }
+            let _ = parse(&bytes);
+            let mut log = image(&[]);
+            log.extend_from_slice(&bytes);
+            let _ = scan(&log, state % 4);
+        }
+    }
+}
