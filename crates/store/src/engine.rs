@@ -860,7 +860,7 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
             },
         };
         if let Some(done) = first.close.take() {
-            let committed = checkpoint(&shared) == Checkpointed::Yes;
+            let committed = checkpoint_with(&shared, true) == Checkpointed::Yes;
             // Later writes are refused at once ("shutting down"), before the closer hears back.
             receiver.close();
             let _ = done.send(committed);
@@ -902,7 +902,7 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
         let log_bytes = shared
             .wal
             .lock()
-            .expect("wal lock is never poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
             .map_or(0, Wal::used_bytes);
         shared
@@ -1098,6 +1098,11 @@ mod checkpoint_tests {
 /// The writer's checkpoint (`recovery::commit_checkpoint`), counted in the status. Skipped
 /// below the disk watermark (it allocates pages).
 fn checkpoint(shared: &Shared) -> Checkpointed {
+    checkpoint_with(shared, false)
+}
+
+/// [`checkpoint`], or the close's (`closing`: it also marks the database closed cleanly).
+fn checkpoint_with(shared: &Shared, closing: bool) -> Checkpointed {
     if shared.refresh_disk().is_some() {
         return Checkpointed::No(BatchEnd::Done);
     }
@@ -1105,13 +1110,20 @@ fn checkpoint(shared: &Shared) -> Checkpointed {
         return Checkpointed::No(BatchEnd::Poisoned);
     };
     let started = std::time::Instant::now();
-    let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recovery::commit_checkpoint(&db)));
+    let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        recovery::commit_checkpoint(&db, closing)
+    }));
     match committed {
         Ok(Ok(())) => {
             let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             tracing::debug!(took_us, "checkpoint committed");
             // Everything logged so far is durable in redb now: the log starts again.
-            if let Some(wal) = shared.wal.lock().expect("wal lock is never poisoned").as_mut() {
+            if let Some(wal) = shared
+                .wal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_mut()
+            {
                 wal.restart();
             }
             let mut status = shared.writer_status.lock().expect("status lock is never poisoned");
@@ -1286,7 +1298,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
 /// may be in the log (the append failed partway, or the commit after it), so the database must
 /// be reopened, which replays the log, before anything else is logged.
 fn commit(shared: &Shared, txn: LoggedTxn) -> Result<(), (ApiError, bool)> {
-    let mut guard = shared.wal.lock().expect("wal lock is never poisoned");
+    let mut guard = shared.wal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(wal) = guard.as_mut() else {
         return Err((
             ApiError::new(

@@ -130,6 +130,11 @@ pub(super) fn open_database(
     tracing::info!(prefetched_bytes = prefetched, "read ahead of the repair");
     let repaired = repaired?;
     let db = if options.cache_bytes.is_some_and(|bytes| bytes <= REPAIR_CACHE_BYTES) {
+        // Kept as it is; its allocator state is saved now, so a crash before the writer's
+        // first checkpoint does not repair again.
+        if let Err(error) = commit_checkpoint(&repaired, false) {
+            tracing::warn!(%error, "saving the repaired database's state failed: a crash before the next checkpoint repairs again");
+        }
         repaired
     } else {
         reopen_with_own_cache(repaired, path, options)?
@@ -234,7 +239,7 @@ fn reopen_with_own_cache(
     path: &std::path::Path,
     options: &EngineOptions,
 ) -> Result<Database, DatabaseError> {
-    let saved = commit_checkpoint(&repaired);
+    let saved = commit_checkpoint(&repaired, false);
     drop(repaired);
     if let Err(error) = saved {
         tracing::warn!(%error, "saving the repaired database's state failed: repairing it again, to keep the repair's 16 MiB page cache until the next restart");
@@ -249,11 +254,17 @@ fn reopen_with_own_cache(
     }
 }
 
-/// A checkpoint: an empty, durable commit with redb's quick repair, which saves the allocator
-/// state with it (and commits in two phases), so that an open after a crash that follows it
-/// needs no repair.
-pub(super) fn commit_checkpoint(db: &Database) -> Result<(), redb::Error> {
+/// A checkpoint: a durable commit with redb's quick repair, which saves the allocator state
+/// with it (and commits in two phases), so that an open after a crash that follows it needs no
+/// repair; it makes every earlier commit durable. It changes no table, except that the close's
+/// (`closing`) marks the database closed cleanly (`wal::WAL_CLOSED_CLEANLY`): the write-ahead
+/// log then holds nothing it lacks.
+pub(super) fn commit_checkpoint(db: &Database, closing: bool) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
+    if closing {
+        txn.open_table(super::SETTINGS)?
+            .insert(super::wal::WAL_CLOSED_CLEANLY, 1)?;
+    }
     txn.set_durability(redb::Durability::Immediate)?;
     txn.set_quick_repair(true);
     txn.commit()?;
@@ -513,7 +524,13 @@ pub(super) fn recover(shared: &Shared, receiver: &mut mpsc::Receiver<Job>) -> bo
     drop(closed);
     // The log is opened again (and replayed) with the database: a record whose batch did not
     // commit is applied then, or was never whole.
-    drop(shared.wal.lock().expect("wal lock is never poisoned").take());
+    drop(
+        shared
+            .wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(),
+    );
     let mut attempt: u32 = 0;
     loop {
         shared
@@ -532,7 +549,7 @@ pub(super) fn recover(shared: &Shared, receiver: &mut mpsc::Receiver<Job>) -> bo
             });
         match opened {
             Ok((db, report, loaded, wal)) => {
-                *shared.wal.lock().expect("wal lock is never poisoned") = Some(wal);
+                *shared.wal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(wal);
                 {
                     let mut catalog = shared.catalog.write().expect("catalog lock is never poisoned");
                     *catalog = loaded.catalog;

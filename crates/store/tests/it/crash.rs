@@ -87,8 +87,10 @@ async fn a_crash_after_ordinary_commits_replays_the_log_and_loses_nothing() {
     let image = crash_image(dir.path());
 
     // redb's file alone holds none of it: every batch since the open is durable in the log only.
+    // (Opened with an empty log, the operator's word to go on without the log.)
     let without_log = tempfile::tempdir().expect("temporary directory");
     std::fs::copy(image.path().join("store.redb"), without_log.path().join("store.redb")).expect("copy");
+    std::fs::write(without_log.path().join("store.wal"), b"").expect("an empty log");
     let bare = open(without_log.path(), false);
     let tables = call(&bare, "ListTables", json!({})).await;
     assert!(
@@ -214,4 +216,97 @@ async fn a_closed_engine_leaves_a_file_that_opens_without_a_repair() {
     let reopened = open(image.path(), false);
     assert!(!reopened.engine().writer_status().opened.repaired);
     assert_items(&reopened).await;
+}
+
+/// The error an open of `dir` fails with.
+fn open_error(dir: &Path) -> String {
+    match Engine::open_with(dir, "us-east-1", Arc::new(SystemClock), options(false)) {
+        Ok(_) => panic!("the open should have been refused"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_database_copied_without_its_log_after_a_crash_is_refused_until_told_to_go_on() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), true);
+    write_items(&store).await;
+    let image = crash_image(dir.path());
+    std::fs::remove_file(image.path().join("store.wal")).expect("lose the log");
+    let refused = open_error(image.path());
+    assert!(
+        refused.contains("missing") && refused.contains("touch store.wal") && refused.contains("nothing was changed"),
+        "names the problem and both ways on: {refused}"
+    );
+    // Putting the log back opens with everything...
+    let kept = crash_image(dir.path());
+    let reopened = open(kept.path(), false);
+    assert_items(&reopened).await;
+    drop(reopened);
+    // ...and an empty log is the operator's word to open store.redb as it is.
+    std::fs::write(image.path().join("store.wal"), b"").expect("touch store.wal");
+    let as_is = open(image.path(), false);
+    let tables = call(&as_is, "ListTables", json!({})).await;
+    assert!(
+        !tables["TableNames"]
+            .as_array()
+            .expect("names")
+            .contains(&json!("orders")),
+        "the log's writes are gone, as the operator chose: {tables}"
+    );
+}
+
+#[tokio::test]
+async fn a_database_closed_cleanly_opens_without_its_log() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), true);
+    write_items(&store).await;
+    assert!(store.engine().close().await);
+    let image = crash_image(dir.path());
+    std::fs::remove_file(image.path().join("store.wal")).expect("drop the log");
+    let reopened = open(image.path(), false);
+    assert_items(&reopened).await;
+}
+
+#[tokio::test]
+async fn a_log_of_another_database_is_refused_and_nothing_changes() {
+    let first = tempfile::tempdir().expect("temporary directory");
+    let second = tempfile::tempdir().expect("temporary directory");
+    let a = open(first.path(), true);
+    let b = open(second.path(), true);
+    write_items(&a).await;
+    write_items(&b).await;
+    let image = crash_image(first.path());
+    std::fs::copy(second.path().join("store.wal"), image.path().join("store.wal")).expect("the other log");
+    let log_before = std::fs::read(image.path().join("store.wal")).expect("read");
+    let refused = open_error(image.path());
+    assert!(refused.contains("another database"), "{refused}");
+    assert!(
+        std::fs::read(image.path().join("store.wal")).expect("read") == log_before,
+        "the log was left as it was"
+    );
+    // Nothing was lost either: with its own log back the database opens with every write.
+    std::fs::copy(first.path().join("store.wal"), image.path().join("store.wal")).expect("its own log");
+    let reopened = open(image.path(), false);
+    assert_items(&reopened).await;
+}
+
+#[tokio::test]
+async fn a_log_damaged_before_its_last_record_is_refused() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), true);
+    write_items(&store).await;
+    let image = crash_image(dir.path());
+    // Flip a byte in the first record's payload (just past the 4 KiB header and the record's
+    // 24-byte header): later records follow it, so this is damage, not a torn end.
+    let path = image.path().join("store.wal");
+    let mut log = std::fs::read(&path).expect("read");
+    log[4096 + 24] ^= 0xff;
+    std::fs::write(&path, &log).expect("write");
+    let refused = open_error(image.path());
+    assert!(
+        refused.contains("damaged") && refused.contains("would be lost") && refused.contains("move store.wal aside"),
+        "{refused}"
+    );
+    assert!(std::fs::read(&path).expect("read") == log, "the log was left as it was");
 }
