@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from botocore.exceptions import ClientError
 
-from test_store_harness import create_table, started_store
+from test_store_harness import create_table, scan_all, started_store
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -191,5 +191,69 @@ def test_a_store_file_of_an_earlier_release_is_upgraded_at_start(tmp_path_factor
         assert health["writer"]["opened_after_upgrade"] is False, health["writer"]
         item = store.client().get_item(TableName="plain", Key={"id": {"S": "after-upgrade"}}, ConsistentRead=True)
         assert "Item" in item
+    finally:
+        store.stop()
+
+
+def test_a_kill_during_writes_replays_the_write_ahead_log_and_never_repairs(tmp_path_factory):
+    """kill -9 of the real binary while writers are busy: the restart loads the last checkpoint
+    and replays store.wal (`/health` says how much), walks no file (no repair), and every
+    acknowledged write is there. Then store.wal is taken away after another kill: the start is
+    refused with the fix, and an empty store.wal (the operator's word) opens the database as it
+    is."""
+    store = started_store(tmp_path_factory, "wal-kill")
+    create_table(store.client(), "logged")
+    acked = []
+    stop = threading.Event()
+
+    def writer(index):
+        client = store.client(connect_timeout=2, read_timeout=10)
+        sequence = 0
+        while not stop.is_set():
+            sequence += 1
+            key = f"w{index}-{sequence}"
+            try:
+                client.put_item(TableName="logged", Item={"pk": {"S": key}, "v": {"S": "x" * 200}})
+            except Exception:  # the store was killed
+                return
+            acked.append(key)
+
+    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + STOP_DEADLINE_S
+    while len(acked) < 300:
+        assert time.monotonic() < deadline, "no writes were acknowledged"
+        time.sleep(0.01)
+    store.kill()
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=STOP_DEADLINE_S)
+    log_before = store.log.read_text(errors="replace")
+    store.start()
+    try:
+        since = store.log.read_text(errors="replace")[len(log_before):]
+        assert "repairing" not in since, since
+        writer_health = json.loads(fetch(store, "/health")[2])["writer"]
+        assert writer_health["opened_after_repair"] is False, writer_health
+        assert writer_health["open_replayed_batches"] > 0, writer_health
+        assert writer_health["open_replayed_bytes"] > 0, writer_health
+        present = {item["pk"]["S"] for item in scan_all(store.client(), "logged")}
+        missing = set(acked) - present
+        assert not missing, f"{len(missing)} acknowledged writes lost over kill -9"
+        store.client().put_item(TableName="logged", Item={"pk": {"S": "after"}})
+    finally:
+        store.kill()
+    wal = store.data_dir / "store.wal"
+    wal.unlink()
+    with pytest.raises(AssertionError, match="exited"):
+        store.start()
+    assert "store.wal" in store.tail() and "touch store.wal" in store.tail(), store.tail()
+    wal.write_bytes(b"")
+    store.start()
+    try:
+        status, _, body = fetch(store, "/health")
+        assert status == 200, body
+        store.client().describe_table(TableName="logged")
     finally:
         store.stop()

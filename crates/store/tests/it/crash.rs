@@ -310,3 +310,38 @@ async fn a_log_damaged_before_its_last_record_is_refused() {
     );
     assert!(std::fs::read(&path).expect("read") == log, "the log was left as it was");
 }
+
+#[tokio::test]
+async fn a_crash_after_writes_that_follow_a_checkpoint_replays_them_without_a_repair() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), false);
+    write_items(&store).await;
+    wait_checkpointed(&store).await;
+    // What the server's sweeper runs every second, as the binary would.
+    let mut cursor = store::engine::DigestCursor::default();
+    store
+        .engine()
+        .maintain_digests_once(&mut cursor)
+        .await
+        .expect("digests");
+    store.engine().expire_once().await.expect("ttl");
+    store.engine().trim_streams_once().await.expect("streams");
+    store.engine().trim_pitr_once().await.expect("pitr");
+    for i in 0..50 {
+        let item = json!({"TableName": "orders", "Item": {"id": {"S": format!("late{i}")}}});
+        call(&store, "PutItem", item).await;
+    }
+    let image = crash_image(dir.path());
+    let reopened = open(image.path(), false);
+    let opened = reopened.engine().writer_status().opened;
+    assert!(!opened.repaired, "the last durable commit is a checkpoint: {opened:?}");
+    assert!(opened.replayed.records >= 50, "{opened:?}");
+    assert_items(&reopened).await;
+    let late = call(
+        &reopened,
+        "GetItem",
+        json!({"TableName": "orders", "Key": {"id": {"S": "late49"}}, "ConsistentRead": true}),
+    )
+    .await;
+    assert!(late.get("Item").is_some(), "{late}");
+}
