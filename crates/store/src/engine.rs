@@ -8,8 +8,9 @@
 //!
 //! Invariants:
 //! - every mutation goes through the single writer thread, so conditional writes are
-//!   serialised; a write is acknowledged only after the transaction holding it committed with
-//!   `Durability::Immediate` (fsync);
+//!   serialised; a write is acknowledged only after its batch's record is synced in the
+//!   write-ahead log (`wal`) and the batch committed to redb (then visible), or after the batch
+//!   committed with `Durability::Immediate` when it is too big for the log;
 //! - a job either returns an error having mutated nothing, or its writes are part of the batch;
 //!   a failed commit fails every job of the batch and nothing of it is visible;
 //! - jobs that change the catalog run alone in their batch, and the in-memory catalog is swapped
@@ -67,13 +68,13 @@ use crate::replication_log;
 
 /// Jobs waiting for the writer before submitters are made to wait (back-pressure).
 pub const WRITE_QUEUE_JOBS_MAX: usize = 4096;
-/// Jobs committed together in one transaction (one fsync) at most.
+/// Jobs committed together in one transaction (one log record and fsync) at most.
 pub const BATCH_JOBS_MAX: usize = 512;
-/// After this long without a batch the writer commits a checkpoint: an empty transaction that
-/// also saves redb's allocator state. A store killed while its last commit is a checkpoint
-/// opens at once; otherwise redb walks the whole file to rebuild that state (BENCHMARKS,
-/// "Store at scale": seconds per GB). Saving it with every batch instead would cost every
-/// write a second fsync and the state's bytes (~64 KiB per GiB of file).
+/// After this long without a batch the writer commits a checkpoint: a durable commit that
+/// makes every batch since the last one durable in redb itself (they were durable in the
+/// write-ahead log) and saves redb's allocator state, after which the log starts again. A
+/// store killed after it has nothing to replay; one killed later replays the log since it
+/// (`wal::WAL_CHECKPOINT_BYTES` at most, which also forces a checkpoint on a busy writer).
 pub const CHECKPOINT_IDLE_MS: u64 = 200;
 /// ...and at most this often, so a slow trickle of writes does not double the commits...
 pub const CHECKPOINT_INTERVAL_MIN_MS: u64 = 1_000;
@@ -401,6 +402,23 @@ impl Shared {
             Verdict::Room => None,
             Verdict::Low => Some(low_disk_error(&self.path, disk.status())),
         }
+    }
+
+    /// How much the write-ahead log may grow now: half the disk's free bytes above its
+    /// watermark (the reserve not counted), as of the batch's measurement, so that the log never
+    /// takes the room the checkpoint that empties it needs. A log that may not grow is emptied
+    /// by a durable commit of the batch instead (`wal::Appended::TooBig`).
+    fn log_room_bytes(&self) -> u64 {
+        let disk = self.disk.lock().expect("disk lock is never poisoned");
+        let status = disk.status();
+        if status.low {
+            return 0;
+        }
+        status
+            .free_bytes
+            .saturating_sub(status.reserve_held_bytes)
+            .saturating_sub(status.free_bytes_min)
+            / 2
     }
 
     fn note_storage_failure(&self, error: &ApiError) {
@@ -1317,7 +1335,7 @@ fn commit(shared: &Shared, txn: LoggedTxn) -> Result<(), (ApiError, bool)> {
         .map_err(|e| (storage_error("numbering the batch", e), false))?;
     let (mut txn, redo) = txn.finish();
     let appended = match &redo {
-        Some(redo) => wal.append(redo),
+        Some(redo) => wal.append(redo, shared.log_room_bytes()),
         None => Ok(Appended::TooBig),
     };
     match appended {

@@ -445,17 +445,30 @@ impl Wal {
         if !records.is_empty() {
             tracing::info!(records = records.len(), bytes, path = %path.display(), "replaying the write-ahead log");
         }
-        // The replay, and the marks saying which log this database goes with and that it is
-        // open (not closed cleanly), in one durable commit.
-        if !records.is_empty() || stored.salt != Some(salt) || stored.clean {
-            replay(db, &records, salt).map_err(|failure| match failure {
-                ReplayFailure::Damaged(problem) => damaged(problem, DAMAGED_LOG_HINT),
-                ReplayFailure::Storage(source) => WalError::Replay {
-                    path: path.clone(),
-                    source: Box::new(source),
-                },
-            })?;
+        let storage = |source: redb::Error| WalError::Replay {
+            path: path.clone(),
+            source: Box::new(source),
+        };
+        // The marks saying which log this database goes with and that it is open (not closed
+        // cleanly), durably, before anything is logged. They change only for a new log or after
+        // a clean close, and then no record is replayed (checked above, and a clean close's
+        // checkpoint holds every record).
+        if stored.salt != Some(salt) || stored.clean {
+            mark_open(db, salt).map_err(storage)?;
         }
+        // The replay commits without a sync (`Durability::None`), like the batches it repeats:
+        // the records stay in the log, which goes on after them, until the next checkpoint. So
+        // a reopen after an I/O error on a full disk needs no room to replay.
+        let used = match records.last() {
+            Some(last) => {
+                replay(db, &records).map_err(|failure| match failure {
+                    ReplayFailure::Damaged(problem) => damaged(problem, DAMAGED_LOG_HINT),
+                    ReplayFailure::Storage(source) => storage(source),
+                })?;
+                last.end as u64
+            }
+            None => WAL_HEADER_BYTES,
+        };
         let report = ReplayReport {
             records: records.len() as u64,
             bytes,
@@ -467,7 +480,7 @@ impl Wal {
                 file,
                 path,
                 len,
-                used: WAL_HEADER_BYTES,
+                used,
                 next_seq,
                 salt,
                 faults,
@@ -489,7 +502,8 @@ impl Wal {
 
     /// Appends the record of batch [`Wal::next_seq`] and syncs it. After an error the record
     /// may or may not be in the file: the writer reopens (and replays) before logging again.
-    pub fn append(&mut self, payload: &[u8]) -> io::Result<Appended> {
+    /// `room_bytes`: how much the file may grow now (the disk's free bytes above its watermark).
+    pub fn append(&mut self, payload: &[u8], room_bytes: u64) -> io::Result<Appended> {
         let Ok(payload_len) = u32::try_from(payload.len()) else {
             return Ok(Appended::TooBig);
         };
@@ -499,11 +513,15 @@ impl Wal {
             return Ok(Appended::TooBig);
         }
         if end > self.len
-            && let Err(error) = self.grow(end)
+            && let Err(error) = self.grow(end, room_bytes)
         {
-            // The log could not grow (a full disk, say): this batch commits durably in redb,
-            // which reports the disk's state its own way.
-            tracing::warn!(%error, path = %self.path.display(), "the write-ahead log could not grow: committing the batch directly");
+            // The log may not or could not grow (a disk near full): this batch commits durably
+            // in redb, which empties the log, and reports the disk's state its own way.
+            if error.kind() == io::ErrorKind::StorageFull {
+                tracing::debug!(%error, "the write-ahead log may not grow: committing the batch directly");
+            } else {
+                tracing::warn!(%error, path = %self.path.display(), "the write-ahead log could not grow: committing the batch directly");
+            }
             return Ok(Appended::TooBig);
         }
         self.buffer.clear();
@@ -523,8 +541,17 @@ impl Wal {
 
     /// Zero-fills the file to at least `end` (a step of [`WAL_GROW_BYTES`]) and syncs it with
     /// its new size, so that appends within it never change the file's metadata.
-    fn grow(&mut self, end: u64) -> io::Result<()> {
+    fn grow(&mut self, end: u64, room_bytes: u64) -> io::Result<()> {
         let new_len = end.next_multiple_of(WAL_GROW_BYTES).min(WAL_FILE_BYTES_MAX).max(end);
+        if new_len - self.len > room_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "growing the log by {} bytes would take the disk below its watermark",
+                    new_len - self.len
+                ),
+            ));
+        }
         if let Some(disk) = &self.faults {
             disk.write_fault(&self.path, new_len)?;
         }
@@ -673,7 +700,7 @@ pub struct Record<'a> {
     pub seq: u64,
     pub payload: &'a [u8],
     /// Where the next record would start.
-    end: usize,
+    pub end: usize,
 }
 
 /// A record header at `at` whose own checksum holds: its number, and where its payload is and
@@ -922,9 +949,23 @@ storage_failure_from!(
     redb::SetDurabilityError
 );
 
-/// Applies `records` (in order) and marks the database as open with the log of `salt`, in one
-/// transaction committed durably with quick repair.
-fn replay(db: &Database, records: &[Record<'_>], salt: u64) -> Result<(), ReplayFailure> {
+/// Marks the database as open with the log of `salt`: a durable quick-repair commit.
+fn mark_open(db: &Database, salt: u64) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    {
+        let mut settings = txn.open_table(super::SETTINGS)?;
+        settings.insert(WAL_SALT, salt)?;
+        settings.insert(WAL_CLOSED_CLEANLY, 0)?;
+    }
+    txn.set_durability(redb::Durability::Immediate)?;
+    txn.set_quick_repair(true);
+    txn.commit()?;
+    Ok(())
+}
+
+/// Applies `records` (in order) in one transaction, committed without a sync: the records stay
+/// in the log until a checkpoint.
+fn replay(db: &Database, records: &[Record<'_>]) -> Result<(), ReplayFailure> {
     let mut txn = db.begin_write()?;
     for record in records {
         let ops = parse(record.payload)
@@ -951,13 +992,7 @@ fn replay(db: &Database, records: &[Record<'_>], salt: u64) -> Result<(), Replay
         }
         txn.open_table(super::SETTINGS)?.insert(WAL_APPLIED, record.seq)?;
     }
-    {
-        let mut settings = txn.open_table(super::SETTINGS)?;
-        settings.insert(WAL_SALT, salt)?;
-        settings.insert(WAL_CLOSED_CLEANLY, 0)?;
-    }
-    txn.set_durability(redb::Durability::Immediate)?;
-    txn.set_quick_repair(true);
+    txn.set_durability(redb::Durability::None)?;
     txn.commit()?;
     Ok(())
 }
@@ -1154,11 +1189,12 @@ mod tests {
                 end: 0,
             };
             // A name opened with other types than before is redb's TableTypeMismatch: an error.
-            if replay(&db, &[record], SALT).is_ok() {
+            if replay(&db, &[record]).is_ok() {
                 applied += 1;
             }
         }
         assert!(applied > 0, "some records applied");
+        mark_open(&db, SALT).expect("mark");
         let stored = StoredState::read(&db).expect("state");
         assert_eq!(stored.salt, Some(SALT));
         assert!(!stored.clean);

@@ -138,8 +138,8 @@ async fn a_crash_right_after_a_replay_opens_with_nothing_left_to_replay() {
     let store = open(dir.path(), true);
     write_items(&store).await;
     let image = crash_image(dir.path());
-    // The replay commits durably, with its records' numbers: a crash right after it (before
-    // any checkpoint) finds the records in the log already held by the database.
+    // The open's own durable commit (the catalog's load, after the replay) holds the replayed
+    // records' numbers: a crash right after it finds them in the log already held.
     let first = open(image.path(), true);
     let replayed = first.engine().writer_status().opened.replayed;
     assert!(replayed.records >= ITEMS as u64, "{replayed:?}");
