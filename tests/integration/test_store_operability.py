@@ -196,12 +196,13 @@ def test_a_store_file_of_an_earlier_release_is_upgraded_at_start(tmp_path_factor
 
 
 def test_a_kill_during_writes_replays_the_write_ahead_log_and_never_repairs(tmp_path_factory):
-    """kill -9 of the real binary while writers are busy: the restart loads the last checkpoint
+    """With --write-ahead-log, kill -9 of the real binary while writers are busy: the restart
+    loads the last checkpoint
     and replays store.wal (`/health` says how much), walks no file (no repair), and every
     acknowledged write is there. Then store.wal is taken away after another kill: the start is
     refused with the fix, and an empty store.wal (the operator's word) opens the database as it
     is."""
-    store = started_store(tmp_path_factory, "wal-kill")
+    store = started_store(tmp_path_factory, "wal-kill", args=("--write-ahead-log",))
     create_table(store.client(), "logged")
     acked = []
     stop = threading.Event()

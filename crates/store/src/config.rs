@@ -29,6 +29,7 @@
 //! disk_free_bytes_min = "2GiB"            # below this, new writes are refused (deletes go on)
 //! disk_reserve_bytes = "64MiB"            # preallocated, released below the watermark
 //! cache_bytes = "256MiB"                  # the page cache in memory (default 1GiB)
+//! write_ahead_log = true                  # commit through store.wal (default false)
 //! stream_retention_ms = 86400000          # DynamoDB Streams: records kept (default 24 h)
 //! stream_shard_age_ms = 14400000          # a shard closes after this long (default 4 h)...
 //! stream_shard_records_max = 100000       # ...or this many records
@@ -80,6 +81,7 @@ pub struct StoreFileConfig {
     pub disk_free_bytes_min: Option<u64>,
     pub disk_reserve_bytes: Option<u64>,
     pub cache_bytes: Option<u64>,
+    pub write_ahead_log: Option<bool>,
     /// `stream_retention_ms`, `stream_shard_age_ms`, `stream_shard_records_max`.
     pub stream_limits: crate::streams::StreamLimitKeys,
     /// `pitr_undo_bytes_max`, `pitr_restorable_lag_ms`.
@@ -209,6 +211,7 @@ struct RawStore {
     disk_free_bytes_min: Option<Spanned<toml::Value>>,
     disk_reserve_bytes: Option<Spanned<toml::Value>>,
     cache_bytes: Option<Spanned<toml::Value>>,
+    write_ahead_log: Option<Spanned<bool>>,
     stream_retention_ms: Option<Spanned<i64>>,
     stream_shard_age_ms: Option<Spanned<i64>>,
     stream_shard_records_max: Option<Spanned<i64>>,
@@ -388,6 +391,7 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
         )?,
         disk_reserve_bytes: bytes(&raw.disk_reserve_bytes, "disk_reserve_bytes", parse_disk_reserve_bytes)?,
         cache_bytes: bytes(&raw.cache_bytes, "cache_bytes", parse_cache_bytes)?,
+        write_ahead_log: raw.write_ahead_log.as_ref().map(|value| *value.get_ref()),
         data_dir: path(&raw.data_dir, "data_dir")?,
         backup_dir: path(&raw.backup_dir, "backup_dir")?,
         credentials: path(&raw.credentials, "credentials")?,
@@ -673,6 +677,16 @@ ap-south-1 = "https://store.ap-south-1.example:8000"
         );
         let error = parse("[store]\nregion = \"us east\"\n", Path::new(".")).expect_err("region");
         assert!(error.starts_with("line 2") && error.contains("eu-west-1"), "{error}");
+    }
+
+    #[test]
+    fn the_write_ahead_log_is_a_boolean_off_by_default() {
+        let on = parse("[store]\nwrite_ahead_log = true\n", Path::new(".")).expect("valid");
+        assert_eq!(on.write_ahead_log, Some(true));
+        let unset = parse("[store]\n", Path::new(".")).expect("valid");
+        assert_eq!(unset.write_ahead_log, None);
+        let error = parse("[store]\n\nwrite_ahead_log = \"yes\"\n", Path::new(".")).expect_err("not a boolean");
+        assert!(error.contains("line 3") && error.contains("write_ahead_log"), "{error}");
     }
 
     #[test]

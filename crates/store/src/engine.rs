@@ -465,6 +465,7 @@ impl Engine {
             backup_dir: None,
             cache_bytes: None,
             no_idle_checkpoints: false,
+            write_ahead_log: false,
         };
         Engine::open_with(data_dir, region, clock, unguarded)
     }
@@ -1335,7 +1336,10 @@ fn commit(shared: &Shared, txn: LoggedTxn) -> Result<(), (ApiError, bool)> {
         .map_err(|e| (storage_error("numbering the batch", e), false))?;
     let (mut txn, redo) = txn.finish();
     let appended = match &redo {
-        Some(redo) => wal.append(redo, shared.log_room_bytes()),
+        Some(redo) if shared.options.write_ahead_log => wal.append(redo, shared.log_room_bytes()),
+        // Without the log every batch is a durable commit of redb's own (one sync; after a
+        // crash redb repairs the file unless the last commit was a checkpoint).
+        Some(_) => Ok(Appended::Durable),
         None => Ok(Appended::TooBig),
     };
     match appended {
@@ -1343,6 +1347,11 @@ fn commit(shared: &Shared, txn: LoggedTxn) -> Result<(), (ApiError, bool)> {
             txn.set_durability(redb::Durability::None)
                 .map_err(|e| (storage_error("committing", e), true))?;
             txn.commit().map_err(|e| (storage_error("committing", e), true))
+        }
+        Ok(Appended::Durable) => {
+            txn.commit().map_err(|e| (storage_error("committing", e), false))?;
+            wal.skip_committed();
+            Ok(())
         }
         Ok(Appended::TooBig) => {
             txn.set_quick_repair(true);

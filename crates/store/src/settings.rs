@@ -36,6 +36,7 @@ pub struct Overrides {
     pub disk_free_bytes_min: Option<u64>,
     pub disk_reserve_bytes: Option<u64>,
     pub cache_bytes: Option<u64>,
+    pub write_ahead_log: Option<bool>,
     pub limits: LimitOverrides,
     /// Used only with `tls_key` (both or the file's pair).
     pub tls_cert: Option<PathBuf>,
@@ -78,6 +79,8 @@ pub struct Settings {
     pub disk: crate::disk::DiskSettings,
     /// redb's page cache (`cache_bytes`, `--cache-bytes`) [default: 1GiB].
     pub cache_bytes: u64,
+    /// Commit through the write-ahead log (`write_ahead_log`, `--write-ahead-log`) [default: off].
+    pub write_ahead_log: bool,
     pub limits: common::http::Limits,
     pub tls: Option<common::http::TlsFiles>,
     pub peer_ca: Option<PathBuf>,
@@ -221,6 +224,7 @@ impl Settings {
                 .cache_bytes
                 .or(file.cache_bytes)
                 .unwrap_or(crate::config::CACHE_BYTES_DEFAULT),
+            write_ahead_log: overrides.write_ahead_log.or(file.write_ahead_log).unwrap_or(false),
             tls: match (overrides.tls_cert, overrides.tls_key) {
                 (Some(cert), Some(key)) => Some((cert, key)),
                 _ => file.tls_cert.clone().zip(file.tls_key.clone()),

@@ -243,6 +243,13 @@ struct StoreArgs {
     /// much beyond its working set; a small machine wants less (at least 4MiB) [default: 1GiB].
     #[arg(long, value_name = "BYTES", env = "SWITCHYARD_CACHE_BYTES", value_parser = store::config::parse_cache_bytes)]
     cache_bytes: Option<u64>,
+    /// Commit writes through a write-ahead log (store.wal): one sequential append and sync per
+    /// batch, the database file synced at checkpoints. PutItem throughput 1.4-2x, and a start
+    /// after a crash replays at most 8 MiB of log instead of walking the whole file (~30 s at 10M
+    /// items); but the writer waits for each checkpoint, so under sustained writes PutItem's p99
+    /// rises to tens or hundreds of ms (BENCHMARKS.md). [default: false]
+    #[arg(long, value_name = "BOOL", env = "SWITCHYARD_WRITE_AHEAD_LOG", num_args = 0..=1, default_missing_value = "true")]
+    write_ahead_log: Option<bool>,
     #[command(flatten)]
     limits: ListenerLimitArgs,
     /// PEM certificate chain: with --tls-key, the API and replication are served over HTTPS.
@@ -367,6 +374,7 @@ impl StoreArgs {
             disk_free_bytes_min: self.disk_free_bytes_min,
             disk_reserve_bytes: self.disk_reserve_bytes,
             cache_bytes: self.cache_bytes,
+            write_ahead_log: self.write_ahead_log,
             limits: self.limits.overrides(),
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
@@ -538,6 +546,7 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
             // `parse_cache_bytes` refused anything this machine cannot address.
             cache_bytes: usize::try_from(args.cache_bytes).ok(),
             no_idle_checkpoints: false,
+            write_ahead_log: args.write_ahead_log,
         },
     )?;
     // Engine::open_with read the SWITCHYARD_STREAM_* variables; the file's keys go under them.

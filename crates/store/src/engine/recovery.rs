@@ -38,6 +38,10 @@ pub struct EngineOptions {
     /// Tests: never commit idle checkpoints (`CHECKPOINT_IDLE_MS`), so that a copy of the open
     /// file is the image a crash leaves, which needs redb's repair.
     pub no_idle_checkpoints: bool,
+    /// Commit batches through the write-ahead log (`wal`: one append and sync per batch, redb
+    /// synced at checkpoints) instead of with redb's own durable commit per batch
+    /// (`--write-ahead-log`; off by default: see `commit`).
+    pub write_ahead_log: bool,
 }
 
 impl EngineOptions {
@@ -49,6 +53,7 @@ impl EngineOptions {
             backup_dir: None,
             cache_bytes: None,
             no_idle_checkpoints: false,
+            write_ahead_log: false,
         }
     }
 

@@ -345,6 +345,8 @@ pub enum Appended {
     Logged,
     /// The record would not fit in the log: commit this batch durably in redb instead.
     TooBig,
+    /// Not offered to the log (the store runs without it): a durable commit of redb's own.
+    Durable,
 }
 
 /// The open log file and where its next record goes.

@@ -27,6 +27,7 @@ fn options(no_idle_checkpoints: bool) -> EngineOptions {
         backup_dir: None,
         cache_bytes: None,
         no_idle_checkpoints,
+        write_ahead_log: true,
     }
 }
 
@@ -344,4 +345,24 @@ async fn a_crash_after_writes_that_follow_a_checkpoint_replays_them_without_a_re
     )
     .await;
     assert!(late.get("Item").is_some(), "{late}");
+}
+
+#[tokio::test]
+async fn without_the_log_every_batch_is_durable_in_the_database_itself() {
+    // The default (`--write-ahead-log` off): each batch is redb's own durable commit, so the
+    // database file alone holds every acknowledged write, and the log stays empty.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let unlogged = EngineOptions {
+        write_ahead_log: false,
+        ..options(true)
+    };
+    let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(SystemClock), unlogged).expect("open");
+    let store = Store::new(engine);
+    write_items(&store).await;
+    assert_eq!(store.engine().writer_status().log_bytes, 0, "nothing was logged");
+    let image = crash_image(dir.path());
+    std::fs::write(image.path().join("store.wal"), b"").expect("no log at all");
+    let reopened = open(image.path(), false);
+    assert_eq!(reopened.engine().writer_status().opened.replayed.records, 0);
+    assert_items(&reopened).await;
 }

@@ -900,6 +900,7 @@ async fn a_small_page_cache_serves_more_data_than_it_holds() {
         backup_dir: None,
         cache_bytes: Some(store::config::CACHE_BYTES_MIN as usize),
         no_idle_checkpoints: false,
+        write_ahead_log: false,
     };
     let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(SystemClock), options).expect("open engine");
     let h = Harness {
