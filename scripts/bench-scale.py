@@ -314,7 +314,10 @@ def main():
     args = parser.parse_args()
     if not shutil.which("wrk"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
-    command_line = "scripts/bench-scale.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
+    # The store reads SWITCHYARD_WRITE_AHEAD_LOG from the environment it inherits: say so.
+    wal = os.environ.get("SWITCHYARD_WRITE_AHEAD_LOG")
+    command_line = (f"SWITCHYARD_WRITE_AHEAD_LOG={wal} " if wal else "") + "scripts/bench-scale.py " + " ".join(
+        a for a in sys.argv[1:] if a != "--write")
     root = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.dir))
     load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     results = []

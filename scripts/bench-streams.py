@@ -306,7 +306,10 @@ def main():
     if args.json:
         args.json.write_text(json.dumps({"binary": str(binary), "load": args.load, **puts,
                                          "get_records_ms": records["samples"]}, indent=1))
-    text = section(puts, records, args, "scripts/bench-streams.py " + " ".join(sys.argv[1:]), binary.parent.name,
+    # The store reads SWITCHYARD_WRITE_AHEAD_LOG from the environment it inherits: say so.
+    wal = os.environ.get("SWITCHYARD_WRITE_AHEAD_LOG")
+    prefix = f"SWITCHYARD_WRITE_AHEAD_LOG={wal} " if wal else ""
+    text = section(puts, records, args, prefix + "scripts/bench-streams.py " + " ".join(sys.argv[1:]), binary.parent.name,
                    (store_prefix, wrk_prefix))
     print(text)
     if not args.no_write:

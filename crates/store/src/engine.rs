@@ -8,9 +8,10 @@
 //!
 //! Invariants:
 //! - every mutation goes through the single writer thread, so conditional writes are
-//!   serialised; a write is acknowledged only after its batch's record is synced in the
-//!   write-ahead log (`wal`) and the batch committed to redb (then visible), or after the batch
-//!   committed with `Durability::Immediate` when it is too big for the log;
+//!   serialised; a write is acknowledged only after its batch committed durably: redb's own
+//!   `Durability::Immediate` commit (the default, and for a batch too big for the log), or with
+//!   `write_ahead_log` its record synced in the write-ahead log (`wal`) and then the batch
+//!   committed to redb without a sync (only then visible);
 //! - a job either returns an error having mutated nothing, or its writes are part of the batch;
 //!   a failed commit fails every job of the batch and nothing of it is visible;
 //! - jobs that change the catalog run alone in their batch, and the in-memory catalog is swapped
@@ -71,10 +72,12 @@ pub const WRITE_QUEUE_JOBS_MAX: usize = 4096;
 /// Jobs committed together in one transaction (one log record and fsync) at most.
 pub const BATCH_JOBS_MAX: usize = 512;
 /// After this long without a batch the writer commits a checkpoint: a durable commit that
-/// makes every batch since the last one durable in redb itself (they were durable in the
-/// write-ahead log) and saves redb's allocator state, after which the log starts again. A
-/// store killed after it has nothing to replay; one killed later replays the log since it
-/// (`wal::WAL_CHECKPOINT_BYTES` at most, which also forces a checkpoint on a busy writer).
+/// saves redb's allocator state (so an open after a crash that follows it needs no repair) and,
+/// with the write-ahead log, makes every batch since the last one durable in redb itself, after
+/// which the log starts again (a store killed later replays the log since it:
+/// `wal::WAL_CHECKPOINT_BYTES` at most, which also forces a checkpoint on a busy writer).
+/// Without the log, a store killed after other commits needs redb's repair, which walks the
+/// whole file (BENCHMARKS, "Store at scale": seconds per GB).
 pub const CHECKPOINT_IDLE_MS: u64 = 200;
 /// ...and at most this often, so a slow trickle of writes does not double the commits...
 pub const CHECKPOINT_INTERVAL_MIN_MS: u64 = 1_000;
@@ -863,15 +866,8 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
             None => match checkpoints.next_job(&mut receiver) {
                 NextJob::Job(job) => job,
                 NextJob::Idle => {
-                    match checkpoint(&shared) {
-                        Checkpointed::Yes => checkpoints.done(file_bytes(&shared)),
-                        // Tried again after the interval (the writer stays "dirty").
-                        Checkpointed::No(end) => {
-                            checkpoints.postpone(file_bytes(&shared));
-                            if end == BatchEnd::Poisoned && !recovery::recover(&shared, &mut receiver) {
-                                return;
-                            }
-                        }
+                    if !checkpoint_and_schedule(&shared, &mut checkpoints, &mut receiver) {
+                        return;
                     }
                     continue;
                 }
@@ -929,16 +925,24 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
             .lock()
             .expect("status lock is never poisoned")
             .log_bytes = log_bytes;
-        if log_bytes >= WAL_CHECKPOINT_BYTES {
-            match checkpoint(&shared) {
-                Checkpointed::Yes => checkpoints.done(file_bytes(&shared)),
-                Checkpointed::No(end) => {
-                    checkpoints.postpone(file_bytes(&shared));
-                    if end == BatchEnd::Poisoned && !recovery::recover(&shared, &mut receiver) {
-                        return;
-                    }
-                }
-            }
+        if log_bytes >= WAL_CHECKPOINT_BYTES && !checkpoint_and_schedule(&shared, &mut checkpoints, &mut receiver) {
+            return;
+        }
+    }
+}
+
+/// A checkpoint, and when the next one is due; one that did not commit is tried again after
+/// the interval (the writer stays "dirty"). `false`: the engine shut down while the writer
+/// reopened the database after an I/O error.
+fn checkpoint_and_schedule(shared: &Shared, checkpoints: &mut Checkpoints, receiver: &mut mpsc::Receiver<Job>) -> bool {
+    match checkpoint(shared) {
+        Checkpointed::Yes => {
+            checkpoints.done(file_bytes(shared));
+            true
+        }
+        Checkpointed::No(end) => {
+            checkpoints.postpone(file_bytes(shared));
+            end != BatchEnd::Poisoned || recovery::recover(shared, receiver)
         }
     }
 }
