@@ -19,6 +19,33 @@ WRITE_PHASE_S = 0.5
 STOP_DEADLINE_S = 30
 
 
+def start_writers(store, table, acked, failures, stop, value=None):
+    """WRITERS threads putting new keys into `table` until `stop` is set or the store stops
+    answering; each acknowledged key goes to `acked`, each error the store answers (which must
+    not happen) to `failures`."""
+
+    def writer(index):
+        client = store.client(connect_timeout=2, read_timeout=10)
+        sequence = 0
+        while not stop.is_set():
+            sequence += 1
+            key = f"w{index}-{sequence}"
+            item = {"pk": {"S": key}, **({"v": {"S": value}} if value else {})}
+            try:
+                client.put_item(TableName=table, Item=item)
+            except ClientError as error:  # an answer from the store: must not be a fault
+                failures.append(error.response["Error"]["Code"])
+                return
+            except Exception:  # connection refused or closed: the store stopped or was killed
+                return
+            acked.append(key)
+
+    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
 def fetch(store, path):
     with urllib.request.urlopen(store.url + path, timeout=10) as response:
         return response.status, response.headers.get("Content-Type", ""), response.read().decode()
@@ -61,25 +88,7 @@ def test_sigterm_finishes_in_flight_writes(tmp_path_factory):
     create_table(store.client(), "graceful")
     acked, failures = [], []
     stop = threading.Event()
-
-    def writer(index):
-        client = store.client(connect_timeout=2, read_timeout=10)
-        sequence = 0
-        while not stop.is_set():
-            sequence += 1
-            key = f"w{index}-{sequence}"
-            try:
-                client.put_item(TableName="graceful", Item={"pk": {"S": key}})
-            except ClientError as error:  # an answer from the store: must not be a fault
-                failures.append(error.response["Error"]["Code"])
-                return
-            except Exception:  # connection refused or closed: the store stopped accepting
-                return
-            acked.append(key)
-
-    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(WRITERS)]
-    for thread in threads:
-        thread.start()
+    threads = start_writers(store, "graceful", acked, failures, stop)
     deadline = time.monotonic() + WRITE_PHASE_S
     while time.monotonic() < deadline or len(acked) < 10:
         assert time.monotonic() < deadline + STOP_DEADLINE_S, "no writes were acknowledged"
@@ -204,24 +213,9 @@ def test_a_kill_during_writes_replays_the_write_ahead_log_and_never_repairs(tmp_
     is."""
     store = started_store(tmp_path_factory, "wal-kill", args=("--write-ahead-log",))
     create_table(store.client(), "logged")
-    acked = []
+    acked, failures = [], []
     stop = threading.Event()
-
-    def writer(index):
-        client = store.client(connect_timeout=2, read_timeout=10)
-        sequence = 0
-        while not stop.is_set():
-            sequence += 1
-            key = f"w{index}-{sequence}"
-            try:
-                client.put_item(TableName="logged", Item={"pk": {"S": key}, "v": {"S": "x" * 200}})
-            except Exception:  # the store was killed
-                return
-            acked.append(key)
-
-    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(WRITERS)]
-    for thread in threads:
-        thread.start()
+    threads = start_writers(store, "logged", acked, failures, stop, value="x" * 200)
     deadline = time.monotonic() + STOP_DEADLINE_S
     while len(acked) < 300:
         assert time.monotonic() < deadline, "no writes were acknowledged"
@@ -230,6 +224,7 @@ def test_a_kill_during_writes_replays_the_write_ahead_log_and_never_repairs(tmp_
     stop.set()
     for thread in threads:
         thread.join(timeout=STOP_DEADLINE_S)
+    assert not failures, f"writes refused before the kill: {failures}"
     log_before = store.log.read_text(errors="replace")
     store.start()
     try:
