@@ -780,7 +780,7 @@ fn setting_or_zero(settings: &impl ReadableTable<&'static str, u64>, name: &str)
 /// Reads the catalog and positions, creating what a new store lacks, in a durable quick-repair
 /// commit (after the write-ahead log's replay, which it does not log).
 fn load_catalog(db: &Database, now_ms: u64) -> Result<Loaded, String> {
-    let txn = LoggedTxn::new(db.begin_write().map_err(|e| e.to_string())?);
+    let txn = LoggedTxn::unrecorded(db.begin_write().map_err(|e| e.to_string())?);
     let mut catalog = read_catalog(&*txn.open_table(CATALOG).map_err(|e| e.to_string())?)?;
     let (hlc_last, hlc_ceiling, replog_head, replog_bytes);
     {
@@ -1191,7 +1191,8 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         }
     };
     let txn = match db.begin_write() {
-        Ok(txn) => LoggedTxn::new(txn),
+        Ok(txn) if shared.options.write_ahead_log => LoggedTxn::new(txn),
+        Ok(txn) => LoggedTxn::unrecorded(txn),
         Err(error) => {
             // The jobs never ran, so they mutated nothing.
             let error = storage_error("starting a write", error);
@@ -1340,10 +1341,10 @@ fn commit(shared: &Shared, txn: LoggedTxn) -> Result<(), (ApiError, bool)> {
         .map_err(|e| (storage_error("numbering the batch", e), false))?;
     let (mut txn, redo) = txn.finish();
     let appended = match &redo {
-        Some(redo) if shared.options.write_ahead_log => wal.append(redo, shared.log_room_bytes()),
         // Without the log every batch is a durable commit of redb's own (one sync; after a
-        // crash redb repairs the file unless the last commit was a checkpoint).
-        Some(_) => Ok(Appended::Durable),
+        // crash redb repairs the file unless the last commit was a checkpoint), unrecorded.
+        _ if !shared.options.write_ahead_log => Ok(Appended::Durable),
+        Some(redo) => wal.append(redo, shared.log_room_bytes()),
         None => Ok(Appended::TooBig),
     };
     match appended {

@@ -212,10 +212,24 @@ pub struct LoggedTxn {
 }
 
 impl LoggedTxn {
+    /// A transaction whose changes are recorded for the log.
     pub fn new(inner: WriteTransaction) -> LoggedTxn {
         LoggedTxn {
             inner,
             redo: RefCell::new(Redo::default()),
+        }
+    }
+
+    /// A transaction that will commit durably in redb without the log (the store runs without
+    /// it, or the open's own commits): its changes are not recorded, so no batch pays for a
+    /// copy of every key and value it writes. [`LoggedTxn::finish`] returns no record.
+    pub fn unrecorded(inner: WriteTransaction) -> LoggedTxn {
+        LoggedTxn {
+            inner,
+            redo: RefCell::new(Redo {
+                overflowed: true,
+                ..Redo::default()
+            }),
         }
     }
 
@@ -1201,6 +1215,47 @@ mod tests {
         assert_eq!(stored.salt, Some(SALT));
         assert!(!stored.clean);
         assert!(stored.applied >= 1);
+    }
+
+    #[test]
+    fn only_a_recorded_transaction_keeps_its_changes_for_the_log() {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("in-memory database");
+        let table = TableDefinition::<&str, u64>::new("t");
+        let recorded = LoggedTxn::new(db.begin_write().expect("write"));
+        recorded
+            .open_table(table)
+            .expect("open")
+            .insert("a", 1)
+            .expect("insert");
+        let (txn, payload) = recorded.finish();
+        txn.commit().expect("commit");
+        let payload = payload.expect("a record");
+        let ops = parse(&payload).expect("parse");
+        assert!(
+            ops.contains(&Op::Insert {
+                table: 0,
+                key: b"a",
+                value: &1u64.to_le_bytes()
+            }),
+            "{ops:?}"
+        );
+        let unrecorded = LoggedTxn::unrecorded(db.begin_write().expect("write"));
+        unrecorded
+            .open_table(table)
+            .expect("open")
+            .insert("b", 2)
+            .expect("insert");
+        let (txn, payload) = unrecorded.finish();
+        txn.commit().expect("commit");
+        assert_eq!(payload, None, "nothing recorded");
+        let read = db.begin_read().expect("read");
+        let stored = read.open_table(table).expect("table");
+        assert_eq!(
+            redb::ReadableTable::get(&stored, "b").expect("get").map(|v| v.value()),
+            Some(2)
+        );
     }
 
     #[test]
