@@ -112,29 +112,25 @@ impl ResponseEncoding {
     }
 }
 
-/// The encoding to answer in, from every `Accept-Encoding` header (RFC 9110 §12.5.3): the
-/// acceptable (`q` > 0) of gzip and deflate with the highest quality, the one listed first on a
-/// tie; `*` stands for those not listed, gzip first. `identity`, other codings and malformed
-/// entries choose nothing; the first `q` parameter (`;q=`, white space allowed before the `q`,
-/// not between it and `=`) is the quality; one that does not parse counts as 1, above 1 as 1.
+/// The encoding to answer in, from the first `Accept-Encoding` header (RFC 9110 §12.5.3), as
+/// DynamoDB reads it: the acceptable (`q` > 0) of gzip and deflate with the highest quality, the
+/// one listed first on a tie; `*` stands for those not listed, gzip first. `identity`, other
+/// codings and malformed entries choose nothing. An entry's quality is the value after the
+/// first `q=` in its parameters (anywhere: DynamoDB matches `nq=0` too, and not `q =`), up to
+/// the next `;`: one that does not parse as a decimal counts as 1, above 1 as 1, below 0 as 0.
+/// A second `Accept-Encoding` header is ignored, as DynamoDB ignores it.
 pub fn response_encoding(headers: &HeaderMap) -> Option<ResponseEncoding> {
     let mut explicit: Vec<(ResponseEncoding, f32, usize)> = Vec::new();
     let mut wildcard: Option<f32> = None;
     let entries = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','));
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .split(',');
     for (position, entry) in entries.enumerate() {
-        let mut parts = entry.split(';');
-        let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let quality = parts
-            .find_map(|parameter| {
-                let (name, value) = parameter.split_once('=')?;
-                (name.trim_start().eq_ignore_ascii_case("q")).then(|| value.trim().parse::<f32>().unwrap_or(1.0))
-            })
-            .unwrap_or(1.0)
-            .clamp(0.0, 1.0);
+        let (coding, parameters) = entry.split_once(';').unwrap_or((entry, ""));
+        let coding = coding.trim().to_ascii_lowercase();
+        let quality = accept_quality(parameters);
         match coding.as_str() {
             "gzip" => explicit.push((ResponseEncoding::Gzip, quality, position)),
             "deflate" => explicit.push((ResponseEncoding::Deflate, quality, position)),
@@ -165,6 +161,25 @@ pub fn response_encoding(headers: &HeaderMap) -> Option<ResponseEncoding> {
         .filter(|(_, quality, _)| *quality > 0.0)
         .min_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)))
         .map(|(encoding, _, _)| encoding)
+}
+
+/// The quality in an `Accept-Encoding` entry's parameters (see [`response_encoding`]).
+fn accept_quality(parameters: &str) -> f32 {
+    let lower = parameters.to_ascii_lowercase();
+    let Some(at) = lower.find("q=") else {
+        return 1.0;
+    };
+    let value = lower[at + 2..].split(';').next().unwrap_or("").trim();
+    let decimal = !value.is_empty()
+        && value.bytes().any(|b| b.is_ascii_digit())
+        && value
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_digit() || b == b'.' || (i == 0 && (b == b'-' || b == b'+')));
+    if !decimal {
+        return 1.0;
+    }
+    value.parse::<f32>().unwrap_or(1.0).clamp(0.0, 1.0)
 }
 
 /// `body` compressed with `encoding` (flate2's default level).
@@ -334,11 +349,23 @@ mod tests {
             ("gzip; q=0;q=1", None),
             ("gzip;q =0;q=1", Some(Gzip)),
             ("gzip;q=0, gzip;q=1, gzip;q=0", Some(Gzip)),
+            ("gzip;nq=0;q=1", None),
+            ("gzip;q= 0;q=1", None),
+            ("deflate;q=0.5, gzip;q=1;q=0.2", Some(Gzip)),
+            ("deflate;q=0.5,gzip;q=0.", Some(Deflate)),
+            ("deflate;q=0.5,gzip;q=0.x", Some(Gzip)),
+            ("deflate;q=0.5,gzip;q=0. x", Some(Gzip)),
+            ("deflate;q=-0.5,gzip;q=0.2", Some(Gzip)),
+            ("deflate;q=0.5,gzip;q=inf", Some(Gzip)),
+            ("gzip;q=nan", Some(Gzip)),
+            ("*;q=0.5,identity", Some(Gzip)),
+            ("br;q=0.8,identity;q=0.5,*;q=0", None),
         ] {
             assert_eq!(accepting(&[value]), expected, "{value}");
         }
-        // Several headers are one list.
-        assert_eq!(accepting(&["identity", "deflate"]), Some(Deflate));
+        // Only the first header counts, as DynamoDB reads them.
+        assert_eq!(accepting(&["identity", "deflate"]), None);
+        assert_eq!(accepting(&["gzip", "identity"]), Some(Gzip));
     }
 
     #[test]
