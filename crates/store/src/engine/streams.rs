@@ -16,14 +16,18 @@
 //! - `stream_records`: `(stream id, sequence number)` → a *block*: the records one write batch
 //!   appended to one shard, keyed by the first one's sequence number. The creation time of its
 //!   newest record (`u64` ms, big-endian; retention trims whole blocks), the format tag 2, the
-//!   CRC-32 of the body (4 bytes, little-endian), then the body: per record its sequence number
-//!   (`u64`, little-endian), its length (`u32`, little-endian) and the record as GetRecords
-//!   returns it (JSON). A block holds at most `STREAM_BLOCK_BYTES_MAX` of records, one page (a change
-//!   bigger than that is a block of its own). A few page-sized entries per batch instead of one
-//!   per change is most of what a stream costs PutItem (BENCHMARKS.md, Streams).
-//!   Earlier versions stored one record per entry, still read: the time, the tag 1 and the
-//!   record's CRC-32 before its JSON; or, before the tag existed, the JSON right after the time
-//!   (it starts with `{`), checked by parsing.
+//!   format tag 3, the CRC-32 of the rest (4 bytes, little-endian), the region the records
+//!   were written in (its length in LEB128, then its bytes), then per record its sequence
+//!   number (`u64`, little-endian), its length (`u32`, little-endian) and the record in its
+//!   compact form (`streams::write_compact_record`: the flags, times and images, without the
+//!   ~260 bytes of names and constants a reader renders back, `streams::render_compact_record`).
+//!   A block holds at most `STREAM_BLOCK_BYTES_MAX` of records, one page (a change bigger than
+//!   that is a block of its own). A few page-sized entries per batch instead of one per change,
+//!   and compact records in them, are most of what a stream saves PutItem (BENCHMARKS.md,
+//!   Streams). Earlier formats are still read: blocks with the tag 2, no region and each record
+//!   as GetRecords returns it (JSON); one record per entry, with the tag 1 and the record's
+//!   CRC-32 before its JSON; or, before the tag existed, the JSON right after the time (it
+//!   starts with `{`), checked by parsing.
 //!
 //! Sequence numbers come from one counter (`settings.stream_seq`), so they increase within a
 //! shard, across a shard and its child, and across streams.
@@ -97,8 +101,10 @@ fn shard_range(stream_id: u64) -> std::ops::RangeInclusive<(u64, u64)> {
 
 /// The format tag of a stored record that carries its CRC-32 (one record per entry).
 const RECORD_WITH_CRC32: u8 = 1;
-/// The format tag of a block of records.
+/// The format tag of a block of records as JSON (written before compact records).
 const RECORD_BLOCK: u8 = 2;
+/// The format tag of a block of compact records, with the region they were written in.
+const RECORD_COMPACT_BLOCK: u8 = 3;
 /// Creation time, tag and CRC-32 before a stored record's JSON, or before a block's body.
 const RECORD_HEADER_BYTES: usize = 8 + 1 + 4;
 /// Sequence number and length before each record in a block's body.
@@ -107,17 +113,21 @@ const BLOCK_RECORD_HEADER_BYTES: usize = 8 + 4;
 /// its header, one page (see [`APPEND_ENTRY_BYTES_MAX`]), so a batch writes a few page-sized
 /// entries and no bigger leaf is written twice. A record that does not fit what is left starts
 /// the next block; a record bigger than this is a block of its own.
-pub(crate) const STREAM_BLOCK_BYTES_MAX: usize = APPEND_ENTRY_BYTES_MAX - RECORD_HEADER_BYTES;
+pub(crate) const STREAM_BLOCK_BYTES_MAX: usize =
+    APPEND_ENTRY_BYTES_MAX - RECORD_HEADER_BYTES - BLOCK_REGION_ALLOWANCE_BYTES;
+/// Room a block keeps for the name of its region (and its length): a name of up to 31 bytes
+/// keeps a full block in one page; a longer one makes full blocks a little bigger, no more.
+const BLOCK_REGION_ALLOWANCE_BYTES: usize = 32;
 
-/// Appends the record of `change` to a block's body, shaped straight into it (no record is
-/// built and copied); returns whether there was one (a change that changed nothing has none,
-/// and leaves the body as it was).
+/// Appends the compact record of `change` to a block's body, written straight into it (no
+/// record is built and copied); returns whether there was one (a change that changed nothing
+/// has none, and leaves the body as it was).
 fn append_to_block(body: &mut Vec<u8>, change: &streams::Change<'_>, new_json: Option<&[u8]>) -> bool {
     let start = body.len();
     body.extend_from_slice(&change.seq.to_le_bytes());
     let at = body.len();
     body.extend_from_slice(&[0; 4]);
-    if !streams::write_record(change, new_json, body) {
+    if !streams::write_compact_record(change, new_json, body) {
         body.truncate(start);
         return false;
     }
@@ -139,37 +149,81 @@ fn local_item_json<'r>(stored: &'r [u8], region: &str) -> Option<&'r [u8]> {
     stored.get(header.len()..)
 }
 
-/// A block as `stream_records` stores it: header, then `body`.
-fn encode_block(newest_ms: u64, body: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(RECORD_HEADER_BYTES + body.len());
+/// A block of compact records written in `region`, as `stream_records` stores it: header,
+/// region, then `body`.
+fn encode_block(newest_ms: u64, region: &str, body: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(RECORD_HEADER_BYTES + 2 + region.len() + body.len());
     value.extend_from_slice(&newest_ms.to_be_bytes());
-    value.push(RECORD_BLOCK);
-    value.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    value.push(RECORD_COMPACT_BLOCK);
+    value.extend_from_slice(&[0; 4]);
+    streams::write_leb128(&mut value, region.len() as u64);
+    value.extend_from_slice(region.as_bytes());
     value.extend_from_slice(body);
+    let crc = crc32fast::hash(&value[RECORD_HEADER_BYTES..]);
+    value[9..RECORD_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
     value
+}
+
+/// One record of a stored entry, as it was stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StoredRecord<'a> {
+    /// As GetRecords returns it (the formats before compact records).
+    Json(&'a [u8]),
+    /// Compact (`streams::write_compact_record`), written in `region`.
+    Compact { region: &'a str, record: &'a [u8] },
+}
+
+impl StoredRecord<'_> {
+    /// Appends the record as GetRecords returns it (JSON) to `out`, for stream `stream_id` at
+    /// sequence number `seq`.
+    pub(crate) fn write_json(&self, stream_id: u64, seq: u64, out: &mut Vec<u8>) -> Result<(), String> {
+        match self {
+            StoredRecord::Json(json) => {
+                out.extend_from_slice(json);
+                Ok(())
+            }
+            StoredRecord::Compact { region, record } => {
+                streams::render_compact_record(stream_id, seq, region, record, out)
+            }
+        }
+    }
 }
 
 /// The records of one stored entry, keyed `first_seq`, each with its sequence number, checked:
 /// a block against its CRC-32 and its structure (sequence numbers from `first_seq` up, lengths
 /// inside the block), a single record against its CRC-32 or by parsing. A damaged entry is an
-/// error, never bad JSON to a client.
-fn stored_records(first_seq: u64, value: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
-    if value.get(8) != Some(&RECORD_BLOCK) {
-        return stored_record_json(value).map(|json| vec![(first_seq, json)]);
+/// error, never bad JSON to a client (a compact record is checked again as it is rendered).
+fn stored_records(first_seq: u64, value: &[u8]) -> Result<Vec<(u64, StoredRecord<'_>)>, String> {
+    let tag = value.get(8).copied();
+    if tag != Some(RECORD_BLOCK) && tag != Some(RECORD_COMPACT_BLOCK) {
+        return stored_record_json(value).map(|json| vec![(first_seq, StoredRecord::Json(json))]);
     }
-    let (Some(crc), Some(body)) = (value.get(9..RECORD_HEADER_BYTES), value.get(RECORD_HEADER_BYTES..)) else {
+    let (Some(crc), Some(rest)) = (value.get(9..RECORD_HEADER_BYTES), value.get(RECORD_HEADER_BYTES..)) else {
         return Err(format!(
             "a block of stream records of {} bytes is shorter than its header",
             value.len()
         ));
     };
     let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-    let actual = crc32fast::hash(body);
+    let actual = crc32fast::hash(rest);
     if stored != actual {
         return Err(format!(
             "a block of stream records has CRC-32 {actual:08x}, not the {stored:08x} stored with it (damaged on disk)"
         ));
     }
+    let (region, body) = if tag == Some(RECORD_COMPACT_BLOCK) {
+        let mut body = rest;
+        let len = streams::read_leb128(&mut body)?;
+        let region = usize::try_from(len)
+            .ok()
+            .and_then(|len| body.get(..len))
+            .ok_or("a block of stream records ends inside its region's name")?;
+        let region = std::str::from_utf8(region)
+            .map_err(|_| "a block of stream records names its region in bytes that are not UTF-8")?;
+        (Some(region), &body[region.len()..])
+    } else {
+        (None, rest)
+    };
     let mut records = Vec::new();
     let mut rest = body;
     let mut expected_at_least = first_seq;
@@ -179,7 +233,7 @@ fn stored_records(first_seq: u64, value: &[u8]) -> Result<Vec<(u64, &[u8])>, Str
         };
         let seq = u64::from_le_bytes(seq.try_into().expect("8 bytes"));
         let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-        let Some(json) = rest.get(BLOCK_RECORD_HEADER_BYTES..BLOCK_RECORD_HEADER_BYTES.saturating_add(len)) else {
+        let Some(record) = rest.get(BLOCK_RECORD_HEADER_BYTES..BLOCK_RECORD_HEADER_BYTES.saturating_add(len)) else {
             return Err(format!("a record of {len} bytes runs past the end of its block"));
         };
         if seq < expected_at_least || (records.is_empty() && seq != first_seq) {
@@ -188,7 +242,11 @@ fn stored_records(first_seq: u64, value: &[u8]) -> Result<Vec<(u64, &[u8])>, Str
             ));
         }
         expected_at_least = seq.saturating_add(1);
-        records.push((seq, json));
+        let record = match region {
+            Some(region) => StoredRecord::Compact { region, record },
+            None => StoredRecord::Json(record),
+        };
+        records.push((seq, record));
         rest = &rest[BLOCK_RECORD_HEADER_BYTES + len..];
     }
     if records.is_empty() {
@@ -280,11 +338,11 @@ struct OpenShard {
 
 impl OpenShard {
     /// Stores the block being filled, if it holds anything, and starts an empty one.
-    fn store_block(&mut self, txn: &LoggedTxn) -> Result<(), redb::Error> {
+    fn store_block(&mut self, txn: &LoggedTxn, region: &str) -> Result<(), redb::Error> {
         if self.block.is_empty() {
             return Ok(());
         }
-        let value = encode_block(self.block_newest_ms, &self.block);
+        let value = encode_block(self.block_newest_ms, region, &self.block);
         txn.open_table(STREAM_RECORDS)?
             .insert((self.stream_id, self.block_first_seq), value.as_slice())?;
         self.block.clear();
@@ -327,7 +385,7 @@ impl WriteContext<'_> {
             .get_or_insert_with(|| *self.shared.stream_limits.read().expect("limits lock is never poisoned"));
         let open = self.streams.open[at].1.as_mut().expect("checked above");
         if due_for_rollover(&open.shard, &limits, now_ms) {
-            roll_over(self.txn, open, now_ms, seq)?;
+            roll_over(self.txn, &self.shared.region, open, now_ms, seq)?;
         }
         if open.block.is_empty() {
             open.block_first_seq = seq;
@@ -357,7 +415,7 @@ impl WriteContext<'_> {
             // The record does not fit what was left: the block is stored without it, and the
             // record starts the next one.
             let record = open.block.split_off(before);
-            open.store_block(self.txn)?;
+            open.store_block(self.txn, &self.shared.region)?;
             open.block = record;
             open.block_first_seq = seq;
             open.block_newest_ms = now_ms;
@@ -368,7 +426,7 @@ impl WriteContext<'_> {
         open.shard.last_seq = Some(seq);
         open.dirty = true;
         if open.block.len() >= STREAM_BLOCK_BYTES_MAX {
-            open.store_block(self.txn)?;
+            open.store_block(self.txn, &self.shared.region)?;
         }
         self.streams.seq = Some(seq);
         self.streams.seq_dirty = true;
@@ -445,7 +503,7 @@ impl WriteContext<'_> {
             .filter_map(|(_, open)| open)
             .filter(|open| open.dirty)
         {
-            open.store_block(self.txn)?;
+            open.store_block(self.txn, &self.shared.region)?;
             self.txn.open_table(STREAM_SHARDS)?.insert(
                 (open.stream_id, open.shard.first_seq),
                 encode_json(&open.shard).as_slice(),
@@ -640,9 +698,15 @@ impl WriteContext<'_> {
 
 /// Closes an open shard (writing it back now) and opens its child, whose first record is
 /// `first_seq`.
-fn roll_over(txn: &LoggedTxn, open: &mut OpenShard, now_ms: u64, first_seq: u64) -> Result<(), redb::Error> {
+fn roll_over(
+    txn: &LoggedTxn,
+    region: &str,
+    open: &mut OpenShard,
+    now_ms: u64,
+    first_seq: u64,
+) -> Result<(), redb::Error> {
     // A block belongs to one shard: the closing shard's records are stored now.
-    open.store_block(txn)?;
+    open.store_block(txn, region)?;
     open.shard.closed = true;
     txn.open_table(STREAM_SHARDS)?.insert(
         (open.stream_id, open.shard.first_seq),
@@ -816,19 +880,28 @@ impl Snapshot {
             let (key, value) = entry.map_err(|e| storage_error("reading stream records", e))?;
             let held =
                 stored_records(key.value().1, value.value()).map_err(|e| storage_error("reading stream records", e))?;
-            for (seq, json) in held {
+            for (seq, record) in held {
                 if seq < position || seq > end {
                     continue;
                 }
-                if read.count >= limit || (read.count > 0 && bytes + json.len() > bytes_max) {
+                if read.count >= limit {
                     exhausted = false;
                     break 'entries;
                 }
+                let mark = out.len();
                 if read.count > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(json);
-                bytes += json.len();
+                record
+                    .write_json(stream_id, seq, out)
+                    .map_err(|e| storage_error("reading stream records", e))?;
+                let len = out.len() - mark;
+                if read.count > 0 && bytes + len > bytes_max {
+                    out.truncate(mark);
+                    exhausted = false;
+                    break 'entries;
+                }
+                bytes += len;
                 read.count += 1;
                 read.next = seq + 1;
             }
@@ -939,34 +1012,57 @@ mod tests {
         assert!(stored_record_json(&value[..11]).is_err(), "a cut header");
     }
 
-    /// A block of `records` (sequence number, JSON) as the writer stores it.
-    fn block_of(records: &[(u64, &str)]) -> Vec<u8> {
+    /// The body of a block: `records` (sequence number, bytes), each after its header.
+    fn body_of(records: &[(u64, &str)]) -> Vec<u8> {
         let mut body = Vec::new();
-        for (seq, json) in records {
+        for (seq, bytes) in records {
             body.extend_from_slice(&seq.to_le_bytes());
-            body.extend_from_slice(&(json.len() as u32).to_le_bytes());
-            body.extend_from_slice(json.as_bytes());
+            body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            body.extend_from_slice(bytes.as_bytes());
         }
-        encode_block(1_800_000_000_000, &body)
+        body
+    }
+
+    /// A block of `records` (sequence number, compact bytes) as the writer stores it.
+    fn block_of(records: &[(u64, &str)]) -> Vec<u8> {
+        encode_block(1_800_000_000_000, "eu-west-1", &body_of(records))
+    }
+
+    /// A block of `records` (sequence number, JSON) as the writer stored it before compact
+    /// records (the tag 2).
+    fn json_block_of(records: &[(u64, &str)]) -> Vec<u8> {
+        let body = body_of(records);
+        let mut value = 1_800_000_000_000u64.to_be_bytes().to_vec();
+        value.push(RECORD_BLOCK);
+        value.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        value.extend_from_slice(&body);
+        value
     }
 
     #[test]
     fn blocks_hold_a_batchs_records_and_are_checked() {
-        let block = block_of(&[(7, r#"{"a":1}"#), (8, r#"{"b":2}"#), (11, r#"{"c":3}"#)]);
+        let compact = |record: &'static str| StoredRecord::Compact {
+            region: "eu-west-1",
+            record: record.as_bytes(),
+        };
+        let block = block_of(&[(7, "a"), (8, "bb"), (11, "c")]);
         assert_eq!(stored_created_ms(&block), 1_800_000_000_000);
         assert_eq!(
             stored_records(7, &block),
+            Ok(vec![(7, compact("a")), (8, compact("bb")), (11, compact("c"))])
+        );
+        // Blocks of JSON records, and entries of the formats before blocks, still read.
+        assert_eq!(
+            stored_records(7, &json_block_of(&[(7, r#"{"a":1}"#), (9, r#"{"b":2}"#)])),
             Ok(vec![
-                (7, &br#"{"a":1}"#[..]),
-                (8, &br#"{"b":2}"#[..]),
-                (11, &br#"{"c":3}"#[..])
+                (7, StoredRecord::Json(br#"{"a":1}"#)),
+                (9, StoredRecord::Json(br#"{"b":2}"#))
             ])
         );
-        // Entries of the formats before blocks read as one record at their key.
         let single = record_of(r#"{"eventName":"INSERT"}"#);
         assert_eq!(
             stored_records(5, &single),
-            Ok(vec![(5, &br#"{"eventName":"INSERT"}"#[..])])
+            Ok(vec![(5, StoredRecord::Json(br#"{"eventName":"INSERT"}"#))])
         );
         // Every damage is an error naming it, never a panic.
         let mut flipped = block.clone();
@@ -984,17 +1080,33 @@ mod tests {
             let mut body = 9u64.to_le_bytes().to_vec();
             body.extend_from_slice(&u32::MAX.to_le_bytes());
             body.extend_from_slice(b"{}");
-            encode_block(0, &body)
+            encode_block(0, "r", &body)
         };
         assert!(stored_records(9, &long).expect_err("length").contains("past the end"));
-        let cut = encode_block(0, &9u64.to_le_bytes());
+        let cut = encode_block(0, "r", &9u64.to_le_bytes());
         assert!(stored_records(9, &cut).expect_err("cut").contains("header"));
         assert!(
-            stored_records(9, &encode_block(0, &[]))
+            stored_records(9, &encode_block(0, "r", &[]))
                 .expect_err("empty")
                 .contains("empty")
         );
         assert!(stored_records(9, &block[..10]).is_err(), "a cut block header");
+        // A region name cut short, or not UTF-8 (the CRC-32 made to match).
+        let with_crc = |mut value: Vec<u8>| {
+            let crc = crc32fast::hash(&value[RECORD_HEADER_BYTES..]);
+            value[9..RECORD_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+            value
+        };
+        let mut short = encode_block(0, "", &[]);
+        short[RECORD_HEADER_BYTES] = 5;
+        assert!(
+            stored_records(9, &with_crc(short))
+                .expect_err("short")
+                .contains("region")
+        );
+        let mut bad = encode_block(0, "ab", &body_of(&[(9, "x")]));
+        bad[RECORD_HEADER_BYTES + 1] = 0xff;
+        assert!(stored_records(9, &with_crc(bad)).expect_err("utf-8").contains("UTF-8"));
     }
 
     proptest::proptest! {

@@ -496,19 +496,52 @@ pub fn shape_record<'a>(change: &Change<'a>) -> Option<Record<'a>> {
 
 /// Writes the stream record of `change` into `out` as GetRecords returns it, byte for byte
 /// what serialising [`shape_record`]'s record gives (the fields in sorted order, as a
-/// `serde_json::Value` would write them), and returns whether there was one. This is the
-/// writer's path: no intermediate record, keys item, sequence or event id strings are built
-/// (one change, one record, written straight into the block being filled).
+/// `serde_json::Value` would write them), and returns whether there was one: the compact form
+/// ([`write_compact_record`]) rendered ([`render_compact_record`]), as a reader renders it.
 ///
 /// `new_json`, when given, is `change.new` already serialised (the body of the item's stored
 /// form, written just before): it is copied instead of serialising the item a second time.
 pub fn write_record(change: &Change<'_>, new_json: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
-    let event_name = match (change.old, change.new) {
+    let mut compact = Vec::new();
+    if !write_compact_record(change, new_json, &mut compact) {
+        return false;
+    }
+    render_compact_record(change.stream_id, change.seq, change.region, &compact, out)
+        .expect("a record just written renders");
+    true
+}
+
+/// A compact record's first byte: the event (bits 0–1: 1 INSERT, 2 MODIFY, 3 REMOVE), a TTL
+/// deletion (bit 2), the view type (bits 3–4, in [`ViewType`]'s order), and whether a NewImage
+/// (bit 5) and an OldImage (bit 6) follow.
+const COMPACT_EVENT_MASK: u8 = 0b11;
+const COMPACT_TTL: u8 = 1 << 2;
+const COMPACT_VIEW_SHIFT: u8 = 3;
+const COMPACT_NEW_IMAGE: u8 = 1 << 5;
+const COMPACT_OLD_IMAGE: u8 = 1 << 6;
+const VIEW_TYPES: [ViewType; 4] = [
+    ViewType::KeysOnly,
+    ViewType::NewImage,
+    ViewType::OldImage,
+    ViewType::NewAndOldImages,
+];
+const EVENT_NAMES: [&str; 4] = ["", "INSERT", "MODIFY", "REMOVE"];
+
+/// Writes the record of `change` in the compact form the writer stores, and returns whether
+/// there was one (a change that changed nothing has none, and writes nothing). Only what
+/// varies is kept: the flags byte, the creation time in seconds and SizeBytes (LEB128), then
+/// the Keys, NewImage and OldImage JSON, each after its length (LEB128). The sequence number
+/// is stored beside the record; the event id, the region, the event source and version and
+/// the JSON around the fields are the reader's to add ([`render_compact_record`]). That is
+/// ~260 bytes less per record than its JSON: a stream's cost to a write is the bytes it adds
+/// (BENCHMARKS.md, Streams).
+pub fn write_compact_record(change: &Change<'_>, new_json: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
+    let event: u8 = match (change.old, change.new) {
         (None, None) => return false,
         (Some(old), Some(new)) if old == new => return false,
-        (None, Some(_)) => "INSERT",
-        (Some(_), Some(_)) => "MODIFY",
-        (Some(_), None) => "REMOVE",
+        (None, Some(_)) => 1,
+        (Some(_), Some(_)) => 2,
+        (Some(_), None) => 3,
     };
     let Some(item) = change.new.or(change.old) else {
         return false;
@@ -528,52 +561,177 @@ pub fn write_record(change: &Change<'_>, new_json: Option<&[u8]>, out: &mut Vec<
     let size_bytes = keys.iter().map(|(k, v)| k.len() + v.size_bytes()).sum::<usize>()
         + new_image.map(item_size_bytes).unwrap_or(0)
         + old_image.map(item_size_bytes).unwrap_or(0);
-    out.extend_from_slice(b"{\"awsRegion\":");
-    write_json(out, change.region);
-    out.extend_from_slice(b",\"dynamodb\":{\"ApproximateCreationDateTime\":");
-    out.extend_from_slice(itoa_u64(change.now_ms / 1000, &mut [0; 20]));
-    out.extend_from_slice(b",\"Keys\":{");
+    let view = VIEW_TYPES.iter().position(|v| *v == change.view_type).unwrap_or(0) as u8;
+    let mut flags = event | (view << COMPACT_VIEW_SHIFT);
+    if change.ttl {
+        flags |= COMPACT_TTL;
+    }
+    if new_image.is_some() {
+        flags |= COMPACT_NEW_IMAGE;
+    }
+    if old_image.is_some() {
+        flags |= COMPACT_OLD_IMAGE;
+    }
+    out.push(flags);
+    write_leb128(out, change.now_ms / 1000);
+    write_leb128(out, size_bytes as u64);
+    let mut field = Vec::with_capacity(64);
+    field.push(b'{');
     for (at, (name, value)) in keys.iter().enumerate() {
         if at > 0 {
-            out.push(b',');
+            field.push(b',');
         }
-        write_json(out, *name);
-        out.push(b':');
-        write_json(out, *value);
+        write_json(&mut field, *name);
+        field.push(b':');
+        write_json(&mut field, *value);
     }
-    out.push(b'}');
+    field.push(b'}');
+    write_leb128(out, field.len() as u64);
+    out.extend_from_slice(&field);
     if let Some(new) = new_image {
-        out.extend_from_slice(b",\"NewImage\":");
         match new_json {
-            Some(json) => out.extend_from_slice(json),
-            None => write_json(out, new),
+            Some(json) => {
+                write_leb128(out, json.len() as u64);
+                out.extend_from_slice(json);
+            }
+            None => write_field(out, &mut field, new),
         }
     }
     if let Some(old) = old_image {
+        write_field(out, &mut field, old);
+    }
+    true
+}
+
+/// Writes `item`'s JSON into `out` after its length, serialised through `scratch`.
+fn write_field(out: &mut Vec<u8>, scratch: &mut Vec<u8>, item: &Item) {
+    scratch.clear();
+    write_json(scratch, item);
+    write_leb128(out, scratch.len() as u64);
+    out.extend_from_slice(scratch);
+}
+
+/// Renders a compact record ([`write_compact_record`]) of stream `stream_id`, sequence number
+/// `seq`, written in `region`, as GetRecords returns it: the bytes [`write_record`] documents.
+/// A record that does not parse is an error naming what is wrong (damage on disk that its
+/// block's CRC-32 missed, or a bug), never bad JSON to a client.
+pub fn render_compact_record(
+    stream_id: u64,
+    seq: u64,
+    region: &str,
+    compact: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let mut rest = compact;
+    let (&flags, tail) = rest.split_first().ok_or("a compact stream record is empty")?;
+    rest = tail;
+    let event = EVENT_NAMES[usize::from(flags & COMPACT_EVENT_MASK)];
+    if event.is_empty() || flags & 0x80 != 0 {
+        return Err(format!("a compact stream record has unknown flags {flags:#04x}"));
+    }
+    let view = VIEW_TYPES[usize::from((flags >> COMPACT_VIEW_SHIFT) & 0b11)];
+    let created_s = read_leb128(&mut rest)?;
+    let size_bytes = read_leb128(&mut rest)?;
+    let keys = read_field(&mut rest, "Keys")?;
+    let new_image = if flags & COMPACT_NEW_IMAGE != 0 {
+        Some(read_field(&mut rest, "NewImage")?)
+    } else {
+        None
+    };
+    let old_image = if flags & COMPACT_OLD_IMAGE != 0 {
+        Some(read_field(&mut rest, "OldImage")?)
+    } else {
+        None
+    };
+    if !rest.is_empty() {
+        return Err(format!(
+            "a compact stream record has {} bytes after its fields",
+            rest.len()
+        ));
+    }
+    out.reserve(keys.len() + new_image.map_or(0, <[u8]>::len) + old_image.map_or(0, <[u8]>::len) + 300);
+    out.extend_from_slice(b"{\"awsRegion\":");
+    write_json(out, region);
+    out.extend_from_slice(b",\"dynamodb\":{\"ApproximateCreationDateTime\":");
+    out.extend_from_slice(itoa_u64(created_s, &mut [0; 20]));
+    out.extend_from_slice(b",\"Keys\":");
+    out.extend_from_slice(keys);
+    if let Some(new) = new_image {
+        out.extend_from_slice(b",\"NewImage\":");
+        out.extend_from_slice(new);
+    }
+    if let Some(old) = old_image {
         out.extend_from_slice(b",\"OldImage\":");
-        write_json(out, old);
+        out.extend_from_slice(old);
     }
     out.extend_from_slice(b",\"SequenceNumber\":\"");
-    let digits = itoa_u64(change.seq, &mut [0; 20]).to_vec();
+    let mut buffer = [0; 20];
+    let digits = itoa_u64(seq, &mut buffer);
     // Zero-padded to 21 digits, as `format_sequence` writes it.
     out.extend(std::iter::repeat_n(b'0', SEQUENCE_DIGITS.saturating_sub(digits.len())));
-    out.extend_from_slice(&digits);
+    out.extend_from_slice(digits);
     out.extend_from_slice(b"\",\"SizeBytes\":");
-    out.extend_from_slice(itoa_u64(size_bytes as u64, &mut [0; 20]));
+    out.extend_from_slice(itoa_u64(size_bytes, &mut [0; 20]));
     out.extend_from_slice(b",\"StreamViewType\":\"");
-    out.extend_from_slice(change.view_type.as_str().as_bytes());
+    out.extend_from_slice(view.as_str().as_bytes());
     out.extend_from_slice(b"\"},\"eventID\":\"");
     let mut id = [0u8; EVENT_ID_DIGITS];
-    write_event_id(change.stream_id, change.seq, &mut id);
+    write_event_id(stream_id, seq, &mut id);
     out.extend_from_slice(&id);
     out.extend_from_slice(b"\",\"eventName\":\"");
-    out.extend_from_slice(event_name.as_bytes());
+    out.extend_from_slice(event.as_bytes());
     out.extend_from_slice(b"\",\"eventSource\":\"aws:dynamodb\",\"eventVersion\":\"1.1\"");
-    if change.ttl {
+    if flags & COMPACT_TTL != 0 {
         out.extend_from_slice(b",\"userIdentity\":{\"PrincipalId\":\"dynamodb.amazonaws.com\",\"Type\":\"Service\"}");
     }
     out.push(b'}');
-    true
+    Ok(())
+}
+
+/// Bytes a LEB128 `u64` takes at most.
+const LEB128_BYTES_MAX: usize = 10;
+
+pub(crate) fn write_leb128(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+pub(crate) fn read_leb128(rest: &mut &[u8]) -> Result<u64, String> {
+    let mut n: u64 = 0;
+    for (at, &byte) in rest.iter().enumerate().take(LEB128_BYTES_MAX) {
+        let bits = u64::from(byte & 0x7f);
+        let shift = 7 * at as u32;
+        if shift == 63 && bits > 1 {
+            return Err("a compact stream record holds a number over 64 bits".to_string());
+        }
+        n |= bits << shift;
+        if byte & 0x80 == 0 {
+            *rest = &rest[at + 1..];
+            return Ok(n);
+        }
+    }
+    Err("a compact stream record ends inside a number".to_string())
+}
+
+/// A JSON field of a compact record: its length, then its bytes (which must be a JSON object).
+fn read_field<'a>(rest: &mut &'a [u8], name: &str) -> Result<&'a [u8], String> {
+    let len = read_leb128(rest)?;
+    let len = usize::try_from(len).map_err(|_| format!("a compact stream record's {name} is too long"))?;
+    let field = rest
+        .get(..len)
+        .ok_or_else(|| format!("a compact stream record's {name} of {len} bytes runs past its end"))?;
+    if field.first() != Some(&b'{') || field.last() != Some(&b'}') {
+        return Err(format!("a compact stream record's {name} is not a JSON object"));
+    }
+    *rest = &rest[len..];
+    Ok(field)
 }
 
 /// Digits of a sequence number as records show it.

@@ -352,3 +352,87 @@ fn status_moves_from_enabling_to_enabled_and_disabling_to_disabled() {
         "DISABLED"
     );
 }
+
+#[test]
+fn compact_records_render_as_the_record_and_are_much_smaller() {
+    let key = schema();
+    let (mut a, mut b) = (item("k", "a"), item("k", "b"));
+    for (at, it) in [&mut a, &mut b].into_iter().enumerate() {
+        for n in 0..6 {
+            it.insert(
+                format!("attribute{n}"),
+                AttributeValue::S(format!("value {n} of item {at}")),
+            );
+        }
+    }
+    let mut c = change(&key, ViewType::NewAndOldImages, Some(&a), Some(&b));
+    c.seq = 987_654_321;
+    let mut compact = Vec::new();
+    assert!(write_compact_record(&c, None, &mut compact));
+    let mut rendered = b"[".to_vec();
+    render_compact_record(c.stream_id, c.seq, c.region, &compact, &mut rendered).expect("renders");
+    let reference = serde_json::to_vec(&shape_record(&c).expect("a change")).expect("serialises");
+    assert_eq!(&rendered[1..], &reference[..], "appended after what `out` held");
+    // What is left out is the ~260 bytes of names and constants around the images.
+    assert!(
+        compact.len() + 240 < reference.len(),
+        "{} compact against {}",
+        compact.len(),
+        reference.len()
+    );
+    // The same change in another stream, at another number, in another region.
+    let mut other = Vec::new();
+    render_compact_record(9, 10, "ap-south-2", &compact, &mut other).expect("renders");
+    let value: serde_json::Value = serde_json::from_slice(&other).expect("JSON");
+    assert_eq!(value["awsRegion"], "ap-south-2");
+    assert_eq!(value["dynamodb"]["SequenceNumber"], format_sequence(10));
+    assert_eq!(value["eventID"], event_id(9, 10));
+}
+
+#[test]
+fn damaged_compact_records_are_errors_that_name_the_damage() {
+    let key = schema();
+    let (a, b) = (item("k", "a"), item("k", "b"));
+    let mut compact = Vec::new();
+    assert!(write_compact_record(
+        &change(&key, ViewType::NewAndOldImages, Some(&a), Some(&b)),
+        None,
+        &mut compact
+    ));
+    let render = |bytes: &[u8]| {
+        let mut out = Vec::new();
+        render_compact_record(1, 2, "r", bytes, &mut out)
+    };
+    assert!(render(&compact).is_ok());
+    assert!(render(&[]).expect_err("empty").contains("empty"));
+    // Every cut is an error, never a panic or a record missing a field.
+    for len in 1..compact.len() {
+        assert!(render(&compact[..len]).is_err(), "cut to {len}");
+    }
+    let mut trailing = compact.clone();
+    trailing.push(b'x');
+    assert!(render(&trailing).expect_err("trailing").contains("after its fields"));
+    let mut flags = compact.clone();
+    flags[0] &= !0b11;
+    assert!(render(&flags).expect_err("no event").contains("flags"));
+    let mut flags = compact.clone();
+    flags[0] |= 0x80;
+    assert!(render(&flags).expect_err("unknown bit").contains("flags"));
+    // A number that runs past 64 bits.
+    let mut long = vec![compact[0]];
+    long.extend_from_slice(&[0xff; 9]);
+    long.push(0x7f);
+    assert!(render(&long).expect_err("overflow").contains("64 bits"));
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_bytes_render_as_a_record_or_an_error(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)) {
+        // Never a panic; a record that renders has all its fields.
+        let mut out = Vec::new();
+        if render_compact_record(1, 2, "r", &bytes, &mut out).is_ok() {
+            let complete = out.last() == Some(&b'}') && out.windows(10).any(|w| w == b"\"eventName");
+            proptest::prop_assert!(complete, "a rendered record lacks its end");
+        }
+    }
+}
