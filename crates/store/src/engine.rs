@@ -1683,6 +1683,15 @@ impl WriteContext<'_> {
                 Some(record) => data.insert(key, record)?,
                 None => data.remove(key)?,
             };
+            if old.is_some()
+                && table
+                    .stream
+                    .as_ref()
+                    .is_some_and(|s| s.enabled && s.view_type.old_image())
+            {
+                self.streams
+                    .keep_old_json(previous.as_ref().map(|v| v.value()), &self.shared.region);
+            }
             if digested {
                 let old_hash = previous.map(|v| digests::hash_of(key, v.value())).transpose()?;
                 let new_hash = record.map(|r| digests::hash_of(key, r)).transpose()?;

@@ -122,12 +122,17 @@ const BLOCK_REGION_ALLOWANCE_BYTES: usize = 32;
 /// Appends the compact record of `change` to a block's body, written straight into it (no
 /// record is built and copied); returns whether there was one (a change that changed nothing
 /// has none, and leaves the body as it was).
-fn append_to_block(body: &mut Vec<u8>, change: &streams::Change<'_>, new_json: Option<&[u8]>) -> bool {
+fn append_to_block(
+    body: &mut Vec<u8>,
+    change: &streams::Change<'_>,
+    new_json: Option<&[u8]>,
+    old_json: Option<&[u8]>,
+) -> bool {
     let start = body.len();
     body.extend_from_slice(&change.seq.to_le_bytes());
     let at = body.len();
     body.extend_from_slice(&[0; 4]);
-    if !streams::write_compact_record(change, new_json, body) {
+    if !streams::write_compact_record(change, new_json, old_json, body) {
         body.truncate(start);
         return false;
     }
@@ -310,6 +315,23 @@ pub(super) struct StreamBatch {
     open: Vec<(String, Option<OpenShard>)>,
     /// The limits in force, read once per batch.
     limits: Option<StreamLimits>,
+    /// The JSON of the item the change being stored replaces, when this region wrote it and
+    /// the stream shows old images (`old_json_set`): copied into the record as its OldImage.
+    old_json: Vec<u8>,
+    old_json_set: bool,
+}
+
+impl StreamBatch {
+    /// Keeps the JSON of `previous` (the stored form a change replaces) for the change's
+    /// record, when this region wrote it; forgets the last one otherwise.
+    pub(super) fn keep_old_json(&mut self, previous: Option<&[u8]>, region: &str) {
+        self.old_json.clear();
+        self.old_json_set = false;
+        if let Some(json) = previous.and_then(|stored| local_item_json(stored, region)) {
+            self.old_json.extend_from_slice(json);
+            self.old_json_set = true;
+        }
+    }
 }
 
 impl StreamBatch {
@@ -360,6 +382,7 @@ impl WriteContext<'_> {
         new: Option<&Item>,
         stored: Option<&[u8]>,
     ) -> Result<(), redb::Error> {
+        let old_json_set = std::mem::take(&mut self.streams.old_json_set);
         let Some(stream) = table.stream.as_ref().filter(|s| s.enabled) else {
             return Ok(());
         };
@@ -406,7 +429,8 @@ impl WriteContext<'_> {
         let new_json = new
             .and(stored)
             .and_then(|stored| local_item_json(stored, &self.shared.region));
-        if !append_to_block(&mut open.block, &change, new_json) {
+        let old_json = (old_json_set && old.is_some()).then_some(self.streams.old_json.as_slice());
+        if !append_to_block(&mut open.block, &change, new_json, old_json) {
             // Only an item without its key attributes (never stored) has no record.
             return Ok(());
         }

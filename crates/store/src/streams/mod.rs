@@ -160,7 +160,7 @@ impl ViewType {
         matches!(self, ViewType::NewImage | ViewType::NewAndOldImages)
     }
 
-    fn old_image(self) -> bool {
+    pub(crate) fn old_image(self) -> bool {
         matches!(self, ViewType::OldImage | ViewType::NewAndOldImages)
     }
 }
@@ -503,7 +503,7 @@ pub fn shape_record<'a>(change: &Change<'a>) -> Option<Record<'a>> {
 /// form, written just before): it is copied instead of serialising the item a second time.
 pub fn write_record(change: &Change<'_>, new_json: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
     let mut compact = Vec::new();
-    if !write_compact_record(change, new_json, &mut compact) {
+    if !write_compact_record(change, new_json, None, &mut compact) {
         return false;
     }
     render_compact_record(change.stream_id, change.seq, change.region, &compact, out)
@@ -535,7 +535,16 @@ const EVENT_NAMES: [&str; 4] = ["", "INSERT", "MODIFY", "REMOVE"];
 /// the JSON around the fields are the reader's to add ([`render_compact_record`]). That is
 /// ~260 bytes less per record than its JSON: a stream's cost to a write is the bytes it adds
 /// (BENCHMARKS.md, Streams).
-pub fn write_compact_record(change: &Change<'_>, new_json: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
+///
+/// `new_json` and `old_json`, when given, are `change.new` and `change.old` already serialised
+/// (the JSON of the item's stored forms, new and replaced): copied instead of serialising the
+/// items again.
+pub fn write_compact_record(
+    change: &Change<'_>,
+    new_json: Option<&[u8]>,
+    old_json: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> bool {
     let event: u8 = match (change.old, change.new) {
         (None, None) => return false,
         (Some(old), Some(new)) if old == new => return false,
@@ -598,7 +607,13 @@ pub fn write_compact_record(change: &Change<'_>, new_json: Option<&[u8]>, out: &
         }
     }
     if let Some(old) = old_image {
-        write_field(out, &mut field, old);
+        match old_json {
+            Some(json) => {
+                write_leb128(out, json.len() as u64);
+                out.extend_from_slice(json);
+            }
+            None => write_field(out, &mut field, old),
+        }
     }
     true
 }

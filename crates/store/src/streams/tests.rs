@@ -368,7 +368,18 @@ fn compact_records_render_as_the_record_and_are_much_smaller() {
     let mut c = change(&key, ViewType::NewAndOldImages, Some(&a), Some(&b));
     c.seq = 987_654_321;
     let mut compact = Vec::new();
-    assert!(write_compact_record(&c, None, &mut compact));
+    assert!(write_compact_record(&c, None, None, &mut compact));
+    // The images' stored JSON, when given, is copied: the same bytes as serialising them.
+    let (a_json, b_json) = (serde_json::to_vec(&a).expect("a"), serde_json::to_vec(&b).expect("b"));
+    let mut copied = Vec::new();
+    assert!(write_compact_record(&c, Some(&b_json), Some(&a_json), &mut copied));
+    assert_eq!(copied, compact);
+    // A view without old images ignores the old JSON.
+    let new_only = change(&key, ViewType::NewImage, Some(&a), Some(&b));
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    assert!(write_compact_record(&new_only, None, Some(b"{\"junk\":{}}"), &mut with));
+    assert!(write_compact_record(&new_only, None, None, &mut without));
+    assert_eq!(with, without);
     let mut rendered = b"[".to_vec();
     render_compact_record(c.stream_id, c.seq, c.region, &compact, &mut rendered).expect("renders");
     let reference = serde_json::to_vec(&shape_record(&c).expect("a change")).expect("serialises");
@@ -396,6 +407,7 @@ fn damaged_compact_records_are_errors_that_name_the_damage() {
     let mut compact = Vec::new();
     assert!(write_compact_record(
         &change(&key, ViewType::NewAndOldImages, Some(&a), Some(&b)),
+        None,
         None,
         &mut compact
     ));

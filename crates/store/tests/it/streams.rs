@@ -145,6 +145,12 @@ async fn every_kind_of_write_is_recorded_once_in_order() {
     let modify = &records[1]["dynamodb"];
     assert_eq!(modify["OldImage"]["v"], json!({"N": "1"}));
     assert_eq!(modify["NewImage"]["v"], json!({"N": "2"}));
+    // Old images are copied from the stored item this region wrote: whole, as it was.
+    assert_eq!(modify["OldImage"], json!({"id": {"S": "a"}, "v": {"N": "1"}}));
+    assert_eq!(
+        records[3]["dynamodb"]["OldImage"],
+        json!({"id": {"S": "a"}, "v": {"N": "2"}})
+    );
     let sequences: Vec<&str> = records
         .iter()
         .map(|r| r["dynamodb"]["SequenceNumber"].as_str().expect("sequence"))
