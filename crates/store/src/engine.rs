@@ -41,7 +41,7 @@ pub use pitr::{
 };
 pub use recovery::{EngineOptions, OpenReport, REPAIR_CACHE_BYTES, WriterState, WriterStatus};
 pub(crate) use streams::stream_key as stream_key_of;
-pub use streams::{ShardMeta, ShardRead, StreamMeta};
+pub use streams::{ShardMeta, ShardRead, StreamMeta, render_stored_stream_entry};
 use wal::{Appended, LoggedTable, LoggedTxn, Wal};
 pub use wal::{
     ReplayReport, WAL_CHECKPOINT_BYTES, WAL_FILE_BYTES_MAX, WAL_FILE_NAME, WAL_GROW_BYTES, WalError,

@@ -260,6 +260,25 @@ fn stored_records(first_seq: u64, value: &[u8]) -> Result<Vec<(u64, StoredRecord
     Ok(records)
 }
 
+/// Reads a stored `stream_records` entry keyed `(stream_id, first_seq)` as GetRecords would,
+/// rendering each record's JSON into `out` (comma-separated); returns how many it held. For
+/// the fuzz target and tools: any bytes give records or an error naming the damage.
+pub fn render_stored_stream_entry(
+    stream_id: u64,
+    first_seq: u64,
+    value: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
+    let records = stored_records(first_seq, value)?;
+    for (at, (seq, record)) in records.iter().enumerate() {
+        if at > 0 {
+            out.push(b',');
+        }
+        record.write_json(stream_id, *seq, out)?;
+    }
+    Ok(records.len())
+}
+
 /// The creation time a stored entry carries (its newest record's, for a block).
 fn stored_created_ms(value: &[u8]) -> u64 {
     value
