@@ -512,3 +512,36 @@ def test_batch_get_consumed_capacity_per_table_rounds_each_item(client):
     units = {c["TableName"]: c["CapacityUnits"] for c in response["ConsumedCapacity"]}
     # Three small items read eventually consistent: 3 x 0.5; one 5 KB item read strongly: 2.
     assert units == {first: 1.5, second: 2.0}, units
+
+
+def test_oversized_request_heads_are_refused_with_400(store):
+    """DynamoDB answers 400 to headers over 16 KB in all and to a request target over 16 KB,
+    before reading the body; a request with a few extra headers still goes through."""
+    import http.client
+    import json
+    from urllib.parse import urlparse
+
+    client = store.client()
+    name = create_table(client, next(names))
+    address = urlparse(store.url)
+    body = json.dumps({"TableName": name}).encode()
+
+    def post(path, extra):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+        try:
+            headers = {"Content-Type": "application/x-amz-json-1.0",
+                       "X-Amz-Target": "DynamoDB_20120810.DescribeTable", **extra}
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            connection.close()
+
+    status, _ = post("/", {"header1": "dog", "header2": "cat"})
+    assert status == 200
+    status, text = post("/", {"header1": "x" * 8192, "header2": "y" * 8192})
+    assert status == 400 and "16384 bytes" in text and "headers" in text, (status, text)
+    status, text = post("/" + "x" * 17000, {})
+    assert status == 400 and "InvalidSignatureException" not in text and "target" in text, (status, text)
+    # The table is still there, and the store still answers.
+    assert client.describe_table(TableName=name)["Table"]["TableName"] == name

@@ -345,10 +345,12 @@ impl<'de> Visitor<'de> for ValueVisitor {
                     let BinaryStrings(blobs) = map.next_value()?;
                     AttributeValue::Bs(canonical_set(blobs, "binary", |_| None)?)
                 }
-                other => {
-                    return Err(de::Error::custom(format!(
-                        "Unrecognized field \"{other}\" in AttributeValue: expected one of S, N, B, BOOL, NULL, M, L, SS, NS, BS"
-                    )));
+                // DynamoDB ignores a member it does not know, as it does in any request
+                // structure: `{"dog": "cat"}` is then an empty AttributeValue (a
+                // ValidationException below), and `{"S": "x", "dog": 1}` is the string "x".
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                    continue;
                 }
             };
             if found.is_some() {
@@ -392,6 +394,19 @@ mod tests {
         let json = r#"{"M":{"b":{"B":"AAEC"},"bool":{"BOOL":true},"bs":{"BS":["AQ==","Ag=="]},"l":{"L":[{"S":"x"},{"NULL":true}]},"n":{"N":"1.5"},"ns":{"NS":["-1","2"]},"s":{"S":"hi"},"ss":{"SS":["a","b"]}}}"#;
         let value = parse(json).expect("valid attribute value");
         assert_eq!(serde_json::to_string(&value).expect("serializes"), json);
+    }
+
+    #[test]
+    fn unknown_members_are_ignored_as_dynamodb_ignores_them() {
+        let error = parse(r#"{"dog":"cat"}"#).expect_err("no type");
+        assert!(error.to_string().starts_with(VALIDATION_MARKER), "{error}");
+        assert!(error.to_string().contains("Supplied AttributeValue is empty"), "{error}");
+        assert_eq!(
+            parse(r#"{"dog":{"deep":[1,2]},"S":"x"}"#).expect("a string"),
+            AttributeValue::S("x".into())
+        );
+        let error = parse(r#"{"S":"x","dog":1,"N":"1"}"#).expect_err("two types");
+        assert!(error.to_string().contains("more than one datatypes"), "{error}");
     }
 
     #[test]

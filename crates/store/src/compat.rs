@@ -268,6 +268,50 @@ pub fn preflight(headers: &HeaderMap) -> Response {
     response
 }
 
+/// DynamoDB answers 400 to a request whose headers total more than this many bytes (names and
+/// values), and to one whose request line (the path and query) is longer: bounds on what a
+/// client may make the server hold before it reads the body.
+pub const REQUEST_HEADERS_BYTES_MAX: usize = 16 * 1024;
+pub const REQUEST_TARGET_BYTES_MAX: usize = 16 * 1024;
+
+/// Refuses, with 400 and a message naming the limit, a request whose headers or request
+/// target exceed [`REQUEST_HEADERS_BYTES_MAX`] or [`REQUEST_TARGET_BYTES_MAX`]; passes the
+/// rest on.
+pub async fn with_request_head_limits(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let target = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    let refusal = if target > REQUEST_TARGET_BYTES_MAX {
+        Some(format!(
+            "The request line's target is {target} bytes, over the {REQUEST_TARGET_BYTES_MAX} bytes allowed; DynamoDB's API is served at /"
+        ))
+    } else if headers > REQUEST_HEADERS_BYTES_MAX {
+        Some(format!(
+            "The request's headers total {headers} bytes, over the {REQUEST_HEADERS_BYTES_MAX} bytes allowed; drop the headers the request does not need"
+        ))
+    } else {
+        None
+    };
+    match refusal {
+        Some(message) => {
+            let body = serde_json::json!({
+                "__type": "com.amazon.coral.validate#ValidationException",
+                "message": message,
+            });
+            (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "application/x-amz-json-1.0")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        None => next.run(request).await,
+    }
+}
+
 /// What DynamoDB's endpoints answer in the `Server` header, on every response.
 pub const SERVER_HEADER: &str = "Server";
 

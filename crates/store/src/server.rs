@@ -419,6 +419,7 @@ pub async fn run_with_limits(
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.request_body_bytes_max))
+        .layer(axum::middleware::from_fn(crate::compat::with_request_head_limits))
         .layer(axum::middleware::from_fn(crate::compat::with_server_header))
         .with_state(Arc::clone(&state));
     let closing = engine.clone();

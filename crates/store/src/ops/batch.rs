@@ -19,7 +19,7 @@ use super::items::{
 use super::transaction::{self, TxAction, TxStep};
 use super::{
     BATCH_GET_KEYS_MAX, BATCH_GET_RESPONSE_BYTES_MAX, BATCH_WRITE_ITEMS_MAX, Capacity, ExpressionInputs, Store,
-    TRANSACTION_ITEMS_MAX, capacity_list, capacity_wanted, item_json, read_units,
+    TRANSACTION_ITEMS_MAX, TRANSACTION_PAYLOAD_BYTES_MAX, capacity_list, capacity_wanted, item_json, read_units,
 };
 use crate::catalog::TableMeta;
 use crate::expr::{self, Path};
@@ -429,6 +429,27 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
     if count == 0 || count > TRANSACTION_ITEMS_MAX {
         return Err(ApiError::validation(format!(
             "1 validation error detected: Value '[...]' at 'transactItems' failed to satisfy constraint: Member must have length less than or equal to {TRANSACTION_ITEMS_MAX} and greater than or equal to 1"
+        )));
+    }
+    let payload: usize = request
+        .transact_items
+        .iter()
+        .flat_map(|item| [&item.condition_check, &item.put, &item.delete, &item.update])
+        .flatten()
+        .map(|operation| {
+            operation.item.as_ref().map_or(0, dynamo_protocol::value::item_size_bytes)
+                + operation.key.as_ref().map_or(0, dynamo_protocol::value::item_size_bytes)
+                + operation
+                    .expression_attribute_values
+                    .iter()
+                    .flatten()
+                    .map(|(name, value)| name.len() + value.size_bytes())
+                    .sum::<usize>()
+        })
+        .sum();
+    if payload > TRANSACTION_PAYLOAD_BYTES_MAX {
+        return Err(ApiError::validation(format!(
+            "Transaction payload size cannot exceed 4 MB: its items, keys and values total {payload} bytes; split it into smaller transactions"
         )));
     }
     // A Put whose item has a key attribute of the wrong type is a "user error, such as an

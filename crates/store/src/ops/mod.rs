@@ -30,6 +30,10 @@ pub const PAGE_BYTES_MAX: usize = 1024 * 1024;
 pub const BATCH_WRITE_ITEMS_MAX: usize = 25;
 pub const BATCH_GET_KEYS_MAX: usize = 100;
 pub const TRANSACTION_ITEMS_MAX: usize = 100;
+/// A TransactWriteItems may carry at most this much data: its items, keys and expression
+/// values together (DynamoDB's "aggregate size of the items in the transaction", measured on the
+/// request: deleting 5 MB of items in one transaction is allowed, putting them is not).
+pub const TRANSACTION_PAYLOAD_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// BatchGetItem answers at most this much and leaves the rest in UnprocessedKeys.
 pub const BATCH_GET_RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const LIST_TABLES_LIMIT_MAX: usize = 100;

@@ -542,6 +542,23 @@ impl<'m> Reading<'m> {
     }
 }
 
+/// An item as DynamoDB's messages print one (Java's map and AttributeValue formatting):
+/// `{p=AttributeValue: {S:text}}`.
+fn java_item(item: &Item) -> String {
+    let fields: Vec<String> = item
+        .iter()
+        .map(|(name, value)| {
+            let shown = match value {
+                dynamo_protocol::AttributeValue::S(text) => format!("S:{text}"),
+                dynamo_protocol::AttributeValue::N(number) => format!("N:{number}"),
+                other => serde_json::to_string(other).unwrap_or_default(),
+            };
+            format!("{name}=AttributeValue: {{{shown}}}")
+        })
+        .collect();
+    format!("{{{}}}", fields.join(", "))
+}
+
 /// DynamoDB refuses an ExclusiveStartKey the query itself could not have returned: one from
 /// another partition, or one whose sort key fails the key condition.
 fn check_start_within(
@@ -818,10 +835,26 @@ pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError
     let start = request.read.start(&meta, index)?;
     if let Some(start) = &start {
         check_start_within(start, &prefix, &lower, &upper)?;
+        if index.is_none() && meta.key.sort.is_none() && !meta.key.is_multi_attribute() {
+            // A partition of a table without a sort key holds one item, so a start key
+            // *after* it leaves nothing to read: DynamoDB refuses it.
+            let given = request.read.exclusive_start_key.as_ref().map(java_item).unwrap_or_default();
+            return Err(ApiError::validation(format!(
+                "The provided exclusive start key is invalid: ExclusiveStartKey: {given}"
+            )));
+        }
     }
     let reverse = !request.scan_index_forward.unwrap_or(true);
     let reading = Reading::new(&meta, index, limit, (filter, projection), select);
-    reading.answer(store, &request.read, (lower, upper), reverse, start)
+    let mut response = reading.answer(store, &request.read, (lower, upper), reverse, start)?;
+    if index.is_none() && meta.key.sort.is_none() && !meta.key.is_multi_attribute() {
+        // Nothing follows the one item of such a partition, and a start key is refused above:
+        // a Limit reached is no page to continue.
+        if let Some(response) = response.as_object_mut() {
+            response.remove("LastEvaluatedKey");
+        }
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]

@@ -941,3 +941,89 @@ async fn a_small_page_cache_serves_more_data_than_it_holds() {
     }
     assert_eq!(seen, items as u64);
 }
+
+/// A partition of a table without a sort key holds one item: DynamoDB refuses an
+/// ExclusiveStartKey for a Query of it (there is nothing after the key), naming the key, and
+/// never hands one out (no LastEvaluatedKey, even at Limit 1).
+#[tokio::test]
+async fn a_query_of_a_hash_only_table_takes_no_start_key() {
+    let h = Harness::new();
+    h.ok("CreateTable", on_demand_table("users", "id")).await;
+    h.ok("PutItem", json!({"TableName": "users", "Item": {"id": {"S": "ann"}}}))
+        .await;
+    let query = json!({"TableName": "users", "KeyConditionExpression": "id = :id",
+        "ExpressionAttributeValues": {":id": {"S": "ann"}}, "Limit": 1});
+    let page = h.ok("Query", query.clone()).await;
+    assert_eq!(page["Count"], 1);
+    assert!(page.get("LastEvaluatedKey").is_none(), "{page}");
+    let mut with_start = query;
+    with_start["ExclusiveStartKey"] = json!({"id": {"S": "ann"}});
+    let error = h.err("Query", with_start).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert_eq!(
+        error.message,
+        "The provided exclusive start key is invalid: ExclusiveStartKey: {id=AttributeValue: {S:ann}}"
+    );
+    // A Scan of the same table pages with it as before.
+    let scan = h
+        .ok(
+            "Scan",
+            json!({"TableName": "users", "ExclusiveStartKey": {"id": {"S": "ann"}}}),
+        )
+        .await;
+    assert_eq!(scan["Count"], 0);
+}
+
+/// A TransactWriteItems carries at most 4 MB of items, keys and values: putting 5 MB in one
+/// is refused whole; 3 MB, and deleting 5 MB of items by key, go through.
+#[tokio::test]
+async fn a_transaction_carries_at_most_four_megabytes() {
+    let h = Harness::new();
+    h.ok("CreateTable", on_demand_table("blobs", "id")).await;
+    let long = "x".repeat(100_000);
+    let puts = |count: usize| {
+        let items: Vec<Value> = (0..count)
+            .map(|i| json!({"Put": {"TableName": "blobs", "Item": {"id": {"S": format!("k{i}")}, "x": {"S": long}}}}))
+            .collect();
+        json!({ "TransactItems": items })
+    };
+    let error = h.err("TransactWriteItems", puts(50)).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert!(error.message.contains("size cannot exceed 4 MB"), "{}", error.message);
+    let none = h.ok("Scan", json!({"TableName": "blobs", "Select": "COUNT"})).await;
+    assert_eq!(none["Count"], 0, "nothing of a refused transaction is written");
+    h.ok("TransactWriteItems", puts(30)).await;
+    for i in 30..50 {
+        h.ok(
+            "PutItem",
+            json!({"TableName": "blobs", "Item": {"id": {"S": format!("k{i}")}, "x": {"S": long}}}),
+        )
+        .await;
+    }
+    let deletes: Vec<Value> = (0..50)
+        .map(|i| json!({"Delete": {"TableName": "blobs", "Key": {"id": {"S": format!("k{i}")}}}}))
+        .collect();
+    h.ok("TransactWriteItems", json!({ "TransactItems": deletes })).await;
+    let left = h.ok("Scan", json!({"TableName": "blobs", "Select": "COUNT"})).await;
+    assert_eq!(left["Count"], 0);
+}
+
+/// An AttributeValue member DynamoDB does not know is ignored, as DynamoDB ignores it: alone,
+/// the value is empty (a ValidationException), and nothing is stored.
+#[tokio::test]
+async fn an_unknown_attribute_value_member_leaves_the_value_empty() {
+    let h = Harness::new();
+    h.ok("CreateTable", on_demand_table("users", "id")).await;
+    let error = h
+        .err(
+            "PutItem",
+            json!({"TableName": "users", "Item": {"id": {"S": "ann"}, "x": {"dog": "cat"}}}),
+        )
+        .await;
+    assert_eq!(error.kind, ErrorKind::Validation, "{}", error.message);
+    assert!(error.message.contains("Supplied AttributeValue is empty"), "{}", error.message);
+    let absent = h
+        .ok("GetItem", json!({"TableName": "users", "Key": {"id": {"S": "ann"}}}))
+        .await;
+    assert!(absent.get("Item").is_none());
+}
