@@ -55,7 +55,8 @@ NOT_JSON = (b"{not json", b"\xff\xfe\x00garbage", b"")
     (b'{"TableName": 5}', "SerializationException"),
     (b'{"TableName": "errors-table", "Key": "pk"}', "SerializationException"),
     (b'{"TableName": "errors-table", "Key": {"pk": {"S": 1}}}', "SerializationException"),
-    (b'{"TableName": "errors-table", "Key": {"pk": {"X": "y"}}}', "SerializationException"),
+    # DynamoDB ignores a member it does not know: the value is then empty, a validation error.
+    (b'{"TableName": "errors-table", "Key": {"pk": {"X": "y"}}}', "ValidationException"),
     (b'{"TableName": "errors-table"}', "ValidationException"),
     (b'{"Key": {"pk": {"S": "a"}}}', "ValidationException"),
     (b'{"TableName": "errors-table", "Key": {"pk": {"S": "a"}, "extra": {"S": "b"}}}', "ValidationException"),
