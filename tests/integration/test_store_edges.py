@@ -543,5 +543,17 @@ def test_oversized_request_heads_are_refused_with_400(store):
     assert status == 400 and "16384 bytes" in text and "headers" in text, (status, text)
     status, text = post("/" + "x" * 17000, {})
     assert status == 400 and "InvalidSignatureException" not in text and "target" in text, (status, text)
+    # A browser SDK can read the refusal (CORS), as it reads any other error.
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    try:
+        connection.request("POST", "/", body=body, headers={
+            "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "DynamoDB_20120810.DescribeTable",
+            "Origin": "http://app.example", "header1": "x" * 17000})
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 400
+        assert response.getheader("Access-Control-Allow-Origin") == "*"
+    finally:
+        connection.close()
     # The table is still there, and the store still answers.
     assert client.describe_table(TableName=name)["Table"]["TableName"] == name

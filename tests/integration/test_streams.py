@@ -392,6 +392,23 @@ def test_global_table_streams_in_two_regions(tmp_path):
             for record in read_all(streams, arns[region.name]):
                 assert record["awsRegion"] == region.name
                 assert "NewImage" in record["dynamodb"]
+
+        # A change of an item another region wrote: in east its OldImage is the replicated item,
+        # in south the item south stored itself (copied from its stored form); the same images.
+        east.client().put_item(TableName="orders", Item={"id": {"S": "from-south"}, "n": {"N": "3"}})
+        for region in regions:
+            streams = streams_client(region.url, region.name)
+
+            def modify(streams=streams, region=region):
+                records = [r for r in read_all(streams, arns[region.name]) if r["eventName"] == "MODIFY"]
+                return records or None
+
+            records = wait_for(modify, REPLICATION_DEADLINE_S, f"the MODIFY in {region.name}'s stream")
+            assert len(records) == 1, records
+            change = records[0]["dynamodb"]
+            assert change["OldImage"] == {"id": {"S": "from-south"}, "n": {"N": "2"}}, region.name
+            assert change["NewImage"] == {"id": {"S": "from-south"}, "n": {"N": "3"}}, region.name
+            assert change["Keys"] == {"id": {"S": "from-south"}}
     finally:
         for region in regions:
             region.stop()

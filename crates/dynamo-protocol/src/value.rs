@@ -400,7 +400,10 @@ mod tests {
     fn unknown_members_are_ignored_as_dynamodb_ignores_them() {
         let error = parse(r#"{"dog":"cat"}"#).expect_err("no type");
         assert!(error.to_string().starts_with(VALIDATION_MARKER), "{error}");
-        assert!(error.to_string().contains("Supplied AttributeValue is empty"), "{error}");
+        assert!(
+            error.to_string().contains("Supplied AttributeValue is empty"),
+            "{error}"
+        );
         assert_eq!(
             parse(r#"{"dog":{"deep":[1,2]},"S":"x"}"#).expect("a string"),
             AttributeValue::S("x".into())

@@ -301,12 +301,19 @@ pub async fn with_request_head_limits(request: axum::extract::Request, next: axu
                 "__type": "com.amazon.coral.validate#ValidationException",
                 "message": message,
             });
-            (
+            let mut response = (
                 StatusCode::BAD_REQUEST,
                 [(header::CONTENT_TYPE, "application/x-amz-json-1.0")],
                 body.to_string(),
             )
-                .into_response()
+                .into_response();
+            // A browser SDK reads the refusal only if CORS allows it (the CORS layer is inside).
+            if request.headers().contains_key(header::ORIGIN) {
+                response
+                    .headers_mut()
+                    .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            }
+            response
         }
         None => next.run(request).await,
     }

@@ -197,7 +197,7 @@ impl StoredRecord<'_> {
 /// The records of one stored entry, keyed `first_seq`, each with its sequence number, checked:
 /// a block against its CRC-32 and its structure (sequence numbers from `first_seq` up, lengths
 /// inside the block), a single record against its CRC-32 or by parsing. A damaged entry is an
-/// error, never bad JSON to a client (a compact record is checked again as it is rendered).
+/// error; a compact record's structure is checked again as it is rendered.
 fn stored_records(first_seq: u64, value: &[u8]) -> Result<Vec<(u64, StoredRecord<'_>)>, String> {
     let tag = value.get(8).copied();
     if tag != Some(RECORD_BLOCK) && tag != Some(RECORD_COMPACT_BLOCK) {
@@ -218,7 +218,8 @@ fn stored_records(first_seq: u64, value: &[u8]) -> Result<Vec<(u64, StoredRecord
     }
     let (region, body) = if tag == Some(RECORD_COMPACT_BLOCK) {
         let mut body = rest;
-        let len = streams::read_leb128(&mut body)?;
+        let len = streams::read_leb128(&mut body)
+            .map_err(|_| "a block of stream records has a damaged length of its region's name".to_string())?;
         let region = usize::try_from(len)
             .ok()
             .and_then(|len| body.get(..len))
@@ -465,7 +466,7 @@ impl WriteContext<'_> {
         }
         open.block_newest_ms = open.block_newest_ms.max(now_ms);
         open.shard.records += 1;
-        open.shard.bytes += record_bytes;
+        open.shard.bytes += record_bytes + streams::RENDERED_RECORD_OVERHEAD_BYTES;
         open.shard.last_seq = Some(seq);
         open.dirty = true;
         if open.block.len() >= STREAM_BLOCK_BYTES_MAX {

@@ -437,8 +437,14 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
         .flat_map(|item| [&item.condition_check, &item.put, &item.delete, &item.update])
         .flatten()
         .map(|operation| {
-            operation.item.as_ref().map_or(0, dynamo_protocol::value::item_size_bytes)
-                + operation.key.as_ref().map_or(0, dynamo_protocol::value::item_size_bytes)
+            operation
+                .item
+                .as_ref()
+                .map_or(0, dynamo_protocol::value::item_size_bytes)
+                + operation
+                    .key
+                    .as_ref()
+                    .map_or(0, dynamo_protocol::value::item_size_bytes)
                 + operation
                     .expression_attribute_values
                     .iter()

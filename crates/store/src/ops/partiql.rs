@@ -21,8 +21,8 @@ use super::items::{
 use super::query::{PageRequest, Select as SelectMode, read_page, resolve_index, start_key};
 use super::transaction::{self, TxAction, TxStep};
 use super::{
-    Capacity, PAGE_BYTES_MAX, Store, TRANSACTION_ITEMS_MAX, capacity_list, item_json, read_units,
-    validate_return_consumed_capacity,
+    Capacity, PAGE_BYTES_MAX, Store, TRANSACTION_ITEMS_MAX, TRANSACTION_PAYLOAD_BYTES_MAX, capacity_list, item_json,
+    read_units, validate_return_consumed_capacity,
 };
 use crate::catalog::{IndexKind, TableMeta};
 use crate::expr::{Condition, Path, PathElement};
@@ -835,6 +835,26 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
     let count = request.transact_statements.len();
     check_statement_count(count, TRANSACTION_ITEMS_MAX, "transactStatements")?;
+    // The same 4 MB bound as TransactWriteItems: the statements (their literals are the items)
+    // and their parameters.
+    let payload: usize = request
+        .transact_statements
+        .iter()
+        .map(|entry| {
+            entry.statement.len()
+                + entry
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .map(AttributeValue::size_bytes)
+                    .sum::<usize>()
+        })
+        .sum();
+    if payload > TRANSACTION_PAYLOAD_BYTES_MAX {
+        return Err(ApiError::validation(format!(
+            "Transaction payload size cannot exceed 4 MB: its statements and parameters total {payload} bytes; split it into smaller transactions"
+        )));
+    }
     let mut parsed = Vec::with_capacity(count);
     for (position, entry) in request.transact_statements.iter().enumerate() {
         let parameters = Parameters(parameters_of(entry.parameters.as_ref())?);

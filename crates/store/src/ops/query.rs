@@ -551,12 +551,18 @@ fn java_item(item: &Item) -> String {
             let shown = match value {
                 dynamo_protocol::AttributeValue::S(text) => format!("S:{text}"),
                 dynamo_protocol::AttributeValue::N(number) => format!("N:{number}"),
+                dynamo_protocol::AttributeValue::B(bytes) => format!("B:{}", base64_of(bytes)),
                 other => serde_json::to_string(other).unwrap_or_default(),
             };
             format!("{name}=AttributeValue: {{{shown}}}")
         })
         .collect();
     format!("{{{}}}", fields.join(", "))
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// DynamoDB refuses an ExclusiveStartKey the query itself could not have returned: one from
@@ -838,7 +844,12 @@ pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError
         if index.is_none() && meta.key.sort.is_none() && !meta.key.is_multi_attribute() {
             // A partition of a table without a sort key holds one item, so a start key
             // *after* it leaves nothing to read: DynamoDB refuses it.
-            let given = request.read.exclusive_start_key.as_ref().map(java_item).unwrap_or_default();
+            let given = request
+                .read
+                .exclusive_start_key
+                .as_ref()
+                .map(java_item)
+                .unwrap_or_default();
             return Err(ApiError::validation(format!(
                 "The provided exclusive start key is invalid: ExclusiveStartKey: {given}"
             )));

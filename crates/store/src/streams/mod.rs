@@ -23,8 +23,13 @@ pub const RETENTION_MS_DEFAULT: u64 = 24 * 3600 * 1000;
 pub const SHARD_AGE_MS_DEFAULT: u64 = 4 * 3600 * 1000;
 /// ...or once it holds this many records.
 pub const SHARD_RECORDS_MAX_DEFAULT: u64 = 100_000;
-/// ...or this many bytes of records.
+/// ...or this many bytes of records (as GetRecords returns them).
 pub const SHARD_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
+/// What GetRecords adds to a stored compact record ([`render_compact_record`]): the field
+/// names, sequence number, event id, region and constants, about this many bytes. A shard's
+/// byte count adds it per record, so [`SHARD_BYTES_MAX_DEFAULT`] bounds the records a reader
+/// gets, as it did when records were stored as that JSON.
+pub const RENDERED_RECORD_OVERHEAD_BYTES: u64 = 260;
 /// A shard iterator is good for 15 minutes after GetShardIterator or GetRecords issued it.
 pub const ITERATOR_LIFETIME_MS: u64 = 15 * 60 * 1000;
 /// GetRecords returns at most this many records (DynamoDB's limit, and its default)...
@@ -628,8 +633,9 @@ fn write_field(out: &mut Vec<u8>, scratch: &mut Vec<u8>, item: &Item) {
 
 /// Renders a compact record ([`write_compact_record`]) of stream `stream_id`, sequence number
 /// `seq`, written in `region`, as GetRecords returns it: the bytes [`write_record`] documents.
-/// A record that does not parse is an error naming what is wrong (damage on disk that its
-/// block's CRC-32 missed, or a bug), never bad JSON to a client.
+/// A record whose structure is damaged (flags, numbers, lengths, a field that is not an
+/// object) is an error naming what is wrong. The images' bytes themselves are spliced as the
+/// writer serialised them, not parsed again: on disk the block's CRC-32 guards them.
 pub fn render_compact_record(
     stream_id: u64,
     seq: u64,

@@ -1006,6 +1006,26 @@ async fn a_transaction_carries_at_most_four_megabytes() {
     h.ok("TransactWriteItems", json!({ "TransactItems": deletes })).await;
     let left = h.ok("Scan", json!({"TableName": "blobs", "Select": "COUNT"})).await;
     assert_eq!(left["Count"], 0);
+    // PartiQL's ExecuteTransaction has the same bound, on its statements and parameters.
+    let inserts = |count: usize| {
+        let statements: Vec<Value> = (0..count)
+            .map(|i| {
+                json!({"Statement": "INSERT INTO \"blobs\" VALUE {'id': ?, 'x': ?}",
+                       "Parameters": [{"S": format!("p{i}")}, {"S": long}]})
+            })
+            .collect();
+        json!({ "TransactStatements": statements })
+    };
+    let error = h.err("ExecuteTransaction", inserts(50)).await;
+    assert_eq!(error.kind, ErrorKind::Validation);
+    assert!(error.message.contains("size cannot exceed 4 MB"), "{}", error.message);
+    h.ok("ExecuteTransaction", inserts(30)).await;
+    for id in ["p0", "p29"] {
+        let item = h
+            .ok("GetItem", json!({"TableName": "blobs", "Key": {"id": {"S": id}}}))
+            .await;
+        assert_eq!(item["Item"]["x"]["S"].as_str().map(str::len), Some(long.len()), "{id}");
+    }
 }
 
 /// An AttributeValue member DynamoDB does not know is ignored, as DynamoDB ignores it: alone,
@@ -1021,7 +1041,11 @@ async fn an_unknown_attribute_value_member_leaves_the_value_empty() {
         )
         .await;
     assert_eq!(error.kind, ErrorKind::Validation, "{}", error.message);
-    assert!(error.message.contains("Supplied AttributeValue is empty"), "{}", error.message);
+    assert!(
+        error.message.contains("Supplied AttributeValue is empty"),
+        "{}",
+        error.message
+    );
     let absent = h
         .ok("GetItem", json!({"TableName": "users", "Key": {"id": {"S": "ann"}}}))
         .await;
