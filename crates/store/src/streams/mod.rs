@@ -603,32 +603,27 @@ pub fn write_compact_record(
     write_leb128(out, field.len() as u64);
     out.extend_from_slice(&field);
     if let Some(new) = new_image {
-        match new_json {
-            Some(json) => {
-                write_leb128(out, json.len() as u64);
-                out.extend_from_slice(json);
-            }
-            None => write_field(out, &mut field, new),
-        }
+        write_image(out, &mut field, new, new_json);
     }
     if let Some(old) = old_image {
-        match old_json {
-            Some(json) => {
-                write_leb128(out, json.len() as u64);
-                out.extend_from_slice(json);
-            }
-            None => write_field(out, &mut field, old),
-        }
+        write_image(out, &mut field, old, old_json);
     }
     true
 }
 
-/// Writes `item`'s JSON into `out` after its length, serialised through `scratch`.
-fn write_field(out: &mut Vec<u8>, scratch: &mut Vec<u8>, item: &Item) {
-    scratch.clear();
-    write_json(scratch, item);
-    write_leb128(out, scratch.len() as u64);
-    out.extend_from_slice(scratch);
+/// Writes an image into `out` after its length: `json` when given (the item already
+/// serialised), else `item` serialised through `scratch`.
+fn write_image(out: &mut Vec<u8>, scratch: &mut Vec<u8>, item: &Item, json: Option<&[u8]>) {
+    let bytes = match json {
+        Some(json) => json,
+        None => {
+            scratch.clear();
+            write_json(scratch, item);
+            scratch.as_slice()
+        }
+    };
+    write_leb128(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
 }
 
 /// Renders a compact record ([`write_compact_record`]) of stream `stream_id`, sequence number
