@@ -253,3 +253,33 @@ def test_a_kill_during_writes_replays_the_write_ahead_log_and_never_repairs(tmp_
         store.client().describe_table(TableName="logged")
     finally:
         store.stop()
+
+
+def test_without_the_log_a_data_directory_copied_without_store_wal_still_starts(tmp_path_factory):
+    """The default (no --write-ahead-log) logs nothing, so after kill -9 a missing store.wal
+    loses nothing: the start says so, begins a new log, and every acknowledged write is there."""
+    store = started_store(tmp_path_factory, "unlogged-kill")
+    create_table(store.client(), "plain")
+    acked, failures = [], []
+    stop = threading.Event()
+    threads = start_writers(store, "plain", acked, failures, stop)
+    deadline = time.monotonic() + STOP_DEADLINE_S
+    while len(acked) < 100:
+        assert time.monotonic() < deadline, "no writes were acknowledged"
+        time.sleep(0.01)
+    store.kill()
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=STOP_DEADLINE_S)
+    assert not failures, f"writes refused before the kill: {failures}"
+    wal = store.data_dir / "store.wal"
+    wal.unlink()
+    store.start()
+    try:
+        assert "did not log" in store.tail(), store.tail()
+        present = {item["pk"]["S"] for item in scan_all(store.client(), "plain")}
+        missing = set(acked) - present
+        assert not missing, f"{len(missing)} acknowledged writes lost"
+        assert wal.exists()
+    finally:
+        store.stop()

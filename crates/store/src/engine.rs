@@ -489,7 +489,7 @@ impl Engine {
             path: path.clone(),
             source: Box::new(source),
         })?;
-        let (wal, replayed) = Wal::open_and_replay(data_dir, &db, options.faults.clone())?;
+        let (wal, replayed) = Wal::open_and_replay(data_dir, &db, options.write_ahead_log, options.faults.clone())?;
         opened.replayed = replayed;
         let loaded = load_catalog(&db, clock.now_unix_ms()).map_err(|message| OpenError::Catalog {
             path: path.clone(),

@@ -547,8 +547,13 @@ pub(super) fn recover(shared: &Shared, receiver: &mut mpsc::Receiver<Job>) -> bo
         let opened = open_database(&shared.path, &shared.options)
             .map_err(|e| e.to_string())
             .and_then(|(db, mut report)| {
-                let (wal, replayed) =
-                    super::Wal::open_and_replay(dir, &db, shared.options.faults.clone()).map_err(|e| e.to_string())?;
+                let (wal, replayed) = super::Wal::open_and_replay(
+                    dir,
+                    &db,
+                    shared.options.write_ahead_log,
+                    shared.options.faults.clone(),
+                )
+                .map_err(|e| e.to_string())?;
                 report.replayed = replayed;
                 read_state(&db).map(|loaded| (db, report, loaded, wal))
             });

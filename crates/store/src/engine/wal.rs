@@ -63,6 +63,10 @@ pub const WAL_APPLIED: &str = "wal_applied";
 pub const WAL_SALT: &str = "wal_salt";
 /// The settings entry that is 1 after a clean close (the close's checkpoint) and 0 while open.
 pub const WAL_CLOSED_CLEANLY: &str = "wal_closed_cleanly";
+/// The settings entry that is 0 while the database may have no writes in the log (the store
+/// that opened it did not log batches, `write_ahead_log` off, and replayed nothing), and 1 (or
+/// absent, as before the entry existed) otherwise: a log missing after a crash is then refused.
+pub const WAL_LOGGING: &str = "wal_logging";
 
 const FILE_MAGIC: &[u8; 16] = b"SWITCHYARD-WAL\0\0";
 const FILE_VERSION: u32 = 1;
@@ -382,9 +386,14 @@ pub struct Wal {
 impl Wal {
     /// Opens (creating) the log of the database `db` in `dir`, replays into `db` every record
     /// its durable state lacks (one durable quick-repair commit), and starts the log again.
+    ///
+    /// `logging`: whether this store logs its batches (`write_ahead_log`). A store that does
+    /// not, and has nothing to replay, marks the database so: its log can then go missing after
+    /// a crash and nothing is lost (a new one is started).
     pub fn open_and_replay(
         dir: &Path,
         db: &Database,
+        logging: bool,
         faults: Option<Arc<FaultyDisk>>,
     ) -> Result<(Wal, ReplayReport), WalError> {
         let path = dir.join(WAL_FILE_NAME);
@@ -402,13 +411,18 @@ impl Wal {
             source: Box::new(source),
         })?;
         let created = match path.try_exists().map_err(io_error)? {
-            false if stored.salt.is_some() && !stored.clean => {
+            false if stored.salt.is_some() && !stored.clean && stored.logging => {
                 return Err(damaged(
                     "the write-ahead log is missing, and store.redb was not closed cleanly after it was last written: its last writes may be in that log only".to_string(),
                     MISSING_LOG_HINT,
                 ));
             }
             false => {
+                if stored.salt.is_some() && !stored.clean {
+                    // The last store logged nothing and left nothing to replay: every write it
+                    // acknowledged is in store.redb.
+                    tracing::warn!(path = %path.display(), "the write-ahead log is missing after an unclean stop, but the last run did not log (write_ahead_log off): nothing is lost, starting a new one");
+                }
                 create(dir, &path).map_err(io_error)?;
                 true
             }
@@ -469,8 +483,11 @@ impl Wal {
         // cleanly), durably, before anything is logged. They change only for a new log or after
         // a clean close, and then no record is replayed (checked above, and a clean close's
         // checkpoint holds every record).
-        if stored.salt != Some(salt) || stored.clean {
-            mark_open(db, salt).map_err(storage)?;
+        // Logging off is marked only once nothing is left to replay: records replayed now sit in
+        // redb without a sync until the next checkpoint, and the log must not be let go before.
+        let logging_mark = logging || !records.is_empty();
+        if stored.salt != Some(salt) || stored.clean || (stored.logging != logging_mark && records.is_empty()) {
+            mark_open(db, salt, logging_mark).map_err(storage)?;
         }
         // The replay commits without a sync (`Durability::None`), like the batches it repeats:
         // the records stay in the log, which goes on after them, until the next checkpoint. So
@@ -635,6 +652,8 @@ struct StoredState {
     /// It was closed cleanly (its last commit is the close's checkpoint): the log holds nothing
     /// it lacks.
     clean: bool,
+    /// The log may hold writes it lacks (see [`WAL_LOGGING`]).
+    logging: bool,
 }
 
 impl StoredState {
@@ -647,6 +666,7 @@ impl StoredState {
                     applied: 0,
                     salt: None,
                     clean: false,
+                    logging: true,
                 });
             }
             Err(e) => return Err(e.into()),
@@ -658,6 +678,7 @@ impl StoredState {
             applied: get(WAL_APPLIED)?.unwrap_or(0),
             salt: get(WAL_SALT)?,
             clean: get(WAL_CLOSED_CLEANLY)? == Some(1),
+            logging: get(WAL_LOGGING)? != Some(0),
         })
     }
 }
@@ -965,13 +986,15 @@ storage_failure_from!(
     redb::SetDurabilityError
 );
 
-/// Marks the database as open with the log of `salt`: a durable quick-repair commit.
-fn mark_open(db: &Database, salt: u64) -> Result<(), redb::Error> {
+/// Marks the database as open with the log of `salt`, logging or not (see [`WAL_LOGGING`]): a
+/// durable quick-repair commit.
+fn mark_open(db: &Database, salt: u64, logging: bool) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
     {
         let mut settings = txn.open_table(super::SETTINGS)?;
         settings.insert(WAL_SALT, salt)?;
         settings.insert(WAL_CLOSED_CLEANLY, 0)?;
+        settings.insert(WAL_LOGGING, u64::from(logging))?;
     }
     txn.set_durability(redb::Durability::Immediate)?;
     txn.set_quick_repair(true);
@@ -1210,7 +1233,7 @@ mod tests {
             }
         }
         assert!(applied > 0, "some records applied");
-        mark_open(&db, SALT).expect("mark");
+        mark_open(&db, SALT, true).expect("mark");
         let stored = StoredState::read(&db).expect("state");
         assert_eq!(stored.salt, Some(SALT));
         assert!(!stored.clean);

@@ -366,3 +366,56 @@ async fn without_the_log_every_batch_is_durable_in_the_database_itself() {
     assert_eq!(reopened.engine().writer_status().opened.replayed.records, 0);
     assert_items(&reopened).await;
 }
+
+fn open_unlogged(dir: &Path) -> Result<Store, String> {
+    let unlogged = EngineOptions {
+        write_ahead_log: false,
+        ..options(true)
+    };
+    Engine::open_with(dir, "us-east-1", Arc::new(SystemClock), unlogged)
+        .map(Store::new)
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn without_the_log_a_log_missing_after_a_crash_loses_nothing_and_is_started_again() {
+    // The last run did not log (the default), so its writes are all in store.redb: a missing
+    // store.wal after a crash (a data directory copied without it) is no reason to refuse.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open_unlogged(dir.path()).expect("open");
+    write_items(&store).await;
+    let image = crash_image(dir.path());
+    std::fs::remove_file(image.path().join("store.wal")).expect("lose the log");
+    let reopened = open_unlogged(image.path()).expect("a missing log of an unlogged run is no loss");
+    assert_items(&reopened).await;
+    assert!(image.path().join("store.wal").exists(), "a new log is started");
+    drop(reopened);
+    // A store that logs opens it too (nothing to replay), and marks it as logging again.
+    let logged = open(image.path(), true);
+    assert_items(&logged).await;
+}
+
+#[tokio::test]
+async fn a_logged_run_replayed_by_an_unlogged_one_still_needs_its_log_until_it_is_durable() {
+    // Writes logged by a run with the log on, then a crash; the next run has the log off and
+    // replays them without a sync. Crashing again before anything made them durable leaves
+    // them in the log only: a missing log is still refused, and the log still brings them back.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), true);
+    write_items(&store).await;
+    let first = crash_image(dir.path());
+    drop(store);
+    let replaying = open_unlogged(first.path()).expect("replays with the log off");
+    assert_eq!(
+        replaying.engine().writer_status().opened.replayed.records as usize,
+        ITEMS + 1
+    );
+    let second = crash_image(first.path());
+    drop(replaying);
+    let keep = crash_image(second.path());
+    std::fs::remove_file(second.path().join("store.wal")).expect("lose the log");
+    let refused = open_unlogged(second.path()).err().expect("refused");
+    assert!(refused.contains("missing"), "{refused}");
+    let reopened = open_unlogged(keep.path()).expect("the log brings the writes back");
+    assert_items(&reopened).await;
+}
