@@ -204,6 +204,25 @@ def test_a_store_file_of_an_earlier_release_is_upgraded_at_start(tmp_path_factor
         store.stop()
 
 
+def kill_during_writes(store, table, count, value=None):
+    """Creates `table`, kills the store (SIGKILL) once `count` writes are acknowledged while
+    writers are busy, and returns the keys acknowledged; no write may have been refused."""
+    create_table(store.client(), table)
+    acked, failures = [], []
+    stop = threading.Event()
+    threads = start_writers(store, table, acked, failures, stop, value=value)
+    deadline = time.monotonic() + STOP_DEADLINE_S
+    while len(acked) < count:
+        assert time.monotonic() < deadline, "no writes were acknowledged"
+        time.sleep(0.01)
+    store.kill()
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=STOP_DEADLINE_S)
+    assert not failures, f"writes refused before the kill: {failures}"
+    return acked
+
+
 def test_a_kill_during_writes_replays_the_write_ahead_log_and_never_repairs(tmp_path_factory):
     """With --write-ahead-log, kill -9 of the real binary while writers are busy: the restart
     loads the last checkpoint
@@ -212,19 +231,7 @@ def test_a_kill_during_writes_replays_the_write_ahead_log_and_never_repairs(tmp_
     refused with the fix, and an empty store.wal (the operator's word) opens the database as it
     is."""
     store = started_store(tmp_path_factory, "wal-kill", args=("--write-ahead-log",))
-    create_table(store.client(), "logged")
-    acked, failures = [], []
-    stop = threading.Event()
-    threads = start_writers(store, "logged", acked, failures, stop, value="x" * 200)
-    deadline = time.monotonic() + STOP_DEADLINE_S
-    while len(acked) < 300:
-        assert time.monotonic() < deadline, "no writes were acknowledged"
-        time.sleep(0.01)
-    store.kill()
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=STOP_DEADLINE_S)
-    assert not failures, f"writes refused before the kill: {failures}"
+    acked = kill_during_writes(store, "logged", 300, value="x" * 200)
     log_before = store.log.read_text(errors="replace")
     store.start()
     try:
@@ -259,19 +266,7 @@ def test_without_the_log_a_data_directory_copied_without_store_wal_still_starts(
     """The default (no --write-ahead-log) logs nothing, so after kill -9 a missing store.wal
     loses nothing: the start says so, begins a new log, and every acknowledged write is there."""
     store = started_store(tmp_path_factory, "unlogged-kill")
-    create_table(store.client(), "plain")
-    acked, failures = [], []
-    stop = threading.Event()
-    threads = start_writers(store, "plain", acked, failures, stop)
-    deadline = time.monotonic() + STOP_DEADLINE_S
-    while len(acked) < 100:
-        assert time.monotonic() < deadline, "no writes were acknowledged"
-        time.sleep(0.01)
-    store.kill()
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=STOP_DEADLINE_S)
-    assert not failures, f"writes refused before the kill: {failures}"
+    acked = kill_during_writes(store, "plain", 100)
     wal = store.data_dir / "store.wal"
     wal.unlink()
     store.start()
