@@ -20,7 +20,7 @@ check signatures), runs pytest against it and prints pytest's summary. Results o
 are in BENCHMARKS.md ("DynamoDB conformance").
 
 Usage: scripts/conformance-alternator.py --suite PATH/test/alternator [--binary B] [--credentials]
-       [-- PYTEST ARGS]
+       [--python PATH] [-- PYTEST ARGS]
 """
 
 import argparse
@@ -159,13 +159,19 @@ def main() -> int:
     parser.add_argument("--credentials", action="store_true",
                         help="start the store with credentials matching the suite's key, so the "
                              "signature tests check signatures")
+    parser.add_argument("--python", type=Path,
+                        help="the Python (with boto3 and pytest) that runs the suite; default: the "
+                             "repository's .venv, else this one (a venv with a newer boto3 runs the "
+                             "tests that need one, such as DescribeStream's ShardFilter)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest after --")
     args = parser.parse_args()
     if not args.binary.is_file():
         sys.exit(f"{args.binary} is not a file: build it (cargo build --release -p switchyard) "
                  "or give --binary")
-    python = ROOT / ".venv" / "bin" / "python"
+    python = args.python or ROOT / ".venv" / "bin" / "python"
+    if args.python and not python.exists():
+        sys.exit(f"--python {python}: no such file")
     if not python.exists():
         python = Path(sys.executable)
     work = Path(tempfile.mkdtemp(prefix="conformance-"))

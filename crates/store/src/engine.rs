@@ -94,6 +94,9 @@ pub const REDB_PAGE_BYTES: usize = 4096;
 /// 128 KiB, and its 16–32 KiB leaf written again by the next batch. The margin covers the
 /// leaf's header, the entry's lengths and a key of up to 32 bytes.
 pub const APPEND_ENTRY_BYTES_MAX: usize = REDB_PAGE_BYTES - 64;
+/// Fewest new items following each other in a table that `put_new_items` writes as one run
+/// through redb's write cursor (one item alone goes in like any put).
+pub const RUN_ITEMS_MIN: usize = 2;
 /// TTL sweeps run this often.
 pub const TTL_SWEEP_INTERVAL_MS: u64 = 1000;
 /// Expired items deleted per table per sweep at most.
@@ -1613,6 +1616,82 @@ impl WriteContext<'_> {
         result.map_err(|e| self.fail("writing an item", e))
     }
 
+    /// Puts items that no item is stored at (tombstones aside), like `put` with no old item
+    /// for each, in any order. Keys that follow each other with nothing stored between them
+    /// (a run: the items of a partition a loader writes in sort-key order, a restore's items)
+    /// go into the data table through redb's write cursor, which packs a run into full leaves:
+    /// inserted one by one, ~1 KB records leave every leaf behind the run half empty, and the
+    /// table takes twice the disk and page cache (BENCHMARKS.md, "Store at scale"). Each item
+    /// is otherwise written, indexed, streamed and logged exactly as `put` writes it.
+    pub fn put_new_items(&mut self, table: &TableMeta, mut puts: Vec<(&[u8], &Item)>) -> Result<(), ApiError> {
+        puts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        // Where each key's run ends: the first stored key at or after it decides whether the
+        // next key can join (nothing stored from this key up to and including the next one).
+        let mut joins_next = vec![false; puts.len()];
+        if puts.len() >= RUN_ITEMS_MIN {
+            let result = (|| -> Result<(), redb::Error> {
+                let data = self.txn.open_table(bytes_table(&data_table_name(table.id)))?;
+                for (at, pair) in puts.windows(2).enumerate() {
+                    let ((key, _), (next, _)) = (pair[0], pair[1]);
+                    let stored = data.range::<&[u8]>(key..)?.next().transpose()?;
+                    joins_next[at] = key < next && stored.is_none_or(|(found, _)| found.value() > next);
+                }
+                Ok(())
+            })();
+            result.map_err(|e| self.fail("reading items", e))?;
+        }
+        let mut start = 0;
+        while start < puts.len() {
+            let mut end = start + 1;
+            while end < puts.len() && joins_next[end - 1] {
+                end += 1;
+            }
+            if end - start >= RUN_ITEMS_MIN {
+                self.put_run(table, &puts[start..end])?;
+            } else {
+                for (key, item) in &puts[start..end] {
+                    self.put(table, key, None, item)?;
+                }
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Puts a run (see `put_new_items`): keys ascending, nothing stored from the first to the
+    /// last.
+    fn put_run(&mut self, table: &TableMeta, run: &[(&[u8], &Item)]) -> Result<(), ApiError> {
+        self.check_room()?;
+        let mut records = Vec::with_capacity(run.len());
+        for (key, item) in run {
+            let hlc = self.local_stamp(table, key)?;
+            records.push(record::encode_parts(hlc, &self.shared.region, false, item));
+        }
+        let latest = self.effective_table(table);
+        let current: &TableMeta = latest.as_deref().unwrap_or(table);
+        let result = (|| -> Result<(), redb::Error> {
+            let entries: Vec<(&[u8], &[u8])> = run
+                .iter()
+                .zip(&records)
+                .map(|((key, _), r)| (*key, r.as_slice()))
+                .collect();
+            self.txn
+                .open_table(bytes_table(&data_table_name(current.id)))?
+                .insert_run(&entries)?;
+            for ((key, item), record) in run.iter().zip(&records) {
+                self.mutations += 1;
+                if self.digests_cover(current.id, key)? {
+                    let new_hash = digests::hash_of(key, record)?;
+                    self.note_hashes(current.id, key, None, Some(new_hash));
+                }
+                self.store_beside(current, key, None, Some(item), Some(record))?;
+                self.log_change(table, key, record)?;
+            }
+            Ok(())
+        })();
+        result.map_err(|e| self.fail("writing items", e))
+    }
+
     /// The timestamp of a local write to `key`: newer than the version stored there, even when
     /// a peer's clock ran past the bound and stamped that version further ahead than this
     /// region's clock may go (the stored header is read only then).
@@ -1698,6 +1777,20 @@ impl WriteContext<'_> {
                 self.note_hashes(table.id, key, old_hash, new_hash);
             }
         }
+        self.store_beside(table, key, old, new, record)
+    }
+
+    /// What a write changes besides the item's own record in the data table: the tombstone
+    /// index, the table's statistics, its index entries, stream record, undo log and TTL entry.
+    /// `table` is the table as defined now (`effective_table`).
+    fn store_beside(
+        &mut self,
+        table: &TableMeta,
+        key: &[u8],
+        old: Option<&Item>,
+        new: Option<&Item>,
+        record: Option<&[u8]>,
+    ) -> Result<(), redb::Error> {
         if let (None, Some(record)) = (new, record) {
             // A record without an item is a tombstone: index it for the purge.
             let hlc = record::hlc(record).map_err(|e| redb::Error::Corrupted(e.to_string()))?;

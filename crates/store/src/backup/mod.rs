@@ -1021,11 +1021,15 @@ fn write_restored(
     let target = Arc::clone(target);
     handle.block_on(engine.write(move |context| {
         context.current_table(&target)?;
+        // A backup holds its items in key order: they go in as runs, in full leaves.
+        let mut new_items = Vec::with_capacity(keyed.len());
         for (key, item) in &keyed {
-            let old = context.get(&target, key)?;
-            context.put(&target, key, old.as_ref(), item)?;
+            match context.get(&target, key)? {
+                None => new_items.push((key.as_slice(), item)),
+                Some(old) => context.put(&target, key, Some(&old), item)?,
+            }
         }
-        Ok(())
+        context.put_new_items(&target, new_items)
     }))
 }
 

@@ -327,6 +327,28 @@ impl<K: redb::Key + LogType, V: LogType> LoggedTable<'_, K, V> {
     }
 }
 
+impl LoggedTable<'_, &'static [u8], &'static [u8]> {
+    /// Inserts `entries` (keys strictly ascending, none in the table, and no key of the table
+    /// between the first and the last) through redb's write cursor, which buffers an ascending
+    /// run and packs it into full leaves; `Table::insert` splits a full leaf in half, so a run
+    /// of ~1 KB records inserted one by one leaves every leaf behind it half empty. Each entry
+    /// is logged once the cursor took it. An entry out of order is
+    /// `redb::Error::UnorderedKey`, and the caller's batch must then fail: what the cursor took
+    /// before it is in the transaction.
+    pub fn insert_run(&mut self, entries: &[(&[u8], &[u8])]) -> Result<(), redb::Error> {
+        let Some((first, _)) = entries.first() else {
+            return Ok(());
+        };
+        let mut cursor = self.table.lower_bound_mut(std::ops::Bound::Included(*first))?;
+        for (key, value) in entries {
+            cursor.insert_before(*key, *value)?;
+            self.redo.borrow_mut().insert(self.id, key, value);
+        }
+        cursor.close()?;
+        Ok(())
+    }
+}
+
 /// A problem with the log that stops an open: nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {

@@ -259,9 +259,21 @@ pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Va
                 context.current_table(meta)?;
             }
             let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
+            // The keys are distinct, so reading every old item first reads what each write
+            // would have read in turn. New items go in together per table, in key order
+            // (`put_new_items`: a loader's sorted runs are packed into full leaves).
+            let mut new_items: BTreeMap<u64, (&TableMeta, Vec<(&[u8], &Item)>)> = BTreeMap::new();
             for (meta, key, mutation) in &writes {
                 let old = context.get(meta, key)?;
                 let new = match mutation {
+                    Mutation::Put(item) if old.is_none() => {
+                        new_items
+                            .entry(meta.id)
+                            .or_insert_with(|| (meta.as_ref(), Vec::new()))
+                            .1
+                            .push((key.as_slice(), item));
+                        Some(item)
+                    }
                     Mutation::Put(item) => {
                         context.put(meta, key, old.as_ref(), item)?;
                         Some(item)
@@ -275,6 +287,9 @@ pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Va
                     let consumed = Capacity::write(meta, old.as_ref(), new);
                     capacity.entry(meta.name.clone()).or_default().add(&consumed);
                 }
+            }
+            for (meta, puts) in new_items.into_values() {
+                context.put_new_items(meta, puts)?;
             }
             Ok(capacity)
         })

@@ -138,9 +138,12 @@ async fn every_kind_of_write_is_recorded_once_in_order() {
     )
     .await;
     let records = h.all_records(&arn).await;
+    // DynamoDB orders a stream's records per item, not across the items of one BatchWriteItem:
+    // the store records a batch's deletes and replacements in request order, then its new
+    // items in key order (`put_new_items`), so b's INSERT follows a's REMOVE here.
     assert_eq!(
         names(&records),
-        ["INSERT", "MODIFY", "INSERT", "REMOVE", "INSERT", "REMOVE"]
+        ["INSERT", "MODIFY", "REMOVE", "INSERT", "INSERT", "REMOVE"]
     );
     let modify = &records[1]["dynamodb"];
     assert_eq!(modify["OldImage"]["v"], json!({"N": "1"}));
@@ -148,7 +151,7 @@ async fn every_kind_of_write_is_recorded_once_in_order() {
     // Old images are copied from the stored item this region wrote: whole, as it was.
     assert_eq!(modify["OldImage"], json!({"id": {"S": "a"}, "v": {"N": "1"}}));
     assert_eq!(
-        records[3]["dynamodb"]["OldImage"],
+        records[2]["dynamodb"]["OldImage"],
         json!({"id": {"S": "a"}, "v": {"N": "2"}})
     );
     let sequences: Vec<&str> = records
@@ -395,16 +398,18 @@ async fn iterators_and_limits_reach_into_the_middle_of_a_batchs_block() {
     let at = h.iterator(&arn, &shard, "AT_SEQUENCE_NUMBER", Some(&seqs[10])).await;
     let page = h.ok("GetRecords", json!({"ShardIterator": at, "Limit": 3})).await;
     let got: Vec<String> = page["Records"].as_array().expect("records").iter().map(key).collect();
-    assert_eq!(got, ["b10", "b11", "b12"]);
+    // The batch's new items are recorded in key order (`put_new_items`), not request order.
+    let expected: Vec<String> = all[10..13].iter().map(key).collect();
+    assert_eq!(got, expected);
     // The next page starts where the limit stopped, still inside the block.
     let next = page["NextShardIterator"].as_str().expect("open shard").to_string();
     let page = h.ok("GetRecords", json!({"ShardIterator": next, "Limit": 2})).await;
     let got: Vec<String> = page["Records"].as_array().expect("records").iter().map(key).collect();
-    assert_eq!(got, ["b13", "b14"]);
+    assert_eq!(got, all[13..15].iter().map(key).collect::<Vec<_>>());
     let after = h.iterator(&arn, &shard, "AFTER_SEQUENCE_NUMBER", Some(&seqs[23])).await;
     let page = h.ok("GetRecords", json!({"ShardIterator": after})).await;
     let got: Vec<String> = page["Records"].as_array().expect("records").iter().map(key).collect();
-    assert_eq!(got, ["b24"]);
+    assert_eq!(got, [key(&all[24])]);
     // Later writes (other batches) follow the block, in order.
     h.put("items", "later", 1).await;
     let page = h
@@ -593,4 +598,120 @@ async fn get_records_stops_at_one_megabyte() {
     let next = page["NextShardIterator"].as_str().expect("more to read");
     let rest = h.ok("GetRecords", json!({"ShardIterator": next})).await;
     assert_eq!(rest["Records"][0]["dynamodb"]["Keys"], json!({"id": {"S": "c"}}));
+}
+
+/// The items of a BatchWriteItem that no item is stored at go in as sorted runs through redb's
+/// write cursor (`WriteContext::put_new_items`); everything a PutItem of each would change must
+/// come out the same: the items, the index, the table's counts and the stream's records.
+#[tokio::test]
+async fn new_items_of_a_batch_are_written_as_the_same_items_put_one_by_one() {
+    let h = Harness::new();
+    let item = |pk: &str, sk: u32| {
+        json!({"pk": {"S": pk}, "sk": {"N": sk.to_string()}, "g": {"S": format!("g{}", sk % 3)},
+               "v": {"S": format!("{pk}-{sk}-{}", "x".repeat(300))}})
+    };
+    for table in ["runs", "single"] {
+        h.ok(
+            "CreateTable",
+            json!({
+                "TableName": table,
+                "AttributeDefinitions": [
+                    {"AttributeName": "pk", "AttributeType": "S"},
+                    {"AttributeName": "sk", "AttributeType": "N"},
+                    {"AttributeName": "g", "AttributeType": "S"}
+                ],
+                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+                "GlobalSecondaryIndexes": [{
+                    "IndexName": "by-g",
+                    "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+                    "Projection": {"ProjectionType": "ALL"}
+                }],
+                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+                "BillingMode": "PAY_PER_REQUEST"
+            }),
+        )
+        .await;
+        // Stored before the batch: items it replaces split its new keys into several runs, and
+        // a deleted item leaves nothing behind.
+        for (pk, sk) in [("p0", 3), ("p0", 10), ("p1", 7), ("p0", 20)] {
+            let mut old = item(pk, sk);
+            old["v"] = json!({"S": "before"});
+            h.ok("PutItem", json!({"TableName": table, "Item": old})).await;
+        }
+        h.ok(
+            "DeleteItem",
+            json!({"TableName": table, "Key": {"pk": {"S": "p0"}, "sk": {"N": "20"}}}),
+        )
+        .await;
+    }
+    // p0 0..=15 around the stored 3 and 10, p1 0..=8 around 7, and p0 20 where an item was.
+    let mut keys: Vec<(&str, u32)> = (0..=15).map(|sk| ("p0", sk)).collect();
+    keys.extend((0..=7).map(|sk| ("p1", sk)));
+    keys.push(("p0", 20));
+    assert_eq!(keys.len(), 25);
+    let puts: Vec<Value> = keys
+        .iter()
+        .rev()
+        .map(|(pk, sk)| json!({"PutRequest": {"Item": item(pk, *sk)}}))
+        .collect();
+    h.ok("BatchWriteItem", json!({"RequestItems": {"runs": puts}})).await;
+    for (pk, sk) in keys.iter().rev() {
+        h.ok("PutItem", json!({"TableName": "single", "Item": item(pk, *sk)}))
+            .await;
+    }
+
+    let scan = |table: &'static str| {
+        let h = &h;
+        async move {
+            let mut items = h.ok("Scan", json!({"TableName": table})).await["Items"]
+                .as_array()
+                .expect("items")
+                .clone();
+            items.sort_by_key(|i| {
+                (
+                    i["pk"]["S"].to_string(),
+                    i["sk"]["N"].as_str().map(|n| n.parse::<u32>().ok()),
+                )
+            });
+            items
+        }
+    };
+    let (runs, single) = (scan("runs").await, scan("single").await);
+    assert_eq!(runs.len(), 25, "the batch's 25 items, 3 of them replacing stored ones");
+    assert_eq!(runs, single);
+    for g in ["g0", "g1", "g2"] {
+        let query = |table: &str| {
+            json!({"TableName": table, "IndexName": "by-g", "KeyConditionExpression": "g = :g",
+                   "ExpressionAttributeValues": {":g": {"S": g}}})
+        };
+        let by_runs = h.ok("Query", query("runs")).await["Items"].clone();
+        assert!(by_runs.as_array().is_some_and(|items| !items.is_empty()));
+        assert_eq!(by_runs, h.ok("Query", query("single")).await["Items"]);
+    }
+    let counts = |table: Value| {
+        (
+            table["Table"]["ItemCount"].clone(),
+            table["Table"]["TableSizeBytes"].clone(),
+        )
+    };
+    assert_eq!(
+        counts(h.ok("DescribeTable", json!({"TableName": "runs"})).await),
+        counts(h.ok("DescribeTable", json!({"TableName": "single"})).await)
+    );
+    let changes = |records: Vec<Value>| {
+        let mut changes: Vec<String> = records
+            .iter()
+            .map(|r| {
+                let d = &r["dynamodb"];
+                json!([r["eventName"], d["Keys"], d["NewImage"], d["OldImage"], d["SizeBytes"]]).to_string()
+            })
+            .collect();
+        changes.sort();
+        changes
+    };
+    let (arn_runs, arn_single) = (h.stream_arn("runs").await, h.stream_arn("single").await);
+    let from_runs = changes(h.all_records(&arn_runs).await);
+    assert_eq!(from_runs.len(), 5 + 25, "4 puts and a delete, then the batch");
+    assert_eq!(from_runs.iter().filter(|c| c.starts_with("[\"MODIFY\"")).count(), 3);
+    assert_eq!(from_runs, changes(h.all_records(&arn_single).await));
 }
