@@ -419,3 +419,40 @@ async fn a_logged_run_replayed_by_an_unlogged_one_still_needs_its_log_until_it_i
     let reopened = open_unlogged(keep.path()).expect("the log brings the writes back");
     assert_items(&reopened).await;
 }
+
+/// A BatchWriteItem's new items go in as runs through redb's write cursor
+/// (`LoggedTable::insert_run`); each is in the batch's log record like any insert, so a crash
+/// before a checkpoint replays them all.
+#[tokio::test]
+async fn a_crash_after_a_batch_of_new_items_replays_every_item_of_its_runs() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), true);
+    call(&store, "CreateTable", on_demand_table("orders", "id")).await;
+    // An empty table: the 25 keys follow each other with nothing between them, one run.
+    let puts: Vec<Value> = (0..25)
+        .map(|i| json!({"PutRequest": {"Item": {"id": {"S": format!("b{i:02}")}, "v": {"N": i.to_string()}}}}))
+        .collect();
+    call(&store, "BatchWriteItem", json!({"RequestItems": {"orders": puts}})).await;
+    assert_eq!(store.engine().writer_status().checkpoints_total, 0);
+    let image = crash_image(dir.path());
+    drop(store);
+
+    let reopened = open(image.path(), false);
+    let opened = reopened.engine().writer_status().opened;
+    assert!(!opened.repaired, "{opened:?}");
+    assert!(
+        opened.replayed.records >= 2,
+        "the table and the batch replayed: {opened:?}"
+    );
+    for i in 0..25 {
+        let key = json!({"TableName": "orders", "Key": {"id": {"S": format!("b{i:02}")}}, "ConsistentRead": true});
+        let got = call(&reopened, "GetItem", key).await;
+        assert_eq!(
+            got["Item"]["v"]["N"],
+            json!(i.to_string()),
+            "item b{i:02} after the crash"
+        );
+    }
+    let count = call(&reopened, "Scan", json!({"TableName": "orders", "Select": "COUNT"})).await;
+    assert_eq!(count["Count"], json!(25));
+}
