@@ -1623,8 +1623,12 @@ impl WriteContext<'_> {
     /// inserted one by one, ~1 KB records leave every leaf behind the run half empty, and the
     /// table takes twice the disk and page cache (BENCHMARKS.md, "Store at scale"). Each item
     /// is otherwise written, indexed, streamed and logged exactly as `put` writes it.
+    ///
+    /// A key given twice (BatchWriteItem refuses that, a damaged restore file might not) is
+    /// never part of a run: its later item replaces the earlier one, as two puts in a row would.
     pub fn put_new_items(&mut self, table: &TableMeta, mut puts: Vec<(&[u8], &Item)>) -> Result<(), ApiError> {
-        puts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        // Stable: of a key given twice, the later item is put last.
+        puts.sort_by(|a, b| a.0.cmp(b.0));
         // Where each key's run ends: the first stored key at or after it decides whether the
         // next key can join (nothing stored from this key up to and including the next one).
         let mut joins_next = vec![false; puts.len()];
@@ -1633,8 +1637,12 @@ impl WriteContext<'_> {
                 let data = self.txn.open_table(bytes_table(&data_table_name(table.id)))?;
                 for (at, pair) in puts.windows(2).enumerate() {
                     let ((key, _), (next, _)) = (pair[0], pair[1]);
+                    let repeated = at > 0 && puts[at - 1].0 == key;
+                    if repeated || key == next {
+                        continue;
+                    }
                     let stored = data.range::<&[u8]>(key..)?.next().transpose()?;
-                    joins_next[at] = key < next && stored.is_none_or(|(found, _)| found.value() > next);
+                    joins_next[at] = stored.is_none_or(|(found, _)| found.value() > next);
                 }
                 Ok(())
             })();
@@ -1650,7 +1658,9 @@ impl WriteContext<'_> {
                 self.put_run(table, &puts[start..end])?;
             } else {
                 for (key, item) in &puts[start..end] {
-                    self.put(table, key, None, item)?;
+                    let repeated = start > 0 && puts[start - 1].0 == *key;
+                    let old = if repeated { self.get(table, key)? } else { None };
+                    self.put(table, key, old.as_ref(), item)?;
                 }
             }
             start = end;
