@@ -81,6 +81,14 @@ pub trait ReplicaStorage {
     /// replication log (peers get what this region applied) and lets this region's clock
     /// observe its HLC. May refuse (e.g. a full disk); the caller's transaction then fails.
     fn store(&mut self, replica: &Replica, change: &Self::Change) -> Result<(), Self::Error>;
+    /// Stores changes the rules let apply ([`receive_repair`]'s runs): items, no tombstone, of
+    /// `replica`, at keys that held nothing when the rules read them, in strictly ascending key
+    /// order, each as [`ReplicaStorage::store`] would. A storage that can write such a run in
+    /// one pass (a B-tree's leaves filled instead of split in half) overrides this; by default
+    /// each change is stored on its own, in order.
+    fn store_absent(&mut self, replica: &Replica, changes: &[&Self::Change]) -> Result<(), Self::Error> {
+        changes.iter().try_for_each(|change| self.store(replica, change))
+    }
     /// The position through which this region applied `source`'s log (0: nothing yet).
     fn applied_from(&mut self, source: &str) -> Result<u64, Self::Error>;
     fn set_applied_from(&mut self, source: &str, seq: u64) -> Result<(), Self::Error>;
@@ -127,13 +135,33 @@ pub enum Path<'a> {
 
 /// Applies one received change if the rules say so (see the module's documentation).
 pub fn apply_change<S: ReplicaStorage>(storage: &mut S, change: &S::Change, path: Path) -> Result<Applied, S::Error> {
+    match decide(storage, change, path)? {
+        Decision::Store { replica, .. } => {
+            storage.store(&replica, change)?;
+            Ok(Applied::Yes)
+        }
+        Decision::Skip(why) => Ok(why),
+    }
+}
+
+/// What the rules decided for one received change, before anything is stored.
+enum Decision {
+    /// Store it; `absent`: its key holds nothing (no item, no tombstone).
+    Store {
+        replica: Replica,
+        absent: bool,
+    },
+    Skip(Applied),
+}
+
+fn decide<S: ReplicaStorage>(storage: &mut S, change: &S::Change, path: Path) -> Result<Decision, S::Error> {
     let Some(replica) = storage.replica(change.table())? else {
-        return Ok(Applied::NoReplica);
+        return Ok(Decision::Skip(Applied::NoReplica));
     };
     let version = change.version();
     let before_join = version.hlc.0 <= replica.joined_below;
     if path == Path::Log && before_join {
-        return Ok(Applied::BeforeJoin);
+        return Ok(Decision::Skip(Applied::BeforeJoin));
     }
     let existing = storage.stored_version(&replica, change.key())?;
     if let Path::Repair { backfills } = path
@@ -141,7 +169,7 @@ pub fn apply_change<S: ReplicaStorage>(storage: &mut S, change: &S::Change, path
         && existing.is_none()
         && !backfills.contains(&replica.id)
     {
-        return Ok(Applied::BeforeJoin);
+        return Ok(Decision::Skip(Applied::BeforeJoin));
     }
     // The durable per-table watermark is read only for an absent key.
     let purged_below = match existing {
@@ -149,16 +177,46 @@ pub fn apply_change<S: ReplicaStorage>(storage: &mut S, change: &S::Change, path
         None => storage.purged_below(replica.id)?,
     };
     if !applies(&version, existing.as_ref(), purged_below) {
-        return Ok(match existing {
+        return Ok(Decision::Skip(match existing {
             Some(_) => Applied::Superseded,
             None => Applied::BelowPurge,
-        });
+        }));
     }
     if existing.is_none() && change.is_tombstone() && version.hlc.0 < storage.purge_horizon() {
-        return Ok(Applied::PurgedAtOnce);
+        return Ok(Decision::Skip(Applied::PurgedAtOnce));
     }
-    storage.store(&replica, change)?;
-    Ok(Applied::Yes)
+    Ok(Decision::Store {
+        replica,
+        absent: existing.is_none(),
+    })
+}
+
+/// Items to absent keys that a repair request applies, held back to be stored together
+/// ([`ReplicaStorage::store_absent`]).
+struct Run<'c, C> {
+    replica: Option<Replica>,
+    changes: Vec<&'c C>,
+}
+
+impl<'c, C: Received> Run<'c, C> {
+    /// Whether `change` comes after every held change: the same table, a greater key. Its key
+    /// is then not one the held changes will store at, so the rules may read it before they are
+    /// stored.
+    fn follows(&self, change: &C) -> bool {
+        self.changes
+            .last()
+            .is_none_or(|last| last.table() == change.table() && change.key() > last.key())
+    }
+
+    fn store<S: ReplicaStorage<Change = C>>(&mut self, storage: &mut S) -> Result<(), S::Error> {
+        if let Some(replica) = self.replica.take()
+            && !self.changes.is_empty()
+        {
+            storage.store_absent(&replica, &self.changes)?;
+        }
+        self.changes.clear();
+        Ok(())
+    }
 }
 
 /// What a batch did.
@@ -256,15 +314,35 @@ pub fn receive_repair<S: ReplicaStorage>(
     } else {
         Vec::new()
     };
+    // A repair sends each table's records in key order: the items it brings to absent keys
+    // (all of a backfill's) are stored in runs. Anything else stores the run first, so the
+    // stored changes keep the request's order and the rules read what the run stored.
+    let mut run = Run {
+        replica: None,
+        changes: Vec::new(),
+    };
     for change in changes.iter().flatten() {
-        match apply_change(storage, change, Path::Repair { backfills: &backfills })? {
-            Applied::Yes => outcome.applied += 1,
-            Applied::NoReplica => {
+        if !run.follows(change) {
+            run.store(storage)?;
+        }
+        match decide(storage, change, Path::Repair { backfills: &backfills })? {
+            Decision::Store { replica, absent } => {
+                if absent && !change.is_tombstone() {
+                    run.replica = Some(replica);
+                    run.changes.push(change);
+                } else {
+                    run.store(storage)?;
+                    storage.store(&replica, change)?;
+                }
+                outcome.applied += 1;
+            }
+            Decision::Skip(Applied::NoReplica) => {
                 outcome.no_replica.insert(change.table().to_string());
             }
-            _ => {}
+            Decision::Skip(_) => {}
         }
     }
+    run.store(storage)?;
     if let Some(complete) = complete_through {
         let applied = storage.applied_from(source)?.max(complete);
         storage.set_applied_from(source, applied)?;
@@ -485,6 +563,8 @@ mod tests {
         settings: BTreeMap<String, u64>,
         awaited: Vec<Awaited>,
         horizon: u64,
+        /// The keys of every `store_absent` call, in order.
+        runs: Vec<Vec<u8>>,
     }
 
     impl ReplicaStorage for Memory {
@@ -512,6 +592,16 @@ mod tests {
         fn store(&mut self, _: &Replica, change: &Put) -> Result<(), Self::Error> {
             self.items
                 .insert(change.key.clone(), (change.version.clone(), change.value));
+            Ok(())
+        }
+        fn store_absent(&mut self, replica: &Replica, changes: &[&Put]) -> Result<(), Self::Error> {
+            assert!(changes.windows(2).all(|w| w[0].key < w[1].key), "keys ascend");
+            for change in changes {
+                assert!(!self.items.contains_key(&change.key), "{:?} is absent", change.key);
+                assert!(!change.is_tombstone(), "an item");
+                self.store(replica, change)?;
+            }
+            self.runs.push(changes.iter().map(|c| c.key[0]).collect());
             Ok(())
         }
         fn applied_from(&mut self, source: &str) -> Result<u64, Self::Error> {
@@ -596,6 +686,54 @@ mod tests {
             ok(receive_batch(&mut memory, "eu", 5, &batch)),
             BatchOutcome::Gap { expected_from: 4 }
         );
+    }
+
+    #[test]
+    fn a_repair_stores_its_items_to_absent_keys_in_runs_and_ends_up_as_one_by_one() {
+        let start = || {
+            let mut memory = Memory::default();
+            memory.items.insert(vec![5], (Version::new(Hlc(10), "us"), Some(50)));
+            memory.items.insert(vec![9], (Version::new(Hlc(90), "us"), Some(90)));
+            memory
+        };
+        let other = |key: u8, hlc: u64, value: Option<u32>| {
+            Some(Put {
+                table: "other",
+                ..put(key, hlc, "eu", value).expect("change")
+            })
+        };
+        let changes = [
+            put(1, 20, "eu", Some(1)),
+            put(2, 20, "eu", Some(2)),
+            put(2, 30, "eu", Some(22)), // the same key again: stored after the run it ended
+            put(3, 20, "eu", Some(3)),
+            put(5, 20, "eu", Some(55)), // a present key, replaced: on its own
+            put(6, 20, "eu", Some(6)),
+            other(7, 20, Some(7)),  // no replica here: skipped, the run goes on
+            put(7, 20, "eu", None), // a tombstone to an absent key: on its own
+            put(8, 20, "eu", Some(8)),
+            put(9, 20, "eu", Some(99)), // loses to the stored version
+            put(10, 20, "eu", Some(10)),
+            put(4, 20, "eu", Some(4)), // a smaller key: a new run
+        ];
+        let mut runs = start();
+        let outcome = ok(receive_repair(&mut runs, "eu", &changes, None, 0));
+        let mut one_by_one = start();
+        let backfills: &[u64] = &[];
+        let applied = changes
+            .iter()
+            .flatten()
+            .filter(|c| ok(apply_change(&mut one_by_one, c, Path::Repair { backfills })) == Applied::Yes)
+            .count();
+        assert_eq!(outcome.applied, applied as u64);
+        assert_eq!(outcome.no_replica, BTreeSet::from(["other".to_string()]));
+        assert_eq!(runs.items, one_by_one.items);
+        assert_eq!(
+            runs.items[&vec![2]].1,
+            Some(22),
+            "the later version of a key given twice"
+        );
+        assert_eq!(runs.runs, vec![vec![1, 2], vec![3], vec![6], vec![8, 10], vec![4]]);
     }
 
     #[test]

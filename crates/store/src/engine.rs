@@ -97,6 +97,15 @@ pub const APPEND_ENTRY_BYTES_MAX: usize = REDB_PAGE_BYTES - 64;
 /// Fewest new items following each other in a table that `put_new_items` writes as one run
 /// through redb's write cursor (one item alone goes in like any put).
 pub const RUN_ITEMS_MIN: usize = 2;
+
+/// Where the run that starts at `start` ends (exclusive), given which keys join the next.
+fn run_end(joins_next: &[bool], start: usize) -> usize {
+    let mut end = start + 1;
+    while end < joins_next.len() && joins_next[end - 1] {
+        end += 1;
+    }
+    end
+}
 /// TTL sweeps run this often.
 pub const TTL_SWEEP_INTERVAL_MS: u64 = 1000;
 /// Expired items deleted per table per sweep at most.
@@ -1629,31 +1638,11 @@ impl WriteContext<'_> {
     pub fn put_new_items(&mut self, table: &TableMeta, mut puts: Vec<(&[u8], &Item)>) -> Result<(), ApiError> {
         // Stable: of a key given twice, the later item is put last.
         puts.sort_by(|a, b| a.0.cmp(b.0));
-        // Where each key's run ends: the first stored key at or after it decides whether the
-        // next key can join (nothing stored from this key up to and including the next one).
-        let mut joins_next = vec![false; puts.len()];
-        if puts.len() >= RUN_ITEMS_MIN {
-            let result = (|| -> Result<(), redb::Error> {
-                let data = self.txn.open_table(bytes_table(&data_table_name(table.id)))?;
-                for (at, pair) in puts.windows(2).enumerate() {
-                    let ((key, _), (next, _)) = (pair[0], pair[1]);
-                    let repeated = at > 0 && puts[at - 1].0 == key;
-                    if repeated || key == next {
-                        continue;
-                    }
-                    let stored = data.range::<&[u8]>(key..)?.next().transpose()?;
-                    joins_next[at] = stored.is_none_or(|(found, _)| found.value() > next);
-                }
-                Ok(())
-            })();
-            result.map_err(|e| self.fail("reading items", e))?;
-        }
+        let keys: Vec<&[u8]> = puts.iter().map(|(key, _)| *key).collect();
+        let joins_next = self.run_joins(table, &keys)?;
         let mut start = 0;
         while start < puts.len() {
-            let mut end = start + 1;
-            while end < puts.len() && joins_next[end - 1] {
-                end += 1;
-            }
+            let end = run_end(&joins_next, start);
             if end - start >= RUN_ITEMS_MIN {
                 self.put_run(table, &puts[start..end])?;
             } else {
@@ -1668,6 +1657,31 @@ impl WriteContext<'_> {
         Ok(())
     }
 
+    /// Which of `keys` (ascending; a key may repeat) can be written in one run with the key
+    /// after it: nothing is stored from the key up to and including the next one, and the two
+    /// differ. A repeated key joins no run. Reads the first stored key at or after each.
+    fn run_joins(&mut self, table: &TableMeta, keys: &[&[u8]]) -> Result<Vec<bool>, ApiError> {
+        let mut joins_next = vec![false; keys.len()];
+        if keys.len() < RUN_ITEMS_MIN {
+            return Ok(joins_next);
+        }
+        let result = (|| -> Result<(), redb::Error> {
+            let data = self.txn.open_table(bytes_table(&data_table_name(table.id)))?;
+            for (at, pair) in keys.windows(2).enumerate() {
+                let (key, next) = (pair[0], pair[1]);
+                let repeated = at > 0 && keys[at - 1] == key;
+                if repeated || key == next {
+                    continue;
+                }
+                let stored = data.range::<&[u8]>(key..)?.next().transpose()?;
+                joins_next[at] = stored.is_none_or(|(found, _)| found.value() > next);
+            }
+            Ok(())
+        })();
+        result.map_err(|e| self.fail("reading items", e))?;
+        Ok(joins_next)
+    }
+
     /// Puts a run (see `put_new_items`): keys ascending, nothing stored from the first to the
     /// last.
     fn put_run(&mut self, table: &TableMeta, run: &[(&[u8], &Item)]) -> Result<(), ApiError> {
@@ -1677,29 +1691,64 @@ impl WriteContext<'_> {
             let hlc = self.local_stamp(table, key)?;
             records.push(record::encode_parts(hlc, &self.shared.region, false, item));
         }
+        let entries: Vec<(&[u8], &Item, &[u8])> = run
+            .iter()
+            .zip(&records)
+            .map(|((key, item), record)| (*key, *item, record.as_slice()))
+            .collect();
+        self.insert_run(table, &entries)
+            .map_err(|e| self.fail("writing items", e))
+    }
+
+    /// Stores replicated items (`record`: the stored form their origin wrote) at keys that hold
+    /// nothing, not even a tombstone, keys strictly ascending: a repair's or a backfill's items
+    /// (`replication::receive::ReplicaStorage::store_absent`). Items with nothing stored
+    /// between them go in as runs, as `put_new_items` puts them; each is otherwise written,
+    /// indexed, streamed and logged as a replicated change that replaces nothing is.
+    pub(crate) fn store_absent_records(
+        &mut self,
+        table: &TableMeta,
+        entries: &[(&[u8], &Item, &[u8])],
+    ) -> Result<(), ApiError> {
+        let keys: Vec<&[u8]> = entries.iter().map(|(key, _, _)| *key).collect();
+        let joins_next = self.run_joins(table, &keys)?;
+        let mut start = 0;
+        while start < entries.len() {
+            let end = run_end(&joins_next, start);
+            let result = if end - start >= RUN_ITEMS_MIN {
+                self.insert_run(table, &entries[start..end])
+            } else {
+                entries[start..end].iter().try_for_each(|(key, item, record)| {
+                    self.store(table, key, None, Some(item), Some(record))
+                        .and_then(|()| self.log_change(table, key, record))
+                })
+            };
+            result.map_err(|e| self.fail("applying replicated changes", e))?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Inserts a run's records through redb's write cursor (keys ascending, nothing stored
+    /// from the first to the last, no old item at any), then does for each what `store` does
+    /// beside the data table, and logs it.
+    fn insert_run(&mut self, table: &TableMeta, run: &[(&[u8], &Item, &[u8])]) -> Result<(), redb::Error> {
         let latest = self.effective_table(table);
         let current: &TableMeta = latest.as_deref().unwrap_or(table);
-        let result = (|| -> Result<(), redb::Error> {
-            let entries: Vec<(&[u8], &[u8])> = run
-                .iter()
-                .zip(&records)
-                .map(|((key, _), r)| (*key, r.as_slice()))
-                .collect();
-            self.txn
-                .open_table(bytes_table(&data_table_name(current.id)))?
-                .insert_run(&entries)?;
-            for ((key, item), record) in run.iter().zip(&records) {
-                self.mutations += 1;
-                if self.digests_cover(current.id, key)? {
-                    let new_hash = digests::hash_of(key, record)?;
-                    self.note_hashes(current.id, key, None, Some(new_hash));
-                }
-                self.store_beside(current, key, None, Some(item), Some(record))?;
-                self.log_change(table, key, record)?;
+        let entries: Vec<(&[u8], &[u8])> = run.iter().map(|(key, _, record)| (*key, *record)).collect();
+        self.txn
+            .open_table(bytes_table(&data_table_name(current.id)))?
+            .insert_run(&entries)?;
+        for (key, item, record) in run {
+            self.mutations += 1;
+            if self.digests_cover(current.id, key)? {
+                let new_hash = digests::hash_of(key, record)?;
+                self.note_hashes(current.id, key, None, Some(new_hash));
             }
-            Ok(())
-        })();
-        result.map_err(|e| self.fail("writing items", e))
+            self.store_beside(current, key, None, Some(item), Some(record))?;
+            self.log_change(table, key, record)?;
+        }
+        Ok(())
     }
 
     /// The timestamp of a local write to `key`: newer than the version stored there, even when

@@ -1039,6 +1039,33 @@ impl replication::receive::ReplicaStorage for ReplicaWriter<'_, '_> {
         result.map_err(|e| context.fail("applying a replicated change", e))
     }
 
+    fn store_absent(
+        &mut self,
+        replica: &replication::receive::Replica,
+        changes: &[&ReceivedChange],
+    ) -> Result<(), ApiError> {
+        let Some(first) = changes.first() else {
+            return Ok(());
+        };
+        let table = self
+            .context
+            .table_named(&first.change.table)
+            .filter(|t| t.id == replica.id)
+            .ok_or_else(|| ApiError::internal(format!("table {} changed during a job", first.change.table)))?;
+        self.context.check_room()?;
+        self.read = None;
+        let context = &mut *self.context;
+        let now = context.shared.clock.now_unix_ms();
+        for change in changes {
+            context.shared.hlc.observe(change.record.hlc, now);
+        }
+        let entries: Vec<(&[u8], &Item, &[u8])> = changes
+            .iter()
+            .map(|c| (c.change.key.as_slice(), &c.record.item, c.change.record.as_slice()))
+            .collect();
+        context.store_absent_records(&table, &entries)
+    }
+
     fn applied_from(&mut self, source: &str) -> Result<u64, ApiError> {
         self.context.applied_from(source)
     }

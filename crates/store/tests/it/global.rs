@@ -1192,3 +1192,139 @@ async fn a_log_stored_one_change_per_entry_still_ships_after_the_upgrade() {
         stop(region).await;
     }
 }
+
+/// Calls an operation of the Streams API.
+async fn streams_ok(url: &str, operation: &str, body: Value) -> Value {
+    let headers = [
+        ("x-amz-target", format!("DynamoDBStreams_20120810.{operation}")),
+        ("content-type", "application/x-amz-json-1.0".to_string()),
+    ];
+    let (status, value) = send(format!("{url}/"), &headers, body.to_string().into_bytes()).await;
+    assert_eq!(status, 200, "{operation} failed: {value}");
+    value
+}
+
+/// Every record of the table's latest stream in `url`'s region, shard by shard.
+async fn stream_records(url: &str) -> Vec<Value> {
+    let table = ok(url, "DescribeTable", json!({"TableName": "carts"})).await;
+    let arn = table["Table"]["LatestStreamArn"].clone();
+    assert!(arn.is_string(), "the replica has a stream: {table}");
+    let described = streams_ok(url, "DescribeStream", json!({"StreamArn": arn})).await;
+    let mut records = Vec::new();
+    for shard in described["StreamDescription"]["Shards"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let mut iterator = streams_ok(
+            url,
+            "GetShardIterator",
+            json!({"StreamArn": arn, "ShardId": shard["ShardId"], "ShardIteratorType": "TRIM_HORIZON"}),
+        )
+        .await["ShardIterator"]
+            .clone();
+        loop {
+            let page = streams_ok(url, "GetRecords", json!({"ShardIterator": iterator})).await;
+            let got = page["Records"].as_array().cloned().unwrap_or_default();
+            let empty = got.is_empty();
+            records.extend(got);
+            iterator = page["NextShardIterator"].clone();
+            if empty || iterator.is_null() {
+                break;
+            }
+        }
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_gives_the_new_replica_the_origins_items_index_entries_counts_and_stream() {
+    let mut regions = start_regions().await;
+    let (replica, origin) = (regions[1].url.clone(), regions[2].url.clone());
+    let mut table = on_demand_table("carts", "id");
+    table["AttributeDefinitions"]
+        .as_array_mut()
+        .expect("definitions")
+        .push(json!({"AttributeName": "shop", "AttributeType": "S"}));
+    table["GlobalSecondaryIndexes"] = json!([{
+        "IndexName": "by_shop",
+        "KeySchema": [{"AttributeName": "shop", "KeyType": "HASH"}, {"AttributeName": "id", "KeyType": "RANGE"}],
+        "Projection": {"ProjectionType": "ALL"}
+    }]);
+    ok(&origin, "CreateTable", table).await;
+    // Enough items that the backfill's requests hold long runs of keys with nothing between,
+    // and deletes (tombstones the backfill also brings) and updates among them.
+    for i in 0..120 {
+        let item =
+            json!({"id": {"S": format!("c{i:03}")}, "shop": {"S": format!("s{}", i % 4)}, "n": {"N": i.to_string()}});
+        ok(&origin, "PutItem", json!({"TableName": "carts", "Item": item})).await;
+    }
+    for i in [5, 50, 51, 52, 99] {
+        let key = json!({"id": {"S": format!("c{i:03}")}});
+        ok(&origin, "DeleteItem", json!({"TableName": "carts", "Key": key})).await;
+    }
+    ok(
+        &origin,
+        "UpdateItem",
+        json!({"TableName": "carts", "Key": {"id": {"S": "c010"}}, "UpdateExpression": "SET n = :n",
+               "ExpressionAttributeValues": {":n": {"N": "1000"}}}),
+    )
+    .await;
+    ok(
+        &origin,
+        "UpdateTable",
+        json!({"TableName": "carts", "ReplicaUpdates": [{"Create": {"RegionName": "eu-west-1"}}]}),
+    )
+    .await;
+    let expected = scan_all(&origin).await;
+    assert_eq!(expected.len(), 115);
+    let started = Instant::now();
+    while scan_all(&replica).await != expected {
+        assert!(
+            started.elapsed() < CONVERGENCE_DEADLINE,
+            "the backfill did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let count = |v: &Value| v["Table"]["ItemCount"].clone();
+    assert_eq!(
+        count(&ok(&replica, "DescribeTable", json!({"TableName": "carts"})).await),
+        json!(115)
+    );
+    for shop in ["s0", "s1", "s2", "s3"] {
+        let query = json!({"TableName": "carts", "IndexName": "by_shop", "KeyConditionExpression": "shop = :s",
+                           "ExpressionAttributeValues": {":s": {"S": shop}}});
+        let (here, there) = (
+            ok(&origin, "Query", query.clone()).await,
+            ok(&replica, "Query", query).await,
+        );
+        assert_eq!(here["Items"], there["Items"], "index entries of {shop}");
+        assert!(here["Count"].as_u64().is_some_and(|c| c >= 28));
+    }
+    // The replica's stream shows each backfilled item once, as an INSERT of the item.
+    let mut inserted: Vec<Value> = stream_records(&replica)
+        .await
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r["eventName"], "INSERT", "{r}");
+            r["dynamodb"]["NewImage"].clone()
+        })
+        .collect();
+    inserted.sort_by_key(|i| i["id"]["S"].as_str().unwrap_or_default().to_string());
+    assert_eq!(inserted, expected);
+    // The replica's items are ordinary items: a change to one replicates back.
+    ok(
+        &replica,
+        "DeleteItem",
+        json!({"TableName": "carts", "Key": {"id": {"S": "c000"}}}),
+    )
+    .await;
+    let started = Instant::now();
+    while scan_all(&origin).await.len() != 114 {
+        assert!(started.elapsed() < CONVERGENCE_DEADLINE, "the delete did not replicate");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for region in &mut regions {
+        stop(region).await;
+    }
+}
