@@ -196,6 +196,7 @@ def run(args):
         result["backfill_cpu_us"] = tuple(
             (cpu_s(store.process) - before) * 1e6 / args.items for store, before in zip((us, eu), cpu_before))
         result["backfilled"] = count_items(eu)
+        result["replica_bytes_per_item"] = scale.disk_bytes(eu.data) / args.items
         if result["backfilled"] != args.items:
             raise RuntimeError(f"eu-west-1 holds {result['backfilled']} items after the backfill, not {args.items}")
 
@@ -249,11 +250,13 @@ def section(args, result, command_line):
         f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} after; {today}).",
         "",
         "| items | load items/s | backfill of a new replica | backfill items/s | CPU per item: origin / new replica | "
-        "differing keys | repair, from the replica answering to all keys equal | ranges compared | records pushed |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "new replica's disk per item | differing keys | repair, from the replica answering to all keys equal | "
+        "ranges compared | records pushed |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {args.items:,} | {result['load_rate']:.0f} | {result['backfill_s']:.1f} s | "
         f"{args.items / result['backfill_s']:.0f} | {result['backfill_cpu_us'][0]:.0f} µs / "
-        f"{result['backfill_cpu_us'][1]:.0f} µs | {args.diffs:,} | {result['repair_s']:.2f} s | "
+        f"{result['backfill_cpu_us'][1]:.0f} µs | {result['replica_bytes_per_item']:,.0f} B | "
+        f"{args.diffs:,} | {result['repair_s']:.2f} s | "
         f"{repair.get('ranges_compared', '?')} | {repair.get('records_pushed', '?')} |",
         SECTION_END,
     ]

@@ -557,3 +557,34 @@ def test_oversized_request_heads_are_refused_with_400(store):
         connection.close()
     # The table is still there, and the store still answers.
     assert client.describe_table(TableName=name)["Table"]["TableName"] == name
+
+
+def test_a_table_arn_works_wherever_a_table_name_does_and_answers_come_back_keyed_by_it(client):
+    """DynamoDB takes a table's ARN in TableName, in RequestItems and in transactions, and
+    answers with the ARN where it names the table (Responses, ConsumedCapacity)."""
+    name = indexed_table(client)
+    arn = client.describe_table(TableName=name)["Table"]["TableArn"]
+    assert client.describe_table(TableName=arn)["Table"]["TableName"] == name
+    client.put_item(TableName=arn, Item={"pk": {"S": "a"}, "sk": {"N": "1"}, "status": {"S": "new"}})
+    assert client.get_item(TableName=arn, Key={"pk": {"S": "a"}, "sk": {"N": "1"}})["Item"]["status"] == {"S": "new"}
+    client.update_item(TableName=arn, Key={"pk": {"S": "a"}, "sk": {"N": "1"}},
+                       UpdateExpression="SET #s = :s", ExpressionAttributeNames={"#s": "status"},
+                       ExpressionAttributeValues={":s": {"S": "paid"}})
+    found = client.query(TableName=arn, IndexName="by_status", KeyConditionExpression="#s = :s",
+                         ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":s": {"S": "paid"}},
+                         ReturnConsumedCapacity="TOTAL")
+    assert found["Count"] == 1 and found["ConsumedCapacity"]["TableName"] == arn
+    client.batch_write_item(RequestItems={arn: [{"PutRequest": {"Item": {"pk": {"S": "b"}, "sk": {"N": "2"}}}}]})
+    got = client.batch_get_item(RequestItems={arn: {"Keys": [{"pk": {"S": "a"}, "sk": {"N": "1"}},
+                                                              {"pk": {"S": "b"}, "sk": {"N": "2"}}]}},
+                                ReturnConsumedCapacity="TOTAL")
+    assert list(got["Responses"]) == [arn] and len(got["Responses"][arn]) == 2
+    assert [c["TableName"] for c in got["ConsumedCapacity"]] == [arn]
+    client.transact_write_items(TransactItems=[{"Delete": {"TableName": arn, "Key": {"pk": {"S": "b"}, "sk": {"N": "2"}}}}])
+    assert client.scan(TableName=name)["Count"] == 1
+    other_region = arn.replace(":us-east-1:", ":eu-central-1:")
+    assert other_region != arn
+    for table_name, words in ((other_region, "region eu-central-1"), (arn + "/index/by_status", "Invalid table ARN")):
+        with pytest.raises(ClientError) as raised:
+            client.get_item(TableName=table_name, Key={"pk": {"S": "a"}, "sk": {"N": "1"}})
+        assert error_of(raised)[0] == "ValidationException" and words in error_of(raised)[1]

@@ -469,3 +469,30 @@ def test_an_empty_shard_takes_iterators_at_its_start_and_pages_continue_past_unk
     # empty page, not an error.
     page = streams.describe_stream(StreamArn=arn, ExclusiveStartShardId="shardId-" + "z" * 40)
     assert page["StreamDescription"]["Shards"] == []
+
+
+@pytest.mark.parametrize("how", ["disable", "delete"])
+def test_a_shard_closed_without_records_stays_listed_and_readable_to_its_end(store, how):
+    """As DynamoDB keeps it: a stream disabled (or its table deleted) while its open shard has
+    no record lists that shard closed, ending where it starts, and a reader's held iterator and
+    a new one read its end (no records, no next iterator) rather than a trimmed shard."""
+    client, streams = store.client(), streams_client(store.url)
+    name, arn = streamed_table(client, "NEW_IMAGE")
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
+    held = streams.get_records(ShardIterator=streams.get_shard_iterator(
+        StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"])
+    assert held["Records"] == [] and "NextShardIterator" in held, "an open shard pages on"
+    if how == "disable":
+        client.update_table(TableName=name, StreamSpecification={"StreamEnabled": False})
+    else:
+        client.delete_table(TableName=name)
+    closed = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+    start = shard["SequenceNumberRange"]["StartingSequenceNumber"]
+    assert closed == [{"ShardId": shard["ShardId"],
+                       "SequenceNumberRange": {"StartingSequenceNumber": start, "EndingSequenceNumber": start}}]
+    end = streams.get_records(ShardIterator=held["NextShardIterator"])
+    assert end["Records"] == [] and "NextShardIterator" not in end
+    for kind in ("TRIM_HORIZON", "LATEST"):
+        fresh = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType=kind)
+        page = streams.get_records(ShardIterator=fresh["ShardIterator"])
+        assert page["Records"] == [] and "NextShardIterator" not in page, kind

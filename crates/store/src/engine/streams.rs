@@ -632,7 +632,8 @@ impl WriteContext<'_> {
         Ok(())
     }
 
-    /// Closes a stream's open shard; an open shard without records is removed instead.
+    /// Closes a stream's open shard. One without records stays, closed and empty, as DynamoDB
+    /// keeps it: a reader holding an iterator into it reads its end, not a trimmed shard.
     fn close_open_shard(&mut self, stream_id: u64) -> Result<(), redb::Error> {
         let mut shards = self.txn.open_table(STREAM_SHARDS)?;
         let last = {
@@ -641,9 +642,6 @@ impl WriteContext<'_> {
                 .transpose()?
         };
         match last {
-            Some((first, shard)) if !shard.closed && shard.records == 0 => {
-                shards.remove((stream_id, first))?;
-            }
             Some((first, mut shard)) if !shard.closed => {
                 shard.closed = true;
                 shards.insert((stream_id, first), encode_json(&shard).as_slice())?;

@@ -54,6 +54,10 @@ pub use wire::{TableRequest, sign};
 
 pub const SIGNATURE_HEADER: &str = "x-switchyard-signature";
 pub const REGION_HEADER: &str = "x-switchyard-region";
+/// The region the request is for (part of the signature): what a region sends one peer (a
+/// batch with the entries of tables that peer lacks left out, a replica's delete, a repair's
+/// last request) cannot be replayed to another.
+pub const TO_REGION_HEADER: &str = "x-switchyard-to-region";
 /// When the request was signed, in Unix milliseconds (part of the signature).
 pub const DATE_HEADER: &str = "x-switchyard-date";
 /// A signed request older or newer than this (by this store's clock) is refused: a captured
@@ -450,17 +454,31 @@ mod tests {
     }
 
     #[test]
-    fn signatures_bind_region_path_date_and_body() {
-        let (key, region, path, date_ms, body): (&[u8], &str, &str, u64, &[u8]) =
-            (b"key", "us-east-1", "/replication/v1/table", 1_000, b"body");
-        let signature = sign(key, region, path, date_ms, body);
-        assert!(verify(key, region, path, date_ms, body, &signature));
+    fn signatures_bind_both_regions_path_date_and_body() {
+        let (key, regions, path, date_ms, body): (&[u8], (&str, &str), &str, u64, &[u8]) = (
+            b"key",
+            ("us-east-1", "eu-west-1"),
+            "/replication/v1/table",
+            1_000,
+            b"body",
+        );
+        let signature = sign(key, regions.0, regions.1, path, date_ms, body);
+        assert!(verify(key, regions, path, date_ms, body, &signature));
         // Any one part changed, the signature no longer verifies.
-        assert!(!verify(b"other", region, path, date_ms, body, &signature));
-        assert!(!verify(key, "eu-west-1", path, date_ms, body, &signature));
-        assert!(!verify(key, region, "/replication/v1/batch", date_ms, body, &signature));
-        assert!(!verify(key, region, path, 1_001, body, &signature));
-        assert!(!verify(key, region, path, date_ms, b"bodY", &signature));
-        assert!(!verify(key, region, path, date_ms, body, "not hex"));
+        assert!(!verify(b"other", regions, path, date_ms, body, &signature));
+        assert!(!verify(key, ("ap-south-1", regions.1), path, date_ms, body, &signature));
+        assert!(!verify(key, (regions.0, "ap-south-1"), path, date_ms, body, &signature));
+        assert!(!verify(key, (regions.1, regions.0), path, date_ms, body, &signature));
+        assert!(!verify(
+            key,
+            regions,
+            "/replication/v1/batch",
+            date_ms,
+            body,
+            &signature
+        ));
+        assert!(!verify(key, regions, path, 1_001, body, &signature));
+        assert!(!verify(key, regions, path, date_ms, b"bodY", &signature));
+        assert!(!verify(key, regions, path, date_ms, body, "not hex"));
     }
 }

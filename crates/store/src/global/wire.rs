@@ -80,24 +80,31 @@ pub struct TableRequest {
 }
 
 /// The signature a peer sends with a replication request (`SIGNATURE_HEADER`): HMAC-SHA256,
-/// with the shared replication key, over the sending region, the request path, the signing
-/// time (`DATE_HEADER`, Unix ms) and the body.
-pub fn sign(key: &[u8], region: &str, path: &str, date_ms: u64, body: &[u8]) -> String {
-    hex::encode(mac(key, region, path, date_ms, body).finalize().into_bytes())
+/// with the shared replication key, over the sending region, the region it is for, the request
+/// path, the signing time (`DATE_HEADER`, Unix ms) and the body.
+pub fn sign(key: &[u8], from: &str, to: &str, path: &str, date_ms: u64, body: &[u8]) -> String {
+    hex::encode(mac(key, from, to, path, date_ms, body).finalize().into_bytes())
 }
 
-pub(super) fn mac(key: &[u8], region: &str, path: &str, date_ms: u64, body: &[u8]) -> Hmac<Sha256> {
+pub(super) fn mac(key: &[u8], from: &str, to: &str, path: &str, date_ms: u64, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(format!("switchyard-replication-v2\n{region}\n{path}\n{date_ms}\n").as_bytes());
+    mac.update(format!("switchyard-replication-v3\n{from}\n{to}\n{path}\n{date_ms}\n").as_bytes());
     mac.update(body);
     mac
 }
 
-pub(super) fn verify(key: &[u8], region: &str, path: &str, date_ms: u64, body: &[u8], signature: &str) -> bool {
+pub(super) fn verify(
+    key: &[u8],
+    (from, to): (&str, &str),
+    path: &str,
+    date_ms: u64,
+    body: &[u8],
+    signature: &str,
+) -> bool {
     let Ok(signature) = hex::decode(signature) else {
         return false;
     };
-    mac(key, region, path, date_ms, body).verify_slice(&signature).is_ok()
+    mac(key, from, to, path, date_ms, body).verify_slice(&signature).is_ok()
 }
 
 pub(super) fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -107,10 +114,11 @@ pub(super) fn unauthorized(message: impl Into<String>) -> ApiError {
 impl Replication {
     pub(super) async fn post(&self, peer: &Peer, path: &str, body: Vec<u8>) -> Result<(u16, Bytes), String> {
         let date_ms = self.engine.now_unix_ms();
-        let signature = sign(&self.config.key, &self.region, path, date_ms, &body);
+        let signature = sign(&self.config.key, &self.region, &peer.region, path, date_ms, &body);
         let request = hyper::Request::post(format!("{}{path}", peer.url.trim_end_matches('/')))
             .header("content-type", "application/json")
             .header(REGION_HEADER, &self.region)
+            .header(TO_REGION_HEADER, &peer.region)
             .header(DATE_HEADER, date_ms.to_string())
             .header(SIGNATURE_HEADER, signature)
             .body(Full::new(Bytes::from(body)))
@@ -176,7 +184,21 @@ impl Replication {
                 "replication request without {DATE_HEADER}: the peer must run a build that signs its requests with a date"
             )));
         };
-        if !verify(&self.config.key, &region, path, date_ms, body, signature) {
+        let to = header(TO_REGION_HEADER);
+        if to.is_empty() {
+            tracing::warn!(%region, "replication request without the region it is for refused: is the peer an older build?");
+            return Err(unauthorized(format!(
+                "replication request without {TO_REGION_HEADER}: the peer runs an older build, which does not sign the region a request is for (such a request could be replayed to another region); upgrade it"
+            )));
+        }
+        if to != self.region {
+            tracing::warn!(%region, to, "replication request for another region refused (replayed here, or a peer URL points at the wrong region)");
+            return Err(unauthorized(format!(
+                "replication request for region '{to}', and this store is {}: a request for another region replayed here, or {region}'s peer URL for {to} points at this store",
+                self.region
+            )));
+        }
+        if !verify(&self.config.key, (&region, to), path, date_ms, body, signature) {
             tracing::warn!(%region, "replication request with a bad signature refused: check that both stores use the same replication key");
             return Err(unauthorized(
                 "bad replication signature: the stores' replication keys differ",

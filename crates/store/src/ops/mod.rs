@@ -8,6 +8,7 @@ mod batch;
 mod items;
 mod partiql;
 mod query;
+mod table_arns;
 mod tables;
 mod transaction;
 
@@ -127,8 +128,19 @@ impl Store {
         &self.engine
     }
 
-    /// Runs one operation on a JSON request body and returns the JSON response body.
+    /// Runs one operation on a JSON request body and returns the JSON response body. A table
+    /// may be named by its ARN wherever a name goes (`table_arns`).
     pub async fn handle(&self, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
+        match table_arns::rewrite(operation, body, self.engine.region())? {
+            Some(rewritten) => {
+                let answer = self.handle_named(operation, &rewritten.body).await?;
+                Ok(rewritten.restore(answer))
+            }
+            None => self.handle_named(operation, body).await,
+        }
+    }
+
+    async fn handle_named(&self, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
         match operation {
             "CreateTable" => tables::create_table(self, decode(body)?).await,
             "DeleteTable" => tables::delete_table(self, decode(body)?).await,

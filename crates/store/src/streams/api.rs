@@ -166,9 +166,9 @@ fn filter_parent(filter: &ShardFilter) -> Result<&str, ApiError> {
 
 fn shard_json(shard: &ShardMeta) -> Value {
     let mut range = json!({"StartingSequenceNumber": format_sequence(shard.first_seq)});
-    if shard.closed
-        && let Some(last) = shard.last_seq
-    {
+    if shard.closed {
+        // A shard closed without records ends where it starts (as DynamoDB Local shows it).
+        let last = shard.last_seq.unwrap_or(shard.first_seq);
         range["EndingSequenceNumber"] = json!(format_sequence(last));
     }
     let mut out = json!({"ShardId": shard.id, "SequenceNumberRange": range});
@@ -258,7 +258,7 @@ fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Resu
             ))
         })?;
         let seq = parse_sequence(text)?;
-        let end = if shard.closed { shard.last_seq } else { None };
+        let end = shard.closed.then_some(shard.last_seq.unwrap_or(shard.first_seq));
         if seq < shard.first_seq || end.is_some_and(|end| seq > end) {
             return Err(ApiError::validation(format!(
                 "Invalid SequenceNumber for ShardIterator: {text} is not in the range of shard {} ({} to {})",

@@ -221,7 +221,7 @@ async fn three_regions_replicate_a_global_table_and_survive_a_restart() {
 /// POSTs a replication request signed as `from` would sign it.
 async fn post_signed(url: &str, path: &str, from: &str, body: Vec<u8>) -> (u16, Value) {
     let date_ms = now_ms();
-    let signature = store::global::sign(KEY, from, path, date_ms, &body);
+    let signature = store::global::sign(KEY, from, "us-east-1", path, date_ms, &body);
     call_raw(url, path, from, date_ms, signature, body).await
 }
 
@@ -294,7 +294,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
     let path = "/replication/v1/table";
     let body = table_body(&table, false, 1, true);
     let date_ms = now_ms();
-    let signature = store::global::sign(KEY, "eu-west-1", path, date_ms, &body);
+    let signature = store::global::sign(KEY, "eu-west-1", "us-east-1", path, date_ms, &body);
     let (status, answer) = call_raw(&region.url, path, "eu-west-1", date_ms, signature.clone(), body.clone()).await;
     assert_eq!(status, 200, "{answer}");
     // The very same request again (captured and replayed) is refused...
@@ -303,11 +303,11 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
     assert!(answer.to_string().contains("replayed"), "{answer}");
     // ...and so is one signed long ago, or with a signature for another path.
     let old = date_ms - store::global::REQUEST_SKEW_MS_MAX - 60_000;
-    let signature = store::global::sign(KEY, "eu-west-1", path, old, &body);
+    let signature = store::global::sign(KEY, "eu-west-1", "us-east-1", path, old, &body);
     let (status, answer) = call_raw(&region.url, path, "eu-west-1", old, signature, body.clone()).await;
     assert_eq!(status, 403, "{answer}");
     assert!(answer.to_string().contains("clock"), "{answer}");
-    let signature = store::global::sign(KEY, "eu-west-1", "/replication/v1/repair", date_ms, &body);
+    let signature = store::global::sign(KEY, "eu-west-1", "us-east-1", "/replication/v1/repair", date_ms, &body);
     let (status, answer) = call_raw(&region.url, path, "eu-west-1", date_ms, signature, body).await;
     assert_eq!(status, 403, "{answer}");
     let described = ok(&region.url, "DescribeTable", json!({"TableName": "carts"})).await;
@@ -320,7 +320,7 @@ async fn a_replica_definition_with_another_key_hash_is_refused() {
     // The peer deletes its replica here (sequence 2); the captured request...
     let delete = table_body(&table, true, 2, false);
     let date_ms = now_ms();
-    let delete_signature = store::global::sign(KEY, "eu-west-1", path, date_ms, &delete);
+    let delete_signature = store::global::sign(KEY, "eu-west-1", "us-east-1", path, date_ms, &delete);
     let (status, answer) = call_raw(
         &region.url,
         path,
@@ -434,6 +434,27 @@ async fn corrupt_and_replayed_batches_apply_nothing() {
     let (status, answer) = call_raw(&region.url, path, "eu-west-1", now_ms(), "00".repeat(32), forged).await;
     assert_eq!(status, 403, "{answer}");
     assert!(answer.to_string().contains("bad replication signature"), "{answer}");
+    // A batch eu-west-1 signed for another region (captured on its way there), replayed here:
+    // with the region it names, or relabelled as for this one, it is refused.
+    let elsewhere = batch(2, vec![change("for ap-south-1", hlc(9_000))]);
+    let date_ms = now_ms();
+    let signature = store::global::sign(KEY, "eu-west-1", "ap-south-1", path, date_ms, &elsewhere);
+    for to in ["ap-south-1", "us-east-1"] {
+        let headers = [
+            (store::global::REGION_HEADER, "eu-west-1".to_string()),
+            (store::global::TO_REGION_HEADER, to.to_string()),
+            (store::global::DATE_HEADER, date_ms.to_string()),
+            (store::global::SIGNATURE_HEADER, signature.clone()),
+        ];
+        let (status, answer) = send(format!("{}{path}", region.url), &headers, elsewhere.clone()).await;
+        assert_eq!(status, 403, "{answer}");
+        let expected = if to == "us-east-1" {
+            "bad replication signature"
+        } else {
+            "for region 'ap-south-1'"
+        };
+        assert!(answer.to_string().contains(expected), "{answer}");
+    }
     assert_eq!(
         note().await.as_deref(),
         Some("first"),
@@ -462,6 +483,7 @@ fn table_body(table: &store::catalog::TableMeta, delete: bool, sequence: u64, jo
 async fn call_raw(url: &str, path: &str, from: &str, date_ms: u64, signature: String, body: Vec<u8>) -> (u16, Value) {
     let headers = [
         (store::global::REGION_HEADER, from.to_string()),
+        (store::global::TO_REGION_HEADER, "us-east-1".to_string()),
         (store::global::DATE_HEADER, date_ms.to_string()),
         (store::global::SIGNATURE_HEADER, signature),
     ];
@@ -734,7 +756,7 @@ async fn a_replayed_repair_does_not_resurrect_a_purged_delete() {
     }))
     .expect("serialize");
     let captured_date = now_ms();
-    let captured_signature = store::global::sign(KEY, "eu-west-1", repair_path, captured_date, &captured);
+    let captured_signature = store::global::sign(KEY, "eu-west-1", "us-east-1", repair_path, captured_date, &captured);
     let url = region.url.clone();
     let replay = || {
         call_raw(
@@ -824,7 +846,7 @@ async fn peer_clock_offsets_are_measured_and_alarmed() {
     let mark = serde_json::to_vec(&json!({"clock": 0, "received": 0, "head": 0})).expect("serialize");
     let path = "/replication/v1/mark";
     let send_at = |date_ms: u64| {
-        let signature = store::global::sign(KEY, "eu-west-1", path, date_ms, &mark);
+        let signature = store::global::sign(KEY, "eu-west-1", "us-east-1", path, date_ms, &mark);
         call_raw(&region.url, path, "eu-west-1", date_ms, signature, mark.clone())
     };
     let clock = || async { get_json(&format!("{}/health", region.url)).await["replication"]["clock"].clone() };

@@ -84,10 +84,11 @@ fn headers(path: &str, body: &[u8]) -> axum::http::HeaderMap {
     let mut headers = axum::http::HeaderMap::new();
     let value = |text: String| axum::http::HeaderValue::from_str(&text).expect("header value");
     headers.insert(store::global::REGION_HEADER, value("eu-west-1".into()));
+    headers.insert(store::global::TO_REGION_HEADER, value("us-east-1".into()));
     headers.insert(store::global::DATE_HEADER, value(date_ms.to_string()));
     headers.insert(
         store::global::SIGNATURE_HEADER,
-        value(store::global::sign(KEY, "eu-west-1", path, date_ms, body)),
+        value(store::global::sign(KEY, "eu-west-1", "us-east-1", path, date_ms, body)),
     );
     headers
 }
