@@ -530,6 +530,9 @@ struct ConnectionState {
     idle_since_ms: AtomicU64,
     /// The TLS client presented a certificate verified against the listener's client CA.
     client_verified: std::sync::atomic::AtomicBool,
+    /// Signalled when a head starts on an idle connection: the watchdog, asleep until the
+    /// idle deadline, wakes to time the head by the (shorter) header read timeout instead.
+    head_began: tokio::sync::Notify,
 }
 
 impl ConnectionState {
@@ -540,6 +543,7 @@ impl ConnectionState {
             head_started: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             client_verified: std::sync::atomic::AtomicBool::new(false),
+            head_began: tokio::sync::Notify::new(),
         }
     }
 
@@ -548,8 +552,13 @@ impl ConnectionState {
     }
 
     fn on_bytes_read(&self) {
-        if self.active_requests.load(Ordering::Acquire) == 0 && self.head_started.load(Ordering::Relaxed) == 0 {
-            self.head_started.store(self.now_ms() + 1, Ordering::Relaxed);
+        if self.active_requests.load(Ordering::Acquire) == 0
+            && self
+                .head_started
+                .compare_exchange(0, self.now_ms() + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.head_began.notify_one();
         }
     }
 
@@ -729,6 +738,7 @@ async fn serve_connection<S>(
                 connection.as_mut().graceful_shutdown();
             }
             () = tokio::time::sleep_until(wake.into()) => {}
+            () = state.head_began.notified() => {}
         }
     }
 }

@@ -229,6 +229,34 @@ async fn idle_connections_and_slow_heads_are_closed() {
 }
 
 #[tokio::test]
+async fn a_head_started_on_an_idle_connection_gets_the_header_timeout_not_the_idle_one() {
+    // The idle timeout is far past the wait below: only the header read timeout can close these.
+    let store = edge(Limits {
+        header_read_timeout_ms: 300,
+        idle_timeout_ms: 3_600_000,
+        ..default_limits()
+    })
+    .await;
+    // A new connection that starts a head and stalls (one byte of it, then nothing).
+    let mut fresh = TcpStream::connect(store.address).await.expect("connect");
+    fresh.write_all(b"P").await.expect("send");
+    assert_eq!(read_until_closed(&mut fresh).await, "");
+    // A keep-alive connection, served once, that starts its next head and stalls.
+    let mut served = TcpStream::connect(store.address).await.expect("connect");
+    served
+        .write_all(
+            b"POST / HTTP/1.1\r\nhost: x\r\nx-amz-target: DynamoDB_20120810.ListTables\r\ncontent-length: 2\r\n\r\n{}",
+        )
+        .await
+        .expect("send");
+    let mut answer = [0u8; 12];
+    served.read_exact(&mut answer).await.expect("an answer");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    served.write_all(b"POST / HTTP/1.1\r\nho").await.expect("send");
+    read_until_closed(&mut served).await;
+}
+
+#[tokio::test]
 async fn a_stalled_body_gets_408_and_the_connection_closes() {
     let store = edge(short_timeouts()).await;
     let mut stream = TcpStream::connect(store.address).await.expect("connect");
