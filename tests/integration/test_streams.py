@@ -326,11 +326,16 @@ def test_records_survive_a_kill_and_numbering_continues(tmp_path_factory):
         name, arn = streamed_table(client, "NEW_IMAGE")
         client.put_item(TableName=name, Item={"pk": {"S": "before"}})
         before = read_all(streams, arn)
+        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+        held = streams.get_records(ShardIterator=streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"])["NextShardIterator"]
         store.kill()
         store.start()
         client, streams = store.client(), streams_client(store.url)
         client.put_item(TableName=name, Item={"pk": {"S": "after"}})
         records = read_all(streams, arn)
+        # An iterator issued before the restart still reads on (the key it is signed with is kept).
+        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in streams.get_records(ShardIterator=held)["Records"]] == ["after"]
         assert records[0] == before[0], "an acknowledged write's record survives SIGKILL"
         assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in records] == ["before", "after"]
         assert int(records[1]["dynamodb"]["SequenceNumber"]) > int(records[0]["dynamodb"]["SequenceNumber"])
@@ -496,3 +501,23 @@ def test_a_shard_closed_without_records_stays_listed_and_readable_to_its_end(sto
         fresh = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType=kind)
         page = streams.get_records(ShardIterator=fresh["ShardIterator"])
         assert page["Records"] == [] and "NextShardIterator" not in page, kind
+
+
+def test_an_iterator_changed_by_its_holder_is_refused(store):
+    """An iterator is signed: one whose issue time was moved (to never expire), or whose
+    position or shard was changed, is not one the store issued."""
+    import base64
+    client, streams = store.client(), streams_client(store.url)
+    name, arn = streamed_table(client, "KEYS_ONLY")
+    client.put_item(TableName=name, Item={"pk": {"S": "a"}})
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    issued = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    assert len(streams.get_records(ShardIterator=issued)["Records"]) == 1
+    text = base64.urlsafe_b64decode(issued + "=" * (-len(issued) % 4)).decode()
+    version, issued_ms, rest = text.split("|", 2)
+    forged = f"{version}|9999999999999|{rest}"
+    forged = base64.urlsafe_b64encode(forged.encode()).decode().rstrip("=")
+    with pytest.raises(ClientError) as raised:
+        streams.get_records(ShardIterator=forged)
+    assert raised.value.response["Error"]["Code"] == "ValidationException"
+    assert "Invalid ShardIterator" in raised.value.response["Error"]["Message"]

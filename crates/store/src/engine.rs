@@ -361,6 +361,8 @@ pub(crate) struct LogPosition {
 }
 
 struct Shared {
+    /// The key of the MAC in stream iterators (`streams::ShardIterator`).
+    iterator_key: [u8; crate::streams::ITERATOR_KEY_BYTES],
     /// `None` while the writer reopens the database after an I/O error.
     db: RwLock<Option<Arc<Database>>>,
     options: EngineOptions,
@@ -503,7 +505,7 @@ impl Engine {
         })?;
         let (wal, replayed) = Wal::open_and_replay(data_dir, &db, options.write_ahead_log, options.faults.clone())?;
         opened.replayed = replayed;
-        let loaded = load_catalog(&db, clock.now_unix_ms()).map_err(|message| OpenError::Catalog {
+        let (loaded, iterator_key) = load_catalog(&db, clock.now_unix_ms()).map_err(|message| OpenError::Catalog {
             path: path.clone(),
             message,
         })?;
@@ -535,6 +537,7 @@ impl Engine {
             digest_mismatches: std::sync::atomic::AtomicU64::new(0),
             digest_log: Mutex::new(None),
             wal: Mutex::new(Some(wal)),
+            iterator_key,
         });
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_JOBS_MAX);
         let writer_shared = Arc::clone(&shared);
@@ -546,6 +549,11 @@ impl Engine {
                 source,
             })?;
         Ok(Engine { shared, sender })
+    }
+
+    /// The key stream iterators are signed with.
+    pub fn iterator_key(&self) -> &[u8; crate::streams::ITERATOR_KEY_BYTES] {
+        &self.shared.iterator_key
     }
 
     pub fn region(&self) -> &str {
@@ -768,6 +776,32 @@ struct Loaded {
     replog_bytes: u64,
 }
 
+/// The settings holding the store's stream-iterator key, 8 bytes each (made at the first open
+/// and kept, so iterators stay valid across restarts).
+const ITERATOR_KEY_SETTINGS: [&str; 4] = ["iterator_key_0", "iterator_key_1", "iterator_key_2", "iterator_key_3"];
+
+/// The store's stream-iterator key, made from the operating system's randomness the first time.
+fn iterator_key(txn: &LoggedTxn) -> Result<[u8; crate::streams::ITERATOR_KEY_BYTES], String> {
+    let mut settings = txn.open_table(SETTINGS).map_err(|e| e.to_string())?;
+    let mut key = [0u8; crate::streams::ITERATOR_KEY_BYTES];
+    let mut stored = true;
+    for (name, chunk) in ITERATOR_KEY_SETTINGS.iter().zip(key.chunks_mut(8)) {
+        match settings.get(*name).map_err(|e| e.to_string())? {
+            Some(value) => chunk.copy_from_slice(&value.value().to_le_bytes()),
+            None => stored = false,
+        }
+    }
+    if !stored {
+        getrandom::fill(&mut key)
+            .map_err(|e| format!("the operating system gave no random bytes for the stream-iterator key: {e}"))?;
+        for (name, chunk) in ITERATOR_KEY_SETTINGS.iter().zip(key.chunks(8)) {
+            let value = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            settings.insert(*name, value).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(key)
+}
+
 /// Every table definition the catalog table holds.
 fn read_catalog(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Catalog, String> {
     let mut catalog = Catalog::default();
@@ -791,7 +825,7 @@ fn setting_or_zero(settings: &impl ReadableTable<&'static str, u64>, name: &str)
 
 /// Reads the catalog and positions, creating what a new store lacks, in a durable quick-repair
 /// commit (after the write-ahead log's replay, which it does not log).
-fn load_catalog(db: &Database, now_ms: u64) -> Result<Loaded, String> {
+fn load_catalog(db: &Database, now_ms: u64) -> Result<(Loaded, [u8; crate::streams::ITERATOR_KEY_BYTES]), String> {
     let txn = LoggedTxn::unrecorded(db.begin_write().map_err(|e| e.to_string())?);
     let mut catalog = read_catalog(&*txn.open_table(CATALOG).map_err(|e| e.to_string())?)?;
     let (hlc_last, hlc_ceiling, replog_head, replog_bytes);
@@ -814,16 +848,20 @@ fn load_catalog(db: &Database, now_ms: u64) -> Result<Loaded, String> {
         let meta = create_health_table(&txn, now_ms).map_err(|e| format!("creating {HEALTH_TABLE}: {e}"))?;
         catalog.tables.insert(meta.name.clone(), Arc::new(meta));
     }
+    let iterator_key = iterator_key(&txn)?;
     let (mut txn, _) = txn.finish();
     txn.set_quick_repair(true);
     txn.commit().map_err(|e| e.to_string())?;
-    Ok(Loaded {
-        catalog,
-        hlc_last,
-        hlc_ceiling,
-        replog_head,
-        replog_bytes,
-    })
+    Ok((
+        Loaded {
+            catalog,
+            hlc_last,
+            hlc_ceiling,
+            replog_head,
+            replog_bytes,
+        },
+        iterator_key,
+    ))
 }
 
 /// Creates the reserved [`HEALTH_TABLE`]: regional, key `pk` (string).

@@ -313,7 +313,7 @@ fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Resu
         position,
         issued_ms: engine.now_unix_ms(),
     };
-    Ok(json!({"ShardIterator": iterator.encode()}))
+    Ok(json!({"ShardIterator": iterator.encode(engine.iterator_key())}))
 }
 
 #[derive(Deserialize)]
@@ -325,7 +325,7 @@ struct GetRecordsRequest {
 
 fn get_records(engine: &Engine, request: GetRecordsRequest) -> Result<Vec<u8>, ApiError> {
     let limit = check_limit(request.limit, GET_RECORDS_LIMIT_MAX, "limit")?;
-    let iterator = ShardIterator::decode(&request.shard_iterator)?;
+    let iterator = ShardIterator::decode(&request.shard_iterator, engine.iterator_key())?;
     let now_ms = engine.now_unix_ms();
     iterator.check_fresh(now_ms)?;
     let snapshot = engine.snapshot()?;
@@ -356,7 +356,7 @@ fn get_records(engine: &Engine, request: GetRecordsRequest) -> Result<Vec<u8>, A
             ..iterator
         };
         body.extend_from_slice(b",\"NextShardIterator\":");
-        serde_json::to_writer(&mut body, &next.encode()).expect("a string serialises");
+        serde_json::to_writer(&mut body, &next.encode(engine.iterator_key())).expect("a string serialises");
     }
     body.push(b'}');
     Ok(body)

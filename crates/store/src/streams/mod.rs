@@ -783,18 +783,28 @@ pub struct ShardIterator {
     pub issued_ms: u64,
 }
 
-const ITERATOR_VERSION: &str = "1";
+/// An iterator's format: version 2 carries a MAC; version 1 (before) carried none.
+const ITERATOR_VERSION: &str = "2";
+const ITERATOR_VERSION_UNSIGNED: &str = "1";
+/// Bytes of an iterator's HMAC-SHA256 kept in it (128 bits).
+const ITERATOR_MAC_BYTES: usize = 16;
+/// Bytes of the store's iterator key (kept in its settings, made at its first open).
+pub const ITERATOR_KEY_BYTES: usize = 32;
 
 impl ShardIterator {
-    pub fn encode(&self) -> String {
-        let text = format!(
+    /// The iterator as GetShardIterator and GetRecords hand it out: its fields and a MAC over
+    /// them with the store's iterator key, so a client cannot move its issue time (and keep it
+    /// from expiring), its position or its shard.
+    pub fn encode(&self, key: &[u8; ITERATOR_KEY_BYTES]) -> String {
+        let fields = format!(
             "{ITERATOR_VERSION}|{}|{}|{}|{}",
             self.issued_ms, self.position, self.shard_id, self.arn
         );
+        let text = format!("{fields}|{}", hex::encode(iterator_mac(key, &fields)));
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
     }
 
-    pub fn decode(text: &str) -> Result<ShardIterator, ApiError> {
+    pub fn decode(text: &str, key: &[u8; ITERATOR_KEY_BYTES]) -> Result<ShardIterator, ApiError> {
         if text.is_empty() || text.len() > SHARD_ITERATOR_LENGTH_MAX {
             return Err(ApiError::validation(format!(
                 "1 validation error detected: Value at 'shardIterator' failed to satisfy constraint: Member must have length between 1 and {SHARD_ITERATOR_LENGTH_MAX}"
@@ -809,7 +819,18 @@ impl ShardIterator {
             .decode(text)
             .map_err(|_| invalid())?;
         let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-        let mut parts = text.splitn(5, '|');
+        if text.starts_with(&format!("{ITERATOR_VERSION_UNSIGNED}|")) {
+            return Err(ApiError::new(
+                ErrorKind::ExpiredIterator,
+                "Iterator expired: it was issued by an earlier version of the store; get a new one with GetShardIterator",
+            ));
+        }
+        let (fields, mac) = text.rsplit_once('|').ok_or_else(invalid)?;
+        let mac = hex::decode(mac).map_err(|_| invalid())?;
+        if mac.len() != ITERATOR_MAC_BYTES || !constant_time_eq(&mac, &iterator_mac(key, fields)) {
+            return Err(invalid());
+        }
+        let mut parts = fields.splitn(5, '|');
         let (Some(ITERATOR_VERSION), Some(issued), Some(position), Some(shard_id), Some(arn)) =
             (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
         else {
@@ -837,6 +858,21 @@ impl ShardIterator {
         }
         Ok(())
     }
+}
+
+fn iterator_mac(key: &[u8; ITERATOR_KEY_BYTES], fields: &str) -> [u8; ITERATOR_MAC_BYTES] {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(fields.as_bytes());
+    let full = mac.finalize().into_bytes();
+    let mut kept = [0; ITERATOR_MAC_BYTES];
+    kept.copy_from_slice(&full[..ITERATOR_MAC_BYTES]);
+    kept
+}
+
+/// Compares without stopping at the first difference (the time taken says nothing of where).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -275,28 +275,48 @@ fn names_have_dynamodbs_formats() {
 }
 
 #[test]
-fn iterators_round_trip_and_expire_after_fifteen_minutes() {
+fn iterators_round_trip_expire_after_fifteen_minutes_and_cannot_be_forged() {
+    let key = [7; ITERATOR_KEY_BYTES];
     let iterator = ShardIterator {
         arn: stream_arn("us-east-1", "t", "2026-01-01T00:00:00.000"),
         shard_id: shard_id(1, 1, 1),
         position: 17,
         issued_ms: 1_000_000,
     };
-    let text = iterator.encode();
-    assert_eq!(ShardIterator::decode(&text), Ok(iterator.clone()));
+    let text = iterator.encode(&key);
+    assert_eq!(ShardIterator::decode(&text, &key), Ok(iterator.clone()));
     assert!(iterator.check_fresh(1_000_000 + ITERATOR_LIFETIME_MS).is_ok());
     let expired = iterator
         .check_fresh(1_000_001 + ITERATOR_LIFETIME_MS)
         .expect_err("expired");
     assert_eq!(expired.kind, ErrorKind::ExpiredIterator);
+    let kind = |text: &str, key: &[u8; ITERATOR_KEY_BYTES]| ShardIterator::decode(text, key).map_err(|e| e.kind);
+    assert_eq!(kind("not an iterator", &key), Err(ErrorKind::Validation));
     assert_eq!(
-        ShardIterator::decode("not an iterator").map_err(|e| e.kind),
+        kind(&"A".repeat(SHARD_ITERATOR_LENGTH_MAX + 1), &key),
         Err(ErrorKind::Validation)
     );
-    assert_eq!(
-        ShardIterator::decode(&"A".repeat(SHARD_ITERATOR_LENGTH_MAX + 1)).map_err(|e| e.kind),
-        Err(ErrorKind::Validation)
-    );
+    // Another store's key, or any field changed (a later issue time to dodge the expiry, another
+    // position or shard): not an iterator this store issued.
+    assert_eq!(kind(&text, &[8; ITERATOR_KEY_BYTES]), Err(ErrorKind::Validation));
+    let plain = String::from_utf8(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&text)
+            .expect("base64"),
+    )
+    .expect("text");
+    for (from, to) in [
+        ("|1000000|", "|9999999999999|"),
+        ("|17|", "|18|"),
+        ("shardId-", "shardIdX"),
+    ] {
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(plain.replacen(from, to, 1));
+        assert_eq!(kind(&forged, &key), Err(ErrorKind::Validation), "{from} -> {to}");
+    }
+    // One an earlier version issued (no MAC) has expired.
+    let unsigned = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("1|1000000|17|{}|{}", iterator.shard_id, iterator.arn));
+    assert_eq!(kind(&unsigned, &key), Err(ErrorKind::ExpiredIterator));
 }
 
 #[test]
