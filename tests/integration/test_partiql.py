@@ -299,3 +299,45 @@ def test_js_sdk_runs_statements(store):
     assert seen["batch"][0] == {"TableName": "js-partiql"}
     assert seen["batch"][1]["Error"]["Code"] == "DuplicateItem"
     assert seen["after"] == [{"Item": {"t": {"BOOL": True}}}, {}]
+
+
+def test_key_values_a_select_pins_are_checked_as_a_query_checks_them(client, table):
+    """An empty partition value, or a sort-key value of the wrong type, is DynamoDB's
+    ValidationException, not an empty page."""
+    code, message = failure(client, f"SELECT * FROM \"{table}\" WHERE pk = '' AND sk = 1")
+    assert code == "ValidationException"
+    assert "cannot contain an empty string value. Key: pk" in message
+    code, message = failure(client, f'SELECT * FROM "{table}" WHERE pk = ? AND sk = ?',
+                            Parameters=[{"S": "a"}, {"S": "1"}])
+    assert (code, message) == ("ValidationException",
+                               "Key attribute's data type should match its data type in table's schema: Key sk")
+
+
+def test_a_batch_naming_one_item_twice_is_refused_whole(client, table):
+    update = f"UPDATE \"{table}\" SET note = ? WHERE pk = 'a' AND sk = 1"
+    with pytest.raises(ClientError) as excinfo:
+        client.batch_execute_statement(Statements=[
+            {"Statement": update, "Parameters": [{"S": "first"}]},
+            {"Statement": f"UPDATE \"{table}\" SET note = 'other' WHERE pk = 'a' AND sk = 2"},
+            {"Statement": update, "Parameters": [{"S": "second"}]},
+        ])
+    assert error_of(excinfo)[:2] == ("ValidationException", "Provided list of item keys contains duplicates")
+    for sk in ("1", "2"):
+        item = client.get_item(TableName=table, Key={"pk": {"S": "a"}, "sk": {"N": sk}})["Item"]
+        assert "note" not in item, "nothing of a refused batch is written"
+    select = f"SELECT * FROM \"{table}\" WHERE pk = 'b' AND sk = 1"
+    with pytest.raises(ClientError) as excinfo:
+        client.batch_execute_statement(Statements=[{"Statement": select}, {"Statement": select}])
+    assert error_of(excinfo)[:2] == ("ValidationException", "Provided list of item keys contains duplicates")
+
+
+def test_a_replayed_transaction_reports_the_reads_it_consumed(client, table):
+    """DynamoDB: "Subsequent calls with the same client token return the number of read
+    capacity units consumed in reading the item" (a transactional read: two units per 4 KB)."""
+    statements = [{"Statement": f"UPDATE \"{table}\" SET note = 'once' WHERE pk = 'b' AND sk = 1"}]
+    first = client.execute_transaction(TransactStatements=statements, ClientRequestToken="replayed-token-1",
+                                       ReturnConsumedCapacity="TOTAL")
+    again = client.execute_transaction(TransactStatements=statements, ClientRequestToken="replayed-token-1",
+                                       ReturnConsumedCapacity="TOTAL")
+    assert first["ConsumedCapacity"][0]["TableName"] == table
+    assert again["ConsumedCapacity"] == [{"TableName": table, "CapacityUnits": 2.0}]

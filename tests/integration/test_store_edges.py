@@ -588,3 +588,30 @@ def test_a_table_arn_works_wherever_a_table_name_does_and_answers_come_back_keye
         with pytest.raises(ClientError) as raised:
             client.get_item(TableName=table_name, Key={"pk": {"S": "a"}, "sk": {"N": "1"}})
         assert error_of(raised)[0] == "ValidationException" and words in error_of(raised)[1]
+
+
+def test_empty_key_values_in_a_key_condition_are_refused(client):
+    name = create_table(client, next(names), range_key=("sk", "S"))
+    client.put_item(TableName=name, Item={"pk": {"S": "a"}, "sk": {"S": "x"}})
+    cases = [("pk = :e", {":e": {"S": ""}}, "pk"),
+             ("pk = :p AND sk > :e", {":p": {"S": "a"}, ":e": {"S": ""}}, "sk"),
+             ("pk = :p AND begins_with(sk, :e)", {":p": {"S": "a"}, ":e": {"S": ""}}, "sk")]
+    for condition, values, key in cases:
+        with pytest.raises(ClientError) as raised:
+            client.query(TableName=name, KeyConditionExpression=condition, ExpressionAttributeValues=values)
+        assert error_of(raised)[:2] == ("ValidationException", (
+            "One or more parameter values are not valid. The AttributeValue for a key "
+            f"attribute cannot contain an empty string value. Key: {key}")), condition
+    b_table = create_table(client, next(names), hash_key=("pk", "B"))
+    with pytest.raises(ClientError) as raised:
+        client.query(TableName=b_table, KeyConditionExpression="pk = :e", ExpressionAttributeValues={":e": {"B": b""}})
+    assert "cannot contain an empty binary value. Key: pk" in error_of(raised)[1]
+
+
+def test_a_replayed_transact_write_reports_the_reads_it_consumed(client):
+    name = indexed_table(client)
+    items = [{"Put": {"TableName": name, "Item": {"pk": {"S": "a"}, "sk": {"N": "1"}}}}]
+    client.transact_write_items(TransactItems=items, ClientRequestToken="edge-token-1", ReturnConsumedCapacity="TOTAL")
+    again = client.transact_write_items(TransactItems=items, ClientRequestToken="edge-token-1",
+                                        ReturnConsumedCapacity="TOTAL")
+    assert again["ConsumedCapacity"] == [{"TableName": name, "CapacityUnits": 2.0}]

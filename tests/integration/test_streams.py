@@ -521,3 +521,21 @@ def test_an_iterator_changed_by_its_holder_is_refused(store):
         streams.get_records(ShardIterator=forged)
     assert raised.value.response["Error"]["Code"] == "ValidationException"
     assert "Invalid ShardIterator" in raised.value.response["Error"]["Message"]
+
+
+def test_bad_start_members_are_named_in_their_errors(store):
+    client = store.client()
+    # botocore checks these lengths itself; a client that does not is what the store must meet.
+    streams = boto3.client(
+        "dynamodbstreams", region_name=REGION, endpoint_url=store.url,
+        aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET,
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, parameter_validation=False),
+    )
+    _, arn = streamed_table(client, "KEYS_ONLY")
+    with pytest.raises(ClientError) as raised:
+        streams.describe_stream(StreamArn=arn, ExclusiveStartShardId="x")
+    assert raised.value.response["Error"]["Code"] == "ValidationException"
+    assert "'exclusiveStartShardId'" in raised.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as raised:
+        streams.list_streams(ExclusiveStartStreamArn="arn:aws:dynamodb:short")
+    assert "'exclusiveStartStreamArn'" in raised.value.response["Error"]["Message"]

@@ -399,10 +399,15 @@ fn backup_not_found_id(id: &str) -> ApiError {
 
 /// The backup id at the end of a BackupArn (`arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/backup/ID`).
 pub fn parse_backup_arn(arn: &str) -> Result<String, ApiError> {
+    parse_backup_arn_at(arn, "backupArn")
+}
+
+/// [`parse_backup_arn`] of the request member `field` (named in a length error).
+pub fn parse_backup_arn_at(arn: &str, field: &str) -> Result<String, ApiError> {
     let length = arn.len();
     if !(BACKUP_ARN_LENGTH_MIN..=BACKUP_ARN_LENGTH_MAX).contains(&length) {
         return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{arn}' at 'backupArn' failed to satisfy constraint: Member must have length {} {BACKUP_ARN_LENGTH_MAX}",
+            "1 validation error detected: Value '{arn}' at '{field}' failed to satisfy constraint: Member must have length {} {BACKUP_ARN_LENGTH_MAX}",
             if length < BACKUP_ARN_LENGTH_MIN {
                 format!("greater than or equal to {BACKUP_ARN_LENGTH_MIN}, and less than or equal to")
             } else {
@@ -688,7 +693,7 @@ fn list_backups(store: &Store, request: ListBackupsRequest) -> Result<Value, Api
         )));
     }
     let start = match &request.exclusive_start_backup_arn {
-        Some(arn) => Some(parse_backup_arn(arn)?),
+        Some(arn) => Some(parse_backup_arn_at(arn, "exclusiveStartBackupArn")?),
         None => None,
     };
     // Every backup this store makes is a USER backup.

@@ -498,9 +498,7 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
     }
     let mode = request.return_consumed_capacity;
     let digest = request_digest(body);
-    let Some(capacity) = transaction::commit(store, steps, request.client_request_token, digest).await? else {
-        return Ok(json!({}));
-    };
+    let capacity = transaction::commit(store, steps, request.client_request_token, digest).await?;
     let mut response = json!({});
     if let Some(list) = capacity_list(mode.as_deref(), &capacity) {
         response["ConsumedCapacity"] = list;

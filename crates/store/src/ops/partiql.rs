@@ -195,6 +195,9 @@ fn select_page(
     } else {
         partiql::partitions(select.condition.as_ref(), schema, parameters)?
     };
+    if partitions.is_some() {
+        partiql::check_sort_equalities(select.condition.as_ref(), schema, parameters)?;
+    }
     let mut reverse = false;
     if !select.order_by.is_empty() {
         let Some(values) = partitions.as_mut() else {
@@ -612,6 +615,23 @@ pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStateme
             "Read and write requests together in the same batch is not supported.",
         ));
     }
+    // As BatchGetItem and BatchWriteItem (which a batch of statements runs as): two statements
+    // on one item refuse the whole batch. A statement that names no item answers its own error.
+    let mut items = std::collections::HashSet::new();
+    for (entry, parsed) in request.statements.iter().zip(&parsed) {
+        let Ok(parsed) = parsed else { continue };
+        let parameters = Parameters(parameters_of(entry.parameters.as_ref())?);
+        let item = match &parsed.statement {
+            Statement::Select(select) => keyed_read(store, select, &parameters).map(|read| (read.meta.id, read.key)),
+            Statement::Exists(_) => continue,
+            statement => plan_write(store, statement.clone(), &parameters, false).map(|step| (step.meta.id, step.key)),
+        };
+        if let Ok(item) = item
+            && !items.insert(item)
+        {
+            return Err(ApiError::validation("Provided list of item keys contains duplicates"));
+        }
+    }
     let snapshot = if reads > 0 {
         Some(store.engine().snapshot()?)
     } else {
@@ -885,9 +905,7 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
     }
     let digest = transaction_digest(&request.transact_statements);
     let token = request.client_request_token;
-    let Some(capacity) = transaction::commit(store, steps, token, digest).await? else {
-        return Ok(json!({"Responses": []}));
-    };
+    let capacity = transaction::commit(store, steps, token, digest).await?;
     // DynamoDB answers a transaction of writes with an empty Responses list (as recorded
     // against AWS by LocalStack's validated snapshot of two INSERTs).
     let mut response = json!({"Responses": []});

@@ -632,6 +632,7 @@ fn query_bounds(
             "One or more parameter values were invalid: Condition parameter type does not match schema type",
         ));
     }
+    check_not_empty(&schema.partition, &partition)?;
     let prefix = keys::partition_prefix(hash, &partition);
     let (Some(operator), Some(sort_attribute)) = (sort, schema.sort.as_ref()) else {
         let end_of_partition = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
@@ -651,7 +652,9 @@ fn sort_bounds(
 ) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
     let prefix = base.to_vec();
     let end_of_partition = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
-    let check = |value: &AttributeValue| check_condition_type(sort_attribute, value);
+    let check = |value: &AttributeValue| {
+        check_condition_type(sort_attribute, value).and_then(|()| check_not_empty(sort_attribute, value))
+    };
     let with = |value: &AttributeValue| {
         let mut out = prefix.clone();
         keys::encode_key_value(value, &mut out);
@@ -703,6 +706,7 @@ fn sort_bounds(
                     ));
                 }
             };
+            check_not_empty(sort_attribute, &v)?;
             let mut lower = prefix.clone();
             keys::encode_bytes_unterminated(&bytes, &mut lower);
             let upper = keys::prefix_successor(&lower).map_or(Bound::Unbounded, Bound::Excluded);
@@ -710,6 +714,20 @@ fn sort_bounds(
         }
     };
     Ok((lower, upper))
+}
+
+/// Refuses an empty string or binary as a key condition's value, as DynamoDB does (no key
+/// holds one).
+fn check_not_empty(attribute: &catalog::KeyAttribute, value: &AttributeValue) -> Result<(), ApiError> {
+    let kind = match value {
+        AttributeValue::S(text) if text.is_empty() => "string",
+        AttributeValue::B(bytes) if bytes.is_empty() => "binary",
+        _ => return Ok(()),
+    };
+    Err(ApiError::validation(format!(
+        "One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain an empty {kind} value. Key: {}",
+        attribute.name
+    )))
 }
 
 /// Refuses a key condition value whose type is not the key attribute's.

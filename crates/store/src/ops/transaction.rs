@@ -40,16 +40,19 @@ pub(super) struct TxStep {
     pub action: TxAction,
 }
 
-/// Runs `steps` as one transaction. `token` is the ClientRequestToken and `digest` the digest
-/// of what the request asks: the same token with the same request again within the token's
-/// lifetime does nothing and gives `None`. Otherwise the capacity each table consumed, split by
-/// index as the transactions report it.
+/// Runs `steps` as one transaction and gives the capacity each table consumed, split by index
+/// as the transactions report it. `token` is the ClientRequestToken and `digest` the digest of
+/// what the request asks: the same token with the same request again within the token's
+/// lifetime changes nothing, and consumes what reading its items does ("Subsequent
+/// TransactWriteItems calls with the same client token return the number of read capacity
+/// units consumed in reading the item"): a transactional read, two strongly consistent reads,
+/// of each item as it stands.
 pub(super) async fn commit(
     store: &Store,
     steps: Vec<TxStep>,
     token: Option<String>,
     digest: [u8; 32],
-) -> Result<Option<BTreeMap<String, Capacity>>, ApiError> {
+) -> Result<BTreeMap<String, Capacity>, ApiError> {
     let mut seen = HashSet::new();
     for step in &steps {
         if !seen.insert((step.meta.id, step.key.clone())) {
@@ -66,14 +69,26 @@ pub(super) async fn commit(
             ));
         }
         if store.transactions.check(token, digest, now)? {
-            return Ok(None);
+            let snapshot = store.engine().snapshot()?;
+            let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
+            for step in &steps {
+                let size = snapshot
+                    .get(&step.meta, &step.key)?
+                    .as_ref()
+                    .map_or(0, dynamo_protocol::value::item_size_bytes);
+                capacity
+                    .entry(step.meta.name.clone())
+                    .or_default()
+                    .add(&Capacity::table(2.0 * super::read_units(size, true)));
+            }
+            return Ok(capacity);
         }
     }
     let capacity = store.engine().write(move |context| run(context, &steps)).await?;
     if let Some(token) = token {
         store.transactions.remember(token, digest, now);
     }
-    Ok(Some(capacity))
+    Ok(capacity)
 }
 
 /// Why a step cannot go ahead against `old`, the item there now; `None` if it can.

@@ -380,6 +380,33 @@ fn check_key_value(schema: &KeySchema, name: &str, value: &AttributeValue) -> Re
             "Key attribute's data type should match its data type in table's schema: Key {name}"
         )));
     }
+    let empty = match value {
+        AttributeValue::S(text) if text.is_empty() => "string",
+        AttributeValue::B(bytes) if bytes.is_empty() => "binary",
+        _ => return Ok(()),
+    };
+    Err(ApiError::validation(format!(
+        "One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain an empty {empty} value. Key: {name}"
+    )))
+}
+
+/// Checks the values a SELECT's top-level equalities give the sort key (`sk = v` beside the
+/// partition's): of the key's type and not empty, as for a Query's key condition.
+pub(crate) fn check_sort_equalities(
+    expr: Option<&Expr>,
+    schema: &KeySchema,
+    parameters: &Parameters<'_>,
+) -> Result<(), ApiError> {
+    let (Some(expr), Some(sort)) = (expr, schema.sort.as_ref()) else {
+        return Ok(());
+    };
+    for part in conjuncts(expr) {
+        if let Some((found, constant)) = key_equality(part)
+            && found == sort.name
+        {
+            check_key_value(schema, found, &value(constant, parameters, "root")?)?;
+        }
+    }
     Ok(())
 }
 

@@ -81,7 +81,7 @@ fn list_streams(engine: &Engine, request: ListStreamsRequest) -> Result<Value, A
     }
     let after = match &request.exclusive_start_stream_arn {
         Some(arn) => {
-            let (table, label) = parse_stream_arn(arn, engine.region())?;
+            let (table, label) = crate::streams::parse_stream_arn_at(arn, engine.region(), "exclusiveStartStreamArn")?;
             Some(crate::engine::stream_key_of(table, label))
         }
         None => None,
@@ -189,6 +189,9 @@ fn describe_stream(engine: &Engine, request: DescribeStreamRequest) -> Result<Va
     }
     // Shard ids sort by creation, as the shards are listed: a start id that is no (longer a)
     // shard continues after where it would be, as DynamoDB does, instead of failing the page.
+    if let Some(id) = &request.exclusive_start_shard_id {
+        check_shard_id(id, "exclusiveStartShardId")?;
+    }
     let start = match &request.exclusive_start_shard_id {
         None => 0,
         Some(id) => match shards.iter().position(|s| s.id == *id) {

@@ -297,11 +297,16 @@ pub fn stream_arn(region: &str, table: &str, label: &str) -> String {
     format!("arn:aws:dynamodb:{region}:{ACCOUNT}:table/{table}/stream/{label}")
 }
 
-/// The table name and label of a stream ARN of `region`.
+/// The table name and label of a stream ARN of `region` (a request's `StreamArn`).
 pub fn parse_stream_arn<'a>(arn: &'a str, region: &str) -> Result<(&'a str, &'a str), ApiError> {
+    parse_stream_arn_at(arn, region, "streamArn")
+}
+
+/// [`parse_stream_arn`] of the request member `field` (named in a length error).
+pub fn parse_stream_arn_at<'a>(arn: &'a str, region: &str, field: &str) -> Result<(&'a str, &'a str), ApiError> {
     if arn.len() < STREAM_ARN_LENGTH_MIN || arn.len() > STREAM_ARN_LENGTH_MAX {
         return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{arn}' at 'streamArn' failed to satisfy constraint: Member must have length between {STREAM_ARN_LENGTH_MIN} and {STREAM_ARN_LENGTH_MAX}"
+            "1 validation error detected: Value '{arn}' at '{field}' failed to satisfy constraint: Member must have length between {STREAM_ARN_LENGTH_MIN} and {STREAM_ARN_LENGTH_MAX}"
         )));
     }
     let invalid = || {
