@@ -156,6 +156,12 @@ pub enum Refusal {
         if *per_client { "from this client address" } else { "to this listener" }
     )]
     TooManyConnections { limit: usize, per_client: bool },
+    #[error("an HTTP/1.1 request must carry a Host header (RFC 9112, section 3.2); send one")]
+    MissingHost,
+    #[error(
+        "the request's body is sent with the transfer coding '{coding}', which this server does not decode (RFC 9112, section 6.1: only chunked); send it chunked or with a Content-Length (Content-Encoding: gzip is decoded where a route takes it)"
+    )]
+    UnsupportedTransferCoding { coding: String },
 }
 
 impl Refusal {
@@ -165,6 +171,8 @@ impl Refusal {
             Refusal::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Refusal::BodyIncomplete { .. } => StatusCode::BAD_REQUEST,
             Refusal::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::MissingHost => StatusCode::BAD_REQUEST,
+            Refusal::UnsupportedTransferCoding { .. } => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -175,6 +183,8 @@ impl Refusal {
             Refusal::BodyTimeout { .. } => "RequestTimeout",
             Refusal::BodyIncomplete { .. } => "IncompleteBody",
             Refusal::TooManyConnections { .. } => "TooManyConnections",
+            Refusal::MissingHost => "MissingHost",
+            Refusal::UnsupportedTransferCoding { .. } => "UnsupportedTransferCoding",
         }
     }
 }
@@ -758,6 +768,9 @@ async fn dispatch(
 ) -> Result<Response<Body>, Infallible> {
     let _active = state.begin_request();
     let limits = &shared.options.limits;
+    if let Some(refusal) = malformed(&request) {
+        return Ok(response_of((shared.options.render)(&refusal)));
+    }
     if let Some(declared) = declared_length(request.headers())
         && declared > limits.request_body_bytes_max as u64
     {
@@ -779,6 +792,25 @@ async fn dispatch(
     let body = LimitedBody::new(body, limits, Arc::clone(&shared.budget));
     let request = Request::from_parts(parts, Body::new(body));
     tower_service::Service::call(&mut app, request).await
+}
+
+/// What RFC 9112 has a server refuse that hyper lets through: an HTTP/1.1 request without
+/// Host (400), and a transfer coding besides chunked (501; hyper frames the body by its final
+/// `chunked` and would hand the handler the still-encoded bytes).
+fn malformed<B>(request: &Request<B>) -> Option<Refusal> {
+    if request.version() == hyper::Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
+        return Some(Refusal::MissingHost);
+    }
+    request
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
+        .map(|coding| Refusal::UnsupportedTransferCoding {
+            coding: coding.chars().take(64).collect(),
+        })
 }
 
 /// Most bytes of a refused body read and thrown away before the connection is closed.

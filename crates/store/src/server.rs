@@ -685,6 +685,10 @@ fn render_refusal(refusal: &Refusal) -> Rendered {
             let kind = ErrorKind::ServiceUnavailable;
             (format!("{}#{}", kind.namespace(), kind.name()), refusal.to_string())
         }
+        Refusal::MissingHost | Refusal::UnsupportedTransferCoding { .. } => (
+            "com.amazon.coral.validate#ValidationException".to_string(),
+            refusal.to_string(),
+        ),
     };
     Rendered {
         status: refusal.status(),

@@ -331,3 +331,43 @@ async fn connections_over_the_per_client_limit_are_refused_with_503() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test]
+async fn requests_rfc_9112_refuses_get_400_and_501_in_dynamodbs_error_shape() {
+    let store = edge(default_limits()).await;
+    let list = "x-amz-target: DynamoDB_20120810.ListTables\r\ncontent-type: application/x-amz-json-1.0\r\n";
+    // An HTTP/1.1 request without Host; the same with Host is served; HTTP/1.0 needs none.
+    for (request, status) in [
+        (
+            format!("POST / HTTP/1.1\r\n{list}content-length: 2\r\nconnection: close\r\n\r\n{{}}"),
+            "400",
+        ),
+        (
+            format!("POST / HTTP/1.1\r\nhost: x\r\n{list}content-length: 2\r\nconnection: close\r\n\r\n{{}}"),
+            "200",
+        ),
+        (format!("POST / HTTP/1.0\r\n{list}content-length: 2\r\n\r\n{{}}"), "200"),
+        // A transfer coding other than chunked, before it.
+        (
+            format!(
+                "POST / HTTP/1.1\r\nhost: x\r\n{list}transfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+            ),
+            "501",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(store.address).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let answer = read_until_closed(&mut stream).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")) || answer.starts_with(&format!("HTTP/1.0 {status}")),
+            "{request:?}: {answer}"
+        );
+        if status != "200" {
+            assert!(
+                answer.contains("\"__type\":\"com.amazon.coral.validate#ValidationException\""),
+                "{answer}"
+            );
+            assert!(answer.contains("RFC 9112"), "{answer}");
+        }
+    }
+}
