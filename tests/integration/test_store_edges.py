@@ -615,3 +615,13 @@ def test_a_replayed_transact_write_reports_the_reads_it_consumed(client):
     again = client.transact_write_items(TransactItems=items, ClientRequestToken="edge-token-1",
                                         ReturnConsumedCapacity="TOTAL")
     assert again["ConsumedCapacity"] == [{"TableName": name, "CapacityUnits": 2.0}]
+
+
+def test_a_ttl_attribute_name_out_of_bounds_is_named_with_its_bound(store):
+    client = store.client(parameter_validation=False)
+    name = indexed_table(client)
+    for attribute, bound in (("t" * 256, "less than or equal to 255"), ("", "greater than or equal to 1")):
+        with pytest.raises(ClientError) as raised:
+            client.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute})
+        code, message, _ = error_of(raised)
+        assert code == "ValidationException" and f"Value '{attribute}'" in message and bound in message

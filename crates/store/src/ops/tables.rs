@@ -701,14 +701,23 @@ pub struct UpdateTtlRequest {
     time_to_live_specification: TtlSpecification,
 }
 
+/// The longest TTL attribute name UpdateTimeToLive takes (its API's bound).
+const TTL_ATTRIBUTE_NAME_BYTES_MAX: usize = 255;
+
 pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Value, ApiError> {
     let meta = named_table(store, &request.table_name)?;
     refuse_restoring(&meta)?;
     let spec = request.time_to_live_specification;
-    if spec.attribute_name.is_empty() || spec.attribute_name.len() > 255 {
-        return Err(ApiError::validation(
-            "1 validation error detected: Value '' at 'timeToLiveSpecification.attributeName' failed to satisfy constraint: Member must have length greater than or equal to 1",
-        ));
+    if spec.attribute_name.is_empty() || spec.attribute_name.len() > TTL_ATTRIBUTE_NAME_BYTES_MAX {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{}' at 'timeToLiveSpecification.attributeName' failed to satisfy constraint: Member must have length {}",
+            spec.attribute_name,
+            if spec.attribute_name.is_empty() {
+                "greater than or equal to 1".to_string()
+            } else {
+                format!("less than or equal to {TTL_ATTRIBUTE_NAME_BYTES_MAX}")
+            }
+        )));
     }
     let enabled = spec.enabled;
     let attribute = spec.attribute_name.clone();
