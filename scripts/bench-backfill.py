@@ -28,7 +28,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import random
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -119,6 +121,41 @@ def key(i):
     return {"pk": {"S": f"p{i // 100}"}, "sk": {"N": str(i % 100)}}
 
 
+class Writer:
+    """Writes ~1 KB items at random existing keys of us-east-1, `rate` a second, until stopped:
+    a table made global while in use. Each write replicates through the log, and lands in the
+    new replica's tree ahead of the backfill, between keys the backfill brings later."""
+
+    def __init__(self, store, items, rate, seed):
+        self.store, self.items, self.rate = store, items, rate
+        self.random = random.Random(seed)
+        self.stopping = threading.Event()
+        self.written = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        started = time.monotonic()
+        while not self.stopping.is_set():
+            due = started + self.written / self.rate
+            if due > time.monotonic():
+                self.stopping.wait(due - time.monotonic())
+                continue
+            i = self.random.randrange(self.items)
+            scale.call(self.store.port, "PutItem", {"TableName": "scale", "Item": {
+                **key(i), "v": {"S": f"during-backfill-{self.written}-" + "w" * 1000}}})
+            self.written += 1
+
+    def __enter__(self):
+        if self.rate > 0:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
+
+
 def rewrite(store, indexes, version):
     for start in range(0, len(indexes), 25):
         chunk = indexes[start:start + 25]
@@ -177,8 +214,10 @@ def run(args):
         log("making the table global: backfill of eu-west-1")
         started = time.monotonic()
         cpu_before = (cpu_s(us.process), cpu_s(eu.process))
+        writer = Writer(us, args.items, args.writes_during_backfill, seed=args.items)
         scale.call(us.port, "UpdateTable", {"TableName": "scale",
                                             "ReplicaUpdates": [{"Create": {"RegionName": "eu-west-1"}}]})
+        writer.__enter__()
         seen_creating = False
         last_report = 0.0
         while True:
@@ -192,6 +231,8 @@ def run(args):
             if time.monotonic() - started > BACKFILL_DEADLINE_S:
                 raise RuntimeError("the backfill did not finish")
             time.sleep(0.05)
+        writer.__exit__()
+        result["written_during"] = writer.written
         result["backfill_s"] = time.monotonic() - started
         result["backfill_cpu_us"] = tuple(
             (cpu_s(store.process) - before) * 1e6 / args.items for store, before in zip((us, eu), cpu_before))
@@ -236,7 +277,10 @@ def run(args):
     finally:
         for store in (us, eu):
             store.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            log(f"data directories kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return result
 
 
@@ -246,7 +290,8 @@ def section(args, result, command_line):
     lines = [
         SECTION_BEGIN,
         f"Command: `{command_line}` (two release stores on loopback, items of ~1 KB, the origin's "
-        f"replication log bounded at {args.backlog_bytes_max}; load average "
+        f"replication log bounded at {args.backlog_bytes_max}; "
+        f"{result['written_during']:,} PutItems to random keys during the backfill; load average "
         f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} after; {today}).",
         "",
         "| items | load items/s | backfill of a new replica | backfill items/s | CPU per item: origin / new replica | "
@@ -270,6 +315,10 @@ def main():
     parser.add_argument("--diffs", type=int, default=1000, help="keys that differ before the repair (default 1000)")
     parser.add_argument("--backlog-bytes-max", default="1MiB",
                         help="the origin's replication log bound (default 1MiB), small so an outage outgrows it")
+    parser.add_argument("--writes-during-backfill", type=float, default=0, metavar="PER_S",
+                        help="PutItems a second to random existing keys of the origin while the backfill runs "
+                             "(a table made global while in use; default 0)")
+    parser.add_argument("--keep", action="store_true", help="keep both stores' data directories (for inspection)")
     parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
     args = parser.parse_args()
     scale.own_autogroup()
