@@ -33,9 +33,92 @@ pub fn open_to_network(address: SocketAddr, guarded: bool) -> bool {
     !guarded && !crate::net::canonical(address.ip()).is_loopback()
 }
 
+/// Why an admin API refuses a request a web page made the operator's browser send, if it is
+/// one: a control API without a token relies on listening on loopback, and a page the operator
+/// opens can still reach loopback — directly with a cross-origin POST that needs no preflight
+/// (`Content-Type: text/plain`), or under its own name through DNS rebinding. So:
+/// - a request whose `Origin` is not the origin it is sent to, or that the browser marks
+///   `Sec-Fetch-Site: cross-site`/`same-site`, is refused, token or not (a browser sends them;
+///   curl, the SDKs and Switchyard's own clients do not);
+/// - without a token (`guarded` false), the `Host` must be an IP address or `localhost`, with or
+///   without a port: a rebinding page's requests carry its own name.
+pub fn browser_forgery(headers: &axum::http::HeaderMap, guarded: bool) -> Option<String> {
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("(not text)"));
+    let host = text("host");
+    if let Some(site) = text("sec-fetch-site")
+        && (site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site"))
+    {
+        return Some(format!(
+            "a browser sent this request from another site (Sec-Fetch-Site: {site}); the control API takes requests from its own tools (curl, the switchyard CLI), not from web pages"
+        ));
+    }
+    if let Some(origin) = text("origin") {
+        let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or(origin);
+        if origin == "null" || host.is_none_or(|host| !host.eq_ignore_ascii_case(authority)) {
+            return Some(format!(
+                "a browser sent this request from the page at {origin}, not from this API's own origin; the control API takes requests from its own tools (curl, the switchyard CLI), not from web pages"
+            ));
+        }
+    }
+    if !guarded && let Some(host) = host {
+        let name = match host.strip_prefix('[') {
+            Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        if name.parse::<std::net::IpAddr>().is_err() && !name.eq_ignore_ascii_case("localhost") {
+            return Some(format!(
+                "Host {host} is a name, and this API has no token: without one it answers only requests addressed to an IP address or localhost (a web page can make a name of its own resolve to this machine); use the address, or set a token"
+            ));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> axum::http::HeaderMap {
+        let mut map = axum::http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().expect("header value"));
+        }
+        map
+    }
+
+    #[test]
+    fn browser_forgeries_are_told_from_the_operators_tools() {
+        // curl, the CLI and Switchyard's own clients: no Origin, an address or localhost.
+        for host in [
+            "127.0.0.1:8404",
+            "[::1]:8404",
+            "localhost:8404",
+            "LOCALHOST",
+            "10.0.0.5",
+        ] {
+            assert_eq!(browser_forgery(&headers(&[("host", host)]), false), None, "{host}");
+        }
+        // A page's cross-origin POST, a sandboxed page, a browser's own cross-site mark.
+        for pairs in [
+            &[("host", "127.0.0.1:8404"), ("origin", "https://evil.example")][..],
+            &[("host", "127.0.0.1:8404"), ("origin", "null")],
+            &[("host", "127.0.0.1:8404"), ("sec-fetch-site", "cross-site")],
+        ] {
+            for guarded in [false, true] {
+                assert!(browser_forgery(&headers(pairs), guarded).is_some(), "{pairs:?}");
+            }
+        }
+        // The API's own page (same origin) may post.
+        let own = headers(&[("host", "127.0.0.1:8404"), ("origin", "http://127.0.0.1:8404")]);
+        assert_eq!(browser_forgery(&own, false), None);
+        // DNS rebinding: a name of the attacker's resolving to loopback, same-origin to the page.
+        let rebound = headers(&[
+            ("host", "rebind.attacker.example:8404"),
+            ("origin", "http://rebind.attacker.example:8404"),
+        ]);
+        assert!(browser_forgery(&rebound, false).is_some_and(|why| why.contains("no token")));
+        assert_eq!(browser_forgery(&rebound, true), None, "a token stops what a name would");
+    }
 
     #[test]
     fn secrets_match_only_when_equal() {

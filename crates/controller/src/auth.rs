@@ -199,7 +199,9 @@ impl Access {
             .collect()
     }
 
-    fn held(&self, role: Role) -> bool {
+    /// Whether some credential (or the control token) holds `role`: if none does, anyone may act
+    /// in it.
+    pub fn held(&self, role: Role) -> bool {
         self.control.is_some() || self.credentials.iter().any(|c| c.role.grants(role))
     }
 

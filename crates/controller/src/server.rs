@@ -1267,6 +1267,19 @@ fn denied(shared: &Shared, denied: &Denied) -> Response {
 
 /// `Authorization: Bearer TOKEN` holding role `needed` (see `auth`).
 fn authorize(shared: &Shared, headers: &HeaderMap, needed: Role) -> Result<Caller, Response> {
+    if let Some(why) = common::secret::browser_forgery(headers, shared.access.held(needed)) {
+        shared
+            .metrics
+            .refused
+            .get_or_create(&RefusedLabels {
+                code: "forbidden".into(),
+            })
+            .inc();
+        return Err(json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": why, "code": "forbidden"}),
+        ));
+    }
     let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     shared
         .access

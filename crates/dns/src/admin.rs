@@ -54,6 +54,10 @@ fn outcome(state: &State, outcome: &'static str) {
 }
 
 fn authorize(state: &State, headers: &HeaderMap) -> Result<(), Response> {
+    if let Some(why) = common::secret::browser_forgery(headers, state.token.is_some()) {
+        outcome(state, "forbidden");
+        return Err(error(StatusCode::FORBIDDEN, "forbidden", why));
+    }
     let Some(token) = &state.token else { return Ok(()) };
     match common::secret::bearer(headers) {
         Some(offered) if common::secret::same_secret(token.as_bytes(), offered.as_bytes()) => Ok(()),

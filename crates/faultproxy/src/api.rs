@@ -72,8 +72,21 @@ pub fn router(registry: Arc<Registry>) -> Router {
 /// The control API's routes over `registry`; with a token, every request but `GET /health`
 /// must present it as `Authorization: Bearer TOKEN`.
 pub fn router_with_token(registry: Arc<Registry>, token: Option<String>) -> Router {
-    let routes = routes(registry);
-    match token.filter(|t| !t.is_empty()) {
+    let token = token.filter(|t| !t.is_empty());
+    let guarded = token.is_some();
+    let routes = routes(registry).layer(axum::middleware::from_fn(
+        move |request: Request, next: Next| async move {
+            match common::secret::browser_forgery(request.headers(), guarded) {
+                Some(why) => ApiError {
+                    status: StatusCode::FORBIDDEN,
+                    message: why,
+                }
+                .into_response(),
+                None => next.run(request).await,
+            }
+        },
+    ));
+    match token {
         Some(token) => {
             let token: Arc<str> = Arc::from(token);
             routes.layer(axum::middleware::from_fn(move |request: Request, next: Next| {

@@ -138,6 +138,13 @@ pub async fn serve(
 }
 
 async fn authenticate(State(context): State<AdminContext>, request: Request, next: Next) -> Response {
+    if let Some(why) = common::secret::browser_forgery(request.headers(), context.token.is_some()) {
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({"error": "forbidden", "message": why})),
+        )
+            .into_response();
+    }
     if let Some(token) = &context.token {
         let given = common::secret::bearer(request.headers());
         if !given.is_some_and(|g| common::secret::same_secret(token.as_bytes(), g.as_bytes())) {

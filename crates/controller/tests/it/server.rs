@@ -953,3 +953,43 @@ async fn a_restart_in_the_middle_of_a_manual_failover_keeps_the_hold() {
     }
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_a_web_page_made_a_browser_send_is_refused_even_with_a_token() {
+    let dns = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = start_with_tokens(&dns.url, dir.path()).await;
+    let url = format!("{}/v1/pause", controller.url);
+    let bearer = format!("Bearer {OPERATOR}");
+    // A cross-site page's POST (no preflight for text/plain), and a browser's own mark of one.
+    for forged in [
+        vec![
+            ("authorization", bearer.clone()),
+            ("origin", "https://evil.example".to_string()),
+            ("content-type", "text/plain".to_string()),
+        ],
+        vec![
+            ("authorization", bearer.clone()),
+            ("sec-fetch-site", "cross-site".to_string()),
+        ],
+    ] {
+        let (status, body) = testkit::http_post(&url, &forged, Vec::new()).await;
+        assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+        assert!(
+            String::from_utf8_lossy(&body).contains("browser"),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    assert_eq!(
+        controller.status_as(READER).await["engine"]["paused"],
+        false,
+        "nothing was paused"
+    );
+    // The dashboard's own requests (same origin) go through.
+    let origin = controller.url.clone();
+    let (status, _) = testkit::http_post(&url, &[("authorization", bearer), ("origin", origin)], Vec::new()).await;
+    assert_eq!(status, 200);
+    assert_eq!(controller.status_as(READER).await["engine"]["paused"], true);
+    controller.stop().await;
+}
