@@ -311,6 +311,12 @@ def test_key_values_a_select_pins_are_checked_as_a_query_checks_them(client, tab
                             Parameters=[{"S": "a"}, {"S": "1"}])
     assert (code, message) == ("ValidationException",
                                "Key attribute's data type should match its data type in table's schema: Key sk")
+    code, message = failure(client, f"SELECT * FROM \"{table}\" WHERE pk = 'a' AND sk BETWEEN 5 AND 0")
+    assert code == "ValidationException" and "requires upper bound to be greater than or equal to lower bound" in message
+    code, message = failure(client, f"SELECT * FROM \"{table}\" WHERE pk = 'a' AND begins_with(sk, 1)")
+    assert (code, message) == ("ValidationException", "Incorrect operand type for operator or function; "
+                                                      "operator or function: begins_with, operand type: N")
+    assert len(run(client, f"SELECT * FROM \"{table}\" WHERE pk = 'a' AND sk BETWEEN 2 AND 4")["Items"]) == 3
 
 
 def test_a_batch_naming_one_item_twice_is_refused_whole(client, table):

@@ -400,11 +400,44 @@ pub(crate) fn check_sort_equalities(
     let (Some(expr), Some(sort)) = (expr, schema.sort.as_ref()) else {
         return Ok(());
     };
+    let on_sort = |expr: &Expr| matches!(expr, Expr::Path(Path(p)) if p.as_slice() == [PathElement::Attribute(sort.name.clone())]);
     for part in conjuncts(expr) {
         if let Some((found, constant)) = key_equality(part)
             && found == sort.name
         {
             check_key_value(schema, found, &value(constant, parameters, "root")?)?;
+        }
+        // `sk BETWEEN a AND b` with both bounds given: in order, as a Query's key condition.
+        if let Expr::Between(subject, low, high) = part
+            && on_sort(subject)
+            && is_constant(low)
+            && is_constant(high)
+        {
+            let (low, high) = (value(low, parameters, "root")?, value(high, parameters, "root")?);
+            if low.value_type() == high.value_type() && sort.value_type.matches(&low) {
+                let encode = |v: &AttributeValue| {
+                    let mut out = Vec::new();
+                    crate::keys::encode_key_value(v, &mut out);
+                    out
+                };
+                if encode(&low) > encode(&high) {
+                    return Err(ApiError::validation(format!(
+                        "The BETWEEN operator requires upper bound to be greater than or equal to lower bound; lower bound operand: AttributeValue: {}, upper bound operand: AttributeValue: {}",
+                        serde_json::to_string(&low).unwrap_or_default(),
+                        serde_json::to_string(&high).unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        // `begins_with(sk, v)` on a number sort key.
+        if let Expr::Call(name, arguments) = part
+            && name == "begins_with"
+            && arguments.first().is_some_and(on_sort)
+            && sort.value_type == crate::catalog::KeyType::N
+        {
+            return Err(ApiError::validation(
+                "Incorrect operand type for operator or function; operator or function: begins_with, operand type: N",
+            ));
         }
     }
     Ok(())

@@ -425,3 +425,31 @@ fn only_requests_of_selects_count_as_reads_for_the_replay_guard() {
     ));
     assert!(!reads_only("GetItem", &select));
 }
+
+#[test]
+fn a_selects_sort_key_conditions_are_checked_as_a_querys() {
+    let check = |text: &str, values: &[AttributeValue]| {
+        let expr = where_of(text);
+        check_sort_equalities(Some(&expr), &schema(), &Parameters(values)).map_err(|e| e.message)
+    };
+    assert_eq!(
+        check("DELETE FROM t WHERE pk = 'a' AND sk BETWEEN 2 AND 4", &[]),
+        Ok(())
+    );
+    assert_eq!(check("DELETE FROM t WHERE pk = 'a' AND sk = 3", &[]), Ok(()));
+    let reversed = check("DELETE FROM t WHERE pk = 'a' AND sk BETWEEN 5 AND 0", &[]).expect_err("reversed");
+    assert!(reversed.contains("requires upper bound"), "{reversed}");
+    let on_number = check("DELETE FROM t WHERE pk = 'a' AND begins_with(sk, 1)", &[]).expect_err("a number");
+    assert!(on_number.ends_with("begins_with, operand type: N"), "{on_number}");
+    let wrong = check(
+        "DELETE FROM t WHERE pk = 'a' AND sk = ?",
+        &[AttributeValue::S("1".into())],
+    )
+    .expect_err("type");
+    assert!(wrong.contains("Key sk"), "{wrong}");
+    // Conditions under OR or NOT are filters, not key conditions: left alone.
+    assert_eq!(
+        check("DELETE FROM t WHERE pk = 'a' AND (sk BETWEEN 5 AND 0 OR x = 1)", &[]),
+        Ok(())
+    );
+}
