@@ -68,7 +68,10 @@ class DnsServer:
         command = [str(BINARY), "dns", "--config", str(self.config), "--listen", "127.0.0.1:0",
                    "--admin-listen", "127.0.0.1:0", "--state-dir", str(self.state_dir),
                    "--ready-file", str(ready), "--seed", "7"]
-        env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=self.token, SWITCHYARD_LOG="info")
+        env = dict(os.environ, SWITCHYARD_LOG="info")
+        env.pop("SWITCHYARD_CONTROL_TOKEN", None)
+        if self.token:
+            env["SWITCHYARD_CONTROL_TOKEN"] = self.token
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         deadline = time.monotonic() + START_DEADLINE_S
         while not (ready.exists() and len(ready.read_text().splitlines()) == 2):
