@@ -189,12 +189,15 @@ pub struct Timeouts {
     /// past it the client gets 504 and the server an error.
     pub response_header_ms: u64,
     /// A client's whole request head must arrive within this (HAProxy `timeout http-request`);
-    /// the slowloris defence.
+    /// the slowloris defence. Also how long a client connection may sit idle: an HTTP/1
+    /// keep-alive connection between requests, an HTTP/2 one with no open stream (HAProxy's
+    /// `timeout http-keep-alive`, which defaults to `timeout http-request`).
     pub client_header_ms: u64,
     /// A client's whole request body must arrive within this once its head has; else 408.
     pub client_body_ms: u64,
-    /// Idle keep-alive connections, to clients and pooled to servers, close after this
-    /// (HAProxy `timeout http-keep-alive`).
+    /// Pooled server connections close after this idle; while a response streams, each read
+    /// from the server and each write to the client must finish within it (HAProxy `timeout
+    /// server`/`timeout client`); the interval of HTTP/2 keep-alive PINGs.
     pub idle_ms: u64,
 }
 

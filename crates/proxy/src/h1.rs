@@ -168,13 +168,29 @@ fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u
     Ok(length)
 }
 
-/// Transfer codings: `Ok(true)` when the last is chunked (once, alone), `Ok(false)` without the
-/// header, `Err(final_is_chunked)` otherwise.
-fn transfer_coding<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<bool, bool> {
+/// What a message's `Transfer-Encoding` lines say (RFC 9112 §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codings {
+    /// No `Transfer-Encoding` line.
+    Absent,
+    /// `chunked`, alone and once.
+    Chunked,
+    /// `chunked` last, after codings this proxy does not decode (501 for a request).
+    Unsupported,
+    /// No coding at all (`Transfer-Encoding:` or `,`): a list of codings cannot be empty.
+    Empty,
+    /// The final coding is not chunked, or chunked is applied twice.
+    FinalNotChunked,
+}
+
+/// Reads the codings of a message's `Transfer-Encoding` lines.
+fn transfer_coding<'a>(values: impl Iterator<Item = &'a [u8]>) -> Codings {
+    let mut lines = 0;
     let mut count = 0;
     let mut chunked_at = None;
     let mut chunked_count = 0;
     for value in values {
+        lines += 1;
         for coding in list(value) {
             if coding.eq_ignore_ascii_case(b"chunked") {
                 chunked_at = Some(count);
@@ -184,16 +200,25 @@ fn transfer_coding<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<bool, b
         }
     }
     match (count, chunked_at) {
-        (0, _) => Ok(false),
-        (1, Some(0)) => Ok(true),
+        (0, _) if lines == 0 => Codings::Absent,
+        (0, _) => Codings::Empty,
+        (1, Some(0)) => Codings::Chunked,
         // Chunked applied twice is an error (RFC 9112 §6.1).
-        (n, Some(at)) if at + 1 == n && chunked_count == 1 => Err(true),
-        _ => Err(false),
+        (n, Some(at)) if at + 1 == n && chunked_count == 1 => Codings::Unsupported,
+        _ => Codings::FinalNotChunked,
     }
 }
 
 /// The target's path and query to forward, and its authority for absolute-form (RFC 9112 §3.2).
 fn split_target(target: &[u8]) -> Result<(&[u8], Option<&[u8]>), RequestError> {
+    // A fragment is the user agent's business (RFC 9112 §3.2: origin-form and absolute-form
+    // have none); forwarded, it could reach a server that routes or caches on it (HAProxy
+    // refuses it since CVE-2023-45539).
+    if target.contains(&b'#') {
+        return Err(RequestError::Bad(
+            "the request target has a fragment (#), which a request never carries (RFC 9112 section 3.2)",
+        ));
+    }
     if target.first() == Some(&b'/') || target == b"*" {
         return Ok((target, None));
     }
@@ -206,19 +231,14 @@ fn split_target(target: &[u8]) -> Result<(&[u8], Option<&[u8]>), RequestError> {
             "the request target is not origin-form or absolute-form http(s)",
         ));
     };
-    let end = rest
-        .iter()
-        .position(|b| *b == b'/' || *b == b'?' || *b == b'#')
-        .unwrap_or(rest.len());
+    let end = rest.iter().position(|b| *b == b'/' || *b == b'?').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
     if authority.is_empty() || !proxy::valid_host(authority) {
         return Err(RequestError::Host(HostError::Invalid));
     }
     let path: &[u8] = if path.is_empty() { b"/" } else { path };
     if path[0] != b'/' {
-        return Err(RequestError::Bad(
-            "the request target has a query or fragment but no path",
-        ));
+        return Err(RequestError::Bad("the request target has a query but no path"));
     }
     Ok((path, Some(authority)))
 }
@@ -270,13 +290,18 @@ pub fn parse_request(buf: &[u8], client: SocketAddr, out: &mut Vec<u8>) -> Resul
                 "an HTTP/1.0 request cannot use Transfer-Encoding (RFC 9112 section 6.1)",
             ));
         }
-        Ok(true) => Framing::Chunked,
-        Ok(false) => match length {
+        Codings::Chunked => Framing::Chunked,
+        Codings::Absent => match length {
             Some(0) | None => Framing::None,
             Some(n) => Framing::Length(n),
         },
-        Err(true) => return Err(RequestError::UnknownCoding),
-        Err(false) => {
+        Codings::Unsupported => return Err(RequestError::UnknownCoding),
+        Codings::Empty => {
+            return Err(RequestError::Bad(
+                "the request's Transfer-Encoding names no coding (RFC 9112 section 6.1)",
+            ));
+        }
+        Codings::FinalNotChunked => {
             return Err(RequestError::Bad(
                 "the request's final transfer coding is not chunked (RFC 9112 section 6.3)",
             ));
@@ -305,22 +330,15 @@ pub fn parse_request(buf: &[u8], client: SocketAddr, out: &mut Vec<u8>) -> Resul
         None => Some(out.len()),
     };
     let any_connection = values(b"connection").next().is_some();
-    let mut previous_xff = None;
-    let mut previous_forwarded = None;
     for header in headers {
         let name = header.name;
-        if lower_eq(name, b"x-forwarded-for") {
-            previous_xff = previous_xff.or(Some(header.value));
-            continue;
-        }
-        if lower_eq(name, b"forwarded") {
-            previous_forwarded = previous_forwarded.or(Some(header.value));
-            continue;
-        }
         if is_hop_by_hop(name)
             || lower_eq(name, b"host")
             || lower_eq(name, b"expect")
             || lower_eq(name, b"x-forwarded-proto")
+            // Every line of these is kept, merged into the one this hop writes.
+            || lower_eq(name, b"x-forwarded-for")
+            || lower_eq(name, b"forwarded")
             || (any_connection && named_by_connection(name, headers))
         {
             continue;
@@ -328,9 +346,9 @@ pub fn parse_request(buf: &[u8], client: SocketAddr, out: &mut Vec<u8>) -> Resul
         push_header(out, name.as_bytes(), header.value);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
-    proxy::push_x_forwarded_for(out, previous_xff, client);
+    proxy::push_x_forwarded_for(out, values(b"x-forwarded-for"), client);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nforwarded: ");
-    proxy::push_forwarded(out, previous_forwarded, client, host);
+    proxy::push_forwarded(out, values(b"forwarded"), client, host);
     out.extend_from_slice(b"\r\n");
     Ok(Some(RequestHead {
         head_len,
@@ -437,7 +455,7 @@ pub fn parse_response(buf: &[u8], client: ClientSide, out: &mut Vec<u8>) -> Resu
         Framing::None
     } else if has_te {
         match transfer_coding(values(b"transfer-encoding")) {
-            Ok(true) => Framing::Chunked,
+            Codings::Chunked => Framing::Chunked,
             _ => Framing::UntilClose,
         }
     } else {
@@ -1003,15 +1021,17 @@ async fn serve_request(
         out,
     } = buffers;
 
-    // 1. The head: the first byte within idle_ms (keep-alive), the whole head within
-    //    client_header_ms of it (of the connection's start for its first request).
+    // 1. The head: the first byte within client_header_ms of the previous answer (an idle
+    //    keep-alive connection: HAProxy's `timeout http-keep-alive`, which defaults to `timeout
+    //    http-request`), the whole head within client_header_ms of that byte (of the
+    //    connection's start for its first request).
     let mut deadline = first_deadline;
     let head = loop {
         if input.is_empty() {
             if *stop.borrow() {
                 return Next::Close;
             }
-            let idle = deadline.unwrap_or_else(|| Instant::now() + Duration::from_millis(config.timeouts.idle_ms));
+            let idle = deadline.unwrap_or_else(|| Instant::now() + header_ms);
             let read = tokio::select! {
                 read = read_more(stream, input, Some(idle)) => read,
                 _ = stop.changed() => return Next::Close,

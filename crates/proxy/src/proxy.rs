@@ -41,6 +41,10 @@ pub const H2_STREAMS_PER_CONNECTION_MAX: u32 = 100;
 pub(crate) const BODY_TOO_LARGE: &str = "the request body is larger than limits.request_body_bytes_max";
 pub(crate) const BODY_UNREADABLE: &str = "the request body could not be read";
 pub(crate) const BODY_TOO_SLOW: &str = "the request body arrived too slowly";
+/// After the GOAWAY of an idle (or stopping) HTTP/2 connection, how long it may stay open
+/// with no stream before it is dropped: a client that answers the GOAWAY's PING closes well
+/// within it.
+pub const H2_GOAWAY_GRACE_MS: u64 = 1000;
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
 
@@ -325,13 +329,16 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Appends this hop to `X-Forwarded-For` and `Forwarded` and sets `X-Forwarded-Proto`.
 ///
+/// Every line of the client's `X-Forwarded-For` and `Forwarded` is kept, in order, as one list
+/// (RFC 9110 §5.3), this hop's element last, as HAProxy does.
+///
 /// On the hot path: each header value is built in one buffer and moved into the header, without
 /// `format!` (which cost more than the rest of the request's header handling together).
 pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
     let mut xff = Vec::with_capacity(64);
     push_x_forwarded_for(
         &mut xff,
-        headers.get("x-forwarded-for").map(HeaderValue::as_bytes),
+        headers.get_all("x-forwarded-for").iter().map(HeaderValue::as_bytes),
         client,
     );
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
@@ -341,7 +348,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<
     let mut forwarded = Vec::with_capacity(96);
     push_forwarded(
         &mut forwarded,
-        headers.get(header::FORWARDED).map(HeaderValue::as_bytes),
+        headers.get_all(header::FORWARDED).iter().map(HeaderValue::as_bytes),
         client,
         host.map(str::as_bytes),
     );
@@ -350,22 +357,38 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<
     }
 }
 
-/// The `X-Forwarded-For` value: the previous one (if any), then this hop's client address.
-pub(crate) fn push_x_forwarded_for(out: &mut Vec<u8>, previous: Option<&[u8]>, client: SocketAddr) {
-    if let Some(previous) = previous {
-        out.extend_from_slice(previous);
+/// The `X-Forwarded-For` value: the previous lines' values (if any) in order, then this hop's
+/// client address.
+pub(crate) fn push_x_forwarded_for<'a>(
+    out: &mut Vec<u8>,
+    previous: impl Iterator<Item = &'a [u8]>,
+    client: SocketAddr,
+) {
+    for value in previous.map(<[u8]>::trim_ascii).filter(|v| !v.is_empty()) {
+        out.extend_from_slice(value);
         out.extend_from_slice(b", ");
     }
     push_ip(out, client.ip());
 }
 
-/// The `Forwarded` value (RFC 7239): the previous one (if any), then `for=...;proto=http` and
-/// the host when it needs no quoting.
-pub(crate) fn push_forwarded(out: &mut Vec<u8>, previous: Option<&[u8]>, client: SocketAddr, host: Option<&[u8]>) {
+/// The `Forwarded` value (RFC 7239): the previous lines' values (if any) in order, then
+/// `for=...;proto=http;host=...`, the host quoted unless it is a token.
+///
+/// A previous line that is not a valid `Forwarded` list is dropped: an unclosed quoted-string
+/// (`for=6.6.6.6;x="`) would otherwise swallow this hop's element and leave the last element
+/// the client's.
+pub(crate) fn push_forwarded<'a>(
+    out: &mut Vec<u8>,
+    previous: impl Iterator<Item = &'a [u8]>,
+    client: SocketAddr,
+    host: Option<&[u8]>,
+) {
     let ip = client.ip();
-    if let Some(previous) = previous {
-        out.extend_from_slice(previous);
-        out.extend_from_slice(b", ");
+    for value in previous.map(<[u8]>::trim_ascii) {
+        if !value.is_empty() && valid_forwarded(value) {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
     }
     out.extend_from_slice(b"for=");
     match ip {
@@ -377,9 +400,93 @@ pub(crate) fn push_forwarded(out: &mut Vec<u8>, previous: Option<&[u8]>, client:
         }
     }
     out.extend_from_slice(b";proto=http");
-    if let Some(host) = host.filter(|h| h.iter().all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b';')) {
+    if let Some(host) = host.filter(|h| quotable(h)) {
         out.extend_from_slice(b";host=");
-        out.extend_from_slice(host);
+        push_forwarded_value(out, host);
+    }
+}
+
+/// RFC 9110 §5.6.2 `tchar`: what a token is made of.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// Whether `value` fits in a quoted-string: visible ASCII, space and tab (a `"` or `\` is
+/// escaped). Control bytes cannot be carried at all.
+fn quotable(value: &[u8]) -> bool {
+    value.iter().all(|b| *b == b'\t' || (b' '..=b'~').contains(b))
+}
+
+/// A `Forwarded` parameter value (RFC 7239 §4): as is when it is a token, else as a
+/// quoted-string with `"` and `\` escaped (a host with a port, an IPv6 literal, or one with `,`,
+/// `;` or `=`, which unquoted would start another pair or element). `value` is [`quotable`].
+fn push_forwarded_value(out: &mut Vec<u8>, value: &[u8]) {
+    if !value.is_empty() && value.iter().all(|b| is_tchar(*b)) {
+        out.extend_from_slice(value);
+        return;
+    }
+    out.push(b'"');
+    for byte in value {
+        if *byte == b'"' || *byte == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(*byte);
+    }
+    out.push(b'"');
+}
+
+/// Whether `value` is a `Forwarded` field value RFC 7239 §4 allows: a comma-separated list of
+/// elements, each `;`-separated `token=value` pairs, a value a token or a quoted-string
+/// (whitespace around the separators and empty elements are tolerated).
+fn valid_forwarded(value: &[u8]) -> bool {
+    let mut at = 0;
+    let skip_space = |at: &mut usize| {
+        while value.get(*at).is_some_and(|b| *b == b' ' || *b == b'\t') {
+            *at += 1;
+        }
+    };
+    loop {
+        skip_space(&mut at);
+        match value.get(at) {
+            None => return true,
+            Some(b',' | b';') => {
+                at += 1;
+                continue;
+            }
+            Some(_) => {}
+        }
+        let name_start = at;
+        while value.get(at).copied().is_some_and(is_tchar) {
+            at += 1;
+        }
+        if at == name_start || value.get(at) != Some(&b'=') {
+            return false;
+        }
+        at += 1;
+        if value.get(at) == Some(&b'"') {
+            at += 1;
+            loop {
+                match value.get(at) {
+                    Some(b'"') => break,
+                    Some(b'\\') if value.get(at + 1).is_some_and(|b| quotable(&[*b])) => at += 2,
+                    Some(byte) if *byte != b'\\' && quotable(&[*byte]) => at += 1,
+                    _ => return false,
+                }
+            }
+            at += 1;
+        } else {
+            let value_start = at;
+            while value.get(at).copied().is_some_and(is_tchar) {
+                at += 1;
+            }
+            if at == value_start {
+                return false;
+            }
+        }
+        skip_space(&mut at);
+        if !matches!(value.get(at), None | Some(b',' | b';')) {
+            return false;
+        }
     }
 }
 
@@ -449,9 +556,17 @@ pub fn forwarded_host(version: Version, uri: &Uri, headers: &HeaderMap) -> Resul
     {
         return Err(HostError::Invalid);
     }
+    // The same rules as `Host` (`:authority` too): no userinfo, a host that is a reg-name or
+    // an IP literal, a numeric port.
     let authority = uri
         .authority()
-        .map(|a| HeaderValue::from_str(a.as_str()).map_err(|_| HostError::Invalid))
+        .map(|a| {
+            if valid_host(a.as_str().as_bytes()) {
+                HeaderValue::from_str(a.as_str()).map_err(|_| HostError::Invalid)
+            } else {
+                Err(HostError::Invalid)
+            }
+        })
         .transpose()?;
     if version == Version::HTTP_2 {
         if let (Some(host), Some(authority)) = (host, &authority)
@@ -1049,6 +1164,12 @@ async fn run_worker(
 
 /// One HTTP/2 client connection (prior knowledge), served by hyper; the first bytes were
 /// already read into `stream`'s rewind buffer.
+///
+/// A connection with no open stream for `client_header_ms` (before its first request or
+/// between requests: HAProxy's `timeout http-keep-alive`, which defaults to `timeout
+/// http-request`) gets a GOAWAY and is closed; answering hyper's keep-alive PINGs does not keep
+/// it open. Once a GOAWAY is out (idle or shutdown), a connection that has no open stream for
+/// [`H2_GOAWAY_GRACE_MS`] is dropped, so a client that ignores the GOAWAY's PING cannot hold it.
 async fn serve_hyper(
     shared: Arc<Shared>,
     builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
@@ -1057,29 +1178,95 @@ async fn serve_hyper(
     client: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (open_sender, mut open_streams) = watch::channel(0usize);
+    let open_sender = Arc::new(open_sender);
     let service_shared = shared.clone();
     let service = hyper::service::service_fn(move |request| {
         let (shared, upstream) = (service_shared.clone(), upstream.clone());
-        async move { Ok::<_, Infallible>(shared.handle(&upstream, request, client).await) }
+        // Counted from the moment hyper hands the stream over until its response is sent (or
+        // the stream is reset): the future and then the body hold it.
+        let open = OpenStream::new(open_sender.clone());
+        async move {
+            let response = shared.handle(&upstream, request, client).await;
+            Ok::<_, Infallible>(response.map(|body| CountedBody {
+                inner: body,
+                _open: open,
+            }))
+        }
     });
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
+    let idle_max = Duration::from_millis(shared.config.timeouts.client_header_ms);
+    let goaway_grace = Duration::from_millis(H2_GOAWAY_GRACE_MS);
     // A connection handed over after shutdown began sees no change; stop it at once.
     let mut stopping = *stop.borrow_and_update();
     if stopping {
         connection.as_mut().graceful_shutdown();
     }
     let result = loop {
+        let idle = *open_streams.borrow_and_update() == 0;
+        let idle_for = if stopping { goaway_grace } else { idle_max };
         tokio::select! {
-            result = connection.as_mut() => break result,
+            result = connection.as_mut() => break Some(result),
             _ = stop.changed(), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = open_streams.changed() => {}
+            () = tokio::time::sleep(idle_for), if idle => {
+                if stopping {
+                    // The GOAWAY went out and the client did not close: drop the connection.
+                    break None;
+                }
+                tracing::debug!(%client, client_header_ms = shared.config.timeouts.client_header_ms,
+                    "closing an idle HTTP/2 connection");
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
         }
     };
-    if let Err(error) = result {
+    if let Some(Err(error)) = result {
         shared.log_connection_error(client, error.as_ref());
+    }
+}
+
+/// One open HTTP/2 stream in its connection's count (for the idle timeout).
+struct OpenStream(Arc<watch::Sender<usize>>);
+
+impl OpenStream {
+    fn new(count: Arc<watch::Sender<usize>>) -> OpenStream {
+        count.send_modify(|open| *open += 1);
+        OpenStream(count)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.send_modify(|open| *open -= 1);
+    }
+}
+
+/// A response body that keeps its stream counted as open until hyper drops it (sent, or the
+/// stream reset).
+struct CountedBody {
+    inner: ProxyBody,
+    _open: OpenStream,
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -1167,6 +1354,70 @@ mod tests {
     }
 
     #[test]
+    fn every_forwarding_line_is_kept_and_a_host_that_is_not_a_token_is_quoted() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("10.9.9.9"));
+        headers.append("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        headers.append("forwarded", HeaderValue::from_static("for=10.9.9.9"));
+        let client: SocketAddr = "192.0.2.1:5555".parse().expect("literal");
+        add_forwarding(&mut headers, client, Some("x,for=6.6.6.6"));
+        let all = |name: &str| headers.get_all(name).iter().count();
+        assert_eq!((all("x-forwarded-for"), all("forwarded")), (1, 1));
+        assert_eq!(headers["x-forwarded-for"], "6.6.6.6, 10.9.9.9, 192.0.2.1");
+        assert_eq!(
+            headers["forwarded"],
+            "for=6.6.6.6, for=10.9.9.9, for=192.0.2.1;proto=http;host=\"x,for=6.6.6.6\""
+        );
+    }
+
+    #[test]
+    fn forwarded_escapes_quotes_and_backslashes_and_leaves_out_what_it_cannot_quote() {
+        let client: SocketAddr = "192.0.2.1:5555".parse().expect("literal");
+        let written = |host: &[u8]| {
+            let mut out = Vec::new();
+            push_forwarded(&mut out, std::iter::empty(), client, Some(host));
+            String::from_utf8(out).expect("ascii")
+        };
+        assert_eq!(written(b"a\"b\\c"), "for=192.0.2.1;proto=http;host=\"a\\\"b\\\\c\"");
+        assert_eq!(written(b"a\x01b"), "for=192.0.2.1;proto=http");
+        assert_eq!(written(b"a\xffb"), "for=192.0.2.1;proto=http");
+        for host in [&b"a\"b\\c"[..], b"x,for=1.2.3.4", b"a;b=c", b"[::1]:80", b""] {
+            assert!(valid_forwarded(written(host).as_bytes()), "{:?}", written(host));
+        }
+    }
+
+    #[test]
+    fn forwarded_lists_are_checked_against_rfc_7239() {
+        for good in [
+            "for=192.0.2.43",
+            "for=192.0.2.43, for=198.51.100.17;by=203.0.113.60;proto=http;host=example.com",
+            "For=\"[2001:db8:cafe::17]:4711\"",
+            "for=\"_gazonk\"",
+            "for=\"a\\\"b\";proto=https",
+            "for=a ; proto=http ,, for=b",
+            ";for=a;",
+        ] {
+            assert!(valid_forwarded(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "for=6.6.6.6;x=\"",
+            "for=\"a\\",
+            "for=\"a\\\"",
+            "for",
+            "for=",
+            "=a",
+            "for=a b",
+            "for=[::1]",
+            "for=a;by",
+            "for=\"a\"b",
+            "for=\"a\x01\"",
+        ] {
+            assert!(!valid_forwarded(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
     fn ipv4_addresses_are_written_like_display_does() {
         for text in ["0.0.0.0", "9.10.99.100", "192.0.2.1", "255.255.255.255", "10.0.200.7"] {
             let ip: std::net::IpAddr = text.parse().expect("literal");
@@ -1241,6 +1492,21 @@ mod tests {
         assert_eq!(
             forwarded_host(Version::HTTP_11, &origin, &with(&[""])),
             Ok(Some(HeaderValue::from_static("")))
+        );
+    }
+
+    #[test]
+    fn an_authority_follows_the_rules_of_host() {
+        let with_userinfo: Uri = "http://user@shop.example/cart".parse().expect("literal");
+        assert_eq!(
+            forwarded_host(Version::HTTP_2, &with_userinfo, &HeaderMap::new()),
+            Err(HostError::Invalid)
+        );
+        // RFC 3986 allows sub-delims in a reg-name: kept, and quoted in `Forwarded`.
+        let sub_delims: Uri = "http://x,for=6.6.6.6/".parse().expect("literal");
+        assert_eq!(
+            forwarded_host(Version::HTTP_2, &sub_delims, &HeaderMap::new()),
+            Ok(Some(HeaderValue::from_static("x,for=6.6.6.6")))
         );
     }
 

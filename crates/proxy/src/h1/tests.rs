@@ -45,6 +45,91 @@ fn a_request_head_is_rewritten_with_only_the_proxys_changes() {
 }
 
 #[test]
+fn a_host_that_is_not_a_token_is_quoted_in_forwarded_so_it_cannot_add_an_element() {
+    // Unquoted, `host=x,for=6.6.6.6` is two elements (RFC 7239 §4), the last the client's.
+    let (_, out) = head_of("GET / HTTP/1.1\r\nHost: x,for=6.6.6.6\r\n\r\n");
+    assert!(
+        out.ends_with("forwarded: for=192.0.2.1;proto=http;host=\"x,for=6.6.6.6\"\r\n"),
+        "{out}"
+    );
+    let (_, out) = head_of("GET http://x,for=7.7.7.7;by=evil/ HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(
+        out.ends_with("forwarded: for=192.0.2.1;proto=http;host=\"x,for=7.7.7.7;by=evil\"\r\n"),
+        "{out}"
+    );
+    let (_, out) = head_of("GET / HTTP/1.1\r\nHost: shop.example:8080\r\n\r\n");
+    assert!(out.ends_with(";host=\"shop.example:8080\"\r\n"), "{out}");
+    let (_, out) = head_of("GET / HTTP/1.1\r\nHost: [2001:db8::1]\r\n\r\n");
+    assert!(out.ends_with(";host=\"[2001:db8::1]\"\r\n"), "{out}");
+    let (_, out) = head_of("GET / HTTP/1.1\r\nHost:\r\n\r\n");
+    assert!(out.ends_with(";host=\"\"\r\n"), "{out}");
+    let (_, out) = head_of("GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+    assert!(out.ends_with(";host=shop.example\r\n"), "a token stays bare: {out}");
+}
+
+#[test]
+fn every_forwarding_line_is_kept_in_order_with_this_hop_last() {
+    let (_, out) = head_of(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n\
+         X-Forwarded-For: 10.9.9.9, 10.8.8.8\r\nForwarded: for=10.9.9.9;proto=https\r\nX-Forwarded-For:\r\n\r\n",
+    );
+    assert!(
+        out.contains("x-forwarded-for: 6.6.6.6, 10.9.9.9, 10.8.8.8, 192.0.2.1\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("forwarded: for=6.6.6.6, for=10.9.9.9;proto=https, for=192.0.2.1;proto=http;host=a\r\n"),
+        "{out}"
+    );
+    assert_eq!(out.matches("x-forwarded-for").count(), 1, "{out}");
+    assert_eq!(out.to_ascii_lowercase().matches("\nforwarded:").count(), 1, "{out}");
+}
+
+#[test]
+fn a_previous_forwarded_line_that_is_not_a_valid_list_is_dropped() {
+    // The open quote would swallow this hop's element: `x=", for=192.0.2.1;...` is one pair.
+    let (_, out) =
+        head_of("GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=6.6.6.6;x=\"\r\nForwarded: for=\"_hidden\";by=b\r\n\r\n");
+    assert!(
+        out.ends_with("forwarded: for=\"_hidden\";by=b, for=192.0.2.1;proto=http;host=a\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_fragment_in_the_target_is_refused() {
+    for text in [
+        "GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /a?b=1#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /# HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET http://a/b#c HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET http://a#c HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        match bad(text) {
+            RequestError::Bad(message) => assert!(message.contains("fragment"), "{text:?}: {message}"),
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_empty_transfer_encoding_is_refused() {
+    for text in [
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  , ,\r\n\r\n",
+    ] {
+        match bad(text) {
+            RequestError::Bad(message) => assert!(message.contains("no coding"), "{text:?}: {message}"),
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+    // An empty line next to a chunked one adds nothing to the list (RFC 9110 §5.6.1).
+    let (head, _) = head_of("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_eq!(head.body, Framing::Chunked);
+}
+
+#[test]
 fn an_absolute_target_replaces_host() {
     let (head, out) = head_of("GET http://shop.example:8080/a HTTP/1.1\r\nHost: other.example\r\n\r\n");
     assert!(

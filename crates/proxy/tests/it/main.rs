@@ -667,6 +667,211 @@ async fn forwarding_headers_are_added_and_hop_by_hop_headers_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_add_a_forwarded_element_or_hide_its_earlier_forwarding_lines() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start("[proxy.check]\nenabled = false\n", &[("a", a.address, 1, false)], None).await;
+    // HTTP/1.1: the Host, then an absolute-form target's authority, each with `,` and `=`
+    // (sub-delims a reg-name may hold), and two lines of each forwarding header.
+    let answer = raw_exchange(
+        proxy.address,
+        b"GET / HTTP/1.1\r\nHost: x,for=6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\n\
+          X-Forwarded-For: 10.9.9.9\r\nForwarded: for=6.6.6.6\r\nForwarded: for=10.9.9.9\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\nxff=6.6.6.6, 10.9.9.9, 127.0.0.1\n"), "{answer}");
+    assert!(
+        answer.contains("\nforwarded=for=6.6.6.6, for=10.9.9.9, for=127.0.0.1;proto=http;host=\"x,for=6.6.6.6\"\n"),
+        "{answer}"
+    );
+    let answer = raw_exchange(
+        proxy.address,
+        b"GET http://x,for=7.7.7.7;by=evil/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.contains("\nforwarded=for=127.0.0.1;proto=http;host=\"x,for=7.7.7.7;by=evil\"\n"),
+        "{answer}"
+    );
+    // HTTP/2: the same through `:authority`, and repeated header fields.
+    let stream = TcpStream::connect(proxy.address).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    let request = Request::get("http://x,for=6.6.6.6/h2")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-for", "10.9.9.9")
+        .header("forwarded", "for=6.6.6.6")
+        .header("forwarded", "for=10.9.9.9")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("h2 answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("\nxff=6.6.6.6, 10.9.9.9, 127.0.0.1\n"), "{body}");
+    assert!(
+        body.contains("\nforwarded=for=6.6.6.6, for=10.9.9.9, for=127.0.0.1;proto=http;host=\"x,for=6.6.6.6\"\n"),
+        "{body}"
+    );
+    proxy.stop().await;
+}
+
+/// A bare HTTP/2 client on TCP: sends the preface and its SETTINGS, acknowledges the server's
+/// SETTINGS and (when `answer_pings`) PINGs, and never opens a stream. Returns the types of
+/// the frames the proxy sent before it closed the connection.
+async fn idle_h2_client(address: SocketAddr, answer_pings: bool) -> Vec<u8> {
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const ACK: u8 = 1;
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface and SETTINGS");
+    let until_closed = async move {
+        let (mut received, mut buffer) = (Vec::new(), Vec::new());
+        loop {
+            while buffer.len() >= 9 {
+                let length = u32::from_be_bytes([0, buffer[0], buffer[1], buffer[2]]) as usize;
+                if buffer.len() < 9 + length {
+                    break;
+                }
+                let (kind, flags) = (buffer[3], buffer[4]);
+                let payload: Vec<u8> = buffer.drain(..9 + length).skip(9).collect();
+                received.push(kind);
+                let answer = match kind {
+                    SETTINGS if flags & ACK == 0 => vec![0, 0, 0, SETTINGS, ACK, 0, 0, 0, 0],
+                    PING if flags & ACK == 0 && answer_pings => {
+                        [&[0, 0, 8, PING, ACK, 0, 0, 0, 0][..], &payload].concat()
+                    }
+                    _ => continue,
+                };
+                if stream.write_all(&answer).await.is_err() {
+                    return received;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return received,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, until_closed)
+        .await
+        .expect("the proxy closed the idle HTTP/2 connection")
+}
+
+const GOAWAY: u8 = 7;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_get_a_goaway_and_free_their_slot() {
+    let a = Backend::start("a").await;
+    // Keep-alive PINGs every 100 ms, answered: they must not keep the connection open.
+    let proxy = TestProxy::start(
+        "[proxy.timeouts]\nclient_header_ms = 300\nidle_ms = 100\n[proxy.limits]\nconnections_max = 1\n\
+         [proxy.check]\nenabled = false\n",
+        &[("a", a.address, 1, false)],
+        None,
+    )
+    .await;
+    let idle = tokio::spawn(idle_h2_client(proxy.address, true));
+    wait_for("the idle connection to take the only slot", || {
+        proxy.shared.stats().connections_total.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Waits for the slot: served once the idle connection is closed.
+    let answer = raw_exchange(proxy.address, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let frames = idle.await.expect("the idle client");
+    assert!(frames.contains(&GOAWAY), "a GOAWAY before the close: {frames:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_client_that_ignores_the_goaway_is_closed_all_the_same() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        "[proxy.timeouts]\nclient_header_ms = 300\n[proxy.check]\nenabled = false\n",
+        &[("a", a.address, 1, false)],
+        None,
+    )
+    .await;
+    let frames = idle_h2_client(proxy.address, false).await;
+    assert!(frames.contains(&GOAWAY), "{frames:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_with_an_open_stream_is_not_idle() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        "[proxy.timeouts]\nclient_header_ms = 300\n[proxy.check]\nenabled = false\n",
+        &[("a", a.address, 1, false)],
+        None,
+    )
+    .await;
+    a.set_mode(MODE_GATE);
+    let stream = TcpStream::connect(proxy.address).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let request = Request::get("http://shop.example/slow")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = tokio::spawn(sender.send_request(request));
+    wait_for("the request to reach the proxy", || {
+        proxy.shared.stats().requests_total.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Another connection, opened after the stream, idles out: the stream has been open longer
+    // than client_header_ms.
+    let frames = idle_h2_client(proxy.address, true).await;
+    assert!(frames.contains(&GOAWAY), "{frames:?}");
+    a.gate.notify_one();
+    let response = response.await.expect("task").expect("the open stream is answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(first_line(&String::from_utf8_lossy(&body)), "a");
+    // Then idle itself: closed.
+    tokio::time::timeout(DEADLINE, connection)
+        .await
+        .expect("the connection closed once idle")
+        .expect("task")
+        .expect("closed cleanly with a GOAWAY");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_closes_after_client_header_ms() {
+    let (address, seen) = scripted_backend(ok_script).await;
+    // idle_ms (pooled server connections) stays long: the client side follows client_header_ms.
+    let proxy = proxy_for(address, "[proxy.timeouts]\nclient_header_ms = 300\nidle_ms = 60000").await;
+    let mut stream = TcpStream::connect(proxy.address).await.expect("connect");
+    stream
+        .write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut received = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut received))
+        .await
+        .expect("the proxy closed the idle keep-alive connection")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&received);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"),
+        "{answer}"
+    );
+    assert!(!answer.contains("connection: close"), "kept alive, then idle: {answer}");
+    assert_eq!(seen.lock().expect("log").len(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_clients_are_served() {
     let a = Backend::start("a").await;
     let proxy = TestProxy::start("[proxy.check]\nenabled = false\n", &[("a", a.address, 1, false)], None).await;
@@ -1042,6 +1247,12 @@ async fn ambiguous_request_framing_is_refused_and_never_forwarded() {
             "400",
         ),
         ("GET / HTTP/1.1\nHost: a\n\n", "400"),
+        // An empty list of codings is no framing at all (RFC 9112 section 6.1).
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n", "400"),
+        // Origin-form has no fragment (RFC 9112 section 3.2; HAProxy since CVE-2023-45539).
+        ("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", "400"),
+        ("GET http://a/b#frag HTTP/1.1\r\nHost: a\r\n\r\n", "400"),
     ] {
         // Followed by a request that must never be reached (the connection closes).
         let smuggled = format!("{request}GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n");
