@@ -22,8 +22,14 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(bearer_token)
+}
+
+/// The token of an `Authorization` header's value `Bearer TOKEN`: the scheme in any case (RFC
+/// 7235, section 2.1: auth-schemes are case-insensitive), the token trimmed.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Whether a listener on `address` would be open to other machines with nothing guarding it:
@@ -144,6 +150,15 @@ mod tests {
             "Bearer  abc ".parse().expect("a header"),
         );
         assert_eq!(bearer(&headers), Some("abc"));
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            headers.insert(
+                axum::http::header::AUTHORIZATION,
+                format!("{scheme} abc").parse().expect("a header"),
+            );
+            assert_eq!(bearer(&headers), Some("abc"), "the scheme is case-insensitive");
+        }
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 
     #[test]

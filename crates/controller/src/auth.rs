@@ -217,8 +217,7 @@ impl Access {
             return Ok(Caller::Anyone);
         }
         let token = header
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(common::secret::bearer_token)
             .filter(|token| !token.is_empty() && token.len() <= TOKEN_BYTES_MAX)
             .ok_or(Denied::Unauthenticated)?;
         let digest = TokenDigest::of(token);
@@ -368,6 +367,23 @@ mod tests {
         }
         let long = bearer(&"x".repeat(TOKEN_BYTES_MAX + 1));
         assert_eq!(access.authorize(Some(&long), Role::Read), Err(Denied::Unauthenticated));
+    }
+
+    /// RFC 7235, section 2.1: the auth-scheme is case-insensitive, as curl and some proxies
+    /// send it.
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        let access = access(None);
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            assert_eq!(
+                access.authorize(Some(&format!("{scheme} {READER}")), Role::Read),
+                Ok(Caller::Credential {
+                    name: "grafana".into(),
+                    role: Role::Read
+                }),
+                "{scheme}"
+            );
+        }
     }
 
     #[test]
