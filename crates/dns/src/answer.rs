@@ -8,15 +8,15 @@
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
-use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::TXT;
+use hickory_proto::op::{Edns, Header, Message, MessageParts, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{NULL, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
 
 use crate::config::txt_strings;
 use crate::policy::{self, FAILOVER_TTL_SECS_DEFAULT};
 use crate::view::HealthView;
-use crate::zone::{Lookup, Node, RrData, RrSet, Zone, Zones};
+use crate::zone::{Lookup, Node, RrData, RrSet, Zone, Zones, name_key};
 
 /// The UDP payload size we advertise and the most we send over UDP (the DNS flag day 2020 value,
 /// which avoids IP fragmentation on common paths).
@@ -109,8 +109,8 @@ pub fn handle_packet(
     client: IpAddr,
     entropy: u64,
 ) -> Option<Response> {
-    match Message::from_vec(packet) {
-        Ok(message) => {
+    match decode(packet)? {
+        Decoded::Query(message) => {
             let response = answer(
                 zones,
                 view,
@@ -123,30 +123,167 @@ pub fn handle_packet(
             );
             (!response.messages.is_empty()).then_some(response)
         }
-        Err(_) => {
-            let header = Header::read(&mut BinDecoder::new(packet)).ok()?;
-            if header.message_type() == MessageType::Response {
-                return None;
-            }
-            let mut message = Message::new();
-            message
-                .set_id(header.id())
-                .set_message_type(MessageType::Response)
-                .set_op_code(header.op_code())
-                .set_recursion_desired(header.recursion_desired())
-                .set_response_code(ResponseCode::FormErr);
-            let wire = message.to_vec().ok()?;
-            Some(Response {
-                messages: vec![message],
-                wire: vec![wire],
-                rcode: ResponseCode::FormErr,
-                name_label: fixed_label(LABEL_MALFORMED),
-                qtype: None,
-                cacheable: true,
-            })
+        Decoded::Malformed { header, question, edns } => {
+            let mut response = reply_to(&header, question.as_ref(), edns.is_some());
+            response.set_response_code(ResponseCode::FormErr);
+            let qtype = question.as_ref().map(Query::query_type);
+            Some(finish(
+                response,
+                size_limit(transport, edns.as_ref()),
+                fixed_label(LABEL_MALFORMED),
+                qtype,
+            ))
         }
     }
 }
+
+/// A packet read as a query.
+enum Decoded {
+    Query(Message),
+    /// A query with a readable header and a body that breaks the rules: answered FORMERR with
+    /// what could be read of it, its question (when it has one, and it parsed) and, when it
+    /// carried an OPT record, ours (RFC 6891 §7: a FORMERR about the OPT itself must have one).
+    Malformed {
+        header: Header,
+        question: Option<Query>,
+        edns: Option<Edns>,
+    },
+}
+
+/// The records after the question, sorted the way `Message` keeps them.
+#[derive(Default)]
+struct Sections {
+    answers: Vec<Record>,
+    name_servers: Vec<Record>,
+    additionals: Vec<Record>,
+    edns: Option<Edns>,
+}
+
+/// Reads a query as `Message::from_vec` does, but stricter, as Knot and BIND are: bytes after
+/// the last record (Knot), an OPT or TSIG record outside the additional section, two OPT
+/// records (RFC 6891 §6.1.1) and a record after a TSIG (RFC 8945 §5.2: the TSIG is the last
+/// record) make it malformed. `None`: not a query (a response, or no header), to be dropped.
+fn decode(packet: &[u8]) -> Option<Decoded> {
+    let mut decoder = BinDecoder::new(packet);
+    let header = Header::read(&mut decoder).ok()?;
+    if header.message_type() == MessageType::Response {
+        return None;
+    }
+    let mut queries = Vec::with_capacity(usize::from(header.query_count().min(1)));
+    for _ in 0..header.query_count() {
+        let Ok(query) = Query::read(&mut decoder) else {
+            return Some(Decoded::Malformed {
+                header,
+                question: None,
+                edns: None,
+            });
+        };
+        queries.push(query);
+    }
+    match read_sections(&mut decoder, &header) {
+        Ok(sections) => Some(Decoded::Query(Message::from(MessageParts {
+            header,
+            queries,
+            answers: sections.answers,
+            name_servers: sections.name_servers,
+            additionals: sections.additionals,
+            sig0: Vec::new(),
+            edns: sections.edns,
+        }))),
+        Err(edns) => Some(Decoded::Malformed {
+            header,
+            question: the_question(queries),
+            edns,
+        }),
+    }
+}
+
+/// The question of a question section that has exactly one (the only kind echoed in an error,
+/// as BIND does: a longer one could make the error larger than the answer size).
+fn the_question(mut queries: Vec<Query>) -> Option<Query> {
+    if queries.len() == 1 { queries.pop() } else { None }
+}
+
+/// The answer, authority and additional sections; on a broken one, the error carries the OPT
+/// record read before it, if any.
+fn read_sections(decoder: &mut BinDecoder<'_>, header: &Header) -> Result<Sections, Option<Edns>> {
+    let mut sections = Sections::default();
+    let mut after_tsig = false;
+    let counts = [
+        header.answer_count(),
+        header.name_server_count(),
+        header.additional_count(),
+    ];
+    for (section, count) in counts.into_iter().enumerate() {
+        let additional = section == 2;
+        for _ in 0..count {
+            let Ok(record) = Record::read(decoder) else {
+                return Err(sections.edns);
+            };
+            if after_tsig {
+                return Err(sections.edns);
+            }
+            match record.record_type() {
+                RecordType::OPT if additional && sections.edns.is_none() => {
+                    sections.edns = Some(Edns::from(&record));
+                }
+                RecordType::TSIG if additional => {
+                    after_tsig = true;
+                    sections.additionals.push(record);
+                }
+                RecordType::OPT | RecordType::TSIG => return Err(sections.edns),
+                _ => match section {
+                    0 => sections.answers.push(record),
+                    1 => sections.name_servers.push(record),
+                    _ => sections.additionals.push(record),
+                },
+            }
+        }
+    }
+    if !decoder.is_empty() {
+        return Err(sections.edns);
+    }
+    Ok(sections)
+}
+
+/// The start of every response to `header`'s query: id, opcode, RD and CD copied, the question
+/// echoed, and our OPT record when the query had one (RFC 6891 §6.1.1).
+fn reply_to(header: &Header, question: Option<&Query>, edns: bool) -> Message {
+    let mut response = Message::new();
+    response
+        .set_id(header.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(header.op_code())
+        .set_recursion_desired(header.recursion_desired())
+        .set_checking_disabled(header.checking_disabled());
+    if let Some(question) = question {
+        response.add_query(question.clone());
+    }
+    if edns {
+        let mut ours = Edns::new();
+        ours.set_max_payload(UDP_PAYLOAD_BYTES_MAX).set_version(0);
+        response.set_edns(ours);
+    }
+    response
+}
+
+/// The largest response the client takes over `transport`.
+fn size_limit(transport: Transport, client_edns: Option<&Edns>) -> usize {
+    match transport {
+        Transport::Tcp => TCP_MESSAGE_BYTES_MAX,
+        Transport::Udp => usize::from(
+            client_edns
+                .map(|e| e.max_payload().clamp(UDP_PAYLOAD_BYTES_MIN, UDP_PAYLOAD_BYTES_MAX))
+                .unwrap_or(UDP_PAYLOAD_BYTES_MIN),
+        ),
+    }
+}
+
+/// Question types that only name records of a message's own machinery (OPT, TKEY, TSIG):
+/// FORMERR as BIND answers them (Knot answers NODATA).
+const QTYPES_FORMERR: [u16; 3] = [41, 249, 250];
+/// MAILB and MAILA (RFC 1035's mailbox queries, obsolete): NOTIMP, as BIND answers them.
+const QTYPES_NOT_IMPLEMENTED: [u16; 2] = [253, 254];
 
 /// Answers one query. Pure: same zones, view and request, same response.
 pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
@@ -154,30 +291,13 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
     if query.message_type() == MessageType::Response {
         return Response::dropped(LABEL_MALFORMED);
     }
-    let mut response = Message::new();
-    response
-        .set_id(query.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(query.op_code())
-        .set_recursion_desired(query.recursion_desired())
-        .set_checking_disabled(query.checking_disabled());
-    for question in query.queries() {
-        response.add_query(question.clone());
-    }
-    let client_edns = query.extensions().as_ref();
-    if client_edns.is_some() {
-        let mut edns = Edns::new();
-        edns.set_max_payload(UDP_PAYLOAD_BYTES_MAX).set_version(0);
-        response.set_edns(edns);
-    }
-    let limit = match request.transport {
-        Transport::Tcp => TCP_MESSAGE_BYTES_MAX,
-        Transport::Udp => usize::from(
-            client_edns
-                .map(|e| e.max_payload().clamp(UDP_PAYLOAD_BYTES_MIN, UDP_PAYLOAD_BYTES_MAX))
-                .unwrap_or(UDP_PAYLOAD_BYTES_MIN),
-        ),
+    let question = match query.queries() {
+        [question] => Some(question),
+        _ => None,
     };
+    let client_edns = query.extensions().as_ref();
+    let mut response = reply_to(query.header(), question, client_edns.is_some());
+    let limit = size_limit(request.transport, client_edns);
     let qtype = query.queries().first().map(Query::query_type);
     let mut label: Arc<str> = fixed_label(LABEL_MALFORMED);
     let mut cacheable = true;
@@ -185,12 +305,33 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
         if client_edns.is_some_and(|e| e.version() > 0) {
             break 'rcode ResponseCode::BADVERS;
         }
+        match tsig(query) {
+            Tsig::Absent => {}
+            Tsig::Misplaced => break 'rcode ResponseCode::FormErr,
+            Tsig::Last(record) => match bad_key(record) {
+                // We hold no TSIG key, so every key is unknown (RFC 8945 §5.2.1).
+                Some(error) => {
+                    let mut parts = response.into_parts();
+                    parts.sig0.push(error);
+                    response = Message::from(parts);
+                    break 'rcode ResponseCode::NotAuth;
+                }
+                None => break 'rcode ResponseCode::FormErr,
+            },
+        }
         if query.op_code() != OpCode::Query {
             break 'rcode ResponseCode::NotImp;
         }
-        let [question] = query.queries() else {
+        let Some(question) = question else {
             break 'rcode ResponseCode::FormErr;
         };
+        let asked = u16::from(question.query_type());
+        if QTYPES_FORMERR.contains(&asked) {
+            break 'rcode ResponseCode::FormErr;
+        }
+        if QTYPES_NOT_IMPLEMENTED.contains(&asked) {
+            break 'rcode ResponseCode::NotImp;
+        }
         let Some(zone) = zones.zone_for(question.name()) else {
             label = fixed_label(LABEL_OUTSIDE);
             break 'rcode ResponseCode::Refused;
@@ -199,15 +340,11 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
             label = fixed_label(LABEL_OUTSIDE);
             break 'rcode ResponseCode::Refused;
         }
-        match question.query_type() {
-            RecordType::AXFR | RecordType::IXFR => {
-                // Depends on the client's address: never cacheable.
-                let mut transferred = transfer(zones, zone, view, request, question, response, limit);
-                transferred.cacheable = false;
-                return transferred;
-            }
-            RecordType::OPT => break 'rcode ResponseCode::FormErr,
-            _ => {}
+        if let RecordType::AXFR | RecordType::IXFR = question.query_type() {
+            // Depends on the client's address: never cacheable.
+            let mut transferred = transfer(zones, zone, view, request, question, response, limit);
+            transferred.cacheable = false;
+            return transferred;
         }
         response.set_authoritative(true);
         let mut random = false;
@@ -222,6 +359,92 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
     finished
 }
 
+/// Where a query's TSIG record is.
+enum Tsig<'a> {
+    Absent,
+    /// Last in the additional section, and the only one.
+    Last(&'a Record),
+    /// Elsewhere, or more than one: FORMERR (RFC 8945 §5.2).
+    Misplaced,
+}
+
+fn tsig(query: &Message) -> Tsig<'_> {
+    let is_tsig = |record: &Record| record.record_type() == RecordType::TSIG;
+    let count = query
+        .answers()
+        .iter()
+        .chain(query.name_servers())
+        .chain(query.additionals())
+        .chain(query.signature())
+        .filter(|record| is_tsig(record))
+        .count();
+    if count == 0 {
+        return Tsig::Absent;
+    }
+    // The message's last record: signatures are written after the additional section.
+    match query.signature().last().or(query.additionals().last()) {
+        Some(last) if count == 1 && is_tsig(last) => Tsig::Last(last),
+        _ => Tsig::Misplaced,
+    }
+}
+
+/// TSIG's "Fudge" in the records we send (RFC 8945 recommends 300 s; BIND and Knot send it).
+const TSIG_FUDGE_SECS: u16 = 300;
+/// TSIG error BADKEY: the key is not known (RFC 8945 §5.2.1).
+const TSIG_ERROR_BADKEY: u16 = 17;
+
+/// The unsigned TSIG record of a NOTAUTH answer to a query signed with an unknown key (RFC 8945
+/// §5.2.1, §5.3.2): the query's key name, algorithm, time signed (as Knot does: this function
+/// reads no clock) and original id, no MAC, error BADKEY. `None` when the query's TSIG record is
+/// not a well-formed one (FORMERR).
+fn bad_key(tsig: &Record) -> Option<Record> {
+    let rdata = tsig.data().to_bytes().ok()?;
+    // Algorithm name (uncompressed, RFC 8945 §4.2), time signed (48 bits), fudge, MAC size.
+    let algorithm = uncompressed_name_bytes(&rdata)?;
+    let fixed = rdata.get(algorithm..algorithm + 10)?;
+    let mac_bytes = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+    let after_mac = algorithm + 10 + mac_bytes;
+    // Original id, error, other length, other data.
+    let tail = rdata.get(after_mac..after_mac + 6)?;
+    let other_bytes = usize::from(u16::from_be_bytes([tail[4], tail[5]]));
+    if rdata.len() != after_mac + 6 + other_bytes {
+        return None;
+    }
+    let mut answer = Vec::with_capacity(algorithm + 16);
+    answer.extend_from_slice(&rdata[..algorithm]);
+    answer.extend_from_slice(&fixed[..6]);
+    answer.extend_from_slice(&TSIG_FUDGE_SECS.to_be_bytes());
+    answer.extend_from_slice(&0u16.to_be_bytes());
+    answer.extend_from_slice(&tail[..2]);
+    answer.extend_from_slice(&TSIG_ERROR_BADKEY.to_be_bytes());
+    answer.extend_from_slice(&0u16.to_be_bytes());
+    let mut record = Record::from_rdata(
+        tsig.name().clone(),
+        0,
+        RData::Unknown {
+            code: RecordType::TSIG,
+            rdata: NULL::with(answer),
+        },
+    );
+    record.set_dns_class(DNSClass::ANY);
+    Some(record)
+}
+
+/// The length of the uncompressed domain name at the start of `bytes`.
+fn uncompressed_name_bytes(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let length = usize::from(*bytes.get(at)?);
+        if length == 0 {
+            return Some(at + 1);
+        }
+        if length > 63 {
+            return None;
+        }
+        at += 1 + length;
+    }
+}
+
 /// Fills the answer, authority and additional sections; returns the rcode and metrics label.
 fn resolve(
     zone: &Zone,
@@ -232,6 +455,8 @@ fn resolve(
     response: &mut Message,
 ) -> (ResponseCode, Arc<str>) {
     let qtype = question.query_type();
+    let pushed = view.dynamic_names();
+    let pushed_exists = |key: &[u8]| !pushed.is_empty() && pushed.exists(key);
     let mut owner = question.name().clone();
     let mut label: Option<Arc<str>> = None;
     let mut answers: Vec<Record> = Vec::new();
@@ -239,45 +464,45 @@ fn resolve(
     let mut rcode = ResponseCode::NoError;
     let mut negative = false;
     for _ in 0..=CNAME_CHAIN_MAX {
-        let (node, label_here) = match zone.find(&owner) {
-            Lookup::Exact(node) | Lookup::Wildcard(node) => (Some(node), Some(Arc::clone(&node.label))),
-            Lookup::NxDomain => (None, None),
+        let key = name_key(&owner);
+        let node = match zone.find_key(&key, pushed_exists) {
+            Lookup::Exact(node) | Lookup::Wildcard(node) => Some(node),
+            Lookup::NoRecords => None,
         };
-        let dynamic = dynamic_txt(view, &owner);
-        if node.is_none() && dynamic.is_none() {
+        if node.is_none() && !pushed_exists(&key) {
             label.get_or_insert_with(|| fixed_label(LABEL_NONEXISTENT));
             rcode = ResponseCode::NXDomain;
             negative = true;
             break;
         }
-        label.get_or_insert_with(|| label_here.unwrap_or_else(|| fixed_label(LABEL_DYNAMIC)));
-        if let Some(value) = &dynamic
+        label.get_or_insert_with(|| node.map_or_else(|| fixed_label(LABEL_DYNAMIC), |n| Arc::clone(&n.label)));
+        let dynamic = if pushed.is_empty() { None } else { pushed.record(&key) };
+        let before = answers.len();
+        if let Some(txt) = dynamic
             && matches!(qtype, RecordType::TXT | RecordType::ANY)
         {
-            answers.push(Record::from_rdata(
-                owner.clone(),
-                DYNAMIC_TXT_TTL_SECS,
-                RData::TXT(TXT::new(txt_strings(value))),
-            ));
+            answers.push(Record::from_rdata(owner.clone(), DYNAMIC_TXT_TTL_SECS, txt.clone()));
             if qtype == RecordType::TXT {
                 break;
             }
         }
         let Some(node) = node else {
-            negative = answers.is_empty();
+            // Exists through pushed records only: a pushed name or an ancestor of one.
+            negative = answers.len() == before;
             break;
         };
         if qtype != RecordType::CNAME
             && let Some(cname) = node.rrset(RecordType::CNAME)
         {
-            let before = answers.len();
             push_set(cname, &owner, view, entropy, random, &mut answers);
             let target = answers[before..].iter().find_map(|r| match r.data() {
                 RData::CNAME(target) => Some(target.0.clone()),
                 _ => None,
             });
             match target {
-                Some(target) if zone.origin.zone_of(&target) => {
+                // A chain that comes back to a name it passed is answered once (RFC 2181 §5:
+                // no record twice); the config loader refuses loops, this guards the rest.
+                Some(target) if zone.origin.zone_of(&target) && !chain_passed(&answers, &target) => {
                     owner = target;
                     continue;
                 }
@@ -299,7 +524,7 @@ fn resolve(
         if found {
             add_glue(zone, view, entropy, random, &answers, &mut additionals);
         } else {
-            negative = true;
+            negative = answers.len() == before;
         }
         break;
     }
@@ -313,15 +538,20 @@ fn resolve(
     (rcode, label.unwrap_or_else(|| fixed_label(LABEL_NONEXISTENT)))
 }
 
-fn dynamic_txt<'v>(view: &'v HealthView, name: &Name) -> Option<&'v String> {
-    if view.txt.is_empty() {
+/// Whether a CNAME chain already answered has `name` as an owner.
+fn chain_passed(answers: &[Record], name: &Name) -> bool {
+    answers
+        .iter()
+        .any(|record| record.record_type() == RecordType::CNAME && record.name() == name)
+}
+
+/// The TXT record pushed at `name`, if any.
+fn pushed_txt<'v>(view: &'v HealthView, name: &Name) -> Option<&'v RData> {
+    let pushed = view.dynamic_names();
+    if pushed.is_empty() {
         return None;
     }
-    let mut key = name.to_lowercase().to_ascii();
-    if !key.ends_with('.') {
-        key.push('.');
-    }
-    view.txt.get(&key)
+    pushed.record(&name_key(name))
 }
 
 /// Adds the records of `set` that answer now (policies resolved against `view`); sets `random`
@@ -389,6 +619,7 @@ fn finish(mut response: Message, limit: usize, label: Arc<str>, qtype: Option<Re
         response.take_answers();
         response.take_name_servers();
         response.take_additionals();
+        response.take_signature();
         response.set_truncated(true);
         wire = encode(&response);
     }
@@ -443,7 +674,6 @@ fn transfer(
     if question.name() != &zone.origin {
         return refuse(response, ResponseCode::NotAuth);
     }
-    response.set_authoritative(true);
     let soa = {
         let mut soa = zone.soa.clone();
         soa.set_name(question.name().clone());
@@ -451,16 +681,19 @@ fn transfer(
     };
     if request.transport == Transport::Udp {
         if question.query_type() == RecordType::IXFR {
+            response.set_authoritative(true);
             response.add_answer(soa);
             return finish(response, limit, label, qtype);
         }
+        // Refused without AA, as every refusal is.
         return refuse(response, ResponseCode::Refused);
     }
+    response.set_authoritative(true);
     let mut records = vec![soa.clone()];
     let mut nodes: Vec<&Node> = zone.nodes().collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     for node in nodes {
-        let dynamic = dynamic_txt(view, &node.name);
+        let dynamic = pushed_txt(view, &node.name);
         for set in &node.rrsets {
             if set.rtype == RecordType::SOA || (set.rtype == RecordType::TXT && dynamic.is_some()) {
                 continue;

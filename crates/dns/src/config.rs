@@ -3,6 +3,7 @@
 //!
 //! Every error names the file, line and column, the bad value, and how to fix it.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -18,8 +19,10 @@ use crate::rrl::{
     IPV4_PREFIX_LENGTH_DEFAULT, IPV6_PREFIX_LENGTH_DEFAULT, RESPONSES_PER_SECOND_MAX, RateLimitConfig, SLIP_MAX,
     TABLE_ENTRIES_MAX, TABLE_ENTRIES_MIN, WINDOW_S_MAX,
 };
-use crate::server::{TCP_CONNECTIONS_MAX, TCP_CONNECTIONS_PER_CLIENT_MAX_DEFAULT};
-use crate::zone::{RrData, RrSet, Zone, Zones};
+use crate::server::{
+    TCP_CONNECTIONS_MAX, TCP_CONNECTIONS_PER_CLIENT_MAX_DEFAULT, TCP_IDLE_TIMEOUT_BUSY_MS, TCP_IDLE_TIMEOUT_MS,
+};
+use crate::zone::{Lookup, Node, RrData, RrSet, Zone, Zones};
 
 /// Where the DNS server listens (UDP and TCP) unless the config or a flag says otherwise.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:5353";
@@ -201,6 +204,10 @@ pub struct DnsConfig {
 pub struct Limits {
     pub rate_limit: RateLimitConfig,
     pub tcp_connections_per_client_max: usize,
+    /// How long a DNS-over-TCP connection may wait for its next query, and how long while the
+    /// server is under pressure. Not config keys: RFC 7766's advice, fixed; tests change them.
+    pub tcp_idle_timeout_ms: u64,
+    pub tcp_idle_timeout_busy_ms: u64,
 }
 
 impl Default for Limits {
@@ -208,6 +215,8 @@ impl Default for Limits {
         Limits {
             rate_limit: RateLimitConfig::default(),
             tcp_connections_per_client_max: TCP_CONNECTIONS_PER_CLIENT_MAX_DEFAULT,
+            tcp_idle_timeout_ms: TCP_IDLE_TIMEOUT_MS,
+            tcp_idle_timeout_busy_ms: TCP_IDLE_TIMEOUT_BUSY_MS,
         }
     }
 }
@@ -494,6 +503,7 @@ fn build_limits(section: &DnsSection, at: &At<'_>) -> Result<Limits, ConfigError
             exempt_clients,
         },
         tcp_connections_per_client_max,
+        ..Limits::default()
     })
 }
 
@@ -613,7 +623,165 @@ fn build_zone(section: &ZoneSection, at: &At<'_>) -> Result<Zone, ConfigError> {
         let set = build_set(record, rtype, ttl, &origin, at)?;
         zone.add(&name, set).map_err(|m| at(record.name.span(), m))?;
     }
+    check_aliases(&zone, section, at)?;
     Ok(zone)
+}
+
+/// What RFC 2181 forbids of CNAMEs, checked once every record of the zone is in: an MX or NS
+/// that names a CNAME (§10.3, refused as BIND's `check-mx-cname` and NS checks do), and a CNAME
+/// chain that comes back to a name it passed (answered, it would repeat until the chain limit).
+/// Wildcards count: a target that only a wildcard CNAME covers is a CNAME too.
+fn check_aliases(zone: &Zone, section: &ZoneSection, at: &At<'_>) -> Result<(), ConfigError> {
+    let origin = &zone.origin;
+    let alias = |target: &Name| {
+        let node = cname_node(zone, target)?;
+        let via = if node.name.is_wildcard() {
+            format!(" (through the wildcard {})", node.name)
+        } else {
+            String::new()
+        };
+        Some(via)
+    };
+    for entry in section.ns.get_ref() {
+        let target = zone_name(entry, origin, at)?;
+        if let Some(via) = alias(&target) {
+            return Err(at(
+                entry.span(),
+                format!(
+                    "the name server {target} is a CNAME{via}, and an NS must name a host with addresses (RFC 2181 §10.3); name the host the CNAME points to, or give {target} A/AAAA records instead of the CNAME"
+                ),
+            ));
+        }
+    }
+    for record in &section.records {
+        if parse_type(&record.rtype, at)? != RecordType::MX {
+            continue;
+        }
+        let members = record.members.iter().flat_map(|member| member.values.get_ref());
+        for value in record.values.iter().chain(members) {
+            let RData::MX(mx) = rdata(value, RecordType::MX, origin, at)? else {
+                continue;
+            };
+            let target = mx.exchange();
+            if let Some(via) = alias(target) {
+                return Err(at(
+                    value.span(),
+                    format!(
+                        "the MX exchange {target} is a CNAME{via}, and an MX must name a host with addresses (RFC 2181 §10.3); name the host the CNAME points to, or give {target} A/AAAA records instead of the CNAME"
+                    ),
+                ));
+            }
+        }
+    }
+    let Some(cycle) = cname_cycle(zone) else {
+        return Ok(());
+    };
+    // Report the loop at its first CNAME in the file.
+    let span = section
+        .records
+        .iter()
+        .filter(|record| record.rtype.get_ref().eq_ignore_ascii_case("CNAME"))
+        .find(|record| zone_name(&record.name, origin, at).is_ok_and(|name| cycle.iter().any(|n| **n == name)))
+        .map_or(section.origin.span(), |record| record.name.span());
+    let message = match &cycle[..] {
+        [only] => {
+            format!("{only} is a CNAME to itself, so it never leads to an answer; point it at a name with records")
+        }
+        _ => {
+            let chain: Vec<String> = cycle.iter().chain(cycle.first()).map(|n| n.to_string()).collect();
+            format!(
+                "these CNAMEs make a loop, so they never lead to an answer: {}; point one of them at a name with records",
+                chain.join(" -> ")
+            )
+        }
+    };
+    Err(at(span, message))
+}
+
+/// The node of the zone's CNAME that `target` lands on (exactly or through a wildcard), if
+/// `target` is inside the zone and lands on one.
+fn cname_node<'z>(zone: &'z Zone, target: &Name) -> Option<&'z Node> {
+    if !zone.origin.zone_of(target) {
+        return None;
+    }
+    match zone.find(target) {
+        Lookup::Exact(node) | Lookup::Wildcard(node) => node.rrset(RecordType::CNAME).map(|_| node),
+        Lookup::NoRecords => None,
+    }
+}
+
+/// Every target a CNAME set can point at (each member of a routed one).
+fn cname_targets(node: &Node) -> Vec<&Name> {
+    let rdatas: Vec<&RData> = match node.rrset(RecordType::CNAME).map(|set| &set.data) {
+        Some(RrData::Static { rdatas, .. }) => rdatas.iter().collect(),
+        Some(RrData::Routed(policy)) => policy_members(policy).flat_map(|member| &member.rdatas).collect(),
+        None => Vec::new(),
+    };
+    rdatas
+        .into_iter()
+        .filter_map(|rdata| match rdata {
+            RData::CNAME(target) => Some(&target.0),
+            _ => None,
+        })
+        .collect()
+}
+
+fn policy_members(policy: &Policy) -> Box<dyn Iterator<Item = &Member> + '_> {
+    match policy {
+        Policy::Failover { primary, secondary } => Box::new([primary, secondary].into_iter()),
+        Policy::Weighted(members) | Policy::Multivalue(members) => Box::new(members.iter()),
+    }
+}
+
+/// A loop of CNAMEs inside the zone, as the owner names of its nodes in chain order, if there
+/// is one. Depth-first over the CNAME nodes with an explicit stack (a config can hold a chain
+/// far longer than the call stack could follow), each node visited once.
+fn cname_cycle(zone: &Zone) -> Option<Vec<&Name>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Visit {
+        OnPath,
+        Done,
+    }
+    let mut visits: HashMap<&Name, Visit> = HashMap::new();
+    let mut starts: Vec<&Node> = zone
+        .nodes()
+        .filter(|node| node.rrset(RecordType::CNAME).is_some())
+        .collect();
+    // Deterministic: the same file reports the same loop.
+    starts.sort_by(|a, b| a.name.cmp(&b.name));
+    for start in starts {
+        if visits.contains_key(&start.name) {
+            continue;
+        }
+        visits.insert(&start.name, Visit::OnPath);
+        let mut stack: Vec<(&Node, Vec<&Name>, usize)> = vec![(start, cname_targets(start), 0)];
+        while let Some((node, targets, next)) = stack.last_mut() {
+            let Some(&target) = targets.get(*next) else {
+                visits.insert(&node.name, Visit::Done);
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            let Some(following) = cname_node(zone, target) else {
+                continue;
+            };
+            match visits.get(&following.name) {
+                Some(Visit::Done) => {}
+                Some(Visit::OnPath) => {
+                    let from = stack
+                        .iter()
+                        .position(|(on_path, _, _)| std::ptr::eq(*on_path, following))
+                        .unwrap_or(0);
+                    return Some(stack[from..].iter().map(|(on_path, _, _)| &on_path.name).collect());
+                }
+                None => {
+                    visits.insert(&following.name, Visit::OnPath);
+                    stack.push((following, cname_targets(following), 0));
+                }
+            }
+        }
+    }
+    None
 }
 
 fn parse_type(text: &Spanned<String>, at: &At<'_>) -> Result<RecordType, ConfigError> {
@@ -957,6 +1125,91 @@ mod tests {
         assert!(error(&outside).message.contains("outside"));
         let bad_policy = format!("{HEAD}[[dns.zones.records]]\nname = \"a\"\ntype = \"A\"\npolicy = \"geo\"\n");
         assert_eq!(error(&bad_policy).line, 8);
+    }
+
+    /// `HEAD` and one `[[dns.zones.records]]` per (name, type, values).
+    fn zone(records: &[(&str, &str, &str)]) -> String {
+        let mut text = HEAD.to_string();
+        for (name, rtype, values) in records {
+            text.push_str(&format!(
+                "[[dns.zones.records]]\nname = \"{name}\"\ntype = \"{rtype}\"\nvalues = [{values}]\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn cname_loops_are_refused_at_their_first_cname() {
+        let two = zone(&[
+            ("ok", "A", "\"192.0.2.1\""),
+            ("a", "CNAME", "\"b\""),
+            ("b", "CNAME", "\"A.shop.example.\""),
+        ]);
+        let e = error(&two);
+        assert_eq!((e.line, e.column), (10, 8), "the name of the loop's first CNAME: {e}");
+        assert!(
+            e.message
+                .contains("a.shop.example. -> b.shop.example. -> a.shop.example.")
+                && e.message.contains("point one of them at a name with records"),
+            "{e}"
+        );
+        let itself = zone(&[("a", "CNAME", "\"a\"")]);
+        let e = error(&itself);
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("a.shop.example. is a CNAME to itself"), "{e}");
+        // Through a wildcard: `x.w` does not exist, so `*.w` covers it.
+        let wildcard = zone(&[("*.w", "CNAME", "\"x.w\"")]);
+        assert!(
+            error(&wildcard).message.contains("CNAME to itself"),
+            "{}",
+            error(&wildcard)
+        );
+        // Through a routed CNAME's secondary.
+        let routed = format!(
+            "{}[[dns.zones.records]]\nname = \"app\"\ntype = \"CNAME\"\npolicy = \"failover\"\n[[dns.zones.records.members]]\nrole = \"primary\"\nvalues = [\"us.cdn.example.\"]\n[[dns.zones.records.members]]\nrole = \"secondary\"\nvalues = [\"back\"]\n",
+            zone(&[("back", "CNAME", "\"app\"")])
+        );
+        assert!(error(&routed).message.contains("loop"), "{}", error(&routed));
+        // A chain that ends, and one that leaves the zone, are fine.
+        let chain = zone(&[
+            ("a", "CNAME", "\"b\""),
+            ("b", "CNAME", "\"c\""),
+            ("c", "A", "\"192.0.2.1\""),
+            ("d", "CNAME", "\"a.shop.example.net.\""),
+            ("e", "CNAME", "\"a\""),
+        ]);
+        parse(&chain, "deploy.toml").expect("no loop");
+    }
+
+    #[test]
+    fn an_mx_or_ns_naming_a_cname_is_refused() {
+        let mx = zone(&[
+            ("mail", "CNAME", "\"host\""),
+            ("host", "A", "\"192.0.2.25\""),
+            ("@", "MX", "\"10 host\", \"20 mail\""),
+        ]);
+        let e = error(&mx);
+        assert_eq!((e.line, e.column), (16, 22), "the MX value: {e}");
+        assert!(
+            e.message.contains("MX exchange mail.shop.example. is a CNAME") && e.message.contains("RFC 2181"),
+            "{e}"
+        );
+        let wildcard = zone(&[("*.eu", "CNAME", "\"host.example.net.\""), ("@", "MX", "\"10 mx.eu\"")]);
+        assert!(
+            error(&wildcard)
+                .message
+                .contains("through the wildcard *.eu.shop.example.")
+        );
+        let ns = "[dns]\n[[dns.zones]]\norigin = \"shop.example.\"\nns = [\"ns1\", \"ns2\"]\n[[dns.zones.records]]\nname = \"ns2\"\ntype = \"CNAME\"\nvalues = [\"ns1\"]\n";
+        let e = error(ns);
+        assert_eq!((e.line, e.column), (4, 14), "{e}");
+        assert!(e.message.contains("name server ns2.shop.example. is a CNAME"), "{e}");
+        // Out of the zone, or at a host: fine.
+        let fine = zone(&[
+            ("@", "MX", "\"10 mx.example.net.\", \"20 host\""),
+            ("host", "A", "\"192.0.2.25\""),
+        ]);
+        parse(&fine, "deploy.toml").expect("valid");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The sockets around [`answer`](crate::answer::answer): UDP workers (with response rate
-//! limiting, decided by [`rrl`](crate::rrl)), the TCP acceptor with its limits (in all and per
-//! client address), zone reloads (SIGHUP and file polling), and the persisted health view.
+//! limiting, decided by [`rrl`](crate::rrl)), the TCP acceptor with its limits (in all, where the
+//! connection idle longest makes room for a new one, and per client: an IPv4 address or an
+//! IPv6 /56) and idle timeouts (shorter under pressure, RFC 7766 §6.2.3), zone reloads (SIGHUP
+//! and file polling), and the persisted health view.
 //!
 //! Invariants: nothing here decides an answer; every buffer, connection count and wait is bounded
 //! by a named limit; a bad config file never replaces the zones being served; TCP answers are
@@ -9,7 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{IoSlice, IoSliceMut};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +25,7 @@ use nix::sys::socket::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::answer::{Response, Transport, handle_packet};
 use crate::cache::AnswerCache;
@@ -36,13 +38,25 @@ use common::rng::Rng;
 
 /// Largest query accepted (UDP datagram or TCP message); real queries are far smaller.
 pub const REQUEST_BYTES_MAX: usize = 4_096;
-/// Open DNS-over-TCP connections at most; more are closed at once.
+/// Open DNS-over-TCP connections at most. With all of them open, a new one takes the place of
+/// the one idle longest; when every one is answering a query, the new one is closed at once.
 pub const TCP_CONNECTIONS_MAX: usize = 256;
 /// Open DNS-over-TCP connections one client address may hold unless configured
 /// (`tcp_connections_per_client_max`), so one client cannot take every slot (RFC 7766 §6.2.2).
 pub const TCP_CONNECTIONS_PER_CLIENT_MAX_DEFAULT: usize = 16;
 /// A TCP connection with no complete query for this long is closed (RFC 7766 suggests seconds).
 pub const TCP_IDLE_TIMEOUT_MS: u64 = 10_000;
+/// The idle timeout while the server is under pressure (more than [`TCP_CONNECTIONS_BUSY`]
+/// connections open): RFC 7766 §6.2.3 has servers close idle connections more aggressively then.
+/// A client that asks over TCP asks at once, as it connects or after an answer.
+pub const TCP_IDLE_TIMEOUT_BUSY_MS: u64 = 1_000;
+/// Open DNS-over-TCP connections above which the server is under pressure (half the slots).
+pub const TCP_CONNECTIONS_BUSY: usize = TCP_CONNECTIONS_MAX / 2;
+/// IPv6 clients are counted per /56 for `tcp_connections_per_client_max` (IPv4 ones per
+/// address): a /56 is what one customer's site is commonly given (RFC 6177) and what the rate
+/// limiter groups by, so one host cannot take more slots by using more of its addresses, while
+/// a /48 would put unrelated sites of one provider's pool together.
+pub const TCP_CLIENT_IPV6_PREFIX_LENGTH: u32 = 56;
 /// A TCP client that does not take our answer within this time is disconnected.
 pub const TCP_WRITE_TIMEOUT_MS: u64 = 10_000;
 /// At most one line per this interval for floods of bad packets (the rest are counted).
@@ -385,7 +399,7 @@ pub async fn run_with_state(
         sockets.tcp,
         Arc::clone(&state),
         Rng::new(seeds.next_u64()),
-        options.limits.tcp_connections_per_client_max,
+        options.limits.clone(),
         stop_rx.clone(),
     ));
     if let Some(path) = options.config_path.clone() {
@@ -729,58 +743,200 @@ fn serve_datagram(
     false
 }
 
-/// Open TCP connections per client address; an address leaves the map with its last one.
-#[derive(Default)]
-struct PerClient {
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One client connection counted in [`PerClient`]; uncounted when dropped.
-struct ClientSlot {
-    clients: Arc<PerClient>,
-    address: IpAddr,
-}
-
-impl PerClient {
-    fn try_take(self: &Arc<Self>, address: IpAddr, max: usize) -> Option<ClientSlot> {
-        let address = match address {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let count = open.entry(address).or_insert(0);
-        if *count >= max {
-            return None;
+/// The block a TCP client is counted in for the per-client limit: its IPv4 address (an
+/// IPv4-mapped one as IPv4), or its IPv6 address cut to [`TCP_CLIENT_IPV6_PREFIX_LENGTH`] bits.
+fn client_block(address: IpAddr) -> IpAddr {
+    match common::net::canonical(address) {
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX << (128 - TCP_CLIENT_IPV6_PREFIX_LENGTH);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
         }
-        *count += 1;
-        Some(ClientSlot {
-            clients: Arc::clone(self),
-            address,
-        })
+        v4 => v4,
     }
 }
 
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.clients.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.address) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.address);
+/// The open DNS-over-TCP connections: how many each client block holds, and since when each
+/// has been idle (no query in progress). Sans-IO: the caller passes the time.
+struct TcpSlots {
+    connections: HashMap<u64, TcpSlotState>,
+    per_client: HashMap<IpAddr, usize>,
+    per_client_max: usize,
+    next_id: u64,
+}
+
+struct TcpSlotState {
+    client: IpAddr,
+    /// When the connection last finished an answer (or opened); `None` while it answers.
+    idle_since: Option<Instant>,
+    /// Told when the connection is closed to make room for another.
+    evict: Arc<tokio::sync::Notify>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, PartialEq, Eq)]
+enum TcpRefusal {
+    /// Every slot is taken and every connection is answering a query.
+    Full,
+    /// Its client block holds `tcp_connections_per_client_max` connections already.
+    ClientFull,
+}
+
+/// An admitted connection: its id, and what tells it to close.
+struct TcpAdmission {
+    id: u64,
+    evict: Arc<tokio::sync::Notify>,
+    /// Whether an idle connection was closed to make room (RFC 7766 §6.2.2).
+    evicted: bool,
+}
+
+impl TcpSlots {
+    fn new(per_client_max: usize) -> TcpSlots {
+        TcpSlots {
+            connections: HashMap::new(),
+            per_client: HashMap::new(),
+            per_client_max,
+            next_id: 0,
+        }
+    }
+
+    /// Admits a connection from `address`; with every slot taken, closes the connection idle
+    /// the longest to make room (RFC 7766 §6.2.3). A client block at its limit is refused.
+    fn admit(&mut self, address: IpAddr, now: Instant) -> Result<TcpAdmission, TcpRefusal> {
+        let client = client_block(address);
+        if self
+            .per_client
+            .get(&client)
+            .is_some_and(|&open| open >= self.per_client_max)
+        {
+            return Err(TcpRefusal::ClientFull);
+        }
+        let mut evicted = false;
+        if self.connections.len() >= TCP_CONNECTIONS_MAX {
+            let idlest = self
+                .connections
+                .iter()
+                .filter_map(|(&id, slot)| slot.idle_since.map(|since| (since, id)))
+                .min()
+                .map(|(_, id)| id)
+                .ok_or(TcpRefusal::Full)?;
+            if let Some(slot) = self.release(idlest) {
+                slot.evict.notify_one();
+                evicted = true;
             }
         }
+        let id = self.next_id;
+        self.next_id += 1;
+        let evict = Arc::new(tokio::sync::Notify::new());
+        self.connections.insert(
+            id,
+            TcpSlotState {
+                client,
+                idle_since: Some(now),
+                evict: Arc::clone(&evict),
+            },
+        );
+        *self.per_client.entry(client).or_insert(0) += 1;
+        Ok(TcpAdmission { id, evict, evicted })
     }
+
+    /// The connection is answering a query: it cannot be evicted.
+    fn answering(&mut self, id: u64) {
+        if let Some(slot) = self.connections.get_mut(&id) {
+            slot.idle_since = None;
+        }
+    }
+
+    /// The connection finished an answer at `now` and waits for the next query.
+    fn idle(&mut self, id: u64, now: Instant) {
+        if let Some(slot) = self.connections.get_mut(&id) {
+            slot.idle_since = Some(now);
+        }
+    }
+
+    /// Forgets a connection (closed, or evicted); returns it if it was still counted.
+    fn release(&mut self, id: u64) -> Option<TcpSlotState> {
+        let slot = self.connections.remove(&id)?;
+        if let Some(open) = self.per_client.get_mut(&slot.client) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                self.per_client.remove(&slot.client);
+            }
+        }
+        Some(slot)
+    }
+
+    fn under_pressure(&self) -> bool {
+        self.connections.len() > TCP_CONNECTIONS_BUSY
+    }
+}
+
+/// [`TcpSlots`] shared by the acceptor and the connections, with the pressure flag the
+/// connections' idle timeouts follow.
+struct TcpTable {
+    slots: Mutex<TcpSlots>,
+    pressure: watch::Sender<bool>,
+}
+
+impl TcpTable {
+    fn new(per_client_max: usize) -> TcpTable {
+        TcpTable {
+            slots: Mutex::new(TcpSlots::new(per_client_max)),
+            pressure: watch::Sender::new(false),
+        }
+    }
+
+    /// Runs `change` on the slots and publishes whether they are under pressure now.
+    fn with<T>(&self, change: impl FnOnce(&mut TcpSlots) -> T) -> T {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let result = change(&mut slots);
+        let pressure = slots.under_pressure();
+        self.pressure
+            .send_if_modified(|current| std::mem::replace(current, pressure) != pressure);
+        result
+    }
+}
+
+/// One admitted connection; released from the table when dropped.
+struct TcpSlot {
+    table: Arc<TcpTable>,
+    id: u64,
+}
+
+impl TcpSlot {
+    fn answering(&self) {
+        self.table.with(|slots| slots.answering(self.id));
+    }
+
+    fn idle(&self, now: Instant) {
+        self.table.with(|slots| slots.idle(self.id, now));
+    }
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        self.table.with(|slots| slots.release(self.id));
+    }
+}
+
+/// The idle timeouts of DNS-over-TCP connections: normal, and under pressure.
+#[derive(Clone, Copy)]
+struct IdleTimeouts {
+    normal: Duration,
+    busy: Duration,
 }
 
 async fn tcp_acceptor(
     listener: TcpListener,
     state: Arc<State>,
     mut rng: Rng,
-    per_client_max: usize,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(TCP_CONNECTIONS_MAX));
-    let clients = Arc::new(PerClient::default());
+    let table = Arc::new(TcpTable::new(limits.tcp_connections_per_client_max));
+    let timeouts = IdleTimeouts {
+        normal: Duration::from_millis(limits.tcp_idle_timeout_ms),
+        busy: Duration::from_millis(limits.tcp_idle_timeout_busy_ms),
+    };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -795,47 +951,127 @@ async fn tcp_acceptor(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            state.metrics.count_drop("tcp_connection_limit");
-            state.drop_log.warn(
-                "closed a TCP connection: TCP_CONNECTIONS_MAX connections are open",
-                peer,
-            );
-            continue;
+        let admission = match table.with(|slots| slots.admit(peer.ip(), Instant::now())) {
+            Ok(admission) => admission,
+            Err(TcpRefusal::Full) => {
+                state.metrics.count_drop("tcp_connection_limit");
+                state.drop_log.warn(
+                    "closed a TCP connection: TCP_CONNECTIONS_MAX connections are open, all answering",
+                    peer,
+                );
+                continue;
+            }
+            Err(TcpRefusal::ClientFull) => {
+                state.metrics.count_drop("tcp_client_connection_limit");
+                state.drop_log.warn(
+                    "closed a TCP connection: this client (address, or /56 for IPv6) already holds tcp_connections_per_client_max connections",
+                    peer,
+                );
+                continue;
+            }
         };
-        let Some(slot) = clients.try_take(peer.ip(), per_client_max) else {
-            state.metrics.count_drop("tcp_client_connection_limit");
-            state.drop_log.warn(
-                "closed a TCP connection: this client address already holds tcp_connections_per_client_max connections",
-                peer,
-            );
-            continue;
+        if admission.evicted {
+            state.metrics.count_drop("tcp_idle_evicted");
+        }
+        let slot = TcpSlot {
+            table: Arc::clone(&table),
+            id: admission.id,
         };
+        let pressure = table.pressure.subscribe();
         let state = Arc::clone(&state);
         let seed = rng.next_u64();
         let stop = stop.clone();
         tokio::spawn(async move {
             state.metrics.tcp_connections.inc();
-            tcp_connection(stream, peer, &state, Rng::new(seed), stop).await;
+            let connection = TcpConnection {
+                peer,
+                slot,
+                evict: admission.evict,
+                pressure,
+                timeouts,
+            };
+            connection.serve(stream, &state, Rng::new(seed), stop).await;
             state.metrics.tcp_connections.dec();
-            drop(slot);
-            drop(permit);
         });
     }
 }
 
-async fn tcp_connection(
-    mut stream: TcpStream,
+/// One DNS-over-TCP connection and what can end it besides its client.
+struct TcpConnection {
     peer: SocketAddr,
-    state: &State,
-    mut rng: Rng,
-    mut stop: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let idle = Duration::from_millis(TCP_IDLE_TIMEOUT_MS);
-    let write_timeout = Duration::from_millis(TCP_WRITE_TIMEOUT_MS);
-    let mut buffer = vec![0u8; REQUEST_BYTES_MAX];
-    loop {
+    slot: TcpSlot,
+    evict: Arc<tokio::sync::Notify>,
+    pressure: watch::Receiver<bool>,
+    timeouts: IdleTimeouts,
+}
+
+/// Why a connection stopped waiting for a query.
+enum Wait {
+    Query(usize),
+    /// Too long, zero or unreadable: the connection is closed.
+    Closed,
+}
+
+impl TcpConnection {
+    async fn serve(mut self, mut stream: TcpStream, state: &State, mut rng: Rng, mut stop: watch::Receiver<bool>) {
+        let _ = stream.set_nodelay(true);
+        let peer = self.peer;
+        let write_timeout = Duration::from_millis(TCP_WRITE_TIMEOUT_MS);
+        let mut buffer = vec![0u8; REQUEST_BYTES_MAX];
+        let mut idle_since = Instant::now();
+        loop {
+            let length = match self
+                .next_query(&mut stream, &mut buffer, idle_since, state, &mut stop)
+                .await
+            {
+                Wait::Query(length) => length,
+                Wait::Closed => return,
+            };
+            self.slot.answering();
+            let snapshot = state.snapshot();
+            let Some(response) = state.answer(&snapshot, &buffer[..length], Transport::Tcp, peer, rng.next_u64())
+            else {
+                return;
+            };
+            state
+                .metrics
+                .count_query(&response.name_label, response.qtype, response.rcode, Transport::Tcp);
+            let write = async {
+                for wire in &response.wire {
+                    let Ok(length) = u16::try_from(wire.len()) else {
+                        continue;
+                    };
+                    let mut framed = Vec::with_capacity(wire.len() + 2);
+                    framed.extend_from_slice(&length.to_be_bytes());
+                    framed.extend_from_slice(wire);
+                    stream.write_all(&framed).await?;
+                }
+                stream.flush().await
+            };
+            match tokio::time::timeout(write_timeout, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    state.metrics.count_drop("tcp_write_timeout");
+                    return;
+                }
+            }
+            idle_since = Instant::now();
+            self.slot.idle(idle_since);
+        }
+    }
+
+    /// Waits for the next whole query, until the idle timeout after `idle_since` (the shorter
+    /// one while the server is under pressure, which can start during the wait), eviction or
+    /// shutdown.
+    async fn next_query(
+        &mut self,
+        stream: &mut TcpStream,
+        buffer: &mut [u8],
+        idle_since: Instant,
+        state: &State,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Wait {
         let read = async {
             let length = usize::from(stream.read_u16().await?);
             if length > REQUEST_BYTES_MAX || length == 0 {
@@ -844,47 +1080,32 @@ async fn tcp_connection(
             stream.read_exact(&mut buffer[..length]).await?;
             Ok::<_, std::io::Error>(Some(length))
         };
-        let length = tokio::select! {
-            read = tokio::time::timeout(idle, read) => match read {
-                Ok(Ok(Some(length))) => length,
-                Ok(Ok(None)) => {
-                    state.metrics.count_drop("tcp_message_too_large");
-                    state.drop_log.warn("closed a TCP connection: message length is 0 or above REQUEST_BYTES_MAX", peer);
-                    return;
-                }
-                Ok(Err(_)) => return,
-                Err(_) => {
+        tokio::pin!(read);
+        loop {
+            let timeout = if *self.pressure.borrow_and_update() {
+                self.timeouts.busy
+            } else {
+                self.timeouts.normal
+            };
+            let deadline = tokio::time::Instant::from_std(idle_since + timeout);
+            tokio::select! {
+                read = &mut read => return match read {
+                    Ok(Some(length)) => Wait::Query(length),
+                    Ok(None) => {
+                        state.metrics.count_drop("tcp_message_too_large");
+                        state.drop_log.warn("closed a TCP connection: message length is 0 or above REQUEST_BYTES_MAX", self.peer);
+                        Wait::Closed
+                    }
+                    Err(_) => Wait::Closed,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
                     state.metrics.count_drop("tcp_idle_timeout");
-                    return;
+                    return Wait::Closed;
                 }
-            },
-            _ = stop.wait_for(|stop| *stop) => return,
-        };
-        let snapshot = state.snapshot();
-        let Some(response) = state.answer(&snapshot, &buffer[..length], Transport::Tcp, peer, rng.next_u64()) else {
-            return;
-        };
-        state
-            .metrics
-            .count_query(&response.name_label, response.qtype, response.rcode, Transport::Tcp);
-        let write = async {
-            for wire in &response.wire {
-                let Ok(length) = u16::try_from(wire.len()) else {
-                    continue;
-                };
-                let mut framed = Vec::with_capacity(wire.len() + 2);
-                framed.extend_from_slice(&length.to_be_bytes());
-                framed.extend_from_slice(wire);
-                stream.write_all(&framed).await?;
-            }
-            stream.flush().await
-        };
-        match tokio::time::timeout(write_timeout, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                state.metrics.count_drop("tcp_write_timeout");
-                return;
+                // Pressure came or went: wait again with the other timeout.
+                Ok(()) = self.pressure.changed() => {}
+                _ = self.evict.notified() => return Wait::Closed,
+                _ = stop.wait_for(|stop| *stop) => return Wait::Closed,
             }
         }
     }
@@ -956,5 +1177,108 @@ pub fn reload(path: &Path, state: &State) -> bool {
             tracing::error!("config reload rejected, still serving the previous zones: {e}");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("address")
+    }
+
+    /// `TCP_CONNECTIONS_MAX` connections, one address each, opened a second apart from `start`.
+    fn full(start: Instant) -> (TcpSlots, Vec<u64>) {
+        let mut slots = TcpSlots::new(TCP_CONNECTIONS_MAX);
+        let ids = (0..TCP_CONNECTIONS_MAX)
+            .map(|n| {
+                let address = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n as u32));
+                let at = start + Duration::from_secs(n as u64);
+                slots.admit(address, at).expect("a free slot").id
+            })
+            .collect();
+        (slots, ids)
+    }
+
+    #[test]
+    fn with_every_slot_taken_the_connection_idle_longest_makes_room() {
+        let start = Instant::now();
+        let (mut slots, ids) = full(start);
+        let later = start + Duration::from_secs(1_000);
+        // The oldest connection asked a question since: it is not the idlest any more.
+        slots.idle(ids[0], later);
+        let admitted = slots.admit(ip("192.0.2.1"), later).expect("room made");
+        assert!(admitted.evicted);
+        assert!(!slots.connections.contains_key(&ids[1]), "the idlest one went");
+        assert!(slots.connections.contains_key(&ids[0]));
+        assert_eq!(slots.connections.len(), TCP_CONNECTIONS_MAX);
+        assert_eq!(
+            slots.per_client.len(),
+            TCP_CONNECTIONS_MAX,
+            "its client's count went with it"
+        );
+        // The evicted connection's own release later changes nothing.
+        assert!(slots.release(ids[1]).is_none());
+        assert_eq!(slots.connections.len(), TCP_CONNECTIONS_MAX);
+    }
+
+    #[test]
+    fn a_connection_answering_a_query_is_never_evicted() {
+        let start = Instant::now();
+        let (mut slots, ids) = full(start);
+        for &id in &ids[1..] {
+            slots.answering(id);
+        }
+        let admitted = slots
+            .admit(ip("192.0.2.1"), start)
+            .expect("the one idle connection makes room");
+        assert!(!slots.connections.contains_key(&ids[0]));
+        slots.answering(admitted.id);
+        assert_eq!(
+            slots.admit(ip("192.0.2.2"), start).err(),
+            Some(TcpRefusal::Full),
+            "every connection answering: refused"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_56() {
+        let mut slots = TcpSlots::new(2);
+        let now = Instant::now();
+        slots.admit(ip("2001:db8:0:1::1"), now).expect("first");
+        slots.admit(ip("2001:db8:0:ff::2"), now).expect("second, same /56");
+        assert_eq!(
+            slots.admit(ip("2001:db8:0:42::3"), now).err(),
+            Some(TcpRefusal::ClientFull),
+            "another /64 of the same /56"
+        );
+        slots
+            .admit(ip("2001:db8:0:100::1"), now)
+            .expect("the next /56 is another client");
+        // IPv4 per address, an IPv4-mapped address as its IPv4 one.
+        slots.admit(ip("192.0.2.1"), now).expect("v4");
+        slots.admit(ip("::ffff:192.0.2.1"), now).expect("the same v4 client");
+        assert_eq!(slots.admit(ip("192.0.2.1"), now).err(), Some(TcpRefusal::ClientFull));
+        slots
+            .admit(ip("192.0.2.2"), now)
+            .expect("its neighbour is another client");
+    }
+
+    #[test]
+    fn more_than_half_the_slots_open_is_pressure() {
+        let table = TcpTable::new(TCP_CONNECTIONS_MAX);
+        let pressure = table.pressure.subscribe();
+        let now = Instant::now();
+        let mut ids = Vec::new();
+        for n in 0..TCP_CONNECTIONS_BUSY {
+            let address = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n as u32));
+            ids.push(table.with(|slots| slots.admit(address, now)).expect("admitted").id);
+        }
+        assert!(!*pressure.borrow());
+        let last = table.with(|slots| slots.admit(ip("192.0.2.1"), now)).expect("admitted");
+        assert!(*pressure.borrow());
+        table.with(|slots| slots.release(last.id));
+        assert!(!*pressure.borrow());
     }
 }

@@ -6,9 +6,15 @@
 //! `GENERATION_STEP_MAX` above the applied one is refused too: generations grow by one per
 //! runbook, and accepting u64::MAX once would refuse every genuine push afterwards.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
 
+use hickory_proto::rr::rdata::TXT;
+use hickory_proto::rr::{Name, RData};
 use serde::{Deserialize, Serialize};
+
+use crate::config::txt_strings;
+use crate::zone::name_key;
 
 /// The controller's fencing token: every push carries one, and the view only moves forward.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -32,14 +38,68 @@ pub const TARGET_NAME_BYTES_MAX: usize = 255;
 
 /// The health and dynamic records pushed by the controller. Cheap to read; replaced whole (copy on
 /// write) by the admin API.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct HealthView {
     /// Newest generation applied; pushes with a lower one are refused.
     pub generation: Generation,
     /// Health per target; a target never reported is healthy.
     pub targets: BTreeMap<String, Health>,
-    /// Dynamic TXT records by lower-case fully qualified name (with the trailing dot).
+    /// Dynamic TXT records by lower-case fully qualified name (with the trailing dot). Changed
+    /// only through [`apply_txt`](HealthView::apply_txt), which forgets `names`.
     pub txt: BTreeMap<String, String>,
+    /// `txt` indexed for answering, made by the first query that needs it (once per view).
+    #[serde(skip)]
+    names: OnceLock<Arc<DynamicNames>>,
+}
+
+impl PartialEq for HealthView {
+    fn eq(&self, other: &HealthView) -> bool {
+        (self.generation, &self.targets, &self.txt) == (other.generation, &other.targets, &other.txt)
+    }
+}
+
+impl Eq for HealthView {}
+
+/// The names pushed TXT records make exist, by lower-case wire form ([`name_key`]): each pushed
+/// name with its record, and each of its ancestors, which exists too (an empty non-terminal
+/// unless the zone has records there; RFC 8020: NXDOMAIN means nothing exists below a name).
+#[derive(Debug, Default)]
+pub struct DynamicNames {
+    names: HashMap<Vec<u8>, Option<RData>>,
+}
+
+impl DynamicNames {
+    fn new(txt: &BTreeMap<String, String>) -> DynamicNames {
+        let mut names = HashMap::new();
+        for (name, value) in txt {
+            // The admin API stores parsed names; a hand-edited state file's bad name answers nothing.
+            let Ok(name) = Name::from_ascii(name) else { continue };
+            names.insert(name_key(&name), Some(RData::TXT(TXT::new(txt_strings(value)))));
+        }
+        let pushed: Vec<Vec<u8>> = names.keys().cloned().collect();
+        for key in pushed {
+            let mut rest: &[u8] = &key;
+            while let Some((&length, tail)) = rest.split_first() {
+                rest = tail.get(usize::from(length)..).unwrap_or(&[]);
+                names.entry(rest.to_vec()).or_insert(None);
+            }
+        }
+        DynamicNames { names }
+    }
+
+    /// The pushed TXT record at the name with this key, if one was pushed.
+    pub fn record(&self, key: &[u8]) -> Option<&RData> {
+        self.names.get(key).and_then(Option::as_ref)
+    }
+
+    /// Whether a pushed record makes the name with this key exist (it or a name below it).
+    pub fn exists(&self, key: &[u8]) -> bool {
+        self.names.contains_key(key)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,6 +124,11 @@ pub enum ViewError {
 }
 
 impl HealthView {
+    /// The names the pushed TXT records make exist, indexed for answering.
+    pub fn dynamic_names(&self) -> &DynamicNames {
+        self.names.get_or_init(|| Arc::new(DynamicNames::new(&self.txt)))
+    }
+
     /// True unless the controller said the target is unhealthy.
     pub fn is_healthy(&self, target: &str) -> bool {
         self.targets.get(target) != Some(&Health::Unhealthy)
@@ -124,6 +189,7 @@ impl HealthView {
                 next.txt.remove(name);
             }
         }
+        next.names = OnceLock::new();
         next.generation = generation;
         Ok(next)
     }

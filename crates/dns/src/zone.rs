@@ -2,7 +2,9 @@
 //!
 //! Names are keyed by their lower-case wire form, so lookups are case-insensitive without
 //! allocating per label. Empty non-terminals (`b.example.` when only `a.b.example.` has records)
-//! are nodes without record sets, so they answer NODATA rather than NXDOMAIN.
+//! are nodes without record sets, so they answer NODATA rather than NXDOMAIN. Names made by
+//! pushed TXT records (and their parents) are not nodes: the lookup takes them as a predicate
+//! ([`Zone::find_key`]), so they exist and end a wildcard's cover just as nodes do.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -56,12 +58,14 @@ pub enum RrData {
 
 /// Where a name lands in a zone.
 pub enum Lookup<'a> {
-    /// The name exists (perhaps as an empty non-terminal).
+    /// The zone has the name (perhaps as an empty non-terminal).
     Exact(&'a Node),
-    /// The name does not exist but a wildcard covers it; answer from the wildcard's records with
-    /// the query's name as owner.
+    /// The zone does not have the name but a wildcard covers it; answer from the wildcard's
+    /// records with the query's name as owner.
     Wildcard(&'a Node),
-    NxDomain,
+    /// The zone has no records for the name. It does not exist unless something outside the
+    /// zone's records makes it exist (a pushed TXT record, see [`Zone::find_key`]).
+    NoRecords,
 }
 
 /// The lower-case wire form of a name: the key of every lookup.
@@ -188,27 +192,35 @@ impl Zone {
     /// Finds `name` (inside this zone), falling back to a wildcard at its closest encloser
     /// (RFC 4592).
     pub fn find(&self, name: &Name) -> Lookup<'_> {
-        let key = name_key(name);
-        if let Some(node) = self.nodes.get(&key) {
+        self.find_key(&name_key(name), |_| false)
+    }
+
+    /// [`find`](Self::find) by the name's [`name_key`], where `exists` says whether a name the
+    /// zone has no node for exists all the same (a pushed TXT record or an ancestor of one). Such
+    /// a name gets no wildcard's records (RFC 4592 §2.2.1: a wildcard covers only names that do
+    /// not exist), and it is the closest encloser of the names below it, so a wildcard above it
+    /// does not cover them either.
+    pub fn find_key(&self, key: &[u8], exists: impl Fn(&[u8]) -> bool) -> Lookup<'_> {
+        if let Some(node) = self.nodes.get(key) {
             return Lookup::Exact(node);
         }
-        if !self.has_wildcards {
-            return Lookup::NxDomain;
+        if !self.has_wildcards || exists(key) {
+            return Lookup::NoRecords;
         }
         // Walk up: the first existing ancestor is the closest encloser; only its wildcard applies.
-        let mut rest: &[u8] = &key;
+        let mut rest: &[u8] = key;
         while let Some((&length, tail)) = rest.split_first() {
             rest = tail.get(usize::from(length)..).unwrap_or(&[]);
-            if self.nodes.contains_key(rest) {
+            if self.nodes.contains_key(rest) || exists(rest) {
                 let mut wildcard = Vec::with_capacity(rest.len() + 2);
                 wildcard.extend_from_slice(&[1, b'*']);
                 wildcard.extend_from_slice(rest);
                 return match self.nodes.get(&wildcard) {
                     Some(node) => Lookup::Wildcard(node),
-                    None => Lookup::NxDomain,
+                    None => Lookup::NoRecords,
                 };
             }
         }
-        Lookup::NxDomain
+        Lookup::NoRecords
     }
 }

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use super::*;
 use crate::view::{Generation, Health, HealthView};
@@ -162,13 +162,61 @@ fn cname_chain_is_followed_inside_the_zone() {
 }
 
 #[test]
-fn cname_to_missing_name_is_nxdomain_and_loops_stop() {
+fn cname_to_missing_name_is_nxdomain() {
     let response = query("dangling.shop.example.", RecordType::A);
     assert_eq!(response.response_code(), ResponseCode::NXDomain);
     assert_eq!(rdatas(&response), ["missing.shop.example."]);
-    let looped = query("loop1.shop.example.", RecordType::A);
+}
+
+/// Zones made without the config loader, which refuses CNAME loops: `a` → `b` → `a`, and `c`
+/// → `c`.
+fn looping_zones() -> Zones {
+    use crate::zone::{RrData, RrSet, Zone};
+    use hickory_proto::rr::rdata::{CNAME, NS, SOA};
+    let origin = name("loop.example.");
+    let soa = Record::from_rdata(
+        origin.clone(),
+        300,
+        RData::SOA(SOA::new(
+            name("ns1.loop.example."),
+            name("hostmaster.loop.example."),
+            1,
+            3600,
+            600,
+            1_209_600,
+            60,
+        )),
+    );
+    let mut zone = Zone::new(origin, soa, 60, vec![RData::NS(NS(name("ns1.loop.example.")))], 300);
+    for (owner, target) in [("a", "b"), ("b", "a"), ("c", "c")] {
+        let set = RrSet {
+            rtype: RecordType::CNAME,
+            data: RrData::Static {
+                ttl: 300,
+                rdatas: vec![RData::CNAME(CNAME(name(&format!("{target}.loop.example."))))],
+            },
+        };
+        zone.add(&name(&format!("{owner}.loop.example.")), set).expect("added");
+    }
+    Zones::new(vec![zone], Vec::new())
+}
+
+#[test]
+fn a_cname_loop_is_answered_once_without_repeating_a_record() {
+    let zones = looping_zones();
+    let ask = |qname: &str| {
+        let response = answer(&zones, &HealthView::default(), &request(qname, RecordType::A));
+        Message::from_vec(&response.wire[0]).expect("parses")
+    };
+    let looped = ask("a.loop.example.");
     assert_eq!(looped.response_code(), ResponseCode::NoError);
-    assert_eq!(looped.answers().len(), CNAME_CHAIN_MAX + 1);
+    assert_eq!(
+        rdatas(&looped),
+        ["b.loop.example.", "a.loop.example."],
+        "each CNAME once"
+    );
+    let to_itself = ask("c.loop.example.");
+    assert_eq!(rdatas(&to_itself), ["c.loop.example."]);
 }
 
 #[test]
@@ -324,6 +372,60 @@ fn dynamic_txt_answers_and_makes_the_name_exist() {
     assert_eq!(before.response_code(), ResponseCode::NXDomain);
 }
 
+/// The view after pushing `value` at `name`.
+fn pushed(pushes: &[(&str, &str)]) -> HealthView {
+    pushes.iter().fold(HealthView::default(), |view, (name, value)| {
+        view.apply_txt(Generation(1), name, Some(value)).expect("valid")
+    })
+}
+
+#[test]
+fn a_pushed_name_makes_its_parents_exist() {
+    let view = pushed(&[("_active-region._sy.shop.example.", "eu-west-1")]);
+    for qname in ["_sy.shop.example.", "_SY.shop.example."] {
+        for qtype in [RecordType::A, RecordType::TXT] {
+            let response = ask(&request(qname, qtype), &view);
+            assert_eq!(response.response_code(), ResponseCode::NoError, "{qname} {qtype}");
+            assert!(response.answers().is_empty());
+            assert_eq!(response.name_servers()[0].record_type(), RecordType::SOA, "NODATA");
+        }
+    }
+    let pointer = ask(&request("_active-region._sy.shop.example.", RecordType::TXT), &view);
+    assert_eq!(rdatas(&pointer), ["eu-west-1"]);
+    // Below the pushed name, and beside it, nothing exists.
+    for qname in ["x._active-region._sy.shop.example.", "_other._sy.shop.example."] {
+        let response = ask(&request(qname, RecordType::TXT), &view);
+        assert_eq!(response.response_code(), ResponseCode::NXDomain, "{qname}");
+    }
+    // Removed, the parent goes with it.
+    let removed = view
+        .apply_txt(Generation(2), "_active-region._sy.shop.example.", None)
+        .expect("valid");
+    let response = ask(&request("_sy.shop.example.", RecordType::A), &removed);
+    assert_eq!(response.response_code(), ResponseCode::NXDomain);
+}
+
+#[test]
+fn a_wildcard_does_not_cover_a_pushed_name_nor_the_names_below_it() {
+    let view = pushed(&[("foo.wild.shop.example.", "v"), ("deep.bar.wild.shop.example.", "w")]);
+    let a = ask(&request("foo.wild.shop.example.", RecordType::A), &view);
+    assert_eq!(a.response_code(), ResponseCode::NoError);
+    assert!(a.answers().is_empty(), "NODATA, not the wildcard's A: {a:?}");
+    assert_eq!(a.name_servers()[0].record_type(), RecordType::SOA);
+    let any = ask(&request("foo.wild.shop.example.", RecordType::ANY), &view);
+    assert_eq!(rdatas(&any), ["v"], "the pushed TXT alone");
+    // `bar.wild` exists as the parent of a pushed name: an empty non-terminal, no wildcard.
+    let parent = ask(&request("bar.wild.shop.example.", RecordType::A), &view);
+    assert_eq!(parent.response_code(), ResponseCode::NoError);
+    assert!(parent.answers().is_empty());
+    // Below a pushed name its closest encloser is that name, which has no wildcard.
+    let below = ask(&request("x.foo.wild.shop.example.", RecordType::A), &view);
+    assert_eq!(below.response_code(), ResponseCode::NXDomain);
+    // Other names under the wildcard still get its records.
+    let other = ask(&request("other.wild.shop.example.", RecordType::A), &view);
+    assert_eq!(rdatas(&other), ["192.0.2.99"]);
+}
+
 #[test]
 fn axfr_refused_unless_allowed_and_over_tcp() {
     let mut refused = request("shop.example.", RecordType::AXFR);
@@ -353,10 +455,9 @@ fn axfr_refused_unless_allowed_and_over_tcp() {
     );
     let mut over_udp = allowed.clone();
     over_udp.transport = Transport::Udp;
-    assert_eq!(
-        ask(&over_udp, &HealthView::default()).response_code(),
-        ResponseCode::Refused
-    );
+    let refused_over_udp = ask(&over_udp, &HealthView::default());
+    assert_eq!(refused_over_udp.response_code(), ResponseCode::Refused);
+    assert!(!refused_over_udp.authoritative(), "a refusal has no AA");
     let mut ixfr_udp = over_udp.clone();
     ixfr_udp.message.queries_mut()[0] = Query::query(name("shop.example."), RecordType::IXFR);
     let ixfr = ask(&ixfr_udp, &HealthView::default());
@@ -401,6 +502,210 @@ fn odd_queries_get_the_right_rcode() {
         answer(&zones(), &HealthView::default(), &reply).messages.is_empty(),
         "responses are dropped"
     );
+}
+
+#[test]
+fn meta_types_as_questions_get_formerr_or_notimp_as_bind_answers() {
+    for (qtype, rcode) in [
+        (41, ResponseCode::FormErr),
+        (249, ResponseCode::FormErr),
+        (250, ResponseCode::FormErr),
+        (253, ResponseCode::NotImp),
+        (254, ResponseCode::NotImp),
+    ] {
+        for qname in ["plain.shop.example.", "www.other.example."] {
+            let response = query(qname, RecordType::from(qtype));
+            assert_eq!(response.response_code(), rcode, "{qname} type {qtype}");
+            assert!(!response.authoritative());
+            assert!(response.answers().is_empty() && response.name_servers().is_empty());
+            assert_eq!(response.queries().len(), 1, "the question is echoed");
+        }
+    }
+}
+
+/// A TSIG record signing a query with id `id` with the key `name` (the MAC is made up).
+fn tsig_record(key: &str, id: u16) -> Record {
+    use hickory_proto::rr::rdata::NULL;
+    let mut rdata = Vec::new();
+    rdata.extend_from_slice(b"\x0bhmac-sha256\x00");
+    rdata.extend_from_slice(&[0x00, 0x00, 0x6b, 0x13, 0xb3, 0x2b]);
+    rdata.extend_from_slice(&77u16.to_be_bytes());
+    rdata.extend_from_slice(&32u16.to_be_bytes());
+    rdata.extend_from_slice(&[0xa5; 32]);
+    rdata.extend_from_slice(&id.to_be_bytes());
+    rdata.extend_from_slice(&[0, 0, 0, 0]);
+    let mut record = Record::from_rdata(
+        name(key),
+        0,
+        RData::Unknown {
+            code: RecordType::TSIG,
+            rdata: NULL::with(rdata),
+        },
+    );
+    record.set_dns_class(DNSClass::ANY);
+    record
+}
+
+/// `request`'s bytes with `tsig` as the message's last record.
+fn signed(request: &Request, tsig: Record) -> Vec<u8> {
+    let mut parts = request.message.clone().into_parts();
+    parts.sig0.push(tsig);
+    Message::from(parts).to_vec().expect("encodes")
+}
+
+fn handle(packet: &[u8]) -> Message {
+    let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let response =
+        handle_packet(&zones(), &HealthView::default(), packet, Transport::Udp, client, 0).expect("answered");
+    Message::from_vec(&response.wire[0]).expect("parses")
+}
+
+#[test]
+fn a_query_signed_with_a_key_we_do_not_have_gets_notauth_badkey_unsigned() {
+    for edns in [false, true] {
+        let mut plain = request("plain.shop.example.", RecordType::A);
+        if edns {
+            plain = with_edns(plain, 1232);
+        }
+        let response = handle(&signed(&plain, tsig_record("unknown-key.", 4242)));
+        assert_eq!(response.response_code(), ResponseCode::NotAuth);
+        assert!(!response.authoritative());
+        assert!(response.answers().is_empty());
+        assert_eq!(response.queries().len(), 1);
+        assert_eq!(
+            response.extensions().is_some(),
+            edns,
+            "OPT echoed when the query had one"
+        );
+        let tsig = response.additionals().last().expect("a TSIG record");
+        assert_eq!(tsig.record_type(), RecordType::TSIG);
+        assert_eq!(tsig.name(), &name("unknown-key."));
+        assert_eq!(tsig.dns_class(), DNSClass::ANY);
+        // As Knot sends it: the query's algorithm and time, fudge 300, no MAC, the original id,
+        // error BADKEY (17), no other data.
+        let mut expected = b"\x0bhmac-sha256\x00".to_vec();
+        expected.extend_from_slice(&[
+            0x00, 0x00, 0x6b, 0x13, 0xb3, 0x2b, 0x01, 0x2c, 0, 0, 0x10, 0x92, 0, 17, 0, 0,
+        ]);
+        assert_eq!(tsig.data().to_bytes().expect("encodes"), expected);
+    }
+    // A TSIG record too short to be one: FORMERR.
+    let mut broken = tsig_record("unknown-key.", 1);
+    broken.set_data(RData::Unknown {
+        code: RecordType::TSIG,
+        rdata: hickory_proto::rr::rdata::NULL::with(vec![0, 1, 2]),
+    });
+    let response = handle(&signed(&request("plain.shop.example.", RecordType::A), broken));
+    assert_eq!(response.response_code(), ResponseCode::FormErr);
+}
+
+#[test]
+fn a_tsig_record_anywhere_but_last_or_twice_is_formerr() {
+    let plain = request("plain.shop.example.", RecordType::A);
+    let tsig = || tsig_record("unknown-key.", 4242);
+    // Before the OPT record.
+    let mut before_opt = with_edns(plain.clone(), 1232).message;
+    before_opt.add_additional(tsig());
+    // Before another record.
+    let mut before_other = plain.message.clone();
+    before_other.add_additional(tsig());
+    before_other.add_additional(Record::from_rdata(
+        name("x.shop.example."),
+        60,
+        RData::A("192.0.2.1".parse().expect("address")),
+    ));
+    // Twice.
+    let mut twice = plain.message.clone();
+    twice.add_additional(tsig());
+    twice.add_additional(tsig());
+    // In the answer section.
+    let mut in_answers = plain.message.clone();
+    in_answers.add_answer(tsig());
+    for (what, message) in [
+        ("before the OPT", before_opt),
+        ("before another record", before_other),
+        ("twice", twice),
+        ("in the answer section", in_answers),
+    ] {
+        let response = handle(&message.to_vec().expect("encodes"));
+        assert_eq!(response.response_code(), ResponseCode::FormErr, "{what}");
+        assert!(!response.authoritative(), "{what}");
+        assert_eq!(response.queries().len(), 1, "{what}: the question is echoed");
+        assert!(response.additionals().is_empty(), "{what}: no TSIG back");
+        // The same message, answered directly (not read from bytes), is FORMERR too, but for
+        // the order against the OPT, which only the bytes show.
+        if what != "before the OPT" {
+            let direct = answer(
+                &zones(),
+                &HealthView::default(),
+                &Request {
+                    message,
+                    ..plain.clone()
+                },
+            );
+            assert_eq!(direct.rcode, ResponseCode::FormErr, "{what}");
+        }
+    }
+}
+
+#[test]
+fn bytes_after_the_query_are_formerr_with_its_question_and_opt() {
+    for edns in [false, true] {
+        let mut plain = request("plain.shop.example.", RecordType::A);
+        if edns {
+            plain = with_edns(plain, 1232);
+        }
+        let mut packet = plain.message.to_vec().expect("encodes");
+        packet.extend_from_slice(&[0, 1, 2]);
+        let response = handle(&packet);
+        assert_eq!(response.response_code(), ResponseCode::FormErr, "edns {edns}");
+        assert!(!response.authoritative());
+        assert!(response.answers().is_empty());
+        assert_eq!(response.queries()[0].name(), &name("plain.shop.example."));
+        assert_eq!(
+            response.extensions().is_some(),
+            edns,
+            "OPT echoed when the query had one"
+        );
+    }
+}
+
+#[test]
+fn formerr_of_a_broken_body_echoes_what_could_be_read() {
+    let with_opt = with_edns(request("plain.shop.example.", RecordType::A), 1232);
+    let packet = with_opt.message.to_vec().expect("encodes");
+    // One more additional record announced than sent: the question and OPT read, then nothing.
+    let mut missing = packet.clone();
+    missing[11] += 1;
+    let response = handle(&missing);
+    assert_eq!(response.response_code(), ResponseCode::FormErr);
+    assert_eq!(response.id(), 4242);
+    assert!(response.recursion_desired());
+    assert_eq!(response.queries()[0].name(), &name("plain.shop.example."));
+    assert!(
+        response.extensions().is_some(),
+        "the OPT was read, so ours is sent (RFC 6891)"
+    );
+    // Two OPT records (RFC 6891 §6.1.1): FORMERR, with an OPT (§7).
+    let mut two = packet.clone();
+    two[11] += 1;
+    two.extend_from_slice(&packet[packet.len() - 11..]);
+    let response = handle(&two);
+    assert_eq!(response.response_code(), ResponseCode::FormErr);
+    assert!(response.extensions().is_some());
+    // The OPT record in the answer section: read as broken, no OPT back.
+    let mut misplaced = packet.clone();
+    misplaced[7] = 1;
+    misplaced[11] = 0;
+    let response = handle(&misplaced);
+    assert_eq!(response.response_code(), ResponseCode::FormErr);
+    assert_eq!(response.queries().len(), 1);
+    // A broken question: the header's id and flags, nothing else.
+    let mut cut = packet.clone();
+    cut.truncate(20);
+    let response = handle(&cut);
+    assert_eq!(response.response_code(), ResponseCode::FormErr);
+    assert!(response.queries().is_empty() && response.extensions().is_none());
 }
 
 #[test]
@@ -566,9 +871,11 @@ mod fuzz {
             "app.shop.example.",
             "nope.shop.example.",
             "other.example.",
-            "loop1.shop.example.",
+            "alias.shop.example.",
         ]);
-        let types = prop::sample::select(vec![1u16, 2, 5, 6, 12, 15, 16, 28, 33, 41, 251, 252, 255, 65000]);
+        let types = prop::sample::select(vec![
+            1u16, 2, 5, 6, 12, 15, 16, 28, 33, 41, 249, 250, 251, 252, 253, 254, 255, 65000,
+        ]);
         (names, types, any::<Option<u16>>(), any::<u16>()).prop_map(|(qname, qtype, edns, id)| {
             let mut message = Message::new();
             message.set_id(id).add_query(Query::query(

@@ -267,6 +267,33 @@ async fn a_conditional_push_is_refused_with_412_once_the_view_moved() {
     server.stop().await;
 }
 
+/// A pushed TXT record makes its parents exist (NODATA, not NXDOMAIN: RFC 8020), and ends a
+/// wildcard's cover of its name (RFC 4592 §2.2.1), as names in the config do.
+#[tokio::test]
+async fn pushed_txt_names_exist_with_their_parents_and_are_not_wildcard_covered() {
+    let token = "secret-token-for-tests";
+    let server = Server::start(Some(token)).await;
+    let push = r#"{"generation": 1, "name": "_active-region._sy.shop.example.", "value": "eu-west-1"}"#;
+    assert_eq!(http(server.admin, "PUT", "/v1/txt", Some(token), push).await.0, 200);
+    let parent = udp(server.dns, &query("_sy.shop.example.", RecordType::A, None)).await;
+    assert_eq!(parent.response_code(), ResponseCode::NoError);
+    assert!(parent.answers().is_empty());
+    let pointer = udp(
+        server.dns,
+        &query("_active-region._sy.shop.example.", RecordType::TXT, None),
+    )
+    .await;
+    assert_eq!(addresses(&pointer), ["eu-west-1"]);
+    let wild = query("foo.eu.shop.example.", RecordType::A, None);
+    assert_eq!(addresses(&udp(server.dns, &wild).await), ["198.51.100.40"]);
+    let push = r#"{"generation": 2, "name": "foo.eu.shop.example.", "value": "v"}"#;
+    assert_eq!(http(server.admin, "PUT", "/v1/txt", Some(token), push).await.0, 200);
+    let pushed = udp(server.dns, &wild).await;
+    assert_eq!(pushed.response_code(), ResponseCode::NoError);
+    assert!(pushed.answers().is_empty(), "NODATA, not the wildcard's A: {pushed:?}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_generation_far_ahead_is_refused_and_later_pushes_still_apply() {
     let token = "secret-token-for-tests";
@@ -321,36 +348,112 @@ async fn reload_swaps_good_files_and_rejects_bad_ones() {
     server.stop().await;
 }
 
+/// Opens `count` TCP connections to `server` and waits until it holds them.
+async fn hold_tcp_connections(server: &Server, count: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..count {
+        held.push(TcpStream::connect(server.dns).await.expect("connect"));
+    }
+    wait_for_tcp_connections(server, count as i64).await;
+    held
+}
+
+/// Whether the server closed `stream` (or reset it) within `wait_ms`, sending nothing.
+async fn closed_within(stream: &mut TcpStream, wait_ms: u64) -> bool {
+    let mut rest = Vec::new();
+    match tokio::time::timeout(Duration::from_millis(wait_ms), stream.read_to_end(&mut rest)).await {
+        Ok(_closed_or_reset) => rest.is_empty(),
+        Err(_) => false,
+    }
+}
+
+/// Asks `query` on an open connection and reads the answer.
+async fn ask_on(stream: &mut TcpStream, packet: &[u8]) -> Message {
+    stream
+        .write_all(&(packet.len() as u16).to_be_bytes())
+        .await
+        .expect("write");
+    stream.write_all(packet).await.expect("write");
+    let length = stream.read_u16().await.expect("an answer, not a close");
+    let mut buffer = vec![0u8; usize::from(length)];
+    stream.read_exact(&mut buffer).await.expect("read");
+    Message::from_vec(&buffer).expect("parse")
+}
+
+/// RFC 7766 §6.2.3: with every slot held by idle connections (the attack: 256 connections,
+/// each asking now and then), a new client is served and the connection idle longest is closed
+/// to make room, rather than the new client being turned away.
 #[tokio::test]
-async fn tcp_connections_beyond_the_limit_are_closed_and_served_again_after() {
+async fn with_every_tcp_slot_held_the_idlest_connection_makes_room() {
+    let limits = Limits {
+        tcp_connections_per_client_max: dns::server::TCP_CONNECTIONS_MAX,
+        // No closing for being idle during the test: only eviction makes room.
+        tcp_idle_timeout_ms: 120_000,
+        tcp_idle_timeout_busy_ms: 120_000,
+        ..Limits::default()
+    };
+    let server = Server::start_with(None, limits, 2).await;
+    let mut held = hold_tcp_connections(&server, dns::server::TCP_CONNECTIONS_MAX).await;
+    // The oldest connection asks a question, so the second oldest is now the idlest.
+    let ns1 = query("ns1.shop.example.", RecordType::A, None);
+    assert_eq!(addresses(&ask_on(&mut held[0], &ns1).await), ["192.0.2.53"]);
+    // Another client (the first holds every slot it may): served at once.
+    let mut other = connect_from("127.0.0.2", server.dns).await;
+    assert_eq!(
+        addresses(&ask_on(&mut other, &ns1).await),
+        ["192.0.2.53"],
+        "the new client is served"
+    );
+    assert!(
+        closed_within(&mut held[1], DEADLINE_MS).await,
+        "the connection idle longest is closed"
+    );
+    assert_eq!(
+        addresses(&ask_on(&mut held[0], &ns1).await),
+        ["192.0.2.53"],
+        "the one that asked stays"
+    );
+    let metrics = server.state.metrics.encode();
+    assert!(
+        metrics.contains("switchyard_dns_dropped_packets_total{reason=\"tcp_idle_evicted\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("reason=\"tcp_connection_limit\""), "{metrics}");
+    held.clear();
+    drop(other);
+    wait_for_tcp_connections(&server, 0).await;
+    server.stop().await;
+}
+
+/// RFC 7766 §6.2.3: under pressure (more than half the slots open) idle connections are closed
+/// after the short idle timeout, not the normal one.
+#[tokio::test]
+async fn under_pressure_idle_tcp_connections_are_closed_sooner() {
     let limits = Limits {
         tcp_connections_per_client_max: dns::server::TCP_CONNECTIONS_MAX,
         ..Limits::default()
     };
     let server = Server::start_with(None, limits, 2).await;
-    let mut held = Vec::new();
-    for _ in 0..dns::server::TCP_CONNECTIONS_MAX {
-        held.push(TcpStream::connect(server.dns).await.expect("connect"));
+    let mut calm = hold_tcp_connections(&server, 1).await;
+    let mut crowd = hold_tcp_connections(&server, dns::server::TCP_CONNECTIONS_BUSY).await;
+    wait_for_tcp_connections(&server, dns::server::TCP_CONNECTIONS_BUSY as i64 + 1).await;
+    // Opened before the pressure started, the first connection gets the short timeout too.
+    assert!(
+        closed_within(&mut calm[0], dns::server::TCP_IDLE_TIMEOUT_MS / 2).await,
+        "an idle connection under pressure is closed well before TCP_IDLE_TIMEOUT_MS"
+    );
+    for stream in &mut crowd {
+        assert!(closed_within(stream, DEADLINE_MS).await);
     }
-    let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
-    while server.state.metrics.tcp_connections.get() < dns::server::TCP_CONNECTIONS_MAX as i64 {
-        assert!(Instant::now() < deadline, "connections not accepted");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut refused = TcpStream::connect(server.dns).await.expect("connect");
-    let mut rest = Vec::new();
-    let _closed_or_reset = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), refused.read_to_end(&mut rest))
-        .await
-        .expect("the connection over the limit is closed at once");
-    assert!(rest.is_empty());
-    held.clear();
-    let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
-    while server.state.metrics.tcp_connections.get() > 0 {
-        assert!(Instant::now() < deadline, "closed connections not released");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let answer = tcp(server.dns, &query("ns1.shop.example.", RecordType::A, None)).await;
-    assert_eq!(addresses(&answer), ["192.0.2.53"]);
+    wait_for_tcp_connections(&server, 0).await;
+    let metrics = server.state.metrics.encode();
+    assert!(metrics.contains("reason=\"tcp_idle_timeout\""), "{metrics}");
+    // Without pressure, a connection is given the normal timeout.
+    let mut alone = hold_tcp_connections(&server, 1).await;
+    assert!(
+        !closed_within(&mut alone[0], dns::server::TCP_IDLE_TIMEOUT_BUSY_MS * 2).await,
+        "not closed after the short timeout without pressure"
+    );
     server.stop().await;
 }
 
