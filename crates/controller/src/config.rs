@@ -33,6 +33,9 @@ pub const REGIONS_MAX: usize = 32;
 pub const VANTAGE_PATH_ENTRIES_MAX: usize = 1024;
 /// Most `[[tokens]]` entries.
 pub const TOKENS_MAX: usize = 256;
+/// Request headers of an http check that carry a credential (a warning when the file is
+/// readable by others).
+pub const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "x-api-key"];
 /// Bytes of a token file read at most (a token has at most `auth::TOKEN_BYTES_MAX`).
 pub const TOKEN_FILE_BYTES_MAX: u64 = 8 * 1024;
 /// Longest of the policy's holds and windows: a day. Longer would mean "never", which is what
@@ -198,9 +201,9 @@ pub struct RegionSection {
     pub name: Spanned<String>,
     /// Lower is preferred; the lowest is the home region failback returns to.
     pub priority: Spanned<u32>,
-    /// Where the region serves (for status and docs; checks say what is probed).
+    /// Where the region serves, as URLs (for status and docs; checks say what is probed).
     #[serde(default)]
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<Spanned<String>>,
     /// How the region's checks combine: "all", "any" or { at_least = N }.
     #[serde(default)]
     pub rule: health::RegionRule,
@@ -397,6 +400,13 @@ pub struct Config {
     pub member_token: Option<String>,
     /// `[[alerts]]`, checked and ready to start.
     pub alert_channels: Vec<providers::alerts::Channel>,
+    /// What start refuses besides the file's mistakes when no deprecated control token is
+    /// given: `[controller] listen` reachable from other machines while a role has no token
+    /// (`server::check_exposure`). `check_file` reports it as an error.
+    pub exposure: Option<Problem>,
+    /// Where a secret is written into the file itself (a check's password, secret key or
+    /// credential header): `load` warns about each when others may read the file.
+    pub inline_secrets: Vec<Problem>,
 }
 
 /// A runbook step ready to run.
@@ -510,11 +520,27 @@ pub fn parse_in(file: &str, text: &str, folder: &Path) -> Result<Config, ConfigE
     Err(fail(checker.problems))
 }
 
-/// Reads and validates a file.
+/// Reads and validates a file; warns about secrets written into it when other users may read it.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => parse_in(&file, &text, path.parent().unwrap_or(Path::new(""))),
+        Ok(text) => {
+            let mut config = parse_in(&file, &text, path.parent().unwrap_or(Path::new("")))?;
+            if readable_by_others(path) {
+                let secrets = std::mem::take(&mut config.inline_secrets);
+                config.warnings.extend(secrets.iter().map(|secret| Problem {
+                    message: format!("{}, and other users can read {file}", secret.message),
+                    fix: format!(
+                        "chmod 600 {file} (readable by the controller's user only); {}",
+                        secret.fix
+                    ),
+                    ..secret.clone()
+                }));
+                config.inline_secrets = secrets;
+                config.warnings.sort_by_key(|p| (p.line, p.column));
+            }
+            Ok(config)
+        }
         Err(error) => Err(ConfigError {
             file: file.clone(),
             problems: vec![Problem {
@@ -524,6 +550,34 @@ pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
                 fix: "check the path and its permissions".into(),
             }],
         }),
+    }
+}
+
+/// What `switchyard config check` runs: `load`, and then what the controller refuses at start
+/// with this file and no deprecated control token (`Config::exposure`), as an error, so that
+/// the check and the start agree.
+pub fn check_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let config = load(path)?;
+    match &config.exposure {
+        Some(problem) => Err(ConfigError {
+            file: path.display().to_string(),
+            problems: vec![problem.clone()],
+        }),
+        None => Ok(config),
+    }
+}
+
+/// Whether users other than the file's owner may read it (group or others).
+fn readable_by_others(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).is_ok_and(|metadata| metadata.permissions().mode() & 0o044 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
     }
 }
 
@@ -690,6 +744,47 @@ impl Checker<'_> {
         }
     }
 
+    /// Where `key = ...` is written inside the table at `span` (a `[[checks]]` entry), its
+    /// inline tables and its sub-tables (`[checks.kind]`, up to the next `[[...]]` or top-level
+    /// `[...]` header) included; `span` itself when it is not there.
+    fn key_within(&self, span: std::ops::Range<usize>, key: &str) -> std::ops::Range<usize> {
+        let Some(rest) = self.text.get(span.start..) else {
+            return span;
+        };
+        let mut end = span.end.saturating_sub(span.start);
+        let mut offset = 0;
+        for (index, line) in rest.split_inclusive('\n').enumerate() {
+            let header = line.trim_start();
+            let next_table = header.starts_with("[[")
+                || (header.starts_with('[') && !header.split(']').next().unwrap_or_default().contains('.'));
+            if index > 0 && offset >= end && next_table {
+                break;
+            }
+            offset += line.len();
+            end = end.max(offset);
+        }
+        let text = &rest[..end.min(rest.len())];
+        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+        let mut from = 0;
+        while let Some(found) = text[from..].find(key) {
+            let start = from + found;
+            let after = &text[start + key.len()..];
+            let whole = start == 0 || !word(text.as_bytes()[start - 1]);
+            let quoted = text.as_bytes().get(start.wrapping_sub(1)) == Some(&b'"');
+            let after = if quoted {
+                after.strip_prefix('"').unwrap_or(after)
+            } else {
+                after
+            };
+            if whole && after.trim_start_matches([' ', '\t']).starts_with('=') {
+                let start = start - usize::from(quoted);
+                return span.start + start..span.start + start + key.len();
+            }
+            from = start + key.len();
+        }
+        span
+    }
+
     fn error_at(&mut self, section: &str, key: &str, message: impl Into<String>, fix: impl Into<String>) {
         let span = self.key_span(section, key);
         self.error(span, message, fix);
@@ -732,6 +827,8 @@ impl Checker<'_> {
         let credentials = self.check_tokens(&file);
         let dns_token = self.read_dns_token(&file);
         let member_token = self.read_member_token(&file, &credentials);
+        let exposure = self.exposure(&file, &credentials);
+        let inline_secrets = self.inline_secrets(&file);
         let (policy, quorum) = (policy?, quorum?);
         let mut engine = EngineConfig::with_defaults(regions);
         let p = &file.policy;
@@ -767,7 +864,64 @@ impl Checker<'_> {
             dns_token,
             member_token,
             alert_channels,
+            exposure,
+            inline_secrets,
         })
+    }
+
+    /// `[controller] listen` reachable from other machines while a role has no token: the
+    /// controller refuses to start then (unless the deprecated control token holds the roles).
+    fn exposure(&self, file: &ConfigFile, credentials: &[Credential]) -> Option<Problem> {
+        let listen = file.controller.listen;
+        let access = crate::auth::Access::new(credentials.to_vec(), None);
+        let open: Vec<&str> = access.open_roles().iter().map(|role| role.name()).collect();
+        if !common::secret::open_to_network(listen, open.is_empty()) {
+            return None;
+        }
+        Some(self.lines.problem(
+            self.key_span("controller", "listen"),
+            format!(
+                "[controller] listen = \"{listen}\" is reachable from other machines while role(s) {} have no token, so the controller refuses to start: anyone who can connect could use them (and fail over your regions)",
+                open.join(", ")
+            ),
+            format!(
+                "add [[tokens]] for each of them (`switchyard token new --role {} --name NAME`), or listen on a loopback address such as 127.0.0.1",
+                open[0]
+            ),
+        ))
+    }
+
+    /// Secrets written into the file itself: a check's password or secret key, or a
+    /// credential header of an http check.
+    fn inline_secrets(&self, file: &ConfigFile) -> Vec<Problem> {
+        let mut found = Vec::new();
+        for check in &file.checks {
+            let spec = check.get_ref();
+            let keys: Vec<String> = match &spec.kind {
+                health::ProbeKind::Sql { password: Some(_), .. }
+                | health::ProbeKind::Redis { password: Some(_), .. } => {
+                    vec!["password".into()]
+                }
+                health::ProbeKind::Dynamodb {
+                    secret_access_key: Some(_),
+                    ..
+                } => vec!["secret_access_key".into()],
+                health::ProbeKind::Http { headers, .. } => headers
+                    .keys()
+                    .filter(|name| CREDENTIAL_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)))
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for key in keys {
+                found.push(self.lines.problem(
+                    self.key_within(check.span(), &key),
+                    format!("check '{}' holds its {key} in this file", spec.name),
+                    "every agent's plan carries it too: give the probe an account that can do nothing but be probed",
+                ));
+            }
+        }
+        found
     }
 
     /// Makes every relative path absolute from the config file's folder, as a reader of the
@@ -840,6 +994,28 @@ impl Checker<'_> {
     }
 
     fn check_tokens(&mut self, file: &ConfigFile) -> Vec<Credential> {
+        // Per name, the role and line of its first entry: a name is one holder, who has one
+        // role (two entries of one role are a rotation: the old token and the new one).
+        let mut holders: BTreeMap<&str, (&str, usize)> = BTreeMap::new();
+        for token in &file.tokens {
+            let (name, role) = (token.name.get_ref().as_str(), token.role.get_ref().as_str());
+            match holders.get(name) {
+                Some((first_role, first)) if *first_role != role => {
+                    let (line, _) = self.lines.position(*first);
+                    self.error(
+                        token.role.span(),
+                        format!(
+                            "token name '{name}' is given role '{role}' here and role '{first_role}' on line {line}: the log and the audit trail name the holder of a token by it"
+                        ),
+                        "give each holder one name and one role: rename one of them (an operator also reads; a name with role agent is the agent's --name)",
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    holders.insert(name, (role, token.name.span().start));
+                }
+            }
+        }
         if file.tokens.len() > TOKENS_MAX {
             self.error(
                 file.tokens[TOKENS_MAX].name.span(),
@@ -1063,6 +1239,24 @@ impl Checker<'_> {
             TICK_MS_MAX,
             defaults.tick_ms,
         );
+        if c.audit_log.as_os_str().is_empty() {
+            self.error_at(
+                "controller",
+                "audit_log",
+                "[controller] audit_log is empty, so the controller could not open its audit log and would not start",
+                "name a file, like audit_log = \"/var/lib/switchyard/audit.jsonl\" (relative paths start at this file's folder), or leave the key out for switchyard-audit.jsonl",
+            );
+        } else if c.audit_log.is_dir() {
+            self.error_at(
+                "controller",
+                "audit_log",
+                format!(
+                    "[controller] audit_log = \"{}\" is a directory, so the controller could not open its audit log and would not start",
+                    c.audit_log.display()
+                ),
+                "name a file in it, like audit.jsonl",
+            );
+        }
         if c.audit_log_bytes_max < 4096 {
             self.error_at(
                 "controller",
@@ -1122,6 +1316,15 @@ impl Checker<'_> {
                 );
             } else {
                 priorities.insert(priority, name.clone());
+            }
+            for endpoint in &region.endpoints {
+                if let Err(message) = health::spec::parse_url(endpoint.get_ref(), true) {
+                    self.error(
+                        endpoint.span(),
+                        format!("region '{name}': endpoints entry: {message}"),
+                        "write where the region serves as a URL, like https://shop.example.com or http://10.0.1.10:8080",
+                    );
+                }
             }
             for target in region.dns_targets.iter().flatten() {
                 if target.is_empty() {
@@ -1207,11 +1410,45 @@ impl Checker<'_> {
     }
 
     fn check_checks(&mut self, file: &ConfigFile, known: &BTreeSet<String>) {
+        if file.checks.len() > health::runner::CHECKS_MAX {
+            self.error(
+                file.checks[health::runner::CHECKS_MAX].span(),
+                format!(
+                    "{} checks is more than {}: no vantage point (the controller's own included) runs a plan that large",
+                    file.checks.len(),
+                    health::runner::CHECKS_MAX
+                ),
+                "check each region by a few checks that stand for it (rule = \"any\" or { at_least = N } combines them)",
+            );
+        }
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         for check in &file.checks {
             let spec = check.get_ref();
             if let Err(error) = spec.validate() {
-                self.error(check.span(), error.to_string(), "fix the field the message names");
+                // The field the message starts with, where the check sets it.
+                let field: String = error
+                    .message
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                let span = if field.is_empty() {
+                    check.span()
+                } else {
+                    self.key_within(check.span(), &field)
+                };
+                self.error(span, error.to_string(), "fix the field the message names");
+            } else if spec.timeout_ms > spec.interval_ms {
+                self.warn(
+                    self.key_within(check.span(), "timeout_ms"),
+                    format!(
+                        "check '{}': timeout_ms = {} is longer than interval_ms = {}: probes never overlap, so while the target hangs they come timeout_ms apart and it is called down only after {} ms",
+                        spec.name,
+                        spec.timeout_ms,
+                        spec.interval_ms,
+                        spec.detection_bound_ms()
+                    ),
+                    "use a timeout_ms at most interval_ms (the defaults are 500 and 1000); raise interval_ms if the target is far away",
+                );
             }
             if !known.contains(&spec.region) {
                 self.error(
@@ -1258,7 +1495,10 @@ impl Checker<'_> {
                     format!("use 1..={}", checks.len().max(1)),
                 );
             }
-            if file.policy.failback_lag_check && !checks.is_empty() && !checks.iter().any(|c| reads_lag(c)) {
+            if file.policy.failback_lag_check
+                && !checks.is_empty()
+                && !checks.iter().any(|c| c.kind.reads_replica_lag())
+            {
                 self.warn(
                     region.name.span(),
                     format!(
@@ -1324,9 +1564,26 @@ impl Checker<'_> {
         }
         if config.effective_quorum() == 1 && vantages.len() <= 2 {
             self.warn(
-                span,
+                span.clone(),
                 "a single vote decides: a vantage point's own network failure can cause a failover",
                 "run agents in other places (`switchyard agent`), list them in vantages, and keep the default majority quorum",
+            );
+        }
+        if let Some(quorum) = &q.quorum
+            && vantages.len() >= 2
+            && !config.is_majority()
+        {
+            let value = *quorum.get_ref();
+            self.warn(
+                quorum.span(),
+                format!(
+                    "quorum = {value} is not a majority of the {} vantage points: {value} of them that see a region up — one compromised agent, or one whose own path still reaches the region — make the vantage points disagree, and the region is not failed over however many see it down",
+                    vantages.len()
+                ),
+                format!(
+                    "leave quorum out (a majority: {}), or list more vantage points; below a majority no vantage point's vote is safe to lose",
+                    vantages.len() / 2 + 1
+                ),
             );
         }
         for region in &file.regions {
@@ -1772,22 +2029,6 @@ impl Checker<'_> {
 
 fn span_or_zero<T>(spanned: &Spanned<T>) -> std::ops::Range<usize> {
     spanned.span()
-}
-
-/// Whether a check reports replication lag (its kind asks for it).
-fn reads_lag(check: &health::CheckSpec) -> bool {
-    let Ok(value) = serde_json::to_value(&check.kind) else {
-        return false;
-    };
-    ["replica_lag", "replication"]
-        .iter()
-        .any(|key| value.get(key) == Some(&serde_json::Value::Bool(true)))
-        || value.get("max_replica_lag_ms").is_some_and(|v| !v.is_null())
-        || value
-            .get("lag_sources")
-            .and_then(|v| v.as_array())
-            .is_some_and(|sources| !sources.is_empty())
-        || value.get("cloudwatch_lag").is_some_and(|v| v.is_object())
 }
 
 /// The `host:port`s a check connects to, as an address map would match them: found by mapping

@@ -7,7 +7,9 @@
 //! it; a runbook starts only after its `RunbookStarted` record is durable in the audit log (so
 //! a generation is never reused after a crash); every `/v1/*` endpoint checks the caller's role
 //! (`auth`), an agent's report and plan only for its own vantage name; while any role has no
-//! credential the API only listens on loopback.
+//! credential the API only listens on loopback. What a report makes the controller hold and
+//! work on is bounded by the configuration (`health::quorum`), and a report refused after
+//! authentication is answered, counted and logged (rate-limited), never dropped silently.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -63,6 +65,9 @@ pub const LOCAL_REPORTS_QUEUE_MAX: usize = 64;
 /// Distinct (credential, claimed vantage) pairs of refused reports logged; each is logged once,
 /// so a misconfigured or hostile agent cannot flood the log.
 pub const FORGED_LOGGED_MAX: usize = 256;
+/// A report refused (or with results dropped) is logged at most once per this long for each
+/// vantage point and reason: visible, without a hostile or broken sender flooding the log.
+pub const REPORT_REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -155,12 +160,23 @@ struct VantageLabels {
     vantage: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReportRefusedLabels {
+    /// A name in `[quorum] vantages`, or `(unknown)` (bounded).
+    vantage: String,
+    /// `health::quorum::Observed::refusal_code`: `unknown_vantage`, `outdated`, `clock_ahead`
+    /// or `too_many_results`.
+    reason: String,
+}
+
 struct Metrics {
     registry: Registry,
     generation: Gauge,
     region_state: Family<RegionLabels, Gauge>,
     runbooks: Family<OutcomeLabels, Counter>,
     reports: Family<VantageLabels, Counter>,
+    reports_refused: Family<ReportRefusedLabels, Counter>,
+    results_dropped: Family<VantageLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     paused: Gauge,
     fenced: Gauge,
@@ -190,7 +206,19 @@ impl Metrics {
         let runbooks = Family::<OutcomeLabels, Counter>::default();
         registry.register("runbooks", "Runbooks finished, by outcome", runbooks.clone());
         let reports = Family::<VantageLabels, Counter>::default();
-        registry.register("reports", "Vantage reports received", reports.clone());
+        registry.register("reports", "Vantage reports taken into the quorum", reports.clone());
+        let reports_refused = Family::<ReportRefusedLabels, Counter>::default();
+        registry.register(
+            "reports_refused",
+            "Vantage reports refused after authentication, by vantage point and reason",
+            reports_refused.clone(),
+        );
+        let results_dropped = Family::<VantageLabels, Counter>::default();
+        registry.register(
+            "report_results_dropped",
+            "Results of taken reports left out: a check and region that are not configured, or given twice",
+            results_dropped.clone(),
+        );
         let refused = Family::<RefusedLabels, Counter>::default();
         registry.register(
             "requests_refused",
@@ -245,6 +273,8 @@ impl Metrics {
             region_state,
             runbooks,
             reports,
+            reports_refused,
+            results_dropped,
             refused,
             paused,
             fenced,
@@ -302,6 +332,9 @@ struct Shared {
     access: Access,
     /// (caller, claimed vantage) pairs already logged as refused.
     forged_logged: Mutex<BTreeSet<(String, String)>>,
+    /// When a refused report (or dropped results) was last logged, per (vantage, reason):
+    /// bounded by the vantage points times the reasons.
+    report_refusals_logged: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Per vantage point in `[quorum] vantages`: its checks through its `[vantage_paths]`.
     plans: BTreeMap<String, health::AgentPlan>,
     metrics: Metrics,
@@ -848,15 +881,90 @@ impl Shared {
         }
     }
 
+    /// Takes a report into the quorum (bounded work: see `health::quorum`); a refusal or
+    /// dropped results are counted, and logged at most once per
+    /// `REPORT_REFUSAL_LOG_INTERVAL_MS` per vantage point and reason.
     fn observe(&self, report: health::Report) -> health::quorum::Observed {
+        use health::quorum::Observed;
         let now = self.now_ms();
-        self.metrics
-            .reports
-            .get_or_create(&VantageLabels {
-                vantage: report.vantage.clone(),
-            })
-            .inc();
-        self.lock().aggregator.observe(report, now)
+        let vantage = report.vantage.clone();
+        let (results, sent_at_ms) = (report.results.len(), report.sent_at_ms);
+        let observed = self.lock().aggregator.observe(report, now, wall_ms());
+        // Labels only ever name configured vantage points.
+        let known = self.config.quorum.vantages_expected.contains(&vantage);
+        let label = if known {
+            vantage.clone()
+        } else {
+            "(unknown)".to_string()
+        };
+        match observed {
+            Observed::Accepted { dropped } => {
+                self.metrics
+                    .reports
+                    .get_or_create(&VantageLabels { vantage: label.clone() })
+                    .inc();
+                if dropped > 0 {
+                    self.metrics
+                        .results_dropped
+                        .get_or_create(&VantageLabels { vantage: label.clone() })
+                        .inc_by(dropped as u64);
+                    if self.refusal_to_log(&label, "results_dropped", now) {
+                        tracing::warn!(vantage = %label, dropped, results, "a report named checks or regions that are not configured (or one twice); those results were left out (logged at most once a minute)");
+                    }
+                }
+            }
+            refused => {
+                let reason = refused.refusal_code().unwrap_or("refused");
+                self.metrics
+                    .reports_refused
+                    .get_or_create(&ReportRefusedLabels {
+                        vantage: label.clone(),
+                        reason: reason.into(),
+                    })
+                    .inc();
+                if known && self.refusal_to_log(&label, reason, now) {
+                    tracing::warn!(vantage = %label, reason, sent_at_ms, results, "{} (logged at most once a minute)", report_refusal(&vantage, &refused));
+                }
+            }
+        }
+        observed
+    }
+
+    /// Whether a report refusal of `reason` for `vantage` is due to be logged again.
+    fn refusal_to_log(&self, vantage: &str, reason: &'static str, now_ms: u64) -> bool {
+        let mut logged = self
+            .report_refusals_logged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = (vantage.to_string(), reason);
+        let due = logged
+            .get(&key)
+            .is_none_or(|at| now_ms.saturating_sub(*at) >= REPORT_REFUSAL_LOG_INTERVAL_MS);
+        if due {
+            logged.insert(key, now_ms);
+        }
+        due
+    }
+}
+
+/// Why a report was refused, and what to do, in words (the log and the API answer).
+fn report_refusal(vantage: &str, observed: &health::quorum::Observed) -> String {
+    use health::quorum::Observed;
+    match observed {
+        Observed::Accepted { .. } => "accepted".into(),
+        Observed::UnknownVantage => {
+            format!("vantage '{vantage}' is not in [quorum] vantages; add it there or fix --name")
+        }
+        Observed::Outdated { held_sent_at_ms } => format!(
+            "a newer report of vantage '{vantage}' is held (sent_at_ms {held_sent_at_ms}): two senders report under this name (a copied token or --name), or this sender's clock went back; the held report counts until it is [quorum] report_stale_ms old"
+        ),
+        Observed::ClockAhead { ahead_ms } => format!(
+            "the report of vantage '{vantage}' is stamped {ahead_ms} ms ahead of the controller's clock, more than {} ms: synchronise the sender's clock (NTP)",
+            health::quorum::SENT_AHEAD_MS_MAX
+        ),
+        Observed::TooManyResults { count, max } => format!(
+            "the report of vantage '{vantage}' has {count} results but only {max} checks are configured: the sender runs another configuration's plan (an agent fetches it again every few seconds) or is not a Switchyard agent"
+        ),
     }
 }
 
@@ -984,6 +1092,7 @@ pub async fn run(
         pointer,
         access,
         forged_logged: Mutex::new(BTreeSet::new()),
+        report_refusals_logged: Mutex::new(BTreeMap::new()),
         plans,
         metrics: Metrics::new(),
         base: Instant::now(),
@@ -1048,6 +1157,7 @@ pub async fn run(
         "controller",
         common::http::Limits::with_body_limit(REQUEST_BODY_BYTES_MAX),
     )
+    .render(Arc::new(render_refusal))
     .tls(tls);
     let result = common::http::serve(listener, options, app, shutdown).await;
     for task in tasks {
@@ -1239,6 +1349,58 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
+/// The listener's own refusals (a body over `REQUEST_BODY_BYTES_MAX`, one that does not
+/// arrive in time, too many connections, a malformed request) in the shape of every other error
+/// of the API: `{"error": what and how to fix it, "code": a stable snake_case name}`.
+fn render_refusal(refusal: &common::http::Refusal) -> common::http::Rendered {
+    common::http::Rendered {
+        status: refusal.status(),
+        content_type: "application/json",
+        body: json!({"error": refusal.to_string(), "code": snake_case(refusal.code())})
+            .to_string()
+            .into(),
+    }
+}
+
+/// `RequestEntityTooLarge` → `request_entity_too_large`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (index, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if index > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A request body, read whole under the listener's limits; a body a limit refused is answered
+/// by `render_refusal`, not in axum's plain text.
+struct RequestBody(bytes::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for RequestBody {
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, _state: &S) -> Result<RequestBody, Response> {
+        // `common::http` bounds the body at `REQUEST_BODY_BYTES_MAX` and says so in the error.
+        match axum::body::to_bytes(request.into_body(), usize::MAX).await {
+            Ok(body) => Ok(RequestBody(body)),
+            Err(error) => {
+                let refusal = common::http::refusal_of(&error).cloned().unwrap_or_else(|| {
+                    common::http::Refusal::BodyIncomplete {
+                        reason: error.to_string(),
+                    }
+                });
+                Err(common::http::response_of(render_refusal(&refusal)))
+            }
+        }
+    }
+}
+
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
 }
@@ -1355,7 +1517,7 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
             json!({
                 "name": r.name.get_ref(),
                 "priority": r.priority.get_ref(),
-                "endpoints": r.endpoints,
+                "endpoints": r.endpoints.iter().map(|e| e.get_ref()).collect::<Vec<_>>(),
                 "dns_targets": r.targets(),
                 "checks": shared.config.checks().iter().filter(|c| &c.region == r.name.get_ref()).map(|c| c.name.clone()).collect::<Vec<_>>(),
             })
@@ -1639,7 +1801,7 @@ struct FailoverBody {
     force_data_loss: bool,
 }
 
-async fn failover(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn failover(State(shared): State<Arc<Shared>>, headers: HeaderMap, RequestBody(body): RequestBody) -> Response {
     // The role first: a caller without it learns nothing from body errors.
     if let Err(response) = authorize(&shared, &headers, Role::Operator) {
         return response;
@@ -1708,7 +1870,7 @@ struct SwitchoverBody {
     to: String,
 }
 
-async fn switchover(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn switchover(State(shared): State<Arc<Shared>>, headers: HeaderMap, RequestBody(body): RequestBody) -> Response {
     // The role first: a caller without it learns nothing from body errors.
     if let Err(response) = authorize(&shared, &headers, Role::Operator) {
         return response;
@@ -1802,7 +1964,11 @@ fn forward_to_leader(shared: &Arc<Shared>, token: Option<String>, body: Vec<u8>)
     });
 }
 
-async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn agent_report(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RequestBody(body): RequestBody,
+) -> Response {
     if let Err(response) = authorize(&shared, &headers, Role::Agent) {
         return response;
     }
@@ -1816,15 +1982,21 @@ async fn agent_report(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
     }
     let token = common::secret::bearer(&headers).map(str::to_string);
     forward_to_leader(&shared, token, body.to_vec());
-    match shared.observe(report) {
-        health::quorum::Observed::UnknownVantage => error(
-            StatusCode::FORBIDDEN,
-            format!("vantage '{vantage}' is not in [quorum] vantages; add it there or fix --name"),
-        ),
-        health::quorum::Observed::Accepted | health::quorum::Observed::Outdated => {
-            StatusCode::NO_CONTENT.into_response()
+    let observed = shared.observe(report);
+    let status = match observed {
+        health::quorum::Observed::Accepted { .. } => return StatusCode::NO_CONTENT.into_response(),
+        health::quorum::Observed::UnknownVantage => StatusCode::FORBIDDEN,
+        // A newer report under this name is held: the sender learns that its vote is not the
+        // one counted (a stolen token, or a second agent with the same --name).
+        health::quorum::Observed::Outdated { .. } => StatusCode::CONFLICT,
+        health::quorum::Observed::ClockAhead { .. } | health::quorum::Observed::TooManyResults { .. } => {
+            StatusCode::BAD_REQUEST
         }
-    }
+    };
+    json_response(
+        status,
+        json!({"error": report_refusal(&vantage, &observed), "code": observed.refusal_code()}),
+    )
 }
 
 /// The longest a runbook can take when every attempt of every step times out: per step,

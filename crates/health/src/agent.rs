@@ -34,6 +34,9 @@ pub const REPORT_INTERVAL_MS_MIN: u64 = 50;
 pub const REPORT_INTERVAL_MS_MAX: u64 = 60_000;
 /// Largest plan body accepted.
 pub const PLAN_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// After the controller refuses a report, the plan is fetched again within this long (the
+/// refusal may come from a plan of an earlier configuration).
+pub const REFUSED_PLAN_REFRESH_MS: u64 = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -147,6 +150,14 @@ impl ControllerClient {
         let (status, body) = self.send(self.request("POST", REPORT_PATH, body)?).await?;
         if status.is_success() {
             Ok(())
+        } else if status.is_client_error() {
+            // The controller read the report and refused it (its token, its clock, a newer
+            // report under this name, a stale plan): sending it again changes nothing.
+            Err(ExchangeError::Refused(format!(
+                "HTTP {status}{}: {}",
+                refusal_code(&body).map(|code| format!(" {code}")).unwrap_or_default(),
+                refusal(&body)
+            )))
         } else {
             Err(ExchangeError::Transport(format!(
                 "report: HTTP {status}: {}",
@@ -154,6 +165,16 @@ impl ControllerClient {
             )))
         }
     }
+}
+
+/// The controller's stable code for a refusal (its JSON `code`), if it gave one.
+fn refusal_code(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("code")?
+        .as_str()
+        .filter(|code| code.len() <= 64)
+        .map(str::to_string)
 }
 
 /// The controller's reason for a refusal (its JSON `error`), bounded.
@@ -199,6 +220,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let mut next_plan = tokio::time::Instant::now();
     let mut next_report = tokio::time::Instant::now();
     let mut have_plan = false;
+    // The kind (HTTP status and code) and text of the controller's last refusal of a report.
+    let mut last_refusal: Option<(String, String)> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -235,10 +258,24 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             _ = tokio::time::sleep_until(next_report), if have_plan => {
                 next_report = tokio::time::Instant::now() + Duration::from_millis(report_interval_ms);
                 // Retries must not hold up a shutdown.
-                tokio::select! {
-                    _ = deliver(&client, &runner, &config.name) => {}
+                let refused = tokio::select! {
+                    refused = deliver(&client, &runner, &config.name) => refused,
                     _ = &mut shutdown => break,
+                };
+                match (&refused, &last_refusal) {
+                    // Logged when it starts or changes kind, not on every report.
+                    (Some((kind, error)), last) if last.as_ref().map(|(k, _)| k) != Some(kind) => {
+                        tracing::warn!(%error, "report refused by the controller");
+                    }
+                    (None, Some(_)) => tracing::info!("the controller takes this agent's reports again"),
+                    _ => {}
                 }
+                if refused.is_some() {
+                    // A refusal may come from a plan of an earlier configuration: fetch it soon.
+                    let soon = tokio::time::Instant::now() + Duration::from_millis(REFUSED_PLAN_REFRESH_MS);
+                    next_plan = next_plan.min(soon);
+                }
+                last_refusal = refused;
             }
         }
     }
@@ -246,16 +283,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     Ok(())
 }
 
-/// Posts the latest report, retrying a few times; each attempt sends the freshest results.
-async fn deliver(client: &ControllerClient, runner: &Runner, name: &str) {
+/// Posts the latest report, retrying a few times on transport errors; each attempt sends the
+/// freshest results. Returns the controller's refusal (its kind, then the whole message), if
+/// it refused the report: that is not retried.
+async fn deliver(client: &ControllerClient, runner: &Runner, name: &str) -> Option<(String, String)> {
     let mut delay_ms = REPORT_RETRY_MS;
     for attempt in 1..=REPORT_ATTEMPTS_MAX {
         let report = runner.report(name);
         match client.post_report(&report).await {
-            Ok(()) => return,
+            Ok(()) => return None,
             Err(ExchangeError::Refused(error)) => {
-                tracing::warn!(%error, "report refused");
-                return;
+                let kind = error.split(':').next().unwrap_or_default().to_string();
+                return Some((kind, error));
             }
             Err(ExchangeError::Transport(error)) if attempt == REPORT_ATTEMPTS_MAX => {
                 tracing::warn!(%error, attempts = attempt, "report dropped; the next one will carry the latest state");
@@ -266,4 +305,5 @@ async fn deliver(client: &ControllerClient, runner: &Runner, name: &str) {
             }
         }
     }
+    None
 }

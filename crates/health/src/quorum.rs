@@ -8,17 +8,42 @@
 //! never reported, whose last report is older than `report_stale_ms`, or that lacks a check
 //! counts as unknown — never as down. So one isolated vantage point, or the controller's own
 //! broken uplink, cannot bring a region down: the others still see it up.
+//!
+//! What a vantage point sends is bounded before it is held: a report with more results than
+//! there are configured checks (its plan has no more) is refused, results naming a (check,
+//! region) pair that is not configured are dropped, and so is the second result for one pair,
+//! so the work of every verdict depends on the configuration only, never on what a client sent.
+//! A report whose `sent_at_ms` is further ahead of the receiver's clock than
+//! [`SENT_AHEAD_MS_MAX`] is refused: reports of one vantage point are ordered by it, and one
+//! stamped in the far future would otherwise have every later genuine report refused as
+//! outdated.
+//!
+//! Replication lag counts only from checks whose kind reads it (`ProbeKind::reads_replica_lag`),
+//! and like the verdict it takes a quorum: a region's lag is known only when at least `quorum`
+//! fresh vantage points read one, and it is the `quorum`-th smallest of their readings (each
+//! vantage point's largest) — the value a quorum of them read the lag at or below. Fewer than
+//! `quorum` vantage points cannot make it look lower than every honest reading; they can make it
+//! look higher than every honest one (and hold failback back) only while there are fewer
+//! readings than `quorum` plus theirs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::report::{CheckStatus, Report};
+use crate::report::{CheckResult, CheckStatus, POSITION_CHARS_MAX, Report};
 
 /// Default age after which a vantage point's last report no longer counts.
 pub const DEFAULT_REPORT_STALE_MS: u64 = 3000;
 /// Most vantage points a quorum is taken over.
 pub const VANTAGES_MAX: usize = 64;
+/// Farthest a report's `sent_at_ms` may be ahead of the receiver's wall clock; a report stamped
+/// further ahead (forged, or from a host whose clock is wrong) is refused. Clocks synchronised
+/// by NTP are milliseconds apart.
+pub const SENT_AHEAD_MS_MAX: u64 = 30_000;
+/// Longest `detail` of a result held (characters); a longer one is cut.
+pub const DETAIL_CHARS_MAX: usize = 512;
+/// Checks named per vantage point in a verdict's reason; the others are counted.
+pub const REASON_CHECKS_LISTED_MAX: usize = 8;
 
 /// How a region's checks combine into one judgement per vantage point (Route 53's calculated
 /// health checks). In TOML: `"all"`, `"any"` or `{ at_least = 2 }`.
@@ -49,11 +74,16 @@ pub struct QuorumConfig {
     /// Rule per region; regions not listed use `RegionRule::All`.
     #[serde(default)]
     pub region_rules: BTreeMap<String, RegionRule>,
-    /// The checks each region is judged on (check names). A listed check missing from a
-    /// vantage point's report counts as unknown for it. A region not listed here is judged on
-    /// the checks each report contains. Fill it from the config (`QuorumConfig::with_checks`).
+    /// The checks each region is judged on (check names): the only (check, region) pairs a
+    /// report's results are kept for. A listed check missing from a vantage point's report
+    /// counts as unknown for it; a region without checks is unknown. Fill it from the config
+    /// (`QuorumConfig::with_checks`).
     #[serde(default)]
     pub region_checks: BTreeMap<String, BTreeSet<String>>,
+    /// Per region, its checks whose kind reads replication lag: the only results whose
+    /// `replica_lag_ms` (and `position`) are kept.
+    #[serde(default)]
+    pub region_lag_checks: BTreeMap<String, BTreeSet<String>>,
 }
 
 fn default_report_stale_ms() -> u64 {
@@ -68,11 +98,18 @@ impl QuorumConfig {
         checks: impl IntoIterator<Item = &'a crate::spec::CheckSpec>,
     ) -> QuorumConfig {
         let mut region_checks: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut region_lag_checks: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for check in checks {
             region_checks
                 .entry(check.region.clone())
                 .or_default()
                 .insert(check.name.clone());
+            if check.kind.reads_replica_lag() {
+                region_lag_checks
+                    .entry(check.region.clone())
+                    .or_default()
+                    .insert(check.name.clone());
+            }
         }
         QuorumConfig {
             vantages_expected,
@@ -80,12 +117,26 @@ impl QuorumConfig {
             report_stale_ms: DEFAULT_REPORT_STALE_MS,
             region_rules: BTreeMap::new(),
             region_checks,
+            region_lag_checks,
         }
     }
 
     /// The quorum in force: the configured one or a strict majority.
     pub fn effective_quorum(&self) -> usize {
         self.quorum.unwrap_or(self.vantages_expected.len() / 2 + 1)
+    }
+
+    /// Whether the quorum is a strict majority of the vantage points. Below one, `quorum`
+    /// vantage points that see a region up make the vantage points disagree (unknown) however
+    /// many see it down, so a single lying or misplaced one can block a failover at quorum 1.
+    pub fn is_majority(&self) -> bool {
+        self.effective_quorum() * 2 > self.vantages_expected.len()
+    }
+
+    /// Every configured check: what a vantage point's plan holds, so the most results one
+    /// report may carry.
+    pub fn checks_count(&self) -> usize {
+        self.region_checks.values().map(BTreeSet::len).sum()
     }
 }
 
@@ -131,18 +182,44 @@ pub struct RegionVerdict {
     pub quorum: usize,
     /// Why, in words: the count and each vantage point's judgement.
     pub reason: String,
-    /// The highest replication lag any fresh vantage point read for the region's checks.
+    /// The region's replication lag: known when at least `quorum` fresh vantage points read
+    /// one from a check that reads lag; the `quorum`-th smallest of their readings (each
+    /// vantage point's largest), so a quorum of them read it at most this high.
     pub replica_lag_ms: Option<u64>,
+    /// How many fresh vantage points read a lag for the region.
+    #[serde(default)]
+    pub lag_readings: usize,
 }
 
 /// What `observe` did with a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observed {
-    Accepted,
+    /// Held as the vantage point's latest report. `dropped` results were left out: they named
+    /// a (check, region) pair that is not configured, or one the report had already given.
+    Accepted { dropped: usize },
     /// The vantage point is not in `vantages_expected`; the report is ignored.
     UnknownVantage,
-    /// Older (`sent_at_ms`) than the fresh report already held for this vantage point.
-    Outdated,
+    /// Older (`sent_at_ms`) than the fresh report already held for this vantage point, which
+    /// stays: two senders report under one name, or the sender's clock went back.
+    Outdated { held_sent_at_ms: u64 },
+    /// `sent_at_ms` is `ahead_ms` ahead of the receiver's wall clock, more than
+    /// [`SENT_AHEAD_MS_MAX`]; refused.
+    ClockAhead { ahead_ms: u64 },
+    /// More results (`count`) than there are configured checks (`max`); refused.
+    TooManyResults { count: usize, max: usize },
+}
+
+impl Observed {
+    /// A stable name of a refusal (for metrics and API error codes); `None` when accepted.
+    pub fn refusal_code(&self) -> Option<&'static str> {
+        match self {
+            Observed::Accepted { .. } => None,
+            Observed::UnknownVantage => Some("unknown_vantage"),
+            Observed::Outdated { .. } => Some("outdated"),
+            Observed::ClockAhead { .. } => Some("clock_ahead"),
+            Observed::TooManyResults { .. } => Some("too_many_results"),
+        }
+    }
 }
 
 /// The freshness of one vantage point, for status pages.
@@ -217,18 +294,34 @@ impl Aggregator {
         self.quorum
     }
 
-    /// Takes a vantage point's report, received at `now_ms`. Only the latest report of each
-    /// vantage point is kept: memory is bounded by the number of vantage points.
-    pub fn observe(&mut self, report: Report, now_ms: u64) -> Observed {
+    /// Takes a vantage point's report, received at `now_ms` (the clock freshness is judged on)
+    /// when the receiver's wall clock read `wall_ms` (what `sent_at_ms` may not be far ahead
+    /// of). Only the latest report of each vantage point is kept, and of it only the results of
+    /// configured checks: memory and the work of a verdict are bounded by the configuration.
+    pub fn observe(&mut self, mut report: Report, now_ms: u64, wall_ms: u64) -> Observed {
         if !self.config.vantages_expected.contains(&report.vantage) {
             return Observed::UnknownVantage;
+        }
+        let max = self.config.checks_count();
+        if report.results.len() > max {
+            return Observed::TooManyResults {
+                count: report.results.len(),
+                max,
+            };
+        }
+        let ahead_ms = report.sent_at_ms.saturating_sub(wall_ms);
+        if ahead_ms > SENT_AHEAD_MS_MAX {
+            return Observed::ClockAhead { ahead_ms };
         }
         if let Some(held) = self.latest.get(&report.vantage)
             && report.sent_at_ms < held.report.sent_at_ms
             && self.is_fresh(held, now_ms)
         {
-            return Observed::Outdated;
+            return Observed::Outdated {
+                held_sent_at_ms: held.report.sent_at_ms,
+            };
         }
+        let dropped = self.keep_configured(&mut report.results);
         self.latest.insert(
             report.vantage.clone(),
             Held {
@@ -236,7 +329,41 @@ impl Aggregator {
                 received_at_ms: now_ms,
             },
         );
-        Observed::Accepted
+        Observed::Accepted { dropped }
+    }
+
+    /// Keeps the results of configured (check, region) pairs, the first of each, sorted by
+    /// (region, check) for `find`; cuts long details and drops a lag (and position) from a check
+    /// that does not read one. Returns how many results were left out.
+    fn keep_configured(&self, results: &mut Vec<CheckResult>) -> usize {
+        let before = results.len();
+        let configured_in = |map: &BTreeMap<String, BTreeSet<String>>, result: &CheckResult| {
+            map.get(&result.region)
+                .is_some_and(|checks| checks.contains(&result.check))
+        };
+        results.retain(|result| configured_in(&self.config.region_checks, result));
+        // Stable: of two results for one pair, the first stays first and is kept.
+        results.sort_by(|a, b| (&a.region, &a.check).cmp(&(&b.region, &b.check)));
+        results.dedup_by(|later, earlier| later.region == earlier.region && later.check == earlier.check);
+        for result in results.iter_mut() {
+            if let Some((cut, _)) = result.detail.char_indices().nth(DETAIL_CHARS_MAX) {
+                result.detail.truncate(cut);
+            }
+            if !configured_in(&self.config.region_lag_checks, result) {
+                result.replica_lag_ms = None;
+                result.position = None;
+            }
+            let too_long = |text: &str| text.len() > POSITION_CHARS_MAX;
+            if result.position.as_ref().is_some_and(|p| {
+                too_long(&p.role)
+                    || too_long(&p.kind)
+                    || too_long(&p.received)
+                    || p.applied.as_deref().is_some_and(too_long)
+            }) {
+                result.position = None;
+            }
+        }
+        before - results.len()
     }
 
     /// The latest report of a vantage point and when it arrived, fresh or not.
@@ -264,14 +391,12 @@ impl Aggregator {
         now_ms.saturating_sub(held.received_at_ms) <= self.config.report_stale_ms
     }
 
-    /// Every known region (configured or reported) with its verdict at `now_ms`.
+    /// Every configured region with its verdict at `now_ms` (reports name no others: their
+    /// results for other regions are never held).
     pub fn verdicts(&self, now_ms: u64) -> BTreeMap<String, RegionVerdict> {
         let mut regions: BTreeSet<&str> = BTreeSet::new();
         regions.extend(self.config.region_rules.keys().map(String::as_str));
         regions.extend(self.config.region_checks.keys().map(String::as_str));
-        for held in self.latest.values() {
-            regions.extend(held.report.results.iter().map(|result| result.region.as_str()));
-        }
         regions
             .into_iter()
             .map(|region| (region.to_string(), self.verdict(region, now_ms)))
@@ -284,7 +409,7 @@ impl Aggregator {
         let mut votes_up = 0;
         let mut votes_down = 0;
         let mut votes_unknown = 0;
-        let mut replica_lag_ms: Option<u64> = None;
+        let mut lag_readings: Vec<u64> = Vec::new();
         let mut words = Vec::with_capacity(self.config.vantages_expected.len());
         for vantage in &self.config.vantages_expected {
             let judgement = match self.latest.get(vantage) {
@@ -295,9 +420,7 @@ impl Aggregator {
                 )),
                 Some(held) => {
                     let judgement = self.judge(region, rule, &held.report);
-                    if let Some(lag) = judgement.replica_lag_ms {
-                        replica_lag_ms = Some(replica_lag_ms.map_or(lag, |max| max.max(lag)));
-                    }
+                    lag_readings.extend(judgement.replica_lag_ms);
                     judgement
                 }
             };
@@ -309,6 +432,7 @@ impl Aggregator {
             words.push(format!("{vantage}: {}", judgement.why));
         }
         let quorum = self.quorum;
+        let replica_lag_ms = quorum_lag(&mut lag_readings, quorum);
         let (state, summary) = if votes_down >= quorum && votes_up >= quorum {
             (
                 RegionState::Unknown,
@@ -344,26 +468,23 @@ impl Aggregator {
             quorum,
             reason: format!("{summary}; {}", words.join("; ")),
             replica_lag_ms,
+            lag_readings: lag_readings.len(),
         }
     }
 
-    /// One vantage point's three-valued judgement of a region from one fresh report.
+    /// One vantage point's three-valued judgement of a region from one fresh report (whose
+    /// results `observe` kept sorted), and the largest lag it read for the region.
     fn judge(&self, region: &str, rule: RegionRule, report: &Report) -> Judgement {
-        let results: Vec<_> = report.results.iter().filter(|r| r.region == region).collect();
-        let expected: BTreeSet<&str> = match self.config.region_checks.get(region) {
-            Some(checks) => checks.iter().map(String::as_str).collect(),
-            None => results.iter().map(|r| r.check.as_str()).collect(),
+        let Some(expected) = self.config.region_checks.get(region).filter(|c| !c.is_empty()) else {
+            return Judgement::unknown("no checks configured");
         };
-        if expected.is_empty() {
-            return Judgement::unknown("no checks reported");
-        }
         let mut up = 0usize;
         let mut down = Vec::new();
         let mut missing = Vec::new();
         let mut replica_lag_ms: Option<u64> = None;
-        for check in &expected {
-            match results.iter().find(|r| r.check == *check) {
-                None => missing.push(*check),
+        for check in expected {
+            match find(report, region, check) {
+                None => missing.push(check.as_str()),
                 Some(result) => {
                     if let Some(lag) = result.replica_lag_ms {
                         replica_lag_ms = Some(replica_lag_ms.map_or(lag, |max| max.max(lag)));
@@ -391,10 +512,10 @@ impl Aggregator {
         };
         let mut why = format!("{state:?} ({up}/{total} checks up, {needed} needed)").to_lowercase();
         if !down.is_empty() {
-            why.push_str(&format!(": {}", down.join(", ")));
+            why.push_str(&format!(": {}", listed(&down)));
         }
         if !missing.is_empty() {
-            why.push_str(&format!("; not reported: {}", missing.join(", ")));
+            why.push_str(&format!("; not reported: {}", listed(&missing)));
         }
         Judgement {
             state,
@@ -402,6 +523,36 @@ impl Aggregator {
             replica_lag_ms,
         }
     }
+}
+
+/// The result for (`region`, `check`) in a report whose results are sorted by (region, check).
+fn find<'r>(report: &'r Report, region: &str, check: &str) -> Option<&'r CheckResult> {
+    report
+        .results
+        .binary_search_by(|r| (r.region.as_str(), r.check.as_str()).cmp(&(region, check)))
+        .ok()
+        .map(|index| &report.results[index])
+}
+
+/// The first [`REASON_CHECKS_LISTED_MAX`] items, then how many more.
+fn listed<T: AsRef<str>>(items: &[T]) -> String {
+    let shown: Vec<&str> = items.iter().take(REASON_CHECKS_LISTED_MAX).map(AsRef::as_ref).collect();
+    let mut text = shown.join(", ");
+    if items.len() > shown.len() {
+        text.push_str(&format!(" and {} more", items.len() - shown.len()));
+    }
+    text
+}
+
+/// A region's lag from the fresh vantage points' readings: known with at least `quorum` of
+/// them, the `quorum`-th smallest — a quorum read it at most this high, so fewer than `quorum`
+/// readings cannot pull it below every other one.
+fn quorum_lag(readings: &mut [u64], quorum: usize) -> Option<u64> {
+    if quorum == 0 || readings.len() < quorum {
+        return None;
+    }
+    readings.sort_unstable();
+    Some(readings[quorum - 1])
 }
 
 struct Judgement {

@@ -436,6 +436,10 @@ pub enum SqlDriver {
     Postgres,
 }
 
+/// The statuses `expect_status` may name: a final response's (RFC 9110, section 15: 1xx are
+/// interim, and a client never sees one as the answer).
+pub const EXPECT_STATUS_RANGE: std::ops::RangeInclusive<u16> = 200..=599;
+
 /// DNS record types a `Dns` probe can ask for.
 pub const DNS_RECORD_TYPES: [&str; 8] = ["A", "AAAA", "CNAME", "TXT", "MX", "NS", "SOA", "SRV"];
 
@@ -452,16 +456,57 @@ impl ProbeKind {
         }
     }
 
+    /// Whether a probe of this kind, as configured, reads a replication lag (fills
+    /// `CheckResult::replica_lag_ms`): `sql` with `replica_lag` or `max_replica_lag_ms`, `redis`
+    /// that reads `INFO replication` (`replication`, `expect_role` or `max_replica_lag_ms`),
+    /// `dynamodb` with `lag_sources` or `cloudwatch_lag`. The probes ask for the lag exactly
+    /// then, and the quorum takes a lag only from such a check: a lag attached to any other
+    /// result is no measurement.
+    pub fn reads_replica_lag(&self) -> bool {
+        match self {
+            ProbeKind::Http { .. } | ProbeKind::Tcp { .. } | ProbeKind::Dns { .. } => false,
+            ProbeKind::Dynamodb {
+                lag_sources,
+                cloudwatch_lag,
+                ..
+            } => !lag_sources.is_empty() || cloudwatch_lag.is_some(),
+            ProbeKind::Sql {
+                replica_lag,
+                max_replica_lag_ms,
+                ..
+            } => *replica_lag || max_replica_lag_ms.is_some(),
+            ProbeKind::Redis {
+                replication,
+                expect_role,
+                max_replica_lag_ms,
+                ..
+            } => *replication || expect_role.is_some() || max_replica_lag_ms.is_some(),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         match self {
             ProbeKind::Http {
-                url, method, ca_file, ..
+                url,
+                method,
+                ca_file,
+                expect_status,
+                ..
             } => {
                 let https = parse_url(url, true)
                     .map_err(|message| format!("url: {message}; write it like http://10.0.0.5:8080/health"))?
                     .https;
                 if ca_file.is_some() && !https {
                     return Err(format!("ca_file is set but url '{url}' is not https://"));
+                }
+                if let Some(status) = expect_status
+                    && !EXPECT_STATUS_RANGE.contains(status)
+                {
+                    return Err(format!(
+                        "expect_status = {status} is not a final HTTP status, so the check could never pass: use {}..={} (e.g. 200), or leave it out to accept any 2xx or 3xx",
+                        EXPECT_STATUS_RANGE.start(),
+                        EXPECT_STATUS_RANGE.end()
+                    ));
                 }
                 if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
                     return Err(format!(
@@ -894,6 +939,70 @@ mod tests {
                 .to_string()
                 .contains("fast_interval_ms")
         );
+    }
+
+    #[test]
+    fn expect_status_must_be_a_final_http_status() {
+        let with_status = |status: u16| {
+            let mut spec = CheckSpec::new("web", "r", http("http://10.0.0.5:8080/health"));
+            if let ProbeKind::Http { expect_status, .. } = &mut spec.kind {
+                *expect_status = Some(status);
+            }
+            spec.validate()
+        };
+        for status in [0, 99, 100, 199, 600, 999] {
+            let error = with_status(status).expect_err("never a final status").to_string();
+            assert!(
+                error.contains(&format!("expect_status = {status}")) && error.contains("200..=599"),
+                "{error}"
+            );
+        }
+        for status in [200, 204, 301, 404, 503, 599] {
+            with_status(status).expect("a final status");
+        }
+    }
+
+    #[test]
+    fn only_kinds_configured_to_read_lag_read_it() {
+        let sql = |replica_lag: bool, max_replica_lag_ms: Option<u64>| ProbeKind::Sql {
+            driver: SqlDriver::Mysql,
+            address: "10.0.0.6:3306".into(),
+            user: "probe".into(),
+            password: None,
+            database: None,
+            replica_lag,
+            max_replica_lag_ms,
+        };
+        let redis = |replication: bool, expect_role: Option<&str>, max_replica_lag_ms: Option<u64>| ProbeKind::Redis {
+            address: "10.0.0.7:6379".into(),
+            username: None,
+            password: None,
+            replication,
+            expect_role: expect_role.map(str::to_string),
+            max_replica_lag_ms,
+        };
+        let dynamodb = |lag_sources: Vec<String>| ProbeKind::Dynamodb {
+            endpoint: "http://10.0.0.8:8000".into(),
+            table: "t".into(),
+            key: None,
+            signing_region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            lag_sources,
+            write: false,
+            cloudwatch_lag: None,
+        };
+        assert!(!http("http://10.0.0.5/").reads_replica_lag());
+        assert!(!ProbeKind::Tcp { address: "a:1".into() }.reads_replica_lag());
+        assert!(!sql(false, None).reads_replica_lag());
+        assert!(sql(true, None).reads_replica_lag());
+        assert!(sql(false, Some(1000)).reads_replica_lag());
+        assert!(!redis(false, None, None).reads_replica_lag());
+        assert!(redis(true, None, None).reads_replica_lag());
+        assert!(redis(false, Some("slave"), None).reads_replica_lag());
+        assert!(redis(false, None, Some(1000)).reads_replica_lag());
+        assert!(!dynamodb(Vec::new()).reads_replica_lag());
+        assert!(dynamodb(vec!["http://10.1.0.8:8000".into()]).reads_replica_lag());
     }
 
     fn map(pairs: &[(&str, &str)]) -> AddressMap {

@@ -252,7 +252,9 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     }
     let token = crate::read_token(args.token_file.as_deref(), "SWITCHYARD_CONTROL_TOKEN", EMPTY_TOKEN)?;
     let listen = config.file.controller.listen;
-    controller::server::check_exposure(listen, &controller::server::access(&config, token.as_deref()))?;
+    let access = controller::server::access(&config, token.as_deref());
+    controller::server::check_exposure(listen, &access)?;
+    let open_roles: Vec<&str> = access.open_roles().iter().map(|role| role.name()).collect();
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen} (is the port in use? pick another with --listen)"))?;
@@ -260,7 +262,8 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.ready_file {
         std::fs::write(path, address.to_string()).with_context(|| format!("write ready file {}", path.display()))?;
     }
-    tracing::info!(%address, config = %args.config.display(), authenticated = token.is_some(), "controller listening");
+    // Authenticated: every role needs a token (from [[tokens]] or the deprecated one).
+    tracing::info!(%address, config = %args.config.display(), authenticated = open_roles.is_empty(), roles_without_token = %open_roles.join(","), deprecated_control_token = token.is_some(), "controller listening");
     let options = controller::server::RunOptions {
         token,
         dns_token: None,
@@ -278,7 +281,7 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 
 pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
     match args.command {
-        ConfigCommand::Check { file } => match controller::config::load(&file) {
+        ConfigCommand::Check { file } => match controller::config::check_file(&file) {
             Ok(config) => {
                 for warning in &config.warnings {
                     let place = if warning.line == 0 {

@@ -334,7 +334,7 @@ fn every_url_is_parsed_with_its_position() {
     );
     let found = problems(&text);
     let check = problem_with(&found, "'http://:8080/health' has no host");
-    assert_eq!(check.line, line_of(&text, "name = \"a-web\"") - 1, "the check's table");
+    assert_eq!(check.line, line_of(&text, "http://:8080/health"), "the url's line");
     problem_with(&found, "port '99999' is not a number in 1..=65535");
     let admin = problem_with(&found, "[dns] admin_url: 'http://exa mple:5380' has spaces");
     assert_eq!(admin.line, line_of(&text, "exa mple"));
@@ -511,4 +511,196 @@ fn a_member_token_must_be_a_listed_member_credential() {
         error.contains("member token 'controller-xx' names a vantage point not in [quorum] vantages"),
         "{error}"
     );
+}
+
+fn warning_with<'a>(config: &'a Config, needle: &str) -> &'a Problem {
+    config
+        .warnings
+        .iter()
+        .find(|p| p.message.contains(needle))
+        .unwrap_or_else(|| panic!("no warning containing '{needle}' in {:#?}", config.warnings))
+}
+
+/// A quorum below a majority is legal (the README documents `quorum` as a choice, as Redis
+/// Sentinel's is) but lets one vantage point block a failover: said at its line.
+#[test]
+fn a_quorum_below_a_majority_is_warned_about_with_its_consequence() {
+    let text = with_agents("quorum = 1\n");
+    let config = parse("q.toml", &text).expect("legal");
+    let warning = warning_with(&config, "quorum = 1 is not a majority of the 3 vantage points");
+    assert_eq!(warning.line, line_of(&text, "quorum = 1"));
+    assert!(warning.message.contains("not failed over"), "{warning:?}");
+    assert!(warning.fix.contains("a majority: 2"), "{warning:?}");
+    for majority in ["quorum = 2\n", "quorum = 3\n", ""] {
+        let config = parse("q.toml", &with_agents(majority)).expect("legal");
+        assert!(
+            !config.warnings.iter().any(|w| w.message.contains("not a majority")),
+            "{majority}: {:#?}",
+            config.warnings
+        );
+    }
+    let four = format!(
+        "{MINIMAL}\n[quorum]\nvantages = [\"controller\", \"agent-1\", \"agent-2\", \"agent-3\"]\nquorum = 2\n"
+    );
+    warning_with(
+        &parse("q.toml", &four).expect("legal"),
+        "quorum = 2 is not a majority of the 4 vantage points",
+    );
+}
+
+#[test]
+fn an_expect_status_that_can_never_pass_is_an_error_at_its_line() {
+    for status in [0, 999] {
+        let text = format!(
+            "{MINIMAL}\n[[checks]]\nname = \"a-web\"\nregion = \"a\"\nkind = {{ type = \"http\", url = \"http://10.0.0.5/health\", expect_status = {status} }}\n"
+        );
+        let found = problems(&text);
+        let problem = problem_with(&found, &format!("expect_status = {status} is not a final HTTP status"));
+        let line = line_of(&text, "expect_status");
+        let column = text
+            .lines()
+            .nth(line - 1)
+            .and_then(|l| l.find("expect_status"))
+            .expect("there")
+            + 1;
+        assert_eq!((problem.line, problem.column), (line, column), "{problem:?}");
+    }
+}
+
+#[test]
+fn a_region_endpoint_must_be_a_url() {
+    let text = MINIMAL.replace(
+        "name = \"b\"\npriority = 2\n",
+        "name = \"b\"\npriority = 2\nendpoints = [\"http://10.1.0.5:8080\", \"127.0.0.12\"]\n",
+    );
+    let found = problems(&text);
+    let problem = problem_with(&found, "region 'b': endpoints entry: '127.0.0.12'");
+    assert_eq!(problem.line, line_of(&text, "127.0.0.12"));
+    assert!(problem.fix.contains("https://shop.example.com"), "{problem:?}");
+    assert_eq!(found.len(), 1, "the URL entry is fine: {found:#?}");
+}
+
+#[test]
+fn a_timeout_longer_than_the_interval_is_warned_about() {
+    let text = MINIMAL.replace(
+        "name = \"b-app\"\nregion = \"b\"\n",
+        "name = \"b-app\"\nregion = \"b\"\ninterval_ms = 1000\ntimeout_ms = 5000\n",
+    );
+    let config = parse("t.toml", &text).expect("legal");
+    let warning = warning_with(
+        &config,
+        "check 'b-app': timeout_ms = 5000 is longer than interval_ms = 1000",
+    );
+    assert_eq!(warning.line, line_of(&text, "timeout_ms = 5000"));
+    assert!(warning.message.contains("after 16500 ms"), "{warning:?}");
+}
+
+#[test]
+fn one_token_name_under_two_roles_is_an_error() {
+    let hash = |token: &str| TokenDigest::of(token).to_hex();
+    let entry = |name: &str, role: &str, token: &str| {
+        format!(
+            "\n[[tokens]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
+            hash(token)
+        )
+    };
+    let text = with_agents(&format!(
+        "{}{}",
+        entry("agent-1", "agent", "agent-1-token-0123456789"),
+        entry("agent-1", "operator", "operator-token-0123456789")
+    ));
+    let found = problems(&text);
+    let problem = problem_with(
+        &found,
+        "token name 'agent-1' is given role 'operator' here and role 'agent' on line",
+    );
+    assert_eq!(problem.line, line_of(&text, "role = \"operator\""));
+    // Two tokens of one agent under one role are a rotation: fine.
+    let rotation = with_agents(&format!(
+        "{}{}",
+        entry("agent-1", "agent", "agent-1-old-token-0123456789"),
+        entry("agent-1", "agent", "agent-1-new-token-0123456789")
+    ));
+    parse("r.toml", &rotation).expect("a rotation is legal");
+}
+
+/// `config check` and the start agree: what start refuses, the check refuses too.
+#[test]
+fn config_check_refuses_what_start_refuses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    // Operator and read have no token, and the API listens beyond loopback.
+    let open = format!("[controller]\nlisten = \"0.0.0.0:7400\"\n{MINIMAL}");
+    let path = write("open.toml", &open);
+    let config = load(&path).expect("the file itself is valid");
+    let exposure = config.exposure.clone().expect("start would refuse it");
+    let started = crate::server::check_exposure(config.file.controller.listen, &crate::server::access(&config, None));
+    assert!(started.is_err(), "and start does refuse it");
+    let error = check_file(&path).expect_err("config check refuses it too");
+    assert_eq!(error.problems, vec![exposure.clone()]);
+    assert_eq!(exposure.line, 2);
+    assert!(
+        exposure.message.contains("agent, operator, read have no token"),
+        "{exposure:?}"
+    );
+    assert!(exposure.fix.contains("127.0.0.1"), "{exposure:?}");
+    // On loopback both agree it is fine.
+    let path = write("loopback.toml", &open.replace("0.0.0.0", "127.0.0.1"));
+    assert!(check_file(&path).expect("valid").exposure.is_none());
+    // An empty audit log path, or a folder: start cannot open it.
+    for (name, value) in [
+        ("empty.toml", String::new()),
+        ("dir.toml", dir.path().display().to_string()),
+    ] {
+        let text = format!("[controller]\naudit_log = \"{value}\"\n{MINIMAL}");
+        let found = check_file(&write(name, &text)).expect_err("refused").problems;
+        let problem = problem_with(&found, "[controller] audit_log");
+        assert_eq!(problem.line, 2, "{problem:?}");
+        assert!(problem.message.contains("would not start"), "{problem:?}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_secret_in_a_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("switchyard.toml");
+    let text = format!(
+        "{MINIMAL}\n[[checks]]\nname = \"a-db\"\nregion = \"a\"\n[checks.kind]\ntype = \"sql\"\ndriver = \"mysql\"\naddress = \"10.0.0.6:3306\"\nuser = \"probe\"\npassword = \"hunter2\"\n"
+    );
+    std::fs::write(&path, &text).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let config = load(&path).expect("legal");
+    let warning = warning_with(
+        &config,
+        "check 'a-db' holds its password in this file, and other users can read",
+    );
+    assert_eq!(warning.line, line_of(&text, "hunter2"));
+    assert!(warning.fix.starts_with("chmod 600"), "{warning:?}");
+    assert!(!warning.message.contains("hunter2"), "the secret is never repeated");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let config = load(&path).expect("legal");
+    assert!(
+        !config.warnings.iter().any(|w| w.message.contains("holds its password")),
+        "{:#?}",
+        config.warnings
+    );
+}
+
+#[test]
+fn more_checks_than_a_plan_may_hold_are_an_error() {
+    let mut text = MINIMAL.to_string();
+    for index in 0..health::runner::CHECKS_MAX {
+        text.push_str(&format!(
+            "\n[[checks]]\nname = \"extra-{index}\"\nregion = \"a\"\nkind = {{ type = \"tcp\", address = \"127.0.0.1:1\" }}\n"
+        ));
+    }
+    let found = problems(&text);
+    let problem = problem_with(&found, "1002 checks is more than 1000");
+    assert_eq!(problem.line, line_of(&text, "name = \"extra-998\"") - 1);
 }

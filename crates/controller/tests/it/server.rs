@@ -993,3 +993,204 @@ async fn a_request_a_web_page_made_a_browser_send_is_refused_even_with_a_token()
     assert_eq!(controller.status_as(READER).await["engine"]["paused"], true);
     controller.stop().await;
 }
+
+fn wall_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits")
+}
+
+fn result_json(check: &str, region: &str, status: &str, lag: Option<u64>) -> serde_json::Value {
+    let mut result =
+        serde_json::json!({"check": check, "region": region, "status": status, "since_ms": 0, "detail": "forged"});
+    if let Some(lag) = lag {
+        result["replica_lag_ms"] = lag.into();
+    }
+    result
+}
+
+/// What one stolen agent token (agent-a's) does at the report endpoint, as the attack review
+/// did it: a report of 12,000 made-up regions stamped at 2^63, a stamp that would have every
+/// later genuine report refused as outdated, made-up results beside real ones, and a lag on a
+/// check that reads none. Each is refused or left out, counted, and said to the sender.
+#[tokio::test]
+async fn a_stolen_agent_token_cannot_flood_stamp_ahead_or_set_the_lag() {
+    let dns = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = start_with_tokens(&dns.url, dir.path()).await;
+    let post =
+        |body: serde_json::Value| controller.call_as(Some(AGENT_A), Method::POST, "/v1/agent/report", Some(body));
+
+    // ~1 MB of made-up regions: refused whole.
+    let flood: Vec<serde_json::Value> = std::iter::once(result_json("use1-app", "us-east-1", "down", None))
+        .chain((0..12_000).map(|i| result_json("c", &format!("r{i}"), "down", None)))
+        .collect();
+    let (code, body) =
+        post(serde_json::json!({"vantage": "agent-a", "sent_at_ms": 1u64 << 63, "results": flood})).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["code"], "too_many_results", "{body}");
+
+    // Stamped at 2^63: refused, so it cannot hold the genuine reports out.
+    let down = vec![result_json("use1-app", "us-east-1", "down", None)];
+    let (code, body) = post(serde_json::json!({"vantage": "agent-a", "sent_at_ms": 1u64 << 63, "results": down})).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["code"], "clock_ahead", "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("NTP")), "{body}");
+    let now = wall_ms();
+    let genuine = vec![
+        result_json("use1-app", "us-east-1", "up", None),
+        result_json("euw1-app", "eu-west-1", "up", None),
+    ];
+    let (code, body) = post(serde_json::json!({"vantage": "agent-a", "sent_at_ms": now, "results": genuine})).await;
+    assert_eq!(code, 204, "{body}");
+    // A report older than the one held is refused out loud (two senders under one name).
+    let (code, body) = post(serde_json::json!({"vantage": "agent-a", "sent_at_ms": now - 1, "results": []})).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["code"], "outdated", "{body}");
+
+    // A made-up result beside a real one, and a lag on checks that read none (tcp).
+    let results = vec![
+        result_json("use1-app", "us-east-1", "up", Some(0)),
+        result_json("made-up", "mars", "down", None),
+    ];
+    let (code, body) = post(serde_json::json!({"vantage": "agent-a", "sent_at_ms": now + 1, "results": results})).await;
+    assert_eq!(code, 204, "{body}");
+    let status = controller.status_as(READER).await;
+    let verdicts = status["verdicts"].as_object().expect("verdicts");
+    assert_eq!(
+        verdicts.keys().collect::<Vec<_>>(),
+        vec!["eu-west-1", "us-east-1"],
+        "only configured regions are judged: {status:#}"
+    );
+    assert!(verdicts["us-east-1"]["replica_lag_ms"].is_null(), "{status:#}");
+    let held = status["vantages"]
+        .as_array()
+        .expect("vantages")
+        .iter()
+        .find(|v| v["name"] == "agent-a")
+        .expect("agent-a")["checks"]
+        .clone();
+    assert_eq!(held.as_array().map(Vec::len), Some(1), "{held:#}");
+    assert!(held[0]["replica_lag_ms"].is_null(), "{held:#}");
+
+    let metrics = HttpClient::new()
+        .request(Method::GET, &format!("{}/metrics", controller.url), None, None, 5_000)
+        .await
+        .expect("metrics")
+        .text();
+    for line in [
+        "switchyard_controller_reports_refused_total{vantage=\"agent-a\",reason=\"too_many_results\"} 1",
+        "switchyard_controller_reports_refused_total{vantage=\"agent-a\",reason=\"clock_ahead\"} 1",
+        "switchyard_controller_reports_refused_total{vantage=\"agent-a\",reason=\"outdated\"} 1",
+        "switchyard_controller_report_results_dropped_total{vantage=\"agent-a\"} 1",
+        "switchyard_controller_reports_total{vantage=\"agent-a\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    controller.stop().await;
+}
+
+/// Two agents read the lag of us-east-1; one of them alone decides nothing about it.
+#[tokio::test]
+async fn the_lag_of_a_region_takes_a_quorum_of_vantage_points() {
+    let dns = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config_text(&dns.url, &dir.path().join("audit.jsonl"));
+    config = config.replace(
+        "kind = { type = \"tcp\", address = \"127.0.0.1:9\" }\n\n[[checks]]\nname = \"euw1-app\"",
+        "kind = { type = \"sql\", driver = \"mysql\", address = \"127.0.0.1:9\", user = \"probe\", replica_lag = true }\n\n[[checks]]\nname = \"euw1-app\"",
+    );
+    assert!(config.contains("replica_lag = true"));
+    let controller = Running::start(&config).await;
+    let post = |vantage: &str, sent_at_ms: u64, lag: u64| {
+        let results = vec![
+            result_json("use1-app", "us-east-1", "up", Some(lag)),
+            result_json("euw1-app", "eu-west-1", "up", None),
+        ];
+        controller.call(
+            Method::POST,
+            "/v1/agent/report",
+            Some(serde_json::json!({"vantage": vantage, "sent_at_ms": sent_at_ms, "results": results})),
+        )
+    };
+    let lag = |status: &serde_json::Value| status["verdicts"]["us-east-1"]["replica_lag_ms"].clone();
+    // One reading of 0: not a quorum of two, so unknown.
+    assert_eq!(post("agent-a", 1, 0).await.0, 204);
+    assert!(lag(&controller.status().await).is_null());
+    // A second vantage point reads 5 s: the lag is 5 s, not the lone 0.
+    assert_eq!(post("agent-b", 1, 5_000).await.0, 204);
+    assert_eq!(lag(&controller.status().await), 5_000);
+    // Two read ~0 and one says 10^9: the one cannot hold failback back.
+    assert_eq!(post("agent-b", 2, 1_000_000_000).await.0, 204);
+    assert_eq!(post("controller", 1, 10).await.0, 204);
+    assert_eq!(post("agent-a", 2, 20).await.0, 204);
+    assert_eq!(lag(&controller.status().await), 20);
+    controller.stop().await;
+}
+
+/// The listener's refusals are in the controller's error shape, and the bearer scheme is
+/// read in any case (RFC 7235).
+#[tokio::test]
+async fn refusals_are_in_the_controllers_shape_and_bearer_is_case_insensitive() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let dns = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = start_with_tokens(&dns.url, dir.path()).await;
+    let url = format!("{}/v1/agent/report", controller.url);
+    let too_big = vec![b' '; controller::server::REQUEST_BODY_BYTES_MAX + 1];
+    let answer = controller
+        .client
+        .request(Method::POST, &url, Some(AGENT_A), Some(too_big), 30_000)
+        .await
+        .expect("answers");
+    assert_eq!(answer.status.as_u16(), 413, "{}", answer.text());
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
+    assert_eq!(body["code"], "request_entity_too_large", "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("1048576")), "{body}");
+    assert!(body.get("__type").is_none(), "{body}");
+
+    // The same without a Content-Length (chunked): refused while it is read, same shape.
+    let address = controller.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    let chunk = vec![b' '; 64 * 1024];
+    let head = format!(
+        "POST /v1/agent/report HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {AGENT_A}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    for _ in 0..(controller::server::REQUEST_BODY_BYTES_MAX / chunk.len() + 2) {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(&chunk);
+        frame.extend_from_slice(b"\r\n");
+        if stream.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_entity_too_large\""), "{answer}");
+
+    for scheme in ["bearer", "BEARER"] {
+        let answer = controller
+            .client
+            .request_with_headers(
+                Method::GET,
+                &format!("{}/v1/status", controller.url),
+                None,
+                None,
+                &[("authorization", &format!("{scheme} {READER}"))],
+                5_000,
+            )
+            .await
+            .expect("answers");
+        assert_eq!(answer.status.as_u16(), 200, "{scheme}: {}", answer.text());
+    }
+    controller.stop().await;
+}

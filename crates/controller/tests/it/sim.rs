@@ -8,7 +8,9 @@
 //! - generations strictly increase;
 //! - the engine's observed placement is always the target of the last runbook that succeeded;
 //! - isolating a single vantage point (from the regions or from the controller) never causes a
-//!   failover.
+//!   failover;
+//! - one vantage point lying about replication lag neither fails back without a lag reading
+//!   nor holds failback back while the others read none.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +40,19 @@ struct Check {
     since_ms: u64,
 }
 
+/// How the lying vantage point `v1` lies, in the lag simulations.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Lie {
+    /// The checks read no lag; v1 adds `replica_lag_ms: 0` to its results (and floods its
+    /// reports with results for made-up checks, stamped far in the future half of the time).
+    ZeroLagWhereNoneIsRead,
+    /// The checks read lag and the honest vantage points read 0; v1 reads 10^9.
+    HugeLag,
+}
+
+const LIAR: usize = 1;
+const FAILBACK_LAG_MAX_MS: u64 = 1_000;
+
 struct World {
     rng: Rng,
     now: u64,
@@ -60,20 +75,37 @@ struct World {
     quorum: usize,
     /// Whether faults may take a whole region down (else only single-vantage faults).
     real_outages: bool,
+    /// Whether and how `LIAR` lies about replication lag (then failback waits for the lag).
+    lie: Option<Lie>,
+    /// Automatic failback decisions.
+    failbacks: Vec<u64>,
 }
 
 impl World {
     fn new(seed: u64, real_outages: bool) -> World {
+        World::with_lie(seed, real_outages, None)
+    }
+
+    fn with_lie(seed: u64, real_outages: bool, lie: Option<Lie>) -> World {
         let checks: Vec<health::CheckSpec> = REGIONS
             .iter()
             .map(|r| {
-                health::CheckSpec::new(
-                    format!("{r}-app"),
-                    *r,
+                let kind = if lie == Some(Lie::HugeLag) {
+                    health::ProbeKind::Sql {
+                        driver: health::SqlDriver::Mysql,
+                        address: "127.0.0.1:9".into(),
+                        user: "probe".into(),
+                        password: None,
+                        database: None,
+                        replica_lag: true,
+                        max_replica_lag_ms: None,
+                    }
+                } else {
                     health::ProbeKind::Tcp {
                         address: "127.0.0.1:9".into(),
-                    },
-                )
+                    }
+                };
+                health::CheckSpec::new(format!("{r}-app"), *r, kind)
             })
             .collect();
         let mut quorum_config = QuorumConfig::with_checks(VANTAGES.iter().map(|v| v.to_string()).collect(), &checks);
@@ -90,7 +122,7 @@ impl World {
                 })
                 .collect(),
         );
-        config.failback_lag_max_ms = None;
+        config.failback_lag_max_ms = lie.map(|_| FAILBACK_LAG_MAX_MS);
         config.min_hold_ms = 20_000;
         config.stability_window_ms = 15_000;
         config.failovers_per_hour_max = 10;
@@ -117,6 +149,8 @@ impl World {
             failovers: Vec::new(),
             quorum,
             real_outages,
+            lie,
+            failbacks: Vec::new(),
         }
     }
 
@@ -191,7 +225,15 @@ impl World {
                 continue;
             }
             self.sent[v] += 1;
-            let results = (0..3)
+            // Honest vantage points read lag only from checks that read it (0 here); the liar
+            // reads whatever its lie is.
+            let lag = match (self.lie, v == LIAR) {
+                (None, _) | (Some(Lie::ZeroLagWhereNoneIsRead), false) => None,
+                (Some(Lie::HugeLag), false) => Some(0),
+                (Some(Lie::ZeroLagWhereNoneIsRead), true) => Some(0),
+                (Some(Lie::HugeLag), true) => Some(1_000_000_000),
+            };
+            let mut results: Vec<CheckResult> = (0..3)
                 .map(|r| {
                     let check = self.checks[v][r];
                     CheckResult {
@@ -201,17 +243,28 @@ impl World {
                         since_ms: check.since_ms,
                         detail: String::new(),
                         latency_ms: None,
-                        replica_lag_ms: None,
+                        replica_lag_ms: lag,
                         position: None,
                     }
                 })
                 .collect();
+            let mut sent_at_ms = self.sent[v];
+            if self.lie == Some(Lie::ZeroLagWhereNoneIsRead) && v == LIAR && self.rng.chance_percent(50) {
+                // Made-up results in place of its own, and a stamp far ahead of the clock.
+                results.truncate(1);
+                results.push(CheckResult {
+                    check: "made-up".into(),
+                    region: format!("r{}", self.rng.below(1_000)),
+                    ..results[0].clone()
+                });
+                sent_at_ms = 1 << 63;
+            }
             let report = Report {
                 vantage: VANTAGES[v].into(),
-                sent_at_ms: self.sent[v],
+                sent_at_ms,
                 results,
             };
-            self.aggregator.observe(report, self.now);
+            self.aggregator.observe(report, self.now, self.now);
         }
     }
 
@@ -230,6 +283,18 @@ impl World {
             {
                 // An automatic failover decision away from `from`.
                 self.check_quorum_saw_down(&from.active);
+            }
+            if let Command::Record {
+                note:
+                    Note::Decision {
+                        kind: TransitionKind::Failback,
+                        automatic: true,
+                        ..
+                    },
+                ..
+            } = &command
+            {
+                self.failbacks.push(self.now);
             }
             if let Command::RunRunbook(order) = command {
                 assert!(
@@ -314,6 +379,13 @@ impl World {
                 verdict,
                 reason: String::new(),
             });
+            // As the server does: a known lag is passed on.
+            if let Some(lag_ms) = verdicts.get(region).and_then(|v| v.replica_lag_ms) {
+                self.feed(Event::ReplicationLag {
+                    region: RegionId::new(region),
+                    lag_ms,
+                });
+            }
         }
         self.feed(Event::Tick);
         self.finish_runbook();
@@ -321,11 +393,51 @@ impl World {
 }
 
 fn simulate(seed: u64, real_outages: bool, minutes: u64) -> World {
-    let mut world = World::new(seed, real_outages);
+    run(World::new(seed, real_outages), minutes)
+}
+
+fn run(mut world: World, minutes: u64) -> World {
     for _ in 0..(minutes * 60_000 / STEP_MS) {
         world.step();
     }
     world
+}
+
+#[test]
+fn a_lag_reading_from_one_vantage_point_never_allows_a_failback() {
+    let seed = seed("a_lag_reading_from_one_vantage_point_never_allows_a_failback");
+    let mut failovers = 0;
+    for attempt in 0..4u64 {
+        let seed = seed.wrapping_add(attempt);
+        let world = run(World::with_lie(seed, true, Some(Lie::ZeroLagWhereNoneIsRead)), 10);
+        // No check reads lag, so the lag is unknown and automatic failback waits for ever.
+        assert!(
+            world.failbacks.is_empty(),
+            "seed {seed}: failback at {:?} on one vantage point's lag",
+            world.failbacks
+        );
+        failovers += world.failovers.len();
+    }
+    assert!(failovers > 0, "no failover, so failback was never in question");
+}
+
+#[test]
+fn one_vantage_point_reading_a_huge_lag_does_not_hold_failback_back() {
+    let seed = seed("one_vantage_point_reading_a_huge_lag_does_not_hold_failback_back");
+    let failbacks: usize = (0..4u64)
+        .map(|attempt| {
+            run(
+                World::with_lie(seed.wrapping_add(attempt), true, Some(Lie::HugeLag)),
+                10,
+            )
+            .failbacks
+            .len()
+        })
+        .sum();
+    assert!(
+        failbacks > 0,
+        "seed {seed}: three vantage points read no lag, one reads 10^9, and no failback in 40 minutes"
+    );
 }
 
 #[test]

@@ -146,7 +146,7 @@ async fn run(spec: &CheckSpec, started: Instant) -> Finding {
             let credentials = access_key_id.as_deref().zip(secret_access_key.as_deref());
             let region = signing_region.as_deref().unwrap_or(&spec.region);
             let finding = dynamodb::probe(endpoint, table, key.as_ref(), region, credentials, *write).await;
-            if !finding.success || (lag_sources.is_empty() && cloudwatch_lag.is_none()) {
+            if !finding.success || !spec.kind.reads_replica_lag() {
                 return finding;
             }
             // The lag reads share what is left of the probe's timeout with a margin, so a slow
@@ -164,8 +164,8 @@ async fn run(spec: &CheckSpec, started: Instant) -> Finding {
             user,
             password,
             database,
-            replica_lag,
             max_replica_lag_ms,
+            ..
         } => {
             let login = SqlLogin {
                 address,
@@ -173,7 +173,7 @@ async fn run(spec: &CheckSpec, started: Instant) -> Finding {
                 password: password.as_deref().unwrap_or(""),
                 database: database.as_deref(),
             };
-            let read_lag = *replica_lag || max_replica_lag_ms.is_some();
+            let read_lag = spec.kind.reads_replica_lag();
             let finding = match driver {
                 SqlDriver::Mysql => mysql::probe(&login, read_lag).await,
                 SqlDriver::Postgres => postgres::probe(&login, read_lag).await,
@@ -184,14 +184,14 @@ async fn run(spec: &CheckSpec, started: Instant) -> Finding {
             address,
             username,
             password,
-            replication,
             expect_role,
             max_replica_lag_ms,
+            ..
         } => {
             let options = redis::Options {
                 username: username.as_deref(),
                 password: password.as_deref(),
-                replication: *replication || expect_role.is_some() || max_replica_lag_ms.is_some(),
+                replication: spec.kind.reads_replica_lag(),
                 expect_role: expect_role.as_deref(),
             };
             judge_lag(redis::probe(address, &options).await, *max_replica_lag_ms)

@@ -22,6 +22,9 @@ struct Seen {
     reports: Vec<Report>,
     plan_requests: Vec<String>,
     authorizations: Vec<String>,
+    /// Answer every report 409, as a controller holding a newer report under the name does.
+    refuse_reports: bool,
+    refused: usize,
 }
 
 /// Serves `plan` at /v1/agent/plan and takes reports at /v1/agent/report, demanding the token.
@@ -55,6 +58,11 @@ async fn start_controller(listener: TcpListener, plan: AgentPlan, seen: Arc<Mute
                         (200, Bytes::from(plan.as_ref().clone()))
                     } else if path == "/v1/agent/report" {
                         match serde_json::from_slice::<Report>(&body) {
+                            Ok(_) if seen.refuse_reports => {
+                                seen.refused += 1;
+                                let refusal = r#"{"error": "a newer report is held", "code": "outdated"}"#;
+                                (409, Bytes::from_static(refusal.as_bytes()))
+                            }
                             Ok(report) => {
                                 seen.reports.push(report);
                                 (204, Bytes::new())
@@ -158,6 +166,52 @@ async fn agent_waits_for_the_controller_then_reports_changes() {
     })
     .await;
 
+    let _ = stop.send(());
+    agent.await.expect("agent task").expect("agent stops cleanly");
+}
+
+/// A report the controller refuses (4xx) is not sent again, and the agent fetches its plan
+/// again soon (a refusal may come from a plan of an earlier configuration).
+#[tokio::test]
+async fn a_refused_report_is_not_retried_and_the_plan_is_fetched_again() {
+    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let check = CheckSpec::new(
+        "app",
+        "east",
+        ProbeKind::Tcp {
+            address: target.local_addr().expect("address").to_string(),
+        },
+    );
+    // One report a minute and one plan an hour: whatever comes sooner is the refusal's doing.
+    let plan = AgentPlan {
+        checks: vec![check],
+        report_interval_ms: health::agent::REPORT_INTERVAL_MS_MAX,
+    };
+    let seen = Arc::new(Mutex::new(Seen {
+        refuse_reports: true,
+        ..Seen::default()
+    }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    start_controller(listener, plan, seen.clone()).await;
+    let mut config = AgentConfig::new(format!("http://{address}"), "agent-eu");
+    config.token = Some("t0ken".into());
+    config.plan_refresh_ms = 3_600_000;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run(config, async move {
+        let _ = stopped.await;
+    }));
+    wait_for(
+        "the plan fetched again after the refusal",
+        Duration::from_secs(30),
+        || seen.lock().expect("lock").plan_requests.len() >= 2,
+    )
+    .await;
+    assert_eq!(
+        seen.lock().expect("lock").refused,
+        1,
+        "the refused report was sent once"
+    );
     let _ = stop.send(());
     agent.await.expect("agent task").expect("agent stops cleanly");
 }
