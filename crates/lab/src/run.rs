@@ -155,6 +155,15 @@ async fn run_plan(
     }
     for file in &plan.files {
         write_file(&file.path, &file.contents)?;
+        if holds_secrets(&file.path) {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&file.path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+                LabError::Io {
+                    what: format!("make {} readable by its owner only", file.path.display()),
+                    source,
+                }
+            })?;
+        }
     }
     let program = std::env::current_exe().map_err(|source| LabError::Io {
         what: "find the current executable".to_string(),
@@ -484,6 +493,14 @@ pub async fn control(dir: &Path, action: Action, name: &str) -> Result<String, S
     }
 }
 
+/// The controllers' files: with MariaDB or Redis in the lab their checks hold the databases'
+/// passwords inline, and the controller warns about such a file that others can read.
+fn holds_secrets(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.starts_with("controller") && name.ends_with(".toml"))
+}
+
 fn write_file(path: &Path, contents: &str) -> Result<(), LabError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| LabError::Io {
@@ -564,6 +581,26 @@ mod tests {
             line.starts_with("lab up: 1/2 components running, 2 regions, 1 controller(s) in /tmp/lab"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn the_controllers_files_are_the_ones_kept_private() {
+        let plan = crate::plan::plan(&crate::plan::tests::options(2)).expect("a plan");
+        let private: Vec<&Path> = plan
+            .files
+            .iter()
+            .map(|f| f.path.as_path())
+            .filter(|p| holds_secrets(p))
+            .collect();
+        assert!(!private.is_empty(), "the plan writes a controller file");
+        assert!(
+            plan.files
+                .iter()
+                .filter(|f| f.contents.contains("[controller"))
+                .all(|f| holds_secrets(&f.path)),
+            "every file with a [controller] section is kept private: {private:?}"
+        );
+        assert!(!holds_secrets(Path::new("/lab/config/haproxy-us-east-1.cfg")));
     }
 
     #[test]
