@@ -97,7 +97,10 @@ kind = "pointer"
 """)
     checked = run("config", "check", str(config))
     assert checked.returncode == 0, checked.stderr
-    assert "warning" not in checked.stderr, checked.stderr
+    # The tokens and their files draw no warning (the fast check timings here do: timeout_ms
+    # above interval_ms, on purpose, as in the other controller tests).
+    warnings = [line for line in checked.stderr.splitlines() if "warning:" in line]
+    assert not [w for w in warnings if "token" in w or "readable" in w], checked.stderr
     assert "4 tokens; roles without one: none" in checked.stdout, checked.stdout
 
     # Started from another directory: the relative audit log and token file are found next to
