@@ -197,7 +197,8 @@ pub struct Timeouts {
     pub client_body_ms: u64,
     /// Pooled server connections close after this idle; while a response streams, each read
     /// from the server and each write to the client must finish within it (HAProxy `timeout
-    /// server`/`timeout client`); the interval of HTTP/2 keep-alive PINGs.
+    /// server`/`timeout client`; an HTTP/2 stream whose response waits this long on the
+    /// client's flow control closes its connection); the interval of HTTP/2 keep-alive PINGs.
     pub idle_ms: u64,
 }
 

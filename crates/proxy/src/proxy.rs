@@ -1170,6 +1170,12 @@ async fn run_worker(
 /// http-request`) gets a GOAWAY and is closed; answering hyper's keep-alive PINGs does not keep
 /// it open. Once a GOAWAY is out (idle or shutdown), a connection that has no open stream for
 /// [`H2_GOAWAY_GRACE_MS`] is dropped, so a client that ignores the GOAWAY's PING cannot hold it.
+///
+/// A stream whose response waits on the client for `idle_ms` (HAProxy's `timeout client`, the
+/// bound of an HTTP/1 write to the client) closes the connection: a client that stops reading,
+/// or never sends WINDOW_UPDATE, would otherwise hold the connection, the stream's task and its
+/// server connection for ever. hyper cannot reset one stream from outside, so the whole
+/// connection is dropped; its responses' server connections are closed, not pooled.
 async fn serve_hyper(
     shared: Arc<Shared>,
     builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
@@ -1180,9 +1186,11 @@ async fn serve_hyper(
 ) {
     let (open_sender, mut open_streams) = watch::channel(0usize);
     let open_sender = Arc::new(open_sender);
+    let waits = Arc::new(ClientWaits::new());
     let service_shared = shared.clone();
+    let service_waits = waits.clone();
     let service = hyper::service::service_fn(move |request| {
-        let (shared, upstream) = (service_shared.clone(), upstream.clone());
+        let (shared, upstream, waits) = (service_shared.clone(), upstream.clone(), service_waits.clone());
         // Counted from the moment hyper hands the stream over until its response is sent (or
         // the stream is reset): the future and then the body hold it.
         let open = OpenStream::new(open_sender.clone());
@@ -1191,6 +1199,8 @@ async fn serve_hyper(
             Ok::<_, Infallible>(response.map(|body| CountedBody {
                 inner: body,
                 _open: open,
+                waiting: waits.register(),
+                epoch: waits.epoch,
             }))
         }
     });
@@ -1198,6 +1208,7 @@ async fn serve_hyper(
     tokio::pin!(connection);
     let idle_max = Duration::from_millis(shared.config.timeouts.client_header_ms);
     let goaway_grace = Duration::from_millis(H2_GOAWAY_GRACE_MS);
+    let client_idle_max = Duration::from_millis(shared.config.timeouts.idle_ms);
     // A connection handed over after shutdown began sees no change; stop it at once.
     let mut stopping = *stop.borrow_and_update();
     if stopping {
@@ -1206,6 +1217,9 @@ async fn serve_hyper(
     let result = loop {
         let idle = *open_streams.borrow_and_update() == 0;
         let idle_for = if stopping { goaway_grace } else { idle_max };
+        // When the stream that waits longest on the client will have waited idle_ms.
+        // (With no open stream, nothing waits on the client.)
+        let stall_check = (!idle).then(|| waits.next_check(client_idle_max));
         tokio::select! {
             result = connection.as_mut() => break Some(result),
             _ = stop.changed(), if !stopping => {
@@ -1222,6 +1236,14 @@ async fn serve_hyper(
                     "closing an idle HTTP/2 connection");
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(stall_check.unwrap_or_else(tokio::time::Instant::now)), if stall_check.is_some() => {
+                if waits.stalled(client_idle_max) {
+                    // Dropping the connection closes it and drops every stream's response
+                    // body: their server connections are closed, never given back mid-response.
+                    shared.note_client_problem(client, ClientProblem::Stalled);
+                    break None;
+                }
             }
         }
     };
@@ -1246,11 +1268,78 @@ impl Drop for OpenStream {
     }
 }
 
+/// Since when each response of an HTTP/2 connection waits on the client (for the client-side
+/// inactivity timeout, `idle_ms`).
+///
+/// hyper polls a response body for its next frame only once the previous one fit in the
+/// stream's flow-control window (and h2's send buffer): from the moment a body hands over a
+/// frame (or is handed to hyper) until it is polled again, the response waits on the client. A
+/// body polled and pending waits on its server instead, which is not the client's doing.
+struct ClientWaits {
+    epoch: tokio::time::Instant,
+    /// One clock per response body: [`NOT_WAITING`], or the milliseconds since `epoch` at which
+    /// it started waiting on the client, plus one.
+    streams: Mutex<Vec<std::sync::Weak<AtomicU64>>>,
+}
+
+/// A response that does not wait on the client (its next frame is being read from the server).
+const NOT_WAITING: u64 = 0;
+
+impl ClientWaits {
+    fn new() -> ClientWaits {
+        ClientWaits {
+            epoch: tokio::time::Instant::now(),
+            streams: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A clock for a response just handed to hyper: it waits on the client from now on.
+    fn register(&self) -> Arc<AtomicU64> {
+        let clock = Arc::new(AtomicU64::new(since(self.epoch)));
+        let mut streams = self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        streams.retain(|stream| stream.strong_count() > 0);
+        streams.push(Arc::downgrade(&clock));
+        clock
+    }
+
+    /// When the response that waits longest on the client started waiting (`None`: none waits).
+    fn earliest_wait(&self) -> Option<tokio::time::Instant> {
+        let streams = self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        streams
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|clock| clock.load(Ordering::Relaxed))
+            .filter(|started| *started != NOT_WAITING)
+            .min()
+            .map(|started| self.epoch + Duration::from_millis(started - 1))
+    }
+
+    /// When to look again for a response that waited `idle` on the client: a wait that starts
+    /// after now cannot have lasted `idle` before `now + idle`.
+    fn next_check(&self, idle: Duration) -> tokio::time::Instant {
+        self.earliest_wait().unwrap_or_else(tokio::time::Instant::now) + idle
+    }
+
+    /// Whether a response has waited on the client for `idle` or longer.
+    fn stalled(&self, idle: Duration) -> bool {
+        self.earliest_wait()
+            .is_some_and(|start| start + idle <= tokio::time::Instant::now())
+    }
+}
+
+/// The value of a [`ClientWaits`] clock that starts waiting now.
+fn since(epoch: tokio::time::Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+}
+
 /// A response body that keeps its stream counted as open until hyper drops it (sent, or the
-/// stream reset).
+/// stream reset), and tells its connection when it waits on the client.
 struct CountedBody {
     inner: ProxyBody,
     _open: OpenStream,
+    /// This response's [`ClientWaits`] clock.
+    waiting: Arc<AtomicU64>,
+    epoch: tokio::time::Instant,
 }
 
 impl Body for CountedBody {
@@ -1258,7 +1347,16 @@ impl Body for CountedBody {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // Polled again: the client took what it was sent. A frame handed over waits on the
+        // client until hyper polls for the next one.
+        let clock = match polled {
+            Poll::Ready(Some(Ok(_))) => since(this.epoch),
+            _ => NOT_WAITING,
+        };
+        this.waiting.store(clock, Ordering::Relaxed);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1279,6 +1377,9 @@ pub(crate) enum ClientProblem<'a> {
     TooLarge,
     /// Gone mid-request: counted, logged at debug.
     Gone(&'a dyn std::fmt::Display),
+    /// An HTTP/2 response made no progress towards the client for `idle_ms` (a client that
+    /// stopped reading, or sends no WINDOW_UPDATE): the connection was closed.
+    Stalled,
     /// Anything else (a malformed request, 400).
     Other(&'a dyn std::fmt::Display),
 }
@@ -1318,6 +1419,10 @@ impl Shared {
                 "client sent a request head over the limit; answered 431")
             }
             ClientProblem::Gone(_) => {}
+            ClientProblem::Stalled => {
+                tracing::warn!(%client, idle_ms = self.config.timeouts.idle_ms, suppressed,
+                "closed an HTTP/2 connection whose client took none of a response for idle_ms (stopped reading, or sent no WINDOW_UPDATE)")
+            }
             ClientProblem::Other(error) => tracing::info!(%client, %error, suppressed, "client connection error"),
         }
     }

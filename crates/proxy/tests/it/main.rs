@@ -723,14 +723,26 @@ async fn a_client_cannot_add_a_forwarded_element_or_hide_its_earlier_forwarding_
 /// SETTINGS and (when `answer_pings`) PINGs, and never opens a stream. Returns the types of
 /// the frames the proxy sent before it closed the connection.
 async fn idle_h2_client(address: SocketAddr, answer_pings: bool) -> Vec<u8> {
+    raw_h2_client(address, &[], &[], answer_pings).await
+}
+
+/// [`idle_h2_client`] that sends `settings` (SETTINGS parameters) and then `frames` (say, a
+/// request), and never a WINDOW_UPDATE.
+async fn raw_h2_client(address: SocketAddr, settings: &[u8], frames: &[u8], answer_pings: bool) -> Vec<u8> {
     const SETTINGS: u8 = 4;
     const PING: u8 = 6;
     const ACK: u8 = 1;
     let mut stream = TcpStream::connect(address).await.expect("connect");
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .expect("preface and SETTINGS");
+    let length = u32::try_from(settings.len()).expect("small").to_be_bytes();
+    let opening = [
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+        &length[1..],
+        &[SETTINGS, 0, 0, 0, 0, 0],
+        settings,
+        frames,
+    ]
+    .concat();
+    stream.write_all(&opening).await.expect("preface, SETTINGS and frames");
     let until_closed = async move {
         let (mut received, mut buffer) = (Vec::new(), Vec::new());
         loop {
@@ -762,10 +774,93 @@ async fn idle_h2_client(address: SocketAddr, answer_pings: bool) -> Vec<u8> {
     };
     tokio::time::timeout(DEADLINE, until_closed)
         .await
-        .expect("the proxy closed the idle HTTP/2 connection")
+        .expect("the proxy closed the HTTP/2 connection")
 }
 
 const GOAWAY: u8 = 7;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+
+/// A backend on raw TCP: `GET /big` gets a body far larger than any window or socket buffer,
+/// written until the connection fails (`cut` is then set); anything else gets `ok`.
+async fn big_body_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
+    let address = listener.local_addr().expect("address");
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                while let Some(end) = read_head(&mut stream, &mut buffer).await {
+                    let big = buffer.starts_with(b"GET /big ");
+                    buffer.drain(..end);
+                    if !big {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                        if stream.write_all(ok).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let length: usize = 1 << 30;
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+                    let mut written = stream.write_all(head.as_bytes()).await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    let mut sent = 0;
+                    while written.is_ok() && sent < length {
+                        written = stream.write_all(&chunk).await;
+                        sent += chunk.len();
+                    }
+                    if written.is_err() {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                    return;
+                }
+            });
+        }
+    });
+    (address, cut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_taking_a_response_is_cut_off_and_its_server_connection_closed() {
+    let (address, cut) = big_body_backend().await;
+    // idle_ms bounds the wait on the client (and paces the keep-alive PINGs, which the client
+    // answers); client_header_ms stays long, so only the stalled response can end the
+    // connection. One connection slot: the next client is served once it is freed.
+    let proxy = proxy_for(
+        address,
+        "[proxy.timeouts]\nidle_ms = 300\nclient_header_ms = 60000\n[proxy.limits]\nconnections_max = 1",
+    )
+    .await;
+    // SETTINGS_INITIAL_WINDOW_SIZE = 1, then GET /big on stream 1 (HPACK: :method GET,
+    // :scheme http, :path and :authority as literals).
+    let settings = [0, 4, 0, 0, 0, 1];
+    let block = [&[0x82, 0x86, 0x04, 4][..], b"/big", &[0x01, 1], b"a"].concat();
+    let length = u32::try_from(block.len()).expect("small").to_be_bytes();
+    let request = [&length[1..], &[HEADERS, 0x05, 0, 0, 0, 1], &block].concat();
+    let frames = raw_h2_client(proxy.address, &settings, &request, true).await;
+    // raw_h2_client returned: the connection was closed (hyper cannot reset one stream from
+    // outside, so the proxy drops the connection rather than send RST_STREAM).
+    assert!(frames.contains(&HEADERS), "the response started: {frames:?}");
+    assert!(!frames.contains(&RST_STREAM), "{frames:?}");
+    wait_for("the server connection to be closed mid-response", || {
+        cut.load(Ordering::SeqCst)
+    })
+    .await;
+    wait_for("the stalled client to be counted", || {
+        proxy.shared.stats().client_errors_total.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The slot is free and the server still serves: the next client gets its answer.
+    let answer = raw_exchange(proxy.address, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"),
+        "{answer}"
+    );
+    proxy.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_get_a_goaway_and_free_their_slot() {
