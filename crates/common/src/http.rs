@@ -156,7 +156,7 @@ pub enum Refusal {
         if *per_client { "from this client address" } else { "to this listener" }
     )]
     TooManyConnections { limit: usize, per_client: bool },
-    #[error("an HTTP/1.1 request must carry a Host header (RFC 9112, section 3.2); send one")]
+    #[error("an HTTP/1.1 request must carry exactly one Host header (RFC 9112, section 3.2); send one")]
     MissingHost,
     #[error(
         "the request's body is sent with the transfer coding '{coding}', which this server does not decode (RFC 9112, section 6.1: only chunked); send it chunked or with a Content-Length (Content-Encoding: gzip is decoded where a route takes it)"
@@ -543,6 +543,10 @@ struct ConnectionState {
     /// Signalled when a head starts on an idle connection: the watchdog, asleep until the
     /// idle deadline, wakes to time the head by the (shorter) header read timeout instead.
     head_began: tokio::sync::Notify,
+    /// The connection serves HTTP/2: bytes between requests are frames (WINDOW_UPDATE while
+    /// a response streams, PING, SETTINGS), not the start of a head, so only the idle timeout
+    /// applies between its requests.
+    http2: std::sync::atomic::AtomicBool,
 }
 
 impl ConnectionState {
@@ -554,6 +558,7 @@ impl ConnectionState {
             idle_since_ms: AtomicU64::new(0),
             client_verified: std::sync::atomic::AtomicBool::new(false),
             head_began: tokio::sync::Notify::new(),
+            http2: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -563,6 +568,7 @@ impl ConnectionState {
 
     fn on_bytes_read(&self) {
         if self.active_requests.load(Ordering::Acquire) == 0
+            && !self.http2.load(Ordering::Relaxed)
             && self
                 .head_started
                 .compare_exchange(0, self.now_ms() + 1, Ordering::Relaxed, Ordering::Relaxed)
@@ -766,6 +772,9 @@ async fn dispatch(
     shared: Arc<Shared>,
     state: Arc<ConnectionState>,
 ) -> Result<Response<Body>, Infallible> {
+    if request.version() == hyper::Version::HTTP_2 {
+        state.http2.store(true, Ordering::Relaxed);
+    }
     let _active = state.begin_request();
     let limits = &shared.options.limits;
     if let Some(refusal) = malformed(&request) {
@@ -784,6 +793,17 @@ async fn dispatch(
         return Ok(response_of((shared.options.render)(&refusal)));
     }
     let (mut parts, body) = request.into_parts();
+    // HTTP/2 carries the host as `:authority`, which hyper puts in the URI: give handlers the
+    // Host header they read over HTTP/1.1 (the control APIs' `browser_forgery` compares it).
+    if parts.version == hyper::Version::HTTP_2
+        && !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        parts.headers.insert(header::HOST, authority);
+    }
     // Never trust a marker a client could smuggle in: only the handshake sets it.
     parts.extensions.remove::<VerifiedClientCertificate>();
     if state.client_verified.load(Ordering::Relaxed) {
@@ -798,16 +818,25 @@ async fn dispatch(
 /// Host (400), and a transfer coding besides chunked (501; hyper frames the body by its final
 /// `chunked` and would hand the handler the still-encoded bytes).
 fn malformed<B>(request: &Request<B>) -> Option<Refusal> {
-    if request.version() == hyper::Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
+    if request.version() == hyper::Version::HTTP_11 && request.headers().get_all(header::HOST).iter().count() != 1 {
         return Some(Refusal::MissingHost);
     }
-    request
+    let codings: Vec<&str> = request
         .headers()
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|value| value.to_str().unwrap_or("?").split(','))
         .map(str::trim)
-        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
+        .filter(|coding| !coding.is_empty())
+        .collect();
+    // Chunked applied twice (RFC 9112 section 6.1 forbids it) is refused like any coding
+    // hyper does not undo: it removes one layer of chunking only.
+    let chunked = codings.iter().filter(|c| c.eq_ignore_ascii_case("chunked")).count();
+    codings
+        .iter()
+        .find(|coding| !coding.eq_ignore_ascii_case("chunked"))
+        .map(|coding| coding.to_string())
+        .or((chunked > 1).then(|| "chunked, chunked".to_string()))
         .map(|coding| Refusal::UnsupportedTransferCoding {
             coding: coding.chars().take(64).collect(),
         })

@@ -19,6 +19,9 @@ const TABLE_RESOURCE_PREFIX: &str = "table/";
 /// A request whose table ARNs were rewritten to names, and how to put them back.
 pub struct Rewritten {
     pub body: Vec<u8>,
+    /// Whether the answer's maps are keyed by table (BatchGetItem, BatchWriteItem,
+    /// TransactWriteItems); a single-item write's `ItemCollectionMetrics` is not.
+    keyed_by_table: bool,
     /// Table name → the ARN the request gave for it.
     arns: HashMap<String, String>,
 }
@@ -112,18 +115,28 @@ pub fn rewrite(operation: &str, body: &[u8], region: &str) -> Result<Option<Rewr
         return Ok(None);
     }
     let body = serde_json::to_vec(&request).expect("a JSON value always serialises");
-    Ok(Some(Rewritten { body, arns }))
+    let keyed_by_table = matches!(operation, "BatchGetItem" | "BatchWriteItem" | "TransactWriteItems");
+    Ok(Some(Rewritten {
+        body,
+        arns,
+        keyed_by_table,
+    }))
 }
 
 impl Rewritten {
     /// Puts the request's ARNs back where the answer names its tables.
     pub fn restore(&self, mut answer: Value) -> Value {
-        for map in [
-            "Responses",
-            "UnprocessedKeys",
-            "UnprocessedItems",
-            "ItemCollectionMetrics",
-        ] {
+        let maps: &[&str] = if self.keyed_by_table {
+            &[
+                "Responses",
+                "UnprocessedKeys",
+                "UnprocessedItems",
+                "ItemCollectionMetrics",
+            ]
+        } else {
+            &[]
+        };
+        for &map in maps {
             if let Some(Value::Object(tables)) = answer.get_mut(map) {
                 let given = std::mem::take(tables);
                 for (name, value) in given {
@@ -216,6 +229,13 @@ mod tests {
         assert_eq!(request["Key"]["id"]["S"], "arn:not-a-table", "values are left alone");
         let answer = rewritten.restore(json!({"ConsumedCapacity": {"TableName": "carts", "CapacityUnits": 0.5}}));
         assert_eq!(answer["ConsumedCapacity"]["TableName"], ARN);
+        // A single-item write's ItemCollectionMetrics is no map of tables: left as it is.
+        let body = json!({"TableName": "arn:aws:dynamodb:eu-west-1:1:table/ItemCollectionKey", "Item": {}});
+        let rewritten = rewrite("PutItem", body.to_string().as_bytes(), "eu-west-1")
+            .expect("valid")
+            .expect("rewritten");
+        let metrics = json!({"ItemCollectionMetrics": {"ItemCollectionKey": {}, "SizeEstimateRangeGB": [0.0, 1.0]}});
+        assert_eq!(rewritten.restore(metrics.clone()), metrics);
         assert!(
             rewrite("GetItem", br#"{"TableName":"carts"}"#, "eu-west-1")
                 .expect("valid")

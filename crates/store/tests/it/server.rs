@@ -354,6 +354,19 @@ async fn requests_rfc_9112_refuses_get_400_and_501_in_dynamodbs_error_shape() {
             ),
             "501",
         ),
+        // Chunked twice, and two Host headers.
+        (
+            format!(
+                "POST / HTTP/1.1\r\nhost: x\r\n{list}transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+            ),
+            "501",
+        ),
+        (
+            format!(
+                "POST / HTTP/1.1\r\nhost: x\r\nhost: y\r\n{list}content-length: 2\r\nconnection: close\r\n\r\n{{}}"
+            ),
+            "400",
+        ),
     ] {
         let mut stream = TcpStream::connect(store.address).await.expect("connect");
         stream.write_all(request.as_bytes()).await.expect("send");
@@ -370,4 +383,48 @@ async fn requests_rfc_9112_refuses_get_400_and_501_in_dynamodbs_error_shape() {
             assert!(answer.contains("RFC 9112"), "{answer}");
         }
     }
+}
+
+#[tokio::test]
+async fn an_http2_connection_between_requests_gets_the_idle_timeout_not_the_header_one() {
+    // Frames a client sends between requests (PINGs here; WINDOW_UPDATEs while a big answer
+    // streams) are no head: only the idle timeout, far past this test, may close the connection.
+    let store = edge(Limits {
+        header_read_timeout_ms: 200,
+        idle_timeout_ms: 3_600_000,
+        ..default_limits()
+    })
+    .await;
+    let tcp = TcpStream::connect(store.address).await.expect("connect");
+    let (mut client, mut connection) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    let mut ping_pong = connection.ping_pong().expect("ping pong");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let address = store.address;
+    let list_tables = |client: &mut h2::client::SendRequest<bytes::Bytes>| {
+        let request = hyper::Request::post(format!("http://{address}/"))
+            .header("x-amz-target", "DynamoDB_20120810.ListTables")
+            .header("content-type", "application/x-amz-json-1.0")
+            .body(())
+            .expect("request");
+        let (response, mut body) = client.send_request(request, false).expect("send");
+        body.send_data(bytes::Bytes::from_static(b"{}"), true).expect("body");
+        response
+    };
+    let first = list_tables(&mut client).await.expect("an answer");
+    assert_eq!(first.status(), 200);
+    // PINGs for longer than the header read timeout, then a second request on the connection.
+    for _ in 0..5 {
+        ping_pong
+            .ping(h2::Ping::opaque())
+            .await
+            .expect("the connection answers PING");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut client = client.ready().await.expect("the connection is still open");
+    let second = list_tables(&mut client)
+        .await
+        .expect("an answer on the same connection");
+    assert_eq!(second.status(), 200);
 }
