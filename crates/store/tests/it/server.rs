@@ -13,6 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// How long a test waits for the server to act on a short limit before it fails (a bound on
 /// the wait, never a timing assertion).
 const WAIT_SECS: u64 = 20;
+/// A kept-alive ListTables request, raw.
+const LIST_TABLES: &[u8] =
+    b"POST / HTTP/1.1\r\nhost: x\r\nx-amz-target: DynamoDB_20120810.ListTables\r\ncontent-length: 2\r\n\r\n{}";
 
 async fn post(url: &str, operation: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
     let (status, value) = testkit::dynamodb_call(url, operation, body).await;
@@ -218,12 +221,7 @@ async fn idle_connections_and_slow_heads_are_closed() {
     assert_eq!(read_until_closed(&mut slow).await, "");
     // A keep-alive connection that was served, then idles, is closed too.
     let mut served = TcpStream::connect(store.address).await.expect("connect");
-    served
-        .write_all(
-            b"POST / HTTP/1.1\r\nhost: x\r\nx-amz-target: DynamoDB_20120810.ListTables\r\ncontent-length: 2\r\n\r\n{}",
-        )
-        .await
-        .expect("send");
+    served.write_all(LIST_TABLES).await.expect("send");
     let answer = read_until_closed(&mut served).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
@@ -243,12 +241,7 @@ async fn a_head_started_on_an_idle_connection_gets_the_header_timeout_not_the_id
     assert_eq!(read_until_closed(&mut fresh).await, "");
     // A keep-alive connection, served once, that starts its next head and stalls.
     let mut served = TcpStream::connect(store.address).await.expect("connect");
-    served
-        .write_all(
-            b"POST / HTTP/1.1\r\nhost: x\r\nx-amz-target: DynamoDB_20120810.ListTables\r\ncontent-length: 2\r\n\r\n{}",
-        )
-        .await
-        .expect("send");
+    served.write_all(LIST_TABLES).await.expect("send");
     let mut answer = [0u8; 12];
     served.read_exact(&mut answer).await.expect("an answer");
     assert_eq!(&answer, b"HTTP/1.1 200");
@@ -301,10 +294,7 @@ async fn connections_over_the_per_client_limit_are_refused_with_503() {
     for _ in 0..2 {
         let mut stream = TcpStream::connect(store.address).await.expect("connect");
         // A served request proves the connection was admitted before the next one opens.
-        stream
-            .write_all(b"POST / HTTP/1.1\r\nhost: x\r\nx-amz-target: DynamoDB_20120810.ListTables\r\ncontent-length: 2\r\n\r\n{}")
-            .await
-            .expect("send");
+        stream.write_all(LIST_TABLES).await.expect("send");
         let mut buffer = [0u8; 12];
         stream.read_exact(&mut buffer).await.expect("answer");
         assert_eq!(&buffer, b"HTTP/1.1 200");
