@@ -778,6 +778,9 @@ async fn dispatch(
     let _active = state.begin_request();
     let limits = &shared.options.limits;
     if let Some(refusal) = malformed(&request) {
+        // As after a 413: read and drop what the client still sends (bounded), so it reads
+        // the answer rather than a reset.
+        tokio::spawn(discard(request.into_body(), limits.body_read_timeout_ms));
         return Ok(response_of((shared.options.render)(&refusal)));
     }
     if let Some(declared) = declared_length(request.headers())
