@@ -17,7 +17,8 @@ pub(crate) struct DrillArgs {
     /// The scenario: region-outage, region-hang (SIGSTOP the primary region, SIGCONT at
     /// heal), region-partition, vantage-partition, controller-partition (the controller's own
     /// view cut: must not fail over), region-isolation (cut the primary's network link; a lab
-    /// started with --netns), flapping-health, slow-region, store-crash or failback; with
+    /// started with --netns), flapping-health, slow-region, store-crash, failback, or
+    /// disk-full (fill the primary store's disk; a lab started with --disk-mib); with
     /// several controllers (a lab started with --controllers 3): controller-crash (kill -9 the
     /// leader mid-runbook), controller-isolation (cut it off etcd mid-runbook) or
     /// leader-region-outage (lose the leader's whole site); with databases (a lab started with
@@ -196,4 +197,30 @@ async fn run_with<P: ProcessControl>(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        drill: super::DrillArgs,
+    }
+
+    /// The scenario argument's help names every scenario the drill runs.
+    #[test]
+    fn the_help_names_every_scenario() {
+        let command = Cli::command();
+        let help = command
+            .get_arguments()
+            .find(|argument| argument.get_id() == "scenario")
+            .and_then(|argument| argument.get_help())
+            .expect("the scenario argument has help")
+            .to_string();
+        for name in drill::scenario::NAMES {
+            assert!(help.contains(name), "the scenario help does not name {name}: {help}");
+        }
+    }
 }
