@@ -499,6 +499,7 @@ impl Engine {
             source,
         })?;
         let path = data_dir.join("store.redb");
+        recovery::check_database_not_lost(data_dir).map_err(|problem| OpenError::Lost { problem })?;
         let (db, mut opened) = recovery::open_database(&path, &options).map_err(|source| OpenError::Database {
             path: path.clone(),
             source: Box::new(source),
@@ -759,6 +760,8 @@ pub enum OpenError {
         path: PathBuf,
         source: Box<redb::DatabaseError>,
     },
+    #[error("cannot open the store: {problem}; {}", recovery::LOST_HINT)]
+    Lost { problem: String },
     #[error("cannot read the table catalog in {path}: {message}")]
     Catalog { path: PathBuf, message: String },
     #[error("cannot open the write-ahead log: {0}")]

@@ -90,6 +90,32 @@ pub struct OpenReport {
 /// (see `CHECKPOINT_IDLE_MS`), opens at once. Any other needs redb's full repair: that runs
 /// with a small page cache ([`REPAIR_CACHE_BYTES`]), logging its stages, and the file is then
 /// closed (cleanly) and opened again with the configured cache.
+/// Refuses to create a database where one was lost: `store.redb` missing or empty (redb would
+/// make a new, empty store of it) while the write-ahead log its first open wrote beside it is
+/// still there. Returns the problem, for [`super::OpenError::Lost`].
+pub(super) fn check_database_not_lost(data_dir: &std::path::Path) -> Result<(), String> {
+    let database = data_dir.join("store.redb");
+    let state = match std::fs::metadata(&database) {
+        Ok(meta) if meta.len() > 0 => return Ok(()),
+        Ok(_) => "is empty",
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => "is missing",
+        // Opening it says what is wrong.
+        Err(_) => return Ok(()),
+    };
+    let log = data_dir.join(super::wal::WAL_FILE_NAME);
+    match std::fs::metadata(&log) {
+        Ok(meta) if meta.len() > 0 => Err(format!(
+            "{} {state}, but {} is there: this data directory held a store whose database was deleted or truncated",
+            database.display(),
+            log.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The fix [`check_database_not_lost`]'s refusal names.
+pub const LOST_HINT: &str = "nothing was changed. Put store.redb back (with the store.wal copied beside it); to start an empty store in this directory instead, move store.wal aside too. A region whose tables are global-table replicas gets their items back from its peers, and on-demand backups in the backup directory can be restored with RestoreTableFromBackup";
+
 pub(super) fn open_database(
     path: &std::path::Path,
     options: &EngineOptions,
@@ -421,7 +447,7 @@ fn quiet_panics_on_this_thread<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 }
 
 /// What to do about a damaged database file.
-const DAMAGED_HINT: &str = "the file is damaged or not a Switchyard store, and nothing was changed. Move store.redb aside (keep it for diagnosis) and start again: a region whose tables are global-table replicas gets their items back from its peers, and on-demand backups in the backup directory can be restored with RestoreTableFromBackup";
+const DAMAGED_HINT: &str = "the file is damaged or not a Switchyard store, and nothing was changed. Move store.redb aside (keep it for diagnosis), and store.wal with it, and start again: a region whose tables are global-table replicas gets their items back from its peers, and on-demand backups in the backup directory can be restored with RestoreTableFromBackup";
 
 /// What to do about an error opening the database, for the message.
 pub fn open_hint(error: &DatabaseError) -> &'static str {

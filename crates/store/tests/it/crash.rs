@@ -456,3 +456,46 @@ async fn a_crash_after_a_batch_of_new_items_replays_every_item_of_its_runs() {
     let count = call(&reopened, "Scan", json!({"TableName": "orders", "Select": "COUNT"})).await;
     assert_eq!(count["Count"], json!(25));
 }
+
+#[tokio::test]
+async fn a_database_deleted_or_truncated_beside_its_log_is_refused_not_started_empty() {
+    // redb makes a new, empty database of a missing or zero-length store.redb: beside the log
+    // of the store that was there, that is a lost database, not a first start.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open_unlogged(dir.path()).expect("open");
+    write_items(&store).await;
+    for (name, lose) in [
+        (
+            "truncated",
+            (|path: &Path| std::fs::write(path, b"")) as fn(&Path) -> std::io::Result<()>,
+        ),
+        ("deleted", |path: &Path| std::fs::remove_file(path)),
+    ] {
+        let image = crash_image(dir.path());
+        let database = image.path().join("store.redb");
+        lose(&database).expect("lose the database");
+        let refused = open_unlogged(image.path())
+            .err()
+            .unwrap_or_else(|| panic!("{name}: opened empty"));
+        assert!(
+            refused.contains(&database.display().to_string())
+                && refused.contains("store.wal is there")
+                && refused.contains("nothing was changed")
+                && refused.contains("move store.wal aside"),
+            "{name}: names the file, the problem and the fix: {refused}"
+        );
+        assert_eq!(
+            std::fs::metadata(&database).map(|m| m.len()).ok(),
+            if name == "deleted" { None } else { Some(0) },
+            "{name}: nothing was created"
+        );
+        // Moving the log aside is the operator's word for an empty store.
+        std::fs::remove_file(image.path().join("store.wal")).expect("move the log aside");
+        let fresh = open_unlogged(image.path()).expect("an empty store when told so");
+        let tables = call(&fresh, "ListTables", json!({})).await;
+        assert_eq!(tables["TableNames"], json!([]), "{name}");
+    }
+    // A first start (nothing there) still creates the store.
+    let empty = tempfile::tempdir().expect("temporary directory");
+    open_unlogged(empty.path()).expect("a first start");
+}
