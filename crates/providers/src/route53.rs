@@ -283,6 +283,18 @@ pub fn decide(
     }
 }
 
+/// Whether `view` shows this order's own write: the record holds `desired` and the fence
+/// record says generation `generation` wrote exactly that value. A batch refused after such a
+/// read was a resend of one already applied, not a concurrent writer's.
+pub fn own_write_applied(view: &View, record_type: &str, desired: &RecordData, generation: u64) -> bool {
+    view.record.as_ref() == Some(desired)
+        && view
+            .fence
+            .as_deref()
+            .and_then(Fence::parse)
+            .is_some_and(|f| f.generation == generation && f.digest == desired.digest(record_type))
+}
+
 /// Lowercase with one final dot; Route 53's `\052` escape read back as `*`.
 pub fn normalize_name(name: &str) -> String {
     let mut name = name.trim().to_ascii_lowercase().replace("\\052", "*");
@@ -984,7 +996,7 @@ mod live {
                             .change_info()
                             .map(|c| bare_id(c.id()).to_string())
                             .unwrap_or_default(),
-                        Err(error) => return Err(self.refused_change(observed, &error).await),
+                        Err(error) => return self.refused_change(observed, desired, order, &error).await,
                     };
                     *self.lock_pending() = Some((order.generation, change_id.clone()));
                     self.wait_insync(&change_id).await?;
@@ -1110,33 +1122,53 @@ mod live {
         }
 
         /// A refused change batch: fenced when Route 53 says the batch did not match, or when
-        /// the record or fence changed since this run read them (a concurrent writer).
+        /// the record or fence changed since this run read them (a concurrent writer) — unless
+        /// what changed them was this very batch: the SDK sends a request again when its answer
+        /// is lost (a timeout, a reset connection), and the second send of a batch Route 53
+        /// already applied is refused (`InvalidChangeBatch`: its DELETE no longer matches).
+        /// The record holding the order's value under a fence of this generation is this
+        /// order's own write: success, not a fence.
         async fn refused_change<E, R>(
             &self,
             observed: &Observed,
+            desired: &RecordData,
+            order: &Order,
             error: &aws_sdk_route53::error::SdkError<E, R>,
-        ) -> Failure
+        ) -> Outcome
         where
             E: aws_sdk_route53::error::ProvideErrorMetadata + std::error::Error + 'static,
             R: std::fmt::Debug,
         {
             let failure = aws::failure("Route 53 ChangeResourceRecordSets", error);
+            if aws::error_code(error).is_none() {
+                return Err(failure);
+            }
+            let Ok(now) = self.observe().await else {
+                return Err(failure);
+            };
+            if own_write_applied(&now.view, &self.record_type, desired, order.generation) {
+                return Ok(format!(
+                    "{} {} set to {} (region {}, generation {}): an earlier send of this change batch was applied (Route 53 refused the resend: {failure}); read back",
+                    self.name,
+                    self.record_type,
+                    desired.describe(),
+                    order.to,
+                    order.generation
+                ));
+            }
             let text = match &failure {
-                Failure::Fenced(_) => return failure,
+                Failure::Fenced(_) => return Err(failure),
                 Failure::Retryable(text) | Failure::Refused(text) => text.clone(),
             };
-            if aws::error_code(error).is_some()
-                && let Ok(now) = self.observe().await
-                && now.view != observed.view
-            {
-                return Failure::Fenced(format!(
+            if now.view != observed.view {
+                return Err(Failure::Fenced(format!(
                     "{} {} changed while this step acted (now {}); Route 53 refused the stale batch: {text}",
                     self.name,
                     self.record_type,
                     now.view.record.as_ref().map_or("nothing".into(), RecordData::describe)
-                ));
+                )));
             }
-            failure
+            Err(failure)
         }
 
         /// Polls `GetChange` until `INSYNC`, at most `insync_timeout_ms`.
@@ -1453,6 +1485,30 @@ mod tests {
         assert!(
             matches!(decide(&foreign_fence, "A", &eu, &known, 6), Decision::Fenced(m) if m.contains("did not write"))
         );
+    }
+
+    #[test]
+    fn only_this_generations_fence_over_the_desired_value_is_an_own_write() {
+        let desired = values(&["192.0.2.1"]);
+        let view = |record: RecordData, generation: u64, of: &RecordData| View {
+            record: Some(record),
+            fence: fence(generation, "eu", of),
+        };
+        assert!(own_write_applied(&view(desired.clone(), 4, &desired), "A", &desired, 4));
+        assert!(!own_write_applied(
+            &view(desired.clone(), 5, &desired),
+            "A",
+            &desired,
+            4
+        ));
+        let other = values(&["192.0.2.9"]);
+        assert!(!own_write_applied(&view(other.clone(), 4, &other), "A", &desired, 4));
+        assert!(!own_write_applied(&view(desired.clone(), 4, &other), "A", &desired, 4));
+        let unfenced = View {
+            record: Some(desired.clone()),
+            fence: None,
+        };
+        assert!(!own_write_applied(&unfenced, "A", &desired, 4));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub const NAME_BYTES_MAX: usize = 1011;
 pub const VALUE_BYTES_MAX: usize = 256;
 /// Longest description SSM accepts, in bytes.
 pub const DESCRIPTION_BYTES_MAX: usize = 1024;
+/// Pages of `DescribeParameters` read at most while looking for the parameter's description.
+pub const DESCRIBE_PAGES_MAX: u32 = 50;
 
 aws::aws_settings! {
     /// `[runbook.ssm_parameter]`; its `region` is the AWS region that holds the parameter.
@@ -300,18 +302,38 @@ async fn read_view(client: &aws_sdk_ssm::Client, name: &str) -> Result<View, Fai
         .values(name)
         .build()
         .map_err(|e| Failure::Refused(format!("build the DescribeParameters filter: {e}")))?;
-    let described = client
-        .describe_parameters()
-        .parameter_filters(filter)
-        .send()
-        .await
-        .map_err(|e| aws::failure("SSM DescribeParameters", &e))?;
-    let description = described
-        .parameters()
-        .iter()
-        .find(|p| p.name() == Some(name))
-        .and_then(|p| p.description())
-        .map(String::from);
+    // DescribeParameters answers "on a best-effort basis": a page may hold fewer items than
+    // asked for, even none, with a NextToken, also with a filter matching one name. Stopping
+    // at the first page would read a parameter Switchyard fenced as one it never wrote.
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    let description = loop {
+        let described = client
+            .describe_parameters()
+            .parameter_filters(filter.clone())
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(|e| aws::failure("SSM DescribeParameters", &e))?;
+        pages += 1;
+        if let Some(found) = described.parameters().iter().find(|p| p.name() == Some(name)) {
+            break found.description().map(String::from);
+        }
+        match described.next_token() {
+            Some(next) if !next.is_empty() && pages < DESCRIBE_PAGES_MAX => token = Some(next.to_string()),
+            Some(next) if !next.is_empty() => {
+                return Err(Failure::Retryable(format!(
+                    "SSM DescribeParameters did not list parameter {name} within {DESCRIBE_PAGES_MAX} pages"
+                )));
+            }
+            _ => {
+                // GetParameter found it: the listing lags (a parameter just created).
+                return Err(Failure::Retryable(format!(
+                    "SSM DescribeParameters does not list parameter {name}, which GetParameter read; its description (the fence) is unknown"
+                )));
+            }
+        }
+    };
     Ok(View { value, description })
 }
 

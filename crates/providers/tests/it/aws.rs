@@ -229,6 +229,33 @@ async fn route53_a_stale_read_is_refused_by_route53_and_nothing_is_overwritten()
     assert!(fence[0].contains("generation=3"), "the newer fence stands: {fence:?}");
 }
 
+/// The SDK sends a request again when its answer is lost (a timeout, a reset connection); the
+/// second send of a change batch Route 53 already applied is refused (`InvalidChangeBatch`).
+/// That refusal is this order's own write showing, not a concurrent writer: success, not a
+/// fence that would stop the runbook for an operator.
+#[tokio::test]
+async fn route53_a_resent_batch_that_was_already_applied_is_success_not_a_fence() {
+    let moto = Moto::start();
+    let (client, zone_id) = zone(&moto).await;
+    let step = route53_step(&moto, &zone_id);
+    step.run(&order(1, "us")).await.expect("first write");
+
+    let read = step.observe().await.expect("read");
+    step.apply(&read, &order(2, "eu")).await.expect("the first send");
+    let resent = step.apply(&read, &order(2, "eu")).await;
+    assert!(
+        matches!(&resent, Ok(m) if m.contains("an earlier send of this change batch was applied")),
+        "{resent:?}"
+    );
+    let (values, fence) = records(&client, &zone_id).await;
+    assert_eq!(values, ["198.51.100.7"]);
+    assert!(fence[0].contains("generation=2 region=eu"), "{fence:?}");
+
+    // The same refusal with another generation's fence standing stays a fence.
+    let stale = step.apply(&read, &order(1, "eu")).await;
+    assert!(matches!(&stale, Err(Failure::Fenced(_))), "{stale:?}");
+}
+
 #[tokio::test]
 async fn route53_a_record_someone_else_changed_is_fenced_not_overwritten() {
     let moto = Moto::start();
@@ -448,4 +475,69 @@ endpoint_url = "{}"
     assert!(alias.evaluate_target_health());
     let again = step.run(&order(2, "eu")).await.expect("re-run");
     assert!(again.contains("already holds"), "{again}");
+}
+
+/// SSM's `DescribeParameters` answers "on a best-effort basis": a page may hold none of the
+/// matching parameters and a `NextToken`, also with a filter matching one name (moto never
+/// does this, so a fake speaking SSM's JSON protocol answers here). The step must read on: the
+/// description on page 2 says generation 5 wrote the parameter, so an order of generation 3 is
+/// stale and writes nothing.
+#[tokio::test]
+async fn ssm_parameter_reads_every_page_of_describe_parameters_before_it_judges_the_fence() {
+    use std::sync::{Arc, Mutex};
+
+    let puts = Arc::new(Mutex::new(0));
+    let seen_puts = Arc::clone(&puts);
+    let url = crate::fake::serve(move |request| {
+        let target = request
+            .headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = request.json();
+        let reply = |value: serde_json::Value| {
+            crate::fake::answer(200, value, &[("content-type", "application/x-amz-json-1.1")])
+        };
+        match target.as_str() {
+            "AmazonSSM.GetParameter" => reply(serde_json::json!({
+                "Parameter": {"Name": "/shop/prod/AWS_REGION", "Value": "eu-west-1", "Type": "String", "Version": 7}
+            })),
+            "AmazonSSM.DescribeParameters" => match body.get("NextToken").and_then(|t| t.as_str()) {
+                None => reply(serde_json::json!({"Parameters": [], "NextToken": "page-2"})),
+                Some("page-2") => reply(serde_json::json!({"Parameters": [{
+                    "Name": "/shop/prod/AWS_REGION",
+                    "Type": "String",
+                    "Version": 7,
+                    "Description": "switchyard generation=5 region=eu (failover); written by the ssm_parameter step"
+                }]})),
+                Some(other) => crate::fake::answer(
+                    400,
+                    serde_json::json!({"__type": "InvalidNextToken", "message": other}),
+                    &[],
+                ),
+            },
+            "AmazonSSM.PutParameter" => {
+                *seen_puts.lock().expect("lock") += 1;
+                reply(serde_json::json!({"Version": 8, "Tier": "Standard"}))
+            }
+            other => crate::fake::answer(
+                400,
+                serde_json::json!({"__type": "UnknownOperation", "message": other}),
+                &[],
+            ),
+        }
+    })
+    .await;
+    let text = format!(
+        "name = \"/shop/prod/AWS_REGION\"\nvalues = {{ us = \"us-east-1\", eu = \"eu-west-1\" }}\nregion = \"us-east-1\"\nendpoint_url = \"{url}\"\n"
+    );
+    let step = checked(&text, |s: &providers::ssm::Settings, c| s.check("app-region", c))
+        .with_static_credentials(credentials());
+    let stale = step.run(&order(3, "us")).await;
+    assert!(
+        matches!(&stale, Err(Failure::Fenced(m)) if m.contains("generation 5")),
+        "{stale:?}"
+    );
+    assert_eq!(*puts.lock().expect("lock"), 0, "nothing written");
 }
