@@ -624,6 +624,22 @@ pub(crate) fn check_record_written(address: &str, order: &Order, read: Option<u6
     }
 }
 
+/// `text` with every occurrence of each of `secrets` (a password in each form a statement or
+/// a server's message may carry it: as configured, and as escaped in a literal) replaced by
+/// `<hidden>`, for failure messages that quote statements or what a server said about them.
+/// Longer forms first, so a form holding a shorter one is hidden whole.
+pub(crate) fn hide_secrets(text: &str, secrets: &[String]) -> String {
+    let mut forms: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
+    forms.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut shown = text.to_string();
+    for form in forms {
+        if shown.contains(form.as_str()) {
+            shown = shown.replace(form.as_str(), "<hidden>");
+        }
+    }
+    shown
+}
+
 /// The note of a `replica` that now replicates from `primary`.
 pub(crate) fn now_replicates(replica: &Member, primary: &Member) -> String {
     format!("{} now replicates from {}", replica.address, primary.address)

@@ -546,6 +546,7 @@ impl Inner {
             conn,
             address: member.address.clone(),
             flavor: Flavor::Mariadb,
+            secrets: self.secret_forms(),
         };
         // Our own statements quote strings one way, whatever the server's default mode.
         session.run("SET SESSION sql_mode = ''").await?;
@@ -555,6 +556,19 @@ impl Inner {
         }
         Ok(session)
     }
+
+    /// The passwords as configured and as [`quote`] writes them into a statement: hidden in
+    /// failure messages ([`super::hide_secrets`]).
+    fn secret_forms(&self) -> Vec<String> {
+        [&self.accounts.password, &self.accounts.replication_password]
+            .into_iter()
+            .flatten()
+            .flat_map(|p| {
+                let quoted = quote(p.expose());
+                [p.expose().to_string(), quoted[1..quoted.len() - 1].to_string()]
+            })
+            .collect()
+    }
 }
 
 /// One logged-in connection to one server.
@@ -562,6 +576,34 @@ struct Session {
     conn: mysql_async::Conn,
     address: String,
     flavor: Flavor,
+    /// What failure messages never show ([`Inner::secret_forms`]).
+    secrets: Vec<String>,
+}
+
+/// The message of `statement` failing on `address` with `error` (the server's words, which may
+/// quote the statement), with the `secrets` hidden.
+fn statement_failure(address: &str, statement: &str, error: &str, secrets: &[String]) -> String {
+    super::hide_secrets(&format!("{address}: {statement}: {error}"), secrets)
+}
+
+/// The statement pointing a server at `source` by GTID, with the replication account.
+fn change_source(flavor: Flavor, source: &Member, user: &str, password: &str) -> String {
+    match flavor {
+        Flavor::Mariadb => format!(
+            "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos",
+            quote(&source.host),
+            source.port,
+            quote(user),
+            quote(password)
+        ),
+        Flavor::Mysql => format!(
+            "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {}, SOURCE_PORT = {}, SOURCE_USER = {}, SOURCE_PASSWORD = {}, SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1",
+            quote(&source.host),
+            source.port,
+            quote(user),
+            quote(password)
+        ),
+    }
 }
 
 /// A string literal for our own statements (`sql_mode` is '' in our sessions).
@@ -584,7 +626,12 @@ fn is_on(value: Option<&str>) -> bool {
 
 impl Session {
     fn failure(&self, statement: &str, error: mysql_async::Error) -> Failure {
-        Failure::Retryable(format!("{}: {statement}: {error}", self.address))
+        Failure::Retryable(statement_failure(
+            &self.address,
+            statement,
+            &error.to_string(),
+            &self.secrets,
+        ))
     }
 
     async fn rows(&mut self, statement: &str) -> Result<Vec<mysql_async::Row>, Failure> {
@@ -595,9 +642,11 @@ impl Session {
         match tokio::time::timeout(Duration::from_millis(timeout_ms), self.conn.query(statement)).await {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(error)) => Err(self.failure(statement, error)),
-            Err(_) => Err(Failure::Retryable(format!(
-                "{}: {statement}: no answer within {timeout_ms} ms",
-                self.address
+            Err(_) => Err(Failure::Retryable(statement_failure(
+                &self.address,
+                statement,
+                &format!("no answer within {timeout_ms} ms"),
+                &self.secrets,
             ))),
         }
     }
@@ -890,24 +939,22 @@ impl Session {
                 // An ex-primary's own transactions count as applied: start after them.
                 self.run("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos")
                     .await?;
-                self.run(&format!(
-                    "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos",
-                    quote(&source.host),
-                    source.port,
-                    quote(&inner.accounts.replication_user),
-                    quote(&password)
+                self.run(&change_source(
+                    self.flavor,
+                    source,
+                    &inner.accounts.replication_user,
+                    &password,
                 ))
                 .await?;
                 self.run("START SLAVE").await?;
             }
             Flavor::Mysql => {
                 self.run("STOP REPLICA").await?;
-                self.run(&format!(
-                    "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {}, SOURCE_PORT = {}, SOURCE_USER = {}, SOURCE_PASSWORD = {}, SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1",
-                    quote(&source.host),
-                    source.port,
-                    quote(&inner.accounts.replication_user),
-                    quote(&password)
+                self.run(&change_source(
+                    self.flavor,
+                    source,
+                    &inner.accounts.replication_user,
+                    &password,
                 ))
                 .await?;
                 self.run("START REPLICA").await?;
@@ -1258,6 +1305,40 @@ mod tests {
         );
         assert_eq!(step.members()[0].address, "a:3306");
         assert_eq!(step.inner.promote_lag_max_ms, super::super::PROMOTE_LAG_MS_DEFAULT);
+    }
+
+    #[test]
+    fn failure_messages_never_show_the_passwords_a_statement_or_the_server_carries() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let password = r"re'pl\pass";
+        std::fs::write(dir.path().join("sw"), "sw-pass\n").expect("write");
+        std::fs::write(dir.path().join("repl"), format!("{password}\n")).expect("write");
+        let step = accepted(
+            &format!(
+                "servers = {{ eu = [\"a\"], us = [\"b\"] }}\nuser = \"sw\"\nreplication_user = \"repl\"\n\
+                 password = {{ file = {:?} }}\nreplication_password = {{ file = {:?} }}\n",
+                dir.path().join("sw"),
+                dir.path().join("repl")
+            ),
+            |settings: &Settings, checker: &mut Collect| settings.check("db", checker),
+        );
+        let secrets = step.inner.secret_forms();
+        let source = &members()[1];
+        for flavor in [Flavor::Mariadb, Flavor::Mysql] {
+            let statement = change_source(flavor, source, "repl", password);
+            let quoted = quote(password);
+            assert!(statement.contains(&quoted), "{statement}");
+            // The server's own error may quote the statement (1064: "... near '...'").
+            let error = format!("You have an error in your SQL syntax near {quoted}, and sw-pass");
+            let message = statement_failure("b:3306", &statement, &error, &secrets);
+            assert!(!message.contains("re'pl") && !message.contains(r"re\'pl"), "{message}");
+            assert!(!message.contains("sw-pass"), "{message}");
+            assert!(
+                message.contains("'<hidden>'") && message.contains("b:3306"),
+                "{message}"
+            );
+            assert!(message.contains("repl"), "the user is named: {message}");
+        }
     }
 
     #[test]

@@ -980,24 +980,60 @@ async fn run_rejoin(
     if output.status.success() {
         return Ok(());
     }
-    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
-    if text.trim().is_empty() {
-        text = String::from_utf8_lossy(&output.stdout).into_owned();
-    }
-    let text = text.trim();
-    let start = text.len().saturating_sub(REJOIN_OUTPUT_BYTES_MAX);
-    let start = (start..text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(text.len());
     Err(format!(
         "{} exited with {}: {}",
         rejoin.program,
         output.status,
-        &text[start..]
+        output_tail(&output.stdout, &output.stderr, &inner.secret_forms())
     ))
 }
 
+/// What a failed rejoin command said (its stderr, else its stdout), its last
+/// [`REJOIN_OUTPUT_BYTES_MAX`] bytes, with the `secrets` hidden: a script that traces its
+/// commands (`set -x`) prints the `primary_conninfo` and `PGPASSWORD` it was given.
+fn output_tail(stdout: &[u8], stderr: &[u8], secrets: &[String]) -> String {
+    let mut text = String::from_utf8_lossy(stderr).into_owned();
+    if text.trim().is_empty() {
+        text = String::from_utf8_lossy(stdout).into_owned();
+    }
+    // Hidden before the cut, so no part of a secret is left at the start of the tail.
+    let text = super::hide_secrets(text.trim(), secrets);
+    let start = text.len().saturating_sub(REJOIN_OUTPUT_BYTES_MAX);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].to_string()
+}
+
 impl Inner {
+    /// The passwords as configured, as [`conninfo_value`] writes them into `primary_conninfo`,
+    /// and that again as a SQL [`literal`]: hidden in failure messages and in the rejoin
+    /// command's output ([`super::hide_secrets`]).
+    fn secret_forms(&self) -> Vec<String> {
+        [&self.accounts.password, &self.accounts.replication_password]
+            .into_iter()
+            .flatten()
+            .flat_map(|p| {
+                let conninfo = conninfo_value(p.expose());
+                let inner = &conninfo[1..conninfo.len() - 1];
+                let sql = literal(inner);
+                [
+                    p.expose().to_string(),
+                    inner.to_string(),
+                    sql[1..sql.len() - 1].to_string(),
+                ]
+            })
+            .collect()
+    }
+
+    /// The statement pointing a standby at `source`.
+    fn follow_statement(&self, source: &Member) -> String {
+        format!(
+            "ALTER SYSTEM SET primary_conninfo = {}",
+            literal(&self.primary_conninfo(source))
+        )
+    }
+
     /// `primary_conninfo` for a standby of `source`.
     fn primary_conninfo(&self, source: &Member) -> String {
         let mut conninfo = format!(
@@ -1053,6 +1089,7 @@ impl Inner {
         let mut session = Session {
             client,
             address: member.address.clone(),
+            secrets: self.secret_forms(),
         };
         // Our own statements quote one way, and write even on a fenced server.
         session
@@ -1074,6 +1111,14 @@ fn describe(error: &tokio_postgres::Error) -> String {
 struct Session {
     client: tokio_postgres::Client,
     address: String,
+    /// What failure messages never show ([`Inner::secret_forms`]).
+    secrets: Vec<String>,
+}
+
+/// The message of `statement` failing on `address` with `error` (the server's words), with the
+/// `secrets` hidden.
+fn statement_failure(address: &str, statement: &str, error: &str, secrets: &[String]) -> String {
+    super::hide_secrets(&format!("{address}: {statement}: {error}"), secrets)
 }
 
 type Rows = Vec<Vec<Option<String>>>;
@@ -1095,17 +1140,29 @@ impl Session {
                 })
                 .collect())),
             Ok(Err(error)) => Ok(Err(error)),
-            Err(_) => Err(Failure::Retryable(format!(
-                "{}: {statement}: no answer within {timeout_ms} ms",
-                self.address
+            Err(_) => Err(Failure::Retryable(statement_failure(
+                &self.address,
+                statement,
+                &format!("no answer within {timeout_ms} ms"),
+                &self.secrets,
             ))),
         }
+    }
+
+    /// The failure of `statement` with `error`, secrets hidden.
+    fn failure(&self, statement: &str, error: &tokio_postgres::Error) -> Failure {
+        Failure::Retryable(statement_failure(
+            &self.address,
+            statement,
+            &describe(error),
+            &self.secrets,
+        ))
     }
 
     async fn rows(&mut self, statement: &str) -> Result<Rows, Failure> {
         self.rows_within(statement, QUERY_TIMEOUT_MS)
             .await?
-            .map_err(|e| Failure::Retryable(format!("{}: {statement}: {}", self.address, describe(&e))))
+            .map_err(|e| self.failure(statement, &e))
     }
 
     async fn run(&mut self, statement: &str) -> Result<(), Failure> {
@@ -1116,7 +1173,7 @@ impl Session {
         let rows = self
             .rows_within(statement, timeout_ms)
             .await?
-            .map_err(|e| Failure::Retryable(format!("{}: {statement}: {}", self.address, describe(&e))))?;
+            .map_err(|e| self.failure(statement, &e))?;
         Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).flatten())
     }
 
@@ -1199,11 +1256,7 @@ impl Session {
             Err(e) if matches!(e.code(), Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME) => {
                 Ok(None)
             }
-            Err(e) => Err(Failure::Retryable(format!(
-                "{}: {statement}: {}",
-                self.address,
-                describe(&e)
-            ))),
+            Err(e) => Err(self.failure(&statement, &e)),
         }
     }
 
@@ -1325,11 +1378,7 @@ impl Session {
     /// Points a standby at `primary` (`primary_conninfo` + reload) and waits (bounded) until
     /// its WAL receiver streams from it.
     async fn follow(&mut self, inner: &Inner, primary: &Member) -> Result<(), Failure> {
-        self.run(&format!(
-            "ALTER SYSTEM SET primary_conninfo = {}",
-            literal(&inner.primary_conninfo(primary))
-        ))
-        .await?;
+        self.run(&inner.follow_statement(primary)).await?;
         self.run("SELECT pg_reload_conf()").await?;
         let until = Instant::now() + Duration::from_millis(FOLLOW_WAIT_MS);
         loop {
@@ -1619,6 +1668,42 @@ mod tests {
         assert_eq!(conninfo_address("").as_deref(), None);
         assert_eq!(conninfo_value("it's\\"), "'it\\'s\\\\'");
         assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn failure_messages_and_the_rejoin_output_never_show_the_passwords() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let password = r"re'pl\pa ss";
+        std::fs::write(dir.path().join("sw"), "sw-s3cret\n").expect("write");
+        std::fs::write(dir.path().join("repl"), format!("{password}\n")).expect("write");
+        let step = accepted(
+            &format!(
+                "servers = {{ eu = [\"a\"], us = [\"b\"] }}\nuser = \"postgres\"\nreplication_user = \"repl\"\n\
+                 password = {{ file = {:?} }}\nreplication_password = {{ file = {:?} }}\n",
+                dir.path().join("sw"),
+                dir.path().join("repl")
+            ),
+            |settings: &Settings, checker: &mut Collect| settings.check("db", checker),
+        );
+        let inner = &step.inner;
+        let secrets = inner.secret_forms();
+        let statement = inner.follow_statement(&members()[0]);
+        assert!(statement.contains(r"password=''re\''pl"), "{statement}");
+        let message = statement_failure("b:5432", &statement, "no answer within 5000 ms", &secrets);
+        assert!(!message.contains("re\\''pl") && !message.contains("pa ss"), "{message}");
+        assert!(
+            message.contains("password=''<hidden>''") && message.contains("user=''repl''"),
+            "{message}"
+        );
+        // A rejoin script tracing its commands prints what it was given.
+        let traced = format!(
+            "+ export PGPASSWORD=sw-s3cret\n+ echo \"primary_conninfo = '{}'\"\npg_rewind: error",
+            inner.primary_conninfo(&members()[0])
+        );
+        let tail = output_tail(b"", traced.as_bytes(), &secrets);
+        assert!(!tail.contains("sw-s3cret") && !tail.contains("pa ss"), "{tail}");
+        assert!(tail.ends_with("pg_rewind: error"), "{tail}");
+        assert_eq!(output_tail(b"only stdout", b"  ", &secrets), "only stdout");
     }
 
     #[test]
