@@ -275,6 +275,27 @@ impl Backups {
         Ok(())
     }
 
+    /// The BackupDescription DeleteBackup answers for a finished backup whose description no
+    /// longer parses (damaged or hand-edited): what can still be read of it. `None` when the
+    /// description is not there or reads fine.
+    fn damaged_description(&self, id: &str, arn: &str) -> Option<Value> {
+        let bytes = std::fs::read(self.meta_path(id)).ok()?;
+        if serde_json::from_slice::<BackupMeta>(&bytes).is_ok() {
+            return None;
+        }
+        let partial: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let name = partial.get("name").and_then(Value::as_str).unwrap_or(id);
+        Some(json!({
+            "BackupDetails": {
+                "BackupArn": arn,
+                "BackupName": name,
+                "BackupStatus": "DELETED",
+                "BackupType": "USER",
+                "BackupCreationDateTime": backup_id_created_ms(id) as f64 / 1000.0,
+            },
+        }))
+    }
+
     /// Reads the description of a finished backup.
     fn load(&self, id: &str) -> Result<BackupMeta, ApiError> {
         let path = self.meta_path(id);
@@ -290,7 +311,7 @@ impl Backups {
         };
         serde_json::from_slice(&bytes).map_err(|error| {
             ApiError::internal(format!(
-                "Internal server error: backup description {} is damaged ({error}); delete the backup",
+                "Internal server error: backup description {} is damaged ({error}); delete the backup (DeleteBackup removes it)",
                 path.display()
             ))
         })
@@ -436,6 +457,11 @@ fn valid_backup_id(id: &str) -> bool {
         && bytes[15..]
             .iter()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// The creation time a (valid) backup id starts with.
+fn backup_id_created_ms(id: &str) -> u64 {
+    id.get(..14).and_then(|digits| digits.parse().ok()).unwrap_or(0)
 }
 
 fn new_backup_id(now_ms: u64, region: &str, table: &TableMeta, sequence: u64) -> String {
@@ -611,23 +637,31 @@ fn describe_backup(store: &Store, request: BackupArnRequest) -> Result<Value, Ap
 fn delete_backup(store: &Store, request: BackupArnRequest) -> Result<Value, ApiError> {
     let id = parse_backup_arn(&request.backup_arn)?;
     let backups = store.backups();
-    let (backup, status) = backups.find(&id)?;
-    if status == "CREATING" {
-        return Err(ApiError::new(
-            ErrorKind::BackupInUse,
-            format!("Backup {} is being created; delete it once it is AVAILABLE", backup.arn),
-        ));
-    }
+    let (arn, deleted) = match backups.find(&id) {
+        Ok((backup, "CREATING")) => {
+            return Err(ApiError::new(
+                ErrorKind::BackupInUse,
+                format!("Backup {} is being created; delete it once it is AVAILABLE", backup.arn),
+            ));
+        }
+        Ok((backup, _)) => (backup.arn.clone(), backup.description("DELETED")),
+        // A description that no longer reads is deleted all the same: its error names
+        // DeleteBackup as the fix.
+        Err(error) => match backups.damaged_description(&id, &request.backup_arn) {
+            Some(description) => {
+                tracing::warn!(backup = %id, error = %error.message, "deleting a backup whose description cannot be read");
+                (request.backup_arn.clone(), description)
+            }
+            None => return Err(error),
+        },
+    };
     {
         // Held across the removal, so no restore starts reading the backup meanwhile.
         let state = backups.state();
         if state.in_use.contains_key(&id) {
             return Err(ApiError::new(
                 ErrorKind::BackupInUse,
-                format!(
-                    "Backup {} is being restored; delete it once the restored table is ACTIVE",
-                    backup.arn
-                ),
+                format!("Backup {arn} is being restored; delete it once the restored table is ACTIVE"),
             ));
         }
         // The description goes first: without it the backup no longer exists, and a crash
@@ -643,8 +677,8 @@ fn delete_backup(store: &Store, request: BackupArnRequest) -> Result<Value, ApiE
             }
         }
     }
-    tracing::info!(backup = %backup.arn, "backup deleted");
-    Ok(json!({"BackupDescription": backup.description("DELETED")}))
+    tracing::info!(backup = %arn, "backup deleted");
+    Ok(json!({"BackupDescription": deleted}))
 }
 
 #[derive(Deserialize)]
@@ -712,15 +746,13 @@ fn list_backups(store: &Store, request: ListBackupsRequest) -> Result<Value, Api
                 .is_none_or(|upper| b.created_seconds() < upper)
         })
         .collect();
+    // The listing is in (creation time, id) order and an id starts with its creation time, so
+    // the next page starts after the start backup's place even when that backup was deleted
+    // since (listing and deleting page by page is how old backups are cleaned up).
     let from = match &start {
         Some(id) => {
-            let position = matching.iter().position(|(b, _)| b.id == *id).ok_or_else(|| {
-                ApiError::validation(format!(
-                    "ExclusiveStartBackupArn {} is not a backup this listing holds; pass the LastEvaluatedBackupArn of the previous page",
-                    request.exclusive_start_backup_arn.as_deref().unwrap_or_default()
-                ))
-            })?;
-            position + 1
+            let place = (backup_id_created_ms(id), id.as_str());
+            matching.partition_point(|(b, _)| (b.created_at_ms, b.id.as_str()) <= place)
         }
         None => 0,
     };

@@ -165,3 +165,84 @@ async fn recovery_removes_half_written_backup_files() {
     let id = arn.rsplit('/').next().expect("id");
     assert_eq!(left, vec![format!("{id}.items"), format!("{id}.json")]);
 }
+
+#[tokio::test]
+async fn a_backup_whose_description_is_damaged_can_be_deleted() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open engine");
+    let store = Store::new(engine);
+    let arn = backed_up_table(&store, 3).await;
+    let backups = store.backups().dir().to_path_buf();
+    let id = arn.rsplit('/').next().expect("id").to_string();
+    std::fs::write(backups.join(format!("{id}.json")), br#"{"name": "first", "sha256": "#).expect("damage");
+    let described = call(&store, "DescribeBackup", json!({"BackupArn": arn}))
+        .await
+        .expect_err("a damaged description");
+    assert!(described.message.contains("DeleteBackup"), "names the fix: {described}");
+    // The fix it names works: the backup goes, both files with it.
+    let deleted = ok(&store, "DeleteBackup", json!({"BackupArn": arn})).await;
+    let details = &deleted["BackupDescription"]["BackupDetails"];
+    assert_eq!(details["BackupArn"], json!(arn));
+    assert_eq!(details["BackupStatus"], "DELETED");
+    assert!(
+        std::fs::read_dir(&backups).expect("list").next().is_none(),
+        "both files removed"
+    );
+    let gone = call(&store, "DescribeBackup", json!({"BackupArn": arn}))
+        .await
+        .expect_err("deleted");
+    assert_eq!(gone.kind, ErrorKind::BackupNotFound);
+}
+
+#[tokio::test]
+async fn listing_and_deleting_page_by_page_reaches_every_backup() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open engine");
+    let store = Store::new(engine);
+    let first = backed_up_table(&store, 2).await;
+    let mut made = vec![first];
+    for n in 0..4 {
+        let created = ok(
+            &store,
+            "CreateBackup",
+            json!({"TableName": "source", "BackupName": format!("more-{n}")}),
+        )
+        .await;
+        made.push(created["BackupDetails"]["BackupArn"].as_str().expect("arn").to_string());
+    }
+    wait_until("backups AVAILABLE", async || {
+        let listed = ok(&store, "ListBackups", json!({})).await;
+        listed["BackupSummaries"]
+            .as_array()
+            .expect("summaries")
+            .iter()
+            .filter(|b| b["BackupStatus"] == "AVAILABLE")
+            .count()
+            == made.len()
+    })
+    .await;
+    // A cleanup as scripts do it: list a page, delete what it holds, ask for the next page
+    // after the last (now deleted) backup.
+    let mut deleted = Vec::new();
+    let mut start: Option<String> = None;
+    loop {
+        let mut request = json!({"Limit": 2});
+        if let Some(arn) = &start {
+            request["ExclusiveStartBackupArn"] = json!(arn);
+        }
+        let page = ok(&store, "ListBackups", request).await;
+        for summary in page["BackupSummaries"].as_array().expect("summaries") {
+            let arn = summary["BackupArn"].as_str().expect("arn").to_string();
+            ok(&store, "DeleteBackup", json!({"BackupArn": arn})).await;
+            deleted.push(arn);
+        }
+        match page.get("LastEvaluatedBackupArn").and_then(Value::as_str) {
+            Some(last) => start = Some(last.to_string()),
+            None => break,
+        }
+    }
+    let mut expected = made.clone();
+    expected.sort();
+    deleted.sort();
+    assert_eq!(deleted, expected, "every backup reached once");
+}
