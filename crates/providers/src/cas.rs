@@ -436,36 +436,88 @@ pub(crate) fn target_of<'v>(
         .ok_or_else(|| crate::Failure::Refused(format!("no value for region {} in the step's values", order.to)))
 }
 
-/// [`judge`] on the `current` value, read just before writing `target` ([`target_of`]):
+/// A record's content in the one form this module compares: providers store some contents
+/// otherwise than they were written (Cloudflare compresses an IPv6 address, drops a CNAME
+/// target's final dot and keeps TXT content as quoted character strings; DigitalOcean keeps a
+/// CNAME's final dot). Compared as written, a value the provider normalised never read back
+/// as written (the step failed on every attempt) and then looked like someone else's (fenced).
+pub fn canonical_content(record_type: &str, content: &str) -> String {
+    let content = content.trim();
+    match record_type {
+        "A" => content
+            .parse::<std::net::Ipv4Addr>()
+            .map_or_else(|_| content.to_string(), |ip| ip.to_string()),
+        "AAAA" => content
+            .parse::<std::net::Ipv6Addr>()
+            .map_or_else(|_| content.to_string(), |ip| ip.to_string()),
+        "CNAME" => content.trim_end_matches('.').to_ascii_lowercase(),
+        "TXT" => unquoted(content).unwrap_or_else(|| content.to_string()),
+        _ => content.to_string(),
+    }
+}
+
+/// The text of one quoted character string (`"v=1 \"x\""` → `v=1 "x"`), or `None` when
+/// `content` is not exactly one.
+fn unquoted(content: &str) -> Option<String> {
+    let inner = content.strip_prefix('"')?.strip_suffix('"')?;
+    let mut text = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => text.push(chars.next()?),
+            '"' => return None,
+            c => text.push(c),
+        }
+    }
+    Some(text)
+}
+
+/// [`judge`] on the `current` content of a `record_type` record, read just before writing
+/// `target` ([`target_of`]), every value compared in its [`canonical_content`]:
 /// `Ok(Some(note))` when it is `target` already, `Ok(None)` to write.
 pub(crate) fn before_write(
     what: &str,
+    record_type: &str,
     current: &str,
     target: &str,
     values: &std::collections::BTreeMap<String, String>,
     last_written: &std::sync::Mutex<Option<String>>,
     order: &crate::Order,
 ) -> Result<Option<String>, crate::Failure> {
-    let last = last_written.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let configured: Vec<&str> = values.values().map(String::as_str).collect();
-    let from_value = order.from.as_ref().and_then(|f| values.get(f)).map(String::as_str);
-    match judge(what, current, target, last.as_deref(), from_value, &configured) {
+    let canonical = |value: &str| canonical_content(record_type, value);
+    let last = last_written
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_deref()
+        .map(canonical);
+    let configured: Vec<String> = values.values().map(|v| canonical(v)).collect();
+    let configured: Vec<&str> = configured.iter().map(String::as_str).collect();
+    let from_value = order.from.as_ref().and_then(|f| values.get(f)).map(|v| canonical(v));
+    match judge(
+        what,
+        &canonical(current),
+        &canonical(target),
+        last.as_deref(),
+        from_value.as_deref(),
+        &configured,
+    ) {
         Verdict::Done => Ok(Some(format!("{what} already {target}; read back"))),
         Verdict::Fenced(message) => Err(crate::Failure::Fenced(message)),
         Verdict::Write => Ok(None),
     }
 }
 
-/// The second half: the value read `back` after writing `target` over `was` must be `target`;
-/// then it is remembered as this actuator's last write.
+/// The second half: the content read `back` after writing `target` over `was` must be
+/// `target` (in its [`canonical_content`]); then it is remembered as this actuator's last write.
 pub(crate) fn after_write(
     what: &str,
+    record_type: &str,
     was: &str,
     target: &str,
     back: &str,
     last_written: &std::sync::Mutex<Option<String>>,
 ) -> crate::Outcome {
-    if back != target {
+    if canonical_content(record_type, back) != canonical_content(record_type, target) {
         return Err(crate::Failure::Retryable(format!(
             "{what} reads back as '{back}' after setting '{target}'"
         )));
@@ -479,6 +531,17 @@ mod tests {
     use super::*;
 
     const CONFIGURED: &[&str] = &["192.0.2.1", "198.51.100.2"];
+
+    #[test]
+    fn contents_compare_as_the_providers_store_them() {
+        assert_eq!(canonical_content("AAAA", "2001:DB8:0:0::20"), "2001:db8::20");
+        assert_eq!(canonical_content("A", " 192.0.2.1 "), "192.0.2.1");
+        assert_eq!(canonical_content("CNAME", "LB-eu.Example.com."), "lb-eu.example.com");
+        assert_eq!(canonical_content("TXT", "\"v=1 \\\"x\\\"\""), "v=1 \"x\"");
+        assert_eq!(canonical_content("TXT", "v=1"), "v=1");
+        // Two character strings stay as they are.
+        assert_eq!(canonical_content("TXT", "\"a\" \"b\""), "\"a\" \"b\"");
+    }
 
     #[test]
     fn the_new_value_already_there_is_done() {

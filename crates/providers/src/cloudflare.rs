@@ -389,7 +389,8 @@ impl Cloudflare {
             )));
         }
         let what = format!("{name} {record_type}");
-        if let Some(done) = cas::before_write(&what, &record.content, target, values, last_written, order)? {
+        if let Some(done) = cas::before_write(&what, record_type, &record.content, target, values, last_written, order)?
+        {
             return Ok(done);
         }
         let mut body = json!({ "content": target });
@@ -403,7 +404,7 @@ impl Cloudflare {
         )
         .await?;
         let back = self.read(zone_id, &record.id, "reading the record back").await?;
-        cas::after_write(&what, &record.content, target, &back.content, last_written)
+        cas::after_write(&what, record_type, &record.content, target, &back.content, last_written)
     }
 
     async fn run_pools(&self, account_id: &str, pools: &BTreeMap<String, String>, order: &Order) -> Outcome {

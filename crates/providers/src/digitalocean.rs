@@ -386,7 +386,7 @@ impl DigitalOcean {
             .read_record(domain, listed.id, &format!("reading record {}", listed.id))
             .await?;
         let what = format!("{full_name} {record_type}");
-        if let Some(done) = cas::before_write(&what, &record.data, target, values, last_written, order)? {
+        if let Some(done) = cas::before_write(&what, record_type, &record.data, target, values, last_written, order)? {
             return Ok(done);
         }
         self.call(
@@ -397,7 +397,7 @@ impl DigitalOcean {
         )
         .await?;
         let back = self.read_record(domain, record.id, "reading the record back").await?;
-        cas::after_write(&what, &record.data, target, &back.data, last_written)
+        cas::after_write(&what, record_type, &record.data, target, &back.data, last_written)
     }
 
     /// The droplet holding the IP (`None`: unassigned) and whether an action is in progress.

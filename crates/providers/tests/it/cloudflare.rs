@@ -77,10 +77,12 @@ fn handle(zone: &Shared, request: Request) -> axum::response::Response {
             };
             if method == "PATCH" {
                 let body = request.json();
-                for field in ["content", "comment"] {
-                    if let Some(value) = body.get(field) {
-                        record[field] = value.clone();
-                    }
+                if let Some(content) = body.get("content").and_then(Value::as_str) {
+                    let stored = stored_content(record["type"].as_str().unwrap_or_default(), content);
+                    record["content"] = json!(stored);
+                }
+                if let Some(comment) = body.get("comment") {
+                    record["comment"] = comment.clone();
                 }
                 let record = record.clone();
                 zone.patches.push((id.to_string(), body));
@@ -106,6 +108,20 @@ fn handle(zone: &Shared, request: Request) -> axum::response::Response {
             answer(200, envelope(pool.clone()), &[])
         }
         _ => failure(404, 7003, "Could not route to the requested path"),
+    }
+}
+
+/// A record's content as Cloudflare stores (and then returns) it: an IPv6 address compressed
+/// and in lower case, a CNAME target without its final dot, TXT content as a quoted
+/// character string (RFC 1035).
+fn stored_content(record_type: &str, content: &str) -> String {
+    match record_type {
+        "AAAA" => content
+            .parse::<std::net::Ipv6Addr>()
+            .map_or_else(|_| content.to_string(), |ip| ip.to_string()),
+        "CNAME" => content.trim_end_matches('.').to_string(),
+        "TXT" if !content.starts_with('"') => format!("\"{}\"", content.replace('"', "\\\"")),
+        _ => content.to_string(),
     }
 }
 
@@ -176,6 +192,42 @@ async fn a_failover_points_the_record_at_the_new_region_with_its_generation_and_
         .await
         .expect("moved back");
     assert_eq!(zone.lock().expect("state").records[0]["content"], US);
+}
+
+/// Cloudflare stores an AAAA content compressed and in lower case: a value written otherwise
+/// reads back in Cloudflare's form, which is the same address — moved, not "reads back as
+/// something else" on every attempt, and ordered again, already there.
+#[tokio::test]
+async fn a_value_cloudflare_stores_in_its_own_form_reads_back_as_the_value_written() {
+    let mut aaaa = record("r1", "shop.example", "2001:db8::10", None);
+    aaaa["type"] = json!("AAAA");
+    let (zone, base) = start(Zone {
+        records: vec![aaaa],
+        ..Zone::default()
+    })
+    .await;
+    let token = token_file(TOKEN);
+    let settings = format!(
+        r#"
+token = {{ file = "{}" }}
+api_url = "{base}"
+zone_id = "{ZONE}"
+record = "shop.example"
+type = "AAAA"
+values = {{ us-east-1 = "2001:DB8:0:0::10", eu-west-1 = "2001:DB8:0:0::20" }}
+"#,
+        token.path().display()
+    );
+    let step = &step(&settings);
+    let patches = || zone.lock().expect("state").patches.len();
+    fake::moves_then_stays(
+        |order| async move { step.run(&order).await },
+        5,
+        "2001:DB8:0:0::20",
+        patches,
+    )
+    .await;
+    assert_eq!(zone.lock().expect("state").records[0]["content"], "2001:db8::20");
 }
 
 #[tokio::test]
