@@ -204,11 +204,7 @@ impl Rest {
         path: &str,
         json: Option<&serde_json::Value>,
     ) -> Result<Answer, RestError> {
-        let url = if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_string()
-        } else {
-            format!("{}{path}", self.base)
-        };
+        let url = self.url(path)?;
         let mut attempt = 0;
         loop {
             let answer = self.send_once(method.clone(), &url, json).await?;
@@ -233,6 +229,25 @@ impl Rest {
             }
             attempt += 1;
         }
+    }
+
+    /// The URL `send` requests: `path` after the base, or an absolute URL as is — but never
+    /// one on another origin than the base's while this client holds a token, so a URL taken
+    /// from an answer (a next-page link) cannot carry the bearer token elsewhere.
+    fn url(&self, path: &str) -> Result<String, RestError> {
+        if !(path.starts_with("http://") || path.starts_with("https://")) {
+            return Ok(format!("{}{path}", self.base));
+        }
+        if self.token.is_some() && origin(path) != origin(&self.base) {
+            return Err(RestError::Transport {
+                url: origin(path).unwrap_or_default(),
+                message: format!(
+                    "not sent: the URL is not on {}, and the request would carry this API's token",
+                    origin(&self.base).unwrap_or_default()
+                ),
+            });
+        }
+        Ok(path.to_string())
     }
 
     async fn send_once(
@@ -296,6 +311,12 @@ impl Rest {
             }),
         }
     }
+}
+
+/// `scheme://authority` of a URL (lower case), if it parses.
+fn origin(url: &str) -> Option<String> {
+    let uri: hyper::Uri = url.parse().ok()?;
+    Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?).to_ascii_lowercase())
 }
 
 /// The API base URL and request timeout shared by the REST providers' settings.
@@ -436,6 +457,28 @@ mod tests {
         assert!(check_base_url("ftp://x").is_err());
         assert!(check_base_url("not a url").is_err());
         assert!(check_base_url("https://x/?a=b").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_client_with_a_token_sends_nothing_to_another_origin() {
+        let token = Some(Secret::new("api-token"));
+        let api = Rest::new("https://api.digitalocean.com", token, 1_000).expect("client");
+        let error = api
+            .send(hyper::Method::GET, "https://attacker.example/v2/domains?page=2", None)
+            .await
+            .expect_err("refused before sending");
+        assert!(
+            matches!(&error, RestError::Transport { url, message } if url == "https://attacker.example" && message.contains("not sent")),
+            "{error:?}"
+        );
+        assert!(api.url("https://API.digitalocean.com/v2/x").is_ok());
+        assert!(
+            api.url("http://api.digitalocean.com/v2/x").is_err(),
+            "not down to clear text"
+        );
+        // Without a token (the alert channels' webhooks) an absolute URL is the point.
+        let open = Rest::new("", None, 1_000).expect("client");
+        assert!(open.url("https://hooks.example/x").is_ok());
     }
 
     #[test]
