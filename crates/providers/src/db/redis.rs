@@ -6,7 +6,8 @@
 //! highest replication offset); if the old master answers, pause its writers
 //! (`CLIENT PAUSE WRITE`), read its final offset and wait at most `promote_lag_max_ms` for the
 //! candidate to reach it, refusing (and unpausing) if it does not, unless the order forces data
-//! loss; `REPLICAOF NO ONE` on the candidate and the record written (a script that never lowers
+//! loss (with the old master gone, the furthest replica of its stream, in any region, stands in
+//! for its final offset); `REPLICAOF NO ONE` on the candidate and the record written (a script that never lowers
 //! it); the old master becomes a replica of the new one (`REPLICAOF`, then `CLIENT UNPAUSE`);
 //! every other server is pointed at the new master. A master that was cut off and comes back is
 //! made a replica on sight: Redis has no errant-transaction check, so its writes since the cut
@@ -227,14 +228,36 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
     }
 }
 
-/// Whether to promote a candidate `behind_bytes` short of the old master.
-pub fn judge_loss(behind_bytes: u64, force: bool, candidate: &str, lag_max_ms: u64) -> Result<Option<String>, Failure> {
+/// Whether to promote a candidate `behind_bytes` short of `than` (the old master, or the
+/// replica that received most when the old master is gone).
+pub fn judge_loss(
+    behind_bytes: u64,
+    force: bool,
+    candidate: &str,
+    than: &str,
+    lag_max_ms: u64,
+) -> Result<Option<String>, Failure> {
     let what = (behind_bytes > 0).then(|| {
         format!(
-            "{candidate} is still {behind_bytes} byte(s) of the replication stream behind the old master after waiting promote_lag_max_ms = {lag_max_ms}"
+            "{candidate} is still {behind_bytes} byte(s) of the replication stream behind {than} after waiting promote_lag_max_ms = {lag_max_ms}"
         )
     });
     super::judge_loss(what, force, LOSS)
+}
+
+/// With the old master gone: the reachable replica (any region) of the `candidate`'s stream
+/// (same replication id) that processed the most, when that is more than the candidate did;
+/// with its offset and the stream's id. Pure.
+pub fn furthest_replica(observed: &[Option<Observed>], candidate: usize) -> Option<(usize, u64, String)> {
+    let mine = observed.get(candidate)?.as_ref()?;
+    observed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.as_ref().map(|o| (i, o)))
+        .filter(|(i, o)| *i != candidate && o.replica_of.is_some() && !o.replid.is_empty() && o.replid == mine.replid)
+        .max_by_key(|(i, o)| (o.offset, std::cmp::Reverse(*i)))
+        .filter(|(_, o)| o.offset > mine.offset)
+        .map(|(i, o)| (i, o.offset, o.replid.clone()))
 }
 
 impl RedisPromote {
@@ -255,7 +278,8 @@ impl RedisPromote {
                 primary
             }
             Plan::Promote { old, candidate, rejoin } => {
-                self.promote(order, old, candidate, rejoin, &mut notes).await?;
+                self.promote(order, &observed, old, candidate, rejoin, &mut notes)
+                    .await?;
                 candidate
             }
         };
@@ -266,6 +290,7 @@ impl RedisPromote {
     async fn promote(
         &self,
         order: &Order,
+        observed: &[Option<Observed>],
         old: Option<usize>,
         candidate: usize,
         rejoin: bool,
@@ -302,14 +327,26 @@ impl RedisPromote {
                 .wait_for_offset(&final_state.replid, final_offset, lag_max_ms)
                 .await?;
             let behind = final_offset.saturating_sub(reached);
-            if let Err(refusal) = judge_loss(behind, order.force_data_loss, &member.address, lag_max_ms) {
+            let than = "the old master";
+            if let Err(refusal) = judge_loss(behind, order.force_data_loss, &member.address, than, lag_max_ms) {
                 let _ = s.command(redis::cmd("CLIENT").arg("UNPAUSE")).await;
                 return Err(refusal);
             }
-            if let Ok(Some(loss)) = judge_loss(behind, order.force_data_loss, &member.address, lag_max_ms) {
+            if let Ok(Some(loss)) = judge_loss(behind, order.force_data_loss, &member.address, than, lag_max_ms) {
                 notes.push(loss);
             }
             old_session = Some((old, s));
+        } else if let Some((ahead, target, replid)) = furthest_replica(observed, candidate) {
+            // The old master is gone: what any replica of its stream received is all that is
+            // known to exist. The candidate catches up if it still can (a replica of a
+            // replica), and a replica left ahead of it would resynchronise from it below,
+            // dropping what only it had.
+            let reached = session.wait_for_offset(&replid, target, lag_max_ms).await?;
+            let behind = target.saturating_sub(reached);
+            let than = format!("{} (a replica of the same stream)", inner.members[ahead].address);
+            if let Some(loss) = judge_loss(behind, order.force_data_loss, &member.address, &than, lag_max_ms)? {
+                notes.push(loss);
+            }
         }
         session.command(redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await?;
         session.write_record(order, member).await?;
@@ -628,9 +665,26 @@ mod tests {
 
     #[test]
     fn loss_is_refused_unless_forced() {
-        assert!(matches!(judge_loss(10, false, "b", 100), Err(Failure::Refused(m)) if m.contains("10 byte(s)")));
-        assert!(judge_loss(10, true, "b", 100).expect("forced").is_some());
-        assert_eq!(judge_loss(0, false, "b", 100), Ok(None));
+        assert!(
+            matches!(judge_loss(10, false, "b", "the old master", 100), Err(Failure::Refused(m)) if m.contains("10 byte(s)"))
+        );
+        assert!(judge_loss(10, true, "b", "c", 100).expect("forced").is_some());
+        assert_eq!(judge_loss(0, false, "b", "c", 100), Ok(None));
+    }
+
+    #[test]
+    fn with_the_master_gone_a_replica_of_its_stream_ahead_of_the_candidate_is_what_exists() {
+        let mut other_stream = replica(900);
+        other_stream.replid = "r9".into();
+        // c (another region) received more of a's stream than b; d follows another stream.
+        let observed = vec![None, Some(replica(400)), Some(replica(450)), Some(other_stream)];
+        assert_eq!(furthest_replica(&observed, 1), Some((2, 450, "r1".to_string())));
+        assert_eq!(furthest_replica(&observed, 2), None, "the candidate is the furthest");
+        let even = vec![None, Some(replica(400)), Some(replica(400))];
+        assert_eq!(furthest_replica(&even, 1), None);
+        // A master (a stale one come back) is not a replica of the stream.
+        let observed = vec![Some(master(999, "r1", "", None)), Some(replica(400)), None];
+        assert_eq!(furthest_replica(&observed, 1), None);
     }
 
     #[test]

@@ -203,3 +203,70 @@ async fn redis_an_unreachable_master_is_named_then_made_a_replica_when_it_return
     let synced: Option<String> = query(a, redis::cmd("GET").arg("session:1")).await.expect("read");
     assert_eq!(synced.as_deref(), Some("cart-1"));
 }
+
+#[tokio::test]
+async fn redis_with_the_master_gone_a_replica_ahead_of_the_candidate_refuses_until_forced() {
+    let Some(binary) = find_binary("redis-server") else {
+        return skip("redis-server", "redis-server");
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (a, b, c) = (free_port(), free_port(), free_port());
+    let mut servers = [
+        start(&binary, dir.path(), "a", a, None),
+        start(&binary, dir.path(), "b", b, Some(a)),
+        start(&binary, dir.path(), "c", c, Some(a)),
+    ];
+    wait_until("a to answer", || async move { connect(a).await.is_ok() }).await;
+    query::<()>(a, redis::cmd("SET").arg("session:1").arg("cart-1"))
+        .await
+        .expect("write");
+    for replica in [b, c] {
+        wait_until("the replicas to sync", || async move { follows(replica, a).await }).await;
+    }
+    // b (us) loses its link; a takes more writes that only c (ap) receives; then a dies.
+    query::<()>(b, redis::cmd("REPLICAOF").arg("127.0.0.1").arg(free_port()))
+        .await
+        .expect("cut b");
+    for i in 0..20 {
+        query::<()>(a, redis::cmd("SET").arg(format!("session:late{i}")).arg("x"))
+            .await
+            .expect("write");
+    }
+    wait_until("c to have the late writes", || async move { follows(c, a).await }).await;
+    servers[0].child.kill().expect("kill a");
+    servers[0].child.wait().expect("reap a");
+
+    std::fs::write(dir.path().join("password"), PASSWORD).expect("write password");
+    let settings = format!(
+        "servers = {{ eu = [\"127.0.0.1:{a}\"], us = [\"127.0.0.1:{b}\"], ap = [\"127.0.0.1:{c}\"] }}\n\
+         username = \"{USER}\"\npassword = {{ file = \"{}\" }}\npromote_lag_max_ms = 300\n",
+        dir.path().join("password").display()
+    );
+    let settings: Settings = toml::from_str(&settings).expect("settings parse");
+    let step = settings
+        .check("sessions", &mut Strict::new(&["eu", "us", "ap"]))
+        .expect("settings check");
+    let (b_address, c_address) = (format!("127.0.0.1:{b}"), format!("127.0.0.1:{c}"));
+    let refused = step.run(&order(3, "eu", "us", false)).await;
+    let Err(Failure::Refused(message)) = &refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert!(
+        message.contains(&format!("{b_address} is still"))
+            && message.contains(&format!("behind {c_address}"))
+            && message.contains("--force-data-loss"),
+        "{message}"
+    );
+    assert_eq!(field(&info(b).await, "role"), "slave", "b was not promoted");
+    assert_eq!(field(&info(c).await, "role"), "slave", "c was not repointed");
+    let late: Option<String> = query(c, redis::cmd("GET").arg("session:late19")).await.expect("read");
+    assert_eq!(late.as_deref(), Some("x"), "c still holds what only it received");
+
+    let forced = step.run(&order(4, "eu", "us", true)).await.expect("forced");
+    assert!(forced.contains("those writes are lost"), "{forced}");
+    assert!(forced.contains(&format!("promoted {b_address} in us")), "{forced}");
+    assert!(
+        forced.contains(&format!("{c_address} now replicates from {b_address}")),
+        "{forced}"
+    );
+}
