@@ -818,9 +818,18 @@ pub fn slack_body(alert: &Alert) -> Value {
     json!({
         "text": format!(
             "{icon} *switchyard {head}* (generation {}, {})\n{}",
-            alert.generation, alert.source, alert.message
+            alert.generation,
+            slack_escaped(&alert.source),
+            slack_escaped(&alert.message)
         )
     })
+}
+
+/// Text for Slack's `text` with `&`, `<` and `>` escaped, as Slack asks: unescaped, `<` starts a
+/// control sequence, so a message quoting an answer (`<!channel>`, `<https://x|click>`, an
+/// HTML error page) would notify the whole channel or show a disguised link.
+pub fn slack_escaped(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// The event PagerDuty's Events API v2 receives: a trigger with payload, or a resolve.
@@ -932,6 +941,18 @@ mod tests {
             resolve,
             json!({"routing_key": "R0UTING", "event_action": "resolve", "dedup_key": "ctl/fenced/g4-1000"})
         );
+    }
+
+    #[test]
+    fn slack_text_escapes_what_slack_would_read_as_control_sequences() {
+        let mut quoting = alert("runbook", false);
+        quoting.message = "HAProxy answered: <!channel> <https://evil.example|log in> & more".into();
+        let text = slack_body(&quoting)["text"].as_str().expect("text").to_string();
+        assert!(
+            text.ends_with("HAProxy answered: &lt;!channel&gt; &lt;https://evil.example|log in&gt; &amp; more"),
+            "{text}"
+        );
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
     }
 
     #[test]
