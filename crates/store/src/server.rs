@@ -111,6 +111,7 @@ struct Metrics {
     open_repair_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     write_ahead_log_bytes: Gauge,
     writes_refused: Counter,
+    backups_failed: Counter,
     range_digest_mismatches: Counter,
     /// Held while the counters above catch up with the engine's totals (one scrape at a time).
     mirror: std::sync::Mutex<()>,
@@ -286,6 +287,12 @@ impl Metrics {
             "Writes refused because the disk was below the watermark",
             writes_refused.clone(),
         );
+        let backups_failed = Counter::default();
+        registry.register(
+            "backups_failed",
+            "On-demand backups that failed while their items were written (removed; /health says why)",
+            backups_failed.clone(),
+        );
         let range_digest_mismatches = Counter::default();
         registry.register(
             "range_digest_mismatches",
@@ -305,6 +312,7 @@ impl Metrics {
             open_repair_seconds,
             write_ahead_log_bytes,
             writes_refused,
+            backups_failed,
             mirror: std::sync::Mutex::new(()),
             tombstones_purged,
             tombstones_waiting,
@@ -1090,6 +1098,14 @@ fn disk_json(disk: &DiskStatus) -> serde_json::Value {
     })
 }
 
+fn backups_json(backups: &crate::backup::BackupStatus) -> serde_json::Value {
+    json!({
+        "creating": backups.creating,
+        "failed_total": backups.failed_total,
+        "last_failure": backups.last_failure,
+    })
+}
+
 fn writer_json(writer: &WriterStatus) -> serde_json::Value {
     json!({
         "state": writer.state.as_str(),
@@ -1131,6 +1147,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "write_queue_free": engine.write_queue_free(),
         "disk": disk_json(&disk),
         "writer": writer_json(&writer),
+        "backups": backups_json(&state.store.backups().status()),
         "replication": replication_health(&state.store),
     });
     let status = if verdict.status == "ready" {
@@ -1190,6 +1207,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::Header
         .write_ahead_log_bytes
         .set(i64::try_from(writer.log_bytes).unwrap_or(i64::MAX));
     advance(&metrics.writes_refused, writer.writes_refused_total);
+    advance(&metrics.backups_failed, state.store.backups().status().failed_total);
     if let Some(replication) = state.store.replication() {
         use std::sync::atomic::Ordering::Relaxed;
         state.metrics.replication_log_head.set(engine.log_head() as i64);

@@ -90,6 +90,11 @@ impl Writer {
         Ok(())
     }
 
+    /// Bytes written so far (the magic line included).
+    pub fn bytes_written(&self) -> u64 {
+        self.tally.summary.file_bytes
+    }
+
     /// Flushes and syncs the file; returns its summary.
     pub fn finish(mut self) -> std::io::Result<Summary> {
         self.file.flush()?;

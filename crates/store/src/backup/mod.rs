@@ -52,6 +52,10 @@ pub const LIST_BACKUPS_LIMIT_MAX: usize = 100;
 pub const RESTORE_BATCH_ITEMS_MAX: usize = 500;
 /// ...and at most this many item bytes.
 pub const RESTORE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// A backup written to the data directory's filesystem measures the disk after every this
+/// many bytes, and stops while this much room is left above the disk watermark, so it never
+/// takes the room the store's own writes are kept.
+pub const BACKUP_ROOM_CHECK_BYTES: u64 = 4 << 20;
 /// Version of the description file's format.
 const FORMAT_VERSION: u32 = 1;
 /// Shortest and longest BackupArn botocore's model accepts.
@@ -162,6 +166,18 @@ struct State {
     in_use: HashMap<String, usize>,
     /// Backups made since startup (part of each new backup id's hash).
     sequence: u64,
+    /// Backups that failed while their items were written (removed), since startup.
+    failed_total: u64,
+    /// The last such failure: the backup's ARN and why.
+    last_failure: Option<String>,
+}
+
+/// What `/health` and `/metrics` show of the backups.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackupStatus {
+    pub creating: usize,
+    pub failed_total: u64,
+    pub last_failure: Option<String>,
 }
 
 /// The backup directory and the backups in flight.
@@ -198,6 +214,16 @@ impl Backups {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Backups in progress and those that failed since startup.
+    pub fn status(&self) -> BackupStatus {
+        let state = self.state();
+        BackupStatus {
+            creating: state.creating.len(),
+            failed_total: state.failed_total,
+            last_failure: state.last_failure.clone(),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -476,6 +502,42 @@ fn new_backup_id(now_ms: u64, region: &str, table: &TableMeta, sequence: u64) ->
     format!("{now_ms:014}-{}", hex::encode(&hash[..4]))
 }
 
+/// Whether `dir` (or, while it does not exist yet, its nearest existing ancestor) is on the
+/// filesystem of the data directory `data_dir`: then a backup takes the room the store's disk
+/// watermark keeps for its own writes.
+fn on_data_filesystem(dir: &Path, data_dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(data) = std::fs::metadata(data_dir) else {
+        return false;
+    };
+    dir.ancestors()
+        .find_map(|a| std::fs::metadata(a).ok())
+        .is_some_and(|meta| meta.dev() == data.dev())
+}
+
+/// Why a backup may not write `needed` more bytes to the data directory's disk, if so: that
+/// would leave it below the watermark plus one check interval (so the next check comes
+/// before the watermark is reached).
+fn backup_room_problem(engine: &Engine, needed: u64) -> Option<String> {
+    let disk = engine.disk_status();
+    if disk.total_bytes == 0 {
+        // Not measured (the problem is on /health): the write itself fails on a full disk.
+        return None;
+    }
+    let wanted = disk
+        .free_bytes_min
+        .saturating_add(needed)
+        .saturating_add(BACKUP_ROOM_CHECK_BYTES);
+    (disk.low || disk.free_bytes < wanted).then(|| {
+        format!(
+            "the data directory's disk has {} bytes free, and a backup there must leave disk_free_bytes_min ({} bytes) for the store's writes (about {} more bytes needed); free space on that filesystem, or keep backups on another one (--backup-dir)",
+            disk.free_bytes,
+            disk.free_bytes_min,
+            wanted.saturating_sub(disk.free_bytes)
+        )
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CreateBackupRequest {
@@ -507,6 +569,18 @@ async fn create_backup(store: &Store, request: CreateBackupRequest) -> Result<Va
         return Err(table_not_found(&request.table_name));
     }
     let backups = Arc::clone(store.backups());
+    // A backup on the data directory's disk must not take the room the watermark keeps for
+    // the store's writes: refused now when the table alone would (its item bytes are a lower
+    // bound of the file), and stopped while it is written if the disk fills meanwhile.
+    let guard = on_data_filesystem(backups.dir(), engine.data_dir()).then(|| engine.clone());
+    if let Some(engine) = &guard
+        && let Some(problem) = backup_room_problem(engine, engine.stats(meta.id, None).size_bytes)
+    {
+        return Err(ApiError::new(
+            ErrorKind::ServiceUnavailable,
+            format!("Backup of table {} refused: {problem}", meta.name),
+        ));
+    }
     let now_ms = engine.now_unix_ms();
     let backup = {
         let mut state = backups.state();
@@ -532,14 +606,20 @@ async fn create_backup(store: &Store, request: CreateBackupRequest) -> Result<Va
     let details = backup.details("CREATING");
     let writer = Arc::clone(&backups);
     let pending = backup.clone();
+    let pending_arn = backup.arn.clone();
     tokio::task::spawn_blocking(move || {
         let id = pending.id.clone();
-        match write_backup(&writer, snapshot, pending) {
+        match write_backup(&writer, snapshot, pending, guard.as_ref()) {
             Ok(done) => {
                 tracing::info!(backup = %done.arn, items = done.item_count, bytes = done.file_bytes, "backup available")
             }
             Err(error) => {
                 tracing::error!(backup = %id, %error, "backup failed; it is removed (its table is untouched)");
+                {
+                    let mut state = writer.state();
+                    state.failed_total += 1;
+                    state.last_failure = Some(format!("backup {}: {error}", pending_arn));
+                }
                 for path in [
                     partial(&writer.items_path(&id)),
                     partial(&writer.meta_path(&id)),
@@ -565,13 +645,15 @@ fn write_backup(
     backups: &Backups,
     snapshot: crate::engine::Snapshot,
     mut backup: BackupMeta,
+    guard: Option<&Engine>,
 ) -> Result<BackupMeta, String> {
     std::fs::create_dir_all(&backups.dir).map_err(|e| format!("creating {}: {e}", backups.dir.display()))?;
     let items_path = backups.items_path(&backup.id);
     let items_partial = partial(&items_path);
     let mut writer =
         file::Writer::create(&items_partial).map_err(|e| format!("creating {}: {e}", items_partial.display()))?;
-    let mut failure: Option<std::io::Error> = None;
+    let mut failure: Option<String> = None;
+    let mut checked_at = writer.bytes_written();
     snapshot
         .range(
             &RangeRequest {
@@ -581,18 +663,27 @@ fn write_backup(
                 upper: Bound::Unbounded,
                 reverse: false,
             },
-            |row| match writer.item(&row.item) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(error) => {
-                    failure = Some(error);
-                    ControlFlow::Break(())
+            |row| {
+                if let Err(error) = writer.item(&row.item) {
+                    failure = Some(format!("writing {}: {error}", items_partial.display()));
+                    return ControlFlow::Break(());
                 }
+                if let Some(engine) = guard
+                    && writer.bytes_written() - checked_at >= BACKUP_ROOM_CHECK_BYTES
+                {
+                    checked_at = writer.bytes_written();
+                    if let Some(problem) = backup_room_problem(engine, 0) {
+                        failure = Some(format!("stopped after {checked_at} bytes: {problem}"));
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
             },
         )
         .map_err(|e| e.message)?;
     drop(snapshot);
     if let Some(error) = failure {
-        return Err(format!("writing {}: {error}", items_partial.display()));
+        return Err(error);
     }
     let summary = writer
         .finish()

@@ -413,3 +413,87 @@ mod http {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_backup_on_the_data_disk_never_takes_the_room_kept_for_writes() {
+    use store::backup::BACKUP_ROOM_CHECK_BYTES;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let faults = FaultyDisk::new();
+    let mut options = EngineOptions::on_faulty_disk(
+        &faults,
+        DiskSettings {
+            free_bytes_min: Some(WATERMARK_BYTES),
+            reserve_bytes: RESERVE_BYTES,
+        },
+    );
+    // The backups beside the database, on the disk the watermark guards.
+    options.backup_dir = Some(dir.path().to_path_buf());
+    let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(SystemClock), options).expect("open engine");
+    let store = Store::new(engine);
+    let call = async |operation: &str, body: Value| store.handle(operation, body.to_string().as_bytes()).await;
+    call("CreateTable", on_demand_table("orders", "id"))
+        .await
+        .expect("table");
+    // Items whose backup file is about three times their DynamoDB size (many small numbers).
+    let mut item = serde_json::Map::new();
+    for n in 0..300 {
+        item.insert(format!("a{n:03}"), json!({"N": "1"}));
+    }
+    for batch in 0..80 {
+        let puts: Vec<Value> = (0..25)
+            .map(|i| {
+                let mut item = item.clone();
+                item.insert("id".into(), json!({"S": format!("k{batch:03}-{i:02}")}));
+                json!({"PutRequest": {"Item": item}})
+            })
+            .collect();
+        call("BatchWriteItem", json!({"RequestItems": {"orders": puts}}))
+            .await
+            .expect("batch");
+    }
+    let table = store.engine().table("orders").expect("table");
+    let size = store.engine().stats(table.id, None).size_bytes;
+    assert!(size > 3 << 20, "{size} bytes");
+    // Room above the watermark for the table's bytes (the backup is accepted) but not for its
+    // file: it must stop before the disk reaches the watermark.
+    let files_before = used_bytes(dir.path());
+    faults.set_capacity_bytes(files_before + WATERMARK_BYTES + size + BACKUP_ROOM_CHECK_BYTES + (1 << 20));
+    call("CreateBackup", json!({"TableName": "orders", "BackupName": "big"}))
+        .await
+        .expect("accepted: the table's bytes fit");
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while store.backups().status().creating > 0 {
+        assert!(Instant::now() < deadline, "the backup never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = store.backups().status();
+    assert_eq!(status.failed_total, 1, "{status:?}");
+    let reason = status.last_failure.expect("the reason");
+    assert!(
+        reason.contains("disk_free_bytes_min") && reason.contains("--backup-dir"),
+        "names the cause and the fix: {reason}"
+    );
+    assert_eq!(
+        used_bytes(dir.path()),
+        files_before,
+        "the half-written backup is removed"
+    );
+    let listed = call("ListBackups", json!({})).await.expect("list");
+    assert_eq!(listed["BackupSummaries"], json!([]));
+    // The store never went below the watermark: writes go on.
+    assert!(!store.engine().disk_status().low);
+    call(
+        "PutItem",
+        json!({"TableName": "orders", "Item": {"id": {"S": "after"}}}),
+    )
+    .await
+    .expect("writes go on");
+    // With less room than the table's bytes, the backup is refused at once, saying why.
+    faults.set_capacity_bytes(used_bytes(dir.path()) + WATERMARK_BYTES + size / 2);
+    let refused = call("CreateBackup", json!({"TableName": "orders", "BackupName": "big"}))
+        .await
+        .expect_err("no room");
+    assert_eq!(refused.kind, ErrorKind::ServiceUnavailable, "{refused}");
+    assert!(refused.message.contains("--backup-dir"), "{refused}");
+    assert_eq!(store.backups().status().creating, 0);
+}
