@@ -490,13 +490,17 @@ enum ExchangeError {
     Transient(String),
     /// The server refused our TSIG (BADKEY, BADSIG, BADTIME): configuration.
     Key(String),
+    /// An unsigned TSIG refusal (BADKEY, BADSIG): the server's, or a forgery by anyone who
+    /// saw the request. Over UDP the exchange waits on for a signed answer and reports this
+    /// only when none comes.
+    UnsignedRefusal(String),
 }
 
 impl From<ExchangeError> for Failure {
     fn from(error: ExchangeError) -> Failure {
         match error {
             ExchangeError::Transient(why) => Failure::Retryable(why),
-            ExchangeError::Key(why) => Failure::Refused(why),
+            ExchangeError::Key(why) | ExchangeError::UnsignedRefusal(why) => Failure::Refused(why),
         }
     }
 }
@@ -745,6 +749,9 @@ impl Rfc2136 {
             Ok(stripped) => Message::from_vec(&stripped)
                 .map(Some)
                 .map_err(|e| ExchangeError::Transient(format!("the server's answer does not parse: {e}"))),
+            Err(error @ tsig::VerifyError::Server { signed: false, .. }) => {
+                Err(ExchangeError::UnsignedRefusal(error.describe(&self.key)))
+            }
             Err(error @ (tsig::VerifyError::Server { .. } | tsig::VerifyError::BadTime { .. })) => {
                 Err(ExchangeError::Key(error.describe(&self.key)))
             }
@@ -773,6 +780,7 @@ impl Rfc2136 {
         let mut buffer = vec![0u8; MESSAGE_BYTES_MAX];
         let mut strays = 0;
         let mut last_problem = None;
+        let mut unsigned_refusal = None;
         for _ in 0..UDP_SENDS_MAX {
             socket.send(&signed.wire).await.map_err(|e| transient("send to", e))?;
             let resend_at = (tokio::time::Instant::now() + Duration::from_millis(UDP_RESEND_MS)).min(deadline);
@@ -792,6 +800,9 @@ impl Rfc2136 {
                     Ok(Some(message)) => return Ok(Some(message)),
                     Ok(None) => {}
                     Err(ExchangeError::Key(why)) => return Err(ExchangeError::Key(why)),
+                    // Not final at once: a datagram anyone can send would otherwise stop the
+                    // runbook as a key problem; the server's signed answer may still come.
+                    Err(ExchangeError::UnsignedRefusal(why)) => unsigned_refusal = Some(why),
                     Err(ExchangeError::Transient(why)) => {
                         tracing::warn!(step = %self.step, %address, "ignored an answer: {why}");
                         last_problem = Some(why);
@@ -805,6 +816,9 @@ impl Rfc2136 {
             if tokio::time::Instant::now() >= deadline || strays >= STRAY_DATAGRAMS_MAX {
                 break;
             }
+        }
+        if let Some(why) = unsigned_refusal {
+            return Err(ExchangeError::Key(why));
         }
         Err(ExchangeError::Transient(match last_problem {
             Some(why) => format!(
@@ -1028,6 +1042,64 @@ mod tests {
             }
         });
         (address, seen_rx)
+    }
+
+    /// A fake primary over UDP that answers every request twice: first with an unsigned BADSIG
+    /// refusal (what anyone who saw the request can forge), then with the signed answer.
+    async fn forged_refusal_first_server(key: Key) -> SocketAddr {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP");
+        let address = udp.local_addr().expect("address");
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; MESSAGE_BYTES_MAX];
+            while let Ok((n, from)) = udp.recv_from(&mut buffer).await {
+                let (request, mac) = tsig::server::unsigned_request(&buffer[..n]);
+                let request = Message::from_vec(&request).expect("the request parses");
+                let mut response = Message::new();
+                response
+                    .set_id(request.id())
+                    .set_message_type(MessageType::Response)
+                    .set_op_code(OpCode::Query)
+                    .set_authoritative(true);
+                response.add_queries(request.queries().to_vec());
+                let mut refusal = response.clone();
+                refusal.set_response_code(ResponseCode::NotAuth);
+                let forged =
+                    tsig::server::unsigned_error(&refusal.to_vec().expect("encodes"), &key, now_s(), tsig::BADSIG);
+                let _ = udp.send_to(&forged, from).await;
+                let query = &request.queries()[0];
+                response.add_answer(Record::from_rdata(query.name().clone(), 60, a("192.0.2.2")));
+                let signed = tsig::server::sign_response(&response.to_vec().expect("encodes"), &mac, &key, now_s(), 0);
+                let _ = udp.send_to(&signed, from).await;
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn an_unsigned_refusal_over_udp_does_not_end_the_wait_for_the_signed_answer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A=";
+        std::fs::write(dir.path().join("k.key"), secret).expect("write the key");
+        let key = Key::parse(secret, Some("k")).expect("key");
+        let address = forged_refusal_first_server(key).await;
+        let text = format!(
+            "server = \"{address}\"\nzone = \"shop.example.\"\nname = \"www.shop.example.\"\nkey = {{ file = \"k.key\" }}\nkey_name = \"k\"\n[values]\n\"eu\" = [\"192.0.2.1\"]\n\"us\" = [\"192.0.2.2\"]\n"
+        );
+        let settings: Settings = toml::from_str(&text).expect("parses");
+        let mut checker = Collect {
+            folder: dir.path().to_path_buf(),
+            regions: ["eu", "us"].iter().map(|r| r.to_string()).collect(),
+            errors: Vec::new(),
+        };
+        let step = settings
+            .check("dns", &mut checker)
+            .unwrap_or_else(|| panic!("{:?}", checker.errors));
+        let name = parse_name("www.shop.example.").expect("name");
+        let values = step
+            .query(address, &name, RecordType::A)
+            .await
+            .expect("the signed answer counts");
+        assert_eq!(canonical_set(&values), canonical_set(&[a("192.0.2.2")]));
     }
 
     #[tokio::test]

@@ -337,9 +337,10 @@ pub enum VerifyError {
     BadMac,
     /// Signed too far from our clock (the server's time, ours).
     BadTime { server: u64, local: u64 },
-    /// The server reports a TSIG error (BADSIG, BADKEY, BADTIME, ...) about our request; such
-    /// answers are unsigned by design (RFC 8945 §5.3.2), so they are taken as they are.
-    Server { error: u16, rcode: u8 },
+    /// The server reports a TSIG error (BADSIG, BADKEY, BADTIME, ...) about our request.
+    /// BADSIG and BADKEY answers are unsigned by design (RFC 8945 §5.3.2): `signed` is false,
+    /// and anyone who saw the request could have sent one.
+    Server { error: u16, rcode: u8, signed: bool },
 }
 
 impl VerifyError {
@@ -429,7 +430,11 @@ pub fn verify(response: &[u8], request_mac: &[u8], key: &Key, now: u64) -> Resul
     }
     let rcode = response.get(3).map(|b| b & 0x0f).unwrap_or(0);
     if error != 0 && mac.is_empty() {
-        return Err(VerifyError::Server { error, rcode });
+        return Err(VerifyError::Server {
+            error,
+            rcode,
+            signed: false,
+        });
     }
     if mac.len() != MAC_BYTES {
         return Err(malformed(
@@ -454,7 +459,11 @@ pub fn verify(response: &[u8], request_mac: &[u8], key: &Key, now: u64) -> Resul
     .digest_into(&owner, &mut digest);
     digest.verify_slice(mac).map_err(|_| VerifyError::BadMac)?;
     if error != 0 {
-        return Err(VerifyError::Server { error, rcode });
+        return Err(VerifyError::Server {
+            error,
+            rcode,
+            signed: true,
+        });
     }
     if now.abs_diff(time_signed) > u64::from(fudge) {
         return Err(VerifyError::BadTime {
@@ -569,6 +578,26 @@ pub(crate) mod server {
         let arcount = u16::from_be_bytes([message[10], message[11]]) - 1;
         message[10..12].copy_from_slice(&arcount.to_be_bytes());
         (message, mac)
+    }
+
+    /// `response` (without TSIG) with an unsigned TSIG carrying `error` (no MAC), as a server
+    /// answers BADSIG or BADKEY — or as anyone who saw the request can forge one.
+    pub fn unsigned_error(response: &[u8], key: &Key, time_signed: u64, error: u16) -> Vec<u8> {
+        let mut response = response.to_vec();
+        let mut rdata = wire_name(ALGORITHM).expect("algorithm");
+        rdata.extend_from_slice(&time_signed.to_be_bytes()[2..]);
+        rdata.extend_from_slice(&FUDGE_S.to_be_bytes());
+        rdata.extend_from_slice(&0u16.to_be_bytes());
+        rdata.extend_from_slice(&response[0..2]);
+        rdata.extend_from_slice(&error.to_be_bytes());
+        rdata.extend_from_slice(&0u16.to_be_bytes());
+        let arcount = u16::from_be_bytes([response[10], response[11]]) + 1;
+        response[10..12].copy_from_slice(&arcount.to_be_bytes());
+        response.extend_from_slice(&key.wire_name);
+        response.extend_from_slice(&[0, 250, 0, 255, 0, 0, 0, 0]);
+        response.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        response.extend_from_slice(&rdata);
+        response
     }
 
     /// `response` (without TSIG) signed over `request_mac`, as RFC 8945 §5.3 has servers do.
@@ -701,7 +730,8 @@ mod tests {
             error,
             VerifyError::Server {
                 error: BADKEY,
-                rcode: 9
+                rcode: 9,
+                signed: false
             }
         );
         assert!(
