@@ -42,16 +42,20 @@ class Etcd:
         self.client_port = ports[names[0]][0]
         self.log = workdir / "etcd.log"
         self.processes = []
+        self.commands = []
         for name in names:
             client, peer = f"http://127.0.0.1:{ports[name][0]}", f"http://127.0.0.1:{ports[name][1]}"
-            self.processes.append(subprocess.Popen(
+            self.commands.append(
                 [ETCD, "--name", name, "--data-dir", str(workdir / f"etcd-{name}"),
                  "--listen-client-urls", client, "--advertise-client-urls", client,
                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                  "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                 "--initial-cluster-token", "switchyard-test"],
-                stdout=subprocess.DEVNULL, stderr=open(self.log, "ab")))
+                 "--initial-cluster-token", "switchyard-test"])
+            self.processes.append(subprocess.Popen(self.commands[-1], stdout=subprocess.DEVNULL,
+                                                   stderr=open(self.log, "ab")))
+        self.wait_healthy()
 
+    def wait_healthy(self):
         def healthy(url):
             try:
                 with urllib.request.urlopen(url + "/health", timeout=2) as response:
@@ -68,6 +72,29 @@ class Etcd:
     def kill(self, index):
         self.processes[index].kill()
         self.processes[index].wait(timeout=10)
+
+    def restart(self, index):
+        """Kills member `index` and starts it again on its data: its in-memory state (the auth
+        tokens it issued) is gone."""
+        self.kill(index)
+        self.processes[index] = subprocess.Popen(self.commands[index], stdout=subprocess.DEVNULL,
+                                                 stderr=open(self.log, "ab"))
+        self.wait_healthy()
+
+    def enable_auth(self, password):
+        """Creates the user root with `password` and turns etcd's authentication on (through
+        its JSON gateway)."""
+        for path, body in (("/v3/auth/user/add", {"name": "root", "password": password}),
+                           ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+                           ("/v3/auth/enable", {})):
+            self.call(path, body)
+
+    def call(self, path, body, token=None):
+        """One request to etcd's JSON gateway; raises HTTPError when refused."""
+        headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST", headers=headers)
+        with urllib.request.urlopen(req, timeout=5) as response:
+            return json.loads(response.read())
 
     def stop(self):
         stop_all(self.processes)
@@ -98,7 +125,7 @@ args = ["-c", "echo \\"$SWITCHYARD_GENERATION $SWITCHYARD_TO {member}\\" >> {wor
 name = "hold"
 kind = "command"
 program = "sh"
-args = ["-c", "while [ -f {workdir}/hold ]; do sleep 0.05; done"]
+args = ["-c", "while [ -f {workdir}/hold ]; do sleep 0.05; done; echo \\"$SWITCHYARD_GENERATION {member}\\" >> {workdir}/held.log"]
 timeout_ms = 120000
 retries = 0
 
@@ -136,9 +163,10 @@ class Group:
         self.dns.start()
         self.members = {}
 
-    def start(self, member, etcd_url=None, shared=False, vantages=("controller", "probe"), extra=()):
+    def start(self, member, etcd_url=None, shared=False, vantages=("controller", "probe"), extra=(), ha_extra=""):
         """Starts `member` with a file of its own, or (`shared`) with one file for the whole
-        group and `--member`/`--audit-log` on the command line."""
+        group and `--member`/`--audit-log` on the command line. `ha_extra` goes into its
+        `[controller.ha]`."""
         extra = list(extra)
         if shared:
             config = self.tmp / "group.toml"
@@ -148,8 +176,9 @@ class Group:
             extra += ["--member", member, "--audit-log", str(self.tmp / f"audit-{member}.jsonl")]
         else:
             config = self.tmp / f"{member}.toml"
-            config.write_text(config_text(self.us, self.eu, self.tmp, member, [etcd_url or self.etcd.url],
-                                          self.dns.admin))
+            text = config_text(self.us, self.eu, self.tmp, member, [etcd_url or self.etcd.url], self.dns.admin)
+            config.write_text(text.replace('prefix = "/switchyard/test"\n',
+                                           'prefix = "/switchyard/test"\n' + ha_extra, 1))
         env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, SWITCHYARD_LOG="info")
         self.members[member] = start_controller(config, self.tmp, env=env, args=extra, deadline_s=START_DEADLINE_S,
                                                 name=member)
@@ -400,6 +429,99 @@ def test_a_leader_cut_from_etcd_stops_acting_and_the_other_member_fails_over(gro
         assert group.record()[before:] == moved, "nothing ran again after the heal"
     finally:
         proxy.stop()
+
+
+def test_a_leader_cut_from_etcd_mid_step_drops_the_step_it_was_running(group, tmp_path):
+    # A step may outlast the lease many times over (a media copy, a promotion's wait, a hook):
+    # the leader that stops acting drops it there and then, rather than finishing it while
+    # another member may already act.
+    ports = {member: free_port() for member in ("c1", "c2")}
+    (tmp_path / "fp").mkdir()
+    proxy = FaultProxy(tmp_path / "fp", *[arg for member, port in ports.items() for arg in
+                                          ("--proxy", f"etcd-{member}=127.0.0.1:{port}=127.0.0.1:{group.etcd.client_port}")])
+    try:
+        for member, port in ports.items():
+            group.start(member, etcd_url=f"http://127.0.0.1:{port}")
+        first = wait_until("one leader", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+        other = [m for m in ports if m != first][0]
+        wait_until("the initial placement recorded in etcd", lambda: placed(group, first, "us-east-1"),
+                   logs=group.logs())
+        (group.tmp / "hold").write_text("")
+        group.us.stop()
+        wait_until("the failover to start", lambda: any(to == "eu-west-1" for _, to, _ in group.record()),
+                   logs=group.logs())
+        failover = [g for g, to, _ in group.record() if to == "eu-west-1"][0]
+        wait_until("etcd to record the failover's first step as done, the held step running", lambda: "record" in (
+            ((group.status(first) or {}).get("ha", {}).get("shared") or {}).get("runbook") or {}).get(
+            "steps_done", []), logs=group.logs())
+        for stream in ("upstream", "downstream"):
+            status, body = proxy.call("POST", f"/proxies/etcd-{first}/toxics",
+                                      {"type": "timeout", "stream": stream, "attributes": {"timeout": 0}})
+            assert status == 200, body
+
+        def cut_off():
+            health = request(group.members[first][1], "/health")[1]
+            return health.get("status") == "degraded" and health["ha"]["acting"] is False
+
+        wait_until("the cut leader to stop acting", cut_off, TAKEOVER_DEADLINE_S, group.logs())
+        audit_path = group.tmp / f"audit-{first}.jsonl"
+
+        def stopped_mid_step():
+            audit = [json.loads(line) for line in audit_path.read_text().splitlines()]
+            return [r for r in audit if r.get("kind") == "step" and r["step"] == "hold" and r["outcome"] == "stopped"]
+
+        stopped = wait_until("the cut leader to drop its held step", stopped_mid_step, TAKEOVER_DEADLINE_S,
+                             group.logs())
+        assert "stopped mid-step" in stopped[0]["detail"], stopped
+        # Released now, the held step would finish on the old leader had it kept running.
+        (group.tmp / "hold").unlink()
+        wait_until("the other member to finish the failover", lambda: json.loads(group.dns.get("/v1/health"))[
+            "targets"].get("eu-west-1") == "healthy", TAKEOVER_DEADLINE_S, group.logs())
+        held = [(int(g), member) for g, member in
+                (line.split() for line in (group.tmp / "held.log").read_text().splitlines())]
+        assert any(member == other and g > failover for g, member in held), held
+        assert not any(member == first and g >= failover for g, member in held), held
+    finally:
+        proxy.stop()
+
+
+def test_with_etcd_authentication_a_member_authenticates_again_when_its_token_expires(group):
+    # etcd's JWT auth tokens expire (here after 1 s): a member must authenticate again, or it
+    # stops reaching etcd a second after it started and never leads (nor fails over) again.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (group.tmp / "jwt.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.TraditionalOpenSSL,
+                                                          serialization.NoEncryption()))
+    (group.tmp / "jwt.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    group.etcd.commands[0] += ["--auth-token", f"jwt,pub-key={group.tmp / 'jwt.pub'},"
+                                               f"priv-key={group.tmp / 'jwt.key'},sign-method=RS256,ttl=1s"]
+    group.etcd.restart(0)
+    group.etcd.enable_auth("etcd-secret")
+    (group.tmp / "etcd-password").write_text("etcd-secret\n")
+    group.start("c1", ha_extra='user = "root"\npassword_file = "etcd-password"\n')
+    wait_until("the member to lead", lambda: group.leader(["c1"]), TAKEOVER_DEADLINE_S, group.logs())
+    wait_until("the initial placement in DNS", lambda: dns_generation(group) > 0, logs=group.logs())
+    # A token issued now expires after the member's own (issued when it connected).
+    token = group.etcd.call("/v3/auth/authenticate", {"name": "root", "password": "etcd-secret"})["token"]
+
+    def expired():
+        try:
+            group.etcd.call("/v3/kv/range", {"key": "eA=="}, token)
+            return False
+        except urllib.error.HTTPError as error:
+            return b"invalid auth token" in error.read()
+
+    wait_until("a token issued after the member's to expire", expired, TAKEOVER_DEADLINE_S, group.logs())
+    # The member still acts: it fails over.
+    group.us.stop()
+    wait_until("the failover in DNS", lambda: json.loads(group.dns.get("/v1/health"))["targets"].get(
+        "eu-west-1") == "healthy", TAKEOVER_DEADLINE_S, group.logs())
+    audit = (group.tmp / "audit-c1.jsonl").read_text()
+    assert '"event":"stepped_down"' not in audit, "the member kept its lease throughout"
 
 
 def test_three_controllers_on_a_three_member_etcd_survive_losing_an_etcd_member_and_the_leader(tmp_path):

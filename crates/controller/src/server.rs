@@ -577,18 +577,41 @@ impl Shared {
                 return stop(&step.name, crate::ha::GuardError::NotLeading(term));
             }
             // Each retry of the step asks again: a leader cut off from etcd stops when its
-            // lease runs out by its own clock, not after the step's whole retry budget.
-            let outcome = runbook::execute_guarded(
-                std::slice::from_ref(step),
-                order,
-                &self.step_context,
-                || match ha.acting() {
-                    Some(acting) if acting == term => Ok(()),
-                    _ => Err(crate::ha::GuardError::NotLeading(term).to_string()),
-                },
-                self.step_recorder(order.generation),
-            )
-            .await;
+            // lease runs out by its own clock, not after the step's whole retry budget. And the
+            // attempt in flight is dropped (its child process killed, its requests abandoned)
+            // the moment the term ends: a step may outlast the lease many times over (a media
+            // copy, a promotion's wait, a hook), and another member may be acting by then.
+            let started = std::time::Instant::now();
+            let outcome = tokio::select! {
+                biased;
+                outcome = runbook::execute_guarded(
+                    std::slice::from_ref(step),
+                    order,
+                    &self.step_context,
+                    || match ha.acting() {
+                        Some(acting) if acting == term => Ok(()),
+                        _ => Err(crate::ha::GuardError::NotLeading(term).to_string()),
+                    },
+                    self.step_recorder(order.generation),
+                ) => outcome,
+                () = ha.term_ended(term) => {
+                    let why = format!(
+                        "stopped mid-step: {}",
+                        crate::ha::GuardError::NotLeading(term)
+                    );
+                    (self.step_recorder(order.generation))(runbook::StepReport {
+                        step: step.name.clone(),
+                        attempt: 0,
+                        outcome: "stopped",
+                        detail: why.clone(),
+                        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    });
+                    return RunbookOutcome::Failed {
+                        step: step.name.clone(),
+                        error: why,
+                    };
+                }
+            };
             if outcome != RunbookOutcome::Succeeded {
                 if let Err(error) = ha.finish_runbook(term, order, &outcome).await {
                     tracing::warn!(%error, "could not record the failed runbook in etcd");

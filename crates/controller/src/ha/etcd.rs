@@ -95,7 +95,11 @@ impl Etcd {
             let password = String::from_utf8_lossy(&read_file("password_file", path)?)
                 .trim()
                 .to_string();
-            options = options.with_user(user.clone(), password);
+            // etcd's JWT tokens expire (`ttl`, 5 min by default): authenticate again when a
+            // request is refused for its token. Without it every read and write fails from
+            // then on, while keep-alives (which etcd does not authenticate) still pass: the
+            // leader would keep the key forever without being able to act.
+            options = options.with_user(user.clone(), password).with_auto_token_refresh(true);
         }
         if section.ca_file.is_some() || section.cert_file.is_some() {
             let mut tls = TlsOptions::new();
@@ -362,6 +366,24 @@ impl Member {
     pub fn acting(&self) -> Option<Term> {
         let now = self.now_ms();
         self.leadership().acting(now)
+    }
+
+    /// Resolves once this member no longer acts in `term` (stepped down, superseded, or its
+    /// right to act ran out by its own clock): the runbook drops the step in flight then, so a
+    /// step outlasting the lease (a long copy, a promotion's wait, a hook) does not act on after
+    /// another member may have taken over. Checked at least every [`DRIVER_STEP_MS_MAX`].
+    pub async fn term_ended(&self, term: Term) {
+        loop {
+            let left_ms = {
+                let now = self.now_ms();
+                let leadership = self.leadership();
+                if leadership.acting(now) != Some(term) {
+                    return;
+                }
+                leadership.status(now).acting_ms_left.unwrap_or(0)
+            };
+            tokio::time::sleep(Duration::from_millis(left_ms.clamp(1, DRIVER_STEP_MS_MAX))).await;
+        }
     }
 
     /// The leader as last seen in etcd.

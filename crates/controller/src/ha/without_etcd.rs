@@ -19,6 +19,9 @@ impl Member {
     pub fn acting(&self) -> Option<Term> {
         match *self {}
     }
+    pub async fn term_ended(&self, _: Term) {
+        match *self {}
+    }
     pub fn leader(&self) -> Option<LeaderInfo> {
         match *self {}
     }
