@@ -1362,15 +1362,30 @@ impl FailoverHealth {
                 order.to
             ));
         }
-        client
+        let sent = client
             .update_health_check()
             .health_check_id(id)
             .health_check_version(version)
             .inverted(wanted.inverted)
             .disabled(wanted.disabled)
             .send()
-            .await
-            .map_err(|e| aws::failure("Route 53 UpdateHealthCheck", &e))?;
+            .await;
+        if let Err(error) = sent {
+            let failure = aws::failure("Route 53 UpdateHealthCheck", &error);
+            // The SDK sends a request again when its answer is lost (a timeout, a 5xx); the
+            // second send of an update Route 53 applied carries a version that is stale by
+            // then. The check holding what this order wants is that update, not a fence.
+            if aws::error_code(&error) == Some("HealthCheckVersionMismatch")
+                && let Ok((_, after)) = self.read(client).await
+                && after == wanted
+            {
+                return Ok(format!(
+                    "health check {id} set to {wanted} (was {now}; region {} active, generation {}): Route 53 refused a resend of the update it had applied ({failure}); read back",
+                    order.to, order.generation
+                ));
+            }
+            return Err(failure);
+        }
         let (_, after) = self.read(client).await?;
         if after != wanted {
             return Err(Failure::Retryable(format!(

@@ -541,3 +541,75 @@ async fn ssm_parameter_reads_every_page_of_describe_parameters_before_it_judges_
     );
     assert_eq!(*puts.lock().expect("lock"), 0, "nothing written");
 }
+
+/// The health check of [`route53_failover_health_takes_a_resent_update_route53_had_applied_as_done`]
+/// as Route 53's REST-XML API returns it.
+fn health_check_xml(root: &str, version: i64, inverted: bool) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<{root} xmlns="https://route53.amazonaws.com/doc/2013-04-01/"><HealthCheck><Id>{HEALTH_CHECK}</Id><CallerReference>primary</CallerReference><HealthCheckConfig><IPAddress>192.0.2.10</IPAddress><Port>80</Port><Type>HTTP</Type><ResourcePath>/health</ResourcePath><Inverted>{inverted}</Inverted><Disabled>false</Disabled></HealthCheckConfig><HealthCheckVersion>{version}</HealthCheckVersion></HealthCheck></{root}>"#
+    )
+}
+
+const HEALTH_CHECK: &str = "1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718";
+
+/// `UpdateHealthCheck` applied but answered with a 5xx (its answer lost, as far as the client
+/// can tell): the SDK sends it again, and Route 53 refuses the resend with
+/// `HealthCheckVersionMismatch`, its version being stale by then. moto checks no versions, so
+/// a fake speaking Route 53's REST-XML answers. The check holds what the order wants: done,
+/// not a fence that stops the runbook.
+#[tokio::test]
+async fn route53_failover_health_takes_a_resent_update_route53_had_applied_as_done() {
+    use axum::response::IntoResponse;
+    use std::sync::{Arc, Mutex};
+
+    // (version, inverted, updates received)
+    let state = Arc::new(Mutex::new((1i64, false, 0u32)));
+    let shared = Arc::clone(&state);
+    let url = crate::fake::serve(move |request| {
+        let xml = |status: u16, body: String| {
+            (
+                axum::http::StatusCode::from_u16(status).expect("status"),
+                [("content-type", "text/xml")],
+                body,
+            )
+                .into_response()
+        };
+        let mut state = shared.lock().expect("lock");
+        let path = format!("/2013-04-01/healthcheck/{HEALTH_CHECK}");
+        if request.path != path {
+            return xml(404, String::new());
+        }
+        match request.method.as_str() {
+            "GET" => xml(200, health_check_xml("GetHealthCheckResponse", state.0, state.1)),
+            "POST" => {
+                state.2 += 1;
+                let body = String::from_utf8_lossy(&request.body).into_owned();
+                if !body.contains(&format!("<HealthCheckVersion>{}</HealthCheckVersion>", state.0)) {
+                    return xml(409, "<ErrorResponse xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Error><Type>Sender</Type><Code>HealthCheckVersionMismatch</Code><Message>The value of HealthCheckVersion in the request doesn't match the value of HealthCheckVersion in the health check.</Message></Error><RequestId>r2</RequestId></ErrorResponse>".into());
+                }
+                state.0 += 1;
+                state.1 = body.contains("<Inverted>true</Inverted>");
+                if state.2 == 1 {
+                    // Applied, but the answer is an error: the client cannot tell.
+                    return xml(500, "<ErrorResponse xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Error><Type>Receiver</Type><Code>InternalFailure</Code><Message>We encountered an internal error. Please try again.</Message></Error><RequestId>r1</RequestId></ErrorResponse>".into());
+                }
+                xml(200, health_check_xml("UpdateHealthCheckResponse", state.0, state.1))
+            }
+            _ => xml(405, String::new()),
+        }
+    })
+    .await;
+    let text = format!("health_check_id = \"{HEALTH_CHECK}\"\nprimary = \"us\"\nendpoint_url = \"{url}\"\n");
+    let step = checked(&text, |s: &providers::route53::FailoverHealthSettings, c| {
+        s.check("primary-health", c)
+    })
+    .with_static_credentials(credentials());
+    let done = step.run(&order(2, "eu")).await;
+    assert!(
+        matches!(&done, Ok(m) if m.contains("Inverted=true") && m.contains("resend")),
+        "{done:?}"
+    );
+    let state = state.lock().expect("lock");
+    assert_eq!((state.0, state.1, state.2), (2, true, 2), "applied once, sent twice");
+}
