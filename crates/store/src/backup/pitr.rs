@@ -64,6 +64,16 @@ fn seconds(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
+/// LatestRestorableDateTime: `lag_ms` before the undo log's present, the later of the clock
+/// and the newest change's time. Changes are stamped `max(now, newest)`, so after the clock
+/// steps back every change is stamped with the time it had reached; measured from the clock
+/// alone, a restore to the latest time would silently undo every change of the last step's
+/// length (or be refused as before EarliestRestorableDateTime). Every batch after a snapshot
+/// is stamped at or after both, so later than the result: a restore to it is repeatable.
+fn latest_restorable_ms(now_ms: u64, newest_change_ms: u64, lag_ms: u64) -> u64 {
+    now_ms.max(newest_change_ms).saturating_sub(lag_ms)
+}
+
 /// The ContinuousBackupsDescription of `table`.
 fn description(store: &Store, table: &TableMeta) -> Result<Value, ApiError> {
     let Some(pitr) = table.pitr else {
@@ -74,8 +84,9 @@ fn description(store: &Store, table: &TableMeta) -> Result<Value, ApiError> {
     };
     let engine = store.engine();
     let now_ms = engine.now_unix_ms();
-    let earliest_ms = engine.snapshot()?.pitr_earliest_ms(table, now_ms)?;
-    let latest_ms = now_ms.saturating_sub(engine.pitr_limits().restorable_lag_ms);
+    let snapshot = engine.snapshot()?;
+    let earliest_ms = snapshot.pitr_earliest_ms(table, now_ms)?;
+    let latest_ms = latest_restorable_ms(now_ms, snapshot.pitr_last_ms()?, engine.pitr_limits().restorable_lag_ms);
     Ok(json!({
         "ContinuousBackupsStatus": "ENABLED",
         "PointInTimeRecoveryDescription": {
@@ -262,16 +273,18 @@ pub async fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest
     let create = restored_table_request(&source, &request.target_table_name, &request.overrides)?;
     let now_ms = engine.now_unix_ms();
     catalog::table_from_request(&create, 0, seconds(now_ms))?;
-    let latest_ms = now_ms.saturating_sub(engine.pitr_limits().restorable_lag_ms.max(1));
-    let at_ms = requested_ms.unwrap_or(latest_ms);
     // Every write submitted before now has committed once the barrier has: changes stamped up
-    // to `at_ms` (< now) are all in the snapshot, and later ones are in its undo log.
+    // to `at_ms` (before the undo log's present) are all in the snapshot, and later ones are
+    // in its undo log.
     engine.write_barrier().await?;
     let snapshot = engine.snapshot()?;
     let source = match engine.table(&source_name) {
         Some(now) if now.id == source.id && now.pitr.is_some() => now,
         Some(_) | None => return Err(table_not_found(&source_name)),
     };
+    let lag_ms = engine.pitr_limits().restorable_lag_ms.max(1);
+    let latest_ms = latest_restorable_ms(now_ms, snapshot.pitr_last_ms()?, lag_ms);
+    let at_ms = requested_ms.unwrap_or(latest_ms);
     let earliest_ms = snapshot.pitr_earliest_ms(&source, now_ms)?;
     if at_ms < earliest_ms || at_ms > latest_ms {
         return Err(invalid_restore_time(at_ms, earliest_ms, latest_ms));

@@ -261,6 +261,15 @@ pub struct PitrView {
 }
 
 impl Snapshot {
+    /// The time of the newest change in the undo log (any table); 0 before the first.
+    pub fn pitr_last_ms(&self) -> Result<u64, ApiError> {
+        let settings = self
+            .txn
+            .open_table(SETTINGS)
+            .map_err(|e| storage_error("opening settings", e))?;
+        read_setting(&settings, PITR_LAST_MS).map_err(|e| storage_error("reading settings", e))
+    }
+
     /// The earliest restorable time of `table` (with PITR enabled) at `now_ms`.
     pub fn pitr_earliest_ms(&self, table: &TableMeta, now_ms: u64) -> Result<u64, ApiError> {
         let Some(pitr) = table.pitr else {

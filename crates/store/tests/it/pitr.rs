@@ -385,3 +385,56 @@ async fn an_interrupted_point_in_time_restore_is_done_again_at_the_next_start() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn after_the_clock_steps_back_the_latest_restorable_time_keeps_the_changes_made_before() {
+    let h = Harness::new();
+    h.create("orders").await;
+    h.enable("orders", None).await;
+    h.advance(10_000);
+    h.put("orders", "a", 1).await;
+    let t1 = h.now();
+    h.advance(10_000);
+    h.put("orders", "a", 2).await;
+    h.put("orders", "b", 2).await;
+    let stepped_from = h.now();
+    h.advance(10_000);
+    // The clock steps back an hour (an NTP correction after it ran ahead): changes from now on
+    // are stamped with the time the undo log had reached.
+    h.clock
+        .0
+        .store(stepped_from - 3_600_000, std::sync::atomic::Ordering::SeqCst);
+    h.put("orders", "a", 3).await;
+    h.put("orders", "c", 3).await;
+    h.advance(5_000);
+    // The latest restorable time is measured from the undo log's present, not from the clock
+    // alone (which would put it an hour before the last changes, before PITR was enabled).
+    let described = h.pitr("orders").await;
+    assert_eq!(
+        described["LatestRestorableDateTime"],
+        json!((stepped_from - 1000) as f64 / 1000.0),
+        "{described}"
+    );
+    h.ok(
+        "RestoreTableToPointInTime",
+        json!({"SourceTableName": "orders", "TargetTableName": "latest", "UseLatestRestorableTime": true}),
+    )
+    .await;
+    h.restore_at("orders", "at-t1", t1).await.expect("restore to t1");
+    h.wait_active("latest").await;
+    h.wait_active("at-t1").await;
+    // Everything up to a second before the log's present: the changes before the step.
+    assert_eq!(h.items("latest").await, pairs(&[("a", 1)]));
+    assert_eq!(h.items("at-t1").await, pairs(&[("a", 1)]));
+    // Once the clock has passed that present (plus the lag), the changes since are restorable.
+    h.clock
+        .0
+        .store(stepped_from + 1_000, std::sync::atomic::Ordering::SeqCst);
+    h.ok(
+        "RestoreTableToPointInTime",
+        json!({"SourceTableName": "orders", "TargetTableName": "caught-up", "UseLatestRestorableTime": true}),
+    )
+    .await;
+    h.wait_active("caught-up").await;
+    assert_eq!(h.items("caught-up").await, pairs(&[("a", 3), ("b", 2), ("c", 3)]));
+}
