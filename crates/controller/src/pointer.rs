@@ -42,12 +42,32 @@ pub enum Received {
     Ignore,
     /// More than `GENERATION_STEP_MAX` ahead: refused, nothing changes.
     TooFarAhead,
+    /// Newer, but the region is no region name (see [`env_value_ok`]): refused, nothing
+    /// changes. Written into the env file it would add lines of its own (a newline) to what
+    /// PHP and the reload command read.
+    NotARegion,
+}
+
+/// Longest value written into the env file.
+pub const ENV_VALUE_BYTES_MAX: usize = 64;
+
+/// Whether `value` may go into the env file as it is: 1 to [`ENV_VALUE_BYTES_MAX`] letters,
+/// digits, `-`, `_` or `.` (region names, AWS region names). Anything else (a newline, `=`,
+/// quotes, `$`) would change what `parse_ini_file` or a shell sourcing the file reads.
+pub fn env_value_ok(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= ENV_VALUE_BYTES_MAX
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The watcher's rule for a received value, given the generation it applied last.
 pub fn judge(applied: u64, value: &PointerValue) -> Received {
     if value.region.is_none() || value.generation <= applied {
         Received::Ignore
+    } else if !value.region.as_deref().is_some_and(env_value_ok) {
+        Received::NotARegion
     } else if value.generation - applied > GENERATION_STEP_MAX {
         Received::TooFarAhead
     } else {
@@ -201,6 +221,14 @@ pub enum WatchError {
     },
     #[error("the controller refused the token (HTTP {0}): check --token-file or SWITCHYARD_CONTROL_TOKEN")]
     Unauthorized(u16),
+    #[error(
+        "not writing {name}={value:?} into {path}: use 1 to {ENV_VALUE_BYTES_MAX} letters, digits, '-', '_' or '.' (a region name)"
+    )]
+    BadValue {
+        path: String,
+        name: &'static str,
+        value: String,
+    },
 }
 
 /// The generation recorded in an env file written earlier, if any.
@@ -214,7 +242,10 @@ pub fn applied_generation(env_file: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes the env file atomically: temporary file, fsync, rename, fsync of the directory.
+/// Writes the env file atomically: temporary file, fsync, rename, fsync of the directory. The
+/// temporary file's name is this writer's own (`FILE.PID.N.tmp`, created exclusively), so two
+/// writers (an overlapping restart, a second watcher on the same file) never write into one
+/// temporary file and rename a mix of both into place.
 pub fn write_env_file(path: &Path, region: &str, generation: u64) -> Result<(), WatchError> {
     write_env_values(path, region, region, generation)
 }
@@ -222,6 +253,16 @@ pub fn write_env_file(path: &Path, region: &str, generation: u64) -> Result<(), 
 /// [`write_env_file`] with an `AWS_REGION` that differs from the region's name (read from an
 /// SSM parameter that maps regions to AWS regions).
 pub fn write_env_values(path: &Path, aws_region: &str, region: &str, generation: u64) -> Result<(), WatchError> {
+    static TEMPORARIES: AtomicUsize = AtomicUsize::new(0);
+    for (name, value) in [("AWS_REGION", aws_region), ("SWITCHYARD_ACTIVE_REGION", region)] {
+        if !env_value_ok(value) {
+            return Err(WatchError::BadValue {
+                path: path.display().to_string(),
+                name,
+                value: value.chars().take(ENV_VALUE_BYTES_MAX * 2).collect(),
+            });
+        }
+    }
     let fail = |source| WatchError::Write {
         path: path.display().to_string(),
         source,
@@ -229,13 +270,29 @@ pub fn write_env_values(path: &Path, aws_region: &str, region: &str, generation:
     let text =
         format!("AWS_REGION={aws_region}\nSWITCHYARD_ACTIVE_REGION={region}\nSWITCHYARD_GENERATION={generation}\n");
     let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
+    temporary.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        TEMPORARIES.fetch_add(1, Ordering::Relaxed)
+    ));
     let temporary = PathBuf::from(temporary);
-    let mut file = std::fs::File::create(&temporary).map_err(fail)?;
-    file.write_all(text.as_bytes()).map_err(fail)?;
-    file.sync_all().map_err(fail)?;
-    drop(file);
-    std::fs::rename(&temporary, path).map_err(fail)?;
+    // Exclusive: never into a file (or through a symlink) someone else put there.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)
+        .map_err(fail)?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            drop(file);
+            std::fs::rename(&temporary, path)
+        });
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(fail(error));
+    }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && let Ok(dir) = std::fs::File::open(parent)
     {
@@ -330,6 +387,18 @@ pub async fn watch(options: WatchOptions, shutdown: impl Future<Output = ()>) ->
         match judge(applied, &value) {
             Received::Apply => {}
             Received::Ignore => continue,
+            Received::NotARegion => {
+                tracing::warn!(
+                    generation = value.generation,
+                    region = ?value.region,
+                    "refused a pointer whose region is not a region name; nothing changed"
+                );
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(WATCH_BACKOFF_MS_MAX)) => {}
+                }
+                continue;
+            }
             Received::TooFarAhead => {
                 tracing::warn!(
                     generation = value.generation,
@@ -491,6 +560,78 @@ mod tests {
             generation: 9,
         };
         assert_eq!(judge(0, &nowhere), Received::Ignore);
+    }
+
+    #[test]
+    fn a_region_that_is_no_region_name_is_refused_and_never_written() {
+        let at = |region: &str| PointerValue {
+            region: Some(region.into()),
+            generation: 6,
+        };
+        assert_eq!(judge(5, &at("eu-west-1")), Received::Apply);
+        assert_eq!(judge(5, &at("ap_south.2")), Received::Apply);
+        for bad in [
+            "eu\nSWITCHYARD_GENERATION=99",
+            "",
+            "eu west",
+            "a=b",
+            "\"eu\"",
+            "$(reboot)",
+            &"x".repeat(65),
+        ] {
+            assert_eq!(judge(5, &at(bad)), Received::NotARegion, "{bad:?}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("region.env");
+        write_env_file(&path, "us-east-1", 4).expect("write");
+        let error =
+            write_env_values(&path, "eu-west-1\nSWITCHYARD_GENERATION=99", "eu-west-1", 5).expect_err("refused");
+        assert!(error.to_string().contains("AWS_REGION"), "{error}");
+        assert!(error.to_string().contains("a region name"), "{error}");
+        assert!(write_env_file(&path, "eu\nX=1", 5).is_err());
+        assert_eq!(applied_generation(&path), 4, "the file is unchanged");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("list").count(),
+            1,
+            "no temporary file left"
+        );
+    }
+
+    #[test]
+    fn concurrent_writers_never_leave_a_torn_env_file() {
+        // Two writers on one file (an overlapping restart, a second watcher) used one shared
+        // temporary file: one could truncate it while the other renamed it into place.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("region.env");
+        // Someone else's file (or symlink) where the shared temporary name used to be is
+        // never written through.
+        let planted = dir.path().join("region.env.tmp");
+        std::fs::write(&planted, "planted").expect("plant");
+        std::thread::scope(|scope| {
+            for writer in 0..4u64 {
+                let path = &path;
+                scope.spawn(move || {
+                    for round in 0..200u64 {
+                        let region = if writer % 2 == 0 { "us-east-1" } else { "eu-west-1" };
+                        write_env_file(path, region, writer * 1000 + round).expect("write");
+                    }
+                });
+            }
+            for _ in 0..400 {
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    let lines: Vec<&str> = text.lines().collect();
+                    assert_eq!(lines.len(), 3, "a whole file: {text:?}");
+                    assert!(lines[0].starts_with("AWS_REGION="), "{text:?}");
+                    assert!(lines[2].starts_with("SWITCHYARD_GENERATION="), "{text:?}");
+                }
+            }
+        });
+        assert_eq!(std::fs::read_to_string(&planted).expect("read"), "planted");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "only the env file and the planted one: {left:?}");
     }
 
     #[test]

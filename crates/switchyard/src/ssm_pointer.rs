@@ -31,6 +31,14 @@ fn next(applied: u64, reading: &PointerReading) -> Option<(String, u64)> {
     match judge(applied, &value) {
         Received::Apply => Some((written.region.clone(), written.generation)),
         Received::Ignore => None,
+        Received::NotARegion => {
+            tracing::warn!(
+                generation = written.generation,
+                region = %written.region,
+                "refused a parameter whose region is not a region name; nothing changed"
+            );
+            None
+        }
         Received::TooFarAhead => {
             tracing::warn!(
                 generation = written.generation,
