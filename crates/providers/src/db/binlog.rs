@@ -114,6 +114,8 @@ impl<'a> ErrantScan<'a> {
                 return;
             }
             if self.statements.len() < STATEMENTS_SHOWN_MAX {
+                // MariaDB logs `CREATE USER ... IDENTIFIED BY 'password'` as written.
+                let statement = hide_secret_literals(statement);
                 let mut shown: String = statement.chars().take(STATEMENT_CHARS_MAX).collect();
                 if statement.chars().count() > STATEMENT_CHARS_MAX {
                     shown.push_str("...");
@@ -184,6 +186,63 @@ impl<'a> ErrantScan<'a> {
         };
         format!("{} ({coverage})", parts.join("; "))
     }
+}
+
+/// `statement` with every string literal after a word `IDENTIFIED` or one ending in
+/// `PASSWORD` (`PASSWORD`, `MASTER_PASSWORD`, ...) shown as `'<hidden>'`: MariaDB's binlog
+/// holds `CREATE USER`, `ALTER USER` and `GRANT ... IDENTIFIED BY 'password'` as written, and
+/// a summary goes to the audit log. Identifiers and literals before the keyword stay.
+pub fn hide_secret_literals(statement: &str) -> String {
+    let mut shown = String::with_capacity(statement.len());
+    let mut hiding = false;
+    let mut chars = statement.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '`' => {
+                // To the closing quote: backslash escapes (not in identifiers), doubled quotes.
+                let mut quoted = String::from(c);
+                while let Some(next) = chars.next() {
+                    quoted.push(next);
+                    if next == '\\' && c != '`' {
+                        if let Some(escaped) = chars.next() {
+                            quoted.push(escaped);
+                        }
+                    } else if next == c {
+                        if chars.peek() == Some(&c) {
+                            quoted.push(c);
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                if hiding && c != '`' {
+                    shown.push(c);
+                    shown.push_str("<hidden>");
+                    shown.push(c);
+                } else {
+                    shown.push_str(&quoted);
+                }
+            }
+            c if c.is_ascii_alphanumeric() || c == '_' => {
+                let mut word = String::from(c);
+                while let Some(&next) = chars.peek() {
+                    if !(next.is_ascii_alphanumeric() || next == '_') {
+                        break;
+                    }
+                    word.push(next);
+                    chars.next();
+                }
+                let upper = word.to_ascii_uppercase();
+                if upper == "IDENTIFIED" || upper.ends_with("PASSWORD") {
+                    hiding = true;
+                }
+                shown.push_str(&word);
+            }
+            other => shown.push(other),
+        }
+    }
+    shown
 }
 
 /// `use `shop`; CREATE TABLE t (...)` -> (`shop`, `CREATE TABLE t (...)`).
@@ -277,6 +336,44 @@ mod tests {
         assert!(
             scan.summary(6, false)
                 .contains("4 of 6 found in the newest 1 binlog file(s)")
+        );
+    }
+
+    #[test]
+    fn passwords_in_account_statements_are_hidden() {
+        // As MariaDB 10.11 writes them in its binlog.
+        for (logged, shown) in [
+            (
+                "CREATE USER 'u1'@'%' IDENTIFIED BY 'plainpw1'",
+                "CREATE USER 'u1'@'%' IDENTIFIED BY '<hidden>'",
+            ),
+            (
+                "ALTER USER 'u1'@'%' IDENTIFIED BY 'it''s \\' x'",
+                "ALTER USER 'u1'@'%' IDENTIFIED BY '<hidden>'",
+            ),
+            (
+                "GRANT SELECT ON *.* TO 'u2'@'%' IDENTIFIED BY \"pw4\", 'u3'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('pw5')",
+                "GRANT SELECT ON *.* TO 'u2'@'%' IDENTIFIED BY \"<hidden>\", '<hidden>'@'<hidden>' IDENTIFIED VIA ed25519 USING PASSWORD('<hidden>')",
+            ),
+            (
+                "SET PASSWORD FOR 'u1'@'%'='*D1CE18AFDC8104A3853E0176BEC20E21B62976F7'",
+                "SET PASSWORD FOR '<hidden>'@'<hidden>'='<hidden>'",
+            ),
+            (
+                "CREATE TABLE `identified` (c text DEFAULT 'kept')",
+                "CREATE TABLE `identified` (c text DEFAULT 'kept')",
+            ),
+        ] {
+            assert_eq!(hide_secret_literals(logged), shown);
+        }
+        let reference = Position::Mariadb(MariaState::default());
+        let mut scan = ErrantScan::new(&reference);
+        scan.feed("Gtid", "GTID 0-1-1");
+        scan.feed("Query", "CREATE USER 'shop'@'%' IDENTIFIED BY 'shop-s3cret'");
+        assert!(
+            !scan.summary(1, true).contains("shop-s3cret"),
+            "{}",
+            scan.summary(1, true)
         );
     }
 

@@ -324,24 +324,31 @@ async fn mariadb_promotion_beyond_the_lag_bound_is_refused_forced_and_the_errant
     assert!(message.contains("0-1-"), "the GTIDs are named: {message}");
     assert!(message.contains("--force-data-loss"), "{message}");
     insert(a, 6).await.expect("the old primary was given its writes back");
+    // An account created on the old primary: MariaDB's binlog holds its password as written.
+    admin(a, "CREATE USER 'late'@'%' IDENTIFIED BY 'late-s3cret'").await;
     assert_eq!(text(b, "SELECT @@GLOBAL.read_only").await, "1", "nothing was promoted");
 
     let forced = step.run(&order(6, "eu", "us", true)).await.expect("forced");
     assert!(
-        forced.contains("lacks 4 transaction(s)") && forced.contains("they are lost"),
+        forced.contains("lacks 5 transaction(s)") && forced.contains("they are lost"),
         "{forced}"
     );
     assert!(
         forced.contains(&format!(
-            "{a_address} left fenced, not rejoined: 4 errant transaction(s)"
+            "{a_address} left fenced, not rejoined: 5 errant transaction(s)"
         )),
         "{forced}"
     );
-    // Read from a's binlog: the four orders it took that b never saw.
+    // Read from a's binlog: the four orders and the account it took that b never saw.
     assert!(
-        forced.contains("their rows changed shop.orders (4 transaction(s)) (all 4 found in the binlog)"),
+        forced.contains("their rows changed shop.orders (4 transaction(s)); statements: 0-1-"),
         "{forced}"
     );
+    assert!(
+        forced.contains("CREATE USER 'late'@'%' IDENTIFIED BY '<hidden>' (all 5 found in the binlog)"),
+        "{forced}"
+    );
+    assert!(!forced.contains("late-s3cret"), "{forced}");
     assert_eq!(count(b).await, 2);
     insert(b, 3).await.expect("the new primary takes writes");
     assert_eq!(
@@ -358,9 +365,10 @@ async fn mariadb_promotion_beyond_the_lag_bound_is_refused_forced_and_the_errant
     };
     assert!(message.contains(&format!("{a_address} cannot rejoin")), "{message}");
     assert!(
-        message.contains("4 errant transaction(s)") && message.contains("0-1-"),
+        message.contains("5 errant transaction(s)") && message.contains("0-1-"),
         "{message}"
     );
+    assert!(!message.contains("late-s3cret"), "{message}");
     assert!(
         message.contains(&format!(
             "{a_address}'s errant transactions: their rows changed shop.orders (4 transaction(s))"
