@@ -117,6 +117,8 @@ pub struct Channel {
 enum Sink {
     Webhook {
         url: String,
+        /// The URL came from `url_secret`: kept out of errors and logs, as Slack's is.
+        secret: bool,
         client: Rest,
     },
     Slack {
@@ -297,7 +299,11 @@ impl AlertSection {
             return None;
         }
         let client = client(what, timeout_ms, span, checker)?;
-        Some(Sink::Webhook { url, client })
+        Some(Sink::Webhook {
+            url,
+            secret: self.url_secret.is_some(),
+            client,
+        })
     }
 
     fn check_slack(&self, what: &str, timeout_ms: u64, checker: &mut dyn Checker) -> Option<Sink> {
@@ -786,6 +792,15 @@ fn judged(channel: &str, answer: Result<rest::Answer, rest::RestError>) -> Resul
     }
 }
 
+/// `judged` with every occurrence of the secret `url` in its message replaced by `shown`.
+fn hidden(judged: Result<(), Undelivered>, url: &str, shown: &str) -> Result<(), Undelivered> {
+    let hide = |m: String| m.replace(url, shown);
+    judged.map_err(|undelivered| match undelivered {
+        Undelivered::Retry(m) => Undelivered::Retry(hide(m)),
+        Undelivered::GiveUp(m) => Undelivered::GiveUp(hide(m)),
+    })
+}
+
 /// The JSON a generic webhook receives.
 pub fn webhook_body(alert: &Alert) -> Value {
     json!({
@@ -864,18 +879,18 @@ pub fn pagerduty_body(alert: &Alert, routing_key: &str) -> Value {
 
 async fn deliver(sink: &Sink, alert: &Alert) -> Result<(), Undelivered> {
     match sink {
-        Sink::Webhook { url, client } => judged(
-            "the webhook",
-            client.send(Method::POST, url, Some(&webhook_body(alert))).await,
-        ),
+        Sink::Webhook { url, secret, client } => {
+            let answer = client.send(Method::POST, url, Some(&webhook_body(alert))).await;
+            let judged = judged("the webhook", answer);
+            match secret {
+                true => hidden(judged, url, "<the webhook URL>"),
+                false => judged,
+            }
+        }
         Sink::Slack { url, client } => {
             let answer = client.send(Method::POST, url.expose(), Some(&slack_body(alert))).await;
             // The webhook URL is the secret: keep it out of errors and logs.
-            let hide = |m: String| m.replace(url.expose(), "<the Slack webhook URL>");
-            judged("Slack", answer).map_err(|undelivered| match undelivered {
-                Undelivered::Retry(m) => Undelivered::Retry(hide(m)),
-                Undelivered::GiveUp(m) => Undelivered::GiveUp(hide(m)),
-            })
+            hidden(judged("Slack", answer), url.expose(), "<the Slack webhook URL>")
         }
         Sink::PagerDuty {
             url,
@@ -973,6 +988,7 @@ mod tests {
             name: "webhook #1".into(),
             sink: Sink::Webhook {
                 url: url.into(),
+                secret: false,
                 client: Rest::new("", None, 60_000).expect("client"),
             },
             events,
@@ -1023,6 +1039,38 @@ mod tests {
             left.iter()
                 .all(|a| a.key == "fenced" && a.incident == "ctl/fenced/g2-5"),
             "{left:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_webhook_url_from_url_secret_is_not_shown_in_failures() {
+        // Discord's and Teams' webhook URLs carry their token in the path, others in the query.
+        let url = "http://127.0.0.1:1/api/webhooks/123/TOKENPART?key=QUERYSECRET";
+        let sink = Sink::Webhook {
+            url: url.into(),
+            secret: true,
+            client: Rest::new("", None, 2_000).expect("client"),
+        };
+        let error = deliver(&sink, &alert("fenced", false))
+            .await
+            .expect_err("nothing listens on port 1");
+        let Undelivered::Retry(message) = error else {
+            panic!("a refused connection is worth a retry: {error:?}");
+        };
+        assert!(
+            !message.contains("TOKENPART") && !message.contains("QUERYSECRET") && message.contains("<the webhook URL>"),
+            "{message}"
+        );
+        // A URL written in the config file is no secret: shown, to say where delivery failed.
+        let open = Sink::Webhook {
+            url: url.into(),
+            secret: false,
+            client: Rest::new("", None, 2_000).expect("client"),
+        };
+        let error = deliver(&open, &alert("fenced", false)).await.expect_err("refused");
+        assert!(
+            matches!(&error, Undelivered::Retry(m) if m.contains("127.0.0.1:1")),
+            "{error:?}"
         );
     }
 
