@@ -306,7 +306,7 @@ impl Backups {
     /// description is not there or reads fine.
     fn damaged_description(&self, id: &str, arn: &str) -> Option<Value> {
         let bytes = std::fs::read(self.meta_path(id)).ok()?;
-        if serde_json::from_slice::<BackupMeta>(&bytes).is_ok() {
+        if parse_description(id, &bytes).is_ok() {
             return None;
         }
         let partial: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -335,7 +335,7 @@ impl Backups {
                 )));
             }
         };
-        serde_json::from_slice(&bytes).map_err(|error| {
+        parse_description(id, &bytes).map_err(|error| {
             ApiError::internal(format!(
                 "Internal server error: backup description {} is damaged ({error}); delete the backup (DeleteBackup removes it)",
                 path.display()
@@ -387,6 +387,17 @@ impl Backups {
         }
         Ok((self.load(id)?, "AVAILABLE"))
     }
+}
+
+/// The description of backup `id` from its file's bytes. One that names another backup (a
+/// description copied or renamed by hand) is damaged: its id would lead reads to another
+/// backup's items than the ones checked.
+fn parse_description(id: &str, bytes: &[u8]) -> Result<BackupMeta, String> {
+    let meta: BackupMeta = serde_json::from_slice(bytes).map_err(|error| error.to_string())?;
+    if meta.id != id || !meta.arn.ends_with(&format!("/backup/{id}")) {
+        return Err(format!("it describes backup {} ({}), not {id}", meta.id, meta.arn));
+    }
+    Ok(meta)
 }
 
 /// Runs one backup operation.
@@ -584,6 +595,17 @@ async fn create_backup(store: &Store, request: CreateBackupRequest) -> Result<Va
     let now_ms = engine.now_unix_ms();
     let backup = {
         let mut state = backups.state();
+        // One backup of a table at a time, as DynamoDB answers (each holds a snapshot and a
+        // thread while it is written).
+        if let Some(running) = state.creating.values().find(|b| b.table.id == meta.id) {
+            return Err(ApiError::new(
+                ErrorKind::BackupInUse,
+                format!(
+                    "Backup {} of table {} is being created; make another once it is AVAILABLE",
+                    running.arn, meta.name
+                ),
+            ));
+        }
         state.sequence += 1;
         let id = new_backup_id(now_ms, engine.region(), &meta, state.sequence);
         let backup = BackupMeta {
@@ -1190,6 +1212,54 @@ async fn drop_restoring(engine: &Engine, meta: TableMeta) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn one_backup_of_a_table_at_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(dir.path(), "us-east-1", Arc::new(crate::SystemClock)).expect("engine");
+        let store = Store::new(engine);
+        let call = async |operation: &str, body: Value| store.handle(operation, body.to_string().as_bytes()).await;
+        call("CreateTable", testkit::on_demand_table("orders", "pk"))
+            .await
+            .expect("table");
+        call("CreateTable", testkit::on_demand_table("other", "pk"))
+            .await
+            .expect("table");
+        // A backup of "orders" being written (held here so the test does not race its writer).
+        let table = store.engine().table("orders").expect("orders");
+        let running = BackupMeta {
+            format: FORMAT_VERSION,
+            id: "01700000000000-0a1b2c3d".into(),
+            arn: format!("{}/backup/01700000000000-0a1b2c3d", table.arn("us-east-1")),
+            name: "running".into(),
+            region: "us-east-1".into(),
+            table: (*table).clone(),
+            table_arn: table.arn("us-east-1"),
+            created_at_ms: 1_700_000_000_000,
+            item_count: 0,
+            size_bytes: 0,
+            file_bytes: 0,
+            sha256: String::new(),
+        };
+        store
+            .backups()
+            .state()
+            .creating
+            .insert(running.id.clone(), running.clone());
+        let refused = call("CreateBackup", json!({"TableName": "orders", "BackupName": "second"}))
+            .await
+            .expect_err("one at a time");
+        assert_eq!(refused.kind, ErrorKind::BackupInUse, "{refused}");
+        assert!(refused.message.contains(&running.arn), "{refused}");
+        // Another table's backup is not held up.
+        call("CreateBackup", json!({"TableName": "other", "BackupName": "other"}))
+            .await
+            .expect("another table");
+        store.backups().state().creating.remove(&running.id);
+        call("CreateBackup", json!({"TableName": "orders", "BackupName": "second"}))
+            .await
+            .expect("once the first is done");
+    }
 
     #[test]
     fn restore_requests_carry_their_overrides() {

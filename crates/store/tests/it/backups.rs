@@ -208,19 +208,15 @@ async fn listing_and_deleting_page_by_page_reaches_every_backup() {
             json!({"TableName": "source", "BackupName": format!("more-{n}")}),
         )
         .await;
-        made.push(created["BackupDetails"]["BackupArn"].as_str().expect("arn").to_string());
+        let arn = created["BackupDetails"]["BackupArn"].as_str().expect("arn").to_string();
+        // One backup of a table at a time.
+        wait_until("backup AVAILABLE", async || {
+            let described = ok(&store, "DescribeBackup", json!({"BackupArn": arn})).await;
+            described["BackupDescription"]["BackupDetails"]["BackupStatus"] == "AVAILABLE"
+        })
+        .await;
+        made.push(arn);
     }
-    wait_until("backups AVAILABLE", async || {
-        let listed = ok(&store, "ListBackups", json!({})).await;
-        listed["BackupSummaries"]
-            .as_array()
-            .expect("summaries")
-            .iter()
-            .filter(|b| b["BackupStatus"] == "AVAILABLE")
-            .count()
-            == made.len()
-    })
-    .await;
     // A cleanup as scripts do it: list a page, delete what it holds, ask for the next page
     // after the last (now deleted) backup.
     let mut deleted = Vec::new();
@@ -245,4 +241,48 @@ async fn listing_and_deleting_page_by_page_reaches_every_backup() {
     expected.sort();
     deleted.sort();
     assert_eq!(deleted, expected, "every backup reached once");
+}
+
+#[tokio::test]
+async fn a_description_copied_under_another_backups_name_is_damaged_not_that_backup() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open engine");
+    let store = Store::new(engine);
+    let arn = backed_up_table(&store, 3).await;
+    let backups = store.backups().dir().to_path_buf();
+    let id = arn.rsplit('/').next().expect("id").to_string();
+    // Copied by hand under another (valid) backup id, without an items file of its own.
+    let copy_id = "01700000000000-00000000";
+    let copy_arn = arn.replace(&id, copy_id);
+    std::fs::copy(
+        backups.join(format!("{id}.json")),
+        backups.join(format!("{copy_id}.json")),
+    )
+    .expect("copy");
+    let refused = call(
+        &store,
+        "RestoreTableFromBackup",
+        json!({"BackupArn": copy_arn, "TargetTableName": "copy"}),
+    )
+    .await
+    .expect_err("not that backup");
+    assert!(
+        refused.message.contains("damaged") && refused.message.contains(&format!("not {copy_id}")),
+        "{refused}"
+    );
+    let listed = ok(&store, "ListBackups", json!({})).await;
+    assert_eq!(
+        listed["BackupSummaries"].as_array().expect("summaries").len(),
+        1,
+        "{listed}"
+    );
+    assert_eq!(listed["BackupSummaries"][0]["BackupArn"], json!(arn));
+    ok(&store, "DeleteBackup", json!({"BackupArn": copy_arn})).await;
+    // The original is untouched.
+    let described = ok(&store, "DescribeBackup", json!({"BackupArn": arn})).await;
+    assert_eq!(
+        described["BackupDescription"]["BackupDetails"]["BackupStatus"],
+        "AVAILABLE"
+    );
+    assert!(backups.join(format!("{id}.items")).exists());
 }
