@@ -213,6 +213,45 @@ def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemo
     assert sorted(p.name for p in eu.iterdir()) == ["new.jpg"]
 
 
+def test_rsync_deletes_nothing_from_an_empty_source_and_copies_no_symlink_leaving_the_tree(tmp_path, rsync_daemon):
+    """An unmounted (empty) source folder with delete = true would empty the receiver; a
+    symlink pointing outside the media tree would become a link to the receiving host's own
+    files."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    us.mkdir()
+    (us / "catalog").mkdir()
+    for i in range(3):
+        (eu / f"photo-{i}.jpg").write_bytes(b"on the standby")
+    config = rsync_config(tmp_path, us, daemon_url, extra="delete = true")
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert synced["deleted_objects"] == 0, synced
+    assert "holds no files" in synced["note"], synced
+    assert sorted(p.name for p in eu.glob("photo-*")) == [f"photo-{i}.jpg" for i in range(3)]
+
+    # With files, delete works as asked.
+    (us / "catalog/a.jpg").write_bytes(b"a")
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert synced["deleted_objects"] == 3 and synced["copied_objects"] == 1, synced
+    assert (eu / "catalog/a.jpg").read_bytes() == b"a"
+
+    # Symlinks out of the tree are not copied, one inside is (between two local folders: an
+    # rsync daemon without chroot munges every symlink anyway).
+    (us / "catalog/passwd.jpg").symlink_to("/etc/passwd")
+    (us / "catalog/up.jpg").symlink_to("../../../secret")
+    (us / "catalog/same.jpg").symlink_to("a.jpg")
+    local = tmp_path / "eu-local"
+    local.mkdir()
+    result, [synced] = media("sync", rsync_config(tmp_path, us, local, name="local.toml"))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert (local / "catalog/a.jpg").read_bytes() == b"a"
+    assert os.readlink(local / "catalog/same.jpg") == "a.jpg"
+    assert not os.path.lexists(local / "catalog/passwd.jpg")
+    assert not os.path.lexists(local / "catalog/up.jpg")
+
+
 def test_rsync_errors_name_the_exit_code_and_rsyncs_words(tmp_path, rsync_daemon):
     daemon_url, _ = rsync_daemon
     us = tmp_path / "us"
@@ -355,10 +394,12 @@ def test_s3_replication_against_moto_copies_verifies_and_keeps_extra_objects(tmp
         == b"a new photo, longer"
 
 
-def test_s3_delete_removes_only_what_the_standby_alone_holds_within_objects_per_run_max(tmp_path, moto_s3):
-    """delete = true: objects under the standby's prefix that the active bucket lacks are
-    deleted (DeleteObject), counted against the same objects_per_run_max as the copies; objects
-    outside the prefix and everything in the active bucket stay."""
+def test_s3_delete_removes_only_copies_the_active_side_deleted_within_objects_per_run_max(tmp_path, moto_s3):
+    """delete = true: copies Switchyard made on the standby whose source the active bucket no
+    longer holds are deleted (DeleteObject), counted against the same objects_per_run_max as
+    the copies; an object the standby's app wrote itself (an upload made there during an
+    outage, not brought back yet) stays, and so do objects outside the prefix and everything in
+    the active bucket."""
     keys = dict(endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing")
     s3 = boto3.client("s3", region_name="us-east-1", **keys)
     s3.create_bucket(Bucket="shop-media-us")
@@ -366,18 +407,25 @@ def test_s3_delete_removes_only_what_the_standby_alone_holds_within_objects_per_
     source = {f"pub/media/new-{i}.jpg": f"new {i}".encode() for i in range(2)}
     for key, data in source.items():
         s3.put_object(Bucket="shop-media-us", Key=key, Body=data)
-    extras = [f"pub/media/removed-{i}.jpg" for i in range(4)]
-    for key in extras:
-        s3.put_object(Bucket="shop-media-eu", Key=key, Body=b"gone on the active side")
+    removed = [f"pub/media/removed-{i}.jpg" for i in range(4)]
+    for key in removed:
+        s3.put_object(Bucket="shop-media-us", Key=key, Body=b"deleted on the active side later")
     s3.put_object(Bucket="shop-media-eu", Key="var/backup.tgz", Body=b"not media")
+    own = "pub/media/uploaded-in-eu.jpg"
+    s3.put_object(Bucket="shop-media-eu", Key=own, Body=b"an upload made in eu, never copied to us")
 
     def listed(bucket, prefix=""):
         return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])}
 
+    # Copied to the standby, then deleted on the active side.
+    result, [kept] = media("sync", s3_config(tmp_path, moto_s3, extra="objects_per_run_max = 10", name="keep.toml"))
+    assert result.returncode == 0 and kept["copied_objects"] == 6 and kept["deleted_objects"] == 0, kept
+    for key in removed:
+        s3.delete_object(Bucket="shop-media-us", Key=key)
     # Without delete, nothing goes.
-    result, [kept] = media("sync", s3_config(tmp_path, moto_s3, extra="objects_per_run_max = 4", name="keep.toml"))
-    assert result.returncode == 0 and kept["copied_objects"] == 2 and kept["deleted_objects"] == 0, kept
-    assert set(extras) <= listed("shop-media-eu")
+    result, [kept] = media("sync", s3_config(tmp_path, moto_s3, extra="objects_per_run_max = 10", name="keep.toml"))
+    assert result.returncode == 0 and kept["deleted_objects"] == 0, kept
+    assert set(removed) | {own} <= listed("shop-media-eu")
     for key in source:
         s3.delete_object(Bucket="shop-media-eu", Key=key)
 
@@ -391,7 +439,9 @@ def test_s3_delete_removes_only_what_the_standby_alone_holds_within_objects_per_
     result, [second] = media("sync", config)
     assert result.returncode == 0, result.stderr + result.stdout
     assert (second["copied_objects"], second["deleted_objects"], second["limited"]) == (0, 2, None), second
-    assert listed("shop-media-eu") == set(source) | {"var/backup.tgz"}, "only the prefix's extra objects go"
+    assert "kept 1 objects the receiver wrote itself" in second["note"], second
+    assert listed("shop-media-eu") == set(source) | {"var/backup.tgz", own}, \
+        "only copies the active side deleted go; the standby's own upload stays"
     assert listed("shop-media-us") == set(source), "the active bucket is never touched"
     result, [third] = media("sync", config)
     assert (third["copied_objects"], third["deleted_objects"]) == (0, 0), third

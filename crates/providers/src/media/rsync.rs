@@ -1,13 +1,15 @@
 //! `media_sync` with `mode = "rsync"`: the real `rsync` binary, between a local folder and a
 //! remote one (SSH or an rsync daemon).
 //!
-//! Every run is `rsync -rlptu`: recursive, symlinks as symlinks, permissions and times kept,
-//! and `--update`, so a file that is newer on the receiver is never overwritten (a stale
-//! controller's copy loses nothing). `--delete` only with `delete = true`. The lag is the same
+//! Every run is `rsync -rlptu --safe-links`: recursive, symlinks as symlinks (but none that
+//! points outside the tree), permissions and times kept, and `--update`, so a file that is
+//! newer on the receiver is never overwritten (a stale controller's copy loses nothing).
+//! `--delete` only with `delete = true`, and never when the sender lists no file at all (an
+//! unmounted folder would empty the receiver). The lag is the same
 //! command with `--dry-run --itemize-changes --stats`; its `--out-format=%i|%l|%M|%n` lines name
 //! each file rsync would send, its size and its modification time (printed in UTC: the child
 //! runs with `TZ=UTC`). A run over `objects_per_run_max` or `bytes_per_run_max` copies the
-//! first files within the limits (`--files-from`), without deleting anything; with
+//! first files within the limits (`--files-from=-`, the list on rsync's stdin), without deleting anything; with
 //! `delete = true` the deletions count against the same `objects_per_run_max`
 //! (`--max-delete`; the dry run's `*deleting` lines tell whether it cuts the run short, since an
 //! rsync daemon on the receiving side keeps its exit code 25 to itself).
@@ -146,6 +148,9 @@ pub struct Listing {
     pub deletions: u64,
     /// "Total transferred file size" of `--stats`, if printed.
     pub stats_bytes: Option<u64>,
+    /// "Number of files" of `--stats` (the sender's file list, folders included) and how many
+    /// of them are folders, if printed.
+    pub source_entries: Option<(u64, u64)>,
 }
 
 /// The `%M` time, `2026/12/02-20:40:00` (UTC), as Unix seconds.
@@ -169,9 +174,34 @@ pub fn parse_time(text: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hour * 3_600 + minute * 60 + second).ok()
 }
 
+/// The number after `label` in a `--stats` line like `Number of files: 1,204 (reg: 1,100, dir: 104)`.
+fn stats_count(text: &str, label: &str) -> Option<u64> {
+    let start = text.find(label)? + label.len();
+    let digits: String = text[start..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .filter(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 impl Listing {
+    /// Whether the sender listed folders only (an unmounted mount point, a wrong or emptied
+    /// path): then `--delete` would empty the receiver.
+    pub fn source_is_empty(&self) -> bool {
+        self.source_entries
+            .is_some_and(|(entries, dirs)| entries.saturating_sub(dirs) == 0)
+    }
+
     /// Reads one line of rsync's stdout.
     pub fn line(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("Number of files:") {
+            if let Some(entries) = stats_count(rest, "") {
+                self.source_entries = Some((entries, stats_count(rest, "dir:").unwrap_or(0)));
+            }
+            return;
+        }
         if let Some(rest) = line.strip_prefix("Total transferred file size:") {
             let digits: String = rest
                 .chars()
@@ -279,6 +309,10 @@ pub fn exit_failure(code: Option<i32>, stderr: &str) -> Result<Option<String>, F
 fn common_args(source: &Endpoint, target: &Endpoint, options: &Options) -> Vec<String> {
     let mut args = vec![
         "-rlptu".to_string(),
+        // A symlink pointing outside the tree (absolute, or climbing out with `..`) is not
+        // copied: an upload of a symlink in one region must not become a link to the
+        // receiving host's own files (`/etc/...`) that its web server then serves.
+        "--safe-links".to_string(),
         format!("--timeout={IO_TIMEOUT_SECONDS}"),
         "--itemize-changes".to_string(),
         "--out-format=%i|%l|%M|%n".to_string(),
@@ -298,13 +332,14 @@ fn common_args(source: &Endpoint, target: &Endpoint, options: &Options) -> Vec<S
     args
 }
 
-/// Runs rsync with `args`; every stdout line goes into a listing (at most `lines_max`).
-async fn run(args: &[String], lines_max: u64) -> Result<(Listing, Option<String>), Failure> {
+/// Runs rsync with `args` and `input` on its stdin (`--files-from=-`); every stdout line goes
+/// into a listing (at most `lines_max`).
+async fn run(args: &[String], lines_max: u64, input: Option<String>) -> Result<(Listing, Option<String>), Failure> {
     let mut child = tokio::process::Command::new("rsync")
         .args(args)
         .env("TZ", "UTC")
         .env("LC_ALL", "C")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -316,6 +351,15 @@ async fn run(args: &[String], lines_max: u64) -> Result<(Listing, Option<String>
                 Failure::Retryable(format!("cannot start rsync: {error}"))
             }
         })?;
+    // Written while stdout is read, so neither side waits on a full pipe; closed at the end.
+    let stdin_task = match (child.stdin.take(), input) {
+        (Some(mut stdin), Some(input)) => Some(tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(input.as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        })),
+        _ => None,
+    };
     let stderr = child.stderr.take();
     let stderr_task = tokio::spawn(async move {
         let mut tail = Vec::new();
@@ -358,6 +402,9 @@ async fn run(args: &[String], lines_max: u64) -> Result<(Listing, Option<String>
         .wait()
         .await
         .map_err(|error| Failure::Retryable(format!("waiting for rsync: {error}")))?;
+    if let Some(task) = stdin_task {
+        let _ = task.await;
+    }
     let stderr = stderr_task.await.unwrap_or_default();
     let note = exit_failure(status.code(), &stderr)?;
     Ok((listing, note))
@@ -383,7 +430,7 @@ pub async fn measure(
     }
     args.push(source.text.clone());
     args.push(target.text.clone());
-    let (listing, _) = run(&args, limits.objects_listed_max.saturating_add(64)).await?;
+    let (listing, _) = run(&args, limits.objects_listed_max.saturating_add(64), None).await?;
     Ok(Measure {
         lag: listing.lag(now_s()),
         listing,
@@ -401,16 +448,21 @@ pub async fn sync(
     let (chosen, limited) = within_limits(&before.listing.files, limits);
     let mut deletions_limited = false;
     let mut args = common_args(source, target, options);
-    let mut list_file = None;
+    let mut files_from = None;
+    let mut note_empty_source = None;
     if limited.is_some() {
-        // Only the chosen files, and no deletion this time.
-        let path = std::env::temp_dir().join(format!("switchyard-media-{}-{}.list", std::process::id(), now_s()));
-        let text: String = chosen.iter().map(|item| format!("{}\n", item.path)).collect();
-        tokio::fs::write(&path, text)
-            .await
-            .map_err(|error| Failure::Retryable(format!("cannot write {}: {error}", path.display())))?;
-        args.push(format!("--files-from={}", path.display()));
-        list_file = Some(path);
+        // Only the chosen files (on rsync's stdin: no file of ours anywhere), and no deletion
+        // this time.
+        files_from = Some(chosen.iter().map(|item| format!("{}\n", item.path)).collect::<String>());
+        args.push("--files-from=-".into());
+    } else if delete && before.listing.deletions > 0 && before.listing.source_is_empty() {
+        // The sender lists no file at all while the receiver holds some: an unmounted mount
+        // point or an emptied folder, far likelier than every upload deleted. Copy, delete
+        // nothing, and say so.
+        note_empty_source = Some(format!(
+            "the source {} holds no files (not mounted? wrong path?): nothing deleted of the {} files the receiver holds",
+            source.text, before.listing.deletions
+        ));
     } else if delete {
         // Deletions count against the same objects_per_run_max as the copies. The dry run
         // counted them: an rsync daemon receiving keeps its exit code 25 to itself.
@@ -424,11 +476,8 @@ pub async fn sync(
     let result = if limited.is_some() && chosen.is_empty() {
         Ok((Listing::default(), None))
     } else {
-        run(&args, limits.objects_listed_max.saturating_add(64)).await
+        run(&args, limits.objects_listed_max.saturating_add(64), files_from).await
     };
-    if let Some(path) = list_file {
-        let _ = tokio::fs::remove_file(path).await;
-    }
     let (done, mut note) = result?;
     let mut limited = limited;
     if deletions_limited || note.as_deref() == Some(MAX_DELETE_NOTE) {
@@ -436,6 +485,12 @@ pub async fn sync(
     }
     if note.as_deref() == Some(MAX_DELETE_NOTE) {
         note = None;
+    }
+    if let Some(empty) = note_empty_source {
+        note = Some(match note {
+            Some(other) => format!("{empty}; {other}"),
+            None => empty,
+        });
     }
     let after = measure(source, target, false, options, limits).await?;
     Ok(SyncReport {

@@ -16,7 +16,9 @@
 //! size and the ETag (the MD5 of the bytes for a single-part source) or the recorded source
 //! ETag. At most `concurrency` copies are in flight, `objects_per_run_max` and
 //! `bytes_per_run_max` bound one run, and an object larger than `object_bytes_max` is not
-//! copied (it is held in memory) and stays in the lag.
+//! copied (it is held in memory) and stays in the lag. With `delete`, only copies Switchyard
+//! made (the recorded source ETag) are deleted when the source lacks them, never an object the
+//! receiver wrote itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -340,13 +342,30 @@ pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &L
         }
     }
     // Deleting what only the receiver holds: after every copy worked, never in a run a limit
-    // cut short, and within the same objects_per_run_max as the copies.
+    // cut short, and within the same objects_per_run_max as the copies. Only copies Switchyard
+    // made (they carry the source's ETag in their metadata) go: the source lacking one means it
+    // was deleted there. An object the receiver's app wrote itself (an upload made there while
+    // it was active, during an outage, not yet brought back) is not a deletion to propagate:
+    // after a failover or failback the copy direction flips, and deleting it would lose it.
+    let mut kept_own = 0u64;
     if delete && report.limited.is_none() && first_error.is_none() {
         let budget = limits.objects_per_run_max.saturating_sub(report.copied_objects);
-        if extra.len() as u64 > budget {
-            report.limited = Some(format!("objects_per_run_max = {}", limits.objects_per_run_max));
-        }
-        for key in extra.into_iter().take(usize::try_from(budget).unwrap_or(usize::MAX)) {
+        let mut heads = 0u64;
+        for key in extra {
+            heads += 1;
+            if heads > limits.objects_listed_max {
+                report.limited = Some(format!("objects_listed_max = {}", limits.objects_listed_max));
+                break;
+            }
+            let (_, _, recorded, _) = target.head(&key).await?;
+            if recorded.is_none() {
+                kept_own += 1;
+                continue;
+            }
+            if report.deleted_objects >= budget {
+                report.limited = Some(format!("objects_per_run_max = {}", limits.objects_per_run_max));
+                break;
+            }
             let full = format!("{}{key}", target.prefix);
             target
                 .client
@@ -365,12 +384,21 @@ pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &L
             other => other,
         });
     }
+    let mut notes = Vec::new();
     if !too_big.is_empty() {
-        report.note = Some(format!(
+        notes.push(format!(
             "not copied, larger than object_bytes_max = {}: {}",
             limits.object_bytes_max,
             too_big.join(", ")
         ));
+    }
+    if kept_own > 0 {
+        notes.push(format!(
+            "kept {kept_own} objects the receiver wrote itself (not copies Switchyard made): delete removes only copies"
+        ));
+    }
+    if !notes.is_empty() {
+        report.note = Some(notes.join("; "));
     }
     let (objects, differ, _) = differences(&source, &target, limits).await?;
     let now = now_s();

@@ -250,3 +250,32 @@ async fn on_failover_covers_retries_and_roll_forwards_but_never_planned_moves() 
         }
     }
 }
+
+#[test]
+fn the_listing_knows_when_the_sender_listed_folders_only() {
+    let parse = |lines: &[&str]| {
+        let mut listing = Listing::default();
+        for line in lines {
+            listing.line(line);
+        }
+        listing
+    };
+    let empty = parse(&[
+        "*deleting   x",
+        "Number of files: 1 (dir: 1)",
+        "Number of deleted files: 1 (reg: 1)",
+    ]);
+    assert_eq!(empty.source_entries, Some((1, 1)));
+    assert!(empty.source_is_empty(), "an empty (unmounted) folder");
+    let folders = parse(&["Number of files: 3 (dir: 3)"]);
+    assert!(folders.source_is_empty(), "folders, no file");
+    let full = parse(&["Number of files: 1,204 (reg: 1,100, dir: 104)"]);
+    assert_eq!(full.source_entries, Some((1204, 104)));
+    assert!(!full.source_is_empty());
+    let links = parse(&["Number of files: 2 (link: 1, dir: 1)"]);
+    assert!(!links.source_is_empty());
+    assert!(
+        !Listing::default().source_is_empty(),
+        "no --stats: not known to be empty"
+    );
+}
