@@ -500,22 +500,39 @@ impl Engine {
         })?;
         let path = data_dir.join("store.redb");
         recovery::check_database_not_lost(data_dir).map_err(|problem| OpenError::Lost { problem })?;
-        let (db, mut opened) = recovery::open_database(&path, &options).map_err(|source| OpenError::Database {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
-        let (wal, replayed) = Wal::open_and_replay(data_dir, &db, options.write_ahead_log, options.faults.clone())?;
+        // The disk is measured before the database opens: below the watermark the reserve is
+        // given back first, so the open (which commits: its marks, a replay, a repair) finds
+        // room on a full disk, and the store starts refusing writes rather than not at all.
+        let mut disk = DiskGuard::new(data_dir, options.disk, options.space_probe());
+        disk.refresh(clock.now_unix_ms());
+        let full = |error: OpenError| match recovery::no_space_left(&error) {
+            true => OpenError::DiskFull {
+                dir: data_dir.to_path_buf(),
+                free_bytes: disk.status().free_bytes,
+                source: Box::new(error),
+            },
+            false => error,
+        };
+        let (db, mut opened) = recovery::open_database(&path, &options)
+            .map_err(|source| OpenError::Database {
+                path: path.clone(),
+                source: Box::new(source),
+            })
+            .map_err(full)?;
+        let (wal, replayed) = Wal::open_and_replay(data_dir, &db, options.write_ahead_log, options.faults.clone())
+            .map_err(|e| full(e.into()))?;
         opened.replayed = replayed;
-        let (loaded, iterator_key) = load_catalog(&db, clock.now_unix_ms()).map_err(|message| OpenError::Catalog {
-            path: path.clone(),
-            message,
-        })?;
+        let (loaded, iterator_key) = load_catalog(&db, clock.now_unix_ms())
+            .map_err(|message| OpenError::Catalog {
+                path: path.clone(),
+                message,
+            })
+            .map_err(full)?;
         let (replog_head, _) = watch::channel(loaded.replog_head);
         let stream_limits = crate::streams::StreamLimits::from_lookup(|name| std::env::var(name).ok())
             .map_err(|message| OpenError::Setting { message })?;
         let pitr_limits = PitrLimits::from_lookup(|name| std::env::var(name).ok())
             .map_err(|message| OpenError::Setting { message })?;
-        let disk = DiskGuard::new(data_dir, options.disk, options.space_probe());
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(Arc::new(db))),
             disk: Mutex::new(disk),
@@ -759,6 +776,14 @@ pub enum OpenError {
     Database {
         path: PathBuf,
         source: Box<redb::DatabaseError>,
+    },
+    #[error(
+        "cannot open the store: the disk of {dir} is full ({free_bytes} bytes free, the store's reserve file given back if it had one); nothing was changed. Free space on that filesystem and start again. {source}"
+    )]
+    DiskFull {
+        dir: PathBuf,
+        free_bytes: u64,
+        source: Box<OpenError>,
     },
     #[error("cannot open the store: {problem}; {}", recovery::LOST_HINT)]
     Lost { problem: String },

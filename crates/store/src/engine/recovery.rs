@@ -113,6 +113,23 @@ pub(super) fn check_database_not_lost(data_dir: &std::path::Path) -> Result<(), 
     }
 }
 
+/// Whether opening failed because the disk is full (ENOSPC anywhere in the error's chain).
+pub(super) fn no_space_left(error: &(dyn std::error::Error + 'static)) -> bool {
+    const ENOSPC: i32 = 28;
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(ENOSPC))
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    // redb and the log carry some I/O errors as text.
+    error.to_string().contains("No space left on device")
+}
+
 /// The fix [`check_database_not_lost`]'s refusal names.
 pub const LOST_HINT: &str = "nothing was changed. Put store.redb back (with the store.wal copied beside it); to start an empty store in this directory instead, move store.wal aside too. A region whose tables are global-table replicas gets their items back from its peers, and on-demand backups in the backup directory can be restored with RestoreTableFromBackup";
 
