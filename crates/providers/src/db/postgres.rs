@@ -255,6 +255,8 @@ pub struct Observed {
     pub rewindable: Result<(), String>,
     /// The promotion record's generation, if the table exists.
     pub record: Option<u64>,
+    /// A standby's `primary_slot_name`: the physical replication slot it streams through.
+    pub slot: Option<String>,
 }
 
 impl Observed {
@@ -764,6 +766,17 @@ impl PostgresPromote {
                 }
             };
             if o.in_recovery && path == RejoinPath::Follow {
+                // A standby that streams through a slot asks the new primary for it by name:
+                // without it there, its WAL receiver fails until someone creates it.
+                if let Some(slot) = &o.slot {
+                    let mut primary_session = inner.connect(primary).await?;
+                    if primary_session.ensure_slot(slot).await? {
+                        notes.push(format!(
+                            "created replication slot {slot} on {} for {}",
+                            primary_member.address, member.address
+                        ));
+                    }
+                }
                 match session.follow(inner, primary_member).await {
                     Ok(()) => {
                         notes.push(format!(
@@ -848,6 +861,7 @@ impl PostgresPromote {
             // The rejoined server restarts: reconnect until it streams from the primary.
             let until = Instant::now() + Duration::from_millis(FOLLOW_WAIT_MS);
             let mut last = String::from("did not answer");
+            let mut slot_ensured = false;
             let streaming = loop {
                 match inner.connect(i).await {
                     Ok(mut s) => match s.inspect().await {
@@ -859,6 +873,17 @@ impl PostgresPromote {
                             break true;
                         }
                         Ok(now) => {
+                            // Restarted with a slot (kept, or written by the command) that the
+                            // new primary has not: created once, as for a repointed standby.
+                            if let Some(slot) = now.slot.as_ref().filter(|_| !slot_ensured && now.in_recovery) {
+                                slot_ensured = true;
+                                if inner.connect(primary).await?.ensure_slot(slot).await? {
+                                    notes.push(format!(
+                                        "created replication slot {slot} on {} for {}",
+                                        primary_member.address, member.address
+                                    ));
+                                }
+                            }
                             last = format!(
                                 "in recovery: {}, upstream {:?}, streaming: {}",
                                 now.in_recovery, now.upstream, now.streaming
@@ -1199,7 +1224,8 @@ impl Session {
                  current_setting('data_checksums'), current_setting('full_page_writes'), \
                  (SELECT timeline_id FROM pg_control_checkpoint())::text, \
                  (SELECT received_tli FROM pg_stat_wal_receiver)::text, \
-                 (SELECT status FROM pg_stat_wal_receiver)",
+                 (SELECT status FROM pg_stat_wal_receiver), \
+                 current_setting('primary_slot_name')",
             )
             .await?;
         let row = rows.into_iter().next().unwrap_or_default();
@@ -1240,6 +1266,7 @@ impl Session {
             streaming: get(14).as_deref() == Some("streaming"),
             rewindable,
             record,
+            slot: get(15).filter(|slot| in_recovery && !slot.is_empty()),
         })
     }
 
@@ -1375,6 +1402,19 @@ impl Session {
         }
     }
 
+    /// Creates the physical replication slot `slot` (reserving WAL from now) unless it exists;
+    /// whether it was created.
+    async fn ensure_slot(&mut self, slot: &str) -> Result<bool, Failure> {
+        let slot = literal(slot);
+        let rows = self
+            .rows(&format!(
+                "SELECT pg_create_physical_replication_slot({slot}, true) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot})"
+            ))
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     /// Points a standby at `primary` (`primary_conninfo` + reload) and waits (bounded) until
     /// its WAL receiver streams from it.
     async fn follow(&mut self, inner: &Inner, primary: &Member) -> Result<(), Failure> {
@@ -1433,6 +1473,7 @@ mod tests {
             streaming: false,
             rewindable: Ok(()),
             record,
+            slot: None,
         }
     }
 

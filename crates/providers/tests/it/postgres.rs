@@ -352,6 +352,19 @@ async fn postgres_failover_picks_the_most_advanced_standby_fences_repoints_rejoi
     let Some(cluster) = start_cluster() else { return };
     let [a, b, c] = cluster.ports;
     populate_and_replicate(&cluster, 3).await;
+    // c streams through a physical replication slot, which b, once promoted, has not.
+    text(a, "SELECT pg_create_physical_replication_slot('standby_c')").await;
+    text(c, "ALTER SYSTEM SET primary_slot_name = 'standby_c'").await;
+    text(c, "SELECT pg_reload_conf()").await;
+    wait_until("c to stream through its slot", || async move {
+        text(
+            a,
+            "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'standby_c'",
+        )
+        .await
+            == "true"
+    })
+    .await;
     // c loses its link; b keeps receiving but its replay is paused (apply lag).
     cut(&cluster, 2).await;
     text(b, "SELECT pg_wal_replay_pause()").await;
@@ -377,6 +390,11 @@ async fn postgres_failover_picks_the_most_advanced_standby_fences_repoints_rejoi
         format!("promoted {} in us", cluster.address(1)),
         "now timeline 2".to_string(),
         format!("{} now streams from {}", cluster.address(2), cluster.address(1)),
+        format!(
+            "created replication slot standby_c on {} for {}",
+            cluster.address(1),
+            cluster.address(2)
+        ),
         format!("{} rejoined by pg_rewind", cluster.address(0)),
     ] {
         assert!(outcome.contains(&expected), "{expected} missing in: {outcome}");
@@ -395,6 +413,15 @@ async fn postgres_failover_picks_the_most_advanced_standby_fences_repoints_rejoi
     assert_eq!(text(b, "SELECT generation FROM switchyard.promotion").await, "5");
     streams_from(&cluster, 0, 1).await;
     streams_from(&cluster, 2, 1).await;
+    assert_eq!(
+        text(
+            b,
+            "SELECT active::text FROM pg_replication_slots WHERE slot_name = 'standby_c'"
+        )
+        .await,
+        "true",
+        "c streams from b through its slot"
+    );
     wait_until("a and c to have all 7 orders", || async move {
         count(a).await == 7 && count(c).await == 7
     })
