@@ -481,6 +481,12 @@ pub fn open_hint(error: &DatabaseError) -> &'static str {
         {
             DAMAGED_HINT
         }
+        DatabaseError::Storage(redb::StorageError::Io(io)) if io.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {
+            "the filesystem holding the data directory is mounted read-only: remount it read-write (a filesystem remounts itself read-only after disk errors: check the kernel log first), or point --data-dir at a writable one"
+        }
+        DatabaseError::Storage(redb::StorageError::Io(io)) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            "the store's user may not read and write it: give that user the data directory and its files (chown -R), or run the store as their owner"
+        }
         _ => "check the disk, the file's permissions and the kernel log",
     }
 }
@@ -680,6 +686,14 @@ fn wait_refusing(shared: &Shared, receiver: &mut mpsc::Receiver<Job>, wait_ms: u
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_read_only_or_foreign_data_directory_is_named_with_its_fix() {
+        let io = |code| redb::DatabaseError::Storage(redb::StorageError::Io(std::io::Error::from_raw_os_error(code)));
+        assert!(super::open_hint(&io(30)).contains("mounted read-only"), "EROFS");
+        assert!(super::open_hint(&io(13)).contains("chown"), "EACCES");
+        assert!(super::open_hint(&io(5)).contains("kernel log"), "EIO");
+    }
+
     use super::*;
 
     #[test]
