@@ -260,8 +260,19 @@ impl Backups {
                 ),
             )
         })?;
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
+        // What a crash left is removed; one that cannot be (a read-only backup filesystem) is
+        // left with a warning: it is never read, and the store must start all the same.
+        let entries = std::fs::read_dir(&self.dir).map_err(|error| {
+            std::io::Error::new(
+                error.kind(),
+                format!(
+                    "cannot list the backup directory {}: {error}; check its permissions (--backup-dir)",
+                    self.dir.display()
+                ),
+            )
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -272,7 +283,9 @@ impl Backups {
                 .is_some_and(|id| !self.meta_path(id).exists());
             if name.ends_with(".partial") || orphan {
                 tracing::warn!(path = %path.display(), "removing a backup file a crash left half-written");
-                std::fs::remove_file(&path)?;
+                if let Err(error) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove a half-written backup file; it is ignored (remove it by hand)");
+                }
             }
         }
         for table in store.engine().tables().into_iter().filter(|t| t.restoring()) {
