@@ -172,6 +172,17 @@ fn a_late_push_that_went_through_fails_the_isolation_drill_and_none_at_all_prove
         "late pushes refused"
     ));
 
+    // The old leader dropped its step the moment it stopped acting: nothing late at all.
+    let dropped = check(&events(), Some("a"), &base("stopped"), START);
+    assert_eq!(
+        (dropped.late_stopped, dropped.late_refused, dropped.late_applied.len()),
+        (1, 0, 0)
+    );
+    assert!(passed(
+        &evaluate(HaExpectation::Isolation, &dropped),
+        "late pushes refused"
+    ));
+
     let silent = check(&events(), Some("a"), &base("error"), START);
     assert_eq!((silent.late_refused, silent.late_applied.len()), (0, 0));
     assert!(!passed(
