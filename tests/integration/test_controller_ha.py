@@ -524,6 +524,50 @@ def test_with_etcd_authentication_a_member_authenticates_again_when_its_token_ex
     assert '"event":"stepped_down"' not in audit, "the member kept its lease throughout"
 
 
+def test_a_member_cut_off_from_etcd_stops_naming_the_active_region(group, tmp_path):
+    # lock run and pointer watch ask the member at their site: cut off from etcd, it cannot
+    # know whether another member moved the active region, so it says so instead of naming
+    # the old one for as long as the partition lasts.
+    ports = {member: free_port() for member in ("c1", "c2")}
+    (tmp_path / "fp").mkdir()
+    proxy = FaultProxy(tmp_path / "fp", *[arg for member, port in ports.items() for arg in
+                                          ("--proxy", f"etcd-{member}=127.0.0.1:{port}=127.0.0.1:{group.etcd.client_port}")])
+    try:
+        for member, port in ports.items():
+            group.start(member, etcd_url=f"http://127.0.0.1:{port}")
+        first = wait_until("one leader", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+        other = [m for m in ports if m != first][0]
+        wait_until("the pointer on the follower", lambda: request(group.members[other][1], "/v1/active-region")[1].get(
+            "region") == "us-east-1", logs=group.logs())
+        for stream in ("upstream", "downstream"):
+            status, body = proxy.call("POST", f"/proxies/etcd-{other}/toxics",
+                                      {"type": "timeout", "stream": stream, "attributes": {"timeout": 0}})
+            assert status == 200, body
+
+        def refused():
+            status, body = request(group.members[other][1], "/v1/active-region")
+            return (status, body) if status == 503 else None
+
+        status, body = wait_until("the cut-off follower to refuse naming the region", refused, TAKEOVER_DEADLINE_S,
+                                  group.logs())
+        assert body["code"] == "pointer_stale" and "has not reached etcd" in body["error"], body
+        assert body["last"]["region"] == "us-east-1", body
+        status, body = request(group.members[first][1], "/v1/active-region")
+        assert status == 200 and body["region"] == "us-east-1", body
+        # lock run reads it as "pointer unknown" and skips (exit 102) instead of running.
+        skipped = subprocess.run([str(BINARY), "lock", "run", "--name", "job", "--region", "us-east-1",
+                                  "--store", "http://127.0.0.1:9", "--controller", group.members[other][1], "--",
+                                  "true"], env=dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN), capture_output=True,
+                                 text=True, timeout=30)
+        assert skipped.returncode == 102, skipped.stderr
+        assert "has not reached etcd" in skipped.stderr, skipped.stderr
+        assert proxy.call("POST", "/reset")[0] in (200, 204)
+        wait_until("the healed follower to name the region again", lambda: request(
+            group.members[other][1], "/v1/active-region")[0] == 200, TAKEOVER_DEADLINE_S, group.logs())
+    finally:
+        proxy.stop()
+
+
 def test_three_controllers_on_a_three_member_etcd_survive_losing_an_etcd_member_and_the_leader(tmp_path):
     if not BINARY.exists():
         pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")

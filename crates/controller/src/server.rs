@@ -1660,6 +1660,15 @@ async fn active_region(State(shared): State<Arc<Shared>>, headers: HeaderMap, ur
         }
         None => shared.pointer.get(),
     };
+    // A member cut off from etcd does not know whether the active region moved: it says so
+    // rather than name a region that may be stale (`lock run` then stops its job at its
+    // deadline, `pointer watch` keeps the env file it has and asks again).
+    if let Some(why) = shared.ha.as_ref().and_then(|ha| ha.pointer_stale()) {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": why, "code": "pointer_stale", "last": value}),
+        );
+    }
     json_response(StatusCode::OK, json!(value))
 }
 

@@ -386,6 +386,29 @@ impl Member {
         }
     }
 
+    /// Why this member's pointer may be stale, if it may: it does not act and has not read
+    /// etcd for longer than the lease (or never), so another member may have moved the active
+    /// region since. A follower cut off from etcd would otherwise go on naming the old region to
+    /// `lock run` and `pointer watch` for as long as the partition lasts.
+    pub fn pointer_stale(&self) -> Option<String> {
+        let status = self.status();
+        if status.acting {
+            return None;
+        }
+        let lease_ms = self.section.lease_ms;
+        match status.last_etcd_ok_ms_ago {
+            Some(ago) if ago <= lease_ms => None,
+            Some(ago) => Some(format!(
+                "controller member {} has not reached etcd for {ago} ms (longer than lease_ms {lease_ms}): another member may have moved the active region since; ask a member that reaches etcd",
+                self.name()
+            )),
+            None => Some(format!(
+                "controller member {} has not reached etcd yet: it cannot tell the active region; ask a member that reaches etcd",
+                self.name()
+            )),
+        }
+    }
+
     /// The leader as last seen in etcd.
     pub fn leader(&self) -> Option<LeaderInfo> {
         self.leadership().leader().cloned()

@@ -22,6 +22,9 @@ impl Member {
     pub async fn term_ended(&self, _: Term) {
         match *self {}
     }
+    pub fn pointer_stale(&self) -> Option<String> {
+        match *self {}
+    }
     pub fn leader(&self) -> Option<LeaderInfo> {
         match *self {}
     }
