@@ -110,6 +110,21 @@ pub struct DiskStatus {
     pub reserve_held_bytes: u64,
     /// Why the disk could not be measured or the reserve not kept, if so.
     pub problem: Option<String>,
+    /// Set when the database file the store has open is no longer the one at its path
+    /// (deleted, or replaced, while the store runs): what it writes is lost at the next start.
+    pub files_gone: Option<String>,
+}
+
+/// The identity of the file the store has open at a path (device and inode).
+struct Watched {
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+fn identity(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 /// The I/O around [`judge`]: measures, keeps or releases the reserve, remembers the verdict.
@@ -120,6 +135,7 @@ pub struct DiskGuard {
     reserve_held_bytes: u64,
     reserve_retry_at_ms: u64,
     status: DiskStatus,
+    watched: Option<Watched>,
 }
 
 impl DiskGuard {
@@ -135,7 +151,34 @@ impl DiskGuard {
             reserve_held_bytes,
             reserve_retry_at_ms: 0,
             status: DiskStatus::default(),
+            watched: None,
         }
+    }
+
+    /// Watches the file at `path`, as opened now: each [`DiskGuard::refresh`] checks that it is
+    /// still the file there.
+    pub fn watch(&mut self, path: &Path) {
+        self.watched = identity(path).ok().map(|identity| Watched {
+            path: path.to_path_buf(),
+            identity,
+        });
+    }
+
+    /// Why the watched file is no longer the one at its path, if it is not.
+    fn files_gone(&self) -> Option<String> {
+        let watched = self.watched.as_ref()?;
+        let how = match identity(&watched.path) {
+            Ok(now) if now == watched.identity => return None,
+            Ok(_) => "was replaced by another file",
+            Err(error) if error.kind() == io::ErrorKind::NotFound => "was deleted",
+            // Not readable now (permissions): not evidence of a lost file.
+            Err(_) => return None,
+        };
+        Some(format!(
+            "{} {how} while the store runs: what the store writes now goes to a file no path leads to and is lost at the next start. Stop the store and put the database back (the open file can be copied from /proc/{}/fd/ before the store exits)",
+            watched.path.display(),
+            std::process::id()
+        ))
     }
 
     pub fn status(&self) -> &DiskStatus {
@@ -146,11 +189,13 @@ impl DiskGuard {
     /// above it the reserve is (re)created. A disk that cannot be measured counts as having
     /// room (the store does not stop writing because statvfs failed; the problem is reported).
     pub fn refresh(&mut self, now_ms: u64) -> Verdict {
+        let files_gone = self.files_gone();
         let space = match self.probe.space(&self.dir) {
             Ok(space) => space,
             Err(error) => {
                 self.status.low = false;
                 self.status.problem = Some(format!("cannot measure free space of {}: {error}", self.dir.display()));
+                self.status.files_gone = files_gone;
                 return Verdict::Room;
             }
         };
@@ -167,6 +212,7 @@ impl DiskGuard {
             low: verdict == Verdict::Low,
             reserve_held_bytes: self.reserve_held_bytes,
             problem,
+            files_gone,
         };
         verdict
     }

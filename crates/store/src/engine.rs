@@ -415,7 +415,14 @@ impl Shared {
     /// Measures the disk; `Some(error)` while it is below the watermark.
     fn refresh_disk(&self) -> Option<ApiError> {
         let mut disk = self.disk.lock().expect("disk lock is never poisoned");
-        match disk.refresh(self.clock.now_unix_ms()) {
+        let verdict = disk.refresh(self.clock.now_unix_ms());
+        if let Some(problem) = &disk.status().files_gone {
+            return Some(ApiError::new(
+                dynamo_protocol::ErrorKind::ServiceUnavailable,
+                format!("Writes are refused: {problem}"),
+            ));
+        }
+        match verdict {
             Verdict::Room => None,
             Verdict::Low => Some(low_disk_error(&self.path, disk.status())),
         }
@@ -528,6 +535,7 @@ impl Engine {
                 message,
             })
             .map_err(full)?;
+        disk.watch(&path);
         let (replog_head, _) = watch::channel(loaded.replog_head);
         let stream_limits = crate::streams::StreamLimits::from_lookup(|name| std::env::var(name).ok())
             .map_err(|message| OpenError::Setting { message })?;

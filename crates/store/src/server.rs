@@ -1044,6 +1044,12 @@ fn judge_health(
             writer.last_error.as_deref().unwrap_or("unknown")
         ));
     }
+    if let Some(problem) = &disk.files_gone {
+        if status == "ready" {
+            status = "read_only";
+        }
+        reasons.push(format!("new writes are refused: {problem}"));
+    }
     if disk.low {
         if status == "ready" {
             status = "read_only";
@@ -1095,6 +1101,7 @@ fn disk_json(disk: &DiskStatus) -> serde_json::Value {
         "below_watermark": disk.low,
         "reserve_held_bytes": disk.reserve_held_bytes,
         "problem": disk.problem,
+        "files_gone": disk.files_gone,
     })
 }
 

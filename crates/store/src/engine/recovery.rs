@@ -593,8 +593,11 @@ pub(super) fn recover(shared: &Shared, receiver: &mut mpsc::Receiver<Job>) -> bo
             .expect("disk lock is never poisoned")
             .release_for_recovery();
         let dir = shared.path.parent().unwrap_or(std::path::Path::new("."));
-        let opened = open_database(&shared.path, &shared.options)
-            .map_err(|e| e.to_string())
+        // A database deleted meanwhile is not made again, empty, here: the reopen waits for
+        // it (its reason on /health).
+        let opened = check_database_not_lost(dir)
+            .map_err(|problem| format!("{problem}; {LOST_HINT}"))
+            .and_then(|()| open_database(&shared.path, &shared.options).map_err(|e| e.to_string()))
             .and_then(|(db, mut report)| {
                 let (wal, replayed) = super::Wal::open_and_replay(
                     dir,
@@ -608,6 +611,11 @@ pub(super) fn recover(shared: &Shared, receiver: &mut mpsc::Receiver<Job>) -> bo
             });
         match opened {
             Ok((db, report, loaded, wal)) => {
+                shared
+                    .disk
+                    .lock()
+                    .expect("disk lock is never poisoned")
+                    .watch(&shared.path);
                 *shared.wal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(wal);
                 {
                     let mut catalog = shared.catalog.write().expect("catalog lock is never poisoned");

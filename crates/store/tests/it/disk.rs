@@ -497,3 +497,51 @@ async fn a_backup_on_the_data_disk_never_takes_the_room_kept_for_writes() {
     assert!(refused.message.contains("--backup-dir"), "{refused}");
     assert_eq!(store.backups().status().creating, 0);
 }
+
+#[tokio::test]
+async fn a_database_deleted_while_the_store_runs_refuses_writes_and_is_never_made_again_empty() {
+    let mut disk = Disk::open().await;
+    for n in 0..5 {
+        disk.put(&format!("k{n}"), "kept").await.expect("put");
+    }
+    let database = disk.dir.path().join("store.redb");
+    // What the disk held (the crash image an operator would put back).
+    let copy = disk.dir.path().join("store.redb.copy");
+    std::fs::copy(&database, &copy).expect("copy");
+    std::fs::remove_file(&database).expect("rm store.redb");
+
+    // New writes would go to a file no path leads to: refused, saying why; reads go on.
+    let refused = disk.put("lost", "lost").await.expect_err("refused");
+    assert_eq!(refused.kind, ErrorKind::ServiceUnavailable, "{refused}");
+    assert!(
+        refused.message.contains("was deleted while the store runs"),
+        "{refused}"
+    );
+    let status = disk.store.engine().disk_status();
+    assert!(status.files_gone.is_some(), "{status:?}");
+    disk.assert_nothing_acknowledged_lost().await;
+
+    // An I/O error now makes the writer reopen: it waits for the file instead of creating an
+    // empty database at its path.
+    disk.faults.set_fail_writes(true);
+    disk.delete("k0").await.expect_err("the commit fails");
+    disk.faults.set_fail_writes(false);
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        let writer = disk.store.engine().writer_status();
+        if writer.last_error.as_deref().is_some_and(|e| e.contains("is missing")) {
+            assert_eq!(writer.state, WriterState::Reopening);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{writer:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!database.exists(), "no empty database was made");
+    // Put back, the database opens and serves what it held.
+    std::fs::rename(&copy, &database).expect("put it back");
+    disk.wait_for_writer(WriterState::Ok).await;
+    disk.acknowledged.insert("k0".into(), Some("kept".into()));
+    disk.assert_nothing_acknowledged_lost().await;
+    assert!(disk.store.engine().disk_status().files_gone.is_none());
+    disk.put_once_writes_resume("after", "back").await;
+}
