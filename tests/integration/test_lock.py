@@ -318,3 +318,30 @@ def test_a_frozen_holder_loses_its_lease_to_the_other_region_and_is_fenced(deplo
     log = (tmp_path / "frozen.log").read_text()
     assert "stopping 'cron'" in log, log
     assert deployment.lease("eu-west-1", "cron")["token"] == lease["token"]
+
+
+def test_a_holder_frozen_past_its_lease_kills_its_still_running_job_at_once(deployment, tmp_path):
+    # Only `lock run` is frozen (SIGSTOP, a stalled process): its job, in a process group of
+    # its own, runs on unsupervised. Once the lease expired another holder may run the job, so
+    # the woken holder kills it at once, without the SIGTERM grace (which the job's trap shows).
+    job, running, _release, token = blocking_job(tmp_path, "alone")
+    holder = deployment.lock_background("us-east-1", "cron", job, tmp_path / "alone.log")
+    wait_until("the job to run", running.exists, logs=[tmp_path / "alone.log"])
+    os.kill(holder.pid, signal.SIGSTOP)
+    codes = []
+
+    def taken():
+        result = deployment.lock("us-east-1", "cron", ["true"])
+        codes.append(result.returncode)
+        return result.returncode == 0
+
+    wait_until("the frozen holder's lease to expire and be taken", taken)
+    assert set(codes) <= {LEASE_HELD, 0}, codes
+    os.kill(holder.pid, signal.SIGCONT)
+    assert holder.wait(timeout=30) == STOPPED
+    log = (tmp_path / "alone.log").read_text()
+    assert "killing the command at once" in log, log
+    assert running.exists(), "SIGKILL, not SIGTERM: the job's TERM trap never ran"
+    pid = int(running.read_text())
+    wait_until("the job to be gone", lambda: not Path(f"/proc/{pid}").exists() or
+               Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z")

@@ -350,8 +350,18 @@ async fn stop_for(
     reason: StopReason,
 ) -> i32 {
     let name = options.name.as_str();
+    // Past the expiry of the lease it last wrote (frozen: SIGSTOP, a stalled host), another
+    // holder may be running the job already: no grace, the command is killed at once.
+    let grace_ms = if holding.may_write(clock.now_ms()) {
+        options.timing.kill_grace_ms
+    } else {
+        say(format_args!(
+            "'{name}': this run's lease has expired (it could not act meanwhile); killing the command at once"
+        ));
+        0
+    };
     say(format_args!("stopping '{name}': {reason}"));
-    let status = stop(child, group, options.timing.kill_grace_ms).await;
+    let status = stop(child, group, grace_ms).await;
     if !matches!(reason, StopReason::LeaseLost { .. }) && holding.may_write(clock.now_ms()) {
         release(options, holding.token).await;
     }
@@ -385,12 +395,17 @@ async fn finish_on_signal(
     status.map_or(EXIT_STOPPED, exit_code)
 }
 
-/// SIGTERM to the command's process group, SIGKILL after the grace; waits for it.
+/// SIGTERM to the command's process group, SIGKILL after the grace (at once without one);
+/// waits for it.
 async fn stop(child: &mut tokio::process::Child, group: Option<Pid>, grace_ms: u64) -> Option<ExitStatus> {
-    if let Some(group) = group {
+    if let Some(group) = group
+        && grace_ms > 0
+    {
         let _ = rustix::process::kill_process_group(group, Signal::TERM);
     }
-    if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(grace_ms), child.wait()).await {
+    if grace_ms > 0
+        && let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(grace_ms), child.wait()).await
+    {
         if let Some(group) = group {
             // Whatever the command left behind in its group goes too.
             let _ = rustix::process::kill_process_group(group, Signal::KILL);
