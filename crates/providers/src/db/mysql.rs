@@ -119,6 +119,30 @@ pub struct Replication {
     /// What it received (executed included).
     pub received: Position,
     pub seconds_behind: Option<u64>,
+    /// Its TLS to the source, when `Master_SSL_Allowed` / `Source_SSL_Allowed` says Yes.
+    pub tls: Option<ReplicationTls>,
+}
+
+/// A replica's TLS options towards its source (`MASTER_SSL_*` / `SOURCE_SSL_*`, paths on its
+/// own host), carried to the servers the step points at a new source: a fresh `CHANGE MASTER
+/// TO` (an old primary, or a server whose replication was reset when it was promoted) would
+/// otherwise replicate in plain text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationTls {
+    pub ca_file: String,
+    pub ca_path: String,
+    pub cert: String,
+    pub key: String,
+    pub verify_server_cert: bool,
+}
+
+/// The replication TLS of the topology: the first replica (in the order of `servers`) that
+/// replicates over TLS, if any. Pure.
+pub fn topology_tls(observed: &[Option<Observed>]) -> Option<ReplicationTls> {
+    observed
+        .iter()
+        .flatten()
+        .find_map(|o| o.replication.as_ref().and_then(|r| r.tls.clone()))
 }
 
 /// What one reachable server said.
@@ -376,7 +400,9 @@ impl MysqlPromote {
                 candidate
             }
         };
-        self.rejoin_others(primary, &mut notes).await?;
+        // Read before the promotion resets the candidate's replication.
+        let tls = topology_tls(&observed);
+        self.rejoin_others(primary, tls, &mut notes).await?;
         Ok(notes.join())
     }
 
@@ -445,7 +471,9 @@ impl MysqlPromote {
         };
         let mut session = inner.connect(candidate).await?;
         if rejoin && let Some(old) = old {
-            session.replicate_from(&inner.members[old], inner).await?;
+            session
+                .replicate_from(&inner.members[old], inner, topology_tls(observed).as_ref())
+                .await?;
             notes.push(format!(
                 "{} rejoined {} to catch up",
                 member.address, inner.members[old].address
@@ -472,9 +500,16 @@ impl MysqlPromote {
 
     /// Points every other reachable server at `primary`, fencing writable strays; a server
     /// with errant transactions is left fenced and named.
-    async fn rejoin_others(&self, primary: usize, notes: &mut Notes) -> Result<(), Failure> {
+    async fn rejoin_others(
+        &self,
+        primary: usize,
+        tls: Option<ReplicationTls>,
+        notes: &mut Notes,
+    ) -> Result<(), Failure> {
         let inner = &self.inner;
         let observed = survey(inner).await;
+        let now: Vec<Option<Observed>> = observed.iter().map(|o| o.as_ref().ok().cloned()).collect();
+        let tls = tls.or_else(|| topology_tls(&now));
         let primary_state = super::new_primary_state(&inner.members, &observed, primary)?;
         let primary_member = &inner.members[primary];
         for (i, o) in observed.iter().enumerate() {
@@ -524,8 +559,12 @@ impl MysqlPromote {
                 ));
                 continue;
             }
-            session.replicate_from(primary_member, inner).await?;
-            notes.push(super::now_replicates(member, primary_member));
+            let over_tls = session.replicate_from(primary_member, inner, tls.as_ref()).await?;
+            let mut note = super::now_replicates(member, primary_member);
+            if over_tls {
+                note.push_str(" (over TLS, with the other replicas' MASTER_SSL options)");
+            }
+            notes.push(note);
         }
         Ok(())
     }
@@ -586,22 +625,41 @@ fn statement_failure(address: &str, statement: &str, error: &str, secrets: &[Str
     super::hide_secrets(&format!("{address}: {statement}: {error}"), secrets)
 }
 
-/// The statement pointing a server at `source` by GTID, with the replication account.
-fn change_source(flavor: Flavor, source: &Member, user: &str, password: &str) -> String {
-    match flavor {
-        Flavor::Mariadb => format!(
-            "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos",
-            quote(&source.host),
-            source.port,
-            quote(user),
-            quote(password)
+/// The statement pointing a server at `source` by GTID, with the replication account, and
+/// `tls`'s options when given.
+fn change_source(flavor: Flavor, source: &Member, user: &str, password: &str, tls: Option<&ReplicationTls>) -> String {
+    let (prefix, statement) = match flavor {
+        Flavor::Mariadb => (
+            "MASTER",
+            format!(
+                "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos",
+                quote(&source.host),
+                source.port,
+                quote(user),
+                quote(password)
+            ),
         ),
-        Flavor::Mysql => format!(
-            "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {}, SOURCE_PORT = {}, SOURCE_USER = {}, SOURCE_PASSWORD = {}, SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1",
-            quote(&source.host),
-            source.port,
-            quote(user),
-            quote(password)
+        Flavor::Mysql => (
+            "SOURCE",
+            format!(
+                "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {}, SOURCE_PORT = {}, SOURCE_USER = {}, SOURCE_PASSWORD = {}, SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1",
+                quote(&source.host),
+                source.port,
+                quote(user),
+                quote(password)
+            ),
+        ),
+    };
+    match tls {
+        None => statement,
+        Some(tls) => format!(
+            "{statement}, {prefix}_SSL = 1, {prefix}_SSL_CA = {}, {prefix}_SSL_CAPATH = {}, {prefix}_SSL_CERT = {}, \
+             {prefix}_SSL_KEY = {}, {prefix}_SSL_VERIFY_SERVER_CERT = {}",
+            quote(&tls.ca_file),
+            quote(&tls.ca_path),
+            quote(&tls.cert),
+            quote(&tls.key),
+            u8::from(tls.verify_server_cert)
         ),
     }
 }
@@ -819,6 +877,15 @@ impl Session {
             error,
             received,
             seconds_behind: pick(["Seconds_Behind_Master", "Seconds_Behind_Source"]).and_then(|s| s.parse().ok()),
+            tls: is_on(pick(["Master_SSL_Allowed", "Source_SSL_Allowed"]).as_deref()).then(|| ReplicationTls {
+                ca_file: pick(["Master_SSL_CA_File", "Source_SSL_CA_File"]).unwrap_or_default(),
+                ca_path: pick(["Master_SSL_CA_Path", "Source_SSL_CA_Path"]).unwrap_or_default(),
+                cert: pick(["Master_SSL_Cert", "Source_SSL_Cert"]).unwrap_or_default(),
+                key: pick(["Master_SSL_Key", "Source_SSL_Key"]).unwrap_or_default(),
+                verify_server_cert: is_on(
+                    pick(["Master_SSL_Verify_Server_Cert", "Source_SSL_Verify_Server_Cert"]).as_deref(),
+                ),
+            }),
         }))
     }
 
@@ -925,8 +992,17 @@ impl Session {
         self.executed().await
     }
 
-    /// Replicates from `source` by GTID (a running replication is stopped first).
-    async fn replicate_from(&mut self, source: &Member, inner: &Inner) -> Result<(), Failure> {
+    /// Replicates from `source` by GTID (a running replication is stopped first). A server
+    /// without TLS options of its own takes `tls` (the topology's); whether it did.
+    async fn replicate_from(
+        &mut self,
+        source: &Member,
+        inner: &Inner,
+        tls: Option<&ReplicationTls>,
+    ) -> Result<bool, Failure> {
+        let executed = self.executed().await?;
+        let own = self.replication(&executed).await?.is_some_and(|r| r.tls.is_some());
+        let tls = tls.filter(|_| !own);
         let password = inner
             .accounts
             .replication_password
@@ -944,6 +1020,7 @@ impl Session {
                     source,
                     &inner.accounts.replication_user,
                     &password,
+                    tls,
                 ))
                 .await?;
                 self.run("START SLAVE").await?;
@@ -955,6 +1032,7 @@ impl Session {
                     source,
                     &inner.accounts.replication_user,
                     &password,
+                    tls,
                 ))
                 .await?;
                 self.run("START REPLICA").await?;
@@ -962,7 +1040,7 @@ impl Session {
         }
         let executed = self.executed().await?;
         match self.replication(&executed).await? {
-            Some(replication) if replication.source == source.address => Ok(()),
+            Some(replication) if replication.source == source.address => Ok(tls.is_some()),
             other => Err(Failure::Retryable(format!(
                 "{}: replication source reads {:?} after pointing it at {}",
                 self.address,
@@ -1064,6 +1142,7 @@ mod tests {
                 error: None,
                 received: maria(received),
                 seconds_behind: Some(0),
+                tls: None,
             }),
             ..primary(executed, None)
         }
@@ -1325,7 +1404,7 @@ mod tests {
         let secrets = step.inner.secret_forms();
         let source = &members()[1];
         for flavor in [Flavor::Mariadb, Flavor::Mysql] {
-            let statement = change_source(flavor, source, "repl", password);
+            let statement = change_source(flavor, source, "repl", password, None);
             let quoted = quote(password);
             assert!(statement.contains(&quoted), "{statement}");
             // The server's own error may quote the statement (1064: "... near '...'").
@@ -1339,6 +1418,41 @@ mod tests {
             );
             assert!(message.contains("repl"), "the user is named: {message}");
         }
+    }
+
+    #[test]
+    fn the_topology_s_replication_tls_is_what_a_fresh_change_master_names() {
+        let tls = ReplicationTls {
+            ca_file: "/etc/mysql/ca.pem".into(),
+            verify_server_cert: true,
+            ..ReplicationTls::default()
+        };
+        let mut over_tls = replica("0-1-1", "0-1-1");
+        if let Some(r) = over_tls.replication.as_mut() {
+            r.tls = Some(tls.clone());
+        }
+        let observed = vec![
+            Some(primary("0-1-1", None)),
+            Some(replica("0-1-1", "0-1-1")),
+            Some(over_tls),
+        ];
+        assert_eq!(topology_tls(&observed), Some(tls.clone()));
+        assert_eq!(topology_tls(&observed[..2]), None);
+        let source = &members()[1];
+        let maria = change_source(Flavor::Mariadb, source, "repl", "pw", Some(&tls));
+        assert!(
+            maria.ends_with(
+                "MASTER_USE_GTID = slave_pos, MASTER_SSL = 1, MASTER_SSL_CA = '/etc/mysql/ca.pem', MASTER_SSL_CAPATH = '', \
+                 MASTER_SSL_CERT = '', MASTER_SSL_KEY = '', MASTER_SSL_VERIFY_SERVER_CERT = 1"
+            ),
+            "{maria}"
+        );
+        let mysql = change_source(Flavor::Mysql, source, "repl", "pw", Some(&tls));
+        assert!(
+            mysql.contains("SOURCE_SSL = 1, SOURCE_SSL_CA = '/etc/mysql/ca.pem'"),
+            "{mysql}"
+        );
+        assert!(!change_source(Flavor::Mariadb, source, "repl", "pw", None).contains("SSL"));
     }
 
     #[test]

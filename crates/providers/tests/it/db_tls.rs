@@ -143,6 +143,26 @@ async fn redis_promote_over_tls_with_a_client_certificate() {
     assert!(!again.contains("promoted 127.0.0.1"), "{again}");
 }
 
+/// A statement as the step's account, which requires TLS.
+async fn admin_over_tls(port: u16, ca: &Path, statement: &str) -> Vec<mysql_async::Row> {
+    use mysql_async::prelude::Queryable;
+    let options = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some(USER))
+        .pass(Some("sw-pass"))
+        .prefer_socket(false)
+        .ssl_opts(Some(
+            mysql_async::SslOpts::default()
+                .with_root_certs(vec![ca.to_path_buf().into()])
+                .with_disable_built_in_roots(true),
+        ));
+    let mut conn = mysql_async::Conn::new(options).await.expect("login over TLS");
+    conn.query(statement)
+        .await
+        .unwrap_or_else(|e| panic!("{statement} on {port}: {e}"))
+}
+
 #[tokio::test]
 async fn mysql_promote_over_tls_to_an_account_that_requires_ssl() {
     let Some(mariadbd) = find_binary("mariadbd") else {
@@ -168,11 +188,21 @@ async fn mysql_promote_over_tls_to_an_account_that_requires_ssl() {
     }
     crate::mysql::admin(a, "CREATE DATABASE shop").await;
     crate::mysql::admin(a, "CREATE TABLE shop.orders (id INT PRIMARY KEY) ENGINE=InnoDB").await;
+    // Replication over TLS too: the replication account requires it (each server its own).
+    for port in [a, b] {
+        crate::mysql::admin(
+            port,
+            "SET sql_log_bin = 0; ALTER USER 'repl'@'%' REQUIRE SSL; FLUSH PRIVILEGES",
+        )
+        .await;
+    }
     crate::mysql::admin(
         b,
         &format!(
             "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={a}, MASTER_USER='repl', \
-             MASTER_PASSWORD='repl-pass', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1"
+             MASTER_PASSWORD='repl-pass', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
+             MASTER_SSL=1, MASTER_SSL_CA='{}', MASTER_SSL_VERIFY_SERVER_CERT=1",
+            tls.ca_cert.display()
         ),
     )
     .await;
@@ -231,8 +261,36 @@ async fn mysql_promote_over_tls_to_an_account_that_requires_ssl() {
         .expect("promoted over TLS");
     assert!(outcome.contains(&format!("promoted 127.0.0.1:{b} in us")), "{outcome}");
     assert!(
-        outcome.contains(&format!("127.0.0.1:{a} now replicates from 127.0.0.1:{b}")),
+        outcome.contains(&format!("127.0.0.1:{a} now replicates from 127.0.0.1:{b} (over TLS")),
         "{outcome}"
+    );
+    // The old primary had no replication of its own: it took the replica's TLS options, and
+    // the account that requires TLS logs in.
+    crate::mysql::insert(b, 2).await.expect("insert on the new primary");
+    let ca = tls.ca_cert.clone();
+    crate::support::wait_until("the old primary to replicate over TLS", || {
+        let ca = ca.clone();
+        async move {
+            admin_over_tls(a, &ca, "SELECT COUNT(*) FROM shop.orders")
+                .await
+                .first()
+                .and_then(|r| r.get::<u64, usize>(0))
+                == Some(2)
+        }
+    })
+    .await;
+    let status = admin_over_tls(a, &tls.ca_cert, "SHOW SLAVE STATUS").await;
+    let get = |name: &str| -> String {
+        status
+            .first()
+            .and_then(|row| row.get_opt::<Option<String>, &str>(name))
+            .and_then(Result::ok)
+            .flatten()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        (get("Master_SSL_Allowed"), get("Master_SSL_Verify_Server_Cert")),
+        ("Yes".to_string(), "Yes".to_string())
     );
     // A CA that did not sign the servers' certificate: the certificate is refused.
     let other = dev_ca(&dir.path().join("other"));
