@@ -112,6 +112,7 @@ struct Metrics {
     write_ahead_log_bytes: Gauge,
     writes_refused: Counter,
     backups_failed: Counter,
+    restores_failed: Counter,
     range_digest_mismatches: Counter,
     /// Held while the counters above catch up with the engine's totals (one scrape at a time).
     mirror: std::sync::Mutex<()>,
@@ -287,6 +288,12 @@ impl Metrics {
             "Writes refused because the disk was below the watermark",
             writes_refused.clone(),
         );
+        let restores_failed = Counter::default();
+        registry.register(
+            "restores_failed",
+            "Restores (from a backup or to a point in time) that failed while copying; the half-restored table is dropped (/health says why)",
+            restores_failed.clone(),
+        );
         let backups_failed = Counter::default();
         registry.register(
             "backups_failed",
@@ -313,6 +320,7 @@ impl Metrics {
             write_ahead_log_bytes,
             writes_refused,
             backups_failed,
+            restores_failed,
             mirror: std::sync::Mutex::new(()),
             tombstones_purged,
             tombstones_waiting,
@@ -1110,6 +1118,8 @@ fn backups_json(backups: &crate::backup::BackupStatus) -> serde_json::Value {
         "creating": backups.creating,
         "failed_total": backups.failed_total,
         "last_failure": backups.last_failure,
+        "restores_failed_total": backups.restores_failed_total,
+        "last_restore_failure": backups.last_restore_failure,
     })
 }
 
@@ -1214,7 +1224,9 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::Header
         .write_ahead_log_bytes
         .set(i64::try_from(writer.log_bytes).unwrap_or(i64::MAX));
     advance(&metrics.writes_refused, writer.writes_refused_total);
-    advance(&metrics.backups_failed, state.store.backups().status().failed_total);
+    let backups = state.store.backups().status();
+    advance(&metrics.backups_failed, backups.failed_total);
+    advance(&metrics.restores_failed, backups.restores_failed_total);
     if let Some(replication) = state.store.replication() {
         use std::sync::atomic::Ordering::Relaxed;
         state.metrics.replication_log_head.set(engine.log_head() as i64);

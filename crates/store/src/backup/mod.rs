@@ -170,6 +170,11 @@ struct State {
     failed_total: u64,
     /// The last such failure: the backup's ARN and why.
     last_failure: Option<String>,
+    /// Restores (from a backup or to a point in time) that failed while copying, since startup
+    /// (their half-restored tables dropped).
+    restores_failed_total: u64,
+    /// The last such failure: the table, its source and why.
+    last_restore_failure: Option<String>,
 }
 
 /// What `/health` and `/metrics` show of the backups.
@@ -178,6 +183,8 @@ pub struct BackupStatus {
     pub creating: usize,
     pub failed_total: u64,
     pub last_failure: Option<String>,
+    pub restores_failed_total: u64,
+    pub last_restore_failure: Option<String>,
 }
 
 /// The backup directory and the backups in flight.
@@ -223,7 +230,15 @@ impl Backups {
             creating: state.creating.len(),
             failed_total: state.failed_total,
             last_failure: state.last_failure.clone(),
+            restores_failed_total: state.restores_failed_total,
+            last_restore_failure: state.last_restore_failure.clone(),
         }
+    }
+
+    fn note_restore_failure(&self, failure: String) {
+        let mut state = self.state();
+        state.restores_failed_total += 1;
+        state.last_restore_failure = Some(failure);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -1128,6 +1143,10 @@ pub(crate) fn spawn_fill(
             }
             Err(error) => {
                 tracing::error!(table = %target.name, %source, error = %error.message, "{kind} failed; dropping the half-restored table");
+                store.backups().note_restore_failure(format!(
+                    "{kind} of table {} from {source} failed (the half-restored table is dropped): {}",
+                    target.name, error.message
+                ));
                 handle.block_on(drop_restoring(&engine, target));
             }
         }

@@ -545,3 +545,56 @@ async fn a_database_deleted_while_the_store_runs_refuses_writes_and_is_never_mad
     assert!(disk.store.engine().disk_status().files_gone.is_none());
     disk.put_once_writes_resume("after", "back").await;
 }
+
+#[tokio::test]
+async fn a_restore_the_disk_cannot_hold_is_dropped_and_says_why() {
+    let mut disk = Disk::open().await;
+    for batch in 0..120 {
+        let puts: Vec<Value> = (0..25)
+            .map(|i| json!({"PutRequest": {"Item": {"id": {"S": format!("k{batch:03}-{i:02}")}, "v": {"S": big(2000)}}}}))
+            .collect();
+        disk.call("BatchWriteItem", json!({"RequestItems": {"orders": puts}}))
+            .await
+            .expect("batch");
+    }
+    disk.put("kept", "kept").await.expect("put");
+    let created = disk
+        .call("CreateBackup", json!({"TableName": "orders", "BackupName": "all"}))
+        .await
+        .expect("backup");
+    let arn = created["BackupDetails"]["BackupArn"].as_str().expect("arn").to_string();
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while disk.store.backups().status().creating > 0 {
+        assert!(Instant::now() < deadline, "backup never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Room above the watermark for the first batches of the copy, not for all of it (the copy
+    // then meets the watermark, or a growth of the file meets the full disk).
+    disk.leave_free(WATERMARK_BYTES + (1 << 20));
+    disk.call(
+        "RestoreTableFromBackup",
+        json!({"BackupArn": arn, "TargetTableName": "copy"}),
+    )
+    .await
+    .expect("the restore starts");
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while disk.store.backups().status().restores_failed_total == 0 {
+        assert!(Instant::now() < deadline, "the restore never failed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let failure = disk.store.backups().status().last_restore_failure.expect("why");
+    assert!(
+        failure.contains("copy")
+            && failure.contains(&arn)
+            && (failure.contains("disk_free_bytes_min") || failure.contains("No space left")),
+        "names the table, the source and the cause: {failure}"
+    );
+    // The half-restored table goes (dropped after the failure is noted).
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while disk.store.engine().table("copy").is_some() {
+        assert!(Instant::now() < deadline, "the half-restored table stayed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    disk.faults.set_capacity_bytes(u64::MAX);
+    disk.assert_nothing_acknowledged_lost().await;
+}
