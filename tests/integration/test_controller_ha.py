@@ -3,11 +3,13 @@ it; killing the leader mid-runbook hands the runbook to another member, which ro
 with a higher generation; a frozen old leader (a partition in time: SIGSTOP) stops acting when it
 wakes up, and the DNS server refuses its generation."""
 
+import http.client
 import json
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -539,6 +541,22 @@ def test_a_member_cut_off_from_etcd_stops_naming_the_active_region(group, tmp_pa
         other = [m for m in ports if m != first][0]
         wait_until("the pointer on the follower", lambda: request(group.members[other][1], "/v1/active-region")[1].get(
             "region") == "us-east-1", logs=group.logs())
+        stream_ended = threading.Event()
+        connection = http.client.HTTPConnection("127.0.0.1", int(group.members[other][1].rsplit(":", 1)[1]),
+                                                timeout=TAKEOVER_DEADLINE_S)
+        connection.request("GET", "/v1/active-region/stream", headers={"Authorization": f"Bearer {TOKEN}"})
+        streaming = connection.getresponse()
+        assert streaming.status == 200
+
+        def read_to_the_end():
+            try:
+                while streaming.readline():
+                    pass
+            except OSError:
+                pass
+            stream_ended.set()
+
+        threading.Thread(target=read_to_the_end, daemon=True).start()
         for stream in ("upstream", "downstream"):
             status, body = proxy.call("POST", f"/proxies/etcd-{other}/toxics",
                                       {"type": "timeout", "stream": stream, "attributes": {"timeout": 0}})
@@ -550,6 +568,13 @@ def test_a_member_cut_off_from_etcd_stops_naming_the_active_region(group, tmp_pa
 
         status, body = wait_until("the cut-off follower to refuse naming the region", refused, TAKEOVER_DEADLINE_S,
                                   group.logs())
+        # Its open event stream ended (silence would read as "nothing moved"); a new one is refused.
+        assert stream_ended.wait(TAKEOVER_DEADLINE_S), "the follower's pointer stream did not end"
+        connection = http.client.HTTPConnection("127.0.0.1", int(group.members[other][1].rsplit(":", 1)[1]), timeout=10)
+        connection.request("GET", "/v1/active-region/stream", headers={"Authorization": f"Bearer {TOKEN}"})
+        answer = connection.getresponse()
+        assert answer.status == 503 and json.loads(answer.read())["code"] == "pointer_stale"
+        connection.close()
         assert body["code"] == "pointer_stale" and "has not reached etcd" in body["error"], body
         assert body["last"]["region"] == "us-east-1", body
         status, body = request(group.members[first][1], "/v1/active-region")
