@@ -21,6 +21,7 @@
 //!   it runs another batch; below the disk watermark (`crate::disk`) new items are refused and
 //!   deletes still run.
 
+mod clock_watch;
 mod digests;
 mod pitr;
 mod recovery;
@@ -28,6 +29,7 @@ mod replog;
 mod streams;
 mod wal;
 
+pub use clock_watch::{CLOCK_STEP_MS_MIN, ClockStatus};
 pub use digests::{DIGEST_BUCKET_BITS, DigestCursor, ScrubReport};
 use replog::*;
 pub use replog::{
@@ -361,6 +363,8 @@ pub(crate) struct LogPosition {
 }
 
 struct Shared {
+    /// Steps of the wall clock seen so far (`Engine::observe_clock`).
+    clock_watch: Mutex<clock_watch::ClockWatch>,
     /// The key of the MAC in stream iterators (`streams::ShardIterator`).
     iterator_key: [u8; crate::streams::ITERATOR_KEY_BYTES],
     /// `None` while the writer reopens the database after an I/O error.
@@ -542,6 +546,7 @@ impl Engine {
         let pitr_limits = PitrLimits::from_lookup(|name| std::env::var(name).ok())
             .map_err(|message| OpenError::Setting { message })?;
         let shared = Arc::new(Shared {
+            clock_watch: Mutex::new(clock_watch::ClockWatch::default()),
             db: RwLock::new(Some(Arc::new(db))),
             disk: Mutex::new(disk),
             writer_status: Mutex::new(WriterStatus {
@@ -588,6 +593,37 @@ impl Engine {
 
     pub fn now_unix_ms(&self) -> u64 {
         self.shared.clock.now_unix_ms()
+    }
+
+    /// Compares the wall clock with the monotonic clock (the TTL sweeper does, once a second);
+    /// a step since the last call is logged and counted. Returns it (ms, negative: back).
+    pub fn observe_clock(&self) -> Option<i64> {
+        let wall_ms = self.now_unix_ms();
+        let step = self
+            .shared
+            .clock_watch
+            .lock()
+            .expect("clock watch lock is never poisoned")
+            .observe(std::time::Instant::now(), wall_ms);
+        if let Some(step) = step {
+            tracing::warn!(
+                step_ms = step,
+                "the wall clock stepped {} by {} ms: TTL expiry, the point-in-time recovery window and restore times, stream iterator ages and replication timestamps follow it; check the time synchronisation (NTP) of this host",
+                if step > 0 { "forward" } else { "back" },
+                step.unsigned_abs()
+            );
+        }
+        step
+    }
+
+    /// The wall clock's steps seen so far.
+    pub fn clock_status(&self) -> ClockStatus {
+        self.shared
+            .clock_watch
+            .lock()
+            .expect("clock watch lock is never poisoned")
+            .status()
+            .clone()
     }
 
     pub fn table(&self, name: &str) -> Option<Arc<TableMeta>> {

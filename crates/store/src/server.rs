@@ -113,6 +113,7 @@ struct Metrics {
     writes_refused: Counter,
     backups_failed: Counter,
     restores_failed: Counter,
+    clock_steps: Counter,
     range_digest_mismatches: Counter,
     /// Held while the counters above catch up with the engine's totals (one scrape at a time).
     mirror: std::sync::Mutex<()>,
@@ -288,6 +289,12 @@ impl Metrics {
             "Writes refused because the disk was below the watermark",
             writes_refused.clone(),
         );
+        let clock_steps = Counter::default();
+        registry.register(
+            "clock_steps",
+            "Steps of the wall clock (wall and monotonic time apart by a second or more between two looks, a second apart); /health says the last",
+            clock_steps.clone(),
+        );
         let restores_failed = Counter::default();
         registry.register(
             "restores_failed",
@@ -321,6 +328,7 @@ impl Metrics {
             writes_refused,
             backups_failed,
             restores_failed,
+            clock_steps,
             mirror: std::sync::Mutex::new(()),
             tombstones_purged,
             tombstones_waiting,
@@ -644,6 +652,7 @@ async fn ttl_sweeper(engine: Engine) {
     let mut digest_cursor = crate::engine::DigestCursor::default();
     loop {
         interval.tick().await;
+        engine.observe_clock();
         if let Err(error) = engine.maintain_digests_once(&mut digest_cursor).await {
             tracing::warn!(%error, "range digest upkeep failed; retrying next interval");
         }
@@ -1113,6 +1122,14 @@ fn disk_json(disk: &DiskStatus) -> serde_json::Value {
     })
 }
 
+fn clock_json(clock: &crate::engine::ClockStatus) -> serde_json::Value {
+    json!({
+        "steps_total": clock.steps_total,
+        "last_step_ms": clock.last_step_ms,
+        "last_step_at_unix_ms": clock.last_step_at_unix_ms,
+    })
+}
+
 fn backups_json(backups: &crate::backup::BackupStatus) -> serde_json::Value {
     json!({
         "creating": backups.creating,
@@ -1165,6 +1182,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "disk": disk_json(&disk),
         "writer": writer_json(&writer),
         "backups": backups_json(&state.store.backups().status()),
+        "clock": clock_json(&engine.clock_status()),
         "replication": replication_health(&state.store),
     });
     let status = if verdict.status == "ready" {
@@ -1227,6 +1245,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::Header
     let backups = state.store.backups().status();
     advance(&metrics.backups_failed, backups.failed_total);
     advance(&metrics.restores_failed, backups.restores_failed_total);
+    advance(&metrics.clock_steps, engine.clock_status().steps_total);
     if let Some(replication) = state.store.replication() {
         use std::sync::atomic::Ordering::Relaxed;
         state.metrics.replication_log_head.set(engine.log_head() as i64);

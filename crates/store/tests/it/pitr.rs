@@ -438,3 +438,22 @@ async fn after_the_clock_steps_back_the_latest_restorable_time_keeps_the_changes
     h.wait_active("caught-up").await;
     assert_eq!(h.items("caught-up").await, pairs(&[("a", 3), ("b", 2), ("c", 3)]));
 }
+
+#[tokio::test]
+async fn a_step_of_the_wall_clock_is_seen_and_kept_for_health() {
+    let h = Harness::new();
+    assert_eq!(h.engine.observe_clock(), None, "the first look");
+    assert_eq!(h.engine.clock_status().steps_total, 0);
+    h.advance(3_600_000);
+    let step = h.engine.observe_clock().expect("an hour forward in no time is a step");
+    assert!((3_590_000..=3_600_000).contains(&step), "{step}");
+    h.clock
+        .0
+        .store(h.now() - 7_200_000, std::sync::atomic::Ordering::SeqCst);
+    let back = h.engine.observe_clock().expect("two hours back");
+    assert!(back <= -7_200_000, "{back}");
+    let status = h.engine.clock_status();
+    assert_eq!(status.steps_total, 2);
+    assert_eq!(status.last_step_ms, Some(back));
+    assert_eq!(status.last_step_at_unix_ms, Some(h.now()));
+}
