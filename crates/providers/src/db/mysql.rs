@@ -41,6 +41,10 @@ pub const BINLOG_FILES_SCANNED_MAX: usize = 8;
 pub const BINLOG_EVENTS_SCANNED_MAX: u64 = 200_000;
 pub const BINLOG_PAGE_EVENTS: u64 = 5_000;
 pub const BINLOG_SCAN_MS: u64 = 5_000;
+/// How long a repointed server's I/O thread gets to connect to its new source, and how often
+/// it is looked at meanwhile.
+pub const LINK_WAIT_MS: u64 = 5_000;
+pub const LINK_POLL_MS: u64 = 50;
 /// How a loss is worded ([`judge_loss`]).
 const LOSS: super::LossWords = super::LossWords::new("they are lost", "them", "wait for it to catch up");
 /// What happens to a server the first survey of a run cannot reach.
@@ -113,6 +117,10 @@ pub struct Replication {
     pub source: String,
     /// The I/O thread runs (connected, or connecting and retrying).
     pub io_running: bool,
+    /// The I/O thread is connected to the source (`Yes`, not `Connecting`).
+    pub io_connected: bool,
+    /// The I/O thread's last error, if any (`Last_IO_Error`).
+    pub io_error: Option<String>,
     pub sql_running: bool,
     /// The applier's (SQL thread's) last error, if any: the replica may have diverged.
     pub error: Option<String>,
@@ -560,7 +568,15 @@ impl MysqlPromote {
                 continue;
             }
             let over_tls = session.replicate_from(primary_member, inner, tls.as_ref()).await?;
-            let mut note = super::now_replicates(member, primary_member);
+            // Pointed is not connected: a replication account the new primary refuses (its
+            // password, its REQUIRE SSL) leaves the I/O thread retrying for ever.
+            let mut note = match session.link_problem().await? {
+                None => super::now_replicates(member, primary_member),
+                Some(problem) => format!(
+                    "{} pointed at {}, but does not replicate: {problem}",
+                    member.address, primary_member.address
+                ),
+            };
             if over_tls {
                 note.push_str(" (over TLS, with the other replicas' MASTER_SSL options)");
             }
@@ -873,6 +889,8 @@ impl Session {
             source: format!("{host}:{port}"),
             // "Connecting" counts: the thread runs and retries on its own.
             io_running: io.eq_ignore_ascii_case("Yes") || io.eq_ignore_ascii_case("Connecting"),
+            io_connected: io.eq_ignore_ascii_case("Yes"),
+            io_error: cell(row, "Last_IO_Error").filter(|e| !e.is_empty()),
             sql_running: sql.eq_ignore_ascii_case("Yes"),
             error,
             received,
@@ -1050,6 +1068,31 @@ impl Session {
         }
     }
 
+    /// Waits at most [`LINK_WAIT_MS`] until the I/O thread is connected to its source: `None`
+    /// then, else what `SHOW SLAVE STATUS` says (its last I/O error, or its state).
+    async fn link_problem(&mut self) -> Result<Option<String>, Failure> {
+        let until = std::time::Instant::now() + Duration::from_millis(LINK_WAIT_MS);
+        loop {
+            let executed = self.executed().await?;
+            let replication = self.replication(&executed).await?;
+            if replication.as_ref().is_some_and(|r| r.io_connected) {
+                return Ok(None);
+            }
+            if std::time::Instant::now() >= until {
+                let problem = match replication {
+                    None => "it has no replication configured".to_string(),
+                    Some(r) => match r.io_error {
+                        Some(error) => format!("its I/O thread's last error: {error}"),
+                        None if r.io_running => format!("its I/O thread is still connecting after {LINK_WAIT_MS} ms"),
+                        None => "its I/O thread is stopped".to_string(),
+                    },
+                };
+                return Ok(Some(super::hide_secrets(&problem, &self.secrets)));
+            }
+            tokio::time::sleep(Duration::from_millis(LINK_POLL_MS)).await;
+        }
+    }
+
     /// Stops and forgets replication, turns read_only off, writes the promotion record; then
     /// reads all three back.
     async fn make_primary(&mut self, order: &Order, member: &Member) -> Result<(), Failure> {
@@ -1138,6 +1181,8 @@ mod tests {
             replication: Some(Replication {
                 source: "a:3306".into(),
                 io_running: true,
+                io_connected: true,
+                io_error: None,
                 sql_running: true,
                 error: None,
                 received: maria(received),

@@ -448,3 +448,29 @@ async fn mariadb_an_unreachable_old_primary_is_named_then_fenced_on_sight_when_i
     assert_eq!(server_code(insert(a, 100).await), Some(READ_ONLY_ERROR));
     wait_until("a to replicate order 2", || async move { count(a).await == 2 }).await;
 }
+
+#[tokio::test]
+async fn mariadb_a_repointed_server_whose_link_fails_is_named_not_said_to_replicate() {
+    let Some(mariadbd) = find_binary("mariadbd") else {
+        return skip("mariadbd", "mariadb-server");
+    };
+    let pair = start_pair(&mariadbd).await;
+    let (a, b) = (pair.a, pair.b);
+    let (a_address, b_address) = (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
+    insert(a, 1).await.expect("insert");
+    wait_until("the replica to apply", || async move { count(b).await == 1 }).await;
+    // The step's replication password is not the account's: b keeps the link it has, but the
+    // old primary pointed at b cannot log in.
+    std::fs::write(pair.dir.path().join("repl.password"), "not-repl-pass\n").expect("write password");
+    let step = step(&pair, 5_000);
+    let outcome = step.run(&order(5, "eu", "us", false)).await.expect("promoted");
+    assert!(outcome.contains(&format!("promoted {b_address} in us")), "{outcome}");
+    assert!(
+        outcome.contains(&format!(
+            "{a_address} pointed at {b_address}, but does not replicate: its I/O thread's last error:"
+        )) && outcome.contains("Access denied for user 'repl'"),
+        "{outcome}"
+    );
+    assert!(!outcome.contains("now replicates"), "{outcome}");
+    assert!(!outcome.contains("not-repl-pass"), "{outcome}");
+}
