@@ -1402,13 +1402,15 @@ impl Session {
         }
     }
 
-    /// Creates the physical replication slot `slot` (reserving WAL from now) unless it exists;
-    /// whether it was created.
+    /// Creates the physical replication slot `slot` unless it exists; whether it was created.
+    /// It reserves WAL from the standby's first connection only (`immediately_reserve =>
+    /// false`): a standby that never connects (left fenced, rejoin failed) holds no WAL back
+    /// on the new primary.
     async fn ensure_slot(&mut self, slot: &str) -> Result<bool, Failure> {
         let slot = literal(slot);
         let rows = self
             .rows(&format!(
-                "SELECT pg_create_physical_replication_slot({slot}, true) \
+                "SELECT pg_create_physical_replication_slot({slot}, false) \
                  WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot})"
             ))
             .await?;
