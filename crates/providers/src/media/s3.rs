@@ -233,18 +233,38 @@ pub async fn lag(source: &Location, target: &Location, limits: &Limits) -> Resul
     Ok(lag)
 }
 
-/// Copies one object and verifies it; returns its size.
-async fn copy(source: Arc<Bucket>, target: Arc<Bucket>, key: String, expected: Object) -> Result<u64, Failure> {
+/// Copies one object and verifies it; returns its size. The object is held in memory: the
+/// GetObject asks for the version listed (`If-Match` its ETag: replaced since, by a larger one,
+/// it is not read) and reads at most `bytes_max` (an endpoint that sends more than it listed is
+/// cut off), so memory stays within `object_bytes_max` per copy in flight.
+async fn copy(
+    source: Arc<Bucket>,
+    target: Arc<Bucket>,
+    key: String,
+    expected: Object,
+    bytes_max: u64,
+) -> Result<u64, Failure> {
     let from_key = format!("{}{key}", source.prefix);
     let to_key = format!("{}{key}", target.prefix);
-    let got = source
-        .client
-        .get_object()
-        .bucket(&source.bucket)
-        .key(&from_key)
+    let too_big = |bytes: u64| {
+        Failure::Retryable(format!(
+            "S3 GetObject {}/{from_key}: {bytes} bytes or more, above object_bytes_max = {bytes_max} (the object changed since it was listed at {} bytes?); not copied",
+            source.bucket, expected.size
+        ))
+    };
+    let mut get = source.client.get_object().bucket(&source.bucket).key(&from_key);
+    if !expected.etag.is_empty() {
+        get = get.if_match(format!("\"{}\"", expected.etag));
+    }
+    let mut got = get
         .send()
         .await
         .map_err(|error| failure(&format!("S3 GetObject {}/{from_key}", source.bucket), &error))?;
+    if let Some(declared) = got.content_length().and_then(|n| u64::try_from(n).ok())
+        && declared > bytes_max
+    {
+        return Err(too_big(declared));
+    }
     let source_etag = unquote(got.e_tag().unwrap_or(expected.etag.as_str()));
     let mut metadata: HashMap<String, String> = got.metadata().cloned().unwrap_or_default();
     metadata.insert(SOURCE_ETAG_METADATA.into(), source_etag.clone());
@@ -254,17 +274,20 @@ async fn copy(source: Arc<Bucket>, target: Arc<Bucket>, key: String, expected: O
         got.content_disposition().map(String::from),
         got.content_encoding().map(String::from),
     );
-    let bytes = got
-        .body
-        .collect()
-        .await
-        .map_err(|error| {
+    let mut bytes = Vec::with_capacity(usize::try_from(expected.size.min(bytes_max)).unwrap_or(0));
+    while let Some(chunk) = got.body.next().await {
+        let chunk = chunk.map_err(|error| {
             Failure::Retryable(format!(
                 "S3 GetObject {}/{from_key}: reading the body: {error}",
                 source.bucket
             ))
-        })?
-        .into_bytes();
+        })?;
+        let total = (bytes.len() as u64).saturating_add(chunk.len() as u64);
+        if total > bytes_max {
+            return Err(too_big(total));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     let size = bytes.len() as u64;
     target
         .client
@@ -325,7 +348,13 @@ pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &L
     loop {
         while tasks.len() < limits.concurrency as usize {
             let Some((key, object)) = pending.next() else { break };
-            tasks.spawn(copy(Arc::clone(&source), Arc::clone(&target), key, object));
+            tasks.spawn(copy(
+                Arc::clone(&source),
+                Arc::clone(&target),
+                key,
+                object,
+                limits.object_bytes_max,
+            ));
         }
         let Some(done) = tasks.join_next().await else { break };
         match done {

@@ -279,3 +279,87 @@ fn the_listing_knows_when_the_sender_listed_folders_only() {
         "no --stats: not known to be empty"
     );
 }
+
+/// An S3 endpoint whose source object is far larger than its listing says (replaced after the
+/// listing, or a lying endpoint): the copy must not read it into memory, nor write it.
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn an_s3_object_larger_than_listed_is_neither_read_whole_nor_copied() {
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::IntoResponse;
+
+    #[derive(Default)]
+    struct Seen {
+        if_match: Vec<String>,
+        puts: usize,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let state = Arc::clone(&seen);
+    let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
+        let seen = Arc::clone(&state);
+        async move {
+            let path = uri.path().trim_end_matches('/').to_string();
+            let listing = |bucket: &str, contents: &str| {
+                format!(
+                    r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>{bucket}</Name><Prefix>p/</Prefix><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>{contents}</ListBucketResult>"#
+                )
+            };
+            match (method.as_str(), path.as_str()) {
+                ("GET", "/src") => (
+                    StatusCode::OK,
+                    listing(
+                        "src",
+                        r#"<Contents><Key>p/a.jpg</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>"abc"</ETag><Size>10</Size></Contents>"#,
+                    ),
+                )
+                    .into_response(),
+                ("GET", "/dst") => (StatusCode::OK, listing("dst", "")).into_response(),
+                ("GET", "/src/p/a.jpg") => {
+                    if let Some(value) = headers.get("if-match").and_then(|v| v.to_str().ok()) {
+                        seen.lock().expect("lock").if_match.push(value.to_string());
+                    }
+                    (StatusCode::OK, [("etag", "\"abc\"")], vec![b'x'; 2 * 1024 * 1024]).into_response()
+                }
+                ("PUT", _) => {
+                    seen.lock().expect("lock").puts += 1;
+                    (StatusCode::OK, [("etag", "\"def\"")]).into_response()
+                }
+                _ => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .expect("credentials");
+    let location = |bucket: &str| Location::S3 {
+        bucket: bucket.into(),
+        prefix: "p/".into(),
+        access: crate::aws::Access {
+            region: "us-east-1".into(),
+            profile: None,
+            endpoint_url: Some(url.clone()),
+            credentials_file: Some(credentials.clone()),
+        },
+        path_style: true,
+    };
+    let mut limits = limits(10, 1_000_000);
+    limits.object_bytes_max = 1_000;
+    let error = match super::s3::sync(&location("src"), &location("dst"), false, &limits).await {
+        Ok(report) => panic!("copied an object above object_bytes_max: {report:?}"),
+        Err(Failure::Retryable(error)) => error,
+        Err(other) => panic!("expected a retryable failure, got {other:?}"),
+    };
+    assert!(error.contains("above object_bytes_max = 1000"), "{error}");
+    let seen = seen.lock().expect("lock");
+    assert_eq!(seen.puts, 0, "nothing written");
+    assert_eq!(seen.if_match, vec!["\"abc\"".to_string()], "the listed version only");
+}
