@@ -394,6 +394,22 @@ def test_s3_replication_against_moto_copies_verifies_and_keeps_extra_objects(tmp
         == b"a new photo, longer"
 
 
+def test_s3_keys_climbing_out_of_the_prefix_are_not_copied(tmp_path, moto_s3):
+    """A key like pub/media/../../index.php is one object in S3, but a path out of the media to
+    anything that normalises it: it is not copied (nor counted in the lag)."""
+    keys = dict(endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client("s3", region_name="us-east-1", **keys)
+    s3.create_bucket(Bucket="shop-media-us")
+    s3.create_bucket(Bucket="shop-media-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_object(Bucket="shop-media-us", Key="pub/media/a.jpg", Body=b"a")
+    s3.put_object(Bucket="shop-media-us", Key="pub/media/../../index.php", Body=b"<?php evil();")
+    assert "pub/media/../../index.php" in {o["Key"] for o in s3.list_objects_v2(Bucket="shop-media-us")["Contents"]}
+    result, [synced] = media("sync", s3_config(tmp_path, moto_s3))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert synced["copied_objects"] == 1 and synced["remaining"]["objects"] == 0, synced
+    assert {o["Key"] for o in s3.list_objects_v2(Bucket="shop-media-eu")["Contents"]} == {"pub/media/a.jpg"}
+
+
 def test_s3_delete_removes_only_copies_the_active_side_deleted_within_objects_per_run_max(tmp_path, moto_s3):
     """delete = true: copies Switchyard made on the standby whose source the active bucket no
     longer holds are deleted (DeleteObject), counted against the same objects_per_run_max as

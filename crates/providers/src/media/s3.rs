@@ -57,6 +57,16 @@ pub struct Bucket {
     pub prefix: String,
 }
 
+/// Whether a key (relative to the prefix) is copied: not one with an empty, `.` or `..`
+/// segment. Written under the receiver's prefix, such a key reads as a path out of it to
+/// anything that normalises paths (an S3-compatible server, a CDN, the app serving the media),
+/// so an upload named `../../index.php` in one region would land outside the media elsewhere.
+pub fn key_is_plain(relative: &str) -> bool {
+    relative
+        .split('/')
+        .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
+}
+
 fn unquote(etag: &str) -> String {
     etag.trim().trim_matches('"').to_string()
 }
@@ -114,6 +124,10 @@ impl Bucket {
                 };
                 // "Folder" markers (keys ending in /) hold no media.
                 if relative.is_empty() || relative.ends_with('/') {
+                    continue;
+                }
+                if !key_is_plain(relative) {
+                    tracing::warn!(bucket = %self.bucket, key, "media_sync: a key with an empty, '.' or '..' segment is not copied");
                     continue;
                 }
                 objects.insert(

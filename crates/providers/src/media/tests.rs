@@ -363,3 +363,28 @@ async fn an_s3_object_larger_than_listed_is_neither_read_whole_nor_copied() {
     assert_eq!(seen.puts, 0, "nothing written");
     assert_eq!(seen.if_match, vec!["\"abc\"".to_string()], "the listed version only");
 }
+
+#[cfg(feature = "aws")]
+#[test]
+fn s3_keys_that_climb_out_of_the_prefix_are_not_copied() {
+    use super::s3::key_is_plain;
+    for plain in [
+        "a.jpg",
+        "catalog/product/a/b/ab-shoe.jpg",
+        "2026/12/upload with space.pdf",
+        "a..b/.c",
+    ] {
+        assert!(key_is_plain(plain), "{plain}");
+    }
+    for climbing in [
+        "../../index.php",
+        "catalog/../../../x",
+        "./a",
+        "a//b",
+        "/etc/passwd",
+        "a/.",
+        "a/..",
+    ] {
+        assert!(!key_is_plain(climbing), "{climbing}");
+    }
+}
