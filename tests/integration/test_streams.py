@@ -4,6 +4,7 @@
 fields): every iterator type and view type, shard rollover and retention (with the store's
 test overrides), TTL deletion records, and global-table streams in two regions."""
 
+import datetime
 import itertools
 import time
 
@@ -220,6 +221,34 @@ def test_iterator_types(store):
     with pytest.raises(ClientError) as excinfo:
         streams.get_records(ShardIterator="x" * 40)
     assert error_code(excinfo)[0] == "ValidationException"
+
+
+def test_at_timestamp_iterators(store):
+    """AT_TIMESTAMP (the botocore model's fifth iterator type, with Timestamp): a time before
+    the records starts at the oldest (TRIM_HORIZON), the first record's own time starts at it,
+    and a time in the future is a ValidationException. (Which record a time between records
+    starts at is checked with a moved clock in store::engine::streams::page_tests.)"""
+    client, streams = store.client(), streams_client(store.url)
+    name, arn = streamed_table(client, "KEYS_ONLY")
+    for i in range(3):
+        client.put_item(TableName=name, Item={"pk": {"S": f"k{i}"}})
+    shard = shards_of(streams, arn)[0]["ShardId"]
+
+    def keys_from(timestamp):
+        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="AT_TIMESTAMP",
+                                              Timestamp=timestamp)["ShardIterator"]
+        page = streams.get_records(ShardIterator=iterator)
+        assert "NextShardIterator" in page
+        return [r["dynamodb"]["Keys"]["pk"]["S"] for r in page["Records"]]
+
+    assert keys_from(datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)) == ["k0", "k1", "k2"]
+    first = streams.get_records(ShardIterator=streams.get_shard_iterator(
+        StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"], Limit=1)["Records"][0]
+    assert keys_from(first["dynamodb"]["ApproximateCreationDateTime"]) == ["k0", "k1", "k2"]
+    with pytest.raises(ClientError) as excinfo:
+        streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="AT_TIMESTAMP",
+                                   Timestamp=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
+    assert error_code(excinfo)[0] == "ValidationException" and "in the future" in error_code(excinfo)[1]
 
 
 def test_update_table_stream_rules(store):

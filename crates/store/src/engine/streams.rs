@@ -953,6 +953,66 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Where GetShardIterator's AT_TIMESTAMP starts in `shard`: the sequence number of its
+    /// first record, from `from` on, whose creation second (the ApproximateCreationDateTime
+    /// records show) is `at_s` or later, or `None` when no record of the shard is that recent
+    /// yet. Whole blocks older than `at_s` (by their newest record's time) are skipped unread.
+    pub fn shard_position_at(
+        &self,
+        stream_id: u64,
+        shard: &ShardMeta,
+        from: u64,
+        at_s: u64,
+    ) -> Result<Option<u64>, ApiError> {
+        let end = if shard.closed {
+            shard.last_seq.unwrap_or(shard.first_seq.saturating_sub(1))
+        } else {
+            u64::MAX
+        };
+        if from > end {
+            return Ok(None);
+        }
+        let Some(records) = self.open_or_empty(STREAM_RECORDS)? else {
+            return Ok(None);
+        };
+        let start = records
+            .range((stream_id, 0)..=(stream_id, from))
+            .map_err(|e| storage_error("reading stream records", e))?
+            .next_back()
+            .transpose()
+            .map_err(|e| storage_error("reading stream records", e))?
+            .map_or(from, |(key, _)| key.value().1);
+        for entry in records
+            .range((stream_id, start)..=(stream_id, end))
+            .map_err(|e| storage_error("reading stream records", e))?
+        {
+            let (key, value) = entry.map_err(|e| storage_error("reading stream records", e))?;
+            let entry_s = stored_created_ms(value.value()) / 1000;
+            if entry_s < at_s {
+                continue;
+            }
+            let held =
+                stored_records(key.value().1, value.value()).map_err(|e| storage_error("reading stream records", e))?;
+            for (seq, record) in held {
+                if seq < from || seq > end {
+                    continue;
+                }
+                let created_s = match record {
+                    StoredRecord::Compact { record, .. } => streams::compact_record_created_s(record)
+                        .map_err(|e| storage_error("reading stream records", e))?,
+                    // Records of earlier formats: the entry's time (a block's newest record's).
+                    StoredRecord::Json(_) => entry_s,
+                };
+                if created_s >= at_s {
+                    return Ok(Some(seq));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 impl Engine {
     /// The stream limits (retention, shard rollover) in force.
     pub fn stream_limits(&self) -> StreamLimits {
@@ -1293,5 +1353,135 @@ mod page_tests {
         sorted.sort();
         assert_eq!(sorted, expected, "every record once");
         assert_eq!(keys.len(), 25);
+    }
+
+    /// A clock the test moves.
+    struct StepClock(std::sync::atomic::AtomicU64);
+
+    impl crate::engine::Clock for StepClock {
+        fn now_unix_ms(&self) -> u64 {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// GetShardIterator's AT_TIMESTAMP starts at the first record created at or after the
+    /// timestamp's second (the records' ApproximateCreationDateTime), at the oldest record for
+    /// a timestamp before them, after the last record for one past them (the next record is
+    /// read), and refuses a timestamp in the future or a missing one.
+    #[tokio::test]
+    async fn at_timestamp_iterators_start_at_the_first_record_of_that_time() {
+        const T0: u64 = 1_800_000_000_000;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let clock = Arc::new(StepClock(std::sync::atomic::AtomicU64::new(T0)));
+        let engine = Engine::open(dir.path(), "us-east-1", clock.clone()).expect("open engine");
+        let store = Store::new(engine.clone());
+        let set = |ms: u64| clock.0.store(ms, std::sync::atomic::Ordering::SeqCst);
+        call(
+            &store,
+            "CreateTable",
+            json!({
+                "TableName": "tab",
+                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+                "BillingMode": "PAY_PER_REQUEST",
+                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "KEYS_ONLY"},
+            }),
+        )
+        .await;
+        for (at, key) in [(T0, "k1"), (T0 + 2_000, "k2"), (T0 + 4_500, "k3")] {
+            set(at);
+            call(
+                &store,
+                "PutItem",
+                json!({"TableName": "tab", "Item": {"pk": {"S": key}}}),
+            )
+            .await;
+        }
+        set(T0 + 10_000);
+        let arn = call(&store, "DescribeTable", json!({"TableName": "tab"})).await["Table"]["LatestStreamArn"].clone();
+        let shard = call(&store, "DescribeStream", json!({"StreamArn": arn})).await["StreamDescription"]["Shards"][0]
+            ["ShardId"]
+            .clone();
+        let iterator = |timestamp: Value| json!({"StreamArn": arn, "ShardId": shard, "ShardIteratorType": "AT_TIMESTAMP", "Timestamp": timestamp});
+        let keys_from = |request: Value| {
+            let store = &store;
+            async move {
+                let iterator = call(store, "GetShardIterator", request).await["ShardIterator"].clone();
+                let page = call(store, "GetRecords", json!({"ShardIterator": iterator})).await;
+                let keys: Vec<String> = page["Records"]
+                    .as_array()
+                    .expect("records")
+                    .iter()
+                    .map(|r| r["dynamodb"]["Keys"]["pk"]["S"].as_str().expect("key").to_string())
+                    .collect();
+                (keys, page["NextShardIterator"].clone())
+            }
+        };
+        let t0_s = (T0 / 1000) as f64;
+        for (timestamp, expected) in [
+            (json!(0), vec!["k1", "k2", "k3"]),
+            (json!(t0_s - 3600.0), vec!["k1", "k2", "k3"]),
+            (json!(t0_s), vec!["k1", "k2", "k3"]),
+            // k1's second (a record of the timestamp's second is included, not missed).
+            (json!(t0_s + 0.5), vec!["k1", "k2", "k3"]),
+            (json!(t0_s + 1.0), vec!["k2", "k3"]),
+            (json!(t0_s + 2.0), vec!["k2", "k3"]),
+            (json!(t0_s + 3.0), vec!["k3"]),
+            // k3 was written at +4.5 s: its record shows +4 s, the timestamp's second.
+            (json!(t0_s + 4.9), vec!["k3"]),
+        ] {
+            let (keys, _) = keys_from(iterator(timestamp.clone())).await;
+            assert_eq!(keys, expected, "AT_TIMESTAMP {timestamp}");
+        }
+        // Past every record: nothing yet, and the next record is read from there.
+        let (keys, next) = keys_from(iterator(json!(t0_s + 6.0))).await;
+        assert!(keys.is_empty(), "{keys:?}");
+        call(
+            &store,
+            "PutItem",
+            json!({"TableName": "tab", "Item": {"pk": {"S": "k4"}}}),
+        )
+        .await;
+        let page = call(&store, "GetRecords", json!({"ShardIterator": next})).await;
+        assert_eq!(page["Records"][0]["dynamodb"]["Keys"]["pk"]["S"], "k4");
+        assert_eq!(page["Records"].as_array().map(Vec::len), Some(1));
+
+        let refused = |request: Value| {
+            let engine = &engine;
+            async move {
+                crate::streams::api::handle(engine, "GetShardIterator", request.to_string().as_bytes())
+                    .await
+                    .expect_err("refused")
+            }
+        };
+        let future = refused(iterator(json!(t0_s + 10.001))).await;
+        assert_eq!(future.kind, dynamo_protocol::ErrorKind::Validation);
+        assert!(future.message.contains("in the future"), "{}", future.message);
+        let missing = refused(json!({"StreamArn": arn, "ShardId": shard, "ShardIteratorType": "AT_TIMESTAMP"})).await;
+        assert!(
+            missing.message.contains("A Timestamp is required"),
+            "{}",
+            missing.message
+        );
+        let with_sequence = refused(
+            json!({"StreamArn": arn, "ShardId": shard, "ShardIteratorType": "AT_TIMESTAMP",
+            "Timestamp": t0_s, "SequenceNumber": "000000000000000000001"}),
+        )
+        .await;
+        assert!(
+            with_sequence.message.contains("SequenceNumber must not be given"),
+            "{}",
+            with_sequence.message
+        );
+        let on_latest =
+            refused(json!({"StreamArn": arn, "ShardId": shard, "ShardIteratorType": "LATEST", "Timestamp": t0_s}))
+                .await;
+        assert!(
+            on_latest.message.contains("Timestamp must not be given"),
+            "{}",
+            on_latest.message
+        );
+        let as_text = refused(iterator(json!("yesterday"))).await;
+        assert_eq!(as_text.kind, dynamo_protocol::ErrorKind::Serialization);
     }
 }

@@ -228,6 +228,9 @@ struct GetShardIteratorRequest {
     shard_id: String,
     shard_iterator_type: String,
     sequence_number: Option<String>,
+    /// For AT_TIMESTAMP: seconds since the Unix epoch, with milliseconds (a JSON number, as
+    /// the SDKs send a timestamp).
+    timestamp: Option<f64>,
 }
 
 fn trimmed(arn: &str, seq: u64) -> ApiError {
@@ -290,6 +293,17 @@ fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Resu
         }
         Ok(())
     };
+    if request.timestamp.is_some()
+        && matches!(
+            request.shard_iterator_type.as_str(),
+            "TRIM_HORIZON" | "LATEST" | "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER"
+        )
+    {
+        return Err(ApiError::validation(format!(
+            "Timestamp must not be given with ShardIteratorType {}; it is for AT_TIMESTAMP",
+            request.shard_iterator_type
+        )));
+    }
     let position = match request.shard_iterator_type.as_str() {
         "TRIM_HORIZON" => {
             no_sequence("TRIM_HORIZON")?;
@@ -304,9 +318,23 @@ fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Resu
         }
         "AT_SEQUENCE_NUMBER" => sequence("AT_SEQUENCE_NUMBER")?,
         "AFTER_SEQUENCE_NUMBER" => sequence("AFTER_SEQUENCE_NUMBER")? + 1,
+        "AT_TIMESTAMP" => {
+            no_sequence("AT_TIMESTAMP")?;
+            let at_s = timestamp_second(request.timestamp, engine.now_unix_ms())?;
+            let from = shard.first_seq.max(stream.trimmed_through + 1);
+            match snapshot.shard_position_at(stream.id, shard, from, at_s)? {
+                Some(seq) => seq,
+                // No record that recent yet: where the next one will be, as LATEST.
+                None => match (shard.closed, shard.last_seq) {
+                    (true, Some(last)) => last + 1,
+                    (true, None) => shard.first_seq,
+                    _ => snapshot.stream_seq()? + 1,
+                },
+            }
+        }
         other => {
             return Err(ApiError::validation(format!(
-                "1 validation error detected: Value '{other}' at 'shardIteratorType' failed to satisfy constraint: Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, LATEST, AT_SEQUENCE_NUMBER, TRIM_HORIZON]"
+                "1 validation error detected: Value '{other}' at 'shardIteratorType' failed to satisfy constraint: Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, LATEST, AT_SEQUENCE_NUMBER, TRIM_HORIZON, AT_TIMESTAMP]"
             )));
         }
     };
@@ -317,6 +345,32 @@ fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Resu
         issued_ms: engine.now_unix_ms(),
     };
     Ok(json!({"ShardIterator": iterator.encode(engine.iterator_key())}))
+}
+
+/// The second AT_TIMESTAMP starts at: records show their creation time to the second
+/// (ApproximateCreationDateTime), so a record of the timestamp's own second is included rather
+/// than missed. A timestamp before the first record or the trim horizon starts at the oldest
+/// record kept (TRIM_HORIZON); one in the future is refused, as DynamoDB refuses it.
+fn timestamp_second(timestamp: Option<f64>, now_ms: u64) -> Result<u64, ApiError> {
+    let timestamp = timestamp.ok_or_else(|| {
+        ApiError::validation(
+            "A Timestamp is required for ShardIteratorType AT_TIMESTAMP; give the time to start reading at, in seconds since the Unix epoch",
+        )
+    })?;
+    if !timestamp.is_finite() {
+        return Err(ApiError::validation(format!(
+            "Invalid Timestamp {timestamp}: give the time to start reading at, in seconds since the Unix epoch"
+        )));
+    }
+    // Milliseconds, as the timestamp's precision is.
+    if (timestamp * 1000.0).floor() > now_ms as f64 {
+        return Err(ApiError::validation(format!(
+            "Invalid Timestamp {timestamp}: it is in the future (now is {}.{:03}); give a time at or before now",
+            now_ms / 1000,
+            now_ms % 1000
+        )));
+    }
+    Ok(timestamp.max(0.0).floor() as u64)
 }
 
 #[derive(Deserialize)]

@@ -709,6 +709,13 @@ pub fn render_compact_record(
     Ok(())
 }
 
+/// The creation second a compact record ([`write_compact_record`]) carries: its
+/// ApproximateCreationDateTime.
+pub(crate) fn compact_record_created_s(compact: &[u8]) -> Result<u64, String> {
+    let mut rest = compact.get(1..).ok_or("a compact stream record is empty")?;
+    read_leb128(&mut rest)
+}
+
 /// Bytes a LEB128 `u64` takes at most.
 const LEB128_BYTES_MAX: usize = 10;
 
