@@ -577,6 +577,29 @@ fn backup_room_problem(engine: &Engine, needed: u64) -> Option<String> {
     })
 }
 
+/// Refuses a restore whose items alone (a lower bound of what it stores) would take the data
+/// directory's disk below its watermark: the copy would fail part-way (its table dropped), or
+/// a growth of the file would meet a full disk and make the store reopen its database.
+pub(crate) fn check_restore_room(engine: &Engine, target: &str, needed: u64) -> Result<(), ApiError> {
+    let disk = engine.disk_status();
+    if disk.total_bytes == 0 {
+        return Ok(());
+    }
+    let wanted = disk.free_bytes_min.saturating_add(needed);
+    if !disk.low && disk.free_bytes >= wanted {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorKind::ServiceUnavailable,
+        format!(
+            "Restore into table {target} refused: its items take {needed} bytes, and the disk of the data directory has {} bytes free, which must stay above disk_free_bytes_min ({} bytes); free at least {} bytes on that filesystem first",
+            disk.free_bytes,
+            disk.free_bytes_min,
+            wanted.saturating_sub(disk.free_bytes)
+        ),
+    ))
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CreateBackupRequest {
@@ -1068,6 +1091,7 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
     let now = store.engine().now_unix_ms() as f64 / 1000.0;
     let create = restored_table_request(&backup.table, &request.target_table_name, &request.overrides)?;
     catalog::table_from_request(&create, 0, now)?;
+    check_restore_room(store.engine(), &request.target_table_name, backup.size_bytes)?;
     // The backup is checked whole before the table exists: a damaged backup is refused here.
     let in_use = backups.use_backup(&id);
     let items = backups.items_path(&id);

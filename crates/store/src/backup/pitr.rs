@@ -273,6 +273,11 @@ pub async fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest
     let create = restored_table_request(&source, &request.target_table_name, &request.overrides)?;
     let now_ms = engine.now_unix_ms();
     catalog::table_from_request(&create, 0, seconds(now_ms))?;
+    super::check_restore_room(
+        &engine,
+        &request.target_table_name,
+        engine.stats(source.id, None).size_bytes,
+    )?;
     // Every write submitted before now has committed once the barrier has: changes stamped up
     // to `at_ms` (before the undo log's present) are all in the snapshot, and later ones are
     // in its undo log.

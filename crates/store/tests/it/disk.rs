@@ -558,6 +558,12 @@ async fn a_restore_the_disk_cannot_hold_is_dropped_and_says_why() {
             .expect("batch");
     }
     disk.put("kept", "kept").await.expect("put");
+    disk.call(
+        "UpdateContinuousBackups",
+        json!({"TableName": "orders", "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": true}}),
+    )
+    .await
+    .expect("PITR");
     let created = disk
         .call("CreateBackup", json!({"TableName": "orders", "BackupName": "all"}))
         .await
@@ -568,9 +574,33 @@ async fn a_restore_the_disk_cannot_hold_is_dropped_and_says_why() {
         assert!(Instant::now() < deadline, "backup never ended");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Room above the watermark for the first batches of the copy, not for all of it (the copy
-    // then meets the watermark, or a growth of the file meets the full disk).
-    disk.leave_free(WATERMARK_BYTES + (1 << 20));
+    // Too little room above the watermark for the items alone: refused at once, saying so.
+    let table = disk.store.engine().table("orders").expect("table");
+    let size = disk.store.engine().stats(table.id, None).size_bytes;
+    disk.leave_free(WATERMARK_BYTES + size / 2);
+    let refused = disk
+        .call(
+            "RestoreTableFromBackup",
+            json!({"BackupArn": arn, "TargetTableName": "copy"}),
+        )
+        .await
+        .expect_err("no room");
+    assert_eq!(refused.kind, ErrorKind::ServiceUnavailable, "{refused}");
+    assert!(refused.message.contains("disk_free_bytes_min"), "{refused}");
+    let refused = disk
+        .call(
+            "RestoreTableToPointInTime",
+            json!({"SourceTableName": "orders", "TargetTableName": "copy", "UseLatestRestorableTime": true}),
+        )
+        .await
+        .expect_err("no room");
+    assert_eq!(refused.kind, ErrorKind::ServiceUnavailable, "{refused}");
+    assert!(refused.message.contains("disk_free_bytes_min"), "{refused}");
+    assert!(disk.store.engine().table("copy").is_none());
+    // Room above the watermark for the items, not for what the database stores of them (about
+    // three times as much here): the copy meets the watermark, or a growth of the file meets
+    // the full disk, part-way.
+    disk.leave_free(WATERMARK_BYTES + size + (1 << 20));
     disk.call(
         "RestoreTableFromBackup",
         json!({"BackupArn": arn, "TargetTableName": "copy"}),
