@@ -700,7 +700,7 @@ impl MediaSync {
         let work = async {
             match (source, target) {
                 (Location::Rsync(source), Location::Rsync(target)) => {
-                    rsync::measure(source, target, self.delete, &self.rsync, &self.limits)
+                    rsync::measure(source, target, self.delete, &self.rsync, &self.limits, 0)
                         .await
                         .map(|m| m.lag)
                 }

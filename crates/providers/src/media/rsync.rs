@@ -142,8 +142,17 @@ pub struct Item {
 /// What an `--out-format=%i|%l|%M|%n` listing says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Listing {
-    /// Files to send, in rsync's order.
+    /// Files to send, in rsync's order: the first `keep_max` of them (all with `None`). The
+    /// figures below count every one, so a lag needs none kept and memory does not grow
+    /// with the tree.
     pub files: Vec<Item>,
+    pub keep_max: Option<usize>,
+    /// Every file to send: how many, their bytes, the oldest modification time and the
+    /// first few paths.
+    pub counted: u64,
+    pub counted_bytes: u64,
+    pub oldest_modified_s: Option<u64>,
+    pub sample: Vec<String>,
     /// `*deleting` lines.
     pub deletions: u64,
     /// "Total transferred file size" of `--stats`, if printed.
@@ -224,23 +233,32 @@ impl Listing {
         let mut flags = item.chars();
         let (update, kind) = (flags.next(), flags.next());
         if matches!(update, Some('<' | '>')) && kind == Some('f') {
-            self.files.push(Item {
+            let item = Item {
                 path: name.to_string(),
                 bytes: length.trim().replace(',', "").parse().unwrap_or(0),
                 modified_s: parse_time(time.trim()),
-            });
+            };
+            self.counted += 1;
+            self.counted_bytes = self.counted_bytes.saturating_add(item.bytes);
+            if let Some(modified) = item.modified_s {
+                self.oldest_modified_s = Some(self.oldest_modified_s.map_or(modified, |m| m.min(modified)));
+            }
+            if self.sample.len() < super::MISSING_SAMPLE_MAX {
+                self.sample.push(item.path.clone());
+            }
+            if self.keep_max.is_none_or(|max| self.files.len() < max) {
+                self.files.push(item);
+            }
         }
     }
 
     pub fn lag(&self, now_s: u64) -> Lag {
-        let mut lag = Lag::default();
-        for file in &self.files {
-            lag.add(&file.path, file.bytes, file.modified_s, now_s);
+        Lag {
+            objects: self.counted,
+            bytes: self.stats_bytes.unwrap_or(self.counted_bytes),
+            oldest_age_seconds: self.oldest_modified_s.map(|m| now_s.saturating_sub(m)),
+            sample: self.sample.clone(),
         }
-        if let Some(bytes) = self.stats_bytes {
-            lag.bytes = bytes;
-        }
-        lag
     }
 }
 
@@ -333,8 +351,13 @@ fn common_args(source: &Endpoint, target: &Endpoint, options: &Options) -> Vec<S
 }
 
 /// Runs rsync with `args` and `input` on its stdin (`--files-from=-`); every stdout line goes
-/// into a listing (at most `lines_max`).
-async fn run(args: &[String], lines_max: u64, input: Option<String>) -> Result<(Listing, Option<String>), Failure> {
+/// into a listing (at most `lines_max`) that keeps the first `keep_files` files.
+async fn run(
+    args: &[String],
+    lines_max: u64,
+    input: Option<String>,
+    keep_files: usize,
+) -> Result<(Listing, Option<String>), Failure> {
     let mut child = tokio::process::Command::new("rsync")
         .args(args)
         .env("TZ", "UTC")
@@ -377,7 +400,10 @@ async fn run(args: &[String], lines_max: u64, input: Option<String>) -> Result<(
         }
         String::from_utf8_lossy(&tail).into_owned()
     });
-    let mut listing = Listing::default();
+    let mut listing = Listing {
+        keep_max: Some(keep_files),
+        ..Listing::default()
+    };
     let mut lines_seen = 0u64;
     if let Some(stdout) = child.stdout.take() {
         let mut lines = BufReader::new(stdout).lines();
@@ -416,12 +442,14 @@ pub struct Measure {
     pub listing: Listing,
 }
 
+/// The dry run; its listing keeps the first `keep_files` files (the lag needs none).
 pub async fn measure(
     source: &Endpoint,
     target: &Endpoint,
     delete: bool,
     options: &Options,
     limits: &Limits,
+    keep_files: usize,
 ) -> Result<Measure, Failure> {
     let mut args = common_args(source, target, options);
     args.push("--dry-run".into());
@@ -430,7 +458,7 @@ pub async fn measure(
     }
     args.push(source.text.clone());
     args.push(target.text.clone());
-    let (listing, _) = run(&args, limits.objects_listed_max.saturating_add(64), None).await?;
+    let (listing, _) = run(&args, limits.objects_listed_max.saturating_add(64), None, keep_files).await?;
     Ok(Measure {
         lag: listing.lag(now_s()),
         listing,
@@ -444,7 +472,9 @@ pub async fn sync(
     options: &Options,
     limits: &Limits,
 ) -> Result<SyncReport, Failure> {
-    let before = measure(source, target, delete, options, limits).await?;
+    // One file more than a run may copy tells whether the limit cuts it short.
+    let keep = usize::try_from(limits.objects_per_run_max.saturating_add(1)).unwrap_or(usize::MAX);
+    let before = measure(source, target, delete, options, limits, keep).await?;
     let (chosen, limited) = within_limits(&before.listing.files, limits);
     let mut deletions_limited = false;
     let mut args = common_args(source, target, options);
@@ -476,7 +506,7 @@ pub async fn sync(
     let result = if limited.is_some() && chosen.is_empty() {
         Ok((Listing::default(), None))
     } else {
-        run(&args, limits.objects_listed_max.saturating_add(64), files_from).await
+        run(&args, limits.objects_listed_max.saturating_add(64), files_from, 0).await
     };
     let (done, mut note) = result?;
     let mut limited = limited;
@@ -492,10 +522,10 @@ pub async fn sync(
             None => empty,
         });
     }
-    let after = measure(source, target, false, options, limits).await?;
+    let after = measure(source, target, false, options, limits, 0).await?;
     Ok(SyncReport {
-        copied_objects: done.files.len() as u64,
-        copied_bytes: done.files.iter().map(|f| f.bytes).sum(),
+        copied_objects: done.counted,
+        copied_bytes: done.counted_bytes,
         deleted_objects: done.deletions,
         remaining: after.lag,
         limited,

@@ -388,3 +388,29 @@ fn s3_keys_that_climb_out_of_the_prefix_are_not_copied() {
         assert!(!key_is_plain(climbing), "{climbing}");
     }
 }
+
+#[test]
+fn a_listing_counts_every_file_but_keeps_only_what_a_run_may_copy() {
+    // The lag of a tree of a million files needs no list of them; a run needs one file more
+    // than it may copy (to know that it stops at the limit).
+    let mut listing = Listing {
+        keep_max: Some(2),
+        ..Listing::default()
+    };
+    for i in 0..1000u64 {
+        listing.line(&format!(">f+++++++++|10|2026/12/02-{:02}:00:00|f{i}.jpg", 10 + i % 10));
+    }
+    assert_eq!(listing.files.len(), 2, "only what was asked is kept");
+    let lag = listing.lag(parse_time("2026/12/02-20:00:00").expect("time"));
+    assert_eq!((lag.objects, lag.bytes), (1000, 10_000));
+    assert_eq!(lag.oldest_age_seconds, Some(10 * 3600));
+    assert_eq!(lag.sample, vec!["f0.jpg", "f1.jpg", "f2.jpg", "f3.jpg", "f4.jpg"]);
+    let (chosen, limited) = within_limits(&listing.files, &limits(1, 1_000));
+    assert_eq!(chosen.len(), 1);
+    assert_eq!(limited.as_deref(), Some("objects_per_run_max = 1"));
+    let nothing_kept = Listing {
+        keep_max: Some(0),
+        ..Listing::default()
+    };
+    assert!(nothing_kept.files.is_empty());
+}
