@@ -657,8 +657,18 @@ async fn create_backup(store: &Store, request: CreateBackupRequest) -> Result<Va
                 ),
             ));
         }
-        state.sequence += 1;
-        let id = new_backup_id(now_ms, engine.region(), &meta, state.sequence);
+        // The sequence starts again at each start: after a restart at the same millisecond (a
+        // clock stepped back) an id could repeat and the new backup overwrite the old one's
+        // files. An id taken (finished or being written) is never used again.
+        let id = loop {
+            state.sequence += 1;
+            let id = new_backup_id(now_ms, engine.region(), &meta, state.sequence);
+            let taken =
+                state.creating.contains_key(&id) || backups.meta_path(&id).exists() || backups.items_path(&id).exists();
+            if !taken {
+                break id;
+            }
+        };
         let backup = BackupMeta {
             format: FORMAT_VERSION,
             arn: format!("{}/backup/{id}", meta.arn(engine.region())),

@@ -299,3 +299,35 @@ async fn a_description_copied_under_another_backups_name_is_damaged_not_that_bac
     );
     assert!(backups.join(format!("{id}.items")).exists());
 }
+
+#[tokio::test]
+async fn a_backup_id_is_never_used_twice_across_restarts_at_the_same_millisecond() {
+    use crate::support::ManualClock;
+    // A clock standing still: the restart below comes at the same millisecond, as after a
+    // clock stepped back.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let clock = Arc::new(ManualClock::starting_at(crate::support::START_MS));
+    let engine = Engine::open(dir.path(), "us-east-1", clock).expect("open engine");
+    let before = Store::new(engine.clone());
+    let first = backed_up_table(&before, 3).await;
+    // A new start: the backups' in-memory numbering starts again.
+    let after = Store::new(engine);
+    let created = ok(
+        &after,
+        "CreateBackup",
+        json!({"TableName": "source", "BackupName": "second"}),
+    )
+    .await;
+    let second = created["BackupDetails"]["BackupArn"].as_str().expect("arn").to_string();
+    assert_ne!(first, second, "a new id");
+    wait_until("backup AVAILABLE", async || {
+        let described = ok(&after, "DescribeBackup", json!({"BackupArn": second})).await;
+        described["BackupDescription"]["BackupDetails"]["BackupStatus"] == "AVAILABLE"
+    })
+    .await;
+    let described = ok(&after, "DescribeBackup", json!({"BackupArn": first})).await;
+    assert_eq!(
+        described["BackupDescription"]["BackupDetails"]["BackupName"], "first",
+        "the first backup is untouched"
+    );
+}
