@@ -12,6 +12,7 @@ import os
 import random
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -182,5 +183,51 @@ def test_sigterm_leaves_a_file_that_opens_without_a_repair(tmp_path_factory):
         writer = health(store)["writer"]
         assert writer["opened_after_repair"] is False, writer
         assert {f"t-{i}" for i in range(20)} <= all_items(store.client()).keys()
+    finally:
+        store.stop()
+
+
+def test_a_database_deleted_under_a_running_store_refuses_writes_and_is_not_started_empty(tmp_path_factory):
+    """`rm store.redb` under a running store: every write acknowledged after it would be lost at
+    the next start, so new writes are refused (reads served) and /health is read_only, naming
+    the file and the fix; a restart then refuses to create an empty store beside the log. The
+    file put back (copied from the running process's open descriptor), all is there."""
+    import shutil
+    import subprocess
+
+    from botocore.exceptions import ClientError
+
+    from test_store_harness import BINARY
+
+    store = store_with_items(tmp_path_factory, "deleted", "d", 10)
+    database = store.data_dir / "store.redb"
+    try:
+        # What an operator can still do before the store exits: copy the open file.
+        fd = next(entry for entry in os.listdir(f"/proc/{store.process.pid}/fd")
+                  if os.path.realpath(f"/proc/{store.process.pid}/fd/{entry}") == str(database))
+        database.unlink()
+        client = store.client()
+        with pytest.raises(ClientError) as refused:
+            client.put_item(TableName=TABLE, Item={"pk": {"S": "lost"}})
+        error = refused.value.response["Error"]
+        assert error["Code"] == "ServiceUnavailable" and "was deleted" in error["Message"], error
+        try:
+            urllib.request.urlopen(store.url + "/health", timeout=10)
+            raise AssertionError("/health answered 200 with its database deleted")
+        except urllib.error.HTTPError as answer:
+            body = json.loads(answer.read())
+        assert body["status"] == "read_only" and body["disk"]["files_gone"], body
+        assert {f"d-{i}" for i in range(10)} <= all_items(client).keys()
+        shutil.copyfile(f"/proc/{store.process.pid}/fd/{fd}", store.data_dir / "store.redb.saved")
+    finally:
+        store.stop()
+    result = subprocess.run([str(BINARY), "store", "--listen", "127.0.0.1:0", "--data-dir", str(store.data_dir)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "is missing" in result.stderr, result.stderr[-2000:]
+    assert not database.exists(), "no empty database was made"
+    os.rename(store.data_dir / "store.redb.saved", database)
+    store.start()
+    try:
+        assert {f"d-{i}" for i in range(10)} <= all_items(store.client()).keys()
     finally:
         store.stop()
