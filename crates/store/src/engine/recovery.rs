@@ -597,7 +597,7 @@ pub(super) fn recover(shared: &Shared, receiver: &mut mpsc::Receiver<Job>) -> bo
         // it (its reason on /health).
         let opened = check_database_not_lost(dir)
             .map_err(|problem| format!("{problem}; {LOST_HINT}"))
-            .and_then(|()| open_database(&shared.path, &shared.options).map_err(|e| e.to_string()))
+            .and_then(|()| open_database(&shared.path, &shared.options).map_err(|e| format!("{e}; {}", open_hint(&e))))
             .and_then(|(db, mut report)| {
                 let (wal, replayed) = super::Wal::open_and_replay(
                     dir,

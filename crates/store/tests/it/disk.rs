@@ -628,3 +628,27 @@ async fn a_restore_the_disk_cannot_hold_is_dropped_and_says_why() {
     disk.faults.set_capacity_bytes(u64::MAX);
     disk.assert_nothing_acknowledged_lost().await;
 }
+
+#[tokio::test]
+async fn a_failing_reopen_names_the_fix_on_health() {
+    let mut disk = Disk::open().await;
+    disk.put("a", "v").await.expect("put");
+    disk.faults.set_fail_writes(true);
+    disk.put("b", "v").await.expect_err("the commit fails");
+    // While the disk keeps failing, the reopen's error (on /health as the writer's last error)
+    // says what to check, as the same error at startup does.
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        let writer = disk.store.engine().writer_status();
+        let last = writer.last_error.unwrap_or_default();
+        if last.contains("reopening") {
+            assert!(last.contains("check the disk"), "{last}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed reopen: {last}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    disk.faults.set_fail_writes(false);
+    disk.put_once_writes_resume("after", "v").await;
+    disk.assert_nothing_acknowledged_lost().await;
+}
