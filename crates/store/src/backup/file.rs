@@ -18,7 +18,7 @@ pub const MAGIC: &[u8] = b"SWITCHYARD-BACKUP 1\n";
 /// binaries and escapes, stays well below it; anything larger is corruption.
 pub const RECORD_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Buffer of the file writer and reader.
-const IO_BUFFER_BYTES: usize = 256 * 1024;
+pub const IO_BUFFER_BYTES: usize = 256 * 1024;
 
 /// What a finished items file holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -755,7 +755,10 @@ fn write_backup(
                     && writer.bytes_written() - checked_at >= BACKUP_ROOM_CHECK_BYTES
                 {
                     checked_at = writer.bytes_written();
-                    if let Some(problem) = backup_room_problem(engine, 0) {
+                    // Room for what the next check may find written: one interval, and the
+                    // buffer and record that can overrun it.
+                    let next = BACKUP_ROOM_CHECK_BYTES + file::RECORD_BYTES_MAX as u64 + file::IO_BUFFER_BYTES as u64;
+                    if let Some(problem) = backup_room_problem(engine, next) {
                         failure = Some(format!("stopped after {checked_at} bytes: {problem}"));
                         return ControlFlow::Break(());
                     }
