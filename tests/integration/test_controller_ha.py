@@ -165,7 +165,8 @@ class Group:
         self.dns.start()
         self.members = {}
 
-    def start(self, member, etcd_url=None, shared=False, vantages=("controller", "probe"), extra=(), ha_extra=""):
+    def start(self, member, etcd_url=None, shared=False, vantages=("controller", "probe"), extra=(), ha_extra="",
+              env_extra=None):
         """Starts `member` with a file of its own, or (`shared`) with one file for the whole
         group and `--member`/`--audit-log` on the command line. `ha_extra` goes into its
         `[controller.ha]`."""
@@ -181,7 +182,7 @@ class Group:
             text = config_text(self.us, self.eu, self.tmp, member, [etcd_url or self.etcd.url], self.dns.admin)
             config.write_text(text.replace('prefix = "/switchyard/test"\n',
                                            'prefix = "/switchyard/test"\n' + ha_extra, 1))
-        env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, SWITCHYARD_LOG="info")
+        env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, SWITCHYARD_LOG="info", **(env_extra or {}))
         self.members[member] = start_controller(config, self.tmp, env=env, args=extra, deadline_s=START_DEADLINE_S,
                                                 name=member)
 
@@ -591,6 +592,38 @@ def test_a_member_cut_off_from_etcd_stops_naming_the_active_region(group, tmp_pa
             group.members[other][1], "/v1/active-region")[0] == 200, TAKEOVER_DEADLINE_S, group.logs())
     finally:
         proxy.stop()
+
+
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def test_a_new_leader_whose_clock_runs_ahead_keeps_the_old_leaders_hourly_count(group):
+    # The hold and the hourly count move to the next leader as wall-clock times of the old
+    # leader's clock: read on a clock two hours ahead they looked two hours old, and the
+    # new leader forgot every recent transition (and a hold would end early).
+    if not os.path.exists(LIBFAKETIME):
+        pytest.skip("libfaketime missing (Debian package faketime)")
+    group.start("c1")
+    wait_until("c1 to lead", lambda: group.leader(["c1"]), TAKEOVER_DEADLINE_S, group.logs())
+    group.start("c2", env_extra={"LD_PRELOAD": LIBFAKETIME, "FAKETIME": "+2h", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    wait_until("c2 to follow c1", lambda: group.leader(["c1", "c2"]) == "c1", TAKEOVER_DEADLINE_S, group.logs())
+    group.us.stop()
+    wait_until("the failover recorded in etcd", lambda: placed(group, "c2", "eu-west-1"), TAKEOVER_DEADLINE_S,
+               group.logs())
+    first = group.status("c1")
+    counted, generation = first["engine"]["transitions_last_hour"], first["ha"]["shared"]["generation"]
+    assert counted >= 1
+    process = group.members["c1"][0]
+    process.kill()
+    process.wait(timeout=10)
+
+    def restored():
+        status = group.status("c2") or {}
+        engine = status.get("engine") or {}
+        return status.get("ha", {}).get("acting") and engine.get("generation", 0) >= generation and engine
+
+    engine = wait_until("c2 to lead with its engine restored from etcd", restored, TAKEOVER_DEADLINE_S, group.logs())
+    assert engine["transitions_last_hour"] == counted, engine
 
 
 def test_three_controllers_on_a_three_member_etcd_survive_losing_an_etcd_member_and_the_leader(tmp_path):

@@ -738,8 +738,13 @@ impl Shared {
                 if let Some(state) = ha.take_over() {
                     // A new term: the engine restarts from the shared state (rolling forward a
                     // runbook in progress with a new generation), never from this member's past.
-                    let restored =
-                        state.restored(self.generation_floor, now, wall_ms(), self.config.engine.min_hold_ms);
+                    // Its hold timers are aged on the clock of the member that wrote them.
+                    let restored = state.restored(
+                        self.generation_floor,
+                        now,
+                        ha.wall_now_for(&state),
+                        self.config.engine.min_hold_ms,
+                    );
                     match Engine::new(self.config.engine.clone(), restored) {
                         Ok(engine) => core.engine = engine,
                         Err(error) => tracing::error!(%error, "cannot restore the engine from etcd"),

@@ -312,6 +312,10 @@ pub struct Member {
     takeover: Mutex<Option<SharedState>>,
     /// The state as last read (followers show it and follow its pointer).
     seen: Mutex<Option<SharedState>>,
+    /// The version of the state last read or written (its writer and `written_at_ms`) and
+    /// when (this member's clock) it was first seen: how long ago it was written, measured
+    /// without comparing two members' wall clocks.
+    version_seen: Mutex<Option<(String, u64, u64)>>,
     /// Hears of every start and end of a term (set by `drive`).
     notify: std::sync::OnceLock<Box<dyn Fn(Notice) + Send + Sync>>,
 }
@@ -340,6 +344,7 @@ impl Member {
             }),
             takeover: Mutex::new(None),
             seen: Mutex::new(None),
+            version_seen: Mutex::new(None),
             notify: std::sync::OnceLock::new(),
         }
     }
@@ -434,6 +439,41 @@ impl Member {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Records `state` as the one last read or written (also the first time its version was
+    /// seen).
+    fn note_seen(&self, state: &SharedState) {
+        let now = self.now_ms();
+        {
+            let mut version = self.version_seen.lock().unwrap_or_else(|p| p.into_inner());
+            let same = version
+                .as_ref()
+                .is_some_and(|(by, at, _)| *by == state.written_by && *at == state.written_at_ms);
+            if !same {
+                *version = Some((state.written_by.clone(), state.written_at_ms, now));
+            }
+        }
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(state.clone());
+    }
+
+    /// "Now" on the clock of whoever last wrote `state`: its `written_at_ms` plus the time this
+    /// member has seen that version for (0 when it only just read it). The hold timers in the
+    /// state are that writer's wall-clock times, so ages computed from this do not depend on
+    /// how far this member's clock is from the writer's; they may only come out shorter than
+    /// the truth (by the time between the write and this member first seeing it), which makes
+    /// a hold longer, never shorter.
+    pub fn wall_now_for(&self, state: &SharedState) -> u64 {
+        if state.written_at_ms == 0 {
+            return wall_ms();
+        }
+        let now = self.now_ms();
+        let version = self.version_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let since = version
+            .as_ref()
+            .filter(|(by, at, _)| *by == state.written_by && *at == state.written_at_ms)
+            .map_or(0, |(_, _, first)| now.saturating_sub(*first));
+        state.written_at_ms.saturating_add(since)
+    }
+
     fn client(&self) -> Option<Etcd> {
         self.etcd.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -481,7 +521,7 @@ impl Member {
         let input = match action {
             Action::Observe => match etcd.read().await {
                 Ok((leader, state, _)) => {
-                    *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+                    self.note_seen(&state);
                     Input::Observed(leader)
                 }
                 Err(error) => Input::Failed(error),
@@ -523,7 +563,7 @@ impl Member {
                                 stale: false,
                             };
                         }
-                        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(state.clone());
+                        self.note_seen(&state);
                         *self.takeover.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
                         tracing::info!(member = %me.member, revision = term.revision, %generation, "leading: won the leader key and loaded the shared state");
                         self.notice(Notice::Leading { term, generation });
@@ -587,7 +627,7 @@ impl Member {
             Ok(Some(mod_revision)) => {
                 view.state = next.clone();
                 view.mod_revision = mod_revision;
-                *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(next.clone());
+                self.note_seen(&next);
                 Ok(next)
             }
             Ok(None) => {

@@ -40,6 +40,9 @@ impl Member {
     pub fn seen(&self) -> Option<SharedState> {
         match *self {}
     }
+    pub fn wall_now_for(&self, _: &SharedState) -> u64 {
+        match *self {}
+    }
     pub async fn drive(self: Arc<Self>, _notify: impl Fn(Notice) + Send + Sync + 'static) {
         match *self {}
     }
