@@ -697,6 +697,31 @@ def test_streams_every_iterator_and_view_type(pair):
     pair.verify()
 
 
+def test_stream_record_sizes_of_numbers(pair):
+    """A record's SizeBytes counts a number as DynamoDB does: one byte per base-100 digit
+    aligned on the decimal point (1.5 is 01.50, 120 is 01 20), one more, and one for a minus
+    sign; "one byte per two significant digits" undercounts some of them."""
+    name = next(names)
+    pair.both("create_table", TableName=name, AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+              KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST",
+              StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
+    numbers = ["0", "1.5", "120", "1200", "12345", "0.123", "0.0001", "-1", "-12", "-0.5", "1.20", "1E+125",
+               "99999999999999999999999999999999999999"]
+    for at, number in enumerate(numbers):
+        pair.both("put_item", TableName=name, Item={"pk": {"S": f"k{at}"}, "n": {"N": number}})
+    pair.both("update_item", TableName=name, Key={"pk": {"S": "k1"}}, UpdateExpression="SET m = :m",
+              ExpressionAttributeValues={":m": {"NS": ["-3.25", "7", "700"]}})
+    pair.both("delete_item", TableName=name, Key={"pk": {"S": "k2"}})
+    arn = pair.both("describe_table", TableName=name)["Table"]["LatestStreamArn"]
+    shard = pair.both("describe_stream", service="dynamodbstreams",
+                      StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = pair.both("get_shard_iterator", service="dynamodbstreams", StreamArn=arn, ShardId=shard,
+                         ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    page = pair.same("records of numbers", "get_records", service="dynamodbstreams", ShardIterator=iterator)
+    assert len(page["Records"]) == len(numbers) + 2, page
+    pair.verify()
+
+
 def test_stream_specification_errors(pair):
     name = next(names)
     spec = dict(AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],

@@ -257,14 +257,20 @@ impl Number {
         self.negative
     }
 
-    /// Bytes DynamoDB charges for this number: about one byte per two significant digits, plus one.
+    /// Bytes DynamoDB charges for this number: one byte per base-100 digit, plus one, plus one
+    /// more for a negative number. The base-100 digits are aligned on the decimal point (`1.5`
+    /// is `01.50`, two of them; `120` is `01 20`; `1200` is `12`), so "about one byte per two
+    /// significant digits" of the developer guide is one more for some numbers. DynamoDB Local,
+    /// AWS's own size code, counts this way, as a stream record's SizeBytes shows.
     pub fn size_bytes(&self) -> usize {
-        // Zero has no significant digits: one byte (DynamoDB Local, AWS's own size code, counts
-        // it so; a stream record's SizeBytes and TableSizeBytes show it).
+        // Zero has no significant digits: one byte.
         if self.is_zero() {
             return 1;
         }
-        (self.digit_count() as usize).div_ceil(2) + 1
+        // The powers of ten the digits take, from the leading digit's down to the last one's,
+        // in pairs {2k + 1, 2k}.
+        let pairs = self.leading_exponent().div_euclid(2) - i64::from(self.exponent).div_euclid(2) + 1;
+        pairs as usize + 1 + usize::from(self.negative)
     }
 
     /// Appends an encoding whose bytewise order equals numeric order and which is
@@ -526,6 +532,27 @@ mod tests {
         assert_eq!(n("12").size_bytes(), 2);
         assert_eq!(n("123").size_bytes(), 3);
         assert_eq!(n("1000").size_bytes(), 2);
+        // Base-100 digits aligned on the decimal point, and a byte for the sign (as DynamoDB
+        // Local counts them: stream records' SizeBytes).
+        for (text, size) in [
+            ("1.5", 3),
+            ("120", 3),
+            ("1200", 2),
+            ("12345", 4),
+            ("1.23", 3),
+            ("0.12", 2),
+            ("0.123", 3),
+            ("0.0001", 2),
+            ("101", 3),
+            ("1E+125", 2),
+            ("99999999999999999999999999999999999999", 20),
+            ("-1", 3),
+            ("-12", 3),
+            ("-123", 4),
+            ("-0.5", 3),
+        ] {
+            assert_eq!(n(text).size_bytes(), size, "{text}");
+        }
     }
 
     fn arbitrary_number() -> impl Strategy<Value = Number> {
