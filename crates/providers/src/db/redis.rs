@@ -33,6 +33,14 @@ pub const CATCH_UP_POLL_MS: u64 = 20;
 pub const INFO_BYTES_MAX: usize = 64 * 1024;
 /// Extra pause beyond the catch-up wait, so the old master stays paused until it is a replica.
 pub const PAUSE_MARGIN_MS: u64 = 10_000;
+/// How long a repointed server gets to link up with its new master (or start a full
+/// resynchronisation), and how often it is looked at meanwhile.
+pub const LINK_WAIT_MS: u64 = 5_000;
+pub const LINK_POLL_MS: u64 = 50;
+/// `repl-diskless-sync-delay` assumed when the master does not say (Redis' default, 5 s), and
+/// the most waited for it.
+pub const FULL_SYNC_DELAY_MS_DEFAULT: u64 = 5_000;
+pub const FULL_SYNC_DELAY_MS_MAX: u64 = 30_000;
 /// How a loss is worded ([`judge_loss`]).
 const LOSS: super::LossWords = super::LossWords::new("those writes are lost", "those writes", "wait");
 /// What happens to a server the first survey of a run cannot reach.
@@ -107,6 +115,8 @@ pub struct Observed {
     /// `Some("host:port")` for a replica.
     pub replica_of: Option<String>,
     pub link_up: bool,
+    /// A full resynchronisation from its master is under way (`master_sync_in_progress:1`).
+    pub syncing: bool,
     /// The replication offset it has processed (`master_repl_offset`).
     pub offset: u64,
     pub replid: String,
@@ -152,6 +162,7 @@ pub fn parse_info(text: &str) -> Result<Observed, String> {
     };
     Ok(Observed {
         link_up: fields.get("master_link_status").copied() == Some("up"),
+        syncing: fields.get("master_sync_in_progress").copied() == Some("1"),
         replica_of,
         offset: number("master_repl_offset")?,
         replid: fields.get("master_replid").copied().unwrap_or_default().to_string(),
@@ -365,10 +376,17 @@ impl RedisPromote {
             Some((old, mut s)) => {
                 s.replicate_from(member).await?;
                 s.command(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
-                notes.push(format!(
-                    "old master {} now replicates from {}",
-                    inner.members[old].address, member.address
-                ));
+                let delay_ms = session.full_sync_delay_ms().await;
+                notes.push(match s.link_problem(delay_ms).await? {
+                    None => format!(
+                        "old master {} now replicates from {}",
+                        inner.members[old].address, member.address
+                    ),
+                    Some(problem) => format!(
+                        "old master {} pointed at {}, but does not replicate: {problem}",
+                        inner.members[old].address, member.address
+                    ),
+                });
             }
             None => notes
                 .push("the old master did not answer: writes it took that no replica received are unknown".to_string()),
@@ -380,6 +398,7 @@ impl RedisPromote {
         let inner = &self.inner;
         let observed = survey(inner).await;
         let primary_member = &inner.members[primary];
+        let mut delay_ms = None;
         for (i, o) in observed.iter().enumerate() {
             let Ok(o) = o else { continue };
             if i == primary || o.replica_of.as_deref() == Some(primary_member.address.as_str()) {
@@ -388,6 +407,19 @@ impl RedisPromote {
             let mut session = inner.connect(i).await?;
             session.replicate_from(primary_member).await?;
             let member = &inner.members[i];
+            let delay_ms = match delay_ms {
+                Some(ms) => ms,
+                None => *delay_ms.insert(inner.connect(primary).await?.full_sync_delay_ms().await),
+            };
+            // Pointed is not linked: a login the new master refuses (ACL, password, TLS)
+            // leaves the replica retrying for ever.
+            if let Some(problem) = session.link_problem(delay_ms).await? {
+                notes.push(format!(
+                    "{} pointed at {}, but does not replicate: {problem}",
+                    member.address, primary_member.address
+                ));
+                continue;
+            }
             if o.replica_of.is_none() {
                 notes.push(format!(
                     "stray master {} made a replica of {} (its writes since it was cut off are discarded by the resync)",
@@ -518,6 +550,43 @@ impl Session {
         }
     }
 
+    /// How long this master may take to answer a replica's full resynchronisation request
+    /// (`repl-diskless-sync-delay`, when `repl-diskless-sync` is on: it waits that long for
+    /// more replicas before it starts, and the replica shows nothing meanwhile); Redis' default
+    /// when it does not say, at most [`FULL_SYNC_DELAY_MS_MAX`].
+    async fn full_sync_delay_ms(&mut self) -> u64 {
+        let config = |name: &'static str| redis::cmd("CONFIG").arg("GET").arg(name).clone();
+        let read = |pairs: Result<Vec<String>, Failure>| pairs.ok().and_then(|p| p.get(1).cloned());
+        let diskless = read(self.query(&config("repl-diskless-sync")).await);
+        if diskless.as_deref() == Some("no") {
+            return 0;
+        }
+        read(self.query(&config("repl-diskless-sync-delay")).await)
+            .and_then(|s| s.parse::<u64>().ok())
+            .map_or(FULL_SYNC_DELAY_MS_DEFAULT, |s| s.saturating_mul(1000))
+            .min(FULL_SYNC_DELAY_MS_MAX)
+    }
+
+    /// Waits at most [`LINK_WAIT_MS`] plus the master's `full_sync_delay_ms` until this
+    /// replica's link to its master is up or a full resynchronisation runs: `None` then, else
+    /// what it says.
+    async fn link_problem(&mut self, full_sync_delay_ms: u64) -> Result<Option<String>, Failure> {
+        let wait_ms = LINK_WAIT_MS.saturating_add(full_sync_delay_ms);
+        let until = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        loop {
+            let now = self.observe().await?;
+            if now.link_up || now.syncing {
+                return Ok(None);
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(Some(format!(
+                    "its link to the master is still down after {wait_ms} ms (see its log: a login the master refuses?)"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(LINK_POLL_MS)).await;
+        }
+    }
+
     /// `REPLICAOF` the new master, with the step's credentials as the replication login.
     async fn replicate_from(&mut self, master: &Member) -> Result<(), Failure> {
         if let Some(password) = self.password.clone() {
@@ -558,6 +627,7 @@ mod tests {
         Observed {
             replica_of: None,
             link_up: false,
+            syncing: false,
             offset,
             replid: replid.into(),
             replid2: replid2.into(),

@@ -21,6 +21,20 @@ fn dev_ca(dir: &Path) -> DevCaFiles {
 }
 
 fn start_redis(binary: &Path, dir: &Path, name: &str, port: u16, master: Option<u16>, tls: &DevCaFiles) -> Server {
+    start_redis_replicating(binary, dir, name, port, master, tls, "yes")
+}
+
+/// [`start_redis`], with `tls_replication` (`yes`, or `no`: it replicates in plain text, which a
+/// TLS-only master refuses).
+fn start_redis_replicating(
+    binary: &Path,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    master: Option<u16>,
+    tls: &DevCaFiles,
+    tls_replication: &str,
+) -> Server {
     let path = |p: &Path| p.display().to_string();
     let mut command = crate::support::redis_server(binary, dir, name, 0, master, (USER, PASSWORD));
     command.args([
@@ -35,7 +49,7 @@ fn start_redis(binary: &Path, dir: &Path, name: &str, port: u16, master: Option<
         "--tls-auth-clients",
         "yes",
         "--tls-replication",
-        "yes",
+        tls_replication,
     ]);
     Server::start(&mut command, dir.join(format!("{name}.log")))
 }
@@ -161,6 +175,42 @@ async fn admin_over_tls(port: u16, ca: &Path, statement: &str) -> Vec<mysql_asyn
     conn.query(statement)
         .await
         .unwrap_or_else(|e| panic!("{statement} on {port}: {e}"))
+}
+
+#[tokio::test]
+async fn redis_a_repointed_server_whose_link_fails_is_named_not_said_to_replicate() {
+    let Some(binary) = find_binary("redis-server") else {
+        return skip("redis-server", "redis-server");
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let tls = dev_ca(dir.path());
+    let (a, b) = (free_port(), free_port());
+    // a replicates in plain text, which b (TLS only) refuses once a is pointed at it.
+    let _servers = [
+        start_redis_replicating(&binary, dir.path(), "a", a, None, &tls, "no"),
+        start_redis(&binary, dir.path(), "b", b, Some(a), &tls),
+    ];
+    let (tls_ref, field) = (&tls, crate::redis::field);
+    crate::support::wait_until("b to replicate from a over TLS", || async move {
+        field(&redis_info(b, tls_ref).await, "master_link_status") == "up"
+    })
+    .await;
+    let keys = format!(
+        "tls = true\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        tls.ca_cert.display(),
+        tls.cert.display(),
+        tls.key.display()
+    );
+    let step = redis_step(dir.path(), a, b, &keys);
+    let outcome = step.run(&order(3, "eu", "us", false)).await.expect("promoted");
+    assert!(outcome.contains(&format!("promoted 127.0.0.1:{b} in us")), "{outcome}");
+    assert!(
+        outcome.contains(&format!(
+            "old master 127.0.0.1:{a} pointed at 127.0.0.1:{b}, but does not replicate: its link to the master is still down"
+        )),
+        "{outcome}"
+    );
+    assert!(!outcome.contains("now replicates"), "{outcome}");
 }
 
 #[tokio::test]
