@@ -568,3 +568,37 @@ def test_bad_start_members_are_named_in_their_errors(store):
     with pytest.raises(ClientError) as raised:
         streams.list_streams(ExclusiveStartStreamArn="arn:aws:dynamodb:short")
     assert "'exclusiveStartStreamArn'" in raised.value.response["Error"]["Message"]
+
+
+def test_request_members_are_checked_before_the_stream_is_looked_up(store):
+    """A request with a bad member is a ValidationException whatever stream it names, as
+    DynamoDB checks a request's members before it looks anything up: an unknown stream does
+    not turn a bad iterator type, a missing SequenceNumber or a too-short start shard id into a
+    ResourceNotFoundException."""
+    client = store.client()
+    streams = boto3.client(
+        "dynamodbstreams", region_name=REGION, endpoint_url=store.url,
+        aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET,
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, parameter_validation=False),
+    )
+    _, arn = streamed_table(client, "KEYS_ONLY")
+    shard = shards_of(streams, arn)[0]["ShardId"]
+    unknown = arn.rsplit("/stream/", 1)[0] + "/stream/2000-01-01T00:00:00.000"
+    for kwargs, named in [
+        ({"ShardIteratorType": "SOMEWHERE"}, "'shardIteratorType'"),
+        ({"ShardIteratorType": "AT_SEQUENCE_NUMBER"}, "A SequenceNumber is required"),
+        ({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": "12"}, "'sequenceNumber'"),
+        ({"ShardIteratorType": "LATEST", "SequenceNumber": "0" * 21}, "SequenceNumber must not be given"),
+        ({"ShardIteratorType": "AT_TIMESTAMP"}, "A Timestamp is required"),
+    ]:
+        for stream in (arn, unknown):
+            with pytest.raises(ClientError) as raised:
+                streams.get_shard_iterator(StreamArn=stream, ShardId=shard, **kwargs)
+            assert error_code(raised)[0] == "ValidationException", (kwargs, stream, error_code(raised))
+            assert named in error_code(raised)[1], (kwargs, error_code(raised))
+    with pytest.raises(ClientError) as raised:
+        streams.describe_stream(StreamArn=unknown, ExclusiveStartShardId="x")
+    assert error_code(raised)[0] == "ValidationException" and "'exclusiveStartShardId'" in error_code(raised)[1]
+    with pytest.raises(ClientError) as raised:
+        streams.get_shard_iterator(StreamArn=unknown, ShardId=shard, ShardIteratorType="LATEST")
+    assert error_code(raised)[0] == "ResourceNotFoundException"

@@ -181,6 +181,9 @@ fn shard_json(shard: &ShardMeta) -> Value {
 fn describe_stream(engine: &Engine, request: DescribeStreamRequest) -> Result<Value, ApiError> {
     let limit = check_limit(request.limit, DESCRIBE_STREAM_LIMIT_MAX, "limit")?;
     let parent = request.shard_filter.as_ref().map(filter_parent).transpose()?;
+    if let Some(id) = &request.exclusive_start_shard_id {
+        check_shard_id(id, "exclusiveStartShardId")?;
+    }
     let snapshot = engine.snapshot()?;
     let stream = find_stream(engine, &snapshot, &request.stream_arn)?;
     let mut shards = snapshot.shards(stream.id)?;
@@ -189,9 +192,6 @@ fn describe_stream(engine: &Engine, request: DescribeStreamRequest) -> Result<Va
     }
     // Shard ids sort by creation, as the shards are listed: a start id that is no (longer a)
     // shard continues after where it would be, as DynamoDB does, instead of failing the page.
-    if let Some(id) = &request.exclusive_start_shard_id {
-        check_shard_id(id, "exclusiveStartShardId")?;
-    }
     let start = match &request.exclusive_start_shard_id {
         None => 0,
         Some(id) => match shards.iter().position(|s| s.id == *id) {
@@ -251,19 +251,66 @@ fn find_shard<'a>(shards: &'a [ShardMeta], id: &str, arn: &str) -> Result<&'a Sh
     })
 }
 
-fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Result<Value, ApiError> {
-    check_shard_id(&request.shard_id, "shardId")?;
-    let snapshot = engine.snapshot()?;
-    let stream = find_stream(engine, &snapshot, &request.stream_arn)?;
-    let shards = snapshot.shards(stream.id)?;
-    let shard = find_shard(&shards, &request.shard_id, &request.stream_arn)?;
-    let sequence = |kind: &str| -> Result<u64, ApiError> {
+/// Where GetShardIterator's request asks to start, checked before any stream or shard is
+/// looked up (as DynamoDB checks a request's members first): the type, and the SequenceNumber
+/// or Timestamp that type takes and the others must not have.
+enum Start {
+    TrimHorizon,
+    Latest,
+    AtSequence(u64),
+    AfterSequence(u64),
+    /// The second AT_TIMESTAMP starts at ([`timestamp_second`]).
+    AtTimestamp(u64),
+}
+
+fn requested_start(request: &GetShardIteratorRequest, now_ms: u64) -> Result<Start, ApiError> {
+    let kind = request.shard_iterator_type.as_str();
+    if !matches!(
+        kind,
+        "TRIM_HORIZON" | "LATEST" | "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER" | "AT_TIMESTAMP"
+    ) {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{kind}' at 'shardIteratorType' failed to satisfy constraint: Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, LATEST, AT_SEQUENCE_NUMBER, TRIM_HORIZON, AT_TIMESTAMP]"
+        )));
+    }
+    let takes_sequence = matches!(kind, "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER");
+    if !takes_sequence && request.sequence_number.is_some() {
+        return Err(ApiError::validation(format!(
+            "SequenceNumber must not be given with ShardIteratorType {kind}; it is for AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER"
+        )));
+    }
+    if kind != "AT_TIMESTAMP" && request.timestamp.is_some() {
+        return Err(ApiError::validation(format!(
+            "Timestamp must not be given with ShardIteratorType {kind}; it is for AT_TIMESTAMP"
+        )));
+    }
+    let sequence = || -> Result<u64, ApiError> {
         let text = request.sequence_number.as_deref().ok_or_else(|| {
             ApiError::validation(format!(
                 "A SequenceNumber is required for ShardIteratorType {kind}; give one of the shard's records' sequence numbers"
             ))
         })?;
-        let seq = parse_sequence(text)?;
+        parse_sequence(text)
+    };
+    Ok(match kind {
+        "TRIM_HORIZON" => Start::TrimHorizon,
+        "LATEST" => Start::Latest,
+        "AT_SEQUENCE_NUMBER" => Start::AtSequence(sequence()?),
+        "AFTER_SEQUENCE_NUMBER" => Start::AfterSequence(sequence()?),
+        _ => Start::AtTimestamp(timestamp_second(request.timestamp, now_ms)?),
+    })
+}
+
+fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Result<Value, ApiError> {
+    check_shard_id(&request.shard_id, "shardId")?;
+    let start = requested_start(&request, engine.now_unix_ms())?;
+    let snapshot = engine.snapshot()?;
+    let stream = find_stream(engine, &snapshot, &request.stream_arn)?;
+    let shards = snapshot.shards(stream.id)?;
+    let shard = find_shard(&shards, &request.shard_id, &request.stream_arn)?;
+    let in_shard = |seq: u64| -> Result<u64, ApiError> {
+        let formatted = format_sequence(seq);
+        let text = request.sequence_number.as_deref().unwrap_or(&formatted);
         let end = shard.closed.then_some(shard.last_seq.unwrap_or(shard.first_seq));
         if seq < shard.first_seq || end.is_some_and(|end| seq > end) {
             return Err(ApiError::validation(format!(
@@ -285,57 +332,25 @@ fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Resu
         }
         Ok(seq)
     };
-    let no_sequence = |kind: &str| -> Result<(), ApiError> {
-        if request.sequence_number.is_some() {
-            return Err(ApiError::validation(format!(
-                "SequenceNumber must not be given with ShardIteratorType {kind}; it is for AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER"
-            )));
-        }
-        Ok(())
+    // Where the shard's next record will be: after its last one once it is closed.
+    let after_last = || -> Result<u64, ApiError> {
+        Ok(match (shard.closed, shard.last_seq) {
+            (true, Some(last)) => last + 1,
+            _ => snapshot.stream_seq()? + 1,
+        })
     };
-    if request.timestamp.is_some()
-        && matches!(
-            request.shard_iterator_type.as_str(),
-            "TRIM_HORIZON" | "LATEST" | "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER"
-        )
-    {
-        return Err(ApiError::validation(format!(
-            "Timestamp must not be given with ShardIteratorType {}; it is for AT_TIMESTAMP",
-            request.shard_iterator_type
-        )));
-    }
-    let position = match request.shard_iterator_type.as_str() {
-        "TRIM_HORIZON" => {
-            no_sequence("TRIM_HORIZON")?;
-            shard.first_seq.max(stream.trimmed_through + 1)
-        }
-        "LATEST" => {
-            no_sequence("LATEST")?;
-            match (shard.closed, shard.last_seq) {
-                (true, Some(last)) => last + 1,
-                _ => snapshot.stream_seq()? + 1,
-            }
-        }
-        "AT_SEQUENCE_NUMBER" => sequence("AT_SEQUENCE_NUMBER")?,
-        "AFTER_SEQUENCE_NUMBER" => sequence("AFTER_SEQUENCE_NUMBER")? + 1,
-        "AT_TIMESTAMP" => {
-            no_sequence("AT_TIMESTAMP")?;
-            let at_s = timestamp_second(request.timestamp, engine.now_unix_ms())?;
+    let position = match start {
+        Start::TrimHorizon => shard.first_seq.max(stream.trimmed_through + 1),
+        Start::Latest => after_last()?,
+        Start::AtSequence(seq) => in_shard(seq)?,
+        Start::AfterSequence(seq) => in_shard(seq)? + 1,
+        Start::AtTimestamp(at_s) => {
             let from = shard.first_seq.max(stream.trimmed_through + 1);
             match snapshot.shard_position_at(stream.id, shard, from, at_s)? {
                 Some(seq) => seq,
                 // No record that recent yet: where the next one will be, as LATEST.
-                None => match (shard.closed, shard.last_seq) {
-                    (true, Some(last)) => last + 1,
-                    (true, None) => shard.first_seq,
-                    _ => snapshot.stream_seq()? + 1,
-                },
+                None => after_last()?,
             }
-        }
-        other => {
-            return Err(ApiError::validation(format!(
-                "1 validation error detected: Value '{other}' at 'shardIteratorType' failed to satisfy constraint: Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, LATEST, AT_SEQUENCE_NUMBER, TRIM_HORIZON, AT_TIMESTAMP]"
-            )));
         }
     };
     let iterator = ShardIterator {
