@@ -144,3 +144,48 @@ def test_clock_skew_is_measured_bounded_and_a_split_heals(skewed):
              lambda: (a := contents(us)) == contents(eu) and {i["id"]["S"] for i in a} >= {"o1", "during-us", "during-eu"})
     wait_for("the split alarm to clear", lambda: clock_of(us)["beyond_signing_window"] == [])
     assert health_of(us)["status"] == "ready"
+
+
+@pytest.fixture
+def jumped(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    if not LIBFAKETIME.exists():
+        pytest.skip("libfaketime is not installed (Debian package faketime)")
+    us = SkewedRegion("us-east-1", free_port(), tmp_path / "us-east-1", [])
+    eu = SkewedRegion("eu-west-1", free_port(), tmp_path / "eu-west-1", [], offset="+2d")
+    for region, peer in ((us, eu), (eu, us)):
+        region.data_dir.mkdir()
+        region.peers = [peer]
+    us.start()
+    eu.start()
+    yield us, eu
+    for region in (us, eu):
+        region.stop()
+
+
+def test_a_region_whose_clock_jumped_ahead_expires_nothing_its_peers_do_not_agree_is_due(jumped):
+    """eu-west-1's clock runs two days ahead (a bad NTP source, a VM restored with the wrong
+    time). Its TTL sweeper holds back by how far us-east-1's clock is behind it, so an item that
+    expires tomorrow by the true time stays (a TTL delete would replicate to every region),
+    while one that is due by every clock goes."""
+    us, eu = jumped
+    held = wait_for("eu-west-1 to hold its sweeps back by us-east-1's clock",
+                    lambda: (c := clock_of(eu)) and c["ttl_and_retention_held_back_ms"] > 36 * 3600 * 1000 and c)
+    assert held["ttl_and_retention_held_back_ms"] < 3 * 24 * 3600 * 1000, held
+    client = eu.client()
+    client.create_table(TableName="carts", BillingMode="PAY_PER_REQUEST",
+                        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
+    client.get_waiter("table_exists").wait(TableName="carts")
+    client.update_time_to_live(TableName="carts",
+                               TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"})
+    true_now = int(time.time())
+    for id_, expires in (("due", true_now - 3600), ("tomorrow", true_now + 86400)):
+        client.put_item(TableName="carts", Item={"id": {"S": id_}, "expires": {"N": str(expires)}})
+
+    def ids():
+        return {i["id"]["S"] for i in client.scan(TableName="carts", ConsistentRead=True)["Items"]}
+
+    wait_for("the item due by every clock to expire", lambda: "due" not in ids())
+    assert ids() == {"tomorrow"}, "expired by eu-west-1's clock alone, and by no other"

@@ -75,6 +75,22 @@ impl PeerClocks {
         clock.samples.iter().copied().max()
     }
 
+    /// How far the clock of the peer furthest behind this region runs behind it (0 when none
+    /// does), over peers measured within the last `memory_ms`. The sweeps that delete for good
+    /// by the wall clock (TTL expiry, stream and undo-log retention) hold back by this much, so a
+    /// region whose clock jumps ahead deletes nothing the other regions' clocks do not agree is
+    /// due. A peer's estimate underestimates how far it is ahead by the request's one-way delay,
+    /// so for a peer in step this is that delay: milliseconds.
+    pub fn furthest_behind_ms(&self, now_ms: u64, memory_ms: u64) -> u64 {
+        self.peers
+            .values()
+            .filter(|clock| now_ms.saturating_sub(clock.measured_at_ms) <= memory_ms)
+            .filter_map(|clock| clock.samples.iter().copied().max())
+            .map(|offset| if offset < 0 { offset.unsigned_abs() } else { 0 })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Every peer measured so far, judged against `alarm_ms` and the signing window.
     pub fn offsets(&self, now_ms: u64, alarm_ms: u64, window_ms: u64) -> Vec<PeerOffset> {
         self.peers
@@ -110,6 +126,23 @@ mod tests {
         assert_eq!(offsets.len(), 1);
         assert_eq!(offsets[0].offset_ms, 1_995);
         assert!(offsets[0].alarm && !offsets[0].beyond_window);
+    }
+
+    #[test]
+    fn the_furthest_behind_peer_within_memory_sets_the_hold() {
+        let mut clocks = PeerClocks::new(["eu-west-1", "ap-south-1", "us-west-2"]);
+        assert_eq!(clocks.furthest_behind_ms(1_000_000, 60_000), 0, "nothing measured");
+        // eu-west-1 runs 2 s ahead, ap-south-1 a week behind (this region's clock jumped ahead).
+        clocks.on_request("eu-west-1", 1_002_000, 1_000_000);
+        let week_ms = 7 * 24 * 3_600_000;
+        clocks.on_request("ap-south-1", 1_000_000 - week_ms, 1_000_010);
+        assert_eq!(clocks.furthest_behind_ms(1_000_020, 60_000), week_ms + 10);
+        // Only a peer ahead: no hold.
+        let mut ahead = PeerClocks::new(["eu-west-1"]);
+        ahead.on_request("eu-west-1", 1_002_000, 1_000_000);
+        assert_eq!(ahead.furthest_behind_ms(1_000_000, 60_000), 0);
+        // A measurement older than the memory no longer holds anything back.
+        assert_eq!(clocks.furthest_behind_ms(1_000_010 + 60_001, 60_000), 0);
     }
 
     #[test]

@@ -191,6 +191,11 @@ impl Clock for SystemClock {
     }
 }
 
+/// How long a measurement of a peer's clock behind this region's holds the sweeps back
+/// ([`Engine::hold_sweeps_back`]) when no newer one comes: a peer that is reachable is measured
+/// every second (replication's marks), so this covers one that went quiet, an hour.
+pub const SWEEP_HOLD_MEMORY_MS: u64 = 3_600_000;
+
 /// How often at most the clock bound's warning is logged.
 const CLOCK_BOUND_LOG_INTERVAL_MS: u64 = 10_000;
 
@@ -365,6 +370,9 @@ pub(crate) struct LogPosition {
 struct Shared {
     /// Steps of the wall clock seen so far (`Engine::observe_clock`).
     clock_watch: Mutex<clock_watch::ClockWatch>,
+    /// How far the sweeps that delete for good hold back from the wall clock, and when that was
+    /// measured (`Engine::hold_sweeps_back`): (hold ms, measured at, Unix ms).
+    sweep_hold: Mutex<(u64, u64)>,
     /// The key of the MAC in stream iterators (`streams::ShardIterator`).
     iterator_key: [u8; crate::streams::ITERATOR_KEY_BYTES],
     /// `None` while the writer reopens the database after an I/O error.
@@ -547,6 +555,7 @@ impl Engine {
             .map_err(|message| OpenError::Setting { message })?;
         let shared = Arc::new(Shared {
             clock_watch: Mutex::new(clock_watch::ClockWatch::default()),
+            sweep_hold: Mutex::new((0, 0)),
             db: RwLock::new(Some(Arc::new(db))),
             disk: Mutex::new(disk),
             writer_status: Mutex::new(WriterStatus {
@@ -593,6 +602,40 @@ impl Engine {
 
     pub fn now_unix_ms(&self) -> u64 {
         self.shared.clock.now_unix_ms()
+    }
+
+    /// The peers' clocks say this region's runs `hold_ms` ahead of the one furthest behind
+    /// (replication measures it from every signed request). Until a newer measurement, or for
+    /// [`SWEEP_HOLD_MEMORY_MS`] after this one, the sweeps that delete for good by the wall clock
+    /// (TTL expiry, stream records and undo entries past retention) run that much behind it: a
+    /// clock that jumps ahead (a bad NTP source, a VM restored with the wrong time) then deletes
+    /// nothing that the other regions' clocks do not agree is due, and a TTL delete, which
+    /// replicates, cannot take items out of every region early.
+    pub fn hold_sweeps_back(&self, hold_ms: u64, measured_at_ms: u64) {
+        *self
+            .shared
+            .sweep_hold
+            .lock()
+            .expect("sweep hold lock is never poisoned") = (hold_ms, measured_at_ms);
+    }
+
+    /// How far the sweeps hold back from the wall clock now (see [`Engine::hold_sweeps_back`]).
+    pub fn sweep_hold_ms(&self) -> u64 {
+        let (hold_ms, measured_at_ms) = *self
+            .shared
+            .sweep_hold
+            .lock()
+            .expect("sweep hold lock is never poisoned");
+        if self.now_unix_ms().saturating_sub(measured_at_ms) > SWEEP_HOLD_MEMORY_MS {
+            return 0;
+        }
+        hold_ms
+    }
+
+    /// The time by which the sweeps that delete for good judge what is due: the wall clock,
+    /// held back by how far the furthest-behind peer's clock runs behind it.
+    pub fn sweep_now_ms(&self) -> u64 {
+        self.now_unix_ms().saturating_sub(self.sweep_hold_ms())
     }
 
     /// Compares the wall clock with the monotonic clock (the TTL sweeper does, once a second);
@@ -783,7 +826,7 @@ impl Engine {
 
     /// Deletes items whose TTL passed; returns how many. Called by the TTL sweeper.
     pub async fn expire_once(&self) -> Result<usize, ApiError> {
-        let now_seconds = self.now_unix_ms() / 1000;
+        let now_seconds = self.sweep_now_ms() / 1000;
         let mut deleted = 0;
         for table in self.tables() {
             if !table.ttl.as_ref().is_some_and(|t| t.enabled) {

@@ -344,7 +344,7 @@ impl Engine {
     /// One undo-log trim sweep; runs a write only when something is due. Returns the entries
     /// removed.
     pub async fn trim_pitr_once(&self) -> Result<usize, ApiError> {
-        let now_ms = self.now_unix_ms();
+        let now_ms = self.sweep_now_ms();
         let limits = self.pitr_limits();
         let tables: HashMap<u64, Arc<TableMeta>> = self.tables().into_iter().map(|t| (t.id, t)).collect();
         let plan = {

@@ -1049,7 +1049,7 @@ impl Engine {
     /// One retention sweep (see `WriteContext::trim_streams`); runs a write only when a
     /// stream has something to trim or forget. Returns the records deleted.
     pub async fn trim_streams_once(&self) -> Result<usize, ApiError> {
-        let now_ms = self.now_unix_ms();
+        let now_ms = self.sweep_now_ms();
         let limits = self.stream_limits();
         let horizon = now_ms.saturating_sub(limits.retention_ms);
         let due = {

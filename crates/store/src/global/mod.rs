@@ -324,6 +324,7 @@ impl Replication {
             REQUEST_SKEW_MS_MAX,
         );
         ClockStatus {
+            sweeps_held_back_ms: self.engine.sweep_hold_ms(),
             alarm_ms: self.config.clock_offset_alarm_ms,
             max_ms: self.config.clock_offset_max_ms,
             capped_total: self.engine.clock_capped_total(),
@@ -390,6 +391,9 @@ fn repair_percent(copied: u64, total: u64) -> u64 {
 
 /// The peers' clocks as this region sees them (see [`Replication::clock_status`]).
 pub struct ClockStatus {
+    /// How far TTL expiry and the retention sweeps run behind the wall clock, because a peer's
+    /// clock runs that far behind this region's (`Engine::hold_sweeps_back`).
+    pub sweeps_held_back_ms: u64,
     pub alarm_ms: u64,
     pub max_ms: u64,
     /// Peer timestamps the bound kept this region's clock from following, since startup.
@@ -418,6 +422,7 @@ impl ClockStatus {
             "offset_max_ms": self.max_ms,
             "beyond_signing_window": self.split_from(),
             "stamps_capped_total": self.capped_total,
+            "ttl_and_retention_held_back_ms": self.sweeps_held_back_ms,
             "peers": self.peers.iter().map(|p| (p.peer.clone(), serde_json::json!({
                 "offset_ms": p.offset_ms,
                 "measured_age_ms": p.age_ms,

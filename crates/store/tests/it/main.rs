@@ -874,6 +874,7 @@ mod decoder_fuzz {
 }
 
 mod backups;
+mod clock_hold;
 mod crash;
 mod disk;
 mod global;

@@ -1,0 +1,94 @@
+//! The sweeps that delete for good (TTL expiry, stream retention) hold back by how far a
+//! peer's clock runs behind this region's: a clock that jumps ahead deletes nothing the other
+//! regions do not agree is due.
+
+use serde_json::json;
+
+use crate::support::{Calls, ClockedStore};
+
+const DAY_MS: u64 = 24 * 3_600_000;
+
+struct ClockHold;
+
+type Harness = ClockedStore<ClockHold>;
+
+impl Harness {
+    async fn create_with_ttl(&self) {
+        self.ok(
+            "CreateTable",
+            json!({"TableName": "carts", "BillingMode": "PAY_PER_REQUEST",
+                   "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+                   "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                   "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_IMAGE"}}),
+        )
+        .await;
+        self.ok(
+            "UpdateTimeToLive",
+            json!({"TableName": "carts", "TimeToLiveSpecification": {"Enabled": true, "AttributeName": "expires"}}),
+        )
+        .await;
+    }
+
+    async fn put(&self, id: &str, expires_s: u64) {
+        self.ok(
+            "PutItem",
+            json!({"TableName": "carts", "Item": {"id": {"S": id}, "expires": {"N": expires_s.to_string()}}}),
+        )
+        .await;
+    }
+
+    async fn ids(&self) -> Vec<String> {
+        let scan = self
+            .ok("Scan", json!({"TableName": "carts", "ConsistentRead": true}))
+            .await;
+        let mut ids: Vec<String> = scan["Items"]
+            .as_array()
+            .expect("Items")
+            .iter()
+            .map(|item| item["id"]["S"].as_str().expect("id").to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// This region's clock jumps two days ahead while a peer's stays right: TTL expiry deletes only
+/// what is due by the peer's clock, and the stream keeps its records, until the hold is lifted.
+#[tokio::test]
+async fn a_clock_jumped_ahead_of_its_peers_expires_and_trims_nothing_early() {
+    let h = Harness::new();
+    h.create_with_ttl().await;
+    let true_now_s = h.now() / 1000;
+    h.put("due", true_now_s - 3_600).await;
+    h.put("tomorrow", true_now_s + 86_400).await;
+    // The wall clock jumps two days ahead; replication measured a peer two days behind it.
+    h.advance(2 * DAY_MS);
+    h.engine.hold_sweeps_back(2 * DAY_MS, h.now());
+    assert_eq!(h.engine.sweep_hold_ms(), 2 * DAY_MS);
+    assert_eq!(h.engine.expire_once().await.expect("sweep"), 1);
+    assert_eq!(h.ids().await, ["tomorrow"], "only what the peer's clock says is due");
+    assert_eq!(
+        h.engine.trim_streams_once().await.expect("trim"),
+        0,
+        "the stream's records are a day old by the peer's clock, not past retention"
+    );
+    // The peer's clock is right after all (this one was stopped two days): the hold lifts.
+    h.engine.hold_sweeps_back(0, h.now());
+    assert_eq!(h.engine.expire_once().await.expect("sweep"), 1);
+    assert_eq!(h.ids().await, Vec::<String>::new());
+}
+
+/// A measurement that is not renewed stops holding anything back after
+/// `SWEEP_HOLD_MEMORY_MS`: a peer that went quiet cannot stop TTL expiry for good.
+#[tokio::test]
+async fn a_hold_not_renewed_lapses() {
+    let h = Harness::new();
+    h.create_with_ttl().await;
+    h.put("soon", h.now() / 1000 + 60).await;
+    h.engine.hold_sweeps_back(DAY_MS, h.now());
+    h.advance(120_000);
+    assert_eq!(h.engine.expire_once().await.expect("sweep"), 0, "held back a day");
+    h.advance(store::engine::SWEEP_HOLD_MEMORY_MS);
+    assert_eq!(h.engine.sweep_hold_ms(), 0);
+    assert_eq!(h.engine.expire_once().await.expect("sweep"), 1);
+}
