@@ -312,6 +312,10 @@ ABSENT = {}
 # Steps where DynamoDB Local answers otherwise than DynamoDB: what it answers (`local`, a
 # fragment), what DynamoDB answers (`dynamodb`, the fragment Switchyard's answer must hold), why.
 DYNAMODB_LOCAL_DEVIATIONS = {step: Deviation(*entry) for step, entry in {
+    # GetShardIterator's ShardIteratorType AT_TIMESTAMP with Timestamp (in the Streams API model
+    # since botocore 1.44): DynamoDB Local fails it with an InternalFailure; DynamoDB hands out an
+    # iterator (here at the oldest record, the timestamp being before them).
+    "AT_TIMESTAMP iterator": ("fails AT_TIMESTAMP", {"error": "InternalFailure"}, lambda o: "ShardIterator" in o),
     # DeleteTable: DynamoDB answers with the table DELETING (API reference, DeleteTable example);
     # DynamoDB Local with the table as it was, ACTIVE.
     "delete": ("DeleteTable answers the table ACTIVE",
@@ -719,6 +723,9 @@ def test_stream_record_sizes_of_numbers(pair):
                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
     page = pair.same("records of numbers", "get_records", service="dynamodbstreams", ShardIterator=iterator)
     assert len(page["Records"]) == len(numbers) + 2, page
+    # AT_TIMESTAMP (the model's fifth iterator type): DynamoDB Local fails it (see the deviation).
+    pair.same("AT_TIMESTAMP iterator", "get_shard_iterator", service="dynamodbstreams", StreamArn=arn, ShardId=shard,
+              ShardIteratorType="AT_TIMESTAMP", Timestamp=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
     pair.verify()
 
 
