@@ -34,7 +34,6 @@ use sha2::Digest as _;
 use toml::Spanned;
 
 use crate::Checker;
-#[cfg(feature = "aws")]
 use crate::Failure;
 use crate::aws::{self, Access};
 #[cfg(feature = "aws")]
@@ -293,6 +292,28 @@ pub fn own_write_applied(view: &View, record_type: &str, desired: &RecordData, g
             .as_deref()
             .and_then(Fence::parse)
             .is_some_and(|f| f.generation == generation && f.digest == desired.digest(record_type))
+}
+
+/// What a change batch Route 53 refused means, read back after the refusal (and after
+/// [`own_write_applied`] said it was not this order's own earlier send): the record set changed
+/// since this step read it — a concurrent writer, `Fenced` — or it did not, and then the batch
+/// itself is what Route 53 refuses (a CNAME at the zone apex or beside another record, an alias
+/// whose target does not exist): `Refused`, for an operator to fix the record's configuration,
+/// not a fence that says a newer decision acted. Other failures are kept as they are.
+pub fn judge_refused_batch(observed: &View, now: &View, name: &str, record_type: &str, failure: Failure) -> Failure {
+    let text = match failure {
+        Failure::Retryable(_) => return failure,
+        Failure::Fenced(text) | Failure::Refused(text) => text,
+    };
+    if now != observed {
+        return Failure::Fenced(format!(
+            "{name} {record_type} changed while this step acted (now {}); Route 53 refused the stale batch: {text}",
+            now.record.as_ref().map_or("nothing".into(), RecordData::describe)
+        ));
+    }
+    Failure::Refused(format!(
+        "Route 53 refused the change batch for {name} {record_type} although nothing changed since this step read it, so the batch itself is invalid there (a CNAME at the zone apex or beside another record of that name, an alias to a target that does not exist, a value Route 53 does not take): fix the step's record and run the order again. {text}"
+    ))
 }
 
 /// Lowercase with one final dot; Route 53's `\052` escape read back as `*`.
@@ -1156,19 +1177,13 @@ mod live {
                     order.generation
                 ));
             }
-            let text = match &failure {
-                Failure::Fenced(_) => return Err(failure),
-                Failure::Retryable(text) | Failure::Refused(text) => text.clone(),
-            };
-            if now.view != observed.view {
-                return Err(Failure::Fenced(format!(
-                    "{} {} changed while this step acted (now {}); Route 53 refused the stale batch: {text}",
-                    self.name,
-                    self.record_type,
-                    now.view.record.as_ref().map_or("nothing".into(), RecordData::describe)
-                )));
-            }
-            Err(failure)
+            Err(judge_refused_batch(
+                &observed.view,
+                &now.view,
+                &self.name,
+                &self.record_type,
+                failure,
+            ))
         }
 
         /// Polls `GetChange` until `INSYNC`, at most `insync_timeout_ms`.
@@ -1500,6 +1515,42 @@ mod tests {
         assert!(
             matches!(decide(&foreign_fence, "A", &eu, &known, 6), Decision::Fenced(m) if m.contains("did not write"))
         );
+    }
+
+    /// A batch refused while the record set stayed as read is invalid in itself: Refused, for
+    /// the operator, not Fenced (which says a newer decision acted); a record set that changed
+    /// is a concurrent writer: Fenced.
+    #[test]
+    fn a_refused_batch_is_a_fence_only_when_the_record_set_changed() {
+        let observed = View {
+            record: Some(values(&["192.0.2.10"])),
+            fence: fence(4, "us-east-1", &values(&["192.0.2.10"])),
+        };
+        let refusal = || Failure::Fenced("InvalidChangeBatch: RRSet of type CNAME ... is not permitted at apex".into());
+        let judged = judge_refused_batch(&observed, &observed.clone(), "shop.example.com.", "CNAME", refusal());
+        match judged {
+            Failure::Refused(text) => {
+                assert!(text.contains("nothing changed"), "{text}");
+                assert!(text.contains("not permitted at apex"), "keeps Route 53's words: {text}");
+            }
+            other => panic!("an invalid batch is refused, not {other:?}"),
+        }
+        let moved = View {
+            record: Some(values(&["198.51.100.20"])),
+            fence: fence(5, "eu-west-1", &values(&["198.51.100.20"])),
+        };
+        match judge_refused_batch(&observed, &moved, "shop.example.com.", "A", refusal()) {
+            Failure::Fenced(text) => assert!(text.contains("198.51.100.20"), "{text}"),
+            other => panic!("a concurrent change is a fence, not {other:?}"),
+        }
+        let retry = judge_refused_batch(
+            &observed,
+            &moved,
+            "shop.example.com.",
+            "A",
+            Failure::Retryable("throttled".into()),
+        );
+        assert_eq!(retry, Failure::Retryable("throttled".into()));
     }
 
     #[test]
