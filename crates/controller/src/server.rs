@@ -1665,49 +1665,24 @@ async fn active_region(State(shared): State<Arc<Shared>>, headers: HeaderMap, ur
         }
         None => shared.pointer.get(),
     };
-    // A member cut off from etcd does not know whether the active region moved: it says so
-    // rather than name a region that may be stale (`lock run` then stops its job at its
-    // deadline, `pointer watch` keeps the env file it has and asks again).
+    // A member cut off from etcd does not know whether the active region moved: it still
+    // names the region it last knew (an etcd outage must not take the applications down with
+    // it: static stability) and says why it may be stale in `stale`. `lock run` takes such an
+    // answer as no answer: a job that runs twice is worse than one that waits.
+    let mut body = json!(value);
     if let Some(why) = shared.ha.as_ref().and_then(|ha| ha.pointer_stale()) {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": why, "code": "pointer_stale", "last": value}),
-        );
+        body["stale"] = json!(why);
     }
-    json_response(StatusCode::OK, json!(value))
+    json_response(StatusCode::OK, body)
 }
-
-/// How often an open pointer stream checks that its member still reaches etcd.
-const POINTER_STALE_CHECK_MS: u64 = 250;
 
 /// The pointer as Server-Sent Events (see `pointer::Pointer::event_stream`).
 async fn active_region_stream(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(response) = authorize(&shared, &headers, Role::Read) {
         return response;
     }
-    if let Some(why) = shared.ha.as_ref().and_then(|ha| ha.pointer_stale()) {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": why, "code": "pointer_stale", "last": shared.pointer.get()}),
-        );
-    }
-    // A member that loses etcd ends its streams: its silence would read as "nothing moved"
-    // while another member may move the region; the client reconnects and hears why (503).
-    let stale = {
-        let ha = shared.ha.clone();
-        async move {
-            match ha {
-                None => std::future::pending::<()>().await,
-                Some(ha) => {
-                    while ha.pointer_stale().is_none() {
-                        tokio::time::sleep(Duration::from_millis(POINTER_STALE_CHECK_MS)).await;
-                    }
-                }
-            }
-        }
-    };
     match shared.pointer.event_stream(shared.closing.clone()) {
-        Some(stream) => axum::response::sse::Sse::new(futures_util::StreamExt::take_until(stream, Box::pin(stale)))
+        Some(stream) => axum::response::sse::Sse::new(stream)
             .keep_alive(
                 axum::response::sse::KeepAlive::new().interval(Duration::from_millis(crate::pointer::SSE_KEEPALIVE_MS)),
             )

@@ -90,7 +90,15 @@ pub async fn read_pointer(client: &HttpClient, controller: &str, token: Option<&
     if !answer.status.is_success() {
         return Err(format!("{url}: HTTP {}: {}", answer.status.as_u16(), answer.text()));
     }
-    serde_json::from_slice(&answer.body).map_err(|e| format!("{url}: not a pointer document: {e}"))
+    let document: serde_json::Value =
+        serde_json::from_slice(&answer.body).map_err(|e| format!("{url}: not a pointer document: {e}"))?;
+    // A controller member cut off from etcd still names the region it last knew, and says why
+    // that may be stale: another member may have moved it. Running the job on that word could
+    // run it in two regions at once; it counts as no answer.
+    if let Some(why) = document.get("stale").and_then(serde_json::Value::as_str) {
+        return Err(format!("{url}: the pointer may be stale: {why}"));
+    }
+    serde_json::from_value(document).map_err(|e| format!("{url}: not a pointer document: {e}"))
 }
 
 /// What the pointer says about this host's region.
