@@ -46,8 +46,9 @@ pub fn open_to_network(address: SocketAddr, guarded: bool) -> bool {
 /// - a request whose `Origin` is not the origin it is sent to, or that the browser marks
 ///   `Sec-Fetch-Site: cross-site`/`same-site`, is refused, token or not (a browser sends them;
 ///   curl, the SDKs and Switchyard's own clients do not);
-/// - without a token (`guarded` false), the `Host` must be an IP address or `localhost`, with or
-///   without a port: a rebinding page's requests carry its own name.
+/// - without a token (`guarded` false), the `Host` must be an IP address or a loopback name
+///   (`localhost`, `localhost.`, `*.localhost`; RFC 6761), with or without a port: a rebinding
+///   page's requests carry its own name.
 pub fn browser_forgery(headers: &axum::http::HeaderMap, guarded: bool) -> Option<String> {
     let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("(not text)"));
     let host = text("host");
@@ -71,13 +72,26 @@ pub fn browser_forgery(headers: &axum::http::HeaderMap, guarded: bool) -> Option
             Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
             None => host.rsplit_once(':').map_or(host, |(name, _)| name),
         };
-        if name.parse::<std::net::IpAddr>().is_err() && !name.eq_ignore_ascii_case("localhost") {
+        if name.parse::<std::net::IpAddr>().is_err() && !is_localhost_name(name) {
             return Some(format!(
                 "Host {host} is a name, and this API has no token: without one it answers only requests addressed to an IP address or localhost (a web page can make a name of its own resolve to this machine); use the address, or set a token"
             ));
         }
     }
     None
+}
+
+/// `localhost`, `localhost.` or a name under it (`app.localhost`): RFC 6761 reserves them for
+/// the loopback interface, and browsers resolve them there without asking DNS, so a page cannot
+/// rebind one to its own content.
+fn is_localhost_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let suffix = name.len().checked_sub("localhost".len());
+    suffix.is_some_and(|at| {
+        name.is_char_boundary(at)
+            && name[at..].eq_ignore_ascii_case("localhost")
+            && (at == 0 || name.as_bytes()[at - 1] == b'.')
+    })
 }
 
 #[cfg(test)]
@@ -100,6 +114,8 @@ mod tests {
             "[::1]:8404",
             "localhost:8404",
             "LOCALHOST",
+            "localhost.:8404",
+            "grafana.localhost:8404",
             "10.0.0.5",
         ] {
             assert_eq!(browser_forgery(&headers(&[("host", host)]), false), None, "{host}");
@@ -123,6 +139,18 @@ mod tests {
             ("origin", "http://rebind.attacker.example:8404"),
         ]);
         assert!(browser_forgery(&rebound, false).is_some_and(|why| why.contains("no token")));
+        for name in [
+            "notlocalhost:8404",
+            "localhost.attacker.example",
+            "xlocalhost.",
+            "localhost..",
+            ".",
+        ] {
+            assert!(
+                browser_forgery(&headers(&[("host", name)]), false).is_some(),
+                "{name} is not a loopback name"
+            );
+        }
         assert_eq!(browser_forgery(&rebound, true), None, "a token stops what a name would");
     }
 
