@@ -257,6 +257,9 @@ pub struct Observed {
     pub record: Option<u64>,
     /// A standby's `primary_slot_name`: the physical replication slot it streams through.
     pub slot: Option<String>,
+    /// The newest timeline whose history file is in its `pg_wal` (0: none): a server that
+    /// followed a promotion holds the new timeline's history.
+    pub newest_history: u32,
 }
 
 impl Observed {
@@ -265,6 +268,12 @@ impl Observed {
     }
 
     /// The furthest WAL position it holds: written (primary) or received or replayed (standby).
+    /// The newest timeline it is on or has followed: its `timeline` (a standby's reads the
+    /// last checkpoint's when no WAL receiver runs, which may lag) or its newest history file.
+    pub fn known_timeline(&self) -> u32 {
+        self.timeline.max(self.newest_history)
+    }
+
     pub fn position(&self) -> Lsn {
         [self.current, self.received, self.replayed]
             .into_iter()
@@ -312,11 +321,23 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
     }
     let mut passed = Vec::new();
     let mut best: Option<((Lsn, Lsn, std::cmp::Reverse<usize>), usize)> = None;
+    let (required, whose) = required_timeline(members, observed, old);
     for (i, o) in reachable.iter().filter(|(i, _)| members[*i].region == order.to) {
         if !o.in_recovery {
             passed.push(format!(
                 "{} is a former primary, not a standby: it must rejoin first (configure rejoin, or rebuild it with pg_basebackup)",
                 members[*i].address
+            ));
+            continue;
+        }
+        // WAL positions of two timelines do not compare: a standby that never followed the
+        // last promotion (cut off with the old primary, which kept writing) may be "ahead" in
+        // bytes while it lacks everything written since the fork.
+        if o.known_timeline() < required {
+            passed.push(format!(
+                "{} is on timeline {} and never followed timeline {required} ({whose}): past the fork point its WAL is not that history, and promoting it would drop what was written there since; rejoin it (pg_rewind) or rebuild it with pg_basebackup",
+                members[*i].address,
+                o.known_timeline()
             ));
             continue;
         }
@@ -329,6 +350,23 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
         Some((_, candidate)) => Ok(Plan::Promote { old, candidate }),
         None => Err(super::no_candidate(order, members, observed, &passed)),
     }
+}
+
+/// The timeline a candidate must have followed: the last primary's (`old`), or with it gone
+/// the newest any reachable standby followed; with what holds it, for messages. Pure.
+pub fn required_timeline(members: &[Member], observed: &[Option<Observed>], old: Option<usize>) -> (u32, String) {
+    if let Some(old) = old
+        && let Some(o) = &observed[old]
+    {
+        return (o.timeline, format!("the primary {}'s", members[old].address));
+    }
+    observed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.as_ref().filter(|o| o.in_recovery).map(|o| (o.known_timeline(), i)))
+        .max()
+        .map(|(t, i)| (t, format!("followed by {}", members[i].address)))
+        .unwrap_or((0, String::new()))
 }
 
 /// The last primary among the reachable servers out of recovery: the highest promotion
@@ -624,14 +662,18 @@ impl PostgresPromote {
                 }
                 final_lsn
             }
-            // Everything any standby received (the candidate's own included).
-            None => observed
-                .iter()
-                .flatten()
-                .filter(|o| o.in_recovery)
-                .map(Observed::position)
-                .max()
-                .unwrap_or_default(),
+            // Everything any standby of the newest timeline received (the candidate's own
+            // included); positions on an older timeline are another history.
+            None => {
+                let (newest, _) = required_timeline(&inner.members, observed, None);
+                observed
+                    .iter()
+                    .flatten()
+                    .filter(|o| o.in_recovery && o.known_timeline() >= newest)
+                    .map(Observed::position)
+                    .max()
+                    .unwrap_or_default()
+            }
         };
         let mut session = inner.connect(candidate).await?;
         if let Some(old) = old
@@ -1225,7 +1267,9 @@ impl Session {
                  (SELECT timeline_id FROM pg_control_checkpoint())::text, \
                  (SELECT received_tli FROM pg_stat_wal_receiver)::text, \
                  (SELECT status FROM pg_stat_wal_receiver), \
-                 current_setting('primary_slot_name')",
+                 current_setting('primary_slot_name'), \
+                 (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir() \
+                  WHERE name ~ '^[0-9A-F]{8}\\.history$')::text",
             )
             .await?;
         let row = rows.into_iter().next().unwrap_or_default();
@@ -1267,6 +1311,7 @@ impl Session {
             rewindable,
             record,
             slot: get(15).filter(|slot| in_recovery && !slot.is_empty()),
+            newest_history: get(16).and_then(|t| t.parse().ok()).unwrap_or(0),
         })
     }
 
@@ -1476,6 +1521,7 @@ mod tests {
             rewindable: Ok(()),
             record,
             slot: None,
+            newest_history: 0,
         }
     }
 
@@ -1490,6 +1536,51 @@ mod tests {
             streaming: true,
             ..primary(0, 1, None)
         }
+    }
+
+    #[test]
+    fn a_standby_that_never_followed_the_primary_s_timeline_is_no_candidate() {
+        // b (us) was promoted to timeline 2; a (eu) stayed cut off with the old primary, which
+        // kept writing on timeline 1: a is "ahead" in bytes of another history. Failing back to
+        // eu must not promote it.
+        let members = members();
+        let stale = standby(900, 900);
+        let observed = vec![Some(stale.clone()), Some(primary(500, 2, Some(5))), None];
+        let order = order(6, "eu", false);
+        let Err(Failure::Refused(message)) = plan(&order, &members, &observed) else {
+            panic!("refused");
+        };
+        assert!(
+            message.contains("a:5432 is on timeline 1 and never followed timeline 2 (the primary b:5432's)"),
+            "{message}"
+        );
+        // One that followed (its history file holds timeline 2, its checkpoint still reads 1).
+        let followed = Observed {
+            newest_history: 2,
+            ..stale.clone()
+        };
+        let observed = vec![Some(followed), Some(primary(500, 2, Some(5))), None];
+        assert_eq!(
+            plan(&order, &members, &observed).expect("plan"),
+            Plan::Promote {
+                old: Some(1),
+                candidate: 0
+            }
+        );
+        // With the primary gone, the newest timeline any standby followed is required.
+        let observed = vec![
+            Some(stale),
+            None,
+            Some(Observed {
+                timeline: 2,
+                ..standby(100, 100)
+            }),
+        ];
+        assert_eq!(required_timeline(&members, &observed, None).0, 2);
+        assert!(matches!(
+            plan(&order, &members, &observed),
+            Err(Failure::Refused(m)) if m.contains("never followed timeline 2 (followed by c:5432)")
+        ));
     }
 
     #[test]

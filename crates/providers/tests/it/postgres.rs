@@ -644,3 +644,71 @@ async fn postgres_promote_connects_over_tls_and_verifies_the_certificate() {
         .expect("over TLS");
     assert!(outcome.contains(&cluster.address(0)), "{outcome}");
 }
+
+// A partition: the step reaches neither the old primary a nor its standby c, b is promoted to
+// timeline 2; a keeps taking orders on timeline 1, streamed to c. When the region of a and c
+// comes back, c holds more WAL in bytes than b ever wrote, of another history: failing back
+// must not promote it over b's orders.
+#[tokio::test]
+async fn postgres_a_standby_cut_off_with_the_old_primary_is_never_promoted_over_the_new_timeline() {
+    let Some(cluster) = start_cluster() else { return };
+    let [a, b, c] = cluster.ports;
+    populate_and_replicate(&cluster, 3).await;
+    // c is down; a refuses the step's login (its own pg_hba.conf) but keeps serving the shop.
+    let output = cluster.pg_ctl(2, &["-w", "-m", "fast", "stop"]);
+    assert!(output.status.success(), "stop c");
+    let hba = cluster.data(0).join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    std::fs::write(&hba, format!("host all postgres 127.0.0.1/32 reject\n{rules}")).expect("write pg_hba.conf");
+    assert!(cluster.pg_ctl(0, &["reload"]).status.success(), "reload a");
+    wait_until("a to refuse the step's login", || async move {
+        client(a, "postgres", SUPER_PASSWORD).await.is_err()
+    })
+    .await;
+
+    let settings = format!(
+        "servers = {{ eu = [\"{}\", \"{}\"], us = [\"{}\"] }}\n\
+         user = \"postgres\"\npassword = {{ file = \"{}\" }}\n\
+         replication_user = \"repl\"\nreplication_password = {{ file = \"{}\" }}\n\
+         promote_lag_max_ms = 2000\n",
+        cluster.address(0),
+        cluster.address(2),
+        cluster.address(1),
+        cluster.dir.path().join("password").display(),
+        cluster.dir.path().join("repl.password").display(),
+    );
+    let settings: Settings = toml::from_str(&settings).expect("settings parse");
+    let step = settings
+        .check("orders-db", &mut Strict::new(&["eu", "us"]))
+        .expect("settings check");
+    let outcome = step.run(&order(5, "eu", "us", false)).await.expect("promoted");
+    assert!(
+        outcome.contains(&format!("promoted {} in us", cluster.address(1))),
+        "{outcome}"
+    );
+    assert_eq!(timeline(b).await, "00000002");
+    insert(b, 4).await.expect("the new primary takes orders");
+
+    // Behind the partition: c comes back and streams from a, which takes many more orders.
+    cluster.start(2);
+    let shop = client(a, "app", "app-pass").await.expect("shop login on a");
+    shop.simple_query("INSERT INTO orders SELECT generate_series(1000, 30000)")
+        .await
+        .expect("orders on the cut-off primary");
+    wait_until("c to replay a's orders", || async move { count(c).await == 29_004 }).await;
+
+    let back = step.run(&order(6, "us", "eu", false)).await;
+    let Err(Failure::Refused(message)) = &back else {
+        panic!("expected a refusal, got {back:?}");
+    };
+    assert!(
+        message.contains(&format!(
+            "{} is on timeline 1 and never followed timeline 2 (the primary {}'s)",
+            cluster.address(2),
+            cluster.address(1)
+        )),
+        "{message}"
+    );
+    insert(b, 5).await.expect("b is still the primary, not fenced");
+    assert_eq!(count(b).await, 5);
+}
