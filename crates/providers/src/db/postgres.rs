@@ -1267,9 +1267,7 @@ impl Session {
                  (SELECT timeline_id FROM pg_control_checkpoint())::text, \
                  (SELECT received_tli FROM pg_stat_wal_receiver)::text, \
                  (SELECT status FROM pg_stat_wal_receiver), \
-                 current_setting('primary_slot_name'), \
-                 (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir() \
-                  WHERE name ~ '^[0-9A-F]{8}\\.history$')::text",
+                 current_setting('primary_slot_name')",
             )
             .await?;
         let row = rows.into_iter().next().unwrap_or_default();
@@ -1311,7 +1309,24 @@ impl Session {
             rewindable,
             record,
             slot: get(15).filter(|slot| in_recovery && !slot.is_empty()),
-            newest_history: get(16).and_then(|t| t.parse().ok()).unwrap_or(0),
+            newest_history: self.newest_history().await?,
+        })
+    }
+
+    /// The newest timeline whose history file is in `pg_wal` (0: none, or `pg_ls_waldir` is not
+    /// allowed to the step's user: then a standby's timeline alone says what it followed).
+    async fn newest_history(&mut self) -> Result<u32, Failure> {
+        let statement = "SELECT max(('x' || substr(name, 1, 8))::bit(32)::int)::text FROM pg_ls_waldir() \
+                         WHERE name ~ '^[0-9A-F]{8}\\.history$'";
+        Ok(match self.rows_within(statement, QUERY_TIMEOUT_MS).await? {
+            Ok(rows) => rows
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next())
+                .flatten()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0),
+            Err(_) => 0,
         })
     }
 
