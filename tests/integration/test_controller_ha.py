@@ -164,7 +164,7 @@ class Group:
         self.members = {}
 
     def start(self, member, etcd_url=None, shared=False, vantages=("controller", "probe"), extra=(), ha_extra="",
-              env_extra=None):
+              env_extra=None, tick_ms=None):
         """Starts `member` with a file of its own, or (`shared`) with one file for the whole
         group and `--member`/`--audit-log` on the command line. `ha_extra` goes into its
         `[controller.ha]`."""
@@ -178,8 +178,10 @@ class Group:
         else:
             config = self.tmp / f"{member}.toml"
             text = config_text(self.us, self.eu, self.tmp, member, [etcd_url or self.etcd.url], self.dns.admin)
-            config.write_text(text.replace('prefix = "/switchyard/test"\n',
-                                           'prefix = "/switchyard/test"\n' + ha_extra, 1))
+            text = text.replace('prefix = "/switchyard/test"\n', 'prefix = "/switchyard/test"\n' + ha_extra, 1)
+            if tick_ms is not None:
+                text = text.replace("tick_ms = 50\n", f"tick_ms = {tick_ms}\n", 1)
+            config.write_text(text)
         env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, SWITCHYARD_LOG="info", **(env_extra or {}))
         self.members[member] = start_controller(config, self.tmp, env=env, args=extra, deadline_s=START_DEADLINE_S,
                                                 name=member)
@@ -569,6 +571,29 @@ def test_a_member_cut_off_from_etcd_says_its_pointer_may_be_stale_and_lock_run_d
             group.members[other][1], "/v1/active-region")[1], TAKEOVER_DEADLINE_S, group.logs())
     finally:
         proxy.stop()
+
+
+def test_a_command_reaching_a_new_leader_before_its_first_tick_keeps_the_preferences_in_etcd(group):
+    # Between winning the key and its next tick a new leader's engine is still the follower's;
+    # an operator command then saved that engine's preferences (not paused, its own preferred
+    # region) over the ones etcd holds. Slow ticks (10 s) make that window wide.
+    for member in ("c1", "c2"):
+        group.start(member, tick_ms=10000)
+    first = wait_until("one leader", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+    other = [m for m in group.members if m != first][0]
+    status, body = request(group.members[first][1], "/v1/pause", "POST")
+    assert status == 200 and body["accepted"], body
+    wait_until("etcd to record the pause", lambda: ((group.status(other) or {}).get("ha", {}).get("shared") or {}).get(
+        "paused") is True, logs=group.logs())
+    process = group.members[first][0]
+    process.kill()
+    process.wait(timeout=10)
+    wait_until("the other member to act", lambda: ((group.status(other) or {}).get("ha") or {}).get("acting"),
+               TAKEOVER_DEADLINE_S, group.logs())
+    # The command lands on the engine restored from etcd (paused), so that is what it saves.
+    request(group.members[other][1], "/v1/acknowledge", "POST")
+    engine = group.status(other)["engine"]
+    assert engine["paused"] is True, engine
 
 
 LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"

@@ -728,30 +728,35 @@ impl Shared {
         }
     }
 
+    /// At the start of a term: the engine restarts from the shared state (rolling forward a
+    /// runbook in progress with a new generation), never from this member's past. Called with
+    /// the core locked before anything is fed to the engine (a tick, an operator command), so
+    /// nothing of the follower's engine (its preferences, its pause) reaches etcd.
+    fn take_over(&self, core: &mut Core, now: u64) {
+        let Some(ha) = &self.ha else { return };
+        if let Some(state) = ha.take_over() {
+            // Its hold timers are aged on the clock of the member that wrote them.
+            let restored = state.restored(
+                self.generation_floor,
+                now,
+                ha.wall_now_for(&state),
+                self.config.engine.min_hold_ms,
+            );
+            match Engine::new(self.config.engine.clone(), restored) {
+                Ok(engine) => core.engine = engine,
+                Err(error) => tracing::error!(%error, "cannot restore the engine from etcd"),
+            }
+        }
+    }
+
     /// One tick: verdicts from the aggregator into the engine.
     fn tick(self: &Arc<Self>) {
         let now = self.now_ms();
         let mut core = self.lock();
+        self.take_over(&mut core, now);
         let acting = match &self.ha {
             None => true,
-            Some(ha) => {
-                if let Some(state) = ha.take_over() {
-                    // A new term: the engine restarts from the shared state (rolling forward a
-                    // runbook in progress with a new generation), never from this member's past.
-                    // Its hold timers are aged on the clock of the member that wrote them.
-                    let restored = state.restored(
-                        self.generation_floor,
-                        now,
-                        ha.wall_now_for(&state),
-                        self.config.engine.min_hold_ms,
-                    );
-                    match Engine::new(self.config.engine.clone(), restored) {
-                        Ok(engine) => core.engine = engine,
-                        Err(error) => tracing::error!(%error, "cannot restore the engine from etcd"),
-                    }
-                }
-                ha.acting().is_some()
-            }
+            Some(ha) => ha.acting().is_some(),
         };
         let verdicts = core.aggregator.verdicts(now);
         for region in self.config.region_names() {
@@ -1717,6 +1722,8 @@ async fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual, rece
         },
     };
     let mut core = shared.lock();
+    // Won the key since the last tick: the engine is still the follower's until restored.
+    shared.take_over(&mut core, shared.now_ms());
     let answer = shared.feed(&mut core, Event::Manual(command));
     let generation = core.engine.generation();
     if let (Some(ha), Some(term)) = (&shared.ha, term) {
