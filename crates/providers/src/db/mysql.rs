@@ -531,6 +531,18 @@ impl MysqlPromote {
                 && replication.io_running
                 && replication.sql_running
             {
+                // Set up already (a re-run): still said when its I/O thread does not connect.
+                if !replication.io_connected {
+                    let why = replication
+                        .io_error
+                        .as_deref()
+                        .map(|e| format!(": {}", super::hide_secrets(e, &inner.secret_forms())))
+                        .unwrap_or_default();
+                    notes.push(format!(
+                        "{} replicates from {} but its I/O thread is not connected{why}",
+                        member.address, primary_member.address
+                    ));
+                }
                 continue;
             }
             let mut session = inner.connect(i).await?;

@@ -473,4 +473,12 @@ async fn mariadb_a_repointed_server_whose_link_fails_is_named_not_said_to_replic
     );
     assert!(!outcome.contains("now replicates"), "{outcome}");
     assert!(!outcome.contains("not-repl-pass"), "{outcome}");
+    // A re-run finds it set up, and still says its link does not connect.
+    let again = step.run(&order(5, "eu", "us", false)).await.expect("re-run");
+    assert!(
+        again.contains(&format!(
+            "{a_address} replicates from {b_address} but its I/O thread is not connected: "
+        )) && again.contains("Access denied"),
+        "{again}"
+    );
 }
