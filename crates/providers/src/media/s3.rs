@@ -152,24 +152,34 @@ impl Bucket {
         }
     }
 
-    /// HeadObject: (size, ETag, the recorded source ETag, last modified).
-    async fn head(&self, key: &str) -> Result<(u64, String, Option<String>, Option<u64>), Failure> {
-        let head = self
+    /// HeadObject: (size, ETag, the recorded source ETag, last modified); `None` when the
+    /// object is gone (deleted since the listing: not an error of the run).
+    async fn head(&self, key: &str) -> Result<Option<(u64, String, Option<String>, Option<u64>)>, Failure> {
+        let head = match self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(format!("{}{key}", self.prefix))
             .send()
             .await
-            .map_err(|error| failure(&format!("S3 HeadObject {}/{}{key}", self.bucket, self.prefix), &error))?;
-        Ok((
+        {
+            Ok(head) => head,
+            Err(error) if crate::aws::error_code(&error) == Some("NotFound") => return Ok(None),
+            Err(error) => {
+                return Err(failure(
+                    &format!("S3 HeadObject {}/{}{key}", self.bucket, self.prefix),
+                    &error,
+                ));
+            }
+        };
+        Ok(Some((
             u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
             unquote(head.e_tag().unwrap_or_default()),
             head.metadata()
                 .and_then(|m| m.get(SOURCE_ETAG_METADATA))
                 .map(|s| unquote(s)),
             head.last_modified().and_then(|t| u64::try_from(t.secs()).ok()),
-        ))
+        )))
     }
 }
 
@@ -224,7 +234,8 @@ async fn differences(
                     differ.push(key.clone());
                     continue;
                 }
-                if !same_by_head(object, &target.head(key).await?) {
+                // Gone since the listing: the receiver lacks it.
+                if !target.head(key).await?.is_some_and(|head| same_by_head(object, &head)) {
                     differ.push(key.clone());
                 }
             }
@@ -317,7 +328,12 @@ async fn copy(
         .send()
         .await
         .map_err(|error| failure(&format!("S3 PutObject {}/{to_key}", target.bucket), &error))?;
-    let head = target.head(&key).await?;
+    let head = target.head(&key).await?.ok_or_else(|| {
+        Failure::Retryable(format!(
+            "S3 copy of {key} not verified: {}/{to_key} is missing right after PutObject",
+            target.bucket
+        ))
+    })?;
     let single_part = !source_etag.contains('-');
     let verified = head.0 == size && (!single_part || head.1 == source_etag) && head.2.as_deref() == Some(&source_etag);
     if !verified {
@@ -400,7 +416,9 @@ pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &L
                 report.limited = Some(format!("objects_listed_max = {}", limits.objects_listed_max));
                 break;
             }
-            let (_, _, recorded, _) = target.head(&key).await?;
+            let Some((_, _, recorded, _)) = target.head(&key).await? else {
+                continue; // gone already
+            };
             if recorded.is_none() {
                 kept_own += 1;
                 continue;

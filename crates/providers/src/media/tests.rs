@@ -414,3 +414,52 @@ fn a_listing_counts_every_file_but_keeps_only_what_a_run_may_copy() {
     };
     assert!(nothing_kept.files.is_empty());
 }
+
+/// An object the receiver listed but deleted before its HeadObject (an app deleting an upload
+/// meanwhile) is one the receiver lacks, not a failed measurement.
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn an_s3_object_gone_between_listing_and_head_counts_as_missing() {
+    use axum::http::{Method, StatusCode, Uri};
+    use axum::response::IntoResponse;
+
+    let app = axum::Router::new().fallback(|method: Method, uri: Uri| async move {
+        let path = uri.path().trim_end_matches('/').to_string();
+        let listing = |bucket: &str, etag: &str| {
+            format!(
+                r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>{bucket}</Name><Prefix>p/</Prefix><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated><Contents><Key>p/a.jpg</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>"{etag}"</ETag><Size>10</Size></Contents></ListBucketResult>"#
+            )
+        };
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/src") => (StatusCode::OK, listing("src", "abc")).into_response(),
+            ("GET", "/dst") => (StatusCode::OK, listing("dst", "old")).into_response(),
+            _ => StatusCode::NOT_FOUND.into_response(),
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .expect("credentials");
+    let location = |bucket: &str| Location::S3 {
+        bucket: bucket.into(),
+        prefix: "p/".into(),
+        access: crate::aws::Access {
+            region: "us-east-1".into(),
+            profile: None,
+            endpoint_url: Some(url.clone()),
+            credentials_file: Some(credentials.clone()),
+        },
+        path_style: true,
+    };
+    let lag = super::s3::lag(&location("src"), &location("dst"), &limits(10, 1_000_000))
+        .await
+        .expect("a lag, not a failed HeadObject");
+    assert_eq!((lag.objects, lag.bytes), (1, 10));
+    assert_eq!(lag.sample, vec!["a.jpg"]);
+}
