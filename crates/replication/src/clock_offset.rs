@@ -130,19 +130,20 @@ mod tests {
 
     #[test]
     fn the_furthest_behind_peer_within_memory_sets_the_hold() {
+        let now = 1_800_000_000_000;
         let mut clocks = PeerClocks::new(["eu-west-1", "ap-south-1", "us-west-2"]);
-        assert_eq!(clocks.furthest_behind_ms(1_000_000, 60_000), 0, "nothing measured");
+        assert_eq!(clocks.furthest_behind_ms(now, 60_000), 0, "nothing measured");
         // eu-west-1 runs 2 s ahead, ap-south-1 a week behind (this region's clock jumped ahead).
-        clocks.on_request("eu-west-1", 1_002_000, 1_000_000);
+        clocks.on_request("eu-west-1", now + 2_000, now);
         let week_ms = 7 * 24 * 3_600_000;
-        clocks.on_request("ap-south-1", 1_000_000 - week_ms, 1_000_010);
-        assert_eq!(clocks.furthest_behind_ms(1_000_020, 60_000), week_ms + 10);
+        clocks.on_request("ap-south-1", now - week_ms, now + 10);
+        assert_eq!(clocks.furthest_behind_ms(now + 20, 60_000), week_ms + 10);
         // Only a peer ahead: no hold.
         let mut ahead = PeerClocks::new(["eu-west-1"]);
-        ahead.on_request("eu-west-1", 1_002_000, 1_000_000);
-        assert_eq!(ahead.furthest_behind_ms(1_000_000, 60_000), 0);
+        ahead.on_request("eu-west-1", now + 2_000, now);
+        assert_eq!(ahead.furthest_behind_ms(now, 60_000), 0);
         // A measurement older than the memory no longer holds anything back.
-        assert_eq!(clocks.furthest_behind_ms(1_000_010 + 60_001, 60_000), 0);
+        assert_eq!(clocks.furthest_behind_ms(now + 10 + 60_001, 60_000), 0);
     }
 
     #[test]
