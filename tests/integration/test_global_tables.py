@@ -6,9 +6,11 @@ acknowledged write present."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import boto3
@@ -332,3 +334,62 @@ def test_a_multi_attribute_index_is_served_by_every_replica(regions):
         )["Items"]
         # Paid orders have n = 1, 3: totals 1, 3, 11, 13, 21, 23; above 2, in order.
         assert [int(item["total"]["N"]) for item in paid] == [3, 11, 13, 21, 23], region.name
+
+
+def health_any(region):
+    """The store's /health document, also when it answers 503."""
+    try:
+        return health_of(region)
+    except urllib.error.HTTPError as error:
+        return json.loads(error.read())
+
+
+def wait_for(what, condition, deadline_s=CONVERGENCE_DEADLINE_S):
+    deadline = time.monotonic() + deadline_s
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return result
+
+
+def test_a_region_whose_database_was_wiped_is_named_until_its_replica_is_created_again(regions):
+    """eu-west-1's data directory is lost (a replaced disk, a volume not mounted) and the store
+    starts on an empty one. It has no replica of the global table any more, and skips what it
+    is sent for it, while the other regions list it ACTIVE: each of them sees the new database
+    in eu-west-1's marks and says so on /health (degraded), naming the fix. Deleting and creating
+    the replica again backfills it, and the alarm ends in every region."""
+    us, eu, ap = regions
+    client = us.client()
+    create_orders(client)
+    client.get_waiter("table_exists").wait(TableName="orders")
+    for n in range(20):
+        client.put_item(TableName="orders", Item={"id": {"S": f"o{n}"}})
+    client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}},
+                                                            {"Create": {"RegionName": "ap-south-1"}}])
+    assert len(wait_converged(regions)) == 20
+    for region in regions:
+        assert not any("new database" in r for r in health_any(region)["reasons"]), region.name
+
+    eu.stop()
+    for path in eu.data_dir.iterdir():
+        if path.name != "store.log":
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    eu.start()
+    for region in (us, ap):
+        health = wait_for(f"{region.name} to name eu-west-1's new database",
+                          lambda region=region: (h := health_any(region)) and any(
+                              "eu-west-1's store answers with a new database" in r for r in h["reasons"]) and h)
+        assert health["status"] == "degraded", health
+        reason = next(r for r in health["reasons"] if "new database" in r)
+        assert "orders" in reason and "ReplicaUpdates" in reason, reason
+
+    client.update_table(TableName="orders", ReplicaUpdates=[{"Delete": {"RegionName": "eu-west-1"}}])
+    client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}}])
+    assert len(wait_converged(regions)) == 20
+    for region in (us, ap):
+        wait_for(f"{region.name}'s alarm to end",
+                 lambda region=region: not any("new database" in r for r in health_any(region)["reasons"]))
+    assert health_any(us)["status"] == "ready"

@@ -596,6 +596,19 @@ impl Engine {
         &self.shared.iterator_key
     }
 
+    /// This database's identity: made from the random key the store draws when it creates its
+    /// database, so it stays the same across restarts and changes only when the database is
+    /// new (a wiped or replaced data directory). Peers compare it between marks
+    /// (`global::Replication::observe_peer_store`). Never 0.
+    pub fn store_id(&self) -> u64 {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"switchyard-store-id")
+            .chain_update(self.shared.iterator_key)
+            .finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
+    }
+
     pub fn region(&self) -> &str {
         &self.shared.region
     }

@@ -1087,14 +1087,34 @@ fn judge_health(
 }
 
 /// Replication conditions that make this region unfit to serve as a global-table replica: a
-/// peer whose clock is beyond the signing window (the two refuse each other's changes, so they
+/// peer whose database is new (its replicas are gone), a peer whose clock is beyond the signing
+/// window (the two refuse each other's changes, so they
 /// diverge until a clock is fixed; failing back to such a region would lose the other's writes).
 fn replication_alarms(store: &Store) -> Vec<String> {
     let Some(replication) = store.replication() else {
         return Vec::new();
     };
+    let mut alarms: Vec<String> = replication
+        .peers()
+        .iter()
+        .filter_map(|peer| {
+            let since = replication.peer_rebuilt_since(&peer.region)?;
+            let tables: Vec<String> = store
+                .engine()
+                .tables()
+                .iter()
+                .filter(|t| t.replicas.contains(&peer.region))
+                .map(|t| t.name.clone())
+                .collect();
+            Some(format!(
+                "{peer}'s store answers with a new database since {since} (Unix ms): its data directory was wiped or replaced, so its replicas of the global tables ({tables}) are empty or missing while they are listed ACTIVE, and it skips the changes it is sent for them; create each again from this region (UpdateTable ReplicaUpdates Delete, then Create, for {peer}), which backfills it",
+                peer = peer.region,
+                tables = if tables.is_empty() { "none left".to_string() } else { tables.join(", ") },
+            ))
+        })
+        .collect();
     let clocks = replication.clock_status();
-    clocks
+    alarms.extend(clocks
         .peers
         .iter()
         .filter(|peer| peer.beyond_window)
@@ -1106,8 +1126,8 @@ fn replication_alarms(store: &Store) -> Vec<String> {
                 if peer.offset_ms >= 0 { "ahead of" } else { "behind" },
                 crate::global::REQUEST_SKEW_MS_MAX
             )
-        })
-        .collect()
+        }));
+    alarms
 }
 
 fn disk_json(disk: &DiskStatus) -> serde_json::Value {

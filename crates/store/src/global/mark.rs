@@ -88,6 +88,7 @@ impl Replication {
             clock: mark.clock,
             received: mark.received,
             head: mark.head,
+            store: Some(format!("{:016x}", self.engine.store_id())),
         })
         .expect("a mark serialises");
         match self.post(peer, "/replication/v1/mark", body).await {
@@ -119,6 +120,13 @@ impl Replication {
             status.heard.store(true, Ordering::SeqCst);
             status.wake.notify_one();
         }
+        if let Some(id) = request.store.as_deref() {
+            let id = u64::from_str_radix(id, 16)
+                .ok()
+                .filter(|id| *id != 0)
+                .ok_or_else(|| ApiError::validation(format!("corrupt mark: store id {id:?} is not 16 hex digits")))?;
+            self.observe_peer_store(&source, id).await?;
+        }
         self.watermarks
             .lock()
             .expect("watermark lock is never poisoned")
@@ -131,6 +139,54 @@ impl Replication {
                 },
             );
         Ok(serde_json::json!({}))
+    }
+
+    /// A peer's mark named its database identity. The first one seen is kept (durably); a
+    /// different one later means the peer's database is new — its data directory was wiped or
+    /// replaced — so its replicas of the global tables are gone while this region lists them
+    /// ACTIVE, and it skips what it is sent for them. That is recorded durably
+    /// (`peer_rebuilt_setting`) and raised on `/health` until each replica there is created
+    /// again (UpdateTable `ReplicaUpdates` `Create`, which backfills it).
+    pub(super) async fn observe_peer_store(&self, peer: &str, id: u64) -> Result<(), ApiError> {
+        let known = {
+            let mut cache = self.peer_stores.lock().expect("peer store lock is never poisoned");
+            *cache
+                .entry(peer.to_string())
+                .or_insert_with(|| self.engine.setting_value(&peer_store_setting(peer)))
+        };
+        if known == id {
+            return Ok(());
+        }
+        let now_ms = self.engine.now_unix_ms();
+        let (store_key, rebuilt_key) = (peer_store_setting(peer), peer_rebuilt_setting(peer));
+        self.engine
+            .write(move |context| {
+                context.set_setting(&store_key, id)?;
+                if known != 0 {
+                    context.set_setting(&rebuilt_key, now_ms.max(1))?;
+                }
+                Ok(())
+            })
+            .await?;
+        if known != 0 {
+            tracing::error!(
+                %peer,
+                old = format!("{known:016x}"),
+                new = format!("{id:016x}"),
+                "{peer}'s store answers with a new database (its data directory was wiped or replaced): its replicas of the global tables are empty; create each again (UpdateTable ReplicaUpdates Delete, then Create, for {peer}) to backfill it"
+            );
+        }
+        self.peer_stores
+            .lock()
+            .expect("peer store lock is never poisoned")
+            .insert(peer.to_string(), id);
+        Ok(())
+    }
+
+    /// Since when (Unix ms) `peer` answers with a new database whose replicas were not created
+    /// again, if it does.
+    pub fn peer_rebuilt_since(&self, peer: &str) -> Option<u64> {
+        Some(self.engine.setting_value(&peer_rebuilt_setting(peer))).filter(|at| *at != 0)
     }
 
     pub(super) fn applied(&self, source: &str, through: u64) {

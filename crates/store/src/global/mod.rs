@@ -126,6 +126,17 @@ impl Peer {
     }
 }
 
+/// The setting holding `peer`'s database identity as last seen in its marks.
+pub fn peer_store_setting(peer: &str) -> String {
+    format!("peer_store:{peer}")
+}
+
+/// The setting holding since when (Unix ms) `peer` answers with a new database whose replicas
+/// were not created again (0: it does not).
+pub fn peer_rebuilt_setting(peer: &str) -> String {
+    format!("peer_rebuilt:{peer}")
+}
+
 /// The setting that records a backfill of `peer` still to finish (set with the replica
 /// list that adds the peer, cleared when a repair to it finishes).
 pub fn backfill_setting(peer: &str) -> String {
@@ -227,6 +238,8 @@ pub struct Replication {
     /// This region's latest mark, sent to every peer.
     mark: tokio::sync::watch::Sender<Option<Mark>>,
     pub tombstones: TombstoneStatus,
+    /// The peers' database identities as last seen (a cache of `peer_store_setting`).
+    peer_stores: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// What the operator sees of tombstone purging.
@@ -267,6 +280,7 @@ impl Replication {
             watermarks: Mutex::new(watermarks),
             mark: tokio::sync::watch::Sender::new(None),
             tombstones: TombstoneStatus::default(),
+            peer_stores: Mutex::new(std::collections::HashMap::new()),
         })
     }
 

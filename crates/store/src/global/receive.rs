@@ -274,13 +274,25 @@ impl Replication {
                         } else {
                             None
                         };
+                        // A region that gains its replica again after its database was found
+                        // new (`Replication::observe_peer_store`) has it back: its alarm ends.
+                        let gained: Vec<String> = table
+                            .replicas
+                            .iter()
+                            .filter(|region| !existing.replicas.contains(region))
+                            .cloned()
+                            .collect();
                         let mut next = (*existing).clone();
                         next.replicas = table.replicas.clone();
                         // The replica gets the global table's stream where it has none.
                         if next.stream.as_ref().is_none_or(|s| !s.enabled) {
                             next.stream = table.stream.clone();
                         }
-                        context.put_table(next).map(|()| awaited)
+                        context.put_table(next)?;
+                        for region in &gained {
+                            context.set_setting(&peer_rebuilt_setting(region), 0)?;
+                        }
+                        Ok(awaited)
                     }
                     (None, false) => {
                         let id = context.next_table_id()?;

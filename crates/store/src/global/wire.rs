@@ -9,6 +9,10 @@ pub(super) struct MarkRequest {
     pub(super) clock: u64,
     pub(super) received: u64,
     pub(super) head: u64,
+    /// The sender's database identity (`Engine::store_id`, 16 hex digits); absent from builds
+    /// before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) store: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]

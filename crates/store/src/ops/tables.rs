@@ -185,6 +185,7 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
             (crate::global::backfill_setting(peer), barrier)
         })
         .collect();
+    let recreated = created.clone();
     let committed = store
         .engine()
         .write_exclusive(move |context| {
@@ -202,6 +203,10 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
             for (setting, barrier) in &backfills {
                 let pending = context.setting(setting)?;
                 context.set_setting(setting, pending.max(*barrier))?;
+            }
+            // A replica created again in a region whose database was new: the alarm is done.
+            for peer in &recreated {
+                context.set_setting(&crate::global::peer_rebuilt_setting(peer), 0)?;
             }
             Ok(latest)
         })
