@@ -588,7 +588,9 @@ impl Engine {
                 path: data_dir.to_path_buf(),
                 source,
             })?;
-        Ok(Engine { shared, sender })
+        let engine = Engine { shared, sender };
+        engine.seed_stream_labels();
+        Ok(engine)
     }
 
     /// The key stream iterators are signed with.

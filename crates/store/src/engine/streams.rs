@@ -1029,6 +1029,25 @@ impl Engine {
     }
 
     /// A new stream label: the current time, later than every label this process minted.
+    /// Starts the stream labels after the newest stored one, so a label made after the clock
+    /// was set back across a restart is still newer than the table's earlier streams' (an equal
+    /// one would make the old, disabled stream the table's current one). Called at open.
+    pub(super) fn seed_stream_labels(&self) {
+        let newest = self
+            .snapshot()
+            .and_then(|snapshot| snapshot.streams(None, None, usize::MAX))
+            .map(|streams| streams.iter().filter_map(|s| streams::label_ms(&s.label)).max())
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "reading the stored streams' labels failed; new labels follow the clock alone");
+                None
+            });
+        if let Some(newest) = newest {
+            self.shared
+                .stream_label_ms
+                .fetch_max(newest, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     pub fn new_stream_label(&self) -> String {
         let now = self.now_unix_ms();
         let previous = self

@@ -346,6 +346,18 @@ pub fn label_at(unix_ms: u64) -> String {
     )
 }
 
+/// The Unix milliseconds a label made by [`label_at`] stands for; `None` for any other text.
+pub fn label_ms(label: &str) -> Option<u64> {
+    let (date_time, millis) = label.split_once('.')?;
+    if millis.len() != 3 || !millis.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let compact: String = date_time.chars().filter(|c| *c != '-' && *c != ':').collect();
+    let seconds = dynamo_protocol::sigv4::parse_amz_date(&format!("{compact}Z"))?;
+    let seconds = u64::try_from(seconds).ok()?;
+    seconds.checked_mul(1000)?.checked_add(millis.parse().ok()?)
+}
+
 /// Sequence numbers are decimal strings of 21 digits (botocore: 21 to 40), increasing.
 pub fn format_sequence(seq: u64) -> String {
     format!("{seq:021}")

@@ -1,6 +1,7 @@
-//! The sweeps that delete for good (TTL expiry, stream retention) hold back by how far a
-//! peer's clock runs behind this region's: a clock that jumps ahead deletes nothing the other
-//! regions do not agree is due.
+//! The wall clock going wrong: the sweeps that delete for good (TTL expiry, stream retention)
+//! hold back by how far a peer's clock runs behind this region's, so a clock that jumps ahead
+//! deletes nothing the other regions do not agree is due; and stream labels stay increasing
+//! when the clock was set back across a restart.
 
 use serde_json::json;
 
@@ -91,4 +92,86 @@ async fn a_hold_not_renewed_lapses() {
     h.advance(store::engine::SWEEP_HOLD_MEMORY_MS);
     assert_eq!(h.engine.sweep_hold_ms(), 0);
     assert_eq!(h.engine.expire_once().await.expect("sweep"), 1);
+}
+
+/// A stream enabled after the clock was set back across a restart still gets a label newer
+/// than the table's earlier stream's, so the new stream, not the old disabled one, is current.
+#[tokio::test]
+async fn a_stream_enabled_after_the_clock_went_back_across_a_restart_gets_a_newer_label() {
+    use std::sync::Arc;
+
+    use crate::support::ManualClock;
+    use store::{Engine, Store};
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let start = crate::support::START_MS;
+    let first_label = {
+        let engine = Engine::open(dir.path(), "us-east-1", Arc::new(ManualClock::starting_at(start))).expect("open");
+        let store = Store::new(engine.clone());
+        let created = store
+            .handle(
+                "CreateTable",
+                json!({"TableName": "carts", "BillingMode": "PAY_PER_REQUEST",
+                       "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+                       "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                       "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "KEYS_ONLY"}})
+                .to_string()
+                .as_bytes(),
+            )
+            .await
+            .expect("create");
+        store
+            .handle(
+                "UpdateTable",
+                json!({"TableName": "carts", "StreamSpecification": {"StreamEnabled": false}})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await
+            .expect("disable");
+        engine.close().await;
+        created["TableDescription"]["LatestStreamLabel"]
+            .as_str()
+            .expect("a label")
+            .to_string()
+    };
+    // The clock was an hour ahead; NTP set it back while the store was down. (The closed
+    // engine's writer thread lets the file go just after it answers the close.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let engine = loop {
+        match Engine::open(
+            dir.path(),
+            "us-east-1",
+            Arc::new(ManualClock::starting_at(start - 3_600_000)),
+        ) {
+            Ok(engine) => break engine,
+            Err(error) if std::time::Instant::now() < deadline && error.to_string().contains("already open") => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(error) => panic!("reopen: {error}"),
+        }
+    };
+    let store = Store::new(engine);
+    let enabled = store
+        .handle(
+            "UpdateTable",
+            json!({"TableName": "carts", "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_IMAGE"}})
+                .to_string()
+                .as_bytes(),
+        )
+        .await
+        .expect("enable again");
+    let second_label = enabled["TableDescription"]["LatestStreamLabel"]
+        .as_str()
+        .expect("a label")
+        .to_string();
+    assert!(
+        second_label > first_label,
+        "{second_label} must come after {first_label}"
+    );
+    assert_eq!(
+        store::streams::label_ms(&first_label),
+        Some(start),
+        "a label stands for its time"
+    );
 }
