@@ -352,20 +352,26 @@ def wait_for(what, condition, deadline_s=CONVERGENCE_DEADLINE_S):
     return result
 
 
-def test_a_region_whose_database_was_wiped_is_named_until_its_replica_is_created_again(regions):
+def test_a_region_whose_database_was_wiped_is_named_until_its_replicas_are_created_again(regions):
     """eu-west-1's data directory is lost (a replaced disk, a volume not mounted) and the store
-    starts on an empty one. It has no replica of the global table any more, and skips what it
-    is sent for it, while the other regions list it ACTIVE: each of them sees the new database
-    in eu-west-1's marks and says so on /health (degraded), naming the fix. Deleting and creating
-    the replica again backfills it, and the alarm ends in every region."""
+    starts on an empty one. It has no replica of the global tables any more, and skips what it
+    is sent for them, while the other regions list it ACTIVE: each of them sees the new database
+    in eu-west-1's marks and says so on /health (degraded), naming the tables and the fix.
+    Deleting and creating a replica again backfills it and takes it off the list; the alarm ends
+    in every region once no table is left."""
     us, eu, ap = regions
     client = us.client()
     create_orders(client)
-    client.get_waiter("table_exists").wait(TableName="orders")
+    client.create_table(TableName="carts", BillingMode="PAY_PER_REQUEST",
+                        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
+    for table in ("orders", "carts"):
+        client.get_waiter("table_exists").wait(TableName=table)
     for n in range(20):
         client.put_item(TableName="orders", Item={"id": {"S": f"o{n}"}})
-    client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}},
-                                                            {"Create": {"RegionName": "ap-south-1"}}])
+    for table in ("orders", "carts"):
+        client.update_table(TableName=table, ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}},
+                                                             {"Create": {"RegionName": "ap-south-1"}}])
     assert len(wait_converged(regions)) == 20
     for region in regions:
         assert not any("new database" in r for r in health_any(region)["reasons"]), region.name
@@ -378,18 +384,29 @@ def test_a_region_whose_database_was_wiped_is_named_until_its_replica_is_created
             else:
                 path.unlink()
     eu.start()
+
+    def alarm(region):
+        return next((r for r in health_any(region)["reasons"] if "new database" in r), None)
+
     for region in (us, ap):
-        health = wait_for(f"{region.name} to name eu-west-1's new database",
-                          lambda region=region: (h := health_any(region)) and any(
-                              "eu-west-1's store answers with a new database" in r for r in h["reasons"]) and h)
-        assert health["status"] == "degraded", health
-        reason = next(r for r in health["reasons"] if "new database" in r)
-        assert "orders" in reason and "ReplicaUpdates" in reason, reason
+        reason = wait_for(f"{region.name} to name eu-west-1's new database",
+                          lambda region=region: alarm(region))
+        assert "eu-west-1's store answers with a new database" in reason, reason
+        assert "orders, carts" in reason or "carts, orders" in reason, reason
+        assert "ReplicaUpdates" in reason, reason
+        assert health_any(region)["status"] == "degraded"
 
     client.update_table(TableName="orders", ReplicaUpdates=[{"Delete": {"RegionName": "eu-west-1"}}])
     client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}}])
     assert len(wait_converged(regions)) == 20
     for region in (us, ap):
-        wait_for(f"{region.name}'s alarm to end",
-                 lambda region=region: not any("new database" in r for r in health_any(region)["reasons"]))
+        reason = wait_for(f"{region.name}'s alarm to name only carts",
+                          lambda region=region: (a := alarm(region)) and "orders" not in a and a)
+        assert "carts" in reason, reason
+
+    client.update_table(TableName="carts", ReplicaUpdates=[{"Delete": {"RegionName": "eu-west-1"}}])
+    client.update_table(TableName="carts", ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}}])
+    for region in (us, ap):
+        wait_for(f"{region.name}'s alarm to end", lambda region=region: alarm(region) is None)
     assert health_any(us)["status"] == "ready"
+    eu.client().describe_table(TableName="carts")

@@ -301,16 +301,20 @@ pub fn own_write_applied(view: &View, record_type: &str, desired: &RecordData, g
 /// whose target does not exist): `Refused`, for an operator to fix the record's configuration,
 /// not a fence that says a newer decision acted. Other failures are kept as they are.
 pub fn judge_refused_batch(observed: &View, now: &View, name: &str, record_type: &str, failure: Failure) -> Failure {
-    let text = match failure {
-        Failure::Retryable(_) => return failure,
-        Failure::Fenced(text) | Failure::Refused(text) => text,
-    };
     if now != observed {
+        let text = match &failure {
+            Failure::Retryable(text) | Failure::Fenced(text) | Failure::Refused(text) => text,
+        };
         return Failure::Fenced(format!(
             "{name} {record_type} changed while this step acted (now {}); Route 53 refused the stale batch: {text}",
             now.record.as_ref().map_or("nothing".into(), RecordData::describe)
         ));
     }
+    // Only `InvalidChangeBatch` (read as a fence) is the batch itself; an access or throttling
+    // refusal stays what it is.
+    let Failure::Fenced(text) = failure else {
+        return failure;
+    };
     Failure::Refused(format!(
         "Route 53 refused the change batch for {name} {record_type} although nothing changed since this step read it, so the batch itself is invalid there (a CNAME at the zone apex or beside another record of that name, an alias to a target that does not exist, a value Route 53 does not take): fix the step's record and run the order again. {text}"
     ))
@@ -1543,14 +1547,30 @@ mod tests {
             Failure::Fenced(text) => assert!(text.contains("198.51.100.20"), "{text}"),
             other => panic!("a concurrent change is a fence, not {other:?}"),
         }
+        let denied = Failure::Refused("AccessDenied".into());
+        assert_eq!(
+            judge_refused_batch(&observed, &observed.clone(), "shop.example.com.", "A", denied.clone()),
+            denied,
+            "a refusal that is not about the batch stays as it is"
+        );
         let retry = judge_refused_batch(
             &observed,
-            &moved,
+            &observed.clone(),
             "shop.example.com.",
             "A",
             Failure::Retryable("throttled".into()),
         );
         assert_eq!(retry, Failure::Retryable("throttled".into()));
+        assert!(matches!(
+            judge_refused_batch(
+                &observed,
+                &moved,
+                "shop.example.com.",
+                "A",
+                Failure::Retryable("throttled".into())
+            ),
+            Failure::Fenced(_)
+        ));
     }
 
     #[test]

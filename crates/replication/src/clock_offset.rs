@@ -80,12 +80,15 @@ impl PeerClocks {
     /// by the wall clock (TTL expiry, stream and undo-log retention) hold back by this much, so a
     /// region whose clock jumps ahead deletes nothing the other regions' clocks do not agree is
     /// due. A peer's estimate underestimates how far it is ahead by the request's one-way delay,
-    /// so for a peer in step this is that delay: milliseconds.
+    /// so for a peer in step this is that delay: milliseconds. Each peer counts by the most
+    /// behind of its recent samples, not by the estimate (their maximum): when this region's
+    /// clock jumps ahead, the first sample after the jump holds the sweeps back at once, before
+    /// the samples from before it have left the window.
     pub fn furthest_behind_ms(&self, now_ms: u64, memory_ms: u64) -> u64 {
         self.peers
             .values()
             .filter(|clock| now_ms.saturating_sub(clock.measured_at_ms) <= memory_ms)
-            .filter_map(|clock| clock.samples.iter().copied().max())
+            .filter_map(|clock| clock.samples.iter().copied().min())
             .map(|offset| if offset < 0 { offset.unsigned_abs() } else { 0 })
             .max()
             .unwrap_or(0)
@@ -142,6 +145,16 @@ mod tests {
         let mut ahead = PeerClocks::new(["eu-west-1"]);
         ahead.on_request("eu-west-1", now + 2_000, now);
         assert_eq!(ahead.furthest_behind_ms(now, 60_000), 0);
+        // This region's clock jumps a day ahead: the next sample holds the sweeps back at once,
+        // although the estimate (the samples' maximum) still says the peer is in step.
+        let mut jumped = PeerClocks::new(["eu-west-1"]);
+        for n in 0..OFFSET_SAMPLES_MAX as u64 {
+            jumped.on_request("eu-west-1", now + n * 1_000, now + n * 1_000 + 5);
+        }
+        let later = now + 100_000;
+        let day_ms = 24 * 3_600_000;
+        assert_eq!(jumped.on_request("eu-west-1", later, later + day_ms), Some(-5));
+        assert_eq!(jumped.furthest_behind_ms(later + day_ms, 60_000), day_ms);
         // A measurement older than the memory no longer holds anything back.
         assert_eq!(clocks.furthest_behind_ms(now + 10 + 60_001, 60_000), 0);
     }

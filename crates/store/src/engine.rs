@@ -196,6 +196,11 @@ impl Clock for SystemClock {
 /// every second (replication's marks), so this covers one that went quiet, an hour.
 pub const SWEEP_HOLD_MEMORY_MS: u64 = 3_600_000;
 
+/// The most the sweeps that delete for good hold back from the wall clock, a week: a peer whose
+/// clock is far behind (set to 1970, say) delays TTL expiry and retention by at most this much,
+/// rather than stopping them in every region while the disk fills.
+pub const SWEEP_HOLD_MS_MAX: u64 = 7 * 24 * 3_600_000;
+
 /// How often at most the clock bound's warning is logged.
 const CLOCK_BOUND_LOG_INTERVAL_MS: u64 = 10_000;
 
@@ -626,6 +631,10 @@ impl Engine {
     /// clock that jumps ahead (a bad NTP source, a VM restored with the wrong time) then deletes
     /// nothing that the other regions' clocks do not agree is due, and a TTL delete, which
     /// replicates, cannot take items out of every region early.
+    ///
+    /// The hold is at most [`SWEEP_HOLD_MS_MAX`]. A store with peers starts fully held
+    /// ([`Engine::hold_sweeps_until_measured`]) until the first measurement, and a forward step of
+    /// its own wall clock holds the sweeps back by the step at once ([`Engine::observe_clock`]).
     pub fn hold_sweeps_back(&self, hold_ms: u64, measured_at_ms: u64) {
         *self
             .shared
@@ -644,7 +653,14 @@ impl Engine {
         if self.now_unix_ms().saturating_sub(measured_at_ms) > SWEEP_HOLD_MEMORY_MS {
             return 0;
         }
-        hold_ms
+        hold_ms.min(SWEEP_HOLD_MS_MAX)
+    }
+
+    /// A store with peers: until replication has measured a peer's clock (or
+    /// [`SWEEP_HOLD_MEMORY_MS`] passes), the sweeps hold back as far as they may — a store
+    /// restarted with a clock gone wrong deletes nothing before it can compare.
+    pub fn hold_sweeps_until_measured(&self) {
+        self.hold_sweeps_back(SWEEP_HOLD_MS_MAX, self.now_unix_ms());
     }
 
     /// The time by which the sweeps that delete for good judge what is due: the wall clock,
@@ -664,6 +680,12 @@ impl Engine {
             .expect("clock watch lock is never poisoned")
             .observe(std::time::Instant::now(), wall_ms);
         if let Some(step) = step {
+            // A forward step holds the sweeps back by the step until the peers' clocks say
+            // otherwise (their next measurement replaces it) or the hold lapses.
+            if step > 0 {
+                let held = self.sweep_hold_ms();
+                self.hold_sweeps_back(held.saturating_add(step.unsigned_abs()), wall_ms);
+            }
             tracing::warn!(
                 step_ms = step,
                 "the wall clock stepped {} by {} ms: TTL expiry, the point-in-time recovery window and restore times, stream iterator ages and replication timestamps follow it; check the time synchronisation (NTP) of this host",

@@ -1098,18 +1098,11 @@ fn replication_alarms(store: &Store) -> Vec<String> {
         .peers()
         .iter()
         .filter_map(|peer| {
-            let since = replication.peer_rebuilt_since(&peer.region)?;
-            let tables: Vec<String> = store
-                .engine()
-                .tables()
-                .iter()
-                .filter(|t| t.replicas.contains(&peer.region))
-                .map(|t| t.name.clone())
-                .collect();
+            let (since, tables) = replication.tables_missing_at(&peer.region)?;
             Some(format!(
                 "{peer}'s store answers with a new database since {since} (Unix ms): its data directory was wiped or replaced, so its replicas of the global tables ({tables}) are empty or missing while they are listed ACTIVE, and it skips the changes it is sent for them; create each again from this region (UpdateTable ReplicaUpdates Delete, then Create, for {peer}), which backfills it",
                 peer = peer.region,
-                tables = if tables.is_empty() { "none left".to_string() } else { tables.join(", ") },
+                tables = tables.join(", "),
             ))
         })
         .collect();

@@ -1041,7 +1041,13 @@ impl Engine {
                 tracing::warn!(%error, "reading the stored streams' labels failed; new labels follow the clock alone");
                 None
             });
-        if let Some(newest) = newest {
+        // A disabled stream forgotten after retention keeps its label only on its table.
+        let on_tables = self
+            .tables()
+            .iter()
+            .filter_map(|table| table.stream.as_ref().and_then(|s| streams::label_ms(&s.label)))
+            .max();
+        if let Some(newest) = newest.max(on_tables) {
             self.shared
                 .stream_label_ms
                 .fetch_max(newest, std::sync::atomic::Ordering::SeqCst);

@@ -120,11 +120,12 @@ impl Replication {
             status.heard.store(true, Ordering::SeqCst);
             status.wake.notify_one();
         }
-        if let Some(id) = request.store.as_deref() {
-            let id = u64::from_str_radix(id, 16)
-                .ok()
+        if let Some(text) = request.store.as_deref() {
+            let id = (text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u64::from_str_radix(text, 16).ok())
+                .flatten()
                 .filter(|id| *id != 0)
-                .ok_or_else(|| ApiError::validation(format!("corrupt mark: store id {id:?} is not 16 hex digits")))?;
+                .ok_or_else(|| ApiError::validation(format!("corrupt mark: store id {text:?} is not 16 hex digits")))?;
             self.observe_peer_store(&source, id).await?;
         }
         self.watermarks
@@ -144,31 +145,39 @@ impl Replication {
     /// A peer's mark named its database identity. The first one seen is kept (durably); a
     /// different one later means the peer's database is new — its data directory was wiped or
     /// replaced — so its replicas of the global tables are gone while this region lists them
-    /// ACTIVE, and it skips what it is sent for them. That is recorded durably
-    /// (`peer_rebuilt_setting`) and raised on `/health` until each replica there is created
-    /// again (UpdateTable `ReplicaUpdates` `Create`, which backfills it).
+    /// ACTIVE, and it skips what it is sent for them. When that happened is recorded durably
+    /// (`peer_rebuilt_setting`: the last time the old identity was seen, or this process's start),
+    /// and every global table listing the peer whose replica there was not created since
+    /// (`replica_made_setting`) is raised on `/health` ([`Replication::tables_missing_at`]).
     pub(super) async fn observe_peer_store(&self, peer: &str, id: u64) -> Result<(), ApiError> {
-        let known = {
-            let mut cache = self.peer_stores.lock().expect("peer store lock is never poisoned");
-            *cache
-                .entry(peer.to_string())
-                .or_insert_with(|| self.engine.setting_value(&peer_store_setting(peer)))
-        };
-        if known == id {
-            return Ok(());
-        }
         let now_ms = self.engine.now_unix_ms();
-        let (store_key, rebuilt_key) = (peer_store_setting(peer), peer_rebuilt_setting(peer));
-        self.engine
-            .write(move |context| {
-                context.set_setting(&store_key, id)?;
-                if known != 0 {
-                    context.set_setting(&rebuilt_key, now_ms.max(1))?;
+        let old_seen_ms = {
+            let mut cache = self.peer_stores.lock().expect("peer store lock is never poisoned");
+            match cache.get_mut(peer) {
+                Some((known, seen_ms)) if *known == id => {
+                    *seen_ms = now_ms;
+                    return Ok(());
                 }
-                Ok(())
+                Some((_, seen_ms)) => *seen_ms,
+                None => self.started_ms,
+            }
+        };
+        let (store_key, rebuilt_key) = (peer_store_setting(peer), peer_rebuilt_setting(peer));
+        // Compared and set in one write: concurrent marks cannot leave the two apart.
+        let known = self
+            .engine
+            .write(move |context| {
+                let known = context.setting(&store_key)?;
+                if known != id {
+                    context.set_setting(&store_key, id)?;
+                    if known != 0 {
+                        context.set_setting(&rebuilt_key, old_seen_ms.max(1))?;
+                    }
+                }
+                Ok(known)
             })
             .await?;
-        if known != 0 {
+        if known != 0 && known != id {
             tracing::error!(
                 %peer,
                 old = format!("{known:016x}"),
@@ -179,14 +188,23 @@ impl Replication {
         self.peer_stores
             .lock()
             .expect("peer store lock is never poisoned")
-            .insert(peer.to_string(), id);
+            .insert(peer.to_string(), (id, now_ms));
         Ok(())
     }
 
-    /// Since when (Unix ms) `peer` answers with a new database whose replicas were not created
-    /// again, if it does.
-    pub fn peer_rebuilt_since(&self, peer: &str) -> Option<u64> {
-        Some(self.engine.setting_value(&peer_rebuilt_setting(peer))).filter(|at| *at != 0)
+    /// The global tables listing `peer` whose replica there is missing: the peer's database is
+    /// new since (Unix ms), and their replica there was not created again after that.
+    pub fn tables_missing_at(&self, peer: &str) -> Option<(u64, Vec<String>)> {
+        let since = Some(self.engine.setting_value(&peer_rebuilt_setting(peer))).filter(|at| *at != 0)?;
+        let tables: Vec<String> = self
+            .engine
+            .tables()
+            .iter()
+            .filter(|table| table.replicas.iter().any(|r| r == peer))
+            .filter(|table| self.engine.setting_value(&replica_made_setting(peer, table.id)) < since)
+            .map(|table| table.name.clone())
+            .collect();
+        (!tables.is_empty()).then_some((since, tables))
     }
 
     pub(super) fn applied(&self, source: &str, through: u64) {

@@ -131,10 +131,16 @@ pub fn peer_store_setting(peer: &str) -> String {
     format!("peer_store:{peer}")
 }
 
-/// The setting holding since when (Unix ms) `peer` answers with a new database whose replicas
-/// were not created again (0: it does not).
+/// The setting holding since when (Unix ms) `peer` answers with a new database (0: it never
+/// did): the last time its old identity was seen.
 pub fn peer_rebuilt_setting(peer: &str) -> String {
     format!("peer_rebuilt:{peer}")
+}
+
+/// The setting holding when (Unix ms) the replica of table `table_id` in `peer` was last created
+/// (by an UpdateTable here, or a definition received that added it).
+pub fn replica_made_setting(peer: &str, table_id: u64) -> String {
+    format!("replica_made:{peer}:{table_id}")
 }
 
 /// The setting that records a backfill of `peer` still to finish (set with the replica
@@ -238,8 +244,10 @@ pub struct Replication {
     /// This region's latest mark, sent to every peer.
     mark: tokio::sync::watch::Sender<Option<Mark>>,
     pub tombstones: TombstoneStatus,
-    /// The peers' database identities as last seen (a cache of `peer_store_setting`).
-    peer_stores: Mutex<std::collections::HashMap<String, u64>>,
+    /// The peers' database identities as last seen in this process, and when (Unix ms).
+    peer_stores: Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// When this process started replicating (Unix ms).
+    started_ms: u64,
 }
 
 /// What the operator sees of tombstone purging.
@@ -263,7 +271,11 @@ impl Replication {
             .iter()
             .map(|p| (p.region.clone(), Arc::new(PeerStatus::default())))
             .collect();
+        let engine_now_ms = engine.now_unix_ms();
         engine.set_clock_offset_max_ms(config.clock_offset_max_ms);
+        if !config.peers.is_empty() {
+            engine.hold_sweeps_until_measured();
+        }
         let clocks = PeerClocks::new(config.peers.iter().map(|p| p.region.clone()));
         let mut watermarks = Watermarks::new(config.peers.iter().map(|p| p.region.clone()));
         for peer in &config.peers {
@@ -281,6 +293,7 @@ impl Replication {
             mark: tokio::sync::watch::Sender::new(None),
             tombstones: TombstoneStatus::default(),
             peer_stores: Mutex::new(std::collections::HashMap::new()),
+            started_ms: engine_now_ms,
         })
     }
 

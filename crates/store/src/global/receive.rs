@@ -227,6 +227,7 @@ impl Replication {
             .lock()
             .expect("watermark lock is never poisoned")
             .max_direct();
+        let made_ms = self.engine.now_unix_ms();
         let joined_below = self
             .engine
             .write_exclusive(move |context| {
@@ -274,8 +275,7 @@ impl Replication {
                         } else {
                             None
                         };
-                        // A region that gains its replica again after its database was found
-                        // new (`Replication::observe_peer_store`) has it back: its alarm ends.
+                        // When a region gains its replica (`Replication::tables_missing_at`).
                         let gained: Vec<String> = table
                             .replicas
                             .iter()
@@ -290,7 +290,7 @@ impl Replication {
                         }
                         context.put_table(next)?;
                         for region in &gained {
-                            context.set_setting(&peer_rebuilt_setting(region), 0)?;
+                            context.set_setting(&replica_made_setting(region, existing.id), made_ms)?;
                         }
                         Ok(awaited)
                     }

@@ -211,12 +211,13 @@ impl Replication {
         // The signing time is authentic now: a sample of the peer's clock (a replay carries an
         // older time than the peer's last request and is no sample), also when it is refused.
         let now = self.engine.now_unix_ms();
-        let hold_ms = {
+        {
+            // Set under the lock, so concurrent requests store their holds in order.
             let mut clocks = self.clocks.lock().expect("clock lock is never poisoned");
             clocks.on_request(&region, date_ms, now);
-            clocks.furthest_behind_ms(now, crate::engine::SWEEP_HOLD_MEMORY_MS)
-        };
-        self.engine.hold_sweeps_back(hold_ms, now);
+            let hold_ms = clocks.furthest_behind_ms(now, crate::engine::SWEEP_HOLD_MEMORY_MS);
+            self.engine.hold_sweeps_back(hold_ms, now);
+        }
         let skew = now.abs_diff(date_ms);
         if skew > REQUEST_SKEW_MS_MAX {
             tracing::warn!(%region, skew_ms = skew, "replication request signed too far from this store's clock refused (replayed, or a clock is wrong)");

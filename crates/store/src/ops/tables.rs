@@ -186,6 +186,7 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
         })
         .collect();
     let recreated = created.clone();
+    let made_ms = store.engine().now_unix_ms();
     let committed = store
         .engine()
         .write_exclusive(move |context| {
@@ -204,9 +205,10 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
                 let pending = context.setting(setting)?;
                 context.set_setting(setting, pending.max(*barrier))?;
             }
-            // A replica created again in a region whose database was new: the alarm is done.
+            // When each replica was created (a region whose database was found new needs its
+            // replicas created again after that: `Replication::tables_missing_at`).
             for peer in &recreated {
-                context.set_setting(&crate::global::peer_rebuilt_setting(peer), 0)?;
+                context.set_setting(&crate::global::replica_made_setting(peer, latest.id), made_ms)?;
             }
             Ok(latest)
         })

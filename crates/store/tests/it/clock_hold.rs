@@ -175,3 +175,31 @@ async fn a_stream_enabled_after_the_clock_went_back_across_a_restart_gets_a_newe
         "a label stands for its time"
     );
 }
+
+/// A forward step of the store's own wall clock holds the sweeps back by the step at once,
+/// before any peer is measured; a peer's clock far behind (set to 1970) holds them back by at
+/// most `SWEEP_HOLD_MS_MAX`, so it cannot stop them for good.
+#[tokio::test]
+async fn a_forward_step_holds_the_sweeps_at_once_and_the_hold_is_capped() {
+    let h = Harness::new();
+    h.create_with_ttl().await;
+    let true_now_s = h.now() / 1000;
+    h.put("due", true_now_s - 60).await;
+    h.put("tomorrow", true_now_s + 86_400).await;
+    assert_eq!(h.engine.observe_clock(), None, "the first look is the baseline");
+    h.advance(2 * DAY_MS);
+    assert_eq!(h.engine.observe_clock(), Some((2 * DAY_MS) as i64));
+    assert!(h.engine.sweep_hold_ms() >= 2 * DAY_MS);
+    assert_eq!(h.engine.expire_once().await.expect("sweep"), 1);
+    assert_eq!(h.ids().await, ["tomorrow"]);
+
+    h.engine.hold_sweeps_back(h.now(), h.now());
+    assert_eq!(h.engine.sweep_hold_ms(), store::engine::SWEEP_HOLD_MS_MAX);
+    h.advance(store::engine::SWEEP_HOLD_MS_MAX);
+    h.engine.hold_sweeps_back(h.now(), h.now());
+    assert_eq!(
+        h.engine.expire_once().await.expect("sweep"),
+        1,
+        "due by the wall clock less the capped hold"
+    );
+}
