@@ -75,16 +75,15 @@ def metrics_of(region):
 wait_for = functools.partial(wait_until, deadline_s=WAIT_S, poll_s=0.2)
 
 
-@pytest.fixture
-def skewed(tmp_path):
+def skewed_pair(tmp_path, eu_offset, eu_args=()):
+    """us-east-1 on the real clock and eu-west-1 `eu_offset` ahead, peers of each other, started;
+    yields both and stops them."""
     if not BINARY.exists():
         pytest.skip(f"{BINARY} not built")
     if not LIBFAKETIME.exists():
         pytest.skip("libfaketime is not installed (Debian package faketime)")
     us = SkewedRegion("us-east-1", free_port(), tmp_path / "us-east-1", [])
-    # eu-west-1's own alarm threshold is above the skew: it sees the offset but raises nothing.
-    eu = SkewedRegion("eu-west-1", free_port(), tmp_path / "eu-west-1", [],
-                      ["--clock-offset-alarm-ms", "5000"], offset="+2s")
+    eu = SkewedRegion("eu-west-1", free_port(), tmp_path / "eu-west-1", [], list(eu_args), offset=eu_offset)
     for region, peer in ((us, eu), (eu, us)):
         region.data_dir.mkdir()
         region.peers = [peer]
@@ -93,6 +92,12 @@ def skewed(tmp_path):
     yield us, eu
     for region in (us, eu):
         region.stop()
+
+
+@pytest.fixture
+def skewed(tmp_path):
+    # eu-west-1's own alarm threshold is above the skew: it sees the offset but raises nothing.
+    yield from skewed_pair(tmp_path, "+2s", ["--clock-offset-alarm-ms", "5000"])
 
 
 def test_clock_skew_is_measured_bounded_and_a_split_heals(skewed):
@@ -148,20 +153,7 @@ def test_clock_skew_is_measured_bounded_and_a_split_heals(skewed):
 
 @pytest.fixture
 def jumped(tmp_path):
-    if not BINARY.exists():
-        pytest.skip(f"{BINARY} not built")
-    if not LIBFAKETIME.exists():
-        pytest.skip("libfaketime is not installed (Debian package faketime)")
-    us = SkewedRegion("us-east-1", free_port(), tmp_path / "us-east-1", [])
-    eu = SkewedRegion("eu-west-1", free_port(), tmp_path / "eu-west-1", [], offset="+2d")
-    for region, peer in ((us, eu), (eu, us)):
-        region.data_dir.mkdir()
-        region.peers = [peer]
-    us.start()
-    eu.start()
-    yield us, eu
-    for region in (us, eu):
-        region.stop()
+    yield from skewed_pair(tmp_path, "+2d")
 
 
 def test_a_region_whose_clock_jumped_ahead_expires_nothing_its_peers_do_not_agree_is_due(jumped):
