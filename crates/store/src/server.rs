@@ -1087,27 +1087,14 @@ fn judge_health(
 }
 
 /// Replication conditions that make this region unfit to serve as a global-table replica: a
-/// peer whose database is new (its replicas are gone), a peer whose clock is beyond the signing
-/// window (the two refuse each other's changes, so they
+/// peer whose clock is beyond the signing window (the two refuse each other's changes, so they
 /// diverge until a clock is fixed; failing back to such a region would lose the other's writes).
 fn replication_alarms(store: &Store) -> Vec<String> {
     let Some(replication) = store.replication() else {
         return Vec::new();
     };
-    let mut alarms: Vec<String> = replication
-        .peers()
-        .iter()
-        .filter_map(|peer| {
-            let (since, tables) = replication.tables_missing_at(&peer.region)?;
-            Some(format!(
-                "{peer}'s store answers with a new database since {since} (Unix ms): its data directory was wiped or replaced, so its replicas of the global tables ({tables}) are empty or missing while they are listed ACTIVE, and it skips the changes it is sent for them; create each again from this region (UpdateTable ReplicaUpdates Delete, then Create, for {peer}), which backfills it",
-                peer = peer.region,
-                tables = tables.join(", "),
-            ))
-        })
-        .collect();
     let clocks = replication.clock_status();
-    alarms.extend(clocks
+    clocks
         .peers
         .iter()
         .filter(|peer| peer.beyond_window)
@@ -1119,8 +1106,29 @@ fn replication_alarms(store: &Store) -> Vec<String> {
                 if peer.offset_ms >= 0 { "ahead of" } else { "behind" },
                 crate::global::REQUEST_SKEW_MS_MAX
             )
-        }));
-    alarms
+        })
+        .collect()
+}
+
+/// Peers whose database is new while global tables still list their replicas
+/// (`Replication::tables_missing_at`). A warning, not a reason to fail this region's health:
+/// this region is sound, and a check that failed it would send traffic to the empty one.
+fn replication_warnings(store: &Store) -> Vec<String> {
+    let Some(replication) = store.replication() else {
+        return Vec::new();
+    };
+    replication
+        .peers()
+        .iter()
+        .filter_map(|peer| {
+            let (since, tables) = replication.tables_missing_at(&peer.region)?;
+            Some(format!(
+                "{peer}'s store answers with a new database since {since} (Unix ms): its data directory was wiped or replaced, so its replicas of the global tables ({tables}) are empty or missing while they are listed ACTIVE, and it skips the changes it is sent for them; create each again from this region (UpdateTable ReplicaUpdates Delete, then Create, for {peer}), which backfills it",
+                peer = peer.region,
+                tables = tables.join(", "),
+            ))
+        })
+        .collect()
 }
 
 fn disk_json(disk: &DiskStatus) -> serde_json::Value {
@@ -1188,6 +1196,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "status": verdict.status,
         "reason": verdict.reasons.join("; "),
         "reasons": verdict.reasons,
+        "warnings": replication_warnings(&state.store),
         "region": engine.region(),
         "tables": engine.table_names().len(),
         "storage_bytes": engine.storage_bytes(),
