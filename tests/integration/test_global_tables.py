@@ -396,6 +396,9 @@ def test_a_region_whose_database_was_wiped_is_named_until_its_replicas_are_creat
         assert "orders, carts" in reason or "carts, orders" in reason, reason
         assert "ReplicaUpdates" in reason, reason
         assert health_any(region)["status"] == "ready"
+        with urllib.request.urlopen(f"{region.url}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert 'switchyard_store_peer_replicas_missing{peer="eu-west-1"} 2' in metrics, metrics[-2000:]
 
     client.update_table(TableName="orders", ReplicaUpdates=[{"Delete": {"RegionName": "eu-west-1"}}])
     client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}}])

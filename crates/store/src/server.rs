@@ -99,6 +99,7 @@ struct Metrics {
     tombstones_waiting: Gauge,
     tombstone_purge_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     peer_clock_offset_seconds: Family<ClockLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    peer_replicas_missing: Family<ClockLabels, Gauge>,
     clock_offset_alarm: Gauge,
     disk_free_bytes: Gauge,
     disk_free_bytes_min: Gauge,
@@ -198,6 +199,12 @@ impl Metrics {
             "peer_clock_offset_seconds",
             "How far a peer region's clock runs ahead of this one (negative: behind), from the signing times of its requests",
             peer_clock_offset_seconds.clone(),
+        );
+        let peer_replicas_missing = Family::<ClockLabels, Gauge>::default();
+        registry.register(
+            "peer_replicas_missing",
+            "Global tables whose replica in a peer region is missing: the peer answers with a new database (its data directory was wiped) and the replica was not created again since",
+            peer_replicas_missing.clone(),
         );
         let clock_offset_alarm = Gauge::default();
         registry.register(
@@ -333,6 +340,7 @@ impl Metrics {
             tombstones_purged,
             tombstones_waiting,
             peer_clock_offset_seconds,
+            peer_replicas_missing,
             clock_offset_alarm,
             tombstone_purge_lag_seconds,
             replication_lag_seconds,
@@ -1275,6 +1283,18 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::Header
         let below = tombstones.purge_below.load(Relaxed);
         advance(&state.metrics.tombstones_purged, tombstones.purged_total.load(Relaxed));
         state.metrics.tombstones_waiting.set(engine.tombstone_entries() as i64);
+        for peer in replication.peers() {
+            let missing = replication
+                .tables_missing_at(&peer.region)
+                .map_or(0, |(_, tables)| tables.len());
+            state
+                .metrics
+                .peer_replicas_missing
+                .get_or_create(&ClockLabels {
+                    peer: peer.region.clone(),
+                })
+                .set(missing as i64);
+        }
         let clocks = replication.clock_status();
         state.metrics.clock_offset_alarm.set(i64::from(clocks.alarm()));
         for peer in &clocks.peers {
