@@ -109,7 +109,7 @@ impl Replication {
         headers: &axum::http::HeaderMap,
         body: &[u8],
     ) -> Result<serde_json::Value, ApiError> {
-        let source = self.authenticate(headers, "/replication/v1/mark", body)?;
+        let (source, fresh) = self.authenticate_fresh(headers, "/replication/v1/mark", body)?;
         let request: MarkRequest =
             serde_json::from_slice(body).map_err(|e| ApiError::serialization(format!("corrupt mark: {e}")))?;
         // The peer is up (back from an outage, say): shipping to it need not wait out a backoff
@@ -126,7 +126,10 @@ impl Replication {
                 .flatten()
                 .filter(|id| *id != 0)
                 .ok_or_else(|| ApiError::validation(format!("corrupt mark: store id {text:?} is not 16 hex digits")))?;
-            self.observe_peer_store(&source, id).await?;
+            // A replayed mark (an older identity within the signing window) changes nothing.
+            if fresh {
+                self.observe_peer_store(&source, id).await?;
+            }
         }
         self.watermarks
             .lock()

@@ -172,6 +172,18 @@ impl Replication {
         path: &str,
         body: &[u8],
     ) -> Result<String, ApiError> {
+        self.authenticate_fresh(headers, path, body).map(|(region, _)| region)
+    }
+
+    /// [`Replication::authenticate`], and whether the request was signed later than every
+    /// earlier one from its region (false for a replay or a reordering within the signing
+    /// window, which the HMAC alone does not tell from the original).
+    pub(super) fn authenticate_fresh(
+        &self,
+        headers: &axum::http::HeaderMap,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(String, bool), ApiError> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let region = header(REGION_HEADER).to_string();
         let signature = header(SIGNATURE_HEADER);
@@ -211,13 +223,14 @@ impl Replication {
         // The signing time is authentic now: a sample of the peer's clock (a replay carries an
         // older time than the peer's last request and is no sample), also when it is refused.
         let now = self.engine.now_unix_ms();
-        {
+        let fresh = {
             // Set under the lock, so concurrent requests store their holds in order.
             let mut clocks = self.clocks.lock().expect("clock lock is never poisoned");
-            clocks.on_request(&region, date_ms, now);
+            let fresh = clocks.on_request(&region, date_ms, now).is_some();
             let hold_ms = clocks.furthest_behind_ms(now, crate::engine::SWEEP_HOLD_MEMORY_MS);
             self.engine.hold_sweeps_back(hold_ms, now);
-        }
+            fresh
+        };
         let skew = now.abs_diff(date_ms);
         if skew > REQUEST_SKEW_MS_MAX {
             tracing::warn!(%region, skew_ms = skew, "replication request signed too far from this store's clock refused (replayed, or a clock is wrong)");
@@ -225,6 +238,6 @@ impl Replication {
                 "replication request signed {skew} ms away from this store's clock (at most {REQUEST_SKEW_MS_MAX}): an old request replayed, or a region's clock is wrong; check NTP in both regions"
             )));
         }
-        Ok(region)
+        Ok((region, fresh))
     }
 }

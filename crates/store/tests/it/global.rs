@@ -1350,3 +1350,50 @@ async fn a_backfill_gives_the_new_replica_the_origins_items_index_entries_counts
         stop(region).await;
     }
 }
+
+/// A peer's marks name its database. A new name (its data directory wiped) is recorded with
+/// when; a replayed mark of the old name, within the signing window, changes nothing; a name
+/// that is not 16 hex digits is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_new_database_is_recorded_and_a_replayed_old_mark_changes_nothing() {
+    let mut region = start_lone_region(tempfile::tempdir().expect("temp dir")).await;
+    let path = "/replication/v1/mark";
+    let mark = |store: &str| {
+        serde_json::to_vec(&json!({"clock": 0, "received": 0, "head": 0, "store": store})).expect("serialize")
+    };
+    let first_at = now_ms();
+    let old = mark("00000000000000aa");
+    let old_signature = store::global::sign(KEY, "eu-west-1", "us-east-1", path, first_at, &old);
+    let (status, answer) = call_raw(
+        &region.url,
+        path,
+        "eu-west-1",
+        first_at,
+        old_signature.clone(),
+        old.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let new = mark("00000000000000bb");
+    let new_signature = store::global::sign(KEY, "eu-west-1", "us-east-1", path, first_at + 1, &new);
+    let (status, answer) = call_raw(&region.url, path, "eu-west-1", first_at + 1, new_signature, new).await;
+    assert_eq!(status, 200, "{answer}");
+    // The first mark, captured and sent again.
+    let (status, answer) = call_raw(&region.url, path, "eu-west-1", first_at, old_signature, old).await;
+    assert_eq!(status, 200, "a replay within the window is taken, as a mark: {answer}");
+    let (status, answer) = post_signed(&region.url, path, "eu-west-1", mark("+bb")).await;
+    assert_eq!(status, 400, "{answer}");
+    stop(&mut region).await;
+
+    let engine = Engine::open(region.dir.path(), "us-east-1", Arc::new(SystemClock)).expect("reopen");
+    assert_eq!(
+        engine.setting_value(&store::global::peer_store_setting("eu-west-1")),
+        0xbb,
+        "the replayed old name did not come back"
+    );
+    let since = engine.setting_value(&store::global::peer_rebuilt_setting("eu-west-1"));
+    assert!(
+        since >= first_at && since <= now_ms(),
+        "recorded when the old name was last seen: {since}"
+    );
+}
