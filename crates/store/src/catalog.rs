@@ -327,15 +327,11 @@ impl TableMeta {
         table.insert("ItemCount".into(), json!(stats.item_count));
         table.insert("TableSizeBytes".into(), json!(stats.size_bytes));
         table.insert("ProvisionedThroughput".into(), throughput_json(self.throughput));
-        // LastUpdateToPayPerRequestDateTime only for a table that is on demand: a provisioned
-        // table never switched to it.
-        let billing = match self.throughput {
-            Some(_) => json!({"BillingMode": "PROVISIONED"}),
-            None => {
-                json!({"BillingMode": "PAY_PER_REQUEST", "LastUpdateToPayPerRequestDateTime": self.created_at_seconds})
-            }
-        };
-        table.insert("BillingModeSummary".into(), billing);
+        table.insert(
+            "BillingModeSummary".into(),
+            json!({"BillingMode": if self.throughput.is_some() { "PROVISIONED" } else { "PAY_PER_REQUEST" },
+                   "LastUpdateToPayPerRequestDateTime": self.created_at_seconds}),
+        );
         table.insert("DeletionProtectionEnabled".into(), json!(self.deletion_protection));
         crate::streams::describe_into(&mut table, self.stream.as_ref(), region, &self.name);
         if let Some(class) = &self.table_class {

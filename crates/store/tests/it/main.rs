@@ -1097,27 +1097,3 @@ async fn new_items_with_a_key_given_twice_keep_the_later_item() {
         "one item per key in the table's counts"
     );
 }
-
-/// BillingModeSummary names the mode; only an on-demand table has a time it went on demand.
-#[tokio::test]
-async fn only_an_on_demand_table_says_when_it_went_on_demand() {
-    let h = Harness::new();
-    h.ok("CreateTable", on_demand_table("on-demand", "id")).await;
-    h.ok(
-        "CreateTable",
-        json!({"TableName": "provisioned",
-               "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-               "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-               "ProvisionedThroughput": {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5}}),
-    )
-    .await;
-    let on_demand = h.ok("DescribeTable", json!({"TableName": "on-demand"})).await;
-    let summary = &on_demand["Table"]["BillingModeSummary"];
-    assert_eq!(summary["BillingMode"], "PAY_PER_REQUEST");
-    assert!(summary["LastUpdateToPayPerRequestDateTime"].is_number(), "{summary}");
-    let provisioned = h.ok("DescribeTable", json!({"TableName": "provisioned"})).await;
-    assert_eq!(
-        provisioned["Table"]["BillingModeSummary"],
-        json!({"BillingMode": "PROVISIONED"})
-    );
-}
