@@ -73,17 +73,22 @@ async fn start_regions() -> Vec<Region> {
 /// How long a restarted region waits for its previous engine to release the database file.
 const REOPEN_DEADLINE_MS: u64 = 10_000;
 
-async fn start(region: &mut Region, listener: TcpListener, urls: &[(String, String)]) {
-    // A stopped region's engine closes its file once the last clone (its writer thread, aborted
-    // replication tasks) is gone, which may be a moment after the server task ended.
+/// Opens a region's database once its previous engine has let go of the file: a stopped
+/// region's engine closes it when the last clone (its writer thread, aborted replication tasks)
+/// is gone, which may be a moment after the server task ended.
+async fn reopen(dir: &std::path::Path, name: &str) -> Engine {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(REOPEN_DEADLINE_MS);
-    let engine = loop {
-        match Engine::open(region.dir.path(), region.name, Arc::new(SystemClock)) {
-            Ok(engine) => break engine,
+    loop {
+        match Engine::open(dir, name, Arc::new(SystemClock)) {
+            Ok(engine) => return engine,
             Err(error) if std::time::Instant::now() > deadline => panic!("database still locked: {error}"),
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
         }
-    };
+    }
+}
+
+async fn start(region: &mut Region, listener: TcpListener, urls: &[(String, String)]) {
+    let engine = reopen(region.dir.path(), region.name).await;
     let peers = urls
         .iter()
         .filter(|(name, _)| name != region.name)
@@ -1110,14 +1115,7 @@ async fn replica_updates_keep_a_tag_committed_after_they_read_the_table() {
 /// entry per change, keyed by its sequence number, holding tag 1, the byte count through it
 /// (`u64`, big-endian) and the change.
 async fn rewrite_log_one_change_per_entry(dir: &std::path::Path, region: &str) -> usize {
-    let deadline = Instant::now() + Duration::from_millis(REOPEN_DEADLINE_MS);
-    let engine = loop {
-        match Engine::open(dir, region, Arc::new(SystemClock)) {
-            Ok(engine) => break engine,
-            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    let engine = reopen(dir, region).await;
     let (changes, ends) = {
         let snapshot = engine.snapshot().expect("snapshot");
         let first = snapshot.log_first(engine.log_head()).expect("first");
@@ -1385,7 +1383,7 @@ async fn a_peers_new_database_is_recorded_and_a_replayed_old_mark_changes_nothin
     assert_eq!(status, 400, "{answer}");
     stop(&mut region).await;
 
-    let engine = Engine::open(region.dir.path(), "us-east-1", Arc::new(SystemClock)).expect("reopen");
+    let engine = reopen(region.dir.path(), "us-east-1").await;
     assert_eq!(
         engine.setting_value(&store::global::peer_store_setting("eu-west-1")),
         0xbb,
