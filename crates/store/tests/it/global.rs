@@ -1128,6 +1128,7 @@ async fn rewrite_log_one_change_per_entry(dir: &std::path::Path, region: &str) -
         (changes, ends)
     };
     drop(engine);
+    let deadline = Instant::now() + Duration::from_millis(REOPEN_DEADLINE_MS);
     let database = loop {
         match redb::Database::open(dir.join("store.redb")) {
             Ok(database) => break database,
