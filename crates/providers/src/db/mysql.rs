@@ -5,11 +5,15 @@
 //! fence the old primary if it is reachable (`read_only` — `super_read_only` on MySQL —, kill
 //! client connections, read its final GTID position); let the candidate apply everything known
 //! to exist, waiting at most `promote_lag_max_ms` (`MASTER_GTID_WAIT` /
-//! `WAIT_FOR_EXECUTED_GTID_SET`); refuse if it still lacks transactions, naming them, unless the
-//! order carries `force_data_loss` (and then give the old primary its writes back, since the
-//! runbook stops); stop and reset replication on the candidate, turn `read_only` off, write the
-//! promotion record; then point every other server at it — a server that has transactions
-//! the new primary never saw (errant GTIDs) is left fenced and named instead.
+//! `WAIT_FOR_EXECUTED_GTID_SET`); stop its I/O thread and let its SQL thread apply the rest of
+//! its relay log — what it received after the survey too, which `RESET SLAVE ALL` would discard
+//! — for what is left of `promote_lag_max_ms`, at least [`RELAY_DRAIN_MS`]; refuse if it still
+//! lacks transactions, naming them (and those its relay log holds), unless the order carries
+//! `force_data_loss` (and then give the old primary its writes back and the candidate its I/O
+//! thread, since the runbook stops); stop and reset replication on the candidate, turn
+//! `read_only` off, write the promotion record; then point every other server at it — a server
+//! that has transactions the new primary never saw (errant GTIDs) is left fenced and named
+//! instead.
 //!
 //! Requirements: GTIDs on (`gtid_mode=ON` on MySQL), `log_bin` and `log_slave_updates` on every
 //! server (so each one's GTID state covers what it applied), `gtid_strict_mode=ON` recommended
@@ -45,6 +49,11 @@ pub const BINLOG_SCAN_MS: u64 = 5_000;
 /// it is looked at meanwhile.
 pub const LINK_WAIT_MS: u64 = 5_000;
 pub const LINK_POLL_MS: u64 = 50;
+/// Once the candidate caught up and its I/O thread is stopped, the least time its SQL thread
+/// gets to apply the rest of its relay log (it gets what is left of `promote_lag_max_ms` when
+/// that is longer). Usually instant — only what arrived after the survey is left — so it is
+/// part of [`super::STEP_OVERHEAD_MS`].
+pub const RELAY_DRAIN_MS: u64 = 2_000;
 /// How a loss is worded ([`judge_loss`]).
 const LOSS: super::LossWords = super::LossWords::new("they are lost", "them", "wait for it to catch up");
 /// What happens to a server the first survey of a run cannot reach.
@@ -100,7 +109,8 @@ struct Inner {
     tls: Option<super::tls::Tls>,
 }
 
-// No waits beyond the catch-up: a run cut between fencing and promoting would leave the old
+// No waits beyond the catch-up (the relay-log drain after it, [`RELAY_DRAIN_MS`] at most past
+// it, is part of STEP_OVERHEAD_MS): a run cut between fencing and promoting would leave the old
 // primary read-only with nobody writable.
 promote_step!(MysqlPromote, survey by inspect, waits |_inner| 0);
 
@@ -370,13 +380,28 @@ fn last_primary(order: &Order, members: &[Member], reachable: &[(usize, &Observe
     }
 }
 
-/// Whether to promote a candidate that still lacks `missing` after the wait.
-pub fn judge_loss(missing: &Missing, force: bool, candidate: &str, lag_max_ms: u64) -> Result<Option<String>, Failure> {
+/// Whether to promote a candidate that still lacks `missing` after the wait, `unapplied` of
+/// them received into its relay log (its I/O thread stopped) but not applied within
+/// `drain_ms`: `RESET SLAVE ALL` would discard those.
+pub fn judge_loss(
+    missing: &Missing,
+    unapplied: &Missing,
+    force: bool,
+    candidate: &str,
+    (lag_max_ms, drain_ms): (u64, u64),
+) -> Result<Option<String>, Failure> {
     let what = (!missing.is_empty()).then(|| {
-        format!(
+        let mut what = format!(
             "{candidate} still lacks {} transaction(s) after waiting promote_lag_max_ms = {lag_max_ms}: {missing}",
             missing.count
-        )
+        );
+        if !unapplied.is_empty() {
+            what.push_str(&format!(
+                " — {} of them in its relay log, received but not applied within {drain_ms} ms after its I/O thread was stopped: {unapplied} (resetting its replication would discard them)",
+                unapplied.count
+            ));
+        }
+        what
     });
     super::judge_loss(what, force, LOSS)
 }
@@ -488,9 +513,30 @@ impl MysqlPromote {
             ));
         }
         session.ensure_applier().await?;
+        let started = std::time::Instant::now();
+        // The I/O thread runs meanwhile: it fetches what the candidate lacks from a reachable
+        // old primary.
         let applied = session.wait_for(&target, lag_max_ms).await?;
-        let missing = target.missing_from(&applied);
-        let judged = judge_loss(&missing, order.force_data_loss, &member.address, lag_max_ms);
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let drain_ms = lag_max_ms.saturating_sub(elapsed_ms).max(RELAY_DRAIN_MS);
+        let (applied, full, unapplied, stopped) = session.drain_relay_log(&target, applied, drain_ms).await?;
+        let missing = full.missing_from(&applied);
+        let judged = judge_loss(
+            &missing,
+            &unapplied,
+            order.force_data_loss,
+            &member.address,
+            (lag_max_ms, drain_ms),
+        );
+        if judged.is_err()
+            && stopped
+            && let Err(e) = session.resume_receiving().await
+        {
+            notes.push(format!(
+                "could not start the I/O thread of {} again: {e}",
+                member.address
+            ));
+        }
         let unfence = fenced_now.map(|old| {
             (inner.members[old].address.as_str(), async move {
                 inner.connect(old).await?.unfence().await
@@ -1003,6 +1049,63 @@ impl Session {
         Ok(())
     }
 
+    /// Stops the I/O thread of a replica (nothing more is received), then waits at most
+    /// `timeout_ms` until the SQL thread applied everything received: the relay log holds
+    /// what arrived after the survey too, and resetting replication would discard what is
+    /// left in it. Returns what is applied then (`applied` when not a replica), `target` with
+    /// everything received, what was received but is not applied, and whether this stopped a
+    /// running I/O thread (started again when this fails).
+    async fn drain_relay_log(
+        &mut self,
+        target: &Position,
+        applied: Position,
+        timeout_ms: u64,
+    ) -> Result<(Position, Position, Missing, bool), Failure> {
+        let executed = self.executed().await?;
+        let Some(replication) = self.replication(&executed).await? else {
+            return Ok((applied, target.clone(), Missing::default(), false));
+        };
+        let stopped = replication.io_running;
+        match self.flavor {
+            Flavor::Mariadb => self.run("STOP SLAVE IO_THREAD").await?,
+            Flavor::Mysql => self.run("STOP REPLICA IO_THREAD").await?,
+        }
+        let drained = async {
+            let executed = self.executed().await?;
+            let Some(replication) = self.replication(&executed).await? else {
+                return Err(Failure::Retryable(format!(
+                    "{}: replication vanished while its relay log was being applied",
+                    self.address
+                )));
+            };
+            let received = replication.received;
+            let applied = self.wait_for(&received, timeout_ms).await?;
+            let mut full = target.clone();
+            full.merge(&received);
+            let unapplied = received.missing_from(&applied);
+            Ok((applied, full, unapplied))
+        }
+        .await;
+        match drained {
+            Ok((applied, full, unapplied)) => Ok((applied, full, unapplied, stopped)),
+            Err(Failure::Retryable(message)) if stopped => match self.resume_receiving().await {
+                Ok(()) => Err(Failure::Retryable(message)),
+                Err(again) => Err(Failure::Retryable(format!("{message}; then {again}"))),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts the I/O thread again after [`Self::drain_relay_log`] stopped it, when the
+    /// promotion stops short of resetting replication (the candidate stays a replica that
+    /// receives).
+    async fn resume_receiving(&mut self) -> Result<(), Failure> {
+        match self.flavor {
+            Flavor::Mariadb => self.run("START SLAVE IO_THREAD").await,
+            Flavor::Mysql => self.run("START REPLICA IO_THREAD").await,
+        }
+    }
+
     /// Waits (at most `timeout_ms`) until `target` is applied; returns what is applied then.
     async fn wait_for(&mut self, target: &Position, timeout_ms: u64) -> Result<Position, Failure> {
         let executed = self.executed().await?;
@@ -1399,7 +1502,8 @@ mod tests {
     #[test]
     fn loss_is_refused_unless_forced_and_counted_either_way() {
         let missing = maria("0-1-100").missing_from(&maria("0-1-97"));
-        let Err(Failure::Refused(message)) = judge_loss(&missing, false, "b:3306", 500) else {
+        let none = Missing::default();
+        let Err(Failure::Refused(message)) = judge_loss(&missing, &none, false, "b:3306", (500, 2_000)) else {
             panic!("refused");
         };
         assert!(
@@ -1407,11 +1511,22 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("--force-data-loss"), "{message}");
-        let forced = judge_loss(&missing, true, "b:3306", 500)
+        assert!(!message.contains("relay log"), "{message}");
+        let forced = judge_loss(&missing, &none, true, "b:3306", (500, 2_000))
             .expect("forced")
             .expect("a note");
         assert!(forced.contains("they are lost"), "{forced}");
-        assert_eq!(judge_loss(&Missing::default(), false, "b", 1), Ok(None));
+        assert_eq!(judge_loss(&none, &none, false, "b", (1, 1)), Ok(None));
+        // Received but not applied: named as the relay log's, which a reset would discard.
+        let unapplied = maria("0-1-100").missing_from(&maria("0-1-99"));
+        let Err(Failure::Refused(message)) = judge_loss(&missing, &unapplied, false, "b:3306", (500, 2_000)) else {
+            panic!("refused");
+        };
+        assert!(
+            message.contains("1 of them in its relay log, received but not applied within 2000 ms")
+                && message.contains("0-1-100 (resetting its replication would discard them)"),
+            "{message}"
+        );
     }
 
     #[test]

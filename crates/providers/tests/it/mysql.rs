@@ -482,3 +482,201 @@ async fn mariadb_a_repointed_server_whose_link_fails_is_named_not_said_to_replic
         "{again}"
     );
 }
+
+/// `SHOW SLAVE STATUS`'s `name` on `port` ("" when not a replica).
+async fn slave_status(port: u16, name: &str) -> String {
+    admin(port, "SHOW SLAVE STATUS")
+        .await
+        .first()
+        .and_then(|r| r.get_opt::<Option<String>, &str>(name))
+        .and_then(Result::ok)
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Whether a statement containing `text` runs on `port` (another session's).
+async fn running(port: u16, text: &str) -> bool {
+    admin(
+        port,
+        "SELECT INFO FROM information_schema.PROCESSLIST WHERE INFO IS NOT NULL",
+    )
+    .await
+    .iter()
+    .filter_map(|r| r.get_opt::<Option<String>, usize>(0).and_then(Result::ok).flatten())
+    .any(|info| info.contains(text) && !info.contains("PROCESSLIST"))
+}
+
+async fn stock(port: u16, sku: u32) -> String {
+    text(port, &format!("SELECT n FROM shop.stock WHERE sku = {sku}")).await
+}
+
+/// A session on the replica `b` holding a row lock on `sku` of `shop.stock`: its SQL thread
+/// cannot apply a change of that row until the session ends.
+async fn lock_row(b: u16, sku: u32) -> mysql_async::Conn {
+    let mut session = connect(b, "switchyard", "sw-pass").await.expect("login");
+    session.query_drop("BEGIN").await.expect("begin");
+    session
+        .query_drop(format!("SELECT n FROM shop.stock WHERE sku = {sku} FOR UPDATE"))
+        .await
+        .expect("lock the row");
+    session
+}
+
+/// The pair with `shop.stock` (skus 1 and 2, 10 each) on both servers, and a step that lists
+/// the primary `a` at an address where nothing answers: for the step, the old primary is gone,
+/// while `b` still replicates from it (a partition between the step and the primary only).
+async fn partitioned_pair(mariadbd: &Path, promote_lag_max_ms: u64) -> (Pair, MysqlPromote) {
+    let mut pair = start_pair(mariadbd).await;
+    let (a, b) = (pair.a, pair.b);
+    admin(
+        a,
+        "CREATE TABLE shop.stock (sku INT PRIMARY KEY, n INT NOT NULL) ENGINE=InnoDB",
+    )
+    .await;
+    admin(a, "INSERT INTO shop.stock VALUES (1, 10), (2, 10)").await;
+    wait_until(
+        "the replica to have the stock",
+        || async move { stock(b, 2).await == "10" },
+    )
+    .await;
+    let real_a = pair.a;
+    pair.a = free_port();
+    let step = step(&pair, promote_lag_max_ms);
+    pair.a = real_a;
+    (pair, step)
+}
+
+/// Waits until the step `run` waits on `b` for it to catch up; the step's outcome when it
+/// ended before.
+async fn wait_for_catch_up(
+    b: u16,
+    run: tokio::task::JoinHandle<providers::Outcome>,
+) -> tokio::task::JoinHandle<providers::Outcome> {
+    let until = std::time::Instant::now() + crate::support::DEADLINE;
+    while !running(b, "MASTER_GTID_WAIT").await {
+        if run.is_finished() {
+            panic!("the step ended first: {:?}", run.await);
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for the step to wait"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    run
+}
+
+/// Waits until `b` received everything `a` has.
+async fn received_everything(a: u16, b: u16) {
+    let primary_position = text(a, "SELECT @@GLOBAL.gtid_binlog_pos").await;
+    wait_until("the replica to receive every write", || {
+        let primary_position = primary_position.clone();
+        async move { slave_status(b, "Gtid_IO_Pos").await == primary_position }
+    })
+    .await;
+}
+
+/// How `b` keeps the write of sku 2 in its relay log, unapplied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Delayed replication (`MASTER_DELAY`): applied some seconds after `a` took it, and an
+    /// applier in its delay stops at once.
+    Delay,
+    /// A row lock on `b` that the test keeps.
+    Lock,
+}
+
+/// Replication delay of [`Hold::Delay`]: the write of sku 2, taken at least a second after
+/// that of sku 1, is applied at least a second after it.
+const DELAY_S: u32 = 5;
+
+/// Holds `b`'s SQL thread on sku 1 until the step waits for it to catch up, then has `a` take
+/// a write of sku 2 (acknowledged) that `b` receives after the step's survey and keeps
+/// unapplied (`hold`), then lets sku 1 go. The lock of sku 2, if any, and the step's run.
+async fn a_write_received_after_the_survey(
+    pair: &Pair,
+    step: &MysqlPromote,
+    hold: Hold,
+) -> (Option<mysql_async::Conn>, tokio::task::JoinHandle<providers::Outcome>) {
+    let (a, b) = (pair.a, pair.b);
+    if hold == Hold::Delay {
+        admin(b, "STOP SLAVE").await;
+        admin(b, &format!("CHANGE MASTER TO MASTER_DELAY = {DELAY_S}")).await;
+        admin(b, "START SLAVE").await;
+    }
+    let first = lock_row(b, 1).await;
+    let second = match hold {
+        Hold::Lock => Some(lock_row(b, 2).await),
+        Hold::Delay => None,
+    };
+    admin(a, "UPDATE shop.stock SET n = n - 1 WHERE sku = 1").await;
+    let first_taken: u64 = text(a, "SELECT UNIX_TIMESTAMP()").await.parse().expect("a number");
+    received_everything(a, b).await;
+    let step = step.clone();
+    let run = tokio::spawn(async move { step.run(&order(5, "eu", "us", false)).await });
+    let run = wait_for_catch_up(b, run).await;
+    // Event timestamps count whole seconds.
+    wait_until("a's clock to pass the first write's second", || async move {
+        text(a, "SELECT UNIX_TIMESTAMP()").await.parse::<u64>().unwrap_or(0) > first_taken
+    })
+    .await;
+    admin(a, "UPDATE shop.stock SET n = n - 1 WHERE sku = 2").await;
+    received_everything(a, b).await;
+    assert_eq!(stock(b, 2).await, "10", "the write is received, not applied");
+    if run.is_finished() {
+        panic!("the step ended before sku 1 was let go: {:?}", run.await);
+    }
+    drop(first);
+    (second, run)
+}
+
+#[tokio::test]
+async fn mariadb_promotion_with_the_primary_unreachable_applies_what_arrived_after_the_survey() {
+    let Some(mariadbd) = find_binary("mariadbd") else {
+        return skip("mariadbd", "mariadb-server");
+    };
+    let (pair, step) = partitioned_pair(&mariadbd, 15_000).await;
+    let b = pair.b;
+    let b_address = format!("127.0.0.1:{b}");
+    let (_, run) = a_write_received_after_the_survey(&pair, &step, Hold::Delay).await;
+    // The catch-up ends once sku 1 is applied, a second or more before sku 2 is: resetting
+    // b's replication then would discard sku 2 from its relay log.
+    let outcome = run.await.expect("the step's task").expect("promoted");
+    assert!(outcome.contains(&format!("promoted {b_address} in us")), "{outcome}");
+    assert_eq!(stock(b, 1).await, "9");
+    assert_eq!(
+        stock(b, 2).await,
+        "9",
+        "the write a acknowledged and b received is on the new primary: {outcome}"
+    );
+    assert_eq!(slave_status(b, "Master_Host").await, "", "b replicates no more");
+}
+
+#[tokio::test]
+async fn mariadb_a_relay_log_that_does_not_drain_in_time_refuses_the_promotion_naming_what_is_left() {
+    let Some(mariadbd) = find_binary("mariadbd") else {
+        return skip("mariadbd", "mariadb-server");
+    };
+    // The catch-up outlasts the test's write of sku 2 (its bound is what the drain gets).
+    let (pair, step) = partitioned_pair(&mariadbd, 5_000).await;
+    let (a, b) = (pair.a, pair.b);
+    let b_address = format!("127.0.0.1:{b}");
+    // sku 2 stays locked on b for the whole run.
+    let (second, run) = a_write_received_after_the_survey(&pair, &step, Hold::Lock).await;
+    let refused = run.await.expect("the step's task");
+    let Err(Failure::Refused(message)) = &refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    let write = text(a, "SELECT @@GLOBAL.gtid_binlog_pos").await;
+    assert!(
+        message.contains(&format!("{b_address} still lacks 1 transaction(s)"))
+            && message.contains("1 of them in its relay log, received but not applied within")
+            && message.contains(&write),
+        "{message}"
+    );
+    drop(second);
+    // Nothing was promoted, and b receives again: it applies the write.
+    assert_eq!(text(b, "SELECT @@GLOBAL.read_only").await, "1");
+    wait_until("b to apply the write", || async move { stock(b, 2).await == "9" }).await;
+    assert_eq!(slave_status(b, "Slave_IO_Running").await, "Yes");
+}
