@@ -280,6 +280,16 @@ def test_killing_the_leader_mid_runbook_hands_it_to_another_member(group):
     assert resumed.returncode == 0, resumed.stderr
     assert f"passed on to the leader {first} at {group.members[first][1]}" in resumed.stderr, resumed.stderr
     assert group.status(first)["engine"]["paused"] is False
+    # Given every member (--controller URL,URL) with the first one down, the CLI asks the next:
+    # the command never left, so it cannot act twice.
+    down = f"http://127.0.0.1:{free_port()}"
+    for command, paused in (("pause", True), ("resume", False)):
+        sent = subprocess.run([str(BINARY), command, "--controller", f"{down},{group.members[followers[1]][1]}"],
+                              env=dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN), capture_output=True, text=True,
+                              timeout=30)
+        assert sent.returncode == 0, sent.stderr
+        assert f"answered by {group.members[followers[1]][1]}" in sent.stderr and down in sent.stderr, sent.stderr
+        assert group.status(first)["engine"]["paused"] is paused
     # An agent may report to any member: a follower passes the report on to the leader.
     report = {"vantage": "probe", "sent_at_ms": int(time.time() * 1000), "results": []}
     status, body = request(group.members[followers[1]][1], "/v1/agent/report", "POST", report)
@@ -566,6 +576,15 @@ def test_a_member_cut_off_from_etcd_says_its_pointer_may_be_stale_and_lock_run_d
         assert skipped.returncode == 102, skipped.stderr
         assert "the pointer may be stale" in skipped.stderr and "has not reached etcd" in skipped.stderr, \
             skipped.stderr
+        # Given both members, it takes the pointer from the one that reaches etcd: past the pointer,
+        # it stops at the store (nothing listens on port 9), not at the stale word.
+        both = subprocess.run([str(BINARY), "lock", "run", "--name", "job", "--region", "us-east-1",
+                               "--store", "http://127.0.0.1:9", "--controller",
+                               f"{group.members[other][1]},{group.members[first][1]}", "--", "true"],
+                              env=dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN), capture_output=True, text=True,
+                              timeout=30)
+        assert both.returncode == 103, both.stderr
+        assert "cannot use the local store" in both.stderr, both.stderr
         assert proxy.call("POST", "/reset")[0] in (200, 204)
         wait_until("the healed follower's pointer to be fresh again", lambda: "stale" not in request(
             group.members[other][1], "/v1/active-region")[1], TAKEOVER_DEADLINE_S, group.logs())

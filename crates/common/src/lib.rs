@@ -1,7 +1,7 @@
 //! Support shared by Switchyard's components: the HTTP accept loop every listener uses, with its
 //! limits applied before any handler (and so before any authentication) runs, the client
 //! connector for `http://` and verified `https://` URLs (`tls_client`), the one seeded
-//! generator and seed variable (`rng`), HAProxy's rise/fall health counter (`rise_fall`), address prefixes (`net`), bearer tokens, their
+//! generator and seed variable (`rng`), HAProxy's rise/fall health counter (`rise_fall`), address prefixes (`net`), the controllers a client may ask (`members`), bearer tokens, their
 //! constant-time comparison and the exposure rule of listeners (`secret`), `line:column` positions and
 //! HTML escaping (`text`), and (feature `db`) the shop's MariaDB and Redis connections (`db`).
 //!
@@ -15,6 +15,7 @@ pub mod devca;
 pub mod dns_admin;
 pub mod error;
 pub mod http;
+pub mod members;
 pub mod metrics;
 pub mod net;
 pub mod rise_fall;

@@ -21,8 +21,19 @@ pub enum ClientError {
     BadUrl(String),
     #[error("{url}: no answer within {timeout_ms} ms")]
     Timeout { url: String, timeout_ms: u64 },
+    /// No connection was made (refused, unreachable, or not within the connect timeout): the
+    /// request was never sent, so another member may be asked without it acting twice.
+    #[error("{url}: no connection: {message}")]
+    Connect { url: String, message: String },
     #[error("{url}: {message}")]
     Transport { url: String, message: String },
+}
+
+impl ClientError {
+    /// Whether the request certainly never reached the server.
+    pub fn never_sent(&self) -> bool {
+        matches!(self, ClientError::BadUrl(_) | ClientError::Connect { .. })
+    }
 }
 
 #[derive(Clone)]
@@ -102,9 +113,19 @@ impl HttpClient {
             message: e.to_string(),
         })?;
         let work = async {
-            let response = self.inner.request(request).await.map_err(|e| ClientError::Transport {
-                url: url.to_string(),
-                message: common::error::chain(&e),
+            let response = self.inner.request(request).await.map_err(|e| {
+                let message = common::error::chain(&e);
+                if e.is_connect() {
+                    ClientError::Connect {
+                        url: url.to_string(),
+                        message,
+                    }
+                } else {
+                    ClientError::Transport {
+                        url: url.to_string(),
+                        message,
+                    }
+                }
             })?;
             let status = response.status();
             let body = Limited::new(response.into_body(), RESPONSE_BYTES_MAX)

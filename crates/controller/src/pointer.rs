@@ -26,6 +26,8 @@ use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use common::members::ControllerUrls;
+
 use crate::client::HttpClient;
 
 /// How far above the applied generation a received one may be. Generations grow by one per
@@ -203,8 +205,8 @@ impl Pointer {
 /// Options of `switchyard pointer watch`.
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
-    /// Base URL of the controller.
-    pub controller: String,
+    /// Every member of the group of controllers (or the one controller).
+    pub controllers: ControllerUrls,
     pub token: Option<String>,
     pub env_file: PathBuf,
     /// Run with `sh -c` after each change.
@@ -301,42 +303,140 @@ pub fn write_env_values(path: &Path, aws_region: &str, region: &str, generation:
     Ok(())
 }
 
-/// Why reading the pointer failed: a refused token ends the watch, anything else is retried.
+/// Why reading the pointer from one member failed.
 #[derive(Debug, thiserror::Error)]
-enum FetchError {
-    #[error("HTTP {0}: the token was refused")]
-    Unauthorized(u16),
+pub enum FetchError {
+    #[error("{url}: the controller refused the token (HTTP {status})")]
+    Unauthorized { url: String, status: u16 },
     #[error("{0}")]
     Other(String),
 }
 
-async fn fetch(
+/// One member's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reading {
+    pub value: PointerValue,
+    /// Why the value may be stale: a member cut off from etcd still names the region it last
+    /// knew, and another member may have moved it since.
+    pub stale: Option<String>,
+}
+
+/// Reads `GET /v1/active-region` from the member at `base`: with `wait_ms` above 0 a long-poll
+/// that answers once the generation is past `seen` or `wait_ms` has passed.
+pub async fn fetch(
     client: &HttpClient,
-    options: &WatchOptions,
+    base: &str,
+    token: Option<&str>,
     seen: u64,
     wait_ms: u64,
-) -> Result<PointerValue, FetchError> {
-    let url = format!(
-        "{}/v1/active-region?wait_generation={seen}&timeout_ms={wait_ms}",
-        options.controller.trim_end_matches('/')
-    );
+    timeout_ms: u64,
+) -> Result<Reading, FetchError> {
+    let base = base.trim_end_matches('/');
+    let url = if wait_ms > 0 {
+        format!("{base}/v1/active-region?wait_generation={seen}&timeout_ms={wait_ms}")
+    } else {
+        format!("{base}/v1/active-region")
+    };
     let answer = client
-        .request(Method::GET, &url, options.token.as_deref(), None, wait_ms + 5_000)
+        .request(Method::GET, &url, token, None, timeout_ms)
         .await
         .map_err(|e| FetchError::Other(e.to_string()))?;
     if answer.status == StatusCode::UNAUTHORIZED || answer.status == StatusCode::FORBIDDEN {
-        return Err(FetchError::Unauthorized(answer.status.as_u16()));
+        return Err(FetchError::Unauthorized {
+            url,
+            status: answer.status.as_u16(),
+        });
     }
     if !answer.status.is_success() {
         return Err(FetchError::Other(format!(
-            "HTTP {}: {}",
+            "{url}: HTTP {}: {}",
             answer.status.as_u16(),
             answer.text()
         )));
     }
-    serde_json::from_slice(&answer.body).map_err(|e| FetchError::Other(format!("bad pointer JSON: {e}")))
+    let document: serde_json::Value = serde_json::from_slice(&answer.body)
+        .map_err(|e| FetchError::Other(format!("{url}: not a pointer document: {e}")))?;
+    let stale = document
+        .get("stale")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string);
+    let value = serde_json::from_value(document)
+        .map_err(|e| FetchError::Other(format!("{url}: not a pointer document: {e}")))?;
+    Ok(Reading { value, stale })
 }
 
+/// Why no member gave a pointer that can be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadError {
+    /// The HTTP status of a refused token, when every member that answered refused it.
+    pub refused: Option<u16>,
+    /// One line per member: what it answered or why it did not.
+    pub members: Vec<String>,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.members.join("; "))
+    }
+}
+
+/// Asks every member at once (each within `timeout_ms`) and returns the newest pointer among
+/// the answers not marked stale: generations only grow, and every member that reaches etcd
+/// serves what etcd records, so the newest fresh answer is the pointer. A stale answer counts
+/// as none (running a job on it could run it in two regions at once).
+pub async fn read_newest(
+    client: &HttpClient,
+    members: &ControllerUrls,
+    token: Option<&str>,
+    timeout_ms: u64,
+) -> Result<PointerValue, ReadError> {
+    let answers = futures_util::future::join_all(
+        members
+            .urls()
+            .iter()
+            .map(|url| async move { (url, fetch(client, url, token, 0, 0, timeout_ms).await) }),
+    )
+    .await;
+    let mut newest: Option<PointerValue> = None;
+    let mut lines = Vec::new();
+    let mut refused = None;
+    let mut other_failures = false;
+    for (url, answer) in answers {
+        match answer {
+            Ok(Reading { value, stale: None }) => {
+                if newest.as_ref().is_none_or(|n| value.generation > n.generation) {
+                    newest = Some(value);
+                }
+            }
+            Ok(Reading { stale: Some(why), .. }) => {
+                other_failures = true;
+                lines.push(format!("{url}: the pointer may be stale: {why}"));
+            }
+            Err(FetchError::Unauthorized { url, status }) => {
+                refused = Some(status);
+                lines.push(format!(
+                    "{url}: the controller refused the token (HTTP {status}): pass --token-file with a read token or set SWITCHYARD_CONTROL_TOKEN"
+                ));
+            }
+            Err(FetchError::Other(error)) => {
+                other_failures = true;
+                lines.push(error);
+            }
+        }
+    }
+    match newest {
+        Some(value) => {
+            for line in &lines {
+                tracing::warn!(member = %line, "a controller member gave no pointer; another did");
+            }
+            Ok(value)
+        }
+        None => Err(ReadError {
+            refused: refused.filter(|_| !other_failures),
+            members: lines,
+        }),
+    }
+}
 /// Runs the reload command once with the pointer's variables in its environment (the same
 /// as in the env file).
 pub async fn run_exec_values(command: &str, generation: u64, aws_region: &str, region: &str) -> Result<(), String> {
@@ -357,31 +457,60 @@ pub async fn run_exec_values(command: &str, generation: u64, aws_region: &str, r
     }
 }
 
-/// Follows the pointer until `shutdown` resolves.
+/// What one member's poller passes to the watcher.
+enum MemberSays {
+    Value(PointerValue),
+    Refused(u16),
+}
+
+/// Values the pollers may have queued for the watcher.
+const WATCH_QUEUE_MAX: usize = 64;
+/// First wait before asking a member again after a failure (doubling up to
+/// [`WATCH_BACKOFF_MS_MAX`]).
+const WATCH_BACKOFF_MS_MIN: u64 = 250;
+
+/// Follows the pointer until `shutdown` resolves. Every member is long-polled at once, each on
+/// its own connection with its own backoff, and the newest generation any of them reports is
+/// applied: a member that is down, or cut off from etcd and so stuck on an old value, holds
+/// nothing back while another answers. A refused token ends the watch once every member has
+/// refused it.
 pub async fn watch(options: WatchOptions, shutdown: impl Future<Output = ()>) -> Result<(), WatchError> {
     let client = HttpClient::new();
     let mut applied = applied_generation(&options.env_file);
-    let mut backoff_ms = 250;
+    let (applied_sender, applied_receiver) = watch::channel(applied);
+    let (sender, mut received) = tokio::sync::mpsc::channel::<(usize, MemberSays)>(WATCH_QUEUE_MAX);
+    // Dropped (and so aborted) when the watch returns.
+    let mut pollers = tokio::task::JoinSet::new();
+    for (index, url) in options.controllers.urls().iter().enumerate() {
+        pollers.spawn(poll_member(
+            client.clone(),
+            url.clone(),
+            options.token.clone(),
+            applied_receiver.clone(),
+            sender.clone(),
+            index,
+        ));
+    }
+    drop(sender);
+    let mut refused = vec![false; options.controllers.len()];
     tokio::pin!(shutdown);
     loop {
-        let result = tokio::select! {
+        let says = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            result = fetch(&client, &options, applied, WATCH_POLL_MS) => result,
+            says = received.recv() => says,
         };
-        let value = match result {
-            Ok(value) => {
-                backoff_ms = 250;
-                value
-            }
-            Err(FetchError::Unauthorized(code)) => return Err(WatchError::Unauthorized(code)),
-            Err(FetchError::Other(error)) => {
-                tracing::warn!(%error, backoff_ms, "cannot read the active-region pointer; retrying");
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+        let value = match says {
+            None => return Ok(()),
+            Some((index, MemberSays::Refused(status))) => {
+                refused[index] = true;
+                if refused.iter().all(|r| *r) {
+                    return Err(WatchError::Unauthorized(status));
                 }
-                backoff_ms = (backoff_ms * 2).min(WATCH_BACKOFF_MS_MAX);
                 continue;
+            }
+            Some((index, MemberSays::Value(value))) => {
+                refused[index] = false;
+                value
             }
         };
         match judge(applied, &value) {
@@ -393,10 +522,6 @@ pub async fn watch(options: WatchOptions, shutdown: impl Future<Output = ()>) ->
                     region = ?value.region,
                     "refused a pointer whose region is not a region name; nothing changed"
                 );
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_millis(WATCH_BACKOFF_MS_MAX)) => {}
-                }
                 continue;
             }
             Received::TooFarAhead => {
@@ -405,11 +530,6 @@ pub async fn watch(options: WatchOptions, shutdown: impl Future<Output = ()>) ->
                     applied,
                     "refused a pointer generation more than {GENERATION_STEP_MAX} above the applied one; nothing changed"
                 );
-                // The controller answers a long-poll at once while it is past `applied`: wait.
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_millis(WATCH_BACKOFF_MS_MAX)) => {}
-                }
                 continue;
             }
         }
@@ -418,6 +538,7 @@ pub async fn watch(options: WatchOptions, shutdown: impl Future<Output = ()>) ->
         };
         write_env_file(&options.env_file, &region, value.generation)?;
         applied = value.generation;
+        let _ = applied_sender.send(applied);
         tracing::info!(%region, generation = value.generation, file = %options.env_file.display(), "active region changed");
         if let Some(command) = &options.exec {
             apply_exec(&client, &options, command, &value, &region).await;
@@ -425,11 +546,80 @@ pub async fn watch(options: WatchOptions, shutdown: impl Future<Output = ()>) ->
     }
 }
 
+/// Long-polls one member for ever, passing on each generation past what was applied and what
+/// it passed on before (so a value the watcher refused is not sent again and again).
+async fn poll_member(
+    client: HttpClient,
+    url: String,
+    token: Option<String>,
+    applied: watch::Receiver<u64>,
+    out: tokio::sync::mpsc::Sender<(usize, MemberSays)>,
+    index: usize,
+) {
+    let mut passed_on = 0u64;
+    let mut backoff_ms = WATCH_BACKOFF_MS_MIN;
+    loop {
+        let seen = (*applied.borrow()).max(passed_on);
+        let asked = tokio::time::Instant::now();
+        let wait_ms = match fetch(
+            &client,
+            &url,
+            token.as_deref(),
+            seen,
+            WATCH_POLL_MS,
+            WATCH_POLL_MS + 5_000,
+        )
+        .await
+        {
+            Ok(reading) => {
+                if let Some(why) = &reading.stale {
+                    tracing::warn!(member = %url, %why, "this controller member's pointer may be stale");
+                }
+                if reading.value.generation > seen {
+                    passed_on = reading.value.generation;
+                    backoff_ms = WATCH_BACKOFF_MS_MIN;
+                    if out.send((index, MemberSays::Value(reading.value))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                // Nothing newer. A long-poll that came back early (a member that does not
+                // hold it) is asked again only after a pause, never in a tight loop.
+                if asked.elapsed() >= Duration::from_millis(WATCH_POLL_MS / 2) {
+                    backoff_ms = WATCH_BACKOFF_MS_MIN;
+                    continue;
+                }
+                backoff_ms
+            }
+            Err(FetchError::Unauthorized { url, status }) => {
+                tracing::error!(member = %url, status, "the controller refused the token: check --token-file or SWITCHYARD_CONTROL_TOKEN");
+                if out.send((index, MemberSays::Refused(status))).await.is_err() {
+                    return;
+                }
+                WATCH_BACKOFF_MS_MAX
+            }
+            Err(FetchError::Other(error)) => {
+                tracing::warn!(%error, backoff_ms, "cannot read the active-region pointer from this member; retrying");
+                backoff_ms
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        backoff_ms = (backoff_ms * 2).min(WATCH_BACKOFF_MS_MAX);
+    }
+}
+
 /// Runs the reload command with bounded retries, giving up as soon as a newer generation exists
 /// (the next loop round applies that one instead).
 async fn apply_exec(client: &HttpClient, options: &WatchOptions, command: &str, value: &PointerValue, region: &str) {
     let superseded = || async {
-        match fetch(client, options, value.generation, 0).await {
+        match read_newest(
+            client,
+            &options.controllers,
+            options.token.as_deref(),
+            WATCH_SUPERSEDED_TIMEOUT_MS,
+        )
+        .await
+        {
             Ok(latest) if latest.generation > value.generation => {
                 tracing::info!(
                     generation = value.generation,
@@ -443,6 +633,9 @@ async fn apply_exec(client: &HttpClient, options: &WatchOptions, command: &str, 
     };
     run_exec_retrying(command, value.generation, region, region, superseded).await;
 }
+
+/// How long the check for a newer generation between two tries of the reload command waits.
+const WATCH_SUPERSEDED_TIMEOUT_MS: u64 = 5_000;
 
 /// Runs the reload command ([`run_exec_values`]) at most [`EXEC_ATTEMPTS_MAX`] times, waiting
 /// 200 ms × the attempt between tries; before each retry, `superseded` says whether a newer

@@ -7,9 +7,11 @@
 //! unreachable the agent keeps probing and keeps only the latest state.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::members::ControllerUrls;
 use common::tls_client::Connector;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
@@ -40,7 +42,9 @@ pub const REFUSED_PLAN_REFRESH_MS: u64 = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The controller's base URL, `http://host:port`.
+    /// The controller's base URL, `http://host:port`; for a group of controllers, every
+    /// member's, comma-separated (`common::members::ControllerUrls`): the agent moves to the
+    /// next member when one cannot be reached.
     pub controller: String,
     /// This vantage point's name; the controller must list it.
     pub name: String,
@@ -64,7 +68,7 @@ impl AgentConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("controller URL '{0}' is not http://host:port or https://host:port")]
+    #[error("--controller: {0}")]
     BadController(String),
     #[error("agent name '{0}' is not a name: use letters, digits, '-', '_' or '.'")]
     BadName(String),
@@ -80,20 +84,38 @@ enum ExchangeError {
 }
 
 struct ControllerClient {
-    base: String,
+    members: ControllerUrls,
+    /// The member asked now: moved on by every failed exchange.
+    member: AtomicUsize,
     name: String,
     token: Option<String>,
     client: Client<Connector, Full<Bytes>>,
 }
 
 impl ControllerClient {
+    fn base(&self) -> &str {
+        self.members.at(self.member.load(Ordering::Relaxed))
+    }
+
+    /// Sends to the member asked now; when that fails, the next exchange goes to the next
+    /// member (an agent report and a plan fetch may go to any member: a follower passes
+    /// reports on to the leader).
     async fn send(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ExchangeError> {
+        let result = self.send_once(request).await;
+        if result.is_err() && self.members.len() > 1 {
+            let next = self.member.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            tracing::info!(member = %self.members.at(next), "asking the next controller member");
+        }
+        result
+    }
+
+    async fn send_once(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ExchangeError> {
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|e| ExchangeError::Transport(format!("{}: {e}", self.base)))?;
+                .map_err(|e| ExchangeError::Transport(format!("{}: {e}", self.base())))?;
             let status = response.status();
             let body = http_body_util::Limited::new(response.into_body(), PLAN_BYTES_MAX)
                 .collect()
@@ -104,13 +126,15 @@ impl ControllerClient {
         };
         tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), exchange)
             .await
-            .map_err(|_| ExchangeError::Transport(format!("{}: no answer within {REQUEST_TIMEOUT_MS} ms", self.base)))?
+            .map_err(|_| {
+                ExchangeError::Transport(format!("{}: no answer within {REQUEST_TIMEOUT_MS} ms", self.base()))
+            })?
     }
 
     fn request(&self, method: &str, path: &str, body: Vec<u8>) -> Result<Request<Full<Bytes>>, ExchangeError> {
         let mut builder = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base))
+            .uri(format!("{}{path}", self.base()))
             .header("user-agent", "switchyard-agent/1");
         if !body.is_empty() {
             builder = builder.header("content-type", "application/json");
@@ -196,18 +220,13 @@ fn valid_name(name: &str) -> bool {
 
 /// Runs the agent until `shutdown` completes.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let base = config.controller.trim_end_matches('/').to_string();
-    let scheme = ["http://", "https://"]
-        .into_iter()
-        .find(|scheme| base.starts_with(scheme));
-    if scheme.is_none_or(|scheme| base.len() <= scheme.len()) {
-        return Err(AgentError::BadController(config.controller));
-    }
+    let members = ControllerUrls::parse(&config.controller).map_err(AgentError::BadController)?;
     if !valid_name(&config.name) {
         return Err(AgentError::BadName(config.name));
     }
     let client = ControllerClient {
-        base,
+        members,
+        member: AtomicUsize::new(0),
         name: config.name.clone(),
         token: config.token.clone(),
         // `https://` controllers are verified against the process's trust (`--ca-file`).

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::members::ControllerUrls;
 use controller::client::HttpClient;
 use controller::pointer::PointerValue;
-use hyper::{Method, StatusCode};
 use rustix::process::{Pid, Signal};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -44,8 +44,8 @@ pub struct Options {
     pub name: String,
     /// This host's region.
     pub region: String,
-    /// The controller's base URL.
-    pub controller: String,
+    /// Every member of the group of controllers (or the one controller).
+    pub controllers: ControllerUrls,
     pub token: Option<String>,
     pub table: LeaseTable,
     pub timing: Timing,
@@ -74,31 +74,16 @@ fn say(message: impl std::fmt::Display) {
     eprintln!("switchyard lock: {message}");
 }
 
-/// Reads `GET /v1/active-region`.
-pub async fn read_pointer(client: &HttpClient, controller: &str, token: Option<&str>) -> Result<PointerValue, String> {
-    let url = format!("{}/v1/active-region", controller.trim_end_matches('/'));
-    let answer = client
-        .request(Method::GET, &url, token, None, POINTER_TIMEOUT_MS)
+/// Reads `GET /v1/active-region` from every member at once: the newest answer not marked
+/// stale ([`controller::pointer::read_newest`]).
+pub async fn read_pointer(
+    client: &HttpClient,
+    controllers: &ControllerUrls,
+    token: Option<&str>,
+) -> Result<PointerValue, String> {
+    controller::pointer::read_newest(client, controllers, token, POINTER_TIMEOUT_MS)
         .await
-        .map_err(|e| e.to_string())?;
-    if answer.status == StatusCode::UNAUTHORIZED || answer.status == StatusCode::FORBIDDEN {
-        return Err(format!(
-            "{url}: the controller refused the token (HTTP {}): pass --token-file with a read token or set SWITCHYARD_CONTROL_TOKEN",
-            answer.status.as_u16()
-        ));
-    }
-    if !answer.status.is_success() {
-        return Err(format!("{url}: HTTP {}: {}", answer.status.as_u16(), answer.text()));
-    }
-    let document: serde_json::Value =
-        serde_json::from_slice(&answer.body).map_err(|e| format!("{url}: not a pointer document: {e}"))?;
-    // A controller member cut off from etcd still names the region it last knew, and says why
-    // that may be stale: another member may have moved it. Running the job on that word could
-    // run it in two regions at once; it counts as no answer.
-    if let Some(why) = document.get("stale").and_then(serde_json::Value::as_str) {
-        return Err(format!("{url}: the pointer may be stale: {why}"));
-    }
-    serde_json::from_value(document).map_err(|e| format!("{url}: not a pointer document: {e}"))
+        .map_err(|error| error.to_string())
 }
 
 /// What the pointer says about this host's region.
@@ -109,7 +94,7 @@ enum PointerSays {
 }
 
 async fn ask_pointer(client: &HttpClient, options: &Options) -> PointerSays {
-    match read_pointer(client, &options.controller, options.token.as_deref()).await {
+    match read_pointer(client, &options.controllers, options.token.as_deref()).await {
         Ok(PointerValue {
             region: Some(region),
             generation,
@@ -120,7 +105,7 @@ async fn ask_pointer(client: &HttpClient, options: &Options) -> PointerSays {
         }) => PointerSays::Other(region, generation),
         Ok(PointerValue { region: None, .. }) => PointerSays::Unknown(format!(
             "the controller at {} names no active region yet",
-            options.controller
+            options.controllers
         )),
         Err(error) => PointerSays::Unknown(format!("cannot read the active-region pointer: {error}")),
     }

@@ -7,8 +7,9 @@ use anyhow::Context;
 
 #[derive(clap::Args)]
 pub(crate) struct AgentArgs {
-    /// The controller's base URL, e.g. http://10.0.0.2:7000.
-    #[arg(long, env = "SWITCHYARD_CONTROLLER")]
+    /// The controller's base URL, e.g. http://10.0.0.2:7000; for a group of controllers, every
+    /// member's, comma-separated: the agent moves to the next member when one cannot be reached.
+    #[arg(long, env = "SWITCHYARD_CONTROLLER", value_name = "URL[,URL...]")]
     controller: String,
     /// This vantage point's name, as listed in the controller's config (e.g. eu-agent).
     #[arg(long, env = "SWITCHYARD_AGENT_NAME")]

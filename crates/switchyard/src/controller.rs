@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use common::members::ControllerUrls;
 use controller::client::HttpClient;
 use hyper::Method;
 use tokio::net::TcpListener;
@@ -94,8 +95,10 @@ enum TokenCommand {
 /// How the CLI reaches a controller.
 #[derive(clap::Args, Clone)]
 pub(crate) struct ControllerClientArgs {
-    /// The controller's URL.
-    #[arg(long, env = "SWITCHYARD_CONTROLLER")]
+    /// The controller's URL; for a group of controllers (`[controller.ha]`), every member's,
+    /// comma-separated (URL,URL,...): they are tried in order, so the command works while any
+    /// member is up. Default http://127.0.0.1:7400.
+    #[arg(long, env = "SWITCHYARD_CONTROLLER", value_name = "URL[,URL...]")]
     controller: Option<String>,
     /// File holding the control token (or set SWITCHYARD_CONTROL_TOKEN).
     #[arg(long, env = "SWITCHYARD_CONTROL_TOKEN_FILE")]
@@ -322,47 +325,84 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) struct Target {
-    pub(crate) url: String,
+    pub(crate) urls: ControllerUrls,
     pub(crate) token: Option<String>,
 }
 
 pub(crate) fn target(args: &ControllerClientArgs) -> anyhow::Result<Target> {
-    let url = args
-        .controller
-        .clone()
-        .unwrap_or_else(|| CONTROLLER_URL_DEFAULT.to_string())
-        .trim_end_matches('/')
-        .to_string();
+    let text = args.controller.as_deref().unwrap_or(CONTROLLER_URL_DEFAULT);
+    let urls = ControllerUrls::parse(text).map_err(|error| anyhow::anyhow!("--controller: {error}"))?;
     Ok(Target {
-        url,
+        urls,
         token: crate::read_token(args.token_file.as_deref(), "SWITCHYARD_CONTROL_TOKEN", EMPTY_TOKEN)?,
     })
 }
 
+impl Target {
+    fn one(url: &str, token: Option<String>) -> anyhow::Result<Target> {
+        Ok(Target {
+            urls: ControllerUrls::parse(url).map_err(anyhow::Error::msg)?,
+            token,
+        })
+    }
+}
+
+/// An answer of one member: its HTTP status, its JSON (or `{"error": text}`), and which member.
+struct Answered {
+    status: u16,
+    value: serde_json::Value,
+    member: String,
+}
+
+/// Sends the request to the members in order. The next member is asked when one could not be
+/// reached at all (the request never left), and, for a read, when one failed in any way; a
+/// command that may have reached a member is not sent again elsewhere (it could act twice).
 async fn call(
     target: &Target,
     method: Method,
     path: &str,
     body: Option<serde_json::Value>,
-) -> anyhow::Result<(u16, serde_json::Value)> {
-    let url = format!("{}{path}", target.url);
-    let answer = HttpClient::new()
-        .request(
-            method,
-            &url,
-            target.token.as_deref(),
-            body.map(|b| b.to_string().into_bytes()),
-            CLI_REQUEST_TIMEOUT_MS,
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "reach the controller at {} (is it running? pass --controller URL)",
-                target.url
+) -> anyhow::Result<Answered> {
+    let client = HttpClient::new();
+    let body = body.map(|b| b.to_string().into_bytes());
+    let mut failures = Vec::new();
+    for member in target.urls.urls() {
+        let url = format!("{member}{path}");
+        match client
+            .request(
+                method.clone(),
+                &url,
+                target.token.as_deref(),
+                body.clone(),
+                CLI_REQUEST_TIMEOUT_MS,
             )
-        })?;
-    let value = serde_json::from_slice(&answer.body).unwrap_or_else(|_| serde_json::json!({"error": answer.text()}));
-    Ok((answer.status.as_u16(), value))
+            .await
+        {
+            Ok(answer) => {
+                if !failures.is_empty() {
+                    eprintln!("{}; answered by {member}", failures.join("; "));
+                }
+                let value = serde_json::from_slice(&answer.body)
+                    .unwrap_or_else(|_| serde_json::json!({"error": answer.text()}));
+                return Ok(Answered {
+                    status: answer.status.as_u16(),
+                    value,
+                    member: member.clone(),
+                });
+            }
+            Err(error) if error.never_sent() || method == Method::GET => failures.push(error.to_string()),
+            Err(error) => {
+                bail!(
+                    "{error}: the command may or may not have been taken; check `switchyard status` before sending it again"
+                )
+            }
+        }
+    }
+    bail!(
+        "reach the controller at {} (is it running? pass --controller URL[,URL...]): {}",
+        target.urls,
+        failures.join("; ")
+    )
 }
 
 /// With several controllers in the lab, who leads: one line per member, as each sees it.
@@ -387,12 +427,18 @@ async fn lab_controllers(dir: &std::path::Path) -> String {
         } else {
             "http"
         };
-        let target = Target {
-            url: format!("{scheme}://{address}"),
-            token: None,
-        };
-        let line = match call(&target, Method::GET, "/v1/status", None).await {
-            Ok((200, value)) => {
+        let line = match async {
+            call(
+                &Target::one(&format!("{scheme}://{address}"), None)?,
+                Method::GET,
+                "/v1/status",
+                None,
+            )
+            .await
+        }
+        .await
+        {
+            Ok(Answered { status: 200, value, .. }) => {
                 let ha = &value["ha"];
                 let leader = match (ha["leader"]["member"].as_str(), ha["leader"]["address"].as_str()) {
                     (Some(name), Some(address)) => format!("{name} at {address}"),
@@ -413,7 +459,7 @@ async fn lab_controllers(dir: &std::path::Path) -> String {
                 }
                 line
             }
-            Ok((status, value)) => format!("HTTP {status}: {}", value["error"].as_str().unwrap_or("")),
+            Ok(Answered { status, value, .. }) => format!("HTTP {status}: {}", value["error"].as_str().unwrap_or("")),
             Err(error) => format!("{} ({error:#})", member.state),
         };
         let _ = writeln!(out, "  {:<28} {line}", member.name);
@@ -433,7 +479,7 @@ pub(crate) async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         };
     }
     let target = target(&args.client)?;
-    let (status, value) = call(&target, Method::GET, "/v1/status", None).await?;
+    let Answered { status, value, .. } = call(&target, Method::GET, "/v1/status", None).await?;
     if status != 200 {
         bail!("the controller answered HTTP {status}: {}", value["error"]);
     }
@@ -721,24 +767,25 @@ fn expected_loss(
 
 async fn manual(client: &ControllerClientArgs, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<()> {
     let target = target(client)?;
-    let (mut status, mut value) = call(&target, Method::POST, path, body.clone()).await?;
+    let Answered {
+        mut status,
+        mut value,
+        member,
+    } = call(&target, Method::POST, path, body.clone()).await?;
     // A member of a group of controllers that does not lead passes commands on to the leader;
     // when it could not (421 naming the leader), the CLI follows once, to that address.
     if status == 421
         && let Some(address) = value["leader"]["address"].as_str()
-        && address.trim_end_matches('/') != target.url
+        && address.trim_end_matches('/') != member
     {
-        let leader = Target {
-            url: address.trim_end_matches('/').to_string(),
-            token: target.token.clone(),
-        };
+        let leader = Target::one(address, target.token.clone())
+            .with_context(|| format!("{member} named the leader at '{address}'"))?;
         eprintln!(
-            "{} does not lead; sending the command to the leader {} at {}",
-            target.url,
+            "{member} does not lead; sending the command to the leader {} at {}",
             value["leader"]["member"].as_str().unwrap_or("?"),
-            leader.url
+            leader.urls
         );
-        (status, value) = call(&leader, Method::POST, path, body).await?;
+        Answered { status, value, .. } = call(&leader, Method::POST, path, body).await?;
     }
     if let Some(leader) = value["forwarded_to"].as_object() {
         eprintln!(
@@ -820,7 +867,7 @@ pub(crate) async fn run_pointer(args: PointerArgs) -> anyhow::Result<()> {
         } => {
             let target = target(&client)?;
             let options = controller::pointer::WatchOptions {
-                controller: target.url,
+                controllers: target.urls,
                 token: target.token,
                 env_file: write_env,
                 exec,

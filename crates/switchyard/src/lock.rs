@@ -113,7 +113,7 @@ pub(crate) async fn run(args: LockArgs) -> anyhow::Result<i32> {
     let options = lock::run::Options {
         name: args.name,
         region: args.region,
-        controller: target.url,
+        controllers: target.urls,
         token: target.token,
         table: lock::store::LeaseTable {
             client,

@@ -2,6 +2,7 @@
 //! HTTP server, the whole controller over HTTP, and a seeded simulation.
 
 mod fake;
+mod members;
 mod runbook;
 mod server;
 mod sim;

@@ -234,3 +234,40 @@ async fn agent_refuses_bad_configuration() {
         .expect_err("name");
     assert!(error.to_string().contains("'bad name'"), "{error}");
 }
+
+#[tokio::test]
+async fn an_agent_given_every_member_reports_to_the_next_when_the_first_is_down() {
+    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut check = CheckSpec::new(
+        "app",
+        "east",
+        ProbeKind::Tcp {
+            address: target.local_addr().expect("address").to_string(),
+        },
+    );
+    check.interval_ms = 50;
+    let plan = AgentPlan {
+        checks: vec![check],
+        report_interval_ms: 50,
+    };
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let live = format!("http://{}", listener.local_addr().expect("address"));
+    start_controller(listener, plan, seen.clone()).await;
+    // The first member is down: nothing listens on its port.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let mut config = AgentConfig::new(format!("{down},{live}"), "agent-eu");
+    config.token = Some("t0ken".into());
+    config.plan_refresh_ms = 200;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run(config, async move {
+        let _ = stopped.await;
+    }));
+    wait_for("reports at the member that is up", Duration::from_secs(15), || {
+        seen.lock().expect("lock").reports.len() >= 3
+    })
+    .await;
+    assert!(!seen.lock().expect("lock").plan_requests.is_empty());
+    let _ = stop.send(());
+    agent.await.expect("agent task").expect("agent stops cleanly");
+}
