@@ -6,10 +6,12 @@
 //! promotion record); [`plan`] (pure) names the last primary and the candidate — the standby of
 //! the region that received the most WAL; fence the old primary if it answers
 //! (`ALTER SYSTEM SET default_transaction_read_only = on` + `pg_reload_conf()`, verified from a
-//! new session, then its client backends terminated) and read its final LSN; let the candidate
-//! replay everything known to exist (replay resumed if paused), waiting at most
-//! `promote_lag_max_ms`; refuse if WAL is still missing, saying how many bytes, unless the order
-//! forces data loss (and then give the old primary its writes back, since the runbook stops);
+//! new session, then its client backends terminated) and read its final LSN — its WAL insert
+//! position, which covers commits acknowledged under `synchronous_commit = off` that are not
+//! written yet ([`FINAL_LSN_QUERY`]); let the candidate replay everything known to exist
+//! (replay resumed if paused), waiting at most `promote_lag_max_ms`; refuse if WAL is still
+//! missing, saying how many bytes, unless the order forces data loss (and then give the old
+//! primary its writes back, since the runbook stops);
 //! `pg_promote(wait => true)` with a bound, verified out of recovery, unfenced, the promotion
 //! record written. Then every other server: a standby that can follow the new timeline is
 //! repointed (`ALTER SYSTEM SET primary_conninfo` + reload, verified streaming); a former
@@ -203,6 +205,37 @@ struct Rejoin {
     program: String,
     args: Vec<String>,
     timeout_ms: u64,
+}
+
+/// A fenced primary's final position: the WAL insert position (every record inserted, the
+/// commits acknowledged under `synchronous_commit = off` included), and the WAL block and
+/// segment sizes in bytes ([`inserted_end`]).
+pub const FINAL_LSN_QUERY: &str = "SELECT pg_current_wal_insert_lsn()::text, \
+     (SELECT setting FROM pg_settings WHERE name = 'wal_block_size'), \
+     (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size')";
+/// Sizes of a WAL page's header (`SizeOfXLogShortPHD`) and of the first page of a segment's
+/// (`SizeOfXLogLongPHD`), in bytes.
+pub const WAL_PAGE_HEADER_BYTES: u64 = 24;
+pub const WAL_SEGMENT_HEADER_BYTES: u64 = 40;
+
+/// The end of the last WAL record inserted, from `pg_current_wal_insert_lsn()` (`insert`),
+/// with WAL pages of `block` bytes in segments of `segment` bytes: where a standby that
+/// replayed everything stands (`pg_last_wal_replay_lsn()`). The insert position points past
+/// the page header when the last record ended at a page boundary, where replay stops: that
+/// header is taken off. Pure.
+pub fn inserted_end(insert: Lsn, block: u64, segment: u64) -> Lsn {
+    if block == 0 || segment == 0 {
+        return insert;
+    }
+    let in_segment = insert.0 % segment;
+    let header = if in_segment == WAL_SEGMENT_HEADER_BYTES {
+        WAL_SEGMENT_HEADER_BYTES
+    } else if in_segment >= block && insert.0 % block == WAL_PAGE_HEADER_BYTES {
+        WAL_PAGE_HEADER_BYTES
+    } else {
+        0
+    };
+    Lsn(insert.0.saturating_sub(header))
 }
 
 /// A WAL position (`pg_lsn`): `X/Y` in hexadecimal, a byte offset.
@@ -1384,8 +1417,23 @@ impl Session {
             .await?
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        let lsn = self.value("SELECT pg_current_wal_lsn()::text").await?;
-        let lsn = self.lsn(lsn.as_ref())?.unwrap_or_default();
+        // Not pg_current_wal_lsn(), what is written out of the WAL buffers: a commit under
+        // synchronous_commit = off is acknowledged once inserted, before it is written. With
+        // the server fenced and its clients gone, everything inserted is final.
+        let rows = self.rows(FINAL_LSN_QUERY).await?;
+        let row = rows.into_iter().next().unwrap_or_default();
+        let get = |i: usize| row.get(i).cloned().flatten();
+        let insert = self.lsn(get(0).as_ref())?.unwrap_or_default();
+        let sizes = (get(1).and_then(|b| b.parse().ok()), get(2).and_then(|s| s.parse().ok()));
+        let lsn = match sizes {
+            (Some(block), Some(segment)) => inserted_end(insert, block, segment),
+            _ => {
+                return Err(Failure::Retryable(format!(
+                    "{}: {FINAL_LSN_QUERY}: no WAL block or segment size in {sizes:?}",
+                    self.address
+                )));
+            }
+        };
         Ok((lsn, terminated))
     }
 
@@ -1596,6 +1644,23 @@ mod tests {
             plan(&order, &members, &observed),
             Err(Failure::Refused(m)) if m.contains("never followed timeline 2 (followed by c:5432)")
         ));
+    }
+
+    #[test]
+    fn the_final_position_is_the_insert_position_without_a_page_header_it_points_past() {
+        // Not the write position: a commit acknowledged under synchronous_commit = off may
+        // still be in the WAL buffers, past it.
+        assert!(FINAL_LSN_QUERY.starts_with("SELECT pg_current_wal_insert_lsn()"));
+        assert!(!FINAL_LSN_QUERY.contains("pg_current_wal_lsn()"));
+        let (block, segment) = (8192, 16 << 20);
+        // Mid-page: the end of the last record.
+        assert_eq!(inserted_end(Lsn(0x300_0148), block, segment), Lsn(0x300_0148));
+        // At the start of a page, or of a segment: past its header.
+        assert_eq!(inserted_end(Lsn(0x300_2018), block, segment), Lsn(0x300_2000));
+        assert_eq!(inserted_end(Lsn(0x400_0028), block, segment), Lsn(0x400_0000));
+        // A record ending 24 bytes into a segment's first page is past the 40-byte header.
+        assert_eq!(inserted_end(Lsn(0x400_0018), block, segment), Lsn(0x400_0018));
+        assert_eq!(inserted_end(Lsn(24), 0, 0), Lsn(24), "no size: no header taken off");
     }
 
     #[test]

@@ -712,3 +712,82 @@ async fn postgres_a_standby_cut_off_with_the_old_primary_is_never_promoted_over_
     insert(b, 5).await.expect("b is still the primary, not fenced");
     assert_eq!(count(b).await, 5);
 }
+
+/// A server process stopped with SIGSTOP, continued with SIGCONT when dropped.
+struct Stopped(String);
+
+impl Stopped {
+    fn new(pid: String) -> Stopped {
+        signal("-STOP", &pid);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+fn signal(which: &str, pid: &str) {
+    let status = Command::new("kill").args([which, pid]).status().expect("run kill");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+// A commit under synchronous_commit = off is acknowledged once in the WAL buffers, before the
+// WAL writer writes it: the old primary's final position is its insert position, which the
+// standby must replay, not its write position (pg_current_wal_lsn()). With the WAL writer
+// stopped, the commit stays in the buffers deterministically; the step used to promote a
+// standby without it.
+#[tokio::test]
+async fn postgres_waits_for_commits_acknowledged_under_synchronous_commit_off() {
+    let Some(cluster) = start_cluster() else { return };
+    let [a, b, c] = cluster.ports;
+    populate_and_replicate(&cluster, 1).await;
+    let walwriter = text(a, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'").await;
+    assert!(!walwriter.is_empty(), "a has a WAL writer");
+    let stopped = Stopped::new(walwriter);
+    let shop = client(a, "app", "app-pass").await.expect("shop login");
+    shop.simple_query("SET synchronous_commit = off; INSERT INTO orders (id) VALUES (2)")
+        .await
+        .expect("the order is acknowledged");
+    let (written, inserted) = (
+        text(a, "SELECT pg_current_wal_lsn()::text").await,
+        text(a, "SELECT pg_current_wal_insert_lsn()::text").await,
+    );
+    assert_eq!(
+        text(a, &format!("SELECT '{written}'::pg_lsn < '{inserted}'::pg_lsn")).await,
+        "t",
+        "the commit is not written yet: {written} < {inserted}"
+    );
+
+    // The standbys cannot receive it (only written and flushed WAL is sent): refused.
+    let step = cluster.step(1_000, false);
+    let refused = step.run(&order(5, "eu", "us", false)).await;
+    let Err(Failure::Refused(message)) = &refused else {
+        panic!("promoted without the acknowledged order: {refused:?}");
+    };
+    assert!(message.contains("byte(s) of WAL up to"), "{message}");
+    assert!(
+        message.contains(&format!("{} is writable again", cluster.address(0))),
+        "{message}"
+    );
+    for standby in [b, c] {
+        assert_eq!(
+            text(standby, "SELECT pg_is_in_recovery()").await,
+            "t",
+            "nothing promoted"
+        );
+    }
+
+    // Once the WAL writer runs, the standbys receive the order and the promotion keeps it.
+    drop(stopped);
+    let step = cluster.step(10_000, false);
+    let outcome = step.run(&order(6, "eu", "us", false)).await.expect("promoted");
+    let promoted = if outcome.contains(&format!("promoted {} in us", cluster.address(1))) {
+        b
+    } else {
+        c
+    };
+    assert_eq!(count(promoted).await, 2, "the acknowledged order is kept: {outcome}");
+}
