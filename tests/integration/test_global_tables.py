@@ -400,6 +400,18 @@ def test_a_region_whose_database_was_wiped_is_named_until_its_replicas_are_creat
             metrics = response.read().decode()
         assert 'switchyard_store_peer_replicas_missing{peer="eu-west-1"} 2' in metrics, metrics[-2000:]
 
+    # The wiped region is told so in the answers to its marks, and fails its own health check:
+    # it holds none of the global tables' data, so it must not take their traffic.
+    def own_alarms():
+        body = health_any(eu)
+        return body["status"], [r for r in body["reasons"] if "this region's database is new" in r]
+
+    status, reasons = wait_for("eu-west-1 to learn its database lacks the replicas",
+                               lambda: (got := own_alarms())[0] == "degraded" and len(got[1]) == 2 and got)
+    for peer, reason in zip(("ap-south-1", "us-east-1"), reasons):
+        assert f"{peer} lists replicas of the global tables" in reason, reason
+        assert "orders" in reason and "carts" in reason and "ReplicaUpdates" in reason, reason
+
     client.update_table(TableName="orders", ReplicaUpdates=[{"Delete": {"RegionName": "eu-west-1"}}])
     client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}}])
     assert len(wait_converged(regions)) == 20
@@ -407,9 +419,12 @@ def test_a_region_whose_database_was_wiped_is_named_until_its_replicas_are_creat
         reason = wait_for(f"{region.name}'s alarm to name only carts",
                           lambda region=region: (a := alarm(region)) and "orders" not in a and a)
         assert "carts" in reason, reason
+    wait_for("eu-west-1's own alarms to name only carts",
+             lambda: (got := own_alarms())[1] and all("orders" not in r and "carts" in r for r in got[1]))
 
     client.update_table(TableName="carts", ReplicaUpdates=[{"Delete": {"RegionName": "eu-west-1"}}])
     client.update_table(TableName="carts", ReplicaUpdates=[{"Create": {"RegionName": "eu-west-1"}}])
     for region in (us, ap):
         wait_for(f"{region.name}'s warning to end", lambda region=region: alarm(region) is None)
+    wait_for("eu-west-1 to be ready again", lambda: own_alarms() == ("ready", []))
     eu.client().describe_table(TableName="carts")

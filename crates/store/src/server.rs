@@ -1094,7 +1094,9 @@ fn judge_health(
     Verdict { status, reasons }
 }
 
-/// Replication conditions that make this region unfit to serve as a global-table replica: a
+/// Replication conditions that make this region unfit to serve as a global-table replica: its
+/// own database new while the peers list replicas here it lacks (they say so in their answers to
+/// its marks), or a
 /// peer whose clock is beyond the signing window (the two refuse each other's changes, so they
 /// diverge until a clock is fixed; failing back to such a region would lose the other's writes).
 fn replication_alarms(store: &Store) -> Vec<String> {
@@ -1102,7 +1104,7 @@ fn replication_alarms(store: &Store) -> Vec<String> {
         return Vec::new();
     };
     let clocks = replication.clock_status();
-    clocks
+    let mut alarms: Vec<String> = clocks
         .peers
         .iter()
         .filter(|peer| peer.beyond_window)
@@ -1115,7 +1117,18 @@ fn replication_alarms(store: &Store) -> Vec<String> {
                 crate::global::REQUEST_SKEW_MS_MAX
             )
         })
-        .collect()
+        .collect();
+    // A database wiped or replaced under this region: the peers list replicas here it lacks.
+    // This region holds none of their data, so it must not take traffic for them.
+    for (peer, missing) in replication.missing_here() {
+        alarms.push(format!(
+            "this region's database is new since {since} (Unix ms, {peer}'s clock; its data directory was wiped or replaced): {peer} lists replicas of the global tables {tables} here, which this database does not have, so this region serves none of their data; create each again from {peer} (UpdateTable ReplicaUpdates Delete, then Create, for {region}), which backfills it, and this region is ready again",
+            since = missing.since,
+            tables = missing.tables.join(", "),
+            region = replication.region(),
+        ));
+    }
+    alarms
 }
 
 /// Peers whose database is new while global tables still list their replicas

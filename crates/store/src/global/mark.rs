@@ -92,7 +92,7 @@ impl Replication {
         })
         .expect("a mark serialises");
         match self.post(peer, "/replication/v1/mark", body).await {
-            Ok((200, _)) => {}
+            Ok((200, answer)) => self.take_mark_answer(&peer.region, &answer),
             Ok((status, body)) => tracing::debug!(
                 peer = %peer.region,
                 status,
@@ -142,7 +142,61 @@ impl Replication {
                     head: request.head,
                 },
             );
-        Ok(serde_json::json!({}))
+        // Tell the peer when its own database lacks replicas listed here: it cannot know by
+        // itself (a wiped data directory looks like a fresh install).
+        let answer = MarkAnswer {
+            replicas_missing_here: self.tables_missing_at(&source).map(|(since, mut tables)| {
+                tables.truncate(MISSING_HERE_TABLES_MAX);
+                MissingHere { since, tables }
+            }),
+        };
+        Ok(serde_json::to_value(answer).expect("a mark answer serialises"))
+    }
+
+    /// Takes a peer's answer to this region's mark: what it says this region's database lacks
+    /// replaces what it said before (an answer without it clears it; a body that is not a mark
+    /// answer, from a build before them, changes nothing).
+    fn take_mark_answer(&self, peer: &str, body: &[u8]) {
+        let Ok(answer) = serde_json::from_slice::<MarkAnswer>(body) else {
+            return;
+        };
+        let told = answer.replicas_missing_here.map(|mut missing| {
+            missing.tables.truncate(MISSING_HERE_TABLES_MAX);
+            missing
+                .tables
+                .retain(|name| crate::catalog::validate_table_name(name, "TableName").is_ok());
+            missing
+        });
+        let mut missing_here = self.missing_here.lock().expect("missing-here lock is never poisoned");
+        let before = missing_here.get(peer).cloned();
+        match told {
+            Some(missing) if !missing.tables.is_empty() => {
+                if before.as_ref() != Some(&missing) {
+                    tracing::error!(
+                        %peer,
+                        tables = %missing.tables.join(", "),
+                        "{peer} lists replicas of global tables in this region that this database does not have (its data directory was wiped or replaced): this region must not serve them until they are created again from {peer}"
+                    );
+                }
+                missing_here.insert(peer.to_string(), missing);
+            }
+            _ => {
+                if before.is_some() {
+                    tracing::info!(%peer, "{peer} no longer lists replicas missing in this region");
+                }
+                missing_here.remove(peer);
+            }
+        }
+    }
+
+    /// What the peers last said this region's database lacks, per peer.
+    pub fn missing_here(&self) -> Vec<(String, MissingHere)> {
+        self.missing_here
+            .lock()
+            .expect("missing-here lock is never poisoned")
+            .iter()
+            .map(|(peer, missing)| (peer.clone(), missing.clone()))
+            .collect()
     }
 
     /// A peer's mark named its database identity. The first one seen is kept (durably); a

@@ -246,9 +246,27 @@ pub struct Replication {
     pub tombstones: TombstoneStatus,
     /// The peers' database identities as last seen in this process, and when (Unix ms).
     peer_stores: Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// What each peer last answered to this region's mark about this region's own database:
+    /// since when (Unix ms) it has been new there, and the global tables the peer lists with a
+    /// replica here that were not created again since (absent: nothing missing, or an older
+    /// peer). Kept until the peer answers otherwise.
+    missing_here: Mutex<std::collections::BTreeMap<String, MissingHere>>,
     /// When this process started replicating (Unix ms).
     started_ms: u64,
 }
+
+/// A peer's word that this region's database is new while it lists replicas here (the answer to
+/// a mark, `MarkAnswer::replicas_missing_here`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingHere {
+    /// Since when the peer has seen this region's new database (Unix ms, the peer's clock).
+    pub since: u64,
+    /// The global tables the peer lists with a replica here that this database lacks.
+    pub tables: Vec<String>,
+}
+
+/// Tables one peer may name in [`MissingHere`] (more are cut, the count kept in the message).
+pub const MISSING_HERE_TABLES_MAX: usize = 256;
 
 /// What the operator sees of tombstone purging.
 #[derive(Default)]
@@ -293,6 +311,7 @@ impl Replication {
             mark: tokio::sync::watch::Sender::new(None),
             tombstones: TombstoneStatus::default(),
             peer_stores: Mutex::new(std::collections::HashMap::new()),
+            missing_here: Mutex::new(std::collections::BTreeMap::new()),
             started_ms: engine_now_ms,
         })
     }

@@ -15,6 +15,16 @@ pub(super) struct MarkRequest {
     pub(super) store: Option<String>,
 }
 
+/// The answer to a mark. Empty from builds before `replicas_missing_here`, and whenever the
+/// receiver lacks nothing here.
+#[derive(Default, Serialize, Deserialize)]
+pub(super) struct MarkAnswer {
+    /// The sender's database is new since the receiver last saw the old one, and these global
+    /// tables listing the sender were not created again there since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) replicas_missing_here: Option<MissingHere>,
+}
+
 #[derive(Serialize, Deserialize)]
 pub(super) struct BatchRequest {
     pub(super) batch: u64,
