@@ -91,8 +91,9 @@ impl Replication {
             store: Some(format!("{:016x}", self.engine.store_id())),
         })
         .expect("a mark serialises");
-        match self.post(peer, "/replication/v1/mark", body).await {
-            Ok((200, answer)) => self.take_mark_answer(&peer.region, &answer),
+        let date_ms = self.engine.now_unix_ms();
+        match self.post_dated(peer, "/replication/v1/mark", body, date_ms).await {
+            Ok((200, answer)) => self.take_mark_answer(&peer.region, date_ms, &answer),
             Ok((status, body)) => tracing::debug!(
                 peer = %peer.region,
                 status,
@@ -144,22 +145,56 @@ impl Replication {
             );
         // Tell the peer when its own database lacks replicas listed here: it cannot know by
         // itself (a wiped data directory looks like a fresh install).
-        let answer = MarkAnswer {
-            replicas_missing_here: self.tables_missing_at(&source).map(|(since, mut tables)| {
-                tables.truncate(MISSING_HERE_TABLES_MAX);
-                MissingHere { since, tables }
-            }),
-        };
+        let mut answer = MarkAnswer::default();
+        if let Some((since, mut tables)) = self.tables_missing_at(&source) {
+            tables.truncate(MISSING_HERE_TABLES_MAX);
+            let missing = MissingHere { since, tables };
+            // The request authenticated, so its date header parses.
+            let date_ms = headers
+                .get(DATE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_default();
+            let payload = serde_json::to_vec(&missing).expect("a list of tables serialises");
+            answer.signature = Some(sign(
+                &self.config.key,
+                &self.region,
+                &source,
+                MARK_ANSWER_PATH,
+                date_ms,
+                &payload,
+            ));
+            answer.replicas_missing_here = Some(missing);
+        }
         Ok(serde_json::to_value(answer).expect("a mark answer serialises"))
     }
 
     /// Takes a peer's answer to this region's mark: what it says this region's database lacks
     /// replaces what it said before (an answer without it clears it; a body that is not a mark
     /// answer, from a build before them, changes nothing).
-    fn take_mark_answer(&self, peer: &str, body: &[u8]) {
+    fn take_mark_answer(&self, peer: &str, mark_date_ms: u64, body: &[u8]) {
         let Ok(answer) = serde_json::from_slice::<MarkAnswer>(body) else {
             return;
         };
+        // Only the peer can say this region lacks data (it fails this region's health): an
+        // answer whose signature does not verify for this mark is ignored, as a forgery.
+        if let Some(missing) = &answer.replicas_missing_here {
+            let payload = serde_json::to_vec(missing).expect("a list of tables serialises");
+            let signed = answer.signature.as_deref().is_some_and(|signature| {
+                verify(
+                    &self.config.key,
+                    (peer, &self.region),
+                    MARK_ANSWER_PATH,
+                    mark_date_ms,
+                    &payload,
+                    signature,
+                )
+            });
+            if !signed {
+                tracing::warn!(%peer, "an answer to this region's mark said replicas are missing here, without a valid signature for that mark; ignored (forged, replayed, or the replication keys differ)");
+                return;
+            }
+        }
         let told = answer.replicas_missing_here.map(|mut missing| {
             missing.tables.truncate(MISSING_HERE_TABLES_MAX);
             missing

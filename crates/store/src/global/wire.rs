@@ -23,7 +23,17 @@ pub(super) struct MarkAnswer {
     /// tables listing the sender were not created again there since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) replicas_missing_here: Option<MissingHere>,
+    /// The answerer's signature of `replicas_missing_here` (its JSON), made as a request's
+    /// (`sign`) from the answerer to the asker, over [`MARK_ANSWER_PATH`] and the *mark's*
+    /// signing time: only the key's holders can make it, and it is valid for that one mark (an
+    /// answer captured and replayed to a later mark does not verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) signature: Option<String>,
 }
+
+/// What a mark answer's signature is made over in place of a request path (never a path a
+/// request is sent to, so a signed answer is no signed request).
+pub(super) const MARK_ANSWER_PATH: &str = "answer:/replication/v1/mark";
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct BatchRequest {
@@ -127,7 +137,17 @@ pub(super) fn unauthorized(message: impl Into<String>) -> ApiError {
 
 impl Replication {
     pub(super) async fn post(&self, peer: &Peer, path: &str, body: Vec<u8>) -> Result<(u16, Bytes), String> {
-        let date_ms = self.engine.now_unix_ms();
+        self.post_dated(peer, path, body, self.engine.now_unix_ms()).await
+    }
+
+    /// [`Replication::post`] signed at `date_ms`.
+    pub(super) async fn post_dated(
+        &self,
+        peer: &Peer,
+        path: &str,
+        body: Vec<u8>,
+        date_ms: u64,
+    ) -> Result<(u16, Bytes), String> {
         let signature = sign(&self.config.key, &self.region, &peer.region, path, date_ms, &body);
         let request = hyper::Request::post(format!("{}{path}", peer.url.trim_end_matches('/')))
             .header("content-type", "application/json")

@@ -1396,3 +1396,111 @@ async fn a_peers_new_database_is_recorded_and_a_replayed_old_mark_changes_nothin
         "recorded when the old name was last seen: {since}"
     );
 }
+
+/// How the stand-in eu-west-1 answers the lone region's marks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MarkAnswerMode {
+    /// `{}`: nothing missing.
+    Nothing,
+    /// The claim that `carts` is missing here, without a signature.
+    Unsigned,
+    /// The claim, signed for a mark signed a millisecond earlier (a replayed answer).
+    SignedForAnotherMark,
+    /// The claim, signed for this mark.
+    Signed,
+}
+
+/// Serves `POST /replication/v1/mark` as eu-west-1, answering per `mode`; counts the marks.
+async fn mark_answerer(
+    mode: Arc<std::sync::Mutex<MarkAnswerMode>>,
+    marks: Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
+    let app = axum::Router::new().route(
+        "/replication/v1/mark",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let (mode, marks) = (mode.clone(), marks.clone());
+            async move {
+                marks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let date: u64 = headers
+                    .get("x-switchyard-date")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .expect("a signed mark has a date");
+                let missing = json!({"since": 1, "tables": ["carts"]});
+                let payload = serde_json::to_vec(&missing).expect("serialize");
+                let sign = |date_ms: u64| {
+                    store::global::sign(
+                        KEY,
+                        "eu-west-1",
+                        "us-east-1",
+                        "answer:/replication/v1/mark",
+                        date_ms,
+                        &payload,
+                    )
+                };
+                let mode = *mode.lock().expect("lock");
+                let answer = match mode {
+                    MarkAnswerMode::Nothing => json!({}),
+                    MarkAnswerMode::Unsigned => json!({"replicas_missing_here": missing}),
+                    MarkAnswerMode::SignedForAnotherMark => {
+                        json!({"replicas_missing_here": missing, "signature": sign(date - 1)})
+                    }
+                    MarkAnswerMode::Signed => json!({"replicas_missing_here": missing, "signature": sign(date)}),
+                };
+                answer.to_string()
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// A peer's word that this region's database lacks its replicas fails this region's health,
+/// but only when the peer signed it for the mark it answers: an unsigned claim, or one signed
+/// for another mark (captured and replayed), changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_signed_answer_to_this_mark_says_replicas_are_missing_here() {
+    let mode = Arc::new(std::sync::Mutex::new(MarkAnswerMode::Nothing));
+    let marks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let europe = mark_answerer(mode.clone(), marks.clone()).await;
+    let (listener, mut region) = bind_region("us-east-1", tempfile::tempdir().expect("temp dir")).await;
+    let peers = [
+        ("us-east-1".to_string(), region.url.clone()),
+        ("eu-west-1".to_string(), europe),
+    ];
+    start(&mut region, listener, &peers).await;
+    let health = || async { get_json(&format!("{}/health", region.url)).await };
+    // Two marks answered in a mode (the second sent after the first's answer was taken).
+    let answer_marks_with = |next: MarkAnswerMode| {
+        let (mode, marks) = (mode.clone(), marks.clone());
+        async move {
+            *mode.lock().expect("lock") = next;
+            let seen = marks.load(std::sync::atomic::Ordering::SeqCst);
+            let started = Instant::now();
+            while marks.load(std::sync::atomic::Ordering::SeqCst) < seen + 2 {
+                assert!(started.elapsed() < CONVERGENCE_DEADLINE, "no marks sent");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    for forged in [MarkAnswerMode::Unsigned, MarkAnswerMode::SignedForAnotherMark] {
+        answer_marks_with(forged).await;
+        let body = health().await;
+        assert_eq!(body["status"], "ready", "{forged:?}: {body}");
+    }
+    answer_marks_with(MarkAnswerMode::Signed).await;
+    let body = health().await;
+    assert_eq!(body["status"], "degraded", "{body}");
+    let reason = body["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("eu-west-1 lists replicas of the global tables carts here")
+            && reason.contains("ReplicaUpdates"),
+        "{reason}"
+    );
+    answer_marks_with(MarkAnswerMode::Nothing).await;
+    let body = health().await;
+    assert_eq!(body["status"], "ready", "cleared by the next answer: {body}");
+    stop(&mut region).await;
+}
