@@ -4,7 +4,7 @@
 //! One run: survey every server (`INFO replication`, the promotion record `switchyard:promotion`);
 //! [`plan`] (pure) names the last master and the candidate (the replica of the region with the
 //! highest replication offset); if the old master answers, pause its writers
-//! (`CLIENT PAUSE WRITE`), read its final offset and wait at most `promote_lag_max_ms` for the
+//! (`CLIENT PAUSE WRITE`, renewed until it is a replica), read its final offset and wait at most `promote_lag_max_ms` for the
 //! candidate to reach it, refusing (and unpausing) if it does not, unless the order forces data
 //! loss (with the old master gone, the furthest replica of its stream, in any region, stands in
 //! for its final offset); `REPLICAOF NO ONE` on the candidate and the record written (a script that never lowers
@@ -31,8 +31,12 @@ pub const RECORD_KEY: &str = "switchyard:promotion";
 pub const CATCH_UP_POLL_MS: u64 = 20;
 /// Longest `INFO` answer read, in bytes.
 pub const INFO_BYTES_MAX: usize = 64 * 1024;
-/// Extra pause beyond the catch-up wait, so the old master stays paused until it is a replica.
+/// Extra pause beyond the catch-up wait, and what every renewal of the pause sets (from the
+/// time it is renewed): the old master stays paused until it is a replica however long the
+/// steps after the catch-up take, and no longer than this after a run that stops.
 pub const PAUSE_MARGIN_MS: u64 = 10_000;
+/// How often the old master's pause is renewed while the promotion runs ([`PauseKeeper`]).
+pub const PAUSE_RENEW_MS: u64 = 1_000;
 /// How long a repointed server gets to link up with its new master (or start a full
 /// resynchronisation), and how often it is looked at meanwhile.
 pub const LINK_WAIT_MS: u64 = 5_000;
@@ -105,8 +109,9 @@ struct Inner {
     tls: Option<super::tls::Tls>,
 }
 
-// No waits beyond the catch-up: a cut run's pause expires by itself after
-// `promote_lag_max_ms` + [`PAUSE_MARGIN_MS`].
+// No waits beyond the catch-up: a cut run's pause expires by itself at most
+// `promote_lag_max_ms` + [`PAUSE_MARGIN_MS`] after it began, or [`PAUSE_MARGIN_MS`] after its
+// last renewal.
 promote_step!(RedisPromote, survey by observe, waits |_inner| 0);
 
 /// What one reachable server said.
@@ -312,6 +317,7 @@ impl RedisPromote {
         let lag_max_ms = inner.promote_lag_max_ms;
         let mut session = inner.connect(candidate).await?;
         let mut old_session = None;
+        let mut keeper = None;
         if let Some(old) = old {
             let mut s = inner.connect(old).await?;
             s.command(
@@ -321,6 +327,10 @@ impl RedisPromote {
                     .arg("WRITE"),
             )
             .await?;
+            // Renewed until the old master is a replica: the steps after the catch-up are
+            // each bounded, but together may outlast any one pause, and writes it took once
+            // unpaused would be discarded when it resynchronises from the new master.
+            keeper = Some(PauseKeeper::start(inner.connect(old).await?));
             let final_state = s.observe().await?;
             let final_offset = final_state.offset;
             notes.push(format!(
@@ -340,6 +350,9 @@ impl RedisPromote {
             let behind = final_offset.saturating_sub(reached);
             let than = "the old master";
             if let Err(refusal) = judge_loss(behind, order.force_data_loss, &member.address, than, lag_max_ms) {
+                if let Some(keeper) = keeper.take() {
+                    keeper.stop().await;
+                }
                 let _ = s.command(redis::cmd("CLIENT").arg("UNPAUSE")).await;
                 return Err(refusal);
             }
@@ -375,6 +388,9 @@ impl RedisPromote {
         match old_session {
             Some((old, mut s)) => {
                 s.replicate_from(member).await?;
+                if let Some(keeper) = keeper.take() {
+                    keeper.stop().await;
+                }
                 s.command(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
                 let delay_ms = session.full_sync_delay_ms().await;
                 notes.push(match s.link_problem(delay_ms).await? {
@@ -430,6 +446,52 @@ impl RedisPromote {
             }
         }
         Ok(())
+    }
+}
+
+/// Renews the old master's `CLIENT PAUSE WRITE` every [`PAUSE_RENEW_MS`] for
+/// [`PAUSE_MARGIN_MS`] from then, on a session of its own, until stopped (dropped: the renewals
+/// end, and the pause within [`PAUSE_MARGIN_MS`]). A renewal that fails is tried again at the
+/// next tick.
+struct PauseKeeper {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PauseKeeper {
+    fn start(mut session: Session) -> PauseKeeper {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    () = tokio::time::sleep(Duration::from_millis(PAUSE_RENEW_MS)) => {}
+                }
+                let renew = redis::cmd("CLIENT")
+                    .arg("PAUSE")
+                    .arg(PAUSE_MARGIN_MS)
+                    .arg("WRITE")
+                    .clone();
+                if let Err(e) = session.query::<redis::Value>(&renew).await {
+                    tracing::warn!("renewing the pause: {e}");
+                }
+            }
+        });
+        PauseKeeper { stop: Some(stop), task }
+    }
+
+    /// Stops the renewals and waits until none is under way (an `UNPAUSE` after this is final).
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for PauseKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

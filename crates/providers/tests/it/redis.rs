@@ -270,3 +270,131 @@ async fn redis_with_the_master_gone_a_replica_ahead_of_the_candidate_refuses_unt
         "{forced}"
     );
 }
+
+/// How long [`slow_promotion_proxy`] holds each answer once the candidate is being promoted:
+/// each under the step's per-command bound, four of them past the old master's first pause.
+const SLOW_ANSWER_MS: u64 = 3_500;
+
+/// A TCP proxy to the candidate at `target`: on a connection that sent `REPLICAOF NO ONE`, the
+/// answer to that command and to every later one is held [`SLOW_ANSWER_MS`] (a candidate slow
+/// to promote), and `promoting` is notified. Its port.
+async fn slow_promotion_proxy(target: u16, promoting: std::sync::Arc<tokio::sync::Notify>) -> u16 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let slow = std::sync::Arc::new(AtomicBool::new(false));
+            let promoting = promoting.clone();
+            let slow_requests = slow.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(n) = client_read.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let request = &buffer[..n];
+                    let promote = b"REPLICAOF\r\n$2\r\nNO\r\n$3\r\nONE\r\n";
+                    if request.windows(promote.len()).any(|w| w == promote) {
+                        slow_requests.store(true, Ordering::SeqCst);
+                        promoting.notify_one();
+                    }
+                    if server_write.write_all(request).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(n) = server_read.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if slow.load(Ordering::SeqCst) {
+                        tokio::time::sleep(std::time::Duration::from_millis(SLOW_ANSWER_MS)).await;
+                    }
+                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+// The old master is paused (CLIENT PAUSE WRITE) from the catch-up until it is a replica of the
+// new one. The pause used to be set once, for promote_lag_max_ms + PAUSE_MARGIN_MS: a candidate
+// slow to promote let it expire, the old master took writes, and its resynchronisation from
+// the new master discarded them. The step now renews the pause while it runs.
+#[tokio::test]
+async fn redis_the_old_master_stays_paused_until_it_is_a_replica_however_slow_the_promotion() {
+    let Some(binary) = find_binary("redis-server") else {
+        return skip("redis-server", "redis-server");
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (a, b, c) = (free_port(), free_port(), free_port());
+    let _servers = [
+        start(&binary, dir.path(), "a", a, None),
+        start(&binary, dir.path(), "b", b, Some(a)),
+        start(&binary, dir.path(), "c", c, Some(a)),
+    ];
+    wait_until("a to answer", || async move { connect(a).await.is_ok() }).await;
+    query::<()>(a, redis::cmd("SET").arg("session:1").arg("cart-1"))
+        .await
+        .expect("write to the master");
+    for replica in [b, c] {
+        wait_until("the replicas to sync", || async move { follows(replica, a).await }).await;
+    }
+    let promoting = std::sync::Arc::new(tokio::sync::Notify::new());
+    let b_proxy = slow_promotion_proxy(b, promoting.clone()).await;
+    std::fs::write(dir.path().join("password"), PASSWORD).expect("write password");
+    let settings = format!(
+        "servers = {{ eu = [\"127.0.0.1:{a}\"], us = [\"127.0.0.1:{b_proxy}\"], ap = [\"127.0.0.1:{c}\"] }}\n\
+         username = \"{USER}\"\n\
+         password = {{ file = \"{}\" }}\n\
+         promote_lag_max_ms = 300\n",
+        dir.path().join("password").display()
+    );
+    let settings: Settings = toml::from_str(&settings).expect("settings parse");
+    let step: RedisPromote = settings
+        .check("sessions", &mut Strict::new(&["eu", "us", "ap"]))
+        .expect("settings check");
+    let run = tokio::spawn(async move { step.run(&order(3, "eu", "us", false)).await });
+    tokio::time::timeout(crate::support::DEADLINE, promoting.notified())
+        .await
+        .expect("the step promotes b");
+    // A shop's write to the old master while b is being promoted: held by the pause.
+    let late = tokio::spawn(async move { query::<()>(a, redis::cmd("SET").arg("session:2").arg("late")).await });
+    let outcome = run.await.expect("the step's task").expect("promoted");
+    assert!(
+        outcome.contains(&format!(
+            "old master 127.0.0.1:{a} now replicates from 127.0.0.1:{b_proxy}"
+        )),
+        "{outcome}"
+    );
+    let late = tokio::time::timeout(crate::support::DEADLINE, late)
+        .await
+        .expect("the write is answered")
+        .expect("the write's task");
+    match late {
+        // Acknowledged: it must be on the new master.
+        Ok(()) => {
+            let kept: Option<String> = query(b, redis::cmd("GET").arg("session:2")).await.expect("read");
+            assert_eq!(
+                kept.as_deref(),
+                Some("late"),
+                "the old master acknowledged a write the new master lacks: {outcome}"
+            );
+        }
+        // Refused once the pause ended: the old master was a replica by then.
+        Err(e) => assert_eq!(e.kind(), redis::ErrorKind::ReadOnly, "{e}"),
+    }
+}
