@@ -4,9 +4,9 @@
 //! One run: survey every server (`INFO replication`, the promotion record `switchyard:promotion`);
 //! [`plan`] (pure) names the last master and the candidate (the replica of the region with the
 //! highest replication offset); if the old master answers, pause its writers
-//! (`CLIENT PAUSE WRITE`, renewed until it is a replica), read its final offset and wait at most `promote_lag_max_ms` for the
-//! candidate to reach it, refusing (and unpausing) if it does not, unless the order forces data
-//! loss (with the old master gone, the furthest replica of its stream, in any region, stands in
+//! (`CLIENT PAUSE WRITE`, renewed every [`PAUSE_RENEW_MS`] until it is a replica), read its
+//! final offset and wait at most `promote_lag_max_ms` for the candidate to reach it, refusing
+//! (and unpausing) if it does not, unless the order forces data loss (with the old master gone, the furthest replica of its stream, in any region, stands in
 //! for its final offset); `REPLICAOF NO ONE` on the candidate and the record written (a script that never lowers
 //! it); the old master becomes a replica of the new one (`REPLICAOF`, then `CLIENT UNPAUSE`);
 //! every other server is pointed at the new master. A master that was cut off and comes back is
@@ -35,7 +35,7 @@ pub const INFO_BYTES_MAX: usize = 64 * 1024;
 /// time it is renewed): the old master stays paused until it is a replica however long the
 /// steps after the catch-up take, and no longer than this after a run that stops.
 pub const PAUSE_MARGIN_MS: u64 = 10_000;
-/// How often the old master's pause is renewed while the promotion runs ([`PauseKeeper`]).
+/// How often the old master's pause is renewed while the promotion runs.
 pub const PAUSE_RENEW_MS: u64 = 1_000;
 /// How long a repointed server gets to link up with its new master (or start a full
 /// resynchronisation), and how often it is looked at meanwhile.
