@@ -169,11 +169,51 @@ def test_rsync_to_a_real_daemon_copies_what_the_standby_lacks_and_keeps_its_extr
     assert result.returncode == 0 and synced["copied_objects"] == 0, synced
     assert newer.read_bytes() == b"edited on the standby"
 
-    # delete = true (opt-in) removes what the sender no longer has.
+    # delete = true (opt-in) removes what the sender deleted since the last complete sync, and
+    # nothing else: the first run has no record of one yet, so it deletes nothing and writes it.
     deleting = rsync_config(tmp_path, us, daemon_url, extra="delete = true", name="deleting.toml")
     result, [synced] = media("sync", deleting)
+    assert result.returncode == 0 and synced["deleted_objects"] == 0, synced
+    assert "no record of a complete sync" in synced["note"], synced
+    assert (us / ".switchyard-media-synced").exists() and (eu / ".switchyard-media-synced").exists()
+    (us / "wysiwyg/banner.webp").unlink()
+    result, [synced] = media("sync", deleting)
     assert result.returncode == 0 and synced["deleted_objects"] == 1, synced
-    assert not (eu / "only-on-the-standby.jpg").exists()
+    assert not (eu / "wysiwyg/banner.webp").exists()
+    assert (eu / "only-on-the-standby.jpg").read_bytes() == b"kept", "never on both sides: not deleted"
+    assert "kept 1 entries the receiver holds" in synced["note"], synced
+    result, [lag] = media("lag", deleting)
+    assert lag["lag"]["objects"] == 0, "the record is neither copied nor counted"
+
+
+def test_rsync_failback_with_delete_keeps_the_uploads_the_old_region_could_not_copy(tmp_path, rsync_daemon):
+    """us is active and synced to eu (delete = true). us takes an upload, then fails and the
+    copy at the failover cannot run; eu takes uploads and deletes one of the synced files. At
+    the failback eu -> us deletes what eu deleted, and keeps us's upload, which was never on
+    both sides (before, rsync --delete removed it: the upload was lost)."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    us.mkdir()
+    files = shop_media(us)
+    config = rsync_config(tmp_path, us, daemon_url, extra="delete = true")
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0 and synced["copied_objects"] == len(files), synced
+    (us / "2026/12/uploaded-just-before-the-outage.jpg").write_bytes(b"only in us")
+    (eu / "2026/12/uploaded-during-the-outage.jpg").write_bytes(b"made in eu")
+    (eu / "catalog/product/c/d/cd-hat.png").unlink()
+    (eu / "catalog/product/c/d").rmdir()
+    result, [back] = media("sync", config, "--from", "eu")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert (us / "2026/12/uploaded-just-before-the-outage.jpg").read_bytes() == b"only in us"
+    assert (us / "2026/12/uploaded-during-the-outage.jpg").read_bytes() == b"made in eu"
+    assert not (us / "catalog/product/c/d/cd-hat.png").exists(), "deleted in eu after the last sync"
+    assert back["deleted_objects"] == 2, back  # the file and its folder
+    assert "kept 1 entries" in back["note"], back
+    # The next sync us -> eu brings the kept upload over; nothing is deleted in eu.
+    result, [forward] = media("sync", config)
+    assert result.returncode == 0 and forward["deleted_objects"] == 0, forward
+    assert (eu / "2026/12/uploaded-just-before-the-outage.jpg").read_bytes() == b"only in us"
+    assert (eu / "2026/12/uploaded-during-the-outage.jpg").read_bytes() == b"made in eu"
 
 
 def test_one_rsync_run_stays_within_objects_per_run_max(tmp_path, rsync_daemon):
@@ -198,9 +238,15 @@ def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemo
     daemon_url, eu = rsync_daemon
     us = tmp_path / "us"
     us.mkdir()
-    (us / "new.jpg").write_bytes(b"new")
     for i in range(3):
-        (eu / f"removed-{i}.jpg").write_bytes(b"old")
+        (us / f"removed-{i}.jpg").write_bytes(b"old")
+    # A complete sync first: only what both sides held then is ever deleted.
+    setup = rsync_config(tmp_path, us, daemon_url, extra="delete = true", name="setup.toml")
+    result, [synced] = media("sync", setup)
+    assert result.returncode == 0 and synced["copied_objects"] == 3, synced
+    for i in range(3):
+        (us / f"removed-{i}.jpg").unlink()
+    (us / "new.jpg").write_bytes(b"new")
     config = rsync_config(tmp_path, us, daemon_url, extra="delete = true\nobjects_per_run_max = 2")
     result, [first] = media("sync", config)
     assert result.returncode == 0, result.stderr + result.stdout
@@ -210,7 +256,7 @@ def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemo
     result, [second] = media("sync", config)
     assert result.returncode == 0, result.stderr + result.stdout
     assert (second["copied_objects"], second["deleted_objects"], second["limited"]) == (0, 2, None), second
-    assert sorted(p.name for p in eu.iterdir()) == ["new.jpg"]
+    assert sorted(p.name for p in eu.iterdir()) == [".switchyard-media-synced", "new.jpg"]
 
 
 def test_rsync_deletes_nothing_from_an_empty_source_and_copies_no_symlink_leaving_the_tree(tmp_path, rsync_daemon):
@@ -230,12 +276,13 @@ def test_rsync_deletes_nothing_from_an_empty_source_and_copies_no_symlink_leavin
     assert "holds no files" in synced["note"], synced
     assert sorted(p.name for p in eu.glob("photo-*")) == [f"photo-{i}.jpg" for i in range(3)]
 
-    # With files, delete works as asked.
+    # With files, the copy runs; the standby's own photos were never on both sides, so they stay.
     (us / "catalog/a.jpg").write_bytes(b"a")
     result, [synced] = media("sync", config)
     assert result.returncode == 0, result.stderr + result.stdout
-    assert synced["deleted_objects"] == 3 and synced["copied_objects"] == 1, synced
+    assert synced["deleted_objects"] == 0 and synced["copied_objects"] == 1, synced
     assert (eu / "catalog/a.jpg").read_bytes() == b"a"
+    assert sorted(p.name for p in eu.glob("photo-*")) == [f"photo-{i}.jpg" for i in range(3)]
 
     # Symlinks out of the tree are not copied, one inside is (between two local folders: an
     # rsync daemon without chroot munges every symlink anyway).

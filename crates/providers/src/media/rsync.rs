@@ -5,7 +5,13 @@
 //! points outside the tree), permissions and times kept, and `--update`, so a file that is
 //! newer on the receiver is never overwritten (a stale controller's copy loses nothing).
 //! `--delete` only with `delete = true`, and never when the sender lists no file at all (an
-//! unmounted folder would empty the receiver). The lag is the same
+//! unmounted folder would empty the receiver). Deletions remove only what both sides held after
+//! the last complete sync between them and the sender no longer has: each complete sync with
+//! `delete = true` records the sender's entries in [`SYNCED_LIST_NAME`] on both sides, and a
+//! later run protects (`P` filter rules) every file the receiver holds outside that record — an
+//! upload made there that never reached the other side (the old active region's uploads from
+//! before a failover it could not copy, at the failback). Without a record nothing is deleted.
+//! The lag is the same
 //! command with `--dry-run --itemize-changes --stats`; its `--out-format=%i|%l|%M|%n` lines name
 //! each file rsync would send, its size and its modification time (printed in UTC: the child
 //! runs with `TZ=UTC`). A run over `objects_per_run_max` or `bytes_per_run_max` copies the
@@ -37,6 +43,12 @@ pub const CONNECT_TIMEOUT_SECONDS: u64 = 10;
 pub const MAX_DELETE_NOTE: &str = "deletions stopped at objects_per_run_max (rsync --max-delete)";
 /// Bytes of rsync's stderr kept for an error message (its end).
 pub const STDERR_BYTES_MAX: usize = 2048;
+/// The record, at the top of each location, of the entries both sides held after the last
+/// complete sync with `delete = true` (one path per line, as rsync prints them). Never copied,
+/// never deleted, never counted in the lag (`--exclude`).
+pub const SYNCED_LIST_NAME: &str = ".switchyard-media-synced";
+/// The record's first line.
+const SYNCED_LIST_HEADER: &str = "# switchyard media_sync v1: entries both sides held after the last complete sync";
 
 /// Settings shared by both ends.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -155,6 +167,12 @@ pub struct Listing {
     pub sample: Vec<String>,
     /// `*deleting` lines.
     pub deletions: u64,
+    /// Their paths (all: the run's `lines_max` bounds them).
+    pub deleting: Vec<String>,
+    /// With `collect_names`: every entry rsync itemized (files, folders, symlinks), as the
+    /// sender's full listing when the receiver is an empty folder.
+    pub collect_names: bool,
+    pub names: Vec<String>,
     /// "Total transferred file size" of `--stats`, if printed.
     pub stats_bytes: Option<u64>,
     /// "Number of files" of `--stats` (the sender's file list, folders included) and how many
@@ -220,16 +238,23 @@ impl Listing {
             self.stats_bytes = digits.parse().ok();
             return;
         }
-        if line.starts_with("*deleting") {
-            self.deletions += 1;
-            return;
-        }
         let mut parts = line.splitn(4, '|');
         let (Some(item), Some(length), Some(time), Some(name)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
+            if line.starts_with("*deleting") {
+                self.deletions += 1;
+            }
             return;
         };
+        if item.starts_with("*deleting") {
+            self.deletions += 1;
+            self.deleting.push(name.to_string());
+            return;
+        }
+        if self.collect_names && name != "./" && !name.is_empty() {
+            self.names.push(name.to_string());
+        }
         let mut flags = item.chars();
         let (update, kind) = (flags.next(), flags.next());
         if matches!(update, Some('<' | '>')) && kind == Some('f') {
@@ -335,8 +360,16 @@ fn common_args(source: &Endpoint, target: &Endpoint, options: &Options) -> Vec<S
         "--itemize-changes".to_string(),
         "--out-format=%i|%l|%M|%n".to_string(),
         "--stats".to_string(),
+        // The record of what both sides held is neither copied nor deleted.
+        format!("--exclude=/{SYNCED_LIST_NAME}"),
     ];
-    let transports = [source.transport, target.transport];
+    args.extend(transport_args(&[source.transport, target.transport], options));
+    args
+}
+
+/// The arguments that reach the locations: the daemon's connect timeout and password, SSH.
+fn transport_args(transports: &[Transport], options: &Options) -> Vec<String> {
+    let mut args = Vec::new();
     if transports.contains(&Transport::Daemon) {
         args.push(format!("--contimeout={CONNECT_TIMEOUT_SECONDS}"));
         if let Some(file) = &options.password_file {
@@ -357,6 +390,7 @@ async fn run(
     lines_max: u64,
     input: Option<String>,
     keep_files: usize,
+    collect_names: bool,
 ) -> Result<(Listing, Option<String>), Failure> {
     let mut child = tokio::process::Command::new("rsync")
         .args(args)
@@ -402,6 +436,7 @@ async fn run(
     });
     let mut listing = Listing {
         keep_max: Some(keep_files),
+        collect_names,
         ..Listing::default()
     };
     let mut lines_seen = 0u64;
@@ -458,11 +493,183 @@ pub async fn measure(
     }
     args.push(source.text.clone());
     args.push(target.text.clone());
-    let (listing, _) = run(&args, limits.objects_listed_max.saturating_add(64), None, keep_files).await?;
+    let (listing, _) = run(
+        &args,
+        limits.objects_listed_max.saturating_add(64),
+        None,
+        keep_files,
+        false,
+    )
+    .await?;
     Ok(Measure {
         lag: listing.lag(now_s()),
         listing,
     })
+}
+
+/// The sender's full listing: every entry a copy into an empty folder would create.
+async fn list_all(source: &Endpoint, options: &Options, limits: &Limits) -> Result<Vec<String>, Failure> {
+    let empty =
+        tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
+    let target = Endpoint {
+        text: format!("{}/", empty.path().display()),
+        transport: Transport::Local,
+    };
+    let mut args = common_args(source, &target, options);
+    args.push("--dry-run".into());
+    args.push(source.text.clone());
+    args.push(target.text.clone());
+    let (listing, _) = run(&args, limits.objects_listed_max.saturating_add(64), None, 0, true).await?;
+    Ok(listing.names)
+}
+
+/// Runs rsync for one small file (the record); its exit code and the end of its stderr.
+async fn run_plain(args: &[String]) -> Result<(Option<i32>, String), Failure> {
+    let output = tokio::process::Command::new("rsync")
+        .args(args)
+        .env("TZ", "UTC")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|error| Failure::Retryable(format!("cannot start rsync: {error}")))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail_start = stderr.len().saturating_sub(STDERR_BYTES_MAX);
+    let tail = stderr.get(tail_start..).unwrap_or_default().to_string();
+    Ok((output.status.code(), tail))
+}
+
+/// The record of what both sides held ([`SYNCED_LIST_NAME`]) at `at`; `None` when there is none.
+pub async fn read_synced(
+    at: &Endpoint,
+    options: &Options,
+    limits: &Limits,
+) -> Result<Option<std::collections::HashSet<String>>, Failure> {
+    let dir = tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
+    let local = dir.path().join("synced");
+    let mut args = vec![format!("--timeout={IO_TIMEOUT_SECONDS}")];
+    args.extend(transport_args(&[at.transport], options));
+    args.push(format!("{}{SYNCED_LIST_NAME}", at.text));
+    args.push(local.display().to_string());
+    let (code, stderr) = run_plain(&args).await?;
+    if code == Some(23) && stderr.contains("No such file or directory") {
+        return Ok(None);
+    }
+    exit_failure(code, &stderr)?;
+    let bytes_max = limits.objects_listed_max.saturating_mul(4096);
+    let size = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0);
+    if size > bytes_max {
+        return Err(Failure::Retryable(format!(
+            "{}{SYNCED_LIST_NAME} is {size} bytes, more than objects_listed_max allows ({bytes_max}); delete it (the next complete sync writes it again, deleting nothing until then)",
+            at.text
+        )));
+    }
+    let text = std::fs::read_to_string(&local).map_err(|e| {
+        Failure::Retryable(format!(
+            "{}{SYNCED_LIST_NAME} is unreadable ({e}); delete it (the next complete sync writes it again)",
+            at.text
+        ))
+    })?;
+    let mut lines = text.lines();
+    if lines.next() != Some(SYNCED_LIST_HEADER) {
+        return Err(Failure::Retryable(format!(
+            "{}{SYNCED_LIST_NAME} is not a media_sync record; delete it (the next complete sync writes it again)",
+            at.text
+        )));
+    }
+    Ok(Some(
+        lines.filter(|line| !line.is_empty()).map(str::to_string).collect(),
+    ))
+}
+
+/// Writes the record of what both sides hold at `at`.
+pub async fn write_synced(at: &Endpoint, names: &[String], options: &Options) -> Result<(), Failure> {
+    let dir = tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
+    let local = dir.path().join("synced");
+    let mut text = String::with_capacity(names.iter().map(|n| n.len() + 1).sum::<usize>() + 128);
+    text.push_str(SYNCED_LIST_HEADER);
+    text.push('\n');
+    for name in names {
+        text.push_str(name);
+        text.push('\n');
+    }
+    std::fs::write(&local, text).map_err(|e| Failure::Retryable(format!("cannot write the record: {e}")))?;
+    let mut args = vec![format!("--timeout={IO_TIMEOUT_SECONDS}")];
+    args.extend(transport_args(&[at.transport], options));
+    args.push(local.display().to_string());
+    args.push(format!("{}{SYNCED_LIST_NAME}", at.text));
+    let (code, stderr) = run_plain(&args).await?;
+    exit_failure(code, &stderr)?;
+    Ok(())
+}
+
+/// A path rsync printed, as a filter rule pattern that matches exactly it from the top of the
+/// transfer (`/path`, a folder's with its `/`); `None` when no rule can (a name rsync printed
+/// escaped, `\#ooo`, or with whitespace at either end).
+pub fn exact_rule_pattern(path: &str) -> Option<String> {
+    if path.is_empty() || path.contains("\\#") || path.trim() != path || path.contains('\n') {
+        return None;
+    }
+    // Backslashes escape only in a pattern with a wildcard character, and then every one of
+    // `*?[` and `\` must be escaped to be literal.
+    let pattern = if path.contains(['*', '?', '[']) {
+        let mut escaped = String::with_capacity(path.len() + 8);
+        for c in path.chars() {
+            if matches!(c, '*' | '?' | '[' | '\\') {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        escaped
+    } else {
+        path.to_string()
+    };
+    Some(format!("/{pattern}"))
+}
+
+/// What a run with `delete = true` may delete: the receiver's entries the sender lacks that
+/// both sides held at the last complete sync (`synced`); the rest are protected, with every
+/// folder above a protected entry. Returns (to delete, protect rules), or `Err` with the path
+/// no rule can protect.
+pub fn split_deletions(
+    deleting: &[String],
+    synced: &std::collections::HashSet<String>,
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let mut delete = Vec::new();
+    let mut keep: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for path in deleting {
+        if synced.contains(path) {
+            delete.push(path.clone());
+        } else {
+            keep.insert(path.clone());
+        }
+    }
+    // A folder holding a kept entry stays (rsync would fail to remove it, non-empty).
+    let candidates: std::collections::HashSet<&str> = deleting.iter().map(String::as_str).collect();
+    let folders: Vec<String> = keep
+        .iter()
+        .flat_map(|path| {
+            let trimmed = path.trim_end_matches('/');
+            trimmed
+                .char_indices()
+                .filter(|(_, c)| *c == '/')
+                .map(|(i, _)| format!("{}/", &trimmed[..i]))
+                .filter(|folder| candidates.contains(folder.as_str()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    keep.extend(folders);
+    delete.retain(|path| !keep.contains(path));
+    let rules = keep
+        .iter()
+        .map(|path| {
+            exact_rule_pattern(path)
+                .map(|pattern| format!("P {pattern}"))
+                .ok_or_else(|| path.clone())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((delete, rules))
 }
 
 pub async fn sync(
@@ -474,12 +681,21 @@ pub async fn sync(
 ) -> Result<SyncReport, Failure> {
     // One file more than a run may copy tells whether the limit cuts it short.
     let keep = usize::try_from(limits.objects_per_run_max.saturating_add(1)).unwrap_or(usize::MAX);
+    // With delete: what the sender holds before the copy, which both sides hold after a
+    // complete one (the record written at the end).
+    let sender_entries = if delete {
+        Some(list_all(source, options, limits).await?)
+    } else {
+        None
+    };
     let before = measure(source, target, delete, options, limits, keep).await?;
     let (chosen, limited) = within_limits(&before.listing.files, limits);
     let mut deletions_limited = false;
     let mut args = common_args(source, target, options);
     let mut files_from = None;
-    let mut note_empty_source = None;
+    let mut notes: Vec<String> = Vec::new();
+    // Holds the protect rules' file until rsync has read it.
+    let mut rules_dir = None;
     if limited.is_some() {
         // Only the chosen files (on rsync's stdin: no file of ours anywhere), and no deletion
         // this time.
@@ -489,38 +705,84 @@ pub async fn sync(
         // The sender lists no file at all while the receiver holds some: an unmounted mount
         // point or an emptied folder, far likelier than every upload deleted. Copy, delete
         // nothing, and say so.
-        note_empty_source = Some(format!(
+        notes.push(format!(
             "the source {} holds no files (not mounted? wrong path?): nothing deleted of the {} files the receiver holds",
             source.text, before.listing.deletions
         ));
-    } else if delete {
-        // Deletions count against the same objects_per_run_max as the copies. The dry run
-        // counted them: an rsync daemon receiving keeps its exit code 25 to itself.
-        let budget = limits.objects_per_run_max.saturating_sub(chosen.len() as u64);
-        args.push("--delete".into());
-        args.push(format!("--max-delete={budget}"));
-        deletions_limited = before.listing.deletions > budget;
+    } else if delete && before.listing.deletions > 0 {
+        let candidates = &before.listing.deleting;
+        match read_synced(target, options, limits).await? {
+            None => notes.push(format!(
+                "nothing deleted: {} has no record of a complete sync yet ({SYNCED_LIST_NAME}; this run writes it), so its {} files the sender lacks may be its own uploads",
+                target.text, before.listing.deletions
+            )),
+            Some(synced) => match split_deletions(candidates, &synced) {
+                Err(path) => notes.push(format!(
+                    "nothing deleted: the receiver's {path:?} is not in the record of the last sync and its name cannot be protected by an rsync rule; rename or remove it by hand"
+                )),
+                Ok((to_delete, rules)) => {
+                    if !rules.is_empty() {
+                        notes.push(format!(
+                            "kept {} entries the receiver holds that were not on both sides at the last complete sync (its own uploads, never copied to the sender): delete removes only what the sender deleted",
+                            rules.len()
+                        ));
+                    }
+                    if !to_delete.is_empty() {
+                        // Deletions count against the same objects_per_run_max as the copies.
+                        // The dry run counted them: an rsync daemon receiving keeps its exit
+                        // code 25 to itself.
+                        let budget = limits.objects_per_run_max.saturating_sub(chosen.len() as u64);
+                        args.push("--delete".into());
+                        args.push(format!("--max-delete={budget}"));
+                        deletions_limited = to_delete.len() as u64 > budget;
+                        if !rules.is_empty() {
+                            let dir = tempfile::tempdir()
+                                .map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
+                            let file = dir.path().join("protect");
+                            std::fs::write(&file, rules.join("\n") + "\n")
+                                .map_err(|e| Failure::Retryable(format!("cannot write the protect rules: {e}")))?;
+                            args.push(format!("--filter=merge {}", file.display()));
+                            rules_dir = Some(dir);
+                        }
+                    }
+                }
+            },
+        }
     }
     args.push(source.text.clone());
     args.push(target.text.clone());
     let result = if limited.is_some() && chosen.is_empty() {
         Ok((Listing::default(), None))
     } else {
-        run(&args, limits.objects_listed_max.saturating_add(64), files_from, 0).await
+        run(
+            &args,
+            limits.objects_listed_max.saturating_add(64),
+            files_from,
+            0,
+            false,
+        )
+        .await
     };
-    let (done, mut note) = result?;
+    drop(rules_dir);
+    let (done, note) = result?;
     let mut limited = limited;
     if deletions_limited || note.as_deref() == Some(MAX_DELETE_NOTE) {
         limited = Some(format!("objects_per_run_max = {}", limits.objects_per_run_max));
     }
-    if note.as_deref() == Some(MAX_DELETE_NOTE) {
-        note = None;
+    if let Some(note) = note.filter(|n| n != MAX_DELETE_NOTE) {
+        notes.push(note);
     }
-    if let Some(empty) = note_empty_source {
-        note = Some(match note {
-            Some(other) => format!("{empty}; {other}"),
-            None => empty,
-        });
+    // A complete copy: both sides hold what the sender listed before it. Recorded on both, so
+    // the next run either way knows; a side it cannot be written to keeps its older record.
+    if let Some(entries) = sender_entries.filter(|_| limited.is_none())
+        && !before.listing.source_is_empty()
+    {
+        write_synced(target, &entries, options).await?;
+        if let Err(error) = write_synced(source, &entries, options).await {
+            notes.push(format!(
+                "the record of this sync was not written at the source ({error}); a run the other way deletes only what it knew before"
+            ));
+        }
     }
     let after = measure(source, target, false, options, limits, 0).await?;
     Ok(SyncReport {
@@ -529,6 +791,6 @@ pub async fn sync(
         deleted_objects: done.deletions,
         remaining: after.lag,
         limited,
-        note,
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
     })
 }

@@ -463,3 +463,70 @@ async fn an_s3_object_gone_between_listing_and_head_counts_as_missing() {
     assert_eq!((lag.objects, lag.bytes), (1, 10));
     assert_eq!(lag.sample, vec!["a.jpg"]);
 }
+
+#[test]
+fn only_entries_both_sides_held_are_deleted_and_the_rest_protected_with_their_folders() {
+    let synced: std::collections::HashSet<String> = ["gone.jpg", "old/", "old/h.jpg", "keep/"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    // rsync lists a folder's entries before the folder.
+    let deleting: Vec<String> = ["old/h.jpg", "old/upload.jpg", "old/", "gone.jpg", "mine.jpg"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let (delete, rules) = rsync::split_deletions(&deleting, &synced).expect("protectable");
+    assert_eq!(delete, ["old/h.jpg", "gone.jpg"], "old/ holds a kept upload: it stays");
+    assert_eq!(rules, ["P /mine.jpg", "P /old/", "P /old/upload.jpg"]);
+    let (delete, rules) = rsync::split_deletions(&deleting, &Default::default()).expect("protectable");
+    assert!(delete.is_empty(), "nothing recorded: nothing deleted");
+    assert_eq!(rules.len(), deleting.len());
+    let escaped = vec!["nl\\#012x".to_string()];
+    assert_eq!(
+        rsync::split_deletions(&escaped, &synced),
+        Err("nl\\#012x".to_string()),
+        "a name rsync printed escaped cannot be protected"
+    );
+}
+
+#[test]
+fn rule_patterns_match_exactly_one_path() {
+    assert_eq!(rsync::exact_rule_pattern("a/b c.jpg").as_deref(), Some("/a/b c.jpg"));
+    assert_eq!(rsync::exact_rule_pattern("dir/").as_deref(), Some("/dir/"));
+    assert_eq!(
+        rsync::exact_rule_pattern("we ird*[1]?.jpg").as_deref(),
+        Some("/we ird\\*\\[1]\\?.jpg")
+    );
+    assert_eq!(
+        rsync::exact_rule_pattern("back\\slash*.jpg").as_deref(),
+        Some("/back\\\\slash\\*.jpg")
+    );
+    assert_eq!(
+        rsync::exact_rule_pattern("back\\slash.jpg").as_deref(),
+        Some("/back\\slash.jpg")
+    );
+    for unprotectable in ["", " lead.jpg", "trail.jpg ", "esc\\#012aped"] {
+        assert_eq!(rsync::exact_rule_pattern(unprotectable), None, "{unprotectable:?}");
+    }
+}
+
+#[test]
+fn deletion_lines_are_named_and_a_full_listing_collects_every_entry() {
+    let mut listing = rsync::Listing {
+        collect_names: true,
+        ..Default::default()
+    };
+    for line in [
+        "*deleting  |0|1970/01/01-00:00:00|old/h",
+        "*deleting  |0|1970/01/01-00:00:00|old/",
+        ">f+++++++++|2|2026/12/05-11:54:31|f1",
+        "cd+++++++++|4096|2026/12/05-11:54:31|sub/",
+        "cd+++++++++|4096|2026/12/05-11:54:31|./",
+    ] {
+        listing.line(line);
+    }
+    assert_eq!(listing.deletions, 2);
+    assert_eq!(listing.deleting, ["old/h", "old/"]);
+    assert_eq!(listing.names, ["f1", "sub/"]);
+    assert_eq!(listing.counted, 1);
+}
