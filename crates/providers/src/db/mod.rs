@@ -29,7 +29,8 @@ pub const PROMOTE_LAG_MS_DEFAULT: u64 = 5_000;
 /// Largest `promote_lag_max_ms` accepted (the step waits this long at most to catch up).
 pub const PROMOTE_LAG_MS_MAX: u64 = 300_000;
 /// What a run needs beyond `promote_lag_max_ms` (surveys, fencing, promotion, rejoins, each
-/// bounded by the timeouts above; MySQL's relay-log drain, `mysql::RELAY_DRAIN_MS`): the step's `timeout_ms` must leave at least this much.
+/// bounded by the timeouts above), besides each step's own waits (MySQL's relay-log drain,
+/// `mysql::RELAY_DRAIN_MS`): the step's `timeout_ms` must leave at least this much.
 pub const STEP_OVERHEAD_MS: u64 = 10_000;
 /// Notes kept in one outcome line; the rest are counted.
 pub const NOTES_MAX: usize = 16;

@@ -109,10 +109,10 @@ struct Inner {
     tls: Option<super::tls::Tls>,
 }
 
-// No waits beyond the catch-up (the relay-log drain after it, [`RELAY_DRAIN_MS`] at most past
-// it, is part of STEP_OVERHEAD_MS): a run cut between fencing and promoting would leave the old
-// primary read-only with nobody writable.
-promote_step!(MysqlPromote, survey by inspect, waits |_inner| 0);
+// Beyond the catch-up, the relay-log drain after it ([`RELAY_DRAIN_MS`] at most past it): a
+// run cut between fencing and promoting would leave the old primary read-only with nobody
+// writable.
+promote_step!(MysqlPromote, survey by inspect, waits |_inner| RELAY_DRAIN_MS);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
