@@ -41,7 +41,10 @@ pub use pitr::{
     ENV_PITR_RESTORABLE_LAG_MS, ENV_PITR_UNDO_BYTES_MAX, PITR_TRIM_ENTRIES_PER_SWEEP_MAX, PitrLimitKeys, PitrLimits,
     PitrView,
 };
-pub use recovery::{EngineOptions, OpenReport, REPAIR_CACHE_BYTES, WriterState, WriterStatus};
+pub use recovery::{
+    COMPACT_RELEASE_MS, CompactError, CompactReport, EngineOptions, OpenReport, REPAIR_CACHE_BYTES, WriterState,
+    WriterStatus, compact,
+};
 pub(crate) use streams::stream_key as stream_key_of;
 pub use streams::{ShardMeta, ShardRead, StreamMeta, render_stored_stream_entry};
 use wal::{Appended, LoggedTable, LoggedTxn, Wal};

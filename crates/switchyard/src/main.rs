@@ -216,6 +216,12 @@ struct StoreArgs {
     /// anywhere else, pass --credentials.
     #[arg(long)]
     trusted_network: bool,
+    /// Compact the database file and exit, without serving: the space of deleted items and
+    /// tables goes back to the filesystem (the file never shrinks while the store runs; freed
+    /// space is reused inside it). Stop the store first; it replays its write-ahead log and
+    /// checkpoints before compacting, so nothing is lost, also at a full disk.
+    #[arg(long)]
+    compact: bool,
     /// Bytes of replication log kept for a peer that is behind (a number with B, KiB, MiB, GiB
     /// or TiB). An alarm shows in /health at 80 %; past it the log is trimmed and the peer is
     /// repaired by anti-entropy when it returns [default: 1GiB].
@@ -513,7 +519,11 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     };
     let ready_file = args.ready_file.clone();
     let trusted_network = args.trusted_network;
+    let compact = args.compact;
     let args = store::settings::Settings::merge(file, args.overrides())?;
+    if compact {
+        return compact_store(&args).await;
+    }
     let credentials = match &args.credentials {
         Some(path) => {
             let text =
@@ -591,6 +601,40 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     .await
     .context("serve the API")?;
     tracing::info!("store stopped");
+    Ok(())
+}
+
+/// `switchyard store --compact`.
+async fn compact_store(args: &store::settings::Settings) -> anyhow::Result<()> {
+    let path = args.data_dir.join("store.redb");
+    eprintln!("compacting {} (the store must not be running)...", path.display());
+    let report = store::engine::compact(
+        &args.data_dir,
+        &args.region,
+        store::engine::EngineOptions {
+            // No watermark and no reserve: compacting is how a full disk gets space back.
+            disk: store::disk::DiskSettings {
+                free_bytes_min: Some(0),
+                reserve_bytes: 0,
+            },
+            faults: None,
+            backup_dir: args.backup_dir.clone(),
+            cache_bytes: usize::try_from(args.cache_bytes).ok(),
+            no_idle_checkpoints: true,
+            write_ahead_log: args.write_ahead_log,
+        },
+    )
+    .await
+    .with_context(|| format!("compact {}", path.display()))?;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "compacted {}: {:.1} MiB -> {:.1} MiB ({:.1} MiB given back to the filesystem) in {:.1} s",
+        path.display(),
+        mib(report.bytes_before),
+        mib(report.bytes_after),
+        mib(report.bytes_before.saturating_sub(report.bytes_after)),
+        report.took_ms as f64 / 1000.0
+    );
     Ok(())
 }
 

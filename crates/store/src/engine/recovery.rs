@@ -9,6 +9,7 @@
 //! `/health` says `degraded` with the error. The disk reserve is released before each attempt
 //! so the repair finds room on a full disk.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -761,3 +762,108 @@ mod tests {
         assert_eq!(reopen_backoff_ms(u32::MAX), REOPEN_BACKOFF_MAX_MS);
     }
 }
+
+/// How long [`compact`] waits for the closed engine's last handles (its writer thread, the
+/// checkpoint thread) to let go of the file.
+pub const COMPACT_RELEASE_MS: u64 = 30_000;
+
+/// What [`compact`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactReport {
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub took_ms: u64,
+}
+
+/// Why [`compact`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    #[error("{0}")]
+    Open(#[from] super::OpenError),
+    #[error(
+        "the last checkpoint before compacting did not commit (the disk below its watermark, or an I/O error): nothing was compacted; free some space on the filesystem and run it again"
+    )]
+    Checkpoint,
+    #[error(
+        "the store's file {path} is still open {waited_ms} ms after it was closed: is a `switchyard store` running on this data directory? Stop it first"
+    )]
+    StillOpen { path: PathBuf, waited_ms: u64 },
+    #[error(
+        "cannot compact {path}: {message}; nothing was lost (a compaction stopped midway is finished or undone by the next open)"
+    )]
+    Compaction { path: PathBuf, message: String },
+}
+
+/// Compacts the store in `data_dir` offline: opens it as `switchyard store` would (replaying
+/// the write-ahead log, repairing after a crash), closes it with a checkpoint, then has redb
+/// move the live pages to the front of the file and shorten it, so the space of deleted items
+/// and tables goes back to the filesystem (redb reuses freed pages but never shrinks its file
+/// on its own). The store must not be running: its open database is refused.
+pub async fn compact(
+    data_dir: &std::path::Path,
+    region: &str,
+    options: EngineOptions,
+) -> Result<CompactReport, CompactError> {
+    let path = data_dir.join("store.redb");
+    let started = Instant::now();
+    let cache_bytes = options.cache_bytes;
+    let engine = super::Engine::open_with(data_dir, region, Arc::new(crate::SystemClock), options)?;
+    let closed = engine.close().await;
+    drop(engine);
+    if !closed {
+        return Err(CompactError::Checkpoint);
+    }
+    let bytes_before = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_millis(COMPACT_RELEASE_MS);
+    let db = loop {
+        let mut builder = Database::builder();
+        if let Some(bytes) = cache_bytes {
+            builder.set_cache_size(bytes);
+        }
+        // The close's checkpoint saved the allocator state: nothing to repair.
+        builder.set_repair_callback(|session| session.abort());
+        match builder.create(&path) {
+            Ok(db) => break db,
+            Err(DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(CompactError::StillOpen {
+                    path,
+                    waited_ms: COMPACT_RELEASE_MS,
+                });
+            }
+            Err(error) => {
+                return Err(CompactError::Compaction {
+                    path,
+                    message: error.to_string(),
+                });
+            }
+        }
+    };
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut db = db;
+        // One pass moves what it can; a further pass may shorten the file more.
+        let mut passes = 0;
+        while passes < COMPACT_PASSES_MAX && db.compact().map_err(|error| error.to_string())? {
+            passes += 1;
+        }
+        drop(db);
+        Ok::<(), String>(())
+    })
+    .await
+    .unwrap_or_else(|error| Err(format!("the compaction stopped: {error}")));
+    outcome.map_err(|message| CompactError::Compaction {
+        path: path.clone(),
+        message,
+    })?;
+    let bytes_after = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    Ok(CompactReport {
+        bytes_before,
+        bytes_after,
+        took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// Compaction passes at most (redb's `compact` returns whether it moved anything).
+const COMPACT_PASSES_MAX: u32 = 8;

@@ -875,6 +875,7 @@ mod decoder_fuzz {
 
 mod backups;
 mod clock_hold;
+mod compact;
 mod crash;
 mod disk;
 mod global;
