@@ -144,56 +144,57 @@ impl Replication {
                 },
             );
         // Tell the peer when its own database lacks replicas listed here: it cannot know by
-        // itself (a wiped data directory looks like a fresh install).
-        let mut answer = MarkAnswer::default();
-        if let Some((since, mut tables)) = self.tables_missing_at(&source) {
-            tables.truncate(MISSING_HERE_TABLES_MAX);
-            let missing = MissingHere { since, tables };
-            // The request authenticated, so its date header parses.
-            let date_ms = headers
-                .get(DATE_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or_default();
-            let payload = serde_json::to_vec(&missing).expect("a list of tables serialises");
-            answer.signature = Some(sign(
-                &self.config.key,
-                &self.region,
-                &source,
-                MARK_ANSWER_PATH,
-                date_ms,
-                &payload,
-            ));
-            answer.replicas_missing_here = Some(missing);
-        }
+        // itself (a wiped data directory looks like a fresh install). The answer is signed
+        // whether or not it lists any: an unsigned "nothing missing" would let anyone on the
+        // path strip the claim and hide the wipe.
+        let mut answer = MarkAnswer {
+            replicas_missing_here: self.tables_missing_at(&source).map(|(since, mut tables)| {
+                tables.truncate(MISSING_HERE_TABLES_MAX);
+                MissingHere { since, tables }
+            }),
+            signature: None,
+        };
+        // The request authenticated, so its date header parses.
+        let date_ms = headers
+            .get(DATE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_default();
+        answer.signature = Some(sign(
+            &self.config.key,
+            &self.region,
+            &source,
+            MARK_ANSWER_PATH,
+            date_ms,
+            &mark_answer_payload(&answer.replicas_missing_here),
+        ));
         Ok(serde_json::to_value(answer).expect("a mark answer serialises"))
     }
 
     /// Takes a peer's answer to this region's mark: what it says this region's database lacks
-    /// replaces what it said before (an answer without it clears it; a body that is not a mark
-    /// answer, from a build before them, changes nothing).
+    /// replaces what it said before (a signed answer without it clears it). Only an answer
+    /// signed by the peer for this mark counts, the claim and its absence alike: an unsigned
+    /// one (forged, a claim stripped on the way, or a body from a build before them) or one
+    /// signed for another mark (replayed) changes nothing.
     fn take_mark_answer(&self, peer: &str, mark_date_ms: u64, body: &[u8]) {
         let Ok(answer) = serde_json::from_slice::<MarkAnswer>(body) else {
             return;
         };
-        // Only the peer can say this region lacks data (it fails this region's health): an
-        // answer whose signature does not verify for this mark is ignored, as a forgery.
-        if let Some(missing) = &answer.replicas_missing_here {
-            let payload = serde_json::to_vec(missing).expect("a list of tables serialises");
-            let signed = answer.signature.as_deref().is_some_and(|signature| {
-                verify(
-                    &self.config.key,
-                    (peer, &self.region),
-                    MARK_ANSWER_PATH,
-                    mark_date_ms,
-                    &payload,
-                    signature,
-                )
-            });
-            if !signed {
-                tracing::warn!(%peer, "an answer to this region's mark said replicas are missing here, without a valid signature for that mark; ignored (forged, replayed, or the replication keys differ)");
-                return;
+        let signed = answer.signature.as_deref().is_some_and(|signature| {
+            verify(
+                &self.config.key,
+                (peer, &self.region),
+                MARK_ANSWER_PATH,
+                mark_date_ms,
+                &mark_answer_payload(&answer.replicas_missing_here),
+                signature,
+            )
+        });
+        if !signed {
+            if answer.replicas_missing_here.is_some() || answer.signature.is_some() {
+                tracing::warn!(%peer, "an answer to this region's mark has no valid signature for that mark; ignored (forged, replayed, or the replication keys differ)");
             }
+            return;
         }
         let told = answer.replicas_missing_here.map(|mut missing| {
             missing.tables.truncate(MISSING_HERE_TABLES_MAX);
@@ -305,4 +306,10 @@ impl Replication {
             .expect("watermark lock is never poisoned")
             .on_applied(source, through);
     }
+}
+
+/// What a mark answer's signature covers: the JSON of `replicas_missing_here`, `null` when the
+/// answerer lists nothing missing (so "nothing missing" is signed too).
+fn mark_answer_payload(missing: &Option<MissingHere>) -> Vec<u8> {
+    serde_json::to_vec(missing).expect("a list of tables serialises")
 }

@@ -1400,8 +1400,12 @@ async fn a_peers_new_database_is_recorded_and_a_replayed_old_mark_changes_nothin
 /// How the stand-in eu-west-1 answers the lone region's marks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MarkAnswerMode {
-    /// `{}`: nothing missing.
+    /// Nothing missing, signed for this mark.
     Nothing,
+    /// `{}`: nothing missing, unsigned (a claim stripped on the way, hiding a wipe).
+    UnsignedNothing,
+    /// Nothing missing, signed for a mark signed a millisecond earlier (a replayed clearance).
+    NothingForAnotherMark,
     /// The claim that `carts` is missing here, without a signature.
     Unsigned,
     /// The claim, signed for a mark signed a millisecond earlier (a replayed answer).
@@ -1428,19 +1432,22 @@ async fn mark_answerer(
                     .expect("a signed mark has a date");
                 let missing = json!({"since": 1, "tables": ["carts"]});
                 let payload = serde_json::to_vec(&missing).expect("serialize");
-                let sign = |date_ms: u64| {
+                let sign_payload = |date_ms: u64, payload: &[u8]| {
                     store::global::sign(
                         KEY,
                         "eu-west-1",
                         "us-east-1",
                         "answer:/replication/v1/mark",
                         date_ms,
-                        &payload,
+                        payload,
                     )
                 };
+                let sign = |date_ms: u64| sign_payload(date_ms, &payload);
                 let mode = *mode.lock().expect("lock");
                 let answer = match mode {
-                    MarkAnswerMode::Nothing => json!({}),
+                    MarkAnswerMode::Nothing => json!({"signature": sign_payload(date, b"null")}),
+                    MarkAnswerMode::UnsignedNothing => json!({}),
+                    MarkAnswerMode::NothingForAnotherMark => json!({"signature": sign_payload(date - 1, b"null")}),
                     MarkAnswerMode::Unsigned => json!({"replicas_missing_here": missing}),
                     MarkAnswerMode::SignedForAnotherMark => {
                         json!({"replicas_missing_here": missing, "signature": sign(date - 1)})
@@ -1459,7 +1466,8 @@ async fn mark_answerer(
 
 /// A peer's word that this region's database lacks its replicas fails this region's health,
 /// but only when the peer signed it for the mark it answers: an unsigned claim, or one signed
-/// for another mark (captured and replayed), changes nothing.
+/// for another mark (captured and replayed), changes nothing; nor does an unsigned or
+/// replayed word that nothing is missing clear it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_signed_answer_to_this_mark_says_replicas_are_missing_here() {
     let mode = Arc::new(std::sync::Mutex::new(MarkAnswerMode::Nothing));
@@ -1499,8 +1507,15 @@ async fn only_a_signed_answer_to_this_mark_says_replicas_are_missing_here() {
             && reason.contains("ReplicaUpdates"),
         "{reason}"
     );
+    // Nor does an unsigned or replayed "nothing missing" clear it: stripping the claim from
+    // the answers on the way would hide the wipe.
+    for forged in [MarkAnswerMode::UnsignedNothing, MarkAnswerMode::NothingForAnotherMark] {
+        answer_marks_with(forged).await;
+        let body = health().await;
+        assert_eq!(body["status"], "degraded", "{forged:?}: {body}");
+    }
     answer_marks_with(MarkAnswerMode::Nothing).await;
     let body = health().await;
-    assert_eq!(body["status"], "ready", "cleared by the next answer: {body}");
+    assert_eq!(body["status"], "ready", "cleared by the next signed answer: {body}");
     stop(&mut region).await;
 }
