@@ -112,6 +112,11 @@ pub struct View {
     /// `None`: the parameter does not exist.
     pub value: Option<String>,
     pub description: Option<String>,
+    /// The parameter's type and KMS key as DescribeParameters lists them: an overwrite sends
+    /// them back, so a `SecureString` under a customer key stays under that key (the
+    /// reference says a put without `KeyId` uses the account's default key).
+    pub kind: Option<String>,
+    pub key_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,6 +265,10 @@ impl SsmParameter {
             .description(written.description(&order.kind));
         if view.value.is_none() {
             put = put.r#type(aws_sdk_ssm::types::ParameterType::String);
+        } else if view.kind.as_deref() == Some("SecureString") {
+            put = put
+                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                .set_key_id(view.key_id.clone());
         }
         let version = put
             .send()
@@ -307,7 +316,7 @@ async fn read_view(client: &aws_sdk_ssm::Client, name: &str) -> Result<View, Fai
     // at the first page would read a parameter Switchyard fenced as one it never wrote.
     let mut token: Option<String> = None;
     let mut pages = 0;
-    let description = loop {
+    let (description, kind, key_id) = loop {
         let described = client
             .describe_parameters()
             .parameter_filters(filter.clone())
@@ -317,7 +326,11 @@ async fn read_view(client: &aws_sdk_ssm::Client, name: &str) -> Result<View, Fai
             .map_err(|e| aws::failure("SSM DescribeParameters", &e))?;
         pages += 1;
         if let Some(found) = described.parameters().iter().find(|p| p.name() == Some(name)) {
-            break found.description().map(String::from);
+            break (
+                found.description().map(String::from),
+                found.r#type().map(|t| t.as_str().to_string()),
+                found.key_id().map(String::from),
+            );
         }
         match described.next_token() {
             Some(next) if !next.is_empty() && pages < DESCRIBE_PAGES_MAX => token = Some(next.to_string()),
@@ -334,7 +347,12 @@ async fn read_view(client: &aws_sdk_ssm::Client, name: &str) -> Result<View, Fai
             }
         }
     };
-    Ok(View { value, description })
+    Ok(View {
+        value,
+        description,
+        kind,
+        key_id,
+    })
 }
 
 /// What `pointer watch --ssm-parameter` reads: the value, and the region and generation of the
@@ -423,6 +441,8 @@ mod tests {
 
     fn view(value: Option<&str>, written: Option<(u64, &str)>) -> View {
         View {
+            kind: None,
+            key_id: None,
             value: value.map(String::from),
             description: written.map(|(generation, region)| {
                 Written {

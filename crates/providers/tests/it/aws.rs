@@ -385,6 +385,43 @@ async fn ssm_parameter_puts_reads_back_and_fences() {
     );
 }
 
+/// A `SecureString` parameter under a customer key stays a `SecureString` under that key
+/// when the step overwrites it.
+#[tokio::test]
+async fn ssm_parameter_keeps_a_secure_strings_type_and_key() {
+    let moto = Moto::start();
+    let client = aws_sdk_ssm::Client::new(&sdk(&moto, "us-east-1").await);
+    client
+        .put_parameter()
+        .name("/shop/prod/AWS_REGION")
+        .value("us-east-1")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .key_id("alias/shop-config")
+        .send()
+        .await
+        .expect("the operator's parameter");
+    let step = ssm_step(&moto);
+    let moved = step.run(&order(2, "eu")).await.expect("overwrite");
+    assert!(moved.contains("set to eu-west-1"), "{moved}");
+    let read = client
+        .get_parameter()
+        .name("/shop/prod/AWS_REGION")
+        .with_decryption(true)
+        .send()
+        .await
+        .expect("get");
+    let parameter = read.parameter().expect("parameter");
+    assert_eq!(parameter.value(), Some("eu-west-1"));
+    assert_eq!(parameter.r#type(), Some(&aws_sdk_ssm::types::ParameterType::SecureString));
+    let described = client.describe_parameters().send().await.expect("describe");
+    let meta = described
+        .parameters()
+        .iter()
+        .find(|p| p.name() == Some("/shop/prod/AWS_REGION"))
+        .expect("listed");
+    assert_eq!(meta.key_id(), Some("alias/shop-config"));
+}
+
 #[tokio::test]
 async fn cloudwatch_lag_is_read_from_the_metrics_put() {
     use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
