@@ -412,7 +412,10 @@ async fn ssm_parameter_keeps_a_secure_strings_type_and_key() {
         .expect("get");
     let parameter = read.parameter().expect("parameter");
     assert_eq!(parameter.value(), Some("eu-west-1"));
-    assert_eq!(parameter.r#type(), Some(&aws_sdk_ssm::types::ParameterType::SecureString));
+    assert_eq!(
+        parameter.r#type(),
+        Some(&aws_sdk_ssm::types::ParameterType::SecureString)
+    );
     let described = client.describe_parameters().send().await.expect("describe");
     let meta = described
         .parameters()
