@@ -8,9 +8,11 @@
 //! unmounted folder would empty the receiver). Deletions remove only what both sides held after
 //! the last complete sync between them and the sender no longer has: each complete sync with
 //! `delete = true` records the sender's entries in [`SYNCED_LIST_NAME`] on both sides, and a
-//! later run protects (`P` filter rules) every file the receiver holds outside that record — an
-//! upload made there that never reached the other side (the old active region's uploads from
-//! before a failover it could not copy, at the failback). Without a record nothing is deleted.
+//! later run names each entry it may delete with an `R` (risk) filter rule and protects every
+//! other (`P *`): a file the receiver holds outside that record — an upload made there that
+//! never reached the other side (the old active region's uploads from before a failover it
+//! could not copy, at the failback) — stays, and so does one uploaded there while the copy
+//! runs. Without a usable record nothing is deleted (and the copy still runs).
 //! The lag is the same
 //! command with `--dry-run --itemize-changes --stats`; its `--out-format=%i|%l|%M|%n` lines name
 //! each file rsync would send, its size and its modification time (printed in UTC: the child
@@ -629,17 +631,16 @@ pub fn exact_rule_pattern(path: &str) -> Option<String> {
 }
 
 /// What a run with `delete = true` may delete: the receiver's entries the sender lacks that
-/// both sides held at the last complete sync (`synced`); the rest are protected, with every
-/// folder above a protected entry. Returns (to delete, protect rules), or `Err` with the path
-/// no rule can protect.
-pub fn split_deletions(
-    deleting: &[String],
-    synced: &std::collections::HashSet<String>,
-) -> Result<(Vec<String>, Vec<String>), String> {
+/// both sides held at the last complete sync (`synced`), less every folder above an entry that
+/// stays and every entry no rule can name exactly. Returns (to delete, rules): an `R` (risk)
+/// rule for each entry to delete, then `P *`, which protects everything else on the receiver
+/// — the entries the dry run listed as its own, and any that appeared there since the dry run
+/// (an upload arriving while the copy runs is never deleted).
+pub fn split_deletions(deleting: &[String], synced: &std::collections::HashSet<String>) -> (Vec<String>, Vec<String>) {
     let mut delete = Vec::new();
     let mut keep: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for path in deleting {
-        if synced.contains(path) {
+        if synced.contains(path) && exact_rule_pattern(path).is_some() {
             delete.push(path.clone());
         } else {
             keep.insert(path.clone());
@@ -661,15 +662,15 @@ pub fn split_deletions(
         .collect();
     keep.extend(folders);
     delete.retain(|path| !keep.contains(path));
-    let rules = keep
+    if delete.is_empty() {
+        return (delete, Vec::new());
+    }
+    let mut rules: Vec<String> = delete
         .iter()
-        .map(|path| {
-            exact_rule_pattern(path)
-                .map(|pattern| format!("P {pattern}"))
-                .ok_or_else(|| path.clone())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((delete, rules))
+        .filter_map(|path| exact_rule_pattern(path).map(|pattern| format!("R {pattern}")))
+        .collect();
+    rules.push("P *".to_string());
+    (delete, rules)
 }
 
 pub async fn sync(
@@ -711,42 +712,42 @@ pub async fn sync(
         ));
     } else if delete && before.listing.deletions > 0 {
         let candidates = &before.listing.deleting;
-        match read_synced(target, options, limits).await? {
-            None => notes.push(format!(
+        // A record that cannot be read (planted by an upload of that name, cut short, too
+        // large) deletes nothing, but stops no copy: the copy's end writes it again.
+        match read_synced(target, options, limits).await {
+            Err(error) => notes.push(format!(
+                "nothing deleted: the record of the last complete sync cannot be used ({error})"
+            )),
+            Ok(None) => notes.push(format!(
                 "nothing deleted: {} has no record of a complete sync yet ({SYNCED_LIST_NAME}; this run writes it), so its {} files the sender lacks may be its own uploads",
                 target.text, before.listing.deletions
             )),
-            Some(synced) => match split_deletions(candidates, &synced) {
-                Err(path) => notes.push(format!(
-                    "nothing deleted: the receiver's {path:?} is not in the record of the last sync and its name cannot be protected by an rsync rule; rename or remove it by hand"
-                )),
-                Ok((to_delete, rules)) => {
-                    if !rules.is_empty() {
-                        notes.push(format!(
-                            "kept {} entries the receiver holds that were not on both sides at the last complete sync (its own uploads, never copied to the sender): delete removes only what the sender deleted",
-                            rules.len()
-                        ));
-                    }
-                    if !to_delete.is_empty() {
-                        // Deletions count against the same objects_per_run_max as the copies.
-                        // The dry run counted them: an rsync daemon receiving keeps its exit
-                        // code 25 to itself.
-                        let budget = limits.objects_per_run_max.saturating_sub(chosen.len() as u64);
-                        args.push("--delete".into());
-                        args.push(format!("--max-delete={budget}"));
-                        deletions_limited = to_delete.len() as u64 > budget;
-                        if !rules.is_empty() {
-                            let dir = tempfile::tempdir()
-                                .map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
-                            let file = dir.path().join("protect");
-                            std::fs::write(&file, rules.join("\n") + "\n")
-                                .map_err(|e| Failure::Retryable(format!("cannot write the protect rules: {e}")))?;
-                            args.push(format!("--filter=merge {}", file.display()));
-                            rules_dir = Some(dir);
-                        }
-                    }
+            Ok(Some(synced)) => {
+                let (to_delete, rules) = split_deletions(candidates, &synced);
+                let kept = candidates.len() - to_delete.len();
+                if kept > 0 {
+                    notes.push(format!(
+                        "kept {kept} entries the receiver holds that were not on both sides at the last complete sync (its own uploads, never copied to the sender) or that no rsync rule names exactly: delete removes only what the sender deleted"
+                    ));
                 }
-            },
+                if !to_delete.is_empty() {
+                    // Deletions count against the same objects_per_run_max as the copies.
+                    // The dry run counted them: an rsync daemon receiving keeps its exit
+                    // code 25 to itself.
+                    let budget = limits.objects_per_run_max.saturating_sub(chosen.len() as u64);
+                    args.push("--delete".into());
+                    args.push(format!("--max-delete={budget}"));
+                    deletions_limited = to_delete.len() as u64 > budget;
+                    // Only the entries named may go: everything else is protected.
+                    let dir = tempfile::tempdir()
+                        .map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
+                    let file = dir.path().join("protect");
+                    std::fs::write(&file, rules.join("\n") + "\n")
+                        .map_err(|e| Failure::Retryable(format!("cannot write the protect rules: {e}")))?;
+                    args.push(format!("--filter=merge {}", file.display()));
+                    rules_dir = Some(dir);
+                }
+            }
         }
     }
     args.push(source.text.clone());

@@ -475,17 +475,146 @@ fn only_entries_both_sides_held_are_deleted_and_the_rest_protected_with_their_fo
         .into_iter()
         .map(String::from)
         .collect();
-    let (delete, rules) = rsync::split_deletions(&deleting, &synced).expect("protectable");
+    let (delete, rules) = rsync::split_deletions(&deleting, &synced);
     assert_eq!(delete, ["old/h.jpg", "gone.jpg"], "old/ holds a kept upload: it stays");
-    assert_eq!(rules, ["P /mine.jpg", "P /old/", "P /old/upload.jpg"]);
-    let (delete, rules) = rsync::split_deletions(&deleting, &Default::default()).expect("protectable");
-    assert!(delete.is_empty(), "nothing recorded: nothing deleted");
-    assert_eq!(rules.len(), deleting.len());
-    let escaped = vec!["nl\\#012x".to_string()];
+    // Only what may go is named (risk); everything else is protected, so an entry that
+    // appears on the receiver after the dry run is protected too.
+    assert_eq!(rules, ["R /old/h.jpg", "R /gone.jpg", "P *"]);
+    let (delete, rules) = rsync::split_deletions(&deleting, &Default::default());
+    assert!(
+        delete.is_empty() && rules.is_empty(),
+        "nothing recorded: nothing deleted"
+    );
+    // A name no rule can match exactly is kept (and the folder holding it), not a reason to
+    // delete nothing else.
+    let escaped: Vec<String> = ["nl\\#012x", "d/\\#303\\#251.jpg", "d/", "gone.jpg"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let synced: std::collections::HashSet<String> = escaped.iter().cloned().collect();
     assert_eq!(
         rsync::split_deletions(&escaped, &synced),
-        Err("nl\\#012x".to_string()),
-        "a name rsync printed escaped cannot be protected"
+        (
+            vec!["gone.jpg".to_string()],
+            vec!["R /gone.jpg".to_string(), "P *".to_string()]
+        )
+    );
+}
+
+/// The rules of a run with `delete = true` applied by the real rsync: what the dry run listed
+/// as the receiver's own stays, and so does an upload that arrived after the dry run.
+#[test]
+fn an_upload_arriving_after_the_dry_run_is_not_deleted() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    for folder in [&source, &target, &target.join("old")] {
+        std::fs::create_dir_all(folder).expect("folder");
+    }
+    std::fs::write(source.join("a.jpg"), "a").expect("write");
+    for name in [
+        "a.jpg",
+        "gone.jpg",
+        "mine.jpg",
+        "old/h.jpg",
+        "we ird*[1].jpg",
+        "we irdX1.jpg",
+    ] {
+        std::fs::write(target.join(name), name).expect("write");
+    }
+    let synced: std::collections::HashSet<String> = ["a.jpg", "gone.jpg", "old/", "old/h.jpg", "we ird*[1].jpg"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let deleting: Vec<String> = [
+        "gone.jpg",
+        "mine.jpg",
+        "old/h.jpg",
+        "old/",
+        "we ird*[1].jpg",
+        "we irdX1.jpg",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let (delete, rules) = rsync::split_deletions(&deleting, &synced);
+    assert_eq!(delete.len(), 4, "{delete:?}");
+    // Uploaded on the receiver while the copy ran: not in the dry run's listing.
+    std::fs::write(target.join("late.jpg"), "late").expect("write");
+    std::fs::write(target.join("old/late.jpg"), "late").expect("write");
+    let rules_file = root.path().join("rules");
+    std::fs::write(&rules_file, rules.join("\n") + "\n").expect("write");
+    let status = std::process::Command::new("rsync")
+        .arg("-rlptu")
+        .arg("--delete")
+        .arg(format!("--filter=merge {}", rules_file.display()))
+        .arg(format!("{}/", source.display()))
+        .arg(format!("{}/", target.display()))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("rsync");
+    assert!(status.success(), "{status}");
+    let mut left: Vec<String> = walk(&target);
+    left.sort();
+    assert_eq!(
+        left,
+        ["a.jpg", "late.jpg", "mine.jpg", "old/", "old/late.jpg", "we irdX1.jpg"],
+        "only the recorded entries the sender lacks are gone"
+    );
+}
+
+fn walk(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).expect("read dir") {
+            let path = entry.expect("entry").path();
+            let name = path.strip_prefix(root).expect("under root").display().to_string();
+            if path.is_dir() {
+                out.push(format!("{name}/"));
+                stack.push(path);
+            } else {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// A `.switchyard-media-synced` that is no record (an upload of that name, a folder, a record
+/// cut short) deletes nothing but stops no copy; the complete copy writes the record again.
+#[tokio::test]
+async fn a_planted_record_on_the_receiver_stops_no_copy() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    for folder in [&source, &target] {
+        std::fs::create_dir_all(folder).expect("folder");
+    }
+    std::fs::write(source.join("new.jpg"), "new").expect("write");
+    std::fs::write(target.join("mine.jpg"), "mine").expect("write");
+    std::fs::write(target.join(rsync::SYNCED_LIST_NAME), "uploaded by a user\n").expect("write");
+    let endpoint = |path: &std::path::Path| Endpoint::parse(&path.display().to_string()).expect("endpoint");
+    let report = rsync::sync(
+        &endpoint(&source),
+        &endpoint(&target),
+        true,
+        &Options::default(),
+        &limits(100, 1 << 20),
+    )
+    .await
+    .expect("the copy runs");
+    assert_eq!(report.copied_objects, 1, "{report:?}");
+    assert!(target.join("new.jpg").exists() && target.join("mine.jpg").exists());
+    assert!(
+        report
+            .note
+            .as_deref()
+            .is_some_and(|note| note.contains("nothing deleted")),
+        "{report:?}"
+    );
+    let record = std::fs::read_to_string(target.join(rsync::SYNCED_LIST_NAME)).expect("record");
+    assert!(
+        record.starts_with("# switchyard media_sync v1") && record.contains("new.jpg\n"),
+        "{record}"
     );
 }
 
