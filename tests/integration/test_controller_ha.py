@@ -352,6 +352,29 @@ def test_killing_the_leader_mid_runbook_hands_it_to_another_member(group):
     assert '"event":"leading"' in audit
 
 
+def test_a_command_the_frozen_leader_took_but_did_not_answer_is_not_sent_again(group):
+    # A follower passes the command on; the leader, frozen (SIGSTOP), takes the connection but
+    # does not answer. The command may yet be acted on when it wakes, so the follower answers
+    # 504 forward_outcome_unknown, not 421 (which tells the CLI to send it to the leader again).
+    for member in ("c1", "c2"):
+        group.start(member)
+    first = wait_until("one leader", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+    other = [m for m in group.members if m != first][0]
+    wait_until("the follower to know the leader", lambda: ((group.status(other) or {}).get("ha") or {}).get(
+        "leader", {}).get("member") == first, TAKEOVER_DEADLINE_S, group.logs())
+    process = group.members[first][0]
+    process.send_signal(signal.SIGSTOP)
+    try:
+        sent = subprocess.run([str(BINARY), "pause", "--controller", group.members[other][1]],
+                              env=dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN), capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert sent.returncode != 0, sent.stdout
+    assert "HTTP 504" in sent.stderr and "may or may not take it" in sent.stderr, sent.stderr
+    assert "sending the command to the leader" not in sent.stderr, sent.stderr
+
+
 def test_a_frozen_leader_stops_acting_when_it_wakes_and_dns_refuses_its_generation(group):
     for member in ("c1", "c2"):
         group.start(member)

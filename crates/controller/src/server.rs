@@ -1753,7 +1753,9 @@ async fn manual(shared: &Arc<Shared>, headers: &HeaderMap, command: Manual, rece
 /// leader it last saw in etcd, with the caller's own token, and answers with the leader's
 /// answer (plus `forwarded_to`). It refuses with 421 naming the leader instead when no leader
 /// is known, when the command was itself passed on by another member (one hop at most), or
-/// when the leader does not answer within `COMMAND_FORWARD_TIMEOUT_MS`.
+/// when no connection to the leader could be made; a command sent to the leader that got no
+/// answer within `COMMAND_FORWARD_TIMEOUT_MS` is 504 `forward_outcome_unknown` (it may act yet:
+/// never to be sent again blindly).
 async fn forward_command(shared: &Arc<Shared>, ha: &Member, headers: &HeaderMap, received: Received<'_>) -> Response {
     if let Some(from) = headers.get(FORWARDED_BY_HEADER) {
         let from = String::from_utf8_lossy(from.as_bytes()).into_owned();
@@ -1802,13 +1804,28 @@ async fn forward_command(shared: &Arc<Shared>, ha: &Member, headers: &HeaderMap,
                 ),
             }
         }
-        Err(error) => {
+        // Never sent (no connection): the caller may send it to the leader itself.
+        Err(error) if error.never_sent() => {
             tracing::warn!(leader = %leader.member, %error, "could not pass an operator command on to the leader");
             not_leader(
                 ha,
                 Some(format!(
-                    "passing it on to the leader failed ({error}); the command may or may not have reached it"
+                    "passing it on to the leader failed ({error}); it never reached the leader"
                 )),
+            )
+        }
+        // Sent, and no answer: the leader may act on it yet. Not a 421, which tells the caller
+        // to send it again (a second switchover, a failover run twice).
+        Err(error) => {
+            tracing::warn!(leader = %leader.member, %error, "an operator command passed on to the leader got no answer");
+            json_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                json!({
+                    "accepted": false,
+                    "code": "forward_outcome_unknown",
+                    "error": format!("this controller (member {}) passed the command on to the leader {} at {}, which did not answer ({error}): it may or may not take it; check `switchyard status` before sending it again", ha.name(), leader.member, leader.address),
+                    "forwarded_to": leader,
+                }),
             )
         }
     }

@@ -23,13 +23,19 @@ pub(super) struct MarkAnswer {
     /// tables listing the sender were not created again there since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) replicas_missing_here: Option<MissingHere>,
-    /// The answerer's signature of `replicas_missing_here` (its JSON), made as a request's
+    /// The answerer's signature of `replicas_missing_here` (its JSON: `null` when nothing is
+    /// missing, so "nothing missing" is signed too), made as a request's
     /// (`sign`) from the answerer to the asker, over [`MARK_ANSWER_PATH`] and the *mark's*
     /// signing time: only the key's holders can make it, and it is valid for that one mark (an
     /// answer captured and replayed to a later mark does not verify).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) signature: Option<String>,
 }
+
+/// Largest answer read from a peer, in bytes: above the largest a peer makes (a digest answer
+/// listing `REPAIR_HASHES_PER_RESPONSE_MAX` keys of the longest kind, about 70 MiB), so a
+/// peer URL that leads elsewhere cannot make this store buffer without bound.
+pub const ANSWER_BYTES_MAX: usize = 128 * 1024 * 1024;
 
 /// What a mark answer's signature is made over in place of a request path (never a path a
 /// request is sent to, so a signed answer is no signed request).
@@ -164,11 +170,10 @@ impl Replication {
                 .await
                 .map_err(|e| format!("{}: {}", peer.url, common::error::chain(&e)))?;
             let status = response.status().as_u16();
-            let body = response
-                .into_body()
+            let body = http_body_util::Limited::new(response.into_body(), ANSWER_BYTES_MAX)
                 .collect()
                 .await
-                .map_err(|e| format!("{}: {e}", peer.url))?
+                .map_err(|e| format!("{}: reading the answer (at most {ANSWER_BYTES_MAX} bytes): {e}", peer.url))?
                 .to_bytes();
             Ok::<_, String>((status, body))
         };
