@@ -173,7 +173,12 @@ impl Replication {
             let body = http_body_util::Limited::new(response.into_body(), ANSWER_BYTES_MAX)
                 .collect()
                 .await
-                .map_err(|e| format!("{}: reading the answer (at most {ANSWER_BYTES_MAX} bytes): {e}", peer.url))?
+                .map_err(|e| {
+                    format!(
+                        "{}: reading the answer (at most {ANSWER_BYTES_MAX} bytes): {e}",
+                        peer.url
+                    )
+                })?
                 .to_bytes();
             Ok::<_, String>((status, body))
         };
