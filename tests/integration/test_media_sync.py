@@ -202,6 +202,10 @@ def test_rsync_failback_with_delete_keeps_the_uploads_the_old_region_could_not_c
     (eu / "2026/12/uploaded-during-the-outage.jpg").write_bytes(b"made in eu")
     (eu / "catalog/product/c/d/cd-hat.png").unlink()
     (eu / "catalog/product/c/d").rmdir()
+    # A record altered on the receiver (an upload of that name, say) to name the upload cannot
+    # get it deleted: the sender's record must name an entry too.
+    record = us / ".switchyard-media-synced"
+    record.write_text(record.read_text() + "2026/12/uploaded-just-before-the-outage.jpg\n")
     result, [back] = media("sync", config, "--from", "eu")
     assert result.returncode == 0, result.stderr + result.stdout
     assert (us / "2026/12/uploaded-just-before-the-outage.jpg").read_bytes() == b"only in us"

@@ -713,10 +713,24 @@ pub async fn sync(
     } else if delete && before.listing.deletions > 0 {
         let candidates = &before.listing.deleting;
         // A record that cannot be read (planted by an upload of that name, cut short, too
-        // large) deletes nothing, but stops no copy: the copy's end writes it again.
-        match read_synced(target, options, limits).await {
-            Err(error) => notes.push(format!(
-                "nothing deleted: the record of the last complete sync cannot be used ({error})"
+        // large) deletes nothing, but stops no copy: the copy's end writes it again. Both
+        // sides' records must name an entry (each complete copy writes the same one to both),
+        // so a record planted or altered on one side cannot delete anything by itself.
+        let records = match read_synced(target, options, limits).await {
+            Ok(Some(receiver)) => match read_synced(source, options, limits).await {
+                Ok(Some(sender)) => Ok(Some(receiver.intersection(&sender).cloned().collect())),
+                Ok(None) => Err(format!(
+                    "the sender {} has no record of the last complete sync ({SYNCED_LIST_NAME}; this run writes it)",
+                    source.text
+                )),
+                Err(error) => Err(format!("the sender's record cannot be used ({error})")),
+            },
+            Ok(None) => Ok(None),
+            Err(error) => Err(format!("the receiver's record cannot be used ({error})")),
+        };
+        match records {
+            Err(why) => notes.push(format!(
+                "nothing deleted: {why}"
             )),
             Ok(None) => notes.push(format!(
                 "nothing deleted: {} has no record of a complete sync yet ({SYNCED_LIST_NAME}; this run writes it), so its {} files the sender lacks may be its own uploads",
