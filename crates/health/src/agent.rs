@@ -97,19 +97,19 @@ impl ControllerClient {
         self.members.at(self.member.load(Ordering::Relaxed))
     }
 
-    /// Sends to the member asked now; when that fails, the next exchange goes to the next
-    /// member (an agent report and a plan fetch may go to any member: a follower passes
-    /// reports on to the leader).
-    async fn send(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ExchangeError> {
-        let result = self.send_once(request).await;
-        if result.is_err() && self.members.len() > 1 {
+    /// After an exchange with the member asked now failed (no answer, or a 5xx: a member that
+    /// is stopping, or cannot pass the report on), the next exchange goes to the next member.
+    /// An agent report and a plan fetch may go to any member: a follower passes reports on to
+    /// the leader. A refusal (4xx) is the same at every member and moves nothing.
+    fn after<T>(&self, result: Result<T, ExchangeError>) -> Result<T, ExchangeError> {
+        if matches!(result, Err(ExchangeError::Transport(_))) && self.members.len() > 1 {
             let next = self.member.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
             tracing::info!(member = %self.members.at(next), "asking the next controller member");
         }
         result
     }
 
-    async fn send_once(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ExchangeError> {
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ExchangeError> {
         let exchange = async {
             let response = self
                 .client
@@ -148,6 +148,16 @@ impl ControllerClient {
     }
 
     async fn fetch_plan(&self) -> Result<AgentPlan, ExchangeError> {
+        let result = self.fetch_plan_once().await;
+        self.after(result)
+    }
+
+    async fn post_report(&self, report: &Report) -> Result<(), ExchangeError> {
+        let result = self.post_report_once(report).await;
+        self.after(result)
+    }
+
+    async fn fetch_plan_once(&self) -> Result<AgentPlan, ExchangeError> {
         let request = self.request("GET", &format!("{PLAN_PATH}?name={}", self.name), Vec::new())?;
         let (status, body) = self.send(request).await?;
         match status {
@@ -169,7 +179,7 @@ impl ControllerClient {
         }
     }
 
-    async fn post_report(&self, report: &Report) -> Result<(), ExchangeError> {
+    async fn post_report_once(&self, report: &Report) -> Result<(), ExchangeError> {
         let body = serde_json::to_vec(report).map_err(|e| ExchangeError::Refused(format!("encode report: {e}")))?;
         let (status, body) = self.send(self.request("POST", REPORT_PATH, body)?).await?;
         if status.is_success() {

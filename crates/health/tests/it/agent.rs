@@ -271,3 +271,66 @@ async fn an_agent_given_every_member_reports_to_the_next_when_the_first_is_down(
     let _ = stop.send(());
     agent.await.expect("agent task").expect("agent stops cleanly");
 }
+
+/// A member that answers 503 (stopping, or unable to pass reports on) sends the agent to the
+/// next one, as one that is down does.
+#[tokio::test]
+async fn an_agent_moves_past_a_member_answering_503() {
+    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut check = CheckSpec::new(
+        "app",
+        "east",
+        ProbeKind::Tcp {
+            address: target.local_addr().expect("address").to_string(),
+        },
+    );
+    check.interval_ms = 50;
+    let plan = AgentPlan {
+        checks: vec![check],
+        report_interval_ms: 50,
+    };
+    let failing = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let failing_url = format!("http://{}", failing.local_addr().expect("address"));
+    let answered_503 = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = answered_503.clone();
+    accept_each(failing, move |stream| {
+        let counter = counter.clone();
+        async move {
+            let service = service_fn(move |_request: Request<hyper::body::Incoming>| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(503)
+                            .body(Full::new(Bytes::from_static(b"{\"error\": \"stopping\"}")))
+                            .expect("response"),
+                    )
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    });
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let live = format!("http://{}", listener.local_addr().expect("address"));
+    start_controller(listener, plan, seen.clone()).await;
+    let mut config = AgentConfig::new(format!("{failing_url},{live}"), "agent-eu");
+    config.token = Some("t0ken".into());
+    config.plan_refresh_ms = 200;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run(config, async move {
+        let _ = stopped.await;
+    }));
+    wait_for("reports at the member that answers", Duration::from_secs(15), || {
+        seen.lock().expect("lock").reports.len() >= 3
+    })
+    .await;
+    assert!(
+        answered_503.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the first member was asked first"
+    );
+    let _ = stop.send(());
+    agent.await.expect("agent task").expect("agent stops cleanly");
+}
