@@ -347,3 +347,69 @@ def test_a_replayed_transaction_reports_the_reads_it_consumed(client, table):
                                        ReturnConsumedCapacity="TOTAL")
     assert first["ConsumedCapacity"][0]["TableName"] == table
     assert again["ConsumedCapacity"] == [{"TableName": table, "CapacityUnits": 2.0}]
+
+
+def test_a_delete_of_an_absent_item_checks_nothing(client, table):
+    """DynamoDB evaluates the rest of a DELETE's WHERE on the item when it is there (a false
+    one is ConditionalCheckFailedException); a DELETE of an absent item is a no-op, whatever
+    the rest says — alone and in a transaction (DynamoDB Local answers so too)."""
+    statement = f"DELETE FROM \"{table}\" WHERE pk = 'nobody' AND sk = 1 AND g = 'odd'"
+    assert run(client, statement)["Items"] == []
+    assert client.execute_transaction(TransactStatements=[{"Statement": statement}])["Responses"] == []
+    code, _ = failure(client, f"DELETE FROM \"{table}\" WHERE pk = 'b' AND sk = 1 AND g = 'even'")
+    assert code == "ConditionalCheckFailedException"
+    assert run(client, f"DELETE FROM \"{table}\" WHERE pk = 'b' AND sk = 1 AND g = 'odd' RETURNING ALL OLD *")[
+        "Items"][0]["g"] == {"S": "odd"}
+    # UPDATE still needs the item.
+    code, _ = failure(client, f"UPDATE \"{table}\" SET v = 1 WHERE pk = 'nobody' AND sk = 1 AND attribute_not_exists(v)")
+    assert code == "ConditionalCheckFailedException"
+
+
+def test_statements_dynamodb_refuses(client, table):
+    """What DynamoDB refuses that the store used to run, in DynamoDB's words."""
+    items = [{"M": {"pk": {"S": "p"}, "sk": {"N": "1"}}}]
+    assert failure(client, f'INSERT INTO "{table}" VALUE ?', Parameters=items) == (
+        "ValidationException", "Unsupported format in item expression. Please use struct format {...} "
+                               "to express item values for insert statement.")
+    assert "Item" not in client.get_item(TableName=table, Key={"pk": {"S": "p"}, "sk": {"N": "1"}})
+    # Functions: the PartiQL reference's list (EXISTS takes a subquery, MISSING is `IS MISSING`).
+    assert failure(client, f'SELECT * FROM "{table}" WHERE exists(m)') == (
+        "ValidationException", "Unrecognized function: exists")
+    assert failure(client, f'SELECT * FROM "{table}" WHERE missing(m)')[1].startswith(MALFORMED)
+    assert failure(client, f'SELECT * FROM "{table}" WHERE g = MISSING') == (
+        "ValidationException", "MISSING must be compared using IS operator")
+    # IN takes a list: `IN ?` is refused, `IN (?)` is a list of one.
+    assert failure(client, f'SELECT * FROM "{table}" WHERE g IN ?', Parameters=[{"L": [{"S": "odd"}]}]) == (
+        "ValidationException", "IN operator must have a left hand argument of type Variable Reference and right hand "
+                               "argument of type Seq with at least one member")
+    assert len(run(client, f'SELECT * FROM "{table}" WHERE g IN (?)', Parameters=[{"S": "odd"}])["Items"]) == 4
+    assert failure(client, f'SELECT * FROM "{table}" ORDER BY pk') == (
+        "ValidationException", "Must have WHERE clause in the statement when using ORDER BY clause.")
+    no_key = ("ValidationException", "Where clause does not contain a mandatory equality on all key attributes")
+    assert failure(client, f'DELETE FROM "{table}"') == no_key
+    assert failure(client, f'UPDATE "{table}" SET v = 1') == no_key
+    assert failure(client, f'UPDATE "{table}"."by-g" SET v = 1 WHERE pk = \'a\' AND sk = 1') == (
+        "ValidationException", "This operation is not supported on an index")
+
+
+def test_a_key_named_twice_by_one_value_is_one_item(client, table):
+    answer = run(client, f"UPDATE \"{table}\" SET v = 1 WHERE pk = 'a' AND sk = 2 AND sk = 2 RETURNING MODIFIED NEW *")
+    assert answer["Items"] == [{"v": {"N": "1"}}]
+    assert failure(client, f"UPDATE \"{table}\" SET v = 1 WHERE pk = 'a' AND sk = 2 AND sk = 3") == (
+        "ValidationException", "Multiple conditions on same key sk. Only single item Update/Insert/Delete are supported")
+
+
+def test_values_are_refused_in_dynamodbs_words(client, table):
+    def insert(value):
+        return failure(client, f"INSERT INTO \"{table}\" VALUE {{'pk': 'v', 'sk': 1, 'v': {value}}}")
+    assert insert("123456789012345678901234567890123456789") == (
+        "ValidationException", "DynamoDB only supports precision up to 38 digits")
+    assert insert("{'a': [1e300]}") == (
+        "ValidationException", "Number overflow. Attempting to store a number with magnitude larger than supported range")
+    assert insert("<<1, 'a'>>") == (
+        "ValidationException", "Unsupported data type in Bag. DynamoDB only supports either numbers or strings in bags")
+    assert insert("{'b': 1, 'b': 2}") == ("ValidationException", "Duplicate keys in tuple. Key: b under root")
+    assert failure(client, f"UPDATE \"{table}\" SET n = n + 'x' WHERE pk = 'a' AND sk = 1") == (
+        "ValidationException", "Incorrect operand type for operator or function; operator or function: +, operand type: S")
+    assert failure(client, f"UPDATE \"{table}\" SET s = set_add(t, <<'x'>>) WHERE pk = 'a' AND sk = 1") == (
+        "ValidationException", "The first argument to SET_ADD must equal the assignment value")

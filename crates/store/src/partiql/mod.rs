@@ -15,7 +15,7 @@ mod tests;
 use std::collections::BTreeMap;
 
 use dynamo_protocol::value::{ValueType, number_set, string_set};
-use dynamo_protocol::{ApiError, AttributeValue, Item, Number};
+use dynamo_protocol::{ApiError, AttributeValue, Item, Number, NumberError};
 
 use crate::catalog::KeySchema;
 use crate::expr::{Action, Comparator, Condition, Node, Operand, Path, PathElement, SetValue, UpdateExpression};
@@ -25,6 +25,11 @@ pub(crate) use parser::{Assignment, CompareOp, Expr, Literal, Parsed, Returning,
 pub const STATEMENT_BYTES_MAX: usize = 8192;
 /// Most values in an `IN` list on the partition key (DynamoDB: 50 hash-key values).
 pub const IN_PARTITION_VALUES_MAX: usize = 50;
+
+/// DynamoDB's refusal of an `IN` without a list of values (`IN []`, `IN ?`).
+pub(crate) const IN_SEQUENCE: &str = "IN operator must have a left hand argument of type Variable Reference and right hand argument of type Seq with at least one member";
+/// DynamoDB's refusal of `MISSING` where a value stands.
+const MISSING_COMPARED: &str = "MISSING must be compared using IS operator";
 
 /// A syntax error, in DynamoDB's words.
 pub(crate) fn malformed(detail: &str) -> ApiError {
@@ -89,44 +94,86 @@ impl Parameters<'_> {
     }
 }
 
-/// The constant value of `expr` (a literal, a parameter or a constructed list, map or bag);
-/// `at` names the place inside the value for error messages (`root`, `root.a`, `root[1]`).
+/// The constant value of `expr` (a literal, a parameter, a constructed list, map or bag, or an
+/// INSERT's item); `at` names the place inside the value for DynamoDB's messages (`root`,
+/// `root.a`, `root.1`: each attribute of an INSERT's item is a root of its own).
 pub(crate) fn value(expr: &Expr, parameters: &Parameters<'_>, at: &str) -> Result<AttributeValue, ApiError> {
     match expr {
+        Expr::Item(entries) => map(entries, parameters, at, true),
+        _ => value_in(expr, parameters, at, false),
+    }
+}
+
+/// DynamoDB's words for a number it cannot store.
+fn number(text: &str) -> Result<Number, ApiError> {
+    Number::parse(text).map_err(|error| match error {
+        NumberError::TooManyDigits => ApiError::validation("DynamoDB only supports precision up to 38 digits"),
+        other => ApiError::validation(other.to_string()),
+    })
+}
+
+/// `value` of one member; `attribute` when it is an attribute of an INSERT's item (DynamoDB
+/// names what it refuses there as written, and by its kind deeper down).
+fn value_in(expr: &Expr, parameters: &Parameters<'_>, at: &str, attribute: bool) -> Result<AttributeValue, ApiError> {
+    match expr {
         Expr::Literal(Literal::Text(text)) => Ok(AttributeValue::S(text.clone())),
-        Expr::Literal(Literal::Number(text)) => Number::parse(text)
-            .map(AttributeValue::N)
-            .map_err(|error| ApiError::validation(format!("{error} under {at}"))),
+        Expr::Literal(Literal::Number(text)) => number(text).map(AttributeValue::N),
         Expr::Literal(Literal::Bool(b)) => Ok(AttributeValue::Bool(*b)),
         Expr::Literal(Literal::Null) => Ok(AttributeValue::Null),
         Expr::Parameter(index) => parameters.get(*index).cloned(),
         Expr::List(members) => members
             .iter()
             .enumerate()
-            .map(|(i, member)| value(member, parameters, &format!("{at}[{i}]")))
+            .map(|(i, member)| value_in(member, parameters, &format!("{at}.{i}"), false))
             .collect::<Result<Vec<_>, _>>()
             .map(AttributeValue::L),
-        Expr::Map(entries) => {
-            let mut map = BTreeMap::new();
-            for (key, member) in entries {
-                let member = value(member, parameters, &format!("{at}.{key}"))?;
-                if map.insert(key.clone(), member).is_some() {
-                    return Err(ApiError::validation(format!(
-                        "Duplicate key in a map: '{key}' appears twice"
-                    )));
-                }
-            }
-            Ok(AttributeValue::M(map.into_iter().collect()))
-        }
+        Expr::Map(entries) | Expr::Item(entries) => map(entries, parameters, at, false),
         Expr::Bag(members) => bag(members),
-        _ => Err(ApiError::validation(
-            "Unsupported value: expected a literal, a parameter, a list [...], a map {...} or a set <<...>>",
-        )),
+        other => {
+            let kind = match other {
+                Expr::Path(path) if attribute && path.0.len() == 1 => path.to_string(),
+                Expr::Path(path) if path.0.len() > 1 => "PATH".to_string(),
+                Expr::Path(_) => "VariableReference".to_string(),
+                Expr::Literal(Literal::Missing) if attribute => "MISSING".to_string(),
+                Expr::Literal(Literal::Missing) => "LiteralMissing".to_string(),
+                Expr::Call(name, _) => name.clone(),
+                Expr::Plus(..) => "+".to_string(),
+                Expr::Minus(..) => "-".to_string(),
+                _ => "expression".to_string(),
+            };
+            Err(ApiError::validation(format!(
+                "Unsupported data type: {kind} under key {at}"
+            )))
+        }
     }
+}
+
+/// A `{...}` map; `item` when it is an INSERT's item, whose attributes are each at `at`.
+fn map(
+    entries: &[(String, Expr)],
+    parameters: &Parameters<'_>,
+    at: &str,
+    item: bool,
+) -> Result<AttributeValue, ApiError> {
+    let mut map = BTreeMap::new();
+    for (key, member) in entries {
+        let member = if item {
+            value_in(member, parameters, at, true)?
+        } else {
+            value_in(member, parameters, &format!("{at}.{key}"), false)?
+        };
+        if map.insert(key.clone(), member).is_some() {
+            return Err(ApiError::validation(format!(
+                "Duplicate keys in tuple. Key: {key} under {at}"
+            )));
+        }
+    }
+    Ok(AttributeValue::M(map.into_iter().collect()))
 }
 
 /// `<<...>>`: a string or number set of literals.
 fn bag(members: &[Expr]) -> Result<AttributeValue, ApiError> {
+    const BAG_TYPES: &str = "Unsupported data type in Bag. DynamoDB only supports either numbers or strings in bags";
     if members.is_empty() {
         return Err(ApiError::validation("Empty bags are not supported"));
     }
@@ -135,10 +182,8 @@ fn bag(members: &[Expr]) -> Result<AttributeValue, ApiError> {
     for member in members {
         match member {
             Expr::Literal(Literal::Text(text)) => strings.push(text.clone()),
-            Expr::Literal(Literal::Number(text)) => {
-                numbers.push(Number::parse(text).map_err(|error| ApiError::validation(format!("{error} under root")))?)
-            }
-            _ => return Err(ApiError::validation("Unsupported data type in Bag")),
+            Expr::Literal(Literal::Number(text)) => numbers.push(number(text)?),
+            _ => return Err(ApiError::validation(BAG_TYPES)),
         }
     }
     let duplicates = {
@@ -147,9 +192,7 @@ fn bag(members: &[Expr]) -> Result<AttributeValue, ApiError> {
         distinct_strings.len() != strings.len() || distinct_numbers.len() != numbers.len()
     };
     if !strings.is_empty() && !numbers.is_empty() {
-        return Err(ApiError::validation(
-            "DynamoDB only supports either numbers or strings in bags",
-        ));
+        return Err(ApiError::validation(BAG_TYPES));
     }
     if duplicates {
         return Err(ApiError::validation("Input collection contains duplicates"));
@@ -166,8 +209,28 @@ fn bag(members: &[Expr]) -> Result<AttributeValue, ApiError> {
 fn is_constant(expr: &Expr) -> bool {
     matches!(
         expr,
-        Expr::Literal(_) | Expr::Parameter(_) | Expr::List(_) | Expr::Map(_) | Expr::Bag(_)
+        Expr::Literal(Literal::Text(_) | Literal::Number(_) | Literal::Bool(_) | Literal::Null)
+            | Expr::Parameter(_)
+            | Expr::List(_)
+            | Expr::Map(_)
+            | Expr::Item(_)
+            | Expr::Bag(_)
     )
+}
+
+/// DynamoDB's refusal of a function called with `count` operands.
+fn operand_count(name: &str, count: usize) -> ApiError {
+    ApiError::validation(format!(
+        "Incorrect number of operands for operator or function; operator or function: {name}, number of operands: {count}"
+    ))
+}
+
+/// DynamoDB's refusal of a constant of the wrong type given to an operator or function.
+fn operand_type(function: &str, value: &AttributeValue) -> ApiError {
+    ApiError::validation(format!(
+        "Incorrect operand type for operator or function; operator or function: {function}, operand type: {}",
+        value.value_type().descriptor()
+    ))
 }
 
 fn operand(expr: &Expr, parameters: &Parameters<'_>) -> Result<Operand, ApiError> {
@@ -175,10 +238,13 @@ fn operand(expr: &Expr, parameters: &Parameters<'_>) -> Result<Operand, ApiError
         Expr::Path(path) => Ok(Operand::Path(path.clone())),
         Expr::Call(name, arguments) if name == "size" => match arguments.as_slice() {
             [Expr::Path(path)] => Ok(Operand::Size(path.clone())),
-            _ => Err(ApiError::validation(
+            [constant] if is_constant(constant) => Err(operand_type("size", &value(constant, parameters, "root")?)),
+            [_] => Err(ApiError::validation(
                 "Incorrect operand for function size: it takes one attribute name or document path",
             )),
+            _ => Err(operand_count("size", arguments.len())),
         },
+        Expr::Literal(Literal::Missing) => Err(ApiError::validation(MISSING_COMPARED)),
         constant if is_constant(constant) => value(constant, parameters, "root").map(Operand::Value),
         Expr::Plus(..) | Expr::Minus(..) => Err(ApiError::validation(
             "Unsupported operation: arithmetic (+, -) is allowed only on the right of SET in UPDATE",
@@ -218,10 +284,12 @@ pub(crate) fn condition(expr: &Expr, parameters: &Parameters<'_>) -> Result<Node
             operand(high, parameters)?,
         ),
         Expr::In(subject, members) => {
-            if members.is_empty() || members.len() > crate::expr::IN_OPERANDS_MAX {
+            if members.is_empty() {
+                return Err(ApiError::validation(IN_SEQUENCE));
+            }
+            if members.len() > crate::expr::IN_OPERANDS_MAX {
                 return Err(ApiError::validation(format!(
-                    "IN takes 1 to {} values; this one has {}",
-                    crate::expr::IN_OPERANDS_MAX,
+                    "The IN operator is provided with too many operands; number of operands: {}",
                     members.len()
                 )));
             }
@@ -233,7 +301,14 @@ pub(crate) fn condition(expr: &Expr, parameters: &Parameters<'_>) -> Result<Node
                     .collect::<Result<_, _>>()?,
             )
         }
-        Expr::IsMissing(subject) => Node::NotExists(path_argument("IS MISSING", subject)?),
+        Expr::IsMissing(subject) => match &**subject {
+            Expr::Path(path) => Node::NotExists(path.clone()),
+            _ => {
+                return Err(ApiError::validation(
+                    "Operator or function requires a document path; operator or function: attribute_not_exists",
+                ));
+            }
+        },
         Expr::IsNull(subject) => Node::Type(Operand::Path(path_argument("IS NULL", subject)?), ValueType::Null),
         // Chains of AND and OR are flattened without recursion: a long chain is deep as a tree.
         Expr::And(..) => Node::And(
@@ -250,6 +325,7 @@ pub(crate) fn condition(expr: &Expr, parameters: &Parameters<'_>) -> Result<Node
         ),
         Expr::Not(inner) => Node::Not(Box::new(condition(inner, parameters)?)),
         Expr::Call(name, arguments) => function(name, arguments, parameters)?,
+        Expr::Literal(Literal::Missing) => return Err(ApiError::validation(MISSING_COMPARED)),
         _ => {
             return Err(ApiError::validation(
                 "Unsupported condition: a WHERE clause is made of comparisons, BETWEEN, IN, IS [NOT] MISSING, IS [NOT] NULL and the functions begins_with, contains, attribute_type, attribute_exists and attribute_not_exists",
@@ -263,18 +339,15 @@ fn function(name: &str, arguments: &[Expr], parameters: &Parameters<'_>) -> Resu
         if arguments.len() == expected {
             Ok(())
         } else {
-            Err(ApiError::validation(format!(
-                "Incorrect number of arguments for function {name}: expected {expected}, got {}",
-                arguments.len()
-            )))
+            Err(operand_count(name, arguments.len()))
         }
     };
     match name {
-        "attribute_exists" | "exists" => {
+        "attribute_exists" => {
             count(1)?;
             Ok(Node::Exists(path_argument(name, &arguments[0])?))
         }
-        "attribute_not_exists" | "missing" => {
+        "attribute_not_exists" => {
             count(1)?;
             Ok(Node::NotExists(path_argument(name, &arguments[0])?))
         }
@@ -310,9 +383,11 @@ fn function(name: &str, arguments: &[Expr], parameters: &Parameters<'_>) -> Resu
             })?;
             Ok(Node::Type(subject, value_type))
         }
-        other => Err(ApiError::validation(format!(
-            "Unsupported function in condition: {other}; DynamoDB's PartiQL offers begins_with, contains, attribute_type, attribute_exists, attribute_not_exists, size and IS [NOT] MISSING"
-        ))),
+        // `size` compares (`size(a) > 1`); it is no condition by itself.
+        "size" => Err(ApiError::validation(
+            "Unsupported condition: size(path) is compared with a value, as in size(path) > 1",
+        )),
+        other => Err(ApiError::validation(format!("Unrecognized function: {other}"))),
     }
 }
 
@@ -444,7 +519,8 @@ pub(crate) fn check_sort_equalities(
 }
 
 /// A WHERE clause that names one item: the key from its equalities on every key attribute,
-/// and the rest of it as a condition. UPDATE, DELETE, transactions and batches need one.
+/// and the rest of it as a condition (one that holds when the item is absent). UPDATE,
+/// DELETE, transactions and batches need one.
 pub(crate) struct KeyedWhere {
     pub key: Item,
     pub rest: Option<Node>,
@@ -462,11 +538,13 @@ pub(crate) fn keyed_where(
             Some((name, constant)) if schema.is_key_attribute(name) => {
                 let value = value(constant, parameters, "root")?;
                 check_key_value(schema, name, &value)?;
-                if key.insert(name.to_string(), value).is_some() {
+                // The same equality twice still names one item; two values name none.
+                if key.get(name).is_some_and(|known| *known != value) {
                     return Err(ApiError::validation(format!(
-                        "Multiple conditions on same key: {name}; name each key attribute once"
+                        "Multiple conditions on same key {name}. Only single item Update/Insert/Delete are supported"
                     )));
                 }
+                key.insert(name.to_string(), value);
             }
             _ => rest.push(condition(part, parameters)?),
         }
@@ -481,6 +559,13 @@ pub(crate) fn keyed_where(
         1 => rest.pop(),
         _ => Some(Node::And(rest)),
     };
+    // The rest is a condition on the item when it is there: DynamoDB's DELETE of an absent
+    // item is a no-op whatever the rest says (UPDATE and EXISTS fail on the absence by
+    // themselves; a read filters only what it found).
+    let rest = rest.map(|rest| {
+        let absent = Node::NotExists(Path(vec![PathElement::Attribute(schema.partition.name.clone())]));
+        Node::Or(vec![absent, rest])
+    });
     Ok(KeyedWhere { key, rest })
 }
 
@@ -570,29 +655,52 @@ fn set_value(expr: &Expr, parameters: &Parameters<'_>) -> Result<SetValue, ApiEr
     Ok(match expr {
         Expr::Path(path) => SetValue::Path(path.clone()),
         Expr::Plus(left, right) => SetValue::Plus(
-            Box::new(set_value(left, parameters)?),
-            Box::new(set_value(right, parameters)?),
+            Box::new(typed_set_value("+", left, parameters)?),
+            Box::new(typed_set_value("+", right, parameters)?),
         ),
         Expr::Minus(left, right) => SetValue::Minus(
-            Box::new(set_value(left, parameters)?),
-            Box::new(set_value(right, parameters)?),
+            Box::new(typed_set_value("-", left, parameters)?),
+            Box::new(typed_set_value("-", right, parameters)?),
         ),
-        Expr::Call(name, arguments) if name == "list_append" && arguments.len() == 2 => SetValue::ListAppend(
-            Box::new(set_value(&arguments[0], parameters)?),
-            Box::new(set_value(&arguments[1], parameters)?),
-        ),
-        Expr::Call(name, arguments) if name == "if_not_exists" && arguments.len() == 2 => SetValue::IfNotExists(
-            path_argument(name, &arguments[0])?,
-            Box::new(set_value(&arguments[1], parameters)?),
-        ),
+        Expr::Call(name, arguments) if name == "list_append" => match arguments.as_slice() {
+            [first, second] => SetValue::ListAppend(
+                Box::new(typed_set_value(name, first, parameters)?),
+                Box::new(typed_set_value(name, second, parameters)?),
+            ),
+            _ => return Err(operand_count(name, arguments.len())),
+        },
+        Expr::Call(name, arguments) if name == "if_not_exists" => match arguments.as_slice() {
+            [path, fallback] => {
+                SetValue::IfNotExists(path_argument(name, path)?, Box::new(set_value(fallback, parameters)?))
+            }
+            _ => return Err(operand_count(name, arguments.len())),
+        },
+        Expr::Literal(Literal::Missing) => return Err(ApiError::validation(MISSING_COMPARED)),
         constant if is_constant(constant) => SetValue::Value(value(constant, parameters, "root")?),
-        Expr::Call(name, _) => {
+        Expr::Call(name, _) if name == "set_add" || name == "set_delete" => {
             return Err(ApiError::validation(format!(
-                "Unsupported function in SET: {name}; SET takes values, paths, +, -, list_append, if_not_exists, set_add and set_delete"
+                "Unsupported use of {name}: it is the whole value of a SET, as in SET s = {name}(s, <<...>>)"
             )));
         }
+        Expr::Call(name, _) => return Err(ApiError::validation(format!("Unrecognized function: {name}"))),
         _ => return Err(ApiError::validation("Unsupported value in SET")),
     })
+}
+
+/// An operand of `+`, `-` (numbers) or `list_append` (lists): a constant of another type is
+/// refused before anything is read, in DynamoDB's words.
+fn typed_set_value(function: &str, expr: &Expr, parameters: &Parameters<'_>) -> Result<SetValue, ApiError> {
+    let operand = set_value(expr, parameters)?;
+    if let SetValue::Value(constant) = &operand {
+        let fits = match function {
+            "list_append" => matches!(constant, AttributeValue::L(_)),
+            _ => matches!(constant, AttributeValue::N(_)),
+        };
+        if !fits {
+            return Err(operand_type(function, constant));
+        }
+    }
+    Ok(operand)
 }
 
 /// The update an UPDATE statement's SET and REMOVE clauses make, checked not to touch key
@@ -607,25 +715,26 @@ pub(crate) fn update(
         actions.push(match assignment {
             Assignment::Remove(path) => Action::Remove(path.clone()),
             Assignment::Set(path, Expr::Call(name, arguments)) if name == "set_add" || name == "set_delete" => {
+                let upper = name.to_uppercase();
                 let [target, members] = arguments.as_slice() else {
-                    return Err(ApiError::validation(format!(
-                        "Incorrect number of arguments for function {name}: expected 2, got {}",
-                        arguments.len()
-                    )));
+                    return Err(ApiError::validation(format!("{upper} must have exactly two arguments")));
                 };
-                if path_argument(name, target)? != *path {
+                if !matches!(target, Expr::Path(target) if target == path) {
                     return Err(ApiError::validation(format!(
-                        "The first argument of {name} must be the attribute being set ({path})"
+                        "The first argument to {upper} must equal the assignment value"
                     )));
+                }
+                let not_a_set =
+                    || ApiError::validation(format!("The second argument to {upper} must be a value with type SET"));
+                if !is_constant(members) {
+                    return Err(not_a_set());
                 }
                 let members = value(members, parameters, "root")?;
                 if !matches!(
                     members,
                     AttributeValue::Ss(_) | AttributeValue::Ns(_) | AttributeValue::Bs(_)
                 ) {
-                    return Err(ApiError::validation(format!(
-                        "The second argument of {name} must be a set (<<...>> or an SS, NS or BS parameter)"
-                    )));
+                    return Err(not_a_set());
                 }
                 if name == "set_add" {
                     Action::Add(path.clone(), members)
@@ -650,10 +759,11 @@ pub(crate) fn update(
             let (a, b) = (&first.path().0, &second.path().0);
             let shorter = a.len().min(b.len());
             if a[..shorter] == b[..shorter] {
+                // DynamoDB names the later path first.
                 return Err(ApiError::validation(format!(
                     "Two document paths overlap with each other; must remove or rewrite one of these paths; path one: {}, path two: {}",
-                    first.path().bracketed(),
-                    second.path().bracketed()
+                    second.path().bracketed(),
+                    first.path().bracketed()
                 )));
             }
         }

@@ -4,7 +4,7 @@
 //! statement := select | insert | update | delete | EXISTS '(' select ')'     [';']
 //! select    := SELECT ( '*' | path {',' path} ) FROM name ['.' name] [WHERE expr]
 //!              [ORDER BY path [ASC|DESC] {',' path [ASC|DESC]}]
-//! insert    := INSERT INTO name VALUE expr
+//! insert    := INSERT INTO name VALUE '{' 'key' ':' expr {',' 'key' ':' expr} '}'
 //! update    := UPDATE name (SET path '=' expr {',' path '=' expr} | REMOVE path {',' path})+
 //!              WHERE expr [returning]
 //! delete    := DELETE FROM name WHERE expr [returning]
@@ -302,6 +302,8 @@ pub(crate) enum Literal {
     Number(String),
     Bool(bool),
     Null,
+    /// `MISSING` where a value stands: DynamoDB refuses it everywhere but in `IS [NOT] MISSING`.
+    Missing,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -322,6 +324,9 @@ pub(crate) enum Expr {
     Parameter(usize),
     List(Vec<Expr>),
     Map(Vec<(String, Expr)>),
+    /// An INSERT's item: the `{...}` after VALUE (each attribute's value is a root of its own
+    /// in DynamoDB's messages).
+    Item(Vec<(String, Expr)>),
     Bag(Vec<Expr>),
     Compare(CompareOp, Box<Expr>, Box<Expr>),
     Between(Box<Expr>, Box<Expr>, Box<Expr>),
@@ -497,11 +502,25 @@ impl Parser {
         if self.eat_word("insert") {
             self.expect_word("into")?;
             let table = self.name()?;
+            if self.peek_symbol(".") {
+                return Err(ApiError::validation(
+                    "FROM clause may only contain a single table name in data manipulation statements",
+                ));
+            }
             if self.eat_word("as") || matches!(self.peek(), Some(Token::Word(w)) if !w.eq_ignore_ascii_case("value")) {
                 return Err(malformed("Unexpected token after expression"));
             }
             self.expect_word("value")?;
-            let value = self.expr()?;
+            // DynamoDB takes the item as a literal `{...}` only (not a parameter, not a list).
+            if !self.peek_symbol("{") {
+                return Err(ApiError::validation(
+                    "Unsupported format in item expression. Please use struct format {...} to express item values for insert statement.",
+                ));
+            }
+            let value = match self.expr()? {
+                Expr::Map(entries) => Expr::Item(entries),
+                _ => return Err(malformed("Unexpected token after expression")),
+            };
             if self.peek_word("returning") {
                 return Err(ApiError::validation("RETURNING is not supported in INSERT"));
             }
@@ -509,6 +528,7 @@ impl Parser {
         }
         if self.eat_word("update") {
             let table = self.name()?;
+            self.refuse_index()?;
             self.refuse_alias()?;
             let mut assignments = Vec::new();
             loop {
@@ -535,7 +555,7 @@ impl Parser {
             if assignments.is_empty() {
                 return Err(self.unexpected("Expected SET or REMOVE"));
             }
-            self.expect_word("where")?;
+            self.expect_where()?;
             let condition = self.expr()?;
             let returning = self.returning()?;
             return Ok(Statement::Update {
@@ -550,8 +570,9 @@ impl Parser {
             let table = self
                 .name()
                 .map_err(|_| malformed("Expected identifier for simple path"))?;
+            self.refuse_index()?;
             self.refuse_alias()?;
-            self.expect_word("where")?;
+            self.expect_where()?;
             let condition = self.expr()?;
             let returning = self.returning()?;
             return Ok(Statement::Delete {
@@ -578,6 +599,26 @@ impl Parser {
             }
             _ => Err(malformed("Expected data manipulation")),
         }
+    }
+
+    /// `"table"."index"` in UPDATE or DELETE: DynamoDB writes to tables only.
+    fn refuse_index(&mut self) -> Result<(), ApiError> {
+        if self.peek_symbol(".") {
+            return Err(ApiError::validation("This operation is not supported on an index"));
+        }
+        Ok(())
+    }
+
+    /// The WHERE of an UPDATE or DELETE; a statement ending without one names no item, which
+    /// DynamoDB answers as a WHERE clause without the key.
+    fn expect_where(&mut self) -> Result<(), ApiError> {
+        let ends = self.peek().is_none() || self.peek_symbol(";") || self.peek_word("returning");
+        if ends {
+            return Err(ApiError::validation(
+                "Where clause does not contain a mandatory equality on all key attributes",
+            ));
+        }
+        self.expect_word("where")
     }
 
     /// A table alias (`t` or `AS t` after the table name) is refused as DynamoDB refuses it.
@@ -624,8 +665,18 @@ impl Parser {
         let mut order_by = Vec::new();
         if self.eat_word("order") {
             self.expect_word("by")?;
+            if condition.is_none() {
+                return Err(ApiError::validation(
+                    "Must have WHERE clause in the statement when using ORDER BY clause.",
+                ));
+            }
             loop {
                 let path = self.path()?;
+                if path.0.len() > 1 {
+                    return Err(ApiError::validation(
+                        "Argument to ORDER BY must be of type VariableReference. Type: PATH",
+                    ));
+                }
                 let descending = if self.eat_word("desc") {
                     true
                 } else {
@@ -810,7 +861,8 @@ impl Parser {
             } else if self.eat_symbol("(") {
                 self.list_members(")")?
             } else if matches!(self.peek(), Some(Token::Parameter)) {
-                vec![self.primary()?]
+                // A parameter is one value, not the list IN takes (`IN (?)` is a list of one).
+                return Err(ApiError::validation(super::IN_SEQUENCE));
             } else {
                 return Err(self.unexpected("Expected a list after IN"));
             };
@@ -942,6 +994,14 @@ impl Parser {
                     "null" => {
                         self.at += 1;
                         Ok(Expr::Literal(Literal::Null))
+                    }
+                    // A literal, not a function: `missing(x)` is not well formed.
+                    "missing" if matches!(self.tokens.get(self.at + 1), Some(Token::Symbol("("))) => {
+                        Err(malformed("Unexpected keyword"))
+                    }
+                    "missing" => {
+                        self.at += 1;
+                        Ok(Expr::Literal(Literal::Missing))
                     }
                     _ if matches!(self.tokens.get(self.at + 1), Some(Token::Symbol("("))) => {
                         self.at += 2;

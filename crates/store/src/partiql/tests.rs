@@ -193,14 +193,18 @@ fn conditions_evaluate_like_dynamodb() {
 
 #[test]
 fn values_are_checked_as_dynamodb_checks_them() {
+    // The value of attribute `v` of an INSERT's item.
     let value_of = |text: &str| {
-        let Statement::Insert { value: v, .. } = parse_statement(&format!("INSERT INTO t VALUE {text}"))
+        let Statement::Insert { value: v, .. } = parse_statement(&format!("INSERT INTO t VALUE {{'v': {text}}}"))
             .expect(text)
             .statement
         else {
             panic!("an insert")
         };
-        value(&v, &Parameters(&[]), "root")
+        value(&v, &Parameters(&[]), "root").map(|item| match item {
+            AttributeValue::M(mut map) => map.remove("v").expect("v"),
+            other => panic!("not a map: {other:?}"),
+        })
     };
     assert_eq!(
         value_of("<<>>").err().map(|e| e.message),
@@ -212,14 +216,11 @@ fn values_are_checked_as_dynamodb_checks_them() {
     );
     assert_eq!(
         value_of("<<'a', 1>>").err().map(|e| e.message),
-        Some("DynamoDB only supports either numbers or strings in bags".into())
+        Some("Unsupported data type in Bag. DynamoDB only supports either numbers or strings in bags".into())
     );
     assert_eq!(
-        value_of("{'pk': 'a', 'm': {'x': 1e126}}").err().map(|e| e.message),
-        Some(
-            "Number overflow. Attempting to store a number with magnitude larger than supported range under root.m.x"
-                .into()
-        )
+        value_of("{'x': 1e126}").err().map(|e| e.message),
+        Some("Number overflow. Attempting to store a number with magnitude larger than supported range".into())
     );
     assert!(matches!(value_of("<<1, 2>>"), Ok(AttributeValue::Ns(_))));
 }
@@ -451,5 +452,282 @@ fn a_selects_sort_key_conditions_are_checked_as_a_querys() {
     assert_eq!(
         check("DELETE FROM t WHERE pk = 'a' AND (sk BETWEEN 5 AND 0 OR x = 1)", &[]),
         Ok(())
+    );
+}
+
+// What DynamoDB answers where the store used to answer otherwise (DynamoDB Local 2026-05-28,
+// AWS's own PartiQL front end, where the PartiQL reference is silent; the references are named
+// at each test).
+
+/// The validation message of translating `text` (a SELECT's WHERE, an UPDATE's SET and WHERE,
+/// a DELETE's WHERE or an INSERT's value), or of parsing it.
+fn refusal(text: &str, parameters: &[AttributeValue]) -> String {
+    let error = check_statement(text, parameters, &schema()).expect_err(text);
+    assert_eq!(error.kind, ErrorKind::Validation, "{text}");
+    error.message
+}
+
+#[test]
+fn functions_outside_dynamodbs_list_are_unrecognized() {
+    // The PartiQL reference lists SIZE, EXISTS (of a subquery, in transactions), ATTRIBUTE_TYPE,
+    // BEGINS_WITH, CONTAINS and MISSING (`IS [NOT] MISSING`); `exists(path)` and `missing(path)`
+    // are not conditions.
+    assert_eq!(
+        refusal("SELECT * FROM t WHERE exists(m)", &[]),
+        "Unrecognized function: exists"
+    );
+    assert_eq!(
+        refusal("SELECT * FROM t WHERE foo(m)", &[]),
+        "Unrecognized function: foo"
+    );
+    assert!(refusal("SELECT * FROM t WHERE missing(m)", &[]).starts_with(MALFORMED));
+    assert_eq!(
+        refusal("UPDATE t SET a = foo(a) WHERE pk = 'a' AND sk = 1", &[]),
+        "Unrecognized function: foo"
+    );
+    assert_eq!(
+        refusal("SELECT * FROM t WHERE begins_with(g)", &[]),
+        "Incorrect number of operands for operator or function; operator or function: begins_with, number of operands: 1"
+    );
+    assert_eq!(
+        refusal("UPDATE t SET l = list_append(l) WHERE pk = 'a' AND sk = 1", &[]),
+        "Incorrect number of operands for operator or function; operator or function: list_append, number of operands: 1"
+    );
+    assert_eq!(
+        refusal("UPDATE t SET l = if_not_exists(l) WHERE pk = 'a' AND sk = 1", &[]),
+        "Incorrect number of operands for operator or function; operator or function: if_not_exists, number of operands: 1"
+    );
+    assert_eq!(
+        refusal("SELECT * FROM t WHERE size(1) = 1", &[]),
+        "Incorrect operand type for operator or function; operator or function: size, operand type: N"
+    );
+}
+
+#[test]
+fn in_takes_a_list_of_1_to_100_values() {
+    let seq = "IN operator must have a left hand argument of type Variable Reference and right hand argument of type Seq with at least one member";
+    assert_eq!(refusal("SELECT * FROM t WHERE g IN []", &[]), seq);
+    let list = [AttributeValue::L(vec![AttributeValue::S("a".into())])];
+    assert_eq!(refusal("SELECT * FROM t WHERE g IN ?", &list), seq);
+    assert_eq!(refusal("SELECT * FROM t WHERE pk IN ?", &list), seq);
+    let many = (0..101).map(|i| format!("'{i}'")).collect::<Vec<_>>().join(", ");
+    assert_eq!(
+        refusal(&format!("SELECT * FROM t WHERE g IN [{many}]"), &[]),
+        "The IN operator is provided with too many operands; number of operands: 101"
+    );
+    // `IN (?)` is a list of one parameter.
+    check_statement(
+        "SELECT * FROM t WHERE g IN (?)",
+        &[AttributeValue::S("a".into())],
+        &schema(),
+    )
+    .expect("in (?)");
+}
+
+#[test]
+fn missing_is_compared_with_is_only() {
+    let message = "MISSING must be compared using IS operator";
+    assert_eq!(refusal("SELECT * FROM t WHERE g = MISSING", &[]), message);
+    assert_eq!(refusal("SELECT * FROM t WHERE g <> missing", &[]), message);
+    assert_eq!(refusal("SELECT * FROM t WHERE g IN [MISSING]", &[]), message);
+    assert_eq!(refusal("SELECT * FROM t WHERE MISSING", &[]), message);
+    assert_eq!(
+        refusal("UPDATE t SET v = MISSING WHERE pk = 'a' AND sk = 1", &[]),
+        message
+    );
+    assert_eq!(
+        refusal("SELECT * FROM t WHERE 'a' IS MISSING", &[]),
+        "Operator or function requires a document path; operator or function: attribute_not_exists"
+    );
+    check_statement("SELECT * FROM t WHERE g IS NOT MISSING", &[], &schema()).expect("is not missing");
+}
+
+#[test]
+fn writes_name_one_item_of_a_table() {
+    assert_eq!(
+        refusal("INSERT INTO t VALUE ?", &[AttributeValue::M(Default::default())]),
+        "Unsupported format in item expression. Please use struct format {...} to express item values for insert statement."
+    );
+    assert_eq!(
+        refusal("INSERT INTO t VALUE [1]", &[]),
+        "Unsupported format in item expression. Please use struct format {...} to express item values for insert statement."
+    );
+    assert_eq!(
+        refusal("INSERT INTO \"t\".\"i\" VALUE {'pk': 'a', 'sk': 1}", &[]),
+        "FROM clause may only contain a single table name in data manipulation statements"
+    );
+    let on_index = "This operation is not supported on an index";
+    assert_eq!(
+        refusal("UPDATE \"t\".\"i\" SET a = 1 WHERE pk = 'a' AND sk = 1", &[]),
+        on_index
+    );
+    assert_eq!(
+        refusal("DELETE FROM \"t\".\"i\" WHERE pk = 'a' AND sk = 1", &[]),
+        on_index
+    );
+    let no_key = "Where clause does not contain a mandatory equality on all key attributes";
+    for text in [
+        "UPDATE t SET a = 1",
+        "UPDATE t SET a = 1;",
+        "UPDATE t SET a = 1 RETURNING ALL NEW *",
+        "DELETE FROM t",
+        "DELETE FROM t;",
+        "DELETE FROM t RETURNING ALL OLD *",
+    ] {
+        assert_eq!(refusal(text, &[]), no_key, "{text}");
+    }
+    // A key attribute named twice: the same value is one item; two values are refused.
+    check_statement(
+        "UPDATE t SET a = 1 WHERE pk = 'a' AND sk = 1 AND sk = 1",
+        &[],
+        &schema(),
+    )
+    .expect("same key twice");
+    assert_eq!(
+        refusal("DELETE FROM t WHERE pk = 'a' AND sk = 1 AND sk = 2", &[]),
+        "Multiple conditions on same key sk. Only single item Update/Insert/Delete are supported"
+    );
+}
+
+#[test]
+fn the_rest_of_a_writes_where_holds_when_the_item_is_absent() {
+    // DynamoDB evaluates the rest of a DELETE's WHERE on the item when it is there; a DELETE of
+    // an absent item is a no-op whatever the rest says (UPDATE and EXISTS fail on the absence
+    // by themselves).
+    let expr = where_of("DELETE FROM t WHERE pk = 'a' AND sk = 1 AND n = 99");
+    let keyed = keyed_where(&expr, &schema(), &Parameters(&[])).expect("keyed");
+    let condition = Condition {
+        root: keyed.rest.expect("a condition"),
+    };
+    assert!(condition.evaluate(&Item::new()).expect("evaluates"), "absent: holds");
+    let item: Item =
+        serde_json::from_value(serde_json::json!({"pk": {"S": "a"}, "sk": {"N": "1"}, "n": {"N": "1"}})).expect("item");
+    assert!(
+        !condition.evaluate(&item).expect("evaluates"),
+        "present: the rest decides"
+    );
+}
+
+#[test]
+fn order_by_needs_a_where_clause_and_plain_names() {
+    assert_eq!(
+        refusal("SELECT * FROM t ORDER BY pk", &[]),
+        "Must have WHERE clause in the statement when using ORDER BY clause."
+    );
+    for path in ["m.a", "l[0]"] {
+        assert_eq!(
+            refusal(&format!("SELECT * FROM t WHERE pk = 'a' ORDER BY {path}"), &[]),
+            "Argument to ORDER BY must be of type VariableReference. Type: PATH"
+        );
+    }
+}
+
+#[test]
+fn values_are_refused_in_dynamodbs_words() {
+    let insert = |value: &str| {
+        refusal(
+            &format!("INSERT INTO t VALUE {{'pk': 'a', 'sk': 1, 'v': {value}}}"),
+            &[],
+        )
+    };
+    assert_eq!(
+        insert("{'a': {'b': 1e300}}"),
+        "Number overflow. Attempting to store a number with magnitude larger than supported range"
+    );
+    assert_eq!(
+        insert("1e-131"),
+        "Number underflow. Attempting to store a number with magnitude smaller than supported range"
+    );
+    assert_eq!(
+        insert("123456789012345678901234567890123456789"),
+        "DynamoDB only supports precision up to 38 digits"
+    );
+    assert_eq!(
+        refusal("SELECT * FROM t WHERE g = 123456789012345678901234567890123456789", &[]),
+        "DynamoDB only supports precision up to 38 digits"
+    );
+    let bag = "Unsupported data type in Bag. DynamoDB only supports either numbers or strings in bags";
+    for members in ["1, 'a'", "true", "?", "[1]"] {
+        let error = check_statement(
+            &format!("INSERT INTO t VALUE {{'pk': 'a', 'sk': 1, 'v': <<{members}>>}}"),
+            &[AttributeValue::S("x".into())],
+            &schema(),
+        )
+        .expect_err(members);
+        assert_eq!(error.message, bag, "{members}");
+    }
+    assert_eq!(
+        refusal("INSERT INTO t VALUE {'pk': 'a', 'sk': 1, 'v': 1, 'v': 2}", &[]),
+        "Duplicate keys in tuple. Key: v under root"
+    );
+    assert_eq!(insert("{'b': 1, 'b': 2}"), "Duplicate keys in tuple. Key: b under root");
+    assert_eq!(
+        insert("{'a': {'b': 1, 'b': 2}}"),
+        "Duplicate keys in tuple. Key: b under root.a"
+    );
+    assert_eq!(insert("x"), "Unsupported data type: x under key root");
+    assert_eq!(insert("a.b"), "Unsupported data type: PATH under key root");
+    assert_eq!(insert("MISSING"), "Unsupported data type: MISSING under key root");
+    assert_eq!(insert("size(a)"), "Unsupported data type: size under key root");
+    assert_eq!(insert("1 + 2"), "Unsupported data type: + under key root");
+    assert_eq!(
+        insert("{'a': {'b': x}}"),
+        "Unsupported data type: VariableReference under key root.a.b"
+    );
+    assert_eq!(
+        insert("{'a': [1, x]}"),
+        "Unsupported data type: VariableReference under key root.a.1"
+    );
+    assert_eq!(
+        insert("[1, missing]"),
+        "Unsupported data type: LiteralMissing under key root.1"
+    );
+    assert_eq!(
+        refusal("SELECT * FROM t WHERE g = [x]", &[]),
+        "Unsupported data type: VariableReference under key root.0"
+    );
+}
+
+#[test]
+fn set_clauses_are_refused_in_dynamodbs_words() {
+    let update = |set: &str| refusal(&format!("UPDATE t SET {set} WHERE pk = 'a' AND sk = 1"), &[]);
+    assert_eq!(
+        update("s = set_add(n, <<1>>)"),
+        "The first argument to SET_ADD must equal the assignment value"
+    );
+    assert_eq!(
+        update("s = set_delete(n, <<1>>)"),
+        "The first argument to SET_DELETE must equal the assignment value"
+    );
+    assert_eq!(
+        update("s = set_add(s, 1)"),
+        "The second argument to SET_ADD must be a value with type SET"
+    );
+    assert_eq!(
+        update("s = set_delete(s, 1)"),
+        "The second argument to SET_DELETE must be a value with type SET"
+    );
+    assert_eq!(
+        update("s = set_add(s, <<1>>, 2)"),
+        "SET_ADD must have exactly two arguments"
+    );
+    let operand = |function: &str, kind: &str| {
+        format!(
+            "Incorrect operand type for operator or function; operator or function: {function}, operand type: {kind}"
+        )
+    };
+    assert_eq!(update("n = n + 'x'"), operand("+", "S"));
+    assert_eq!(update("n = 1 + true"), operand("+", "BOOL"));
+    assert_eq!(update("n = 'a' - 1"), operand("-", "S"));
+    assert_eq!(update("l = list_append(l, 3)"), operand("list_append", "N"));
+    assert_eq!(update("l = list_append('a', l)"), operand("list_append", "S"));
+    // Of two overlapping paths, the later one is named first.
+    assert_eq!(
+        update("m.a = 1, m.a.b = 2"),
+        "Two document paths overlap with each other; must remove or rewrite one of these paths; path one: [m, a, b], path two: [m, a]"
+    );
+    assert_eq!(
+        update("x = 1, m.a = 2, y = 3, m = 4"),
+        "Two document paths overlap with each other; must remove or rewrite one of these paths; path one: [m], path two: [m, a]"
     );
 }
