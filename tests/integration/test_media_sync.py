@@ -205,7 +205,7 @@ def test_rsync_failback_with_delete_keeps_the_uploads_the_old_region_could_not_c
     # A record altered on the receiver (an upload of that name, say) to name the upload cannot
     # get it deleted: the sender's record must name an entry too.
     record = us / ".switchyard-media-synced"
-    record.write_text(record.read_text() + "2026/12/uploaded-just-before-the-outage.jpg\n")
+    record.write_text(record.read_text() + "f:10:2026/12/05-00:00:00|2026/12/uploaded-just-before-the-outage.jpg\n")
     result, [back] = media("sync", config, "--from", "eu")
     assert result.returncode == 0, result.stderr + result.stdout
     assert (us / "2026/12/uploaded-just-before-the-outage.jpg").read_bytes() == b"only in us"
@@ -218,6 +218,27 @@ def test_rsync_failback_with_delete_keeps_the_uploads_the_old_region_could_not_c
     assert result.returncode == 0 and forward["deleted_objects"] == 0, forward
     assert (eu / "2026/12/uploaded-just-before-the-outage.jpg").read_bytes() == b"only in us"
     assert (eu / "2026/12/uploaded-during-the-outage.jpg").read_bytes() == b"made in eu"
+
+
+def test_rsync_delete_keeps_a_new_upload_under_a_name_the_sender_deleted(tmp_path, rsync_daemon):
+    """A file both sides held is deleted on the active side, and the standby then takes a new
+    upload under the same name: the next copy deletes only what is still as it was copied."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    us.mkdir()
+    shop_media(us)
+    config = rsync_config(tmp_path, us, daemon_url, extra="delete = true")
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0 and synced["deleted_objects"] == 0, synced
+    (us / "wysiwyg/banner.webp").unlink()
+    (us / "catalog/product/c/d/cd-hat.png").unlink()
+    (eu / "wysiwyg/banner.webp").write_bytes(b"a new banner uploaded in eu")
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert synced["deleted_objects"] == 1, synced
+    assert not (eu / "catalog/product/c/d/cd-hat.png").exists(), "unchanged since the copy: deleted"
+    assert (eu / "wysiwyg/banner.webp").read_bytes() == b"a new banner uploaded in eu"
+    assert "kept 1 entries" in synced["note"], synced
 
 
 def test_one_rsync_run_stays_within_objects_per_run_max(tmp_path, rsync_daemon):

@@ -50,7 +50,8 @@ pub const STDERR_BYTES_MAX: usize = 2048;
 /// never deleted, never counted in the lag (`--exclude`).
 pub const SYNCED_LIST_NAME: &str = ".switchyard-media-synced";
 /// The record's first line.
-const SYNCED_LIST_HEADER: &str = "# switchyard media_sync v1: entries both sides held after the last complete sync";
+const SYNCED_LIST_HEADER: &str =
+    "# switchyard media_sync v2: entries both sides held after the last complete sync (STATE|PATH)";
 
 /// Settings shared by both ends.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -171,10 +172,11 @@ pub struct Listing {
     pub deletions: u64,
     /// Their paths (all: the run's `lines_max` bounds them).
     pub deleting: Vec<String>,
-    /// With `collect_names`: every entry rsync itemized (files, folders, symlinks), as the
-    /// sender's full listing when the receiver is an empty folder.
+    /// With `collect_names`: every entry rsync itemized (files, folders, symlinks) with its
+    /// state ([`entry_state`]), as the sender's full listing when the receiver is an empty
+    /// folder.
     pub collect_names: bool,
-    pub names: Vec<String>,
+    pub names: Vec<(String, String)>,
     /// "Total transferred file size" of `--stats`, if printed.
     pub stats_bytes: Option<u64>,
     /// "Number of files" of `--stats` (the sender's file list, folders included) and how many
@@ -255,7 +257,7 @@ impl Listing {
             return;
         }
         if self.collect_names && name != "./" && !name.is_empty() {
-            self.names.push(name.to_string());
+            self.names.push((name.to_string(), entry_state(item, length, time)));
         }
         let mut flags = item.chars();
         let (update, kind) = (flags.next(), flags.next());
@@ -509,8 +511,25 @@ pub async fn measure(
     })
 }
 
-/// The sender's full listing: every entry a copy into an empty folder would create.
-async fn list_all(source: &Endpoint, options: &Options, limits: &Limits) -> Result<Vec<String>, Failure> {
+/// What the record keeps of an entry, from its itemized line: a folder is `d` (its time
+/// changes with its contents), anything else its kind, size and modification time
+/// (`f:1234:2026/12/02-20:40:00`). A file whose state differs from the record's changed since
+/// the last complete copy (a new upload under an old name) and is never deleted.
+pub fn entry_state(item: &str, length: &str, time: &str) -> String {
+    match item.chars().nth(1) {
+        Some('d') => "d".to_string(),
+        kind => format!(
+            "{}:{}:{}",
+            kind.unwrap_or('?'),
+            length.trim().replace(',', ""),
+            time.trim()
+        ),
+    }
+}
+
+/// A location's full listing (path, [`entry_state`]): every entry a copy into an empty folder
+/// would create.
+async fn list_all(source: &Endpoint, options: &Options, limits: &Limits) -> Result<Vec<(String, String)>, Failure> {
     let empty =
         tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
     let target = Endpoint {
@@ -547,7 +566,7 @@ pub async fn read_synced(
     at: &Endpoint,
     options: &Options,
     limits: &Limits,
-) -> Result<Option<std::collections::HashSet<String>>, Failure> {
+) -> Result<Option<std::collections::HashMap<String, String>>, Failure> {
     let dir = tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
     let local = dir.path().join("synced");
     let mut args = vec![format!("--timeout={IO_TIMEOUT_SECONDS}")];
@@ -580,19 +599,29 @@ pub async fn read_synced(
             at.text
         )));
     }
-    Ok(Some(
-        lines.filter(|line| !line.is_empty()).map(str::to_string).collect(),
-    ))
+    let mut entries = std::collections::HashMap::new();
+    for line in lines.filter(|line| !line.is_empty()) {
+        let Some((state, path)) = line.split_once('|') else {
+            return Err(Failure::Retryable(format!(
+                "{}{SYNCED_LIST_NAME} has a line that is not STATE|PATH; delete it (the next complete sync writes it again)",
+                at.text
+            )));
+        };
+        entries.insert(path.to_string(), state.to_string());
+    }
+    Ok(Some(entries))
 }
 
 /// Writes the record of what both sides hold at `at`.
-pub async fn write_synced(at: &Endpoint, names: &[String], options: &Options) -> Result<(), Failure> {
+pub async fn write_synced(at: &Endpoint, names: &[(String, String)], options: &Options) -> Result<(), Failure> {
     let dir = tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
     let local = dir.path().join("synced");
-    let mut text = String::with_capacity(names.iter().map(|n| n.len() + 1).sum::<usize>() + 128);
+    let mut text = String::with_capacity(names.iter().map(|(n, s)| n.len() + s.len() + 2).sum::<usize>() + 128);
     text.push_str(SYNCED_LIST_HEADER);
     text.push('\n');
-    for name in names {
+    for (name, state) in names {
+        text.push_str(state);
+        text.push('|');
         text.push_str(name);
         text.push('\n');
     }
@@ -604,6 +633,21 @@ pub async fn write_synced(at: &Endpoint, names: &[String], options: &Options) ->
     let (code, stderr) = run_plain(&args).await?;
     exit_failure(code, &stderr)?;
     Ok(())
+}
+
+/// The entries a run may delete: named with the same state by the receiver's and the sender's
+/// records, and, unless a folder, still in that state on the receiver (`now`).
+pub fn deletable(
+    receiver: &std::collections::HashMap<String, String>,
+    sender: &std::collections::HashMap<String, String>,
+    now: &std::collections::HashMap<String, String>,
+) -> std::collections::HashSet<String> {
+    receiver
+        .iter()
+        .filter(|(path, state)| sender.get(*path) == Some(*state))
+        .filter(|(path, state)| state.as_str() == "d" || now.get(*path) == Some(*state))
+        .map(|(path, _)| path.clone())
+        .collect()
 }
 
 /// A path rsync printed, as a filter rule pattern that matches exactly it from the top of the
@@ -718,7 +762,12 @@ pub async fn sync(
         // so a record planted or altered on one side cannot delete anything by itself.
         let records = match read_synced(target, options, limits).await {
             Ok(Some(receiver)) => match read_synced(source, options, limits).await {
-                Ok(Some(sender)) => Ok(Some(receiver.intersection(&sender).cloned().collect())),
+                // Deletable: named alike by both records, and (a file) still as recorded on
+                // the receiver; one changed since (a new upload under an old name) stays.
+                Ok(Some(sender)) => match list_all(target, options, limits).await {
+                    Ok(now) => Ok(Some(deletable(&receiver, &sender, &now.into_iter().collect()))),
+                    Err(error) => Err(format!("the receiver's files cannot be listed ({error})")),
+                },
                 Ok(None) => Err(format!(
                     "the sender {} has no record of the last complete sync ({SYNCED_LIST_NAME}; this run writes it)",
                     source.text

@@ -613,7 +613,7 @@ async fn a_planted_record_on_the_receiver_stops_no_copy() {
     );
     let record = std::fs::read_to_string(target.join(rsync::SYNCED_LIST_NAME)).expect("record");
     assert!(
-        record.starts_with("# switchyard media_sync v1") && record.contains("new.jpg\n"),
+        record.starts_with("# switchyard media_sync v2") && record.contains("|new.jpg\n"),
         "{record}"
     );
 }
@@ -656,6 +656,45 @@ fn deletion_lines_are_named_and_a_full_listing_collects_every_entry() {
     }
     assert_eq!(listing.deletions, 2);
     assert_eq!(listing.deleting, ["old/h", "old/"]);
-    assert_eq!(listing.names, ["f1", "sub/"]);
+    assert_eq!(
+        listing.names,
+        [
+            ("f1".to_string(), "f:2:2026/12/05-11:54:31".to_string()),
+            ("sub/".to_string(), "d".to_string())
+        ]
+    );
     assert_eq!(listing.counted, 1);
+}
+
+#[test]
+fn only_entries_unchanged_since_the_recorded_copy_may_be_deleted() {
+    let map = |entries: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+        entries.iter().map(|(p, s)| (p.to_string(), s.to_string())).collect()
+    };
+    let receiver = map(&[
+        ("old.jpg", "f:10:2026/12/01-10:00:00"),
+        ("reused.jpg", "f:10:2026/12/01-10:00:00"),
+        ("dir/", "d"),
+        ("only-here.jpg", "f:1:2026/12/01-10:00:00"),
+    ]);
+    let sender = map(&[
+        ("old.jpg", "f:10:2026/12/01-10:00:00"),
+        ("reused.jpg", "f:10:2026/12/01-10:00:00"),
+        ("dir/", "d"),
+    ]);
+    // reused.jpg was uploaded again on the receiver under the same name since the copy.
+    let now = map(&[
+        ("old.jpg", "f:10:2026/12/01-10:00:00"),
+        ("reused.jpg", "f:2048:2026/12/05-12:00:00"),
+        ("dir/", "d"),
+        ("only-here.jpg", "f:1:2026/12/01-10:00:00"),
+    ]);
+    let mut allowed: Vec<String> = rsync::deletable(&receiver, &sender, &now).into_iter().collect();
+    allowed.sort();
+    assert_eq!(allowed, ["dir/", "old.jpg"]);
+    assert_eq!(
+        rsync::entry_state(">f+++++++++", "1,234", "2026/12/02-20:40:00"),
+        "f:1234:2026/12/02-20:40:00"
+    );
+    assert_eq!(rsync::entry_state("cd+++++++++", "4096", "2026/12/02-20:40:00"), "d");
 }
