@@ -96,8 +96,9 @@ enum TokenCommand {
 #[derive(clap::Args, Clone)]
 pub(crate) struct ControllerClientArgs {
     /// The controller's URL; for a group of controllers (`[controller.ha]`), every member's,
-    /// comma-separated (URL,URL,...): they are tried in order, so the command works while any
-    /// member is up. Default http://127.0.0.1:7400.
+    /// comma-separated (URL,URL,...), so the command works while any member is up: commands
+    /// try them in order, `lock run` and `pointer watch` ask them all at once. Default
+    /// http://127.0.0.1:7400.
     #[arg(long, env = "SWITCHYARD_CONTROLLER", value_name = "URL[,URL...]")]
     controller: Option<String>,
     /// File holding the control token (or set SWITCHYARD_CONTROL_TOKEN).
