@@ -413,3 +413,121 @@ def test_values_are_refused_in_dynamodbs_words(client, table):
         "ValidationException", "Incorrect operand type for operator or function; operator or function: +, operand type: S")
     assert failure(client, f"UPDATE \"{table}\" SET s = set_add(t, <<'x'>>) WHERE pk = 'a' AND sk = 1") == (
         "ValidationException", "The first argument to SET_ADD must equal the assignment value")
+
+
+# What follows is DynamoDB's behaviour as DynamoDB Local (AWS's own PartiQL front end) answers it.
+
+def transaction_failure(client, statements):
+    with pytest.raises(ClientError) as excinfo:
+        client.execute_transaction(TransactStatements=[{"Statement": s} for s in statements])
+    return excinfo.value.response
+
+
+def test_reads_in_batches_and_transactions_name_one_item_by_its_key_alone(client, table):
+    """A SELECT in a batch or a transaction is a GetItem: DynamoDB refuses any condition beyond
+    the key (it does not filter the item), and index reads."""
+    key = f"SELECT * FROM \"{table}\" WHERE pk = 'a' AND sk = 1"
+    single = {"Code": "ValidationError", "Message": "Only single item select is supported"}
+    answer = client.batch_execute_statement(Statements=[
+        {"Statement": f"{key} AND g = 'odd'"},
+        {"Statement": f"{key} AND g = 'even'"},
+        {"Statement": f"SELECT * FROM \"{table}\" WHERE pk = 'a' AND sk > 1"},
+        {"Statement": f"SELECT * FROM \"{table}\".\"by-g\" WHERE g = 'odd'"},
+        {"Statement": f"SELECT sk FROM \"{table}\" WHERE pk = 'b' AND sk = 1 AND sk = 1"},
+    ])["Responses"]
+    assert [r.get("Error") for r in answer[:4]] == [single] * 4
+    assert answer[4]["Item"] == {"sk": {"N": "1"}}
+
+    prefix = "Validation failed in TransactStatements[1]: "
+    for statement, message in [
+        (f"{key} AND g = 'odd'", "Select statements within ExecuteTransaction must specify the primary key in the where clause."),
+        (f"SELECT * FROM \"{table}\" WHERE pk = 'a'", "Select statements within ExecuteTransaction must specify the primary key in the where clause."),
+        (f"SELECT * FROM \"{table}\".\"by-g\" WHERE g = 'odd'", "Reads on indices are not supported within transactions."),
+    ]:
+        error = transaction_failure(client, [f"SELECT * FROM \"{table}\" WHERE pk = 'b' AND sk = 1", statement])["Error"]
+        assert (error["Code"], error["Message"]) == ("ValidationException", prefix + message)
+    answer = client.execute_transaction(TransactStatements=[{"Statement": f"{key} AND sk = 1"}])["Responses"]
+    assert answer[0]["Item"]["g"] == {"S": "odd"}
+
+
+def test_batch_writes_answer_what_returning_asks(client, table):
+    """BatchStatementResponse's Item: a batch's UPDATE and DELETE return what their RETURNING
+    asks, as ExecuteStatement does."""
+    answer = client.batch_execute_statement(Statements=[
+        {"Statement": f"UPDATE \"{table}\" SET w = 5 WHERE pk = 'a' AND sk = 1 RETURNING MODIFIED NEW *"},
+        {"Statement": f"UPDATE \"{table}\" SET w = 6 WHERE pk = 'a' AND sk = 2 RETURNING ALL OLD *"},
+        {"Statement": f"UPDATE \"{table}\" SET w = 7 WHERE pk = 'a' AND sk = 3 RETURNING MODIFIED OLD *"},
+        {"Statement": f"DELETE FROM \"{table}\" WHERE pk = 'b' AND sk = 1 RETURNING ALL OLD *"},
+        {"Statement": f"DELETE FROM \"{table}\" WHERE pk = 'nobody' AND sk = 1 RETURNING ALL OLD *"},
+        {"Statement": f"UPDATE \"{table}\" SET w = 8 WHERE pk = 'a' AND sk = 4"},
+    ])["Responses"]
+    assert answer[0] == {"TableName": table, "Item": {"w": {"N": "5"}}}
+    assert answer[1]["Item"]["sk"] == {"N": "2"} and "w" not in answer[1]["Item"]
+    assert answer[2] == {"TableName": table}, "nothing modified was there before"
+    assert answer[3] == {"TableName": table, "Item": {"pk": {"S": "b"}, "sk": {"N": "1"}, "g": {"S": "odd"}}}
+    assert answer[4] == {"TableName": table}
+    assert answer[5] == {"TableName": table}
+
+
+def test_exists_reads_one_item_with_a_condition_more(client, table):
+    update = f"UPDATE \"{table}\" SET seen = true WHERE pk = 'a' AND sk = 2"
+    for where in ["pk = 'a' AND sk = 1", "pk = 'a'", "pk = 'a' AND g = 'odd'"]:
+        error = transaction_failure(client, [update, f"EXISTS(SELECT * FROM \"{table}\" WHERE {where})"])["Error"]
+        assert (error["Code"], error["Message"]) == (
+            "ValidationException",
+            "Validation failed in TransactStatements[1]: EXISTS() must contain a single item read with additional condition")
+    error = transaction_failure(client, [update, f"EXISTS(SELECT * FROM \"{table}\".\"by-g\" WHERE pk = 'a' AND sk = 1 AND v = 1)"])["Error"]
+    assert error["Message"] == "Validation failed in TransactStatements[1]: Operations on indices are not supported in transactions"
+    assert "seen" not in client.get_item(TableName=table, Key={"pk": {"S": "a"}, "sk": {"N": "2"}})["Item"]
+    # The key named twice is a condition more.
+    assert client.execute_transaction(TransactStatements=[
+        {"Statement": update}, {"Statement": f"EXISTS(SELECT * FROM \"{table}\" WHERE pk = 'a' AND sk = 1 AND sk = 1)"},
+    ])["Responses"] == []
+    exists = f"EXISTS(SELECT * FROM \"{table}\" WHERE pk = 'a' AND sk = 1 AND g = 'odd')"
+    outside = "EXISTS can only be used in ExecuteTransaction write requests."
+    assert failure(client, exists) == ("ValidationException", outside)
+    answer = client.batch_execute_statement(Statements=[{"Statement": exists}])["Responses"]
+    assert answer[0]["Error"] == {"Code": "ValidationError", "Message": outside}
+
+
+def test_order_by_and_insert_keys_in_dynamodbs_words(client, table):
+    assert failure(client, f"SELECT * FROM \"{table}\" WHERE pk = 'a' ORDER BY g") == (
+        "ValidationException", "Variable reference g in ORDER BY clause must be part of the primary key")
+    assert failure(client, f"SELECT * FROM \"{table}\".\"by-g\" WHERE g = 'odd' ORDER BY sk") == (
+        "ValidationException", "Variable reference sk in ORDER BY clause must be part of the primary key")
+    present = "Key attribute should be present in the item: Key "
+    typed = "Key attribute's data type should match its data type in table's schema: Key "
+    for value, message in [("{'pk': 'x'}", present + "sk"), ("{'v': 1}", present + "pk"),
+                           ("{'pk': 'x', 'sk': '1'}", typed + "sk"), ("{'pk': 1}", typed + "pk"),
+                           ("{'pk': null, 'sk': 1}", typed + "pk"), ("{'pk': '', 'sk': '1'}", typed + "sk")]:
+        assert failure(client, f"INSERT INTO \"{table}\" VALUE {value}") == ("ValidationException", message), value
+    answer = client.batch_execute_statement(Statements=[
+        {"Statement": f"INSERT INTO \"{table}\" VALUE {{'pk': 'x'}}"}])["Responses"]
+    assert answer[0]["Error"] == {"Code": "ValidationError", "Message": present + "sk"}
+
+
+def test_a_mistyped_key_cancels_the_transaction(client, table):
+    """DynamoDB answers a key of the wrong type (or an INSERT without its key) inside
+    ExecuteTransaction as a ValidationError cancellation reason; no other statement is checked."""
+    typed = "Key attribute's data type should match its data type in table's schema: Key sk"
+    cases = [
+        ([f"UPDATE \"{table}\" SET n = 1 WHERE pk = 'a' AND sk = 2 AND g = 'nope'",
+          f"UPDATE \"{table}\" SET n = 1 WHERE pk = 'a' AND sk = '1'"], 1, typed),
+        ([f"DELETE FROM \"{table}\" WHERE pk = 'a' AND sk = '1'",
+          f"UPDATE \"{table}\" SET n = 1 WHERE pk = 'a'"], 0, typed),
+        ([f"INSERT INTO \"{table}\" VALUE {{'pk': 'new', 'sk': 1}}",
+          f"INSERT INTO \"{table}\" VALUE {{'pk': 'new', 'sk': '2'}}"], 1, typed),
+        ([f"INSERT INTO \"{table}\" VALUE {{'pk': 'new'}}"], 0, "Key attribute should be present in the item: Key sk"),
+        ([f"EXISTS(SELECT * FROM \"{table}\" WHERE pk = 'a' AND sk = '1' AND g = 'odd')",
+          f"UPDATE \"{table}\" SET n = 1 WHERE pk = 'a' AND sk = 2"], 0, typed),
+        ([f"SELECT * FROM \"{table}\" WHERE pk = 'a' AND sk = 2",
+          f"SELECT * FROM \"{table}\" WHERE pk = 'a' AND sk = '1'"], 1, typed),
+    ]
+    for statements, position, message in cases:
+        response = transaction_failure(client, statements)
+        assert response["Error"]["Code"] == "TransactionCanceledException", statements
+        expected = [{"Code": "None"}] * len(statements)
+        expected[position] = {"Code": "ValidationError", "Message": message}
+        assert response["CancellationReasons"] == expected, statements
+    assert "n" not in client.get_item(TableName=table, Key={"pk": {"S": "a"}, "sk": {"N": "2"}})["Item"]
+    assert "Item" not in client.get_item(TableName=table, Key={"pk": {"S": "new"}, "sk": {"N": "1"}})

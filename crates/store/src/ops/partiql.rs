@@ -10,6 +10,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use dynamo_protocol::error::CancellationReason;
 use dynamo_protocol::{ApiError, AttributeValue, ErrorKind, Item};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -105,9 +106,7 @@ pub async fn execute_statement(store: &Store, request: ExecuteStatementRequest) 
                 },
             )
         }
-        Statement::Exists(_) => Err(ApiError::validation(
-            "EXISTS is a condition of ExecuteTransaction; ExecuteStatement runs SELECT, INSERT, UPDATE and DELETE",
-        )),
+        Statement::Exists(_) => Err(exists_outside_transaction()),
         statement => {
             let written = write_statement(store, statement, &parameters, return_old).await?;
             let mut response = json!({"Items": written.items.iter().map(item_json).collect::<Vec<_>>()});
@@ -117,6 +116,11 @@ pub async fn execute_statement(store: &Store, request: ExecuteStatementRequest) 
             Ok(response)
         }
     }
+}
+
+/// DynamoDB's refusal of an EXISTS outside ExecuteTransaction (alone, or in a batch).
+fn exists_outside_transaction() -> ApiError {
+    ApiError::validation("EXISTS can only be used in ExecuteTransaction write requests.")
 }
 
 fn statement_digest(statement: &str, parameters: &[AttributeValue]) -> String {
@@ -222,7 +226,7 @@ fn select_page(
                 Some(name) if schema.sort.as_ref().is_some_and(|s| s.name == name) => reverse = *descending,
                 _ => {
                     return Err(ApiError::validation(format!(
-                        "Variable {path} in ORDER BY clause must be a key attribute (partition or sort key) of the table or index"
+                        "Variable reference {path} in ORDER BY clause must be part of the primary key"
                     )));
                 }
             }
@@ -360,6 +364,7 @@ fn insert_target(
 ) -> Result<(Arc<TableMeta>, Item, Vec<u8>), ApiError> {
     let meta = store.engine().require_table(table)?;
     let item = insert_item(value, parameters)?;
+    partiql::check_item_key(&item, &meta.key)?;
     let key = validate_put(&meta, &item)?;
     Ok((meta, item, key))
 }
@@ -535,6 +540,17 @@ fn table_of(statement: &Statement) -> &str {
     }
 }
 
+/// Where a keyed read stands: DynamoDB words each one's refusals its own way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadIn {
+    /// A SELECT in BatchExecuteStatement.
+    Batch,
+    /// A SELECT in ExecuteTransaction.
+    Transaction,
+    /// An EXISTS(SELECT ...) in ExecuteTransaction.
+    Exists,
+}
+
 /// A SELECT naming one item by its full primary key (batches and transactions read only so).
 struct KeyedRead {
     meta: Arc<TableMeta>,
@@ -543,19 +559,47 @@ struct KeyedRead {
     projection: Option<Vec<Path>>,
 }
 
-fn keyed_read(store: &Store, select: &Select, parameters: &Parameters<'_>) -> Result<KeyedRead, ApiError> {
+/// The item `select` reads, in `context`. DynamoDB's (and DynamoDB Local's) refusals: a
+/// batch's SELECT and a transaction's SELECT name one item by nothing but its key ("Only
+/// single item select is supported"; "Select statements within ExecuteTransaction must
+/// specify the primary key in the where clause."), neither reads an index, and an EXISTS
+/// names one item by its key with some condition more ("EXISTS() must contain a single item
+/// read with additional condition").
+fn keyed_read(
+    store: &Store,
+    select: &Select,
+    parameters: &Parameters<'_>,
+    context: ReadIn,
+) -> Result<KeyedRead, ApiError> {
     let meta = store.engine().require_table(&select.table)?;
+    let not_one_item = || {
+        ApiError::validation(match context {
+            ReadIn::Batch => "Only single item select is supported",
+            ReadIn::Transaction => {
+                "Select statements within ExecuteTransaction must specify the primary key in the where clause."
+            }
+            ReadIn::Exists => "EXISTS() must contain a single item read with additional condition",
+        })
+    };
     if select.index.is_some() {
-        return Err(ApiError::validation(
-            "A read in a batch or transaction names one item by the table's key; it cannot read an index",
-        ));
+        return Err(match context {
+            ReadIn::Batch => not_one_item(),
+            ReadIn::Transaction => ApiError::validation("Reads on indices are not supported within transactions."),
+            ReadIn::Exists => ApiError::validation("Operations on indices are not supported in transactions"),
+        });
     }
     if let Some(paths) = &select.projection {
         partiql::check_projection(paths)?;
     }
-    let condition = select.condition.as_ref().ok_or_else(|| {
-        ApiError::validation("Where clause does not contain a mandatory equality on all key attributes")
-    })?;
+    let one_item = match context {
+        ReadIn::Exists => partiql::is_checked_item_read(select.condition.as_ref(), &meta.key),
+        ReadIn::Batch | ReadIn::Transaction => {
+            partiql::names_one_item(select.condition.as_ref(), &meta.key, parameters)?
+        }
+    };
+    let Some(condition) = select.condition.as_ref().filter(|_| one_item) else {
+        return Err(not_one_item());
+    };
     let keyed = partiql::keyed_where(condition, &meta.key, parameters)?;
     let key = validate_key(&meta, &keyed.key)?;
     Ok(KeyedRead {
@@ -622,7 +666,9 @@ pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStateme
         let Ok(parsed) = parsed else { continue };
         let parameters = Parameters(parameters_of(entry.parameters.as_ref())?);
         let item = match &parsed.statement {
-            Statement::Select(select) => keyed_read(store, select, &parameters).map(|read| (read.meta.id, read.key)),
+            Statement::Select(select) => {
+                keyed_read(store, select, &parameters, ReadIn::Batch).map(|read| (read.meta.id, read.key))
+            }
             Statement::Exists(_) => continue,
             statement => plan_write(store, statement.clone(), &parameters, false).map(|step| (step.meta.id, step.key)),
         };
@@ -652,7 +698,7 @@ pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStateme
         let outcome = match parsed.statement {
             Statement::Select(select) => {
                 let snapshot = snapshot.as_ref().expect("a batch with reads has a snapshot");
-                match keyed_read(store, &select, &parameters) {
+                match keyed_read(store, &select, &parameters, ReadIn::Batch) {
                     Ok(read) => match snapshot.get(&read.meta, &read.key) {
                         Ok(found) => {
                             let size = found.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
@@ -674,9 +720,7 @@ pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStateme
                     Err(error) => Err(error),
                 }
             }
-            Statement::Exists(_) => Err(ApiError::validation(
-                "EXISTS is a condition of ExecuteTransaction; it cannot stand alone in a batch",
-            )),
+            Statement::Exists(_) => Err(exists_outside_transaction()),
             statement => {
                 let return_old = parse_return_on_failure(entry.return_values_on_condition_check_failure.as_deref())?;
                 match write_statement(store, statement, &parameters, return_old).await {
@@ -685,7 +729,13 @@ pub async fn batch_execute_statement(store: &Store, request: BatchExecuteStateme
                             .entry(written.table.clone())
                             .or_default()
                             .add(&written.capacity);
-                        Ok(json!({"TableName": written.table}))
+                        // RETURNING answers the item as ExecuteStatement does (BatchStatementResponse's
+                        // Item; DynamoDB Local answers so).
+                        let mut answer = json!({"TableName": written.table});
+                        if let Some(item) = written.items.first() {
+                            answer["Item"] = item_json(item);
+                        }
+                        Ok(answer)
                     }
                     Err(error) => Err(error),
                 }
@@ -730,6 +780,25 @@ fn in_transaction(position: usize, error: ApiError) -> ApiError {
     } else {
         error
     }
+}
+
+/// A statement's own error inside ExecuteTransaction (of `count` statements): as
+/// [`in_transaction`], except a key of the wrong type or an INSERT without its key, which
+/// DynamoDB (DynamoDB Local) reports by cancelling the transaction: that statement's reason is
+/// the ValidationError, every other statement's `None` (none of them is checked further).
+fn in_transaction_or_cancelled(position: usize, count: usize, error: ApiError) -> ApiError {
+    if !partiql::cancels_transaction(&error) {
+        return in_transaction(position, error);
+    }
+    let mut reasons = vec![CancellationReason::none(); count];
+    if let Some(reason) = reasons.get_mut(position) {
+        *reason = CancellationReason {
+            code: "ValidationError".into(),
+            message: Some(error.message),
+            item: None,
+        };
+    }
+    ApiError::transaction_canceled(reasons)
 }
 
 /// A transaction's statements return nothing.
@@ -824,7 +893,7 @@ fn plan_write(
             Ok(target.step(false, return_old, TxAction::DeleteExisting))
         }
         Statement::Exists(select) => {
-            let read = keyed_read(store, &select, parameters)?;
+            let read = keyed_read(store, &select, parameters, ReadIn::Exists)?;
             Ok(TxStep {
                 meta: read.meta,
                 key: read.key,
@@ -900,7 +969,7 @@ pub async fn execute_transaction(store: &Store, request: ExecuteTransactionReque
         steps.push(
             refuse_returning(returning_of(&parsed.statement))
                 .and_then(|()| plan_write(store, parsed.statement, &parameters, return_old))
-                .map_err(|e| in_transaction(position, e))?,
+                .map_err(|e| in_transaction_or_cancelled(position, count, e))?,
         );
     }
     let digest = transaction_digest(&request.transact_statements);
@@ -921,7 +990,8 @@ fn transaction_reads(
     parsed: Vec<Parsed>,
     mode: Option<&str>,
 ) -> Result<Value, ApiError> {
-    let mut reads = Vec::with_capacity(parsed.len());
+    let parsed_count = parsed.len();
+    let mut reads = Vec::with_capacity(parsed_count);
     let mut seen = HashSet::new();
     for (position, (entry, parsed)) in request.transact_statements.iter().zip(parsed).enumerate() {
         let parameters = Parameters(parameters_of(entry.parameters.as_ref())?);
@@ -930,13 +1000,18 @@ fn transaction_reads(
                 "Internal server error: a write statement among a transaction's reads",
             ));
         };
-        let read = keyed_read(store, &select, &parameters).map_err(|e| in_transaction(position, e))?;
+        let read = keyed_read(store, &select, &parameters, ReadIn::Transaction)
+            .map_err(|e| in_transaction_or_cancelled(position, parsed_count, e))?;
+        reads.push(read);
+    }
+    // After every statement's own checks, as the writes' (a key of the wrong type further on
+    // cancels the transaction first).
+    for read in &reads {
         if !seen.insert((read.meta.id, read.key.clone())) {
             return Err(ApiError::validation(
                 "Transaction request cannot include multiple operations on one item",
             ));
         }
-        reads.push(read);
     }
     let snapshot = store.engine().snapshot()?;
     let mut responses = Vec::with_capacity(reads.len());

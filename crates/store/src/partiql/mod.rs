@@ -439,6 +439,82 @@ fn key_equality(expr: &Expr) -> Option<(&str, &Expr)> {
     }
 }
 
+/// DynamoDB's words for a key value of the wrong type (inside ExecuteTransaction, a
+/// ValidationError cancellation reason rather than a refusal of the request).
+pub(crate) const KEY_TYPE_MISMATCH: &str =
+    "Key attribute's data type should match its data type in table's schema: Key ";
+/// DynamoDB's words for an INSERT whose item lacks a key attribute (inside ExecuteTransaction,
+/// a cancellation reason too).
+pub(crate) const KEY_NOT_IN_ITEM: &str = "Key attribute should be present in the item: Key ";
+
+/// Whether `error` is one DynamoDB reports inside ExecuteTransaction as the statement's
+/// ValidationError cancellation reason (a key of the wrong type, an INSERT without its key).
+pub(crate) fn cancels_transaction(error: &ApiError) -> bool {
+    error.kind == dynamo_protocol::ErrorKind::Validation
+        && (error.message.starts_with(KEY_TYPE_MISMATCH) || error.message.starts_with(KEY_NOT_IN_ITEM))
+}
+
+/// An INSERT's item has every key attribute, each of its type, in the key's order (as
+/// DynamoDB checks it before the values themselves: empty strings, index keys).
+pub(crate) fn check_item_key(item: &Item, schema: &KeySchema) -> Result<(), ApiError> {
+    for attribute in schema.attributes() {
+        match item.get(&attribute.name) {
+            None => return Err(ApiError::validation(format!("{KEY_NOT_IN_ITEM}{}", attribute.name))),
+            Some(value) if !attribute.value_type.matches(value) => {
+                return Err(ApiError::validation(format!("{KEY_TYPE_MISMATCH}{}", attribute.name)));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a SELECT's WHERE names exactly one item, as a read in BatchExecuteStatement or
+/// ExecuteTransaction must: nothing but equalities of key attributes to S, N or B values, every
+/// key attribute among them (one attribute named twice with the same value still names one
+/// item). Value errors are the values' own.
+pub(crate) fn names_one_item(
+    expr: Option<&Expr>,
+    schema: &KeySchema,
+    parameters: &Parameters<'_>,
+) -> Result<bool, ApiError> {
+    let Some(expr) = expr else { return Ok(false) };
+    let mut key = Item::new();
+    for part in conjuncts(expr) {
+        let Some((name, constant)) = key_equality(part) else {
+            return Ok(false);
+        };
+        if !schema.is_key_attribute(name) {
+            return Ok(false);
+        }
+        let value = value(constant, parameters, "root")?;
+        if !matches!(
+            value,
+            AttributeValue::S(_) | AttributeValue::N(_) | AttributeValue::B(_)
+        ) || key.get(name).is_some_and(|known| *known != value)
+        {
+            return Ok(false);
+        }
+        key.insert(name.to_string(), value);
+    }
+    Ok(schema.attributes().all(|a| key.contains_key(&a.name)))
+}
+
+/// Whether an EXISTS's WHERE is what DynamoDB requires of it: a single item read (an equality
+/// on every key attribute) with an additional condition (anything more than one equality per
+/// key attribute).
+pub(crate) fn is_checked_item_read(expr: Option<&Expr>, schema: &KeySchema) -> bool {
+    let Some(expr) = expr else { return false };
+    let parts = conjuncts(expr);
+    let named: std::collections::BTreeSet<&str> = parts
+        .iter()
+        .filter_map(|part| key_equality(part))
+        .map(|(name, _)| name)
+        .filter(|name| schema.is_key_attribute(name))
+        .collect();
+    schema.attributes().all(|a| named.contains(a.name.as_str())) && parts.len() > named.len()
+}
+
 fn check_key_value(schema: &KeySchema, name: &str, value: &AttributeValue) -> Result<(), ApiError> {
     if !matches!(
         value,
@@ -451,9 +527,7 @@ fn check_key_value(schema: &KeySchema, name: &str, value: &AttributeValue) -> Re
     }
     let attribute = schema.attributes().find(|a| a.name == name);
     if attribute.is_some_and(|a| !a.value_type.matches(value)) {
-        return Err(ApiError::validation(format!(
-            "Key attribute's data type should match its data type in table's schema: Key {name}"
-        )));
+        return Err(ApiError::validation(format!("{KEY_TYPE_MISMATCH}{name}")));
     }
     let empty = match value {
         AttributeValue::S(text) if text.is_empty() => "string",

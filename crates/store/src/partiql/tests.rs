@@ -731,3 +731,80 @@ fn set_clauses_are_refused_in_dynamodbs_words() {
         "Two document paths overlap with each other; must remove or rewrite one of these paths; path one: [m], path two: [m, a]"
     );
 }
+
+#[test]
+fn a_batch_or_transaction_read_names_one_item_by_its_key_alone() {
+    let one = |text: &str, values: &[AttributeValue]| {
+        names_one_item(Some(&where_of(text)), &schema(), &Parameters(values)).expect(text)
+    };
+    assert!(one("SELECT * FROM t WHERE pk = 'a' AND sk = 1", &[]));
+    assert!(one(
+        "SELECT * FROM t WHERE 'a' = pk AND sk = ?",
+        &[AttributeValue::N(Number::from_i64(1))]
+    ));
+    // The same equality twice is still one item (DynamoDB Local reads it).
+    assert!(one("SELECT * FROM t WHERE pk = 'a' AND sk = 1 AND sk = 1", &[]));
+    // Anything more, less, or other is not (DynamoDB: "Only single item select is supported").
+    for text in [
+        "SELECT * FROM t WHERE pk = 'a' AND sk = 1 AND g = 'x'",
+        "SELECT * FROM t WHERE pk = 'a'",
+        "SELECT * FROM t WHERE pk = 'a' AND sk > 1",
+        "SELECT * FROM t WHERE pk = 'a' AND sk = 1 AND sk = 2",
+        "SELECT * FROM t WHERE pk IN ['a'] AND sk = 1",
+        "SELECT * FROM t WHERE pk = 'a' AND sk = 1 OR g = 'x'",
+        "SELECT * FROM t WHERE pk = [1] AND sk = 1",
+    ] {
+        assert!(!one(text, &[]), "{text}");
+    }
+    assert!(!names_one_item(None, &schema(), &Parameters(&[])).expect("no where"));
+    // A key of the wrong type is one item still: the key check answers it, in its own words.
+    assert!(one("SELECT * FROM t WHERE pk = 'a' AND sk = '1'", &[]));
+}
+
+#[test]
+fn an_exists_reads_one_item_with_a_condition_more() {
+    let checked = |text: &str| is_checked_item_read(Some(&where_of(text)), &schema());
+    assert!(checked("SELECT * FROM t WHERE pk = 'a' AND sk = 1 AND g = 'x'"));
+    assert!(checked("SELECT * FROM t WHERE pk = 'a' AND sk = 1 AND sk = 1"));
+    for text in [
+        "SELECT * FROM t WHERE pk = 'a' AND sk = 1",
+        "SELECT * FROM t WHERE 'a' = pk AND 1 = sk",
+        "SELECT * FROM t WHERE pk = 'a'",
+        "SELECT * FROM t WHERE pk = 'a' AND g = 'x'",
+        "SELECT * FROM t WHERE pk = 'a' AND sk = '1'",
+    ] {
+        assert!(!checked(text), "{text}");
+    }
+    assert!(!is_checked_item_read(None, &schema()));
+}
+
+#[test]
+fn an_insert_item_has_each_key_attribute_of_its_type() {
+    let item =
+        |pairs: &[(&str, AttributeValue)]| -> Item { pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() };
+    let s = |text: &str| AttributeValue::S(text.into());
+    let n = |value: i64| AttributeValue::N(Number::from_i64(value));
+    let refusal = |item: &Item| check_item_key(item, &schema()).expect_err("refused").message;
+    assert!(check_item_key(&item(&[("pk", s("a")), ("sk", n(1))]), &schema()).is_ok());
+    assert_eq!(
+        refusal(&item(&[("pk", s("a"))])),
+        "Key attribute should be present in the item: Key sk"
+    );
+    assert_eq!(
+        refusal(&item(&[("sk", s("1"))])),
+        "Key attribute should be present in the item: Key pk"
+    );
+    assert_eq!(
+        refusal(&item(&[("pk", n(1))])),
+        "Key attribute's data type should match its data type in table's schema: Key pk"
+    );
+    assert_eq!(
+        refusal(&item(&[("pk", AttributeValue::Null), ("sk", n(1))])),
+        "Key attribute's data type should match its data type in table's schema: Key pk"
+    );
+    let error = check_item_key(&item(&[("pk", s("a")), ("sk", s("1"))]), &schema()).expect_err("refused");
+    assert!(cancels_transaction(&error));
+    assert!(!cancels_transaction(&ApiError::validation(
+        "Duplicate identifiers in select clause: v"
+    )));
+}
