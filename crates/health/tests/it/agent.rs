@@ -237,6 +237,15 @@ async fn agent_refuses_bad_configuration() {
 
 #[tokio::test]
 async fn an_agent_given_every_member_reports_to_the_next_when_the_first_is_down() {
+    // The first member is down: nothing listens on its port.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let seen = reports_through_the_second_member(down).await;
+    assert!(!seen.lock().expect("lock").plan_requests.is_empty());
+}
+
+/// Starts a controller stand-in as the second of two members (`first` before it), an agent
+/// given both, and waits until three of its reports arrived there; returns what it saw.
+async fn reports_through_the_second_member(first: String) -> Arc<Mutex<Seen>> {
     let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let mut check = CheckSpec::new(
         "app",
@@ -254,41 +263,27 @@ async fn an_agent_given_every_member_reports_to_the_next_when_the_first_is_down(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let live = format!("http://{}", listener.local_addr().expect("address"));
     start_controller(listener, plan, seen.clone()).await;
-    // The first member is down: nothing listens on its port.
-    let down = format!("http://127.0.0.1:{}", free_port());
-    let mut config = AgentConfig::new(format!("{down},{live}"), "agent-eu");
+    let mut config = AgentConfig::new(format!("{first},{live}"), "agent-eu");
     config.token = Some("t0ken".into());
     config.plan_refresh_ms = 200;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run(config, async move {
         let _ = stopped.await;
     }));
-    wait_for("reports at the member that is up", Duration::from_secs(15), || {
+    wait_for("reports at the member that answers", Duration::from_secs(15), || {
         seen.lock().expect("lock").reports.len() >= 3
     })
     .await;
-    assert!(!seen.lock().expect("lock").plan_requests.is_empty());
     let _ = stop.send(());
     agent.await.expect("agent task").expect("agent stops cleanly");
+    drop(target);
+    seen
 }
 
 /// A member that answers 503 (stopping, or unable to pass reports on) sends the agent to the
 /// next one, as one that is down does.
 #[tokio::test]
 async fn an_agent_moves_past_a_member_answering_503() {
-    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let mut check = CheckSpec::new(
-        "app",
-        "east",
-        ProbeKind::Tcp {
-            address: target.local_addr().expect("address").to_string(),
-        },
-    );
-    check.interval_ms = 50;
-    let plan = AgentPlan {
-        checks: vec![check],
-        report_interval_ms: 50,
-    };
     let failing = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let failing_url = format!("http://{}", failing.local_addr().expect("address"));
     let answered_503 = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -312,25 +307,9 @@ async fn an_agent_moves_past_a_member_answering_503() {
                 .await;
         }
     });
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let live = format!("http://{}", listener.local_addr().expect("address"));
-    start_controller(listener, plan, seen.clone()).await;
-    let mut config = AgentConfig::new(format!("{failing_url},{live}"), "agent-eu");
-    config.token = Some("t0ken".into());
-    config.plan_refresh_ms = 200;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(run(config, async move {
-        let _ = stopped.await;
-    }));
-    wait_for("reports at the member that answers", Duration::from_secs(15), || {
-        seen.lock().expect("lock").reports.len() >= 3
-    })
-    .await;
+    reports_through_the_second_member(failing_url).await;
     assert!(
         answered_503.load(std::sync::atomic::Ordering::SeqCst) >= 1,
         "the first member was asked first"
     );
-    let _ = stop.send(());
-    agent.await.expect("agent task").expect("agent stops cleanly");
 }
