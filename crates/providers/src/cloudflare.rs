@@ -47,6 +47,47 @@ pub const POOLS_MAX: usize = 32;
 pub const RECORD_TYPES: &[&str] = &["A", "AAAA", "CNAME", "TXT"];
 /// What the step writes into a record's comment, followed by the generation.
 pub const COMMENT_PREFIX: &str = "switchyard generation ";
+/// Longest record comment written, in characters: the smallest plan's limit (Cloudflare's
+/// "DNS record comments": 100 on Free, more on paid plans).
+pub const COMMENT_CHARS_MAX: usize = 100;
+
+/// The comment to write for `generation`, keeping what an operator wrote: the generation of an
+/// earlier write is replaced where it stands, or `; switchyard generation N` is appended. An
+/// operator's text too long to keep whole is cut (ending in `…`) so the comment stays within
+/// [`COMMENT_CHARS_MAX`]: the generation, the fence, always fits.
+pub fn comment_with_generation(old: Option<&str>, generation: u64) -> String {
+    let token = format!("{COMMENT_PREFIX}{generation}");
+    let old = old.unwrap_or_default().trim();
+    let (before, after) = match old.find(COMMENT_PREFIX) {
+        Some(at) => {
+            let rest = &old[at + COMMENT_PREFIX.len()..];
+            let digits = rest.chars().take_while(char::is_ascii_digit).count();
+            (&old[..at], &rest[digits..])
+        }
+        None if old.is_empty() => ("", ""),
+        None => (old, ""),
+    };
+    let before = before.trim_end();
+    let separator = if before.is_empty() || before.ends_with(';') {
+        if before.is_empty() { "" } else { " " }
+    } else if old.contains(COMMENT_PREFIX) {
+        " "
+    } else {
+        "; "
+    };
+    let whole = format!("{before}{separator}{token}{after}");
+    if whole.chars().count() <= COMMENT_CHARS_MAX {
+        return whole;
+    }
+    // Too long: keep the operator's text before the token, cut to fit.
+    let room = COMMENT_CHARS_MAX.saturating_sub(token.chars().count() + 3);
+    let kept: String = format!("{before}{after}").chars().take(room).collect();
+    if kept.trim().is_empty() {
+        token
+    } else {
+        format!("{}…; {token}", kept.trim_end())
+    }
+}
 
 cas::rest_settings! {
     records {
@@ -395,7 +436,7 @@ impl Cloudflare {
         }
         let mut body = json!({ "content": target });
         if *comment_generation {
-            body["comment"] = json!(format!("{COMMENT_PREFIX}{}", order.generation));
+            body["comment"] = json!(comment_with_generation(record.comment.as_deref(), order.generation));
         }
         self.patch(
             &format!("/zones/{zone_id}/dns_records/{}", record.id),
@@ -471,6 +512,38 @@ mod tests {
         );
         assert_eq!(record(Some("hand-made")).generation(), None);
         assert_eq!(record(None).generation(), None);
+    }
+
+    #[test]
+    fn the_comment_keeps_what_an_operator_wrote_and_always_the_generation() {
+        assert_eq!(comment_with_generation(None, 5), "switchyard generation 5");
+        assert_eq!(comment_with_generation(Some("  "), 5), "switchyard generation 5");
+        assert_eq!(
+            comment_with_generation(Some("switchyard generation 4"), 5),
+            "switchyard generation 5"
+        );
+        assert_eq!(
+            comment_with_generation(Some("shop front, ticket OPS-12"), 5),
+            "shop front, ticket OPS-12; switchyard generation 5"
+        );
+        assert_eq!(
+            comment_with_generation(Some("shop front; switchyard generation 4 by ops"), 5),
+            "shop front; switchyard generation 5 by ops"
+        );
+        let long = "x".repeat(150);
+        let cut = comment_with_generation(Some(&long), 12345);
+        assert!(cut.chars().count() <= COMMENT_CHARS_MAX, "{cut}");
+        assert!(cut.ends_with("…; switchyard generation 12345"), "{cut}");
+        let record = |comment: String| Record {
+            id: "x".into(),
+            name: "n".into(),
+            record_type: "A".into(),
+            content: "192.0.2.1".into(),
+            comment: Some(comment),
+        };
+        assert_eq!(record(cut).generation(), Some(12345));
+        let again = comment_with_generation(Some(&comment_with_generation(Some("ops note"), 5)), 6);
+        assert_eq!(again, "ops note; switchyard generation 6");
     }
 
     #[test]

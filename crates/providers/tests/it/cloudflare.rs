@@ -165,6 +165,34 @@ values = {{ us-east-1 = "{US}", eu-west-1 = "{EU}" }}
     )
 }
 
+/// An operator's comment on the record stays, with the generation beside it.
+#[tokio::test]
+async fn the_record_keeps_an_operators_comment_beside_the_generation() {
+    let (zone, base) = start(Zone {
+        records: vec![record("r1", "shop.example", US, Some("shop front, ticket OPS-12"))],
+        ..Zone::default()
+    })
+    .await;
+    let token = token_file(TOKEN);
+    let step = step(&record_settings(&base, token.path()));
+    step.run(&order(5, Some("us-east-1"), "eu-west-1"))
+        .await
+        .expect("moved");
+    assert_eq!(
+        zone.lock().expect("state").records[0]["comment"],
+        "shop front, ticket OPS-12; switchyard generation 5"
+    );
+    step.run(&order(6, Some("eu-west-1"), "us-east-1"))
+        .await
+        .expect("moved back");
+    let zone = zone.lock().expect("state");
+    assert_eq!(zone.records[0]["content"], US);
+    assert_eq!(
+        zone.records[0]["comment"],
+        "shop front, ticket OPS-12; switchyard generation 6"
+    );
+}
+
 #[tokio::test]
 async fn a_failover_points_the_record_at_the_new_region_with_its_generation_and_reads_it_back() {
     let (zone, base) = start(Zone {
