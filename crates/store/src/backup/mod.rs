@@ -255,6 +255,17 @@ impl Backups {
         self.dir.join(format!("{id}.json"))
     }
 
+    /// Holds backup `id` for a restore, which DeleteBackup then refuses (`BackupInUse`). A
+    /// DeleteBackup that removed it since it was looked up has taken its description first,
+    /// under the same lock: the backup is then not found, rather than read as damaged.
+    fn take_for_restore(self: &Arc<Self>, id: &str) -> Result<InUse, ApiError> {
+        let in_use = self.use_backup(id);
+        if !self.meta_path(id).exists() {
+            return Err(backup_not_found_id(id));
+        }
+        Ok(in_use)
+    }
+
     fn use_backup(self: &Arc<Self>, id: &str) -> InUse {
         *self.state().in_use.entry(id.to_string()).or_default() += 1;
         InUse {
@@ -1106,7 +1117,7 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
     catalog::table_from_request(&create, 0, now)?;
     check_restore_room(store.engine(), &request.target_table_name, backup.size_bytes)?;
     // The backup is checked whole before the table exists: a damaged backup is refused here.
-    let in_use = backups.use_backup(&id);
+    let in_use = backups.take_for_restore(&id)?;
     let items = backups.items_path(&id);
     let summary = tokio::task::spawn_blocking(move || file::verify(&items))
         .await
@@ -1281,6 +1292,24 @@ async fn drop_restoring(engine: &Engine, meta: TableMeta) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restore that takes a backup a DeleteBackup removed since its lookup answers "not
+    /// found", not "damaged"; one it takes first makes the delete wait (`BackupInUse`).
+    #[test]
+    fn a_restore_takes_a_backup_only_while_it_exists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backups = Arc::new(Backups::new(dir.path().to_path_buf()));
+        let id = "01700000000000-0a1b2c3d";
+        std::fs::write(backups.meta_path(id), "{}").expect("description");
+        let held = backups.take_for_restore(id).expect("there");
+        assert!(backups.state().in_use.contains_key(id));
+        drop(held);
+        assert!(!backups.state().in_use.contains_key(id), "released");
+        std::fs::remove_file(backups.meta_path(id)).expect("deleted");
+        let gone = backups.take_for_restore(id).err().expect("deleted meanwhile");
+        assert_eq!(gone.kind, ErrorKind::BackupNotFound, "{gone:?}");
+        assert!(!backups.state().in_use.contains_key(id), "a refused take holds nothing");
+    }
 
     #[tokio::test]
     async fn one_backup_of_a_table_at_a_time() {
