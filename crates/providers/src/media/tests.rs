@@ -280,6 +280,34 @@ fn the_listing_knows_when_the_sender_listed_folders_only() {
     );
 }
 
+#[cfg(feature = "aws")]
+/// Serves `app` as an S3 stand-in; returns the folder holding its credentials file (keep it)
+/// and the location of a bucket there (path style, prefix `p/`).
+async fn serve_s3(app: axum::Router) -> (tempfile::TempDir, impl Fn(&str) -> Location) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .expect("credentials");
+    let location = move |bucket: &str| Location::S3 {
+        bucket: bucket.into(),
+        prefix: "p/".into(),
+        access: crate::aws::Access {
+            region: "us-east-1".into(),
+            profile: None,
+            endpoint_url: Some(url.clone()),
+            credentials_file: Some(credentials.clone()),
+        },
+        path_style: true,
+    };
+    (dir, location)
+}
+
 /// An S3 endpoint whose source object is far larger than its listing says (replaced after the
 /// listing, or a lying endpoint): the copy must not read it into memory, nor write it.
 #[cfg(feature = "aws")]
@@ -330,27 +358,7 @@ async fn an_s3_object_larger_than_listed_is_neither_read_whole_nor_copied() {
             }
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let credentials = dir.path().join("credentials");
-    std::fs::write(
-        &credentials,
-        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
-    )
-    .expect("credentials");
-    let location = |bucket: &str| Location::S3 {
-        bucket: bucket.into(),
-        prefix: "p/".into(),
-        access: crate::aws::Access {
-            region: "us-east-1".into(),
-            profile: None,
-            endpoint_url: Some(url.clone()),
-            credentials_file: Some(credentials.clone()),
-        },
-        path_style: true,
-    };
+    let (_dir, location) = serve_s3(app).await;
     let mut limits = limits(10, 1_000_000);
     limits.object_bytes_max = 1_000;
     let error = match super::s3::sync(&location("src"), &location("dst"), false, &limits).await {
@@ -436,27 +444,7 @@ async fn an_s3_object_gone_between_listing_and_head_counts_as_missing() {
             _ => StatusCode::NOT_FOUND.into_response(),
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let credentials = dir.path().join("credentials");
-    std::fs::write(
-        &credentials,
-        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
-    )
-    .expect("credentials");
-    let location = |bucket: &str| Location::S3 {
-        bucket: bucket.into(),
-        prefix: "p/".into(),
-        access: crate::aws::Access {
-            region: "us-east-1".into(),
-            profile: None,
-            endpoint_url: Some(url.clone()),
-            credentials_file: Some(credentials.clone()),
-        },
-        path_style: true,
-    };
+    let (_dir, location) = serve_s3(app).await;
     let lag = super::s3::lag(&location("src"), &location("dst"), &limits(10, 1_000_000))
         .await
         .expect("a lag, not a failed HeadObject");
