@@ -82,6 +82,20 @@ pub struct ConfigFile {
     /// Who may call the API: per agent, operator or reader, a token (its hash or a file).
     #[serde(default)]
     pub tokens: Vec<TokenSection>,
+    /// What `switchyard guard` does beyond fencing when another region is active.
+    #[serde(default)]
+    pub guard: Option<GuardSection>,
+}
+
+/// `[guard]`: the region-local guards (`switchyard guard`, see `crate::guard`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardSection {
+    /// Fence a region's database primaries when its guard has had no fresh word from any
+    /// controller member naming the region active for this long (opt-in: absent, only a move
+    /// to another region fences).
+    #[serde(default)]
+    pub isolation_fence_ms: Option<Spanned<u64>>,
 }
 
 /// One `[[tokens]]` entry: `name`, `role` and either `token_sha256` or `token_file`.
@@ -823,6 +837,7 @@ impl Checker<'_> {
                 "add a media_sync step (see README, Media sync), or remove failback_media_objects_max",
             );
         }
+        self.check_guard(&file, &steps);
         let alert_channels = self.check_alerts(&file);
         let credentials = self.check_tokens(&file);
         let dns_token = self.read_dns_token(&file);
@@ -964,6 +979,52 @@ impl Checker<'_> {
     }
 
     /// A duration that must lie in `min..=max` milliseconds; the message names the bound.
+    /// `[guard] isolation_fence_ms`: within its bounds, and for every region with servers a
+    /// guard fences, early enough that the controller cannot fail the region over first
+    /// (`crate::guard::check_timing`).
+    fn check_guard(&mut self, file: &ConfigFile, steps: &[Step]) {
+        let Some(limit) = file.guard.as_ref().and_then(|g| g.isolation_fence_ms.as_ref()) else {
+            return;
+        };
+        let (min, max) = (
+            crate::guard::ISOLATION_FENCE_MS_MIN,
+            crate::guard::ISOLATION_FENCE_MS_MAX,
+        );
+        if !(min..=max).contains(limit.get_ref()) {
+            self.error(
+                limit.span(),
+                format!(
+                    "[guard] isolation_fence_ms = {} is outside {min}..={max}",
+                    limit.get_ref()
+                ),
+                format!("use at least {min} (two of the guard's rounds) and at most {max}"),
+            );
+            return;
+        }
+        let regions: BTreeSet<String> = steps
+            .iter()
+            .filter_map(|s| s.action.as_ref())
+            .flat_map(|a| a.guarded_regions())
+            .collect();
+        if regions.is_empty() {
+            self.warn(
+                limit.span(),
+                "[guard] isolation_fence_ms is set but no runbook step has servers a guard fences (mysql_promote, postgres_promote, redis_promote)",
+                "remove [guard], or add the database promote steps",
+            );
+            return;
+        }
+        let checks: Vec<health::CheckSpec> = file.checks.iter().map(|c| c.get_ref().clone()).collect();
+        for region in regions {
+            if let Err((message, fix)) =
+                crate::guard::check_timing(*limit.get_ref(), file.policy.down_confirm_ms, &checks, &region)
+            {
+                self.error(limit.span(), message, fix);
+                return;
+            }
+        }
+    }
+
     fn bounded_ms(&mut self, section: &str, key: &str, value: u64, min: u64, max: u64, default: u64) {
         if (min..=max).contains(&value) {
             return;

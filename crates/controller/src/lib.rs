@@ -22,6 +22,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod guard;
 pub mod ha;
 pub mod pointer;
 pub mod runbook;

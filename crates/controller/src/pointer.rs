@@ -319,6 +319,16 @@ pub struct Reading {
     /// Why the value may be stale: a member cut off from etcd still names the region it last
     /// knew, and another member may have moved it since.
     pub stale: Option<String>,
+    /// A runbook under way, when the member says so: its generation and the region it moves
+    /// the active role to.
+    pub moving: Option<Moving>,
+}
+
+/// A runbook under way, as `GET /v1/active-region` says in `moving`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moving {
+    pub generation: u64,
+    pub to: String,
 }
 
 /// Reads `GET /v1/active-region` from the member at `base`: with `wait_ms` above 0 a long-poll
@@ -360,9 +370,16 @@ pub async fn fetch(
         .get("stale")
         .and_then(serde_json::Value::as_str)
         .map(str::to_string);
+    let moving = match document.get("moving") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(moving) => Some(
+            serde_json::from_value(moving.clone())
+                .map_err(|e| FetchError::Other(format!("{url}: not a pointer document: moving: {e}")))?,
+        ),
+    };
     let value = serde_json::from_value(document)
         .map_err(|e| FetchError::Other(format!("{url}: not a pointer document: {e}")))?;
-    Ok(Reading { value, stale })
+    Ok(Reading { value, stale, moving })
 }
 
 /// Why no member gave a pointer that can be trusted.
@@ -403,7 +420,7 @@ pub async fn read_newest(
     let mut other_failures = false;
     for (url, answer) in answers {
         match answer {
-            Ok(Reading { value, stale: None }) => {
+            Ok(Reading { value, stale: None, .. }) => {
                 if newest.as_ref().is_none_or(|n| value.generation > n.generation) {
                     newest = Some(value);
                 }

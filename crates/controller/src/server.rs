@@ -1678,6 +1678,15 @@ async fn active_region(State(shared): State<Arc<Shared>>, headers: HeaderMap, ur
     if let Some(why) = shared.ha.as_ref().and_then(|ha| ha.pointer_stale()) {
         body["stale"] = json!(why);
     }
+    // A runbook under way: where it moves the active region (`switchyard guard` never
+    // unfences a server while one runs: the runbook may be taking its final position).
+    let in_flight = {
+        let core = shared.lock();
+        shared.engine_status(&core, shared.now_ms()).in_flight
+    };
+    if let Some(order) = in_flight {
+        body["moving"] = json!({"generation": order.generation.0, "to": order.to.active.as_str()});
+    }
     json_response(StatusCode::OK, body)
 }
 

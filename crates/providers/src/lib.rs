@@ -135,6 +135,47 @@ impl Action {
         }
     }
 
+    /// Whether `switchyard guard` fences this step's servers (the database promote steps
+    /// whose servers Switchyard reaches itself; managed databases fence themselves).
+    pub fn guards_servers(&self) -> bool {
+        matches!(
+            self,
+            Action::MysqlPromote(_) | Action::PostgresPromote(_) | Action::RedisPromote(_)
+        )
+    }
+
+    /// The regions where `switchyard guard` has servers of this step to fence.
+    pub fn guarded_regions(&self) -> std::collections::BTreeSet<String> {
+        let members = match self {
+            Action::MysqlPromote(step) => step.members(),
+            Action::PostgresPromote(step) => step.members(),
+            Action::RedisPromote(step) => step.members(),
+            _ => &[],
+        };
+        members.iter().map(|m| m.region.clone()).collect()
+    }
+
+    /// `switchyard guard`: fences the servers of `region` that take writes (see
+    /// [`db::guard`]); nothing for a step that guards no servers.
+    pub async fn guard_fence(&self, region: &str) -> Vec<db::guard::GuardReport> {
+        match self {
+            Action::MysqlPromote(step) => step.guard_fence(region).await,
+            Action::PostgresPromote(step) => step.guard_fence(region).await,
+            Action::RedisPromote(step) => step.guard_fence(region).await,
+            _ => Vec::new(),
+        }
+    }
+
+    /// `switchyard guard`: unfences the servers at `addresses` that are still primaries.
+    pub async fn guard_unfence(&self, addresses: &[String]) -> Vec<db::guard::GuardReport> {
+        match self {
+            Action::MysqlPromote(step) => step.guard_unfence(addresses).await,
+            Action::PostgresPromote(step) => step.guard_unfence(addresses).await,
+            Action::RedisPromote(step) => step.guard_unfence(addresses).await,
+            _ => Vec::new(),
+        }
+    }
+
     /// The media step's own settings (its lag is measured outside the runbook too).
     pub fn media(&self) -> Option<&media::MediaSync> {
         match self {

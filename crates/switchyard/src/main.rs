@@ -38,6 +38,7 @@ mod demo_app;
 
 mod controller;
 mod fault_proxy;
+mod guard;
 
 mod bench;
 mod dns;
@@ -153,6 +154,16 @@ enum Command {
     /// Run a job (cron) only in the active region and under a fenced lease
     /// (`lock run --name NAME -- CMD...`).
     Lock(lock::LockArgs),
+    /// Fence this region's database primaries when the controller makes another region active
+    /// (and, with `[guard] isolation_fence_ms`, when no controller member has been heard for
+    /// that long): one guard per region, beside its databases (`guard --config FILE --region
+    /// NAME --controller URL[,URL...]`).
+    ///
+    /// A failover that cannot reach the old primary (cut off from the controller, not from its
+    /// applications) leaves it writable; the guard, on its side of the cut, fences it as the
+    /// promote steps would (MySQL/MariaDB read_only, PostgreSQL default_transaction_read_only,
+    /// client connections ended; Redis writes paused, renewed while the fence holds).
+    Guard(guard::GuardArgs),
     /// Copy product images and uploads to the standby regions, or measure what they lack
     /// (`media sync|lag --config FILE`), with the config's `media_sync` steps (rsync or S3).
     Media(media::MediaArgs),
@@ -479,6 +490,7 @@ fn run() -> anyhow::Result<()> {
         Command::Resume(args) => runtime.block_on(controller::run_manual(args, "/v1/resume")),
         Command::Acknowledge(args) => runtime.block_on(controller::run_manual(args, "/v1/acknowledge")),
         Command::Pointer(args) => runtime.block_on(controller::run_pointer(args)),
+        Command::Guard(args) => runtime.block_on(guard::run(args)),
         Command::Lock(args) => {
             let status = runtime.block_on(lock::run(args))?;
             drop(runtime);

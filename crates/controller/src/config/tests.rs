@@ -705,3 +705,43 @@ fn more_checks_than_a_plan_may_hold_are_an_error() {
     let problem = problem_with(&found, "1002 checks is more than 1000");
     assert_eq!(problem.line, line_of(&text, "name = \"extra-998\"") - 1);
 }
+
+#[test]
+fn guard_isolation_fence_is_held_to_the_quickest_failover_with_its_line() {
+    let step = "\n[[runbook]]\nname = \"orders-db\"\nkind = \"mysql_promote\"\ntimeout_ms = 30000\n\
+         [runbook.mysql_promote]\nservers = { a = [\"10.0.1.5:3306\"], b = [\"10.1.1.5\"] }\n\
+         user = \"switchyard\"\nreplication_user = \"repl\"\n";
+    // The checks' defaults (fall 3, fast_interval_ms 250) call a region down 500 ms after the
+    // first failure: a 3 s isolation fence comes far too late without down_confirm_ms.
+    let late = format!("{MINIMAL}\n[guard]\nisolation_fence_ms = 3000\n{step}");
+    let found = problems(&late);
+    let problem = problem_with(&found, "isolation_fence_ms = 3000");
+    assert_eq!(problem.line, line_of(&late, "isolation_fence_ms = 3000"));
+    assert!(problem.message.contains("after 500 ms"), "{}", problem.message);
+    let needed = 3_000 + crate::guard::FENCE_DELAY_MS - 500;
+    assert!(
+        problem.fix.contains(&format!("down_confirm_ms to at least {needed}")),
+        "{}",
+        problem.fix
+    );
+    // The fix it names is enough.
+    let fixed =
+        format!("{MINIMAL}\n[policy]\ndown_confirm_ms = {needed}\n\n[guard]\nisolation_fence_ms = 3000\n{step}");
+    let config = parse("guard.toml", &fixed).expect("valid");
+    let limit = config.file.guard.as_ref().and_then(|g| g.isolation_fence_ms.as_ref());
+    assert_eq!(limit.map(|l| *l.get_ref()), Some(3_000));
+    // Out of bounds, and set with nothing to fence.
+    let tiny = format!("{MINIMAL}\n[guard]\nisolation_fence_ms = 10\n{step}");
+    let found = problems(&tiny);
+    assert!(problem_with(&found, "outside").fix.contains("at least"));
+    let idle = format!("{MINIMAL}\n[policy]\ndown_confirm_ms = 60000\n\n[guard]\nisolation_fence_ms = 3000\n");
+    let config = parse("idle.toml", &idle).expect("valid, with a warning");
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("no runbook step has servers a guard fences")),
+        "{:?}",
+        config.warnings
+    );
+}

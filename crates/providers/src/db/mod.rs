@@ -239,6 +239,7 @@ pub(crate) fn resolve_secret(
 
 pub mod binlog;
 pub mod gtid;
+pub mod guard;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;

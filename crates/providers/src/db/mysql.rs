@@ -644,6 +644,49 @@ impl MysqlPromote {
     }
 }
 
+impl MysqlPromote {
+    /// `switchyard guard`: fences every server of `region` that takes writes (`read_only`, or
+    /// `super_read_only` on MySQL, then its client connections ended, as a failover fences an
+    /// old primary); one that is read-only already is left alone.
+    pub async fn guard_fence(&self, region: &str) -> Vec<super::guard::GuardReport> {
+        let indexes = super::guard::in_region(&self.inner.members, region);
+        super::guard::each(&self.inner.members, indexes, |index| {
+            let inner = Arc::clone(&self.inner);
+            async move {
+                let mut session = inner.connect(index).await?;
+                if is_on(session.value("SELECT @@GLOBAL.read_only").await?.as_deref()) {
+                    return Ok(super::guard::GuardOutcome::Refusing);
+                }
+                let (_, ended) = session.fence().await?;
+                Ok(super::guard::GuardOutcome::Fenced { ended })
+            }
+        })
+        .await
+    }
+
+    /// `switchyard guard`: makes the servers at `addresses` writable again, each only while it
+    /// replicates from nobody (a failover may have made it a replica meanwhile).
+    pub async fn guard_unfence(&self, addresses: &[String]) -> Vec<super::guard::GuardReport> {
+        let indexes = super::guard::named(&self.inner.members, addresses);
+        super::guard::each(&self.inner.members, indexes, |index| {
+            let inner = Arc::clone(&self.inner);
+            async move {
+                let mut session = inner.connect(index).await?;
+                let executed = session.executed().await?;
+                if let Some(replication) = session.replication(&executed).await? {
+                    return Ok(super::guard::GuardOutcome::Kept(format!(
+                        "it replicates from {} now",
+                        replication.source
+                    )));
+                }
+                session.unfence().await?;
+                Ok(super::guard::GuardOutcome::Unfenced)
+            }
+        })
+        .await
+    }
+}
+
 impl Inner {
     async fn connect(&self, index: usize) -> Result<Session, Failure> {
         let member = &self.members[index];

@@ -1105,6 +1105,46 @@ fn output_tail(stdout: &[u8], stderr: &[u8], secrets: &[String]) -> String {
     text[start..].to_string()
 }
 
+impl PostgresPromote {
+    /// `switchyard guard`: fences every server of `region` that takes writes (a primary whose
+    /// new sessions are not read-only): `default_transaction_read_only` set in its
+    /// configuration, then its client backends ended, as a failover fences an old primary. A
+    /// standby, or a primary fenced already, is left alone.
+    pub async fn guard_fence(&self, region: &str) -> Vec<super::guard::GuardReport> {
+        let indexes = super::guard::in_region(&self.inner.members, region);
+        super::guard::each(&self.inner.members, indexes, |index| {
+            let inner = Arc::clone(&self.inner);
+            async move {
+                let mut session = inner.connect(index).await?;
+                if !session.inspect().await?.writable_primary() {
+                    return Ok(super::guard::GuardOutcome::Refusing);
+                }
+                let (_, ended) = session.fence(&inner, index).await?;
+                Ok(super::guard::GuardOutcome::Fenced { ended })
+            }
+        })
+        .await
+    }
+
+    /// `switchyard guard`: makes the servers at `addresses` writable again, each only while it
+    /// is a primary (a failover may have made it a standby meanwhile).
+    pub async fn guard_unfence(&self, addresses: &[String]) -> Vec<super::guard::GuardReport> {
+        let indexes = super::guard::named(&self.inner.members, addresses);
+        super::guard::each(&self.inner.members, indexes, |index| {
+            let inner = Arc::clone(&self.inner);
+            async move {
+                let mut session = inner.connect(index).await?;
+                if session.inspect().await?.in_recovery {
+                    return Ok(super::guard::GuardOutcome::Kept("it is a standby now".into()));
+                }
+                session.unfence(&inner, index).await?;
+                Ok(super::guard::GuardOutcome::Unfenced)
+            }
+        })
+        .await
+    }
+}
+
 impl Inner {
     /// The passwords as configured, as [`conninfo_value`] writes them into `primary_conninfo`,
     /// and that again as a SQL [`literal`]: hidden in failure messages and in the rejoin

@@ -37,6 +37,9 @@ pub const INFO_BYTES_MAX: usize = 64 * 1024;
 pub const PAUSE_MARGIN_MS: u64 = 10_000;
 /// How often the old master's pause is renewed while the promotion runs.
 pub const PAUSE_RENEW_MS: u64 = 1_000;
+/// How long one `switchyard guard` round pauses a master's writes; the guard renews it every
+/// round (far more often), so it only matters once the guard stops: the pause lapses then.
+pub const GUARD_PAUSE_MS: u64 = 10_000;
 /// How long a repointed server gets to link up with its new master (or start a full
 /// resynchronisation), and how often it is looked at meanwhile.
 pub const LINK_WAIT_MS: u64 = 5_000;
@@ -492,6 +495,50 @@ impl PauseKeeper {
 impl Drop for PauseKeeper {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl RedisPromote {
+    /// `switchyard guard`: pauses the writes of every master of `region` for
+    /// [`GUARD_PAUSE_MS`] from now (`CLIENT PAUSE WRITE`). Redis has no read-only master: the
+    /// guard renews the pause every round while the fence holds, and it lapses by itself within
+    /// [`GUARD_PAUSE_MS`] once the guard stops. A replica is left alone.
+    pub async fn guard_fence(&self, region: &str) -> Vec<super::guard::GuardReport> {
+        let indexes = super::guard::in_region(&self.inner.members, region);
+        super::guard::each(&self.inner.members, indexes, |index| {
+            let inner = Arc::clone(&self.inner);
+            async move {
+                let mut session = inner.connect(index).await?;
+                if session.observe().await?.replica_of.is_some() {
+                    return Ok(super::guard::GuardOutcome::Refusing);
+                }
+                session
+                    .command(redis::cmd("CLIENT").arg("PAUSE").arg(GUARD_PAUSE_MS).arg("WRITE"))
+                    .await?;
+                Ok(super::guard::GuardOutcome::Paused)
+            }
+        })
+        .await
+    }
+
+    /// `switchyard guard`: ends the pause of the servers at `addresses` (`CLIENT UNPAUSE`),
+    /// each only while it is a master.
+    pub async fn guard_unfence(&self, addresses: &[String]) -> Vec<super::guard::GuardReport> {
+        let indexes = super::guard::named(&self.inner.members, addresses);
+        super::guard::each(&self.inner.members, indexes, |index| {
+            let inner = Arc::clone(&self.inner);
+            async move {
+                let mut session = inner.connect(index).await?;
+                if let Some(master) = session.observe().await?.replica_of {
+                    return Ok(super::guard::GuardOutcome::Kept(format!(
+                        "it replicates from {master} now"
+                    )));
+                }
+                session.command(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
+                Ok(super::guard::GuardOutcome::Unfenced)
+            }
+        })
+        .await
     }
 }
 

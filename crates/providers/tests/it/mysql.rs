@@ -680,3 +680,53 @@ async fn mariadb_a_relay_log_that_does_not_drain_in_time_refuses_the_promotion_n
     wait_until("b to apply the write", || async move { stock(b, 2).await == "9" }).await;
     assert_eq!(slave_status(b, "Slave_IO_Running").await, "Yes");
 }
+
+// `switchyard guard` on MariaDB: the region's writable primary is fenced (read_only, the shop's
+// open connection ended), the read-only replica is left alone, a second round changes nothing,
+// and the unfence makes the primary writable again but never a server that replicates.
+#[tokio::test]
+async fn mariadb_guard_fences_the_regions_primary_only_and_unfences_only_a_primary() {
+    use providers::db::guard::GuardOutcome;
+    let Some(mariadbd) = find_binary("mariadbd") else {
+        return skip("mariadbd", "mariadb-server");
+    };
+    let pair = start_pair(&mariadbd).await;
+    let step = step(&pair, 5_000);
+    let (a, b) = (pair.a, pair.b);
+    insert(a, 1).await.expect("the shop writes");
+    let mut open = connect(a, "app", "app-pass").await.expect("the shop's connection");
+
+    let reports = step.guard_fence("us").await;
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        reports[0].outcome,
+        GuardOutcome::Refusing,
+        "the replica is read-only already"
+    );
+    let reports = step.guard_fence("eu").await;
+    assert!(
+        matches!(reports[0].outcome, GuardOutcome::Fenced { ended } if ended >= 1),
+        "{reports:?}"
+    );
+    assert_eq!(server_code(insert(a, 2).await), Some(READ_ONLY_ERROR));
+    assert!(
+        open.query_drop("INSERT INTO shop.orders (id) VALUES (3)")
+            .await
+            .is_err(),
+        "the connection open before the fence was ended"
+    );
+    assert_eq!(step.guard_fence("eu").await[0].outcome, GuardOutcome::Refusing);
+    assert_eq!(source(b).await, format!("127.0.0.1:{a}"), "replication goes on");
+
+    let reports = step
+        .guard_unfence(&[format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}")])
+        .await;
+    assert_eq!(reports[0].outcome, GuardOutcome::Unfenced, "{reports:?}");
+    assert!(
+        matches!(&reports[1].outcome, GuardOutcome::Kept(why) if why.contains(&format!("127.0.0.1:{a}"))),
+        "{reports:?}"
+    );
+    assert_eq!(text(b, "SELECT @@GLOBAL.read_only").await, "1");
+    insert(a, 4).await.expect("writable again");
+    wait_until("the order to replicate", || async move { count(b).await == 2 }).await;
+}

@@ -791,3 +791,50 @@ async fn postgres_waits_for_commits_acknowledged_under_synchronous_commit_off() 
     };
     assert_eq!(count(promoted).await, 2, "the acknowledged order is kept: {outcome}");
 }
+
+// `switchyard guard` on PostgreSQL: the region's writable primary is fenced (new sessions
+// read-only, an open session ended), standbys are left alone, a second round changes nothing,
+// and the unfence makes the primary writable again but never a server that is a standby.
+#[tokio::test]
+async fn postgres_guard_fences_the_regions_primary_only_and_unfences_only_a_primary() {
+    use providers::db::guard::GuardOutcome;
+    let Some(cluster) = start_cluster() else { return };
+    populate_and_replicate(&cluster, 2).await;
+    let step = cluster.step(5_000, false);
+    let [a, b, c] = cluster.ports;
+    // A session of the shop's, open before the fence: it must not keep writing.
+    let open = client(a, "app", "app-pass").await.expect("the shop's session");
+
+    // The us region holds only standbys: nothing to do there.
+    let reports = step.guard_fence("us").await;
+    assert_eq!(
+        reports.iter().map(|r| (&r.address, &r.outcome)).collect::<Vec<_>>(),
+        [
+            (&cluster.address(1), &GuardOutcome::Refusing),
+            (&cluster.address(2), &GuardOutcome::Refusing)
+        ]
+    );
+    let reports = step.guard_fence("eu").await;
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(
+        matches!(reports[0].outcome, GuardOutcome::Fenced { ended } if ended >= 1),
+        "{reports:?}"
+    );
+    let refused = insert(a, 100)
+        .await
+        .expect_err("a fenced primary refuses the shop's writes");
+    assert!(refused.starts_with(READ_ONLY), "{refused}");
+    assert!(
+        open.simple_query("INSERT INTO orders (id) VALUES (101)").await.is_err(),
+        "the session open before the fence was ended"
+    );
+    assert_eq!(step.guard_fence("eu").await[0].outcome, GuardOutcome::Refusing);
+    assert_eq!(count(b).await, 2);
+
+    // Unfencing: the primary takes writes again; a standby named by mistake stays as it is.
+    let reports = step.guard_unfence(&[cluster.address(0), cluster.address(2)]).await;
+    assert_eq!(reports[0].outcome, GuardOutcome::Unfenced, "{reports:?}");
+    assert_eq!(reports[1].outcome, GuardOutcome::Kept("it is a standby now".into()));
+    insert(a, 102).await.expect("writable again");
+    wait_until("the order to reach a standby", || async move { count(c).await == 3 }).await;
+}

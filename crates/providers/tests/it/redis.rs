@@ -398,3 +398,67 @@ async fn redis_the_old_master_stays_paused_until_it_is_a_replica_however_slow_th
         Err(e) => assert_eq!(e.kind(), redis::ErrorKind::ReadOnly, "{e}"),
     }
 }
+
+// `switchyard guard` on Redis: the region's master has its writes paused (reads go on), a
+// replica is left alone, and the unfence ends the pause of a master but never touches a
+// replica.
+#[tokio::test]
+async fn redis_guard_pauses_the_regions_master_only_and_unpauses_only_a_master() {
+    use providers::db::guard::GuardOutcome;
+    let Some(binary) = find_binary("redis-server") else {
+        return skip("redis-server", "redis-server");
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (a, b) = (free_port(), free_port());
+    let _servers = [
+        start(&binary, dir.path(), "a", a, None),
+        start(&binary, dir.path(), "b", b, Some(a)),
+    ];
+    wait_until("a to answer", || async move { connect(a).await.is_ok() }).await;
+    query::<()>(a, redis::cmd("SET").arg("session:1").arg("cart-1"))
+        .await
+        .expect("write to the master");
+    wait_until("the replica to sync", || async move { follows(b, a).await }).await;
+    std::fs::write(dir.path().join("password"), PASSWORD).expect("write password");
+    let settings = format!(
+        "servers = {{ eu = [\"127.0.0.1:{a}\"], us = [\"127.0.0.1:{b}\"] }}\n\
+         username = \"{USER}\"\npassword = {{ file = \"{}\" }}\n",
+        dir.path().join("password").display()
+    );
+    let settings: Settings = toml::from_str(&settings).expect("settings parse");
+    let step: RedisPromote = settings
+        .check("sessions", &mut Strict::new(&["eu", "us"]))
+        .expect("settings check");
+
+    let reports = step.guard_fence("us").await;
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].outcome, GuardOutcome::Refusing);
+    let reports = step.guard_fence("eu").await;
+    assert_eq!(reports[0].outcome, GuardOutcome::Paused, "{reports:?}");
+    // A write waits for the pause (nothing is acknowledged); a read is served.
+    let mut set = redis::cmd("SET");
+    set.arg("session:2").arg("cart-2");
+    let write = query::<()>(a, &set);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(1_500), write)
+            .await
+            .is_err(),
+        "a write was acknowledged by a paused master"
+    );
+    let read: String = query(a, redis::cmd("GET").arg("session:1")).await.expect("a read");
+    assert_eq!(read, "cart-1");
+
+    let b_address = format!("127.0.0.1:{b}");
+    let reports = step.guard_unfence(&[format!("127.0.0.1:{a}"), b_address.clone()]).await;
+    assert_eq!(reports[0].outcome, GuardOutcome::Unfenced, "{reports:?}");
+    assert!(
+        matches!(&reports[1].outcome, GuardOutcome::Kept(why) if why.contains("replicates from")),
+        "{reports:?}"
+    );
+    let mut set = redis::cmd("SET");
+    set.arg("session:3").arg("cart-3");
+    tokio::time::timeout(std::time::Duration::from_secs(5), query::<()>(a, &set))
+        .await
+        .expect("writes go through again")
+        .expect("the write");
+}

@@ -1,0 +1,438 @@
+//! `switchyard guard`: the region-local half of fencing. One guard runs in each region next to
+//! its databases. It follows the active-region pointer of every controller member and fences
+//! the region's database primaries (the servers of the runbook's `mysql_promote`,
+//! `postgres_promote` and `redis_promote` steps in that region, fenced as those steps fence an
+//! old primary) when:
+//!
+//! - **another region is active**: a fresh member's pointer names another region. A failover
+//!   that could not reach this region's old primary (cut off from the controller, but not from
+//!   its applications) left it writable; the guard, on the primary's side of the cut, fences
+//!   it as soon as it hears of the move. Never undone by the guard: the next runbook that moves
+//!   the active role here promotes a server itself.
+//! - **the region is isolated** (opt-in, `[guard] isolation_fence_ms`): no member has given a
+//!   fresh pointer naming this region for that long. Patroni's rule (a primary that cannot
+//!   renew its leader key demotes itself): a region cut off from every controller member may
+//!   be failed over without hearing of it, so it stops taking writes before the controller can
+//!   promote elsewhere ([`check_timing`] holds the configuration to that). Undone, for exactly
+//!   the servers it changed, when a fresh member names this region again at the generation it
+//!   last saw and no runbook is under way; if the generation moved meanwhile a runbook decided
+//!   about those servers, and the guard leaves them as they are.
+//!
+//! A member's answer marked `stale` (cut off from etcd) counts as no answer, as does one older
+//! than a generation seen before. The decision ([`Guard`]) is sans-IO with an injected clock;
+//! [`run`] reads the members, acts and logs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::members::ControllerUrls;
+use providers::db::guard::{GuardOutcome, GuardReport};
+
+use crate::client::HttpClient;
+use crate::pointer::{FetchError, Moving, Reading};
+
+/// Time between two rounds (a read of every member, and the fence while it holds).
+pub const GUARD_POLL_MS: u64 = 500;
+/// Longest wait for one member's answer in a round.
+pub const GUARD_READ_TIMEOUT_MS: u64 = 1_000;
+/// Smallest `isolation_fence_ms`: below it one slow round would fence a healthy primary.
+pub const ISOLATION_FENCE_MS_MIN: u64 = 2 * (GUARD_POLL_MS + GUARD_READ_TIMEOUT_MS);
+/// Largest `isolation_fence_ms` (one hour).
+pub const ISOLATION_FENCE_MS_MAX: u64 = 3_600_000;
+/// What fencing may take past the decision: one round's read, the wait for the next round, and
+/// the servers' fence (`providers::db::guard::GUARD_SERVER_MS`).
+pub const FENCE_DELAY_MS: u64 = GUARD_POLL_MS + GUARD_READ_TIMEOUT_MS + providers::db::guard::GUARD_SERVER_MS;
+
+/// What one round heard from the controller members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// The newest answer not marked stale.
+    Fresh {
+        region: Option<String>,
+        generation: u64,
+        moving: Option<Moving>,
+    },
+    /// No member gave a fresh answer.
+    Nothing,
+}
+
+/// Why the guard fences.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// A fresh member names another region active.
+    Elsewhere { region: String, generation: u64 },
+    /// No fresh pointer naming this region for `silent_ms` (at least `isolation_fence_ms`).
+    Isolated { silent_ms: u64 },
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Elsewhere { region, generation } => {
+                write!(
+                    f,
+                    "the controller made {region} the active region (generation {generation})"
+                )
+            }
+            Why::Isolated { silent_ms } => write!(
+                f,
+                "no controller member has named this region active for {silent_ms} ms (isolation_fence_ms)"
+            ),
+        }
+    }
+}
+
+/// What to do this round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Hold,
+    /// Fence every server of the region that takes writes.
+    Fence(Why),
+    /// Unfence these servers (the ones an isolation fence changed).
+    Unfence(Vec<String>),
+}
+
+/// An isolation fence in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Isolation {
+    /// The newest generation seen before it (None: none was ever seen).
+    generation: Option<u64>,
+    /// The servers it changed (fenced or paused): the only ones it may unfence.
+    servers: BTreeSet<String>,
+}
+
+/// The guard's decision, from what each round heard and the time (milliseconds on any
+/// monotonic clock).
+#[derive(Clone, Debug)]
+pub struct Guard {
+    region: String,
+    isolation_fence_ms: Option<u64>,
+    /// When a fresh pointer last named this region (or no region yet), or when the guard
+    /// started.
+    last_contact_ms: u64,
+    /// The newest generation a fresh answer carried.
+    newest: Option<u64>,
+    /// Fencing because another region is active.
+    elsewhere: Option<(String, u64)>,
+    isolation: Option<Isolation>,
+}
+
+impl Guard {
+    pub fn new(region: &str, isolation_fence_ms: Option<u64>, now_ms: u64) -> Guard {
+        Guard {
+            region: region.to_string(),
+            isolation_fence_ms,
+            last_contact_ms: now_ms,
+            newest: None,
+            elsewhere: None,
+            isolation: None,
+        }
+    }
+
+    /// The round's decision.
+    pub fn observe(&mut self, now_ms: u64, heard: Heard) -> Decision {
+        if let Heard::Fresh {
+            region,
+            generation,
+            moving,
+        } = heard
+            // An answer older than one seen before is a member behind the others: no answer.
+            && self.newest.is_none_or(|newest| generation >= newest)
+        {
+            self.newest = Some(generation);
+            match region {
+                Some(region) if region != self.region => {
+                    // The runbook that moved the active role owns this region's servers now:
+                    // an isolation fence is never undone by the guard after that.
+                    self.isolation = None;
+                    self.elsewhere = Some((region.clone(), generation));
+                    return Decision::Fence(Why::Elsewhere { region, generation });
+                }
+                region => {
+                    self.last_contact_ms = now_ms;
+                    self.elsewhere = None;
+                    if region.is_none() {
+                        return Decision::Hold;
+                    }
+                    let Some(isolation) = &self.isolation else {
+                        return Decision::Hold;
+                    };
+                    if isolation.generation.is_some_and(|g| g != generation) {
+                        // A runbook decided since the fence (moved away and back): its promote
+                        // steps own the servers.
+                        self.isolation = None;
+                        return Decision::Hold;
+                    }
+                    if moving.is_some() {
+                        // A runbook under way may be taking a fenced server's final position.
+                        return Decision::Hold;
+                    }
+                    if isolation.servers.is_empty() {
+                        self.isolation = None;
+                        return Decision::Hold;
+                    }
+                    return Decision::Unfence(isolation.servers.iter().cloned().collect());
+                }
+            }
+        }
+        if let Some((region, generation)) = &self.elsewhere {
+            // Kept while no member answers: renews Redis pauses, catches a server made
+            // writable by hand.
+            return Decision::Fence(Why::Elsewhere {
+                region: region.clone(),
+                generation: *generation,
+            });
+        }
+        let silent_ms = now_ms.saturating_sub(self.last_contact_ms);
+        match self.isolation_fence_ms {
+            Some(limit) if silent_ms >= limit => {
+                if self.isolation.is_none() {
+                    self.isolation = Some(Isolation {
+                        generation: self.newest,
+                        servers: BTreeSet::new(),
+                    });
+                }
+                Decision::Fence(Why::Isolated { silent_ms })
+            }
+            _ => Decision::Hold,
+        }
+    }
+
+    /// What a fence did: an isolation fence remembers the servers it changed.
+    pub fn fenced(&mut self, reports: &[GuardReport]) {
+        if let Some(isolation) = &mut self.isolation {
+            for report in reports {
+                if matches!(report.outcome, GuardOutcome::Fenced { .. } | GuardOutcome::Paused) {
+                    isolation.servers.insert(report.address.clone());
+                }
+            }
+        }
+    }
+
+    /// What an unfence did: a server unfenced, or left to the runbook that moved it, is done;
+    /// one not reached is tried again next round. The isolation ends with its last server.
+    pub fn unfenced(&mut self, reports: &[GuardReport]) {
+        if let Some(isolation) = &mut self.isolation {
+            for report in reports {
+                if matches!(report.outcome, GuardOutcome::Unfenced | GuardOutcome::Kept(_)) {
+                    isolation.servers.remove(&report.address);
+                }
+            }
+            if isolation.servers.is_empty() {
+                self.isolation = None;
+            }
+        }
+    }
+
+    /// The servers an isolation fence changed and has not undone.
+    pub fn isolation_fenced(&self) -> Vec<String> {
+        self.isolation
+            .as_ref()
+            .map(|i| i.servers.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The earliest the controller may promote another region's servers after it loses `region`:
+/// its quickest check there calls it down after `fall` failed probes, the first at once and
+/// the others `fast_interval_ms` apart, and `[policy] down_confirm_ms` must pass after that.
+/// `None` when no check watches the region (only an operator fails it over).
+pub fn earliest_failover_ms(down_confirm_ms: u64, checks: &[health::CheckSpec], region: &str) -> Option<u64> {
+    checks
+        .iter()
+        .filter(|c| c.region == region)
+        .map(|c| u64::from(c.fall.saturating_sub(1)).saturating_mul(c.fast_interval_ms))
+        .min()
+        .map(|detect| detect.saturating_add(down_confirm_ms))
+}
+
+/// Whether an isolation fence after `isolation_fence_ms` comes before the controller may fail
+/// `region` over ([`earliest_failover_ms`]), with [`FENCE_DELAY_MS`] to act: the problem and
+/// its fix otherwise.
+pub fn check_timing(
+    isolation_fence_ms: u64,
+    down_confirm_ms: u64,
+    checks: &[health::CheckSpec],
+    region: &str,
+) -> Result<(), (String, String)> {
+    let Some(earliest) = earliest_failover_ms(down_confirm_ms, checks, region) else {
+        return Ok(());
+    };
+    let fenced_by = isolation_fence_ms.saturating_add(FENCE_DELAY_MS);
+    if fenced_by <= earliest {
+        return Ok(());
+    }
+    Err((
+        format!(
+            "[guard] isolation_fence_ms = {isolation_fence_ms}: a guard in {region} cut off from the controller fences its primaries up to {fenced_by} ms after it last heard from it (isolation_fence_ms + {FENCE_DELAY_MS} ms to act), but the controller may fail {region} over after {earliest} ms (its quickest check's fall × fast_interval_ms, the first failure at once, + [policy] down_confirm_ms = {down_confirm_ms}): both regions would take writes in between"
+        ),
+        format!(
+            "raise [policy] down_confirm_ms to at least {} (or lower isolation_fence_ms to at most {})",
+            down_confirm_ms.saturating_add(fenced_by - earliest),
+            earliest.saturating_sub(FENCE_DELAY_MS)
+        ),
+    ))
+}
+
+/// One step whose servers the guard fences.
+#[derive(Clone)]
+pub struct Guarded {
+    pub step: String,
+    pub action: Arc<providers::Action>,
+}
+
+/// What [`run`] needs.
+pub struct Options {
+    /// This region, as the controller's configuration names it.
+    pub region: String,
+    pub controllers: ControllerUrls,
+    /// A token of role `read` (or higher).
+    pub token: Option<String>,
+    pub steps: Vec<Guarded>,
+    pub isolation_fence_ms: Option<u64>,
+}
+
+/// What the members said in one round: the newest answer not marked stale, as [`Heard`], and
+/// one line per member that gave none (logged when it changes).
+pub async fn hear(client: &HttpClient, members: &ControllerUrls, token: Option<&str>) -> (Heard, Vec<String>) {
+    let answers = futures_util::future::join_all(members.urls().iter().map(|url| async move {
+        (
+            url,
+            crate::pointer::fetch(client, url, token, 0, 0, GUARD_READ_TIMEOUT_MS).await,
+        )
+    }))
+    .await;
+    let mut newest: Option<Reading> = None;
+    let mut problems = Vec::new();
+    for (url, answer) in answers {
+        match answer {
+            Ok(Reading { stale: Some(why), .. }) => problems.push(format!("{url}: stale: {why}")),
+            Ok(reading) => {
+                if newest
+                    .as_ref()
+                    .is_none_or(|n| reading.value.generation > n.value.generation)
+                {
+                    newest = Some(reading);
+                }
+            }
+            Err(FetchError::Unauthorized { url, status }) => problems.push(format!(
+                "{url}: the controller refused the token (HTTP {status}): give a token of role read"
+            )),
+            Err(FetchError::Other(error)) => problems.push(error),
+        }
+    }
+    let heard = match newest {
+        Some(reading) => Heard::Fresh {
+            region: reading.value.region,
+            generation: reading.value.generation,
+            moving: reading.moving,
+        },
+        None => Heard::Nothing,
+    };
+    (heard, problems)
+}
+
+/// Runs rounds every [`GUARD_POLL_MS`] until `shutdown`.
+pub async fn run(options: Options, shutdown: impl std::future::Future<Output = ()>) {
+    let client = HttpClient::new();
+    let started = Instant::now();
+    let now_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut guard = Guard::new(&options.region, options.isolation_fence_ms, now_ms());
+    // The last outcome logged per (step, server), and the members' problems: logged on change.
+    let mut logged: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut members_said: Vec<String> = Vec::new();
+    let mut last_decision = Decision::Hold;
+    tracing::info!(
+        region = %options.region,
+        members = options.controllers.urls().len(),
+        steps = %options.steps.iter().map(|s| s.step.as_str()).collect::<Vec<_>>().join(", "),
+        isolation_fence_ms = ?options.isolation_fence_ms,
+        "guarding this region's database primaries"
+    );
+    tokio::pin!(shutdown);
+    loop {
+        let round = async {
+            let (heard, problems) = hear(&client, &options.controllers, options.token.as_deref()).await;
+            if problems != members_said {
+                for problem in &problems {
+                    tracing::warn!(member = %problem, "a controller member gave no fresh pointer");
+                }
+                members_said = problems;
+            }
+            let decision = guard.observe(now_ms(), heard);
+            if decision != last_decision && !matches!(decision, Decision::Fence(_)) {
+                tracing::info!(?decision, "guard decision");
+            }
+            match &decision {
+                Decision::Hold => {}
+                Decision::Fence(why) => {
+                    if !matches!(&last_decision, Decision::Fence(w) if same_reason(w, why)) {
+                        tracing::warn!(reason = %why, "fencing this region's database primaries");
+                    }
+                    for guarded in &options.steps {
+                        let reports = guarded.action.guard_fence(&options.region).await;
+                        log_reports(&mut logged, &guarded.step, &reports);
+                        guard.fenced(&reports);
+                    }
+                }
+                Decision::Unfence(servers) => {
+                    tracing::warn!(servers = %servers.join(", "), "the controller names this region active again with nothing under way: undoing the isolation fence");
+                    for guarded in &options.steps {
+                        let reports = guarded.action.guard_unfence(servers).await;
+                        log_reports(&mut logged, &guarded.step, &reports);
+                        guard.unfenced(&reports);
+                    }
+                }
+            }
+            last_decision = decision;
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = round => {}
+        }
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(Duration::from_millis(GUARD_POLL_MS)) => {}
+        }
+    }
+    let left = guard.isolation_fenced();
+    if !left.is_empty() {
+        tracing::warn!(servers = %left.join(", "), "stopping with an isolation fence in force: these servers stay fenced (unfence them by hand once the controller names this region active)");
+    }
+}
+
+fn same_reason(a: &Why, b: &Why) -> bool {
+    match (a, b) {
+        (Why::Isolated { .. }, Why::Isolated { .. }) => true,
+        (a, b) => a == b,
+    }
+}
+
+fn log_reports(logged: &mut BTreeMap<(String, String), String>, step: &str, reports: &[GuardReport]) {
+    for report in reports {
+        let key = (step.to_string(), report.address.clone());
+        let kind = match &report.outcome {
+            GuardOutcome::Fenced { .. } => "fenced".to_string(),
+            GuardOutcome::Paused => "paused".to_string(),
+            GuardOutcome::Refusing => "refusing".to_string(),
+            GuardOutcome::Unfenced => "unfenced".to_string(),
+            GuardOutcome::Kept(why) => format!("kept {why}"),
+            GuardOutcome::Failed(why) => format!("failed {why}"),
+        };
+        if logged.get(&key) == Some(&kind) {
+            continue;
+        }
+        logged.insert(key, kind);
+        match &report.outcome {
+            GuardOutcome::Failed(_) => tracing::error!(step, "{report}"),
+            outcome if outcome.changed() || matches!(outcome, GuardOutcome::Paused) => {
+                tracing::warn!(step, "{report}")
+            }
+            _ => tracing::info!(step, "{report}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+use super::*;
+
+fn fresh(region: &str, generation: u64) -> Heard {
+    Heard::Fresh {
+        region: Some(region.to_string()),
+        generation,
+        moving: None,
+    }
+}
+
+fn report(address: &str, outcome: GuardOutcome) -> GuardReport {
+    GuardReport {
+        address: address.to_string(),
+        outcome,
+    }
+}
+
+#[test]
+fn another_active_region_fences_at_once_and_the_guard_never_undoes_it() {
+    let mut guard = Guard::new("us", None, 0);
+    assert_eq!(guard.observe(0, fresh("us", 3)), Decision::Hold);
+    let elsewhere = Decision::Fence(Why::Elsewhere {
+        region: "eu".into(),
+        generation: 4,
+    });
+    assert_eq!(guard.observe(500, fresh("eu", 4)), elsewhere);
+    guard.fenced(&[report("db1:3306", GuardOutcome::Fenced { ended: 1 })]);
+    // Kept while nobody answers (Redis pauses are renewed), without isolation_fence_ms too.
+    assert_eq!(guard.observe(1_000, Heard::Nothing), elsewhere);
+    assert_eq!(guard.observe(600_000, Heard::Nothing), elsewhere);
+    // A failback: the runbook promotes a server here itself; the guard unfences nothing.
+    assert_eq!(guard.observe(601_000, fresh("us", 5)), Decision::Hold);
+    assert_eq!(guard.observe(601_500, fresh("us", 5)), Decision::Hold);
+    assert!(guard.isolation_fenced().is_empty());
+}
+
+#[test]
+fn without_isolation_fence_ms_silence_fences_nothing() {
+    let mut guard = Guard::new("us", None, 0);
+    assert_eq!(guard.observe(0, fresh("us", 1)), Decision::Hold);
+    assert_eq!(guard.observe(10_000_000, Heard::Nothing), Decision::Hold);
+}
+
+#[test]
+fn isolation_fences_once_the_limit_has_passed_since_the_last_fresh_word() {
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert_eq!(guard.observe(100, fresh("us", 7)), Decision::Hold);
+    assert_eq!(guard.observe(3_099, Heard::Nothing), Decision::Hold);
+    assert_eq!(
+        guard.observe(3_100, Heard::Nothing),
+        Decision::Fence(Why::Isolated { silent_ms: 3_000 })
+    );
+    // A fresh word in between starts the count again.
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert_eq!(guard.observe(2_000, fresh("us", 7)), Decision::Hold);
+    assert_eq!(guard.observe(4_000, Heard::Nothing), Decision::Hold);
+    assert!(matches!(
+        guard.observe(5_000, Heard::Nothing),
+        Decision::Fence(Why::Isolated { .. })
+    ));
+}
+
+#[test]
+fn a_guard_that_never_heard_a_member_fences_after_the_limit_from_its_start() {
+    let mut guard = Guard::new("us", Some(3_000), 1_000);
+    assert_eq!(guard.observe(3_999, Heard::Nothing), Decision::Hold);
+    assert!(matches!(
+        guard.observe(4_000, Heard::Nothing),
+        Decision::Fence(Why::Isolated { .. })
+    ));
+    guard.fenced(&[report("db0:3306", GuardOutcome::Fenced { ended: 0 })]);
+    // No generation was seen before the fence: the first fresh word naming this region with
+    // nothing under way undoes it.
+    assert_eq!(
+        guard.observe(5_000, fresh("us", 9)),
+        Decision::Unfence(vec!["db0:3306".into()])
+    );
+}
+
+#[test]
+fn an_isolation_fence_is_undone_for_exactly_the_servers_it_changed_when_nothing_moved() {
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert_eq!(guard.observe(0, fresh("us", 7)), Decision::Hold);
+    assert!(matches!(guard.observe(3_000, Heard::Nothing), Decision::Fence(_)));
+    guard.fenced(&[
+        report("db0:3306", GuardOutcome::Fenced { ended: 2 }),
+        report("db1:3306", GuardOutcome::Refusing),
+        report("db2:3306", GuardOutcome::Failed("no answer".into())),
+        report("cache0:6379", GuardOutcome::Paused),
+    ]);
+    // Later rounds fence what was missed; what was fenced then is remembered too.
+    assert!(matches!(guard.observe(3_500, Heard::Nothing), Decision::Fence(_)));
+    guard.fenced(&[report("db2:3306", GuardOutcome::Fenced { ended: 0 })]);
+    // A member answers again, but a runbook is under way: nothing is undone yet.
+    let moving = Heard::Fresh {
+        region: Some("us".into()),
+        generation: 7,
+        moving: Some(Moving {
+            generation: 8,
+            to: "eu".into(),
+        }),
+    };
+    assert_eq!(guard.observe(4_000, moving), Decision::Hold);
+    let unfence = Decision::Unfence(vec!["cache0:6379".into(), "db0:3306".into(), "db2:3306".into()]);
+    assert_eq!(guard.observe(4_500, fresh("us", 7)), unfence);
+    // One not reached is tried again; one a runbook moved meanwhile is left; the rest done.
+    guard.unfenced(&[
+        report("cache0:6379", GuardOutcome::Unfenced),
+        report("db0:3306", GuardOutcome::Failed("refused".into())),
+        report("db2:3306", GuardOutcome::Kept("it replicates from db9 now".into())),
+    ]);
+    assert_eq!(
+        guard.observe(5_000, fresh("us", 7)),
+        Decision::Unfence(vec!["db0:3306".into()])
+    );
+    guard.unfenced(&[report("db0:3306", GuardOutcome::Unfenced)]);
+    assert!(guard.isolation_fenced().is_empty());
+    assert_eq!(guard.observe(5_500, fresh("us", 7)), Decision::Hold);
+}
+
+#[test]
+fn a_generation_that_moved_during_the_isolation_leaves_the_servers_to_the_runbook() {
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert_eq!(guard.observe(0, fresh("us", 7)), Decision::Hold);
+    assert!(matches!(guard.observe(3_000, Heard::Nothing), Decision::Fence(_)));
+    guard.fenced(&[report("db0:3306", GuardOutcome::Fenced { ended: 0 })]);
+    // Failed over and back while the guard heard nothing.
+    assert_eq!(guard.observe(60_000, fresh("us", 9)), Decision::Hold);
+    assert!(guard.isolation_fenced().is_empty());
+    // Another region active ends the isolation the same way.
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert_eq!(guard.observe(0, fresh("us", 7)), Decision::Hold);
+    assert!(matches!(guard.observe(3_000, Heard::Nothing), Decision::Fence(_)));
+    guard.fenced(&[report("db0:3306", GuardOutcome::Fenced { ended: 0 })]);
+    assert!(matches!(
+        guard.observe(4_000, fresh("eu", 8)),
+        Decision::Fence(Why::Elsewhere { .. })
+    ));
+    assert!(guard.isolation_fenced().is_empty());
+    assert_eq!(guard.observe(9_000, fresh("us", 9)), Decision::Hold);
+}
+
+#[test]
+fn an_answer_older_than_one_seen_counts_as_none() {
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert!(matches!(guard.observe(0, fresh("eu", 8)), Decision::Fence(_)));
+    assert_eq!(guard.observe(500, fresh("us", 9)), Decision::Hold);
+    // A member behind the others still says eu at 8: not a move, and not contact either.
+    assert_eq!(guard.observe(1_000, fresh("eu", 8)), Decision::Hold);
+    assert_eq!(guard.observe(3_400, fresh("us", 7)), Decision::Hold);
+    assert!(matches!(
+        guard.observe(3_500, fresh("us", 7)),
+        Decision::Fence(Why::Isolated { silent_ms: 3_000 })
+    ));
+}
+
+#[test]
+fn no_region_yet_is_contact_but_no_move() {
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    let none = Heard::Fresh {
+        region: None,
+        generation: 0,
+        moving: None,
+    };
+    assert_eq!(guard.observe(2_900, none.clone()), Decision::Hold);
+    assert_eq!(guard.observe(5_800, none), Decision::Hold);
+    assert_eq!(guard.observe(8_700, Heard::Nothing), Decision::Hold);
+}
+
+fn check(region: &str, fall: u32, fast_interval_ms: u64) -> health::CheckSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": format!("{region}-{fall}-{fast_interval_ms}"),
+        "region": region,
+        "kind": {"type": "tcp", "address": "127.0.0.1:1"},
+        "fall": fall,
+        "fast_interval_ms": fast_interval_ms,
+    }))
+    .expect("a check")
+}
+
+#[test]
+fn timing_is_held_to_the_quickest_failover_of_the_region() {
+    let checks = [check("us", 3, 250), check("us", 5, 1_000), check("eu", 2, 10)];
+    // The quickest us check: 2 × 250 ms after the first failure.
+    assert_eq!(earliest_failover_ms(0, &checks, "us"), Some(500));
+    assert_eq!(earliest_failover_ms(4_000, &checks, "us"), Some(4_500));
+    assert_eq!(earliest_failover_ms(0, &checks, "ap"), None);
+    let (message, fix) = check_timing(3_000, 0, &checks, "us").expect_err("too slow");
+    assert!(
+        message.contains("isolation_fence_ms = 3000") && message.contains("after 500 ms"),
+        "{message}"
+    );
+    let needed = 3_000 + FENCE_DELAY_MS - 500;
+    assert!(fix.contains(&format!("down_confirm_ms to at least {needed}")), "{fix}");
+    assert!(check_timing(3_000, needed, &checks, "us").is_ok());
+    assert!(check_timing(3_000, needed - 1, &checks, "us").is_err());
+    assert!(
+        check_timing(3_000, 0, &checks, "ap").is_ok(),
+        "no check: only an operator fails it over"
+    );
+}

@@ -1,0 +1,207 @@
+//! What `switchyard guard` does to one region's servers of a promote step: fence every one
+//! that takes writes (the step's own fence: MySQL/MariaDB `read_only` and client connections
+//! ended, PostgreSQL `default_transaction_read_only` and client backends ended, Redis
+//! `CLIENT PAUSE WRITE` renewed every round), and later unfence exactly the servers an
+//! isolation fence changed, when they are still primaries.
+//!
+//! The decision of *when* is the controller crate's (`controller::guard`, sans-IO); this is
+//! the acting, bounded per server ([`GUARD_SERVER_MS`]) and run on every server of the region
+//! at once.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::Failure;
+
+use super::Member;
+
+/// Longest one server may take to be fenced or unfenced in one round (connection, login and
+/// statements); past it the round reports it failed and the next round tries again.
+pub const GUARD_SERVER_MS: u64 = 4_000;
+
+/// What the guard did to one server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardReport {
+    /// `host:port` as configured.
+    pub address: String,
+    pub outcome: GuardOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuardOutcome {
+    /// It took writes; now it refuses them. `ended`: client connections (MySQL) or backends
+    /// (PostgreSQL) ended so none keeps writing inside an open transaction.
+    Fenced { ended: usize },
+    /// A Redis master: its writes are paused for `redis::GUARD_PAUSE_MS` from now (renewed
+    /// every round while the fence holds; it lapses by itself if the guard stops).
+    Paused,
+    /// It refuses writes already (read-only, a standby or a replica): nothing done.
+    Refusing,
+    /// It takes writes again.
+    Unfenced,
+    /// Not unfenced, and why (it replicates from another server now, ...).
+    Kept(String),
+    /// Not reached in time, or a statement failed: the next round tries again.
+    Failed(String),
+}
+
+impl GuardOutcome {
+    /// Whether this round changed the server (worth a log line at warning level).
+    pub fn changed(&self) -> bool {
+        matches!(self, GuardOutcome::Fenced { .. } | GuardOutcome::Unfenced)
+    }
+}
+
+impl std::fmt::Display for GuardReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let address = &self.address;
+        match &self.outcome {
+            GuardOutcome::Fenced { ended } => {
+                write!(
+                    f,
+                    "{address} fenced (it took writes; {ended} client connection(s) ended)"
+                )
+            }
+            GuardOutcome::Paused => write!(f, "{address} writes paused (a Redis master)"),
+            GuardOutcome::Refusing => write!(f, "{address} refuses writes already"),
+            GuardOutcome::Unfenced => write!(f, "{address} unfenced"),
+            GuardOutcome::Kept(why) => write!(f, "{address} left fenced: {why}"),
+            GuardOutcome::Failed(why) => write!(f, "{address} not reached: {why}"),
+        }
+    }
+}
+
+/// Runs `act(index)` on the members at `indexes`, all at once, each within
+/// [`GUARD_SERVER_MS`]; one report per member, in order.
+pub(crate) async fn each<F, Fut>(members: &[Member], indexes: Vec<usize>, act: F) -> Vec<GuardReport>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<GuardOutcome, Failure>> + Send + 'static,
+{
+    each_within(GUARD_SERVER_MS, members, indexes, act).await
+}
+
+async fn each_within<F, Fut>(timeout_ms: u64, members: &[Member], indexes: Vec<usize>, act: F) -> Vec<GuardReport>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<GuardOutcome, Failure>> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in indexes.iter().copied() {
+        let acting = act(index);
+        tasks.spawn(async move {
+            let outcome = match tokio::time::timeout(Duration::from_millis(timeout_ms), acting).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(failure)) => GuardOutcome::Failed(failure.to_string()),
+                Err(_) => GuardOutcome::Failed(format!("no answer within {timeout_ms} ms")),
+            };
+            (index, outcome)
+        });
+    }
+    let mut reports: Vec<(usize, GuardReport)> = Vec::with_capacity(indexes.len());
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((index, outcome)) = joined {
+            reports.push((
+                index,
+                GuardReport {
+                    address: members[index].address.clone(),
+                    outcome,
+                },
+            ));
+        }
+    }
+    // A task that panicked reports nothing; say so rather than drop the server.
+    for index in indexes {
+        if !reports.iter().any(|(i, _)| *i == index) {
+            reports.push((
+                index,
+                GuardReport {
+                    address: members[index].address.clone(),
+                    outcome: GuardOutcome::Failed("the attempt stopped unexpectedly".into()),
+                },
+            ));
+        }
+    }
+    reports.sort_by_key(|(i, _)| *i);
+    reports.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The members in `region`.
+pub(crate) fn in_region(members: &[Member], region: &str) -> Vec<usize> {
+    members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.region == region)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The members named in `addresses`.
+pub(crate) fn named(members: &[Member], addresses: &[String]) -> Vec<usize> {
+    members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| addresses.contains(&m.address))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members() -> Vec<Member> {
+        ["eu", "us", "eu"]
+            .iter()
+            .enumerate()
+            .map(|(i, region)| Member {
+                address: format!("db{i}:3306"),
+                host: format!("db{i}"),
+                port: 3306,
+                region: region.to_string(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_reports_every_server_in_order_failures_and_timeouts_included() {
+        let members = members();
+        let reports = each_within(50, &members, vec![0, 1, 2], |index| async move {
+            match index {
+                0 => Ok(GuardOutcome::Fenced { ended: 2 }),
+                1 => Err(Failure::Retryable("refused".into())),
+                _ => {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok(GuardOutcome::Refusing)
+                }
+            }
+        })
+        .await;
+        assert_eq!(reports.len(), 3);
+        assert_eq!(reports[0].outcome, GuardOutcome::Fenced { ended: 2 });
+        assert_eq!(reports[1].outcome, GuardOutcome::Failed("refused".into()));
+        assert!(
+            matches!(&reports[2].outcome, GuardOutcome::Failed(why) if why.contains("no answer")),
+            "{:?}",
+            reports[2]
+        );
+        assert_eq!(
+            reports.iter().map(|r| r.address.as_str()).collect::<Vec<_>>(),
+            ["db0:3306", "db1:3306", "db2:3306"]
+        );
+    }
+
+    #[test]
+    fn servers_are_picked_by_region_and_by_name() {
+        let members = members();
+        assert_eq!(in_region(&members, "eu"), [0, 2]);
+        assert_eq!(in_region(&members, "ap"), Vec::<usize>::new());
+        assert_eq!(named(&members, &["db1:3306".into(), "gone:1".into()]), [1]);
+        let report = GuardReport {
+            address: "db0:3306".into(),
+            outcome: GuardOutcome::Fenced { ended: 3 },
+        };
+        assert!(report.to_string().contains("db0:3306 fenced") && report.outcome.changed());
+        assert!(!GuardOutcome::Refusing.changed());
+    }
+}

@@ -1,0 +1,85 @@
+//! `switchyard guard`: argument parsing and the checks before it starts; the logic is in
+//! `controller::guard`.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+#[derive(clap::Args)]
+pub(crate) struct GuardArgs {
+    /// The controller's configuration file (a copy on this region's host is enough): the
+    /// runbook's mysql_promote, postgres_promote and redis_promote steps name this region's
+    /// servers and how to log in, and `[guard]` holds isolation_fence_ms.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: PathBuf,
+    /// This host's region, as the configuration's [[regions]] name it.
+    #[arg(long, env = "SWITCHYARD_REGION")]
+    region: String,
+    #[command(flatten)]
+    client: crate::controller::ControllerClientArgs,
+}
+
+pub(crate) async fn run(args: GuardArgs) -> anyhow::Result<()> {
+    let config = match controller::config::load(&args.config) {
+        Ok(config) => config,
+        Err(error) => bail!("invalid configuration; fix it first (`switchyard config check`):\n{error}"),
+    };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let regions = config.region_names();
+    if !regions.contains(&args.region) {
+        bail!(
+            "--region {}: {} names no such region; use one of: {}",
+            args.region,
+            args.config.display(),
+            regions.join(", ")
+        );
+    }
+    if !config
+        .steps
+        .iter()
+        .any(|step| step.kind == controller::config::StepKind::Pointer)
+    {
+        bail!(
+            "{}: the runbook has no `pointer` step, so the active-region pointer the guard follows never moves: add a step with kind = \"pointer\" after the database promote steps",
+            args.config.display()
+        );
+    }
+    let steps: Vec<controller::guard::Guarded> = config
+        .steps
+        .iter()
+        .filter_map(|step| {
+            let action = step.action.as_ref()?;
+            action
+                .guarded_regions()
+                .contains(&args.region)
+                .then(|| controller::guard::Guarded {
+                    step: step.name.clone(),
+                    action: std::sync::Arc::clone(action),
+                })
+        })
+        .collect();
+    if steps.is_empty() {
+        bail!(
+            "{}: no mysql_promote, postgres_promote or redis_promote step lists servers in {}: the guard would have nothing to fence",
+            args.config.display(),
+            args.region
+        );
+    }
+    let target = crate::controller::target(&args.client)?;
+    let options = controller::guard::Options {
+        region: args.region,
+        controllers: target.urls,
+        token: target.token,
+        steps,
+        isolation_fence_ms: config
+            .file
+            .guard
+            .as_ref()
+            .and_then(|g| g.isolation_fence_ms.as_ref())
+            .map(|ms| *ms.get_ref()),
+    };
+    controller::guard::run(options, crate::shutdown_signal()).await;
+    Ok(())
+}
