@@ -7,16 +7,20 @@
 //! - **another region is active**: a fresh member's pointer names another region. A failover
 //!   that could not reach this region's old primary (cut off from the controller, but not from
 //!   its applications) left it writable; the guard, on the primary's side of the cut, fences
-//!   it as soon as it hears of the move. Never undone by the guard: the next runbook that moves
+//!   it as soon as it hears of the move. Only a primary whose promotion record is older than
+//!   the move's generation is fenced (a runbook moving the role back promotes a server here,
+//!   writing a newer record, before the pointer follows), and nothing while a member says a
+//!   runbook is moving the role here. Never undone by the guard: the next runbook that moves
 //!   the active role here promotes a server itself.
 //! - **the region is isolated** (opt-in, `[guard] isolation_fence_ms`): no member has given a
 //!   fresh pointer naming this region for that long. Patroni's rule (a primary that cannot
 //!   renew its leader key demotes itself): a region cut off from every controller member may
 //!   be failed over without hearing of it, so it stops taking writes before the controller can
 //!   promote elsewhere ([`check_timing`] holds the configuration to that). Undone, for exactly
-//!   the servers it changed, when a fresh member names this region again at the generation it
-//!   last saw and no runbook is under way; if the generation moved meanwhile a runbook decided
-//!   about those servers, and the guard leaves them as they are.
+//!   the servers it changed, when a fresh member names this region again with no runbook under
+//!   way: all of them at the generation it last saw; if the generation moved meanwhile, a
+//!   runbook decided which server is primary here, and only one it promoted (its record that
+//!   generation or newer) is unfenced.
 //!
 //! A member's answer marked `stale` (cut off from etcd) counts as no answer, as does one older
 //! than a generation seen before. The decision ([`Guard`]) is sans-IO with an injected clock;
@@ -89,8 +93,24 @@ pub enum Decision {
     Hold,
     /// Fence every server of the region that takes writes.
     Fence(Why),
-    /// Unfence these servers (the ones an isolation fence changed).
-    Unfence(Vec<String>),
+    /// Unfence these servers (the ones an isolation fence changed); with `promoted_since`, only
+    /// those a runbook promoted under that generation or later (the generation moved during
+    /// the isolation, and that runbook decided which server is primary here).
+    Unfence {
+        servers: Vec<String>,
+        promoted_since: Option<u64>,
+    },
+}
+
+impl Why {
+    /// What the fence is for, as the servers' promotion records are compared with it: a move
+    /// fences only primaries promoted before it; an isolation fence takes every writable one.
+    pub fn older_than(&self) -> Option<u64> {
+        match self {
+            Why::Elsewhere { generation, .. } => Some(*generation),
+            Why::Isolated { .. } => None,
+        }
+    }
 }
 
 /// An isolation fence in force.
@@ -142,6 +162,13 @@ impl Guard {
         {
             self.newest = Some(generation);
             match region {
+                Some(_) if moving.as_ref().is_some_and(|m| m.to == self.region) => {
+                    // A runbook is moving the active role here: it promotes this region's
+                    // server now, and the pointer follows. Nothing to fence, and no silence.
+                    self.last_contact_ms = now_ms;
+                    self.elsewhere = None;
+                    return Decision::Hold;
+                }
                 Some(region) if region != self.region => {
                     // The runbook that moved the active role owns this region's servers now:
                     // an isolation fence is never undone by the guard after that.
@@ -158,12 +185,6 @@ impl Guard {
                     let Some(isolation) = &self.isolation else {
                         return Decision::Hold;
                     };
-                    if isolation.generation.is_some_and(|g| g != generation) {
-                        // A runbook decided since the fence (moved away and back): its promote
-                        // steps own the servers.
-                        self.isolation = None;
-                        return Decision::Hold;
-                    }
                     if moving.is_some() {
                         // A runbook under way may be taking a fenced server's final position.
                         return Decision::Hold;
@@ -172,7 +193,16 @@ impl Guard {
                         self.isolation = None;
                         return Decision::Hold;
                     }
-                    return Decision::Unfence(isolation.servers.iter().cloned().collect());
+                    // When a runbook decided since the fence (the role moved away and back), it
+                    // promoted the server that is primary here: only that one is unfenced.
+                    let promoted_since = isolation
+                        .generation
+                        .is_some_and(|g| g != generation)
+                        .then_some(generation);
+                    return Decision::Unfence {
+                        servers: isolation.servers.iter().cloned().collect(),
+                        promoted_since,
+                    };
                 }
             }
         }
@@ -367,19 +397,28 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
             match &decision {
                 Decision::Hold => {}
                 Decision::Fence(why) => {
-                    if !matches!(&last_decision, Decision::Fence(w) if same_reason(w, why)) {
+                    let new_reason = !matches!(&last_decision, Decision::Fence(w) if same_reason(w, why));
+                    if new_reason {
                         tracing::warn!(reason = %why, "fencing this region's database primaries");
                     }
+                    let mut all = Vec::new();
                     for guarded in &options.steps {
-                        let reports = guarded.action.guard_fence(&options.region).await;
+                        let reports = guarded.action.guard_fence(&options.region, why.older_than()).await;
                         log_reports(&mut logged, &guarded.step, &reports);
                         guard.fenced(&reports);
+                        all.extend(reports);
+                    }
+                    if new_reason {
+                        tracing::warn!(reason = %why, "first fence round done: {}", summary(&all));
                     }
                 }
-                Decision::Unfence(servers) => {
-                    tracing::warn!(servers = %servers.join(", "), "the controller names this region active again with nothing under way: undoing the isolation fence");
+                Decision::Unfence {
+                    servers,
+                    promoted_since,
+                } => {
+                    tracing::warn!(servers = %servers.join(", "), ?promoted_since, "the controller names this region active again with nothing under way: undoing the isolation fence");
                     for guarded in &options.steps {
-                        let reports = guarded.action.guard_unfence(servers).await;
+                        let reports = guarded.action.guard_unfence(servers, *promoted_since).await;
                         log_reports(&mut logged, &guarded.step, &reports);
                         guard.unfenced(&reports);
                     }
@@ -402,6 +441,19 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     }
 }
 
+/// How many servers of a round ended each way: `1 fenced, 2 refusing writes already, ...`.
+fn summary(reports: &[GuardReport]) -> String {
+    let count = |f: fn(&GuardOutcome) -> bool| reports.iter().filter(|r| f(&r.outcome)).count();
+    format!(
+        "{} fenced, {} paused (Redis), {} refusing writes already, {} promoted by that decision or a newer one, {} not reached",
+        count(|o| matches!(o, GuardOutcome::Fenced { .. })),
+        count(|o| matches!(o, GuardOutcome::Paused)),
+        count(|o| matches!(o, GuardOutcome::Refusing)),
+        count(|o| matches!(o, GuardOutcome::Promoted { .. })),
+        count(|o| matches!(o, GuardOutcome::Failed(_))),
+    )
+}
+
 fn same_reason(a: &Why, b: &Why) -> bool {
     match (a, b) {
         (Why::Isolated { .. }, Why::Isolated { .. }) => true,
@@ -416,6 +468,7 @@ fn log_reports(logged: &mut BTreeMap<(String, String), String>, step: &str, repo
             GuardOutcome::Fenced { .. } => "fenced".to_string(),
             GuardOutcome::Paused => "paused".to_string(),
             GuardOutcome::Refusing => "refusing".to_string(),
+            GuardOutcome::Promoted { generation } => format!("promoted {generation}"),
             GuardOutcome::Unfenced => "unfenced".to_string(),
             GuardOutcome::Kept(why) => format!("kept {why}"),
             GuardOutcome::Failed(why) => format!("failed {why}"),

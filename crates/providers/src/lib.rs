@@ -155,23 +155,29 @@ impl Action {
         members.iter().map(|m| m.region.clone()).collect()
     }
 
-    /// `switchyard guard`: fences the servers of `region` that take writes (see
-    /// [`db::guard`]); nothing for a step that guards no servers.
-    pub async fn guard_fence(&self, region: &str) -> Vec<db::guard::GuardReport> {
+    /// `switchyard guard`: fences the servers of `region` that take writes, with `older_than`
+    /// only those promoted before that generation (see [`db::guard`]); nothing for a step that
+    /// guards no servers.
+    pub async fn guard_fence(&self, region: &str, older_than: Option<u64>) -> Vec<db::guard::GuardReport> {
         match self {
-            Action::MysqlPromote(step) => step.guard_fence(region).await,
-            Action::PostgresPromote(step) => step.guard_fence(region).await,
-            Action::RedisPromote(step) => step.guard_fence(region).await,
+            Action::MysqlPromote(step) => step.guard_fence(region, older_than).await,
+            Action::PostgresPromote(step) => step.guard_fence(region, older_than).await,
+            Action::RedisPromote(step) => step.guard_fence(region, older_than).await,
             _ => Vec::new(),
         }
     }
 
-    /// `switchyard guard`: unfences the servers at `addresses` that are still primaries.
-    pub async fn guard_unfence(&self, addresses: &[String]) -> Vec<db::guard::GuardReport> {
+    /// `switchyard guard`: unfences the servers at `addresses` that are still primaries, with
+    /// `promoted_since` only those promoted under that generation or later.
+    pub async fn guard_unfence(
+        &self,
+        addresses: &[String],
+        promoted_since: Option<u64>,
+    ) -> Vec<db::guard::GuardReport> {
         match self {
-            Action::MysqlPromote(step) => step.guard_unfence(addresses).await,
-            Action::PostgresPromote(step) => step.guard_unfence(addresses).await,
-            Action::RedisPromote(step) => step.guard_unfence(addresses).await,
+            Action::MysqlPromote(step) => step.guard_unfence(addresses, promoted_since).await,
+            Action::PostgresPromote(step) => step.guard_unfence(addresses, promoted_since).await,
+            Action::RedisPromote(step) => step.guard_unfence(addresses, promoted_since).await,
             _ => Vec::new(),
         }
     }

@@ -73,7 +73,10 @@ fn a_guard_that_never_heard_a_member_fences_after_the_limit_from_its_start() {
     // nothing under way undoes it.
     assert_eq!(
         guard.observe(5_000, fresh("us", 9)),
-        Decision::Unfence(vec!["db0:3306".into()])
+        Decision::Unfence {
+            servers: vec!["db0:3306".into()],
+            promoted_since: None
+        }
     );
 }
 
@@ -101,7 +104,10 @@ fn an_isolation_fence_is_undone_for_exactly_the_servers_it_changed_when_nothing_
         }),
     };
     assert_eq!(guard.observe(4_000, moving), Decision::Hold);
-    let unfence = Decision::Unfence(vec!["cache0:6379".into(), "db0:3306".into(), "db2:3306".into()]);
+    let unfence = Decision::Unfence {
+        servers: vec!["cache0:6379".into(), "db0:3306".into(), "db2:3306".into()],
+        promoted_since: None,
+    };
     assert_eq!(guard.observe(4_500, fresh("us", 7)), unfence);
     // One not reached is tried again; one a runbook moved meanwhile is left; the rest done.
     guard.unfenced(&[
@@ -111,7 +117,10 @@ fn an_isolation_fence_is_undone_for_exactly_the_servers_it_changed_when_nothing_
     ]);
     assert_eq!(
         guard.observe(5_000, fresh("us", 7)),
-        Decision::Unfence(vec!["db0:3306".into()])
+        Decision::Unfence {
+            servers: vec!["db0:3306".into()],
+            promoted_since: None
+        }
     );
     guard.unfenced(&[report("db0:3306", GuardOutcome::Unfenced)]);
     assert!(guard.isolation_fenced().is_empty());
@@ -119,14 +128,32 @@ fn an_isolation_fence_is_undone_for_exactly_the_servers_it_changed_when_nothing_
 }
 
 #[test]
-fn a_generation_that_moved_during_the_isolation_leaves_the_servers_to_the_runbook() {
+fn a_generation_that_moved_during_the_isolation_unfences_only_what_its_runbook_promoted() {
     let mut guard = Guard::new("us", Some(3_000), 0);
     assert_eq!(guard.observe(0, fresh("us", 7)), Decision::Hold);
     assert!(matches!(guard.observe(3_000, Heard::Nothing), Decision::Fence(_)));
-    guard.fenced(&[report("db0:3306", GuardOutcome::Fenced { ended: 0 })]);
-    // Failed over and back while the guard heard nothing.
-    assert_eq!(guard.observe(60_000, fresh("us", 9)), Decision::Hold);
+    guard.fenced(&[
+        report("db0:3306", GuardOutcome::Fenced { ended: 0 }),
+        report("db1:3306", GuardOutcome::Fenced { ended: 0 }),
+    ]);
+    // Failed over and back while the guard heard nothing: the failback promoted a server here
+    // (and the guard, still isolated, fenced it again).
+    assert_eq!(
+        guard.observe(60_000, fresh("us", 9)),
+        Decision::Unfence {
+            servers: vec!["db0:3306".into(), "db1:3306".into()],
+            promoted_since: Some(9)
+        }
+    );
+    guard.unfenced(&[
+        report(
+            "db0:3306",
+            GuardOutcome::Kept("a runbook decided since the fence".into()),
+        ),
+        report("db1:3306", GuardOutcome::Unfenced),
+    ]);
     assert!(guard.isolation_fenced().is_empty());
+    assert_eq!(guard.observe(60_500, fresh("us", 9)), Decision::Hold);
     // Another region active ends the isolation the same way.
     let mut guard = Guard::new("us", Some(3_000), 0);
     assert_eq!(guard.observe(0, fresh("us", 7)), Decision::Hold);
@@ -138,6 +165,35 @@ fn a_generation_that_moved_during_the_isolation_leaves_the_servers_to_the_runboo
     ));
     assert!(guard.isolation_fenced().is_empty());
     assert_eq!(guard.observe(9_000, fresh("us", 9)), Decision::Hold);
+}
+
+#[test]
+fn nothing_is_fenced_while_a_runbook_moves_the_role_here() {
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert!(matches!(
+        guard.observe(0, fresh("eu", 8)),
+        Decision::Fence(Why::Elsewhere { .. })
+    ));
+    // The failback runbook promotes this region's server before its pointer step runs.
+    let back = Heard::Fresh {
+        region: Some("eu".into()),
+        generation: 8,
+        moving: Some(Moving {
+            generation: 9,
+            to: "us".into(),
+        }),
+    };
+    assert_eq!(guard.observe(500, back.clone()), Decision::Hold);
+    // Silence after it is neither a move elsewhere nor, yet, an isolation.
+    assert_eq!(guard.observe(1_000, Heard::Nothing), Decision::Hold);
+    assert_eq!(guard.observe(3_400, back), Decision::Hold);
+    assert_eq!(guard.observe(3_900, fresh("us", 9)), Decision::Hold);
+    // A move elsewhere is fenced for servers promoted before it.
+    match guard.observe(4_400, fresh("eu", 10)) {
+        Decision::Fence(why) => assert_eq!(why.older_than(), Some(10)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(Why::Isolated { silent_ms: 1 }.older_than(), None);
 }
 
 #[test]

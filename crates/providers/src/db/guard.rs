@@ -37,6 +37,9 @@ pub enum GuardOutcome {
     Paused,
     /// It refuses writes already (read-only, a standby or a replica): nothing done.
     Refusing,
+    /// Not fenced: its promotion record is not older than the decision the fence is for (a
+    /// runbook moving the active role here promoted it), so it is that decision's primary.
+    Promoted { generation: u64 },
     /// It takes writes again.
     Unfenced,
     /// Not unfenced, and why (it replicates from another server now, ...).
@@ -64,10 +67,36 @@ impl std::fmt::Display for GuardReport {
             }
             GuardOutcome::Paused => write!(f, "{address} writes paused (a Redis master)"),
             GuardOutcome::Refusing => write!(f, "{address} refuses writes already"),
+            GuardOutcome::Promoted { generation } => write!(
+                f,
+                "{address} left writable: promoted under generation {generation}, by the decision the fence is for or a newer one"
+            ),
             GuardOutcome::Unfenced => write!(f, "{address} unfenced"),
             GuardOutcome::Kept(why) => write!(f, "{address} left fenced: {why}"),
             GuardOutcome::Failed(why) => write!(f, "{address} not reached: {why}"),
         }
+    }
+}
+
+/// Whether a fence for the decision `older_than` (None: any, an isolation fence) applies to a
+/// writable server whose promotion record is `record`: only one promoted before that decision
+/// (or never, by Switchyard) is an old primary.
+pub fn fence_applies(older_than: Option<u64>, record: Option<u64>) -> Result<(), GuardOutcome> {
+    match (older_than, record) {
+        (Some(decision), Some(generation)) if generation >= decision => Err(GuardOutcome::Promoted { generation }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether an unfence asked for servers promoted since `promoted_since` (None: any, the
+/// generation did not move) applies to a server whose promotion record is `record`.
+pub fn unfence_applies(promoted_since: Option<u64>, record: Option<u64>) -> Result<(), GuardOutcome> {
+    match promoted_since {
+        Some(since) if record.is_none_or(|r| r < since) => Err(GuardOutcome::Kept(format!(
+            "a runbook decided since the fence (generation {since}) and did not promote it (its promotion record: {})",
+            record.map_or_else(|| "none".to_string(), |r| format!("generation {r}"))
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -203,5 +232,29 @@ mod tests {
         };
         assert!(report.to_string().contains("db0:3306 fenced") && report.outcome.changed());
         assert!(!GuardOutcome::Refusing.changed());
+    }
+
+    #[test]
+    fn the_promotion_record_decides_which_primary_a_fence_or_unfence_is_for() {
+        // An isolation fence takes every writable server.
+        assert_eq!(fence_applies(None, Some(9)), Ok(()));
+        // A move to generation 8 fences a primary promoted before it, or never by Switchyard...
+        assert_eq!(fence_applies(Some(8), Some(7)), Ok(()));
+        assert_eq!(fence_applies(Some(8), None), Ok(()));
+        // ...but not one a runbook promoted under 8 or later (moving the role back here).
+        assert_eq!(
+            fence_applies(Some(8), Some(8)),
+            Err(GuardOutcome::Promoted { generation: 8 })
+        );
+        assert_eq!(
+            fence_applies(Some(8), Some(9)),
+            Err(GuardOutcome::Promoted { generation: 9 })
+        );
+        assert_eq!(unfence_applies(None, Some(1)), Ok(()));
+        assert_eq!(unfence_applies(Some(9), Some(9)), Ok(()));
+        assert!(
+            matches!(unfence_applies(Some(9), Some(7)), Err(GuardOutcome::Kept(why)) if why.contains("generation 7"))
+        );
+        assert!(matches!(unfence_applies(Some(9), None), Err(GuardOutcome::Kept(why)) if why.contains("none")));
     }
 }

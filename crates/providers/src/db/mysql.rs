@@ -648,7 +648,11 @@ impl MysqlPromote {
     /// `switchyard guard`: fences every server of `region` that takes writes (`read_only`, or
     /// `super_read_only` on MySQL, then its client connections ended, as a failover fences an
     /// old primary); one that is read-only already is left alone.
-    pub async fn guard_fence(&self, region: &str) -> Vec<super::guard::GuardReport> {
+    ///
+    /// With `older_than` (a move to another region under that generation), a server whose
+    /// promotion record is that generation or newer is left writable (see
+    /// [`super::guard::fence_applies`]).
+    pub async fn guard_fence(&self, region: &str, older_than: Option<u64>) -> Vec<super::guard::GuardReport> {
         let indexes = super::guard::in_region(&self.inner.members, region);
         super::guard::each(&self.inner.members, indexes, |index| {
             let inner = Arc::clone(&self.inner);
@@ -656,6 +660,9 @@ impl MysqlPromote {
                 let mut session = inner.connect(index).await?;
                 if is_on(session.value("SELECT @@GLOBAL.read_only").await?.as_deref()) {
                     return Ok(super::guard::GuardOutcome::Refusing);
+                }
+                if let Err(outcome) = super::guard::fence_applies(older_than, session.record().await?) {
+                    return Ok(outcome);
                 }
                 let (_, ended) = session.fence().await?;
                 Ok(super::guard::GuardOutcome::Fenced { ended })
@@ -666,7 +673,13 @@ impl MysqlPromote {
 
     /// `switchyard guard`: makes the servers at `addresses` writable again, each only while it
     /// replicates from nobody (a failover may have made it a replica meanwhile).
-    pub async fn guard_unfence(&self, addresses: &[String]) -> Vec<super::guard::GuardReport> {
+    /// With `promoted_since`, only a server whose promotion record is that generation or newer
+    /// (see [`super::guard::unfence_applies`]).
+    pub async fn guard_unfence(
+        &self,
+        addresses: &[String],
+        promoted_since: Option<u64>,
+    ) -> Vec<super::guard::GuardReport> {
         let indexes = super::guard::named(&self.inner.members, addresses);
         super::guard::each(&self.inner.members, indexes, |index| {
             let inner = Arc::clone(&self.inner);
@@ -678,6 +691,9 @@ impl MysqlPromote {
                         "it replicates from {} now",
                         replication.source
                     )));
+                }
+                if let Err(outcome) = super::guard::unfence_applies(promoted_since, session.record().await?) {
+                    return Ok(outcome);
                 }
                 session.unfence().await?;
                 Ok(super::guard::GuardOutcome::Unfenced)

@@ -1110,14 +1110,22 @@ impl PostgresPromote {
     /// new sessions are not read-only): `default_transaction_read_only` set in its
     /// configuration, then its client backends ended, as a failover fences an old primary. A
     /// standby, or a primary fenced already, is left alone.
-    pub async fn guard_fence(&self, region: &str) -> Vec<super::guard::GuardReport> {
+    ///
+    /// With `older_than` (a move to another region under that generation), a server whose
+    /// promotion record is that generation or newer is left writable (see
+    /// [`super::guard::fence_applies`]).
+    pub async fn guard_fence(&self, region: &str, older_than: Option<u64>) -> Vec<super::guard::GuardReport> {
         let indexes = super::guard::in_region(&self.inner.members, region);
         super::guard::each(&self.inner.members, indexes, |index| {
             let inner = Arc::clone(&self.inner);
             async move {
                 let mut session = inner.connect(index).await?;
-                if !session.inspect().await?.writable_primary() {
+                let observed = session.inspect().await?;
+                if !observed.writable_primary() {
                     return Ok(super::guard::GuardOutcome::Refusing);
+                }
+                if let Err(outcome) = super::guard::fence_applies(older_than, observed.record) {
+                    return Ok(outcome);
                 }
                 let (_, ended) = session.fence(&inner, index).await?;
                 Ok(super::guard::GuardOutcome::Fenced { ended })
@@ -1128,14 +1136,24 @@ impl PostgresPromote {
 
     /// `switchyard guard`: makes the servers at `addresses` writable again, each only while it
     /// is a primary (a failover may have made it a standby meanwhile).
-    pub async fn guard_unfence(&self, addresses: &[String]) -> Vec<super::guard::GuardReport> {
+    /// With `promoted_since`, only a server whose promotion record is that generation or newer
+    /// (see [`super::guard::unfence_applies`]).
+    pub async fn guard_unfence(
+        &self,
+        addresses: &[String],
+        promoted_since: Option<u64>,
+    ) -> Vec<super::guard::GuardReport> {
         let indexes = super::guard::named(&self.inner.members, addresses);
         super::guard::each(&self.inner.members, indexes, |index| {
             let inner = Arc::clone(&self.inner);
             async move {
                 let mut session = inner.connect(index).await?;
-                if session.inspect().await?.in_recovery {
+                let observed = session.inspect().await?;
+                if observed.in_recovery {
                     return Ok(super::guard::GuardOutcome::Kept("it is a standby now".into()));
+                }
+                if let Err(outcome) = super::guard::unfence_applies(promoted_since, observed.record) {
+                    return Ok(outcome);
                 }
                 session.unfence(&inner, index).await?;
                 Ok(super::guard::GuardOutcome::Unfenced)

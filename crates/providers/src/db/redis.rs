@@ -503,14 +503,22 @@ impl RedisPromote {
     /// [`GUARD_PAUSE_MS`] from now (`CLIENT PAUSE WRITE`). Redis has no read-only master: the
     /// guard renews the pause every round while the fence holds, and it lapses by itself within
     /// [`GUARD_PAUSE_MS`] once the guard stops. A replica is left alone.
-    pub async fn guard_fence(&self, region: &str) -> Vec<super::guard::GuardReport> {
+    ///
+    /// With `older_than` (a move to another region under that generation), a master whose
+    /// promotion record is that generation or newer is left writable (see
+    /// [`super::guard::fence_applies`]).
+    pub async fn guard_fence(&self, region: &str, older_than: Option<u64>) -> Vec<super::guard::GuardReport> {
         let indexes = super::guard::in_region(&self.inner.members, region);
         super::guard::each(&self.inner.members, indexes, |index| {
             let inner = Arc::clone(&self.inner);
             async move {
                 let mut session = inner.connect(index).await?;
-                if session.observe().await?.replica_of.is_some() {
+                let observed = session.observe().await?;
+                if observed.replica_of.is_some() {
                     return Ok(super::guard::GuardOutcome::Refusing);
+                }
+                if let Err(outcome) = super::guard::fence_applies(older_than, observed.record) {
+                    return Ok(outcome);
                 }
                 session
                     .command(redis::cmd("CLIENT").arg("PAUSE").arg(GUARD_PAUSE_MS).arg("WRITE"))
@@ -523,16 +531,26 @@ impl RedisPromote {
 
     /// `switchyard guard`: ends the pause of the servers at `addresses` (`CLIENT UNPAUSE`),
     /// each only while it is a master.
-    pub async fn guard_unfence(&self, addresses: &[String]) -> Vec<super::guard::GuardReport> {
+    /// With `promoted_since`, only a master whose promotion record is that generation or newer
+    /// (see [`super::guard::unfence_applies`]).
+    pub async fn guard_unfence(
+        &self,
+        addresses: &[String],
+        promoted_since: Option<u64>,
+    ) -> Vec<super::guard::GuardReport> {
         let indexes = super::guard::named(&self.inner.members, addresses);
         super::guard::each(&self.inner.members, indexes, |index| {
             let inner = Arc::clone(&self.inner);
             async move {
                 let mut session = inner.connect(index).await?;
-                if let Some(master) = session.observe().await?.replica_of {
+                let observed = session.observe().await?;
+                if let Some(master) = observed.replica_of {
                     return Ok(super::guard::GuardOutcome::Kept(format!(
                         "it replicates from {master} now"
                     )));
+                }
+                if let Err(outcome) = super::guard::unfence_applies(promoted_since, observed.record) {
+                    return Ok(outcome);
                 }
                 session.command(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
                 Ok(super::guard::GuardOutcome::Unfenced)

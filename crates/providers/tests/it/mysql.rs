@@ -696,14 +696,31 @@ async fn mariadb_guard_fences_the_regions_primary_only_and_unfences_only_a_prima
     insert(a, 1).await.expect("the shop writes");
     let mut open = connect(a, "app", "app-pass").await.expect("the shop's connection");
 
-    let reports = step.guard_fence("us").await;
+    let reports = step.guard_fence("us", Some(5)).await;
     assert_eq!(reports.len(), 1);
     assert_eq!(
         reports[0].outcome,
         GuardOutcome::Refusing,
         "the replica is read-only already"
     );
-    let reports = step.guard_fence("eu").await;
+    // A primary promoted under generation 5 (as a runbook moving the role back here would) is
+    // that decision's, not an old primary: a fence for the move to 5 leaves it writable.
+    admin(
+        a,
+        "CREATE DATABASE switchyard; CREATE TABLE switchyard.promotion (id TINYINT UNSIGNED PRIMARY KEY, \
+         generation BIGINT UNSIGNED NOT NULL, primary_address VARCHAR(300) NOT NULL, region VARCHAR(200) NOT NULL); \
+         INSERT INTO switchyard.promotion VALUES (1, 5, 'a', 'eu')",
+    )
+    .await;
+    let reports = step.guard_fence("eu", Some(5)).await;
+    assert_eq!(
+        reports[0].outcome,
+        GuardOutcome::Promoted { generation: 5 },
+        "{reports:?}"
+    );
+    assert_eq!(text(a, "SELECT @@GLOBAL.read_only").await, "0");
+    // A move to generation 6 fences it.
+    let reports = step.guard_fence("eu", Some(6)).await;
     assert!(
         matches!(reports[0].outcome, GuardOutcome::Fenced { ended } if ended >= 1),
         "{reports:?}"
@@ -715,11 +732,18 @@ async fn mariadb_guard_fences_the_regions_primary_only_and_unfences_only_a_prima
             .is_err(),
         "the connection open before the fence was ended"
     );
-    assert_eq!(step.guard_fence("eu").await[0].outcome, GuardOutcome::Refusing);
+    assert_eq!(step.guard_fence("eu", None).await[0].outcome, GuardOutcome::Refusing);
     assert_eq!(source(b).await, format!("127.0.0.1:{a}"), "replication goes on");
 
+    // After a move during an isolation, only a server promoted since is unfenced.
+    let reports = step.guard_unfence(&[format!("127.0.0.1:{a}")], Some(7)).await;
+    assert!(
+        matches!(&reports[0].outcome, GuardOutcome::Kept(why) if why.contains("generation 5")),
+        "{reports:?}"
+    );
+    assert_eq!(text(a, "SELECT @@GLOBAL.read_only").await, "1");
     let reports = step
-        .guard_unfence(&[format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}")])
+        .guard_unfence(&[format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}")], Some(5))
         .await;
     assert_eq!(reports[0].outcome, GuardOutcome::Unfenced, "{reports:?}");
     assert!(

@@ -806,7 +806,7 @@ async fn postgres_guard_fences_the_regions_primary_only_and_unfences_only_a_prim
     let open = client(a, "app", "app-pass").await.expect("the shop's session");
 
     // The us region holds only standbys: nothing to do there.
-    let reports = step.guard_fence("us").await;
+    let reports = step.guard_fence("us", None).await;
     assert_eq!(
         reports.iter().map(|r| (&r.address, &r.outcome)).collect::<Vec<_>>(),
         [
@@ -814,7 +814,7 @@ async fn postgres_guard_fences_the_regions_primary_only_and_unfences_only_a_prim
             (&cluster.address(2), &GuardOutcome::Refusing)
         ]
     );
-    let reports = step.guard_fence("eu").await;
+    let reports = step.guard_fence("eu", Some(3)).await;
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert!(
         matches!(reports[0].outcome, GuardOutcome::Fenced { ended } if ended >= 1),
@@ -828,11 +828,18 @@ async fn postgres_guard_fences_the_regions_primary_only_and_unfences_only_a_prim
         open.simple_query("INSERT INTO orders (id) VALUES (101)").await.is_err(),
         "the session open before the fence was ended"
     );
-    assert_eq!(step.guard_fence("eu").await[0].outcome, GuardOutcome::Refusing);
+    assert_eq!(step.guard_fence("eu", None).await[0].outcome, GuardOutcome::Refusing);
     assert_eq!(count(b).await, 2);
 
     // Unfencing: the primary takes writes again; a standby named by mistake stays as it is.
-    let reports = step.guard_unfence(&[cluster.address(0), cluster.address(2)]).await;
+    let reports = step.guard_unfence(&[cluster.address(0)], Some(3)).await;
+    assert!(
+        matches!(&reports[0].outcome, GuardOutcome::Kept(why) if why.contains("none")),
+        "never promoted by Switchyard, so not by a runbook since: {reports:?}"
+    );
+    let reports = step
+        .guard_unfence(&[cluster.address(0), cluster.address(2)], None)
+        .await;
     assert_eq!(reports[0].outcome, GuardOutcome::Unfenced, "{reports:?}");
     assert_eq!(reports[1].outcome, GuardOutcome::Kept("it is a standby now".into()));
     insert(a, 102).await.expect("writable again");

@@ -430,10 +430,20 @@ async fn redis_guard_pauses_the_regions_master_only_and_unpauses_only_a_master()
         .check("sessions", &mut Strict::new(&["eu", "us"]))
         .expect("settings check");
 
-    let reports = step.guard_fence("us").await;
+    let reports = step.guard_fence("us", None).await;
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].outcome, GuardOutcome::Refusing);
-    let reports = step.guard_fence("eu").await;
+    // A master promoted under generation 4 is left alone by a fence for the move to 4.
+    query::<()>(a, redis::cmd("SET").arg(RECORD_KEY).arg("4 127.0.0.1:1 eu"))
+        .await
+        .expect("a record");
+    let reports = step.guard_fence("eu", Some(4)).await;
+    assert_eq!(
+        reports[0].outcome,
+        GuardOutcome::Promoted { generation: 4 },
+        "{reports:?}"
+    );
+    let reports = step.guard_fence("eu", Some(5)).await;
     assert_eq!(reports[0].outcome, GuardOutcome::Paused, "{reports:?}");
     // A write waits for the pause (nothing is acknowledged); a read is served.
     let mut set = redis::cmd("SET");
@@ -449,7 +459,9 @@ async fn redis_guard_pauses_the_regions_master_only_and_unpauses_only_a_master()
     assert_eq!(read, "cart-1");
 
     let b_address = format!("127.0.0.1:{b}");
-    let reports = step.guard_unfence(&[format!("127.0.0.1:{a}"), b_address.clone()]).await;
+    let reports = step
+        .guard_unfence(&[format!("127.0.0.1:{a}"), b_address.clone()], Some(4))
+        .await;
     assert_eq!(reports[0].outcome, GuardOutcome::Unfenced, "{reports:?}");
     assert!(
         matches!(&reports[1].outcome, GuardOutcome::Kept(why) if why.contains("replicates from")),
