@@ -293,15 +293,21 @@ pub fn check_timing(
     if fenced_by <= earliest {
         return Ok(());
     }
+    let raise = format!(
+        "raise [policy] down_confirm_ms to at least {}",
+        down_confirm_ms.saturating_add(fenced_by - earliest)
+    );
+    let lowest = earliest.saturating_sub(FENCE_DELAY_MS);
+    let fix = if lowest >= ISOLATION_FENCE_MS_MIN {
+        format!("{raise}, or lower isolation_fence_ms to at most {lowest}")
+    } else {
+        raise
+    };
     Err((
         format!(
-            "[guard] isolation_fence_ms = {isolation_fence_ms}: a guard in {region} cut off from the controller fences its primaries up to {fenced_by} ms after it last heard from it (isolation_fence_ms + {FENCE_DELAY_MS} ms to act), but the controller may fail {region} over after {earliest} ms (its quickest check's fall × fast_interval_ms, the first failure at once, + [policy] down_confirm_ms = {down_confirm_ms}): both regions would take writes in between"
+            "[guard] isolation_fence_ms = {isolation_fence_ms}: a guard in {region} cut off from the controller fences its primaries up to {fenced_by} ms after it last heard from it (isolation_fence_ms + {FENCE_DELAY_MS} ms to act), but the controller may fail {region} over after {earliest} ms (its quickest check's (fall - 1) × fast_interval_ms, the first failure at once, + [policy] down_confirm_ms = {down_confirm_ms}): both regions would take writes in between"
         ),
-        format!(
-            "raise [policy] down_confirm_ms to at least {} (or lower isolation_fence_ms to at most {})",
-            down_confirm_ms.saturating_add(fenced_by - earliest),
-            earliest.saturating_sub(FENCE_DELAY_MS)
-        ),
+        fix,
     ))
 }
 

@@ -248,6 +248,15 @@ fn timing_is_held_to_the_quickest_failover_of_the_region() {
     );
     let needed = 3_000 + FENCE_DELAY_MS - 500;
     assert!(fix.contains(&format!("down_confirm_ms to at least {needed}")), "{fix}");
+    assert!(!fix.contains("lower"), "no isolation_fence_ms is short enough: {fix}");
+    let (_, fix) = check_timing(20_000, 20_000, &checks, "us").expect_err("too slow");
+    assert!(
+        fix.contains(&format!(
+            "lower isolation_fence_ms to at most {}",
+            20_500 - FENCE_DELAY_MS
+        )),
+        "{fix}"
+    );
     assert!(check_timing(3_000, needed, &checks, "us").is_ok());
     assert!(check_timing(3_000, needed - 1, &checks, "us").is_err());
     assert!(
