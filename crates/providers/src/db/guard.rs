@@ -17,7 +17,7 @@ use super::Member;
 
 /// Longest one server may take to be fenced or unfenced in one round (connection, login and
 /// statements); past it the round reports it failed and the next round tries again.
-pub const GUARD_SERVER_MS: u64 = 4_000;
+pub const GUARD_SERVER_MS: u64 = 2_000;
 
 /// What the guard did to one server.
 #[derive(Clone, Debug, PartialEq, Eq)]
