@@ -93,7 +93,7 @@ def test_region_outage_promotes_both_databases_and_loses_no_acknowledged_order_w
         directory, _ = lab
         ready(lab)
         targets = (directory / "drill-targets.toml").read_text()
-        assert 'database_processes = ["mariadb-us-east-1", "redis-us-east-1"]' in targets, targets
+        assert 'database_processes = ["mariadb-us-east-1", "redis-us-east-1", "guard-us-east-1"]' in targets, targets
         code, report, text = run_drill(directory, tmp_path, "region-outage", duration_s=15, settle_s=8)
         assert code == 0 and report["passed"] is True, text[-5000:]
         orders, sessions = database(report, "mariadb"), database(report, "redis")

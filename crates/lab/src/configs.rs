@@ -551,7 +551,7 @@ mod tests {
                 } else if name == "dns.toml" {
                     let dns = dns::config::parse(text, &shown).expect("dns.toml parses");
                     assert_eq!(dns.reload_interval_ms, 0);
-                } else if name.starts_with("controller") {
+                } else if name.starts_with("controller") || name == "guard.toml" {
                     let parsed_config = match controller::config::parse_in(&shown, text, &config) {
                         Ok(parsed_config) => parsed_config,
                         // This test builds the controller without the `aws` feature: its
@@ -574,13 +574,19 @@ mod tests {
                         kinds.starts_with(&["mysql_promote", "redis_promote", "dns_health"]),
                         "{kinds:?}"
                     );
-                    assert_eq!(parsed_config.file.controller.ha.is_some(), controllers == 3, "{name}");
+                    // The guards' copy is the configuration without a member's own section.
+                    assert_eq!(
+                        parsed_config.file.controller.ha.is_some(),
+                        controllers == 3 && name != "guard.toml",
+                        "{name}"
+                    );
                 } else {
                     panic!("a TOML file the test does not know: {shown}");
                 }
                 parsed.push(name.to_string());
             }
             assert!(parsed.iter().any(|n| n.starts_with("controller")), "{parsed:?}");
+            assert!(parsed.iter().any(|n| n == "guard.toml"), "{parsed:?}");
             let targets =
                 drill::runtime::deployment::Deployment::parse(&plan.drill_targets, false).expect("drill targets parse");
             let control = targets.process_control.expect("process control");
@@ -597,7 +603,7 @@ mod tests {
             assert_eq!(haproxy.socket, Some(dir.join("run").join("haproxy.sock")));
             assert_eq!(
                 targets.regions[0].database_processes,
-                ["mariadb-us-east-1", "redis-us-east-1"]
+                ["mariadb-us-east-1", "redis-us-east-1", "guard-us-east-1"]
             );
             assert_eq!(targets.controllers.len(), if controllers == 3 { 3 } else { 0 });
             for member in &targets.controllers {

@@ -673,9 +673,27 @@ pub(crate) mod tests {
             "{:?}",
             shop.args
         );
+        // The region's guard is one of its processes (killed with it in drills), and asks the
+        // controller through the region's own link.
         assert!(
             plan.drill_targets
-                .contains("database_processes = [\"mariadb-us-east-1\", \"redis-us-east-1\"]")
+                .contains("database_processes = [\"mariadb-us-east-1\", \"redis-us-east-1\", \"guard-us-east-1\"]"),
+            "{}",
+            plan.drill_targets
+        );
+        let guard = plan
+            .components
+            .iter()
+            .find(|c| c.name == "guard-eu-west-1")
+            .expect("a guard per region");
+        assert!(
+            guard.args.windows(2).any(|w| w[0] == "--region" && w[1] == "eu-west-1")
+                && guard
+                    .args
+                    .windows(2)
+                    .any(|w| w[0] == "--config" && w[1].ends_with("guard.toml")),
+            "{:?}",
+            guard.args
         );
         assert!(plan.ports.iter().any(|(what, _)| what == "link mariadb-eu-west-1"));
         let mut netns = options.clone();

@@ -556,6 +556,8 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         Some(databases) => crate::databases::additions(dir, options.base_port, regions, options.controller, databases),
         None => crate::databases::DbAdditions::default(),
     };
+    // The processes of each region's databases; its guard joins them (below).
+    let mut db_processes = databases.processes.clone();
 
     // The network: every link, as named proxies of one fault proxy.
     let mut links = Vec::new();
@@ -1063,6 +1065,36 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             controller.args.extend(tls_args.iter().cloned());
             components.push(controller);
         }
+        // A guard per region, beside its databases (`switchyard guard`): it reads a copy of the
+        // controller's configuration and asks the controller through the region's own link, as
+        // the region's shops do, and is killed with the region.
+        if !databases.runbook.is_empty() {
+            let path = config.join("guard.toml");
+            files.push(config_file(path.clone(), GUARD_HEADER, &controller_file)?);
+            for (i, region) in regions.iter().enumerate() {
+                let name = guard_name(region);
+                let mut spec = owned_subcommand(
+                    &name,
+                    "guard",
+                    vec![
+                        "guard".to_string(),
+                        "--config".to_string(),
+                        path.display().to_string(),
+                        "--region".to_string(),
+                        region.to_string(),
+                        "--controller".to_string(),
+                        hosts.link_url(i, ports.pointer(i)),
+                    ],
+                );
+                spec.ready_flag = None;
+                spec.netns = hosts.namespace(i);
+                spec.env.extend(trust.iter().cloned());
+                components.push(spec);
+                if let Some(processes) = db_processes.get_mut(i) {
+                    processes.push(name);
+                }
+            }
+        }
         for agent in 0..AGENTS {
             let token = agent_token_path(dir, agent + 1);
             secrets.push(token.clone());
@@ -1115,7 +1147,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     bound.retain(|(_, address)| checkable(address));
     let mut notes = additions.notes;
     notes.extend(databases.notes.iter().cloned());
-    let mut targets = drill_targets(options, &ports, regions, &hosts, &databases.processes);
+    let mut targets = drill_targets(options, &ports, regions, &hosts, &db_processes);
     targets.providers = additions.drill_targets;
     targets.databases = databases.drill_targets.clone();
     targets.database_accounts = databases.accounts.clone();
@@ -1173,6 +1205,13 @@ pub fn replication_key_path(dir: &Path) -> PathBuf {
 }
 
 /// The first lines of the controllers' config files.
+const GUARD_HEADER: &str = "# Written by `switchyard lab`: the guards' copy of the controller's configuration (`switchyard guard --config` this file).\n";
+
+/// The lab's guard of `region` (a component, and one of the region's processes in drills).
+pub fn guard_name(region: &str) -> String {
+    format!("guard-{region}")
+}
+
 const CONTROLLER_HEADER: &str = "# Written by `switchyard lab`. Checks use the default timings: inter 1 s, fastinter 250 ms, timeout 500 ms, rise 2, fall 3.\n";
 
 /// Agent N's token file, in the config folder (`{n}` stands for N).
