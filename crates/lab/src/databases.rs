@@ -533,6 +533,24 @@ pub(crate) fn additions(
     out
 }
 
+/// Region `i`'s guard reaches its own databases directly, as the region's shops do (not
+/// through the links the controller and the replicas use): a cut link must not cut the guard
+/// off from the primary it has to fence. Rewrites `runbook`'s database steps for that region.
+pub(crate) fn guard_servers(runbook: &mut [Step], base_port: u16, i: usize, region: &str) {
+    for step in runbook {
+        if let Some(mysql) = &mut step.mysql_promote {
+            mysql
+                .servers
+                .insert(region.to_string(), vec![local(port(base_port, i, MARIADB_PORT_OFFSET))]);
+        }
+        if let Some(redis) = &mut step.redis_promote {
+            redis
+                .servers
+                .insert(region.to_string(), vec![local(port(base_port, i, REDIS_PORT_OFFSET))]);
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -691,9 +709,29 @@ pub(crate) mod tests {
                 && guard
                     .args
                     .windows(2)
-                    .any(|w| w[0] == "--config" && w[1].ends_with("guard.toml")),
+                    .any(|w| w[0] == "--config" && w[1].ends_with("guard-eu-west-1.toml")),
             "{:?}",
             guard.args
+        );
+        // Its own region's servers directly (a cut link must not hide them), the others as the
+        // controller names them.
+        let own = plan
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("config/guard-eu-west-1.toml"))
+            .expect("the guard's configuration");
+        let direct = format!(
+            "eu-west-1 = [\"127.0.0.1:{}\"]",
+            port(options.base_port, 1, MARIADB_PORT_OFFSET)
+        );
+        let linked = format!(
+            "us-east-1 = [\"127.0.0.1:{}\"]",
+            port(options.base_port, 0, MARIADB_LINK_PORT_OFFSET)
+        );
+        assert!(
+            own.contents.contains(&direct) && own.contents.contains(&linked),
+            "{}",
+            own.contents
         );
         assert!(plan.ports.iter().any(|(what, _)| what == "link mariadb-eu-west-1"));
         let mut netns = options.clone();

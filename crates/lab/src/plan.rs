@@ -1066,12 +1066,15 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
             components.push(controller);
         }
         // A guard per region, beside its databases (`switchyard guard`): it reads a copy of the
-        // controller's configuration and asks the controller through the region's own link, as
-        // the region's shops do, and is killed with the region.
+        // controller's configuration naming its own region's servers directly, asks the
+        // controller through the region's own link, as the region's shops do, and is killed
+        // with the region.
         if !databases.runbook.is_empty() {
-            let path = config.join("guard.toml");
-            files.push(config_file(path.clone(), GUARD_HEADER, &controller_file)?);
             for (i, region) in regions.iter().enumerate() {
+                let path = config.join(format!("guard-{region}.toml"));
+                let mut own = controller_file.clone();
+                crate::databases::guard_servers(&mut own.runbook, options.base_port, i, region);
+                files.push(config_file(path.clone(), GUARD_HEADER, &own)?);
                 let name = guard_name(region);
                 let mut spec = owned_subcommand(
                     &name,
@@ -1205,7 +1208,7 @@ pub fn replication_key_path(dir: &Path) -> PathBuf {
 }
 
 /// The first lines of the controllers' config files.
-const GUARD_HEADER: &str = "# Written by `switchyard lab`: the guards' copy of the controller's configuration (`switchyard guard --config` this file).\n";
+const GUARD_HEADER: &str = "# Written by `switchyard lab`: a guard's copy of the controller's configuration (`switchyard guard --config` this file), its own region's servers named directly.\n";
 
 /// The lab's guard of `region` (a component, and one of the region's processes in drills).
 pub fn guard_name(region: &str) -> String {
