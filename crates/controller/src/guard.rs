@@ -23,7 +23,7 @@
 //!   generation or newer) is unfenced.
 //!
 //! A member's answer marked `stale` (cut off from etcd) counts as no answer, as does one older
-//! than a generation seen before. The decision ([`Guard`]) is sans-IO with an injected clock;
+//! than a generation seen before or more than `pointer::GENERATION_STEP_MAX` above it. The decision ([`Guard`]) is sans-IO with an injected clock;
 //! [`run`] reads the members, acts and logs.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -157,8 +157,12 @@ impl Guard {
             generation,
             moving,
         } = heard
-            // An answer older than one seen before is a member behind the others: no answer.
-            && self.newest.is_none_or(|newest| generation >= newest)
+            // An answer older than one seen before is a member behind the others, and one more
+            // than `GENERATION_STEP_MAX` ahead is forged or corrupt (taken, it would make every
+            // genuine answer after it look old): both count as no answer.
+            && self.newest.is_none_or(|newest| {
+                generation >= newest && generation - newest <= crate::pointer::GENERATION_STEP_MAX
+            })
         {
             self.newest = Some(generation);
             match region {
@@ -407,9 +411,17 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                     if new_reason {
                         tracing::warn!(reason = %why, "fencing this region's database primaries");
                     }
+                    // Every step's servers at once: the round takes one server's bound at most
+                    // (`FENCE_DELAY_MS` counts one).
+                    let rounds = futures_util::future::join_all(
+                        options
+                            .steps
+                            .iter()
+                            .map(|guarded| guarded.action.guard_fence(&options.region, why.older_than())),
+                    )
+                    .await;
                     let mut all = Vec::new();
-                    for guarded in &options.steps {
-                        let reports = guarded.action.guard_fence(&options.region, why.older_than()).await;
+                    for (guarded, reports) in options.steps.iter().zip(rounds) {
                         log_reports(&mut logged, &guarded.step, &reports);
                         guard.fenced(&reports);
                         all.extend(reports);
@@ -423,8 +435,14 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                     promoted_since,
                 } => {
                     tracing::warn!(servers = %servers.join(", "), ?promoted_since, "the controller names this region active again with nothing under way: undoing the isolation fence");
-                    for guarded in &options.steps {
-                        let reports = guarded.action.guard_unfence(servers, *promoted_since).await;
+                    let rounds = futures_util::future::join_all(
+                        options
+                            .steps
+                            .iter()
+                            .map(|guarded| guarded.action.guard_unfence(servers, *promoted_since)),
+                    )
+                    .await;
+                    for (guarded, reports) in options.steps.iter().zip(rounds) {
                         log_reports(&mut logged, &guarded.step, &reports);
                         guard.unfenced(&reports);
                     }

@@ -211,6 +211,20 @@ fn an_answer_older_than_one_seen_counts_as_none() {
 }
 
 #[test]
+fn a_generation_too_far_ahead_is_no_answer() {
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert_eq!(guard.observe(0, fresh("us", 7)), Decision::Hold);
+    let forged = 7 + crate::pointer::GENERATION_STEP_MAX + 1;
+    assert_eq!(guard.observe(500, fresh("eu", forged)), Decision::Hold);
+    // Genuine answers go on counting.
+    assert_eq!(guard.observe(2_900, fresh("us", 8)), Decision::Hold);
+    assert!(matches!(
+        guard.observe(3_000, fresh("eu", 8 + crate::pointer::GENERATION_STEP_MAX)),
+        Decision::Fence(Why::Elsewhere { .. })
+    ));
+}
+
+#[test]
 fn no_region_yet_is_contact_but_no_move() {
     let mut guard = Guard::new("us", Some(3_000), 0);
     let none = Heard::Fresh {
