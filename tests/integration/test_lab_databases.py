@@ -130,3 +130,28 @@ def test_db_lag_refuses_to_promote_a_standby_beyond_promote_lag_max_ms(tmp_path)
         assert refusal["passed"] is True, refusal
         assert "mariadb: promotion refused, would lose" in text, text[-3000:]
         assert code == 0 and report["passed"] is True, text[-5000:]
+
+
+def test_db_partition_the_guard_stops_the_cut_off_old_primary_writing(tmp_path):
+    """The primary region cut off from everything but its own clients, its databases included:
+    the controller cannot fence the old primary, which its shops keep writing to; the region's
+    guard hears the move through the region's pointer link and fences it."""
+    need_servers()
+    with running_lab(BINARY, tmp_path, "--regions", "2", "--databases", "--quiet",
+                     start_deadline_s=START_DEADLINE_S) as lab:
+        directory, _ = lab
+        ready(lab)
+        targets = (directory / "drill-targets.toml").read_text()
+        assert '"database:us-east-1" = ["mariadb-us-east-1", "redis-us-east-1"]' in targets, targets
+        code, report, text = run_drill(directory, tmp_path, "db-partition", duration_s=15, settle_s=8)
+        orders = database(report, "mariadb")
+        assert orders["promoted"] is True, orders
+        assert "unreachable" in (orders["detail"] or ""), orders
+        names = {e["name"]: e for e in report["expectations"]}
+        guarded = names["mariadb writes on the cut-off old primary stopped by its guard"]
+        assert guarded["passed"] is True, guarded
+        guard_log = (directory / "logs" / "guard-us-east-1.log")
+        assert guard_log.exists(), sorted(p.name for p in (directory / "logs").iterdir())
+        log = guard_log.read_text()
+        assert "the controller made eu-west-1 the active region" in log, log[-3000:]
+        assert code == 0 and report["passed"] is True, text[-5000:]

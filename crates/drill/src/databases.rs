@@ -33,7 +33,20 @@ pub enum DbExpectation {
     Promote,
     /// The standby lags beyond `promote_lag_max_ms`: promotion refused with the would-be loss.
     Refuse,
+    /// The old primary is cut off from the controller (`db-partition`): the standby is
+    /// promoted, and the old primary's side acknowledges nothing later than
+    /// [`GUARD_WINDOW_MS_MAX`] after the promotion (its region's guard fenced it).
+    Guarded,
 }
+
+/// `db-partition`: how long after the runbook's pointer step moved the pointer the cut-off old
+/// primary may still acknowledge writes: its guard hears the move within a round
+/// (`controller::guard::GUARD_POLL_MS` 500 ms and its read) and fences at once. (Between the
+/// promotion and the pointer step the runbook's later steps run: the other database, DNS, the
+/// TXT record; writes then are reported, not bounded.)
+pub const GUARD_WINDOW_MS_MAX: u64 = 2_500;
+/// The runbook step that moves the pointer, as the lab names it.
+pub const POINTER_STEP: &str = "pointer";
 
 /// One write the shop acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +79,16 @@ pub struct DatabaseFigures {
     pub lost_listed: Vec<String>,
     pub errant_at_rejoin: u64,
     pub split_brain_writes: u64,
+    /// How long after the promotion the last of those was acknowledged (none: no such write).
+    #[serde(default)]
+    pub split_brain_window_ms: Option<u64>,
+    /// How long after the promotion the runbook's pointer step finished.
+    #[serde(default)]
+    pub pointer_moved_ms: Option<u64>,
+    /// How long after the pointer moved the old side's last write was acknowledged (none: none
+    /// after it).
+    #[serde(default)]
+    pub split_brain_after_pointer_ms: Option<u64>,
     /// Where the acknowledged writes were looked for (the primary after convergence).
     pub checked_on: Option<String>,
     /// Why they could not be checked.
@@ -170,10 +193,24 @@ pub fn figures(
             .filter_map(|r| r["at_ms"].as_u64())
             .next()
             .unwrap_or(u64::MAX);
-        out.split_brain_writes = acked
+        let split: Vec<&Acked> = acked
             .iter()
             .filter(|a| a.region.as_deref() == Some(primary_region) && a.at_ms > promoted_at && a.at_ms < until)
-            .count() as u64;
+            .collect();
+        out.split_brain_writes = split.len() as u64;
+        out.split_brain_window_ms = split.iter().map(|a| a.at_ms - promoted_at).max();
+        let pointer_at = step_records(audit, POINTER_STEP, promoted_at)
+            .iter()
+            .find(|r| r["outcome"] == "ok")
+            .and_then(|r| r["at_ms"].as_u64());
+        if let Some(pointer_at) = pointer_at {
+            out.pointer_moved_ms = Some(pointer_at.saturating_sub(promoted_at));
+            out.split_brain_after_pointer_ms = split
+                .iter()
+                .filter(|a| a.at_ms > pointer_at)
+                .map(|a| a.at_ms - pointer_at)
+                .max();
+        }
     }
     match present {
         Ok((server, present)) => {
@@ -240,6 +277,39 @@ pub fn evaluate(report: &DatabaseReport) -> Vec<ExpectationResult> {
                 });
             }
             DbExpectation::Refuse => {}
+            DbExpectation::Guarded => {
+                results.push(ExpectationResult {
+                    name: format!("{} promoted", db.kind),
+                    expected: "the standby promoted by its step".into(),
+                    actual: db
+                        .detail
+                        .clone()
+                        .unwrap_or_else(|| "no step outcome after the fault".into()),
+                    passed: db.promoted,
+                });
+                let seconds = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
+                results.push(ExpectationResult {
+                    name: format!("{} writes on the cut-off old primary stopped by its guard", db.kind),
+                    expected: format!(
+                        "none acknowledged later than {} after the pointer moved",
+                        seconds(GUARD_WINDOW_MS_MAX)
+                    ),
+                    actual: match (db.pointer_moved_ms, db.split_brain_after_pointer_ms) {
+                        (None, _) => "the pointer step never finished after the promotion".into(),
+                        (Some(_), None) => format!(
+                            "none after the pointer moved ({} after the promotion, {} between)",
+                            db.split_brain_writes,
+                            db.split_brain_window_ms.map_or_else(|| "none".into(), seconds)
+                        ),
+                        (Some(_), Some(ms)) => format!("the last {} after the pointer moved", seconds(ms)),
+                    },
+                    passed: db.promoted
+                        && db.pointer_moved_ms.is_some()
+                        && db
+                            .split_brain_after_pointer_ms
+                            .is_none_or(|ms| ms <= GUARD_WINDOW_MS_MAX),
+                });
+            }
         }
     }
     results
@@ -280,6 +350,18 @@ pub fn rows(report: &DatabaseReport) -> Vec<(String, String)> {
             format!("{k}: split-brain writes once fenced"),
             db.split_brain_writes.to_string(),
         ));
+        if let Some(ms) = db.split_brain_window_ms {
+            rows.push((
+                format!("{k}: old side's last write after the promotion"),
+                seconds(Some(ms)),
+            ));
+        }
+        if db.pointer_moved_ms.is_some() && report.expectation == DbExpectation::Guarded {
+            rows.push((
+                format!("{k}: old side's last write after the pointer moved"),
+                seconds(db.split_brain_after_pointer_ms),
+            ));
+        }
     }
     rows
 }
@@ -354,6 +436,66 @@ mod tests {
         let present = ["k-9"].iter().map(|k| k.to_string()).collect();
         let f = orders_db(&audit(), &writes, Ok(("eu:1".into(), present)));
         assert_eq!(f.split_brain_writes, 1);
+    }
+
+    #[test]
+    fn db_partition_passes_when_the_old_side_stops_writing_within_the_guard_window() {
+        let promoted = json!({"kind": "step", "step": "orders-db", "outcome": "ok", "at_ms": 5_000,
+            "detail": "promoted 127.0.0.1:2 in eu; 127.0.0.1:1 unreachable"});
+        // The pointer moves 3 s after the promotion (the runbook's later steps).
+        let pointer = json!({"kind": "step", "step": POINTER_STEP, "outcome": "ok", "at_ms": 8_000});
+        let write = |at_ms: u64| Acked {
+            key: format!("k-{at_ms}"),
+            region: Some("us".into()),
+            at_ms,
+        };
+        let report = |audit: &[Value], writes: &[Acked]| DatabaseReport {
+            expectation: DbExpectation::Guarded,
+            databases: vec![orders_db(audit, writes, Err("not read".into()))],
+            ..DatabaseReport::default()
+        };
+        let audit = [promoted.clone(), pointer];
+        let within = report(
+            &audit,
+            &[write(4_000), write(5_500), write(8_000 + GUARD_WINDOW_MS_MAX)],
+        );
+        let db = &within.databases[0];
+        assert_eq!(db.split_brain_writes, 2);
+        assert_eq!(db.split_brain_window_ms, Some(3_000 + GUARD_WINDOW_MS_MAX));
+        assert_eq!(db.pointer_moved_ms, Some(3_000));
+        assert_eq!(db.split_brain_after_pointer_ms, Some(GUARD_WINDOW_MS_MAX));
+        let results = evaluate(&within);
+        assert!(results.iter().all(|r| r.passed), "{results:?}");
+        // Before the pointer moved only: none after it.
+        let early = report(&audit, &[write(5_500), write(7_900)]);
+        assert!(evaluate(&early).iter().all(|r| r.passed));
+        assert_eq!(early.databases[0].split_brain_after_pointer_ms, None);
+        // No guard: the old side went on writing.
+        let unguarded = report(&audit, &[write(5_500), write(8_000 + GUARD_WINDOW_MS_MAX + 1)]);
+        let results = evaluate(&unguarded);
+        let stopped = results
+            .iter()
+            .find(|r| r.name.contains("stopped by its guard"))
+            .expect("the guard's row");
+        assert!(
+            !stopped.passed && stopped.actual.contains("after the pointer moved"),
+            "{stopped:?}"
+        );
+        assert!(
+            rows(&unguarded)
+                .iter()
+                .any(|(name, _)| name.contains("last write after the pointer moved"))
+        );
+        // The pointer never moved: not passed.
+        let stuck = report(std::slice::from_ref(&promoted), &[]);
+        assert!(!evaluate(&stuck).iter().all(|r| r.passed));
+        // Nothing promoted: not passed either way.
+        let none = DatabaseReport {
+            expectation: DbExpectation::Guarded,
+            databases: vec![orders_db(&[], &[], Err("not read".into()))],
+            ..DatabaseReport::default()
+        };
+        assert!(evaluate(&none).iter().all(|r| !r.passed));
     }
 
     #[test]

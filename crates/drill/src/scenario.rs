@@ -85,6 +85,10 @@ pub enum Link {
     Frontend { region: RegionRole },
     /// The region's app servers → its store.
     AppStore { region: RegionRole },
+    /// Everyone else → the region's databases (a lab with `--databases`: the controller's
+    /// steps and checks and the other regions' replicas; the region's own shops and guard
+    /// reach them directly).
+    Database { region: RegionRole },
     /// With several controllers: the (pinned) leader's links to every etcd member and the
     /// other members' link to it. Cut, it still sees the regions but not etcd.
     LeaderIsolation,
@@ -294,6 +298,7 @@ pub fn link_label(link: &Link) -> String {
         Link::Controller { region } => format!("controller→{}", role(region)),
         Link::Frontend { region } => format!("clients→{}", role(region)),
         Link::AppStore { region } => format!("{} apps→store", role(region)),
+        Link::Database { region } => format!("everyone else→{} databases", role(region)),
         Link::LeaderIsolation => "leader↔etcd and the other members".into(),
         Link::LeaderDns => "leader→DNS admin".into(),
     }
@@ -498,7 +503,7 @@ pub struct Scenario {
     pub expectations: Expectations,
 }
 
-pub const NAMES: [&str; 15] = [
+pub const NAMES: [&str; 16] = [
     "region-outage",
     "region-partition",
     "vantage-partition",
@@ -514,6 +519,7 @@ pub const NAMES: [&str; 15] = [
     "controller-isolation",
     "leader-region-outage",
     "db-lag",
+    "db-partition",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -664,6 +670,17 @@ pub fn by_name(name: &str) -> Result<Scenario, UnknownScenario> {
             Expectations {
                 database: crate::databases::DbExpectation::Refuse,
                 ..expect(Any)
+            },
+        ),
+        // A lab with --databases: region-partition, and the databases of the primary cut off
+        // from the controller too (its steps cannot fence the old primary), while the region's
+        // shops keep writing to them. Only the region's guard can stop those writes.
+        "db-partition" => (
+            "with --databases: cut the primary off from the other regions, the controller and the vantage points, its databases included, while its shops still write to them: the standby is promoted and the old primary's guard must stop its writes within a bound",
+            Expectations {
+                database: crate::databases::DbExpectation::Guarded,
+                primary_isolated: true,
+                ..expect(Required)
             },
         ),
         other => return Err(UnknownScenario(other.to_string())),
@@ -818,8 +835,11 @@ impl Scenario {
                 at,
                 heal,
             ),
-            "region-partition" => {
+            "region-partition" | "db-partition" => {
                 let mut faults = Vec::new();
+                if self.name == "db-partition" {
+                    faults.extend(blackhole(Link::Database { region: Primary }, "drill-cut-db"));
+                }
                 faults.extend(blackhole(
                     Link::Replication {
                         from: Primary,

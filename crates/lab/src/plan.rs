@@ -189,6 +189,7 @@ fn drill_targets(
     regions: &[&str],
     hosts: &Hosts,
     db_processes: &[Vec<String>],
+    db_links: &[(String, String, String)],
 ) -> DrillTargets {
     let sites = crate::ha::sites(regions);
     let ha = options.controller && options.controllers == crate::ha::MEMBERS;
@@ -231,6 +232,16 @@ fn drill_targets(
             format!("app-store:{region}"),
             LinkNames::One(format!("app-{region}-to-store-{region}")),
         );
+        // Everyone else's way to the region's databases (db-partition cuts it).
+        let databases: Vec<String> = db_links
+            .iter()
+            .map(|(name, _, _)| name)
+            .filter(|name| **name == format!("mariadb-{region}") || **name == format!("redis-{region}"))
+            .cloned()
+            .collect();
+        if !databases.is_empty() {
+            links.insert(format!("database:{region}"), LinkNames::Many(databases));
+        }
         if options.controller {
             // A vantage point's view of a region: its checks of the shop and of the store.
             links.insert(
@@ -1150,7 +1161,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     bound.retain(|(_, address)| checkable(address));
     let mut notes = additions.notes;
     notes.extend(databases.notes.iter().cloned());
-    let mut targets = drill_targets(options, &ports, regions, &hosts, &db_processes);
+    let mut targets = drill_targets(options, &ports, regions, &hosts, &db_processes, &databases.links);
     targets.providers = additions.drill_targets;
     targets.databases = databases.drill_targets.clone();
     targets.database_accounts = databases.accounts.clone();

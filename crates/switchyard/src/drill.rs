@@ -23,7 +23,9 @@ pub(crate) struct DrillArgs {
     /// leader mid-runbook), controller-isolation (cut it off etcd mid-runbook) or
     /// leader-region-outage (lose the leader's whole site); with databases (a lab started with
     /// --databases): db-lag (the standby's MariaDB applier delayed, then the primary region
-    /// killed: promotion must be refused, naming the would-be loss).
+    /// killed: promotion must be refused, naming the would-be loss) or db-partition (the
+    /// primary cut off, its databases included, while its shops write on: its guard must stop
+    /// those writes within 2.5 s of the pointer moving).
     scenario: String,
     /// A running lab's directory: the drill reads DIR/drill-targets.toml, which
     /// `switchyard lab --dir DIR` writes.

@@ -51,6 +51,7 @@
 //! "controller:us-east-1" = "controller-us-east-1"
 //! "frontend:us-east-1" = "frontend-us-east-1"
 //! "app-store:us-east-1" = "app-store-us-east-1"
+//! "database:us-east-1" = ["mariadb-us-east-1", "redis-us-east-1"]   # db-partition
 //!
 //! [[controllers]]   # with several controllers ([controller.ha]): each member
 //! name = "us-east-1"                     # its member name
@@ -581,6 +582,7 @@ pub fn link_keys(roles: &Roles, link: &Link, vantages: usize) -> Vec<String> {
         Link::Controller { region } => vec![format!("controller:{}", r(region))],
         Link::Frontend { region } => vec![format!("frontend:{}", r(region))],
         Link::AppStore { region } => vec![format!("app-store:{}", r(region))],
+        Link::Database { region } => vec![format!("database:{}", r(region))],
         // The leader's links are in [[controllers]], found at run time.
         Link::LeaderIsolation | Link::LeaderDns => Vec::new(),
     }
@@ -591,14 +593,14 @@ fn parse_link_key(key: &str) -> Result<(), String> {
     let ok = match parts.as_slice() {
         ["replication", from, to] => !from.is_empty() && !to.is_empty(),
         ["health", vantage, region] => vantage.parse::<u32>().is_ok() && !region.is_empty(),
-        ["controller" | "frontend" | "app-store", region] => !region.is_empty(),
+        ["controller" | "frontend" | "app-store" | "database", region] => !region.is_empty(),
         _ => false,
     };
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "link key '{key}' is not one of replication:FROM:TO, health:VANTAGE:REGION, controller:REGION, frontend:REGION, app-store:REGION"
+            "link key '{key}' is not one of replication:FROM:TO, health:VANTAGE:REGION, controller:REGION, frontend:REGION, app-store:REGION, database:REGION"
         ))
     }
 }
