@@ -1020,7 +1020,6 @@ impl Checker<'_> {
                 crate::guard::check_timing(*limit.get_ref(), file.policy.down_confirm_ms, &checks, &region)
             {
                 self.error(limit.span(), message, fix);
-                return;
             }
         }
     }

@@ -44,9 +44,10 @@ pub const GUARD_READ_TIMEOUT_MS: u64 = 1_000;
 pub const ISOLATION_FENCE_MS_MIN: u64 = 2 * (GUARD_POLL_MS + GUARD_READ_TIMEOUT_MS);
 /// Largest `isolation_fence_ms` (one hour).
 pub const ISOLATION_FENCE_MS_MAX: u64 = 3_600_000;
-/// What fencing may take past the decision: one round's read, the wait for the next round, and
-/// the servers' fence (`providers::db::guard::GUARD_SERVER_MS`).
-pub const FENCE_DELAY_MS: u64 = GUARD_POLL_MS + GUARD_READ_TIMEOUT_MS + providers::db::guard::GUARD_SERVER_MS;
+/// What fencing may take past `isolation_fence_ms`: the round that ends just before the limit
+/// (its read and the wait after it), the read of the round that decides, and the servers'
+/// fence (`providers::db::guard::GUARD_SERVER_MS`).
+pub const FENCE_DELAY_MS: u64 = GUARD_POLL_MS + 2 * GUARD_READ_TIMEOUT_MS + providers::db::guard::GUARD_SERVER_MS;
 
 /// What one round heard from the controller members.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +60,8 @@ pub enum Heard {
     },
     /// No member gave a fresh answer.
     Nothing,
+    /// Every member answered, each marked stale: none reaches etcd, so none can act.
+    EveryMemberStale,
 }
 
 /// Why the guard fences.
@@ -113,6 +116,30 @@ impl Why {
     }
 }
 
+/// A guard's state as its state file keeps it ([`Guard::saved`], [`Guard::restore`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Saved {
+    pub newest: Option<u64>,
+    /// Wall-clock milliseconds of the last fresh answer (or of the guard's start).
+    pub last_contact_wall_ms: u64,
+    pub elsewhere: Option<(String, u64)>,
+    pub isolation: Option<SavedIsolation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedIsolation {
+    pub generation: Option<u64>,
+    pub servers: Vec<String>,
+}
+
+/// Largest state file read back.
+pub const STATE_FILE_BYTES_MAX: u64 = 1 << 20;
+/// While nothing else changes, the state file is rewritten this often (its last-contact time
+/// then errs early by at most this: a restarted guard fences sooner, never later).
+pub const STATE_REFRESH_MS: u64 = 5_000;
+
 /// An isolation fence in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Isolation {
@@ -136,6 +163,8 @@ pub struct Guard {
     /// Fencing because another region is active.
     elsewhere: Option<(String, u64)>,
     isolation: Option<Isolation>,
+    /// Silence carried over from before a restart ([`Guard::restore`]), until the next contact.
+    silence_before_ms: u64,
 }
 
 impl Guard {
@@ -147,78 +176,94 @@ impl Guard {
             newest: None,
             elsewhere: None,
             isolation: None,
+            silence_before_ms: 0,
         }
     }
 
-    /// The round's decision.
+    /// The round's decision. `now_ms` is when the round began asking (an answer that came
+    /// during the round counts from then, so slow members never stretch the silence).
     pub fn observe(&mut self, now_ms: u64, heard: Heard) -> Decision {
-        if let Heard::Fresh {
-            region,
-            generation,
-            moving,
-        } = heard
+        match heard {
             // An answer older than one seen before is a member behind the others, and one more
             // than `GENERATION_STEP_MAX` ahead is forged or corrupt (taken, it would make every
             // genuine answer after it look old): both count as no answer.
-            && self.newest.is_none_or(|newest| {
+            Heard::Fresh {
+                region,
+                generation,
+                moving,
+            } if self.newest.is_none_or(|newest| {
                 generation >= newest && generation - newest <= crate::pointer::GENERATION_STEP_MAX
-            })
-        {
-            self.newest = Some(generation);
-            match region {
-                Some(_) if moving.as_ref().is_some_and(|m| m.to == self.region) => {
-                    // A runbook is moving the active role here: it promotes this region's
-                    // server now, and the pointer follows. Nothing to fence, and no silence.
-                    self.last_contact_ms = now_ms;
-                    self.elsewhere = None;
+            }) =>
+            {
+                self.newest = Some(generation);
+                self.last_contact_ms = now_ms;
+                self.silence_before_ms = 0;
+                self.heard_fresh(region, generation, moving)
+            }
+            Heard::Fresh { .. } | Heard::Nothing => self.silence(now_ms),
+            Heard::EveryMemberStale => {
+                // Every member answered and none reaches etcd: none can move the active role
+                // (a leader acts only with etcd), so this is no isolation — Patroni's failsafe
+                // mode. An etcd outage must not fence every region.
+                self.last_contact_ms = now_ms;
+                self.silence_before_ms = 0;
+                self.keep_elsewhere().unwrap_or(Decision::Hold)
+            }
+        }
+    }
+
+    fn heard_fresh(&mut self, region: Option<String>, generation: u64, moving: Option<Moving>) -> Decision {
+        match region {
+            None => Decision::Hold,
+            Some(_) if moving.as_ref().is_some_and(|m| m.to == self.region) => {
+                // A runbook is moving the active role here: it promotes this region's server
+                // now, and the pointer follows. Nothing to fence, nothing to undo yet.
+                self.elsewhere = None;
+                Decision::Hold
+            }
+            Some(region) if region != self.region => {
+                // The runbook that moved the active role owns this region's servers now: an
+                // isolation fence is never undone by the guard after that.
+                self.isolation = None;
+                self.elsewhere = Some((region.clone(), generation));
+                Decision::Fence(Why::Elsewhere { region, generation })
+            }
+            Some(_) => {
+                self.elsewhere = None;
+                let Some(isolation) = &self.isolation else {
+                    return Decision::Hold;
+                };
+                if moving.is_some() {
+                    // A runbook under way (or waiting to retry) may be taking a fenced server's
+                    // final position.
                     return Decision::Hold;
                 }
-                Some(region) if region != self.region => {
-                    // The runbook that moved the active role owns this region's servers now:
-                    // an isolation fence is never undone by the guard after that.
+                if isolation.servers.is_empty() {
                     self.isolation = None;
-                    self.elsewhere = Some((region.clone(), generation));
-                    return Decision::Fence(Why::Elsewhere { region, generation });
+                    return Decision::Hold;
                 }
-                region => {
-                    self.last_contact_ms = now_ms;
-                    self.elsewhere = None;
-                    if region.is_none() {
-                        return Decision::Hold;
-                    }
-                    let Some(isolation) = &self.isolation else {
-                        return Decision::Hold;
-                    };
-                    if moving.is_some() {
-                        // A runbook under way may be taking a fenced server's final position.
-                        return Decision::Hold;
-                    }
-                    if isolation.servers.is_empty() {
-                        self.isolation = None;
-                        return Decision::Hold;
-                    }
-                    // When a runbook decided since the fence (the role moved away and back), it
-                    // promoted the server that is primary here: only that one is unfenced.
-                    let promoted_since = isolation
-                        .generation
-                        .is_some_and(|g| g != generation)
-                        .then_some(generation);
-                    return Decision::Unfence {
-                        servers: isolation.servers.iter().cloned().collect(),
-                        promoted_since,
-                    };
+                // When the generation moved since the fence (the role went away and back), or
+                // the guard never learnt it, a runbook may have decided which server is primary
+                // here: only one it promoted is unfenced.
+                let promoted_since = match isolation.generation {
+                    Some(before) if before == generation => None,
+                    _ => Some(generation),
+                };
+                Decision::Unfence {
+                    servers: isolation.servers.iter().cloned().collect(),
+                    promoted_since,
                 }
             }
         }
-        if let Some((region, generation)) = &self.elsewhere {
-            // Kept while no member answers: renews Redis pauses, catches a server made
-            // writable by hand.
-            return Decision::Fence(Why::Elsewhere {
-                region: region.clone(),
-                generation: *generation,
-            });
-        }
-        let silent_ms = now_ms.saturating_sub(self.last_contact_ms);
+    }
+
+    /// No fresh answer this round: the isolation fence once the silence is long enough (also
+    /// while another region is active: the role may have come here unheard), else the fence
+    /// for the region last heard active.
+    fn silence(&mut self, now_ms: u64) -> Decision {
+        let silent_ms = now_ms
+            .saturating_sub(self.last_contact_ms)
+            .saturating_add(self.silence_before_ms);
         match self.isolation_fence_ms {
             Some(limit) if silent_ms >= limit => {
                 if self.isolation.is_none() {
@@ -229,15 +274,32 @@ impl Guard {
                 }
                 Decision::Fence(Why::Isolated { silent_ms })
             }
-            _ => Decision::Hold,
+            _ => self.keep_elsewhere().unwrap_or(Decision::Hold),
         }
     }
 
-    /// What a fence did: an isolation fence remembers the servers it changed.
+    /// The fence for another region, kept while nothing new is heard: renews Redis pauses,
+    /// catches a server made writable by hand.
+    fn keep_elsewhere(&self) -> Option<Decision> {
+        self.elsewhere.as_ref().map(|(region, generation)| {
+            Decision::Fence(Why::Elsewhere {
+                region: region.clone(),
+                generation: *generation,
+            })
+        })
+    }
+
+    /// What a fence did: an isolation fence remembers the servers it changed, and the ones it
+    /// may have changed (an attempt that failed or ran out of time after its first statement);
+    /// unfencing one of those that was never changed finds it a primary of this region, active
+    /// again, or a replica it leaves alone.
     pub fn fenced(&mut self, reports: &[GuardReport]) {
         if let Some(isolation) = &mut self.isolation {
             for report in reports {
-                if matches!(report.outcome, GuardOutcome::Fenced { .. } | GuardOutcome::Paused) {
+                if matches!(
+                    report.outcome,
+                    GuardOutcome::Fenced { .. } | GuardOutcome::Paused | GuardOutcome::Failed(_)
+                ) {
                     isolation.servers.insert(report.address.clone());
                 }
             }
@@ -257,6 +319,41 @@ impl Guard {
                 self.isolation = None;
             }
         }
+    }
+
+    /// What a restarted guard needs to go on where this one stopped (written to the state
+    /// file): the isolation fence's servers, the fence for another region, the newest
+    /// generation, and when the last fresh answer came (`now_ms` on this guard's clock and
+    /// `wall_ms`, the wall clock at the same moment).
+    pub fn saved(&self, now_ms: u64, wall_ms: u64) -> Saved {
+        let silent_ms = now_ms
+            .saturating_sub(self.last_contact_ms)
+            .saturating_add(self.silence_before_ms);
+        Saved {
+            newest: self.newest,
+            last_contact_wall_ms: wall_ms.saturating_sub(silent_ms),
+            elsewhere: self.elsewhere.clone(),
+            isolation: self.isolation.as_ref().map(|i| SavedIsolation {
+                generation: i.generation,
+                servers: i.servers.iter().cloned().collect(),
+            }),
+        }
+    }
+
+    /// Goes on from `saved` (a guard that stopped, `wall_ms` now on the wall clock): the
+    /// silence since its last fresh answer counts, so a guard restarted while cut off fences as
+    /// soon as the limit has passed, and the servers an isolation fence changed are still the
+    /// ones to unfence.
+    pub fn restore(&mut self, saved: Saved, now_ms: u64, wall_ms: u64) {
+        // The silence before the restart; the time since this guard started counts on top.
+        let silent_ms = wall_ms.saturating_sub(saved.last_contact_wall_ms);
+        self.silence_before_ms = silent_ms.saturating_sub(now_ms.saturating_sub(self.last_contact_ms));
+        self.newest = saved.newest;
+        self.elsewhere = saved.elsewhere;
+        self.isolation = saved.isolation.map(|i| Isolation {
+            generation: i.generation,
+            servers: i.servers.into_iter().collect(),
+        });
     }
 
     /// The servers an isolation fence changed and has not undone.
@@ -326,49 +423,79 @@ pub struct Guarded {
 pub struct Options {
     /// This region, as the controller's configuration names it.
     pub region: String,
+    /// Every configured region: an answer naming another is not taken.
+    pub regions: Vec<String>,
     pub controllers: ControllerUrls,
     /// A token of role `read` (or higher).
     pub token: Option<String>,
     pub steps: Vec<Guarded>,
     pub isolation_fence_ms: Option<u64>,
+    /// Where the guard keeps what it must not forget across a restart (see [`Saved`]).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
-/// What the members said in one round: the newest answer not marked stale, as [`Heard`], and
-/// one line per member that gave none (logged when it changes).
-pub async fn hear(client: &HttpClient, members: &ControllerUrls, token: Option<&str>) -> (Heard, Vec<String>) {
+/// What the members said in one round ([`combine`]), each asked within
+/// [`GUARD_READ_TIMEOUT_MS`].
+pub async fn hear(
+    client: &HttpClient,
+    members: &ControllerUrls,
+    token: Option<&str>,
+    known: &[String],
+) -> (Heard, Vec<String>) {
     let answers = futures_util::future::join_all(members.urls().iter().map(|url| async move {
-        (
-            url,
-            crate::pointer::fetch(client, url, token, 0, 0, GUARD_READ_TIMEOUT_MS).await,
-        )
+        let answer = crate::pointer::fetch(client, url, token, 0, 0, GUARD_READ_TIMEOUT_MS)
+            .await
+            .map_err(|error| match error {
+                FetchError::Unauthorized { url, status } => {
+                    format!("{url}: the controller refused the token (HTTP {status}): give a token of role read")
+                }
+                FetchError::Other(error) => error,
+            });
+        (url.clone(), answer)
     }))
     .await;
-    let mut newest: Option<Reading> = None;
+    combine(answers, known)
+}
+
+/// One round's answers, one per member, as [`Heard`]: the newest answer not marked stale and
+/// naming a configured region (or none yet), with `moving` if any fresh answer of that
+/// generation carries it (a follower reads the runbook from etcd a moment after the leader
+/// starts it); [`Heard::EveryMemberStale`] when every member answered and each is marked
+/// stale. Also one line per member that gave no usable answer.
+pub fn combine(answers: Vec<(String, Result<Reading, String>)>, known: &[String]) -> (Heard, Vec<String>) {
+    let members = answers.len();
+    let mut fresh: Vec<Reading> = Vec::new();
+    let mut stale = 0;
     let mut problems = Vec::new();
     for (url, answer) in answers {
         match answer {
-            Ok(Reading { stale: Some(why), .. }) => problems.push(format!("{url}: stale: {why}")),
-            Ok(reading) => {
-                if newest
-                    .as_ref()
-                    .is_none_or(|n| reading.value.generation > n.value.generation)
-                {
-                    newest = Some(reading);
-                }
+            Ok(Reading { stale: Some(why), .. }) => {
+                stale += 1;
+                problems.push(format!("{url}: stale: {why}"));
             }
-            Err(FetchError::Unauthorized { url, status }) => problems.push(format!(
-                "{url}: the controller refused the token (HTTP {status}): give a token of role read"
-            )),
-            Err(FetchError::Other(error)) => problems.push(error),
+            Ok(reading) => match &reading.value.region {
+                Some(region) if !known.contains(region) => problems.push(format!(
+                    "{url}: names region '{region}', which the configuration does not: not taken"
+                )),
+                _ => fresh.push(reading),
+            },
+            Err(error) => problems.push(error),
         }
     }
-    let heard = match newest {
-        Some(reading) => Heard::Fresh {
-            region: reading.value.region,
-            generation: reading.value.generation,
-            moving: reading.moving,
-        },
-        None => Heard::Nothing,
+    let Some(newest) = fresh.iter().map(|r| r.value.generation).max() else {
+        let heard = if members > 0 && stale == members {
+            Heard::EveryMemberStale
+        } else {
+            Heard::Nothing
+        };
+        return (heard, problems);
+    };
+    let at_newest: Vec<&Reading> = fresh.iter().filter(|r| r.value.generation == newest).collect();
+    let moving = at_newest.iter().find_map(|r| r.moving.clone());
+    let heard = Heard::Fresh {
+        region: at_newest[0].value.region.clone(),
+        generation: newest,
+        moving,
     };
     (heard, problems)
 }
@@ -379,6 +506,20 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     let started = Instant::now();
     let now_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut guard = Guard::new(&options.region, options.isolation_fence_ms, now_ms());
+    if let Some(path) = &options.state_file {
+        match read_state(path) {
+            Ok(Some(saved)) => {
+                tracing::info!(path = %path.display(), ?saved, "going on from the state file");
+                guard.restore(saved, now_ms(), wall_ms());
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "the state file is not usable; starting afresh (the isolation fence's servers, if any, stay fenced: unfence them by hand)")
+            }
+        }
+    }
+    let mut written: Option<(Saved, u64)> = None;
+    let mut state_error_logged = false;
     // The last outcome logged per (step, server), and the members' problems: logged on change.
     let mut logged: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut members_said: Vec<String> = Vec::new();
@@ -393,14 +534,21 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     tokio::pin!(shutdown);
     loop {
         let round = async {
-            let (heard, problems) = hear(&client, &options.controllers, options.token.as_deref()).await;
+            let asked_at = now_ms();
+            let (heard, problems) = hear(
+                &client,
+                &options.controllers,
+                options.token.as_deref(),
+                &options.regions,
+            )
+            .await;
             if problems != members_said {
                 for problem in &problems {
                     tracing::warn!(member = %problem, "a controller member gave no fresh pointer");
                 }
                 members_said = problems;
             }
-            let decision = guard.observe(now_ms(), heard);
+            let decision = guard.observe(asked_at, heard);
             if decision != last_decision && !matches!(decision, Decision::Fence(_)) {
                 tracing::info!(?decision, "guard decision");
             }
@@ -449,6 +597,30 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                 }
             }
             last_decision = decision;
+            if let Some(path) = &options.state_file {
+                let (now, wall) = (now_ms(), wall_ms());
+                let saved = guard.saved(now, wall);
+                let changed = written.as_ref().is_none_or(|(before, at)| {
+                    before.newest != saved.newest
+                        || before.elsewhere != saved.elsewhere
+                        || before.isolation != saved.isolation
+                        || now.saturating_sub(*at) >= STATE_REFRESH_MS
+                        || saved.last_contact_wall_ms < before.last_contact_wall_ms
+                });
+                if changed {
+                    match write_state(path, &saved) {
+                        Ok(()) => {
+                            written = Some((saved, now));
+                            state_error_logged = false;
+                        }
+                        Err(error) if !state_error_logged => {
+                            tracing::error!(path = %path.display(), %error, "cannot write the state file: a restart would forget the isolation fence");
+                            state_error_logged = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
         };
         tokio::select! {
             () = &mut shutdown => break,
@@ -476,6 +648,57 @@ fn summary(reports: &[GuardReport]) -> String {
         count(|o| matches!(o, GuardOutcome::Promoted { .. })),
         count(|o| matches!(o, GuardOutcome::Failed(_))),
     )
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The state file's contents, `None` when there is none yet.
+pub fn read_state(path: &std::path::Path) -> Result<Option<Saved>, String> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error.to_string()),
+    };
+    let mut text = Vec::new();
+    file.take(STATE_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > STATE_FILE_BYTES_MAX {
+        return Err(format!("larger than {STATE_FILE_BYTES_MAX} bytes"));
+    }
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| format!("not a guard state file: {e}"))
+}
+
+/// Writes the state file whole or not at all (a file of its own beside it, synced, renamed).
+pub fn write_state(path: &std::path::Path, saved: &Saved) -> Result<(), String> {
+    use std::io::Write;
+    let text = serde_json::to_vec(saved).map_err(|e| e.to_string())?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "guard-state".into());
+    let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temporary)?;
+        file.write_all(&text)?;
+        file.sync_data()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result.map_err(|e| e.to_string())
 }
 
 fn same_reason(a: &Why, b: &Why) -> bool {

@@ -1678,14 +1678,22 @@ async fn active_region(State(shared): State<Arc<Shared>>, headers: HeaderMap, ur
     if let Some(why) = shared.ha.as_ref().and_then(|ha| ha.pointer_stale()) {
         body["stale"] = json!(why);
     }
-    // A runbook under way: where it moves the active region (`switchyard guard` never
-    // unfences a server while one runs: the runbook may be taking its final position).
-    let in_flight = {
+    // A runbook under way, or one that failed and waits to be tried again (the intent is not
+    // what is observed): where it moves the active region (`switchyard guard` never unfences
+    // a server then: the runbook may be taking its final position).
+    let status = {
         let core = shared.lock();
-        shared.engine_status(&core, shared.now_ms()).in_flight
+        shared.engine_status(&core, shared.now_ms())
     };
-    if let Some(order) = in_flight {
-        body["moving"] = json!({"generation": order.generation.0, "to": order.to.active.as_str()});
+    let moving = match (&status.in_flight, &status.intent, &status.observed) {
+        (Some(order), _, _) => Some((order.generation.0, order.to.active.as_str().to_string())),
+        (None, Some(intent), observed) if observed.as_ref().is_none_or(|o| o.active != intent.active) => {
+            Some((status.generation.0, intent.active.as_str().to_string()))
+        }
+        _ => None,
+    };
+    if let Some((generation, to)) = moving {
+        body["moving"] = json!({"generation": generation, "to": to});
     }
     json_response(StatusCode::OK, body)
 }

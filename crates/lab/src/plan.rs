@@ -1098,6 +1098,11 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                         region.to_string(),
                         "--controller".to_string(),
                         hosts.link_url(i, ports.pointer(i)),
+                        "--state-file".to_string(),
+                        dir.join("data")
+                            .join(format!("guard-{region}.json"))
+                            .display()
+                            .to_string(),
                     ],
                 );
                 spec.ready_flag = None;

@@ -15,6 +15,13 @@ pub(crate) struct GuardArgs {
     /// This host's region, as the configuration's [[regions]] name it.
     #[arg(long, env = "SWITCHYARD_REGION")]
     region: String,
+    /// Where the guard keeps what it must not forget across a restart: which servers its
+    /// isolation fence changed (the only ones it will unfence), the fence for another region,
+    /// and when it last heard a controller member (a guard restarted while cut off fences as
+    /// soon as the limit has passed). Without it a restarted guard starts afresh, and servers
+    /// it fenced for isolation stay fenced until unfenced by hand.
+    #[arg(long, env = "SWITCHYARD_GUARD_STATE_FILE")]
+    state_file: Option<PathBuf>,
     #[command(flatten)]
     client: crate::controller::ControllerClientArgs,
 }
@@ -67,9 +74,21 @@ pub(crate) async fn run(args: GuardArgs) -> anyhow::Result<()> {
             args.region
         );
     }
+    if args.state_file.is_none()
+        && config
+            .file
+            .guard
+            .as_ref()
+            .is_some_and(|g| g.isolation_fence_ms.is_some())
+    {
+        tracing::warn!(
+            "no --state-file: a restart forgets which servers the isolation fence changed (they stay fenced until unfenced by hand) and when a controller member was last heard"
+        );
+    }
     let target = crate::controller::target(&args.client)?;
     let options = controller::guard::Options {
         region: args.region,
+        regions,
         controllers: target.urls,
         token: target.token,
         steps,
@@ -79,6 +98,7 @@ pub(crate) async fn run(args: GuardArgs) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|g| g.isolation_fence_ms.as_ref())
             .map(|ms| *ms.get_ref()),
+        state_file: args.state_file,
     };
     controller::guard::run(options, crate::shutdown_signal()).await;
     Ok(())

@@ -69,13 +69,13 @@ fn a_guard_that_never_heard_a_member_fences_after_the_limit_from_its_start() {
         Decision::Fence(Why::Isolated { .. })
     ));
     guard.fenced(&[report("db0:3306", GuardOutcome::Fenced { ended: 0 })]);
-    // No generation was seen before the fence: the first fresh word naming this region with
-    // nothing under way undoes it.
+    // No generation was seen before the fence: a runbook may have decided since, so only a
+    // server promoted under the generation now heard (or later) is unfenced.
     assert_eq!(
         guard.observe(5_000, fresh("us", 9)),
         Decision::Unfence {
             servers: vec!["db0:3306".into()],
-            promoted_since: None
+            promoted_since: Some(9)
         }
     );
 }
@@ -277,4 +277,209 @@ fn timing_is_held_to_the_quickest_failover_of_the_region() {
         check_timing(3_000, 0, &checks, "ap").is_ok(),
         "no check: only an operator fails it over"
     );
+}
+
+#[test]
+fn silence_fences_for_isolation_also_while_another_region_is_active() {
+    // us is passive; its link to the controller fails, and the role may come here unheard
+    // (the controller still reaches us's databases): past the limit every writable server
+    // here is fenced, the newly promoted one too.
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    let elsewhere = Decision::Fence(Why::Elsewhere {
+        region: "eu".into(),
+        generation: 8,
+    });
+    assert_eq!(guard.observe(0, fresh("eu", 8)), elsewhere);
+    assert_eq!(
+        guard.observe(60_000, fresh("eu", 8)),
+        elsewhere,
+        "an answer naming eu is contact"
+    );
+    assert_eq!(guard.observe(62_999, Heard::Nothing), elsewhere);
+    match guard.observe(63_000, Heard::Nothing) {
+        Decision::Fence(why) => assert_eq!(why.older_than(), None, "{why}"),
+        other => panic!("{other:?}"),
+    }
+    guard.fenced(&[report("db0:3306", GuardOutcome::Fenced { ended: 0 })]);
+    // The role had come here under 9: only a server that runbook promoted is unfenced.
+    assert_eq!(
+        guard.observe(70_000, fresh("us", 9)),
+        Decision::Unfence {
+            servers: vec!["db0:3306".into()],
+            promoted_since: Some(9)
+        }
+    );
+}
+
+#[test]
+fn every_member_stale_is_no_isolation() {
+    // etcd is down: every member answers, each cut off from it; none can fail anything over.
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert_eq!(guard.observe(0, fresh("us", 7)), Decision::Hold);
+    for at in (500..20_000).step_by(500) {
+        assert_eq!(guard.observe(at, Heard::EveryMemberStale), Decision::Hold, "at {at}");
+    }
+    // One member unreachable too (it might be the one that reaches etcd): silence counts.
+    assert_eq!(guard.observe(22_000, Heard::Nothing), Decision::Hold);
+    assert!(matches!(
+        guard.observe(22_500, Heard::Nothing),
+        Decision::Fence(Why::Isolated { .. })
+    ));
+    // While another region is active, it keeps that fence.
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert!(matches!(guard.observe(0, fresh("eu", 8)), Decision::Fence(_)));
+    assert!(matches!(
+        guard.observe(10_000, Heard::EveryMemberStale),
+        Decision::Fence(Why::Elsewhere { .. })
+    ));
+}
+
+#[test]
+fn a_fence_that_failed_midway_is_remembered_for_the_unfence() {
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert_eq!(guard.observe(0, fresh("us", 7)), Decision::Hold);
+    assert!(matches!(guard.observe(3_000, Heard::Nothing), Decision::Fence(_)));
+    // The first statement went through, the rest ran out of time: the next round finds it
+    // read-only already.
+    guard.fenced(&[report(
+        "db0:3306",
+        GuardOutcome::Failed("no answer within 2000 ms".into()),
+    )]);
+    assert!(matches!(guard.observe(3_500, Heard::Nothing), Decision::Fence(_)));
+    guard.fenced(&[report("db0:3306", GuardOutcome::Refusing)]);
+    assert_eq!(guard.isolation_fenced(), ["db0:3306"]);
+    assert_eq!(
+        guard.observe(4_000, fresh("us", 7)),
+        Decision::Unfence {
+            servers: vec!["db0:3306".into()],
+            promoted_since: None
+        }
+    );
+}
+
+fn reading(region: Option<&str>, generation: u64, stale: bool, moving: Option<(u64, &str)>) -> Reading {
+    Reading {
+        value: crate::pointer::PointerValue {
+            region: region.map(str::to_string),
+            generation,
+        },
+        stale: stale.then(|| "cut off from etcd for 5000 ms".to_string()),
+        moving: moving.map(|(generation, to)| Moving {
+            generation,
+            to: to.to_string(),
+        }),
+    }
+}
+
+#[test]
+fn a_round_takes_the_newest_fresh_answer_with_any_moving_of_its_generation() {
+    let known = ["us".to_string(), "eu".to_string()];
+    let answers = vec![
+        ("http://a".to_string(), Ok(reading(Some("us"), 7, false, None))),
+        (
+            "http://b".to_string(),
+            Ok(reading(Some("us"), 7, false, Some((8, "eu")))),
+        ),
+        ("http://c".to_string(), Ok(reading(Some("eu"), 9, true, None))),
+        ("http://d".to_string(), Err("http://d: connection refused".to_string())),
+        ("http://e".to_string(), Ok(reading(Some("mars"), 99, false, None))),
+    ];
+    let (heard, problems) = combine(answers, &known);
+    assert_eq!(
+        heard,
+        Heard::Fresh {
+            region: Some("us".into()),
+            generation: 7,
+            moving: Some(Moving {
+                generation: 8,
+                to: "eu".into()
+            })
+        },
+        "a follower's view without the runbook must not hide the leader's moving"
+    );
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("stale")));
+    assert!(problems.iter().any(|p| p.contains("'mars'")), "{problems:?}");
+    // Every member stale: etcd is down everywhere.
+    let all_stale = vec![
+        ("http://a".to_string(), Ok(reading(Some("us"), 7, true, None))),
+        ("http://b".to_string(), Ok(reading(Some("us"), 7, true, None))),
+    ];
+    assert_eq!(combine(all_stale, &known).0, Heard::EveryMemberStale);
+    // One of them not answering: it may be the one that reaches etcd.
+    let one_down = vec![
+        ("http://a".to_string(), Ok(reading(Some("us"), 7, true, None))),
+        ("http://b".to_string(), Err("timed out".to_string())),
+    ];
+    assert_eq!(combine(one_down, &known).0, Heard::Nothing);
+    assert_eq!(combine(Vec::new(), &known).0, Heard::Nothing);
+}
+
+#[test]
+fn a_restarted_guard_goes_on_where_it_stopped() {
+    // Fenced for isolation at wall time 100 s, the guard stops and restarts 60 s later.
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert_eq!(guard.observe(0, fresh("us", 7)), Decision::Hold);
+    assert!(matches!(guard.observe(3_000, Heard::Nothing), Decision::Fence(_)));
+    guard.fenced(&[report("db0:3306", GuardOutcome::Fenced { ended: 1 })]);
+    let saved = guard.saved(3_500, 100_000);
+    assert_eq!(saved.last_contact_wall_ms, 96_500);
+    let text = serde_json::to_string(&saved).expect("serialises");
+    let back: Saved = serde_json::from_str(&text).expect("parses");
+    assert_eq!(back, saved);
+    let mut restarted = Guard::new("us", Some(3_000), 5);
+    restarted.restore(back, 5, 160_000);
+    assert_eq!(restarted.isolation_fenced(), ["db0:3306"]);
+    // Still cut off: it fences at once (the silence before the restart counts).
+    assert!(matches!(
+        restarted.observe(10, Heard::Nothing),
+        Decision::Fence(Why::Isolated { silent_ms }) if silent_ms >= 63_000
+    ));
+    // Heard again at the same generation: the servers it fenced before the restart go back.
+    assert_eq!(
+        restarted.observe(500, fresh("us", 7)),
+        Decision::Unfence {
+            servers: vec!["db0:3306".into()],
+            promoted_since: None
+        }
+    );
+    // A guard restarted shortly after contact waits out the rest of the limit only.
+    let mut calm = Guard::new("us", Some(3_000), 0);
+    assert_eq!(calm.observe(0, fresh("us", 7)), Decision::Hold);
+    let saved = calm.saved(0, 50_000);
+    let mut restarted = Guard::new("us", Some(3_000), 0);
+    restarted.restore(saved, 0, 51_000);
+    assert_eq!(restarted.observe(1_999, Heard::Nothing), Decision::Hold);
+    assert!(matches!(restarted.observe(2_000, Heard::Nothing), Decision::Fence(_)));
+}
+
+#[test]
+fn the_state_file_is_written_whole_and_read_back_bounded() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("guard.json");
+    assert_eq!(read_state(&path), Ok(None));
+    let saved = Saved {
+        newest: Some(7),
+        last_contact_wall_ms: 42,
+        elsewhere: Some(("eu".into(), 8)),
+        isolation: Some(SavedIsolation {
+            generation: Some(7),
+            servers: vec!["db0:3306".into()],
+        }),
+    };
+    write_state(&path, &saved).expect("written");
+    assert_eq!(read_state(&path), Ok(Some(saved)));
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    std::fs::write(&path, b"{not json").expect("write");
+    assert!(
+        read_state(&path)
+            .expect_err("damaged")
+            .contains("not a guard state file")
+    );
+    std::fs::write(&path, vec![b' '; (STATE_FILE_BYTES_MAX + 1) as usize]).expect("write");
+    assert!(read_state(&path).expect_err("too large").contains("larger than"));
 }

@@ -376,6 +376,10 @@ impl RedisPromote {
             }
         }
         session.command(redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await?;
+        // A master whose record is older than the move: a region's guard that read the pointer
+        // before this runbook began may pause it in this instant, which would hold the record's
+        // write. This step decides: any such pause ends here (a replica has none of its own).
+        session.command(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
         session.write_record(order, member).await?;
         let now = session.observe().await?;
         if now.replica_of.is_some() {
