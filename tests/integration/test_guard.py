@@ -30,12 +30,13 @@ from test_db_promote_controller import (REDIS_PASSWORD, REDIS_USER, Writer, acti
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
 
-def start_guard(tmp, config, url, processes, region="us-east-1"):
-    """`switchyard guard` for `region`, logging to guard.log; waits until it guards."""
-    log = tmp / "guard.log"
+def start_guard(tmp, config, url, processes, region="us-east-1", name="guard"):
+    """`switchyard guard` for `region` with its state file in `tmp` (one per region's folder),
+    logging to NAME.log; waits until it guards."""
+    log = tmp / f"{name}.log"
     env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, NO_COLOR="1")
-    process = harness.spawn(["guard", "--config", str(config), "--region", region, "--controller", url], log,
-                            processes, env)
+    process = harness.spawn(["guard", "--config", str(config), "--region", region, "--controller", url,
+                             "--state-file", str(tmp / "guard-state.json")], log, processes, env)
     wait_until("the guard to start", lambda: "guarding this region's database primaries" in log.read_text(),
                logs=[log])
     return process, log
@@ -151,7 +152,7 @@ def test_an_isolated_region_fences_itself_and_unfences_when_the_controller_answe
             f'{{ us-east-1 = ["127.0.0.1:{r_master}"], eu-west-1 = ["127.0.0.1:{r_replica}"] }}', needed))
         controller, url, log = harness.start_controller(config, tmp_path, processes)
         wait_until("the initial placement", lambda: active(url, "us-east-1"), logs=[log])
-        _, guard_log = start_guard(tmp_path, config, url, processes)
+        guard, guard_log = start_guard(tmp_path, config, url, processes)
         assert app_insert(primary, 10) == "ok" and redis_set(r_master, 10) == "ok"
 
         controller.send_signal(signal.SIGSTOP)
@@ -167,6 +168,14 @@ def test_an_isolated_region_fences_itself_and_unfences_when_the_controller_answe
             assert "no controller member has named this region active" in text, text
             # The other region's servers are not this guard's.
             assert redis_info(r_replica).get("role") == "slave"
+            # The guard dies while cut off; its successor goes on from the state file: it fences
+            # at once (the silence before counts) and knows which servers to give back.
+            guard.kill()
+            guard.wait(timeout=10)
+            guard, guard_log = start_guard(tmp_path, config, url, processes, name="guard-2")
+            assert "going on from the state file" in guard_log.read_text()
+            wait_until("the new guard to keep the Redis master paused",
+                       lambda: "writes paused" in guard_log.read_text(), logs=[guard_log])
         finally:
             controller.send_signal(signal.SIGCONT)
         wait_until("the guard to unfence the primary", lambda: not read_only(primary), deadline_s=30,
