@@ -9,6 +9,7 @@
 //! at once.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Failure;
@@ -98,6 +99,81 @@ pub fn unfence_applies(promoted_since: Option<u64>, record: Option<u64>) -> Resu
         ))),
         _ => Ok(()),
     }
+}
+
+/// What the guard sees of one server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct View {
+    /// It takes the applications' writes (not read-only, not a replica or standby).
+    pub writable: bool,
+    /// What it replicates from, when it is a replica or standby.
+    pub follows: Option<String>,
+    /// Its promotion record's generation.
+    pub record: Option<u64>,
+}
+
+/// One database kind's servers as the guard acts on them: a step's shared state (`Inner`).
+pub(crate) trait Guarded: Send + Sync + 'static {
+    type Session: Send;
+    fn members(&self) -> &[Member];
+    /// A logged-in session on member `index`.
+    fn open(&self, index: usize) -> impl Future<Output = Result<Self::Session, Failure>> + Send;
+    fn view(&self, session: &mut Self::Session) -> impl Future<Output = Result<View, Failure>> + Send;
+    /// The kind's fence of a writable server ([`GuardOutcome::Fenced`] or
+    /// [`GuardOutcome::Paused`]).
+    fn fence(
+        &self,
+        session: &mut Self::Session,
+        index: usize,
+    ) -> impl Future<Output = Result<GuardOutcome, Failure>> + Send;
+    fn unfence(&self, session: &mut Self::Session, index: usize) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// Fences every writable server of `region` ([`fence_applies`] with `older_than`); a replica,
+/// or a server read-only already, is left alone.
+pub(crate) async fn fence_region<G: Guarded>(step: &Arc<G>, region: &str, older_than: Option<u64>) -> Vec<GuardReport> {
+    let indexes = in_region(step.members(), region);
+    each(step.members(), indexes, |index| {
+        let step = Arc::clone(step);
+        async move {
+            let mut session = step.open(index).await?;
+            let view = step.view(&mut session).await?;
+            if !view.writable {
+                return Ok(GuardOutcome::Refusing);
+            }
+            if let Err(outcome) = fence_applies(older_than, view.record) {
+                return Ok(outcome);
+            }
+            step.fence(&mut session, index).await
+        }
+    })
+    .await
+}
+
+/// Unfences the servers at `addresses`, each only while it replicates from nobody (a failover
+/// may have made it a replica meanwhile) and [`unfence_applies`] with `promoted_since`.
+pub(crate) async fn unfence_named<G: Guarded>(
+    step: &Arc<G>,
+    addresses: &[String],
+    promoted_since: Option<u64>,
+) -> Vec<GuardReport> {
+    let indexes = named(step.members(), addresses);
+    each(step.members(), indexes, |index| {
+        let step = Arc::clone(step);
+        async move {
+            let mut session = step.open(index).await?;
+            let view = step.view(&mut session).await?;
+            if let Some(source) = view.follows {
+                return Ok(GuardOutcome::Kept(format!("it replicates from {source} now")));
+            }
+            if let Err(outcome) = unfence_applies(promoted_since, view.record) {
+                return Ok(outcome);
+            }
+            step.unfence(&mut session, index).await?;
+            Ok(GuardOutcome::Unfenced)
+        }
+    })
+    .await
 }
 
 /// Runs `act(index)` on the members at `indexes`, all at once, each within

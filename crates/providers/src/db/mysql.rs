@@ -647,59 +647,53 @@ impl MysqlPromote {
 impl MysqlPromote {
     /// `switchyard guard`: fences every server of `region` that takes writes (`read_only`, or
     /// `super_read_only` on MySQL, then its client connections ended, as a failover fences an
-    /// old primary); one that is read-only already is left alone.
-    ///
-    /// With `older_than` (a move to another region under that generation), a server whose
-    /// promotion record is that generation or newer is left writable (see
-    /// [`super::guard::fence_applies`]).
+    /// old primary); with `older_than` only one promoted before that generation
+    /// ([`super::guard::fence_applies`]).
     pub async fn guard_fence(&self, region: &str, older_than: Option<u64>) -> Vec<super::guard::GuardReport> {
-        let indexes = super::guard::in_region(&self.inner.members, region);
-        super::guard::each(&self.inner.members, indexes, |index| {
-            let inner = Arc::clone(&self.inner);
-            async move {
-                let mut session = inner.connect(index).await?;
-                if is_on(session.value("SELECT @@GLOBAL.read_only").await?.as_deref()) {
-                    return Ok(super::guard::GuardOutcome::Refusing);
-                }
-                if let Err(outcome) = super::guard::fence_applies(older_than, session.record().await?) {
-                    return Ok(outcome);
-                }
-                let (_, ended) = session.fence().await?;
-                Ok(super::guard::GuardOutcome::Fenced { ended })
-            }
-        })
-        .await
+        super::guard::fence_region(&self.inner, region, older_than).await
     }
 
     /// `switchyard guard`: makes the servers at `addresses` writable again, each only while it
-    /// replicates from nobody (a failover may have made it a replica meanwhile).
-    /// With `promoted_since`, only a server whose promotion record is that generation or newer
-    /// (see [`super::guard::unfence_applies`]).
+    /// replicates from nobody; with `promoted_since` only one promoted since
+    /// ([`super::guard::unfence_applies`]).
     pub async fn guard_unfence(
         &self,
         addresses: &[String],
         promoted_since: Option<u64>,
     ) -> Vec<super::guard::GuardReport> {
-        let indexes = super::guard::named(&self.inner.members, addresses);
-        super::guard::each(&self.inner.members, indexes, |index| {
-            let inner = Arc::clone(&self.inner);
-            async move {
-                let mut session = inner.connect(index).await?;
-                let executed = session.executed().await?;
-                if let Some(replication) = session.replication(&executed).await? {
-                    return Ok(super::guard::GuardOutcome::Kept(format!(
-                        "it replicates from {} now",
-                        replication.source
-                    )));
-                }
-                if let Err(outcome) = super::guard::unfence_applies(promoted_since, session.record().await?) {
-                    return Ok(outcome);
-                }
-                session.unfence().await?;
-                Ok(super::guard::GuardOutcome::Unfenced)
-            }
+        super::guard::unfence_named(&self.inner, addresses, promoted_since).await
+    }
+}
+
+impl super::guard::Guarded for Inner {
+    type Session = Session;
+
+    fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    async fn open(&self, index: usize) -> Result<Session, Failure> {
+        self.connect(index).await
+    }
+
+    async fn view(&self, session: &mut Session) -> Result<super::guard::View, Failure> {
+        let read_only = is_on(session.value("SELECT @@GLOBAL.read_only").await?.as_deref());
+        let executed = session.executed().await?;
+        let follows = session.replication(&executed).await?.map(|r| r.source);
+        Ok(super::guard::View {
+            writable: !read_only,
+            follows,
+            record: session.record().await?,
         })
-        .await
+    }
+
+    async fn fence(&self, session: &mut Session, _index: usize) -> Result<super::guard::GuardOutcome, Failure> {
+        let (_, ended) = session.fence().await?;
+        Ok(super::guard::GuardOutcome::Fenced { ended })
+    }
+
+    async fn unfence(&self, session: &mut Session, _index: usize) -> Result<(), Failure> {
+        session.unfence().await
     }
 }
 

@@ -1108,58 +1108,56 @@ fn output_tail(stdout: &[u8], stderr: &[u8], secrets: &[String]) -> String {
 impl PostgresPromote {
     /// `switchyard guard`: fences every server of `region` that takes writes (a primary whose
     /// new sessions are not read-only): `default_transaction_read_only` set in its
-    /// configuration, then its client backends ended, as a failover fences an old primary. A
-    /// standby, or a primary fenced already, is left alone.
-    ///
-    /// With `older_than` (a move to another region under that generation), a server whose
-    /// promotion record is that generation or newer is left writable (see
-    /// [`super::guard::fence_applies`]).
+    /// configuration, then its client backends ended, as a failover fences an old primary; with
+    /// `older_than` only one promoted before that generation ([`super::guard::fence_applies`]).
     pub async fn guard_fence(&self, region: &str, older_than: Option<u64>) -> Vec<super::guard::GuardReport> {
-        let indexes = super::guard::in_region(&self.inner.members, region);
-        super::guard::each(&self.inner.members, indexes, |index| {
-            let inner = Arc::clone(&self.inner);
-            async move {
-                let mut session = inner.connect(index).await?;
-                let observed = session.inspect().await?;
-                if !observed.writable_primary() {
-                    return Ok(super::guard::GuardOutcome::Refusing);
-                }
-                if let Err(outcome) = super::guard::fence_applies(older_than, observed.record) {
-                    return Ok(outcome);
-                }
-                let (_, ended) = session.fence(&inner, index).await?;
-                Ok(super::guard::GuardOutcome::Fenced { ended })
-            }
-        })
-        .await
+        super::guard::fence_region(&self.inner, region, older_than).await
     }
 
     /// `switchyard guard`: makes the servers at `addresses` writable again, each only while it
-    /// is a primary (a failover may have made it a standby meanwhile).
-    /// With `promoted_since`, only a server whose promotion record is that generation or newer
-    /// (see [`super::guard::unfence_applies`]).
+    /// is a primary; with `promoted_since` only one promoted since
+    /// ([`super::guard::unfence_applies`]).
     pub async fn guard_unfence(
         &self,
         addresses: &[String],
         promoted_since: Option<u64>,
     ) -> Vec<super::guard::GuardReport> {
-        let indexes = super::guard::named(&self.inner.members, addresses);
-        super::guard::each(&self.inner.members, indexes, |index| {
-            let inner = Arc::clone(&self.inner);
-            async move {
-                let mut session = inner.connect(index).await?;
-                let observed = session.inspect().await?;
-                if observed.in_recovery {
-                    return Ok(super::guard::GuardOutcome::Kept("it is a standby now".into()));
-                }
-                if let Err(outcome) = super::guard::unfence_applies(promoted_since, observed.record) {
-                    return Ok(outcome);
-                }
-                session.unfence(&inner, index).await?;
-                Ok(super::guard::GuardOutcome::Unfenced)
-            }
+        super::guard::unfence_named(&self.inner, addresses, promoted_since).await
+    }
+}
+
+impl super::guard::Guarded for Inner {
+    type Session = Session;
+
+    fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    async fn open(&self, index: usize) -> Result<Session, Failure> {
+        self.connect(index).await
+    }
+
+    async fn view(&self, session: &mut Session) -> Result<super::guard::View, Failure> {
+        let observed = session.inspect().await?;
+        Ok(super::guard::View {
+            writable: observed.writable_primary(),
+            follows: observed.in_recovery.then(|| {
+                observed
+                    .upstream
+                    .clone()
+                    .unwrap_or_else(|| "a primary (it is a standby)".into())
+            }),
+            record: observed.record,
         })
-        .await
+    }
+
+    async fn fence(&self, session: &mut Session, index: usize) -> Result<super::guard::GuardOutcome, Failure> {
+        let (_, ended) = session.fence(self, index).await?;
+        Ok(super::guard::GuardOutcome::Fenced { ended })
+    }
+
+    async fn unfence(&self, session: &mut Session, index: usize) -> Result<(), Failure> {
+        session.unfence(self, index).await
     }
 }
 

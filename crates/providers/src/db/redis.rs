@@ -504,63 +504,55 @@ impl Drop for PauseKeeper {
 
 impl RedisPromote {
     /// `switchyard guard`: pauses the writes of every master of `region` for
-    /// [`GUARD_PAUSE_MS`] from now (`CLIENT PAUSE WRITE`). Redis has no read-only master: the
-    /// guard renews the pause every round while the fence holds, and it lapses by itself within
-    /// [`GUARD_PAUSE_MS`] once the guard stops. A replica is left alone.
-    ///
-    /// With `older_than` (a move to another region under that generation), a master whose
-    /// promotion record is that generation or newer is left writable (see
-    /// [`super::guard::fence_applies`]).
+    /// [`GUARD_PAUSE_MS`] from now (`CLIENT PAUSE WRITE`); with `older_than` only one promoted
+    /// before that generation ([`super::guard::fence_applies`]). Redis has no read-only master:
+    /// the guard renews the pause every round while the fence holds, and it lapses by itself
+    /// within [`GUARD_PAUSE_MS`] once the guard stops. A replica is left alone.
     pub async fn guard_fence(&self, region: &str, older_than: Option<u64>) -> Vec<super::guard::GuardReport> {
-        let indexes = super::guard::in_region(&self.inner.members, region);
-        super::guard::each(&self.inner.members, indexes, |index| {
-            let inner = Arc::clone(&self.inner);
-            async move {
-                let mut session = inner.connect(index).await?;
-                let observed = session.observe().await?;
-                if observed.replica_of.is_some() {
-                    return Ok(super::guard::GuardOutcome::Refusing);
-                }
-                if let Err(outcome) = super::guard::fence_applies(older_than, observed.record) {
-                    return Ok(outcome);
-                }
-                session
-                    .command(redis::cmd("CLIENT").arg("PAUSE").arg(GUARD_PAUSE_MS).arg("WRITE"))
-                    .await?;
-                Ok(super::guard::GuardOutcome::Paused)
-            }
-        })
-        .await
+        super::guard::fence_region(&self.inner, region, older_than).await
     }
 
-    /// `switchyard guard`: ends the pause of the servers at `addresses` (`CLIENT UNPAUSE`),
-    /// each only while it is a master.
-    /// With `promoted_since`, only a master whose promotion record is that generation or newer
-    /// (see [`super::guard::unfence_applies`]).
+    /// `switchyard guard`: ends the pause of the servers at `addresses` (`CLIENT UNPAUSE`), each
+    /// only while it is a master; with `promoted_since` only one promoted since
+    /// ([`super::guard::unfence_applies`]).
     pub async fn guard_unfence(
         &self,
         addresses: &[String],
         promoted_since: Option<u64>,
     ) -> Vec<super::guard::GuardReport> {
-        let indexes = super::guard::named(&self.inner.members, addresses);
-        super::guard::each(&self.inner.members, indexes, |index| {
-            let inner = Arc::clone(&self.inner);
-            async move {
-                let mut session = inner.connect(index).await?;
-                let observed = session.observe().await?;
-                if let Some(master) = observed.replica_of {
-                    return Ok(super::guard::GuardOutcome::Kept(format!(
-                        "it replicates from {master} now"
-                    )));
-                }
-                if let Err(outcome) = super::guard::unfence_applies(promoted_since, observed.record) {
-                    return Ok(outcome);
-                }
-                session.command(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
-                Ok(super::guard::GuardOutcome::Unfenced)
-            }
+        super::guard::unfence_named(&self.inner, addresses, promoted_since).await
+    }
+}
+
+impl super::guard::Guarded for Inner {
+    type Session = Session;
+
+    fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    async fn open(&self, index: usize) -> Result<Session, Failure> {
+        self.connect(index).await
+    }
+
+    async fn view(&self, session: &mut Session) -> Result<super::guard::View, Failure> {
+        let observed = session.observe().await?;
+        Ok(super::guard::View {
+            writable: observed.replica_of.is_none(),
+            follows: observed.replica_of,
+            record: observed.record,
         })
-        .await
+    }
+
+    async fn fence(&self, session: &mut Session, _index: usize) -> Result<super::guard::GuardOutcome, Failure> {
+        session
+            .command(redis::cmd("CLIENT").arg("PAUSE").arg(GUARD_PAUSE_MS).arg("WRITE"))
+            .await?;
+        Ok(super::guard::GuardOutcome::Paused)
+    }
+
+    async fn unfence(&self, session: &mut Session, _index: usize) -> Result<(), Failure> {
+        session.command(redis::cmd("CLIENT").arg("UNPAUSE")).await
     }
 }
 
