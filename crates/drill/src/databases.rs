@@ -224,6 +224,19 @@ pub fn figures(
     out
 }
 
+/// "promoted": the standby promoted by its step after the fault.
+fn promoted(db: &DatabaseFigures) -> ExpectationResult {
+    ExpectationResult {
+        name: format!("{} promoted", db.kind),
+        expected: "the standby promoted by its step".into(),
+        actual: db
+            .detail
+            .clone()
+            .unwrap_or_else(|| "no step outcome after the fault".into()),
+        passed: db.promoted,
+    }
+}
+
 /// The expectations the report adds for the databases.
 pub fn evaluate(report: &DatabaseReport) -> Vec<ExpectationResult> {
     let mut results = Vec::new();
@@ -231,15 +244,7 @@ pub fn evaluate(report: &DatabaseReport) -> Vec<ExpectationResult> {
         match report.expectation {
             DbExpectation::None => {}
             DbExpectation::Promote => {
-                results.push(ExpectationResult {
-                    name: format!("{} promoted", db.kind),
-                    expected: "the standby promoted by its step".into(),
-                    actual: db
-                        .detail
-                        .clone()
-                        .unwrap_or_else(|| "no step outcome after the fault".into()),
-                    passed: db.promoted,
-                });
+                results.push(promoted(db));
                 results.push(ExpectationResult {
                     name: format!("{} split-brain writes once fenced", db.kind),
                     expected: "0".into(),
@@ -278,15 +283,7 @@ pub fn evaluate(report: &DatabaseReport) -> Vec<ExpectationResult> {
             }
             DbExpectation::Refuse => {}
             DbExpectation::Guarded => {
-                results.push(ExpectationResult {
-                    name: format!("{} promoted", db.kind),
-                    expected: "the standby promoted by its step".into(),
-                    actual: db
-                        .detail
-                        .clone()
-                        .unwrap_or_else(|| "no step outcome after the fault".into()),
-                    passed: db.promoted,
-                });
+                results.push(promoted(db));
                 let seconds = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
                 results.push(ExpectationResult {
                     name: format!("{} writes on the cut-off old primary stopped by its guard", db.kind),

@@ -164,7 +164,8 @@ macro_rules! survey_by {
 }
 
 /// The methods every promote step has (`$step` holds `inner: Arc<Inner>`, whose `members` and
-/// `promote_lag_max_ms` they read): its servers, and the shortest step `timeout_ms` that never
+/// `promote_lag_max_ms` they read, and `Inner` is [`guard::Guarded`]): its servers, the guard's
+/// fence and unfence, and the shortest step `timeout_ms` that never
 /// cuts a run short between fencing and promoting — the catch-up bound, [`STEP_OVERHEAD_MS`]
 /// and `$waits_ms`, the step's own bounded waits (an expression of `$inner`, the `Inner`); and
 /// the module's `survey` ([`survey_by`]).
@@ -175,6 +176,25 @@ macro_rules! promote_step {
         impl $step {
             pub fn members(&self) -> &[super::Member] {
                 &self.inner.members
+            }
+
+            /// `switchyard guard`: fences every server of `region` that takes writes, as a
+            /// failover fences an old primary; with `older_than` only one promoted before that
+            /// generation ([`super::guard::fence_applies`]). A replica, or a server that refuses
+            /// writes already, is left alone.
+            pub async fn guard_fence(&self, region: &str, older_than: Option<u64>) -> Vec<super::guard::GuardReport> {
+                super::guard::fence_region(&self.inner, region, older_than).await
+            }
+
+            /// `switchyard guard`: makes the servers at `addresses` writable again, each only
+            /// while it replicates from nobody; with `promoted_since` only one promoted since
+            /// ([`super::guard::unfence_applies`]).
+            pub async fn guard_unfence(
+                &self,
+                addresses: &[String],
+                promoted_since: Option<u64>,
+            ) -> Vec<super::guard::GuardReport> {
+                super::guard::unfence_named(&self.inner, addresses, promoted_since).await
             }
 
             pub fn timeout_needed_ms(&self) -> u64 {

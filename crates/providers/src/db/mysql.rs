@@ -644,27 +644,6 @@ impl MysqlPromote {
     }
 }
 
-impl MysqlPromote {
-    /// `switchyard guard`: fences every server of `region` that takes writes (`read_only`, or
-    /// `super_read_only` on MySQL, then its client connections ended, as a failover fences an
-    /// old primary); with `older_than` only one promoted before that generation
-    /// ([`super::guard::fence_applies`]).
-    pub async fn guard_fence(&self, region: &str, older_than: Option<u64>) -> Vec<super::guard::GuardReport> {
-        super::guard::fence_region(&self.inner, region, older_than).await
-    }
-
-    /// `switchyard guard`: makes the servers at `addresses` writable again, each only while it
-    /// replicates from nobody; with `promoted_since` only one promoted since
-    /// ([`super::guard::unfence_applies`]).
-    pub async fn guard_unfence(
-        &self,
-        addresses: &[String],
-        promoted_since: Option<u64>,
-    ) -> Vec<super::guard::GuardReport> {
-        super::guard::unfence_named(&self.inner, addresses, promoted_since).await
-    }
-}
-
 impl super::guard::Guarded for Inner {
     type Session = Session;
 

@@ -1105,27 +1105,6 @@ fn output_tail(stdout: &[u8], stderr: &[u8], secrets: &[String]) -> String {
     text[start..].to_string()
 }
 
-impl PostgresPromote {
-    /// `switchyard guard`: fences every server of `region` that takes writes (a primary whose
-    /// new sessions are not read-only): `default_transaction_read_only` set in its
-    /// configuration, then its client backends ended, as a failover fences an old primary; with
-    /// `older_than` only one promoted before that generation ([`super::guard::fence_applies`]).
-    pub async fn guard_fence(&self, region: &str, older_than: Option<u64>) -> Vec<super::guard::GuardReport> {
-        super::guard::fence_region(&self.inner, region, older_than).await
-    }
-
-    /// `switchyard guard`: makes the servers at `addresses` writable again, each only while it
-    /// is a primary; with `promoted_since` only one promoted since
-    /// ([`super::guard::unfence_applies`]).
-    pub async fn guard_unfence(
-        &self,
-        addresses: &[String],
-        promoted_since: Option<u64>,
-    ) -> Vec<super::guard::GuardReport> {
-        super::guard::unfence_named(&self.inner, addresses, promoted_since).await
-    }
-}
-
 impl super::guard::Guarded for Inner {
     type Session = Session;
 

@@ -502,28 +502,6 @@ impl Drop for PauseKeeper {
     }
 }
 
-impl RedisPromote {
-    /// `switchyard guard`: pauses the writes of every master of `region` for
-    /// [`GUARD_PAUSE_MS`] from now (`CLIENT PAUSE WRITE`); with `older_than` only one promoted
-    /// before that generation ([`super::guard::fence_applies`]). Redis has no read-only master:
-    /// the guard renews the pause every round while the fence holds, and it lapses by itself
-    /// within [`GUARD_PAUSE_MS`] once the guard stops. A replica is left alone.
-    pub async fn guard_fence(&self, region: &str, older_than: Option<u64>) -> Vec<super::guard::GuardReport> {
-        super::guard::fence_region(&self.inner, region, older_than).await
-    }
-
-    /// `switchyard guard`: ends the pause of the servers at `addresses` (`CLIENT UNPAUSE`), each
-    /// only while it is a master; with `promoted_since` only one promoted since
-    /// ([`super::guard::unfence_applies`]).
-    pub async fn guard_unfence(
-        &self,
-        addresses: &[String],
-        promoted_since: Option<u64>,
-    ) -> Vec<super::guard::GuardReport> {
-        super::guard::unfence_named(&self.inner, addresses, promoted_since).await
-    }
-}
-
 impl super::guard::Guarded for Inner {
     type Session = Session;
 
@@ -544,6 +522,9 @@ impl super::guard::Guarded for Inner {
         })
     }
 
+    /// Redis has no read-only master: its writes are paused for [`GUARD_PAUSE_MS`] from now;
+    /// the guard renews the pause every round while the fence holds, and it lapses by itself
+    /// once the guard stops.
     async fn fence(&self, session: &mut Session, _index: usize) -> Result<super::guard::GuardOutcome, Failure> {
         session
             .command(redis::cmd("CLIENT").arg("PAUSE").arg(GUARD_PAUSE_MS).arg("WRITE"))
