@@ -651,12 +651,13 @@ impl PostgresPromote {
                 let member = &inner.members[primary];
                 notes.push(super::already_note(&member.address, "primary", record));
                 let mut session = inner.connect(primary).await?;
+                // The record before the unfence, as a promotion does (see `promote`).
+                if record < order.generation {
+                    session.write_record(order, member).await?;
+                }
                 if unfence {
                     session.unfence(inner, primary).await?;
                     notes.push(format!("{} made writable (a run had stopped before)", member.address));
-                }
-                if record < order.generation {
-                    session.write_record(order, member).await?;
                 }
                 primary
             }
@@ -747,6 +748,10 @@ impl PostgresPromote {
             .map(|(i, _)| i)
             .collect();
         self.detach(&detach, notes).await?;
+        // Out of recovery the candidate starts read-only and takes the record first: a region's
+        // guard fences a writable primary whose record is older than the move it fences for, and
+        // must never see this one so (this step's own session writes past the setting).
+        session.read_only_for_new_sessions(inner, candidate).await?;
         let promoted = session
             .value_within(
                 &format!("SELECT pg_promote(true, {PROMOTE_WAIT_S})"),
@@ -766,8 +771,8 @@ impl PostgresPromote {
                 member.address
             )));
         }
-        session.unfence(inner, candidate).await?;
         session.write_record(order, member).await?;
+        session.unfence(inner, candidate).await?;
         let promoted = format!(
             "promoted {} in {} at LSN {replayed}, now timeline {}",
             member.address, member.region, now.timeline
@@ -1441,9 +1446,7 @@ impl Session {
     /// waits until a new session sees it (bounded), terminates client backends, and returns
     /// the final LSN.
     async fn fence(&mut self, inner: &Inner, index: usize) -> Result<(Lsn, usize), Failure> {
-        self.run("ALTER SYSTEM SET default_transaction_read_only = on").await?;
-        self.run("SELECT pg_reload_conf()").await?;
-        self.wait_setting(inner, index, "on").await?;
+        self.read_only_for_new_sessions(inner, index).await?;
         let terminated = self
             .value(&format!(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM (SELECT pid FROM pg_stat_activity \
@@ -1470,6 +1473,15 @@ impl Session {
             }
         };
         Ok((lsn, terminated))
+    }
+
+    /// `default_transaction_read_only` on in the server's configuration, reloaded, and seen by
+    /// a new session (a standby too: its configuration file is written, and holds after
+    /// promotion).
+    async fn read_only_for_new_sessions(&mut self, inner: &Inner, index: usize) -> Result<(), Failure> {
+        self.run("ALTER SYSTEM SET default_transaction_read_only = on").await?;
+        self.run("SELECT pg_reload_conf()").await?;
+        self.wait_setting(inner, index, "on").await
     }
 
     async fn unfence(&mut self, inner: &Inner, index: usize) -> Result<(), Failure> {
