@@ -165,7 +165,7 @@ def test_an_isolated_region_fences_itself_and_unfences_when_the_controller_answe
                        logs=[guard_log])
             assert redis_info(r_master).get("role") == "master", "a pause, not a demotion"
             text = guard_log.read_text()
-            assert "no controller member has named this region active" in text, text
+            assert "no controller member has given a fresh answer" in text, text
             # The other region's servers are not this guard's.
             assert redis_info(r_replica).get("role") == "slave"
             # The guard dies while cut off; its successor goes on from the state file: it fences

@@ -96,6 +96,11 @@ pub struct GuardSection {
     /// to another region fences).
     #[serde(default)]
     pub isolation_fence_ms: Option<Spanned<u64>>,
+    /// How many controller members `[controller.ha]` runs: a guard that hears that many, every
+    /// one cut off from etcd, knows nobody can fail over (the failsafe). Absent: such a round is
+    /// silence.
+    #[serde(default)]
+    pub controller_members: Option<Spanned<u64>>,
 }
 
 /// One `[[tokens]]` entry: `name`, `role` and either `token_sha256` or `token_file`.
@@ -983,6 +988,16 @@ impl Checker<'_> {
     /// guard fences, early enough that the controller cannot fail the region over first
     /// (`crate::guard::check_timing`).
     fn check_guard(&mut self, file: &ConfigFile, steps: &[Step]) {
+        if let Some(members) = file.guard.as_ref().and_then(|g| g.controller_members.as_ref()) {
+            let most = common::members::CONTROLLER_URLS_MAX as u64;
+            if !(1..=most).contains(members.get_ref()) {
+                self.error(
+                    members.span(),
+                    format!("[guard] controller_members = {} is outside 1..={most}", members.get_ref()),
+                    "give the number of controller members of [controller.ha], and list each in the guards' --controller",
+                );
+            }
+        }
         let Some(limit) = file.guard.as_ref().and_then(|g| g.isolation_fence_ms.as_ref()) else {
             return;
         };

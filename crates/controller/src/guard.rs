@@ -13,7 +13,8 @@
 //!   runbook is moving the role here. Never undone by the guard: the next runbook that moves
 //!   the active role here promotes a server itself.
 //! - **the region is isolated** (opt-in, `[guard] isolation_fence_ms`): no member has given a
-//!   fresh pointer naming this region for that long. Patroni's rule (a primary that cannot
+//!   fresh answer for that long (while another region is active too: the role may come back
+//!   unheard). Patroni's rule (a primary that cannot
 //!   renew its leader key demotes itself): a region cut off from every controller member may
 //!   be failed over without hearing of it, so it stops taking writes before the controller can
 //!   promote elsewhere ([`check_timing`] holds the configuration to that). Undone, for exactly
@@ -45,9 +46,9 @@ pub const ISOLATION_FENCE_MS_MIN: u64 = 2 * (GUARD_POLL_MS + GUARD_READ_TIMEOUT_
 /// Largest `isolation_fence_ms` (one hour).
 pub const ISOLATION_FENCE_MS_MAX: u64 = 3_600_000;
 /// What fencing may take past `isolation_fence_ms`: the round that ends just before the limit
-/// (its read and the wait after it), the read of the round that decides, and the servers'
-/// fence (`providers::db::guard::GUARD_SERVER_MS`).
-pub const FENCE_DELAY_MS: u64 = GUARD_POLL_MS + 2 * GUARD_READ_TIMEOUT_MS + providers::db::guard::GUARD_SERVER_MS;
+/// (its read, a fence for another region, the wait after it), the read of the round that
+/// decides, and the servers' fence (`providers::db::guard::GUARD_SERVER_MS` each).
+pub const FENCE_DELAY_MS: u64 = GUARD_POLL_MS + 2 * GUARD_READ_TIMEOUT_MS + 2 * providers::db::guard::GUARD_SERVER_MS;
 
 /// What one round heard from the controller members.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,8 +61,9 @@ pub enum Heard {
     },
     /// No member gave a fresh answer.
     Nothing,
-    /// Every member answered, each marked stale: none reaches etcd, so none can act.
-    EveryMemberStale,
+    /// Every member answered (as many as `[guard] controller_members` says there are), each
+    /// marked stale: none reaches etcd, so none can act. The newest value they name.
+    EveryMemberStale { region: Option<String>, generation: u64 },
 }
 
 /// Why the guard fences.
@@ -69,7 +71,7 @@ pub enum Heard {
 pub enum Why {
     /// A fresh member names another region active.
     Elsewhere { region: String, generation: u64 },
-    /// No fresh pointer naming this region for `silent_ms` (at least `isolation_fence_ms`).
+    /// No fresh answer from any member for `silent_ms` (at least `isolation_fence_ms`).
     Isolated { silent_ms: u64 },
 }
 
@@ -84,7 +86,7 @@ impl std::fmt::Display for Why {
             }
             Why::Isolated { silent_ms } => write!(
                 f,
-                "no controller member has named this region active for {silent_ms} ms (isolation_fence_ms)"
+                "no controller member has given a fresh answer for {silent_ms} ms (isolation_fence_ms)"
             ),
         }
     }
@@ -120,9 +122,13 @@ impl Why {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Saved {
+    /// The region the guard guarded: a file of another region's guard is not taken.
+    pub region: String,
     pub newest: Option<u64>,
-    /// Wall-clock milliseconds of the last fresh answer (or of the guard's start).
-    pub last_contact_wall_ms: u64,
+    /// How long no member had answered when it was written, and when (wall clock, ms): a
+    /// restart counts both, and a wall clock stepped back only loses the time in between.
+    pub silent_ms: u64,
+    pub saved_at_wall_ms: u64,
     pub elsewhere: Option<(String, u64)>,
     pub isolation: Option<SavedIsolation>,
 }
@@ -134,6 +140,8 @@ pub struct SavedIsolation {
     pub servers: Vec<String>,
 }
 
+/// Longest wait for the state file's write (and its sync) in a round.
+pub const STATE_WRITE_TIMEOUT_MS: u64 = 1_000;
 /// Largest state file read back.
 pub const STATE_FILE_BYTES_MAX: u64 = 1 << 20;
 /// While nothing else changes, the state file is rewritten this often (its last-contact time
@@ -155,8 +163,8 @@ struct Isolation {
 pub struct Guard {
     region: String,
     isolation_fence_ms: Option<u64>,
-    /// When a fresh pointer last named this region (or no region yet), or when the guard
-    /// started.
+    /// When a member last gave a fresh answer (or every member a stale one, the failsafe), or
+    /// when the guard started.
     last_contact_ms: u64,
     /// The newest generation a fresh answer carried.
     newest: Option<u64>,
@@ -201,10 +209,28 @@ impl Guard {
                 self.heard_fresh(region, generation, moving)
             }
             Heard::Fresh { .. } | Heard::Nothing => self.silence(now_ms),
-            Heard::EveryMemberStale => {
+            Heard::EveryMemberStale { region, generation } => {
                 // Every member answered and none reaches etcd: none can move the active role
                 // (a leader acts only with etcd), so this is no isolation — Patroni's failsafe
-                // mode. An etcd outage must not fence every region.
+                // mode. An etcd outage must not fence every region. What etcd last recorded
+                // still counts when it is news: a move elsewhere at a newer generation.
+                if let Some(region) = region
+                    && region != self.region
+                    && self.newest.is_none_or(|newest| {
+                        generation > newest && generation - newest <= crate::pointer::GENERATION_STEP_MAX
+                    })
+                {
+                    self.newest = Some(generation);
+                    self.isolation = None;
+                    self.elsewhere = Some((region.clone(), generation));
+                }
+                // An isolation fence in force stays (and its Redis pauses are renewed) until a
+                // fresh answer can undo it.
+                if self.isolation.is_some() {
+                    return Decision::Fence(Why::Isolated {
+                        silent_ms: self.silent_ms(now_ms),
+                    });
+                }
                 self.last_contact_ms = now_ms;
                 self.silence_before_ms = 0;
                 self.keep_elsewhere().unwrap_or(Decision::Hold)
@@ -215,11 +241,19 @@ impl Guard {
     fn heard_fresh(&mut self, region: Option<String>, generation: u64, moving: Option<Moving>) -> Decision {
         match region {
             None => Decision::Hold,
-            Some(_) if moving.as_ref().is_some_and(|m| m.to == self.region) => {
+            Some(_) if moving.as_ref().is_some_and(|m| m.to == self.region && !m.waiting) => {
                 // A runbook is moving the active role here: it promotes this region's server
                 // now, and the pointer follows. Nothing to fence, nothing to undo yet.
                 self.elsewhere = None;
                 Decision::Hold
+            }
+            Some(region) if region != self.region && moving.as_ref().is_some_and(|m| m.to == self.region) => {
+                // A failed move here waits for its retry: the move that made `region` active
+                // still holds, and its fence with it (a server the retry promotes carries a
+                // newer record before it takes writes, and is left alone).
+                self.isolation = None;
+                self.elsewhere = Some((region.clone(), generation));
+                Decision::Fence(Why::Elsewhere { region, generation })
             }
             Some(region) if region != self.region => {
                 // The runbook that moved the active role owns this region's servers now: an
@@ -260,10 +294,14 @@ impl Guard {
     /// No fresh answer this round: the isolation fence once the silence is long enough (also
     /// while another region is active: the role may have come here unheard), else the fence
     /// for the region last heard active.
-    fn silence(&mut self, now_ms: u64) -> Decision {
-        let silent_ms = now_ms
+    fn silent_ms(&self, now_ms: u64) -> u64 {
+        now_ms
             .saturating_sub(self.last_contact_ms)
-            .saturating_add(self.silence_before_ms);
+            .saturating_add(self.silence_before_ms)
+    }
+
+    fn silence(&mut self, now_ms: u64) -> Decision {
+        let silent_ms = self.silent_ms(now_ms);
         match self.isolation_fence_ms {
             Some(limit) if silent_ms >= limit => {
                 if self.isolation.is_none() {
@@ -290,15 +328,13 @@ impl Guard {
     }
 
     /// What a fence did: an isolation fence remembers the servers it changed, and the ones it
-    /// may have changed (an attempt that failed or ran out of time after its first statement);
-    /// unfencing one of those that was never changed finds it a primary of this region, active
-    /// again, or a replica it leaves alone.
+    /// may have changed (an attempt that stopped after it began to change the server).
     pub fn fenced(&mut self, reports: &[GuardReport]) {
         if let Some(isolation) = &mut self.isolation {
             for report in reports {
                 if matches!(
                     report.outcome,
-                    GuardOutcome::Fenced { .. } | GuardOutcome::Paused | GuardOutcome::Failed(_)
+                    GuardOutcome::Fenced { .. } | GuardOutcome::Paused | GuardOutcome::Interrupted(_)
                 ) {
                     isolation.servers.insert(report.address.clone());
                 }
@@ -315,6 +351,11 @@ impl Guard {
                     isolation.servers.remove(&report.address);
                 }
             }
+            // A server no step of this region names any more (a state file from before the
+            // configuration changed) is nobody's to unfence.
+            isolation
+                .servers
+                .retain(|server| reports.iter().any(|r| &r.address == server));
             if isolation.servers.is_empty() {
                 self.isolation = None;
             }
@@ -326,12 +367,11 @@ impl Guard {
     /// generation, and when the last fresh answer came (`now_ms` on this guard's clock and
     /// `wall_ms`, the wall clock at the same moment).
     pub fn saved(&self, now_ms: u64, wall_ms: u64) -> Saved {
-        let silent_ms = now_ms
-            .saturating_sub(self.last_contact_ms)
-            .saturating_add(self.silence_before_ms);
         Saved {
+            region: self.region.clone(),
             newest: self.newest,
-            last_contact_wall_ms: wall_ms.saturating_sub(silent_ms),
+            silent_ms: self.silent_ms(now_ms),
+            saved_at_wall_ms: wall_ms,
             elsewhere: self.elsewhere.clone(),
             isolation: self.isolation.as_ref().map(|i| SavedIsolation {
                 generation: i.generation,
@@ -344,16 +384,27 @@ impl Guard {
     /// silence since its last fresh answer counts, so a guard restarted while cut off fences as
     /// soon as the limit has passed, and the servers an isolation fence changed are still the
     /// ones to unfence.
-    pub fn restore(&mut self, saved: Saved, now_ms: u64, wall_ms: u64) {
-        // The silence before the restart; the time since this guard started counts on top.
-        let silent_ms = wall_ms.saturating_sub(saved.last_contact_wall_ms);
-        self.silence_before_ms = silent_ms.saturating_sub(now_ms.saturating_sub(self.last_contact_ms));
-        self.newest = saved.newest;
+    ///
+    /// A file of another region's guard is refused. The newest generation is not taken back (a
+    /// controller group built anew starts again from 1, and every answer would look old).
+    pub fn restore(&mut self, saved: Saved, now_ms: u64, wall_ms: u64) -> Result<(), String> {
+        if saved.region != self.region {
+            return Err(format!(
+                "the state file is the guard's of region '{}', not of '{}'",
+                saved.region, self.region
+            ));
+        }
+        // The silence before the restart, the time the guard was down; the time since this
+        // guard started counts on top (`silent_ms`).
+        let down_ms = wall_ms.saturating_sub(saved.saved_at_wall_ms);
+        let before = saved.silent_ms.saturating_add(down_ms);
+        self.silence_before_ms = before.saturating_sub(now_ms.saturating_sub(self.last_contact_ms));
         self.elsewhere = saved.elsewhere;
         self.isolation = saved.isolation.map(|i| Isolation {
             generation: i.generation,
             servers: i.servers.into_iter().collect(),
         });
+        Ok(())
     }
 
     /// The servers an isolation fence changed and has not undone.
@@ -432,6 +483,9 @@ pub struct Options {
     pub isolation_fence_ms: Option<u64>,
     /// Where the guard keeps what it must not forget across a restart (see [`Saved`]).
     pub state_file: Option<std::path::PathBuf>,
+    /// `[guard] controller_members`: how many members the group has; without it, a round where
+    /// every answer is stale is silence (the failsafe needs to know it heard everyone).
+    pub controller_members: Option<usize>,
 }
 
 /// What the members said in one round ([`combine`]), each asked within
@@ -441,6 +495,7 @@ pub async fn hear(
     members: &ControllerUrls,
     token: Option<&str>,
     known: &[String],
+    controller_members: Option<usize>,
 ) -> (Heard, Vec<String>) {
     let answers = futures_util::future::join_all(members.urls().iter().map(|url| async move {
         let answer = crate::pointer::fetch(client, url, token, 0, 0, GUARD_READ_TIMEOUT_MS)
@@ -454,7 +509,7 @@ pub async fn hear(
         (url.clone(), answer)
     }))
     .await;
-    combine(answers, known)
+    combine(answers, known, controller_members)
 }
 
 /// One round's answers, one per member, as [`Heard`]: the newest answer not marked stale and
@@ -462,16 +517,23 @@ pub async fn hear(
 /// generation carries it (a follower reads the runbook from etcd a moment after the leader
 /// starts it); [`Heard::EveryMemberStale`] when every member answered and each is marked
 /// stale. Also one line per member that gave no usable answer.
-pub fn combine(answers: Vec<(String, Result<Reading, String>)>, known: &[String]) -> (Heard, Vec<String>) {
+pub fn combine(
+    answers: Vec<(String, Result<Reading, String>)>,
+    known: &[String],
+    controller_members: Option<usize>,
+) -> (Heard, Vec<String>) {
     let members = answers.len();
     let mut fresh: Vec<Reading> = Vec::new();
-    let mut stale = 0;
+    let mut stale: Vec<Reading> = Vec::new();
     let mut problems = Vec::new();
     for (url, answer) in answers {
         match answer {
-            Ok(Reading { stale: Some(why), .. }) => {
-                stale += 1;
-                problems.push(format!("{url}: stale: {why}"));
+            Ok(reading @ Reading { stale: Some(_), .. }) => {
+                problems.push(format!(
+                    "{url}: stale: {}",
+                    reading.stale.as_deref().unwrap_or_default()
+                ));
+                stale.push(reading);
             }
             Ok(reading) => match &reading.value.region {
                 Some(region) if !known.contains(region) => problems.push(format!(
@@ -483,10 +545,14 @@ pub fn combine(answers: Vec<(String, Result<Reading, String>)>, known: &[String]
         }
     }
     let Some(newest) = fresh.iter().map(|r| r.value.generation).max() else {
-        let heard = if members > 0 && stale == members {
-            Heard::EveryMemberStale
-        } else {
-            Heard::Nothing
+        // The failsafe needs every member: one left out might reach etcd and act.
+        let everyone = controller_members.is_some_and(|n| n > 0 && members >= n) && stale.len() == members;
+        let heard = match stale.iter().max_by_key(|r| r.value.generation) {
+            Some(newest) if everyone => Heard::EveryMemberStale {
+                region: newest.value.region.clone().filter(|r| known.contains(r)),
+                generation: newest.value.generation,
+            },
+            _ => Heard::Nothing,
         };
         return (heard, problems);
     };
@@ -508,10 +574,12 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     let mut guard = Guard::new(&options.region, options.isolation_fence_ms, now_ms());
     if let Some(path) = &options.state_file {
         match read_state(path) {
-            Ok(Some(saved)) => {
-                tracing::info!(path = %path.display(), ?saved, "going on from the state file");
-                guard.restore(saved, now_ms(), wall_ms());
-            }
+            Ok(Some(saved)) => match guard.restore(saved.clone(), now_ms(), wall_ms()) {
+                Ok(()) => tracing::info!(path = %path.display(), ?saved, "going on from the state file"),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "the state file is not taken; starting afresh")
+                }
+            },
             Ok(None) => {}
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "the state file is not usable; starting afresh (the isolation fence's servers, if any, stay fenced: unfence them by hand)")
@@ -540,6 +608,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                 &options.controllers,
                 options.token.as_deref(),
                 &options.regions,
+                options.controller_members,
             )
             .await;
             if problems != members_said {
@@ -582,12 +651,14 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                     servers,
                     promoted_since,
                 } => {
-                    tracing::warn!(servers = %servers.join(", "), ?promoted_since, "the controller names this region active again with nothing under way: undoing the isolation fence");
+                    if !matches!(&last_decision, Decision::Unfence { .. }) {
+                        tracing::warn!(servers = %servers.join(", "), ?promoted_since, "the controller names this region active again with nothing under way: undoing the isolation fence");
+                    }
                     let rounds = futures_util::future::join_all(
                         options
                             .steps
                             .iter()
-                            .map(|guarded| guarded.action.guard_unfence(servers, *promoted_since)),
+                            .map(|guarded| guarded.action.guard_unfence(&options.region, servers, *promoted_since)),
                     )
                     .await;
                     for (guarded, reports) in options.steps.iter().zip(rounds) {
@@ -604,11 +675,21 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                     before.newest != saved.newest
                         || before.elsewhere != saved.elsewhere
                         || before.isolation != saved.isolation
+                        || (before.silent_ms == 0) != (saved.silent_ms == 0)
                         || now.saturating_sub(*at) >= STATE_REFRESH_MS
-                        || saved.last_contact_wall_ms < before.last_contact_wall_ms
                 });
                 if changed {
-                    match write_state(path, &saved) {
+                    let writing = {
+                        let (path, saved) = (path.clone(), saved.clone());
+                        tokio::task::spawn_blocking(move || write_state(&path, &saved))
+                    };
+                    let outcome =
+                        match tokio::time::timeout(Duration::from_millis(STATE_WRITE_TIMEOUT_MS), writing).await {
+                            Ok(Ok(outcome)) => outcome,
+                            Ok(Err(joined)) => Err(joined.to_string()),
+                            Err(_) => Err(format!("no write within {STATE_WRITE_TIMEOUT_MS} ms")),
+                        };
+                    match outcome {
                         Ok(()) => {
                             written = Some((saved, now));
                             state_error_logged = false;
@@ -622,10 +703,9 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                 }
             }
         };
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = round => {}
-        }
+        // A round in progress finishes (bounded by its reads and fences): one stopped halfway
+        // would leave a server fenced that the state file does not name.
+        round.await;
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep(Duration::from_millis(GUARD_POLL_MS)) => {}
@@ -719,13 +799,14 @@ fn log_reports(logged: &mut BTreeMap<(String, String), String>, step: &str, repo
             GuardOutcome::Unfenced => "unfenced".to_string(),
             GuardOutcome::Kept(why) => format!("kept {why}"),
             GuardOutcome::Failed(why) => format!("failed {why}"),
+            GuardOutcome::Interrupted(why) => format!("interrupted {why}"),
         };
         if logged.get(&key) == Some(&kind) {
             continue;
         }
         logged.insert(key, kind);
         match &report.outcome {
-            GuardOutcome::Failed(_) => tracing::error!(step, "{report}"),
+            GuardOutcome::Failed(_) | GuardOutcome::Interrupted(_) => tracing::error!(step, "{report}"),
             outcome if outcome.changed() || matches!(outcome, GuardOutcome::Paused) => {
                 tracing::warn!(step, "{report}")
             }

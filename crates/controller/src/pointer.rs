@@ -329,6 +329,9 @@ pub struct Reading {
 pub struct Moving {
     pub generation: u64,
     pub to: String,
+    /// Not under way: a failed runbook waits to be tried again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
 }
 
 /// Reads `GET /v1/active-region` from the member at `base`: with `wait_ms` above 0 a long-poll

@@ -1686,14 +1686,14 @@ async fn active_region(State(shared): State<Arc<Shared>>, headers: HeaderMap, ur
         shared.engine_status(&core, shared.now_ms())
     };
     let moving = match (&status.in_flight, &status.intent, &status.observed) {
-        (Some(order), _, _) => Some((order.generation.0, order.to.active.as_str().to_string())),
+        (Some(order), _, _) => Some((order.generation.0, order.to.active.as_str().to_string(), false)),
         (None, Some(intent), observed) if observed.as_ref().is_none_or(|o| o.active != intent.active) => {
-            Some((status.generation.0, intent.active.as_str().to_string()))
+            Some((status.generation.0, intent.active.as_str().to_string(), true))
         }
         _ => None,
     };
-    if let Some((generation, to)) = moving {
-        body["moving"] = json!({"generation": generation, "to": to});
+    if let Some((generation, to, waiting)) = moving {
+        body["moving"] = json!({"generation": generation, "to": to, "waiting": waiting});
     }
     json_response(StatusCode::OK, body)
 }

@@ -167,17 +167,18 @@ impl Action {
         }
     }
 
-    /// `switchyard guard`: unfences the servers at `addresses` that are still primaries, with
-    /// `promoted_since` only those promoted under that generation or later.
+    /// `switchyard guard`: unfences the servers of `region` at `addresses` that are still
+    /// primaries, with `promoted_since` only those promoted under that generation or later.
     pub async fn guard_unfence(
         &self,
+        region: &str,
         addresses: &[String],
         promoted_since: Option<u64>,
     ) -> Vec<db::guard::GuardReport> {
         match self {
-            Action::MysqlPromote(step) => step.guard_unfence(addresses, promoted_since).await,
-            Action::PostgresPromote(step) => step.guard_unfence(addresses, promoted_since).await,
-            Action::RedisPromote(step) => step.guard_unfence(addresses, promoted_since).await,
+            Action::MysqlPromote(step) => step.guard_unfence(region, addresses, promoted_since).await,
+            Action::PostgresPromote(step) => step.guard_unfence(region, addresses, promoted_since).await,
+            Action::RedisPromote(step) => step.guard_unfence(region, addresses, promoted_since).await,
             _ => Vec::new(),
         }
     }

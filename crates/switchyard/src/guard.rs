@@ -86,6 +86,20 @@ pub(crate) async fn run(args: GuardArgs) -> anyhow::Result<()> {
         );
     }
     let target = crate::controller::target(&args.client)?;
+    let controller_members = config
+        .file
+        .guard
+        .as_ref()
+        .and_then(|g| g.controller_members.as_ref())
+        .map(|n| usize::try_from(*n.get_ref()).unwrap_or(usize::MAX));
+    if let Some(members) = controller_members
+        && target.urls.urls().len() < members
+    {
+        bail!(
+            "[guard] controller_members = {members}, but --controller lists {}: give every member's URL (the guard may only take \"every member cut off from etcd\" for no isolation when it hears them all)",
+            target.urls.urls().len()
+        );
+    }
     let options = controller::guard::Options {
         region: args.region,
         regions,
@@ -99,6 +113,7 @@ pub(crate) async fn run(args: GuardArgs) -> anyhow::Result<()> {
             .and_then(|g| g.isolation_fence_ms.as_ref())
             .map(|ms| *ms.get_ref()),
         state_file: args.state_file,
+        controller_members,
     };
     controller::guard::run(options, crate::shutdown_signal()).await;
     Ok(())

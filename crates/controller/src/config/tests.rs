@@ -731,9 +731,15 @@ fn guard_isolation_fence_is_held_to_the_quickest_failover_with_its_line() {
     let limit = config.file.guard.as_ref().and_then(|g| g.isolation_fence_ms.as_ref());
     assert_eq!(limit.map(|l| *l.get_ref()), Some(3_000));
     // Out of bounds, and set with nothing to fence.
-    let tiny = format!("{MINIMAL}\n[guard]\nisolation_fence_ms = 10\n{step}");
+    let tiny = format!("{MINIMAL}\n[guard]\nisolation_fence_ms = 10\ncontroller_members = 0\n{step}");
     let found = problems(&tiny);
-    assert!(problem_with(&found, "outside").fix.contains("at least"));
+    assert!(
+        problem_with(&found, "isolation_fence_ms = 10 is outside")
+            .fix
+            .contains("at least")
+    );
+    let members = problem_with(&found, "controller_members = 0 is outside");
+    assert_eq!(members.line, line_of(&tiny, "controller_members = 0"));
     let idle = format!("{MINIMAL}\n[policy]\ndown_confirm_ms = 60000\n\n[guard]\nisolation_fence_ms = 3000\n");
     let config = parse("idle.toml", &idle).expect("valid, with a warning");
     assert!(

@@ -101,6 +101,7 @@ fn an_isolation_fence_is_undone_for_exactly_the_servers_it_changed_when_nothing_
         moving: Some(Moving {
             generation: 8,
             to: "eu".into(),
+            waiting: false,
         }),
     };
     assert_eq!(guard.observe(4_000, moving), Decision::Hold);
@@ -181,6 +182,7 @@ fn nothing_is_fenced_while_a_runbook_moves_the_role_here() {
         moving: Some(Moving {
             generation: 9,
             to: "us".into(),
+            waiting: false,
         }),
     };
     assert_eq!(guard.observe(500, back.clone()), Decision::Hold);
@@ -314,10 +316,14 @@ fn silence_fences_for_isolation_also_while_another_region_is_active() {
 #[test]
 fn every_member_stale_is_no_isolation() {
     // etcd is down: every member answers, each cut off from it; none can fail anything over.
+    let stale = |region: &str, generation| Heard::EveryMemberStale {
+        region: Some(region.to_string()),
+        generation,
+    };
     let mut guard = Guard::new("us", Some(3_000), 0);
     assert_eq!(guard.observe(0, fresh("us", 7)), Decision::Hold);
     for at in (500..20_000).step_by(500) {
-        assert_eq!(guard.observe(at, Heard::EveryMemberStale), Decision::Hold, "at {at}");
+        assert_eq!(guard.observe(at, stale("us", 7)), Decision::Hold, "at {at}");
     }
     // One member unreachable too (it might be the one that reaches etcd): silence counts.
     assert_eq!(guard.observe(22_000, Heard::Nothing), Decision::Hold);
@@ -329,8 +335,34 @@ fn every_member_stale_is_no_isolation() {
     let mut guard = Guard::new("us", Some(3_000), 0);
     assert!(matches!(guard.observe(0, fresh("eu", 8)), Decision::Fence(_)));
     assert!(matches!(
-        guard.observe(10_000, Heard::EveryMemberStale),
+        guard.observe(10_000, stale("eu", 8)),
         Decision::Fence(Why::Elsewhere { .. })
+    ));
+    // What etcd recorded last, when it is news, is a move: us active, then every member stale
+    // naming eu at a newer generation.
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert_eq!(guard.observe(0, fresh("us", 7)), Decision::Hold);
+    assert!(matches!(
+        guard.observe(500, stale("eu", 8)),
+        Decision::Fence(Why::Elsewhere { generation: 8, .. })
+    ));
+    // An isolation fence in force stays (Redis pauses renewed) until a fresh answer.
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert_eq!(guard.observe(0, fresh("us", 7)), Decision::Hold);
+    assert!(matches!(
+        guard.observe(3_000, Heard::Nothing),
+        Decision::Fence(Why::Isolated { .. })
+    ));
+    guard.fenced(&[report("cache0:6379", GuardOutcome::Paused)]);
+    for at in [3_500, 4_000, 60_000] {
+        assert!(
+            matches!(guard.observe(at, stale("us", 7)), Decision::Fence(Why::Isolated { .. })),
+            "at {at}"
+        );
+    }
+    assert!(matches!(
+        guard.observe(60_500, fresh("us", 7)),
+        Decision::Unfence { .. }
     ));
 }
 
@@ -341,10 +373,11 @@ fn a_fence_that_failed_midway_is_remembered_for_the_unfence() {
     assert!(matches!(guard.observe(3_000, Heard::Nothing), Decision::Fence(_)));
     // The first statement went through, the rest ran out of time: the next round finds it
     // read-only already.
-    guard.fenced(&[report(
-        "db0:3306",
-        GuardOutcome::Failed("no answer within 2000 ms".into()),
-    )]);
+    guard.fenced(&[
+        report("db0:3306", GuardOutcome::Interrupted("no answer within 2000 ms".into())),
+        // Not reached at all: nothing changed, nothing to undo.
+        report("db1:3306", GuardOutcome::Failed("connection refused".into())),
+    ]);
     assert!(matches!(guard.observe(3_500, Heard::Nothing), Decision::Fence(_)));
     guard.fenced(&[report("db0:3306", GuardOutcome::Refusing)]);
     assert_eq!(guard.isolation_fenced(), ["db0:3306"]);
@@ -367,6 +400,7 @@ fn reading(region: Option<&str>, generation: u64, stale: bool, moving: Option<(u
         moving: moving.map(|(generation, to)| Moving {
             generation,
             to: to.to_string(),
+            waiting: false,
         }),
     }
 }
@@ -384,7 +418,7 @@ fn a_round_takes_the_newest_fresh_answer_with_any_moving_of_its_generation() {
         ("http://d".to_string(), Err("http://d: connection refused".to_string())),
         ("http://e".to_string(), Ok(reading(Some("mars"), 99, false, None))),
     ];
-    let (heard, problems) = combine(answers, &known);
+    let (heard, problems) = combine(answers, &known, Some(5));
     assert_eq!(
         heard,
         Heard::Fresh {
@@ -392,7 +426,8 @@ fn a_round_takes_the_newest_fresh_answer_with_any_moving_of_its_generation() {
             generation: 7,
             moving: Some(Moving {
                 generation: 8,
-                to: "eu".into()
+                to: "eu".into(),
+                waiting: false,
             })
         },
         "a follower's view without the runbook must not hide the leader's moving"
@@ -405,14 +440,24 @@ fn a_round_takes_the_newest_fresh_answer_with_any_moving_of_its_generation() {
         ("http://a".to_string(), Ok(reading(Some("us"), 7, true, None))),
         ("http://b".to_string(), Ok(reading(Some("us"), 7, true, None))),
     ];
-    assert_eq!(combine(all_stale, &known).0, Heard::EveryMemberStale);
+    assert_eq!(
+        combine(all_stale.clone(), &known, Some(2)).0,
+        Heard::EveryMemberStale {
+            region: Some("us".into()),
+            generation: 7
+        }
+    );
+    // Without the number of members, or with more members than answered: one left out might
+    // reach etcd and act, so it is silence.
+    assert_eq!(combine(all_stale.clone(), &known, None).0, Heard::Nothing);
+    assert_eq!(combine(all_stale, &known, Some(3)).0, Heard::Nothing);
     // One of them not answering: it may be the one that reaches etcd.
     let one_down = vec![
         ("http://a".to_string(), Ok(reading(Some("us"), 7, true, None))),
         ("http://b".to_string(), Err("timed out".to_string())),
     ];
-    assert_eq!(combine(one_down, &known).0, Heard::Nothing);
-    assert_eq!(combine(Vec::new(), &known).0, Heard::Nothing);
+    assert_eq!(combine(one_down, &known, Some(2)).0, Heard::Nothing);
+    assert_eq!(combine(Vec::new(), &known, Some(2)).0, Heard::Nothing);
 }
 
 #[test]
@@ -423,12 +468,19 @@ fn a_restarted_guard_goes_on_where_it_stopped() {
     assert!(matches!(guard.observe(3_000, Heard::Nothing), Decision::Fence(_)));
     guard.fenced(&[report("db0:3306", GuardOutcome::Fenced { ended: 1 })]);
     let saved = guard.saved(3_500, 100_000);
-    assert_eq!(saved.last_contact_wall_ms, 96_500);
+    assert_eq!((saved.silent_ms, saved.saved_at_wall_ms), (3_500, 100_000));
     let text = serde_json::to_string(&saved).expect("serialises");
     let back: Saved = serde_json::from_str(&text).expect("parses");
     assert_eq!(back, saved);
+    let mut other = Guard::new("eu", Some(3_000), 5);
+    assert!(
+        other
+            .restore(back.clone(), 5, 160_000)
+            .expect_err("another region's file")
+            .contains("region 'us'")
+    );
     let mut restarted = Guard::new("us", Some(3_000), 5);
-    restarted.restore(back, 5, 160_000);
+    restarted.restore(back.clone(), 5, 160_000).expect("its own region's");
     assert_eq!(restarted.isolation_fenced(), ["db0:3306"]);
     // Still cut off: it fences at once (the silence before the restart counts).
     assert!(matches!(
@@ -448,9 +500,26 @@ fn a_restarted_guard_goes_on_where_it_stopped() {
     assert_eq!(calm.observe(0, fresh("us", 7)), Decision::Hold);
     let saved = calm.saved(0, 50_000);
     let mut restarted = Guard::new("us", Some(3_000), 0);
-    restarted.restore(saved, 0, 51_000);
+    restarted.restore(saved.clone(), 0, 51_000).expect("restored");
     assert_eq!(restarted.observe(1_999, Heard::Nothing), Decision::Hold);
     assert!(matches!(restarted.observe(2_000, Heard::Nothing), Decision::Fence(_)));
+    // A wall clock stepped back loses only the time the guard was down, not the silence.
+    let mut stepped = Guard::new("us", Some(3_000), 0);
+    stepped.restore(back, 0, 10_000).expect("restored");
+    assert!(matches!(
+        stepped.observe(0, Heard::Nothing),
+        Decision::Fence(Why::Isolated { silent_ms: 3_500 })
+    ));
+    // An address no step names any more leaves the isolation when the unfence finds nobody.
+    assert_eq!(
+        stepped.observe(100, fresh("us", 7)),
+        Decision::Unfence {
+            servers: vec!["db0:3306".into()],
+            promoted_since: None
+        }
+    );
+    stepped.unfenced(&[]);
+    assert!(stepped.isolation_fenced().is_empty());
 }
 
 #[test]
@@ -459,8 +528,10 @@ fn the_state_file_is_written_whole_and_read_back_bounded() {
     let path = dir.path().join("guard.json");
     assert_eq!(read_state(&path), Ok(None));
     let saved = Saved {
+        region: "us".into(),
         newest: Some(7),
-        last_contact_wall_ms: 42,
+        silent_ms: 0,
+        saved_at_wall_ms: 42,
         elsewhere: Some(("eu".into(), 8)),
         isolation: Some(SavedIsolation {
             generation: Some(7),
@@ -482,4 +553,25 @@ fn the_state_file_is_written_whole_and_read_back_bounded() {
     );
     std::fs::write(&path, vec![b' '; (STATE_FILE_BYTES_MAX + 1) as usize]).expect("write");
     assert!(read_state(&path).expect_err("too large").contains("larger than"));
+}
+
+#[test]
+fn a_failed_move_here_waiting_for_its_retry_keeps_the_fence() {
+    let mut guard = Guard::new("us", Some(3_000), 0);
+    assert!(matches!(guard.observe(0, fresh("eu", 8)), Decision::Fence(_)));
+    let waiting = Heard::Fresh {
+        region: Some("eu".into()),
+        generation: 9,
+        moving: Some(Moving {
+            generation: 9,
+            to: "us".into(),
+            waiting: true,
+        }),
+    };
+    // The move to us failed and waits: eu is still active, its fence holds (a server the retry
+    // promotes has a newer record and is left alone).
+    match guard.observe(500, waiting) {
+        Decision::Fence(why) => assert_eq!(why.older_than(), Some(9)),
+        other => panic!("{other:?}"),
+    }
 }

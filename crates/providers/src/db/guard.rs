@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::Failure;
@@ -45,8 +46,12 @@ pub enum GuardOutcome {
     Unfenced,
     /// Not unfenced, and why (it replicates from another server now, ...).
     Kept(String),
-    /// Not reached in time, or a statement failed: the next round tries again.
+    /// Not reached in time, or a statement failed before anything changed: the next round
+    /// tries again.
     Failed(String),
+    /// The fence began and did not finish (a statement failed or the time ran out after it
+    /// started changing the server): it may be fenced, and is remembered as fenced.
+    Interrupted(String),
 }
 
 impl GuardOutcome {
@@ -75,6 +80,7 @@ impl std::fmt::Display for GuardReport {
             GuardOutcome::Unfenced => write!(f, "{address} unfenced"),
             GuardOutcome::Kept(why) => write!(f, "{address} left fenced: {why}"),
             GuardOutcome::Failed(why) => write!(f, "{address} not reached: {why}"),
+            GuardOutcome::Interrupted(why) => write!(f, "{address} fence interrupted (it may be fenced): {why}"),
         }
     }
 }
@@ -133,7 +139,7 @@ pub(crate) trait Guarded: Send + Sync + 'static {
 /// or a server read-only already, is left alone.
 pub(crate) async fn fence_region<G: Guarded>(step: &Arc<G>, region: &str, older_than: Option<u64>) -> Vec<GuardReport> {
     let indexes = in_region(step.members(), region);
-    each(step.members(), indexes, |index| {
+    each(step.members(), indexes, |index, touched| {
         let step = Arc::clone(step);
         async move {
             let mut session = step.open(index).await?;
@@ -144,6 +150,7 @@ pub(crate) async fn fence_region<G: Guarded>(step: &Arc<G>, region: &str, older_
             if let Err(outcome) = fence_applies(older_than, view.record) {
                 return Ok(outcome);
             }
+            touched.store(true, std::sync::atomic::Ordering::SeqCst);
             step.fence(&mut session, index).await
         }
     })
@@ -154,11 +161,13 @@ pub(crate) async fn fence_region<G: Guarded>(step: &Arc<G>, region: &str, older_
 /// may have made it a replica meanwhile) and [`unfence_applies`] with `promoted_since`.
 pub(crate) async fn unfence_named<G: Guarded>(
     step: &Arc<G>,
+    region: &str,
     addresses: &[String],
     promoted_since: Option<u64>,
 ) -> Vec<GuardReport> {
-    let indexes = named(step.members(), addresses);
-    each(step.members(), indexes, |index| {
+    let mut indexes = named(step.members(), addresses);
+    indexes.retain(|i| step.members()[*i].region == region);
+    each(step.members(), indexes, |index, _| {
         let step = Arc::clone(step);
         async move {
             let mut session = step.open(index).await?;
@@ -180,25 +189,35 @@ pub(crate) async fn unfence_named<G: Guarded>(
 /// [`GUARD_SERVER_MS`]; one report per member, in order.
 pub(crate) async fn each<F, Fut>(members: &[Member], indexes: Vec<usize>, act: F) -> Vec<GuardReport>
 where
-    F: Fn(usize) -> Fut,
+    F: Fn(usize, Arc<AtomicBool>) -> Fut,
     Fut: Future<Output = Result<GuardOutcome, Failure>> + Send + 'static,
 {
     each_within(GUARD_SERVER_MS, members, indexes, act).await
 }
 
+/// [`each`] with its bound: `act` gets a flag it sets before it starts changing the server, so
+/// a failure or a timeout after that is [`GuardOutcome::Interrupted`], not `Failed`.
 async fn each_within<F, Fut>(timeout_ms: u64, members: &[Member], indexes: Vec<usize>, act: F) -> Vec<GuardReport>
 where
-    F: Fn(usize) -> Fut,
+    F: Fn(usize, Arc<AtomicBool>) -> Fut,
     Fut: Future<Output = Result<GuardOutcome, Failure>> + Send + 'static,
 {
     let mut tasks = tokio::task::JoinSet::new();
     for index in indexes.iter().copied() {
-        let acting = act(index);
+        let touched = Arc::new(AtomicBool::new(false));
+        let acting = act(index, Arc::clone(&touched));
         tasks.spawn(async move {
+            let stopped = |why: String| {
+                if touched.load(Ordering::SeqCst) {
+                    GuardOutcome::Interrupted(why)
+                } else {
+                    GuardOutcome::Failed(why)
+                }
+            };
             let outcome = match tokio::time::timeout(Duration::from_millis(timeout_ms), acting).await {
                 Ok(Ok(outcome)) => outcome,
-                Ok(Err(failure)) => GuardOutcome::Failed(failure.to_string()),
-                Err(_) => GuardOutcome::Failed(format!("no answer within {timeout_ms} ms")),
+                Ok(Err(failure)) => stopped(failure.to_string()),
+                Err(_) => stopped(format!("no answer within {timeout_ms} ms")),
             };
             (index, outcome)
         });
@@ -271,11 +290,13 @@ mod tests {
     #[tokio::test]
     async fn each_reports_every_server_in_order_failures_and_timeouts_included() {
         let members = members();
-        let reports = each_within(50, &members, vec![0, 1, 2], |index| async move {
+        let reports = each_within(50, &members, vec![0, 1, 2], |index, touched| async move {
             match index {
                 0 => Ok(GuardOutcome::Fenced { ended: 2 }),
                 1 => Err(Failure::Retryable("refused".into())),
                 _ => {
+                    // Began changing the server, then hung.
+                    touched.store(true, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_secs(60)).await;
                     Ok(GuardOutcome::Refusing)
                 }
@@ -286,7 +307,7 @@ mod tests {
         assert_eq!(reports[0].outcome, GuardOutcome::Fenced { ended: 2 });
         assert_eq!(reports[1].outcome, GuardOutcome::Failed("refused".into()));
         assert!(
-            matches!(&reports[2].outcome, GuardOutcome::Failed(why) if why.contains("no answer")),
+            matches!(&reports[2].outcome, GuardOutcome::Interrupted(why) if why.contains("no answer")),
             "{:?}",
             reports[2]
         );

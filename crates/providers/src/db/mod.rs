@@ -186,15 +186,16 @@ macro_rules! promote_step {
                 super::guard::fence_region(&self.inner, region, older_than).await
             }
 
-            /// `switchyard guard`: makes the servers at `addresses` writable again, each only
-            /// while it replicates from nobody; with `promoted_since` only one promoted since
-            /// ([`super::guard::unfence_applies`]).
+            /// `switchyard guard`: makes the servers of `region` at `addresses` writable again,
+            /// each only while it replicates from nobody; with `promoted_since` only one promoted
+            /// since ([`super::guard::unfence_applies`]).
             pub async fn guard_unfence(
                 &self,
+                region: &str,
                 addresses: &[String],
                 promoted_since: Option<u64>,
             ) -> Vec<super::guard::GuardReport> {
-                super::guard::unfence_named(&self.inner, addresses, promoted_since).await
+                super::guard::unfence_named(&self.inner, region, addresses, promoted_since).await
             }
 
             pub fn timeout_needed_ms(&self) -> u64 {

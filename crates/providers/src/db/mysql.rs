@@ -1264,9 +1264,8 @@ impl Session {
         }
         match self.write_record(order, member).await {
             Ok(()) => self.unfence().await?,
-            Err(Failure::Retryable(why))
-                if why.contains("1290") || why.contains("read-only") || why.contains("read_only") =>
-            {
+            // ER_OPTION_PREVENTS_STATEMENT: this account may not write past read_only.
+            Err(Failure::Retryable(why)) if why.contains("ERROR 1290 (") => {
                 self.unfence().await?;
                 self.write_record(order, member).await?;
             }

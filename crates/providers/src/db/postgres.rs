@@ -1576,6 +1576,10 @@ impl Session {
     /// its WAL receiver streams from it.
     async fn follow(&mut self, inner: &Inner, primary: &Member) -> Result<(), Failure> {
         self.run(&inner.follow_statement(primary)).await?;
+        // A standby in recovery refuses writes anyway; a candidate a run set read-only before a
+        // `pg_promote` that never came (another standby was chosen) must not keep the setting
+        // into a later promotion of its own.
+        self.run("ALTER SYSTEM RESET default_transaction_read_only").await?;
         self.run("SELECT pg_reload_conf()").await?;
         let until = Instant::now() + Duration::from_millis(FOLLOW_WAIT_MS);
         loop {

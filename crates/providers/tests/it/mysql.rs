@@ -736,18 +736,21 @@ async fn mariadb_guard_fences_the_regions_primary_only_and_unfences_only_a_prima
     assert_eq!(source(b).await, format!("127.0.0.1:{a}"), "replication goes on");
 
     // After a move during an isolation, only a server promoted since is unfenced.
-    let reports = step.guard_unfence(&[format!("127.0.0.1:{a}")], Some(7)).await;
+    let reports = step.guard_unfence("eu", &[format!("127.0.0.1:{a}")], Some(7)).await;
     assert!(
         matches!(&reports[0].outcome, GuardOutcome::Kept(why) if why.contains("generation 5")),
         "{reports:?}"
     );
     assert_eq!(text(a, "SELECT @@GLOBAL.read_only").await, "1");
+    // Another region's server is never this region's guard's to unfence.
     let reports = step
-        .guard_unfence(&[format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}")], Some(5))
+        .guard_unfence("eu", &[format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}")], Some(5))
         .await;
+    assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0].outcome, GuardOutcome::Unfenced, "{reports:?}");
+    let reports = step.guard_unfence("us", &[format!("127.0.0.1:{b}")], None).await;
     assert!(
-        matches!(&reports[1].outcome, GuardOutcome::Kept(why) if why.contains(&format!("127.0.0.1:{a}"))),
+        matches!(&reports[0].outcome, GuardOutcome::Kept(why) if why.contains(&format!("127.0.0.1:{a}"))),
         "{reports:?}"
     );
     assert_eq!(text(b, "SELECT @@GLOBAL.read_only").await, "1");

@@ -832,17 +832,23 @@ async fn postgres_guard_fences_the_regions_primary_only_and_unfences_only_a_prim
     assert_eq!(count(b).await, 2);
 
     // Unfencing: the primary takes writes again; a standby named by mistake stays as it is.
-    let reports = step.guard_unfence(&[cluster.address(0)], Some(3)).await;
+    let reports = step.guard_unfence("eu", &[cluster.address(0)], Some(3)).await;
     assert!(
         matches!(&reports[0].outcome, GuardOutcome::Kept(why) if why.contains("none")),
         "never promoted by Switchyard, so not by a runbook since: {reports:?}"
     );
     let reports = step
-        .guard_unfence(&[cluster.address(0), cluster.address(2)], None)
+        .guard_unfence("eu", &[cluster.address(0), cluster.address(2)], None)
         .await;
+    assert_eq!(
+        reports.len(),
+        1,
+        "another region's server is not this guard's: {reports:?}"
+    );
     assert_eq!(reports[0].outcome, GuardOutcome::Unfenced, "{reports:?}");
+    let reports = step.guard_unfence("us", &[cluster.address(2)], None).await;
     assert!(
-        matches!(&reports[1].outcome, GuardOutcome::Kept(why) if why.contains("replicates from")),
+        matches!(&reports[0].outcome, GuardOutcome::Kept(why) if why.contains("replicates from")),
         "{reports:?}"
     );
     insert(a, 102).await.expect("writable again");

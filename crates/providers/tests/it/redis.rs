@@ -460,11 +460,17 @@ async fn redis_guard_pauses_the_regions_master_only_and_unpauses_only_a_master()
 
     let b_address = format!("127.0.0.1:{b}");
     let reports = step
-        .guard_unfence(&[format!("127.0.0.1:{a}"), b_address.clone()], Some(4))
+        .guard_unfence("eu", &[format!("127.0.0.1:{a}"), b_address.clone()], Some(4))
         .await;
+    assert_eq!(
+        reports.len(),
+        1,
+        "another region's server is not this guard's: {reports:?}"
+    );
     assert_eq!(reports[0].outcome, GuardOutcome::Unfenced, "{reports:?}");
+    let reports = step.guard_unfence("us", &[b_address], None).await;
     assert!(
-        matches!(&reports[1].outcome, GuardOutcome::Kept(why) if why.contains("replicates from")),
+        matches!(&reports[0].outcome, GuardOutcome::Kept(why) if why.contains("replicates from")),
         "{reports:?}"
     );
     let mut set = redis::cmd("SET");
