@@ -95,6 +95,15 @@ def start_redis(tmp, name, port, master, processes):
     wait_until(f"{name} to answer", lambda: redis_cli(port, "PING").stdout.strip() == "PONG", 30)
 
 
+def redis_pair(tmp, processes):
+    """A Redis master (us-east-1) and a replica of it (eu-west-1), in sync; their ports."""
+    master, replica = free_port(), free_port()
+    start_redis(tmp, "redis-us", master, None, processes)
+    start_redis(tmp, "redis-eu", replica, master, processes)
+    wait_until("the Redis replica to sync", lambda: redis_info(replica).get("master_link_status") == "up")
+    return master, replica
+
+
 class Writer(threading.Thread):
     """Writes numbered items one after another until stopped; remembers each one's fate."""
 
@@ -227,10 +236,7 @@ def test_failover_fences_promotes_keeps_every_acknowledged_write_and_fails_back(
     processes, us, eu = [], App(), App()
     try:
         primary, replica = mariadb_pair(tmp_path, processes)
-        r_master, r_replica = free_port(), free_port()
-        start_redis(tmp_path, "redis-us", r_master, None, processes)
-        start_redis(tmp_path, "redis-eu", r_replica, r_master, processes)
-        wait_until("the Redis replica to sync", lambda: redis_info(r_replica).get("master_link_status") == "up")
+        r_master, r_replica = redis_pair(tmp_path, processes)
         config = tmp_path / "switchyard.toml"
         config.write_text(config_text(
             tmp_path, us, eu,

@@ -24,8 +24,8 @@ import harness
 from harness import BINARY, TOKEN, App, controller_toml, stop_all, two_regions_toml, wait_until
 from test_controller import run_cli
 from test_db_promote_controller import (REDIS_PASSWORD, REDIS_USER, Writer, active, admin_sql, app_insert,
-                                        config_text, generation_of, mariadb_pair, need, order_ids, redis_cli,
-                                        redis_info, redis_set, start_controller, start_redis, step_ok)
+                                        config_text, generation_of, mariadb_pair, need, order_ids, redis_info,
+                                        redis_pair, redis_set, start_controller, step_ok)
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -142,10 +142,7 @@ def test_an_isolated_region_fences_itself_and_unfences_when_the_controller_answe
         needed = int(re.search(r"down_confirm_ms to at least (\d+)", checked.stderr).group(1))
 
         primary, replica = mariadb_pair(tmp_path, processes)
-        r_master, r_replica = harness.free_port(), harness.free_port()
-        start_redis(tmp_path, "redis-us", r_master, None, processes)
-        start_redis(tmp_path, "redis-eu", r_replica, r_master, processes)
-        wait_until("the Redis replica to sync", lambda: redis_info(r_replica).get("master_link_status") == "up")
+        r_master, r_replica = redis_pair(tmp_path, processes)
         config = tmp_path / "switchyard.toml"
         config.write_text(isolation_config(
             tmp_path, us, eu, f'{{ us-east-1 = ["127.0.0.1:{primary}"], eu-west-1 = ["127.0.0.1:{replica}"] }}',
@@ -197,10 +194,7 @@ def test_guards_in_both_regions_never_fight_a_failover_or_a_failback(tmp_path):
     processes, us, eu = [], App(), App()
     try:
         primary, replica = mariadb_pair(tmp_path, processes)
-        r_master, r_replica = harness.free_port(), harness.free_port()
-        start_redis(tmp_path, "redis-us", r_master, None, processes)
-        start_redis(tmp_path, "redis-eu", r_replica, r_master, processes)
-        wait_until("the Redis replica to sync", lambda: redis_info(r_replica).get("master_link_status") == "up")
+        r_master, r_replica = redis_pair(tmp_path, processes)
         config = tmp_path / "switchyard.toml"
         text = config_text(
             tmp_path, us, eu, f'{{ us-east-1 = ["127.0.0.1:{primary}"], eu-west-1 = ["127.0.0.1:{replica}"] }}',
