@@ -57,7 +57,7 @@ pub const RELAY_DRAIN_MS: u64 = 2_000;
 /// How a loss is worded ([`judge_loss`]).
 const LOSS: super::LossWords = super::LossWords::new("they are lost", "them", "wait for it to catch up");
 /// What happens to a server the first survey of a run cannot reach.
-const UNREACHABLE: &str = "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins only without errant transactions";
+const UNREACHABLE: &str = "not fenced at the database by this step — its region's guard fences it (switchyard guard), or fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins only without errant transactions";
 
 promote_settings! {
     replicating

@@ -70,7 +70,7 @@ const LOSS: super::LossWords = super::LossWords::new(
     "wait for it to catch up",
 );
 /// What happens to a server the first survey of a run cannot reach.
-const UNREACHABLE: &str = "not fenced at the database — fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins when it answers";
+const UNREACHABLE: &str = "not fenced at the database by this step — its region's guard fences it (switchyard guard), or fence it at the load balancer; it stays fenced (its promotion record is older) and rejoins when it answers";
 
 promote_settings! {
     replicating

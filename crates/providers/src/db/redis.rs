@@ -51,7 +51,7 @@ pub const FULL_SYNC_DELAY_MS_MAX: u64 = 30_000;
 /// How a loss is worded ([`judge_loss`]).
 const LOSS: super::LossWords = super::LossWords::new("those writes are lost", "those writes", "wait");
 /// What happens to a server the first survey of a run cannot reach.
-const UNREACHABLE: &str = "not fenced — fence it at the load balancer; it is made a replica when it answers again";
+const UNREACHABLE: &str = "not fenced by this step — its region's guard pauses it (switchyard guard), or fence it at the load balancer; it is made a replica when it answers again";
 
 /// Sets the record unless it holds a newer generation; returns what it holds afterwards.
 const RECORD_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
