@@ -767,3 +767,25 @@ def test_the_cli_follows_a_refusal_to_the_leader_and_members_with_own_vantages_s
                          timeout=30)
     assert bad.returncode != 0
     assert "--vantage nowhere is not in [quorum] vantages (v-c1, v-c2, probe)" in bad.stderr, bad.stderr
+
+
+def test_a_member_that_knows_no_leader_sends_an_agent_with_other_members_elsewhere(tmp_path):
+    """A member cut off from etcd since its start knows no leader and cannot pass a report on:
+    an agent that has other members to try is answered 503 `no_leader` (its next report goes to
+    the next member); one with this member only is still answered 204 (the report counts here)."""
+    processes, us, eu = [], App(), App()
+    try:
+        config = tmp_path / "lone.toml"
+        config.write_text(config_text(us, eu, tmp_path, "lone", [f"http://127.0.0.1:{free_port()}"],
+                                      f"http://127.0.0.1:{free_port()}"))
+        _, url, _ = start_controller(config, tmp_path, processes)
+        sent = int(time.time() * 1000)
+        status, body = request(url, "/v1/agent/report", "POST", {"vantage": "probe", "sent_at_ms": sent, "results": []},
+                               headers={"X-Switchyard-Members": "2"})
+        assert status == 503 and body.get("code") == "no_leader", body
+        assert "lone" in body["error"] and "another member" in body["error"], body
+        status, body = request(url, "/v1/agent/report", "POST",
+                               {"vantage": "probe", "sent_at_ms": sent + 1, "results": []})
+        assert status == 204, body
+    finally:
+        stop_all(processes, (us, eu), terminate_s=15)

@@ -2061,7 +2061,29 @@ async fn agent_report(
     forward_to_leader(&shared, token, body.to_vec());
     let observed = shared.observe(report);
     let status = match observed {
-        health::quorum::Observed::Accepted { .. } => return StatusCode::NO_CONTENT.into_response(),
+        health::quorum::Observed::Accepted { .. } => {
+            // A follower that knows no leader (an election, or cut off from etcd) cannot pass the
+            // report on: an agent that has other members goes to one of them.
+            let others = headers
+                .get(health::report::MEMBERS_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|members| members > 1);
+            if let Some(ha) = &shared.ha
+                && others
+                && ha.acting().is_none()
+                && ha.leader().is_none()
+            {
+                return json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({
+                        "error": format!("this member ({}) knows no leader (etcd unreachable or an election in progress): the report counts here only; send it to another member", ha.name()),
+                        "code": "no_leader",
+                    }),
+                );
+            }
+            return StatusCode::NO_CONTENT.into_response();
+        }
         health::quorum::Observed::UnknownVantage => StatusCode::FORBIDDEN,
         // A newer report under this name is held: the sender learns that its vote is not the
         // one counted (a stolen token, or a second agent with the same --name).

@@ -18,7 +18,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::report::{AgentPlan, PLAN_PATH, REPORT_PATH, Report};
+use crate::report::{AgentPlan, MEMBERS_HEADER, PLAN_PATH, REPORT_PATH, Report};
 use crate::runner::{Runner, RunnerOptions};
 
 /// Default time between two fetches of the plan.
@@ -181,7 +181,11 @@ impl ControllerClient {
 
     async fn post_report_once(&self, report: &Report) -> Result<(), ExchangeError> {
         let body = serde_json::to_vec(report).map_err(|e| ExchangeError::Refused(format!("encode report: {e}")))?;
-        let (status, body) = self.send(self.request("POST", REPORT_PATH, body)?).await?;
+        let mut request = self.request("POST", REPORT_PATH, body)?;
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&self.members.len().to_string()) {
+            request.headers_mut().insert(MEMBERS_HEADER, value);
+        }
+        let (status, body) = self.send(request).await?;
         if status.is_success() {
             Ok(())
         } else if status.is_client_error() {

@@ -9,6 +9,11 @@ use crate::spec::CheckSpec;
 pub const PLAN_PATH: &str = "/v1/agent/plan";
 /// Path of the report endpoint on the controller; takes a `Report`, answers 204.
 pub const REPORT_PATH: &str = "/v1/agent/report";
+/// Request header of an agent's report: how many controller members the agent can send it to.
+/// A member that knows no leader answers 503 (`no_leader`) when there are others, so the agent
+/// moves on to a member that passes reports on to the leader; to an agent with one member it
+/// answers 204 (the report counts there, the agent has nowhere else to go).
+pub const MEMBERS_HEADER: &str = "x-switchyard-members";
 /// Default time between two reports of an agent.
 pub const DEFAULT_REPORT_INTERVAL_MS: u64 = 500;
 

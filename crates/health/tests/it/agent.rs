@@ -25,6 +25,8 @@ struct Seen {
     /// Answer every report 409, as a controller holding a newer report under the name does.
     refuse_reports: bool,
     refused: usize,
+    /// Each report's `x-switchyard-members` header (how many members the agent may try).
+    members_headers: Vec<String>,
 }
 
 /// Serves `plan` at /v1/agent/plan and takes reports at /v1/agent/report, demanding the token.
@@ -39,6 +41,11 @@ async fn start_controller(listener: TcpListener, plan: AgentPlan, seen: Arc<Mute
                     let authorization = request
                         .headers()
                         .get("authorization")
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .unwrap_or_default();
+                    let members = request
+                        .headers()
+                        .get(health::report::MEMBERS_HEADER)
                         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                         .unwrap_or_default();
                     let path = request.uri().path().to_string();
@@ -65,6 +72,7 @@ async fn start_controller(listener: TcpListener, plan: AgentPlan, seen: Arc<Mute
                             }
                             Ok(report) => {
                                 seen.reports.push(report);
+                                seen.members_headers.push(members);
                                 (204, Bytes::new())
                             }
                             Err(_) => (400, Bytes::new()),
@@ -168,6 +176,10 @@ async fn agent_waits_for_the_controller_then_reports_changes() {
 
     let _ = stop.send(());
     agent.await.expect("agent task").expect("agent stops cleanly");
+    // Each report says the agent has this one member only (a member knowing no leader keeps
+    // it then, see the controller's `agent_report`).
+    let headers = seen.lock().expect("lock").members_headers.clone();
+    assert!(!headers.is_empty() && headers.iter().all(|h| h == "1"), "{headers:?}");
 }
 
 /// A report the controller refuses (4xx) is not sent again, and the agent fetches its plan
@@ -276,6 +288,10 @@ async fn reports_through_the_second_member(first: String) -> Arc<Mutex<Seen>> {
     .await;
     let _ = stop.send(());
     agent.await.expect("agent task").expect("agent stops cleanly");
+    // Each report says the agent has two members to try (a member knowing no leader then
+    // sends it on, see the controller's `agent_report`).
+    let headers = seen.lock().expect("lock").members_headers.clone();
+    assert!(!headers.is_empty() && headers.iter().all(|h| h == "2"), "{headers:?}");
     drop(target);
     seen
 }
