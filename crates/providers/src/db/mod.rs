@@ -160,6 +160,16 @@ macro_rules! survey_by {
             })
             .await
         }
+
+        /// Inspects the members the run's first survey reached (`reached[i]`), concurrently
+        /// ([`super::survey_asking`]).
+        async fn survey_reached(inner: &Arc<Inner>, reached: &[bool]) -> Vec<Result<Observed, String>> {
+            super::survey_asking(reached, |index| {
+                let inner = Arc::clone(inner);
+                async move { inner.connect(index).await?.$read().await }
+            })
+            .await
+        }
     };
 }
 
@@ -417,12 +427,32 @@ where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<T, Failure>> + Send + 'static,
 {
+    survey_asking(&vec![true; count], inspect).await
+}
+
+/// What a later survey of a run answers for a member the run's first survey could not reach.
+pub(crate) const NOT_ASKED_AGAIN: &str = "unreachable in this run's first survey: not asked again";
+
+/// [`survey`] of the members whose `ask` is true; the others answer [`NOT_ASKED_AGAIN`]. A
+/// run's later surveys ask only the members its first survey reached: in a partition an
+/// unreachable server costs each survey its whole connection timeout
+/// ([`CONNECT_TIMEOUT_MS`]), and one that answers again is fenced on sight by its older
+/// promotion record (the next run, or its region's guard) all the same.
+pub(crate) async fn survey_asking<T, F, Fut>(ask: &[bool], inspect: F) -> Vec<Result<T, String>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>> + Send + 'static,
+{
+    let count = ask.len();
     let mut tasks = tokio::task::JoinSet::new();
-    for index in 0..count {
+    for index in (0..count).filter(|&i| ask[i]) {
         let inspecting = inspect(index);
         tasks.spawn(async move { (index, inspecting.await.map_err(|f| f.to_string())) });
     }
-    let mut results: Vec<Result<T, String>> = (0..count).map(|_| Err("not inspected".to_string())).collect();
+    let mut results: Vec<Result<T, String>> = (0..count)
+        .map(|i| Err(if ask[i] { "not inspected" } else { NOT_ASKED_AGAIN }.to_string()))
+        .collect();
     while let Some(joined) = tasks.join_next().await {
         if let Ok((index, result)) = joined {
             results[index] = result;
@@ -802,6 +832,33 @@ mod tests {
         assert!(parse_address("db1:0", 3306).expect_err("port 0").contains("port '0'"));
         assert!(parse_address("db'1:3306", 3306).expect_err("quote").contains("letters"));
         assert!(parse_address(":3306", 3306).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_later_survey_asks_only_the_members_the_first_reached() {
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let surveyed = survey_asking(&[true, false, true], |index| {
+            let asked = std::sync::Arc::clone(&asked);
+            async move {
+                asked.lock().expect("asked").push(index);
+                if index == 2 {
+                    Err(Failure::Retryable("refused".into()))
+                } else {
+                    Ok(index * 10)
+                }
+            }
+        })
+        .await;
+        let mut asked = asked.lock().expect("asked").clone();
+        asked.sort_unstable();
+        assert_eq!(asked, vec![0, 2], "member 1 is never connected to");
+        assert_eq!(surveyed[0], Ok(0));
+        assert_eq!(surveyed[1], Err(NOT_ASKED_AGAIN.to_string()));
+        assert!(surveyed[2].as_ref().expect_err("2 failed").contains("refused"));
+        assert_eq!(
+            survey(2, |i| async move { Ok::<_, Failure>(i) }).await,
+            vec![Ok(0), Ok(1)]
+        );
     }
 
     #[test]

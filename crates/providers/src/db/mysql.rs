@@ -435,7 +435,8 @@ impl MysqlPromote {
         };
         // Read before the promotion resets the candidate's replication.
         let tls = topology_tls(&observed);
-        self.rejoin_others(primary, tls, &mut notes).await?;
+        let reached: Vec<bool> = observed.iter().map(Option::is_some).collect();
+        self.rejoin_others(primary, &reached, tls, &mut notes).await?;
         Ok(notes.join())
     }
 
@@ -552,16 +553,17 @@ impl MysqlPromote {
         Ok(())
     }
 
-    /// Points every other reachable server at `primary`, fencing writable strays; a server
-    /// with errant transactions is left fenced and named.
+    /// Points every other server the first survey `reached` at `primary`, fencing writable
+    /// strays; a server with errant transactions is left fenced and named.
     async fn rejoin_others(
         &self,
         primary: usize,
+        reached: &[bool],
         tls: Option<ReplicationTls>,
         notes: &mut Notes,
     ) -> Result<(), Failure> {
         let inner = &self.inner;
-        let observed = survey(inner).await;
+        let observed = survey_reached(inner, reached).await;
         let now: Vec<Option<Observed>> = observed.iter().map(|o| o.as_ref().ok().cloned()).collect();
         let tls = tls.or_else(|| topology_tls(&now));
         let primary_state = super::new_primary_state(&inner.members, &observed, primary)?;

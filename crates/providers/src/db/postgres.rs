@@ -666,7 +666,8 @@ impl PostgresPromote {
                 candidate
             }
         };
-        self.rejoin_others(order, primary, &mut notes).await?;
+        let reached: Vec<bool> = observed.iter().map(Option::is_some).collect();
+        self.rejoin_others(order, primary, &reached, &mut notes).await?;
         Ok(notes.join())
     }
 
@@ -781,13 +782,19 @@ impl PostgresPromote {
         Ok(())
     }
 
-    /// Every other reachable server becomes a standby of `primary`: repointed when it can
+    /// Every other server the first survey `reached` becomes a standby of `primary`: repointed when it can
     /// follow, rejoined by the `rejoin` command when it needs a restart or `pg_rewind`, left
     /// fenced and named otherwise.
-    async fn rejoin_others(&self, order: &Order, primary: usize, notes: &mut Notes) -> Result<(), Failure> {
+    async fn rejoin_others(
+        &self,
+        order: &Order,
+        primary: usize,
+        reached: &[bool],
+        notes: &mut Notes,
+    ) -> Result<(), Failure> {
         let inner = &self.inner;
         let primary_address = &inner.members[primary].address;
-        let mut observed = survey(inner).await;
+        let mut observed = survey_reached(inner, reached).await;
         // Standbys still receiving from elsewhere (a fenced old primary, a cascade) stop first,
         // so their positions hold still while the path is decided.
         let detach: Vec<usize> = observed
@@ -798,7 +805,7 @@ impl PostgresPromote {
             .collect();
         if !detach.is_empty() {
             self.detach(&detach, notes).await?;
-            observed = survey(inner).await;
+            observed = survey_reached(inner, reached).await;
         }
         let primary_state = super::new_primary_state(&inner.members, &observed, primary)?;
         let primary_member = &inner.members[primary];

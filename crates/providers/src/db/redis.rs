@@ -302,7 +302,8 @@ impl RedisPromote {
                 candidate
             }
         };
-        self.repoint_others(primary, &mut notes).await?;
+        let reached: Vec<bool> = observed.iter().map(Option::is_some).collect();
+        self.repoint_others(primary, &reached, &mut notes).await?;
         Ok(notes.join())
     }
 
@@ -417,9 +418,10 @@ impl RedisPromote {
         Ok(())
     }
 
-    async fn repoint_others(&self, primary: usize, notes: &mut Notes) -> Result<(), Failure> {
+    /// Points every other server the first survey `reached` at `primary`.
+    async fn repoint_others(&self, primary: usize, reached: &[bool], notes: &mut Notes) -> Result<(), Failure> {
         let inner = &self.inner;
-        let observed = survey(inner).await;
+        let observed = survey_reached(inner, reached).await;
         let primary_member = &inner.members[primary];
         let mut delay_ms = None;
         for (i, o) in observed.iter().enumerate() {

@@ -153,6 +153,58 @@ async fn redis_failover_fences_the_old_master_repoints_replicas_refuses_lag_and_
     assert_eq!(lost, None, "b resynchronised from c and dropped what c never had");
 }
 
+/// A host that takes TCP connections and never answers on them (a hung server, or one behind a
+/// link that drops its replies): every login to it waits out the connection timeout. Counts the
+/// connections it took.
+fn silent_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&taken);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (port, taken)
+}
+
+#[tokio::test]
+async fn redis_a_server_that_does_not_answer_the_first_survey_is_not_waited_for_again() {
+    let Some(binary) = find_binary("redis-server") else {
+        return skip("redis-server", "redis-server");
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (silent, taken) = silent_server();
+    let b = free_port();
+    let _server = start(&binary, dir.path(), "b", b, None);
+    wait_until("b to answer", || async move { connect(b).await.is_ok() }).await;
+    std::fs::write(dir.path().join("password"), PASSWORD).expect("write password");
+    let settings = format!(
+        "servers = {{ eu = [\"127.0.0.1:{silent}\"], us = [\"127.0.0.1:{b}\"] }}\n\
+         username = \"{USER}\"\npassword = {{ file = \"{}\" }}\n",
+        dir.path().join("password").display()
+    );
+    let settings: Settings = toml::from_str(&settings).expect("settings parse");
+    let step = settings
+        .check("sessions", &mut Strict::new(&["eu", "us"]))
+        .expect("settings check");
+    let outcome = step.run(&order(3, "eu", "us", false)).await.expect("ran");
+    assert!(
+        outcome.contains(&format!("127.0.0.1:{silent} unreachable")),
+        "{outcome}"
+    );
+    assert!(outcome.contains(&format!("127.0.0.1:{b} already master")), "{outcome}");
+    // The first survey's login waited out its timeout; the survey after the promotion (whom
+    // to repoint) does not connect to it again, which in a partition cost every run a second
+    // timeout before the runbook's next step.
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1, "{outcome}");
+    let record: Option<String> = query(b, redis::cmd("GET").arg(RECORD_KEY)).await.expect("read");
+    assert!(record.as_deref().is_some_and(|r| r.starts_with("3 ")), "{record:?}");
+}
+
 #[tokio::test]
 async fn redis_an_unreachable_master_is_named_then_made_a_replica_when_it_returns() {
     let Some(binary) = find_binary("redis-server") else {
