@@ -13,10 +13,15 @@ master and replica) and a real controller, while the shop keeps writing to the o
   fix) while the controller could fail the region over before the guard fences it.
 """
 
+import json
 import os
 import re
 import signal
 import subprocess
+import urllib.error
+import urllib.request
+
+import shutil
 
 import pytest
 
@@ -30,16 +35,33 @@ from test_db_promote_controller import (REDIS_PASSWORD, REDIS_USER, Writer, acti
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
 
-def start_guard(tmp, config, url, processes, region="us-east-1", name="guard"):
+def start_guard(tmp, config, url, processes, region="us-east-1", name="guard", listen=None):
     """`switchyard guard` for `region` with its state file in `tmp` (one per region's folder),
-    logging to NAME.log; waits until it guards."""
+    logging to NAME.log, serving /health and /metrics on port `listen` if given; waits until it
+    guards."""
     log = tmp / f"{name}.log"
     env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, NO_COLOR="1")
-    process = harness.spawn(["guard", "--config", str(config), "--region", region, "--controller", url,
-                             "--state-file", str(tmp / "guard-state.json")], log, processes, env)
+    args = ["guard", "--config", str(config), "--region", region, "--controller", url,
+            "--state-file", str(tmp / "guard-state.json")]
+    if listen:
+        args += ["--listen", f"127.0.0.1:{listen}"]
+    process = harness.spawn(args, log, processes, env)
     wait_until("the guard to start", lambda: "guarding this region's database primaries" in log.read_text(),
                logs=[log])
     return process, log
+
+
+def guard_health(port):
+    """The guard's /health: (HTTP status, body)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def server_outcome(health, port):
+    return next((s["outcome"] for s in health["servers"] if s["server"] == f"127.0.0.1:{port}"), None)
 
 
 def read_only(port):
@@ -89,7 +111,14 @@ def test_the_guard_fences_a_primary_the_failover_could_not_reach(tmp_path):
         url, log = start_controller(tmp_path, config, processes)
         audit = tmp_path / "audit.jsonl"
         wait_until("the initial placement", lambda: active(url, "us-east-1"), logs=[log])
-        _, guard_log = start_guard(tmp_path, guard_config, url, processes)
+        status_port = harness.free_port()
+        _, guard_log = start_guard(tmp_path, guard_config, url, processes, listen=status_port)
+        # /health: rounds go on, the pointer names us, nothing fenced.
+        code, health = wait_until("the guard's first round", lambda: (lambda h: h if h[0] == 200 else None)(
+            guard_health(status_port)), logs=[guard_log])
+        assert health["status"] == "ok" and health["region"] == "us-east-1", health
+        assert health["decision"] == "hold" and health["active_region"] == "us-east-1", health
+        assert health["heard"] == "fresh" and health["fresh_answer_ago_ms"] is not None, health
 
         admin_sql(primary, "SET sql_log_bin = 0; ALTER USER 'switchyard'@'%' ACCOUNT LOCK")
         orders = Writer(lambda n: app_insert(primary, n))
@@ -104,6 +133,24 @@ def test_the_guard_fences_a_primary_the_failover_could_not_reach(tmp_path):
         wait_until("the guard to fence the old primary", lambda: read_only(primary), logs=[guard_log])
         wait_until("the shop's writes there to be refused", lambda: orders.count("refused") >= 3, logs=[guard_log])
         orders.stop()
+        # /health and /metrics say so: fencing for the move, the primary fenced (then refusing
+        # writes, each round after the first), the replica of eu not this guard's.
+        code, health = guard_health(status_port)
+        assert code == 200 and health["decision"] == "fence", health
+        assert "the controller made eu-west-1 the active region" in health["reason"], health
+        assert health["active_region"] == "eu-west-1" and health["servers_failing"] == 0, health
+        assert server_outcome(health, primary) in ("fenced", "refusing"), health
+        assert server_outcome(health, replica) is None, health
+        from test_metrics_promtool import check as promtool_check
+        if shutil.which("promtool"):
+            text = promtool_check("guard", f"http://127.0.0.1:{status_port}/metrics")
+        else:
+            with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        assert 'switchyard_guard_fencing{reason="elsewhere"} 1' in text, text
+        fenced = re.search(rf'switchyard_guard_server_outcomes_total\{{step="orders-db",server="127\.0\.0\.1:{primary}",'
+                           r'outcome="fenced"\} (\d+)', text)
+        assert fenced and int(fenced.group(1)) == 1, text
 
         assert not never_ok_after_refused(orders.results), "a write was acknowledged after the fence"
         text = guard_log.read_text()

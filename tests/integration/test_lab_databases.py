@@ -154,4 +154,10 @@ def test_db_partition_the_guard_stops_the_cut_off_old_primary_writing(tmp_path):
         assert guard_log.exists(), sorted(p.name for p in (directory / "logs").iterdir())
         log = guard_log.read_text()
         assert "the controller made eu-west-1 the active region" in log, log[-3000:]
+        # Its /health (port block + 64) says the same: rounds going on, fencing for the move.
+        _, base_port = lab
+        with urllib.request.urlopen(f"http://127.0.0.1:{base_port + 100 + 64}/health", timeout=5) as response:
+            health = json.loads(response.read())
+        assert health["status"] == "ok" and health["region"] == "us-east-1", health
+        assert health["decision"] == "fence" and health["active_region"] == "eu-west-1", health
         assert code == 0 and report["passed"] is True, text[-5000:]

@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::members::ControllerUrls;
 use providers::db::guard::{GuardOutcome, GuardReport};
@@ -486,6 +486,8 @@ pub struct Options {
     /// `[guard] controller_members`: how many members the group has; without it, a round where
     /// every answer is stale is silence (the failsafe needs to know it heard everyone).
     pub controller_members: Option<usize>,
+    /// Where every round is recorded for `/health` and `/metrics`, and the guard's clock.
+    pub status: Arc<status::StatusHandle>,
 }
 
 /// What the members said in one round ([`combine`]), each asked within
@@ -569,8 +571,8 @@ pub fn combine(
 /// Runs rounds every [`GUARD_POLL_MS`] until `shutdown`.
 pub async fn run(options: Options, shutdown: impl std::future::Future<Output = ()>) {
     let client = HttpClient::new();
-    let started = Instant::now();
-    let now_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let handle = Arc::clone(&options.status);
+    let now_ms = || handle.now_ms();
     let mut guard = Guard::new(&options.region, options.isolation_fence_ms, now_ms());
     if let Some(path) = &options.state_file {
         match read_state(path) {
@@ -601,6 +603,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     );
     tokio::pin!(shutdown);
     loop {
+        let round_began = now_ms();
         let round = async {
             let asked_at = now_ms();
             let (heard, problems) = hear(
@@ -617,7 +620,8 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                 }
                 members_said = problems;
             }
-            let decision = guard.observe(asked_at, heard);
+            let decision = guard.observe(asked_at, heard.clone());
+            handle.update(|status| status.heard(asked_at, &heard, &members_said, &decision));
             if decision != last_decision && !matches!(decision, Decision::Fence(_)) {
                 tracing::info!(?decision, "guard decision");
             }
@@ -640,6 +644,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                     let mut all = Vec::new();
                     for (guarded, reports) in options.steps.iter().zip(rounds) {
                         log_reports(&mut logged, &guarded.step, &reports);
+                        handle.update(|status| status.reports(&guarded.step, &reports));
                         guard.fenced(&reports);
                         all.extend(reports);
                     }
@@ -663,6 +668,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                     .await;
                     for (guarded, reports) in options.steps.iter().zip(rounds) {
                         log_reports(&mut logged, &guarded.step, &reports);
+                        handle.update(|status| status.reports(&guarded.step, &reports));
                         guard.unfenced(&reports);
                     }
                 }
@@ -689,6 +695,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                             Ok(Err(joined)) => Err(joined.to_string()),
                             Err(_) => Err(format!("no write within {STATE_WRITE_TIMEOUT_MS} ms")),
                         };
+                    handle.update(|status| status.state_file(outcome.as_ref().err().cloned()));
                     match outcome {
                         Ok(()) => {
                             written = Some((saved, now));
@@ -706,6 +713,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
         // A round in progress finishes (bounded by its reads and fences): one stopped halfway
         // would leave a server fenced that the state file does not name.
         round.await;
+        handle.update(|status| status.round(round_began, now_ms(), guard.isolation_fenced()));
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep(Duration::from_millis(GUARD_POLL_MS)) => {}
@@ -814,6 +822,8 @@ fn log_reports(logged: &mut BTreeMap<(String, String), String>, step: &str, repo
         }
     }
 }
+
+pub mod status;
 
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,13 @@ pub const MARIADB_PORT_OFFSET: u16 = 60;
 pub const REDIS_PORT_OFFSET: u16 = 61;
 pub const MARIADB_LINK_PORT_OFFSET: u16 = 62;
 pub const REDIS_LINK_PORT_OFFSET: u16 = 63;
+/// The region's guard's `/health` and `/metrics` (`switchyard guard --listen`).
+pub const GUARD_STATUS_PORT_OFFSET: u16 = 64;
+
+/// Where region `i`'s guard serves `/health` and `/metrics`.
+pub fn guard_status_address(base_port: u16, i: usize) -> String {
+    local(port(base_port, i, GUARD_STATUS_PORT_OFFSET))
+}
 /// The controller's account (promotion, fencing, checks).
 pub const MARIADB_ADMIN_USER: &str = "switchyard";
 pub const MARIADB_PASSWORD: &str = "switchyard-lab";
@@ -706,6 +713,10 @@ pub(crate) mod tests {
             .expect("a guard per region");
         assert!(
             guard.args.windows(2).any(|w| w[0] == "--region" && w[1] == "eu-west-1")
+                && guard
+                    .args
+                    .windows(2)
+                    .any(|w| w[0] == "--listen" && w[1] == guard_status_address(options.base_port, 1))
                 && guard
                     .args
                     .windows(2)

@@ -1103,6 +1103,8 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                             .join(format!("guard-{region}.json"))
                             .display()
                             .to_string(),
+                        "--listen".to_string(),
+                        crate::databases::guard_status_address(options.base_port, i),
                     ],
                 );
                 spec.ready_flag = None;

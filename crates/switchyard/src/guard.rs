@@ -22,6 +22,12 @@ pub(crate) struct GuardArgs {
     /// it fenced for isolation stay fenced until unfenced by hand.
     #[arg(long, env = "SWITCHYARD_GUARD_STATE_FILE")]
     state_file: Option<PathBuf>,
+    /// Serve `GET /health` (200 while rounds go on, 503 `stuck` when none has ended for
+    /// 10.5 s; the body says what the guard heard, decided and did to each server) and
+    /// `GET /metrics` (Prometheus) on this address, e.g. 127.0.0.1:9187. Neither needs a token
+    /// and neither changes anything: bind it to loopback or a management network.
+    #[arg(long, env = "SWITCHYARD_GUARD_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     client: crate::controller::ControllerClientArgs,
 }
@@ -100,6 +106,29 @@ pub(crate) async fn run(args: GuardArgs) -> anyhow::Result<()> {
             target.urls.urls().len()
         );
     }
+    let status = controller::guard::status::StatusHandle::new(controller::guard::status::Status::new(
+        &args.region,
+        target.urls.urls().len(),
+        config
+            .file
+            .guard
+            .as_ref()
+            .and_then(|g| g.isolation_fence_ms.as_ref())
+            .map(|ms| *ms.get_ref()),
+    ));
+    if let Some(listen) = args.listen {
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| {
+            anyhow::anyhow!("--listen {listen}: cannot listen there ({error}); is the port in use? pick another")
+        })?;
+        let bound = listener.local_addr()?;
+        tracing::info!(%bound, "serving /health and /metrics");
+        let serving = controller::guard::status::serve(listener, std::sync::Arc::clone(&status));
+        tokio::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(%error, "the /health and /metrics server stopped");
+            }
+        });
+    }
     let options = controller::guard::Options {
         region: args.region,
         regions,
@@ -114,6 +143,7 @@ pub(crate) async fn run(args: GuardArgs) -> anyhow::Result<()> {
             .map(|ms| *ms.get_ref()),
         state_file: args.state_file,
         controller_members,
+        status,
     };
     controller::guard::run(options, crate::shutdown_signal()).await;
     Ok(())
