@@ -141,12 +141,13 @@ def test_the_guard_fences_a_primary_the_failover_could_not_reach(tmp_path):
         assert health["active_region"] == "eu-west-1" and health["servers_failing"] == 0, health
         assert server_outcome(health, primary) in ("fenced", "refusing"), health
         assert server_outcome(health, replica) is None, health
-        from test_metrics_promtool import check as promtool_check
+        from test_metrics_promtool import assert_dashboard_uses_real_series, check as promtool_check
         if shutil.which("promtool"):
             text = promtool_check("guard", f"http://127.0.0.1:{status_port}/metrics")
         else:
             with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as response:
                 text = response.read().decode()
+        assert_dashboard_uses_real_series("switchyard_guard", text)
         assert 'switchyard_guard_fencing{reason="elsewhere"} 1' in text, text
         fenced = re.search(rf'switchyard_guard_server_outcomes_total\{{step="orders-db",server="127\.0\.0\.1:{primary}",'
                            r'outcome="fenced"\} (\d+)', text)

@@ -595,8 +595,15 @@ pub(crate) async fn login<C, E>(
 
 /// The note of a run whose plan finds the order's region served already by `address`, with
 /// the promotion record of `record` (`role`: `primary`, `master`).
-pub(crate) fn already_note(address: &str, role: &str, record: u64) -> String {
-    format!("{address} already {role} (promotion record of generation {record}); nothing promoted")
+/// A run that found the order's region's server already the primary: `record` is the promotion
+/// record it holds (0: none), which the run raises to `generation` when older.
+pub(crate) fn already_note(address: &str, role: &str, record: u64, generation: u64) -> String {
+    let record = match record {
+        0 => format!("no promotion record yet; generation {generation}'s written"),
+        r if r < generation => format!("promotion record of generation {r}, now {generation}"),
+        r => format!("promotion record of generation {r}"),
+    };
+    format!("{address} already {role} ({record}); nothing promoted")
 }
 
 /// The loss note of [`judge_loss`]'s verdict `judged`, or its refusal — after making the old
@@ -859,6 +866,16 @@ mod tests {
             survey(2, |i| async move { Ok::<_, Failure>(i) }).await,
             vec![Ok(0), Ok(1)]
         );
+    }
+
+    #[test]
+    fn an_already_primary_note_says_what_record_it_found_and_leaves() {
+        assert_eq!(
+            already_note("a:1", "master", 0, 3),
+            "a:1 already master (no promotion record yet; generation 3's written); nothing promoted"
+        );
+        assert!(already_note("a:1", "primary", 2, 3).contains("(promotion record of generation 2, now 3)"));
+        assert!(already_note("a:1", "primary", 3, 3).contains("(promotion record of generation 3);"));
     }
 
     #[test]

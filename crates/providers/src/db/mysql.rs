@@ -420,7 +420,12 @@ impl MysqlPromote {
         let primary = match planned {
             Plan::Done { primary } => {
                 let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
-                notes.push(super::already_note(&inner.members[primary].address, "primary", record));
+                notes.push(super::already_note(
+                    &inner.members[primary].address,
+                    "primary",
+                    record,
+                    order.generation,
+                ));
                 let mut session = inner.connect(primary).await?;
                 if record < order.generation {
                     session.write_record(order, &inner.members[primary]).await?;

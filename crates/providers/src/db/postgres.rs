@@ -649,7 +649,12 @@ impl PostgresPromote {
             Plan::Done { primary, unfence } => {
                 let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
                 let member = &inner.members[primary];
-                notes.push(super::already_note(&member.address, "primary", record));
+                notes.push(super::already_note(
+                    &member.address,
+                    "primary",
+                    record,
+                    order.generation,
+                ));
                 let mut session = inner.connect(primary).await?;
                 // The record before the unfence, as a promotion does (see `promote`).
                 if record < order.generation {

@@ -286,7 +286,12 @@ impl RedisPromote {
         let primary = match plan(order, &inner.members, &observed)? {
             Plan::Done { primary } => {
                 let record = observed[primary].as_ref().and_then(|o| o.record).unwrap_or(0);
-                notes.push(super::already_note(&inner.members[primary].address, "master", record));
+                notes.push(super::already_note(
+                    &inner.members[primary].address,
+                    "master",
+                    record,
+                    order.generation,
+                ));
                 if record < order.generation {
                     inner
                         .connect(primary)
