@@ -143,6 +143,16 @@ pub(crate) struct ControllerFile {
     pub tokens: Vec<Token>,
     pub dns: ControllerDns,
     pub runbook: Vec<Step>,
+    /// `[guard]`, in a guard's copy only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardSection>,
+}
+
+/// `[guard]` of a guard's copy: with several members, how many (the failsafe: every member
+/// answering stale is an etcd outage, not isolation).
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct GuardSection {
+    pub controller_members: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -574,12 +584,34 @@ mod tests {
                         kinds.starts_with(&["mysql_promote", "redis_promote", "dns_health"]),
                         "{kinds:?}"
                     );
-                    // The guards' copy is the configuration without a member's own section.
+                    // The guards' copy is the configuration without a member's own section;
+                    // with several members it says how many (the failsafe), and the guard
+                    // lists them all.
                     assert_eq!(
                         parsed_config.file.controller.ha.is_some(),
                         controllers == 3 && !name.starts_with("guard-"),
                         "{name}"
                     );
+                    if let Some(region) = name.strip_prefix("guard-").and_then(|n| n.strip_suffix(".toml")) {
+                        let members = parsed_config
+                            .file
+                            .guard
+                            .as_ref()
+                            .and_then(|g| g.controller_members.as_ref())
+                            .map(|m| *m.get_ref());
+                        assert_eq!(members, (controllers == 3).then_some(3), "{name}");
+                        let guard = plan
+                            .components
+                            .iter()
+                            .find(|c| c.name == format!("guard-{region}"))
+                            .expect("the guard");
+                        let listed = guard
+                            .args
+                            .windows(2)
+                            .find(|w| w[0] == "--controller")
+                            .map(|w| w[1].split(',').count());
+                        assert_eq!(listed, Some(controllers), "{:?}", guard.args);
+                    }
                 } else {
                     panic!("a TOML file the test does not know: {shown}");
                 }

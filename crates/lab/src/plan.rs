@@ -1046,6 +1046,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 txt_name: format!("_active-region.{ZONE}"),
             },
             runbook,
+            guard: None,
         };
         bound.push(("controller".to_string(), local(ports.controller())));
         if let Some(etcd) = &etcd {
@@ -1085,6 +1086,20 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 let path = config.join(format!("guard-{region}.toml"));
                 let mut own = controller_file.clone();
                 crate::databases::guard_servers(&mut own.runbook, options.base_port, i, region);
+                // Every member, as a deployment lists them: the region's pointer link (to the
+                // member at its site) first, then the others' API links; with all of them
+                // listed the guard may take "every member answers stale" for an etcd outage.
+                let mut members = vec![hosts.link_url(i, ports.pointer(i))];
+                if ha {
+                    members.extend(
+                        (0..crate::ha::MEMBERS)
+                            .filter(|k| *k != i % crate::ha::MEMBERS)
+                            .map(|k| api_url(options.tls, ha_ports.api_link(k))),
+                    );
+                    own.guard = Some(crate::configs::GuardSection {
+                        controller_members: crate::ha::MEMBERS,
+                    });
+                }
                 files.push(config_file(path.clone(), GUARD_HEADER, &own)?);
                 let name = guard_name(region);
                 let mut spec = owned_subcommand(
@@ -1097,7 +1112,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                         "--region".to_string(),
                         region.to_string(),
                         "--controller".to_string(),
-                        hosts.link_url(i, ports.pointer(i)),
+                        members.join(","),
                         "--state-file".to_string(),
                         dir.join("data")
                             .join(format!("guard-{region}.json"))
@@ -1119,13 +1134,25 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
         for agent in 0..AGENTS {
             let token = agent_token_path(dir, agent + 1);
             secrets.push(token.clone());
+            // Every member, as a deployment lists them: its own link to the member it reports to
+            // first, then the others' API links, so a member that is down, or cut off from etcd
+            // (it answers `no_leader`), costs the leader none of this vantage point's reports.
+            let mut members = vec![api_url(options.tls, ports.agent_link(agent))];
+            if ha {
+                members.extend(
+                    (0..crate::ha::MEMBERS)
+                        .filter(|k| *k != agent % crate::ha::MEMBERS)
+                        .map(|k| api_url(options.tls, ha_ports.api_link(k))),
+                );
+            }
+            let members = members.join(",");
             let mut spec = ComponentSpec::subcommand(
                 &format!("agent-{}", agent + 1),
                 "agent",
                 &[
                     "agent",
                     "--controller",
-                    &api_url(options.tls, ports.agent_link(agent)),
+                    &members,
                     "--name",
                     &format!("agent-{}", agent + 1),
                     "--token-file",
@@ -1323,6 +1350,14 @@ pub(crate) mod tests {
         assert!(etcd.args.iter().any(|a| a.contains(
             "us-east-1=http://127.0.0.1:17028,eu-west-1=http://127.0.0.1:17029,tie-breaker=http://127.0.0.1:17030"
         )));
+        // Each agent lists every member: its own link first, then the others' API links.
+        let agent = lab.components.iter().find(|c| c.name == "agent-2").expect("agent");
+        assert!(
+            agent.args.windows(2).any(|p| p[0] == "--controller"
+                && p[1] == "http://127.0.0.1:17011,http://127.0.0.1:17036,http://127.0.0.1:17038"),
+            "{:?}",
+            agent.args
+        );
         let member = lab
             .components
             .iter()
