@@ -180,11 +180,19 @@ def test_too_deep_nesting_is_refused(store):
         b'{"S": "x"}' + b']}' * 5000 + b"}}"
     kind, _ = raw_error(store, "PutItem", body)
     assert kind in ("ValidationException", "SerializationException")
-    # Within the limit works.
+    # Within the limit works: 31 levels of maps or lists under the attribute (its leaf is a
+    # 32-element path), as DynamoDB counts its 32 levels; 32 is refused, put or updated.
     value = {"S": "leaf"}
     for _ in range(31):
         value = {"L": [value]}
     store.client().put_item(TableName=TABLE, Item={"pk": {"S": "ok-depth"}, "v": value})
+    kind, message = raw_error(store, "PutItem", {"TableName": TABLE, "Item": {"pk": {"S": "deep"},
+                                                                             "v": {"M": {"m": value}}}})
+    assert kind == "ValidationException" and message.startswith("Nesting Levels have exceeded"), message
+    kind, message = raw_error(store, "UpdateItem", {
+        "TableName": TABLE, "Key": {"pk": {"S": "deep"}}, "UpdateExpression": "SET v = :v",
+        "ExpressionAttributeValues": {":v": {"M": {"m": value}}}})
+    assert kind == "ValidationException" and message.startswith("Nesting Levels have exceeded"), message
 
 
 def test_batch_and_transaction_size_limits(store):
@@ -614,3 +622,60 @@ def test_disabling_ttl_by_another_attribute_names_the_enabled_one(store):
         "TimeToLive is active on a different AttributeName: current AttributeName is expires", 400)
     assert client.describe_time_to_live(TableName=name)["TimeToLiveDescription"] == {
         "TimeToLiveStatus": "ENABLED", "AttributeName": "expires"}
+
+
+def test_update_table_keeps_the_billing_mode_and_refuses_a_throughput_that_does_not_change(store):
+    client = store.client()
+    name = "errors-billing"
+    create_table(client, name)
+    # Throughput for an on-demand table, without BillingMode: refused, not a silent switch.
+    with pytest.raises(ClientError) as excinfo:
+        client.update_table(TableName=name, ProvisionedThroughput={"ReadCapacityUnits": 1, "WriteCapacityUnits": 1})
+    code, message, _ = error_of(excinfo)
+    assert code == "ValidationException" and message == (
+        "One or more parameter values were invalid: Neither ReadCapacityUnits nor WriteCapacityUnits can be "
+        "specified when BillingMode is PAY_PER_REQUEST"), message
+    assert client.describe_table(TableName=name)["Table"]["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    client.update_table(TableName=name, BillingMode="PROVISIONED",
+                        ProvisionedThroughput={"ReadCapacityUnits": 3, "WriteCapacityUnits": 4})
+    with pytest.raises(ClientError) as excinfo:
+        client.update_table(TableName=name, ProvisionedThroughput={"ReadCapacityUnits": 3, "WriteCapacityUnits": 4})
+    code, message, _ = error_of(excinfo)
+    assert code == "ValidationException" and message.startswith(
+        "The provisioned throughput for the table will not change. The requested value equals the current value. "
+        "Current ReadCapacityUnits provisioned for the table: 3. Requested ReadCapacityUnits: 3."), message
+    # A real change goes through, and keeps the mode.
+    client.update_table(TableName=name, ProvisionedThroughput={"ReadCapacityUnits": 5, "WriteCapacityUnits": 4})
+    described = client.describe_table(TableName=name)["Table"]
+    assert described["ProvisionedThroughput"]["ReadCapacityUnits"] == 5
+    assert described["BillingModeSummary"]["BillingMode"] == "PROVISIONED"
+
+
+def test_an_index_query_refuses_a_filter_on_attributes_the_index_does_not_project(store):
+    client = store.client()
+    name = "errors-filter-projection"
+    create_table(client, name, range_key=("sk", "S"), extra_attributes={"g": "S", "l": "N"},
+                 GlobalSecondaryIndexes=[{"IndexName": "by-g",
+                                          "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                                          "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["y"]}}],
+                 LocalSecondaryIndexes=[{"IndexName": "by-l",
+                                         "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"},
+                                                       {"AttributeName": "l", "KeyType": "RANGE"}],
+                                         "Projection": {"ProjectionType": "KEYS_ONLY"}}])
+    for i in range(5):
+        client.put_item(TableName=name, Item={"pk": {"S": "p"}, "sk": {"S": str(i)}, "g": {"S": "x"},
+                                              "l": {"N": str(i)}, "y": {"N": str(i)}, "z": {"N": str(i)}})
+    for index, key, unprojected in (("by-l", "pk = :k", "[y, z]"), ("by-g", "g = :k", "[z]")):
+        with pytest.raises(ClientError) as excinfo:
+            client.query(TableName=name, IndexName=index, KeyConditionExpression=key,
+                         FilterExpression="y > :n AND #z < :m", ExpressionAttributeNames={"#z": "z"},
+                         ExpressionAttributeValues={":k": {"S": "p" if index == "by-l" else "x"},
+                                                    ":n": {"N": "2"}, ":m": {"N": "9"}})
+        code, message, _ = error_of(excinfo)
+        assert code == "ValidationException" and message == (
+            f"One or more parameter values were invalid: Secondary index {index} does not project one or more "
+            f"filter attributes: {unprojected}"), message
+    # What the index projects filters as usual.
+    matched = client.query(TableName=name, IndexName="by-g", KeyConditionExpression="g = :k",
+                           FilterExpression="y > :n", ExpressionAttributeValues={":k": {"S": "x"}, ":n": {"N": "2"}})
+    assert matched["Count"] == 2 and matched["ScannedCount"] == 5

@@ -30,6 +30,8 @@ use crate::proxy::{self, ClientProblem, Dispatched, Exchange, HostError, Shared}
 pub const HEADERS_MAX: usize = 100;
 /// A server's response head larger than this is a 502.
 pub const RESPONSE_HEAD_BYTES_MAX: usize = 64 * 1024;
+/// Most informational (1xx) responses a server may send before its final one.
+pub const INTERIM_RESPONSES_MAX: usize = 16;
 /// Bytes read from a server per read while streaming a response body (the bounded buffer).
 pub const RESPONSE_BUFFER_BYTES: usize = 64 * 1024;
 /// Bytes first set aside for a client connection's request buffer.
@@ -456,7 +458,11 @@ pub fn parse_response(buf: &[u8], client: ClientSide, out: &mut Vec<u8>) -> Resu
     } else if has_te {
         match transfer_coding(values(b"transfer-encoding")) {
             Codings::Chunked => Framing::Chunked,
-            _ => Framing::UntilClose,
+            // Codings on top of chunked (`gzip, chunked`) would need forwarding as they are,
+            // and a final coding that is not chunked leaves the client no framing it may
+            // trust (RFC 9112 §6.3): refused as HAProxy refuses them, never passed on with
+            // the framing stripped.
+            _ => return Err("the response uses a transfer coding other than chunked"),
         }
     } else {
         match content_length(values(b"content-length")) {
@@ -868,11 +874,22 @@ impl Exchange for H1Exchange<'_> {
                 self.response.reserve(RESPONSE_BUFFER_BYTES);
             }
             let mut start = 0;
+            let mut interim = 0;
             loop {
                 match parse_response(&self.response[start..], self.client, self.out) {
                     Ok(Some(head)) if head.status < 200 => {
-                        // 1xx (100 Continue, 103 Early Hints): not forwarded, as hyper did.
+                        // 1xx (100 Continue, 103 Early Hints): not forwarded, as hyper did;
+                        // dropped from the buffer, and only so many, so a server sending them
+                        // without end grows nothing.
+                        interim += 1;
+                        if interim > INTERIM_RESPONSES_MAX {
+                            return Err(failed(
+                                "the server sent more than INTERIM_RESPONSES_MAX (16) informational (1xx) responses",
+                            ));
+                        }
                         start += head.head_len;
+                        self.response.drain(..start);
+                        start = 0;
                         continue;
                     }
                     Ok(Some(mut head)) => {
@@ -1128,7 +1145,7 @@ async fn serve_request(
     let limit = config.limits.request_body_bytes_max;
     let body_deadline = Instant::now() + Duration::from_millis(config.timeouts.client_body_ms);
     let mut consumed = head.head_len;
-    let mut _budget = None;
+    let mut budget = BodyBudget::default();
     let continue_sent = |input: &Vec<u8>| input.len() > head.head_len;
     match head.body {
         Framing::None | Framing::UntilClose => request.extend_from_slice(b"\r\n"),
@@ -1145,8 +1162,15 @@ async fn serve_request(
             {
                 return Next::Close;
             }
-            _budget = shared.reserve_body(length).await;
-            while input.len() < head.head_len + length {
+            loop {
+                let arrived = (input.len() - head.head_len).min(length);
+                if !budget.cover(shared, arrived, body_deadline).await {
+                    shared.note_body_budget_spent(client);
+                    return answer_local(shared, stream, out, 503, proxy::BODY_BUDGET_SPENT, true, false).await;
+                }
+                if arrived == length {
+                    break;
+                }
                 if let Err(next) = read_body_more(shared, stream, client, input, out, body_deadline).await {
                     return next;
                 }
@@ -1184,6 +1208,10 @@ async fn serve_request(
                         return answer_local(shared, stream, out, 400, error.message(), true, false).await;
                     }
                 }
+                if !budget.cover(shared, body.len(), body_deadline).await {
+                    shared.note_body_budget_spent(client);
+                    return answer_local(shared, stream, out, 503, proxy::BODY_BUDGET_SPENT, true, false).await;
+                }
                 if decoder.is_done() {
                     break;
                 }
@@ -1194,7 +1222,6 @@ async fn serve_request(
                     return next;
                 }
             }
-            _budget = shared.reserve_body(body.len()).await;
             push_body(request, body);
         }
     }
@@ -1217,7 +1244,9 @@ async fn serve_request(
         idempotent: head.idempotent,
     };
     let dispatched = shared.dispatch(&mut exchange, head.idempotent, method, path).await;
-    drop(_budget);
+    // The body is with the server (or refused): its bytes go, then its share of the budget.
+    // A buffer a large body grew is given back rather than kept for the connection's life.
+    release_body(request, body, input, budget);
     let (answer, guard) = match dispatched {
         Dispatched::Answered(answer, guard) => (answer, guard),
         Dispatched::Refused(status, message) => {
@@ -1255,6 +1284,50 @@ async fn serve_request(
         }
         Err(()) => Next::Close,
     }
+}
+
+/// A request body's share of the shared budget (`buffered_body_bytes_max`), taken as its bytes
+/// arrive.
+#[derive(Default)]
+struct BodyBudget<'a> {
+    permit: Option<tokio::sync::SemaphorePermit<'a>>,
+    held: usize,
+}
+
+impl<'a> BodyBudget<'a> {
+    /// Holds budget for `bytes` of body in all, waiting for more at most until `deadline`;
+    /// false when it could not be had by then.
+    async fn cover(&mut self, shared: &'a Shared, bytes: usize, deadline: Instant) -> bool {
+        if bytes <= self.held {
+            return true;
+        }
+        let Some(more) = shared.take_body_budget(bytes - self.held, deadline).await else {
+            return false;
+        };
+        match &mut self.permit {
+            Some(permit) => permit.merge(more),
+            None => self.permit = Some(more),
+        }
+        self.held = bytes;
+        true
+    }
+}
+
+/// Largest capacity a connection's request buffers keep between requests: a body larger than
+/// this is freed once the server has it.
+pub(crate) const BUFFER_KEPT_BYTES_MAX: usize = 64 * 1024;
+
+/// After a request went to the server: empties the copies of its body and gives back capacity a
+/// large body grew (pipelined bytes in `input` are kept), then the body's budget.
+fn release_body(request: &mut Vec<u8>, body: &mut Vec<u8>, input: &mut Vec<u8>, budget: BodyBudget<'_>) {
+    request.clear();
+    body.clear();
+    for buffer in [request, body, input] {
+        if buffer.capacity() > BUFFER_KEPT_BYTES_MAX {
+            buffer.shrink_to(REQUEST_BUFFER_BYTES.max(buffer.len()));
+        }
+    }
+    drop(budget);
 }
 
 /// Ends the server's request head with the body's length, then the body.
@@ -1319,12 +1392,15 @@ async fn send(client: &mut TcpStream, bytes: &[u8], idle: Duration) -> Result<()
     }
 }
 
-/// Resolves when the client closed its side or its connection failed; never when it sends
-/// (a pipelined request waits in the socket for its turn).
+/// Resolves when the client's connection failed (reset); never when it sends (a pipelined
+/// request waits in the socket for its turn), nor when it only closed its sending side: a
+/// half-close is legal (RFC 9112 §9.6), and the response still goes out, as HAProxy does
+/// without `abortonclose`. A client that closed entirely is noticed when a write to it fails,
+/// and a stalled server is bounded by `idle_ms` meanwhile.
 async fn client_gone(client: &TcpStream) {
     let mut probe = [0u8; 1];
     match client.peek(&mut probe).await {
-        Ok(0) | Err(_) => {}
+        Err(_) => {}
         Ok(_) => std::future::pending().await,
     }
 }

@@ -41,6 +41,7 @@ pub const H2_STREAMS_PER_CONNECTION_MAX: u32 = 100;
 pub(crate) const BODY_TOO_LARGE: &str = "the request body is larger than limits.request_body_bytes_max";
 pub(crate) const BODY_UNREADABLE: &str = "the request body could not be read";
 pub(crate) const BODY_TOO_SLOW: &str = "the request body arrived too slowly";
+pub(crate) const BODY_BUDGET_SPENT: &str = "the load balancer's room for request bodies (limits.buffered_body_bytes_max) stayed full until client_body_ms; try again";
 /// After the GOAWAY of an idle (or stopping) HTTP/2 connection, how long it may stay open
 /// with no stream before it is dropped: a client that answers the GOAWAY's PING closes well
 /// within it.
@@ -162,12 +163,31 @@ impl Shared {
         &self.authorities
     }
 
-    /// Takes `bytes` of a buffered request body from the shared budget
-    /// (`buffered_body_bytes_max`), waiting while it is spent.
-    pub(crate) async fn reserve_body(&self, bytes: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    /// Takes `bytes` more of the shared budget for buffered request bodies
+    /// (`buffered_body_bytes_max`), waiting while it is spent but not past `deadline`: `None`
+    /// when it could not be had by then. Callers take it as the bytes arrive, never for a
+    /// length only declared, so a client holds no more of it than it has sent.
+    pub(crate) async fn take_body_budget(
+        &self,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Option<tokio::sync::SemaphorePermit<'_>> {
         let budget = self.config.limits.buffered_body_bytes_max.min(Semaphore::MAX_PERMITS);
-        let wanted = u32::try_from(bytes.min(budget)).ok().filter(|n| *n > 0)?;
-        self.body_budget.acquire_many(wanted).await.ok()
+        let wanted = u32::try_from(bytes.min(budget)).ok()?;
+        match tokio::time::timeout_at(deadline, self.body_budget.acquire_many(wanted)).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => None,
+        }
+    }
+
+    /// A request body refused because the budget for buffered bodies stayed spent.
+    pub(crate) fn note_body_budget_spent(&self, client: SocketAddr) {
+        self.stats.client_errors_total.fetch_add(1, Ordering::Relaxed);
+        let Some(suppressed) = self.logs.client_connection.allow(self.now_ms()) else {
+            return;
+        };
+        tracing::warn!(%client, buffered_body_bytes_max = self.config.limits.buffered_body_bytes_max, suppressed,
+            "no room for a request body before client_body_ms (every byte of limits.buffered_body_bytes_max is held by other requests' bodies); answered 503");
     }
 
     /// What clients saw so far.

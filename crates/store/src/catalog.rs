@@ -1060,8 +1060,15 @@ pub fn validate_index_key_types(table: &TableMeta, item: &Item) -> Result<(), Ap
                     )));
                 }
                 if value.size_bytes() == 0 {
-                    return Err(invalid(format!(
-                        "One or more parameter values are not valid. A value specified for a secondary index key is not supported. The AttributeValue for a key attribute cannot contain an empty string value. IndexName: {}, IndexKey: {}",
+                    // DynamoDB's sentence has a lead-in of its own ("are not valid"), not the
+                    // usual "were invalid:" one, and names the kind of the empty value.
+                    let kind = if matches!(value, AttributeValue::B(_)) {
+                        "binary"
+                    } else {
+                        "string"
+                    };
+                    return Err(ApiError::validation(format!(
+                        "One or more parameter values are not valid. A value specified for a secondary index key is not supported. The AttributeValue for a key attribute cannot contain an empty {kind} value. IndexName: {}, IndexKey: {}",
                         index.name, attribute.name
                     )));
                 }

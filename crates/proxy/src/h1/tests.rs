@@ -352,8 +352,17 @@ fn response_framing_follows_rfc_9112_section_6_3() {
         !head.server_keep_alive,
         "a response with both framings closes its connection"
     );
-    let (head, _) = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", H11);
-    assert_eq!(head.body, ClientBody::UntilClose);
+    // A transfer coding besides chunked (close-delimited by §6.3's rule 4, or under chunked)
+    // cannot be passed on honestly once the proxy frames the body itself: refused, as HAProxy
+    // refuses it, never forwarded with the coding's header dropped.
+    for coded in [
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 2\r\n\r\n",
+    ] {
+        let mut out = Vec::new();
+        assert!(parse_response(coded.as_bytes(), H11, &mut out).is_err(), "{coded:?}");
+    }
     let (head, _) = response("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", H11);
     assert!(!head.server_keep_alive);
     let (head, _) = response("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", H11);
@@ -455,4 +464,25 @@ fn nasty_inputs_never_panic() {
     for input in &corpus {
         exercise_parsers(input);
     }
+}
+
+#[test]
+fn a_large_body_gives_its_buffers_back_once_the_server_has_it() {
+    let mut request = Vec::with_capacity(10 << 20);
+    request.extend_from_slice(&[b'x'; 1 << 20]);
+    let mut body = Vec::with_capacity(4 << 20);
+    let mut input = Vec::with_capacity(8 << 20);
+    // A pipelined request waits in the input: it is kept.
+    input.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+    release_body(&mut request, &mut body, &mut input, BodyBudget::default());
+    assert!(request.is_empty() && body.is_empty());
+    for buffer in [&request, &body, &input] {
+        assert!(buffer.capacity() <= BUFFER_KEPT_BYTES_MAX, "{}", buffer.capacity());
+    }
+    assert_eq!(input, b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+    // Small buffers keep what they have: no reallocation per request.
+    let mut small = Vec::with_capacity(REQUEST_BUFFER_BYTES * 2);
+    let before = small.capacity();
+    release_body(&mut small, &mut Vec::new(), &mut Vec::new(), BodyBudget::default());
+    assert_eq!(small.capacity(), before);
 }

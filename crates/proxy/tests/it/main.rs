@@ -1636,3 +1636,166 @@ async fn a_get_after_the_server_closed_an_idle_connection_is_retried_on_a_new_on
     assert_eq!(connections.load(Ordering::SeqCst), 10);
     proxy.stop().await;
 }
+
+/// Opens a connection and sends `bytes`, keeping it open (the caller holds it).
+async fn hold(address: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_length_holds_no_body_budget_until_its_bytes_arrive() {
+    let (address, seen) = scripted_backend(ok_script).await;
+    // Room for one full body; each attacker declares a full one and sends none of it. Before,
+    // the declared length was taken up front, so the victim's 5 bytes queued behind them until
+    // their client_body_ms (a minute here, past the test's deadline).
+    let proxy = proxy_for(
+        address,
+        "[proxy.limits]\nrequest_body_bytes_max = 65536\nbuffered_body_bytes_max = 65536\n[proxy.timeouts]\nclient_body_ms = 60000",
+    )
+    .await;
+    let mut attackers = Vec::new();
+    for _ in 0..3 {
+        attackers.push(
+            hold(
+                proxy.address,
+                b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 65536\r\n\r\n",
+            )
+            .await,
+        );
+    }
+    let answer = raw_exchange(
+        proxy.address,
+        b"POST /victim HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        seen.lock()
+            .expect("log")
+            .iter()
+            .any(|r| r.contains("/victim") && r.ends_with("hello"))
+    );
+    drop(attackers);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_finds_no_room_before_client_body_ms_gets_503() {
+    // The first body is whole and held (its server never answers): the budget is spent, so
+    // the second waits for room at most its client_body_ms, then gets 503, never reaching the
+    // server.
+    let (address, seen) = scripted_backend(|request| {
+        if request.contains("/hang") {
+            (Vec::new(), false)
+        } else {
+            ok_script(request)
+        }
+    })
+    .await;
+    let proxy = proxy_for(
+        address,
+        "retries = 0\n[proxy.limits]\nrequest_body_bytes_max = 1024\nbuffered_body_bytes_max = 1024\n[proxy.timeouts]\nclient_body_ms = 300\nresponse_header_ms = 5000",
+    )
+    .await;
+    let mut first = b"POST /hang HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n".to_vec();
+    first.resize(first.len() + 1000, b'x');
+    let _held = hold(proxy.address, &first).await;
+    wait_for("the first body at the server", || {
+        seen.lock().expect("log").iter().any(|r| r.contains("/hang"))
+    })
+    .await;
+    let answer = raw_exchange(
+        proxy.address,
+        b"POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("buffered_body_bytes_max"), "{answer}");
+    assert!(!seen.lock().expect("log").iter().any(|r| r.contains("/second")));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informational_responses_are_bounded_and_unknown_transfer_codings_refused() {
+    let (address, _) = scripted_backend(|request| {
+        let mut answer = Vec::new();
+        if request.contains("/flood") {
+            for _ in 0..100 {
+                answer.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            answer.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        } else if request.contains("/hints") {
+            for _ in 0..3 {
+                answer.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n");
+            }
+            answer.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        } else if request.contains("/gzip-chunked") {
+            answer.extend_from_slice(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            );
+        } else {
+            answer.extend_from_slice(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ncontent-length: 2\r\n\r\nzz");
+        }
+        (answer, false)
+    })
+    .await;
+    let proxy = proxy_for(address, "retries = 0").await;
+    let answer = raw_exchange(
+        proxy.address,
+        b"GET /hints HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("\r\n\r\nok"),
+        "{answer}"
+    );
+    for path in ["/flood", "/gzip-chunked", "/gzip"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(proxy.address, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 502"), "{path}: {answer}");
+        assert!(!answer.contains("hello") && !answer.contains("zz"), "{path}: {answer}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_its_request_gets_the_whole_response() {
+    // The server sends the head, then the body a moment later: the client closed its sending
+    // side after the request (legal, RFC 9112 §9.6), which is no reason to cut the answer.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (body_now, body_wait) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut buffer = Vec::new();
+        read_head(&mut stream, &mut buffer).await.expect("a request");
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 23\r\n\r\n")
+            .await
+            .expect("head");
+        let _ = body_wait.await;
+        stream.write_all(b"the body, after a while").await.expect("body");
+        let _ = stream.read(&mut [0u8; 16]).await;
+    });
+    let proxy = proxy_for(address, "").await;
+    let mut stream = TcpStream::connect(proxy.address).await.expect("connect");
+    stream
+        .write_all(b"GET /late HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    stream.shutdown().await.expect("half-close");
+    let head = read_some(&mut stream, 1024, "the response head").await;
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    body_now.send(()).expect("the server waits");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await;
+    let whole = [head, rest].concat();
+    assert!(
+        String::from_utf8_lossy(&whole).ends_with("\r\n\r\nthe body, after a while"),
+        "{}",
+        String::from_utf8_lossy(&whole)
+    );
+    proxy.stop().await;
+}

@@ -14,7 +14,8 @@ pub const EXPRESSION_SIZE_MAX_BYTES: usize = 4096;
 /// function calls) in one expression.
 pub const OPERATORS_MAX: usize = 300;
 
-/// Most operands of `IN`, counting the one on its left.
+/// Most values in the list of `IN` (the operand on its left not counted: DynamoDB's "up to 100
+/// values", and the count its error names).
 pub const IN_OPERANDS_MAX: usize = 100;
 
 /// Most elements in a document path, the top-level attribute included: DynamoDB's 32 levels

@@ -335,12 +335,12 @@ impl<'c, 'a> Resolver<'c, 'a> {
             RawCondition::In(value, list) => {
                 let value = self.operand(value);
                 let list: Vec<Operand> = list.iter().map(|operand| self.operand(operand)).collect();
-                if list.len() + 1 > IN_OPERANDS_MAX {
+                if list.len() > IN_OPERANDS_MAX {
                     self.report(
                         Problem::OperandCount,
                         format!(
                             "The IN operator is provided with too many operands; number of operands: {}",
-                            list.len() + 1
+                            list.len()
                         ),
                     );
                 }

@@ -98,6 +98,38 @@ fn hostile_nesting_never_exhausts_the_stack() {
 }
 
 #[test]
+fn in_takes_up_to_100_values_and_names_the_count_past_it() {
+    let values: HashMap<String, AttributeValue> = (0..101)
+        .map(|i| {
+            let value = serde_json::from_str(&format!(r#"{{"N": "{i}"}}"#)).expect("a number");
+            (format!(":a{i}"), value)
+        })
+        .collect();
+    let context = Context::new(None, Some(&values));
+    let list = |n: usize| (0..n).map(|i| format!(":a{i}")).collect::<Vec<_>>().join(", ");
+    let hundred = format!("n IN ({})", list(100));
+    let context_100 = {
+        let subset: HashMap<String, AttributeValue> = values
+            .iter()
+            .filter(|(k, _)| k.as_str() != ":a100")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        subset
+    };
+    let context_100 = Context::new(None, Some(&context_100));
+    assert!(parse_condition(&hundred, &context_100, ExpressionKind::Condition).is_ok());
+    let error =
+        parse_condition(&format!("n IN ({})", list(101)), &context, ExpressionKind::Condition).expect_err("101 values");
+    assert!(
+        error
+            .message
+            .ends_with("The IN operator is provided with too many operands; number of operands: 101"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
 fn arithmetic_overflow_in_an_update_is_a_validation_error() {
     let (names, values) = (names(), values());
     let context = Context::new(Some(&names), Some(&values));

@@ -256,8 +256,11 @@ pub fn validate_item_limits(item: &Item) -> Result<(), ApiError> {
     validate_nesting(item)
 }
 
+/// DynamoDB's 32 levels count the top-level attribute: a value nested 31 maps or lists deep
+/// is the deepest it stores (its leaf is a 32-element document path, the longest an expression
+/// may name), and one nested 32 deep is refused.
 pub fn validate_nesting(item: &Item) -> Result<(), ApiError> {
-    if item.values().any(|v| v.nesting_depth() > NESTING_DEPTH_MAX) {
+    if item.values().any(|v| v.nesting_depth() >= NESTING_DEPTH_MAX) {
         // DynamoDB's words (the limit, 32 levels, is in its documentation, not its message).
         return Err(ApiError::validation(
             "Nesting Levels have exceeded supported limits: Attributes in the item have nested levels beyond supported limit",
@@ -409,9 +412,10 @@ impl Capacity {
                     .collect::<serde_json::Map<String, Value>>()
                     .into()
             };
-            if self.table > 0.0 || (self.global.is_empty() && self.local.is_empty()) {
-                value["Table"] = json!({"CapacityUnits": self.table});
-            }
+            // Always, 0 on a read of an index alone: DynamoDB sends `"Table": {"CapacityUnits":
+            // 0.0}` beside the index's units (as recorded against it by dynalite's suite, and as
+            // DynamoDB Local answers).
+            value["Table"] = json!({"CapacityUnits": self.table});
             if !self.global.is_empty() {
                 value["GlobalSecondaryIndexes"] = units(&self.global);
             }

@@ -361,6 +361,28 @@ fn build_filter(
     }
 }
 
+/// A Query of a secondary index filters on what the index holds: DynamoDB refuses a filter
+/// naming an attribute the index does not project (local indexes too), rather than matching
+/// nothing.
+fn refuse_unprojected_filter(filter: &Condition, meta: &TableMeta, index: &IndexMeta) -> Result<(), ApiError> {
+    let mut missing: Vec<String> = filter
+        .top_attributes()
+        .into_iter()
+        .filter(|name| !index.projects(&meta.key, name))
+        .map(|name| name.to_string())
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::validation(format!(
+        "One or more parameter values were invalid: Secondary index {} does not project one or more filter attributes: [{}]",
+        index.name,
+        missing.join(", ")
+    )))
+}
+
 /// A Query filters on non-key attributes only: the key belongs in the key condition.
 fn refuse_key_in_filter(filter: &Condition, schema: &KeySchema, expression: bool) -> Result<(), ApiError> {
     match filter
@@ -854,6 +876,9 @@ pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError
     let select = parse_select(request.read.select.as_deref(), projection.is_some(), index)?;
     if let Some(filter) = &filter {
         refuse_key_in_filter(filter, schema, request.read.filter_expression.is_some())?;
+        if let Some(index) = index {
+            refuse_unprojected_filter(filter, &meta, index)?;
+        }
     }
     let (prefix, lower, upper) = query_bounds(meta.key_hash, schema, key_condition.conditions)?;
     let start = request.read.start(&meta, index)?;

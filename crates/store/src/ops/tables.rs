@@ -432,10 +432,32 @@ fn plan_update(
     let mut next = base.clone();
     let mut changed = false;
     if request.billing_mode.is_some() || request.provisioned_throughput.is_some() {
+        // Without BillingMode the table keeps its mode: throughput for an on-demand table is
+        // refused (below), as DynamoDB refuses it, never a silent switch to PROVISIONED.
         let pay_per_request = match request.billing_mode.as_deref() {
-            None => next.throughput.is_none() && request.provisioned_throughput.is_none(),
+            None => next.throughput.is_none(),
             mode => catalog::parse_billing_mode(mode)?,
         };
+        // Only the throughput, and what the table has already: DynamoDB refuses the no-op.
+        let only_throughput = request.stream_specification.is_none()
+            && request.global_secondary_index_updates.is_none()
+            && request.table_class.is_none()
+            && request.deletion_protection_enabled.is_none()
+            && request.attribute_definitions.is_none();
+        if let (false, Some(asked), Some(current), true) = (
+            pay_per_request,
+            request.provisioned_throughput,
+            next.throughput,
+            only_throughput,
+        ) && asked.read_capacity_units == current.read as i64
+            && asked.write_capacity_units == current.write as i64
+        {
+            return Err(ApiError::validation(format!(
+                "The provisioned throughput for the table will not change. The requested value equals the current value. Current ReadCapacityUnits provisioned for the table: {r}. Requested ReadCapacityUnits: {r}. Current WriteCapacityUnits provisioned for the table: {w}. Requested WriteCapacityUnits: {w}. Refer to the Amazon DynamoDB Developer Guide for current limits and how to request higher limits.",
+                r = current.read,
+                w = current.write
+            )));
+        }
         next.throughput = match (pay_per_request, request.provisioned_throughput) {
             (true, None) => None,
             (true, Some(_)) => {
