@@ -205,7 +205,20 @@ def test_batch_and_transaction_size_limits(store):
     with pytest.raises(ClientError) as excinfo:
         client.batch_get_item(RequestItems={TABLE: {"Keys": [{"pk": {"S": f"k{i}"}} for i in range(101)]}})
     code, message, _ = error_of(excinfo)
-    assert code == "ValidationException" and "100" in message
+    assert code == "ValidationException" and message.endswith(
+        f"at 'requestItems.{TABLE}.member.keys' failed to satisfy constraint: "
+        "Member must have length less than or equal to 100"), message
+    # Each table within its limit, not all together: DynamoDB's sentence.
+    other = create_table(client, "errors-batch-other")
+    with pytest.raises(ClientError) as excinfo:
+        client.batch_get_item(RequestItems={TABLE: {"Keys": [{"pk": {"S": f"k{i}"}} for i in range(100)]},
+                                            other: {"Keys": [{"pk": {"S": "x"}}]}})
+    assert error_of(excinfo)[:2] == ("ValidationException", "Too many items requested for the BatchGetItem call")
+    with pytest.raises(ClientError) as excinfo:
+        client.batch_write_item(RequestItems={
+            TABLE: [{"PutRequest": {"Item": {"pk": {"S": f"k{i}"}}}} for i in range(20)],
+            other: [{"PutRequest": {"Item": {"pk": {"S": f"k{i}"}}}} for i in range(6)]})
+    assert error_of(excinfo)[:2] == ("ValidationException", "Too many items requested for the BatchWriteItem call")
     with pytest.raises(ClientError) as excinfo:
         client.transact_write_items(TransactItems=[{"Put": {"TableName": TABLE, "Item": {"pk": {"S": f"t{i}"}}}}
                                                    for i in range(101)])
@@ -679,3 +692,50 @@ def test_an_index_query_refuses_a_filter_on_attributes_the_index_does_not_projec
     matched = client.query(TableName=name, IndexName="by-g", KeyConditionExpression="g = :k",
                            FilterExpression="y > :n", ExpressionAttributeValues={":k": {"S": "x"}, ":n": {"N": "2"}})
     assert matched["Count"] == 2 and matched["ScannedCount"] == 5
+
+
+@pytest.mark.parametrize("value, problem", [
+    ({"SS": []}, "One or more parameter values were invalid: An string set  may not be empty"),
+    ({"SS": ["a", "a"]}, "One or more parameter values were invalid: Input collection [a, a] contains duplicates."),
+    ({"N": "abc"}, "The parameter cannot be converted to a numeric value: abc"),
+    ({"N": ""}, "The parameter cannot be converted to a numeric value"),
+    ({"NULL": False}, "One or more parameter values were invalid: Null attribute value types must have the value of true"),
+])
+def test_a_bad_expression_attribute_value_is_named_with_its_placeholder(store, value, problem):
+    kind, message = raw_error(store, "UpdateItem", {
+        "TableName": TABLE, "Key": {"pk": {"S": "survivor"}}, "UpdateExpression": "SET v2 = :b",
+        "ExpressionAttributeValues": {":b": value}})
+    assert (kind, message) == ("ValidationException",
+                               f"ExpressionAttributeValues contains invalid value: {problem} for key :b"), message
+    # In an item, the same number is named without the wrapper.
+    if value == {"N": "abc"}:
+        kind, message = raw_error(store, "PutItem", {"TableName": TABLE, "Item": {"pk": {"S": "n"}, "v": value}})
+        assert (kind, message) == ("ValidationException", problem), message
+
+
+def test_expression_names_and_values_need_an_expression_to_use_them(store):
+    """DynamoDB refuses the maps in a request without an expression for them, naming which
+    expressions it lacks, before it looks at the maps (dynalite's suite recorded these against
+    DynamoDB)."""
+    key = {"pk": {"S": "survivor"}}
+    names_only = "ExpressionAttributeNames can only be specified when using expressions"
+    for operation, body, message in [
+        ("GetItem", {"Key": key, "ExpressionAttributeNames": {"#a": "a"}}, names_only),
+        ("PutItem", {"Item": key, "ExpressionAttributeNames": {}}, names_only),
+        ("DeleteItem", {"Key": key, "ExpressionAttributeValues": {":a": {"S": "x"}}},
+         "ExpressionAttributeValues can only be specified when using expressions: ConditionExpression is null"),
+        ("UpdateItem", {"Key": key, "ExpressionAttributeValues": {}},
+         "ExpressionAttributeValues can only be specified when using expressions: "
+         "UpdateExpression and ConditionExpression are null"),
+        ("Query", {"KeyConditions": {"pk": {"AttributeValueList": [{"S": "x"}], "ComparisonOperator": "EQ"}},
+                   "ExpressionAttributeValues": {":a": {"S": "x"}}},
+         "ExpressionAttributeValues can only be specified when using expressions: "
+         "FilterExpression and KeyConditionExpression are null"),
+        ("Scan", {"ExpressionAttributeValues": {":a": {"S": "x"}}, "ProjectionExpression": "pk"},
+         "ExpressionAttributeValues can only be specified when using expressions: FilterExpression is null"),
+    ]:
+        kind, got = raw_error(store, operation, {"TableName": TABLE, **body})
+        assert (kind, got) == ("ValidationException", message), (operation, got)
+    # Names with only a projection are fine.
+    assert store.client().get_item(TableName=TABLE, Key=key, ProjectionExpression="#v",
+                                   ExpressionAttributeNames={"#v": "v"})["Item"] == {"v": {"N": "1"}}

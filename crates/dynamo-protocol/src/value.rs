@@ -263,8 +263,58 @@ fn validation<E: de::Error>(message: &str) -> E {
     E::custom(format!("{VALIDATION_MARKER}{message}"))
 }
 
+/// Longest piece of a refused number quoted back in the error.
+const NUMBER_QUOTED_CHARS_MAX: usize = 128;
+
 fn parse_number<E: de::Error>(text: &str) -> Result<Number, E> {
-    Number::parse(text).map_err(|e| validation(&e.to_string()))
+    Number::parse(text).map_err(|e| match e {
+        // DynamoDB quotes what it could not read (not an empty string), bounded here.
+        crate::number::NumberError::NotANumber if !text.is_empty() => {
+            let quoted: String = text.chars().take(NUMBER_QUOTED_CHARS_MAX).collect();
+            validation(&format!("{e}: {quoted}"))
+        }
+        _ => validation(&e.to_string()),
+    })
+}
+
+/// `ExpressionAttributeValues` as a request carries them: a value DynamoDB refuses is named
+/// with its placeholder, in DynamoDB's words (`ExpressionAttributeValues contains invalid value:
+/// PROBLEM for key :v`). Use with `#[serde(default, deserialize_with = ...)]`.
+pub fn expression_attribute_values<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::collections::HashMap<String, AttributeValue>>, D::Error> {
+    struct Values(std::collections::HashMap<String, AttributeValue>);
+    struct ValuesVisitor;
+    impl<'de> Visitor<'de> for ValuesVisitor {
+        type Value = Values;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of placeholders to attribute values")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Values, A::Error> {
+            let mut values = std::collections::HashMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let value = map.next_value::<AttributeValue>().map_err(|error| {
+                    let text = error.to_string();
+                    if text.starts_with(VALIDATION_MARKER) {
+                        validation(&format!(
+                            "ExpressionAttributeValues contains invalid value: {} for key {key}",
+                            strip_marker(&text)
+                        ))
+                    } else {
+                        error
+                    }
+                })?;
+                values.insert(key, value);
+            }
+            Ok(Values(values))
+        }
+    }
+    impl<'de> Deserialize<'de> for Values {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_map(ValuesVisitor)
+        }
+    }
+    Ok(Option::<Values>::deserialize(deserializer)?.map(|values| values.0))
 }
 
 fn decode_base64<E: de::Error>(text: &str) -> Result<Vec<u8>, E> {

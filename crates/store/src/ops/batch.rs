@@ -85,10 +85,22 @@ pub struct BatchGetRequest {
 
 pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiError> {
     let total: usize = request.request_items.values().map(|r| r.keys.len()).sum();
-    if total > BATCH_GET_KEYS_MAX {
+    // One table's keys past the limit break the API model's constraint on that list; several
+    // tables' lists that are each within it, but not together, get DynamoDB's sentence.
+    if let Some((name, _)) = request
+        .request_items
+        .iter()
+        .find(|(_, r)| r.keys.len() > BATCH_GET_KEYS_MAX)
+    {
         return Err(ApiError::validation(format!(
-            "Too many items requested for the BatchGetItem call: {total} keys; at most {BATCH_GET_KEYS_MAX}"
+            "1 validation error detected: Value '[...]' at 'requestItems.{name}.member.keys' failed to satisfy constraint: Member must have length less than or equal to {BATCH_GET_KEYS_MAX}"
         )));
+    }
+    if total > BATCH_GET_KEYS_MAX {
+        // DynamoDB's sentence, as it is (the limit is BATCH_GET_KEYS_MAX keys in all tables).
+        return Err(ApiError::validation(
+            "Too many items requested for the BatchGetItem call",
+        ));
     }
     if request.request_items.is_empty() || request.request_items.values().any(|r| r.keys.is_empty()) {
         return Err(ApiError::validation(
@@ -218,6 +230,13 @@ enum Mutation {
 
 pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Value, ApiError> {
     let total: usize = request.request_items.values().map(Vec::len).sum();
+    // One table's list past the limit breaks the API model's constraint on the map's values;
+    // several tables' lists that are each within it, but not together, get DynamoDB's sentence.
+    if total > BATCH_WRITE_ITEMS_MAX && request.request_items.values().all(|r| r.len() <= BATCH_WRITE_ITEMS_MAX) {
+        return Err(ApiError::validation(
+            "Too many items requested for the BatchWriteItem call",
+        ));
+    }
     if total > BATCH_WRITE_ITEMS_MAX {
         return Err(ApiError::validation(format!(
             "1 validation error detected: Value '{{...}}' at 'requestItems' failed to satisfy constraint: Map value must satisfy constraint: [Member must have length less than or equal to {BATCH_WRITE_ITEMS_MAX}, Member must have length greater than or equal to 1]"
@@ -310,6 +329,7 @@ pub struct TransactOperation {
     condition_expression: Option<String>,
     update_expression: Option<String>,
     expression_attribute_names: Option<HashMap<String, String>>,
+    #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_values")]
     expression_attribute_values: Option<HashMap<String, AttributeValue>>,
     return_values_on_condition_check_failure: Option<String>,
 }

@@ -174,6 +174,7 @@ pub struct ConditionalWrite {
     expected: Option<HashMap<String, ExpectedAttributeValue>>,
     conditional_operator: Option<String>,
     expression_attribute_names: Option<HashMap<String, String>>,
+    #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_values")]
     expression_attribute_values: Option<HashMap<String, AttributeValue>>,
     return_values: Option<String>,
     return_consumed_capacity: Option<String>,
@@ -211,6 +212,8 @@ impl ConditionalWrite {
     /// must be used by it.
     fn condition_alone(&mut self) -> Result<Option<Condition>, ApiError> {
         let inputs = self.inputs();
+        let given = [("ConditionExpression", self.condition_expression.is_some())];
+        super::refuse_inputs_without_expressions(&inputs, &given, &given)?;
         let context = inputs.context();
         let condition = self.condition(&context)?;
         context.check_all_used()?;
@@ -267,6 +270,11 @@ pub fn get_item(store: &Store, request: GetItemRequest) -> Result<Value, ApiErro
         names: request.expression_attribute_names,
         values: None,
     };
+    super::refuse_inputs_without_expressions(
+        &inputs,
+        &[("ProjectionExpression", request.projection_expression.is_some())],
+        &[],
+    )?;
     let projection = {
         let context = inputs.context();
         let projection = build_projection(
@@ -463,6 +471,11 @@ pub async fn update_item(store: &Store, mut request: UpdateItemRequest) -> Resul
         ],
     )?;
     let inputs = write.inputs();
+    let given = [
+        ("UpdateExpression", request.update_expression.is_some()),
+        ("ConditionExpression", write.condition_expression.is_some()),
+    ];
+    super::refuse_inputs_without_expressions(&inputs, &given, &given)?;
     let (condition, update) = {
         let context = inputs.context();
         let update = build_update(

@@ -282,6 +282,34 @@ impl ExpressionInputs {
     }
 }
 
+/// DynamoDB refuses expression names and values in a request that gives no expression to use
+/// them, before it looks at the maps themselves: names need one of `expressions` given, values
+/// one of `value_expressions`, which its message then lists as null (`ExpressionAttributeValues
+/// can only be specified when using expressions: UpdateExpression and ConditionExpression are
+/// null`).
+pub fn refuse_inputs_without_expressions(
+    inputs: &ExpressionInputs,
+    expressions: &[(&str, bool)],
+    value_expressions: &[(&str, bool)],
+) -> Result<(), ApiError> {
+    if inputs.names.is_some() && !expressions.iter().any(|(_, given)| *given) {
+        return Err(ApiError::validation(
+            "ExpressionAttributeNames can only be specified when using expressions",
+        ));
+    }
+    if inputs.values.is_some() && !value_expressions.iter().any(|(_, given)| *given) {
+        let names: Vec<&str> = value_expressions.iter().map(|(name, _)| *name).collect();
+        let listed = match names.as_slice() {
+            [one] => format!("{one} is null"),
+            many => format!("{} are null", many.join(" and ")),
+        };
+        return Err(ApiError::validation(format!(
+            "ExpressionAttributeValues can only be specified when using expressions: {listed}"
+        )));
+    }
+    Ok(())
+}
+
 /// DynamoDB refuses a request that mixes expression and legacy parameters.
 pub fn refuse_mixed(expression_params: &[(&str, bool)], legacy_params: &[(&str, bool)]) -> Result<(), ApiError> {
     let expressions: Vec<&str> = expression_params

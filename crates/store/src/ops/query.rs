@@ -423,6 +423,7 @@ pub struct Read {
     projection_expression: Option<String>,
     attributes_to_get: Option<Vec<String>>,
     expression_attribute_names: Option<HashMap<String, String>>,
+    #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_values")]
     expression_attribute_values: Option<HashMap<String, AttributeValue>>,
     select: Option<String>,
     limit: Option<i64>,
@@ -466,7 +467,7 @@ impl Read {
     /// and values must all be used.
     fn parse<T>(
         &mut self,
-        legacy_filter: Option<&HashMap<String, LegacyCondition>>,
+        (legacy_filter, key_condition): (Option<&HashMap<String, LegacyCondition>>, Option<bool>),
         legacy_name: &str,
         first: impl FnOnce(&expr::Context<'_>) -> Result<T, ApiError>,
     ) -> Result<(T, Option<Condition>, Option<Vec<Path>>), ApiError> {
@@ -474,6 +475,12 @@ impl Read {
             names: self.expression_attribute_names.take(),
             values: self.expression_attribute_values.take(),
         };
+        // Values go with a filter or a key condition (Query); names with a projection too.
+        let mut value_expressions = vec![("FilterExpression", self.filter_expression.is_some())];
+        value_expressions.extend(key_condition.map(|given| ("KeyConditionExpression", given)));
+        let mut expressions = value_expressions.clone();
+        expressions.push(("ProjectionExpression", self.projection_expression.is_some()));
+        super::refuse_inputs_without_expressions(&inputs, &expressions, &value_expressions)?;
         let context = inputs.context();
         let first = first(&context)?;
         let filter = build_filter(
@@ -863,7 +870,10 @@ pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError
         schema.attributes().count()
     };
     let (key_condition, filter, projection) = request.read.parse(
-        request.query_filter.as_ref(),
+        (
+            request.query_filter.as_ref(),
+            Some(request.key_condition_expression.is_some()),
+        ),
         "QueryFilter",
         |context| match (&request.key_condition_expression, &request.key_conditions) {
             (Some(text), _) => expr::parse_key_condition(text, context, conditions_max),
@@ -970,9 +980,10 @@ pub fn scan(store: &Store, mut request: ScanRequest) -> Result<Value, ApiError> 
     request
         .read
         .refuse_mixed(None, ("ScanFilter", request.scan_filter.is_some()))?;
-    let ((), filter, projection) = request
-        .read
-        .parse(request.scan_filter.as_ref(), "ScanFilter", |_| Ok(()))?;
+    let ((), filter, projection) =
+        request
+            .read
+            .parse((request.scan_filter.as_ref(), None), "ScanFilter", |_| Ok(()))?;
     let select = parse_select(request.read.select.as_deref(), projection.is_some(), index)?;
     let start = request.read.start(&meta, index)?;
     if let Some(start) = &start
