@@ -1122,7 +1122,10 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                         crate::databases::guard_status_address(options.base_port, i),
                     ],
                 );
-                spec.ready_flag = None;
+                bound.push((
+                    format!("guard {region} /health"),
+                    crate::databases::guard_status_address(options.base_port, i),
+                ));
                 spec.netns = hosts.namespace(i);
                 spec.env.extend(trust.iter().cloned());
                 components.push(spec);

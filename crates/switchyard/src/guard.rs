@@ -28,6 +28,10 @@ pub(crate) struct GuardArgs {
     /// and neither changes anything: bind it to loopback or a management network.
     #[arg(long, env = "SWITCHYARD_GUARD_LISTEN")]
     listen: Option<std::net::SocketAddr>,
+    /// Once it guards (and serves --listen), write the /health and /metrics address there
+    /// (`IP:PORT`, an empty line without --listen): what a supervisor waits for.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
     #[command(flatten)]
     client: crate::controller::ControllerClientArgs,
 }
@@ -116,11 +120,13 @@ pub(crate) async fn run(args: GuardArgs) -> anyhow::Result<()> {
             .and_then(|g| g.isolation_fence_ms.as_ref())
             .map(|ms| *ms.get_ref()),
     ));
+    let mut serving = String::new();
     if let Some(listen) = args.listen {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| {
             anyhow::anyhow!("--listen {listen}: cannot listen there ({error}); is the port in use? pick another")
         })?;
         let bound = listener.local_addr()?;
+        serving = bound.to_string();
         tracing::info!(%bound, "serving /health and /metrics");
         let serving = controller::guard::status::serve(listener, std::sync::Arc::clone(&status));
         tokio::spawn(async move {
@@ -145,6 +151,10 @@ pub(crate) async fn run(args: GuardArgs) -> anyhow::Result<()> {
         controller_members,
         status,
     };
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, format!("{serving}\n"))
+            .map_err(|error| anyhow::anyhow!("write the ready file {}: {error}", path.display()))?;
+    }
     controller::guard::run(options, crate::shutdown_signal()).await;
     Ok(())
 }
