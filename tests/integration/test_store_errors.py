@@ -8,7 +8,7 @@ import json
 import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 
-from test_store_harness import create_table, error_of, started_store
+from test_store_harness import REGION, create_table, error_of, started_store
 
 pytestmark = [pytest.mark.process]
 
@@ -736,6 +736,60 @@ def test_expression_names_and_values_need_an_expression_to_use_them(store):
     ]:
         kind, got = raw_error(store, operation, {"TableName": TABLE, **body})
         assert (kind, got) == ("ValidationException", message), (operation, got)
+    # Inside transactions and batches too.
+    for operation, body, message in [
+        ("TransactWriteItems", {"TransactItems": [{"Delete": {"TableName": TABLE, "Key": key,
+                                                              "ExpressionAttributeValues": {":v": {"S": "x"}}}}]},
+         "ExpressionAttributeValues can only be specified when using expressions: ConditionExpression is null"),
+        ("TransactWriteItems", {"TransactItems": [{"Put": {"TableName": TABLE, "Item": key,
+                                                           "ExpressionAttributeNames": {"#a": "a"}}}]}, names_only),
+        ("TransactGetItems", {"TransactItems": [{"Get": {"TableName": TABLE, "Key": key,
+                                                         "ExpressionAttributeNames": {"#a": "a"}}}]}, names_only),
+        ("BatchGetItem", {"RequestItems": {TABLE: {"Keys": [key], "ExpressionAttributeNames": {"#a": "a"}}}},
+         names_only),
+    ]:
+        kind, got = raw_error(store, operation, body)
+        assert (kind, got) == ("ValidationException", message), (operation, got)
     # Names with only a projection are fine.
     assert store.client().get_item(TableName=TABLE, Key=key, ProjectionExpression="#v",
                                    ExpressionAttributeNames={"#v": "v"})["Item"] == {"v": {"N": "1"}}
+
+
+def test_tagging_names_its_problems_as_dynamodb_does(store):
+    client = store.client()
+    arn = client.describe_table(TableName=TABLE)["Table"]["TableArn"]
+    missing = arn.replace(f"table/{TABLE}", "table/no-such-table")
+    for operation, body, code, message in [
+        # Nothing to do is refused before the table is looked for.
+        ("TagResource", {"ResourceArn": missing, "Tags": []}, "ValidationException",
+         "Atleast one Tag needs to be provided as Input."),
+        ("UntagResource", {"ResourceArn": arn, "TagKeys": []}, "ValidationException",
+         "Atleast one Tag Key needs to be provided as Input."),
+        ("ListTagsOfResource", {"ResourceArn": arn.replace(f"table/{TABLE}", "table/ab")}, "ValidationException",
+         "Invalid TableArn: Invalid ResourceArn provided as input"),
+        ("ListTagsOfResource", {"ResourceArn": arn.replace(":dynamodb:", ":sqs:")}, "ValidationException",
+         "Invalid TableArn: Invalid ResourceArn provided as input"),
+        # Another region's table is not this endpoint's.
+        ("TagResource", {"ResourceArn": arn.replace(f":{REGION}:", ":ap-south-1:"),
+                         "Tags": [{"Key": "k", "Value": "v"}]}, "ResourceNotFoundException",
+         "Requested resource not found"),
+    ]:
+        status, response = store.raw(operation, body)
+        assert status == 400 and response["__type"].endswith(code), (operation, response)
+        assert response["message"].startswith(message), (operation, response)
+    assert client.list_tags_of_resource(ResourceArn=arn)["Tags"] == []
+
+
+def test_list_tables_checks_its_members_as_the_api_model_does(store):
+    for body, message in [
+        ({"ExclusiveStartTableName": "a;", "Limit": 500},
+         "3 validation errors detected: Value 'a;' at 'exclusiveStartTableName' failed to satisfy constraint: Member "
+         "must have length greater than or equal to 3; Value 'a;' at 'exclusiveStartTableName' failed to satisfy "
+         "constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+; Value '500' at 'limit' failed "
+         "to satisfy constraint: Member must have value less than or equal to 100"),
+        ({"Limit": 0}, "1 validation error detected: Value '0' at 'limit' failed to satisfy constraint: Member must "
+                       "have value greater than or equal to 1"),
+        ({"ExclusiveStartTableName": "a" * 256}, "1 validation error detected: Value '" + "a" * 256 +
+         "' at 'exclusiveStartTableName' failed to satisfy constraint: Member must have length less than or equal to 255"),
+    ]:
+        assert raw_error(store, "ListTables", body) == ("ValidationException", message), body

@@ -478,6 +478,11 @@ pub struct CreateTableRequest {
 }
 
 pub fn validate_table_name(name: &str, field: &str) -> Result<(), ApiError> {
+    constraint_errors(table_name_problems(name, field))
+}
+
+/// What the API model's constraints on a table name say of `name` at `field`, one sentence each.
+pub fn table_name_problems(name: &str, field: &str) -> Vec<String> {
     let mut problems = Vec::new();
     if name.len() < TABLE_NAME_LENGTH_MIN {
         problems.push(format!(
@@ -497,7 +502,7 @@ pub fn validate_table_name(name: &str, field: &str) -> Result<(), ApiError> {
             "Value '{name}' at '{field}' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+"
         ));
     }
-    constraint_errors(problems)
+    problems
 }
 
 /// DynamoDB's "N validation errors detected: a; b" format.

@@ -120,6 +120,11 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
             names: entry.expression_attribute_names.clone(),
             values: None,
         };
+        super::refuse_inputs_without_expressions(
+            &inputs,
+            &[("ProjectionExpression", entry.projection_expression.is_some())],
+            &[],
+        )?;
         let context = inputs.context();
         let projection = build_projection(
             &context,
@@ -369,6 +374,13 @@ fn plan_step(store: &Store, item: TransactWriteItem) -> Result<TxStep, ApiError>
         names: operation.expression_attribute_names,
         values: operation.expression_attribute_values,
     };
+    // As the single-item operations answer it (an Update's own expression counts).
+    let mut given = vec![];
+    if kind == "Update" {
+        given.push(("UpdateExpression", operation.update_expression.is_some()));
+    }
+    given.push(("ConditionExpression", operation.condition_expression.is_some()));
+    super::refuse_inputs_without_expressions(&inputs, &given, &given)?;
     let context = inputs.context();
     let condition = build_condition(&context, operation.condition_expression.as_deref(), None, None)?;
     let missing = |field: &str| {
@@ -564,6 +576,11 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
             names: get.expression_attribute_names.clone(),
             values: None,
         };
+        super::refuse_inputs_without_expressions(
+            &inputs,
+            &[("ProjectionExpression", get.projection_expression.is_some())],
+            &[],
+        )?;
         let context = inputs.context();
         let projection = build_projection(&context, get.projection_expression.as_deref(), None)?;
         context.check_all_used()?;

@@ -305,20 +305,30 @@ pub struct ListTablesRequest {
 }
 
 pub fn list_tables(store: &Store, request: ListTablesRequest) -> Result<Value, ApiError> {
+    // Every constraint the API model puts on the two members, reported together as DynamoDB
+    // reports them.
+    let mut problems = request
+        .exclusive_start_table_name
+        .as_deref()
+        .map(|name| catalog::table_name_problems(name, "exclusiveStartTableName"))
+        .unwrap_or_default();
     let limit = match request.limit {
         None => LIST_TABLES_LIMIT_MAX,
         Some(limit) if (1..=LIST_TABLES_LIMIT_MAX as i64).contains(&limit) => limit as usize,
         Some(limit) => {
-            return Err(ApiError::validation(format!(
-                "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value {} {LIST_TABLES_LIMIT_MAX}",
-                if limit < 1 {
-                    "greater than or equal to 1, less than or equal to"
-                } else {
-                    "less than or equal to"
-                }
-            )));
+            problems.push(if limit < 1 {
+                format!(
+                    "Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value greater than or equal to 1"
+                )
+            } else {
+                format!(
+                    "Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value less than or equal to {LIST_TABLES_LIMIT_MAX}"
+                )
+            });
+            LIST_TABLES_LIMIT_MAX
         }
     };
+    catalog::constraint_errors(problems)?;
     let names: Vec<String> = store
         .engine()
         .table_names()
@@ -609,18 +619,39 @@ pub fn describe_limits() -> Value {
            "TableMaxReadCapacityUnits": 40000, "TableMaxWriteCapacityUnits": 40000})
 }
 
+/// The table a tagging request's `ResourceArn` names: `arn:PARTITION:dynamodb:REGION:ACCOUNT:
+/// table/NAME` with a valid name, else DynamoDB's "Invalid ResourceArn"; a table of another
+/// region is not found here (this endpoint serves its own region's tables only).
 fn table_from_arn(store: &Store, arn: &str) -> Result<std::sync::Arc<TableMeta>, ApiError> {
     if !arn.starts_with("arn:") {
         return Err(ApiError::validation(format!(
             "Invalid TableArn: ARNs must start with 'arn:': {arn}"
         )));
     }
-    let name = arn.rsplit_once(":table/").map(|(_, name)| name).filter(|name| !name.contains('/')).ok_or_else(|| {
-        ApiError::validation(format!("Invalid TableArn: Invalid ResourceArn provided as input {arn}: expected arn:aws:dynamodb:REGION:ACCOUNT:table/NAME"))
-    })?;
-    store.engine().table(name).ok_or_else(|| {
-        ApiError::resource_not_found(format!("Requested resource not found: ResourcArn: {arn} not found"))
-    })
+    let invalid = || {
+        ApiError::validation(format!(
+            "Invalid TableArn: Invalid ResourceArn provided as input {arn}: expected arn:aws:dynamodb:REGION:ACCOUNT:table/NAME"
+        ))
+    };
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [_, partition, service, region, account, resource] = parts[..] else {
+        return Err(invalid());
+    };
+    let name = resource.strip_prefix("table/").ok_or_else(invalid)?;
+    if partition.is_empty()
+        || service != "dynamodb"
+        || region.is_empty()
+        || account.is_empty()
+        || !catalog::table_name_problems(name, "tableName").is_empty()
+    {
+        return Err(invalid());
+    }
+    let not_found =
+        || ApiError::resource_not_found(format!("Requested resource not found: ResourcArn: {arn} not found"));
+    if region != store.engine().region() {
+        return Err(not_found());
+    }
+    store.engine().table(name).ok_or_else(not_found)
 }
 
 /// Applies `change` to the table's definition as committed when the change runs (not as read
@@ -660,13 +691,20 @@ enum TagChange {
 }
 
 async fn change_tags(store: &Store, arn: &str, change: TagChange) -> Result<Value, ApiError> {
-    let meta = table_from_arn(store, arn)?;
-    if let TagChange::Add(tags) = &change {
-        if tags.is_empty() {
+    // Nothing to add or remove is refused before the table is looked for, in DynamoDB's words.
+    match &change {
+        TagChange::Add(tags) if tags.is_empty() => {
+            return Err(ApiError::validation("Atleast one Tag needs to be provided as Input."));
+        }
+        TagChange::Remove(keys) if keys.is_empty() => {
             return Err(ApiError::validation(
-                "1 validation error detected: Value '[]' at 'tags' failed to satisfy constraint: Member must have length greater than or equal to 1",
+                "Atleast one Tag Key needs to be provided as Input.",
             ));
         }
+        _ => {}
+    }
+    let meta = table_from_arn(store, arn)?;
+    if let TagChange::Add(tags) = &change {
         for tag in tags {
             catalog::validate_tag(&tag.key, &tag.value)?;
         }
