@@ -793,3 +793,23 @@ def test_list_tables_checks_its_members_as_the_api_model_does(store):
          "' at 'exclusiveStartTableName' failed to satisfy constraint: Member must have length less than or equal to 255"),
     ]:
         assert raw_error(store, "ListTables", body) == ("ValidationException", message), body
+
+
+def test_a_missing_member_is_named_by_its_whole_path(store):
+    """As DynamoDB's generated messages name it: camel case, a list element by its 1-based index
+    and `member`, a RequestItems table by its name and `member` (dynalite's suite recorded these
+    against DynamoDB)."""
+    for operation, body, path in [
+        ("CreateTable", {"TableName": "errors-path", "BillingMode": "PAY_PER_REQUEST",
+                         "KeySchema": [{"AttributeName": "pk"}],
+                         "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}]},
+         "keySchema.1.member.keyType"),
+        ("UpdateTimeToLive", {"TableName": TABLE, "TimeToLiveSpecification": {"AttributeName": "ttl"}},
+         "timeToLiveSpecification.enabled"),
+        ("BatchGetItem", {"RequestItems": {TABLE: {"ConsistentRead": True}}}, f"requestItems.{TABLE}.member.keys"),
+        ("TransactWriteItems", {"TransactItems": [{"Delete": {"TableName": TABLE, "Key": {"pk": {"S": "x"}}}},
+                                                  {"Put": {"TableName": TABLE}}]}, "transactItems.2.member.put.item"),
+    ]:
+        kind, message = raw_error(store, operation, body)
+        assert (kind, message) == ("ValidationException", f"1 validation error detected: Value null at '{path}' "
+                                   "failed to satisfy constraint: Member must not be null"), (operation, message)

@@ -356,7 +356,8 @@ pub struct TransactWriteRequest {
     return_consumed_capacity: Option<String>,
 }
 
-fn plan_step(store: &Store, item: TransactWriteItem) -> Result<TxStep, ApiError> {
+/// `position`: the element's place in TransactItems (from 0), for the messages.
+fn plan_step(store: &Store, position: usize, item: TransactWriteItem) -> Result<TxStep, ApiError> {
     let (kind, operation) = match (item.condition_check, item.put, item.delete, item.update) {
         (Some(o), None, None, None) => ("ConditionCheck", o),
         (None, Some(o), None, None) => ("Put", o),
@@ -385,7 +386,9 @@ fn plan_step(store: &Store, item: TransactWriteItem) -> Result<TxStep, ApiError>
     let condition = build_condition(&context, operation.condition_expression.as_deref(), None, None)?;
     let missing = |field: &str| {
         ApiError::validation(format!(
-            "1 validation error detected: Value null at 'transactItems.member.{kind}.{field}' failed to satisfy constraint: Member must not be null"
+            "1 validation error detected: Value null at 'transactItems.{}.member.{}.{field}' failed to satisfy constraint: Member must not be null",
+            position + 1,
+            super::lower_first(kind)
         ))
     };
     let (key, action) = match kind {
@@ -516,7 +519,7 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
             Some(message) => {
                 invalid_put.get_or_insert((position, message));
             }
-            None => steps.push(plan_step(store, item)?),
+            None => steps.push(plan_step(store, position, item)?),
         }
     }
     if let Some((position, message)) = invalid_put {

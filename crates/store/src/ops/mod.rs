@@ -209,7 +209,7 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
                 .unwrap_or_default();
             ApiError::validation(format!(
                 "1 validation error detected: Value null at '{}' failed to satisfy constraint: Member must not be null",
-                member_path(field)
+                missing_member_path::<T>(body, field)
             ))
         } else {
             ApiError::serialization(strip_marker(&message).to_string())
@@ -217,16 +217,42 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// Where DynamoDB says a missing member is: its camel-case name, under the structure that holds
-/// it where serde's error names only the field (the capacity units of a ProvisionedThroughput).
-fn member_path(field: &str) -> String {
-    match field {
-        "ReadCapacityUnits" | "WriteCapacityUnits" => format!("provisionedThroughput.{}", lower_first(field)),
-        _ => lower_first(field),
+/// Where DynamoDB says a missing member `field` is, as its generated messages name members:
+/// each structure's member in camel case, a list element as its 1-based index then `member`,
+/// a map entry (RequestItems' tables) as its key then `member` — `keySchema.1.member.keyType`,
+/// `transactItems.1.member.put.item`, `requestItems.orders.member.keys`. Only a failed decode
+/// pays for it: the body is decoded again, recording the path.
+fn missing_member_path<T: DeserializeOwned>(body: &[u8], field: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    if let Err(error) = serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+        let mut map_keys_follow = false;
+        for segment in error.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => {
+                    parts.push(index.saturating_add(1).to_string());
+                    parts.push("member".to_string());
+                }
+                serde_path_to_error::Segment::Map { key } if map_keys_follow => {
+                    parts.push(key.clone());
+                    parts.push("member".to_string());
+                    map_keys_follow = false;
+                }
+                serde_path_to_error::Segment::Map { key } => {
+                    // The maps whose keys are names (tables), not members.
+                    map_keys_follow = key == "RequestItems";
+                    parts.push(lower_first(key));
+                }
+                serde_path_to_error::Segment::Enum { variant } => parts.push(lower_first(variant)),
+                serde_path_to_error::Segment::Unknown => {}
+            }
+        }
     }
+    parts.push(lower_first(field));
+    parts.join(".")
 }
 
-fn lower_first(text: &str) -> String {
+pub(crate) fn lower_first(text: &str) -> String {
     let mut chars = text.chars();
     match chars.next() {
         Some(first) => first.to_lowercase().chain(chars).collect(),
