@@ -124,7 +124,7 @@ pub fn handle_packet(
             (!response.messages.is_empty()).then_some(response)
         }
         Decoded::Malformed { header, question, edns } => {
-            let mut response = reply_to(&header, question.as_ref(), edns.is_some());
+            let mut response = reply_to(&header, question.as_ref(), edns.as_ref());
             response.set_response_code(ResponseCode::FormErr);
             let qtype = question.as_ref().map(Query::query_type);
             Some(finish(
@@ -248,7 +248,7 @@ fn read_sections(decoder: &mut BinDecoder<'_>, header: &Header) -> Result<Sectio
 
 /// The start of every response to `header`'s query: id, opcode, RD and CD copied, the question
 /// echoed, and our OPT record when the query had one (RFC 6891 §6.1.1).
-fn reply_to(header: &Header, question: Option<&Query>, edns: bool) -> Message {
+fn reply_to(header: &Header, question: Option<&Query>, edns: Option<&Edns>) -> Message {
     let mut response = Message::new();
     response
         .set_id(header.id())
@@ -259,9 +259,12 @@ fn reply_to(header: &Header, question: Option<&Query>, edns: bool) -> Message {
     if let Some(question) = question {
         response.add_query(question.clone());
     }
-    if edns {
+    if let Some(theirs) = edns {
         let mut ours = Edns::new();
-        ours.set_max_payload(UDP_PAYLOAD_BYTES_MAX).set_version(0);
+        // The DO bit is copied (RFC 3225 §3), though no answer is signed.
+        ours.set_max_payload(UDP_PAYLOAD_BYTES_MAX)
+            .set_version(0)
+            .set_dnssec_ok(theirs.flags().dnssec_ok);
         response.set_edns(ours);
     }
     response
@@ -296,7 +299,7 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
         _ => None,
     };
     let client_edns = query.extensions().as_ref();
-    let mut response = reply_to(query.header(), question, client_edns.is_some());
+    let mut response = reply_to(query.header(), question, client_edns);
     let limit = size_limit(request.transport, client_edns);
     let qtype = query.queries().first().map(Query::query_type);
     let mut label: Arc<str> = fixed_label(LABEL_MALFORMED);
@@ -342,13 +345,25 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
         }
         if let RecordType::AXFR | RecordType::IXFR = question.query_type() {
             // Depends on the client's address: never cacheable.
-            let mut transferred = transfer(zones, zone, view, request, question, response, limit);
+            // IXFR names the client's version in an SOA of its authority section.
+            let ixfr_serial = query.name_servers().iter().find_map(|record| match record.data() {
+                RData::SOA(soa) => Some(soa.serial()),
+                _ => None,
+            });
+            let mut transferred = transfer((zones, zone, ixfr_serial), view, request, question, response, limit);
             transferred.cacheable = false;
             return transferred;
         }
         response.set_authoritative(true);
         let mut random = false;
-        let (rcode, name_label) = resolve(zone, view, question, request.entropy, &mut random, &mut response);
+        let (rcode, name_label) = resolve(
+            (zones, zone),
+            view,
+            question,
+            request.entropy,
+            &mut random,
+            &mut response,
+        );
         label = name_label;
         cacheable = !random;
         rcode
@@ -447,7 +462,7 @@ fn uncompressed_name_bytes(bytes: &[u8]) -> Option<usize> {
 
 /// Fills the answer, authority and additional sections; returns the rcode and metrics label.
 fn resolve(
-    zone: &Zone,
+    (zones, zone): (&Zones, &Zone),
     view: &HealthView,
     question: &Query,
     entropy: u64,
@@ -491,7 +506,9 @@ fn resolve(
             negative = answers.len() == before;
             break;
         };
-        if qtype != RecordType::CNAME
+        // An ANY question matches the CNAME itself, which is not chased (RFC 1034 §4.3.2 step
+        // 3a, §3.7.1): the loop below answers it with the node's records.
+        if !matches!(qtype, RecordType::CNAME | RecordType::ANY)
             && let Some(cname) = node.rrset(RecordType::CNAME)
         {
             push_set(cname, &owner, view, entropy, random, &mut answers);
@@ -501,8 +518,10 @@ fn resolve(
             });
             match target {
                 // A chain that comes back to a name it passed is answered once (RFC 2181 §5:
-                // no record twice); the config loader refuses loops, this guards the rest.
-                Some(target) if zone.origin.zone_of(&target) && !chain_passed(&answers, &target) => {
+                // no record twice); the config loader refuses loops, this guards the rest. A
+                // target in another zone — a child zone served here too included — is left to
+                // the resolver: looked up in this zone's names it would be a false NXDOMAIN.
+                Some(target) if in_zone(zones, zone, &target) && !chain_passed(&answers, &target) => {
                     owner = target;
                     continue;
                 }
@@ -518,11 +537,15 @@ fn resolve(
             };
             if wanted {
                 found = true;
-                push_set(set, &owner, view, entropy, random, &mut answers);
+                if set.rtype == RecordType::SOA {
+                    answers.push(soa_now(zone, view));
+                } else {
+                    push_set(set, &owner, view, entropy, random, &mut answers);
+                }
             }
         }
         if found {
-            add_glue(zone, view, entropy, random, &answers, &mut additionals);
+            add_glue((zones, zone), view, entropy, random, &answers, &mut additionals);
         } else {
             negative = answers.len() == before;
         }
@@ -530,12 +553,41 @@ fn resolve(
     }
     response.insert_answers(answers);
     if negative {
-        let mut soa = zone.soa.clone();
+        let mut soa = soa_now(zone, view);
         soa.set_ttl(zone.negative_ttl);
         response.add_name_server(soa);
     }
     response.insert_additionals(additionals);
     (rcode, label.unwrap_or_else(|| fixed_label(LABEL_NONEXISTENT)))
+}
+
+/// The zone's SOA as it stands: the configured serial moved on by every change pushed since
+/// ([`HealthView::serial`]).
+fn soa_now(zone: &Zone, view: &HealthView) -> Record {
+    let mut record = zone.soa.clone();
+    if let RData::SOA(soa) = zone.soa.data() {
+        let now = hickory_proto::rr::rdata::SOA::new(
+            soa.mname().clone(),
+            soa.rname().clone(),
+            view.serial(soa.serial()),
+            soa.refresh(),
+            soa.retry(),
+            soa.expire(),
+            soa.minimum(),
+        );
+        record.set_data(RData::SOA(now));
+    }
+    record
+}
+
+/// Whether `name`'s closest zone here is `zone` (not a parent's name that a child zone serves).
+fn in_zone(zones: &Zones, zone: &Zone, name: &Name) -> bool {
+    zones.zone_for(name).is_some_and(|closest| std::ptr::eq(closest, zone))
+}
+
+/// Whether serial `a` is `b` or after it in RFC 1982 arithmetic.
+fn serial_at_least(a: u32, b: u32) -> bool {
+    a == b || (a.wrapping_sub(b) as i32) > 0
 }
 
 /// Whether a CNAME chain already answered has `name` as an owner.
@@ -581,7 +633,7 @@ fn push_set(set: &RrSet, owner: &Name, view: &HealthView, entropy: u64, random: 
 
 /// Addresses of in-zone MX, SRV and NS targets, so resolvers need no second query.
 fn add_glue(
-    zone: &Zone,
+    (zones, zone): (&Zones, &Zone),
     view: &HealthView,
     entropy: u64,
     random: &mut bool,
@@ -595,7 +647,7 @@ fn add_glue(
             RData::NS(ns) => &ns.0,
             _ => continue,
         };
-        if !zone.origin.zone_of(target) || out.iter().any(|r| r.name() == target) {
+        if !in_zone(zones, zone, target) || out.iter().any(|r| r.name() == target) {
             continue;
         }
         if let Lookup::Exact(node) = zone.find(target) {
@@ -651,11 +703,12 @@ fn encode(message: &Message) -> Option<Vec<u8>> {
     message.to_vec().ok()
 }
 
-/// AXFR over TCP for allowed clients (IXFR is answered with the full zone, as RFC 1995 permits;
-/// over UDP an allowed IXFR gets the SOA alone, telling the client to retry over TCP).
+/// AXFR over TCP for allowed clients. An IXFR from the server's current serial (or a newer one)
+/// gets the SOA alone (RFC 1995 §2); from an older one the full zone, as RFC 1995 permits (no
+/// history is kept); over UDP an allowed IXFR gets the SOA alone, telling the client to retry
+/// over TCP.
 fn transfer(
-    zones: &Zones,
-    zone: &Zone,
+    (zones, zone, ixfr_serial): (&Zones, &Zone, Option<u32>),
     view: &HealthView,
     request: &Request,
     question: &Query,
@@ -675,10 +728,21 @@ fn transfer(
         return refuse(response, ResponseCode::NotAuth);
     }
     let soa = {
-        let mut soa = zone.soa.clone();
+        let mut soa = soa_now(zone, view);
         soa.set_name(question.name().clone());
         soa
     };
+    // An IXFR from the version the server has (or a newer one): the SOA alone says it is
+    // current (RFC 1995 §2), over either transport.
+    let current = match soa.data() {
+        RData::SOA(ours) => ours.serial(),
+        _ => 0,
+    };
+    if question.query_type() == RecordType::IXFR && ixfr_serial.is_some_and(|theirs| serial_at_least(theirs, current)) {
+        response.set_authoritative(true);
+        response.add_answer(soa);
+        return finish(response, limit, label, qtype);
+    }
     if request.transport == Transport::Udp {
         if question.query_type() == RecordType::IXFR {
             response.set_authoritative(true);

@@ -47,6 +47,11 @@ pub struct HealthView {
     /// Dynamic TXT records by lower-case fully qualified name (with the trailing dot). Changed
     /// only through [`apply_txt`](HealthView::apply_txt), which forgets `names`.
     pub txt: BTreeMap<String, String>,
+    /// Pushes applied that changed `targets` or `txt`: every zone's SOA serial counts them on
+    /// top of its configured serial, so a secondary that polls the SOA sees each change (RFC
+    /// 1035 §3.3.13). Kept with the view (`--state-dir`).
+    #[serde(default)]
+    pub changes: u64,
     /// `txt` indexed for answering, made by the first query that needs it (once per view).
     #[serde(skip)]
     names: OnceLock<Arc<DynamicNames>>,
@@ -54,7 +59,8 @@ pub struct HealthView {
 
 impl PartialEq for HealthView {
     fn eq(&self, other: &HealthView) -> bool {
-        (self.generation, &self.targets, &self.txt) == (other.generation, &other.targets, &other.txt)
+        (self.generation, &self.targets, &self.txt, self.changes)
+            == (other.generation, &other.targets, &other.txt, other.changes)
     }
 }
 
@@ -168,6 +174,7 @@ impl HealthView {
             return Err(ViewError::TooManyTargets);
         }
         next.generation = generation;
+        next.count_change(self);
         Ok(next)
     }
 
@@ -191,7 +198,21 @@ impl HealthView {
         }
         next.names = OnceLock::new();
         next.generation = generation;
+        next.count_change(self);
         Ok(next)
+    }
+
+    /// Counts this view as a change over `before` when what it answers may differ.
+    fn count_change(&mut self, before: &HealthView) {
+        if self.targets != before.targets || self.txt != before.txt {
+            self.changes = before.changes.wrapping_add(1);
+        }
+    }
+
+    /// `configured`, the serial a zone's config gives, moved on by every change pushed since
+    /// (RFC 1982 serial arithmetic: it wraps).
+    pub fn serial(&self, configured: u32) -> u32 {
+        configured.wrapping_add(self.changes as u32)
     }
 }
 

@@ -954,3 +954,142 @@ mod fuzz {
         }
     }
 }
+
+const PARENT_AND_CHILD: &str = r#"
+[dns]
+axfr_allow = ["10.0.0.0/8"]
+
+[[dns.zones]]
+origin = "shop.example."
+ns = ["ns1"]
+
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["192.0.2.53"]
+
+[[dns.zones.records]]
+name = "tosub"
+type = "CNAME"
+values = ["host.sub.shop.example."]
+
+[[dns.zones]]
+origin = "sub.shop.example."
+ns = ["ns1.shop.example."]
+
+[[dns.zones.records]]
+name = "host"
+type = "A"
+values = ["192.0.2.98"]
+"#;
+
+#[test]
+fn a_cname_into_a_child_zone_served_here_is_left_to_the_resolver_not_denied() {
+    let zones = crate::config::parse(PARENT_AND_CHILD, "test.toml")
+        .expect("valid zones")
+        .zones;
+    let response = answer(
+        &zones,
+        &HealthView::default(),
+        &request("tosub.shop.example.", RecordType::A),
+    );
+    let parsed = Message::from_vec(&response.wire[0]).expect("parses");
+    // Before: NXDOMAIN with the parent's SOA (the target looked up among the parent's names),
+    // which resolvers cache for the target (RFC 2308 §2.1).
+    assert_eq!(parsed.response_code(), ResponseCode::NoError);
+    assert_eq!(rdatas(&parsed), ["host.sub.shop.example."]);
+    assert!(parsed.name_servers().is_empty(), "no negative answer");
+    let direct = answer(
+        &zones,
+        &HealthView::default(),
+        &request("host.sub.shop.example.", RecordType::A),
+    );
+    let direct = Message::from_vec(&direct.wire[0]).expect("parses");
+    assert_eq!(rdatas(&direct), ["192.0.2.98"]);
+}
+
+#[test]
+fn any_at_a_cname_owner_answers_the_cname_without_chasing_it() {
+    let response = query("www.shop.example.", RecordType::ANY);
+    assert_eq!(response.response_code(), ResponseCode::NoError);
+    assert_eq!(rdatas(&response), ["alias.shop.example."]);
+}
+
+#[test]
+fn the_do_bit_is_copied_into_the_response() {
+    let mut asked = with_edns(request("plain.shop.example.", RecordType::A), 1232);
+    if let Some(edns) = asked.message.extensions_mut() {
+        edns.set_dnssec_ok(true);
+    }
+    let response = ask(&asked, &HealthView::default());
+    assert!(response.extensions().as_ref().is_some_and(|e| e.flags().dnssec_ok));
+    let plain = ask(
+        &with_edns(request("plain.shop.example.", RecordType::A), 1232),
+        &HealthView::default(),
+    );
+    assert!(plain.extensions().as_ref().is_some_and(|e| !e.flags().dnssec_ok));
+}
+
+fn soa_serial(message: &Message) -> u32 {
+    message
+        .answers()
+        .iter()
+        .chain(message.name_servers())
+        .find_map(|r| match r.data() {
+            RData::SOA(soa) => Some(soa.serial()),
+            _ => None,
+        })
+        .expect("an SOA")
+}
+
+#[test]
+fn every_pushed_change_moves_the_soa_serial_and_ixfr_from_it_gets_the_soa_alone() {
+    let before = HealthView::default();
+    let configured = soa_serial(&ask(&request("shop.example.", RecordType::SOA), &before));
+    let changed = down(&["us-east-1"], 3);
+    let after = soa_serial(&ask(&request("shop.example.", RecordType::SOA), &changed));
+    assert_eq!(after, configured.wrapping_add(1));
+    // The negative answers' SOA is the same one.
+    assert_eq!(
+        soa_serial(&ask(&request("nowhere.shop.example.", RecordType::A), &changed)),
+        after
+    );
+    // A push that changes nothing moves nothing.
+    let same = changed
+        .apply_health(Generation(3), &[("us-east-1".to_string(), Health::Unhealthy)].into())
+        .expect("same push");
+    assert_eq!(same.changes, changed.changes);
+    let txt = changed
+        .apply_txt(Generation(3), "_active.shop.example.", Some("eu-west-1"))
+        .expect("txt");
+    assert_eq!(txt.serial(configured), configured.wrapping_add(2));
+    // IXFR over TCP from the current serial: the SOA alone (RFC 1995 §2); from an older one the
+    // whole zone.
+    let ixfr = |serial: u32| {
+        let mut asked = request("shop.example.", RecordType::IXFR);
+        asked.transport = Transport::Tcp;
+        asked.client = "10.1.2.3".parse().expect("ip");
+        let soa = Record::from_rdata(
+            name("shop.example."),
+            0,
+            RData::SOA(hickory_proto::rr::rdata::SOA::new(
+                name("ns1.shop.example."),
+                name("hostmaster.shop.example."),
+                serial,
+                0,
+                0,
+                0,
+                0,
+            )),
+        );
+        asked.message.add_name_server(soa);
+        let response = answer(&zones(), &changed, &asked);
+        response
+            .wire
+            .iter()
+            .flat_map(|w| Message::from_vec(w).expect("parses").answers().to_vec())
+            .count()
+    };
+    assert_eq!(ixfr(after), 1);
+    assert!(ixfr(configured) > 2, "an older serial gets the zone");
+}
