@@ -241,6 +241,9 @@ def test_active_region_txt_pointer(server):
     assert server.short("_active-region.shop.example", "TXT") == ['"eu-west-1"']
     status, body = server.put("/v1/txt", {"generation": 3, "name": "x.example.org.", "value": "v"})
     assert status == 400 and "outside" in body["message"], body
+    # A wildcard name would answer only its literal self, unlike a configured wildcard: refused.
+    status, body = server.put("/v1/txt", {"generation": 3, "name": "*.eu.shop.example.", "value": "v"})
+    assert status == 400 and "wildcard" in body["message"], body
 
 
 def test_view_survives_a_restart(server):

@@ -184,6 +184,16 @@ async fn put_txt(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: 
             format!("'{raw}' is not a domain name; write it like _active-region.shop.example."),
         );
     };
+    if name.iter().any(|label| label == b"*") {
+        outcome(&state, "rejected");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!(
+                "{fqdn} has a wildcard label: a pushed TXT record answers its own name only; push it at the names to answer, or configure a wildcard record"
+            ),
+        );
+    }
     let zones = state.zones();
     let Some(zone) = zones.zone_for(&name) else {
         outcome(&state, "rejected");
