@@ -5,6 +5,7 @@ the CLI, relative token files, and `config check` on URLs and durations."""
 
 import json
 import os
+import time
 import subprocess
 import urllib.error
 import urllib.request
@@ -122,15 +123,19 @@ kind = "pointer"
         return any(v["name"] == name and v["fresh"] for v in status["vantages"])
 
     wait_until("agent-b's reports", lambda: fresh("agent-b"), logs=[log, agent_log])
-    status, _ = call(url, "POST", "/v1/agent/report", agent_a, report("agent-a", "up", "up", 1))
+    started_ms = int(time.time() * 1000)
+    status, _ = call(url, "POST", "/v1/agent/report", agent_a, report("agent-a", "up", "up", started_ms))
     assert status == 204
     wait_until("the initial placement",
                lambda: call(url, "GET", "/v1/active-region", reader)[1].get("region") == "us-east-1", logs=[log])
 
     # Agent a is compromised: it says us-east-1 is down, as itself and (twice) as agent-b and as
     # the controller. Only its own vote counts.
-    status, _ = call(url, "POST", "/v1/agent/report", agent_a, report("agent-a", "down", "up", 2))
+    status, _ = call(url, "POST", "/v1/agent/report", agent_a, report("agent-a", "down", "up", started_ms + 1))
     assert status == 204
+    # The same report captured and sent again long after: refused, it never votes again.
+    status, body = call(url, "POST", "/v1/agent/report", agent_a, report("agent-a", "down", "up", 2))
+    assert status == 400 and body["code"] == "too_old", body
     for sent_at, forged in enumerate(["agent-b", "controller", "agent-b"], start=3):
         status, body = call(url, "POST", "/v1/agent/report", agent_a, report(forged, "down", "up", 10**9 + sent_at))
         assert status == 403, body

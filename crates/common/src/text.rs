@@ -14,6 +14,37 @@ pub fn describe(text: &str, offset: usize) -> String {
     format!("line {line}, column {column}")
 }
 
+/// A URL as errors, logs, status pages and alerts may show it: its scheme, host and port and the
+/// first segment of its path; a longer path, a query and any `user:password@` become `…`.
+/// Webhook URLs carry their credential there (Slack's `/services/T/B/SECRET`, Discord's
+/// `/api/webhooks/ID/TOKEN`, `?api_key=`), and a reader of the status or of an alert channel
+/// must not learn it. Text that is no `scheme://` URL is shown as `<a URL>`.
+pub fn shown_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<a URL>".to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let mut shown = format!("{scheme}://{host}");
+    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
+    let (path, after) = tail.split_at(path_end);
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    if let Some(first) = segments.next() {
+        shown.push('/');
+        shown.push_str(first);
+        if segments.next().is_some() {
+            shown.push_str("/…");
+        } else if path.ends_with('/') {
+            shown.push('/');
+        }
+    }
+    if !after.is_empty() {
+        shown.push_str(if after.starts_with('?') { "?…" } else { "#…" });
+    }
+    shown
+}
+
 /// `text` safe in HTML element content and in a double-quoted attribute: `&`, `<`, `>` and `"`
 /// as character references.
 pub fn escape_html(text: &str) -> String {
@@ -52,6 +83,32 @@ impl LineIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shown_url_keeps_where_it_goes_and_drops_what_authenticates() {
+        for (url, shown) in [
+            (
+                "https://hooks.slack.com/services/T000/B000/XXXXSECRET",
+                "https://hooks.slack.com/services/…",
+            ),
+            (
+                "https://hookuser:S3cret@127.0.0.1:23012/services/T0/B0/SECRET?api_key=K",
+                "https://127.0.0.1:23012/services/…?…",
+            ),
+            ("http://127.0.0.1:8053", "http://127.0.0.1:8053"),
+            ("http://127.0.0.1:8053/", "http://127.0.0.1:8053"),
+            ("http://dns:8053/health", "http://dns:8053/health"),
+            ("http://dns:8053/v1/health", "http://dns:8053/v1/…"),
+            (
+                "http://[::1]:7400/v1/active-region?timeout_ms=5",
+                "http://[::1]:7400/v1/…?…",
+            ),
+            ("http://u:p@h?x=1", "http://h?…"),
+            ("not a url with a password", "<a URL>"),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn lines_and_columns_are_one_based_and_count_characters() {

@@ -15,6 +15,8 @@ use hyper_util::rt::TokioExecutor;
 /// Largest response body read.
 pub const RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// The URLs in these errors are shown as [`common::text::shown_url`] shows them: the errors
+/// reach step details, `/v1/status`, events and alerts, and a webhook URL is a credential.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("'{0}' is not a valid http:// or https:// URL")]
@@ -90,9 +92,11 @@ impl HttpClient {
         headers: &[(&str, &str)],
         timeout_ms: u64,
     ) -> Result<Answer, ClientError> {
-        let uri: hyper::Uri = url.parse().map_err(|_| ClientError::BadUrl(url.to_string()))?;
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|_| ClientError::BadUrl(common::text::shown_url(url)))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(ClientError::BadUrl(url.to_string()));
+            return Err(ClientError::BadUrl(common::text::shown_url(url)));
         }
         let mut builder = hyper::Request::builder().method(method).uri(uri);
         for (name, value) in headers {
@@ -109,7 +113,7 @@ impl HttpClient {
             None => Full::new(Bytes::new()),
         };
         let request = builder.body(body).map_err(|e| ClientError::Transport {
-            url: url.to_string(),
+            url: common::text::shown_url(url),
             message: e.to_string(),
         })?;
         let work = async {
@@ -117,12 +121,12 @@ impl HttpClient {
                 let message = common::error::chain(&e);
                 if e.is_connect() {
                     ClientError::Connect {
-                        url: url.to_string(),
+                        url: common::text::shown_url(url),
                         message,
                     }
                 } else {
                     ClientError::Transport {
-                        url: url.to_string(),
+                        url: common::text::shown_url(url),
                         message,
                     }
                 }
@@ -132,7 +136,7 @@ impl HttpClient {
                 .collect()
                 .await
                 .map_err(|e| ClientError::Transport {
-                    url: url.to_string(),
+                    url: common::text::shown_url(url),
                     message: format!("reading the body: {e}"),
                 })?
                 .to_bytes();
@@ -141,7 +145,7 @@ impl HttpClient {
         match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout {
-                url: url.to_string(),
+                url: common::text::shown_url(url),
                 timeout_ms,
             }),
         }

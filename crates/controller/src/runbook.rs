@@ -434,9 +434,9 @@ async fn push_to_dns(
             .client
             .request(Method::PUT, &url, token, Some(plain), step.timeout_ms)
             .await;
-        return judge(&format!("PUT {url}"), answer);
+        return judge(&format!("PUT {}", common::text::shown_url(&url)), answer);
     }
-    judge(&format!("PUT {url}"), answer)
+    judge(&format!("PUT {}", common::text::shown_url(&url)), answer)
 }
 
 /// The health of every DNS target once `order` is applied: healthy in the serving regions.
@@ -507,7 +507,7 @@ async fn webhook(step: &Step, order: &RunbookOrder, context: &StepContext) -> Re
         .client
         .request(Method::POST, url, None, Some(body), step.timeout_ms)
         .await;
-    judge(&format!("POST {url}"), answer)
+    judge(&format!("POST {}", common::text::shown_url(url)), answer)
 }
 
 /// Runs the program (no shell). The timeout around this future drops it, and

@@ -995,6 +995,10 @@ fn report_refusal(vantage: &str, observed: &health::quorum::Observed) -> String 
             "the report of vantage '{vantage}' is stamped {ahead_ms} ms ahead of the controller's clock, more than {} ms: synchronise the sender's clock (NTP)",
             health::quorum::SENT_AHEAD_MS_MAX
         ),
+        Observed::TooOld { behind_ms } => format!(
+            "the report of vantage '{vantage}' is stamped {behind_ms} ms behind the controller's clock, more than [quorum] report_stale_ms plus {} ms: an old report sent again, or the sender's clock is behind (synchronise it with NTP)",
+            health::quorum::SENT_AHEAD_MS_MAX
+        ),
         Observed::TooManyResults { count, max } => format!(
             "the report of vantage '{vantage}' has {count} results but only {max} checks are configured: the sender runs another configuration's plan (an agent fetches it again every few seconds) or is not a Switchyard agent"
         ),
@@ -2088,9 +2092,9 @@ async fn agent_report(
         // A newer report under this name is held: the sender learns that its vote is not the
         // one counted (a stolen token, or a second agent with the same --name).
         health::quorum::Observed::Outdated { .. } => StatusCode::CONFLICT,
-        health::quorum::Observed::ClockAhead { .. } | health::quorum::Observed::TooManyResults { .. } => {
-            StatusCode::BAD_REQUEST
-        }
+        health::quorum::Observed::ClockAhead { .. }
+        | health::quorum::Observed::TooOld { .. }
+        | health::quorum::Observed::TooManyResults { .. } => StatusCode::BAD_REQUEST,
     };
     json_response(
         status,

@@ -205,6 +205,10 @@ pub enum Observed {
     /// `sent_at_ms` is `ahead_ms` ahead of the receiver's wall clock, more than
     /// [`SENT_AHEAD_MS_MAX`]; refused.
     ClockAhead { ahead_ms: u64 },
+    /// `sent_at_ms` is `behind_ms` behind the receiver's wall clock, more than `report_stale_ms`
+    /// plus [`SENT_AHEAD_MS_MAX`] (the clocks' tolerance): a report captured and replayed, or a
+    /// sender whose clock is far behind; refused, so an old report never counts as a fresh vote.
+    TooOld { behind_ms: u64 },
     /// More results (`count`) than there are configured checks (`max`); refused.
     TooManyResults { count: usize, max: usize },
 }
@@ -217,6 +221,7 @@ impl Observed {
             Observed::UnknownVantage => Some("unknown_vantage"),
             Observed::Outdated { .. } => Some("outdated"),
             Observed::ClockAhead { .. } => Some("clock_ahead"),
+            Observed::TooOld { .. } => Some("too_old"),
             Observed::TooManyResults { .. } => Some("too_many_results"),
         }
     }
@@ -312,6 +317,10 @@ impl Aggregator {
         let ahead_ms = report.sent_at_ms.saturating_sub(wall_ms);
         if ahead_ms > SENT_AHEAD_MS_MAX {
             return Observed::ClockAhead { ahead_ms };
+        }
+        let behind_ms = wall_ms.saturating_sub(report.sent_at_ms);
+        if behind_ms > self.config.report_stale_ms.saturating_add(SENT_AHEAD_MS_MAX) {
+            return Observed::TooOld { behind_ms };
         }
         if let Some(held) = self.latest.get(&report.vantage)
             && report.sent_at_ms < held.report.sent_at_ms

@@ -117,7 +117,9 @@ impl Running {
             stop: Some(stop),
             task,
             client: HttpClient::new(),
-            sent: 0,
+            // Reports are stamped from now on: one stamped long before the controller's clock
+            // is refused as a replay.
+            sent: wall_ms(),
             token: TOKEN,
         }
     }
@@ -681,7 +683,7 @@ async fn each_role_is_allowed_only_its_endpoints() {
     let dns = Fake::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let controller = start_with_tokens(&dns.url, dir.path()).await;
-    let report = serde_json::json!({"vantage": "agent-a", "sent_at_ms": 1, "results": []});
+    let report = serde_json::json!({"vantage": "agent-a", "sent_at_ms": wall_ms(), "results": []});
     let endpoints: Vec<(&str, Method, &str, Option<serde_json::Value>)> = vec![
         ("read", Method::GET, "/v1/status", None),
         ("read", Method::GET, "/v1/events", None),
@@ -1106,7 +1108,9 @@ async fn the_lag_of_a_region_takes_a_quorum_of_vantage_points() {
     );
     assert!(config.contains("replica_lag = true"));
     let controller = Running::start(&config).await;
+    let start = wall_ms();
     let post = |vantage: &str, sent_at_ms: u64, lag: u64| {
+        let sent_at_ms = start + sent_at_ms;
         let results = vec![
             result_json("use1-app", "us-east-1", "up", Some(lag)),
             result_json("euw1-app", "eu-west-1", "up", None),

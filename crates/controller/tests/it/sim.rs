@@ -224,7 +224,9 @@ impl World {
             if !(self.now / STEP_MS + v as u64).is_multiple_of(5) || self.isolated[v] || self.rng.chance_percent(10) {
                 continue;
             }
-            self.sent[v] += 1;
+            // Stamped with the simulated clock (a report stamped long before it is a replay,
+            // refused), and later than the vantage point's previous one.
+            self.sent[v] = (self.sent[v] + 1).max(self.now);
             // Honest vantage points read lag only from checks that read it (0 here); the liar
             // reads whatever its lie is.
             let lag = match (self.lie, v == LIAR) {
@@ -423,20 +425,23 @@ fn a_lag_reading_from_one_vantage_point_never_allows_a_failback() {
 
 #[test]
 fn one_vantage_point_reading_a_huge_lag_does_not_hold_failback_back() {
-    let seed = seed("one_vantage_point_reading_a_huge_lag_does_not_hold_failback_back");
-    let failbacks: usize = (0..4u64)
-        .map(|attempt| {
-            run(
-                World::with_lie(seed.wrapping_add(attempt), true, Some(Lie::HugeLag)),
-                10,
-            )
-            .failbacks
-            .len()
+    // A fixed set of worlds (a clock seed made this fail in about one run in seven: some
+    // worlds see no failover that recovers within their 10 minutes, whatever the liar says).
+    let seeds = common::rng::seeds_from_env(
+        "one_vantage_point_reading_a_huge_lag_does_not_hold_failback_back",
+        1..=6,
+    );
+    let failbacks: usize = seeds
+        .iter()
+        .map(|seed| {
+            run(World::with_lie(*seed, true, Some(Lie::HugeLag)), 10)
+                .failbacks
+                .len()
         })
         .sum();
     assert!(
         failbacks > 0,
-        "seed {seed}: three vantage points read no lag, one reads 10^9, and no failback in 40 minutes"
+        "seeds {seeds:?}: three vantage points read no lag, one reads 10^9, and no failback in 10 minutes of any world"
     );
 }
 

@@ -543,3 +543,26 @@ fn randomized_down_needs_a_fresh_down_quorum() {
         }
     }
 }
+
+#[test]
+fn a_report_stamped_long_before_the_receivers_clock_is_refused_so_a_replay_never_votes() {
+    let mut aggregator = three_vantages();
+    let wall = 1_700_000_000_000u64;
+    let tolerance = 1000 + SENT_AHEAD_MS_MAX;
+    // A "down" report captured long ago and sent again: refused, no vote.
+    assert_eq!(
+        aggregator.observe(one_check("agent-a", 1000, Down), 100, wall),
+        Observed::TooOld { behind_ms: wall - 1000 }
+    );
+    assert_eq!(
+        aggregator.observe(one_check("agent-a", wall - tolerance - 1, Down), 101, wall),
+        Observed::TooOld {
+            behind_ms: tolerance + 1
+        }
+    );
+    // Within the clocks' tolerance: taken.
+    assert_eq!(
+        aggregator.observe(one_check("agent-a", wall - tolerance, Down), 102, wall),
+        Observed::Accepted { dropped: 0 }
+    );
+}
