@@ -128,6 +128,16 @@ def test_config_check_reports_every_mistake_and_the_controller_refuses_to_start(
     started = run_cli("controller", "--config", str(bad), "--listen", "127.0.0.1:0")
     assert started.returncode != 0
     assert "does not start" in started.stderr, started.stderr
+    # The other commands' files are checked as those commands read them.
+    for example, said in [("dns.toml", "a `switchyard dns` configuration"),
+                          ("proxy.toml", "a `switchyard proxy` configuration")]:
+        checked = run_cli("config", "check", str(REPO / "docs" / "examples" / example))
+        assert checked.returncode == 0 and said in checked.stdout, (example, checked.stdout, checked.stderr)
+    bad_dns = tmp_path / "dns.toml"
+    bad_dns.write_text('[dns]\nlisten = "127.0.0.1:5353"\n\n[[dns.zones]]\norigin = "shop.example."\n'
+                       'ns = ["ns1"]\nbogus = 1\n')
+    checked = run_cli("config", "check", str(bad_dns))
+    assert checked.returncode == 1 and f"{bad_dns}:7:1: unknown field `bogus`" in checked.stderr, checked.stderr
 
 
 def get_json(url, path):

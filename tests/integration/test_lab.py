@@ -157,6 +157,9 @@ def test_lab_serves_the_shop_through_dns_and_fails_over(lab):
     assert killed.returncode == 0, killed.stderr
     status = lab_cli("--status", "--dir", str(directory))
     assert status.returncode != 0 and "shop-eu-west-1-2 is exited (killed by SIGKILL)" in status.stderr, status.stderr
+    # The table on stdout as when all is well, only the reason on stderr.
+    assert status.stdout.startswith("component") and "store-us-east-1" in status.stdout, status.stdout
+    assert "component" not in status.stderr, status.stderr
     status = status_cli(directory)
     assert status.returncode != 0 and "shop-eu-west-1-2 is exited (killed by SIGKILL)" in status.stderr, status.stderr
     restarted = lab_cli("ctl", "--dir", str(directory), "restart", "shop-eu-west-1-2")

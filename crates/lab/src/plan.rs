@@ -1183,7 +1183,7 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
     ];
     if options.controller {
         try_lines.push(format!(
-            "open {}/dashboard      # the controller's dashboard: regions, quorum, generation, audit events",
+            "xdg-open {}/dashboard  # the controller's dashboard: regions, quorum, generation, audit events",
             api_url(options.tls, ports.controller())
         ));
     }

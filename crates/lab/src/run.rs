@@ -282,16 +282,36 @@ async fn run_plan(
     Ok(())
 }
 
+/// Why a lab is not whole: the components' table when there is one (for stdout, as when it is
+/// whole) and the reason (for stderr).
+#[derive(Debug)]
+pub struct StatusError {
+    pub table: Option<String>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for StatusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl From<String> for StatusError {
+    fn from(reason: String) -> StatusError {
+        StatusError { table: None, reason }
+    }
+}
+
 /// Checks a lab directory: `Ok(table)` when every component runs and its port answers,
-/// `Err(reason)` otherwise (the reason includes the table when there is one).
-pub fn status(dir: &Path) -> Result<String, String> {
+/// `Err` otherwise, with the table when there is one.
+pub fn status(dir: &Path) -> Result<String, StatusError> {
     let state = LabState::read(dir).map_err(|error| error.to_string())?;
     if !state.supervisor_alive() {
-        return Err(format!(
-            "the lab in {0} is not running (its supervisor, pid {1}, is gone); start it with `switchyard lab --dir {0}`",
+        return Err(StatusError::from(format!(
+            "the lab in {0} is not running (its supervisor, pid {1}, is gone); start it again with `switchyard lab --dir {0}` and the options it had (--regions, --base-port, ...)",
             dir.display(),
             state.supervisor_pid
-        ));
+        )));
     }
     let mut problems = Vec::new();
     match state.planned {
@@ -321,7 +341,10 @@ pub fn status(dir: &Path) -> Result<String, String> {
     if problems.is_empty() {
         Ok(table)
     } else {
-        Err(format!("{table}\nnot healthy: {}", problems.join("; ")))
+        Err(StatusError {
+            table: Some(table),
+            reason: format!("not healthy: {}", problems.join("; ")),
+        })
     }
 }
 

@@ -61,7 +61,10 @@ pub(crate) struct ConfigArgs {
 
 #[derive(clap::Subcommand)]
 enum ConfigCommand {
-    /// Validate a controller configuration; prints every mistake with its line, column and fix.
+    /// Validate a configuration; prints every mistake with its line, column and fix. A
+    /// controller's file (it has [[regions]]) is checked as the controller reads it; a file
+    /// with only a `switchyard dns` [dns] section (zones) or a `switchyard proxy` [proxy]
+    /// section is checked as that command reads it.
     Check {
         /// The TOML file.
         file: PathBuf,
@@ -283,8 +286,76 @@ pub(crate) async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a configuration file is for, from its top-level tables: the controller's (it lists
+/// regions), or another command's file that `config check` reads as that command would.
+enum ConfigKind {
+    Controller,
+    Dns,
+    Proxy,
+}
+
+fn config_kind(file: &std::path::Path) -> ConfigKind {
+    // A file that does not parse is the controller's check's to report, with its line.
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return ConfigKind::Controller;
+    };
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return ConfigKind::Controller;
+    };
+    if table.contains_key("regions") || table.contains_key("controller") {
+        return ConfigKind::Controller;
+    }
+    let dns_server = table.get("dns").and_then(toml::Value::as_table).is_some_and(|dns| {
+        ["zones", "listen", "admin_listen"]
+            .iter()
+            .any(|key| dns.contains_key(*key))
+    });
+    if dns_server {
+        ConfigKind::Dns
+    } else if table.contains_key("proxy") {
+        ConfigKind::Proxy
+    } else {
+        ConfigKind::Controller
+    }
+}
+
 pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
     match args.command {
+        ConfigCommand::Check { file } if matches!(config_kind(&file), ConfigKind::Dns) => {
+            match dns::config::load(&file) {
+                Ok(config) => {
+                    println!(
+                        "{}: ok (a `switchyard dns` configuration: {} zones, DNS on {}, admin API on {})",
+                        file.display(),
+                        config.zones.iter().count(),
+                        config.listen,
+                        config.admin_listen
+                    );
+                    Ok(())
+                }
+                Err(error) => bail!(
+                    "{error}
+(checked as a `switchyard dns` configuration: its [dns] section has zones)"
+                ),
+            }
+        }
+        ConfigCommand::Check { file } if matches!(config_kind(&file), ConfigKind::Proxy) => {
+            match proxy::config::load(&file) {
+                Ok(config) => {
+                    println!(
+                        "{}: ok (a `switchyard proxy` configuration: {} servers, listening on {})",
+                        file.display(),
+                        config.servers.len(),
+                        config.listen
+                    );
+                    Ok(())
+                }
+                Err(error) => bail!(
+                    "{error}
+(checked as a `switchyard proxy` configuration: it has a [proxy] section and no [[regions]])"
+                ),
+            }
+        }
         ConfigCommand::Check { file } => match controller::config::check_file(&file) {
             Ok(config) => {
                 for warning in &config.warnings {
@@ -476,7 +547,12 @@ pub(crate) async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
                 print!("{table}{controllers}");
                 Ok(())
             }
-            Err(reason) => bail!("{reason}{controllers}"),
+            Err(error) => {
+                if let Some(table) = &error.table {
+                    print!("{table}{controllers}");
+                }
+                bail!("{}", error.reason)
+            }
         };
     }
     let target = target(&args.client)?;

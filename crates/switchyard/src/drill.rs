@@ -74,6 +74,11 @@ impl DrillArgs {
     pub(crate) fn lab_dir(&self) -> Option<&std::path::Path> {
         self.lab.as_deref()
     }
+
+    /// `--quiet`: one line on stdout, and only warnings and errors logged.
+    pub(crate) fn quiet(&self) -> bool {
+        self.quiet
+    }
 }
 
 fn phase_ms(flag: &str, seconds: u64, min: u64) -> anyhow::Result<u64> {
@@ -92,6 +97,13 @@ fn load_deployment(args: &DrillArgs) -> anyhow::Result<Deployment> {
                     dir.display(),
                     dir.display()
                 );
+            }
+            // A lab that stopped is said so before any fault or request (one with a component
+            // still restarting after another drill is the drill's to wait for).
+            if let Err(error) = lab::status(dir)
+                && error.table.is_none()
+            {
+                bail!("{}", error.reason);
             }
             let path = dir.join(LAB_TARGETS_FILE);
             if !path.is_file() {

@@ -196,7 +196,12 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
                 print!("{table}");
                 Ok(())
             }
-            Err(reason) => bail!("{reason}"),
+            Err(error) => {
+                if let Some(table) = &error.table {
+                    print!("{table}");
+                }
+                bail!("{}", error.reason)
+            }
         };
     }
     let options = lab::LabOptions {

@@ -427,7 +427,16 @@ fn main() {
 /// `Error: message`, then `Caused by:` and the causes (numbered when there are several).
 fn error_report(error: &anyhow::Error) -> String {
     let mut out = format!("Error: {error}");
-    let causes: Vec<String> = error.chain().skip(1).map(ToString::to_string).collect();
+    // A cause that only repeats the one before it (a library wrapping its own error, whose
+    // message already quotes it) is left out.
+    let mut causes: Vec<String> = Vec::new();
+    let mut previous = error.to_string();
+    for cause in error.chain().skip(1).map(ToString::to_string) {
+        if !previous.contains(&cause) {
+            causes.push(cause.clone());
+        }
+        previous = cause;
+    }
     if !causes.is_empty() {
         out.push_str("\n\nCaused by:");
         for (index, cause) in causes.iter().enumerate() {
@@ -449,7 +458,12 @@ fn run() -> anyhow::Result<()> {
     {
         std::process::exit(status);
     }
-    init_logging(cli.log_format);
+    // A quiet drill prints its one line; its log says only what went wrong.
+    let quiet = matches!(&cli.command, Command::Drill(args) if args.quiet());
+    init_logging(
+        cli.log_format,
+        if quiet { QUIET_LOG_FILTER } else { DEFAULT_LOG_FILTER },
+    );
     if let Some(path) = &cli.ca_file {
         common::tls_client::set_process_ca(Some(path)).map_err(|message| anyhow::anyhow!("--ca-file: {message}"))?;
     } else if let Some(ca) = lab_ca(&cli.command) {
@@ -510,10 +524,12 @@ fn colour_on_stderr() -> bool {
 /// info level which profile it read each time a client is built (every step, every drill
 /// reading), which buries what Switchyard says; its warnings and errors stay.
 const DEFAULT_LOG_FILTER: &str = "info,aws_config=warn";
+/// `drill --quiet`: warnings and errors only (SWITCHYARD_LOG still overrides).
+const QUIET_LOG_FILTER: &str = "warn";
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour_on_stderr())
@@ -723,6 +739,14 @@ mod tests {
         assert_eq!(
             error_report(&two),
             "Error: start the lab\n\nCaused by:\n    0: write the lab's state\n    1: disk full"
+        );
+        // A cause that its wrapper's message already quotes is said once.
+        let wrapped: anyhow::Result<()> = Err(std::io::Error::other("Database already open"))
+            .context("cannot open database: Database already open; another process holds it");
+        let wrapped = wrapped.expect_err("an error").context("compact the store");
+        assert_eq!(
+            error_report(&wrapped),
+            "Error: compact the store\n\nCaused by:\n    cannot open database: Database already open; another process holds it"
         );
     }
 }
