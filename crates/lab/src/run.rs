@@ -630,7 +630,7 @@ mod tests {
     fn status_of_a_directory_without_a_lab_says_how_to_start_one() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let error = status(dir.path()).expect_err("no lab");
-        assert!(error.contains("switchyard lab --dir"), "{error}");
+        assert!(error.reason.contains("switchyard lab --dir"), "{error}");
     }
 
     #[test]
@@ -644,7 +644,7 @@ mod tests {
         .write(dir.path())
         .expect("state");
         let error = status(dir.path()).expect_err("not running");
-        assert!(error.contains("not running"), "{error}");
+        assert!(error.reason.contains("not running") && error.table.is_none(), "{error}");
     }
 
     #[test]
