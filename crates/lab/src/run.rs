@@ -667,7 +667,7 @@ mod tests {
         };
         state.write(dir.path()).expect("state");
         let error = status(dir.path()).expect_err("nothing planned yet");
-        assert!(error.contains("still starting"), "{error}");
+        assert!(error.reason.contains("still starting"), "{error}");
         let mut state = LabState {
             supervisor_pid: std::process::id(),
             planned: Some(2),
@@ -675,7 +675,7 @@ mod tests {
         };
         state.write(dir.path()).expect("state");
         let error = status(dir.path()).expect_err("one of two started");
-        assert!(error.contains("still starting: 1 of 2"), "{error}");
+        assert!(error.reason.contains("still starting: 1 of 2"), "{error}");
         state.planned = Some(1);
         state.write(dir.path()).expect("state");
         let table = status(dir.path()).expect("healthy");
@@ -685,6 +685,6 @@ mod tests {
             .push(record("gone", "127.0.0.1:1", "exited (killed by SIGKILL)"));
         state.write(dir.path()).expect("state");
         let error = status(dir.path()).expect_err("one is down");
-        assert!(error.contains("gone is exited (killed by SIGKILL)"), "{error}");
+        assert!(error.reason.contains("gone is exited (killed by SIGKILL)"), "{error}");
     }
 }
