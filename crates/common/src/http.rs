@@ -442,7 +442,23 @@ pub async fn serve(
 #[derive(Default)]
 struct Connections {
     open: usize,
+    /// Open connections per client: an IPv4 address, or an IPv6 /64 ([`client_key`]).
     per_client: HashMap<IpAddr, usize>,
+    /// Every open connection's state by its id, so a full listener can close an idle one.
+    states: HashMap<u64, Arc<ConnectionState>>,
+    next_id: u64,
+}
+
+/// Whom the per-client limit counts a connection against: an IPv4 address, or the /64 of an
+/// IPv6 one (one host usually holds a whole /64, so counting addresses would not bound it).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
 }
 
 struct Shared {
@@ -456,15 +472,37 @@ struct Shared {
 impl Shared {
     fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Slot, Refusal> {
         let limits = &self.options.limits;
+        let client = client_key(client);
         let mut connections = self
             .connections
             .lock()
             .expect("connection table lock is never poisoned");
-        if connections.open >= limits.connections_max {
+        // The per-client limit first: a client at its own limit evicts nobody.
+        if connections.per_client.get(&client).copied().unwrap_or(0) >= limits.connections_per_client_max {
             return Err(Refusal::TooManyConnections {
-                limit: limits.connections_max,
-                per_client: false,
+                limit: limits.connections_per_client_max,
+                per_client: true,
             });
+        }
+        // Full: the keep-alive connection idle the longest is closed for the new one (as
+        // HAProxy and nginx reuse idle slots), so connections that only sit idle cannot lock
+        // out the ones that come to send a request. Refused only when none is idle.
+        if connections.open >= limits.connections_max {
+            let idlest = connections
+                .states
+                .values()
+                .filter(|state| !state.evicted.load(Ordering::Relaxed))
+                .filter_map(|state| state.idle_since())
+                .min_by_key(|(since, _)| *since)
+                .map(|(_, state)| state);
+            let Some(state) = idlest else {
+                return Err(Refusal::TooManyConnections {
+                    limit: limits.connections_max,
+                    per_client: false,
+                });
+            };
+            state.evicted.store(true, Ordering::Relaxed);
+            state.evict.notify_one();
         }
         let count = connections.per_client.entry(client).or_insert(0);
         if *count >= limits.connections_per_client_max {
@@ -475,9 +513,15 @@ impl Shared {
         }
         *count += 1;
         connections.open += 1;
+        let id = connections.next_id;
+        connections.next_id = id.wrapping_add(1);
+        let state = Arc::new(ConnectionState::new());
+        connections.states.insert(id, Arc::clone(&state));
         Ok(Slot {
             shared: Arc::clone(self),
             client,
+            id,
+            state,
         })
     }
 
@@ -496,7 +540,10 @@ impl Shared {
 /// One admitted connection; frees its place when dropped.
 struct Slot {
     shared: Arc<Shared>,
+    /// The per-client key ([`client_key`]).
     client: IpAddr,
+    id: u64,
+    state: Arc<ConnectionState>,
 }
 
 impl Drop for Slot {
@@ -507,6 +554,7 @@ impl Drop for Slot {
             .lock()
             .expect("connection table lock is never poisoned");
         connections.open = connections.open.saturating_sub(1);
+        connections.states.remove(&self.id);
         if let Some(count) = connections.per_client.get_mut(&self.client) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -547,6 +595,9 @@ struct ConnectionState {
     /// a response streams, PING, SETTINGS), not the start of a head, so only the idle timeout
     /// applies between its requests.
     http2: std::sync::atomic::AtomicBool,
+    /// Chosen to make room on a full listener: closed at once (it was idle).
+    evicted: std::sync::atomic::AtomicBool,
+    evict: tokio::sync::Notify,
 }
 
 impl ConnectionState {
@@ -559,7 +610,17 @@ impl ConnectionState {
             client_verified: std::sync::atomic::AtomicBool::new(false),
             head_began: tokio::sync::Notify::new(),
             http2: std::sync::atomic::AtomicBool::new(false),
+            evicted: std::sync::atomic::AtomicBool::new(false),
+            evict: tokio::sync::Notify::new(),
         }
+    }
+
+    /// When the connection went idle (its own clock), if it is idle: no request being served
+    /// and no head begun.
+    fn idle_since(self: &Arc<Self>) -> Option<(Instant, &Arc<Self>)> {
+        let snapshot = self.snapshot();
+        (snapshot.active_requests == 0 && snapshot.head_started_ms.is_none())
+            .then(|| (self.opened + Duration::from_millis(snapshot.idle_since_ms), self))
     }
 
     fn now_ms(&self) -> u64 {
@@ -655,7 +716,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
 async fn connection(stream: TcpStream, shared: Arc<Shared>, app: Router, stopped: watch::Receiver<bool>, slot: Slot) {
     // Small JSON requests and responses: latency matters more than packet count.
     let _ = stream.set_nodelay(true);
-    let state = Arc::new(ConnectionState::new());
+    let state = Arc::clone(&slot.state);
     let Some(tls) = shared.options.tls.clone() else {
         let io = Counting {
             inner: stream,
@@ -755,6 +816,11 @@ async fn serve_connection<S>(
             }
             () = tokio::time::sleep_until(wake.into()) => {}
             () = state.head_began.notified() => {}
+            () = state.evict.notified(), if !stopping => {
+                tracing::debug!(listener = shared.options.name, "idle connection closed to make room for a new one");
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
         }
     }
 }
@@ -997,5 +1063,85 @@ impl HttpBody for LimitedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// Sends a GET on `stream` and reads the whole answer (`content-length` framed); the status.
+    async fn get(stream: &mut TcpStream) -> Option<u16> {
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 1024];
+        loop {
+            let read = tokio::time::timeout(DEADLINE, stream.read(&mut buffer))
+                .await
+                .ok()?
+                .ok()?;
+            if read == 0 {
+                return None;
+            }
+            answer.extend_from_slice(&buffer[..read]);
+            let text = String::from_utf8_lossy(&answer);
+            if let Some(end) = text.find("\r\n\r\n")
+                && text[end + 4..].len() >= 2
+            {
+                return text.get(9..12)?.parse().ok();
+            }
+        }
+    }
+
+    /// Whether the server closed `stream` (a read gives 0 or an error within the deadline).
+    async fn closed(stream: &mut TcpStream) -> bool {
+        let mut buffer = [0u8; 16];
+        matches!(
+            tokio::time::timeout(DEADLINE, stream.read(&mut buffer)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_listener_closes_its_idlest_connection_for_a_new_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut limits = Limits::admin();
+        limits.connections_max = 2;
+        let app = Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Options::new("test", limits), app, async {
+            let _ = stopped.await;
+        }));
+        // Two keep-alive connections, each answered once, then idle: the listener is full.
+        let mut first = TcpStream::connect(address).await.expect("connect");
+        assert_eq!(get(&mut first).await, Some(200));
+        let mut second = TcpStream::connect(address).await.expect("connect");
+        assert_eq!(get(&mut second).await, Some(200));
+        // A third is served: the one idle the longest (the first) makes room. Before, it was
+        // refused until an idle one timed out (a minute), however long they only sat there.
+        let mut third = TcpStream::connect(address).await.expect("connect");
+        assert_eq!(get(&mut third).await, Some(200));
+        assert!(closed(&mut first).await, "the idlest connection is closed");
+        assert_eq!(get(&mut second).await, Some(200), "the other keeps its connection");
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(DEADLINE, server).await;
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let one: IpAddr = "2001:db8:1:2::5".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        assert_eq!(client_key(one), client_key(other));
+        assert_ne!(client_key(one), client_key("2001:db8:1:3::5".parse().expect("ip")));
+        let v4: IpAddr = "192.0.2.7".parse().expect("ip");
+        assert_eq!(client_key(v4), v4);
+        assert_eq!(client_key("::ffff:192.0.2.7".parse().expect("ip")), v4);
     }
 }

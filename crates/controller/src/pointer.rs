@@ -92,8 +92,11 @@ pub struct PointerValue {
     pub generation: u64,
 }
 
-/// Most Server-Sent Events streams of the pointer open at once; more are answered 503.
-pub const SSE_STREAMS_MAX: usize = 1024;
+/// Most Server-Sent Events streams of the pointer open at once; more are answered 503. Half
+/// the API's default connections (`common::http::CONNECTIONS_MAX_DEFAULT`): a stream is never
+/// idle, so a full listener cannot close one to make room, and holders of a read token must
+/// not be able to fill every connection agents and operators need.
+pub const SSE_STREAMS_MAX: usize = common::http::CONNECTIONS_MAX_DEFAULT / 2;
 /// Time between keep-alive comments on an idle stream (proxies close silent connections).
 pub const SSE_KEEPALIVE_MS: u64 = 15_000;
 /// Reconnect delay a stream suggests to its client (`retry:`).
