@@ -130,7 +130,8 @@ def test_config_check_reports_every_mistake_and_the_controller_refuses_to_start(
     assert "does not start" in started.stderr, started.stderr
     # The other commands' files are checked as those commands read them.
     for example, said in [("dns.toml", "a `switchyard dns` configuration"),
-                          ("proxy.toml", "a `switchyard proxy` configuration")]:
+                          ("proxy.toml", "a `switchyard proxy` configuration"),
+                          ("drill-targets.toml", "a drill targets file")]:
         checked = run_cli("config", "check", str(REPO / "docs" / "examples" / example))
         assert checked.returncode == 0 and said in checked.stdout, (example, checked.stdout, checked.stderr)
     bad_dns = tmp_path / "dns.toml"

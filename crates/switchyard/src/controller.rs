@@ -292,6 +292,7 @@ enum ConfigKind {
     Controller,
     Dns,
     Proxy,
+    DrillTargets,
 }
 
 fn config_kind(file: &std::path::Path) -> ConfigKind {
@@ -302,6 +303,9 @@ fn config_kind(file: &std::path::Path) -> ConfigKind {
     let Ok(table) = text.parse::<toml::Table>() else {
         return ConfigKind::Controller;
     };
+    if table.contains_key("shop_name") && !table.contains_key("controller") {
+        return ConfigKind::DrillTargets;
+    }
     if table.contains_key("regions") || table.contains_key("controller") {
         return ConfigKind::Controller;
     }
@@ -354,6 +358,26 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
                     "{error}
 (checked as a `switchyard proxy` configuration: it has a [proxy] section and no [[regions]])"
                 ),
+            }
+        }
+        ConfigCommand::Check { file } if matches!(config_kind(&file), ConfigKind::DrillTargets) => {
+            match drill::runtime::deployment::Deployment::load(&file) {
+                Ok(deployment) => {
+                    println!(
+                        "{}: ok (a drill targets file: {} regions{})",
+                        file.display(),
+                        deployment.regions.len(),
+                        if deployment.process_control.is_some() {
+                            ", process control"
+                        } else {
+                            ", no process control: only network faults"
+                        }
+                    );
+                    Ok(())
+                }
+                Err(error) => {
+                    bail!("{error}\n(checked as a drill targets file: `switchyard drill --targets FILE` reads it)")
+                }
             }
         }
         ConfigCommand::Check { file } => match controller::config::check_file(&file) {

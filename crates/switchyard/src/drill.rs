@@ -38,7 +38,8 @@ pub(crate) struct DrillArgs {
     lab: Option<PathBuf>,
     /// A deployment description (TOML, or JSON when it ends in .json) for a deployment that is
     /// not a lab: DNS server and name, stores per region, controller and fault-proxy URLs,
-    /// link names, process-control commands. See the drill section of the README.
+    /// link names, process-control commands: docs/examples/drill-targets.toml is a commented
+    /// example (`switchyard config check FILE` checks one).
     /// `--config FILE` is the same flag.
     #[arg(long, visible_alias = "config", value_name = "FILE")]
     targets: Option<PathBuf>,

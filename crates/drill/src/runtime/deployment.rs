@@ -609,6 +609,15 @@ fn parse_link_key(key: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_documented_example_for_a_deployment_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/drill-targets.toml");
+        let deployment = Deployment::load(&path).expect("docs/examples/drill-targets.toml loads");
+        assert_eq!(deployment.regions.len(), 2);
+        assert!(deployment.region("eu-west-1").is_some());
+        assert!(deployment.process_control.is_some());
+    }
+
     const EXAMPLE: &str = r#"
 shop_name = "shop.lab.test."
 shop_port = 8080
