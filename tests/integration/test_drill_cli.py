@@ -43,6 +43,15 @@ def test_directory_without_targets_is_not_a_running_lab(tmp_path):
     assert "has no drill-targets.toml" in output
 
 
+def test_a_stopped_lab_is_said_to_be_stopped(tmp_path):
+    # What a lab leaves behind once stopped: its state (a supervisor gone) and its targets.
+    (tmp_path / "lab.json").write_text('{"supervisor_pid": 4194303, "planned": 1, "components": []}')
+    (tmp_path / "drill-targets.toml").write_text('shop_name = "shop.example."\n')
+    code, output = drill("region-outage", "--lab", str(tmp_path))
+    assert code != 0
+    assert f"the lab in {tmp_path} is not running" in output, output
+
+
 def test_bad_targets_file_names_the_line(tmp_path):
     targets = tmp_path / "deployment.toml"
     targets.write_text('shop_name = "shop.example."\nshop_port = "eighty"\n')

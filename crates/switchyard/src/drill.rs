@@ -101,7 +101,8 @@ fn load_deployment(args: &DrillArgs) -> anyhow::Result<Deployment> {
             }
             // A lab that stopped is said so before any fault or request (one with a component
             // still restarting after another drill is the drill's to wait for).
-            if let Err(error) = lab::status(dir)
+            if dir.join(lab::state::STATE_FILE).is_file()
+                && let Err(error) = lab::status(dir)
                 && error.table.is_none()
             {
                 bail!("{}", error.reason);
