@@ -153,6 +153,21 @@ async fn redis_failover_fences_the_old_master_repoints_replicas_refuses_lag_and_
     assert_eq!(lost, None, "b resynchronised from c and dropped what c never had");
 }
 
+/// A `redis_promote` step over one server in eu (port `eu`) and one in us (port `us`), logging
+/// in as the tests' account (its password written into `dir`).
+fn eu_us_step(dir: &std::path::Path, eu: u16, us: u16) -> RedisPromote {
+    std::fs::write(dir.join("password"), PASSWORD).expect("write password");
+    let settings = format!(
+        "servers = {{ eu = [\"127.0.0.1:{eu}\"], us = [\"127.0.0.1:{us}\"] }}\n\
+         username = \"{USER}\"\npassword = {{ file = \"{}\" }}\n",
+        dir.join("password").display()
+    );
+    let settings: Settings = toml::from_str(&settings).expect("settings parse");
+    settings
+        .check("sessions", &mut Strict::new(&["eu", "us"]))
+        .expect("settings check")
+}
+
 /// A host that takes TCP connections and never answers on them (a hung server, or one behind a
 /// link that drops its replies): every login to it waits out the connection timeout. Counts the
 /// connections it took.
@@ -181,16 +196,7 @@ async fn redis_a_server_that_does_not_answer_the_first_survey_is_not_waited_for_
     let b = free_port();
     let _server = start(&binary, dir.path(), "b", b, None);
     wait_until("b to answer", || async move { connect(b).await.is_ok() }).await;
-    std::fs::write(dir.path().join("password"), PASSWORD).expect("write password");
-    let settings = format!(
-        "servers = {{ eu = [\"127.0.0.1:{silent}\"], us = [\"127.0.0.1:{b}\"] }}\n\
-         username = \"{USER}\"\npassword = {{ file = \"{}\" }}\n",
-        dir.path().join("password").display()
-    );
-    let settings: Settings = toml::from_str(&settings).expect("settings parse");
-    let step = settings
-        .check("sessions", &mut Strict::new(&["eu", "us"]))
-        .expect("settings check");
+    let step = eu_us_step(dir.path(), silent, b);
     let outcome = step.run(&order(3, "eu", "us", false)).await.expect("ran");
     assert!(
         outcome.contains(&format!("127.0.0.1:{silent} unreachable")),
@@ -229,16 +235,7 @@ async fn redis_an_unreachable_master_is_named_then_made_a_replica_when_it_return
     servers[0].child.kill().expect("kill a");
     servers[0].child.wait().expect("reap a");
 
-    std::fs::write(dir.path().join("password"), PASSWORD).expect("write password");
-    let settings = format!(
-        "servers = {{ eu = [\"127.0.0.1:{a}\"], us = [\"127.0.0.1:{b}\"] }}\n\
-         username = \"{USER}\"\npassword = {{ file = \"{}\" }}\n",
-        dir.path().join("password").display()
-    );
-    let settings: Settings = toml::from_str(&settings).expect("settings parse");
-    let step = settings
-        .check("sessions", &mut Strict::new(&["eu", "us"]))
-        .expect("settings check");
+    let step = eu_us_step(dir.path(), a, b);
     let (a_address, b_address) = (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
     let outcome = step.run(&order(3, "eu", "us", false)).await.expect("promoted");
     assert!(outcome.contains(&format!("{a_address} unreachable")), "{outcome}");
