@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use anyhow::bail;
 
 #[derive(clap::Args)]
+#[command(mut_arg("controller", |arg| arg.help(
+    "Every controller member's URL, comma-separated (URL,URL,...): the guard asks them all every round and takes the newest fresh answer; with [guard] controller_members the list must name that many. Default http://127.0.0.1:7400."
+)))]
 pub(crate) struct GuardArgs {
     /// The controller's configuration file (a copy on this region's host is enough): the
     /// runbook's mysql_promote, postgres_promote and redis_promote steps name this region's

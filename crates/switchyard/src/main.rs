@@ -187,11 +187,16 @@ struct CeilingArgs {
 
 #[derive(clap::Args)]
 struct StoreArgs {
-    /// A deployment file whose `[store]` section sets any of the options below (`region`,
-    /// `listen`, `data_dir`, `backup_dir`, `credentials`, `replication_key_file`,
+    /// A file whose `[store]` section sets any of the options below, by their names with `_`
+    /// (`region`, `listen`, `data_dir`, `backup_dir`, `credentials`, `tls_cert`, `tls_key`,
+    /// `peer_ca`, `peer_client_ca`, `peer_client_cert`, `peer_client_key`, `connections_max`,
+    /// `connections_per_client_max`, `header_read_timeout_ms`, `body_read_timeout_ms`,
+    /// `idle_timeout_ms`, `buffered_body_bytes_max`, `replication_key_file`,
     /// `replication_backlog_bytes_max`, `clock_offset_alarm_ms`, `clock_offset_max_ms`,
-    /// `disk_free_bytes_min`, `disk_reserve_bytes`, `cache_bytes`, and `[store.peers]` as
-    /// REGION = "URL" lines); flags and environment variables override it. See the README.
+    /// `disk_free_bytes_min`, `disk_reserve_bytes`, `cache_bytes`, `write_ahead_log`,
+    /// `stream_retention_ms`, `stream_shard_age_ms`, `stream_shard_records_max`,
+    /// `pitr_undo_bytes_max`, `pitr_restorable_lag_ms`, and `[store.peers]` as REGION = "URL"
+    /// lines); flags and environment variables override it. See the README.
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
     /// The region this store serves (shown in ARNs and used by replication) [default: us-east-1].
