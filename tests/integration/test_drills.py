@@ -171,4 +171,7 @@ def test_an_interrupted_drill_heals_the_faults_it_injected(lab):
     assert injected, text[-3000:]
     assert returncode != 0, text[-3000:]
     assert "interrupted: the faults this drill injected were healed" in text, text[-3000:]
+    # The verdict says what happened: stopped, not failed by the system under test.
+    assert "drill slow-region: INTERRUPTED" in text and "FAILED" not in text, text[-3000:]
+    assert "stopped after " in text and " of 127.0 s" in text, text[-3000:]
     assert toxics(base_port) == [], text[-3000:]

@@ -38,6 +38,10 @@ pub struct Report {
     /// what was lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub databases: Option<crate::databases::DatabaseReport>,
+    /// When the drill was interrupted (ms from its start): the report covers the part that ran,
+    /// and an expectation not met is one the drill stopped before it could judge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_at_ms: Option<u64>,
 }
 
 /// Everything a report is computed from.
@@ -78,6 +82,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         history_ops: inputs.history.len(),
         ha: inputs.ha,
         databases: None,
+        interrupted_at_ms: None,
     }
 }
 
@@ -146,6 +151,40 @@ fn figures(report: &Report) -> Vec<(&'static str, String)> {
 }
 
 impl Report {
+    /// The verdict in one word: `PASSED`, `FAILED`, or `INTERRUPTED` (the drill was stopped, so
+    /// what it did not reach is no failure of the system under test).
+    pub fn verdict(&self) -> &'static str {
+        if self.interrupted_at_ms.is_some() {
+            "INTERRUPTED"
+        } else if self.passed {
+            "PASSED"
+        } else {
+            "FAILED"
+        }
+    }
+
+    /// How an expectation is marked: met, not met, or not judged (an interrupted drill's).
+    fn mark(&self, expectation: &ExpectationResult) -> Mark {
+        if expectation.passed {
+            Mark::Met
+        } else if self.interrupted_at_ms.is_some() {
+            Mark::NotJudged
+        } else {
+            Mark::NotMet
+        }
+    }
+
+    /// What an interrupted drill's verdict line adds: when it stopped, of how long.
+    fn interrupted_note(&self) -> Option<String> {
+        self.interrupted_at_ms.map(|at_ms| {
+            format!(
+                "stopped after {:.1} s of {:.1} s; the faults it injected were healed, and an expectation not met is one it stopped before judging",
+                at_ms as f64 / 1000.0,
+                self.durations.total_ms() as f64 / 1000.0
+            )
+        })
+    }
+
     /// The names of the expectations that were not met, in the report's order.
     pub fn failed_expectations(&self) -> Vec<&str> {
         self.expectations
@@ -154,6 +193,13 @@ impl Report {
             .map(|e| e.name.as_str())
             .collect()
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Met,
+    NotMet,
+    NotJudged,
 }
 
 /// The report as one line for CI logs (`drill --quiet`): verdict, RTO, RPO, false failovers
@@ -166,14 +212,24 @@ pub fn render_line(report: &Report) -> String {
     let mut line = format!(
         "drill {}: {} — RTO (DNS) {}, RTO (99 % ok) {}, lost writes {}, false failovers {}, expectations {passed}/{} met",
         report.scenario,
-        if report.passed { "PASS" } else { "FAIL" },
+        match report.verdict() {
+            "PASSED" => "PASS",
+            "FAILED" => "FAIL",
+            other => other,
+        },
         seconds(report.measurements.rto_dns_ms),
         seconds(report.measurements.rto_99_ms),
         report.check.lost,
         report.measurements.false_failovers,
         report.expectations.len()
     );
-    if !failed.is_empty() {
+    if let Some(at_ms) = report.interrupted_at_ms {
+        line.push_str(&format!(" (stopped after {:.1} s", at_ms as f64 / 1000.0));
+        if !failed.is_empty() {
+            line.push_str(&format!("; not judged: {}", failed.join(", ")));
+        }
+        line.push(')');
+    } else if !failed.is_empty() {
         line.push_str(&format!(" (failed: {})", failed.join(", ")));
     }
     line.push('\n');
@@ -182,9 +238,11 @@ pub fn render_line(report: &Report) -> String {
 
 pub fn render_text(report: &Report) -> String {
     let mut out = String::new();
-    let verdict = if report.passed { "PASSED" } else { "FAILED" };
-    let _ = writeln!(out, "drill {}: {verdict}", report.scenario);
+    let _ = writeln!(out, "drill {}: {}", report.scenario, report.verdict());
     let _ = writeln!(out, "  {}", report.summary);
+    if let Some(note) = report.interrupted_note() {
+        let _ = writeln!(out, "  {note}");
+    }
     if !report.regions.is_empty() {
         let _ = writeln!(out, "  regions: {} (primary first)", report.regions.join(", "));
     }
@@ -205,7 +263,11 @@ pub fn render_text(report: &Report) -> String {
         .max()
         .unwrap_or(0);
     for e in &report.expectations {
-        let mark = if e.passed { "ok  " } else { "FAIL" };
+        let mark = match report.mark(e) {
+            Mark::Met => "ok  ",
+            Mark::NotMet => "FAIL",
+            Mark::NotJudged => "n/a ",
+        };
         let _ = writeln!(
             out,
             "  {mark} {:<width$}  expected {}; got {}",
@@ -458,17 +520,24 @@ pub fn render_svg(report: &Report) -> String {
 
 /// The self-contained HTML page.
 pub fn render_html(report: &Report) -> String {
-    let verdict = if report.passed { "PASSED" } else { "FAILED" };
-    let color = if report.passed { "#2ca02c" } else { "#d62728" };
+    let verdict = report.verdict();
+    let color = match verdict {
+        "PASSED" => "#2ca02c",
+        "FAILED" => "#d62728",
+        _ => "#ff7f0e",
+    };
     let mut html = String::new();
     let _ = write!(
         html,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Switchyard drill {name}: {verdict}</title>
-<style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;padding:4px 10px;text-align:left}}.pass{{color:#2ca02c}}.fail{{color:#d62728;font-weight:bold}}</style></head><body>
+<style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;padding:4px 10px;text-align:left}}.pass{{color:#2ca02c}}.fail{{color:#d62728;font-weight:bold}}.unjudged{{color:#888}}</style></head><body>
 <h1>Drill <code>{name}</code>: <span style="color:{color}">{verdict}</span></h1><p>{summary}</p>"#,
         name = escape(&report.scenario),
         summary = escape(&report.summary),
     );
+    if let Some(note) = report.interrupted_note() {
+        let _ = write!(html, "<p><strong>Interrupted:</strong> {}.</p>", escape(&note));
+    }
     if !report.regions.is_empty() {
         let _ = write!(
             html,
@@ -483,7 +552,11 @@ pub fn render_html(report: &Report) -> String {
     html.push_str(&render_svg(report));
     html.push_str("<h2>Expectations</h2><table><tr><th></th><th>check</th><th>expected</th><th>measured</th></tr>");
     for e in &report.expectations {
-        let (class, mark) = if e.passed { ("pass", "✔") } else { ("fail", "✘") };
+        let (class, mark) = match report.mark(e) {
+            Mark::Met => ("pass", "✔"),
+            Mark::NotMet => ("fail", "✘"),
+            Mark::NotJudged => ("unjudged", "–"),
+        };
         let _ = write!(
             html,
             r#"<tr class="{class}"><td>{mark}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,

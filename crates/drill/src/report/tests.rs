@@ -263,3 +263,32 @@ fn the_database_figures_appear_in_the_text_and_html_reports() {
         "{html}"
     );
 }
+
+#[test]
+fn an_interrupted_drill_says_so_instead_of_failed() {
+    let mut report = report();
+    report.interrupted_at_ms = Some(7_250);
+    assert!(!report.passed, "the JSON verdict stays not-passed for scripts");
+    let text = render_text(&report);
+    assert!(text.starts_with("drill store-crash: INTERRUPTED"), "{text}");
+    assert!(text.contains("stopped after 7.2 s of 20.0 s"), "{text}");
+    assert!(text.contains("n/a  RPO (acknowledged writes lost)"), "{text}");
+    assert!(!text.contains("FAIL"), "nothing is called failed: {text}");
+    let line = render_line(&report);
+    assert!(line.starts_with("drill store-crash: INTERRUPTED"), "{line}");
+    assert!(line.contains("(stopped after 7.2 s; not judged: "), "{line}");
+    assert!(!line.contains("failed:"), "{line}");
+    let html = render_html(&report);
+    assert!(html.contains(">INTERRUPTED</span>") && html.contains("<strong>Interrupted:</strong>"));
+    assert!(html.contains(r#"<tr class="unjudged">"#) && !html.contains(r#"<tr class="fail">"#));
+    let json = serde_json::to_string(&report).expect("encodes");
+    assert!(json.contains(r#""interrupted_at_ms":7250"#));
+    let back: Report = serde_json::from_str(&json).expect("decodes");
+    assert_eq!(back, report);
+}
+
+#[test]
+fn a_finished_drill_has_no_interruption_in_its_json() {
+    let json = serde_json::to_string(&report()).expect("encodes");
+    assert!(!json.contains("interrupted_at_ms"));
+}

@@ -226,6 +226,7 @@ pub async fn run<T: FaultTarget>(
     let mut ledger = Ledger::default();
     let start = tokio::time::Instant::now();
     let mut interrupted = false;
+    let mut interrupted_at_ms = None;
     let mut fault_started = false;
     let mut heal_started = false;
     let mut isolation_from = None;
@@ -291,6 +292,7 @@ pub async fn run<T: FaultTarget>(
         _ = schedule => {}
         _ = &mut interrupt => {
             interrupted = true;
+            interrupted_at_ms = Some(start.elapsed().as_millis() as u64);
         }
     }
     let mut heal_errors = Vec::new();
@@ -369,6 +371,7 @@ pub async fn run<T: FaultTarget>(
         report.passed = report.expectations.iter().all(|e| e.passed);
         report.databases = Some(databases);
     }
+    report.interrupted_at_ms = interrupted_at_ms;
     Ok(DrillOutcome {
         report,
         interrupted,
