@@ -1121,6 +1121,14 @@ fn replication_alarms(store: &Store) -> Vec<String> {
     // A database wiped or replaced under this region: the peers list replicas here it lacks.
     // This region holds none of their data, so it must not take traffic for them.
     for (peer, missing) in replication.missing_here() {
+        if missing.tables.is_empty() {
+            alarms.push(format!(
+                "this region's database is new since {since} (Unix ms, {peer}'s clock; its data directory was wiped or replaced): before this store last started, {peer} listed replicas of global tables here that this database does not have, so this region serves none of their data until {peer} answers again (its next answer names the tables, or clears this once each was created again from {peer}: UpdateTable ReplicaUpdates Delete, then Create, for {region})",
+                since = missing.since,
+                region = replication.region(),
+            ));
+            continue;
+        }
         alarms.push(format!(
             "this region's database is new since {since} (Unix ms, {peer}'s clock; its data directory was wiped or replaced): {peer} lists replicas of the global tables {tables} here, which this database does not have, so this region serves none of their data; create each again from {peer} (UpdateTable ReplicaUpdates Delete, then Create, for {region}), which backfills it, and this region is ready again",
             since = missing.since,

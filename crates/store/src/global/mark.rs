@@ -93,7 +93,7 @@ impl Replication {
         .expect("a mark serialises");
         let date_ms = self.engine.now_unix_ms();
         match self.post_dated(peer, "/replication/v1/mark", body, date_ms).await {
-            Ok((200, answer)) => self.take_mark_answer(&peer.region, date_ms, &answer),
+            Ok((200, answer)) => self.take_mark_answer(&peer.region, date_ms, &answer).await,
             Ok((status, body)) => tracing::debug!(
                 peer = %peer.region,
                 status,
@@ -176,7 +176,7 @@ impl Replication {
     /// signed by the peer for this mark counts, the claim and its absence alike: an unsigned
     /// one (forged, a claim stripped on the way, or a body from a build before them) or one
     /// signed for another mark (replayed) changes nothing.
-    fn take_mark_answer(&self, peer: &str, mark_date_ms: u64, body: &[u8]) {
+    async fn take_mark_answer(&self, peer: &str, mark_date_ms: u64, body: &[u8]) {
         let Ok(answer) = serde_json::from_slice::<MarkAnswer>(body) else {
             return;
         };
@@ -203,24 +203,39 @@ impl Replication {
                 .retain(|name| crate::catalog::validate_table_name(name, "TableName").is_ok());
             missing
         });
-        let mut missing_here = self.missing_here.lock().expect("missing-here lock is never poisoned");
-        let before = missing_here.get(peer).cloned();
-        match told {
-            Some(missing) if !missing.tables.is_empty() => {
-                if before.as_ref() != Some(&missing) {
-                    tracing::error!(
-                        %peer,
-                        tables = %missing.tables.join(", "),
-                        "{peer} lists replicas of global tables in this region that this database does not have (its data directory was wiped or replaced): this region must not serve them until they are created again from {peer}"
-                    );
+        let (before, after) = {
+            let mut missing_here = self.missing_here.lock().expect("missing-here lock is never poisoned");
+            let before = missing_here.get(peer).map(|missing| missing.since);
+            match told {
+                Some(missing) if !missing.tables.is_empty() => {
+                    if missing_here.get(peer) != Some(&missing) {
+                        tracing::error!(
+                            %peer,
+                            tables = %missing.tables.join(", "),
+                            "{peer} lists replicas of global tables in this region that this database does not have (its data directory was wiped or replaced): this region must not serve them until they are created again from {peer}"
+                        );
+                    }
+                    let since = missing.since.max(1);
+                    missing_here.insert(peer.to_string(), missing);
+                    (before, Some(since))
                 }
-                missing_here.insert(peer.to_string(), missing);
+                _ => {
+                    if before.is_some() {
+                        tracing::info!(%peer, "{peer} no longer lists replicas missing in this region");
+                    }
+                    missing_here.remove(peer);
+                    (before, None)
+                }
             }
-            _ => {
-                if before.is_some() {
-                    tracing::info!(%peer, "{peer} no longer lists replicas missing in this region");
-                }
-                missing_here.remove(peer);
+        };
+        // Kept durably, so a restart does not serve as `ready` until the peer answers again.
+        // Written only when it changes; one peer's marks go one at a time, so its writes keep
+        // their order.
+        if before.map(|since| since.max(1)) != after {
+            let key = super::missing_here_setting(peer);
+            let value = after.unwrap_or(0);
+            if let Err(error) = self.engine.write(move |context| context.set_setting(&key, value)).await {
+                tracing::warn!(%peer, %error, "could not record what {peer} said of this region's database; it holds in memory and is said again by the next answer");
             }
         }
     }

@@ -137,6 +137,13 @@ pub fn peer_rebuilt_setting(peer: &str) -> String {
     format!("peer_rebuilt:{peer}")
 }
 
+/// The setting holding since when (Unix ms, `peer`'s clock) `peer` says this region's database
+/// lacks replicas it lists here (0: it does not): the alarm outlives a restart, so a wiped region
+/// never answers `ready` until the peer answers again ([`MissingHere`]).
+pub fn missing_here_setting(peer: &str) -> String {
+    format!("missing_here:{peer}")
+}
+
 /// The setting holding when (Unix ms) the replica of table `table_id` in `peer` was last created
 /// (by an UpdateTable here, or a definition received that added it).
 pub fn replica_made_setting(peer: &str, table_id: u64) -> String {
@@ -249,7 +256,8 @@ pub struct Replication {
     /// What each peer last answered to this region's mark about this region's own database:
     /// since when (Unix ms) it has been new there, and the global tables the peer lists with a
     /// replica here that were not created again since (absent: nothing missing, or an older
-    /// peer). Kept until the peer answers otherwise.
+    /// peer). Kept until the peer answers otherwise, and across restarts (its `since`, in
+    /// [`missing_here_setting`]; `tables` is empty until the peer's next answer names them).
     missing_here: Mutex<std::collections::BTreeMap<String, MissingHere>>,
     /// When this process started replicating (Unix ms).
     started_ms: u64,
@@ -261,7 +269,8 @@ pub struct Replication {
 pub struct MissingHere {
     /// Since when the peer has seen this region's new database (Unix ms, the peer's clock).
     pub since: u64,
-    /// The global tables the peer lists with a replica here that this database lacks.
+    /// The global tables the peer lists with a replica here that this database lacks (empty
+    /// in this region's memory when the alarm was read back at start, not yet answered again).
     pub tables: Vec<String>,
 }
 
@@ -290,6 +299,24 @@ impl Replication {
             .map(|p| (p.region.clone(), Arc::new(PeerStatus::default())))
             .collect();
         let engine_now_ms = engine.now_unix_ms();
+        // What the peers said before this process started: the tables are named again by
+        // their next signed answer, which also clears it.
+        let missing_here = config
+            .peers
+            .iter()
+            .filter_map(|peer| {
+                let since = engine.setting_value(&missing_here_setting(&peer.region));
+                (since != 0).then(|| {
+                    (
+                        peer.region.clone(),
+                        MissingHere {
+                            since,
+                            tables: Vec::new(),
+                        },
+                    )
+                })
+            })
+            .collect();
         engine.set_clock_offset_max_ms(config.clock_offset_max_ms);
         if !config.peers.is_empty() {
             engine.hold_sweeps_until_measured();
@@ -311,7 +338,7 @@ impl Replication {
             mark: tokio::sync::watch::Sender::new(None),
             tombstones: TombstoneStatus::default(),
             peer_stores: Mutex::new(std::collections::HashMap::new()),
-            missing_here: Mutex::new(std::collections::BTreeMap::new()),
+            missing_here: Mutex::new(missing_here),
             started_ms: engine_now_ms,
         })
     }

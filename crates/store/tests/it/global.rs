@@ -1397,6 +1397,15 @@ async fn a_peers_new_database_is_recorded_and_a_replayed_old_mark_changes_nothin
     );
 }
 
+/// Stops `region` and starts it again on its port and data directory with `peers`.
+async fn restart_with(region: &mut Region, peers: &[(String, String)]) {
+    stop(region).await;
+    let listener = TcpListener::bind(region.url.trim_start_matches("http://"))
+        .await
+        .expect("rebind the region's port");
+    start(region, listener, peers).await;
+}
+
 /// How the stand-in eu-west-1 answers the lone region's marks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MarkAnswerMode {
@@ -1479,7 +1488,8 @@ async fn only_a_signed_answer_to_this_mark_says_replicas_are_missing_here() {
         ("eu-west-1".to_string(), europe),
     ];
     start(&mut region, listener, &peers).await;
-    let health = || async { get_json(&format!("{}/health", region.url)).await };
+    let health_url = format!("{}/health", region.url);
+    let health = || async { get_json(&health_url).await };
     // Two marks answered in a mode (the second sent after the first's answer was taken).
     let answer_marks_with = |next: MarkAnswerMode| {
         let (mode, marks) = (mode.clone(), marks.clone());
@@ -1514,8 +1524,28 @@ async fn only_a_signed_answer_to_this_mark_says_replicas_are_missing_here() {
         let body = health().await;
         assert_eq!(body["status"], "degraded", "{forged:?}: {body}");
     }
+    // The alarm outlives a restart: the restarted store is not `ready` before the peer
+    // answers again (here it answers only with forgeries, which change nothing).
+    *mode.lock().expect("lock") = MarkAnswerMode::UnsignedNothing;
+    restart_with(&mut region, &peers).await;
+    let body = health().await;
+    assert_eq!(body["status"], "degraded", "remembered across the restart: {body}");
+    let reason = body["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("before this store last started, eu-west-1 listed replicas of global tables here"),
+        "{reason}"
+    );
+    answer_marks_with(MarkAnswerMode::Signed).await;
+    let body = health().await;
+    let reason = body["reason"].as_str().expect("reason");
+    assert!(reason.contains("global tables carts here"), "named again: {reason}");
     answer_marks_with(MarkAnswerMode::Nothing).await;
     let body = health().await;
     assert_eq!(body["status"], "ready", "cleared by the next signed answer: {body}");
+    // Cleared durably too: restarted while the peer answers only forgeries, it is ready.
+    *mode.lock().expect("lock") = MarkAnswerMode::Unsigned;
+    restart_with(&mut region, &peers).await;
+    let body = health().await;
+    assert_eq!(body["status"], "ready", "the clearance outlives a restart: {body}");
     stop(&mut region).await;
 }
