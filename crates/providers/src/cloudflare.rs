@@ -344,7 +344,11 @@ fn envelope(answer: &Answer, doing: &str) -> Result<Value, Failure> {
         })
         .filter(|text| !text.is_empty())
         .unwrap_or_else(|| answer.shown());
-    let message = format!("Cloudflare answered {} to {doing}: {errors}", answer.status);
+    let message = format!(
+        "Cloudflare answered {} to {doing}: {errors}{}",
+        answer.status,
+        rest::rate_limit_note(answer)
+    );
     Err(classify(answer.status, message))
 }
 

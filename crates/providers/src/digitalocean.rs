@@ -297,8 +297,38 @@ pub(crate) fn failure(answer: &Answer, doing: &str) -> Failure {
         .unwrap_or_else(|| answer.shown());
     classify(
         answer.status,
-        format!("DigitalOcean answered {} to {doing}: {text}", answer.status),
+        format!(
+            "DigitalOcean answered {} to {doing}: {text}{}",
+            answer.status,
+            rest::rate_limit_note(answer)
+        ),
     )
+}
+
+/// A record's `data` as DigitalOcean takes it: a CNAME's host name ends with a dot (it answers
+/// `422 Data needs to end with a dot (.)` otherwise, and `@` would mean the domain itself), so
+/// one written without it in the configuration gets it here. Other types go as written.
+fn record_data(record_type: &str, value: &str) -> String {
+    if record_type == "CNAME" && !value.ends_with('.') {
+        format!("{value}.")
+    } else {
+        value.to_string()
+    }
+}
+
+/// DigitalOcean refuses an assign with 422 while the droplet or the reserved IP has another
+/// event pending ("Droplet already has a pending event.", "The floating IP already has a
+/// pending event."): a droplet still booting or being resized, or an action another client
+/// started. That passes by itself, so it is retried, not a refusal that ends the failover.
+fn pending_event_is_retryable(failure: Failure, droplet: u64) -> Failure {
+    match failure {
+        Failure::Refused(message) if message.to_ascii_lowercase().contains("pending event") => {
+            Failure::Retryable(format!(
+                "{message} (droplet {droplet} or the reserved IP is busy with another action; retried once it ends)"
+            ))
+        }
+        other => other,
+    }
 }
 
 fn shape(what: &str) -> impl FnOnce(serde_json::Error) -> Failure + '_ {
@@ -392,7 +422,7 @@ impl DigitalOcean {
         self.call(
             Method::PUT,
             &format!("/v2/domains/{domain}/records/{}", record.id),
-            Some(&json!({ "type": record_type, "data": target })),
+            Some(&json!({ "type": record_type, "data": record_data(record_type, target) })),
             &format!("updating {what} to {target}"),
         )
         .await?;
@@ -468,7 +498,8 @@ impl DigitalOcean {
                 Some(&json!({ "type": "assign", "droplet_id": target })),
                 &format!("assigning reserved IP {ip} to droplet {target}"),
             )
-            .await?;
+            .await
+            .map_err(|failure| pending_event_is_retryable(failure, target))?;
         let action = started
             .pointer("/action/id")
             .and_then(Value::as_u64)

@@ -130,6 +130,39 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<u64>
     Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// How long an answer asks the client to wait before its next request: `Retry-After`, else —
+/// when a rate limit's remaining count is 0 — its reset time: DigitalOcean's hourly limit sends
+/// `ratelimit-remaining: 0` and `ratelimit-reset` (Unix seconds) without `Retry-After`, which it
+/// documents only for its per-minute burst limit. `None` when the answer asks nothing.
+pub fn wait_asked_ms(headers: &hyper::HeaderMap, now: std::time::SystemTime) -> Option<u64> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(wait) = header("retry-after").and_then(|v| parse_retry_after(v, now)) {
+        return Some(wait);
+    }
+    if header("ratelimit-remaining") != Some("0") {
+        return None;
+    }
+    let reset_s: u64 = header("ratelimit-reset")?.parse().ok()?;
+    let now_ms = u64::try_from(now.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()?;
+    Some(reset_s.saturating_mul(1000).saturating_sub(now_ms))
+}
+
+/// What a refused answer's message adds about a rate limit: for a 429 that asked for a wait
+/// longer than this client waits by itself ([`RATE_LIMIT_WAIT_MS_MAX`]), or that stayed after
+/// [`RATE_LIMIT_RETRIES_MAX`] retries, how long the API asked for (empty otherwise).
+pub fn rate_limit_note(answer: &Answer) -> String {
+    if answer.status != 429 {
+        return String::new();
+    }
+    match answer.retry_after_ms {
+        Some(ms) => format!(
+            " (rate limited: the API asks for {} s before the next request; the runbook's next attempt retries)",
+            ms.div_ceil(1000)
+        ),
+        None => " (rate limited; the runbook's next attempt retries)".to_string(),
+    }
+}
+
 /// A random value for jitter, from the standard library's per-process random hash keys.
 pub fn random_u64() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -287,11 +320,7 @@ impl Rest {
                 .await
                 .map_err(|e| transport(common::error::chain(&e)))?;
             let status = response.status().as_u16();
-            let retry_after_ms = response
-                .headers()
-                .get(hyper::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+            let retry_after_ms = wait_asked_ms(response.headers(), std::time::SystemTime::now());
             let body = Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
                 .collect()
                 .await
@@ -441,6 +470,36 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[test]
+    fn a_spent_rate_limit_without_retry_after_asks_until_its_reset() {
+        let now = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = hyper::HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, value.parse().expect("header value"));
+            }
+            map
+        };
+        // Retry-After wins when both are there.
+        let both = headers(&[
+            ("retry-after", "2"),
+            ("ratelimit-remaining", "0"),
+            ("ratelimit-reset", "1700003600"),
+        ]);
+        assert_eq!(wait_asked_ms(&both, now), Some(2_000));
+        // DigitalOcean's hourly limit: remaining 0, reset in Unix seconds.
+        let spent = headers(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "1700003600")]);
+        assert_eq!(wait_asked_ms(&spent, now), Some(3_599_750));
+        // Requests left, or a reset already past: nothing to wait for.
+        let left = headers(&[("ratelimit-remaining", "4999"), ("ratelimit-reset", "1700003600")]);
+        assert_eq!(wait_asked_ms(&left, now), None);
+        let past = headers(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "1600000000")]);
+        assert_eq!(wait_asked_ms(&past, now), Some(0));
+        let garbage = headers(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "soon")]);
+        assert_eq!(wait_asked_ms(&garbage, now), None);
+        assert_eq!(wait_asked_ms(&hyper::HeaderMap::new(), now), None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! result, result_info}` envelope, the DNS record list filtered by `type` and `name.exact` and
 //! paginated by `page`/`per_page` with `result_info.total_pages`, `PATCH` of a record's
 //! `content`/`comment`, Load Balancing pools' `enabled`, and 429 with `Retry-After` (error
-//! code 971) when throttled.
+//! code 971) when throttled: a second or two, or the five minutes Cloudflare blocks a token
+//! that went over its global limit (developers.cloudflare.com/fundamentals/api/reference/limits).
 
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +29,8 @@ struct Zone {
     records: Vec<Value>,
     pools: Vec<Value>,
     throttle: fake::Throttle,
+    /// The `Retry-After` of a throttled answer in seconds (default 1).
+    retry_after_s: Option<u64>,
     patches: Vec<(String, Value)>,
 }
 
@@ -54,7 +57,7 @@ fn handle(zone: &Shared, request: Request) -> axum::response::Response {
         return answer(
             429,
             json!({"success": false, "errors": [{"code": 971, "message": "Please wait and consider throttling your request speed"}], "messages": [], "result": null}),
-            &[("retry-after", "1")],
+            &[("retry-after", &zone.retry_after_s.unwrap_or(1).to_string())],
         );
     }
     let parts: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
@@ -281,6 +284,31 @@ async fn a_record_changed_by_someone_else_or_by_a_newer_generation_is_fenced_and
     let zone = zone.lock().expect("state");
     assert!(zone.patches.is_empty(), "nothing written: {:?}", zone.patches);
     assert_eq!(zone.records[0]["content"], US);
+}
+
+/// A token over Cloudflare's global limit is blocked for five minutes: the step does not sleep
+/// through them inside one attempt, and says how long Cloudflare asks for.
+#[tokio::test]
+async fn a_five_minute_block_is_reported_with_its_wait_not_slept_through() {
+    let (zone, base) = start(Zone {
+        records: vec![record("r1", "shop.example", US, None)],
+        throttle: fake::Throttle { left: 10, seen: 0 },
+        retry_after_s: Some(300),
+        ..Zone::default()
+    })
+    .await;
+    let token = token_file(TOKEN);
+    let blocked = step(&record_settings(&base, token.path())).run(&failover(3)).await;
+    assert!(
+        matches!(&blocked, Err(Failure::Retryable(m))
+            if m.contains("answered 429") && m.contains("971") && m.contains("the API asks for 300 s")),
+        "{blocked:?}"
+    );
+    assert_eq!(
+        zone.lock().expect("state").throttle.seen,
+        1,
+        "asked once, not retried at once"
+    );
 }
 
 #[tokio::test]

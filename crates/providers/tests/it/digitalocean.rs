@@ -6,8 +6,10 @@
 //! relative to the domain (`@` for the apex), `PUT` of a record, reserved IPs
 //! (`{"reserved_ip": {"ip", "droplet", "locked", ...}}`), `POST .../actions`
 //! `{"type": "assign", "droplet_id"}` answered 201 with an `in-progress` action that
-//! completes (or errors) after some polls of `GET .../actions/{id}`, and 429
-//! `{"id": "too_many_requests", ...}` with `Retry-After`.
+//! completes (or errors) after some polls of `GET .../actions/{id}`, 422 for an assign while
+//! the droplet has a pending event, 422 `Data needs to end with a dot (.)` for a CNAME's data
+//! without one, and 429 `{"id": "too_many_requests", ...}` with `Retry-After` (the burst limit)
+//! or with `ratelimit-remaining: 0` and `ratelimit-reset` only (the hourly limit).
 
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +35,10 @@ struct Account {
     polls: u32,
     fail_actions: bool,
     throttle: fake::Throttle,
+    /// Every request answered 429 with the hourly limit's headers (reset in an hour).
+    hourly_limit_spent: bool,
+    /// Assigns refused with 422 "Droplet already has a pending event." before one is taken.
+    pending_events: u32,
     writes: u32,
 }
 
@@ -54,6 +60,22 @@ fn handle(account: &Shared, request: Request, base: &str) -> axum::response::Res
     let mut account = account.lock().expect("fake state");
     if request.bearer() != Some(TOKEN) {
         return error(401, "unauthorized", "Unable to authenticate you.");
+    }
+    if account.hourly_limit_spent {
+        let reset = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+            + 3_600;
+        return answer(
+            429,
+            json!({"id": "too_many_requests", "message": "API Rate limit exceeded."}),
+            &[
+                ("ratelimit-limit", "5000"),
+                ("ratelimit-remaining", "0"),
+                ("ratelimit-reset", &reset.to_string()),
+            ],
+        );
     }
     if account.throttle.take() {
         return answer(
@@ -110,6 +132,10 @@ fn handle(account: &Shared, request: Request, base: &str) -> axum::response::Res
                     return error(422, "unprocessable_entity", "Type cannot be changed.");
                 }
                 if let Some(data) = body.get("data") {
+                    let cname = body.get("type").unwrap_or(&record["type"]) == "CNAME";
+                    if cname && !data.as_str().is_some_and(|d| d.ends_with('.') || d == "@") {
+                        return error(422, "unprocessable_entity", "Data needs to end with a dot (.)");
+                    }
                     record["data"] = data.clone();
                 }
                 let record = record.clone();
@@ -135,6 +161,10 @@ fn handle(account: &Shared, request: Request, base: &str) -> axum::response::Res
                     "type must be assign or unassign, with droplet_id for assign",
                 );
             };
+            if account.pending_events > 0 {
+                account.pending_events -= 1;
+                return error(422, "unprocessable_entity", "Droplet already has a pending event.");
+            }
             let id = 36_804_636 + u64::from(account.writes);
             account.writes += 1;
             account.locked = true;
@@ -325,6 +355,89 @@ async fn an_errored_action_is_retryable_and_an_ip_on_a_foreign_droplet_is_fenced
         "{fenced:?}"
     );
     assert_eq!(account.lock().expect("state").writes, 1, "no second assign");
+}
+
+/// A CNAME written without its final dot in the configuration is sent with it: DigitalOcean
+/// refuses a CNAME's data without one (422), which would end every failover.
+#[tokio::test]
+async fn a_cname_is_sent_with_its_final_dot() {
+    let mut cname = record(3352894, "shop", "lb-us.example.net.");
+    cname["type"] = json!("CNAME");
+    let (account, base) = start(Account {
+        records: vec![cname],
+        ..Account::default()
+    })
+    .await;
+    let token = token_file(TOKEN);
+    let settings = format!(
+        r#"
+token = {{ file = "{}" }}
+api_url = "{base}"
+domain = "shop.example"
+record = "shop.shop.example"
+type = "CNAME"
+values = {{ us-east-1 = "lb-us.example.net", eu-west-1 = "lb-eu.example.net" }}
+"#,
+        token.path().display()
+    );
+    let step = &step(&settings);
+    let writes = || account.lock().expect("state").writes as usize;
+    fake::moves_then_stays(
+        |order| async move { step.run(&order).await },
+        5,
+        "lb-eu.example.net",
+        writes,
+    )
+    .await;
+    let account = account.lock().expect("state");
+    assert_eq!(account.records[0]["data"], "lb-eu.example.net.");
+    assert_eq!(account.writes, 1, "read back as written: no second write");
+}
+
+/// An assign refused because the droplet has a pending event (still booting, say) is retried,
+/// not a refusal that ends the failover.
+#[tokio::test]
+async fn an_assign_refused_for_a_pending_event_is_retried() {
+    let (account, base) = start(Account {
+        droplet: Some(111),
+        pending_events: 1,
+        ..Account::default()
+    })
+    .await;
+    let token = token_file(TOKEN);
+    let step = step(&ip_settings(&base, token.path()));
+    let busy = step.run(&failover(8)).await;
+    assert!(
+        matches!(&busy, Err(Failure::Retryable(m)) if m.contains("pending event") && m.contains("retried")),
+        "{busy:?}"
+    );
+    let done = step.run(&failover(8)).await;
+    assert!(matches!(&done, Ok(m) if m.contains("completed")), "{done:?}");
+    assert_eq!(account.lock().expect("state").droplet, Some(222));
+}
+
+/// The hourly limit spent: DigitalOcean sends `ratelimit-reset` without `Retry-After`; the step
+/// does not sleep through the hour, and says how long the API asks for.
+#[tokio::test]
+async fn the_hourly_rate_limit_is_reported_with_its_wait() {
+    let (account, base) = start(Account {
+        records: vec![record(3352893, "www", US)],
+        hourly_limit_spent: true,
+        ..Account::default()
+    })
+    .await;
+    let token = token_file(TOKEN);
+    let limited = step(&record_settings(&base, token.path())).run(&failover(5)).await;
+    let Err(Failure::Retryable(message)) = &limited else {
+        panic!("{limited:?}");
+    };
+    assert!(
+        message.contains("answered 429")
+            && (message.contains("rate limited: the API asks for 3600 s")
+                || message.contains("rate limited: the API asks for 3599 s")),
+        "{message}"
+    );
+    assert_eq!(account.lock().expect("state").writes, 0);
 }
 
 #[test]
