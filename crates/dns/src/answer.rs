@@ -322,6 +322,26 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
                 None => break 'rcode ResponseCode::FormErr,
             },
         }
+        if query.op_code() == OpCode::Notify {
+            // A NOTIFY (RFC 1996) to this server, the primary of its zones: answered as BIND
+            // answers one for a zone it is primary for — NOERROR with AA (nothing to fetch);
+            // NOTAUTH for a name that is no zone's apex here; FORMERR without exactly one
+            // question, or with one that is not an SOA.
+            let Some(question) = question.filter(|q| q.query_type() == RecordType::SOA) else {
+                break 'rcode ResponseCode::FormErr;
+            };
+            match zones.zone_for(question.name()) {
+                Some(zone) if zone.origin == *question.name() => {
+                    response.set_authoritative(true);
+                    label = zone_label(zone);
+                    break 'rcode ResponseCode::NoError;
+                }
+                _ => {
+                    label = fixed_label(LABEL_OUTSIDE);
+                    break 'rcode ResponseCode::NotAuth;
+                }
+            }
+        }
         if query.op_code() != OpCode::Query {
             break 'rcode ResponseCode::NotImp;
         }

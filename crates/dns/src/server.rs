@@ -135,6 +135,8 @@ pub struct State {
     drop_log: RateLimitedLog,
     /// Bumped after every change of zones or view, so workers refresh their snapshot only then.
     epoch: AtomicU64,
+    /// Told after every change of zones or view: the NOTIFY sender plans again.
+    pub(crate) changed: tokio::sync::Notify,
 }
 
 /// A worker's copy of the zones and view, refreshed when the state's epoch moves.
@@ -157,6 +159,7 @@ impl State {
             state_dir,
             drop_log: RateLimitedLog::default(),
             epoch: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -212,6 +215,7 @@ impl State {
     pub fn replace_zones(&self, zones: Zones) {
         *self.zones.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(zones);
         self.epoch.fetch_add(1, Ordering::Release);
+        self.changed.notify_one();
     }
 
     /// Publishes a new view (the caller holds `view_writer`) and persists it; returns whether it
@@ -227,6 +231,7 @@ impl State {
         });
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
         self.epoch.fetch_add(1, Ordering::Release);
+        self.changed.notify_one();
         persisted
     }
 }
@@ -400,6 +405,11 @@ pub async fn run_with_state(
         Arc::clone(&state),
         Rng::new(seeds.next_u64()),
         options.limits.clone(),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(crate::notify::notifier(
+        Arc::clone(&state),
+        Rng::new(seeds.next_u64()),
         stop_rx.clone(),
     ));
     if let Some(path) = options.config_path.clone() {

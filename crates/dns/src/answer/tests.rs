@@ -470,12 +470,46 @@ fn axfr_refused_unless_allowed_and_over_tcp() {
     );
 }
 
+/// A NOTIFY to this server, the primary: answered as BIND 9.18 answers one (checked against
+/// `named` serving the same zones as primary).
+#[test]
+fn a_notify_received_is_answered_as_bind_does_for_a_zone_it_is_primary_for() {
+    let notify = |qname: &str, qtype: RecordType| {
+        let mut notify = request(qname, qtype);
+        notify.message.set_op_code(OpCode::Notify).set_authoritative(true);
+        ask(&notify, &HealthView::default())
+    };
+    let apex = notify("SHOP.example.", RecordType::SOA);
+    assert_eq!(apex.response_code(), ResponseCode::NoError);
+    assert!(apex.authoritative());
+    assert_eq!(apex.op_code(), OpCode::Notify);
+    assert_eq!(apex.queries()[0].name(), &name("SHOP.example."), "the question echoed");
+    assert!(apex.answers().is_empty());
+    let below = notify("plain.shop.example.", RecordType::SOA);
+    assert_eq!(below.response_code(), ResponseCode::NotAuth);
+    assert!(!below.authoritative());
+    assert_eq!(
+        notify("example.org.", RecordType::SOA).response_code(),
+        ResponseCode::NotAuth
+    );
+    assert_eq!(
+        notify("shop.example.", RecordType::A).response_code(),
+        ResponseCode::FormErr
+    );
+    let mut none = request("shop.example.", RecordType::SOA);
+    none.message.set_op_code(OpCode::Notify).take_queries();
+    assert_eq!(
+        ask(&none, &HealthView::default()).response_code(),
+        ResponseCode::FormErr
+    );
+}
+
 #[test]
 fn odd_queries_get_the_right_rcode() {
-    let mut notify = request("shop.example.", RecordType::SOA);
-    notify.message.set_op_code(OpCode::Notify);
+    let mut update = request("shop.example.", RecordType::SOA);
+    update.message.set_op_code(OpCode::Update);
     assert_eq!(
-        ask(&notify, &HealthView::default()).response_code(),
+        ask(&update, &HealthView::default()).response_code(),
         ResponseCode::NotImp
     );
     let mut two = request("shop.example.", RecordType::SOA);
