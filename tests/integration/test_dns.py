@@ -286,10 +286,31 @@ def test_garbage_is_survived(server):
                 break
         assert formerr is not None and formerr[3] & 0x0F == dns.rcode.FORMERR
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as tcp:
-        tcp.sendall(b"\xff\xff")  # announces a message above the limit: the server hangs up
+        tcp.sendall(b"\x00\x00")  # announces an empty message: the server hangs up
         assert tcp.recv(10) == b""
     assert server.short("plain.shop.example") == ["192.0.2.1"]
     assert server.process.poll() is None
+
+
+def test_queries_beyond_4096_bytes_are_answered(server):
+    """A query padded (EDNS padding, RFC 7830) past 4096 bytes is answered over TCP, up to the
+    65,535 bytes DNS over TCP allows, and over UDP, as BIND answers them."""
+    for size in (4097, 20000, 65535):
+        query = dns.message.make_query("plain.shop.example", "A", use_edns=0)
+        wire_size = len(query.to_wire())
+        # The payload size also bounds what dnspython writes.
+        query.use_edns(0, payload=65535, options=[dns.edns.GenericOption(dns.edns.OptionType.PADDING,
+                                                          b"\0" * (size - wire_size - 4))])
+        assert len(query.to_wire()) == size
+        answer = dns.query.tcp(query, "127.0.0.1", port=server.port, timeout=5)
+        assert answer.rcode() == dns.rcode.NOERROR and answer.answer[0][0].address == "192.0.2.1", size
+    udp = dns.message.make_query("plain.shop.example", "A", use_edns=0, payload=65535,
+                                 options=[dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"\0" * 9000)])
+    answer = dns.query.udp(udp, "127.0.0.1", port=server.port, timeout=5)
+    assert answer.rcode() == dns.rcode.NOERROR and answer.answer[0][0].address == "192.0.2.1"
+    # dig pads only to blocks of at most 512 bytes; it is answered the same way.
+    assert server.short("plain.shop.example", "A") == server.dig("plain.shop.example", "A", "+padding=512",
+                                                                   "+short").split()
 
 
 def test_rate_limited_answers_are_slipped_and_dig_gets_them_over_tcp(tmp_path):

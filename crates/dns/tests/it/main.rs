@@ -194,11 +194,50 @@ async fn answers_over_udp_and_tcp_and_truncates_then_serves_over_tcp() {
     server.stop().await;
 }
 
+/// `query` with an EDNS(0) padding option (RFC 7830) that makes it `total` bytes long.
+fn padded_query(name: &str, total: usize) -> Vec<u8> {
+    let mut packet = query(name, RecordType::A, Some(1232));
+    // The OPT record ends the packet with its RDLENGTH (0): the option goes in its RDATA.
+    let option_bytes = total - packet.len();
+    let rdlength = packet.len() - 2;
+    packet[rdlength..].copy_from_slice(&u16::try_from(option_bytes).expect("fits").to_be_bytes());
+    packet.extend_from_slice(&12u16.to_be_bytes());
+    packet.extend_from_slice(&u16::try_from(option_bytes - 4).expect("fits").to_be_bytes());
+    packet.resize(total, 0);
+    packet
+}
+
+/// Queries of any size a transport can carry are answered: over TCP up to the 65,535 bytes
+/// the length prefix allows, over UDP up to the largest IPv4 payload; a zero-length TCP
+/// message closes the connection.
 #[tokio::test]
-async fn oversized_tcp_messages_close_the_connection_and_service_continues() {
+async fn queries_beyond_4096_bytes_are_answered_over_tcp_and_udp() {
     let server = Server::start(None).await;
+    for total in [4_097, 20_000, 65_535] {
+        let packet = padded_query("ns1.shop.example.", total);
+        assert_eq!(packet.len(), total);
+        Message::from_vec(&packet).expect("the padded query parses");
+        let answer = tcp(server.dns, &packet).await;
+        assert_eq!(addresses(&answer), ["192.0.2.53"], "{total} bytes over TCP");
+    }
+    // Two in a row on one connection: the buffer follows each announced length.
     let mut stream = TcpStream::connect(server.dns).await.expect("connect");
-    stream.write_all(&[0xff, 0xff]).await.expect("write");
+    for total in [30_000, 100] {
+        let packet = if total > 1_000 {
+            padded_query("ns1.shop.example.", total)
+        } else {
+            query("ns1.shop.example.", RecordType::A, None)
+        };
+        assert_eq!(addresses(&ask_on(&mut stream, &packet).await), ["192.0.2.53"]);
+    }
+    // The largest UDP payload over IPv4 (65,535 - 8 - 20 bytes).
+    for total in [4_097, 65_507] {
+        let answer = udp(server.dns, &padded_query("ns1.shop.example.", total)).await;
+        assert_eq!(addresses(&answer), ["192.0.2.53"], "{total} bytes over UDP");
+        assert_eq!(answer.response_code(), ResponseCode::NoError);
+    }
+    let mut stream = TcpStream::connect(server.dns).await.expect("connect");
+    stream.write_all(&[0, 0]).await.expect("write");
     let mut rest = Vec::new();
     // Closed (Ok) or reset (Err): either way, no answer and no hang.
     let _closed_or_reset = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), stream.read_to_end(&mut rest))
