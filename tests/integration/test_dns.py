@@ -4,6 +4,7 @@ dnspython, with health pushed over its admin API the way the controller does it.
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.query
@@ -284,10 +286,31 @@ def test_garbage_is_survived(server):
                 break
         assert formerr is not None and formerr[3] & 0x0F == dns.rcode.FORMERR
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as tcp:
-        tcp.sendall(b"\xff\xff")  # announces a message above the limit: the server hangs up
+        tcp.sendall(b"\x00\x00")  # announces an empty message: the server hangs up
         assert tcp.recv(10) == b""
     assert server.short("plain.shop.example") == ["192.0.2.1"]
     assert server.process.poll() is None
+
+
+def test_queries_beyond_4096_bytes_are_answered(server):
+    """A query padded (EDNS padding, RFC 7830) past 4096 bytes is answered over TCP, up to the
+    65,535 bytes DNS over TCP allows, and over UDP, as BIND answers them."""
+    for size in (4097, 20000, 65535):
+        query = dns.message.make_query("plain.shop.example", "A", use_edns=0)
+        wire_size = len(query.to_wire())
+        # The payload size also bounds what dnspython writes.
+        query.use_edns(0, payload=65535, options=[dns.edns.GenericOption(dns.edns.OptionType.PADDING,
+                                                          b"\0" * (size - wire_size - 4))])
+        assert len(query.to_wire()) == size
+        answer = dns.query.tcp(query, "127.0.0.1", port=server.port, timeout=5)
+        assert answer.rcode() == dns.rcode.NOERROR and answer.answer[0][0].address == "192.0.2.1", size
+    udp = dns.message.make_query("plain.shop.example", "A", use_edns=0, payload=65535,
+                                 options=[dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"\0" * 9000)])
+    answer = dns.query.udp(udp, "127.0.0.1", port=server.port, timeout=5)
+    assert answer.rcode() == dns.rcode.NOERROR and answer.answer[0][0].address == "192.0.2.1"
+    # dig pads only to blocks of at most 512 bytes; it is answered the same way.
+    assert server.short("plain.shop.example", "A") == server.dig("plain.shop.example", "A", "+padding=512",
+                                                                   "+short").split()
 
 
 def test_rate_limited_answers_are_slipped_and_dig_gets_them_over_tcp(tmp_path):
@@ -341,4 +364,144 @@ def test_one_client_cannot_hold_every_tcp_slot(tmp_path):
     finally:
         for connection in held:
             connection.close()
+        server.stop()
+
+
+NAMED = shutil.which("named") or "/usr/sbin/named"
+# Long enough that within a test only a NOTIFY can make BIND fetch a zone again.
+SOA_TIMERS = "refresh = 3600\nretry = 3600"
+
+NESTED_CONFIG = """
+[dns]
+axfr_allow = ["127.0.0.1"]
+notify = [NOTIFY_TARGETS]
+
+[[dns.zones]]
+origin = "example."
+ns = ["ns1"]
+
+[dns.zones.soa]
+serial = 100
+""" + SOA_TIMERS + """
+
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["192.0.2.1"]
+""" + failover_zone_toml("serial = 2026112401\n" + SOA_TIMERS)
+
+
+def free_port():
+    """A port free for UDP and TCP on 127.0.0.1 (as BIND listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port free for UDP and TCP")
+
+
+class Secondary:
+    """BIND9 `named` as a secondary of `zones`, transferred from switchyard on `primary_port`."""
+
+    def __init__(self, directory, port, primary_port, zones):
+        self.directory = directory
+        self.port = port
+        directory.mkdir()
+        d = str(directory)
+        text = (f'options {{\n  directory "{d}";\n  pid-file "{d}/named.pid";\n  session-keyfile "{d}/session.key";\n'
+                f'  managed-keys-directory "{d}";\n  listen-on port {port} {{ 127.0.0.1; }};\n  listen-on-v6 {{ none; }};\n'
+                f'  recursion no;\n  notify no;\n  dnssec-validation no;\n}};\ncontrols {{ }};\n')
+        for zone in zones:
+            text += (f'zone "{zone}" {{\n  type secondary;\n  primaries {{ 127.0.0.1 port {primary_port}; }};\n'
+                     f'  file "{d}/{zone}.db";\n}};\n')
+        self.conf = directory / "named.conf"
+        self.conf.write_text(text)
+        self.log = directory / "named.log"
+        self.process = subprocess.Popen([NAMED, "-g", "-4", "-n", "1", "-c", str(self.conf)],
+                                        stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+
+    def dig(self, *args):
+        result = subprocess.run(["dig", "@127.0.0.1", "-p", str(self.port), "+time=1", "+tries=1", "+norec", *args],
+                                capture_output=True, text=True, timeout=30)
+        return result.stdout
+
+    def short(self, name, rtype="A"):
+        return self.dig(name, rtype, "+short").split()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def wait_until(condition, what, log_paths):
+    deadline = time.monotonic() + 30
+    while True:
+        value = condition()
+        if value:
+            return value
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in log_paths if p.exists())
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{logs}"
+        time.sleep(0.1)
+
+
+def test_bind_secondaries_follow_a_failover_by_notify_and_refer_to_the_child_zone(tmp_path):
+    """BIND9 as a secondary of the parent and the child zone (refresh 3600 s: only a NOTIFY makes
+    it fetch within the test) sees a failover flipped by a health push; BIND9 as a secondary of
+    the parent alone refers a name of the child to the child's name servers (the delegation
+    switchyard puts in the parent's transfer), where it had answered NXDOMAIN."""
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    if not Path(NAMED).exists():
+        pytest.skip("named not installed: apt-get install bind9 (scripts/install-test-deps.sh)")
+    both_port, parent_port = free_port(), free_port()
+    targets = f'"127.0.0.1:{both_port}", "127.0.0.1:{parent_port}"'
+    server = DnsServer(tmp_path, NESTED_CONFIG.replace("NOTIFY_TARGETS", targets))
+    server.start()
+    secondaries = []
+    try:
+        both = Secondary(tmp_path / "both", both_port, server.port, ["example", "shop.example"])
+        secondaries.append(both)
+        parent = Secondary(tmp_path / "parent", parent_port, server.port, ["example"])
+        secondaries.append(parent)
+        logs = [server.log, both.log, parent.log]
+        wait_until(lambda: both.short("app.shop.example") == ["192.0.2.10"], "BIND's first transfer", logs)
+        assert "flags: qr aa" in both.dig("app.shop.example", "A")
+        status, body = server.put("/v1/health", {"generation": 3, "targets": {"us-east-1": "unhealthy"}})
+        assert status == 200, body
+        assert server.short("app.shop.example") == ["198.51.100.10"]
+        wait_until(lambda: both.short("app.shop.example") == ["198.51.100.10"],
+                   "the failover on BIND's secondary", logs)
+        assert both.short("shop.example", "SOA")[2] == "2026112402", "the serial moved by the push"
+        wait_until(lambda: re.search(r'switchyard_dns_notifies_total\{outcome="acknowledged"\} [1-9]',
+                                     server.get("/metrics")), "an acknowledged NOTIFY", logs)
+        assert "received notify for zone 'shop.example'" in both.log.read_text()
+        # The parent's secondary: a referral to the child's name servers, with glue.
+        wait_until(lambda: parent.short("example", "SOA")[2:3] == ["101"], "the parent at serial 101", logs)
+        referral = dns.query.udp(dns.message.make_query("app.shop.example", "A"), "127.0.0.1",
+                                 port=parent.port, timeout=3)
+        assert referral.rcode() == dns.rcode.NOERROR, referral
+        assert not referral.flags & dns.flags.AA and not referral.answer, referral
+        assert [(str(r.name), r.rdtype) for r in referral.authority] == [("shop.example.", dns.rdatatype.NS)], referral
+        assert [r.to_text() for r in referral.authority[0]] == ["ns1.shop.example."]
+        assert [(str(r.name), r[0].to_text()) for r in referral.additional] == [("ns1.shop.example.", "192.0.2.53")]
+        assert "status: NXDOMAIN" in parent.dig("nope.example"), "the parent's own names still answer"
+        # DS of the child's apex: the parent side answers it, here as on BIND serving both zones.
+        for port in (server.port, both.port):
+            ds = dns.query.udp(dns.message.make_query("shop.example", "DS"), "127.0.0.1", port=port, timeout=3)
+            assert ds.rcode() == dns.rcode.NOERROR and ds.flags & dns.flags.AA and not ds.answer, ds
+            assert [(str(r.name), r.rdtype) for r in ds.authority] == [("example.", dns.rdatatype.SOA)], ds
+    finally:
+        for secondary in secondaries:
+            secondary.stop()
         server.stop()

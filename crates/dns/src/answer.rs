@@ -322,6 +322,26 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
                 None => break 'rcode ResponseCode::FormErr,
             },
         }
+        if query.op_code() == OpCode::Notify {
+            // A NOTIFY (RFC 1996) to this server, the primary of its zones: answered as BIND
+            // answers one for a zone it is primary for — NOERROR with AA (nothing to fetch);
+            // NOTAUTH for a name that is no zone's apex here; FORMERR without exactly one
+            // question, or with one that is not an SOA.
+            let Some(question) = question.filter(|q| q.query_type() == RecordType::SOA) else {
+                break 'rcode ResponseCode::FormErr;
+            };
+            match zones.zone_for(question.name()) {
+                Some(zone) if zone.origin == *question.name() => {
+                    response.set_authoritative(true);
+                    label = zone_label(zone);
+                    break 'rcode ResponseCode::NoError;
+                }
+                _ => {
+                    label = fixed_label(LABEL_OUTSIDE);
+                    break 'rcode ResponseCode::NotAuth;
+                }
+            }
+        }
         if query.op_code() != OpCode::Query {
             break 'rcode ResponseCode::NotImp;
         }
@@ -353,6 +373,20 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
             let mut transferred = transfer((zones, zone, ixfr_serial), view, request, question, response, limit);
             transferred.cacheable = false;
             return transferred;
+        }
+        // The DS set of a zone's apex belongs to the parent side of the cut (RFC 4035
+        // §3.1.4.1): when the parent is served here too, it answers — NODATA with its SOA, as
+        // no DS is held — as BIND does; without the parent, the child answers as for any type.
+        if question.query_type() == RecordType::DS
+            && zone.origin == *question.name()
+            && let Some(parent) = zones.zone_for(&zone.origin.base_name())
+        {
+            response.set_authoritative(true);
+            let mut soa = soa_now(parent, view);
+            soa.set_ttl(parent.negative_ttl);
+            response.add_name_server(soa);
+            label = zone_label(zone);
+            break 'rcode ResponseCode::NoError;
         }
         response.set_authoritative(true);
         let mut random = false;
@@ -754,7 +788,12 @@ fn transfer(
     }
     response.set_authoritative(true);
     let mut records = vec![soa.clone()];
-    let mut nodes: Vec<&Node> = zone.nodes().collect();
+    let children = delegated_from(zones, zone);
+    let mut nodes: Vec<&Node> = zone
+        .nodes()
+        // At and below a cut only the delegation is the parent's (it follows the nodes).
+        .filter(|node| !children.iter().any(|child| child.origin.zone_of(&node.name)))
+        .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     for node in nodes {
         let dynamic = pushed_txt(view, &node.name);
@@ -782,6 +821,9 @@ fn transfer(
                 }
             }
         }
+    }
+    for child in children {
+        records.extend(delegation(zones, child));
     }
     for (name, value) in &view.txt {
         let Ok(name) = Name::from_ascii(name) else { continue };
@@ -820,6 +862,63 @@ fn transfer(
         qtype,
         cacheable: false,
     }
+}
+
+/// The zones served here whose parent side is `parent`: the closest zone above each one's apex
+/// is `parent` (a grandchild is delegated from its own parent, not from here).
+fn delegated_from<'z>(zones: &'z Zones, parent: &Zone) -> Vec<&'z Zone> {
+    let mut children: Vec<&Zone> = zones
+        .iter()
+        .filter(|child| {
+            child.origin.num_labels() > parent.origin.num_labels()
+                && parent.origin.zone_of(&child.origin)
+                && zones
+                    .zone_for(&child.origin.base_name())
+                    .is_some_and(|closest| std::ptr::eq(closest, parent))
+        })
+        .collect();
+    children.sort_by(|a, b| a.origin.cmp(&b.origin));
+    children
+}
+
+/// The delegation of `child` in its parent zone (RFC 1034 §4.2.1): the child's apex NS set as
+/// the child answers it (same names and TTL), and glue — the A and AAAA records of each name
+/// server inside the child (in-bailiwick), from the zone that serves that name, where they are
+/// static records (a routed address changes with health; a secondary would keep a stale one).
+fn delegation(zones: &Zones, child: &Zone) -> Vec<Record> {
+    let Some(RrData::Static { ttl, rdatas }) = child
+        .node(&child.origin)
+        .and_then(|apex| apex.rrset(RecordType::NS))
+        .map(|set| &set.data)
+    else {
+        return Vec::new();
+    };
+    let mut records: Vec<Record> = rdatas
+        .iter()
+        .map(|rdata| Record::from_rdata(child.origin.clone(), *ttl, rdata.clone()))
+        .collect();
+    let mut glued: Vec<&Name> = Vec::new();
+    for rdata in rdatas {
+        let RData::NS(ns) = rdata else { continue };
+        let host = &ns.0;
+        if !child.origin.zone_of(host) || glued.contains(&host) {
+            continue;
+        }
+        glued.push(host);
+        let Some(node) = zones.zone_for(host).and_then(|zone| zone.node(host)) else {
+            continue;
+        };
+        for rtype in [RecordType::A, RecordType::AAAA] {
+            if let Some(RrData::Static { ttl, rdatas }) = node.rrset(rtype).map(|set| &set.data) {
+                records.extend(
+                    rdatas
+                        .iter()
+                        .map(|rdata| Record::from_rdata(host.clone(), *ttl, rdata.clone())),
+                );
+            }
+        }
+    }
+    records
 }
 
 fn zone_label(zone: &Zone) -> Arc<str> {

@@ -44,6 +44,10 @@ pub const MEMBERS_PER_SET_MAX: usize = 64;
 pub const TXT_VALUE_BYTES_MAX: usize = 1_024;
 /// Bytes of a config file read at most.
 pub const CONFIG_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Secondaries one zone sends NOTIFY messages to at most.
+pub const NOTIFY_TARGETS_MAX: usize = 32;
+/// The port of a `notify` target written without one (DNS).
+pub const NOTIFY_PORT_DEFAULT: u16 = 53;
 
 #[derive(Deserialize)]
 struct FileDoc {
@@ -68,6 +72,10 @@ pub struct DnsSection {
     pub tcp_connections_per_client_max: Option<Spanned<u64>>,
     /// Response rate limiting of UDP answers (on by default).
     pub rate_limit: Option<RateLimitSection>,
+    /// Secondaries sent a NOTIFY (RFC 1996) whenever a zone's serial changes, for every zone
+    /// without a `notify` of its own: `IP:PORT` or `IP` (port 53).
+    #[serde(default)]
+    pub notify: Vec<Spanned<String>>,
     #[serde(default)]
     pub zones: Vec<ZoneSection>,
 }
@@ -104,6 +112,9 @@ pub struct ZoneSection {
     pub soa: SoaSection,
     /// Name servers of the zone (the apex NS set); at least one.
     pub ns: Spanned<Vec<Spanned<String>>>,
+    /// Secondaries of this zone sent a NOTIFY when its serial changes; replaces `[dns] notify`
+    /// for this zone (`[]`: none).
+    pub notify: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub records: Vec<RecordSection>,
 }
@@ -360,9 +371,14 @@ pub fn parse(text: &str, file: &str) -> Result<DnsConfig, ConfigError> {
         ));
     }
     let limits = build_limits(&section, &at)?;
+    let notify_default = notify_targets(&section.notify, &at)?;
     let mut zones = Vec::new();
     for zone in &section.zones {
-        let built = build_zone(zone, &at)?;
+        let mut built = build_zone(zone, &at)?;
+        built.notify = match &zone.notify {
+            Some(own) => notify_targets(own, &at)?,
+            None => notify_default.clone(),
+        };
         if zones.iter().any(|z: &Zone| z.origin == built.origin) {
             return Err(at(
                 zone.origin.span(),
@@ -382,6 +398,40 @@ pub fn parse(text: &str, file: &str) -> Result<DnsConfig, ConfigError> {
         limits,
         zones: Zones::new(zones, axfr_allow),
     })
+}
+
+/// The secondaries of a `notify` list: `IP:PORT` or `IP` (port [`NOTIFY_PORT_DEFAULT`]), each
+/// once, at most [`NOTIFY_TARGETS_MAX`].
+fn notify_targets(list: &[Spanned<String>], at: &At<'_>) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut targets: Vec<SocketAddr> = Vec::new();
+    for entry in list {
+        let text = entry.get_ref().trim();
+        let target = text
+            .parse::<SocketAddr>()
+            .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, NOTIFY_PORT_DEFAULT)))
+            .ok()
+            .filter(|target| target.port() != 0 && !target.ip().is_unspecified())
+            .ok_or_else(|| {
+                at(
+                    entry.span(),
+                    format!(
+                        "notify = '{text}' is not a secondary's address; write it like 192.0.2.10:53, [2001:db8::10]:53 or 192.0.2.10 (port {NOTIFY_PORT_DEFAULT})"
+                    ),
+                )
+            })?;
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+        if targets.len() > NOTIFY_TARGETS_MAX {
+            return Err(at(
+                entry.span(),
+                format!(
+                    "notify lists more than {NOTIFY_TARGETS_MAX} secondaries; a zone notifies at most {NOTIFY_TARGETS_MAX}"
+                ),
+            ));
+        }
+    }
+    Ok(targets)
 }
 
 /// A whole number in `range`, or an error naming the key, the value and the range.
@@ -1254,6 +1304,43 @@ mod tests {
         assert!(e.message.contains("'nope'"), "{e}");
         let e = error("[dns]\n[dns.rate_limit]\nrate = 5\n");
         assert_eq!((e.line, e.column), (3, 1), "{e}");
+    }
+
+    #[test]
+    fn notify_targets_default_from_dns_and_are_validated_with_line_and_column() {
+        let text = "[dns]\nnotify = [\"192.0.2.10\", \"[2001:db8::10]:5300\", \"192.0.2.10:53\"]\n[[dns.zones]]\norigin = \"shop.example.\"\nns = [\"ns1\"]\n[[dns.zones]]\norigin = \"own.example.\"\nns = [\"ns1\"]\nnotify = [\"198.51.100.7:53\"]\n[[dns.zones]]\norigin = \"quiet.example.\"\nns = [\"ns1\"]\nnotify = []\n";
+        let config = parse(text, "deploy.toml").expect("valid");
+        let notify = |origin: &str| {
+            config
+                .zones
+                .iter()
+                .find(|zone| zone.origin.to_ascii() == origin)
+                .map(|zone| zone.notify.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+                .expect("zone")
+        };
+        assert_eq!(
+            notify("shop.example."),
+            ["192.0.2.10:53", "[2001:db8::10]:5300"],
+            "deduplicated, port 53 by default"
+        );
+        assert_eq!(
+            notify("own.example."),
+            ["198.51.100.7:53"],
+            "a zone's own list replaces the default"
+        );
+        assert!(notify("quiet.example.").is_empty());
+        let e = error("[dns]\nnotify = [\"192.0.2.10:53\",\n  \"secondary.example:53\"]\n");
+        assert_eq!((e.line, e.column), (3, 3), "{e}");
+        assert!(
+            e.message.contains("'secondary.example:53'") && e.message.contains("like 192.0.2.10:53"),
+            "{e}"
+        );
+        let e = error(&format!("{HEAD}notify = [\"192.0.2.10:0\"]\n"));
+        assert_eq!((e.line, e.column), (5, 11), "{e}");
+        let many: Vec<String> = (0..=NOTIFY_TARGETS_MAX).map(|n| format!("\"192.0.2.{n}\"")).collect();
+        let e = error(&format!("{HEAD}notify = [{}]\n", many.join(", ")));
+        assert!(e.message.contains("more than 32"), "{e}");
+        assert_eq!(e.line, 5, "{e}");
     }
 
     #[test]

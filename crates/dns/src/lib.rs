@@ -12,6 +12,7 @@ pub mod answer;
 pub mod cache;
 pub mod config;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod rrl;
 pub mod server;

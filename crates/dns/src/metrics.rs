@@ -49,6 +49,7 @@ pub struct Metrics {
     pub tcp_connections: Gauge,
     pub rate_limited: Family<ActionLabels, Counter>,
     pub rate_limit_evictions: Counter,
+    pub notifies: Family<OutcomeLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,8 +69,9 @@ impl Metrics {
             tcp_connections: Gauge::default(),
             rate_limited: Family::<ActionLabels, Counter>::default(),
             rate_limit_evictions: Counter::default(),
+            notifies: Family::<OutcomeLabels, Counter>::default(),
         };
-        let table: [(&str, &str, Box<dyn Metric>); 8] = [
+        let table: [(&str, &str, Box<dyn Metric>); 9] = [
             (
                 "queries",
                 "Queries answered, by name (configured names; <outside>, <nonexistent>, <dynamic>, <malformed> otherwise), type, rcode and transport",
@@ -110,6 +112,11 @@ impl Metrics {
                 "Rate-limit accounts forgotten before their window ended because the table was full (raise rate_limit.table_entries if this grows)",
                 Box::new(metrics.rate_limit_evictions.clone()),
             ),
+            (
+                "notifies",
+                "NOTIFY messages to secondaries by outcome (sent: every transmission, retries included; acknowledged; rejected: answered with an error; failed: no answer after every retry)",
+                Box::new(metrics.notifies.clone()),
+            ),
         ];
         for (name, help, metric) in table {
             metrics.registry.register(name, help, AnyMetric(metric));
@@ -125,6 +132,10 @@ impl Metrics {
 
     pub fn count_rate_limited(&self, action: &'static str) {
         self.rate_limited.get_or_create(&ActionLabels { action }).inc();
+    }
+
+    pub fn count_notify(&self, outcome: &'static str) {
+        self.notifies.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     pub fn count_drop(&self, reason: &'static str) {

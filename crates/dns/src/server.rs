@@ -36,8 +36,18 @@ use crate::view::HealthView;
 use crate::zone::Zones;
 use common::rng::Rng;
 
-/// Largest query accepted (UDP datagram or TCP message); real queries are far smaller.
-pub const REQUEST_BYTES_MAX: usize = 4_096;
+/// Largest UDP datagram received whole: the most a UDP payload can be (RFC 768's 16-bit
+/// length). Each worker's batch has [`UDP_BATCH_DATAGRAMS_MAX`] receive slots of this size,
+/// 32 × 65,535 B ≈ 2 MiB of address space per worker (16 workers at most: 32 MiB); the kernel
+/// fills a slot only as far as its datagram goes, so what is resident is about a page per slot
+/// for ordinary queries (≈ 128 KiB per worker) and grows only as far as large datagrams reach.
+/// BIND's receive buffers are as large.
+pub const UDP_DATAGRAM_BYTES_MAX: usize = 65_535;
+/// Largest DNS-over-TCP message: any length its 2-byte prefix can announce (RFC 1035 §4.2.2,
+/// RFC 7766). A connection holds a buffer of the announced length only while it reads and
+/// answers that message, so open connections hold at most [`TCP_CONNECTIONS_MAX`] × 64 KiB
+/// (16 MiB), and idle ones nothing.
+pub const TCP_REQUEST_BYTES_MAX: usize = crate::answer::TCP_MESSAGE_BYTES_MAX;
 /// Open DNS-over-TCP connections at most. With all of them open, a new one takes the place of
 /// the one idle longest; when every one is answering a query, the new one is closed at once.
 pub const TCP_CONNECTIONS_MAX: usize = 256;
@@ -135,6 +145,8 @@ pub struct State {
     drop_log: RateLimitedLog,
     /// Bumped after every change of zones or view, so workers refresh their snapshot only then.
     epoch: AtomicU64,
+    /// Told after every change of zones or view: the NOTIFY sender plans again.
+    pub(crate) changed: tokio::sync::Notify,
 }
 
 /// A worker's copy of the zones and view, refreshed when the state's epoch moves.
@@ -157,6 +169,7 @@ impl State {
             state_dir,
             drop_log: RateLimitedLog::default(),
             epoch: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -212,6 +225,7 @@ impl State {
     pub fn replace_zones(&self, zones: Zones) {
         *self.zones.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(zones);
         self.epoch.fetch_add(1, Ordering::Release);
+        self.changed.notify_one();
     }
 
     /// Publishes a new view (the caller holds `view_writer`) and persists it; returns whether it
@@ -227,6 +241,7 @@ impl State {
         });
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
         self.epoch.fetch_add(1, Ordering::Release);
+        self.changed.notify_one();
         persisted
     }
 }
@@ -402,6 +417,11 @@ pub async fn run_with_state(
         options.limits.clone(),
         stop_rx.clone(),
     ));
+    tasks.spawn(crate::notify::notifier(
+        Arc::clone(&state),
+        Rng::new(seeds.next_u64()),
+        stop_rx.clone(),
+    ));
     if let Some(path) = options.config_path.clone() {
         tasks.spawn(reloader(
             path,
@@ -514,7 +534,8 @@ impl UdpLimiter<'_> {
 /// out, and the kernel's message headers for them. Sized once; serving allocates nothing more
 /// (but for answers not yet in the cache).
 struct UdpBatch {
-    /// `UDP_BATCH_DATAGRAMS_MAX` receive buffers of `REQUEST_BYTES_MAX` bytes, back to back.
+    /// `UDP_BATCH_DATAGRAMS_MAX` receive buffers of `UDP_DATAGRAM_BYTES_MAX` bytes, back to
+    /// back (allocated zeroed: untouched pages cost no memory).
     received: Vec<u8>,
     /// Length and sender of each datagram of the current batch.
     datagrams: Vec<(usize, Option<SockaddrStorage>)>,
@@ -530,7 +551,7 @@ struct UdpBatch {
 impl UdpBatch {
     fn new() -> UdpBatch {
         UdpBatch {
-            received: vec![0; UDP_BATCH_DATAGRAMS_MAX * REQUEST_BYTES_MAX],
+            received: vec![0; UDP_BATCH_DATAGRAMS_MAX * UDP_DATAGRAM_BYTES_MAX],
             datagrams: Vec::with_capacity(UDP_BATCH_DATAGRAMS_MAX),
             answers: (0..UDP_BATCH_DATAGRAMS_MAX)
                 .map(|_| Vec::with_capacity(ANSWER_BUFFER_BYTES))
@@ -546,7 +567,7 @@ impl UdpBatch {
     /// already queued, up to `UDP_BATCH_DATAGRAMS_MAX`, in one `recvmmsg`.
     fn receive(&mut self, socket: &std::net::UdpSocket) -> Result<(), Errno> {
         self.datagrams.clear();
-        let mut buffers = self.received.chunks_exact_mut(REQUEST_BYTES_MAX);
+        let mut buffers = self.received.chunks_exact_mut(UDP_DATAGRAM_BYTES_MAX);
         let mut slices: [[IoSliceMut<'_>; 1]; UDP_BATCH_DATAGRAMS_MAX] =
             std::array::from_fn(|_| [IoSliceMut::new(buffers.next().unwrap_or_default())]);
         let messages = recvmmsg(
@@ -556,8 +577,7 @@ impl UdpBatch {
             MsgFlags::MSG_WAITFORONE,
             None,
         )?;
-        // A datagram longer than REQUEST_BYTES_MAX arrives cut to that length (as recv_from
-        // does); no real query is that long, and the cut one fails to parse or is answered.
+        // Every slot holds the largest UDP payload, so no datagram is cut.
         self.datagrams
             .extend(messages.map(|message| (message.bytes, message.address)));
         Ok(())
@@ -623,8 +643,8 @@ fn udp_worker(socket: std::net::UdpSocket, state: &State, mut rng: Rng, stop: &A
             let Some(peer) = socket_address(&address) else {
                 continue;
             };
-            let start = index * REQUEST_BYTES_MAX;
-            let Some(packet) = batch.received.get(start..start + length.min(REQUEST_BYTES_MAX)) else {
+            let start = index * UDP_DATAGRAM_BYTES_MAX;
+            let Some(packet) = batch.received.get(start..start + length.min(UDP_DATAGRAM_BYTES_MAX)) else {
                 continue;
             };
             // Answers go to a buffer of the batch (sent together below) or, in rare cases
@@ -1007,8 +1027,9 @@ struct TcpConnection {
 
 /// Why a connection stopped waiting for a query.
 enum Wait {
-    Query(usize),
-    /// Too long, zero or unreadable: the connection is closed.
+    /// The whole message, in a buffer of its announced length.
+    Query(Vec<u8>),
+    /// Zero length or unreadable: the connection is closed.
     Closed,
 }
 
@@ -1017,20 +1038,19 @@ impl TcpConnection {
         let _ = stream.set_nodelay(true);
         let peer = self.peer;
         let write_timeout = Duration::from_millis(TCP_WRITE_TIMEOUT_MS);
-        let mut buffer = vec![0u8; REQUEST_BYTES_MAX];
         let mut idle_since = Instant::now();
         loop {
-            let length = match self
-                .next_query(&mut stream, &mut buffer, idle_since, state, &mut stop)
-                .await
-            {
-                Wait::Query(length) => length,
+            let query = match self.next_query(&mut stream, idle_since, state, &mut stop).await {
+                Wait::Query(query) => query,
                 Wait::Closed => return,
             };
             self.slot.answering();
             let snapshot = state.snapshot();
-            let Some(response) = state.answer(&snapshot, &buffer[..length], Transport::Tcp, peer, rng.next_u64())
-            else {
+            let answered = state.answer(&snapshot, &query, Transport::Tcp, peer, rng.next_u64());
+            // The query's buffer goes before the answer is written: a slow reader holds no
+            // 64 KiB query.
+            drop(query);
+            let Some(response) = answered else {
                 return;
             };
             state
@@ -1067,18 +1087,19 @@ impl TcpConnection {
     async fn next_query(
         &mut self,
         stream: &mut TcpStream,
-        buffer: &mut [u8],
         idle_since: Instant,
         state: &State,
         stop: &mut watch::Receiver<bool>,
     ) -> Wait {
         let read = async {
-            let length = usize::from(stream.read_u16().await?);
-            if length > REQUEST_BYTES_MAX || length == 0 {
+            // A u16: never above TCP_REQUEST_BYTES_MAX.
+            let length = usize::from(stream.read_u16().await?).min(TCP_REQUEST_BYTES_MAX);
+            if length == 0 {
                 return Ok(None);
             }
-            stream.read_exact(&mut buffer[..length]).await?;
-            Ok::<_, std::io::Error>(Some(length))
+            let mut query = vec![0u8; length];
+            stream.read_exact(&mut query).await?;
+            Ok::<_, std::io::Error>(Some(query))
         };
         tokio::pin!(read);
         loop {
@@ -1090,10 +1111,10 @@ impl TcpConnection {
             let deadline = tokio::time::Instant::from_std(idle_since + timeout);
             tokio::select! {
                 read = &mut read => return match read {
-                    Ok(Some(length)) => Wait::Query(length),
+                    Ok(Some(query)) => Wait::Query(query),
                     Ok(None) => {
-                        state.metrics.count_drop("tcp_message_too_large");
-                        state.drop_log.warn("closed a TCP connection: message length is 0 or above REQUEST_BYTES_MAX", self.peer);
+                        state.metrics.count_drop("tcp_message_empty");
+                        state.drop_log.warn("closed a TCP connection: it announced a message of length 0", self.peer);
                         Wait::Closed
                     }
                     Err(_) => Wait::Closed,

@@ -7,7 +7,7 @@
 //! ([`Zone::find_key`]), so they exist and end a wildcard's cover just as nodes do.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -31,6 +31,8 @@ pub struct Zone {
     pub soa: Record,
     /// TTL of negative answers (RFC 2308: the smaller of the SOA's TTL and its MINIMUM).
     pub negative_ttl: u32,
+    /// Secondaries sent a NOTIFY (RFC 1996) when the zone's serial changes.
+    pub notify: Vec<SocketAddr>,
     nodes: HashMap<Vec<u8>, Node>,
     has_wildcards: bool,
 }
@@ -116,6 +118,7 @@ impl Zone {
             origin: origin.clone(),
             soa: soa.clone(),
             negative_ttl,
+            notify: Vec::new(),
             nodes: HashMap::new(),
             has_wildcards: false,
         };

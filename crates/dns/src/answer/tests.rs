@@ -470,12 +470,46 @@ fn axfr_refused_unless_allowed_and_over_tcp() {
     );
 }
 
+/// A NOTIFY to this server, the primary: answered as BIND 9.18 answers one (checked against
+/// `named` serving the same zones as primary).
+#[test]
+fn a_notify_received_is_answered_as_bind_does_for_a_zone_it_is_primary_for() {
+    let notify = |qname: &str, qtype: RecordType| {
+        let mut notify = request(qname, qtype);
+        notify.message.set_op_code(OpCode::Notify).set_authoritative(true);
+        ask(&notify, &HealthView::default())
+    };
+    let apex = notify("SHOP.example.", RecordType::SOA);
+    assert_eq!(apex.response_code(), ResponseCode::NoError);
+    assert!(apex.authoritative());
+    assert_eq!(apex.op_code(), OpCode::Notify);
+    assert_eq!(apex.queries()[0].name(), &name("SHOP.example."), "the question echoed");
+    assert!(apex.answers().is_empty());
+    let below = notify("plain.shop.example.", RecordType::SOA);
+    assert_eq!(below.response_code(), ResponseCode::NotAuth);
+    assert!(!below.authoritative());
+    assert_eq!(
+        notify("example.org.", RecordType::SOA).response_code(),
+        ResponseCode::NotAuth
+    );
+    assert_eq!(
+        notify("shop.example.", RecordType::A).response_code(),
+        ResponseCode::FormErr
+    );
+    let mut none = request("shop.example.", RecordType::SOA);
+    none.message.set_op_code(OpCode::Notify).take_queries();
+    assert_eq!(
+        ask(&none, &HealthView::default()).response_code(),
+        ResponseCode::FormErr
+    );
+}
+
 #[test]
 fn odd_queries_get_the_right_rcode() {
-    let mut notify = request("shop.example.", RecordType::SOA);
-    notify.message.set_op_code(OpCode::Notify);
+    let mut update = request("shop.example.", RecordType::SOA);
+    update.message.set_op_code(OpCode::Update);
     assert_eq!(
-        ask(&notify, &HealthView::default()).response_code(),
+        ask(&update, &HealthView::default()).response_code(),
         ResponseCode::NotImp
     );
     let mut two = request("shop.example.", RecordType::SOA);
@@ -1092,4 +1126,199 @@ fn every_pushed_change_moves_the_soa_serial_and_ixfr_from_it_gets_the_soa_alone(
     };
     assert_eq!(ixfr(after), 1);
     assert!(ixfr(configured) > 2, "an older serial gets the zone");
+}
+
+/// A parent zone and a child zone served together, the child with a grandchild of its own.
+const NESTED: &str = r#"
+[dns]
+axfr_allow = ["10.0.0.0/8"]
+
+[[dns.zones]]
+origin = "example."
+ns = ["ns1"]
+[dns.zones.soa]
+serial = 100
+minimum = 30
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["192.0.2.1"]
+[[dns.zones.records]]
+name = "www"
+type = "A"
+values = ["192.0.2.80"]
+[[dns.zones.records]]
+name = "old.shop"
+type = "A"
+values = ["192.0.2.99"]
+
+[[dns.zones]]
+origin = "shop.example."
+ns = ["ns1", "ns2", "ns.elsewhere.net.", "ns1.example."]
+ttl = 600
+[dns.zones.soa]
+serial = 7
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["192.0.2.53"]
+[[dns.zones.records]]
+name = "ns1"
+type = "AAAA"
+values = ["2001:db8::53"]
+[[dns.zones.records]]
+name = "ns2"
+type = "A"
+policy = "failover"
+[[dns.zones.records.members]]
+role = "primary"
+values = ["192.0.2.54"]
+[[dns.zones.records.members]]
+role = "secondary"
+values = ["198.51.100.54"]
+[[dns.zones.records]]
+name = "www"
+type = "A"
+values = ["192.0.2.10"]
+
+[[dns.zones]]
+origin = "eu.shop.example."
+ns = ["ns"]
+[[dns.zones.records]]
+name = "ns"
+type = "A"
+values = ["198.51.100.9"]
+"#;
+
+fn nested() -> Zones {
+    crate::config::parse(NESTED, "nested.toml").expect("valid").zones
+}
+
+fn ask_nested(request: &Request) -> Message {
+    let response = answer(&nested(), &HealthView::default(), request);
+    Message::from_vec(&response.wire[0]).expect("parses")
+}
+
+fn transferred(zones: &Zones, origin: &str) -> Vec<Record> {
+    let mut request = request(origin, RecordType::AXFR);
+    request.transport = Transport::Tcp;
+    request.client = "10.1.2.3".parse().expect("ip");
+    answer(zones, &HealthView::default(), &request)
+        .wire
+        .iter()
+        .flat_map(|w| Message::from_vec(w).expect("parses").answers().to_vec())
+        .collect()
+}
+
+fn texts(records: &[Record], owner: &str) -> Vec<String> {
+    let mut found: Vec<String> = records
+        .iter()
+        .filter(|r| r.name() == &name(owner))
+        .map(|r| format!("{} {} {}", r.ttl(), r.record_type(), r.data()))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_parent_transfer_carries_the_delegation_of_each_child_served_here() {
+    let zones = nested();
+    let parent = transferred(&zones, "example.");
+    // The child's apex NS set as the child answers it, with its TTL.
+    assert_eq!(
+        texts(&parent, "shop.example."),
+        [
+            "600 NS ns.elsewhere.net.",
+            "600 NS ns1.example.",
+            "600 NS ns1.shop.example.",
+            "600 NS ns2.shop.example."
+        ]
+    );
+    // Glue for the in-bailiwick static name server; none for a routed one, nor for names
+    // outside the child (the parent's own ns1 is its record anyway).
+    assert_eq!(
+        texts(&parent, "ns1.shop.example."),
+        ["600 A 192.0.2.53", "600 AAAA 2001:db8::53"]
+    );
+    assert!(texts(&parent, "ns2.shop.example.").is_empty());
+    assert_eq!(texts(&parent, "ns1.example."), ["300 A 192.0.2.1"]);
+    // Below the cut nothing else is the parent's: the child's records are not copied, the
+    // parent's own occluded record is left out, and the grandchild is the child's to delegate.
+    assert!(texts(&parent, "www.shop.example.").is_empty());
+    assert!(texts(&parent, "old.shop.example.").is_empty());
+    assert!(texts(&parent, "eu.shop.example.").is_empty());
+    assert_eq!(texts(&parent, "www.example."), ["300 A 192.0.2.80"]);
+    let child = transferred(&zones, "shop.example.");
+    assert_eq!(texts(&child, "eu.shop.example."), ["300 NS ns.eu.shop.example."]);
+    assert_eq!(texts(&child, "ns.eu.shop.example."), ["300 A 198.51.100.9"]);
+    assert_eq!(
+        texts(&child, "shop.example.").len(),
+        4 + 2,
+        "its own NS set and SOA, twice"
+    );
+    // Without the child the parent has no delegation to carry.
+    let alone = crate::config::parse(
+        &NESTED[..NESTED.find("\n[[dns.zones]]\norigin = \"shop").expect("child")],
+        "p.toml",
+    )
+    .expect("valid")
+    .zones;
+    let parent_alone = transferred(&alone, "example.");
+    assert!(texts(&parent_alone, "shop.example.").is_empty());
+    assert_eq!(texts(&parent_alone, "old.shop.example."), ["300 A 192.0.2.99"]);
+}
+
+#[test]
+fn queries_for_the_child_apex_ns_are_the_child_answer_matching_the_delegation() {
+    let response = ask_nested(&request("shop.example.", RecordType::NS));
+    assert!(response.authoritative());
+    let mut ns: Vec<String> = response
+        .answers()
+        .iter()
+        .map(|r| format!("{} {}", r.ttl(), r.data()))
+        .collect();
+    ns.sort();
+    assert_eq!(
+        ns,
+        [
+            "600 ns.elsewhere.net.",
+            "600 ns1.example.",
+            "600 ns1.shop.example.",
+            "600 ns2.shop.example."
+        ]
+    );
+    let www = ask_nested(&request("www.shop.example.", RecordType::A));
+    assert_eq!(rdatas(&www), ["192.0.2.10"], "most specific zone answers");
+}
+
+#[test]
+fn ds_at_a_child_apex_is_answered_by_the_parent_when_it_is_served_here() {
+    let soa_of = |message: &Message| match message.name_servers() {
+        [soa] => match soa.data() {
+            RData::SOA(data) => (soa.name().to_ascii(), data.serial(), soa.ttl()),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("one SOA in the authority section: {other:?}"),
+    };
+    let child_apex = ask_nested(&request("shop.example.", RecordType::DS));
+    assert_eq!(child_apex.response_code(), ResponseCode::NoError);
+    assert!(child_apex.authoritative() && child_apex.answers().is_empty());
+    assert_eq!(
+        soa_of(&child_apex),
+        ("example.".to_string(), 100, 30),
+        "the parent's SOA"
+    );
+    let grandchild = ask_nested(&request("EU.shop.example.", RecordType::DS));
+    assert_eq!(soa_of(&grandchild).0, "shop.example.", "its parent is the child zone");
+    // Below an apex, or for the topmost zone, the zone itself answers.
+    let below = ask_nested(&request("www.shop.example.", RecordType::DS));
+    assert_eq!(soa_of(&below).0, "shop.example.");
+    let top = ask_nested(&request("example.", RecordType::DS));
+    assert_eq!(soa_of(&top).0, "example.");
+    // Without the parent here, the child answers (as BIND does).
+    let alone = ask(&request("shop.example.", RecordType::DS), &HealthView::default());
+    assert_eq!(alone.response_code(), ResponseCode::NoError);
+    assert!(alone.answers().is_empty());
+    assert!(matches!(alone.name_servers()[0].data(), RData::SOA(_)));
+    assert_eq!(alone.name_servers()[0].name(), &name("shop.example."));
 }

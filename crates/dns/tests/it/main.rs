@@ -54,8 +54,12 @@ impl Server {
     }
 
     async fn start_with(token: Option<&str>, limits: Limits, udp_workers: usize) -> Server {
+        Server::start_config(token, limits, udp_workers, CONFIG).await
+    }
+
+    async fn start_config(token: Option<&str>, limits: Limits, udp_workers: usize, text: &str) -> Server {
         let config = tempfile::NamedTempFile::new().expect("temp file");
-        std::fs::write(config.path(), CONFIG).expect("write config");
+        std::fs::write(config.path(), text).expect("write config");
         let parsed = dns::load(config.path()).expect("valid config");
         let (udp, tcp) = udp_and_tcp_on_one_port().await;
         let dns = udp.local_addr().expect("addr");
@@ -190,11 +194,50 @@ async fn answers_over_udp_and_tcp_and_truncates_then_serves_over_tcp() {
     server.stop().await;
 }
 
+/// `query` with an EDNS(0) padding option (RFC 7830) that makes it `total` bytes long.
+fn padded_query(name: &str, total: usize) -> Vec<u8> {
+    let mut packet = query(name, RecordType::A, Some(1232));
+    // The OPT record ends the packet with its RDLENGTH (0): the option goes in its RDATA.
+    let option_bytes = total - packet.len();
+    let rdlength = packet.len() - 2;
+    packet[rdlength..].copy_from_slice(&u16::try_from(option_bytes).expect("fits").to_be_bytes());
+    packet.extend_from_slice(&12u16.to_be_bytes());
+    packet.extend_from_slice(&u16::try_from(option_bytes - 4).expect("fits").to_be_bytes());
+    packet.resize(total, 0);
+    packet
+}
+
+/// Queries of any size a transport can carry are answered: over TCP up to the 65,535 bytes
+/// the length prefix allows, over UDP up to the largest IPv4 payload; a zero-length TCP
+/// message closes the connection.
 #[tokio::test]
-async fn oversized_tcp_messages_close_the_connection_and_service_continues() {
+async fn queries_beyond_4096_bytes_are_answered_over_tcp_and_udp() {
     let server = Server::start(None).await;
+    for total in [4_097, 20_000, 65_535] {
+        let packet = padded_query("ns1.shop.example.", total);
+        assert_eq!(packet.len(), total);
+        Message::from_vec(&packet).expect("the padded query parses");
+        let answer = tcp(server.dns, &packet).await;
+        assert_eq!(addresses(&answer), ["192.0.2.53"], "{total} bytes over TCP");
+    }
+    // Two in a row on one connection: the buffer follows each announced length.
     let mut stream = TcpStream::connect(server.dns).await.expect("connect");
-    stream.write_all(&[0xff, 0xff]).await.expect("write");
+    for total in [30_000, 100] {
+        let packet = if total > 1_000 {
+            padded_query("ns1.shop.example.", total)
+        } else {
+            query("ns1.shop.example.", RecordType::A, None)
+        };
+        assert_eq!(addresses(&ask_on(&mut stream, &packet).await), ["192.0.2.53"]);
+    }
+    // The largest UDP payload over IPv4 (65,535 - 8 - 20 bytes).
+    for total in [4_097, 65_507] {
+        let answer = udp(server.dns, &padded_query("ns1.shop.example.", total)).await;
+        assert_eq!(addresses(&answer), ["192.0.2.53"], "{total} bytes over UDP");
+        assert_eq!(answer.response_code(), ResponseCode::NoError);
+    }
+    let mut stream = TcpStream::connect(server.dns).await.expect("connect");
+    stream.write_all(&[0, 0]).await.expect("write");
     let mut rest = Vec::new();
     // Closed (Ok) or reset (Err): either way, no answer and no hang.
     let _closed_or_reset = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), stream.read_to_end(&mut rest))
@@ -809,4 +852,88 @@ fn bind_udp_refuses_a_port_held_by_any_socket() {
     assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
     drop(first);
     dns::bind_udp(address).expect("free again once closed");
+}
+
+/// A NOTIFY received by `secondary` within the deadline, with its sender.
+async fn next_notify(secondary: &UdpSocket) -> (Message, SocketAddr) {
+    let mut buffer = vec![0u8; 4_096];
+    let (length, from) = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), secondary.recv_from(&mut buffer))
+        .await
+        .expect("a NOTIFY in time")
+        .expect("recv");
+    (Message::from_vec(&buffer[..length]).expect("parses"), from)
+}
+
+fn notify_serial(message: &Message) -> u32 {
+    match message.answers().first().map(|r| r.data()) {
+        Some(hickory_proto::rr::RData::SOA(soa)) => soa.serial(),
+        other => panic!("no SOA in the NOTIFY: {other:?}"),
+    }
+}
+
+fn acknowledge(notify: &Message) -> Vec<u8> {
+    let mut reply = Message::new();
+    reply
+        .set_id(notify.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(hickory_proto::op::OpCode::Notify)
+        .set_authoritative(true)
+        .add_queries(notify.queries().to_vec());
+    reply.to_vec().expect("encode")
+}
+
+async fn metric_line(server: &Server, wanted: &str) -> bool {
+    let (_, metrics) = http(server.admin, "GET", "/metrics", None, "").await;
+    metrics.lines().any(|line| line == wanted)
+}
+
+/// NOTIFY at start and after a health push that moves the serial, retransmitted with the same
+/// ID until the secondary answers, then counted as acknowledged.
+#[tokio::test]
+async fn secondaries_are_notified_at_start_and_on_every_serial_change_until_they_answer() {
+    let secondary = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let at = secondary.local_addr().expect("addr");
+    let text = CONFIG.replacen("[dns]\n", &format!("[dns]\nnotify = [\"{at}\"]\n"), 1);
+    assert_ne!(text, CONFIG, "the test config has a [dns] line");
+    let token = "secret-token-for-tests";
+    let server = Server::start_config(Some(token), Limits::default(), 1, &text).await;
+    let (first, from) = next_notify(&secondary).await;
+    assert_eq!(first.op_code(), hickory_proto::op::OpCode::Notify);
+    assert!(first.authoritative() && first.message_type() == MessageType::Query);
+    assert_eq!(
+        first.queries()[0].name(),
+        &Name::from_ascii("shop.example.").expect("name")
+    );
+    assert_eq!(first.queries()[0].query_type(), RecordType::SOA);
+    let configured = notify_serial(&first);
+    // Unanswered, it comes again with the same ID after the first retry interval.
+    let started = Instant::now();
+    let (again, _) = next_notify(&secondary).await;
+    assert_eq!(again.id(), first.id());
+    assert!(started.elapsed() >= Duration::from_millis(dns::notify::NOTIFY_RETRY_INITIAL_MS / 2));
+    // A reply with another ID does not end it; the right one does.
+    let mut wrong = Message::from_vec(&acknowledge(&again)).expect("parse");
+    wrong.set_id(again.id().wrapping_add(1));
+    secondary
+        .send_to(&wrong.to_vec().expect("encode"), from)
+        .await
+        .expect("send");
+    secondary.send_to(&acknowledge(&again), from).await.expect("send");
+    let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
+    while !metric_line(&server, "switchyard_dns_notifies_total{outcome=\"acknowledged\"} 1").await {
+        assert!(Instant::now() < deadline, "the acknowledgement counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metric_line(&server, "switchyard_dns_notifies_total{outcome=\"sent\"} 2").await);
+    // A push that changes the view moves the serial: a new NOTIFY, with a new ID.
+    let push = r#"{"generation": 4, "targets": {"us-east-1": "unhealthy"}}"#;
+    assert_eq!(http(server.admin, "PUT", "/v1/health", Some(token), push).await.0, 200);
+    let (changed, _) = next_notify(&secondary).await;
+    assert_eq!(notify_serial(&changed), configured.wrapping_add(1));
+    assert_ne!(changed.id(), first.id());
+    secondary.send_to(&acknowledge(&changed), from).await.expect("send");
+    // Queries are answered all along.
+    let app = udp(server.dns, &query("app.shop.example.", RecordType::A, None)).await;
+    assert_eq!(addresses(&app), ["198.51.100.10"]);
+    server.stop().await;
 }

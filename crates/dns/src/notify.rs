@@ -1,0 +1,552 @@
+//! NOTIFY (RFC 1996): telling secondaries that a zone changed, so they transfer it at once
+//! instead of at their next SOA refresh.
+//!
+//! [`NotifyQueue`] is sans-IO: given the serial each (zone, secondary) should know of, it says
+//! which NOTIFY messages to send and when, and matches the responses. [`notifier`] is the task
+//! around it: it wakes when the zones or the health view change, sends over UDP from an
+//! ephemeral socket of its own (never the query path's sockets) and reads the responses.
+//!
+//! Invariants: one pending NOTIFY per (zone, secondary) — a burst of changes is coalesced into
+//! one message carrying the newest serial; a NOTIFY is sent at most
+//! [`NOTIFY_TRANSMISSIONS_MAX`] times, at growing intervals (RFC 1996 §3.6), until a response
+//! with its ID, opcode and question comes from the secondary's address; nothing here blocks a
+//! query.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+use crate::server::State;
+use crate::view::HealthView;
+use crate::zone::{Zone, Zones, name_key};
+use common::rng::Rng;
+
+/// How long a change waits before its NOTIFY goes out, so that a burst of changes (a runbook
+/// pushing several targets) sends one NOTIFY with the last serial (BIND's `notify-delay`).
+pub const NOTIFY_COALESCE_MS: u64 = 200;
+/// Wait for a response before the first retransmission; each following wait doubles.
+pub const NOTIFY_RETRY_INITIAL_MS: u64 = 2_000;
+/// The longest wait between two transmissions.
+pub const NOTIFY_RETRY_MAX_MS: u64 = 16_000;
+/// Transmissions of one NOTIFY at most (the first and four retries: with the waits above, a
+/// secondary that never answers is given up after 2 + 4 + 8 + 16 + 16 = 46 s).
+pub const NOTIFY_TRANSMISSIONS_MAX: u32 = 5;
+/// Bytes of a NOTIFY response read at most (a response echoes our small NOTIFY).
+pub const NOTIFY_RESPONSE_BYTES_MAX: usize = 4_096;
+
+/// The wait after the `transmissions`-th transmission (1-based) before the next one.
+pub fn retry_interval_ms(transmissions: u32) -> u64 {
+    let doublings = transmissions.saturating_sub(1).min(16);
+    NOTIFY_RETRY_INITIAL_MS
+        .saturating_mul(1 << doublings)
+        .min(NOTIFY_RETRY_MAX_MS)
+}
+
+/// One (zone, secondary): the zone's lower-case wire name and the secondary's address.
+type Key = (Vec<u8>, SocketAddr);
+
+/// A NOTIFY not yet acknowledged.
+#[derive(Debug, Clone)]
+struct Pending {
+    zone: Name,
+    serial: u32,
+    id: u16,
+    /// Transmissions so far (0: not sent yet).
+    transmissions: u32,
+    /// When the next transmission is due (or, after the last one, when it is given up).
+    due_ms: u64,
+}
+
+/// A NOTIFY to send now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub zone: Name,
+    pub target: SocketAddr,
+    pub serial: u32,
+    pub id: u16,
+}
+
+/// What became of a NOTIFY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered NOERROR.
+    Acknowledged,
+    /// Answered with an error rcode (the secondary does not take NOTIFY from us); not retried.
+    Rejected(ResponseCode),
+    /// No response after [`NOTIFY_TRANSMISSIONS_MAX`] transmissions.
+    Failed,
+}
+
+/// The NOTIFY messages owed to secondaries. Sans-IO: the caller passes the time and the IDs.
+#[derive(Debug, Default)]
+pub struct NotifyQueue {
+    /// The serial last scheduled per (zone, secondary): a plan with the same one owes nothing.
+    scheduled: HashMap<Key, u32>,
+    pending: HashMap<Key, Pending>,
+}
+
+impl NotifyQueue {
+    /// Takes the serial each (zone, secondary) should know of now. A new pair, or one whose
+    /// serial moved, gets a NOTIFY after [`NOTIFY_COALESCE_MS`]; a pending one takes the newer
+    /// serial (coalesced: still one message) and starts its retries over. Pairs no longer
+    /// listed are forgotten.
+    pub fn plan(&mut self, wanted: &[(Name, SocketAddr, u32)], now_ms: u64) {
+        let mut keep: HashMap<Key, ()> = HashMap::with_capacity(wanted.len());
+        for (zone, target, serial) in wanted {
+            let key = (name_key(zone), *target);
+            keep.insert(key.clone(), ());
+            if self.scheduled.get(&key) == Some(serial) {
+                continue;
+            }
+            self.scheduled.insert(key.clone(), *serial);
+            let due_ms = now_ms.saturating_add(NOTIFY_COALESCE_MS);
+            match self.pending.get_mut(&key) {
+                // Not sent yet: it goes out at its time, with the newer serial.
+                Some(pending) if pending.transmissions == 0 => pending.serial = *serial,
+                Some(pending) => {
+                    pending.serial = *serial;
+                    pending.transmissions = 0;
+                    pending.due_ms = due_ms;
+                }
+                None => {
+                    self.pending.insert(
+                        key,
+                        Pending {
+                            zone: zone.clone(),
+                            serial: *serial,
+                            id: 0,
+                            transmissions: 0,
+                            due_ms,
+                        },
+                    );
+                }
+            }
+        }
+        self.scheduled.retain(|key, _| keep.contains_key(key));
+        self.pending.retain(|key, _| keep.contains_key(key));
+    }
+
+    /// The NOTIFY messages due at `now_ms` (a first transmission takes a new ID from
+    /// `next_id`, a retransmission keeps it), and the ones given up.
+    pub fn due(&mut self, now_ms: u64, mut next_id: impl FnMut() -> u16) -> (Vec<Outgoing>, Vec<(Name, SocketAddr)>) {
+        let mut send = Vec::new();
+        let mut failed = Vec::new();
+        self.pending.retain(|(_, target), pending| {
+            if pending.due_ms > now_ms {
+                return true;
+            }
+            if pending.transmissions >= NOTIFY_TRANSMISSIONS_MAX {
+                failed.push((pending.zone.clone(), *target));
+                return false;
+            }
+            if pending.transmissions == 0 {
+                pending.id = next_id();
+            }
+            pending.transmissions += 1;
+            pending.due_ms = now_ms.saturating_add(retry_interval_ms(pending.transmissions));
+            send.push(Outgoing {
+                zone: pending.zone.clone(),
+                target: *target,
+                serial: pending.serial,
+                id: pending.id,
+            });
+            true
+        });
+        send.sort_by(|a, b| (&a.zone, a.target).cmp(&(&b.zone, b.target)));
+        (send, failed)
+    }
+
+    /// When the next NOTIFY is due (to send or to give up), if any is pending.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.pending.values().map(|pending| pending.due_ms).min()
+    }
+
+    /// Matches a message received from `from` with a NOTIFY sent: same ID, a response with
+    /// opcode NOTIFY, and the question of the NOTIFY (RFC 1996 §4.7). A match ends that NOTIFY.
+    pub fn response(&mut self, from: SocketAddr, message: &Message) -> Option<(Name, Outcome)> {
+        if message.message_type() != MessageType::Response || message.op_code() != OpCode::Notify {
+            return None;
+        }
+        let [question] = message.queries() else {
+            return None;
+        };
+        if question.query_type() != RecordType::SOA {
+            return None;
+        }
+        let from = canonical(from);
+        let key = self.pending.iter().find_map(|(key, pending)| {
+            (canonical(key.1) == from
+                && pending.transmissions > 0
+                && pending.id == message.id()
+                && pending.zone == *question.name())
+            .then(|| key.clone())
+        })?;
+        let pending = self.pending.remove(&key)?;
+        let outcome = match message.response_code() {
+            ResponseCode::NoError => Outcome::Acknowledged,
+            rcode => Outcome::Rejected(rcode),
+        };
+        Some((pending.zone, outcome))
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// An address with an IPv4-mapped IPv6 address as its IPv4 one.
+fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(common::net::canonical(address.ip()), address.port())
+}
+
+/// The serial each (zone, secondary) should know of: every zone's current serial, for each of
+/// its `notify` targets.
+pub fn wanted(zones: &Zones, view: &HealthView) -> Vec<(Name, SocketAddr, u32)> {
+    zones
+        .iter()
+        .flat_map(|zone| {
+            let serial = serial_now(zone, view);
+            zone.notify
+                .iter()
+                .map(move |target| (zone.origin.clone(), *target, serial))
+        })
+        .collect()
+}
+
+/// The zone's serial as answered: the configured one moved on by the view's changes.
+fn serial_now(zone: &Zone, view: &HealthView) -> u32 {
+    match zone.soa.data() {
+        RData::SOA(soa) => view.serial(soa.serial()),
+        _ => view.serial(0),
+    }
+}
+
+/// The NOTIFY message: opcode NOTIFY, AA, the zone's SOA as the question and, as a hint of the
+/// new version (RFC 1996 §3.7), the current SOA in the answer section.
+pub fn message(zone: &Zone, view: &HealthView, id: u16) -> Message {
+    let mut message = Message::new();
+    let mut question = Query::query(zone.origin.clone(), RecordType::SOA);
+    question.set_query_class(DNSClass::IN);
+    message
+        .set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Notify)
+        .set_authoritative(true)
+        .add_query(question);
+    let mut soa: Record = zone.soa.clone();
+    if let RData::SOA(data) = zone.soa.data() {
+        let now = hickory_proto::rr::rdata::SOA::new(
+            data.mname().clone(),
+            data.rname().clone(),
+            view.serial(data.serial()),
+            data.refresh(),
+            data.retry(),
+            data.expire(),
+            data.minimum(),
+        );
+        soa.set_data(RData::SOA(now));
+    }
+    message.add_answer(soa);
+    message
+}
+
+/// The sockets NOTIFY messages go out from, one per address family, bound on first use.
+#[derive(Default)]
+struct Senders {
+    v4: Option<UdpSocket>,
+    v6: Option<UdpSocket>,
+}
+
+impl Senders {
+    async fn socket(&mut self, target: SocketAddr) -> std::io::Result<&UdpSocket> {
+        let (slot, any) = if target.is_ipv4() {
+            (&mut self.v4, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        } else {
+            (&mut self.v6, IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+        };
+        if slot.is_none() {
+            *slot = Some(UdpSocket::bind(SocketAddr::new(any, 0)).await?);
+        }
+        slot.as_ref().ok_or_else(|| std::io::Error::other("no socket"))
+    }
+}
+
+/// Receives one datagram from `socket` if there is one, else waits forever.
+async fn receive(socket: Option<&UdpSocket>, buffer: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(socket) => socket.recv_from(buffer).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends the NOTIFY messages the zones owe their secondaries, from the first plan (at start)
+/// until `stop`: woken by every change of zones or view (`State::changed`), by a due
+/// retransmission and by responses.
+pub async fn notifier(state: Arc<State>, mut rng: Rng, mut stop: watch::Receiver<bool>) {
+    let origin = tokio::time::Instant::now();
+    let now_ms = || u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut queue = NotifyQueue::default();
+    let mut senders = Senders::default();
+    let mut v4_buffer = vec![0u8; NOTIFY_RESPONSE_BYTES_MAX];
+    let mut v6_buffer = vec![0u8; NOTIFY_RESPONSE_BYTES_MAX];
+    let mut replan = true;
+    loop {
+        let snapshot = state.snapshot();
+        if replan {
+            queue.plan(&wanted(&snapshot.zones, &snapshot.view), now_ms());
+            replan = false;
+        }
+        let (send, failed) = queue.due(now_ms(), || rng.next_u64() as u16);
+        for (zone, target) in failed {
+            state.metrics.count_notify("failed");
+            tracing::warn!(%zone, %target, attempts = NOTIFY_TRANSMISSIONS_MAX, "secondary did not answer the NOTIFY; it will see the change at its next SOA refresh");
+        }
+        for outgoing in send {
+            let Some(zone) = snapshot.zones.iter().find(|zone| zone.origin == outgoing.zone) else {
+                continue;
+            };
+            let wire = match message(zone, &snapshot.view, outgoing.id).to_vec() {
+                Ok(wire) => wire,
+                Err(e) => {
+                    tracing::error!(error = %e, zone = %outgoing.zone, "could not encode a NOTIFY");
+                    continue;
+                }
+            };
+            let sent = match senders.socket(outgoing.target).await {
+                Ok(socket) => socket.send_to(&wire, outgoing.target).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(()) => {
+                    state.metrics.count_notify("sent");
+                    tracing::debug!(zone = %outgoing.zone, target = %outgoing.target, serial = outgoing.serial, "sent NOTIFY");
+                }
+                // Retried at its next time like a lost one.
+                Err(e) => tracing::debug!(error = %e, target = %outgoing.target, "NOTIFY send failed"),
+            }
+        }
+        let wait = queue
+            .next_due_ms()
+            .map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
+        let sleep = async {
+            match wait {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
+        let received = tokio::select! {
+            _ = state.changed.notified() => {
+                replan = true;
+                None
+            }
+            _ = sleep => None,
+            received = receive(senders.v4.as_ref(), &mut v4_buffer) => received.ok().map(|(n, from)| (true, n, from)),
+            received = receive(senders.v6.as_ref(), &mut v6_buffer) => received.ok().map(|(n, from)| (false, n, from)),
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let Some((v4, length, from)) = received else {
+            continue;
+        };
+        let buffer = if v4 { &v4_buffer } else { &v6_buffer };
+        let Some(Ok(response)) = buffer.get(..length).map(Message::from_vec) else {
+            continue;
+        };
+        match queue.response(from, &response) {
+            Some((zone, Outcome::Acknowledged)) => {
+                state.metrics.count_notify("acknowledged");
+                tracing::info!(%zone, target = %from, "secondary acknowledged the NOTIFY");
+            }
+            Some((zone, Outcome::Rejected(rcode))) => {
+                state.metrics.count_notify("rejected");
+                tracing::warn!(%zone, target = %from, %rcode, "secondary answered the NOTIFY with an error (does it list this server as its primary?)");
+            }
+            Some((_, Outcome::Failed)) | None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> Name {
+        Name::from_ascii(text).expect("name")
+    }
+
+    fn target(text: &str) -> SocketAddr {
+        text.parse().expect("address")
+    }
+
+    fn reply(to: &Outgoing, rcode: ResponseCode) -> Message {
+        let mut message = Message::new();
+        message
+            .set_id(to.id)
+            .set_message_type(MessageType::Response)
+            .set_op_code(OpCode::Notify)
+            .set_authoritative(true)
+            .set_response_code(rcode)
+            .add_query(Query::query(to.zone.clone(), RecordType::SOA));
+        message
+    }
+
+    fn ids() -> impl FnMut() -> u16 {
+        let mut next = 100;
+        move || {
+            next += 1;
+            next
+        }
+    }
+
+    #[test]
+    fn a_burst_of_changes_sends_one_notify_with_the_last_serial() {
+        let mut queue = NotifyQueue::default();
+        let zone = name("shop.example.");
+        let secondary = target("192.0.2.10:53");
+        queue.plan(&[(zone.clone(), secondary, 1)], 0);
+        queue.plan(&[(zone.clone(), secondary, 2)], 50);
+        queue.plan(&[(zone.clone(), secondary, 3)], 100);
+        let mut ids = ids();
+        assert!(
+            queue.due(NOTIFY_COALESCE_MS - 1, &mut ids).0.is_empty(),
+            "not before its time"
+        );
+        let (sent, failed) = queue.due(NOTIFY_COALESCE_MS, &mut ids);
+        assert!(failed.is_empty());
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].serial, 3);
+        assert_eq!(queue.pending(), 1);
+        // The same serial again owes nothing.
+        queue.plan(&[(zone, secondary, 3)], 200);
+        assert_eq!(queue.due(300, &mut ids).0.len(), 0);
+    }
+
+    #[test]
+    fn a_notify_is_retried_at_growing_intervals_until_a_matching_response() {
+        let mut queue = NotifyQueue::default();
+        let zone = name("shop.example.");
+        let secondary = target("192.0.2.10:53");
+        queue.plan(&[(zone.clone(), secondary, 7)], 0);
+        let mut ids = ids();
+        let mut now = NOTIFY_COALESCE_MS;
+        let first = queue.due(now, &mut ids).0.remove(0);
+        // Nothing until the first interval has passed, then the same ID again.
+        assert!(queue.due(now + NOTIFY_RETRY_INITIAL_MS - 1, &mut ids).0.is_empty());
+        now += NOTIFY_RETRY_INITIAL_MS;
+        let second = queue.due(now, &mut ids).0.remove(0);
+        assert_eq!(second, first, "a retransmission keeps its ID");
+        assert_eq!(
+            queue.next_due_ms(),
+            Some(now + 2 * NOTIFY_RETRY_INITIAL_MS),
+            "the wait doubles"
+        );
+        // Responses that do not match are ignored: another ID, another opcode, another
+        // question, another address, a query.
+        let mut wrong_id = reply(&first, ResponseCode::NoError);
+        wrong_id.set_id(first.id.wrapping_add(1));
+        let mut wrong_opcode = reply(&first, ResponseCode::NoError);
+        wrong_opcode.set_op_code(OpCode::Query);
+        let mut wrong_question = reply(&first, ResponseCode::NoError);
+        wrong_question.take_queries();
+        wrong_question.add_query(Query::query(name("other.example."), RecordType::SOA));
+        let mut not_response = reply(&first, ResponseCode::NoError);
+        not_response.set_message_type(MessageType::Query);
+        for message in [&wrong_id, &wrong_opcode, &wrong_question, &not_response] {
+            assert_eq!(queue.response(secondary, message), None, "{message:?}");
+        }
+        assert_eq!(
+            queue.response(target("192.0.2.11:53"), &reply(&first, ResponseCode::NoError)),
+            None
+        );
+        assert_eq!(queue.pending(), 1);
+        // The matching one ends it (from the IPv4-mapped form of the address too).
+        assert_eq!(
+            queue.response(target("[::ffff:192.0.2.10]:53"), &reply(&first, ResponseCode::NoError)),
+            Some((zone, Outcome::Acknowledged))
+        );
+        assert_eq!(queue.pending(), 0);
+        assert_eq!(queue.next_due_ms(), None);
+    }
+
+    #[test]
+    fn a_silent_secondary_is_given_up_after_the_last_transmission() {
+        let mut queue = NotifyQueue::default();
+        let zone = name("shop.example.");
+        let secondary = target("192.0.2.10:53");
+        queue.plan(&[(zone.clone(), secondary, 7)], 0);
+        let mut ids = ids();
+        let mut transmissions = 0;
+        let mut failures = Vec::new();
+        while let Some(due) = queue.next_due_ms() {
+            let (sent, failed) = queue.due(due, &mut ids);
+            transmissions += sent.len();
+            failures.extend(failed);
+            assert!(transmissions <= NOTIFY_TRANSMISSIONS_MAX as usize);
+        }
+        assert_eq!(transmissions, NOTIFY_TRANSMISSIONS_MAX as usize);
+        assert_eq!(failures, vec![(zone, secondary)]);
+        let total: u64 = (1..NOTIFY_TRANSMISSIONS_MAX + 1).map(retry_interval_ms).sum();
+        assert_eq!(total, 46_000, "the documented time to give up");
+    }
+
+    #[test]
+    fn a_change_while_waiting_for_a_response_sends_the_newer_serial_with_a_new_id() {
+        let mut queue = NotifyQueue::default();
+        let zone = name("shop.example.");
+        let secondary = target("192.0.2.10:53");
+        queue.plan(&[(zone.clone(), secondary, 1)], 0);
+        let mut ids = ids();
+        let first = queue.due(NOTIFY_COALESCE_MS, &mut ids).0.remove(0);
+        queue.plan(&[(zone.clone(), secondary, 2)], 1_000);
+        let second = queue.due(1_000 + NOTIFY_COALESCE_MS, &mut ids).0.remove(0);
+        assert_eq!(second.serial, 2);
+        assert_ne!(second.id, first.id);
+        // A late answer to the first NOTIFY does not end the second.
+        assert_eq!(queue.response(secondary, &reply(&first, ResponseCode::NoError)), None);
+        assert_eq!(
+            queue.response(secondary, &reply(&second, ResponseCode::Refused)),
+            Some((zone, Outcome::Rejected(ResponseCode::Refused)))
+        );
+    }
+
+    #[test]
+    fn pairs_no_longer_configured_are_forgotten() {
+        let mut queue = NotifyQueue::default();
+        let zone = name("shop.example.");
+        queue.plan(&[(zone.clone(), target("192.0.2.10:53"), 1)], 0);
+        queue.plan(&[(zone, target("192.0.2.11:53"), 1)], 0);
+        let sent = queue.due(NOTIFY_COALESCE_MS, ids()).0;
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].target, target("192.0.2.11:53"));
+    }
+
+    #[test]
+    fn the_message_is_a_notify_with_the_zone_soa_and_current_serial() {
+        let config = crate::config::parse(
+            "[dns]\nnotify = [\"192.0.2.10\"]\n[[dns.zones]]\norigin = \"shop.example.\"\nns = [\"ns1\"]\n[dns.zones.soa]\nserial = 40\n",
+            "t.toml",
+        )
+        .expect("valid");
+        let zone = config.zones.iter().next().expect("zone");
+        let view = HealthView::default()
+            .apply_txt(crate::view::Generation(1), "x.shop.example.", Some("v"))
+            .expect("push");
+        assert_eq!(
+            wanted(&config.zones, &view),
+            vec![(name("shop.example."), target("192.0.2.10:53"), 41)]
+        );
+        let wire = message(zone, &view, 9).to_vec().expect("encodes");
+        let parsed = Message::from_vec(&wire).expect("parses");
+        assert_eq!(parsed.op_code(), OpCode::Notify);
+        assert!(parsed.authoritative());
+        assert_eq!(parsed.message_type(), MessageType::Query);
+        assert_eq!(parsed.queries()[0].query_type(), RecordType::SOA);
+        assert_eq!(parsed.queries()[0].name(), &name("shop.example."));
+        assert!(matches!(parsed.answers()[0].data(), RData::SOA(soa) if soa.serial() == 41));
+    }
+}
