@@ -3,11 +3,18 @@
 //! itself too).
 //!
 //! Bounded: at most `RunnerOptions::probes_in_flight_max` probes run at once (a semaphore),
-//! at most `CHECKS_MAX` checks are accepted, and each probe is cut at its timeout.
+//! at most `CHECKS_MAX` checks are accepted, each probe is cut at its timeout, and each result's
+//! detail at [`DETAIL_CHARS_MAX`] (a target's answer quoted whole could make a report too big
+//! for the controller to take, silencing every check of the vantage point).
+//!
+//! A result is held only as long as it is current: its next probe should have ended by then
+//! (the delay to it, its timeout, and [`RESULT_GRACE_MS`]). A probe kept waiting for a permit
+//! past that (more probes hanging to their timeouts than `probes_in_flight_max`) leaves its
+//! check out of the reports — unknown to the controller — instead of repeating an old status.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -21,6 +28,11 @@ use crate::state::{CheckState, InitialState, Timing};
 pub const CHECKS_MAX: usize = 1000;
 /// Default bound on probes running at the same time.
 pub const DEFAULT_PROBES_IN_FLIGHT_MAX: usize = 64;
+/// Characters of a probe's detail kept in its result (the controller keeps as many).
+pub const DETAIL_CHARS_MAX: usize = crate::quorum::DETAIL_CHARS_MAX;
+/// How long past its next probe's deadline (the delay to it plus its timeout) a result is still
+/// reported: time for the probe's own bookkeeping and scheduling, not for queuing behind others.
+pub const RESULT_GRACE_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RunnerOptions {
@@ -62,7 +74,13 @@ struct Running {
     task: JoinHandle<()>,
 }
 
-type Results = Arc<Mutex<BTreeMap<String, CheckResult>>>;
+/// A check's latest result and until when it is current.
+struct Held {
+    result: CheckResult,
+    current_until: Instant,
+}
+
+type Results = Arc<Mutex<BTreeMap<String, Held>>>;
 
 /// The running checks. Dropping the runner stops them.
 pub struct Runner {
@@ -135,13 +153,19 @@ impl Runner {
         self.running.values().map(|r| r.spec.clone()).collect()
     }
 
-    fn lock_results(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, CheckResult>> {
+    fn lock_results(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
         self.results.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The latest result of every check that has completed a probe, by check name.
+    /// The latest result of every check whose state is set and whose result is still current
+    /// (see the module documentation), by check name.
     pub fn results(&self) -> Vec<CheckResult> {
-        self.lock_results().values().cloned().collect()
+        let now = Instant::now();
+        self.lock_results()
+            .values()
+            .filter(|held| held.current_until > now)
+            .map(|held| held.result.clone())
+            .collect()
     }
 
     /// A report of the current results as vantage point `vantage`, stamped now.
@@ -175,34 +199,58 @@ async fn run_check(
     changes: watch::Sender<u64>,
 ) {
     let mut state = CheckState::new(Timing::from(&spec), initial, wall_clock_ms());
+    let mut queued_warned = false;
     loop {
         let outcome = {
+            let asked = Instant::now();
             let Ok(_permit) = permits.acquire().await else {
                 return;
             };
+            let waited = asked.elapsed();
+            if waited > Duration::from_millis(spec.timeout_ms) && !queued_warned {
+                queued_warned = true;
+                tracing::warn!(
+                    check = %spec.name,
+                    waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                    "a probe waited longer than its timeout for one of the probes in flight (--probes-in-flight-max): more probes hang to their timeouts than may run at once, so results come late; raise the limit or lower the timeouts"
+                );
+            }
             probe::probe(&spec).await
         };
         let now_ms = wall_clock_ms();
         let step = state.record(outcome.success, now_ms);
-        if let Some(status) = step.changed {
-            tracing::info!(check = %spec.name, region = %spec.region, ?status, detail = %outcome.detail, "check changed state");
+        let mut detail = outcome.detail;
+        if let Some((cut, _)) = detail.char_indices().nth(DETAIL_CHARS_MAX) {
+            detail.truncate(cut);
+            detail.push('…');
         }
-        let status = state.status().expect("a recorded outcome always sets a status");
-        let result = CheckResult {
-            check: spec.name.clone(),
-            region: spec.region.clone(),
-            status,
-            since_ms: state.since_ms(),
-            detail: outcome.detail,
-            latency_ms: outcome.latency_ms,
-            replica_lag_ms: outcome.replica_lag_ms,
-            position: outcome.position,
-        };
-        results
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(spec.name.clone(), result);
-        changes.send_modify(|n| *n = n.wrapping_add(1));
+        if let Some(status) = step.changed {
+            tracing::info!(check = %spec.name, region = %spec.region, ?status, %detail, "check changed state");
+        }
+        let current_until = Instant::now()
+            + Duration::from_millis(
+                step.next_delay_ms
+                    .saturating_add(spec.timeout_ms)
+                    .saturating_add(RESULT_GRACE_MS),
+            );
+        // Undecided (a new check's first failures, fewer than `fall`): nothing to report yet.
+        if let Some(status) = state.status() {
+            let result = CheckResult {
+                check: spec.name.clone(),
+                region: spec.region.clone(),
+                status,
+                since_ms: state.since_ms(),
+                detail,
+                latency_ms: outcome.latency_ms,
+                replica_lag_ms: outcome.replica_lag_ms,
+                position: outcome.position,
+            };
+            results
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(spec.name.clone(), Held { result, current_until });
+            changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
         tokio::time::sleep(Duration::from_millis(step.next_delay_ms)).await;
     }
 }

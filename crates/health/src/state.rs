@@ -41,8 +41,13 @@ impl From<&CheckSpec> for Timing {
 /// Where a check starts (HAProxy's `init-state`, plus `FirstProbe`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InitialState {
-    /// No state until the first probe: its outcome sets the state, at full health (up) or zero
-    /// (down). Nothing is claimed before anything was observed. The default.
+    /// No state until the probes say: the first success sets it up at full health, `fall`
+    /// consecutive failures set it down at zero. Nothing is claimed before anything was
+    /// observed, and a check that just started (an agent restarted, a plan changed) needs the
+    /// same `fall` failures as a running one before it votes a region down — one failed probe
+    /// at the wrong moment is no outage (Route 53 likewise holds a new check healthy until it
+    /// has enough data). Until then the check reports nothing (the controller counts it
+    /// unknown) and is probed at `fastinter`. The default.
     #[default]
     FirstProbe,
     /// Up, but the first failure brings it down (HAProxy `up`).
@@ -71,6 +76,8 @@ pub struct CheckState {
     status: Option<CheckStatus>,
     counter: RiseFall,
     since_ms: u64,
+    /// Consecutive failures while no status is set yet (`FirstProbe`).
+    first_failures: u32,
 }
 
 impl CheckState {
@@ -93,10 +100,12 @@ impl CheckState {
             timing,
             status,
             since_ms: now_ms,
+            first_failures: 0,
         }
     }
 
-    /// `None` only before the first probe of a `FirstProbe` check.
+    /// `None` only while a `FirstProbe` check has seen no success and fewer than `fall`
+    /// consecutive failures.
     pub fn status(&self) -> Option<CheckStatus> {
         self.status
     }
@@ -114,15 +123,18 @@ impl CheckState {
     /// Records one probe outcome observed at `now_ms`.
     pub fn record(&mut self, success: bool, now_ms: u64) -> Step {
         let changed = match self.status {
-            // The first probe decides, at full health or at zero.
+            // Undecided: a success sets it up at full health; `fall` consecutive failures set
+            // it down at zero.
+            None if success => {
+                self.counter = RiseFall::new(self.timing.rise, self.timing.fall, self.counter.top());
+                Some(self.flip(CheckStatus::Up, now_ms))
+            }
             None => {
-                let (status, health) = if success {
-                    (CheckStatus::Up, self.counter.top())
-                } else {
-                    (CheckStatus::Down, 0)
-                };
-                self.counter = RiseFall::new(self.timing.rise, self.timing.fall, health);
-                Some(self.flip(status, now_ms))
+                self.first_failures += 1;
+                (self.first_failures >= self.timing.fall).then(|| {
+                    self.counter = RiseFall::new(self.timing.rise, self.timing.fall, 0);
+                    self.flip(CheckStatus::Down, now_ms)
+                })
             }
             Some(before) => {
                 if success {
@@ -153,7 +165,8 @@ impl CheckState {
     /// The delay before the next probe in the current state.
     pub fn next_delay_ms(&self) -> u64 {
         match self.status {
-            None => 0,
+            None if self.first_failures == 0 => 0,
+            None => self.timing.fast_interval_ms,
             Some(CheckStatus::Up) if self.counter.health() >= self.counter.top() => self.timing.interval_ms,
             Some(CheckStatus::Down) if self.counter.health() == 0 => self.timing.down_interval_ms,
             Some(_) => self.timing.fast_interval_ms,
@@ -228,11 +241,31 @@ mod tests {
     }
 
     #[test]
-    fn first_probe_failure_starts_fully_down() {
+    fn a_new_check_goes_down_only_after_fall_failures_in_a_row() {
         let mut state = CheckState::new(timing(2, 3), InitialState::FirstProbe, 0);
-        assert_eq!(state.record(false, 5).changed, Some(Down));
+        assert_eq!(
+            state.record(false, 5),
+            Step {
+                changed: None,
+                next_delay_ms: 250
+            },
+            "one failure claims nothing; probed again at fastinter"
+        );
+        assert_eq!(state.status(), None);
+        assert_eq!(state.record(false, 6).changed, None);
+        assert_eq!(state.record(false, 7).changed, Some(Down));
         assert_eq!(state.health(), 0);
+        assert_eq!(state.since_ms(), 7);
         assert_eq!(state.next_delay_ms(), 5000);
+        // A success while undecided sets it up at full health.
+        let mut state = CheckState::new(timing(2, 3), InitialState::FirstProbe, 0);
+        assert_eq!(state.record(false, 1).changed, None);
+        assert_eq!(state.record(false, 2).changed, None);
+        assert_eq!(state.record(true, 3).changed, Some(Up));
+        assert_eq!(state.health(), 4);
+        // fall = 1: the first failure decides, as before.
+        let mut state = CheckState::new(timing(2, 1), InitialState::FirstProbe, 0);
+        assert_eq!(state.record(false, 1).changed, Some(Down));
     }
 
     #[test]
