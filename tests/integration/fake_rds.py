@@ -31,7 +31,10 @@ It follows AWS's documented API exactly for what it implements
   documented for PromoteReadReplica, so the fake guesses `modifying` (one of the documented DB
   instance statuses). A global switchover or failover shows a `FailoverState` (`pending`, then
   `switching-over` or `failing-over`, the documented values) for `delay_s`, then the target
-  member `IsWriter` and the FailoverState empty; the global cluster's own `Status` stays
+  member `IsWriter` and the FailoverState empty (left out, or with `empty_failover_state` an
+  empty `<FailoverState/>` element: the API reference says the data type "is empty unless a
+  switchover or failover operation is scheduled or is in progress", and both forms parse as
+  such); the global cluster's own `Status` stays
   `available` meanwhile (also not documented). A detached cluster leaves the member list at once
   and is `modifying` for `delay_s`, then `available` (the status meanwhile is a guess too).
 
@@ -64,8 +67,9 @@ def arn_region(arn):
 
 
 class FakeRds:
-    def __init__(self, delay_s=0.5):
+    def __init__(self, delay_s=0.5, empty_failover_state=False):
         self.delay_s = delay_s
+        self.empty_failover_state = empty_failover_state
         self.lock = threading.Lock()
         self.instances = {}  # arn -> dict
         self.clusters = {}  # arn -> tags
@@ -148,7 +152,8 @@ class FakeRds:
             f"<IsWriter>{'true' if m == g['writer'] else 'false'}</IsWriter>"
             f"<SynchronizationStatus>connected</SynchronizationStatus></GlobalClusterMember>" for m in g["members"])
         f = g["failover"]
-        failover = "" if not f else (
+        idle = "<FailoverState/>" if self.empty_failover_state else ""
+        failover = idle if not f else (
             f"<FailoverState><Status>{f['status']}</Status><FromDbClusterArn>{escape(f['from'])}</FromDbClusterArn>"
             f"<ToDbClusterArn>{escape(f['to'])}</ToDbClusterArn>"
             f"<IsDataLossAllowed>{'true' if f['loss'] else 'false'}</IsDataLossAllowed></FailoverState>")

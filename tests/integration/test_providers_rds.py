@@ -8,10 +8,13 @@ call, so the requests and XML answers are the real ones.
 - RDS: `switchyard failover` promotes the eu read replica once (tagged with the order's
   generation, waited for until standalone and available), the audit log records it; a failback
   to the old source is refused (RDS cannot demote) and the placement stays.
+- RDS, the source's region lost (its RDS API answers 503): an unplanned failover promotes the
+  replica all the same, and says the other region could not be read.
 - Aurora: a planned switchover moves the writer (SwitchoverGlobalCluster), a failback moves it
   back; an unplanned failover is refused until `--force-data-loss`, which uses
   FailoverGlobalCluster with AllowDataLoss, signed for the target's region while the writer's
-  region answers 503.
+  region answers 503. An empty `<FailoverState/>` (no move in progress, as AWS documents it) is
+  not taken for a move.
 """
 
 import os
@@ -164,6 +167,53 @@ def test_rds_promote_promotes_the_replica_once_and_refuses_to_fail_back(tmp_path
         assert "cannot make it a replica again" in refused[-1]["detail"], refused
         assert active(url, "eu-west-1")
         assert len(fake.actions("PromoteReadReplica")) == 1, "nothing promoted twice"
+    finally:
+        stop_all(processes, (fake, us, eu), terminate_s=15)
+
+
+def test_rds_promote_fails_over_while_the_source_regions_api_is_down(tmp_path):
+    need_binary()
+    fake, us, eu, processes = FakeRds(delay_s=1.0), App(), App(), []
+    try:
+        fake.add_instance(US_DB)
+        fake.add_instance(EU_DB, source=US_DB)
+        url, log, audit = placed_controller(tmp_path, us, eu, rds_step(fake.url), processes)
+        fake.down = {"us-east-1"}
+        generation = generation_of(cli("failover", "--controller", url))
+        wait_until("the failover", lambda: active(url, "eu-west-1"), 60, [log])
+        ok = steps(audit, generation, "ok")
+        assert ok and "promoted the read replica" in ok[-1]["detail"], audit.read_text()[-3000:]
+        assert f"could not read {US_DB} of us-east-1" in ok[-1]["detail"], ok[-1]["detail"]
+        assert "ServiceUnavailable" in ok[-1]["detail"], ok[-1]["detail"]
+        assert not [r for r in steps(audit, generation) if r["outcome"] != "ok"], "promoted on the first attempt"
+        promoted = fake.instance(EU_DB)
+        assert promoted["source"] is None and promoted["status"] == "available"
+        calls = fake.actions("PromoteReadReplica")
+        assert len(calls) == 1 and calls[0]["region"] == "eu-west-1", calls
+        assert [c for c in fake.actions("DescribeDBInstances") if c["region"] == "us-east-1"], "us-east-1 was asked"
+    finally:
+        stop_all(processes, (fake, us, eu), terminate_s=15)
+
+
+def test_aurora_takes_an_empty_failover_state_for_no_move(tmp_path):
+    need_binary()
+    fake, us, eu, processes = FakeRds(delay_s=1.0, empty_failover_state=True), App(), App(), []
+    try:
+        fake.add_global("shop-global", US_CL, [EU_CL])
+        url, log, audit = placed_controller(tmp_path, us, eu, aurora_step(fake.url), processes)
+        first = [r for r in audit_records(audit) if r.get("kind") == "step" and r.get("step") == "orders-db"]
+        assert first and "is the writer of global cluster shop-global already" in first[-1]["detail"], first
+
+        generation = generation_of(cli("switchover", "--to", "eu-west-1", "--controller", url))
+        wait_until("the switchover", lambda: active(url, "eu-west-1"), logs=[log])
+        ok = steps(audit, generation, "ok")
+        assert ok and "switched over (SwitchoverGlobalCluster)" in ok[-1]["detail"], audit.read_text()[-3000:]
+        assert fake.writer("shop-global") == (EU_CL, None)
+        back = generation_of(cli("failback", "--controller", url))
+        wait_until("the failback", lambda: active(url, "us-east-1"), logs=[log])
+        assert steps(audit, back, "ok"), audit.read_text()[-3000:]
+        assert fake.writer("shop-global") == (US_CL, None)
+        assert len(fake.actions("SwitchoverGlobalCluster")) == 2
     finally:
         stop_all(processes, (fake, us, eu), terminate_s=15)
 

@@ -57,6 +57,22 @@ const PERMANENT_CODES: &[&str] = &[
     "HierarchyTypeMismatchException",
     "UnsupportedParameterType",
     "InvalidKeyId",
+    "NoSuchChange",
+    "ParameterMaxVersionLimitExceeded",
+];
+
+/// What the operator does about an error code whose provider message does not say it (added to
+/// the failure's text).
+#[cfg(feature = "aws")]
+const ADVICE: &[(&str, &str)] = &[
+    (
+        "NoSuchChange",
+        "Route 53 does not know the change id its ChangeResourceRecordSets answer gave, so INSYNC cannot be awaited: check that endpoint_url and the credentials reach the account that holds the hosted zone, then read the record back (`aws route53 list-resource-record-sets`); no retry fixes this",
+    ),
+    (
+        "ParameterMaxVersionLimitExceeded",
+        "Parameter Store keeps 100 versions of a parameter and deletes the oldest for a new one, but not while a label is on it: move that label to a newer version (`aws ssm label-parameter-version --parameter-name NAME --parameter-version NEWER --labels LABEL`) or remove it (`aws ssm unlabel-parameter-version`), then run the order again",
+    ),
 ];
 
 /// The AWS settings every AWS step accepts, already checked.
@@ -499,7 +515,10 @@ where
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or("Unknown");
             let message = service.err().message().unwrap_or("(no message)");
-            let text = format!("{action}: {code}: {message}");
+            let text = match ADVICE.iter().find(|(known, _)| *known == code) {
+                Some((_, advice)) => format!("{action}: {code}: {message}; {advice}"),
+                None => format!("{action}: {code}: {message}"),
+            };
             if FENCING_CODES.contains(&code) {
                 Failure::Fenced(text)
             } else if PERMANENT_CODES.contains(&code) {
@@ -570,6 +589,15 @@ mod tests {
             Failure::Fenced("Route 53 ChangeResourceRecordSets: InvalidChangeBatch: the provider's words".into())
         );
         assert!(matches!(failure("x", &error("AccessDenied")), Failure::Refused(_)));
+        // No retry fixes these: final, with what to do.
+        assert!(matches!(
+            failure("Route 53 GetChange", &error("NoSuchChange")),
+            Failure::Refused(m) if m.starts_with("Route 53 GetChange: NoSuchChange: the provider's words; ") && m.contains("endpoint_url")
+        ));
+        assert!(matches!(
+            failure("SSM PutParameter", &error("ParameterMaxVersionLimitExceeded")),
+            Failure::Refused(m) if m.contains("label-parameter-version") && m.contains("unlabel-parameter-version")
+        ));
         assert!(matches!(failure("x", &error("Throttling")), Failure::Retryable(_)));
         assert!(matches!(
             failure("x", &error("PriorRequestNotComplete")),

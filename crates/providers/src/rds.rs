@@ -10,7 +10,9 @@
 //! resource before it is acted on, and read back: a tag holding a newer generation means a newer
 //! decision acted, and the run is `Fenced` without acting. A read replica promoted in another
 //! region (a second standalone instance beside the target's source) also fences
-//! `rds_promote`: promoting a second replica would make two primaries.
+//! `rds_promote`: promoting a second replica would make two primaries. In an unplanned failover
+//! another region's instance that cannot be read (its region is the one being lost) is
+//! unknown, not an error, and the outcome says it was not checked: see [`decide_rds`].
 //!
 //! **Idempotent and verified.** A run reads the state first: a replica that is already
 //! standalone, or a global cluster whose writer already is the target, is only waited for. After
@@ -388,6 +390,9 @@ pub enum Instance {
     },
     /// No source: a primary (the original source, or a promoted replica).
     Standalone { status: String, generation: Option<u64> },
+    /// Another region's instance whose state is unknown: its region's RDS API did not answer
+    /// (a lost region) or answered with an error (`problem`). Only ever among the others.
+    Unreadable { problem: String },
 }
 
 /// What a `rds_promote` run does.
@@ -404,8 +409,17 @@ pub enum RdsDecision {
 }
 
 /// Decides a `rds_promote` run (pure): the target region's instance and every other one's.
+///
+/// Another region's instance that could not be read (`Instance::Unreadable`: its region is the
+/// one being lost, as a rule) is an error for a `planned` move, which needs every region. An
+/// unplanned failover goes on without it, with the checks of every instance that was read:
+/// promoting a replica needs nothing from its source, and waiting for the source's region
+/// to answer would block the failover for as long as the disaster lasts. Only a target that no
+/// order ever acted on (an untagged standalone: the original source) still waits for every
+/// region, since a replica promoted in an unread region would make it a second, stale primary.
 pub fn decide_rds(
     generation: u64,
+    planned: bool,
     target: (&str, &Arn, &Instance),
     others: &[(&str, &Arn, &Instance)],
 ) -> Result<RdsDecision, Failure> {
@@ -414,9 +428,31 @@ pub fn decide_rds(
         .iter()
         .filter(|(_, _, s)| matches!(s, Instance::Standalone { .. }))
         .collect();
+    let unreadable = others.iter().find_map(|(other, other_arn, s)| match s {
+        Instance::Unreadable { problem } => Some((*other, *other_arn, problem)),
+        _ => None,
+    });
+    let target_fenced = matches!(
+        state,
+        Instance::Standalone { generation: Some(g), .. } | Instance::Replica { generation: Some(g), .. } if *g > generation
+    );
+    if planned
+        && !target_fenced
+        && !matches!(state, Instance::Missing)
+        && let Some((other, other_arn, problem)) = unreadable
+    {
+        return Err(Failure::Retryable(format!(
+            "cannot read the DB instance {} of {other} ({problem}): a planned move checks every region's instance first (an unplanned failover goes on without it)",
+            other_arn.text
+        )));
+    }
     match state {
         Instance::Missing => Err(Failure::Refused(format!(
             "the DB instance {} of {region} does not exist (DBInstanceNotFound); fix instances",
+            arn.text
+        ))),
+        Instance::Unreadable { problem } => Err(Failure::Retryable(format!(
+            "cannot read the DB instance {} of {region}: {problem}",
             arn.text
         ))),
         Instance::Standalone {
@@ -448,16 +484,20 @@ pub fn decide_rds(
             let newer = standalone_others
                 .iter()
                 .find(|(_, _, s)| matches!(s, Instance::Standalone { generation: Some(g), .. } if Some(*g) > *tag));
-            match newer {
-                Some((other, other_arn, _)) if tag.is_none() => Err(Failure::Refused(format!(
+            match (newer, unreadable) {
+                (Some((other, other_arn, _)), _) if tag.is_none() => Err(Failure::Refused(format!(
                     "the replica {} of {other} was promoted, so {} of {region} is no longer the primary and RDS cannot make it a replica again: create a read replica of {} in {region}, point instances at it, then switch over",
                     other_arn.text, arn.text, other_arn.text
                 ))),
-                Some((other, other_arn, _)) => Err(Failure::Fenced(format!(
+                (Some((other, other_arn, _)), _) => Err(Failure::Fenced(format!(
                     "{} of {other} was promoted by a newer order than {} of {region}",
                     other_arn.text, arn.text
                 ))),
-                None => Ok(RdsDecision::Done),
+                (None, Some((other, other_arn, problem))) if tag.is_none() => Err(Failure::Retryable(format!(
+                    "cannot read the DB instance {} of {other} ({problem}): if an earlier failover promoted it, {} of {region} is an old primary and must not serve again; retried until {other} answers",
+                    other_arn.text, arn.text
+                ))),
+                (None, _) => Ok(RdsDecision::Done),
             }
         }
         Instance::Replica {
@@ -628,15 +668,45 @@ impl RdsPromote {
                 order.to
             )));
         };
+        // The target first: when its own region does not answer there is nothing to decide.
+        let state = self.common.instance(arn).await?;
+        // Another region that does not answer (the region being lost, as a rule) is unknown,
+        // not an error: `decide_rds` says when that is enough.
         let mut others = Vec::new();
+        let mut unread = Vec::new();
         for (region, other) in &self.instances {
             if region != &order.to {
-                others.push((region.as_str(), other, self.common.instance(other).await?));
+                let seen = match self.common.instance(other).await {
+                    Ok(seen) => seen,
+                    Err(failure) => {
+                        let problem = failure.to_string();
+                        unread.push(format!("{} of {region} ({problem})", other.text));
+                        Instance::Unreadable { problem }
+                    }
+                };
+                others.push((region.as_str(), other, seen));
             }
         }
-        let state = self.common.instance(arn).await?;
         let others_ref: Vec<(&str, &Arn, &Instance)> = others.iter().map(|(r, a, s)| (*r, *a, s)).collect();
-        let decision = decide_rds(order.generation, (order.to.as_str(), arn, &state), &others_ref)?;
+        let decision = decide_rds(
+            order.generation,
+            planned(&order.kind),
+            (order.to.as_str(), arn, &state),
+            &others_ref,
+        )?;
+        let unread = if unread.is_empty() {
+            String::new()
+        } else {
+            tracing::warn!(
+                target_instance = %arn.text,
+                unread = %unread.join("; "),
+                "rds_promote: another region's DB instance could not be read; going on without it (unplanned failover)"
+            );
+            format!(
+                "; could not read {}: not checked for a second primary",
+                unread.join(", ")
+            )
+        };
         let promoted_now = decision == RdsDecision::Promote;
         if promoted_now {
             self.common.claim(arn, order.generation).await?;
@@ -670,15 +740,15 @@ impl RdsPromote {
         };
         Ok(match (promoted_now, &state) {
             (true, _) => format!(
-                "promoted the read replica {} of {} (PromoteReadReplica); standalone and available after {waited} ms{tag}",
+                "promoted the read replica {} of {} (PromoteReadReplica); standalone and available after {waited} ms{tag}{unread}",
                 arn.text, order.to
             ),
             (false, Instance::Standalone { generation: None, .. }) => format!(
-                "{} of {} is the primary (no source); nothing promoted",
+                "{} of {} is the primary (no source); nothing promoted{unread}",
                 arn.text, order.to
             ),
             (false, _) => format!(
-                "an earlier run promoted {} of {}; standalone and available after {waited} ms{tag}",
+                "an earlier run promoted {} of {}; standalone and available after {waited} ms{tag}{unread}",
                 arn.text, order.to
             ),
         })
@@ -865,14 +935,24 @@ impl AuroraGlobalFailover {
                 .filter_map(|m| m.db_cluster_arn())
                 .map(String::from)
                 .collect(),
-            failover: found.failover_state().map(|f| {
-                (
-                    f.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
-                    f.to_db_cluster_arn().unwrap_or_default().to_string(),
-                )
-            }),
+            failover: failover_in_progress(found.failover_state()),
         })
     }
+}
+
+/// A global cluster's `FailoverState` as a move in progress: (status, to-cluster ARN). AWS
+/// documents the element as "empty unless a switchover or failover operation is scheduled or is
+/// in progress", so one without a `Status` is no move at all.
+#[cfg(feature = "rds")]
+fn failover_in_progress(state: Option<&aws_sdk_rds::types::FailoverState>) -> Option<(String, String)> {
+    let status = state?.status()?.as_str().trim();
+    if status.is_empty() {
+        return None;
+    }
+    Some((
+        status.to_string(),
+        state?.to_db_cluster_arn().unwrap_or_default().to_string(),
+    ))
 }
 
 #[cfg(feature = "rds")]
@@ -1093,22 +1173,22 @@ mod tests {
         };
         // Back to the source while a replica is being promoted: refused.
         let Err(Failure::Refused(message)) =
-            decide_rds(6, ("us", &us, &source), &[("eu", &eu, &tagged("modifying", 5))])
+            decide_rds(6, false, ("us", &us, &source), &[("eu", &eu, &tagged("modifying", 5))])
         else {
             panic!("not refused")
         };
         assert!(message.contains("would be a second primary"), "{message}");
         // Promoted by an earlier run that died while waiting: only waited for.
         assert_eq!(
-            decide_rds(6, ("eu", &eu, &tagged("modifying", 5)), &[("us", &us, &source)]),
+            decide_rds(6, false, ("eu", &eu, &tagged("modifying", 5)), &[("us", &us, &source)]),
             Ok(RdsDecision::Promoting)
         );
         assert_eq!(
-            decide_rds(6, ("eu", &eu, &tagged("available", 5)), &[("us", &us, &source)]),
+            decide_rds(6, false, ("eu", &eu, &tagged("available", 5)), &[("us", &us, &source)]),
             Ok(RdsDecision::Promote)
         );
         assert!(matches!(
-            decide_rds(4, ("eu", &eu, &tagged("modifying", 5)), &[("us", &us, &source)]),
+            decide_rds(4, false, ("eu", &eu, &tagged("modifying", 5)), &[("us", &us, &source)]),
             Err(Failure::Fenced(_))
         ));
         let promoted = |g| Instance::Standalone {
@@ -1116,24 +1196,25 @@ mod tests {
             generation: Some(g),
         };
         assert_eq!(
-            decide_rds(5, ("eu", &eu, &replica("available")), &[("us", &us, &source)]),
+            decide_rds(5, false, ("eu", &eu, &replica("available")), &[("us", &us, &source)]),
             Ok(RdsDecision::Promote)
         );
         assert!(matches!(
-            decide_rds(5, ("eu", &eu, &replica("modifying")), &[("us", &us, &source)]),
+            decide_rds(5, false, ("eu", &eu, &replica("modifying")), &[("us", &us, &source)]),
             Err(Failure::Retryable(_))
         ));
         assert_eq!(
-            decide_rds(5, ("eu", &eu, &promoted(5)), &[("us", &us, &source)]),
+            decide_rds(5, false, ("eu", &eu, &promoted(5)), &[("us", &us, &source)]),
             Ok(RdsDecision::Done)
         );
         assert!(matches!(
-            decide_rds(5, ("eu", &eu, &promoted(6)), &[("us", &us, &source)]),
+            decide_rds(5, false, ("eu", &eu, &promoted(6)), &[("us", &us, &source)]),
             Err(Failure::Fenced(_))
         ));
         // Another region's replica was promoted: a second promotion would make two primaries.
         let Err(Failure::Fenced(message)) = decide_rds(
             7,
+            false,
             ("ap", &ap, &replica("available")),
             &[("us", &us, &source), ("eu", &eu, &promoted(5))],
         ) else {
@@ -1141,19 +1222,127 @@ mod tests {
         };
         assert!(message.contains("two primaries"), "{message}");
         // Back to the old source: RDS cannot demote the promoted one.
-        let Err(Failure::Refused(message)) = decide_rds(8, ("us", &us, &source), &[("eu", &eu, &promoted(5))]) else {
+        let Err(Failure::Refused(message)) = decide_rds(8, false, ("us", &us, &source), &[("eu", &eu, &promoted(5))])
+        else {
             panic!("not refused")
         };
         assert!(message.contains("cannot make it a replica again"), "{message}");
         // The source while nothing was promoted.
         assert_eq!(
-            decide_rds(1, ("us", &us, &source), &[("eu", &eu, &replica("available"))]),
+            decide_rds(1, false, ("us", &us, &source), &[("eu", &eu, &replica("available"))]),
             Ok(RdsDecision::Done)
         );
         assert!(matches!(
-            decide_rds(1, ("eu", &eu, &Instance::Missing), &[]),
+            decide_rds(1, false, ("eu", &eu, &Instance::Missing), &[]),
             Err(Failure::Refused(_))
         ));
+    }
+
+    #[test]
+    fn rds_an_unreadable_other_region_is_unknown_for_an_unplanned_failover_only() {
+        let (us, eu, ap) = (
+            arn("us-east-1", "src"),
+            arn("eu-west-1", "rep"),
+            arn("ap-south-1", "rep2"),
+        );
+        let down = Instance::Unreadable {
+            problem: "RDS DescribeDBInstances: ServiceUnavailable".into(),
+        };
+        let replica = Instance::Replica {
+            status: AVAILABLE.into(),
+            source: us.text.clone(),
+            generation: None,
+        };
+        let promoted = |g| Instance::Standalone {
+            status: AVAILABLE.into(),
+            generation: Some(g),
+        };
+        // The source's region is lost: the replica is promoted all the same.
+        assert_eq!(
+            decide_rds(5, false, ("eu", &eu, &replica), &[("us", &us, &down)]),
+            Ok(RdsDecision::Promote)
+        );
+        // A planned move waits for every region.
+        assert!(matches!(
+            decide_rds(5, true, ("eu", &eu, &replica), &[("us", &us, &down)]),
+            Err(Failure::Retryable(m)) if m.contains("planned move") && m.contains("ServiceUnavailable")
+        ));
+        // What was read still counts: a replica promoted in a region that answers fences.
+        assert!(matches!(
+            decide_rds(
+                7,
+                false,
+                ("ap", &ap, &replica),
+                &[("us", &us, &down), ("eu", &eu, &promoted(5))]
+            ),
+            Err(Failure::Fenced(m)) if m.contains("two primaries")
+        ));
+        // An earlier run of this order promoted it, then the wait ran out: still done.
+        assert_eq!(
+            decide_rds(5, false, ("eu", &eu, &promoted(5)), &[("us", &us, &down)]),
+            Ok(RdsDecision::Done)
+        );
+        assert_eq!(
+            decide_rds(
+                5,
+                false,
+                (
+                    "eu",
+                    &eu,
+                    &Instance::Replica {
+                        status: "modifying".into(),
+                        source: us.text.clone(),
+                        generation: Some(5),
+                    }
+                ),
+                &[("us", &us, &down)]
+            ),
+            Ok(RdsDecision::Promoting)
+        );
+        // The target's own newer tag fences whatever the others.
+        assert!(matches!(
+            decide_rds(4, true, ("eu", &eu, &promoted(5)), &[("us", &us, &down)]),
+            Err(Failure::Fenced(_))
+        ));
+        // The untagged original source, the replica's region unread: that replica may have
+        // been promoted, making the source an old primary: not done until it answers.
+        let source = Instance::Standalone {
+            status: AVAILABLE.into(),
+            generation: None,
+        };
+        assert!(matches!(
+            decide_rds(8, false, ("us", &us, &source), &[("eu", &eu, &down)]),
+            Err(Failure::Retryable(m)) if m.contains("old primary")
+        ));
+    }
+
+    #[cfg(feature = "rds")]
+    #[test]
+    fn an_empty_failover_state_is_no_move_in_progress() {
+        use aws_sdk_rds::types::{FailoverState, FailoverStatus};
+        let to = "arn:aws:rds:eu-west-1:111122223333:cluster:euw1";
+        assert_eq!(failover_in_progress(None), None);
+        assert_eq!(failover_in_progress(Some(&FailoverState::builder().build())), None);
+        let only_the_target = FailoverState::builder().to_db_cluster_arn(to).build();
+        assert_eq!(failover_in_progress(Some(&only_the_target)), None);
+        let blank = FailoverState::builder().status(FailoverStatus::from("")).build();
+        assert_eq!(failover_in_progress(Some(&blank)), None);
+        let failing = FailoverState::builder()
+            .status(FailoverStatus::FailingOver)
+            .to_db_cluster_arn(to)
+            .build();
+        assert_eq!(
+            failover_in_progress(Some(&failing)),
+            Some(("failing-over".to_string(), to.to_string()))
+        );
+        let moving = FailoverState::builder()
+            .status(FailoverStatus::from("switching-over"))
+            .to_db_cluster_arn(to)
+            .build();
+        assert_eq!(
+            failover_in_progress(Some(&moving)),
+            Some(("switching-over".to_string(), to.to_string()))
+        );
     }
 
     #[test]

@@ -578,24 +578,7 @@ impl Rfc2136 {
                     self.show(&now)
                 )));
             }
-            ResponseCode::Refused => {
-                return Err(Failure::Refused(format!(
-                    "the server refused the update of {} {} (REFUSED): grant key '{}' the name in the zone's update-policy (BIND: grant {} name {} {};) or allow-update",
-                    self.name, self.record_type, self.key.name, self.key.name, self.name, self.record_type
-                )));
-            }
-            code @ (ResponseCode::NotAuth | ResponseCode::NotZone) => {
-                return Err(Failure::Refused(format!(
-                    "the server answered {code} for an update of zone {}: point server at the zone's primary and check zone and name",
-                    self.zone
-                )));
-            }
-            code => {
-                return Err(Failure::Retryable(format!(
-                    "the server answered {code} to the update of {} {}",
-                    self.name, self.record_type
-                )));
-            }
+            code => return Err(self.update_refused(code)),
         }
         let after = self.observe(address).await?;
         match decide(&after, target, &known, order.generation, fence) {
@@ -610,6 +593,32 @@ impl Rfc2136 {
                 self.record_type,
                 self.show(&after)
             ))),
+        }
+    }
+
+    /// What an UPDATE answered with `code` (neither NOERROR nor a failed prerequisite) means:
+    /// final for the codes that say the server will not take this update until its
+    /// configuration (or the step's) changes, worth another attempt for the rest (SERVFAIL: the
+    /// server could not apply it just now).
+    fn update_refused(&self, code: ResponseCode) -> Failure {
+        let (name, kind, zone, key) = (&self.name, &self.record_type, &self.zone, &self.key.name);
+        match code {
+            ResponseCode::Refused => Failure::Refused(format!(
+                "the server refused the update of {name} {kind} (REFUSED): grant key '{key}' the name in the zone's update-policy (BIND: grant {key} name {name} {kind};) or allow-update"
+            )),
+            ResponseCode::NotImp => Failure::Refused(format!(
+                "the server does not take dynamic updates for zone {zone} (NOTIMP): enable them for the zone (BIND: allow-update {{ key {key}; }}; or update-policy in its zone statement; Knot: an acl with action update; PowerDNS: dnsupdate=yes and the zone's TSIG-ALLOW-DNSUPDATE metadata), or point server at a primary that does"
+            )),
+            ResponseCode::FormErr => Failure::Refused(format!(
+                "the server could not parse the update of {name} {kind} (FORMERR): it does not understand this UPDATE (RFC 2136 with TSIG HMAC-SHA256), or something between rewrote it; no retry fixes that: read the server's log for the reason, and check server points at the zone's primary"
+            )),
+            ResponseCode::NotAuth => Failure::Refused(format!(
+                "the server is not authoritative for zone {zone} (NOTAUTH): point server at the zone's primary (a secondary does not take updates unless it forwards them), and check zone"
+            )),
+            ResponseCode::NotZone => Failure::Refused(format!(
+                "{name} is not inside zone {zone} as the server holds it (NOTZONE): fix zone or name so the name is in the zone, and point server at that zone's primary"
+            )),
+            code => Failure::Retryable(format!("the server answered {code} to the update of {name} {kind}")),
         }
     }
 
@@ -668,6 +677,14 @@ impl Rfc2136 {
         let response = self.exchange(address, message).await?;
         match response.response_code() {
             ResponseCode::NoError | ResponseCode::NXDomain => {}
+            // The server will not answer this controller's queries until its configuration
+            // changes: no retry helps.
+            code @ (ResponseCode::Refused | ResponseCode::NotImp | ResponseCode::FormErr) => {
+                return Err(Failure::Refused(format!(
+                    "the server answered {code} to a query for {name} {record_type}: let this controller's address (and key '{}') query zone {} (BIND: allow-query), and point server at the zone's primary",
+                    self.key.name, self.zone
+                )));
+            }
             code => {
                 return Err(Failure::Retryable(format!(
                     "the server answered {code} to a query for {name} {record_type}"
@@ -1073,6 +1090,85 @@ mod tests {
             }
         });
         address
+    }
+
+    /// A fake primary over UDP: queries get an empty signed answer, updates a signed answer
+    /// with `update_code`.
+    async fn update_answering_server(key: Key, update_code: ResponseCode) -> SocketAddr {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP");
+        let address = udp.local_addr().expect("address");
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; MESSAGE_BYTES_MAX];
+            while let Ok((n, from)) = udp.recv_from(&mut buffer).await {
+                let (request, mac) = tsig::server::unsigned_request(&buffer[..n]);
+                let request = Message::from_vec(&request).expect("the request parses");
+                let mut response = Message::new();
+                response
+                    .set_id(request.id())
+                    .set_message_type(MessageType::Response)
+                    .set_op_code(request.op_code())
+                    .set_authoritative(true);
+                response.add_queries(request.queries().to_vec());
+                if request.op_code() == OpCode::Update {
+                    response.set_response_code(update_code);
+                }
+                let signed = tsig::server::sign_response(&response.to_vec().expect("encodes"), &mac, &key, now_s(), 0);
+                let _ = udp.send_to(&signed, from).await;
+            }
+        });
+        address
+    }
+
+    /// The step of the tests against a fake primary at `address`, its key in `dir`.
+    fn step_at(dir: &std::path::Path, address: SocketAddr, secret: &str) -> Rfc2136 {
+        std::fs::write(dir.join("k.key"), secret).expect("write the key");
+        let text = format!(
+            "server = \"{address}\"\nzone = \"shop.example.\"\nname = \"www.shop.example.\"\nkey = {{ file = \"k.key\" }}\nkey_name = \"k\"\n[values]\n\"eu\" = [\"192.0.2.1\"]\n\"us\" = [\"192.0.2.2\"]\n"
+        );
+        let settings: Settings = toml::from_str(&text).expect("parses");
+        let mut checker = Collect {
+            folder: dir.to_path_buf(),
+            regions: ["eu", "us"].iter().map(|r| r.to_string()).collect(),
+            errors: Vec::new(),
+        };
+        settings
+            .check("dns", &mut checker)
+            .unwrap_or_else(|| panic!("{:?}", checker.errors))
+    }
+
+    #[tokio::test]
+    async fn an_update_the_server_cannot_take_is_refused_with_the_fix() {
+        let secret = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A=";
+        let order = Order {
+            generation: 3,
+            kind: "failover".into(),
+            from: Some("eu".into()),
+            to: "us".into(),
+            serving: vec!["us".into()],
+            reason: "test".into(),
+            force_data_loss: false,
+        };
+        for (code, mnemonic, fix) in [
+            (ResponseCode::NotImp, "NOTIMP", "allow-update"),
+            (ResponseCode::FormErr, "FORMERR", "server's log"),
+            (ResponseCode::NotAuth, "NOTAUTH", "zone's primary"),
+            (ResponseCode::Refused, "REFUSED", "update-policy"),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let key = Key::parse(secret, Some("k")).expect("key");
+            let address = update_answering_server(key, code).await;
+            let outcome = step_at(dir.path(), address, secret).run(&order).await;
+            assert!(
+                matches!(&outcome, Err(Failure::Refused(m)) if m.contains(&format!("({mnemonic})")) && m.contains(fix)),
+                "{code}: {outcome:?}"
+            );
+        }
+        // SERVFAIL: the server could not apply it now; another attempt may.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = Key::parse(secret, Some("k")).expect("key");
+        let address = update_answering_server(key, ResponseCode::ServFail).await;
+        let outcome = step_at(dir.path(), address, secret).run(&order).await;
+        assert!(matches!(&outcome, Err(Failure::Retryable(_))), "{outcome:?}");
     }
 
     #[tokio::test]

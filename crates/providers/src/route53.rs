@@ -20,7 +20,10 @@
 //!
 //! `route53_failover_health` reads the health check (`GetHealthCheck`) and, when it differs,
 //! sends `UpdateHealthCheck` with the `HealthCheckVersion` it read (Route 53 refuses a stale
-//! version: `HealthCheckVersionMismatch` → `Fenced`), then reads it back. The standby region
+//! version: `HealthCheckVersionMismatch` → `Fenced`), then reads it back; its detail says that
+//! Route 53 applies the setting to DNS at its next evaluation of the check (the step does not
+//! wait for that: `GetHealthCheckStatus` reports each checker's own measurement, is documented as
+//! a development aid not fit for production polling, and cannot read calculated checks). The standby region
 //! being active sets `Inverted` (the primary's check reads unhealthy, so Route 53 answers with
 //! the secondary record); the primary being active clears it, and with
 //! `force_primary_healthy` also sets `Disabled` (Route 53 then treats the check as healthy
@@ -1019,10 +1022,20 @@ mod live {
                     let change_id = match sent {
                         Ok(answer) => answer
                             .change_info()
-                            .map(|c| bare_id(c.id()).to_string())
+                            .map(|c| bare_id(c.id()).trim().to_string())
                             .unwrap_or_default(),
                         Err(error) => return self.refused_change(observed, desired, order, &error).await,
                     };
+                    if change_id.is_empty() {
+                        // Nothing to wait for, ever: no pending change is kept (an older one
+                        // of this generation was superseded by this batch). The next attempt
+                        // reads the record back and decides from what Route 53 holds.
+                        *self.lock_pending() = None;
+                        return Err(Failure::Retryable(format!(
+                            "Route 53 accepted the change batch for {} {} but its answer has no change id (ChangeInfo/Id), so INSYNC cannot be awaited: a malformed answer (check endpoint_url, or a proxy between); the next attempt reads the record back",
+                            self.name, self.record_type
+                        )));
+                    }
                     *self.lock_pending() = Some((order.generation, change_id.clone()));
                     self.wait_insync(&change_id).await?;
                     *self.lock_pending() = None;
@@ -1049,7 +1062,7 @@ mod live {
         async fn finish_pending(&self, generation: u64) -> Result<String, Failure> {
             let pending = self.lock_pending().clone();
             match pending {
-                Some((g, change_id)) if g == generation => {
+                Some((g, change_id)) if g == generation && !change_id.is_empty() => {
                     self.wait_insync(&change_id).await?;
                     *self.lock_pending() = None;
                     Ok(format!("; change {change_id} INSYNC"))
@@ -1348,8 +1361,21 @@ pub struct FailoverHealth {
 aws::step_entry_points!(FailoverHealth, aws, "aws", aws::not_built());
 
 impl FailoverHealth {
+    /// What the detail of a run that changed the check adds: the change reaches DNS only when
+    /// Route 53 next evaluates the check. `request_interval_s`: the check's `RequestInterval`
+    /// (none for a calculated or CloudWatch-alarm check).
+    pub fn applies_later(request_interval_s: Option<i32>) -> String {
+        let when = match request_interval_s {
+            Some(s) if s > 0 => format!("its next evaluation of the check (request interval {s} s)"),
+            _ => "its next evaluation of the check".to_string(),
+        };
+        format!(
+            "; Route 53 applies this to DNS answers at {when}, not at once, and resolvers follow after the failover records' TTL: the step has read the setting back, it does not wait for that"
+        )
+    }
+
     #[cfg(feature = "aws")]
-    async fn read(&self, client: &aws_sdk_route53::Client) -> Result<(i64, HealthSwitches), Failure> {
+    async fn read(&self, client: &aws_sdk_route53::Client) -> Result<(i64, HealthSwitches, Option<i32>), Failure> {
         let answer = client
             .get_health_check()
             .health_check_id(&self.health_check_id)
@@ -1366,6 +1392,7 @@ impl FailoverHealth {
                 inverted: config.and_then(|c| c.inverted()).unwrap_or(false),
                 disabled: config.and_then(|c| c.disabled()).unwrap_or(false),
             },
+            config.and_then(|c| c.request_interval()),
         ))
     }
 
@@ -1373,7 +1400,7 @@ impl FailoverHealth {
     async fn run_live(&self, order: &Order) -> Outcome {
         let client = self.aws.get(aws_sdk_route53::Client::new).await;
         let wanted = HealthSwitches::wanted(&order.to, &self.primary, self.force_primary_healthy);
-        let (version, now) = self.read(client).await?;
+        let (version, now, interval) = self.read(client).await?;
         let id = &self.health_check_id;
         if now == wanted {
             return Ok(format!(
@@ -1395,25 +1422,29 @@ impl FailoverHealth {
             // second send of an update Route 53 applied carries a version that is stale by
             // then. The check holding what this order wants is that update, not a fence.
             if aws::error_code(&error) == Some("HealthCheckVersionMismatch")
-                && let Ok((_, after)) = self.read(client).await
+                && let Ok((_, after, _)) = self.read(client).await
                 && after == wanted
             {
                 return Ok(format!(
-                    "health check {id} set to {wanted} (was {now}; region {} active, generation {}): Route 53 refused a resend of the update it had applied ({failure}); read back",
-                    order.to, order.generation
+                    "health check {id} set to {wanted} (was {now}; region {} active, generation {}): Route 53 refused a resend of the update it had applied ({failure}); read back{}",
+                    order.to,
+                    order.generation,
+                    FailoverHealth::applies_later(interval)
                 ));
             }
             return Err(failure);
         }
-        let (_, after) = self.read(client).await?;
+        let (_, after, interval) = self.read(client).await?;
         if after != wanted {
             return Err(Failure::Retryable(format!(
                 "health check {id} reads back {after} after an update to {wanted}"
             )));
         }
         Ok(format!(
-            "health check {id} set to {wanted} (was {now}; region {} active, generation {})",
-            order.to, order.generation
+            "health check {id} set to {wanted} (was {now}; region {} active, generation {}){}",
+            order.to,
+            order.generation,
+            FailoverHealth::applies_later(interval)
         ))
     }
 }
@@ -1629,5 +1660,17 @@ mod tests {
                 disabled: false
             }
         );
+    }
+
+    #[test]
+    fn a_changed_health_check_says_dns_follows_at_the_next_evaluation() {
+        let with_interval = FailoverHealth::applies_later(Some(10));
+        assert!(
+            with_interval.contains("next evaluation of the check (request interval 10 s)"),
+            "{with_interval}"
+        );
+        assert!(with_interval.contains("does not wait"), "{with_interval}");
+        let calculated = FailoverHealth::applies_later(None);
+        assert!(calculated.contains("next evaluation of the check,"), "{calculated}");
     }
 }

@@ -316,6 +316,10 @@ async fn route53_failover_health_inverts_the_primary_check_and_reads_it_back() {
 
     let done = step.run(&order(2, "eu")).await.expect("invert");
     assert!(done.contains("Inverted=true"), "{done}");
+    assert!(
+        done.contains("Route 53 applies this to DNS answers at its next evaluation of the check"),
+        "{done}"
+    );
     assert_eq!(inverted(client.clone(), id.clone()).await, (true, false));
     let again = step.run(&order(2, "eu")).await.expect("re-run");
     assert!(again.contains("already"), "{again}");
@@ -652,4 +656,111 @@ async fn route53_failover_health_takes_a_resent_update_route53_had_applied_as_do
     );
     let state = state.lock().expect("lock");
     assert_eq!((state.0, state.1, state.2), (2, true, 2), "applied once, sent twice");
+}
+
+/// The text between `start` and the next `end` in `text`, if any.
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = text.find(start)? + start.len();
+    let to = text[from..].find(end)? + from;
+    Some(&text[from..to])
+}
+
+/// A fake of Route 53's REST-XML API for one hosted zone: `ListResourceRecordSets` of one name
+/// and type, and `ChangeResourceRecordSets` applying the batch's DELETEs and CREATEs; its
+/// answer carries `change_info` (Route 53 documents a `ChangeInfo` with the change's `Id`:
+/// here left out or emptied, an answer that is malformed). Counts `GetChange` calls.
+async fn route53_without_change_ids(change_info: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<u32>>) {
+    use axum::response::IntoResponse;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    const NS: &str = "https://route53.amazonaws.com/doc/2013-04-01/";
+    // (name, type) -> the <ResourceRecordSet> element as sent.
+    let sets: Arc<Mutex<BTreeMap<(String, String), String>>> = Arc::default();
+    let get_changes = Arc::new(Mutex::new(0u32));
+    let seen = Arc::clone(&get_changes);
+    let url = crate::fake::serve(move |request| {
+        let xml = |status: u16, body: String| {
+            (
+                axum::http::StatusCode::from_u16(status).expect("status"),
+                [("content-type", "text/xml")],
+                body,
+            )
+                .into_response()
+        };
+        let key = |name: &str, kind: &str| {
+            (
+                format!("{}.", name.trim_end_matches('.').to_ascii_lowercase()),
+                kind.to_string(),
+            )
+        };
+        let mut sets = sets.lock().expect("lock");
+        let path = request.path.trim_end_matches('/');
+        if path.starts_with("/2013-04-01/change/") {
+            *seen.lock().expect("lock") += 1;
+            return xml(404, format!("<ErrorResponse xmlns=\"{NS}\"><Error><Type>Sender</Type><Code>NoSuchChange</Code><Message>A change with the specified change ID does not exist.</Message></Error><RequestId>r</RequestId></ErrorResponse>"));
+        }
+        if path != "/2013-04-01/hostedzone/Z0FAKE/rrset" {
+            return xml(404, String::new());
+        }
+        if request.method == axum::http::Method::GET {
+            let wanted = key(request.query("name").unwrap_or(""), request.query("type").unwrap_or(""));
+            let found = sets.get(&wanted).cloned().unwrap_or_default();
+            return xml(200, format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListResourceRecordSetsResponse xmlns=\"{NS}\"><ResourceRecordSets>{found}</ResourceRecordSets><IsTruncated>false</IsTruncated><MaxItems>1</MaxItems></ListResourceRecordSetsResponse>"));
+        }
+        let body = String::from_utf8_lossy(&request.body).into_owned();
+        for change in body.split("<Change>").skip(1) {
+            let (Some(action), Some(set)) = (
+                between(change, "<Action>", "</Action>"),
+                between(change, "<ResourceRecordSet>", "</ResourceRecordSet>"),
+            ) else {
+                continue;
+            };
+            let name = between(set, "<Name>", "</Name>").unwrap_or("");
+            let kind = between(set, "<Type>", "</Type>").unwrap_or("");
+            match action {
+                "DELETE" => {
+                    sets.remove(&key(name, kind));
+                }
+                _ => {
+                    sets.insert(key(name, kind), format!("<ResourceRecordSet>{set}</ResourceRecordSet>"));
+                }
+            }
+        }
+        xml(200, format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ChangeResourceRecordSetsResponse xmlns=\"{NS}\">{change_info}</ChangeResourceRecordSetsResponse>"))
+    })
+    .await;
+    (url, get_changes)
+}
+
+/// An answer to ChangeResourceRecordSets without a change id: a clear error, no pending change
+/// kept that could never finish, and the next attempt finds the record set and is done.
+#[tokio::test]
+async fn route53_a_change_answer_without_a_change_id_is_an_error_that_the_next_attempt_ends() {
+    for change_info in [
+        "",
+        "<ChangeInfo><Id></Id><Status>PENDING</Status><SubmittedAt>2024-01-01T00:00:00Z</SubmittedAt></ChangeInfo>",
+    ] {
+        let (url, get_changes) = route53_without_change_ids(change_info).await;
+        let text = format!(
+            "zone_id = \"Z0FAKE\"\nname = \"www.shop.example.com\"\ntype = \"A\"\nvalues = {{ us = \"203.0.113.10\", eu = \"198.51.100.7\" }}\ninsync_timeout_ms = 2000\nendpoint_url = \"{url}\"\n"
+        );
+        let step = checked(&text, |s: &providers::route53::Settings, c| s.check("dns", c))
+            .with_static_credentials(credentials());
+        let first = step.run(&order(2, "eu")).await;
+        assert!(
+            matches!(&first, Err(Failure::Retryable(m)) if m.contains("no change id")),
+            "{change_info:?}: {first:?}"
+        );
+        let second = step.run(&order(2, "eu")).await;
+        assert!(
+            matches!(&second, Ok(m) if m.contains("already holds 198.51.100.7")),
+            "{change_info:?}: {second:?}"
+        );
+        assert_eq!(
+            *get_changes.lock().expect("lock"),
+            0,
+            "GetChange never asked for an empty id"
+        );
+    }
 }
