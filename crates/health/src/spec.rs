@@ -194,7 +194,8 @@ impl CheckSpec {
     /// a port matches the key with its scheme's default port (80 or 443), a DNS server without
     /// one matches port 53. Names, regions and timings are unchanged, so every vantage point's
     /// reports still speak of the same check. For `https`, the certificate must be valid for
-    /// the new host.
+    /// the new host — or for the check's `Host` header, which names the TLS server when set —
+    /// unless the check has `tls_verify = false`.
     pub fn with_address_map(&self, map: &AddressMap) -> CheckSpec {
         let mut spec = self.clone();
         if map.is_empty() {
@@ -305,7 +306,9 @@ pub enum ProbeKind {
     /// An HTTP/1.1 request; success when the status matches (and the body contains a string).
     Http {
         /// `http://host:port/path?query` or `https://...` (TLS verified against the Mozilla
-        /// roots, or against `ca_file`).
+        /// roots, or against `ca_file`, unless `tls_verify = false`). User info in the URL
+        /// (`http://user:password@host/`) is sent as `Authorization: Basic`, as curl does, never
+        /// in the `Host` header, and is shown as `***` in details and errors.
         url: String,
         /// Request method. Default `GET`.
         #[serde(default = "default_method")]
@@ -314,23 +317,35 @@ pub enum ProbeKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect_status: Option<u16>,
         /// When set, the response body must contain this string (searched in the first
-        /// `probe::http::BODY_BYTES_MAX` bytes).
+        /// `probe::http::BODY_BYTES_MAX` bytes; reading stops at the first match). Not with
+        /// `method = "HEAD"`, whose responses have no body.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         body_contains: Option<String>,
-        /// Extra request headers, e.g. `Host` for a virtual host.
+        /// Extra request headers, e.g. `Host` for a virtual host. For `https://`, a `Host`
+        /// header's name (without its port) is also the TLS server name: sent as SNI and
+        /// verified against the certificate (HAProxy's `check-sni`), so a URL naming an IP
+        /// address (a vantage path, say) still verifies the site's certificate.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         headers: BTreeMap<String, String>,
         /// For `https://`: a PEM file of CA certificates to trust instead of the built-in
         /// Mozilla roots (a private CA that issued the server's certificate).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ca_file: Option<String>,
+        /// For `https://`: verify the server's certificate (chain, dates, name). Default true.
+        /// `false` accepts any certificate, as Route 53's HTTPS health checks do, so an
+        /// expiring certificate shared by every region cannot fail them all at once; the
+        /// handshake must still succeed.
+        #[serde(default = "default_tls_verify", skip_serializing_if = "is_true")]
+        tls_verify: bool,
     },
     /// A TCP connect; success when the connection is established.
     Tcp {
         /// `host:port`.
         address: String,
     },
-    /// A DNS query over UDP; success on a NOERROR answer (containing `expect` if set).
+    /// A DNS query over UDP with EDNS0 (over TCP again when the answer is truncated); success on
+    /// a NOERROR answer with records for the name (or its CNAME chain), containing `expect` if
+    /// set.
     Dns {
         /// The server as `ip:port` or `ip` (port 53).
         server: String,
@@ -423,6 +438,12 @@ pub enum ProbeKind {
 fn default_method() -> String {
     "GET".into()
 }
+fn default_tls_verify() -> bool {
+    true
+}
+fn is_true(value: &bool) -> bool {
+    *value
+}
 fn default_record_type() -> String {
     "A".into()
 }
@@ -439,6 +460,10 @@ pub enum SqlDriver {
 /// The statuses `expect_status` may name: a final response's (RFC 9110, section 15: 1xx are
 /// interim, and a client never sees one as the answer).
 pub const EXPECT_STATUS_RANGE: std::ops::RangeInclusive<u16> = 200..=599;
+
+/// Bytes of a response body an `http` check's `body_contains` is searched in
+/// (`probe::BODY_BYTES_MAX`).
+pub const BODY_SEARCH_BYTES: usize = 64 * 1024;
 
 /// DNS record types a `Dns` probe can ask for.
 pub const DNS_RECORD_TYPES: [&str; 8] = ["A", "AAAA", "CNAME", "TXT", "MX", "NS", "SOA", "SRV"];
@@ -491,13 +516,48 @@ impl ProbeKind {
                 method,
                 ca_file,
                 expect_status,
-                ..
+                body_contains,
+                headers,
+                tls_verify,
             } => {
                 let https = parse_url(url, true)
                     .map_err(|message| format!("url: {message}; write it like http://10.0.0.5:8080/health"))?
                     .https;
+                let shown = redact_url(url);
                 if ca_file.is_some() && !https {
-                    return Err(format!("ca_file is set but url '{url}' is not https://"));
+                    return Err(format!("ca_file is set but url '{shown}' is not https://"));
+                }
+                if !tls_verify && !https {
+                    return Err(format!(
+                        "tls_verify = false is set but url '{shown}' is not https://: leave tls_verify out"
+                    ));
+                }
+                if !tls_verify && ca_file.is_some() {
+                    return Err(
+                        "tls_verify = false and ca_file contradict each other (ca_file is what certificates are verified against): drop one"
+                            .into(),
+                    );
+                }
+                if let Some(body_contains) = body_contains {
+                    if method == "HEAD" {
+                        return Err(
+                            "body_contains is set but method is HEAD, and a response to HEAD has no body (RFC 9110, section 9.3.2), so the check could never pass: use method = \"GET\", or drop body_contains".into(),
+                        );
+                    }
+                    if body_contains.len() > BODY_SEARCH_BYTES {
+                        return Err(format!(
+                            "body_contains has {} bytes, more than the {BODY_SEARCH_BYTES} bytes of the body searched: give a shorter string",
+                            body_contains.len()
+                        ));
+                    }
+                }
+                if https && let Some((_, host)) = headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("host")) {
+                    let name = host_header_name(host);
+                    if name.parse::<std::net::IpAddr>().is_err() && !valid_host_name(name) {
+                        return Err(format!(
+                            "headers: Host '{host}' is not host or host:port, so it cannot name the TLS server: write it like shop.example.com"
+                        ));
+                    }
                 }
                 if let Some(status) = expect_status
                     && !EXPECT_STATUS_RANGE.contains(status)
@@ -661,6 +721,34 @@ pub struct UrlParts {
     pub port: u16,
 }
 
+/// `url` with its user info (`user:password@`) replaced by `***`: what details, logs and
+/// errors show of a URL.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[scheme_end..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..scheme_end], &rest[at..]).into(),
+        None => url.into(),
+    }
+}
+
+/// The name of a `Host` header value: without its port, and an IPv6 address without its
+/// brackets (`shop.example:8443` → `shop.example`, `[2001:db8::1]:443` → `2001:db8::1`).
+pub fn host_header_name(value: &str) -> &str {
+    let value = value.trim();
+    if let Some(bracketed) = value.strip_prefix('[') {
+        return bracketed.split_once(']').map_or(bracketed, |(inside, _)| inside);
+    }
+    match value.split_once(':') {
+        // One colon: host:port. More: a bare IPv6 address (not a valid Host, kept whole).
+        Some((host, port)) if !port.contains(':') => host,
+        _ => value,
+    }
+}
+
 /// Bytes a URL in a config has at most.
 pub const URL_BYTES_MAX: usize = 2048;
 
@@ -668,6 +756,7 @@ pub const URL_BYTES_MAX: usize = 2048;
 /// a host that is an IP address or a DNS name, an optional port in 1..=65535, and a path
 /// without spaces or control characters. The message says what is wrong and what was given.
 pub fn parse_url(url: &str, https_allowed: bool) -> Result<UrlParts, String> {
+    let shown = redact_url(url);
     if url.len() > URL_BYTES_MAX {
         return Err(format!("the URL has {} bytes; the bound is {URL_BYTES_MAX}", url.len()));
     }
@@ -676,7 +765,7 @@ pub fn parse_url(url: &str, https_allowed: bool) -> Result<UrlParts, String> {
     } else if let Some(rest) = url.strip_prefix("https://") {
         if !https_allowed {
             return Err(format!(
-                "'{url}' is https://, which this client does not speak; use http://"
+                "'{shown}' is https://, which this client does not speak; use http://"
             ));
         }
         (true, rest)
@@ -686,20 +775,22 @@ pub fn parse_url(url: &str, https_allowed: bool) -> Result<UrlParts, String> {
         } else {
             "http://"
         };
-        return Err(format!("'{url}' does not start with {expected}"));
+        return Err(format!("'{shown}' does not start with {expected}"));
     };
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("'{url}' has spaces or control characters; percent-encode them"));
+        return Err(format!(
+            "'{shown}' has spaces or control characters; percent-encode them"
+        ));
     }
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..end];
     let host_and_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
     let (host, port) = if let Some(bracketed) = host_and_port.strip_prefix('[') {
         let Some((host, after)) = bracketed.split_once(']') else {
-            return Err(format!("'{url}' has an IPv6 host without its closing ']'"));
+            return Err(format!("'{shown}' has an IPv6 host without its closing ']'"));
         };
         if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("'{url}': '{host}' is not an IPv6 address"));
+            return Err(format!("'{shown}': '{host}' is not an IPv6 address"));
         }
         match after {
             "" => (host, None),
@@ -707,7 +798,7 @@ pub fn parse_url(url: &str, https_allowed: bool) -> Result<UrlParts, String> {
                 Some(port) => (host, Some(port)),
                 None => {
                     return Err(format!(
-                        "'{url}' has '{after}' after the IPv6 host; write [ADDRESS]:PORT"
+                        "'{shown}' has '{after}' after the IPv6 host; write [ADDRESS]:PORT"
                     ));
                 }
             },
@@ -719,11 +810,11 @@ pub fn parse_url(url: &str, https_allowed: bool) -> Result<UrlParts, String> {
         }
     };
     if host.is_empty() {
-        return Err(format!("'{url}' has no host"));
+        return Err(format!("'{shown}' has no host"));
     }
     if !host.contains(':') && !valid_host_name(host) {
         return Err(format!(
-            "'{url}': host '{host}' is neither an IP address nor a DNS name (letters, digits, '-' and '.')"
+            "'{shown}': host '{host}' is neither an IP address nor a DNS name (letters, digits, '-' and '.')"
         ));
     }
     let port = match port {
@@ -736,11 +827,11 @@ pub fn parse_url(url: &str, https_allowed: bool) -> Result<UrlParts, String> {
         }
         Some(text) => match text.parse::<u16>() {
             Ok(port) if port > 0 && text.bytes().all(|b| b.is_ascii_digit()) => port,
-            _ => return Err(format!("'{url}': port '{text}' is not a number in 1..=65535")),
+            _ => return Err(format!("'{shown}': port '{text}' is not a number in 1..=65535")),
         },
     };
     if url.parse::<hyper::Uri>().is_err() {
-        return Err(format!("'{url}' is not a valid URL (RFC 3986)"));
+        return Err(format!("'{shown}' is not a valid URL (RFC 3986)"));
     }
     Ok(UrlParts {
         https,
@@ -862,6 +953,7 @@ mod tests {
                 body_contains: Some("ok".into()),
                 headers: BTreeMap::new(),
                 ca_file: None,
+                tls_verify: true,
             }
         );
         spec.validate().expect("valid");
@@ -962,6 +1054,126 @@ mod tests {
         }
     }
 
+    fn http_with(url: &str, change: impl FnOnce(&mut ProbeKind)) -> Result<(), SpecError> {
+        let mut kind = http(url);
+        change(&mut kind);
+        CheckSpec::new("web", "r", kind).validate()
+    }
+
+    #[test]
+    fn body_contains_needs_a_method_with_a_body() {
+        let with = |method: &str| {
+            http_with("http://10.0.0.5:8080/health", |kind| {
+                if let ProbeKind::Http {
+                    method: m,
+                    body_contains,
+                    ..
+                } = kind
+                {
+                    *m = method.into();
+                    *body_contains = Some("ok".into());
+                }
+            })
+        };
+        let error = with("HEAD").expect_err("HEAD has no body").message;
+        // The message starts with the field, which is how `config check` finds its line.
+        assert!(error.starts_with("body_contains "), "{error}");
+        assert!(error.contains("HEAD") && error.contains("method = \"GET\""), "{error}");
+        with("GET").expect("GET has a body");
+        with("POST").expect("POST has a body");
+        let long = http_with("http://10.0.0.5/", |kind| {
+            if let ProbeKind::Http { body_contains, .. } = kind {
+                *body_contains = Some("x".repeat(BODY_SEARCH_BYTES + 1));
+            }
+        });
+        assert!(long.expect_err("too long").message.starts_with("body_contains "));
+    }
+
+    #[test]
+    fn tls_verify_is_for_https_without_a_ca_file() {
+        let unverified = |url: &str, ca: Option<&str>| {
+            http_with(url, |kind| {
+                if let ProbeKind::Http {
+                    tls_verify, ca_file, ..
+                } = kind
+                {
+                    *tls_verify = false;
+                    *ca_file = ca.map(str::to_string);
+                }
+            })
+        };
+        unverified("https://shop.example/health", None).expect("https");
+        let error = unverified("http://shop.example/health", None)
+            .expect_err("http")
+            .message;
+        assert!(
+            error.starts_with("tls_verify = false") && error.contains("not https://"),
+            "{error}"
+        );
+        let error = unverified("https://shop.example/", Some("ca.pem"))
+            .expect_err("both")
+            .message;
+        assert!(
+            error.starts_with("tls_verify = false") && error.contains("ca_file"),
+            "{error}"
+        );
+        // Default on, and left out of the JSON an agent gets unless off.
+        let text = "name = \"a\"\nregion = \"r\"\n[kind]\ntype = \"http\"\nurl = \"https://a.example/\"\n";
+        let spec: CheckSpec = toml::from_str(text).expect("valid");
+        assert!(matches!(spec.kind, ProbeKind::Http { tls_verify: true, .. }));
+        assert!(!serde_json::to_string(&spec).expect("json").contains("tls_verify"));
+        let spec: CheckSpec = toml::from_str(&format!("{text}tls_verify = false\n")).expect("valid");
+        assert!(matches!(spec.kind, ProbeKind::Http { tls_verify: false, .. }));
+        let json = serde_json::to_string(&spec).expect("json");
+        assert!(json.contains("\"tls_verify\":false"), "{json}");
+        assert_eq!(serde_json::from_str::<CheckSpec>(&json).expect("back"), spec);
+    }
+
+    #[test]
+    fn an_https_host_header_must_name_a_server() {
+        let with_host = |url: &str, host: &str| {
+            http_with(url, |kind| {
+                if let ProbeKind::Http { headers, .. } = kind {
+                    headers.insert("host".into(), host.into());
+                }
+            })
+        };
+        for good in [
+            "shop.example.com",
+            "shop.example.com:8443",
+            "192.0.2.7",
+            "[2001:db8::1]:443",
+        ] {
+            with_host("https://10.0.0.5/", good).expect(good);
+        }
+        let error = with_host("https://10.0.0.5/", "shop example")
+            .expect_err("space")
+            .message;
+        assert!(error.starts_with("headers: Host 'shop example'"), "{error}");
+        // Plain HTTP sends the header as given.
+        with_host("http://10.0.0.5/", "shop example").expect("not a TLS name");
+    }
+
+    #[test]
+    fn url_user_info_is_never_shown() {
+        assert_eq!(
+            redact_url("http://probe:secret@127.0.0.1:18810/health"),
+            "http://***@127.0.0.1:18810/health"
+        );
+        assert_eq!(redact_url("https://token@a.example"), "https://***@a.example");
+        assert_eq!(redact_url("http://a.example/x@y"), "http://a.example/x@y");
+        assert_eq!(redact_url("not a url"), "not a url");
+        let error = parse_url("http://probe:secret@host:0/", true).expect_err("port 0");
+        assert!(!error.contains("secret") && error.contains("***@host:0"), "{error}");
+        let error = http_with("http://probe:secret@10.0.0.5/", |kind| {
+            if let ProbeKind::Http { ca_file, .. } = kind {
+                *ca_file = Some("ca.pem".into());
+            }
+        })
+        .expect_err("ca_file on http");
+        assert!(!error.message.contains("secret"), "{error}");
+    }
+
     #[test]
     fn only_kinds_configured_to_read_lag_read_it() {
         let sql = |replica_lag: bool, max_replica_lag_ms: Option<u64>| ProbeKind::Sql {
@@ -1027,6 +1239,7 @@ mod tests {
             body_contains: None,
             headers: BTreeMap::new(),
             ca_file: None,
+            tls_verify: true,
         }
     }
 

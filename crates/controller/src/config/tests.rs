@@ -569,6 +569,29 @@ fn an_expect_status_that_can_never_pass_is_an_error_at_its_line() {
 }
 
 #[test]
+fn body_contains_with_head_and_tls_verify_on_http_are_errors_at_their_line() {
+    let text = format!(
+        "{MINIMAL}\n[[checks]]\nname = \"a-web\"\nregion = \"a\"\n[checks.kind]\ntype = \"http\"\nurl = \"http://10.0.0.5/health\"\nmethod = \"HEAD\"\nbody_contains = \"ok\"\n"
+    );
+    let found = problems(&text);
+    let problem = problem_with(&found, "body_contains is set but method is HEAD");
+    assert_eq!(
+        (problem.line, problem.column),
+        (line_of(&text, "body_contains ="), 1),
+        "{problem:?}"
+    );
+    assert!(problem.message.contains("use method = \"GET\""), "{problem:?}");
+
+    let text = format!(
+        "{MINIMAL}\n[[checks]]\nname = \"a-web\"\nregion = \"a\"\n[checks.kind]\ntype = \"http\"\nurl = \"http://probe:secret@10.0.0.5/health\"\ntls_verify = false\n"
+    );
+    let found = problems(&text);
+    let problem = problem_with(&found, "tls_verify = false is set but url 'http://***@10.0.0.5/health'");
+    assert_eq!(problem.line, line_of(&text, "tls_verify"), "{problem:?}");
+    assert!(!problem.message.contains("secret"), "{problem:?}");
+}
+
+#[test]
 fn a_region_endpoint_must_be_a_url() {
     let text = MINIMAL.replace(
         "name = \"b\"\npriority = 2\n",

@@ -12,6 +12,7 @@ mod redis;
 mod tls;
 mod wire;
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -111,15 +112,17 @@ async fn run(spec: &CheckSpec, started: Instant) -> Finding {
             body_contains,
             headers,
             ca_file,
+            tls_verify,
         } => {
-            http::probe(
+            http::probe(&http::Check {
                 url,
                 method,
-                *expect_status,
-                body_contains.as_deref(),
+                expect_status: *expect_status,
+                body_contains: body_contains.as_deref(),
                 headers,
-                ca_file.as_deref(),
-            )
+                ca_file: ca_file.as_deref(),
+                tls_verify: *tls_verify,
+            })
             .await
         }
         ProbeKind::Tcp { address } => match connect(address).await {
@@ -232,13 +235,151 @@ fn judge_lag(finding: Finding, max_replica_lag_ms: Option<u64>) -> Finding {
     }
 }
 
-/// Connects over TCP; the error names the address.
+/// How long a connection attempt runs alone before the next address's starts alongside it
+/// (RFC 8305, section 5, "Connection Attempt Delay": 250 ms recommended).
+pub const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+/// Addresses of one name a connect tries at most (each an attempt, and a socket).
+pub const CONNECT_ADDRESSES_MAX: usize = 8;
+/// Name lookups running at once, across every probe of the process. A lookup is the system's
+/// `getaddrinfo` on tokio's blocking pool, which nothing can interrupt: a probe cut at its
+/// timeout returns on time, but its lookup runs on until the resolver gives up. The bound
+/// keeps a hung resolver from filling the blocking pool (which file I/O shares) with stuck
+/// threads; probes of names then wait for a slot, within their own timeout.
+pub const LOOKUPS_MAX: usize = 16;
+
+/// The permits of [`LOOKUPS_MAX`]; a lookup holds one until `getaddrinfo` returns.
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LOOKUPS_MAX);
+
+/// Connects over TCP to `host:port`; the error names the address. An IP address is connected
+/// to at once; a name is looked up (at most [`LOOKUPS_MAX`] lookups at once), and its
+/// addresses are tried Happy Eyeballs style (RFC 8305): families interleaved, each attempt
+/// given [`CONNECTION_ATTEMPT_DELAY`] before the next starts alongside it (at once when it
+/// fails), the first connection to complete winning, so a blackholed address (an IPv6 route
+/// that drops everything) costs 250 ms rather than the probe's whole timeout.
 pub(crate) async fn connect(address: &str) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect(address)
+    let candidates = resolve(address)
+        .await
+        .map_err(|error| format!("connect {address}: {error}"))?;
+    let stream = race(&candidates)
         .await
         .map_err(|error| format!("connect {address}: {error}"))?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// The addresses of `host:port`, in the order to try them.
+async fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(socket_address) = address.parse::<SocketAddr>() {
+        return Ok(vec![socket_address]);
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err("not host:port".into());
+    };
+    let port: u16 = port.parse().map_err(|_| format!("port '{port}' is not a number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let addresses = lookup(host.to_string(), port, |host: &str, port: u16| {
+        std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map(Iterator::collect)
+    })
+    .await
+    .map_err(|error| error.to_string())?;
+    if addresses.is_empty() {
+        return Err(format!("'{host}' has no address"));
+    }
+    Ok(interleave(addresses))
+}
+
+/// Runs `resolve` on the blocking pool once one of the [`LOOKUPS_MAX`] slots is free; the
+/// slot is held until `resolve` returns, even when the caller has gone (cut at its timeout).
+async fn lookup<F>(host: String, port: u16, resolve: F) -> std::io::Result<Vec<SocketAddr>>
+where
+    F: FnOnce(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + 'static,
+{
+    let permit = LOOKUPS.acquire().await.map_err(std::io::Error::other)?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        resolve(&host, port)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// RFC 8305, section 4: the addresses alternate between families, starting with the family
+/// of the first (the system's preference, RFC 6724); duplicates dropped.
+fn interleave(addresses: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let mut unique: Vec<SocketAddr> = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        if !unique.contains(&address) {
+            unique.push(address);
+        }
+    }
+    let first_v6 = unique.first().is_some_and(SocketAddr::is_ipv6);
+    let (preferred, other): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        unique.into_iter().partition(|a| a.is_ipv6() == first_v6);
+    let mut out = Vec::with_capacity(preferred.len() + other.len());
+    let (mut preferred, mut other) = (preferred.into_iter(), other.into_iter());
+    loop {
+        match (preferred.next(), other.next()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
+}
+
+/// Connects to the first of `addresses` that accepts (at most [`CONNECT_ADDRESSES_MAX`]),
+/// racing them RFC 8305 style. Dropping the future abandons every attempt.
+async fn race(addresses: &[SocketAddr]) -> Result<TcpStream, String> {
+    let mut waiting = addresses.iter().copied().take(CONNECT_ADDRESSES_MAX).peekable();
+    let mut attempts: tokio::task::JoinSet<(SocketAddr, std::io::Result<TcpStream>)> = tokio::task::JoinSet::new();
+    let mut errors: Vec<(SocketAddr, String)> = Vec::new();
+    let start = |attempts: &mut tokio::task::JoinSet<_>, address: SocketAddr| {
+        attempts.spawn(async move { (address, TcpStream::connect(address).await) });
+    };
+    let mut next_start = Instant::now();
+    loop {
+        if attempts.is_empty() {
+            match waiting.next() {
+                Some(address) => {
+                    start(&mut attempts, address);
+                    next_start = Instant::now() + CONNECTION_ATTEMPT_DELAY;
+                }
+                None => break,
+            }
+        }
+        let more = waiting.peek().is_some();
+        tokio::select! {
+            joined = attempts.join_next() => match joined {
+                Some(Ok((_, Ok(stream)))) => return Ok(stream),
+                Some(Ok((address, Err(error)))) => {
+                    errors.push((address, error.to_string()));
+                    // A failed attempt hands over at once.
+                    if let Some(address) = waiting.next() {
+                        start(&mut attempts, address);
+                        next_start = Instant::now() + CONNECTION_ATTEMPT_DELAY;
+                    }
+                }
+                Some(Err(error)) => errors.push((addresses[0], error.to_string())),
+                None => {}
+            },
+            () = tokio::time::sleep_until(next_start), if more => {
+                if let Some(address) = waiting.next() {
+                    start(&mut attempts, address);
+                    next_start = Instant::now() + CONNECTION_ATTEMPT_DELAY;
+                }
+            }
+        }
+    }
+    Err(match errors.as_slice() {
+        [] => "no address to connect to".to_string(),
+        [(_, only)] => only.clone(),
+        many => many
+            .iter()
+            .map(|(address, error)| format!("{address}: {error}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
 }
 
 /// A random 64-bit value from the standard library's OS-seeded hasher keys (query ids, nonces).
@@ -252,4 +393,146 @@ pub(crate) fn random_u64() -> u64 {
             .unwrap_or(0),
     );
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::net::{TcpListener, TcpSocket};
+
+    use super::*;
+
+    /// A loopback address whose SYNs go unanswered, like a blackholed route: a listener with
+    /// a backlog of 0 that never accepts, its queue filled until a connect hangs (Linux drops
+    /// SYNs to a full accept queue). The connections filling it are returned to be kept.
+    async fn blackhole() -> Option<(TcpSocket, std::net::TcpListener, Vec<TcpStream>, SocketAddr)> {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let address = socket.local_addr().expect("address");
+        let listener = socket.listen(0).expect("listen");
+        let listener = listener.into_std().expect("std listener");
+        let mut filling = Vec::new();
+        for _ in 0..16 {
+            match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => filling.push(stream),
+                Ok(Err(_)) => return None,
+                Err(_) => {
+                    let keep = TcpSocket::new_v4().expect("socket");
+                    return Some((keep, listener, filling, address));
+                }
+            }
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn a_blackholed_first_address_costs_the_attempt_delay_not_the_timeout() {
+        let Some((_socket, _listener, _filling, dead)) = blackhole().await else {
+            eprintln!("SKIP: this kernel answers SYNs to a full accept queue; no blackhole to test with");
+            return;
+        };
+        let good = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let good_address = good.local_addr().expect("address");
+        let started = Instant::now();
+        // Sequential attempts (std's loop) would hang on the first for a minute or more.
+        let stream = tokio::time::timeout(Duration::from_secs(3), race(&[dead, good_address]))
+            .await
+            .expect("the second address is raced after the attempt delay")
+            .expect("connected");
+        assert_eq!(stream.peer_addr().expect("peer"), good_address);
+        let took = started.elapsed();
+        assert!(
+            took >= CONNECTION_ATTEMPT_DELAY,
+            "the first address had its head start: {took:?}"
+        );
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_address_hands_over_at_once_and_errors_name_each_address() {
+        let good = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let good_address = good.local_addr().expect("address");
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let refused = closed.local_addr().expect("address");
+        drop(closed);
+        let started = Instant::now();
+        let stream = race(&[refused, good_address]).await.expect("connected");
+        assert_eq!(stream.peer_addr().expect("peer"), good_address);
+        assert!(started.elapsed() < CONNECTION_ATTEMPT_DELAY, "{:?}", started.elapsed());
+
+        let error = race(&[refused]).await.expect_err("refused");
+        assert!(error.contains("refused"), "{error}");
+        assert!(
+            !error.contains(&refused.to_string()),
+            "one address: just the error, {error}"
+        );
+        let error = race(&[refused, refused]).await.expect_err("refused");
+        assert_eq!(error.matches(&refused.to_string()).count(), 2, "{error}");
+    }
+
+    #[tokio::test]
+    async fn names_are_looked_up_and_ip_literals_are_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        // localhost may give ::1 first, where nothing listens: refused, then 127.0.0.1.
+        connect(&format!("localhost:{port}")).await.expect("localhost");
+        connect(&format!("127.0.0.1:{port}")).await.expect("literal");
+        assert_eq!(
+            resolve("[::1]:80").await.expect("literal"),
+            vec![SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 80))]
+        );
+        let error = connect("name.invalid:80")
+            .await
+            .expect_err("RFC 6761: .invalid never resolves");
+        assert!(error.starts_with("connect name.invalid:80: "), "{error}");
+    }
+
+    #[test]
+    fn families_alternate_from_the_preferred_one() {
+        let v6 = |last: u16| SocketAddr::from((std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last), 80));
+        let v4 = |last: u8| SocketAddr::from(([192, 0, 2, last], 80));
+        assert_eq!(
+            interleave(vec![v6(1), v6(2), v6(3), v4(1), v4(2), v6(1)]),
+            vec![v6(1), v4(1), v6(2), v4(2), v6(3)]
+        );
+        assert_eq!(interleave(vec![v4(1), v4(2), v6(1)]), vec![v4(1), v6(1), v4(2)]);
+        assert_eq!(interleave(vec![]), vec![]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hung_lookups_return_on_time_and_hold_at_most_their_slots() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut probes = tokio::task::JoinSet::new();
+        for _ in 0..LOOKUPS_MAX * 2 {
+            let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+            probes.spawn(tokio::time::timeout(
+                Duration::from_millis(200),
+                lookup("hung.example".into(), 80, move |_: &str, _: u16| {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    // A resolver that does not answer.
+                    std::thread::sleep(Duration::from_millis(1500));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(Vec::new())
+                }),
+            ));
+        }
+        while let Some(result) = probes.join_next().await {
+            assert!(result.expect("task").is_err(), "cut at its timeout");
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "every caller returned at its timeout, not with its lookup: {:?}",
+            started.elapsed()
+        );
+        // Give waiting callers' lookups no chance to start late: they were dropped with them.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= LOOKUPS_MAX, "{most} lookups ran at once");
+        assert!(most >= 1);
+    }
 }

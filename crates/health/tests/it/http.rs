@@ -62,6 +62,7 @@ fn http(url: String, expect_status: Option<u16>, body_contains: Option<&str>) ->
         body_contains: body_contains.map(str::to_string),
         headers: BTreeMap::new(),
         ca_file: None,
+        tls_verify: true,
     }
 }
 
@@ -103,6 +104,7 @@ async fn http_probe_judges_status_and_body() {
         body_contains: None,
         headers,
         ca_file: None,
+        tls_verify: true,
     }))
     .await;
     assert!(with_header.success, "{with_header:?}");
@@ -161,5 +163,129 @@ async fn a_probe_cut_at_its_timeout_closes_its_connection() {
         received.starts_with(b"GET / HTTP/1.1"),
         "{}",
         String::from_utf8_lossy(&received)
+    );
+}
+
+/// A raw HTTP server: reads each request's head, hands it to `respond` with the stream, and
+/// records the heads.
+async fn start_raw<F, Fut>(respond: F) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tokio::io::AsyncReadExt;
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&heads);
+    let (listener, address) = loopback_listener().await;
+    accept_each(listener, move |mut stream| {
+        let (respond, record) = (respond.clone(), std::sync::Arc::clone(&record));
+        async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            record
+                .lock()
+                .expect("lock")
+                .push(String::from_utf8_lossy(&head).into_owned());
+            respond(stream).await;
+        }
+    });
+    (address, heads)
+}
+
+#[tokio::test]
+async fn the_body_search_stops_at_the_string_though_the_server_holds_on() {
+    use tokio::io::AsyncWriteExt;
+    // The string in two writes split inside it, then a body that never ends.
+    let (address, _heads) = start_raw(|mut stream: tokio::net::TcpStream| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n{\"status\": \"he")
+            .await;
+        let _ = stream.flush().await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let _ = stream.write_all(b"althy\", ").await;
+        let _ = stream.flush().await;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let mut check = spec(http(
+        format!("http://{address}/health"),
+        None,
+        Some("\"status\": \"healthy\""),
+    ));
+    check.timeout_ms = 1000;
+    let outcome = probe(&check).await;
+    assert!(outcome.success, "{outcome:?}");
+    assert_eq!(outcome.detail, "HTTP 200, body contains '\"status\": \"healthy\"'");
+    // Without the string, the same server is cut at the timeout.
+    let mut lacking = spec(http(format!("http://{address}/health"), None, Some("sick")));
+    lacking.timeout_ms = 300;
+    assert_eq!(probe(&lacking).await.detail, "timed out after 300 ms");
+}
+
+#[tokio::test]
+async fn url_user_info_goes_into_authorization_never_into_host() {
+    use tokio::io::AsyncWriteExt;
+    let (address, heads) = start_raw(|mut stream: tokio::net::TcpStream| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .await;
+    })
+    .await;
+    let port = address.port();
+    let url = format!("http://probe:s%40cret@127.0.0.1:{port}/health");
+    let outcome = probe(&spec(http(url.clone(), Some(200), Some("ok")))).await;
+    assert!(outcome.success, "{outcome:?}");
+    // A probe that fails names the address, never the user info.
+    let mut closed = spec(http("http://probe:secret@127.0.0.1/health".into(), None, None));
+    closed.timeout_ms = 300;
+    let down = probe(&closed).await;
+    assert!(!down.detail.contains("secret"), "{down:?}");
+
+    // A configured Authorization wins over the URL's user info.
+    let mut headers = BTreeMap::new();
+    headers.insert("Authorization".to_string(), "Bearer configured".to_string());
+    let configured = probe(&spec(ProbeKind::Http {
+        url,
+        method: "GET".into(),
+        expect_status: Some(200),
+        body_contains: None,
+        headers,
+        ca_file: None,
+        tls_verify: true,
+    }))
+    .await;
+    assert!(configured.success, "{configured:?}");
+
+    let heads = heads.lock().expect("lock").clone();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    let lines = |head: &str| -> Vec<String> { head.lines().map(str::to_ascii_lowercase).collect() };
+    let first = lines(&heads[0]);
+    assert!(first.contains(&format!("host: 127.0.0.1:{port}")), "{first:?}");
+    // probe:s@cret, percent-decoded as curl does.
+    assert!(
+        heads[0].contains("authorization: Basic cHJvYmU6c0BjcmV0\r\n"),
+        "{:?}",
+        heads[0]
+    );
+    assert!(
+        !heads[0].contains("s%40cret") && !heads[0].contains("probe:"),
+        "{:?}",
+        heads[0]
+    );
+    let second = lines(&heads[1]);
+    assert!(
+        second.contains(&"authorization: bearer configured".to_string()),
+        "{second:?}"
+    );
+    assert_eq!(
+        second.iter().filter(|l| l.starts_with("authorization:")).count(),
+        1,
+        "{second:?}"
     );
 }
