@@ -61,22 +61,47 @@ async fn query(server: &str, name: &str, record_type: &str, expect: Option<&str>
     let record_type = record_type_of(record_type)?;
     let name = Name::from_ascii(name).map_err(|e| format!("name '{name}': {e}"))?;
     let id = (random_u64() & 0xffff) as u16;
+    let request = encode_query(id, &name, record_type, true)?;
+    let mut response = exchange(address, &request, id, &name, record_type).await?;
+    // A server that does not know EDNS answers FORMERR without an OPT record: ask again
+    // without one (RFC 6891 §7), as resolvers do.
+    if response.response_code() == ResponseCode::FormErr && response.extensions().is_none() {
+        let plain = encode_query(id, &name, record_type, false)?;
+        response = exchange(address, &plain, id, &name, record_type).await?;
+    }
+    Ok(judge(&response, &name, record_type, expect))
+}
+
+/// The query for `name` and `record_type` with `id`, recursion desired, and (with `edns`) an
+/// OPT record offering [`EDNS_UDP_PAYLOAD`] bytes over UDP.
+fn encode_query(id: u16, name: &Name, record_type: RecordType, edns: bool) -> Result<Vec<u8>, String> {
     let mut message = Message::new();
-    let mut edns = Edns::new();
-    edns.set_max_payload(EDNS_UDP_PAYLOAD);
     message
         .set_id(id)
         .set_message_type(MessageType::Query)
         .set_op_code(OpCode::Query)
         .set_recursion_desired(true)
-        .add_query(Query::query(name.clone(), record_type))
-        .set_edns(edns);
-    let request = message.to_vec().map_err(|e| format!("encode query: {e}"))?;
-    let response = match over_udp(address, &request, id, &name, record_type).await? {
-        response if response.truncated() => over_tcp(address, &request, id, &name, record_type).await?,
-        response => response,
-    };
-    Ok(judge(&response, &name, record_type, expect))
+        .add_query(Query::query(name.clone(), record_type));
+    if edns {
+        let mut opt = Edns::new();
+        opt.set_max_payload(EDNS_UDP_PAYLOAD);
+        message.set_edns(opt);
+    }
+    message.to_vec().map_err(|e| format!("encode query: {e}"))
+}
+
+/// Asks over UDP, and again over TCP when the UDP answer is truncated.
+async fn exchange(
+    address: SocketAddr,
+    request: &[u8],
+    id: u16,
+    name: &Name,
+    record_type: RecordType,
+) -> Result<Message, String> {
+    match over_udp(address, request, id, name, record_type).await? {
+        response if response.truncated() => over_tcp(address, request, id, name, record_type).await,
+        response => Ok(response),
+    }
 }
 
 /// Whether `response` answers the query: a response with its id, and, when it repeats the

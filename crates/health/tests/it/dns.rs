@@ -248,6 +248,27 @@ async fn a_truncated_answer_is_asked_again_over_tcp() {
     assert_eq!(received.tcp[0].queries(), received.udp[0].queries());
 }
 
+/// A server that does not know EDNS answers FORMERR without OPT: the probe asks again without
+/// it (RFC 6891 §7) instead of calling the server down.
+#[tokio::test]
+async fn a_server_without_edns_is_asked_again_without_it() {
+    let udp: Script = Arc::new(|query| {
+        if query.extensions().is_some() {
+            let mut refused = reply(query, &[]);
+            refused.set_response_code(ResponseCode::FormErr);
+            vec![encode(&refused)]
+        } else {
+            vec![encode(&reply(query, &[("www.example.com.", 1)]))]
+        }
+    });
+    let (server, received) = start_scripted(udp, Arc::new(|_| Vec::new())).await;
+    let outcome = probe(&spec(dns(server.to_string(), "www.example.com", Some("192.0.2.1")))).await;
+    assert!(outcome.success, "{outcome:?}");
+    let received = received.lock().expect("lock");
+    assert_eq!(received.udp.len(), 2);
+    assert!(received.udp[0].extensions().is_some() && received.udp[1].extensions().is_none());
+}
+
 #[tokio::test]
 async fn a_truncated_answer_without_tcp_is_down_within_the_timeout() {
     let udp: Script = Arc::new(|query| {
