@@ -926,17 +926,30 @@ impl Checker<'_> {
                     secret_access_key: Some(_),
                     ..
                 } => vec!["secret_access_key".into()],
-                health::ProbeKind::Http { headers, .. } => headers
-                    .keys()
-                    .filter(|name| CREDENTIAL_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)))
-                    .cloned()
-                    .collect(),
+                health::ProbeKind::Http { headers, url, .. } => {
+                    let mut keys: Vec<String> = headers
+                        .keys()
+                        .filter(|name| CREDENTIAL_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)))
+                        .cloned()
+                        .collect();
+                    // `http://user:password@host/`: sent as Basic authorization.
+                    let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+                    let authority = authority.split(['/', '?', '#']).next().unwrap_or("");
+                    if authority.contains('@') {
+                        keys.push("url".into());
+                    }
+                    keys
+                }
                 _ => Vec::new(),
             };
             for key in keys {
                 found.push(self.lines.problem(
                     self.key_within(check.span(), &key),
-                    format!("check '{}' holds its {key} in this file", spec.name),
+                    if key == "url" {
+                        format!("check '{}' holds a password in its url in this file", spec.name)
+                    } else {
+                        format!("check '{}' holds its {key} in this file", spec.name)
+                    },
                     "every agent's plan carries it too: give the probe an account that can do nothing but be probed",
                 ));
             }

@@ -716,6 +716,32 @@ fn a_secret_in_a_file_others_can_read_is_warned_about() {
     );
 }
 
+#[cfg(unix)]
+#[test]
+fn a_password_in_a_checks_url_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("switchyard.toml");
+    let text = format!(
+        "{MINIMAL}\n[[checks]]\nname = \"a-auth\"\nregion = \"a\"\n[checks.kind]\ntype = \"http\"\nurl = \"http://probe:hunter2@10.0.0.5:8080/health\"\n"
+    );
+    std::fs::write(&path, &text).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let config = load(&path).expect("legal");
+    let warning = warning_with(&config, "check 'a-auth' holds a password in its url in this file");
+    assert_eq!(warning.line, line_of(&text, "hunter2"));
+    assert!(!warning.message.contains("hunter2"), "the secret is never repeated");
+    // An @ in the path is no user info.
+    let plain = text.replace("probe:hunter2@10.0.0.5:8080/health", "10.0.0.5:8080/health?mail=a@b");
+    std::fs::write(&path, &plain).expect("write");
+    let config = load(&path).expect("legal");
+    assert!(
+        !config.warnings.iter().any(|w| w.message.contains("in its url")),
+        "{:#?}",
+        config.warnings
+    );
+}
+
 #[test]
 fn more_checks_than_a_plan_may_hold_are_an_error() {
     let mut text = MINIMAL.to_string();
