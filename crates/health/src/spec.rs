@@ -405,8 +405,10 @@ pub enum ProbeKind {
         password: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         database: Option<String>,
-        /// Read replication lag: MySQL `SHOW REPLICA STATUS` (`Seconds_Behind_Master`),
-        /// PostgreSQL `now() - pg_last_xact_replay_timestamp()`.
+        /// Read replication lag: MySQL `SHOW REPLICA STATUS` (`Seconds_Behind_Master`);
+        /// PostgreSQL 0 when its WAL receiver streams and has replayed all it received, the age
+        /// of the last replayed commit while WAL waits to be replayed, unknown when the receiver
+        /// is not streaming (or the user lacks `pg_monitor` to see it) — see `probe::postgres`.
         #[serde(default)]
         replica_lag: bool,
         /// When set (implies `replica_lag`), a lag above this, or an unknown lag, fails the check.
@@ -421,8 +423,9 @@ pub enum ProbeKind {
         username: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password: Option<String>,
-        /// Read `INFO replication`: the role goes into the detail, a replica's
-        /// `master_last_io_seconds_ago` into the lag.
+        /// Read `INFO replication`: the role goes into the detail; a replica's lag is 0 while
+        /// its link is up, not in a full sync and its master was heard from recently, unknown
+        /// otherwise (a replica cannot time its own lag) — see `probe::redis`.
         #[serde(default)]
         replication: bool,
         /// When set, `INFO replication` must report this role (`master` or `slave`).

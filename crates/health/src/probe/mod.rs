@@ -27,6 +27,18 @@ pub use http::BODY_BYTES_MAX;
 /// Bytes of a server reply a probe reads at most (Redis INFO, SQL rows, DNS answers).
 pub const REPLY_BYTES_MAX: usize = 256 * 1024;
 
+/// Bytes a SQL probe reads at most from its server over one probe — login and every result
+/// together (1 MiB): a server that sends more fails the probe, so 64 probes in flight hold at
+/// most 64 MiB of replies, not 64 × 1024 messages × [`REPLY_BYTES_MAX`].
+pub const SQL_PROBE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Characters of one piece of server-supplied text (a version, an error message, a role, a
+/// value) a probe puts in its detail; longer text is cut with `…`.
+pub const SHOWN_CHARS_MAX: usize = 120;
+
+/// Rows of an unexpected SQL result a detail shows; the rest are counted, not shown.
+pub const SHOWN_ROWS_MAX: usize = 3;
+
 /// The outcome of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeOutcome {
@@ -228,10 +240,52 @@ fn judge_lag(finding: Finding, max_replica_lag_ms: Option<u64>) -> Finding {
         },
         None => Finding {
             success: false,
-            detail: format!("{}; replica lag unknown (not replicating?)", finding.detail),
+            detail: format!("{}; max_replica_lag_ms = {max} needs a known lag", finding.detail),
             replica_lag_ms: None,
             position: finding.position,
         },
+    }
+}
+
+/// `text` cut to at most `max_chars` characters, the cut marked with `…` (which counts).
+pub(crate) fn cut(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        return text.to_string();
+    }
+    let mut shown: String = text.chars().take(max_chars.saturating_sub(1)).collect();
+    shown.push('…');
+    shown
+}
+
+/// Server-supplied text for a detail: cut at [`SHOWN_CHARS_MAX`] characters.
+pub(crate) fn shown(text: &str) -> String {
+    cut(text, SHOWN_CHARS_MAX)
+}
+
+/// SQL rows for a detail: at most [`SHOWN_ROWS_MAX`] rows, each cut at [`SHOWN_CHARS_MAX`]
+/// characters (a value at a quarter of that), and how many more there are.
+pub(crate) fn shown_rows(rows: &[Vec<Option<String>>]) -> String {
+    let mut parts: Vec<String> = rows
+        .iter()
+        .take(SHOWN_ROWS_MAX)
+        .map(|row| {
+            let values: Vec<String> = row
+                .iter()
+                .map(|value| match value {
+                    Some(value) => format!("'{}'", cut(value, SHOWN_CHARS_MAX / 4)),
+                    None => "NULL".to_string(),
+                })
+                .collect();
+            shown(&format!("({})", values.join(", ")))
+        })
+        .collect();
+    if rows.len() > SHOWN_ROWS_MAX {
+        parts.push(format!("… {} more", rows.len() - SHOWN_ROWS_MAX));
+    }
+    match rows.len() {
+        0 => "no rows".to_string(),
+        1 => format!("1 row {}", parts.join(" ")),
+        n => format!("{n} rows {}", parts.join(" ")),
     }
 }
 
@@ -534,5 +588,52 @@ mod tests {
         let most = most.load(Ordering::SeqCst);
         assert!(most <= LOOKUPS_MAX, "{most} lookups ran at once");
         assert!(most >= 1);
+    }
+
+    #[test]
+    fn cut_keeps_short_text_and_marks_the_cut() {
+        assert_eq!(cut("abc", 3), "abc");
+        assert_eq!(cut("abcd", 3), "ab…");
+        assert_eq!(cut("ééééé", 4), "ééé…");
+        assert_eq!(cut("", 0), "");
+        let long = "x".repeat(REPLY_BYTES_MAX);
+        let shown = shown(&long);
+        assert_eq!(shown.chars().count(), SHOWN_CHARS_MAX);
+        assert!(shown.ends_with('…'));
+    }
+
+    #[test]
+    fn shown_rows_shows_a_few_short_rows_and_counts_the_rest() {
+        assert_eq!(shown_rows(&[]), "no rows");
+        assert_eq!(shown_rows(&[vec![Some("2".into()), None]]), "1 row ('2', NULL)");
+        let wide: Vec<Option<String>> = (0..1000).map(|_| Some("v".repeat(10_000))).collect();
+        let rows = vec![wide; 1000];
+        let text = shown_rows(&rows);
+        assert!(text.starts_with("1000 rows ("), "{text}");
+        assert!(text.ends_with("… 997 more"), "{text}");
+        assert!(
+            text.chars().count() <= SHOWN_ROWS_MAX * (SHOWN_CHARS_MAX + 1) + 30,
+            "{} characters",
+            text.chars().count()
+        );
+    }
+
+    #[test]
+    fn an_unknown_lag_fails_a_bound_and_says_why() {
+        let unknown = judge_lag(
+            Finding::up("PONG, role slave, master link down, lag unknown"),
+            Some(1000),
+        );
+        assert!(!unknown.success);
+        assert!(
+            unknown.detail.ends_with("max_replica_lag_ms = 1000 needs a known lag"),
+            "{}",
+            unknown.detail
+        );
+        let fine = judge_lag(Finding::up("x").with_lag(Some(1000)), Some(1000));
+        assert!(fine.success);
+        let above = judge_lag(Finding::up("x").with_lag(Some(1001)), Some(1000));
+        assert!(!above.success);
+        assert!(judge_lag(Finding::up("x"), None).success);
     }
 }

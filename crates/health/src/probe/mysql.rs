@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::wire::{Cursor, xor};
-use super::{Finding, REPLY_BYTES_MAX, SqlLogin, connect};
+use super::{Finding, REPLY_BYTES_MAX, SQL_PROBE_BYTES_MAX, SqlLogin, connect, cut, shown, shown_rows};
 use crate::report::{POSITION_GTID, ReplicationPosition};
 
 const CLIENT_LONG_PASSWORD: u32 = 1;
@@ -24,9 +24,12 @@ const RESULT_PACKETS_MAX: usize = 1024;
 /// Authentication round trips (plugin switches, extra data) before giving up.
 const AUTH_ROUNDS_MAX: usize = 4;
 
+/// A connection, its packet sequence and the bytes read from it so far, bounded by
+/// [`SQL_PROBE_BYTES_MAX`].
 struct Connection {
     stream: TcpStream,
     sequence: u8,
+    bytes_read: usize,
 }
 
 impl Connection {
@@ -39,6 +42,13 @@ impl Connection {
         let length = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
         if length > REPLY_BYTES_MAX {
             return Err(format!("packet of {length} bytes exceeds {REPLY_BYTES_MAX}"));
+        }
+        self.bytes_read += 4 + length;
+        if self.bytes_read > SQL_PROBE_BYTES_MAX {
+            return Err(format!(
+                "the server sent more than {} KiB in one probe (the bound of SQL_PROBE_BYTES_MAX)",
+                SQL_PROBE_BYTES_MAX / 1024
+            ));
         }
         self.sequence = header[3].wrapping_add(1);
         let mut payload = vec![0; length];
@@ -74,7 +84,11 @@ fn error_text(packet: &[u8]) -> String {
         state = String::from_utf8_lossy(&rest[1..6]).into_owned();
         rest = &rest[6..];
     }
-    format!("ERROR {code} ({state}): {}", String::from_utf8_lossy(rest))
+    format!(
+        "ERROR {code} ({}): {}",
+        shown(&state),
+        shown(&String::from_utf8_lossy(rest))
+    )
 }
 
 pub(super) async fn probe(login: &SqlLogin<'_>, read_lag: bool) -> Finding {
@@ -89,11 +103,18 @@ const GTID_SHOWN_CHARS_MAX: usize = 200;
 
 async fn session(login: &SqlLogin<'_>, read_lag: bool) -> Result<Finding, String> {
     let stream = connect(login.address).await?;
-    let mut connection = Connection { stream, sequence: 0 };
-    let version = handshake(&mut connection, login).await?;
+    let mut connection = Connection {
+        stream,
+        sequence: 0,
+        bytes_read: 0,
+    };
+    let version = shown(&handshake(&mut connection, login).await?);
     let rows = query(&mut connection, "SELECT 1").await?;
     if rows.rows.first().and_then(|row| row.first()).and_then(|v| v.as_deref()) != Some("1") {
-        return Ok(Finding::down(format!("SELECT 1 on {version} returned {:?}", rows.rows)));
+        return Ok(Finding::down(format!(
+            "SELECT 1 on {version} returned {}",
+            shown_rows(&rows.rows)
+        )));
     }
     if !read_lag {
         let _ = connection.write_packet_fresh(&[0x01]).await;
@@ -120,7 +141,7 @@ async fn session(login: &SqlLogin<'_>, read_lag: bool) -> Result<Finding, String
             .and_then(|w| ReplicationPosition::new("primary", POSITION_GTID, w, None));
         let at = position
             .as_ref()
-            .map(|p| format!(", GTID position {}", shown(&p.received)))
+            .map(|p| format!(", GTID position {}", shown_gtids(&p.received)))
             .unwrap_or_default();
         return Ok(Finding::up(format!("SELECT 1 ok ({version}), not a replica{at}"))
             .with_lag(Some(0))
@@ -160,7 +181,7 @@ async fn session(login: &SqlLogin<'_>, read_lag: bool) -> Result<Finding, String
         .and_then(|index| row.get(index))
         .and_then(|value| value.as_deref())
         .filter(|text| !text.is_empty())
-        .map(|text| format!(", received GTIDs {}", shown(text)))
+        .map(|text| format!(", received GTIDs {}", shown_gtids(text)))
         .unwrap_or_default();
     Ok(match seconds {
         Some(seconds) => Finding::up(format!("SELECT 1 ok ({version}), replica {seconds} s behind{received}"))
@@ -172,9 +193,9 @@ async fn session(login: &SqlLogin<'_>, read_lag: bool) -> Result<Finding, String
     .with_position(position))
 }
 
-/// A GTID position for the detail line, cut at [`GTID_SHOWN_CHARS_MAX`].
-fn shown(text: &str) -> String {
-    text.chars().take(GTID_SHOWN_CHARS_MAX).collect()
+/// A GTID position for the detail line, cut at [`GTID_SHOWN_CHARS_MAX`] with `…`.
+fn shown_gtids(text: &str) -> String {
+    cut(text, GTID_SHOWN_CHARS_MAX)
 }
 
 impl Connection {
@@ -219,7 +240,7 @@ async fn handshake(connection: &mut Connection, login: &SqlLogin<'_>) -> Result<
         }
     }
     if capabilities & CLIENT_PROTOCOL_41 == 0 {
-        return Err(format!("server {version} does not speak protocol 4.1"));
+        return Err(format!("server {} does not speak protocol 4.1", shown(&version)));
     }
     let mut flags = CLIENT_LONG_PASSWORD
         | CLIENT_LONG_FLAG
@@ -300,11 +321,13 @@ fn scramble_for(plugin: &str, password: &str, scramble: &[u8]) -> Result<Vec<u8>
             Ok(xor(&stage1, &hasher.finalize()))
         }
         other => Err(format!(
-            "authentication plugin '{other}' is not supported; use mysql_native_password for the probe user"
+            "authentication plugin '{}' is not supported; use mysql_native_password for the probe user",
+            shown(other)
         )),
     }
 }
 
+#[derive(Debug)]
 struct ResultSet {
     columns: Vec<String>,
     rows: Vec<Vec<Option<String>>>,
@@ -340,13 +363,18 @@ fn is_eof(packet: &[u8]) -> bool {
     packet.first() == Some(&0xfe) && packet.len() < 9
 }
 
+/// Runs `sql` (our own short statement, named in errors); reads its result set.
 async fn query(connection: &mut Connection, sql: &str) -> Result<ResultSet, String> {
+    read_result(connection, sql).await.map_err(|e| format!("{sql}: {e}"))
+}
+
+async fn read_result(connection: &mut Connection, sql: &str) -> Result<ResultSet, String> {
     let mut command = vec![0x03];
     command.extend_from_slice(sql.as_bytes());
     connection.write_packet_fresh(&command).await?;
     let first = connection.read_packet().await?;
     match first.first() {
-        Some(0xff) => return Err(format!("{sql}: {}", error_text(&first))),
+        Some(0xff) => return Err(error_text(&first)),
         Some(0x00) => {
             return Ok(ResultSet {
                 columns: Vec::new(),
@@ -358,7 +386,7 @@ async fn query(connection: &mut Connection, sql: &str) -> Result<ResultSet, Stri
     let count = lenenc_int(&mut Cursor::new(&first))?.ok_or("bad column count")?;
     let count = usize::try_from(count).map_err(|_| "column count overflow".to_string())?;
     if count > RESULT_PACKETS_MAX {
-        return Err(format!("{sql}: {count} columns"));
+        return Err(format!("{count} columns"));
     }
     let mut columns = Vec::with_capacity(count);
     for _ in 0..count {
@@ -371,7 +399,7 @@ async fn query(connection: &mut Connection, sql: &str) -> Result<ResultSet, Stri
     }
     let terminator = connection.read_packet().await?;
     if !is_eof(&terminator) {
-        return Err(format!("{sql}: expected EOF after column definitions"));
+        return Err("expected EOF after column definitions".to_string());
     }
     let mut rows = Vec::new();
     for _ in 0..RESULT_PACKETS_MAX {
@@ -380,7 +408,7 @@ async fn query(connection: &mut Connection, sql: &str) -> Result<ResultSet, Stri
             return Ok(ResultSet { columns, rows });
         }
         if packet.first() == Some(&0xff) {
-            return Err(format!("{sql}: {}", error_text(&packet)));
+            return Err(error_text(&packet));
         }
         let mut cursor = Cursor::new(&packet);
         let mut row = Vec::with_capacity(count);
@@ -389,7 +417,7 @@ async fn query(connection: &mut Connection, sql: &str) -> Result<ResultSet, Stri
         }
         rows.push(row);
     }
-    Err(format!("{sql}: more than {RESULT_PACKETS_MAX} rows"))
+    Err(format!("more than {RESULT_PACKETS_MAX} rows"))
 }
 
 #[cfg(test)]
@@ -421,5 +449,80 @@ mod tests {
         assert_eq!(lenenc_str(&mut cursor), Ok(None));
         assert_eq!(lenenc_str(&mut cursor), Ok(Some("hi".into())));
         assert!(lenenc_str(&mut Cursor::new(&[0x09, b'a'])).is_err());
+    }
+
+    /// A MySQL packet: 3-byte length, sequence, payload.
+    fn packet(sequence: u8, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = (u32::try_from(payload.len()).expect("small")).to_le_bytes()[..3].to_vec();
+        bytes.push(sequence);
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    /// Answers one query with a one-column result of `rows` rows of `value_bytes` bytes each.
+    async fn serve_rows(rows: usize, value_bytes: usize) -> Connection {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let eof = [0xfe, 0, 0, 0x02, 0];
+            let mut column = Vec::new();
+            for part in ["def", "", "", "", "x", "x"] {
+                column.push(u8::try_from(part.len()).expect("short"));
+                column.extend_from_slice(part.as_bytes());
+            }
+            column.extend_from_slice(&[0x0c, 45, 0, 0, 0, 0, 0xfd, 0, 0, 0, 0, 0]);
+            let mut row = vec![0xfd];
+            row.extend_from_slice(&(u32::try_from(value_bytes).expect("small")).to_le_bytes()[..3]);
+            row.extend(std::iter::repeat_n(b'x', value_bytes));
+            let mut reply = packet(1, &[1]);
+            reply.extend(packet(2, &column));
+            reply.extend(packet(3, &eof));
+            for n in 0..rows {
+                reply.extend(packet((4 + n) as u8, &row));
+            }
+            reply.extend(packet((4 + rows) as u8, &eof));
+            // Read the query first (unread data would make our close a reset), then answer.
+            let mut query = [0u8; 64];
+            let _ = stream.read(&mut query).await;
+            let _ = stream.write_all(&reply).await;
+            let _ = stream.read(&mut query).await;
+        });
+        let stream = connect(&address.to_string()).await.expect("connect");
+        Connection {
+            stream,
+            sequence: 0,
+            bytes_read: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_beyond_the_probe_byte_bound_fails_the_probe() {
+        let value = 200 * 1024;
+        let mut within = serve_rows(SQL_PROBE_BYTES_MAX / value - 1, value).await;
+        let set = query(&mut within, "SELECT x").await.expect("within the bound");
+        assert_eq!(set.columns, ["x"]);
+        assert_eq!(set.rows.len(), SQL_PROBE_BYTES_MAX / value - 1);
+        let mut beyond = serve_rows(SQL_PROBE_BYTES_MAX / value + 1, value).await;
+        let error = query(&mut beyond, "SELECT x").await.expect_err("beyond the bound");
+        assert!(
+            error.starts_with("SELECT x: the server sent more than 1024 KiB in one probe"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn server_errors_are_cut() {
+        let mut packet = vec![0xff, 0x15, 0x04, b'#'];
+        packet.extend_from_slice(b"28000");
+        packet.extend(std::iter::repeat_n(b'm', 200_000));
+        let text = error_text(&packet);
+        assert!(text.starts_with("ERROR 1045 (28000): mmm"), "{}", &text[..40]);
+        assert!(text.chars().count() < 200, "{} characters", text.chars().count());
+        assert!(text.ends_with('…'));
+        assert_eq!(
+            shown_gtids(&"0-1-1,".repeat(1000)).chars().count(),
+            GTID_SHOWN_CHARS_MAX
+        );
     }
 }

@@ -9,51 +9,73 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::wire::{Cursor, hmac_sha256, xor};
-use super::{Finding, REPLY_BYTES_MAX, SqlLogin, connect, random_u64};
+use super::{Finding, REPLY_BYTES_MAX, SQL_PROBE_BYTES_MAX, SqlLogin, connect, random_u64, shown, shown_rows};
 use crate::report::{POSITION_LSN, ReplicationPosition};
 
 /// Messages read while waiting for one reply (notices, parameter statuses, rows).
 const MESSAGES_MAX: usize = 1024;
 /// SCRAM iteration counts above this are refused (a hostile server could burn our CPU).
 const SCRAM_ITERATIONS_MAX: u32 = 1_000_000;
-/// Replica lag in milliseconds; 0 on a primary and on a replica that replayed all it received.
-const LAG_QUERY: &str = "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0 \
-     WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-     ELSE COALESCE(EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())) * 1000, -1) END::bigint, \
-     pg_is_in_recovery(), \
+/// What a standby's replication looks like, for [`judge_lag`]: whether the server is in
+/// recovery, its received (a primary's current) and replayed LSNs, its WAL receiver's
+/// `pg_stat_wal_receiver.status` (NULL without a receiver, or when the view hides it from a
+/// user without `pg_read_all_stats`/`pg_monitor`) and whether a receiver runs at all (its `pid`,
+/// which every user sees), the bytes of WAL received but not replayed, and the age in
+/// milliseconds of the last replayed transaction (`now() - pg_last_xact_replay_timestamp()`,
+/// its commit time on the primary).
+const LAG_QUERY: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END::text, \
-     pg_last_wal_replay_lsn()::text";
+     pg_last_wal_replay_lsn()::text, \
+     (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
+     EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL), \
+     pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint, \
+     (EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())) * 1000)::bigint";
 
 struct Message {
     tag: u8,
     body: Vec<u8>,
 }
 
-async fn read_message(stream: &mut TcpStream) -> Result<Message, String> {
-    let mut header = [0u8; 5];
-    stream
-        .read_exact(&mut header)
-        .await
-        .map_err(|e| format!("read message: {e}"))?;
-    let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    if !(4..=REPLY_BYTES_MAX).contains(&length) {
-        return Err(format!("message length {length} out of range"));
-    }
-    let mut body = vec![0; length - 4];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| format!("read message: {e}"))?;
-    Ok(Message { tag: header[0], body })
+/// A connection and the bytes read from it so far, bounded by [`SQL_PROBE_BYTES_MAX`].
+struct Connection {
+    stream: TcpStream,
+    bytes_read: usize,
 }
 
-async fn send(stream: &mut TcpStream, tag: Option<u8>, body: &[u8]) -> Result<(), String> {
-    let length = u32::try_from(body.len() + 4).map_err(|_| "message too large".to_string())?;
-    let mut message = Vec::with_capacity(body.len() + 5);
-    message.extend(tag);
-    message.extend_from_slice(&length.to_be_bytes());
-    message.extend_from_slice(body);
-    stream.write_all(&message).await.map_err(|e| format!("send: {e}"))
+impl Connection {
+    async fn read_message(&mut self) -> Result<Message, String> {
+        let mut header = [0u8; 5];
+        self.stream
+            .read_exact(&mut header)
+            .await
+            .map_err(|e| format!("read message: {e}"))?;
+        let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if !(4..=REPLY_BYTES_MAX).contains(&length) {
+            return Err(format!("message length {length} out of range"));
+        }
+        self.bytes_read += 1 + length;
+        if self.bytes_read > SQL_PROBE_BYTES_MAX {
+            return Err(format!(
+                "the server sent more than {} KiB in one probe (the bound of SQL_PROBE_BYTES_MAX)",
+                SQL_PROBE_BYTES_MAX / 1024
+            ));
+        }
+        let mut body = vec![0; length - 4];
+        self.stream
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| format!("read message: {e}"))?;
+        Ok(Message { tag: header[0], body })
+    }
+
+    async fn send(&mut self, tag: Option<u8>, body: &[u8]) -> Result<(), String> {
+        let length = u32::try_from(body.len() + 4).map_err(|_| "message too large".to_string())?;
+        let mut message = Vec::with_capacity(body.len() + 5);
+        message.extend(tag);
+        message.extend_from_slice(&length.to_be_bytes());
+        message.extend_from_slice(body);
+        self.stream.write_all(&message).await.map_err(|e| format!("send: {e}"))
+    }
 }
 
 /// `ErrorResponse` fields as `SEVERITY CODE: message`.
@@ -72,7 +94,7 @@ fn error_text(body: &[u8]) -> String {
             _ => {}
         }
     }
-    format!("{severity} {code}: {message}")
+    format!("{} {}: {}", shown(&severity), shown(&code), shown(&message))
 }
 
 pub(super) async fn probe(login: &SqlLogin<'_>, read_lag: bool) -> Finding {
@@ -83,48 +105,126 @@ pub(super) async fn probe(login: &SqlLogin<'_>, read_lag: bool) -> Finding {
 }
 
 async fn session(login: &SqlLogin<'_>, read_lag: bool) -> Result<Finding, String> {
-    let mut stream = connect(login.address).await?;
-    let version = startup(&mut stream, login).await?;
-    let rows = query(&mut stream, "SELECT 1").await?;
+    let stream = connect(login.address).await?;
+    let mut connection = Connection { stream, bytes_read: 0 };
+    let version = shown(&startup(&mut connection, login).await?);
+    let rows = query(&mut connection, "SELECT 1", "SELECT 1").await?;
     if rows.first().and_then(|row| row.first()).and_then(|v| v.as_deref()) != Some("1") {
-        return Ok(Finding::down(format!("SELECT 1 returned {rows:?}")));
+        return Ok(Finding::down(format!("SELECT 1 returned {}", shown_rows(&rows))));
     }
     if !read_lag {
-        let _ = send(&mut stream, Some(b'X'), &[]).await;
+        let _ = connection.send(Some(b'X'), &[]).await;
         return Ok(Finding::up(format!("SELECT 1 ok (PostgreSQL {version})")));
     }
-    let rows = query(&mut stream, LAG_QUERY).await?;
-    let _ = send(&mut stream, Some(b'X'), &[]).await;
-    let row = rows.first().ok_or("the lag query returned no row")?;
-    let lag = row
-        .first()
-        .and_then(|v| v.as_deref())
-        .and_then(|v| v.parse::<i64>().ok());
-    let replica = row.get(1).and_then(|v| v.as_deref()) == Some("t");
+    let rows = query(&mut connection, "the replication query", LAG_QUERY).await?;
+    let _ = connection.send(Some(b'X'), &[]).await;
+    let row = rows.first().ok_or("the replication query returned no row")?;
+    let text = |index: usize| row.get(index).and_then(|v| v.as_deref());
+    let number = |index: usize| text(index).and_then(|v| v.parse::<i64>().ok());
+    let replica = text(0) == Some("t");
     let role = if replica { "replica" } else { "primary" };
     // A standby that has not received anything yet has no receive LSN: its replay LSN is what
     // it holds.
-    let replayed = row.get(3).and_then(|v| v.as_deref());
-    let received = row.get(2).and_then(|v| v.as_deref()).or(replayed).unwrap_or("");
+    let replayed = text(2);
+    let received = text(1).or(replayed).unwrap_or("");
     let position = ReplicationPosition::new(role, POSITION_LSN, received, replayed.filter(|_| replica));
     let at = position
         .as_ref()
-        .map(|p| format!(" at LSN {}", p.received))
+        .map(|p| format!(" at LSN {}", shown(&p.received)))
         .unwrap_or_default();
-    let role = format!("{role}{at}");
-    Ok(match lag {
-        Some(lag) if lag >= 0 => {
-            Finding::up(format!("SELECT 1 ok (PostgreSQL {version}), {role}, lag {lag} ms")).with_lag(Some(lag as u64))
-        }
-        _ => Finding::up(format!(
-            "SELECT 1 ok (PostgreSQL {version}), {role}, lag unknown (nothing replayed yet?)"
-        )),
+    let standby = Standby {
+        replica,
+        receiver_status: text(3),
+        receiver_running: text(4) == Some("t"),
+        pending_bytes: number(5),
+        replay_age_ms: number(6),
+    };
+    let (lag, reading) = judge_lag(&standby, login.user);
+    Ok(
+        Finding::up(format!("SELECT 1 ok (PostgreSQL {version}), {role}{at}, {reading}"))
+            .with_lag(lag)
+            .with_position(position),
+    )
+}
+
+/// A server's replication state as [`LAG_QUERY`] reads it.
+#[derive(Debug, Clone, Copy)]
+struct Standby<'a> {
+    replica: bool,
+    receiver_status: Option<&'a str>,
+    receiver_running: bool,
+    pending_bytes: Option<i64>,
+    replay_age_ms: Option<i64>,
+}
+
+/// The replication lag in milliseconds, and the words for the detail:
+///
+/// - a primary: 0;
+/// - a standby whose WAL receiver is not `streaming` (none at all — the primary is down or
+///   unreachable and the receiver exited — or `starting`, `waiting`, `stopping`…): unknown. Its
+///   receive LSN stays at the last record it got, so once replay catches up received = replayed
+///   says nothing about the primary;
+/// - a standby whose receiver's status is hidden from `user` (only `pid` is shown without
+///   `pg_read_all_stats`): unknown, with what to grant;
+/// - streaming with all received WAL replayed: 0 (nothing pending; the time since the last
+///   replayed commit is only how long the primary has been idle);
+/// - streaming with WAL still to replay: `now() - pg_last_xact_replay_timestamp()` — the age of
+///   the last replayed commit, an upper bound of the age of the oldest one still to replay (after
+///   an idle spell it reads the idle time until replay catches up); unknown when nothing was
+///   replayed since the standby started, or when that commit is in the future (clock skew).
+fn judge_lag(standby: &Standby<'_>, user: &str) -> (Option<u64>, String) {
+    if !standby.replica {
+        return (Some(0), "lag 0 ms".to_string());
     }
-    .with_position(position))
+    match (standby.receiver_status, standby.receiver_running) {
+        (Some("streaming"), _) => {}
+        (Some(status), _) => {
+            return (
+                None,
+                format!("lag unknown: the WAL receiver is {}, not streaming", shown(status)),
+            );
+        }
+        (None, true) => {
+            return (
+                None,
+                format!(
+                    "lag unknown: pg_stat_wal_receiver hides the WAL receiver's status from '{}' \
+                     (GRANT pg_monitor TO it)",
+                    shown(user)
+                ),
+            );
+        }
+        (None, false) => {
+            return (
+                None,
+                "lag unknown: no WAL receiver, not streaming (primary down or unreachable?)".to_string(),
+            );
+        }
+    }
+    match (standby.pending_bytes, standby.replay_age_ms) {
+        (Some(0), _) => (Some(0), "streaming, all received WAL replayed, lag 0 ms".to_string()),
+        (Some(pending), Some(age)) if age >= 0 => (
+            Some(age as u64),
+            format!("streaming, {pending} bytes of WAL to replay, lag {age} ms (age of the last replayed commit)"),
+        ),
+        (Some(pending), Some(age)) => (
+            None,
+            format!(
+                "lag unknown: {pending} bytes of WAL to replay and the last replayed commit is {} ms \
+                 in the future (clock skew?)",
+                age.unsigned_abs()
+            ),
+        ),
+        (Some(pending), None) => (
+            None,
+            format!("lag unknown: {pending} bytes of WAL to replay, no transaction replayed since startup"),
+        ),
+        (None, _) => (None, "lag unknown: streaming, nothing received yet".to_string()),
+    }
 }
 
 /// Logs in; returns the server version.
-async fn startup(stream: &mut TcpStream, login: &SqlLogin<'_>) -> Result<String, String> {
+async fn startup(connection: &mut Connection, login: &SqlLogin<'_>) -> Result<String, String> {
     let mut body = Vec::with_capacity(96);
     body.extend_from_slice(&196_608u32.to_be_bytes());
     let mut pairs = vec![("user", login.user), ("application_name", "switchyard-health")];
@@ -138,11 +238,11 @@ async fn startup(stream: &mut TcpStream, login: &SqlLogin<'_>) -> Result<String,
         body.push(0);
     }
     body.push(0);
-    send(stream, None, &body).await?;
+    connection.send(None, &body).await?;
     let mut scram: Option<Scram> = None;
     let mut version = String::from("?");
     for _ in 0..MESSAGES_MAX {
-        let message = read_message(stream).await?;
+        let message = connection.read_message().await?;
         match message.tag {
             b'E' => {
                 return Err(format!(
@@ -156,7 +256,7 @@ async fn startup(stream: &mut TcpStream, login: &SqlLogin<'_>) -> Result<String,
                 let code = u32::from_be_bytes(cursor.take(4)?.try_into().map_err(|_| "cut")?);
                 match code {
                     0 => {}
-                    3 => send(stream, Some(b'p'), &c_string(login.password)).await?,
+                    3 => connection.send(Some(b'p'), &c_string(login.password)).await?,
                     5 => {
                         let salt = cursor.take(4)?;
                         let inner = hex::encode(Md5::digest(format!("{}{}", login.password, login.user)));
@@ -164,7 +264,7 @@ async fn startup(stream: &mut TcpStream, login: &SqlLogin<'_>) -> Result<String,
                         outer.update(inner.as_bytes());
                         outer.update(salt);
                         let hashed = format!("md5{}", hex::encode(outer.finalize()));
-                        send(stream, Some(b'p'), &c_string(&hashed)).await?;
+                        connection.send(Some(b'p'), &c_string(&hashed)).await?;
                     }
                     10 => {
                         let mechanisms = cursor.rest();
@@ -176,14 +276,14 @@ async fn startup(stream: &mut TcpStream, login: &SqlLogin<'_>) -> Result<String,
                         let mut body = c_string("SCRAM-SHA-256");
                         body.extend_from_slice(&(first.len() as u32).to_be_bytes());
                         body.extend_from_slice(first.as_bytes());
-                        send(stream, Some(b'p'), &body).await?;
+                        connection.send(Some(b'p'), &body).await?;
                         scram = Some(state);
                     }
                     11 => {
                         let state = scram.as_mut().ok_or("SCRAM continue before start")?;
                         let server_first = String::from_utf8_lossy(cursor.rest()).into_owned();
                         let client_final = state.client_final(&server_first, login.password)?;
-                        send(stream, Some(b'p'), client_final.as_bytes()).await?;
+                        connection.send(Some(b'p'), client_final.as_bytes()).await?;
                     }
                     12 => {
                         let state = scram.as_ref().ok_or("SCRAM final before start")?;
@@ -215,13 +315,13 @@ fn c_string(text: &str) -> Vec<u8> {
     bytes
 }
 
-/// Runs a simple query; returns its rows as text.
-async fn query(stream: &mut TcpStream, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
-    send(stream, Some(b'Q'), &c_string(sql)).await?;
+/// Runs a simple query (`what` names it in errors); returns its rows as text.
+async fn query(connection: &mut Connection, what: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+    connection.send(Some(b'Q'), &c_string(sql)).await?;
     let mut rows = Vec::new();
     let mut error = None;
     for _ in 0..MESSAGES_MAX {
-        let message = read_message(stream).await?;
+        let message = connection.read_message().await.map_err(|e| format!("{what}: {e}"))?;
         match message.tag {
             b'D' => {
                 let mut cursor = Cursor::new(&message.body);
@@ -239,14 +339,14 @@ async fn query(stream: &mut TcpStream, sql: &str) -> Result<Vec<Vec<Option<Strin
             b'E' => error = Some(error_text(&message.body)),
             b'Z' => {
                 return match error {
-                    Some(error) => Err(format!("{sql}: {error}")),
+                    Some(error) => Err(format!("{what}: {error}")),
                     None => Ok(rows),
                 };
             }
             _ => {} // RowDescription, CommandComplete, notices
         }
     }
-    Err(format!("{sql}: more than {MESSAGES_MAX} messages"))
+    Err(format!("{what}: more than {MESSAGES_MAX} messages"))
 }
 
 /// The client side of SCRAM-SHA-256 (RFC 5802/7677) without channel binding.
@@ -311,7 +411,7 @@ impl Scram {
         let signature = server_final
             .strip_prefix("v=")
             .and_then(|v| BASE64.decode(v.trim_end_matches('\0')).ok())
-            .ok_or_else(|| format!("SCRAM server-final '{server_final}' is malformed"))?;
+            .ok_or_else(|| format!("SCRAM server-final '{}' is malformed", shown(server_final)))?;
         if signature != self.server_signature {
             return Err("SCRAM server signature does not match: not the server we think".into());
         }
@@ -377,5 +477,124 @@ mod tests {
                 .client_final("r=rOprNGfwEbeRWgbNEkqO1,s=AA==,i=99999999", "x")
                 .is_err()
         );
+    }
+
+    fn standby(status: Option<&str>, running: bool, pending: Option<i64>, age: Option<i64>) -> Standby<'_> {
+        Standby {
+            replica: true,
+            receiver_status: status,
+            receiver_running: running,
+            pending_bytes: pending,
+            replay_age_ms: age,
+        }
+    }
+
+    #[test]
+    fn a_standby_that_is_not_streaming_has_no_known_lag() {
+        // Cut off long ago, everything it got replayed: received = replayed, yet not 0.
+        let (lag, words) = judge_lag(&standby(None, false, Some(0), Some(3_600_000)), "probe");
+        assert_eq!(lag, None);
+        assert!(words.contains("no WAL receiver"), "{words}");
+        for status in ["starting", "waiting", "restarting", "stopping", "stopped"] {
+            let (lag, words) = judge_lag(&standby(Some(status), true, Some(0), Some(5)), "probe");
+            assert_eq!(lag, None, "{status}");
+            assert!(
+                words.contains(&format!("WAL receiver is {status}, not streaming")),
+                "{words}"
+            );
+        }
+        // Without pg_read_all_stats the view shows the receiver's pid only.
+        let (lag, words) = judge_lag(&standby(None, true, Some(0), Some(5)), "probe");
+        assert_eq!(lag, None);
+        assert!(
+            words.contains("GRANT pg_monitor TO it") && words.contains("'probe'"),
+            "{words}"
+        );
+    }
+
+    #[test]
+    fn a_streaming_standby_reads_zero_when_caught_up_and_the_replay_age_otherwise() {
+        // Idle for an hour, nothing pending: 0, not the idle time.
+        let (lag, words) = judge_lag(&standby(Some("streaming"), true, Some(0), Some(3_600_000)), "p");
+        assert_eq!(lag, Some(0));
+        assert!(words.contains("all received WAL replayed"), "{words}");
+        let (lag, words) = judge_lag(&standby(Some("streaming"), true, Some(8192), Some(1500)), "p");
+        assert_eq!(lag, Some(1500));
+        assert!(words.contains("8192 bytes of WAL to replay, lag 1500 ms"), "{words}");
+        assert_eq!(
+            judge_lag(&standby(Some("streaming"), true, Some(8192), None), "p").0,
+            None
+        );
+        let (lag, words) = judge_lag(&standby(Some("streaming"), true, Some(8192), Some(-200)), "p");
+        assert_eq!(lag, None);
+        assert!(words.contains("clock skew"), "{words}");
+        assert_eq!(judge_lag(&standby(Some("streaming"), true, None, None), "p").0, None);
+        let primary = Standby {
+            replica: false,
+            ..standby(None, false, None, None)
+        };
+        assert_eq!(judge_lag(&primary, "p").0, Some(0));
+    }
+
+    /// A PostgreSQL message: tag, length, body.
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![tag];
+        bytes.extend_from_slice(&(u32::try_from(body.len() + 4).expect("small")).to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    /// Answers one query with `rows` DataRow messages of one `value_bytes`-byte column each.
+    async fn serve_rows(rows: usize, value_bytes: usize) -> Connection {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut row = 1u16.to_be_bytes().to_vec();
+            row.extend_from_slice(&(u32::try_from(value_bytes).expect("small")).to_be_bytes());
+            row.extend(std::iter::repeat_n(b'x', value_bytes));
+            let mut reply = Vec::new();
+            for _ in 0..rows {
+                reply.extend(message(b'D', &row));
+            }
+            reply.extend(message(b'Z', b"I"));
+            // Read the query first (unread data would make our close a reset), then answer; the
+            // client may stop reading and close, so a failed write is expected then.
+            let mut query = [0u8; 64];
+            let _ = stream.read(&mut query).await;
+            let _ = stream.write_all(&reply).await;
+            let _ = stream.read(&mut query).await;
+        });
+        let stream = connect(&address.to_string()).await.expect("connect");
+        Connection { stream, bytes_read: 0 }
+    }
+
+    #[tokio::test]
+    async fn a_result_beyond_the_probe_byte_bound_fails_the_probe() {
+        let value = 200 * 1024;
+        let mut within = serve_rows(SQL_PROBE_BYTES_MAX / value - 1, value).await;
+        let rows = query(&mut within, "the test query", "SELECT x")
+            .await
+            .expect("within the bound");
+        assert_eq!(rows.len(), SQL_PROBE_BYTES_MAX / value - 1);
+        let mut beyond = serve_rows(SQL_PROBE_BYTES_MAX / value + 1, value).await;
+        let error = query(&mut beyond, "the test query", "SELECT x")
+            .await
+            .expect_err("beyond the bound");
+        assert!(
+            error.starts_with("the test query: the server sent more than 1024 KiB in one probe"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn server_errors_are_cut() {
+        let mut body = b"SERROR\0C42000\0M".to_vec();
+        body.extend(std::iter::repeat_n(b'm', 200_000));
+        body.extend_from_slice(b"\0\0");
+        let text = error_text(&body);
+        assert!(text.starts_with("ERROR 42000: mmm"), "{}", &text[..40]);
+        assert!(text.chars().count() < 200, "{} characters", text.chars().count());
+        assert!(text.ends_with('…'));
     }
 }

@@ -1,7 +1,8 @@
 //! Redis probe against real redis-server processes: a password-protected primary and a replica.
 
 use std::path::Path;
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use health::ProbeKind;
 use health::probe::probe;
@@ -33,7 +34,7 @@ async fn redis_ping_auth_and_replication() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let primary_port = free_port();
     let primary_address = format!("127.0.0.1:{primary_port}");
-    let _primary = start_redis(
+    let primary = start_redis(
         &binary,
         dir.path(),
         primary_port,
@@ -78,8 +79,44 @@ async fn redis_ping_auth_and_replication() {
     let synced = probe_until(&replica, START_DEADLINE, |o| o.success).await;
     assert!(synced.detail.contains("master link up"), "{}", synced.detail);
     assert!(synced.replica_lag_ms.is_some());
+    // The master is idle: it PINGs its replica every 10 s (repl-ping-replica-period), so the
+    // link's idle time runs 0..10 s. That is no lag: a bound of 1 s (the default
+    // failback_lag_max_ms) holds through more than a whole ping period.
+    let tight = spec(redis(&replica_address, None, Some("slave"), Some(1000)));
+    let until = Instant::now() + Duration::from_secs(12);
+    let mut idle_seen = 0;
+    while Instant::now() < until {
+        let outcome = probe(&tight).await;
+        assert!(outcome.success, "{outcome:?}");
+        assert!(outcome.replica_lag_ms.is_some_and(|lag| lag <= 1000), "{outcome:?}");
+        if !outcome.detail.contains("last I/O 0 s ago") && !outcome.detail.contains("last I/O 1 s ago") {
+            idle_seen += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        idle_seen > 0,
+        "the link was never idle for 2 s or more: the test proves nothing"
+    );
+    // A master that stops talking (SIGSTOP) without closing the link: after the ping period and
+    // a margin the link is stale and the lag unknown, well before repl-timeout (60 s) drops it.
+    let pid = primary.child.id().to_string();
+    let signal = |name: &str| {
+        let status = Command::new("kill").args([name, &pid]).status().expect("run kill");
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    signal("-STOP");
+    let stale = probe_until(&tight, Duration::from_secs(30), |o| !o.success).await;
+    signal("-CONT");
+    assert_eq!(stale.replica_lag_ms, None, "{stale:?}");
+    assert!(
+        stale.detail.contains("master link up but silent for"),
+        "{}",
+        stale.detail
+    );
+    let _ = probe_until(&tight, Duration::from_secs(30), |o| o.success).await;
     // Cut the primary: the replica's link goes down and its lag becomes unknown, failing the bound.
-    drop(_primary);
+    drop(primary);
     let broken = probe_until(&replica, Duration::from_secs(30), |o| !o.success).await;
     assert!(broken.detail.contains("lag unknown"), "{}", broken.detail);
 }

@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use health::probe::probe;
 use health::{ProbeKind, SqlDriver};
@@ -165,7 +166,7 @@ async fn postgres_select_one_with_scram_login() {
         String::from_utf8_lossy(&output.stderr)
     );
     let port = free_port();
-    let _server = start_postgres(&postgres, &data, port, dir.path(), as_root, "postgres.log");
+    let server = start_postgres(&postgres, &data, port, dir.path(), as_root, "postgres.log");
 
     let check = spec(sql(SqlDriver::Postgres, port, "postgres", Some("pg-s3cret"), false));
     let up = probe_until(&check, START_DEADLINE, |o| o.success).await;
@@ -245,13 +246,88 @@ async fn postgres_select_one_with_scram_login() {
     if let ProbeKind::Sql { max_replica_lag_ms, .. } = &mut bounded {
         *max_replica_lag_ms = Some(60_000);
     }
-    let replica = probe_until(&spec(bounded), START_DEADLINE, |o| o.success).await;
+    // Streaming and caught up (nothing written since the base backup): 0, however long idle.
+    let replica = probe_until(&spec(bounded.clone()), START_DEADLINE, |o| {
+        o.success && o.replica_lag_ms == Some(0)
+    })
+    .await;
     assert!(replica.detail.contains("replica"), "{}", replica.detail);
-    assert!(replica.replica_lag_ms.is_some(), "{replica:?}");
+    assert!(replica.detail.contains("streaming"), "{}", replica.detail);
     let position = replica.position.clone().expect("the standby's position");
     assert_eq!((position.role.as_str(), position.kind.as_str()), ("replica", "lsn"));
     assert!(
         position.applied.as_deref().is_some_and(|a| a.contains('/')),
         "{position:?}"
     );
+
+    // pg_stat_wal_receiver shows a user without pg_read_all_stats (pg_monitor) only the pid: the
+    // lag is unknown then, and the detail says what to grant; with pg_monitor it is read.
+    let Some(psql) = find_binary("psql") else {
+        return skip("psql", "postgresql-client");
+    };
+    let output = Command::new(&psql)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ])
+        .args([
+            "-c",
+            "CREATE ROLE plain LOGIN PASSWORD 'plain-pass'; \
+             CREATE ROLE monitor LOGIN PASSWORD 'monitor-pass' IN ROLE pg_monitor;",
+        ])
+        .env("PGPASSWORD", "pg-s3cret")
+        .output()
+        .expect("run psql");
+    assert!(
+        output.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let in_postgres = |mut kind: ProbeKind| {
+        if let ProbeKind::Sql { database, .. } = &mut kind {
+            *database = Some("postgres".into());
+        }
+        spec(kind)
+    };
+    let monitor = in_postgres(sql(
+        SqlDriver::Postgres,
+        replica_port,
+        "monitor",
+        Some("monitor-pass"),
+        true,
+    ));
+    let monitored = probe_until(&monitor, START_DEADLINE, |o| o.success && o.replica_lag_ms.is_some()).await;
+    assert!(monitored.detail.contains("streaming"), "{}", monitored.detail);
+    let plain = probe(&in_postgres(sql(
+        SqlDriver::Postgres,
+        replica_port,
+        "plain",
+        Some("plain-pass"),
+        true,
+    )))
+    .await;
+    assert!(plain.success, "{plain:?}");
+    assert_eq!(plain.replica_lag_ms, None, "{plain:?}");
+    assert!(plain.detail.contains("GRANT pg_monitor"), "{}", plain.detail);
+
+    // The primary stops: the standby keeps what it received, all replayed (received = replayed),
+    // but its WAL receiver is gone (or restarting every wal_retrieve_retry_interval, 5 s): the
+    // lag is unknown, never 0, and the bound fails the check.
+    drop(server);
+    let cut_off = probe_until(&spec(bounded.clone()), Duration::from_secs(30), |o| !o.success).await;
+    assert_eq!(cut_off.replica_lag_ms, None, "{cut_off:?}");
+    assert!(cut_off.detail.contains("not streaming"), "{}", cut_off.detail);
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let outcome = probe(&spec(bounded.clone())).await;
+        assert_eq!(outcome.replica_lag_ms, None, "{outcome:?}");
+        assert!(!outcome.success, "{outcome:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
