@@ -164,19 +164,28 @@ impl AuditLog {
 
     /// Appends one record and fsyncs it; returns it.
     pub fn append(&mut self, at_ms: u64, generation: Generation, entry: Entry) -> Result<AuditRecord, AuditError> {
-        self.seq += 1;
-        let record = AuditRecord {
-            seq: self.seq,
+        let encode = |record: &AuditRecord| {
+            let mut line = serde_json::to_vec(record).expect("audit records always serialize");
+            line.push(b'\n');
+            line
+        };
+        let mut record = AuditRecord {
+            seq: self.seq + 1,
             at_ms,
             generation,
             entry,
         };
-        apply(&mut self.state, &record);
-        let mut line = serde_json::to_vec(&record).expect("audit records always serialize");
-        line.push(b'\n');
+        let mut line = encode(&record);
+        // Rotate first: the new file's checkpoint holds the state before this record, and the
+        // record follows it, so a restart folds the record in once (a checkpoint that already
+        // held it, followed by it, counted a failover twice toward the hourly limit).
         if self.bytes > 0 && self.bytes + line.len() as u64 > self.bytes_max {
             self.rotate(at_ms)?;
+            record.seq = self.seq + 1;
+            line = encode(&record);
         }
+        self.seq = record.seq;
+        apply(&mut self.state, &record);
         self.write_line(&line)?;
         self.recent.push_back(record.clone());
         while self.recent.len() > RECENT_RECORDS_MAX {
@@ -462,6 +471,43 @@ mod tests {
             reason: "test".into(),
             automatic,
         }
+    }
+
+    /// A decision that is the first record of a rotated file counts once after a restart.
+    #[test]
+    fn a_decision_at_the_rotation_boundary_counts_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let at = 10_000;
+        {
+            let mut log = AuditLog::open(&path, 4096, 3).expect("open");
+            let mut g = 1;
+            // Fill the file to just below its bound, then append a decision that rotates it.
+            loop {
+                let before = rotated(&path, 1).exists();
+                log.append(at, Generation(g), Entry::Engine { note: decision(true) })
+                    .expect("append");
+                if !before && rotated(&path, 1).exists() {
+                    break;
+                }
+                g += 1;
+                assert!(g < 1_000, "the log never rotated");
+            }
+            let counted = log.checkpoint().transitions_at_ms.len();
+            assert_eq!(counted as u64, g, "in memory: one per decision");
+        }
+        let log = AuditLog::open(&path, 4096, 3).expect("reopen");
+        let restored = log.checkpoint().transitions_at_ms.len() as u64;
+        let written = std::fs::read_to_string(&path).expect("read").lines().count() as u64;
+        assert_eq!(
+            written, 2,
+            "the new file: the checkpoint, then the decision that rotated it"
+        );
+        let before = std::fs::read_to_string(rotated(&path, 1))
+            .expect("read")
+            .lines()
+            .count() as u64;
+        assert_eq!(restored, before + 1, "every decision once, the boundary one too");
     }
 
     #[test]
