@@ -184,3 +184,69 @@ def test_each_vantage_point_probes_through_its_own_path(setup):
                                       views, logs=[log, agent_log])
     assert agent_view["detail"].startswith("HTTP 200"), agent_view
     assert str(dead) in own_view["detail"], own_view
+
+
+def test_a_failover_supersedes_a_failback_whose_target_goes_down_again(setup):
+    """A failback's slow step toward us-east-1 is running when us-east-1 fails again: the
+    failover to eu-west-1 starts at once (its own generation), not after the failback's step,
+    and the failback's step is cancelled (its shell killed: it never finishes)."""
+    tmp, us, eu, start = setup
+    marker = tmp / "runbook.log"
+    slow = tmp / "slow"
+    config = tmp / "switchyard.toml"
+    # No hold after a transition: the failback is followed by a failover at once.
+    config.write_text(controller_toml(tmp / "audit.jsonl", policy="min_hold_ms = 0") + two_regions_toml(us.port, eu.port) + f"""
+[[runbook]]
+name = "record"
+kind = "command"
+program = "sh"
+args = ["-c", "echo \\"start $SWITCHYARD_GENERATION $SWITCHYARD_TO\\" >> {marker}; if [ \\"$SWITCHYARD_TO\\" = us-east-1 ] && [ -e {slow} ]; then sleep 90; fi; echo \\"done $SWITCHYARD_GENERATION $SWITCHYARD_TO\\" >> {marker}"]
+timeout_ms = 120000
+
+[[runbook]]
+name = "pointer"
+kind = "pointer"
+""")
+    ready = tmp / "ready"
+    log = tmp / "controller.log"
+    start(["controller", "--config", str(config), "--listen", "127.0.0.1:0", "--ready-file", str(ready)], log)
+    wait_until("the controller to listen", lambda: ready.exists() and ready.read_text(), START_DEADLINE_S, [log])
+    url = f"http://{ready.read_text().strip()}"
+
+    def lines():
+        return marker.read_text().splitlines() if marker.exists() else []
+
+    def active(region):
+        return f"active region: {region}" in run_cli("status", "--controller", url).stdout
+
+    wait_until("the initial placement", lambda: active("us-east-1"), logs=[log])
+    us.stop()
+    wait_until("the failover", lambda: active("eu-west-1"), logs=[log])
+    revived = App(us.port)
+    slow.write_text("")
+
+    def failback():
+        answer = run_cli("failback", "--controller", url)
+        return answer if answer.returncode == 0 else None
+
+    accepted = wait_until("the failback accepted (us-east-1 seen up again)", failback, logs=[log])
+    back = int(accepted.stdout.rsplit("(generation ", 1)[1].split(")")[0])
+    wait_until("the failback's slow step", lambda: f"start {back} us-east-1" in lines(), logs=[log])
+
+    # us-east-1 fails again while the failback's step sleeps: well before that sleep (90 s)
+    # could end, the failover to eu-west-1 has run in full.
+    revived.stop()
+    status_file = tmp / "status.txt"
+
+    def superseded():
+        status_file.write_text(run_cli("status", "--controller", url).stdout)
+        return [
+        line for line in lines() if line.startswith("done ") and line.endswith(" eu-west-1")
+        and int(line.split()[1]) > back]
+
+    done = wait_until("the superseding failover", superseded, deadline_s=30, logs=[log, status_file])
+    assert done, lines()
+    assert f"done {back} us-east-1" not in lines(), "the cancelled step never finished"
+    wait_until("eu-west-1 active", lambda: active("eu-west-1"), logs=[log])
+    audit = (tmp / "audit.jsonl").read_text()
+    assert '"type":"runbook_superseded"' in audit and f'"generation":{back}' in audit, audit[-2000:]

@@ -307,6 +307,14 @@ pub enum Note {
     StaleRunbookReport {
         generation: Generation,
     },
+    /// A runbook cancelled mid-flight by a newer decision toward another placement (a failback
+    /// whose target went down again): its steps were dropped, and the newer decision's runbook
+    /// runs at once with a higher generation.
+    RunbookSuperseded {
+        generation: Generation,
+        to: Placement,
+        reason: String,
+    },
     Manual {
         command: Manual,
         accepted: bool,
@@ -321,6 +329,11 @@ pub enum Note {
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     RunRunbook(RunbookOrder),
+    /// Drop the runbook of this generation mid-flight (its steps are cancelled, a command's
+    /// processes killed); the engine no longer waits for its outcome.
+    CancelRunbook {
+        generation: Generation,
+    },
     Alert {
         key: String,
         message: String,
@@ -1311,6 +1324,30 @@ impl Engine {
                 automatic,
             },
         });
+        // A runbook still moving traffic toward another placement is superseded: waiting for
+        // it (a failback's slow step toward a region that just went down again) would hold the
+        // new move for as long as its steps take, and then run it toward the region the engine
+        // no longer wants. Its steps are safe to drop and re-run (each reads before it writes,
+        // and the newer generation fences what the older one still had in flight).
+        if let Some(order) = self.in_flight.take_if(|order| order.to != placement) {
+            out.push(Command::Record {
+                generation: order.generation,
+                note: Note::RunbookSuperseded {
+                    generation: order.generation,
+                    to: order.to.clone(),
+                    reason: reason.clone(),
+                },
+            });
+            out.push(Command::CancelRunbook {
+                generation: order.generation,
+            });
+            // A new move, not a retry of the one dropped. Whatever of the dropped runbook's
+            // steps had already applied is undone by running the new one in full, even when
+            // its placement is the one observed before (a failback cancelled back to where it
+            // started).
+            self.failures_in_row = 0;
+            self.dirty = true;
+        }
         self.intent = Some(Intent {
             placement,
             kind,

@@ -52,6 +52,9 @@ pub const STUCK_FAILED_RUNBOOKS: u32 = 3;
 /// Slack beyond a runbook's worst case (every attempt of every step timing out, with its
 /// backoffs) before a runbook still running counts as stuck.
 pub const STUCK_RUNBOOK_SLACK_MS: u64 = 10_000;
+/// How long a runbook waits for the one it superseded to stop (an aborted task stops at its
+/// next poll; a step's processes are killed as it drops) before its first step.
+pub const SUPERSEDED_WAIT_MS: u64 = 5_000;
 /// How long a follower waits for the leader to take an agent report it passes on.
 pub const REPORT_FORWARD_TIMEOUT_MS: u64 = 5_000;
 /// How long a follower waits for the leader to answer an operator command it passes on; past
@@ -295,6 +298,9 @@ struct Core {
     last_steps: BTreeMap<String, LastStep>,
     /// Per (media_sync step, receiving region): its last media lag measurement.
     media: BTreeMap<(String, String), MediaFigure>,
+    /// The runbook task last started, by generation: cancelled when a newer decision
+    /// supersedes it, and waited for before the next runbook's first step.
+    runbook: Option<(Generation, tokio::task::JoinHandle<()>)>,
 }
 
 /// One `media_lag` measurement, as `status` and the dashboard show it.
@@ -425,7 +431,25 @@ impl Shared {
                     );
                     let (last, transitions) = core.engine.hold_timers();
                     let timers = crate::ha::HoldTimers::from_engine(last, &transitions, self.now_ms(), wall_ms());
-                    self.spawn_runbook(order, timers);
+                    let previous = core.runbook.take().map(|(_, task)| task);
+                    let generation = order.generation;
+                    let task = self.spawn_runbook(order, timers, previous);
+                    core.runbook = Some((generation, task));
+                }
+                Command::CancelRunbook { generation } => {
+                    if let Some((running, task)) = &core.runbook
+                        && *running == generation
+                        && !task.is_finished()
+                    {
+                        tracing::warn!(%generation, "runbook superseded by a newer decision: its steps are cancelled");
+                        task.abort();
+                        self.metrics
+                            .runbooks
+                            .get_or_create(&OutcomeLabels {
+                                outcome: "superseded".into(),
+                            })
+                            .inc();
+                    }
                 }
                 Command::Alert { key, message } => {
                     tracing::warn!(%key, %message, "alert");
@@ -626,11 +650,26 @@ impl Shared {
         }
     }
 
-    fn spawn_runbook(self: &Arc<Self>, order: RunbookOrder, timers: crate::ha::HoldTimers) {
+    fn spawn_runbook(
+        self: &Arc<Self>,
+        order: RunbookOrder,
+        timers: crate::ha::HoldTimers,
+        previous: Option<tokio::task::JoinHandle<()>>,
+    ) -> tokio::task::JoinHandle<()> {
         let shared = Arc::clone(self);
         let term = self.ha.as_ref().map(|ha| ha.acting());
         tokio::spawn(async move {
             let generation = order.generation;
+            // A superseded runbook is aborted; its steps' futures (and their processes) are
+            // dropped when it next polls. Its first step waits for that, so two runbooks never
+            // act at once.
+            if let Some(previous) = previous
+                && tokio::time::timeout(Duration::from_millis(SUPERSEDED_WAIT_MS), previous)
+                    .await
+                    .is_err()
+            {
+                tracing::warn!(%generation, "the superseded runbook did not stop within {SUPERSEDED_WAIT_MS} ms; starting anyway");
+            }
             let run = async {
                 match (&shared.ha, term) {
                     (None, _) => {
@@ -688,7 +727,7 @@ impl Shared {
             }
             shared.alert_on_outcome(&mut core, generation, &outcome, overran);
             shared.feed(&mut core, Event::RunbookFinished { generation, outcome });
-        });
+        })
     }
 
     /// `decision` ends when its runbook succeeded; `stuck` is raised after
@@ -1124,6 +1163,7 @@ pub async fn run(
             runbooks_failed_in_row: 0,
             last_steps: BTreeMap::new(),
             media: BTreeMap::new(),
+            runbook: None,
         }),
         config,
         pointer,

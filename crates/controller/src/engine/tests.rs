@@ -33,6 +33,8 @@ struct Harness {
     /// Generation of every runbook that succeeded, with its target.
     applied: Vec<(Generation, Placement)>,
     auto_succeed: bool,
+    /// Generations cancelled mid-flight by a newer decision.
+    cancelled: Vec<Generation>,
 }
 
 impl Harness {
@@ -50,6 +52,7 @@ impl Harness {
             answers: Vec::new(),
             applied: Vec::new(),
             auto_succeed: true,
+            cancelled: Vec::new(),
         }
     }
 
@@ -64,6 +67,11 @@ impl Harness {
                     assert!(self.running.is_none(), "one runbook at a time");
                     self.started.push(order.clone());
                     self.running = Some(order);
+                }
+                Command::CancelRunbook { generation } => {
+                    let running = self.running.take().expect("only a running runbook is cancelled");
+                    assert_eq!(running.generation, generation);
+                    self.cancelled.push(generation);
                 }
                 Command::Alert { message, .. } => self.alerts.push(message),
                 Command::Answer { accepted, reason } => self.answers.push((accepted, reason)),
@@ -424,6 +432,47 @@ fn a_retried_or_rolled_forward_failback_says_it_continues_a_failback() {
     assert_eq!(order.move_kind(), TransitionKind::Failback);
 }
 
+/// A failback whose target goes down again mid-runbook is superseded: the failover runs at
+/// once (a higher generation), not after the failback's slow steps, and the failback's late
+/// outcome changes nothing.
+#[test]
+fn a_failover_supersedes_a_failback_still_running_toward_the_region_that_went_down() {
+    let mut h = Harness::started_up(two_regions());
+    h.verdict(PRIMARY, Verdict::Down);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    h.advance(5_000);
+    h.verdict(PRIMARY, Verdict::Up);
+    h.auto_succeed = false;
+    for _ in 0..200 {
+        h.lag(PRIMARY, 10);
+        h.advance(1_000);
+        if h.running.is_some() {
+            break;
+        }
+    }
+    let failback = h.running.clone().expect("the failback runs");
+    assert_eq!(failback.kind, TransitionKind::Failback);
+    assert_eq!(failback.to.active, r(PRIMARY));
+    // The primary fails again while the failback's steps run.
+    h.verdict(PRIMARY, Verdict::Down);
+    assert_eq!(h.cancelled, vec![failback.generation], "the failback is cancelled");
+    let failover = h
+        .running
+        .clone()
+        .unwrap_or_else(|| panic!("the failover runs at once: {}", h.reasons()));
+    assert!(failover.generation > failback.generation);
+    assert_eq!(failover.to.active, r(SECONDARY));
+    assert_eq!(failover.kind, TransitionKind::Failover, "a new move, not a retry");
+    // The failback's outcome, arriving late, is stale.
+    h.feed(Event::RunbookFinished {
+        generation: failback.generation,
+        outcome: RunbookOutcome::Succeeded,
+    });
+    assert_eq!(h.running.as_ref().map(|o| o.generation), Some(failover.generation));
+    h.finish(RunbookOutcome::Succeeded);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+}
+
 #[test]
 fn stale_runbook_reports_are_ignored() {
     let mut h = Harness::started_up(two_regions());
@@ -779,4 +828,24 @@ fn restart_in_the_middle_of_a_failover_keeps_the_stability_window_without_a_rest
     assert_eq!(h.active(), Some(r(SECONDARY)));
     h.advance(2_000);
     assert_eq!(h.active(), Some(r(PRIMARY)), "after the stability window, failback");
+}
+
+/// The same for an operator's failback: the region failing again supersedes it.
+#[test]
+fn a_failover_supersedes_a_manual_failback_whose_target_goes_down() {
+    let mut config = two_regions();
+    config.min_hold_ms = 0;
+    let mut h = Harness::started_up(config);
+    h.verdict(PRIMARY, Verdict::Down);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    h.verdict(PRIMARY, Verdict::Up);
+    h.auto_succeed = false;
+    let (ok, why) = h.manual(Manual::Failback);
+    assert!(ok, "{why}");
+    assert!(h.running.is_some(), "{}", h.reasons());
+    let failback = h.running.clone().expect("the failback runs");
+    h.verdict(PRIMARY, Verdict::Down);
+    assert_eq!(h.cancelled, vec![failback.generation], "{}", h.reasons());
+    let failover = h.running.clone().expect("the failover runs at once");
+    assert_eq!(failover.to.active, r(SECONDARY));
 }

@@ -799,17 +799,23 @@ fn simulation_engine_under_leadership_changes_applies_every_decision_once_per_ge
             let Some(engine) = engine.as_mut() else {
                 continue;
             };
+            let mut commands = Vec::new();
             for (index, region) in ["us", "eu"].iter().enumerate() {
-                engine.step(
+                commands.extend(engine.step(
                     now,
                     Event::Verdict {
                         region: RegionId::new(*region),
                         verdict: if up[index] { Verdict::Up } else { Verdict::Down },
                         reason: String::new(),
                     },
-                );
+                ));
             }
-            for command in engine.step(now, Event::Tick) {
+            commands.extend(engine.step(now, Event::Tick));
+            for command in commands {
+                if let Command::CancelRunbook { generation } = &command {
+                    // Superseded by a newer decision: the runtime aborts it between steps.
+                    runs.retain(|run| run.order.generation != *generation);
+                }
                 if let Command::RunRunbook(order) = command {
                     assert!(order.generation > state.generation, "seed {seed}: generation reused");
                     runs.push(Run {

@@ -298,6 +298,11 @@ impl World {
             {
                 self.failbacks.push(self.now);
             }
+            if let Command::CancelRunbook { generation } = &command {
+                // Superseded by a newer decision: dropped before it applied anything here.
+                let running = self.running.take().expect("only a running runbook is cancelled");
+                assert_eq!(running.0.generation, *generation);
+            }
             if let Command::RunRunbook(order) = command {
                 assert!(
                     order.generation > self.last_generation,
