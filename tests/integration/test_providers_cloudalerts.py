@@ -293,6 +293,154 @@ def test_failing_runbooks_raise_step_failed_then_stuck_and_a_channel_gets_only_i
         logs=[log])
 
 
+def test_an_incident_left_open_at_a_restart_is_resolved_with_its_dedup_key_once_the_condition_ended(setup):
+    tmp, us, eu, receivers, start = setup
+    runbook = '[[runbook]]\nname = "pointer"\nkind = "pointer"\n'
+    config = controller_config(tmp, us, eu, receivers, None, runbook)
+    controller, _, log = start(config)
+
+    def hook(event, action):
+        return [b for b in receivers.bodies("/hook") if b["event"] == event and b["action"] == action]
+
+    def paged(action):
+        return [b for b in receivers.bodies("/pagerduty/v2/enqueue")
+                if b["event_action"] == action and b["dedup_key"].endswith("/all_down")]
+
+    wait_until("the decision resolved", lambda: hook("decision", "resolve"), logs=[log])
+    us.stop()
+    eu.stop()
+    trigger = wait_until("the all_down trigger", lambda: hook("all_down", "trigger"), logs=[log])[0]
+    wait_until("the all_down page", lambda: paged("trigger"), logs=[log])
+    # The dedup key names the condition and the controller, not when or by which member.
+    assert trigger["incident"] == "controller/all_down", trigger
+    controller.send_signal(signal.SIGTERM)
+    assert controller.wait(timeout=20) == 0, Path(log).read_text()[-3000:]
+    assert not hook("all_down", "resolve")
+
+    # The regions came back while the controller was down: the restarted controller finds the
+    # incident open in its audit log and resolves it.
+    back = [App(us.port), App(eu.port)]
+    try:
+        start(config)
+        resolve = wait_until("the all_down resolve after the restart", lambda: hook("all_down", "resolve"),
+                             logs=[log])[0]
+        assert resolve["incident"] == trigger["incident"], (trigger, resolve)
+        page = wait_until("PagerDuty's resolve", lambda: paged("resolve"), logs=[log])[0]
+        assert page == {"routing_key": ROUTING_KEY, "event_action": "resolve",
+                        "dedup_key": paged("trigger")[0]["dedup_key"]}, page
+        records = [json.loads(line) for line in (tmp / "audit.jsonl").read_text().splitlines()]
+        alert = next(r for r in records if r["kind"] == "alert" and r["key"] == "all_down")
+        assert alert["incident"] == "controller/all_down", alert
+        assert records[-1]["kind"] != "alert" and any(
+            r["kind"] == "resolved" and r["key"] == "all_down" for r in records), records[-5:]
+    finally:
+        for app in back:
+            app.stop()
+
+
+def test_a_retried_runbook_pages_once_per_condition_not_at_every_retry(setup):
+    tmp, us, eu, receivers, start = setup
+    runbook = '[[runbook]]\nname = "broken"\nkind = "command"\nprogram = "false"\nretries = 0\n'
+    _, _, log = start(controller_config(tmp, us, eu, receivers, None, runbook))
+
+    def finished():
+        audit = tmp / "audit.jsonl"
+        lines = audit.read_text().splitlines() if audit.exists() else []
+        return sum(1 for line in lines if '"type":"runbook_finished"' in line)
+
+    # 100 ms doubling: seven failed runbooks in about six seconds.
+    wait_until("seven failed runbooks", lambda: finished() >= 7, logs=[log])
+    triggers = [b["event"] for b in receivers.bodies("/hook") if b["action"] == "trigger"]
+    assert triggers.count("decision") == 1, triggers
+    assert triggers.count("step_failed") == 1, triggers
+    assert triggers.count("stuck") == 1, triggers
+    pages = [b["payload"]["class"] for b in receivers.bodies("/pagerduty/v2/enqueue") if b["event_action"] == "trigger"]
+    assert len(pages) <= 3, pages
+
+
+class RefusingMailServer:
+    """A plain SMTP server (no TLS) that refuses RCPT TO for addresses starting with `gone`
+    (550 5.1.1, as for an unknown mailbox) and keeps the dialogue and the messages."""
+
+    def __init__(self):
+        import socket
+        self.lines, self.messages = [], []
+        self.socket = socket.socket()
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen()
+        self.port = self.socket.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.session, args=(connection,), daemon=True).start()
+
+    def session(self, connection):
+        reader = connection.makefile("rb")
+        connection.sendall(b"220 refusing ESMTP\r\n")
+        while True:
+            line = reader.readline()
+            if not line:
+                break
+            self.lines.append(line.decode(errors="replace").strip())
+            command = line.upper()
+            if command.startswith(b"EHLO"):
+                connection.sendall(b"250-refusing\r\n250 SIZE 1000000\r\n")
+            elif command.startswith(b"RCPT TO:<GONE"):
+                connection.sendall(b"550 5.1.1 <gone@shop.example>: user unknown\r\n")
+            elif command.startswith(b"DATA"):
+                connection.sendall(b"354 go ahead\r\n")
+                data = b""
+                while not data.endswith(b"\r\n.\r\n"):
+                    more = reader.readline()
+                    if not more:
+                        return
+                    data += more
+                self.messages.append(data.decode(errors="replace"))
+                connection.sendall(b"250 queued\r\n")
+            elif command.startswith(b"QUIT"):
+                connection.sendall(b"221 bye\r\n")
+                break
+            else:
+                connection.sendall(b"250 OK\r\n")
+        connection.close()
+
+    def stop(self):
+        self.socket.close()
+
+
+def test_one_refused_mail_recipient_does_not_keep_the_alert_from_the_others(setup):
+    tmp, us, eu, receivers, start = setup
+    server = RefusingMailServer()
+    try:
+        runbook = '[[runbook]]\nname = "pointer"\nkind = "pointer"\n'
+        email = f"""
+[[alerts]]
+kind = "email"
+smtp_server = "127.0.0.1:{server.port}"
+tls = "none"
+from = "switchyard@shop.example"
+to = ["oncall@shop.example", "gone@shop.example"]
+per_minute_max = 600
+"""
+        _, _, log = start(controller_config(tmp, us, eu, receivers, None, runbook, extra=email))
+        messages = wait_until("the decision mail", lambda: server.messages, logs=[log])
+        assert "Subject: [switchyard] decision:" in messages[0], messages[0]
+        assert "Content-Transfer-Encoding: quoted-printable" in messages[0], messages[0]
+        lines = server.lines
+        assert "RCPT TO:<oncall@shop.example>" in lines and "RCPT TO:<gone@shop.example>" in lines, lines
+        assert "QUIT" in lines, lines
+        wait_until("the refused recipient in the log",
+                   lambda: "gone@shop.example: 550 5.1.1" in Path(log).read_text(), logs=[log])
+    finally:
+        server.stop()
+
+
 class FakeDigitalOcean(Served):
     """DigitalOcean's API v2 for domain records, in the documented shapes: Bearer token (401
     `{"id": "unauthorized"}` otherwise), `GET /v2/domains/{domain}/records?name=FULL&type=T`

@@ -4,10 +4,11 @@
 //! reason and generation. The log is also the controller's memory across restarts: `restore`
 //! reads it back to find the highest generation ever used, the last placement a runbook
 //! applied, and a runbook that started but never finished (rolled forward with a new
-//! generation). Each file starts with a checkpoint of that state, so rotation loses nothing
-//! the restore needs.
+//! generation), and the alert incidents still open (`alert` records without a `resolved`
+//! after them: resolved at the next start once their condition no longer holds). Each file
+//! starts with a checkpoint of that state, so rotation loses nothing the restore needs.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -56,6 +57,20 @@ pub struct Checkpoint {
     /// `failovers_per_hour_max`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transitions_at_ms: Vec<u64>,
+    /// The alert incidents raised and not resolved, by alert key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub open_alerts: BTreeMap<String, OpenAlert>,
+}
+
+/// An alert incident still open, as the audit log recorded its last raise.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenAlert {
+    /// Its dedup key (absent in records written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+    pub generation: Generation,
+    pub at_ms: u64,
+    pub message: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +96,9 @@ pub enum Entry {
     Alert {
         key: String,
         message: String,
+        /// The incident's dedup key, the same in every channel (PagerDuty's `dedup_key`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incident: Option<String>,
     },
     Resolved {
         key: String,
@@ -303,6 +321,22 @@ fn apply(state: &mut Checkpoint, record: &AuditRecord) {
             },
             _ => {}
         },
+        Entry::Alert { key, message, incident } => {
+            let open = state.open_alerts.entry(key.clone()).or_insert_with(|| OpenAlert {
+                incident: incident.clone(),
+                generation: record.generation,
+                at_ms: record.at_ms,
+                message: String::new(),
+            });
+            // An update keeps the incident it updates.
+            if open.incident.is_none() {
+                open.incident.clone_from(incident);
+            }
+            open.message.clone_from(message);
+        }
+        Entry::Resolved { key } => {
+            state.open_alerts.remove(key);
+        }
         _ => {}
     }
 }
@@ -535,5 +569,55 @@ mod tests {
         let log = AuditLog::open(&path, 4096, 2).expect("reopen");
         assert_eq!(log.checkpoint().last_transition_at_ms, Some(2_000 + hour));
         assert_eq!(log.checkpoint().transitions_at_ms, vec![1_000 + hour]);
+    }
+
+    #[test]
+    fn open_alert_incidents_survive_a_restart_and_rotation_until_resolved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let alert = |key: &str, message: &str, incident: Option<&str>| Entry::Alert {
+            key: key.into(),
+            message: message.into(),
+            incident: incident.map(str::to_string),
+        };
+        {
+            let mut log = AuditLog::open(&path, 4096, 2).expect("open");
+            log.append(
+                1_000,
+                Generation(1),
+                alert("all_down", "every region is down", Some("shop/all_down")),
+            )
+            .expect("append");
+            log.append(
+                1_500,
+                Generation(1),
+                alert("runbook", "step failed", Some("shop/runbook")),
+            )
+            .expect("append");
+            // A record from before dedup keys were recorded.
+            log.append(1_600, Generation(1), alert("fenced", "stale", None))
+                .expect("append");
+            log.append(
+                2_000,
+                Generation(2),
+                alert("all_down", "still down", Some("shop/all_down")),
+            )
+            .expect("append");
+            log.append(2_500, Generation(2), Entry::Resolved { key: "runbook".into() })
+                .expect("append");
+            for g in 3..60u64 {
+                log.append(3_000, Generation(g), Entry::Engine { note: finished(g, "b") })
+                    .expect("append");
+            }
+        }
+        assert!(rotated(&path, 1).exists(), "the log rotated");
+        let log = AuditLog::open(&path, 4096, 2).expect("reopen");
+        let open = &log.checkpoint().open_alerts;
+        assert_eq!(open.keys().collect::<Vec<_>>(), vec!["all_down", "fenced"]);
+        let down = &open["all_down"];
+        assert_eq!(down.incident.as_deref(), Some("shop/all_down"));
+        assert_eq!((down.generation, down.at_ms), (Generation(1), 1_000), "opened then");
+        assert_eq!(down.message, "still down");
+        assert_eq!(open["fenced"].incident, None);
     }
 }

@@ -448,6 +448,8 @@ pub struct Engine {
     started_ms: Option<u64>,
     reasons: Vec<String>,
     alerts: BTreeMap<String, String>,
+    /// Per open alert, what its last page was about (see `alert_marked`).
+    paged: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -553,6 +555,7 @@ impl Engine {
             started_ms: None,
             reasons: Vec::new(),
             alerts: BTreeMap::new(),
+            paged: BTreeMap::new(),
         })
     }
 
@@ -642,6 +645,19 @@ impl Engine {
         }
     }
 
+    /// Whether the alert condition `key` is open in the engine.
+    pub fn alert_open(&self, key: &str) -> bool {
+        self.alerts.contains_key(key)
+    }
+
+    /// Takes over an alert condition a previous run left open (restored from the audit log)
+    /// without paging again: the engine resolves it as its own when the condition ends.
+    pub fn adopt_alert(&mut self, key: &str, message: &str) {
+        self.alerts
+            .entry(key.to_string())
+            .or_insert_with(|| message.to_string());
+    }
+
     pub fn region_state(&self, region: &RegionId) -> Option<RegionState> {
         self.tracks.get(region).map(|t| t.state)
     }
@@ -727,12 +743,14 @@ impl Engine {
                     .saturating_mul(1 << shift)
                     .min(RUNBOOK_RETRY_MS_MAX);
                 self.next_attempt_ms = now_ms.saturating_add(wait);
-                self.alert(
+                // Each retry updates the status; only another step or kind of error pages.
+                self.alert_marked(
                     "runbook",
                     format!(
                         "runbook generation {generation} to {} failed at step '{step}': {error}; retrying with a new generation in {wait} ms",
                         order.to.active
                     ),
+                    failure_class(&step, &error),
                     out,
                 );
             }
@@ -776,6 +794,7 @@ impl Engine {
                 self.paused = false;
                 let was_fenced = std::mem::replace(&mut self.fenced, false);
                 self.next_attempt_ms = now_ms;
+                self.resolve("fenced", out);
                 Ok(if was_fenced {
                     "automation resumed; the fence was cleared and the next runbook takes a new generation".into()
                 } else {
@@ -786,6 +805,7 @@ impl Engine {
                 self.transitions.clear();
                 let keys: Vec<String> = self.alerts.keys().cloned().collect();
                 self.alerts.clear();
+                self.paged.clear();
                 Ok(format!(
                     "acknowledged: failover rate limit reset, {} alert(s) cleared",
                     keys.len()
@@ -1410,13 +1430,23 @@ impl Engine {
     }
 
     fn alert(&mut self, key: &str, message: String, out: &mut Vec<Command>) {
-        if self.alerts.get(key) == Some(&message) {
-            return;
-        }
+        // A fence is rare and each one matters: every changed message pages.
+        let mark = if key == "fenced" {
+            message.clone()
+        } else {
+            String::new()
+        };
+        self.alert_marked(key, message, mark, out);
+    }
+
+    /// Only a new condition pages, or one whose `mark` (what it is about: for a failed
+    /// runbook, the step and the kind of error) changed; a changed message alone (a retry's
+    /// generation, a countdown) just updates status.
+    fn alert_marked(&mut self, key: &str, message: String, mark: String, out: &mut Vec<Command>) {
         let is_new = !self.alerts.contains_key(key);
         self.alerts.insert(key.to_string(), message.clone());
-        // Only a new condition pages; a changed message (e.g. a countdown) just updates status.
-        if is_new || key == "runbook" || key == "fenced" {
+        if is_new || self.paged.get(key) != Some(&mark) {
+            self.paged.insert(key.to_string(), mark);
             out.push(Command::Alert {
                 key: key.to_string(),
                 message,
@@ -1425,10 +1455,26 @@ impl Engine {
     }
 
     fn resolve(&mut self, key: &str, out: &mut Vec<Command>) {
+        self.paged.remove(key);
         if self.alerts.remove(key).is_some() {
             out.push(Command::Resolved { key: key.to_string() });
         }
     }
+}
+
+/// Longest part of an error that tells failures apart in [`failure_class`], in characters.
+pub const FAILURE_CLASS_CHARS_MAX: usize = 120;
+
+/// What a runbook failure is about, to tell a new failure from a retry of the same: the step
+/// and the start of its error with digits blurred (an attempt count, a generation, a port
+/// or an exit status do not make another failure).
+pub fn failure_class(step: &str, error: &str) -> String {
+    let blurred: String = error
+        .chars()
+        .take(FAILURE_CLASS_CHARS_MAX)
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .collect();
+    format!("{step}: {blurred}")
 }
 
 fn join(regions: &[RegionId]) -> String {

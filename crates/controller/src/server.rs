@@ -36,8 +36,8 @@ use crate::auth::{Access, Caller, Denied, Role};
 use crate::client::HttpClient;
 use crate::config::Config;
 use crate::engine::{
-    Command, Engine, Event, Generation, Manual, Note, RegionId, RegionState, Restored, RunbookOrder, RunbookOutcome,
-    Verdict,
+    Command, Engine, Event, Generation, Manual, Note, Placement, RegionId, RegionState, Restored, RunbookOrder,
+    RunbookOutcome, Verdict,
 };
 use crate::ha::{Member, Term};
 use crate::pointer::{Pointer, PointerValue};
@@ -293,6 +293,15 @@ struct Core {
     verdicts: BTreeMap<String, (health::RegionState, String)>,
     /// Runbooks failed in a row (for the `stuck` alert).
     runbooks_failed_in_row: u32,
+    /// What the open `stuck` incident last paged about (`engine::failure_class`).
+    stuck_paged: Option<String>,
+    /// Where the open `decision` incident goes: a retry to the same placement is no new decision.
+    decision_to: Option<Placement>,
+    /// Alert incidents restored from the audit log (key and last message), checked once the
+    /// engine has evaluated (`reconcile_restored_alerts`), not before `reconcile_after_ms`
+    /// unless every region has a verdict.
+    restored_alerts: BTreeMap<String, String>,
+    reconcile_after_ms: u64,
     /// Per runbook step, its last attempt since this controller started: what each provider
     /// was last told and what it answered, for `status` and the dashboard.
     last_steps: BTreeMap<String, LastStep>,
@@ -417,18 +426,23 @@ impl Shared {
                         continue;
                     }
                     tracing::info!(generation = %order.generation, kind = ?order.kind, to = %order.to.active, reason = %order.reason, "runbook started");
-                    self.alerts.raise(
-                        "decision",
-                        &format!(
-                            "{} to {} (generation {}): {}",
-                            format!("{:?}", order.kind).to_lowercase(),
-                            order.to.active,
+                    // A decision pages once; its runbook's retries (a new generation to the
+                    // same placement) are no new decision.
+                    if !self.alerts.is_open("decision") || core.decision_to.as_ref() != Some(&order.to) {
+                        core.decision_to = Some(order.to.clone());
+                        self.raise_alert(
+                            core,
+                            "decision",
+                            &format!(
+                                "{} to {} (generation {}): {}",
+                                format!("{:?}", order.kind).to_lowercase(),
+                                order.to.active,
+                                order.generation,
+                                order.reason
+                            ),
                             order.generation,
-                            order.reason
-                        ),
-                        order.generation.0,
-                        wall_ms(),
-                    );
+                        );
+                    }
                     let (last, transitions) = core.engine.hold_timers();
                     let timers = crate::ha::HoldTimers::from_engine(last, &transitions, self.now_ms(), wall_ms());
                     let previous = core.runbook.take().map(|(_, task)| task);
@@ -454,17 +468,7 @@ impl Shared {
                 Command::Alert { key, message } => {
                     tracing::warn!(%key, %message, "alert");
                     let generation = core.engine.generation();
-                    if let Err(error) = core.audit.append(
-                        wall_ms(),
-                        generation,
-                        Entry::Alert {
-                            key: key.clone(),
-                            message: message.clone(),
-                        },
-                    ) {
-                        tracing::error!(%error, "cannot write the audit log");
-                    }
-                    self.alerts.raise(&key, &message, generation.0, wall_ms());
+                    self.raise_alert(core, &key, &message, generation);
                 }
                 Command::Resolved { key } => {
                     let generation = core.engine.generation();
@@ -478,6 +482,121 @@ impl Shared {
             }
         }
         answer
+    }
+
+    /// Raises (or updates) the alert `key` on the channels and records it in the audit log with
+    /// its dedup key: a restart (or this member's next term) knows the incident is open.
+    fn raise_alert(&self, core: &mut Core, key: &str, message: &str, generation: Generation) {
+        let incident = self.alerts.raise(key, message, generation.0, wall_ms());
+        let entry = Entry::Alert {
+            key: key.to_string(),
+            message: message.to_string(),
+            incident: Some(incident),
+        };
+        if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
+            tracing::error!(%error, "cannot write the audit log");
+        }
+    }
+
+    /// Resolves the alert `key` when its incident is open, and records that.
+    fn resolve_alert(&self, core: &mut Core, key: &str, message: &str, generation: Generation) {
+        if self.alerts.resolve(key, message, generation.0, wall_ms()).is_none() {
+            return;
+        }
+        if key == "stuck" {
+            core.stuck_paged = None;
+        }
+        let entry = Entry::Resolved { key: key.to_string() };
+        if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
+            tracing::error!(%error, "cannot write the audit log");
+        }
+    }
+
+    /// Marks the incidents the audit log holds open (raised, never resolved: the controller
+    /// stopped, or this member lost the lead, before their condition ended) as open again,
+    /// with their dedup keys, for `reconcile_restored_alerts` to check.
+    fn restore_alerts(&self, core: &mut Core, now: u64) {
+        let open = core.audit.checkpoint().open_alerts.clone();
+        for (key, alert) in open {
+            // Records from before dedup keys were recorded: the key this controller made then.
+            let incident = alert.incident.unwrap_or_else(|| {
+                format!(
+                    "{}/{key}/g{}-{}",
+                    self.config.file.controller.vantage, alert.generation, alert.at_ms
+                )
+            });
+            tracing::info!(%key, %incident, "alert incident still open in the audit log: restored");
+            self.alerts.restore(&key, &incident);
+            core.restored_alerts.insert(key, alert.message);
+        }
+        core.reconcile_after_ms = now.saturating_add(self.config.engine.startup_grace_ms);
+    }
+
+    /// Once the engine has evaluated after a start or takeover (every region has a verdict,
+    /// or `startup_grace_ms` passed): resolves the restored incidents whose condition no
+    /// longer holds. Those that hold stay open under their dedup key: the engine's own raise
+    /// updates them, and its resolve (or a runbook's success) closes them.
+    fn reconcile_restored_alerts(&self, core: &mut Core, now: u64) {
+        if core.restored_alerts.is_empty() {
+            return;
+        }
+        let status = core.engine.status(now);
+        let all_seen = status.regions.iter().all(|r| r.verdict != Verdict::Unknown);
+        if !all_seen && now < core.reconcile_after_ms {
+            return;
+        }
+        let work_pending = status.in_flight.is_some() || status.intent != status.observed;
+        for (key, message) in std::mem::take(&mut core.restored_alerts) {
+            if !self.alerts.is_open(&key) {
+                continue;
+            }
+            let holds = match key.as_str() {
+                _ if core.engine.alert_open(&key) => true,
+                // A failed runbook still being retried: the engine resolves it at a success.
+                "runbook" if work_pending => {
+                    core.engine.adopt_alert("runbook", &message);
+                    true
+                }
+                // Resolved by the pending runbook's success.
+                "decision" | "stuck" => work_pending,
+                "ha_leadership" => self
+                    .ha
+                    .as_ref()
+                    .is_some_and(|ha| ha.acting().is_none() && ha.leader().is_none()),
+                _ => false,
+            };
+            if !holds {
+                self.resolve_alert(
+                    core,
+                    &key,
+                    "the condition no longer holds (checked when the controller started or took the lead)",
+                    status.generation,
+                );
+            }
+        }
+    }
+
+    /// `ha_leadership` (this member stepped down) ends when leadership is settled: this member
+    /// leads again, or another member leads.
+    fn resolve_settled_leadership(&self, core: &mut Core) {
+        let Some(ha) = &self.ha else { return };
+        if !self.alerts.is_open("ha_leadership") {
+            return;
+        }
+        let leader = if ha.acting().is_some() {
+            Some(ha.name().to_string())
+        } else {
+            ha.leader().map(|l| l.member).filter(|member| member != ha.name())
+        };
+        if let Some(leader) = leader {
+            let generation = core.engine.generation();
+            self.resolve_alert(
+                core,
+                "ha_leadership",
+                &format!("leadership settled: controller member {leader} leads"),
+                generation,
+            );
+        }
     }
 
     fn update_gauges(&self, core: &Core) {
@@ -697,12 +816,15 @@ impl Shared {
                 outcome = &mut run => outcome,
                 () = tokio::time::sleep(Duration::from_millis(budget_ms)) => {
                     overran = true;
-                    shared.alerts.raise(
-                        "stuck",
-                        &format!("the runbook of generation {generation} is still running after {budget_ms} ms, longer than its steps' timeouts and retries allow"),
-                        generation.0,
-                        wall_ms(),
-                    );
+                    {
+                        let mut core = shared.lock();
+                        shared.raise_alert(
+                            &mut core,
+                            "stuck",
+                            &format!("the runbook of generation {generation} is still running after {budget_ms} ms, longer than its steps' timeouts and retries allow"),
+                            generation,
+                        );
+                    }
                     run.await
                 }
             };
@@ -730,38 +852,43 @@ impl Shared {
         })
     }
 
-    /// `decision` ends when its runbook succeeded; `stuck` is raised after
-    /// [`STUCK_FAILED_RUNBOOKS`] failed runbooks in a row and ends at the next success.
+    /// `decision` ends when its runbook succeeded, or was fenced (the `fenced` alert takes
+    /// over); `stuck` is raised after [`STUCK_FAILED_RUNBOOKS`] failed runbooks in a row, pages
+    /// again only when the failing step or its kind of error changes (not at every retry), and
+    /// ends at the next success.
     fn alert_on_outcome(&self, core: &mut Core, generation: Generation, outcome: &RunbookOutcome, overran: bool) {
-        let now = wall_ms();
         match outcome {
             RunbookOutcome::Succeeded => {
                 core.runbooks_failed_in_row = 0;
                 let done = format!("generation {generation} applied: every step succeeded");
-                self.alerts.resolve("decision", &done, generation.0, now);
-                self.alerts.resolve("stuck", &done, generation.0, now);
+                self.resolve_alert(core, "decision", &done, generation);
+                self.resolve_alert(core, "stuck", &done, generation);
             }
             RunbookOutcome::Failed { step, error } => {
                 core.runbooks_failed_in_row = core.runbooks_failed_in_row.saturating_add(1);
+                let class = crate::engine::failure_class(step, error);
                 if core.runbooks_failed_in_row >= STUCK_FAILED_RUNBOOKS {
-                    self.alerts.raise(
-                        "stuck",
-                        &format!(
+                    if core.stuck_paged.as_ref() != Some(&class) || !self.alerts.is_open("stuck") {
+                        let message = format!(
                             "automation is stuck: {} runbooks in a row failed, the last (generation {generation}) at step '{step}': {error}",
                             core.runbooks_failed_in_row
-                        ),
-                        generation.0,
-                        now,
-                    );
+                        );
+                        self.raise_alert(core, "stuck", &message, generation);
+                        core.stuck_paged = Some(class);
+                    }
                 } else if overran {
-                    self.alerts
-                        .resolve("stuck", "the overrunning runbook ended", generation.0, now);
+                    self.resolve_alert(core, "stuck", "the overrunning runbook ended", generation);
                 }
             }
-            RunbookOutcome::Fenced { .. } => {
+            RunbookOutcome::Fenced { step, .. } => {
+                self.resolve_alert(
+                    core,
+                    "decision",
+                    &format!("generation {generation} was refused as stale at step '{step}': this controller stopped actuating (see the fenced alert)"),
+                    generation,
+                );
                 if overran {
-                    self.alerts
-                        .resolve("stuck", "the overrunning runbook ended", generation.0, now);
+                    self.resolve_alert(core, "stuck", "the overrunning runbook ended", generation);
                 }
             }
         }
@@ -785,6 +912,8 @@ impl Shared {
                 Ok(engine) => core.engine = engine,
                 Err(error) => tracing::error!(%error, "cannot restore the engine from etcd"),
             }
+            // Incidents this member opened in an earlier term and never resolved.
+            self.restore_alerts(core, now);
         }
     }
 
@@ -845,7 +974,9 @@ impl Shared {
         }
         if acting {
             self.feed(&mut core, Event::Tick);
+            self.reconcile_restored_alerts(&mut core, now);
         }
+        self.resolve_settled_leadership(&mut core);
         if let Some(state) = self.ha.as_ref().and_then(|ha| ha.seen()) {
             // Every member serves the pointer as etcd records it (a follower has no runbook
             // to move it; a new leader starts from it).
@@ -884,15 +1015,12 @@ impl Shared {
         ) {
             tracing::error!(%error, "cannot write the audit log");
         }
-        drop(core);
         if event == "stepped_down" {
-            self.alerts.raise(
-                "ha_leadership",
-                &format!("controller member {} stopped acting: {detail}", self.member_name()),
-                generation.0,
-                wall_ms(),
-            );
+            // Open until leadership is settled again (`resolve_settled_leadership`).
+            let message = format!("controller member {} stopped acting: {detail}", self.member_name());
+            self.raise_alert(&mut core, "ha_leadership", &message, generation);
         }
+        drop(core);
     }
 
     /// The engine's status; on a member that does not act, the placement, generation and
@@ -1141,7 +1269,17 @@ pub async fn run(
             (vantage.clone(), plan)
         })
         .collect();
-    let alerts = providers::alerts::Alerts::start(config.alert_channels.clone(), &config.file.controller.vantage);
+    // Dedup keys name the group of controllers (an HA group's etcd prefix, else this
+    // controller), not the member: any member raising or resolving a condition means one incident.
+    let alert_group = config.file.controller.ha.as_ref().map_or_else(
+        || config.file.controller.vantage.clone(),
+        |ha| ha.prefix.trim_matches('/').to_string(),
+    );
+    let alerts = providers::alerts::Alerts::start(
+        config.alert_channels.clone(),
+        &config.file.controller.vantage,
+        &alert_group,
+    );
     let tick_ms = config.file.controller.tick_ms;
     #[cfg(feature = "etcd")]
     let ha = config.file.controller.ha.clone().map(|section| {
@@ -1161,6 +1299,10 @@ pub async fn run(
             audit,
             verdicts: BTreeMap::new(),
             runbooks_failed_in_row: 0,
+            stuck_paged: None,
+            decision_to: None,
+            restored_alerts: BTreeMap::new(),
+            reconcile_after_ms: 0,
             last_steps: BTreeMap::new(),
             media: BTreeMap::new(),
             runbook: None,
@@ -1179,6 +1321,10 @@ pub async fn run(
         generation_floor: Generation(options.generation_floor),
         control_token: options.token.clone().filter(|t| !t.is_empty()),
     });
+    {
+        let mut core = shared.lock();
+        shared.restore_alerts(&mut core, shared.now_ms());
+    }
 
     let mut tasks = Vec::new();
     if let Some(ha) = shared.ha.clone() {

@@ -73,25 +73,31 @@ pub enum RestError {
 /// Checks a base URL: `https://host[:port][/path]`, or `http://` to a loopback address (a test's
 /// fake). Returns it without a trailing `/`.
 pub fn check_base_url(url: &str) -> Result<String, String> {
+    check_base_url_shown(url, url)
+}
+
+/// [`check_base_url`], naming the URL `shown` in its errors (a secret URL, such as a Slack
+/// webhook's, as `common::text::shown_url` shows it).
+pub fn check_base_url_shown(url: &str, shown: &str) -> Result<String, String> {
     let uri: hyper::Uri = url
         .parse()
-        .map_err(|e| format!("'{url}' is not a URL ({e}); write it like https://api.example.com/v1"))?;
+        .map_err(|e| format!("'{shown}' is not a URL ({e}); write it like https://api.example.com/v1"))?;
     let host = uri
         .host()
-        .ok_or_else(|| format!("'{url}' names no host; write it like https://api.example.com/v1"))?;
+        .ok_or_else(|| format!("'{shown}' names no host; write it like https://api.example.com/v1"))?;
     match uri.scheme_str() {
         Some("https") => {}
         Some("http") if is_loopback(host) => {}
         Some("http") => {
             return Err(format!(
-                "'{url}' is plain http to a non-loopback host: the token would cross the network in clear; use https://"
+                "'{shown}' is plain http to a non-loopback host: the token would cross the network in clear; use https://"
             ));
         }
-        _ => return Err(format!("'{url}' must start with https://")),
+        _ => return Err(format!("'{shown}' must start with https://")),
     }
     if uri.query().is_some() {
         return Err(format!(
-            "'{url}' has a query string; give only scheme, host, port and path"
+            "'{shown}' has a query string; give only scheme, host, port and path"
         ));
     }
     Ok(url.trim_end_matches('/').to_string())
@@ -251,10 +257,15 @@ impl Rest {
                         .parse::<hyper::Uri>()
                         .ok()
                         .and_then(|u| u.host().map(str::to_string));
+                    let asked = match answer.retry_after_ms {
+                        Some(_) => "as the answer asks (Retry-After or its rate limit's reset)",
+                        None => "backing off: the answer named no wait",
+                    };
                     tracing::info!(
                         host = host.as_deref().unwrap_or("?"),
                         wait_ms = wait,
-                        "rate limited (429); waiting as Retry-After asks"
+                        retry_after_ms = answer.retry_after_ms,
+                        "rate limited (429); waiting {asked}"
                     );
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                 }
@@ -262,6 +273,18 @@ impl Rest {
             }
             attempt += 1;
         }
+    }
+
+    /// One request, without [`Rest::send`]'s own waits on 429: for callers that retry by
+    /// themselves over longer times (the alert queue honours `Retry-After` for minutes).
+    pub async fn send_once_unretried(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        json: Option<&serde_json::Value>,
+    ) -> Result<Answer, RestError> {
+        let url = self.url(path)?;
+        self.send_once(method, &url, json).await
     }
 
     /// The URL `send` requests: `path` after the base, or an absolute URL as is — but never

@@ -506,6 +506,58 @@ fn fenced_runbook_stops_actuation_until_resumed() {
 }
 
 #[test]
+fn a_retried_runbook_pages_once_and_again_only_when_the_failing_step_or_error_changes() {
+    let mut h = Harness::started_up(two_regions());
+    h.auto_succeed = false;
+    h.verdict(PRIMARY, Verdict::Down);
+    let fail = |h: &mut Harness, step: &str, error: &str| {
+        h.finish(RunbookOutcome::Failed {
+            step: step.into(),
+            error: error.into(),
+        });
+        h.advance(RUNBOOK_RETRY_MS_MAX + 1);
+        assert!(h.running.is_some(), "retried");
+    };
+    let pages = |h: &Harness| h.alerts.iter().filter(|a| a.contains("failed at step")).count();
+    for attempt in 1..=6 {
+        fail(
+            &mut h,
+            "dns",
+            &format!("HTTP 503 from 10.0.0.{attempt} (after {attempt} attempt(s))"),
+        );
+    }
+    assert_eq!(pages(&h), 1, "retries of one failure page once: {:?}", h.alerts);
+    assert!(h.engine.alert_open("runbook"));
+    fail(&mut h, "pointer", "HTTP 503 from 10.0.0.1 (after 1 attempt(s))");
+    assert_eq!(pages(&h), 2, "another step pages");
+    fail(&mut h, "pointer", "connection refused");
+    assert_eq!(pages(&h), 3, "another kind of error pages");
+    h.finish(RunbookOutcome::Succeeded);
+    assert!(!h.engine.alert_open("runbook"), "resolved at success");
+}
+
+#[test]
+fn resume_resolves_the_fenced_alert_and_an_adopted_alert_is_resolved_by_the_engine() {
+    let mut h = Harness::started_up(two_regions());
+    h.auto_succeed = false;
+    h.verdict(PRIMARY, Verdict::Down);
+    h.finish(RunbookOutcome::Fenced {
+        step: "dns".into(),
+        error: "409".into(),
+    });
+    assert!(h.engine.alert_open("fenced"));
+    let (accepted, _) = h.manual(Manual::Resume);
+    assert!(accepted);
+    assert!(!h.engine.alert_open("fenced"), "resumed: the fence is over");
+    // An incident restored from the audit log: the engine owns it without paging again.
+    let before = h.alerts.len();
+    h.engine.adopt_alert("all_down", "every region is down");
+    h.verdict(SECONDARY, Verdict::Up);
+    assert_eq!(h.alerts.len(), before);
+    assert!(!h.engine.alert_open("all_down"), "a region is up: resolved");
+}
+
+#[test]
 fn pause_stops_automation_but_manual_commands_work() {
     let mut h = Harness::started_up(two_regions());
     assert!(h.manual(Manual::Pause).0);

@@ -2,16 +2,23 @@
 //! Slack-compatible incoming webhook, PagerDuty's Events API v2 and SMTP email.
 //!
 //! The controller raises an alert (a condition by key: `decision`, `step_failed`, `fenced`,
-//! `all_down`, `stuck`, `rate_limit`) and resolves it when the condition ends. Each raise opens
-//! an incident with a dedup key (kept until the resolve, so PagerDuty groups a condition's
-//! updates and its resolve into one incident); every channel gets the alert through its own
-//! bounded queue and worker task, so sending never blocks the runbook or the engine, and a
-//! slow channel never holds up another:
-//! - a full queue drops its oldest alert and counts it ([`ChannelStats::dropped`]);
+//! `all_down`, `stuck`, `rate_limit`, `ha_leadership`) and resolves it when the condition
+//! ends. Each raise opens an incident whose dedup key names the condition within the group of
+//! controllers (`{group}/{key}`, [`queue::dedup_key`]), so PagerDuty groups a condition's
+//! updates and its resolve into one incident whichever member (or restart) sends them; the
+//! controller records the incidents in its audit log and [`Alerts::restore`]s the open ones
+//! at start. Every channel gets the alert through its own bounded queue and worker task, so
+//! sending never blocks the runbook or the engine, and a slow channel never holds up another:
+//! - a waiting trigger absorbs a newer update of the same incident, so updates never fill the
+//!   queue; a queue full all the same drops its oldest alert and counts it
+//!   ([`ChannelStats::dropped`]);
 //! - each channel is rate-limited (a token bucket, `per_minute_max`);
-//! - a delivery is tried at most [`DELIVERY_ATTEMPTS_MAX`] times with jittered backoff;
-//!   429 answers wait for `Retry-After` (bounded, [`crate::rest`]); answers that no retry can
-//!   fix (4xx, SMTP 5xx) are not retried; failures are logged with the channel's own text.
+//! - a delivery is retried until it succeeds or [`DELIVERY_GIVE_UP_MS`] passed: a 429's
+//!   `Retry-After` is honoured up to [`RETRY_AFTER_MAX_MS`]; a 429 without it waits from
+//!   [`RATE_LIMITED_BACKOFF_FIRST_MS`] (PagerDuty asks for "a backoff of a few minutes"), other
+//!   transient failures from [`DELIVERY_BACKOFF_FIRST_MS`], doubling up to
+//!   [`DELIVERY_BACKOFF_MAX_MS`], with jitter; answers that no retry can fix (4xx, SMTP 5xx)
+//!   are not retried; failures are logged with the channel's own text.
 
 pub mod queue;
 pub mod smtp;
@@ -34,18 +41,35 @@ use queue::{Incidents, Queue, TokenBucket};
 /// The alert kinds a `[[alerts]]` entry may name.
 pub const KINDS: &[&str] = &["webhook", "slack", "pagerduty", "email"];
 /// The events an entry may subscribe to with `events = [...]` (default: all).
-pub const EVENTS: &[&str] = &["decision", "step_failed", "fenced", "all_down", "stuck", "rate_limit"];
+pub const EVENTS: &[&str] = &[
+    "decision",
+    "step_failed",
+    "fenced",
+    "all_down",
+    "stuck",
+    "rate_limit",
+    "ha_leadership",
+];
 /// Most `[[alerts]]` entries.
 pub const CHANNELS_MAX: usize = 16;
-/// Alerts waiting per channel at most; beyond, the oldest is dropped.
+/// Alerts waiting per channel at most (updates of a waiting incident merge into it); beyond,
+/// the oldest is dropped.
 pub const QUEUE_ALERTS_MAX: usize = 64;
 /// Default and largest `per_minute_max`.
 pub const PER_MINUTE_DEFAULT: u32 = 10;
 pub const PER_MINUTE_MAX: u32 = 600;
-/// Attempts of one delivery (the first and the retries).
-pub const DELIVERY_ATTEMPTS_MAX: u32 = 3;
-/// First wait between two attempts; doubles, plus up to half of it as jitter.
-pub const DELIVERY_BACKOFF_FIRST_MS: u64 = 1_000;
+/// How long one alert is retried (it stays pending meanwhile) before it counts as failed.
+pub const DELIVERY_GIVE_UP_MS: u64 = 30 * 60_000;
+/// First wait after a transient failure (network, 408, 5xx); doubles, plus up to half of it as
+/// jitter, up to [`DELIVERY_BACKOFF_MAX_MS`].
+pub const DELIVERY_BACKOFF_FIRST_MS: u64 = 2_000;
+/// First wait after a 429 without `Retry-After` (PagerDuty's Events API sends none and asks
+/// for a backoff of a few minutes); doubles like the other backoff.
+pub const RATE_LIMITED_BACKOFF_FIRST_MS: u64 = 60_000;
+/// Longest backoff between two attempts.
+pub const DELIVERY_BACKOFF_MAX_MS: u64 = 5 * 60_000;
+/// Longest `Retry-After` honoured as asked; a longer one is waited for this long, then tried.
+pub const RETRY_AFTER_MAX_MS: u64 = 10 * 60_000;
 /// Default and longest timeout of one delivery.
 pub const DELIVERY_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const DELIVERY_TIMEOUT_MS_MAX: u64 = 60_000;
@@ -254,14 +278,19 @@ impl AlertSection {
         }
     }
 
-    /// The URL from `url` or `url_secret` (exactly one).
-    fn url(&self, what: &str, checker: &mut dyn Checker) -> Option<(String, std::ops::Range<usize>)> {
+    /// The URL from `url` or `url_secret` (exactly one), and how errors may show it: as is
+    /// when written in the config, only `scheme://host/…` when it is a secret.
+    fn url(&self, what: &str, checker: &mut dyn Checker) -> Option<(String, std::ops::Range<usize>, String)> {
         match (&self.url, &self.url_secret) {
-            (Some(url), None) => Some((url.get_ref().clone(), url.span())),
+            (Some(url), None) => Some((url.get_ref().clone(), url.span(), url.get_ref().clone())),
             (None, Some(secret)) => secret
                 .get_ref()
                 .resolve(secret.span(), &format!("{what} url_secret"), checker)
-                .map(|s| (s.expose().to_string(), secret.span())),
+                .map(|s| {
+                    let url = s.expose().to_string();
+                    let shown = common::text::shown_url(&url);
+                    (url, secret.span(), shown)
+                }),
             (Some(url), Some(_)) => {
                 checker.error(
                     url.span(),
@@ -282,7 +311,7 @@ impl AlertSection {
     }
 
     fn check_webhook(&self, what: &str, timeout_ms: u64, checker: &mut dyn Checker) -> Option<Sink> {
-        let (url, span) = self.url(what, checker)?;
+        let (url, span, shown) = self.url(what, checker)?;
         // A generic webhook may be plain http inside a private network (no secret in it).
         let parsed: Option<hyper::Uri> = url.parse().ok();
         let valid = parsed.as_ref().is_some_and(|u| {
@@ -293,7 +322,7 @@ impl AlertSection {
         if !valid {
             checker.error(
                 span,
-                format!("alert url: '{url}' does not start with http:// or https:// and a host (and a port in 1..=65535) ({what})"),
+                format!("alert url: '{shown}' does not start with http:// or https:// and a host (and a port in 1..=65535) ({what})"),
                 "write it like https://hooks.example.com/switchyard".into(),
             );
             return None;
@@ -307,8 +336,8 @@ impl AlertSection {
     }
 
     fn check_slack(&self, what: &str, timeout_ms: u64, checker: &mut dyn Checker) -> Option<Sink> {
-        let (url, span) = self.url(what, checker)?;
-        if let Err(message) = rest::check_base_url(&url) {
+        let (url, span, shown) = self.url(what, checker)?;
+        if let Err(message) = rest::check_base_url_shown(&url, &shown) {
             checker.error(
                 span.clone(),
                 format!("{what}: {message}"),
@@ -555,7 +584,7 @@ pub fn severity_of(event: &str) -> &'static str {
     match event {
         "fenced" | "all_down" | "stuck" => "critical",
         "step_failed" => "error",
-        "rate_limit" => "warning",
+        "rate_limit" | "ha_leadership" => "warning",
         _ => "info",
     }
 }
@@ -608,6 +637,7 @@ struct Lane {
     closed: AtomicBool,
     sent: AtomicU64,
     failed: AtomicU64,
+    retry: RetryPolicy,
 }
 
 /// The running channels. Sending never waits; dropping this stops the workers once their
@@ -616,6 +646,7 @@ pub struct Alerts {
     lanes: Vec<Arc<Lane>>,
     incidents: Mutex<Incidents>,
     source: String,
+    group: String,
 }
 
 impl std::fmt::Debug for Alerts {
@@ -626,8 +657,14 @@ impl std::fmt::Debug for Alerts {
 
 impl Alerts {
     /// Starts one worker task per channel (call inside a tokio runtime). `source` names the
-    /// sender in alerts and dedup keys.
-    pub fn start(channels: Vec<Channel>, source: &str) -> Alerts {
+    /// sender in alerts; `group` the controllers that share incidents (every member of an HA
+    /// group, or one controller across its restarts), in dedup keys.
+    pub fn start(channels: Vec<Channel>, source: &str, group: &str) -> Alerts {
+        Alerts::start_with(channels, source, group, RetryPolicy::default())
+    }
+
+    /// [`Alerts::start`] with other retry times (tests shorten them).
+    pub fn start_with(channels: Vec<Channel>, source: &str, group: &str, retry: RetryPolicy) -> Alerts {
         let lanes: Vec<Arc<Lane>> = channels
             .into_iter()
             .map(|channel| {
@@ -638,6 +675,7 @@ impl Alerts {
                     closed: AtomicBool::new(false),
                     sent: AtomicU64::new(0),
                     failed: AtomicU64::new(0),
+                    retry,
                 })
             })
             .collect();
@@ -648,37 +686,56 @@ impl Alerts {
             lanes,
             incidents: Mutex::new(Incidents::default()),
             source: source.to_string(),
+            group: group.to_string(),
         }
     }
 
-    /// Raises (or updates) the condition `key`.
-    pub fn raise(&self, key: &str, message: &str, generation: u64, at_ms: u64) {
-        let incident = self.incidents().raise(&self.source, key, generation, at_ms);
+    /// Raises (or updates) the condition `key`; returns its incident's dedup key.
+    pub fn raise(&self, key: &str, message: &str, generation: u64, at_ms: u64) -> String {
+        let incident = self.incidents().raise(&self.group, key);
         self.enqueue(Alert {
             key: key.to_string(),
             resolved: false,
             message: message.to_string(),
             generation,
             at_ms,
-            incident,
+            incident: incident.clone(),
             source: self.source.clone(),
         });
+        incident
     }
 
-    /// Ends the condition `key`; nothing is sent when it was not raised.
-    pub fn resolve(&self, key: &str, message: &str, generation: u64, at_ms: u64) {
-        let Some(incident) = self.incidents().resolve(key) else {
-            return;
-        };
+    /// Ends the condition `key`; nothing is sent when it is not open. Returns the incident's
+    /// dedup key, if it was open.
+    pub fn resolve(&self, key: &str, message: &str, generation: u64, at_ms: u64) -> Option<String> {
+        let incident = self.incidents().resolve(key)?;
         self.enqueue(Alert {
             key: key.to_string(),
             resolved: true,
             message: message.to_string(),
             generation,
             at_ms,
-            incident,
+            incident: incident.clone(),
             source: self.source.clone(),
         });
+        Some(incident)
+    }
+
+    /// Marks the condition `key` open under `incident` without sending anything: an incident
+    /// a previous run (or term) opened and did not resolve, read back from the audit log. A
+    /// later raise updates it, a resolve closes it.
+    pub fn restore(&self, key: &str, incident: &str) {
+        self.incidents().open_as(key, incident);
+    }
+
+    /// Whether the condition `key` has an open incident.
+    pub fn is_open(&self, key: &str) -> bool {
+        self.incidents().keys().iter().any(|k| k == key)
+    }
+
+    /// The conditions with an open incident.
+    pub fn open_keys(&self) -> Vec<String> {
+        self.incidents().keys()
     }
 
     fn incidents(&self) -> std::sync::MutexGuard<'_, Incidents> {
@@ -692,7 +749,11 @@ impl Alerts {
             {
                 continue;
             }
-            let dropped = lane.queue.lock().unwrap_or_else(|p| p.into_inner()).push(alert.clone());
+            let dropped = lane
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_merging(alert.clone(), coalesced);
             if let Some(dropped) = dropped {
                 tracing::warn!(channel = %lane.channel.name, key = %dropped.key, "alert queue full: dropped the oldest alert");
             }
@@ -711,6 +772,23 @@ impl Alerts {
             })
             .collect()
     }
+}
+
+/// A trigger (or update) still waiting in a queue takes the content of a newer update of the
+/// same incident: it is sent once, with the latest words, and updates never crowd a trigger or
+/// a resolve out of a full queue. A waiting resolve of the incident ends the search (the new
+/// trigger opens the incident again after it).
+fn coalesced(waiting: &mut Alert, new: &Alert) -> queue::Merge {
+    if waiting.incident != new.incident || waiting.key != new.key {
+        return queue::Merge::Next;
+    }
+    if waiting.resolved || new.resolved {
+        return queue::Merge::Stop;
+    }
+    waiting.message.clone_from(&new.message);
+    waiting.generation = new.generation;
+    waiting.at_ms = new.at_ms;
+    queue::Merge::Absorbed
 }
 
 impl Drop for Alerts {
@@ -739,7 +817,7 @@ async fn work(lane: Arc<Lane>) {
         while let Err(wait_ms) = bucket.take(now_ms()) {
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         }
-        match deliver_with_retries(&lane.channel, &alert).await {
+        match deliver_with_retries(&lane.channel, &alert, &lane.retry).await {
             Ok(()) => {
                 lane.sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -754,32 +832,100 @@ async fn work(lane: Arc<Lane>) {
 /// Why one delivery attempt failed, and whether another could succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Undelivered {
+    /// A transient failure (network, timeout, 408, 5xx, SMTP 4xx).
     Retry(String),
+    /// 429: the channel asks to slow down, for `retry_after_ms` when it said.
+    Throttled {
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
     GiveUp(String),
 }
 
-async fn deliver_with_retries(channel: &Channel, alert: &Alert) -> Result<(), String> {
-    let mut attempt = 0;
-    loop {
-        match deliver(&channel.sink, alert).await {
-            Ok(()) => return Ok(()),
-            Err(Undelivered::GiveUp(message)) => return Err(message),
-            Err(Undelivered::Retry(message)) => {
-                attempt += 1;
-                if attempt >= DELIVERY_ATTEMPTS_MAX {
-                    return Err(format!("{message} (after {attempt} attempts)"));
-                }
-                let base = DELIVERY_BACKOFF_FIRST_MS << (attempt - 1);
-                let wait = base + rest::random_u64() % (base / 2 + 1);
-                tracing::info!(channel = %channel.name, error = %message, wait_ms = wait, "alert delivery failed; retrying");
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
+/// How long a channel's worker keeps retrying one alert, and how it waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub give_up_ms: u64,
+    pub backoff_first_ms: u64,
+    pub rate_limited_backoff_first_ms: u64,
+    pub backoff_max_ms: u64,
+    pub retry_after_max_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            give_up_ms: DELIVERY_GIVE_UP_MS,
+            backoff_first_ms: DELIVERY_BACKOFF_FIRST_MS,
+            rate_limited_backoff_first_ms: RATE_LIMITED_BACKOFF_FIRST_MS,
+            backoff_max_ms: DELIVERY_BACKOFF_MAX_MS,
+            retry_after_max_ms: RETRY_AFTER_MAX_MS,
         }
     }
 }
 
-/// The HTTP answer of a channel as a delivery result: 2xx delivered; 429, 408 and 5xx worth
-/// another attempt; other statuses not.
+impl RetryPolicy {
+    /// The wait before the next attempt after `failures` failed ones (1 after the first) ended
+    /// in `failure`, and what it follows. `random` is any 64-bit value (jitter).
+    pub fn wait_ms(&self, failures: u32, failure: &Undelivered, random: u64) -> (u64, &'static str) {
+        let doubled = |first: u64| {
+            first
+                .saturating_mul(1u64 << failures.saturating_sub(1).min(20))
+                .min(self.backoff_max_ms)
+        };
+        let (base, why) = match failure {
+            Undelivered::Throttled {
+                retry_after_ms: Some(asked),
+                ..
+            } if *asked > self.retry_after_max_ms => (self.retry_after_max_ms, "Retry-After (capped)"),
+            Undelivered::Throttled {
+                retry_after_ms: Some(asked),
+                ..
+            } => (*asked, "Retry-After"),
+            Undelivered::Throttled {
+                retry_after_ms: None, ..
+            } => (doubled(self.rate_limited_backoff_first_ms), "backoff after 429"),
+            Undelivered::Retry(_) | Undelivered::GiveUp(_) => (doubled(self.backoff_first_ms), "backoff"),
+        };
+        // Up to a quarter more after a Retry-After (clients throttled together spread out),
+        // up to half more for a backoff.
+        let spread = if why.starts_with("Retry-After") {
+            base / 4
+        } else {
+            base / 2
+        };
+        (base.saturating_add(random % (spread + 1)), why)
+    }
+}
+
+async fn deliver_with_retries(channel: &Channel, alert: &Alert, policy: &RetryPolicy) -> Result<(), String> {
+    let started = Instant::now();
+    let mut failures: u32 = 0;
+    loop {
+        let failure = match deliver(&channel.sink, alert).await {
+            Ok(()) => return Ok(()),
+            Err(Undelivered::GiveUp(message)) => return Err(message),
+            Err(failure) => failure,
+        };
+        failures = failures.saturating_add(1);
+        let message = match &failure {
+            Undelivered::Retry(m) | Undelivered::GiveUp(m) | Undelivered::Throttled { message: m, .. } => m.clone(),
+        };
+        let (wait, why) = policy.wait_ms(failures, &failure, rest::random_u64());
+        let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if elapsed.saturating_add(wait) > policy.give_up_ms {
+            return Err(format!(
+                "{message} (gave up after {failures} attempts over {} s)",
+                elapsed / 1000
+            ));
+        }
+        tracing::info!(channel = %channel.name, key = %alert.key, error = %message, wait_ms = wait, after = why, "alert delivery failed; it stays queued and is retried");
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+/// The HTTP answer of a channel as a delivery result: 2xx delivered; 429 throttled; 408 and
+/// 5xx worth another attempt; other statuses not.
 fn judged(channel: &str, answer: Result<rest::Answer, rest::RestError>) -> Result<(), Undelivered> {
     let answer = answer.map_err(|e| Undelivered::Retry(e.to_string()))?;
     if answer.is_success() {
@@ -787,7 +933,11 @@ fn judged(channel: &str, answer: Result<rest::Answer, rest::RestError>) -> Resul
     }
     let message = format!("{channel} answered {}: {}", answer.status, answer.shown());
     match answer.status {
-        408 | 429 | 500..=599 => Err(Undelivered::Retry(message)),
+        429 => Err(Undelivered::Throttled {
+            message,
+            retry_after_ms: answer.retry_after_ms,
+        }),
+        408 | 500..=599 => Err(Undelivered::Retry(message)),
         _ => Err(Undelivered::GiveUp(message)),
     }
 }
@@ -798,6 +948,13 @@ fn hidden(judged: Result<(), Undelivered>, url: &str, shown: &str) -> Result<(),
     judged.map_err(|undelivered| match undelivered {
         Undelivered::Retry(m) => Undelivered::Retry(hide(m)),
         Undelivered::GiveUp(m) => Undelivered::GiveUp(hide(m)),
+        Undelivered::Throttled {
+            message,
+            retry_after_ms,
+        } => Undelivered::Throttled {
+            message: hide(message),
+            retry_after_ms,
+        },
     })
 }
 
@@ -880,7 +1037,9 @@ pub fn pagerduty_body(alert: &Alert, routing_key: &str) -> Value {
 async fn deliver(sink: &Sink, alert: &Alert) -> Result<(), Undelivered> {
     match sink {
         Sink::Webhook { url, secret, client } => {
-            let answer = client.send(Method::POST, url, Some(&webhook_body(alert))).await;
+            let answer = client
+                .send_once_unretried(Method::POST, url, Some(&webhook_body(alert)))
+                .await;
             let judged = judged("the webhook", answer);
             match secret {
                 true => hidden(judged, url, "<the webhook URL>"),
@@ -888,7 +1047,9 @@ async fn deliver(sink: &Sink, alert: &Alert) -> Result<(), Undelivered> {
             }
         }
         Sink::Slack { url, client } => {
-            let answer = client.send(Method::POST, url.expose(), Some(&slack_body(alert))).await;
+            let answer = client
+                .send_once_unretried(Method::POST, url.expose(), Some(&slack_body(alert)))
+                .await;
             // The webhook URL is the secret: keep it out of errors and logs.
             hidden(judged("Slack", answer), url.expose(), "<the Slack webhook URL>")
         }
@@ -898,7 +1059,7 @@ async fn deliver(sink: &Sink, alert: &Alert) -> Result<(), Undelivered> {
             client,
         } => {
             let answer = client
-                .send(Method::POST, url, Some(&pagerduty_body(alert, routing_key.expose())))
+                .send_once_unretried(Method::POST, url, Some(&pagerduty_body(alert, routing_key.expose())))
                 .await;
             // PagerDuty explains a refusal in `message` and `errors`; keep its words.
             judged("PagerDuty", answer)
@@ -915,10 +1076,16 @@ async fn deliver(sink: &Sink, alert: &Alert) -> Result<(), Undelivered> {
                 alert.source,
                 smtp::rfc5322_date(alert.at_ms)
             );
-            mailer.send(&subject, &body, alert.at_ms).await.map_err(|e| match e {
+            let refused = mailer.send(&subject, &body, alert.at_ms).await.map_err(|e| match e {
                 smtp::SmtpError::Transient(m) => Undelivered::Retry(m),
                 smtp::SmtpError::Permanent(m) => Undelivered::GiveUp(m),
-            })
+            })?;
+            // Delivered to the accepted recipients; the refused ones are reported, not retried
+            // (a retry would send the others a second copy).
+            if !refused.is_empty() {
+                tracing::warn!(key = %alert.key, refused = %refused.join("; "), "alert mail accepted for some recipients only");
+            }
+            Ok(())
         }
     }
 }
@@ -1007,7 +1174,7 @@ mod tests {
                 held.push(socket);
             }
         });
-        let alerts = Alerts::start(vec![webhook_channel(&url, None)], "ctl");
+        let alerts = Alerts::start(vec![webhook_channel(&url, None)], "ctl", "grp");
         let extra = 6;
         for i in 0..(QUEUE_ALERTS_MAX + extra) {
             alerts.raise(&format!("k{i}"), "m", 1, 0);
@@ -1023,6 +1190,7 @@ mod tests {
         let alerts = Alerts::start(
             vec![webhook_channel("http://127.0.0.1:1/x", Some(vec!["fenced".into()]))],
             "ctl",
+            "grp",
         );
         alerts.raise("runbook", "a step failed", 1, 0);
         alerts.resolve("all_down", "never raised", 1, 0);
@@ -1036,8 +1204,7 @@ mod tests {
             left.push(alert);
         }
         assert!(
-            left.iter()
-                .all(|a| a.key == "fenced" && a.incident == "ctl/fenced/g2-5"),
+            left.iter().all(|a| a.key == "fenced" && a.incident == "grp/fenced"),
             "{left:?}"
         );
     }
@@ -1113,11 +1280,281 @@ mod tests {
             ))
         );
         assert!(
-            matches!(judged("Slack", answer(429, "rate_limited")), Err(Undelivered::Retry(m)) if m.contains("rate_limited"))
+            matches!(judged("Slack", answer(429, "rate_limited")), Err(Undelivered::Throttled { message, .. }) if message.contains("rate_limited"))
         );
         assert!(matches!(judged("Slack", answer(503, "")), Err(Undelivered::Retry(_))));
         assert!(
             matches!(judged("Slack", answer(404, "no_service")), Err(Undelivered::GiveUp(m)) if m.contains("no_service"))
+        );
+    }
+
+    /// A receiver answering each request with the next of `answers` (status, extra header
+    /// lines) and the last one after them; records when each request came.
+    async fn scripted_http(answers: Vec<(u16, &'static str)>) -> (String, Arc<Mutex<Vec<Instant>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!(
+            "http://{}/services/T0/B0/SECRET",
+            listener.local_addr().expect("address")
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let times = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let mut index = 0;
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then the body by Content-Length.
+                while let Ok(read) = socket.read(&mut chunk).await {
+                    if read == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&chunk[..read]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                times.lock().expect("times").push(Instant::now());
+                let (status, headers) = answers[index.min(answers.len() - 1)];
+                index += 1;
+                let answer =
+                    format!("HTTP/1.1 {status} X\r\n{headers}Content-Length: 2\r\nConnection: close\r\n\r\nok");
+                let _ = socket.write_all(answer.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            }
+        });
+        (url, seen)
+    }
+
+    fn slack_channel(url: &str) -> Channel {
+        Channel {
+            name: "slack #1".into(),
+            sink: Sink::Slack {
+                url: Secret::new(url),
+                client: Rest::new("", None, 2_000).expect("client"),
+            },
+            events: None,
+            per_minute_max: PER_MINUTE_MAX,
+        }
+    }
+
+    /// Test-only retry times: a [`RETRY_AFTER_MAX_MS`] of 300 ms stands for the real 10 min.
+    const SHORT: RetryPolicy = RetryPolicy {
+        give_up_ms: 20_000,
+        backoff_first_ms: 10,
+        rate_limited_backoff_first_ms: 40,
+        backoff_max_ms: 200,
+        retry_after_max_ms: 300,
+    };
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_retry_after_is_honoured_up_to_the_bound_and_the_alert_is_not_dropped() {
+        // Slack throttles with Retry-After: 60 four times, then takes the post.
+        let throttled = (429, "Retry-After: 60\r\n");
+        let (url, seen) = scripted_http(vec![throttled, throttled, throttled, throttled, (200, "")]).await;
+        let alerts = Alerts::start_with(vec![slack_channel(&url)], "ctl", "grp", SHORT);
+        alerts.raise("all_down", "every region is down", 3, 0);
+        until("the fifth request", || alerts.stats()[0].sent == 1).await;
+        let times = seen.lock().expect("times").clone();
+        assert_eq!(times.len(), 5, "one request per attempt (no inner retries): {times:?}");
+        for pair in times.windows(2) {
+            let gap = pair[1] - pair[0];
+            // The capped Retry-After (300 ms, plus at most a quarter), never the 10 ms backoff.
+            assert!(gap >= Duration::from_millis(300), "{gap:?}");
+        }
+        assert_eq!(alerts.stats()[0].failed, 0);
+    }
+
+    #[tokio::test]
+    async fn a_429_without_retry_after_backs_off_exponentially_until_the_give_up_time() {
+        let (url, seen) = scripted_http(vec![(429, "")]).await;
+        let policy = RetryPolicy {
+            give_up_ms: 1_500,
+            ..SHORT
+        };
+        let alerts = Alerts::start_with(vec![slack_channel(&url)], "ctl", "grp", policy);
+        alerts.raise("stuck", "automation is stuck", 3, 0);
+        until("the give-up", || alerts.stats()[0].failed == 1).await;
+        let times = seen.lock().expect("times").clone();
+        let gaps: Vec<Duration> = times.windows(2).map(|p| p[1] - p[0]).collect();
+        // 40, 80, 160, 200 (capped), 200... ms plus jitter: few requests, growing gaps.
+        assert!((4..=12).contains(&times.len()), "{gaps:?}");
+        assert!(
+            gaps[0] >= Duration::from_millis(40) && gaps[2] >= Duration::from_millis(160),
+            "{gaps:?}"
+        );
+        assert_eq!(alerts.stats()[0].sent, 0);
+    }
+
+    #[test]
+    fn the_wait_follows_retry_after_up_to_its_bound_else_a_jittered_doubling_backoff() {
+        let policy = RetryPolicy::default();
+        let throttled = |retry_after_ms| Undelivered::Throttled {
+            message: "429".into(),
+            retry_after_ms,
+        };
+        assert_eq!(policy.wait_ms(1, &throttled(Some(60_000)), 0), (60_000, "Retry-After"));
+        assert_eq!(
+            policy.wait_ms(1, &throttled(Some(3_600_000)), 0),
+            (RETRY_AFTER_MAX_MS, "Retry-After (capped)")
+        );
+        // PagerDuty's 429 has no Retry-After: a minute, then two, then the five-minute cap.
+        assert_eq!(policy.wait_ms(1, &throttled(None), 0).0, 60_000);
+        assert_eq!(policy.wait_ms(2, &throttled(None), 0).0, 120_000);
+        assert_eq!(policy.wait_ms(9, &throttled(None), 0).0, DELIVERY_BACKOFF_MAX_MS);
+        let network = Undelivered::Retry("refused".into());
+        assert_eq!(policy.wait_ms(1, &network, 0).0, DELIVERY_BACKOFF_FIRST_MS);
+        for random in [1, 999, u64::MAX] {
+            let (wait, _) = policy.wait_ms(3, &network, random);
+            assert!((8_000..=12_000).contains(&wait), "{wait}");
+        }
+        assert_eq!(policy.wait_ms(64, &network, 0).0, DELIVERY_BACKOFF_MAX_MS);
+    }
+
+    #[tokio::test]
+    async fn updates_of_one_incident_merge_so_a_full_queue_keeps_every_trigger_and_resolve() {
+        // A receiver that never answers: everything stays queued.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+        let _hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let alerts = Alerts::start(vec![webhook_channel(&url, None)], "ctl", "grp");
+        alerts.raise("all_down", "first", 1, 0);
+        alerts.raise("runbook", "step 'dns' failed", 1, 1);
+        // A retry storm: hundreds of updates of one incident.
+        for generation in 2..500 {
+            alerts.raise(
+                "runbook",
+                &format!("step 'dns' failed, generation {generation}"),
+                generation,
+                2,
+            );
+        }
+        alerts.resolve("all_down", "a region is back", 500, 3);
+        alerts.raise("fenced", "stale", 500, 4);
+        let stats = &alerts.stats()[0];
+        assert_eq!(stats.dropped, 0, "{stats:?}");
+        let mut queue = alerts.lanes[0].queue.lock().expect("queue");
+        let mut left = Vec::new();
+        while let Some(alert) = queue.pop() {
+            left.push((alert.key, alert.resolved, alert.generation));
+        }
+        // (The worker may hold the first trigger already.)
+        let expected = vec![
+            ("all_down".to_string(), false, 1),
+            ("runbook".to_string(), false, 499),
+            ("all_down".to_string(), true, 500),
+            ("fenced".to_string(), false, 500),
+        ];
+        assert!(left == expected || left == expected[1..], "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_restored_incident_is_resolved_with_its_recorded_dedup_key() {
+        let alerts = Alerts::start(
+            vec![webhook_channel("http://127.0.0.1:1/x", Some(vec!["all_down".into()]))],
+            "member-b",
+            "grp",
+        );
+        assert_eq!(alerts.resolve("all_down", "never raised here", 1, 0), None);
+        alerts.restore("all_down", "ctl/all_down/g1-1796501222887");
+        assert!(alerts.is_open("all_down"));
+        assert_eq!(
+            alerts
+                .resolve("all_down", "the condition no longer holds", 2, 0)
+                .as_deref(),
+            Some("ctl/all_down/g1-1796501222887")
+        );
+        assert!(alerts.open_keys().is_empty());
+    }
+
+    struct Collecting {
+        folder: PathBuf,
+        regions: std::collections::BTreeSet<String>,
+        errors: Vec<String>,
+    }
+
+    impl Checker for Collecting {
+        fn error(&mut self, _span: std::ops::Range<usize>, message: String, _fix: String) {
+            self.errors.push(message);
+        }
+        fn warn(&mut self, _span: std::ops::Range<usize>, _message: String, _fix: String) {}
+        fn folder(&self) -> &std::path::Path {
+            &self.folder
+        }
+        fn regions(&self) -> &std::collections::BTreeSet<String> {
+            &self.regions
+        }
+    }
+
+    #[test]
+    fn a_secret_url_is_not_shown_in_configuration_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A webhook URL without its scheme; Slack's over plain http: both refused.
+        std::fs::write(
+            dir.path().join("hook.url"),
+            "hooks.example.com/api/webhooks/123/TOKENPART\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("slack.url"),
+            "http://hooks.slack.com/services/T0/B0/SLACKSECRET\n",
+        )
+        .expect("write");
+        for (kind, file, secret) in [
+            ("webhook", "hook.url", "TOKENPART"),
+            ("slack", "slack.url", "SLACKSECRET"),
+        ] {
+            let text = format!("kind = \"{kind}\"\nurl_secret = {{ file = \"{file}\" }}\n");
+            let section: AlertSection = toml::from_str(&text).expect("section");
+            let mut checker = Collecting {
+                folder: dir.path().to_path_buf(),
+                regions: Default::default(),
+                errors: Vec::new(),
+            };
+            assert!(section.check(0, &mut checker).is_none(), "{kind}");
+            assert!(!checker.errors.is_empty(), "{kind}");
+            for error in &checker.errors {
+                assert!(!error.contains(secret), "{error}");
+            }
+        }
+        // Written in the config file, the URL is no secret and is shown whole.
+        let section: AlertSection =
+            toml::from_str("kind = \"slack\"\nurl = \"http://hooks.example.com/services/T0/B0/OPEN\"\n")
+                .expect("section");
+        let mut checker = Collecting {
+            folder: dir.path().to_path_buf(),
+            regions: Default::default(),
+            errors: Vec::new(),
+        };
+        assert!(section.check(0, &mut checker).is_none());
+        assert!(
+            checker.errors.iter().any(|e| e.contains("OPEN")),
+            "{:?}",
+            checker.errors
         );
     }
 

@@ -1,6 +1,7 @@
-//! The sans-IO parts of alerting: a bounded queue that drops its oldest entry when full (and
-//! counts it), a token bucket for each channel's rate limit, and the open incidents with
-//! their dedup keys. Time comes in as milliseconds.
+//! The sans-IO parts of alerting: a bounded queue that merges an entry into a waiting one it
+//! supersedes and drops its oldest entry only when still full (and counts it), a token bucket
+//! for each channel's rate limit, and the open incidents with their dedup keys. Time comes in
+//! as milliseconds.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -35,6 +36,21 @@ impl<T> Queue<T> {
         dropped
     }
 
+    /// Adds `item` unless a waiting entry absorbs it. `merge` is asked about the waiting
+    /// entries from the newest back: [`Merge::Absorbed`] (it took `item`'s content: nothing is
+    /// added), [`Merge::Stop`] (look no further: `item` is added) or [`Merge::Next`]. Returns
+    /// the entry dropped to make room, if any.
+    pub fn push_merging(&mut self, item: T, mut merge: impl FnMut(&mut T, &T) -> Merge) -> Option<T> {
+        for waiting in self.items.iter_mut().rev() {
+            match merge(waiting, &item) {
+                Merge::Absorbed => return None,
+                Merge::Stop => break,
+                Merge::Next => {}
+            }
+        }
+        self.push(item)
+    }
+
     pub fn pop(&mut self) -> Option<T> {
         self.items.pop_front()
     }
@@ -51,6 +67,14 @@ impl<T> Queue<T> {
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
+}
+
+/// What [`Queue::push_merging`] does with one waiting entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    Absorbed,
+    Stop,
+    Next,
 }
 
 /// A token bucket: at most `per_minute` sends in any minute after a burst of as many.
@@ -94,6 +118,11 @@ impl TokenBucket {
 
 /// The open incidents: per alert key, the dedup key every channel uses for it (PagerDuty
 /// groups the trigger, its updates and the resolve by it).
+///
+/// The dedup key is `{group}/{key}`: it names the condition, not the controller member that
+/// raised it nor when, so a restarted controller or a new leader of the same group raising the
+/// same condition updates the same PagerDuty incident, and its resolve closes it. (PagerDuty
+/// opens a new incident for a trigger once the previous one with that key is resolved.)
 #[derive(Debug, Default)]
 pub struct Incidents {
     open: BTreeMap<String, (u64, String)>,
@@ -103,12 +132,27 @@ pub struct Incidents {
 /// Open incidents remembered at most; the oldest is forgotten beyond.
 pub const INCIDENTS_MAX: usize = 64;
 
+/// The dedup key of condition `key` raised by the controllers of `group`.
+pub fn dedup_key(group: &str, key: &str) -> String {
+    format!("{group}/{key}")
+}
+
 impl Incidents {
-    /// The dedup key of `key`'s incident, opening one (named after `source`, the key and the
-    /// generation and time it opened) if none is open.
-    pub fn raise(&mut self, source: &str, key: &str, generation: u64, at_ms: u64) -> String {
+    /// The dedup key of `key`'s incident, opening one if none is open.
+    pub fn raise(&mut self, group: &str, key: &str) -> String {
         if let Some((_, dedup)) = self.open.get(key) {
             return dedup.clone();
+        }
+        let dedup = dedup_key(group, key);
+        self.open_as(key, &dedup);
+        dedup
+    }
+
+    /// Marks `key`'s incident open under `dedup` (restored from the audit log), unless one is
+    /// open already.
+    pub fn open_as(&mut self, key: &str, dedup: &str) {
+        if self.open.contains_key(key) {
+            return;
         }
         if self.open.len() >= INCIDENTS_MAX
             && let Some(oldest) = self
@@ -120,14 +164,17 @@ impl Incidents {
             self.open.remove(&oldest);
         }
         self.opened += 1;
-        let dedup = format!("{source}/{key}/g{generation}-{at_ms}");
-        self.open.insert(key.to_string(), (self.opened, dedup.clone()));
-        dedup
+        self.open.insert(key.to_string(), (self.opened, dedup.to_string()));
     }
 
     /// Closes `key`'s incident; its dedup key, or `None` when none was open.
     pub fn resolve(&mut self, key: &str) -> Option<String> {
         self.open.remove(key).map(|(_, dedup)| dedup)
+    }
+
+    /// The keys of the open incidents.
+    pub fn keys(&self) -> Vec<String> {
+        self.open.keys().cloned().collect()
     }
 }
 
@@ -169,22 +216,52 @@ mod tests {
     }
 
     #[test]
-    fn an_incident_keeps_its_dedup_key_until_resolved() {
+    fn an_incident_keeps_its_dedup_key_until_resolved_and_the_key_names_the_condition() {
         let mut incidents = Incidents::default();
-        let first = incidents.raise("ctl", "fenced", 7, 1000);
-        assert_eq!(first, "ctl/fenced/g7-1000");
-        assert_eq!(incidents.raise("ctl", "fenced", 8, 2000), first);
+        let first = incidents.raise("shop", "fenced");
+        assert_eq!(first, "shop/fenced");
+        assert_eq!(incidents.raise("shop", "fenced"), first);
         assert_eq!(incidents.resolve("fenced"), Some(first.clone()));
         assert_eq!(incidents.resolve("fenced"), None);
-        let second = incidents.raise("ctl", "fenced", 9, 3000);
-        assert_ne!(second, first);
+        // Another member of the group (or this one after a restart) names it alike.
+        assert_eq!(Incidents::default().raise("shop", "fenced"), first);
+        // A restored incident keeps the dedup key it was opened with.
+        incidents.open_as("all_down", "ctl/all_down/g3-1000");
+        assert_eq!(incidents.raise("shop", "all_down"), "ctl/all_down/g3-1000");
+        assert_eq!(incidents.keys(), vec!["all_down".to_string()]);
+    }
+
+    #[test]
+    fn a_merging_push_lets_a_waiting_entry_absorb_the_new_one() {
+        // (incident, version): a newer version of a waiting incident replaces it in place.
+        let merge = |waiting: &mut (u32, u32), new: &(u32, u32)| {
+            if waiting.0 == new.0 {
+                waiting.1 = new.1;
+                Merge::Absorbed
+            } else {
+                Merge::Next
+            }
+        };
+        let mut queue = Queue::new(2);
+        assert_eq!(queue.push_merging((1, 1), merge), None);
+        assert_eq!(queue.push_merging((2, 1), merge), None);
+        for version in 2..50 {
+            assert_eq!(queue.push_merging((1, version), merge), None);
+        }
+        assert_eq!(queue.dropped(), 0);
+        assert_eq!(queue.pop(), Some((1, 49)));
+        assert_eq!(queue.pop(), Some((2, 1)));
+        let stop = |_: &mut (u32, u32), _: &(u32, u32)| Merge::Stop;
+        queue.push_merging((1, 1), stop);
+        queue.push_merging((1, 2), stop);
+        assert_eq!(queue.len(), 2);
     }
 
     #[test]
     fn incidents_are_bounded() {
         let mut incidents = Incidents::default();
         for i in 0..(INCIDENTS_MAX as u64 + 5) {
-            incidents.raise("s", &format!("k{i}"), i, i);
+            incidents.raise("s", &format!("k{i}"));
         }
         assert_eq!(incidents.open.len(), INCIDENTS_MAX);
         assert_eq!(incidents.resolve("k0"), None);

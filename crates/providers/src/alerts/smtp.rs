@@ -1,6 +1,9 @@
 //! A minimal SMTP submission client (RFC 5321) for alert mail: greeting, `EHLO`, `STARTTLS`
 //! (RFC 3207) or implicit TLS (RFC 8314) or none, `AUTH PLAIN` (RFC 4954), one message to
-//! its recipients, `QUIT`. Written here rather than taken from a crate: the alert path
+//! its recipients (those the server accepts: one refused recipient does not stop the others,
+//! RFC 5321 §3.3), `QUIT` (also after a failure). The message is 7-bit: a quoted-printable
+//! body (RFC 2045 §6.7, lines of at most 76 characters, far below RFC 5321's 998 octets) and
+//! RFC 2047 encoded words of at most 75 characters in the subject, so it needs no `8BITMIME`. Written here rather than taken from a crate: the alert path
 //! needs this much and no more, and the workspace already has rustls.
 //!
 //! Safety: after `STARTTLS` the client refuses a server that sent anything beyond its `220`
@@ -23,6 +26,12 @@ use crate::secret::Secret;
 pub const REPLY_BYTES_MAX: usize = 16 * 1024;
 /// Longest subject line, in characters.
 pub const SUBJECT_CHARS_MAX: usize = 200;
+/// Longest encoded line of a quoted-printable body (RFC 2045 §6.7), without its CRLF.
+pub const QP_LINE_CHARS_MAX: usize = 76;
+/// Longest RFC 2047 encoded word (RFC 2047 §2).
+pub const ENCODED_WORD_CHARS_MAX: usize = 75;
+/// How long the `QUIT` after a failed transaction may take.
+pub const QUIT_AFTER_FAILURE_MS: u64 = 2_000;
 
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,8 +170,10 @@ fn refusal(code: u16, text: &str, doing: &str) -> SmtpError {
 }
 
 impl Mailer {
-    /// Delivers one message; the whole session is bounded by `timeout_ms`.
-    pub async fn send(&self, subject: &str, body: &str, at_ms: u64) -> Result<(), SmtpError> {
+    /// Delivers one message; the whole session is bounded by `timeout_ms`. Returns the
+    /// recipients the server refused (`address: reply`) when it accepted others; fails when it
+    /// accepted none.
+    pub async fn send(&self, subject: &str, body: &str, at_ms: u64) -> Result<Vec<String>, SmtpError> {
         let session = self.session(subject, body, at_ms);
         match tokio::time::timeout(Duration::from_millis(self.timeout_ms), session).await {
             Ok(result) => result,
@@ -173,7 +184,7 @@ impl Mailer {
         }
     }
 
-    async fn session(&self, subject: &str, body: &str, at_ms: u64) -> Result<(), SmtpError> {
+    async fn session(&self, subject: &str, body: &str, at_ms: u64) -> Result<Vec<String>, SmtpError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| SmtpError::Transient(format!("connecting to SMTP server {}:{}: {e}", self.host, self.port)))?;
@@ -268,12 +279,35 @@ impl Mailer {
         Ok(lines.iter().skip(1).map(|l| l.to_ascii_uppercase()).collect())
     }
 
+    /// The mail transaction, then `QUIT`: after a success as after a failure (the server
+    /// then knows the client is gone rather than seeing the connection drop).
     async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         conn: &mut Conn<S>,
         ehlo: &[String],
         message: &str,
-    ) -> Result<(), SmtpError> {
+    ) -> Result<Vec<String>, SmtpError> {
+        let result = self.mail(conn, ehlo, message).await;
+        match &result {
+            // The message is accepted; a failed QUIT changes nothing.
+            Ok(_) => {
+                let _ = conn.command("QUIT", "QUIT", 2).await;
+            }
+            // Best effort, briefly: the connection may be what failed.
+            Err(_) => {
+                let quit = conn.command("QUIT", "QUIT", 2);
+                let _ = tokio::time::timeout(Duration::from_millis(QUIT_AFTER_FAILURE_MS), quit).await;
+            }
+        }
+        result
+    }
+
+    async fn mail<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut Conn<S>,
+        ehlo: &[String],
+        message: &str,
+    ) -> Result<Vec<String>, SmtpError> {
         if let (Some(user), Some(password)) = (&self.username, &self.password) {
             let auth = ehlo.iter().find(|e| e.starts_with("AUTH ") || e.starts_with("AUTH="));
             if !auth.is_some_and(|a| a.split([' ', '=']).any(|m| m == "PLAIN")) {
@@ -291,26 +325,46 @@ impl Mailer {
         }
         conn.command(&format!("MAIL FROM:<{}>", self.from), "MAIL FROM", 2)
             .await?;
+        // Each recipient on its own: a refused one (an unknown mailbox) leaves the others.
+        let mut accepted = 0;
+        let mut refused = Vec::new();
+        let mut transient = false;
         for to in &self.to {
-            conn.command(&format!("RCPT TO:<{to}>"), &format!("RCPT TO:<{to}>"), 2)
-                .await?;
+            let doing = format!("RCPT TO:<{to}>");
+            conn.write(format!("{doing}\r\n").as_bytes(), &doing).await?;
+            let (code, text) = conn.reply(&doing).await?;
+            if code / 100 == 2 {
+                accepted += 1;
+            } else {
+                transient |= code / 100 == 4;
+                refused.push(format!("{to}: {code} {text}"));
+            }
+        }
+        if accepted == 0 {
+            let _ = conn.command("RSET", "RSET", 2).await;
+            let message = format!("the SMTP server refused every recipient: {}", refused.join("; "));
+            // One 4xx among them: another attempt may get through.
+            return Err(if transient {
+                SmtpError::Transient(message)
+            } else {
+                SmtpError::Permanent(message)
+            });
         }
         conn.command("DATA", "DATA", 3).await?;
         conn.write(message.as_bytes(), "the message").await?;
         let reply = conn.reply("the end of the message").await?;
         expected(reply, 2, "the message")?;
-        // The message is accepted; a failed QUIT changes nothing.
-        let _ = conn.command("QUIT", "QUIT", 2).await;
-        Ok(())
+        Ok(refused)
     }
 }
 
-/// The message as sent after `DATA`: headers, the body with CRLF line ends and leading dots
-/// doubled (RFC 5321 §4.5.2), and the final `.` line.
+/// The message as sent after `DATA`: headers, the body quoted-printable with CRLF line ends
+/// and leading dots doubled (RFC 5321 §4.5.2), and the final `.` line.
 pub fn render_message(from: &str, to: &[String], subject: &str, body: &str, at_ms: u64) -> String {
     let mut out = String::new();
     out.push_str(&format!("From: {from}\r\n"));
-    out.push_str(&format!("To: {}\r\n", to.join(", ")));
+    // One address per folded line: many recipients never make a line too long.
+    out.push_str(&format!("To: {}\r\n", to.join(",\r\n ")));
     out.push_str(&format!("Subject: {}\r\n", encode_subject(subject)));
     out.push_str(&format!("Date: {}\r\n", rfc5322_date(at_ms)));
     let domain = from.rsplit('@').next().unwrap_or("localhost");
@@ -320,20 +374,51 @@ pub fn render_message(from: &str, to: &[String], subject: &str, body: &str, at_m
     ));
     out.push_str("MIME-Version: 1.0\r\n");
     out.push_str("Content-Type: text/plain; charset=utf-8\r\n");
-    out.push_str("Content-Transfer-Encoding: 8bit\r\n");
+    out.push_str("Content-Transfer-Encoding: quoted-printable\r\n");
     out.push_str("\r\n");
     for line in body.replace("\r\n", "\n").replace('\r', "\n").split('\n') {
-        if line.starts_with('.') {
-            out.push('.');
+        for physical in quoted_printable_line(line) {
+            if physical.starts_with('.') {
+                out.push('.');
+            }
+            out.push_str(&physical);
+            out.push_str("\r\n");
         }
-        out.push_str(line);
-        out.push_str("\r\n");
     }
     out.push_str(".\r\n");
     out
 }
 
-/// One line, at most [`SUBJECT_CHARS_MAX`] characters; non-ASCII as an RFC 2047 encoded word.
+/// One line of text as quoted-printable lines (RFC 2045 §6.7): printable ASCII as is, `=`,
+/// other bytes and a space or tab ending the line as `=XX`, soft breaks (`=` at the end) so
+/// no line exceeds [`QP_LINE_CHARS_MAX`].
+fn quoted_printable_line(line: &str) -> Vec<String> {
+    let bytes = line.as_bytes();
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for (i, &byte) in bytes.iter().enumerate() {
+        let last = i + 1 == bytes.len();
+        let literal = matches!(byte, b'!'..=b'<' | b'>'..=b'~') || (matches!(byte, b' ' | b'\t') && !last);
+        let token = if literal {
+            (byte as char).to_string()
+        } else {
+            format!("={byte:02X}")
+        };
+        // Room for the soft break's `=`, except on the line's last token.
+        let room = if last { QP_LINE_CHARS_MAX } else { QP_LINE_CHARS_MAX - 1 };
+        if current.len() + token.len() > room {
+            current.push('=');
+            lines.push(std::mem::take(&mut current));
+        }
+        current.push_str(&token);
+    }
+    lines.push(current);
+    lines
+}
+
+/// One line, at most [`SUBJECT_CHARS_MAX`] characters; non-ASCII as RFC 2047 encoded words
+/// of at most [`ENCODED_WORD_CHARS_MAX`] characters each (whole characters in each), on folded
+/// lines (the space between two encoded words is not displayed).
 fn encode_subject(subject: &str) -> String {
     let clean: String = subject
         .chars()
@@ -341,13 +426,24 @@ fn encode_subject(subject: &str) -> String {
         .take(SUBJECT_CHARS_MAX)
         .collect();
     if clean.is_ascii() {
-        clean
-    } else {
-        format!(
-            "=?UTF-8?B?{}?=",
-            base64::engine::general_purpose::STANDARD.encode(clean)
-        )
+        return clean;
     }
+    // `=?UTF-8?B?` and `?=` take 12; 63 characters of base64 carry 45 bytes (60 characters).
+    const WORD_BYTES_MAX: usize = (ENCODED_WORD_CHARS_MAX - 12) / 4 * 3;
+    let mut words = Vec::new();
+    let mut chunk = String::new();
+    for c in clean.chars() {
+        if chunk.len() + c.len_utf8() > WORD_BYTES_MAX {
+            words.push(std::mem::take(&mut chunk));
+        }
+        chunk.push(c);
+    }
+    words.push(chunk);
+    words
+        .iter()
+        .map(|w| format!("=?UTF-8?B?{}?=", base64::engine::general_purpose::STANDARD.encode(w)))
+        .collect::<Vec<_>>()
+        .join("\r\n ")
 }
 
 /// `Wed, 02 Dec 2026 08:30:00 +0000` for milliseconds since the Unix epoch.
@@ -511,20 +607,65 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_recipient_is_permanent_and_a_busy_server_transient_with_its_text() {
-        let (port, _server) = scripted(vec![
+    async fn a_refused_recipient_leaves_the_others_and_is_reported() {
+        let (port, server) = scripted(vec![
             "220 sink\r\n",
             "250 sink\r\n",
             "250 OK\r\n",
             "550 5.1.1 no such user\r\n",
+            "250 OK\r\n",
+            "354 go ahead\r\n",
+            "250 queued\r\n",
+            "221 bye\r\n",
+        ])
+        .await;
+        let refused = mailer(port).send("s", "b", 0).await.expect("sent to the other one");
+        assert_eq!(refused, vec!["oncall@shop.example: 550 5.1.1 no such user".to_string()]);
+        let received = server.await.expect("server");
+        assert!(
+            received.contains("RCPT TO:<ops@shop.example>\r\nDATA\r\n"),
+            "{received}"
+        );
+        assert!(received.ends_with("QUIT\r\n"), "{received}");
+    }
+
+    #[tokio::test]
+    async fn every_recipient_refused_fails_and_still_says_goodbye_and_a_busy_server_is_transient() {
+        let (port, server) = scripted(vec![
+            "220 sink\r\n",
+            "250 sink\r\n",
+            "250 OK\r\n",
+            "550 5.1.1 no such user\r\n",
+            "553 5.1.3 bad address\r\n",
+            "250 reset\r\n",
+            "221 bye\r\n",
         ])
         .await;
         let error = mailer(port).send("s", "b", 0).await.expect_err("refused");
         assert_eq!(
             error,
             SmtpError::Permanent(
-                "the SMTP server answered RCPT TO:<oncall@shop.example> with 550 5.1.1 no such user".into()
+                "the SMTP server refused every recipient: oncall@shop.example: 550 5.1.1 no such user; ops@shop.example: 553 5.1.3 bad address".into()
             )
+        );
+        let received = server.await.expect("server");
+        assert!(
+            received.ends_with("RSET\r\nQUIT\r\n") && !received.contains("DATA"),
+            "{received}"
+        );
+        // A mailbox busy for a moment (4xx) is worth another attempt.
+        let (port, _server) = scripted(vec![
+            "220 sink\r\n",
+            "250 sink\r\n",
+            "250 OK\r\n",
+            "450 4.2.1 mailbox busy\r\n",
+            "550 5.1.1 no such user\r\n",
+        ])
+        .await;
+        let error = mailer(port).send("s", "b", 0).await.expect_err("refused");
+        assert!(
+            matches!(&error, SmtpError::Transient(m) if m.contains("450 4.2.1")),
+            "{error:?}"
         );
         let (port, _server) = scripted(vec!["421 4.3.2 try later\r\n"]).await;
         let error = mailer(port).send("s", "b", 0).await.expect_err("busy");
@@ -532,6 +673,48 @@ mod tests {
             matches!(&error, SmtpError::Transient(m) if m.contains("421 4.3.2 try later")),
             "{error:?}"
         );
+    }
+
+    #[test]
+    fn long_and_non_ascii_lines_are_quoted_printable_within_the_line_limits() {
+        let long = format!("{}é= end \n.dot", "x".repeat(5_000));
+        let text = render_message("a@x.example", &["b@y.example".into()], "s", &long, 0);
+        assert!(
+            text.contains("Content-Transfer-Encoding: quoted-printable\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("8bit"));
+        assert!(text.is_ascii(), "a 7-bit message needs no 8BITMIME");
+        for line in text.split("\r\n") {
+            assert!(line.len() <= QP_LINE_CHARS_MAX + 1, "{} octets: {line}", line.len());
+        }
+        let body = text.split("\r\n\r\n").nth(1).expect("a body");
+        // Decoded, the text comes back: soft breaks joined, =XX decoded, the dot unstuffed.
+        let joined = body.replace("=\r\n", "");
+        assert!(joined.contains("=C3=A9=3D end=20\r\n..dot\r\n.\r\n"), "{joined}");
+        assert_eq!(joined.matches('x').count(), 5_000);
+    }
+
+    #[test]
+    fn a_long_non_ascii_subject_is_split_into_short_encoded_words() {
+        let subject = format!("[switchyard] all_down: région {}", "é".repeat(150));
+        let encoded = encode_subject(&subject);
+        let words: Vec<&str> = encoded.split("\r\n ").collect();
+        assert!(words.len() > 3, "{encoded}");
+        let mut decoded = Vec::new();
+        for word in &words {
+            assert!(word.len() <= ENCODED_WORD_CHARS_MAX, "{} chars: {word}", word.len());
+            let b64 = word
+                .strip_prefix("=?UTF-8?B?")
+                .and_then(|w| w.strip_suffix("?="))
+                .expect("a word");
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
+            // Each word holds whole characters.
+            assert!(String::from_utf8(bytes.clone()).is_ok());
+            decoded.extend(bytes);
+        }
+        let expected: String = subject.chars().take(SUBJECT_CHARS_MAX).collect();
+        assert_eq!(String::from_utf8(decoded).expect("utf-8"), expected);
     }
 
     #[tokio::test]
