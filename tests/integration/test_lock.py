@@ -5,7 +5,9 @@ pointer on `switchover`), and `lock run` holders racing in both regions. Covers 
 lease expires and is taken by the other region, and the woken holder stops without touching the
 new lease), a holder killed mid-run (its command dies with it; the lease expires), the pointer
 moving mid-run (the command is stopped and the other region runs, never both at once), and the
-exit codes with their messages."""
+exit codes with their messages. Jobs that leave processes in the background (Magento's cron:run
+backgrounds each `use_separate_process` group and exits) keep the lease held until those end,
+are stopped with it, and die with a killed holder; `--max-run-s` stops a hung job."""
 
 import os
 import signal
@@ -27,7 +29,9 @@ DEADLINE_S = 30
 TTL_S = 5
 GRACE_S = 1
 # Exit statuses of `lock run` (README, "One region runs the cron").
-NOT_ACTIVE, LEASE_HELD, POINTER_UNKNOWN, STORE_UNAVAILABLE, STOPPED = 100, 101, 102, 103, 104
+NOT_ACTIVE, LEASE_HELD, POINTER_UNKNOWN, STORE_UNAVAILABLE, STOPPED, MAX_RUN = 100, 101, 102, 103, 104, 105
+# What the README's crontab filters out: the normal skips only.
+BENIGN_SKIP = "switchyard lock: skipped '"
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -116,10 +120,10 @@ class Deployment:
                                             ConsistentRead=True).get("Item")
         return None if item is None else {k: list(v.values())[0] for k, v in item.items()}
 
-    def lock_command(self, region, name, command, ttl_s=TTL_S, controller=None):
+    def lock_command(self, region, name, command, ttl_s=TTL_S, controller=None, extra=()):
         return [str(BINARY), "lock", "run", "--name", name, "--region", region,
                 "--store", f"http://127.0.0.1:{self.ports[region]}", "--controller", controller or self.controller,
-                "--ttl-s", str(ttl_s), "--settle-ms", "200", "--kill-grace-s", str(GRACE_S), "--", *command]
+                "--ttl-s", str(ttl_s), "--settle-ms", "200", "--kill-grace-s", str(GRACE_S), *extra, "--", *command]
 
     def lock(self, region, name, command, **kwargs):
         return subprocess.run(self.lock_command(region, name, command, **kwargs), capture_output=True, text=True,
@@ -163,10 +167,31 @@ def blocking_job(tmp, tag):
     return ["sh", "-c", script], running, release, token
 
 
+def alive(pid):
+    """Whether `pid` runs (a zombie, killed and not yet reaped, counts as gone)."""
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def background_job(tmp, tag, leader_status=0, ignore_term=False):
+    """A job like Magento's cron:run: it starts a process in the background (nohup, `&`) and
+    exits at once with `leader_status`. The background process writes its pid and runs until the
+    test lets it go (or it is stopped)."""
+    pid, release = tmp / f"{tag}.bg.pid", tmp / f"{tag}.bg.release"
+    trap = "trap '' TERM; " if ignore_term else ""
+    # `\$$`: the background shell's own pid, not the leader's.
+    inner = f"{trap}echo \\$$ > {pid}.tmp; mv {pid}.tmp {pid}; while [ ! -e {release} ]; do sleep 0.05; done"
+    script = f"nohup sh -c \"{inner}\" >/dev/null 2>&1 & exit {leader_status}"
+    return ["sh", "-c", script], pid, release
+
+
 def test_only_the_active_region_runs_and_exit_codes_say_why(deployment, tmp_path):
     standby = deployment.lock("eu-west-1", "cron", ["true"])
     assert standby.returncode == NOT_ACTIVE, standby.stderr
     assert "eu-west-1 is not the active region (us-east-1" in standby.stderr, standby.stderr
+    assert standby.stderr.startswith(BENIGN_SKIP), standby.stderr
 
     out = tmp_path / "env"
     active = deployment.lock("us-east-1", "cron", ["sh", "-c", f"env > {out}; exit 7"])
@@ -186,12 +211,16 @@ def test_only_the_active_region_runs_and_exit_codes_say_why(deployment, tmp_path
     nowhere = deployment.lock("us-east-1", "cron", ["true"], controller=f"http://127.0.0.1:{free_port()}")
     assert nowhere.returncode == POINTER_UNKNOWN, nowhere.stderr
     assert "cannot read the active-region pointer" in nowhere.stderr
+    # A failure, not a normal skip: the README's crontab filter lets it through to the log.
+    assert BENIGN_SKIP not in nowhere.stderr, nowhere.stderr
+    assert "switchyard lock: cannot run 'cron': " in nowhere.stderr, nowhere.stderr
 
     no_table = subprocess.run(deployment.lock_command("us-east-1", "cron", ["true"])[:-2] + ["--table", "missing",
                                                                                                "--", "true"],
                               capture_output=True, text=True, timeout=60)
     assert no_table.returncode == STORE_UNAVAILABLE, no_table.stderr
     assert "the lease table missing does not exist" in no_table.stderr
+    assert BENIGN_SKIP not in no_table.stderr, no_table.stderr
 
     missing = deployment.lock("us-east-1", "cron", ["/nonexistent/program"])
     assert missing.returncode == 127, missing.stderr
@@ -199,6 +228,8 @@ def test_only_the_active_region_runs_and_exit_codes_say_why(deployment, tmp_path
 
     too_short = deployment.lock("us-east-1", "cron", ["true"], ttl_s=1)
     assert too_short.returncode != 0 and "--ttl-s 1 is out of range" in too_short.stderr, too_short.stderr
+    no_limit = deployment.lock("us-east-1", "cron", ["true"], extra=["--max-run-s", "0"])
+    assert no_limit.returncode != 0 and "--max-run-s 0 is out of range" in no_limit.stderr, no_limit.stderr
 
 
 def test_a_second_holder_is_skipped_while_the_first_runs(deployment, tmp_path):
@@ -209,6 +240,7 @@ def test_a_second_holder_is_skipped_while_the_first_runs(deployment, tmp_path):
     second = deployment.lock("us-east-1", "cron", ["true"])
     assert second.returncode == LEASE_HELD, second.stderr
     assert "held by" in second.stderr and "in us-east-1" in second.stderr, second.stderr
+    assert second.stderr.startswith(BENIGN_SKIP), second.stderr
     # The standby region is skipped by the pointer before it even looks at the lease, and the
     # lease itself has replicated there.
     assert deployment.lock("eu-west-1", "cron", ["true"]).returncode == NOT_ACTIVE
@@ -290,8 +322,10 @@ def test_a_frozen_holder_loses_its_lease_to_the_other_region_and_is_fenced(deplo
     wait_until("the lease in eu-west-1", lambda: (deployment.lease("eu-west-1", "cron") or {}).get("token")
                == token.read_text().strip())
     # Freeze the holder and its job (a VM pause): it can neither renew nor notice the move.
+    # The job's process group: the guard `lock run` started (its leader), the job and what it started.
+    group = os.getpgid(job_pid)
     os.kill(holder.pid, signal.SIGSTOP)
-    os.killpg(job_pid, signal.SIGSTOP)
+    os.killpg(group, signal.SIGSTOP)
     deployment.switchover("eu-west-1")
 
     held = deployment.lock("eu-west-1", "cron", ["true"])
@@ -312,7 +346,7 @@ def test_a_frozen_holder_loses_its_lease_to_the_other_region_and_is_fenced(deplo
     lease = deployment.lease("eu-west-1", "cron")
 
     # Woken up, the old holder finds the pointer moved, stops its job and leaves the lease alone.
-    os.killpg(job_pid, signal.SIGCONT)
+    os.killpg(group, signal.SIGCONT)
     os.kill(holder.pid, signal.SIGCONT)
     assert holder.wait(timeout=30) == STOPPED
     log = (tmp_path / "frozen.log").read_text()
@@ -345,3 +379,78 @@ def test_a_holder_frozen_past_its_lease_kills_its_still_running_job_at_once(depl
     pid = int(running.read_text())
     wait_until("the job to be gone", lambda: not Path(f"/proc/{pid}").exists() or
                Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z")
+
+
+def test_the_lease_is_held_while_the_jobs_background_processes_run(deployment, tmp_path):
+    # The job exits at once (status 7) and leaves a process in the background, as Magento's
+    # cron:run does: the lease stays held, and renewed, until that process is gone too.
+    job, bg_pid, release = background_job(tmp_path, "magento", leader_status=7)
+    log = tmp_path / "magento.log"
+    holder = deployment.lock_background("us-east-1", "cron", job, log)
+    wait_until("the background process to run", bg_pid.exists, logs=[log])
+    pid = int(bg_pid.read_text())
+    token = deployment.lease("us-east-1", "cron")["token"]
+    ran = tmp_path / "second.ran"
+    expiry = deployment.lease("us-east-1", "cron")["expires_at_ms"]
+    # Four renewals (every third of the TTL), longer than the TTL, all after the leader exited.
+    for _ in range(4):
+        assert expiry != "0", f"the lease was released while the job still ran: {log.read_text()}"
+        wait_until("a renewal", lambda: deployment.lease("us-east-1", "cron")["expires_at_ms"] != expiry,
+                   deadline_s=TTL_S * 2, logs=[log])
+        expiry = deployment.lease("us-east-1", "cron")["expires_at_ms"]
+        assert holder.poll() is None, log.read_text()
+        assert alive(pid)
+        second = deployment.lock("us-east-1", "cron", ["touch", str(ran)])
+        assert second.returncode == LEASE_HELD, f"{second.returncode} {second.stderr} {log.read_text()}"
+    assert not ran.exists(), "a second holder ran while the first job's background process ran"
+    assert deployment.lease("us-east-1", "cron")["token"] == token
+
+    release.touch()
+    # The leader's status, once everything it started is gone; then the lease is free.
+    assert holder.wait(timeout=30) == 7, log.read_text()
+    assert not alive(pid)
+    assert deployment.lease("us-east-1", "cron")["expires_at_ms"] == "0"
+    assert deployment.lock("us-east-1", "cron", ["true"]).returncode == 0
+
+
+def test_the_pointer_moving_stops_the_background_processes_too(deployment, tmp_path):
+    job, bg_pid, _release = background_job(tmp_path, "moved")
+    log = tmp_path / "moved.log"
+    holder = deployment.lock_background("us-east-1", "cron", job, log)
+    wait_until("the background process to run", bg_pid.exists, logs=[log])
+    pid = int(bg_pid.read_text())
+    deployment.switchover("eu-west-1")
+    # Fenced as the job itself would be: the renewal sees the move and stops the process group.
+    assert holder.wait(timeout=30) == STOPPED, log.read_text()
+    assert "the active region moved to eu-west-1" in log.read_text()
+    assert not alive(pid), "the background process outlived its lease"
+
+
+def test_a_killed_holder_takes_the_jobs_background_processes_along(deployment, tmp_path):
+    job, bg_pid, _release = background_job(tmp_path, "orphan")
+    log = tmp_path / "orphan.log"
+    holder = deployment.lock_background("us-east-1", "cron", job, log)
+    wait_until("the background process to run", bg_pid.exists, logs=[log])
+    pid = int(bg_pid.read_text())
+    assert alive(pid)
+    holder.kill()
+    holder.wait(timeout=10)
+    # Within a bound well below the TTL, so it never overlaps the next holder.
+    wait_until("the background process to die with its holder", lambda: not alive(pid), deadline_s=3, logs=[log])
+
+
+def test_max_run_stops_a_hung_job_and_releases_the_lease_once_it_is_gone(deployment, tmp_path):
+    # A hung job that ignores SIGTERM, with a background process that ignores it too.
+    job, bg_pid, _release = background_job(tmp_path, "hung", ignore_term=True)
+    hung = ["sh", "-c", f"trap '' TERM; ({job[2]}); while true; do sleep 0.05; done"]
+    log = tmp_path / "hung.log"
+    holder = deployment.lock_background("us-east-1", "cron", hung, log, extra=["--max-run-s", "2"])
+    wait_until("the background process to run", bg_pid.exists, logs=[log])
+    pid = int(bg_pid.read_text())
+    assert holder.wait(timeout=30) == MAX_RUN, log.read_text()
+    text = log.read_text()
+    assert "ran longer than --max-run-s 2" in text, text
+    # SIGKILL after the grace reached the background process; the lease was released only then.
+    assert not alive(pid), text
+    assert deployment.lease("us-east-1", "cron")["expires_at_ms"] == "0"
+    assert deployment.lock("us-east-1", "cron", ["true"]).returncode == 0

@@ -1,6 +1,12 @@
-//! The lease rules, sans-IO: every function takes the time (`now_ms`, wall-clock milliseconds
-//! since the Unix epoch, from an injected clock) and the record read from the store, and says
-//! what to write or do. The IO side (`run`) performs it with conditional writes.
+//! The lease rules, sans-IO: every function takes the time (`now_ms`, from an injected clock)
+//! and the record read from the store, and says what to write or do. The IO side (`run`)
+//! performs it with conditional writes.
+//!
+//! Two clocks: [`plan_acquire`] and the expiry written to the store use the wall clock
+//! (milliseconds since the Unix epoch), the only one other hosts can compare; a holder judges
+//! its own lease ([`Holding`]) by its local monotonic clock, counted from before the write that
+//! set the expiry, so a step of its wall clock (NTP, a VM resume) never lets its command run
+//! longer than the lease it wrote.
 //!
 //! A lease record (one item per lock name in the global table) holds the holder, its region,
 //! the fencing token, the pointer generation it was taken under, and when it expires. The
@@ -22,6 +28,23 @@ pub const RENEWALS_PER_TTL: u64 = 3;
 pub const SETTLE_MS_MAX: u64 = 60_000;
 /// Longest grace between SIGTERM and SIGKILL when the command must stop.
 pub const KILL_GRACE_MS_MAX: u64 = 600_000;
+/// Longest `--max-run-s`: a week.
+pub const MAX_RUN_S_MAX: u64 = 7 * 86_400;
+/// A renewal's read of the pointer (every controller member at once) ends within this, answer
+/// or not; the hand-off wait ([`settle_ms`]) counts it, so a member that is black-holed cannot
+/// delay the old region's holder past the new holder's start.
+pub const POINTER_READ_MS_MAX: u64 = 1_000;
+
+/// Checks `--max-run-s` (1..=[`MAX_RUN_S_MAX`]); returns it in milliseconds.
+pub fn max_run_ms(max_run_s: Option<u64>) -> Result<Option<u64>, String> {
+    match max_run_s {
+        None => Ok(None),
+        Some(seconds) if (1..=MAX_RUN_S_MAX).contains(&seconds) => Ok(Some(seconds * 1000)),
+        Some(seconds) => Err(format!(
+            "--max-run-s {seconds} is out of range: use 1..={MAX_RUN_S_MAX} seconds (or leave it out for no limit)"
+        )),
+    }
+}
 
 /// The lease as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,15 +210,17 @@ pub fn plan_acquire(
 /// command. When the record it replaced (or found missing) was taken under an older pointer
 /// generation, this is a hand-off between regions: the old region's holder may still run, its
 /// latest record not yet replicated here, and last-writer-wins would hide it. The wait then
-/// lasts one renewal period plus the kill grace and the clock margin, by which time such a
-/// holder has seen the pointer move (or its renewal failed on this new record) and stopped its
-/// command. Under the same generation only `settle_ms` applies.
+/// lasts one renewal period plus the longest pointer read ([`POINTER_READ_MS_MAX`]), the kill
+/// grace and the clock margin (slack), by which time such a holder has read the moved pointer
+/// (or its renewal failed on this new record) and stopped its command. Under the same
+/// generation only `settle_ms` applies.
 pub fn settle_ms(timing: &Timing, replaced: Option<&LeaseRecord>, generation: u64) -> u64 {
     let handoff = replaced.is_none_or(|record| record.generation < generation);
     if handoff {
         timing.settle_ms.max(
             timing
                 .renew_every_ms()
+                .saturating_add(POINTER_READ_MS_MAX)
                 .saturating_add(timing.kill_grace_ms)
                 .saturating_add(CLOCK_SKEW_MARGIN_MS),
         )
@@ -213,6 +238,8 @@ pub enum StopReason {
     LeaseLost { detail: String },
     /// Neither the pointer nor the lease could be confirmed for too long.
     Unconfirmed { since_ms: u64, last_error: String },
+    /// The command ran longer than `--max-run-s`.
+    MaxRunTime { max_run_ms: u64 },
 }
 
 impl std::fmt::Display for StopReason {
@@ -227,6 +254,11 @@ impl std::fmt::Display for StopReason {
                 f,
                 "the lease could not be confirmed for {since_ms} ms (last error: {last_error}); stopped before it \
                  can expire for others"
+            ),
+            StopReason::MaxRunTime { max_run_ms } => write!(
+                f,
+                "it ran longer than --max-run-s {} (still running, or something it started is)",
+                max_run_ms / 1000
             ),
         }
     }
@@ -254,24 +286,44 @@ pub enum Next {
     Stop(StopReason),
 }
 
-/// A held lease while the command runs.
+/// A held lease while the command runs. Its times are the holder's monotonic clock
+/// (milliseconds from any fixed start), never the wall clock or a stamp from the store.
 #[derive(Clone, Debug)]
 pub struct Holding {
     pub token: u64,
     timing: Timing,
     confirmed_at_ms: u64,
     last_error: Option<String>,
+    /// When the command must be stopped (`--max-run-s`), once it started.
+    run_deadline_ms: Option<u64>,
+    max_run_ms: u64,
 }
 
 impl Holding {
-    /// The lease was written (and confirmed) at `now_ms`.
+    /// The write of the lease started at `now_ms` (so it expires `ttl` after this at the
+    /// earliest).
     pub fn new(token: u64, timing: Timing, now_ms: u64) -> Holding {
         Holding {
             token,
             timing,
             confirmed_at_ms: now_ms,
             last_error: None,
+            run_deadline_ms: None,
+            max_run_ms: 0,
         }
+    }
+
+    /// The command started at `now_ms`; with `max_run_ms` it is stopped that much later.
+    pub fn start_command(&mut self, now_ms: u64, max_run_ms: Option<u64>) {
+        self.run_deadline_ms = max_run_ms.map(|max| now_ms.saturating_add(max));
+        self.max_run_ms = max_run_ms.unwrap_or(0);
+    }
+
+    /// When the holder must wake next: the renewal due at `renew_at_ms`, or the end of
+    /// `--max-run-s` if that comes first.
+    pub fn wake_at_ms(&self, renew_at_ms: u64) -> u64 {
+        self.run_deadline_ms
+            .map_or(renew_at_ms, |deadline| deadline.min(renew_at_ms))
     }
 
     /// When the next renewal is due.
@@ -315,8 +367,16 @@ impl Holding {
         }
     }
 
-    /// At `now_ms` with nothing new: keep running or stop because the deadline passed.
+    /// At `now_ms` with nothing new: keep running or stop because a deadline passed (the
+    /// lease's, or `--max-run-s`).
     pub fn check(&self, now_ms: u64) -> Option<StopReason> {
+        if let Some(deadline) = self.run_deadline_ms
+            && now_ms >= deadline
+        {
+            return Some(StopReason::MaxRunTime {
+                max_run_ms: self.max_run_ms,
+            });
+        }
         (now_ms >= self.stop_deadline_ms()).then(|| StopReason::Unconfirmed {
             since_ms: now_ms.saturating_sub(self.confirmed_at_ms),
             last_error: self.last_error.clone().unwrap_or_else(|| "none".to_string()),
@@ -449,7 +509,9 @@ mod tests {
             "same generation: the plain settle"
         );
         let wait = settle_ms(&t, Some(&same), 4);
-        assert_eq!(wait, 10_000 + 5_000 + CLOCK_SKEW_MARGIN_MS);
+        // A renewal period, the longest pointer read of the old holder's renewal (a black-holed
+        // controller member cannot stretch it), the grace and the margin.
+        assert_eq!(wait, 10_000 + POINTER_READ_MS_MAX + 5_000 + CLOCK_SKEW_MARGIN_MS);
         assert_eq!(settle_ms(&t, None, 4), wait, "no record: maybe not replicated yet");
         // The wait ends before the new lease (written just before it) could expire anywhere,
         // so the confirmation after it renews a lease nobody else may have taken.
@@ -551,5 +613,29 @@ mod tests {
             },
         );
         assert!(matches!(next, Next::Stop(StopReason::LeaseLost { .. })));
+    }
+
+    #[test]
+    fn max_run_is_checked_and_stops_the_command() {
+        assert_eq!(max_run_ms(None), Ok(None));
+        assert_eq!(max_run_ms(Some(90)), Ok(Some(90_000)));
+        assert!(
+            max_run_ms(Some(0))
+                .expect_err("refused")
+                .contains("--max-run-s 0 is out of range")
+        );
+        assert!(max_run_ms(Some(MAX_RUN_S_MAX + 1)).is_err());
+
+        let mut holding = Holding::new(1, timing(), 0);
+        assert_eq!(holding.wake_at_ms(10_000), 10_000, "no limit: only renewals");
+        holding.start_command(500, Some(7_000));
+        assert_eq!(holding.wake_at_ms(10_000), 7_500, "the limit comes before the renewal");
+        assert_eq!(holding.check(7_499), None);
+        assert_eq!(holding.check(7_500), Some(StopReason::MaxRunTime { max_run_ms: 7_000 }));
+        // Renewals going well do not extend it.
+        assert_eq!(
+            holding.on_renewal(7_600, 7_700, Renewal::Confirmed),
+            Next::Stop(StopReason::MaxRunTime { max_run_ms: 7_000 })
+        );
     }
 }

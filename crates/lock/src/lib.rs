@@ -4,8 +4,10 @@
 //! moves.
 //!
 //! [`lease`] holds the rules (sans-IO, injected clock); [`run`] reads the pointer, performs
-//! the conditional writes, starts and stops the command. [`guard`] makes the command die with
-//! its `lock run`, so a killed holder leaves no orphan running without a lease.
+//! the conditional writes, starts and stops the command. [`guard`] is the reaper between
+//! `lock run` and the command: it waits for everything the command started and kills the whole
+//! process group when its `lock run` dies, so a killed holder leaves nothing running without a
+//! lease.
 
 pub mod guard;
 pub mod lease;
@@ -24,5 +26,8 @@ pub const EXIT_STORE_UNAVAILABLE: i32 = 103;
 /// Exit status when the command was stopped mid-run: the pointer moved, the lease was lost, or
 /// it could not be confirmed in time.
 pub const EXIT_STOPPED: i32 = 104;
+/// Exit status when the command ran longer than `--max-run-s` and was stopped (SIGTERM to its
+/// process group, SIGKILL after the grace).
+pub const EXIT_MAX_RUN: i32 = 105;
 /// Exit status when the command could not be started (not found, not executable).
 pub const EXIT_CANNOT_START: i32 = 127;

@@ -1,12 +1,16 @@
 //! The IO side of `lock run`: read the pointer, take the lease with a conditional write, pause
 //! for replication (`settle`), confirm both again, run the command under the guard, renew the
-//! lease (and re-read the pointer) while it runs, and release it at exit. Every decision is made
-//! by [`crate::lease`]; messages on stderr start with `switchyard lock:` and say why a run was
-//! skipped or stopped.
+//! lease (and re-read the pointer) while it runs — and after it exits, as long as anything it
+//! started still runs in its process group — and release it once all of that is gone. Every
+//! decision is made by [`crate::lease`]; messages on stderr start with `switchyard lock:` and
+//! say why a run was skipped or stopped: `switchyard lock: skipped '…'` only for the normal
+//! skips (100, 101: another region or another holder has the job), `switchyard lock: cannot
+//! run '…'` when something is wrong (102, 103).
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::members::ControllerUrls;
 use controller::client::HttpClient;
@@ -17,18 +21,33 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::lease::{self, Acquire, Holding, Next, Renewal, StopReason, Timing};
 use crate::store::{LeaseTable, WriteError};
 use crate::{
-    EXIT_CANNOT_START, EXIT_LEASE_HELD, EXIT_NOT_ACTIVE, EXIT_POINTER_UNKNOWN, EXIT_STOPPED, EXIT_STORE_UNAVAILABLE,
+    EXIT_CANNOT_START, EXIT_LEASE_HELD, EXIT_MAX_RUN, EXIT_NOT_ACTIVE, EXIT_POINTER_UNKNOWN, EXIT_STOPPED,
+    EXIT_STORE_UNAVAILABLE,
 };
 
-/// How long one read of the pointer may take.
+/// How long the first read of the pointer (before taking the lease) may take. Reads while
+/// holding it take at most [`lease::POINTER_READ_MS_MAX`].
 pub const POINTER_TIMEOUT_MS: u64 = 5_000;
+/// Of [`lease::POINTER_READ_MS_MAX`], what one member's answer may take; the rest is slack so
+/// that the answers of the members that did answer are used.
+const POINTER_MEMBER_TIMEOUT_MS: u64 = lease::POINTER_READ_MS_MAX * 4 / 5;
+/// How often `lock run` looks whether the command's process group still has members once its
+/// direct child (the guard) has ended.
+pub const GROUP_POLL_MS: u64 = 200;
+/// How long `lock run` waits for the process group to be gone after SIGKILL; a group still there
+/// then (a process stuck in the kernel) is reported and the lease is left to expire.
+pub const KILLED_GROUP_WAIT_MS: u64 = 10_000;
 
-/// The clock the lease rules read: wall-clock milliseconds since the Unix epoch.
+/// The clocks the lease rules read.
 pub trait Clock: Send + Sync {
+    /// Wall-clock milliseconds since the Unix epoch: what goes into the store and what another
+    /// host's record is compared with.
     fn now_ms(&self) -> u64;
+    /// Monotonic milliseconds from any fixed start: how this holder judges its own lease.
+    fn monotonic_ms(&self) -> u64;
 }
 
-/// The system's clock.
+/// The system's clocks.
 pub struct SystemClock;
 
 impl Clock for SystemClock {
@@ -36,6 +55,11 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        static START: OnceLock<Instant> = OnceLock::new();
+        u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -55,6 +79,8 @@ pub struct Options {
     pub guard_program: PathBuf,
     /// Who holds the lease: host, pid and a nonce.
     pub holder: String,
+    /// `--max-run-s` in milliseconds: the command (and what it started) is stopped after this.
+    pub max_run_ms: Option<u64>,
 }
 
 /// A holder name unique to this run: `HOST:PID:NONCE`.
@@ -74,16 +100,26 @@ fn say(message: impl std::fmt::Display) {
     eprintln!("switchyard lock: {message}");
 }
 
-/// Reads `GET /v1/active-region` from every member at once: the newest answer not marked
-/// stale ([`controller::pointer::read_newest`]).
-pub async fn read_pointer(
-    client: &HttpClient,
-    controllers: &ControllerUrls,
-    token: Option<&str>,
-) -> Result<PointerValue, String> {
-    controller::pointer::read_newest(client, controllers, token, POINTER_TIMEOUT_MS)
-        .await
-        .map_err(|error| error.to_string())
+/// Whether a run that did not start the command exits with a normal skip: another region is
+/// active (100) or another holder has the lease (101).
+pub fn is_benign_skip(code: i32) -> bool {
+    matches!(code, EXIT_NOT_ACTIVE | EXIT_LEASE_HELD)
+}
+
+/// The line for a run that did not start the command and exits with `code`: `skipped '…'` for
+/// the normal skips only (what a crontab filters out), `cannot run '…'` for the failures.
+pub fn not_run_line(code: i32, name: &str, why: impl std::fmt::Display) -> String {
+    if is_benign_skip(code) {
+        format!("switchyard lock: skipped '{name}': {why}")
+    } else {
+        format!("switchyard lock: cannot run '{name}': {why}")
+    }
+}
+
+/// Says why the command was not started; returns `code`.
+fn not_run(code: i32, name: &str, why: impl std::fmt::Display) -> i32 {
+    eprintln!("{}", not_run_line(code, name, why));
+    code
 }
 
 /// What the pointer says about this host's region.
@@ -93,8 +129,30 @@ enum PointerSays {
     Unknown(String),
 }
 
-async fn ask_pointer(client: &HttpClient, options: &Options) -> PointerSays {
-    match read_pointer(client, &options.controllers, options.token.as_deref()).await {
+/// Reads the pointer, within `timeout_ms` in all (answers of the members that answered in time
+/// count).
+async fn ask_pointer(client: &HttpClient, options: &Options, timeout_ms: u64) -> PointerSays {
+    let member_timeout_ms = if timeout_ms >= POINTER_TIMEOUT_MS {
+        POINTER_TIMEOUT_MS
+    } else {
+        POINTER_MEMBER_TIMEOUT_MS.min(timeout_ms)
+    };
+    let read = tokio::time::timeout(
+        Duration::from_millis(timeout_ms),
+        controller::pointer::read_newest(
+            client,
+            &options.controllers,
+            options.token.as_deref(),
+            member_timeout_ms,
+        ),
+    )
+    .await;
+    let read = match read {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no controller member answered within {timeout_ms} ms")),
+    };
+    match read {
         Ok(PointerValue {
             region: Some(region),
             generation,
@@ -125,19 +183,19 @@ pub async fn run(options: Options, clock: &dyn Clock) -> i32 {
     let client = HttpClient::new();
     let name = options.name.as_str();
 
-    let generation = match ask_pointer(&client, &options).await {
+    let generation = match ask_pointer(&client, &options, POINTER_TIMEOUT_MS).await {
         PointerSays::Us(generation) => generation,
         PointerSays::Other(active, generation) => {
-            say(format_args!(
-                "skipped '{name}': this host's region {} is not the active region ({active}, generation {generation})",
-                options.region
-            ));
-            return EXIT_NOT_ACTIVE;
+            return not_run(
+                EXIT_NOT_ACTIVE,
+                name,
+                format_args!(
+                    "this host's region {} is not the active region ({active}, generation {generation})",
+                    options.region
+                ),
+            );
         }
-        PointerSays::Unknown(why) => {
-            say(format_args!("skipped '{name}': {why}"));
-            return EXIT_POINTER_UNKNOWN;
-        }
+        PointerSays::Unknown(why) => return not_run(EXIT_POINTER_UNKNOWN, name, why),
     };
 
     match options.table.replicas().await {
@@ -149,29 +207,41 @@ pub async fn run(options: Options, clock: &dyn Clock) -> i32 {
         )),
         Ok(_) => {}
         Err(error) if error.kind() == Some("ResourceNotFoundException") => {
-            say(format_args!(
-                "skipped '{name}': the lease table {} does not exist in {}: create it with a string key '{}' and \
-                 replicas in every region (see the README, \"One region runs the cron\")",
-                options.table.table,
-                options.table.client.endpoint(),
-                crate::store::KEY_ATTRIBUTE
-            ));
-            return EXIT_STORE_UNAVAILABLE;
+            return not_run(
+                EXIT_STORE_UNAVAILABLE,
+                name,
+                format_args!(
+                    "the lease table {} does not exist in {}: create it with a string key '{}' and replicas in every \
+                     region (see the README, \"One region runs the cron\")",
+                    options.table.table,
+                    options.table.client.endpoint(),
+                    crate::store::KEY_ATTRIBUTE
+                ),
+            );
         }
         Err(error) => {
-            say(format_args!("skipped '{name}': cannot use the local store: {error}"));
-            return EXIT_STORE_UNAVAILABLE;
+            return not_run(
+                EXIT_STORE_UNAVAILABLE,
+                name,
+                format_args!("cannot use the local store: {error}"),
+            );
         }
     }
 
     let existing = match options.table.read(name).await {
         Ok(existing) => existing,
         Err(error) => {
-            say(format_args!("skipped '{name}': cannot read the lease: {error}"));
-            return EXIT_STORE_UNAVAILABLE;
+            return not_run(
+                EXIT_STORE_UNAVAILABLE,
+                name,
+                format_args!("cannot read the lease: {error}"),
+            );
         }
     };
     let now = clock.now_ms();
+    // The lease this run writes lives `ttl` from (at the earliest) this moment, on this host's
+    // monotonic clock.
+    let written_at = clock.monotonic_ms();
     let (record, expect) = match lease::plan_acquire(
         now,
         existing.as_ref(),
@@ -187,25 +257,28 @@ pub async fn run(options: Options, clock: &dyn Clock) -> i32 {
             token,
             remaining_ms,
         } => {
-            say(format_args!(
-                "skipped '{name}': the lease is held by {holder} in {region} (token {token}) for up to {remaining_ms} ms more"
-            ));
-            return EXIT_LEASE_HELD;
+            return not_run(
+                EXIT_LEASE_HELD,
+                name,
+                format_args!(
+                    "the lease is held by {holder} in {region} (token {token}) for up to {remaining_ms} ms more"
+                ),
+            );
         }
     };
     match options.table.take(name, &record, &expect, now).await {
         Ok(()) => {}
-        Err(WriteError::Conflict) => {
-            say(format_args!("skipped '{name}': another holder took the lease first"));
-            return EXIT_LEASE_HELD;
-        }
+        Err(WriteError::Conflict) => return not_run(EXIT_LEASE_HELD, name, "another holder took the lease first"),
         Err(WriteError::Store(error)) => {
-            say(format_args!("skipped '{name}': cannot write the lease: {error}"));
-            return EXIT_STORE_UNAVAILABLE;
+            return not_run(
+                EXIT_STORE_UNAVAILABLE,
+                name,
+                format_args!("cannot write the lease: {error}"),
+            );
         }
     }
     let token = record.token;
-    let mut holding = Holding::new(token, options.timing, now);
+    let mut holding = Holding::new(token, options.timing, written_at);
 
     // Wait (longer on a hand-off between regions, see `lease::settle_ms`), then confirm: the
     // pointer must still name this region and a conditional renewal must find this run's record.
@@ -219,30 +292,81 @@ pub async fn run(options: Options, clock: &dyn Clock) -> i32 {
     if wait_ms > 0 {
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
     }
-    let started = clock.now_ms();
+    let started = clock.monotonic_ms();
     match renew(&client, &options, &holding, clock).await {
         Renewal::Confirmed => {
-            holding.on_renewal(started, clock.now_ms(), Renewal::Confirmed);
+            holding.on_renewal(started, clock.monotonic_ms(), Renewal::Confirmed);
         }
         Renewal::PointerMoved { region, generation } => {
             release(&options, token).await;
-            say(format_args!(
-                "skipped '{name}': the active region moved to {region} (generation {generation}) while taking the lease"
-            ));
-            return EXIT_NOT_ACTIVE;
+            return not_run(
+                EXIT_NOT_ACTIVE,
+                name,
+                format_args!("the active region moved to {region} (generation {generation}) while taking the lease"),
+            );
         }
-        Renewal::Lost { detail } => {
-            say(format_args!("skipped '{name}': {detail}"));
-            return EXIT_LEASE_HELD;
-        }
+        Renewal::Lost { detail } => return not_run(EXIT_LEASE_HELD, name, detail),
         Renewal::Failed { error } => {
             release(&options, token).await;
-            say(format_args!("skipped '{name}': cannot confirm the lease: {error}"));
-            return EXIT_STORE_UNAVAILABLE;
+            return not_run(
+                EXIT_STORE_UNAVAILABLE,
+                name,
+                format_args!("cannot confirm the lease: {error}"),
+            );
         }
     }
 
     hold_while_running(options, clock, &client, holding, generation).await
+}
+
+/// Whether the process group `group` still has a member (`kill(-group, 0)`: anything but
+/// "no such process" means yes).
+pub fn group_alive(group: Pid) -> bool {
+    !matches!(
+        rustix::process::test_kill_process_group(group),
+        Err(rustix::io::Errno::SRCH)
+    )
+}
+
+/// The started command: the guard (the direct child, which passes on the command's status) and
+/// its process group, which everything the command starts stays in.
+struct Job {
+    child: tokio::process::Child,
+    group: Option<Pid>,
+    /// The direct child has ended.
+    ended: bool,
+    /// Its status (the command's own, passed on by the guard).
+    status: Option<ExitStatus>,
+}
+
+impl Job {
+    fn group_alive(&self) -> bool {
+        self.group.is_some_and(group_alive)
+    }
+
+    fn on_exit(&mut self, status: std::io::Result<ExitStatus>) {
+        self.ended = true;
+        match status {
+            Ok(status) => self.status = Some(status),
+            Err(error) => say(format_args!("lost track of the command: {error}")),
+        }
+    }
+
+    /// Waits until the direct child has ended and its process group is empty.
+    async fn gone(&mut self) {
+        if !self.ended {
+            let status = self.child.wait().await;
+            self.on_exit(status);
+        }
+        while self.group_alive() {
+            tokio::time::sleep(Duration::from_millis(GROUP_POLL_MS)).await;
+        }
+    }
+
+    /// The command's exit status for `lock run`'s own.
+    fn code(&self) -> i32 {
+        self.status.map_or(EXIT_STOPPED, exit_code)
+    }
 }
 
 async fn hold_while_running(
@@ -262,11 +386,10 @@ async fn hold_while_running(
         (Ok(t), Ok(i), Ok(h)) => (t, i, h),
         _ => {
             release(&options, token).await;
-            say(format_args!("skipped '{name}': cannot install signal handlers"));
-            return EXIT_STOPPED;
+            return not_run(EXIT_STOPPED, name, "cannot install signal handlers");
         }
     };
-    let mut child = match tokio::process::Command::new(&options.guard_program)
+    let child = match tokio::process::Command::new(&options.guard_program)
         .arg("lock")
         .arg(crate::guard::SUBCOMMAND)
         .arg("--parent-pid")
@@ -288,30 +411,45 @@ async fn hold_while_running(
         }
     };
     let group = child.id().and_then(|id| i32::try_from(id).ok()).and_then(Pid::from_raw);
+    let mut job = Job {
+        child,
+        group,
+        ended: false,
+        status: None,
+    };
+    holding.start_command(clock.monotonic_ms(), options.max_run_ms);
     tracing::debug!(name, token, holder = %options.holder, "lease taken; command started");
 
     let mut next_renewal = holding.next_renewal_ms();
     loop {
-        let wait = Duration::from_millis(next_renewal.saturating_sub(clock.now_ms()));
+        let wake = holding.wake_at_ms(next_renewal);
+        let wait = Duration::from_millis(wake.saturating_sub(clock.monotonic_ms()));
         tokio::select! {
-            status = child.wait() => {
-                if holding.may_write(clock.now_ms()) {
-                    release(&options, token).await;
+            status = job.child.wait(), if !job.ended => {
+                job.on_exit(status);
+                if job.group_alive() {
+                    // Magento's cron:run backgrounds its `use_separate_process` groups and exits:
+                    // they run the job as much as it did, so the lease stays held (renewed,
+                    // fenced) until they are gone too.
+                    tracing::debug!(name, group = ?job.group, "the command exited; its process group still runs");
+                    continue;
                 }
-                return match status {
-                    Ok(status) => exit_code(status),
-                    Err(error) => {
-                        say(format_args!("lost track of the command: {error}"));
-                        EXIT_STOPPED
-                    }
-                };
+                return finish(&options, &job, &holding, clock).await;
             }
-            _ = tokio::time::sleep(wait) => {
-                let started = clock.now_ms();
-                // Frozen past the deadline (a stopped process, a paused VM): stop without
-                // writing anything.
+            () = tokio::time::sleep(Duration::from_millis(GROUP_POLL_MS)), if job.ended => {
+                if !job.group_alive() {
+                    return finish(&options, &job, &holding, clock).await;
+                }
+            }
+            () = tokio::time::sleep(wait) => {
+                let started = clock.monotonic_ms();
+                // Frozen past the deadline (a stopped process, a paused VM), or past
+                // --max-run-s: stop without writing anything first.
                 if let Some(reason) = holding.check(started) {
-                    return stop_for(&options, &mut child, group, &holding, clock, reason).await;
+                    return stop_for(&options, &mut job, &holding, clock, reason).await;
+                }
+                if started < next_renewal {
+                    continue;
                 }
                 let budget = holding.stop_deadline_ms().saturating_sub(started).max(1);
                 let result = match tokio::time::timeout(Duration::from_millis(budget), renew(client, &options, &holding, clock)).await {
@@ -321,31 +459,33 @@ async fn hold_while_running(
                 if let Renewal::Failed { error } = &result {
                     tracing::warn!(name, %error, "cannot confirm the lease; retrying");
                 }
-                match holding.on_renewal(started, clock.now_ms(), result) {
+                match holding.on_renewal(started, clock.monotonic_ms(), result) {
                     Next::RenewAt(at) => next_renewal = at,
-                    Next::Stop(reason) => return stop_for(&options, &mut child, group, &holding, clock, reason).await,
+                    Next::Stop(reason) => return stop_for(&options, &mut job, &holding, clock, reason).await,
                 }
             }
-            _ = terminate.recv() => return finish_on_signal(&options, &mut child, group, &holding, clock, "SIGTERM").await,
-            _ = interrupt.recv() => return finish_on_signal(&options, &mut child, group, &holding, clock, "SIGINT").await,
-            _ = hangup.recv() => return finish_on_signal(&options, &mut child, group, &holding, clock, "SIGHUP").await,
+            _ = terminate.recv() => return finish_on_signal(&options, &mut job, &holding, clock, "SIGTERM").await,
+            _ = interrupt.recv() => return finish_on_signal(&options, &mut job, &holding, clock, "SIGINT").await,
+            _ = hangup.recv() => return finish_on_signal(&options, &mut job, &holding, clock, "SIGHUP").await,
         }
     }
 }
 
-/// Stops the command for `reason`; releases the lease if it is still this run's to write.
-async fn stop_for(
-    options: &Options,
-    child: &mut tokio::process::Child,
-    group: Option<Pid>,
-    holding: &Holding,
-    clock: &dyn Clock,
-    reason: StopReason,
-) -> i32 {
+/// The command and everything it started are gone: release the lease, pass on its status.
+async fn finish(options: &Options, job: &Job, holding: &Holding, clock: &dyn Clock) -> i32 {
+    if holding.may_write(clock.monotonic_ms()) {
+        release(options, holding.token).await;
+    }
+    job.code()
+}
+
+/// Stops the command for `reason`; releases the lease if it is still this run's to write and
+/// the command's process group is gone.
+async fn stop_for(options: &Options, job: &mut Job, holding: &Holding, clock: &dyn Clock, reason: StopReason) -> i32 {
     let name = options.name.as_str();
     // Past the expiry of the lease it last wrote (frozen: SIGSTOP, a stalled host), another
     // holder may be running the job already: no grace, the command is killed at once.
-    let grace_ms = if holding.may_write(clock.now_ms()) {
+    let grace_ms = if holding.may_write(clock.monotonic_ms()) {
         options.timing.kill_grace_ms
     } else {
         say(format_args!(
@@ -354,68 +494,75 @@ async fn stop_for(
         0
     };
     say(format_args!("stopping '{name}': {reason}"));
-    let status = stop(child, group, grace_ms).await;
-    if !matches!(reason, StopReason::LeaseLost { .. }) && holding.may_write(clock.now_ms()) {
+    let gone = stop(job, grace_ms).await;
+    if gone && !matches!(reason, StopReason::LeaseLost { .. }) && holding.may_write(clock.monotonic_ms()) {
         release(options, holding.token).await;
     }
-    say(format_args!("stopped '{name}' ({})", describe(status)));
-    EXIT_STOPPED
+    say(format_args!("stopped '{name}' ({})", describe(job)));
+    match reason {
+        StopReason::MaxRunTime { .. } => EXIT_MAX_RUN,
+        _ => EXIT_STOPPED,
+    }
 }
 
-fn describe(status: Option<ExitStatus>) -> String {
-    match status {
+fn describe(job: &Job) -> String {
+    match job.status {
         Some(status) => format!("the command ended with {status}"),
         None => "the command's end could not be observed".to_string(),
     }
 }
 
-async fn finish_on_signal(
-    options: &Options,
-    child: &mut tokio::process::Child,
-    group: Option<Pid>,
-    holding: &Holding,
-    clock: &dyn Clock,
-    signal: &str,
-) -> i32 {
+async fn finish_on_signal(options: &Options, job: &mut Job, holding: &Holding, clock: &dyn Clock, signal: &str) -> i32 {
     say(format_args!(
         "{signal}: stopping '{}' and releasing the lease",
         options.name
     ));
-    let status = stop(child, group, options.timing.kill_grace_ms).await;
-    if holding.may_write(clock.now_ms()) {
+    let gone = stop(job, options.timing.kill_grace_ms).await;
+    if gone && holding.may_write(clock.monotonic_ms()) {
         release(options, holding.token).await;
     }
-    status.map_or(EXIT_STOPPED, exit_code)
+    job.code()
 }
 
-/// SIGTERM to the command's process group, SIGKILL after the grace (at once without one);
-/// waits for it.
-async fn stop(child: &mut tokio::process::Child, group: Option<Pid>, grace_ms: u64) -> Option<ExitStatus> {
-    if let Some(group) = group
-        && grace_ms > 0
-    {
-        let _ = rustix::process::kill_process_group(group, Signal::TERM);
-    }
-    if grace_ms > 0
-        && let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(grace_ms), child.wait()).await
-    {
-        if let Some(group) = group {
-            // Whatever the command left behind in its group goes too.
-            let _ = rustix::process::kill_process_group(group, Signal::KILL);
+/// SIGTERM to the command's process group, SIGKILL after the grace (at once without one), until
+/// the command and everything in its group are gone. Returns whether they are (false: still
+/// there [`KILLED_GROUP_WAIT_MS`] after SIGKILL).
+async fn stop(job: &mut Job, grace_ms: u64) -> bool {
+    if grace_ms > 0 {
+        if let Some(group) = job.group {
+            let _ = rustix::process::kill_process_group(group, Signal::TERM);
         }
-        return Some(status);
+        if tokio::time::timeout(Duration::from_millis(grace_ms), job.gone())
+            .await
+            .is_ok()
+        {
+            return true;
+        }
     }
-    if let Some(group) = group {
+    if let Some(group) = job.group {
         let _ = rustix::process::kill_process_group(group, Signal::KILL);
     }
-    let _ = child.start_kill();
-    child.wait().await.ok()
+    if !job.ended {
+        let _ = job.child.start_kill();
+    }
+    if tokio::time::timeout(Duration::from_millis(KILLED_GROUP_WAIT_MS), job.gone())
+        .await
+        .is_ok()
+    {
+        return true;
+    }
+    say(format_args!(
+        "the command's process group {:?} is still there {KILLED_GROUP_WAIT_MS} ms after SIGKILL; the lease is \
+         left to expire",
+        job.group.map(Pid::as_raw_nonzero)
+    ));
+    false
 }
 
 /// One renewal round: the pointer must still name our region, then the conditional write of
 /// the new expiry.
 async fn renew(client: &HttpClient, options: &Options, holding: &Holding, clock: &dyn Clock) -> Renewal {
-    match ask_pointer(client, options).await {
+    match ask_pointer(client, options, lease::POINTER_READ_MS_MAX).await {
         PointerSays::Us(_) => {}
         PointerSays::Other(region, generation) => return Renewal::PointerMoved { region, generation },
         PointerSays::Unknown(error) => return Renewal::Failed { error },
@@ -451,5 +598,60 @@ async fn release(options: &Options, token: u64) {
             options.name,
             options.timing.ttl_ms / 1000
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_normal_skips_start_with_skipped() {
+        // A crontab filters `^switchyard lock: skipped`: another region or holder has the job.
+        for code in [EXIT_NOT_ACTIVE, EXIT_LEASE_HELD] {
+            assert!(is_benign_skip(code));
+            assert!(not_run_line(code, "cron", "x").starts_with("switchyard lock: skipped 'cron': "));
+        }
+        // Failures must get through that filter, to cron's mail or log.
+        for code in [EXIT_POINTER_UNKNOWN, EXIT_STORE_UNAVAILABLE, EXIT_STOPPED] {
+            assert!(!is_benign_skip(code));
+            let line = not_run_line(code, "cron", "cannot read the lease: timeout");
+            assert!(!line.starts_with("switchyard lock: skipped"), "{line}");
+            assert_eq!(
+                line,
+                "switchyard lock: cannot run 'cron': cannot read the lease: timeout"
+            );
+        }
+    }
+
+    #[test]
+    fn the_monotonic_clock_never_goes_back() {
+        let first = SystemClock.monotonic_ms();
+        let second = SystemClock.monotonic_ms();
+        assert!(second >= first);
+    }
+
+    #[tokio::test]
+    async fn a_process_group_is_alive_while_a_background_member_runs() {
+        // The leader exits at once; what it put in the background runs on in its group.
+        let mut leader = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 30 & exit 0")
+            .process_group(0)
+            .spawn()
+            .expect("sh starts");
+        let group = leader
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(Pid::from_raw)
+            .expect("a pid");
+        assert!(leader.wait().await.expect("sh ends").success());
+        assert!(group_alive(group), "the background sleep is still in the group");
+        rustix::process::kill_process_group(group, Signal::KILL).expect("kill the group");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while group_alive(group) {
+            assert!(Instant::now() < deadline, "the group is still there after SIGKILL");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -15,12 +15,14 @@ pub(crate) struct LockArgs {
 #[derive(clap::Subcommand)]
 enum LockCommand {
     /// Run CMD only if this host's region is the active one and this run holds the lease NAME
-    /// (a fenced lease in a global table of the local store); renew it while CMD runs, release
-    /// it at exit. Exit status: CMD's own when it ran; 100 not the active region, 101 lease held
-    /// elsewhere, 102 pointer unknown, 103 store unavailable, 104 CMD stopped mid-run (pointer
-    /// moved or lease lost), 127 CMD could not start.
+    /// (a fenced lease in a global table of the local store); renew it while CMD runs — and while
+    /// anything CMD started runs in its process group — and release it when all of that is gone.
+    /// Exit status: CMD's own when it ran; 100 not the active region, 101 lease held elsewhere
+    /// (both print `switchyard lock: skipped '…'`), 102 pointer unknown, 103 store unavailable
+    /// (both print `switchyard lock: cannot run '…'`), 104 CMD stopped mid-run (pointer moved or
+    /// lease lost), 105 CMD ran longer than --max-run-s, 127 CMD could not start.
     Run(Box<RunArgs>),
-    /// Internal: replaces itself with the command after arming the parent-death signal.
+    /// Internal: the reaper between `lock run` and the command (see `lock::guard`).
     #[command(name = "exec-guard", hide = true)]
     ExecGuard {
         #[arg(long)]
@@ -56,6 +58,11 @@ struct RunArgs {
     /// Seconds CMD gets between SIGTERM and SIGKILL when it must stop.
     #[arg(long, default_value_t = 10)]
     kill_grace_s: u64,
+    /// Stop CMD (and what it started) after this many seconds, 1..=604800: SIGTERM to its
+    /// process group, SIGKILL after --kill-grace-s, exit status 105; the lease is released once
+    /// they are gone. Without it a hung job holds the lease for as long as it hangs.
+    #[arg(long, value_name = "SECONDS")]
+    max_run_s: Option<u64>,
     #[command(flatten)]
     client: crate::controller::ControllerClientArgs,
     /// Access key for SigV4-signed store requests (with --secret-access-key).
@@ -68,14 +75,13 @@ struct RunArgs {
     command: Vec<OsString>,
 }
 
-/// The command to exec when this process is `lock exec-guard`, before any runtime starts.
+/// When this process is `lock exec-guard`: runs the guard (before any other runtime starts)
+/// and returns its exit status.
 pub(crate) fn exec_guard(args: &LockArgs) -> Option<i32> {
     let LockCommand::ExecGuard { parent_pid, command } = &args.command else {
         return None;
     };
-    let error = lock::guard::exec(*parent_pid, command);
-    eprintln!("switchyard lock: {error}");
-    Some(lock::EXIT_CANNOT_START)
+    Some(lock::guard::run(*parent_pid, command))
 }
 
 pub(crate) async fn run(args: LockArgs) -> anyhow::Result<i32> {
@@ -90,6 +96,7 @@ pub(crate) async fn run(args: LockArgs) -> anyhow::Result<i32> {
         args.kill_grace_s.saturating_mul(1000),
     )
     .map_err(anyhow::Error::msg)?;
+    let max_run_ms = lock::lease::max_run_ms(args.max_run_s).map_err(anyhow::Error::msg)?;
     let credentials = match (args.access_key_id, args.secret_access_key) {
         (Some(access_key_id), Some(secret_access_key)) => Some(demoapp::AwsCredentials {
             access_key_id,
@@ -123,6 +130,7 @@ pub(crate) async fn run(args: LockArgs) -> anyhow::Result<i32> {
         command,
         guard_program,
         holder: lock::run::holder_name(),
+        max_run_ms,
     };
     Ok(lock::run::run(options, &lock::run::SystemClock).await)
 }
