@@ -227,9 +227,10 @@ def test_only_the_active_region_runs_and_exit_codes_say_why(deployment, tmp_path
     assert "/nonexistent/program" in missing.stderr
 
     too_short = deployment.lock("us-east-1", "cron", ["true"], ttl_s=1)
-    assert too_short.returncode != 0 and "--ttl-s 1 is out of range" in too_short.stderr, too_short.stderr
+    # Bad arguments exit 2 (the README's table), whoever refuses them: clap or lock run.
+    assert too_short.returncode == 2 and "--ttl-s 1 is out of range" in too_short.stderr, too_short.stderr
     no_limit = deployment.lock("us-east-1", "cron", ["true"], extra=["--max-run-s", "0"])
-    assert no_limit.returncode != 0 and "--max-run-s 0 is out of range" in no_limit.stderr, no_limit.stderr
+    assert no_limit.returncode == 2 and "--max-run-s 0 is out of range" in no_limit.stderr, no_limit.stderr
 
 
 def test_a_second_holder_is_skipped_while_the_first_runs(deployment, tmp_path):

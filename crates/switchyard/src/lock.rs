@@ -84,26 +84,44 @@ pub(crate) fn exec_guard(args: &LockArgs) -> Option<i32> {
     Some(lock::guard::run(*parent_pid, command))
 }
 
+/// The exit status of arguments `lock run` refuses (clap's own refusals exit 2 too).
+const BAD_ARGUMENTS_STATUS: i32 = 2;
+
 pub(crate) async fn run(args: LockArgs) -> anyhow::Result<i32> {
     let LockCommand::Run(args) = args.command else {
         bail!("lock exec-guard is internal to lock run");
     };
-    lock::store::check_name(&args.name).map_err(anyhow::Error::msg)?;
-    store::global::check_region_name(&args.region).map_err(|message| anyhow::anyhow!("--region: {message}"))?;
-    let timing = lock::lease::Timing::new(
+    // Arguments clap took but `lock run` refuses exit 2, as clap's own refusals do (README's
+    // exit statuses): a crontab tells a wrong line from a job that failed.
+    let bad_arguments = |message: String| {
+        eprintln!("Error: {message}");
+        Ok(BAD_ARGUMENTS_STATUS)
+    };
+    if let Err(message) = lock::store::check_name(&args.name) {
+        return bad_arguments(message);
+    }
+    if let Err(message) = store::global::check_region_name(&args.region) {
+        return bad_arguments(format!("--region: {message}"));
+    }
+    let timing = match lock::lease::Timing::new(
         args.ttl_s.saturating_mul(1000),
         args.settle_ms,
         args.kill_grace_s.saturating_mul(1000),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let max_run_ms = lock::lease::max_run_ms(args.max_run_s).map_err(anyhow::Error::msg)?;
+    ) {
+        Ok(timing) => timing,
+        Err(message) => return bad_arguments(message),
+    };
+    let max_run_ms = match lock::lease::max_run_ms(args.max_run_s) {
+        Ok(max_run_ms) => max_run_ms,
+        Err(message) => return bad_arguments(message),
+    };
     let credentials = match (args.access_key_id, args.secret_access_key) {
         (Some(access_key_id), Some(secret_access_key)) => Some(demoapp::AwsCredentials {
             access_key_id,
             secret_access_key,
         }),
         (None, None) => None,
-        _ => bail!("give both --access-key-id and --secret-access-key (or neither)"),
+        _ => return bad_arguments("give both --access-key-id and --secret-access-key (or neither)".into()),
     };
     let client = demoapp::dynamo::Client::new(&args.store, &args.region, credentials)
         .map_err(|message| anyhow::anyhow!("--store: {message}"))?;
