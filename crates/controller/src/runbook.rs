@@ -7,7 +7,10 @@
 //! A roll-forward or retry still does not repeat a step whose target it can read and finds
 //! already in the state the step sets (`read_target`).
 //! A receiver that has already applied a newer generation answers 409: the step is *fenced*,
-//! the runbook stops at once and is never retried with the old generation.
+//! the runbook stops at once and is never retried with the old generation. Switchyard's DNS
+//! admin API answers only that 409; a `webhook` receiver fences only when its 409 says so
+//! (`{"error": "stale_generation", "generation": N}`, N newer): any other 409 is a conflict,
+//! retried, and another 4xx is refused (not retried).
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -379,25 +382,79 @@ fn dns(context: &StepContext) -> Result<&DnsAdmin, Failure> {
         .ok_or_else(|| Failure::Retryable("no [dns] section configured".into()))
 }
 
-/// Interprets an HTTP answer: 2xx is done, 409 is fenced, anything else is retried.
-fn judge(what: &str, answer: Result<crate::client::Answer, crate::client::ClientError>) -> Result<String, Failure> {
+/// Characters of a refusing HTTP answer's body kept in the step's detail.
+pub const HTTP_DETAIL_CHARS_MAX: usize = 512;
+
+/// The `error` code of the generation protocol's 409: the receiver applied a newer generation
+/// (the DNS admin API's [`common::dns_admin::AdminError`]; a `webhook` receiver may answer it
+/// too, with the newer generation in `generation`).
+pub const STALE_GENERATION: &str = "stale_generation";
+
+/// Who answers a step's HTTP request, which decides what a 409 means.
+#[derive(Clone, Copy, Debug)]
+enum Receiver {
+    /// Switchyard's own DNS admin API: its only 409 is `stale_generation` (fenced), its 412
+    /// `generation_moved` (read again).
+    DnsAdmin,
+    /// Any HTTP endpoint a `webhook` step POSTs the order to, under `generation`: a 409 fences
+    /// only when it speaks the generation protocol (`{"error": "stale_generation",
+    /// "generation": N}` with N newer than ours); any other 409 is a plain conflict.
+    Webhook { generation: u64 },
+}
+
+/// The newer generation a 409 body names under the generation protocol
+/// (`{"error": "stale_generation", "generation": N}`), if it does.
+fn stale_generation(body: &[u8]) -> Option<u64> {
+    let answer: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if answer.get("error")?.as_str()? != STALE_GENERATION {
+        return None;
+    }
+    answer.get("generation")?.as_u64()
+}
+
+/// Interprets an HTTP answer: 2xx is done; 409 is fenced from the DNS admin API, and from a
+/// webhook only under the generation protocol (else a conflict, retried); 408, 425, 429 and 5xx
+/// are retried; any other 3xx or 4xx is refused (a retry would get the same answer).
+fn judge(
+    what: &str,
+    receiver: Receiver,
+    answer: Result<crate::client::Answer, crate::client::ClientError>,
+) -> Result<String, Failure> {
     let answer = answer.map_err(|e| Failure::Retryable(e.to_string()))?;
-    let text: String = answer.text().chars().take(512).collect();
-    if answer.status.is_success() {
-        Ok(format!("{what}: HTTP {}", answer.status.as_u16()))
-    } else if answer.status == StatusCode::PRECONDITION_FAILED {
-        Err(Failure::Moved(format!(
+    let status = answer.status;
+    let code = status.as_u16();
+    let text: String = answer.text().chars().take(HTTP_DETAIL_CHARS_MAX).collect();
+    if status.is_success() {
+        return Ok(format!("{what}: HTTP {code}"));
+    }
+    match (status, receiver) {
+        (StatusCode::PRECONDITION_FAILED, Receiver::DnsAdmin) => Err(Failure::Moved(format!(
             "{what}: HTTP 412 (pushed to since it was read): {text}"
-        )))
-    } else if answer.status == StatusCode::CONFLICT {
-        Err(Failure::Fenced(format!(
+        ))),
+        (StatusCode::CONFLICT, Receiver::DnsAdmin) => Err(Failure::Fenced(format!(
             "{what}: HTTP 409 (a newer generation was applied): {text}"
-        )))
-    } else {
-        Err(Failure::Retryable(format!(
-            "{what}: HTTP {}: {text}",
-            answer.status.as_u16()
-        )))
+        ))),
+        (StatusCode::CONFLICT, Receiver::Webhook { generation }) => match stale_generation(&answer.body) {
+            Some(applied) if applied > generation => Err(Failure::Fenced(format!(
+                "{what}: HTTP 409 {STALE_GENERATION}: the receiver applied generation {applied}, newer than {generation}: {text}"
+            ))),
+            Some(applied) => Err(Failure::Retryable(format!(
+                "{what}: HTTP 409 {STALE_GENERATION} naming generation {applied}, not newer than {generation}: a conflict, retried: {text}"
+            ))),
+            None => Err(Failure::Retryable(format!(
+                "{what}: HTTP 409 (a conflict, retried; not fenced: the body is not {{\"error\": \"{STALE_GENERATION}\", \"generation\": N}}): {text}"
+            ))),
+        },
+        (StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_EARLY | StatusCode::TOO_MANY_REQUESTS, _) => {
+            Err(Failure::Retryable(format!("{what}: HTTP {code}: {text}")))
+        }
+        _ if status.is_client_error() => Err(Failure::Refused(format!(
+            "{what}: HTTP {code} (a retry would get the same answer: fix the receiver or the step): {text}"
+        ))),
+        _ if status.is_redirection() => Err(Failure::Refused(format!(
+            "{what}: HTTP {code} (redirects are not followed: set the URL it redirects to): {text}"
+        ))),
+        _ => Err(Failure::Retryable(format!("{what}: HTTP {code}: {text}"))),
     }
 }
 
@@ -434,9 +491,17 @@ async fn push_to_dns(
             .client
             .request(Method::PUT, &url, token, Some(plain), step.timeout_ms)
             .await;
-        return judge(&format!("PUT {}", common::text::shown_url(&url)), answer);
+        return judge(
+            &format!("PUT {}", common::text::shown_url(&url)),
+            Receiver::DnsAdmin,
+            answer,
+        );
     }
-    judge(&format!("PUT {}", common::text::shown_url(&url)), answer)
+    judge(
+        &format!("PUT {}", common::text::shown_url(&url)),
+        Receiver::DnsAdmin,
+        answer,
+    )
 }
 
 /// The health of every DNS target once `order` is applied: healthy in the serving regions.
@@ -507,7 +572,13 @@ async fn webhook(step: &Step, order: &RunbookOrder, context: &StepContext) -> Re
         .client
         .request(Method::POST, url, None, Some(body), step.timeout_ms)
         .await;
-    judge(&format!("POST {}", common::text::shown_url(url)), answer)
+    judge(
+        &format!("POST {}", common::text::shown_url(url)),
+        Receiver::Webhook {
+            generation: order.generation.0,
+        },
+        answer,
+    )
 }
 
 /// Runs the program (no shell). The timeout around this future drops it, and

@@ -387,3 +387,73 @@ async fn hanging_http_step_times_out() {
     assert_eq!(reports.len(), 2);
     assert!(reports[0].detail.contains("200 ms"), "{}", reports[0].detail);
 }
+
+#[tokio::test]
+async fn a_webhook_409_without_the_generation_protocol_is_a_conflict_not_a_fence() {
+    let hook = Fake::start().await;
+    hook.set_status(409);
+    hook.set_body(r#"{"error":"a deployment is already in progress"}"#);
+    let mut webhook = step("notify", StepKind::Webhook);
+    webhook.url = Some(format!("{}/notify", hook.url));
+    let (outcome, reports) = run(std::slice::from_ref(&webhook), &order(6), &context(None)).await;
+    let RunbookOutcome::Failed { error, .. } = outcome else {
+        panic!("a plain 409 must not fence: {outcome:?}");
+    };
+    assert!(error.contains("a deployment is already in progress"), "{error}");
+    assert_eq!(hook.seen().len(), 3, "a conflict is retried");
+    assert!(reports.iter().all(|r| r.outcome == "error"), "{reports:?}");
+    // The deployment is over: the next runbook goes through.
+    hook.set_status(200);
+    let (outcome, _) = run(&[webhook], &order(7), &context(None)).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded);
+}
+
+#[tokio::test]
+async fn a_webhook_409_naming_a_newer_generation_fences() {
+    let hook = Fake::start().await;
+    hook.set_status(409);
+    hook.set_body(r#"{"error":"stale_generation","generation":12,"message":"generation 9 is older than 12"}"#);
+    let mut webhook = step("notify", StepKind::Webhook);
+    webhook.url = Some(format!("{}/notify", hook.url));
+    let (outcome, _) = run(std::slice::from_ref(&webhook), &order(9), &context(None)).await;
+    match outcome {
+        RunbookOutcome::Fenced { step, error } => {
+            assert_eq!(step, "notify");
+            assert!(error.contains("generation 12"), "{error}");
+        }
+        other => panic!("expected fenced, got {other:?}"),
+    }
+    assert_eq!(hook.seen().len(), 1, "never retried with the old generation");
+    // A "stale" answer naming a generation that is not newer is no fence.
+    let (outcome, _) = run(&[webhook], &order(12), &context(None)).await;
+    assert!(matches!(outcome, RunbookOutcome::Failed { .. }), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn client_errors_of_a_webhook_are_refused_without_retrying() {
+    let hook = Fake::start().await;
+    hook.set_body("no such hook");
+    let mut webhook = step("notify", StepKind::Webhook);
+    webhook.url = Some(format!("{}/notify", hook.url));
+    for status in [400, 401, 403, 404, 410, 422] {
+        hook.set_status(status);
+        let before = hook.seen().len();
+        let (outcome, reports) = run(std::slice::from_ref(&webhook), &order(6), &context(None)).await;
+        let RunbookOutcome::Failed { error, .. } = outcome else {
+            panic!("{status}: expected a failure, got {outcome:?}");
+        };
+        assert!(error.starts_with("refused: "), "{status}: {error}");
+        assert!(
+            error.contains(&format!("HTTP {status}")) && error.contains("no such hook"),
+            "{error}"
+        );
+        assert_eq!(hook.seen().len(), before + 1, "{status} is not retried");
+        assert_eq!(reports.last().map(|r| r.outcome), Some("refused"));
+    }
+    // Too many requests: worth another attempt.
+    hook.set_status(429);
+    let before = hook.seen().len();
+    let (outcome, _) = run(&[webhook], &order(6), &context(None)).await;
+    assert!(matches!(outcome, RunbookOutcome::Failed { .. }), "{outcome:?}");
+    assert_eq!(hook.seen().len(), before + 3);
+}
