@@ -7,14 +7,23 @@
 //! A roll-forward or retry still does not repeat a step whose target it can read and finds
 //! already in the state the step sets (`read_target`).
 //! A receiver that has already applied a newer generation answers 409: the step is *fenced*,
-//! the runbook stops at once and is never retried with the old generation.
+//! the runbook stops at once and is never retried with the old generation. Switchyard's DNS
+//! admin API answers only that 409; a `webhook` receiver fences only when its 409 says so
+//! (`{"error": "stale_generation", "generation": N}`, N newer): any other 409 is a conflict,
+//! retried, and another 4xx is refused (not retried).
+//!
+//! A `command` step runs in a process group of its own, which is stopped whole (SIGTERM, then
+//! SIGKILL) when the step times out or is abandoned, so nothing it started acts later under an
+//! older generation; its result is the program's own exit status.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::dns_admin::{HEALTH_PATH, Health, HealthPush, TXT_PATH, TxtPush, View};
 use hyper::{Method, StatusCode};
+use rustix::process::{Pid, Signal};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
@@ -25,8 +34,19 @@ use crate::pointer::Pointer;
 
 /// Longest wait between two attempts of a step.
 pub const STEP_BACKOFF_MS_MAX: u64 = 10_000;
-/// Bytes of a failed command's stderr kept for the report.
-pub const COMMAND_OUTPUT_BYTES_MAX: usize = 4096;
+/// Bytes of a command's output kept for the report: the last ones of its stderr (of its stdout
+/// when stderr is empty), where the error is. The rest is read and dropped.
+pub const COMMAND_OUTPUT_TAIL_BYTES: usize = 4096;
+/// How long a command's output is still read once the program exited: a background process
+/// it started may hold the pipes open for its whole life, and the step does not wait for it.
+pub const COMMAND_DRAIN_AFTER_EXIT_MS: u64 = 200;
+/// Between the SIGTERM to a stopped command's process group and the SIGKILL.
+pub const COMMAND_KILL_GRACE_MS: u64 = 2_000;
+/// How often a stopping command's group is looked at.
+const COMMAND_STOP_POLL_MS: u64 = 10;
+/// Beyond its timeout, the grace and the drain, what a command attempt may take before it is
+/// dropped (and its group stopped from another thread): only a hung reap would use it.
+const COMMAND_STOP_SLACK_MS: u64 = 1_000;
 
 /// What steps act on.
 #[derive(Clone)]
@@ -169,7 +189,7 @@ pub async fn execute_guarded(
             }
             let started = Instant::now();
             let result = match tokio::time::timeout(
-                Duration::from_millis(step.timeout_ms),
+                Duration::from_millis(attempt_limit_ms(step)),
                 run_step(step, order, context, read_at),
             )
             .await
@@ -268,6 +288,19 @@ pub async fn execute_guarded(
         }
     }
     RunbookOutcome::Succeeded
+}
+
+/// How long one attempt of `step` may take before it is dropped: its `timeout_ms`; a command
+/// enforces that itself and then stops its process group, which this leaves time for.
+fn attempt_limit_ms(step: &Step) -> u64 {
+    match step.kind {
+        StepKind::Command => step
+            .timeout_ms
+            .saturating_add(COMMAND_KILL_GRACE_MS)
+            .saturating_add(COMMAND_DRAIN_AFTER_EXIT_MS)
+            .saturating_add(COMMAND_STOP_SLACK_MS),
+        _ => step.timeout_ms,
+    }
 }
 
 /// Runs one attempt of `step`; `read_at`: the generation its target was read at (a DNS push
@@ -379,25 +412,79 @@ fn dns(context: &StepContext) -> Result<&DnsAdmin, Failure> {
         .ok_or_else(|| Failure::Retryable("no [dns] section configured".into()))
 }
 
-/// Interprets an HTTP answer: 2xx is done, 409 is fenced, anything else is retried.
-fn judge(what: &str, answer: Result<crate::client::Answer, crate::client::ClientError>) -> Result<String, Failure> {
+/// Characters of a refusing HTTP answer's body kept in the step's detail.
+pub const HTTP_DETAIL_CHARS_MAX: usize = 512;
+
+/// The `error` code of the generation protocol's 409: the receiver applied a newer generation
+/// (the DNS admin API's [`common::dns_admin::AdminError`]; a `webhook` receiver may answer it
+/// too, with the newer generation in `generation`).
+pub const STALE_GENERATION: &str = "stale_generation";
+
+/// Who answers a step's HTTP request, which decides what a 409 means.
+#[derive(Clone, Copy, Debug)]
+enum Receiver {
+    /// Switchyard's own DNS admin API: its only 409 is `stale_generation` (fenced), its 412
+    /// `generation_moved` (read again).
+    DnsAdmin,
+    /// Any HTTP endpoint a `webhook` step POSTs the order to, under `generation`: a 409 fences
+    /// only when it speaks the generation protocol (`{"error": "stale_generation",
+    /// "generation": N}` with N newer than ours); any other 409 is a plain conflict.
+    Webhook { generation: u64 },
+}
+
+/// The newer generation a 409 body names under the generation protocol
+/// (`{"error": "stale_generation", "generation": N}`), if it does.
+fn stale_generation(body: &[u8]) -> Option<u64> {
+    let answer: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if answer.get("error")?.as_str()? != STALE_GENERATION {
+        return None;
+    }
+    answer.get("generation")?.as_u64()
+}
+
+/// Interprets an HTTP answer: 2xx is done; 409 is fenced from the DNS admin API, and from a
+/// webhook only under the generation protocol (else a conflict, retried); 408, 425, 429 and 5xx
+/// are retried; any other 3xx or 4xx is refused (a retry would get the same answer).
+fn judge(
+    what: &str,
+    receiver: Receiver,
+    answer: Result<crate::client::Answer, crate::client::ClientError>,
+) -> Result<String, Failure> {
     let answer = answer.map_err(|e| Failure::Retryable(e.to_string()))?;
-    let text: String = answer.text().chars().take(512).collect();
-    if answer.status.is_success() {
-        Ok(format!("{what}: HTTP {}", answer.status.as_u16()))
-    } else if answer.status == StatusCode::PRECONDITION_FAILED {
-        Err(Failure::Moved(format!(
+    let status = answer.status;
+    let code = status.as_u16();
+    let text: String = answer.text().chars().take(HTTP_DETAIL_CHARS_MAX).collect();
+    if status.is_success() {
+        return Ok(format!("{what}: HTTP {code}"));
+    }
+    match (status, receiver) {
+        (StatusCode::PRECONDITION_FAILED, Receiver::DnsAdmin) => Err(Failure::Moved(format!(
             "{what}: HTTP 412 (pushed to since it was read): {text}"
-        )))
-    } else if answer.status == StatusCode::CONFLICT {
-        Err(Failure::Fenced(format!(
+        ))),
+        (StatusCode::CONFLICT, Receiver::DnsAdmin) => Err(Failure::Fenced(format!(
             "{what}: HTTP 409 (a newer generation was applied): {text}"
-        )))
-    } else {
-        Err(Failure::Retryable(format!(
-            "{what}: HTTP {}: {text}",
-            answer.status.as_u16()
-        )))
+        ))),
+        (StatusCode::CONFLICT, Receiver::Webhook { generation }) => match stale_generation(&answer.body) {
+            Some(applied) if applied > generation => Err(Failure::Fenced(format!(
+                "{what}: HTTP 409 {STALE_GENERATION}: the receiver applied generation {applied}, newer than {generation}: {text}"
+            ))),
+            Some(applied) => Err(Failure::Retryable(format!(
+                "{what}: HTTP 409 {STALE_GENERATION} naming generation {applied}, not newer than {generation}: a conflict, retried: {text}"
+            ))),
+            None => Err(Failure::Retryable(format!(
+                "{what}: HTTP 409 (a conflict, retried; not fenced: the body is not {{\"error\": \"{STALE_GENERATION}\", \"generation\": N}}): {text}"
+            ))),
+        },
+        (StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_EARLY | StatusCode::TOO_MANY_REQUESTS, _) => {
+            Err(Failure::Retryable(format!("{what}: HTTP {code}: {text}")))
+        }
+        _ if status.is_client_error() => Err(Failure::Refused(format!(
+            "{what}: HTTP {code} (a retry would get the same answer: fix the receiver or the step): {text}"
+        ))),
+        _ if status.is_redirection() => Err(Failure::Refused(format!(
+            "{what}: HTTP {code} (redirects are not followed: set the URL it redirects to): {text}"
+        ))),
+        _ => Err(Failure::Retryable(format!("{what}: HTTP {code}: {text}"))),
     }
 }
 
@@ -434,9 +521,17 @@ async fn push_to_dns(
             .client
             .request(Method::PUT, &url, token, Some(plain), step.timeout_ms)
             .await;
-        return judge(&format!("PUT {}", common::text::shown_url(&url)), answer);
+        return judge(
+            &format!("PUT {}", common::text::shown_url(&url)),
+            Receiver::DnsAdmin,
+            answer,
+        );
     }
-    judge(&format!("PUT {}", common::text::shown_url(&url)), answer)
+    judge(
+        &format!("PUT {}", common::text::shown_url(&url)),
+        Receiver::DnsAdmin,
+        answer,
+    )
 }
 
 /// The health of every DNS target once `order` is applied: healthy in the serving regions.
@@ -507,16 +602,31 @@ async fn webhook(step: &Step, order: &RunbookOrder, context: &StepContext) -> Re
         .client
         .request(Method::POST, url, None, Some(body), step.timeout_ms)
         .await;
-    judge(&format!("POST {}", common::text::shown_url(url)), answer)
+    judge(
+        &format!("POST {}", common::text::shown_url(url)),
+        Receiver::Webhook {
+            generation: order.generation.0,
+        },
+        answer,
+    )
 }
 
-/// Runs the program (no shell). The timeout around this future drops it, and
-/// `kill_on_drop` kills the child.
+/// Runs the program (no shell) in a process group of its own, until `timeout_ms`.
+///
+/// Its stdout and stderr are read to the end while it runs (a program is never stopped by a
+/// full or closed pipe), keeping the last [`COMMAND_OUTPUT_TAIL_BYTES`] of each for the report.
+/// The step's result is the program's own exit status: once it exits, its output is read for at
+/// most [`COMMAND_DRAIN_AFTER_EXIT_MS`] more — a background process it started may hold the pipes
+/// for its whole life — and such a process is left running (a step may start a daemon).
+/// At the timeout, and when the attempt is dropped (the controller shuts down, a leader's term
+/// ends), the whole group is stopped: SIGTERM, SIGKILL after [`COMMAND_KILL_GRACE_MS`]; a timed-out
+/// attempt ends only once the group is gone, so a retry never overlaps what it started.
 async fn command(step: &Step, order: &RunbookOrder) -> Result<String, Failure> {
     let program = step
         .program
         .as_deref()
         .ok_or_else(|| Failure::Retryable("command step without program".into()))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(step.timeout_ms);
     let from = order.from.as_ref().map(|p| p.active.as_str()).unwrap_or("");
     let serving: Vec<&str> = order.to.serving.iter().map(|r| r.as_str()).collect();
     let mut child = tokio::process::Command::new(program)
@@ -533,26 +643,220 @@ async fn command(step: &Step, order: &RunbookOrder) -> Result<String, Failure> {
                 .unwrap_or_default(),
         )
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .map_err(|e| Failure::Retryable(format!("cannot start {program}: {e}")))?;
-    let mut stderr = Vec::new();
-    if let Some(pipe) = child.stderr.take() {
-        let _ = pipe
-            .take(COMMAND_OUTPUT_BYTES_MAX as u64)
-            .read_to_end(&mut stderr)
-            .await;
-    }
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| Failure::Retryable(format!("waiting for {program}: {e}")))?;
-    let stderr = String::from_utf8_lossy(&stderr).trim().to_string();
+    let stdout = OutputTail::read(child.stdout.take());
+    let stderr = OutputTail::read(child.stderr.take());
+    let group = child.id().and_then(|id| i32::try_from(id).ok()).and_then(Pid::from_raw);
+    let mut running = Running {
+        child: Some(child),
+        group,
+    };
+    let waited = tokio::select! {
+        status = running.wait() => Some(status),
+        () = tokio::time::sleep_until(deadline) => None,
+    };
+    let Some(status) = waited else {
+        running.stop().await;
+        let output = drained_output(&stdout, &stderr).await;
+        return Err(Failure::Retryable(format!(
+            "timed out after {} ms: its process group was stopped (SIGTERM, SIGKILL after {COMMAND_KILL_GRACE_MS} ms){}",
+            step.timeout_ms,
+            if output.is_empty() {
+                String::new()
+            } else {
+                format!(": {output}")
+            }
+        )));
+    };
+    let status = status.map_err(|e| Failure::Retryable(format!("waiting for {program}: {e}")))?;
+    let output = drained_output(&stdout, &stderr).await;
     if status.success() {
         Ok(format!("{program} exited 0"))
     } else {
-        Err(Failure::Retryable(format!("{program} failed ({status}): {stderr}")))
+        Err(Failure::Retryable(format!("{program} failed ({status}): {output}")))
+    }
+}
+
+/// The last bytes of a command's stdout or stderr, read to the end by a task of its own.
+struct OutputTail {
+    kept: Arc<Mutex<Tail>>,
+    /// Ends at the pipe's end (every holder closed it).
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Tail {
+    bytes: Vec<u8>,
+    /// Whether bytes before the kept ones were dropped.
+    cut: bool,
+}
+
+impl OutputTail {
+    fn read(pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>) -> OutputTail {
+        let kept = Arc::new(Mutex::new(Tail::default()));
+        let reader = pipe.map(|mut pipe| {
+            let kept = Arc::clone(&kept);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 8192];
+                loop {
+                    match pipe.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let mut tail = kept.lock().unwrap_or_else(|e| e.into_inner());
+                            tail.bytes.extend_from_slice(&buffer[..n]);
+                            // Trimmed in halves, so each byte is moved a bounded number of times.
+                            if tail.bytes.len() > 2 * COMMAND_OUTPUT_TAIL_BYTES {
+                                let excess = tail.bytes.len() - COMMAND_OUTPUT_TAIL_BYTES;
+                                tail.bytes.drain(..excess);
+                                tail.cut = true;
+                            }
+                        }
+                    }
+                }
+            })
+        });
+        OutputTail { kept, reader }
+    }
+
+    /// The kept tail as text: at most [`COMMAND_OUTPUT_TAIL_BYTES`], `…` first when cut.
+    fn text(&self) -> String {
+        let tail = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let start = tail.bytes.len().saturating_sub(COMMAND_OUTPUT_TAIL_BYTES);
+        let text = String::from_utf8_lossy(&tail.bytes[start..]);
+        // A cut may fall inside a character: its remains are dropped.
+        let text = text.trim_start_matches(char::REPLACEMENT_CHARACTER).trim();
+        if tail.cut || start > 0 {
+            format!("…{text}")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+/// Waits at most [`COMMAND_DRAIN_AFTER_EXIT_MS`] for both pipes to end, then answers the
+/// stderr tail (the stdout tail when stderr is empty). A reader still going (a background
+/// process holds the pipe) goes on discarding, so that process never writes to a closed pipe.
+async fn drained_output(stdout: &OutputTail, stderr: &OutputTail) -> String {
+    let drained = async {
+        for reader in [&stdout.reader, &stderr.reader].into_iter().flatten() {
+            while !reader.is_finished() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(COMMAND_DRAIN_AFTER_EXIT_MS), drained).await;
+    let text = stderr.text();
+    if text.is_empty() { stdout.text() } else { text }
+}
+
+/// A command's child and its process group until the child is reaped. Dropped before (the
+/// attempt abandoned: the controller shutting down, a leader's term ended), it stops the group
+/// from a thread of its own — SIGTERM at once, SIGKILL after the grace — and
+/// [`wait_for_stopped_commands`] waits for those threads.
+struct Running {
+    child: Option<tokio::process::Child>,
+    group: Option<Pid>,
+}
+
+impl Running {
+    /// Waits for the child to exit (and reaps it); the group is left as it is.
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(std::io::Error::other("already waited for"));
+        };
+        let status = child.wait().await;
+        self.child = None;
+        status
+    }
+
+    /// SIGTERM to the group; once the child exited and nothing is left in the group, done, else
+    /// SIGKILL to the group at the grace's end; the child reaped.
+    async fn stop(&mut self) {
+        if let Some(group) = self.group {
+            let _ = rustix::process::kill_process_group(group, Signal::TERM);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(COMMAND_KILL_GRACE_MS);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && !matches!(child.try_wait(), Ok(None))
+            {
+                self.child = None;
+            }
+            if self.child.is_none() && !group_alive(self.group) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(COMMAND_STOP_POLL_MS)).await;
+        }
+        if let Some(group) = self.group {
+            let _ = rustix::process::kill_process_group(group, Signal::KILL);
+        }
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        self.child = None;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let group = self.group;
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, Signal::TERM);
+        }
+        let stopping = std::thread::Builder::new().name("command-stop".into()).spawn(move || {
+            let deadline = Instant::now() + Duration::from_millis(COMMAND_KILL_GRACE_MS);
+            let mut exited = false;
+            while Instant::now() < deadline {
+                exited = exited || !matches!(child.try_wait(), Ok(None));
+                if exited && !group_alive(group) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(COMMAND_STOP_POLL_MS));
+            }
+            if let Some(group) = group {
+                let _ = rustix::process::kill_process_group(group, Signal::KILL);
+            }
+            let _ = child.start_kill();
+            // SIGKILL is not refused: the child is reaped within moments.
+            while matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(COMMAND_STOP_POLL_MS));
+            }
+        });
+        match stopping {
+            Ok(thread) => STOPPING.lock().unwrap_or_else(|e| e.into_inner()).push(thread),
+            Err(_) => {
+                if let Some(group) = group {
+                    let _ = rustix::process::kill_process_group(group, Signal::KILL);
+                }
+            }
+        }
+    }
+}
+
+/// Whether any process is left in `group` (the child itself, once reaped, no longer counts).
+fn group_alive(group: Option<Pid>) -> bool {
+    group.is_some_and(|group| rustix::process::test_kill_process_group(group).is_ok())
+}
+
+/// The threads stopping the process groups of abandoned command steps.
+static STOPPING: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new());
+
+/// Waits until every command step abandoned so far has had its process group stopped (at most
+/// [`COMMAND_KILL_GRACE_MS`] and moments more). The controller calls it on its way out, after
+/// its runtime dropped the runbook in flight: without it the process could exit before the
+/// SIGKILL of a group that ignores SIGTERM.
+pub fn wait_for_stopped_commands() {
+    let threads = std::mem::take(&mut *STOPPING.lock().unwrap_or_else(|e| e.into_inner()));
+    for thread in threads {
+        let _ = thread.join();
     }
 }

@@ -496,7 +496,14 @@ fn run() -> anyhow::Result<()> {
         Command::Dns(args) => runtime.block_on(dns::run_dns(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Drill(args) => runtime.block_on(drill::run(args)),
-        Command::Controller(args) => runtime.block_on(controller::run_controller(args)),
+        Command::Controller(args) => {
+            let result = runtime.block_on(controller::run_controller(args));
+            // Dropping the runtime drops a runbook step still running: a command's process
+            // group gets SIGTERM; wait for it to be gone (SIGKILL after the grace).
+            drop(runtime);
+            ::controller::runbook::wait_for_stopped_commands();
+            result
+        }
         Command::Config(args) => controller::run_config(args),
         Command::Runbook(args) => runbook::run(args),
         Command::Media(args) => runtime.block_on(media::run(args)),

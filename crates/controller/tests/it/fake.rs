@@ -22,6 +22,8 @@ pub struct Seen {
 struct Inner {
     seen: Vec<Seen>,
     status: u16,
+    /// The body of every answer but a view (default `{}`).
+    body: Option<String>,
     hang: bool,
     /// Like the DNS admin API: refuse generations older than the highest applied (per path).
     fence: bool,
@@ -80,7 +82,7 @@ async fn handle(
     body: Bytes,
 ) -> axum::response::Response {
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    let (status, hang) = {
+    let (status, hang, answer) = {
         let mut inner = inner.lock().expect("lock");
         inner.seen.push(Seen {
             method: method.to_string(),
@@ -124,12 +126,16 @@ async fn handle(
         if method == Method::PUT && status == 200 && !inner.hang {
             apply(&mut inner.view, uri.path(), &body);
         }
-        (status, inner.hang)
+        (
+            status,
+            inner.hang,
+            inner.body.clone().unwrap_or_else(|| "{}".to_string()),
+        )
     };
     if hang {
         std::future::pending::<()>().await;
     }
-    (StatusCode::from_u16(status).expect("valid status"), "{}").into_response()
+    (StatusCode::from_u16(status).expect("valid status"), answer).into_response()
 }
 
 impl Fake {
@@ -153,6 +159,11 @@ impl Fake {
 
     pub fn set_status(&self, status: u16) {
         self.inner.lock().expect("lock").status = status;
+    }
+
+    /// Answers `body` (instead of `{}`) from now on.
+    pub fn set_body(&self, body: &str) {
+        self.inner.lock().expect("lock").body = Some(body.to_string());
     }
 
     pub fn set_hang(&self, hang: bool) {

@@ -1,12 +1,17 @@
 //! Runbook steps against real processes and an in-test HTTP server.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use controller::client::HttpClient;
 use controller::config::{Step, StepKind};
 use controller::engine::{Generation, Placement, RegionId, RunbookOrder, RunbookOutcome, TransitionKind};
 use controller::pointer::{Pointer, PointerValue};
-use controller::runbook::{DnsAdmin, StepContext, StepReport, execute, execute_guarded};
+use controller::runbook::{
+    COMMAND_DRAIN_AFTER_EXIT_MS, COMMAND_KILL_GRACE_MS, COMMAND_OUTPUT_TAIL_BYTES, DnsAdmin, StepContext, StepReport,
+    execute, execute_guarded, wait_for_stopped_commands,
+};
 
 use crate::fake::Fake;
 use crate::wait_for;
@@ -386,4 +391,251 @@ async fn hanging_http_step_times_out() {
     assert!(matches!(outcome, RunbookOutcome::Failed { .. }), "{outcome:?}");
     assert_eq!(reports.len(), 2);
     assert!(reports[0].detail.contains("200 ms"), "{}", reports[0].detail);
+}
+
+/// A `command` step running `sh -c SCRIPT`.
+fn sh(name: &str, script: String) -> Step {
+    let mut command = step(name, StepKind::Command);
+    command.program = Some("sh".into());
+    command.args = vec!["-c".into(), script];
+    command
+}
+
+/// Whether the process whose pid `pid_file` holds is gone (exited, or a zombie nobody reaped).
+fn gone(pid_file: &Path) -> bool {
+    let Ok(pid) = std::fs::read_to_string(pid_file) else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .map(|stat| stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) == Some("Z"))
+        .unwrap_or(true)
+}
+
+#[tokio::test]
+async fn a_command_writing_more_than_a_pipe_holds_to_stderr_runs_to_its_end() {
+    // 256 KiB of progress on stderr (more than a pipe holds), then the work: a reader that stops
+    // early kills it (SIGPIPE).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let done = dir.path().join("done");
+    let noisy = sh(
+        "noisy",
+        format!(
+            "i=0; while [ $i -lt 4096 ]; do echo 'progress: copying the next block of the replica, please wait' >&2; i=$((i+1)); done; echo applied > {}",
+            done.display()
+        ),
+    );
+    let (outcome, reports) = run(&[noisy], &order(5), &context(None)).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded, "{reports:?}");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(done.exists(), "the command ran to its end");
+}
+
+#[tokio::test]
+async fn a_failing_command_reports_the_end_of_its_output() {
+    let mut failing = sh(
+        "promote",
+        "head -c 100000 /dev/zero | tr '\\0' x >&2; echo >&2; echo 'FATAL: the replica is 3 s behind' >&2; exit 4"
+            .into(),
+    );
+    failing.retries = 0;
+    let (outcome, _) = run(&[failing], &order(5), &context(None)).await;
+    let RunbookOutcome::Failed { error, .. } = outcome else {
+        panic!("expected a failure, got {outcome:?}");
+    };
+    assert!(error.contains("exit status: 4"), "{error}");
+    assert!(
+        error.contains("FATAL: the replica is 3 s behind"),
+        "the last words are kept: {error}"
+    );
+    assert!(
+        error.len() < COMMAND_OUTPUT_TAIL_BYTES + 200,
+        "bounded: {} bytes",
+        error.len()
+    );
+}
+
+#[tokio::test]
+async fn a_command_that_starts_a_background_process_succeeds_at_once_and_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = dir.path().join("count");
+    let background = dir.path().join("background.pid");
+    let mut starts = sh(
+        "starts-daemon",
+        format!(
+            "echo x >> {}; sleep 30 & echo $! > {}; exit 0",
+            count.display(),
+            background.display()
+        ),
+    );
+    starts.timeout_ms = 3_000;
+    let started = Instant::now();
+    let (outcome, reports) = run(&[starts], &order(5), &context(None)).await;
+    let took = started.elapsed();
+    assert_eq!(outcome, RunbookOutcome::Succeeded, "{reports:?}");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(std::fs::read_to_string(&count).expect("ran").lines().count(), 1);
+    assert!(
+        took < Duration::from_millis(COMMAND_DRAIN_AFTER_EXIT_MS + 1_500),
+        "the step waited for the background process: {took:?}"
+    );
+    // What it started in the background is left running: a step may start a daemon.
+    assert!(!gone(&background), "the background process was killed");
+    let pid = std::fs::read_to_string(&background).expect("pid");
+    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+}
+
+#[tokio::test]
+async fn a_timed_out_command_takes_what_it_started_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("late");
+    let grandchild = dir.path().join("grandchild.pid");
+    let mut hanging = sh(
+        "apply",
+        format!(
+            "(sleep 1; echo late > {}) & echo $! > {}; sleep 60",
+            marker.display(),
+            grandchild.display()
+        ),
+    );
+    hanging.timeout_ms = 300;
+    hanging.retries = 0;
+    let (outcome, _) = run(&[hanging], &order(4), &context(None)).await;
+    let RunbookOutcome::Failed { error, .. } = outcome else {
+        panic!("expected a timeout, got {outcome:?}");
+    };
+    assert!(error.contains("timed out after 300 ms"), "{error}");
+    // Once the process that would write the marker is gone, the marker can never appear.
+    wait_for("the timed-out attempt's grandchild to be gone", 5_000, || {
+        gone(&grandchild)
+    })
+    .await;
+    assert!(!marker.exists(), "a process of the timed-out attempt acted after it");
+}
+
+#[tokio::test]
+async fn a_timed_out_command_that_ignores_sigterm_is_killed_after_the_grace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("late");
+    let grandchild = dir.path().join("grandchild.pid");
+    let mut stubborn = sh(
+        "apply",
+        format!(
+            "trap '' TERM; (sleep 5; echo late > {}) & echo $! > {}; sleep 60",
+            marker.display(),
+            grandchild.display()
+        ),
+    );
+    stubborn.timeout_ms = 300;
+    stubborn.retries = 0;
+    let (outcome, reports) = run(&[stubborn], &order(4), &context(None)).await;
+    assert!(matches!(outcome, RunbookOutcome::Failed { .. }), "{outcome:?}");
+    assert!(
+        reports[0].duration_ms >= 300 + COMMAND_KILL_GRACE_MS,
+        "SIGKILL only after the grace: {reports:?}"
+    );
+    assert!(gone(&grandchild), "the attempt ended with its group gone");
+    assert!(!marker.exists());
+}
+
+#[tokio::test]
+async fn an_abandoned_command_attempt_stops_its_process_group() {
+    // As when a leader's term ends mid-step, or the controller shuts down: the attempt's
+    // future is dropped.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("late");
+    let grandchild = dir.path().join("grandchild.pid");
+    let mut hanging = sh(
+        "apply",
+        format!(
+            "(sleep 1; echo late > {}) & echo $! > {}; sleep 60",
+            marker.display(),
+            grandchild.display()
+        ),
+    );
+    hanging.timeout_ms = 30_000;
+    let steps = [hanging];
+    let context = context(None);
+    let order = order(6);
+    tokio::select! {
+        outcome = run(&steps, &order, &context) => panic!("the step ended: {outcome:?}"),
+        () = wait_for("the grandchild to start", 5_000, || grandchild.exists()) => {}
+    }
+    tokio::task::spawn_blocking(wait_for_stopped_commands)
+        .await
+        .expect("joined");
+    wait_for("the abandoned attempt's grandchild to be gone", 5_000, || {
+        gone(&grandchild)
+    })
+    .await;
+    assert!(!marker.exists(), "a process of the abandoned attempt acted after it");
+}
+
+#[tokio::test]
+async fn a_webhook_409_without_the_generation_protocol_is_a_conflict_not_a_fence() {
+    let hook = Fake::start().await;
+    hook.set_status(409);
+    hook.set_body(r#"{"error":"a deployment is already in progress"}"#);
+    let mut webhook = step("notify", StepKind::Webhook);
+    webhook.url = Some(format!("{}/notify", hook.url));
+    let (outcome, reports) = run(std::slice::from_ref(&webhook), &order(6), &context(None)).await;
+    let RunbookOutcome::Failed { error, .. } = outcome else {
+        panic!("a plain 409 must not fence: {outcome:?}");
+    };
+    assert!(error.contains("a deployment is already in progress"), "{error}");
+    assert_eq!(hook.seen().len(), 3, "a conflict is retried");
+    assert!(reports.iter().all(|r| r.outcome == "error"), "{reports:?}");
+    // The deployment is over: the next runbook goes through.
+    hook.set_status(200);
+    let (outcome, _) = run(&[webhook], &order(7), &context(None)).await;
+    assert_eq!(outcome, RunbookOutcome::Succeeded);
+}
+
+#[tokio::test]
+async fn a_webhook_409_naming_a_newer_generation_fences() {
+    let hook = Fake::start().await;
+    hook.set_status(409);
+    hook.set_body(r#"{"error":"stale_generation","generation":12,"message":"generation 9 is older than 12"}"#);
+    let mut webhook = step("notify", StepKind::Webhook);
+    webhook.url = Some(format!("{}/notify", hook.url));
+    let (outcome, _) = run(std::slice::from_ref(&webhook), &order(9), &context(None)).await;
+    match outcome {
+        RunbookOutcome::Fenced { step, error } => {
+            assert_eq!(step, "notify");
+            assert!(error.contains("generation 12"), "{error}");
+        }
+        other => panic!("expected fenced, got {other:?}"),
+    }
+    assert_eq!(hook.seen().len(), 1, "never retried with the old generation");
+    // A "stale" answer naming a generation that is not newer is no fence.
+    let (outcome, _) = run(&[webhook], &order(12), &context(None)).await;
+    assert!(matches!(outcome, RunbookOutcome::Failed { .. }), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn client_errors_of_a_webhook_are_refused_without_retrying() {
+    let hook = Fake::start().await;
+    hook.set_body("no such hook");
+    let mut webhook = step("notify", StepKind::Webhook);
+    webhook.url = Some(format!("{}/notify", hook.url));
+    for status in [400, 401, 403, 404, 410, 422] {
+        hook.set_status(status);
+        let before = hook.seen().len();
+        let (outcome, reports) = run(std::slice::from_ref(&webhook), &order(6), &context(None)).await;
+        let RunbookOutcome::Failed { error, .. } = outcome else {
+            panic!("{status}: expected a failure, got {outcome:?}");
+        };
+        assert!(error.starts_with("refused: "), "{status}: {error}");
+        assert!(
+            error.contains(&format!("HTTP {status}")) && error.contains("no such hook"),
+            "{error}"
+        );
+        assert_eq!(hook.seen().len(), before + 1, "{status} is not retried");
+        assert_eq!(reports.last().map(|r| r.outcome), Some("refused"));
+    }
+    // Too many requests: worth another attempt.
+    hook.set_status(429);
+    let before = hook.seen().len();
+    let (outcome, _) = run(&[webhook], &order(6), &context(None)).await;
+    assert!(matches!(outcome, RunbookOutcome::Failed { .. }), "{outcome:?}");
+    assert_eq!(hook.seen().len(), before + 3);
 }
