@@ -296,9 +296,8 @@ def test_rsync_deletes_nothing_from_an_empty_source_and_copies_no_symlink_leavin
         (eu / f"photo-{i}.jpg").write_bytes(b"on the standby")
     config = rsync_config(tmp_path, us, daemon_url, extra="delete = true")
     result, [synced] = media("sync", config)
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert synced["deleted_objects"] == 0, synced
-    assert "holds no files" in synced["note"], synced
+    assert result.returncode == 1 and not synced["ok"], result.stderr + result.stdout
+    assert "deletions refused: the source lists no file at all" in synced["error"], synced
     assert sorted(p.name for p in eu.glob("photo-*")) == [f"photo-{i}.jpg" for i in range(3)]
 
     # With files, the copy runs; the standby's own photos were never on both sides, so they stay.
@@ -322,6 +321,47 @@ def test_rsync_deletes_nothing_from_an_empty_source_and_copies_no_symlink_leavin
     assert os.readlink(local / "catalog/same.jpg") == "a.jpg"
     assert not os.path.lexists(local / "catalog/passwd.jpg")
     assert not os.path.lexists(local / "catalog/up.jpg")
+
+
+def test_rsync_refuses_to_delete_a_sub_mount_the_sender_lost(tmp_path, rsync_daemon):
+    """`catalog/` is a mount of its own on the sending side (NFS, EFS) and is not mounted: the
+    folder is there, empty. Before, --delete removed every catalog image on the standby
+    ("deleted N", exit 0); now the run copies what it can, deletes nothing and fails, naming the
+    folder; an intended deletion goes with delete_fraction_max raised."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    catalog = [f"catalog/product/{i % 3}/{i}.jpg" for i in range(9)]
+    for relative in catalog + [f"wysiwyg/{i}.png" for i in range(40)]:
+        (us / relative).parent.mkdir(parents=True, exist_ok=True)
+        (us / relative).write_bytes(relative.encode())
+    config = rsync_config(tmp_path, us, daemon_url, extra="delete = true")
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0 and synced["copied_objects"] == 49, synced
+    shutil.rmtree(us / "catalog")
+    (us / "catalog").mkdir()
+    (us / "wysiwyg/new.png").write_bytes(b"new")
+    result, [refused] = media("sync", config)
+    assert result.returncode == 1 and not refused["ok"], result.stdout
+    assert "holds nothing under catalog/ any more" in refused["error"], refused
+    assert "all 9 files" in refused["error"] and "delete_fraction_max" in refused["error"], refused
+    assert "copied 1 objects" in refused["error"], refused
+    assert all((eu / relative).exists() for relative in catalog), "nothing deleted"
+    assert (eu / "wysiwyg/new.png").read_bytes() == b"new", "the copy went ahead"
+    # Half the files gone at once (more than a quarter): refused as well.
+    for i in range(20):
+        (us / f"wysiwyg/{i}.png").unlink()
+    for relative in catalog:
+        (us / relative).parent.mkdir(parents=True, exist_ok=True)
+        (us / relative).write_bytes(relative.encode())
+    result, [refused] = media("sync", config)
+    assert result.returncode == 1 and "would delete 20 of the 49 files" in refused["error"], refused
+    assert (eu / "wysiwyg/0.png").exists()
+    # Intended: the bound raised for one run.
+    intended = rsync_config(tmp_path, us, daemon_url, extra="delete = true\ndelete_fraction_max = 1",
+                            name="intended.toml")
+    result, [synced] = media("sync", intended)
+    assert result.returncode == 0 and synced["deleted_objects"] == 20, synced
+    assert not (eu / "wysiwyg/0.png").exists() and (eu / "wysiwyg/39.png").exists()
 
 
 def test_rsync_errors_name_the_exit_code_and_rsyncs_words(tmp_path, rsync_daemon):
@@ -354,6 +394,7 @@ kind = "media_sync"
 [runbook.media_sync]
 mode = "rsync"
 concurrency = 0
+delete_fraction_max = 1.5
 
 [runbook.media_sync.locations]
 us = { url = "relative/media" }
@@ -361,11 +402,13 @@ eu = { url = "rsync://10.0.0.9/media/", region = "us-east-1" }
 """)
     text = config.read_text().splitlines()
     line = {needle: text.index(next(t for t in text if t.startswith(needle))) + 1
-            for needle in ["kind = \"media_sync\"", "concurrency", "us = ", "eu = "]}
+            for needle in ["kind = \"media_sync\"", "concurrency", "delete_fraction_max", "us = ", "eu = "]}
     result = run_cli("config", "check", str(config))
     assert result.returncode == 1
     errors = result.stderr
     assert f"{config}:{line['concurrency']}:" in errors and "concurrency = 0 is outside 1..=32" in errors, errors
+    assert f"{config}:{line['delete_fraction_max']}:" in errors and "delete_fraction_max = 1.5 is outside (0, 1]" \
+        in errors, errors
     assert f"{config}:{line['us = ']}:" in errors and "is a relative folder" in errors, errors
     assert f"{config}:{line['eu = ']}:" in errors and "region of region 'eu' is an S3 setting" in errors, errors
 
@@ -533,6 +576,47 @@ def test_s3_delete_removes_only_copies_the_active_side_deleted_within_objects_pe
     assert listed("shop-media-us") == set(source), "the active bucket is never touched"
     result, [third] = media("sync", config)
     assert (third["copied_objects"], third["deleted_objects"]) == (0, 0), third
+
+
+def test_s3_deletes_nothing_when_the_source_lists_empty_or_loses_most_objects(tmp_path, moto_s3):
+    """A wiped or recreated source bucket, a MinIO on an unmounted disk, an edited prefix: the
+    source lists nothing. Before, delete = true removed every copy on the standby ("deleted 5",
+    exit 0); now nothing is deleted and the run fails, saying why and what would go."""
+    keys = dict(endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client("s3", region_name="us-east-1", **keys)
+    s3.create_bucket(Bucket="shop-media-us")
+    s3.create_bucket(Bucket="shop-media-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    source = {f"pub/media/catalog/{i}.jpg": f"photo {i}".encode() for i in range(5)}
+    source.update({f"pub/media/wysiwyg/{i}.png": f"banner {i}".encode() for i in range(35)})
+    for key, data in source.items():
+        s3.put_object(Bucket="shop-media-us", Key=key, Body=data)
+    config = s3_config(tmp_path, moto_s3, extra="delete = true")
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0 and synced["copied_objects"] == 40, synced
+
+    def count(bucket):
+        return len(s3.list_objects_v2(Bucket=bucket, Prefix="pub/media/").get("Contents", []))
+
+    for key in list(source)[:5]:
+        s3.delete_object(Bucket="shop-media-us", Key=key)
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0 and synced["deleted_objects"] == 5, "a few deletions go as before"
+    for key in list(source)[5:]:
+        s3.delete_object(Bucket="shop-media-us", Key=key)
+    result, [refused] = media("sync", config)
+    assert result.returncode == 1 and not refused["ok"], result.stdout
+    assert "deletions refused: the source lists no file at all" in refused["error"], refused
+    assert "all 35 files" in refused["error"] and "wysiwyg/0.png" in refused["error"], refused
+    assert count("shop-media-eu") == 35, "nothing deleted"
+    # Most, not all, gone: above delete_fraction_max (a quarter by default).
+    s3.put_object(Bucket="shop-media-us", Key="pub/media/wysiwyg/0.png", Body=b"banner 0")
+    result, [refused] = media("sync", config)
+    assert result.returncode == 1 and "would delete 34 of the 35 files" in refused["error"], refused
+    assert count("shop-media-eu") == 35
+    intended = s3_config(tmp_path, moto_s3, extra="delete = true\ndelete_fraction_max = 1", name="intended.toml")
+    result, [synced] = media("sync", intended)
+    assert result.returncode == 0 and synced["deleted_objects"] == 34, synced
+    assert count("shop-media-eu") == 1
 
 
 def test_the_controller_measures_media_lag_shows_it_and_runs_the_step_on_failover(tmp_path, rsync_daemon):

@@ -717,10 +717,13 @@ pub fn split_deletions(deleting: &[String], synced: &std::collections::HashSet<S
     (delete, rules)
 }
 
+/// Copies what `target` lacks of `source`. `delete`: `None`, or `Some(delete_fraction_max)`
+/// (see [`super::deletions_refused`]). Deletions refused by that bound fail the run after the
+/// copy (copies go ahead), and leave the records as they were.
 pub async fn sync(
     source: &Endpoint,
     target: &Endpoint,
-    delete: bool,
+    delete: Option<f64>,
     options: &Options,
     limits: &Limits,
 ) -> Result<SyncReport, Failure> {
@@ -728,17 +731,19 @@ pub async fn sync(
     let keep = usize::try_from(limits.objects_per_run_max.saturating_add(1)).unwrap_or(usize::MAX);
     // With delete: what the sender holds before the copy, which both sides hold after a
     // complete one (the record written at the end).
-    let sender_entries = if delete {
+    let sender_entries = if delete.is_some() {
         Some(list_all(source, options, limits).await?)
     } else {
         None
     };
-    let before = measure(source, target, delete, options, limits, keep).await?;
+    let before = measure(source, target, delete.is_some(), options, limits, keep).await?;
     let (chosen, limited) = within_limits(&before.listing.files, limits);
     let mut deletions_limited = false;
     let mut args = common_args(source, target, options);
     let mut files_from = None;
     let mut notes: Vec<String> = Vec::new();
+    // Deletions the safety bound refused: the run fails after the copy.
+    let mut refused = None;
     // Holds the protect rules' file until rsync has read it.
     let mut rules_dir = None;
     if limited.is_some() {
@@ -746,15 +751,7 @@ pub async fn sync(
         // this time.
         files_from = Some(chosen.iter().map(|item| format!("{}\n", item.path)).collect::<String>());
         args.push("--files-from=-".into());
-    } else if delete && before.listing.deletions > 0 && before.listing.source_is_empty() {
-        // The sender lists no file at all while the receiver holds some: an unmounted mount
-        // point or an emptied folder, far likelier than every upload deleted. Copy, delete
-        // nothing, and say so.
-        notes.push(format!(
-            "the source {} holds no files (not mounted? wrong path?): nothing deleted of the {} files the receiver holds",
-            source.text, before.listing.deletions
-        ));
-    } else if delete && before.listing.deletions > 0 {
+    } else if let Some(fraction_max) = delete.filter(|_| before.listing.deletions > 0) {
         let candidates = &before.listing.deleting;
         // A record that cannot be read (planted by an upload of that name, cut short, too
         // large) deletes nothing, but stops no copy: the copy's end writes it again. Both
@@ -765,7 +762,13 @@ pub async fn sync(
                 // Deletable: named alike by both records, and (a file) still as recorded on
                 // the receiver; one changed since (a new upload under an old name) stays.
                 Ok(Some(sender)) => match list_all(target, options, limits).await {
-                    Ok(now) => Ok(Some(deletable(&receiver, &sender, &now.into_iter().collect()))),
+                    Ok(now) => {
+                        let synced_files = receiver.values().filter(|state| state.as_str() != "d").count() as u64;
+                        Ok(Some((
+                            deletable(&receiver, &sender, &now.into_iter().collect()),
+                            synced_files,
+                        )))
+                    }
                     Err(error) => Err(format!("the receiver's files cannot be listed ({error})")),
                 },
                 Ok(None) => Err(format!(
@@ -778,14 +781,12 @@ pub async fn sync(
             Err(error) => Err(format!("the receiver's record cannot be used ({error})")),
         };
         match records {
-            Err(why) => notes.push(format!(
-                "nothing deleted: {why}"
-            )),
+            Err(why) => notes.push(format!("nothing deleted: {why}")),
             Ok(None) => notes.push(format!(
                 "nothing deleted: {} has no record of a complete sync yet ({SYNCED_LIST_NAME}; this run writes it), so its {} files the sender lacks may be its own uploads",
                 target.text, before.listing.deletions
             )),
-            Ok(Some(synced)) => {
+            Ok(Some((synced, synced_files))) => {
                 let (to_delete, rules) = split_deletions(candidates, &synced);
                 let kept = candidates.len() - to_delete.len();
                 if kept > 0 {
@@ -793,7 +794,17 @@ pub async fn sync(
                         "kept {kept} entries the receiver holds that were not on both sides at the last complete sync (its own uploads, never copied to the sender) or that no rsync rule names exactly: delete removes only what the sender deleted"
                     ));
                 }
-                if !to_delete.is_empty() {
+                // The safety bound, on files (folders go with them): an unmounted sub-mount
+                // or source lists nothing where the receiver holds a whole tree.
+                let files: Vec<String> = to_delete.iter().filter(|p| !p.ends_with('/')).cloned().collect();
+                let source_files = sender_entries
+                    .iter()
+                    .flatten()
+                    .filter(|(_, state)| state.as_str() != "d")
+                    .map(|(path, _)| path.as_str());
+                if let Some(why) = super::deletions_refused(source_files, synced_files, &files, fraction_max) {
+                    refused = Some(why);
+                } else if !to_delete.is_empty() {
                     // Deletions count against the same objects_per_run_max as the copies.
                     // The dry run counted them: an rsync daemon receiving keeps its exit
                     // code 25 to itself.
@@ -811,6 +822,13 @@ pub async fn sync(
                     rules_dir = Some(dir);
                 }
             }
+        }
+        if before.listing.source_is_empty() && refused.is_none() {
+            // The sender lists no file at all while the receiver holds some: an unmounted
+            // mount point or an emptied folder, far likelier than every upload deleted. Even
+            // without records to delete by, that is an error, not a quiet note.
+            let files: Vec<String> = candidates.iter().filter(|p| !p.ends_with('/')).cloned().collect();
+            refused = super::deletions_refused(std::iter::empty(), files.len() as u64, &files, fraction_max);
         }
     }
     args.push(source.text.clone());
@@ -838,7 +856,9 @@ pub async fn sync(
     }
     // A complete copy: both sides hold what the sender listed before it. Recorded on both, so
     // the next run either way knows; a side it cannot be written to keeps its older record.
-    if let Some(entries) = sender_entries.filter(|_| limited.is_none())
+    // Not after refused deletions: the records keep naming what the receiver still holds, so
+    // an intended mass deletion (the bound raised) can still remove it.
+    if let Some(entries) = sender_entries.filter(|_| limited.is_none() && refused.is_none())
         && !before.listing.source_is_empty()
     {
         write_synced(target, &entries, options).await?;
@@ -849,6 +869,12 @@ pub async fn sync(
         }
     }
     let after = measure(source, target, false, options, limits, 0).await?;
+    if let Some(why) = refused {
+        return Err(Failure::Refused(format!(
+            "copied {} objects ({} bytes), {} still differ; {why}",
+            done.counted, done.counted_bytes, after.lag.objects
+        )));
+    }
     Ok(SyncReport {
         copied_objects: done.counted,
         copied_bytes: done.counted_bytes,

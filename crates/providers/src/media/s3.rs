@@ -215,7 +215,7 @@ async fn differences(
     source: &Bucket,
     target: &Bucket,
     limits: &Limits,
-) -> Result<(BTreeMap<String, Object>, Vec<String>, Vec<String>), Failure> {
+) -> Result<(BTreeMap<String, Object>, Vec<String>, Vec<String>, u64), Failure> {
     let (from, to) = tokio::join!(
         source.list(limits.objects_listed_max, limits.list_page_keys),
         target.list(limits.objects_listed_max, limits.list_page_keys)
@@ -242,12 +242,12 @@ async fn differences(
         }
     }
     let extra = to.keys().filter(|key| !from.contains_key(*key)).cloned().collect();
-    Ok((from, differ, extra))
+    Ok((from, differ, extra, to.len() as u64))
 }
 
 pub async fn lag(source: &Location, target: &Location, limits: &Limits) -> Result<Lag, Failure> {
     let (source, target) = (Bucket::open(source).await?, Bucket::open(target).await?);
-    let (objects, differ, _) = differences(&source, &target, limits).await?;
+    let (objects, differ, _, _) = differences(&source, &target, limits).await?;
     let now = now_s();
     let mut lag = Lag::default();
     for key in &differ {
@@ -345,12 +345,20 @@ async fn copy(
     Ok(size)
 }
 
-pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &Limits) -> Result<SyncReport, Failure> {
+/// Copies what `target` lacks of `source`. `delete`: `None`, or `Some(delete_fraction_max)`
+/// (see [`super::deletions_refused`]): deletions that bound refuses fail the run after the
+/// copies, and nothing is deleted.
+pub async fn sync(
+    source: &Location,
+    target: &Location,
+    delete: Option<f64>,
+    limits: &Limits,
+) -> Result<SyncReport, Failure> {
     let (source, target) = (
         Arc::new(Bucket::open(source).await?),
         Arc::new(Bucket::open(target).await?),
     );
-    let (objects, differ, extra) = differences(&source, &target, limits).await?;
+    let (objects, differ, extra, receiver_count) = differences(&source, &target, limits).await?;
     let mut report = SyncReport::default();
     let mut queue = Vec::new();
     let mut bytes = 0u64;
@@ -407,8 +415,11 @@ pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &L
     // it was active, during an outage, not yet brought back) is not a deletion to propagate:
     // after a failover or failback the copy direction flips, and deleting it would lose it.
     let mut kept_own = 0u64;
-    if delete && report.limited.is_none() && first_error.is_none() {
-        let budget = limits.objects_per_run_max.saturating_sub(report.copied_objects);
+    let mut refused = None;
+    if let Some(fraction_max) = delete.filter(|_| report.limited.is_none() && first_error.is_none()) {
+        // First the copies that may go (HeadObject each: only copies carry the recorded
+        // source ETag), then the safety bound on all of them together, then the deletions.
+        let mut to_delete = Vec::new();
         let mut heads = 0u64;
         for key in extra {
             heads += 1;
@@ -423,6 +434,16 @@ pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &L
                 kept_own += 1;
                 continue;
             }
+            to_delete.push(key);
+        }
+        refused = super::deletions_refused(
+            objects.keys().map(String::as_str),
+            receiver_count,
+            &to_delete,
+            fraction_max,
+        );
+        let budget = limits.objects_per_run_max.saturating_sub(report.copied_objects);
+        for key in to_delete.into_iter().filter(|_| refused.is_none()) {
             if report.deleted_objects >= budget {
                 report.limited = Some(format!("objects_per_run_max = {}", limits.objects_per_run_max));
                 break;
@@ -461,12 +482,18 @@ pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &L
     if !notes.is_empty() {
         report.note = Some(notes.join("; "));
     }
-    let (objects, differ, _) = differences(&source, &target, limits).await?;
+    let (objects, differ, _, _) = differences(&source, &target, limits).await?;
     let now = now_s();
     for key in &differ {
         if let Some(object) = objects.get(key) {
             report.remaining.add(key, object.size, object.modified_s, now);
         }
+    }
+    if let Some(why) = refused {
+        return Err(Failure::Refused(format!(
+            "copied {} objects ({} bytes), {} still differ; {why}",
+            report.copied_objects, report.copied_bytes, report.remaining.objects
+        )));
     }
     Ok(report)
 }

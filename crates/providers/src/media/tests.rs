@@ -199,6 +199,7 @@ fn step(on_failover: OnFailover) -> MediaSync {
         .into_iter()
         .collect(),
         delete: false,
+        delete_fraction_max: DELETE_FRACTION_MAX_DEFAULT,
         on_failover,
         lag_interval_ms: LAG_INTERVAL_MS_DEFAULT,
         limits: limits(10, 1_000),
@@ -361,7 +362,7 @@ async fn an_s3_object_larger_than_listed_is_neither_read_whole_nor_copied() {
     let (_dir, location) = serve_s3(app).await;
     let mut limits = limits(10, 1_000_000);
     limits.object_bytes_max = 1_000;
-    let error = match super::s3::sync(&location("src"), &location("dst"), false, &limits).await {
+    let error = match super::s3::sync(&location("src"), &location("dst"), None, &limits).await {
         Ok(report) => panic!("copied an object above object_bytes_max: {report:?}"),
         Err(Failure::Retryable(error)) => error,
         Err(other) => panic!("expected a retryable failure, got {other:?}"),
@@ -584,7 +585,7 @@ async fn a_planted_record_on_the_receiver_stops_no_copy() {
     let report = rsync::sync(
         &endpoint(&source),
         &endpoint(&target),
-        true,
+        Some(DELETE_FRACTION_MAX_DEFAULT),
         &Options::default(),
         &limits(100, 1 << 20),
     )
@@ -685,4 +686,143 @@ fn only_entries_unchanged_since_the_recorded_copy_may_be_deleted() {
         "f:1234:2026/12/02-20:40:00"
     );
     assert_eq!(rsync::entry_state("cd+++++++++", "4096", "2026/12/02-20:40:00"), "d");
+}
+
+#[test]
+fn mass_deletions_are_refused_before_anything_is_deleted() {
+    let paths = |prefix: &str, n: usize| -> Vec<String> { (0..n).map(|i| format!("{prefix}{i}.jpg")).collect() };
+    let source = paths("other/", 40);
+    let sources = || source.iter().map(String::as_str);
+    // An empty source deletes nothing, whatever the bound.
+    let refused = deletions_refused(std::iter::empty(), 3, &paths("", 3), 1.0).expect("refused");
+    assert!(
+        refused.contains("lists no file at all") && refused.contains("all 3 files"),
+        "{refused}"
+    );
+    // A few deletions always go (the floor), a quarter of a large folder too.
+    assert_eq!(deletions_refused(sources(), 8, &paths("other/x", 4), 0.25), None);
+    assert_eq!(deletions_refused(sources(), 100, &paths("other/x", 25), 0.25), None);
+    let refused = deletions_refused(sources(), 100, &paths("other/x", 26), 0.25).expect("refused");
+    assert!(
+        refused.contains("delete 26 of the 100 files")
+            && refused.contains("delete_fraction_max = 0.25 allows (25)")
+            && refused.contains("like other/x0.jpg, other/x1.jpg, other/x2.jpg, other/x3.jpg, other/x4.jpg;")
+            && refused.contains("raise delete_fraction_max"),
+        "{refused}"
+    );
+    assert_eq!(deletions_refused(sources(), 100, &paths("other/x", 26), 1.0), None);
+    // A whole folder the source no longer holds (an unmounted sub-mount), within the fraction.
+    let refused = deletions_refused(sources(), 200, &paths("catalog/product/", 6), 0.25).expect("refused");
+    assert!(
+        refused.contains("holds nothing under catalog/ any more") && refused.contains("all 6 files"),
+        "{refused}"
+    );
+    assert_eq!(
+        deletions_refused(sources(), 200, &paths("catalog/product/", 5), 0.25),
+        None
+    );
+    assert_eq!(
+        deletions_refused(sources(), 200, &paths("catalog/product/", 6), 1.0),
+        None
+    );
+    // The source still holds files there: ordinary deletions.
+    let mut with_catalog = source.clone();
+    with_catalog.push("catalog/product/kept.jpg".into());
+    assert_eq!(
+        deletions_refused(
+            with_catalog.iter().map(String::as_str),
+            200,
+            &paths("catalog/product/", 6),
+            0.25
+        ),
+        None
+    );
+}
+
+fn write_files(folder: &std::path::Path, names: &[String]) {
+    for name in names {
+        let path = folder.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("folder");
+        std::fs::write(&path, name.as_bytes()).expect("write");
+    }
+}
+
+fn local(path: &std::path::Path) -> Endpoint {
+    Endpoint::parse(&path.display().to_string()).expect("endpoint")
+}
+
+/// The sub-mount `catalog/` is not mounted on the sender (an empty folder): the receiver's
+/// copy of it stays, the run fails and says why; the other files are still copied.
+#[tokio::test]
+async fn rsync_refuses_to_empty_a_folder_the_sender_lost() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    std::fs::create_dir_all(&target).expect("folder");
+    let catalog: Vec<String> = (0..8).map(|i| format!("catalog/p/{i}.jpg")).collect();
+    let other: Vec<String> = (0..40).map(|i| format!("wysiwyg/{i}.png")).collect();
+    write_files(&source, &catalog);
+    write_files(&source, &other);
+    let limits = limits(1_000, 1 << 30);
+    let first = rsync::sync(
+        &local(&source),
+        &local(&target),
+        Some(0.25),
+        &Options::default(),
+        &limits,
+    )
+    .await
+    .expect("first copy");
+    assert_eq!(first.copied_objects, 48);
+    std::fs::remove_dir_all(source.join("catalog")).expect("unmount");
+    std::fs::create_dir(source.join("catalog")).expect("the empty mount point");
+    write_files(&source, &["wysiwyg/new.png".to_string()]);
+    let error = match rsync::sync(
+        &local(&source),
+        &local(&target),
+        Some(0.25),
+        &Options::default(),
+        &limits,
+    )
+    .await
+    {
+        Err(Failure::Refused(error)) => error,
+        other => panic!("expected refused deletions, got {other:?}"),
+    };
+    assert!(
+        error.contains("holds nothing under catalog/") && error.contains("copied 1 objects"),
+        "{error}"
+    );
+    assert!(catalog.iter().all(|name| target.join(name).exists()), "nothing deleted");
+    assert!(target.join("wysiwyg/new.png").exists(), "the copy went ahead");
+    // The whole source emptied: refused too.
+    for folder in ["catalog", "wysiwyg"] {
+        std::fs::remove_dir_all(source.join(folder)).expect("empty");
+    }
+    let error = match rsync::sync(
+        &local(&source),
+        &local(&target),
+        Some(1.0),
+        &Options::default(),
+        &limits,
+    )
+    .await
+    {
+        Err(Failure::Refused(error)) => error,
+        other => panic!("expected refused deletions, got {other:?}"),
+    };
+    assert!(error.contains("lists no file at all"), "{error}");
+    assert!(catalog.iter().chain(&other).all(|name| target.join(name).exists()));
+    // Intended: the bound raised, the folder's deletion goes.
+    write_files(&source, &other);
+    let report = rsync::sync(
+        &local(&source),
+        &local(&target),
+        Some(1.0),
+        &Options::default(),
+        &limits,
+    )
+    .await
+    .expect("intended deletion");
+    assert!(report.deleted_objects >= 8, "{report:?}");
+    assert!(!target.join("catalog/p/0.jpg").exists());
 }
