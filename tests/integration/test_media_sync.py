@@ -55,6 +55,8 @@ def rsync_daemon(tmp_path):
         pytest.skip("rsync missing: apt-get install rsync (scripts/install-test-deps.sh does)")
     module = tmp_path / "eu"
     module.mkdir()
+    # A second module, outside the media one, for the record of the last complete sync.
+    (tmp_path / "eu-state").mkdir()
     port = free_port()
     conf = tmp_path / "rsyncd.conf"
     conf.write_text(f"""
@@ -64,6 +66,9 @@ uid = {os.getuid()}
 gid = {os.getgid()}
 [eu]
 path = {module}
+read only = false
+[eu-state]
+path = {tmp_path / 'eu-state'}
 read only = false
 """)
     daemon = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
@@ -95,10 +100,31 @@ kind = { type = "tcp", address = "127.0.0.1:2" }
 """
 
 
+def record_url(tmp_path, url, region):
+    """A record_url for `url`: a folder outside it, on the same side (a daemon's other module)."""
+    url = str(url)
+    if url.startswith("rsync://"):
+        return url.rstrip("/").rsplit("/", 1)[0] + "/eu-state/"
+    folder = tmp_path / f"records-{region}"
+    folder.mkdir(exist_ok=True)
+    if ":" in url.split("/", 1)[0]:
+        return f"{url.split(':', 1)[0]}:{folder}/"
+    return f"{folder}/"
+
+
+def record_of(tmp_path, region):
+    """The record file of `region` (its record_url as record_url() names it)."""
+    folder = tmp_path / ("eu-state" if region == "eu-daemon" else f"records-{region}")
+    return folder / "media.switchyard-media-synced"
+
+
 def rsync_config(tmp_path, source, target, extra="", name="switchyard.toml"):
     config = tmp_path / name
-    config.write_text(HEAD + media_sync_toml("rsync", {"us": {"url": source}, "eu": {"url": target}},
-                                             "run_timeout_ms = 30000\n" + extra))
+    places = {"us": {"url": source}, "eu": {"url": target}}
+    if "delete = true" in extra:
+        for region, place in places.items():
+            place["record_url"] = record_url(tmp_path, place["url"], region)
+    config.write_text(HEAD + media_sync_toml("rsync", places, "run_timeout_ms = 30000\n" + extra))
     return config
 
 
@@ -175,7 +201,9 @@ def test_rsync_to_a_real_daemon_copies_what_the_standby_lacks_and_keeps_its_extr
     result, [synced] = media("sync", deleting)
     assert result.returncode == 0 and synced["deleted_objects"] == 0, synced
     assert "no record of a complete sync" in synced["note"], synced
-    assert (us / ".switchyard-media-synced").exists() and (eu / ".switchyard-media-synced").exists()
+    assert record_of(tmp_path, "us").exists() and record_of(tmp_path, "eu-daemon").exists()
+    assert not (us / ".switchyard-media-synced").exists() and not (eu / ".switchyard-media-synced").exists(), \
+        "the record (every synced path) is kept outside the served folders"
     (us / "wysiwyg/banner.webp").unlink()
     result, [synced] = media("sync", deleting)
     assert result.returncode == 0 and synced["deleted_objects"] == 1, synced
@@ -204,7 +232,7 @@ def test_rsync_failback_with_delete_keeps_the_uploads_the_old_region_could_not_c
     (eu / "catalog/product/c/d").rmdir()
     # A record altered on the receiver (an upload of that name, say) to name the upload cannot
     # get it deleted: the sender's record must name an entry too.
-    record = us / ".switchyard-media-synced"
+    record = record_of(tmp_path, "us")
     record.write_text(record.read_text() + "f:10:2026/12/05-00:00:00|2026/12/uploaded-just-before-the-outage.jpg\n")
     result, [back] = media("sync", config, "--from", "eu")
     assert result.returncode == 0, result.stderr + result.stdout
@@ -281,7 +309,7 @@ def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemo
     result, [second] = media("sync", config)
     assert result.returncode == 0, result.stderr + result.stdout
     assert (second["copied_objects"], second["deleted_objects"], second["limited"]) == (0, 2, None), second
-    assert sorted(p.name for p in eu.iterdir()) == [".switchyard-media-synced", "new.jpg"]
+    assert sorted(p.name for p in eu.iterdir()) == ["new.jpg"]
 
 
 def test_rsync_deletes_nothing_from_an_empty_source_and_copies_no_symlink_leaving_the_tree(tmp_path, rsync_daemon):
@@ -364,6 +392,41 @@ def test_rsync_refuses_to_delete_a_sub_mount_the_sender_lost(tmp_path, rsync_dae
     assert not (eu / "wysiwyg/0.png").exists() and (eu / "wysiwyg/39.png").exists()
 
 
+def test_the_record_moves_out_of_the_served_folders_and_still_decides_the_deletions(tmp_path, rsync_daemon):
+    """An older version kept `.switchyard-media-synced` at the top of both media folders, where
+    the web server served it (Apache does by default): every synced path, WooCommerce's random
+    download names too. The first run with record_url moves it out of both, keeping what it
+    says, so a file deleted at the source since is still deleted on the standby."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    us.mkdir()
+    files = shop_media(us)
+    # As the older version left it: synced, and the same record on both sides.
+    subprocess.run(["rsync", "-rlpt", f"{us}/", daemon_url], check=True, capture_output=True, timeout=60)
+    listed = subprocess.run(["rsync", "-rn", "--out-format=%i|%l|%M|%n", f"{us}/", f"{tmp_path / 'empty'}/"],
+                            env=dict(os.environ, TZ="UTC", LC_ALL="C"), check=True, capture_output=True,
+                            text=True, timeout=60).stdout.splitlines()
+    entries = []
+    for line in filter(lambda line: line.count("|") >= 3, listed):
+        item, length, when, path = line.split("|", 3)
+        if path != "./":
+            entries.append(("d" if item[1] == "d" else f"f:{length}:{when}") + "|" + path)
+    old = "# switchyard media_sync v2: entries both sides held after the last complete sync (STATE|PATH)\n" \
+        + "".join(e + "\n" for e in entries)
+    (us / ".switchyard-media-synced").write_text(old)
+    (eu / ".switchyard-media-synced").write_text(old)
+    (us / "wysiwyg/banner.webp").unlink()
+    config = rsync_config(tmp_path, us, daemon_url, extra="delete = true")
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert synced["deleted_objects"] == 1 and not (eu / "wysiwyg/banner.webp").exists(), synced
+    assert not (us / ".switchyard-media-synced").exists() and not (eu / ".switchyard-media-synced").exists()
+    moved = record_of(tmp_path, "eu-daemon").read_text()
+    assert "|catalog/product/a/b/ab-shoe.jpg\n" in moved and "banner.webp" not in moved, moved
+    assert record_of(tmp_path, "us").read_text() == moved
+    assert len(files) == 4
+
+
 def test_rsync_errors_name_the_exit_code_and_rsyncs_words(tmp_path, rsync_daemon):
     daemon_url, _ = rsync_daemon
     us = tmp_path / "us"
@@ -415,6 +478,19 @@ eu = { url = "rsync://10.0.0.9/media/", region = "us-east-1" }
     both_remote = rsync_config(tmp_path, "deploy@web-us:/srv/media/", "rsync://10.0.0.9/media/", name="remote.toml")
     result = run_cli("config", "check", str(both_remote))
     assert result.returncode == 1 and "are all remote" in result.stderr, result.stderr
+
+    no_record = tmp_path / "no-record.toml"
+    no_record.write_text(HEAD + media_sync_toml("rsync", {
+        "us": {"url": "/srv/media/", "record_url": "/srv/media/state/"},
+        "eu": {"url": "rsync://10.0.0.9/media/"}}, "delete = true"))
+    text = no_record.read_text().splitlines()
+    line = {needle: text.index(next(t for t in text if t.startswith(needle))) + 1 for needle in ["us = ", "eu = "]}
+    result = run_cli("config", "check", str(no_record))
+    assert result.returncode == 1
+    assert f"{no_record}:{line['us = ']}:" in result.stderr and "is inside url's folder" in result.stderr, \
+        result.stderr
+    assert f"{no_record}:{line['eu = ']}:" in result.stderr and "delete = true needs record_url for region 'eu'" \
+        in result.stderr, result.stderr
 
     short = rsync_config(tmp_path, "/srv/media", "rsync://10.0.0.9/media/", name="short.toml")
     short.write_text(short.read_text().replace("timeout_ms = 60000", "timeout_ms = 5000"))

@@ -642,9 +642,40 @@ impl Settings {
                     }
                 }
                 match rsync::Endpoint::parse(url) {
-                    Ok(endpoint) => {
-                        locations.insert(region.clone(), Location::Rsync(endpoint));
-                    }
+                    Ok(endpoint) => match &location.record_url {
+                        Some(record_url) => match endpoint.with_record(record_url.get_ref(), step) {
+                            Ok(endpoint) => {
+                                locations.insert(region.clone(), Location::Rsync(endpoint));
+                            }
+                            Err(problem) => {
+                                checker.error(
+                                    record_url.span(),
+                                    format!(
+                                        "{what}: record_url '{}' of region '{region}' {problem}",
+                                        record_url.get_ref()
+                                    ),
+                                    "name a folder outside the one the web server serves, on the same host and reached the same way as url (/var/lib/switchyard/media/, deploy@web-eu:/var/lib/switchyard/media/, rsync://host/switchyard-state/)".into(),
+                                );
+                                ok = false;
+                            }
+                        },
+                        None if self.delete => {
+                            checker.error(
+                                location.url.span(),
+                                format!(
+                                    "{what}: delete = true needs record_url for region '{region}': the record of the last complete sync, which decides what may be deleted, is kept there, outside the served folder"
+                                ),
+                                format!(
+                                    "add record_url = \"/var/lib/switchyard/media/\" (a folder outside {url}, on the same host and reached the same way; the first run moves an old {} there from the media folder)",
+                                    rsync::SYNCED_LIST_NAME
+                                ),
+                            );
+                            ok = false;
+                        }
+                        None => {
+                            locations.insert(region.clone(), Location::Rsync(endpoint));
+                        }
+                    },
                     Err(problem) => {
                         checker.error(
                             location.url.span(),
@@ -655,6 +686,14 @@ impl Settings {
                     }
                 }
             } else {
+                if let Some(record_url) = &location.record_url {
+                    checker.error(
+                        record_url.span(),
+                        format!("{what}: record_url of region '{region}' is an rsync setting and mode is s3"),
+                        "remove record_url: mode s3 tells its copies by their metadata".into(),
+                    );
+                    ok = false;
+                }
                 let Some((bucket, prefix)) = parse_s3_url(url) else {
                     checker.error(
                         location.url.span(),

@@ -7,7 +7,8 @@
 //! `--delete` only with `delete = true`, and never when the sender lists no file at all (an
 //! unmounted folder would empty the receiver). Deletions remove only what both sides held after
 //! the last complete sync between them and the sender no longer has: each complete sync with
-//! `delete = true` records the sender's entries in [`SYNCED_LIST_NAME`] on both sides, and a
+//! `delete = true` records the sender's entries on both sides (in each location's `record_url`,
+//! outside the served folder: the record lists every synced path), and a
 //! later run names each entry it may delete with an `R` (risk) filter rule and protects every
 //! other (`P *`): a file the receiver holds outside that record — an upload made there that
 //! never reached the other side (the old active region's uploads from before a failover it
@@ -45,10 +46,13 @@ pub const CONNECT_TIMEOUT_SECONDS: u64 = 10;
 pub const MAX_DELETE_NOTE: &str = "deletions stopped at objects_per_run_max (rsync --max-delete)";
 /// Bytes of rsync's stderr kept for an error message (its end).
 pub const STDERR_BYTES_MAX: usize = 2048;
-/// The record, at the top of each location, of the entries both sides held after the last
-/// complete sync with `delete = true` (one path per line, as rsync prints them). Never copied,
-/// never deleted, never counted in the lag (`--exclude`).
+/// The old place of the record of the entries both sides held after the last complete sync:
+/// the top of each location, inside the folder the web server serves (it published the whole
+/// inventory). A run with `delete = true` moves it to the location's `record_url`
+/// ([`migrate_record`]); until then it is never copied, deleted or counted (`--exclude`).
 pub const SYNCED_LIST_NAME: &str = ".switchyard-media-synced";
+/// The record's file name in a location's `record_url` folder: `STEP.switchyard-media-synced`.
+pub const RECORD_SUFFIX: &str = ".switchyard-media-synced";
 /// The record's first line.
 const SYNCED_LIST_HEADER: &str =
     "# switchyard media_sync v2: entries both sides held after the last complete sync (STATE|PATH)";
@@ -103,6 +107,9 @@ pub enum Transport {
 pub struct Endpoint {
     pub text: String,
     pub transport: Transport,
+    /// With `delete = true`: where this location's record of the last complete sync is kept
+    /// (a file in the `record_url` folder, outside the served folder, reached the same way).
+    pub record: Option<String>,
 }
 
 impl Endpoint {
@@ -138,7 +145,61 @@ impl Endpoint {
         if !text.ends_with('/') {
             text.push('/');
         }
-        Ok(Endpoint { text, transport })
+        Ok(Endpoint {
+            text,
+            transport,
+            record: None,
+        })
+    }
+
+    /// The same location with its record in the folder `record_url` (reached like the
+    /// location: the same transport, SSH user and host, or daemon host; not inside the
+    /// location's folder), as the file `STEP.switchyard-media-synced`.
+    pub fn with_record(mut self, record_url: &str, step: &str) -> Result<Endpoint, String> {
+        let folder = Endpoint::parse(record_url)?;
+        if folder.transport != self.transport {
+            return Err("is not reached like url (a local folder for a local url, user@host:/path over SSH, rsync://host/module/ for a daemon)".into());
+        }
+        let host = |text: &str| -> String {
+            match self.transport {
+                Transport::Local => String::new(),
+                Transport::Ssh => text.split_once(':').map(|(h, _)| h.to_string()).unwrap_or_default(),
+                Transport::Daemon => text
+                    .strip_prefix("rsync://")
+                    .map(|rest| rest.split('/').next().unwrap_or_default().to_string())
+                    .unwrap_or_else(|| text.split("::").next().unwrap_or_default().to_string()),
+            }
+        };
+        if host(&folder.text) != host(&self.text) {
+            return Err("names another host than url (each side's record is kept on that side)".into());
+        }
+        if folder.text.starts_with(&self.text) {
+            return Err(
+                "is inside url's folder, which the web server serves (the record lists every synced path)".into(),
+            );
+        }
+        let name: String = step
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.record = Some(format!("{}{name}{RECORD_SUFFIX}", folder.text));
+        Ok(self)
+    }
+
+    /// The record's URL, or an error saying record_url is missing.
+    fn record_url(&self) -> Result<&str, Failure> {
+        self.record.as_deref().ok_or_else(|| {
+            Failure::Refused(format!(
+                "{} has no record_url: delete = true keeps the record of the last complete sync there (outside the served folder)",
+                self.text
+            ))
+        })
     }
 
     pub fn is_remote(&self) -> bool {
@@ -535,6 +596,7 @@ async fn list_all(source: &Endpoint, options: &Options, limits: &Limits) -> Resu
     let target = Endpoint {
         text: format!("{}/", empty.path().display()),
         transport: Transport::Local,
+        record: None,
     };
     let mut args = common_args(source, &target, options);
     args.push("--dry-run".into());
@@ -561,59 +623,128 @@ async fn run_plain(args: &[String]) -> Result<(Option<i32>, String), Failure> {
     Ok((output.status.code(), tail))
 }
 
-/// The record of what both sides held ([`SYNCED_LIST_NAME`]) at `at`; `None` when there is none.
+/// The record of what both sides held at `at` (its `record_url`); `None` when there is none.
 pub async fn read_synced(
     at: &Endpoint,
     options: &Options,
     limits: &Limits,
 ) -> Result<Option<std::collections::HashMap<String, String>>, Failure> {
+    let record = at.record_url()?;
     let dir = tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
     let local = dir.path().join("synced");
-    let mut args = vec![format!("--timeout={IO_TIMEOUT_SECONDS}")];
-    args.extend(transport_args(&[at.transport], options));
-    args.push(format!("{}{SYNCED_LIST_NAME}", at.text));
-    args.push(local.display().to_string());
-    let (code, stderr) = run_plain(&args).await?;
-    if code == Some(23) && stderr.contains("No such file or directory") {
+    if !fetch_file(at, record, &local, false, options).await? {
         return Ok(None);
     }
-    exit_failure(code, &stderr)?;
     let bytes_max = limits.objects_listed_max.saturating_mul(4096);
     let size = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0);
     if size > bytes_max {
         return Err(Failure::Retryable(format!(
-            "{}{SYNCED_LIST_NAME} is {size} bytes, more than objects_listed_max allows ({bytes_max}); delete it (the next complete sync writes it again, deleting nothing until then)",
-            at.text
+            "{record} is {size} bytes, more than objects_listed_max allows ({bytes_max}); delete it (the next complete sync writes it again, deleting nothing until then)"
         )));
     }
     let text = std::fs::read_to_string(&local).map_err(|e| {
         Failure::Retryable(format!(
-            "{}{SYNCED_LIST_NAME} is unreadable ({e}); delete it (the next complete sync writes it again)",
-            at.text
+            "{record} is unreadable ({e}); delete it (the next complete sync writes it again)"
         ))
     })?;
+    parse_synced(&text).map(Some).map_err(|why| {
+        Failure::Retryable(format!(
+            "{record} {why}; delete it (the next complete sync writes it again)"
+        ))
+    })
+}
+
+/// A record's entries (path -> state).
+fn parse_synced(text: &str) -> Result<std::collections::HashMap<String, String>, String> {
     let mut lines = text.lines();
     if lines.next() != Some(SYNCED_LIST_HEADER) {
-        return Err(Failure::Retryable(format!(
-            "{}{SYNCED_LIST_NAME} is not a media_sync record; delete it (the next complete sync writes it again)",
-            at.text
-        )));
+        return Err("is not a media_sync record".into());
     }
     let mut entries = std::collections::HashMap::new();
     for line in lines.filter(|line| !line.is_empty()) {
         let Some((state, path)) = line.split_once('|') else {
-            return Err(Failure::Retryable(format!(
-                "{}{SYNCED_LIST_NAME} has a line that is not STATE|PATH; delete it (the next complete sync writes it again)",
-                at.text
-            )));
+            return Err("has a line that is not STATE|PATH".into());
         };
         entries.insert(path.to_string(), state.to_string());
     }
-    Ok(Some(entries))
+    Ok(entries)
 }
 
-/// Writes the record of what both sides hold at `at`.
+/// Copies the file `remote` (reached like `at`) to `local`; false when there is none. With
+/// `remove`, rsync removes it at `remote` once copied (`--remove-source-files`).
+async fn fetch_file(
+    at: &Endpoint,
+    remote: &str,
+    local: &std::path::Path,
+    remove: bool,
+    options: &Options,
+) -> Result<bool, Failure> {
+    let mut args = vec![format!("--timeout={IO_TIMEOUT_SECONDS}")];
+    if remove {
+        args.push("--remove-source-files".into());
+    }
+    args.extend(transport_args(&[at.transport], options));
+    args.push(remote.to_string());
+    args.push(local.display().to_string());
+    let (code, stderr) = run_plain(&args).await?;
+    if code == Some(23) && stderr.contains("No such file or directory") {
+        return Ok(false);
+    }
+    exit_failure(code, &stderr)?;
+    Ok(local.exists())
+}
+
+/// Moves the record from its old place inside the served folder ([`SYNCED_LIST_NAME`]) to
+/// `record_url`: kept as it is when `record_url` has none yet (the same entries, the same
+/// meaning), and removed from the served folder in any case. A note when it cannot be.
+pub async fn migrate_record(at: &Endpoint, options: &Options) -> Result<Option<String>, Failure> {
+    let record = at.record_url()?.to_string();
+    let legacy = format!("{}{SYNCED_LIST_NAME}", at.text);
+    let dir = tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
+    let old = dir.path().join("old");
+    match fetch_file(at, &legacy, &old, true, options).await {
+        Ok(false) => return Ok(None),
+        Ok(true) => {}
+        Err(error) => {
+            return Ok(Some(format!(
+                "the old record {legacy}, inside the served folder, could not be moved ({error}); remove it by hand"
+            )));
+        }
+    }
+    let current = dir.path().join("current");
+    if !fetch_file(at, &record, &current, false, options).await? {
+        let text = std::fs::read_to_string(&old).unwrap_or_default();
+        // Only a record moves (an upload of that name is no record: it is removed all the
+        // same, since it is excluded from every copy and would stay in the folder forever).
+        if parse_synced(&text).is_ok() {
+            put_file(at, &old, &record, options).await?;
+        }
+    }
+    if !matches!(
+        fetch_file(at, &legacy, &dir.path().join("again"), false, options).await,
+        Ok(false)
+    ) {
+        return Ok(Some(format!(
+            "the old record {legacy}, inside the served folder, could not be removed; remove it by hand"
+        )));
+    }
+    Ok(None)
+}
+
+/// Copies the local file `local` to `remote` (reached like `at`).
+async fn put_file(at: &Endpoint, local: &std::path::Path, remote: &str, options: &Options) -> Result<(), Failure> {
+    let mut args = vec![format!("--timeout={IO_TIMEOUT_SECONDS}")];
+    args.extend(transport_args(&[at.transport], options));
+    args.push(local.display().to_string());
+    args.push(remote.to_string());
+    let (code, stderr) = run_plain(&args).await?;
+    exit_failure(code, &stderr)?;
+    Ok(())
+}
+
+/// Writes the record of what both sides hold at `at` (its `record_url`).
 pub async fn write_synced(at: &Endpoint, names: &[(String, String)], options: &Options) -> Result<(), Failure> {
+    let record = at.record_url()?;
     let dir = tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
     let local = dir.path().join("synced");
     let mut text = String::with_capacity(names.iter().map(|(n, s)| n.len() + s.len() + 2).sum::<usize>() + 128);
@@ -626,13 +757,7 @@ pub async fn write_synced(at: &Endpoint, names: &[(String, String)], options: &O
         text.push('\n');
     }
     std::fs::write(&local, text).map_err(|e| Failure::Retryable(format!("cannot write the record: {e}")))?;
-    let mut args = vec![format!("--timeout={IO_TIMEOUT_SECONDS}")];
-    args.extend(transport_args(&[at.transport], options));
-    args.push(local.display().to_string());
-    args.push(format!("{}{SYNCED_LIST_NAME}", at.text));
-    let (code, stderr) = run_plain(&args).await?;
-    exit_failure(code, &stderr)?;
-    Ok(())
+    put_file(at, &local, record, options).await
 }
 
 /// The entries a run may delete: named with the same state by the receiver's and the sender's
@@ -731,7 +856,12 @@ pub async fn sync(
     let keep = usize::try_from(limits.objects_per_run_max.saturating_add(1)).unwrap_or(usize::MAX);
     // With delete: what the sender holds before the copy, which both sides hold after a
     // complete one (the record written at the end).
+    let mut notes: Vec<String> = Vec::new();
     let sender_entries = if delete.is_some() {
+        // Records kept inside the served folder by older versions move out first.
+        for side in [target, source] {
+            notes.extend(migrate_record(side, options).await?);
+        }
         Some(list_all(source, options, limits).await?)
     } else {
         None
@@ -741,7 +871,6 @@ pub async fn sync(
     let mut deletions_limited = false;
     let mut args = common_args(source, target, options);
     let mut files_from = None;
-    let mut notes: Vec<String> = Vec::new();
     // Deletions the safety bound refused: the run fails after the copy.
     let mut refused = None;
     // Holds the protect rules' file until rsync has read it.
@@ -772,8 +901,8 @@ pub async fn sync(
                     Err(error) => Err(format!("the receiver's files cannot be listed ({error})")),
                 },
                 Ok(None) => Err(format!(
-                    "the sender {} has no record of the last complete sync ({SYNCED_LIST_NAME}; this run writes it)",
-                    source.text
+                    "the sender has no record of the last complete sync at {} (this run writes it)",
+                    source.record.as_deref().unwrap_or_default()
                 )),
                 Err(error) => Err(format!("the sender's record cannot be used ({error})")),
             },
@@ -783,8 +912,10 @@ pub async fn sync(
         match records {
             Err(why) => notes.push(format!("nothing deleted: {why}")),
             Ok(None) => notes.push(format!(
-                "nothing deleted: {} has no record of a complete sync yet ({SYNCED_LIST_NAME}; this run writes it), so its {} files the sender lacks may be its own uploads",
-                target.text, before.listing.deletions
+                "nothing deleted: {} has no record of a complete sync yet ({}; this run writes it), so its {} files the sender lacks may be its own uploads",
+                target.text,
+                target.record.as_deref().unwrap_or_default(),
+                before.listing.deletions
             )),
             Ok(Some((synced, synced_files))) => {
                 let (to_delete, rules) = split_deletions(candidates, &synced);

@@ -569,8 +569,17 @@ fn walk(root: &std::path::Path) -> Vec<String> {
     out
 }
 
-/// A `.switchyard-media-synced` that is no record (an upload of that name, a folder, a record
-/// cut short) deletes nothing but stops no copy; the complete copy writes the record again.
+/// Each side's record kept in its `record_url` folder (outside the served one).
+fn recorded(path: &std::path::Path, records: &std::path::Path) -> Endpoint {
+    std::fs::create_dir_all(records).expect("record folder");
+    Endpoint::parse(&path.display().to_string())
+        .expect("endpoint")
+        .with_record(&records.display().to_string(), "media")
+        .expect("record_url")
+}
+
+/// A record that is no record (an upload of that name, a folder, a record cut short) deletes
+/// nothing but stops no copy; the complete copy writes the record again.
 #[tokio::test]
 async fn a_planted_record_on_the_receiver_stops_no_copy() {
     let root = tempfile::tempdir().expect("temp dir");
@@ -580,11 +589,15 @@ async fn a_planted_record_on_the_receiver_stops_no_copy() {
     }
     std::fs::write(source.join("new.jpg"), "new").expect("write");
     std::fs::write(target.join("mine.jpg"), "mine").expect("write");
-    std::fs::write(target.join(rsync::SYNCED_LIST_NAME), "uploaded by a user\n").expect("write");
-    let endpoint = |path: &std::path::Path| Endpoint::parse(&path.display().to_string()).expect("endpoint");
+    let (source_end, target_end) = (
+        recorded(&source, &root.path().join("source-records")),
+        recorded(&target, &root.path().join("target-records")),
+    );
+    let record = root.path().join("target-records/media.switchyard-media-synced");
+    std::fs::write(&record, "uploaded by a user\n").expect("write");
     let report = rsync::sync(
-        &endpoint(&source),
-        &endpoint(&target),
+        &source_end,
+        &target_end,
         Some(DELETE_FRACTION_MAX_DEFAULT),
         &Options::default(),
         &limits(100, 1 << 20),
@@ -600,11 +613,120 @@ async fn a_planted_record_on_the_receiver_stops_no_copy() {
             .is_some_and(|note| note.contains("nothing deleted")),
         "{report:?}"
     );
-    let record = std::fs::read_to_string(target.join(rsync::SYNCED_LIST_NAME)).expect("record");
+    let record = std::fs::read_to_string(&record).expect("record");
     assert!(
         record.starts_with("# switchyard media_sync v2") && record.contains("|new.jpg\n"),
         "{record}"
     );
+    assert!(!target.join(rsync::SYNCED_LIST_NAME).exists() && !source.join(rsync::SYNCED_LIST_NAME).exists());
+}
+
+/// The record inside the served folder published every synced path (and WooCommerce's
+/// random download names): the first run with record_url moves it out, keeping what it says,
+/// so the deletions it allows still happen.
+#[tokio::test]
+async fn the_record_moves_out_of_the_served_folder_and_keeps_its_meaning() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    write_files(&source, &["a.jpg".to_string(), "gone.jpg".to_string()]);
+    write_files(&target, &["mine.jpg".to_string()]);
+    // As an older version left it: both sides synced, the record at the top of both folders.
+    let status = std::process::Command::new("rsync")
+        .args([
+            "-rlpt",
+            &format!("{}/", source.display()),
+            &format!("{}/", target.display()),
+        ])
+        .status()
+        .expect("rsync");
+    assert!(status.success());
+    let state = |name: &str| {
+        let modified = std::fs::metadata(source.join(name))
+            .expect("meta")
+            .modified()
+            .expect("mtime");
+        let seconds = modified.duration_since(std::time::UNIX_EPOCH).expect("epoch").as_secs();
+        let days = seconds / 86_400;
+        // Civil date from days (Howard Hinnant's algorithm), as rsync prints %M in UTC.
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let rest = seconds % 86_400;
+        format!(
+            "f:{}:{year}/{month:02}/{day:02}-{:02}:{:02}:{:02}",
+            name.len(),
+            rest / 3600,
+            rest % 3600 / 60,
+            rest % 60
+        )
+    };
+    let old_record = format!(
+        "# switchyard media_sync v2: entries both sides held after the last complete sync (STATE|PATH)\n{}|a.jpg\n{}|gone.jpg\n",
+        state("a.jpg"),
+        state("gone.jpg")
+    );
+    for side in [&source, &target] {
+        std::fs::write(side.join(rsync::SYNCED_LIST_NAME), &old_record).expect("old record");
+    }
+    std::fs::remove_file(source.join("gone.jpg")).expect("deleted at the source");
+    let (source_end, target_end) = (
+        recorded(&source, &root.path().join("source-records")),
+        recorded(&target, &root.path().join("target-records")),
+    );
+    let report = rsync::sync(
+        &source_end,
+        &target_end,
+        Some(DELETE_FRACTION_MAX_DEFAULT),
+        &Options::default(),
+        &limits(100, 1 << 20),
+    )
+    .await
+    .expect("the copy runs");
+    assert_eq!(
+        report.deleted_objects, 1,
+        "the old record's entries still count: {report:?}"
+    );
+    assert!(!target.join("gone.jpg").exists() && target.join("mine.jpg").exists());
+    for side in [&source, &target] {
+        assert!(
+            !side.join(rsync::SYNCED_LIST_NAME).exists(),
+            "removed from {}",
+            side.display()
+        );
+    }
+    let moved = std::fs::read_to_string(root.path().join("target-records/media.switchyard-media-synced"))
+        .expect("the record in record_url");
+    assert!(moved.contains("|a.jpg\n") && !moved.contains("gone.jpg"), "{moved}");
+}
+
+#[test]
+fn a_record_url_is_outside_the_served_folder_and_on_the_same_side() {
+    let with = |url: &str, record: &str| Endpoint::parse(url).expect("url").with_record(record, "media files");
+    assert_eq!(
+        with("/var/www/pub/media/", "/var/lib/switchyard/media")
+            .expect("ok")
+            .record
+            .as_deref(),
+        Some("/var/lib/switchyard/media/media_files.switchyard-media-synced")
+    );
+    assert!(with("deploy@web-eu:/srv/media/", "deploy@web-eu:/var/lib/sy/").is_ok());
+    assert!(with("rsync://10.0.0.5/media/", "rsync://10.0.0.5/state/").is_ok());
+    for (url, record) in [
+        ("/var/www/pub/media/", "/var/www/pub/media/.state/"),
+        ("/var/www/pub/media/", "/var/www/pub/media"),
+        ("/var/www/pub/media/", "deploy@web-eu:/var/lib/sy/"),
+        ("deploy@web-eu:/srv/media/", "deploy@web-us:/var/lib/sy/"),
+        ("rsync://10.0.0.5/media/", "rsync://10.0.0.6/state/"),
+        ("rsync://10.0.0.5/media/", "rsync://10.0.0.5/media/state/"),
+    ] {
+        assert!(with(url, record).is_err(), "{url} {record}");
+    }
 }
 
 #[test]
@@ -748,7 +870,8 @@ fn write_files(folder: &std::path::Path, names: &[String]) {
 }
 
 fn local(path: &std::path::Path) -> Endpoint {
-    Endpoint::parse(&path.display().to_string()).expect("endpoint")
+    let records = path.with_extension("records");
+    recorded(path, &records)
 }
 
 /// The sub-mount `catalog/` is not mounted on the sender (an empty folder): the receiver's
