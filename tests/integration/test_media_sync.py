@@ -285,6 +285,28 @@ def test_one_rsync_run_stays_within_objects_per_run_max(tmp_path, rsync_daemon):
     assert sum(1 for p in eu.rglob("*") if p.is_file()) == len(files)
 
 
+def test_a_capped_rsync_run_copies_names_with_non_ascii_bytes_newlines_and_dashes(tmp_path, rsync_daemon):
+    """objects_per_run_max hands rsync the chosen names on its stdin; rsync printed them
+    escaped (`caf\\#303\\#251.jpg`), and fed back so the run failed on the first such name."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    names = ["café.jpg", "new\nline.jpg", "-dash.jpg", "2026/12/ünï cödé.png", "plain.jpg"]
+    for name in names:
+        (us / name).parent.mkdir(parents=True, exist_ok=True)
+        (us / name).write_bytes(name.encode())
+    config = rsync_config(tmp_path, us, daemon_url, extra="objects_per_run_max = 2")
+    copied = 0
+    for _ in range(5):
+        result, [synced] = media("sync", config)
+        assert result.returncode == 0 and synced["ok"], result.stdout + result.stderr
+        copied += synced["copied_objects"]
+        if synced["limited"] is None:
+            break
+    assert copied == len(names) and synced["remaining"]["objects"] == 0, synced
+    for name in names:
+        assert (eu / name).read_bytes() == name.encode(), name
+
+
 def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemon):
     """delete = true with rsync: --max-delete gets what objects_per_run_max leaves after the
     copies; rsync's exit 25 (deletions stopped) is a limited run, not a failure."""

@@ -413,6 +413,30 @@ pub fn exit_failure(code: Option<i32>, stderr: &str) -> Result<Option<String>, F
     }
 }
 
+/// A name as rsync printed it, with its bytes back: rsync escapes a control or (under LC_ALL=C)
+/// non-ASCII byte, and a backslash that would read as an escape, as `\#ooo` (three octal
+/// digits; rsync(1), `--8-bit-output`).
+pub fn unescape_name(printed: &str) -> Vec<u8> {
+    let bytes = printed.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && bytes.get(i + 1) == Some(&b'#')
+            && let Some(octal) = bytes.get(i + 2..i + 5)
+            && octal.iter().all(|b| (b'0'..=b'7').contains(b))
+            && let Ok(byte) = u8::from_str_radix(std::str::from_utf8(octal).unwrap_or_default(), 8)
+        {
+            out.push(byte);
+            i += 5;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
 /// The arguments every run shares, before the paths.
 fn common_args(source: &Endpoint, target: &Endpoint, options: &Options) -> Vec<String> {
     let mut args = vec![
@@ -453,7 +477,7 @@ fn transport_args(transports: &[Transport], options: &Options) -> Vec<String> {
 async fn run(
     args: &[String],
     lines_max: u64,
-    input: Option<String>,
+    input: Option<Vec<u8>>,
     keep_files: usize,
     collect_names: bool,
 ) -> Result<(Listing, Option<String>), Failure> {
@@ -477,7 +501,7 @@ async fn run(
     let stdin_task = match (child.stdin.take(), input) {
         (Some(mut stdin), Some(input)) => Some(tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
-            let _ = stdin.write_all(input.as_bytes()).await;
+            let _ = stdin.write_all(&input).await;
             let _ = stdin.shutdown().await;
         })),
         _ => None,
@@ -878,8 +902,17 @@ pub async fn sync(
     if limited.is_some() {
         // Only the chosen files (on rsync's stdin: no file of ours anywhere), and no deletion
         // this time.
-        files_from = Some(chosen.iter().map(|item| format!("{}\n", item.path)).collect::<String>());
+        // rsync printed each name with its control and non-ASCII bytes escaped (`\#ooo`,
+        // LC_ALL=C): the list gets the real bytes back, NUL-separated (`--from0`), so a name
+        // like `café.jpg` or one holding a newline is found.
+        let mut list = Vec::new();
+        for item in &chosen {
+            list.extend(unescape_name(&item.path));
+            list.push(0);
+        }
+        files_from = Some(list);
         args.push("--files-from=-".into());
+        args.push("--from0".into());
     } else if let Some(fraction_max) = delete.filter(|_| before.listing.deletions > 0) {
         let candidates = &before.listing.deleting;
         // A record that cannot be read (planted by an upload of that name, cut short, too

@@ -949,3 +949,58 @@ async fn rsync_refuses_to_empty_a_folder_the_sender_lost() {
     assert!(report.deleted_objects >= 8, "{report:?}");
     assert!(!target.join("catalog/p/0.jpg").exists());
 }
+
+#[test]
+fn names_rsync_escaped_get_their_bytes_back() {
+    assert_eq!(rsync::unescape_name("caf\\#303\\#251.jpg"), "café.jpg".as_bytes());
+    assert_eq!(rsync::unescape_name("new\\#012line.jpg"), b"new\nline.jpg");
+    assert_eq!(rsync::unescape_name("back\\#134#123.jpg"), b"back\\#123.jpg");
+    assert_eq!(rsync::unescape_name("-dash \\#9.jpg"), b"-dash \\#9.jpg");
+    assert_eq!(rsync::unescape_name("\\#777"), b"\\#777", "not a byte: as printed");
+}
+
+/// A run capped by objects_per_run_max names its files on rsync's stdin: names with non-ASCII
+/// bytes, a newline or a leading dash must reach rsync as they are (before, rsync's escaped
+/// form was fed back and the run failed on the first of them).
+#[tokio::test]
+async fn a_capped_run_copies_names_with_non_ascii_newlines_and_dashes() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    std::fs::create_dir_all(&target).expect("folder");
+    let names: Vec<String> = [
+        "café.jpg",
+        "new\nline.jpg",
+        "-dash.jpg",
+        "sub/ünï cödé.png",
+        "back\\#134.jpg",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    write_files(&source, &names);
+    let endpoint = |path: &std::path::Path| Endpoint::parse(&path.display().to_string()).expect("endpoint");
+    let mut copied = 0;
+    for _ in 0..5 {
+        let report = rsync::sync(
+            &endpoint(&source),
+            &endpoint(&target),
+            None,
+            &Options::default(),
+            &limits(2, 1 << 20),
+        )
+        .await
+        .expect("a capped run");
+        copied += report.copied_objects;
+        if report.limited.is_none() {
+            break;
+        }
+    }
+    assert_eq!(copied, 5);
+    for name in &names {
+        assert_eq!(
+            std::fs::read(target.join(name)).expect("copied"),
+            name.as_bytes(),
+            "{name:?}"
+        );
+    }
+}
