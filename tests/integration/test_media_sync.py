@@ -307,6 +307,39 @@ def test_a_capped_rsync_run_copies_names_with_non_ascii_bytes_newlines_and_dashe
         assert (eu / name).read_bytes() == name.encode(), name
 
 
+def test_a_file_too_big_for_one_run_is_resumed_and_never_blocks_the_rest(tmp_path, rsync_daemon):
+    """A file that cannot be copied within run_timeout_ms (here: bwlimit_kib = 1000, a 3 MB
+    video, 1 s per run): before, each run started it over and the files after it never came.
+    Now the part copied is kept in .switchyard-partial on the receiver, the next run resumes it,
+    and the part is never copied back nor counted as the file."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    (us / "video").mkdir(parents=True)
+    big = os.urandom(3_000_000)
+    (us / "video/tour.mp4").write_bytes(big)
+    (us / "zz-after.jpg").write_bytes(b"after")
+    config = rsync_config(tmp_path, us, daemon_url,
+                          extra="bwlimit_kib = 1000").read_text().replace("run_timeout_ms = 30000", "run_timeout_ms = 1000")
+    (tmp_path / "slow.toml").write_text(config)
+    cut = 0
+    for _ in range(10):
+        result, [synced] = media("sync", tmp_path / "slow.toml")
+        if synced["ok"]:
+            break
+        cut += 1
+        assert "resumes it" in synced["error"], synced
+        wait_for("the part kept", lambda: (eu / "video/.switchyard-partial/tour.mp4").exists(), 10)
+        # The part is not the file: still missing, and never sent back the other way.
+        result, [lag] = media("lag", tmp_path / "slow.toml")
+        assert lag["lag"]["objects"] >= 1, lag
+        result, [back] = media("lag", tmp_path / "slow.toml", "--from", "eu")
+        assert ".switchyard-partial" not in json.dumps(back), back
+    assert cut >= 1 and synced["ok"] and synced["remaining"]["objects"] == 0, synced
+    assert (eu / "video/tour.mp4").read_bytes() == big
+    assert (eu / "zz-after.jpg").read_bytes() == b"after"
+    assert not (eu / "video/.switchyard-partial").exists()
+
+
 def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemon):
     """delete = true with rsync: --max-delete gets what objects_per_run_max leaves after the
     copies; rsync's exit 25 (deletions stopped) is a limited run, not a failure."""
@@ -495,6 +528,11 @@ eu = { url = "rsync://10.0.0.9/media/", region = "us-east-1" }
     assert f"{config}:{line['delete_fraction_max']}:" in errors and "delete_fraction_max = 1.5 is outside (0, 1]" \
         in errors, errors
     assert f"{config}:{line['us = ']}:" in errors and "is a relative folder" in errors, errors
+    bw = rsync_config(tmp_path, "/srv/media", "rsync://10.0.0.9/media/", extra="bwlimit_kib = 0", name="bw.toml")
+    bw_line = bw.read_text().splitlines().index("bwlimit_kib = 0") + 1
+    result = run_cli("config", "check", str(bw))
+    assert result.returncode == 1 and f"{bw}:{bw_line}:" in result.stderr and "bwlimit_kib = 0 is outside" \
+        in result.stderr, result.stderr
     assert f"{config}:{line['eu = ']}:" in errors and "region of region 'eu' is an S3 setting" in errors, errors
 
     both_remote = rsync_config(tmp_path, "deploy@web-us:/srv/media/", "rsync://10.0.0.9/media/", name="remote.toml")

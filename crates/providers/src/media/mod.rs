@@ -79,6 +79,8 @@ pub const DELETE_FRACTION_MAX_DEFAULT: f64 = 0.25;
 /// Deletions of up to this many files are never refused by `delete_fraction_max` (a small
 /// folder deleting a few files is no mass deletion), unless the source lists nothing.
 pub const DELETE_FILES_FLOOR: u64 = 5;
+/// Largest `bwlimit_kib` (10 GiB/s).
+pub const BWLIMIT_KIB_MAX: u64 = 10 * 1024 * 1024;
 /// Paths named in an error about refused deletions.
 pub const DELETE_EXAMPLES_MAX: usize = 5;
 
@@ -135,6 +137,9 @@ pub struct Settings {
     /// rsync daemon: the file holding the module's password (`--password-file`).
     #[serde(default)]
     pub password_file: Option<Spanned<PathBuf>>,
+    /// rsync: the bandwidth one copy may use, in KiB/s (`--bwlimit`); default: no limit.
+    #[serde(default)]
+    pub bwlimit_kib: Option<Spanned<u64>>,
 }
 
 aws::aws_settings! {
@@ -528,6 +533,7 @@ impl Settings {
                     self.ssh_known_hosts_file.as_ref().map(|v| v.span()),
                 ),
                 ("password_file", self.password_file.as_ref().map(|v| v.span())),
+                ("bwlimit_kib", self.bwlimit_kib.as_ref().map(|v| v.span())),
             ] {
                 if let Some(span) = value {
                     checker.error(
@@ -562,6 +568,22 @@ impl Settings {
             ssh_port,
             ssh_known_hosts_file: self.ssh_known_hosts_file.as_ref().map(resolve),
             password_file: self.password_file.as_ref().map(resolve),
+            bwlimit_kib: match &self.bwlimit_kib {
+                Some(value) if !(1..=BWLIMIT_KIB_MAX).contains(value.get_ref()) => {
+                    checker.error(
+                        value.span(),
+                        format!(
+                            "{what}: bwlimit_kib = {} is outside 1..={BWLIMIT_KIB_MAX}",
+                            value.get_ref()
+                        ),
+                        "set bwlimit_kib to the KiB/s one copy may use, or remove it (no limit)".into(),
+                    );
+                    ok = false;
+                    None
+                }
+                Some(value) => Some(*value.get_ref()),
+                None => None,
+            },
         };
         for (key, path) in [
             ("ssh_identity_file", &self.ssh_identity_file),
@@ -889,8 +911,16 @@ impl MediaSync {
         match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
             Err(_) => Err(Failure::Retryable(format!(
-                "the media copy {from} -> {to} took longer than run_timeout_ms = {}; what was copied stays, the next run copies the rest",
-                self.limits.run_timeout_ms
+                "the media copy {from} -> {to} took longer than run_timeout_ms = {}; what was copied stays, {}",
+                self.limits.run_timeout_ms,
+                match source {
+                    Location::Rsync(_) => format!(
+                        "and the file cut off is kept in {} on the receiver, where the next run resumes it",
+                        rsync::PARTIAL_DIR
+                    ),
+                    Location::S3 { .. } =>
+                        "the next run copies the rest (an object cut off is copied again whole)".to_string(),
+                }
             ))),
         }
     }

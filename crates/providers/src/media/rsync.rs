@@ -44,6 +44,11 @@ pub const CONNECT_TIMEOUT_SECONDS: u64 = 10;
 /// The note of exit code 25: `--max-delete` (the rest of `objects_per_run_max`) stopped the
 /// deletions.
 pub const MAX_DELETE_NOTE: &str = "deletions stopped at objects_per_run_max (rsync --max-delete)";
+/// Where the receiver keeps a file a run was cut off in (`--partial-dir`, relative: one in
+/// each folder with such a file, removed once the file is complete), so the next run resumes
+/// it instead of starting over, and a file too big for one `run_timeout_ms` does not hold up
+/// every file after it forever. Hidden, never copied either way, never deleted (`--exclude`).
+pub const PARTIAL_DIR: &str = ".switchyard-partial";
 /// Bytes of rsync's stderr kept for an error message (its end).
 pub const STDERR_BYTES_MAX: usize = 2048;
 /// The old place of the record of the entries both sides held after the last complete sync:
@@ -66,6 +71,8 @@ pub struct Options {
     /// `ssh -o UserKnownHostsFile=FILE -o StrictHostKeyChecking=yes`.
     pub ssh_known_hosts_file: Option<PathBuf>,
     pub password_file: Option<PathBuf>,
+    /// `--bwlimit`, in KiB/s.
+    pub bwlimit_kib: Option<u64>,
 }
 
 /// Whether a path can go into the `-e` command in single quotes (rsync splits that command on
@@ -446,12 +453,23 @@ fn common_args(source: &Endpoint, target: &Endpoint, options: &Options) -> Vec<S
         // receiving host's own files (`/etc/...`) that its web server then serves.
         "--safe-links".to_string(),
         format!("--timeout={IO_TIMEOUT_SECONDS}"),
+        // A file cut off (run_timeout_ms, a lost connection) is kept in the partial-dir and
+        // the next run resumes it, using it as the basis of the delta transfer: that needs
+        // the delta algorithm between local folders too (`--no-whole-file`). Excluded first,
+        // so no rule of ours sends or deletes one. No `--delay-updates`: it would stage every
+        // updated file there until the end of the run.
+        format!("--exclude={PARTIAL_DIR}/"),
+        format!("--partial-dir={PARTIAL_DIR}"),
+        "--no-whole-file".to_string(),
         "--itemize-changes".to_string(),
         "--out-format=%i|%l|%M|%n".to_string(),
         "--stats".to_string(),
         // The record of what both sides held is neither copied nor deleted.
         format!("--exclude=/{SYNCED_LIST_NAME}"),
     ];
+    if let Some(kib) = options.bwlimit_kib {
+        args.push(format!("--bwlimit={kib}"));
+    }
     args.extend(transport_args(&[source.transport, target.transport], options));
     args
 }

@@ -171,6 +171,7 @@ fn the_ssh_command_carries_the_port_key_and_known_hosts() {
         ssh_port: Some(2222),
         ssh_known_hosts_file: Some("/etc/switchyard/known_hosts".into()),
         password_file: None,
+        bwlimit_kib: None,
     };
     assert_eq!(
         ssh_command(&options),
@@ -1003,4 +1004,60 @@ async fn a_capped_run_copies_names_with_non_ascii_newlines_and_dashes() {
             "{name:?}"
         );
     }
+}
+
+/// A file too big to copy within run_timeout_ms: each run is cut off, and the next resumes
+/// from what the last left in the partial-dir (before, every run started it over, and the
+/// files after it never came).
+#[tokio::test]
+async fn a_file_cut_off_by_run_timeout_is_resumed_by_the_next_run() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    std::fs::create_dir_all(source.join("video")).expect("folder");
+    std::fs::create_dir_all(&target).expect("folder");
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(source.join("video/big.mp4"), &big).expect("write");
+    std::fs::write(source.join("zz-after.jpg"), "after").expect("write");
+    let mut step = step(OnFailover::Required);
+    step.locations = [
+        ("us".to_string(), Location::Rsync(local(&source))),
+        ("eu".to_string(), Location::Rsync(local(&target))),
+    ]
+    .into_iter()
+    .collect();
+    step.limits = limits(100, 1 << 30);
+    step.limits.run_timeout_ms = 1_000;
+    step.rsync.bwlimit_kib = Some(1_000);
+    let mut cut_off = 0;
+    for _ in 0..8 {
+        match step.sync("us", "eu").await {
+            Ok(report) => {
+                assert_eq!(report.remaining.objects, 0, "{report:?}");
+                break;
+            }
+            Err(Failure::Retryable(error)) => {
+                assert!(error.contains("resumes it"), "{error}");
+                cut_off += 1;
+                // rsync's receiving side keeps the part when it sees the sender gone.
+                let partial = target.join("video").join(rsync::PARTIAL_DIR).join("big.mp4");
+                for _ in 0..50 {
+                    if partial.exists() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                assert!(partial.exists(), "the part copied is kept in the partial-dir");
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(cut_off >= 1, "the copy must have been cut off at least once");
+    assert_eq!(std::fs::read(target.join("video/big.mp4")).expect("copied"), big);
+    assert!(target.join("zz-after.jpg").exists());
+    assert!(
+        !target.join("video").join(rsync::PARTIAL_DIR).exists(),
+        "removed once complete"
+    );
 }
