@@ -404,6 +404,16 @@ def test_rsync_deletes_nothing_from_an_empty_source_and_copies_no_symlink_leavin
     assert os.readlink(local / "catalog/same.jpg") == "a.jpg"
     assert not os.path.lexists(local / "catalog/passwd.jpg")
     assert not os.path.lexists(local / "catalog/up.jpg")
+    # ...but not in silence: warned about and counted in the lag (before: a lag of 0, and a
+    # symlinked subfolder's images never reached the standby without anyone knowing).
+    assert synced["remaining"]["objects"] == 2, synced
+    assert "WARNING: 2 symlinks point out of the folder" in synced["note"], synced
+    result, [lag] = media("lag", rsync_config(tmp_path, us, local, name="local.toml"))
+    assert lag["lag"]["objects"] == 2 and any("passwd.jpg -> /etc/passwd" in s for s in lag["lag"]["sample"]), lag
+    # The same through the rsync daemon (the receiving side says it): one without chroot
+    # munges every symlink, so none is copied there, and all three are counted.
+    result, [lag] = media("lag", rsync_config(tmp_path, us, daemon_url, name="daemon.toml"))
+    assert lag["lag"]["objects"] == 3, lag
 
 
 def test_rsync_refuses_to_delete_a_sub_mount_the_sender_lost(tmp_path, rsync_daemon):

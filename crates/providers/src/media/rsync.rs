@@ -245,6 +245,9 @@ pub struct Listing {
     /// folder.
     pub collect_names: bool,
     pub names: Vec<(String, String)>,
+    /// Symlinks `--safe-links` left out (`PATH -> TARGET`): how many, and the first few.
+    pub unsafe_links: u64,
+    pub unsafe_sample: Vec<String>,
     /// "Total transferred file size" of `--stats`, if printed.
     pub stats_bytes: Option<u64>,
     /// "Number of files" of `--stats` (the sender's file list, folders included) and how many
@@ -295,6 +298,21 @@ impl Listing {
 
     /// Reads one line of rsync's stdout.
     pub fn line(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("ignoring unsafe symlink \"") {
+            // `"PATH" -> "TARGET"`, or `"PATH" (in MODULE) -> "TARGET"` from a daemon.
+            let end = [rest.find("\" -> \""), rest.find("\" (in ")]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(rest.len());
+            let target = rest.rsplit_once(" -> \"").map(|(_, t)| t.trim_end_matches('"'));
+            self.unsafe_links += 1;
+            if self.unsafe_sample.len() < super::MISSING_SAMPLE_MAX {
+                self.unsafe_sample
+                    .push(format!("{} -> {}", &rest[..end], target.unwrap_or("?")));
+            }
+            return;
+        }
         if let Some(rest) = line.strip_prefix("Number of files:") {
             if let Some(entries) = stats_count(rest, "") {
                 self.source_entries = Some((entries, stats_count(rest, "dir:").unwrap_or(0)));
@@ -349,13 +367,32 @@ impl Listing {
         }
     }
 
+    /// What the receiver lacks: the files to send, and each symlink left out (its contents
+    /// never reach the receiver, so the lag must not say nothing is missing).
     pub fn lag(&self, now_s: u64) -> Lag {
+        let mut sample = self.sample.clone();
+        for link in &self.unsafe_sample {
+            if sample.len() < super::MISSING_SAMPLE_MAX {
+                sample.push(format!("{link} (symlink out of the folder, not copied)"));
+            }
+        }
         Lag {
-            objects: self.counted,
+            objects: self.counted.saturating_add(self.unsafe_links),
             bytes: self.stats_bytes.unwrap_or(self.counted_bytes),
             oldest_age_seconds: self.oldest_modified_s.map(|m| now_s.saturating_sub(m)),
-            sample: self.sample.clone(),
+            sample,
         }
+    }
+
+    /// The warning about symlinks left out, if any.
+    pub fn unsafe_links_warning(&self) -> Option<String> {
+        (self.unsafe_links > 0).then(|| {
+            format!(
+                "WARNING: {} symlinks point out of the folder and are not copied (rsync --safe-links; counted in the lag), like {}: give the real folder a location (or a step) of its own, or mount it into the tree instead of linking to it",
+                self.unsafe_links,
+                self.unsafe_sample.join(", ")
+            )
+        })
     }
 }
 
@@ -462,6 +499,11 @@ fn common_args(source: &Endpoint, target: &Endpoint, options: &Options) -> Vec<S
         format!("--partial-dir={PARTIAL_DIR}"),
         "--no-whole-file".to_string(),
         "--itemize-changes".to_string(),
+        // Says `ignoring unsafe symlink "PATH" -> "TARGET"` for each symlink --safe-links
+        // leaves out (rsync prints it at NAME level 1): counted in the lag and warned about,
+        // rather than skipped in silence (a symlinked subfolder would never be copied, with
+        // a lag of 0).
+        "--info=name1".to_string(),
         "--out-format=%i|%l|%M|%n".to_string(),
         "--stats".to_string(),
         // The record of what both sides held is neither copied nor deleted.
@@ -1051,6 +1093,7 @@ pub async fn sync(
         }
     }
     let after = measure(source, target, false, options, limits, 0).await?;
+    notes.extend(after.listing.unsafe_links_warning());
     if let Some(why) = refused {
         return Err(Failure::Refused(format!(
             "copied {} objects ({} bytes), {} still differ; {why}",

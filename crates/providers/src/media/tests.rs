@@ -1061,3 +1061,67 @@ async fn a_file_cut_off_by_run_timeout_is_resumed_by_the_next_run() {
         "removed once complete"
     );
 }
+
+#[test]
+fn symlinks_left_out_by_safe_links_count_in_the_lag() {
+    let mut listing = Listing::default();
+    for line in [
+        "ignoring unsafe symlink \"catalog\" -> \"/mnt/efs/catalog\"",
+        "ignoring unsafe symlink \"a|b|c|d.jpg\" (in eu) -> \"../../x\"",
+        ">f+++++++++|2|2026/12/05-20:27:54|a.jpg",
+    ] {
+        listing.line(line);
+    }
+    assert_eq!((listing.counted, listing.unsafe_links), (1, 2));
+    assert!(listing.files.len() <= 1, "a symlink line is no file to copy");
+    let lag = listing.lag(0);
+    assert_eq!(lag.objects, 3);
+    assert_eq!(
+        lag.sample,
+        [
+            "a.jpg",
+            "catalog -> /mnt/efs/catalog (symlink out of the folder, not copied)",
+            "a|b|c|d.jpg -> ../../x (symlink out of the folder, not copied)"
+        ]
+    );
+    assert!(listing.unsafe_links_warning().is_some_and(|w| w.contains("2 symlinks")));
+}
+
+/// A subfolder that is a symlink to another mount: before, it was skipped in silence and the
+/// lag said 0 (the failback gate let the region take traffic without those images).
+#[tokio::test]
+async fn a_symlinked_subfolder_is_warned_about_and_counted() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target, outside) = (
+        root.path().join("source"),
+        root.path().join("target"),
+        root.path().join("efs"),
+    );
+    write_files(&outside, &["p/1.jpg".to_string()]);
+    write_files(&source, &["a.jpg".to_string()]);
+    std::fs::create_dir_all(&target).expect("folder");
+    std::os::unix::fs::symlink(&outside, source.join("catalog")).expect("symlink");
+    let endpoint = |path: &std::path::Path| Endpoint::parse(&path.display().to_string()).expect("endpoint");
+    let report = rsync::sync(
+        &endpoint(&source),
+        &endpoint(&target),
+        None,
+        &Options::default(),
+        &limits(100, 1 << 20),
+    )
+    .await
+    .expect("copied");
+    assert_eq!(report.copied_objects, 1);
+    assert_eq!(report.remaining.objects, 1, "{report:?}");
+    assert!(
+        report
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("WARNING: 1 symlinks") && n.contains("catalog -> ")),
+        "{report:?}"
+    );
+    assert!(
+        !target.join("catalog").exists(),
+        "still not copied: it leaves the folder"
+    );
+}
