@@ -186,14 +186,19 @@ def test_rsync_to_a_real_daemon_copies_what_the_standby_lacks_and_keeps_its_extr
     assert result.returncode == 0, result.stderr
     assert back["lag"]["objects"] == 1 and back["lag"]["sample"] == ["only-on-the-standby.jpg"], back
 
-    # A newer file on the receiver is never overwritten (rsync --update).
+    # A file on the receiver that is newer but different (a restore of the standby's media, an
+    # edit there): the active region's copy is the truth. Before, --update skipped it forever
+    # and the lag said 0; now it is counted, and `media sync` from the active region replaces it.
     newer = eu / "catalog/product/a/b/ab-shoe.jpg"
     newer.write_bytes(b"edited on the standby")
     future = time.time() + 3600
     os.utime(newer, (future, future))
+    result, [lag] = media("lag", config)
+    assert lag["lag"]["objects"] == 1 and lag["lag"]["sample"] == ["catalog/product/a/b/ab-shoe.jpg"], lag
     result, [synced] = media("sync", config)
-    assert result.returncode == 0 and synced["copied_objects"] == 0, synced
-    assert newer.read_bytes() == b"edited on the standby"
+    assert result.returncode == 0 and synced["copied_objects"] == 1, synced
+    assert synced["remaining"]["objects"] == 0, synced
+    assert newer.read_bytes() == files["catalog/product/a/b/ab-shoe.jpg"]
 
     # delete = true (opt-in) removes what the sender deleted since the last complete sync, and
     # nothing else: the first run has no record of one yet, so it deletes nothing and writes it.

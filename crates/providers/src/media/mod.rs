@@ -6,8 +6,8 @@
 //! - `rsync` ([`rsync`]): runs the real `rsync` binary between a local folder and a remote one
 //!   (over SSH, `user@host:/path`, or an rsync daemon, `rsync://host/module/path`). The lag is
 //!   `rsync --dry-run --itemize-changes --stats` of the same copy. `--delete` only with
-//!   `delete = true`; `--update` always, so a copy never overwrites a file that is newer on
-//!   the receiving side.
+//!   `delete = true`; `--update` only in the runbook step's copy into the region taking over
+//!   (a newer file there stays, and is counted in the lag).
 //! - `s3` ([`s3`], with the `aws` feature): any S3-compatible API (AWS S3, DigitalOcean
 //!   Spaces, MinIO). Both buckets are listed (ListObjectsV2, paginated), what is missing on the
 //!   receiver or differs in size or ETag is copied (GetObject, PutObject), and each copy is
@@ -567,6 +567,7 @@ impl Settings {
             ssh_identity_file: self.ssh_identity_file.as_ref().map(resolve),
             ssh_port,
             ssh_known_hosts_file: self.ssh_known_hosts_file.as_ref().map(resolve),
+            keep_newer: false,
             password_file: self.password_file.as_ref().map(resolve),
             bwlimit_kib: match &self.bwlimit_kib {
                 Some(value) if !(1..=BWLIMIT_KIB_MAX).contains(value.get_ref()) => {
@@ -890,15 +891,27 @@ impl MediaSync {
         }
     }
 
-    /// Copies what `to` lacks of `from`'s media, within the limits, and verifies it.
+    /// Copies what `to` lacks of `from`'s media, within the limits, and verifies it: `from`
+    /// is the active region, whose copy is the truth (rsync without `--update`: a file newer
+    /// on the receiver but different, a media restore that kept old times, is replaced).
     pub async fn sync(&self, from: &str, to: &str) -> Result<SyncReport, Failure> {
+        self.sync_as(from, to, false).await
+    }
+
+    /// [`Self::sync`]; `keep_newer`: rsync `--update` (the runbook step's copy into the region
+    /// taking over, which may already hold newer uploads of its own).
+    async fn sync_as(&self, from: &str, to: &str, keep_newer: bool) -> Result<SyncReport, Failure> {
         let (source, target) = self.pair(from, to)?;
+        let options = rsync::Options {
+            keep_newer,
+            ..self.rsync.clone()
+        };
         let timeout = std::time::Duration::from_millis(self.limits.run_timeout_ms);
         let work = async {
             match (source, target) {
                 (Location::Rsync(source), Location::Rsync(target)) => {
                     let delete = self.delete.then_some(self.delete_fraction_max);
-                    rsync::sync(source, target, delete, &self.rsync, &self.limits).await
+                    rsync::sync(source, target, delete, &options, &self.limits).await
                 }
                 #[cfg(feature = "aws")]
                 (Location::S3 { .. }, Location::S3 { .. }) => {
@@ -944,7 +957,7 @@ impl MediaSync {
                 order.to
             ));
         }
-        match self.sync(from, &order.to).await {
+        match self.sync_as(from, &order.to, true).await {
             Ok(report) => Ok(report.describe(from, &order.to)),
             Err(failure) if failover && self.on_failover == OnFailover::BestEffort => Ok(format!(
                 "NOT copied {from} -> {} (best effort on a failover; the old region is likely unreachable): {failure}",

@@ -1,9 +1,11 @@
 //! `media_sync` with `mode = "rsync"`: the real `rsync` binary, between a local folder and a
 //! remote one (SSH or an rsync daemon).
 //!
-//! Every run is `rsync -rlptu --safe-links`: recursive, symlinks as symlinks (but none that
-//! points outside the tree), permissions and times kept, and `--update`, so a file that is
-//! newer on the receiver is never overwritten (a stale controller's copy loses nothing).
+//! Every run is `rsync -rlpt --safe-links`: recursive, symlinks as symlinks (but none that
+//! points outside the tree), permissions and times kept. The runbook step adds `--update`
+//! ([`Options::keep_newer`]: a file newer on the region taking over is not overwritten); a copy
+//! from the active region (`media sync`) makes the receiver match it, and the lag counts a
+//! newer, different file on the receiver as differing.
 //! `--delete` only with `delete = true`, and never when the sender lists no file at all (an
 //! unmounted folder would empty the receiver). Deletions remove only what both sides held after
 //! the last complete sync between them and the sender no longer has: each complete sync with
@@ -73,6 +75,10 @@ pub struct Options {
     pub password_file: Option<PathBuf>,
     /// `--bwlimit`, in KiB/s.
     pub bwlimit_kib: Option<u64>,
+    /// `--update`: a file newer on the receiver is not overwritten. Only for the runbook step's
+    /// copy into the region taking over; a copy from the active region (`media sync`) makes
+    /// the receiver match it, and the lag always counts a newer, different file as differing.
+    pub keep_newer: bool,
 }
 
 /// Whether a path can go into the `-e` command in single quotes (rsync splits that command on
@@ -484,7 +490,7 @@ pub fn unescape_name(printed: &str) -> Vec<u8> {
 /// The arguments every run shares, before the paths.
 fn common_args(source: &Endpoint, target: &Endpoint, options: &Options) -> Vec<String> {
     let mut args = vec![
-        "-rlptu".to_string(),
+        "-rlpt".to_string(),
         // A symlink pointing outside the tree (absolute, or climbing out with `..`) is not
         // copied: an upload of a symlink in one region must not become a link to the
         // receiving host's own files (`/etc/...`) that its web server then serves.
@@ -509,6 +515,9 @@ fn common_args(source: &Endpoint, target: &Endpoint, options: &Options) -> Vec<S
         // The record of what both sides held is neither copied nor deleted.
         format!("--exclude=/{SYNCED_LIST_NAME}"),
     ];
+    if options.keep_newer {
+        args.push("--update".into());
+    }
     if let Some(kib) = options.bwlimit_kib {
         args.push(format!("--bwlimit={kib}"));
     }
@@ -1092,7 +1101,12 @@ pub async fn sync(
             ));
         }
     }
-    let after = measure(source, target, false, options, limits, 0).await?;
+    // The verification counts every file that differs, a newer one on the receiver too.
+    let plain = Options {
+        keep_newer: false,
+        ..options.clone()
+    };
+    let after = measure(source, target, false, &plain, limits, 0).await?;
     notes.extend(after.listing.unsafe_links_warning());
     if let Some(why) = refused {
         return Err(Failure::Refused(format!(

@@ -172,6 +172,7 @@ fn the_ssh_command_carries_the_port_key_and_known_hosts() {
         ssh_known_hosts_file: Some("/etc/switchyard/known_hosts".into()),
         password_file: None,
         bwlimit_kib: None,
+        keep_newer: false,
     };
     assert_eq!(
         ssh_command(&options),
@@ -1124,4 +1125,44 @@ async fn a_symlinked_subfolder_is_warned_about_and_counted() {
         !target.join("catalog").exists(),
         "still not copied: it leaves the folder"
     );
+}
+
+/// A file on the receiver that is newer but different (a media restore there that kept old
+/// times on the sender, an edit on the standby): before, `--update` skipped it in every copy
+/// and the lag never counted it. The lag counts it; a copy from the active region replaces it;
+/// the runbook step's copy into the region taking over keeps it (and still counts it).
+#[tokio::test]
+async fn a_newer_different_file_on_the_receiver_is_counted_and_replaced_from_the_active_region() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    write_files(&source, &["banner.webp".to_string()]);
+    std::fs::create_dir_all(&target).expect("folder");
+    std::fs::write(target.join("banner.webp"), "the standby's own, newer").expect("write");
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(target.join("banner.webp"))
+        .and_then(|f| f.set_modified(future))
+        .expect("mtime");
+    let mut step = step(OnFailover::Required);
+    step.locations = [
+        ("us".to_string(), Location::Rsync(local(&source))),
+        ("eu".to_string(), Location::Rsync(local(&target))),
+    ]
+    .into_iter()
+    .collect();
+    step.limits = limits(100, 1 << 30);
+    let lag = step.lag("us", "eu").await.expect("lag");
+    assert_eq!((lag.objects, lag.sample.clone()), (1, vec!["banner.webp".to_string()]));
+    // The runbook step (a failback into eu, say): kept, and counted.
+    let outcome = step.run(&media_order("failback")).await.expect("the step");
+    assert!(outcome.contains("verified: 1 objects"), "{outcome}");
+    assert_eq!(
+        std::fs::read(target.join("banner.webp")).expect("read"),
+        b"the standby's own, newer"
+    );
+    // `media sync` from the active region: replaced.
+    let report = step.sync("us", "eu").await.expect("copied");
+    assert_eq!((report.copied_objects, report.remaining.objects), (1, 0), "{report:?}");
+    assert_eq!(std::fs::read(target.join("banner.webp")).expect("read"), b"banner.webp");
 }
