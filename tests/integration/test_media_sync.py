@@ -770,6 +770,23 @@ def test_s3_deletes_nothing_when_the_source_lists_empty_or_loses_most_objects(tm
     assert count("shop-media-eu") == 1
 
 
+def test_s3_copies_into_an_sse_kms_bucket_verify(tmp_path, moto_s3):
+    """The standby bucket encrypts with SSE-KMS by default: the copy is verified by its size
+    and the recorded source ETag (AWS's ETags of such objects are not MD5s)."""
+    keys = dict(endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client("s3", region_name="us-east-1", **keys)
+    s3.create_bucket(Bucket="shop-media-us")
+    s3.create_bucket(Bucket="shop-media-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_bucket_encryption(Bucket="shop-media-eu", ServerSideEncryptionConfiguration={"Rules": [
+        {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/media"}}]})
+    s3.put_object(Bucket="shop-media-us", Key="pub/media/a.jpg", Body=b"a photo")
+    result, [synced] = media("sync", s3_config(tmp_path, moto_s3))
+    assert result.returncode == 0 and synced["copied_objects"] == 1, result.stdout + result.stderr
+    assert synced["remaining"]["objects"] == 0, synced
+    head = s3.head_object(Bucket="shop-media-eu", Key="pub/media/a.jpg")
+    assert head.get("ServerSideEncryption") == "aws:kms", head
+
+
 def test_the_controller_measures_media_lag_shows_it_and_runs_the_step_on_failover(tmp_path, rsync_daemon):
     """The real controller: media_lag in /v1/status, `switchyard status`, /metrics (promtool
     clean) and the dashboard; a failover runs the media_sync step (audited with its
