@@ -55,6 +55,8 @@ def rsync_daemon(tmp_path):
         pytest.skip("rsync missing: apt-get install rsync (scripts/install-test-deps.sh does)")
     module = tmp_path / "eu"
     module.mkdir()
+    # A second module, outside the media one, for the record of the last complete sync.
+    (tmp_path / "eu-state").mkdir()
     port = free_port()
     conf = tmp_path / "rsyncd.conf"
     conf.write_text(f"""
@@ -64,6 +66,9 @@ uid = {os.getuid()}
 gid = {os.getgid()}
 [eu]
 path = {module}
+read only = false
+[eu-state]
+path = {tmp_path / 'eu-state'}
 read only = false
 """)
     daemon = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
@@ -95,10 +100,31 @@ kind = { type = "tcp", address = "127.0.0.1:2" }
 """
 
 
+def record_url(tmp_path, url, region):
+    """A record_url for `url`: a folder outside it, on the same side (a daemon's other module)."""
+    url = str(url)
+    if url.startswith("rsync://"):
+        return url.rstrip("/").rsplit("/", 1)[0] + "/eu-state/"
+    folder = tmp_path / f"records-{region}"
+    folder.mkdir(exist_ok=True)
+    if ":" in url.split("/", 1)[0]:
+        return f"{url.split(':', 1)[0]}:{folder}/"
+    return f"{folder}/"
+
+
+def record_of(tmp_path, region):
+    """The record file of `region` (its record_url as record_url() names it)."""
+    folder = tmp_path / ("eu-state" if region == "eu-daemon" else f"records-{region}")
+    return folder / "media.switchyard-media-synced"
+
+
 def rsync_config(tmp_path, source, target, extra="", name="switchyard.toml"):
     config = tmp_path / name
-    config.write_text(HEAD + media_sync_toml("rsync", {"us": {"url": source}, "eu": {"url": target}},
-                                             "run_timeout_ms = 30000\n" + extra))
+    places = {"us": {"url": source}, "eu": {"url": target}}
+    if "delete = true" in extra:
+        for region, place in places.items():
+            place["record_url"] = record_url(tmp_path, place["url"], region)
+    config.write_text(HEAD + media_sync_toml("rsync", places, "run_timeout_ms = 30000\n" + extra))
     return config
 
 
@@ -160,14 +186,19 @@ def test_rsync_to_a_real_daemon_copies_what_the_standby_lacks_and_keeps_its_extr
     assert result.returncode == 0, result.stderr
     assert back["lag"]["objects"] == 1 and back["lag"]["sample"] == ["only-on-the-standby.jpg"], back
 
-    # A newer file on the receiver is never overwritten (rsync --update).
+    # A file on the receiver that is newer but different (a restore of the standby's media, an
+    # edit there): the active region's copy is the truth. Before, --update skipped it forever
+    # and the lag said 0; now it is counted, and `media sync` from the active region replaces it.
     newer = eu / "catalog/product/a/b/ab-shoe.jpg"
     newer.write_bytes(b"edited on the standby")
     future = time.time() + 3600
     os.utime(newer, (future, future))
+    result, [lag] = media("lag", config)
+    assert lag["lag"]["objects"] == 1 and lag["lag"]["sample"] == ["catalog/product/a/b/ab-shoe.jpg"], lag
     result, [synced] = media("sync", config)
-    assert result.returncode == 0 and synced["copied_objects"] == 0, synced
-    assert newer.read_bytes() == b"edited on the standby"
+    assert result.returncode == 0 and synced["copied_objects"] == 1, synced
+    assert synced["remaining"]["objects"] == 0, synced
+    assert newer.read_bytes() == files["catalog/product/a/b/ab-shoe.jpg"]
 
     # delete = true (opt-in) removes what the sender deleted since the last complete sync, and
     # nothing else: the first run has no record of one yet, so it deletes nothing and writes it.
@@ -175,7 +206,9 @@ def test_rsync_to_a_real_daemon_copies_what_the_standby_lacks_and_keeps_its_extr
     result, [synced] = media("sync", deleting)
     assert result.returncode == 0 and synced["deleted_objects"] == 0, synced
     assert "no record of a complete sync" in synced["note"], synced
-    assert (us / ".switchyard-media-synced").exists() and (eu / ".switchyard-media-synced").exists()
+    assert record_of(tmp_path, "us").exists() and record_of(tmp_path, "eu-daemon").exists()
+    assert not (us / ".switchyard-media-synced").exists() and not (eu / ".switchyard-media-synced").exists(), \
+        "the record (every synced path) is kept outside the served folders"
     (us / "wysiwyg/banner.webp").unlink()
     result, [synced] = media("sync", deleting)
     assert result.returncode == 0 and synced["deleted_objects"] == 1, synced
@@ -204,7 +237,7 @@ def test_rsync_failback_with_delete_keeps_the_uploads_the_old_region_could_not_c
     (eu / "catalog/product/c/d").rmdir()
     # A record altered on the receiver (an upload of that name, say) to name the upload cannot
     # get it deleted: the sender's record must name an entry too.
-    record = us / ".switchyard-media-synced"
+    record = record_of(tmp_path, "us")
     record.write_text(record.read_text() + "f:10:2026/12/05-00:00:00|2026/12/uploaded-just-before-the-outage.jpg\n")
     result, [back] = media("sync", config, "--from", "eu")
     assert result.returncode == 0, result.stderr + result.stdout
@@ -257,6 +290,61 @@ def test_one_rsync_run_stays_within_objects_per_run_max(tmp_path, rsync_daemon):
     assert sum(1 for p in eu.rglob("*") if p.is_file()) == len(files)
 
 
+def test_a_capped_rsync_run_copies_names_with_non_ascii_bytes_newlines_and_dashes(tmp_path, rsync_daemon):
+    """objects_per_run_max hands rsync the chosen names on its stdin; rsync printed them
+    escaped (`caf\\#303\\#251.jpg`), and fed back so the run failed on the first such name."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    names = ["café.jpg", "new\nline.jpg", "-dash.jpg", "2026/12/ünï cödé.png", "plain.jpg"]
+    for name in names:
+        (us / name).parent.mkdir(parents=True, exist_ok=True)
+        (us / name).write_bytes(name.encode())
+    config = rsync_config(tmp_path, us, daemon_url, extra="objects_per_run_max = 2")
+    copied = 0
+    for _ in range(5):
+        result, [synced] = media("sync", config)
+        assert result.returncode == 0 and synced["ok"], result.stdout + result.stderr
+        copied += synced["copied_objects"]
+        if synced["limited"] is None:
+            break
+    assert copied == len(names) and synced["remaining"]["objects"] == 0, synced
+    for name in names:
+        assert (eu / name).read_bytes() == name.encode(), name
+
+
+def test_a_file_too_big_for_one_run_is_resumed_and_never_blocks_the_rest(tmp_path, rsync_daemon):
+    """A file that cannot be copied within run_timeout_ms (here: bwlimit_kib = 1000, a 3 MB
+    video, 1 s per run): before, each run started it over and the files after it never came.
+    Now the part copied is kept in .switchyard-partial on the receiver, the next run resumes it,
+    and the part is never copied back nor counted as the file."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    (us / "video").mkdir(parents=True)
+    big = os.urandom(3_000_000)
+    (us / "video/tour.mp4").write_bytes(big)
+    (us / "zz-after.jpg").write_bytes(b"after")
+    config = rsync_config(tmp_path, us, daemon_url,
+                          extra="bwlimit_kib = 1000").read_text().replace("run_timeout_ms = 30000", "run_timeout_ms = 1000")
+    (tmp_path / "slow.toml").write_text(config)
+    cut = 0
+    for _ in range(10):
+        result, [synced] = media("sync", tmp_path / "slow.toml")
+        if synced["ok"]:
+            break
+        cut += 1
+        assert "resumes it" in synced["error"], synced
+        wait_for("the part kept", lambda: (eu / "video/.switchyard-partial/tour.mp4").exists(), 10)
+        # The part is not the file: still missing, and never sent back the other way.
+        result, [lag] = media("lag", tmp_path / "slow.toml")
+        assert lag["lag"]["objects"] >= 1, lag
+        result, [back] = media("lag", tmp_path / "slow.toml", "--from", "eu")
+        assert ".switchyard-partial" not in json.dumps(back), back
+    assert cut >= 1 and synced["ok"] and synced["remaining"]["objects"] == 0, synced
+    assert (eu / "video/tour.mp4").read_bytes() == big
+    assert (eu / "zz-after.jpg").read_bytes() == b"after"
+    assert not (eu / "video/.switchyard-partial").exists()
+
+
 def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemon):
     """delete = true with rsync: --max-delete gets what objects_per_run_max leaves after the
     copies; rsync's exit 25 (deletions stopped) is a limited run, not a failure."""
@@ -281,7 +369,7 @@ def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemo
     result, [second] = media("sync", config)
     assert result.returncode == 0, result.stderr + result.stdout
     assert (second["copied_objects"], second["deleted_objects"], second["limited"]) == (0, 2, None), second
-    assert sorted(p.name for p in eu.iterdir()) == [".switchyard-media-synced", "new.jpg"]
+    assert sorted(p.name for p in eu.iterdir()) == ["new.jpg"]
 
 
 def test_rsync_deletes_nothing_from_an_empty_source_and_copies_no_symlink_leaving_the_tree(tmp_path, rsync_daemon):
@@ -296,9 +384,8 @@ def test_rsync_deletes_nothing_from_an_empty_source_and_copies_no_symlink_leavin
         (eu / f"photo-{i}.jpg").write_bytes(b"on the standby")
     config = rsync_config(tmp_path, us, daemon_url, extra="delete = true")
     result, [synced] = media("sync", config)
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert synced["deleted_objects"] == 0, synced
-    assert "holds no files" in synced["note"], synced
+    assert result.returncode == 1 and not synced["ok"], result.stderr + result.stdout
+    assert "deletions refused: the source lists no file at all" in synced["error"], synced
     assert sorted(p.name for p in eu.glob("photo-*")) == [f"photo-{i}.jpg" for i in range(3)]
 
     # With files, the copy runs; the standby's own photos were never on both sides, so they stay.
@@ -322,6 +409,92 @@ def test_rsync_deletes_nothing_from_an_empty_source_and_copies_no_symlink_leavin
     assert os.readlink(local / "catalog/same.jpg") == "a.jpg"
     assert not os.path.lexists(local / "catalog/passwd.jpg")
     assert not os.path.lexists(local / "catalog/up.jpg")
+    # ...but not in silence: warned about and counted in the lag (before: a lag of 0, and a
+    # symlinked subfolder's images never reached the standby without anyone knowing).
+    assert synced["remaining"]["objects"] == 2, synced
+    assert "WARNING: 2 symlinks point out of the folder" in synced["note"], synced
+    result, [lag] = media("lag", rsync_config(tmp_path, us, local, name="local.toml"))
+    assert lag["lag"]["objects"] == 2 and any("passwd.jpg -> /etc/passwd" in s for s in lag["lag"]["sample"]), lag
+    # The same through the rsync daemon (the receiving side says it): one without chroot
+    # munges every symlink, so none is copied there, and all three are counted.
+    result, [lag] = media("lag", rsync_config(tmp_path, us, daemon_url, name="daemon.toml"))
+    assert lag["lag"]["objects"] == 3, lag
+
+
+def test_rsync_refuses_to_delete_a_sub_mount_the_sender_lost(tmp_path, rsync_daemon):
+    """`catalog/` is a mount of its own on the sending side (NFS, EFS) and is not mounted: the
+    folder is there, empty. Before, --delete removed every catalog image on the standby
+    ("deleted N", exit 0); now the run copies what it can, deletes nothing and fails, naming the
+    folder; an intended deletion goes with delete_fraction_max raised."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    catalog = [f"catalog/product/{i % 3}/{i}.jpg" for i in range(9)]
+    for relative in catalog + [f"wysiwyg/{i}.png" for i in range(40)]:
+        (us / relative).parent.mkdir(parents=True, exist_ok=True)
+        (us / relative).write_bytes(relative.encode())
+    config = rsync_config(tmp_path, us, daemon_url, extra="delete = true")
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0 and synced["copied_objects"] == 49, synced
+    shutil.rmtree(us / "catalog")
+    (us / "catalog").mkdir()
+    (us / "wysiwyg/new.png").write_bytes(b"new")
+    result, [refused] = media("sync", config)
+    assert result.returncode == 1 and not refused["ok"], result.stdout
+    assert "holds nothing under catalog/ any more" in refused["error"], refused
+    assert "all 9 files" in refused["error"] and "delete_fraction_max" in refused["error"], refused
+    assert "copied 1 objects" in refused["error"], refused
+    assert all((eu / relative).exists() for relative in catalog), "nothing deleted"
+    assert (eu / "wysiwyg/new.png").read_bytes() == b"new", "the copy went ahead"
+    # Half the files gone at once (more than a quarter): refused as well.
+    for i in range(20):
+        (us / f"wysiwyg/{i}.png").unlink()
+    for relative in catalog:
+        (us / relative).parent.mkdir(parents=True, exist_ok=True)
+        (us / relative).write_bytes(relative.encode())
+    result, [refused] = media("sync", config)
+    assert result.returncode == 1 and "would delete 20 of the 49 files" in refused["error"], refused
+    assert (eu / "wysiwyg/0.png").exists()
+    # Intended: the bound raised for one run.
+    intended = rsync_config(tmp_path, us, daemon_url, extra="delete = true\ndelete_fraction_max = 1",
+                            name="intended.toml")
+    result, [synced] = media("sync", intended)
+    assert result.returncode == 0 and synced["deleted_objects"] == 20, synced
+    assert not (eu / "wysiwyg/0.png").exists() and (eu / "wysiwyg/39.png").exists()
+
+
+def test_the_record_moves_out_of_the_served_folders_and_still_decides_the_deletions(tmp_path, rsync_daemon):
+    """An older version kept `.switchyard-media-synced` at the top of both media folders, where
+    the web server served it (Apache does by default): every synced path, WooCommerce's random
+    download names too. The first run with record_url moves it out of both, keeping what it
+    says, so a file deleted at the source since is still deleted on the standby."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    us.mkdir()
+    files = shop_media(us)
+    # As the older version left it: synced, and the same record on both sides.
+    subprocess.run(["rsync", "-rlpt", f"{us}/", daemon_url], check=True, capture_output=True, timeout=60)
+    listed = subprocess.run(["rsync", "-rn", "--out-format=%i|%l|%M|%n", f"{us}/", f"{tmp_path / 'empty'}/"],
+                            env=dict(os.environ, TZ="UTC", LC_ALL="C"), check=True, capture_output=True,
+                            text=True, timeout=60).stdout.splitlines()
+    entries = []
+    for line in filter(lambda line: line.count("|") >= 3, listed):
+        item, length, when, path = line.split("|", 3)
+        if path != "./":
+            entries.append(("d" if item[1] == "d" else f"f:{length}:{when}") + "|" + path)
+    old = "# switchyard media_sync v2: entries both sides held after the last complete sync (STATE|PATH)\n" \
+        + "".join(e + "\n" for e in entries)
+    (us / ".switchyard-media-synced").write_text(old)
+    (eu / ".switchyard-media-synced").write_text(old)
+    (us / "wysiwyg/banner.webp").unlink()
+    config = rsync_config(tmp_path, us, daemon_url, extra="delete = true")
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert synced["deleted_objects"] == 1 and not (eu / "wysiwyg/banner.webp").exists(), synced
+    assert not (us / ".switchyard-media-synced").exists() and not (eu / ".switchyard-media-synced").exists()
+    moved = record_of(tmp_path, "eu-daemon").read_text()
+    assert "|catalog/product/a/b/ab-shoe.jpg\n" in moved and "banner.webp" not in moved, moved
+    assert record_of(tmp_path, "us").read_text() == moved
+    assert len(files) == 4
 
 
 def test_rsync_errors_name_the_exit_code_and_rsyncs_words(tmp_path, rsync_daemon):
@@ -354,6 +527,7 @@ kind = "media_sync"
 [runbook.media_sync]
 mode = "rsync"
 concurrency = 0
+delete_fraction_max = 1.5
 
 [runbook.media_sync.locations]
 us = { url = "relative/media" }
@@ -361,17 +535,37 @@ eu = { url = "rsync://10.0.0.9/media/", region = "us-east-1" }
 """)
     text = config.read_text().splitlines()
     line = {needle: text.index(next(t for t in text if t.startswith(needle))) + 1
-            for needle in ["kind = \"media_sync\"", "concurrency", "us = ", "eu = "]}
+            for needle in ["kind = \"media_sync\"", "concurrency", "delete_fraction_max", "us = ", "eu = "]}
     result = run_cli("config", "check", str(config))
     assert result.returncode == 1
     errors = result.stderr
     assert f"{config}:{line['concurrency']}:" in errors and "concurrency = 0 is outside 1..=32" in errors, errors
+    assert f"{config}:{line['delete_fraction_max']}:" in errors and "delete_fraction_max = 1.5 is outside (0, 1]" \
+        in errors, errors
     assert f"{config}:{line['us = ']}:" in errors and "is a relative folder" in errors, errors
+    bw = rsync_config(tmp_path, "/srv/media", "rsync://10.0.0.9/media/", extra="bwlimit_kib = 0", name="bw.toml")
+    bw_line = bw.read_text().splitlines().index("bwlimit_kib = 0") + 1
+    result = run_cli("config", "check", str(bw))
+    assert result.returncode == 1 and f"{bw}:{bw_line}:" in result.stderr and "bwlimit_kib = 0 is outside" \
+        in result.stderr, result.stderr
     assert f"{config}:{line['eu = ']}:" in errors and "region of region 'eu' is an S3 setting" in errors, errors
 
     both_remote = rsync_config(tmp_path, "deploy@web-us:/srv/media/", "rsync://10.0.0.9/media/", name="remote.toml")
     result = run_cli("config", "check", str(both_remote))
     assert result.returncode == 1 and "are all remote" in result.stderr, result.stderr
+
+    no_record = tmp_path / "no-record.toml"
+    no_record.write_text(HEAD + media_sync_toml("rsync", {
+        "us": {"url": "/srv/media/", "record_url": "/srv/media/state/"},
+        "eu": {"url": "rsync://10.0.0.9/media/"}}, "delete = true"))
+    text = no_record.read_text().splitlines()
+    line = {needle: text.index(next(t for t in text if t.startswith(needle))) + 1 for needle in ["us = ", "eu = "]}
+    result = run_cli("config", "check", str(no_record))
+    assert result.returncode == 1
+    assert f"{no_record}:{line['us = ']}:" in result.stderr and "is inside url's folder" in result.stderr, \
+        result.stderr
+    assert f"{no_record}:{line['eu = ']}:" in result.stderr and "delete = true needs record_url for region 'eu'" \
+        in result.stderr, result.stderr
 
     short = rsync_config(tmp_path, "/srv/media", "rsync://10.0.0.9/media/", name="short.toml")
     short.write_text(short.read_text().replace("timeout_ms = 60000", "timeout_ms = 5000"))
@@ -533,6 +727,64 @@ def test_s3_delete_removes_only_copies_the_active_side_deleted_within_objects_pe
     assert listed("shop-media-us") == set(source), "the active bucket is never touched"
     result, [third] = media("sync", config)
     assert (third["copied_objects"], third["deleted_objects"]) == (0, 0), third
+
+
+def test_s3_deletes_nothing_when_the_source_lists_empty_or_loses_most_objects(tmp_path, moto_s3):
+    """A wiped or recreated source bucket, a MinIO on an unmounted disk, an edited prefix: the
+    source lists nothing. Before, delete = true removed every copy on the standby ("deleted 5",
+    exit 0); now nothing is deleted and the run fails, saying why and what would go."""
+    keys = dict(endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client("s3", region_name="us-east-1", **keys)
+    s3.create_bucket(Bucket="shop-media-us")
+    s3.create_bucket(Bucket="shop-media-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    source = {f"pub/media/catalog/{i}.jpg": f"photo {i}".encode() for i in range(5)}
+    source.update({f"pub/media/wysiwyg/{i}.png": f"banner {i}".encode() for i in range(35)})
+    for key, data in source.items():
+        s3.put_object(Bucket="shop-media-us", Key=key, Body=data)
+    config = s3_config(tmp_path, moto_s3, extra="delete = true")
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0 and synced["copied_objects"] == 40, synced
+
+    def count(bucket):
+        return len(s3.list_objects_v2(Bucket=bucket, Prefix="pub/media/").get("Contents", []))
+
+    for key in list(source)[:5]:
+        s3.delete_object(Bucket="shop-media-us", Key=key)
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0 and synced["deleted_objects"] == 5, "a few deletions go as before"
+    for key in list(source)[5:]:
+        s3.delete_object(Bucket="shop-media-us", Key=key)
+    result, [refused] = media("sync", config)
+    assert result.returncode == 1 and not refused["ok"], result.stdout
+    assert "deletions refused: the source lists no file at all" in refused["error"], refused
+    assert "all 35 files" in refused["error"] and "wysiwyg/0.png" in refused["error"], refused
+    assert count("shop-media-eu") == 35, "nothing deleted"
+    # Most, not all, gone: above delete_fraction_max (a quarter by default).
+    s3.put_object(Bucket="shop-media-us", Key="pub/media/wysiwyg/0.png", Body=b"banner 0")
+    result, [refused] = media("sync", config)
+    assert result.returncode == 1 and "would delete 34 of the 35 files" in refused["error"], refused
+    assert count("shop-media-eu") == 35
+    intended = s3_config(tmp_path, moto_s3, extra="delete = true\ndelete_fraction_max = 1", name="intended.toml")
+    result, [synced] = media("sync", intended)
+    assert result.returncode == 0 and synced["deleted_objects"] == 34, synced
+    assert count("shop-media-eu") == 1
+
+
+def test_s3_copies_into_an_sse_kms_bucket_verify(tmp_path, moto_s3):
+    """The standby bucket encrypts with SSE-KMS by default: the copy is verified by its size
+    and the recorded source ETag (AWS's ETags of such objects are not MD5s)."""
+    keys = dict(endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client("s3", region_name="us-east-1", **keys)
+    s3.create_bucket(Bucket="shop-media-us")
+    s3.create_bucket(Bucket="shop-media-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_bucket_encryption(Bucket="shop-media-eu", ServerSideEncryptionConfiguration={"Rules": [
+        {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/media"}}]})
+    s3.put_object(Bucket="shop-media-us", Key="pub/media/a.jpg", Body=b"a photo")
+    result, [synced] = media("sync", s3_config(tmp_path, moto_s3))
+    assert result.returncode == 0 and synced["copied_objects"] == 1, result.stdout + result.stderr
+    assert synced["remaining"]["objects"] == 0, synced
+    head = s3.head_object(Bucket="shop-media-eu", Key="pub/media/a.jpg")
+    assert head.get("ServerSideEncryption") == "aws:kms", head
 
 
 def test_the_controller_measures_media_lag_shows_it_and_runs_the_step_on_failover(tmp_path, rsync_daemon):

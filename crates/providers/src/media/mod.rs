@@ -6,8 +6,8 @@
 //! - `rsync` ([`rsync`]): runs the real `rsync` binary between a local folder and a remote one
 //!   (over SSH, `user@host:/path`, or an rsync daemon, `rsync://host/module/path`). The lag is
 //!   `rsync --dry-run --itemize-changes --stats` of the same copy. `--delete` only with
-//!   `delete = true`; `--update` always, so a copy never overwrites a file that is newer on
-//!   the receiving side.
+//!   `delete = true`; `--update` only in the runbook step's copy into the region taking over
+//!   (a newer file there stays, and is counted in the lag).
 //! - `s3` ([`s3`], with the `aws` feature): any S3-compatible API (AWS S3, DigitalOcean
 //!   Spaces, MinIO). Both buckets are listed (ListObjectsV2, paginated), what is missing on the
 //!   receiver or differs in size or ETag is copied (GetObject, PutObject), and each copy is
@@ -73,6 +73,16 @@ pub const LIST_PAGE_KEYS_MAX: u32 = 1000;
 pub const URL_BYTES_MAX: usize = 1024;
 /// Paths of a lag figure's sample of missing objects.
 pub const MISSING_SAMPLE_MAX: usize = 5;
+/// Default of `delete_fraction_max`: one run may delete at most this fraction of the
+/// receiver's synced files.
+pub const DELETE_FRACTION_MAX_DEFAULT: f64 = 0.25;
+/// Deletions of up to this many files are never refused by `delete_fraction_max` (a small
+/// folder deleting a few files is no mass deletion), unless the source lists nothing.
+pub const DELETE_FILES_FLOOR: u64 = 5;
+/// Largest `bwlimit_kib` (10 GiB/s).
+pub const BWLIMIT_KIB_MAX: u64 = 10 * 1024 * 1024;
+/// Paths named in an error about refused deletions.
+pub const DELETE_EXAMPLES_MAX: usize = 5;
 
 /// `[runbook.media_sync]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -86,6 +96,11 @@ pub struct Settings {
     /// DeleteObject). Off by default: a wrong direction then loses nothing.
     #[serde(default)]
     pub delete: bool,
+    /// With `delete`: the largest fraction of the receiver's synced files one run may delete
+    /// (above [`DELETE_FILES_FLOOR`] files); a run that would delete more, or a whole folder
+    /// of more than the floor, deletes nothing and fails. 1 lifts the bound.
+    #[serde(default)]
+    pub delete_fraction_max: Option<Spanned<f64>>,
     /// `best_effort` (default), `required` or `skip`: what a failed copy does on a failover.
     #[serde(default)]
     pub on_failover: Option<Spanned<String>>,
@@ -122,6 +137,9 @@ pub struct Settings {
     /// rsync daemon: the file holding the module's password (`--password-file`).
     #[serde(default)]
     pub password_file: Option<Spanned<PathBuf>>,
+    /// rsync: the bandwidth one copy may use, in KiB/s (`--bwlimit`); default: no limit.
+    #[serde(default)]
+    pub bwlimit_kib: Option<Spanned<u64>>,
 }
 
 aws::aws_settings! {
@@ -132,6 +150,10 @@ aws::aws_settings! {
         /// rsync: `/srv/media/`, `user@host:/srv/media/` or `rsync://host[:port]/module/path/`;
         /// s3: `s3://bucket/prefix/`.
         pub url: Spanned<String>,
+        /// rsync with `delete = true`: the folder (reached like `url`, outside the folder the
+        /// web server serves) that keeps this location's record of the last complete sync.
+        #[serde(default)]
+        pub record_url: Option<Spanned<String>>,
         /// S3: path-style addressing (`endpoint/bucket/key`); default: on with `endpoint_url`.
         #[serde(default)]
         pub path_style: Option<bool>,
@@ -181,6 +203,8 @@ pub struct MediaSync {
     pub name: String,
     pub locations: BTreeMap<String, Location>,
     pub delete: bool,
+    /// `delete_fraction_max`.
+    pub delete_fraction_max: f64,
     pub on_failover: OnFailover,
     pub lag_interval_ms: u64,
     pub limits: Limits,
@@ -261,6 +285,82 @@ impl Lag {
         }
         text
     }
+}
+
+/// The folders above a path (`a/`, `a/b/` for `a/b/c.jpg`).
+fn folders_of(path: &str) -> impl Iterator<Item = &str> {
+    path.trim_end_matches('/')
+        .char_indices()
+        .filter(|(_, c)| *c == '/')
+        .map(move |(i, _)| &path[..=i])
+}
+
+/// Why a run's deletions must not go (`None`: they may), like rsync's `--max-delete` but
+/// decided before anything is deleted. `source_files`: every file the source lists;
+/// `receiver_synced`: how many files the receiver holds as synced; `deleting`: the files the
+/// run would delete (folders left out). Refused when the source lists no file at all, when
+/// more than `fraction_max` of the receiver's synced files would go (and more than
+/// [`DELETE_FILES_FLOOR`]), or when more than the floor would go from one folder of which
+/// the source holds nothing any more (a sub-mount that is not mounted). `fraction_max` 1 lifts
+/// the two bounds, never the first rule.
+pub fn deletions_refused<'a>(
+    source_files: impl IntoIterator<Item = &'a str>,
+    receiver_synced: u64,
+    deleting: &[String],
+    fraction_max: f64,
+) -> Option<String> {
+    if deleting.is_empty() {
+        return None;
+    }
+    let examples = |paths: &mut dyn Iterator<Item = &String>| {
+        paths
+            .take(DELETE_EXAMPLES_MAX)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let count = deleting.len() as u64;
+    let mut source_folders = std::collections::HashSet::new();
+    let mut source_count = 0u64;
+    for file in source_files {
+        source_count += 1;
+        source_folders.extend(folders_of(file).map(str::to_string));
+    }
+    let fix = "check that the source is mounted and complete on the sending side (an NFS or EFS mount, a bucket, the prefix); if these deletions are intended, raise delete_fraction_max (1 lifts the bound) for one run";
+    if source_count == 0 {
+        return Some(format!(
+            "deletions refused: the source lists no file at all (not mounted? emptied? a wrong path or prefix?) and the run would delete all {count} files the receiver holds as synced, like {}; nothing deleted. Check the source; a source that lists nothing never deletes (delete on the receiver by hand if that is intended)",
+            examples(&mut deleting.iter())
+        ));
+    }
+    if fraction_max >= 1.0 {
+        return None;
+    }
+    let allowed = ((receiver_synced as f64) * fraction_max).floor() as u64;
+    if count > allowed.max(DELETE_FILES_FLOOR) {
+        return Some(format!(
+            "deletions refused: the run would delete {count} of the {receiver_synced} files the receiver holds as synced, more than delete_fraction_max = {fraction_max} allows ({}), like {}; nothing deleted. {fix}",
+            allowed.max(DELETE_FILES_FLOOR),
+            examples(&mut deleting.iter())
+        ));
+    }
+    let mut per_folder: BTreeMap<&str, u64> = BTreeMap::new();
+    for path in deleting {
+        for folder in folders_of(path) {
+            *per_folder.entry(folder).or_default() += 1;
+        }
+    }
+    // The topmost folder first (BTreeMap order puts `a/` before `a/b/`).
+    if let Some((folder, files)) = per_folder
+        .iter()
+        .find(|(folder, files)| **files > DELETE_FILES_FLOOR && !source_folders.contains(**folder))
+    {
+        return Some(format!(
+            "deletions refused: the source holds nothing under {folder} any more, and the run would delete all {files} files the receiver holds there as synced, like {}; nothing deleted. {fix}",
+            examples(&mut deleting.iter().filter(|p| p.starts_with(*folder)))
+        ));
+    }
+    None
 }
 
 /// Seconds since the Unix epoch.
@@ -400,6 +500,21 @@ impl Settings {
                 )?,
             })
         })();
+        let delete_fraction_max = match &self.delete_fraction_max {
+            Some(value) if !(value.get_ref().is_finite() && *value.get_ref() > 0.0 && *value.get_ref() <= 1.0) => {
+                checker.error(
+                    value.span(),
+                    format!("{what}: delete_fraction_max = {} is outside (0, 1]", value.get_ref()),
+                    format!(
+                        "set delete_fraction_max to the largest fraction of the receiver's synced files one run may delete (default {DELETE_FRACTION_MAX_DEFAULT}; 1 lifts the bound)"
+                    ),
+                );
+                ok = false;
+                DELETE_FRACTION_MAX_DEFAULT
+            }
+            Some(value) => *value.get_ref(),
+            None => DELETE_FRACTION_MAX_DEFAULT,
+        };
         let lag_interval_ms = limit(
             &what,
             "lag_interval_ms",
@@ -418,6 +533,7 @@ impl Settings {
                     self.ssh_known_hosts_file.as_ref().map(|v| v.span()),
                 ),
                 ("password_file", self.password_file.as_ref().map(|v| v.span())),
+                ("bwlimit_kib", self.bwlimit_kib.as_ref().map(|v| v.span())),
             ] {
                 if let Some(span) = value {
                     checker.error(
@@ -451,7 +567,24 @@ impl Settings {
             ssh_identity_file: self.ssh_identity_file.as_ref().map(resolve),
             ssh_port,
             ssh_known_hosts_file: self.ssh_known_hosts_file.as_ref().map(resolve),
+            keep_newer: false,
             password_file: self.password_file.as_ref().map(resolve),
+            bwlimit_kib: match &self.bwlimit_kib {
+                Some(value) if !(1..=BWLIMIT_KIB_MAX).contains(value.get_ref()) => {
+                    checker.error(
+                        value.span(),
+                        format!(
+                            "{what}: bwlimit_kib = {} is outside 1..={BWLIMIT_KIB_MAX}",
+                            value.get_ref()
+                        ),
+                        "set bwlimit_kib to the KiB/s one copy may use, or remove it (no limit)".into(),
+                    );
+                    ok = false;
+                    None
+                }
+                Some(value) => Some(*value.get_ref()),
+                None => None,
+            },
         };
         for (key, path) in [
             ("ssh_identity_file", &self.ssh_identity_file),
@@ -532,9 +665,40 @@ impl Settings {
                     }
                 }
                 match rsync::Endpoint::parse(url) {
-                    Ok(endpoint) => {
-                        locations.insert(region.clone(), Location::Rsync(endpoint));
-                    }
+                    Ok(endpoint) => match &location.record_url {
+                        Some(record_url) => match endpoint.with_record(record_url.get_ref(), step) {
+                            Ok(endpoint) => {
+                                locations.insert(region.clone(), Location::Rsync(endpoint));
+                            }
+                            Err(problem) => {
+                                checker.error(
+                                    record_url.span(),
+                                    format!(
+                                        "{what}: record_url '{}' of region '{region}' {problem}",
+                                        record_url.get_ref()
+                                    ),
+                                    "name a folder outside the one the web server serves, on the same host and reached the same way as url (/var/lib/switchyard/media/, deploy@web-eu:/var/lib/switchyard/media/, rsync://host/switchyard-state/)".into(),
+                                );
+                                ok = false;
+                            }
+                        },
+                        None if self.delete => {
+                            checker.error(
+                                location.url.span(),
+                                format!(
+                                    "{what}: delete = true needs record_url for region '{region}': the record of the last complete sync, which decides what may be deleted, is kept there, outside the served folder"
+                                ),
+                                format!(
+                                    "add record_url = \"/var/lib/switchyard/media/\" (a folder outside {url}, on the same host and reached the same way; the first run moves an old {} there from the media folder)",
+                                    rsync::SYNCED_LIST_NAME
+                                ),
+                            );
+                            ok = false;
+                        }
+                        None => {
+                            locations.insert(region.clone(), Location::Rsync(endpoint));
+                        }
+                    },
                     Err(problem) => {
                         checker.error(
                             location.url.span(),
@@ -545,6 +709,14 @@ impl Settings {
                     }
                 }
             } else {
+                if let Some(record_url) = &location.record_url {
+                    checker.error(
+                        record_url.span(),
+                        format!("{what}: record_url of region '{region}' is an rsync setting and mode is s3"),
+                        "remove record_url: mode s3 tells its copies by their metadata".into(),
+                    );
+                    ok = false;
+                }
                 let Some((bucket, prefix)) = parse_s3_url(url) else {
                     checker.error(
                         location.url.span(),
@@ -642,6 +814,7 @@ impl Settings {
             name: step.to_string(),
             locations,
             delete: self.delete,
+            delete_fraction_max,
             on_failover,
             lag_interval_ms,
             limits,
@@ -718,25 +891,49 @@ impl MediaSync {
         }
     }
 
-    /// Copies what `to` lacks of `from`'s media, within the limits, and verifies it.
+    /// Copies what `to` lacks of `from`'s media, within the limits, and verifies it: `from`
+    /// is the active region, whose copy is the truth (rsync without `--update`: a file newer
+    /// on the receiver but different, a media restore that kept old times, is replaced).
     pub async fn sync(&self, from: &str, to: &str) -> Result<SyncReport, Failure> {
+        self.sync_as(from, to, false).await
+    }
+
+    /// [`Self::sync`]; `keep_newer`: rsync `--update` (the runbook step's copy into the region
+    /// taking over, which may already hold newer uploads of its own).
+    async fn sync_as(&self, from: &str, to: &str, keep_newer: bool) -> Result<SyncReport, Failure> {
         let (source, target) = self.pair(from, to)?;
+        let options = rsync::Options {
+            keep_newer,
+            ..self.rsync.clone()
+        };
         let timeout = std::time::Duration::from_millis(self.limits.run_timeout_ms);
         let work = async {
             match (source, target) {
                 (Location::Rsync(source), Location::Rsync(target)) => {
-                    rsync::sync(source, target, self.delete, &self.rsync, &self.limits).await
+                    let delete = self.delete.then_some(self.delete_fraction_max);
+                    rsync::sync(source, target, delete, &options, &self.limits).await
                 }
                 #[cfg(feature = "aws")]
-                (Location::S3 { .. }, Location::S3 { .. }) => s3::sync(source, target, self.delete, &self.limits).await,
+                (Location::S3 { .. }, Location::S3 { .. }) => {
+                    let delete = self.delete.then_some(self.delete_fraction_max);
+                    s3::sync(source, target, delete, &self.limits).await
+                }
                 _ => Err(Failure::Refused("locations of different modes".into())),
             }
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
             Err(_) => Err(Failure::Retryable(format!(
-                "the media copy {from} -> {to} took longer than run_timeout_ms = {}; what was copied stays, the next run copies the rest",
-                self.limits.run_timeout_ms
+                "the media copy {from} -> {to} took longer than run_timeout_ms = {}; what was copied stays, {}",
+                self.limits.run_timeout_ms,
+                match source {
+                    Location::Rsync(_) => format!(
+                        "and the file cut off is kept in {} on the receiver, where the next run resumes it",
+                        rsync::PARTIAL_DIR
+                    ),
+                    Location::S3 { .. } =>
+                        "the next run copies the rest (an object cut off is copied again whole)".to_string(),
+                }
             ))),
         }
     }
@@ -760,7 +957,7 @@ impl MediaSync {
                 order.to
             ));
         }
-        match self.sync(from, &order.to).await {
+        match self.sync_as(from, &order.to, true).await {
             Ok(report) => Ok(report.describe(from, &order.to)),
             Err(failure) if failover && self.on_failover == OnFailover::BestEffort => Ok(format!(
                 "NOT copied {from} -> {} (best effort on a failover; the old region is likely unreachable): {failure}",

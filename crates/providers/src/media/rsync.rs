@@ -1,13 +1,16 @@
 //! `media_sync` with `mode = "rsync"`: the real `rsync` binary, between a local folder and a
 //! remote one (SSH or an rsync daemon).
 //!
-//! Every run is `rsync -rlptu --safe-links`: recursive, symlinks as symlinks (but none that
-//! points outside the tree), permissions and times kept, and `--update`, so a file that is
-//! newer on the receiver is never overwritten (a stale controller's copy loses nothing).
+//! Every run is `rsync -rlpt --safe-links`: recursive, symlinks as symlinks (but none that
+//! points outside the tree), permissions and times kept. The runbook step adds `--update`
+//! ([`Options::keep_newer`]: a file newer on the region taking over is not overwritten); a copy
+//! from the active region (`media sync`) makes the receiver match it, and the lag counts a
+//! newer, different file on the receiver as differing.
 //! `--delete` only with `delete = true`, and never when the sender lists no file at all (an
 //! unmounted folder would empty the receiver). Deletions remove only what both sides held after
 //! the last complete sync between them and the sender no longer has: each complete sync with
-//! `delete = true` records the sender's entries in [`SYNCED_LIST_NAME`] on both sides, and a
+//! `delete = true` records the sender's entries on both sides (in each location's `record_url`,
+//! outside the served folder: the record lists every synced path), and a
 //! later run names each entry it may delete with an `R` (risk) filter rule and protects every
 //! other (`P *`): a file the receiver holds outside that record — an upload made there that
 //! never reached the other side (the old active region's uploads from before a failover it
@@ -43,12 +46,20 @@ pub const CONNECT_TIMEOUT_SECONDS: u64 = 10;
 /// The note of exit code 25: `--max-delete` (the rest of `objects_per_run_max`) stopped the
 /// deletions.
 pub const MAX_DELETE_NOTE: &str = "deletions stopped at objects_per_run_max (rsync --max-delete)";
+/// Where the receiver keeps a file a run was cut off in (`--partial-dir`, relative: one in
+/// each folder with such a file, removed once the file is complete), so the next run resumes
+/// it instead of starting over, and a file too big for one `run_timeout_ms` does not hold up
+/// every file after it forever. Hidden, never copied either way, never deleted (`--exclude`).
+pub const PARTIAL_DIR: &str = ".switchyard-partial";
 /// Bytes of rsync's stderr kept for an error message (its end).
 pub const STDERR_BYTES_MAX: usize = 2048;
-/// The record, at the top of each location, of the entries both sides held after the last
-/// complete sync with `delete = true` (one path per line, as rsync prints them). Never copied,
-/// never deleted, never counted in the lag (`--exclude`).
+/// The old place of the record of the entries both sides held after the last complete sync:
+/// the top of each location, inside the folder the web server serves (it published the whole
+/// inventory). A run with `delete = true` moves it to the location's `record_url`
+/// ([`migrate_record`]); until then it is never copied, deleted or counted (`--exclude`).
 pub const SYNCED_LIST_NAME: &str = ".switchyard-media-synced";
+/// The record's file name in a location's `record_url` folder: `STEP.switchyard-media-synced`.
+pub const RECORD_SUFFIX: &str = ".switchyard-media-synced";
 /// The record's first line.
 const SYNCED_LIST_HEADER: &str =
     "# switchyard media_sync v2: entries both sides held after the last complete sync (STATE|PATH)";
@@ -62,6 +73,12 @@ pub struct Options {
     /// `ssh -o UserKnownHostsFile=FILE -o StrictHostKeyChecking=yes`.
     pub ssh_known_hosts_file: Option<PathBuf>,
     pub password_file: Option<PathBuf>,
+    /// `--bwlimit`, in KiB/s.
+    pub bwlimit_kib: Option<u64>,
+    /// `--update`: a file newer on the receiver is not overwritten. Only for the runbook step's
+    /// copy into the region taking over; a copy from the active region (`media sync`) makes
+    /// the receiver match it, and the lag always counts a newer, different file as differing.
+    pub keep_newer: bool,
 }
 
 /// Whether a path can go into the `-e` command in single quotes (rsync splits that command on
@@ -103,6 +120,9 @@ pub enum Transport {
 pub struct Endpoint {
     pub text: String,
     pub transport: Transport,
+    /// With `delete = true`: where this location's record of the last complete sync is kept
+    /// (a file in the `record_url` folder, outside the served folder, reached the same way).
+    pub record: Option<String>,
 }
 
 impl Endpoint {
@@ -138,7 +158,61 @@ impl Endpoint {
         if !text.ends_with('/') {
             text.push('/');
         }
-        Ok(Endpoint { text, transport })
+        Ok(Endpoint {
+            text,
+            transport,
+            record: None,
+        })
+    }
+
+    /// The same location with its record in the folder `record_url` (reached like the
+    /// location: the same transport, SSH user and host, or daemon host; not inside the
+    /// location's folder), as the file `STEP.switchyard-media-synced`.
+    pub fn with_record(mut self, record_url: &str, step: &str) -> Result<Endpoint, String> {
+        let folder = Endpoint::parse(record_url)?;
+        if folder.transport != self.transport {
+            return Err("is not reached like url (a local folder for a local url, user@host:/path over SSH, rsync://host/module/ for a daemon)".into());
+        }
+        let host = |text: &str| -> String {
+            match self.transport {
+                Transport::Local => String::new(),
+                Transport::Ssh => text.split_once(':').map(|(h, _)| h.to_string()).unwrap_or_default(),
+                Transport::Daemon => text
+                    .strip_prefix("rsync://")
+                    .map(|rest| rest.split('/').next().unwrap_or_default().to_string())
+                    .unwrap_or_else(|| text.split("::").next().unwrap_or_default().to_string()),
+            }
+        };
+        if host(&folder.text) != host(&self.text) {
+            return Err("names another host than url (each side's record is kept on that side)".into());
+        }
+        if folder.text.starts_with(&self.text) {
+            return Err(
+                "is inside url's folder, which the web server serves (the record lists every synced path)".into(),
+            );
+        }
+        let name: String = step
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.record = Some(format!("{}{name}{RECORD_SUFFIX}", folder.text));
+        Ok(self)
+    }
+
+    /// The record's URL, or an error saying record_url is missing.
+    fn record_url(&self) -> Result<&str, Failure> {
+        self.record.as_deref().ok_or_else(|| {
+            Failure::Refused(format!(
+                "{} has no record_url: delete = true keeps the record of the last complete sync there (outside the served folder)",
+                self.text
+            ))
+        })
     }
 
     pub fn is_remote(&self) -> bool {
@@ -177,6 +251,9 @@ pub struct Listing {
     /// folder.
     pub collect_names: bool,
     pub names: Vec<(String, String)>,
+    /// Symlinks `--safe-links` left out (`PATH -> TARGET`): how many, and the first few.
+    pub unsafe_links: u64,
+    pub unsafe_sample: Vec<String>,
     /// "Total transferred file size" of `--stats`, if printed.
     pub stats_bytes: Option<u64>,
     /// "Number of files" of `--stats` (the sender's file list, folders included) and how many
@@ -227,6 +304,21 @@ impl Listing {
 
     /// Reads one line of rsync's stdout.
     pub fn line(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("ignoring unsafe symlink \"") {
+            // `"PATH" -> "TARGET"`, or `"PATH" (in MODULE) -> "TARGET"` from a daemon.
+            let end = [rest.find("\" -> \""), rest.find("\" (in ")]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(rest.len());
+            let target = rest.rsplit_once(" -> \"").map(|(_, t)| t.trim_end_matches('"'));
+            self.unsafe_links += 1;
+            if self.unsafe_sample.len() < super::MISSING_SAMPLE_MAX {
+                self.unsafe_sample
+                    .push(format!("{} -> {}", &rest[..end], target.unwrap_or("?")));
+            }
+            return;
+        }
         if let Some(rest) = line.strip_prefix("Number of files:") {
             if let Some(entries) = stats_count(rest, "") {
                 self.source_entries = Some((entries, stats_count(rest, "dir:").unwrap_or(0)));
@@ -281,13 +373,32 @@ impl Listing {
         }
     }
 
+    /// What the receiver lacks: the files to send, and each symlink left out (its contents
+    /// never reach the receiver, so the lag must not say nothing is missing).
     pub fn lag(&self, now_s: u64) -> Lag {
+        let mut sample = self.sample.clone();
+        for link in &self.unsafe_sample {
+            if sample.len() < super::MISSING_SAMPLE_MAX {
+                sample.push(format!("{link} (symlink out of the folder, not copied)"));
+            }
+        }
         Lag {
-            objects: self.counted,
+            objects: self.counted.saturating_add(self.unsafe_links),
             bytes: self.stats_bytes.unwrap_or(self.counted_bytes),
             oldest_age_seconds: self.oldest_modified_s.map(|m| now_s.saturating_sub(m)),
-            sample: self.sample.clone(),
+            sample,
         }
+    }
+
+    /// The warning about symlinks left out, if any.
+    pub fn unsafe_links_warning(&self) -> Option<String> {
+        (self.unsafe_links > 0).then(|| {
+            format!(
+                "WARNING: {} symlinks point out of the folder and are not copied (rsync --safe-links; counted in the lag), like {}: give the real folder a location (or a step) of its own, or mount it into the tree instead of linking to it",
+                self.unsafe_links,
+                self.unsafe_sample.join(", ")
+            )
+        })
     }
 }
 
@@ -352,21 +463,64 @@ pub fn exit_failure(code: Option<i32>, stderr: &str) -> Result<Option<String>, F
     }
 }
 
+/// A name as rsync printed it, with its bytes back: rsync escapes a control or (under LC_ALL=C)
+/// non-ASCII byte, and a backslash that would read as an escape, as `\#ooo` (three octal
+/// digits; rsync(1), `--8-bit-output`).
+pub fn unescape_name(printed: &str) -> Vec<u8> {
+    let bytes = printed.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && bytes.get(i + 1) == Some(&b'#')
+            && let Some(octal) = bytes.get(i + 2..i + 5)
+            && octal.iter().all(|b| (b'0'..=b'7').contains(b))
+            && let Ok(byte) = u8::from_str_radix(std::str::from_utf8(octal).unwrap_or_default(), 8)
+        {
+            out.push(byte);
+            i += 5;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
 /// The arguments every run shares, before the paths.
 fn common_args(source: &Endpoint, target: &Endpoint, options: &Options) -> Vec<String> {
     let mut args = vec![
-        "-rlptu".to_string(),
+        "-rlpt".to_string(),
         // A symlink pointing outside the tree (absolute, or climbing out with `..`) is not
         // copied: an upload of a symlink in one region must not become a link to the
         // receiving host's own files (`/etc/...`) that its web server then serves.
         "--safe-links".to_string(),
         format!("--timeout={IO_TIMEOUT_SECONDS}"),
+        // A file cut off (run_timeout_ms, a lost connection) is kept in the partial-dir and
+        // the next run resumes it, using it as the basis of the delta transfer: that needs
+        // the delta algorithm between local folders too (`--no-whole-file`). Excluded first,
+        // so no rule of ours sends or deletes one. No `--delay-updates`: it would stage every
+        // updated file there until the end of the run.
+        format!("--exclude={PARTIAL_DIR}/"),
+        format!("--partial-dir={PARTIAL_DIR}"),
+        "--no-whole-file".to_string(),
         "--itemize-changes".to_string(),
+        // Says `ignoring unsafe symlink "PATH" -> "TARGET"` for each symlink --safe-links
+        // leaves out (rsync prints it at NAME level 1): counted in the lag and warned about,
+        // rather than skipped in silence (a symlinked subfolder would never be copied, with
+        // a lag of 0).
+        "--info=name1".to_string(),
         "--out-format=%i|%l|%M|%n".to_string(),
         "--stats".to_string(),
         // The record of what both sides held is neither copied nor deleted.
         format!("--exclude=/{SYNCED_LIST_NAME}"),
     ];
+    if options.keep_newer {
+        args.push("--update".into());
+    }
+    if let Some(kib) = options.bwlimit_kib {
+        args.push(format!("--bwlimit={kib}"));
+    }
     args.extend(transport_args(&[source.transport, target.transport], options));
     args
 }
@@ -392,7 +546,7 @@ fn transport_args(transports: &[Transport], options: &Options) -> Vec<String> {
 async fn run(
     args: &[String],
     lines_max: u64,
-    input: Option<String>,
+    input: Option<Vec<u8>>,
     keep_files: usize,
     collect_names: bool,
 ) -> Result<(Listing, Option<String>), Failure> {
@@ -416,7 +570,7 @@ async fn run(
     let stdin_task = match (child.stdin.take(), input) {
         (Some(mut stdin), Some(input)) => Some(tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
-            let _ = stdin.write_all(input.as_bytes()).await;
+            let _ = stdin.write_all(&input).await;
             let _ = stdin.shutdown().await;
         })),
         _ => None,
@@ -535,6 +689,7 @@ async fn list_all(source: &Endpoint, options: &Options, limits: &Limits) -> Resu
     let target = Endpoint {
         text: format!("{}/", empty.path().display()),
         transport: Transport::Local,
+        record: None,
     };
     let mut args = common_args(source, &target, options);
     args.push("--dry-run".into());
@@ -561,59 +716,128 @@ async fn run_plain(args: &[String]) -> Result<(Option<i32>, String), Failure> {
     Ok((output.status.code(), tail))
 }
 
-/// The record of what both sides held ([`SYNCED_LIST_NAME`]) at `at`; `None` when there is none.
+/// The record of what both sides held at `at` (its `record_url`); `None` when there is none.
 pub async fn read_synced(
     at: &Endpoint,
     options: &Options,
     limits: &Limits,
 ) -> Result<Option<std::collections::HashMap<String, String>>, Failure> {
+    let record = at.record_url()?;
     let dir = tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
     let local = dir.path().join("synced");
-    let mut args = vec![format!("--timeout={IO_TIMEOUT_SECONDS}")];
-    args.extend(transport_args(&[at.transport], options));
-    args.push(format!("{}{SYNCED_LIST_NAME}", at.text));
-    args.push(local.display().to_string());
-    let (code, stderr) = run_plain(&args).await?;
-    if code == Some(23) && stderr.contains("No such file or directory") {
+    if !fetch_file(at, record, &local, false, options).await? {
         return Ok(None);
     }
-    exit_failure(code, &stderr)?;
     let bytes_max = limits.objects_listed_max.saturating_mul(4096);
     let size = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0);
     if size > bytes_max {
         return Err(Failure::Retryable(format!(
-            "{}{SYNCED_LIST_NAME} is {size} bytes, more than objects_listed_max allows ({bytes_max}); delete it (the next complete sync writes it again, deleting nothing until then)",
-            at.text
+            "{record} is {size} bytes, more than objects_listed_max allows ({bytes_max}); delete it (the next complete sync writes it again, deleting nothing until then)"
         )));
     }
     let text = std::fs::read_to_string(&local).map_err(|e| {
         Failure::Retryable(format!(
-            "{}{SYNCED_LIST_NAME} is unreadable ({e}); delete it (the next complete sync writes it again)",
-            at.text
+            "{record} is unreadable ({e}); delete it (the next complete sync writes it again)"
         ))
     })?;
+    parse_synced(&text).map(Some).map_err(|why| {
+        Failure::Retryable(format!(
+            "{record} {why}; delete it (the next complete sync writes it again)"
+        ))
+    })
+}
+
+/// A record's entries (path -> state).
+fn parse_synced(text: &str) -> Result<std::collections::HashMap<String, String>, String> {
     let mut lines = text.lines();
     if lines.next() != Some(SYNCED_LIST_HEADER) {
-        return Err(Failure::Retryable(format!(
-            "{}{SYNCED_LIST_NAME} is not a media_sync record; delete it (the next complete sync writes it again)",
-            at.text
-        )));
+        return Err("is not a media_sync record".into());
     }
     let mut entries = std::collections::HashMap::new();
     for line in lines.filter(|line| !line.is_empty()) {
         let Some((state, path)) = line.split_once('|') else {
-            return Err(Failure::Retryable(format!(
-                "{}{SYNCED_LIST_NAME} has a line that is not STATE|PATH; delete it (the next complete sync writes it again)",
-                at.text
-            )));
+            return Err("has a line that is not STATE|PATH".into());
         };
         entries.insert(path.to_string(), state.to_string());
     }
-    Ok(Some(entries))
+    Ok(entries)
 }
 
-/// Writes the record of what both sides hold at `at`.
+/// Copies the file `remote` (reached like `at`) to `local`; false when there is none. With
+/// `remove`, rsync removes it at `remote` once copied (`--remove-source-files`).
+async fn fetch_file(
+    at: &Endpoint,
+    remote: &str,
+    local: &std::path::Path,
+    remove: bool,
+    options: &Options,
+) -> Result<bool, Failure> {
+    let mut args = vec![format!("--timeout={IO_TIMEOUT_SECONDS}")];
+    if remove {
+        args.push("--remove-source-files".into());
+    }
+    args.extend(transport_args(&[at.transport], options));
+    args.push(remote.to_string());
+    args.push(local.display().to_string());
+    let (code, stderr) = run_plain(&args).await?;
+    if code == Some(23) && stderr.contains("No such file or directory") {
+        return Ok(false);
+    }
+    exit_failure(code, &stderr)?;
+    Ok(local.exists())
+}
+
+/// Moves the record from its old place inside the served folder ([`SYNCED_LIST_NAME`]) to
+/// `record_url`: kept as it is when `record_url` has none yet (the same entries, the same
+/// meaning), and removed from the served folder in any case. A note when it cannot be.
+pub async fn migrate_record(at: &Endpoint, options: &Options) -> Result<Option<String>, Failure> {
+    let record = at.record_url()?.to_string();
+    let legacy = format!("{}{SYNCED_LIST_NAME}", at.text);
+    let dir = tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
+    let old = dir.path().join("old");
+    match fetch_file(at, &legacy, &old, true, options).await {
+        Ok(false) => return Ok(None),
+        Ok(true) => {}
+        Err(error) => {
+            return Ok(Some(format!(
+                "the old record {legacy}, inside the served folder, could not be moved ({error}); remove it by hand"
+            )));
+        }
+    }
+    let current = dir.path().join("current");
+    if !fetch_file(at, &record, &current, false, options).await? {
+        let text = std::fs::read_to_string(&old).unwrap_or_default();
+        // Only a record moves (an upload of that name is no record: it is removed all the
+        // same, since it is excluded from every copy and would stay in the folder forever).
+        if parse_synced(&text).is_ok() {
+            put_file(at, &old, &record, options).await?;
+        }
+    }
+    if !matches!(
+        fetch_file(at, &legacy, &dir.path().join("again"), false, options).await,
+        Ok(false)
+    ) {
+        return Ok(Some(format!(
+            "the old record {legacy}, inside the served folder, could not be removed; remove it by hand"
+        )));
+    }
+    Ok(None)
+}
+
+/// Copies the local file `local` to `remote` (reached like `at`).
+async fn put_file(at: &Endpoint, local: &std::path::Path, remote: &str, options: &Options) -> Result<(), Failure> {
+    let mut args = vec![format!("--timeout={IO_TIMEOUT_SECONDS}")];
+    args.extend(transport_args(&[at.transport], options));
+    args.push(local.display().to_string());
+    args.push(remote.to_string());
+    let (code, stderr) = run_plain(&args).await?;
+    exit_failure(code, &stderr)?;
+    Ok(())
+}
+
+/// Writes the record of what both sides hold at `at` (its `record_url`).
 pub async fn write_synced(at: &Endpoint, names: &[(String, String)], options: &Options) -> Result<(), Failure> {
+    let record = at.record_url()?;
     let dir = tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
     let local = dir.path().join("synced");
     let mut text = String::with_capacity(names.iter().map(|(n, s)| n.len() + s.len() + 2).sum::<usize>() + 128);
@@ -626,13 +850,7 @@ pub async fn write_synced(at: &Endpoint, names: &[(String, String)], options: &O
         text.push('\n');
     }
     std::fs::write(&local, text).map_err(|e| Failure::Retryable(format!("cannot write the record: {e}")))?;
-    let mut args = vec![format!("--timeout={IO_TIMEOUT_SECONDS}")];
-    args.extend(transport_args(&[at.transport], options));
-    args.push(local.display().to_string());
-    args.push(format!("{}{SYNCED_LIST_NAME}", at.text));
-    let (code, stderr) = run_plain(&args).await?;
-    exit_failure(code, &stderr)?;
-    Ok(())
+    put_file(at, &local, record, options).await
 }
 
 /// The entries a run may delete: named with the same state by the receiver's and the sender's
@@ -717,10 +935,13 @@ pub fn split_deletions(deleting: &[String], synced: &std::collections::HashSet<S
     (delete, rules)
 }
 
+/// Copies what `target` lacks of `source`. `delete`: `None`, or `Some(delete_fraction_max)`
+/// (see [`super::deletions_refused`]). Deletions refused by that bound fail the run after the
+/// copy (copies go ahead), and leave the records as they were.
 pub async fn sync(
     source: &Endpoint,
     target: &Endpoint,
-    delete: bool,
+    delete: Option<f64>,
     options: &Options,
     limits: &Limits,
 ) -> Result<SyncReport, Failure> {
@@ -728,33 +949,40 @@ pub async fn sync(
     let keep = usize::try_from(limits.objects_per_run_max.saturating_add(1)).unwrap_or(usize::MAX);
     // With delete: what the sender holds before the copy, which both sides hold after a
     // complete one (the record written at the end).
-    let sender_entries = if delete {
+    let mut notes: Vec<String> = Vec::new();
+    let sender_entries = if delete.is_some() {
+        // Records kept inside the served folder by older versions move out first.
+        for side in [target, source] {
+            notes.extend(migrate_record(side, options).await?);
+        }
         Some(list_all(source, options, limits).await?)
     } else {
         None
     };
-    let before = measure(source, target, delete, options, limits, keep).await?;
+    let before = measure(source, target, delete.is_some(), options, limits, keep).await?;
     let (chosen, limited) = within_limits(&before.listing.files, limits);
     let mut deletions_limited = false;
     let mut args = common_args(source, target, options);
     let mut files_from = None;
-    let mut notes: Vec<String> = Vec::new();
+    // Deletions the safety bound refused: the run fails after the copy.
+    let mut refused = None;
     // Holds the protect rules' file until rsync has read it.
     let mut rules_dir = None;
     if limited.is_some() {
         // Only the chosen files (on rsync's stdin: no file of ours anywhere), and no deletion
         // this time.
-        files_from = Some(chosen.iter().map(|item| format!("{}\n", item.path)).collect::<String>());
+        // rsync printed each name with its control and non-ASCII bytes escaped (`\#ooo`,
+        // LC_ALL=C): the list gets the real bytes back, NUL-separated (`--from0`), so a name
+        // like `café.jpg` or one holding a newline is found.
+        let mut list = Vec::new();
+        for item in &chosen {
+            list.extend(unescape_name(&item.path));
+            list.push(0);
+        }
+        files_from = Some(list);
         args.push("--files-from=-".into());
-    } else if delete && before.listing.deletions > 0 && before.listing.source_is_empty() {
-        // The sender lists no file at all while the receiver holds some: an unmounted mount
-        // point or an emptied folder, far likelier than every upload deleted. Copy, delete
-        // nothing, and say so.
-        notes.push(format!(
-            "the source {} holds no files (not mounted? wrong path?): nothing deleted of the {} files the receiver holds",
-            source.text, before.listing.deletions
-        ));
-    } else if delete && before.listing.deletions > 0 {
+        args.push("--from0".into());
+    } else if let Some(fraction_max) = delete.filter(|_| before.listing.deletions > 0) {
         let candidates = &before.listing.deleting;
         // A record that cannot be read (planted by an upload of that name, cut short, too
         // large) deletes nothing, but stops no copy: the copy's end writes it again. Both
@@ -765,12 +993,18 @@ pub async fn sync(
                 // Deletable: named alike by both records, and (a file) still as recorded on
                 // the receiver; one changed since (a new upload under an old name) stays.
                 Ok(Some(sender)) => match list_all(target, options, limits).await {
-                    Ok(now) => Ok(Some(deletable(&receiver, &sender, &now.into_iter().collect()))),
+                    Ok(now) => {
+                        let synced_files = receiver.values().filter(|state| state.as_str() != "d").count() as u64;
+                        Ok(Some((
+                            deletable(&receiver, &sender, &now.into_iter().collect()),
+                            synced_files,
+                        )))
+                    }
                     Err(error) => Err(format!("the receiver's files cannot be listed ({error})")),
                 },
                 Ok(None) => Err(format!(
-                    "the sender {} has no record of the last complete sync ({SYNCED_LIST_NAME}; this run writes it)",
-                    source.text
+                    "the sender has no record of the last complete sync at {} (this run writes it)",
+                    source.record.as_deref().unwrap_or_default()
                 )),
                 Err(error) => Err(format!("the sender's record cannot be used ({error})")),
             },
@@ -778,14 +1012,14 @@ pub async fn sync(
             Err(error) => Err(format!("the receiver's record cannot be used ({error})")),
         };
         match records {
-            Err(why) => notes.push(format!(
-                "nothing deleted: {why}"
-            )),
+            Err(why) => notes.push(format!("nothing deleted: {why}")),
             Ok(None) => notes.push(format!(
-                "nothing deleted: {} has no record of a complete sync yet ({SYNCED_LIST_NAME}; this run writes it), so its {} files the sender lacks may be its own uploads",
-                target.text, before.listing.deletions
+                "nothing deleted: {} has no record of a complete sync yet ({}; this run writes it), so its {} files the sender lacks may be its own uploads",
+                target.text,
+                target.record.as_deref().unwrap_or_default(),
+                before.listing.deletions
             )),
-            Ok(Some(synced)) => {
+            Ok(Some((synced, synced_files))) => {
                 let (to_delete, rules) = split_deletions(candidates, &synced);
                 let kept = candidates.len() - to_delete.len();
                 if kept > 0 {
@@ -793,7 +1027,17 @@ pub async fn sync(
                         "kept {kept} entries the receiver holds that were not on both sides at the last complete sync (its own uploads, never copied to the sender) or that no rsync rule names exactly: delete removes only what the sender deleted"
                     ));
                 }
-                if !to_delete.is_empty() {
+                // The safety bound, on files (folders go with them): an unmounted sub-mount
+                // or source lists nothing where the receiver holds a whole tree.
+                let files: Vec<String> = to_delete.iter().filter(|p| !p.ends_with('/')).cloned().collect();
+                let source_files = sender_entries
+                    .iter()
+                    .flatten()
+                    .filter(|(_, state)| state.as_str() != "d")
+                    .map(|(path, _)| path.as_str());
+                if let Some(why) = super::deletions_refused(source_files, synced_files, &files, fraction_max) {
+                    refused = Some(why);
+                } else if !to_delete.is_empty() {
                     // Deletions count against the same objects_per_run_max as the copies.
                     // The dry run counted them: an rsync daemon receiving keeps its exit
                     // code 25 to itself.
@@ -811,6 +1055,13 @@ pub async fn sync(
                     rules_dir = Some(dir);
                 }
             }
+        }
+        if before.listing.source_is_empty() && refused.is_none() {
+            // The sender lists no file at all while the receiver holds some: an unmounted
+            // mount point or an emptied folder, far likelier than every upload deleted. Even
+            // without records to delete by, that is an error, not a quiet note.
+            let files: Vec<String> = candidates.iter().filter(|p| !p.ends_with('/')).cloned().collect();
+            refused = super::deletions_refused(std::iter::empty(), files.len() as u64, &files, fraction_max);
         }
     }
     args.push(source.text.clone());
@@ -838,7 +1089,9 @@ pub async fn sync(
     }
     // A complete copy: both sides hold what the sender listed before it. Recorded on both, so
     // the next run either way knows; a side it cannot be written to keeps its older record.
-    if let Some(entries) = sender_entries.filter(|_| limited.is_none())
+    // Not after refused deletions: the records keep naming what the receiver still holds, so
+    // an intended mass deletion (the bound raised) can still remove it.
+    if let Some(entries) = sender_entries.filter(|_| limited.is_none() && refused.is_none())
         && !before.listing.source_is_empty()
     {
         write_synced(target, &entries, options).await?;
@@ -848,7 +1101,19 @@ pub async fn sync(
             ));
         }
     }
-    let after = measure(source, target, false, options, limits, 0).await?;
+    // The verification counts every file that differs, a newer one on the receiver too.
+    let plain = Options {
+        keep_newer: false,
+        ..options.clone()
+    };
+    let after = measure(source, target, false, &plain, limits, 0).await?;
+    notes.extend(after.listing.unsafe_links_warning());
+    if let Some(why) = refused {
+        return Err(Failure::Refused(format!(
+            "copied {} objects ({} bytes), {} still differ; {why}",
+            done.counted, done.counted_bytes, after.lag.objects
+        )));
+    }
     Ok(SyncReport {
         copied_objects: done.counted,
         copied_bytes: done.counted_bytes,

@@ -13,8 +13,8 @@
 //! A copy is GetObject then PutObject (the two buckets may be on different endpoints and
 //! accounts, so no server-side CopyObject), keeping Content-Type, Cache-Control,
 //! Content-Disposition, Content-Encoding and the user metadata; then HeadObject verifies the
-//! size and the ETag (the MD5 of the bytes for a single-part source) or the recorded source
-//! ETag. At most `concurrency` copies are in flight, `objects_per_run_max` and
+//! size, the recorded source ETag and, for a single-part source into a bucket not encrypting
+//! with SSE-KMS or SSE-C, the ETag (then the MD5 of the bytes). At most `concurrency` copies are in flight, `objects_per_run_max` and
 //! `bytes_per_run_max` bound one run, and an object larger than `object_bytes_max` is not
 //! copied (it is held in memory) and stays in the lag. With `delete`, only copies Switchyard
 //! made (the recorded source ETag) are deleted when the source lacks them, never an object the
@@ -146,7 +146,17 @@ impl Bucket {
                 }
             }
             match (page.is_truncated(), page.next_continuation_token()) {
-                (Some(true), Some(next)) => token = Some(next.to_string()),
+                (Some(true), Some(next)) if !next.is_empty() => token = Some(next.to_string()),
+                // More to list, and no way to ask for it: a partial listing would read as
+                // objects deleted at the source (and feed deletions), so it is an error.
+                (Some(true), _) => {
+                    return Err(Failure::Retryable(format!(
+                        "S3 ListObjectsV2 of bucket {} under '{}': a page says IsTruncated=true without a NextContinuationToken after {} objects; the listing is incomplete, so nothing is decided on it (an S3-compatible service that pages differently? set list_page_keys)",
+                        self.bucket,
+                        self.prefix,
+                        objects.len()
+                    )));
+                }
                 _ => return Ok(objects),
             }
         }
@@ -155,6 +165,15 @@ impl Bucket {
     /// HeadObject: (size, ETag, the recorded source ETag, last modified); `None` when the
     /// object is gone (deleted since the listing: not an error of the run).
     async fn head(&self, key: &str) -> Result<Option<(u64, String, Option<String>, Option<u64>)>, Failure> {
+        Ok(self.head_encrypted(key).await?.map(|(head, _)| head))
+    }
+
+    /// [`Self::head`], and whether the object is encrypted so that its ETag is not the MD5 of
+    /// its bytes (SSE-KMS, DSSE-KMS, SSE-C: AWS documents those ETags as not MD5).
+    async fn head_encrypted(
+        &self,
+        key: &str,
+    ) -> Result<Option<((u64, String, Option<String>, Option<u64>), bool)>, Failure> {
         let head = match self
             .client
             .head_object()
@@ -172,13 +191,20 @@ impl Bucket {
                 ));
             }
         };
+        let encrypted = head.sse_customer_algorithm().is_some()
+            || head
+                .server_side_encryption()
+                .is_some_and(|sse| sse.as_str().starts_with("aws:kms"));
         Ok(Some((
-            u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
-            unquote(head.e_tag().unwrap_or_default()),
-            head.metadata()
-                .and_then(|m| m.get(SOURCE_ETAG_METADATA))
-                .map(|s| unquote(s)),
-            head.last_modified().and_then(|t| u64::try_from(t.secs()).ok()),
+            (
+                u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
+                unquote(head.e_tag().unwrap_or_default()),
+                head.metadata()
+                    .and_then(|m| m.get(SOURCE_ETAG_METADATA))
+                    .map(|s| unquote(s)),
+                head.last_modified().and_then(|t| u64::try_from(t.secs()).ok()),
+            ),
+            encrypted,
         )))
     }
 }
@@ -210,12 +236,27 @@ pub fn same_by_head(source: &Object, head: &(u64, String, Option<String>, Option
     matches!((modified, source.modified_s), (Some(target), Some(source)) if *target > source)
 }
 
+/// Whether the copy HeadObject shows (`head`) is the `size` bytes written from a source with
+/// ETag `source_etag`: the size and the recorded source ETag always; and, for a single-part
+/// source, an ETag equal to the source's (both the MD5 of the bytes) — unless the receiver
+/// encrypts with SSE-KMS or SSE-C (`encrypted`), whose ETags are not MD5s (nor is the source's
+/// ETag one when it is encrypted that way: it then never matches).
+pub fn copy_verified(
+    size: u64,
+    source_etag: &str,
+    head: &(u64, String, Option<String>, Option<u64>),
+    encrypted: bool,
+) -> bool {
+    let single_part = !source_etag.contains('-');
+    head.0 == size && (encrypted || !single_part || head.1 == source_etag) && head.2.as_deref() == Some(source_etag)
+}
+
 /// The keys the receiver lacks or holds differently.
 async fn differences(
     source: &Bucket,
     target: &Bucket,
     limits: &Limits,
-) -> Result<(BTreeMap<String, Object>, Vec<String>, Vec<String>), Failure> {
+) -> Result<(BTreeMap<String, Object>, Vec<String>, Vec<String>, u64), Failure> {
     let (from, to) = tokio::join!(
         source.list(limits.objects_listed_max, limits.list_page_keys),
         target.list(limits.objects_listed_max, limits.list_page_keys)
@@ -242,12 +283,12 @@ async fn differences(
         }
     }
     let extra = to.keys().filter(|key| !from.contains_key(*key)).cloned().collect();
-    Ok((from, differ, extra))
+    Ok((from, differ, extra, to.len() as u64))
 }
 
 pub async fn lag(source: &Location, target: &Location, limits: &Limits) -> Result<Lag, Failure> {
     let (source, target) = (Bucket::open(source).await?, Bucket::open(target).await?);
-    let (objects, differ, _) = differences(&source, &target, limits).await?;
+    let (objects, differ, _, _) = differences(&source, &target, limits).await?;
     let now = now_s();
     let mut lag = Lag::default();
     for key in &differ {
@@ -328,14 +369,13 @@ async fn copy(
         .send()
         .await
         .map_err(|error| failure(&format!("S3 PutObject {}/{to_key}", target.bucket), &error))?;
-    let head = target.head(&key).await?.ok_or_else(|| {
+    let (head, encrypted) = target.head_encrypted(&key).await?.ok_or_else(|| {
         Failure::Retryable(format!(
             "S3 copy of {key} not verified: {}/{to_key} is missing right after PutObject",
             target.bucket
         ))
     })?;
-    let single_part = !source_etag.contains('-');
-    let verified = head.0 == size && (!single_part || head.1 == source_etag) && head.2.as_deref() == Some(&source_etag);
+    let verified = copy_verified(size, &source_etag, &head, encrypted);
     if !verified {
         return Err(Failure::Retryable(format!(
             "S3 copy of {key} not verified: {}/{to_key} holds {} bytes, ETag {}, recorded source ETag {:?}; expected {size} bytes and ETag {source_etag}",
@@ -345,12 +385,20 @@ async fn copy(
     Ok(size)
 }
 
-pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &Limits) -> Result<SyncReport, Failure> {
+/// Copies what `target` lacks of `source`. `delete`: `None`, or `Some(delete_fraction_max)`
+/// (see [`super::deletions_refused`]): deletions that bound refuses fail the run after the
+/// copies, and nothing is deleted.
+pub async fn sync(
+    source: &Location,
+    target: &Location,
+    delete: Option<f64>,
+    limits: &Limits,
+) -> Result<SyncReport, Failure> {
     let (source, target) = (
         Arc::new(Bucket::open(source).await?),
         Arc::new(Bucket::open(target).await?),
     );
-    let (objects, differ, extra) = differences(&source, &target, limits).await?;
+    let (objects, differ, extra, receiver_count) = differences(&source, &target, limits).await?;
     let mut report = SyncReport::default();
     let mut queue = Vec::new();
     let mut bytes = 0u64;
@@ -407,8 +455,11 @@ pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &L
     // it was active, during an outage, not yet brought back) is not a deletion to propagate:
     // after a failover or failback the copy direction flips, and deleting it would lose it.
     let mut kept_own = 0u64;
-    if delete && report.limited.is_none() && first_error.is_none() {
-        let budget = limits.objects_per_run_max.saturating_sub(report.copied_objects);
+    let mut refused = None;
+    if let Some(fraction_max) = delete.filter(|_| report.limited.is_none() && first_error.is_none()) {
+        // First the copies that may go (HeadObject each: only copies carry the recorded
+        // source ETag), then the safety bound on all of them together, then the deletions.
+        let mut to_delete = Vec::new();
         let mut heads = 0u64;
         for key in extra {
             heads += 1;
@@ -423,6 +474,16 @@ pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &L
                 kept_own += 1;
                 continue;
             }
+            to_delete.push(key);
+        }
+        refused = super::deletions_refused(
+            objects.keys().map(String::as_str),
+            receiver_count,
+            &to_delete,
+            fraction_max,
+        );
+        let budget = limits.objects_per_run_max.saturating_sub(report.copied_objects);
+        for key in to_delete.into_iter().filter(|_| refused.is_none()) {
             if report.deleted_objects >= budget {
                 report.limited = Some(format!("objects_per_run_max = {}", limits.objects_per_run_max));
                 break;
@@ -461,12 +522,18 @@ pub async fn sync(source: &Location, target: &Location, delete: bool, limits: &L
     if !notes.is_empty() {
         report.note = Some(notes.join("; "));
     }
-    let (objects, differ, _) = differences(&source, &target, limits).await?;
+    let (objects, differ, _, _) = differences(&source, &target, limits).await?;
     let now = now_s();
     for key in &differ {
         if let Some(object) = objects.get(key) {
             report.remaining.add(key, object.size, object.modified_s, now);
         }
+    }
+    if let Some(why) = refused {
+        return Err(Failure::Refused(format!(
+            "copied {} objects ({} bytes), {} still differ; {why}",
+            report.copied_objects, report.copied_bytes, report.remaining.objects
+        )));
     }
     Ok(report)
 }

@@ -171,6 +171,8 @@ fn the_ssh_command_carries_the_port_key_and_known_hosts() {
         ssh_port: Some(2222),
         ssh_known_hosts_file: Some("/etc/switchyard/known_hosts".into()),
         password_file: None,
+        bwlimit_kib: None,
+        keep_newer: false,
     };
     assert_eq!(
         ssh_command(&options),
@@ -199,6 +201,7 @@ fn step(on_failover: OnFailover) -> MediaSync {
         .into_iter()
         .collect(),
         delete: false,
+        delete_fraction_max: DELETE_FRACTION_MAX_DEFAULT,
         on_failover,
         lag_interval_ms: LAG_INTERVAL_MS_DEFAULT,
         limits: limits(10, 1_000),
@@ -361,7 +364,7 @@ async fn an_s3_object_larger_than_listed_is_neither_read_whole_nor_copied() {
     let (_dir, location) = serve_s3(app).await;
     let mut limits = limits(10, 1_000_000);
     limits.object_bytes_max = 1_000;
-    let error = match super::s3::sync(&location("src"), &location("dst"), false, &limits).await {
+    let error = match super::s3::sync(&location("src"), &location("dst"), None, &limits).await {
         Ok(report) => panic!("copied an object above object_bytes_max: {report:?}"),
         Err(Failure::Retryable(error)) => error,
         Err(other) => panic!("expected a retryable failure, got {other:?}"),
@@ -568,8 +571,17 @@ fn walk(root: &std::path::Path) -> Vec<String> {
     out
 }
 
-/// A `.switchyard-media-synced` that is no record (an upload of that name, a folder, a record
-/// cut short) deletes nothing but stops no copy; the complete copy writes the record again.
+/// Each side's record kept in its `record_url` folder (outside the served one).
+fn recorded(path: &std::path::Path, records: &std::path::Path) -> Endpoint {
+    std::fs::create_dir_all(records).expect("record folder");
+    Endpoint::parse(&path.display().to_string())
+        .expect("endpoint")
+        .with_record(&records.display().to_string(), "media")
+        .expect("record_url")
+}
+
+/// A record that is no record (an upload of that name, a folder, a record cut short) deletes
+/// nothing but stops no copy; the complete copy writes the record again.
 #[tokio::test]
 async fn a_planted_record_on_the_receiver_stops_no_copy() {
     let root = tempfile::tempdir().expect("temp dir");
@@ -579,12 +591,16 @@ async fn a_planted_record_on_the_receiver_stops_no_copy() {
     }
     std::fs::write(source.join("new.jpg"), "new").expect("write");
     std::fs::write(target.join("mine.jpg"), "mine").expect("write");
-    std::fs::write(target.join(rsync::SYNCED_LIST_NAME), "uploaded by a user\n").expect("write");
-    let endpoint = |path: &std::path::Path| Endpoint::parse(&path.display().to_string()).expect("endpoint");
+    let (source_end, target_end) = (
+        recorded(&source, &root.path().join("source-records")),
+        recorded(&target, &root.path().join("target-records")),
+    );
+    let record = root.path().join("target-records/media.switchyard-media-synced");
+    std::fs::write(&record, "uploaded by a user\n").expect("write");
     let report = rsync::sync(
-        &endpoint(&source),
-        &endpoint(&target),
-        true,
+        &source_end,
+        &target_end,
+        Some(DELETE_FRACTION_MAX_DEFAULT),
         &Options::default(),
         &limits(100, 1 << 20),
     )
@@ -599,11 +615,120 @@ async fn a_planted_record_on_the_receiver_stops_no_copy() {
             .is_some_and(|note| note.contains("nothing deleted")),
         "{report:?}"
     );
-    let record = std::fs::read_to_string(target.join(rsync::SYNCED_LIST_NAME)).expect("record");
+    let record = std::fs::read_to_string(&record).expect("record");
     assert!(
         record.starts_with("# switchyard media_sync v2") && record.contains("|new.jpg\n"),
         "{record}"
     );
+    assert!(!target.join(rsync::SYNCED_LIST_NAME).exists() && !source.join(rsync::SYNCED_LIST_NAME).exists());
+}
+
+/// The record inside the served folder published every synced path (and WooCommerce's
+/// random download names): the first run with record_url moves it out, keeping what it says,
+/// so the deletions it allows still happen.
+#[tokio::test]
+async fn the_record_moves_out_of_the_served_folder_and_keeps_its_meaning() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    write_files(&source, &["a.jpg".to_string(), "gone.jpg".to_string()]);
+    write_files(&target, &["mine.jpg".to_string()]);
+    // As an older version left it: both sides synced, the record at the top of both folders.
+    let status = std::process::Command::new("rsync")
+        .args([
+            "-rlpt",
+            &format!("{}/", source.display()),
+            &format!("{}/", target.display()),
+        ])
+        .status()
+        .expect("rsync");
+    assert!(status.success());
+    let state = |name: &str| {
+        let modified = std::fs::metadata(source.join(name))
+            .expect("meta")
+            .modified()
+            .expect("mtime");
+        let seconds = modified.duration_since(std::time::UNIX_EPOCH).expect("epoch").as_secs();
+        let days = seconds / 86_400;
+        // Civil date from days (Howard Hinnant's algorithm), as rsync prints %M in UTC.
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let rest = seconds % 86_400;
+        format!(
+            "f:{}:{year}/{month:02}/{day:02}-{:02}:{:02}:{:02}",
+            name.len(),
+            rest / 3600,
+            rest % 3600 / 60,
+            rest % 60
+        )
+    };
+    let old_record = format!(
+        "# switchyard media_sync v2: entries both sides held after the last complete sync (STATE|PATH)\n{}|a.jpg\n{}|gone.jpg\n",
+        state("a.jpg"),
+        state("gone.jpg")
+    );
+    for side in [&source, &target] {
+        std::fs::write(side.join(rsync::SYNCED_LIST_NAME), &old_record).expect("old record");
+    }
+    std::fs::remove_file(source.join("gone.jpg")).expect("deleted at the source");
+    let (source_end, target_end) = (
+        recorded(&source, &root.path().join("source-records")),
+        recorded(&target, &root.path().join("target-records")),
+    );
+    let report = rsync::sync(
+        &source_end,
+        &target_end,
+        Some(DELETE_FRACTION_MAX_DEFAULT),
+        &Options::default(),
+        &limits(100, 1 << 20),
+    )
+    .await
+    .expect("the copy runs");
+    assert_eq!(
+        report.deleted_objects, 1,
+        "the old record's entries still count: {report:?}"
+    );
+    assert!(!target.join("gone.jpg").exists() && target.join("mine.jpg").exists());
+    for side in [&source, &target] {
+        assert!(
+            !side.join(rsync::SYNCED_LIST_NAME).exists(),
+            "removed from {}",
+            side.display()
+        );
+    }
+    let moved = std::fs::read_to_string(root.path().join("target-records/media.switchyard-media-synced"))
+        .expect("the record in record_url");
+    assert!(moved.contains("|a.jpg\n") && !moved.contains("gone.jpg"), "{moved}");
+}
+
+#[test]
+fn a_record_url_is_outside_the_served_folder_and_on_the_same_side() {
+    let with = |url: &str, record: &str| Endpoint::parse(url).expect("url").with_record(record, "media files");
+    assert_eq!(
+        with("/var/www/pub/media/", "/var/lib/switchyard/media")
+            .expect("ok")
+            .record
+            .as_deref(),
+        Some("/var/lib/switchyard/media/media_files.switchyard-media-synced")
+    );
+    assert!(with("deploy@web-eu:/srv/media/", "deploy@web-eu:/var/lib/sy/").is_ok());
+    assert!(with("rsync://10.0.0.5/media/", "rsync://10.0.0.5/state/").is_ok());
+    for (url, record) in [
+        ("/var/www/pub/media/", "/var/www/pub/media/.state/"),
+        ("/var/www/pub/media/", "/var/www/pub/media"),
+        ("/var/www/pub/media/", "deploy@web-eu:/var/lib/sy/"),
+        ("deploy@web-eu:/srv/media/", "deploy@web-us:/var/lib/sy/"),
+        ("rsync://10.0.0.5/media/", "rsync://10.0.0.6/state/"),
+        ("rsync://10.0.0.5/media/", "rsync://10.0.0.5/media/state/"),
+    ] {
+        assert!(with(url, record).is_err(), "{url} {record}");
+    }
 }
 
 #[test]
@@ -685,4 +810,474 @@ fn only_entries_unchanged_since_the_recorded_copy_may_be_deleted() {
         "f:1234:2026/12/02-20:40:00"
     );
     assert_eq!(rsync::entry_state("cd+++++++++", "4096", "2026/12/02-20:40:00"), "d");
+}
+
+#[test]
+fn mass_deletions_are_refused_before_anything_is_deleted() {
+    let paths = |prefix: &str, n: usize| -> Vec<String> { (0..n).map(|i| format!("{prefix}{i}.jpg")).collect() };
+    let source = paths("other/", 40);
+    let sources = || source.iter().map(String::as_str);
+    // An empty source deletes nothing, whatever the bound.
+    let refused = deletions_refused(std::iter::empty(), 3, &paths("", 3), 1.0).expect("refused");
+    assert!(
+        refused.contains("lists no file at all") && refused.contains("all 3 files"),
+        "{refused}"
+    );
+    // A few deletions always go (the floor), a quarter of a large folder too.
+    assert_eq!(deletions_refused(sources(), 8, &paths("other/x", 4), 0.25), None);
+    assert_eq!(deletions_refused(sources(), 100, &paths("other/x", 25), 0.25), None);
+    let refused = deletions_refused(sources(), 100, &paths("other/x", 26), 0.25).expect("refused");
+    assert!(
+        refused.contains("delete 26 of the 100 files")
+            && refused.contains("delete_fraction_max = 0.25 allows (25)")
+            && refused.contains("like other/x0.jpg, other/x1.jpg, other/x2.jpg, other/x3.jpg, other/x4.jpg;")
+            && refused.contains("raise delete_fraction_max"),
+        "{refused}"
+    );
+    assert_eq!(deletions_refused(sources(), 100, &paths("other/x", 26), 1.0), None);
+    // A whole folder the source no longer holds (an unmounted sub-mount), within the fraction.
+    let refused = deletions_refused(sources(), 200, &paths("catalog/product/", 6), 0.25).expect("refused");
+    assert!(
+        refused.contains("holds nothing under catalog/ any more") && refused.contains("all 6 files"),
+        "{refused}"
+    );
+    assert_eq!(
+        deletions_refused(sources(), 200, &paths("catalog/product/", 5), 0.25),
+        None
+    );
+    assert_eq!(
+        deletions_refused(sources(), 200, &paths("catalog/product/", 6), 1.0),
+        None
+    );
+    // The source still holds files there: ordinary deletions.
+    let mut with_catalog = source.clone();
+    with_catalog.push("catalog/product/kept.jpg".into());
+    assert_eq!(
+        deletions_refused(
+            with_catalog.iter().map(String::as_str),
+            200,
+            &paths("catalog/product/", 6),
+            0.25
+        ),
+        None
+    );
+}
+
+fn write_files(folder: &std::path::Path, names: &[String]) {
+    for name in names {
+        let path = folder.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("folder");
+        std::fs::write(&path, name.as_bytes()).expect("write");
+    }
+}
+
+fn local(path: &std::path::Path) -> Endpoint {
+    let records = path.with_extension("records");
+    recorded(path, &records)
+}
+
+/// The sub-mount `catalog/` is not mounted on the sender (an empty folder): the receiver's
+/// copy of it stays, the run fails and says why; the other files are still copied.
+#[tokio::test]
+async fn rsync_refuses_to_empty_a_folder_the_sender_lost() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    std::fs::create_dir_all(&target).expect("folder");
+    let catalog: Vec<String> = (0..8).map(|i| format!("catalog/p/{i}.jpg")).collect();
+    let other: Vec<String> = (0..40).map(|i| format!("wysiwyg/{i}.png")).collect();
+    write_files(&source, &catalog);
+    write_files(&source, &other);
+    let limits = limits(1_000, 1 << 30);
+    let first = rsync::sync(
+        &local(&source),
+        &local(&target),
+        Some(0.25),
+        &Options::default(),
+        &limits,
+    )
+    .await
+    .expect("first copy");
+    assert_eq!(first.copied_objects, 48);
+    std::fs::remove_dir_all(source.join("catalog")).expect("unmount");
+    std::fs::create_dir(source.join("catalog")).expect("the empty mount point");
+    write_files(&source, &["wysiwyg/new.png".to_string()]);
+    let error = match rsync::sync(
+        &local(&source),
+        &local(&target),
+        Some(0.25),
+        &Options::default(),
+        &limits,
+    )
+    .await
+    {
+        Err(Failure::Refused(error)) => error,
+        other => panic!("expected refused deletions, got {other:?}"),
+    };
+    assert!(
+        error.contains("holds nothing under catalog/") && error.contains("copied 1 objects"),
+        "{error}"
+    );
+    assert!(catalog.iter().all(|name| target.join(name).exists()), "nothing deleted");
+    assert!(target.join("wysiwyg/new.png").exists(), "the copy went ahead");
+    // The whole source emptied: refused too.
+    for folder in ["catalog", "wysiwyg"] {
+        std::fs::remove_dir_all(source.join(folder)).expect("empty");
+    }
+    let error = match rsync::sync(
+        &local(&source),
+        &local(&target),
+        Some(1.0),
+        &Options::default(),
+        &limits,
+    )
+    .await
+    {
+        Err(Failure::Refused(error)) => error,
+        other => panic!("expected refused deletions, got {other:?}"),
+    };
+    assert!(error.contains("lists no file at all"), "{error}");
+    assert!(catalog.iter().chain(&other).all(|name| target.join(name).exists()));
+    // Intended: the bound raised, the folder's deletion goes.
+    write_files(&source, &other);
+    let report = rsync::sync(
+        &local(&source),
+        &local(&target),
+        Some(1.0),
+        &Options::default(),
+        &limits,
+    )
+    .await
+    .expect("intended deletion");
+    assert!(report.deleted_objects >= 8, "{report:?}");
+    assert!(!target.join("catalog/p/0.jpg").exists());
+}
+
+#[test]
+fn names_rsync_escaped_get_their_bytes_back() {
+    assert_eq!(rsync::unescape_name("caf\\#303\\#251.jpg"), "café.jpg".as_bytes());
+    assert_eq!(rsync::unescape_name("new\\#012line.jpg"), b"new\nline.jpg");
+    assert_eq!(rsync::unescape_name("back\\#134#123.jpg"), b"back\\#123.jpg");
+    assert_eq!(rsync::unescape_name("-dash \\#9.jpg"), b"-dash \\#9.jpg");
+    assert_eq!(rsync::unescape_name("\\#777"), b"\\#777", "not a byte: as printed");
+}
+
+/// A run capped by objects_per_run_max names its files on rsync's stdin: names with non-ASCII
+/// bytes, a newline or a leading dash must reach rsync as they are (before, rsync's escaped
+/// form was fed back and the run failed on the first of them).
+#[tokio::test]
+async fn a_capped_run_copies_names_with_non_ascii_newlines_and_dashes() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    std::fs::create_dir_all(&target).expect("folder");
+    let names: Vec<String> = [
+        "café.jpg",
+        "new\nline.jpg",
+        "-dash.jpg",
+        "sub/ünï cödé.png",
+        "back\\#134.jpg",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    write_files(&source, &names);
+    let endpoint = |path: &std::path::Path| Endpoint::parse(&path.display().to_string()).expect("endpoint");
+    let mut copied = 0;
+    for _ in 0..5 {
+        let report = rsync::sync(
+            &endpoint(&source),
+            &endpoint(&target),
+            None,
+            &Options::default(),
+            &limits(2, 1 << 20),
+        )
+        .await
+        .expect("a capped run");
+        copied += report.copied_objects;
+        if report.limited.is_none() {
+            break;
+        }
+    }
+    assert_eq!(copied, 5);
+    for name in &names {
+        assert_eq!(
+            std::fs::read(target.join(name)).expect("copied"),
+            name.as_bytes(),
+            "{name:?}"
+        );
+    }
+}
+
+/// A file too big to copy within run_timeout_ms: each run is cut off, and the next resumes
+/// from what the last left in the partial-dir (before, every run started it over, and the
+/// files after it never came).
+#[tokio::test]
+async fn a_file_cut_off_by_run_timeout_is_resumed_by_the_next_run() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    std::fs::create_dir_all(source.join("video")).expect("folder");
+    std::fs::create_dir_all(&target).expect("folder");
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(source.join("video/big.mp4"), &big).expect("write");
+    std::fs::write(source.join("zz-after.jpg"), "after").expect("write");
+    let mut step = step(OnFailover::Required);
+    step.locations = [
+        ("us".to_string(), Location::Rsync(local(&source))),
+        ("eu".to_string(), Location::Rsync(local(&target))),
+    ]
+    .into_iter()
+    .collect();
+    step.limits = limits(100, 1 << 30);
+    step.limits.run_timeout_ms = 1_000;
+    step.rsync.bwlimit_kib = Some(1_000);
+    let mut cut_off = 0;
+    for _ in 0..8 {
+        match step.sync("us", "eu").await {
+            Ok(report) => {
+                assert_eq!(report.remaining.objects, 0, "{report:?}");
+                break;
+            }
+            Err(Failure::Retryable(error)) => {
+                assert!(error.contains("resumes it"), "{error}");
+                cut_off += 1;
+                // rsync's receiving side keeps the part when it sees the sender gone.
+                let partial = target.join("video").join(rsync::PARTIAL_DIR).join("big.mp4");
+                for _ in 0..50 {
+                    if partial.exists() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                assert!(partial.exists(), "the part copied is kept in the partial-dir");
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(cut_off >= 1, "the copy must have been cut off at least once");
+    assert_eq!(std::fs::read(target.join("video/big.mp4")).expect("copied"), big);
+    assert!(target.join("zz-after.jpg").exists());
+    assert!(
+        !target.join("video").join(rsync::PARTIAL_DIR).exists(),
+        "removed once complete"
+    );
+}
+
+#[test]
+fn symlinks_left_out_by_safe_links_count_in_the_lag() {
+    let mut listing = Listing::default();
+    for line in [
+        "ignoring unsafe symlink \"catalog\" -> \"/mnt/efs/catalog\"",
+        "ignoring unsafe symlink \"a|b|c|d.jpg\" (in eu) -> \"../../x\"",
+        ">f+++++++++|2|2026/12/05-20:27:54|a.jpg",
+    ] {
+        listing.line(line);
+    }
+    assert_eq!((listing.counted, listing.unsafe_links), (1, 2));
+    assert!(listing.files.len() <= 1, "a symlink line is no file to copy");
+    let lag = listing.lag(0);
+    assert_eq!(lag.objects, 3);
+    assert_eq!(
+        lag.sample,
+        [
+            "a.jpg",
+            "catalog -> /mnt/efs/catalog (symlink out of the folder, not copied)",
+            "a|b|c|d.jpg -> ../../x (symlink out of the folder, not copied)"
+        ]
+    );
+    assert!(listing.unsafe_links_warning().is_some_and(|w| w.contains("2 symlinks")));
+}
+
+/// A subfolder that is a symlink to another mount: before, it was skipped in silence and the
+/// lag said 0 (the failback gate let the region take traffic without those images).
+#[tokio::test]
+async fn a_symlinked_subfolder_is_warned_about_and_counted() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target, outside) = (
+        root.path().join("source"),
+        root.path().join("target"),
+        root.path().join("efs"),
+    );
+    write_files(&outside, &["p/1.jpg".to_string()]);
+    write_files(&source, &["a.jpg".to_string()]);
+    std::fs::create_dir_all(&target).expect("folder");
+    std::os::unix::fs::symlink(&outside, source.join("catalog")).expect("symlink");
+    let endpoint = |path: &std::path::Path| Endpoint::parse(&path.display().to_string()).expect("endpoint");
+    let report = rsync::sync(
+        &endpoint(&source),
+        &endpoint(&target),
+        None,
+        &Options::default(),
+        &limits(100, 1 << 20),
+    )
+    .await
+    .expect("copied");
+    assert_eq!(report.copied_objects, 1);
+    assert_eq!(report.remaining.objects, 1, "{report:?}");
+    assert!(
+        report
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("WARNING: 1 symlinks") && n.contains("catalog -> ")),
+        "{report:?}"
+    );
+    assert!(
+        !target.join("catalog").exists(),
+        "still not copied: it leaves the folder"
+    );
+}
+
+/// A file on the receiver that is newer but different (a media restore there that kept old
+/// times on the sender, an edit on the standby): before, `--update` skipped it in every copy
+/// and the lag never counted it. The lag counts it; a copy from the active region replaces it;
+/// the runbook step's copy into the region taking over keeps it (and still counts it).
+#[tokio::test]
+async fn a_newer_different_file_on_the_receiver_is_counted_and_replaced_from_the_active_region() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    write_files(&source, &["banner.webp".to_string()]);
+    std::fs::create_dir_all(&target).expect("folder");
+    std::fs::write(target.join("banner.webp"), "the standby's own, newer").expect("write");
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(target.join("banner.webp"))
+        .and_then(|f| f.set_modified(future))
+        .expect("mtime");
+    let mut step = step(OnFailover::Required);
+    step.locations = [
+        ("us".to_string(), Location::Rsync(local(&source))),
+        ("eu".to_string(), Location::Rsync(local(&target))),
+    ]
+    .into_iter()
+    .collect();
+    step.limits = limits(100, 1 << 30);
+    let lag = step.lag("us", "eu").await.expect("lag");
+    assert_eq!((lag.objects, lag.sample.clone()), (1, vec!["banner.webp".to_string()]));
+    // The runbook step (a failback into eu, say): kept, and counted.
+    let outcome = step.run(&media_order("failback")).await.expect("the step");
+    assert!(outcome.contains("verified: 1 objects"), "{outcome}");
+    assert_eq!(
+        std::fs::read(target.join("banner.webp")).expect("read"),
+        b"the standby's own, newer"
+    );
+    // `media sync` from the active region: replaced.
+    let report = step.sync("us", "eu").await.expect("copied");
+    assert_eq!((report.copied_objects, report.remaining.objects), (1, 0), "{report:?}");
+    assert_eq!(std::fs::read(target.join("banner.webp")).expect("read"), b"banner.webp");
+}
+
+/// A page that says there is more (IsTruncated=true) without a NextContinuationToken: before,
+/// taken as the end of the listing, and with delete = true every object of the later pages
+/// read as deleted at the source.
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn an_s3_listing_truncated_without_a_token_is_an_error() {
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::{Method, StatusCode, Uri};
+    use axum::response::IntoResponse;
+
+    let deletes = Arc::new(Mutex::new(0usize));
+    let seen = Arc::clone(&deletes);
+    let app = axum::Router::new().fallback(move |method: Method, uri: Uri| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let path = uri.path().trim_end_matches('/').to_string();
+            let contents = |n: std::ops::Range<usize>| {
+                n.map(|i| format!(r#"<Contents><Key>p/{i}.jpg</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>"e{i}"</ETag><Size>1</Size></Contents>"#))
+                    .collect::<String>()
+            };
+            let listing = |bucket: &str, truncated: bool, body: String| {
+                format!(
+                    r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>{bucket}</Name><Prefix>p/</Prefix><MaxKeys>1000</MaxKeys><IsTruncated>{truncated}</IsTruncated>{body}</ListBucketResult>"#
+                )
+            };
+            match (method.as_str(), path.as_str()) {
+                ("GET", "/src") => (StatusCode::OK, listing("src", true, contents(0..2))).into_response(),
+                ("GET", "/dst") => (StatusCode::OK, listing("dst", false, contents(0..10))).into_response(),
+                ("HEAD", _) => (StatusCode::OK, [("x-amz-meta-switchyard-source-etag", "e")]).into_response(),
+                ("DELETE", _) => {
+                    *seen.lock().expect("lock") += 1;
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                _ => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+    });
+    let (_dir, location) = serve_s3(app).await;
+    let error = match super::s3::sync(&location("src"), &location("dst"), Some(1.0), &limits(100, 1 << 20)).await {
+        Err(Failure::Retryable(error)) => error,
+        other => panic!("expected an incomplete listing to fail, got {other:?}"),
+    };
+    assert!(
+        error.contains("IsTruncated=true without a NextContinuationToken"),
+        "{error}"
+    );
+    assert_eq!(*deletes.lock().expect("lock"), 0);
+}
+
+/// A receiver bucket encrypting with SSE-KMS answers HeadObject with an ETag that is not the
+/// MD5 of the bytes: before, every copy failed its check. The size and the recorded source
+/// ETag verify it.
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn an_s3_copy_into_an_sse_kms_bucket_is_verified_by_size_and_the_recorded_etag() {
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::IntoResponse;
+
+    let app = axum::Router::new().fallback(|method: Method, uri: Uri, _headers: HeaderMap| async move {
+        let path = uri.path().trim_end_matches('/').to_string();
+        let listing = |bucket: &str, body: &str| {
+            format!(
+                r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>{bucket}</Name><Prefix>p/</Prefix><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>{body}</ListBucketResult>"#
+            )
+        };
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/src") => (
+                StatusCode::OK,
+                listing(
+                    "src",
+                    r#"<Contents><Key>p/a.jpg</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>"0cc175b9c0f1b6a831c399e269772661"</ETag><Size>1</Size></Contents>"#,
+                ),
+            )
+                .into_response(),
+            ("GET", "/dst") => (StatusCode::OK, listing("dst", "")).into_response(),
+            ("GET", "/src/p/a.jpg") => (StatusCode::OK, [("etag", "\"0cc175b9c0f1b6a831c399e269772661\"")], "a").into_response(),
+            ("PUT", _) => (StatusCode::OK, [("etag", "\"kms-not-an-md5\"")]).into_response(),
+            ("HEAD", "/dst/p/a.jpg") => (
+                StatusCode::OK,
+                [
+                    ("etag", "\"kms-not-an-md5\""),
+                    ("content-length", "1"),
+                    ("x-amz-server-side-encryption", "aws:kms"),
+                    ("x-amz-meta-switchyard-source-etag", "0cc175b9c0f1b6a831c399e269772661"),
+                ],
+            )
+                .into_response(),
+            _ => StatusCode::NOT_FOUND.into_response(),
+        }
+    });
+    let (_dir, location) = serve_s3(app).await;
+    // The verification after the copy lists the receiver again (empty here), so it still
+    // counts a.jpg; what matters is that the copy itself verified.
+    let report = super::s3::sync(&location("src"), &location("dst"), None, &limits(10, 1 << 20))
+        .await
+        .expect("the copy verifies");
+    assert_eq!(report.copied_objects, 1, "{report:?}");
+    let head = (1, "kms-not-an-md5".to_string(), Some("abc".to_string()), None);
+    assert!(super::s3::copy_verified(1, "abc", &head, true));
+    assert!(
+        !super::s3::copy_verified(1, "abc", &head, false),
+        "unencrypted: the ETag must be the MD5"
+    );
+    assert!(
+        !super::s3::copy_verified(2, "abc", &head, true),
+        "the size always counts"
+    );
+    let unrecorded = (1, "kms-not-an-md5".to_string(), None, None);
+    assert!(
+        !super::s3::copy_verified(1, "abc", &unrecorded, true),
+        "the recorded source ETag always counts"
+    );
 }
