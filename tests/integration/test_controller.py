@@ -194,8 +194,8 @@ def test_a_failover_supersedes_a_failback_whose_target_goes_down_again(setup):
     marker = tmp / "runbook.log"
     slow = tmp / "slow"
     config = tmp / "switchyard.toml"
-    # No hold after a transition: the failback is followed by a failover at once.
-    config.write_text(controller_toml(tmp / "audit.jsonl", policy="min_hold_ms = 0") + two_regions_toml(us.port, eu.port) + f"""
+    # The default hold (10 min here) holds failbacks, never a failover away from a down region.
+    config.write_text(controller_toml(tmp / "audit.jsonl") + two_regions_toml(us.port, eu.port) + f"""
 [[runbook]]
 name = "record"
 kind = "command"
