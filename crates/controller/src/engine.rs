@@ -563,6 +563,11 @@ impl Engine {
         self.generation
     }
 
+    /// The generation of the runbook the engine waits for, if any (a superseded one is not).
+    pub fn in_flight_generation(&self) -> Option<Generation> {
+        self.in_flight.as_ref().map(|order| order.generation)
+    }
+
     /// When the last transition was decided and the recent automatic ones (engine clock):
     /// what a successor needs to keep the hold time and the hourly limit.
     pub fn hold_timers(&self) -> (Option<u64>, Vec<u64>) {

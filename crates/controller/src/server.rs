@@ -847,7 +847,11 @@ impl Shared {
                 tracing::warn!(%generation, "the runbook ended after this member's term; not reported to the engine");
                 return;
             }
-            shared.alert_on_outcome(&mut core, generation, &outcome, overran);
+            // A runbook superseded just as it ended (it was waiting for this lock when it was
+            // cancelled) pages and resolves nothing: the newer runbook's alerts are the news.
+            if core.engine.in_flight_generation() == Some(generation) {
+                shared.alert_on_outcome(&mut core, generation, &outcome, overran);
+            }
             shared.feed(&mut core, Event::RunbookFinished { generation, outcome });
         })
     }
