@@ -64,6 +64,10 @@ pub const H2_CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
 pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// Pause after an accept error (out of file descriptors, say) before accepting again.
 const ACCEPT_ERROR_BACKOFF_MS: u64 = 50;
+/// Connections a full listener has told to close (to make room) that may still be open at once:
+/// each admits one new connection, so the open count passes `connections_max` by at most this
+/// many while they close; past it a new connection is refused.
+pub const EVICTIONS_IN_FLIGHT_MAX: usize = 64;
 /// At most one warning per this interval for refused connections and accept errors.
 const WARN_INTERVAL_MS: u64 = 10_000;
 /// The smallest shared body budget accepted: a frame must always fit.
@@ -442,6 +446,8 @@ pub async fn serve(
 #[derive(Default)]
 struct Connections {
     open: usize,
+    /// Connections told to close to make room that have not closed yet.
+    evicting: usize,
     /// Open connections per client: an IPv4 address, or an IPv6 /64 ([`client_key`]).
     per_client: HashMap<IpAddr, usize>,
     /// Every open connection's state by its id, so a full listener can close an idle one.
@@ -488,6 +494,12 @@ impl Shared {
         // HAProxy and nginx reuse idle slots), so connections that only sit idle cannot lock
         // out the ones that come to send a request. Refused only when none is idle.
         if connections.open >= limits.connections_max {
+            if connections.evicting >= EVICTIONS_IN_FLIGHT_MAX {
+                return Err(Refusal::TooManyConnections {
+                    limit: limits.connections_max,
+                    per_client: false,
+                });
+            }
             let idlest = connections
                 .states
                 .values()
@@ -503,6 +515,7 @@ impl Shared {
             };
             state.evicted.store(true, Ordering::Relaxed);
             state.evict.notify_one();
+            connections.evicting += 1;
         }
         let count = connections.per_client.entry(client).or_insert(0);
         if *count >= limits.connections_per_client_max {
@@ -554,6 +567,9 @@ impl Drop for Slot {
             .lock()
             .expect("connection table lock is never poisoned");
         connections.open = connections.open.saturating_sub(1);
+        if self.state.evicted.load(Ordering::Relaxed) {
+            connections.evicting = connections.evicting.saturating_sub(1);
+        }
         connections.states.remove(&self.id);
         if let Some(count) = connections.per_client.get_mut(&self.client) {
             *count = count.saturating_sub(1);
@@ -724,9 +740,18 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, app: Router, stopped
         };
         return serve_connection(io, state, shared, app, stopped, slot).await;
     };
-    // The handshake counts as the head: it must finish within the header read timeout.
+    // The handshake counts as the head: it must finish within the header read timeout. A
+    // connection still in its handshake is idle to a full listener, and one told to close
+    // for room closes at once rather than when its handshake ends.
     let timeout = Duration::from_millis(shared.options.limits.header_read_timeout_ms);
-    match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(timeout, tls.acceptor().accept(stream)) => handshake,
+        () = state.evict.notified() => {
+            tracing::debug!(listener = shared.options.name, "closed a connection in its TLS handshake to make room");
+            return;
+        }
+    };
+    match handshake {
         Ok(Ok(stream)) => {
             // With a client verifier configured, rustls accepts only certificates that verify.
             let verified = stream
@@ -1132,6 +1157,92 @@ mod tests {
         assert_eq!(get(&mut second).await, Some(200), "the other keeps its connection");
         let _ = stop.send(());
         let _ = tokio::time::timeout(DEADLINE, server).await;
+    }
+
+    /// A connection still in its TLS handshake is idle to a full listener; told to close for
+    /// room, it closes at once, not when its handshake times out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_in_its_tls_handshake_closes_at_once_when_evicted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = crate::devca::generate(dir.path(), &["127.0.0.1".to_string()]).expect("a CA");
+        let tls = Tls::load(TlsFiles {
+            cert: ca.cert,
+            key: ca.key,
+            client_ca: None,
+        })
+        .expect("TLS files load");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut limits = Limits::admin();
+        limits.connections_max = 1;
+        // Far longer than the test waits: only the eviction can close the silent connection.
+        limits.header_read_timeout_ms = 120_000;
+        let app = Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options = Options::new("test", limits).tls(Some(Arc::new(tls)));
+        let server = tokio::spawn(serve(listener, options, app, async {
+            let _ = stopped.await;
+        }));
+        // A connection that never starts its handshake holds the only place; the listener
+        // admits connections in the order they arrive, so it is admitted before the second.
+        let mut silent = TcpStream::connect(address).await.expect("connect");
+        let second = TcpStream::connect(address).await.expect("connect");
+        assert!(
+            closed(&mut silent).await,
+            "the silent connection was closed for the new one"
+        );
+        drop(second);
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(DEADLINE, server).await;
+    }
+
+    /// Connections told to close for room count until they have closed: past
+    /// [`EVICTIONS_IN_FLIGHT_MAX`] of them a full listener refuses, so the open count stays
+    /// within the limit plus that many even when the evicted ones are slow to go (one still in
+    /// its TLS handshake, say).
+    #[test]
+    fn evictions_not_yet_closed_are_bounded() {
+        let mut limits = Limits::admin();
+        limits.connections_max = 2;
+        limits.connections_per_client_max = 10_000;
+        let shared = Arc::new(Shared {
+            budget: Arc::new(Semaphore::new(limits.buffered_body_bytes_max)),
+            options: Options::new("test", limits),
+            connections: Mutex::new(Connections::default()),
+            last_warning_ms: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        let client: IpAddr = "192.0.2.7".parse().expect("ip");
+        // Every admitted connection stays open (its slot held) and idle.
+        let mut slots = Vec::new();
+        for admitted in 0.. {
+            match shared.admit(client) {
+                Ok(slot) => slots.push(slot),
+                Err(refusal) => {
+                    assert!(matches!(refusal, Refusal::TooManyConnections { per_client: false, .. }));
+                    assert_eq!(
+                        admitted,
+                        2 + EVICTIONS_IN_FLIGHT_MAX,
+                        "the limit plus the evictions in flight"
+                    );
+                    break;
+                }
+            }
+            assert!(admitted <= 2 + EVICTIONS_IN_FLIGHT_MAX, "admitted past the bound");
+        }
+        let evicted = slots
+            .iter()
+            .filter(|slot| slot.state.evicted.load(Ordering::Relaxed))
+            .count();
+        assert_eq!(evicted, EVICTIONS_IN_FLIGHT_MAX);
+        // One evicted connection closes: room for one more.
+        let position = slots
+            .iter()
+            .position(|slot| slot.state.evicted.load(Ordering::Relaxed))
+            .expect("an evicted one");
+        drop(slots.remove(position));
+        let again = shared.admit(client);
+        assert!(again.is_ok(), "an eviction that ended frees its place");
     }
 
     #[test]
