@@ -3,6 +3,7 @@ it; killing the leader mid-runbook hands the runbook to another member, which ro
 with a higher generation; a frozen old leader (a partition in time: SIGSTOP) stops acting when it
 wakes up, and the DNS server refuses its generation."""
 
+import base64
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from harness import (BINARY, TOKEN, App, QuietHandler, Served, controller_toml, 
                      two_regions_toml, wait_until)
 from test_dns import DnsServer
 from test_fault_proxy import FaultProxy
+from test_providers_cloudalerts import ROUTING_KEY, Receivers
 
 ETCD = shutil.which("etcd")
 LEASE_MS = 2000
@@ -164,10 +166,10 @@ class Group:
         self.members = {}
 
     def start(self, member, etcd_url=None, shared=False, vantages=("controller", "probe"), extra=(), ha_extra="",
-              env_extra=None, tick_ms=None):
+              env_extra=None, tick_ms=None, config_extra=""):
         """Starts `member` with a file of its own, or (`shared`) with one file for the whole
         group and `--member`/`--audit-log` on the command line. `ha_extra` goes into its
-        `[controller.ha]`."""
+        `[controller.ha]`; `config_extra` (tables such as `[[alerts]]`) at the end of its file."""
         extra = list(extra)
         if shared:
             config = self.tmp / "group.toml"
@@ -181,7 +183,7 @@ class Group:
             text = text.replace('prefix = "/switchyard/test"\n', 'prefix = "/switchyard/test"\n' + ha_extra, 1)
             if tick_ms is not None:
                 text = text.replace("tick_ms = 50\n", f"tick_ms = {tick_ms}\n", 1)
-            config.write_text(text)
+            config.write_text(text + config_extra)
         env = dict(os.environ, SWITCHYARD_CONTROL_TOKEN=TOKEN, SWITCHYARD_LOG="info", **(env_extra or {}))
         self.members[member] = start_controller(config, self.tmp, env=env, args=extra, deadline_s=START_DEADLINE_S,
                                                 name=member)
@@ -789,3 +791,141 @@ def test_a_member_that_knows_no_leader_sends_an_agent_with_other_members_elsewhe
         assert status == 204, body
     finally:
         stop_all(processes, (us, eu), terminate_s=15)
+
+
+def alerts_toml(tmp, receivers):
+    """A webhook and a PagerDuty-shaped channel to the test's receivers."""
+    (tmp / "pd.key").write_text(ROUTING_KEY)
+    return f"""
+[[alerts]]
+kind = "webhook"
+url = "{receivers.url}/hook"
+per_minute_max = 600
+
+[[alerts]]
+kind = "pagerduty"
+url = "{receivers.url}/pagerduty/v2/enqueue"
+routing_key = {{ file = "{tmp / 'pd.key'}" }}
+per_minute_max = 600
+"""
+
+
+def incidents_in_etcd(group):
+    """The leader's list of open incidents (`{prefix}/incidents`) as etcd holds it, or None."""
+    key = base64.b64encode(b"/switchyard/test/incidents").decode()
+    kvs = group.etcd.call("/v3/kv/range", {"key": key}).get("kvs") or []
+    return json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
+
+
+def listed(group, key, written_by=None):
+    """The incident of condition `key` in etcd's list (written by `written_by`, when given)."""
+    incidents = incidents_in_etcd(group) or {}
+    if written_by is not None and incidents.get("written_by") != written_by:
+        return None
+    return next((i for i in incidents.get("incidents", []) if i["key"] == key), None)
+
+
+class Pages:
+    """What the receivers got for condition `all_down`."""
+
+    def __init__(self, receivers):
+        self.receivers = receivers
+
+    def hook(self, action):
+        return [b for b in self.receivers.bodies("/hook") if b["event"] == "all_down" and b["action"] == action]
+
+    def paged(self, action):
+        return [b for b in self.receivers.bodies("/pagerduty/v2/enqueue")
+                if b["event_action"] == action and b["dedup_key"].endswith("/all_down")]
+
+
+def bring_back(group):
+    group.us, group.eu = App(group.us.port), App(group.eu.port)
+
+
+def test_a_new_leader_adopts_the_open_incident_and_does_not_page_a_condition_still_holding_again(group):
+    receivers = Receivers()
+    pages = Pages(receivers)
+    try:
+        for member in ("c1", "c2"):
+            group.start(member, config_extra=alerts_toml(group.tmp, receivers))
+        first = wait_until("one leader", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+        other = [m for m in group.members if m != first][0]
+        wait_until("the initial placement", lambda: placed(group, first, "us-east-1"), logs=group.logs())
+        group.us.stop()
+        group.eu.stop()
+        trigger = wait_until("the all_down trigger", lambda: pages.hook("trigger"), logs=group.logs())[0]
+        assert trigger["incident"] == "switchyard/test/all_down", trigger
+        # The leader keeps the open incident in etcd under the group's prefix.
+        entry = wait_until("the incident in etcd", lambda: listed(group, "all_down", first), logs=group.logs())
+        assert entry["incident"] == trigger["incident"] and entry["opened_at_ms"] > 0, entry
+        wait_until("the all_down page", lambda: pages.paged("trigger"), logs=group.logs())
+
+        process = group.members[first][0]
+        process.kill()
+        process.wait(timeout=10)
+        wait_until("the other member to lead", lambda: group.leader([other]), TAKEOVER_DEADLINE_S, group.logs())
+        # Every region is still down: the new leader's engine raises the condition, which the
+        # leader takes as the incident it adopted (recorded with its dedup key, not sent).
+        audit = group.tmp / f"audit-{other}.jsonl"
+
+        def raised_by_the_new_leader():
+            records = [json.loads(line) for line in audit.read_text().splitlines()]
+            return [r for r in records if r.get("kind") == "alert" and r["key"] == "all_down"]
+
+        record = wait_until("the new leader to take the condition as holding", raised_by_the_new_leader,
+                            TAKEOVER_DEADLINE_S, group.logs())[0]
+        assert record["incident"] == trigger["incident"], record
+        wait_until("the new leader's list in etcd", lambda: listed(group, "all_down", other), TAKEOVER_DEADLINE_S,
+                   group.logs())
+
+        # The regions come back: the new leader resolves the incident the old one opened.
+        bring_back(group)
+        resolve = wait_until("the all_down resolve", lambda: pages.hook("resolve"), TAKEOVER_DEADLINE_S,
+                             group.logs())[0]
+        assert resolve["incident"] == trigger["incident"], (trigger, resolve)
+        # Each channel's queue is in order: a second trigger would have come before the resolve.
+        assert len(pages.hook("trigger")) == 1, pages.hook("trigger")
+        page = wait_until("PagerDuty's resolve", lambda: pages.paged("resolve"), logs=group.logs())[0]
+        assert page["dedup_key"] == pages.paged("trigger")[0]["dedup_key"], page
+        assert len(pages.paged("trigger")) == 1, pages.paged("trigger")
+        wait_until("the resolved incident out of etcd's list", lambda: listed(group, "all_down") is None
+                   and incidents_in_etcd(group) is not None, logs=group.logs())
+    finally:
+        receivers.stop()
+
+
+def test_an_incident_the_old_leader_opened_is_resolved_by_the_next_with_its_dedup_key(group):
+    # The condition ends while no member leads; the next leader has never seen it (a fresh
+    # member, no audit log): only etcd's list tells it the incident is open on the pager.
+    receivers = Receivers()
+    pages = Pages(receivers)
+    try:
+        group.start("c1", config_extra=alerts_toml(group.tmp, receivers))
+        wait_until("c1 to lead", lambda: group.leader(["c1"]), TAKEOVER_DEADLINE_S, group.logs())
+        wait_until("the initial placement", lambda: placed(group, "c1", "us-east-1"), logs=group.logs())
+        group.us.stop()
+        group.eu.stop()
+        trigger = wait_until("the all_down trigger", lambda: pages.hook("trigger"), logs=group.logs())[0]
+        wait_until("the incident in etcd", lambda: listed(group, "all_down", "c1"), logs=group.logs())
+        wait_until("the all_down page", lambda: pages.paged("trigger"), logs=group.logs())
+        process = group.members["c1"][0]
+        process.kill()
+        process.wait(timeout=10)
+        bring_back(group)
+
+        group.start("c2", config_extra=alerts_toml(group.tmp, receivers))
+        wait_until("c2 to lead", lambda: group.leader(["c2"]), TAKEOVER_DEADLINE_S, group.logs())
+        resolve = wait_until("the all_down resolve by c2", lambda: pages.hook("resolve"), TAKEOVER_DEADLINE_S,
+                             group.logs())[0]
+        assert resolve["incident"] == trigger["incident"], (trigger, resolve)
+        assert len(pages.hook("trigger")) == 1, pages.hook("trigger")
+        page = wait_until("PagerDuty's resolve", lambda: pages.paged("resolve"), logs=group.logs())[0]
+        assert page == {"routing_key": ROUTING_KEY, "event_action": "resolve",
+                        "dedup_key": pages.paged("trigger")[0]["dedup_key"]}, page
+        log = group.members["c2"][2]
+        assert "the group's list in etcd" in open(log).read()
+        wait_until("the resolved incident out of etcd's list", lambda: listed(group, "all_down", "c2") is None
+                   and (incidents_in_etcd(group) or {}).get("written_by") == "c2", logs=group.logs())
+    finally:
+        receivers.stop()

@@ -10,6 +10,10 @@
 //!   runbook in progress with the steps done. Every change is a transaction conditioned on the
 //!   leader key's create revision (the term) and on the state's own mod revision, so a member
 //!   whose lease ended can never write it, and the generation only grows across leaders.
+//! - `incidents`: the alert incidents left open, kept by the leader under `{prefix}/incidents`
+//!   (written when one opens or resolves, conditioned on the leader key's create revision), so
+//!   the next leader resolves them with their original dedup keys and does not page again a
+//!   condition that still holds; and the merge with a new leader's own audit log.
 //! - `etcd`: the I/O around both: the etcd client, the driver loop and `Member`, the handle the
 //!   server holds.
 //!
@@ -17,6 +21,7 @@
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod incidents;
 pub mod leadership;
 #[cfg(not(feature = "etcd"))]
 mod without_etcd;
@@ -132,6 +137,11 @@ impl HaSection {
     /// The shared state's key.
     pub fn state_key(&self) -> String {
         format!("{}/state", self.prefix.trim_end_matches('/'))
+    }
+
+    /// The key of the open alert incidents' list (`incidents::IncidentList`).
+    pub fn incidents_key(&self) -> String {
+        format!("{}/incidents", self.prefix.trim_end_matches('/'))
     }
 
     /// Makes relative paths absolute from the config file's `folder`.

@@ -39,6 +39,7 @@ use crate::engine::{
     Command, Engine, Event, Generation, Manual, Note, Placement, RegionId, RegionState, Restored, RunbookOrder,
     RunbookOutcome, Verdict,
 };
+use crate::ha::incidents::{self, Incident, IncidentList, Pending};
 use crate::ha::{Member, Term};
 use crate::pointer::{Pointer, PointerValue};
 use crate::runbook::{self, DnsAdmin, StepContext};
@@ -71,6 +72,9 @@ pub const FORGED_LOGGED_MAX: usize = 256;
 /// A report refused (or with results dropped) is logged at most once per this long for each
 /// vantage point and reason: visible, without a hostile or broken sender flooding the log.
 pub const REPORT_REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
+/// After a failed write of the open incidents' list to etcd, the next try (unless a newer list
+/// comes first, or the term ends). Paging never waits for it.
+pub const INCIDENTS_SAVE_RETRY_MS: u64 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -141,6 +145,12 @@ struct ChannelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    /// `load` (at the start of a term) or `save` (bounded).
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
 }
@@ -186,6 +196,7 @@ struct Metrics {
     alerts_sent: Family<ChannelLabels, Counter>,
     alerts_failed: Family<ChannelLabels, Counter>,
     alerts_dropped: Family<ChannelLabels, Counter>,
+    incidents_etcd_errors: Family<OperationLabels, Counter>,
     media_objects: Family<MediaLabels, Gauge>,
     media_bytes: Family<MediaLabels, Gauge>,
     media_oldest: Family<MediaLabels, Gauge>,
@@ -246,6 +257,12 @@ impl Metrics {
             "Alerts dropped unsent from a full channel queue (oldest first), by channel",
             alerts_dropped.clone(),
         );
+        let incidents_etcd_errors = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "alert_incidents_etcd_errors",
+            "Failed loads (at a takeover) and saves of the open alert incidents' list in etcd, by operation; alerts went out all the same",
+            incidents_etcd_errors.clone(),
+        );
         let media_objects = Family::<MediaLabels, Gauge>::default();
         registry.register(
             "media_missing_objects",
@@ -271,6 +288,7 @@ impl Metrics {
             alerts_sent,
             alerts_failed,
             alerts_dropped,
+            incidents_etcd_errors,
             registry,
             generation,
             region_state,
@@ -302,6 +320,10 @@ struct Core {
     /// unless every region has a verdict.
     restored_alerts: BTreeMap<String, String>,
     reconcile_after_ms: u64,
+    /// Conditions whose incident this leader adopted from the group's list in etcd: open on
+    /// the pager already, so the first raise of each (the condition still holds) is recorded,
+    /// not sent again.
+    adopted: BTreeSet<String>,
     /// Per runbook step, its last attempt since this controller started: what each provider
     /// was last told and what it answered, for `status` and the dashboard.
     last_steps: BTreeMap<String, LastStep>,
@@ -366,6 +388,9 @@ struct Shared {
     /// The single control token, if any: a follower passes its own probes' reports on to the
     /// leader with it.
     control_token: Option<String>,
+    /// With `[controller.ha]`: the open incidents' list for the task that writes it to etcd
+    /// (the latest only; a newer list replaces one not yet written).
+    incidents_out: Option<tokio::sync::watch::Sender<Option<Pending>>>,
 }
 
 fn wall_ms() -> u64 {
@@ -472,8 +497,10 @@ impl Shared {
                 }
                 Command::Resolved { key } => {
                     let generation = core.engine.generation();
+                    core.adopted.remove(&key);
                     self.alerts
                         .resolve(&key, "the condition ended", generation.0, wall_ms());
+                    self.publish_incidents();
                     if let Err(error) = core.audit.append(wall_ms(), generation, Entry::Resolved { key }) {
                         tracing::error!(%error, "cannot write the audit log");
                     }
@@ -487,7 +514,18 @@ impl Shared {
     /// Raises (or updates) the alert `key` on the channels and records it in the audit log with
     /// its dedup key: a restart (or this member's next term) knows the incident is open.
     fn raise_alert(&self, core: &mut Core, key: &str, message: &str, generation: Generation) {
-        let incident = self.alerts.raise(key, message, generation.0, wall_ms());
+        let adopted = if core.adopted.remove(key) {
+            self.alerts.incident_of(key)
+        } else {
+            None
+        };
+        let incident = match adopted {
+            Some(incident) => {
+                tracing::info!(%key, %incident, "the condition still holds: the incident adopted from the previous leader stays open and is not paged again");
+                incident
+            }
+            None => self.alerts.raise(key, message, generation.0, wall_ms()),
+        };
         let entry = Entry::Alert {
             key: key.to_string(),
             message: message.to_string(),
@@ -496,13 +534,16 @@ impl Shared {
         if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
             tracing::error!(%error, "cannot write the audit log");
         }
+        self.publish_incidents();
     }
 
     /// Resolves the alert `key` when its incident is open, and records that.
     fn resolve_alert(&self, core: &mut Core, key: &str, message: &str, generation: Generation) {
+        core.adopted.remove(key);
         if self.alerts.resolve(key, message, generation.0, wall_ms()).is_none() {
             return;
         }
+        self.publish_incidents();
         if key == "stuck" {
             core.stuck_paged = None;
         }
@@ -512,24 +553,141 @@ impl Shared {
         }
     }
 
-    /// Marks the incidents the audit log holds open (raised, never resolved: the controller
-    /// stopped, or this member lost the lead, before their condition ended) as open again,
-    /// with their dedup keys, for `reconcile_restored_alerts` to check.
+    /// The incidents the audit log holds open (raised, never resolved: the controller stopped,
+    /// or this member lost the lead, before their condition ended), with their dedup keys.
+    fn own_open_incidents(&self, core: &Core) -> Vec<Incident> {
+        core.audit
+            .checkpoint()
+            .open_alerts
+            .iter()
+            .map(|(key, alert)| Incident {
+                key: key.clone(),
+                // Records from before dedup keys were recorded: the key this controller made then.
+                incident: alert.incident.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}/{key}/g{}-{}",
+                        self.config.file.controller.vantage, alert.generation, alert.at_ms
+                    )
+                }),
+                opened_at_ms: alert.at_ms,
+                message: alert.message.clone(),
+            })
+            .collect()
+    }
+
+    /// At start: marks the incidents the audit log holds open as open again, with their dedup
+    /// keys, for `reconcile_restored_alerts` to check.
     fn restore_alerts(&self, core: &mut Core, now: u64) {
-        let open = core.audit.checkpoint().open_alerts.clone();
-        for (key, alert) in open {
-            // Records from before dedup keys were recorded: the key this controller made then.
-            let incident = alert.incident.unwrap_or_else(|| {
-                format!(
-                    "{}/{key}/g{}-{}",
-                    self.config.file.controller.vantage, alert.generation, alert.at_ms
-                )
-            });
-            tracing::info!(%key, %incident, "alert incident still open in the audit log: restored");
-            self.alerts.restore(&key, &incident);
-            core.restored_alerts.insert(key, alert.message);
+        for open in self.own_open_incidents(core) {
+            tracing::info!(key = %open.key, incident = %open.incident, "alert incident still open in the audit log: restored");
+            self.alerts
+                .restore(&open.key, &open.incident, open.opened_at_ms, &open.message);
+            core.restored_alerts.insert(open.key, open.message);
         }
         core.reconcile_after_ms = now.saturating_add(self.config.engine.startup_grace_ms);
+    }
+
+    /// At the start of a term, before any alert is sent: adopts the incidents the group's list
+    /// in etcd holds open (the previous leader's, with their original dedup keys; a condition
+    /// that still holds is not paged again) merged with those of this member's audit log, for
+    /// `reconcile_restored_alerts` to check; resolves at once those whose condition this
+    /// controller does not raise. Without the list (etcd failed, or it is unreadable) the audit
+    /// log alone, as at a start.
+    fn adopt_incidents(
+        &self,
+        core: &mut Core,
+        now: u64,
+        term: Term,
+        loaded: Option<Result<Option<IncidentList>, String>>,
+    ) {
+        let list = match loaded {
+            Some(Ok(Some(list))) => match list.usable_by(term) {
+                Ok(()) => Some(list),
+                Err(problem) => {
+                    self.count_incidents_error("load");
+                    tracing::warn!(%problem, "open incidents in etcd");
+                    None
+                }
+            },
+            Some(Ok(None)) | None => None,
+            Some(Err(error)) => {
+                self.count_incidents_error("load");
+                tracing::warn!(%error, "cannot load the open incidents from etcd: going by this member's audit log (an incident only the previous leader knew stays open on the pager)");
+                None
+            }
+        };
+        let own = self.own_open_incidents(core);
+        let known = |key: &str| providers::alerts::EVENTS.contains(&providers::alerts::event_of(key));
+        let takeover = incidents::merge(list.as_ref(), &own, known);
+        for note in &takeover.notes {
+            tracing::info!(%note, "open incidents at the takeover");
+        }
+        core.adopted.clear();
+        for adopted in takeover.adopted {
+            let open = adopted.incident;
+            let from = if adopted.from_group {
+                "the group's list in etcd"
+            } else {
+                "this member's audit log"
+            };
+            tracing::info!(key = %open.key, incident = %open.incident, from, "alert incident still open: adopted");
+            self.alerts
+                .adopt(&open.key, &open.incident, open.opened_at_ms, &open.message);
+            if adopted.from_group {
+                core.adopted.insert(open.key.clone());
+            }
+            core.restored_alerts.insert(open.key, open.message);
+        }
+        let generation = core.engine.generation();
+        for open in takeover.unknown {
+            tracing::warn!(key = %open.key, incident = %open.incident, "an incident left open names a condition this controller does not raise (another version's, or gone from its configuration): resolved");
+            self.alerts
+                .adopt(&open.key, &open.incident, open.opened_at_ms, &open.message);
+            core.restored_alerts.remove(&open.key);
+            self.resolve_alert(
+                core,
+                &open.key,
+                "this condition is not raised by the controller that now leads: resolved at its takeover",
+                generation,
+            );
+        }
+        core.reconcile_after_ms = now.saturating_add(self.config.engine.startup_grace_ms);
+        self.publish_incidents();
+    }
+
+    /// With `[controller.ha]`, while leading: hands the open incidents to the task that writes
+    /// them to etcd, when an incident opened or resolved since the last list. Never waits.
+    fn publish_incidents(&self) {
+        let (Some(ha), Some(out)) = (&self.ha, &self.incidents_out) else {
+            return;
+        };
+        let Some(term) = ha.acting() else { return };
+        let open = self.alerts.open_incidents().into_iter().map(|open| Incident {
+            key: open.key,
+            incident: open.incident,
+            opened_at_ms: open.opened_at_ms,
+            message: open.message,
+        });
+        let list = IncidentList::new(term, ha.name(), wall_ms(), open);
+        out.send_if_modified(|pending| {
+            if pending
+                .as_ref()
+                .is_some_and(|p| p.term == term && p.list.same_incidents(&list))
+            {
+                return false;
+            }
+            *pending = Some(Pending { term, list });
+            true
+        });
+    }
+
+    fn count_incidents_error(&self, operation: &str) {
+        self.metrics
+            .incidents_etcd_errors
+            .get_or_create(&OperationLabels {
+                operation: operation.into(),
+            })
+            .inc();
     }
 
     /// Once the engine has evaluated after a start or takeover (every region has a verdict,
@@ -916,8 +1074,11 @@ impl Shared {
                 Ok(engine) => core.engine = engine,
                 Err(error) => tracing::error!(%error, "cannot restore the engine from etcd"),
             }
-            // Incidents this member opened in an earlier term and never resolved.
-            self.restore_alerts(core, now);
+            // Incidents the previous leader (or this member, in an earlier term) left open.
+            if let Some(term) = ha.acting() {
+                let loaded = ha.take_over_incidents();
+                self.adopt_incidents(core, now, term, loaded);
+            }
         }
     }
 
@@ -1295,6 +1456,13 @@ pub async fn run(
     #[cfg(not(feature = "etcd"))]
     let ha: Option<Arc<Member>> = None;
     let (closing_sender, closing) = tokio::sync::watch::channel(false);
+    let (incidents_out, incidents_in) = match &ha {
+        Some(_) => {
+            let (sender, receiver) = tokio::sync::watch::channel(None);
+            (Some(sender), Some(receiver))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
         closing,
         core: Mutex::new(Core {
@@ -1307,6 +1475,7 @@ pub async fn run(
             decision_to: None,
             restored_alerts: BTreeMap::new(),
             reconcile_after_ms: 0,
+            adopted: BTreeSet::new(),
             last_steps: BTreeMap::new(),
             media: BTreeMap::new(),
             runbook: None,
@@ -1324,6 +1493,7 @@ pub async fn run(
         ha,
         generation_floor: Generation(options.generation_floor),
         control_token: options.token.clone().filter(|t| !t.is_empty()),
+        incidents_out,
     });
     {
         let mut core = shared.lock();
@@ -1339,6 +1509,9 @@ pub async fn run(
                 shared.leadership_notice(notice);
             }
         })));
+        if let Some(incidents_in) = incidents_in {
+            tasks.push(tokio::spawn(save_incidents(Arc::clone(&shared), incidents_in)));
+        }
     }
     {
         let shared = Arc::clone(&shared);
@@ -1394,6 +1567,47 @@ pub async fn run(
         ha.resign().await;
     }
     result.map_err(ServerError::Io)
+}
+
+/// Writes the leader's open incidents to etcd, the latest list each time (see
+/// `ha::incidents`). A failure is logged and counted and tried again after
+/// [`INCIDENTS_SAVE_RETRY_MS`] unless a newer list comes first; a list made in a term that
+/// ended is dropped.
+async fn save_incidents(shared: Arc<Shared>, mut lists: tokio::sync::watch::Receiver<Option<Pending>>) {
+    let Some(ha) = shared.ha.clone() else { return };
+    while lists.changed().await.is_ok() {
+        loop {
+            let Some(pending) = lists.borrow_and_update().clone() else {
+                break;
+            };
+            if !pending.writable_in(ha.acting()) {
+                break;
+            }
+            match ha.save_incidents(pending.term, &pending.list).await {
+                Ok(()) => {
+                    tracing::debug!(
+                        incidents = pending.list.incidents.len(),
+                        "open incidents written to etcd"
+                    );
+                    break;
+                }
+                Err(error) => {
+                    shared.count_incidents_error("save");
+                    tracing::warn!(%error, "cannot write the open incidents to etcd (alerts go out all the same; the next leader may not know of an incident opened since)");
+                    if matches!(
+                        error,
+                        crate::ha::GuardError::NotLeading(_) | crate::ha::GuardError::Superseded(_)
+                    ) {
+                        break;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(INCIDENTS_SAVE_RETRY_MS)) => {}
+                        changed = lists.changed() => if changed.is_err() { return },
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Measures a `media_sync` step's lag from the active region to every other region, every

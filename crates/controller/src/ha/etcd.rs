@@ -16,6 +16,7 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp,
 };
 
+use super::incidents::IncidentList;
 use super::leadership::{Action, Input, LeaderInfo, Leadership, LeadershipStatus, Role, Term};
 use super::{
     GuardError, HaSection, HoldTimers, LEADER_VALUE_BYTES_MAX, Notice, STATE_BYTES_MAX, SharedState, StateError,
@@ -56,6 +57,7 @@ struct Etcd {
     client: Client,
     leader_key: String,
     state_key: String,
+    incidents_key: String,
     timeout: Duration,
 }
 
@@ -123,6 +125,7 @@ impl Etcd {
             client,
             leader_key: section.leader_key(),
             state_key: section.state_key(),
+            incidents_key: section.incidents_key(),
             timeout,
         })
     }
@@ -201,6 +204,13 @@ impl Etcd {
     /// The leader key and the shared state (with its mod revision), read together: the state
     /// is read at the very revision the leader key was read at, so both come from one snapshot.
     async fn read(&self) -> Result<(Option<LeaderInfo>, SharedState, i64), String> {
+        self.read_at()
+            .await
+            .map(|(leader, state, mod_revision, _)| (leader, state, mod_revision))
+    }
+
+    /// [`Etcd::read`], and the revision both were read at.
+    async fn read_at(&self) -> Result<(Option<LeaderInfo>, SharedState, i64, i64), String> {
         let (leader, read_at) = self.get(&self.leader_key, 0).await?;
         let leader = leader.map(|(value, _)| parse_leader(&value)).transpose()?;
         let (state, _) = self.get(&self.state_key, read_at).await?;
@@ -208,7 +218,36 @@ impl Etcd {
             Some((value, mod_revision)) => (parse_state(&value)?, mod_revision),
             None => (SharedState::default(), 0),
         };
-        Ok((leader, state, mod_revision))
+        Ok((leader, state, mod_revision, read_at))
+    }
+
+    /// The list of open incidents at `revision` (`None`: none written yet); entries left out
+    /// as unreadable are logged.
+    async fn read_incidents(&self, revision: i64) -> Result<Option<IncidentList>, String> {
+        let (value, _) = self.get(&self.incidents_key, revision).await?;
+        let Some((value, _)) = value else {
+            return Ok(None);
+        };
+        let (list, problems) = IncidentList::decode(&value)?;
+        for problem in problems {
+            tracing::warn!(key = %self.incidents_key, %problem, "list of open incidents in etcd");
+        }
+        Ok(Some(list))
+    }
+
+    /// Writes the list of open incidents if `term` still holds the leader key: a deposed
+    /// leader's write is refused (`Ok(false)`), so it never overwrites its successor's list.
+    /// The list is the writer's whole set, so no other condition is needed: within a term only
+    /// its leader writes, and a later write carries everything the earlier one did.
+    async fn write_incidents(&self, term: Term, value: Vec<u8>) -> Result<bool, String> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.leader_key.clone(),
+                CompareOp::Equal,
+                term.revision,
+            )])
+            .and_then([TxnOp::put(self.incidents_key.clone(), value, None)]);
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// Grants a lease and creates the leader key with it, if nobody holds the key.
@@ -310,6 +349,9 @@ pub struct Member {
     view: tokio::sync::Mutex<View>,
     /// The state loaded at the start of a term, for the server to rebuild its engine from.
     takeover: Mutex<Option<SharedState>>,
+    /// The list of open incidents loaded at the start of a term (with the state, at the same
+    /// revision), or why it could not be: the server adopts them before it sends any alert.
+    takeover_incidents: Mutex<Option<Result<Option<IncidentList>, String>>>,
     /// The state as last read (followers show it and follow its pointer).
     seen: Mutex<Option<SharedState>>,
     /// The version of the state last read or written (its writer and `written_at_ms`) and
@@ -343,6 +385,7 @@ impl Member {
                 stale: true,
             }),
             takeover: Mutex::new(None),
+            takeover_incidents: Mutex::new(None),
             seen: Mutex::new(None),
             version_seen: Mutex::new(None),
             notify: std::sync::OnceLock::new(),
@@ -432,6 +475,28 @@ impl Member {
     /// before the first tick of the term).
     pub fn take_over(&self) -> Option<SharedState> {
         self.takeover.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The list of open incidents loaded with the shared state at the start of this term, once
+    /// (`Ok(None)`: none written yet; `Err`: unreadable or etcd failed: go by the audit log).
+    pub fn take_over_incidents(&self) -> Option<Result<Option<IncidentList>, String>> {
+        self.takeover_incidents.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Writes the list of open incidents, guarded by `term` (see [`IncidentList`]).
+    pub async fn save_incidents(&self, term: Term, list: &IncidentList) -> Result<(), GuardError> {
+        if self.acting() != Some(term) {
+            return Err(GuardError::NotLeading(term));
+        }
+        let etcd = self.client().ok_or_else(|| GuardError::Etcd("not connected".into()))?;
+        match etcd.write_incidents(term, list.encode()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(GuardError::Superseded(
+                "the leader key is no longer this term's: the list of open incidents is the new leader's to write"
+                    .into(),
+            )),
+            Err(error) => Err(GuardError::Etcd(error)),
+        }
     }
 
     /// The shared state as last read from etcd.
@@ -544,8 +609,8 @@ impl Member {
                     Err(error) => Input::Failed(error),
                 }
             }
-            Action::Load(term) => match etcd.read().await {
-                Ok((leader, state, mod_revision)) => {
+            Action::Load(term) => match etcd.read_at().await {
+                Ok((leader, state, mod_revision, read_at)) => {
                     let me = self.leadership().me().clone();
                     if leader.as_ref() != Some(&me) {
                         Input::Superseded(format!(
@@ -564,6 +629,10 @@ impl Member {
                             };
                         }
                         self.note_seen(&state);
+                        // Read in the same snapshot as the state; a failure here does not stop
+                        // the term (paging never waits on etcd): the audit log stands in.
+                        let incidents = etcd.read_incidents(read_at).await;
+                        *self.takeover_incidents.lock().unwrap_or_else(|p| p.into_inner()) = Some(incidents);
                         *self.takeover.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
                         tracing::info!(member = %me.member, revision = term.revision, %generation, "leading: won the leader key and loaded the shared state");
                         self.notice(Notice::Leading { term, generation });
@@ -591,6 +660,7 @@ impl Member {
             view.stale = true;
         }
         *self.takeover.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.takeover_incidents.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Applies `change` to the shared state in etcd, guarded by `term`: refused unless this

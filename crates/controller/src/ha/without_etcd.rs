@@ -37,6 +37,12 @@ impl Member {
     pub fn take_over(&self) -> Option<SharedState> {
         match *self {}
     }
+    pub fn take_over_incidents(&self) -> Option<Result<Option<super::incidents::IncidentList>, String>> {
+        match *self {}
+    }
+    pub async fn save_incidents(&self, _: Term, _: &super::incidents::IncidentList) -> Result<(), GuardError> {
+        match *self {}
+    }
     pub fn seen(&self) -> Option<SharedState> {
         match *self {}
     }

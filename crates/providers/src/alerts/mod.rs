@@ -7,7 +7,8 @@
 //! controllers (`{group}/{key}`, [`queue::dedup_key`]), so PagerDuty groups a condition's
 //! updates and its resolve into one incident whichever member (or restart) sends them; the
 //! controller records the incidents in its audit log and [`Alerts::restore`]s the open ones
-//! at start. Every channel gets the alert through its own bounded queue and worker task, so
+//! at start; a new leader of a group of controllers [`Alerts::adopt`]s those its predecessor
+//! left open (kept in etcd), with their original dedup keys. Every channel gets the alert through its own bounded queue and worker task, so
 //! sending never blocks the runbook or the engine, and a slow channel never holds up another:
 //! - a waiting trigger absorbs a newer update of the same incident, so updates never fill the
 //!   queue; a queue full all the same drops its oldest alert and counts it
@@ -692,7 +693,7 @@ impl Alerts {
 
     /// Raises (or updates) the condition `key`; returns its incident's dedup key.
     pub fn raise(&self, key: &str, message: &str, generation: u64, at_ms: u64) -> String {
-        let incident = self.incidents().raise(&self.group, key);
+        let incident = self.incidents().raise(&self.group, key, at_ms, message);
         self.enqueue(Alert {
             key: key.to_string(),
             resolved: false,
@@ -724,8 +725,26 @@ impl Alerts {
     /// Marks the condition `key` open under `incident` without sending anything: an incident
     /// a previous run (or term) opened and did not resolve, read back from the audit log. A
     /// later raise updates it, a resolve closes it.
-    pub fn restore(&self, key: &str, incident: &str) {
-        self.incidents().open_as(key, incident);
+    pub fn restore(&self, key: &str, incident: &str, opened_at_ms: u64, message: &str) {
+        self.incidents().open_as(key, incident, opened_at_ms, message);
+    }
+
+    /// Marks the condition `key` open under `incident` without sending anything, replacing
+    /// the dedup key of an incident open under another: an incident the group's previous
+    /// leader opened, whose original dedup key is the one the pager knows. Returns the dedup
+    /// key replaced, if any.
+    pub fn adopt(&self, key: &str, incident: &str, opened_at_ms: u64, message: &str) -> Option<String> {
+        self.incidents().adopt(key, incident, opened_at_ms, message)
+    }
+
+    /// The dedup key of the condition `key`'s open incident.
+    pub fn incident_of(&self, key: &str) -> Option<String> {
+        self.incidents().incident(key)
+    }
+
+    /// The open incidents (what a later resolve needs), by key.
+    pub fn open_incidents(&self) -> Vec<queue::OpenIncident> {
+        self.incidents().open()
     }
 
     /// Whether the condition `key` has an open incident.
@@ -1480,7 +1499,12 @@ mod tests {
             "grp",
         );
         assert_eq!(alerts.resolve("all_down", "never raised here", 1, 0), None);
-        alerts.restore("all_down", "ctl/all_down/g1-1796501222887");
+        alerts.restore(
+            "all_down",
+            "ctl/all_down/g1-1796501222887",
+            1_796_501_222_887,
+            "every region is down",
+        );
         assert!(alerts.is_open("all_down"));
         assert_eq!(
             alerts

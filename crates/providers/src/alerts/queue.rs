@@ -117,7 +117,7 @@ impl TokenBucket {
 }
 
 /// The open incidents: per alert key, the dedup key every channel uses for it (PagerDuty
-/// groups the trigger, its updates and the resolve by it).
+/// groups the trigger, its updates and the resolve by it), when it opened and its last words.
 ///
 /// The dedup key is `{group}/{key}`: it names the condition, not the controller member that
 /// raised it nor when, so a restarted controller or a new leader of the same group raising the
@@ -125,8 +125,27 @@ impl TokenBucket {
 /// opens a new incident for a trigger once the previous one with that key is resolved.)
 #[derive(Debug, Default)]
 pub struct Incidents {
-    open: BTreeMap<String, (u64, String)>,
+    open: BTreeMap<String, Open>,
     opened: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Open {
+    order: u64,
+    dedup: String,
+    opened_at_ms: u64,
+    message: String,
+}
+
+/// One open incident, as [`Incidents::open`] lists it (what a later resolve needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenIncident {
+    pub key: String,
+    pub incident: String,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub opened_at_ms: u64,
+    /// The last raise's words.
+    pub message: String,
 }
 
 /// Open incidents remembered at most; the oldest is forgotten beyond.
@@ -138,19 +157,20 @@ pub fn dedup_key(group: &str, key: &str) -> String {
 }
 
 impl Incidents {
-    /// The dedup key of `key`'s incident, opening one if none is open.
-    pub fn raise(&mut self, group: &str, key: &str) -> String {
-        if let Some((_, dedup)) = self.open.get(key) {
-            return dedup.clone();
+    /// The dedup key of `key`'s incident, opening one (at `at_ms`) if none is open.
+    pub fn raise(&mut self, group: &str, key: &str, at_ms: u64, message: &str) -> String {
+        if let Some(open) = self.open.get_mut(key) {
+            open.message = message.to_string();
+            return open.dedup.clone();
         }
         let dedup = dedup_key(group, key);
-        self.open_as(key, &dedup);
+        self.open_as(key, &dedup, at_ms, message);
         dedup
     }
 
     /// Marks `key`'s incident open under `dedup` (restored from the audit log), unless one is
     /// open already.
-    pub fn open_as(&mut self, key: &str, dedup: &str) {
+    pub fn open_as(&mut self, key: &str, dedup: &str, opened_at_ms: u64, message: &str) {
         if self.open.contains_key(key) {
             return;
         }
@@ -158,23 +178,65 @@ impl Incidents {
             && let Some(oldest) = self
                 .open
                 .iter()
-                .min_by_key(|(_, (order, _))| *order)
+                .min_by_key(|(_, open)| open.order)
                 .map(|(key, _)| key.clone())
         {
             self.open.remove(&oldest);
         }
         self.opened += 1;
-        self.open.insert(key.to_string(), (self.opened, dedup.to_string()));
+        self.open.insert(
+            key.to_string(),
+            Open {
+                order: self.opened,
+                dedup: dedup.to_string(),
+                opened_at_ms,
+                message: message.to_string(),
+            },
+        );
+    }
+
+    /// Marks `key`'s incident open under `dedup`, replacing the dedup key of one open under
+    /// another (an incident adopted from the group's list: its original key is what the pager
+    /// knows). Returns the dedup key replaced, if it differed.
+    pub fn adopt(&mut self, key: &str, dedup: &str, opened_at_ms: u64, message: &str) -> Option<String> {
+        if let Some(open) = self.open.get_mut(key) {
+            if open.dedup == dedup {
+                return None;
+            }
+            let replaced = std::mem::replace(&mut open.dedup, dedup.to_string());
+            open.opened_at_ms = opened_at_ms;
+            return Some(replaced);
+        }
+        self.open_as(key, dedup, opened_at_ms, message);
+        None
     }
 
     /// Closes `key`'s incident; its dedup key, or `None` when none was open.
     pub fn resolve(&mut self, key: &str) -> Option<String> {
-        self.open.remove(key).map(|(_, dedup)| dedup)
+        self.open.remove(key).map(|open| open.dedup)
+    }
+
+    /// The dedup key of `key`'s open incident.
+    pub fn incident(&self, key: &str) -> Option<String> {
+        self.open.get(key).map(|open| open.dedup.clone())
     }
 
     /// The keys of the open incidents.
     pub fn keys(&self) -> Vec<String> {
         self.open.keys().cloned().collect()
+    }
+
+    /// The open incidents, by key.
+    pub fn open(&self) -> Vec<OpenIncident> {
+        self.open
+            .iter()
+            .map(|(key, open)| OpenIncident {
+                key: key.clone(),
+                incident: open.dedup.clone(),
+                opened_at_ms: open.opened_at_ms,
+                message: open.message.clone(),
+            })
+            .collect()
     }
 }
 
@@ -218,17 +280,33 @@ mod tests {
     #[test]
     fn an_incident_keeps_its_dedup_key_until_resolved_and_the_key_names_the_condition() {
         let mut incidents = Incidents::default();
-        let first = incidents.raise("shop", "fenced");
+        let first = incidents.raise("shop", "fenced", 1, "stale");
         assert_eq!(first, "shop/fenced");
-        assert_eq!(incidents.raise("shop", "fenced"), first);
+        assert_eq!(incidents.raise("shop", "fenced", 2, "stale again"), first);
+        assert_eq!(
+            incidents.open()[0].opened_at_ms,
+            1,
+            "an update keeps the time it opened"
+        );
+        assert_eq!(incidents.open()[0].message, "stale again");
         assert_eq!(incidents.resolve("fenced"), Some(first.clone()));
         assert_eq!(incidents.resolve("fenced"), None);
         // Another member of the group (or this one after a restart) names it alike.
-        assert_eq!(Incidents::default().raise("shop", "fenced"), first);
+        assert_eq!(Incidents::default().raise("shop", "fenced", 0, ""), first);
         // A restored incident keeps the dedup key it was opened with.
-        incidents.open_as("all_down", "ctl/all_down/g3-1000");
-        assert_eq!(incidents.raise("shop", "all_down"), "ctl/all_down/g3-1000");
+        incidents.open_as("all_down", "ctl/all_down/g3-1000", 1000, "down");
+        assert_eq!(
+            incidents.raise("shop", "all_down", 2000, "down"),
+            "ctl/all_down/g3-1000"
+        );
         assert_eq!(incidents.keys(), vec!["all_down".to_string()]);
+        // An adopted incident takes the group's dedup key over a restored one.
+        assert_eq!(
+            incidents.adopt("all_down", "shop/all_down", 900, "down"),
+            Some("ctl/all_down/g3-1000".to_string())
+        );
+        assert_eq!(incidents.incident("all_down").as_deref(), Some("shop/all_down"));
+        assert_eq!(incidents.adopt("all_down", "shop/all_down", 900, "down"), None);
     }
 
     #[test]
@@ -261,7 +339,7 @@ mod tests {
     fn incidents_are_bounded() {
         let mut incidents = Incidents::default();
         for i in 0..(INCIDENTS_MAX as u64 + 5) {
-            incidents.raise("s", &format!("k{i}"));
+            incidents.raise("s", &format!("k{i}"), i, "m");
         }
         assert_eq!(incidents.open.len(), INCIDENTS_MAX);
         assert_eq!(incidents.resolve("k0"), None);

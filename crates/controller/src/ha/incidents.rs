@@ -1,0 +1,430 @@
+//! The open alert incidents of a group of controllers, as the leader keeps them in etcd
+//! (`{prefix}/incidents`), so that the next leader resolves what its predecessor opened with the
+//! dedup key the pager knows, and does not page again a condition that still holds.
+//!
+//! Sans-IO: the value's encoding with its bounds, its checks when read back, and the merge a
+//! new leader makes of that list and its own audit log. The I/O (a transaction conditioned on
+//! the leader key's create revision, so a deposed leader cannot overwrite its successor's list)
+//! is in `ha::etcd`; when to write (an incident opened or resolved) in the server.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Term;
+
+/// Open incidents kept in the list at most: the alert queue's own bound (the newest are kept).
+pub use providers::alerts::queue::INCIDENTS_MAX;
+/// Largest value of `{prefix}/incidents`, written or read back; a larger one read back is
+/// refused as corrupt (the new leader then goes by its own audit log).
+pub const INCIDENTS_BYTES_MAX: usize = 64 * 1024;
+/// An incident's message is cut to this many characters in the list (a resolve does not need
+/// more; it keeps the list within [`INCIDENTS_BYTES_MAX`]).
+pub const INCIDENT_MESSAGE_CHARS_MAX: usize = 512;
+/// Longest condition key read back (the keys are short names such as `all_down`).
+pub const INCIDENT_KEY_BYTES_MAX: usize = 64;
+/// Longest dedup key read back (`{prefix}/{key}`: a prefix is at most 256 bytes).
+pub const INCIDENT_ID_BYTES_MAX: usize = 512;
+/// The condition whose incident is a member's own, never the group's: `ha_leadership` is raised
+/// by a member that stopped acting (so it cannot write the list) and resolved by that member
+/// once a leader is settled.
+pub const MEMBER_OWN_KEY: &str = "ha_leadership";
+
+/// One open incident: what the next leader needs to resolve it (or to keep it open without
+/// paging again).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    /// The condition (`all_down`, `runbook`, `decision`, ...).
+    pub key: String,
+    /// Its dedup key (PagerDuty's `dedup_key`, the webhook's `incident`).
+    pub incident: String,
+    /// Wall-clock milliseconds (of the member that opened it) since the Unix epoch.
+    pub opened_at_ms: u64,
+    /// The last raise's words (a failed runbook's, for the engine to adopt).
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The value of `{prefix}/incidents`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentList {
+    /// The writer's term: the create revision of the leader key it held.
+    pub term: i64,
+    pub written_by: String,
+    /// Wall-clock milliseconds of the writer, for operators.
+    pub written_at_ms: u64,
+    pub incidents: Vec<Incident>,
+}
+
+impl IncidentList {
+    /// The list a leader in `term` writes: its open incidents, the group's only (not
+    /// [`MEMBER_OWN_KEY`]), the newest [`INCIDENTS_MAX`], messages cut to
+    /// [`INCIDENT_MESSAGE_CHARS_MAX`], by key.
+    pub fn new(term: Term, member: &str, at_ms: u64, open: impl IntoIterator<Item = Incident>) -> IncidentList {
+        let mut incidents: Vec<Incident> = open
+            .into_iter()
+            .filter(|i| i.key != MEMBER_OWN_KEY)
+            .map(|mut i| {
+                if i.message.chars().count() > INCIDENT_MESSAGE_CHARS_MAX {
+                    i.message = i.message.chars().take(INCIDENT_MESSAGE_CHARS_MAX).collect();
+                }
+                i
+            })
+            .collect();
+        keep_newest(&mut incidents, INCIDENTS_MAX);
+        incidents.sort_by(|a, b| a.key.cmp(&b.key));
+        IncidentList {
+            term: term.revision,
+            written_by: member.to_string(),
+            written_at_ms: at_ms,
+            incidents,
+        }
+    }
+
+    /// Whether `other` holds the same incidents (who wrote it and when aside): a leader
+    /// writes the list only when an incident opened or resolved, not at every update.
+    pub fn same_incidents(&self, other: &IncidentList) -> bool {
+        let ids = |list: &IncidentList| -> Vec<(String, String)> {
+            list.incidents
+                .iter()
+                .map(|i| (i.key.clone(), i.incident.clone()))
+                .collect()
+        };
+        self.term == other.term && ids(self) == ids(other)
+    }
+
+    /// The value written, at most [`INCIDENTS_BYTES_MAX`] bytes: the oldest incidents are left
+    /// out until it fits (with the bounds of [`IncidentList::new`] it always does).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut list = self.clone();
+        loop {
+            let bytes = serde_json::to_vec(&list).expect("a list of strings and numbers serializes");
+            if bytes.len() <= INCIDENTS_BYTES_MAX || list.incidents.is_empty() {
+                return bytes;
+            }
+            let keep = list.incidents.len() - 1;
+            keep_newest(&mut list.incidents, keep);
+        }
+    }
+
+    /// Reads the value back. A value over [`INCIDENTS_BYTES_MAX`] or not a list is an error
+    /// (the new leader goes by its own audit log, and its first write replaces it); an entry
+    /// with an empty or overlong key or dedup key is left out and named in the second part.
+    pub fn decode(value: &[u8]) -> Result<(IncidentList, Vec<String>), String> {
+        if value.len() > INCIDENTS_BYTES_MAX {
+            return Err(format!(
+                "the list of open incidents in etcd holds {} bytes (at most {INCIDENTS_BYTES_MAX}); something else writes under this prefix",
+                value.len()
+            ));
+        }
+        let mut list: IncidentList = serde_json::from_slice(value)
+            .map_err(|e| format!("the list of open incidents in etcd is not readable ({e})"))?;
+        let mut problems = Vec::new();
+        list.incidents.retain(|i| {
+            let ok = !i.key.is_empty()
+                && i.key.len() <= INCIDENT_KEY_BYTES_MAX
+                && !i.incident.is_empty()
+                && i.incident.len() <= INCIDENT_ID_BYTES_MAX;
+            if !ok {
+                problems.push(format!(
+                    "left out an incident with key '{}' and dedup key '{}': empty or longer than {INCIDENT_KEY_BYTES_MAX} / {INCIDENT_ID_BYTES_MAX} bytes",
+                    i.key.chars().take(INCIDENT_KEY_BYTES_MAX).collect::<String>(),
+                    i.incident.chars().take(INCIDENT_ID_BYTES_MAX).collect::<String>()
+                ));
+            }
+            ok
+        });
+        if list.incidents.len() > INCIDENTS_MAX {
+            problems.push(format!(
+                "the list holds {} incidents: kept the newest {INCIDENTS_MAX}",
+                list.incidents.len()
+            ));
+            keep_newest(&mut list.incidents, INCIDENTS_MAX);
+        }
+        Ok((list, problems))
+    }
+
+    /// Whether a leader in `term` may take this list as its predecessor's: it must have been
+    /// written in an earlier term. (etcd refuses a deposed leader's write, so a list of this or
+    /// a later term means something else wrote under the prefix.)
+    pub fn usable_by(&self, term: Term) -> Result<(), String> {
+        if self.term >= term.revision {
+            return Err(format!(
+                "the list of open incidents in etcd was written by {} in term {}, not before this term ({}): ignored, going by this member's audit log",
+                self.written_by, self.term, term.revision
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the `max` newest incidents (by `opened_at_ms`, then key), in their order.
+fn keep_newest(incidents: &mut Vec<Incident>, max: usize) {
+    if incidents.len() <= max {
+        return;
+    }
+    let mut order: Vec<usize> = (0..incidents.len()).collect();
+    order.sort_by(|&a, &b| {
+        incidents[b]
+            .opened_at_ms
+            .cmp(&incidents[a].opened_at_ms)
+            .then_with(|| incidents[a].key.cmp(&incidents[b].key))
+    });
+    let kept: std::collections::BTreeSet<usize> = order.into_iter().take(max).collect();
+    let mut index = 0;
+    incidents.retain(|_| {
+        let keep = kept.contains(&index);
+        index += 1;
+        keep
+    });
+}
+
+/// An incident a new leader takes over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adopted {
+    pub incident: Incident,
+    /// From the group's list: it is open on the pager, so the condition still holding is not
+    /// paged again. From this member's audit log only: paged as before when it still holds.
+    pub from_group: bool,
+}
+
+/// What a new leader does with the incidents left open.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Takeover {
+    /// Kept open (and checked once the engine evaluated: resolved if the condition ended).
+    pub adopted: Vec<Adopted>,
+    /// Conditions this controller does not raise (another version's, or gone from the
+    /// config): resolved at once, with their dedup key, so no pager stays open on them.
+    pub unknown: Vec<Incident>,
+    /// What the log says about the merge.
+    pub notes: Vec<String>,
+}
+
+/// Merges the group's list (`None`: none written yet, or unreadable) with the incidents this
+/// member's audit log holds open (`own`). The list's dedup key wins for a condition in both
+/// (it is the one the pager knows); an incident only in the audit log is kept too (opened
+/// while etcd could not be written). At most [`INCIDENTS_MAX`], the newest; `known` says which
+/// condition keys this controller raises.
+pub fn merge(list: Option<&IncidentList>, own: &[Incident], known: impl Fn(&str) -> bool) -> Takeover {
+    let mut by_key: BTreeMap<String, Adopted> = BTreeMap::new();
+    let mut notes = Vec::new();
+    for incident in list.map(|l| l.incidents.as_slice()).unwrap_or_default() {
+        by_key.insert(
+            incident.key.clone(),
+            Adopted {
+                incident: incident.clone(),
+                from_group: true,
+            },
+        );
+    }
+    for incident in own {
+        match by_key.get(&incident.key) {
+            Some(group) if group.incident.incident != incident.incident => notes.push(format!(
+                "condition {}: the group's incident {} replaces {} from this member's audit log",
+                incident.key, group.incident.incident, incident.incident
+            )),
+            Some(_) => {}
+            None => {
+                by_key.insert(
+                    incident.key.clone(),
+                    Adopted {
+                        incident: incident.clone(),
+                        from_group: false,
+                    },
+                );
+            }
+        }
+    }
+    let mut adopted: Vec<Adopted> = by_key.into_values().collect();
+    if adopted.len() > INCIDENTS_MAX {
+        let mut incidents: Vec<Incident> = adopted.iter().map(|a| a.incident.clone()).collect();
+        keep_newest(&mut incidents, INCIDENTS_MAX);
+        notes.push(format!(
+            "{} incidents left open: kept the newest {INCIDENTS_MAX}",
+            adopted.len()
+        ));
+        adopted.retain(|a| incidents.contains(&a.incident));
+    }
+    let (adopted, unknown): (Vec<Adopted>, Vec<Adopted>) = adopted.into_iter().partition(|a| known(&a.incident.key));
+    Takeover {
+        adopted,
+        unknown: unknown.into_iter().map(|a| a.incident).collect(),
+        notes,
+    }
+}
+
+/// What the leader last asked to be written, for the task that writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub term: Term,
+    pub list: IncidentList,
+}
+
+impl Pending {
+    /// Only the term that made it writes it: a list made in an ended term (this member lost
+    /// the lead, maybe won it again since) is dropped, never written over the successor's.
+    pub fn writable_in(&self, acting: Option<Term>) -> bool {
+        acting == Some(self.term)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn term(revision: i64) -> Term {
+        Term { revision, lease_id: 7 }
+    }
+
+    fn incident(key: &str, id: &str, at: u64) -> Incident {
+        Incident {
+            key: key.into(),
+            incident: id.into(),
+            opened_at_ms: at,
+            message: format!("{key} holds"),
+        }
+    }
+
+    fn known(key: &str) -> bool {
+        key != "gone"
+    }
+
+    #[test]
+    fn the_groups_list_and_the_audit_log_merge_with_the_groups_dedup_key_winning() {
+        let list = IncidentList::new(
+            term(10),
+            "a",
+            5,
+            [
+                incident("all_down", "shop/all_down", 1),
+                incident("runbook", "shop/runbook", 2),
+            ],
+        );
+        let own = [
+            // The same condition under a key an older version made: the pager knows the group's.
+            incident("all_down", "ctl/all_down/g3-1000", 1),
+            // Opened while etcd could not be written: only this member knows it.
+            incident("fenced", "shop/fenced", 3),
+        ];
+        let merged = merge(Some(&list), &own, known);
+        let got: Vec<(&str, &str, bool)> = merged
+            .adopted
+            .iter()
+            .map(|a| (a.incident.key.as_str(), a.incident.incident.as_str(), a.from_group))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("all_down", "shop/all_down", true),
+                ("fenced", "shop/fenced", false),
+                ("runbook", "shop/runbook", true),
+            ]
+        );
+        assert!(merged.unknown.is_empty());
+        assert_eq!(merged.notes.len(), 1, "{:?}", merged.notes);
+        assert!(merged.notes[0].contains("ctl/all_down/g3-1000"), "{:?}", merged.notes);
+        // No list (none written yet, or unreadable): the audit log alone, as before.
+        let alone = merge(None, &own, known);
+        assert_eq!(alone.adopted.len(), 2);
+        assert!(alone.adopted.iter().all(|a| !a.from_group));
+        assert_eq!(alone.adopted[0].incident.incident, "ctl/all_down/g3-1000");
+    }
+
+    #[test]
+    fn a_condition_this_controller_does_not_raise_is_resolved_not_adopted() {
+        let list = IncidentList::new(term(3), "a", 5, [incident("gone", "shop/gone", 1)]);
+        let merged = merge(Some(&list), &[incident("all_down", "shop/all_down", 2)], known);
+        assert_eq!(merged.unknown, vec![incident("gone", "shop/gone", 1)]);
+        assert_eq!(merged.adopted.len(), 1);
+        assert_eq!(merged.adopted[0].incident.key, "all_down");
+    }
+
+    #[test]
+    fn the_list_is_bounded_in_incidents_message_and_bytes() {
+        let long = "x".repeat(INCIDENT_MESSAGE_CHARS_MAX * 4);
+        let many = (0..INCIDENTS_MAX as u64 + 10).map(|i| Incident {
+            message: long.clone(),
+            ..incident(&format!("k{i:03}"), &format!("shop/k{i:03}"), i)
+        });
+        // ha_leadership is a member's own: never in the group's list.
+        let list = IncidentList::new(term(4), "a", 5, many.chain([incident(MEMBER_OWN_KEY, "shop/ha", 999)]));
+        assert_eq!(list.incidents.len(), INCIDENTS_MAX);
+        assert!(list.incidents.iter().all(|i| i.key != MEMBER_OWN_KEY));
+        assert!(list.incidents.iter().all(|i| i.opened_at_ms >= 10), "the oldest went");
+        assert!(
+            list.incidents
+                .iter()
+                .all(|i| i.message.chars().count() == INCIDENT_MESSAGE_CHARS_MAX)
+        );
+        let bytes = list.encode();
+        assert!(bytes.len() <= INCIDENTS_BYTES_MAX, "{}", bytes.len());
+        let (back, problems) = IncidentList::decode(&bytes).expect("decodes");
+        assert_eq!(back, list);
+        assert!(problems.is_empty());
+
+        // Longer keys could not fit: the encoding drops the oldest until it does.
+        let mut huge = list.clone();
+        for i in &mut huge.incidents {
+            i.incident = "y".repeat(4096);
+        }
+        let bytes = huge.encode();
+        assert!(bytes.len() <= INCIDENTS_BYTES_MAX, "{}", bytes.len());
+        let (back, problems) = IncidentList::decode(&bytes).expect("decodes");
+        assert!(back.incidents.is_empty(), "overlong dedup keys are left out when read");
+        assert!(!problems.is_empty());
+
+        // Read back: too large, not a list, or too many entries.
+        let over = vec![b' '; INCIDENTS_BYTES_MAX + 1];
+        assert!(
+            IncidentList::decode(&over)
+                .expect_err("too large")
+                .contains("at most 65536")
+        );
+        assert!(IncidentList::decode(b"{\"term\": \"x\"}").is_err());
+        let mut crowded = list.clone();
+        crowded.incidents = (0..INCIDENTS_MAX as u64 + 3)
+            .map(|i| incident(&format!("c{i}"), &format!("shop/c{i}"), i))
+            .collect();
+        let (back, problems) = IncidentList::decode(&serde_json::to_vec(&crowded).expect("json")).expect("decodes");
+        assert_eq!(back.incidents.len(), INCIDENTS_MAX);
+        assert_eq!(problems.len(), 1);
+        // More incidents left open than the bound: the newest are adopted.
+        let merged = merge(Some(&crowded), &[], |_| true);
+        assert_eq!(merged.adopted.len(), INCIDENTS_MAX);
+        assert!(merged.adopted.iter().all(|a| a.incident.opened_at_ms >= 3));
+    }
+
+    #[test]
+    fn a_list_from_this_term_or_later_is_not_a_predecessors_and_is_ignored() {
+        let list = IncidentList::new(term(20), "a", 5, [incident("all_down", "shop/all_down", 1)]);
+        assert!(list.usable_by(term(21)).is_ok());
+        let error = list.usable_by(term(20)).expect_err("its own term");
+        assert!(error.contains("written by a in term 20"), "{error}");
+        assert!(list.usable_by(term(19)).is_err());
+    }
+
+    #[test]
+    fn a_list_made_in_a_term_that_ended_is_never_written() {
+        // The deposed leader's last list (term 20) must not overwrite its successor's: the
+        // writer drops it once the term ended, even if this member leads again (term 30).
+        let pending = Pending {
+            term: term(20),
+            list: IncidentList::new(term(20), "a", 5, [incident("all_down", "shop/all_down", 1)]),
+        };
+        assert!(pending.writable_in(Some(term(20))));
+        assert!(!pending.writable_in(None));
+        assert!(!pending.writable_in(Some(term(30))));
+    }
+
+    #[test]
+    fn only_an_opened_or_resolved_incident_is_a_change_to_write() {
+        let a = IncidentList::new(term(1), "a", 5, [incident("all_down", "shop/all_down", 1)]);
+        let mut reworded = IncidentList::new(term(1), "a", 9, [incident("all_down", "shop/all_down", 1)]);
+        reworded.incidents[0].message = "other words".into();
+        assert!(a.same_incidents(&reworded));
+        let resolved = IncidentList::new(term(1), "a", 9, []);
+        assert!(!a.same_incidents(&resolved));
+        let next_term = IncidentList::new(term(2), "a", 9, [incident("all_down", "shop/all_down", 1)]);
+        assert!(!a.same_incidents(&next_term));
+    }
+}
