@@ -515,6 +515,7 @@ def test_bind_secondaries_follow_a_failover_by_notify_and_refer_to_the_child_zon
         server.stop()
 
 
+KEYED_HOSTS = 2000
 TSIG_SECRET = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A="
 OTHER_SECRET = "c3dpdGNoeWFyZC1vdGhlci1rZXktc2VjcmV0LTMyYg=="
 
@@ -526,7 +527,9 @@ notify_key = "xfr-key"
 
 [[dns.tsig_keys]]
 key = { file = "xfr.key" }
-""" + failover_zone_toml("serial = 2026112401\n" + SOA_TIMERS)
+""" + failover_zone_toml("serial = 2026112401\n" + SOA_TIMERS,
+                         # Enough records for a transfer of several messages, each signed.
+                         [(f"h{i}", "A", [f"198.51.100.{i % 250}"]) for i in range(KEYED_HOSTS)])
 
 
 def keyed_server(tmp_path, targets):
@@ -552,9 +555,11 @@ def test_bind_transfers_a_keyed_zone_with_the_key_and_follows_a_signed_notify(tm
     try:
         # dig as a client: the key transfers; no key or another secret does not.
         signed = server.dig("shop.example", "AXFR", "-y", f"hmac-sha256:xfr-key:{TSIG_SECRET}")
-        assert "app.shop.example." in signed and "; Transfer failed" not in signed, signed
+        assert "app.shop.example." in signed and "; Transfer failed" not in signed, signed[-2000:]
         assert "tsig verify failure" not in signed.lower(), signed
-        assert signed.count("\tSOA\t") == 2, signed
+        assert signed.count("\tSOA\t") == 2, signed[-2000:]
+        messages = re.search(r"XFR size: (\d+) records \(messages (\d+)", signed)
+        assert messages and int(messages.group(1)) > KEYED_HOSTS and int(messages.group(2)) >= 2, signed[-500:]
         unsigned = server.dig("shop.example", "AXFR")
         assert "Transfer failed" in unsigned and "app.shop.example." not in unsigned, unsigned
         forged = server.dig("shop.example", "AXFR", "-y", f"hmac-sha256:xfr-key:{OTHER_SECRET}")
@@ -569,6 +574,10 @@ def test_bind_transfers_a_keyed_zone_with_the_key_and_follows_a_signed_notify(tm
                               key=("xfr-key", TSIG_SECRET))
         logs = [server.log, secondary.log]
         wait_until(lambda: secondary.short("app.shop.example") == ["192.0.2.10"], "BIND's signed transfer", logs)
+        assert secondary.short(f"h{KEYED_HOSTS - 1}.shop.example") == [f"198.51.100.{(KEYED_HOSTS - 1) % 250}"]
+        completed = re.search(r"transfer of 'shop.example/IN' from 127.0.0.1#\d+: Transfer completed: (\d+) messages",
+                              secondary.log.read_text())
+        assert completed and int(completed.group(1)) >= 2, "BIND verified a transfer of several signed messages"
         status, body = server.put("/v1/health", {"generation": 3, "targets": {"us-east-1": "unhealthy"}})
         assert status == 200, body
         wait_until(lambda: secondary.short("app.shop.example") == ["198.51.100.10"],
