@@ -99,7 +99,7 @@ pub struct DnsSection {
 pub struct TsigKeySection {
     /// The key's name: needed when the secret is bare, else it picks (and must match) the
     /// file's key.
-    pub name: Option<Spanned<String>>,
+    pub key_name: Option<Spanned<String>>,
     /// `{ file = "xfr.key" }` (a `tsig-keygen` file or the bare base64 secret; relative to the
     /// config file's folder) or `{ env = "VARIABLE" }`; never the secret itself.
     pub key: Spanned<toml::Value>,
@@ -471,18 +471,19 @@ fn tsig_keys(sections: &[TsigKeySection], folder: &Path, at: &At<'_>) -> Result<
             ));
         }
         let text = key_text(&section.key, folder, at)?;
-        let name = section.name.as_ref().map(|name| name.get_ref().as_str());
+        let name = section.key_name.as_ref().map(|name| name.get_ref().as_str());
         let key = Key::parse(&text, name).map_err(|why| {
             // The file is fine but holds no key of that name: point at the name.
-            let span = match (&why, &section.name) {
+            let span = match (&why, &section.key_name) {
                 (KeyError::NoKeyNamed(_), Some(name)) => name.span(),
                 _ => section.key.span(),
             };
+            // The other errors already say what to do.
             let hint = match why {
-                KeyError::NameNeeded => "set name = \"...\" next to key".to_string(),
-                _ => fix.clone(),
+                KeyError::Malformed(_) | KeyError::NoKeyNamed(_) => format!("; {fix}"),
+                _ => String::new(),
             };
-            at(span, format!("[[dns.tsig_keys]] key: {why}; {hint}"))
+            at(span, format!("[[dns.tsig_keys]] key: {why}{hint}"))
         })?;
         if keys.iter().any(|held| held.name.eq_ignore_ascii_case(&key.name)) {
             return Err(at(

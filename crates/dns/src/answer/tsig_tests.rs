@@ -34,7 +34,7 @@ fn other_key() -> Key {
 /// admits, as BIND's `allow-transfer { key "xfr-key"; }`), with `other-key` held too.
 fn config_text() -> String {
     let mut text = String::from(
-        "[dns]\ntransfer_key = \"xfr-key\"\n\n[[dns.tsig_keys]]\nkey = { file = \"xfr.key\" }\n\n[[dns.tsig_keys]]\nname = \"other-key\"\nkey = { file = \"other.key\" }\n\n[[dns.zones]]\norigin = \"shop.example.\"\nns = [\"ns1\"]\n",
+        "[dns]\ntransfer_key = \"xfr-key\"\n\n[[dns.tsig_keys]]\nkey = { file = \"xfr.key\" }\n\n[[dns.tsig_keys]]\nkey_name = \"other-key\"\nkey = { file = \"other.key\" }\n\n[[dns.zones]]\norigin = \"shop.example.\"\nns = [\"ns1\"]\n",
     );
     text.push_str("[[dns.zones.records]]\nname = \"big\"\ntype = \"TXT\"\nvalues = [\"");
     text.push_str(&"x".repeat(200));
@@ -314,7 +314,7 @@ fn transfer_key_and_tsig_keys_are_checked_with_their_line() {
         error.message.contains("'nope'") && error.message.contains("[[dns.tsig_keys]]"),
         "{error}"
     );
-    let inline = format!("[dns]\n[[dns.tsig_keys]]\nname = \"k\"\nkey = \"{SECRET}\"\n{zone}");
+    let inline = format!("[dns]\n[[dns.tsig_keys]]\nkey_name = \"k\"\nkey = \"{SECRET}\"\n{zone}");
     let error = crate::config::parse(&inline, &file).expect_err("inline");
     assert_eq!(error.line, 4, "{error}");
     assert!(
@@ -326,9 +326,9 @@ fn transfer_key_and_tsig_keys_are_checked_with_their_line() {
     assert!(error.message.contains("absent.key"), "{error}");
     let bare = format!("[dns]\n[[dns.tsig_keys]]\nkey = {{ file = \"other.key\" }}\n{zone}");
     let error = crate::config::parse(&bare, &file).expect_err("a bare secret needs its name");
-    assert!(error.message.contains("name"), "{error}");
+    assert!(error.message.contains("key_name"), "{error}");
     let twice = format!(
-        "[dns]\n[[dns.tsig_keys]]\nkey = {{ file = \"xfr.key\" }}\n[[dns.tsig_keys]]\nname = \"XFR-key\"\nkey = {{ file = \"other.key\" }}\n{zone}"
+        "[dns]\n[[dns.tsig_keys]]\nkey = {{ file = \"xfr.key\" }}\n[[dns.tsig_keys]]\nkey_name = \"XFR-key\"\nkey = {{ file = \"other.key\" }}\n{zone}"
     );
     assert!(
         crate::config::parse(&twice, &file)
@@ -338,7 +338,7 @@ fn transfer_key_and_tsig_keys_are_checked_with_their_line() {
     );
     // A zone's own notify_key replaces the server-wide one; names match case-insensitively.
     let text = format!(
-        "[dns]\nnotify_key = \"xfr-key\"\n[[dns.tsig_keys]]\nkey = {{ file = \"xfr.key\" }}\n[[dns.tsig_keys]]\nname = \"other-key\"\nkey = {{ file = \"other.key\" }}\n{zone}notify_key = \"OTHER-KEY\"\ntransfer_key = \"xfr-key.\"\n"
+        "[dns]\nnotify_key = \"xfr-key\"\n[[dns.tsig_keys]]\nkey = {{ file = \"xfr.key\" }}\n[[dns.tsig_keys]]\nkey_name = \"other-key\"\nkey = {{ file = \"other.key\" }}\n{zone}notify_key = \"OTHER-KEY\"\ntransfer_key = \"xfr-key.\"\n"
     );
     let config = crate::config::parse(&text, &file).expect("valid");
     let zone = config.zones.iter().next().expect("zone");

@@ -1026,7 +1026,7 @@ async fn an_unverified_answer_to_a_signed_notify_is_ignored() {
     let secondary = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let at = secondary.local_addr().expect("addr");
     let settings = format!(
-        "[dns]\nnotify = [\"{at}\"]\nnotify_key = \"k\"\n[[dns.tsig_keys]]\nname = \"k\"\nkey = {{ file = \"{}\" }}\n",
+        "[dns]\nnotify = [\"{at}\"]\nnotify_key = \"k\"\n[[dns.tsig_keys]]\nkey_name = \"k\"\nkey = {{ file = \"{}\" }}\n",
         key_file.display()
     );
     let server = Server::start_config(None, Limits::default(), 1, &CONFIG.replacen("[dns]\n", &settings, 1)).await;
