@@ -1276,4 +1276,42 @@ mod tests {
             let _ = read_record(&garbage);
         }
     }
+
+    #[test]
+    fn key_parse_never_panics_on_arbitrary_text() {
+        let seed = crate::rng::seed_from_env_or("key_parse_never_panics_on_arbitrary_text", 0x7e57);
+        let mut rng = crate::rng::Rng::new(seed);
+        let pieces = [
+            "key",
+            "\"k\"",
+            "{",
+            "}",
+            ";",
+            "algorithm",
+            "hmac-sha256",
+            "secret",
+            SECRET,
+            "\"",
+            "#",
+            "//",
+            "/*",
+            "*/",
+            "\n",
+            " ",
+            "é",
+            "..",
+            "=",
+        ];
+        for _ in 0..5_000 {
+            let count = rng.below(24) as usize;
+            let text: String = (0..count)
+                .map(|_| pieces[rng.below(pieces.len() as u64) as usize])
+                .collect::<Vec<_>>()
+                .join(if rng.below(2) == 0 { " " } else { "" });
+            let name = (rng.below(3) == 0).then_some("k");
+            if let Ok(key) = Key::parse(&text, name) {
+                assert!(!key.name.is_empty(), "{text:?}");
+            }
+        }
+    }
 }
