@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let view = HealthView::default();
     let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
     for transport in [Transport::Udp, Transport::Tcp] {
-        let Some(response) = handle_packet(zones(), &view, data, transport, client, 7) else { continue };
+        let Some(response) = handle_packet(zones(), &view, data, transport, client, 7, 1_700_000_000) else { continue };
         for wire in &response.wire {
             Message::from_vec(wire).expect("every response parses");
             if transport == Transport::Udp {

@@ -409,7 +409,9 @@ def free_port():
 class Secondary:
     """BIND9 `named` as a secondary of `zones`, transferred from switchyard on `primary_port`."""
 
-    def __init__(self, directory, port, primary_port, zones):
+    def __init__(self, directory, port, primary_port, zones, key=None):
+        """`key`: (name, base64 secret): the secondary transfers with it (`primaries { ... key }`)
+        and takes only NOTIFYs signed with it (`allow-notify { key }`)."""
         self.directory = directory
         self.port = port
         directory.mkdir()
@@ -417,9 +419,15 @@ class Secondary:
         text = (f'options {{\n  directory "{d}";\n  pid-file "{d}/named.pid";\n  session-keyfile "{d}/session.key";\n'
                 f'  managed-keys-directory "{d}";\n  listen-on port {port} {{ 127.0.0.1; }};\n  listen-on-v6 {{ none; }};\n'
                 f'  recursion no;\n  notify no;\n  dnssec-validation no;\n}};\ncontrols {{ }};\n')
+        keyed, allow_notify = "", ""
+        if key:
+            name, secret = key
+            text += f'key "{name}" {{\n  algorithm hmac-sha256;\n  secret "{secret}";\n}};\n'
+            keyed = f' key "{name}"'
+            allow_notify = f'  allow-notify {{ key "{name}"; }};\n'
         for zone in zones:
-            text += (f'zone "{zone}" {{\n  type secondary;\n  primaries {{ 127.0.0.1 port {primary_port}; }};\n'
-                     f'  file "{d}/{zone}.db";\n}};\n')
+            text += (f'zone "{zone}" {{\n  type secondary;\n  primaries {{ 127.0.0.1 port {primary_port}{keyed}; }};\n'
+                     f'{allow_notify}  file "{d}/{zone}.db";\n}};\n')
         self.conf = directory / "named.conf"
         self.conf.write_text(text)
         self.log = directory / "named.log"
@@ -503,5 +511,118 @@ def test_bind_secondaries_follow_a_failover_by_notify_and_refer_to_the_child_zon
             assert [(str(r.name), r.rdtype) for r in ds.authority] == [("example.", dns.rdatatype.SOA)], ds
     finally:
         for secondary in secondaries:
+            secondary.stop()
+        server.stop()
+
+
+KEYED_HOSTS = 2000
+TSIG_SECRET = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A="
+OTHER_SECRET = "c3dpdGNoeWFyZC1vdGhlci1rZXktc2VjcmV0LTMyYg=="
+
+KEYED_CONFIG = """
+[dns]
+notify = [NOTIFY_TARGETS]
+transfer_key = "xfr-key"
+notify_key = "xfr-key"
+
+[[dns.tsig_keys]]
+key = { file = "xfr.key" }
+""" + failover_zone_toml("serial = 2026112401\n" + SOA_TIMERS,
+                         # Enough records for a transfer of several messages, each signed.
+                         [(f"h{i}", "A", [f"198.51.100.{i % 250}"]) for i in range(KEYED_HOSTS)])
+
+
+def keyed_server(tmp_path, targets):
+    (tmp_path / "xfr.key").write_text(
+        f'key "xfr-key" {{\n\talgorithm hmac-sha256;\n\tsecret "{TSIG_SECRET}";\n}};\n')
+    server = DnsServer(tmp_path, KEYED_CONFIG.replace("NOTIFY_TARGETS", targets))
+    server.start()
+    return server
+
+
+def test_bind_transfers_a_keyed_zone_with_the_key_and_follows_a_signed_notify(tmp_path):
+    """BIND9 as a secondary with `primaries { ... key "xfr-key"; }` and `allow-notify { key
+    "xfr-key"; }` transfers the zone whose transfers need that key, and a NOTIFY signed with it
+    makes BIND fetch a changed zone (refresh 3600 s: nothing else would within the test). dig is
+    the client: without the key, or with another secret, nothing is transferred."""
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    if not Path(NAMED).exists():
+        pytest.skip("named not installed: apt-get install bind9 (scripts/install-test-deps.sh)")
+    port = free_port()
+    server = keyed_server(tmp_path, f'"127.0.0.1:{port}"')
+    secondary = None
+    try:
+        # dig as a client: the key transfers; no key or another secret does not.
+        signed = server.dig("shop.example", "AXFR", "-y", f"hmac-sha256:xfr-key:{TSIG_SECRET}")
+        assert "app.shop.example." in signed and "; Transfer failed" not in signed, signed[-2000:]
+        assert "tsig verify failure" not in signed.lower(), signed
+        assert signed.count("\tSOA\t") == 2, signed[-2000:]
+        messages = re.search(r"XFR size: (\d+) records \(messages (\d+)", signed)
+        assert messages and int(messages.group(1)) > KEYED_HOSTS and int(messages.group(2)) >= 2, signed[-500:]
+        unsigned = server.dig("shop.example", "AXFR")
+        assert "Transfer failed" in unsigned and "app.shop.example." not in unsigned, unsigned
+        forged = server.dig("shop.example", "AXFR", "-y", f"hmac-sha256:xfr-key:{OTHER_SECRET}")
+        assert "app.shop.example." not in forged, forged
+        assert "NOTAUTH" in forged or "BADSIG" in forged or "Transfer failed" in forged, forged
+        # A signed query over UDP gets a signed answer dig verifies.
+        answer = server.dig("app.shop.example", "A", "-y", f"hmac-sha256:xfr-key:{TSIG_SECRET}")
+        assert "192.0.2.10" in answer and "status: NOERROR" in answer, answer
+        assert "TSIG" in answer and "NOERROR" in answer.split("TSIG", 1)[1], answer
+        # BIND as the secondary.
+        secondary = Secondary(tmp_path / "keyed", port, server.port, ["shop.example"],
+                              key=("xfr-key", TSIG_SECRET))
+        logs = [server.log, secondary.log]
+        wait_until(lambda: secondary.short("app.shop.example") == ["192.0.2.10"], "BIND's signed transfer", logs)
+        assert secondary.short(f"h{KEYED_HOSTS - 1}.shop.example") == [f"198.51.100.{(KEYED_HOSTS - 1) % 250}"]
+        completed = re.search(r"transfer of 'shop.example/IN' from 127.0.0.1#\d+: Transfer completed: (\d+) messages",
+                              secondary.log.read_text())
+        assert completed and int(completed.group(1)) >= 2, "BIND verified a transfer of several signed messages"
+        status, body = server.put("/v1/health", {"generation": 3, "targets": {"us-east-1": "unhealthy"}})
+        assert status == 200, body
+        wait_until(lambda: secondary.short("app.shop.example") == ["198.51.100.10"],
+                   "the failover on BIND's secondary after a signed NOTIFY", logs)
+        assert secondary.short("shop.example", "SOA")[2] == "2026112402"
+        log = secondary.log.read_text()
+        assert "received notify for zone 'shop.example': TSIG 'xfr-key'" in log, log[-3000:]
+        wait_until(lambda: re.search(r'switchyard_dns_notifies_total\{outcome="acknowledged"\} [1-9]',
+                                     server.get("/metrics")), "an acknowledged signed NOTIFY", logs)
+    finally:
+        if secondary:
+            secondary.stop()
+        server.stop()
+
+
+def test_bind_with_another_secret_gets_nothing_and_refuses_our_notify(tmp_path):
+    """BIND9 holding `xfr-key` with another secret: its transfer is refused (NOTAUTH, BADSIG), so
+    it serves nothing of the zone, and it does not take our NOTIFY (signed with the real
+    secret)."""
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    if not Path(NAMED).exists():
+        pytest.skip("named not installed: apt-get install bind9 (scripts/install-test-deps.sh)")
+    port = free_port()
+    server = keyed_server(tmp_path, f'"127.0.0.1:{port}"')
+    secondary = None
+    try:
+        secondary = Secondary(tmp_path / "wrong", port, server.port, ["shop.example"],
+                              key=("xfr-key", OTHER_SECRET))
+        logs = [server.log, secondary.log]
+        # BIND's SOA query before a transfer is answered NOTAUTH/BADSIG: it transfers nothing.
+        wait_until(lambda: "zone shop.example/IN: refresh: failure trying primary" in secondary.log.read_text()
+                   and "tsig indicates error" in secondary.log.read_text(), "BIND's failed refresh", logs)
+        answer = secondary.dig("app.shop.example", "A")
+        assert "192.0.2.10" not in answer and "status: SERVFAIL" in answer, answer
+        assert not (secondary.directory / "shop.example.db").exists()
+        # Our NOTIFY, signed with the real secret: BIND answers NOTAUTH with an unsigned BADSIG,
+        # which switchyard logs and counts as rejected (never acknowledged).
+        wait_until(lambda: "request has invalid signature: TSIG xfr-key: tsig verify failure (BADSIG)"
+                   in secondary.log.read_text(), "BIND's refusal of the NOTIFY", logs)
+        wait_until(lambda: re.search(r'switchyard_dns_notifies_total\{outcome="rejected"\} [1-9]',
+                                     server.get("/metrics")), "the NOTIFY counted as rejected", logs)
+        assert not re.search(r'switchyard_dns_notifies_total\{outcome="acknowledged"\} [1-9]', server.get("/metrics"))
+        assert "secondary refused the NOTIFY's TSIG" in server.log.read_text()
+    finally:
+        if secondary:
             secondary.stop()
         server.stop()

@@ -17,6 +17,7 @@ use crate::config::txt_strings;
 use crate::policy::{self, FAILOVER_TTL_SECS_DEFAULT};
 use crate::view::HealthView;
 use crate::zone::{Lookup, Node, RrData, RrSet, Zone, Zones, name_key};
+use common::tsig::{self, RequestCheck};
 
 /// The UDP payload size we advertise and the most we send over UDP (the DNS flag day 2020 value,
 /// which avoids IP fragmentation on common paths).
@@ -67,6 +68,19 @@ pub struct Request {
     pub client: IpAddr,
     /// Randomness for weighted and multivalue answers, drawn by the caller per query.
     pub entropy: u64,
+    /// The TSIG key the query was signed with, verified by the caller ([`handle_packet`]
+    /// does); `None` for an unsigned query — or a signed one nobody verified, which is
+    /// answered as signed with an unknown key (BADKEY).
+    pub signed: Option<SignedBy>,
+}
+
+/// A verified TSIG signature on a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedBy {
+    /// The key's lower-case name, as `transfer_key` holds it.
+    pub key_name: String,
+    /// Bytes the answer's TSIG record will take: kept free in a UDP answer.
+    pub record_bytes: usize,
 }
 
 /// What to send back: zero messages (drop), one, or several (a zone transfer over TCP).
@@ -100,7 +114,10 @@ impl Response {
 }
 
 /// Parses a packet and answers it; `None` means drop it (not a query, or too broken to answer).
-/// Packets with a readable header but a broken body get FORMERR.
+/// Packets with a readable header but a broken body get FORMERR. A signed query's TSIG is
+/// checked against the zones' keys at `now_s` (Unix seconds; RFC 8945 §5.2): a bad one gets
+/// NOTAUTH with the TSIG error (BADKEY, BADSIG, BADTIME, BADTRUNC), a good one an answer whose
+/// every message is signed, each over the previous one's MAC (§5.3.1).
 pub fn handle_packet(
     zones: &Zones,
     view: &HealthView,
@@ -108,10 +125,36 @@ pub fn handle_packet(
     transport: Transport,
     client: IpAddr,
     entropy: u64,
+    now_s: u64,
 ) -> Option<Response> {
     match decode(packet)? {
         Decoded::Query(message) => {
-            let response = answer(
+            let mut verified = None;
+            if let Tsig::Last(_) = tsig(&message) {
+                match tsig::verify_request(packet, zones.keys(), now_s) {
+                    RequestCheck::Verified(ok) => verified = Some(ok),
+                    RequestCheck::Refused(refusal) => {
+                        return Some(tsig_refusal(&message, transport, &refusal, now_s));
+                    }
+                    // Unreadable: the TSIG rules of `answer` say FORMERR (or, unverified, BADKEY).
+                    RequestCheck::Unsigned | RequestCheck::Malformed(_) => {
+                        let mut response = reply_to(
+                            message.header(),
+                            the_question(message.queries().to_vec()).as_ref(),
+                            message.extensions().as_ref(),
+                        );
+                        response.set_response_code(ResponseCode::FormErr);
+                        let qtype = message.queries().first().map(Query::query_type);
+                        let limit = size_limit(transport, message.extensions().as_ref());
+                        return Some(finish(response, limit, fixed_label(LABEL_MALFORMED), qtype));
+                    }
+                }
+            }
+            let signed = verified.as_ref().map(|ok| SignedBy {
+                key_name: ok.key.name.to_ascii_lowercase(),
+                record_bytes: tsig::record_bytes(ok.key),
+            });
+            let mut response = answer(
                 zones,
                 view,
                 &Request {
@@ -119,8 +162,17 @@ pub fn handle_packet(
                     transport,
                     client,
                     entropy,
+                    signed,
                 },
             );
+            if let Some(ok) = verified {
+                let mut signer = tsig::ResponseSigner::new(ok.key, &ok.mac, now_s);
+                let signed: Result<Vec<Vec<u8>>, String> = response.wire.iter().map(|wire| signer.sign(wire)).collect();
+                // Cannot fail: the answer kept room for the record (a transfer's messages are
+                // far below 64 KiB); if it did, nothing unsigned goes out.
+                response.wire = signed.ok()?;
+                response.cacheable = false;
+            }
             (!response.messages.is_empty()).then_some(response)
         }
         Decoded::Malformed { header, question, edns } => {
@@ -135,6 +187,36 @@ pub fn handle_packet(
             ))
         }
     }
+}
+
+/// The NOTAUTH answer to a query whose TSIG failed (RFC 8945 §5.2, §5.3.2): the question and
+/// OPT echoed, the TSIG record the refusal makes (unsigned for BADKEY and BADSIG, signed for
+/// BADTIME, with the server's time, and BADTRUNC). Never cached.
+fn tsig_refusal(query: &Message, transport: Transport, refusal: &tsig::Refusal<'_>, now_s: u64) -> Response {
+    let question = match query.queries() {
+        [question] => Some(question),
+        _ => None,
+    };
+    let edns = query.extensions().as_ref();
+    let mut response = reply_to(query.header(), question, edns);
+    response.set_response_code(ResponseCode::NotAuth);
+    let qtype = query.queries().first().map(Query::query_type);
+    let mut finished = finish(
+        response,
+        size_limit(transport, edns),
+        fixed_label(LABEL_MALFORMED),
+        qtype,
+    );
+    finished.cacheable = false;
+    let signed: Option<Vec<Vec<u8>>> = finished
+        .wire
+        .iter()
+        .map(|wire| refusal.respond(wire, now_s).ok())
+        .collect();
+    if let Some(signed) = signed {
+        finished.wire = signed;
+    }
+    finished
 }
 
 /// A packet read as a query.
@@ -300,7 +382,9 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
     };
     let client_edns = query.extensions().as_ref();
     let mut response = reply_to(query.header(), question, client_edns);
-    let limit = size_limit(request.transport, client_edns);
+    // A signed answer keeps room for its TSIG record.
+    let limit = size_limit(request.transport, client_edns)
+        .saturating_sub(request.signed.as_ref().map_or(0, |signed| signed.record_bytes));
     let qtype = query.queries().first().map(Query::query_type);
     let mut label: Arc<str> = fixed_label(LABEL_MALFORMED);
     let mut cacheable = true;
@@ -311,8 +395,11 @@ pub fn answer(zones: &Zones, view: &HealthView, request: &Request) -> Response {
         match tsig(query) {
             Tsig::Absent => {}
             Tsig::Misplaced => break 'rcode ResponseCode::FormErr,
+            // Verified by the caller: answered, and the caller signs the answer.
+            Tsig::Last(_) if request.signed.is_some() => {}
             Tsig::Last(record) => match bad_key(record) {
-                // We hold no TSIG key, so every key is unknown (RFC 8945 §5.2.1).
+                // Nobody verified it (`answer` called directly, not through `handle_packet`):
+                // answered as signed with a key not held (RFC 8945 §5.2.1).
                 Some(error) => {
                     let mut parts = response.into_parts();
                     parts.sig0.push(error);
@@ -437,11 +524,6 @@ fn tsig(query: &Message) -> Tsig<'_> {
     }
 }
 
-/// TSIG's "Fudge" in the records we send (RFC 8945 recommends 300 s; BIND and Knot send it).
-const TSIG_FUDGE_SECS: u16 = 300;
-/// TSIG error BADKEY: the key is not known (RFC 8945 §5.2.1).
-const TSIG_ERROR_BADKEY: u16 = 17;
-
 /// The unsigned TSIG record of a NOTAUTH answer to a query signed with an unknown key (RFC 8945
 /// §5.2.1, §5.3.2): the query's key name, algorithm, time signed (as Knot does: this function
 /// reads no clock) and original id, no MAC, error BADKEY. `None` when the query's TSIG record is
@@ -462,10 +544,10 @@ fn bad_key(tsig: &Record) -> Option<Record> {
     let mut answer = Vec::with_capacity(algorithm + 16);
     answer.extend_from_slice(&rdata[..algorithm]);
     answer.extend_from_slice(&fixed[..6]);
-    answer.extend_from_slice(&TSIG_FUDGE_SECS.to_be_bytes());
+    answer.extend_from_slice(&tsig::FUDGE_S.to_be_bytes());
     answer.extend_from_slice(&0u16.to_be_bytes());
     answer.extend_from_slice(&tail[..2]);
-    answer.extend_from_slice(&TSIG_ERROR_BADKEY.to_be_bytes());
+    answer.extend_from_slice(&tsig::BADKEY.to_be_bytes());
     answer.extend_from_slice(&0u16.to_be_bytes());
     let mut record = Record::from_rdata(
         tsig.name().clone(),
@@ -755,7 +837,8 @@ fn transfer(
         response.set_response_code(rcode);
         finish(response, limit, Arc::clone(&label), qtype)
     };
-    if !zones.transfer_allowed(request.client) {
+    let signed_with = request.signed.as_ref().map(|signed| signed.key_name.as_str());
+    if !zones.transfer_allowed(zone, request.client, signed_with) {
         return refuse(response, ResponseCode::Refused);
     }
     if question.name() != &zone.origin {
@@ -947,3 +1030,5 @@ fn push_encoded(message: Message, messages: &mut Vec<Message>, wire: &mut Vec<Ve
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tsig_tests;

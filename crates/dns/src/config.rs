@@ -23,6 +23,7 @@ use crate::server::{
     TCP_CONNECTIONS_MAX, TCP_CONNECTIONS_PER_CLIENT_MAX_DEFAULT, TCP_IDLE_TIMEOUT_BUSY_MS, TCP_IDLE_TIMEOUT_MS,
 };
 use crate::zone::{Lookup, Node, RrData, RrSet, Zone, Zones};
+use common::tsig::{Key, KeyError};
 
 /// Where the DNS server listens (UDP and TCP) unless the config or a flag says otherwise.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:5353";
@@ -44,6 +45,10 @@ pub const MEMBERS_PER_SET_MAX: usize = 64;
 pub const TXT_VALUE_BYTES_MAX: usize = 1_024;
 /// Bytes of a config file read at most.
 pub const CONFIG_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// TSIG keys one server holds at most (each request's key is looked up among them).
+pub const TSIG_KEYS_MAX: usize = 64;
+/// Bytes of a TSIG key file read at most (a `tsig-keygen` file has about a hundred).
+pub const TSIG_KEY_FILE_BYTES_MAX: u64 = 64 * 1024;
 /// Secondaries one zone sends NOTIFY messages to at most.
 pub const NOTIFY_TARGETS_MAX: usize = 32;
 /// The port of a `notify` target written without one (DNS).
@@ -76,8 +81,28 @@ pub struct DnsSection {
     /// without a `notify` of its own: `IP:PORT` or `IP` (port 53).
     #[serde(default)]
     pub notify: Vec<Spanned<String>>,
+    /// TSIG keys (RFC 8945) this server holds, for zone transfers and NOTIFY.
+    #[serde(default)]
+    pub tsig_keys: Vec<TsigKeySection>,
+    /// The key a zone transfer must be signed with, for every zone without a `transfer_key` of
+    /// its own (BIND's `allow-transfer { key NAME; }`).
+    pub transfer_key: Option<Spanned<String>>,
+    /// The key NOTIFY messages are signed with, for every zone without a `notify_key` of its own.
+    pub notify_key: Option<Spanned<String>>,
     #[serde(default)]
     pub zones: Vec<ZoneSection>,
+}
+
+/// `[[dns.tsig_keys]]`: a key from a file or an environment variable, as the `rfc2136` step's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TsigKeySection {
+    /// The key's name: needed when the secret is bare, else it picks (and must match) the
+    /// file's key.
+    pub key_name: Option<Spanned<String>>,
+    /// `{ file = "xfr.key" }` (a `tsig-keygen` file or the bare base64 secret; relative to the
+    /// config file's folder) or `{ env = "VARIABLE" }`; never the secret itself.
+    pub key: Spanned<toml::Value>,
 }
 
 /// `[dns.rate_limit]`: BIND's `rate-limit` options; every field has a default.
@@ -115,6 +140,10 @@ pub struct ZoneSection {
     /// Secondaries of this zone sent a NOTIFY when its serial changes; replaces `[dns] notify`
     /// for this zone (`[]`: none).
     pub notify: Option<Vec<Spanned<String>>>,
+    /// Replaces `[dns] transfer_key` for this zone.
+    pub transfer_key: Option<Spanned<String>>,
+    /// Replaces `[dns] notify_key` for this zone.
+    pub notify_key: Option<Spanned<String>>,
     #[serde(default)]
     pub records: Vec<RecordSection>,
 }
@@ -372,6 +401,24 @@ pub fn parse(text: &str, file: &str) -> Result<DnsConfig, ConfigError> {
     }
     let limits = build_limits(&section, &at)?;
     let notify_default = notify_targets(&section.notify, &at)?;
+    let folder = Path::new(file).parent().unwrap_or(Path::new(""));
+    let keys = tsig_keys(&section.tsig_keys, folder, &at)?;
+    let key_named = |name: &Spanned<String>, what: &str| -> Result<Key, ConfigError> {
+        let wanted = name.get_ref().trim_end_matches('.');
+        keys.iter()
+            .find(|key| key.name.eq_ignore_ascii_case(wanted))
+            .cloned()
+            .ok_or_else(|| {
+                let held: Vec<&str> = keys.iter().map(|key| key.name.as_str()).collect();
+                at(
+                    name.span(),
+                    format!(
+                        "{what} = '{wanted}' names no key of [[dns.tsig_keys]] (held: {}); add the key there or fix the name",
+                        if held.is_empty() { "none".to_string() } else { held.join(", ") }
+                    ),
+                )
+            })
+    };
     let mut zones = Vec::new();
     for zone in &section.zones {
         let mut built = build_zone(zone, &at)?;
@@ -379,6 +426,12 @@ pub fn parse(text: &str, file: &str) -> Result<DnsConfig, ConfigError> {
             Some(own) => notify_targets(own, &at)?,
             None => notify_default.clone(),
         };
+        if let Some(name) = zone.transfer_key.as_ref().or(section.transfer_key.as_ref()) {
+            built.transfer_key = Some(key_named(name, "transfer_key")?.name.to_ascii_lowercase());
+        }
+        if let Some(name) = zone.notify_key.as_ref().or(section.notify_key.as_ref()) {
+            built.notify_key = Some(key_named(name, "notify_key")?);
+        }
         if zones.iter().any(|z: &Zone| z.origin == built.origin) {
             return Err(at(
                 zone.origin.span(),
@@ -396,8 +449,102 @@ pub fn parse(text: &str, file: &str) -> Result<DnsConfig, ConfigError> {
         state_dir: section.state_dir,
         reload_interval_ms,
         limits,
-        zones: Zones::new(zones, axfr_allow),
+        zones: Zones::new(zones, axfr_allow).with_keys(keys),
     })
+}
+
+/// The keys of `[[dns.tsig_keys]]`, each read from its file (relative to `folder`) or
+/// environment variable; names unique, at most [`TSIG_KEYS_MAX`].
+fn tsig_keys(sections: &[TsigKeySection], folder: &Path, at: &At<'_>) -> Result<Vec<Key>, ConfigError> {
+    let mut keys: Vec<Key> = Vec::new();
+    let fix = format!(
+        "make one with `tsig-keygen -a {} NAME > NAME.key`",
+        common::tsig::ALGORITHM
+    );
+    for section in sections {
+        if keys.len() == TSIG_KEYS_MAX {
+            return Err(at(
+                section.key.span(),
+                format!(
+                    "[[dns.tsig_keys]] lists more than {TSIG_KEYS_MAX} keys; a server holds at most {TSIG_KEYS_MAX}"
+                ),
+            ));
+        }
+        let text = key_text(&section.key, folder, at)?;
+        let name = section.key_name.as_ref().map(|name| name.get_ref().as_str());
+        let key = Key::parse(&text, name).map_err(|why| {
+            // The file is fine but holds no key of that name: point at the name.
+            let span = match (&why, &section.key_name) {
+                (KeyError::NoKeyNamed(_), Some(name)) => name.span(),
+                _ => section.key.span(),
+            };
+            // The other errors already say what to do.
+            let hint = match why {
+                KeyError::Malformed(_) | KeyError::NoKeyNamed(_) => format!("; {fix}"),
+                _ => String::new(),
+            };
+            at(span, format!("[[dns.tsig_keys]] key: {why}{hint}"))
+        })?;
+        if keys.iter().any(|held| held.name.eq_ignore_ascii_case(&key.name)) {
+            return Err(at(
+                section.key.span(),
+                format!(
+                    "TSIG key '{}' is defined twice; keep one [[dns.tsig_keys]] entry per name",
+                    key.name
+                ),
+            ));
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// A key's text from `{ file = "..." }` or `{ env = "..." }`; an inline secret is refused
+/// without being repeated.
+fn key_text(source: &Spanned<toml::Value>, folder: &Path, at: &At<'_>) -> Result<String, ConfigError> {
+    let shape = "write key = { file = \"NAME.key\" } (a tsig-keygen file or the bare base64 secret) or key = { env = \"VARIABLE\" }";
+    let table = match source.get_ref() {
+        toml::Value::Table(table) => table,
+        toml::Value::String(_) => {
+            return Err(at(
+                source.span(),
+                format!(
+                    "[[dns.tsig_keys]] key holds the secret inline, where anyone reading the config sees it; {shape}"
+                ),
+            ));
+        }
+        _ => {
+            return Err(at(
+                source.span(),
+                format!("[[dns.tsig_keys]] key is not a table; {shape}"),
+            ));
+        }
+    };
+    match (table.get("file"), table.get("env"), table.len()) {
+        (Some(toml::Value::String(file)), None, 1) => {
+            let path = folder.join(file);
+            let shown = path.display();
+            let metadata = std::fs::metadata(&path).map_err(|e| {
+                at(source.span(), format!("[[dns.tsig_keys]] key file {shown}: {e}; check the path (relative to the config file's folder)"))
+            })?;
+            if metadata.len() > TSIG_KEY_FILE_BYTES_MAX {
+                return Err(at(
+                    source.span(),
+                    format!("[[dns.tsig_keys]] key file {shown} has {} bytes; a key file has at most {TSIG_KEY_FILE_BYTES_MAX}", metadata.len()),
+                ));
+            }
+            std::fs::read_to_string(&path).map_err(|e| {
+                at(source.span(), format!("[[dns.tsig_keys]] key file {shown}: {e}; check the file's permissions"))
+            })
+        }
+        (None, Some(toml::Value::String(variable)), 1) => std::env::var(variable).map_err(|_| {
+            at(
+                source.span(),
+                format!("[[dns.tsig_keys]] key: environment variable {variable} is not set (or not UTF-8); set it, or use key = {{ file = \"...\" }}"),
+            )
+        }),
+        _ => Err(at(source.span(), format!("[[dns.tsig_keys]] key has other fields than one file or env; {shape}"))),
+    }
 }
 
 /// The secondaries of a `notify` list: `IP:PORT` or `IP` (port [`NOTIFY_PORT_DEFAULT`]), each

@@ -4,7 +4,12 @@
 //! [`NotifyQueue`] is sans-IO: given the serial each (zone, secondary) should know of, it says
 //! which NOTIFY messages to send and when, and matches the responses. [`notifier`] is the task
 //! around it: it wakes when the zones or the health view change, sends over UDP from an
-//! ephemeral socket of its own (never the query path's sockets) and reads the responses.
+//! ephemeral socket of its own (never the query path's sockets) and reads the responses; after
+//! [`NOTIFY_UDP_TRANSMISSIONS_MAX`] unanswered datagrams, or at once after a truncated answer,
+//! it sends over TCP (RFC 1996 allows either; BIND does the same), at most
+//! [`NOTIFY_TCP_IN_FLIGHT_MAX`] connections at a time, each bounded by [`NOTIFY_TCP_TIMEOUT_MS`].
+//! A zone with a `notify_key` signs each NOTIFY with TSIG (RFC 8945) and takes only an answer
+//! signed over the MAC of one of its transmissions.
 //!
 //! Invariants: one pending NOTIFY per (zone, secondary) — a burst of changes is coalesced into
 //! one message carrying the newest serial; a NOTIFY is sent at most
@@ -22,7 +27,8 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use crate::server::State;
+use crate::answer::Transport;
+use crate::server::{State, unix_now_s};
 use crate::view::HealthView;
 use crate::zone::{Zone, Zones, name_key};
 use common::rng::Rng;
@@ -39,6 +45,14 @@ pub const NOTIFY_RETRY_MAX_MS: u64 = 16_000;
 pub const NOTIFY_TRANSMISSIONS_MAX: u32 = 5;
 /// Bytes of a NOTIFY response read at most (a response echoes our small NOTIFY).
 pub const NOTIFY_RESPONSE_BYTES_MAX: usize = 4_096;
+/// Transmissions over UDP before the rest go over TCP (a secondary or a path that drops UDP,
+/// or answers that do not fit a datagram).
+pub const NOTIFY_UDP_TRANSMISSIONS_MAX: u32 = 3;
+/// The bound on one NOTIFY over TCP: connect, send, read the answer.
+pub const NOTIFY_TCP_TIMEOUT_MS: u64 = 5_000;
+/// NOTIFY exchanges over TCP open at once; a transmission due while all are busy waits for its
+/// next turn, as a lost datagram does.
+pub const NOTIFY_TCP_IN_FLIGHT_MAX: usize = 16;
 
 /// The wait after the `transmissions`-th transmission (1-based) before the next one.
 pub fn retry_interval_ms(transmissions: u32) -> u64 {
@@ -61,6 +75,11 @@ struct Pending {
     transmissions: u32,
     /// When the next transmission is due (or, after the last one, when it is given up).
     due_ms: u64,
+    /// A truncated answer came: the next transmissions go over TCP.
+    tcp: bool,
+    /// The TSIG MACs of the transmissions of this ID (a signed NOTIFY), one per transmission:
+    /// an answer must be signed over one of them.
+    macs: Vec<Vec<u8>>,
 }
 
 /// A NOTIFY to send now.
@@ -70,6 +89,7 @@ pub struct Outgoing {
     pub target: SocketAddr,
     pub serial: u32,
     pub id: u16,
+    pub transport: Transport,
 }
 
 /// What became of a NOTIFY.
@@ -113,6 +133,7 @@ impl NotifyQueue {
                     pending.serial = *serial;
                     pending.transmissions = 0;
                     pending.due_ms = due_ms;
+                    pending.tcp = false;
                 }
                 None => {
                     self.pending.insert(
@@ -123,6 +144,8 @@ impl NotifyQueue {
                             id: 0,
                             transmissions: 0,
                             due_ms,
+                            tcp: false,
+                            macs: Vec::new(),
                         },
                     );
                 }
@@ -147,14 +170,21 @@ impl NotifyQueue {
             }
             if pending.transmissions == 0 {
                 pending.id = next_id();
+                pending.macs.clear();
             }
             pending.transmissions += 1;
             pending.due_ms = now_ms.saturating_add(retry_interval_ms(pending.transmissions));
+            let transport = if pending.tcp || pending.transmissions > NOTIFY_UDP_TRANSMISSIONS_MAX {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            };
             send.push(Outgoing {
                 zone: pending.zone.clone(),
                 target: *target,
                 serial: pending.serial,
                 id: pending.id,
+                transport,
             });
             true
         });
@@ -167,9 +197,9 @@ impl NotifyQueue {
         self.pending.values().map(|pending| pending.due_ms).min()
     }
 
-    /// Matches a message received from `from` with a NOTIFY sent: same ID, a response with
-    /// opcode NOTIFY, and the question of the NOTIFY (RFC 1996 §4.7). A match ends that NOTIFY.
-    pub fn response(&mut self, from: SocketAddr, message: &Message) -> Option<(Name, Outcome)> {
+    /// The NOTIFY sent that a message received from `from` answers: same ID, a response with
+    /// opcode NOTIFY, and the question of the NOTIFY (RFC 1996 §4.7).
+    fn matching(&self, from: SocketAddr, message: &Message) -> Option<Key> {
         if message.message_type() != MessageType::Response || message.op_code() != OpCode::Notify {
             return None;
         }
@@ -180,19 +210,60 @@ impl NotifyQueue {
             return None;
         }
         let from = canonical(from);
-        let key = self.pending.iter().find_map(|(key, pending)| {
+        self.pending.iter().find_map(|(key, pending)| {
             (canonical(key.1) == from
                 && pending.transmissions > 0
                 && pending.id == message.id()
                 && pending.zone == *question.name())
             .then(|| key.clone())
-        })?;
+        })
+    }
+
+    /// Matches a message received from `from` with a NOTIFY sent (see `matching`). A match
+    /// ends that NOTIFY. A truncated answer ends nothing: see [`NotifyQueue::truncated`].
+    pub fn response(&mut self, from: SocketAddr, message: &Message) -> Option<(Name, Outcome)> {
+        let key = self.matching(from, message)?;
         let pending = self.pending.remove(&key)?;
         let outcome = match message.response_code() {
             ResponseCode::NoError => Outcome::Acknowledged,
             rcode => Outcome::Rejected(rcode),
         };
         Some((pending.zone, outcome))
+    }
+
+    /// A truncated answer (TC) to a NOTIFY sent: the next transmission goes over TCP, now.
+    /// Says whether it matched one.
+    pub fn truncated(&mut self, from: SocketAddr, message: &Message, now_ms: u64) -> bool {
+        let Some(key) = self.matching(from, message) else {
+            return false;
+        };
+        let Some(pending) = self.pending.get_mut(&key) else {
+            return false;
+        };
+        if pending.transmissions < NOTIFY_TRANSMISSIONS_MAX {
+            pending.tcp = true;
+            pending.due_ms = now_ms;
+        }
+        true
+    }
+
+    /// Records the TSIG MAC of a transmission just signed.
+    pub fn signed(&mut self, outgoing: &Outgoing, mac: Vec<u8>) {
+        let key = (name_key(&outgoing.zone), outgoing.target);
+        if let Some(pending) = self.pending.get_mut(&key)
+            && pending.id == outgoing.id
+            && pending.macs.len() < NOTIFY_TRANSMISSIONS_MAX as usize
+        {
+            pending.macs.push(mac);
+        }
+    }
+
+    /// The TSIG MACs of the transmissions a message from `from` answers (empty: none matched,
+    /// or the NOTIFY was not signed).
+    pub fn request_macs(&self, from: SocketAddr, message: &Message) -> &[Vec<u8>] {
+        self.matching(from, message)
+            .and_then(|key| self.pending.get(&key))
+            .map_or(&[], |pending| pending.macs.as_slice())
     }
 
     pub fn pending(&self) -> usize {
@@ -285,9 +356,35 @@ async fn receive(socket: Option<&UdpSocket>, buffer: &mut [u8]) -> std::io::Resu
     }
 }
 
+/// One NOTIFY over TCP (RFC 7766 framing): connect, send, read one answer of at most
+/// [`NOTIFY_RESPONSE_BYTES_MAX`] bytes; the whole bounded by [`NOTIFY_TCP_TIMEOUT_MS`].
+async fn exchange_tcp(target: SocketAddr, wire: &[u8]) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(target).await?;
+        let length = u16::try_from(wire.len()).map_err(|_| std::io::Error::other("NOTIFY longer than 64 KiB"))?;
+        let mut framed = Vec::with_capacity(wire.len() + 2);
+        framed.extend_from_slice(&length.to_be_bytes());
+        framed.extend_from_slice(wire);
+        stream.write_all(&framed).await?;
+        let length = usize::from(stream.read_u16().await?);
+        if length > NOTIFY_RESPONSE_BYTES_MAX {
+            return Err(std::io::Error::other(format!(
+                "a NOTIFY answer of {length} bytes; at most {NOTIFY_RESPONSE_BYTES_MAX} are read"
+            )));
+        }
+        let mut answer = vec![0u8; length];
+        stream.read_exact(&mut answer).await?;
+        Ok(answer)
+    };
+    tokio::time::timeout(Duration::from_millis(NOTIFY_TCP_TIMEOUT_MS), exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "NOTIFY over TCP timed out"))?
+}
+
 /// Sends the NOTIFY messages the zones owe their secondaries, from the first plan (at start)
 /// until `stop`: woken by every change of zones or view (`State::changed`), by a due
-/// retransmission and by responses.
+/// retransmission and by responses (datagrams, or the answers of TCP exchanges).
 pub async fn notifier(state: Arc<State>, mut rng: Rng, mut stop: watch::Receiver<bool>) {
     let origin = tokio::time::Instant::now();
     let now_ms = || u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -295,6 +392,9 @@ pub async fn notifier(state: Arc<State>, mut rng: Rng, mut stop: watch::Receiver
     let mut senders = Senders::default();
     let mut v4_buffer = vec![0u8; NOTIFY_RESPONSE_BYTES_MAX];
     let mut v6_buffer = vec![0u8; NOTIFY_RESPONSE_BYTES_MAX];
+    let tcp_slots = Arc::new(tokio::sync::Semaphore::new(NOTIFY_TCP_IN_FLIGHT_MAX));
+    let (tcp_answers_tx, mut tcp_answers) =
+        tokio::sync::mpsc::channel::<(SocketAddr, Vec<u8>)>(NOTIFY_TCP_IN_FLIGHT_MAX);
     let mut replan = true;
     loop {
         let snapshot = state.snapshot();
@@ -305,27 +405,61 @@ pub async fn notifier(state: Arc<State>, mut rng: Rng, mut stop: watch::Receiver
         let (send, failed) = queue.due(now_ms(), || rng.next_u64() as u16);
         for (zone, target) in failed {
             state.metrics.count_notify("failed");
-            tracing::warn!(%zone, %target, attempts = NOTIFY_TRANSMISSIONS_MAX, "secondary did not answer the NOTIFY; it will see the change at its next SOA refresh");
+            tracing::warn!(%zone, %target, attempts = NOTIFY_TRANSMISSIONS_MAX, "secondary did not answer the NOTIFY (over UDP, then TCP); it will see the change at its next SOA refresh");
         }
         for outgoing in send {
             let Some(zone) = snapshot.zones.iter().find(|zone| zone.origin == outgoing.zone) else {
                 continue;
             };
-            let wire = match message(zone, &snapshot.view, outgoing.id).to_vec() {
+            let mut wire = match message(zone, &snapshot.view, outgoing.id).to_vec() {
                 Ok(wire) => wire,
                 Err(e) => {
                     tracing::error!(error = %e, zone = %outgoing.zone, "could not encode a NOTIFY");
                     continue;
                 }
             };
-            let sent = match senders.socket(outgoing.target).await {
-                Ok(socket) => socket.send_to(&wire, outgoing.target).await.map(|_| ()),
-                Err(e) => Err(e),
+            if let Some(key) = &zone.notify_key {
+                match common::tsig::sign(&wire, key, unix_now_s()) {
+                    Ok(signed) => {
+                        queue.signed(&outgoing, signed.mac);
+                        wire = signed.wire;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, zone = %outgoing.zone, "could not sign a NOTIFY");
+                        continue;
+                    }
+                }
+            }
+            let sent = match outgoing.transport {
+                Transport::Udp => match senders.socket(outgoing.target).await {
+                    Ok(socket) => socket.send_to(&wire, outgoing.target).await.map(|_| ()),
+                    Err(e) => Err(e),
+                },
+                Transport::Tcp => match Arc::clone(&tcp_slots).try_acquire_owned() {
+                    Ok(slot) => {
+                        let answers = tcp_answers_tx.clone();
+                        let target = outgoing.target;
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            match exchange_tcp(target, &wire).await {
+                                Ok(answer) => {
+                                    let _ = answers.send((target, answer)).await;
+                                }
+                                // Retried at its next time like a lost datagram.
+                                Err(e) => tracing::debug!(error = %e, %target, "NOTIFY over TCP failed"),
+                            }
+                        });
+                        Ok(())
+                    }
+                    Err(_) => Err(std::io::Error::other(format!(
+                        "{NOTIFY_TCP_IN_FLIGHT_MAX} NOTIFY exchanges over TCP already open"
+                    ))),
+                },
             };
             match sent {
                 Ok(()) => {
                     state.metrics.count_notify("sent");
-                    tracing::debug!(zone = %outgoing.zone, target = %outgoing.target, serial = outgoing.serial, "sent NOTIFY");
+                    tracing::debug!(zone = %outgoing.zone, target = %outgoing.target, serial = outgoing.serial, transport = ?outgoing.transport, "sent NOTIFY");
                 }
                 // Retried at its next time like a lost one.
                 Err(e) => tracing::debug!(error = %e, target = %outgoing.target, "NOTIFY send failed"),
@@ -346,28 +480,70 @@ pub async fn notifier(state: Arc<State>, mut rng: Rng, mut stop: watch::Receiver
                 None
             }
             _ = sleep => None,
-            received = receive(senders.v4.as_ref(), &mut v4_buffer) => received.ok().map(|(n, from)| (true, n, from)),
-            received = receive(senders.v6.as_ref(), &mut v6_buffer) => received.ok().map(|(n, from)| (false, n, from)),
+            received = receive(senders.v4.as_ref(), &mut v4_buffer) => received.ok().and_then(|(n, from)| Some((from, v4_buffer.get(..n)?.to_vec()))),
+            received = receive(senders.v6.as_ref(), &mut v6_buffer) => received.ok().and_then(|(n, from)| Some((from, v6_buffer.get(..n)?.to_vec()))),
+            Some(answer) = tcp_answers.recv() => Some(answer),
             _ = stop.wait_for(|stop| *stop) => return,
         };
-        let Some((v4, length, from)) = received else {
+        let Some((from, bytes)) = received else {
             continue;
         };
-        let buffer = if v4 { &v4_buffer } else { &v6_buffer };
-        let Some(Ok(response)) = buffer.get(..length).map(Message::from_vec) else {
-            continue;
-        };
-        match queue.response(from, &response) {
-            Some((zone, Outcome::Acknowledged)) => {
-                state.metrics.count_notify("acknowledged");
-                tracing::info!(%zone, target = %from, "secondary acknowledged the NOTIFY");
-            }
-            Some((zone, Outcome::Rejected(rcode))) => {
-                state.metrics.count_notify("rejected");
-                tracing::warn!(%zone, target = %from, %rcode, "secondary answered the NOTIFY with an error (does it list this server as its primary?)");
-            }
-            Some((_, Outcome::Failed)) | None => {}
+        answered(&state, &snapshot.zones, &mut queue, from, &bytes, now_ms());
+    }
+}
+
+/// Takes an answer to a NOTIFY: a truncated one moves the NOTIFY to TCP; for a zone with a
+/// `notify_key`, one not signed over a transmission's MAC is ignored (the NOTIFY is retried)
+/// unless it reports a TSIG error about our signature; a matching one ends the NOTIFY.
+fn answered(state: &State, zones: &Zones, queue: &mut NotifyQueue, from: SocketAddr, bytes: &[u8], now_ms: u64) {
+    let Ok(response) = Message::from_vec(bytes) else {
+        return;
+    };
+    if response.truncated() {
+        if queue.truncated(from, &response, now_ms) {
+            tracing::debug!(target = %from, "truncated NOTIFY answer; retrying over TCP");
         }
+        return;
+    }
+    let key = response
+        .queries()
+        .first()
+        .and_then(|question| zones.iter().find(|zone| zone.origin == *question.name()))
+        .and_then(|zone| zone.notify_key.as_ref());
+    if let Some(key) = key {
+        let macs = queue.request_macs(from, &response);
+        if macs.is_empty() {
+            return;
+        }
+        let now_s = unix_now_s();
+        let mut verdict = Err(common::tsig::VerifyError::BadMac);
+        for mac in macs {
+            verdict = common::tsig::verify(bytes, mac, key, now_s).map(|_| ());
+            if verdict.is_ok() {
+                break;
+            }
+        }
+        match verdict {
+            Ok(()) => {}
+            Err(error @ common::tsig::VerifyError::Server { .. }) => {
+                tracing::warn!(target = %from, error = %error.describe(key), "secondary refused the NOTIFY's TSIG");
+            }
+            Err(error) => {
+                tracing::warn!(target = %from, error = %error.describe(key), "ignored a NOTIFY answer that does not verify; the NOTIFY is retried");
+                return;
+            }
+        }
+    }
+    match queue.response(from, &response) {
+        Some((zone, Outcome::Acknowledged)) => {
+            state.metrics.count_notify("acknowledged");
+            tracing::info!(%zone, target = %from, "secondary acknowledged the NOTIFY");
+        }
+        Some((zone, Outcome::Rejected(rcode))) => {
+            state.metrics.count_notify("rejected");
+            tracing::warn!(%zone, target = %from, %rcode, "secondary answered the NOTIFY with an error (does it list this server as its primary, with the same key?)");
+        }
+        Some((_, Outcome::Failed)) | None => {}
     }
 }
 
@@ -511,6 +687,82 @@ mod tests {
         assert_eq!(
             queue.response(secondary, &reply(&second, ResponseCode::Refused)),
             Some((zone, Outcome::Rejected(ResponseCode::Refused)))
+        );
+    }
+
+    #[test]
+    fn after_the_udp_transmissions_a_notify_goes_over_tcp() {
+        let mut queue = NotifyQueue::default();
+        let zone = name("shop.example.");
+        queue.plan(&[(zone, target("192.0.2.10:53"), 7)], 0);
+        let mut ids = ids();
+        let mut transports = Vec::new();
+        while let Some(due) = queue.next_due_ms() {
+            transports.extend(queue.due(due, &mut ids).0.into_iter().map(|sent| sent.transport));
+        }
+        let udp = NOTIFY_UDP_TRANSMISSIONS_MAX as usize;
+        assert_eq!(transports.len(), NOTIFY_TRANSMISSIONS_MAX as usize);
+        assert!(transports[..udp].iter().all(|t| *t == Transport::Udp), "{transports:?}");
+        assert!(transports[udp..].iter().all(|t| *t == Transport::Tcp), "{transports:?}");
+    }
+
+    #[test]
+    fn a_truncated_answer_sends_the_notify_over_tcp_at_once_with_the_same_id() {
+        let mut queue = NotifyQueue::default();
+        let zone = name("shop.example.");
+        let secondary = target("192.0.2.10:53");
+        queue.plan(&[(zone.clone(), secondary, 7)], 0);
+        let mut ids = ids();
+        let first = queue.due(NOTIFY_COALESCE_MS, &mut ids).0.remove(0);
+        assert_eq!(first.transport, Transport::Udp);
+        let mut truncated = reply(&first, ResponseCode::NoError);
+        truncated.set_truncated(true);
+        assert!(
+            !queue.truncated(target("192.0.2.11:53"), &truncated, 300),
+            "another address"
+        );
+        assert!(queue.truncated(secondary, &truncated, 300));
+        assert_eq!(queue.next_due_ms(), Some(300), "due at once");
+        let again = queue.due(300, &mut ids).0.remove(0);
+        assert_eq!((again.id, again.transport), (first.id, Transport::Tcp));
+        assert_eq!(
+            queue.response(secondary, &reply(&again, ResponseCode::NoError)),
+            Some((zone, Outcome::Acknowledged))
+        );
+    }
+
+    #[test]
+    fn the_macs_of_a_signed_notify_are_kept_per_id_and_bounded() {
+        let mut queue = NotifyQueue::default();
+        let zone = name("shop.example.");
+        let secondary = target("192.0.2.10:53");
+        queue.plan(&[(zone.clone(), secondary, 1)], 0);
+        let mut ids = ids();
+        let first = queue.due(NOTIFY_COALESCE_MS, &mut ids).0.remove(0);
+        queue.signed(&first, vec![1; 32]);
+        let retry = queue
+            .due(NOTIFY_COALESCE_MS + NOTIFY_RETRY_INITIAL_MS, &mut ids)
+            .0
+            .remove(0);
+        queue.signed(&retry, vec![2; 32]);
+        for _ in 0..10 {
+            queue.signed(&retry, vec![3; 32]);
+        }
+        let macs = queue.request_macs(secondary, &reply(&first, ResponseCode::NoError));
+        assert_eq!(macs.len(), NOTIFY_TRANSMISSIONS_MAX as usize);
+        assert_eq!((&macs[0], &macs[1]), (&vec![1; 32], &vec![2; 32]));
+        // A newer serial: a new ID, whose MACs start empty.
+        queue.plan(&[(zone, secondary, 2)], 5_000);
+        let newer = queue.due(5_000 + NOTIFY_COALESCE_MS, &mut ids).0.remove(0);
+        assert!(
+            queue
+                .request_macs(secondary, &reply(&newer, ResponseCode::NoError))
+                .is_empty()
+        );
+        assert!(
+            queue
+                .request_macs(secondary, &reply(&first, ResponseCode::NoError))
+                .is_empty()
         );
     }
 

@@ -202,7 +202,15 @@ impl State {
         peer: SocketAddr,
         entropy: u64,
     ) -> Option<Response> {
-        let response = handle_packet(&snapshot.zones, &snapshot.view, packet, transport, peer.ip(), entropy);
+        let response = handle_packet(
+            &snapshot.zones,
+            &snapshot.view,
+            packet,
+            transport,
+            peer.ip(),
+            entropy,
+            unix_now_s(),
+        );
         if response.is_none() {
             self.metrics.count_drop("malformed");
             let dropped = match transport {
@@ -714,6 +722,7 @@ fn serve_datagram(
                     Transport::Udp,
                     peer.ip(),
                     rng.next_u64(),
+                    unix_now_s(),
                 );
                 let slipped = response.as_ref().and_then(|r| r.messages.first()).and_then(truncated);
                 if let Some(wire) = slipped
@@ -1199,6 +1208,13 @@ pub fn reload(path: &Path, state: &State) -> bool {
             false
         }
     }
+}
+
+/// The wall clock in Unix seconds, which TSIG signatures carry and are checked against.
+pub fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::config::Prefix;
 use crate::policy::Policy;
+use common::tsig::Key;
 
 /// The record sets of a zone file, ready to answer from. Replaced whole on reload.
 #[derive(Debug, Default)]
@@ -22,6 +23,8 @@ pub struct Zones {
     zones: Vec<Zone>,
     /// Clients allowed to transfer zones (AXFR/IXFR); reloads with the zones.
     transfer_allow: Vec<Prefix>,
+    /// The TSIG keys held (`[[dns.tsig_keys]]`); reloads with the zones.
+    keys: Vec<Key>,
 }
 
 #[derive(Debug)]
@@ -33,6 +36,10 @@ pub struct Zone {
     pub negative_ttl: u32,
     /// Secondaries sent a NOTIFY (RFC 1996) when the zone's serial changes.
     pub notify: Vec<SocketAddr>,
+    /// The key (its lower-case name) a transfer of this zone must be signed with.
+    pub transfer_key: Option<String>,
+    /// The key NOTIFY messages of this zone are signed with.
+    pub notify_key: Option<Key>,
     nodes: HashMap<Vec<u8>, Node>,
     has_wildcards: bool,
 }
@@ -83,11 +90,33 @@ pub fn name_key(name: &Name) -> Vec<u8> {
 impl Zones {
     pub fn new(mut zones: Vec<Zone>, transfer_allow: Vec<Prefix>) -> Zones {
         zones.sort_by_key(|zone| std::cmp::Reverse(zone.origin.num_labels()));
-        Zones { zones, transfer_allow }
+        Zones {
+            zones,
+            transfer_allow,
+            keys: Vec::new(),
+        }
     }
 
-    pub fn transfer_allowed(&self, client: IpAddr) -> bool {
-        self.transfer_allow.iter().any(|prefix| prefix.contains(client))
+    pub fn with_keys(mut self, keys: Vec<Key>) -> Zones {
+        self.keys = keys;
+        self
+    }
+
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
+    /// Whether `client`, whose request was signed with the key `signed_with` (lower-case
+    /// name, verified), may transfer `zone`: a zone with a `transfer_key` needs a request
+    /// signed with it — and, when `axfr_allow` lists addresses, one of them too; BIND's
+    /// `allow-transfer { key NAME; }` when it lists none —, any other zone a client in
+    /// `axfr_allow`.
+    pub fn transfer_allowed(&self, zone: &Zone, client: IpAddr, signed_with: Option<&str>) -> bool {
+        let listed = self.transfer_allow.iter().any(|prefix| prefix.contains(client));
+        match &zone.transfer_key {
+            Some(key) => signed_with == Some(key.as_str()) && (listed || self.transfer_allow.is_empty()),
+            None => listed,
+        }
     }
 
     /// The closest zone containing `name`.
@@ -119,6 +148,8 @@ impl Zone {
             soa: soa.clone(),
             negative_ttl,
             notify: Vec::new(),
+            transfer_key: None,
+            notify_key: None,
             nodes: HashMap::new(),
             has_wildcards: false,
         };

@@ -715,7 +715,7 @@ fn the_fuzz_seeds_are_answered() {
     let mut codes = Vec::new();
     for seed in &seeds {
         let bytes = std::fs::read(seed).expect("seed");
-        let response = dns::handle_packet(&zones, &view, &bytes, dns::Transport::Udp, client, 7)
+        let response = dns::handle_packet(&zones, &view, &bytes, dns::Transport::Udp, client, 7, 1_700_000_000)
             .unwrap_or_else(|| panic!("{} gets an answer", seed.display()));
         for wire in &response.wire {
             assert!(wire.len() <= usize::from(dns::answer::UDP_PAYLOAD_BYTES_MAX));
@@ -935,5 +935,111 @@ async fn secondaries_are_notified_at_start_and_on_every_serial_change_until_they
     // Queries are answered all along.
     let app = udp(server.dns, &query("app.shop.example.", RecordType::A, None)).await;
     assert_eq!(addresses(&app), ["198.51.100.10"]);
+    server.stop().await;
+}
+
+/// A zone with a `notify_key` signs each NOTIFY (RFC 8945); a truncated answer over UDP sends it
+/// again at once over TCP, with the same ID; the secondary's signed answer over TCP ends it.
+#[tokio::test]
+async fn signed_notify_falls_back_to_tcp_after_a_truncated_answer_and_takes_a_signed_answer() {
+    use common::tsig::{Key, RequestCheck, ResponseSigner, verify_request};
+    const SECRET: &str = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A=";
+    let key = Key::new("notify-key", SECRET).expect("key");
+    let keys = [key.clone()];
+    let folder = tempfile::tempdir().expect("temp dir");
+    let key_file = folder.path().join("notify.key");
+    std::fs::write(
+        &key_file,
+        format!("key \"notify-key\" {{ algorithm hmac-sha256; secret \"{SECRET}\"; }};\n"),
+    )
+    .expect("write key");
+    let (secondary, secondary_tcp) = udp_and_tcp_on_one_port().await;
+    let at = secondary.local_addr().expect("addr");
+    let settings = format!(
+        "[dns]\nnotify = [\"{at}\"]\nnotify_key = \"notify-key\"\n[[dns.tsig_keys]]\nkey = {{ file = \"{}\" }}\n",
+        key_file.display()
+    );
+    let text = CONFIG.replacen("[dns]\n", &settings, 1);
+    assert_ne!(text, CONFIG, "the test config has a [dns] line");
+    let server = Server::start_config(None, Limits::default(), 1, &text).await;
+    // Over UDP first, signed with the key.
+    let mut buffer = vec![0u8; 4_096];
+    let (length, from) = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), secondary.recv_from(&mut buffer))
+        .await
+        .expect("a NOTIFY in time")
+        .expect("recv");
+    let now = dns::server::unix_now_s();
+    let RequestCheck::Verified(verified) = verify_request(&buffer[..length], &keys, now) else {
+        panic!("the NOTIFY over UDP is signed with notify-key");
+    };
+    let notify = Message::from_vec(&buffer[..length]).expect("parses");
+    assert_eq!(notify.op_code(), hickory_proto::op::OpCode::Notify);
+    assert_eq!(verified.key.name, "notify-key");
+    // A truncated answer: the NOTIFY comes again at once, over TCP.
+    let mut truncated = Message::from_vec(&acknowledge(&notify)).expect("parse");
+    truncated.set_truncated(true);
+    let started = Instant::now();
+    secondary
+        .send_to(&truncated.to_vec().expect("encode"), from)
+        .await
+        .expect("send");
+    let (mut stream, _) = tokio::time::timeout(Duration::from_millis(DEADLINE_MS), secondary_tcp.accept())
+        .await
+        .expect("a NOTIFY over TCP in time")
+        .expect("accept");
+    assert!(
+        started.elapsed() < Duration::from_millis(dns::notify::NOTIFY_RETRY_INITIAL_MS),
+        "at once, not at the next retry"
+    );
+    let length = usize::from(stream.read_u16().await.expect("length"));
+    let mut wire = vec![0u8; length];
+    stream.read_exact(&mut wire).await.expect("message");
+    let RequestCheck::Verified(verified) = verify_request(&wire, &keys, now) else {
+        panic!("the NOTIFY over TCP is signed with notify-key");
+    };
+    let over_tcp = Message::from_vec(&wire).expect("parses");
+    assert_eq!(over_tcp.id(), notify.id(), "the same NOTIFY");
+    // An answer signed over the request's MAC ends it.
+    let answer = ResponseSigner::new(verified.key, &verified.mac, now)
+        .sign(&acknowledge(&over_tcp))
+        .expect("signs");
+    let mut framed = (answer.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&answer);
+    stream.write_all(&framed).await.expect("write");
+    let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
+    while !metric_line(&server, "switchyard_dns_notifies_total{outcome=\"acknowledged\"} 1").await {
+        assert!(Instant::now() < deadline, "the signed acknowledgement counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metric_line(&server, "switchyard_dns_notifies_total{outcome=\"sent\"} 2").await);
+    server.stop().await;
+}
+
+/// An answer to a signed NOTIFY that is unsigned, or signed with another secret, does not end
+/// it: the NOTIFY is sent again.
+#[tokio::test]
+async fn an_unverified_answer_to_a_signed_notify_is_ignored() {
+    const SECRET: &str = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A=";
+    let folder = tempfile::tempdir().expect("temp dir");
+    let key_file = folder.path().join("notify.key");
+    std::fs::write(&key_file, format!("{SECRET}\n")).expect("write key");
+    let secondary = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let at = secondary.local_addr().expect("addr");
+    let settings = format!(
+        "[dns]\nnotify = [\"{at}\"]\nnotify_key = \"k\"\n[[dns.tsig_keys]]\nkey_name = \"k\"\nkey = {{ file = \"{}\" }}\n",
+        key_file.display()
+    );
+    let server = Server::start_config(None, Limits::default(), 1, &CONFIG.replacen("[dns]\n", &settings, 1)).await;
+    let (first, from) = next_notify(&secondary).await;
+    // Unsigned, then signed with another secret under the same name.
+    secondary.send_to(&acknowledge(&first), from).await.expect("send");
+    let forger = common::tsig::Key::new("k", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("key");
+    let forged = common::tsig::ResponseSigner::new(&forger, &[0; 32], dns::server::unix_now_s())
+        .sign(&acknowledge(&first))
+        .expect("signs");
+    secondary.send_to(&forged, from).await.expect("send");
+    let (again, _) = next_notify(&secondary).await;
+    assert_eq!(again.id(), first.id(), "retransmitted: neither answer was taken");
+    assert!(!metric_line(&server, "switchyard_dns_notifies_total{outcome=\"acknowledged\"} 1").await);
     server.stop().await;
 }

@@ -1,0 +1,1317 @@
+//! TSIG (RFC 8945) with HMAC-SHA256, at the wire level, for both ends: a client signs a
+//! request and verifies the response (the RFC 2136 step, NOTIFY), a server verifies a request
+//! (BADKEY, BADSIG, BADTIME, BADTRUNC) and signs its answer, one message or many (a zone
+//! transfer, each message's MAC covering the previous one); and reading BIND's `tsig-keygen`
+//! key files. Pure: the time is an argument; nothing here panics on network bytes.
+//!
+//! hickory-proto has TSIG only behind its DNSSEC features (which pull in a crypto provider of
+//! their own); the workspace's hmac + sha2 do it in a page.
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The only algorithm offered: what `tsig-keygen` generates by default.
+pub const ALGORITHM: &str = "hmac-sha256";
+/// Seconds of clock difference the server and this controller accept (RFC 8945 §10
+/// recommends 300).
+pub const FUDGE_S: u16 = 300;
+/// A HMAC-SHA256 MAC's length; shorter (truncated) MACs are not accepted.
+pub const MAC_BYTES: usize = 32;
+/// Shortest secret accepted: half the hash output (RFC 8945 §6.1 recommends at least that).
+pub const SECRET_BYTES_MIN: usize = 16;
+/// Largest DNS message (the TCP length prefix's bound): a signature never makes one longer.
+pub const MESSAGE_BYTES_MAX: usize = 65_535;
+/// The TSIG record type.
+const TYPE_TSIG: u16 = 250;
+/// Class ANY, which TSIG records carry.
+const CLASS_ANY: u16 = 255;
+/// Pointer hops followed while reading one compressed name.
+const NAME_POINTERS_MAX: usize = 32;
+/// Longest domain name in wire form.
+const NAME_BYTES_MAX: usize = 255;
+
+/// TSIG error codes (RFC 8945 §3, IANA DNS RCODEs).
+pub const BADSIG: u16 = 16;
+pub const BADKEY: u16 = 17;
+pub const BADTIME: u16 = 18;
+pub const BADTRUNC: u16 = 22;
+
+/// A TSIG key: its name (lower-case wire form, as the MAC covers it) and secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key {
+    /// The key's name as written (for messages), without the trailing dot.
+    pub name: String,
+    wire_name: Vec<u8>,
+    secret: Vec<u8>,
+}
+
+/// Why a key file (or a bare secret) was refused; the step's check points at `key_name` for
+/// [`KeyError::NoKeyNamed`], at the key file otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("the file holds only a secret, so the key's name is needed: set key_name")]
+    NameNeeded,
+    #[error("the file has no key named '{0}'")]
+    NoKeyNamed(String),
+    #[error("the file has {0} keys: set key_name to pick one")]
+    SeveralKeys(usize),
+    #[error(
+        "key '{name}' uses algorithm {algorithm}; only {ALGORITHM} is supported (make one with tsig-keygen -a {ALGORITHM} {name})"
+    )]
+    Algorithm { name: String, algorithm: String },
+    /// The file's text, the key's name or its secret is malformed: what is wrong.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({}, ..)", self.name)
+    }
+}
+
+impl Key {
+    /// A key from its name and base64 secret.
+    pub fn new(name: &str, secret_base64: &str) -> Result<Key, KeyError> {
+        let wire_name = wire_name(name).map_err(KeyError::Malformed)?;
+        let secret = base64::engine::general_purpose::STANDARD
+            .decode(secret_base64.trim())
+            .map_err(|e| KeyError::Malformed(format!("the secret is not base64 ({e})")))?;
+        if secret.len() < SECRET_BYTES_MIN {
+            return Err(KeyError::Malformed(format!(
+                "the secret has {} bytes; at least {SECRET_BYTES_MIN} are needed",
+                secret.len()
+            )));
+        }
+        Ok(Key {
+            name: name.trim_end_matches('.').to_string(),
+            wire_name,
+            secret,
+        })
+    }
+
+    /// Reads a key file: BIND's `tsig-keygen` output (`key "NAME" { algorithm hmac-sha256;
+    /// secret "..."; };`), or just the base64 secret (then `name` is needed). `name`, when
+    /// given, picks the key of that name and must match the file's.
+    pub fn parse(text: &str, name: Option<&str>) -> Result<Key, KeyError> {
+        if !text.contains('{') {
+            let secret: String = text.split_whitespace().collect();
+            return match name {
+                Some(name) => Key::new(name, &secret),
+                None => Err(KeyError::NameNeeded),
+            };
+        }
+        let tokens = tokenize(text).map_err(KeyError::Malformed)?;
+        let mut keys = Vec::new();
+        let mut rest = tokens.as_slice();
+        while let Some(position) = rest.iter().position(|t| t == "key") {
+            let (key, after) = key_clause(&rest[position + 1..]).map_err(KeyError::Malformed)?;
+            keys.push(key);
+            rest = after;
+        }
+        let wanted = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+        let key = match &wanted {
+            Some(wanted) => keys
+                .into_iter()
+                .find(|(n, _, _)| n.trim_end_matches('.').eq_ignore_ascii_case(wanted))
+                .ok_or_else(|| KeyError::NoKeyNamed(wanted.clone()))?,
+            None if keys.len() == 1 => keys.remove(0),
+            None => return Err(KeyError::SeveralKeys(keys.len())),
+        };
+        let (key_name, algorithm, secret) = key;
+        if !algorithm.eq_ignore_ascii_case(ALGORITHM) {
+            return Err(KeyError::Algorithm {
+                name: key_name,
+                algorithm,
+            });
+        }
+        Key::new(&key_name, &secret)
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes keys of any length.
+        Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts keys of any length")
+    }
+}
+
+/// Words, quoted strings and the punctuation `{ } ;` of a named.conf-style file; comments
+/// (`#`, `//`, `/* */`) dropped.
+fn tokenize(text: &str) -> Result<Vec<String>, String> {
+    let mut tokens = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {}
+            '#' => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut last = ' ';
+                let mut closed = false;
+                for c in chars.by_ref() {
+                    if last == '*' && c == '/' {
+                        closed = true;
+                        break;
+                    }
+                    last = c;
+                }
+                if !closed {
+                    return Err("a /* comment is not closed".into());
+                }
+            }
+            '{' | '}' | ';' => tokens.push(c.to_string()),
+            '"' => {
+                let mut word = String::new();
+                let mut closed = false;
+                for c in chars.by_ref() {
+                    if c == '"' {
+                        closed = true;
+                        break;
+                    }
+                    word.push(c);
+                }
+                if !closed {
+                    return Err("a quoted string is not closed".into());
+                }
+                tokens.push(word);
+            }
+            c => {
+                let mut word = c.to_string();
+                while let Some(&next) = chars.peek() {
+                    if next.is_whitespace() || matches!(next, '{' | '}' | ';' | '"') {
+                        break;
+                    }
+                    word.push(next);
+                    chars.next();
+                }
+                tokens.push(word);
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+/// `NAME { algorithm A; secret "S"; };` after the `key` keyword: (name, algorithm, secret).
+fn key_clause(tokens: &[String]) -> Result<((String, String, String), &[String]), String> {
+    let shape = "expected key \"NAME\" { algorithm hmac-sha256; secret \"BASE64\"; };";
+    let [name, open, rest @ ..] = tokens else {
+        return Err(shape.into());
+    };
+    if open != "{" {
+        return Err(shape.into());
+    }
+    let mut algorithm = None;
+    let mut secret = None;
+    let mut rest = rest;
+    loop {
+        match rest {
+            [close, tail @ ..] if close == "}" => {
+                rest = tail.strip_prefix(&[";".to_string()][..]).unwrap_or(tail);
+                break;
+            }
+            [word, value, semicolon, tail @ ..] if semicolon == ";" => {
+                match word.to_ascii_lowercase().as_str() {
+                    "algorithm" => algorithm = Some(value.clone()),
+                    "secret" => secret = Some(value.clone()),
+                    other => return Err(format!("unknown statement '{other}' in key {name}; {shape}")),
+                }
+                rest = tail;
+            }
+            _ => return Err(shape.into()),
+        }
+    }
+    match (algorithm, secret) {
+        (Some(algorithm), Some(secret)) => Ok(((name.clone(), algorithm, secret), rest)),
+        _ => Err(format!("key {name} needs both algorithm and secret; {shape}")),
+    }
+}
+
+/// A name in canonical wire form (lower case, uncompressed).
+pub fn wire_name(name: &str) -> Result<Vec<u8>, String> {
+    let trimmed = name.trim().trim_end_matches('.');
+    if trimmed.is_empty() {
+        return Err("the key name is empty".into());
+    }
+    let mut wire = Vec::new();
+    for label in trimmed.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!("'{name}' is not a valid domain name (labels of 1 to 63 bytes)"));
+        }
+        wire.push(label.len() as u8);
+        wire.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+    }
+    wire.push(0);
+    if wire.len() > NAME_BYTES_MAX {
+        return Err(format!("'{name}' is longer than {NAME_BYTES_MAX} bytes"));
+    }
+    Ok(wire)
+}
+
+/// The TSIG variables after the key name and class (RFC 8945 §4.3.3), shared by the record
+/// and the digest.
+struct Variables<'a> {
+    algorithm: &'a [u8],
+    time_signed: u64,
+    fudge: u16,
+    error: u16,
+    other: &'a [u8],
+}
+
+impl Variables<'_> {
+    fn digest_into(&self, key_wire_name: &[u8], mac: &mut Hmac<Sha256>) {
+        mac.update(key_wire_name);
+        mac.update(&CLASS_ANY.to_be_bytes());
+        mac.update(&0u32.to_be_bytes());
+        mac.update(self.algorithm);
+        mac.update(&self.time_signed.to_be_bytes()[2..]);
+        mac.update(&self.fudge.to_be_bytes());
+        mac.update(&self.error.to_be_bytes());
+        mac.update(&(self.other.len() as u16).to_be_bytes());
+        mac.update(self.other);
+    }
+
+    /// Only the timers: what a message after the first of a multi-message answer covers
+    /// (RFC 8945 §5.3.1).
+    fn timers_into(&self, mac: &mut Hmac<Sha256>) {
+        mac.update(&self.time_signed.to_be_bytes()[2..]);
+        mac.update(&self.fudge.to_be_bytes());
+    }
+
+    /// The record's data, with `mac` and the message's original `id`.
+    fn rdata(&self, mac: &[u8], id: [u8; 2]) -> Vec<u8> {
+        let mut rdata = Vec::with_capacity(self.algorithm.len() + 16 + mac.len() + self.other.len());
+        rdata.extend_from_slice(self.algorithm);
+        rdata.extend_from_slice(&self.time_signed.to_be_bytes()[2..]);
+        rdata.extend_from_slice(&self.fudge.to_be_bytes());
+        rdata.extend_from_slice(&(mac.len() as u16).to_be_bytes());
+        rdata.extend_from_slice(mac);
+        rdata.extend_from_slice(&id);
+        rdata.extend_from_slice(&self.error.to_be_bytes());
+        rdata.extend_from_slice(&(self.other.len() as u16).to_be_bytes());
+        rdata.extend_from_slice(self.other);
+        rdata
+    }
+}
+
+/// `message` with a TSIG record owned by `key_wire_name` appended (ARCOUNT raised).
+fn append_record(message: &[u8], key_wire_name: &[u8], rdata: &[u8]) -> Result<Vec<u8>, String> {
+    if message.len() < 12 {
+        return Err("the message is shorter than a DNS header".into());
+    }
+    let rdlength = u16::try_from(rdata.len()).map_err(|_| "the TSIG record is too long")?;
+    let mut wire = Vec::with_capacity(message.len() + key_wire_name.len() + 10 + rdata.len());
+    wire.extend_from_slice(message);
+    let arcount = u16::from_be_bytes([wire[10], wire[11]])
+        .checked_add(1)
+        .ok_or("the message has too many additional records")?;
+    wire[10..12].copy_from_slice(&arcount.to_be_bytes());
+    wire.extend_from_slice(key_wire_name);
+    wire.extend_from_slice(&TYPE_TSIG.to_be_bytes());
+    wire.extend_from_slice(&CLASS_ANY.to_be_bytes());
+    wire.extend_from_slice(&0u32.to_be_bytes());
+    wire.extend_from_slice(&rdlength.to_be_bytes());
+    wire.extend_from_slice(rdata);
+    if wire.len() > MESSAGE_BYTES_MAX {
+        return Err(format!(
+            "the signed message would have {} bytes; a DNS message has at most {MESSAGE_BYTES_MAX}",
+            wire.len()
+        ));
+    }
+    Ok(wire)
+}
+
+/// The length a TSIG record signed with `key` adds to a message (with no other data): what a
+/// server keeps free in a UDP answer to a signed query.
+pub fn record_bytes(key: &Key) -> usize {
+    // Owner, type, class, TTL, RDLENGTH; algorithm, time (6), fudge, MAC size, MAC, original
+    // id, error, other length.
+    key.wire_name.len() + 10 + ALGORITHM_WIRE.len() + 6 + 2 + 2 + MAC_BYTES + 2 + 2 + 2
+}
+
+/// `hmac-sha256.` in wire form.
+const ALGORITHM_WIRE: &[u8] = b"\x0bhmac-sha256\x00";
+
+/// A signed request and its MAC (which the response's MAC covers).
+pub struct Signed {
+    pub wire: Vec<u8>,
+    pub mac: Vec<u8>,
+}
+
+/// Signs `message` (a complete DNS message without TSIG) at `time_signed` (Unix seconds).
+pub fn sign(message: &[u8], key: &Key, time_signed: u64) -> Result<Signed, String> {
+    let id = header_id(message)?;
+    let variables = Variables {
+        algorithm: ALGORITHM_WIRE,
+        time_signed,
+        fudge: FUDGE_S,
+        error: 0,
+        other: &[],
+    };
+    let mut mac = key.mac();
+    mac.update(message);
+    variables.digest_into(&key.wire_name, &mut mac);
+    let mac = mac.finalize().into_bytes().to_vec();
+    let wire = append_record(message, &key.wire_name, &variables.rdata(&mac, id))?;
+    Ok(Signed { wire, mac })
+}
+
+fn header_id(message: &[u8]) -> Result<[u8; 2], String> {
+    match message {
+        [a, b, ..] if message.len() >= 12 => Ok([*a, *b]),
+        _ => Err("the message is shorter than a DNS header".into()),
+    }
+}
+
+/// A message's TSIG record, read (RFC 8945 §4.2), and where it starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Where the record starts: the message without it is `wire[..start]`.
+    pub start: usize,
+    /// The key's name, lower-case uncompressed wire form.
+    pub key_wire_name: Vec<u8>,
+    /// The algorithm's name, lower-case uncompressed wire form.
+    pub algorithm: Vec<u8>,
+    pub time_signed: u64,
+    pub fudge: u16,
+    pub mac: Vec<u8>,
+    pub original_id: u16,
+    pub error: u16,
+    pub other: Vec<u8>,
+}
+
+impl Record {
+    /// The key's name as text, for messages.
+    pub fn key_name(&self) -> String {
+        display_wire(&self.key_wire_name)
+    }
+
+    /// The message this record signed: without it, ARCOUNT lowered, the original ID restored
+    /// (what the MAC covers, RFC 8945 §4.3.1).
+    fn signed_message(&self, wire: &[u8]) -> Vec<u8> {
+        let mut stripped = wire[..self.start].to_vec();
+        let arcount = u16::from_be_bytes([stripped[10], stripped[11]]).saturating_sub(1);
+        stripped[10..12].copy_from_slice(&arcount.to_be_bytes());
+        stripped[0..2].copy_from_slice(&self.original_id.to_be_bytes());
+        stripped
+    }
+
+    fn variables(&self) -> Variables<'_> {
+        Variables {
+            algorithm: &self.algorithm,
+            time_signed: self.time_signed,
+            fudge: self.fudge,
+            error: self.error,
+            other: &self.other,
+        }
+    }
+}
+
+/// Reads the message's TSIG record: `Ok(None)` when its last record is not a TSIG (unsigned),
+/// `Err` when the message or the record is malformed. Never panics, whatever the bytes.
+pub fn read_record(wire: &[u8]) -> Result<Option<Record>, String> {
+    let Some(start) = last_record(wire)? else {
+        return Ok(None);
+    };
+    let (owner, mut position) = read_name(wire, start)?;
+    let fixed = wire
+        .get(position..position + 10)
+        .ok_or("the last record is cut short")?;
+    if u16::from_be_bytes([fixed[0], fixed[1]]) != TYPE_TSIG {
+        return Ok(None);
+    }
+    if u16::from_be_bytes([fixed[2], fixed[3]]) != CLASS_ANY {
+        return Err("the TSIG record's class is not ANY".into());
+    }
+    let rdlength = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+    position += 10;
+    let rdata_end = position + rdlength;
+    if rdata_end != wire.len() {
+        return Err("the TSIG record's length does not reach the message's end".into());
+    }
+    let (algorithm, after_algorithm) = read_name(wire, position)?;
+    position = after_algorithm;
+    let field = |at: usize, len: usize| wire.get(at..at + len).filter(|_| at + len <= rdata_end);
+    let cut = "the TSIG record is cut short";
+    let time = field(position, 6).ok_or(cut)?;
+    let time_signed = time.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let fudge = field(position + 6, 2).ok_or(cut)?;
+    let fudge = u16::from_be_bytes([fudge[0], fudge[1]]);
+    let mac_size = field(position + 8, 2).ok_or(cut)?;
+    let mac_size = usize::from(u16::from_be_bytes([mac_size[0], mac_size[1]]));
+    let mac = field(position + 10, mac_size)
+        .ok_or("the TSIG MAC is cut short")?
+        .to_vec();
+    position += 10 + mac_size;
+    let tail = field(position, 6).ok_or(cut)?;
+    let original_id = u16::from_be_bytes([tail[0], tail[1]]);
+    let error = u16::from_be_bytes([tail[2], tail[3]]);
+    let other_len = usize::from(u16::from_be_bytes([tail[4], tail[5]]));
+    let other = field(position + 6, other_len)
+        .ok_or("the TSIG other data is cut short")?
+        .to_vec();
+    if position + 6 + other_len != rdata_end {
+        return Err("the TSIG record has bytes after its other data".into());
+    }
+    Ok(Some(Record {
+        start,
+        key_wire_name: owner,
+        algorithm,
+        time_signed,
+        fudge,
+        mac,
+        original_id,
+        error,
+        other,
+    }))
+}
+
+/// Why a response did not verify.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Not a readable DNS message, or a broken TSIG record.
+    Malformed(String),
+    /// No TSIG record: not from a server holding the key (or a forgery).
+    Unsigned,
+    /// Signed with another key or algorithm.
+    OtherKey(String),
+    /// The MAC does not match: altered, or signed with another secret.
+    BadMac,
+    /// Signed too far from our clock (the server's time, ours).
+    BadTime { server: u64, local: u64 },
+    /// The server reports a TSIG error (BADSIG, BADKEY, BADTIME, ...) about our request.
+    /// BADSIG and BADKEY answers are unsigned by design (RFC 8945 §5.3.2): `signed` is false,
+    /// and anyone who saw the request could have sent one.
+    Server { error: u16, rcode: u8, signed: bool },
+}
+
+impl VerifyError {
+    /// The error as a sentence for the audit log; names the key so the fix is clear.
+    pub fn describe(&self, key: &Key) -> String {
+        match self {
+            VerifyError::Malformed(why) => format!("the response is malformed: {why}"),
+            VerifyError::Unsigned => format!(
+                "the response carries no TSIG although the request was signed with key '{}'",
+                key.name
+            ),
+            VerifyError::OtherKey(what) => format!("the response is signed with {what}, not key '{}'", key.name),
+            VerifyError::BadMac => format!(
+                "the response's TSIG does not verify with key '{}' (altered, or another secret)",
+                key.name
+            ),
+            VerifyError::BadTime { server, local } => format!(
+                "the response was signed at {server} but this host's clock reads {local} (more than {FUDGE_S} s apart): synchronise the clocks (NTP)"
+            ),
+            VerifyError::Server { error, .. } => match *error {
+                BADKEY => format!(
+                    "the server does not know key '{}' with {ALGORITHM} (TSIG BADKEY): add the key file's key statement to the server's configuration, or fix key_name",
+                    key.name
+                ),
+                BADSIG => format!(
+                    "the server rejected the signature of key '{}' (TSIG BADSIG): the secret differs from the server's; copy the key file from the server",
+                    key.name
+                ),
+                BADTIME => format!(
+                    "the server says this host's clock is more than {FUDGE_S} s off (TSIG BADTIME): synchronise the clocks (NTP)"
+                ),
+                BADTRUNC => "the server rejected the MAC's length (TSIG BADTRUNC)".to_string(),
+                other => format!("the server reports TSIG error {other} for key '{}'", key.name),
+            },
+        }
+    }
+}
+
+/// Verifies a response to a request signed with MAC `request_mac`; returns the response
+/// without its TSIG record (ARCOUNT lowered, the original ID restored), ready to parse.
+pub fn verify(response: &[u8], request_mac: &[u8], key: &Key, now: u64) -> Result<Vec<u8>, VerifyError> {
+    ResponseVerifier::new(key, request_mac).verify_next(response, now)
+}
+
+/// Verifies the messages of one answer in order — a zone transfer's many over TCP, or a single
+/// one: the first covers the request's MAC and all the TSIG variables, each following one the
+/// previous message's MAC and the timers only (RFC 8945 §5.3.1). Every message must be signed
+/// (RFC 8945 lets a server leave up to 99 in a row unsigned; Switchyard signs each, and so
+/// does this check).
+pub struct ResponseVerifier<'k> {
+    key: &'k Key,
+    prior_mac: Vec<u8>,
+    first: bool,
+}
+
+impl<'k> ResponseVerifier<'k> {
+    pub fn new(key: &'k Key, request_mac: &[u8]) -> ResponseVerifier<'k> {
+        ResponseVerifier {
+            key,
+            prior_mac: request_mac.to_vec(),
+            first: true,
+        }
+    }
+
+    /// The next message, without its TSIG record, or why it does not verify (after an error
+    /// the rest of the answer cannot be trusted either).
+    pub fn verify_next(&mut self, response: &[u8], now: u64) -> Result<Vec<u8>, VerifyError> {
+        let record = read_record(response)
+            .map_err(VerifyError::Malformed)?
+            .ok_or(VerifyError::Unsigned)?;
+        if record.key_wire_name != self.key.wire_name {
+            return Err(VerifyError::OtherKey(format!("key '{}'", record.key_name())));
+        }
+        if record.algorithm != ALGORITHM_WIRE {
+            return Err(VerifyError::OtherKey(format!(
+                "algorithm {}",
+                display_wire(&record.algorithm)
+            )));
+        }
+        let rcode = response.get(3).map(|b| b & 0x0f).unwrap_or(0);
+        if record.error != 0 && record.mac.is_empty() {
+            return Err(VerifyError::Server {
+                error: record.error,
+                rcode,
+                signed: false,
+            });
+        }
+        if record.mac.len() != MAC_BYTES {
+            return Err(VerifyError::Malformed(
+                "the TSIG MAC is truncated; only full-length HMAC-SHA256 MACs are accepted".into(),
+            ));
+        }
+        let stripped = record.signed_message(response);
+        let mut digest = self.key.mac();
+        digest.update(&(self.prior_mac.len() as u16).to_be_bytes());
+        digest.update(&self.prior_mac);
+        digest.update(&stripped);
+        if self.first {
+            record.variables().digest_into(&record.key_wire_name, &mut digest);
+        } else {
+            record.variables().timers_into(&mut digest);
+        }
+        digest.verify_slice(&record.mac).map_err(|_| VerifyError::BadMac)?;
+        self.first = false;
+        self.prior_mac = record.mac.clone();
+        if record.error != 0 {
+            return Err(VerifyError::Server {
+                error: record.error,
+                rcode,
+                signed: true,
+            });
+        }
+        if now.abs_diff(record.time_signed) > u64::from(record.fudge) {
+            return Err(VerifyError::BadTime {
+                server: record.time_signed,
+                local: now,
+            });
+        }
+        Ok(stripped)
+    }
+}
+
+/// What a server makes of a request's TSIG (RFC 8945 §5.2), in the RFC's order: the key, the
+/// MAC, the time, the MAC's length.
+#[derive(Debug)]
+pub enum RequestCheck<'k> {
+    /// No TSIG record.
+    Unsigned,
+    /// Signed with `key`, verified and in time: sign the answer with [`ResponseSigner`].
+    Verified(Verified<'k>),
+    /// A TSIG error: answer NOTAUTH with [`Refusal::respond`].
+    Refused(Refusal<'k>),
+    /// The TSIG record cannot be interpreted: FORMERR (RFC 8945 §5.2).
+    Malformed(String),
+}
+
+/// A request signed with a key held here, whose MAC verified.
+#[derive(Debug)]
+pub struct Verified<'k> {
+    pub key: &'k Key,
+    /// The request's MAC, which the answer's first MAC covers.
+    pub mac: Vec<u8>,
+    pub time_signed: u64,
+}
+
+/// A request whose TSIG failed: the error and what its answer echoes.
+#[derive(Debug)]
+pub struct Refusal<'k> {
+    /// BADKEY, BADSIG, BADTIME or BADTRUNC.
+    pub error: u16,
+    record: Record,
+    /// The key the request's MAC verified with: BADTIME and BADTRUNC answers are signed with it
+    /// (RFC 8945 §5.3.2); BADKEY and BADSIG answers are not.
+    verified: Option<&'k Key>,
+}
+
+/// The shortest MAC accepted at all: half the hash output (RFC 8945 §5.2.2.1); a shorter one
+/// is FORMERR. Between this and [`MAC_BYTES`] the MAC is checked, then refused with BADTRUNC
+/// (local policy: only full-length MACs).
+pub const MAC_BYTES_MIN: usize = MAC_BYTES / 2;
+
+/// Checks a request's TSIG against the keys held (`keys`) at `now` (Unix seconds). Pure; never
+/// panics, whatever the bytes.
+pub fn verify_request<'k>(wire: &[u8], keys: &'k [Key], now: u64) -> RequestCheck<'k> {
+    let record = match read_record(wire) {
+        Ok(Some(record)) => record,
+        Ok(None) => return RequestCheck::Unsigned,
+        Err(why) => return RequestCheck::Malformed(why),
+    };
+    let refuse = |error, record, verified| {
+        RequestCheck::Refused(Refusal {
+            error,
+            record,
+            verified,
+        })
+    };
+    let key = keys.iter().find(|key| key.wire_name == record.key_wire_name);
+    let Some(key) = key.filter(|_| record.algorithm == ALGORITHM_WIRE) else {
+        return refuse(BADKEY, record, None);
+    };
+    if record.mac.len() > MAC_BYTES || record.mac.len() < MAC_BYTES_MIN {
+        return RequestCheck::Malformed(format!(
+            "the TSIG MAC has {} bytes; {MAC_BYTES_MIN} to {MAC_BYTES} are valid for {ALGORITHM}",
+            record.mac.len()
+        ));
+    }
+    let mut digest = key.mac();
+    digest.update(&record.signed_message(wire));
+    record.variables().digest_into(&record.key_wire_name, &mut digest);
+    if digest.verify_truncated_left(&record.mac).is_err() {
+        return refuse(BADSIG, record, None);
+    }
+    if now.abs_diff(record.time_signed) > u64::from(record.fudge) {
+        return refuse(BADTIME, record, Some(key));
+    }
+    if record.mac.len() < MAC_BYTES {
+        return refuse(BADTRUNC, record, Some(key));
+    }
+    RequestCheck::Verified(Verified {
+        key,
+        mac: record.mac,
+        time_signed: record.time_signed,
+    })
+}
+
+impl Refusal<'_> {
+    /// The key's name as the request gave it, for logs.
+    pub fn key_name(&self) -> String {
+        self.record.key_name()
+    }
+
+    /// The answer's TSIG: `message` (the NOTAUTH answer, without TSIG) with the record RFC 8945
+    /// §5.3.2 asks for. BADKEY and BADSIG: unsigned (no MAC), the request's key and algorithm
+    /// names and time signed. BADTIME: signed over the request's MAC, the request's time signed, and the
+    /// server's time `now` in Other Data (6 bytes) so the client can see the skew. BADTRUNC:
+    /// signed at `now`.
+    pub fn respond(&self, message: &[u8], now: u64) -> Result<Vec<u8>, String> {
+        let id = header_id(message)?;
+        let now_bytes = now.to_be_bytes();
+        let (time_signed, other): (u64, &[u8]) = match self.error {
+            BADTIME => (self.record.time_signed, &now_bytes[2..]),
+            BADTRUNC => (now, &[]),
+            // As Knot: the request's time, so the unsigned answer tells nothing of our clock.
+            _ => (self.record.time_signed, &[]),
+        };
+        let variables = Variables {
+            algorithm: &self.record.algorithm,
+            time_signed,
+            fudge: FUDGE_S,
+            error: self.error,
+            other,
+        };
+        let mac = match self.verified {
+            None => Vec::new(),
+            Some(key) => {
+                let mut digest = key.mac();
+                digest.update(&(self.record.mac.len() as u16).to_be_bytes());
+                digest.update(&self.record.mac);
+                digest.update(message);
+                variables.digest_into(&key.wire_name, &mut digest);
+                digest.finalize().into_bytes().to_vec()
+            }
+        };
+        append_record(message, &self.record.key_wire_name, &variables.rdata(&mac, id))
+    }
+}
+
+/// Signs the messages of one answer to a verified request, in order: the first over the
+/// request's MAC and all the TSIG variables, each following one over the previous MAC and the
+/// timers (RFC 8945 §5.3.1). Every message is signed (BIND accepts up to 99 unsigned in a row;
+/// signing each costs one HMAC per 16 KiB message).
+pub struct ResponseSigner<'k> {
+    key: &'k Key,
+    prior_mac: Vec<u8>,
+    time_signed: u64,
+    first: bool,
+}
+
+impl<'k> ResponseSigner<'k> {
+    /// Signs with `key` the answer to a request whose MAC was `request_mac`, every message at
+    /// `time_signed` (Unix seconds).
+    pub fn new(key: &'k Key, request_mac: &[u8], time_signed: u64) -> ResponseSigner<'k> {
+        ResponseSigner {
+            key,
+            prior_mac: request_mac.to_vec(),
+            time_signed,
+            first: true,
+        }
+    }
+
+    /// `message` (a complete DNS message without TSIG) with its TSIG record.
+    pub fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, String> {
+        let id = header_id(message)?;
+        let variables = Variables {
+            algorithm: ALGORITHM_WIRE,
+            time_signed: self.time_signed,
+            fudge: FUDGE_S,
+            error: 0,
+            other: &[],
+        };
+        let mut digest = self.key.mac();
+        digest.update(&(self.prior_mac.len() as u16).to_be_bytes());
+        digest.update(&self.prior_mac);
+        digest.update(message);
+        if self.first {
+            variables.digest_into(&self.key.wire_name, &mut digest);
+        } else {
+            variables.timers_into(&mut digest);
+        }
+        let mac = digest.finalize().into_bytes().to_vec();
+        let wire = append_record(message, &self.key.wire_name, &variables.rdata(&mac, id))?;
+        self.first = false;
+        self.prior_mac = mac;
+        Ok(wire)
+    }
+}
+
+/// Where the message's last record starts (`None` without records), walking the sections.
+fn last_record(message: &[u8]) -> Result<Option<usize>, &'static str> {
+    let header = message.get(..12).ok_or("shorter than a DNS header")?;
+    let count = |i: usize| usize::from(u16::from_be_bytes([header[i], header[i + 1]]));
+    let (questions, records) = (count(4), count(6) + count(8) + count(10));
+    let mut position = 12;
+    for _ in 0..questions {
+        position = skip_name(message, position)? + 4;
+    }
+    let mut last = None;
+    for _ in 0..records {
+        last = Some(position);
+        position = skip_name(message, position)?;
+        let fixed = message.get(position..position + 10).ok_or("a record is cut short")?;
+        position += 10 + usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        if position > message.len() {
+            return Err("a record's data is cut short");
+        }
+    }
+    Ok(last)
+}
+
+fn skip_name(message: &[u8], mut position: usize) -> Result<usize, &'static str> {
+    loop {
+        let length = *message.get(position).ok_or("a name is cut short")?;
+        match length & 0xc0 {
+            0xc0 => return Ok(position + 2),
+            0x00 if length == 0 => return Ok(position + 1),
+            0x00 => position += 1 + usize::from(length),
+            _ => return Err("a name has an unknown label type"),
+        }
+    }
+}
+
+/// Reads a (possibly compressed) name at `position`: its lower-case uncompressed wire form and
+/// where the name ends in the message.
+fn read_name(message: &[u8], position: usize) -> Result<(Vec<u8>, usize), &'static str> {
+    let mut wire = Vec::new();
+    let mut at = position;
+    let mut end = None;
+    let mut hops = 0;
+    loop {
+        let length = *message.get(at).ok_or("a name is cut short")?;
+        match length & 0xc0 {
+            0xc0 => {
+                let low = *message.get(at + 1).ok_or("a name is cut short")?;
+                end.get_or_insert(at + 2);
+                hops += 1;
+                if hops > NAME_POINTERS_MAX {
+                    return Err("a name has too many compression pointers");
+                }
+                at = usize::from(u16::from_be_bytes([length & 0x3f, low]));
+            }
+            0x00 if length == 0 => {
+                wire.push(0);
+                return Ok((wire, end.unwrap_or(at + 1)));
+            }
+            0x00 => {
+                let label = message
+                    .get(at + 1..at + 1 + usize::from(length))
+                    .ok_or("a name is cut short")?;
+                wire.push(length);
+                wire.extend(label.iter().map(u8::to_ascii_lowercase));
+                if wire.len() > NAME_BYTES_MAX {
+                    return Err("a name is longer than 255 bytes");
+                }
+                at += 1 + usize::from(length);
+            }
+            _ => return Err("a name has an unknown label type"),
+        }
+    }
+}
+
+/// A wire name as text, for messages.
+fn display_wire(wire: &[u8]) -> String {
+    let mut labels = Vec::new();
+    let mut at = 0;
+    while let Some(&length) = wire.get(at) {
+        if length == 0 {
+            break;
+        }
+        let label = wire.get(at + 1..at + 1 + usize::from(length)).unwrap_or_default();
+        labels.push(String::from_utf8_lossy(label).into_owned());
+        at += 1 + usize::from(length);
+    }
+    labels.join(".")
+}
+
+/// What a server sends, for fakes in tests (here and in other crates): no policy, no checks
+/// beyond the message's shape.
+pub mod testing {
+    use super::*;
+
+    /// The request without its TSIG (ARCOUNT lowered) and the request's MAC.
+    pub fn unsigned_request(wire: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        let record = read_record(wire).ok()??;
+        Some((record.signed_message(wire), record.mac))
+    }
+
+    /// `response` (without TSIG) with an unsigned TSIG carrying `error` (no MAC), as a server
+    /// answers BADSIG or BADKEY — or as anyone who saw the request can forge one.
+    pub fn unsigned_error(response: &[u8], key: &Key, time_signed: u64, error: u16) -> Option<Vec<u8>> {
+        let id = header_id(response).ok()?;
+        let variables = Variables {
+            algorithm: ALGORITHM_WIRE,
+            time_signed,
+            fudge: FUDGE_S,
+            error,
+            other: &[],
+        };
+        append_record(response, &key.wire_name, &variables.rdata(&[], id)).ok()
+    }
+
+    /// `response` (without TSIG) signed over `request_mac` with TSIG error `error`.
+    pub fn sign_response(
+        response: &[u8],
+        request_mac: &[u8],
+        key: &Key,
+        time_signed: u64,
+        error: u16,
+    ) -> Option<Vec<u8>> {
+        let id = header_id(response).ok()?;
+        let variables = Variables {
+            algorithm: ALGORITHM_WIRE,
+            time_signed,
+            fudge: FUDGE_S,
+            error,
+            other: &[],
+        };
+        let mut mac = key.mac();
+        mac.update(&(request_mac.len() as u16).to_be_bytes());
+        mac.update(request_mac);
+        mac.update(response);
+        variables.digest_into(&key.wire_name, &mut mac);
+        let mac = mac.finalize().into_bytes().to_vec();
+        append_record(response, &key.wire_name, &variables.rdata(&mac, id)).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A=";
+
+    fn key() -> Key {
+        Key::new("switchyard-test", SECRET).expect("key")
+    }
+
+    fn query(id: u16) -> Vec<u8> {
+        let mut message = id.to_be_bytes().to_vec();
+        message.extend_from_slice(&[0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        message.extend_from_slice(&wire_name("www.shop.example").expect("name"));
+        message.extend_from_slice(&[0, 1, 0, 1]);
+        message
+    }
+
+    /// A response signed the way a server signs it: request MAC, then the message, then the
+    /// variables.
+    fn respond(request: &Signed, key: &Key, time_signed: u64, error: u16) -> Vec<u8> {
+        let (mut response, mac) = testing::unsigned_request(&request.wire).expect("signed");
+        assert_eq!(mac, request.mac);
+        response[2] |= 0x80;
+        testing::sign_response(&response, &request.mac, key, time_signed, error).expect("signs")
+    }
+
+    #[test]
+    fn a_signed_request_and_its_signed_response_verify() {
+        let key = key();
+        let request = sign(&query(0x1234), &key, 1_700_000_000).expect("sign");
+        assert_eq!(u16::from_be_bytes([request.wire[10], request.wire[11]]), 1);
+        assert_eq!(request.mac.len(), MAC_BYTES);
+        let response = respond(&request, &key, 1_700_000_010, 0);
+        let stripped = verify(&response, &request.mac, &key, 1_700_000_020).expect("verifies");
+        assert_eq!(u16::from_be_bytes([stripped[10], stripped[11]]), 0);
+        assert_eq!(stripped.len(), query(0).len());
+    }
+
+    #[test]
+    fn a_flipped_bit_another_secret_a_missing_tsig_and_a_stale_time_fail() {
+        let key = key();
+        let request = sign(&query(7), &key, 1_700_000_000).expect("sign");
+        let mut response = respond(&request, &key, 1_700_000_000, 0);
+        response[13] ^= 1;
+        assert_eq!(
+            verify(&response, &request.mac, &key, 1_700_000_000),
+            Err(VerifyError::BadMac)
+        );
+        let other = Key::new("switchyard-test", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("key");
+        let response = respond(&request, &other, 1_700_000_000, 0);
+        assert_eq!(
+            verify(&response, &request.mac, &key, 1_700_000_000),
+            Err(VerifyError::BadMac)
+        );
+        assert_eq!(verify(&query(7), &request.mac, &key, 0), Err(VerifyError::Unsigned));
+        let response = respond(&request, &key, 1_700_000_000, 0);
+        assert!(matches!(
+            verify(&response, &request.mac, &key, 1_700_000_000 + 301),
+            Err(VerifyError::BadTime { .. })
+        ));
+        let renamed = Key::new("other-key", SECRET).expect("key");
+        assert!(matches!(
+            verify(&response, &request.mac, &renamed, 1_700_000_000),
+            Err(VerifyError::OtherKey(_))
+        ));
+    }
+
+    #[test]
+    fn an_unsigned_badkey_answer_is_reported_as_the_servers_error() {
+        let key = key();
+        let request = sign(&query(9), &key, 1_700_000_000).expect("sign");
+        // What BIND sends for an unknown key: NOTAUTH, TSIG with error BADKEY and no MAC.
+        let mut response = request.wire.clone();
+        let start = last_record(&response).expect("walk").expect("tsig");
+        response.truncate(start);
+        response[2] |= 0x80;
+        response[3] = (response[3] & 0xf0) | 9;
+        let algorithm = wire_name(ALGORITHM).expect("algorithm");
+        let mut rdata = algorithm;
+        rdata.extend_from_slice(&1_700_000_000u64.to_be_bytes()[2..]);
+        rdata.extend_from_slice(&FUDGE_S.to_be_bytes());
+        rdata.extend_from_slice(&0u16.to_be_bytes());
+        rdata.extend_from_slice(&9u16.to_be_bytes());
+        rdata.extend_from_slice(&BADKEY.to_be_bytes());
+        rdata.extend_from_slice(&0u16.to_be_bytes());
+        response.extend_from_slice(&key.wire_name);
+        response.extend_from_slice(&[0, 250, 0, 255, 0, 0, 0, 0]);
+        response.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        response.extend_from_slice(&rdata);
+        let error = verify(&response, &request.mac, &key, 1_700_000_000).expect_err("an error");
+        assert_eq!(
+            error,
+            VerifyError::Server {
+                error: BADKEY,
+                rcode: 9,
+                signed: false
+            }
+        );
+        assert!(
+            error.describe(&key).contains("switchyard-test"),
+            "{}",
+            error.describe(&key)
+        );
+    }
+
+    #[test]
+    fn verify_never_panics_on_cut_or_garbage_responses() {
+        let key = key();
+        let request = sign(&query(1), &key, 1_700_000_000).expect("sign");
+        let response = respond(&request, &key, 1_700_000_000, 0);
+        for cut in 0..response.len() {
+            assert!(verify(&response[..cut], &request.mac, &key, 1_700_000_000).is_err());
+        }
+        let seed = crate::rng::seed_from_env_or("verify_never_panics_on_cut_or_garbage_responses", 0x9e37_79b9);
+        let mut rng = crate::rng::Rng::new(seed);
+        for _ in 0..2_000 {
+            let mut bytes = response.clone();
+            for _ in 0..3 {
+                let at = rng.below(bytes.len() as u64) as usize;
+                bytes[at] = rng.next_u64() as u8;
+            }
+            let _ = verify(&bytes, &request.mac, &key, 1_700_000_000);
+        }
+    }
+
+    #[test]
+    fn key_files_in_tsig_keygen_form_or_bare_secrets_parse() {
+        let file = format!(
+            "# made by tsig-keygen\nkey \"Switchyard-Test\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{SECRET}\";\n}};\n"
+        );
+        let parsed = Key::parse(&file, None).expect("parses");
+        let expected = Key::new("switchyard-test", SECRET).expect("key");
+        assert_eq!(
+            (&parsed.wire_name, &parsed.secret),
+            (&expected.wire_name, &expected.secret)
+        );
+        assert_eq!(parsed.name, "Switchyard-Test");
+        assert!(Key::parse(&file, Some("switchyard-test.")).is_ok());
+        assert_eq!(
+            Key::parse(&file, Some("other")),
+            Err(KeyError::NoKeyNamed("other".into()))
+        );
+        assert!(Key::parse(SECRET, Some("k")).is_ok());
+        let needs_name = Key::parse(SECRET, None).expect_err("needs a name");
+        assert_eq!(needs_name, KeyError::NameNeeded);
+        assert!(needs_name.to_string().contains("key_name"));
+        let md5 = file.replace("hmac-sha256", "hmac-md5");
+        let md5 = Key::parse(&md5, None).expect_err("md5");
+        assert!(matches!(&md5, KeyError::Algorithm { algorithm, .. } if algorithm == "hmac-md5"));
+        assert!(md5.to_string().contains("only hmac-sha256"), "{md5}");
+        assert!(Key::parse("key \"k\" { algorithm hmac-sha256; };", None).is_err());
+        assert!(
+            Key::parse("c2hvcnQ=", Some("k"))
+                .expect_err("short")
+                .to_string()
+                .contains("at least")
+        );
+        assert!(
+            Key::parse("not base64!", Some("k"))
+                .expect_err("base64")
+                .to_string()
+                .contains("base64")
+        );
+    }
+
+    fn keys() -> Vec<Key> {
+        vec![
+            Key::new("other", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("key"),
+            key(),
+        ]
+    }
+
+    /// The rcode-less answer a server builds: the request's header with QR set, no TSIG.
+    fn answer_to(request: &[u8]) -> Vec<u8> {
+        let (mut message, _) = testing::unsigned_request(request).expect("signed");
+        message[2] |= 0x80;
+        message
+    }
+
+    #[test]
+    fn a_server_verifies_a_request_and_its_answer_verifies_at_the_client() {
+        let keys = keys();
+        let request = sign(&query(0x4242), &key(), 1_700_000_000).expect("sign");
+        let RequestCheck::Verified(verified) = verify_request(&request.wire, &keys, 1_700_000_100) else {
+            panic!("a request signed with a held key verifies");
+        };
+        assert_eq!(verified.key.name, "switchyard-test");
+        assert_eq!(verified.mac, request.mac);
+        let mut signer = ResponseSigner::new(verified.key, &verified.mac, 1_700_000_100);
+        let answer = signer.sign(&answer_to(&request.wire)).expect("signs");
+        assert_eq!(answer.len(), answer_to(&request.wire).len() + record_bytes(&key()));
+        verify(&answer, &request.mac, &key(), 1_700_000_100).expect("the client accepts it");
+        assert!(matches!(verify_request(&query(1), &keys, 0), RequestCheck::Unsigned));
+    }
+
+    #[test]
+    fn unknown_keys_bad_macs_stale_times_and_short_macs_get_their_tsig_errors() {
+        let keys = keys();
+        let now = 1_700_000_000;
+        // Unknown key: BADKEY, answered unsigned with the request's key name.
+        let stranger = Key::new("stranger", SECRET).expect("key");
+        let request = sign(&query(1), &stranger, now).expect("sign");
+        let RequestCheck::Refused(refusal) = verify_request(&request.wire, &keys, now) else {
+            panic!("an unknown key is refused");
+        };
+        assert_eq!((refusal.error, refusal.key_name()), (BADKEY, "stranger".to_string()));
+        let answer = refusal.respond(&answer_to(&request.wire), now).expect("answers");
+        let record = read_record(&answer).expect("reads").expect("has a TSIG");
+        assert_eq!((record.error, record.mac.len()), (BADKEY, 0));
+        assert_eq!(
+            verify(&answer, &request.mac, &stranger, now),
+            Err(VerifyError::Server {
+                error: BADKEY,
+                rcode: 0,
+                signed: false
+            })
+        );
+        // Same name, another secret: BADSIG, unsigned.
+        let forger = Key::new("switchyard-test", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("key");
+        let request = sign(&query(2), &forger, now).expect("sign");
+        let only = [key()];
+        let RequestCheck::Refused(refusal) = verify_request(&request.wire, &only, now) else {
+            panic!("a bad MAC is refused");
+        };
+        assert_eq!(refusal.error, BADSIG);
+        let answer = refusal.respond(&answer_to(&request.wire), now).expect("answers");
+        assert_eq!(read_record(&answer).expect("reads").expect("tsig").mac.len(), 0);
+        // A flipped bit in a good request: BADSIG too.
+        let mut altered = sign(&query(3), &key(), now).expect("sign").wire;
+        altered[13] ^= 0x20;
+        assert!(matches!(
+            verify_request(&altered, &keys, now),
+            RequestCheck::Refused(Refusal { error: BADSIG, .. })
+        ));
+        // Signed 301 s before the server's clock: BADTIME, signed, the server's time in Other
+        // Data and the request's time signed echoed.
+        let request = sign(&query(4), &key(), now - 301).expect("sign");
+        let RequestCheck::Refused(refusal) = verify_request(&request.wire, &keys, now) else {
+            panic!("a stale request is refused");
+        };
+        assert_eq!(refusal.error, BADTIME);
+        let answer = refusal.respond(&answer_to(&request.wire), now).expect("answers");
+        let record = read_record(&answer).expect("reads").expect("tsig");
+        assert_eq!(record.time_signed, now - 301);
+        assert_eq!(record.other, now.to_be_bytes()[2..].to_vec());
+        assert_eq!(
+            verify(&answer, &request.mac, &key(), now),
+            Err(VerifyError::Server {
+                error: BADTIME,
+                rcode: 0,
+                signed: true
+            })
+        );
+        // Within the fudge: fine.
+        let request = sign(&query(5), &key(), now - 300).expect("sign");
+        assert!(matches!(
+            verify_request(&request.wire, &keys, now),
+            RequestCheck::Verified(_)
+        ));
+        // A MAC truncated to 16 bytes that verifies: BADTRUNC (only full MACs taken); to 8: FORMERR.
+        let request = sign(&query(6), &key(), now).expect("sign");
+        let truncated = |bytes: usize| {
+            let (message, mac) = testing::unsigned_request(&request.wire).expect("signed");
+            let variables = Variables {
+                algorithm: ALGORITHM_WIRE,
+                time_signed: now,
+                fudge: FUDGE_S,
+                error: 0,
+                other: &[],
+            };
+            let rdata = variables.rdata(&mac[..bytes], [0, 6]);
+            append_record(&message, &key().wire_name, &rdata).expect("appends")
+        };
+        assert!(matches!(
+            verify_request(&truncated(16), &keys, now),
+            RequestCheck::Refused(Refusal { error: BADTRUNC, .. })
+        ));
+        assert!(matches!(
+            verify_request(&truncated(8), &keys, now),
+            RequestCheck::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn a_multi_message_answer_chains_its_macs_and_a_tampered_or_missing_message_breaks_the_chain() {
+        let now = 1_700_000_000;
+        let request = sign(&query(9), &key(), now).expect("sign");
+        let held = key();
+        let mut signer = ResponseSigner::new(&held, &request.mac, now);
+        let messages: Vec<Vec<u8>> = (0..4)
+            .map(|_| signer.sign(&answer_to(&request.wire)).expect("signs"))
+            .collect();
+        let mut client = ResponseVerifier::new(&held, &request.mac);
+        for message in &messages {
+            client
+                .verify_next(message, now)
+                .expect("each message verifies in order");
+        }
+        // The second message alone does not verify as a first one (it covers the first's MAC).
+        assert_eq!(
+            verify(&messages[1], &request.mac, &key(), now),
+            Err(VerifyError::BadMac)
+        );
+        // One bit changed in the middle of the transfer.
+        let mut client = ResponseVerifier::new(&held, &request.mac);
+        client.verify_next(&messages[0], now).expect("first");
+        let mut tampered = messages[1].clone();
+        tampered[14] ^= 0x01;
+        assert_eq!(client.verify_next(&tampered, now), Err(VerifyError::BadMac));
+        // A message dropped from the middle.
+        let mut client = ResponseVerifier::new(&held, &request.mac);
+        client.verify_next(&messages[0], now).expect("first");
+        assert_eq!(client.verify_next(&messages[2], now), Err(VerifyError::BadMac));
+        // A message cut short (the TSIG lost): unsigned.
+        let mut client = ResponseVerifier::new(&held, &request.mac);
+        client.verify_next(&messages[0], now).expect("first");
+        let start = read_record(&messages[1]).expect("reads").expect("tsig").start;
+        assert!(client.verify_next(&messages[1][..start], now).is_err());
+    }
+
+    #[test]
+    fn verify_request_never_panics_on_cut_or_garbage_requests() {
+        let keys = keys();
+        let request = sign(&query(1), &key(), 1_700_000_000).expect("sign");
+        for cut in 0..request.wire.len() {
+            let _ = verify_request(&request.wire[..cut], &keys, 1_700_000_000);
+        }
+        let seed = crate::rng::seed_from_env_or("verify_request_never_panics_on_cut_or_garbage_requests", 0x51f1);
+        let mut rng = crate::rng::Rng::new(seed);
+        for _ in 0..5_000 {
+            let mut bytes = request.wire.clone();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(bytes.len() as u64) as usize;
+                bytes[at] = rng.next_u64() as u8;
+            }
+            if let RequestCheck::Refused(refusal) = verify_request(&bytes, &keys, 1_700_000_000) {
+                let _ = refusal.respond(&bytes, 1_700_000_000);
+            }
+            let length = rng.below(80) as usize;
+            let garbage: Vec<u8> = (0..length).map(|_| rng.next_u64() as u8).collect();
+            let _ = verify_request(&garbage, &keys, 0);
+            let _ = read_record(&garbage);
+        }
+    }
+
+    #[test]
+    fn key_parse_never_panics_on_arbitrary_text() {
+        let seed = crate::rng::seed_from_env_or("key_parse_never_panics_on_arbitrary_text", 0x7e57);
+        let mut rng = crate::rng::Rng::new(seed);
+        let pieces = [
+            "key",
+            "\"k\"",
+            "{",
+            "}",
+            ";",
+            "algorithm",
+            "hmac-sha256",
+            "secret",
+            SECRET,
+            "\"",
+            "#",
+            "//",
+            "/*",
+            "*/",
+            "\n",
+            " ",
+            "é",
+            "..",
+            "=",
+        ];
+        for _ in 0..5_000 {
+            let count = rng.below(24) as usize;
+            let text: String = (0..count)
+                .map(|_| pieces[rng.below(pieces.len() as u64) as usize])
+                .collect::<Vec<_>>()
+                .join(if rng.below(2) == 0 { " " } else { "" });
+            let name = (rng.below(3) == 0).then_some("k");
+            if let Ok(key) = Key::parse(&text, name) {
+                assert!(!key.name.is_empty(), "{text:?}");
+            }
+        }
+    }
+}
