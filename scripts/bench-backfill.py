@@ -55,10 +55,11 @@ def log(*args):
 
 
 class Store:
-    def __init__(self, binary, region, port, data, peer_region, peer_port, backlog):
+    def __init__(self, binary, region, port, data, peer_region, peer_port, backlog, config=None):
         self.binary, self.region, self.port, self.data = binary, region, port, data
         self.peer = (peer_region, peer_port)
         self.backlog = backlog
+        self.config = config
         self.process = None
 
     def start(self):
@@ -69,6 +70,8 @@ class Store:
                    "--data-dir", str(self.data), "--ready-file", str(ready),
                    "--peer", f"{self.peer[0]}=http://127.0.0.1:{self.peer[1]}",
                    "--replication-backlog-bytes-max", self.backlog]
+        if self.config:
+            command += ["--config", str(self.config)]
         env = dict(os.environ, SWITCHYARD_REPLICATION_KEY=KEY)
         logfile = open(self.data.parent / f"{self.region}.log", "ab")
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=logfile)
@@ -191,6 +194,22 @@ def holding(store, indexes, version):
     return found
 
 
+def rates_by_fifth(progress, total_s, items):
+    """Items a second over each fifth of the backfill (by the replica's reported percentage):
+    whether the rate holds as the new replica's tree grows."""
+    points = [(0.0, 0.0)] + progress + [(total_s, 100.0)]
+    rates = []
+    for fifth in range(5):
+        low, high = fifth * 20.0, (fifth + 1) * 20.0
+        start = next((t for t, p in points if p >= low), None)
+        end = next((t for t, p in points if p >= high), None)
+        if start is None or end is None or end <= start:
+            rates.append(None)
+        else:
+            rates.append(items * 0.2 / (end - start))
+    return rates
+
+
 def run(args):
     binary = args.binary or REPO / "target" / "release" / "switchyard"
     if not binary.exists():
@@ -200,8 +219,13 @@ def run(args):
     scale.WORK.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="backfill-", dir=scale.WORK))
     us_port, eu_port = scale.free_port(), scale.free_port()
-    us = Store(binary, "us-east-1", us_port, root / "us-east-1", "eu-west-1", eu_port, args.backlog_bytes_max)
-    eu = Store(binary, "eu-west-1", eu_port, root / "eu-west-1", "us-east-1", us_port, args.backlog_bytes_max)
+    config = None
+    if args.stream_retention_ms:
+        # Only what the stores cannot take as a flag: the stream's retention (24 h by default).
+        config = root / "store.toml"
+        config.write_text(f"[store]\nstream_retention_ms = {args.stream_retention_ms}\n")
+    us = Store(binary, "us-east-1", us_port, root / "us-east-1", "eu-west-1", eu_port, args.backlog_bytes_max, config)
+    eu = Store(binary, "eu-west-1", eu_port, root / "eu-west-1", "us-east-1", us_port, args.backlog_bytes_max, config)
     result = {}
     try:
         for store in (us, eu):
@@ -220,9 +244,12 @@ def run(args):
         writer.__enter__()
         seen_creating = False
         last_report = 0.0
+        progress = []
         while True:
             status, percent = replica_status(us, "eu-west-1")
             seen_creating |= status == "CREATING"
+            if percent is not None:
+                progress.append((time.monotonic() - started, float(percent)))
             if status == "ACTIVE" and (seen_creating or time.monotonic() - started > 5):
                 break
             if time.monotonic() - last_report > 5:
@@ -234,6 +261,7 @@ def run(args):
         writer.__exit__()
         result["written_during"] = writer.written
         result["backfill_s"] = time.monotonic() - started
+        result["rate_by_fifth"] = rates_by_fifth(progress, result["backfill_s"], args.items)
         result["backfill_cpu_us"] = tuple(
             (cpu_s(store.process) - before) * 1e6 / args.items for store, before in zip((us, eu), cpu_before))
         result["backfilled"] = count_items(eu)
@@ -303,6 +331,11 @@ def section(args, result, command_line):
         f"{result['backfill_cpu_us'][1]:.0f} µs | {result['replica_bytes_per_item']:,.0f} B | "
         f"{args.diffs:,} | {result['repair_s']:.2f} s | "
         f"{repair.get('ranges_compared', '?')} | {repair.get('records_pushed', '?')} |",
+        "",
+        "Backfill items/s by fifth of the table (the replica's reported progress): "
+        + " · ".join("?" if r is None else f"{r:,.0f}" for r in result["rate_by_fifth"])
+        + (f". Stream records kept {args.stream_retention_ms} ms (`stream_retention_ms`), so the two "
+           "stores fit this machine's disk." if args.stream_retention_ms else "."),
         SECTION_END,
     ]
     return "\n".join(lines)
@@ -318,6 +351,10 @@ def main():
     parser.add_argument("--writes-during-backfill", type=float, default=0, metavar="PER_S",
                         help="PutItems a second to random existing keys of the origin while the backfill runs "
                              "(a table made global while in use; default 0)")
+    parser.add_argument("--stream-retention-ms", type=int, default=0, metavar="MS",
+                        help="both stores keep stream records this long (default: the store's 24 h); every "
+                             "replica of a global table keeps a stream, so a new replica holds a record of each "
+                             "backfilled item: a short retention lets a 10M-item run fit a small disk")
     parser.add_argument("--keep", action="store_true", help="keep both stores' data directories (for inspection)")
     parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
     args = parser.parse_args()
