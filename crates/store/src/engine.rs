@@ -375,12 +375,29 @@ pub(crate) struct LogPosition {
     bytes: u64,
 }
 
+/// What holds the sweeps that delete for good back from the wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+struct SweepHold {
+    /// The peers' last measurement (`Engine::hold_sweeps_back`): how far this region's clock
+    /// runs ahead of the furthest-behind peer's, and when (Unix ms). Forgotten
+    /// [`SWEEP_HOLD_MEMORY_MS`] after it was taken.
+    measured_ms: u64,
+    measured_at_ms: u64,
+    /// Forward steps of this store's own wall clock since that measurement, less its backward
+    /// steps (`Engine::observe_clock`). Neither forgotten with time nor capped: without a peer
+    /// to say the clock is right again, a clock that jumped ahead keeps deleting nothing early
+    /// for as long as the store runs (a step that corrected a clock that was behind only delays
+    /// TTL expiry and retention by the step, until a restart). The next measurement replaces
+    /// it, as it measures the stepped clock.
+    stepped_ms: u64,
+}
+
 struct Shared {
     /// Steps of the wall clock seen so far (`Engine::observe_clock`).
     clock_watch: Mutex<clock_watch::ClockWatch>,
-    /// How far the sweeps that delete for good hold back from the wall clock, and when that was
-    /// measured (`Engine::hold_sweeps_back`): (hold ms, measured at, Unix ms).
-    sweep_hold: Mutex<(u64, u64)>,
+    /// How far the sweeps that delete for good hold back from the wall clock
+    /// (`Engine::hold_sweeps_back`, `Engine::observe_clock`).
+    sweep_hold: Mutex<SweepHold>,
     /// The key of the MAC in stream iterators (`streams::ShardIterator`).
     iterator_key: [u8; crate::streams::ITERATOR_KEY_BYTES],
     /// `None` while the writer reopens the database after an I/O error.
@@ -563,7 +580,7 @@ impl Engine {
             .map_err(|message| OpenError::Setting { message })?;
         let shared = Arc::new(Shared {
             clock_watch: Mutex::new(clock_watch::ClockWatch::default()),
-            sweep_hold: Mutex::new((0, 0)),
+            sweep_hold: Mutex::new(SweepHold::default()),
             db: RwLock::new(Some(Arc::new(db))),
             disk: Mutex::new(disk),
             writer_status: Mutex::new(WriterStatus {
@@ -639,24 +656,31 @@ impl Engine {
     /// ([`Engine::hold_sweeps_until_measured`]) until the first measurement, and a forward step of
     /// its own wall clock holds the sweeps back by the step at once ([`Engine::observe_clock`]).
     pub fn hold_sweeps_back(&self, hold_ms: u64, measured_at_ms: u64) {
-        *self
-            .shared
-            .sweep_hold
-            .lock()
-            .expect("sweep hold lock is never poisoned") = (hold_ms, measured_at_ms);
+        *self.sweep_hold() = SweepHold {
+            measured_ms: hold_ms,
+            measured_at_ms,
+            stepped_ms: 0,
+        };
     }
 
-    /// How far the sweeps hold back from the wall clock now (see [`Engine::hold_sweeps_back`]).
-    pub fn sweep_hold_ms(&self) -> u64 {
-        let (hold_ms, measured_at_ms) = *self
-            .shared
+    fn sweep_hold(&self) -> std::sync::MutexGuard<'_, SweepHold> {
+        self.shared
             .sweep_hold
             .lock()
-            .expect("sweep hold lock is never poisoned");
-        if self.now_unix_ms().saturating_sub(measured_at_ms) > SWEEP_HOLD_MEMORY_MS {
-            return 0;
-        }
-        hold_ms.min(SWEEP_HOLD_MS_MAX)
+            .expect("sweep hold lock is never poisoned")
+    }
+
+    /// How far the sweeps hold back from the wall clock now (see [`Engine::hold_sweeps_back`]):
+    /// the peers' last measurement while it is remembered (at most [`SWEEP_HOLD_MS_MAX`]), plus
+    /// the forward steps of this store's clock since.
+    pub fn sweep_hold_ms(&self) -> u64 {
+        let hold = *self.sweep_hold();
+        let measured = if self.now_unix_ms().saturating_sub(hold.measured_at_ms) > SWEEP_HOLD_MEMORY_MS {
+            0
+        } else {
+            hold.measured_ms
+        };
+        measured.min(SWEEP_HOLD_MS_MAX).saturating_add(hold.stepped_ms)
     }
 
     /// A store with peers: until replication has measured a peer's clock (or
@@ -684,16 +708,28 @@ impl Engine {
             .observe(std::time::Instant::now(), wall_ms);
         if let Some(step) = step {
             // A forward step holds the sweeps back by the step until the peers' clocks say
-            // otherwise (their next measurement replaces it) or the hold lapses.
-            if step > 0 {
-                let held = self.sweep_hold_ms();
-                self.hold_sweeps_back(held.saturating_add(step.unsigned_abs()), wall_ms);
+            // otherwise (their next measurement replaces it); without peers for as long as the
+            // store runs. A backward step gives back what forward steps held.
+            {
+                let mut hold = self.sweep_hold();
+                hold.stepped_ms = if step > 0 {
+                    hold.stepped_ms.saturating_add(step.unsigned_abs())
+                } else {
+                    hold.stepped_ms.saturating_sub(step.unsigned_abs())
+                };
             }
             tracing::warn!(
                 step_ms = step,
-                "the wall clock stepped {} by {} ms: TTL expiry, the point-in-time recovery window and restore times, stream iterator ages and replication timestamps follow it; check the time synchronisation (NTP) of this host",
+                hold_ms = self.sweep_hold_ms(),
+                "the wall clock stepped {} by {} ms: TTL expiry, the point-in-time recovery window and restore times, stream iterator ages and replication timestamps follow it; check the time synchronisation (NTP) of this host. TTL expiry and the retention of stream records and the undo log now hold back {} ms from the wall clock{}",
                 if step > 0 { "forward" } else { "back" },
-                step.unsigned_abs()
+                step.unsigned_abs(),
+                self.sweep_hold_ms(),
+                if step > 0 {
+                    " (until a peer's clock is measured; without peers until the clock steps back, or a restart if the new time is right)"
+                } else {
+                    ""
+                }
             );
         }
         step

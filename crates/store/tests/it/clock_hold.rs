@@ -203,3 +203,56 @@ async fn a_forward_step_holds_the_sweeps_at_once_and_the_hold_is_capped() {
         "due by the wall clock less the capped hold"
     );
 }
+
+/// A store without peers whose clock jumps two days ahead: TTL expiry keeps holding back by the
+/// step for as long as the store runs (it used to let go an hour later and delete two days of
+/// items early), and a step back gives the hold back.
+#[tokio::test]
+async fn without_peers_a_forward_step_holds_until_the_clock_steps_back() {
+    let h = Harness::new();
+    h.create_with_ttl().await;
+    let true_now_s = h.now() / 1000;
+    h.put("due", true_now_s - 60).await;
+    h.put("tomorrow", true_now_s + 86_400).await;
+    assert_eq!(h.engine.observe_clock(), None, "the first look is the baseline");
+    h.advance(2 * DAY_MS);
+    assert_eq!(h.engine.observe_clock(), Some((2 * DAY_MS) as i64));
+    // Past the hour a peer's measurement is remembered for (no peer measures here).
+    h.advance(store::engine::SWEEP_HOLD_MEMORY_MS + 60_000);
+    assert!(
+        h.engine.sweep_hold_ms() >= 2 * DAY_MS,
+        "the step still holds: {} ms",
+        h.engine.sweep_hold_ms()
+    );
+    assert_eq!(h.engine.expire_once().await.expect("sweep"), 1);
+    assert_eq!(
+        h.ids().await,
+        ["tomorrow"],
+        "nothing due only by the jumped clock is deleted"
+    );
+
+    // The clock is set right again: the step back gives back what it held. (The hour this
+    // test moved the wall clock unobserved counts in the step, so the step is that much shorter.)
+    let before = h.engine.sweep_hold_ms();
+    h.rewind(2 * DAY_MS);
+    let back = h.engine.observe_clock().expect("two days back is a step");
+    assert!(back < 0, "a step back: {back}");
+    assert_eq!(h.engine.sweep_hold_ms(), before - back.unsigned_abs());
+    assert!(h.engine.sweep_hold_ms() < 2 * 3_600_000);
+}
+
+/// A year's step ahead is held in full (a week's cap applies to what a peer's clock says, so a
+/// peer set to 1970 cannot stop the sweeps; this store's own jump deletes nothing early).
+#[tokio::test]
+async fn a_forward_step_of_a_year_is_held_in_full() {
+    let h = Harness::new();
+    h.create_with_ttl().await;
+    let true_now_s = h.now() / 1000;
+    h.put("next-month", true_now_s + 30 * 86_400).await;
+    assert_eq!(h.engine.observe_clock(), None, "the first look is the baseline");
+    h.advance(365 * DAY_MS);
+    assert_eq!(h.engine.observe_clock(), Some((365 * DAY_MS) as i64));
+    assert!(h.engine.sweep_hold_ms() >= 365 * DAY_MS);
+    assert_eq!(h.engine.expire_once().await.expect("sweep"), 0);
+    assert_eq!(h.ids().await, ["next-month"]);
+}

@@ -31,6 +31,10 @@ impl ManualClock {
     pub fn advance(&self, ms: u64) {
         self.0.fetch_add(ms, Ordering::SeqCst);
     }
+
+    pub fn rewind(&self, ms: u64) {
+        self.0.fetch_sub(ms, Ordering::SeqCst);
+    }
 }
 
 impl Clock for ManualClock {
@@ -69,6 +73,11 @@ impl<M> ClockedStore<M> {
 
     pub fn advance(&self, ms: u64) {
         self.clock.advance(ms);
+    }
+
+    /// Sets the clock back by `ms` (a step back).
+    pub fn rewind(&self, ms: u64) {
+        self.clock.rewind(ms);
     }
 }
 
