@@ -505,6 +505,24 @@ impl From<ExchangeError> for Failure {
     }
 }
 
+const RCODE_FORMERR: u8 = 1;
+const RCODE_NOTIMP: u8 = 4;
+const RCODE_REFUSED: u8 = 5;
+
+/// The header's RCODE of an answer (the low 4 bits of its fourth byte).
+fn unsigned_rcode(bytes: &[u8]) -> Option<u8> {
+    bytes.get(3).map(|flags| flags & 0x0f)
+}
+
+fn rcode_name(rcode: u8) -> &'static str {
+    match rcode {
+        RCODE_FORMERR => "FORMERR",
+        RCODE_NOTIMP => "NOTIMP",
+        RCODE_REFUSED => "REFUSED",
+        _ => "an error",
+    }
+}
+
 fn random_id() -> u16 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(now_s());
@@ -772,6 +790,23 @@ impl Rfc2136 {
             Err(error @ (tsig::VerifyError::Server { .. } | tsig::VerifyError::BadTime { .. })) => {
                 Err(ExchangeError::Key(error.describe(&self.key)))
             }
+            // A server that knows no TSIG (or not this key's algorithm) answers a signed request
+            // unsigned, with FORMERR or NOTIMP (or REFUSED): final, once no signed answer comes.
+            Err(tsig::VerifyError::Unsigned) => match unsigned_rcode(bytes) {
+                Some(rcode @ (RCODE_FORMERR | RCODE_NOTIMP | RCODE_REFUSED)) => {
+                    Err(ExchangeError::UnsignedRefusal(format!(
+                        "the server answered {} without a TSIG to a request signed with key '{}' ({}): it does not support TSIG or this key's algorithm, or does not hold the key; give the server the key (BIND: a key statement with algorithm {} and the same secret, and allow-update {{ key {}; }}), or check server points at the zone's primary",
+                        rcode_name(rcode),
+                        self.key.name,
+                        tsig::ALGORITHM,
+                        tsig::ALGORITHM,
+                        self.key.name
+                    )))
+                }
+                _ => Err(ExchangeError::Transient(
+                    tsig::VerifyError::Unsigned.describe(&self.key),
+                )),
+            },
             Err(error) => Err(ExchangeError::Transient(error.describe(&self.key))),
         }
     }
@@ -1167,6 +1202,61 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = Key::parse(secret, Some("k")).expect("key");
         let address = update_answering_server(key, ResponseCode::ServFail).await;
+        let outcome = step_at(dir.path(), address, secret).run(&order).await;
+        assert!(matches!(&outcome, Err(Failure::Retryable(_))), "{outcome:?}");
+    }
+
+    /// A fake primary that knows no TSIG: it answers every request unsigned, with `code`.
+    async fn tsig_unaware_server(code: ResponseCode) -> SocketAddr {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP");
+        let address = udp.local_addr().expect("address");
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; MESSAGE_BYTES_MAX];
+            while let Ok((n, from)) = udp.recv_from(&mut buffer).await {
+                let (request, _) = tsig::server::unsigned_request(&buffer[..n]);
+                let request = Message::from_vec(&request).expect("the request parses");
+                let mut response = Message::new();
+                response
+                    .set_id(request.id())
+                    .set_message_type(MessageType::Response)
+                    .set_op_code(request.op_code())
+                    .set_response_code(code);
+                response.add_queries(request.queries().to_vec());
+                let _ = udp.send_to(&response.to_vec().expect("encodes"), from).await;
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_server_that_knows_no_tsig_is_a_refusal_naming_the_key_not_a_timeout() {
+        let secret = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A=";
+        let order = Order {
+            generation: 3,
+            kind: "failover".into(),
+            from: Some("eu".into()),
+            to: "us".into(),
+            serving: vec!["us".into()],
+            reason: "test".into(),
+            force_data_loss: false,
+        };
+        for (code, mnemonic) in [
+            (ResponseCode::FormErr, "FORMERR"),
+            (ResponseCode::NotImp, "NOTIMP"),
+            (ResponseCode::Refused, "REFUSED"),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let address = tsig_unaware_server(code).await;
+            let outcome = step_at(dir.path(), address, secret).run(&order).await;
+            assert!(
+                matches!(&outcome, Err(Failure::Refused(m))
+                    if m.contains(&format!("answered {mnemonic} without a TSIG")) && m.contains("key 'k'")),
+                "{code}: {outcome:?}"
+            );
+        }
+        // An unsigned SERVFAIL says nothing about the key: still worth another attempt.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let address = tsig_unaware_server(ResponseCode::ServFail).await;
         let outcome = step_at(dir.path(), address, secret).run(&order).await;
         assert!(matches!(&outcome, Err(Failure::Retryable(_))), "{outcome:?}");
     }
