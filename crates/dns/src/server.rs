@@ -31,7 +31,7 @@ use crate::answer::{Response, Transport, handle_packet};
 use crate::cache::AnswerCache;
 use crate::config::Limits;
 use crate::metrics::{CounterCache, Metrics};
-use crate::rrl::{RateLimiter, Verdict, classify, truncated};
+use crate::rrl::{RateLimiter, Verdict, classify};
 use crate::view::HealthView;
 use crate::zone::Zones;
 use common::rng::Rng;
@@ -147,6 +147,9 @@ pub struct State {
     epoch: AtomicU64,
     /// Told after every change of zones or view: the NOTIFY sender plans again.
     pub(crate) changed: tokio::sync::Notify,
+    /// The requests each TSIG key signed lately, shared by the UDP workers and the TCP
+    /// connections so a copy is refused whichever way it comes (RFC 8945 §5.2.3).
+    pub(crate) replays: Mutex<common::tsig::Replays>,
 }
 
 /// A worker's copy of the zones and view, refreshed when the state's epoch moves.
@@ -170,6 +173,7 @@ impl State {
             drop_log: RateLimitedLog::default(),
             epoch: AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
+            replays: Mutex::new(common::tsig::Replays::default()),
         }
     }
 
@@ -210,6 +214,7 @@ impl State {
             peer.ip(),
             entropy,
             unix_now_s(),
+            &self.replays,
         );
         if response.is_none() {
             self.metrics.count_drop("malformed");
@@ -714,7 +719,7 @@ fn serve_datagram(
             Verdict::Drop => return false,
             Verdict::Slip => {
                 // Rare (only under rate limiting): the slipped form is built from the full
-                // response, judged once already.
+                // response, judged once already. (Cached answers are never signed ones.)
                 let response = handle_packet(
                     &snapshot.zones,
                     &snapshot.view,
@@ -723,8 +728,9 @@ fn serve_datagram(
                     peer.ip(),
                     rng.next_u64(),
                     unix_now_s(),
+                    &state.replays,
                 );
-                let slipped = response.as_ref().and_then(|r| r.messages.first()).and_then(truncated);
+                let slipped = response.as_ref().and_then(Response::slipped);
                 if let Some(wire) = slipped
                     && let Err(e) = socket.send_to(&wire, peer)
                 {
@@ -741,7 +747,8 @@ fn serve_datagram(
         Verdict::Send => {}
         Verdict::Drop => return false,
         Verdict::Slip => {
-            let slipped = response.messages.first().and_then(truncated);
+            // A signed query's is signed too (or nothing is sent).
+            let slipped = response.slipped();
             if let Some(wire) = slipped
                 && let Err(e) = socket.send_to(&wire, peer)
             {
