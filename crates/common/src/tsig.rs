@@ -28,6 +28,11 @@ pub const REPLAY_KEYS_MAX: usize = 1_024;
 /// rather than let a copy through, and the client's next second is a fresh one. BIND's
 /// secondaries send two or three per zone refresh.
 pub const REPLAY_MACS_PER_SECOND_MAX: usize = 256;
+/// A copy of a request that came over UDP, from the address that sent it first and within this
+/// many seconds of it, is the client's retransmission (BIND resends the very same bytes when
+/// an answer is lost) and is answered again: the answer goes to that address, which had the
+/// first one. Any other copy is a replay.
+pub const REPLAY_RETRANSMIT_WINDOW_S: u64 = 15;
 /// A HMAC-SHA256 MAC's length; shorter (truncated) MACs are not accepted.
 pub const MAC_BYTES: usize = 32;
 /// Shortest secret accepted: half the hash output (RFC 8945 §6.1 recommends at least that).
@@ -761,8 +766,9 @@ impl Replay {
 
 /// The replay record of a server (RFC 8945 §5.2.3): per key, the latest time signed of a
 /// request that verified and the MACs of the requests signed at that second. A request signed
-/// earlier is refused, and so is a copy of one signed at that second; several distinct
-/// requests in the same second (a secondary's SOA query then its IXFR) pass. Bounded: at most
+/// earlier is refused, and so is a copy of one signed at that second (but a retransmission over
+/// UDP, see [`REPLAY_RETRANSMIT_WINDOW_S`]); several distinct requests in the same second (a
+/// secondary's SOA query then its IXFR) pass. Bounded: at most
 /// [`REPLAY_KEYS_MAX`] keys and [`REPLAY_MACS_PER_SECOND_MAX`] MACs each. A key's entry is
 /// forgotten only once its latest time is outside [`FUDGE_ACCEPTED_MAX_S`] (then the time
 /// check refuses every request it would have), or, past [`REPLAY_KEYS_MAX`] keys in that
@@ -777,13 +783,33 @@ pub struct Replays {
 #[derive(Debug)]
 struct Latest {
     time_signed: u64,
-    macs: Vec<Vec<u8>>,
+    macs: Vec<Seen>,
+}
+
+/// A request admitted: its MAC, and where and when it first came over UDP (`None`: over TCP).
+#[derive(Debug)]
+struct Seen {
+    mac: Vec<u8>,
+    udp_from: Option<std::net::IpAddr>,
+    first_s: u64,
 }
 
 impl Replays {
     /// Admits a verified request once, or says why it is a replay (answer it with
-    /// [`Verified::refuse_replay`]). Only admitted requests are recorded.
-    pub fn admit(&mut self, verified: &Verified<'_>, now: u64) -> Result<(), Replay> {
+    /// [`Verified::refuse_replay`]). `udp_from`: the client's address when the request came
+    /// over UDP (a copy from it within [`REPLAY_RETRANSMIT_WINDOW_S`] is a retransmission and
+    /// passes). Only admitted requests are recorded.
+    pub fn admit(
+        &mut self,
+        verified: &Verified<'_>,
+        now: u64,
+        udp_from: Option<std::net::IpAddr>,
+    ) -> Result<(), Replay> {
+        let seen = || Seen {
+            mac: verified.mac.clone(),
+            udp_from,
+            first_s: now,
+        };
         use std::cmp::Ordering;
         if let Some(latest) = self.keys.get_mut(&verified.key.wire_name) {
             match verified.time_signed.cmp(&latest.time_signed) {
@@ -793,18 +819,21 @@ impl Replays {
                     });
                 }
                 Ordering::Equal => {
-                    if latest.macs.contains(&verified.mac) {
-                        return Err(Replay::Repeated);
+                    if let Some(first) = latest.macs.iter().find(|seen| seen.mac == verified.mac) {
+                        let retransmitted = udp_from.is_some()
+                            && first.udp_from == udp_from
+                            && now <= first.first_s.saturating_add(REPLAY_RETRANSMIT_WINDOW_S);
+                        return if retransmitted { Ok(()) } else { Err(Replay::Repeated) };
                     }
                     if latest.macs.len() >= REPLAY_MACS_PER_SECOND_MAX {
                         return Err(Replay::Crowded);
                     }
-                    latest.macs.push(verified.mac.clone());
+                    latest.macs.push(seen());
                 }
                 Ordering::Greater => {
                     latest.time_signed = verified.time_signed;
                     latest.macs.clear();
-                    latest.macs.push(verified.mac.clone());
+                    latest.macs.push(seen());
                 }
             }
             return Ok(());
@@ -827,7 +856,7 @@ impl Replays {
             verified.key.wire_name.clone(),
             Latest {
                 time_signed: verified.time_signed,
-                macs: vec![verified.mac.clone()],
+                macs: vec![seen()],
             },
         );
         Ok(())
@@ -1565,7 +1594,7 @@ mod tests {
         let RequestCheck::Verified(verified) = verify_request(wire, keys, now) else {
             panic!("verifies");
         };
-        replays.admit(&verified, now)
+        replays.admit(&verified, now, None)
     }
 
     #[test]
@@ -1606,6 +1635,48 @@ mod tests {
                 rcode: 0,
                 signed: true
             })
+        );
+    }
+
+    #[test]
+    fn a_copy_over_udp_from_its_first_address_soon_after_is_a_retransmission() {
+        let keys = keys();
+        let now = 1_700_000_000;
+        let client: std::net::IpAddr = "192.0.2.53".parse().expect("address");
+        let other: std::net::IpAddr = "198.51.100.9".parse().expect("address");
+        let verified = |wire: &[u8], at: u64| match verify_request(wire, &keys, at) {
+            RequestCheck::Verified(verified) => verified,
+            _ => panic!("verifies"),
+        };
+        let mut replays = Replays::default();
+        let soa = sign(&query(1), &key(), now).expect("sign").wire;
+        assert_eq!(replays.admit(&verified(&soa, now), now, Some(client)), Ok(()));
+        // BIND resending the same bytes after a lost answer: answered again, to the same address.
+        assert_eq!(replays.admit(&verified(&soa, now + 3), now + 3, Some(client)), Ok(()));
+        let window = REPLAY_RETRANSMIT_WINDOW_S;
+        assert_eq!(
+            replays.admit(&verified(&soa, now + window), now + window, Some(client)),
+            Ok(())
+        );
+        // From another address, over TCP, or after the window: a replay.
+        assert_eq!(
+            replays.admit(&verified(&soa, now + 4), now + 4, Some(other)),
+            Err(Replay::Repeated)
+        );
+        assert_eq!(
+            replays.admit(&verified(&soa, now + 4), now + 4, None),
+            Err(Replay::Repeated)
+        );
+        assert_eq!(
+            replays.admit(&verified(&soa, now + window + 1), now + window + 1, Some(client)),
+            Err(Replay::Repeated)
+        );
+        // First over TCP: a copy over UDP, from wherever, is a replay.
+        let axfr = sign(&query(2), &key(), now).expect("sign").wire;
+        assert_eq!(replays.admit(&verified(&axfr, now), now, None), Ok(()));
+        assert_eq!(
+            replays.admit(&verified(&axfr, now + 1), now + 1, Some(client)),
+            Err(Replay::Repeated)
         );
     }
 

@@ -2,8 +2,10 @@
 //! response messages. No sockets, clocks or randomness of its own: the caller passes a random
 //! `entropy` per query, so the same inputs always give the same bytes.
 //!
-//! Invariant: `answer()` is pure and never panics; every response it returns encodes, and over
-//! UDP fits the client's payload size (else it is truncated with TC set).
+//! Invariant: `answer()` is pure and never panics; `handle_packet` changes nothing but the TSIG
+//! replay record it is passed (a signed request verified is admitted once); every response
+//! either one returns encodes, and over UDP fits the client's payload size (else it is truncated
+//! with TC set).
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -159,8 +161,9 @@ impl Response {
 /// NOTAUTH with the TSIG error (BADKEY, BADSIG, BADTIME, BADTRUNC), a good one an answer whose
 /// every message is signed, each over the previous one's MAC (§5.3.1). A good one is also
 /// checked against `replays`, the server's record of the requests each key signed (§5.2.3):
-/// one signed earlier than its key's latest, or a copy of one already answered, gets a signed
-/// BADTIME. That record is the only state this function changes.
+/// one signed earlier than its key's latest, or a copy of one already answered (but a UDP
+/// retransmission from the same `client`), gets a signed BADTIME. That record is the only
+/// state this function changes.
 #[allow(clippy::too_many_arguments)]
 pub fn handle_packet(
     zones: &Zones,
@@ -178,10 +181,11 @@ pub fn handle_packet(
             if let Tsig::Last(_) = tsig(&message) {
                 match tsig::verify_request(packet, zones.keys(), now_s) {
                     RequestCheck::Verified(ok) => {
-                        let admitted = replays
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner())
-                            .admit(&ok, now_s);
+                        let admitted = replays.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).admit(
+                            &ok,
+                            now_s,
+                            (transport == Transport::Udp).then_some(client),
+                        );
                         if admitted.is_err() {
                             let refusal = ok.refuse_replay();
                             let label = fixed_label(LABEL_TSIG_REPLAYED);

@@ -96,19 +96,21 @@ fn ask(zones: &Zones, packet: &[u8], transport: Transport, now: u64) -> Response
     .expect("answered")
 }
 
-/// As [`ask`], with the server's replay record kept across calls.
+/// As [`ask`], from `from`, with the server's replay record kept across calls.
+fn ask_from(
+    zones: &Zones,
+    packet: &[u8],
+    transport: Transport,
+    now: u64,
+    replays: &Mutex<tsig::Replays>,
+    from: IpAddr,
+) -> Response {
+    handle_packet(zones, &HealthView::default(), packet, transport, from, 1, now, replays).expect("answered")
+}
+
+/// As [`ask_from`], from [`client`].
 fn ask_again(zones: &Zones, packet: &[u8], transport: Transport, now: u64, replays: &Mutex<tsig::Replays>) -> Response {
-    handle_packet(
-        zones,
-        &HealthView::default(),
-        packet,
-        transport,
-        client(),
-        1,
-        now,
-        replays,
-    )
-    .expect("answered")
+    ask_from(zones, packet, transport, now, replays, client())
 }
 
 fn rcode(wire: &[u8]) -> ResponseCode {
@@ -456,9 +458,17 @@ fn a_replayed_transfer_request_or_notify_gets_a_signed_badtime_and_requests_in_o
     let notify = tsig::sign(&notify, &xfr_key(), NOW + 40).expect("sign");
     let first = ask_again(&zones, &notify.wire, Transport::Udp, NOW + 40, &replays);
     verified(&first, &xfr_key(), &notify.mac, NOW + 40);
-    let again = ask_again(&zones, &notify.wire, Transport::Udp, NOW + 41, &replays);
-    assert_eq!(rcode(&again.wire[0]), ResponseCode::NotAuth);
-    assert_eq!(tsig_of(&again.wire[0]).error, tsig::BADTIME);
+    // Sent again by its sender within seconds (its answer was lost): answered again.
+    let retransmitted = ask_again(&zones, &notify.wire, Transport::Udp, NOW + 42, &replays);
+    verified(&retransmitted, &xfr_key(), &notify.mac, NOW + 42);
+    // From another address, or later: refused.
+    let elsewhere: IpAddr = "203.0.113.66".parse().expect("address");
+    let replayed = ask_from(&zones, &notify.wire, Transport::Udp, NOW + 43, &replays, elsewhere);
+    assert_eq!(rcode(&replayed.wire[0]), ResponseCode::NotAuth);
+    assert_eq!(tsig_of(&replayed.wire[0]).error, tsig::BADTIME);
+    let later = NOW + 40 + tsig::REPLAY_RETRANSMIT_WINDOW_S + 1;
+    let replayed = ask_again(&zones, &notify.wire, Transport::Udp, later, &replays);
+    assert_eq!(tsig_of(&replayed.wire[0]).error, tsig::BADTIME);
 }
 
 #[test]
