@@ -16,6 +16,23 @@ pub const ALGORITHM: &str = "hmac-sha256";
 /// Seconds of clock difference the server and this controller accept (RFC 8945 §10
 /// recommends 300).
 pub const FUDGE_S: u16 = 300;
+/// The widest clock difference a server accepts, whatever fudge a request names (a request
+/// may name up to 65535 s): a captured request is good for at most this long, which also
+/// bounds what [`Replays`] must remember. Local policy; `tsig-keygen` clients send 300.
+pub const FUDGE_ACCEPTED_MAX_S: u16 = FUDGE_S;
+/// Keys whose latest request a [`Replays`] remembers at most: one entry per key that signed a
+/// request in the last [`FUDGE_ACCEPTED_MAX_S`] seconds (only keys held here get one).
+pub const REPLAY_KEYS_MAX: usize = 1_024;
+/// Distinct requests one key may sign within one second (the newest second it signed in):
+/// their MACs are remembered so that a copy is refused; a request beyond is refused (BADTIME)
+/// rather than let a copy through, and the client's next second is a fresh one. BIND's
+/// secondaries send two or three per zone refresh.
+pub const REPLAY_MACS_PER_SECOND_MAX: usize = 256;
+/// A copy of a request that came over UDP, from the address that sent it first and within this
+/// many seconds of it, is the client's retransmission (BIND resends the very same bytes when
+/// an answer is lost) and is answered again: the answer goes to that address, which had the
+/// first one. Any other copy is a replay.
+pub const REPLAY_RETRANSMIT_WINDOW_S: u64 = 15;
 /// A HMAC-SHA256 MAC's length; shorter (truncated) MACs are not accepted.
 pub const MAC_BYTES: usize = 32;
 /// Shortest secret accepted: half the hash output (RFC 8945 §6.1 recommends at least that).
@@ -638,6 +655,20 @@ pub struct Verified<'k> {
     /// The request's MAC, which the answer's first MAC covers.
     pub mac: Vec<u8>,
     pub time_signed: u64,
+    record: Record,
+}
+
+impl<'k> Verified<'k> {
+    /// The refusal of a request that verified but is a replay ([`Replays::admit`] said so):
+    /// BADTIME, signed with the key, as RFC 8945 §5.2.3 asks for a request signed earlier than
+    /// the key's latest.
+    pub fn refuse_replay(self) -> Refusal<'k> {
+        Refusal {
+            error: BADTIME,
+            record: self.record,
+            verified: Some(self.key),
+        }
+    }
 }
 
 /// A request whose TSIG failed: the error and what its answer echoes.
@@ -687,7 +718,7 @@ pub fn verify_request<'k>(wire: &[u8], keys: &'k [Key], now: u64) -> RequestChec
     if digest.verify_truncated_left(&record.mac).is_err() {
         return refuse(BADSIG, record, None);
     }
-    if now.abs_diff(record.time_signed) > u64::from(record.fudge) {
+    if now.abs_diff(record.time_signed) > u64::from(record.fudge.min(FUDGE_ACCEPTED_MAX_S)) {
         return refuse(BADTIME, record, Some(key));
     }
     if record.mac.len() < MAC_BYTES {
@@ -695,9 +726,150 @@ pub fn verify_request<'k>(wire: &[u8], keys: &'k [Key], now: u64) -> RequestChec
     }
     RequestCheck::Verified(Verified {
         key,
-        mac: record.mac,
+        mac: record.mac.clone(),
         time_signed: record.time_signed,
+        record,
     })
+}
+
+/// Why [`Replays::admit`] refused a verified request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Signed before the latest request of its key (RFC 8945 §5.2.3): an old request replayed,
+    /// or a client sharing the key whose clock is behind another's.
+    Earlier { latest: u64 },
+    /// Signed in the key's latest second with a MAC already seen: a copy of a request.
+    Repeated,
+    /// More than [`REPLAY_MACS_PER_SECOND_MAX`] requests signed by the key in one second.
+    Crowded,
+}
+
+impl Replay {
+    /// The refusal as a sentence for the log, with the fix.
+    pub fn describe(&self, key: &Key) -> String {
+        match self {
+            Replay::Earlier { latest } => format!(
+                "a request signed with key '{}' at an earlier time than the key's latest ({latest}): a replay, or several clients share the key and their clocks differ (give each secondary its own key)",
+                key.name
+            ),
+            Replay::Repeated => format!(
+                "a request signed with key '{}' was received again with the same MAC: a replay (a client signs each request anew)",
+                key.name
+            ),
+            Replay::Crowded => format!(
+                "more than {REPLAY_MACS_PER_SECOND_MAX} requests signed with key '{}' in one second",
+                key.name
+            ),
+        }
+    }
+}
+
+/// The replay record of a server (RFC 8945 §5.2.3): per key, the latest time signed of a
+/// request that verified and the MACs of the requests signed at that second. A request signed
+/// earlier is refused, and so is a copy of one signed at that second (but a retransmission over
+/// UDP, see [`REPLAY_RETRANSMIT_WINDOW_S`]); several distinct requests in the same second (a
+/// secondary's SOA query then its IXFR) pass. Bounded: at most
+/// [`REPLAY_KEYS_MAX`] keys and [`REPLAY_MACS_PER_SECOND_MAX`] MACs each. A key's entry is
+/// forgotten only once its latest time is outside [`FUDGE_ACCEPTED_MAX_S`] (then the time
+/// check refuses every request it would have), or, past [`REPLAY_KEYS_MAX`] keys in that
+/// window, the key with the oldest latest time. Pure: the caller passes the time; it lives in
+/// memory, so a restart forgets it (a request captured in the last
+/// [`FUDGE_ACCEPTED_MAX_S`] seconds can then be replayed once).
+#[derive(Debug, Default)]
+pub struct Replays {
+    keys: std::collections::HashMap<Vec<u8>, Latest>,
+}
+
+#[derive(Debug)]
+struct Latest {
+    time_signed: u64,
+    macs: Vec<Seen>,
+}
+
+/// A request admitted: its MAC, and where and when it first came over UDP (`None`: over TCP).
+#[derive(Debug)]
+struct Seen {
+    mac: Vec<u8>,
+    udp_from: Option<std::net::IpAddr>,
+    first_s: u64,
+}
+
+impl Replays {
+    /// Admits a verified request once, or says why it is a replay (answer it with
+    /// [`Verified::refuse_replay`]). `udp_from`: the client's address when the request came
+    /// over UDP (a copy from it within [`REPLAY_RETRANSMIT_WINDOW_S`] is a retransmission and
+    /// passes). Only admitted requests are recorded.
+    pub fn admit(
+        &mut self,
+        verified: &Verified<'_>,
+        now: u64,
+        udp_from: Option<std::net::IpAddr>,
+    ) -> Result<(), Replay> {
+        let seen = || Seen {
+            mac: verified.mac.clone(),
+            udp_from,
+            first_s: now,
+        };
+        use std::cmp::Ordering;
+        if let Some(latest) = self.keys.get_mut(&verified.key.wire_name) {
+            match verified.time_signed.cmp(&latest.time_signed) {
+                Ordering::Less => {
+                    return Err(Replay::Earlier {
+                        latest: latest.time_signed,
+                    });
+                }
+                Ordering::Equal => {
+                    if let Some(first) = latest.macs.iter().find(|seen| seen.mac == verified.mac) {
+                        let retransmitted = udp_from.is_some()
+                            && first.udp_from == udp_from
+                            && now <= first.first_s.saturating_add(REPLAY_RETRANSMIT_WINDOW_S);
+                        return if retransmitted { Ok(()) } else { Err(Replay::Repeated) };
+                    }
+                    if latest.macs.len() >= REPLAY_MACS_PER_SECOND_MAX {
+                        return Err(Replay::Crowded);
+                    }
+                    latest.macs.push(seen());
+                }
+                Ordering::Greater => {
+                    latest.time_signed = verified.time_signed;
+                    latest.macs.clear();
+                    latest.macs.push(seen());
+                }
+            }
+            return Ok(());
+        }
+        if self.keys.len() >= REPLAY_KEYS_MAX {
+            let window = u64::from(FUDGE_ACCEPTED_MAX_S);
+            self.keys
+                .retain(|_, latest| latest.time_signed.saturating_add(window) >= now);
+        }
+        if self.keys.len() >= REPLAY_KEYS_MAX
+            && let Some(oldest) = self
+                .keys
+                .iter()
+                .min_by_key(|(_, latest)| latest.time_signed)
+                .map(|(name, _)| name.clone())
+        {
+            self.keys.remove(&oldest);
+        }
+        self.keys.insert(
+            verified.key.wire_name.clone(),
+            Latest {
+                time_signed: verified.time_signed,
+                macs: vec![seen()],
+            },
+        );
+        Ok(())
+    }
+
+    /// Keys remembered.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
 }
 
 impl Refusal<'_> {
@@ -1213,6 +1385,331 @@ mod tests {
             verify_request(&truncated(8), &keys, now),
             RequestCheck::Malformed(_)
         ));
+    }
+
+    /// A request signed with any TSIG variables, as a hostile or unusual client makes one: the
+    /// key's owner name and the algorithm name as given (any case), the MAC cut to `mac_bytes`.
+    #[allow(clippy::too_many_arguments)]
+    fn sign_raw(
+        message: &[u8],
+        key: &Key,
+        owner: &[u8],
+        algorithm: &[u8],
+        time_signed: u64,
+        fudge: u16,
+        other: &[u8],
+        mac_bytes: usize,
+    ) -> Vec<u8> {
+        let variables = Variables {
+            algorithm,
+            time_signed,
+            fudge,
+            error: 0,
+            other,
+        };
+        let mut digest = key.mac();
+        digest.update(message);
+        // The MAC covers the names in canonical (lower-case) form, whatever the record holds.
+        let lower = |wire: &[u8]| wire.iter().map(u8::to_ascii_lowercase).collect::<Vec<u8>>();
+        let canonical_algorithm = lower(algorithm);
+        Variables {
+            algorithm: &canonical_algorithm,
+            ..variables
+        }
+        .digest_into(&lower(owner), &mut digest);
+        let mac = digest.finalize().into_bytes().to_vec();
+        let id = header_id(message).expect("header");
+        append_record(message, owner, &variables.rdata(&mac[..mac_bytes], id)).expect("appends")
+    }
+
+    fn upper(wire: &[u8]) -> Vec<u8> {
+        wire.iter().map(u8::to_ascii_uppercase).collect()
+    }
+
+    #[test]
+    fn algorithm_and_key_names_compare_without_regard_to_case() {
+        let keys = keys();
+        let now = 1_700_000_000;
+        let owner = upper(&key().wire_name);
+        let request = sign_raw(
+            &query(1),
+            &key(),
+            &owner,
+            &upper(ALGORITHM_WIRE),
+            now,
+            FUDGE_S,
+            &[],
+            MAC_BYTES,
+        );
+        let RequestCheck::Verified(verified) = verify_request(&request, &keys, now) else {
+            panic!("HMAC-SHA256. and an upper-case key name are the same names");
+        };
+        assert_eq!(verified.key.name, "switchyard-test");
+        // The answer echoes the canonical names and verifies at a client holding the key.
+        let (mut answer, _) = testing::unsigned_request(&request).expect("signed");
+        answer[2] |= 0x80;
+        let signed = ResponseSigner::new(verified.key, &verified.mac, now)
+            .sign(&answer)
+            .expect("signs");
+        verify(&signed, &verified.mac, &key(), now).expect("verifies");
+        // Another algorithm, whatever its case, is BADKEY.
+        let md5 = wire_name("HMAC-MD5.SIG-ALG.REG.INT").expect("name");
+        let request = sign_raw(&query(2), &key(), &key().wire_name, &md5, now, FUDGE_S, &[], MAC_BYTES);
+        assert!(matches!(
+            verify_request(&request, &keys, now),
+            RequestCheck::Refused(Refusal { error: BADKEY, .. })
+        ));
+    }
+
+    #[test]
+    fn macs_of_size_zero_or_longer_than_the_hash_are_formerr_and_huge_other_data_is_covered() {
+        let keys = keys();
+        let now = 1_700_000_000;
+        let owner = key().wire_name.clone();
+        for mac_bytes in [0, 1, MAC_BYTES_MIN - 1] {
+            let request = sign_raw(&query(1), &key(), &owner, ALGORITHM_WIRE, now, FUDGE_S, &[], mac_bytes);
+            assert!(
+                matches!(verify_request(&request, &keys, now), RequestCheck::Malformed(_)),
+                "a MAC of {mac_bytes} bytes"
+            );
+        }
+        // A MAC longer than the hash (MAC size says 40, the bytes are there).
+        let mut long = sign_raw(&query(1), &key(), &owner, ALGORITHM_WIRE, now, FUDGE_S, &[], MAC_BYTES);
+        let record = read_record(&long).expect("reads").expect("tsig");
+        let rdata = record
+            .variables()
+            .rdata(&[record.mac.clone(), vec![0; 8]].concat(), [0, 1]);
+        long.truncate(record.start);
+        long[10..12].copy_from_slice(&0u16.to_be_bytes());
+        let long = append_record(&long, &owner, &rdata).expect("appends");
+        assert!(matches!(verify_request(&long, &keys, now), RequestCheck::Malformed(_)));
+        // 60 000 bytes of other data, signed: verified (the MAC covers them); altered: BADSIG.
+        let other = vec![0xa5; 60_000];
+        let request = sign_raw(
+            &query(1),
+            &key(),
+            &owner,
+            ALGORITHM_WIRE,
+            now,
+            FUDGE_S,
+            &other,
+            MAC_BYTES,
+        );
+        assert!(matches!(
+            verify_request(&request, &keys, now),
+            RequestCheck::Verified(_)
+        ));
+        let mut altered = request.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        assert!(matches!(
+            verify_request(&altered, &keys, now),
+            RequestCheck::Refused(Refusal { error: BADSIG, .. })
+        ));
+        // Other data claiming more bytes than the message has: FORMERR, no panic.
+        let mut cut = request.clone();
+        cut.truncate(cut.len() - 10);
+        let rdlength_at = record.start + owner.len() + 8;
+        let rdlength = u16::from_be_bytes([cut[rdlength_at], cut[rdlength_at + 1]]) - 10;
+        cut[rdlength_at..rdlength_at + 2].copy_from_slice(&rdlength.to_be_bytes());
+        assert!(matches!(verify_request(&cut, &keys, now), RequestCheck::Malformed(_)));
+    }
+
+    #[test]
+    fn times_near_two_to_the_48_and_fudges_of_0_and_65535() {
+        let keys = keys();
+        let owner = key().wire_name.clone();
+        let now = 1_700_000_000;
+        let max_time = (1u64 << 48) - 1;
+        // Signed at the largest 48-bit time: BADTIME, answered with it echoed, no overflow.
+        let request = sign_raw(
+            &query(1),
+            &key(),
+            &owner,
+            ALGORITHM_WIRE,
+            max_time,
+            FUDGE_S,
+            &[],
+            MAC_BYTES,
+        );
+        let RequestCheck::Refused(refusal) = verify_request(&request, &keys, now) else {
+            panic!("a time 2^48 - 1 is far from now");
+        };
+        assert_eq!(refusal.error, BADTIME);
+        let answer = refusal.respond(&answer_to(&request), now).expect("answers");
+        assert_eq!(
+            read_record(&answer).expect("reads").expect("tsig").time_signed,
+            max_time
+        );
+        // A server whose clock reads near 2^48 (and a request at 0) does not overflow either.
+        let request = sign_raw(&query(2), &key(), &owner, ALGORITHM_WIRE, 0, u16::MAX, &[], MAC_BYTES);
+        assert!(matches!(
+            verify_request(&request, &keys, max_time),
+            RequestCheck::Refused(Refusal { error: BADTIME, .. })
+        ));
+        // Fudge 0: only the very second.
+        let request = sign_raw(&query(3), &key(), &owner, ALGORITHM_WIRE, now, 0, &[], MAC_BYTES);
+        assert!(matches!(
+            verify_request(&request, &keys, now),
+            RequestCheck::Verified(_)
+        ));
+        assert!(matches!(
+            verify_request(&request, &keys, now + 1),
+            RequestCheck::Refused(Refusal { error: BADTIME, .. })
+        ));
+        // Fudge 65535 does not stretch the window past FUDGE_ACCEPTED_MAX_S: a request captured
+        // an hour ago is stale, whatever fudge it names.
+        let request = sign_raw(
+            &query(4),
+            &key(),
+            &owner,
+            ALGORITHM_WIRE,
+            now - 3_600,
+            u16::MAX,
+            &[],
+            MAC_BYTES,
+        );
+        assert!(matches!(
+            verify_request(&request, &keys, now),
+            RequestCheck::Refused(Refusal { error: BADTIME, .. })
+        ));
+        let accepted = u64::from(FUDGE_ACCEPTED_MAX_S);
+        let request = sign_raw(
+            &query(5),
+            &key(),
+            &owner,
+            ALGORITHM_WIRE,
+            now - accepted,
+            u16::MAX,
+            &[],
+            MAC_BYTES,
+        );
+        assert!(matches!(
+            verify_request(&request, &keys, now),
+            RequestCheck::Verified(_)
+        ));
+    }
+
+    fn admit(replays: &mut Replays, keys: &[Key], wire: &[u8], now: u64) -> Result<(), Replay> {
+        let RequestCheck::Verified(verified) = verify_request(wire, keys, now) else {
+            panic!("verifies");
+        };
+        replays.admit(&verified, now, None)
+    }
+
+    #[test]
+    fn a_replayed_request_is_refused_and_several_in_one_second_pass() {
+        let keys = keys();
+        let now = 1_700_000_000;
+        let mut replays = Replays::default();
+        // A secondary's SOA query then its IXFR, both in the same second: both pass.
+        let soa = sign(&query(1), &key(), now).expect("sign").wire;
+        let ixfr = sign(&query(2), &key(), now).expect("sign").wire;
+        assert_eq!(admit(&mut replays, &keys, &soa, now), Ok(()));
+        assert_eq!(admit(&mut replays, &keys, &ixfr, now), Ok(()));
+        // The same bytes again, in the same second or later: a copy.
+        assert_eq!(admit(&mut replays, &keys, &soa, now), Err(Replay::Repeated));
+        assert_eq!(admit(&mut replays, &keys, &ixfr, now + 200), Err(Replay::Repeated));
+        // A newer request moves the key on; the captured ones are now earlier.
+        let later = sign(&query(3), &key(), now + 10).expect("sign").wire;
+        assert_eq!(admit(&mut replays, &keys, &later, now + 10), Ok(()));
+        assert_eq!(
+            admit(&mut replays, &keys, &soa, now + 20),
+            Err(Replay::Earlier { latest: now + 10 })
+        );
+        // Another key has its own record.
+        let other = sign(&query(4), &keys[0], now).expect("sign").wire;
+        assert_eq!(admit(&mut replays, &keys, &other, now + 20), Ok(()));
+        assert_eq!(replays.len(), 2);
+        // The refusal is BADTIME, signed, verifiable by the key's holder.
+        let RequestCheck::Verified(verified) = verify_request(&soa, &keys, now + 20) else {
+            panic!("verifies");
+        };
+        let request_mac = verified.mac.clone();
+        let refusal = verified.refuse_replay();
+        let answer = refusal.respond(&answer_to(&soa), now + 20).expect("answers");
+        assert_eq!(
+            verify(&answer, &request_mac, &key(), now + 20),
+            Err(VerifyError::Server {
+                error: BADTIME,
+                rcode: 0,
+                signed: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_copy_over_udp_from_its_first_address_soon_after_is_a_retransmission() {
+        let keys = keys();
+        let now = 1_700_000_000;
+        let client: std::net::IpAddr = "192.0.2.53".parse().expect("address");
+        let other: std::net::IpAddr = "198.51.100.9".parse().expect("address");
+        let verified = |wire: &[u8], at: u64| match verify_request(wire, &keys, at) {
+            RequestCheck::Verified(verified) => verified,
+            _ => panic!("verifies"),
+        };
+        let mut replays = Replays::default();
+        let soa = sign(&query(1), &key(), now).expect("sign").wire;
+        assert_eq!(replays.admit(&verified(&soa, now), now, Some(client)), Ok(()));
+        // BIND resending the same bytes after a lost answer: answered again, to the same address.
+        assert_eq!(replays.admit(&verified(&soa, now + 3), now + 3, Some(client)), Ok(()));
+        let window = REPLAY_RETRANSMIT_WINDOW_S;
+        assert_eq!(
+            replays.admit(&verified(&soa, now + window), now + window, Some(client)),
+            Ok(())
+        );
+        // From another address, over TCP, or after the window: a replay.
+        assert_eq!(
+            replays.admit(&verified(&soa, now + 4), now + 4, Some(other)),
+            Err(Replay::Repeated)
+        );
+        assert_eq!(
+            replays.admit(&verified(&soa, now + 4), now + 4, None),
+            Err(Replay::Repeated)
+        );
+        assert_eq!(
+            replays.admit(&verified(&soa, now + window + 1), now + window + 1, Some(client)),
+            Err(Replay::Repeated)
+        );
+        // First over TCP: a copy over UDP, from wherever, is a replay.
+        let axfr = sign(&query(2), &key(), now).expect("sign").wire;
+        assert_eq!(replays.admit(&verified(&axfr, now), now, None), Ok(()));
+        assert_eq!(
+            replays.admit(&verified(&axfr, now + 1), now + 1, Some(client)),
+            Err(Replay::Repeated)
+        );
+    }
+
+    #[test]
+    fn the_replay_record_is_bounded_per_second_and_in_keys() {
+        let keys = keys();
+        let now = 1_700_000_000;
+        let mut replays = Replays::default();
+        for id in 0..REPLAY_MACS_PER_SECOND_MAX {
+            let request = sign(&query(id as u16), &key(), now).expect("sign").wire;
+            assert_eq!(admit(&mut replays, &keys, &request, now), Ok(()));
+        }
+        let one_more = sign(&query(u16::MAX), &key(), now).expect("sign").wire;
+        assert_eq!(admit(&mut replays, &keys, &one_more, now), Err(Replay::Crowded));
+        let next_second = sign(&query(u16::MAX), &key(), now + 1).expect("sign").wire;
+        assert_eq!(admit(&mut replays, &keys, &next_second, now + 1), Ok(()));
+        // As many keys as the bound, then one more: the stale ones are forgotten first.
+        let many: Vec<Key> = (0..=REPLAY_KEYS_MAX)
+            .map(|i| Key::new(&format!("k{i}"), SECRET).expect("key"))
+            .collect();
+        let mut replays = Replays::default();
+        for (i, key) in many.iter().enumerate().take(REPLAY_KEYS_MAX) {
+            let at = if i == 0 { now } else { now + 1_000 };
+            let request = sign(&query(1), key, at).expect("sign").wire;
+            assert_eq!(admit(&mut replays, &many, &request, at), Ok(()));
+        }
+        assert_eq!(replays.len(), REPLAY_KEYS_MAX);
+        let last = sign(&query(1), &many[REPLAY_KEYS_MAX], now + 1_000).expect("sign").wire;
+        assert_eq!(admit(&mut replays, &many, &last, now + 1_000), Ok(()));
+        assert_eq!(replays.len(), REPLAY_KEYS_MAX);
+        // The key still within the window is remembered: its copy is refused.
+        let second = sign(&query(1), &many[1], now + 1_000).expect("sign").wire;
+        assert_eq!(admit(&mut replays, &many, &second, now + 1_000), Err(Replay::Repeated));
     }
 
     #[test]

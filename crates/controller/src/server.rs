@@ -623,6 +623,7 @@ impl Shared {
             tracing::info!(%note, "open incidents at the takeover");
         }
         core.adopted.clear();
+        let generation = core.engine.generation();
         for adopted in takeover.adopted {
             let open = adopted.incident;
             let from = if adopted.from_group {
@@ -631,18 +632,31 @@ impl Shared {
                 "this member's audit log"
             };
             tracing::info!(key = %open.key, incident = %open.incident, from, "alert incident still open: adopted");
-            self.alerts
-                .adopt(&open.key, &open.incident, open.opened_at_ms, &open.message);
+            if let Some(replaced) = self.alerts.adopt(
+                &open.key,
+                &open.incident,
+                open.opened_at_ms,
+                &open.message,
+                generation.0,
+                wall_ms(),
+            ) {
+                tracing::info!(key = %open.key, %replaced, incident = %open.incident, "resolved the incident this member held under another dedup key: the group's carries the condition on");
+            }
             if adopted.from_group {
                 core.adopted.insert(open.key.clone());
             }
             core.restored_alerts.insert(open.key, open.message);
         }
-        let generation = core.engine.generation();
         for open in takeover.unknown {
             tracing::warn!(key = %open.key, incident = %open.incident, "an incident left open names a condition this controller does not raise (another version's, or gone from its configuration): resolved");
-            self.alerts
-                .adopt(&open.key, &open.incident, open.opened_at_ms, &open.message);
+            self.alerts.adopt(
+                &open.key,
+                &open.incident,
+                open.opened_at_ms,
+                &open.message,
+                generation.0,
+                wall_ms(),
+            );
             core.restored_alerts.remove(&open.key);
             self.resolve_alert(
                 core,

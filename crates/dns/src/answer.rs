@@ -2,11 +2,13 @@
 //! response messages. No sockets, clocks or randomness of its own: the caller passes a random
 //! `entropy` per query, so the same inputs always give the same bytes.
 //!
-//! Invariant: `answer()` is pure and never panics; every response it returns encodes, and over
-//! UDP fits the client's payload size (else it is truncated with TC set).
+//! Invariant: `answer()` is pure and never panics; `handle_packet` changes nothing but the TSIG
+//! replay record it is passed (a signed request verified is admitted once); every response
+//! either one returns encodes, and over UDP fits the client's payload size (else it is truncated
+//! with TC set).
 
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use hickory_proto::op::{Edns, Header, Message, MessageParts, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{NULL, TXT};
@@ -41,12 +43,33 @@ pub const LABEL_NONEXISTENT: &str = "<nonexistent>";
 pub const LABEL_DYNAMIC: &str = "<dynamic>";
 /// Metrics label for queries that could not be parsed or had no single question.
 pub const LABEL_MALFORMED: &str = "<malformed>";
+/// Metrics labels for signed queries refused for their TSIG (NOTAUTH), by TSIG error: a key
+/// not held (BADKEY), a MAC that does not verify (BADSIG), a time outside the fudge (BADTIME),
+/// a MAC truncated below policy (BADTRUNC), and a request that verified but is a replay of
+/// one already answered (BADTIME too, RFC 8945 §5.2.3).
+pub const LABEL_TSIG_BADKEY: &str = "<tsig-badkey>";
+pub const LABEL_TSIG_BADSIG: &str = "<tsig-badsig>";
+pub const LABEL_TSIG_BADTIME: &str = "<tsig-badtime>";
+pub const LABEL_TSIG_BADTRUNC: &str = "<tsig-badtrunc>";
+pub const LABEL_TSIG_REPLAYED: &str = "<tsig-replayed>";
 
 /// The shared `Arc` of a fixed metrics label, so answering allocates no label.
 fn fixed_label(label: &'static str) -> Arc<str> {
-    static LABELS: OnceLock<[Arc<str>; 4]> = OnceLock::new();
-    let labels =
-        LABELS.get_or_init(|| [LABEL_OUTSIDE, LABEL_NONEXISTENT, LABEL_DYNAMIC, LABEL_MALFORMED].map(Arc::from));
+    static LABELS: OnceLock<[Arc<str>; 9]> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| {
+        [
+            LABEL_OUTSIDE,
+            LABEL_NONEXISTENT,
+            LABEL_DYNAMIC,
+            LABEL_MALFORMED,
+            LABEL_TSIG_BADKEY,
+            LABEL_TSIG_BADSIG,
+            LABEL_TSIG_BADTIME,
+            LABEL_TSIG_BADTRUNC,
+            LABEL_TSIG_REPLAYED,
+        ]
+        .map(Arc::from)
+    });
     labels
         .iter()
         .find(|fixed| &***fixed == label)
@@ -98,6 +121,12 @@ pub struct Response {
     /// `entropy` (weighted or multivalue choices) or the client's address (zone transfers).
     /// The UDP workers reuse the wire of a cacheable answer (see [`crate::cache`]).
     pub cacheable: bool,
+    /// Whether the query was signed (TSIG): then `wire` is signed, and so must be anything
+    /// else sent for it (see [`Response::slipped`]).
+    pub signed: bool,
+    /// For a signed query over UDP: the truncated form of the answer, signed, for a rate
+    /// limiter that slips it (`None`: nothing may be sent in its place).
+    signed_slip: Option<Vec<u8>>,
 }
 
 impl Response {
@@ -109,7 +138,20 @@ impl Response {
             name_label: Arc::from(name_label),
             qtype: None,
             cacheable: false,
+            signed: false,
+            signed_slip: None,
         }
+    }
+
+    /// What a rate limiter that slips this answer sends instead ([`crate::rrl::truncated`]:
+    /// TC, no records): for a signed query that form signed with the query's key (RFC 8945
+    /// §5.3: a signed query gets a signed answer), or nothing when there is none (a refused
+    /// signature's answer: the client's retry over TCP would be refused the same).
+    pub fn slipped(&self) -> Option<Vec<u8>> {
+        if self.signed {
+            return self.signed_slip.clone();
+        }
+        self.messages.first().and_then(crate::rrl::truncated)
     }
 }
 
@@ -117,7 +159,12 @@ impl Response {
 /// Packets with a readable header but a broken body get FORMERR. A signed query's TSIG is
 /// checked against the zones' keys at `now_s` (Unix seconds; RFC 8945 §5.2): a bad one gets
 /// NOTAUTH with the TSIG error (BADKEY, BADSIG, BADTIME, BADTRUNC), a good one an answer whose
-/// every message is signed, each over the previous one's MAC (§5.3.1).
+/// every message is signed, each over the previous one's MAC (§5.3.1). A good one is also
+/// checked against `replays`, the server's record of the requests each key signed (§5.2.3):
+/// one signed earlier than its key's latest, or a copy of one already answered (but a UDP
+/// retransmission from the same `client`), gets a signed BADTIME. That record is the only
+/// state this function changes.
+#[allow(clippy::too_many_arguments)]
 pub fn handle_packet(
     zones: &Zones,
     view: &HealthView,
@@ -126,15 +173,34 @@ pub fn handle_packet(
     client: IpAddr,
     entropy: u64,
     now_s: u64,
+    replays: &Mutex<tsig::Replays>,
 ) -> Option<Response> {
     match decode(packet)? {
         Decoded::Query(message) => {
             let mut verified = None;
             if let Tsig::Last(_) = tsig(&message) {
                 match tsig::verify_request(packet, zones.keys(), now_s) {
-                    RequestCheck::Verified(ok) => verified = Some(ok),
+                    RequestCheck::Verified(ok) => {
+                        let admitted = replays.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).admit(
+                            &ok,
+                            now_s,
+                            (transport == Transport::Udp).then_some(client),
+                        );
+                        if admitted.is_err() {
+                            let refusal = ok.refuse_replay();
+                            let label = fixed_label(LABEL_TSIG_REPLAYED);
+                            return Some(tsig_refusal(&message, transport, &refusal, now_s, label));
+                        }
+                        verified = Some(ok);
+                    }
                     RequestCheck::Refused(refusal) => {
-                        return Some(tsig_refusal(&message, transport, &refusal, now_s));
+                        let label = fixed_label(match refusal.error {
+                            tsig::BADKEY => LABEL_TSIG_BADKEY,
+                            tsig::BADSIG => LABEL_TSIG_BADSIG,
+                            tsig::BADTRUNC => LABEL_TSIG_BADTRUNC,
+                            _ => LABEL_TSIG_BADTIME,
+                        });
+                        return Some(tsig_refusal(&message, transport, &refusal, now_s, label));
                     }
                     // Unreadable: the TSIG rules of `answer` say FORMERR (or, unverified, BADKEY).
                     RequestCheck::Unsigned | RequestCheck::Malformed(_) => {
@@ -172,6 +238,16 @@ pub fn handle_packet(
                 // far below 64 KiB); if it did, nothing unsigned goes out.
                 response.wire = signed.ok()?;
                 response.cacheable = false;
+                response.signed = true;
+                if transport == Transport::Udp {
+                    // Signed apart from the answer: a client takes one or the other, each the
+                    // first message of an answer to its request.
+                    response.signed_slip = response
+                        .messages
+                        .first()
+                        .and_then(crate::rrl::truncated)
+                        .and_then(|slip| tsig::ResponseSigner::new(ok.key, &ok.mac, now_s).sign(&slip).ok());
+                }
             }
             (!response.messages.is_empty()).then_some(response)
         }
@@ -192,7 +268,13 @@ pub fn handle_packet(
 /// The NOTAUTH answer to a query whose TSIG failed (RFC 8945 §5.2, §5.3.2): the question and
 /// OPT echoed, the TSIG record the refusal makes (unsigned for BADKEY and BADSIG, signed for
 /// BADTIME, with the server's time, and BADTRUNC). Never cached.
-fn tsig_refusal(query: &Message, transport: Transport, refusal: &tsig::Refusal<'_>, now_s: u64) -> Response {
+fn tsig_refusal(
+    query: &Message,
+    transport: Transport,
+    refusal: &tsig::Refusal<'_>,
+    now_s: u64,
+    label: Arc<str>,
+) -> Response {
     let question = match query.queries() {
         [question] => Some(question),
         _ => None,
@@ -201,13 +283,11 @@ fn tsig_refusal(query: &Message, transport: Transport, refusal: &tsig::Refusal<'
     let mut response = reply_to(query.header(), question, edns);
     response.set_response_code(ResponseCode::NotAuth);
     let qtype = query.queries().first().map(Query::query_type);
-    let mut finished = finish(
-        response,
-        size_limit(transport, edns),
-        fixed_label(LABEL_MALFORMED),
-        qtype,
-    );
+    let mut finished = finish(response, size_limit(transport, edns), label, qtype);
     finished.cacheable = false;
+    // Never slipped (TC): the retry would be refused the same, and an unsigned TC could stand
+    // for a signed BADTIME.
+    finished.signed = true;
     let signed: Option<Vec<Vec<u8>>> = finished
         .wire
         .iter()
@@ -812,6 +892,8 @@ fn finish(mut response: Message, limit: usize, label: Arc<str>, qtype: Option<Re
         name_label: label,
         qtype,
         cacheable: true,
+        signed: false,
+        signed_slip: None,
     }
 }
 
@@ -944,6 +1026,8 @@ fn transfer(
         name_label: label,
         qtype,
         cacheable: false,
+        signed: false,
+        signed_slip: None,
     }
 }
 

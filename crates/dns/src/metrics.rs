@@ -74,7 +74,7 @@ impl Metrics {
         let table: [(&str, &str, Box<dyn Metric>); 9] = [
             (
                 "queries",
-                "Queries answered, by name (configured names; <outside>, <nonexistent>, <dynamic>, <malformed> otherwise), type, rcode and transport",
+                "Queries answered, by name (configured names; <outside>, <nonexistent>, <dynamic>, <malformed> otherwise; a signed query refused for its TSIG: <tsig-badkey>, <tsig-badsig>, <tsig-badtime>, <tsig-badtrunc>, <tsig-replayed>), type, rcode and transport",
                 Box::new(metrics.queries.clone()),
             ),
             (

@@ -80,6 +80,19 @@ struct Pending {
     /// The TSIG MACs of the transmissions of this ID (a signed NOTIFY), one per transmission:
     /// an answer must be signed over one of them.
     macs: Vec<Vec<u8>>,
+    /// The last unsigned TSIG error answered to this ID (BADKEY, BADSIG): not believed at once,
+    /// since anyone who saw the NOTIFY can send one; reported when the NOTIFY is given up.
+    refused: Option<String>,
+}
+
+/// A NOTIFY given up after its last transmission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GivenUp {
+    pub zone: Name,
+    pub target: SocketAddr,
+    /// `Some`: only unsigned TSIG errors came (the last one's words): reported as rejected.
+    /// `None`: no answer at all.
+    pub refused: Option<String>,
 }
 
 /// A NOTIFY to send now.
@@ -146,6 +159,7 @@ impl NotifyQueue {
                             due_ms,
                             tcp: false,
                             macs: Vec::new(),
+                            refused: None,
                         },
                     );
                 }
@@ -157,7 +171,7 @@ impl NotifyQueue {
 
     /// The NOTIFY messages due at `now_ms` (a first transmission takes a new ID from
     /// `next_id`, a retransmission keeps it), and the ones given up.
-    pub fn due(&mut self, now_ms: u64, mut next_id: impl FnMut() -> u16) -> (Vec<Outgoing>, Vec<(Name, SocketAddr)>) {
+    pub fn due(&mut self, now_ms: u64, mut next_id: impl FnMut() -> u16) -> (Vec<Outgoing>, Vec<GivenUp>) {
         let mut send = Vec::new();
         let mut failed = Vec::new();
         self.pending.retain(|(_, target), pending| {
@@ -165,12 +179,17 @@ impl NotifyQueue {
                 return true;
             }
             if pending.transmissions >= NOTIFY_TRANSMISSIONS_MAX {
-                failed.push((pending.zone.clone(), *target));
+                failed.push(GivenUp {
+                    zone: pending.zone.clone(),
+                    target: *target,
+                    refused: pending.refused.take(),
+                });
                 return false;
             }
             if pending.transmissions == 0 {
                 pending.id = next_id();
                 pending.macs.clear();
+                pending.refused = None;
             }
             pending.transmissions += 1;
             pending.due_ms = now_ms.saturating_add(retry_interval_ms(pending.transmissions));
@@ -245,6 +264,23 @@ impl NotifyQueue {
             pending.due_ms = now_ms;
         }
         true
+    }
+
+    /// An unsigned TSIG error (BADKEY, BADSIG: RFC 8945 §5.3.2 has a server send those
+    /// unsigned) answered to a signed NOTIFY sent: it cannot be told from a forgery, so it ends
+    /// nothing; the NOTIFY is retried, and if nothing signed answers by its last transmission it
+    /// is given up as refused for `reason`. Says whether it matched one.
+    pub fn unsigned_refusal(&mut self, from: SocketAddr, message: &Message, reason: String) -> bool {
+        let Some(key) = self.matching(from, message) else {
+            return false;
+        };
+        match self.pending.get_mut(&key) {
+            Some(pending) => {
+                pending.refused = Some(reason);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Records the TSIG MAC of a transmission just signed.
@@ -403,9 +439,8 @@ pub async fn notifier(state: Arc<State>, mut rng: Rng, mut stop: watch::Receiver
             replan = false;
         }
         let (send, failed) = queue.due(now_ms(), || rng.next_u64() as u16);
-        for (zone, target) in failed {
-            state.metrics.count_notify("failed");
-            tracing::warn!(%zone, %target, attempts = NOTIFY_TRANSMISSIONS_MAX, "secondary did not answer the NOTIFY (over UDP, then TCP); it will see the change at its next SOA refresh");
+        for given_up in failed {
+            report_given_up(&state, &given_up);
         }
         for outgoing in send {
             let Some(zone) = snapshot.zones.iter().find(|zone| zone.origin == outgoing.zone) else {
@@ -492,9 +527,26 @@ pub async fn notifier(state: Arc<State>, mut rng: Rng, mut stop: watch::Receiver
     }
 }
 
+/// Counts and logs a NOTIFY given up: `rejected` when only unsigned TSIG errors answered it
+/// (with the last one's words), `failed` when nothing did.
+fn report_given_up(state: &State, given_up: &GivenUp) {
+    let GivenUp { zone, target, refused } = given_up;
+    match refused {
+        Some(reason) => {
+            state.metrics.count_notify("rejected");
+            tracing::warn!(%zone, %target, attempts = NOTIFY_TRANSMISSIONS_MAX, %reason, "secondary answered every NOTIFY with an unsigned TSIG error and never with a signed answer: given up as rejected (check the key on both sides; a forger on the path can also send such answers)");
+        }
+        None => {
+            state.metrics.count_notify("failed");
+            tracing::warn!(%zone, %target, attempts = NOTIFY_TRANSMISSIONS_MAX, "secondary did not answer the NOTIFY (over UDP, then TCP); it will see the change at its next SOA refresh");
+        }
+    }
+}
+
 /// Takes an answer to a NOTIFY: a truncated one moves the NOTIFY to TCP; for a zone with a
-/// `notify_key`, one not signed over a transmission's MAC is ignored (the NOTIFY is retried)
-/// unless it reports a TSIG error about our signature; a matching one ends the NOTIFY.
+/// `notify_key`, one not signed over a transmission's MAC is ignored (the NOTIFY is retried),
+/// and so, but remembered, is an unsigned TSIG error (BADKEY, BADSIG), which anyone on the path
+/// can forge: it is reported when the NOTIFY is given up. A matching one ends the NOTIFY.
 fn answered(state: &State, zones: &Zones, queue: &mut NotifyQueue, from: SocketAddr, bytes: &[u8], now_ms: u64) {
     let Ok(response) = Message::from_vec(bytes) else {
         return;
@@ -525,8 +577,15 @@ fn answered(state: &State, zones: &Zones, queue: &mut NotifyQueue, from: SocketA
         }
         match verdict {
             Ok(()) => {}
-            Err(error @ common::tsig::VerifyError::Server { .. }) => {
+            Err(error @ common::tsig::VerifyError::Server { signed: true, .. }) => {
                 tracing::warn!(target = %from, error = %error.describe(key), "secondary refused the NOTIFY's TSIG");
+            }
+            Err(error @ common::tsig::VerifyError::Server { signed: false, .. }) => {
+                let reason = error.describe(key);
+                if queue.unsigned_refusal(from, &response, reason.clone()) {
+                    tracing::warn!(target = %from, error = %reason, "an unsigned TSIG error answered the NOTIFY: not believed (anyone on the path can send one), the NOTIFY is retried");
+                }
+                return;
             }
             Err(error) => {
                 tracing::warn!(target = %from, error = %error.describe(key), "ignored a NOTIFY answer that does not verify; the NOTIFY is retried");
@@ -665,7 +724,14 @@ mod tests {
             assert!(transmissions <= NOTIFY_TRANSMISSIONS_MAX as usize);
         }
         assert_eq!(transmissions, NOTIFY_TRANSMISSIONS_MAX as usize);
-        assert_eq!(failures, vec![(zone, secondary)]);
+        assert_eq!(
+            failures,
+            vec![GivenUp {
+                zone,
+                target: secondary,
+                refused: None
+            }]
+        );
         let total: u64 = (1..NOTIFY_TRANSMISSIONS_MAX + 1).map(retry_interval_ms).sum();
         assert_eq!(total, 46_000, "the documented time to give up");
     }
@@ -764,6 +830,96 @@ mod tests {
                 .request_macs(secondary, &reply(&first, ResponseCode::NoError))
                 .is_empty()
         );
+    }
+
+    /// A zone `shop.example.` that signs its NOTIFY to 192.0.2.10:53 with key `k`.
+    fn signing_state() -> (State, common::tsig::Key) {
+        const SECRET: &str = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A=";
+        let folder = tempfile::tempdir().expect("temp dir");
+        std::fs::write(folder.path().join("k.key"), format!("{SECRET}\n")).expect("write key");
+        let text = "[dns]\nnotify = [\"192.0.2.10:53\"]\nnotify_key = \"k\"\n[[dns.tsig_keys]]\nkey_name = \"k\"\nkey = { file = \"k.key\" }\n[[dns.zones]]\norigin = \"shop.example.\"\nns = [\"ns1\"]\n";
+        let file = folder.path().join("deploy.toml");
+        let zones = crate::config::parse(text, &file.display().to_string())
+            .expect("valid")
+            .zones;
+        let key = common::tsig::Key::new("k", SECRET).expect("key");
+        (State::new(zones, HealthView::default(), None, None), key)
+    }
+
+    fn notifies(state: &State, outcome: &str) -> bool {
+        state
+            .metrics
+            .encode()
+            .lines()
+            .any(|line| line == format!("switchyard_dns_notifies_total{{outcome=\"{outcome}\"}} 1"))
+    }
+
+    #[test]
+    fn an_unsigned_tsig_error_does_not_end_a_signed_notify_until_its_last_transmission() {
+        let (state, key) = signing_state();
+        let zones = state.zones();
+        let secondary = target("192.0.2.10:53");
+        let mut queue = NotifyQueue::default();
+        queue.plan(&wanted(&zones, &HealthView::default()), 0);
+        let mut ids = ids();
+        let first = queue.due(NOTIFY_COALESCE_MS, &mut ids).0.remove(0);
+        let signed = common::tsig::sign(
+            &message(zones.iter().next().expect("zone"), &HealthView::default(), first.id)
+                .to_vec()
+                .expect("encodes"),
+            &key,
+            unix_now_s(),
+        )
+        .expect("signs");
+        queue.signed(&first, signed.mac.clone());
+        // What anyone who saw the NOTIFY can send: NOTAUTH with an unsigned BADKEY.
+        let refusal = reply(&first, ResponseCode::NotAuth);
+        let forged = common::tsig::testing::unsigned_error(
+            &refusal.to_vec().expect("encodes"),
+            &key,
+            unix_now_s(),
+            common::tsig::BADKEY,
+        )
+        .expect("forged");
+        answered(&state, &zones, &mut queue, secondary, &forged, NOTIFY_COALESCE_MS + 1);
+        assert_eq!(queue.pending(), 1, "not ended by an unsigned error");
+        assert!(!notifies(&state, "rejected"));
+        // Retried to the end of its budget, then given up as rejected, with the reason.
+        let mut given_up = Vec::new();
+        let mut transmissions = 1;
+        while let Some(due) = queue.next_due_ms() {
+            let (sent, failed) = queue.due(due, &mut ids);
+            transmissions += sent.len();
+            given_up.extend(failed);
+        }
+        assert_eq!(transmissions, NOTIFY_TRANSMISSIONS_MAX as usize);
+        let [given_up] = &given_up[..] else {
+            panic!("one NOTIFY given up: {given_up:?}");
+        };
+        let reason = given_up.refused.as_deref().expect("reported as refused");
+        assert!(reason.contains("BADKEY") && reason.contains("'k'"), "{reason}");
+        report_given_up(&state, given_up);
+        assert!(notifies(&state, "rejected"));
+        assert!(!notifies(&state, "failed"));
+        // A signed answer after an unsigned error still ends the NOTIFY at once.
+        let mut queue = NotifyQueue::default();
+        queue.plan(&wanted(&zones, &HealthView::default()), 0);
+        let first = queue.due(NOTIFY_COALESCE_MS, &mut ids).0.remove(0);
+        queue.signed(&first, signed.mac.clone());
+        answered(&state, &zones, &mut queue, secondary, &forged, NOTIFY_COALESCE_MS + 1);
+        let acknowledged = common::tsig::ResponseSigner::new(&key, &signed.mac, unix_now_s())
+            .sign(&reply(&first, ResponseCode::NoError).to_vec().expect("encodes"))
+            .expect("signs");
+        answered(
+            &state,
+            &zones,
+            &mut queue,
+            secondary,
+            &acknowledged,
+            NOTIFY_COALESCE_MS + 2,
+        );
+        assert_eq!(queue.pending(), 0);
+        assert!(notifies(&state, "acknowledged"));
     }
 
     #[test]

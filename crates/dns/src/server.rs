@@ -31,7 +31,7 @@ use crate::answer::{Response, Transport, handle_packet};
 use crate::cache::AnswerCache;
 use crate::config::Limits;
 use crate::metrics::{CounterCache, Metrics};
-use crate::rrl::{RateLimiter, Verdict, classify, truncated};
+use crate::rrl::{RateLimiter, Verdict, classify};
 use crate::view::HealthView;
 use crate::zone::Zones;
 use common::rng::Rng;
@@ -143,10 +143,15 @@ pub struct State {
     pub(crate) token: Option<String>,
     state_dir: Option<PathBuf>,
     drop_log: RateLimitedLog,
+    /// Signed queries refused for their TSIG (a key not held, a bad MAC or time, a replay).
+    tsig_log: RateLimitedLog,
     /// Bumped after every change of zones or view, so workers refresh their snapshot only then.
     epoch: AtomicU64,
     /// Told after every change of zones or view: the NOTIFY sender plans again.
     pub(crate) changed: tokio::sync::Notify,
+    /// The requests each TSIG key signed lately, shared by the UDP workers and the TCP
+    /// connections so a copy is refused whichever way it comes (RFC 8945 §5.2.3).
+    pub(crate) replays: Mutex<common::tsig::Replays>,
 }
 
 /// A worker's copy of the zones and view, refreshed when the state's epoch moves.
@@ -168,8 +173,10 @@ impl State {
             token: token.filter(|t| !t.is_empty()),
             state_dir,
             drop_log: RateLimitedLog::default(),
+            tsig_log: RateLimitedLog::default(),
             epoch: AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
+            replays: Mutex::new(common::tsig::Replays::default()),
         }
     }
 
@@ -210,7 +217,11 @@ impl State {
             peer.ip(),
             entropy,
             unix_now_s(),
+            &self.replays,
         );
+        if let Some(refused) = response.as_ref().and_then(|r| tsig_refusal_log(&r.name_label)) {
+            self.tsig_log.warn(refused, peer);
+        }
         if response.is_none() {
             self.metrics.count_drop("malformed");
             let dropped = match transport {
@@ -300,6 +311,31 @@ impl RateLimitedLog {
         let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
         tracing::warn!(%peer, suppressed, "{what}");
     }
+}
+
+/// The log line for a signed query refused for its TSIG, by its metrics label.
+fn tsig_refusal_log(label: &str) -> Option<&'static str> {
+    use crate::answer::{
+        LABEL_TSIG_BADKEY, LABEL_TSIG_BADSIG, LABEL_TSIG_BADTIME, LABEL_TSIG_BADTRUNC, LABEL_TSIG_REPLAYED,
+    };
+    Some(match label {
+        LABEL_TSIG_BADKEY => {
+            "refused a signed query: TSIG key not held here (BADKEY); add it to [[dns.tsig_keys]] or fix the client's key name"
+        }
+        LABEL_TSIG_BADSIG => {
+            "refused a signed query: its TSIG does not verify (BADSIG); the client's secret differs from this server's"
+        }
+        LABEL_TSIG_BADTIME => {
+            "refused a signed query: signed more than 300 s from this server's clock (BADTIME); synchronise the clocks (NTP)"
+        }
+        LABEL_TSIG_BADTRUNC => {
+            "refused a signed query: its TSIG MAC is truncated (BADTRUNC); only full-length hmac-sha256 MACs are accepted"
+        }
+        LABEL_TSIG_REPLAYED => {
+            "refused a signed query as a replay (BADTIME): signed earlier than its key's latest request, or a copy of one already answered; give each secondary its own key"
+        }
+        _ => return None,
+    })
 }
 
 /// The sockets the server uses, bound by the caller (tests bind port 0).
@@ -714,7 +750,7 @@ fn serve_datagram(
             Verdict::Drop => return false,
             Verdict::Slip => {
                 // Rare (only under rate limiting): the slipped form is built from the full
-                // response, judged once already.
+                // response, judged once already. (Cached answers are never signed ones.)
                 let response = handle_packet(
                     &snapshot.zones,
                     &snapshot.view,
@@ -723,8 +759,9 @@ fn serve_datagram(
                     peer.ip(),
                     rng.next_u64(),
                     unix_now_s(),
+                    &state.replays,
                 );
-                let slipped = response.as_ref().and_then(|r| r.messages.first()).and_then(truncated);
+                let slipped = response.as_ref().and_then(Response::slipped);
                 if let Some(wire) = slipped
                     && let Err(e) = socket.send_to(&wire, peer)
                 {
@@ -741,7 +778,8 @@ fn serve_datagram(
         Verdict::Send => {}
         Verdict::Drop => return false,
         Verdict::Slip => {
-            let slipped = response.messages.first().and_then(truncated);
+            // A signed query's is signed too (or nothing is sent).
+            let slipped = response.slipped();
             if let Some(wire) = slipped
                 && let Err(e) = socket.send_to(&wire, peer)
             {
@@ -1317,5 +1355,25 @@ mod tests {
         assert!(*pressure.borrow());
         table.with(|slots| slots.release(last.id));
         assert!(!*pressure.borrow());
+    }
+
+    #[test]
+    fn every_tsig_refusal_label_has_a_log_line_naming_its_fix() {
+        use crate::answer::{
+            LABEL_MALFORMED, LABEL_OUTSIDE, LABEL_TSIG_BADKEY, LABEL_TSIG_BADSIG, LABEL_TSIG_BADTIME,
+            LABEL_TSIG_BADTRUNC, LABEL_TSIG_REPLAYED,
+        };
+        for (label, names) in [
+            (LABEL_TSIG_BADKEY, "BADKEY"),
+            (LABEL_TSIG_BADSIG, "BADSIG"),
+            (LABEL_TSIG_BADTIME, "NTP"),
+            (LABEL_TSIG_BADTRUNC, "BADTRUNC"),
+            (LABEL_TSIG_REPLAYED, "replay"),
+        ] {
+            let line = tsig_refusal_log(label).unwrap_or_else(|| panic!("{label} is logged"));
+            assert!(line.contains(names), "{label}: {line}");
+        }
+        assert_eq!(tsig_refusal_log(LABEL_MALFORMED), None);
+        assert_eq!(tsig_refusal_log(LABEL_OUTSIDE), None);
     }
 }

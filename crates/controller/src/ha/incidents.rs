@@ -427,4 +427,60 @@ mod tests {
         let next_term = IncidentList::new(term(2), "a", 9, [incident("all_down", "shop/all_down", 1)]);
         assert!(!a.same_incidents(&next_term));
     }
+
+    #[test]
+    fn a_value_planted_in_etcd_is_refused_or_bounded_and_never_panics() {
+        // Numbers out of range, or nested deeper than serde_json follows: unreadable, an error.
+        for planted in [
+            r#"{"term": 1e30, "written_by": "x", "written_at_ms": 0, "incidents": []}"#.to_string(),
+            r#"{"term": 1, "written_by": "x", "written_at_ms": -1, "incidents": []}"#.to_string(),
+            format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)),
+            String::from_utf8_lossy(&[0xff, 0xfe, b'{']).into_owned(),
+        ] {
+            assert!(
+                IncidentList::decode(planted.as_bytes()).is_err(),
+                "{}",
+                &planted[..planted.len().min(60)]
+            );
+        }
+        // The largest numbers: read, and a term this high is never a predecessor's.
+        let huge = format!(
+            r#"{{"term": {}, "written_by": "x", "written_at_ms": {}, "incidents": [{{"key": "all_down", "incident": "shop/all_down", "opened_at_ms": {}}}]}}"#,
+            i64::MAX,
+            u64::MAX,
+            u64::MAX
+        );
+        let (list, problems) = IncidentList::decode(huge.as_bytes()).expect("decodes");
+        assert!(problems.is_empty());
+        assert!(list.usable_by(term(i64::MAX)).is_err());
+        assert_eq!(merge(Some(&list), &[], known).adopted.len(), 1);
+        // Keys in multi-byte characters are measured in bytes, and cut on characters in the
+        // problem's words (no panic in the middle of one).
+        let long_key = "é".repeat(INCIDENT_KEY_BYTES_MAX); // 2 bytes each: over the bound
+        let short_key = "é".repeat(INCIDENT_KEY_BYTES_MAX / 2);
+        let unicode = IncidentList {
+            incidents: vec![incident(&long_key, "shop/x", 1), incident(&short_key, "shop/y", 2)],
+            ..IncidentList::default()
+        };
+        let (back, problems) = IncidentList::decode(&serde_json::to_vec(&unicode).expect("json")).expect("decodes");
+        assert_eq!(back.incidents.len(), 1);
+        assert_eq!(back.incidents[0].key, short_key);
+        assert_eq!(problems.len(), 1);
+        // Hundreds of small entries within the byte bound: the newest INCIDENTS_MAX are kept.
+        let crowd = IncidentList {
+            incidents: (0..600u64)
+                .map(|i| incident(&format!("k{i}"), &format!("d{i}"), i))
+                .collect(),
+            ..IncidentList::default()
+        };
+        let bytes = serde_json::to_vec(&crowd).expect("json");
+        assert!(bytes.len() <= INCIDENTS_BYTES_MAX, "{}", bytes.len());
+        let (back, _) = IncidentList::decode(&bytes).expect("decodes");
+        assert_eq!(back.incidents.len(), INCIDENTS_MAX);
+        assert!(
+            back.incidents
+                .iter()
+                .all(|i| i.opened_at_ms >= 600 - INCIDENTS_MAX as u64)
+        );
+    }
 }

@@ -598,6 +598,7 @@ fn handle(packet: &[u8]) -> Message {
         client,
         0,
         1_700_000_000,
+        &Default::default(),
     )
     .expect("answered");
     Message::from_vec(&response.wire[0]).expect("parses")
@@ -762,16 +763,50 @@ fn malformed_packets_get_formerr_or_are_dropped() {
     let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let zones = zones();
     let view = HealthView::default();
-    assert!(handle_packet(&zones, &view, &[1, 2, 3], Transport::Udp, client, 0, 1_700_000_000).is_none());
+    assert!(
+        handle_packet(
+            &zones,
+            &view,
+            &[1, 2, 3],
+            Transport::Udp,
+            client,
+            0,
+            1_700_000_000,
+            &Default::default()
+        )
+        .is_none()
+    );
     // A header claiming one question, and no question.
     let packet = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    let response = handle_packet(&zones, &view, &packet, Transport::Udp, client, 0, 1_700_000_000).expect("FORMERR");
+    let response = handle_packet(
+        &zones,
+        &view,
+        &packet,
+        Transport::Udp,
+        client,
+        0,
+        1_700_000_000,
+        &Default::default(),
+    )
+    .expect("FORMERR");
     let parsed = Message::from_vec(&response.wire[0]).expect("parses");
     assert_eq!(parsed.id(), 0x1234);
     assert_eq!(parsed.response_code(), ResponseCode::FormErr);
     // The same with the QR bit set: a response, dropped (no reflection loops).
     let reply = [0x12, 0x34, 0x81, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    assert!(handle_packet(&zones, &view, &reply, Transport::Udp, client, 0, 1_700_000_000).is_none());
+    assert!(
+        handle_packet(
+            &zones,
+            &view,
+            &reply,
+            Transport::Udp,
+            client,
+            0,
+            1_700_000_000,
+            &Default::default()
+        )
+        .is_none()
+    );
 }
 
 #[test]
@@ -829,8 +864,17 @@ fn a_cached_answer_is_the_fresh_answer_with_the_query_id() {
         ("big.shop.example.", RecordType::TXT),
     ] {
         let first = request(qname, qtype).message.to_vec().expect("encodes");
-        let response =
-            handle_packet(&zones, &view, &first, Transport::Udp, client, 1, 1_700_000_000).expect("answered");
+        let response = handle_packet(
+            &zones,
+            &view,
+            &first,
+            Transport::Udp,
+            client,
+            1,
+            1_700_000_000,
+            &Default::default(),
+        )
+        .expect("answered");
         assert!(response.cacheable, "{qname} {qtype}");
         cache.insert(
             &first,
@@ -840,7 +884,17 @@ fn a_cached_answer_is_the_fresh_answer_with_the_query_id() {
         let mut again = request(qname, qtype);
         again.message.set_id(999);
         let again = again.message.to_vec().expect("encodes");
-        let fresh = handle_packet(&zones, &view, &again, Transport::Udp, client, 2, 1_700_000_000).expect("answered");
+        let fresh = handle_packet(
+            &zones,
+            &view,
+            &again,
+            Transport::Udp,
+            client,
+            2,
+            1_700_000_000,
+            &Default::default(),
+        )
+        .expect("answered");
         let cached = cache.get(&again).expect("the same question hits the cache");
         assert_eq!(cached.answer_to(&again), &fresh.wire[0][..], "{qname} {qtype}");
         assert_eq!(cached.rcode, fresh.rcode);
@@ -855,7 +909,17 @@ fn a_cached_answer_is_the_fresh_answer_with_the_query_id() {
         .message
         .to_vec()
         .expect("encodes");
-    let response = handle_packet(&zones, &view, &weighted, Transport::Udp, client, 1, 1_700_000_000).expect("answered");
+    let response = handle_packet(
+        &zones,
+        &view,
+        &weighted,
+        Transport::Udp,
+        client,
+        1,
+        1_700_000_000,
+        &Default::default(),
+    )
+    .expect("answered");
     cache.insert(
         &weighted,
         &response,
@@ -876,8 +940,17 @@ fn the_answer_cache_is_bounded() {
             .message
             .to_vec()
             .expect("encodes");
-        let response =
-            handle_packet(&zones, &view, &packet, Transport::Udp, client, 1, 1_700_000_000).expect("answered");
+        let response = handle_packet(
+            &zones,
+            &view,
+            &packet,
+            Transport::Udp,
+            client,
+            1,
+            1_700_000_000,
+            &Default::default(),
+        )
+        .expect("answered");
         cache.insert(
             &packet,
             &response,
@@ -895,7 +968,16 @@ mod fuzz {
 
     fn check(packet: &[u8], transport: Transport, zones: &Zones, view: &HealthView) {
         let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-        if let Some(response) = handle_packet(zones, view, packet, transport, client, 1, 1_700_000_000) {
+        if let Some(response) = handle_packet(
+            zones,
+            view,
+            packet,
+            transport,
+            client,
+            1,
+            1_700_000_000,
+            &Default::default(),
+        ) {
             for wire in &response.wire {
                 let parsed = Message::from_vec(wire).expect("every response parses");
                 assert_eq!(parsed.message_type(), MessageType::Response);
@@ -982,13 +1064,13 @@ mod fuzz {
             }
             let near = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
             let far = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99));
-            if let Some(first) = handle_packet(&zones, &view, &packet, Transport::Udp, near, 1, 1_700_000_000)
+            if let Some(first) = handle_packet(&zones, &view, &packet, Transport::Udp, near, 1, 1_700_000_000, &Default::default())
                 && first.cacheable
                 && packet.len() > 2
             {
                 let mut other = packet.clone();
                 other[..2].copy_from_slice(&id.to_be_bytes());
-                let second = handle_packet(&zones, &view, &other, Transport::Udp, far, entropy, 1_700_000_000).expect("answered");
+                let second = handle_packet(&zones, &view, &other, Transport::Udp, far, entropy, 1_700_000_000, &Default::default()).expect("answered");
                 prop_assert!(second.cacheable);
                 prop_assert_eq!(first.wire.len(), second.wire.len());
                 for (a, b) in first.wire.iter().zip(&second.wire) {

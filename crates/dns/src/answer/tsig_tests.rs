@@ -83,7 +83,34 @@ fn query(qname: &str, qtype: RecordType, id: u16, edns: Option<u16>) -> Vec<u8> 
 }
 
 fn ask(zones: &Zones, packet: &[u8], transport: Transport, now: u64) -> Response {
-    handle_packet(zones, &HealthView::default(), packet, transport, client(), 1, now).expect("answered")
+    handle_packet(
+        zones,
+        &HealthView::default(),
+        packet,
+        transport,
+        client(),
+        1,
+        now,
+        &Default::default(),
+    )
+    .expect("answered")
+}
+
+/// As [`ask`], from `from`, with the server's replay record kept across calls.
+fn ask_from(
+    zones: &Zones,
+    packet: &[u8],
+    transport: Transport,
+    now: u64,
+    replays: &Mutex<tsig::Replays>,
+    from: IpAddr,
+) -> Response {
+    handle_packet(zones, &HealthView::default(), packet, transport, from, 1, now, replays).expect("answered")
+}
+
+/// As [`ask_from`], from [`client`].
+fn ask_again(zones: &Zones, packet: &[u8], transport: Transport, now: u64, replays: &Mutex<tsig::Replays>) -> Response {
+    ask_from(zones, packet, transport, now, replays, client())
 }
 
 fn rcode(wire: &[u8]) -> ResponseCode {
@@ -369,7 +396,7 @@ proptest! {
             bytes.truncate(cut.index(bytes.len()));
         }
         for transport in [Transport::Udp, Transport::Tcp] {
-            let Some(response) = handle_packet(zones, &HealthView::default(), &bytes, transport, client(), 1, NOW) else {
+            let Some(response) = handle_packet(zones, &HealthView::default(), &bytes, transport, client(), 1, NOW, &Default::default()) else {
                 continue;
             };
             for wire in &response.wire {
@@ -386,4 +413,119 @@ proptest! {
 fn zones_once() -> &'static Zones {
     static ZONES: std::sync::OnceLock<Zones> = std::sync::OnceLock::new();
     ZONES.get_or_init(keyed_zones)
+}
+
+#[test]
+fn a_replayed_transfer_request_or_notify_gets_a_signed_badtime_and_requests_in_one_second_pass() {
+    let zones = keyed_zones();
+    let replays = Mutex::new(tsig::Replays::default());
+    // A secondary's SOA query over UDP, then its IXFR over TCP, in the same second: both served.
+    let soa = tsig::sign(&query("shop.example.", RecordType::SOA, 1, None), &xfr_key(), NOW).expect("sign");
+    let response = ask_again(&zones, &soa.wire, Transport::Udp, NOW, &replays);
+    assert_eq!(
+        verified(&response, &xfr_key(), &soa.mac, NOW)[0].response_code(),
+        ResponseCode::NoError
+    );
+    let axfr = tsig::sign(&query("shop.example.", RecordType::AXFR, 2, None), &xfr_key(), NOW).expect("sign");
+    let response = ask_again(&zones, &axfr.wire, Transport::Tcp, NOW, &replays);
+    assert!(verified(&response, &xfr_key(), &axfr.mac, NOW).len() >= 2);
+    assert_ne!(&*response.name_label, LABEL_TSIG_REPLAYED);
+    // The captured transfer request replayed a minute later: NOTAUTH, BADTIME, signed with the
+    // key over the request's MAC, and no zone data.
+    let replayed = ask_again(&zones, &axfr.wire, Transport::Tcp, NOW + 60, &replays);
+    assert_eq!(replayed.wire.len(), 1);
+    assert_eq!(rcode(&replayed.wire[0]), ResponseCode::NotAuth);
+    assert_eq!(
+        tsig::verify(&replayed.wire[0], &axfr.mac, &xfr_key(), NOW + 60),
+        Err(VerifyError::Server {
+            error: tsig::BADTIME,
+            rcode: 9,
+            signed: true
+        })
+    );
+    assert_eq!(&*replayed.name_label, LABEL_TSIG_REPLAYED);
+    assert!(!replayed.cacheable);
+    // After a newer request, the old one is refused for being earlier, over UDP too.
+    let newer = tsig::sign(&query("shop.example.", RecordType::SOA, 3, None), &xfr_key(), NOW + 30).expect("sign");
+    let response = ask_again(&zones, &newer.wire, Transport::Udp, NOW + 30, &replays);
+    verified(&response, &xfr_key(), &newer.mac, NOW + 30);
+    let replayed = ask_again(&zones, &soa.wire, Transport::Udp, NOW + 31, &replays);
+    assert_eq!(tsig_of(&replayed.wire[0]).error, tsig::BADTIME);
+    // A signed NOTIFY to this server, replayed: refused the same.
+    let notify = crate::notify::message(zones.iter().next().expect("a zone"), &HealthView::default(), 4)
+        .to_vec()
+        .expect("encodes");
+    let notify = tsig::sign(&notify, &xfr_key(), NOW + 40).expect("sign");
+    let first = ask_again(&zones, &notify.wire, Transport::Udp, NOW + 40, &replays);
+    verified(&first, &xfr_key(), &notify.mac, NOW + 40);
+    // Sent again by its sender within seconds (its answer was lost): answered again.
+    let retransmitted = ask_again(&zones, &notify.wire, Transport::Udp, NOW + 42, &replays);
+    verified(&retransmitted, &xfr_key(), &notify.mac, NOW + 42);
+    // From another address, or later: refused.
+    let elsewhere: IpAddr = "203.0.113.66".parse().expect("address");
+    let replayed = ask_from(&zones, &notify.wire, Transport::Udp, NOW + 43, &replays, elsewhere);
+    assert_eq!(rcode(&replayed.wire[0]), ResponseCode::NotAuth);
+    assert_eq!(tsig_of(&replayed.wire[0]).error, tsig::BADTIME);
+    let later = NOW + 40 + tsig::REPLAY_RETRANSMIT_WINDOW_S + 1;
+    let replayed = ask_again(&zones, &notify.wire, Transport::Udp, later, &replays);
+    assert_eq!(tsig_of(&replayed.wire[0]).error, tsig::BADTIME);
+}
+
+#[test]
+fn a_rate_limited_answer_to_a_signed_query_is_signed_or_not_sent() {
+    let zones = keyed_zones();
+    let request = tsig::sign(&query("h7.shop.example.", RecordType::A, 7, None), &xfr_key(), NOW).expect("sign");
+    let response = ask(&zones, &request.wire, Transport::Udp, NOW);
+    let slipped = response.slipped().expect("a signed truncated form");
+    let stripped = tsig::verify(&slipped, &request.mac, &xfr_key(), NOW).expect("the client verifies it");
+    let message = Message::from_vec(&stripped).expect("parses");
+    assert!(message.truncated());
+    assert!(message.answers().is_empty());
+    assert_eq!(message.id(), 7);
+    // Unsigned query: the unsigned truncated form, as before.
+    let unsigned = ask(
+        &zones,
+        &query("h7.shop.example.", RecordType::A, 8, None),
+        Transport::Udp,
+        NOW,
+    );
+    let slipped = unsigned.slipped().expect("truncated");
+    assert!(tsig::read_record(&slipped).expect("reads").is_none());
+    assert!(Message::from_vec(&slipped).expect("parses").truncated());
+    // A refused signature (here BADTIME): nothing in its place, never an unsigned TC.
+    let stale = tsig::sign(
+        &query("h7.shop.example.", RecordType::A, 9, None),
+        &xfr_key(),
+        NOW - 301,
+    )
+    .expect("sign");
+    let refused = ask(&zones, &stale.wire, Transport::Udp, NOW);
+    assert_eq!(tsig_of(&refused.wire[0]).error, tsig::BADTIME);
+    assert_eq!(refused.slipped(), None);
+}
+
+#[test]
+fn tsig_refusals_are_counted_under_their_own_labels_not_malformed() {
+    let zones = keyed_zones();
+    let axfr = query("shop.example.", RecordType::AXFR, 5, None);
+    let stranger = Key::new("stranger", SECRET).expect("key");
+    let label = |wire: &[u8]| ask(&zones, wire, Transport::Tcp, NOW).name_label.to_string();
+    assert_eq!(
+        label(&tsig::sign(&axfr, &stranger, NOW).expect("sign").wire),
+        LABEL_TSIG_BADKEY
+    );
+    let forged = Key::new("xfr-key", OTHER_SECRET).expect("key");
+    assert_eq!(
+        label(&tsig::sign(&axfr, &forged, NOW).expect("sign").wire),
+        LABEL_TSIG_BADSIG
+    );
+    assert_eq!(
+        label(&tsig::sign(&axfr, &xfr_key(), NOW - 301).expect("sign").wire),
+        LABEL_TSIG_BADTIME
+    );
+    // An unreadable TSIG record stays FORMERR under <malformed>.
+    let mut cut = tsig::sign(&axfr, &xfr_key(), NOW).expect("sign").wire;
+    let length = cut.len();
+    cut.truncate(length - 1);
+    assert_eq!(label(&cut), LABEL_MALFORMED);
 }

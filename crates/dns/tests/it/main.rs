@@ -715,8 +715,17 @@ fn the_fuzz_seeds_are_answered() {
     let mut codes = Vec::new();
     for seed in &seeds {
         let bytes = std::fs::read(seed).expect("seed");
-        let response = dns::handle_packet(&zones, &view, &bytes, dns::Transport::Udp, client, 7, 1_700_000_000)
-            .unwrap_or_else(|| panic!("{} gets an answer", seed.display()));
+        let response = dns::handle_packet(
+            &zones,
+            &view,
+            &bytes,
+            dns::Transport::Udp,
+            client,
+            7,
+            1_700_000_000,
+            &Default::default(),
+        )
+        .unwrap_or_else(|| panic!("{} gets an answer", seed.display()));
         for wire in &response.wire {
             assert!(wire.len() <= usize::from(dns::answer::UDP_PAYLOAD_BYTES_MAX));
             let message = Message::from_vec(wire).expect("the answer parses");

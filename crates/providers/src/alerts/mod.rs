@@ -729,12 +729,32 @@ impl Alerts {
         self.incidents().open_as(key, incident, opened_at_ms, message);
     }
 
-    /// Marks the condition `key` open under `incident` without sending anything, replacing
-    /// the dedup key of an incident open under another: an incident the group's previous
-    /// leader opened, whose original dedup key is the one the pager knows. Returns the dedup
-    /// key replaced, if any.
-    pub fn adopt(&self, key: &str, incident: &str, opened_at_ms: u64, message: &str) -> Option<String> {
-        self.incidents().adopt(key, incident, opened_at_ms, message)
+    /// Marks the condition `key` open under `incident` without raising it, replacing the dedup
+    /// key of an incident open under another: an incident the group's previous leader opened,
+    /// whose original dedup key is the one the pager knows. The incident replaced (restored
+    /// from this member's audit log under an older dedup key) is open on the pager too and
+    /// nothing else would ever close it: a resolve is sent for it (at `generation`, `at_ms`).
+    /// Returns its dedup key, if any.
+    pub fn adopt(
+        &self,
+        key: &str,
+        incident: &str,
+        opened_at_ms: u64,
+        message: &str,
+        generation: u64,
+        at_ms: u64,
+    ) -> Option<String> {
+        let replaced = self.incidents().adopt(key, incident, opened_at_ms, message)?;
+        self.enqueue(Alert {
+            key: key.to_string(),
+            resolved: true,
+            message: format!("superseded by incident {incident}, which stays open for this condition"),
+            generation,
+            at_ms,
+            incident: replaced.clone(),
+            source: self.source.clone(),
+        });
+        Some(replaced)
     }
 
     /// The dedup key of the condition `key`'s open incident.
@@ -1489,6 +1509,45 @@ mod tests {
             ("fenced".to_string(), false, 500),
         ];
         assert!(left == expected || left == expected[1..], "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn an_incident_replaced_by_the_groups_dedup_key_is_resolved_under_its_own() {
+        // A receiver that never answers: what is sent stays queued (but the first taken).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+        let _hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let alerts = Alerts::start(vec![webhook_channel(&url, None)], "member-b", "grp");
+        alerts.raise("fenced", "stale", 1, 0);
+        // Restored from this member's audit log under an older key, then adopted under the
+        // group's: the older incident is open on the pager and must be closed.
+        alerts.restore("all_down", "ctl/all_down/g1-1000", 1_000, "every region is down");
+        let replaced = alerts.adopt("all_down", "grp/all_down", 900, "every region is down", 7, 2_000);
+        assert_eq!(replaced.as_deref(), Some("ctl/all_down/g1-1000"));
+        assert_eq!(alerts.incident_of("all_down").as_deref(), Some("grp/all_down"));
+        // The same dedup key again: nothing replaced, nothing sent.
+        assert_eq!(
+            alerts.adopt("all_down", "grp/all_down", 900, "every region is down", 7, 2_000),
+            None
+        );
+        let mut queue = alerts.lanes[0].queue.lock().expect("queue");
+        let mut left = Vec::new();
+        while let Some(alert) = queue.pop() {
+            left.push((alert.key, alert.incident, alert.resolved, alert.generation));
+        }
+        let resolve = ("all_down".to_string(), "ctl/all_down/g1-1000".to_string(), true, 7);
+        assert!(
+            left == vec![
+                ("fenced".to_string(), "grp/fenced".to_string(), false, 1),
+                resolve.clone()
+            ] || left == vec![resolve],
+            "{left:?}"
+        );
     }
 
     #[tokio::test]
