@@ -800,3 +800,24 @@ fn guard_isolation_fence_is_held_to_the_quickest_failover_with_its_line() {
         config.warnings
     );
 }
+
+#[test]
+fn a_media_sync_step_with_mistakes_is_still_a_media_sync_step_for_the_failback_gate() {
+    // The step's own mistake (a missing file) is the one problem: failback_media_objects_max
+    // is not also said to lack a media_sync step, which the file plainly has.
+    let text = format!(
+        "{MINIMAL}\n[policy]\nfailback_media_objects_max = 0\n\n[[runbook]]\nname = \"media\"\nkind = \"media_sync\"\ntimeout_ms = 600000\n[runbook.media_sync]\nmode = \"rsync\"\nssh_identity_file = \"no-such-media.key\"\n[runbook.media_sync.locations]\na = {{ url = \"/var/www/media/\" }}\nb = {{ url = \"deploy@web-b:/var/www/media/\" }}\n"
+    );
+    let found = problems(&text);
+    problem_with(&found, "ssh_identity_file");
+    assert!(
+        !found
+            .iter()
+            .any(|p| p.message.contains("no runbook step has kind = \"media_sync\"")),
+        "{found:#?}"
+    );
+    // Without any media_sync step the gate is still refused.
+    let text = format!("{MINIMAL}\n[policy]\nfailback_media_objects_max = 0\n");
+    let found = problems(&text);
+    problem_with(&found, "no runbook step has kind = \"media_sync\"");
+}
