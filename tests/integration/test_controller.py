@@ -141,6 +141,27 @@ def test_config_check_reports_every_mistake_and_the_controller_refuses_to_start(
     assert checked.returncode == 1 and f"{bad_dns}:7:1: unknown field `bogus`" in checked.stderr, checked.stderr
 
 
+def test_config_check_checks_a_store_file_as_the_store_reads_it(tmp_path):
+    """The README's store file (`switchyard store --config FILE`, a [store] section) is checked as
+    the store reads it, not refused as a controller file without [[regions]]."""
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    good = tmp_path / "store.toml"
+    good.write_text('[store]\nregion = "eu-west-1"\nlisten = "127.0.0.1:8001"\ndata_dir = "data"\n'
+                    'cache_bytes = "256MiB"\n\n[store.peers]\nus-east-1 = "http://127.0.0.1:8000"\n')
+    checked = run_cli("config", "check", str(good))
+    assert checked.returncode == 0, checked.stderr
+    assert "a `switchyard store` configuration: region eu-west-1, listening on 127.0.0.1:8001" in checked.stdout
+    assert f"data in {tmp_path / 'data'}" in checked.stdout, checked.stdout
+    bad = tmp_path / "bad-store.toml"
+    bad.write_text('[store]\nregion = "eu-west-1"\ncache_bytes = "lots"\n')
+    checked = run_cli("config", "check", str(bad))
+    assert checked.returncode == 1, checked.stdout
+    assert "cache_bytes" in checked.stderr and "line 3" in checked.stderr, checked.stderr
+    assert "unknown field `store`" not in checked.stderr, checked.stderr
+    assert "checked as a `switchyard store` configuration" in checked.stderr, checked.stderr
+
+
 def get_json(url, path):
     request = urllib.request.Request(f"{url}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=10) as response:
