@@ -338,7 +338,7 @@ fn every_url_is_parsed_with_its_position() {
     problem_with(&found, "port '99999' is not a number in 1..=65535");
     let admin = problem_with(&found, "[dns] admin_url: 'http://exa mple:5380' has spaces");
     assert_eq!(admin.line, line_of(&text, "exa mple"));
-    assert!(admin.fix.contains("http://127.0.0.1:5380"), "{admin:?}");
+    assert!(admin.fix.contains("http://127.0.0.1:8053"), "{admin:?}");
     let hook = problem_with(&found, "webhook step 'hook': 'http://hooks.example:0/x': port '0'");
     assert_eq!(hook.line, line_of(&text, "hooks.example"));
     let alert = problem_with(&found, "alert url: 'ftp://alerts.example/' does not start with http://");
