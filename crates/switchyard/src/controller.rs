@@ -64,8 +64,8 @@ enum ConfigCommand {
     /// Validate a configuration; prints every mistake with its line, column and fix. A
     /// controller's file (it has [[regions]]) is checked as the controller reads it; a file
     /// with only a `switchyard dns` [dns] section (zones), a `switchyard proxy` [proxy]
-    /// section or a `switchyard store` [store] section, or a drill's targets file, is checked
-    /// as that command reads it.
+    /// section, a `switchyard store` [store] section or a `switchyard fault-proxy` [fault_proxy]
+    /// section, or a drill's targets file, is checked as that command reads it.
     Check {
         /// The TOML file.
         file: PathBuf,
@@ -295,6 +295,7 @@ enum ConfigKind {
     Proxy,
     DrillTargets,
     Store,
+    FaultProxy,
 }
 
 fn config_kind(file: &std::path::Path) -> ConfigKind {
@@ -322,6 +323,8 @@ fn config_kind(file: &std::path::Path) -> ConfigKind {
         ConfigKind::Proxy
     } else if table.contains_key("store") {
         ConfigKind::Store
+    } else if table.contains_key("fault_proxy") {
+        ConfigKind::FaultProxy
     } else {
         ConfigKind::Controller
     }
@@ -384,6 +387,24 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
                 Err(error) => bail!(
                     "{error:#}
 (checked as a `switchyard store` configuration: it has a [store] section and no [[regions]])"
+                ),
+            }
+        }
+        ConfigCommand::Check { file } if matches!(config_kind(&file), ConfigKind::FaultProxy) => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+            match faultproxy::config::from_toml(&text, &file.display().to_string()) {
+                Ok(config) => {
+                    println!(
+                        "{}: ok (a `switchyard fault-proxy` configuration: {} proxies, control API on {})",
+                        file.display(),
+                        config.proxies.len(),
+                        config.listen
+                    );
+                    Ok(())
+                }
+                Err(error) => bail!(
+                    "{error}
+(checked as a `switchyard fault-proxy` configuration: it has a [fault_proxy] section and no [[regions]])"
                 ),
             }
         }
