@@ -141,6 +141,39 @@ def test_config_check_reports_every_mistake_and_the_controller_refuses_to_start(
     assert checked.returncode == 1 and f"{bad_dns}:7:1: unknown field `bogus`" in checked.stderr, checked.stderr
 
 
+def test_config_check_checks_store_and_fault_proxy_files_as_they_are_read(tmp_path):
+    """The README's store file (`switchyard store --config FILE`, a [store] section) is checked as
+    the store reads it, and a fault proxy's ([fault_proxy]) as `switchyard fault-proxy` reads it,
+    not refused as controller files without [[regions]]."""
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    good = tmp_path / "store.toml"
+    good.write_text('[store]\nregion = "eu-west-1"\nlisten = "127.0.0.1:8001"\ndata_dir = "data"\n'
+                    'cache_bytes = "256MiB"\n\n[store.peers]\nus-east-1 = "http://127.0.0.1:8000"\n')
+    checked = run_cli("config", "check", str(good))
+    assert checked.returncode == 0, checked.stderr
+    assert "a `switchyard store` configuration: region eu-west-1, listening on 127.0.0.1:8001" in checked.stdout
+    assert f"data in {tmp_path / 'data'}" in checked.stdout, checked.stdout
+    bad = tmp_path / "bad-store.toml"
+    bad.write_text('[store]\nregion = "eu-west-1"\ncache_bytes = "lots"\n')
+    checked = run_cli("config", "check", str(bad))
+    assert checked.returncode == 1, checked.stdout
+    assert "cache_bytes" in checked.stderr and "line 3" in checked.stderr, checked.stderr
+    assert "unknown field `store`" not in checked.stderr, checked.stderr
+    assert "checked as a `switchyard store` configuration" in checked.stderr, checked.stderr
+    # The fault proxy's file (`switchyard fault-proxy --config FILE`, a [fault_proxy] section) too.
+    faults = tmp_path / "faults.toml"
+    faults.write_text('[fault_proxy]\nlisten = "127.0.0.1:8474"\n\n[[fault_proxy.proxies]]\nname = "store-eu"\n'
+                      'listen = "127.0.0.1:21000"\nupstream = "127.0.0.1:8001"\n')
+    checked = run_cli("config", "check", str(faults))
+    assert checked.returncode == 0, checked.stderr
+    assert "a `switchyard fault-proxy` configuration: 1 proxies, control API on 127.0.0.1:8474" in checked.stdout
+    faults.write_text('[fault_proxy]\nlisten = "127.0.0.1:8474"\nbogus = 1\n')
+    checked = run_cli("config", "check", str(faults))
+    assert checked.returncode == 1 and f"{faults}:3:1:" in checked.stderr, checked.stderr
+    assert "unknown field `fault_proxy`" not in checked.stderr, checked.stderr
+
+
 def get_json(url, path):
     request = urllib.request.Request(f"{url}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=10) as response:

@@ -63,8 +63,9 @@ pub(crate) struct ConfigArgs {
 enum ConfigCommand {
     /// Validate a configuration; prints every mistake with its line, column and fix. A
     /// controller's file (it has [[regions]]) is checked as the controller reads it; a file
-    /// with only a `switchyard dns` [dns] section (zones) or a `switchyard proxy` [proxy]
-    /// section is checked as that command reads it.
+    /// with only a `switchyard dns` [dns] section (zones), a `switchyard proxy` [proxy]
+    /// section, a `switchyard store` [store] section or a `switchyard fault-proxy` [fault_proxy]
+    /// section, or a drill's targets file, is checked as that command reads it.
     Check {
         /// The TOML file.
         file: PathBuf,
@@ -293,6 +294,8 @@ enum ConfigKind {
     Dns,
     Proxy,
     DrillTargets,
+    Store,
+    FaultProxy,
 }
 
 fn config_kind(file: &std::path::Path) -> ConfigKind {
@@ -318,6 +321,10 @@ fn config_kind(file: &std::path::Path) -> ConfigKind {
         ConfigKind::Dns
     } else if table.contains_key("proxy") {
         ConfigKind::Proxy
+    } else if table.contains_key("store") {
+        ConfigKind::Store
+    } else if table.contains_key("fault_proxy") {
+        ConfigKind::FaultProxy
     } else {
         ConfigKind::Controller
     }
@@ -357,6 +364,47 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
                 Err(error) => bail!(
                     "{error}
 (checked as a `switchyard proxy` configuration: it has a [proxy] section and no [[regions]])"
+                ),
+            }
+        }
+        ConfigCommand::Check { file } if matches!(config_kind(&file), ConfigKind::Store) => {
+            // As `switchyard store --config FILE` reads it, without flags or variables.
+            let checked = store::config::load(&file)
+                .map_err(anyhow::Error::from)
+                .and_then(|keys| Ok(store::settings::Settings::merge(keys, Default::default())?));
+            match checked {
+                Ok(settings) => {
+                    println!(
+                        "{}: ok (a `switchyard store` configuration: region {}, listening on {}, data in {}, {} peer(s))",
+                        file.display(),
+                        settings.region,
+                        settings.listen,
+                        settings.data_dir.display(),
+                        settings.peers.len()
+                    );
+                    Ok(())
+                }
+                Err(error) => bail!(
+                    "{error:#}
+(checked as a `switchyard store` configuration: it has a [store] section and no [[regions]])"
+                ),
+            }
+        }
+        ConfigCommand::Check { file } if matches!(config_kind(&file), ConfigKind::FaultProxy) => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+            match faultproxy::config::from_toml(&text, &file.display().to_string()) {
+                Ok(config) => {
+                    println!(
+                        "{}: ok (a `switchyard fault-proxy` configuration: {} proxies, control API on {})",
+                        file.display(),
+                        config.proxies.len(),
+                        config.listen
+                    );
+                    Ok(())
+                }
+                Err(error) => bail!(
+                    "{error}
+(checked as a `switchyard fault-proxy` configuration: it has a [fault_proxy] section and no [[regions]])"
                 ),
             }
         }

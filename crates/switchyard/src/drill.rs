@@ -13,6 +13,7 @@ use drill::scenario::{self, Durations};
 const PHASE_S_MAX: u64 = 3_600;
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("deployment").required(true).args(["lab", "targets"])))]
 pub(crate) struct DrillArgs {
     /// The scenario: region-outage, region-hang (SIGSTOP the primary region, SIGCONT at
     /// heal), region-partition, vantage-partition, controller-partition (the controller's own
@@ -29,12 +30,7 @@ pub(crate) struct DrillArgs {
     scenario: String,
     /// A running lab's directory: the drill reads DIR/drill-targets.toml, which
     /// `switchyard lab --dir DIR` writes.
-    #[arg(
-        long,
-        value_name = "DIR",
-        required_unless_present = "targets",
-        conflicts_with = "targets"
-    )]
+    #[arg(long, value_name = "DIR")]
     lab: Option<PathBuf>,
     /// A deployment description (TOML, or JSON when it ends in .json) for a deployment that is
     /// not a lab: DNS server and name, stores per region, controller and fault-proxy URLs,
@@ -238,5 +234,21 @@ mod tests {
         for name in drill::scenario::NAMES {
             assert!(help.contains(name), "the scenario help does not name {name}: {help}");
         }
+    }
+
+    /// Without a deployment the error names both ways to give one (a lab or a targets file),
+    /// not `--lab` alone; both at once are refused.
+    #[test]
+    fn a_drill_without_a_deployment_names_lab_and_targets() {
+        use clap::Parser;
+        let error = match Cli::try_parse_from(["drill", "region-outage"]) {
+            Ok(_) => panic!("a drill without --lab or --targets parsed"),
+            Err(error) => error.render().to_string(),
+        };
+        assert!(error.contains("--lab") && error.contains("--targets"), "{error}");
+        assert!(Cli::try_parse_from(["drill", "region-outage", "--targets", "t.toml"]).is_ok());
+        assert!(Cli::try_parse_from(["drill", "region-outage", "--config", "t.toml"]).is_ok());
+        assert!(Cli::try_parse_from(["drill", "region-outage", "--lab", "lab"]).is_ok());
+        assert!(Cli::try_parse_from(["drill", "region-outage", "--lab", "lab", "--targets", "t.toml"]).is_err());
     }
 }

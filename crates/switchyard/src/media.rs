@@ -40,11 +40,14 @@ enum MediaCommand {
     /// the step's limits (objects_per_run_max, bytes_per_run_max, run_timeout_ms), and verify
     /// the copy by measuring the lag again.
     ///
-    /// rsync: `rsync -rlptu` (never overwrites a newer file on the receiver; `--delete` only with
-    /// `delete = true`). S3: ListObjectsV2 on both buckets, GetObject + PutObject of what is
+    /// rsync: `rsync -rlpt --safe-links`: the active region's copy is the truth, so a file on
+    /// the receiver that differs is replaced, even when it is newer (only a runbook step's copy
+    /// into the region taking over keeps newer files, with `--update`); `--delete` only with
+    /// `delete = true`. S3: ListObjectsV2 on both buckets, GetObject + PutObject of what is
     /// missing or differs in size or ETag, HeadObject to verify. Exits 1 when a copy failed.
-    /// Run it from cron in the active region only: `switchyard lock run --name media-sync --
-    /// switchyard media sync --config FILE`.
+    /// Run it from cron in the active region only: `SWITCHYARD_REGION=REGION switchyard lock
+    /// run --name media-sync -- switchyard media sync --config FILE` (`lock run` needs this
+    /// host's region, and the controller's URL unless it is http://127.0.0.1:7400).
     Sync(Which),
     /// Measure the media lag: per receiving region, the objects and bytes it lacks (or holds
     /// differently) of the active region's, and the age of the oldest, without copying.

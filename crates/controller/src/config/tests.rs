@@ -338,7 +338,7 @@ fn every_url_is_parsed_with_its_position() {
     problem_with(&found, "port '99999' is not a number in 1..=65535");
     let admin = problem_with(&found, "[dns] admin_url: 'http://exa mple:5380' has spaces");
     assert_eq!(admin.line, line_of(&text, "exa mple"));
-    assert!(admin.fix.contains("http://127.0.0.1:5380"), "{admin:?}");
+    assert!(admin.fix.contains("http://127.0.0.1:8053"), "{admin:?}");
     let hook = problem_with(&found, "webhook step 'hook': 'http://hooks.example:0/x': port '0'");
     assert_eq!(hook.line, line_of(&text, "hooks.example"));
     let alert = problem_with(&found, "alert url: 'ftp://alerts.example/' does not start with http://");
@@ -799,4 +799,25 @@ fn guard_isolation_fence_is_held_to_the_quickest_failover_with_its_line() {
         "{:?}",
         config.warnings
     );
+}
+
+#[test]
+fn a_media_sync_step_with_mistakes_is_still_a_media_sync_step_for_the_failback_gate() {
+    // The step's own mistake (a missing file) is the one problem: failback_media_objects_max
+    // is not also said to lack a media_sync step, which the file plainly has.
+    let text = format!(
+        "{MINIMAL}\n[policy]\nfailback_media_objects_max = 0\n\n[[runbook]]\nname = \"media\"\nkind = \"media_sync\"\ntimeout_ms = 600000\n[runbook.media_sync]\nmode = \"rsync\"\nssh_identity_file = \"no-such-media.key\"\n[runbook.media_sync.locations]\na = {{ url = \"/var/www/media/\" }}\nb = {{ url = \"deploy@web-b:/var/www/media/\" }}\n"
+    );
+    let found = problems(&text);
+    problem_with(&found, "ssh_identity_file");
+    assert!(
+        !found
+            .iter()
+            .any(|p| p.message.contains("no runbook step has kind = \"media_sync\"")),
+        "{found:#?}"
+    );
+    // Without any media_sync step the gate is still refused.
+    let text = format!("{MINIMAL}\n[policy]\nfailback_media_objects_max = 0\n");
+    let found = problems(&text);
+    problem_with(&found, "no runbook step has kind = \"media_sync\"");
 }
