@@ -172,6 +172,42 @@ def test_agent_reports_state_changes_with_the_token(binary, tmp_path):
         web.shutdown()
 
 
+@pytest.mark.parametrize("variable", ["SWITCHYARD_CONTROL_TOKEN_FILE", "SWITCHYARD_TOKEN_FILE"])
+def test_agent_reads_its_token_file_from_the_variable_every_command_reads(binary, tmp_path, variable):
+    """The agent takes SWITCHYARD_CONTROL_TOKEN_FILE like every other command (it read only
+    SWITCHYARD_TOKEN_FILE before, which still works, with a warning)."""
+    target = socket.socket()
+    target.bind(("127.0.0.1", 0))
+    target.listen(16)
+    plan = {"checks": [check("use1-db", {"type": "tcp", "address": "127.0.0.1:%d" % target.getsockname()[1]})],
+            "report_interval_ms": 100}
+    controller = Controller(plan)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    log = tmp_path / "agent.log"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SWITCHYARD_CONTROL_TOKEN", "SWITCHYARD_CONTROL_TOKEN_FILE", "SWITCHYARD_TOKEN_FILE")}
+    env[variable] = str(token_file)
+    agent = subprocess.Popen(
+        [str(binary), "agent", "--controller", controller.url, "--name", "eu-agent", "--plan-refresh-ms", "500"],
+        stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env,
+    )
+    try:
+        wait_for("the check reported up", lambda: (controller.latest("use1-db") or {}).get("status") == "up")
+        with controller.lock:
+            assert controller.refused == 0
+        deprecated = "SWITCHYARD_TOKEN_FILE is deprecated" in log.read_text()
+        assert deprecated == (variable == "SWITCHYARD_TOKEN_FILE"), log.read_text()[-3000:]
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=DEADLINE_S) == 0, log.read_text()[-3000:]
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        controller.close()
+        target.close()
+
+
 def test_agent_refuses_a_controller_url_that_is_not_http_or_https(binary):
     result = subprocess.run(
         [str(binary), "agent", "--controller", "ftp://controller.example:7000", "--name", "eu-agent"],
