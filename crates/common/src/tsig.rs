@@ -1,18 +1,168 @@
-//! TSIG (RFC 8945) with HMAC-SHA256, at the wire level, for both ends: a client signs a
+//! TSIG (RFC 8945) with the HMAC-SHA algorithms of its §6 (hmac-sha1, hmac-sha224,
+//! hmac-sha256, hmac-sha384, hmac-sha512), at the wire level, for both ends: a client signs a
 //! request and verifies the response (the RFC 2136 step, NOTIFY), a server verifies a request
 //! (BADKEY, BADSIG, BADTIME, BADTRUNC) and signs its answer, one message or many (a zone
 //! transfer, each message's MAC covering the previous one); and reading BIND's `tsig-keygen`
 //! key files. Pure: the time is an argument; nothing here panics on network bytes.
 //!
+//! Invariants: a key has one algorithm, and a message signed with another algorithm under the
+//! key's name is not the key's (BADKEY, RFC 8945 §5.2.1); a MAC is accepted only between the
+//! RFC's bounds (§5.2.2.1: at most the hash's length, at least the larger of 10 bytes and half
+//! of it; outside: FORMERR) and no shorter than the key's own MAC length (the full hash unless
+//! the key is declared truncated, BIND's `hmac-sha256-128`; shorter: BADTRUNC, §5.2.4).
+//! hmac-md5 is refused: MD5 is broken, and RFC 8945 §6 keeps it only for old peers.
+//!
 //! hickory-proto has TSIG only behind its DNSSEC features (which pull in a crypto provider of
-//! their own); the workspace's hmac + sha2 do it in a page.
+//! their own); the workspace's hmac + sha1 + sha2 do it in a page.
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
-/// The only algorithm offered: what `tsig-keygen` generates by default.
-pub const ALGORITHM: &str = "hmac-sha256";
+/// What `tsig-keygen` generates by default, RFC 8945's mandatory algorithm, and what a bare
+/// secret is taken to be when no algorithm is named.
+pub const DEFAULT_ALGORITHM: Algorithm = Algorithm::HmacSha256;
+
+/// A TSIG algorithm (RFC 8945 §6; IANA "TSIG Algorithm Names").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    HmacSha1,
+    HmacSha224,
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
+}
+
+impl Algorithm {
+    /// Every algorithm supported, in the RFC's order.
+    pub const ALL: [Algorithm; 5] = [
+        Algorithm::HmacSha1,
+        Algorithm::HmacSha224,
+        Algorithm::HmacSha256,
+        Algorithm::HmacSha384,
+        Algorithm::HmacSha512,
+    ];
+
+    /// The name as `tsig-keygen`, `dig -y` and the configuration write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::HmacSha1 => "hmac-sha1",
+            Algorithm::HmacSha224 => "hmac-sha224",
+            Algorithm::HmacSha256 => "hmac-sha256",
+            Algorithm::HmacSha384 => "hmac-sha384",
+            Algorithm::HmacSha512 => "hmac-sha512",
+        }
+    }
+
+    /// The name in wire form (lower case, uncompressed), as the TSIG record carries it.
+    fn wire(self) -> &'static [u8] {
+        match self {
+            Algorithm::HmacSha1 => b"\x09hmac-sha1\x00",
+            Algorithm::HmacSha224 => b"\x0bhmac-sha224\x00",
+            Algorithm::HmacSha256 => b"\x0bhmac-sha256\x00",
+            Algorithm::HmacSha384 => b"\x0bhmac-sha384\x00",
+            Algorithm::HmacSha512 => b"\x0bhmac-sha512\x00",
+        }
+    }
+
+    /// The hash's output: a full MAC's length in bytes.
+    pub fn mac_bytes(self) -> usize {
+        match self {
+            Algorithm::HmacSha1 => 20,
+            Algorithm::HmacSha224 => 28,
+            Algorithm::HmacSha256 => 32,
+            Algorithm::HmacSha384 => 48,
+            Algorithm::HmacSha512 => 64,
+        }
+    }
+
+    /// The shortest MAC RFC 8945 §5.2.2.1 lets a message carry: the larger of 10 bytes and half
+    /// the hash's output. Shorter (but for an unsigned error's empty MAC) is FORMERR.
+    pub fn mac_bytes_min(self) -> usize {
+        (self.mac_bytes() / 2).max(MAC_BYTES_FLOOR)
+    }
+
+    /// The algorithm of a name (any case, with or without the trailing dot).
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        let name = name.trim().trim_end_matches('.');
+        Algorithm::ALL
+            .into_iter()
+            .find(|algorithm| algorithm.name().eq_ignore_ascii_case(name))
+    }
+
+    fn from_wire(wire: &[u8]) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|algorithm| algorithm.wire() == wire)
+    }
+
+    /// Every name supported, for messages: "hmac-sha1, hmac-sha224, ...".
+    pub fn names() -> String {
+        Algorithm::ALL.map(Algorithm::name).join(", ")
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// RFC 8945 §5.2.2.1's absolute floor on a truncated MAC (80 bits).
+const MAC_BYTES_FLOOR: usize = 10;
+
+/// A running HMAC of the key's algorithm.
+enum Hasher {
+    Sha1(Hmac<sha1::Sha1>),
+    Sha224(Hmac<sha2::Sha224>),
+    Sha256(Hmac<sha2::Sha256>),
+    Sha384(Hmac<sha2::Sha384>),
+    Sha512(Hmac<sha2::Sha512>),
+}
+
+impl Hasher {
+    fn new(algorithm: Algorithm, secret: &[u8]) -> Hasher {
+        // HMAC takes keys of any length (longer ones are hashed first, RFC 2104 §2).
+        const ANY_LENGTH: &str = "HMAC accepts keys of any length";
+        match algorithm {
+            Algorithm::HmacSha1 => Hasher::Sha1(Hmac::new_from_slice(secret).expect(ANY_LENGTH)),
+            Algorithm::HmacSha224 => Hasher::Sha224(Hmac::new_from_slice(secret).expect(ANY_LENGTH)),
+            Algorithm::HmacSha256 => Hasher::Sha256(Hmac::new_from_slice(secret).expect(ANY_LENGTH)),
+            Algorithm::HmacSha384 => Hasher::Sha384(Hmac::new_from_slice(secret).expect(ANY_LENGTH)),
+            Algorithm::HmacSha512 => Hasher::Sha512(Hmac::new_from_slice(secret).expect(ANY_LENGTH)),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha1(mac) => mac.update(bytes),
+            Hasher::Sha224(mac) => mac.update(bytes),
+            Hasher::Sha256(mac) => mac.update(bytes),
+            Hasher::Sha384(mac) => mac.update(bytes),
+            Hasher::Sha512(mac) => mac.update(bytes),
+        }
+    }
+
+    /// The full MAC.
+    fn finalize(self) -> Vec<u8> {
+        match self {
+            Hasher::Sha1(mac) => mac.finalize().into_bytes().to_vec(),
+            Hasher::Sha224(mac) => mac.finalize().into_bytes().to_vec(),
+            Hasher::Sha256(mac) => mac.finalize().into_bytes().to_vec(),
+            Hasher::Sha384(mac) => mac.finalize().into_bytes().to_vec(),
+            Hasher::Sha512(mac) => mac.finalize().into_bytes().to_vec(),
+        }
+    }
+
+    /// Whether `mac` is the MAC's first `mac.len()` bytes (constant time; RFC 8945 §5.2.2.1:
+    /// a truncated MAC is compared with the computed one truncated alike).
+    fn verify_truncated_left(self, mac: &[u8]) -> bool {
+        match self {
+            Hasher::Sha1(hmac) => hmac.verify_truncated_left(mac).is_ok(),
+            Hasher::Sha224(hmac) => hmac.verify_truncated_left(mac).is_ok(),
+            Hasher::Sha256(hmac) => hmac.verify_truncated_left(mac).is_ok(),
+            Hasher::Sha384(hmac) => hmac.verify_truncated_left(mac).is_ok(),
+            Hasher::Sha512(hmac) => hmac.verify_truncated_left(mac).is_ok(),
+        }
+    }
+}
 /// Seconds of clock difference the server and this controller accept (RFC 8945 §10
 /// recommends 300).
 pub const FUDGE_S: u16 = 300;
@@ -33,9 +183,8 @@ pub const REPLAY_MACS_PER_SECOND_MAX: usize = 256;
 /// an answer is lost) and is answered again: the answer goes to that address, which had the
 /// first one. Any other copy is a replay.
 pub const REPLAY_RETRANSMIT_WINDOW_S: u64 = 15;
-/// A HMAC-SHA256 MAC's length; shorter (truncated) MACs are not accepted.
-pub const MAC_BYTES: usize = 32;
-/// Shortest secret accepted: half the hash output (RFC 8945 §6.1 recommends at least that).
+/// Shortest secret accepted, whatever the algorithm: half of HMAC-SHA256's output (RFC 2104 §3
+/// discourages keys shorter than the hash's output; `tsig-keygen` makes them that long).
 pub const SECRET_BYTES_MIN: usize = 16;
 /// Largest DNS message (the TCP length prefix's bound): a signature never makes one longer.
 pub const MESSAGE_BYTES_MAX: usize = 65_535;
@@ -54,12 +203,16 @@ pub const BADKEY: u16 = 17;
 pub const BADTIME: u16 = 18;
 pub const BADTRUNC: u16 = 22;
 
-/// A TSIG key: its name (lower-case wire form, as the MAC covers it) and secret.
+/// A TSIG key: its name (lower-case wire form, as the MAC covers it), algorithm and secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Key {
     /// The key's name as written (for messages), without the trailing dot.
     pub name: String,
     wire_name: Vec<u8>,
+    algorithm: Algorithm,
+    /// The MAC length this key signs with and accepts at least: the hash's output, or less for
+    /// a key declared truncated (`hmac-sha256-128`: 16 bytes).
+    mac_bytes: usize,
     secret: Vec<u8>,
 }
 
@@ -74,9 +227,22 @@ pub enum KeyError {
     #[error("the file has {0} keys: set key_name to pick one")]
     SeveralKeys(usize),
     #[error(
-        "key '{name}' uses algorithm {algorithm}; only {ALGORITHM} is supported (make one with tsig-keygen -a {ALGORITHM} {name})"
+        "key '{name}' uses algorithm {algorithm}, which is refused: MD5 is broken (RFC 8945 §6 keeps it only for old peers); make a new key with `tsig-keygen -a hmac-sha256 {name}` and give the server the same key statement"
+    )]
+    Md5 { name: String, algorithm: String },
+    #[error(
+        "key '{name}' uses algorithm {algorithm}, which is not supported; use one of {names} (BIND's `hmac-sha256-128` form truncates the MAC to 128 bits), e.g. `tsig-keygen -a hmac-sha256 {name}`",
+        names = Algorithm::names()
     )]
     Algorithm { name: String, algorithm: String },
+    #[error(
+        "the file says key '{name}' uses {in_file} but the configuration's algorithm is {configured}: remove `algorithm` (the file's is used) or make them the same"
+    )]
+    AlgorithmMismatch {
+        name: String,
+        in_file: String,
+        configured: String,
+    },
     /// The file's text, the key's name or its secret is malformed: what is wrong.
     #[error("{0}")]
     Malformed(String),
@@ -84,13 +250,56 @@ pub enum KeyError {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Key({}, ..)", self.name)
+        write!(f, "Key({}, {}, ..)", self.name, self.algorithm)
     }
 }
 
+/// An algorithm as BIND's configuration writes it: `hmac-sha256`, or `hmac-sha256-128` for
+/// one whose MAC is truncated to 128 bits (a multiple of 8, from the larger of 80 and half
+/// the hash's output up to all of it). `Ok((algorithm, MAC bytes))`.
+pub fn parse_algorithm(key_name: &str, text: &str) -> Result<(Algorithm, usize), KeyError> {
+    let trimmed = text.trim().trim_end_matches('.');
+    let refused = || {
+        let lower = trimmed.to_ascii_lowercase();
+        if lower.starts_with("hmac-md5") {
+            KeyError::Md5 {
+                name: key_name.to_string(),
+                algorithm: trimmed.to_string(),
+            }
+        } else {
+            KeyError::Algorithm {
+                name: key_name.to_string(),
+                algorithm: trimmed.to_string(),
+            }
+        }
+    };
+    if let Some(algorithm) = Algorithm::from_name(trimmed) {
+        return Ok((algorithm, algorithm.mac_bytes()));
+    }
+    let (base, bits) = trimmed.rsplit_once('-').ok_or_else(refused)?;
+    let algorithm = Algorithm::from_name(base).ok_or_else(refused)?;
+    let bits: usize = bits.parse().map_err(|_| refused())?;
+    let (least, most) = (algorithm.mac_bytes_min() * 8, algorithm.mac_bytes() * 8);
+    if bits % 8 != 0 || bits < least || bits > most {
+        return Err(KeyError::Malformed(format!(
+            "key '{key_name}': {trimmed} truncates the MAC to {bits} bits; {algorithm} takes a multiple of 8 from {least} to {most} (RFC 8945 §5.2.2.1)"
+        )));
+    }
+    Ok((algorithm, bits / 8))
+}
+
 impl Key {
-    /// A key from its name and base64 secret.
+    /// A key from its name and base64 secret, with the default algorithm (hmac-sha256).
     pub fn new(name: &str, secret_base64: &str) -> Result<Key, KeyError> {
+        Key::with_algorithm(name, secret_base64, DEFAULT_ALGORITHM)
+    }
+
+    /// A key from its name, base64 secret and algorithm (full-length MACs).
+    pub fn with_algorithm(name: &str, secret_base64: &str, algorithm: Algorithm) -> Result<Key, KeyError> {
+        Key::build(name, secret_base64, algorithm, algorithm.mac_bytes())
+    }
+
+    fn build(name: &str, secret_base64: &str, algorithm: Algorithm, mac_bytes: usize) -> Result<Key, KeyError> {
         let wire_name = wire_name(name).map_err(KeyError::Malformed)?;
         let secret = base64::engine::general_purpose::STANDARD
             .decode(secret_base64.trim())
@@ -104,20 +313,42 @@ impl Key {
         Ok(Key {
             name: name.trim_end_matches('.').to_string(),
             wire_name,
+            algorithm,
+            mac_bytes,
             secret,
         })
     }
 
-    /// Reads a key file: BIND's `tsig-keygen` output (`key "NAME" { algorithm hmac-sha256;
-    /// secret "..."; };`), or just the base64 secret (then `name` is needed). `name`, when
-    /// given, picks the key of that name and must match the file's.
-    pub fn parse(text: &str, name: Option<&str>) -> Result<Key, KeyError> {
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The algorithm as the configuration wrote it: `hmac-sha512`, or `hmac-sha256-128` for a
+    /// truncated key (what `dig -y` takes).
+    pub fn algorithm_name(&self) -> String {
+        if self.mac_bytes == self.algorithm.mac_bytes() {
+            self.algorithm.name().to_string()
+        } else {
+            format!("{}-{}", self.algorithm.name(), self.mac_bytes * 8)
+        }
+    }
+
+    /// Reads a key file: BIND's `tsig-keygen` output (`key "NAME" { algorithm hmac-sha512;
+    /// secret "..."; };`, whose algorithm is the key's), or just the base64 secret (then `name`
+    /// is needed, and the algorithm is `algorithm`, else hmac-sha256). `name`, when given,
+    /// picks the key of that name and must match the file's; `algorithm`, when given with a
+    /// key file, must match the file's.
+    pub fn parse(text: &str, name: Option<&str>, algorithm: Option<&str>) -> Result<Key, KeyError> {
         if !text.contains('{') {
             let secret: String = text.split_whitespace().collect();
-            return match name {
-                Some(name) => Key::new(name, &secret),
-                None => Err(KeyError::NameNeeded),
+            let Some(name) = name else {
+                return Err(KeyError::NameNeeded);
             };
+            let (algorithm, mac_bytes) = match algorithm {
+                Some(text) => parse_algorithm(name, text)?,
+                None => (DEFAULT_ALGORITHM, DEFAULT_ALGORITHM.mac_bytes()),
+            };
+            return Key::build(name, &secret, algorithm, mac_bytes);
         }
         let tokens = tokenize(text).map_err(KeyError::Malformed)?;
         let mut keys = Vec::new();
@@ -136,20 +367,52 @@ impl Key {
             None if keys.len() == 1 => keys.remove(0),
             None => return Err(KeyError::SeveralKeys(keys.len())),
         };
-        let (key_name, algorithm, secret) = key;
-        if !algorithm.eq_ignore_ascii_case(ALGORITHM) {
-            return Err(KeyError::Algorithm {
-                name: key_name,
-                algorithm,
-            });
+        let (key_name, in_file, secret) = key;
+        let (parsed, mac_bytes) = parse_algorithm(&key_name, &in_file)?;
+        if let Some(configured) = algorithm {
+            let same = parse_algorithm(&key_name, configured).is_ok_and(|configured| configured == (parsed, mac_bytes));
+            if !same {
+                return Err(KeyError::AlgorithmMismatch {
+                    name: key_name,
+                    in_file,
+                    configured: configured.to_string(),
+                });
+            }
         }
-        Key::new(&key_name, &secret)
+        Key::build(&key_name, &secret, parsed, mac_bytes)
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
-        // HMAC takes keys of any length.
-        Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts keys of any length")
+    fn mac(&self) -> Hasher {
+        Hasher::new(self.algorithm, &self.secret)
     }
+
+    /// The MAC this key sends: the full one, or its first bytes for a truncated key.
+    fn finish(&self, hasher: Hasher) -> Vec<u8> {
+        let mut mac = hasher.finalize();
+        mac.truncate(self.mac_bytes);
+        mac
+    }
+
+    /// Why a MAC of `length` bytes is not acceptable for this key (`None`: it is): outside the
+    /// RFC's bounds (FORMERR), or shorter than the key's own length (BADTRUNC).
+    fn mac_length_fault(&self, length: usize) -> Option<MacLength> {
+        let (least, most) = (self.algorithm.mac_bytes_min(), self.algorithm.mac_bytes());
+        if length > most || length < least {
+            return Some(MacLength::OutOfBounds(format!(
+                "the TSIG MAC has {length} bytes; {least} to {most} are valid for {} (RFC 8945 §5.2.2.1)",
+                self.algorithm
+            )));
+        }
+        (length < self.mac_bytes).then_some(MacLength::TooShortForKey)
+    }
+}
+
+/// A MAC length not accepted for a key.
+enum MacLength {
+    /// Outside RFC 8945 §5.2.2.1's bounds: FORMERR.
+    OutOfBounds(String),
+    /// Within them, but truncated more than the key allows: BADTRUNC (§5.2.4).
+    TooShortForKey,
 }
 
 /// Words, quoted strings and the punctuation `{ } ;` of a named.conf-style file; comments
@@ -223,7 +486,7 @@ fn tokenize(text: &str) -> Result<Vec<String>, String> {
 
 /// `NAME { algorithm A; secret "S"; };` after the `key` keyword: (name, algorithm, secret).
 fn key_clause(tokens: &[String]) -> Result<((String, String, String), &[String]), String> {
-    let shape = "expected key \"NAME\" { algorithm hmac-sha256; secret \"BASE64\"; };";
+    let shape = "expected key \"NAME\" { algorithm hmac-sha512; secret \"BASE64\"; };";
     let [name, open, rest @ ..] = tokens else {
         return Err(shape.into());
     };
@@ -288,7 +551,7 @@ struct Variables<'a> {
 }
 
 impl Variables<'_> {
-    fn digest_into(&self, key_wire_name: &[u8], mac: &mut Hmac<Sha256>) {
+    fn digest_into(&self, key_wire_name: &[u8], mac: &mut Hasher) {
         mac.update(key_wire_name);
         mac.update(&CLASS_ANY.to_be_bytes());
         mac.update(&0u32.to_be_bytes());
@@ -302,7 +565,7 @@ impl Variables<'_> {
 
     /// Only the timers: what a message after the first of a multi-message answer covers
     /// (RFC 8945 §5.3.1).
-    fn timers_into(&self, mac: &mut Hmac<Sha256>) {
+    fn timers_into(&self, mac: &mut Hasher) {
         mac.update(&self.time_signed.to_be_bytes()[2..]);
         mac.update(&self.fudge.to_be_bytes());
     }
@@ -355,11 +618,8 @@ fn append_record(message: &[u8], key_wire_name: &[u8], rdata: &[u8]) -> Result<V
 pub fn record_bytes(key: &Key) -> usize {
     // Owner, type, class, TTL, RDLENGTH; algorithm, time (6), fudge, MAC size, MAC, original
     // id, error, other length.
-    key.wire_name.len() + 10 + ALGORITHM_WIRE.len() + 6 + 2 + 2 + MAC_BYTES + 2 + 2 + 2
+    key.wire_name.len() + 10 + key.algorithm.wire().len() + 6 + 2 + 2 + key.mac_bytes + 2 + 2 + 2
 }
-
-/// `hmac-sha256.` in wire form.
-const ALGORITHM_WIRE: &[u8] = b"\x0bhmac-sha256\x00";
 
 /// A signed request and its MAC (which the response's MAC covers).
 pub struct Signed {
@@ -371,7 +631,7 @@ pub struct Signed {
 pub fn sign(message: &[u8], key: &Key, time_signed: u64) -> Result<Signed, String> {
     let id = header_id(message)?;
     let variables = Variables {
-        algorithm: ALGORITHM_WIRE,
+        algorithm: key.algorithm.wire(),
         time_signed,
         fudge: FUDGE_S,
         error: 0,
@@ -380,7 +640,7 @@ pub fn sign(message: &[u8], key: &Key, time_signed: u64) -> Result<Signed, Strin
     let mut mac = key.mac();
     mac.update(message);
     variables.digest_into(&key.wire_name, &mut mac);
-    let mac = mac.finalize().into_bytes().to_vec();
+    let mac = key.finish(mac);
     let wire = append_record(message, &key.wire_name, &variables.rdata(&mac, id))?;
     Ok(Signed { wire, mac })
 }
@@ -508,6 +768,8 @@ pub enum VerifyError {
     BadMac,
     /// Signed too far from our clock (the server's time, ours).
     BadTime { server: u64, local: u64 },
+    /// The MAC is truncated more than the key allows (RFC 8945 §5.2.4's BADTRUNC, at our end).
+    Truncated { bytes: usize },
     /// The server reports a TSIG error (BADSIG, BADKEY, BADTIME, ...) about our request.
     /// BADSIG and BADKEY answers are unsigned by design (RFC 8945 §5.3.2): `signed` is false,
     /// and anyone who saw the request could have sent one.
@@ -531,10 +793,17 @@ impl VerifyError {
             VerifyError::BadTime { server, local } => format!(
                 "the response was signed at {server} but this host's clock reads {local} (more than {FUDGE_S} s apart): synchronise the clocks (NTP)"
             ),
+            VerifyError::Truncated { bytes } => format!(
+                "the response's MAC is truncated to {bytes} bytes but key '{}' ({}) takes {} at least: give the key the same algorithm on both sides",
+                key.name,
+                key.algorithm_name(),
+                key.mac_bytes
+            ),
             VerifyError::Server { error, .. } => match *error {
                 BADKEY => format!(
-                    "the server does not know key '{}' with {ALGORITHM} (TSIG BADKEY): add the key file's key statement to the server's configuration, or fix key_name",
-                    key.name
+                    "the server does not know key '{}' with {} (TSIG BADKEY): add the key file's key statement to the server's configuration (the same algorithm), or fix key_name",
+                    key.name,
+                    key.algorithm_name()
                 ),
                 BADSIG => format!(
                     "the server rejected the signature of key '{}' (TSIG BADSIG): the secret differs from the server's; copy the key file from the server",
@@ -543,7 +812,11 @@ impl VerifyError {
                 BADTIME => format!(
                     "the server says this host's clock is more than {FUDGE_S} s off (TSIG BADTIME): synchronise the clocks (NTP)"
                 ),
-                BADTRUNC => "the server rejected the MAC's length (TSIG BADTRUNC)".to_string(),
+                BADTRUNC => format!(
+                    "the server rejected the MAC's length (TSIG BADTRUNC): it holds key '{}' with a longer MAC than {}; give both sides the same algorithm",
+                    key.name,
+                    key.algorithm_name()
+                ),
                 other => format!("the server reports TSIG error {other} for key '{}'", key.name),
             },
         }
@@ -585,7 +858,7 @@ impl<'k> ResponseVerifier<'k> {
         if record.key_wire_name != self.key.wire_name {
             return Err(VerifyError::OtherKey(format!("key '{}'", record.key_name())));
         }
-        if record.algorithm != ALGORITHM_WIRE {
+        if record.algorithm != self.key.algorithm.wire() {
             return Err(VerifyError::OtherKey(format!(
                 "algorithm {}",
                 display_wire(&record.algorithm)
@@ -599,10 +872,14 @@ impl<'k> ResponseVerifier<'k> {
                 signed: false,
             });
         }
-        if record.mac.len() != MAC_BYTES {
-            return Err(VerifyError::Malformed(
-                "the TSIG MAC is truncated; only full-length HMAC-SHA256 MACs are accepted".into(),
-            ));
+        match self.key.mac_length_fault(record.mac.len()) {
+            Some(MacLength::OutOfBounds(why)) => return Err(VerifyError::Malformed(why)),
+            Some(MacLength::TooShortForKey) => {
+                return Err(VerifyError::Truncated {
+                    bytes: record.mac.len(),
+                });
+            }
+            None => {}
         }
         let stripped = record.signed_message(response);
         let mut digest = self.key.mac();
@@ -614,7 +891,9 @@ impl<'k> ResponseVerifier<'k> {
         } else {
             record.variables().timers_into(&mut digest);
         }
-        digest.verify_slice(&record.mac).map_err(|_| VerifyError::BadMac)?;
+        if !digest.verify_truncated_left(&record.mac) {
+            return Err(VerifyError::BadMac);
+        }
         self.first = false;
         self.prior_mac = record.mac.clone();
         if record.error != 0 {
@@ -682,11 +961,6 @@ pub struct Refusal<'k> {
     verified: Option<&'k Key>,
 }
 
-/// The shortest MAC accepted at all: half the hash output (RFC 8945 §5.2.2.1); a shorter one
-/// is FORMERR. Between this and [`MAC_BYTES`] the MAC is checked, then refused with BADTRUNC
-/// (local policy: only full-length MACs).
-pub const MAC_BYTES_MIN: usize = MAC_BYTES / 2;
-
 /// Checks a request's TSIG against the keys held (`keys`) at `now` (Unix seconds). Pure; never
 /// panics, whatever the bytes.
 pub fn verify_request<'k>(wire: &[u8], keys: &'k [Key], now: u64) -> RequestCheck<'k> {
@@ -702,26 +976,30 @@ pub fn verify_request<'k>(wire: &[u8], keys: &'k [Key], now: u64) -> RequestChec
             verified,
         })
     };
-    let key = keys.iter().find(|key| key.wire_name == record.key_wire_name);
-    let Some(key) = key.filter(|_| record.algorithm == ALGORITHM_WIRE) else {
+    // The key of that name and algorithm (§5.2.1: an algorithm the key does not have is a key
+    // not held).
+    let algorithm = Algorithm::from_wire(&record.algorithm);
+    let key = keys
+        .iter()
+        .find(|key| key.wire_name == record.key_wire_name && Some(key.algorithm) == algorithm);
+    let Some(key) = key else {
         return refuse(BADKEY, record, None);
     };
-    if record.mac.len() > MAC_BYTES || record.mac.len() < MAC_BYTES_MIN {
-        return RequestCheck::Malformed(format!(
-            "the TSIG MAC has {} bytes; {MAC_BYTES_MIN} to {MAC_BYTES} are valid for {ALGORITHM}",
-            record.mac.len()
-        ));
-    }
+    let truncated_too_far = match key.mac_length_fault(record.mac.len()) {
+        Some(MacLength::OutOfBounds(why)) => return RequestCheck::Malformed(why),
+        Some(MacLength::TooShortForKey) => true,
+        None => false,
+    };
     let mut digest = key.mac();
     digest.update(&record.signed_message(wire));
     record.variables().digest_into(&record.key_wire_name, &mut digest);
-    if digest.verify_truncated_left(&record.mac).is_err() {
+    if !digest.verify_truncated_left(&record.mac) {
         return refuse(BADSIG, record, None);
     }
     if now.abs_diff(record.time_signed) > u64::from(record.fudge.min(FUDGE_ACCEPTED_MAX_S)) {
         return refuse(BADTIME, record, Some(key));
     }
-    if record.mac.len() < MAC_BYTES {
+    if truncated_too_far {
         return refuse(BADTRUNC, record, Some(key));
     }
     RequestCheck::Verified(Verified {
@@ -907,7 +1185,7 @@ impl Refusal<'_> {
                 digest.update(&self.record.mac);
                 digest.update(message);
                 variables.digest_into(&key.wire_name, &mut digest);
-                digest.finalize().into_bytes().to_vec()
+                key.finish(digest)
             }
         };
         append_record(message, &self.record.key_wire_name, &variables.rdata(&mac, id))
@@ -941,7 +1219,7 @@ impl<'k> ResponseSigner<'k> {
     pub fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, String> {
         let id = header_id(message)?;
         let variables = Variables {
-            algorithm: ALGORITHM_WIRE,
+            algorithm: self.key.algorithm.wire(),
             time_signed: self.time_signed,
             fudge: FUDGE_S,
             error: 0,
@@ -956,7 +1234,7 @@ impl<'k> ResponseSigner<'k> {
         } else {
             variables.timers_into(&mut digest);
         }
-        let mac = digest.finalize().into_bytes().to_vec();
+        let mac = self.key.finish(digest);
         let wire = append_record(message, &self.key.wire_name, &variables.rdata(&mac, id))?;
         self.first = false;
         self.prior_mac = mac;
@@ -1068,7 +1346,7 @@ pub mod testing {
     pub fn unsigned_error(response: &[u8], key: &Key, time_signed: u64, error: u16) -> Option<Vec<u8>> {
         let id = header_id(response).ok()?;
         let variables = Variables {
-            algorithm: ALGORITHM_WIRE,
+            algorithm: key.algorithm.wire(),
             time_signed,
             fudge: FUDGE_S,
             error,
@@ -1087,7 +1365,7 @@ pub mod testing {
     ) -> Option<Vec<u8>> {
         let id = header_id(response).ok()?;
         let variables = Variables {
-            algorithm: ALGORITHM_WIRE,
+            algorithm: key.algorithm.wire(),
             time_signed,
             fudge: FUDGE_S,
             error,
@@ -1098,7 +1376,7 @@ pub mod testing {
         mac.update(request_mac);
         mac.update(response);
         variables.digest_into(&key.wire_name, &mut mac);
-        let mac = mac.finalize().into_bytes().to_vec();
+        let mac = key.finish(mac);
         append_record(response, &key.wire_name, &variables.rdata(&mac, id)).ok()
     }
 }
@@ -1106,6 +1384,12 @@ pub mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// hmac-sha256 (the test key's algorithm) in wire form, its MAC's length and the shortest
+    /// truncation RFC 8945 allows.
+    const ALGORITHM_WIRE: &[u8] = b"\x0bhmac-sha256\x00";
+    const MAC_BYTES: usize = 32;
+    const MAC_BYTES_MIN: usize = 16;
 
     const SECRET: &str = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A=";
 
@@ -1181,7 +1465,7 @@ mod tests {
         response.truncate(start);
         response[2] |= 0x80;
         response[3] = (response[3] & 0xf0) | 9;
-        let algorithm = wire_name(ALGORITHM).expect("algorithm");
+        let algorithm = wire_name("hmac-sha256").expect("algorithm");
         let mut rdata = algorithm;
         rdata.extend_from_slice(&1_700_000_000u64.to_be_bytes()[2..]);
         rdata.extend_from_slice(&FUDGE_S.to_be_bytes());
@@ -1234,35 +1518,35 @@ mod tests {
         let file = format!(
             "# made by tsig-keygen\nkey \"Switchyard-Test\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{SECRET}\";\n}};\n"
         );
-        let parsed = Key::parse(&file, None).expect("parses");
+        let parsed = Key::parse(&file, None, None).expect("parses");
         let expected = Key::new("switchyard-test", SECRET).expect("key");
         assert_eq!(
             (&parsed.wire_name, &parsed.secret),
             (&expected.wire_name, &expected.secret)
         );
         assert_eq!(parsed.name, "Switchyard-Test");
-        assert!(Key::parse(&file, Some("switchyard-test.")).is_ok());
+        assert!(Key::parse(&file, Some("switchyard-test."), None).is_ok());
         assert_eq!(
-            Key::parse(&file, Some("other")),
+            Key::parse(&file, Some("other"), None),
             Err(KeyError::NoKeyNamed("other".into()))
         );
-        assert!(Key::parse(SECRET, Some("k")).is_ok());
-        let needs_name = Key::parse(SECRET, None).expect_err("needs a name");
+        assert!(Key::parse(SECRET, Some("k"), None).is_ok());
+        let needs_name = Key::parse(SECRET, None, None).expect_err("needs a name");
         assert_eq!(needs_name, KeyError::NameNeeded);
         assert!(needs_name.to_string().contains("key_name"));
         let md5 = file.replace("hmac-sha256", "hmac-md5");
-        let md5 = Key::parse(&md5, None).expect_err("md5");
-        assert!(matches!(&md5, KeyError::Algorithm { algorithm, .. } if algorithm == "hmac-md5"));
-        assert!(md5.to_string().contains("only hmac-sha256"), "{md5}");
-        assert!(Key::parse("key \"k\" { algorithm hmac-sha256; };", None).is_err());
+        let md5 = Key::parse(&md5, None, None).expect_err("md5");
+        assert!(matches!(&md5, KeyError::Md5 { algorithm, .. } if algorithm == "hmac-md5"));
+        assert!(md5.to_string().contains("tsig-keygen -a hmac-sha256"), "{md5}");
+        assert!(Key::parse("key \"k\" { algorithm hmac-sha256; };", None, None).is_err());
         assert!(
-            Key::parse("c2hvcnQ=", Some("k"))
+            Key::parse("c2hvcnQ=", Some("k"), None)
                 .expect_err("short")
                 .to_string()
                 .contains("at least")
         );
         assert!(
-            Key::parse("not base64!", Some("k"))
+            Key::parse("not base64!", Some("k"), None)
                 .expect_err("base64")
                 .to_string()
                 .contains("base64")
@@ -1417,7 +1701,7 @@ mod tests {
             ..variables
         }
         .digest_into(&lower(owner), &mut digest);
-        let mac = digest.finalize().into_bytes().to_vec();
+        let mac = digest.finalize();
         let id = header_id(message).expect("header");
         append_record(message, owner, &variables.rdata(&mac[..mac_bytes], id)).expect("appends")
     }
@@ -1806,9 +2090,248 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(if rng.below(2) == 0 { " " } else { "" });
             let name = (rng.below(3) == 0).then_some("k");
-            if let Ok(key) = Key::parse(&text, name) {
+            if let Ok(key) = Key::parse(&text, name, None) {
                 assert!(!key.name.is_empty(), "{text:?}");
             }
         }
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    #[test]
+    fn each_algorithm_computes_the_rfc_4231_and_rfc_2202_hmac_vectors() {
+        // RFC 4231 §4.3 (test case 2) for SHA-224..512, RFC 2202 §3 (test case 2) for SHA-1.
+        let expected = [
+            (Algorithm::HmacSha1, "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"),
+            (
+                Algorithm::HmacSha224,
+                "a30e01098bc6dbbf45690f3a7e9e6d0f8bbea2a39e6148008fd05e44",
+            ),
+            (
+                Algorithm::HmacSha256,
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            ),
+            (
+                Algorithm::HmacSha384,
+                "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e8e2240ca5e69e2c78b3239ecfab21649",
+            ),
+            (
+                Algorithm::HmacSha512,
+                "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737",
+            ),
+        ];
+        for (algorithm, mac) in expected {
+            let mut hasher = Hasher::new(algorithm, b"Jefe");
+            hasher.update(b"what do ya ");
+            hasher.update(b"want for nothing?");
+            let computed = hasher.finalize();
+            assert_eq!(computed, hex(mac), "{algorithm}");
+            assert_eq!(computed.len(), algorithm.mac_bytes(), "{algorithm}");
+            // The truncated comparison takes the first bytes only, and only those.
+            let mut again = Hasher::new(algorithm, b"Jefe");
+            again.update(b"what do ya want for nothing?");
+            assert!(again.verify_truncated_left(&computed[..algorithm.mac_bytes_min()]));
+            let mut altered = computed.clone();
+            altered[0] ^= 1;
+            let mut again = Hasher::new(algorithm, b"Jefe");
+            again.update(b"what do ya want for nothing?");
+            assert!(!again.verify_truncated_left(&altered[..algorithm.mac_bytes_min()]));
+        }
+    }
+
+    /// Queries for `www.shop.example. A` that dig 9.18 signed with `-y ALGORITHM:xfr-key:SECRET`
+    /// (captured off the wire) and the second each was signed at.
+    const DIG_SHA512: &str = "d79201200001000000000001037777770473686f70076578616d706c650000010001077866722d6b65790000fa00ff00000000005d0b686d61632d7368613531320000006b14b9a5012c0040fec60b6dc2c93c3e6572adc7226677b8d8f1e3af27ee038ecf402c4a608bdec1098a8e9a0f961972ce06b2442953bf0e609bfb7d86ded13bbdce238f7f8c560dd79200000000";
+    const DIG_SHA1: &str = "4e4c01200001000000000001037777770473686f70076578616d706c650000010001077866722d6b65790000fa00ff00000000002f09686d61632d736861310000006b14b9a6012c001460e91a9d9c9575cf37fe6c188448910d55c6cf0a4e4c00000000";
+    const DIG_SHA256_128: &str = "836801200001000000000001037777770473686f70076578616d706c650000010001077866722d6b65790000fa00ff00000000002d0b686d61632d7368613235360000006b14b9a7012c00107d633260e8aa36458e298bc95897fdcc836800000000";
+    const DIG_SHA384_192: &str = "867901200001000000000001037777770473686f70076578616d706c650000010001077866722d6b65790000fa00ff0000000000350b686d61632d7368613338340000006b14b9a8012c0018faaf8b4865296be99a466047d205d451ac602d9cb04bb33f867900000000";
+
+    fn dig_key(algorithm: &str) -> Key {
+        Key::parse(SECRET, Some("xfr-key"), Some(algorithm)).expect("key")
+    }
+
+    #[test]
+    fn queries_dig_signed_with_each_algorithm_verify_with_a_key_of_that_algorithm_only() {
+        for (wire, algorithm) in [
+            (DIG_SHA512, "hmac-sha512"),
+            (DIG_SHA1, "hmac-sha1"),
+            (DIG_SHA256_128, "hmac-sha256-128"),
+            (DIG_SHA384_192, "hmac-sha384-192"),
+        ] {
+            let wire = hex(wire);
+            let now = read_record(&wire).expect("reads").expect("tsig").time_signed;
+            let keys = [dig_key(algorithm)];
+            let RequestCheck::Verified(verified) = verify_request(&wire, &keys, now) else {
+                panic!("dig's {algorithm} query verifies");
+            };
+            // The answer is signed with the same algorithm and MAC length, and verifies.
+            let answer = ResponseSigner::new(verified.key, &verified.mac, now)
+                .sign(&answer_to(&wire))
+                .expect("signs");
+            let record = read_record(&answer).expect("reads").expect("tsig");
+            assert_eq!(display_wire(&record.algorithm), keys[0].algorithm().name());
+            assert_eq!(record.mac.len(), verified.mac.len());
+            assert_eq!(answer.len(), answer_to(&wire).len() + record_bytes(&keys[0]));
+            verify(&answer, &verified.mac, &keys[0], now).expect("the client accepts it");
+            // The same name and secret under another algorithm: a key not held (BADKEY).
+            let other = Key::parse(SECRET, Some("xfr-key"), Some("hmac-sha224")).expect("key");
+            assert!(matches!(
+                verify_request(&wire, &[other], now),
+                RequestCheck::Refused(Refusal { error: BADKEY, .. })
+            ));
+            // Another secret: BADSIG.
+            let forger = Key::parse(
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                Some("xfr-key"),
+                Some(algorithm),
+            )
+            .expect("key");
+            assert!(matches!(
+                verify_request(&wire, &[forger], now),
+                RequestCheck::Refused(Refusal { error: BADSIG, .. })
+            ));
+        }
+        // dig's truncated MACs, for keys that take full ones: BADTRUNC, signed at the server's
+        // time with the key (RFC 8945 §5.3.2), verifiable by the client.
+        for (wire, algorithm) in [(DIG_SHA256_128, "hmac-sha256"), (DIG_SHA384_192, "hmac-sha384")] {
+            let wire = hex(wire);
+            let now = read_record(&wire).expect("reads").expect("tsig").time_signed;
+            let keys = [dig_key(algorithm)];
+            let RequestCheck::Refused(refusal) = verify_request(&wire, &keys, now) else {
+                panic!("a truncated {algorithm} MAC is refused");
+            };
+            assert_eq!(refusal.error, BADTRUNC);
+            let answer = refusal.respond(&answer_to(&wire), now + 1).expect("answers");
+            let record = read_record(&answer).expect("reads").expect("tsig");
+            assert_eq!((record.error, record.time_signed), (BADTRUNC, now + 1));
+            assert_eq!(record.mac.len(), keys[0].algorithm().mac_bytes());
+        }
+    }
+
+    #[test]
+    fn every_algorithm_signs_and_verifies_requests_answers_and_transfers() {
+        let now = 1_700_000_000;
+        for algorithm in Algorithm::ALL {
+            let key = Key::with_algorithm("k", SECRET, algorithm).expect("key");
+            let request = sign(&query(1), &key, now).expect("sign");
+            assert_eq!(request.mac.len(), algorithm.mac_bytes(), "{algorithm}");
+            let keys = [key.clone()];
+            let RequestCheck::Verified(verified) = verify_request(&request.wire, &keys, now) else {
+                panic!("{algorithm} verifies");
+            };
+            let mut signer = ResponseSigner::new(verified.key, &verified.mac, now);
+            let mut client = ResponseVerifier::new(&key, &request.mac);
+            for _ in 0..3 {
+                let message = signer.sign(&answer_to(&request.wire)).expect("signs");
+                assert_eq!(message.len(), answer_to(&request.wire).len() + record_bytes(&key));
+                client.verify_next(&message, now).expect("verifies in order");
+            }
+            // Signed with the same secret under another algorithm: the client's key is not it.
+            let other = Algorithm::ALL
+                .into_iter()
+                .find(|other| *other != algorithm)
+                .expect("another");
+            let stranger = Key::with_algorithm("k", SECRET, other).expect("key");
+            let response = respond(&request, &stranger, now, 0);
+            assert!(matches!(
+                verify(&response, &request.mac, &key, now),
+                Err(VerifyError::OtherKey(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn mac_lengths_follow_rfc_8945_bounds_per_algorithm() {
+        let now = 1_700_000_000;
+        for algorithm in Algorithm::ALL {
+            let key = Key::with_algorithm("k", SECRET, algorithm).expect("key");
+            let keys = [key.clone()];
+            let full = algorithm.mac_bytes();
+            let least = algorithm.mac_bytes_min();
+            assert_eq!(least, (full / 2).max(10));
+            let wire = |bytes: usize| {
+                sign_raw(
+                    &query(1),
+                    &key,
+                    &key.wire_name,
+                    algorithm.wire(),
+                    now,
+                    FUDGE_S,
+                    &[],
+                    bytes,
+                )
+            };
+            // Below the bound: FORMERR, whatever the key.
+            assert!(matches!(
+                verify_request(&wire(least - 1), &keys, now),
+                RequestCheck::Malformed(_)
+            ));
+            // Within: BADTRUNC for a full-length key; a key truncated to that length takes it.
+            assert!(matches!(
+                verify_request(&wire(least), &keys, now),
+                RequestCheck::Refused(Refusal { error: BADTRUNC, .. })
+            ));
+            let truncated_name = format!("{algorithm}-{}", least * 8);
+            let truncated = Key::parse(SECRET, Some("k"), Some(&truncated_name)).expect("truncated key");
+            assert_eq!(truncated.algorithm_name(), truncated_name);
+            assert!(matches!(
+                verify_request(&wire(least), std::slice::from_ref(&truncated), now),
+                RequestCheck::Verified(_)
+            ));
+            assert!(matches!(
+                verify_request(&wire(full), std::slice::from_ref(&truncated), now),
+                RequestCheck::Verified(_)
+            ));
+            // A truncated key signs truncated MACs.
+            assert_eq!(sign(&query(2), &truncated, now).expect("sign").mac.len(), least);
+        }
+    }
+
+    #[test]
+    fn algorithms_in_key_files_and_configuration() {
+        let file =
+            |algorithm: &str| format!("key \"xfr-key\" {{\n\talgorithm {algorithm};\n\tsecret \"{SECRET}\";\n}};\n");
+        for algorithm in Algorithm::ALL {
+            let parsed = Key::parse(&file(algorithm.name()), None, None).expect("parses");
+            assert_eq!(parsed.algorithm(), algorithm);
+            // The configuration may repeat the file's algorithm (any case), not contradict it.
+            assert!(Key::parse(&file(algorithm.name()), None, Some(&algorithm.name().to_uppercase())).is_ok());
+        }
+        let mismatch = Key::parse(&file("hmac-sha512"), None, Some("hmac-sha256")).expect_err("mismatch");
+        assert!(matches!(mismatch, KeyError::AlgorithmMismatch { .. }));
+        assert!(mismatch.to_string().contains("hmac-sha512"), "{mismatch}");
+        // A bare secret: hmac-sha256 unless named.
+        assert_eq!(
+            Key::parse(SECRET, Some("k"), None).expect("key").algorithm(),
+            Algorithm::HmacSha256
+        );
+        assert_eq!(
+            Key::parse(SECRET, Some("k"), Some("hmac-sha512."))
+                .expect("key")
+                .algorithm(),
+            Algorithm::HmacSha512
+        );
+        // MD5 is refused with the fix; an unknown name lists the supported ones.
+        for md5 in ["hmac-md5", "HMAC-MD5.SIG-ALG.REG.INT"] {
+            let refused = Key::parse(SECRET, Some("k"), Some(md5)).expect_err("md5");
+            assert!(matches!(refused, KeyError::Md5 { .. }), "{refused}");
+            assert!(
+                refused.to_string().contains("tsig-keygen -a hmac-sha256 k"),
+                "{refused}"
+            );
+        }
+        let unknown = Key::parse(&file("hmac-sha3-256"), None, None).expect_err("unknown");
+        assert!(unknown.to_string().contains(&Algorithm::names()), "{unknown}");
+        // Truncations: a multiple of 8 bits within the RFC's bounds.
+        for bad in ["hmac-sha256-120", "hmac-sha256-130", "hmac-sha256-264", "hmac-sha1-72"] {
+            let refused = Key::parse(SECRET, Some("k"), Some(bad)).expect_err(bad);
+            assert!(refused.to_string().contains("RFC 8945"), "{refused}");
+        }
+        assert!(Key::parse(SECRET, Some("k"), Some("hmac-sha1-80")).is_ok());
     }
 }

@@ -103,6 +103,10 @@ pub struct TsigKeySection {
     /// `{ file = "xfr.key" }` (a `tsig-keygen` file or the bare base64 secret; relative to the
     /// config file's folder) or `{ env = "VARIABLE" }`; never the secret itself.
     pub key: Spanned<toml::Value>,
+    /// The algorithm of a bare secret (`hmac-sha1`, `hmac-sha224`, `hmac-sha256`,
+    /// `hmac-sha384`, `hmac-sha512`, or BIND's truncated `hmac-sha256-128`); default
+    /// hmac-sha256. A `tsig-keygen` file names its own: this must then match it.
+    pub algorithm: Option<Spanned<String>>,
 }
 
 /// `[dns.rate_limit]`: BIND's `rate-limit` options; every field has a default.
@@ -459,7 +463,7 @@ fn tsig_keys(sections: &[TsigKeySection], folder: &Path, at: &At<'_>) -> Result<
     let mut keys: Vec<Key> = Vec::new();
     let fix = format!(
         "make one with `tsig-keygen -a {} NAME > NAME.key`",
-        common::tsig::ALGORITHM
+        common::tsig::DEFAULT_ALGORITHM
     );
     for section in sections {
         if keys.len() == TSIG_KEYS_MAX {
@@ -472,10 +476,17 @@ fn tsig_keys(sections: &[TsigKeySection], folder: &Path, at: &At<'_>) -> Result<
         }
         let text = key_text(&section.key, folder, at)?;
         let name = section.key_name.as_ref().map(|name| name.get_ref().as_str());
-        let key = Key::parse(&text, name).map_err(|why| {
-            // The file is fine but holds no key of that name: point at the name.
-            let span = match (&why, &section.key_name) {
-                (KeyError::NoKeyNamed(_), Some(name)) => name.span(),
+        let algorithm = section.algorithm.as_ref().map(|algorithm| algorithm.get_ref().as_str());
+        let key = Key::parse(&text, name, algorithm).map_err(|why| {
+            // The file is fine but holds no key of that name: point at the name; an algorithm
+            // refused or contradicting the file's: at the configured algorithm.
+            let span = match (&why, &section.key_name, &section.algorithm) {
+                (KeyError::NoKeyNamed(_), Some(name), _) => name.span(),
+                (
+                    KeyError::Md5 { .. } | KeyError::Algorithm { .. } | KeyError::AlgorithmMismatch { .. },
+                    _,
+                    Some(algorithm),
+                ) => algorithm.span(),
                 _ => section.key.span(),
             };
             // The other errors already say what to do.

@@ -79,6 +79,11 @@ pub struct Settings {
     /// file's key.
     #[serde(default)]
     pub key_name: Option<Spanned<String>>,
+    /// The algorithm of a bare secret (`hmac-sha1`, `hmac-sha224`, `hmac-sha256`,
+    /// `hmac-sha384`, `hmac-sha512`, or BIND's truncated `hmac-sha256-128`); default
+    /// hmac-sha256. A `tsig-keygen` file names its own: this must then match it.
+    #[serde(default)]
+    pub algorithm: Option<Spanned<String>>,
     /// `udp` (falls back to TCP on truncation) or `tcp`.
     #[serde(default = "default_transport")]
     pub transport: Spanned<String>,
@@ -347,11 +352,18 @@ impl Settings {
         let what = format!("rfc2136 step '{step}' key");
         let secret = self.key.get_ref().resolve(self.key.span(), &what, checker);
         let key = secret.and_then(|secret| {
-            match Key::parse(secret.expose(), self.key_name.as_ref().map(|n| n.get_ref().as_str())) {
+            let algorithm = self.algorithm.as_ref().map(|a| a.get_ref().as_str());
+            match Key::parse(secret.expose(), self.key_name.as_ref().map(|n| n.get_ref().as_str()), algorithm) {
                 Ok(key) => Some(key),
                 Err(why) => {
-                    // The key file is fine but holds no key of that name: point at key_name.
-                    let span = self.key_name.as_ref().filter(|_| matches!(why, tsig::KeyError::NoKeyNamed(_))).map_or(self.key.span(), Spanned::span);
+                    // The key file is fine but holds no key of that name: point at key_name; an
+                    // algorithm refused or contradicting the file's: at algorithm.
+                    let algorithm_fault = matches!(why, tsig::KeyError::Md5 { .. } | tsig::KeyError::Algorithm { .. } | tsig::KeyError::AlgorithmMismatch { .. });
+                    let span = match (&self.key_name, &self.algorithm) {
+                        (Some(name), _) if matches!(why, tsig::KeyError::NoKeyNamed(_)) => name.span(),
+                        (_, Some(algorithm)) if algorithm_fault => algorithm.span(),
+                        _ => self.key.span(),
+                    };
                     error(checker, span, format!("rfc2136 step '{step}' key: {why}"), "generate a key with `tsig-keygen -a hmac-sha256 NAME > NAME.key` and give the server the same key statement");
                     None
                 }
@@ -798,8 +810,8 @@ impl Rfc2136 {
                         "the server answered {} without a TSIG to a request signed with key '{}' ({}): it does not support TSIG or this key's algorithm, or does not hold the key; give the server the key (BIND: a key statement with algorithm {} and the same secret, and allow-update {{ key {}; }}), or check server points at the zone's primary",
                         rcode_name(rcode),
                         self.key.name,
-                        tsig::ALGORITHM,
-                        tsig::ALGORITHM,
+                        self.key.algorithm_name(),
+                        self.key.algorithm_name(),
                         self.key.name
                     )))
                 }
@@ -1190,7 +1202,7 @@ mod tests {
             (ResponseCode::Refused, "REFUSED", "update-policy"),
         ] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let key = Key::parse(secret, Some("k")).expect("key");
+            let key = Key::parse(secret, Some("k"), None).expect("key");
             let address = update_answering_server(key, code).await;
             let outcome = step_at(dir.path(), address, secret).run(&order).await;
             assert!(
@@ -1200,7 +1212,7 @@ mod tests {
         }
         // SERVFAIL: the server could not apply it now; another attempt may.
         let dir = tempfile::tempdir().expect("tempdir");
-        let key = Key::parse(secret, Some("k")).expect("key");
+        let key = Key::parse(secret, Some("k"), None).expect("key");
         let address = update_answering_server(key, ResponseCode::ServFail).await;
         let outcome = step_at(dir.path(), address, secret).run(&order).await;
         assert!(matches!(&outcome, Err(Failure::Retryable(_))), "{outcome:?}");
@@ -1266,7 +1278,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A=";
         std::fs::write(dir.path().join("k.key"), secret).expect("write the key");
-        let key = Key::parse(secret, Some("k")).expect("key");
+        let key = Key::parse(secret, Some("k"), None).expect("key");
         let address = forged_refusal_first_server(key).await;
         let text = format!(
             "server = \"{address}\"\nzone = \"shop.example.\"\nname = \"www.shop.example.\"\nkey = {{ file = \"k.key\" }}\nkey_name = \"k\"\n[values]\n\"eu\" = [\"192.0.2.1\"]\n\"us\" = [\"192.0.2.2\"]\n"
@@ -1293,7 +1305,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = "2HK0YGgkgF7e+w1Yk1tBF5h5qGFQf3c1l0jC2hL6R3A=";
         std::fs::write(dir.path().join("k.key"), secret).expect("write the key");
-        let key = Key::parse(secret, Some("k")).expect("key");
+        let key = Key::parse(secret, Some("k"), None).expect("key");
         let (address, mut seen) = truncating_server(key).await;
         let text = format!(
             "server = \"{address}\"\nzone = \"shop.example.\"\nname = \"www.shop.example.\"\nkey = {{ file = \"k.key\" }}\nkey_name = \"k\"\n[values]\n\"eu\" = [\"192.0.2.1\"]\n\"us\" = [\"192.0.2.2\"]\n"

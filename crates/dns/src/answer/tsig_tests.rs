@@ -373,6 +373,69 @@ fn transfer_key_and_tsig_keys_are_checked_with_their_line() {
     assert_eq!(zone.transfer_key.as_deref(), Some("xfr-key"));
 }
 
+#[test]
+fn keys_of_every_rfc_8945_algorithm_sign_transfers_and_another_algorithm_is_badkey() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    // A tsig-keygen -a hmac-sha512 file, and a bare secret whose algorithm the config names.
+    std::fs::write(
+        folder.path().join("xfr.key"),
+        format!("key \"xfr-key\" {{\n\talgorithm hmac-sha512;\n\tsecret \"{SECRET}\";\n}};\n"),
+    )
+    .expect("write key");
+    std::fs::write(folder.path().join("other.key"), format!("{OTHER_SECRET}\n")).expect("write key");
+    let file = folder.path().join("deploy.toml").display().to_string();
+    let text = config_text().replacen(
+        "key = { file = \"other.key\" }\n",
+        "key = { file = \"other.key\" }\nalgorithm = \"hmac-sha1\"\n",
+        1,
+    );
+    let zones = crate::config::parse(&text, &file).expect("valid").zones;
+    let sha512 = Key::with_algorithm("xfr-key", SECRET, tsig::Algorithm::HmacSha512).expect("key");
+    let request = tsig::sign(&query("shop.example.", RecordType::AXFR, 5, None), &sha512, NOW).expect("sign");
+    let response = ask(&zones, &request.wire, Transport::Tcp, NOW);
+    assert!(response.wire.len() >= 2, "a transfer of several messages");
+    let messages = verified(&response, &sha512, &request.mac, NOW);
+    assert_eq!(messages[0].response_code(), ResponseCode::NoError);
+    assert!(
+        messages.iter().map(|m| m.answers().len()).sum::<usize>() > HOSTS,
+        "the whole zone"
+    );
+    // The key's name and secret with hmac-sha256: not the key held (BADKEY), no zone.
+    let sha256 = Key::new("xfr-key", SECRET).expect("key");
+    let request = tsig::sign(&query("shop.example.", RecordType::AXFR, 6, None), &sha256, NOW).expect("sign");
+    let refused = ask(&zones, &request.wire, Transport::Tcp, NOW);
+    assert_eq!(&*refused.name_label, LABEL_TSIG_BADKEY);
+    assert_eq!(
+        tsig::verify(&refused.wire[0], &request.mac, &sha256, NOW),
+        Err(VerifyError::Server {
+            error: tsig::BADKEY,
+            rcode: ResponseCode::NotAuth.low(),
+            signed: false
+        })
+    );
+    // The bare secret held as hmac-sha1 answers a query signed so, signed so.
+    let sha1 = Key::with_algorithm("other-key", OTHER_SECRET, tsig::Algorithm::HmacSha1).expect("key");
+    let request = tsig::sign(&query("h1.shop.example.", RecordType::A, 7, Some(1232)), &sha1, NOW).expect("sign");
+    let answer = ask(&zones, &request.wire, Transport::Udp, NOW);
+    assert_eq!(verified(&answer, &sha1, &request.mac, NOW)[0].answers().len(), 1);
+    // Refused algorithms and contradictions name the line of `algorithm` and the fix.
+    let zone = "[[dns.zones]]\norigin = \"shop.example.\"\nns = [\"ns1\"]\n";
+    let md5 = format!(
+        "[dns]\n[[dns.tsig_keys]]\nkey_name = \"k\"\nkey = {{ file = \"other.key\" }}\nalgorithm = \"hmac-md5\"\n{zone}"
+    );
+    let error = crate::config::parse(&md5, &file).expect_err("md5");
+    assert_eq!(error.line, 5, "{error}");
+    assert!(
+        error.message.contains("MD5 is broken") && error.message.contains("tsig-keygen"),
+        "{error}"
+    );
+    let mismatch =
+        format!("[dns]\n[[dns.tsig_keys]]\nkey = {{ file = \"xfr.key\" }}\nalgorithm = \"hmac-sha256\"\n{zone}");
+    let error = crate::config::parse(&mismatch, &file).expect_err("mismatch");
+    assert_eq!(error.line, 4, "{error}");
+    assert!(error.message.contains("hmac-sha512"), "{error}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 

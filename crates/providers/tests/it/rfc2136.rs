@@ -21,8 +21,14 @@ struct Bind {
     dir: tempfile::TempDir,
 }
 
-/// Starts named, or says why it cannot (not installed) and returns `None`.
+/// Starts named with an hmac-sha256 key, or says why it cannot (not installed) and returns
+/// `None`.
 fn start_bind() -> Option<Bind> {
+    start_bind_with("hmac-sha256")
+}
+
+/// Starts named with a key `tsig-keygen -a ALGORITHM` made, or returns `None` (not installed).
+fn start_bind_with(algorithm: &str) -> Option<Bind> {
     let (Some(named), Some(keygen)) = (installed("named"), installed("tsig-keygen")) else {
         eprintln!(
             "SKIPPED: BIND9 is not installed (apt-get install bind9 bind9-utils, or scripts/install-test-deps.sh)"
@@ -32,7 +38,7 @@ fn start_bind() -> Option<Bind> {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path();
     let key = Command::new(keygen)
-        .args(["-a", "hmac-sha256", "switchyard"])
+        .args(["-a", algorithm, "switchyard"])
         .output()
         .expect("run tsig-keygen");
     assert!(
@@ -232,6 +238,58 @@ async fn a_bad_key_is_refused_with_a_clear_message() {
     assert_eq!(bind.dig("www.shop.example.", "A"), EU, "nothing changed");
 }
 
+/// The base64 secret of the `tsig-keygen` file BIND holds.
+fn secret_of(bind: &Bind) -> String {
+    let file = std::fs::read_to_string(bind.dir.path().join("switchyard.key")).expect("key file");
+    let (_, after) = file.split_once("secret \"").expect("a secret");
+    after.split('"').next().expect("closed").to_string()
+}
+
+#[tokio::test]
+async fn an_hmac_sha512_key_updates_from_its_file_or_a_bare_secret_with_its_algorithm() {
+    let Some(bind) = start_bind_with("hmac-sha512") else {
+        return;
+    };
+    // tsig-keygen's file names the algorithm.
+    let step = bind.step("");
+    step.run(&order(4, "eu-west-1", "us-east-1"))
+        .await
+        .expect("signed with hmac-sha512, verified by BIND and back");
+    assert_eq!(bind.dig("www.shop.example.", "A"), US);
+    // The bare secret with `algorithm`: the same key.
+    let path = bind.dir.path();
+    std::fs::write(path.join("bare.secret"), secret_of(&bind)).expect("write");
+    let bare = bind
+        .settings("key_name = \"switchyard\"\nalgorithm = \"hmac-sha512\"")
+        .replace("switchyard.key", "bare.secret");
+    let step = step_in(path, &bare).expect("checks");
+    step.run(&order(5, "us-east-1", "ap-south-1"))
+        .await
+        .expect("the bare secret with its algorithm");
+    assert_eq!(bind.dig("www.shop.example.", "A"), AP);
+    // Without `algorithm` the bare secret is taken as hmac-sha256: BIND holds no such key.
+    let default = bind
+        .settings("key_name = \"switchyard\"")
+        .replace("switchyard.key", "bare.secret");
+    let step = step_in(path, &default).expect("checks");
+    let outcome = step.run(&order(6, "ap-south-1", "eu-west-1")).await;
+    assert!(
+        matches!(&outcome, Err(Failure::Refused(m)) if m.contains("BADKEY") && m.contains("hmac-sha256")),
+        "{outcome:?}"
+    );
+    assert_eq!(bind.dig("www.shop.example.", "A"), AP, "nothing changed");
+    // The file's algorithm contradicted: refused at the check, pointing at the key.
+    let errors = step_in(path, &bind.settings("algorithm = \"hmac-sha256\""))
+        .map(|_| ())
+        .expect_err("a mismatch");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("hmac-sha512") && e.contains("remove `algorithm`")),
+        "{errors:?}"
+    );
+}
+
 #[test]
 fn settings_problems_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -252,7 +310,7 @@ fn settings_problems_are_reported() {
         "not inside zone",
         "type 'MX'",
         "transport 'quic'",
-        "only hmac-sha256",
+        "MD5 is broken",
         "'mars-1'",
         "no entry for region 'us-east-1'",
         "no entry for region 'ap-south-1'",
