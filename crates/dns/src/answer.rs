@@ -757,15 +757,15 @@ fn resolve(
     (rcode, label.unwrap_or_else(|| fixed_label(LABEL_NONEXISTENT)))
 }
 
-/// The zone's SOA as it stands: the configured serial moved on by every change pushed since
-/// ([`HealthView::serial`]).
+/// The zone's SOA as it stands: the configured serial moved on by every push since that changed
+/// the zone ([`HealthView::serial`], [`count_zone_changes`]).
 fn soa_now(zone: &Zone, view: &HealthView) -> Record {
     let mut record = zone.soa.clone();
     if let RData::SOA(soa) = zone.soa.data() {
         let now = hickory_proto::rr::rdata::SOA::new(
             soa.mname().clone(),
             soa.rname().clone(),
-            view.serial(soa.serial()),
+            view.serial(soa.serial(), &zone.origin),
             soa.refresh(),
             soa.retry(),
             soa.expire(),
@@ -953,53 +953,7 @@ fn transfer(
     }
     response.set_authoritative(true);
     let mut records = vec![soa.clone()];
-    let children = delegated_from(zones, zone);
-    let mut nodes: Vec<&Node> = zone
-        .nodes()
-        // At and below a cut only the delegation is the parent's (it follows the nodes).
-        .filter(|node| !children.iter().any(|child| child.origin.zone_of(&node.name)))
-        .collect();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    for node in nodes {
-        let dynamic = pushed_txt(view, &node.name);
-        for set in &node.rrsets {
-            if set.rtype == RecordType::SOA || (set.rtype == RecordType::TXT && dynamic.is_some()) {
-                continue;
-            }
-            match &set.data {
-                RrData::Static { ttl, rdatas } => {
-                    records.extend(
-                        rdatas
-                            .iter()
-                            .map(|r| Record::from_rdata(node.name.clone(), *ttl, r.clone())),
-                    );
-                }
-                RrData::Routed(policy) => {
-                    for member in policy::in_service(policy, view) {
-                        records.extend(
-                            member
-                                .rdatas
-                                .iter()
-                                .map(|r| Record::from_rdata(node.name.clone(), member.ttl, r.clone())),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    for child in children {
-        records.extend(delegation(zones, child));
-    }
-    for (name, value) in &view.txt {
-        let Ok(name) = Name::from_ascii(name) else { continue };
-        if zones.zone_for(&name).is_some_and(|z| z.origin == zone.origin) {
-            records.push(Record::from_rdata(
-                name,
-                DYNAMIC_TXT_TTL_SECS,
-                RData::TXT(TXT::new(txt_strings(value))),
-            ));
-        }
-    }
+    records.extend(zone_records(zones, zone, view, Records::All));
     records.push(soa);
     let mut messages = Vec::new();
     let mut wire = Vec::new();
@@ -1031,6 +985,96 @@ fn transfer(
     }
 }
 
+/// Which records [`zone_records`] lists.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Records {
+    /// Every record a transfer carries but the SOA.
+    All,
+    /// Only those that depend on the view: the in-service members of routed sets, pushed TXT
+    /// records and delegations (whose glue may be routed). Static records are the same in every
+    /// view, so two views give a zone the same transfer exactly when these are the same.
+    ViewDependent,
+}
+
+/// The records of `zone` as its transfer carries them under `view`, apart from the SOA: its
+/// nodes in name order (routed sets as their in-service members, a pushed TXT in place of a
+/// configured one), the delegations of the child zones served here (the parent's own nodes at
+/// and below a cut left out), then the pushed TXT records inside the zone.
+fn zone_records(zones: &Zones, zone: &Zone, view: &HealthView, which: Records) -> Vec<Record> {
+    let mut records = Vec::new();
+    let children = delegated_from(zones, zone);
+    let mut nodes: Vec<&Node> = zone
+        .nodes()
+        // At and below a cut only the delegation is the parent's (it follows the nodes).
+        .filter(|node| !children.iter().any(|child| child.origin.zone_of(&node.name)))
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    for node in nodes {
+        let dynamic = pushed_txt(view, &node.name);
+        for set in &node.rrsets {
+            if set.rtype == RecordType::SOA || (set.rtype == RecordType::TXT && dynamic.is_some()) {
+                continue;
+            }
+            match &set.data {
+                RrData::Static { .. } if which == Records::ViewDependent => {}
+                RrData::Static { ttl, rdatas } => {
+                    records.extend(
+                        rdatas
+                            .iter()
+                            .map(|r| Record::from_rdata(node.name.clone(), *ttl, r.clone())),
+                    );
+                }
+                RrData::Routed(policy) => {
+                    for member in policy::in_service(policy, view) {
+                        records.extend(
+                            member
+                                .rdatas
+                                .iter()
+                                .map(|r| Record::from_rdata(node.name.clone(), member.ttl, r.clone())),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for child in children {
+        records.extend(delegation(zones, child, view));
+    }
+    for (name, value) in &view.txt {
+        let Ok(name) = Name::from_ascii(name) else { continue };
+        if zones.zone_for(&name).is_some_and(|z| z.origin == zone.origin) {
+            records.push(Record::from_rdata(
+                name,
+                DYNAMIC_TXT_TTL_SECS,
+                RData::TXT(TXT::new(txt_strings(value))),
+            ));
+        }
+    }
+    records
+}
+
+/// Counts in `after` a change of every zone whose answers and transfer differ between `before`
+/// and `after` (the views before and after a push, with the zones served), so that only those
+/// zones' SOA serials move and only their secondaries are sent a NOTIFY (RFC 1996 §4.7: a
+/// NOTIFY says the zone changed). What a zone answers depends on the view only through the
+/// records of [`Records::ViewDependent`] (answers pick among a routed set's in-service members;
+/// NS, MX and SRV glue is those of the same zone), so comparing those is exact: a push that flips
+/// a failover in one zone leaves every other zone's serial where it was — but a parent's, when
+/// the flipped address is the glue of a child's name server that the parent's transfer carries.
+pub fn count_zone_changes(zones: &Zones, before: &HealthView, after: &mut HealthView) {
+    if before.targets == after.targets && before.txt == after.txt {
+        return;
+    }
+    for zone in zones.iter() {
+        let was = zone_records(zones, zone, before, Records::ViewDependent);
+        let is = zone_records(zones, zone, after, Records::ViewDependent);
+        if was != is {
+            after.count_zone_change(&zone.origin);
+        }
+    }
+    after.bound_zone_counts(|key| zones.iter().any(|zone| crate::view::zone_key(&zone.origin) == key));
+}
+
 /// The zones served here whose parent side is `parent`: the closest zone above each one's apex
 /// is `parent` (a grandchild is delegated from its own parent, not from here).
 fn delegated_from<'z>(zones: &'z Zones, parent: &Zone) -> Vec<&'z Zone> {
@@ -1050,9 +1094,13 @@ fn delegated_from<'z>(zones: &'z Zones, parent: &Zone) -> Vec<&'z Zone> {
 
 /// The delegation of `child` in its parent zone (RFC 1034 §4.2.1): the child's apex NS set as
 /// the child answers it (same names and TTL), and glue — the A and AAAA records of each name
-/// server inside the child (in-bailiwick), from the zone that serves that name, where they are
-/// static records (a routed address changes with health; a secondary would keep a stale one).
-fn delegation(zones: &Zones, child: &Zone) -> Vec<Record> {
+/// server inside the child (in-bailiwick), from the zone that serves that name. A secondary of
+/// the parent refers queries for the child with this glue, and without it a resolver cannot
+/// reach a name server named inside the zone it serves (RFC 9471 §2.1: such glue MUST be in a
+/// referral). A routed address is glue as the transfer shows routed records (its in-service
+/// members under `view`); when health moves it, the parent's transfer changes with it, so the
+/// parent's serial moves and its secondaries are notified ([`count_zone_changes`]).
+fn delegation(zones: &Zones, child: &Zone, view: &HealthView) -> Vec<Record> {
     let Some(RrData::Static { ttl, rdatas }) = child
         .node(&child.origin)
         .and_then(|apex| apex.rrset(RecordType::NS))
@@ -1076,12 +1124,23 @@ fn delegation(zones: &Zones, child: &Zone) -> Vec<Record> {
             continue;
         };
         for rtype in [RecordType::A, RecordType::AAAA] {
-            if let Some(RrData::Static { ttl, rdatas }) = node.rrset(rtype).map(|set| &set.data) {
-                records.extend(
+            match node.rrset(rtype).map(|set| &set.data) {
+                Some(RrData::Static { ttl, rdatas }) => records.extend(
                     rdatas
                         .iter()
                         .map(|rdata| Record::from_rdata(host.clone(), *ttl, rdata.clone())),
-                );
+                ),
+                Some(RrData::Routed(policy)) => {
+                    for member in policy::in_service(policy, view) {
+                        records.extend(
+                            member
+                                .rdatas
+                                .iter()
+                                .map(|rdata| Record::from_rdata(host.clone(), member.ttl, rdata.clone())),
+                        );
+                    }
+                }
+                None => {}
             }
         }
     }

@@ -329,8 +329,8 @@ pub fn wanted(zones: &Zones, view: &HealthView) -> Vec<(Name, SocketAddr, u32)> 
 /// The zone's serial as answered: the configured one moved on by the view's changes.
 fn serial_now(zone: &Zone, view: &HealthView) -> u32 {
     match zone.soa.data() {
-        RData::SOA(soa) => view.serial(soa.serial()),
-        _ => view.serial(0),
+        RData::SOA(soa) => view.serial(soa.serial(), &zone.origin),
+        _ => view.serial(0, &zone.origin),
     }
 }
 
@@ -351,7 +351,7 @@ pub fn message(zone: &Zone, view: &HealthView, id: u16) -> Message {
         let now = hickory_proto::rr::rdata::SOA::new(
             data.mname().clone(),
             data.rname().clone(),
-            view.serial(data.serial()),
+            view.serial(data.serial(), &zone.origin),
             data.refresh(),
             data.retry(),
             data.expire(),
@@ -941,9 +941,10 @@ mod tests {
         )
         .expect("valid");
         let zone = config.zones.iter().next().expect("zone");
-        let view = HealthView::default()
+        let mut view = HealthView::default()
             .apply_txt(crate::view::Generation(1), "x.shop.example.", Some("v"))
             .expect("push");
+        crate::answer::count_zone_changes(&config.zones, &HealthView::default(), &mut view);
         assert_eq!(
             wanted(&config.zones, &view),
             vec![(name("shop.example."), target("192.0.2.10:53"), 41)]
@@ -956,5 +957,52 @@ mod tests {
         assert_eq!(parsed.queries()[0].query_type(), RecordType::SOA);
         assert_eq!(parsed.queries()[0].name(), &name("shop.example."));
         assert!(matches!(parsed.answers()[0].data(), RData::SOA(soa) if soa.serial() == 41));
+    }
+
+    #[test]
+    fn a_failover_in_one_of_two_zones_notifies_that_zone_alone() {
+        let config = crate::config::parse(
+            "[dns]\nnotify = [\"192.0.2.10\"]\n[[dns.zones]]\norigin = \"shop.example.\"\nns = [\"ns1.other.example.\"]\n[dns.zones.soa]\nserial = 40\n[[dns.zones.records]]\nname = \"app\"\ntype = \"A\"\npolicy = \"failover\"\n[[dns.zones.records.members]]\nrole = \"primary\"\nvalues = [\"192.0.2.10\"]\nhealth = \"us-east-1\"\n[[dns.zones.records.members]]\nrole = \"secondary\"\nvalues = [\"198.51.100.10\"]\nhealth = \"eu-west-1\"\n[[dns.zones]]\norigin = \"other.example.\"\nns = [\"ns1\"]\n[dns.zones.soa]\nserial = 900\n[[dns.zones.records]]\nname = \"ns1\"\ntype = \"A\"\nvalues = [\"192.0.2.53\"]\n",
+            "t.toml",
+        )
+        .expect("valid");
+        let secondary = target("192.0.2.10:53");
+        let before = HealthView::default();
+        let mut queue = NotifyQueue::default();
+        queue.plan(&wanted(&config.zones, &before), 0);
+        assert_eq!(queue.due(NOTIFY_COALESCE_MS, ids()).0.len(), 2, "both at start");
+        let mut after = before
+            .apply_health(
+                crate::view::Generation(1),
+                &[("us-east-1".to_string(), crate::view::Health::Unhealthy)].into(),
+            )
+            .expect("push");
+        crate::answer::count_zone_changes(&config.zones, &before, &mut after);
+        let mut serials = wanted(&config.zones, &after);
+        serials.sort_by_key(|(zone, _, _)| zone.to_ascii());
+        assert_eq!(
+            serials,
+            vec![
+                (name("other.example."), secondary, 900),
+                (name("shop.example."), secondary, 41)
+            ],
+            "the failover's zone moved, the other's serial holds"
+        );
+        // Only the changed zone is owed a NOTIFY (the start's ones answered first).
+        let mut queue = NotifyQueue::default();
+        queue.plan(&wanted(&config.zones, &before), 0);
+        for outgoing in queue.due(NOTIFY_COALESCE_MS, ids()).0 {
+            assert!(
+                queue
+                    .response(outgoing.target, &reply(&outgoing, ResponseCode::NoError))
+                    .is_some()
+            );
+        }
+        queue.plan(&wanted(&config.zones, &after), 1_000);
+        let sent = queue.due(1_000 + NOTIFY_COALESCE_MS, ids()).0;
+        assert_eq!(
+            sent.iter().map(|o| (o.zone.to_ascii(), o.serial)).collect::<Vec<_>>(),
+            [("shop.example.".to_string(), 41)]
+        );
     }
 }

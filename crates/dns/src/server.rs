@@ -248,8 +248,11 @@ impl State {
     }
 
     /// Publishes a new view (the caller holds `view_writer`) and persists it; returns whether it
-    /// was written to disk (`None`: no state dir).
-    pub(crate) fn publish_view(&self, view: HealthView) -> Option<bool> {
+    /// was written to disk (`None`: no state dir). The serial of each zone whose answers the new
+    /// view changes moves on ([`crate::answer::count_zone_changes`]); the others keep theirs, so
+    /// the notifier owes their secondaries nothing.
+    pub(crate) fn publish_view(&self, mut view: HealthView) -> Option<bool> {
+        crate::answer::count_zone_changes(&self.zones(), &self.view(), &mut view);
         self.metrics.generation.set(view.generation.0 as i64);
         let persisted = self.state_dir.as_ref().map(|dir| match save_view(dir, &view) {
             Ok(()) => true,

@@ -35,6 +35,10 @@ pub const DYNAMIC_TXT_MAX: usize = 1_000;
 pub const DYNAMIC_TXT_VALUE_BYTES_MAX: usize = 1_024;
 /// Bytes a target name has at most.
 pub const TARGET_NAME_BYTES_MAX: usize = 255;
+/// Zones whose change count the view keeps at most. A zone no longer configured keeps its
+/// count (so that, served again, its serial does not go back) until the view holds this many;
+/// then the counts of zones not configured are dropped.
+pub const ZONE_COUNTS_MAX: usize = 10_000;
 
 /// The health and dynamic records pushed by the controller. Cheap to read; replaced whole (copy on
 /// write) by the admin API.
@@ -47,11 +51,19 @@ pub struct HealthView {
     /// Dynamic TXT records by lower-case fully qualified name (with the trailing dot). Changed
     /// only through [`apply_txt`](HealthView::apply_txt), which forgets `names`.
     pub txt: BTreeMap<String, String>,
-    /// Pushes applied that changed `targets` or `txt`: every zone's SOA serial counts them on
-    /// top of its configured serial, so a secondary that polls the SOA sees each change (RFC
-    /// 1035 §3.3.13). Kept with the view (`--state-dir`).
+    /// Pushes counted for every zone at once, as versions before per-zone serials counted each
+    /// push that changed `targets` or `txt`. No longer moved: kept (from `--state-dir`) so that
+    /// no zone's serial goes back after an upgrade; it is part of every zone's serial.
     #[serde(default)]
     pub changes: u64,
+    /// Per zone (its origin, lower case, fully qualified), the pushes that changed what the
+    /// zone answers or transfers ([`crate::answer::count_zone_changes`]): its SOA serial counts
+    /// them on top of the configured one (and `changes`), so a secondary that polls the SOA
+    /// sees each change of that zone (RFC 1035 §3.3.13) and a zone a push did not change keeps
+    /// its serial (RFC 1996 §4.7: no NOTIFY for it). Kept with the view (`--state-dir`); at
+    /// most [`ZONE_COUNTS_MAX`] zones.
+    #[serde(default)]
+    pub zone_changes: BTreeMap<String, u64>,
     /// `txt` indexed for answering, made by the first query that needs it (once per view).
     #[serde(skip)]
     names: OnceLock<Arc<DynamicNames>>,
@@ -59,8 +71,19 @@ pub struct HealthView {
 
 impl PartialEq for HealthView {
     fn eq(&self, other: &HealthView) -> bool {
-        (self.generation, &self.targets, &self.txt, self.changes)
-            == (other.generation, &other.targets, &other.txt, other.changes)
+        (
+            self.generation,
+            &self.targets,
+            &self.txt,
+            self.changes,
+            &self.zone_changes,
+        ) == (
+            other.generation,
+            &other.targets,
+            &other.txt,
+            other.changes,
+            &other.zone_changes,
+        )
     }
 }
 
@@ -174,7 +197,6 @@ impl HealthView {
             return Err(ViewError::TooManyTargets);
         }
         next.generation = generation;
-        next.count_change(self);
         Ok(next)
     }
 
@@ -198,22 +220,34 @@ impl HealthView {
         }
         next.names = OnceLock::new();
         next.generation = generation;
-        next.count_change(self);
         Ok(next)
     }
 
-    /// Counts this view as a change over `before` when what it answers may differ.
-    fn count_change(&mut self, before: &HealthView) {
-        if self.targets != before.targets || self.txt != before.txt {
-            self.changes = before.changes.wrapping_add(1);
+    /// Counts a change of the zone with apex `origin` (one push: one step of its serial).
+    pub fn count_zone_change(&mut self, origin: &Name) {
+        let count = self.zone_changes.entry(zone_key(origin)).or_insert(0);
+        *count = count.wrapping_add(1);
+    }
+
+    /// Bounds the per-zone counts: past [`ZONE_COUNTS_MAX`], only the zones `configured` says
+    /// are served keep theirs.
+    pub fn bound_zone_counts(&mut self, configured: impl Fn(&str) -> bool) {
+        if self.zone_changes.len() > ZONE_COUNTS_MAX {
+            self.zone_changes.retain(|zone, _| configured(zone));
         }
     }
 
-    /// `configured`, the serial a zone's config gives, moved on by every change pushed since
-    /// (RFC 1982 serial arithmetic: it wraps).
-    pub fn serial(&self, configured: u32) -> u32 {
-        configured.wrapping_add(self.changes as u32)
+    /// `configured`, the serial the config gives the zone with apex `origin`, moved on by every
+    /// push since that changed the zone (RFC 1982 serial arithmetic: it wraps).
+    pub fn serial(&self, configured: u32, origin: &Name) -> u32 {
+        let zone = self.zone_changes.get(&zone_key(origin)).copied().unwrap_or(0);
+        configured.wrapping_add(self.changes as u32).wrapping_add(zone as u32)
     }
+}
+
+/// How [`HealthView::zone_changes`] names a zone: its origin, lower case, fully qualified.
+pub fn zone_key(origin: &Name) -> String {
+    origin.to_lowercase().to_ascii()
 }
 
 #[cfg(test)]

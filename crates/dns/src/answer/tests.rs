@@ -63,9 +63,11 @@ fn rdatas(message: &Message) -> Vec<String> {
 
 fn down(targets: &[&str], generation: u64) -> HealthView {
     let targets: BTreeMap<String, Health> = targets.iter().map(|t| (t.to_string(), Health::Unhealthy)).collect();
-    HealthView::default()
+    let mut view = HealthView::default()
         .apply_health(Generation(generation), &targets)
-        .expect("valid push")
+        .expect("valid push");
+    count_zone_changes(&zones(), &HealthView::default(), &mut view);
+    view
 }
 
 #[test]
@@ -1182,14 +1184,19 @@ fn every_pushed_change_moves_the_soa_serial_and_ixfr_from_it_gets_the_soa_alone(
         after
     );
     // A push that changes nothing moves nothing.
-    let same = changed
+    let mut same = changed
         .apply_health(Generation(3), &[("us-east-1".to_string(), Health::Unhealthy)].into())
         .expect("same push");
-    assert_eq!(same.changes, changed.changes);
-    let txt = changed
+    count_zone_changes(&zones(), &changed, &mut same);
+    assert_eq!(same.zone_changes, changed.zone_changes);
+    let mut txt = changed
         .apply_txt(Generation(3), "_active.shop.example.", Some("eu-west-1"))
         .expect("txt");
-    assert_eq!(txt.serial(configured), configured.wrapping_add(2));
+    count_zone_changes(&zones(), &changed, &mut txt);
+    assert_eq!(
+        txt.serial(configured, &name("shop.example.")),
+        configured.wrapping_add(2)
+    );
     // IXFR over TCP from the current serial: the SOA alone (RFC 1995 §2); from an older one the
     // whole zone.
     let ixfr = |serial: u32| {
@@ -1266,9 +1273,11 @@ policy = "failover"
 [[dns.zones.records.members]]
 role = "primary"
 values = ["192.0.2.54"]
+health = "ns-east"
 [[dns.zones.records.members]]
 role = "secondary"
 values = ["198.51.100.54"]
+health = "ns-west"
 [[dns.zones.records]]
 name = "www"
 type = "A"
@@ -1327,13 +1336,13 @@ fn a_parent_transfer_carries_the_delegation_of_each_child_served_here() {
             "600 NS ns2.shop.example."
         ]
     );
-    // Glue for the in-bailiwick static name server; none for a routed one, nor for names
-    // outside the child (the parent's own ns1 is its record anyway).
+    // Glue for the in-bailiwick name servers, static or routed (its member in service); none
+    // for names outside the child (the parent's own ns1 is its record anyway).
     assert_eq!(
         texts(&parent, "ns1.shop.example."),
         ["600 A 192.0.2.53", "600 AAAA 2001:db8::53"]
     );
-    assert!(texts(&parent, "ns2.shop.example.").is_empty());
+    assert_eq!(texts(&parent, "ns2.shop.example."), ["10 A 192.0.2.54"]);
     assert_eq!(texts(&parent, "ns1.example."), ["300 A 192.0.2.1"]);
     // Below the cut nothing else is the parent's: the child's records are not copied, the
     // parent's own occluded record is left out, and the grandchild is the child's to delegate.
@@ -1414,4 +1423,66 @@ fn ds_at_a_child_apex_is_answered_by_the_parent_when_it_is_served_here() {
     assert!(alone.answers().is_empty());
     assert!(matches!(alone.name_servers()[0].data(), RData::SOA(_)));
     assert_eq!(alone.name_servers()[0].name(), &name("shop.example."));
+}
+
+fn soa_of_zone(zones: &Zones, view: &HealthView, origin: &str) -> u32 {
+    soa_serial(&{
+        let response = answer(zones, view, &request(origin, RecordType::SOA));
+        Message::from_vec(&response.wire[0]).expect("parses")
+    })
+}
+
+#[test]
+fn a_routed_name_server_is_glue_and_a_flip_moves_only_the_serials_of_the_zones_it_changes() {
+    let zones = nested();
+    let before = HealthView::default();
+    let serials = |view: &HealthView| {
+        ["example.", "shop.example.", "eu.shop.example."].map(|origin| soa_of_zone(&zones, view, origin))
+    };
+    let configured = serials(&before);
+    assert_eq!(configured[..2], [100, 7]);
+    // ns2.shop.example. fails over: the child's record and the parent's glue of it change; the
+    // grandchild's answers do not.
+    let mut after = before
+        .apply_health(Generation(1), &[("ns-east".to_string(), Health::Unhealthy)].into())
+        .expect("push");
+    count_zone_changes(&zones, &before, &mut after);
+    assert_eq!(serials(&after), [configured[0] + 1, configured[1] + 1, configured[2]]);
+    let parent = {
+        let mut asked = request("example.", RecordType::AXFR);
+        asked.transport = Transport::Tcp;
+        asked.client = "10.1.2.3".parse().expect("ip");
+        answer(&zones, &after, &asked)
+            .wire
+            .iter()
+            .flat_map(|w| Message::from_vec(w).expect("parses").answers().to_vec())
+            .collect::<Vec<Record>>()
+    };
+    assert_eq!(texts(&parent, "ns2.shop.example."), ["10 A 198.51.100.54"]);
+    // The child's NS answer carries the routed address too (in its additional section).
+    let ns = answer(&zones, &after, &request("shop.example.", RecordType::NS));
+    let ns = Message::from_vec(&ns.wire[0]).expect("parses");
+    let glue: Vec<String> = ns
+        .additionals()
+        .iter()
+        .filter(|r| r.name() == &name("ns2.shop.example."))
+        .map(|r| r.data().to_string())
+        .collect();
+    assert_eq!(glue, ["198.51.100.54"]);
+    // A push about a target no record names changes no zone; neither does the same push again.
+    let mut unrelated = after
+        .apply_health(Generation(2), &[("elsewhere".to_string(), Health::Unhealthy)].into())
+        .expect("push");
+    count_zone_changes(&zones, &after, &mut unrelated);
+    assert_eq!(serials(&unrelated), serials(&after));
+    // A TXT pushed into the grandchild moves the grandchild alone.
+    let mut txt = unrelated
+        .apply_txt(Generation(2), "_active.eu.shop.example.", Some("eu-west-1"))
+        .expect("push");
+    count_zone_changes(&zones, &unrelated, &mut txt);
+    assert_eq!(serials(&txt), [configured[0] + 1, configured[1] + 1, configured[2] + 1]);
+    // A view saved by an earlier version (one count for every zone) keeps every serial.
+    let saved: HealthView =
+        serde_json::from_str(r#"{"generation": 4, "targets": {}, "txt": {}, "changes": 3}"#).expect("an old view");
+    assert_eq!(serials(&saved), configured.map(|serial| serial + 3));
 }
