@@ -409,9 +409,9 @@ def free_port():
 class Secondary:
     """BIND9 `named` as a secondary of `zones`, transferred from switchyard on `primary_port`."""
 
-    def __init__(self, directory, port, primary_port, zones, key=None):
-        """`key`: (name, base64 secret): the secondary transfers with it (`primaries { ... key }`)
-        and takes only NOTIFYs signed with it (`allow-notify { key }`)."""
+    def __init__(self, directory, port, primary_port, zones, key=None, algorithm="hmac-sha256"):
+        """`key`: (name, base64 secret) of `algorithm`: the secondary transfers with it
+        (`primaries { ... key }`) and takes only NOTIFYs signed with it (`allow-notify { key }`)."""
         self.directory = directory
         self.port = port
         directory.mkdir()
@@ -422,7 +422,7 @@ class Secondary:
         keyed, allow_notify = "", ""
         if key:
             name, secret = key
-            text += f'key "{name}" {{\n  algorithm hmac-sha256;\n  secret "{secret}";\n}};\n'
+            text += f'key "{name}" {{\n  algorithm {algorithm};\n  secret "{secret}";\n}};\n'
             keyed = f' key "{name}"'
             allow_notify = f'  allow-notify {{ key "{name}"; }};\n'
         for zone in zones:
@@ -494,8 +494,10 @@ def test_bind_secondaries_follow_a_failover_by_notify_and_refer_to_the_child_zon
         wait_until(lambda: re.search(r'switchyard_dns_notifies_total\{outcome="acknowledged"\} [1-9]',
                                      server.get("/metrics")), "an acknowledged NOTIFY", logs)
         assert "received notify for zone 'shop.example'" in both.log.read_text()
-        # The parent's secondary: a referral to the child's name servers, with glue.
-        wait_until(lambda: parent.short("example", "SOA")[2:3] == ["101"], "the parent at serial 101", logs)
+        # The parent's secondary: a referral to the child's name servers, with glue. The push
+        # changed the child alone: the parent keeps its serial (and got no NOTIFY for it).
+        wait_until(lambda: parent.short("example", "SOA")[2:3] == ["100"], "the parent's transfer", logs)
+        assert server.short("example", "SOA")[2] == "100", "the parent's serial holds"
         referral = dns.query.udp(dns.message.make_query("app.shop.example", "A"), "127.0.0.1",
                                  port=parent.port, timeout=3)
         assert referral.rcode() == dns.rcode.NOERROR, referral
@@ -532,9 +534,9 @@ key = { file = "xfr.key" }
                          [(f"h{i}", "A", [f"198.51.100.{i % 250}"]) for i in range(KEYED_HOSTS)])
 
 
-def keyed_server(tmp_path, targets):
+def keyed_server(tmp_path, targets, algorithm="hmac-sha256", secret=TSIG_SECRET):
     (tmp_path / "xfr.key").write_text(
-        f'key "xfr-key" {{\n\talgorithm hmac-sha256;\n\tsecret "{TSIG_SECRET}";\n}};\n')
+        f'key "xfr-key" {{\n\talgorithm {algorithm};\n\tsecret "{secret}";\n}};\n')
     server = DnsServer(tmp_path, KEYED_CONFIG.replace("NOTIFY_TARGETS", targets))
     server.start()
     return server
@@ -628,6 +630,181 @@ def test_bind_with_another_secret_gets_nothing_and_refuses_our_notify(tmp_path):
         assert not re.search(r'switchyard_dns_notifies_total\{outcome="acknowledged"\} [1-9]', server.get("/metrics"))
         log = server.log.read_text()
         assert "given up as rejected" in log and "TSIG BADSIG" in log, log[-3000:]
+    finally:
+        if secondary:
+            secondary.stop()
+        server.stop()
+
+
+SHA512_SECRET = "CzBVep/E6Q4zWH2ix+wRNluApcrvFDleg6jN8hc8YYar0PUaP2SJrtP4HUJnjLHW+yBFao+02f4jSG2St9wBJg=="
+
+
+def test_bind_and_dig_transfer_with_an_hmac_sha512_key(tmp_path):
+    """An hmac-sha512 key (`tsig-keygen -a hmac-sha512`, common with BIND): dig signs a transfer
+    and a query with it, BIND9 as a keyed secondary transfers with it and follows a NOTIFY signed
+    with it. The same secret under hmac-sha256 is another key (BADKEY); a MAC truncated below the
+    key's length gets BADTRUNC."""
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    if not Path(NAMED).exists():
+        pytest.skip("named not installed: apt-get install bind9 (scripts/install-test-deps.sh)")
+    port = free_port()
+    server = keyed_server(tmp_path, f'"127.0.0.1:{port}"', algorithm="hmac-sha512", secret=SHA512_SECRET)
+    secondary = None
+    try:
+        signed = server.dig("shop.example", "AXFR", "-y", f"hmac-sha512:xfr-key:{SHA512_SECRET}")
+        assert "app.shop.example." in signed and "; Transfer failed" not in signed, signed[-2000:]
+        assert "tsig verify failure" not in signed.lower(), signed[-2000:]
+        messages = re.search(r"XFR size: (\d+) records \(messages (\d+)", signed)
+        assert messages and int(messages.group(2)) >= 2, signed[-500:]
+        answer = server.dig("app.shop.example", "A", "-y", f"hmac-sha512:xfr-key:{SHA512_SECRET}")
+        assert "192.0.2.10" in answer and "status: NOERROR" in answer, answer
+        assert re.search(r"xfr-key\.\s+0\s+ANY\s+TSIG\s+hmac-sha512\. \d+ 300 64 ", answer), answer
+        other_algorithm = server.dig("shop.example", "AXFR", "-y", f"hmac-sha256:xfr-key:{SHA512_SECRET}")
+        assert "app.shop.example." not in other_algorithm, other_algorithm
+        assert "BADKEY" in other_algorithm or "NOTAUTH" in other_algorithm, other_algorithm
+        truncated = server.dig("app.shop.example", "A", "-y", f"hmac-sha512-256:xfr-key:{SHA512_SECRET}")
+        assert "192.0.2.10" not in truncated and "BADTRUNC" in truncated, truncated
+        metrics = server.get("/metrics")
+        assert re.search(r'name="<tsig-badkey>".*\} [1-9]', metrics), metrics
+        assert re.search(r'name="<tsig-badtrunc>".*\} [1-9]', metrics), metrics
+        secondary = Secondary(tmp_path / "sha512", port, server.port, ["shop.example"],
+                              key=("xfr-key", SHA512_SECRET), algorithm="hmac-sha512")
+        logs = [server.log, secondary.log]
+        wait_until(lambda: secondary.short("app.shop.example") == ["192.0.2.10"], "BIND's hmac-sha512 transfer", logs)
+        status, body = server.put("/v1/health", {"generation": 3, "targets": {"us-east-1": "unhealthy"}})
+        assert status == 200, body
+        wait_until(lambda: secondary.short("app.shop.example") == ["198.51.100.10"],
+                   "the failover on BIND's secondary after an hmac-sha512 NOTIFY", logs)
+        assert "received notify for zone 'shop.example': TSIG 'xfr-key'" in secondary.log.read_text()
+    finally:
+        if secondary:
+            secondary.stop()
+        server.stop()
+
+
+ROUTED_NS_CONFIG = """
+[dns]
+axfr_allow = ["127.0.0.1"]
+notify = [NOTIFY_TARGETS]
+
+[[dns.zones]]
+origin = "example."
+ns = ["ns1"]
+[dns.zones.soa]
+serial = 100
+""" + SOA_TIMERS + """
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["192.0.2.1"]
+
+[[dns.zones]]
+origin = "shop.example."
+ns = ["ns1", "ns2"]
+[dns.zones.soa]
+serial = 7
+""" + SOA_TIMERS + """
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["192.0.2.53"]
+[[dns.zones.records]]
+name = "ns2"
+type = "A"
+policy = "failover"
+[[dns.zones.records.members]]
+role = "primary"
+values = ["192.0.2.54"]
+health = "us-east-1"
+[[dns.zones.records.members]]
+role = "secondary"
+values = ["198.51.100.54"]
+health = "eu-west-1"
+
+[[dns.zones]]
+origin = "other.test."
+ns = ["ns1"]
+[dns.zones.soa]
+serial = 900
+""" + SOA_TIMERS + """
+[[dns.zones.records]]
+name = "ns1"
+type = "A"
+values = ["192.0.2.9"]
+[[dns.zones.records]]
+name = "app"
+type = "A"
+policy = "failover"
+[[dns.zones.records.members]]
+role = "primary"
+values = ["192.0.2.90"]
+health = "ap-south-1"
+[[dns.zones.records.members]]
+role = "secondary"
+values = ["198.51.100.90"]
+health = "eu-west-1"
+"""
+
+
+def notifies(server, outcome):
+    found = re.search(rf'switchyard_dns_notifies_total\{{outcome="{outcome}"\}} (\d+)', server.get("/metrics"))
+    return int(found.group(1)) if found else 0
+
+
+def test_routed_name_servers_are_glue_and_a_failover_notifies_only_the_zone_it_changes(tmp_path):
+    """BIND9 as a secondary of `example.` and `other.test.` (not of the child `shop.example.`):
+    its referral for the child carries glue for both name servers, `ns2` answered by a failover
+    record. A failover of ns2 changes the parent's glue: the parent's serial moves, BIND is
+    notified and refers with the new address, while `other.test.` (no record of it changed) keeps
+    its serial and gets no NOTIFY."""
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    if not Path(NAMED).exists():
+        pytest.skip("named not installed: apt-get install bind9 (scripts/install-test-deps.sh)")
+    port = free_port()
+    server = DnsServer(tmp_path, ROUTED_NS_CONFIG.replace("NOTIFY_TARGETS", f'"127.0.0.1:{port}"'))
+    server.start()
+    secondary = None
+    try:
+        # dig: this server's own answers carry the routed address as glue too.
+        ns = server.dig("shop.example", "NS")
+        assert re.search(r"ns2\.shop\.example\.\s+\d+\s+IN\s+A\s+192\.0\.2\.54", ns), ns
+        axfr = server.dig("example", "AXFR")
+        assert re.search(r"ns2\.shop\.example\.\s+\d+\s+IN\s+A\s+192\.0\.2\.54", axfr), axfr
+        secondary = Secondary(tmp_path / "parent", port, server.port, ["example", "other.test"])
+        logs = [server.log, secondary.log]
+        wait_until(lambda: secondary.short("example", "SOA")[2:3] == ["100"]
+                   and secondary.short("other.test", "SOA")[2:3] == ["900"], "BIND's first transfers", logs)
+
+        def referral_glue():
+            referral = dns.query.udp(dns.message.make_query("www.shop.example", "A"), "127.0.0.1",
+                                     port=secondary.port, timeout=3)
+            assert not referral.flags & dns.flags.AA and not referral.answer, referral
+            assert sorted(r.to_text() for r in referral.authority[0]) == ["ns1.shop.example.", "ns2.shop.example."]
+            return sorted((str(r.name), r[0].to_text()) for r in referral.additional)
+
+        assert referral_glue() == [("ns1.shop.example.", "192.0.2.53"), ("ns2.shop.example.", "192.0.2.54")]
+        # Every NOTIFY of the start answered (shop.example.'s refused: BIND does not serve it):
+        # nothing pending, the count settled.
+        wait_until(lambda: notifies(server, "acknowledged") >= 2 and notifies(server, "rejected") >= 1,
+                   "the start's NOTIFYs answered", logs)
+        sent_before = notifies(server, "sent")
+        other_notifies = secondary.log.read_text().count("received notify for zone 'other.test'")
+        status, body = server.put("/v1/health", {"generation": 3, "targets": {"us-east-1": "unhealthy"}})
+        assert status == 200, body
+        assert server.short("example", "SOA")[2] == "101", "the parent's glue changed"
+        assert server.short("shop.example", "SOA")[2] == "8"
+        assert server.short("other.test", "SOA")[2] == "900", "other.test did not change"
+        wait_until(lambda: secondary.short("example", "SOA")[2:3] == ["101"], "the parent's NOTIFY and transfer", logs)
+        assert referral_glue() == [("ns1.shop.example.", "192.0.2.53"), ("ns2.shop.example.", "198.51.100.54")]
+        wait_until(lambda: notifies(server, "acknowledged") >= 3 and notifies(server, "rejected") >= 2,
+                   "the NOTIFYs of the push answered", logs)
+        # One NOTIFY per changed zone: example. and shop.example. (refused again), none for
+        # other.test.
+        assert notifies(server, "sent") - sent_before == 2, server.get("/metrics")
+        assert secondary.log.read_text().count("received notify for zone 'other.test'") == other_notifies
+        assert secondary.short("other.test", "SOA")[2] == "900"
     finally:
         if secondary:
             secondary.stop()
