@@ -280,7 +280,7 @@ pub fn parse_algorithm(key_name: &str, text: &str) -> Result<(Algorithm, usize),
     let algorithm = Algorithm::from_name(base).ok_or_else(refused)?;
     let bits: usize = bits.parse().map_err(|_| refused())?;
     let (least, most) = (algorithm.mac_bytes_min() * 8, algorithm.mac_bytes() * 8);
-    if bits % 8 != 0 || bits < least || bits > most {
+    if !bits.is_multiple_of(8) || bits < least || bits > most {
         return Err(KeyError::Malformed(format!(
             "key '{key_name}': {trimmed} truncates the MAC to {bits} bits; {algorithm} takes a multiple of 8 from {least} to {most} (RFC 8945 §5.2.2.1)"
         )));

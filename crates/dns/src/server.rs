@@ -323,7 +323,7 @@ fn tsig_refusal_log(label: &str) -> Option<&'static str> {
     };
     Some(match label {
         LABEL_TSIG_BADKEY => {
-            "refused a signed query: TSIG key not held here (BADKEY); add it to [[dns.tsig_keys]] or fix the client's key name"
+            "refused a signed query: TSIG key not held here with that algorithm (BADKEY); add it to [[dns.tsig_keys]] or fix the client's key name or algorithm"
         }
         LABEL_TSIG_BADSIG => {
             "refused a signed query: its TSIG does not verify (BADSIG); the client's secret differs from this server's"
@@ -332,7 +332,7 @@ fn tsig_refusal_log(label: &str) -> Option<&'static str> {
             "refused a signed query: signed more than 300 s from this server's clock (BADTIME); synchronise the clocks (NTP)"
         }
         LABEL_TSIG_BADTRUNC => {
-            "refused a signed query: its TSIG MAC is truncated (BADTRUNC); only full-length hmac-sha256 MACs are accepted"
+            "refused a signed query: its TSIG MAC is truncated more than its key allows (BADTRUNC); give the client the key's algorithm as held here (a truncated MAC needs a key declared so, e.g. algorithm = \"hmac-sha256-128\")"
         }
         LABEL_TSIG_REPLAYED => {
             "refused a signed query as a replay (BADTIME): signed earlier than its key's latest request, or a copy of one already answered; give each secondary its own key"
