@@ -21,6 +21,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use common::repeated::{Failed, Repeated, SUMMARY_INTERVAL_MS};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -1630,6 +1631,10 @@ async fn measure_media(shared: Arc<Shared>, step: String, action: Arc<providers:
     let Some(media) = action.media() else { return };
     let mut interval = tokio::time::interval(Duration::from_millis(media.lag_interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Per (active region, receiving region): a location out of reach fails every measurement;
+    // its first failure is logged, then a summary at most every SUMMARY_INTERVAL_MS (status
+    // and the dashboard show each one's error).
+    let mut failures: BTreeMap<(String, String), Repeated> = BTreeMap::new();
     loop {
         interval.tick().await;
         let Some(active) = shared.pointer.get().region else {
@@ -1638,6 +1643,33 @@ async fn measure_media(shared: Arc<Shared>, step: String, action: Arc<providers:
         let others: Vec<String> = media.regions().filter(|r| **r != active).cloned().collect();
         for region in others {
             let result = media.lag(&active, &region).await;
+            let pair = failures
+                .entry((active.clone(), region.clone()))
+                .or_insert_with(|| Repeated::new(SUMMARY_INTERVAL_MS));
+            let (from, to) = (&active, &region);
+            match &result {
+                Ok(_) => {
+                    if let Some(back) = pair.success(pair.now_ms()) {
+                        tracing::info!(
+                            step,
+                            from,
+                            to,
+                            failures = back.failures,
+                            outage_ms = back.outage_ms,
+                            "media lag measured again"
+                        );
+                    }
+                }
+                Err(error) => match pair.failure(pair.now_ms()) {
+                    Failed::First => tracing::warn!(step, from, to, %error,
+                        "media lag not measured; retrying every lag_interval_ms (further failures are summed up at most every {SUMMARY_INTERVAL_MS} ms)"),
+                    Failed::Summary { failures, outage_ms } => {
+                        tracing::warn!(step, from, to, %error, failures, outage_ms,
+                        "media lag still not measured")
+                    }
+                    Failed::Quiet => {}
+                },
+            }
             shared.record_media(&step, &active, &region, result);
         }
     }
@@ -1679,9 +1711,6 @@ impl Shared {
                 at_ms: now,
             },
         };
-        if let Some(error) = &figure.error {
-            tracing::warn!(step, from, to, %error, "media lag not measured");
-        }
         let labels = MediaLabels {
             step: step.into(),
             region: to.into(),
