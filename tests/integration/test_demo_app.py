@@ -154,15 +154,23 @@ def test_shop_orders_live_in_the_store_and_health_follows_the_link(processes, tm
 
 
 class Pointer(Served):
-    """An active-region pointer served like the controller's (plain polling is enough here)."""
+    """An active-region pointer served like the controller's (plain polling is enough here);
+    `failing` makes it answer 503, as a controller that cannot serve it; `refused` counts
+    those answers."""
 
     def __init__(self, region):
         self.value = {"region": region, "generation": 1}
+        self.failing = False
+        self.refused = 0
         pointer = self
 
         class Handler(QuietHandler):
             def do_GET(self):
-                self.answer(200, pointer.value)
+                if pointer.failing:
+                    pointer.refused += 1
+                    self.answer(503, {"error": "unavailable"})
+                else:
+                    self.answer(200, pointer.value)
 
         super().__init__(Handler)
 
@@ -215,5 +223,48 @@ def test_writes_follow_the_active_region_pointer(processes, tmp_path):
             assert "did not answer" in body["details"]["active_store_error"], body
         finally:
             west.process.send_signal(signal.SIGCONT)
+    finally:
+        pointer.server.shutdown()
+
+
+def test_an_unreachable_pointer_is_logged_once_then_summed_up_not_at_every_retry(processes, tmp_path):
+    """The shop asks again every 500 ms while the pointer fails. Before, each failure was a
+    WARN line (7,200 an hour); now the first one is (with the region it keeps), then a summary
+    at most every 30 s, and one INFO line when the pointer answers again."""
+    store = processes("store", "store", "--region", "us-east-1", "--listen", "127.0.0.1:0",
+                      "--data-dir", str(tmp_path / "data"))
+    processes("tables", "demo-app", "--region", "us-east-1", "--listen", "127.0.0.1:0",
+              "--store", f"us-east-1={store.url}", "--tables-create").stop()
+    pointer = Pointer("us-east-1")
+    try:
+        shop = processes("shop", "demo-app", "--region", "us-east-1", "--listen", "127.0.0.1:0",
+                         "--store", f"us-east-1={store.url}", "--pointer", pointer.url)
+        browser = Browser(shop.url)
+        browser.wait_health(lambda status, body: status == 200 and body["active_region"] == "us-east-1", "east")
+        pointer.failing = True
+        # Eight failed requests: about four seconds of retries, well within one summary interval.
+        deadline = time.monotonic() + WAIT_S
+        while pointer.refused < 8:
+            assert time.monotonic() < deadline, f"the shop asked only {pointer.refused} times"
+            time.sleep(0.05)
+
+        def pointer_lines(level):
+            return [line for line in shop.log.read_text().splitlines()
+                    if level in line and "active-region pointer" in line]
+
+        warnings = pointer_lines("WARN")
+        assert len(warnings) == 1, warnings
+        assert "keeping the last known active region" in warnings[0], warnings
+        assert "us-east-1" in warnings[0] and "HTTP 503" in warnings[0], warnings
+        pointer.failing = False
+        deadline = time.monotonic() + WAIT_S
+        while not pointer_lines("reachable again"):
+            assert time.monotonic() < deadline, shop.log.read_text()[-3000:]
+            time.sleep(0.05)
+        [back] = pointer_lines("reachable again")
+        assert "INFO" in back, back
+        failures = int(back.split("failures=")[1].split()[0])
+        assert failures >= 8, back
+        assert len(pointer_lines("WARN")) == 1, pointer_lines("WARN")
     finally:
         pointer.server.shutdown()

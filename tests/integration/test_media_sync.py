@@ -345,6 +345,46 @@ def test_a_file_too_big_for_one_run_is_resumed_and_never_blocks_the_rest(tmp_pat
     assert not (eu / "video/.switchyard-partial").exists()
 
 
+def test_the_part_of_a_file_deleted_at_the_source_is_removed_and_no_other(tmp_path, rsync_daemon):
+    """A copy cut off leaves its part in .switchyard-partial; before, when the source file was
+    deleted before the next run, the part stayed on the receiver forever. The next copy now
+    removes it, and leaves the part of a file still at the source (here one the run's limit
+    kept it from copying) for the run that resumes it."""
+    daemon_url, eu = rsync_daemon
+    us = tmp_path / "us"
+    (us / "video").mkdir(parents=True)
+    (us / "video/tour.mp4").write_bytes(os.urandom(3_000_000))
+    slow = rsync_config(tmp_path, us, daemon_url, extra="bwlimit_kib = 1000", name="slow.toml")
+    slow.write_text(slow.read_text().replace("run_timeout_ms = 30000", "run_timeout_ms = 1000"))
+    result, [synced] = media("sync", slow)
+    assert not synced["ok"] and "resumes it" in synced["error"], synced
+    part = eu / "video/.switchyard-partial/tour.mp4"
+    wait_for("the part kept", part.exists, 10)
+
+    # The upload is deleted before the next run. Another file's part (its copy cut off
+    # elsewhere) waits for a run that has room for it: objects_per_run_max = 1 copies only
+    # a-first.jpg this time.
+    (us / "video/tour.mp4").unlink()
+    (us / "a-first.jpg").write_bytes(b"first")
+    (us / "video/later.mp4").write_bytes(b"later, in full")
+    later_part = eu / "video/.switchyard-partial/later.mp4"
+    later_part.write_bytes(b"later")
+    config = rsync_config(tmp_path, us, daemon_url, extra="objects_per_run_max = 1")
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0 and synced["ok"], result.stdout + result.stderr
+    assert synced["limited"] is not None and synced["copied_objects"] == 1, synced
+    assert "removed 1 partial files" in (synced.get("note") or ""), synced
+    assert not part.exists()
+    assert later_part.read_bytes() == b"later", "its source exists: never touched"
+    assert (eu / "a-first.jpg").read_bytes() == b"first"
+
+    # The next run copies later.mp4 (rsync removes its part once complete); nothing is left.
+    result, [synced] = media("sync", config)
+    assert synced["ok"] and "partial" not in (synced.get("note") or ""), synced
+    assert (eu / "video/later.mp4").read_bytes() == b"later, in full"
+    assert not (eu / "video/.switchyard-partial").exists()
+
+
 def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemon):
     """delete = true with rsync: --max-delete gets what objects_per_run_max leaves after the
     copies; rsync's exit 25 (deletions stopped) is a limited run, not a failure."""

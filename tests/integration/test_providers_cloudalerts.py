@@ -338,6 +338,60 @@ def test_an_incident_left_open_at_a_restart_is_resolved_with_its_dedup_key_once_
             app.stop()
 
 
+def test_a_restart_while_the_condition_holds_does_not_page_it_again(setup):
+    """A single controller restarted while every region is down: before, the restarted
+    controller's first raise of all_down went out again (PagerDuty merged it by its dedup key;
+    the webhook, Slack and a mail got a second trigger). Now the incident its audit log holds
+    open is adopted: no second trigger, and the resolve, with the first trigger's dedup key,
+    when the regions come back."""
+    tmp, us, eu, receivers, start = setup
+    runbook = '[[runbook]]\nname = "pointer"\nkind = "pointer"\n'
+    # The restored incident is checked once every region has a verdict (startup_grace_ms = 0
+    # would check it before any, find the condition not holding, resolve and raise it again).
+    config = controller_config(tmp, us, eu, receivers, None, runbook).replace(
+        "startup_grace_ms = 0", "startup_grace_ms = 60000")
+    receivers.slack_throttle = 0
+    controller, _, log = start(config)
+
+    def hook(event, action):
+        return [b for b in receivers.bodies("/hook") if b["event"] == event and b["action"] == action]
+
+    def raises_recorded():
+        audit = tmp / "audit.jsonl"
+        lines = audit.read_text().splitlines() if audit.exists() else []
+        return sum(1 for line in lines if '"kind":"alert"' in line and '"key":"all_down"' in line)
+
+    wait_until("the decision resolved", lambda: hook("decision", "resolve"), logs=[log])
+    us.stop()
+    eu.stop()
+    trigger = wait_until("the all_down trigger", lambda: hook("all_down", "trigger"), logs=[log])[0]
+    wait_until("the all_down page", lambda: [b for b in receivers.bodies("/pagerduty/v2/enqueue")
+                                             if b["dedup_key"].endswith("/all_down")], logs=[log])
+
+    def slack(head):
+        return [b for b in receivers.bodies("/slack") if f"*switchyard {head}*" in b["text"]]
+
+    wait_until("the all_down post on Slack", lambda: slack("all_down"), logs=[log])
+    recorded = raises_recorded()
+    controller.send_signal(signal.SIGTERM)
+    assert controller.wait(timeout=20) == 0, Path(log).read_text()[-3000:]
+
+    # Still down at the restart: the new run raises all_down again, recorded and not sent.
+    start(config)
+    wait_until("the raise after the restart in the audit log", lambda: raises_recorded() > recorded, logs=[log])
+    back = [App(us.port), App(eu.port)]
+    try:
+        resolve = wait_until("the all_down resolve", lambda: hook("all_down", "resolve"), logs=[log])[0]
+        assert resolve["incident"] == trigger["incident"], (trigger, resolve)
+        # One queue per channel, in order: a second trigger would have come before the resolve.
+        assert len(hook("all_down", "trigger")) == 1, hook("all_down", "trigger")
+        wait_until("Slack's resolve", lambda: slack("resolved: all_down"), logs=[log])
+        assert len(slack("all_down")) == 1, slack("all_down")
+    finally:
+        for app in back:
+            app.stop()
+
+
 def test_a_retried_runbook_pages_once_per_condition_not_at_every_retry(setup):
     tmp, us, eu, receivers, start = setup
     runbook = '[[runbook]]\nname = "broken"\nkind = "command"\nprogram = "false"\nretries = 0\n'

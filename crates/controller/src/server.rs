@@ -21,6 +21,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use common::repeated::{Failed, Repeated, SUMMARY_INTERVAL_MS};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -320,9 +321,9 @@ struct Core {
     /// unless every region has a verdict.
     restored_alerts: BTreeMap<String, String>,
     reconcile_after_ms: u64,
-    /// Conditions whose incident this leader adopted from the group's list in etcd: open on
-    /// the pager already, so the first raise of each (the condition still holds) is recorded,
-    /// not sent again.
+    /// Conditions whose incident this leader adopted from the group's list in etcd (or a
+    /// single controller from its audit log at start): open on the pager already, so the first
+    /// raise of each (the condition still holds) is recorded, not sent again.
     adopted: BTreeSet<String>,
     /// Per runbook step, its last attempt since this controller started: what each provider
     /// was last told and what it answered, for `status` and the dashboard.
@@ -521,7 +522,7 @@ impl Shared {
         };
         let incident = match adopted {
             Some(incident) => {
-                tracing::info!(%key, %incident, "the condition still holds: the incident adopted from the previous leader stays open and is not paged again");
+                tracing::info!(%key, %incident, "the condition still holds: the incident left open (by this controller before its restart, or by the previous leader) stays open and is not paged again");
                 incident
             }
             None => self.alerts.raise(key, message, generation.0, wall_ms()),
@@ -576,12 +577,23 @@ impl Shared {
     }
 
     /// At start: marks the incidents the audit log holds open as open again, with their dedup
-    /// keys, for `reconcile_restored_alerts` to check.
+    /// keys, for `reconcile_restored_alerts` to check. A single controller (no
+    /// `[controller.ha]`) also adopts them as a new leader adopts the group's list: its audit
+    /// log is the only record of what it paged (nobody else resolves its incidents), so the
+    /// first raise of a condition that still holds is recorded, not sent again — before, a
+    /// restart paged every such condition a second time (the same dedup key, so PagerDuty
+    /// merged it, but a webhook, Slack or a mail got a second trigger). An HA member adopts
+    /// at the start of its term instead (`adopt_incidents`): its own log may be older than the
+    /// group's list.
     fn restore_alerts(&self, core: &mut Core, now: u64) {
+        let single = self.ha.is_none();
         for open in self.own_open_incidents(core) {
             tracing::info!(key = %open.key, incident = %open.incident, "alert incident still open in the audit log: restored");
             self.alerts
                 .restore(&open.key, &open.incident, open.opened_at_ms, &open.message);
+            if single {
+                core.adopted.insert(open.key.clone());
+            }
             core.restored_alerts.insert(open.key, open.message);
         }
         core.reconcile_after_ms = now.saturating_add(self.config.engine.startup_grace_ms);
@@ -1630,6 +1642,10 @@ async fn measure_media(shared: Arc<Shared>, step: String, action: Arc<providers:
     let Some(media) = action.media() else { return };
     let mut interval = tokio::time::interval(Duration::from_millis(media.lag_interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Per (active region, receiving region): a location out of reach fails every measurement;
+    // its first failure is logged, then a summary at most every SUMMARY_INTERVAL_MS (status
+    // and the dashboard show each one's error).
+    let mut failures: BTreeMap<(String, String), Repeated> = BTreeMap::new();
     loop {
         interval.tick().await;
         let Some(active) = shared.pointer.get().region else {
@@ -1638,6 +1654,33 @@ async fn measure_media(shared: Arc<Shared>, step: String, action: Arc<providers:
         let others: Vec<String> = media.regions().filter(|r| **r != active).cloned().collect();
         for region in others {
             let result = media.lag(&active, &region).await;
+            let pair = failures
+                .entry((active.clone(), region.clone()))
+                .or_insert_with(|| Repeated::new(SUMMARY_INTERVAL_MS));
+            let (from, to) = (&active, &region);
+            match &result {
+                Ok(_) => {
+                    if let Some(back) = pair.success(pair.now_ms()) {
+                        tracing::info!(
+                            step,
+                            from,
+                            to,
+                            failures = back.failures,
+                            outage_ms = back.outage_ms,
+                            "media lag measured again"
+                        );
+                    }
+                }
+                Err(error) => match pair.failure(pair.now_ms()) {
+                    Failed::First => tracing::warn!(step, from, to, %error,
+                        "media lag not measured; retrying every lag_interval_ms (further failures are summed up at most every {SUMMARY_INTERVAL_MS} ms)"),
+                    Failed::Summary { failures, outage_ms } => {
+                        tracing::warn!(step, from, to, %error, failures, outage_ms,
+                        "media lag still not measured")
+                    }
+                    Failed::Quiet => {}
+                },
+            }
             shared.record_media(&step, &active, &region, result);
         }
     }
@@ -1679,9 +1722,6 @@ impl Shared {
                 at_ms: now,
             },
         };
-        if let Some(error) = &figure.error {
-            tracing::warn!(step, from, to, %error, "media lag not measured");
-        }
         let labels = MediaLabels {
             step: step.into(),
             region: to.into(),

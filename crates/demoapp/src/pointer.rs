@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::repeated::{Failed, Repeated, SUMMARY_INTERVAL_MS};
 use common::tls_client::Connector;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
@@ -160,6 +161,9 @@ pub async fn watch(url: String, token: Option<String>, view: watch::Sender<Point
     // `http://` or `https://` (verified against the process's trust: `--ca-file`).
     let connector = Connector::new(common::tls_client::process_config());
     let client: Client<Connector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    // Retried every RETRY_MS: the first failure of an outage is logged, then a summary at
+    // most every SUMMARY_INTERVAL_MS, and its end.
+    let mut failures = Repeated::new(SUMMARY_INTERVAL_MS);
     loop {
         if view.is_closed() {
             return;
@@ -173,7 +177,16 @@ pub async fn watch(url: String, token: Option<String>, view: watch::Sender<Point
             None => url.clone(),
         };
         let started = Instant::now();
-        match fetch(&client, &request_url, token.as_deref()).await {
+        let fetched = fetch(&client, &request_url, token.as_deref()).await;
+        if fetched.is_ok()
+            && let Some(back) = failures.success(failures.now_ms())
+        {
+            tracing::info!(
+                %url, failures = back.failures, outage_ms = back.outage_ms,
+                "active-region pointer reachable again"
+            );
+        }
+        match fetched {
             Ok(None) => {
                 let generation = view.borrow().active.as_ref().map_or(0, |a| a.generation);
                 view.send_modify(|v| v.accept_unchosen(generation, Instant::now()));
@@ -190,7 +203,19 @@ pub async fn watch(url: String, token: Option<String>, view: watch::Sender<Point
                 }
             }
             Err(error) => {
-                tracing::warn!(%url, %error, "active-region pointer unavailable");
+                let region = view.borrow().active.as_ref().map(|a| a.region.clone());
+                let kept = region.as_deref().unwrap_or("none known yet");
+                match failures.failure(failures.now_ms()) {
+                    Failed::First => tracing::warn!(
+                        %url, %error, kept_region = kept, retry_ms = RETRY_MS,
+                        "active-region pointer unavailable: keeping the last known active region and retrying (further failures are summed up at most every {SUMMARY_INTERVAL_MS} ms)"
+                    ),
+                    Failed::Summary { failures, outage_ms } => tracing::warn!(
+                        %url, %error, failures, outage_ms, kept_region = kept,
+                        "active-region pointer still unavailable: keeping the last known active region and retrying"
+                    ),
+                    Failed::Quiet => {}
+                }
                 view.send_modify(|v| v.error = Some(error));
                 tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
             }

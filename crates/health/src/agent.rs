@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::members::ControllerUrls;
+use common::repeated::{Failed, Repeated, SUMMARY_INTERVAL_MS};
 use common::tls_client::Connector;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
@@ -255,12 +256,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let mut have_plan = false;
     // The kind (HTTP status and code) and text of the controller's last refusal of a report.
     let mut last_refusal: Option<(String, String)> = None;
+    // A controller out of reach fails every plan fetch and report: the first failure of each
+    // is logged, then a summary at most every SUMMARY_INTERVAL_MS, and the end.
+    let mut plan_failures = Repeated::new(SUMMARY_INTERVAL_MS);
+    let mut report_failures = Repeated::new(SUMMARY_INTERVAL_MS);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep_until(next_plan) => {
                 match client.fetch_plan().await {
                     Ok(plan) => {
+                        if let Some(back) = plan_failures.success(plan_failures.now_ms()) {
+                            tracing::info!(failures = back.failures, outage_ms = back.outage_ms, "fetched the plan again");
+                        }
                         plan_retry_ms = 200;
                         next_plan = tokio::time::Instant::now() + Duration::from_millis(config.plan_refresh_ms.max(100));
                         let interval = plan.report_interval_ms.clamp(REPORT_INTERVAL_MS_MIN, REPORT_INTERVAL_MS_MAX);
@@ -279,7 +287,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                         report_interval_ms = interval;
                     }
                     Err(error) => {
-                        tracing::warn!(%error, retry_ms = plan_retry_ms, "cannot fetch the plan");
+                        match plan_failures.failure(plan_failures.now_ms()) {
+                            Failed::First => tracing::warn!(%error, retry_ms = plan_retry_ms, have_plan,
+                                "cannot fetch the plan; retrying (further failures are summed up at most every {SUMMARY_INTERVAL_MS} ms)"),
+                            Failed::Summary { failures, outage_ms } => tracing::warn!(%error, failures, outage_ms, have_plan,
+                                "still cannot fetch the plan; retrying"),
+                            Failed::Quiet => {}
+                        }
                         next_plan = tokio::time::Instant::now() + Duration::from_millis(plan_retry_ms);
                         if have_plan {
                             next_plan = tokio::time::Instant::now() + Duration::from_millis(config.plan_refresh_ms.max(100));
@@ -291,9 +305,28 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             _ = tokio::time::sleep_until(next_report), if have_plan => {
                 next_report = tokio::time::Instant::now() + Duration::from_millis(report_interval_ms);
                 // Retries must not hold up a shutdown.
-                let refused = tokio::select! {
-                    refused = deliver(&client, &runner, &config.name) => refused,
+                let delivered = tokio::select! {
+                    delivered = deliver(&client, &runner, &config.name) => delivered,
                     _ = &mut shutdown => break,
+                };
+                let refused = match delivered {
+                    Ok(refused) => {
+                        if let Some(back) = report_failures.success(report_failures.now_ms()) {
+                            tracing::info!(dropped = back.failures, outage_ms = back.outage_ms, "the controller is reachable again: reports go through");
+                        }
+                        refused
+                    }
+                    Err(error) => {
+                        match report_failures.failure(report_failures.now_ms()) {
+                            Failed::First => tracing::warn!(%error, attempts = REPORT_ATTEMPTS_MAX,
+                                "report dropped; the next one will carry the latest state (further drops are summed up at most every {SUMMARY_INTERVAL_MS} ms)"),
+                            Failed::Summary { failures, outage_ms } => tracing::warn!(%error, dropped = failures, outage_ms,
+                                "reports still dropped; the next one will carry the latest state"),
+                            Failed::Quiet => {}
+                        }
+                        // Neither a refusal nor an acceptance: what was last refused stays.
+                        continue;
+                    }
                 };
                 match (&refused, &last_refusal) {
                     // Logged when it starts or changes kind, not on every report.
@@ -318,25 +351,24 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
 
 /// Posts the latest report, retrying a few times on transport errors; each attempt sends the
 /// freshest results. Returns the controller's refusal (its kind, then the whole message), if
-/// it refused the report: that is not retried.
-async fn deliver(client: &ControllerClient, runner: &Runner, name: &str) -> Option<(String, String)> {
+/// it refused the report: that is not retried; an error when every attempt failed (the report
+/// is dropped).
+async fn deliver(client: &ControllerClient, runner: &Runner, name: &str) -> Result<Option<(String, String)>, String> {
     let mut delay_ms = REPORT_RETRY_MS;
     for attempt in 1..=REPORT_ATTEMPTS_MAX {
         let report = runner.report(name);
         match client.post_report(&report).await {
-            Ok(()) => return None,
+            Ok(()) => return Ok(None),
             Err(ExchangeError::Refused(error)) => {
                 let kind = error.split(':').next().unwrap_or_default().to_string();
-                return Some((kind, error));
+                return Ok(Some((kind, error)));
             }
-            Err(ExchangeError::Transport(error)) if attempt == REPORT_ATTEMPTS_MAX => {
-                tracing::warn!(%error, attempts = attempt, "report dropped; the next one will carry the latest state");
-            }
+            Err(ExchangeError::Transport(error)) if attempt == REPORT_ATTEMPTS_MAX => return Err(error),
             Err(ExchangeError::Transport(_)) => {
                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                 delay_ms *= 2;
             }
         }
     }
-    None
+    Ok(None)
 }

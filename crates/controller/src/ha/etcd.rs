@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::repeated::{Failed, Repeated, SUMMARY_INTERVAL_MS};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp,
 };
@@ -547,12 +548,30 @@ impl Member {
     pub async fn drive(self: Arc<Self>, notify: impl Fn(Notice) + Send + Sync + 'static) {
         let _ = self.notify.set(Box::new(notify));
         let step = Duration::from_millis((self.section.lease_ms / 12).clamp(1, DRIVER_STEP_MS_MAX));
+        // Retried every timeout while etcd is out of reach: the first failure is logged, then
+        // a summary at most every SUMMARY_INTERVAL_MS, and the connection made.
+        let mut connect_failures = Repeated::new(SUMMARY_INTERVAL_MS);
         loop {
             let Some(etcd) = self.client() else {
                 match Etcd::connect(&self.section, self.timeout).await {
-                    Ok(etcd) => *self.etcd.lock().unwrap_or_else(|p| p.into_inner()) = Some(etcd),
+                    Ok(etcd) => {
+                        if let Some(back) = connect_failures.success(connect_failures.now_ms()) {
+                            tracing::info!(
+                                failures = back.failures,
+                                outage_ms = back.outage_ms,
+                                "connected to etcd"
+                            );
+                        }
+                        *self.etcd.lock().unwrap_or_else(|p| p.into_inner()) = Some(etcd);
+                    }
                     Err(error) => {
-                        tracing::warn!(%error, "cannot connect to etcd; not acting");
+                        match connect_failures.failure(connect_failures.now_ms()) {
+                            Failed::First => tracing::warn!(%error,
+                                "cannot connect to etcd; not acting, retrying (further failures are summed up at most every {SUMMARY_INTERVAL_MS} ms)"),
+                            Failed::Summary { failures, outage_ms } => tracing::warn!(%error, failures, outage_ms,
+                                "still cannot connect to etcd; not acting"),
+                            Failed::Quiet => {}
+                        }
                         let now = self.now_ms();
                         self.leadership().input(now, Input::Failed(error));
                         tokio::time::sleep(self.timeout).await;

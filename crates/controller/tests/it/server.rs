@@ -497,6 +497,69 @@ async fn every_region_down_keeps_the_placement_and_calls_the_alert_webhook() {
     controller.stop().await;
 }
 
+/// A single controller restarted while every region is down: the incident its audit log
+/// holds open is adopted, so the webhook gets no second trigger for the condition that still
+/// holds, and gets the resolve, under the first trigger's dedup key, when it ends.
+#[tokio::test]
+async fn a_restart_does_not_page_again_for_a_condition_that_still_holds() {
+    let dns = Fake::start().await;
+    let hook = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let config = format!(
+        "{}\n[[alerts]]\nkind = \"webhook\"\nurl = \"{}/alerts\"\n",
+        config_text(&dns.url, &audit),
+        hook.url
+    );
+    let all_down = |action: &str| -> Vec<serde_json::Value> {
+        hook.seen_on("/alerts")
+            .into_iter()
+            .filter(|s| s.body["key"] == "all_down" && s.body["action"] == action)
+            .map(|s| s.body)
+            .collect()
+    };
+    let raises_recorded = || {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|record| record["kind"] == "alert" && record["key"] == "all_down")
+            .count()
+    };
+    let mut controller = Running::start(&config).await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Up, Up).await;
+    }
+    controller.wait_active("us-east-1").await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Down, Down).await;
+    }
+    wait_for("the all_down trigger", 10_000, || !all_down("trigger").is_empty()).await;
+    let recorded = raises_recorded();
+    controller.stop().await;
+
+    let mut controller = Running::start(&config).await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Down, Down).await;
+    }
+    // The restarted engine raises the condition again: recorded in the audit log, not sent.
+    wait_for("the raise after the restart in the audit log", 10_000, || {
+        raises_recorded() > recorded
+    })
+    .await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Up, Up).await;
+    }
+    wait_for("the all_down resolve", 10_000, || !all_down("resolve").is_empty()).await;
+    // One queue per channel, in order: a second trigger would have arrived before the resolve.
+    let triggers = all_down("trigger");
+    assert_eq!(triggers.len(), 1, "paged again after the restart: {triggers:#?}");
+    let resolves = all_down("resolve");
+    assert_eq!(resolves.len(), 1, "{resolves:#?}");
+    assert_eq!(resolves[0]["incident"], triggers[0]["incident"], "{resolves:#?}");
+    controller.stop().await;
+}
+
 #[tokio::test]
 async fn plans_and_self_probes_follow_each_vantage_points_path() {
     let dns = Fake::start().await;

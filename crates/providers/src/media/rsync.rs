@@ -935,6 +935,177 @@ pub fn split_deletions(deleting: &[String], synced: &std::collections::HashSet<S
     (delete, rules)
 }
 
+/// A partial file's path (`DIR/.switchyard-partial/NAME`, as rsync printed it) split into the
+/// folder holding the partial-dir (`DIR/`, empty at the top) and the source file it belongs to
+/// (`DIR/NAME`); `None` for anything else, and for a path no filter rule can name exactly
+/// (those are never removed).
+pub fn partial_source(path: &str) -> Option<(String, String)> {
+    exact_rule_pattern(path)?;
+    let (folder, name) = match path.rsplit_once(&format!("/{PARTIAL_DIR}/")) {
+        Some((folder, name)) => (format!("{folder}/"), name),
+        None => (String::new(), path.strip_prefix(&format!("{PARTIAL_DIR}/"))?),
+    };
+    if name.is_empty()
+        || name.contains('/')
+        || folder
+            .split('/')
+            .any(|part| part == ".." || part == "." || part == PARTIAL_DIR)
+    {
+        return None;
+    }
+    Some((folder.clone(), format!("{folder}{name}")))
+}
+
+/// The partials to remove and the rules that remove exactly them: of `partials` (the
+/// receiver's, [`partial_source`] shapes), those whose source file `source_files` does not
+/// name. Returns (to remove, folders the deletion run must hold, rules): an `R` rule for each
+/// partial, and for a partial-dir left empty the partial-dir itself (it is then not among the
+/// folders, so rsync removes it with its contents), then `P *`, which protects everything
+/// else — a partial that appeared since the listing (a transfer cut off meanwhile) included.
+pub fn stale_partials(
+    partials: &[String],
+    source_files: &std::collections::HashSet<String>,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    use std::collections::BTreeMap;
+    // Per partial-dir (by the folder holding it): its partials, and whether each is stale.
+    let mut dirs: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+    for path in partials {
+        if let Some((folder, source)) = partial_source(path) {
+            dirs.entry(folder)
+                .or_default()
+                .push((path.clone(), !source_files.contains(&source)));
+        }
+    }
+    let (mut remove, mut folders, mut rules) = (Vec::new(), Vec::new(), Vec::new());
+    for (folder, entries) in dirs {
+        let stale: Vec<&String> = entries.iter().filter(|(_, stale)| *stale).map(|(p, _)| p).collect();
+        if stale.is_empty() {
+            continue;
+        }
+        let partial_dir = format!("{folder}{PARTIAL_DIR}/");
+        if stale.len() == entries.len() {
+            // The whole partial-dir goes; the folder holding it is walked.
+            if let Some(pattern) = exact_rule_pattern(&partial_dir) {
+                rules.push(format!("R {pattern}"));
+            }
+            folders.push(folder);
+        } else {
+            folders.push(partial_dir);
+        }
+        for path in stale {
+            if let Some(pattern) = exact_rule_pattern(path) {
+                rules.push(format!("R {pattern}"));
+            }
+            remove.push(path.clone());
+        }
+    }
+    if !rules.is_empty() {
+        rules.push("P *".to_string());
+    }
+    (remove, folders, rules)
+}
+
+/// Removes the partial files on `target` (in its `.switchyard-partial` folders) whose source
+/// file `source` no longer has: a file cut off mid-copy and deleted at the source before the
+/// next run would otherwise stay on the receiver forever (the partial-dir is excluded from
+/// every copy and deletion). Runs after a copy, so this step's own transfer is not using any;
+/// a partial whose source file exists is never touched (the next run resumes it, and a
+/// transfer elsewhere may be using it), nor one that appears meanwhile (`P *`). Returns how
+/// many were removed. Every rsync here reads or deletes only what its rules name.
+pub async fn remove_stale_partials(
+    source: &Endpoint,
+    target: &Endpoint,
+    options: &Options,
+    limits: &Limits,
+) -> Result<u64, Failure> {
+    let lines_max = limits.objects_listed_max.saturating_add(64);
+    let temporary =
+        || tempfile::tempdir().map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")));
+    // The receiver's partials: every folder walked, only the partial-dirs' files listed.
+    let empty = temporary()?;
+    let mut args = vec![
+        "-rlpt".to_string(),
+        "--dry-run".to_string(),
+        "--prune-empty-dirs".to_string(),
+        format!("--timeout={IO_TIMEOUT_SECONDS}"),
+        "--out-format=%i|%l|%M|%n".to_string(),
+        "--include=*/".to_string(),
+        format!("--include={PARTIAL_DIR}/*"),
+        "--exclude=*".to_string(),
+    ];
+    args.extend(transport_args(&[target.transport], options));
+    args.push(target.text.clone());
+    args.push(format!("{}/", empty.path().display()));
+    let (listing, _) = run(&args, lines_max, None, 0, true).await?;
+    let partials: Vec<String> = listing
+        .names
+        .into_iter()
+        .filter(|(path, state)| state.starts_with('f') && partial_source(path).is_some())
+        .map(|(path, _)| path)
+        .collect();
+    if partials.is_empty() {
+        return Ok(0);
+    }
+    // Which of their source files the sender still has.
+    let mut wanted = Vec::new();
+    for path in &partials {
+        if let Some((_, source_file)) = partial_source(path) {
+            wanted.extend(unescape_name(&source_file));
+            wanted.push(0);
+        }
+    }
+    let mut args = vec![
+        "-lpt".to_string(),
+        "--dry-run".to_string(),
+        format!("--timeout={IO_TIMEOUT_SECONDS}"),
+        "--out-format=%i|%l|%M|%n".to_string(),
+        "--files-from=-".to_string(),
+        "--from0".to_string(),
+        // A source file gone is the answer looked for, not an error (exit 23).
+        "--ignore-missing-args".to_string(),
+    ];
+    args.extend(transport_args(&[source.transport], options));
+    args.push(source.text.clone());
+    args.push(format!("{}/", empty.path().display()));
+    let (listing, _) = run(&args, lines_max, Some(wanted), 0, true).await?;
+    let source_files: std::collections::HashSet<String> = listing
+        .names
+        .into_iter()
+        .filter(|(_, state)| state.starts_with('f'))
+        .map(|(path, _)| path)
+        .collect();
+    let (remove, folders, rules) = stale_partials(&partials, &source_files);
+    if remove.is_empty() {
+        return Ok(0);
+    }
+    // The deletion run: a local tree of just the folders to walk, nothing copied
+    // (`--existing --ignore-existing`), no time or permission changed, and only what the rules
+    // name deleted.
+    let tree = temporary()?;
+    for folder in &folders {
+        std::fs::create_dir_all(tree.path().join(folder))
+            .map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
+    }
+    let rules_dir = temporary()?;
+    let rules_file = rules_dir.path().join("rules");
+    std::fs::write(&rules_file, rules.join("\n") + "\n")
+        .map_err(|e| Failure::Retryable(format!("cannot write the partial files' rules: {e}")))?;
+    let mut args = vec![
+        "-r".to_string(),
+        "--delete".to_string(),
+        "--existing".to_string(),
+        "--ignore-existing".to_string(),
+        format!("--timeout={IO_TIMEOUT_SECONDS}"),
+        "--out-format=%i|%l|%M|%n".to_string(),
+        format!("--filter=merge {}", rules_file.display()),
+    ];
+    args.extend(transport_args(&[target.transport], options));
+    args.push(format!("{}/", tree.path().display()));
+    args.push(target.text.clone());
+    let (done, _) = run(&args, lines_max, None, 0, false).await?;
+    Ok(done.deleting.iter().filter(|path| !path.ends_with('/')).count() as u64)
+}
+
 /// Copies what `target` lacks of `source`. `delete`: `None`, or `Some(delete_fraction_max)`
 /// (see [`super::deletions_refused`]). Deletions refused by that bound fail the run after the
 /// copy (copies go ahead), and leave the records as they were.
@@ -1100,6 +1271,17 @@ pub async fn sync(
                 "the record of this sync was not written at the source ({error}); a run the other way deletes only what it knew before"
             ));
         }
+    }
+    // The part of a file cut off mid-copy whose source was deleted since: removed, or it
+    // would stay on the receiver forever. A failure here costs only disk space: a note.
+    match remove_stale_partials(source, target, options, limits).await {
+        Ok(0) => {}
+        Ok(removed) => notes.push(format!(
+            "removed {removed} partial files ({PARTIAL_DIR}) whose source file is gone"
+        )),
+        Err(error) => notes.push(format!(
+            "partial files ({PARTIAL_DIR}) whose source file is gone were not removed: {error}"
+        )),
     }
     // The verification counts every file that differs, a newer one on the receiver too.
     let plain = Options {

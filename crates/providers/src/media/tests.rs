@@ -1063,6 +1063,131 @@ async fn a_file_cut_off_by_run_timeout_is_resumed_by_the_next_run() {
     );
 }
 
+/// A partial file whose source was deleted after the copy was cut off stayed on the receiver
+/// forever (the partial-dir is excluded from every copy and deletion). A run now removes it,
+/// with its partial-dir when nothing else is in it, and leaves alone a partial whose source
+/// file exists and every other file of the receiver.
+#[tokio::test]
+async fn a_partial_file_whose_source_is_gone_is_removed_and_no_other() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    let partial = rsync::PARTIAL_DIR;
+    for (side, path, text) in [
+        (&source, "video/keep.mp4", "keep"),
+        (&target, "video/keep.mp4", "keep"),
+        (&target, "mine.jpg", "an upload of the receiver's own"),
+        (&target, &format!("video/{partial}/keep.mp4") as &str, "kee"),
+        (&target, &format!("video/{partial}/gone.mp4"), "gon"),
+        (&target, &format!("old/{partial}/x.bin"), "x"),
+        (&target, &format!("{partial}/top bin [1].dat"), "t"),
+    ] {
+        let file = side.join(path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("folder");
+        std::fs::write(file, text).expect("write");
+    }
+    std::fs::create_dir_all(target.join("old")).expect("folder");
+    let limits = limits(100, 1 << 30);
+    // The cleanup alone: a copy of keep.mp4 would resume from (and then remove) its partial.
+    let removed = rsync::remove_stale_partials(&local(&source), &local(&target), &Default::default(), &limits)
+        .await
+        .expect("cleanup");
+    assert_eq!(removed, 3);
+    assert_eq!(
+        std::fs::read_to_string(target.join(format!("video/{partial}/keep.mp4"))).expect("kept"),
+        "kee",
+        "its source exists: the next copy of it resumes from it"
+    );
+    assert!(!target.join(format!("video/{partial}/gone.mp4")).exists());
+    assert!(
+        !target.join(format!("old/{partial}")).exists(),
+        "an emptied partial-dir goes"
+    );
+    assert!(target.join("old").is_dir(), "the folder holding it stays");
+    assert!(!target.join(partial).exists());
+    assert_eq!(
+        std::fs::read_to_string(target.join("mine.jpg")).expect("kept"),
+        "an upload of the receiver's own"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("video/keep.mp4")).expect("kept"),
+        "keep"
+    );
+
+    // Within a run: the source file deleted after its copy was cut off.
+    std::fs::remove_file(source.join("video/keep.mp4")).expect("remove");
+    let mut step = step(OnFailover::Required);
+    step.locations = [
+        ("us".to_string(), Location::Rsync(local(&source))),
+        ("eu".to_string(), Location::Rsync(local(&target))),
+    ]
+    .into_iter()
+    .collect();
+    step.limits = limits;
+    let report = step.sync("us", "eu").await.expect("sync");
+    assert!(
+        report
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("removed 1 partial files")),
+        "{report:?}"
+    );
+    assert!(!target.join(format!("video/{partial}")).exists());
+    assert!(
+        target.join("video/keep.mp4").exists(),
+        "no delete = true: the file itself stays"
+    );
+    let again = step.sync("us", "eu").await.expect("sync");
+    assert!(
+        !again.note.unwrap_or_default().contains("partial"),
+        "nothing more to remove"
+    );
+}
+
+#[test]
+fn stale_partials_are_named_exactly_and_everything_else_protected() {
+    let partial = rsync::PARTIAL_DIR;
+    assert_eq!(
+        rsync::partial_source(&format!("a/b/{partial}/c.mp4")),
+        Some(("a/b/".to_string(), "a/b/c.mp4".to_string()))
+    );
+    assert_eq!(
+        rsync::partial_source(&format!("{partial}/c.mp4")),
+        Some((String::new(), "c.mp4".to_string()))
+    );
+    for not_one in [
+        "a/c.mp4".to_string(),
+        format!("{partial}/"),
+        format!("a/{partial}/sub/c.mp4"),
+        format!("a/{partial}/c\\#303.mp4"),
+        format!("../{partial}/c.mp4"),
+    ] {
+        assert_eq!(rsync::partial_source(&not_one), None, "{not_one}");
+    }
+    let partials = vec![
+        format!("v/{partial}/keep.mp4"),
+        format!("v/{partial}/gone.mp4"),
+        format!("w/{partial}/gone.mp4"),
+    ];
+    let sources: std::collections::HashSet<String> = ["v/keep.mp4".to_string()].into_iter().collect();
+    let (remove, folders, rules) = rsync::stale_partials(&partials, &sources);
+    assert_eq!(
+        remove,
+        vec![format!("v/{partial}/gone.mp4"), format!("w/{partial}/gone.mp4")]
+    );
+    assert_eq!(folders, vec![format!("v/{partial}/"), "w/".to_string()]);
+    assert_eq!(
+        rules,
+        vec![
+            format!("R /v/{partial}/gone.mp4"),
+            format!("R /w/{partial}/"),
+            format!("R /w/{partial}/gone.mp4"),
+            "P *".to_string()
+        ]
+    );
+    let (remove, _, rules) = rsync::stale_partials(&partials[..1], &sources);
+    assert!(remove.is_empty() && rules.is_empty(), "nothing stale, nothing to run");
+}
+
 #[test]
 fn symlinks_left_out_by_safe_links_count_in_the_lag() {
     let mut listing = Listing::default();
