@@ -87,17 +87,11 @@ fn list_streams(engine: &Engine, request: ListStreamsRequest) -> Result<Value, A
         None => None,
     };
     let snapshot = engine.snapshot()?;
-    // One more than the page, to know whether another page follows.
+    // One more than the page, to know whether another page follows. `TableName` filters the
+    // streams (the reference: "only the streams associated with this table name are
+    // returned"): a table that has none — it never had one, or never existed — lists none
+    // rather than failing, as DynamoDB Local, moto and LocalStack answer.
     let mut streams = snapshot.streams(request.table_name.as_deref(), after.as_deref(), limit + 1)?;
-    if let Some(table) = &request.table_name
-        && streams.is_empty()
-        && after.is_none()
-        && engine.table(table).is_none()
-    {
-        return Err(ApiError::resource_not_found(format!(
-            "Requested resource not found: Table: {table} not found"
-        )));
-    }
     let more = streams.len() > limit;
     streams.truncate(limit);
     let region = engine.region();
@@ -208,7 +202,10 @@ fn describe_stream(engine: &Engine, request: DescribeStreamRequest) -> Result<Va
         "StreamLabel": stream.label,
         "StreamStatus": stream.status(engine.now_unix_ms()),
         "StreamViewType": stream.view_type.as_str(),
-        "CreationRequestDateTime": stream.created_ms as f64 / 1000.0,
+        // When the stream was asked for: its label is that time to the millisecond (as
+        // DynamoDB's label and CreationRequestDateTime agree); the stored creation time, a
+        // moment later when the writer made it, only for a label not in that form.
+        "CreationRequestDateTime": super::label_ms(&stream.label).unwrap_or(stream.created_ms) as f64 / 1000.0,
         "TableName": stream.table,
         "KeySchema": stream.key.to_json(),
         "Shards": page.iter().map(|s| shard_json(s)).collect::<Vec<_>>(),
